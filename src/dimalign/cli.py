@@ -1,0 +1,88 @@
+"""The ``dimalign`` command: one subcommand per pipeline step.
+
+The CLI is thin. Each step's module under ``dimalign.<stage>.commands`` (or
+similar) defines ``register(subparsers)``, which adds its subcommands with a
+``handler(args) -> int`` set through ``set_defaults``. The handlers parse
+options, call the library and write files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from dimalign import __version__
+
+logger = logging.getLogger("dimalign")
+
+# Modules that register subcommands, in the order of the pipeline.
+COMMAND_MODULES = (
+    "dimalign.features.commands",  # extract, list-layers
+    "dimalign.triplets.commands",  # import-triplets, simulate
+    "dimalign.embedding.commands",  # fit
+    "dimalign.analysis.commands",  # evaluate, sweep, select, compare, map
+    "dimalign.interpret.commands",  # gradcam, maximize, manipulate, grid
+    "dimalign.labeling.commands",  # label-app, labels
+    "dimalign.report.commands",  # report, run
+    "dimalign.demo",  # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dimalign",
+        description="Interpretable dimensions of object similarity in humans and DNNs.",
+    )
+    parser.add_argument("--version", action="version", version=f"dimalign {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            # A step whose module is not written yet is left out; a missing
+            # third-party package inside an existing module is a real error.
+            if error.name != module_name:
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Send dimalign's log records to standard error with a short format."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("dimalign")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dimalign`` command line and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as error:
+        logger.debug("command failed", exc_info=True)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"dimalign {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Choice of the torch device: CPU by default, CUDA only where it exists."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """Turn a device request into a ``torch.device``.
+
+    Args:
+        device (str | torch.device | None): ``"cpu"`` (default, also for None),
+            ``"cuda"`` or ``"cuda:N"`` (requires a GPU), or ``"auto"`` (CUDA
+            when available, else CPU).
+
+    Returns:
+        torch.device: The device to use.
+
+    Raises:
+        ValueError: If CUDA is requested on a machine without a usable GPU, or
+            the name is not a device torch knows.
+    """
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'"
+        ) from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} was requested but no CUDA GPU is available on this "
+            "machine; use device='cpu' or device='auto'"
+        )
+    return resolved

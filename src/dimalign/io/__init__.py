@@ -1,0 +1,1 @@
+"""Files of the pipeline: triplets, features, object tables, run directories, manifests."""

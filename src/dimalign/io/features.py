@@ -1,0 +1,106 @@
+"""Feature files: ``[n_objects, n_features]`` float arrays in ``.npy`` or HDF5.
+
+A feature folder (as written by ``dimalign extract``) holds ``features.npy``
+(or ``features.h5`` with one dataset per layer) and ``objects.tsv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+
+logger = logging.getLogger(__name__)
+
+FEATURE_SUFFIXES = (".npy", ".h5", ".hdf5", ".txt")
+
+
+def load_features(
+    path: str | os.PathLike, *, layer: str | None = None, mmap: bool = True
+) -> tuple[np.ndarray, ObjectTable | None]:
+    """Load a feature matrix and its object table.
+
+    Args:
+        path (str | os.PathLike): A ``.npy``/``.h5``/``.txt`` file, or a folder with
+            ``features.npy`` or ``features.h5`` (and ``objects.tsv``).
+        layer (str | None): Dataset name inside an HDF5 file (needed when the
+            file holds more than one), or the layer's ``.npy`` stem in a folder
+            (``features_<layer>.npy``).
+        mmap (bool): Memory-map ``.npy`` files instead of reading them.
+
+    Returns:
+        tuple[np.ndarray, ObjectTable | None]: Features of shape
+        ``(n_objects, n_features)`` and the object table, or None where the
+        file has none next to it.
+
+    Raises:
+        FileNotFoundError: If nothing loadable is at ``path``.
+        ValueError: If the array is not 2-D or the table's length differs.
+    """
+    path = Path(path)
+    table_path = None
+    if path.is_dir():
+        table_path = path / OBJECT_TABLE_NAME
+        candidates = []
+        if layer is not None:
+            candidates.append(path / f"features_{_safe_layer(layer)}.npy")
+        candidates += [path / "features.npy", path / "features.h5"]
+        found = [candidate for candidate in candidates if candidate.is_file()]
+        if not found:
+            raise FileNotFoundError(
+                f"no features file in {path}: expected one of "
+                f"{', '.join(candidate.name for candidate in candidates)}"
+            )
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"features file {path} not found")
+    else:
+        sibling = path.parent / OBJECT_TABLE_NAME
+        table_path = sibling if sibling.is_file() else None
+
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        features = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    elif suffix in (".h5", ".hdf5"):
+        features = _load_hdf5(path, layer)
+    elif suffix == ".txt":
+        features = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    else:
+        raise ValueError(
+            f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}"
+        )
+    if features.ndim != 2:
+        raise ValueError(
+            f"{path}: features must be 2-D (n_objects, n_features), got shape {features.shape}"
+        )
+
+    table = read_object_table(table_path) if table_path and table_path.is_file() else None
+    if table is not None and len(table) != features.shape[0]:
+        raise ValueError(
+            f"{path} has {features.shape[0]} rows but {table_path} lists {len(table)} objects"
+        )
+    logger.info("loaded features %s of shape %s", path, features.shape)
+    return features, table
+
+
+def _safe_layer(layer: str) -> str:
+    return layer.replace("/", "_")
+
+
+def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        names: list[str] = []
+        handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        if layer is None:
+            if len(names) != 1:
+                raise ValueError(f"{path} holds datasets {names}: choose one with layer=NAME")
+            layer = names[0]
+        if layer not in handle:
+            raise ValueError(f"{path} has no dataset {layer!r}; it holds {names}")
+        return np.asarray(handle[layer])

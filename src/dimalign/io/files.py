@@ -1,0 +1,161 @@
+"""Atomic writes, checksums and the ``manifest.json`` of every output directory."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+
+_VERSIONED_PACKAGES = ("dimalign", "numpy", "scipy", "scikit-learn", "torch", "torchvision")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` and rename it to ``path`` on success.
+
+    A reader never sees a half-written file: the temporary file is removed if
+    the block raises, and the rename is atomic on POSIX file systems.
+
+    Args:
+        path (str | os.PathLike): The final file name.
+
+    Yields:
+        Path: A temporary name in the same directory, with the same suffix (so
+        writers that pick a format by suffix, like ``np.save``, still work).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
+    )
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, final)
+    finally:
+        if temporary_path.exists():
+            temporary_path.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file.
+
+    Args:
+        path (str | os.PathLike): Destination.
+        text (str): Content, written as UTF-8.
+
+    Returns:
+        Path: The destination path.
+    """
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Compute the SHA-256 hex digest of a file, reading it in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Return the installed versions of the packages that shape a result."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES + tuple(extra):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def now_iso() -> str:
+    """Return the current UTC time in ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_manifest(
+    out_dir: str | os.PathLike,
+    *,
+    step: str,
+    inputs: Mapping[str, str | os.PathLike] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    started: str | None = None,
+    outputs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``manifest.json`` so that a result can be traced to its inputs.
+
+    Args:
+        out_dir (str | os.PathLike): The output directory.
+        step (str): Pipeline step that wrote the directory (``"fit"``, ``"extract"``...).
+        inputs (Mapping[str, path] | None): Named input files; each is recorded
+            with its absolute path, size and SHA-256. Directories are recorded
+            by path only.
+        settings (Mapping[str, Any] | None): Every setting of the step.
+        started (str | None): ISO start time; the end time is now.
+        outputs (Mapping[str, Any] | None): Headline results worth recording.
+
+    Returns:
+        Path: The manifest file.
+    """
+    recorded_inputs = {}
+    for name, raw_path in (inputs or {}).items():
+        path = Path(raw_path)
+        entry: dict[str, Any] = {"path": str(path.resolve())}
+        if path.is_file():
+            entry["bytes"] = path.stat().st_size
+            entry["sha256"] = sha256_file(path)
+        recorded_inputs[name] = entry
+    manifest = {
+        "step": step,
+        "command": " ".join(sys.argv),
+        "started": started or now_iso(),
+        "finished": now_iso(),
+        "inputs": recorded_inputs,
+        "settings": _jsonable(dict(settings or {})),
+        "outputs": _jsonable(dict(outputs or {})),
+        "versions": package_versions(),
+    }
+    target = Path(out_dir) / MANIFEST_NAME
+    return write_text_atomic(target, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read the ``manifest.json`` of an output directory.
+
+    Raises:
+        FileNotFoundError: If the directory has no manifest.
+    """
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {out_dir} a dimalign output directory?")
+    return json.loads(path.read_text(encoding="utf-8"))

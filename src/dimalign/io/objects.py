@@ -1,0 +1,108 @@
+"""Object tables: ``objects.tsv`` fixes the row order of features and embeddings.
+
+Columns: ``index`` (0-based row), ``object_id`` (a unique name, such as a THINGS
+concept id or an image's relative path) and ``source`` (the file the row came
+from, empty where there is none).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dimalign.io.files import write_text_atomic
+
+OBJECT_TABLE_NAME = "objects.tsv"
+COLUMNS = ("index", "object_id", "source")
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """Names of the objects in row order.
+
+    Attributes:
+        object_ids (tuple[str, ...]): One unique name per row.
+        sources (tuple[str, ...]): The file of each row (``""`` where none).
+    """
+
+    object_ids: tuple[str, ...]
+    sources: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            object.__setattr__(self, "sources", ("",) * len(self.object_ids))
+        if len(self.sources) != len(self.object_ids):
+            raise ValueError(
+                f"object table has {len(self.object_ids)} ids but {len(self.sources)} sources"
+            )
+        seen: dict[str, int] = {}
+        for row, name in enumerate(self.object_ids):
+            if name in seen:
+                raise ValueError(
+                    f"object id {name!r} appears twice (rows {seen[name]} and {row}); "
+                    "object ids must be unique"
+                )
+            seen[name] = row
+
+    def __len__(self) -> int:
+        return len(self.object_ids)
+
+    def index_of(self, names: Sequence[str]) -> list[int]:
+        """Return the row of each name.
+
+        Raises:
+            KeyError: Listing every name that is not in the table.
+        """
+        lookup = {name: row for row, name in enumerate(self.object_ids)}
+        missing = [name for name in names if name not in lookup]
+        if missing:
+            raise KeyError(f"{len(missing)} names not in the object table: {missing[:20]}")
+        return [lookup[name] for name in names]
+
+    @classmethod
+    def from_ids(cls, object_ids: Sequence[str]) -> ObjectTable:
+        """Build a table from names alone."""
+        return cls(tuple(str(name) for name in object_ids))
+
+
+def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
+    """Write ``table`` as a TSV file with a header (atomically)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row, (name, source) in enumerate(zip(table.object_ids, table.sources)):
+        writer.writerow((row, name, source))
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def read_object_table(path: str | os.PathLike) -> ObjectTable:
+    """Read an object table.
+
+    Accepts ``objects.tsv`` as written by :func:`write_object_table`, or a plain
+    text file with one name per line (such as THINGS ``unique_id.txt``).
+
+    Raises:
+        ValueError: If the index column is not 0, 1, 2, ... in order.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].split("\t")[:2] == list(COLUMNS[:2]):
+        rows = list(csv.reader(lines[1:], delimiter="\t"))
+        ids, sources = [], []
+        for line_number, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if row[0] != str(len(ids)):
+                raise ValueError(
+                    f"{path}, line {line_number}: index {row[0]!r}, expected {len(ids)}; "
+                    "the index column must count rows from 0 without gaps"
+                )
+            ids.append(row[1])
+            sources.append(row[2] if len(row) > 2 else "")
+        return ObjectTable(tuple(ids), tuple(sources))
+    names = [line.strip() for line in lines if line.strip()]
+    return ObjectTable.from_ids(names)

@@ -1,0 +1,121 @@
+"""Embedding results: run directories and plain embedding files.
+
+A run directory written by ``dimalign fit`` holds:
+
+- ``embedding.npz`` with ``embedding`` (pruned, non-negative posterior means,
+  ``(n_objects, n_kept)``), ``scales`` (their posterior standard deviations,
+  same shape; absent for SPoSE), ``kept_dims`` (indices of the kept dimensions
+  in the unpruned parameters, sorted by decreasing mean weight so column 0 is
+  the strongest), ``loc`` and ``scale`` (the unpruned parameters,
+  ``(n_objects, n_dims)``);
+- ``config.toml`` (every setting), ``history.csv``, ``checkpoint.pt``,
+  ``manifest.json`` and optional TensorBoard event files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dimalign.io.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_NAME = "embedding.npz"
+
+
+@dataclass
+class EmbeddingResult:
+    """An embedding and what is known about it.
+
+    Attributes:
+        embedding (np.ndarray): Non-negative weights, shape ``(n_objects, n_dims)``.
+        scales (np.ndarray | None): Posterior standard deviations, same shape.
+        kept_dims (np.ndarray | None): Columns of the unpruned parameters kept.
+        loc (np.ndarray | None): Unpruned posterior means (before ReLU).
+        scale (np.ndarray | None): Unpruned posterior standard deviations.
+        path (Path | None): Where it was loaded from.
+    """
+
+    embedding: np.ndarray
+    scales: np.ndarray | None = None
+    kept_dims: np.ndarray | None = None
+    loc: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    path: Path | None = None
+
+    @property
+    def n_objects(self) -> int:
+        """Number of objects (rows)."""
+        return int(self.embedding.shape[0])
+
+    @property
+    def n_dims(self) -> int:
+        """Number of kept dimensions (columns)."""
+        return int(self.embedding.shape[1])
+
+
+def save_embedding(result: EmbeddingResult, run_dir: str | os.PathLike) -> Path:
+    """Write ``embedding.npz`` into ``run_dir`` atomically and return its path."""
+    arrays = {"embedding": np.asarray(result.embedding, dtype=np.float32)}
+    for name in ("scales", "kept_dims", "loc", "scale"):
+        value = getattr(result, name)
+        if value is not None:
+            arrays[name] = np.asarray(value)
+    target = Path(run_dir) / EMBEDDING_NAME
+    with atomic_path(target) as temporary:
+        np.savez(temporary, **arrays)
+    return target
+
+
+def load_embedding(path: str | os.PathLike) -> EmbeddingResult:
+    """Load an embedding from a run directory or a file.
+
+    Args:
+        path (str | os.PathLike): A run directory (``embedding.npz`` inside), an
+            ``.npz`` with an ``embedding`` array, a ``.npy`` file, or a
+            whitespace-separated text file (such as the published SPoSE
+            embeddings), each ``(n_objects, n_dims)``.
+
+    Returns:
+        EmbeddingResult: With ``embedding`` as float64.
+
+    Raises:
+        FileNotFoundError: If nothing is at ``path``.
+        ValueError: If the array is not 2-D, holds NaN or inf, or has negative
+            values (embeddings here are non-negative; apply ReLU first).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / EMBEDDING_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding {path} not found")
+    suffix = path.suffix.lower()
+    extras: dict[str, np.ndarray] = {}
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "embedding" not in archive:
+                raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
+            embedding = archive["embedding"]
+            extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
+    elif suffix == ".npy":
+        embedding = np.load(path, allow_pickle=False)
+    else:
+        embedding = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if embedding.ndim != 2:
+        raise ValueError(f"{path}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
+    bad_rows = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(f"{path}: rows {bad_rows[:20].tolist()} contain NaN or inf")
+    if (embedding < 0).any():
+        raise ValueError(
+            f"{path}: {int((embedding < 0).sum())} negative weights; embeddings must be "
+            "non-negative (apply ReLU, as VICE and SPoSE do, before saving)"
+        )
+    logger.info("loaded embedding %s: %d objects x %d dimensions", path, *embedding.shape)
+    return EmbeddingResult(embedding=embedding, path=path, **extras)
