@@ -1,0 +1,204 @@
+"""Grad-CAM for one embedding dimension: where in an image the dimension's evidence lies.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weights each channel ``c`` of a
+convolutional layer's output ``A`` by the spatial mean of the gradient of
+the target ``y`` with respect to it, ``w_c = mean_{h,w} dy/dA_c[h, w]``, and
+keeps the positive part of the weighted sum, ``relu(sum_c w_c A_c)``. Here
+the target is one predicted embedding dimension of
+:class:`~dimalign.interpret.predictor.DimensionPredictor`, treated as a
+regression output. The computation is pytorch-grad-cam's ``GradCAM`` with a
+target that selects the dimension. Each map is scaled to ``[0, 1]`` per
+image and upsampled to the image size.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dimalign.interpret.predictor import DimensionPredictor, find_layer
+
+logger = logging.getLogger(__name__)
+
+
+class DimensionTarget:
+    """Grad-CAM target: the value of one output dimension (a regression target).
+
+    Args:
+        dim (int): Column of the predictor's output.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output[..., self.dim]
+
+
+def check_dimension(dim: int, n_dims: int) -> int:
+    """Return ``dim`` if it is a valid 0-based dimension index of ``n_dims``.
+
+    Raises:
+        ValueError: Naming the number of dimensions.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise ValueError(f"dimension index must be an integer, got {dim!r}")
+    if not 0 <= int(dim) < n_dims:
+        raise ValueError(
+            f"dimension {dim} is out of range: the map predicts {n_dims} dimensions "
+            f"(0-based indices 0..{n_dims - 1})"
+        )
+    return int(dim)
+
+
+def dimension_gradcam(
+    predictor: DimensionPredictor,
+    images: torch.Tensor,
+    dim: int,
+    layer: str,
+    *,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Compute the Grad-CAM map of one embedding dimension.
+
+    Args:
+        predictor (DimensionPredictor): Image -> embedding chain.
+        images (torch.Tensor): RGB in ``[0, 1]``, ``(B, 3, H, W)`` or ``(3, H, W)``.
+        dim (int): 0-based dimension index.
+        layer (str): Name of a layer of ``predictor.model`` whose output is a
+            spatial map ``(B, C, h, w)`` with ``h * w > 1``, reached at or
+            before the predictor's feature layer.
+        reshape_transform (Callable | None): Turns the layer output into
+            ``(B, C, h, w)`` (for transformer tokens, for example).
+
+    Returns:
+        np.ndarray: float32 maps in ``[0, 1]``, shape ``(B, H, W)`` (or
+        ``(H, W)`` for one image), at the resolution of ``images``.
+
+    Raises:
+        ValueError: If ``dim`` is out of range, or the layer output is not a
+            spatial map, or the layer does not run before the feature layer.
+        RuntimeError: If the gradients are not finite (overflow in float16).
+
+    Warns:
+        UserWarning: When a map is zero everywhere (constant activations, or
+            no location with positive evidence for the dimension).
+    """
+    from pytorch_grad_cam import GradCAM
+
+    dim = check_dimension(dim, predictor.n_dims)
+    single = images.ndim == 3
+    if single:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape (batch, 3, H, W), got {tuple(images.shape)}")
+    target_layer = find_layer(predictor.model, layer)
+    _check_spatial_output(predictor, target_layer, layer, images, reshape_transform)
+
+    # The predictor's parameters are frozen, so only an input that requires
+    # grad makes the output differentiable.
+    inputs = images.detach().to(predictor.device).clone().requires_grad_(True)
+    cam = GradCAM(model=predictor, target_layers=[target_layer], reshape_transform=reshape_transform)
+    try:
+        maps = cam(input_tensor=inputs, targets=[DimensionTarget(dim)] * len(inputs))
+    finally:
+        # Not a `with` block: GradCAM.__exit__ swallows IndexError.
+        cam.activations_and_grads.release()
+
+    maps = np.asarray(maps, dtype=np.float32)
+    if not np.isfinite(maps).all():
+        raise RuntimeError(
+            f"Grad-CAM of dimension {dim} at layer {layer!r} is not finite; gradients "
+            f"overflowed in {predictor.dtype}: run the predictor in float32"
+        )
+    maps = np.clip(maps, 0.0, 1.0)
+    zero = [index for index, values in enumerate(maps) if values.max() <= 0.0]
+    if zero:
+        message = (
+            f"Grad-CAM of dimension {dim} at layer {layer!r} is zero everywhere for images "
+            f"{zero}: the layer's activations are constant over space or no location "
+            "increases the dimension"
+        )
+        logger.warning(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    logger.info("Grad-CAM of dimension %d at layer %s for %d images", dim, layer, len(maps))
+    return maps[0] if single else maps
+
+
+def _check_spatial_output(
+    predictor: DimensionPredictor,
+    target_layer: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> None:
+    """Run one forward pass and reject a layer without a usable spatial map."""
+    shapes: list[Any] = []
+
+    def record(module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and reshape_transform is not None:
+            output = reshape_transform(output)
+        shapes.append(tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__)
+
+    handle = target_layer.register_forward_hook(record)
+    try:
+        with torch.no_grad():
+            predictor(images[:1])
+    finally:
+        handle.remove()
+
+    if not shapes:
+        raise ValueError(
+            f"layer {layer!r} did not run before the feature layer {predictor.layer!r}; "
+            "Grad-CAM needs a convolutional layer at or before the feature layer"
+        )
+    shape = shapes[0]
+    needed = (
+        "Grad-CAM needs a convolutional layer with (batch, channels, height, width) output, "
+        "or a reshape_transform that turns the layer output into that shape"
+    )
+    if not isinstance(shape, tuple):
+        raise ValueError(f"layer {layer!r} returns {shape}, not a tensor; {needed}")
+    if len(shape) != 4:
+        raise ValueError(f"layer {layer!r} gives output of shape {shape} without a spatial map; {needed}")
+    if shape[2] * shape[3] <= 1:
+        raise ValueError(
+            f"layer {layer!r} gives output of shape {shape}, a {shape[2]}x{shape[3]} map with no "
+            "spatial extent; choose an earlier convolutional layer"
+        )
+
+
+def colorize(cam: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """Map a ``[0, 1]`` Grad-CAM map ``(H, W)`` to an RGB uint8 image ``(H, W, 3)``."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[colormap](np.clip(cam, 0.0, 1.0))
+    return np.round(rgba[..., :3] * 255.0).astype(np.uint8)
+
+
+def overlay(image: torch.Tensor | np.ndarray, cam: np.ndarray, *, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """Blend the coloured map over the image.
+
+    Args:
+        image: RGB in ``[0, 1]``, a tensor ``(3, H, W)`` or an array ``(H, W, 3)``.
+        cam (np.ndarray): Map ``(H, W)`` in ``[0, 1]``.
+        alpha (float): Weight of the heat map (0 shows only the image).
+        colormap (str): A matplotlib colormap name.
+
+    Returns:
+        np.ndarray: uint8 RGB ``(H, W, 3)``.
+    """
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().permute(1, 2, 0).numpy()
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[:2] != cam.shape:
+        raise ValueError(f"image of shape {image.shape} and map of shape {cam.shape} differ in size")
+    heat = colorize(cam, colormap).astype(np.float32) / 255.0
+    blended = (1.0 - alpha) * np.clip(image, 0.0, 1.0) + alpha * heat
+    return np.round(blended * 255.0).astype(np.uint8)

@@ -1,0 +1,502 @@
+"""Image to embedding dimensions: DNN features followed by the ridge map, as one torch module.
+
+The three image-level tools (Grad-CAM, activation maximisation and image
+manipulations) all need the same differentiable chain::
+
+    image in [0, 1] -> resize and normalise -> DNN up to a layer -> pooling -> x @ coef + intercept
+
+:class:`DimensionPredictor` is that chain. It takes raw RGB tensors with
+values in ``[0, 1]`` and applies the tensor part of the model's preprocessing
+(resize to the input size, normalise with the channel mean and standard
+deviation) as torch operations, so gradients reach the pixels. Steps that
+only exist for PIL images (resizing the shorter side, centre crop) stay
+outside in :class:`ImagePreprocessing`, which turns a file into the tensor
+that the predictor expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimalign.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+#: Pooling of a layer's output into one feature vector per image.
+#: ``"gap"``: mean over all axes after the channel axis (global average pooling of
+#: ``(B, C, H, W)``); ``"flatten"``: all values of the output in C order;
+#: ``"none"``: the output must already be ``(B, n_features)``.
+POOLINGS = ("gap", "flatten", "none")
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook to skip the layers after the requested one."""
+
+
+def pool_output(output: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool a layer's output into ``(batch, n_features)``.
+
+    Args:
+        output (torch.Tensor): The layer output, shape ``(B, ...)``.
+        pooling (str): One of :data:`POOLINGS`.
+
+    Returns:
+        torch.Tensor: Shape ``(B, n_features)``.
+
+    Raises:
+        ValueError: If ``pooling`` is unknown, or ``"none"`` is given for an
+            output that is not 2-D.
+    """
+    if pooling == "gap":
+        if output.ndim <= 2:
+            return output
+        return output.flatten(start_dim=2).mean(dim=2)
+    if pooling == "flatten":
+        return output.flatten(start_dim=1)
+    if pooling == "none":
+        if output.ndim != 2:
+            raise ValueError(
+                f"pooling 'none' needs a (batch, features) output, got shape {tuple(output.shape)}; "
+                "use pooling 'gap' or 'flatten'"
+            )
+        return output
+    raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+
+
+def find_layer(model: nn.Module, layer: str) -> nn.Module:
+    """Return the submodule called ``layer`` (a name from ``model.named_modules()``).
+
+    Raises:
+        ValueError: If there is no such submodule; the message lists the
+            closest names.
+    """
+    modules = dict(model.named_modules())
+    if layer in modules:
+        return modules[layer]
+    close = difflib.get_close_matches(layer, [name for name in modules if name], n=8, cutoff=0.4)
+    hint = f"; close names: {', '.join(close)}" if close else ""
+    raise ValueError(
+        f"layer {layer!r} not found in {type(model).__name__} "
+        f"({len(modules) - 1} named submodules){hint}. "
+        "`dimalign list-layers MODEL` prints every name"
+    )
+
+
+@dataclass
+class ImagePreprocessing:
+    """The PIL part of a model's preprocessing, and the tensor part as plain numbers.
+
+    Attributes:
+        pil_steps (Callable | None): PIL image -> PIL image (resize, centre
+            crop), applied before conversion to a tensor; None for no steps.
+        mean (tuple[float, float, float] | None): Channel means subtracted by
+            the model's normalisation (None: no normalisation).
+        std (tuple[float, float, float] | None): Channel standard deviations.
+        input_size (tuple[int, int] | None): ``(height, width)`` that the model
+            was fed in feature extraction; the predictor resizes other sizes
+            to it. None keeps every size.
+    """
+
+    pil_steps: Callable[[Any], Any] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    input_size: tuple[int, int] | None = None
+
+    def to_tensor(self, image: Any) -> torch.Tensor:
+        """Turn a PIL image into an RGB float tensor ``(3, H, W)`` in ``[0, 1]``."""
+        from torchvision.transforms import functional as TF
+
+        image = image.convert("RGB")
+        if self.pil_steps is not None:
+            image = self.pil_steps(image)
+        return TF.to_tensor(image)
+
+    def load(self, path: str | os.PathLike) -> torch.Tensor:
+        """Read an image file and return :meth:`to_tensor` of it.
+
+        Raises:
+            FileNotFoundError: If the file does not exist.
+            ValueError: If PIL cannot read it.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} not found")
+        try:
+            with Image.open(path) as image:
+                return self.to_tensor(image)
+        except UnidentifiedImageError as error:
+            raise ValueError(f"{path} is not an image file PIL can read") from error
+
+    @classmethod
+    def from_transform(cls, transform: Any) -> ImagePreprocessing:
+        """Split a torchvision transform into PIL steps and a normalisation.
+
+        Accepts a ``torchvision.transforms.Compose`` (nested ones too) whose
+        steps before ``ToTensor``/``PILToTensor`` work on PIL images and whose
+        steps after it are ``Normalize`` or ``ConvertImageDtype``, and the
+        preset objects of torchvision weights (``ImageClassification`` with
+        ``resize_size``, ``crop_size``, ``mean`` and ``std``). None gives no
+        preprocessing.
+
+        Raises:
+            ValueError: If a tensor step has no differentiable equivalent here.
+        """
+        from torchvision import transforms as T
+
+        if transform is None:
+            return cls()
+        if all(hasattr(transform, name) for name in ("crop_size", "resize_size", "mean", "std")):
+            steps = [
+                T.Resize(list(transform.resize_size), interpolation=transform.interpolation),
+                T.CenterCrop(list(transform.crop_size)),
+            ]
+            return cls(
+                pil_steps=T.Compose(steps),
+                mean=tuple(float(value) for value in transform.mean),
+                std=tuple(float(value) for value in transform.std),
+                input_size=_pair(transform.crop_size[0]),
+            )
+
+        pil_steps: list[Any] = []
+        mean = std = None
+        after_tensor = False
+        for step in _flatten_compose(transform):
+            if isinstance(step, (T.ToTensor, T.PILToTensor)):
+                after_tensor = True
+            elif not after_tensor:
+                pil_steps.append(step)
+            elif isinstance(step, T.Normalize):
+                mean = tuple(float(value) for value in step.mean)
+                std = tuple(float(value) for value in step.std)
+            elif isinstance(step, T.ConvertImageDtype):
+                continue  # PILToTensor + ConvertImageDtype(float) is ToTensor.
+            else:
+                raise ValueError(
+                    f"cannot turn the tensor step {step!r} of the model's transform into a "
+                    "differentiable operation; supported after ToTensor: Normalize, "
+                    "ConvertImageDtype"
+                )
+        return cls(
+            pil_steps=T.Compose(pil_steps) if pil_steps else None,
+            mean=mean,
+            std=std,
+            input_size=_output_size(pil_steps),
+        )
+
+
+def _flatten_compose(transform: Any) -> list[Any]:
+    from torchvision import transforms as T
+
+    if isinstance(transform, T.Compose):
+        steps = []
+        for step in transform.transforms:
+            steps += _flatten_compose(step)
+        return steps
+    return [transform]
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    size = list(size)
+    return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
+
+
+def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
+    """Return the fixed ``(H, W)`` that the PIL steps produce, or None if it varies."""
+    from torchvision import transforms as T
+
+    for step in reversed(pil_steps):
+        if isinstance(step, (T.CenterCrop, T.RandomCrop)):
+            return _pair(step.size)
+        if isinstance(step, T.Resize):
+            size = step.size
+            # Resize(int) scales the shorter side, so the output size depends on the image.
+            if isinstance(size, Sequence) and len(size) == 2:
+                return (int(size[0]), int(size[1]))
+            return None
+    return None
+
+
+class DimensionPredictor(nn.Module):
+    """Predict every embedding dimension from an image, differentiably.
+
+    The forward pass runs the model's own ``forward`` (no layer is dropped or
+    reordered), captures the output of ``layer`` with a forward hook, stops
+    the pass there, pools the output as the features were pooled when the
+    ridge map was fitted, and applies ``y = x @ coef + intercept``.
+
+    Every parameter is frozen (``requires_grad`` False) and the wrapped model
+    stays in eval mode: ``train()`` is a no-op, because BatchNorm statistics
+    or dropout would change the features that the map was fitted on.
+
+    Args:
+        model (nn.Module): The DNN. Its parameters are frozen in place.
+        layer (str | None): Name of the feature layer in
+            ``model.named_modules()``; None uses the model's output.
+        coef (array-like): Ridge coefficients in the raw feature space, shape
+            ``(n_features, n_dims)``.
+        intercept (array-like): Shape ``(n_dims,)``.
+        pooling (str): How the layer output becomes features, one of
+            :data:`POOLINGS`.
+        preprocessing (ImagePreprocessing | None): The model's preprocessing;
+            its ``mean``/``std`` are applied inside ``forward`` and its
+            ``input_size`` sets the resize target.
+        device (str | torch.device): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        dtype (torch.dtype | None): Compute dtype; default the dtype of the
+            model's first floating-point parameter.
+
+    Examples:
+        >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+        >>> predictor = DimensionPredictor(model, "1", np.ones((4, 2)), np.zeros(2))
+        >>> predictor(torch.zeros(1, 3, 8, 8)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | None,
+        coef: Any,
+        intercept: Any,
+        *,
+        pooling: str = "gap",
+        preprocessing: ImagePreprocessing | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        self.model = model
+        self.layer = layer
+        self.pooling = pooling
+        self.preprocessing = preprocessing or ImagePreprocessing()
+        self._layer_module = find_layer(model, layer) if layer is not None else None
+
+        if dtype is None:
+            dtype = next(
+                (parameter.dtype for parameter in model.parameters() if parameter.is_floating_point()),
+                torch.float32,
+            )
+        coef = torch.as_tensor(np.asarray(coef), dtype=dtype)
+        intercept = torch.as_tensor(np.asarray(intercept), dtype=dtype)
+        if coef.ndim != 2:
+            raise ValueError(f"coef must be 2-D (n_features, n_dims), got shape {tuple(coef.shape)}")
+        if intercept.shape != (coef.shape[1],):
+            raise ValueError(
+                f"intercept has shape {tuple(intercept.shape)} but coef has {coef.shape[1]} "
+                f"dimensions; expected ({coef.shape[1]},)"
+            )
+        self.register_buffer("coef", coef)
+        self.register_buffer("intercept", intercept)
+        mean = self.preprocessing.mean or (0.0, 0.0, 0.0)
+        std = self.preprocessing.std or (1.0, 1.0, 1.0)
+        self.register_buffer("mean", torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=dtype).view(1, -1, 1, 1))
+
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.to(device=resolve_device(device), dtype=dtype)
+        super().train(False)
+
+    @property
+    def n_dims(self) -> int:
+        """Number of predicted embedding dimensions."""
+        return int(self.coef.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        """Number of pooled features the map expects."""
+        return int(self.coef.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the map and the model."""
+        return self.coef.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the map and the model."""
+        return self.coef.dtype
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` the model is fed, or None where any size is used as given."""
+        return self.preprocessing.input_size
+
+    def train(self, mode: bool = True) -> DimensionPredictor:
+        """Keep eval mode: the map is only valid for the features of the eval-mode model."""
+        return super().train(False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Apply the tensor part of the preprocessing: resize to ``input_size``, then normalise.
+
+        Args:
+            images (torch.Tensor): RGB in ``[0, 1]``, shape ``(B, 3, H, W)``.
+
+        Returns:
+            torch.Tensor: The model input, shape ``(B, 3, *input_size)``.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (batch, 3, H, W), got {tuple(images.shape)}")
+        images = images.to(device=self.device, dtype=self.dtype)
+        size = self.input_size
+        if size is not None and tuple(images.shape[-2:]) != tuple(size):
+            # Antialiased bilinear resizing is differentiable and matches PIL's
+            # resampling closely when shrinking.
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the pooled layer output ``(B, n_features)`` for raw images in ``[0, 1]``."""
+        inputs = self.normalize(images)
+        if self._layer_module is None:
+            output = self.model(inputs)
+        else:
+            output = self._run_to_layer(inputs)
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(
+                f"layer {self.layer!r} returns {type(output).__name__}, not a tensor; "
+                "choose a layer whose output is a single tensor"
+            )
+        features = pool_output(output, self.pooling)
+        if features.shape[1] != self.n_features:
+            raise ValueError(
+                f"layer {self.layer!r} with pooling {self.pooling!r} gives {features.shape[1]} "
+                f"features, but the map expects {self.n_features}; was the map fitted on "
+                "features of this model, layer and pooling?"
+            )
+        return features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Predict the embedding of each image.
+
+        Args:
+            images (torch.Tensor): RGB in ``[0, 1]``, shape ``(B, 3, H, W)``
+                (or ``(3, H, W)`` for one image).
+
+        Returns:
+            torch.Tensor: Predicted dimensions, shape ``(B, n_dims)`` (or
+            ``(n_dims,)`` for one image).
+        """
+        single = images.ndim == 3
+        if single:
+            images = images.unsqueeze(0)
+        prediction = self.features(images) @ self.coef + self.intercept
+        return prediction[0] if single else prediction
+
+    def _run_to_layer(self, inputs: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output)
+            raise _StopForward
+
+        # Registered per call, after any hooks that other tools (Grad-CAM)
+        # placed on the same layer, so those hooks still see the output.
+        handle = self._layer_module.register_forward_hook(capture)
+        try:
+            self.model(inputs)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ValueError(
+                f"layer {self.layer!r} did not run in the model's forward pass; "
+                "choose a layer that the forward pass uses"
+            )
+        return captured[0]
+
+    @classmethod
+    def from_map_dir(
+        cls,
+        map_dir: str | os.PathLike,
+        model: Any = None,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> DimensionPredictor:
+        """Build the predictor from the output directory of ``dimalign map``.
+
+        Args:
+            map_dir (str | os.PathLike): Folder with the ridge map and its
+                ``manifest.json``, whose settings name the model, the layer
+                and the pooling of the features.
+            model (LoadedModel | None): An already loaded model (from
+                ``dimalign.features.load_model``); None loads the one the
+                manifest names.
+            device (str | torch.device): Where to run.
+
+        Raises:
+            FileNotFoundError: If the folder or its files are missing.
+            ValueError: If the manifest does not name the model or the layer.
+        """
+        from dimalign.analysis.ridge import RidgeMap
+        from dimalign.io.files import read_manifest
+
+        map_dir = Path(map_dir)
+        ridge = RidgeMap.load(map_dir)
+        settings = map_settings(read_manifest(map_dir))
+        if model is None:
+            from dimalign.features import load_model
+
+            if not settings["model"]:
+                raise ValueError(
+                    f"{map_dir}/manifest.json names no model in its settings; "
+                    "pass the loaded model explicitly"
+                )
+            model = load_model(settings["model"], weights=settings["weights"], device=device)
+        predictor = cls(
+            model.model,
+            settings["layer"],
+            ridge.coef_,
+            ridge.intercept_,
+            pooling=settings["pooling"],
+            preprocessing=ImagePreprocessing.from_transform(getattr(model, "transform", None)),
+            device=device,
+            dtype=torch.float32,
+        )
+        logger.info(
+            "predictor from %s: model %s, layer %s, pooling %s, %d features -> %d dimensions",
+            map_dir, settings["model"], settings["layer"], settings["pooling"],
+            predictor.n_features, predictor.n_dims,
+        )
+        return predictor
+
+
+def map_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Read model name, weights, layer and pooling from a map directory's manifest.
+
+    Returns:
+        dict: Keys ``model``, ``weights``, ``layer`` and ``pooling``.
+
+    Raises:
+        ValueError: If the manifest names no layer.
+    """
+    settings = manifest.get("settings", {})
+    layer = settings.get("layer")
+    if not layer:
+        raise ValueError(
+            "the map's manifest.json names no feature layer in its settings; "
+            "rerun `dimalign map` on a features folder written by `dimalign extract`"
+        )
+    return {
+        "model": settings.get("model"),
+        "weights": settings.get("weights"),
+        "layer": layer,
+        "pooling": settings.get("pooling") or "gap",
+    }

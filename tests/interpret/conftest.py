@@ -1,0 +1,32 @@
+"""Tiny hand-made models for the interpret tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+def make_conv_model(seed: int = 0, stride: int = 1) -> nn.Sequential:
+    """Two 3x3 convolutions with ReLU: layers "0" conv, "1" relu, "2" conv, "3" relu."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, stride=stride),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+        )
+
+
+@pytest.fixture
+def conv_model() -> nn.Sequential:
+    return make_conv_model()
+
+
+@pytest.fixture
+def ridge_coefficients() -> tuple[np.ndarray, np.ndarray]:
+    """A map from the 6 pooled features of `make_conv_model` to 5 dimensions."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(6, 5)), rng.normal(size=5)

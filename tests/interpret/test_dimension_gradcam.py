@@ -1,0 +1,173 @@
+"""Grad-CAM of one embedding dimension, against a manual backward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_conv_model
+from torch import nn
+
+from dimalign.interpret.gradcam import colorize, dimension_gradcam, overlay
+from dimalign.interpret.predictor import DimensionPredictor
+
+
+def manual_gradcam(predictor: DimensionPredictor, images: torch.Tensor, dim: int, layer: nn.Module) -> torch.Tensor:
+    """Grad-CAM by hand: w_c = mean_hw dy/dA_c, cam = relu(sum_c w_c A_c), min-max scaled."""
+    captured = []
+    handle = layer.register_forward_hook(lambda module, args, output: captured.append(output))
+    inputs = images.clone().requires_grad_(True)
+    try:
+        output = predictor(inputs)
+    finally:
+        handle.remove()
+    activations = captured[0]
+    (gradients,) = torch.autograd.grad(output[:, dim].sum(), activations)
+
+    weights = gradients.mean(dim=(2, 3))
+    cam = F.relu((weights[:, :, None, None] * activations).sum(dim=1))
+    cam = cam - cam.amin(dim=(1, 2), keepdim=True)
+    cam = cam / cam.amax(dim=(1, 2), keepdim=True)
+    return cam.detach()
+
+
+@pytest.fixture
+def predictor(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    return DimensionPredictor(conv_model, "3", coef, intercept)
+
+
+def test_gradcam_matches_manual_backward(predictor):
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+
+    maps = dimension_gradcam(predictor, images, 3, "2")
+    expected = manual_gradcam(predictor, images, 3, predictor.model[2]).numpy()
+
+    assert maps.shape == (3, 8, 8)
+    assert maps.dtype == np.float32
+    assert (expected.max(axis=(1, 2)) == 1.0).all()
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+def test_gradcam_upsampled_to_image(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(make_conv_model(stride=2), "3", coef, intercept)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    maps = dimension_gradcam(predictor, images, 1, "2")
+    small = manual_gradcam(predictor, images, 1, predictor.model[2])
+    expected = F.interpolate(small[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    # The upsampled map is min-max scaled once more, so its minimum is 0 again.
+    expected = expected - expected.amin(dim=(1, 2), keepdim=True)
+    expected = expected / expected.amax(dim=(1, 2), keepdim=True)
+
+    assert maps.shape == (2, 16, 16)
+    np.testing.assert_allclose(maps, expected.numpy(), atol=1e-5)
+
+
+def test_gradcam_single_image(predictor):
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(4))
+
+    cam = dimension_gradcam(predictor, image, 0, "2")
+
+    assert cam.shape == (8, 8)
+
+
+def test_gradcam_dimension_out_of_range(predictor):
+    with pytest.raises(ValueError, match="predicts 5 dimensions"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 7, "2")
+
+
+def test_gradcam_negative_dimension(predictor):
+    with pytest.raises(ValueError, match="predicts 5 dimensions"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), -1, "2")
+
+
+def test_gradcam_rejects_feature_vector_layer(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 6))
+    predictor = DimensionPredictor(model, "3", coef, intercept, pooling="none")
+
+    with pytest.raises(ValueError, match=r"\(batch, channels, height, width\).*reshape_transform"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
+
+
+def test_gradcam_rejects_one_by_one_map(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1))
+    predictor = DimensionPredictor(model, "1", coef, intercept)
+
+    with pytest.raises(ValueError, match="1x1 map"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "1")
+
+
+def test_gradcam_rejects_layer_after_features(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    model = make_conv_model()
+    predictor = DimensionPredictor(model, "2", coef, intercept)
+
+    with pytest.raises(ValueError, match="did not run before the feature layer"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
+
+
+def test_gradcam_reshape_transform_for_tokens(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+
+    class Tokens(nn.Module):
+        def forward(self, x):
+            return x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+
+    def to_map(tokens):
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], 8, 8)
+
+    class Untokens(nn.Module):
+        def forward(self, x):
+            return to_map(x)
+
+    model = nn.Sequential(make_conv_model(), Tokens(), Untokens())
+    predictor = DimensionPredictor(model, "2", coef, intercept)
+
+    with pytest.raises(ValueError, match="reshape_transform"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "1")
+    cam = dimension_gradcam(predictor, torch.rand(3, 8, 8), 0, "1", reshape_transform=to_map)
+
+    assert cam.shape == (8, 8)
+
+
+def test_gradcam_constant_activations_zero_map(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    constant = torch.full((1, 3, 8, 8), 0.5)
+    # 1x1 convolutions keep a constant image constant (no border effects of padding).
+    pointwise = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU())
+    predictor = DimensionPredictor(pointwise, "1", coef, intercept)
+
+    with pytest.warns(UserWarning, match="zero everywhere"):
+        cam = dimension_gradcam(predictor, constant, 2, "0")
+
+    assert np.isfinite(cam).all()
+    assert (cam == 0.0).all()
+
+
+def test_gradcam_float16_gives_float32(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(make_conv_model().half(), "3", coef.astype(np.float16), intercept)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+
+    maps = dimension_gradcam(predictor, images, 3, "2")
+
+    assert predictor.dtype == torch.float16
+    assert maps.dtype == np.float32
+    assert float(maps.min()) >= 0.0
+    assert float(maps.max()) <= 1.0
+    assert np.isfinite(maps).all()
+
+
+def test_overlay_blends_heatmap():
+    image = np.zeros((4, 4, 3), dtype=np.float32)
+    cam = np.ones((4, 4), dtype=np.float32)
+
+    blended = overlay(image, cam, alpha=1.0)
+
+    np.testing.assert_array_equal(blended, colorize(cam))
+    assert blended.dtype == np.uint8

@@ -1,0 +1,159 @@
+"""DimensionPredictor: the image -> features -> ridge map chain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from dimalign.interpret.predictor import DimensionPredictor, ImagePreprocessing, pool_output
+
+
+def test_predictor_matches_manual_chain(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    with torch.no_grad():
+        features = conv_model(images).mean(dim=(2, 3)).double().numpy()
+        predicted = predictor(images).double().numpy()
+
+    assert predicted.shape == (2, 5)
+    np.testing.assert_allclose(predicted, features @ coef + intercept, rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_stops_at_layer(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    later_calls = []
+    conv_model.append(nn.Identity())
+    conv_model[4].register_forward_hook(lambda *args: later_calls.append(1))
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+
+    predictor(torch.rand(1, 3, 8, 8))
+
+    assert later_calls == []
+
+
+def test_predictor_flatten_pooling(conv_model):
+    coef = np.ones((6 * 4 * 4, 2))
+    predictor = DimensionPredictor(conv_model, "3", coef, np.zeros(2), pooling="flatten")
+    images = torch.rand(1, 3, 4, 4)
+
+    with torch.no_grad():
+        expected = conv_model(images).flatten().sum().item()
+        predicted = predictor(images)
+
+    assert predicted.shape == (1, 2)
+    assert predicted[0, 0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_predictor_parameters_frozen_eval(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+
+    predictor.train()
+
+    assert all(not parameter.requires_grad for parameter in predictor.parameters())
+    assert not predictor.training
+    assert not predictor.model.training
+
+
+def test_predictor_gradient_reaches_pixels(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    images = torch.rand(1, 3, 8, 8, requires_grad=True)
+
+    predictor(images)[0, 2].backward()
+
+    assert images.grad is not None
+    assert images.grad.abs().sum() > 0
+
+
+def test_predictor_unknown_layer_lists_close_names(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    nested = nn.Sequential()
+    nested.add_module("features", conv_model)
+
+    with pytest.raises(ValueError, match="features.3"):
+        DimensionPredictor(nested, "features.33", coef, intercept)
+
+
+def test_predictor_feature_count_mismatch(conv_model):
+    predictor = DimensionPredictor(conv_model, "3", np.ones((7, 2)), np.zeros(2))
+
+    with pytest.raises(ValueError, match="gives 6 features, but the map expects 7"):
+        predictor(torch.rand(1, 3, 8, 8))
+
+
+def test_predictor_intercept_shape_checked(conv_model):
+    with pytest.raises(ValueError, match="expected \\(2,\\)"):
+        DimensionPredictor(conv_model, "3", np.ones((6, 2)), np.zeros(3))
+
+
+def test_predictor_single_image(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    image = torch.rand(3, 8, 8)
+
+    with torch.no_grad():
+        single = predictor(image)
+        batch = predictor(image.unsqueeze(0))
+
+    assert single.shape == (5,)
+    torch.testing.assert_close(single, batch[0])
+
+
+def test_preprocessing_split_reproduces_transform(conv_model, ridge_coefficients):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    transform = T.Compose([T.Resize(20), T.CenterCrop(16), T.ToTensor(), T.Normalize(mean, std)])
+    preprocessing = ImagePreprocessing.from_transform(transform)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8))
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, preprocessing=preprocessing)
+
+    raw = preprocessing.to_tensor(image)
+    with torch.no_grad():
+        through_predictor = predictor(raw.unsqueeze(0))
+        through_transform = conv_model(transform(image).unsqueeze(0)).mean(dim=(2, 3))
+    expected = through_transform.double().numpy() @ coef + intercept
+
+    assert preprocessing.input_size == (16, 16)
+    assert preprocessing.mean == mean
+    assert tuple(raw.shape) == (3, 16, 16)
+    assert float(raw.min()) >= 0.0
+    assert float(raw.max()) <= 1.0
+    np.testing.assert_allclose(through_predictor.double().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_resizes_to_input_size(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    preprocessing = ImagePreprocessing(input_size=(8, 8))
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, preprocessing=preprocessing)
+    constant = torch.full((1, 3, 32, 32), 0.3)
+
+    with torch.no_grad():
+        resized = predictor(constant)
+        direct = predictor(torch.full((1, 3, 8, 8), 0.3))
+
+    torch.testing.assert_close(resized, direct)
+
+
+def test_preprocessing_rejects_unknown_tensor_step():
+    transform = T.Compose([T.ToTensor(), T.RandomErasing()])
+
+    with pytest.raises(ValueError, match="RandomErasing"):
+        ImagePreprocessing.from_transform(transform)
+
+
+def test_preprocessing_load_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        ImagePreprocessing().load(tmp_path / "missing.png")
+
+
+def test_pool_output_none_rejects_maps():
+    with pytest.raises(ValueError, match="pooling 'none'"):
+        pool_output(torch.zeros(1, 2, 3, 3), "none")
