@@ -1,0 +1,148 @@
+"""Activation maximisation with the built-in Fourier generator and a user generator."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from dimalign.interpret.generators import FourierGenerator, augment, load_generator, total_variation
+from dimalign.interpret.maximize import maximize_dimension
+from dimalign.interpret.predictor import DimensionPredictor
+
+
+@pytest.fixture
+def predictor(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    return DimensionPredictor(conv_model, "3", coef, intercept)
+
+
+@pytest.mark.parametrize(("dim", "seed"), [(0, 0), (3, 1), (4, 2)])
+def test_maximize_increases_dimension(predictor, dim, seed):
+    result = maximize_dimension(
+        predictor, dim, steps=15, n_init=6, n_images=3, image_size=16, random_state=seed
+    )
+
+    assert result.images.shape == (3, 3, 16, 16)
+    assert result.before.shape == (3,)
+    assert (result.after > result.before).all(), (result.before, result.after)
+
+
+def test_maximize_starts_from_best_random_latents(predictor):
+    generator = FourierGenerator(16)
+    random = torch.Generator().manual_seed(7)
+    candidates = generator.sample_latent(5, random)
+    with torch.no_grad():
+        values = predictor(generator(candidates))[:, 2].numpy()
+
+    result = maximize_dimension(predictor, 2, generator=generator, steps=0, n_init=5, n_images=2, random_state=7)
+
+    np.testing.assert_allclose(np.sort(result.before), np.sort(values)[-2:], rtol=1e-5)
+    np.testing.assert_allclose(result.after, result.before, rtol=1e-6)
+
+
+def test_maximize_reproducible(predictor):
+    first = maximize_dimension(predictor, 1, steps=3, n_init=3, n_images=2, image_size=16, random_state=4)
+    second = maximize_dimension(predictor, 1, steps=3, n_init=3, n_images=2, image_size=16, random_state=4)
+
+    torch.testing.assert_close(first.images, second.images)
+
+
+def test_maximize_uses_module_function_generator(predictor, tmp_path, monkeypatch):
+    (tmp_path / "tiny_generator_module.py").write_text(textwrap.dedent(
+        """
+        import torch
+        from torch import nn
+
+        CALLS = {"build": 0, "forward": 0}
+
+
+        class TinyGenerator(nn.Module):
+            latent_dim = 12
+
+            def __init__(self):
+                super().__init__()
+                self.linear = nn.Linear(12, 3 * 8 * 8)
+
+            def forward(self, latent):
+                CALLS["forward"] += 1
+                return torch.sigmoid(self.linear(latent)).view(-1, 3, 8, 8)
+
+
+        def build():
+            CALLS["build"] += 1
+            return TinyGenerator()
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    generator = load_generator("tiny_generator_module:build")
+    result = maximize_dimension(predictor, 0, generator=generator, steps=4, n_init=3, n_images=2)
+
+    import tiny_generator_module
+
+    assert tiny_generator_module.CALLS["build"] == 1
+    assert tiny_generator_module.CALLS["forward"] >= 4
+    assert result.images.shape == (2, 3, 8, 8)
+    assert not any(parameter.requires_grad for parameter in generator.parameters())
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "module:function"),
+        ("dimalign_missing_module_xyz:build", "not found"),
+        ("dimalign.interpret.generators:missing_function", "no callable"),
+        ("builtins:dict", "must return a torch.nn.Module"),
+    ],
+)
+def test_load_generator_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load_generator(spec)
+
+
+def test_maximize_dimension_out_of_range(predictor):
+    with pytest.raises(ValueError, match="predicts 5 dimensions"):
+        maximize_dimension(predictor, 5, steps=1, n_init=1, n_images=1, image_size=8)
+
+
+def test_maximize_more_images_than_starts(predictor):
+    with pytest.raises(ValueError, match="n_images"):
+        maximize_dimension(predictor, 0, n_init=2, n_images=3, image_size=8)
+
+
+def test_fourier_generator_range_and_shape():
+    generator = FourierGenerator((12, 10))
+    latent = 3.0 * generator.sample_latent(4, torch.Generator().manual_seed(0))
+
+    images = generator(latent)
+
+    assert images.shape == (4, 3, 12, 10)
+    assert float(images.min()) > 0.0
+    assert float(images.max()) < 1.0
+
+
+def test_fourier_generator_zero_latent_is_gray():
+    generator = FourierGenerator(8)
+
+    images = generator(torch.zeros(1, generator.latent_dim))
+
+    torch.testing.assert_close(images, torch.full((1, 3, 8, 8), 0.5))
+
+
+def test_augment_identity_parameters():
+    images = torch.rand(2, 3, 8, 8)
+
+    same = augment(images, torch.Generator().manual_seed(0), max_shift=0.0, scale_range=(1.0, 1.0))
+
+    torch.testing.assert_close(same, images, atol=1e-6, rtol=0)
+
+
+def test_total_variation_of_stripes():
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., :, 1::2] = 1.0
+
+    # Vertical neighbours are equal; every horizontal pair differs by 1.
+    assert total_variation(stripes).item() == pytest.approx(1.0)
