@@ -1,0 +1,249 @@
+"""Image edits and the predicted change of every dimension."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+
+from dimalign.interpret.manipulate import (
+    TABLE_COLUMNS,
+    Edit,
+    estimate_foreground,
+    gaussian_blur,
+    hsv_to_rgb,
+    manipulate_images,
+    occlude,
+    otsu_threshold,
+    parse_edit,
+    plot_largest_changes,
+    replace_background,
+    rgb_to_hsv,
+    rotate_hue,
+    scale_brightness,
+    scale_contrast,
+    scale_saturation,
+    silhouette,
+    to_grayscale,
+)
+from dimalign.interpret.predictor import DimensionPredictor
+
+
+@pytest.fixture
+def predictor(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    return DimensionPredictor(conv_model, "3", coef, intercept)
+
+
+@pytest.fixture
+def colour_image() -> torch.Tensor:
+    return torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(0))
+
+
+def test_grayscale_of_gray_image_changes_nothing(predictor):
+    values = torch.rand(1, 12, 12, generator=torch.Generator().manual_seed(1))
+    gray = values.expand(3, 12, 12).clone()
+
+    result = manipulate_images(predictor, {"gray": gray}, ["grayscale"])
+
+    assert torch.equal(to_grayscale(gray), gray)
+    assert result.table["change"].abs().max() <= 1e-6
+
+
+def test_hue_rotation_by_360_changes_nothing(predictor, colour_image):
+    result = manipulate_images(predictor, {"colour": colour_image}, ["hue:360"])
+
+    torch.testing.assert_close(rotate_hue(colour_image, 360.0), colour_image, atol=1e-6, rtol=0)
+    assert result.table["change"].abs().max() <= 1e-4
+
+
+def test_hue_rotation_turns_red_to_green_and_blue():
+    red = torch.zeros(3, 2, 2)
+    red[0] = 1.0
+
+    green = rotate_hue(red, 120.0)
+    blue = rotate_hue(red, -120.0)
+
+    torch.testing.assert_close(green[:, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(blue[:, 0, 0], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+
+
+def test_rgb_to_hsv_matches_colorsys(colour_image):
+    hsv = rgb_to_hsv(colour_image)
+
+    pixels = colour_image.permute(1, 2, 0).reshape(-1, 3).double().numpy()
+    expected = np.array([colorsys.rgb_to_hsv(*pixel) for pixel in pixels])
+    np.testing.assert_allclose(hsv.permute(1, 2, 0).reshape(-1, 3).numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(hsv_to_rgb(hsv), colour_image, atol=1e-6, rtol=0)
+
+
+def test_grayscale_uses_bt601_weights():
+    pixel = torch.tensor([0.2, 0.6, 1.0]).view(3, 1, 1)
+
+    gray = to_grayscale(pixel)
+
+    expected = 0.299 * 0.2 + 0.587 * 0.6 + 0.114 * 1.0
+    torch.testing.assert_close(gray.flatten(), torch.full((3,), expected), atol=1e-7, rtol=0)
+
+
+def test_saturation_zero_is_grayscale(colour_image):
+    torch.testing.assert_close(scale_saturation(colour_image, 0.0), to_grayscale(colour_image))
+
+
+def test_saturation_and_brightness_one_are_identity(colour_image):
+    torch.testing.assert_close(scale_saturation(colour_image, 1.0), colour_image, atol=1e-7, rtol=0)
+    assert torch.equal(scale_brightness(colour_image, 1.0), colour_image)
+
+
+def test_brightness_halves_and_clips():
+    image = torch.tensor([0.2, 0.8, 1.0]).view(3, 1, 1)
+
+    torch.testing.assert_close(scale_brightness(image, 0.5).flatten(), torch.tensor([0.1, 0.4, 0.5]))
+    torch.testing.assert_close(scale_brightness(image, 2.0).flatten(), torch.tensor([0.4, 1.0, 1.0]))
+
+
+def test_contrast_zero_is_flat_mean_luma(colour_image):
+    flat = scale_contrast(colour_image, 0.0)
+
+    expected = to_grayscale(colour_image).mean()
+    torch.testing.assert_close(flat, torch.full_like(colour_image, expected.item()), atol=1e-6, rtol=0)
+
+
+def test_blur_keeps_constant_image_and_small_images():
+    constant = torch.full((3, 5, 5), 0.25)
+
+    torch.testing.assert_close(gaussian_blur(constant, 4.0), constant)
+    assert torch.equal(gaussian_blur(constant, 0.0), constant)
+
+
+def test_blur_smooths_an_impulse():
+    impulse = torch.zeros(3, 21, 21)
+    impulse[:, 10, 10] = 1.0
+
+    blurred = gaussian_blur(impulse, 2.0)
+
+    assert blurred[0, 10, 10] < 0.1
+    assert blurred[0].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def square_scene() -> tuple[torch.Tensor, torch.Tensor]:
+    """A red square on a blue background with a little noise, and its true mask."""
+    noise = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(3)) * 0.05
+    image = torch.zeros(3, 40, 40)
+    image[2] = 0.8
+    truth = torch.zeros(40, 40, dtype=torch.bool)
+    truth[12:28, 14:30] = True
+    image[:, truth] = torch.tensor([0.9, 0.1, 0.1])[:, None]
+    return (image + noise).clamp(0, 1), truth
+
+
+def test_estimate_foreground_finds_square():
+    image, truth = square_scene()
+
+    mask = estimate_foreground(image)
+
+    intersection = (mask & truth).sum().item()
+    union = (mask | truth).sum().item()
+    assert mask.dtype == torch.bool
+    assert intersection / union > 0.9
+    assert mask[14:26, 16:28].all()
+    assert not mask[:5].any()
+
+
+def test_estimate_foreground_uniform_image_warns():
+    with pytest.warns(UserWarning, match="no foreground"):
+        mask = estimate_foreground(torch.full((3, 10, 10), 0.3))
+
+    assert not mask.any()
+
+
+def test_otsu_threshold_splits_two_groups():
+    values = np.concatenate([np.full(50, 1.0), np.full(30, 5.0)])
+
+    threshold = otsu_threshold(values)
+
+    assert 1.0 <= threshold < 5.0
+
+
+def test_background_and_silhouette_use_mask():
+    image, truth = square_scene()
+
+    replaced = replace_background(image, truth, 0.5)
+    shape = silhouette(image, truth)
+
+    assert torch.equal(replaced[:, truth], image[:, truth])
+    assert (replaced[:, ~truth] == 0.5).all()
+    assert (shape[:, truth] == 0.0).all()
+    assert (shape[:, ~truth] == 1.0).all()
+
+
+def test_mask_size_mismatch():
+    with pytest.raises(ValueError, match="does not match the image size"):
+        replace_background(torch.zeros(3, 4, 4), torch.ones(5, 5, dtype=torch.bool))
+
+
+def test_occlude_centre_box():
+    image = torch.ones(3, 10, 8)
+
+    occluded = occlude(image, 0.5, fill=0.0)
+
+    assert (occluded[:, 2:7, 2:6] == 0.0).all()
+    assert occluded.sum().item() == 3 * (80 - 5 * 4)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("grayscale", Edit("grayscale", None)), ("hue:45", Edit("hue", 45.0)), ("blur", Edit("blur", 3.0))],
+)
+def test_parse_edit(text, expected):
+    assert parse_edit(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("sepia", "unknown edit"), ("hue:abc", "not a number"), ("grayscale:2", "takes no parameter"), ("hue:nan", "finite")],
+)
+def test_parse_edit_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_edit(text)
+
+
+def test_manipulation_table_contents(predictor, colour_image):
+    image_b = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(9))
+    edits = ["grayscale", "blur:1", "background:0.5"]
+
+    result = manipulate_images(predictor, {"a": colour_image, "b": image_b}, edits)
+    table = result.table
+
+    assert list(table.columns) == list(TABLE_COLUMNS)
+    assert len(table) == 2 * 3 * 5
+    np.testing.assert_allclose(table["change"], table["after"] - table["before"])
+    with torch.no_grad():
+        before_a = predictor(colour_image).double().numpy()
+    first = table[(table["image"] == "a") & (table["edit"] == "blur")]
+    np.testing.assert_allclose(first["before"], before_a, rtol=1e-6)
+    assert first["parameter"].tolist() == [1.0] * 5
+    assert set(result.edited["b"]) == {"grayscale", "blur:1", "background:0.5"}
+    assert set(result.masks) == {"a", "b"}
+
+
+def test_manipulation_uses_given_mask(predictor, colour_image):
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[3:9, 3:9] = True
+
+    result = manipulate_images(predictor, {"a": colour_image}, ["silhouette"], masks={"a": mask})
+
+    assert torch.equal(result.masks["a"], mask)
+    assert (result.edited["a"]["silhouette"][:, mask] == 0.0).all()
+
+
+def test_plot_largest_changes(predictor, colour_image, tmp_path):
+    result = manipulate_images(predictor, {"a": colour_image}, ["grayscale", "hue:180", "occlude"])
+
+    figure = plot_largest_changes(result, {"a": colour_image}, n_rows=2, n_dims=3)
+    figure.savefig(tmp_path / "changes.png")
+
+    assert len(figure.axes) == 6
+    assert (tmp_path / "changes.png").stat().st_size > 0
