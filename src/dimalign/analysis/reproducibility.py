@@ -1,0 +1,171 @@
+"""Reproducibility of embedding dimensions across runs with different seeds.
+
+A dimension is reproducible when other runs find it again. The objects are
+split into two halves. For a dimension of one run, its best-correlated
+dimension in another run is found on the first half, and that pair is then
+correlated on the second half, so the choice of the partner and its score
+use different objects. The correlations with all other runs are averaged
+with the Fisher z-transform:
+``z = arctanh(clip(r, -0.999999, 0.999999))``, mean over runs, ``tanh`` back.
+Clipping keeps ``arctanh`` finite for identical dimensions (``r = 1``), so a
+perfectly reproduced dimension scores ``tanh(arctanh(0.999999)) = 0.999999``.
+A run's reproducibility is the mean over its dimensions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dimalign.analysis.matching import correlate_columns
+
+logger = logging.getLogger(__name__)
+
+#: Correlations are clipped to [-R_CLIP, R_CLIP] before the Fisher z-transform.
+R_CLIP = 0.999999
+
+SPLIT_METHODS = ("odd_even", "random")
+
+
+def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split object indices into two halves.
+
+    Args:
+        n_objects (int): Number of objects (at least 6, so each half has 3).
+        method (str): ``"odd_even"`` (even indices, then odd indices) or
+            ``"random"`` (a random half, seeded by ``random_state``; the
+            first half gets ``n_objects // 2`` objects).
+        random_state (int): Seed of the random split.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: Sorted indices of the two halves.
+
+    Examples:
+        >>> [half.tolist() for half in split_halves(7)]
+        [[0, 2, 4, 6], [1, 3, 5]]
+    """
+    if n_objects < 6:
+        raise ValueError(f"{n_objects} objects are too few to split into halves: need at least 6")
+    if method == "odd_even":
+        return np.arange(0, n_objects, 2), np.arange(1, n_objects, 2)
+    if method == "random":
+        permutation = np.random.default_rng(random_state).permutation(n_objects)
+        half = n_objects // 2
+        return np.sort(permutation[:half]), np.sort(permutation[half:])
+    raise ValueError(f"unknown split method {method!r}: use one of {', '.join(SPLIT_METHODS)}")
+
+
+def fisher_mean(correlations: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Average correlations through the Fisher z-transform (clipped to ±:data:`R_CLIP`)."""
+    z = np.arctanh(np.clip(np.asarray(correlations, dtype=np.float64), -R_CLIP, R_CLIP))
+    return np.tanh(z.mean(axis=axis))
+
+
+@dataclass
+class ReproducibilityResult:
+    """Reproducibility of every run and every dimension.
+
+    Attributes:
+        run_scores (np.ndarray): Mean reproducibility of each run, shape ``(n_runs,)``.
+        dim_scores (list[np.ndarray]): Per-dimension reproducibility of each run.
+        pair_correlations (list[np.ndarray]): For each run, shape
+            ``(n_dims, n_runs)``: the held-out correlation of each dimension with
+            its partner in every run (NaN on the run's own column).
+        split (dict): How the objects were split (method, seed, half sizes).
+    """
+
+    run_scores: np.ndarray
+    dim_scores: list[np.ndarray]
+    pair_correlations: list[np.ndarray]
+    split: dict = field(default_factory=dict)
+
+    @property
+    def best_run(self) -> int:
+        """Index of the run with the highest mean reproducibility (the first on ties)."""
+        return int(np.argmax(self.run_scores))
+
+
+def reproducibility(
+    embeddings: Sequence[np.ndarray],
+    *,
+    split: str = "odd_even",
+    random_state: int = 0,
+) -> ReproducibilityResult:
+    """Score how well other runs reproduce each run's dimensions.
+
+    Args:
+        embeddings (Sequence[np.ndarray]): At least two embeddings of the same
+            objects in the same row order, each ``(n_objects, n_dims_r)``; the
+            numbers of dimensions may differ.
+        split (str): ``"odd_even"`` or ``"random"`` (see :func:`split_halves`).
+        random_state (int): Seed of a random split.
+
+    Returns:
+        ReproducibilityResult: Scores per run and per dimension.
+
+    Raises:
+        ValueError: With fewer than two runs, or runs of different object counts.
+
+    Warns:
+        UserWarning: When a dimension is constant on one half; its correlations are 0.
+    """
+    arrays = [np.asarray(embedding, dtype=np.float64) for embedding in embeddings]
+    if len(arrays) < 2:
+        raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
+    n_objects = {array.shape[0] for array in arrays}
+    if len(n_objects) != 1 or any(array.ndim != 2 for array in arrays):
+        raise ValueError(
+            "every run must be a 2-D embedding of the same objects, got shapes "
+            f"{[array.shape for array in arrays]}"
+        )
+    first_half, second_half = split_halves(n_objects.pop(), split, random_state)
+
+    n_runs = len(arrays)
+    dim_scores, pair_correlations = [], []
+    for run, reference in enumerate(arrays):
+        held_out = np.full((reference.shape[1], n_runs), np.nan)
+        for other_run, other in enumerate(arrays):
+            if other_run == run:
+                continue
+            # Pick each dimension's partner on one half, then score it on the other.
+            choosing = correlate_columns(
+                reference[first_half], other[first_half],
+                name_a=f"run {run} (first half)", name_b=f"run {other_run} (first half)",
+            )
+            partners = np.argmax(choosing, axis=1)
+            scoring = correlate_columns(
+                reference[second_half], other[second_half],
+                name_a=f"run {run} (second half)", name_b=f"run {other_run} (second half)",
+            )
+            held_out[:, other_run] = scoring[np.arange(reference.shape[1]), partners]
+        others = np.delete(held_out, run, axis=1)
+        dim_scores.append(fisher_mean(others, axis=1))
+        pair_correlations.append(held_out)
+
+    run_scores = np.array([scores.mean() for scores in dim_scores])
+    logger.info(
+        "reproducibility of %d runs (%s split): best run %d with %.3f, median %.3f",
+        n_runs, split, int(np.argmax(run_scores)), run_scores.max(), float(np.median(run_scores)),
+    )
+    split_record = {
+        "method": split,
+        "random_state": random_state if split == "random" else None,
+        "first_half_size": int(first_half.size),
+        "second_half_size": int(second_half.size),
+        "partner_chosen_on": "first half",
+        "correlation_on": "second half",
+    }
+    return ReproducibilityResult(run_scores, dim_scores, pair_correlations, split_record)
+
+
+__all__ = [
+    "R_CLIP",
+    "SPLIT_METHODS",
+    "ReproducibilityResult",
+    "fisher_mean",
+    "reproducibility",
+    "split_halves",
+]

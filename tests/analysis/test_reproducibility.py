@@ -1,0 +1,117 @@
+"""Tests of split-half reproducibility across runs."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+from dimalign.analysis.reproducibility import (
+    R_CLIP,
+    fisher_mean,
+    reproducibility,
+    split_halves,
+)
+
+
+def sparse_embedding(n_objects=60, n_dims=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.maximum(rng.normal(size=(n_objects, n_dims)), 0.0)
+
+
+def test_permuted_runs_reproduce_at_clip():
+    embedding = sparse_embedding()
+    permuted = embedding[:, [3, 0, 4, 1, 2]]
+    result = reproducibility([embedding, permuted])
+
+    # Every held-out r is 1 (up to rounding), clipped to R_CLIP before arctanh;
+    # tanh(arctanh(R_CLIP)) gives R_CLIP back, so each score is R_CLIP.
+    for score in result.run_scores:
+        assert abs(score - R_CLIP) < 1e-9
+    for scores in result.dim_scores:
+        assert np.all(np.abs(scores - R_CLIP) < 1e-9)
+    assert result.run_scores.max() < 1.0
+
+
+def test_reproducibility_matches_manual_computation():
+    rng = np.random.default_rng(1)
+    first = sparse_embedding(seed=2)
+    second = np.column_stack([first[:, 1] + 0.5 * rng.random(60), rng.random(60), first[:, 0] + 0.2 * rng.random(60)])
+    third = rng.random((60, 2))
+    result = reproducibility([first, second, third])
+    even, odd = np.arange(0, 60, 2), np.arange(1, 60, 2)
+
+    # Dimension 0 of run 0, by hand: partner chosen on even rows, scored on odd rows.
+    held_out = []
+    for other in (second, third):
+        choosing = [pearsonr(first[even, 0], other[even, j])[0] for j in range(other.shape[1])]
+        partner = int(np.argmax(choosing))
+        held_out.append(pearsonr(first[odd, 0], other[odd, partner])[0])
+    expected = np.tanh(np.mean(np.arctanh(held_out)))
+
+    assert result.dim_scores[0][0] == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_allclose(result.pair_correlations[0][0, 1:], held_out, atol=1e-12)
+    assert np.isnan(result.pair_correlations[0][0, 0])
+    assert result.run_scores[0] == pytest.approx(result.dim_scores[0].mean())
+
+
+def test_best_run_is_most_reproducible():
+    base = sparse_embedding(seed=3)
+    rng = np.random.default_rng(4)
+    runs = [
+        base + 0.05 * rng.random(base.shape),
+        base + 0.05 * rng.random(base.shape),
+        rng.random(base.shape),
+    ]
+    result = reproducibility(runs)
+    assert result.best_run in (0, 1)
+    assert result.run_scores[2] < result.run_scores[0]
+
+
+def test_zero_variance_dimension_scores_zero():
+    embedding = sparse_embedding(seed=5)
+    with_constant = np.column_stack([embedding, np.zeros(60)])
+    with pytest.warns(UserWarning, match="zero variance"):
+        result = reproducibility([with_constant, embedding])
+    scores = result.dim_scores[0]
+    assert not np.isnan(scores).any()
+    assert scores[-1] == 0.0
+
+
+def test_random_split_is_recorded_and_seeded():
+    first, second = split_halves(11, "random", random_state=3)
+    again_first, _ = split_halves(11, "random", random_state=3)
+    np.testing.assert_array_equal(first, again_first)
+    assert first.size == 5
+    assert second.size == 6
+    assert sorted(np.concatenate([first, second]).tolist()) == list(range(11))
+
+    embedding = sparse_embedding()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = reproducibility([embedding, embedding[:, ::-1]], split="random", random_state=3)
+    assert result.split["method"] == "random"
+    assert result.split["random_state"] == 3
+
+
+def test_fisher_mean_values():
+    assert fisher_mean(np.array([0.5, 0.5])) == pytest.approx(0.5, abs=1e-15)
+    assert fisher_mean(np.array([0.3, -0.3])) == pytest.approx(0.0, abs=1e-15)
+    assert fisher_mean(np.array([1.0])) == pytest.approx(R_CLIP, abs=1e-15)
+
+
+def test_reproducibility_rejects_one_run():
+    with pytest.raises(ValueError, match="at least two runs"):
+        reproducibility([sparse_embedding()])
+
+
+def test_reproducibility_rejects_different_objects():
+    with pytest.raises(ValueError, match="same objects"):
+        reproducibility([sparse_embedding(), sparse_embedding(n_objects=50)])
+
+
+def test_split_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown split method"):
+        split_halves(10, "halves")

@@ -1,0 +1,160 @@
+"""Tests of the cross-validated ridge map against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dimalign.analysis.ridge import RidgeMap, standardise, validate_alphas
+
+ALPHAS = np.logspace(-3, 5, 17)
+
+
+def make_linear_data(n_objects=20, n_features=200, noise=1.0, seed=0):
+    """Low-rank features with a known linear map to three targets plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    factors = rng.normal(size=(n_objects, 4))
+    loadings = rng.normal(size=(4, n_features)) * rng.uniform(0.5, 3.0, size=n_features)
+    X = factors @ loadings + 0.5 * rng.normal(size=(n_objects, n_features))
+    weights = rng.normal(size=(n_features, 3)) / np.sqrt(n_features)
+    Y = X @ weights + noise * rng.normal(size=(n_objects, 3))
+    return X, Y
+
+
+def manual_cv_r2(X, Y, alpha, dim, n_splits=3):
+    """Mean held-out R² over KFold splits with a scikit-learn scaler and ridge."""
+    scores = []
+    for train, test in KFold(n_splits).split(X):
+        scaler = StandardScaler().fit(X[train])
+        model = Ridge(alpha=alpha).fit(scaler.transform(X[train]), Y[train, dim])
+        scores.append(r2_score(Y[test, dim], model.predict(scaler.transform(X[test]))))
+    return float(np.mean(scores))
+
+
+def test_ridge_reports_cross_validated_r2():
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
+    training_r2 = r2_score(Y, ridge.predict(X), multioutput="raw_values")
+
+    for dim in range(3):
+        assert ridge.cv_r2_[dim] < training_r2[dim]
+        expected = manual_cv_r2(X, Y, ridge.alpha_[dim], dim)
+        assert ridge.cv_r2_[dim] == pytest.approx(expected, abs=1e-6)
+
+
+def test_ridge_matches_gridsearchcv():
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
+
+    for dim in range(Y.shape[1]):
+        search = GridSearchCV(
+            Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
+            {"ridge__alpha": ALPHAS},
+            cv=KFold(3),
+            scoring="r2",
+        ).fit(X, Y[:, dim])
+        assert ridge.alpha_[dim] == search.best_params_["ridge__alpha"]
+        assert ridge.cv_r2_[dim] == pytest.approx(search.best_score_, abs=1e-6)
+        np.testing.assert_allclose(
+            ridge.cv_scores_[:, dim], search.cv_results_["mean_test_score"], atol=1e-6
+        )
+
+
+def test_ridge_matches_gridsearchcv_shuffled():
+    X, Y = make_linear_data(n_objects=45, n_features=30, noise=1.0, seed=4)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3, shuffle=True, random_state=7).fit(X, Y)
+    search = GridSearchCV(
+        Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
+        {"ridge__alpha": ALPHAS},
+        cv=KFold(3, shuffle=True, random_state=7),
+        scoring="r2",
+    ).fit(X, Y[:, 1])
+
+    assert ridge.alpha_[1] == search.best_params_["ridge__alpha"]
+    assert ridge.cv_r2_[1] == pytest.approx(search.best_score_, abs=1e-6)
+
+
+def test_ridge_coefficients_in_raw_space():
+    X, Y = make_linear_data(n_objects=50, n_features=30, seed=5)
+    X = X + 10.0  # a feature offset that the folded-in scaler must absorb
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    for dim in range(3):
+        pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=ridge.alpha_[dim]))])
+        pipeline.fit(X, Y[:, dim])
+        np.testing.assert_allclose(ridge.predict(X)[:, dim], pipeline.predict(X), atol=1e-8)
+    np.testing.assert_allclose(ridge.predict(X), X @ ridge.coef_ + ridge.intercept_)
+    assert ridge.coef_.shape == (30, 3)
+    assert ridge.intercept_.shape == (3,)
+
+
+def test_ridge_warns_at_grid_edge():
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    # Heavy noise wants a large penalty: a grid that stops at 1e-1 must warn.
+    grid = np.logspace(-4, -1, 4)
+    with pytest.warns(UserWarning, match="largest value of the grid"):
+        RidgeMap(alphas=grid).fit(X, Y)
+
+
+def test_ridge_no_warning_inside_grid():
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=np.logspace(-3, 8, 23))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ridge.fit(X, Y)
+    assert ridge.alpha_.min() > 1e-3
+    assert ridge.alpha_.max() < 1e8
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_ridge_rejects_invalid_penalty(bad):
+    X, Y = make_linear_data()
+    with pytest.raises(ValueError, match="penalty"):
+        RidgeMap(alphas=[1.0, bad]).fit(X, Y)
+
+
+def test_validate_alphas_names_value():
+    with pytest.raises(ValueError, match=r"0\.0"):
+        validate_alphas([1.0, 0.0])
+
+
+def test_ridge_rejects_mismatched_rows():
+    X, Y = make_linear_data()
+    with pytest.raises(ValueError, match="20 rows but Y has 19"):
+        RidgeMap().fit(X, Y[:19])
+
+
+def test_standardise_constant_column():
+    X = np.column_stack([np.full(10, 3.0), np.arange(10.0)])
+    mean, scale = standardise(X)
+    assert scale[0] == 1.0
+    assert mean[0] == 3.0
+    np.testing.assert_allclose(scale[1], np.arange(10.0).std())
+
+
+def test_ridge_save_load_round_trip(tmp_path):
+    X, Y = make_linear_data()
+    features = tmp_path / "features.npy"
+    np.save(features, X)
+    ridge = RidgeMap(alphas=ALPHAS, model_name="vgg16", layer="classifier.4").fit(X, Y)
+    ridge.save(tmp_path / "map", inputs={"features": features})
+
+    loaded = RidgeMap.load(tmp_path / "map")
+    np.testing.assert_array_equal(loaded.coef_, ridge.coef_)
+    np.testing.assert_array_equal(loaded.alpha_, ridge.alpha_)
+    np.testing.assert_array_equal(loaded.predict(X), ridge.predict(X))
+    assert loaded.layer == "classifier.4"
+    assert loaded.model_name == "vgg16"
+
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert manifest["settings"]["model_name"] == "vgg16"
+    assert manifest["settings"]["layer"] == "classifier.4"
+    assert len(manifest["inputs"]["features"]["sha256"]) == 64
