@@ -1,0 +1,863 @@
+"""Triplet files: reading, converting, validating, summarising, splitting and writing.
+
+The canonical layout is an integer array of shape ``(n_triplets, 3)`` with
+0-based object indices. The first two columns are the pair judged most
+similar and the last column is the odd one out. Files are ``.npy`` (int32 or
+int64) or text (``.txt``, ``.tsv``, ``.csv``) with whitespace, tab or comma
+delimiters and an optional header line.
+
+:func:`load_triplets` converts other layouts into the canonical one: 1-based
+indices, the odd one out in another column, the odd one out given as its
+position 1..3 in a separate choice column, and extra columns such as subject
+ids. Every conversion is logged at INFO level.
+
+The number of objects always comes from the caller (``n_objects``) or from an
+object table, never from the largest index in the file. A file that never
+mentions the last objects would otherwise shrink the object set without
+notice, and a 1-based file would look like a valid 0-based file with one
+object more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.io.files import atomic_path
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+
+logger = logging.getLogger(__name__)
+
+TRIPLET_SUFFIXES = (".npy", ".txt", ".tsv", ".csv")
+TEXT_DELIMITERS = {".txt": " ", ".tsv": "\t", ".csv": ","}
+
+# Names accepted for ``delimiter`` besides the characters themselves.
+_DELIMITER_NAMES = {
+    "tab": "\t",
+    "\\t": "\t",
+    "comma": ",",
+    "semicolon": ";",
+    "space": None,
+    "whitespace": None,
+}
+
+# Sorted object sets are encoded as a*m^2 + b*m + c, and a judgement as
+# 3 * set code + the odd one's position in the sorted set. Both fit in int64
+# while 3 * m^3 < 2^63, that is for m up to about 1.45 million objects.
+_MAX_OBJECTS_FOR_CODES = 1_450_000
+
+# How many offending rows an error message lists before it only counts them.
+_MAX_LISTED = 10
+
+RowLabel = Callable[[int], str]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_triplets(
+    path: str | os.PathLike,
+    n_objects: int | None = None,
+    *,
+    one_based: bool = False,
+    odd_column: int = 2,
+    choice_column: int | str | None = None,
+    columns: Sequence[int | str] | None = None,
+    delimiter: str | None = None,
+    object_table: str | os.PathLike | ObjectTable | None = None,
+) -> np.ndarray:
+    """Load a triplet file, convert it to the canonical layout and validate it.
+
+    Args:
+        path (str | os.PathLike): A ``.npy``, ``.txt``, ``.tsv`` or ``.csv`` file,
+            or a folder holding exactly one candidate triplet file (see
+            :func:`find_triplet_file`).
+        n_objects (int | None): Number of objects. Indices must lie in
+            ``0 .. n_objects - 1`` after conversion.
+        one_based (bool): The file counts objects from 1; subtract 1.
+        odd_column (int): Position (0, 1 or 2) of the odd one out among the
+            three object columns. The columns are reordered so it comes last.
+        choice_column (int | str | None): A file column (0-based position, or a
+            header name) giving the odd one's position 1, 2 or 3 among the three
+            object columns. Excludes ``odd_column``.
+        columns (Sequence[int | str] | None): The three object columns, as
+            0-based file column positions or header names. Needed when the file
+            has extra columns such as subject ids.
+        delimiter (str | None): Column delimiter of a text file: a character, or
+            ``"tab"``, ``"comma"``, ``"whitespace"``. Detected from the first data
+            line when None (tab, then comma, else whitespace).
+        object_table (str | os.PathLike | ObjectTable | None): An object table
+            (``objects.tsv`` or a one-name-per-line file such as THINGS
+            ``unique_id.txt``) whose length sets ``n_objects``.
+
+    Returns:
+        np.ndarray: int64 array of shape ``(n_triplets, 3)``, 0-based, the odd
+        one out in the last column.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist or a folder holds no
+            candidate file.
+        ValueError: If the number of objects is unknown, or a value is not an
+            integer, out of range, negative, or repeated within a row. The
+            message names the file, line or row, and the value.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "trials.csv").write_text("1,2,3,3\\n")
+        >>> load_triplets(folder / "trials.csv", 3, one_based=True, choice_column=3)
+        array([[0, 1, 2]])
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        path = find_triplet_file(folder)
+        if n_objects is None and object_table is None and (folder / OBJECT_TABLE_NAME).is_file():
+            object_table = folder / OBJECT_TABLE_NAME
+            logger.info("using the object table %s for the number of objects", object_table)
+    elif not path.is_file():
+        raise FileNotFoundError(f"triplet file {path} not found")
+    n_objects = _resolve_n_objects(n_objects, object_table)
+
+    if odd_column not in (0, 1, 2):
+        raise ValueError(
+            f"odd_column must be 0, 1 or 2 (a position among the three object columns), "
+            f"got {odd_column}"
+        )
+    if choice_column is not None and odd_column != 2:
+        raise ValueError(
+            "give either odd_column (the odd one's column) or choice_column (a column "
+            "with its position 1..3), not both"
+        )
+
+    objects, choices, row_label = _read_columns(path, columns, choice_column, delimiter)
+    triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
+    if len(triplets) == 0:
+        logger.warning("%s contains no triplets", path)
+    logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
+    return triplets
+
+
+def find_triplet_file(folder: str | os.PathLike) -> Path:
+    """Find the one triplet file in a folder.
+
+    A candidate is a file with a triplet suffix (``.npy``, ``.txt``, ``.tsv``,
+    ``.csv``) whose name starts with ``train`` or whose stem is ``triplets``,
+    the names that ``dimalign simulate`` and ``dimalign import-triplets`` write.
+    Validation files such as ``val.npy`` are no candidates.
+
+    Raises:
+        FileNotFoundError: If the folder holds no candidate.
+        ValueError: If it holds more than one (the message lists them).
+    """
+    folder = Path(folder)
+    candidates = sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.is_file()
+        and entry.suffix.lower() in TRIPLET_SUFFIXES
+        and (entry.stem == "triplets" or entry.name.startswith("train"))
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"no triplet file in {folder}: expected one file named train*.npy/.txt/.tsv/.csv "
+            "or triplets.npy/.txt/.tsv/.csv; pass the file itself instead"
+        )
+    if len(candidates) > 1:
+        names = ", ".join(candidate.name for candidate in candidates)
+        raise ValueError(
+            f"{folder} holds {len(candidates)} candidate triplet files ({names}); "
+            "pass the file to load instead of the folder"
+        )
+    logger.info("loading %s, the one triplet file in %s", candidates[0].name, folder)
+    return candidates[0]
+
+
+def _read_columns(
+    path: Path,
+    columns: Sequence[int | str] | None,
+    choice_column: int | str | None,
+    delimiter: str | None,
+) -> tuple[np.ndarray, np.ndarray | None, RowLabel]:
+    """Read the three object columns (as in the file) and the choice column, if any."""
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        table, row_label = _read_npy(path)
+        object_indices, choice_index = _resolve_columns(
+            table.shape[1], None, columns, choice_column, path
+        )
+    elif suffix in (".txt", ".tsv", ".csv"):
+        layout = _inspect_text(path, delimiter)
+        row_label = layout.row_label
+        if layout.empty:
+            return np.zeros((0, 3), dtype=np.int64), None, row_label
+        object_indices, choice_index = _resolve_columns(
+            layout.n_columns, layout.header, columns, choice_column, path
+        )
+        used = object_indices + ([choice_index] if choice_index is not None else [])
+        table = _parse_text(path, layout, used)
+        object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
+    else:
+        raise ValueError(
+            f"unsupported triplet file {path}: use one of {', '.join(TRIPLET_SUFFIXES)}"
+        )
+    choices = table[:, choice_index] if choice_index is not None else None
+    return table[:, object_indices], choices, row_label
+
+
+def _resolve_n_objects(
+    n_objects: int | None, object_table: str | os.PathLike | ObjectTable | None
+) -> int:
+    table_size = None
+    if object_table is not None:
+        if not isinstance(object_table, ObjectTable):
+            object_table = read_object_table(object_table)
+        table_size = len(object_table)
+    if n_objects is None and table_size is None:
+        raise ValueError(
+            "the number of objects is unknown: pass n_objects (CLI: --n-objects N) or an "
+            "object table (CLI: --objects objects.tsv); it is never guessed from the largest index"
+        )
+    if n_objects is not None and table_size is not None and int(n_objects) != table_size:
+        raise ValueError(
+            f"n_objects is {n_objects} but the object table lists {table_size} objects"
+        )
+    n_objects = int(n_objects if n_objects is not None else table_size)
+    if n_objects < 3:
+        raise ValueError(f"a triplet needs 3 distinct objects, but n_objects is {n_objects}")
+    return n_objects
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
+    array = np.load(path, allow_pickle=False)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: triplets must be a 2-D array, got shape {array.shape}")
+
+    def row_label(row: int) -> str:
+        return f"row {row}"
+
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64, copy=False), row_label
+    if array.dtype.kind == "f":
+        return _integral_floats(array, str(path), row_label), row_label
+    raise ValueError(f"{path}: triplets must be integers, got dtype {array.dtype}")
+
+
+def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
+    """Convert a float array whose values are all whole numbers to int64."""
+    bad = ~np.isfinite(array) | (array != np.round(array))
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise ValueError(
+            f"{source}, {row_label(int(row))}, column {int(column)}: value {array[row, column]!r} "
+            f"is not an integer object index ({int(bad.sum())} such values in all)"
+        )
+    logger.info("%s: converted whole-number floats to integers", source)
+    return array.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- text files
+
+
+def _normalize_delimiter(delimiter: str | None) -> str | None:
+    if delimiter is None:
+        return None
+    return _DELIMITER_NAMES.get(delimiter.lower(), delimiter)
+
+
+def _split(line: str, delimiter: str | None) -> list[str]:
+    if delimiter is None:
+        return line.split()
+    return [token.strip() for token in line.split(delimiter)]
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class _TextLayout:
+    """What the first lines of a text triplet file tell about its layout."""
+
+    path: Path
+    delimiter: str | None
+    header: list[str] | None
+    n_columns: int
+    skip_lines: int  # lines before the first data line, header included
+    empty: bool = False  # no content line at all
+
+    def is_data(self, line_number: int, line: str) -> bool:
+        stripped = line.strip()
+        return line_number > self.skip_lines and bool(stripped) and not stripped.startswith("#")
+
+    def row_label(self, row: int) -> str:
+        """Return ``"line N"`` for data row ``row`` (0-based), reading the file again."""
+        seen = -1
+        with open(self.path, encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if self.is_data(line_number, line):
+                    seen += 1
+                    if seen == row:
+                        return f"line {line_number}"
+        return f"row {row}"
+
+
+def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
+    """Detect the delimiter and a header line from the first content line.
+
+    Blank lines and lines starting with ``#`` are skipped everywhere. The first
+    content line is a header when one of its fields is not a number.
+    """
+    first_line = None
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                first_line = (line_number, line.rstrip("\r\n"))
+                break
+    if first_line is None:
+        return _TextLayout(path, None, None, 0, 0, empty=True)
+
+    line_number, line = first_line
+    if delimiter is None:
+        delimiter = "\t" if "\t" in line else ("," if "," in line else None)
+        logger.debug("%s: detected delimiter %r", path, delimiter or "whitespace")
+    else:
+        delimiter = _normalize_delimiter(delimiter)
+    tokens = _split(line, delimiter)
+    if all(_is_number(token) for token in tokens):
+        return _TextLayout(path, delimiter, None, len(tokens), line_number - 1)
+    logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(tokens))
+    return _TextLayout(path, delimiter, tokens, len(tokens), line_number)
+
+
+def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
+    """Read the columns ``used`` of a text file as int64, shape ``(n_rows, len(used))``."""
+    if layout.empty:
+        return np.zeros((0, len(used)), dtype=np.int64)
+
+    # Fast path: numpy's C parser for files of plain integers.
+    try:
+        with warnings.catch_warnings():
+            # A header without data rows is an empty file, not worth a warning.
+            warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
+            return np.loadtxt(
+                path,
+                dtype=np.int64,
+                delimiter=layout.delimiter,
+                skiprows=layout.skip_lines,
+                usecols=used,
+                comments="#",
+                ndmin=2,
+                encoding="utf-8",
+            ).reshape(-1, len(used))
+    except ValueError:
+        pass
+
+    # Slow path: parse line by line so that an error can name the line.
+    rows: list[list[int]] = []
+    n_converted = 0
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not layout.is_data(line_number, line):
+                continue
+            tokens = _split(line.rstrip("\r\n"), layout.delimiter)
+            if len(tokens) != layout.n_columns:
+                raise ValueError(
+                    f"{path}, line {line_number}: {len(tokens)} columns, expected "
+                    f"{layout.n_columns} like the first line; check the delimiter"
+                )
+            values = []
+            for column in used:
+                value, converted = _parse_integer(tokens[column])
+                if value is None:
+                    raise ValueError(
+                        f"{path}, line {line_number}, column {column}: value {tokens[column]!r} is "
+                        "not an integer object index; triplet files contain integer indices only"
+                    )
+                n_converted += converted
+                values.append(value)
+            rows.append(values)
+    if n_converted:
+        logger.info(
+            "%s: converted %d whole-number floats (such as 3.0) to integers", path, n_converted
+        )
+    if not rows:
+        return np.zeros((0, len(used)), dtype=np.int64)
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _parse_integer(token: str) -> tuple[int | None, int]:
+    """Return the integer value of a token (or None) and 1 if it was written as a float."""
+    try:
+        return int(token), 0
+    except ValueError:
+        pass
+    try:
+        number = float(token)
+    except ValueError:
+        return None, 0
+    if np.isfinite(number) and number == round(number):
+        return int(number), 1
+    return None, 0
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _resolve_columns(
+    n_columns: int,
+    header: list[str] | None,
+    columns: Sequence[int | str] | None,
+    choice_column: int | str | None,
+    path: Path,
+) -> tuple[list[int], int | None]:
+    """Return the file positions of the three object columns and of the choice column."""
+
+    def position(column: int | str, what: str) -> int:
+        if isinstance(column, str) and not column.strip().isdigit():
+            if header is None:
+                raise ValueError(
+                    f"{path} has no header line, so {what} {column!r} must be a column number"
+                )
+            if column not in header:
+                raise ValueError(
+                    f"{path}: no column named {column!r} (header: {', '.join(header)})"
+                )
+            return header.index(column)
+        index = int(column)
+        if not 0 <= index < n_columns:
+            raise ValueError(
+                f"{path} has {n_columns} columns (numbered from 0), so {what} {index} "
+                "does not exist"
+            )
+        return index
+
+    choice_index = None if choice_column is None else position(choice_column, "choice column")
+    if columns is not None:
+        if len(columns) != 3:
+            raise ValueError(f"columns must name exactly three object columns, got {list(columns)}")
+        object_indices = [position(column, "column") for column in columns]
+    else:
+        object_indices = [index for index in range(n_columns) if index != choice_index]
+        if len(object_indices) != 3:
+            hint = "" if choice_index is not None else " (and a choice column with choice_column)"
+            raise ValueError(
+                f"{path} has {n_columns} columns; choose the three object columns with "
+                f"columns=[a, b, c] (CLI: --columns a,b,c){hint}"
+            )
+    if len(set(object_indices)) != 3 or choice_index in object_indices:
+        raise ValueError(
+            f"{path}: the object columns {object_indices} and the choice column {choice_index} "
+            "must all differ"
+        )
+    if n_columns != 3 + (choice_index is not None) or object_indices != sorted(object_indices):
+        logger.info(
+            "%s: took the object columns %s of %d columns",
+            path, ", ".join(str(index) for index in object_indices), n_columns,
+        )
+    return object_indices, choice_index
+
+
+def _convert(
+    objects: np.ndarray,
+    choices: np.ndarray | None,
+    n_objects: int,
+    one_based: bool,
+    odd_column: int,
+    source: str,
+    row_label: RowLabel,
+) -> np.ndarray:
+    base = 1 if one_based else 0
+    _check_range(objects, n_objects, base, source, row_label)
+    triplets = objects - base if one_based else objects.copy()
+    if one_based:
+        logger.info("%s: converted 1-based indices to 0-based", source)
+
+    if choices is not None:
+        bad = ~np.isin(choices, (1, 2, 3))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"{source}, {row_label(row)}: choice {int(choices[row])} is not 1, 2 or 3; "
+                "the choice column gives the odd one's position among the three object "
+                f"columns ({int(bad.sum())} invalid choices in all)"
+            )
+        triplets = np.take_along_axis(triplets, _ODD_LAST[choices - 1], axis=1)
+        logger.info(
+            "%s: moved the odd one out named by the choice column to the last column", source
+        )
+    elif odd_column != 2:
+        triplets = triplets[:, _ODD_LAST[odd_column]]
+        logger.info(
+            "%s: moved the odd one out from column %d to the last column", source, odd_column
+        )
+
+    _check_distinct(triplets, source, row_label)
+    return np.ascontiguousarray(triplets, dtype=np.int64)
+
+
+# Row ``p`` reorders a triplet so that the item at position p comes last and
+# the other two keep their order.
+_ODD_LAST = np.array([[1, 2, 0], [0, 2, 1], [0, 1, 2]])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_triplets(
+    triplets: np.ndarray, n_objects: int, source: str = "triplets"
+) -> np.ndarray:
+    """Check a canonical triplet array and return it as int64.
+
+    Args:
+        triplets (np.ndarray): Array of shape ``(n_triplets, 3)``.
+        n_objects (int): Number of objects; indices must lie in ``0 .. n_objects - 1``.
+        source (str): Name used in error messages (a file name, for instance).
+
+    Returns:
+        np.ndarray: The triplets as a C-contiguous int64 array.
+
+    Raises:
+        ValueError: If the array is not ``(n, 3)``, holds a non-integer, a
+            negative index, an index ``>= n_objects``, or a row that repeats an
+            object. The message names the row and value.
+
+    Example:
+        >>> validate_triplets(np.array([[0, 1, 2]]), 3)
+        array([[0, 1, 2]])
+    """
+    array = np.asarray(triplets)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"{source}: triplets must have shape (n, 3), got {array.shape}")
+
+    def row_label(row: int) -> str:
+        return f"row {row}"
+
+    if array.dtype.kind == "f":
+        array = _integral_floats(array, source, row_label)
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"{source}: triplets must be integers, got dtype {array.dtype}")
+    _check_range(array, int(n_objects), 0, source, row_label)
+    _check_distinct(array, source, row_label)
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _check_range(
+    objects: np.ndarray, n_objects: int, base: int, source: str, row_label: RowLabel
+) -> None:
+    if objects.size == 0:
+        return
+    low, high = int(objects.min()), int(objects.max())
+    if low >= base and high < n_objects + base:
+        return
+
+    kind = "1-based" if base else "0-based"
+    if low < 0:
+        row, column = (int(i) for i in np.argwhere(objects < 0)[0])
+        raise ValueError(
+            f"{source}, {row_label(row)}: negative object index {int(objects[row, column])}; "
+            "indices count objects from 0 (or from 1 with one_based=True, CLI: --one-based)"
+        )
+    if low < base:
+        row = int(np.argwhere(objects < base)[0][0])
+        raise ValueError(
+            f"{source}, {row_label(row)}: index 0 in a 1-based load; the file looks 0-based, "
+            "so load it without one_based=True (CLI: without --one-based)"
+        )
+    bad = objects >= n_objects + base
+    row, column = (int(i) for i in np.argwhere(bad)[0])
+    message = (
+        f"{source}, {row_label(row)}: object index {int(objects[row, column])} is out of range "
+        f"for {n_objects} objects ({kind} indices run from {base} to {n_objects - 1 + base}); "
+        f"{int(bad.any(axis=1).sum())} rows have such indices"
+    )
+    if base == 0 and low == 1 and high == n_objects:
+        message += (
+            f". The indices run from 1 to {n_objects}, so the file looks 1-based: "
+            "load it with one_based=True (CLI: --one-based)"
+        )
+    else:
+        message += "; check n_objects (CLI: --n-objects or --objects)"
+    raise ValueError(message)
+
+
+def _check_distinct(triplets: np.ndarray, source: str, row_label: RowLabel) -> None:
+    repeated = (
+        (triplets[:, 0] == triplets[:, 1])
+        | (triplets[:, 0] == triplets[:, 2])
+        | (triplets[:, 1] == triplets[:, 2])
+    )
+    if repeated.any():
+        rows = np.flatnonzero(repeated)
+        listed = "; ".join(
+            f"{row_label(int(row))}: {triplets[row].tolist()}" for row in rows[:3]
+        )
+        raise ValueError(
+            f"{source}: a triplet needs three distinct objects, but {len(rows)} of "
+            f"{len(triplets)} rows repeat an object ({listed})"
+        )
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+@dataclass
+class TripletSummary:
+    """Counts that describe a set of triplets.
+
+    Attributes:
+        n_triplets (int): Number of rows.
+        n_objects (int): Number of objects the indices refer to.
+        n_unique_sets (int): Number of distinct unordered object sets.
+        n_duplicates (int): Rows that repeat an earlier judgement: the same
+            object set with the same odd one out (the order of the pair does
+            not matter).
+        n_conflicting_sets (int): Object sets judged more than once with
+            different odd ones out.
+        unseen_objects (list[int]): Objects that appear in no triplet.
+        min_count (int): Fewest triplets any object appears in.
+        median_count (float): Median number of triplets per object.
+        max_count (int): Most triplets any object appears in.
+    """
+
+    n_triplets: int
+    n_objects: int
+    n_unique_sets: int
+    n_duplicates: int
+    n_conflicting_sets: int
+    unseen_objects: list[int] = field(default_factory=list)
+    min_count: int = 0
+    median_count: float = 0.0
+    max_count: int = 0
+
+    def lines(self) -> list[str]:
+        """Return the summary as short sentences for a log."""
+        unseen = self.unseen_objects
+        listed = ", ".join(str(index) for index in unseen[:_MAX_LISTED])
+        more = f" and {len(unseen) - _MAX_LISTED} more" if len(unseen) > _MAX_LISTED else ""
+        return [
+            f"{self.n_triplets} triplets over {self.n_objects} objects, "
+            f"{self.n_unique_sets} distinct object sets",
+            f"{self.n_duplicates} exact duplicates, {self.n_conflicting_sets} object sets "
+            "with conflicting choices",
+            f"triplets per object: min {self.min_count}, median {self.median_count:g}, "
+            f"max {self.max_count}",
+            f"{len(unseen)} objects never seen" + (f": {listed}{more}" if unseen else ""),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-friendly dictionary."""
+        return asdict(self)
+
+
+def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:
+    """Count duplicates, conflicting choices and unseen objects.
+
+    Args:
+        triplets (np.ndarray): Canonical triplets, shape ``(n_triplets, 3)``.
+        n_objects (int): Number of objects.
+
+    Returns:
+        TripletSummary: The counts.
+
+    Example:
+        >>> summary = summarize_triplets(np.array([[0, 1, 2], [1, 0, 2], [0, 2, 1]]), 4)
+        >>> summary.n_duplicates, summary.n_conflicting_sets, summary.unseen_objects
+        (1, 1, [3])
+    """
+    triplets = validate_triplets(triplets, n_objects)
+    counts = np.bincount(triplets.ravel(), minlength=n_objects)
+    set_ids, judgement_ids = _set_and_judgement_ids(triplets, n_objects)
+
+    n_unique_sets = len(np.unique(set_ids))
+    unique_judgements, first = np.unique(judgement_ids, return_index=True)
+    n_duplicates = len(triplets) - len(unique_judgements)
+    # Each distinct judgement belongs to one set; a set with two or more
+    # distinct judgements was answered inconsistently.
+    judgements_per_set = np.unique(set_ids[first], return_counts=True)[1]
+    n_conflicting = int((judgements_per_set > 1).sum())
+
+    return TripletSummary(
+        n_triplets=len(triplets),
+        n_objects=int(n_objects),
+        n_unique_sets=int(n_unique_sets),
+        n_duplicates=int(n_duplicates),
+        n_conflicting_sets=n_conflicting,
+        unseen_objects=np.flatnonzero(counts == 0).tolist(),
+        min_count=int(counts.min()),
+        median_count=float(np.median(counts)),
+        max_count=int(counts.max()),
+    )
+
+
+def unseen_objects(train: np.ndarray, test: np.ndarray, n_objects: int | None = None) -> list[int]:
+    """List the objects that appear in ``test`` but never in ``train``.
+
+    An embedding learns nothing about such objects, so test triplets that
+    contain them measure the prior, not the data.
+
+    Args:
+        train (np.ndarray): Training triplets, shape ``(n_train, 3)``.
+        test (np.ndarray): Test triplets, shape ``(n_test, 3)``.
+        n_objects (int | None): Number of objects; only sizes the lookup table,
+            which grows to cover the largest index in either array.
+
+    Returns:
+        list[int]: Sorted object indices.
+
+    Example:
+        >>> unseen_objects(np.array([[0, 1, 2]]), np.array([[0, 1, 5]]))
+        [5]
+    """
+    train = np.asarray(train, dtype=np.int64).reshape(-1)
+    test = np.asarray(test, dtype=np.int64).reshape(-1)
+    size = max(int(n_objects or 0), int(train.max(initial=-1)) + 1, int(test.max(initial=-1)) + 1)
+    seen = np.zeros(size, dtype=bool)
+    seen[train] = True
+    in_test = np.zeros(size, dtype=bool)
+    in_test[test] = True
+    return np.flatnonzero(in_test & ~seen).tolist()
+
+
+def _set_and_judgement_ids(triplets: np.ndarray, n_objects: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return an id of each row's unordered object set and of its judgement.
+
+    Two rows share a set id when they contain the same three objects, and a
+    judgement id when they also have the same odd one out.
+    """
+    ordered = np.sort(triplets, axis=1)
+    odd_position = (ordered == triplets[:, 2:3]).argmax(axis=1)
+    if n_objects <= _MAX_OBJECTS_FOR_CODES:
+        m = np.int64(n_objects)
+        set_ids = (ordered[:, 0] * m + ordered[:, 1]) * m + ordered[:, 2]
+    else:
+        set_ids = np.unique(ordered, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return set_ids, set_ids * 3 + odd_position
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_triplets(
+    triplets: np.ndarray,
+    val_fraction: float = 0.1,
+    random_state: int | np.random.Generator | None = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split triplets into training and validation parts by unordered object set.
+
+    All rows with the same three objects (whatever their order or choice) go
+    to the same part, so no object set is in both. Sets are shuffled with the
+    seed and moved to the validation part until it holds at least
+    ``round(val_fraction * n)`` rows. When every set occurs once the
+    validation part has exactly that size. Rows keep their input order within
+    each part.
+
+    Args:
+        triplets (np.ndarray): Canonical triplets, shape ``(n_triplets, 3)``.
+        val_fraction (float): Fraction of rows for validation, in ``[0, 1)``.
+        random_state (int | np.random.Generator | None): Seed of the shuffle.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray]: ``(train, val)``.
+
+    Raises:
+        ValueError: If ``val_fraction`` is outside ``[0, 1)`` or the split
+            would leave no training rows.
+
+    Example:
+        >>> triplets = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 0], [3, 0, 1]])
+        >>> train, val = split_triplets(triplets, 0.25)
+        >>> len(train), len(val)
+        (3, 1)
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    triplets = np.asarray(triplets)
+    if triplets.ndim != 2 or triplets.shape[1] != 3:
+        raise ValueError(f"triplets must have shape (n, 3), got {triplets.shape}")
+    n_rows = len(triplets)
+    target = int(round(val_fraction * n_rows))
+    if target == 0:
+        return triplets.copy(), triplets[:0].copy()
+
+    n_objects = int(triplets.max()) + 1
+    set_ids = _set_and_judgement_ids(triplets.astype(np.int64, copy=False), n_objects)[0]
+    unique_sets, inverse, rows_per_set = np.unique(set_ids, return_inverse=True, return_counts=True)
+    rng = np.random.default_rng(random_state)
+    order = rng.permutation(len(unique_sets))
+    covered = np.cumsum(rows_per_set[order])
+    n_val_sets = int(np.searchsorted(covered, target)) + 1
+    is_val_set = np.zeros(len(unique_sets), dtype=bool)
+    is_val_set[order[:n_val_sets]] = True
+    is_val = is_val_set[inverse.reshape(-1)]
+
+    train, val = triplets[~is_val], triplets[is_val]
+    if len(train) == 0:
+        raise ValueError(
+            f"val_fraction {val_fraction} leaves no training triplets "
+            f"({len(unique_sets)} object sets); use a smaller fraction"
+        )
+    logger.info(
+        "split %d triplets into %d training and %d validation triplets (%d of %d object sets)",
+        n_rows, len(train), len(val), n_val_sets, len(unique_sets),
+    )
+    return train, val
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write triplets atomically, as ``.npy`` or as text chosen by the suffix.
+
+    ``.npy`` files are int64. Text files have one triplet per line, without a
+    header, separated by spaces (``.txt``), tabs (``.tsv``) or commas
+    (``.csv``).
+
+    Args:
+        triplets (np.ndarray): Integer array of shape ``(n_triplets, 3)``.
+        path (str | os.PathLike): Destination file.
+
+    Returns:
+        Path: The destination.
+
+    Raises:
+        ValueError: If the array is not ``(n, 3)`` integers or the suffix is unknown.
+    """
+    path = Path(path)
+    array = np.asarray(triplets)
+    if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "iu":
+        raise ValueError(
+            f"triplets must be an integer array of shape (n, 3), got {array.dtype} {array.shape}"
+        )
+    suffix = path.suffix.lower()
+    if suffix not in TRIPLET_SUFFIXES:
+        raise ValueError(
+            f"unsupported triplet file {path}: use one of {', '.join(TRIPLET_SUFFIXES)}"
+        )
+    with atomic_path(path) as temporary:
+        if suffix == ".npy":
+            np.save(temporary, array.astype(np.int64, copy=False))
+        else:
+            np.savetxt(temporary, array, fmt="%d", delimiter=TEXT_DELIMITERS[suffix])
+    logger.info("wrote %d triplets to %s", len(array), path)
+    return path
+
+
+def parse_columns(text: str) -> list[int | str]:
+    """Parse a comma-separated column list such as ``"1,2,3"`` or ``"a,b,c"``."""
+    parts = [part.strip() for part in text.split(",")]
+    return [int(part) if re.fullmatch(r"\d+", part) else part for part in parts]

@@ -1,0 +1,324 @@
+"""The ``dimalign import-triplets`` and ``dimalign simulate`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``import-triplets`` and ``simulate`` to the ``dimalign`` command."""
+    _register_import(subparsers)
+    _register_simulate(subparsers)
+
+
+def _register_import(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "import-triplets",
+        help="convert a triplet file into the canonical layout and validate it",
+        description="Read odd-one-out judgements (.npy, .txt, .tsv, .csv), convert them to "
+        "0-based indices with the odd one out in the last column, check them, log a "
+        "summary, and write the canonical file(s) with manifest.json.",
+    )
+    parser.add_argument(
+        "input", metavar="INPUT", help="triplet file, or a folder with one triplet file"
+    )
+    parser.add_argument(
+        "-o", "--out", required=True,
+        help="output .npy/.txt/.tsv/.csv file (its folder gets manifest.json), or an output "
+        "folder (triplets.npy; train.npy and val.npy with --split)",
+    )
+    objects = parser.add_mutually_exclusive_group()
+    objects.add_argument("--n-objects", type=int, help="number of objects")
+    objects.add_argument(
+        "--objects", metavar="TABLE",
+        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) "
+        "whose length is the number of objects",
+    )
+    parser.add_argument("--one-based", action="store_true", help="the file counts objects from 1")
+    odd = parser.add_mutually_exclusive_group()
+    odd.add_argument(
+        "--odd-column", type=int, default=2, choices=(0, 1, 2),
+        help="position of the odd one out among the three object columns (default: 2, the last)",
+    )
+    odd.add_argument(
+        "--choice-column", metavar="COLUMN",
+        help="file column (number from 0, or header name) giving the odd one's position "
+        "1, 2 or 3 among the object columns",
+    )
+    parser.add_argument(
+        "--columns", metavar="A,B,C",
+        help="the three object columns, as numbers from 0 or header names (needed when the "
+        "file has extra columns such as subject ids)",
+    )
+    parser.add_argument(
+        "--delimiter",
+        help="column delimiter of a text file: a character, tab, comma or whitespace "
+        "(default: detected from the first line)",
+    )
+    parser.add_argument(
+        "--split", type=float, metavar="FRACTION",
+        help="also split into train.npy and val.npy with this validation fraction, keeping "
+        "all repeats of an object set on one side",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --split (default: 0)")
+    parser.set_defaults(handler=run_import)
+
+
+def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="sample unique triplets and simulate odd-one-out choices from features",
+        description="Sample unique object triplets and let the features choose the odd one "
+        "out: the pair with the largest similarity stays (argmax), or a pair is drawn with "
+        "softmax probabilities. Writes triplets.npy (or train.npy and val.npy), objects.tsv "
+        "and manifest.json.",
+    )
+    parser.add_argument(
+        "features", metavar="FEATURES",
+        help="feature file (.npy, .h5, .txt) or feature folder from dimalign extract",
+    )
+    parser.add_argument("-o", "--out-dir", required=True, help="output folder")
+    parser.add_argument(
+        "--n-triplets", type=int, required=True, help="number of triplets to sample"
+    )
+    parser.add_argument(
+        "--similarity", choices=("dot", "cosine", "euclidean"), default="dot",
+        help="pair similarity: dot product (default), cosine, or negative Euclidean distance",
+    )
+    parser.add_argument(
+        "--relu", action=argparse.BooleanOptionalAction, default=None,
+        help="set negative features to 0 first (default: on for dot, off otherwise)",
+    )
+    parser.add_argument(
+        "--rule", choices=("argmax", "softmax"), default="argmax",
+        help="argmax: the most similar pair stays (ties broken at random); softmax: draw the "
+        "pair with probability proportional to exp(similarity / temperature)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0,
+        help="softmax temperature in similarity units (default: 1.0)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, choices and split")
+    parser.add_argument(
+        "--replace", action="store_true",
+        help="sample triplets independently, so object sets may repeat",
+    )
+    parser.add_argument(
+        "--layer", help="layer of a feature folder or HDF5 file with several layers"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float,
+        help="split into train.npy and val.npy with this validation fraction",
+    )
+    parser.add_argument(
+        "--method", choices=("auto", "gram", "gather"), default="auto",
+        help="gram: precompute all pair similarities (n_objects^2 floats); gather: read "
+        "feature rows per triplet; auto picks by memory and cost",
+    )
+    parser.add_argument("--batch-size", type=int, help="triplets per batch (default: automatic)")
+    parser.set_defaults(handler=run_simulate)
+
+
+# --------------------------------------------------------------------------- import-triplets
+
+
+def run_import(args: argparse.Namespace) -> int:
+    """Handle ``dimalign import-triplets``."""
+    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.objects import read_object_table, write_object_table
+    from dimalign.io.triplets import (
+        TRIPLET_SUFFIXES,
+        find_triplet_file,
+        load_triplets,
+        parse_columns,
+        save_triplets,
+        split_triplets,
+        summarize_triplets,
+    )
+
+    started = now_iso()
+    out = Path(args.out)
+    as_file = out.suffix.lower() in TRIPLET_SUFFIXES
+    if as_file and args.split is not None:
+        raise ValueError(f"--split writes train.npy and val.npy: give an output folder, not {out}")
+    out_dir = out.parent if as_file else out
+    _check_out_dir(out_dir, "import-triplets")
+
+    source = Path(args.input)
+    objects_path = Path(args.objects) if args.objects else None
+    if source.is_dir():
+        folder, source = source, find_triplet_file(source)
+        if args.n_objects is None and objects_path is None and (folder / "objects.tsv").is_file():
+            objects_path = folder / "objects.tsv"
+            logger.info("using the object table %s for the number of objects", objects_path)
+    table = read_object_table(objects_path) if objects_path else None
+    triplets = load_triplets(
+        source,
+        args.n_objects,
+        one_based=args.one_based,
+        odd_column=args.odd_column,
+        choice_column=args.choice_column,
+        columns=parse_columns(args.columns) if args.columns else None,
+        delimiter=args.delimiter,
+        object_table=table,
+    )
+    n_objects = len(table) if table is not None else args.n_objects
+    summary = summarize_triplets(triplets, n_objects)
+    for line in summary.lines():
+        logger.info("%s", line)
+
+    written = {}
+    if args.split is not None:
+        train, val = split_triplets(triplets, args.split, random_state=args.seed)
+        written["train"] = save_triplets(train, out_dir / "train.npy")
+        written["val"] = save_triplets(val, out_dir / "val.npy")
+    else:
+        written["triplets"] = save_triplets(triplets, out if as_file else out_dir / "triplets.npy")
+    if not as_file:
+        object_table = table or _generated_table(n_objects)
+        written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
+
+    inputs = {"triplets": source}
+    if objects_path:
+        inputs["objects"] = objects_path
+    settings = {
+        "n_objects": n_objects,
+        "one_based": args.one_based,
+        "odd_column": args.odd_column,
+        "choice_column": args.choice_column,
+        "columns": args.columns,
+        "delimiter": args.delimiter,
+        "split": args.split,
+        "seed": args.seed,
+    }
+    outputs = {"files": {name: path.name for name, path in written.items()}, **summary.to_dict()}
+    if args.split is not None:
+        outputs.update(n_train=len(train), n_val=len(val))
+    write_manifest(out_dir, step="import-triplets", inputs=inputs, settings=settings,
+                   started=started, outputs=outputs)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def _check_out_dir(out_dir: Path, step: str) -> None:
+    """Reject an output folder whose manifest.json belongs to another step."""
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    if (out_dir / MANIFEST_NAME).is_file():
+        previous = read_manifest(out_dir).get("step")
+        if previous != step:
+            raise FileExistsError(
+                f"{out_dir} already holds the output of dimalign {previous}; choose another "
+                "output folder so that its manifest.json is not replaced"
+            )
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Handle ``dimalign simulate``."""
+    import numpy as np
+
+    from dimalign.io.features import load_features
+    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.objects import write_object_table
+    from dimalign.io.triplets import save_triplets, split_triplets
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    started = now_iso()
+    out_dir = Path(args.out_dir)
+    _check_out_dir(out_dir, "simulate")
+    features, table = load_features(args.features, layer=args.layer)
+    n_objects = int(features.shape[0])
+
+    # Independent streams for sampling, choices and split, all from --seed.
+    sample_seed, choice_seed, split_seed = np.random.SeedSequence(args.seed).spawn(3)
+    triplets = sample_triplets(
+        n_objects,
+        args.n_triplets,
+        random_state=np.random.default_rng(sample_seed),
+        replace=args.replace,
+    )
+    result = simulate_choices(
+        features,
+        triplets,
+        similarity=args.similarity,
+        rule=args.rule,
+        temperature=args.temperature,
+        random_state=np.random.default_rng(choice_seed),
+        batch_size=args.batch_size,
+        relu=args.relu,
+        method=args.method,
+    )
+    del triplets
+
+    written = {}
+    if args.val_fraction:
+        train, val = split_triplets(
+            result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
+        )
+        written["train"] = save_triplets(train, out_dir / "train.npy")
+        written["val"] = save_triplets(val, out_dir / "val.npy")
+    else:
+        written["triplets"] = save_triplets(result.triplets, out_dir / "triplets.npy")
+    if table is None:
+        table = _generated_table(n_objects)
+        logger.info(
+            "the features have no object table; named the objects object_0 .. object_%d",
+            n_objects - 1,
+        )
+    written["objects"] = write_object_table(table, out_dir / "objects.tsv")
+
+    inputs = {"features": _features_file(Path(args.features), args.layer)}
+    if Path(args.features).is_dir() and (Path(args.features) / "objects.tsv").is_file():
+        inputs["objects"] = Path(args.features) / "objects.tsv"
+    settings = {
+        "n_objects": n_objects,
+        "n_features": int(features.shape[1]),
+        "n_triplets": args.n_triplets,
+        "similarity": args.similarity,
+        "relu": result.relu,
+        "rule": args.rule,
+        "temperature": result.temperature,
+        "seed": args.seed,
+        "replace": args.replace,
+        "layer": args.layer,
+        "val_fraction": args.val_fraction,
+        "method": result.method,
+    }
+    outputs = {
+        "files": {name: path.name for name, path in written.items()},
+        "n_ties": result.n_ties,
+    }
+    if args.val_fraction:
+        outputs.update(n_train=len(train), n_val=len(val))
+    write_manifest(out_dir, step="simulate", inputs=inputs, settings=settings,
+                   started=started, outputs=outputs)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def _generated_table(n_objects: int):
+    from dimalign.io.objects import ObjectTable
+
+    return ObjectTable.from_ids([f"object_{index}" for index in range(n_objects)])
+
+
+def _features_file(path: Path, layer: str | None) -> Path:
+    """Return the file that ``load_features`` reads for ``path`` (for its checksum)."""
+    if not path.is_dir():
+        return path
+    names = ["features.npy", "features.h5"]
+    if layer:
+        names.insert(0, f"features_{layer.replace('/', '_')}.npy")
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    return path
