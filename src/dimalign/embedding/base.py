@@ -1,0 +1,438 @@
+"""The training loop shared by VICE and SPoSE.
+
+One epoch uses every training triplet exactly once, in an order drawn from a
+seeded ``torch.Generator`` (the last, smaller batch included). The same
+generator draws the Monte Carlo noise of VICE, and its state is saved in the
+checkpoint, so a run resumed from a checkpoint continues exactly as an
+uninterrupted run would. Evaluation draws from a separate generator that is
+created anew for every evaluation, so evaluating never changes training.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from tqdm.auto import tqdm
+
+from dimalign.device import resolve_device
+from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
+from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
+from dimalign.io.files import write_text_atomic
+from dimalign.io.runs import EmbeddingResult, save_embedding
+
+logger = logging.getLogger(__name__)
+
+# Settings that may differ between a checkpoint and the run that resumes it:
+# they change how long or how verbosely a run goes on, not what it computes.
+_RESUMABLE_SETTINGS = frozenset(
+    {"max_epochs", "stability_epochs", "checkpoint_every", "checkpoint_dir", "resume",
+     "device", "verbose", "tensorboard", "eval_every"}
+)
+
+HISTORY_NAME = "history.csv"
+CONFIG_NAME = "config.toml"
+
+
+def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
+    """Check a triplet array against ``n_objects`` and return it as int64 tensor.
+
+    Raises:
+        ValueError: On a wrong shape, non-integer values or an index out of range.
+    """
+    array = np.asarray(triplets)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"{name} triplets must have shape (n, 3), got {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} triplets are empty")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"{name} triplets must be integers, got dtype {array.dtype}; "
+            "load files with dimalign.io.triplets.load_triplets"
+        )
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= n_objects:
+        bad = int(np.flatnonzero(((array < 0) | (array >= n_objects)).any(axis=1))[0])
+        raise ValueError(
+            f"{name} triplets: row {bad} {array[bad].tolist()} has an index outside "
+            f"0..{n_objects - 1} for n_objects={n_objects}"
+        )
+    return torch.as_tensor(array, dtype=torch.int64)
+
+
+def triplet_digest(triplets: torch.Tensor) -> str:
+    """Return a SHA-256 of the triplet array, to tie a checkpoint to its data."""
+    return hashlib.sha256(triplets.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
+
+
+class TripletEmbedding(BaseEstimator):
+    """Base class: a non-negative embedding fitted to odd-one-out triplets.
+
+    Subclasses define the parameters, the loss of a batch, the kept
+    dimensions and the point estimate of the embedding.
+    """
+
+    _estimator_name = "embedding"
+
+    # ---- hooks for subclasses -------------------------------------------------
+
+    def _init_parameters(self, n_objects: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _batch_loss(
+        self, params: dict[str, torch.Tensor], batch: torch.Tensor, n_train: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def _after_step(self, params: dict[str, torch.Tensor]) -> None:
+        """Apply constraints after an optimiser step (SPoSE clamps to >= 0)."""
+
+    def _kept(self, params: dict[str, torch.Tensor]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _point_estimate(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _predict_log_proba(
+        self, params: dict[str, torch.Tensor], kept: torch.Tensor, triplets: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _result(self) -> EmbeddingResult:
+        raise NotImplementedError
+
+    # ---- fitting --------------------------------------------------------------
+
+    def _dtype(self) -> torch.dtype:
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        return torch.float32 if self.dtype == "float32" else torch.float64
+
+    def _check_settings(self) -> None:
+        if self.n_dims < 1:
+            raise ValueError(f"n_dims must be at least 1, got {self.n_dims}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def _training_config(self) -> dict[str, Any]:
+        return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
+
+    def fit(self, train: Any, val: Any = None, *, n_objects: int | None = None) -> TripletEmbedding:
+        """Fit the embedding to training triplets.
+
+        Args:
+            train (array-like): Training triplets, shape ``(n_train, 3)``, 0-based,
+                odd one out in the last column.
+            val (array-like | None): Validation triplets; when given, held-out
+                accuracy and NLL are recorded after each evaluation.
+            n_objects (int | None): Number of objects. Overrides the
+                ``n_objects`` setting; one of the two is required, because the
+                largest index in the triplets may miss objects never sampled.
+
+        Returns:
+            TripletEmbedding: self, fitted.
+
+        Raises:
+            ValueError: On invalid triplets or settings, or when a checkpoint
+                in ``checkpoint_dir`` belongs to other settings or data.
+            FileExistsError: When ``checkpoint_dir`` has a checkpoint and
+                ``resume`` is False.
+        """
+        self._check_settings()
+        n_objects = n_objects if n_objects is not None else self.n_objects
+        if n_objects is None:
+            raise ValueError(
+                "the number of objects is unknown: pass n_objects (the length of the "
+                "object table), not the largest index in the triplets"
+            )
+        device = resolve_device(self.device)
+        dtype = self._dtype()
+        train_t = as_triplet_tensor(train, n_objects, "training").to(device)
+        val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
+        n_train = train_t.shape[0]
+        self._n_train = n_train
+
+        generator = torch.Generator(device=device).manual_seed(int(self.random_state))
+        params = self._init_parameters(n_objects, generator)
+        params = {name: tensor.to(device=device, dtype=dtype).requires_grad_(True) for name, tensor in params.items()}
+        # The fused implementation updates all parameters in one kernel (CPU and CUDA).
+        optimizer = torch.optim.Adam(params.values(), lr=self.lr, fused=True)
+
+        history: list[dict[str, float]] = []
+        start_epoch, stable_epochs, last_n_kept = 0, 0, -1
+        directory = Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        data_digest = triplet_digest(train_t)
+        if directory is not None:
+            state = load_checkpoint(directory)
+            if state is not None:
+                self._check_resumable(state, directory, n_objects, data_digest)
+                for name, tensor in state["params"].items():
+                    params[name].data.copy_(tensor.to(device=device, dtype=dtype))
+                optimizer.load_state_dict(state["optimizer"])
+                self._restore_generator(generator, state, device)
+                history = list(state["history"])
+                start_epoch = int(state["epoch"])
+                stable_epochs = int(state["stable_epochs"])
+                last_n_kept = int(state["last_n_kept"])
+                logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
+
+        writer = self._tensorboard_writer(directory)
+        self.n_objects_ = n_objects
+        self.converged_ = stable_epochs >= self.stability_epochs and start_epoch > 0
+        epoch = start_epoch
+        progress = tqdm(
+            range(start_epoch, self.max_epochs), desc=f"fit {self._estimator_name}",
+            disable=None if self.verbose else True, unit="epoch",
+        )
+        for epoch_index in progress:
+            if self.converged_:
+                break
+            epoch = epoch_index + 1
+            started = time.perf_counter()
+            totals = self._train_epoch(params, optimizer, train_t, generator)
+            kept = self._kept(params)
+            n_kept = int(kept.size)
+            stable_epochs = stable_epochs + 1 if n_kept == last_n_kept else 0
+            last_n_kept = n_kept
+            row = {"epoch": epoch, **totals, "n_dims": n_kept, "seconds": time.perf_counter() - started}
+            if val_t is not None and (epoch % self.eval_every == 0 or epoch == self.max_epochs):
+                row.update(self._evaluate(params, kept, val_t, prefix="val_"))
+            history.append(row)
+            self._log_epoch(row, writer)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", dims=n_kept)
+            self.converged_ = stable_epochs >= self.stability_epochs
+            if directory is not None and (epoch % self.checkpoint_every == 0 or self.converged_):
+                self._checkpoint(directory, params, optimizer, generator, history, epoch,
+                                 stable_epochs, last_n_kept, n_objects, data_digest)
+        progress.close()
+        if directory is not None:
+            self._checkpoint(directory, params, optimizer, generator, history, epoch,
+                             stable_epochs, last_n_kept, n_objects, data_digest)
+        if writer is not None:
+            writer.close()
+
+        self._params = {name: tensor.detach() for name, tensor in params.items()}
+        self._device = device
+        self.history_ = history
+        self.n_epochs_ = epoch
+        self._set_fitted(params)
+        reason = "converged" if self.converged_ else "reached max_epochs"
+        logger.info(
+            "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
+        )
+        return self
+
+    def _train_step(self, params, batch, n_train, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set the gradients of one batch and return (batch NLL, pair similarities).
+
+        The default differentiates :meth:`_batch_loss` with autograd.
+        """
+        loss, parts, logits = self._batch_loss(params, batch, n_train, generator)
+        for tensor in params.values():
+            tensor.grad = None
+        loss.backward()
+        return parts["nll"], logits.detach()
+
+    @torch.no_grad()
+    def _complexity(self, params) -> float:
+        """Return the complexity term of the loss at the end of an epoch (0 where there is none)."""
+        return 0.0
+
+    def _train_epoch(self, params, optimizer, train_t, generator) -> dict[str, float]:
+        n_train = train_t.shape[0]
+        order = torch.randperm(n_train, generator=generator, device=train_t.device)
+        nll_sum = torch.zeros((), dtype=torch.float64, device=train_t.device)
+        hits = torch.zeros((), dtype=torch.float64, device=train_t.device)
+        for start in range(0, n_train, self.batch_size):
+            batch = train_t[order[start:start + self.batch_size]]
+            nll, logits = self._train_step(params, batch, n_train, generator)
+            optimizer.step()
+            self._after_step(params)
+            nll_sum += nll.detach().double() * batch.shape[0]
+            hits += hits_with_ties(logits).sum().double()
+        nll_mean = float(nll_sum) / n_train
+        complexity = self._complexity(params)
+        return {
+            "loss": nll_mean + self._complexity_weight() * complexity,
+            "nll": nll_mean,
+            "complexity": complexity,
+            "train_accuracy": float(hits) / n_train,
+        }
+
+    def _complexity_weight(self) -> float:
+        return 1.0
+
+    @torch.no_grad()
+    def _evaluate(self, params, kept: np.ndarray, triplets: torch.Tensor, prefix: str = "") -> dict[str, float]:
+        kept_t = torch.as_tensor(kept, dtype=torch.int64, device=triplets.device)
+        log_proba = self._predict_log_proba(params, kept_t, triplets)
+        accuracy = float(hits_with_ties(log_proba).mean())
+        nll = float(-log_proba[:, 0].mean())
+        return {f"{prefix}accuracy": accuracy, f"{prefix}nll": nll}
+
+    def _log_epoch(self, row: dict[str, float], writer) -> None:
+        message = (
+            f"epoch {row['epoch']}: loss {row['loss']:.4f} (nll {row['nll']:.4f}, "
+            f"complexity {row['complexity']:.4f}), train accuracy {row['train_accuracy']:.4f}"
+        )
+        if "val_accuracy" in row:
+            message += f", val accuracy {row['val_accuracy']:.4f}, val nll {row['val_nll']:.4f}"
+        message += f", {row['n_dims']} dims"
+        logger.log(logging.INFO if self.verbose else logging.DEBUG, message)
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, row["epoch"])
+
+    def _tensorboard_writer(self, directory: Path | None):
+        if not self.tensorboard:
+            return None
+        if directory is None:
+            raise ValueError("tensorboard=True needs checkpoint_dir, where the event files go")
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(directory / "tensorboard"))
+
+    # ---- checkpoints ----------------------------------------------------------
+
+    def _checkpoint(self, directory, params, optimizer, generator, history, epoch,
+                    stable_epochs, last_n_kept, n_objects, data_digest) -> None:
+        save_checkpoint(
+            {
+                "estimator": self._estimator_name,
+                "config": self._training_config(),
+                "n_objects": n_objects,
+                "data_sha256": data_digest,
+                "epoch": epoch,
+                "stable_epochs": stable_epochs,
+                "last_n_kept": last_n_kept,
+                "params": {name: tensor.detach().cpu() for name, tensor in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "generator_device": generator.device.type,
+                "history": history,
+            },
+            directory,
+        )
+
+    def _check_resumable(self, state, directory: Path, n_objects: int, data_digest: str) -> None:
+        where = directory / "checkpoint.pt"
+        if not self.resume:
+            raise FileExistsError(
+                f"{where} exists: pass resume=True (--resume) to continue that run, "
+                "or choose an empty run directory"
+            )
+        if state["estimator"] != self._estimator_name:
+            raise ValueError(f"{where} belongs to a {state['estimator']} run, not {self._estimator_name}")
+        config = self._training_config()
+        differences = {
+            key: (state["config"].get(key), value)
+            for key, value in config.items()
+            if state["config"].get(key) != value
+        }
+        if differences:
+            listed = ", ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differences.items())
+            raise ValueError(f"{where} was written with other settings ({listed}); resume with the same settings")
+        if state["n_objects"] != n_objects:
+            raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
+        if state["data_sha256"] != data_digest:
+            raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+
+    def _restore_generator(self, generator: torch.Generator, state, device: torch.device) -> None:
+        if state["generator_device"] == device.type:
+            generator.set_state(state["generator"])
+            return
+        # CPU and CUDA generators have different state formats, so a run moved
+        # between devices continues with a new stream derived from seed and epoch.
+        logger.warning(
+            "checkpoint RNG state is from %s, this run is on %s: continuing with a new "
+            "random stream, so results will differ from an uninterrupted run",
+            state["generator_device"], device.type,
+        )
+        generator.manual_seed(int(self.random_state) * 1_000_003 + int(state["epoch"]))
+
+    # ---- using the fitted model -----------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "embedding_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit first")
+
+    def predict_proba(self, triplets: Any) -> np.ndarray:
+        """Return the probability that each pair is the most similar.
+
+        Args:
+            triplets (array-like): Shape ``(n, 3)``.
+
+        Returns:
+            np.ndarray: Shape ``(n, 3)``: columns for the pairs (0, 1), (0, 2),
+            (1, 2) of each row; column 0 is the probability that the last
+            object is the odd one out.
+        """
+        self._check_fitted()
+        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
+        kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
+        with torch.no_grad():
+            return self._predict_log_proba(self._params, kept_t, triplets_t).exp().cpu().numpy()
+
+    def score(self, triplets: Any, y: Any = None) -> float:
+        """Return the held-out odd-one-out accuracy on ``triplets`` (ties share a hit)."""
+        self._check_fitted()
+        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
+        return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
+
+    # ---- saving ----------------------------------------------------------------
+
+    def save(self, run_dir: str | os.PathLike) -> Path:
+        """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``."""
+        import tomli_w
+
+        self._check_fitted()
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_embedding(self._result(), run_dir)
+        config = {
+            "estimator": self._estimator_name,
+            "settings": {key: ("" if value is None else value) for key, value in self.get_params().items()},
+            "fitted": {
+                "n_objects": self.n_objects_,
+                "n_dims": self.n_dims_,
+                "n_epochs": self.n_epochs_,
+                "converged": bool(self.converged_),
+            },
+        }
+        write_text_atomic(run_dir / CONFIG_NAME, tomli_w.dumps(config))
+        write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
+        return run_dir
+
+
+def history_to_csv(history: list[dict[str, float]]) -> str:
+    """Format per-epoch records as CSV (columns: the union of keys, in first-seen order)."""
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: _format_number(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _format_number(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value

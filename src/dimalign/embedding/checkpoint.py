@@ -1,0 +1,47 @@
+"""Checkpoints of a training run: parameters, optimiser and RNG state, written atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dimalign.io.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike) -> Path:
+    """Write ``state`` to ``directory/checkpoint.pt`` through a temporary file."""
+    target = Path(directory) / CHECKPOINT_NAME
+    with atomic_path(target) as temporary:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary)
+    return target
+
+
+def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """Load ``directory/checkpoint.pt`` onto the CPU, or return None if there is none.
+
+    Tensors saved on a GPU are mapped to the CPU; the caller moves them to its
+    device.
+
+    Raises:
+        ValueError: If the file is not a dimalign checkpoint of a known format.
+    """
+    path = Path(directory) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a dimalign checkpoint of format {CHECKPOINT_FORMAT}; "
+            "remove it or choose another run directory"
+        )
+    logger.info("loaded checkpoint %s (epoch %d)", path, state["epoch"])
+    return state

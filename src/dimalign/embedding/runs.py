@@ -1,0 +1,78 @@
+"""Fit an estimator and write a complete run directory."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.embedding.base import TripletEmbedding
+from dimalign.io.files import now_iso, write_manifest
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
+
+logger = logging.getLogger(__name__)
+
+
+def fit_run(
+    estimator: TripletEmbedding,
+    train: np.ndarray,
+    val: np.ndarray | None,
+    out_dir: str | os.PathLike,
+    *,
+    n_objects: int,
+    object_table: ObjectTable | None = None,
+    inputs: Mapping[str, str | os.PathLike] | None = None,
+) -> TripletEmbedding:
+    """Fit ``estimator`` with checkpoints in ``out_dir`` and write the run directory.
+
+    The directory receives ``checkpoint.pt`` during training, then
+    ``embedding.npz``, ``config.toml``, ``history.csv``, ``objects.tsv`` (when
+    an object table is given) and ``manifest.json`` with the held-out
+    accuracy.
+
+    Args:
+        estimator (TripletEmbedding): A VICE or SPoSE instance. Its
+            ``checkpoint_dir`` is set to ``out_dir``.
+        train (np.ndarray): Training triplets, shape ``(n_train, 3)``.
+        val (np.ndarray | None): Validation triplets.
+        out_dir (str | os.PathLike): The run directory.
+        n_objects (int): Number of objects.
+        object_table (ObjectTable | None): Names of the objects in row order.
+        inputs (Mapping[str, path] | None): Input files recorded with checksums.
+
+    Returns:
+        TripletEmbedding: The fitted estimator.
+    """
+    started = now_iso()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if object_table is not None and len(object_table) != n_objects:
+        raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    estimator.set_params(checkpoint_dir=str(out_dir))
+    estimator.fit(train, val, n_objects=n_objects)
+    estimator.save(out_dir)
+    if object_table is not None:
+        write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+
+    outputs: dict[str, Any] = {
+        "n_dims": estimator.n_dims_,
+        "n_epochs": estimator.n_epochs_,
+        "converged": estimator.converged_,
+        "n_train": int(len(train)),
+    }
+    if val is not None:
+        outputs["val_accuracy"] = estimator.score(val)
+        outputs["n_val"] = int(len(val))
+        logger.info(
+            "%s: %d dimensions, held-out accuracy %.4f on %d triplets",
+            out_dir, estimator.n_dims_, outputs["val_accuracy"], len(val),
+        )
+    write_manifest(
+        out_dir, step="fit", inputs=inputs, started=started,
+        settings={"estimator": type(estimator).__name__, **estimator.get_params()}, outputs=outputs,
+    )
+    return estimator

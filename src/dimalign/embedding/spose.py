@@ -1,0 +1,145 @@
+"""SPoSE: sparse positive similarity embedding (Zheng et al., 2019; Hebart et al., 2020).
+
+The deterministic baseline of VICE: one non-negative matrix W, fitted by Adam
+to the loss
+
+    mean triplet NLL  +  l1 * sum(|W|) / n_objects,
+
+with W clamped to >= 0 after every step (projected gradient descent), and
+pruned afterwards by a weight threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dimalign.embedding.base import TripletEmbedding
+from dimalign.embedding.likelihood import pair_similarities
+from dimalign.embedding.pruning import spose_kept_dimensions
+from dimalign.io.runs import EmbeddingResult
+
+
+class SPoSE(TripletEmbedding):
+    """Sparse positive embedding of objects from odd-one-out triplets.
+
+    Args:
+        n_dims (int): Initial number of dimensions.
+        n_objects (int | None): Number of objects; may also be given to ``fit``.
+        l1 (float): Weight of the L1 penalty, divided by ``n_objects`` as in
+            the SPoSE reference code.
+        lr (float): Adam learning rate.
+        batch_size (int): Triplets per optimiser step.
+        max_epochs (int): Upper bound on epochs.
+        stability_epochs (int): Stop when the number of kept dimensions has
+            not changed for this many epochs.
+        prune_threshold (float): A weight above this counts towards keeping
+            its dimension.
+        min_objects (int): A dimension is kept when more than this many
+            objects have a weight above ``prune_threshold``.
+        init_mean (float): Mean of the initial weights.
+        init_std (float): Standard deviation of the initial weights.
+        random_state, device, dtype, checkpoint_dir, checkpoint_every, resume,
+        eval_every, tensorboard, verbose: as for :class:`~dimalign.embedding.VICE`.
+
+    Attributes:
+        embedding_ (np.ndarray): Kept columns of W, sorted by decreasing total
+            weight, shape ``(n_objects, n_dims_)``.
+        kept_dims_ (np.ndarray): Columns of ``weights_`` kept, in that order.
+        weights_ (np.ndarray): The unpruned W, ``(n_objects, n_dims)``.
+        n_dims_, history_, n_epochs_, converged_: as for VICE.
+    """
+
+    _estimator_name = "spose"
+
+    def __init__(
+        self,
+        n_dims: int = 100,
+        n_objects: int | None = None,
+        *,
+        l1: float = 0.008,
+        lr: float = 0.001,
+        batch_size: int = 256,
+        max_epochs: int = 500,
+        stability_epochs: int = 500,
+        prune_threshold: float = 0.1,
+        min_objects: int = 5,
+        init_mean: float = 0.1,
+        init_std: float = 0.01,
+        random_state: int = 0,
+        device: str = "cpu",
+        dtype: str = "float32",
+        checkpoint_dir: str | None = None,
+        checkpoint_every: int = 50,
+        resume: bool = False,
+        eval_every: int = 1,
+        tensorboard: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        self.n_dims = n_dims
+        self.n_objects = n_objects
+        self.l1 = l1
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.stability_epochs = stability_epochs
+        self.prune_threshold = prune_threshold
+        self.min_objects = min_objects
+        self.init_mean = init_mean
+        self.init_std = init_std
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.eval_every = eval_every
+        self.tensorboard = tensorboard
+        self.verbose = verbose
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        if self.l1 < 0:
+            raise ValueError(f"l1 must be non-negative, got {self.l1}")
+
+    def _init_parameters(self, n_objects, generator):
+        weights = torch.randn(n_objects, self.n_dims, generator=generator, device=generator.device)
+        return {"weights": (weights * self.init_std + self.init_mean).clamp_(min=0.0)}
+
+    def _batch_loss(self, params, batch, n_train, generator):
+        weights = params["weights"]
+        logits = pair_similarities(weights, batch)
+        nll = (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+        penalty = weights.abs().sum() / weights.shape[0]
+        return nll + self.l1 * penalty, {"nll": nll.detach()}, logits
+
+    def _complexity_weight(self) -> float:
+        return self.l1
+
+    @torch.no_grad()
+    def _complexity(self, params) -> float:
+        weights = params["weights"]
+        return float(weights.abs().sum()) / weights.shape[0]
+
+    @torch.no_grad()
+    def _after_step(self, params) -> None:
+        params["weights"].clamp_(min=0.0)
+
+    def _kept(self, params) -> np.ndarray:
+        weights = params["weights"].detach().cpu().numpy()
+        return spose_kept_dimensions(weights, self.prune_threshold, self.min_objects)
+
+    def _predict_log_proba(self, params, kept, triplets):
+        return torch.log_softmax(pair_similarities(params["weights"][:, kept], triplets), dim=-1)
+
+    def _set_fitted(self, params) -> None:
+        weights = params["weights"].detach().cpu().numpy().astype(np.float64)
+        kept = spose_kept_dimensions(weights, self.prune_threshold, self.min_objects)
+        order = np.argsort(-weights[:, kept].sum(axis=0), kind="stable")
+        self.kept_dims_ = kept[order]
+        self.embedding_ = weights[:, self.kept_dims_]
+        self.weights_ = weights
+        self.n_dims_ = int(self.kept_dims_.size)
+
+    def _result(self) -> EmbeddingResult:
+        return EmbeddingResult(embedding=self.embedding_, kept_dims=self.kept_dims_, loc=self.weights_)

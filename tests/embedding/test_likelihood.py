@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+
+from dimalign.embedding.likelihood import choice_log_probabilities, hits_with_ties, triplet_nll
+
+
+def shifted_reference_nll(embedding, triplet):
+    """NLL of the recorded choice computed with an explicit max shift in float64."""
+    y = np.asarray(embedding, dtype=np.float64)
+    i, j, k = triplet
+    logits = np.array([y[i] @ y[j], y[i] @ y[k], y[j] @ y[k]])
+    shift = logits.max()
+    return float(np.log(np.exp(logits - shift).sum()) + shift - logits[0])
+
+
+@pytest.mark.parametrize(("scale", "dtype"), [(1.0, torch.float32), (3.0, torch.float64)])
+def test_nll_finite_for_large_dot_products(scale, dtype):
+    embedding = torch.tensor([[10.0], [9.5], [9.0]], dtype=dtype) * scale
+    triplets = torch.tensor([[0, 1, 2]])
+    value = triplet_nll(embedding, triplets)
+    assert torch.isfinite(value).all()
+    expected = shifted_reference_nll(embedding.numpy(), (0, 1, 2))
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    assert float(value[0]) == pytest.approx(expected, abs=tolerance)
+
+
+def test_choice_probability_analytical():
+    embedding = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]], dtype=torch.float64)
+    probabilities = choice_log_probabilities(embedding, torch.tensor([[0, 1, 2]])).exp()
+    # dot products: s01 = 0.9, s02 = 0, s12 = 0.1
+    expected = np.exp(0.9) / (np.exp(0.9) + np.exp(0.0) + np.exp(0.1))
+    assert float(probabilities[0, 0]) == pytest.approx(expected, abs=1e-12)
+    assert float(probabilities[0, 0]) > 1 / 3
+
+
+def test_all_zero_embedding_scores_one_third():
+    embedding = torch.zeros(5, 3)
+    triplets = torch.tensor([[0, 1, 2], [2, 3, 4], [4, 0, 1]])
+    hits = hits_with_ties(choice_log_probabilities(embedding, triplets))
+    assert hits.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert float(hits.mean()) == pytest.approx(1 / 3)
+
+
+def test_two_way_tie_counts_half():
+    probabilities = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4]])
+    assert hits_with_ties(probabilities).tolist() == [0.5, 0.0]

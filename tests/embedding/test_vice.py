@@ -1,0 +1,161 @@
+import numpy as np
+import pytest
+import torch
+
+from dimalign.embedding import SPoSE, VICE
+from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+
+
+def random_triplets(n_objects, n_triplets, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
+
+
+def planted_triplets(n_triplets=3000, seed=0):
+    """Triplets chosen by argmax from a planted 2-group embedding of 30 objects."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((30, 2))
+    truth[:15, 0] = rng.uniform(1.0, 2.0, 15)
+    truth[15:, 1] = rng.uniform(1.0, 2.0, 15)
+    raw = np.array([rng.choice(30, 3, replace=False) for _ in range(n_triplets)])
+    rows = []
+    for i, j, k in raw:
+        pairs = [((i, j), k), ((i, k), j), ((j, k), i)]
+        scores = [truth[a] @ truth[b] for (a, b), _ in pairs]
+        (a, b), odd = pairs[int(np.argmax(scores))]
+        rows.append((a, b, odd))
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("prior", ["mixture", "authors"])
+def test_closed_form_gradients_match_autograd(prior):
+    model = VICE(n_dims=4, prior=prior, dtype="float64")
+    params = model._init_parameters(10, torch.Generator().manual_seed(0))
+    params = {name: (tensor.double() * 5).requires_grad_(True) for name, tensor in params.items()}
+    params["log_scale"].data.fill_(-0.5)
+    batch = torch.tensor([[0, 1, 2], [3, 4, 5], [0, 5, 9], [1, 2, 3], [0, 1, 2]])
+
+    model._train_step(params, batch, 100, torch.Generator().manual_seed(5))
+    closed_form = {name: tensor.grad.clone() for name, tensor in params.items()}
+    for tensor in params.values():
+        tensor.grad = None
+    loss, _, _ = model._batch_loss(params, batch, 100, torch.Generator().manual_seed(5))
+    loss.backward()
+
+    for name, tensor in params.items():
+        assert torch.allclose(tensor.grad, closed_form[name], atol=1e-12), name
+
+
+def test_fit_learns_planted_structure():
+    triplets = planted_triplets()
+    train, val = triplets[:2500], triplets[2500:]
+    model = VICE(n_dims=10, max_epochs=60, lr=0.01, batch_size=64, mc_samples=10, random_state=0)
+    model.fit(train, val, n_objects=30)
+    assert model.score(val) > 0.8
+    assert model.embedding_.shape == (30, model.n_dims_)
+    assert (model.embedding_ >= 0).all()
+    assert len(model.history_) == 60
+    assert {"loss", "nll", "complexity", "train_accuracy", "val_accuracy", "n_dims"} <= set(model.history_[0])
+
+
+def test_last_partial_batch_is_used():
+    triplets = random_triplets(12, 100)
+    model = VICE(n_dims=3, max_epochs=1, batch_size=30, random_state=0)
+    steps = []
+    original = model._train_step
+    model._train_step = lambda params, batch, n_train, generator: (
+        steps.append(batch.shape[0]) or original(params, batch, n_train, generator)
+    )
+    model.fit(triplets, n_objects=12)
+    assert steps == [30, 30, 30, 10]
+
+
+def test_same_seed_same_result_and_scoring_changes_nothing():
+    triplets = random_triplets(15, 300)
+    first = VICE(n_dims=5, max_epochs=3, random_state=3).fit(triplets, n_objects=15)
+    score_before = first.score(triplets)
+    second = VICE(n_dims=5, max_epochs=3, random_state=3).fit(triplets, n_objects=15)
+    assert np.array_equal(first.loc_, second.loc_)
+    assert first.score(triplets) == score_before == second.score(triplets)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    triplets = random_triplets(15, 300)
+    settings = {"n_dims": 5, "random_state": 1, "stability_epochs": 100}
+    straight = VICE(max_epochs=4, **settings).fit(triplets, n_objects=15)
+
+    VICE(max_epochs=2, checkpoint_dir=str(tmp_path), **settings).fit(triplets, n_objects=15)
+    assert (tmp_path / CHECKPOINT_NAME).is_file()
+    resumed = VICE(max_epochs=4, checkpoint_dir=str(tmp_path), resume=True, **settings)
+    resumed.fit(triplets, n_objects=15)
+
+    assert resumed.n_epochs_ == 4
+    assert np.allclose(resumed.loc_, straight.loc_, atol=1e-6)
+    assert np.allclose(resumed.scale_, straight.scale_, atol=1e-6)
+    assert [row["epoch"] for row in resumed.history_] == [1, 2, 3, 4]
+
+
+def test_checkpoint_of_other_n_dims_rejected(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    with pytest.raises(ValueError, match="n_dims: checkpoint 5, now 6"):
+        VICE(n_dims=6, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
+
+
+def test_checkpoint_not_resumed_unless_asked(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+
+
+def test_resume_on_other_data_rejected(tmp_path):
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(random_triplets(15, 200), n_objects=15)
+    with pytest.raises(ValueError, match="other triplets"):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(
+            random_triplets(15, 200, seed=9), n_objects=15
+        )
+
+
+def test_unknown_number_of_objects_rejected():
+    with pytest.raises(ValueError, match="number of objects is unknown"):
+        VICE(n_dims=2, max_epochs=1).fit(random_triplets(5, 10))
+
+
+def test_index_out_of_range_names_row():
+    triplets = np.array([[0, 1, 2], [0, 1, 7]])
+    with pytest.raises(ValueError, match=r"row 1 \[0, 1, 7\]"):
+        VICE(n_dims=2, max_epochs=1).fit(triplets, n_objects=6)
+
+
+def test_unseen_object_scores_without_index_error():
+    train = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4], [0, 3, 4]] * 10)
+    model = VICE(n_dims=3, max_epochs=2).fit(train, n_objects=6)
+    probability = model.predict_proba(np.array([[0, 1, 5]]))
+    assert probability.shape == (1, 3)
+    assert np.isfinite(probability).all()
+
+
+def test_cuda_without_gpu_is_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        VICE(n_dims=2, max_epochs=1, device="cuda").fit(random_triplets(5, 10), n_objects=5)
+
+
+def test_save_writes_run_files(tmp_path):
+    model = VICE(n_dims=4, max_epochs=2).fit(random_triplets(12, 100), n_objects=12)
+    model.save(tmp_path)
+    assert {"embedding.npz", "config.toml", "history.csv"} <= {path.name for path in tmp_path.iterdir()}
+    with np.load(tmp_path / "embedding.npz") as archive:
+        assert archive["loc"].shape == (12, 4)
+        assert archive["embedding"].shape == (12, model.n_dims_)
+
+
+def test_spose_fits_non_negative_weights():
+    triplets = planted_triplets()
+    model = SPoSE(n_dims=8, max_epochs=30, lr=0.01, batch_size=64, l1=0.001).fit(
+        triplets[:2500], triplets[2500:], n_objects=30
+    )
+    assert (model.weights_ >= 0).all()
+    assert model.score(triplets[2500:]) > 0.8
