@@ -16,7 +16,7 @@ from dimalign.interpret.predictor import DimensionPredictor
 @pytest.fixture
 def predictor(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    return DimensionPredictor(conv_model, "3", coef, intercept)
+    return DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
 
 @pytest.mark.parametrize(("dim", "seed"), [(0, 0), (3, 1), (4, 2)])

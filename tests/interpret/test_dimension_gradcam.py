@@ -35,7 +35,7 @@ def manual_gradcam(predictor: DimensionPredictor, images: torch.Tensor, dim: int
 @pytest.fixture
 def predictor(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    return DimensionPredictor(conv_model, "3", coef, intercept)
+    return DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
 
 def test_gradcam_matches_manual_backward(predictor):
@@ -52,7 +52,7 @@ def test_gradcam_matches_manual_backward(predictor):
 
 def test_gradcam_upsampled_to_image(ridge_coefficients):
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(make_conv_model(stride=2), "3", coef, intercept)
+    predictor = DimensionPredictor(make_conv_model(stride=2), "3", coef, intercept, pooling="gap")
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
     maps = dimension_gradcam(predictor, images, 1, "2")
@@ -87,7 +87,7 @@ def test_gradcam_negative_dimension(predictor):
 def test_gradcam_rejects_feature_vector_layer(ridge_coefficients):
     coef, intercept = ridge_coefficients
     model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 6))
-    predictor = DimensionPredictor(model, "3", coef, intercept, pooling="none")
+    predictor = DimensionPredictor(model, "3", coef, intercept, pooling="raw")
 
     with pytest.raises(ValueError, match=r"\(batch, channels, height, width\).*reshape_transform"):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
@@ -96,7 +96,7 @@ def test_gradcam_rejects_feature_vector_layer(ridge_coefficients):
 def test_gradcam_rejects_one_by_one_map(ridge_coefficients):
     coef, intercept = ridge_coefficients
     model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1))
-    predictor = DimensionPredictor(model, "1", coef, intercept)
+    predictor = DimensionPredictor(model, "1", coef, intercept, pooling="gap")
 
     with pytest.raises(ValueError, match="1x1 map"):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "1")
@@ -105,7 +105,7 @@ def test_gradcam_rejects_one_by_one_map(ridge_coefficients):
 def test_gradcam_rejects_layer_after_features(ridge_coefficients):
     coef, intercept = ridge_coefficients
     model = make_conv_model()
-    predictor = DimensionPredictor(model, "2", coef, intercept)
+    predictor = DimensionPredictor(model, "2", coef, intercept, pooling="gap")
 
     with pytest.raises(ValueError, match="did not run before the feature layer"):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
@@ -126,7 +126,7 @@ def test_gradcam_reshape_transform_for_tokens(ridge_coefficients):
             return to_map(x)
 
     model = nn.Sequential(make_conv_model(), Tokens(), Untokens())
-    predictor = DimensionPredictor(model, "2", coef, intercept)
+    predictor = DimensionPredictor(model, "2", coef, intercept, pooling="gap")
 
     with pytest.raises(ValueError, match="reshape_transform"):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "1")
@@ -140,7 +140,7 @@ def test_gradcam_constant_activations_zero_map(ridge_coefficients):
     constant = torch.full((1, 3, 8, 8), 0.5)
     # 1x1 convolutions keep a constant image constant (no border effects of padding).
     pointwise = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU())
-    predictor = DimensionPredictor(pointwise, "1", coef, intercept)
+    predictor = DimensionPredictor(pointwise, "1", coef, intercept, pooling="gap")
 
     with pytest.warns(UserWarning, match="zero everywhere"):
         cam = dimension_gradcam(predictor, constant, 2, "0")
@@ -151,7 +151,8 @@ def test_gradcam_constant_activations_zero_map(ridge_coefficients):
 
 def test_gradcam_float16_gives_float32(ridge_coefficients):
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(make_conv_model().half(), "3", coef.astype(np.float16), intercept)
+    model = make_conv_model().half()
+    predictor = DimensionPredictor(model, "3", coef.astype(np.float16), intercept, pooling="gap")
     images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
 
     maps = dimension_gradcam(predictor, images, 3, "2")

@@ -9,7 +9,8 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
-from dimalign.interpret.predictor import DimensionPredictor, ImagePreprocessing, pool_output
+from dimalign.features.layers import pool_tensor
+from dimalign.interpret.predictor import DimensionPredictor, ImagePreprocessing
 
 
 def test_predictor_matches_manual_chain(conv_model, ridge_coefficients):
@@ -30,7 +31,7 @@ def test_predictor_stops_at_layer(conv_model, ridge_coefficients):
     later_calls = []
     conv_model.append(nn.Identity())
     conv_model[4].register_forward_hook(lambda *args: later_calls.append(1))
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
     predictor(torch.rand(1, 3, 8, 8))
 
@@ -52,7 +53,7 @@ def test_predictor_flatten_pooling(conv_model):
 
 def test_predictor_parameters_frozen_eval(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
     predictor.train()
 
@@ -63,7 +64,7 @@ def test_predictor_parameters_frozen_eval(conv_model, ridge_coefficients):
 
 def test_predictor_gradient_reaches_pixels(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
     images = torch.rand(1, 3, 8, 8, requires_grad=True)
 
     predictor(images)[0, 2].backward()
@@ -78,11 +79,11 @@ def test_predictor_unknown_layer_lists_close_names(conv_model, ridge_coefficient
     nested.add_module("features", conv_model)
 
     with pytest.raises(ValueError, match="features.3"):
-        DimensionPredictor(nested, "features.33", coef, intercept)
+        DimensionPredictor(nested, "features.33", coef, intercept, pooling="gap")
 
 
 def test_predictor_feature_count_mismatch(conv_model):
-    predictor = DimensionPredictor(conv_model, "3", np.ones((7, 2)), np.zeros(2))
+    predictor = DimensionPredictor(conv_model, "3", np.ones((7, 2)), np.zeros(2), pooling="gap")
 
     with pytest.raises(ValueError, match="gives 6 features, but the map expects 7"):
         predictor(torch.rand(1, 3, 8, 8))
@@ -95,7 +96,7 @@ def test_predictor_intercept_shape_checked(conv_model):
 
 def test_predictor_single_image(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
     image = torch.rand(3, 8, 8)
 
     with torch.no_grad():
@@ -113,7 +114,7 @@ def test_preprocessing_split_reproduces_transform(conv_model, ridge_coefficients
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8))
     coef, intercept = ridge_coefficients
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept, preprocessing=preprocessing)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap", preprocessing=preprocessing)
 
     raw = preprocessing.to_tensor(image)
     with torch.no_grad():
@@ -132,7 +133,7 @@ def test_preprocessing_split_reproduces_transform(conv_model, ridge_coefficients
 def test_predictor_resizes_to_input_size(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
     preprocessing = ImagePreprocessing(input_size=(8, 8))
-    predictor = DimensionPredictor(conv_model, "3", coef, intercept, preprocessing=preprocessing)
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap", preprocessing=preprocessing)
     constant = torch.full((1, 3, 32, 32), 0.3)
 
     with torch.no_grad():
@@ -154,6 +155,31 @@ def test_preprocessing_load_missing_file(tmp_path):
         ImagePreprocessing().load(tmp_path / "missing.png")
 
 
-def test_pool_output_none_rejects_maps():
-    with pytest.raises(ValueError, match="pooling 'none'"):
-        pool_output(torch.zeros(1, 2, 3, 3), "none")
+def test_predictor_raw_pooling_needs_vectors(conv_model):
+    predictor = DimensionPredictor(conv_model, "3", np.ones((6, 2)), np.zeros(2), pooling="raw")
+
+    with pytest.raises(ValueError, match="not \\(batch, features\\)"):
+        predictor(torch.rand(1, 3, 8, 8))
+
+
+def test_predictor_reads_layer_input(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+    predictor = DimensionPredictor(model, "3:input", coef, intercept, pooling="raw")
+    images = torch.rand(2, 3, 8, 8)
+
+    with torch.no_grad():
+        expected = model[:3](images).double().numpy() @ coef + intercept
+        predicted = predictor(images).double().numpy()
+
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predictor_pooling_matches_feature_extraction(conv_model, ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
+    images = torch.rand(2, 3, 8, 8)
+
+    with torch.no_grad():
+        features = pool_tensor(conv_model(images), "gap")
+        torch.testing.assert_close(predictor.features(images), features)

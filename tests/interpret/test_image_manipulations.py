@@ -34,7 +34,7 @@ from dimalign.interpret.predictor import DimensionPredictor
 @pytest.fixture
 def predictor(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
-    return DimensionPredictor(conv_model, "3", coef, intercept)
+    return DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def percentile_grid(
 
     Examples:
         >>> percentile_grid(np.arange(100.0), n_cols=2, percentiles=(50.0,)).tolist()
-        [[99, 98], [49, 50]]
+        [[99, 98], [50, 49]]
     """
     weights = np.asarray(weights, dtype=np.float64)
     percentiles = [float(value) for value in percentiles]

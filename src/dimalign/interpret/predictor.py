@@ -30,59 +30,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimalign.device import resolve_device
+from dimalign.features.layers import POOLS, pool_tensor
 
 logger = logging.getLogger(__name__)
-
-#: Pooling of a layer's output into one feature vector per image.
-#: ``"gap"``: mean over all axes after the channel axis (global average pooling of
-#: ``(B, C, H, W)``); ``"flatten"``: all values of the output in C order;
-#: ``"none"``: the output must already be ``(B, n_features)``.
-POOLINGS = ("gap", "flatten", "none")
-
 
 class _StopForward(Exception):
     """Raised by the capture hook to skip the layers after the requested one."""
 
 
-def pool_output(output: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Pool a layer's output into ``(batch, n_features)``.
-
-    Args:
-        output (torch.Tensor): The layer output, shape ``(B, ...)``.
-        pooling (str): One of :data:`POOLINGS`.
-
-    Returns:
-        torch.Tensor: Shape ``(B, n_features)``.
-
-    Raises:
-        ValueError: If ``pooling`` is unknown, or ``"none"`` is given for an
-            output that is not 2-D.
-    """
-    if pooling == "gap":
-        if output.ndim <= 2:
-            return output
-        return output.flatten(start_dim=2).mean(dim=2)
-    if pooling == "flatten":
-        return output.flatten(start_dim=1)
-    if pooling == "none":
-        if output.ndim != 2:
-            raise ValueError(
-                f"pooling 'none' needs a (batch, features) output, got shape {tuple(output.shape)}; "
-                "use pooling 'gap' or 'flatten'"
-            )
-        return output
-    raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-
-
 def find_layer(model: nn.Module, layer: str) -> nn.Module:
     """Return the submodule called ``layer`` (a name from ``model.named_modules()``).
+
+    A trailing ``:input`` (the feature extractor's way to name a module's
+    input) is ignored here.
 
     Raises:
         ValueError: If there is no such submodule; the message lists the
             closest names.
     """
+    layer = layer.removesuffix(":input")
     modules = dict(model.named_modules())
-    if layer in modules:
+    if layer in modules and layer:
         return modules[layer]
     close = difflib.get_close_matches(layer, [name for name in modules if name], n=8, cutoff=0.4)
     hint = f"; close names: {', '.join(close)}" if close else ""
@@ -246,12 +214,15 @@ class DimensionPredictor(nn.Module):
     Args:
         model (nn.Module): The DNN. Its parameters are frozen in place.
         layer (str | None): Name of the feature layer in
-            ``model.named_modules()``; None uses the model's output.
+            ``model.named_modules()``, with ``:input`` for the module's input
+            (as in ``dimalign extract``); None uses the model's output.
         coef (array-like): Ridge coefficients in the raw feature space, shape
             ``(n_features, n_dims)``.
         intercept (array-like): Shape ``(n_dims,)``.
-        pooling (str): How the layer output becomes features, one of
-            :data:`POOLINGS`.
+        pooling (str): How the layer output becomes features, as in
+            ``dimalign extract``: ``flatten`` (all values), ``gap`` (mean over
+            the axes after the channel axis) or ``raw`` (the output must
+            already be ``(batch, n_features)``).
         preprocessing (ImagePreprocessing | None): The model's preprocessing;
             its ``mean``/``std`` are applied inside ``forward`` and its
             ``input_size`` sets the resize target.
@@ -261,7 +232,7 @@ class DimensionPredictor(nn.Module):
 
     Examples:
         >>> model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
-        >>> predictor = DimensionPredictor(model, "1", np.ones((4, 2)), np.zeros(2))
+        >>> predictor = DimensionPredictor(model, "1", np.ones((4, 2)), np.zeros(2), pooling="gap")
         >>> predictor(torch.zeros(1, 3, 8, 8)).shape
         torch.Size([1, 2])
     """
@@ -273,14 +244,14 @@ class DimensionPredictor(nn.Module):
         coef: Any,
         intercept: Any,
         *,
-        pooling: str = "gap",
+        pooling: str = "flatten",
         preprocessing: ImagePreprocessing | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        if pooling not in POOLS:
+            raise ValueError(f"invalid pooling {pooling!r}: use {', '.join(POOLS)}")
         self.model = model
         self.layer = layer
         self.pooling = pooling
@@ -373,7 +344,12 @@ class DimensionPredictor(nn.Module):
                 f"layer {self.layer!r} returns {type(output).__name__}, not a tensor; "
                 "choose a layer whose output is a single tensor"
             )
-        features = pool_output(output, self.pooling)
+        features = pool_tensor(output, self.pooling)
+        if features.ndim != 2:
+            raise ValueError(
+                f"layer {self.layer!r} with pooling {self.pooling!r} gives shape "
+                f"{tuple(features.shape)}, not (batch, features); use pooling 'flatten' or 'gap'"
+            )
         if features.shape[1] != self.n_features:
             raise ValueError(
                 f"layer {self.layer!r} with pooling {self.pooling!r} gives {features.shape[1]} "
@@ -406,9 +382,16 @@ class DimensionPredictor(nn.Module):
             captured.append(output)
             raise _StopForward
 
+        def capture_input(module: nn.Module, args: Any) -> None:
+            captured.append(args[0] if args else None)
+            raise _StopForward
+
         # Registered per call, after any hooks that other tools (Grad-CAM)
         # placed on the same layer, so those hooks still see the output.
-        handle = self._layer_module.register_forward_hook(capture)
+        if self.layer.endswith(":input"):
+            handle = self._layer_module.register_forward_pre_hook(capture_input)
+        else:
+            handle = self._layer_module.register_forward_hook(capture)
         try:
             self.model(inputs)
         except _StopForward:
@@ -433,33 +416,35 @@ class DimensionPredictor(nn.Module):
         """Build the predictor from the output directory of ``dimalign map``.
 
         Args:
-            map_dir (str | os.PathLike): Folder with the ridge map and its
-                ``manifest.json``, whose settings name the model, the layer
-                and the pooling of the features.
+            map_dir (str | os.PathLike): Folder with ``ridge_map.npz`` and a
+                ``manifest.json`` that names the model, layer and pooling of
+                the features, directly or through its features input (see
+                :func:`map_settings`).
             model (LoadedModel | None): An already loaded model (from
                 ``dimalign.features.load_model``); None loads the one the
-                manifest names.
+                manifest names, with the same weights.
             device (str | torch.device): Where to run.
 
         Raises:
             FileNotFoundError: If the folder or its files are missing.
-            ValueError: If the manifest does not name the model or the layer.
+            ValueError: If the manifests do not name the model or the layer.
         """
         from dimalign.analysis.ridge import RidgeMap
-        from dimalign.io.files import read_manifest
 
         map_dir = Path(map_dir)
         ridge = RidgeMap.load(map_dir)
-        settings = map_settings(read_manifest(map_dir))
+        settings = map_settings(map_dir)
         if model is None:
             from dimalign.features import load_model
 
             if not settings["model"]:
                 raise ValueError(
-                    f"{map_dir}/manifest.json names no model in its settings; "
+                    f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
-            model = load_model(settings["model"], weights=settings["weights"], device=device)
+            model = load_model(
+                settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
+            )
         predictor = cls(
             model.model,
             settings["layer"],
@@ -478,25 +463,52 @@ class DimensionPredictor(nn.Module):
         return predictor
 
 
-def map_settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Read model name, weights, layer and pooling from a map directory's manifest.
+def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
+    """Find the model, weights, seed, layer and pooling behind a ridge map.
+
+    Each is read from the settings of the map's ``manifest.json`` (``model``
+    or ``model_name``, ``weights``, ``seed``, ``layer``, ``pooling``) and,
+    where missing there, from the manifest of the feature folder that the
+    map lists among its inputs (written by ``dimalign extract``).
 
     Returns:
-        dict: Keys ``model``, ``weights``, ``layer`` and ``pooling``.
+        dict: Keys ``model``, ``weights``, ``seed``, ``layer`` and ``pooling``
+        (``pooling`` defaults to ``flatten``, ``seed`` to 0).
 
     Raises:
-        ValueError: If the manifest names no layer.
+        FileNotFoundError: If the map has no manifest.
+        ValueError: If no manifest names the layer.
     """
-    settings = manifest.get("settings", {})
-    layer = settings.get("layer")
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    manifest = read_manifest(map_dir)
+    sources = [manifest.get("settings", {})]
+    for entry in manifest.get("inputs", {}).values():
+        path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+        folder = path if path.is_dir() else path.parent
+        if (folder / MANIFEST_NAME).is_file() and folder != Path(map_dir):
+            upstream = read_manifest(folder)
+            if upstream.get("step") == "extract":
+                sources.append(upstream.get("settings", {}))
+
+    def first(*keys: str) -> Any:
+        for source in sources:
+            for key in keys:
+                if source.get(key) not in (None, ""):
+                    return source[key]
+        return None
+
+    layer = first("layer")
     if not layer:
         raise ValueError(
-            "the map's manifest.json names no feature layer in its settings; "
-            "rerun `dimalign map` on a features folder written by `dimalign extract`"
+            f"neither {Path(map_dir) / MANIFEST_NAME} nor its features input names the feature "
+            "layer; rerun `dimalign map` on a features folder written by `dimalign extract`"
         )
+    seed = first("seed")
     return {
-        "model": settings.get("model"),
-        "weights": settings.get("weights"),
+        "model": first("model", "model_name"),
+        "weights": first("weights"),
+        "seed": 0 if seed is None else int(seed),
         "layer": layer,
-        "pooling": settings.get("pooling") or "gap",
+        "pooling": first("pooling", "pool") or "flatten",
     }
