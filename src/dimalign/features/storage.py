@@ -1,0 +1,255 @@
+"""Feature arrays on disk while an extraction runs, its progress file, and the final files.
+
+While running, ``OUT/.partial/`` holds the memory-mapped ``.npy`` files (or the
+HDF5 file) with one row per image in the image list, and ``progress.json`` with
+the rows already written. Each batch is written to the arrays, the arrays are
+flushed, and only then ``progress.json`` is replaced atomically, so a row listed
+as finished is on disk even if the process is killed right after.
+At the end the arrays move to their final names in ``OUT`` by ``os.replace``
+(atomic on POSIX), after dropping the rows of skipped images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dimalign.io.files import write_text_atomic
+
+WORK_DIR_NAME = ".partial"
+PROGRESS_NAME = "progress.json"
+FORMATS = ("npy", "h5")
+DTYPES = ("float32", "float16")
+COPY_CHUNK_ROWS = 1024
+
+
+def feature_file_names(layers: Sequence[str], fmt: str) -> dict[str, str]:
+    """Return the final file of each layer.
+
+    ``features.npy`` for one layer, ``features_<layer>.npy`` for several (the
+    names :func:`dimalign.io.features.load_features` looks for), or one
+    ``features.h5`` with a dataset per layer.
+    """
+    if fmt == "h5":
+        return {layer: "features.h5" for layer in layers}
+    if fmt != "npy":
+        raise ValueError(f"invalid format {fmt!r}: use {' or '.join(FORMATS)}")
+    if len(layers) == 1:
+        return {layers[0]: "features.npy"}
+    return {layer: f"features_{layer.replace('/', '_')}.npy" for layer in layers}
+
+
+@dataclass
+class Progress:
+    """What an unfinished extraction has written.
+
+    Attributes:
+        fingerprint (dict): Settings and image list checksum that a resumed run must match.
+        n_images (int): Rows in the working arrays.
+        shapes (dict[str, list[int]]): Feature shape of each layer (without the row axis).
+        finished (np.ndarray): Boolean ``(n_images,)``, True where the row is written.
+        skipped (dict[int, str]): Row -> reason for the unreadable images seen so far.
+        started (str): Start time of the first run.
+    """
+
+    fingerprint: dict
+    n_images: int
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    finished: np.ndarray = None  # type: ignore[assignment]
+    skipped: dict[int, str] = field(default_factory=dict)
+    started: str = ""
+
+    def __post_init__(self) -> None:
+        if self.finished is None:
+            self.finished = np.zeros(self.n_images, dtype=bool)
+
+    def to_json(self) -> str:
+        """Serialise, storing finished rows as ``[start, stop)`` intervals."""
+        return json.dumps({
+            "fingerprint": self.fingerprint,
+            "n_images": self.n_images,
+            "shapes": self.shapes,
+            "finished": rows_to_intervals(self.finished),
+            "skipped": [[row, reason] for row, reason in sorted(self.skipped.items())],
+            "started": self.started,
+        }, indent=1) + "\n"
+
+    def save(self, work_dir: Path) -> None:
+        """Replace ``progress.json`` atomically."""
+        write_text_atomic(work_dir / PROGRESS_NAME, self.to_json())
+
+    @classmethod
+    def load(cls, work_dir: Path) -> Progress:
+        """Read ``progress.json``.
+
+        Raises:
+            ValueError: If the file is not a progress file.
+        """
+        path = work_dir / PROGRESS_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            finished = np.zeros(int(data["n_images"]), dtype=bool)
+            for start, stop in data["finished"]:
+                finished[start:stop] = True
+            return cls(data["fingerprint"], int(data["n_images"]), dict(data["shapes"]), finished,
+                       {int(row): reason for row, reason in data["skipped"]}, data["started"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"cannot read the progress file {path} ({error}); delete {work_dir} to start over"
+            ) from error
+
+
+def rows_to_intervals(mask: np.ndarray) -> list[list[int]]:
+    """Turn a boolean row mask into sorted ``[start, stop)`` intervals of True rows.
+
+    Example:
+        >>> rows_to_intervals(np.array([True, True, False, True]))
+        [[0, 2], [3, 4]]
+    """
+    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [[int(start), int(stop)] for start, stop in zip(edges[::2], edges[1::2])]
+
+
+class FeatureArrays:
+    """The working arrays of every layer, as memory-mapped ``.npy`` files or one HDF5 file.
+
+    Args:
+        work_dir (Path): The ``.partial`` folder.
+        names (Mapping[str, str]): Final file name of each layer.
+        fmt (str): ``npy`` or ``h5``.
+        dtype (str): ``float32`` or ``float16``.
+    """
+
+    def __init__(self, work_dir: Path, names: Mapping[str, str], fmt: str, dtype: str) -> None:
+        self.work_dir = work_dir
+        self.names = dict(names)
+        self.fmt = fmt
+        self.dtype = np.dtype(dtype)
+        self.arrays: dict[str, np.ndarray] = {}
+        self._h5 = None
+
+    def open(self, n_rows: int, shapes: Mapping[str, Sequence[int]], create: bool) -> None:
+        """Create the arrays (``create=True``) or reopen them for writing."""
+        if self.fmt == "h5":
+            import h5py
+
+            self._h5 = h5py.File(self.work_dir / "features.h5", "w" if create else "r+")
+            for layer, shape in shapes.items():
+                full = (n_rows, *shape)
+                if create:
+                    chunk_rows = max(1, min(n_rows, (1 << 20) // max(1, int(np.prod(shape)) * 4)))
+                    self.arrays[layer] = self._h5.create_dataset(
+                        layer, shape=full, dtype=self.dtype, chunks=(chunk_rows, *shape))
+                else:
+                    self.arrays[layer] = self._h5[layer]
+                    self._check_shape(layer, self.arrays[layer].shape, full)
+            return
+        for layer, shape in shapes.items():
+            path = self.work_dir / self.names[layer]
+            full = (n_rows, *shape)
+            if create:
+                self.arrays[layer] = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype,
+                                                               shape=full)
+            else:
+                self.arrays[layer] = np.load(path, mmap_mode="r+")
+                self._check_shape(layer, self.arrays[layer].shape, full)
+
+    def _check_shape(self, layer: str, found: tuple, expected: tuple) -> None:
+        if tuple(found) != tuple(expected):
+            raise ValueError(
+                f"unfinished features of layer {layer} in {self.work_dir} have shape "
+                f"{tuple(found)}, expected {tuple(expected)}; delete {self.work_dir} to start over"
+            )
+
+    def write(self, rows: Sequence[int], values: Mapping[str, np.ndarray]) -> None:
+        """Write ``values[layer]`` (``(len(rows), ...)``) into the given rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        for layer, array in values.items():
+            if self.fmt == "h5":
+                # h5py needs increasing indices; rows come increasing from the loader.
+                self.arrays[layer][rows] = array.astype(self.dtype, copy=False)
+            else:
+                self.arrays[layer][rows] = array
+
+    def flush(self) -> None:
+        """Make every write so far durable before the progress file claims it."""
+        if self._h5 is not None:
+            self._h5.flush()
+        else:
+            for array in self.arrays.values():
+                array.flush()
+
+    def close(self) -> None:
+        """Close the files (idempotent)."""
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+        self.arrays = {}
+
+    def finalize(self, out_dir: Path, keep: np.ndarray) -> dict[str, Path]:
+        """Move the arrays to their final names, keeping only the rows where ``keep`` is True.
+
+        Returns:
+            dict[str, Path]: Final file of each layer.
+        """
+        self.flush()
+        kept_rows = np.flatnonzero(keep)
+        compact = len(kept_rows) != len(keep)
+        final: dict[str, Path] = {}
+
+        if self.fmt == "h5":
+            source = self.work_dir / "features.h5"
+            layers = list(self.arrays)
+            if compact:
+                import h5py
+
+                compacted = self.work_dir / "features.compact.h5"
+                with h5py.File(compacted, "w") as target:
+                    for layer in layers:
+                        dataset = self.arrays[layer]
+                        out = target.create_dataset(layer, shape=(len(kept_rows), *dataset.shape[1:]),
+                                                    dtype=dataset.dtype, chunks=dataset.chunks)
+                        _copy_rows(dataset, out, kept_rows)
+                self.close()
+                source = compacted
+            self.close()
+            os.replace(source, out_dir / "features.h5")
+            return {layer: out_dir / "features.h5" for layer in layers}
+
+        for layer, array in self.arrays.items():
+            source = self.work_dir / self.names[layer]
+            if compact:
+                compacted = self.work_dir / f"compact.{self.names[layer]}"
+                out = np.lib.format.open_memmap(compacted, mode="w+", dtype=array.dtype,
+                                                shape=(len(kept_rows), *array.shape[1:]))
+                _copy_rows(array, out, kept_rows)
+                out.flush()
+                del out
+                source = compacted
+            final[layer] = out_dir / self.names[layer]
+        self.close()
+        for layer, target in final.items():
+            source = (self.work_dir / f"compact.{self.names[layer]}" if compact
+                      else self.work_dir / self.names[layer])
+            os.replace(source, target)
+        return final
+
+
+def _copy_rows(source, target, rows: np.ndarray) -> None:
+    """Copy ``source[rows]`` into ``target`` in chunks, so the array never sits in memory whole."""
+    for start in range(0, len(rows), COPY_CHUNK_ROWS):
+        chunk = rows[start:start + COPY_CHUNK_ROWS]
+        target[start:start + len(chunk)] = source[chunk]
+
+
+def remove_work_dir(work_dir: Path) -> None:
+    """Delete the ``.partial`` folder of a finished or abandoned extraction."""
+    if work_dir.exists():
+        shutil.rmtree(work_dir)

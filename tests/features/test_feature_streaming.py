@@ -1,0 +1,185 @@
+"""Streaming extraction to memory-mapped files, resume, formats and the manifest."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from feature_helpers import make_tiny_model, write_random_images
+
+from dimalign.features.datasets import find_images, load_rgb
+from dimalign.features.extract import compute_features, extract_features
+from dimalign.features.storage import WORK_DIR_NAME, Progress, rows_to_intervals
+from dimalign.io.features import load_features
+from dimalign.io.files import read_manifest
+
+
+class Interrupt(Exception):
+    """Raised from the batch callback to simulate a killed extraction."""
+
+
+def interrupt_after(batch_number: int):
+    def on_batch(number, rows):
+        if number == batch_number:
+            raise Interrupt(f"stopped after batch {number}")
+    return on_batch
+
+
+@pytest.fixture
+def twenty_images(tmp_path):
+    folder = tmp_path / "images"
+    write_random_images(folder, 20)
+    return folder
+
+
+def test_ten_batches_equal_in_memory(twenty_images, tmp_path, tiny_model):
+    result = extract_features(twenty_images, tmp_path / "out", tiny_model, layers=["0", "4:input"],
+                              pools=["gap", "flatten"], batch_size=2)
+    expected = compute_features(tiny_model, find_images(twenty_images), layers=["0", "4:input"],
+                                pools=["gap", "flatten"], batch_size=2)
+
+    assert result.complete
+    assert result.n_rows == 20
+    conv, table = load_features(tmp_path / "out", layer="0")
+    pooled, _ = load_features(tmp_path / "out", layer="4:input")
+    assert isinstance(conv, np.memmap)
+    assert conv.shape == (20, 4)
+    assert np.array_equal(conv, expected["0"])
+    assert np.array_equal(pooled, expected["4:input"])
+    assert table.object_ids == tuple(f"img{index:02d}.png" for index in range(20))
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "features_0.npy", "features_4:input.npy", "manifest.json", "objects.tsv"]
+
+
+def test_interrupted_run_resumes_to_same_file(twenty_images, tmp_path, tiny_model):
+    reference = tmp_path / "reference"
+    extract_features(twenty_images, reference, tiny_model, layers=["0"], pools="gap", batch_size=2)
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=2,
+                         on_batch=interrupt_after(5))
+    progress = Progress.load(out / WORK_DIR_NAME)
+    assert rows_to_intervals(progress.finished) == [[0, 10]]
+    assert not (out / "features.npy").exists()
+
+    resumed_rows = []
+    result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                              batch_size=2, resume=True,
+                              on_batch=lambda number, rows: resumed_rows.extend(rows))
+    assert result.complete
+    assert resumed_rows == list(range(10, 20))
+    assert (out / "features.npy").read_bytes() == (reference / "features.npy").read_bytes()
+    assert (out / "objects.tsv").read_text() == (reference / "objects.tsv").read_text()
+    assert not (out / WORK_DIR_NAME).exists()
+
+
+def test_max_batches_then_resume_with_other_batch_size(twenty_images, tmp_path, tiny_model):
+    reference = tmp_path / "reference"
+    extract_features(twenty_images, reference, tiny_model, layers=["0"], pools="gap", batch_size=2)
+
+    out = tmp_path / "out"
+    first = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                             batch_size=2, max_batches=5)
+    assert not first.complete
+    assert first.n_rows == 10
+    second = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                              batch_size=3, resume=True)
+    assert second.complete
+    features, _ = load_features(out)
+    expected, _ = load_features(reference)
+    # Batch composition can change float rounding in the last bits.
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_resume_rejects_changed_settings(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=2,
+                     max_batches=2)
+    with pytest.raises(ValueError, match=r"settings differ \(pools: was \['gap'\], now \['raw'\]"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="raw", resume=True)
+
+    (twenty_images / "img03.png").rename(twenty_images / "renamed.png")
+    with pytest.raises(ValueError, match="image_list_sha256"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
+
+    other_weights = make_tiny_model(seed=1)
+    other_weights.weights_id = "file:/elsewhere/weights.pth"
+    with pytest.raises(ValueError, match="weights_id"):
+        extract_features(twenty_images, out, other_weights, layers=["0"], pools="gap",
+                         resume=True)
+
+
+def test_unfinished_folder_needs_resume_or_overwrite(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", max_batches=1,
+                     batch_size=4)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="raw",
+                              overwrite=True)
+    assert result.complete
+    # raw keeps the conv map's shape, so the file is read with np.load, not load_features.
+    assert np.load(out / "features.npy").shape == (20, 4, 8, 8)
+
+
+def test_finished_folder_not_overwritten(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    with pytest.raises(FileExistsError, match="already holds features"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    again = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
+    assert again.complete
+    assert again.n_rows == 20
+
+
+def test_skip_then_stop_keeps_finished_batches(twenty_images, tmp_path, tiny_model):
+    (twenty_images / "img07.png").write_bytes(b"")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"img07\.png: empty file"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=2)
+    assert rows_to_intervals(Progress.load(out / WORK_DIR_NAME).finished) == [[0, 6]]
+
+    result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                              batch_size=2, on_error="skip", resume=True)
+    features, table = load_features(out)
+    assert features.shape == (19, 4)
+    assert "img07.png" not in table.object_ids
+    assert result.skipped == [(str(twenty_images / "img07.png"), "empty file (0 bytes)")]
+    photos = [load_rgb(twenty_images / name) for name in table.object_ids]
+    expected = compute_features(tiny_model, photos, layers=["0"], pools="gap", batch_size=2)
+    np.testing.assert_allclose(features, expected["0"], rtol=1e-6, atol=1e-7)
+
+
+def test_h5_format_and_float16(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4:input"],
+                     pools=["gap", "flatten"], fmt="h5", dtype="float16", batch_size=8)
+    expected = compute_features(tiny_model, find_images(twenty_images), layers=["0", "4:input"],
+                                pools=["gap", "flatten"], batch_size=8)
+    with h5py.File(out / "features.h5", "r") as handle:
+        assert sorted(handle) == ["0", "4:input"]
+        assert handle["0"].dtype == np.float16
+    features, table = load_features(out, layer="0")
+    assert features.shape == (20, 4)
+    assert len(table) == 20
+    np.testing.assert_array_equal(features, expected["0"].astype(np.float16))
+
+
+def test_manifest_records_model_and_checksums(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    manifest = read_manifest(out)
+    settings = manifest["settings"]
+    assert manifest["step"] == "extract"
+    assert settings["model"] == "tiny"
+    assert settings["weights_id"] == "random-init(seed=0)"
+    assert settings["layer"] == "0"
+    assert settings["pooling"] == "gap"
+    assert settings["image_list_sha256"] == find_images(twenty_images).checksum()
+    assert "Resize(size=(8, 8)" in settings["preprocessing"]
+    assert settings["package_versions"]["torch"]
+    assert manifest["outputs"]["shapes"] == {"0": [20, 4]}
+    json.dumps(manifest)

@@ -1,0 +1,238 @@
+"""Image listing, row order, colour conversion and unreadable files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from dimalign.features.datasets import (
+    ImageDataset,
+    ImageReadError,
+    collate_images,
+    find_images,
+    list_images,
+    load_rgb,
+    parse_color,
+    read_image_list,
+    sort_key,
+    to_rgb,
+)
+from dimalign.features.extract import extract_features
+from dimalign.io.features import load_features
+
+
+def save_rgb(path, colour=(10, 20, 30), size=(8, 8), fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """a.jpg, b.JPG, c.jpeg, d.png, .DS_Store and an empty e.jpg."""
+    folder = tmp_path / "images"
+    save_rgb(folder / "a.jpg")
+    save_rgb(folder / "b.JPG", fmt="JPEG")
+    save_rgb(folder / "c.jpeg")
+    save_rgb(folder / "d.png")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "e.jpg").write_bytes(b"")
+    return folder
+
+
+def test_folder_lists_images_in_order(mixed_folder):
+    images = find_images(mixed_folder)
+    assert images.object_ids == ("a.jpg", "b.JPG", "c.jpeg", "d.png", "e.jpg")
+    assert images.paths[0] == str(mixed_folder / "a.jpg")
+
+
+def test_empty_file_stops_extraction(mixed_folder, tmp_path, tiny_model):
+    with pytest.raises(ValueError, match=r"e\.jpg: empty file \(0 bytes\)"):
+        extract_features(mixed_folder, tmp_path / "out", tiny_model, layers=["0"], pools="gap")
+
+
+def test_empty_file_skipped_and_listed(mixed_folder, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    result = extract_features(mixed_folder, out, tiny_model, layers=["0"], pools="gap",
+                              on_error="skip")
+
+    features, table = load_features(out)
+    assert features.shape == (4, 4)
+    assert table.object_ids == ("a.jpg", "b.JPG", "c.jpeg", "d.png")
+    assert table.sources[3] == str(mixed_folder / "d.png")
+    assert result.n_rows == 4
+    with open(out / "skipped.tsv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    assert rows == [["path", "reason"], [str(mixed_folder / "e.jpg"), "empty file (0 bytes)"]]
+
+
+def test_hidden_folders_and_other_extensions_ignored(tmp_path):
+    save_rgb(tmp_path / "sub" / "f.png")
+    save_rgb(tmp_path / ".cache" / "g.png")
+    save_rgb(tmp_path / "sub" / ".h.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    save_rgb(tmp_path / "scan.TIF", fmt="TIFF")
+
+    assert find_images(tmp_path).object_ids == ("sub/f.png",)
+    assert find_images(tmp_path, extensions=["tif", ".PNG"]).object_ids == ("scan.TIF", "sub/f.png")
+
+
+def test_sort_key_orders_case_then_components():
+    names = ["sub-2.jpg", "b.jpg", "sub/a.jpg", "B.jpg", "a.jpg", "A.jpg"]
+    assert sorted(names, key=sort_key) == ["A.jpg", "a.jpg", "B.jpg", "b.jpg", "sub/a.jpg",
+                                           "sub-2.jpg"]
+
+
+def test_folder_order_matches_sort_key(tmp_path):
+    for name in ["sub-2.jpg", "b.jpg", "sub/a.jpg", "B.jpg", "a.jpg"]:
+        save_rgb(tmp_path / name)
+    assert find_images(tmp_path).object_ids == ("a.jpg", "B.jpg", "b.jpg", "sub/a.jpg",
+                                                "sub-2.jpg")
+
+
+def test_unicode_names_normalised_to_nfc(tmp_path):
+    decomposed = "cafe\u0301.png"  # e + combining acute accent, as macOS stores names
+    save_rgb(tmp_path / decomposed)
+    images = find_images(tmp_path)
+    assert images.object_ids == ("caf\u00e9.png",)
+    assert images.paths == (str(tmp_path / decomposed),)
+
+
+def test_checksum_ignores_folder_location(mixed_folder, tmp_path):
+    copy = shutil.copytree(mixed_folder, tmp_path / "moved")
+    assert find_images(copy).checksum() == find_images(mixed_folder).checksum()
+    (copy / "f.png").write_bytes((copy / "d.png").read_bytes())
+    assert find_images(copy).checksum() != find_images(mixed_folder).checksum()
+
+
+def test_empty_folder_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no images with extensions"):
+        find_images(tmp_path)
+
+
+def test_list_file_keeps_its_order(tmp_path):
+    save_rgb(tmp_path / "x" / "b.png")
+    save_rgb(tmp_path / "x" / "a.png")
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("# my order\nx/b.png\n\nx/a.png\n", encoding="utf-8")
+
+    images = list_images(list_file)
+    assert images.object_ids == ("x/b.png", "x/a.png")
+    assert images.paths == (str(tmp_path / "x" / "b.png"), str(tmp_path / "x" / "a.png"))
+
+
+def test_list_file_rejects_duplicates(tmp_path):
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("a.png\nb.png\na.png\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="line 3: 'a.png' repeats line 1"):
+        read_image_list(list_file)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16", "CMYK"])
+def test_modes_become_three_channel_batches(tmp_path, mode):
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"{index}.png" if mode != "CMYK" else tmp_path / f"{index}.jpg"
+        Image.new(mode, (8, 8)).save(path)
+        paths.append(path)
+    images = find_images(tmp_path)
+    dataset = ImageDataset(images, T.ToTensor())
+    batch = collate_images([dataset[index] for index in range(len(dataset))])
+    assert batch.failures == []
+    assert batch.rows == [0, 1, 2]
+    assert tuple(batch.pixels.shape) == (3, 3, 8, 8)
+
+
+def test_grayscale_replicated():
+    rgb = to_rgb(Image.new("L", (2, 2), 100))
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((0, 0)) == (100, 100, 100)
+
+
+def test_alpha_composited_on_background():
+    image = Image.new("RGBA", (2, 1))
+    image.putpixel((0, 0), (255, 0, 0, 0))
+    image.putpixel((1, 0), (255, 0, 0, 102))  # alpha 0.4
+    on_white = to_rgb(image)
+    assert on_white.getpixel((0, 0)) == (255, 255, 255)
+    # 0.4 * 255 + 0.6 * 255 = 255 for red; 0.4 * 0 + 0.6 * 255 = 153 for green and blue.
+    assert on_white.getpixel((1, 0)) == (255, 153, 153)
+    on_black = to_rgb(image, background=(0, 0, 0))
+    assert on_black.getpixel((1, 0)) == (102, 0, 0)
+
+
+def test_palette_transparency_uses_background():
+    image = Image.new("P", (2, 1))
+    image.putpalette([0, 0, 255] + [0, 255, 0] + [0] * 762)
+    image.putpixel((0, 0), 0)
+    image.putpixel((1, 0), 1)
+    image.info["transparency"] = 0
+    rgb = to_rgb(image, background=(7, 8, 9))
+    assert rgb.getpixel((0, 0)) == (7, 8, 9)
+    assert rgb.getpixel((1, 0)) == (0, 255, 0)
+
+
+def test_sixteen_bit_gray_scaled_to_eight(tmp_path):
+    values = np.array([[0, 2570, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    rgb = load_rgb(path)
+    assert [rgb.getpixel((column, 0)) for column in range(3)] == [(0, 0, 0), (10, 10, 10),
+                                                                 (255, 255, 255)]
+
+
+def test_exif_orientation_applied(tmp_path):
+    image = Image.new("RGB", (4, 2), (0, 0, 0))
+    image.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: the viewer rotates 90 degrees clockwise
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif, quality=100)
+    assert load_rgb(path).size == (2, 4)
+    assert load_rgb(path, exif_transpose=False).size == (4, 2)
+
+
+def test_truncated_and_fake_images_rejected(tmp_path):
+    good = save_rgb(tmp_path / "good.jpg", size=(64, 64))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:200])
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is text")
+
+    with pytest.raises(ImageReadError, match="cannot decode image"):
+        load_rgb(truncated)
+    with pytest.raises(ImageReadError, match="not an image file"):
+        load_rgb(fake)
+    with pytest.raises(ImageReadError, match="file not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_dataset_reports_failures_instead_of_raising(mixed_folder):
+    images = find_images(mixed_folder)
+    dataset = ImageDataset(images, T.ToTensor())
+    batch = collate_images([dataset[index] for index in range(len(dataset))])
+    assert batch.rows == [0, 1, 2, 3]
+    assert batch.failures == [(4, "empty file (0 bytes)")]
+    assert isinstance(batch.pixels, torch.Tensor)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("white", (255, 255, 255)),
+    ("#102030", (16, 32, 48)),
+    ("1,2,3", (1, 2, 3)),
+    ((4, 5, 6), (4, 5, 6)),
+])
+def test_parse_color(text, expected):
+    assert parse_color(text) == expected
+
+
+@pytest.mark.parametrize("text", ["whiteish", "1,2", "300,0,0"])
+def test_parse_color_rejects_invalid(text):
+    with pytest.raises(ValueError, match="invalid background colour"):
+        parse_color(text)
