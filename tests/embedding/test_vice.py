@@ -159,3 +159,28 @@ def test_spose_fits_non_negative_weights():
     )
     assert (model.weights_ >= 0).all()
     assert model.score(triplets[2500:]) > 0.8
+
+
+def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
+    """A checkpoint whose tensors are tagged as CUDA storage loads on a CPU-only machine."""
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=4, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+
+    # Re-save with every storage tagged "cuda:0", as torch.save does on a GPU.
+    def tag_as_cuda(storage):
+        return "cuda:0"
+
+    registry = torch.serialization._package_registry
+    registry.insert(0, (-1, tag_as_cuda, lambda storage, location: None))
+    try:
+        torch.save(state, tmp_path / CHECKPOINT_NAME)
+    finally:
+        registry.pop(0)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+
+    resumed = VICE(n_dims=4, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    resumed.fit(triplets, n_objects=15)
+    assert resumed.n_epochs_ == 2
