@@ -103,7 +103,7 @@ def load_triplets(
         one out in the last column.
 
     Raises:
-        FileNotFoundError: If ``path`` does not exist or a folder holds no
+        FileNotFoundError: If ``path`` does not exist or a folder contains no
             candidate file.
         ValueError: If the number of objects is unknown, or a value is not an
             integer, out of range, negative, or repeated within a row. The
@@ -155,8 +155,8 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
     Validation files such as ``val.npy`` are no candidates.
 
     Raises:
-        FileNotFoundError: If the folder holds no candidate.
-        ValueError: If it holds more than one (the message lists them).
+        FileNotFoundError: If the folder contains no candidate.
+        ValueError: If it contains more than one (the message lists them).
     """
     folder = Path(folder)
     candidates = sorted(
@@ -174,7 +174,7 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
     if len(candidates) > 1:
         names = ", ".join(candidate.name for candidate in candidates)
         raise ValueError(
-            f"{folder} holds {len(candidates)} candidate triplet files ({names}); "
+            f"{folder} contains {len(candidates)} candidate triplet files ({names}); "
             "pass the file to load instead of the folder"
         )
     logger.info("loading %s, the one triplet file in %s", candidates[0].name, folder)
@@ -289,7 +289,7 @@ def _is_number(token: str) -> bool:
 
 @dataclass
 class _TextLayout:
-    """What the first lines of a text triplet file tell about its layout."""
+    """Layout of a text triplet file, detected from its first content lines."""
 
     path: Path
     delimiter: str | None
@@ -315,32 +315,45 @@ class _TextLayout:
 
 
 def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
-    """Detect the delimiter and a header line from the first content line.
+    """Detect the delimiter and a header line from the first two content lines.
 
     Blank lines and lines starting with ``#`` are skipped everywhere. The first
-    content line is a header when one of its fields is not a number.
+    content line is a header when one of its fields is not a number but the
+    same field of the next content line is. So a column of subject names is
+    no header. In a file of one content line, the line is a header when none
+    of its fields is a number.
     """
-    first_line = None
+    content: list[tuple[int, str]] = []
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             stripped = line.strip()
             if stripped and not stripped.startswith("#"):
-                first_line = (line_number, line.rstrip("\r\n"))
-                break
-    if first_line is None:
+                content.append((line_number, line.rstrip("\r\n")))
+                if len(content) == 2:
+                    break
+    if not content:
         return _TextLayout(path, None, None, 0, 0, empty=True)
 
-    line_number, line = first_line
+    line_number, line = content[0]
     if delimiter is None:
-        delimiter = "\t" if "\t" in line else ("," if "," in line else None)
+        if "\t" in line:
+            delimiter = "\t"
+        elif "," in line:
+            delimiter = ","
         logger.debug("%s: detected delimiter %r", path, delimiter or "whitespace")
     else:
         delimiter = _normalize_delimiter(delimiter)
-    tokens = _split(line, delimiter)
-    if all(_is_number(token) for token in tokens):
-        return _TextLayout(path, delimiter, None, len(tokens), line_number - 1)
-    logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(tokens))
-    return _TextLayout(path, delimiter, tokens, len(tokens), line_number)
+    first = [_is_number(token) for token in _split(line, delimiter)]
+    if len(content) == 2:
+        second = [_is_number(token) for token in _split(content[1][1], delimiter)]
+        is_header = any(not a and b for a, b in zip(first, second))
+    else:
+        is_header = not any(first)
+    if not is_header:
+        return _TextLayout(path, delimiter, None, len(first), line_number - 1)
+    header = _split(line, delimiter)
+    logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(header))
+    return _TextLayout(path, delimiter, header, len(header), line_number)
 
 
 def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
@@ -531,7 +544,7 @@ def validate_triplets(
         np.ndarray: The triplets as a C-contiguous int64 array.
 
     Raises:
-        ValueError: If the array is not ``(n, 3)``, holds a non-integer, a
+        ValueError: If the array is not ``(n, 3)``, contains a non-integer, a
             negative index, an index ``>= n_objects``, or a row that repeats an
             object. The message names the row and value.
 
@@ -685,8 +698,8 @@ def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:
     n_unique_sets = len(np.unique(set_ids))
     unique_judgements, first = np.unique(judgement_ids, return_index=True)
     n_duplicates = len(triplets) - len(unique_judgements)
-    # Each distinct judgement belongs to one set; a set with two or more
-    # distinct judgements was answered inconsistently.
+    # Each distinct judgement belongs to one set. A set with two or more
+    # distinct judgements has conflicting choices.
     judgements_per_set = np.unique(set_ids[first], return_counts=True)[1]
     n_conflicting = int((judgements_per_set > 1).sum())
 

@@ -31,6 +31,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         help="output .npy/.txt/.tsv/.csv file (its folder gets manifest.json), or an output "
         "folder (triplets.npy; train.npy and val.npy with --split)",
     )
+
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument("--n-objects", type=int, help="number of objects")
     objects.add_argument(
@@ -38,6 +39,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) "
         "whose length is the number of objects",
     )
+
     parser.add_argument("--one-based", action="store_true", help="the file counts objects from 1")
     odd = parser.add_mutually_exclusive_group()
     odd.add_argument(
@@ -59,6 +61,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         help="column delimiter of a text file: a character, tab, comma or whitespace "
         "(default: detected from the first line)",
     )
+
     parser.add_argument(
         "--split", type=float, metavar="FRACTION",
         help="also split into train.npy and val.npy with this validation fraction, keeping "
@@ -85,6 +88,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--n-triplets", type=int, required=True, help="number of triplets to sample"
     )
+
     parser.add_argument(
         "--similarity", choices=("dot", "cosine", "euclidean"), default="dot",
         help="pair similarity: dot product (default), cosine, or negative Euclidean distance",
@@ -95,13 +99,14 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--rule", choices=("argmax", "softmax"), default="argmax",
-        help="argmax: the most similar pair stays (ties broken at random); softmax: draw the "
-        "pair with probability proportional to exp(similarity / temperature)",
+        help="argmax: the pair with the maximum similarity stays (ties broken at random); "
+        "softmax: draw the pair with probability proportional to exp(similarity / temperature)",
     )
     parser.add_argument(
         "--temperature", type=float, default=1.0,
         help="softmax temperature in similarity units (default: 1.0)",
     )
+
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, choices and split")
     parser.add_argument(
         "--replace", action="store_true",
@@ -114,6 +119,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--val-fraction", type=float,
         help="split into train.npy and val.npy with this validation fraction",
     )
+
     parser.add_argument(
         "--method", choices=("auto", "gram", "gather"), default="auto",
         help="gram: precompute all pair similarities (n_objects^2 floats); gather: read "
@@ -213,7 +219,7 @@ def _check_out_dir(out_dir: Path, step: str) -> None:
         previous = read_manifest(out_dir).get("step")
         if previous != step:
             raise FileExistsError(
-                f"{out_dir} already holds the output of dimalign {previous}; choose another "
+                f"{out_dir} already contains the output of dimalign {previous}; choose another "
                 "output folder so that its manifest.json is not replaced"
             )
 

@@ -100,9 +100,9 @@ def sample_triplets(
 def _draw_unique_ranks(rng: np.random.Generator, n_sets: int, n_triplets: int) -> np.ndarray:
     """Draw ``n_triplets`` distinct ranks below ``n_sets`` in random order.
 
-    Every step treats all ranks alike (draw uniformly, drop repeats, keep a
-    random subset of the surplus), so the resulting set is uniform over all
-    sets of that size; a final permutation makes the order random too. Needs
+    Every step treats all ranks alike: draw uniformly, drop repeats, keep a
+    random subset of the surplus. So the resulting set is uniform over all
+    sets of that size, and a final shuffle makes the order random too. Needs
     ``n_triplets < n_sets / 2`` to finish in a few rounds.
     """
     # Sorting beats np.unique here: numpy 2.4's unique is much slower on 1e7 int64.

@@ -8,9 +8,9 @@ the odd one out.
 Similarity of two feature rows x and y:
 
 - ``dot``: ``x . y``. By default the features first pass through a ReLU
-  (negative values set to 0), so that the similarity is an inner product of
-  non-negative vectors, like the similarity of the non-negative embeddings
-  (SPoSE, VICE) that are later fitted to the choices.
+  (negative values set to 0). The similarity is then an inner product of
+  non-negative vectors, like that of the non-negative embeddings (SPoSE,
+  VICE) later fitted to the choices.
 - ``cosine``: ``x . y / (|x| |y|)``.
 - ``euclidean``: ``-|x - y|``, the negative distance.
 
@@ -62,9 +62,9 @@ DEFAULT_MAX_GRAM_BYTES = 4 * 1024**3
 # n (n - 1) / 2 pairs (see the module docstring).
 _GRAM_PAIR_FRACTION = 1 / 250
 
-# Pair p of a triplet (a, b, c) is (a, b), (a, c) or (b, c); the odd one out is
-# then c, b or a. Row p of this table reorders a triplet into the canonical
-# layout: the pair in its input order, then the odd one out.
+# Pair p of a triplet (a, b, c) is (a, b), (a, c) or (b, c), so the odd one
+# out is c, b or a. Row p of this table reorders a triplet into the canonical
+# layout, which is the pair in its input order followed by the odd one out.
 _ORDER_BY_PAIR = np.array([[0, 1, 2], [0, 2, 1], [1, 2, 0]])
 
 _MAX_LISTED = 10
@@ -153,10 +153,10 @@ def simulate_choices(
         SimulationResult: The reordered triplets and the tie count.
 
     Raises:
-        ValueError: If a feature row holds NaN or inf (rows are named; rows are
-            never dropped because that would renumber the objects), a cosine
-            row has zero norm, the triplets are invalid for the number of
-            feature rows, or an option is unknown.
+        ValueError: If a feature row contains NaN or inf, a cosine row has zero
+            norm, the triplets are invalid for the number of feature rows, or
+            an option is unknown. The message names the rows. Rows are never
+            dropped because that would renumber the objects.
 
     Example:
         >>> features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])

@@ -1,0 +1,420 @@
+"""Reading, converting, validating, summarising, splitting and writing triplet files."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dimalign.io.objects import ObjectTable, write_object_table
+from dimalign.io.triplets import (
+    find_triplet_file,
+    load_triplets,
+    parse_columns,
+    save_triplets,
+    split_triplets,
+    summarize_triplets,
+    unseen_objects,
+    validate_triplets,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+ONE_BASED = [[1, 2, 3], [3, 4, 5], [2, 4, 5], [1, 3, 5]]
+ZERO_BASED = [[0, 1, 2], [2, 3, 4], [1, 3, 4], [0, 2, 4]]
+
+
+@pytest.fixture(scope="module")
+def things_dir() -> Path:
+    path = REPO_ROOT.parent / "shared" / "data" / "things"
+    assert path.is_dir(), f"real THINGS data missing at {path}"
+    return path
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def set_keys(triplets: np.ndarray) -> set[tuple[int, ...]]:
+    return {tuple(sorted(row)) for row in np.asarray(triplets).tolist()}
+
+
+# --------------------------------------------------------------------------- 1-based files
+
+
+def test_one_based_file_fails_as_zero_based(tmp_path):
+    path = write_lines(tmp_path / "judgements.txt", [" ".join(map(str, row)) for row in ONE_BASED])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    message = str(error.value)
+    assert "index 5" in message
+    assert str(path) in message
+    assert "line 2" in message  # the first row holding a 5
+    assert "one_based=True" in message
+    assert "--one-based" in message
+
+
+def test_one_based_file_loads_as_zero_based(tmp_path):
+    one_based = write_lines(tmp_path / "one.txt", [" ".join(map(str, row)) for row in ONE_BASED])
+    zero_based = write_lines(tmp_path / "zero.txt", [" ".join(map(str, row)) for row in ZERO_BASED])
+
+    converted = load_triplets(one_based, 5, one_based=True)
+
+    assert converted.dtype == np.int64
+    assert converted.tolist() == ZERO_BASED
+    assert np.array_equal(converted, load_triplets(zero_based, 5))
+
+
+def test_zero_in_one_based_load_is_rejected(tmp_path):
+    path = write_lines(tmp_path / "zero.txt", ["0 1 2"])
+
+    with pytest.raises(ValueError, match="looks 0-based"):
+        load_triplets(path, 5, one_based=True)
+
+
+def test_out_of_range_no_one_based_hint(tmp_path):
+    path = write_lines(tmp_path / "big.txt", ["0 1 2", "0 1 7"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert "index 7" in str(error.value)
+    assert "line 2" in str(error.value)
+    assert "one_based" not in str(error.value)
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def test_three_layouts_give_same_triplet(tmp_path):
+    canonical = write_lines(tmp_path / "canonical.txt", ["0 1 2"])
+    odd_first = write_lines(tmp_path / "odd_first.txt", ["2 0 1"])
+    with_choice = write_lines(tmp_path / "choice.csv", ["1,2,3,3"])
+
+    loaded = [
+        load_triplets(canonical, 3),
+        load_triplets(odd_first, 3, odd_column=0),
+        load_triplets(with_choice, 3, one_based=True, choice_column=3),
+    ]
+
+    for triplets in loaded:
+        assert triplets.tolist() == [[0, 1, 2]]
+
+
+def test_odd_column_one_moves_middle_last(tmp_path):
+    path = write_lines(tmp_path / "middle.txt", ["4 7 5", "1 0 2"])
+
+    assert load_triplets(path, 8, odd_column=1).tolist() == [[4, 5, 7], [1, 2, 0]]
+
+
+def test_choice_column_each_position(tmp_path):
+    path = write_lines(tmp_path / "choices.tsv", ["5\t6\t7\t1", "5\t6\t7\t2", "5\t6\t7\t3"])
+
+    loaded = load_triplets(path, 8, choice_column=3)
+
+    assert loaded.tolist() == [[6, 7, 5], [5, 7, 6], [5, 6, 7]]
+
+
+def test_choice_outside_one_to_three_rejected(tmp_path):
+    path = write_lines(tmp_path / "choices.csv", ["0,1,2,1", "0,1,2,4"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3, choice_column=3)
+
+    assert "line 2" in str(error.value)
+    assert "choice 4" in str(error.value)
+
+
+def test_header_names_and_subject_column(tmp_path, caplog):
+    path = write_lines(
+        tmp_path / "trials.csv",
+        [
+            "subject,rt,first,second,third,choice",
+            "s01,0.81,1,2,3,1",
+            "s02,1.20,4,5,6,2",
+        ],
+    )
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        loaded = load_triplets(
+            path, 6, one_based=True, columns=["first", "second", "third"], choice_column="choice"
+        )
+
+    assert loaded.tolist() == [[1, 2, 0], [3, 5, 4]]
+    assert "line 1 is a header" in caplog.text
+    assert "converted 1-based indices" in caplog.text
+
+
+def test_columns_by_position(tmp_path):
+    path = write_lines(tmp_path / "trials.tsv", ["s01\t0\t1\t2", "s02\t3\t4\t5"])
+
+    loaded = load_triplets(path, 6, columns=parse_columns("1,2,3"))
+
+    assert loaded.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_extra_columns_need_columns(tmp_path):
+    path = write_lines(tmp_path / "trials.tsv", ["s01\t0\t1\t2"])
+
+    with pytest.raises(ValueError, match="--columns"):
+        load_triplets(path, 6)
+
+
+def test_text_column_selected_is_rejected(tmp_path):
+    path = write_lines(tmp_path / "trials.tsv", ["s01\t0\t1\t2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 6, columns=[0, 1, 2])
+
+    assert "line 1" in str(error.value)
+    assert "'s01'" in str(error.value)
+
+
+def test_delimiters_and_comments(tmp_path):
+    comma = write_lines(tmp_path / "a.csv", ["# exported", "0, 1, 2", "", "3,4,5"])
+    tab = write_lines(tmp_path / "a.tsv", ["0\t1\t2", "3\t4\t5"])
+    spaces = write_lines(tmp_path / "a.txt", ["0   1 2", "3 4    5"])
+    semicolon = write_lines(tmp_path / "b.txt", ["0;1;2", "3;4;5"])
+
+    expected = [[0, 1, 2], [3, 4, 5]]
+    assert load_triplets(comma, 6).tolist() == expected
+    assert load_triplets(tab, 6).tolist() == expected
+    assert load_triplets(spaces, 6).tolist() == expected
+    assert load_triplets(semicolon, 6, delimiter=";").tolist() == expected
+    assert load_triplets(tab, 6, delimiter="tab").tolist() == expected
+
+
+def test_npy_int32_and_whole_floats(tmp_path):
+    np.save(tmp_path / "int32.npy", np.array(ZERO_BASED, dtype=np.int32))
+    np.save(tmp_path / "float.npy", np.array(ZERO_BASED, dtype=np.float64))
+
+    assert load_triplets(tmp_path / "int32.npy", 5).tolist() == ZERO_BASED
+    assert load_triplets(tmp_path / "float.npy", 5).tolist() == ZERO_BASED
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_non_integer_text_value_names_line(tmp_path):
+    path = write_lines(tmp_path / "bad.txt", ["a b c", "0 1 2", "0 1 1.5"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert str(path) in str(error.value)
+    assert "line 3" in str(error.value)
+    assert "'1.5'" in str(error.value)
+
+
+def test_non_integer_npy_value_names_row(tmp_path):
+    np.save(tmp_path / "bad.npy", np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 1.5]]))
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "bad.npy", 5)
+
+    assert "row 1" in str(error.value)
+    assert "1.5" in str(error.value)
+
+
+def test_negative_index_rejected(tmp_path):
+    path = write_lines(tmp_path / "negative.txt", ["0 1 2", "0 -1 2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert "negative object index -1" in str(error.value)
+    assert "line 2" in str(error.value)
+
+
+def test_repeated_object_names_row(tmp_path):
+    path = write_lines(tmp_path / "repeat.txt", ["0 1 2", "# note", "3 3 4"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert "line 3" in str(error.value)
+    assert "[3, 3, 4]" in str(error.value)
+
+
+def test_unequal_columns_name_line(tmp_path):
+    path = write_lines(tmp_path / "ragged.txt", ["0 1 2", "0 1"])
+
+    with pytest.raises(ValueError, match="line 2: 2 columns, expected 3"):
+        load_triplets(path, 5)
+
+
+def test_missing_n_objects_rejected(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", ["0 1 2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path)
+
+    assert "n_objects" in str(error.value)
+    assert "--n-objects" in str(error.value)
+    assert "--objects" in str(error.value)
+
+
+def test_object_table_sets_n_objects(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", ["0 1 4"])
+    table = write_lines(tmp_path / "names.txt", ["a", "b", "c", "d", "e"])
+
+    assert load_triplets(path, object_table=table).tolist() == [[0, 1, 4]]
+    with pytest.raises(ValueError, match="lists 5 objects"):
+        load_triplets(path, 6, object_table=table)
+
+
+def test_validate_triplets_checks_shape_and_range():
+    assert validate_triplets(np.array([[0, 1, 2]], dtype=np.int32), 3).dtype == np.int64
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        validate_triplets(np.zeros((2, 4), dtype=int), 5)
+    with pytest.raises(ValueError, match="row 1: object index 3"):
+        validate_triplets(np.array([[0, 1, 2], [0, 1, 3]]), 3, source="mine")
+
+
+def test_empty_file_gives_no_rows(tmp_path):
+    path = write_lines(tmp_path / "empty.txt", ["# nothing yet"])
+
+    assert load_triplets(path, 5).shape == (0, 3)
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folder_with_one_candidate_loads(tmp_path):
+    save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
+    save_triplets(np.array(ZERO_BASED[:1]), tmp_path / "val.npy")
+    write_object_table(ObjectTable.from_ids(list("abcde")), tmp_path / "objects.tsv")
+
+    assert find_triplet_file(tmp_path) == tmp_path / "train.npy"
+    assert load_triplets(tmp_path).tolist() == ZERO_BASED
+
+
+def test_folder_with_two_candidates_lists_both(tmp_path):
+    save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
+    save_triplets(np.array(ZERO_BASED), tmp_path / "triplets.txt")
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path, 5)
+
+    assert "train.npy" in str(error.value)
+    assert "triplets.txt" in str(error.value)
+
+
+def test_folder_without_candidate_not_found(tmp_path):
+    save_triplets(np.array(ZERO_BASED), tmp_path / "val.npy")
+
+    with pytest.raises(FileNotFoundError, match="train"):
+        load_triplets(tmp_path, 5)
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_summary_counts_hand_made():
+    triplets = np.array([[0, 1, 2], [1, 0, 2], [0, 2, 1], [3, 4, 5]])
+
+    summary = summarize_triplets(triplets, 7)
+
+    assert summary.n_triplets == 4
+    assert summary.n_unique_sets == 2
+    assert summary.n_duplicates == 1  # [1, 0, 2] repeats [0, 1, 2]
+    assert summary.n_conflicting_sets == 1  # {0, 1, 2}: odd one 2 and odd one 1
+    assert summary.unseen_objects == [6]
+    assert (summary.min_count, summary.median_count, summary.max_count) == (0, 1.0, 3)
+    assert "1 objects never seen: 6" in summary.lines()[-1]
+
+
+def test_unseen_test_object_no_index_error():
+    train = np.array([[0, 1, 2], [2, 3, 4], [4, 0, 1]])
+    test = np.array([[0, 1, 5]])
+
+    assert unseen_objects(train, test) == [5]
+    assert unseen_objects(train, test, n_objects=6) == [5]
+    assert summarize_triplets(train, 6).unseen_objects == [5]
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def test_split_sizes_and_disjoint_sets():
+    rng = np.random.default_rng(3)
+    all_sets = np.array(list(itertools.combinations(range(20), 3)))  # 1140 sets
+    triplets = rng.permuted(rng.permutation(all_sets)[:1000], axis=1)
+    # Every set occurs once, so the sizes are exact.
+
+    train, val = split_triplets(triplets, 0.1, random_state=0)
+
+    assert (len(train), len(val)) == (900, 100)
+    assert not set_keys(train) & set_keys(val)
+    assert sorted(map(tuple, np.concatenate([train, val]).tolist())) == sorted(
+        map(tuple, triplets.tolist())
+    )
+
+
+def test_split_keeps_repeats_together():
+    base = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [1, 3, 5], [2, 4, 6]] * 4)
+    base[::2] = base[::2][:, [1, 0, 2]]  # same sets written in another order
+    triplets = np.concatenate([base, np.array([[2, 1, 0], [8, 6, 7]])])
+
+    for seed in range(10):
+        train, val = split_triplets(triplets, 0.3, random_state=seed)
+        assert not set_keys(train) & set_keys(val)
+        assert len(train) + len(val) == len(triplets)
+
+
+def test_split_same_seed_same_result():
+    triplets = np.array([[i, i + 1, i + 2] for i in range(50)])
+
+    first = split_triplets(triplets, 0.2, random_state=7)
+    second = split_triplets(triplets, 0.2, random_state=7)
+    other = split_triplets(triplets, 0.2, random_state=8)
+
+    assert np.array_equal(first[0], second[0])
+    assert np.array_equal(first[1], second[1])
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_split_fraction_outside_range_rejected():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        split_triplets(np.array(ZERO_BASED), 1.0)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".txt", ".tsv", ".csv"])
+def test_save_load_round_trip(tmp_path, suffix):
+    triplets = np.array(ZERO_BASED)
+
+    path = save_triplets(triplets, tmp_path / f"out{suffix}")
+
+    assert load_triplets(path, 5).tolist() == ZERO_BASED
+    assert [entry.name for entry in tmp_path.iterdir()] == [f"out{suffix}"]
+
+
+def test_save_rejects_unknown_suffix(tmp_path):
+    with pytest.raises(ValueError, match="unsupported"):
+        save_triplets(np.array(ZERO_BASED), tmp_path / "out.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- real data
+
+
+def test_real_human_triplets_all_valid(things_dir):
+    triplets = load_triplets(
+        things_dir / "human_triplets.txt", object_table=things_dir / "unique_id.txt"
+    )
+
+    assert triplets.shape == (131_552, 3)
+    assert triplets.min() == 0
+    assert triplets.max() == 1853
+    summary = summarize_triplets(triplets, 1854)
+    assert summary.unseen_objects == []
+    assert summary.n_triplets == 131_552

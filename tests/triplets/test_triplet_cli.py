@@ -1,0 +1,223 @@
+"""The import-triplets and simulate subcommands, run in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dimalign.cli import main
+from dimalign.io.files import sha256_file
+from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
+from dimalign.io.triplets import load_triplets
+
+
+def read_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def set_keys(triplets: np.ndarray) -> set[tuple[int, ...]]:
+    return {tuple(sorted(row)) for row in triplets.tolist()}
+
+
+# --------------------------------------------------------------------------- import-triplets
+
+
+def test_import_one_based_file(tmp_path):
+    source = tmp_path / "raw.txt"
+    source.write_text("1 2 3\n3 4 5\n2 4 5\n1 3 5\n", encoding="utf-8")
+    out = tmp_path / "out" / "triplets.npy"
+
+    status = main(
+        ["import-triplets", str(source), "-o", str(out), "--n-objects", "5", "--one-based"]
+    )
+
+    assert status == 0
+    assert np.load(out).tolist() == [[0, 1, 2], [2, 3, 4], [1, 3, 4], [0, 2, 4]]
+    manifest = read_manifest(out.parent)
+    assert manifest["step"] == "import-triplets"
+    assert manifest["settings"]["one_based"] is True
+    assert manifest["settings"]["n_objects"] == 5
+    assert manifest["inputs"]["triplets"]["sha256"] == sha256_file(source)
+    assert manifest["outputs"]["n_triplets"] == 4
+
+
+def test_import_error_suggests_one_based(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("1 2 3\n3 4 5\n2 4 5\n1 3 5\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+
+    status = main(["import-triplets", str(source), "-o", str(out), "--n-objects", "5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "dimalign import-triplets: error:" in error
+    assert "--one-based" in error
+    assert not out.exists()
+
+
+def test_import_without_object_count_fails(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out.npy")])
+
+    assert status == 1
+    assert "--n-objects N" in capsys.readouterr().err
+
+
+def test_import_choice_column_with_split(tmp_path):
+    rows = ["subject,a,b,c,choice"]
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        objects = rng.choice(np.arange(1, 13), size=3, replace=False)
+        rows.append(f"s{trial % 4},{objects[0]},{objects[1]},{objects[2]},{trial % 3 + 1}")
+    source = tmp_path / "trials.csv"
+    source.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    table = tmp_path / "names.txt"
+    table.write_text("".join(f"object{index}\n" for index in range(12)), encoding="utf-8")
+    out_dir = tmp_path / "imported"
+
+    status = main([
+        "import-triplets", str(source), "-o", str(out_dir), "--objects", str(table),
+        "--one-based", "--columns", "a,b,c", "--choice-column", "choice",
+        "--split", "0.25", "--seed", "3",
+    ])
+
+    assert status == 0
+    train, val = np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
+    assert len(train) + len(val) == 200
+    assert not set_keys(train) & set_keys(val)
+    assert read_object_table(out_dir / "objects.tsv").object_ids[:2] == ("object0", "object1")
+    manifest = read_manifest(out_dir)
+    assert manifest["outputs"]["n_val"] == len(val)
+    assert manifest["settings"]["choice_column"] == "choice"
+    # The first trial: its odd one out (choice 1) is its first object column.
+    first = rows[1].split(",")
+    expected = [int(first[2]) - 1, int(first[3]) - 1, int(first[1]) - 1]
+    assert expected in np.concatenate([train, val]).tolist()
+
+
+def test_import_refuses_other_steps_folder(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "manifest.json").write_text(json.dumps({"step": "fit"}), encoding="utf-8")
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "3"])
+
+    assert status == 1
+    assert "output of dimalign fit" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def test_simulate_from_feature_file(tmp_path):
+    features = np.random.default_rng(1).random((20, 4)).astype(np.float32)
+    np.save(tmp_path / "features.npy", features)
+    out_dir = tmp_path / "simulated"
+
+    status = main([
+        "simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "300",
+        "--seed", "2",
+    ])
+
+    assert status == 0
+    triplets = np.load(out_dir / "triplets.npy")
+    assert triplets.shape == (300, 3)
+    assert len(set_keys(triplets)) == 300
+    kept = np.einsum("ij,ij->i", features[triplets[:, 0]], features[triplets[:, 1]])
+    for first, second in ((0, 2), (1, 2)):
+        other = np.einsum("ij,ij->i", features[triplets[:, first]], features[triplets[:, second]])
+        assert np.all(kept >= other)
+    objects = read_object_table(out_dir / "objects.tsv")
+    assert objects.object_ids[0] == "object_0"
+    assert len(objects) == 20
+    manifest = read_manifest(out_dir)
+    assert manifest["step"] == "simulate"
+    assert manifest["outputs"]["n_ties"] == 0
+    assert manifest["settings"]["similarity"] == "dot"
+    assert manifest["settings"]["relu"] is True
+    assert manifest["inputs"]["features"]["sha256"] == sha256_file(tmp_path / "features.npy")
+
+
+def test_simulate_same_seed_same_files(tmp_path):
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((15, 3)))
+    arguments = ["simulate", str(tmp_path / "features.npy"), "--n-triplets", "100",
+                 "--rule", "softmax", "--temperature", "0.1", "--seed", "9"]
+
+    assert main(arguments + ["-o", str(tmp_path / "a")]) == 0
+    assert main(arguments + ["-o", str(tmp_path / "b")]) == 0
+
+    first = np.load(tmp_path / "a" / "triplets.npy")
+    assert np.array_equal(first, np.load(tmp_path / "b" / "triplets.npy"))
+
+
+def test_simulate_feature_folder_with_split(tmp_path):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    features = np.random.default_rng(3).normal(size=(12, 5)).astype(np.float32)
+    np.save(folder / "features.npy", features)
+    names = [f"img{index:02d}.png" for index in range(12)]
+    write_object_table(ObjectTable.from_ids(names), folder / "objects.tsv")
+    out_dir = tmp_path / "simulated"
+
+    status = main([
+        "simulate", str(folder), "-o", str(out_dir), "--n-triplets", "200",
+        "--similarity", "euclidean", "--val-fraction", "0.1",
+    ])
+
+    assert status == 0
+    train, val = np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
+    assert (len(train), len(val)) == (180, 20)
+    assert not set_keys(train) & set_keys(val)
+    assert read_object_table(out_dir / "objects.tsv").object_ids == tuple(names)
+    # Loading the folder takes train.npy, and objects.tsv sets the number of objects.
+    assert load_triplets(out_dir).tolist() == train.tolist()
+    manifest = read_manifest(out_dir)
+    assert manifest["settings"]["relu"] is False
+    assert "objects" in manifest["inputs"]
+
+
+def test_simulate_nan_row_fails_cleanly(tmp_path, capsys):
+    features = np.ones((6, 2))
+    features[2] = np.nan
+    np.save(tmp_path / "features.npy", features)
+    out_dir = tmp_path / "simulated"
+
+    status = main(
+        ["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "5"]
+    )
+
+    assert status == 1
+    assert "feature rows 2 " in capsys.readouterr().err
+    assert not (out_dir / "triplets.npy").exists()
+
+
+def test_simulate_too_many_unique_fails(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((5, 2)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "20"])
+
+    assert status == 1
+    assert "only 10 distinct triplets" in capsys.readouterr().err
+
+
+def test_import_real_human_triplets(tmp_path, things_dir):
+    out_dir = tmp_path / "human"
+
+    status = main([
+        "import-triplets", str(things_dir / "human_triplets.txt"), "-o", str(out_dir),
+        "--objects", str(things_dir / "unique_id.txt"),
+    ])
+
+    assert status == 0
+    triplets = np.load(out_dir / "triplets.npy")
+    assert triplets.shape == (131_552, 3)
+    assert np.array_equal(triplets, np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64))
+    assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "aardvark"
+    assert read_manifest(out_dir)["outputs"]["unseen_objects"] == []

@@ -1,0 +1,141 @@
+"""Unique-triplet sampling and the rank encoding of object sets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import numpy as np
+import pytest
+
+from dimalign.triplets import count_triplets, rank_triplets, sample_triplets, unrank_triplets
+
+
+def as_sets(triplets: np.ndarray) -> list[tuple[int, ...]]:
+    return [tuple(row) for row in np.sort(triplets, axis=1).tolist()]
+
+
+def test_too_many_unique_rejected_at_once():
+    started = time.perf_counter()
+
+    with pytest.raises(ValueError) as error:
+        sample_triplets(5, 20)
+
+    assert time.perf_counter() - started < 1.0
+    assert "only 10 distinct triplets" in str(error.value)
+    assert "replace=True" in str(error.value)
+
+
+def test_all_ten_sets_of_five_objects():
+    triplets = sample_triplets(5, 10, random_state=0)
+
+    assert triplets.shape == (10, 3)
+    assert sorted(as_sets(triplets)) == list(itertools.combinations(range(5), 3))
+
+
+def test_rows_sorted_within_row():
+    triplets = sample_triplets(30, 500, random_state=1)
+
+    assert np.all(triplets[:, 0] < triplets[:, 1])
+    assert np.all(triplets[:, 1] < triplets[:, 2])
+    assert triplets.dtype == np.int64
+
+
+@pytest.mark.parametrize("n_triplets", [1, 300, 9_000, 19_000, 19_600])
+def test_unique_across_strategies(n_triplets):
+    # 50 objects form 19,600 sets: 300 rejects repeats, 9,000 is close to half,
+    # 19,000 and 19,600 permute all sets.
+    triplets = sample_triplets(50, n_triplets, random_state=2)
+
+    assert triplets.shape == (n_triplets, 3)
+    assert len(set(as_sets(triplets))) == n_triplets
+    assert triplets.min() >= 0
+    assert triplets.max() <= 49
+
+
+def test_same_seed_same_triplets():
+    first = sample_triplets(100, 1000, random_state=5)
+    second = sample_triplets(100, 1000, random_state=5)
+    other = sample_triplets(100, 1000, random_state=6)
+
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_replace_allows_more_than_all_sets():
+    triplets = sample_triplets(5, 200, random_state=0, replace=True)
+
+    assert triplets.shape == (200, 3)
+    assert set(as_sets(triplets)) == set(itertools.combinations(range(5), 3))
+
+
+def test_replace_draws_sets_uniformly():
+    # 6 objects form 20 sets; 40,000 draws give 2,000 per set, standard
+    # deviation about 44, so 250 is more than 5 standard deviations.
+    triplets = sample_triplets(6, 40_000, random_state=3, replace=True)
+
+    counts = np.bincount(rank_triplets(triplets), minlength=20)
+
+    assert np.all(np.abs(counts - 2000) < 250)
+
+
+def test_unique_draws_sets_uniformly():
+    # 5 of the 56 sets of 8 objects per seed, 2,000 seeds: each set is expected
+    # 2000 * 5 / 56 = 178.6 times, standard deviation about 13.
+    counts = np.zeros(56, dtype=int)
+    for seed in range(2000):
+        counts += np.bincount(rank_triplets(sample_triplets(8, 5, random_state=seed)), minlength=56)
+
+    assert counts.sum() == 10_000
+    assert np.all(np.abs(counts - 2000 * 5 / 56) < 65)
+
+
+def test_invalid_sizes_rejected():
+    with pytest.raises(ValueError, match="n_triplets"):
+        sample_triplets(10, -1)
+    with pytest.raises(ValueError, match="n_objects"):
+        sample_triplets(2, 1)
+    assert sample_triplets(10, 0).shape == (0, 3)
+
+
+def test_large_object_count_is_fast_and_unique():
+    started = time.perf_counter()
+
+    triplets = sample_triplets(24_102, 200_000, random_state=0)
+
+    assert time.perf_counter() - started < 10.0
+    assert len(np.unique(rank_triplets(triplets))) == 200_000
+    assert triplets.max() < 24_102
+
+
+def test_count_triplets_exact():
+    assert count_triplets(5) == 10
+    assert count_triplets(2) == 0
+    assert count_triplets(24_102) == 24_102 * 24_101 * 24_100 // 6
+
+
+def test_rank_is_colex_position():
+    combinations = list(itertools.combinations(range(12), 3))
+    colex = sorted(combinations, key=lambda triple: triple[::-1])
+
+    ranks = rank_triplets(np.array(colex))
+
+    assert ranks.tolist() == list(range(math.comb(12, 3)))
+    assert unrank_triplets(ranks).tolist() == [list(triple) for triple in colex]
+
+
+def test_rank_ignores_order_within_row():
+    assert rank_triplets(np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])).tolist() == [0, 0, 0]
+
+
+def test_unrank_round_trip_at_limit():
+    n_sets = count_triplets(2_000_000)
+    ranks = np.array([0, 1, n_sets // 3, n_sets // 2, n_sets - 2, n_sets - 1])
+    ranks = np.concatenate([ranks, np.random.default_rng(0).integers(0, n_sets, 100_000)])
+
+    triplets = unrank_triplets(ranks)
+
+    assert np.array_equal(rank_triplets(triplets), ranks)
+    assert triplets[5].tolist() == [1_999_997, 1_999_998, 1_999_999]
+    assert np.all(np.diff(triplets, axis=1) > 0)
