@@ -86,7 +86,7 @@ def test_out_of_range_no_one_based_hint(tmp_path):
 
     assert "index 7" in str(error.value)
     assert "line 2" in str(error.value)
-    assert "one_based" not in str(error.value)
+    assert "--one-based" not in str(error.value)
 
 
 # --------------------------------------------------------------------------- layouts
