@@ -243,10 +243,13 @@ def test_repeated_object_names_row(tmp_path):
 
 
 def test_unequal_columns_name_line(tmp_path):
-    path = write_lines(tmp_path / "ragged.txt", ["0 1 2", "0 1"])
+    short = write_lines(tmp_path / "short.txt", ["0 1 2", "0 1"])
+    long = write_lines(tmp_path / "long.txt", ["0 1 2 3", "# note", "0 1 2 3 4"])
 
     with pytest.raises(ValueError, match="line 2: 2 columns, expected 3"):
-        load_triplets(path, 5)
+        load_triplets(short, 5)
+    with pytest.raises(ValueError, match="line 3: 5 columns, expected 4"):
+        load_triplets(long, 5, columns=[0, 1, 2])
 
 
 def test_missing_n_objects_rejected(tmp_path):

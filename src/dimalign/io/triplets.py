@@ -361,21 +361,23 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
     if layout.empty:
         return np.zeros((0, len(used)), dtype=np.int64)
 
-    # Fast path: numpy's C parser for files of plain integers.
+    # Fast path: numpy's C parser for files of integers only. It reads every
+    # column, so that it also rejects lines with a different number of columns.
     try:
         with warnings.catch_warnings():
             # A header without data rows is an empty file, not worth a warning.
             warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
-            return np.loadtxt(
+            table = np.loadtxt(
                 path,
                 dtype=np.int64,
                 delimiter=layout.delimiter,
                 skiprows=layout.skip_lines,
-                usecols=used,
                 comments="#",
                 ndmin=2,
                 encoding="utf-8",
-            ).reshape(-1, len(used))
+            )
+        if table.shape[1] == layout.n_columns or len(table) == 0:
+            return table.reshape(-1, layout.n_columns)[:, used]
     except ValueError:
         pass
 
