@@ -45,6 +45,7 @@ _DELIMITER_NAMES = {
     "\\t": "\t",
     "comma": ",",
     "semicolon": ";",
+    " ": None,
     "space": None,
     "whitespace": None,
 }
@@ -257,8 +258,9 @@ def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.
     if bad.any():
         row, column = np.argwhere(bad)[0]
         raise ValueError(
-            f"{source}, {row_label(int(row))}, column {int(column)}: value {array[row, column]!r} "
-            f"is not an integer object index ({int(bad.sum())} such values in all)"
+            f"{source}, {row_label(int(row))}, column {int(column)}: value "
+            f"{float(array[row, column])} is not an integer object index "
+            f"({int(bad.sum())} such values in all)"
         )
     logger.info("%s: converted whole-number floats to integers", source)
     return array.astype(np.int64)
