@@ -1,0 +1,139 @@
+"""The ``dimalign evaluate`` subcommand, and the hook for the other analysis subcommands.
+
+``sweep``, ``select``, ``compare`` and ``map`` live in
+:mod:`dimalign.analysis.compare_commands`. :func:`register` adds them when that
+module exists, so the CLI lists one module for the whole analysis stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_COMPARE_MODULE = "dimalign.analysis.compare_commands"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` (and the subcommands of ``compare_commands``) to ``dimalign``."""
+    _register_evaluate(subparsers)
+
+    import importlib
+
+    try:
+        compare_commands = importlib.import_module(_COMPARE_MODULE)
+    except ModuleNotFoundError as error:
+        # Not written yet; a missing package inside the module is a real error.
+        if error.name != _COMPARE_MODULE:
+            raise
+        return
+    compare_commands.register(subparsers)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score an embedding on triplets (accuracy, NLL, 48-object check, noise ceiling)",
+        description="Score an embedding on odd-one-out triplets: accuracy of the largest dot "
+        "product (ties split the credit), mean negative log-likelihood of the softmax choice "
+        "model, the correlation with the 48-object human RDM when --things-dir is given and the "
+        "embedding covers the 1,854 THINGS concepts, and the noise ceiling when some object "
+        "sets were judged more than once. Writes metrics.json and manifest.json with -o.",
+    )
+    parser.add_argument(
+        "embedding",
+        metavar="EMBEDDING",
+        help="run directory (embedding.npz inside), .npz, .npy or text file (n_objects x n_dims)",
+    )
+    parser.add_argument(
+        "--triplets",
+        required=True,
+        metavar="FILE",
+        help="triplet file in the canonical layout (0-based, odd one out last); convert other "
+        "layouts with 'dimalign import-triplets' first",
+    )
+    objects = parser.add_mutually_exclusive_group()
+    objects.add_argument(
+        "--n-objects",
+        type=int,
+        help="number of objects the triplets refer to (default: the embedding's rows); "
+        "must equal the embedding's rows",
+    )
+    objects.add_argument(
+        "--objects",
+        metavar="TABLE",
+        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt); "
+        "its length must equal the embedding's rows",
+    )
+    parser.add_argument(
+        "--things-dir",
+        metavar="DIR",
+        help="THINGS data directory with RDM48_triplet.mat, words48.csv and unique_id.txt, "
+        "for the 48-object check",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for the similarity computation: cpu, cuda or auto (default: cpu)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        metavar="OUTDIR",
+        help="write metrics.json and manifest.json into this directory",
+    )
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handle ``dimalign evaluate``."""
+    from dimalign.analysis.evaluate import evaluate_embedding, format_metrics
+    from dimalign.io.files import now_iso, write_manifest, write_text_atomic
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+    from dimalign.io.triplets import load_triplets
+
+    started = now_iso()
+    result = load_embedding(args.embedding)
+    n_rows = result.n_objects
+
+    n_objects = n_rows
+    if args.n_objects is not None:
+        n_objects = args.n_objects
+    elif args.objects:
+        n_objects = len(read_object_table(args.objects))
+    if n_objects != n_rows:
+        raise ValueError(
+            f"the embedding {result.path} has {n_rows} objects but the triplets are declared "
+            f"for {n_objects}; evaluate an embedding with the triplets of the same objects"
+        )
+
+    triplets = load_triplets(args.triplets, n_objects)
+    metrics = evaluate_embedding(result, triplets, things_dir=args.things_dir, device=args.device)
+    logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
+
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        inputs = {"embedding": result.path, "triplets": args.triplets}
+        if args.objects:
+            inputs["objects"] = args.objects
+        if "things48_r" in metrics:
+            from dimalign.analysis.things48 import CONCEPTS_FILE, RDM_FILE, WORDS_FILE
+
+            for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
+                inputs[name] = Path(args.things_dir) / name
+        write_manifest(
+            out_dir,
+            step="evaluate",
+            inputs=inputs,
+            settings={"n_objects": n_objects, "things_dir": args.things_dir, "device": args.device},
+            started=started,
+            outputs=metrics,
+        )
+        logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
+    return 0

@@ -1,0 +1,114 @@
+"""Evaluate an embedding on held-out triplets: accuracy, likelihood, human checks.
+
+:func:`evaluate_embedding` collects every metric that applies to the input:
+
+- odd-one-out accuracy (ties split the credit) and the number of tied triplets;
+- mean negative log-likelihood per triplet under the softmax choice model;
+- for an embedding of all THINGS concepts and a THINGS data directory, the
+  correlation of its predicted similarities with the fully sampled 48-object
+  human RDM (see :mod:`dimalign.analysis.things48`);
+- the noise ceiling, when some object sets were judged more than once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
+from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
+from dimalign.analysis.things48 import load_things48, things48_correlation
+from dimalign.io.runs import EmbeddingResult
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_embedding(
+    embedding: np.ndarray | EmbeddingResult,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    things_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Compute the evaluation metrics of an embedding on a set of triplets.
+
+    Args:
+        embedding (np.ndarray | EmbeddingResult): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``, 0-based, odd one out last.
+        things_dir (path | None): THINGS data directory with
+            ``RDM48_triplet.mat``, ``words48.csv`` and ``unique_id.txt``. The
+            48-object check runs when it is given and the embedding has one
+            row per THINGS concept.
+        device (str): Torch device for the 48-object similarities.
+
+    Returns:
+        dict[str, Any]: ``n_objects``, ``n_dims``, ``n_triplets``, ``accuracy``,
+        ``n_ties``, ``nll``. Also ``things48_r`` (Pearson r) and
+        ``things48_objects`` when the 48-object check ran, and
+        ``noise_ceiling``, ``noise_ceiling_sets`` and ``noise_ceiling_responses``
+        when repeated sets exist.
+
+    Raises:
+        ValueError: If a triplet names an object the embedding does not have.
+    """
+    if isinstance(embedding, EmbeddingResult):
+        embedding = embedding.embedding
+    weights = np.asarray(embedding, dtype=np.float64)
+    triplets = np.asarray(triplets)
+
+    accuracy = odd_one_out_accuracy(weights, triplets, return_ties=True)
+    metrics: dict[str, Any] = {
+        "n_objects": int(weights.shape[0]),
+        "n_dims": int(weights.shape[1]),
+        "n_triplets": accuracy.n_triplets,
+        "accuracy": accuracy.accuracy,
+        "n_ties": accuracy.n_ties,
+        "nll": triplet_nll(weights, triplets),
+    }
+
+    if things_dir is not None:
+        data = load_things48(things_dir)
+        if weights.shape[0] == data.n_concepts:
+            metrics["things48_r"] = things48_correlation(weights, data=data, device=device)
+            metrics["things48_objects"] = len(data.words)
+        else:
+            logger.warning(
+                "skipped the 48-object check: the embedding has %d objects, not the %d "
+                "THINGS concepts",
+                weights.shape[0],
+                data.n_concepts,
+            )
+
+    # Triplets without repeats are the usual case, so no ceiling is logged, not warned.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ceiling = triplet_noise_ceiling(triplets)
+    if ceiling is None:
+        logger.info("no object set was judged twice, so there is no noise ceiling")
+    else:
+        metrics["noise_ceiling"] = ceiling.value
+        metrics["noise_ceiling_sets"] = ceiling.n_sets
+        metrics["noise_ceiling_responses"] = ceiling.n_responses
+    return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """Format the metrics of :func:`evaluate_embedding` as one log line."""
+    parts = [
+        f"accuracy {metrics['accuracy']:.4f} on {metrics['n_triplets']} triplets "
+        f"({metrics['n_ties']} ties)",
+        f"NLL {metrics['nll']:.4f}",
+    ]
+    if "things48_r" in metrics:
+        parts.append(f"48-object r {metrics['things48_r']:.4f}")
+    if "noise_ceiling" in metrics:
+        parts.append(
+            f"noise ceiling {metrics['noise_ceiling']:.4f} "
+            f"({metrics['noise_ceiling_responses']} responses in "
+            f"{metrics['noise_ceiling_sets']} repeated sets)"
+        )
+    return ", ".join(parts)

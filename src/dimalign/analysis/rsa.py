@@ -1,0 +1,209 @@
+"""Representational similarity analysis: correlate two similarity matrices.
+
+Two representations are compared through their similarity (or dissimilarity)
+matrices over the same objects. Only the upper triangle without the diagonal
+enters the correlation, because the matrices are symmetric and the diagonal
+is fixed by convention (1 for similarity, 0 for dissimilarity).
+
+Missing or degenerate input is reported rather than passed on as NaN:
+
+- NaN at different positions in the two inputs raises ``ValueError`` naming them.
+- NaN at the same positions raises unless ``nan_policy="omit"``, which drops
+  those pairs and warns.
+- A constant input raises, because its correlation is undefined.
+
+Example:
+
+>>> correlate_vectors([1, 2, 3, 4, 100], [1, 2, 3, 4, 5], method="spearman")
+1.0
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+METHODS = ("pearson", "spearman")
+NAN_POLICIES = ("raise", "omit")
+
+
+def upper_triangle(matrix: np.ndarray | Sequence[Sequence[float]], k: int = 1) -> np.ndarray:
+    """Return the entries above the ``k``-th diagonal of a square matrix, row by row.
+
+    Args:
+        matrix (array-like): Shape ``(n, n)``.
+        k (int): Diagonal offset; 1 leaves out the main diagonal.
+
+    Returns:
+        np.ndarray: Shape ``(n*(n-1)/2,)`` for ``k=1``, float64.
+    """
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {array.shape}")
+    rows, columns = np.triu_indices(array.shape[0], k=k)
+    return array[rows, columns]
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"invalid correlation method {method!r}: use one of {METHODS}")
+
+
+def _handle_missing(
+    a: np.ndarray, b: np.ndarray, nan_policy: str, describe_positions
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the NaN rules of this module and return the pairs to correlate."""
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"invalid nan_policy {nan_policy!r}: use one of {NAN_POLICIES}")
+    for name, values in (("first", a), ("second", b)):
+        if np.isinf(values).any():
+            positions = np.flatnonzero(np.isinf(values))
+            raise ValueError(
+                f"the {name} input contains inf at {describe_positions(positions)}; "
+                "a correlation needs finite values"
+            )
+
+    missing_a = np.isnan(a)
+    missing_b = np.isnan(b)
+    if not missing_a.any() and not missing_b.any():
+        return a, b
+
+    only_a = np.flatnonzero(missing_a & ~missing_b)
+    only_b = np.flatnonzero(missing_b & ~missing_a)
+    if only_a.size or only_b.size:
+        mismatches = []
+        if only_a.size:
+            mismatches.append(f"only the first input has NaN at {describe_positions(only_a)}")
+        if only_b.size:
+            mismatches.append(f"only the second input has NaN at {describe_positions(only_b)}")
+        raise ValueError(
+            f"NaN at different positions in the two inputs: {' and '.join(mismatches)}. "
+            "Fill or remove the missing values in both inputs consistently."
+        )
+
+    both = np.flatnonzero(missing_a)
+    if nan_policy == "raise":
+        raise ValueError(
+            f"both inputs contain NaN at {describe_positions(both)} ({both.size} values); "
+            "pass nan_policy='omit' to drop those pairs"
+        )
+    warnings.warn(
+        f"dropped {both.size} of {a.size} value pairs that are NaN in both inputs",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return a[~missing_a], b[~missing_b]
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    centered_a = a - a.mean()
+    centered_b = b - b.mean()
+    value = float(centered_a @ centered_b / np.sqrt((centered_a @ centered_a) * (centered_b @ centered_b)))
+    return float(np.clip(value, -1.0, 1.0))
+
+
+def _correlate_checked(a: np.ndarray, b: np.ndarray, method: str) -> float:
+    if a.size < 2:
+        raise ValueError(
+            f"a correlation needs at least 2 value pairs, got {a.size}; "
+            "use matrices of at least 3 objects"
+        )
+    for name, values in (("first", a), ("second", b)):
+        if np.all(values == values[0]):
+            raise ValueError(
+                f"the {name} input is constant (every value is {values[0]:.6g}), "
+                "so its correlation is undefined"
+            )
+    if method == "spearman":
+        # Average ranks for ties, as in scipy.stats.spearmanr.
+        a, b = rankdata(a), rankdata(b)
+    return _pearson(a, b)
+
+
+def correlate_vectors(
+    a: np.ndarray | Sequence[float],
+    b: np.ndarray | Sequence[float],
+    method: str = "pearson",
+    nan_policy: str = "raise",
+) -> float:
+    """Correlate two vectors by Pearson or Spearman (average ranks for ties).
+
+    Args:
+        a (array-like): Shape ``(n,)``.
+        b (array-like): Shape ``(n,)``.
+        method (str): ``"pearson"`` or ``"spearman"``.
+        nan_policy (str): ``"raise"`` (default) or ``"omit"`` (drop pairs that
+            are NaN in both inputs, with a warning).
+
+    Returns:
+        float: The correlation coefficient in ``[-1, 1]``.
+
+    Raises:
+        ValueError: If the shapes differ, an input is constant, has inf, or has
+            NaN that the policy does not allow.
+    """
+    _check_method(method)
+    first = np.asarray(a, dtype=np.float64)
+    second = np.asarray(b, dtype=np.float64)
+    if first.ndim != 1 or second.ndim != 1 or first.shape != second.shape:
+        raise ValueError(
+            f"expected two 1-D vectors of equal length, got shapes {first.shape} and {second.shape}"
+        )
+
+    def describe_positions(positions: np.ndarray) -> str:
+        return f"indices {positions[:20].tolist()}"
+
+    first, second = _handle_missing(first, second, nan_policy, describe_positions)
+    return _correlate_checked(first, second, method)
+
+
+def rsa(
+    a: np.ndarray | Sequence[Sequence[float]],
+    b: np.ndarray | Sequence[Sequence[float]],
+    method: str = "pearson",
+    nan_policy: str = "raise",
+) -> float:
+    """Correlate the upper triangles (without diagonal) of two square matrices.
+
+    Pass two similarity matrices, or two dissimilarity matrices. To compare a
+    similarity matrix with a dissimilarity matrix, convert one first (for
+    example ``1 - rdm``), because otherwise the sign flips.
+
+    Args:
+        a (array-like): Shape ``(n, n)``.
+        b (array-like): Shape ``(n, n)``, the same objects in the same order.
+        method (str): ``"pearson"`` or ``"spearman"``.
+        nan_policy (str): ``"raise"`` (default) or ``"omit"``.
+
+    Returns:
+        float: The correlation coefficient in ``[-1, 1]``.
+
+    Raises:
+        ValueError: If the matrices are not square or differ in shape, or if
+            the values are constant or contain NaN that the policy does not allow.
+    """
+    _check_method(method)
+    first = np.asarray(a, dtype=np.float64)
+    second = np.asarray(b, dtype=np.float64)
+    for name, matrix in (("first", first), ("second", second)):
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"the {name} matrix must be square, got shape {matrix.shape}")
+    if first.shape != second.shape:
+        raise ValueError(
+            f"the matrices differ in shape: {first.shape} and {second.shape}; "
+            "both must describe the same objects in the same order"
+        )
+
+    rows, columns = np.triu_indices(first.shape[0], k=1)
+
+    def describe_positions(positions: np.ndarray) -> str:
+        pairs = [(int(rows[p]), int(columns[p])) for p in positions[:20]]
+        return f"(row, column) {pairs}"
+
+    first, second = _handle_missing(
+        first[rows, columns], second[rows, columns], nan_policy, describe_positions
+    )
+    return _correlate_checked(first, second, method)

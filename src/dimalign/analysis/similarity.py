@@ -1,0 +1,558 @@
+"""Triplet choice probabilities, odd-one-out accuracy and model-predicted similarity.
+
+SPoSE and VICE share one choice model. An object ``i`` has a non-negative
+embedding vector ``y_i``, and the similarity of two objects is the dot product
+``s_ij = y_i · y_j``. In a triplet ``(i, j, k)`` the pair judged most similar
+is picked by a softmax over the three pairwise similarities, so the
+probability that ``k`` is the odd one out is
+
+    p(k | i, j) = exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk)).
+
+Triplets follow the project format: 0-based object indices, the first two
+columns are the most similar pair and the last column is the odd one out.
+
+Every function here is computed in a numerically stable way, so embeddings
+with large weights (dot products of several hundred) give finite results.
+Example:
+
+>>> import numpy as np
+>>> embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+>>> round(float(choice_probabilities(embedding, [[0, 1, 2]])[0]), 4)
+0.5761
+>>> odd_one_out_accuracy(embedding, [[0, 1, 2], [0, 2, 1]])
+0.5
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dimalign.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRIPLET_BATCH = 65_536
+"""Triplets processed per batch by the triplet functions (bounds memory use)."""
+
+DEFAULT_BLOCK_SIZE = {"cpu": 64, "cuda": 256}
+"""Objects per block in :func:`similarity_matrix`; a block holds ``size**3`` values."""
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class AccuracyResult:
+    """Odd-one-out accuracy with the number of tied triplets.
+
+    Attributes:
+        accuracy (float): Fraction of triplets whose recorded pair has the
+            largest dot product. A triplet where ``m`` pairs share the maximum
+            counts ``1/m`` of a hit when the recorded pair is among them.
+        n_triplets (int): Number of triplets scored.
+        n_ties (int): Triplets where two or three pairs share the maximum.
+    """
+
+    accuracy: float
+    n_triplets: int
+    n_ties: int
+
+    def __float__(self) -> float:
+        return self.accuracy
+
+
+def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Return the embedding as a finite 2-D float64 array or raise ValueError."""
+    array = np.asarray(embedding, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(
+            f"an embedding must be 2-D (n_objects, n_dims), got shape {array.shape}"
+        )
+    bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(
+            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf; "
+            "fix or remove those objects first"
+        )
+    return array
+
+
+def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int) -> np.ndarray:
+    """Return the triplets as an int64 ``(n, 3)`` array of valid, distinct indices.
+
+    Raises:
+        ValueError: If the shape is wrong, an index is outside ``0..n_objects-1``
+            (naming the first such row and index), or a row repeats an object.
+    """
+    array = np.asarray(triplets)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"triplets must have shape (n, 3), got {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        rounded = np.rint(array)
+        if not np.array_equal(rounded, array):
+            raise ValueError("triplets must contain integer object indices")
+        array = rounded
+    array = array.astype(np.int64, copy=False)
+
+    outside = (array < 0) | (array >= n_objects)
+    if outside.any():
+        row, column = np.argwhere(outside)[0]
+        raise ValueError(
+            f"triplet row {row} has object index {array[row, column]}, but the "
+            f"embedding has {n_objects} objects (valid indices 0..{n_objects - 1}); "
+            f"{int(outside.any(axis=1).sum())} rows are affected. Check that the "
+            "triplets are 0-based and belong to this embedding."
+        )
+
+    repeated = (
+        (array[:, 0] == array[:, 1]) | (array[:, 0] == array[:, 2]) | (array[:, 1] == array[:, 2])
+    )
+    if repeated.any():
+        rows = np.flatnonzero(repeated)
+        raise ValueError(
+            f"triplet rows {rows[:20].tolist()} name the same object twice; "
+            "a triplet needs three different objects"
+        )
+    return array
+
+
+def _batches(n_rows: int, batch_size: int) -> range:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return range(0, n_rows, batch_size)
+
+
+def triplet_logits(
+    embedding: np.ndarray, triplets: np.ndarray | Sequence[Sequence[int]]
+) -> np.ndarray:
+    """Compute the three pairwise dot products of each triplet.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``, rows ``(i, j, k)``.
+
+    Returns:
+        np.ndarray: Shape ``(n, 3)``, float64, columns ``y_i·y_j``, ``y_i·y_k``
+        and ``y_j·y_k``. Column 0 is the logit of the recorded choice.
+    """
+    weights = _as_embedding(embedding)
+    rows = _as_triplets(triplets, weights.shape[0])
+    first, second, third = weights[rows[:, 0]], weights[rows[:, 1]], weights[rows[:, 2]]
+    return np.stack(
+        [
+            np.einsum("nd,nd->n", first, second),
+            np.einsum("nd,nd->n", first, third),
+            np.einsum("nd,nd->n", second, third),
+        ],
+        axis=1,
+    )
+
+
+def choice_log_probabilities(
+    embedding: np.ndarray,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    batch_size: int = DEFAULT_TRIPLET_BATCH,
+) -> np.ndarray:
+    """Compute the log-probability of each recorded choice under the softmax model.
+
+    ``log p = s_ij - logsumexp(s_ij, s_ik, s_jk)``, with the maximum of the
+    three logits subtracted before exponentiating, so large dot products do
+    not overflow.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``; the last column is the odd one out.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        np.ndarray: Shape ``(n,)``, float64, each value ``<= 0``.
+    """
+    weights = _as_embedding(embedding)
+    rows = _as_triplets(triplets, weights.shape[0])
+    result = np.empty(rows.shape[0], dtype=np.float64)
+    for start in _batches(rows.shape[0], batch_size):
+        logits = triplet_logits(weights, rows[start : start + batch_size])
+        peak = logits.max(axis=1, keepdims=True)
+        log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        result[start : start + batch_size] = logits[:, 0] - log_normalizer
+    return result
+
+
+def choice_probabilities(
+    embedding: np.ndarray,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    batch_size: int = DEFAULT_TRIPLET_BATCH,
+) -> np.ndarray:
+    """Compute the probability of each recorded choice under the softmax model.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``; the last column is the odd one out.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        np.ndarray: Shape ``(n,)``, float64 values in ``[0, 1]``.
+    """
+    return np.exp(choice_log_probabilities(embedding, triplets, batch_size=batch_size))
+
+
+def triplet_log_likelihood(
+    embedding: np.ndarray,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    reduction: str = "mean",
+    batch_size: int = DEFAULT_TRIPLET_BATCH,
+) -> float:
+    """Compute the log-likelihood of the recorded choices.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``.
+        reduction (str): ``"mean"`` (per triplet) or ``"sum"``.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        float: The mean or summed log-probability (``<= 0``).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"invalid reduction {reduction!r}: use 'mean' or 'sum'")
+    log_probabilities = choice_log_probabilities(embedding, triplets, batch_size=batch_size)
+    if log_probabilities.size == 0:
+        raise ValueError("no triplets given: the log-likelihood of an empty set is undefined")
+    if reduction == "sum":
+        return float(log_probabilities.sum())
+    return float(log_probabilities.mean())
+
+
+def triplet_nll(
+    embedding: np.ndarray,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    batch_size: int = DEFAULT_TRIPLET_BATCH,
+) -> float:
+    """Compute the mean negative log-likelihood per triplet (chance: ``log 3 ≈ 1.0986``)."""
+    return -triplet_log_likelihood(embedding, triplets, reduction="mean", batch_size=batch_size)
+
+
+def odd_one_out_accuracy(
+    embedding: np.ndarray,
+    triplets: np.ndarray | Sequence[Sequence[int]],
+    return_ties: bool = False,
+    batch_size: int = DEFAULT_TRIPLET_BATCH,
+) -> float | AccuracyResult:
+    """Score how often the largest dot product picks the recorded pair.
+
+    Ties use exact equality of the float64 dot products. When ``m`` pairs
+    share the maximum and the recorded pair is one of them, the triplet counts
+    ``1/m`` of a hit (the expected accuracy of breaking the tie at random), so
+    an all-zero embedding scores exactly 1/3.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``; the last column is the odd one out.
+        return_ties (bool): Return an :class:`AccuracyResult` with the number
+            of tied triplets instead of the bare accuracy.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        float | AccuracyResult: The accuracy in ``[0, 1]``, or the full result.
+
+    Raises:
+        ValueError: If no triplets are given or an index is out of range.
+    """
+    weights = _as_embedding(embedding)
+    rows = _as_triplets(triplets, weights.shape[0])
+    if rows.shape[0] == 0:
+        raise ValueError("no triplets given: accuracy on an empty set is undefined")
+
+    # hits_by_tie_size[m - 1] counts the hits among triplets with m maximal
+    # pairs. Summing them as an exact fraction keeps an all-tied set at exactly 1/3.
+    hits_by_tie_size = np.zeros(3, dtype=np.int64)
+    n_ties = 0
+    for start in _batches(rows.shape[0], batch_size):
+        logits = triplet_logits(weights, rows[start : start + batch_size])
+        is_max = logits == logits.max(axis=1, keepdims=True)
+        n_max = is_max.sum(axis=1)
+        hits_by_tie_size += np.bincount(n_max[is_max[:, 0]] - 1, minlength=3)
+        n_ties += int((n_max > 1).sum())
+
+    weighted_hits = 6 * hits_by_tie_size[0] + 3 * hits_by_tie_size[1] + 2 * hits_by_tie_size[2]
+    accuracy = float(Fraction(int(weighted_hits), 6 * rows.shape[0]))
+    result = AccuracyResult(accuracy=accuracy, n_triplets=int(rows.shape[0]), n_ties=n_ties)
+    if n_ties:
+        logger.info("%d of %d triplets have tied dot products", n_ties, rows.shape[0])
+    return result if return_ties else result.accuracy
+
+
+def dot_similarity(embedding: np.ndarray) -> np.ndarray:
+    """Compute the plain dot-product similarity ``Y Yᵀ``, shape ``(n, n)``."""
+    weights = _as_embedding(embedding)
+    return weights @ weights.T
+
+
+# Model-predicted similarity -------------------------------------------------
+#
+# S_ij = mean over k not in {i, j} of p(k | i, j). Every unordered triple
+# {i, j, k} shares one softmax denominator, and its three probabilities are
+# the contributions to S_ij, S_ik and S_jk. The matrix is therefore
+# accumulated over triples i < j < k only (n³/6 of them), in cubic blocks of
+# objects, instead of over all n³ ordered (i, j, k).
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"invalid dtype {dtype}: use 'float64' or 'float32'")
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
+    return _DTYPES[dtype]
+
+
+def _largest_safe_range(dtype: torch.dtype) -> float:
+    """Return the largest logit range for which ``exp(s - max s)`` stays a normal number.
+
+    Below the smallest normal float the relative precision of ``exp`` drops,
+    so wider ranges use the per-triple shift instead. The margin of 8 keeps
+    the sum of three such values normal as well.
+    """
+    return -float(np.log(torch.finfo(dtype).tiny)) - 8.0
+
+
+def _upper_masks(block_size: int, device: torch.device) -> torch.Tensor:
+    """Return ``mask[a, b] = a < b`` for index pairs inside one block."""
+    return torch.ones(block_size, block_size, dtype=torch.bool, device=device).triu(1)
+
+
+def _block_starts(n_objects: int, block_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block_size, n_objects)) for start in range(0, n_objects, block_size)]
+
+
+def _mask_repeated_objects(
+    values: torch.Tensor, same_ij: bool, same_jk: bool, upper: torch.Tensor
+) -> None:
+    """Zero the entries of a ``(ti, tj, tk)`` block that are not a triple ``i < j < k``.
+
+    Only blocks on the diagonal (the same objects along two axes) contain
+    such entries.
+    """
+    ti, tj, tk = values.shape
+    if same_ij:
+        values.masked_fill_(~upper[:ti, :tj, None], 0.0)
+    if same_jk:
+        values.masked_fill_(~upper[None, :tj, :tk], 0.0)
+
+
+def _accumulate_shared_shift(
+    logits: torch.Tensor, dtype: torch.dtype, block_size: int, progress: tqdm
+) -> torch.Tensor:
+    """Sum the triple probabilities with one shift for the whole matrix.
+
+    ``E = exp(s - max s)`` is computed once, and each triple costs two adds
+    and a reciprocal: ``p(k | i, j) = E_ij / (E_ij + E_ik + E_jk)``. This is
+    exact while every off-diagonal ``E`` is a normal float (checked by the
+    caller).
+    """
+    n_objects = logits.shape[0]
+    off_diagonal = ~torch.eye(n_objects, dtype=torch.bool, device=logits.device)
+    exponentials = torch.exp(logits - logits[off_diagonal].max()).to(dtype)
+    exponentials.fill_diagonal_(0.0)
+
+    totals = torch.zeros(n_objects, n_objects, dtype=dtype, device=logits.device)
+    upper = _upper_masks(block_size, logits.device)
+    blocks = _block_starts(n_objects, block_size)
+    for a, (i0, i1) in enumerate(blocks):
+        for b in range(a, len(blocks)):
+            j0, j1 = blocks[b]
+            e_ij = exponentials[i0:i1, j0:j1]
+            for c in range(b, len(blocks)):
+                k0, k1 = blocks[c]
+                e_ik = exponentials[i0:i1, k0:k1]
+                e_jk = exponentials[j0:j1, k0:k1]
+
+                inverse_sum = e_ij[:, :, None] + e_ik[:, None, :]
+                inverse_sum += e_jk[None, :, :]
+                inverse_sum.reciprocal_()
+                _mask_repeated_objects(inverse_sum, a == b, b == c, upper)
+
+                totals[i0:i1, j0:j1] += e_ij * inverse_sum.sum(dim=2)
+                totals[i0:i1, k0:k1] += e_ik * inverse_sum.sum(dim=1)
+                totals[j0:j1, k0:k1] += e_jk * inverse_sum.sum(dim=0)
+                progress.update(1)
+    return totals
+
+
+def _accumulate_per_triple_shift(
+    logits: torch.Tensor, dtype: torch.dtype, block_size: int, progress: tqdm
+) -> torch.Tensor:
+    """Sum the triple probabilities, subtracting each triple's own maximum logit.
+
+    Slower than the shared shift (three exponentials per triple) but exact
+    for any range of dot products.
+    """
+    n_objects = logits.shape[0]
+    logits = logits.to(dtype)
+    totals = torch.zeros(n_objects, n_objects, dtype=dtype, device=logits.device)
+    upper = _upper_masks(block_size, logits.device)
+    blocks = _block_starts(n_objects, block_size)
+    for a, (i0, i1) in enumerate(blocks):
+        for b in range(a, len(blocks)):
+            j0, j1 = blocks[b]
+            s_ij = logits[i0:i1, j0:j1][:, :, None]
+            for c in range(b, len(blocks)):
+                k0, k1 = blocks[c]
+                s_ik = logits[i0:i1, k0:k1][:, None, :]
+                s_jk = logits[j0:j1, k0:k1][None, :, :]
+
+                peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
+                e_ij = torch.exp(s_ij - peak)
+                e_ik = torch.exp(s_ik - peak)
+                e_jk = torch.exp(s_jk - peak)
+                inverse_sum = (e_ij + e_ik + e_jk).reciprocal_()
+                _mask_repeated_objects(inverse_sum, a == b, b == c, upper)
+
+                totals[i0:i1, j0:j1] += (e_ij * inverse_sum).sum(dim=2)
+                totals[i0:i1, k0:k1] += (e_ik * inverse_sum).sum(dim=1)
+                totals[j0:j1, k0:k1] += (e_jk * inverse_sum).sum(dim=0)
+                progress.update(1)
+    return totals
+
+
+def _similarity_of_subset(
+    logits: torch.Tensor, objects: np.ndarray, dtype: torch.dtype, batch_size: int
+) -> torch.Tensor:
+    """Compute S for the pairs of ``objects``, averaging over every other object k."""
+    n_objects = logits.shape[0]
+    index = torch.as_tensor(objects, device=logits.device)
+    logits = logits.to(dtype)
+    pair_logits = logits[index][:, index]  # (m, m)
+    object_logits = logits[index]  # (m, n): s_ik for every k
+    result = torch.empty(len(objects), len(objects), dtype=dtype, device=logits.device)
+    # A batch holds (rows, m, n) values; keep it at the size of one cubic block.
+    rows_per_batch = max(1, batch_size**3 // (len(objects) * n_objects))
+    for start in range(0, len(objects), rows_per_batch):
+        stop = min(start + rows_per_batch, len(objects))
+        s_ij = pair_logits[start:stop, :, None]
+        s_ik = object_logits[start:stop, None, :]
+        s_jk = object_logits[None, :, :]
+        peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
+        probability = torch.exp(s_ij - peak) / (
+            torch.exp(s_ij - peak) + torch.exp(s_ik - peak) + torch.exp(s_jk - peak)
+        )
+        # Leave out k = i and k = j.
+        rows = torch.arange(stop - start, device=logits.device)
+        probability[rows, :, index[start:stop]] = 0.0
+        columns = torch.arange(len(objects), device=logits.device)
+        probability[:, columns, index] = 0.0
+        result[start:stop] = probability.sum(dim=2) / (n_objects - 2)
+    return result
+
+
+def similarity_matrix(
+    embedding: np.ndarray,
+    objects: Sequence[int] | np.ndarray | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float64",
+) -> np.ndarray:
+    """Compute the model-predicted similarity of every pair of objects.
+
+    ``S_ij`` is the probability that ``i`` and ``j`` are judged the most
+    similar pair, averaged over every third object ``k`` not in ``{i, j}``:
+
+        S_ij = 1/(n-2) · Σ_k exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk)),
+
+    with ``s = Y Yᵀ``. The exponentials are shifted by the maximum logit
+    (once for the whole matrix when the range of dot products allows, else per
+    triple), so dot products of several hundred stay finite. The diagonal is
+    undefined by the formula and set to 1 by convention. The result is
+    symmetric.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``, at least 3 objects.
+        objects (Sequence[int] | None): Return only the sub-matrix of these
+            objects, in this order. The mean still runs over all ``n_objects``
+            third objects, so the result equals the rows and columns of the
+            full matrix. Much faster for a few objects.
+        batch_size (int | None): Objects per block. A block holds
+            ``batch_size**3`` values, so memory grows with its cube. Defaults
+            to 64 on CPU and 256 on CUDA.
+        device (str | torch.device): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        dtype (str | torch.dtype): ``"float64"`` (default) or ``"float32"``
+            (faster, relative error around 1e-6). The dot products are always
+            computed in float64.
+
+    Returns:
+        np.ndarray: Shape ``(n_objects, n_objects)`` or ``(m, m)`` for ``m``
+        requested objects, in the requested dtype.
+
+    Raises:
+        ValueError: With fewer than 3 objects, an invalid object index, or
+            an invalid dtype or batch size.
+
+    Example:
+        >>> import numpy as np
+        >>> similarity = similarity_matrix(np.array([[1.0], [1.0], [0.0]]))
+        >>> round(float(similarity[0, 1]), 4)
+        0.5761
+    """
+    weights = _as_embedding(embedding)
+    n_objects = weights.shape[0]
+    if n_objects < 3:
+        raise ValueError(
+            f"the similarity matrix needs at least 3 objects (a third object k for "
+            f"each pair), got {n_objects}"
+        )
+    torch_dtype = _resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    if batch_size is None:
+        batch_size = DEFAULT_BLOCK_SIZE.get(torch_device.type, DEFAULT_BLOCK_SIZE["cpu"])
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    weights_tensor = torch.as_tensor(weights, dtype=torch.float64, device=torch_device)
+    logits = weights_tensor @ weights_tensor.T
+
+    if objects is not None:
+        subset = np.asarray(objects, dtype=np.int64).reshape(-1)
+        outside = subset[(subset < 0) | (subset >= n_objects)]
+        if outside.size:
+            raise ValueError(
+                f"object indices {outside[:20].tolist()} are outside 0..{n_objects - 1}"
+            )
+        result = _similarity_of_subset(logits, subset, torch_dtype, batch_size)
+        diagonal = torch.as_tensor(subset[:, None] == subset[None, :], device=torch_device)
+        result[diagonal] = 1.0
+        return result.cpu().numpy()
+
+    off_diagonal = logits[~torch.eye(n_objects, dtype=torch.bool, device=torch_device)]
+    logit_range = float(off_diagonal.max() - off_diagonal.min())
+    n_blocks = len(_block_starts(n_objects, batch_size))
+    progress = tqdm(
+        total=n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6,
+        desc="similarity matrix",
+        unit="block",
+        disable=None,
+    )
+    with progress:
+        if logit_range <= _largest_safe_range(torch_dtype):
+            totals = _accumulate_shared_shift(logits, torch_dtype, batch_size, progress)
+            method = "shared shift"
+        else:
+            totals = _accumulate_per_triple_shift(logits, torch_dtype, batch_size, progress)
+            method = "per-triple shift"
+
+    # Only entries i < j were accumulated. Mirror them and divide by the n - 2 third objects.
+    similarity = (totals + totals.T) / (n_objects - 2)
+    similarity.fill_diagonal_(1.0)
+    logger.debug(
+        "similarity matrix of %d objects (%s, dot products span %.3g)",
+        n_objects,
+        method,
+        logit_range,
+    )
+    return similarity.cpu().numpy()

@@ -1,0 +1,214 @@
+"""The 48-object check: predicted similarity against a fully sampled human RDM.
+
+Hebart et al. (2020, *Nature Human Behaviour*) collected odd-one-out
+judgements for every triplet of 48 THINGS objects, which gives a human
+dissimilarity matrix (RDM) without any model in between. An embedding of all
+1,854 THINGS objects predicts a similarity for each pair of the 48, and its
+Pearson correlation with ``1 - RDM`` over the upper triangle measures how well
+the embedding reproduces human similarity.
+
+Files read from a THINGS data directory:
+
+- ``RDM48_triplet.mat``: MATLAB file with one 48 x 48 dissimilarity matrix.
+- ``words48.csv``: the 48 object names in the matrix's row order, header
+  ``Word,exclude``. The ``exclude`` column marks five objects (clothes, tea,
+  knob, camera, file) with 1; the check uses all 48 unless asked otherwise.
+- ``unique_id.txt``: the 1,854 THINGS concept ids, the row order of embeddings.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from dimalign.analysis.rsa import rsa
+from dimalign.analysis.similarity import similarity_matrix
+from dimalign.io.objects import read_object_table
+
+logger = logging.getLogger(__name__)
+
+RDM_FILE = "RDM48_triplet.mat"
+WORDS_FILE = "words48.csv"
+CONCEPTS_FILE = "unique_id.txt"
+
+NAME_ALIASES: Mapping[str, str] = {"camera": "camera1", "file": "file1"}
+"""Words in ``words48.csv`` whose THINGS concept id differs beyond spaces.
+
+THINGS numbers the senses of a homonym. ``camera1`` is the photographic
+camera and ``camera2`` the television camera. ``file1`` is the steel hand tool
+and ``file2`` the folder for papers. The 48-object set uses ``camera1`` and
+``file1``.
+"""
+
+
+@dataclass(frozen=True)
+class Things48:
+    """The 48-object human dissimilarity matrix and where its objects sit in THINGS.
+
+    Attributes:
+        words (tuple[str, ...]): The 48 names as written in ``words48.csv``.
+        indices (np.ndarray): Row of each object in the 1,854 THINGS concepts, shape ``(48,)``.
+        rdm (np.ndarray): Human dissimilarities, shape ``(48, 48)``, zero diagonal.
+        excluded (np.ndarray): The ``exclude`` flag of each object, bool, shape ``(48,)``.
+        n_concepts (int): Number of THINGS concepts in ``unique_id.txt`` (1,854),
+            the rows an embedding needs.
+    """
+
+    words: tuple[str, ...]
+    indices: np.ndarray
+    rdm: np.ndarray
+    excluded: np.ndarray
+    n_concepts: int
+
+
+def read_rdm48(path: str | os.PathLike) -> np.ndarray:
+    """Read the single 48 x 48 matrix of ``RDM48_triplet.mat``.
+
+    Raises:
+        ValueError: If the file holds no 48 x 48 matrix or more than one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"48-object RDM {path} not found")
+    contents = scipy.io.loadmat(path)
+    matrices = {
+        name: value
+        for name, value in contents.items()
+        if not name.startswith("__") and isinstance(value, np.ndarray) and value.shape == (48, 48)
+    }
+    if len(matrices) != 1:
+        variables = {name: getattr(value, "shape", None) for name, value in contents.items() if not name.startswith("__")}
+        raise ValueError(
+            f"{path} must contain exactly one 48 x 48 matrix, found {len(matrices)} "
+            f"among its variables {variables}"
+        )
+    ((name, matrix),) = matrices.items()
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{path}: matrix {name!r} contains NaN or inf")
+    return matrix
+
+
+def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Read ``words48.csv`` and return the names and their ``exclude`` flags."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"48-object word list {path} not found")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "Word" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
+        words, flags = [], []
+        for row in reader:
+            words.append(row["Word"].strip())
+            flags.append((row.get("exclude") or "").strip() not in ("", "0"))
+    return words, np.asarray(flags, dtype=bool)
+
+
+def match_concept_ids(
+    words: Sequence[str],
+    concept_ids: Sequence[str],
+    aliases: Mapping[str, str] = NAME_ALIASES,
+) -> np.ndarray:
+    """Find the THINGS row of each word.
+
+    A word is looked up through ``aliases`` first, then with spaces replaced by
+    underscores (``music box`` -> ``music_box``).
+
+    Returns:
+        np.ndarray: int64 rows into ``concept_ids``, one per word.
+
+    Raises:
+        ValueError: Listing every word that is not found.
+    """
+    lookup = {name: row for row, name in enumerate(concept_ids)}
+    rows, missing = [], []
+    for word in words:
+        concept = aliases.get(word, word).replace(" ", "_")
+        if concept in lookup:
+            rows.append(lookup[concept])
+        else:
+            missing.append(word)
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of the 48 objects are not THINGS concept ids: {missing}; "
+            "add them to the alias table (NAME_ALIASES) with their concept id"
+        )
+    return np.asarray(rows, dtype=np.int64)
+
+
+def load_things48(things_dir: str | os.PathLike) -> Things48:
+    """Load the 48-object RDM, its names and their THINGS rows from a data directory."""
+    things_dir = Path(things_dir)
+    rdm = read_rdm48(things_dir / RDM_FILE)
+    words, excluded = read_words48(things_dir / WORDS_FILE)
+    if len(words) != rdm.shape[0]:
+        raise ValueError(
+            f"{things_dir / WORDS_FILE} lists {len(words)} names but the RDM has "
+            f"{rdm.shape[0]} rows"
+        )
+    concepts = read_object_table(things_dir / CONCEPTS_FILE)
+    indices = match_concept_ids(words, concepts.object_ids)
+    return Things48(
+        words=tuple(words),
+        indices=indices,
+        rdm=rdm,
+        excluded=excluded,
+        n_concepts=len(concepts),
+    )
+
+
+def things48_correlation(
+    embedding: np.ndarray,
+    things_dir: str | os.PathLike | None = None,
+    data: Things48 | None = None,
+    exclude_flagged: bool = False,
+    method: str = "pearson",
+    device: str = "cpu",
+) -> float:
+    """Correlate an embedding's predicted similarities with the 48-object human RDM.
+
+    The predicted similarity of a pair averages over all 1,854 THINGS objects as
+    the third object (:func:`similarity_matrix` with ``objects=``), and the
+    human similarity is ``1 - RDM``.
+
+    Args:
+        embedding (np.ndarray): Shape ``(1854, n_dims)`` in THINGS order.
+        things_dir (path | None): Directory with the three files; ignored when
+            ``data`` is given.
+        data (Things48 | None): Already loaded data.
+        exclude_flagged (bool): Leave out the objects flagged in the
+            ``exclude`` column (43 objects remain).
+        method (str): ``"pearson"`` (default) or ``"spearman"``.
+        device (str): Torch device for the similarity computation.
+
+    Returns:
+        float: The correlation over the upper triangle.
+
+    Raises:
+        ValueError: If the embedding does not have one row per THINGS concept.
+    """
+    if data is None:
+        if things_dir is None:
+            raise ValueError("pass things_dir or data")
+        data = load_things48(things_dir)
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:
+        raise ValueError(
+            f"the 48-object check needs an embedding of all THINGS concepts in the order of "
+            f"unique_id.txt ({data.n_concepts} rows), got shape {embedding.shape}"
+        )
+
+    keep = ~data.excluded if exclude_flagged else np.ones(len(data.words), dtype=bool)
+    predicted = similarity_matrix(embedding, objects=data.indices[keep], device=device)
+    human = 1.0 - data.rdm[np.ix_(keep, keep)]
+    value = rsa(predicted, human, method=method)
+    logger.info("48-object check: %s r = %.4f over %d objects", method, value, int(keep.sum()))
+    return value
