@@ -1,0 +1,392 @@
+"""Published THINGS resources: a registry with pinned URLs and checksums, and a fetcher.
+
+Every registered file is the original bytes of a file in a public GitHub
+repository, pinned to a commit, so its SHA-256 never changes. :func:`fetch`
+looks for a file in this order:
+
+1. the data directory (``data_dir``, default :func:`default_data_dir`);
+2. a mirror directory (``mirror``), copied into the data directory;
+3. the pinned URL, downloaded into the data directory (``download=True``).
+
+A file found locally or in the mirror is checked against its SHA-256 unless
+``verify=False``, and a mismatch raises ``ValueError``. A download goes to a
+temporary file, is checked, and is renamed into place only when the checksum
+matches, so a failed or corrupted download leaves nothing behind.
+
+Some files are stored under a more descriptive local name than the published
+one (for example ``vice_embedding_42d.npy`` for VICE's ``final_embedding.npy``).
+The mirror may hold either name. The human test triplets are registered under
+their published name ``behavior_triplets_test10.txt``. A local file
+``human_triplets.txt``, a subset of those rows, has no published checksum and
+is only used by :func:`find_human_triplets`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from dimalign.io.files import atomic_path, sha256_file
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_VARIABLE = "DIMALIGN_DATA"
+RAW_GITHUB = "https://raw.githubusercontent.com"
+
+HUMAN_TRIPLETS = "behavior_triplets_test10.txt"
+"""Published name of the held-out human triplets (146,168 rows, 0-based, odd one out last)."""
+
+HUMAN_TRIPLETS_SUBSET = "human_triplets.txt"
+"""Local name of a subset of :data:`HUMAN_TRIPLETS` rows, accepted by :func:`find_human_triplets`."""
+
+
+@dataclass(frozen=True)
+class ThingsFile:
+    """A published file with its pinned address and checksum.
+
+    Attributes:
+        name (str): Local file name in the data directory.
+        url (str): Download address.
+        sha256 (str): SHA-256 hex digest of the file.
+        size (int | None): Size in bytes, checked before the digest when known.
+        description (str): What the file contains.
+    """
+
+    name: str
+    url: str
+    sha256: str
+    size: int | None = None
+    description: str = ""
+
+    @property
+    def published_name(self) -> str:
+        """File name at the end of the URL (may differ from :attr:`name`)."""
+        return PurePosixPath(self.url.split("?", 1)[0]).name
+
+
+def _github(
+    name: str, repository: str, commit: str, path: str, size: int, sha256: str, description: str
+) -> ThingsFile:
+    return ThingsFile(
+        name=name,
+        url=f"{RAW_GITHUB}/{repository}/{commit}/{path}",
+        sha256=sha256,
+        size=size,
+        description=description,
+    )
+
+
+_GPT3 = ("ViCCo-Group/semantic_features_gpt_3", "3b132af668bc61706b944dcfd6b01672d3a49c34")
+_VICE = ("LukasMut/VICE", "5f80103ef4c9eb29477c4cadb1c9c54476d59e97")
+_GPT_BEHAVIOR = ("florianmahner/gpt-behavior", "4a8bd2fe526a7ba0b568e3b3569e6338100a8abd")
+_PERTURBATIONS = ("marrenj/cvpr_perturbations", "9820d612f66d3c2386e22159e1a6f841974efeb7")
+_OBJECT_DIMENSIONS = ("florianmahner/object-dimensions", "696d940aa1d975dcea916e45996b8382472fdef5")
+_PYSRF = ("florianmahner/pysrf", "0fc24ac06c56f76f06968976fc5615343cdf453e")
+_THINGS_DATA = ("ViCCo-Group/THINGS-data", "5e0eccac51eac78b57045f5b90b4f53814f56c32")
+
+_PYSRF_FACTORS = (
+    "tests/checks/vgg16_similarity/linear_kernel_rank_curve/embeddings/rank_200_repeat_0_fold_0.npy"
+)
+
+THINGS_FILES: dict[str, ThingsFile] = {
+    entry.name: entry
+    for entry in (
+        _github(
+            "spose_embedding_49d_sorted.txt", *_GPT3, "data/things/spose_embedding_49d_sorted.txt",
+            2273072, "b934fac338b803c5f87f60dfe1da90de8d62bacc346e74346a8428aa10cbe175",
+            "human SPoSE embedding, 1,854 x 49 (Hebart et al. 2020)",
+        ),
+        _github(
+            "spose_embedding_66d_sorted.txt", *_GPT3, "data/things/spose_embedding_66d_sorted.txt",
+            3303874, "6a485922fe22c10b2eb920140198488451d44ac6de0c6be5e8ee8eec8a2007cc",
+            "human SPoSE embedding, 1,854 x 66 (Hebart et al. 2020)",
+        ),
+        _github(
+            "labels_49.mat", *_GPT3, "data/things/labels_49.mat",
+            1123, "18f997190e922b9c131b72f97efc21045325bc08d4bb0917f572ea343032bf5c",
+            "labels of the 49 SPoSE dimensions (MATLAB)",
+        ),
+        _github(
+            "labels_66.txt", *_GPT3, "data/things/labels_66.txt",
+            1264, "396f333a38d629a503f894b0ee7929af0ed073bc59a3c0d86ec5e88de713f808",
+            "labels of the 66 SPoSE dimensions, one per line",
+        ),
+        _github(
+            "unique_id.txt", *_GPT3, "data/things/unique_id.txt",
+            15201, "e2e59d02197e89776034938e7a73940a0823cacac4b6084b56b1d8959816ff76",
+            "the 1,854 THINGS concept ids, the row order of every THINGS file",
+        ),
+        _github(
+            "words.csv", *_GPT3, "data/things/words.csv",
+            40856, "794dd3a9ad2e23e005f34e0c8f78fb4c19410bb9c9a21869c84bc9c1f371e8d5",
+            "concept id, word, category and display label of each concept",
+        ),
+        _github(
+            "vice_embedding_42d.npy", *_VICE, "embeddings/things/final_embedding.npy",
+            311600, "6c596ec9fe6e135e3fd32207d4d1d5eb004e3cef3810d5cb40474b1996d5392f",
+            "human VICE embedding, float32 1,854 x 42 (Muttenthaler et al. 2022)",
+        ),
+        _github(
+            "things_concepts.tsv", *_VICE, "data/files/things_concepts.tsv",
+            497467, "f6eb4ec6fcad61e50a746bee820f98d1595fe655e9e210a9a407e9a17fd8cee4",
+            "THINGS concept metadata (WordNet ids, frequencies, categories, definitions)",
+        ),
+        _github(
+            HUMAN_TRIPLETS, *_GPT_BEHAVIOR, "data/behavior_triplets_test10.txt",
+            1930206, "3d99c59ba4793d7ccee4e3dccfce926a9ab9af5b515d30fb8a5e5541dc440617",
+            "held-out human odd-one-out triplets (Hebart et al. 2020)",
+        ),
+        _github(
+            "words48.csv", *_GPT_BEHAVIOR, "data/words48.csv",
+            504, "585ca371369512f8adb1b7838010bc3ea80255910da93ea611f3458a28724521",
+            "names of the 48 objects of the fully sampled RDM",
+        ),
+        _github(
+            "RDM48_triplet.mat", *_PERTURBATIONS, "data/RDM48_triplet.mat",
+            8294, "c08e207821fdba8d85e2d1018d89ca9a79afd106cc7db20506a69678528f094b",
+            "fully sampled human 48 x 48 dissimilarity matrix (MATLAB)",
+        ),
+        _github(
+            "category_mat_manual.tsv", *_OBJECT_DIMENSIONS, "data/misc/category_mat_manual.tsv",
+            100398, "9f4f9a4626f23064dad9a7547ffa1e3a0a6b1fe23281d74cb394ee0367f53af4",
+            "membership of each concept in 27 superordinate categories",
+        ),
+        _github(
+            "vgg16_srf_factors_rank200.npy", *_PYSRF, _PYSRF_FACTORS,
+            2966528, "7e64766ecbd8a0f1ce5aa358e6a5f65cdf449b0bc06bc72357f1d54e8c4afa46",
+            "non-negative rank-200 factors of VGG-16 penultimate-layer similarity, 1,854 x 200",
+        ),
+        _github(
+            "Categories_final_20200131.tsv", *_THINGS_DATA, "MRI/data/Categories_final_20200131.tsv",
+            254965, "968d45a1a2fb8def83b33661031a1c473a61a8fe208c8c0af3474784c6bbcd95",
+            "membership of each concept in 53 categories",
+        ),
+        _github(
+            "animacy.csv", *_THINGS_DATA, "MRI/data/animacy.csv",
+            393727, "e5163a8d68a2704cf0d14e8b5c002963e180aba79e76d13653bcba854e8cf644",
+            "animacy ratings of the concepts",
+        ),
+        _github(
+            "size_fixed.csv", *_THINGS_DATA, "MRI/data/size_fixed.csv",
+            409039, "6a14e7f359e2698231b49210aeb5e4a6878f1337aa19529b04220bac172ea042",
+            "real-world size ratings of the concepts",
+        ),
+    )
+}
+"""The registered files by local name."""
+
+
+def default_data_dir() -> Path:
+    """Return the directory for THINGS files.
+
+    ``$DIMALIGN_DATA`` when set, else ``$XDG_CACHE_HOME/dimalign/things``, else
+    ``~/.cache/dimalign/things``. The directory is not created here.
+    """
+    configured = os.environ.get(DATA_DIR_VARIABLE)
+    if configured:
+        return Path(configured).expanduser()
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home).expanduser() / "dimalign" / "things"
+
+
+def _resolve_entry(name: str | ThingsFile) -> ThingsFile:
+    if isinstance(name, ThingsFile):
+        return name
+    if name in THINGS_FILES:
+        return THINGS_FILES[name]
+    if name == HUMAN_TRIPLETS_SUBSET:
+        raise KeyError(
+            f"{name!r} is a local subset of {HUMAN_TRIPLETS!r} without a published checksum, so "
+            f"it cannot be fetched; use find_human_triplets() or fetch({HUMAN_TRIPLETS!r})"
+        )
+    raise KeyError(f"unknown THINGS file {name!r}; registered files: {sorted(THINGS_FILES)}")
+
+
+def verify_file(path: str | os.PathLike, entry: ThingsFile) -> None:
+    """Check a file's size and SHA-256 against the registry entry.
+
+    Raises:
+        ValueError: Naming the file, the expected and the actual value.
+    """
+    path = Path(path)
+    if entry.size is not None and path.stat().st_size != entry.size:
+        raise ValueError(
+            f"{path} has {path.stat().st_size} bytes but the published {entry.name} has "
+            f"{entry.size} (sha256 {entry.sha256}); delete the file to fetch it again, or pass "
+            "verify=False to use it as it is"
+        )
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ValueError(
+            f"checksum mismatch for {path}: expected sha256 {entry.sha256}, got {actual}; "
+            "delete the file to fetch it again, or pass verify=False to use it as it is"
+        )
+
+
+def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: bool) -> Path | None:
+    """Copy the entry from a mirror directory, under its local or published name."""
+    for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
+        candidate = mirror / candidate_name
+        if not candidate.is_file():
+            continue
+        if verify:
+            verify_file(candidate, entry)
+        with atomic_path(target) as temporary:
+            shutil.copyfile(candidate, temporary)
+        logger.info("copied %s from the mirror %s to %s", entry.name, candidate, target)
+        return target
+    return None
+
+
+def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float = 60.0) -> Path:
+    """Download a registered file to ``target`` and verify it before renaming it into place.
+
+    The bytes go to a temporary file in the target directory and are hashed
+    while they arrive. The temporary file is removed on any error.
+
+    Raises:
+        RuntimeError: If the download fails (network error, HTTP error, timeout).
+        ValueError: If the size or the SHA-256 of the received bytes is wrong.
+    """
+    target = Path(target)
+    digest = hashlib.sha256()
+    received = 0
+    logger.info("downloading %s from %s", entry.name, entry.url)
+    with atomic_path(target) as temporary:
+        try:
+            with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(
+                temporary, "wb"
+            ) as handle:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    digest.update(chunk)
+                    handle.write(chunk)
+                    received += len(chunk)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            raise RuntimeError(
+                f"download of {entry.name} from {entry.url} failed: {error}. Check the "
+                "network connection, or copy the file into a directory and pass it as mirror"
+            ) from error
+
+        actual = digest.hexdigest()
+        if actual != entry.sha256 or (entry.size is not None and received != entry.size):
+            raise ValueError(
+                f"checksum mismatch for {entry.name} downloaded from {entry.url}: expected "
+                f"sha256 {entry.sha256} ({entry.size} bytes), got {actual} ({received} bytes); "
+                "the partial file was removed. Retry, or use a verified mirror copy"
+            )
+    logger.info("downloaded %s (%d bytes, sha256 verified) to %s", entry.name, received, target)
+    return target
+
+
+def fetch(
+    name: str | ThingsFile,
+    data_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    download: bool = True,
+    verify: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Return the path of a THINGS file, copying or downloading it when needed.
+
+    Args:
+        name (str | ThingsFile): A key of :data:`THINGS_FILES` (local file
+            name) or a custom entry.
+        data_dir (path | None): Where the file lives or is stored;
+            :func:`default_data_dir` when None.
+        mirror (path | None): A directory with copies of the files under their
+            local or published names, used before the network.
+        download (bool): Download from the pinned URL when the file is neither
+            in ``data_dir`` nor in the mirror.
+        verify (bool): Check the SHA-256 of a local or mirror file (downloads
+            are always checked).
+        timeout (float): Network timeout in seconds.
+
+    Returns:
+        Path: The file in ``data_dir``.
+
+    Raises:
+        KeyError: For an unknown name.
+        ValueError: If a local, mirror or downloaded file fails its checksum.
+        FileNotFoundError: If the file is missing and ``download`` is False.
+        RuntimeError: If the download fails.
+    """
+    entry = _resolve_entry(name)
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    target = data_dir / entry.name
+
+    if target.is_file():
+        if verify:
+            verify_file(target, entry)
+        logger.debug("using %s", target)
+        return target
+
+    if mirror is not None:
+        copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
+        if copied is not None:
+            return copied
+
+    if not download:
+        looked_in = [str(target)]
+        if mirror is not None:
+            looked_in.append(str(Path(mirror) / entry.name))
+        raise FileNotFoundError(
+            f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
+            f"off; allow downloads, or copy it from {entry.url} into {data_dir}"
+        )
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return download_file(entry, target, timeout=timeout)
+
+
+def fetch_all(
+    names: Iterable[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    download: bool = True,
+    verify: bool = True,
+) -> dict[str, Path]:
+    """Fetch several files (all registered ones by default); see :func:`fetch`."""
+    selected = list(THINGS_FILES) if names is None else list(names)
+    return {
+        name: fetch(name, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
+        for name in selected
+    }
+
+
+def find_human_triplets(
+    data_dir: str | os.PathLike | None = None,
+    mirror: str | os.PathLike | None = None,
+    download: bool = True,
+    verify: bool = True,
+) -> Path:
+    """Return a file of held-out human THINGS triplets.
+
+    The search order is: the published :data:`HUMAN_TRIPLETS` in ``data_dir``
+    (verified), a :data:`HUMAN_TRIPLETS_SUBSET` file in ``data_dir``, the
+    published file in the mirror (verified and copied), a subset file in the
+    mirror, and finally a download of the published file. A subset file is
+    used in place and unverified, because it has no published checksum.
+
+    Both files share the format: rows ``i j k``, 0-based, odd one out last.
+    """
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if (data_dir / HUMAN_TRIPLETS).is_file():
+        return fetch(HUMAN_TRIPLETS, data_dir=data_dir, download=False, verify=verify)
+    candidates = [data_dir / HUMAN_TRIPLETS_SUBSET]
+    if mirror is not None:
+        mirror = Path(mirror).expanduser()
+        if (mirror / HUMAN_TRIPLETS).is_file():
+            return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, verify=verify)
+        candidates.append(mirror / HUMAN_TRIPLETS_SUBSET)
+    for subset in candidates:
+        if subset.is_file():
+            logger.info("using %s, a subset of the published %s (no checksum)", subset, HUMAN_TRIPLETS)
+            return subset
+    return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
