@@ -1,0 +1,30 @@
+"""Fixtures shared by every test stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data directory ``../shared/data`` next to the repository."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(
+            f"real test data not found at {SHARED_DATA}: the tests read THINGS files and "
+            "images from ../shared/data relative to the repository root"
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def things_dir(shared_data: Path) -> Path:
+    """The real THINGS files in ``../shared/data/things``."""
+    path = shared_data / "things"
+    if not path.is_dir():
+        pytest.fail(f"THINGS data directory {path} not found")
+    return path
