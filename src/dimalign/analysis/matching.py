@@ -1,0 +1,419 @@
+"""Matching the dimensions of two embeddings of the same objects.
+
+Two embeddings (say human and DNN) describe the same objects with different
+dimensions. Their dimensions are compared by the Pearson correlation of their
+weights over objects. Each human dimension is matched to a DNN dimension in
+one of three ways:
+
+- ``"with_replacement"``: its most correlated DNN dimension, so a DNN
+  dimension can serve several human dimensions;
+- ``"greedy"``: without replacement, taking the highest remaining
+  correlation repeatedly and removing its row and column (the procedure of
+  Mahner et al. 2025);
+- ``"optimal"``: the assignment that maximises the total correlation
+  (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``).
+
+The cumulative RSA then adds the matched DNN dimensions one at a time, rebuilds
+the DNN similarity matrix from that subset, and correlates it with the human
+one. Finally, for each matched pair, the objects that are high on both
+dimensions, only on the human one, and only on the DNN one are listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+
+logger = logging.getLogger(__name__)
+
+MATCHING_METHODS = ("with_replacement", "greedy", "optimal")
+
+
+# -- correlations between dimensions ------------------------------------------
+
+
+def correlate_columns(
+    a: np.ndarray, b: np.ndarray, *, name_a: str = "first", name_b: str = "second"
+) -> np.ndarray:
+    """Pearson correlation of every column of ``a`` with every column of ``b``.
+
+    A column with zero variance (all values equal) has no defined correlation.
+    Its correlations are set to 0, never NaN, and a warning names the columns.
+
+    Args:
+        a (np.ndarray): Shape ``(n_objects, n_a)``.
+        b (np.ndarray): Shape ``(n_objects, n_b)``.
+        name_a (str): Name of ``a`` in the warning.
+        name_b (str): Name of ``b`` in the warning.
+
+    Returns:
+        np.ndarray: Correlations, shape ``(n_a, n_b)``, each in [-1, 1].
+
+    Examples:
+        >>> a = np.array([[1.0], [2.0], [4.0]])
+        >>> correlate_columns(a, np.hstack([a, -a])).tolist()
+        [[1.0, -1.0]]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"both arrays must be 2-D with the same number of rows (objects), "
+            f"got {a.shape} and {b.shape}"
+        )
+    standardised_a = _standardise_columns(a, name_a)
+    standardised_b = _standardise_columns(b, name_b)
+    correlations = standardised_a.T @ standardised_b
+    return np.clip(correlations, -1.0, 1.0)
+
+
+def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
+    """Centre each column and scale it to unit norm; constant columns become 0."""
+    constant = np.ptp(x, axis=0) == 0
+    if constant.any():
+        columns = np.flatnonzero(constant)
+        warnings.warn(
+            f"{columns.size} dimension(s) of the {name} embedding have zero variance over "
+            f"these objects (columns {columns[:20].tolist()}); their correlations are set to 0",
+            UserWarning,
+            stacklevel=3,
+        )
+    centred = x - x.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
+    norms[constant] = 1.0
+    centred[:, constant] = 0.0
+    return centred / norms
+
+
+# -- matching -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Matching:
+    """Matched dimension pairs, sorted by decreasing correlation.
+
+    Attributes:
+        method (str): One of :data:`MATCHING_METHODS`.
+        human_dims (np.ndarray): Human dimension of each pair, shape ``(n_pairs,)``.
+        dnn_dims (np.ndarray): Matched DNN dimension, shape ``(n_pairs,)``.
+        correlations (np.ndarray): Pearson r of each pair, shape ``(n_pairs,)``.
+    """
+
+    method: str
+    human_dims: np.ndarray
+    dnn_dims: np.ndarray
+    correlations: np.ndarray
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return the pairs as a table with columns rank, method, human_dim, dnn_dim, r."""
+        return pd.DataFrame(
+            {
+                "rank": np.arange(1, self.correlations.size + 1),
+                "method": self.method,
+                "human_dim": self.human_dims,
+                "dnn_dim": self.dnn_dims,
+                "r": self.correlations,
+            }
+        )
+
+
+def match_dimensions(
+    human: np.ndarray,
+    dnn: np.ndarray,
+    method: str = "greedy",
+    *,
+    correlations: np.ndarray | None = None,
+) -> Matching:
+    """Match every human dimension to a DNN dimension.
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects in the same row
+            order, shape ``(n_objects, n_dnn)``.
+        method (str): ``"with_replacement"``, ``"greedy"`` or ``"optimal"``.
+        correlations (np.ndarray | None): Precomputed
+            ``correlate_columns(human, dnn)``, to share between methods.
+
+    Returns:
+        Matching: One pair per human dimension, sorted by decreasing correlation.
+
+    Raises:
+        ValueError: For an unknown method, or when a method without
+            replacement gets more human than DNN dimensions.
+
+    Examples:
+        >>> human = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+        >>> match_dimensions(human, human[:, ::-1], "greedy").dnn_dims.tolist()
+        [1, 0]
+    """
+    if method not in MATCHING_METHODS:
+        raise ValueError(f"unknown matching method {method!r}: use one of {', '.join(MATCHING_METHODS)}")
+    if correlations is None:
+        correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
+    n_human, n_dnn = correlations.shape
+    if method != "with_replacement" and n_human > n_dnn:
+        raise ValueError(
+            f"matching without replacement ({method!r}) needs at least as many DNN as human "
+            f"dimensions, got {n_human} human and {n_dnn} DNN dimensions; use "
+            "method='with_replacement', or swap the roles of the two embeddings"
+        )
+
+    if method == "with_replacement":
+        human_dims = np.arange(n_human)
+        dnn_dims = np.argmax(correlations, axis=1)
+    elif method == "greedy":
+        human_dims, dnn_dims = _greedy_pairs(correlations)
+    else:
+        human_dims, dnn_dims = linear_sum_assignment(correlations, maximize=True)
+
+    pair_correlations = correlations[human_dims, dnn_dims]
+    order = np.lexsort((human_dims, -pair_correlations))
+    return Matching(
+        method=method,
+        human_dims=np.asarray(human_dims)[order],
+        dnn_dims=np.asarray(dnn_dims)[order],
+        correlations=pair_correlations[order],
+    )
+
+
+def _greedy_pairs(correlations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Take the highest remaining correlation, remove its row and column, repeat."""
+    remaining = correlations.astype(np.float64, copy=True)
+    human_dims, dnn_dims = [], []
+    for _ in range(correlations.shape[0]):
+        row, column = np.unravel_index(np.argmax(remaining), remaining.shape)
+        human_dims.append(row)
+        dnn_dims.append(column)
+        remaining[row, :] = -np.inf
+        remaining[:, column] = -np.inf
+    return np.array(human_dims, dtype=np.int64), np.array(dnn_dims, dtype=np.int64)
+
+
+def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
+    """Run every matching method that applies (the ones without replacement need n_dnn >= n_human)."""
+    correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
+    methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
+    if len(methods) == 1:
+        logger.warning(
+            "%d human but only %d DNN dimensions: only matching with replacement is possible",
+            *correlations.shape,
+        )
+    return {
+        method: match_dimensions(human, dnn, method, correlations=correlations) for method in methods
+    }
+
+
+# -- cumulative RSA -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CumulativeRSA:
+    """RSA between the human similarity matrix and DNN subsets of growing size.
+
+    Attributes:
+        dnn_dims (np.ndarray): DNN dimensions in the order they were added.
+        r (np.ndarray): Correlation after adding each one, shape ``(n_steps,)``.
+        r_full (float): Correlation with the full DNN embedding.
+        share (float): The share of explained variance that defines ``n_dims_for_share``.
+        n_dims_for_share (int | None): The fewest dimensions ``k`` with
+            ``r_k^2 >= share * r_full^2`` (and ``r_k > 0``), or None if no prefix reaches it.
+    """
+
+    dnn_dims: np.ndarray
+    r: np.ndarray
+    r_full: float
+    share: float
+    n_dims_for_share: int | None
+
+    def to_frame(self) -> pd.DataFrame:
+        """Return one row per step: n_dims, added dnn_dim, r, r2, share of the full r²."""
+        r2 = self.r**2
+        return pd.DataFrame(
+            {
+                "n_dims": np.arange(1, self.r.size + 1),
+                "dnn_dim": self.dnn_dims,
+                "r": self.r,
+                "r2": r2,
+                "share_of_full_r2": r2 / self.r_full**2 if self.r_full != 0 else np.nan,
+            }
+        )
+
+
+def matched_order(matching: Matching, n_dnn: int, correlations: np.ndarray | None = None) -> np.ndarray:
+    """Order DNN dimensions for the cumulative RSA.
+
+    The matched DNN dimensions come first, in the order of their pairs'
+    correlations (a dimension matched twice with replacement appears once, at
+    its best pair). The unmatched DNN dimensions follow, by their highest
+    correlation with any human dimension when ``correlations`` is given,
+    else by index.
+    """
+    order: list[int] = []
+    for dim in matching.dnn_dims.tolist():
+        if dim not in order:
+            order.append(dim)
+    rest = [dim for dim in range(n_dnn) if dim not in order]
+    if correlations is not None and rest:
+        best = correlations.max(axis=0)
+        rest.sort(key=lambda dim: (-best[dim], dim))
+    return np.array(order + rest, dtype=np.int64)
+
+
+def dims_for_share(r: np.ndarray, r_full: float, share: float = 0.95) -> int | None:
+    """Return the fewest steps ``k`` (1-based) with ``r_k^2 >= share * r_full^2`` and ``r_k > 0``."""
+    reached = np.flatnonzero((np.asarray(r) ** 2 >= share * r_full**2) & (np.asarray(r) > 0))
+    return int(reached[0]) + 1 if reached.size else None
+
+
+def cumulative_rsa(
+    human_similarity: np.ndarray,
+    dnn_embedding: np.ndarray,
+    order: Sequence[int],
+    *,
+    share: float = 0.95,
+    similarity: Callable[[np.ndarray], np.ndarray] | None = None,
+    method: str = "pearson",
+) -> CumulativeRSA:
+    """Correlate the human similarity matrix with DNN subsets of growing size.
+
+    For ``k = 1 .. len(order)`` the DNN similarity matrix is rebuilt from
+    ``dnn_embedding[:, order[:k]]`` and correlated (upper triangle) with
+    ``human_similarity``.
+
+    Args:
+        human_similarity (np.ndarray): Shape ``(n_objects, n_objects)``.
+        dnn_embedding (np.ndarray): Shape ``(n_objects, n_dnn)``.
+        order (Sequence[int]): DNN dimensions in the order to add them
+            (see :func:`matched_order`).
+        share (float): Share of the full model's explained variance to report.
+        similarity (Callable | None): Builds a similarity matrix from an
+            embedding; defaults to :func:`dimalign.analysis.similarity.similarity_matrix`.
+        method (str): ``"pearson"`` or ``"spearman"``, passed to :func:`dimalign.analysis.rsa.rsa`.
+
+    Returns:
+        CumulativeRSA: The curve and the number of dimensions for ``share``.
+    """
+    from dimalign.analysis.rsa import rsa
+
+    if similarity is None:
+        from dimalign.analysis.similarity import similarity_matrix as similarity
+    order = np.asarray(order, dtype=np.int64)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
+
+    full = similarity(dnn_embedding)
+    r_full = float(rsa(human_similarity, full, method=method))
+    values = np.empty(order.size)
+    for step in range(order.size):
+        subset = similarity(dnn_embedding[:, order[: step + 1]])
+        values[step] = rsa(human_similarity, subset, method=method)
+        logger.debug("cumulative RSA: %d DNN dimensions -> r = %.4f", step + 1, values[step])
+    n_dims = dims_for_share(values, r_full, share)
+    logger.info(
+        "cumulative RSA: full r = %.3f; %s of %d DNN dimensions reach %.0f%% of the full r²",
+        r_full, n_dims, order.size, 100 * share,
+    )
+    return CumulativeRSA(dnn_dims=order, r=values, r_full=r_full, share=share, n_dims_for_share=n_dims)
+
+
+# -- objects that show agreement and disagreement ----------------------------
+
+
+def _descending_ranks(weights: np.ndarray) -> np.ndarray:
+    """Rank 1 = highest weight; ties (such as the many zeros of a sparse dimension) share the mean rank."""
+    return rankdata(-np.asarray(weights, dtype=np.float64), method="average")
+
+
+def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
+    """List the objects high on both dimensions of a pair, and high on one only.
+
+    With descending ranks ``r_h`` and ``r_d`` (1 = highest weight):
+
+    - ``"both"``: smallest ``max(r_h, r_d)``, so high in both;
+    - ``"human_only"``: smallest ``r_h - r_d``, high for humans, low for the DNN;
+    - ``"dnn_only"``: smallest ``r_d - r_h``.
+
+    Ties break by the other rank, then by object index.
+
+    Args:
+        human_weights (np.ndarray): Shape ``(n_objects,)``.
+        dnn_weights (np.ndarray): Shape ``(n_objects,)``.
+        k (int): Objects per list.
+
+    Returns:
+        dict[str, np.ndarray]: Object indices for ``"both"``, ``"human_only"``, ``"dnn_only"``.
+    """
+    human_rank = _descending_ranks(human_weights)
+    dnn_rank = _descending_ranks(dnn_weights)
+    if human_rank.shape != dnn_rank.shape:
+        raise ValueError(
+            f"both dimensions need one weight per object, got {human_rank.shape} and {dnn_rank.shape}"
+        )
+    if not 1 <= k <= human_rank.size:
+        raise ValueError(f"k={k} is invalid for {human_rank.size} objects: use 1..{human_rank.size}")
+    index = np.arange(human_rank.size)
+    both = np.lexsort((index, human_rank + dnn_rank, np.maximum(human_rank, dnn_rank)))
+    human_only = np.lexsort((index, human_rank, human_rank - dnn_rank))
+    dnn_only = np.lexsort((index, dnn_rank, dnn_rank - human_rank))
+    return {"both": both[:k], "human_only": human_only[:k], "dnn_only": dnn_only[:k]}
+
+
+def top_objects_table(
+    human: np.ndarray,
+    dnn: np.ndarray,
+    matching: Matching,
+    names: Sequence[str],
+    k: int = 10,
+) -> pd.DataFrame:
+    """Return the top-``k`` objects of every matched pair as a long table.
+
+    Columns: pair_rank, human_dim, dnn_dim, r, group (``both``, ``human_only``,
+    ``dnn_only``), position (1..k), object_index, object_id, human_weight,
+    dnn_weight.
+    """
+    if len(names) != human.shape[0]:
+        raise ValueError(f"{len(names)} object names for {human.shape[0]} objects")
+    rows = []
+    for rank, (human_dim, dnn_dim, r) in enumerate(
+        zip(matching.human_dims, matching.dnn_dims, matching.correlations), start=1
+    ):
+        lists = top_objects_for_pair(human[:, human_dim], dnn[:, dnn_dim], k)
+        for group, objects in lists.items():
+            for position, obj in enumerate(objects, start=1):
+                rows.append(
+                    {
+                        "pair_rank": rank,
+                        "human_dim": int(human_dim),
+                        "dnn_dim": int(dnn_dim),
+                        "r": float(r),
+                        "group": group,
+                        "position": position,
+                        "object_index": int(obj),
+                        "object_id": names[obj],
+                        "human_weight": float(human[obj, human_dim]),
+                        "dnn_weight": float(dnn[obj, dnn_dim]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+__all__ = [
+    "MATCHING_METHODS",
+    "CumulativeRSA",
+    "Matching",
+    "correlate_columns",
+    "cumulative_rsa",
+    "dims_for_share",
+    "match_all",
+    "match_dimensions",
+    "matched_order",
+    "top_objects_for_pair",
+    "top_objects_table",
+]

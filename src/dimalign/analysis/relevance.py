@@ -1,0 +1,391 @@
+"""Jackknife relevance: how much each dimension contributes to a triplet choice.
+
+For a triplet ``(i, j, k)`` whose last column ``k`` is the chosen odd one out,
+the embedding (posterior means, no sampling) predicts
+
+    p = exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk)),   s_ab = sum_m y_am y_bm.
+
+Removing dimension ``m`` subtracts its product from each dot product,
+``s_ab^(-m) = s_ab - y_am y_bm``, so all ``d`` removals of a triplet cost
+``O(d)`` once the per-dimension products are known. The relevance of ``m``
+is the drop ``p - p^(-m)``: positive when the dimension supports the choice.
+A dimension that is zero for all three objects has a drop of exactly 0, and
+removing the only dimension of a 1-d embedding gives ``p = 1/3`` exactly.
+
+:func:`compare_decisions` applies this to a human and a DNN embedding of the
+same objects. It finds the triplets where both models choose the same odd one
+out for different reasons, because their most relevant dimensions are not a
+matched pair. It also finds the triplets where the models disagree most.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from dimalign.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 65_536
+
+
+def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    weights = np.asarray(embedding, dtype=np.float64)
+    rows = np.asarray(triplets)
+    if weights.ndim != 2:
+        raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        raise ValueError(f"triplets must have shape (n, 3), got {rows.shape}")
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"triplets must hold integer object indices, got dtype {rows.dtype}")
+    if rows.size and (rows.min() < 0 or rows.max() >= weights.shape[0]):
+        bad = int(np.flatnonzero((rows < 0).any(axis=1) | (rows >= weights.shape[0]).any(axis=1))[0])
+        raise ValueError(
+            f"triplet row {bad} ({rows[bad].tolist()}) has an index outside 0..{weights.shape[0] - 1}: "
+            "are the triplets 0-based and for this embedding?"
+        )
+    return weights, rows.astype(np.int64, copy=False)
+
+
+def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-dimension products of the three pairs (ij, ik, jk), each ``(batch, d)``."""
+    first, second, third = weights[batch[:, 0]], weights[batch[:, 1]], weights[batch[:, 2]]
+    return first * second, first * third, second * third
+
+
+def option_probabilities(
+    embedding: np.ndarray,
+    triplets: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Probability that each object of a triplet is the odd one out.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (np.ndarray): Shape ``(n, 3)``.
+        batch_size (int): Triplets per batch.
+        device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns:
+        np.ndarray: Shape ``(n, 3)``; column ``c`` is the probability that
+        ``triplets[:, c]`` is the odd one out. Rows sum to 1.
+    """
+    weights_np, rows = _check_inputs(embedding, triplets)
+    torch_device = resolve_device(device)
+    weights = torch.as_tensor(weights_np, device=torch_device)
+    result = np.empty((rows.shape[0], 3))
+    for start in range(0, rows.shape[0], batch_size):
+        batch = torch.as_tensor(rows[start : start + batch_size], device=torch_device)
+        ij, ik, jk = (products.sum(dim=1) for products in _pair_products(weights, batch))
+        # Odd one out k <-> pair ij, j <-> ik, i <-> jk.
+        logits = torch.stack([jk, ik, ij], dim=1)
+        result[start : start + batch.shape[0]] = torch.softmax(logits, dim=1).cpu().numpy()
+    return result
+
+
+@dataclass
+class JackknifeResult:
+    """Relevance of every dimension for a set of triplet choices.
+
+    Attributes:
+        probabilities (np.ndarray): Probability of the chosen odd one out
+            (last column) from the full embedding, shape ``(n,)``.
+        most_relevant (np.ndarray): Dimension with the largest drop per
+            triplet, shape ``(n,)``.
+        max_drop (np.ndarray): That largest drop, shape ``(n,)``.
+        mean_drop (np.ndarray): Mean drop of each dimension over the
+            triplets, shape ``(n_dims,)``.
+        share_most_relevant (np.ndarray): Share of triplets where each
+            dimension is the most relevant, shape ``(n_dims,)``; sums to 1.
+        drops (np.ndarray | None): All drops ``p - p^(-m)``, shape
+            ``(n, n_dims)``, when requested with ``keep_drops=True``.
+    """
+
+    probabilities: np.ndarray
+    most_relevant: np.ndarray
+    max_drop: np.ndarray
+    mean_drop: np.ndarray
+    share_most_relevant: np.ndarray
+    drops: np.ndarray | None = None
+
+    def by_dimension(self) -> pd.DataFrame:
+        """Return the relevance table: dim, mean_drop, share_most_relevant (by decreasing mean drop)."""
+        table = pd.DataFrame(
+            {
+                "dim": np.arange(self.mean_drop.size),
+                "mean_drop": self.mean_drop,
+                "share_most_relevant": self.share_most_relevant,
+            }
+        )
+        return table.sort_values(["mean_drop", "dim"], ascending=[False, True], ignore_index=True)
+
+
+def jackknife_relevance(
+    embedding: np.ndarray,
+    triplets: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "cpu",
+    keep_drops: bool = False,
+) -> JackknifeResult:
+    """Compute the drop in the chosen odd one out's probability when each dimension is removed.
+
+    Args:
+        embedding (np.ndarray): Posterior means, shape ``(n_objects, n_dims)``.
+        triplets (np.ndarray): Shape ``(n, 3)``, 0-based, the chosen odd one out last.
+        batch_size (int): Triplets per batch; memory grows as ``batch_size * n_dims``.
+        device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        keep_drops (bool): Also return the full ``(n, n_dims)`` drop matrix.
+
+    Returns:
+        JackknifeResult: Per-triplet and per-dimension relevance.
+
+    Examples:
+        >>> embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> result = jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+        >>> result.most_relevant.tolist(), float(result.mean_drop[1])
+        ([0], 0.0)
+    """
+    weights_np, rows = _check_inputs(embedding, triplets)
+    if rows.shape[0] == 0:
+        raise ValueError("no triplets given: relevance of an empty set is undefined")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    torch_device = resolve_device(device)
+    weights = torch.as_tensor(weights_np, device=torch_device)
+    n_triplets, n_dims = rows.shape[0], weights_np.shape[1]
+
+    probabilities = np.empty(n_triplets)
+    most_relevant = np.empty(n_triplets, dtype=np.int64)
+    max_drop = np.empty(n_triplets)
+    drop_sum = torch.zeros(n_dims, dtype=torch.float64, device=torch_device)
+    drops = np.empty((n_triplets, n_dims)) if keep_drops else None
+    starts = range(0, n_triplets, batch_size)
+    for start in tqdm(starts, desc="jackknife", unit="batch", disable=None, leave=False):
+        batch = torch.as_tensor(rows[start : start + batch_size], device=torch_device)
+        stop = start + batch.shape[0]
+        ij, ik, jk = _pair_products(weights, batch)  # (b, d) each
+
+        # Full logits (b, 3) and the logits without each dimension (b, d, 3). One
+        # softmax over both keeps a removal that changes no logit at a drop of exactly 0.
+        full = torch.stack([ij.sum(dim=1), ik.sum(dim=1), jk.sum(dim=1)], dim=1)
+        removed = full[:, None, :] - torch.stack([ij, ik, jk], dim=2)
+        chosen = torch.softmax(torch.cat([full[:, None, :], removed], dim=1), dim=2)[:, :, 0]
+        full_probability = chosen[:, 0]
+        batch_drops = full_probability[:, None] - chosen[:, 1:]
+
+        best_drop, best_dim = batch_drops.max(dim=1)
+        probabilities[start:stop] = full_probability.cpu().numpy()
+        most_relevant[start:stop] = best_dim.cpu().numpy()
+        max_drop[start:stop] = best_drop.cpu().numpy()
+        drop_sum += batch_drops.sum(dim=0)
+        if drops is not None:
+            drops[start:stop] = batch_drops.cpu().numpy()
+
+    share = np.bincount(most_relevant, minlength=n_dims) / n_triplets
+    logger.info(
+        "jackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
+        n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
+    )
+    return JackknifeResult(
+        probabilities=probabilities,
+        most_relevant=most_relevant,
+        max_drop=max_drop,
+        mean_drop=(drop_sum / n_triplets).cpu().numpy(),
+        share_most_relevant=share,
+        drops=drops,
+    )
+
+
+# -- human versus DNN ---------------------------------------------------------
+
+
+@dataclass
+class DecisionComparison:
+    """Human and DNN decisions on the same triplets.
+
+    Attributes:
+        triplets (np.ndarray): The triplets, shape ``(n, 3)``.
+        human_choice (np.ndarray): Column (0, 1, 2) of the odd one out the
+            human embedding predicts (argmax of its three probabilities).
+        dnn_choice (np.ndarray): Likewise for the DNN embedding.
+        human_probabilities (np.ndarray): Shape ``(n, 3)``.
+        dnn_probabilities (np.ndarray): Shape ``(n, 3)``.
+        human (JackknifeResult): Relevance for the human model's own choices.
+        dnn (JackknifeResult): Relevance for the DNN model's own choices.
+    """
+
+    triplets: np.ndarray
+    human_choice: np.ndarray
+    dnn_choice: np.ndarray
+    human_probabilities: np.ndarray
+    dnn_probabilities: np.ndarray
+    human: JackknifeResult
+    dnn: JackknifeResult
+
+    @property
+    def agree(self) -> np.ndarray:
+        """Whether both models choose the same odd one out, shape ``(n,)``."""
+        return self.human_choice == self.dnn_choice
+
+
+def _with_choice_last(triplets: np.ndarray, choice: np.ndarray) -> np.ndarray:
+    """Reorder each triplet so that column ``choice`` comes last (the other two keep their order)."""
+    orders = np.array([[1, 2, 0], [0, 2, 1], [0, 1, 2]])[choice]
+    return np.take_along_axis(triplets, orders, axis=1)
+
+
+def compare_decisions(
+    human: np.ndarray,
+    dnn: np.ndarray,
+    triplets: np.ndarray,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str = "cpu",
+) -> DecisionComparison:
+    """Predict both models' choices on the same triplets and explain each with the jackknife.
+
+    Each model's choice is the argmax of its three odd-one-out probabilities
+    (ties go to the earliest column). The relevance of each model is computed
+    for its own choice.
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        triplets (np.ndarray): Shape ``(n, 3)``; the column order does not matter here.
+        batch_size (int): Triplets per batch.
+        device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    Returns:
+        DecisionComparison: Choices, probabilities and relevance of both models.
+    """
+    if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:
+        raise ValueError(
+            f"the human embedding has {np.asarray(human).shape[0]} objects and the DNN embedding "
+            f"{np.asarray(dnn).shape[0]}: align them by object first"
+        )
+    triplets = np.asarray(triplets, dtype=np.int64)
+    human_probabilities = option_probabilities(human, triplets, batch_size=batch_size, device=device)
+    dnn_probabilities = option_probabilities(dnn, triplets, batch_size=batch_size, device=device)
+    human_choice = np.argmax(human_probabilities, axis=1)
+    dnn_choice = np.argmax(dnn_probabilities, axis=1)
+    human_result = jackknife_relevance(
+        human, _with_choice_last(triplets, human_choice), batch_size=batch_size, device=device
+    )
+    dnn_result = jackknife_relevance(
+        dnn, _with_choice_last(triplets, dnn_choice), batch_size=batch_size, device=device
+    )
+    logger.info(
+        "human and DNN models choose the same odd one out in %.1f%% of %d triplets",
+        100 * float(np.mean(human_choice == dnn_choice)), triplets.shape[0],
+    )
+    return DecisionComparison(
+        triplets=triplets,
+        human_choice=human_choice,
+        dnn_choice=dnn_choice,
+        human_probabilities=human_probabilities,
+        dnn_probabilities=dnn_probabilities,
+        human=human_result,
+        dnn=dnn_result,
+    )
+
+
+def _decision_frame(comparison: DecisionComparison, rows: np.ndarray, names: Sequence[str] | None) -> pd.DataFrame:
+    triplets = comparison.triplets[rows]
+    index = np.arange(rows.size)
+    human_choice = comparison.human_choice[rows]
+    dnn_choice = comparison.dnn_choice[rows]
+    frame = pd.DataFrame(
+        {
+            "triplet": rows,
+            "object_1": triplets[:, 0],
+            "object_2": triplets[:, 1],
+            "object_3": triplets[:, 2],
+            "human_odd_one_out": triplets[index, human_choice],
+            "dnn_odd_one_out": triplets[index, dnn_choice],
+            "p_human": comparison.human_probabilities[rows, human_choice],
+            "p_dnn": comparison.dnn_probabilities[rows, dnn_choice],
+            "p_dnn_of_human_choice": comparison.dnn_probabilities[rows, human_choice],
+            "human_dim": comparison.human.most_relevant[rows],
+            "human_drop": comparison.human.max_drop[rows],
+            "dnn_dim": comparison.dnn.most_relevant[rows],
+            "dnn_drop": comparison.dnn.max_drop[rows],
+        }
+    )
+    if names is not None:
+        for column in ("object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out"):
+            frame.insert(frame.columns.get_loc(column) + 1, f"{column}_id", [names[obj] for obj in frame[column]])
+    return frame
+
+
+def agreement_on_different_dimensions(
+    comparison: DecisionComparison,
+    human_to_dnn: Sequence[int] | np.ndarray,
+    *,
+    names: Sequence[str] | None = None,
+    top: int = 100,
+) -> pd.DataFrame:
+    """List triplets where both models agree but their most relevant dimensions are not a matched pair.
+
+    Args:
+        comparison (DecisionComparison): From :func:`compare_decisions`.
+        human_to_dnn (Sequence[int]): Matched DNN dimension of each human
+            dimension (for example from matching with replacement).
+        names (Sequence[str] | None): Object names for extra columns.
+        top (int): Rows to return, by decreasing ``min(p_human, p_dnn)``
+            (the agreements both models are surest of).
+
+    Returns:
+        pd.DataFrame: One row per triplet (see :func:`_decision_frame` columns).
+    """
+    human_to_dnn = np.asarray(human_to_dnn, dtype=np.int64)
+    if human_to_dnn.size != comparison.human.mean_drop.size:
+        raise ValueError(
+            f"human_to_dnn has {human_to_dnn.size} entries for {comparison.human.mean_drop.size} human dimensions"
+        )
+    matched = human_to_dnn[comparison.human.most_relevant]
+    rows = np.flatnonzero(comparison.agree & (matched != comparison.dnn.most_relevant))
+    confidence = np.minimum(comparison.human.probabilities[rows], comparison.dnn.probabilities[rows])
+    rows = rows[np.lexsort((rows, -confidence))][:top]
+    frame = _decision_frame(comparison, rows, names)
+    frame.insert(frame.columns.get_loc("dnn_dim") + 1, "matched_dnn_dim", human_to_dnn[frame["human_dim"]])
+    return frame
+
+
+def largest_disagreements(
+    comparison: DecisionComparison, *, names: Sequence[str] | None = None, top: int = 100
+) -> pd.DataFrame:
+    """List triplets where the models choose differently, by decreasing probability difference.
+
+    The difference is ``p_human(c) - p_dnn(c)`` for the human model's choice
+    ``c``: how much surer the human model is of its choice than the DNN model.
+    """
+    rows = np.flatnonzero(~comparison.agree)
+    human_choice = comparison.human_choice[rows]
+    difference = (
+        comparison.human_probabilities[rows, human_choice] - comparison.dnn_probabilities[rows, human_choice]
+    )
+    order = np.lexsort((rows, -difference))
+    frame = _decision_frame(comparison, rows[order][:top], names)
+    frame.insert(frame.columns.get_loc("p_dnn_of_human_choice") + 1, "difference", difference[order][:top])
+    return frame
+
+
+__all__ = [
+    "DecisionComparison",
+    "JackknifeResult",
+    "agreement_on_different_dimensions",
+    "compare_decisions",
+    "jackknife_relevance",
+    "largest_disagreements",
+    "option_probabilities",
+]

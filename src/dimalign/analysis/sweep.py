@@ -1,0 +1,388 @@
+"""Fitting the same triplets with many seeds, and choosing the most reproducible run.
+
+:func:`sweep` fits one embedding per seed, each into its own run directory
+``runs/seed_<seed>``, in parallel processes on this machine or on Ray (see
+:mod:`dimalign.parallel`). Every worker uses one torch thread, so a seed gives
+the same embedding whether it runs alone, in a local pool or on Ray.
+
+:func:`select_run` scores every run of a sweep by the split-half
+reproducibility of its dimensions across the other runs
+(:mod:`dimalign.analysis.reproducibility`) and picks the run with the highest
+mean. It writes ``runs.csv``, ``dimensions.csv``, ``selected.txt`` and
+``manifest.json``.
+
+Layout of a sweep directory::
+
+    train.npy, val.npy   the triplets every seed is fitted to
+    objects.tsv          the object table (when known)
+    runs/seed_<seed>/    one run directory per seed (see dimalign.io.runs)
+    sweep.csv            seed, run_dir, n_dims, val_accuracy, n_epochs, converged
+    manifest.json
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dimalign.io.files import MANIFEST_NAME, atomic_path, now_iso, read_manifest, write_manifest, write_text_atomic
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
+from dimalign.io.runs import EMBEDDING_NAME, load_embedding
+from dimalign.parallel import limit_torch_threads, run_tasks
+
+logger = logging.getLogger(__name__)
+
+ESTIMATORS = ("vice", "spose")
+SWEEP_TABLE_NAME = "sweep.csv"
+RUNS_FOLDER = "runs"
+
+# Settings that the sweep decides per seed, so callers must not pass them.
+_PER_RUN_SETTINGS = ("random_state", "checkpoint_dir", "n_objects")
+
+
+def run_dir_name(seed: int) -> str:
+    """Return the folder name of a seed's run, ``seed_<seed>``."""
+    return f"seed_{seed}"
+
+
+def fit_seed(
+    *,
+    method: str,
+    settings: Mapping[str, Any],
+    seed: int,
+    train_path: str,
+    val_path: str | None,
+    out_dir: str,
+    n_objects: int,
+    objects_path: str | None = None,
+) -> dict[str, Any]:
+    """Fit one seed into its run directory (the task that :func:`sweep` runs in each worker).
+
+    The fit runs with one torch thread. A run directory that already has its
+    ``embedding.npz`` and ``manifest.json`` is left as it is and only read,
+    and one with a checkpoint but no result resumes from it.
+
+    Args:
+        method (str): ``"vice"`` or ``"spose"``.
+        settings (Mapping[str, Any]): Estimator settings except the seed.
+        seed (int): ``random_state`` of the estimator.
+        train_path (str): Training triplets (``.npy``).
+        val_path (str | None): Validation triplets (``.npy``) or None.
+        out_dir (str): The run directory.
+        n_objects (int): Number of objects.
+        objects_path (str | None): Object table to copy into the run directory.
+
+    Returns:
+        dict: seed, run_dir, n_dims, val_accuracy (NaN without validation
+        triplets), n_epochs and converged.
+    """
+    run_dir = Path(out_dir)
+    if (run_dir / EMBEDDING_NAME).is_file() and (run_dir / MANIFEST_NAME).is_file():
+        logger.info("seed %d: %s is complete, reusing it", seed, run_dir)
+        return _run_record(seed, run_dir)
+
+    from dimalign.embedding import SPoSE, VICE, fit_run
+
+    estimator_class = {"vice": VICE, "spose": SPoSE}[method]
+    resume = (run_dir / "checkpoint.pt").is_file()
+    estimator = estimator_class(**{**dict(settings), "resume": resume}, random_state=seed)
+    train = np.load(train_path, allow_pickle=False)
+    val = np.load(val_path, allow_pickle=False) if val_path else None
+    table = read_object_table(objects_path) if objects_path else None
+    inputs = {"train": train_path, **({"val": val_path} if val_path else {})}
+    with limit_torch_threads(1):
+        fit_run(estimator, train, val, run_dir, n_objects=n_objects, object_table=table, inputs=inputs)
+    return _run_record(seed, run_dir)
+
+
+def _run_record(seed: int, run_dir: Path) -> dict[str, Any]:
+    outputs = read_manifest(run_dir).get("outputs", {})
+    return {
+        "seed": int(seed),
+        "run_dir": str(run_dir),
+        "n_dims": int(outputs.get("n_dims", -1)),
+        "val_accuracy": float(outputs.get("val_accuracy", math.nan)),
+        "n_epochs": int(outputs.get("n_epochs", -1)),
+        "converged": bool(outputs.get("converged", False)),
+    }
+
+
+def sweep(
+    train: np.ndarray,
+    val: np.ndarray | None,
+    out_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int],
+    n_objects: int,
+    method: str = "vice",
+    settings: Mapping[str, Any] | None = None,
+    object_table: ObjectTable | None = None,
+    n_jobs: int = 1,
+    engine: str = "local",
+    address: str | None = None,
+    inputs: Mapping[str, str | os.PathLike] | None = None,
+) -> pd.DataFrame:
+    """Fit one embedding per seed, each in its own run directory.
+
+    Args:
+        train (np.ndarray): Training triplets, shape ``(n_train, 3)``.
+        val (np.ndarray | None): Validation triplets, shared by every seed.
+        out_dir (str | os.PathLike): The sweep directory.
+        seeds (Sequence[int]): One run per seed (Mahner et al. 2025 used 32).
+        n_objects (int): Number of objects.
+        method (str): ``"vice"`` or ``"spose"``.
+        settings (Mapping[str, Any] | None): Estimator settings except
+            ``random_state``, ``checkpoint_dir`` and ``n_objects``.
+        object_table (ObjectTable | None): Names of the objects.
+        n_jobs (int): Parallel workers (each with one torch thread).
+        engine (str): ``"local"`` or ``"ray"`` (see :func:`dimalign.parallel.run_tasks`).
+        address (str | None): Ray cluster address; None starts Ray locally.
+        inputs (Mapping[str, path] | None): Source files to record in the manifest.
+
+    Returns:
+        pd.DataFrame: One row per seed, as written to ``sweep.csv``.
+
+    Raises:
+        ValueError: For an unknown method, repeated seeds, or settings the
+            sweep sets itself.
+        RuntimeError: When a seed's fit fails (the message names the seed).
+    """
+    started = now_iso()
+    settings = dict(settings or {})
+    seeds = [int(seed) for seed in seeds]
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(ESTIMATORS)}")
+    if not seeds:
+        raise ValueError("no seeds given: pass at least one")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    reserved = sorted(set(settings) & set(_PER_RUN_SETTINGS))
+    if reserved:
+        raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
+    if object_table is not None and len(object_table) != n_objects:
+        raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+
+    # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_path = _save_array(out_dir / "train.npy", train)
+    val_path = _save_array(out_dir / "val.npy", val) if val is not None else None
+    objects_path = None
+    if object_table is not None:
+        objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+
+    tasks = [
+        {
+            "method": method,
+            "settings": settings,
+            "seed": seed,
+            "train_path": str(train_path),
+            "val_path": str(val_path) if val_path else None,
+            "out_dir": str(out_dir / RUNS_FOLDER / run_dir_name(seed)),
+            "n_objects": int(n_objects),
+            "objects_path": str(objects_path) if objects_path else None,
+        }
+        for seed in seeds
+    ]
+    records = run_tasks(
+        fit_seed, tasks, n_jobs=n_jobs, engine=engine, address=address,
+        names=[f"seed {seed}" for seed in seeds],
+    )
+
+    table = pd.DataFrame(records)
+    with atomic_path(out_dir / SWEEP_TABLE_NAME) as temporary:
+        table.to_csv(temporary, index=False)
+    write_manifest(
+        out_dir,
+        step="sweep",
+        inputs={**dict(inputs or {}), "train": train_path, **({"val": val_path} if val_path else {})},
+        settings={
+            "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
+            "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
+        },
+        started=started,
+        outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
+    )
+    logger.info(
+        "sweep of %d seeds done: %s to %s dimensions", len(records),
+        int(table["n_dims"].min()), int(table["n_dims"].max()),
+    )
+    return table
+
+
+def _save_array(path: Path, array: np.ndarray) -> Path:
+    with atomic_path(path) as temporary:
+        np.save(temporary, np.asarray(array, dtype=np.int64))
+    return path
+
+
+# -- selection ----------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    """The outcome of :func:`select_run`.
+
+    Attributes:
+        runs (pd.DataFrame): One row per run: seed, run_dir, n_dims,
+            val_accuracy, reproducibility, selected.
+        selected_run (Path): Directory of the chosen run.
+        selected_seed (int | None): Its seed (None when unknown).
+    """
+
+    runs: pd.DataFrame
+    selected_run: Path
+    selected_seed: int | None
+
+
+def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
+    """List the run directories of a sweep (``runs/seed_*`` with an ``embedding.npz``), by seed.
+
+    Raises:
+        FileNotFoundError: If the sweep has fewer than two finished runs.
+    """
+    runs_folder = Path(sweep_dir) / RUNS_FOLDER
+    runs = [path for path in runs_folder.glob("seed_*") if (path / EMBEDDING_NAME).is_file()]
+    runs.sort(key=lambda path: (_seed_of(path) is None, _seed_of(path) or 0, path.name))
+    if len(runs) < 2:
+        raise FileNotFoundError(
+            f"{runs_folder} has {len(runs)} finished runs (seed_*/embedding.npz): "
+            "selection needs at least two; run 'dimalign sweep' first"
+        )
+    return runs
+
+
+def _seed_of(run_dir: Path) -> int | None:
+    suffix = run_dir.name.removeprefix("seed_")
+    return int(suffix) if suffix.lstrip("-").isdigit() else None
+
+
+def select_run(
+    run_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "odd_even",
+    random_state: int = 0,
+    val: np.ndarray | None = None,
+    copy_selected: bool = False,
+) -> Selection:
+    """Choose the run whose dimensions the other runs reproduce best.
+
+    Args:
+        run_dirs (Sequence[path]): At least two run directories (or embedding
+            files) of the same objects.
+        out_dir (str | os.PathLike): Where ``runs.csv``, ``dimensions.csv``,
+            ``selected.txt`` and ``manifest.json`` go.
+        split (str): ``"odd_even"`` or ``"random"`` object halves.
+        random_state (int): Seed of a random split.
+        val (np.ndarray | None): Validation triplets to score runs whose
+            manifest has no held-out accuracy (argmax of the dot-product
+            similarity of the posterior means).
+        copy_selected (bool): Also copy the chosen run directory to
+            ``out_dir/selected_run`` (a real copy, no symbolic link).
+
+    Returns:
+        Selection: The runs table and the chosen run.
+    """
+    from dimalign.analysis.reproducibility import reproducibility
+
+    started = now_iso()
+    run_dirs = [Path(path) for path in run_dirs]
+    embeddings = [load_embedding(path).embedding for path in run_dirs]
+    result = reproducibility(embeddings, split=split, random_state=random_state)
+
+    rows = []
+    for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
+        rows.append(
+            {
+                "seed": _seed_of(path) if path.is_dir() else None,
+                "run_dir": str(path.resolve()),
+                "n_dims": int(embedding.shape[1]),
+                "val_accuracy": _held_out_accuracy(path, embedding, val),
+                "reproducibility": float(result.run_scores[index]),
+            }
+        )
+    runs = pd.DataFrame(rows)
+    best = result.best_run
+    runs["selected"] = np.arange(len(rows)) == best
+    dimensions = pd.DataFrame(
+        [
+            {"run_dir": rows[run]["run_dir"], "seed": rows[run]["seed"], "dim": dim, "reproducibility": float(score)}
+            for run, scores in enumerate(result.dim_scores)
+            for dim, score in enumerate(scores)
+        ]
+    )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    selected_run = run_dirs[best].resolve()
+    for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
+        with atomic_path(out_dir / name) as temporary:
+            frame.to_csv(temporary, index=False)
+    write_text_atomic(out_dir / "selected.txt", f"{selected_run}\n")
+    copy_path = _copy_run(selected_run, out_dir / "selected_run") if copy_selected else None
+    write_manifest(
+        out_dir,
+        step="select",
+        inputs={f"run_{index}": path / EMBEDDING_NAME if path.is_dir() else path for index, path in enumerate(run_dirs)},
+        settings={"split": result.split, "criterion": "highest mean split-half reproducibility"},
+        started=started,
+        outputs={
+            "selected_run": selected_run,
+            "selected_seed": rows[best]["seed"],
+            "selected_reproducibility": rows[best]["reproducibility"],
+            "selected_n_dims": rows[best]["n_dims"],
+            "selected_copy": copy_path,
+            "n_runs": len(rows),
+        },
+    )
+    logger.info(
+        "selected %s: reproducibility %.3f, %d dimensions, held-out accuracy %.4f",
+        selected_run, rows[best]["reproducibility"], rows[best]["n_dims"], rows[best]["val_accuracy"],
+    )
+    return Selection(runs=runs, selected_run=selected_run, selected_seed=rows[best]["seed"])
+
+
+def _held_out_accuracy(path: Path, embedding: np.ndarray, val: np.ndarray | None) -> float:
+    """Held-out accuracy from the run's manifest, else computed on ``val``, else NaN."""
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        recorded = read_manifest(path).get("outputs", {}).get("val_accuracy")
+        if recorded is not None:
+            return float(recorded)
+    if val is None:
+        return math.nan
+    from dimalign.analysis.similarity import odd_one_out_accuracy
+
+    return float(odd_one_out_accuracy(embedding, val))
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    """Copy a run directory through a temporary name, replacing an older copy."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    shutil.copytree(source, temporary, symlinks=False)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(temporary, target)
+    return target
+
+
+__all__ = [
+    "ESTIMATORS",
+    "Selection",
+    "find_runs",
+    "fit_seed",
+    "run_dir_name",
+    "select_run",
+    "sweep",
+]

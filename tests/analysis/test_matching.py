@@ -1,0 +1,158 @@
+"""Tests of dimension matching, cumulative RSA and top-object lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dimalign.analysis.matching import (
+    correlate_columns,
+    cumulative_rsa,
+    dims_for_share,
+    match_all,
+    match_dimensions,
+    matched_order,
+    top_objects_for_pair,
+    top_objects_table,
+)
+
+# Greedy takes 0.9 first and is left with 0.1; the optimal assignment takes 0.8 + 0.85.
+CORRELATIONS = np.array([[0.9, 0.8, 0.0], [0.85, 0.1, 0.0]])
+
+
+def test_correlate_columns_matches_corrcoef():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((30, 3)), rng.random((30, 4))
+    expected = np.corrcoef(a.T, b.T)[:3, 3:]
+    np.testing.assert_allclose(correlate_columns(a, b), expected, atol=1e-12)
+
+
+def test_correlate_columns_constant_is_zero():
+    a = np.column_stack([np.arange(5.0), np.full(5, 2.0)])
+    with pytest.warns(UserWarning, match="zero variance"):
+        correlations = correlate_columns(a, a)
+    assert correlations[1, 1] == 0.0
+    assert correlations[0, 1] == 0.0
+    assert correlations[0, 0] == 1.0
+
+
+def test_match_with_replacement_takes_row_maximum():
+    matching = match_dimensions(None, None, "with_replacement", correlations=CORRELATIONS)
+    assert matching.human_dims.tolist() == [0, 1]
+    assert matching.dnn_dims.tolist() == [0, 0]
+    assert matching.correlations.tolist() == [0.9, 0.85]
+
+
+def test_match_greedy_takes_highest_first():
+    matching = match_dimensions(None, None, "greedy", correlations=CORRELATIONS)
+    assert matching.human_dims.tolist() == [0, 1]
+    assert matching.dnn_dims.tolist() == [0, 1]
+    assert matching.correlations.tolist() == [0.9, 0.1]
+
+
+def test_match_optimal_maximises_total():
+    matching = match_dimensions(None, None, "optimal", correlations=CORRELATIONS)
+    assert matching.human_dims.tolist() == [1, 0]
+    assert matching.dnn_dims.tolist() == [0, 1]
+    assert matching.correlations.sum() == pytest.approx(1.65)
+
+
+def test_match_without_replacement_needs_enough_dnn_dims():
+    with pytest.raises(ValueError, match="3 human and 2 DNN dimensions.*with_replacement.*swap"):
+        match_dimensions(None, None, "greedy", correlations=np.zeros((3, 2)))
+
+
+def test_match_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown matching method"):
+        match_dimensions(None, None, "hungarian", correlations=CORRELATIONS)
+
+
+def test_match_all_recovers_permutation():
+    rng = np.random.default_rng(1)
+    human = rng.gamma(1.0, size=(50, 4))
+    dnn = human[:, [2, 3, 0, 1]] + 0.01 * rng.random((50, 4))
+    results = match_all(human, dnn)
+    assert sorted(results) == ["greedy", "optimal", "with_replacement"]
+    for matching in results.values():
+        pairs = dict(zip(matching.human_dims.tolist(), matching.dnn_dims.tolist()))
+        assert pairs == {0: 2, 1: 3, 2: 0, 3: 1}
+        assert np.all(np.diff(matching.correlations) <= 0)
+    frame = results["greedy"].to_frame()
+    assert frame.columns.tolist() == ["rank", "method", "human_dim", "dnn_dim", "r"]
+
+
+def test_match_all_with_fewer_dnn_dims():
+    rng = np.random.default_rng(2)
+    results = match_all(rng.random((20, 3)), rng.random((20, 2)))
+    assert list(results) == ["with_replacement"]
+
+
+def test_matched_order_deduplicates_and_appends():
+    matching = match_dimensions(None, None, "with_replacement", correlations=CORRELATIONS)
+    assert matched_order(matching, 3, CORRELATIONS).tolist() == [0, 1, 2]
+    correlations = np.array([[0.1, 0.2, 0.9, 0.3]])
+    matching = match_dimensions(None, None, "greedy", correlations=correlations)
+    assert matched_order(matching, 4, correlations).tolist() == [2, 3, 1, 0]
+
+
+def test_dims_for_share_threshold():
+    r = np.array([0.5, 0.7, 0.78, 0.8])
+    # 0.95 * 0.8^2 = 0.608; 0.78^2 = 0.6084 is the first to reach it.
+    assert dims_for_share(r, 0.8, 0.95) == 3
+    assert dims_for_share(r, 0.8, 1.0) == 4
+    assert dims_for_share(np.array([0.1]), 0.8) is None
+
+
+def dot_similarity(embedding):
+    return embedding @ embedding.T
+
+
+def test_cumulative_rsa_steps():
+    rng = np.random.default_rng(3)
+    human = rng.gamma(1.0, size=(25, 3))
+    dnn = np.column_stack([human[:, 1], rng.random(25), human[:, 0], human[:, 2]])
+    curve = cumulative_rsa(dot_similarity(human), dnn, [2, 0, 3, 1], similarity=dot_similarity)
+    from dimalign.analysis.rsa import rsa
+
+    assert curve.r[2] == pytest.approx(1.0)
+    assert curve.r[0] == pytest.approx(rsa(dot_similarity(human), dot_similarity(dnn[:, [2]])))
+    assert curve.r_full == pytest.approx(rsa(dot_similarity(human), dot_similarity(dnn)))
+    assert curve.n_dims_for_share == dims_for_share(curve.r, curve.r_full)
+    frame = curve.to_frame()
+    assert frame["n_dims"].tolist() == [1, 2, 3, 4]
+    assert frame["dnn_dim"].tolist() == [2, 0, 3, 1]
+
+
+def test_cumulative_rsa_with_model_similarity():
+    rng = np.random.default_rng(4)
+    human = rng.gamma(1.0, size=(12, 2))
+    dnn = human[:, ::-1].copy()
+    from dimalign.analysis.similarity import similarity_matrix
+
+    curve = cumulative_rsa(similarity_matrix(human), dnn, [1, 0])
+    assert curve.r_full == pytest.approx(1.0)
+    assert curve.r[1] == pytest.approx(1.0)
+    assert curve.n_dims_for_share in (1, 2)
+
+
+def test_top_objects_for_pair_groups():
+    human = np.array([9.0, 8.0, 0.0, 1.0, 7.0])
+    dnn = np.array([9.0, 0.0, 8.0, 1.0, 7.0])
+    lists = top_objects_for_pair(human, dnn, k=2)
+    assert lists["both"].tolist() == [0, 4]
+    assert lists["human_only"].tolist()[0] == 1
+    assert lists["dnn_only"].tolist()[0] == 2
+
+
+def test_top_objects_table_names():
+    human = np.array([[9.0], [8.0], [0.0], [1.0]])
+    dnn = np.array([[9.0], [0.0], [8.0], [1.0]])
+    matching = match_dimensions(human, dnn, "greedy")
+    table = top_objects_table(human, dnn, matching, ["ant", "bee", "cow", "dog"], k=1)
+    assert table["group"].tolist() == ["both", "human_only", "dnn_only"]
+    assert table["object_id"].tolist() == ["ant", "bee", "cow"]
+
+
+def test_top_objects_rejects_large_k():
+    with pytest.raises(ValueError, match="k=5"):
+        top_objects_for_pair(np.ones(3), np.ones(3), k=5)

@@ -1,0 +1,136 @@
+"""Tests of the jackknife relevance of dimensions for triplet choices."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from dimalign.analysis.relevance import (
+    agreement_on_different_dimensions,
+    compare_decisions,
+    jackknife_relevance,
+    largest_disagreements,
+    option_probabilities,
+)
+
+
+def all_triplets(n_objects):
+    return np.array(list(itertools.permutations(range(n_objects), 3)), dtype=np.int64)
+
+
+def softmax_choice(embedding, triplet):
+    """Probability that the last object is the odd one out, written out by hand."""
+    i, j, k = triplet
+    s_ij = embedding[i] @ embedding[j]
+    s_ik = embedding[i] @ embedding[k]
+    s_jk = embedding[j] @ embedding[k]
+    return np.exp(s_ij) / (np.exp(s_ij) + np.exp(s_ik) + np.exp(s_jk))
+
+
+def test_zero_dimension_has_zero_relevance():
+    embedding = np.array(
+        [[1.0, 0.5, 0.0], [0.2, 1.5, 0.0], [0.7, 0.1, 0.0], [0.0, 0.9, 0.0]]
+    )
+    result = jackknife_relevance(embedding, all_triplets(4), keep_drops=True)
+    # Removing dimension 2 subtracts 0.0 from every dot product: identical logits.
+    assert np.all(result.drops[:, 2] == 0.0)
+    assert result.mean_drop[2] == 0.0
+
+
+def test_single_dimension_removed_gives_one_third():
+    embedding = np.array([[0.3], [1.2], [2.0], [0.8]])
+    result = jackknife_relevance(embedding, all_triplets(4), keep_drops=True)
+    # Without its only dimension every dot product is exactly 0, so p = 1/3.
+    removed_probability = result.probabilities - result.drops[:, 0]
+    assert np.all(removed_probability == 1.0 / 3.0)
+
+
+def test_drops_match_manual_removal():
+    rng = np.random.default_rng(0)
+    embedding = rng.gamma(1.0, 1.0, size=(6, 4))
+    triplets = all_triplets(6)[::7]
+    result = jackknife_relevance(embedding, triplets, keep_drops=True, batch_size=5)
+
+    for row, triplet in enumerate(triplets):
+        full = softmax_choice(embedding, triplet)
+        assert result.probabilities[row] == pytest.approx(full, abs=1e-12)
+        for dim in range(4):
+            reduced = np.delete(embedding, dim, axis=1)
+            expected = full - softmax_choice(reduced, triplet)
+            assert result.drops[row, dim] == pytest.approx(expected, abs=1e-12)
+    assert result.most_relevant.tolist() == np.argmax(result.drops, axis=1).tolist()
+    np.testing.assert_allclose(result.mean_drop, result.drops.mean(axis=0), atol=1e-14)
+
+
+def test_probabilities_match_similarity_module():
+    similarity = pytest.importorskip("dimalign.analysis.similarity")
+    rng = np.random.default_rng(1)
+    embedding = rng.gamma(1.0, 2.0, size=(10, 5))
+    triplets = all_triplets(10)[::11]
+    result = jackknife_relevance(embedding, triplets)
+    expected = similarity.choice_probabilities(embedding, triplets)
+    np.testing.assert_allclose(result.probabilities, expected, atol=1e-12, rtol=0)
+
+
+def test_relevance_table_shares_sum_to_one():
+    rng = np.random.default_rng(2)
+    embedding = rng.gamma(1.0, 1.0, size=(8, 3))
+    table = jackknife_relevance(embedding, all_triplets(8)).by_dimension()
+    assert table["share_most_relevant"].sum() == pytest.approx(1.0)
+    assert table["mean_drop"].is_monotonic_decreasing
+    assert sorted(table["dim"].tolist()) == [0, 1, 2]
+
+
+def test_option_probabilities_rows():
+    rng = np.random.default_rng(3)
+    embedding = rng.gamma(1.0, 1.0, size=(5, 2))
+    triplets = all_triplets(5)[:6]
+    probabilities = option_probabilities(embedding, triplets)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-15)
+    for row, triplet in enumerate(triplets):
+        assert probabilities[row, 2] == pytest.approx(softmax_choice(embedding, triplet), abs=1e-12)
+
+
+def test_compare_decisions_agreement_tables():
+    # Humans group objects 0, 1, 3 on dimension 0; the DNN groups 0, 1 on its
+    # dimension 1 and 2, 3 on its dimension 0.
+    human = np.array([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
+    dnn = np.array([[0.0, 3.0], [0.0, 3.0], [3.0, 0.0], [3.0, 0.0]])
+    triplets = np.array([[0, 1, 2], [0, 2, 3]])
+    comparison = compare_decisions(human, dnn, triplets)
+
+    # Triplet 0: both drop object 2. Triplet 1: humans drop 2, the DNN drops 0.
+    assert comparison.human_choice.tolist() == [2, 1]
+    assert comparison.dnn_choice.tolist() == [2, 0]
+    assert comparison.agree.tolist() == [True, False]
+    assert comparison.human.most_relevant[0] == 0
+    assert comparison.dnn.most_relevant[0] == 1
+
+    # With human dim 0 matched to DNN dim 0, triplet 0 rests on unmatched dimensions.
+    agreements = agreement_on_different_dimensions(comparison, [0, 1])
+    assert agreements["triplet"].tolist() == [0]
+    assert agreements["human_dim"].tolist() == [0]
+    assert agreements["dnn_dim"].tolist() == [1]
+    assert agreements["matched_dnn_dim"].tolist() == [0]
+    # With human dim 0 matched to DNN dim 1, the same agreement rests on a matched pair.
+    assert agreement_on_different_dimensions(comparison, [1, 0]).empty
+
+    disagreements = largest_disagreements(comparison, names=["a", "b", "c", "d"])
+    assert disagreements["triplet"].tolist() == [1]
+    assert disagreements["human_odd_one_out_id"].tolist() == ["c"]
+    assert disagreements["dnn_odd_one_out_id"].tolist() == ["a"]
+    expected = comparison.human_probabilities[1, 1] - comparison.dnn_probabilities[1, 1]
+    assert disagreements["difference"].item() == pytest.approx(expected)
+    assert disagreements["difference"].item() > 0.9
+
+
+def test_jackknife_rejects_out_of_range_index():
+    with pytest.raises(ValueError, match="outside 0..2"):
+        jackknife_relevance(np.ones((3, 2)), np.array([[0, 1, 3]]))
+
+
+def test_jackknife_rejects_empty_triplets():
+    with pytest.raises(ValueError, match="no triplets"):
+        jackknife_relevance(np.ones((3, 2)), np.zeros((0, 3), dtype=np.int64))

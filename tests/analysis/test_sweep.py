@@ -1,0 +1,168 @@
+"""Tests of seed sweeps (local processes and Ray) and run selection."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dimalign.analysis.reproducibility import R_CLIP
+from dimalign.analysis.sweep import find_runs, fit_seed, select_run, sweep
+from dimalign.io.objects import ObjectTable
+from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
+from dimalign.parallel import run_tasks
+
+N_OBJECTS = 20
+SETTINGS = {"n_dims": 8, "max_epochs": 3, "stability_epochs": 50, "mc_samples": 2}
+
+
+@pytest.fixture(scope="module")
+def tiny_triplets():
+    rng = np.random.default_rng(0)
+    triplets = np.array([rng.choice(N_OBJECTS, 3, replace=False) for _ in range(400)])
+    return triplets[:360], triplets[360:]
+
+
+def fit_alone(tmp_path, name, seed, train, val):
+    """Fit one seed in this process, as a sweep worker would."""
+    train_path = tmp_path / f"{name}_train.npy"
+    np.save(train_path, train)
+    val_path = None
+    if val is not None:
+        val_path = tmp_path / f"{name}_val.npy"
+        np.save(val_path, val)
+    fit_seed(
+        method="vice", settings=SETTINGS, seed=seed, train_path=str(train_path),
+        val_path=str(val_path) if val_path else None, out_dir=str(tmp_path / name), n_objects=N_OBJECTS,
+    )
+    return load_embedding(tmp_path / name)
+
+
+def add_one(value):
+    return value + 1
+
+
+@pytest.mark.slow
+def test_seed_identical_alone_and_in_pool(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    alone = fit_alone(tmp_path, "alone", 1, train, val)
+    alone_without_val = fit_alone(tmp_path, "alone_no_val", 1, train, None)
+    table = sweep(
+        train, val, tmp_path / "sweep", seeds=[0, 1], n_objects=N_OBJECTS, settings=SETTINGS,
+        n_jobs=2, object_table=ObjectTable.from_ids([f"object{i}" for i in range(N_OBJECTS)]),
+    )
+    pooled = load_embedding(tmp_path / "sweep" / "runs" / "seed_1")
+    other_seed = load_embedding(tmp_path / "sweep" / "runs" / "seed_0")
+
+    np.testing.assert_array_equal(pooled.loc, alone.loc)
+    np.testing.assert_array_equal(pooled.embedding, alone.embedding)
+    # Scoring the validation triplets during training must not move the fit.
+    np.testing.assert_array_equal(alone_without_val.loc, alone.loc)
+    assert not np.array_equal(other_seed.loc, alone.loc)
+
+    assert table["seed"].tolist() == [0, 1]
+    assert table["val_accuracy"].between(0, 1).all()
+    written = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert written["seed"].tolist() == [0, 1]
+    manifest = json.loads((tmp_path / "sweep" / "manifest.json").read_text())
+    assert manifest["settings"]["torch_threads_per_worker"] == 1
+    assert (tmp_path / "sweep" / "runs" / "seed_1" / "objects.tsv").is_file()
+
+    # Selection on the real sweep output.
+    selection = select_run(find_runs(tmp_path / "sweep"), tmp_path / "select")
+    runs = pd.read_csv(tmp_path / "select" / "runs.csv")
+    assert runs.columns.tolist() == ["seed", "run_dir", "n_dims", "val_accuracy", "reproducibility", "selected"]
+    assert runs["selected"].sum() == 1
+    assert (tmp_path / "select" / "selected.txt").read_text().strip() == str(selection.selected_run)
+
+
+@pytest.mark.slow
+def test_seed_identical_on_local_ray(tmp_path, tiny_triplets):
+    ray = pytest.importorskip("ray")
+    train, val = tiny_triplets
+    alone = fit_alone(tmp_path, "alone", 2, train, val)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        sweep(
+            train, val, tmp_path / "sweep", seeds=[2], n_objects=N_OBJECTS, settings=SETTINGS,
+            engine="ray",
+        )
+    finally:
+        ray.shutdown()
+    on_ray = load_embedding(tmp_path / "sweep" / "runs" / "seed_2")
+    np.testing.assert_array_equal(on_ray.loc, alone.loc)
+    np.testing.assert_array_equal(on_ray.embedding, alone.embedding)
+
+
+def test_sweep_reuses_finished_runs(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    first = sweep(train, val, tmp_path, seeds=[5], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns
+    second = sweep(train, val, tmp_path, seeds=[5], n_objects=N_OBJECTS, settings=SETTINGS)
+    after = (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns
+    assert before == after
+    assert first["val_accuracy"].tolist() == second["val_accuracy"].tolist()
+
+
+def test_sweep_rejects_reserved_setting(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    with pytest.raises(ValueError, match="random_state"):
+        sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings={"random_state": 3})
+
+
+def test_sweep_rejects_repeated_seeds(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    with pytest.raises(ValueError, match="distinct"):
+        sweep(train, val, tmp_path, seeds=[0, 0], n_objects=N_OBJECTS)
+
+
+def write_run(path, embedding, val_accuracy):
+    save_embedding(EmbeddingResult(embedding=embedding), path)
+    (path / "manifest.json").write_text(json.dumps({"outputs": {"val_accuracy": val_accuracy}}))
+
+
+def test_select_picks_reproduced_run(tmp_path):
+    rng = np.random.default_rng(0)
+    base = np.maximum(rng.normal(size=(40, 4)), 0.0)
+    write_run(tmp_path / "runs" / "seed_0", base, 0.6)
+    write_run(tmp_path / "runs" / "seed_1", base[:, [2, 0, 3, 1]], 0.5)
+    write_run(tmp_path / "runs" / "seed_2", np.column_stack([base[:, :3], rng.random(40)]), 0.7)
+
+    selection = select_run(find_runs(tmp_path), tmp_path / "out", copy_selected=True)
+    runs = selection.runs
+    # Runs 0 and 1 reproduce each other exactly (score R_CLIP from run 1), run 2 has a random dimension.
+    assert runs["seed"].tolist() == [0, 1, 2]
+    assert runs["reproducibility"][2] < runs["reproducibility"][0]
+    assert selection.selected_seed in (0, 1)
+    assert runs["val_accuracy"].tolist() == [0.6, 0.5, 0.7]
+    assert runs["reproducibility"].max() < R_CLIP
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["outputs"]["selected_run"] == str(selection.selected_run)
+    assert manifest["settings"]["split"]["method"] == "odd_even"
+    copy = tmp_path / "out" / "selected_run"
+    assert copy.is_dir()
+    assert not copy.is_symlink()
+    np.testing.assert_array_equal(load_embedding(copy).embedding, load_embedding(selection.selected_run).embedding)
+
+
+def test_find_runs_needs_two(tmp_path):
+    write_run(tmp_path / "runs" / "seed_0", np.ones((10, 2)), 0.5)
+    with pytest.raises(FileNotFoundError, match="at least two"):
+        find_runs(tmp_path)
+
+
+def test_run_tasks_keeps_order():
+    assert run_tasks(add_one, [{"value": 1}, {"value": 2}]) == [2, 3]
+
+
+def test_run_tasks_names_failed_task():
+    with pytest.raises(RuntimeError, match="seed 7 failed"):
+        run_tasks(add_one, [{"value": "x"}], names=["seed 7"])
+
+
+def test_run_tasks_rejects_unknown_engine():
+    with pytest.raises(ValueError, match="unknown engine"):
+        run_tasks(add_one, [{"value": 1}], engine="dask")
