@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import make_conv_model
 from torch import nn
 
-from dimalign.interpret.gradcam import colorize, dimension_gradcam, overlay
+from dimalign.interpret.gradcam import colorize, default_gradcam_layer, dimension_gradcam, overlay
 from dimalign.interpret.predictor import DimensionPredictor
 
 
@@ -172,3 +172,26 @@ def test_overlay_blends_heatmap():
 
     np.testing.assert_array_equal(blended, colorize(cam))
     assert blended.dtype == np.uint8
+
+
+def test_default_layer_is_last_spatial_map(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    predictor = DimensionPredictor(model, "2", coef, intercept, pooling="raw")
+
+    assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "0"
+
+
+def test_gradcam_layer_before_inplace_relu(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 6, 3, padding=1))
+    predictor = DimensionPredictor(model, "2", coef, intercept, pooling="gap")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+
+    maps = dimension_gradcam(predictor, images, 1, "0")
+
+    assert maps.shape == (2, 8, 8)
+    assert np.isfinite(maps).all()
+    assert float(maps.max()) <= 1.0

@@ -99,15 +99,31 @@ def dimension_gradcam(
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (batch, 3, H, W), got {tuple(images.shape)}")
     target_layer = find_layer(predictor.model, layer)
-    _check_spatial_output(predictor, target_layer, layer, images, reshape_transform)
+    reached: list[bool] = []
 
-    # The predictor's parameters are frozen, so only an input that requires
-    # grad makes the output differentiable.
-    inputs = images.detach().to(predictor.device).clone().requires_grad_(True)
+    def start_graph_at_layer(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+        _check_spatial_output(output, layer, reshape_transform)
+        reached.append(True)
+        # The predictor's parameters are frozen, so the graph starts here: the
+        # backward pass skips every layer before this one, and dy/dA is the
+        # same as with a graph from the input. The clone is not a leaf, so an
+        # in-place operation after the layer (ReLU(inplace=True)) still works.
+        return output.detach().requires_grad_(True).clone()
+
+    # Registered before GradCAM's hooks, which therefore see the returned tensor.
+    handle = target_layer.register_forward_hook(start_graph_at_layer)
     cam = GradCAM(model=predictor, target_layers=[target_layer], reshape_transform=reshape_transform)
     try:
-        maps = cam(input_tensor=inputs, targets=[DimensionTarget(dim)] * len(inputs))
+        maps = cam(input_tensor=images.detach().to(predictor.device), targets=[DimensionTarget(dim)] * len(images))
+    except RuntimeError as error:
+        if reached:
+            raise
+        raise ValueError(
+            f"layer {layer!r} did not run before the feature layer {predictor.layer!r}; "
+            "Grad-CAM needs a convolutional layer at or before the feature layer"
+        ) from error
     finally:
+        handle.remove()
         # Not a `with` block: GradCAM.__exit__ swallows IndexError.
         cam.activations_and_grads.release()
 
@@ -131,40 +147,57 @@ def dimension_gradcam(
     return maps[0] if single else maps
 
 
-def _check_spatial_output(
-    predictor: DimensionPredictor,
-    target_layer: nn.Module,
-    layer: str,
-    images: torch.Tensor,
-    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> None:
-    """Run one forward pass and reject a layer without a usable spatial map."""
-    shapes: list[Any] = []
+def default_gradcam_layer(predictor: DimensionPredictor, image: torch.Tensor) -> str:
+    """Return the last module with a spatial output ``(B, C, h, w)``, ``h * w > 1``, before the features.
 
-    def record(module: nn.Module, args: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and reshape_transform is not None:
-            output = reshape_transform(output)
-        shapes.append(tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__)
+    This is the usual Grad-CAM choice: the deepest convolutional map, where
+    the features are most abstract and still have a location.
 
-    handle = target_layer.register_forward_hook(record)
+    Args:
+        predictor (DimensionPredictor): Image -> embedding chain.
+        image (torch.Tensor): One RGB image ``(3, H, W)`` in ``[0, 1]`` to trace.
+
+    Raises:
+        ValueError: If no module before the feature layer has a spatial output.
+    """
+    finished: list[tuple[str, Any]] = []
+    handles = []
+    for name, module in predictor.model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(
+                lambda module, args, output, name=name: finished.append((name, output))
+            ))
     try:
         with torch.no_grad():
-            predictor(images[:1])
+            predictor(image.unsqueeze(0) if image.ndim == 3 else image[:1])
     finally:
-        handle.remove()
-
-    if not shapes:
+        for handle in handles:
+            handle.remove()
+    spatial = [
+        name for name, output in finished
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[2] * output.shape[3] > 1
+    ]
+    if not spatial:
         raise ValueError(
-            f"layer {layer!r} did not run before the feature layer {predictor.layer!r}; "
-            "Grad-CAM needs a convolutional layer at or before the feature layer"
+            f"no layer before the feature layer {predictor.layer!r} has a spatial output "
+            "(batch, channels, height, width); name one with --layer"
         )
-    shape = shapes[0]
+    return spatial[-1]
+
+
+def _check_spatial_output(
+    output: Any,
+    layer: str,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> None:
+    """Reject a layer output without a usable spatial map."""
     needed = (
         "Grad-CAM needs a convolutional layer with (batch, channels, height, width) output, "
         "or a reshape_transform that turns the layer output into that shape"
     )
-    if not isinstance(shape, tuple):
-        raise ValueError(f"layer {layer!r} returns {shape}, not a tensor; {needed}")
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(f"layer {layer!r} returns {type(output).__name__}, not a tensor; {needed}")
+    shape = tuple((reshape_transform(output) if reshape_transform is not None else output).shape)
     if len(shape) != 4:
         raise ValueError(f"layer {layer!r} gives output of shape {shape} without a spatial map; {needed}")
     if shape[2] * shape[3] <= 1:

@@ -91,22 +91,24 @@ class ImagePreprocessing:
         return TF.to_tensor(image)
 
     def load(self, path: str | os.PathLike) -> torch.Tensor:
-        """Read an image file and return :meth:`to_tensor` of it.
+        """Read an image file as feature extraction does, and return :meth:`to_tensor` of it.
+
+        The file is decoded by ``dimalign.features.load_rgb``: EXIF
+        orientation applied, transparent pixels on white.
 
         Raises:
             FileNotFoundError: If the file does not exist.
-            ValueError: If PIL cannot read it.
+            ValueError: If it cannot be decoded.
         """
-        from PIL import Image, UnidentifiedImageError
+        from dimalign.features.datasets import ImageReadError, load_rgb
 
-        path = Path(path)
-        if not path.is_file():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} not found")
         try:
-            with Image.open(path) as image:
-                return self.to_tensor(image)
-        except UnidentifiedImageError as error:
-            raise ValueError(f"{path} is not an image file PIL can read") from error
+            image = load_rgb(path)
+        except ImageReadError as error:
+            raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
+        return self.to_tensor(image)
 
     @classmethod
     def from_transform(cls, transform: Any) -> ImagePreprocessing:
