@@ -1,0 +1,362 @@
+"""Analyses of labels and ratings: word clouds, rater agreement, and how much visual and semantic dimensions matter.
+
+The ratings follow the default question set of the labelling app: each
+dimension is ``visual``, ``semantic``, ``mixed`` (visual-semantic) or
+``unclear``, and expresses ``one`` concept, ``several`` concepts or ``none``.
+Two raters' ratings are compared with percent agreement and Cohen's kappa,
+
+    kappa = (p_o - p_e) / (1 - p_e),
+
+where ``p_o`` is the fraction of dimensions both rated alike and ``p_e`` the
+agreement expected by chance from each rater's category frequencies,
+``p_e = sum_c p_a(c) * p_b(c)`` (Cohen 1960). They are combined into one
+resolved rating per dimension, and the resolved kinds give the share of
+visual and semantic dimensions of an embedding and, with the jackknife
+relevance of the comparison step, the share of triplet choices that each kind
+of dimension drives most.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dimalign.io.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+#: The kinds of dimension in the default question set, in reporting order.
+KINDS = ("visual", "semantic", "mixed", "unclear")
+
+#: The interpretability answers of the default question set.
+INTERPRETABILITY = ("one", "several", "none")
+
+#: Resolved rating of a dimension whose raters disagree without a tie-breaker.
+UNRESOLVED = "unresolved"
+
+#: Kind of a dimension that has no resolved rating because nobody rated it.
+NOT_RATED = "not rated"
+
+#: Columns that a relevance file must have (see :func:`read_relevance`).
+RELEVANCE_COLUMNS = ("triplet_index", "most_relevant_dim")
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+# ---------------------------------------------------------------------------
+# Labels and word clouds
+
+
+def normalize_label(label: str) -> str:
+    """Lower-case a label, strip it and collapse runs of whitespace to one space.
+
+    >>> normalize_label("  Red   Fruit ")
+    'red fruit'
+    """
+    return _WHITESPACE.sub(" ", label.strip().lower())
+
+
+def label_frequencies(labels: Iterable[str]) -> Counter:
+    """Count normalised labels; empty labels are skipped.
+
+    >>> label_frequencies(["Red", "red ", "round"]).most_common()
+    [('red', 2), ('round', 1)]
+    """
+    counts: Counter = Counter()
+    for label in labels:
+        normalized = normalize_label(label)
+        if normalized:
+            counts[normalized] += 1
+    return counts
+
+
+def top_labels(frequencies: Mapping[str, int], n: int = 5) -> list[tuple[str, int]]:
+    """Return the ``n`` most frequent labels, ties broken alphabetically.
+
+    >>> top_labels({"b": 2, "a": 2, "c": 1}, n=2)
+    [('a', 2), ('b', 2)]
+    """
+    return sorted(frequencies.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+def write_word_cloud(
+    frequencies: Mapping[str, int],
+    path: str | os.PathLike,
+    *,
+    width: int = 600,
+    height: int = 300,
+    random_state: int = 0,
+) -> Path:
+    """Draw a word cloud of label frequencies and save it as a PNG file (atomically).
+
+    Each label is one entry (multi-word labels stay together), sized by how
+    many participants gave it.
+
+    Args:
+        frequencies (Mapping[str, int]): Count per label, such as from
+            :func:`label_frequencies`; must not be empty.
+        path (str | os.PathLike): The PNG file.
+        width (int): Image width in pixels.
+        height (int): Image height in pixels.
+        random_state (int): Seed of the word placement, so the same labels
+            give the same image.
+
+    Returns:
+        Path: ``path``.
+
+    Raises:
+        ValueError: If ``frequencies`` has no positive count.
+    """
+    from wordcloud import WordCloud
+
+    weights = {label: float(count) for label, count in frequencies.items() if count > 0}
+    if not weights:
+        raise ValueError(f"no labels to draw in {path}")
+    cloud = WordCloud(
+        width=width,
+        height=height,
+        background_color="white",
+        random_state=random_state,
+        prefer_horizontal=0.9,
+        colormap="Dark2",  # dark qualitative colours stay readable on white
+    ).generate_from_frequencies(weights)
+    with atomic_path(path) as temporary:
+        cloud.to_image().save(temporary, format="PNG")
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------
+# Agreement between raters
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement of two raters on the dimensions both rated.
+
+    Attributes:
+        n (int): Number of dimensions rated by both.
+        percent_agreement (float): Percentage (0-100) of those rated alike.
+        kappa (float): Cohen's kappa; NaN when undefined (no common
+            dimension, or both raters used one and the same category).
+    """
+
+    n: int
+    percent_agreement: float
+    kappa: float
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def rater_agreement(
+    ratings_a: Sequence[str | None], ratings_b: Sequence[str | None], categories: Sequence[str] = KINDS
+) -> Agreement:
+    """Compute percent agreement and Cohen's kappa of two raters.
+
+    Args:
+        ratings_a (Sequence[str | None]): Rater A's rating per dimension; None
+            (or NaN, or ``""``) where A gave none.
+        ratings_b (Sequence[str | None]): Rater B's ratings, aligned with A's.
+        categories (Sequence[str]): The allowed ratings (fixes kappa's label set).
+
+    Returns:
+        Agreement: Over the dimensions that both rated.
+
+    Raises:
+        ValueError: If the sequences differ in length or hold a rating outside ``categories``.
+
+    >>> rater_agreement(["visual", "semantic"], ["visual", "visual"])
+    Agreement(n=2, percent_agreement=50.0, kappa=0.0)
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(ratings_a) != len(ratings_b):
+        raise ValueError(f"rater A has {len(ratings_a)} ratings but rater B {len(ratings_b)}: align them by dimension")
+    pairs = [(a, b) for a, b in zip(ratings_a, ratings_b) if not _is_missing(a) and not _is_missing(b)]
+    unknown = sorted({value for pair in pairs for value in pair} - set(categories))
+    if unknown:
+        raise ValueError(f"ratings {unknown} are not among the categories {list(categories)}")
+    if not pairs:
+        return Agreement(n=0, percent_agreement=float("nan"), kappa=float("nan"))
+
+    first = [a for a, _ in pairs]
+    second = [b for _, b in pairs]
+    percent = 100.0 * sum(a == b for a, b in pairs) / len(pairs)
+    with warnings.catch_warnings():
+        # Undefined kappa (p_e = 1) is reported as NaN, documented above.
+        warnings.simplefilter("ignore")
+        kappa = float(cohen_kappa_score(first, second, labels=list(categories)))
+    return Agreement(n=len(pairs), percent_agreement=percent, kappa=kappa)
+
+
+def resolve_ratings(
+    ratings_a: Sequence[str | None],
+    ratings_b: Sequence[str | None],
+    ratings_c: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Combine two raters' ratings, with an optional third rater as tie-breaker.
+
+    Per dimension: if A and B agree, their rating wins. If they disagree and
+    the third rater C agrees with one of them, that rating wins. Otherwise
+    (no C, C missing, or C choosing a third option) the dimension is
+    :data:`UNRESOLVED`. A dimension that A or B did not rate is unresolved too
+    unless C matches the one rating given.
+
+    >>> resolve_ratings(["visual", "visual", "mixed"], ["visual", "semantic", "unclear"], ["semantic", "semantic", "visual"])
+    ['visual', 'semantic', 'unresolved']
+    """
+    if len(ratings_a) != len(ratings_b) or (ratings_c is not None and len(ratings_c) != len(ratings_a)):
+        raise ValueError("the raters' ratings differ in length: align them by dimension")
+    third = ratings_c if ratings_c is not None else [None] * len(ratings_a)
+    resolved = []
+    for a, b, c in zip(ratings_a, ratings_b, third):
+        if not _is_missing(a) and a == b:
+            resolved.append(str(a))
+        elif not _is_missing(c) and c in (a, b):
+            resolved.append(str(c))
+        else:
+            resolved.append(UNRESOLVED)
+    return resolved
+
+
+# ---------------------------------------------------------------------------
+# Shares of kinds of dimension
+
+
+def kind_shares(kinds_by_embedding: Mapping[str, Sequence[str]], kinds: Sequence[str] = KINDS) -> pd.DataFrame:
+    """Count each kind of dimension per embedding and its share of the embedding's dimensions.
+
+    Args:
+        kinds_by_embedding (Mapping[str, Sequence[str]]): Resolved kind of
+            every dimension, per embedding name.
+        kinds (Sequence[str]): Kinds listed for every embedding, even with a
+            count of 0. Other values found (:data:`UNRESOLVED`) get rows too.
+
+    Returns:
+        pd.DataFrame: Columns ``embedding``, ``kind``, ``n_dimensions``,
+        ``share`` (fraction of the embedding's dimensions; sums to 1).
+    """
+    rows = []
+    for embedding, values in kinds_by_embedding.items():
+        counts = Counter(values)
+        total = len(values)
+        listed = list(kinds) + sorted(set(counts) - set(kinds))
+        for kind in listed:
+            count = counts.get(kind, 0)
+            rows.append(
+                {"embedding": embedding, "kind": kind, "n_dimensions": count,
+                 "share": count / total if total else float("nan")}
+            )
+    return pd.DataFrame(rows, columns=["embedding", "kind", "n_dimensions", "share"])
+
+
+def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a jackknife relevance file of the comparison step.
+
+    The file is a CSV with a header and one row per triplet. It needs at
+    least the columns ``triplet_index`` (the triplet's row in the triplet
+    file) and ``most_relevant_dim`` (the embedding dimension whose removal
+    changes that triplet's predicted choice most); further columns are kept.
+
+    Raises:
+        ValueError: If a column is missing or holds a non-integer or negative value.
+    """
+    table = pd.read_csv(path)
+    missing = [column for column in RELEVANCE_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(
+            f"relevance file {path} lacks the columns {missing} (found {list(table.columns)}): "
+            f"write it with `dimalign compare --relevance`"
+        )
+    for column in RELEVANCE_COLUMNS:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | (values.to_numpy() < 0) | (values.to_numpy() % 1 != 0))
+        if bad.size:
+            raise ValueError(
+                f"relevance file {path}, column {column}: rows {(bad + 2).tolist()[:10]} (1-based file lines) "
+                "are not non-negative integers"
+            )
+        table[column] = values.astype(np.int64)
+    return table
+
+
+def relevance_shares(
+    most_relevant_dims: Sequence[int], kind_of_dimension: Mapping[int, str], kinds: Sequence[str] = KINDS
+) -> pd.DataFrame:
+    """Share of triplet choices driven most by each kind of dimension.
+
+    Args:
+        most_relevant_dims (Sequence[int]): The most relevant dimension of each triplet.
+        kind_of_dimension (Mapping[int, str]): Resolved kind per dimension;
+            dimensions missing here count as :data:`NOT_RATED`.
+        kinds (Sequence[str]): Kinds listed even with a count of 0.
+
+    Returns:
+        pd.DataFrame: Columns ``kind``, ``n_triplets``, ``share`` (fraction of
+        all triplets; sums to 1).
+
+    >>> relevance_shares([0, 0, 1, 2], {0: "visual", 1: "semantic"})["share"].tolist()
+    [0.5, 0.25, 0.0, 0.0, 0.25]
+    """
+    counts = Counter(kind_of_dimension.get(int(dim), NOT_RATED) for dim in most_relevant_dims)
+    total = len(most_relevant_dims)
+    listed = list(kinds) + sorted(set(counts) - set(kinds))
+    rows = [
+        {"kind": kind, "n_triplets": counts.get(kind, 0),
+         "share": counts.get(kind, 0) / total if total else float("nan")}
+        for kind in listed
+    ]
+    return pd.DataFrame(rows, columns=["kind", "n_triplets", "share"])
+
+
+# ---------------------------------------------------------------------------
+# Ratings of many participants
+
+
+#: Numeric code of each kind for :func:`human_semantic_score`; ``unclear`` has none.
+SEMANTIC_CODE = {"visual": 0.0, "mixed": 0.5, "semantic": 1.0}
+
+
+def human_semantic_score(kinds: Iterable[str]) -> float:
+    """Average how semantic the raters found a dimension: visual 0, mixed 0.5, semantic 1.
+
+    ``unclear`` ratings are left out; NaN when no rating is left.
+
+    >>> human_semantic_score(["semantic", "mixed", "unclear"])
+    0.75
+    """
+    codes = [SEMANTIC_CODE[kind] for kind in kinds if kind in SEMANTIC_CODE]
+    return float(np.mean(codes)) if codes else float("nan")
+
+
+def ratings_by_rater(answers: Iterable[Mapping], dimensions: Sequence[int], field: str) -> dict[int, list[str | None]]:
+    """Arrange answers as one list of ratings per participant, aligned with ``dimensions``.
+
+    Args:
+        answers (Iterable[Mapping]): Answer dictionaries with
+            ``participant_id``, ``dimension`` and ``field``.
+        dimensions (Sequence[int]): The order of the lists.
+        field (str): ``"kind"`` or ``"interpretability"``.
+
+    Returns:
+        dict[int, list[str | None]]: None where a participant did not rate a dimension.
+    """
+    position = {int(dim): index for index, dim in enumerate(dimensions)}
+    table: dict[int, list[str | None]] = {}
+    for answer in answers:
+        ratings = table.setdefault(int(answer["participant_id"]), [None] * len(dimensions))
+        index = position.get(int(answer["dimension"]))
+        if index is not None:
+            ratings[index] = answer[field]
+    return table

@@ -1,0 +1,427 @@
+"""The labelling web app: participants label and rate one dimension at a time.
+
+Flow of a participant: consent (which creates the participant and its secret
+code), instructions (which show the code), then one page per dimension in a
+random order with the 5 x 6 image grid, up to five labels and the two rating
+questions, and finally a summary of the participant's own answers. A
+participant can stop at any time and later resume with the code, in any browser.
+
+Access rules:
+
+- The signed session cookie holds the participant id and code. Every
+  participant page checks both against the database, so a participant sees
+  and changes only its own answers. Another participant's pages return 403.
+- An unknown participant or dimension returns 404 and writes nothing.
+- Every form carries a CSRF token bound to the session.
+- Images are served by object index, only from the study's image folder,
+  and only to a participant with a session.
+- The admin pages need the token given to :func:`create_app` (``?token=`` or
+  an ``Authorization: Bearer`` header).
+
+Each answer is committed to SQLite before the response is sent, so stopping
+the server at any point loses no submitted answer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, abort, current_app, g, redirect, render_template, request, send_file, session, url_for
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from dimalign.labeling import db
+from dimalign.labeling.study import AnswerError, NotFoundError, Participant, Study, validate_answer
+
+logger = logging.getLogger(__name__)
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: Largest request body accepted, in bytes; a full answer form is far below 10 KiB.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None) -> Flask:
+    """Create the Flask app that serves one study.
+
+    Args:
+        study_path (str | os.PathLike): The study database (from
+            :func:`dimalign.labeling.study.create_study`). It is migrated to the
+            latest schema here.
+        admin_token (str | None): Token that opens the admin pages; when None
+            the admin pages return 404.
+
+    Returns:
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path.
+    """
+    study_path = Path(study_path)
+    with Study(study_path) as study:
+        secret_key = study.settings["secret_key"]
+        percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
+
+    app = Flask(
+        __name__,
+        template_folder=str(_PACKAGE_DIR / "templates"),
+        static_folder=str(_PACKAGE_DIR / "static"),
+    )
+    app.config.update(
+        SECRET_KEY=secret_key,
+        STUDY_PATH=study_path,
+        ADMIN_TOKEN=admin_token,
+        GRID_PERCENTILES=percentiles,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="dimalign_labels",
+        PERMANENT_SESSION_LIFETIME=_dt.timedelta(days=30),
+    )
+    app.jinja_env.globals["csrf_token"] = _csrf_token
+
+    app.teardown_appcontext(_close_study)
+    app.after_request(_add_security_headers)
+    for status in (400, 401, 403, 404, 405, 413):
+        app.register_error_handler(status, _render_error)
+    _add_participant_routes(app)
+    _add_admin_routes(app)
+    return app
+
+
+# ---------------------------------------------------------------------------
+# Per-request helpers
+
+
+def _study() -> Study:
+    if "study" not in g:
+        path = Path(_config("STUDY_PATH"))
+        g.study = Study(path, connection=db.connect(path))
+    return g.study
+
+
+def _config(key: str) -> Any:
+    return current_app.config[key]
+
+
+def _close_study(exception: BaseException | None) -> None:
+    study = g.pop("study", None)
+    if study is not None:
+        study.close()
+
+
+def _csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def _check_csrf() -> None:
+    sent = request.form.get("csrf_token", "")
+    expected = session.get("csrf", "")
+    if not expected or not secrets.compare_digest(sent, expected):
+        logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+
+
+def _current_participant(participant_id: int) -> Participant:
+    """Return the participant of a URL if the session belongs to it; else abort 404 or 403."""
+    study = _study()
+    try:
+        participant = study.participant(participant_id)
+    except NotFoundError:
+        abort(404, description=f"There is no participant {participant_id}.")
+    if session.get("participant_id") != participant_id or not study.code_matches(
+        participant_id, str(session.get("code", ""))
+    ):
+        logger.warning("rejected access to participant %d from another session", participant_id)
+        abort(403, description="This page belongs to another participant. Resume with your own code.")
+    return participant
+
+
+def _log_in(participant: Participant, code: str) -> None:
+    session.clear()
+    session.permanent = True
+    session["participant_id"] = participant.participant_id
+    session["code"] = code
+
+
+def _add_security_headers(response: Response) -> Response:
+    # No page needs scripts, frames or other origins.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
+
+
+def _render_error(error: Any) -> tuple[str, int]:
+    code = getattr(error, "code", 500) or 500
+    return render_template("error.html", code=code, name=getattr(error, "name", "Error"),
+                           description=getattr(error, "description", "")), code
+
+
+# ---------------------------------------------------------------------------
+# Participant pages
+
+
+def _add_participant_routes(app: Flask) -> None:
+    @app.get("/")
+    def index() -> str:
+        return render_template("index.html")
+
+    @app.route("/consent", methods=["GET", "POST"])
+    def consent() -> Any:
+        if request.method == "GET":
+            return render_template("consent.html", error=None)
+        _check_csrf()
+        if request.form.get("agree") != "yes":
+            return render_template("consent.html", error="Tick the box to agree, or close this page."), 400
+        participant, code = _study().add_participant()
+        _log_in(participant, code)
+        return redirect(url_for("instructions", participant_id=participant.participant_id), code=303)
+
+    @app.post("/resume")
+    def resume() -> Any:
+        _check_csrf()
+        code = request.form.get("code", "").strip()
+        try:
+            participant = _study().participant_by_code(code)
+        except NotFoundError:
+            abort(404, description="No participant has this code. Check the code and try again.")
+        _log_in(participant, code)
+        logger.info("participant %d resumed", participant.participant_id)
+        return redirect(url_for("next_dimension", participant_id=participant.participant_id), code=303)
+
+    @app.get("/participant/<int:participant_id>/instructions")
+    def instructions(participant_id: int) -> str:
+        participant = _current_participant(participant_id)
+        return render_template(
+            "instructions.html", participant=participant, code=session["code"],
+            questions=_study().questions, n_rows=1 + len(_config("GRID_PERCENTILES")),
+        )
+
+    @app.get("/participant/<int:participant_id>/next")
+    def next_dimension(participant_id: int) -> Any:
+        participant = _current_participant(participant_id)
+        dimension = _study().next_dimension(participant)
+        if dimension is None:
+            return redirect(url_for("done", participant_id=participant_id), code=303)
+        return redirect(url_for("dimension_page", participant_id=participant_id, dimension=dimension), code=303)
+
+    @app.route("/participant/<int:participant_id>/dimension/<int:dimension>", methods=["GET", "POST"])
+    def dimension_page(participant_id: int, dimension: int) -> Any:
+        participant = _current_participant(participant_id)
+        if dimension not in participant.order:
+            abort(404, description=f"Dimension {dimension} is not part of this study.")
+        study = _study()
+        if request.method == "GET":
+            answer = study.answer(participant_id, dimension)
+            values = {
+                "labels": list(answer.labels) if answer else [],
+                "kind": answer.kind if answer else None,
+                "interpretability": answer.interpretability if answer else None,
+            }
+            return _render_dimension(participant, dimension, values, errors={})
+
+        _check_csrf()
+        values = {
+            "labels": request.form.getlist("label"),
+            "kind": request.form.get("kind"),
+            "interpretability": request.form.get("interpretability"),
+        }
+        try:
+            answer = validate_answer(study.questions, values["labels"], values["kind"], values["interpretability"])
+        except AnswerError as error:
+            return _render_dimension(participant, dimension, values, errors=error.errors), 400
+        study.save_answer(participant_id, dimension, answer)
+        logger.debug("participant %d answered dimension %d", participant_id, dimension)
+        return redirect(url_for("next_dimension", participant_id=participant_id), code=303)
+
+    @app.post("/participant/<int:participant_id>/stop")
+    def stop(participant_id: int) -> str:
+        participant = _current_participant(participant_id)
+        _check_csrf()
+        code = session["code"]
+        answered = len(_study().answered_dimensions(participant_id))
+        session.clear()
+        logger.info("participant %d stopped after %d answers", participant_id, answered)
+        return render_template("stopped.html", code=code, answered=answered, total=len(participant.order))
+
+    @app.get("/participant/<int:participant_id>/done")
+    def done(participant_id: int) -> str:
+        participant = _current_participant(participant_id)
+        study = _study()
+        answers = {answer["dimension"]: answer for answer in study.answers(participant_id)}
+        rows = [
+            {"position": position, "dimension": dimension, "answer": answers.get(dimension)}
+            for position, dimension in enumerate(participant.order, start=1)
+        ]
+        return render_template(
+            "done.html", participant=participant, rows=rows, answered=len(answers),
+            total=len(participant.order), kinds=dict(study.questions.kinds),
+            interpretability=dict(study.questions.interpretability),
+        )
+
+    @app.get("/image/<int:object_index>")
+    def image(object_index: int) -> Response:
+        participant_id = session.get("participant_id")
+        if not isinstance(participant_id, int) or not _study().code_matches(
+            participant_id, str(session.get("code", ""))
+        ):
+            abort(403, description="Images are shown to participants only.")
+        try:
+            path = _study().image_file(object_index)
+        except NotFoundError:
+            abort(404, description=f"There is no image {object_index}.")
+        return send_file(path, max_age=3600)
+
+
+def _render_dimension(
+    participant: Participant, dimension: int, values: dict[str, Any], errors: dict[str, str]
+) -> str:
+    study = _study()
+    grid = study.grid(dimension)
+    percentiles = _config("GRID_PERCENTILES")
+    row_titles = ["top"] + [f"{value:g}th percentile" for value in percentiles]
+    rows = [
+        {"title": row_titles[row] if row < len(row_titles) else "", "objects": [int(index) for index in grid[row]]}
+        for row in range(grid.shape[0])
+    ]
+    labels = list(values["labels"])[: study.questions.max_labels]
+    labels += [""] * (study.questions.max_labels - len(labels))
+    position = participant.order.index(dimension) + 1
+    previous = participant.order[position - 2] if position > 1 else None
+    return render_template(
+        "dimension.html",
+        participant=participant,
+        dimension=dimension,
+        position=position,
+        total=len(participant.order),
+        answered=len(study.answered_dimensions(participant.participant_id)),
+        previous=previous,
+        rows=rows,
+        labels=labels,
+        kind=values["kind"],
+        interpretability=values["interpretability"],
+        questions=study.questions,
+        errors=errors,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Admin pages
+
+
+def _check_admin() -> None:
+    expected = _config("ADMIN_TOKEN")
+    if not expected:
+        abort(404)
+    sent = request.args.get("token", "")
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        sent = header[len("Bearer "):]
+    if not sent:
+        abort(401, description="The admin pages need the token printed when the server started.")
+    if not secrets.compare_digest(sent, expected):
+        logger.warning("rejected an admin request with a wrong token from %s", request.remote_addr)
+        abort(403, description="Wrong admin token.")
+
+
+def _add_admin_routes(app: Flask) -> None:
+    @app.get("/admin")
+    def admin() -> str:
+        _check_admin()
+        study = _study()
+        answers = study.answers()
+        per_participant: dict[int, int] = {}
+        per_dimension = {dimension: 0 for dimension in study.dimensions}
+        for answer in answers:
+            per_participant[answer["participant_id"]] = per_participant.get(answer["participant_id"], 0) + 1
+            per_dimension[answer["dimension"]] = per_dimension.get(answer["dimension"], 0) + 1
+        participants = [
+            {"participant": participant, "answered": per_participant.get(participant.participant_id, 0)}
+            for participant in study.participants()
+        ]
+        return render_template(
+            "admin.html", study=study, participants=participants, per_dimension=per_dimension,
+            n_answers=len(answers), token=request.args.get("token", ""),
+        )
+
+    @app.get("/admin/answers.csv")
+    def admin_export() -> Response:
+        _check_admin()
+        text, n_rows = _study().answers_csv()
+        logger.info("admin exported %d answers", n_rows)
+        return Response(
+            text, mimetype="text/csv",
+            headers={"Content-Disposition": "attachment; filename=answers.csv"},
+        )
+
+
+# ---------------------------------------------------------------------------
+# Serving
+
+
+def make_study_server(
+    study_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, admin_token: str | None = None
+) -> BaseWSGIServer:
+    """Create a threaded werkzeug server for a study, bound but not yet serving.
+
+    Args:
+        study_path (str | os.PathLike): The study database.
+        host (str): Address to bind; loopback by default. Any other address
+            makes the study reachable from the network, where answers travel
+            unencrypted unless a HTTPS proxy sits in front.
+        port (int): TCP port; 0 picks a free one (see ``server.server_port``).
+        admin_token (str | None): Token of the admin pages; a random one when None.
+
+    Returns:
+        BaseWSGIServer: Call ``serve_forever()``; ``server.app.config["ADMIN_TOKEN"]``
+        is the admin token.
+    """
+    token = admin_token or secrets.token_urlsafe(24)
+    app = create_app(study_path, admin_token=token)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "binding to %s makes the study reachable from other machines; answers travel "
+            "unencrypted unless a HTTPS proxy sits in front", host,
+        )
+    server = make_server(host, port, app, threaded=True)
+    return server
+
+
+def serve(
+    study_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    admin_token: str | None = None,
+    on_ready: Callable[[BaseWSGIServer], None] | None = None,
+) -> None:
+    """Serve a study until interrupted (Ctrl-C).
+
+    Args:
+        study_path (str | os.PathLike): The study database.
+        host (str): Address to bind (loopback by default).
+        port (int): TCP port; 0 picks a free one.
+        admin_token (str | None): Token of the admin pages; a random one when None.
+        on_ready (Callable | None): Called with the bound server before serving,
+            for example to print the address and the admin token.
+    """
+    server = make_study_server(study_path, host, port, admin_token=admin_token)
+    logger.info("serving study %s on http://%s:%d/", study_path, host, server.server_port)
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        logger.info("stopped serving %s (interrupted)", study_path)
+    finally:
+        server.server_close()

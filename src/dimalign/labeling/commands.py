@@ -1,0 +1,229 @@
+"""Subcommands ``dimalign label-app`` (set up, serve and export a labelling study) and ``dimalign labels``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LABEL_APP_ACTIONS = ("setup", "serve", "export")
+
+#: Environment variable that fixes the admin token instead of a random one per start.
+ADMIN_TOKEN_VARIABLE = "DIMALIGN_ADMIN_TOKEN"
+
+_LABEL_APP_EPILOG = """\
+forms:
+  dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv] [--dims all] [--questions default]
+  dimalign label-app serve STUDY.db [--host 127.0.0.1] [--port 8000]
+  dimalign label-app export STUDY.db -o answers.csv
+  dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
+
+The last form keeps the study database in RUN/labels.db (created on first use,
+reused afterwards so participants can resume) and serves it. Run
+`dimalign label-app setup --help` (and so on) for the options of each form.
+The admin page's token is printed at start; set DIMALIGN_ADMIN_TOKEN to fix it.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``label-app`` and ``labels`` to the ``dimalign`` parser."""
+    label_app = subparsers.add_parser(
+        "label-app",
+        help="set up, serve and export a web study that labels and rates dimensions",
+        description="A web app in which participants label and rate the dimensions of an embedding.",
+        usage="dimalign label-app {setup,serve,export} ... | dimalign label-app RUN --images DIR ...",
+        epilog=_LABEL_APP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    label_app.add_argument("target", metavar="setup|serve|export|RUN", help="an action, or a run directory to serve")
+    label_app.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    label_app.set_defaults(handler=_run_label_app)
+
+    labels = subparsers.add_parser("labels", help="summarise the labels and ratings of labelling studies")
+    actions = labels.add_subparsers(dest="labels_action", metavar="ACTION", required=True)
+    summarize = actions.add_parser(
+        "summarize",
+        help="word clouds, rater agreement and shares of visual and semantic dimensions",
+        description="Summarise one or more studies (one per embedding) into OUTDIR.",
+    )
+    summarize.add_argument("studies", nargs="+", type=Path, metavar="STUDY.db", help="study databases")
+    summarize.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output directory")
+    summarize.add_argument(
+        "--relevance", action="append", type=Path, default=[], metavar="RELEVANCE.csv",
+        help="jackknife relevance CSV (columns triplet_index, most_relevant_dim) of `dimalign compare "
+        "--relevance`; give one per study, in the same order",
+    )
+    summarize.add_argument(
+        "--raters", metavar="A,B[,C]",
+        help="participant ids of the two raters and the optional tie-breaker (default: the first three "
+        "participants who answered every dimension)",
+    )
+    summarize.add_argument("--semantic", action="store_true", help="also run the automatic semantic check")
+    summarize.add_argument(
+        "--object-names", type=Path, metavar="FILE",
+        help="object names for the semantic check: a CSV with id and word columns (THINGS words.csv) "
+        "or one name per line (default: derived from the object ids)",
+    )
+    summarize.add_argument("--semantic-k", type=int, default=10, help="top objects per dimension compared (default 10)")
+    summarize.add_argument(
+        "--n-random", type=int, default=1000, help="random object subsets in the semantic baseline (default 1000)"
+    )
+    summarize.add_argument("--seed", type=int, default=0, help="seed of the word clouds and the semantic baseline")
+    summarize.set_defaults(handler=_run_summarize)
+
+    names = actions.add_parser(
+        "names", help="print published dimension labels (text or MATLAB file), checked against an embedding"
+    )
+    names.add_argument("labels_file", type=Path, metavar="LABELS", help="labels_66.txt, labels_49.mat, ...")
+    names.add_argument("--embedding", type=Path, help="embedding whose dimension count the labels must match")
+    names.set_defaults(handler=_run_names)
+
+
+# ---------------------------------------------------------------------------
+# label-app
+
+
+def _action_parser(action: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"dimalign label-app {action}")
+    if action == "setup":
+        parser.description = "Create a study database for labelling the dimensions of an embedding."
+        parser.add_argument("study", type=Path, metavar="STUDY.db", help="the new study database")
+        _add_study_options(parser, run_required=True)
+    elif action == "serve":
+        parser.description = "Serve a study to participants until interrupted (Ctrl-C)."
+        parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database from `setup`")
+        _add_server_options(parser)
+    else:
+        parser.description = "Write every answer of a study to a CSV file."
+        parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
+        parser.add_argument("-o", "--out", required=True, type=Path, metavar="answers.csv", help="CSV file to write")
+    return parser
+
+
+def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -> None:
+    if run_required:
+        parser.add_argument("--run", required=True, type=Path, help="run directory or embedding file")
+    parser.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder the images are served from")
+    parser.add_argument(
+        "--objects", type=Path, metavar="objects.tsv",
+        help="object table whose source column gives each row's image, relative to --images "
+        "(default: the objects.tsv of the run)",
+    )
+    parser.add_argument("--dims", default="all", help="dimensions to label: all, 0,1,2 or 0-9 (default all)")
+    parser.add_argument("--questions", default="default", help="question set (default: default)")
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to bind (default 127.0.0.1, this machine only; other addresses expose the "
+        "study unencrypted)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free port)")
+
+
+def _run_label_app(args: argparse.Namespace) -> int:
+    if args.target in LABEL_APP_ACTIONS:
+        options = _action_parser(args.target).parse_args(args.arguments)
+        if args.target == "setup":
+            return _setup(options)
+        if args.target == "serve":
+            return _serve(options.study, options.host, options.port)
+        return _export(options)
+
+    parser = argparse.ArgumentParser(
+        prog="dimalign label-app RUN",
+        description="Set up (on first use) and serve a study kept in RUN/labels.db.",
+    )
+    parser.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    _add_study_options(parser, run_required=False)
+    _add_server_options(parser)
+    options = parser.parse_args([args.target, *args.arguments])
+    from dimalign.labeling.study import open_or_create_run_study
+
+    study = open_or_create_run_study(
+        options.run, options.images, objects=options.objects, dims=options.dims, questions=options.questions
+    )
+    return _serve(study, options.host, options.port)
+
+
+def _setup(options: argparse.Namespace) -> int:
+    from dimalign.labeling.study import Study, create_study
+
+    path = create_study(
+        options.study, options.run, options.images, objects=options.objects, dims=options.dims,
+        questions=options.questions,
+    )
+    with Study(path) as study:
+        n_dims = len(study.dimensions)
+    print(f"created {path} with {n_dims} dimensions; serve it with: dimalign label-app serve {path}")
+    return 0
+
+
+def _serve(study: Path, host: str, port: int) -> int:
+    from dimalign.labeling.app import serve
+
+    def announce(server) -> None:
+        address = f"http://{host}:{server.server_port}"
+        # The operator needs the token to open the admin page; it goes to
+        # standard output only, never to the log.
+        print(f"serving {study} at {address}/", flush=True)
+        print(f"admin page: {address}/admin?token={server.app.config['ADMIN_TOKEN']}", flush=True)
+        print("press Ctrl-C to stop", flush=True)
+
+    serve(study, host, port, admin_token=os.environ.get(ADMIN_TOKEN_VARIABLE) or None, on_ready=announce)
+    return 0
+
+
+def _export(options: argparse.Namespace) -> int:
+    from dimalign.labeling.study import Study
+
+    with Study(options.study) as study:
+        n_rows = study.export_answers(options.out)
+    print(f"wrote {n_rows} answers to {options.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# labels
+
+
+def _parse_raters(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"invalid --raters {text!r}: give two or three participant ids such as 1,2 or 1,2,3") from None
+
+
+def _run_summarize(args: argparse.Namespace) -> int:
+    from dimalign.labeling.summary import summarize
+
+    headline = summarize(
+        args.studies, args.out, relevance=args.relevance, raters=_parse_raters(args.raters),
+        semantic=args.semantic, object_names=args.object_names, semantic_k=args.semantic_k,
+        n_random=args.n_random, random_state=args.seed,
+    )
+    for embedding, shares in headline["shares"].items():
+        described = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in shares.items())
+        print(f"{embedding}: {described}")
+    print(f"wrote the summary to {args.out}/summary.html")
+    return 0
+
+
+def _run_names(args: argparse.Namespace) -> int:
+    from dimalign.labeling.human_labels import load_dimension_labels
+
+    n_dims = None
+    if args.embedding is not None:
+        from dimalign.io.runs import load_embedding
+
+        n_dims = load_embedding(args.embedding).n_dims
+    for index, label in enumerate(load_dimension_labels(args.labels_file, n_dims)):
+        sys.stdout.write(f"{index}\t{label}\n")
+    return 0

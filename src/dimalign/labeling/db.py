@@ -1,0 +1,224 @@
+"""The SQLite database of a labelling study: connection settings and schema migrations.
+
+A study lives in one SQLite file. ``schema_version`` records the last applied
+migration, and :data:`MIGRATIONS` lists every migration in order, so a study
+created by an older dimalign is upgraded in place when it is opened.
+
+Every connection runs in WAL mode (readers never block the writer, and a
+commit is durable once ``COMMIT`` returns because ``synchronous=FULL`` syncs
+the write-ahead log) with foreign keys on, so an answer can only name a
+participant and a dimension that exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a connection waits for another connection's write lock before it
+#: raises ``sqlite3.OperationalError: database is locked``.
+BUSY_TIMEOUT_S = 30.0
+
+# Each migration is (version, description, SQL script). Append new ones at the
+# end with the next version number; never edit one that has been released.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "study settings, objects, dimensions, participants and answers",
+        """
+        CREATE TABLE study (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE objects (
+            object_index INTEGER PRIMARY KEY,
+            object_id TEXT NOT NULL UNIQUE,
+            image_path TEXT
+        );
+        CREATE TABLE dimensions (
+            dimension INTEGER PRIMARY KEY,
+            grid_json TEXT NOT NULL,
+            top_objects_json TEXT NOT NULL
+        );
+        CREATE TABLE participants (
+            participant_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            code_sha256 TEXT NOT NULL UNIQUE,
+            order_seed INTEGER NOT NULL,
+            order_json TEXT NOT NULL,
+            consented_at TEXT NOT NULL
+        );
+        CREATE TABLE answers (
+            participant_id INTEGER NOT NULL REFERENCES participants (participant_id),
+            dimension INTEGER NOT NULL REFERENCES dimensions (dimension),
+            labels_json TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            interpretability TEXT NOT NULL,
+            answered_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (participant_id, dimension)
+        );
+        """,
+    ),
+    (
+        2,
+        "append-only answer history, so that an edited answer keeps its earlier versions",
+        """
+        CREATE TABLE answer_history (
+            history_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            participant_id INTEGER NOT NULL REFERENCES participants (participant_id),
+            dimension INTEGER NOT NULL REFERENCES dimensions (dimension),
+            labels_json TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            interpretability TEXT NOT NULL,
+            submitted_at TEXT NOT NULL
+        );
+        CREATE INDEX answers_by_dimension ON answers (dimension);
+        CREATE INDEX answer_history_by_participant ON answer_history (participant_id, dimension);
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def connect(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open a study database with the settings every study connection uses.
+
+    The connection is in autocommit mode (``isolation_level=None``): callers
+    open transactions explicitly with :func:`transaction`.
+
+    Args:
+        path (str | os.PathLike): The SQLite file; created if missing.
+
+    Returns:
+        sqlite3.Connection: With ``row_factory = sqlite3.Row``.
+    """
+    connection = sqlite3.connect(
+        os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA foreign_keys = ON")
+    mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        logger.warning("%s: SQLite refused WAL mode (journal_mode=%s); writes will block reads", path, mode)
+    connection.execute("PRAGMA synchronous = FULL")
+    return connection
+
+
+class transaction:
+    """Context manager for one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
+
+    ``BEGIN IMMEDIATE`` takes the write lock at the start, so two concurrent
+    writers queue on the busy timeout instead of failing halfway. The block's
+    changes are committed when it exits normally and rolled back when it raises.
+    """
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.connection.execute("BEGIN IMMEDIATE")
+        return self.connection
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.connection.execute("COMMIT")
+        else:
+            self.connection.execute("ROLLBACK")
+
+
+def schema_version(connection: sqlite3.Connection) -> int:
+    """Return the last applied migration, 0 for an empty database."""
+    exists = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not exists:
+        return 0
+    row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int:
+    """Apply the migrations after the database's version up to ``target``.
+
+    Each migration runs in its own transaction together with its
+    ``schema_version`` row, so a failed migration leaves the previous version
+    intact.
+
+    Args:
+        connection (sqlite3.Connection): From :func:`connect`.
+        target (int): The version to reach (the latest by default).
+
+    Returns:
+        int: The schema version after migrating.
+
+    Raises:
+        ValueError: If the database was written by a newer dimalign (its version
+            is above every known migration) or ``target`` is unknown.
+    """
+    known = {version for version, _, _ in MIGRATIONS}
+    if target not in known:
+        raise ValueError(f"unknown schema version {target}: known versions are {sorted(known)}")
+    with transaction(connection):
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+    current = schema_version(connection)
+    if current > LATEST_VERSION:
+        raise ValueError(
+            f"the study database has schema version {current}, but this dimalign knows "
+            f"versions up to {LATEST_VERSION}: upgrade dimalign to open it"
+        )
+
+    for version, description, script in MIGRATIONS:
+        if version <= current or version > target:
+            continue
+        with transaction(connection):
+            # executescript() would commit the open transaction first, so the
+            # statements run one by one inside it.
+            for statement in _split_statements(script):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO schema_version (version, description, applied_at) "
+                "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))",
+                (version, description),
+            )
+        logger.info("applied study schema migration %d: %s", version, description)
+        current = version
+    return current
+
+
+def _split_statements(script: str) -> list[str]:
+    # The migration scripts contain no semicolons inside literals, so a plain
+    # split is exact; sqlite3.complete_statement guards that assumption.
+    statements = [part.strip() for part in script.split(";") if part.strip()]
+    for statement in statements:
+        if not sqlite3.complete_statement(statement + ";"):
+            raise ValueError(f"incomplete SQL statement in a migration: {statement[:80]!r}")
+    return statements
+
+
+def open_database(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connection:
+    """Connect to a study database and bring its schema up to date.
+
+    Args:
+        path (str | os.PathLike): The study's SQLite file.
+        create (bool): Allow creating a new file; otherwise a missing file raises.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist and ``create`` is False.
+    """
+    path = Path(path)
+    if not create and not path.is_file():
+        raise FileNotFoundError(
+            f"study database {path} not found: create it with `dimalign label-app setup {path} "
+            "--run RUN --images DIR`"
+        )
+    connection = connect(path)
+    migrate(connection)
+    return connection

@@ -1,0 +1,88 @@
+"""Published names of the human SPoSE dimensions.
+
+Hebart et al. (2020) labelled every dimension of their human embeddings: the
+66-dimensional one in a text file with one label per line, and the
+49-dimensional one in a MATLAB file whose ``labels`` variable is a
+``(49, 1)`` cell array of strings. Line ``i`` (cell ``i``) names column ``i``
+of the sorted embedding (``spose_embedding_*_sorted.txt``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) -> list[str]:
+    """Load one label per embedding dimension.
+
+    Args:
+        path (str | os.PathLike): A text file with one label per line
+            (trailing blank lines are ignored) or a MATLAB ``.mat`` file with a
+            cell array of strings (the variable ``labels``, or the only variable).
+        n_dims (int | None): The embedding's number of dimensions; when given,
+            the number of labels must equal it.
+
+    Returns:
+        list[str]: The labels, stripped, in dimension order.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If a label is empty, the MATLAB file has no usable
+            variable, or the count differs from ``n_dims`` (the message names both).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dimension labels {path} not found")
+    if path.suffix.lower() == ".mat":
+        labels = _labels_from_mat(path)
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        labels = [line.strip() for line in lines]
+
+    empty = [number for number, label in enumerate(labels, start=1) if not label]
+    if empty:
+        raise ValueError(f"{path}: labels {empty[:10]} (1-based) are empty; every dimension needs a label")
+    if n_dims is not None and len(labels) != int(n_dims):
+        raise ValueError(
+            f"{path} has {len(labels)} labels but the embedding has {int(n_dims)} dimensions: "
+            "use the label file that belongs to this embedding"
+        )
+    logger.info("loaded %d dimension labels from %s", len(labels), path)
+    return labels
+
+
+def _labels_from_mat(path: Path) -> list[str]:
+    from scipy.io import loadmat
+
+    contents = {key: value for key, value in loadmat(path).items() if not key.startswith("__")}
+    if "labels" in contents:
+        array = contents["labels"]
+    elif len(contents) == 1:
+        array = next(iter(contents.values()))
+    else:
+        raise ValueError(
+            f"{path} has no variable named 'labels' and several others ({sorted(contents)}): "
+            "save the labels as 'labels'"
+        )
+    array = np.asarray(array)
+    if array.dtype.kind == "U":
+        # A char matrix: one label per row, padded with spaces.
+        rows = array if array.ndim == 1 else ["".join(row) for row in array]
+        return [str(row).strip() for row in rows]
+    if array.dtype != object:
+        raise ValueError(f"{path}: expected a cell array of strings, got an array of {array.dtype}")
+    labels = []
+    for cell in array.ravel(order="F"):
+        values = np.asarray(cell).ravel()
+        if values.size != 1 or values.dtype.kind != "U":
+            raise ValueError(f"{path}: a cell of the labels holds {values!r}, not one string")
+        labels.append(str(values[0]))
+    return labels

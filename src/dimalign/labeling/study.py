@@ -1,0 +1,806 @@
+"""A labelling study: which dimensions and images it shows, who took part, and what they answered.
+
+:func:`create_study` turns an embedding, its object table and an image folder
+into a study database. For every chosen dimension it stores the 5 x 6
+percentile grid that participants see (row 0 the six highest-weighted objects,
+rows 1-4 the objects nearest the 98th, 95th, 90th and 80th percentile of the
+weights) and the dimension's top objects for the semantic check. The database
+is self-contained: serving and summarising a study need neither the run
+directory nor the object table again, only the image folder.
+
+:class:`Study` is the data access used by the web app, the export and the
+analyses. Each answer is written in one transaction that is committed before
+the call returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.io.files import atomic_path, now_iso, sha256_file, write_text_atomic
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+from dimalign.io.runs import EMBEDDING_NAME, load_embedding
+from dimalign.labeling import db
+
+logger = logging.getLogger(__name__)
+
+#: File suffixes served as images (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+
+#: Number of top objects per dimension stored for the semantic check.
+N_TOP_OBJECTS = 20
+
+#: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
+RUN_STUDY_NAME = "labels.db"
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """The questions asked for every dimension, and the allowed answers.
+
+    Attributes:
+        name (str): Name used on the command line (``--questions``).
+        max_labels (int): Maximum number of labels per dimension.
+        max_label_length (int): Maximum characters per label, after trimming.
+        kinds (tuple[tuple[str, str], ...]): ``(value, text shown)`` for the
+            question whether a dimension is visual or semantic.
+        interpretability (tuple[tuple[str, str], ...]): ``(value, text shown)``
+            for the question how many concepts a dimension expresses.
+    """
+
+    name: str
+    max_labels: int
+    max_label_length: int
+    kinds: tuple[tuple[str, str], ...]
+    interpretability: tuple[tuple[str, str], ...]
+
+    @property
+    def kind_values(self) -> tuple[str, ...]:
+        """The allowed values of ``kind``."""
+        return tuple(value for value, _ in self.kinds)
+
+    @property
+    def interpretability_values(self) -> tuple[str, ...]:
+        """The allowed values of ``interpretability``."""
+        return tuple(value for value, _ in self.interpretability)
+
+    def to_json(self) -> str:
+        """Serialise for the study table."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> QuestionSet:
+        """Read a question set written by :meth:`to_json`."""
+        raw = json.loads(text)
+        return cls(
+            name=raw["name"],
+            max_labels=int(raw["max_labels"]),
+            max_label_length=int(raw["max_label_length"]),
+            kinds=tuple((value, shown) for value, shown in raw["kinds"]),
+            interpretability=tuple((value, shown) for value, shown in raw["interpretability"]),
+        )
+
+
+#: The questions of Mahner et al. (2025): up to five free labels, whether the
+#: dimension is visual, semantic, a mix of both or unclear, and whether it
+#: expresses one concept, several concepts or none that can be named.
+DEFAULT_QUESTIONS = QuestionSet(
+    name="default",
+    max_labels=5,
+    max_label_length=100,
+    kinds=(
+        ("visual", "visual (colour, shape, texture, ...)"),
+        ("semantic", "semantic (meaning, category, function, ...)"),
+        ("mixed", "mixed visual-semantic"),
+        ("unclear", "unclear"),
+    ),
+    interpretability=(
+        ("one", "one concept"),
+        ("several", "several concepts"),
+        ("none", "not interpretable"),
+    ),
+)
+
+QUESTION_SETS = {DEFAULT_QUESTIONS.name: DEFAULT_QUESTIONS}
+
+
+class NotFoundError(LookupError):
+    """A participant, dimension or object that is not part of the study."""
+
+
+class AnswerError(ValueError):
+    """An answer that fails validation.
+
+    Attributes:
+        errors (dict[str, str]): Message per form field (``labels``, ``kind``,
+            ``interpretability``).
+    """
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One participant's answer for one dimension.
+
+    Attributes:
+        labels (tuple[str, ...]): 1 to ``max_labels`` trimmed labels, in the order typed.
+        kind (str): One of the question set's kinds.
+        interpretability (str): One of the question set's interpretability values.
+    """
+
+    labels: tuple[str, ...]
+    kind: str
+    interpretability: str
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A participant who consented.
+
+    Attributes:
+        participant_id (int): Row id, used in URLs (not secret: the session
+            cookie and the participant code guard access).
+        order (tuple[int, ...]): The dimensions in the order this participant sees them.
+        order_seed (int): Seed of ``np.random.default_rng`` that produced ``order``.
+        consented_at (str): ISO time of consent.
+    """
+
+    participant_id: int
+    order: tuple[int, ...]
+    order_seed: int
+    consented_at: str
+
+
+def validate_answer(
+    questions: QuestionSet, labels: Sequence[str], kind: str | None, interpretability: str | None
+) -> Answer:
+    """Check a submitted answer and return it with trimmed labels.
+
+    Empty label fields are ignored. Each remaining label is trimmed of
+    surrounding whitespace and otherwise stored as typed, including HTML or
+    SQL characters (the templates escape them and the queries bind them).
+
+    Raises:
+        AnswerError: Naming every invalid field: no label, more than
+            ``max_labels`` labels, a label longer than ``max_label_length``
+            characters or with control characters, or a rating outside the
+            allowed values.
+    """
+    errors: dict[str, str] = {}
+    cleaned = [label.strip() for label in labels if label and label.strip()]
+    if not cleaned:
+        errors["labels"] = "enter at least one label"
+    elif len(cleaned) > questions.max_labels:
+        errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
+    else:
+        too_long = [label for label in cleaned if len(label) > questions.max_label_length]
+        if too_long:
+            errors["labels"] = (
+                f"each label may have at most {questions.max_label_length} characters; "
+                f"{len(too_long)} label(s) are longer"
+            )
+        elif any(_CONTROL_CHARACTERS.search(label) for label in cleaned):
+            errors["labels"] = "labels must not contain control characters such as line breaks"
+    if kind not in questions.kind_values:
+        errors["kind"] = f"choose one of: {', '.join(questions.kind_values)}"
+    if interpretability not in questions.interpretability_values:
+        errors["interpretability"] = f"choose one of: {', '.join(questions.interpretability_values)}"
+    if errors:
+        raise AnswerError(errors)
+    return Answer(labels=tuple(cleaned), kind=str(kind), interpretability=str(interpretability))
+
+
+def hash_code(code: str) -> str:
+    """Return the SHA-256 hex digest under which a participant code is stored.
+
+    Codes are random 128-bit tokens, so an unsalted hash is enough to keep
+    them out of the database file in clear text.
+    """
+    return hashlib.sha256(code.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Study setup
+
+
+def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]:
+    """Parse ``--dims`` (``"all"``, ``"0,1,2"`` or ``"0-9"``) into sorted dimension indices.
+
+    Raises:
+        ValueError: If an index is not an integer in ``0..n_dims-1`` or appears twice.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
+        return list(range(n_dims))
+    if isinstance(spec, str):
+        values: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    first, last = (int(bound) for bound in part.split("-", 1))
+                    values.extend(range(first, last + 1))
+                else:
+                    values.append(int(part))
+            except ValueError:
+                raise ValueError(
+                    f"invalid dimension {part!r} in --dims {spec!r}: use 'all', a comma-separated "
+                    "list such as 0,1,2 or a range such as 0-9"
+                ) from None
+    else:
+        values = [int(value) for value in spec]
+    if not values:
+        raise ValueError(f"--dims {spec!r} selects no dimension")
+    outside = [value for value in values if not 0 <= value < n_dims]
+    if outside:
+        raise ValueError(f"dimensions {outside} do not exist: the embedding has dimensions 0..{n_dims - 1}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"--dims {spec!r} lists a dimension twice")
+    return sorted(values)
+
+
+def find_object_table(run: str | os.PathLike) -> Path | None:
+    """Return the object table that belongs to an embedding, or None.
+
+    A run directory has ``objects.tsv`` inside it, and an embedding file may
+    have one next to it.
+    """
+    run = Path(run)
+    candidate = run / OBJECT_TABLE_NAME if run.is_dir() else run.parent / OBJECT_TABLE_NAME
+    return candidate if candidate.is_file() else None
+
+
+def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
+    """Find the image of one object and return its path relative to ``images_dir``.
+
+    The object table's ``source`` column is used when it is not empty.
+    Otherwise the image is looked up by ``object_id``: the file
+    ``<images>/<object_id>``, then ``<images>/<object_id>.<suffix>`` for an
+    image suffix, then the first image (by name) in the folder
+    ``<images>/<object_id>/``, which is how the THINGS image set is laid out.
+
+    Raises:
+        ValueError: If the path leaves ``images_dir`` (``..``, an absolute
+            path, or a symbolic link pointing outside) or is not an image file.
+        FileNotFoundError: If no image is found.
+    """
+    root = images_dir.resolve()
+    if source:
+        candidates = [Path(source)]
+    else:
+        candidates = [Path(object_id)] + [Path(object_id + suffix) for suffix in IMAGE_SUFFIXES]
+        folder = root / object_id
+        if _inside(root, folder) and folder.is_dir():
+            candidates += sorted(
+                path.relative_to(root)
+                for path in folder.iterdir()
+                if path.suffix.lower() in IMAGE_SUFFIXES
+            )
+
+    for candidate in candidates:
+        if candidate.is_absolute() or ".." in candidate.parts:
+            raise ValueError(
+                f"image path {str(candidate)!r} of object {object_id!r} leaves the image folder: "
+                "sources must be relative paths inside --images"
+            )
+        full = (root / candidate).resolve()
+        if not _inside(root, full):
+            raise ValueError(
+                f"image {str(candidate)!r} of object {object_id!r} resolves to {full}, outside the "
+                f"image folder {root}"
+            )
+        if full.is_file():
+            if full.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(
+                    f"{full} (object {object_id!r}) is not an image: use one of {', '.join(IMAGE_SUFFIXES)}"
+                )
+            return full.relative_to(root).as_posix()
+    raise FileNotFoundError(
+        f"no image for object {object_id!r} in {root} (tried {', '.join(map(str, candidates[:4]))}): "
+        "give the image in the object table's source column"
+    )
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def create_study(
+    db_path: str | os.PathLike,
+    run: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    objects: str | os.PathLike | None = None,
+    dims: str | Sequence[int] | None = "all",
+    questions: str = "default",
+    n_cols: int = 6,
+    percentiles: Sequence[float] = (98.0, 95.0, 90.0, 80.0),
+) -> Path:
+    """Create a study database for labelling the dimensions of an embedding.
+
+    The database is built under a temporary name and renamed at the end, so a
+    failed setup leaves nothing behind.
+
+    Args:
+        db_path (str | os.PathLike): The new SQLite file; must not exist.
+        run (str | os.PathLike): A run directory or embedding file (see
+            :func:`dimalign.io.runs.load_embedding`).
+        images (str | os.PathLike): Folder the images are served from.
+        objects (str | os.PathLike | None): Object table mapping embedding rows
+            to images; by default the ``objects.tsv`` of the run.
+        dims (str | Sequence[int] | None): Dimensions to label (``"all"``,
+            ``"0,1,2"`` or indices).
+        questions (str): Name of a question set in :data:`QUESTION_SETS`.
+        n_cols (int): Images per grid row.
+        percentiles (Sequence[float]): Percentiles of grid rows 1, 2, ...
+
+    Returns:
+        Path: The study database.
+
+    Raises:
+        FileExistsError: If ``db_path`` exists.
+        FileNotFoundError: If the run, the image folder, the object table or an
+            image of a grid object is missing.
+        ValueError: If the object table's length differs from the embedding's
+            rows, a dimension or question set is unknown, or an image path
+            leaves the image folder.
+    """
+    from dimalign.interpret.grids import percentile_grid, top_objects
+
+    db_path = Path(db_path)
+    images_dir = Path(images)
+    if db_path.exists():
+        raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"image folder {images_dir} not found")
+    if questions not in QUESTION_SETS:
+        raise ValueError(f"unknown question set {questions!r}: choose one of {sorted(QUESTION_SETS)}")
+    question_set = QUESTION_SETS[questions]
+
+    result = load_embedding(run)
+    embedding = result.embedding
+    table_path = Path(objects) if objects is not None else find_object_table(run)
+    if table_path is None:
+        raise FileNotFoundError(
+            f"the embedding {run} has no {OBJECT_TABLE_NAME} next to it: give the object table "
+            "that maps its rows to images with --objects FILE"
+        )
+    if not table_path.is_file():
+        raise FileNotFoundError(f"object table {table_path} not found")
+    table = read_object_table(table_path)
+    if len(table) != embedding.shape[0]:
+        raise ValueError(
+            f"object table {table_path} lists {len(table)} objects but the embedding {run} has "
+            f"{embedding.shape[0]} rows: use the table the embedding was trained with"
+        )
+    dimensions = parse_dimensions(dims, embedding.shape[1])
+
+    grids = {dim: percentile_grid(embedding[:, dim], n_cols=n_cols, percentiles=percentiles) for dim in dimensions}
+    n_top = min(N_TOP_OBJECTS, embedding.shape[0])
+    tops = {dim: top_objects(embedding[:, dim], n_top) for dim in dimensions}
+    shown = sorted({int(index) for grid in grids.values() for index in grid.ravel()})
+    image_paths = {index: resolve_image(images_dir, table.object_ids[index], table.sources[index]) for index in shown}
+
+    embedding_file = result.path if result.path is not None else Path(run)
+    settings = {
+        "embedding_name": _embedding_name(Path(run)),
+        "run": str(Path(run).resolve()),
+        "embedding_sha256": sha256_file(embedding_file),
+        "object_table": str(table_path.resolve()),
+        "images_dir": str(images_dir.resolve()),
+        "questions": question_set.to_json(),
+        "dimensions": json.dumps(dimensions),
+        "grid_percentiles": json.dumps([float(value) for value in percentiles]),
+        "secret_key": secrets.token_hex(32),
+        "created_at": now_iso(),
+    }
+    with atomic_path(db_path) as temporary:
+        connection = db.open_database(temporary, create=True)
+        try:
+            with db.transaction(connection):
+                connection.executemany("INSERT INTO study (key, value) VALUES (?, ?)", settings.items())
+                connection.executemany(
+                    "INSERT INTO objects (object_index, object_id, image_path) VALUES (?, ?, ?)",
+                    ((index, name, image_paths.get(index)) for index, name in enumerate(table.object_ids)),
+                )
+                connection.executemany(
+                    "INSERT INTO dimensions (dimension, grid_json, top_objects_json) VALUES (?, ?, ?)",
+                    (
+                        (dim, json.dumps(grids[dim].tolist()), json.dumps(tops[dim].tolist()))
+                        for dim in dimensions
+                    ),
+                )
+        finally:
+            # Closing the last connection checkpoints the WAL into the main
+            # file, so the rename moves a complete database.
+            connection.close()
+    logger.info(
+        "created study %s: %d dimensions of %s, %d images from %s",
+        db_path, len(dimensions), run, len(shown), images_dir,
+    )
+    return db_path
+
+
+def _embedding_name(run: Path) -> str:
+    if run.is_dir() or run.name == EMBEDDING_NAME:
+        return (run if run.is_dir() else run.parent).resolve().name
+    return run.stem
+
+
+# ---------------------------------------------------------------------------
+# Data access
+
+
+class Study:
+    """Data access to one study database.
+
+    Args:
+        path (str | os.PathLike): The study database.
+        connection (sqlite3.Connection | None): An open connection from
+            :func:`dimalign.labeling.db.connect` to use instead of opening one
+            (the web app opens one per request). When None, the database is
+            opened and migrated to the latest schema.
+
+    Raises:
+        FileNotFoundError: If the database does not exist.
+        ValueError: If the file is not a study database.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, connection: sqlite3.Connection | None = None) -> None:
+        self.path = Path(path)
+        self.connection = connection if connection is not None else db.open_database(self.path)
+        rows = self.connection.execute("SELECT key, value FROM study").fetchall()
+        self.settings: dict[str, str] = {row["key"]: row["value"] for row in rows}
+        if "dimensions" not in self.settings:
+            raise ValueError(
+                f"{self.path} is not a study database (no study settings): create one with "
+                "`dimalign label-app setup`"
+            )
+        self.questions = QuestionSet.from_json(self.settings["questions"])
+        self.dimensions: tuple[int, ...] = tuple(json.loads(self.settings["dimensions"]))
+        self.images_dir = Path(self.settings["images_dir"])
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @property
+    def embedding_name(self) -> str:
+        """Name of the labelled embedding (its run directory or file stem)."""
+        return self.settings.get("embedding_name", self.path.stem)
+
+    # Dimensions and images -------------------------------------------------
+
+    def grid(self, dimension: int) -> np.ndarray:
+        """Return the object indices of a dimension's grid, shape ``(n_rows, n_cols)``.
+
+        Raises:
+            NotFoundError: If the dimension is not part of the study.
+        """
+        row = self.connection.execute(
+            "SELECT grid_json FROM dimensions WHERE dimension = ?", (int(dimension),)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
+        return np.asarray(json.loads(row["grid_json"]), dtype=np.int64)
+
+    def top_objects(self, dimension: int) -> np.ndarray:
+        """Return a dimension's top objects, largest weight first, shape ``(n_top,)``."""
+        row = self.connection.execute(
+            "SELECT top_objects_json FROM dimensions WHERE dimension = ?", (int(dimension),)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
+        return np.asarray(json.loads(row["top_objects_json"]), dtype=np.int64)
+
+    def object_ids(self) -> list[str]:
+        """Return every object id of the embedding in row order."""
+        rows = self.connection.execute("SELECT object_id FROM objects ORDER BY object_index").fetchall()
+        return [row["object_id"] for row in rows]
+
+    def image_file(self, object_index: int) -> Path:
+        """Return the image file of an object shown in some grid.
+
+        The stored relative path is resolved again and must still lie inside
+        the image folder, so a symbolic link added after setup cannot reach
+        other files.
+
+        Raises:
+            NotFoundError: If the object has no image in the study, the file
+                is gone, or it resolves outside the image folder.
+        """
+        row = self.connection.execute(
+            "SELECT image_path FROM objects WHERE object_index = ?", (int(object_index),)
+        ).fetchone()
+        if row is None or not row["image_path"]:
+            raise NotFoundError(f"object {object_index} has no image in the study")
+        relative = Path(row["image_path"])
+        root = self.images_dir.resolve()
+        full = (root / relative).resolve()
+        if relative.is_absolute() or ".." in relative.parts or not _inside(root, full) or not full.is_file():
+            raise NotFoundError(f"image {row['image_path']!r} of object {object_index} is not in {root}")
+        return full
+
+    # Participants ------------------------------------------------------------
+
+    def add_participant(self, order_seed: int | None = None) -> tuple[Participant, str]:
+        """Register a participant who consented and return it with its secret code.
+
+        Args:
+            order_seed (int | None): Seed for the random dimension order; a
+                fresh random seed when None. The seed is stored with the order.
+
+        Returns:
+            tuple[Participant, str]: The participant and the code with which it
+            resumes. Only the code's hash is stored, so it cannot be shown again later.
+        """
+        if order_seed is None:
+            order_seed = secrets.randbits(62)
+        order = [int(dim) for dim in np.random.default_rng(order_seed).permutation(self.dimensions)]
+        code = secrets.token_urlsafe(16)
+        consented_at = now_iso()
+        with db.transaction(self.connection):
+            cursor = self.connection.execute(
+                "INSERT INTO participants (code_sha256, order_seed, order_json, consented_at) "
+                "VALUES (?, ?, ?, ?)",
+                (hash_code(code), int(order_seed), json.dumps(order), consented_at),
+            )
+            participant_id = int(cursor.lastrowid)
+        logger.info("participant %d consented; %d dimensions in random order", participant_id, len(order))
+        return Participant(participant_id, tuple(order), int(order_seed), consented_at), code
+
+    def participant(self, participant_id: int) -> Participant:
+        """Return a participant by id.
+
+        Raises:
+            NotFoundError: If no participant has this id.
+        """
+        row = self.connection.execute(
+            "SELECT * FROM participants WHERE participant_id = ?", (int(participant_id),)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"participant {participant_id} not found")
+        return _participant_from_row(row)
+
+    def participant_by_code(self, code: str) -> Participant:
+        """Return the participant with this code.
+
+        Raises:
+            NotFoundError: If no participant has this code.
+        """
+        row = self.connection.execute(
+            "SELECT * FROM participants WHERE code_sha256 = ?", (hash_code(code.strip()),)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError("no participant has this code")
+        return _participant_from_row(row)
+
+    def code_matches(self, participant_id: int, code: str) -> bool:
+        """Check whether ``code`` is the code of participant ``participant_id``."""
+        row = self.connection.execute(
+            "SELECT code_sha256 FROM participants WHERE participant_id = ?", (int(participant_id),)
+        ).fetchone()
+        return row is not None and secrets.compare_digest(row["code_sha256"], hash_code(code))
+
+    def participants(self) -> list[Participant]:
+        """Return every participant, in the order they consented."""
+        rows = self.connection.execute("SELECT * FROM participants ORDER BY participant_id").fetchall()
+        return [_participant_from_row(row) for row in rows]
+
+    # Answers -----------------------------------------------------------------
+
+    def save_answer(self, participant_id: int, dimension: int, answer: Answer) -> None:
+        """Store (or replace) a participant's answer for a dimension and commit it.
+
+        The answer and a row in the append-only history are written in one
+        transaction, committed before this returns.
+
+        Raises:
+            NotFoundError: If the participant or the dimension does not exist;
+                nothing is written then.
+        """
+        participant = self.participant(participant_id)
+        if int(dimension) not in participant.order:
+            raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
+        labels_json = json.dumps(list(answer.labels), ensure_ascii=False)
+        now = now_iso()
+        with db.transaction(self.connection):
+            self.connection.execute(
+                "INSERT INTO answers (participant_id, dimension, labels_json, kind, interpretability, "
+                "answered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (participant_id, dimension) DO UPDATE SET labels_json = excluded.labels_json, "
+                "kind = excluded.kind, interpretability = excluded.interpretability, "
+                "updated_at = excluded.updated_at",
+                (participant_id, int(dimension), labels_json, answer.kind, answer.interpretability, now, now),
+            )
+            self.connection.execute(
+                "INSERT INTO answer_history (participant_id, dimension, labels_json, kind, "
+                "interpretability, submitted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (participant_id, int(dimension), labels_json, answer.kind, answer.interpretability, now),
+            )
+
+    def answer(self, participant_id: int, dimension: int) -> Answer | None:
+        """Return a participant's answer for a dimension, or None if not answered."""
+        row = self.connection.execute(
+            "SELECT labels_json, kind, interpretability FROM answers "
+            "WHERE participant_id = ? AND dimension = ?",
+            (int(participant_id), int(dimension)),
+        ).fetchone()
+        return None if row is None else _answer_from_row(row)
+
+    def answers(self, participant_id: int | None = None) -> list[dict[str, Any]]:
+        """Return answers as dictionaries, ordered by participant and dimension.
+
+        Args:
+            participant_id (int | None): Only this participant's answers; all when None.
+
+        Returns:
+            list[dict]: Keys ``participant_id``, ``dimension``, ``labels``
+            (list of str), ``kind``, ``interpretability``, ``answered_at``, ``updated_at``.
+        """
+        query = "SELECT * FROM answers"
+        parameters: tuple[Any, ...] = ()
+        if participant_id is not None:
+            query += " WHERE participant_id = ?"
+            parameters = (int(participant_id),)
+        rows = self.connection.execute(query + " ORDER BY participant_id, dimension", parameters).fetchall()
+        return [
+            {
+                "participant_id": row["participant_id"],
+                "dimension": row["dimension"],
+                "labels": json.loads(row["labels_json"]),
+                "kind": row["kind"],
+                "interpretability": row["interpretability"],
+                "answered_at": row["answered_at"],
+                "updated_at": row["updated_at"],
+            }
+            for row in rows
+        ]
+
+    def answered_dimensions(self, participant_id: int) -> set[int]:
+        """Return the dimensions a participant has answered."""
+        rows = self.connection.execute(
+            "SELECT dimension FROM answers WHERE participant_id = ?", (int(participant_id),)
+        ).fetchall()
+        return {int(row["dimension"]) for row in rows}
+
+    def next_dimension(self, participant: Participant) -> int | None:
+        """Return the first dimension in the participant's order without an answer, or None."""
+        answered = self.answered_dimensions(participant.participant_id)
+        for dimension in participant.order:
+            if dimension not in answered:
+                return dimension
+        return None
+
+    def export_answers(self, path: str | os.PathLike) -> int:
+        """Write every answer to a CSV file (atomically) and return the number of rows.
+
+        Columns: ``participant_id``, ``dimension``, ``position`` (1-based place
+        in the participant's order), ``label_1`` .. ``label_<max_labels>``,
+        ``kind``, ``interpretability``, ``answered_at``, ``updated_at``.
+        Participant codes are not exported.
+        """
+        text, n_rows = self.answers_csv()
+        write_text_atomic(path, text)
+        logger.info("exported %d answers of %s to %s", n_rows, self.path, path)
+        return n_rows
+
+    def answers_csv(self) -> tuple[str, int]:
+        """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows."""
+        orders = {participant.participant_id: participant.order for participant in self.participants()}
+        label_columns = [f"label_{number}" for number in range(1, self.questions.max_labels + 1)]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["participant_id", "dimension", "position", *label_columns, "kind", "interpretability",
+             "answered_at", "updated_at"]
+        )
+        answers = self.answers()
+        for answer in answers:
+            labels = list(answer["labels"]) + [""] * (len(label_columns) - len(answer["labels"]))
+            position = orders[answer["participant_id"]].index(answer["dimension"]) + 1
+            writer.writerow(
+                [answer["participant_id"], answer["dimension"], position, *labels, answer["kind"],
+                 answer["interpretability"], answer["answered_at"], answer["updated_at"]]
+            )
+        return buffer.getvalue(), len(answers)
+
+
+def _participant_from_row(row: sqlite3.Row) -> Participant:
+    return Participant(
+        participant_id=int(row["participant_id"]),
+        order=tuple(int(dim) for dim in json.loads(row["order_json"])),
+        order_seed=int(row["order_seed"]),
+        consented_at=row["consented_at"],
+    )
+
+
+def _answer_from_row(row: sqlite3.Row) -> Answer:
+    return Answer(
+        labels=tuple(json.loads(row["labels_json"])),
+        kind=row["kind"],
+        interpretability=row["interpretability"],
+    )
+
+
+def open_or_create_run_study(
+    run: str | os.PathLike,
+    images: str | os.PathLike,
+    *,
+    objects: str | os.PathLike | None = None,
+    dims: str | Sequence[int] | None = "all",
+    questions: str = "default",
+) -> Path:
+    """Return the study database kept in a run directory, creating it on first use.
+
+    Used by the short form ``dimalign label-app RUN --images DIR``. An
+    existing study is reused (so participants can resume) when it was made
+    from the same embedding file and image folder.
+
+    Raises:
+        ValueError: If ``run`` is not a directory, or the existing study was
+            made from another embedding or image folder.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise ValueError(
+            f"{run} is not a run directory: use `dimalign label-app setup STUDY.db --run {run} ...` "
+            "to keep the study database elsewhere"
+        )
+    db_path = run / RUN_STUDY_NAME
+    if not db_path.exists():
+        return create_study(db_path, run, images, objects=objects, dims=dims, questions=questions)
+
+    with Study(db_path) as study:
+        embedding_file = run / EMBEDDING_NAME
+        mismatches = []
+        if embedding_file.is_file() and study.settings.get("embedding_sha256") != sha256_file(embedding_file):
+            mismatches.append(f"{embedding_file} changed")
+        if Path(study.settings["images_dir"]) != Path(images).resolve():
+            mismatches.append(f"it shows images from {study.settings['images_dir']}")
+    if mismatches:
+        raise ValueError(
+            f"the existing study {db_path} does not match this request ({'; '.join(mismatches)}): "
+            "move it away to start a new study, or set up one with `dimalign label-app setup`"
+        )
+    logger.info("reusing study %s", db_path)
+    return db_path
+
+
+def iter_dimension_answers(study: Study) -> Iterable[tuple[int, list[dict[str, Any]]]]:
+    """Yield each study dimension with the answers given for it (possibly none)."""
+    by_dimension: dict[int, list[dict[str, Any]]] = {dim: [] for dim in study.dimensions}
+    for answer in study.answers():
+        by_dimension.setdefault(answer["dimension"], []).append(answer)
+    yield from by_dimension.items()

@@ -1,0 +1,51 @@
+"""Published labels of the human SPoSE dimensions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from dimalign.labeling.human_labels import load_dimension_labels
+
+
+def test_labels_66_match_embedding(shared_data):
+    # Read with numpy: the published file has a few tiny negative weights that load_embedding rejects.
+    n_dims = np.loadtxt(shared_data / "things" / "spose_embedding_66d_sorted.txt", max_rows=1).size
+    labels = load_dimension_labels(shared_data / "things" / "labels_66.txt", n_dims)
+    assert len(labels) == 66
+    assert labels[:3] == ["metallic/artificial", "food-related", "animal-related"]
+    assert all(label == label.strip() and label for label in labels)
+
+
+def test_labels_49_from_mat_file(shared_data):
+    labels = load_dimension_labels(shared_data / "things" / "labels_49.mat", 49)
+    assert len(labels) == 49
+    assert labels[0] == "made of metal / artificial / hard"
+    assert labels[2] == "animal-related / organic"
+
+
+def test_count_mismatch_names_both_numbers(shared_data):
+    with pytest.raises(ValueError, match="has 66 labels but the embedding has 49 dimensions"):
+        load_dimension_labels(shared_data / "things" / "labels_66.txt", 49)
+    with pytest.raises(ValueError, match="has 49 labels but the embedding has 66 dimensions"):
+        load_dimension_labels(shared_data / "things" / "labels_49.mat", 66)
+
+
+def test_empty_label_rejected(tmp_path):
+    (tmp_path / "labels.txt").write_text("red\n\nround\n\n\n")
+    with pytest.raises(ValueError, match=r"labels \[2\] \(1-based\) are empty"):
+        load_dimension_labels(tmp_path / "labels.txt")
+
+
+def test_mat_char_matrix_and_other_names(tmp_path):
+    savemat(tmp_path / "names.mat", {"dimension_names": np.array(["red  ", "round"])})
+    assert load_dimension_labels(tmp_path / "names.mat", 2) == ["red", "round"]
+    savemat(tmp_path / "two.mat", {"a": np.array(["x"]), "b": np.array(["y"])})
+    with pytest.raises(ValueError, match="no variable named 'labels'"):
+        load_dimension_labels(tmp_path / "two.mat")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_dimension_labels(tmp_path / "nothing.txt")

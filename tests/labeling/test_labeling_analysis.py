@@ -1,0 +1,199 @@
+"""Label and rating analyses on fixed fake ratings, with expected values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import cohen_kappa_score
+
+from dimalign.labeling import analysis
+from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.summary import summarize
+
+# Ten dimensions rated by three raters; C breaks the ties of A and B.
+RATER_A = ["visual", "visual", "semantic", "semantic", "mixed", "unclear", "visual", "semantic", "mixed", "visual"]
+RATER_B = ["visual", "semantic", "semantic", "semantic", "mixed", "visual", "visual", "semantic", "unclear", "visual"]
+RATER_C = ["visual", "semantic", "semantic", "semantic", "mixed", "visual", "visual", "semantic", "semantic", "visual"]
+RESOLVED = ["visual", "semantic", "semantic", "semantic", "mixed", "visual", "visual", "semantic", "unresolved",
+            "visual"]
+
+# A and B agree on dimensions 0, 2, 3, 4, 6, 7, 9: p_o = 7/10.
+# Category frequencies (visual, semantic, mixed, unclear): A 4, 3, 2, 1 and B 4, 4, 1, 1 of 10, so
+# p_e = (4*4 + 3*4 + 2*1 + 1*1) / 100 = 31/100 and kappa = (70 - 31) / (100 - 31) = 39/69 = 13/23.
+EXPECTED_KAPPA = Fraction(13, 23)
+
+
+def hand_kappa(first, second, categories):
+    n = len(first)
+    observed = Fraction(sum(a == b for a, b in zip(first, second)), n)
+    expected = sum(Fraction(first.count(c), n) * Fraction(second.count(c), n) for c in categories)
+    return (observed - expected) / (1 - expected)
+
+
+def test_kappa_matches_hand_computation():
+    assert hand_kappa(RATER_A, RATER_B, analysis.KINDS) == EXPECTED_KAPPA
+    result = analysis.rater_agreement(RATER_A, RATER_B)
+    assert result.n == 10
+    assert result.percent_agreement == pytest.approx(70.0, abs=1e-12)
+    assert result.kappa == pytest.approx(float(EXPECTED_KAPPA), abs=1e-12)
+    assert cohen_kappa_score(RATER_A, RATER_B) == pytest.approx(float(EXPECTED_KAPPA), abs=1e-12)
+
+
+def test_agreement_skips_missing_ratings():
+    first = RATER_A + [None, "visual"]
+    second = RATER_B + ["visual", float("nan")]
+    result = analysis.rater_agreement(first, second)
+    assert result.n == 10
+    assert result.kappa == pytest.approx(float(EXPECTED_KAPPA), abs=1e-12)
+
+
+def test_agreement_identical_raters():
+    result = analysis.rater_agreement(RATER_A, RATER_A)
+    assert result.percent_agreement == 100.0
+    assert result.kappa == pytest.approx(1.0)
+    constant = analysis.rater_agreement(["visual"] * 3, ["visual"] * 3)
+    assert constant.percent_agreement == 100.0
+    assert np.isnan(constant.kappa)
+
+
+def test_agreement_rejects_unknown_rating():
+    with pytest.raises(ValueError, match="colourful"):
+        analysis.rater_agreement(["colourful"], ["visual"])
+    with pytest.raises(ValueError, match="1 ratings but rater B 0"):
+        analysis.rater_agreement(["visual"], [])
+
+
+def test_resolve_with_and_without_tie_breaker():
+    assert analysis.resolve_ratings(RATER_A, RATER_B, RATER_C) == RESOLVED
+    without = analysis.resolve_ratings(RATER_A, RATER_B)
+    assert without == [a if a == b else "unresolved" for a, b in zip(RATER_A, RATER_B)]
+    assert analysis.resolve_ratings(["visual"], [None], ["visual"]) == ["visual"]
+    assert analysis.resolve_ratings([None], [None]) == ["unresolved"]
+
+
+def test_kind_shares_exact():
+    shares = analysis.kind_shares({"dnn": RESOLVED, "human": ["semantic", "semantic", "visual", "mixed"]})
+    dnn = shares[shares["embedding"] == "dnn"].set_index("kind")
+    assert dnn["n_dimensions"].to_dict() == {"visual": 4, "semantic": 4, "mixed": 1, "unclear": 0, "unresolved": 1}
+    assert dnn["share"].to_dict() == {"visual": 0.4, "semantic": 0.4, "mixed": 0.1, "unclear": 0.0,
+                                      "unresolved": 0.1}
+    human = shares[shares["embedding"] == "human"].set_index("kind")
+    assert human["share"].to_dict() == {"visual": 0.25, "semantic": 0.5, "mixed": 0.25, "unclear": 0.0}
+
+
+def test_relevance_shares_exact():
+    kinds = dict(enumerate(RESOLVED))
+    # Triplets driven by dimensions 0, 0 (visual), 1, 2 (semantic), 4 (mixed), 8, 8 (unresolved), 11 (not rated).
+    shares = analysis.relevance_shares([0, 0, 1, 2, 4, 8, 8, 11], kinds).set_index("kind")
+    assert shares["n_triplets"].to_dict() == {"visual": 2, "semantic": 2, "mixed": 1, "unclear": 0,
+                                              "not rated": 1, "unresolved": 2}
+    assert shares["share"].to_dict() == {"visual": 0.25, "semantic": 0.25, "mixed": 0.125, "unclear": 0.0,
+                                         "not rated": 0.125, "unresolved": 0.25}
+
+
+def test_read_relevance_checks_columns(tmp_path):
+    path = tmp_path / "relevance.csv"
+    path.write_text("triplet_index,most_relevant_dim,delta\n0,3,0.5\n1,1,0.1\n")
+    table = analysis.read_relevance(path)
+    assert table["most_relevant_dim"].tolist() == [3, 1]
+    assert "delta" in table.columns
+    path.write_text("triplet,dim\n0,3\n")
+    with pytest.raises(ValueError, match=r"lacks the columns \['triplet_index', 'most_relevant_dim'\]"):
+        analysis.read_relevance(path)
+    path.write_text("triplet_index,most_relevant_dim\n0,3\n1,-1\n2,x\n")
+    with pytest.raises(ValueError, match=r"rows \[3, 4\]"):
+        analysis.read_relevance(path)
+
+
+def test_label_frequencies_normalised():
+    counts = analysis.label_frequencies(["Red", " red ", "RED  fruit", "red fruit", "", "  "])
+    assert counts == {"red": 2, "red fruit": 2}
+    assert analysis.top_labels(counts, n=1) == [("red", 2)]
+
+
+def test_human_semantic_score():
+    assert analysis.human_semantic_score(["visual", "semantic", "mixed", "unclear"]) == 0.5
+    assert np.isnan(analysis.human_semantic_score(["unclear"]))
+
+
+def test_word_cloud_reproducible(tmp_path):
+    frequencies = {"animals": 5, "pets": 2, "wild animals": 1}
+    first = analysis.write_word_cloud(frequencies, tmp_path / "a.png", width=200, height=100, random_state=3)
+    second = analysis.write_word_cloud(frequencies, tmp_path / "b.png", width=200, height=100, random_state=3)
+    with Image.open(first) as image_a, Image.open(second) as image_b:
+        assert image_a.size == (200, 100)
+        assert np.array_equal(np.asarray(image_a), np.asarray(image_b))
+        assert np.asarray(image_a).min() < 128
+    with pytest.raises(ValueError, match="no labels"):
+        analysis.write_word_cloud({}, tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
+
+
+@pytest.fixture
+def rated_study(tmp_path, labeling_run, image_set):
+    path = create_study(tmp_path / "rated.db", labeling_run, image_set[0], dims="0-9")
+    interpretability = {"visual": "one", "semantic": "one", "mixed": "several", "unclear": "none"}
+    with Study(path) as study:
+        for rater, ratings in enumerate((RATER_A, RATER_B, RATER_C)):
+            participant, _ = study.add_participant(order_seed=rater)
+            for dimension, kind in enumerate(ratings):
+                labels = (f"Label {dimension}", "shared") if rater < 2 else (f"label {dimension}",)
+                study.save_answer(participant.participant_id, dimension,
+                                  Answer(labels=labels, kind=kind, interpretability=interpretability[kind]))
+        # A fourth participant who stopped early is not a default rater.
+        participant, _ = study.add_participant(order_seed=9)
+        study.save_answer(participant.participant_id, 0, Answer(labels=("x",), kind="visual", interpretability="one"))
+    return path
+
+
+def test_summarize_study_exact(rated_study, tmp_path):
+    relevance = tmp_path / "relevance.csv"
+    pd.DataFrame({"triplet_index": range(8), "most_relevant_dim": [0, 0, 1, 2, 4, 8, 8, 11]}).to_csv(
+        relevance, index=False
+    )
+    out = tmp_path / "summary"
+    headline = summarize([rated_study], out, relevance=[relevance], wordcloud_size=(200, 100))
+    name = headline["embeddings"][0]
+    assert headline["raters"] == {name: [1, 2, 3]}
+
+    agreement = pd.read_csv(out / "agreement.csv")
+    kind_ab = agreement[(agreement["question"] == "kind") & (agreement["rater_a"] == 1) & (agreement["rater_b"] == 2)]
+    assert kind_ab["percent_agreement"].item() == pytest.approx(70.0)
+    assert kind_ab["kappa"].item() == pytest.approx(float(EXPECTED_KAPPA))
+    assert len(agreement) == 6
+
+    dimensions = pd.read_csv(out / "dimensions.csv").set_index("dimension")
+    assert dimensions["resolved_kind"].tolist() == RESOLVED
+    assert dimensions.loc[0, "n_answers"] == 4
+    assert dimensions.loc[3, "top_labels"] == "label 3 (3); shared (2)"
+    assert dimensions.loc[4, "resolved_interpretability"] == "several"
+
+    shares = pd.read_csv(out / "shares.csv").set_index("kind")
+    assert shares["share"].to_dict() == {"visual": 0.4, "semantic": 0.4, "mixed": 0.1, "unclear": 0.0,
+                                         "unresolved": 0.1}
+    relevance_shares = pd.read_csv(out / "relevance_shares.csv").set_index("kind")
+    assert relevance_shares.loc["visual", "share"] == 0.25
+    assert relevance_shares.loc["not rated", "n_triplets"] == 1
+
+    assert len(list((out / "wordclouds").glob("*.png"))) == 10
+    assert json.loads((out / "summary.json").read_text())["shares"][name]["visual"] == 0.4
+    assert json.loads((out / "manifest.json").read_text())["step"] == "labels summarize"
+    html = (out / "summary.html").read_text()
+    assert "wordclouds/" in html
+
+
+def test_summarize_with_named_raters(rated_study, tmp_path):
+    headline = summarize([rated_study], tmp_path / "out", raters=[2, 1], wordcloud_size=(200, 100))
+    assert list(headline["raters"].values()) == [[2, 1]]
+    with pytest.raises(ValueError, match="two or three distinct participant ids"):
+        summarize([rated_study], tmp_path / "bad", raters=[1, 77])
+
+
+def test_summarize_relevance_count_checked(rated_study, tmp_path):
+    with pytest.raises(ValueError, match="one --relevance per study"):
+        summarize([rated_study], tmp_path / "out", relevance=[tmp_path / "a.csv", tmp_path / "b.csv"])

@@ -1,0 +1,338 @@
+"""The labelling web app through Flask's test client: flow, access rules, validation and escaping."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from labeling_helpers import csrf_from
+
+from dimalign.labeling.app import create_app
+from dimalign.labeling.study import Study
+
+
+def answer_rows(path):
+    with sqlite3.connect(path) as connection:
+        return connection.execute(
+            "SELECT participant_id, dimension, labels_json, kind, interpretability FROM answers "
+            "ORDER BY participant_id, dimension"
+        ).fetchall()
+
+
+def history_count(path):
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT COUNT(*) FROM answer_history").fetchone()[0]
+
+
+@pytest.fixture
+def app(study_path):
+    application = create_app(study_path, admin_token="secret-admin")
+    application.config["TESTING"] = True
+    return application
+
+
+def consent(client):
+    """Consent as a new participant; return (participant id, its order, the code)."""
+    page = client.get("/consent")
+    response = client.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"})
+    assert response.status_code == 303
+    participant_id = int(response.headers["Location"].split("/")[2])
+    with client.session_transaction() as session:
+        code = session["code"]
+    with Study(client.application.config["STUDY_PATH"]) as study:
+        order = study.participant(participant_id).order
+    return participant_id, order, code
+
+
+def submit(client, participant_id, dimension, labels=("red",), kind="visual", interpretability="one", token=None):
+    url = f"/participant/{participant_id}/dimension/{dimension}"
+    if token is None:
+        token = csrf_from(client.get(url).text)
+    data = {"csrf_token": token, "label": list(labels), "kind": kind, "interpretability": interpretability}
+    return client.post(url, data=data)
+
+
+def test_consent_creates_participant(app, study_path):
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    assert participant_id == 1
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert len(code) >= 20
+    page = client.get(f"/participant/{participant_id}/instructions")
+    assert page.status_code == 200
+    assert code in page.text
+
+
+def test_consent_without_agreement_writes_nothing(app, study_path):
+    client = app.test_client()
+    page = client.get("/consent")
+    response = client.post("/consent", data={"csrf_token": csrf_from(page.text)})
+    assert response.status_code == 400
+    with Study(study_path) as study:
+        assert study.participants() == []
+
+
+def test_post_without_csrf_token_rejected(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    response = submit(client, participant_id, order[0], token="forged")
+    assert response.status_code == 400
+    assert answer_rows(study_path) == []
+    response = client.post("/consent", data={"agree": "yes"})
+    assert response.status_code == 400
+    with Study(study_path) as study:
+        assert len(study.participants()) == 1
+
+
+def test_answer_saved_and_progress_shown(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    page = client.get(f"/participant/{participant_id}/dimension/{order[0]}")
+    assert "dimension 1 of 5" in page.text
+    assert page.text.count("<img ") == 30
+    response = submit(client, participant_id, order[0], labels=(" Red ", "", "round"), kind="mixed",
+                      interpretability="several")
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/participant/{participant_id}/next")
+    rows = answer_rows(study_path)
+    assert rows == [(participant_id, order[0], json.dumps(["Red", "round"]), "mixed", "several")]
+    next_page = client.get(f"/participant/{participant_id}/next")
+    assert next_page.headers["Location"].endswith(f"/dimension/{order[1]}")
+    second = client.get(next_page.headers["Location"])
+    assert "dimension 2 of 5" in second.text
+
+
+def test_finished_participant_sees_summary(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    for dimension in order:
+        assert submit(client, participant_id, dimension, labels=(f"label {dimension}",)).status_code == 303
+    response = client.get(f"/participant/{participant_id}/next")
+    assert response.headers["Location"].endswith(f"/participant/{participant_id}/done")
+    summary = client.get(f"/participant/{participant_id}/done")
+    assert "Thank you" in summary.text
+    for dimension in order:
+        assert f"label {dimension}" in summary.text
+
+
+def test_changed_answer_keeps_history(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    submit(client, participant_id, order[0], labels=("first",))
+    submit(client, participant_id, order[0], labels=("second",), kind="semantic")
+    rows = answer_rows(study_path)
+    assert len(rows) == 1
+    assert json.loads(rows[0][2]) == ["second"]
+    assert rows[0][3] == "semantic"
+    assert history_count(study_path) == 2
+    page = client.get(f"/participant/{participant_id}/dimension/{order[0]}")
+    assert 'value="second"' in page.text
+
+
+@pytest.mark.parametrize(
+    ("labels", "kind", "interpretability", "field"),
+    [
+        (("", "  "), "visual", "one", "labels"),
+        (("a", "b", "c", "d", "e", "f"), "visual", "one", "labels"),
+        (("x" * 101,), "visual", "one", "labels"),
+        (("red",), "colourful", "one", "kind"),
+        (("red",), "visual", "maybe", "interpretability"),
+        (("red",), None, "one", "kind"),
+    ],
+)
+def test_invalid_answer_rejected(app, study_path, labels, kind, interpretability, field):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    data = {"csrf_token": csrf_from(client.get(url).text), "label": list(labels), "interpretability": interpretability}
+    if kind is not None:
+        data["kind"] = kind
+    response = client.post(url, data=data)
+    assert response.status_code == 400
+    assert f'id="error-{field}"' in response.text
+    assert answer_rows(study_path) == []
+
+
+def test_label_of_100_characters_accepted(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0], labels=("y" * 100, "a", "b", "c", "d")).status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2])[0] == "y" * 100
+
+
+def test_html_and_sql_labels_stored_verbatim_and_escaped(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    script = "<script>alert(1)</script>"
+    injection = "'); DROP TABLE answers;--"
+    assert submit(client, participant_id, order[0], labels=(script, injection)).status_code == 303
+    rows = answer_rows(study_path)
+    assert json.loads(rows[0][2]) == [script, injection]
+    page = client.get(f"/participant/{participant_id}/dimension/{order[0]}")
+    assert script not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&#39;); DROP TABLE answers;--" in page.text
+    summary = client.get(f"/participant/{participant_id}/done")
+    assert script not in summary.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in summary.text
+
+
+def test_unknown_participant_is_404(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    for url in ("/participant/999/instructions", "/participant/999/next", "/participant/999/done",
+                f"/participant/999/dimension/{order[0]}"):
+        assert client.get(url).status_code == 404
+    response = client.post(f"/participant/999/dimension/{order[0]}",
+                           data={"csrf_token": token, "label": ["a"], "kind": "visual", "interpretability": "one"})
+    assert response.status_code == 404
+    assert answer_rows(study_path) == []
+
+
+def test_unknown_dimension_is_404(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    # Dimension 7 exists in the embedding but not in this study; 99 exists nowhere.
+    for dimension in (7, 99):
+        url = f"/participant/{participant_id}/dimension/{dimension}"
+        assert client.get(url).status_code == 404
+        response = client.post(url, data={"csrf_token": token, "label": ["a"], "kind": "visual",
+                                          "interpretability": "one"})
+        assert response.status_code == 404
+    assert client.get(f"/participant/{participant_id}/dimension/-1").status_code == 404
+    assert answer_rows(study_path) == []
+    assert history_count(study_path) == 0
+
+
+def test_other_participant_pages_forbidden(app, study_path):
+    alice = app.test_client()
+    bob = app.test_client()
+    alice_id, alice_order, _ = consent(alice)
+    bob_id, bob_order, _ = consent(bob)
+    submit(alice, alice_id, alice_order[0], labels=("alice secret",))
+
+    for url in (f"/participant/{alice_id}/dimension/{alice_order[0]}", f"/participant/{alice_id}/done",
+                f"/participant/{alice_id}/instructions"):
+        response = bob.get(url)
+        assert response.status_code == 403
+        assert "alice secret" not in response.text
+    bob_token = csrf_from(bob.get(f"/participant/{bob_id}/dimension/{bob_order[0]}").text)
+    response = bob.post(f"/participant/{alice_id}/dimension/{alice_order[0]}",
+                        data={"csrf_token": bob_token, "label": ["bob"], "kind": "semantic",
+                              "interpretability": "none"})
+    assert response.status_code == 403
+    assert bob.post(f"/participant/{alice_id}/stop", data={"csrf_token": bob_token}).status_code == 403
+
+    bob_page = bob.get(f"/participant/{bob_id}/dimension/{alice_order[0]}")
+    assert "alice secret" not in bob_page.text
+    rows = answer_rows(study_path)
+    assert rows == [(alice_id, alice_order[0], json.dumps(["alice secret"]), "visual", "one")]
+
+
+def test_forged_session_cookie_rejected(app, study_path):
+    alice = app.test_client()
+    alice_id, alice_order, _ = consent(alice)
+    mallory = app.test_client()
+    mallory.get("/")
+    with mallory.session_transaction() as session:
+        session["participant_id"] = alice_id
+        session["code"] = "guessed-code"
+    assert mallory.get(f"/participant/{alice_id}/done").status_code == 403
+    mallory.set_cookie("dimalign_labels", "eyJwYXJ0aWNpcGFudF9pZCI6MX0.forged.signature")
+    assert mallory.get(f"/participant/{alice_id}/done").status_code == 403
+
+
+def test_stop_and_resume_with_code(app, study_path):
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    submit(client, participant_id, order[0])
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[1]}").text)
+    stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    assert stopped.status_code == 200
+    assert code in stopped.text
+    assert client.get(f"/participant/{participant_id}/done").status_code == 403
+
+    other_browser = app.test_client()
+    start = other_browser.get("/")
+    response = other_browser.post("/resume", data={"csrf_token": csrf_from(start.text), "code": f"  {code} "})
+    assert response.status_code == 303
+    assert response.headers["Location"].endswith(f"/participant/{participant_id}/next")
+    next_page = other_browser.get(f"/participant/{participant_id}/next")
+    assert next_page.headers["Location"].endswith(f"/dimension/{order[1]}")
+
+
+def test_resume_with_unknown_code_is_404(app, study_path):
+    client = app.test_client()
+    start = client.get("/")
+    response = client.post("/resume", data={"csrf_token": csrf_from(start.text), "code": "no-such-code"})
+    assert response.status_code == 404
+    with Study(study_path) as study:
+        assert study.participants() == []
+
+
+def test_images_served_only_from_folder(app, study_path, image_set):
+    client = app.test_client()
+    assert client.get("/image/0").status_code == 403
+    participant_id, order, _ = consent(client)
+    with Study(study_path) as study:
+        shown = int(study.grid(order[0])[0, 0])
+        hidden = sorted(set(range(36)) - {int(index) for dim in study.dimensions for index in study.grid(dim).ravel()})
+    response = client.get(f"/image/{shown}")
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert response.data[:8] == b"\x89PNG\r\n\x1a\n"
+    response.close()
+    assert client.get("/image/99999").status_code == 404
+    if hidden:
+        assert client.get(f"/image/{hidden[0]}").status_code == 404
+    for url in ("/image/../../etc/passwd", "/image/%2e%2e%2fetc%2fpasswd", "/static/../study.db",
+                "/image/..%2f..%2fstudy.db"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert b"root:" not in response.data
+
+
+def test_image_path_tampered_in_database_is_404(app, study_path, tmp_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG\r\n\x1a\nsecret")
+    with Study(study_path) as study:
+        shown = int(study.grid(order[0])[0, 0])
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE objects SET image_path = ? WHERE object_index = ?", ("../secret.png", shown))
+    response = client.get(f"/image/{shown}")
+    assert response.status_code == 404
+    assert b"secret" not in response.data
+
+
+def test_admin_pages_need_token(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    submit(client, participant_id, order[0], labels=("<b>bold</b>",))
+    assert client.get("/admin").status_code == 401
+    assert client.get("/admin?token=wrong").status_code == 403
+    assert client.get("/admin/answers.csv?token=wrong").status_code == 403
+    page = client.get("/admin?token=secret-admin")
+    assert page.status_code == 200
+    assert "1 participants, 1 answers" in page.text
+    export = client.get("/admin/answers.csv", headers={"Authorization": "Bearer secret-admin"})
+    assert export.status_code == 200
+    lines = export.text.splitlines()
+    assert lines[0].startswith("participant_id,dimension,position,label_1")
+    assert lines[1].startswith(f"{participant_id},{order[0]},1,<b>bold</b>,,,,,visual,one,")
+
+
+def test_admin_disabled_without_token(study_path):
+    client = create_app(study_path).test_client()
+    assert client.get("/admin?token=anything").status_code == 404
+
+
+def test_security_headers_set(app):
+    response = app.test_client().get("/")
+    assert "script-src 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    cookie = response.headers.get("Set-Cookie", "")
+    assert "HttpOnly" in cookie

@@ -1,0 +1,151 @@
+"""The labelling app in headless Chromium: consent, label, stop, resume, finish; screenshots.
+
+Set DIMALIGN_DOC_IMAGES=1 to also copy the screenshots to docs/img/ for the user docs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from labeling_helpers import running_server
+
+from dimalign.labeling.study import Answer, Study
+from dimalign.labeling.summary import summarize
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+DOC_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+LABELS = {
+    1: ["animals", "<script>alert(1)</script>"],
+    2: ["inverted colours", "negative"],
+    3: ["mixed scenes"],
+    4: ["'); DROP TABLE answers;--", "texture"],
+    5: ["round", "close-up"],
+}
+KINDS = {1: "semantic", 2: "visual", 3: "unclear", 4: "mixed", 5: "visual"}
+
+
+def keep_screenshot(path: Path, name: str) -> None:
+    if os.environ.get("DIMALIGN_DOC_IMAGES") == "1":
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOC_IMAGES / name)
+
+
+def answer_page(page, number: int) -> int:
+    """Fill and submit the dimension page shown; return its dimension."""
+    assert page.inner_text("#progress") == f"dimension {number} of 5"
+    dimension = int(page.url.rsplit("/", 1)[1])
+    for field, label in enumerate(LABELS[number], start=1):
+        page.fill(f"#label-{field}", label)
+    page.check(f"#kind-{KINDS[number]}")
+    page.check("#interpretability-one" if number % 2 else "#interpretability-several")
+    page.click("#submit")
+    return dimension
+
+
+@pytest.mark.browser
+def test_participant_flow_in_chromium(study_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    dialogs: list[str] = []
+    answered: dict[int, int] = {}
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+            page.goto(base_url + "/")
+            page.click("#start-study")
+            page.check("#agree")
+            page.click("#consent-submit")
+            code = page.inner_text("#participant-code")
+            participant_url = page.url.rsplit("/", 1)[0]
+
+            # The grid of dimension 0 (animal photos first) shows 30 loaded images.
+            page.goto(participant_url + "/dimension/0")
+            page.wait_for_function(
+                "() => Array.from(document.images).length === 30 && "
+                "Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+            )
+            page.screenshot(path=str(tmp_path / "grid.png"), full_page=True)
+            keep_screenshot(tmp_path / "grid.png", "labeling_grid.png")
+
+            page.goto(participant_url + "/instructions")
+            page.click("#start")
+
+            for number in (1, 2, 3):
+                answered[number] = answer_page(page, number)
+            page.click("#stop")
+            assert page.inner_text("#participant-code") == code
+
+            page.goto(base_url + "/")
+            page.fill("#code", code)
+            page.click("#resume")
+            for number in (4, 5):
+                answered[number] = answer_page(page, number)
+
+            assert page.url.endswith("/done")
+            assert "Thank you" in page.inner_text("h1")
+            summary_text = page.inner_text("#summary")
+            assert "<script>alert(1)</script>" in summary_text
+            assert "'); DROP TABLE answers;--" in summary_text
+            page.screenshot(path=str(tmp_path / "done.png"), full_page=True)
+            keep_screenshot(tmp_path / "done.png", "labeling_done.png")
+        finally:
+            browser.close()
+    assert dialogs == []
+
+    with sqlite3.connect(study_path) as connection:
+        rows = connection.execute("SELECT participant_id, dimension, labels_json, kind FROM answers").fetchall()
+    expected = {(1, answered[number], json.dumps(LABELS[number]), KINDS[number]) for number in LABELS}
+    assert set(rows) == expected
+    assert len(rows) == 5
+
+
+@pytest.mark.browser
+def test_summary_page_in_chromium(study_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    labels = {
+        0: [["animals", "birds"], ["animal", "pets"], ["animals", "wildlife"]],
+        1: [["inverted colours"], ["negative", "inverted colours"], ["dark", "negative"]],
+        2: [["round"], ["circle", "round"], ["round", "sun"]],
+        3: [["texture"], ["pattern"], ["texture", "fine"]],
+        4: [["people"], ["scene"], ["unclear"]],
+    }
+    kinds = {0: ("semantic", "semantic", "semantic"), 1: ("visual", "visual", "visual"),
+             2: ("visual", "mixed", "visual"), 3: ("visual", "visual", "mixed"),
+             4: ("unclear", "mixed", "semantic")}
+    with Study(study_path) as study:
+        for rater in range(3):
+            participant, _ = study.add_participant(order_seed=rater)
+            for dimension in study.dimensions:
+                study.save_answer(participant.participant_id, dimension, Answer(
+                    labels=tuple(labels[dimension][rater]), kind=kinds[dimension][rater], interpretability="one"))
+    out = tmp_path / "summary"
+    summarize([study_path], out, wordcloud_size=(300, 150))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto((out / "summary.html").as_uri())
+            page.wait_for_function(
+                "() => Array.from(document.images).length === 5 && "
+                "Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+            )
+            assert "semantic" in page.inner_text("#shares")
+            page.screenshot(path=str(tmp_path / "summary.png"), full_page=True)
+            keep_screenshot(tmp_path / "summary.png", "labeling_summary.png")
+        finally:
+            browser.close()

@@ -1,0 +1,75 @@
+"""Study database: migrations, WAL mode and transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from dimalign.labeling import db
+
+
+def table_names(connection):
+    rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {row[0] for row in rows}
+
+
+def test_fresh_database_migrates_to_latest(tmp_path):
+    connection = db.open_database(tmp_path / "study.db", create=True)
+    assert db.schema_version(connection) == db.LATEST_VERSION
+    versions = [row[0] for row in connection.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == [version for version, _, _ in db.MIGRATIONS]
+    assert {"study", "objects", "dimensions", "participants", "answers", "answer_history"} <= table_names(connection)
+    assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert connection.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    connection.close()
+
+
+def test_missing_database_not_created(tmp_path):
+    with pytest.raises(FileNotFoundError, match="label-app setup"):
+        db.open_database(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_version_1_upgraded_keeping_rows(tmp_path):
+    path = tmp_path / "old.db"
+    connection = db.connect(path)
+    assert db.migrate(connection, target=1) == 1
+    assert "answer_history" not in table_names(connection)
+    connection.execute("INSERT INTO study (key, value) VALUES ('dimensions', '[0]')")
+    connection.close()
+
+    connection = db.open_database(path)
+    assert db.schema_version(connection) == db.LATEST_VERSION
+    assert "answer_history" in table_names(connection)
+    assert connection.execute("SELECT value FROM study WHERE key = 'dimensions'").fetchone()[0] == "[0]"
+    connection.close()
+
+
+def test_newer_schema_rejected(tmp_path):
+    path = tmp_path / "future.db"
+    connection = db.open_database(path, create=True)
+    connection.execute("INSERT INTO schema_version VALUES (999, 'from the future', 'now')")
+    connection.close()
+    with pytest.raises(ValueError, match="schema version 999"):
+        db.open_database(path)
+
+
+def test_failed_transaction_rolled_back(tmp_path):
+    connection = db.open_database(tmp_path / "study.db", create=True)
+    with pytest.raises(sqlite3.IntegrityError):
+        with db.transaction(connection):
+            connection.execute("INSERT INTO study (key, value) VALUES ('a', '1')")
+            connection.execute("INSERT INTO study (key, value) VALUES ('a', '2')")
+    assert connection.execute("SELECT COUNT(*) FROM study").fetchone()[0] == 0
+    connection.close()
+
+
+def test_answer_for_unknown_ids_violates_foreign_key(tmp_path):
+    connection = db.open_database(tmp_path / "study.db", create=True)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        with db.transaction(connection):
+            connection.execute(
+                "INSERT INTO answers VALUES (1, 0, '[\"a\"]', 'visual', 'one', 'now', 'now')"
+            )
+    connection.close()

@@ -1,0 +1,141 @@
+"""Automatic semantic check: names of THINGS animals cluster, random objects do not."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dimalign.labeling import semantic
+from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.summary import summarize
+
+
+@pytest.fixture(scope="module")
+def sentence_model():
+    return semantic.load_sentence_model()
+
+
+@pytest.fixture(scope="module")
+def things_objects(shared_data):
+    """200 THINGS concepts (20 animals, 180 others) with their names and animal flags."""
+    ids = (shared_data / "things" / "unique_id.txt").read_text().split()
+    # category_mat_manual.tsv rows follow unique_id.txt; words.csv has its own order, joined by id.
+    animal = pd.read_csv(shared_data / "things" / "category_mat_manual.tsv", sep="\t")["animal"].to_numpy() == 1
+    names = semantic.read_object_names(shared_data / "things" / "words.csv", ids)
+    rng = np.random.default_rng(0)
+    chosen = np.concatenate([
+        rng.choice(np.flatnonzero(animal), 20, replace=False),
+        rng.choice(np.flatnonzero(~animal), 180, replace=False),
+    ])
+    return [names[index] for index in chosen], animal[chosen]
+
+
+def test_model_bundled_offline():
+    path = semantic.model_path()
+    assert (path / "model.safetensors").is_file()
+
+
+def test_animal_dimension_scores_above_random(sentence_model, things_objects):
+    names, is_animal = things_objects
+    rng = np.random.default_rng(1)
+    tops = {
+        0: rng.choice(np.flatnonzero(is_animal), 10, replace=False),
+        1: rng.choice(len(names), 10, replace=False),
+    }
+    scores = semantic.semantic_scores(
+        tops, names, labels={0: ["animals"], 1: ["animals"]}, k=10, n_random=300, model=sentence_model
+    ).set_index("dimension")
+    assert scores.loc[0, "semantic_z"] > scores.loc[1, "semantic_z"]
+    assert scores.loc[0, "semantic_z"] > 2.0
+    assert scores.loc[0, "label_similarity"] > scores.loc[1, "label_similarity"]
+    assert scores.loc[0, "random_mean"] == scores.loc[1, "random_mean"]
+
+
+class HashModel:
+    """A stand-in sentence model: a fixed random unit vector per text."""
+
+    def encode(self, texts, **options):
+        vectors = np.stack([np.random.default_rng(sum(map(ord, text))).normal(size=8) for text in texts])
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_scores_reproducible_with_seed():
+    names = [f"object {number}" for number in range(40)]
+    tops = {0: list(range(10)), 1: list(range(10, 20))}
+    first = semantic.semantic_scores(tops, names, k=5, n_random=50, random_state=3, model=HashModel())
+    second = semantic.semantic_scores(tops, names, k=5, n_random=50, random_state=3, model=HashModel())
+    pd.testing.assert_frame_equal(first, second)
+    other_seed = semantic.semantic_scores(tops, names, k=5, n_random=50, random_state=4, model=HashModel())
+    assert other_seed.loc[0, "random_mean"] != first.loc[0, "random_mean"]
+
+
+def test_mean_pairwise_cosine_matches_loop():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 4))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pairs = [vectors[i] @ vectors[j] for i in range(6) for j in range(i + 1, 6)]
+    assert semantic._mean_pairwise_cosine(vectors) == pytest.approx(np.mean(pairs))
+
+
+def test_invalid_settings_rejected():
+    with pytest.raises(ValueError, match="at least 2"):
+        semantic.semantic_scores({0: [0, 1]}, ["a", "b"], k=1, model=object())
+    with pytest.raises(ValueError, match="only 2 objects"):
+        semantic.semantic_scores({0: [0, 1]}, ["a", "b"], k=3, model=object())
+
+
+def test_object_name_cleaning():
+    assert semantic.object_name("bat2") == "bat"
+    assert semantic.object_name("ice_cream") == "ice cream"
+    assert semantic.object_name("aardvark/aardvark_01b.jpg") == "aardvark"
+    assert semantic.object_name("st._bernard") == "st. bernard"
+
+
+def test_plain_name_list_length_checked(tmp_path):
+    (tmp_path / "names.txt").write_text("dog\ncat\n")
+    assert semantic.read_object_names(tmp_path / "names.txt", ["a", "b"]) == ["dog", "cat"]
+    with pytest.raises(ValueError, match="2 names but the embedding has 3 objects"):
+        semantic.read_object_names(tmp_path / "names.txt", ["a", "b", "c"])
+
+
+def test_rating_correlation_reports_n():
+    result = semantic.rating_correlation([0.1, 0.5, 0.9, np.nan, 2.0], [0.0, 0.5, 1.0, 1.0, np.nan])
+    assert result["n"] == 3
+    assert result["rho"] == pytest.approx(1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        small = semantic.rating_correlation([0.1, 0.2], [0.0, 1.0])
+    assert small["n"] == 2
+    assert np.isnan(small["rho"])
+    assert any("undefined" in str(warning.message) for warning in caught)
+
+
+def test_summarize_adds_semantic_scores(tmp_path, labeling_run, image_set, sentence_model):
+    # Names of the image set's objects: the photo's subject, whatever the variant.
+    _, image_names = image_set
+    subjects = {"grace_hopper": "woman", "hot_dog": "hot dog", "chelsea": "cat", "astronaut": "astronaut"}
+    names = [subjects.get(name.split("/")[1][:-4], name.split("/")[1][:-4]) for name in image_names]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    study_path = create_study(tmp_path / "s.db", labeling_run, image_set[0], dims="0-3")
+    with Study(study_path) as study:
+        for rater, kinds in enumerate([("semantic", "visual", "visual", "mixed"),
+                                        ("semantic", "visual", "mixed", "visual")]):
+            participant, _ = study.add_participant(order_seed=rater)
+            for dimension, kind in enumerate(kinds):
+                study.save_answer(participant.participant_id, dimension,
+                                  Answer(labels=("animals",), kind=kind, interpretability="one"))
+
+    out = tmp_path / "out"
+    headline = summarize([study_path], out, semantic=True, object_names=tmp_path / "names.txt", semantic_k=6,
+                         n_random=200, wordcloud_size=(200, 100), sentence_model=sentence_model)
+    table = pd.read_csv(out / "semantic.csv").set_index("dimension")
+    assert table["semantic_z"].idxmax() == 0
+    assert table.loc[0, "human_semantic_score"] == 1.0
+    assert table.loc[2, "human_semantic_score"] == 0.25
+    correlation = headline["semantic_correlation"][0]
+    assert correlation["n"] == 4
+    assert -1.0 <= correlation["rho"] <= 1.0
+    assert "semantic_z" in pd.read_csv(out / "dimensions.csv").columns

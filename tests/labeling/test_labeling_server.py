@@ -1,0 +1,222 @@
+"""The labelling app over real HTTP on loopback: parallel participants, a killed server, and load."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+import requests
+from labeling_helpers import csrf_from, running_server
+
+from dimalign.labeling.study import create_study
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT_S = 20
+
+
+class Participant:
+    """A participant's browser: one HTTP session that follows redirects."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.http = requests.Session()
+        self.participant_id: int | None = None
+        self.page: requests.Response | None = None
+
+    def consent(self) -> None:
+        page = self.http.get(f"{self.base_url}/consent", timeout=REQUEST_TIMEOUT_S)
+        response = self.http.post(
+            f"{self.base_url}/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        self.participant_id = int(response.url.split("/participant/")[1].split("/")[0])
+        self.page = self.http.get(
+            f"{self.base_url}/participant/{self.participant_id}/next", timeout=REQUEST_TIMEOUT_S
+        )
+
+    @property
+    def current_dimension(self) -> int | None:
+        if "/dimension/" not in self.page.url:
+            return None
+        return int(self.page.url.rsplit("/", 1)[1])
+
+    def answer(self, labels: list[str], kind: str = "visual", interpretability: str = "one") -> int:
+        """Answer the current dimension and move on; return the dimension answered."""
+        dimension = self.current_dimension
+        response = self.http.post(
+            self.page.url,
+            data={"csrf_token": csrf_from(self.page.text), "label": labels, "kind": kind,
+                  "interpretability": interpretability},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        self.page = response
+        return dimension
+
+
+def stored_answers(path: Path) -> dict[tuple[int, int], list[str]]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT participant_id, dimension, labels_json FROM answers").fetchall()
+    return {(participant, dimension): json.loads(labels) for participant, dimension, labels in rows}
+
+
+def test_parallel_participants_isolated(study_path):
+    with running_server(study_path) as base_url:
+        participants = [Participant(base_url) for _ in range(2)]
+        for participant in participants:
+            participant.consent()
+        barrier = threading.Barrier(2, timeout=30)
+        errors: list[BaseException] = []
+
+        def work(index: int) -> None:
+            participant = participants[index]
+            try:
+                for _ in range(5):
+                    barrier.wait()
+                    participant.answer([f"participant {index} only"])
+                    assert f"participant {1 - index} only" not in participant.page.text
+            except BaseException as error:  # re-raised in the test thread below
+                errors.append(error)
+                barrier.abort()
+
+        threads = [threading.Thread(target=work, args=(index,)) for index in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+
+        for index, participant in enumerate(participants):
+            summary = participant.http.get(
+                f"{base_url}/participant/{participant.participant_id}/done", timeout=REQUEST_TIMEOUT_S
+            )
+            assert summary.text.count(f"participant {index} only") == 5
+            assert f"participant {1 - index} only" not in summary.text
+
+    answers = stored_answers(study_path)
+    assert len(answers) == 10
+    for (participant_id, _), labels in answers.items():
+        assert labels == [f"participant {participant_id - 1} only"]
+
+
+def start_server_process(run: Path, images: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start `dimalign label-app RUN --images DIR --port 0` and return it with its base URL."""
+    environment = dict(os.environ, DIMALIGN_ADMIN_TOKEN="kill-test-token")
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dimalign.cli", "label-app", str(run), "--images", str(images),
+         "--dims", "0-3", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=log, env=environment, text=True,
+    )
+    log.close()
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            if process.poll() is not None:
+                break
+            continue
+        if line.startswith("serving "):
+            return process, line.split(" at ")[1].strip().rstrip("/")
+    process.kill()
+    raise AssertionError(f"server did not start; log: {log_path.read_text()[-2000:]}")
+
+
+def test_answers_survive_sigkill(tmp_path, labeling_run, image_set):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("embedding.npz", "objects.tsv"):
+        (run / name).write_bytes((labeling_run / name).read_bytes())
+    log_path = tmp_path / "server.log"
+
+    process, base_url = start_server_process(run, image_set[0], log_path)
+    try:
+        participant = Participant(base_url)
+        participant.consent()
+        first = participant.answer(["before the first kill"])
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    process, base_url = start_server_process(run, image_set[0], log_path)
+    try:
+        # The same browser session continues after the restart.
+        participant.base_url = base_url
+        participant.page = participant.http.get(
+            f"{base_url}/participant/{participant.participant_id}/next", timeout=REQUEST_TIMEOUT_S
+        )
+        assert participant.current_dimension not in (None, first)
+        second = participant.answer(["before the second kill"])
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+    answers = stored_answers(run / "labels.db")
+    assert answers == {
+        (participant.participant_id, first): ["before the first kill"],
+        (participant.participant_id, second): ["before the second kill"],
+    }
+
+
+N_LOAD_PARTICIPANTS = 50
+N_LOAD_DIMENSIONS = 10
+LOAD_WORKERS = 10
+LOAD_DEADLINE_S = 180
+
+
+def test_load_50_participants_lose_no_answer(tmp_path, labeling_run, image_set):
+    study = create_study(tmp_path / "load.db", labeling_run, image_set[0], dims=f"0-{N_LOAD_DIMENSIONS - 1}")
+
+    def run_participant(number: int) -> tuple[int, list[int]]:
+        participant = Participant(base_url)
+        participant.consent()
+        answered = []
+        for _ in range(N_LOAD_DIMENSIONS):
+            dimension = participant.current_dimension
+            answered.append(participant.answer([f"p{participant.participant_id} d{dimension}", "load"]))
+        assert participant.current_dimension is None
+        return participant.participant_id, answered
+
+    with running_server(study) as base_url:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=LOAD_WORKERS) as pool:
+            futures = [pool.submit(run_participant, number) for number in range(N_LOAD_PARTICIPANTS)]
+            done, not_done = wait(futures, timeout=LOAD_DEADLINE_S)
+            for future in not_done:
+                future.cancel()
+        elapsed = time.perf_counter() - started
+    assert not not_done, f"{len(not_done)} participants unfinished after {LOAD_DEADLINE_S} s"
+    results = [future.result() for future in done]
+
+    n_answers = N_LOAD_PARTICIPANTS * N_LOAD_DIMENSIONS
+    rate = n_answers / elapsed
+    # Shown with `pytest --log-cli-level=INFO`; recorded in docs/benchmarks.md.
+    logger.info(
+        "load test: %d participants x %d dimensions = %d answers in %.2f s, %.1f answers/s "
+        "(%d client threads, threaded werkzeug server, loopback)",
+        N_LOAD_PARTICIPANTS, N_LOAD_DIMENSIONS, n_answers, elapsed, rate, LOAD_WORKERS,
+    )
+    answers = stored_answers(study)
+    assert len(answers) == n_answers
+    assert sorted(participant_id for participant_id, _ in results) == list(range(1, N_LOAD_PARTICIPANTS + 1))
+    for participant_id, dimensions in results:
+        assert sorted(dimensions) == list(range(N_LOAD_DIMENSIONS))
+        for dimension in dimensions:
+            assert answers[(participant_id, dimension)] == [f"p{participant_id} d{dimension}", "load"]

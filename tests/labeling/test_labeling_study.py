@@ -1,0 +1,229 @@
+"""Study setup and data access: grids, image paths, participants, answers and export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dimalign.interpret.grids import percentile_grid
+from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
+from dimalign.io.runs import load_embedding
+from dimalign.labeling.study import (
+    DEFAULT_QUESTIONS,
+    Answer,
+    AnswerError,
+    NotFoundError,
+    Study,
+    create_study,
+    open_or_create_run_study,
+    parse_dimensions,
+    resolve_image,
+    validate_answer,
+)
+
+
+def test_study_stores_percentile_grids(study_path, labeling_run):
+    embedding = load_embedding(labeling_run).embedding
+    with Study(study_path) as study:
+        assert study.dimensions == (0, 1, 2, 3, 4)
+        for dimension in study.dimensions:
+            expected = percentile_grid(embedding[:, dimension])
+            np.testing.assert_array_equal(study.grid(dimension), expected)
+            assert study.grid(dimension).shape == (5, 6)
+        top = study.top_objects(0)
+        assert top.tolist() == np.argsort(-embedding[:, 0], kind="stable")[:20].tolist()
+
+
+def test_grid_shows_expected_objects(study_path, labeling_run):
+    table = read_object_table(labeling_run / "objects.tsv")
+    with Study(study_path) as study:
+        animals = [table.object_ids[index] for index in study.grid(0)[0]]
+        inverted = [table.object_ids[index] for index in study.grid(1)[0]]
+    assert all(name.split("_", 1)[1] in {"bird", "cat", "dragonfly", "owl", "parrot", "chelsea"} for name in animals)
+    assert all(name.startswith("inverted_") for name in inverted)
+
+
+def test_image_files_resolved_inside_folder(study_path, image_set):
+    folder, names = image_set
+    with Study(study_path) as study:
+        for index in study.grid(2).ravel():
+            path = study.image_file(int(index))
+            assert path == (folder / names[int(index)]).resolve()
+        with pytest.raises(NotFoundError):
+            study.image_file(10_000)
+
+
+def test_objects_option_used_without_table(tmp_path, labeling_run, image_set):
+    run = tmp_path / "bare_run"
+    run.mkdir()
+    (run / "embedding.npz").write_bytes((labeling_run / "embedding.npz").read_bytes())
+    with pytest.raises(FileNotFoundError, match="--objects"):
+        create_study(tmp_path / "a.db", run, image_set[0])
+    assert not (tmp_path / "a.db").exists()
+    path = create_study(tmp_path / "b.db", run, image_set[0], objects=labeling_run / "objects.tsv", dims="0")
+    with Study(path) as study:
+        assert study.dimensions == (0,)
+
+
+def test_object_table_length_mismatch_rejected(tmp_path, labeling_run, image_set):
+    table = read_object_table(labeling_run / "objects.tsv")
+    short = ObjectTable(table.object_ids[:-1], table.sources[:-1])
+    write_object_table(short, tmp_path / "short.tsv")
+    with pytest.raises(ValueError, match="35 objects but the embedding .* has 36 rows"):
+        create_study(tmp_path / "s.db", labeling_run, image_set[0], objects=tmp_path / "short.tsv")
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("source", ["../outside.png", "/etc/passwd", "plain/../../outside.png"])
+def test_source_outside_image_folder_rejected(tmp_path, labeling_run, image_set, source):
+    (image_set[0].parent / "outside.png").write_bytes(b"\x89PNG")
+    table = read_object_table(labeling_run / "objects.tsv")
+    sources = (source,) + table.sources[1:]
+    write_object_table(ObjectTable(table.object_ids, sources), tmp_path / "objects.tsv")
+    # Object 0 (a bird photo) is in the grid of dimension 0.
+    with pytest.raises(ValueError, match="leaves the image folder"):
+        create_study(tmp_path / "s.db", labeling_run, image_set[0], objects=tmp_path / "objects.tsv", dims="0")
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_symlink_out_of_image_folder_rejected(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG")
+    os.symlink(tmp_path / "secret.png", images / "link.png")
+    with pytest.raises(ValueError, match="outside the image folder"):
+        resolve_image(images, "link", "link.png")
+
+
+def test_image_found_by_object_id(tmp_path):
+    images = tmp_path / "images"
+    (images / "aardvark").mkdir(parents=True)
+    (images / "aardvark" / "aardvark_02s.jpg").write_bytes(b"x")
+    (images / "aardvark" / "aardvark_01b.jpg").write_bytes(b"x")
+    (images / "abacus.png").write_bytes(b"x")
+    assert resolve_image(images, "aardvark", "") == "aardvark/aardvark_01b.jpg"
+    assert resolve_image(images, "abacus", "") == "abacus.png"
+    with pytest.raises(FileNotFoundError, match="accordion"):
+        resolve_image(images, "accordion", "")
+    (images / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not an image"):
+        resolve_image(images, "notes", "notes.txt")
+
+
+def test_existing_database_not_overwritten(study_path, labeling_run, image_set):
+    before = study_path.read_bytes()
+    with pytest.raises(FileExistsError):
+        create_study(study_path, labeling_run, image_set[0])
+    assert study_path.read_bytes() == before
+
+
+def test_parse_dimensions():
+    assert parse_dimensions("all", 4) == [0, 1, 2, 3]
+    assert parse_dimensions("2, 0", 4) == [0, 2]
+    assert parse_dimensions("1-3", 4) == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"do not exist.*0\.\.3"):
+        parse_dimensions("4", 4)
+    with pytest.raises(ValueError, match="invalid dimension 'x'"):
+        parse_dimensions("x", 4)
+    with pytest.raises(ValueError, match="twice"):
+        parse_dimensions("1,1", 4)
+
+
+def test_validate_answer_trims_and_keeps_text():
+    answer = validate_answer(DEFAULT_QUESTIONS, ["  Red fruit ", "", "<i>x</i>"], "visual", "several")
+    assert answer == Answer(labels=("Red fruit", "<i>x</i>"), kind="visual", interpretability="several")
+
+
+def test_validate_answer_names_every_field():
+    with pytest.raises(AnswerError) as raised:
+        validate_answer(DEFAULT_QUESTIONS, [], "bad", None)
+    assert set(raised.value.errors) == {"labels", "kind", "interpretability"}
+    with pytest.raises(AnswerError, match="control characters"):
+        validate_answer(DEFAULT_QUESTIONS, ["a\nb"], "visual", "one")
+
+
+def test_participant_order_reproducible_from_seed(study_path):
+    with Study(study_path) as study:
+        first, code_one = study.add_participant(order_seed=42)
+        second, code_two = study.add_participant(order_seed=42)
+        expected = np.random.default_rng(42).permutation([0, 1, 2, 3, 4]).tolist()
+        assert list(first.order) == expected
+        assert second.order == first.order
+        assert code_one != code_two
+        assert study.participant(first.participant_id).order_seed == 42
+        assert study.participant_by_code(code_two).participant_id == second.participant_id
+        with pytest.raises(NotFoundError):
+            study.participant_by_code("not-a-code")
+
+
+def test_code_stored_only_as_hash(study_path):
+    with Study(study_path) as study:
+        _, code = study.add_participant()
+    assert code.encode() not in study_path.read_bytes()
+    for suffix in ("-wal", "-shm"):
+        sidecar = study_path.with_name(study_path.name + suffix)
+        if sidecar.exists():
+            assert code.encode() not in sidecar.read_bytes()
+
+
+def test_save_answer_for_unknown_ids_writes_nothing(study_path):
+    answer = Answer(labels=("a",), kind="visual", interpretability="one")
+    with Study(study_path) as study:
+        participant, _ = study.add_participant()
+        with pytest.raises(NotFoundError):
+            study.save_answer(999, 0, answer)
+        with pytest.raises(NotFoundError):
+            study.save_answer(participant.participant_id, 9, answer)
+        assert study.answers() == []
+
+
+def test_next_dimension_follows_order(study_path):
+    answer = Answer(labels=("a",), kind="visual", interpretability="one")
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=3)
+        assert study.next_dimension(participant) == participant.order[0]
+        study.save_answer(participant.participant_id, participant.order[1], answer)
+        assert study.next_dimension(participant) == participant.order[0]
+        for dimension in participant.order:
+            study.save_answer(participant.participant_id, dimension, answer)
+        assert study.next_dimension(participant) is None
+
+
+def test_export_answers_csv(study_path, tmp_path):
+    with Study(study_path) as study:
+        participant, code = study.add_participant(order_seed=1)
+        dimension = participant.order[2]
+        study.save_answer(participant.participant_id, dimension,
+                          Answer(labels=("a, b", 'say "hi"'), kind="semantic", interpretability="none"))
+        assert study.export_answers(tmp_path / "answers.csv") == 1
+    with open(tmp_path / "answers.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1
+    assert rows[0]["dimension"] == str(dimension)
+    assert rows[0]["position"] == "3"
+    assert [rows[0][f"label_{number}"] for number in range(1, 6)] == ["a, b", 'say "hi"', "", "", ""]
+    assert rows[0]["kind"] == "semantic"
+    assert code not in (tmp_path / "answers.csv").read_text()
+
+
+def test_run_study_created_then_reused(tmp_path, labeling_run, image_set):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("embedding.npz", "objects.tsv"):
+        (run / name).write_bytes((labeling_run / name).read_bytes())
+    path = open_or_create_run_study(run, image_set[0], dims="0,1")
+    assert path == run / "labels.db"
+    with Study(path) as study:
+        study.add_participant()
+    assert open_or_create_run_study(run, image_set[0]) == path
+    with Study(path) as study:
+        assert len(study.participants()) == 1
+        assert json.loads(study.settings["dimensions"]) == [0, 1]
+    other_images = tmp_path / "other"
+    other_images.mkdir()
+    with pytest.raises(ValueError, match="does not match"):
+        open_or_create_run_study(run, other_images)
