@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 
-def make_conv_model(seed: int = 0, stride: int = 1) -> nn.Sequential:
+def build_conv_model(seed: int = 0, stride: int = 1) -> nn.Sequential:
     """Two 3x3 convolutions with ReLU: layers "0" conv, "1" relu, "2" conv, "3" relu."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -21,8 +21,14 @@ def make_conv_model(seed: int = 0, stride: int = 1) -> nn.Sequential:
 
 
 @pytest.fixture
+def make_conv_model():
+    """The builder of the tiny model, for tests that need variants or several copies."""
+    return build_conv_model
+
+
+@pytest.fixture
 def conv_model() -> nn.Sequential:
-    return make_conv_model()
+    return build_conv_model()
 
 
 @pytest.fixture

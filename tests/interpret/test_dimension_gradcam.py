@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_conv_model
 from torch import nn
 
 from dimalign.interpret.gradcam import colorize, default_gradcam_layer, dimension_gradcam, overlay
@@ -50,7 +49,7 @@ def test_gradcam_matches_manual_backward(predictor):
     np.testing.assert_allclose(maps, expected, atol=1e-5)
 
 
-def test_gradcam_upsampled_to_image(ridge_coefficients):
+def test_gradcam_upsampled_to_image(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     predictor = DimensionPredictor(make_conv_model(stride=2), "3", coef, intercept, pooling="gap")
     images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
@@ -84,7 +83,7 @@ def test_gradcam_negative_dimension(predictor):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), -1, "2")
 
 
-def test_gradcam_rejects_feature_vector_layer(ridge_coefficients):
+def test_gradcam_rejects_feature_vector_layer(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 6))
     predictor = DimensionPredictor(model, "3", coef, intercept, pooling="raw")
@@ -93,7 +92,7 @@ def test_gradcam_rejects_feature_vector_layer(ridge_coefficients):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
 
 
-def test_gradcam_rejects_one_by_one_map(ridge_coefficients):
+def test_gradcam_rejects_one_by_one_map(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1))
     predictor = DimensionPredictor(model, "1", coef, intercept, pooling="gap")
@@ -102,7 +101,7 @@ def test_gradcam_rejects_one_by_one_map(ridge_coefficients):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "1")
 
 
-def test_gradcam_rejects_layer_after_features(ridge_coefficients):
+def test_gradcam_rejects_layer_after_features(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     model = make_conv_model()
     predictor = DimensionPredictor(model, "2", coef, intercept, pooling="gap")
@@ -111,7 +110,7 @@ def test_gradcam_rejects_layer_after_features(ridge_coefficients):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "3")
 
 
-def test_gradcam_reshape_transform_for_tokens(ridge_coefficients):
+def test_gradcam_reshape_transform_for_tokens(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
 
     class Tokens(nn.Module):
@@ -149,7 +148,7 @@ def test_gradcam_constant_activations_zero_map(ridge_coefficients):
     assert (cam == 0.0).all()
 
 
-def test_gradcam_float16_gives_float32(ridge_coefficients):
+def test_gradcam_float16_gives_float32(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     model = make_conv_model().half()
     predictor = DimensionPredictor(model, "3", coef.astype(np.float16), intercept, pooling="gap")
@@ -174,7 +173,7 @@ def test_overlay_blends_heatmap():
     assert blended.dtype == np.uint8
 
 
-def test_default_layer_is_last_spatial_map(ridge_coefficients):
+def test_default_layer_is_last_spatial_map(ridge_coefficients, make_conv_model):
     coef, intercept = ridge_coefficients
     model = nn.Sequential(make_conv_model(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     predictor = DimensionPredictor(model, "2", coef, intercept, pooling="raw")

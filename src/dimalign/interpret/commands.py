@@ -1,0 +1,437 @@
+"""``dimalign gradcam``, ``maximize``, ``manipulate`` and ``grid``: pictures that explain dimensions.
+
+The first three build the image -> DNN -> ridge map -> dimension predictor
+from the output folder of ``dimalign map``; ``grid`` needs only an
+embedding and the images of its objects. Each command writes PNG images, a
+CSV table and ``manifest.json`` into its output folder. Dimensions are
+0-based column indices of the embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``gradcam``, ``maximize``, ``manipulate`` and ``grid`` subcommands."""
+    _register_gradcam(subparsers)
+    _register_maximize(subparsers)
+    _register_manipulate(subparsers)
+    _register_grid(subparsers)
+
+
+def _add_map_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--map", type=Path, required=True, dest="map_dir",
+        help="output folder of 'dimalign map' (ridge_map.npz and manifest.json)",
+    )
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+
+
+def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "gradcam",
+        help="Grad-CAM heat maps of embedding dimensions on images",
+        description=(
+            "Show where in each image the evidence for a dimension lies: Grad-CAM of the "
+            "predicted dimension at a convolutional layer, as a heat map PNG and an overlay "
+            "PNG per image and dimension."
+        ),
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    _add_map_options(parser)
+    parser.add_argument("--dim", type=int, nargs="+", required=True, help="0-based dimension indices")
+    parser.add_argument(
+        "--layer",
+        help="layer of the model for Grad-CAM, with output (batch, channels, height, width) "
+        "(default: the last such layer before the map's feature layer)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in the overlay (default 0.5)")
+    parser.set_defaults(handler=run_gradcam)
+
+
+def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "maximize",
+        help="generate images that maximise embedding dimensions",
+        description=(
+            "Optimise a generator's latent code so that the generated images drive a "
+            "dimension up (loss = -alpha * y_j - beta * log_softmax(y)_j + tv_weight * TV). "
+            "Writes the images and the dimension's value before and after."
+        ),
+    )
+    _add_map_options(parser)
+    parser.add_argument("--dim", type=int, nargs="+", required=True, help="0-based dimension indices")
+    parser.add_argument(
+        "--generator",
+        help="module:function returning a torch module that maps latents (B, latent_dim) to "
+        "images (B, 3, H, W) in [0, 1] (default: the built-in Fourier generator)",
+    )
+    parser.add_argument("--steps", type=int, default=50, help="Adam steps (default 50)")
+    parser.add_argument("--n-init", type=int, default=16, help="random starting latents (default 16)")
+    parser.add_argument("--n-images", type=int, default=4, help="images per dimension (default 4)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="weight of the dimension's value (default 1)")
+    parser.add_argument("--beta", type=float, default=1.0, help="weight of its log-softmax (default 1)")
+    parser.add_argument("--tv-weight", type=float, default=0.1, help="weight of total variation (default 0.1)")
+    parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
+    parser.add_argument("--image-size", type=int, help="side of the built-in generator's images in pixels (default: the model's input size)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.set_defaults(handler=run_maximize)
+
+
+def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
+    from dimalign.interpret.manipulate import DEFAULT_EDITS, EDIT_KINDS
+
+    kinds = ", ".join(
+        f"{name}" + ("" if kind.default is None else f":X ({kind.help}, default {kind.default:g})")
+        for name, kind in EDIT_KINDS.items()
+    )
+    parser = subparsers.add_parser(
+        "manipulate",
+        help="predicted change of every dimension under controlled image edits",
+        description=(
+            "Apply controlled edits to images and record the predicted value of every "
+            "dimension before and after, with the edited images and a figure of the largest "
+            f"changes. Edits: {kinds}."
+        ),
+    )
+    parser.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    _add_map_options(parser)
+    parser.add_argument(
+        "--edits", nargs="+", default=list(DEFAULT_EDITS),
+        help=f"edits as NAME or NAME:VALUE (default: {' '.join(DEFAULT_EDITS)})",
+    )
+    parser.add_argument(
+        "--masks", type=Path,
+        help="folder of foreground masks named like the images (STEM.png, white = object); "
+        "images without one get an estimated mask",
+    )
+    parser.add_argument("--figure-rows", type=int, default=6, help="edits shown in the figure (default 6)")
+    parser.set_defaults(handler=run_manipulate)
+
+
+def _register_grid(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "grid",
+        help="image grids of the objects each dimension weights most",
+        description=(
+            "Draw one image grid per dimension: the top-k objects by weight (layout top) or "
+            "the 5 x 6 labelling layout of top and percentile rows (layout percentile)."
+        ),
+    )
+    parser.add_argument("embedding", type=Path, help="run folder of 'dimalign fit' or an embedding file")
+    parser.add_argument(
+        "--objects", type=Path,
+        help="object table (objects.tsv) naming each row's image in its source column "
+        "(default: objects.tsv in the run folder)",
+    )
+    parser.add_argument(
+        "--images", type=Path, default=Path("."),
+        help="folder that the sources are relative to (default: the current folder)",
+    )
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--top-k", type=int, default=12, help="objects in the top layout (default 12)")
+    parser.add_argument("--layout", choices=("top", "percentile"), default="top", help="grid layout (default top)")
+    parser.add_argument("--dims", type=int, nargs="+", help="0-based dimensions to draw (default: all)")
+    parser.add_argument("--cell-size", type=int, default=128, help="side of each picture in pixels (default 128)")
+    parser.set_defaults(handler=run_grid)
+
+
+# -- shared helpers ------------------------------------------------------------
+
+
+def collect_images(sources: Sequence[Path]) -> list[Path]:
+    """Expand folders into their image files (recursively, in the extractor's order).
+
+    Raises:
+        FileNotFoundError: If a path does not exist or a folder holds no image.
+    """
+    from dimalign.features.datasets import find_images
+
+    paths: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            paths += [Path(path) for path in find_images(source).paths]
+        elif source.is_file():
+            paths.append(source)
+        else:
+            raise FileNotFoundError(f"image {source} not found")
+    return paths
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Name each image by its file stem, adding ``-2``, ``-3`` ... where stems repeat."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for path in paths:
+        stem = "".join(character if character.isalnum() or character in "-_." else "_" for character in path.stem)
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return names
+
+
+def save_png(image: Any, path: Path) -> Path:
+    """Write a PIL image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` tensor in [0, 1] as PNG, atomically."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from dimalign.io.files import atomic_path
+
+    if isinstance(image, torch.Tensor):
+        array = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+        image = np.round(array * 255.0).astype(np.uint8)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
+    return path
+
+
+def save_csv(table: Any, path: Path) -> Path:
+    """Write a pandas table as CSV, atomically."""
+    from dimalign.io.files import atomic_path
+
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
+    return path
+
+
+def _map_inputs(map_dir: Path) -> dict[str, Path]:
+    from dimalign.analysis.ridge import RIDGE_MAP_NAME
+
+    return {"ridge_map": map_dir / RIDGE_MAP_NAME}
+
+
+# -- handlers --------------------------------------------------------------------
+
+
+def run_gradcam(args: argparse.Namespace) -> int:
+    """Handle ``dimalign gradcam``."""
+    import pandas as pd
+    import torch
+
+    from dimalign.interpret.gradcam import (
+        check_dimension,
+        colorize,
+        default_gradcam_layer,
+        dimension_gradcam,
+        overlay,
+    )
+    from dimalign.interpret.predictor import DimensionPredictor
+    from dimalign.io.files import now_iso, write_manifest
+
+    started = now_iso()
+    paths = collect_images(args.images)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
+    images = [predictor.preprocessing.load(path) for path in paths]
+    layer = args.layer or default_gradcam_layer(predictor, images[0])
+    logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(images), dims)
+
+    rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, name, image in zip(paths, unique_names(paths), images):
+        save_png(image, args.out / f"{name}_input.png")
+        with torch.no_grad():
+            prediction = predictor(image).double().cpu().numpy()
+        for dim in dims:
+            cam = dimension_gradcam(predictor, image, dim, layer)
+            heatmap_file = save_png(colorize(cam), args.out / f"{name}_dim{dim}_heatmap.png")
+            overlay_file = save_png(overlay(image, cam, alpha=args.alpha), args.out / f"{name}_dim{dim}_overlay.png")
+            rows.append({
+                "image": str(path), "dimension": dim, "predicted": prediction[dim],
+                "heatmap": heatmap_file.name, "overlay": overlay_file.name,
+            })
+    save_csv(pd.DataFrame(rows), args.out / "gradcam.csv")
+    write_manifest(
+        args.out, step="gradcam", inputs=_map_inputs(args.map_dir),
+        settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
+                  "layer": layer, "alpha": args.alpha, "device": args.device},
+        started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
+    )
+    logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
+    return 0
+
+
+def run_maximize(args: argparse.Namespace) -> int:
+    """Handle ``dimalign maximize``."""
+    import pandas as pd
+
+    from dimalign.interpret.generators import load_generator
+    from dimalign.interpret.grid_images import GridCell, compose_grid
+    from dimalign.interpret.gradcam import check_dimension
+    from dimalign.interpret.maximize import maximize_dimension
+    from dimalign.interpret.predictor import DimensionPredictor
+    from dimalign.io.files import now_iso, write_manifest
+
+    started = now_iso()
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    rows = []
+    for dim in dims:
+        generator = load_generator(args.generator) if args.generator else None
+        result = maximize_dimension(
+            predictor, dim, generator=generator, steps=args.steps, n_init=args.n_init,
+            n_images=args.n_images, alpha=args.alpha, beta=args.beta, tv_weight=args.tv_weight,
+            learning_rate=args.lr, image_size=args.image_size, random_state=args.seed,
+        )
+        cells = []
+        for index, image in enumerate(result.images):
+            file = save_png(image, args.out / f"dim{dim}_image{index}.png")
+            before, after = float(result.before[index]), float(result.after[index])
+            rows.append({"dimension": dim, "image": index, "file": file.name,
+                         "before": before, "after": after, "change": after - before})
+            cells.append(GridCell(_tensor_to_pil(image), f"{before:.2f} -> {after:.2f}"))
+        strip = compose_grid(cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)")
+        save_png(strip, args.out / f"dim{dim}_images.png")
+    save_csv(pd.DataFrame(rows), args.out / "maximize.csv")
+    write_manifest(
+        args.out, step="maximize", inputs=_map_inputs(args.map_dir),
+        settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
+                  "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
+                  "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
+                  "lr": args.lr, "image_size": args.image_size, "seed": args.seed, "device": args.device},
+        started=started,
+        outputs={"n_images": len(rows), "table": "maximize.csv",
+                 "n_increased": sum(row["change"] > 0 for row in rows)},
+    )
+    return 0
+
+
+def _tensor_to_pil(image: Any) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    array = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return Image.fromarray(np.round(array * 255.0).astype(np.uint8))
+
+
+def _read_mask(path: Path, size: tuple[int, int], preprocessing: Any) -> Any:
+    """Read a mask image and bring it through the same PIL steps as the photo."""
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        mask = opened.convert("L").convert("RGB")
+    tensor = preprocessing.to_tensor(mask)[0]
+    if tuple(tensor.shape) != size:
+        raise ValueError(f"mask {path} gives size {tuple(tensor.shape)} after preprocessing, the image {size}")
+    return tensor > 0.5 if tensor.dtype != torch.bool else tensor
+
+
+def run_manipulate(args: argparse.Namespace) -> int:
+    """Handle ``dimalign manipulate``."""
+    from dimalign.interpret.manipulate import manipulate_images, parse_edit, plot_largest_changes
+    from dimalign.interpret.predictor import DimensionPredictor
+    from dimalign.io.files import atomic_path, now_iso, write_manifest
+
+    started = now_iso()
+    edits = [parse_edit(text) for text in args.edits]
+    paths = collect_images(args.images)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    names = unique_names(paths)
+    images = {name: predictor.preprocessing.load(path) for name, path in zip(names, paths)}
+    masks = {}
+    if args.masks is not None:
+        if not args.masks.is_dir():
+            raise FileNotFoundError(f"mask folder {args.masks} not found")
+        for name, path in zip(names, paths):
+            mask_path = args.masks / f"{path.stem}.png"
+            if mask_path.is_file():
+                masks[name] = _read_mask(mask_path, tuple(images[name].shape[1:]), predictor.preprocessing)
+
+    result = manipulate_images(predictor, images, edits, masks=masks)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, versions in result.edited.items():
+        save_png(images[name], args.out / "edited" / f"{name}__original.png")
+        for label, edited in versions.items():
+            save_png(edited, args.out / "edited" / f"{name}__{label.replace(':', '_')}.png")
+    for name, mask in result.masks.items():
+        if name not in masks:
+            save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
+    table = result.table.copy()
+    table["image"] = [str(paths[names.index(name)]) for name in table["image"]]
+    save_csv(table, args.out / "manipulations.csv")
+    figure = plot_largest_changes(result, images, n_rows=args.figure_rows)
+    with atomic_path(args.out / "largest_changes.png") as temporary:
+        figure.savefig(temporary, dpi=100)
+    write_manifest(
+        args.out, step="manipulate", inputs=_map_inputs(args.map_dir),
+        settings={"map": args.map_dir, "images": [str(path) for path in paths],
+                  "edits": [edit.label for edit in edits], "masks": args.masks,
+                  "estimated_masks": sorted(set(result.masks) - set(masks)), "device": args.device},
+        started=started,
+        outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
+                 "max_abs_change": float(table["change"].abs().max())},
+    )
+    logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(images), len(edits), args.out)
+    return 0
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    """Handle ``dimalign grid``."""
+    import pandas as pd
+
+    from dimalign.interpret.grid_images import dimension_grid, image_paths, needed_rows
+    from dimalign.interpret.gradcam import check_dimension
+    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+    from dimalign.io.runs import load_embedding
+
+    started = now_iso()
+    result = load_embedding(args.embedding)
+    objects_path = args.objects
+    if objects_path is None:
+        candidate = (args.embedding if args.embedding.is_dir() else args.embedding.parent) / OBJECT_TABLE_NAME
+        if not candidate.is_file():
+            raise FileNotFoundError(f"no {OBJECT_TABLE_NAME} next to {args.embedding}; pass --objects")
+        objects_path = candidate
+    table = read_object_table(objects_path)
+    if len(table) != result.n_objects:
+        raise ValueError(
+            f"{objects_path} lists {len(table)} objects but the embedding {args.embedding} has "
+            f"{result.n_objects} rows; use the object table of this embedding"
+        )
+    table = _sources_or_ids(table)
+    dims = [check_dimension(dim, result.n_dims) for dim in (args.dims or range(result.n_dims))]
+    paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dim in dims:
+        grid, shown = dimension_grid(
+            result.embedding, dim, paths, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
+        )
+        file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
+        for position, row in enumerate(shown):
+            rows.append({"dimension": dim, "position": position, "row": int(row),
+                         "object_id": table.object_ids[row], "weight": float(result.embedding[row, dim]),
+                         "file": file.name})
+    save_csv(pd.DataFrame(rows), args.out / "grid.csv")
+    write_manifest(
+        args.out, step="grid", inputs={"embedding": result.path, "objects": objects_path},
+        settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
+                  "cell_size": args.cell_size},
+        started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
+    )
+    logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
+    return 0
+
+
+def _sources_or_ids(table: Any) -> Any:
+    """Use the object id as the image path of rows without a source (tables of image files)."""
+    from dimalign.io.objects import ObjectTable
+
+    sources = tuple(source or object_id for object_id, source in zip(table.object_ids, table.sources))
+    return ObjectTable(table.object_ids, sources)

@@ -1,0 +1,192 @@
+"""Image grids of embedding dimensions: the objects each dimension weights most, as pictures.
+
+Two layouts per dimension (see :mod:`dimalign.interpret.grids` for the
+choice of objects):
+
+- ``top``: the ``top_k`` objects with the largest weights, in rows of six.
+- ``percentile``: the 5 x 6 labelling layout, the top six objects followed
+  by rows of objects near the 98th, 95th, 90th and 80th percentile.
+
+Each cell shows the object's image scaled to fit a square with a thin
+border, and a caption with the object's weight; a title bar names the
+dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from dimalign.interpret.grids import percentile_grid, top_objects
+from dimalign.io.objects import ObjectTable
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS = ("top", "percentile")
+BORDER_COLOUR = (160, 160, 160)
+BACKGROUND_COLOUR = (255, 255, 255)
+TEXT_COLOUR = (20, 20, 20)
+
+
+@dataclass
+class GridCell:
+    """One picture of a grid with its caption."""
+
+    image: Image.Image
+    caption: str
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font.
+        return ImageFont.load_default()
+
+
+def compose_grid(
+    cells: Sequence[GridCell],
+    n_cols: int,
+    *,
+    title: str = "",
+    cell_size: int = 128,
+    border: int = 1,
+    padding: int = 4,
+    font_size: int = 11,
+) -> Image.Image:
+    """Lay out pictures in rows of ``n_cols`` with thin borders and captions.
+
+    Args:
+        cells (Sequence[GridCell]): Pictures in reading order.
+        n_cols (int): Cells per row.
+        title (str): Text of the title bar ("" for none).
+        cell_size (int): Side of each picture's square in pixels; pictures
+            keep their aspect ratio and are padded with white.
+        border (int): Border width in pixels.
+        padding (int): Space between cells in pixels.
+        font_size (int): Caption font size in pixels.
+
+    Returns:
+        Image.Image: An RGB image.
+    """
+    if not cells:
+        raise ValueError("a grid needs at least one cell")
+    if n_cols < 1:
+        raise ValueError(f"n_cols must be >= 1, got {n_cols}")
+    font = _font(font_size)
+    title_font = _font(font_size + 3)
+    caption_height = font_size + 6
+    title_height = font_size + 14 if title else 0
+    n_rows = -(-len(cells) // n_cols)
+    cell_width = cell_size + 2 * border
+    cell_height = cell_size + 2 * border + caption_height
+    width = padding + n_cols * (cell_width + padding)
+    height = title_height + padding + n_rows * (cell_height + padding)
+
+    canvas = Image.new("RGB", (width, height), BACKGROUND_COLOUR)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((padding, padding), title, fill=TEXT_COLOUR, font=title_font)
+    for index, cell in enumerate(cells):
+        row, col = divmod(index, n_cols)
+        left = padding + col * (cell_width + padding)
+        top = title_height + padding + row * (cell_height + padding)
+        picture = ImageOps.pad(cell.image.convert("RGB"), (cell_size, cell_size), color=BACKGROUND_COLOUR)
+        draw.rectangle(
+            (left, top, left + cell_width - 1, top + cell_size + 2 * border - 1), fill=BORDER_COLOUR
+        )
+        canvas.paste(picture, (left + border, top + border))
+        draw.text(
+            (left + cell_width / 2, top + cell_size + 2 * border + caption_height / 2),
+            cell.caption, fill=TEXT_COLOUR, font=font, anchor="mm",
+        )
+    return canvas
+
+
+def grid_objects(weights: np.ndarray, layout: str, top_k: int = 12) -> np.ndarray:
+    """Return the object indices of one dimension's grid, shape ``(n_rows, n_cols)`` or ``(top_k,)``.
+
+    Raises:
+        ValueError: For an unknown layout or too few objects.
+    """
+    if layout == "top":
+        return top_objects(weights, top_k)
+    if layout == "percentile":
+        return percentile_grid(weights)
+    raise ValueError(f"invalid layout {layout!r}: use {' or '.join(LAYOUTS)}")
+
+
+def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence[int]) -> dict[int, Path]:
+    """Resolve the image file of each row (its ``source``, relative to ``image_dir``).
+
+    Raises:
+        ValueError: If a row has no source.
+        FileNotFoundError: Listing every missing image file.
+    """
+    image_dir = Path(image_dir)
+    without_source = [int(row) for row in rows if not table.sources[row]]
+    if without_source:
+        names = [table.object_ids[row] for row in without_source[:20]]
+        raise ValueError(
+            f"{len(without_source)} objects have no source image in the object table "
+            f"(rows {without_source[:20]}, ids {names}); fill the source column"
+        )
+    paths = {int(row): image_dir / table.sources[row] for row in rows}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image files not found under {image_dir}: {', '.join(missing[:50])}"
+            + (" ..." if len(missing) > 50 else "")
+        )
+    return paths
+
+
+def dimension_grid(
+    embedding: np.ndarray,
+    dim: int,
+    paths: dict[int, Path],
+    *,
+    layout: str = "top",
+    top_k: int = 12,
+    n_cols: int = 6,
+    cell_size: int = 128,
+) -> tuple[Image.Image, np.ndarray]:
+    """Draw one dimension's grid.
+
+    Args:
+        embedding (np.ndarray): ``(n_objects, n_dims)``.
+        dim (int): 0-based dimension.
+        paths (dict[int, Path]): Image file of each object row needed.
+        layout (str): ``top`` or ``percentile``.
+        top_k (int): Objects of the ``top`` layout.
+        n_cols (int): Cells per row of the ``top`` layout (the percentile
+            layout always has 6).
+        cell_size (int): Side of each picture in pixels.
+
+    Returns:
+        tuple[Image.Image, np.ndarray]: The grid and the object rows shown, in reading order.
+    """
+    weights = embedding[:, dim]
+    chosen = grid_objects(weights, layout, top_k)
+    columns = chosen.shape[1] if chosen.ndim == 2 else n_cols
+    rows = chosen.ravel()
+    cells = []
+    for row in rows:
+        with Image.open(paths[int(row)]) as image:
+            image.load()
+            cells.append(GridCell(image.convert("RGB"), f"{weights[row]:.3f}"))
+    title = f"dimension {dim} ({layout}): max weight {weights.max():.3f}"
+    return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
+
+
+def needed_rows(embedding: np.ndarray, dims: Sequence[int], layout: str, top_k: int) -> list[int]:
+    """Return the sorted object rows that the grids of ``dims`` show."""
+    rows: set[int] = set()
+    for dim in dims:
+        rows.update(int(row) for row in grid_objects(embedding[:, dim], layout, top_k).ravel())
+    return sorted(rows)

@@ -1,0 +1,133 @@
+"""Image grids of dimensions: composites, missing files, and the grid command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dimalign.cli import main
+from dimalign.interpret.grid_images import BORDER_COLOUR, GridCell, compose_grid, image_paths
+from dimalign.interpret.grids import percentile_grid, top_objects
+from dimalign.io.objects import ObjectTable, write_object_table
+from dimalign.io.runs import EmbeddingResult, save_embedding
+
+
+def solid(colour: tuple[int, int, int], size: tuple[int, int] = (20, 10)) -> Image.Image:
+    return Image.new("RGB", size, colour)
+
+
+def test_compose_grid_layout():
+    cells = [GridCell(solid((255, 0, 0)), "a"), GridCell(solid((0, 0, 255)), "b"), GridCell(solid((0, 255, 0)), "c")]
+
+    grid = compose_grid(cells, 2, cell_size=40, border=1, padding=4, font_size=11)
+
+    # width = padding + n_cols * (cell + 2 border + padding); height adds a caption of font + 6 per row.
+    assert grid.size == (4 + 2 * (42 + 4), 4 + 2 * (42 + 17 + 4))
+    assert grid.getpixel((4, 4)) == BORDER_COLOUR
+    assert grid.getpixel((4 + 1 + 20, 4 + 1 + 20)) == (255, 0, 0)
+    assert grid.getpixel((4 + 46 + 1 + 20, 4 + 1 + 20)) == (0, 0, 255)
+    # A 20 x 10 picture is padded to the square with white above and below.
+    assert grid.getpixel((4 + 1 + 20, 4 + 1 + 2)) == (255, 255, 255)
+
+
+def test_compose_grid_title_adds_bar():
+    cells = [GridCell(solid((0, 0, 0)), "x")]
+
+    plain = compose_grid(cells, 1, cell_size=30)
+    titled = compose_grid(cells, 1, cell_size=30, title="dimension 0")
+
+    assert titled.size[1] == plain.size[1] + 11 + 14
+
+
+def test_image_paths_lists_every_missing_file(tmp_path):
+    solid((1, 2, 3)).save(tmp_path / "present.png")
+    table = ObjectTable(("a", "b", "c"), ("present.png", "gone1.png", "gone2.png"))
+
+    with pytest.raises(FileNotFoundError, match="2 image files not found") as caught:
+        image_paths(table, tmp_path, [0, 1, 2])
+
+    assert "gone1.png" in str(caught.value)
+    assert "gone2.png" in str(caught.value)
+
+
+def test_image_paths_rejects_empty_source(tmp_path):
+    table = ObjectTable(("a", "b"), ("a.png", ""))
+
+    with pytest.raises(ValueError, match="no source image"):
+        image_paths(table, tmp_path, [1])
+
+
+@pytest.fixture
+def colour_objects(tmp_path):
+    """32 one-colour images, an object table and a 2-dimensional embedding run folder."""
+    rng = np.random.default_rng(0)
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    sources = []
+    for index in range(32):
+        name = f"object{index:02d}.png"
+        solid(tuple(int(value) for value in rng.integers(0, 256, 3)), (24, 24)).save(image_dir / name)
+        sources.append(name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    embedding = np.stack([np.linspace(0.0, 3.1, 32), rng.uniform(0.0, 1.0, 32)], axis=1)
+    save_embedding(EmbeddingResult(embedding=embedding), run_dir)
+    write_object_table(ObjectTable(tuple(f"object{i}" for i in range(32)), tuple(sources)), run_dir / "objects.tsv")
+    return image_dir, run_dir, embedding
+
+
+def test_grid_command_percentile_layout(colour_objects, tmp_path):
+    image_dir, run_dir, embedding = colour_objects
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--layout", "percentile", "--cell-size", "32"])
+
+    table = pd.read_csv(out / "grid.csv")
+    assert status == 0
+    assert sorted(path.name for path in out.glob("*.png")) == ["dim000_percentile.png", "dim001_percentile.png"]
+    for dim in (0, 1):
+        shown = table[table["dimension"] == dim].sort_values("position")["row"].to_numpy()
+        np.testing.assert_array_equal(shown, percentile_grid(embedding[:, dim]).ravel())
+    assert (out / "manifest.json").is_file()
+
+
+def test_grid_command_top_layout_pixels(colour_objects, tmp_path):
+    image_dir, run_dir, embedding = colour_objects
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--objects", str(run_dir / "objects.tsv"), "--images", str(image_dir),
+                   "-o", str(out), "--top-k", "4", "--dims", "1", "--cell-size", "32"])
+
+    best = int(top_objects(embedding[:, 1], 4)[0])
+    expected = Image.open(image_dir / f"object{best:02d}.png").getpixel((0, 0))
+    grid = Image.open(out / "dim001_top.png")
+    # Title bar (11 + 14 px) and padding (4 px), then the first cell's 1 px border.
+    assert status == 0
+    assert grid.getpixel((4 + 1 + 16, 25 + 4 + 1 + 16)) == expected
+    assert len(pd.read_csv(out / "grid.csv")) == 4
+
+
+def test_grid_command_missing_images(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+    for name in ("object31.png", "object30.png"):
+        (image_dir / name).unlink()
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(tmp_path / "grids"), "--dims", "0"])
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert "object31.png" in error
+    assert "object30.png" in error
+
+
+def test_grid_command_table_length_mismatch(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+    short = tmp_path / "short.tsv"
+    write_object_table(ObjectTable(("only",), ("object00.png",)), short)
+
+    status = main(["grid", str(run_dir), "--objects", str(short), "--images", str(image_dir), "-o", str(tmp_path / "g")])
+
+    assert status == 1
+    assert "lists 1 objects" in capsys.readouterr().err
