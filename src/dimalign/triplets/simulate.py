@@ -164,6 +164,8 @@ def simulate_choices(
         [[0, 1, 2]]
     """
     _check_options(similarity, rule, temperature, method)
+    if not isinstance(features, np.ndarray):
+        features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
         raise ValueError(
             f"features must be 2-D (n_objects, n_features), got shape {features.shape}"
