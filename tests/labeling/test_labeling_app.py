@@ -278,9 +278,9 @@ def test_images_served_only_from_folder(app, study_path, image_set):
     assert client.get("/image/0").status_code == 403
     participant_id, order, _ = consent(client)
     with Study(study_path) as study:
-        shown = int(study.grid(order[0])[0, 0])
+        grid_object = int(study.grid(order[0])[0, 0])
         hidden = sorted(set(range(36)) - {int(index) for dim in study.dimensions for index in study.grid(dim).ravel()})
-    response = client.get(f"/image/{shown}")
+    response = client.get(f"/image/{grid_object}")
     assert response.status_code == 200
     assert response.mimetype == "image/png"
     assert response.data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -300,10 +300,10 @@ def test_image_path_tampered_in_database_is_404(app, study_path, tmp_path):
     participant_id, order, _ = consent(client)
     (tmp_path / "secret.png").write_bytes(b"\x89PNG\r\n\x1a\nsecret")
     with Study(study_path) as study:
-        shown = int(study.grid(order[0])[0, 0])
+        grid_object = int(study.grid(order[0])[0, 0])
     with sqlite3.connect(study_path) as connection:
-        connection.execute("UPDATE objects SET image_path = ? WHERE object_index = ?", ("../secret.png", shown))
-    response = client.get(f"/image/{shown}")
+        connection.execute("UPDATE objects SET image_path = ? WHERE object_index = ?", ("../secret.png", grid_object))
+    response = client.get(f"/image/{grid_object}")
     assert response.status_code == 404
     assert b"secret" not in response.data
 

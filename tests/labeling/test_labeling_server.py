@@ -15,7 +15,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-import pytest
 import requests
 from labeling_helpers import csrf_from, running_server
 

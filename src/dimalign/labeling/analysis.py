@@ -1,4 +1,4 @@
-"""Analyses of labels and ratings: word clouds, rater agreement, and how much visual and semantic dimensions matter.
+"""Analyses of labels and ratings: word clouds, rater agreement, shares of visual and semantic dimensions.
 
 The ratings follow the default question set of the labelling app: each
 dimension is ``visual``, ``semantic``, ``mixed`` (visual-semantic) or
@@ -9,11 +9,11 @@ Two raters' ratings are compared with percent agreement and Cohen's kappa,
 
 where ``p_o`` is the fraction of dimensions both rated alike and ``p_e`` the
 agreement expected by chance from each rater's category frequencies,
-``p_e = sum_c p_a(c) * p_b(c)`` (Cohen 1960). They are combined into one
-resolved rating per dimension, and the resolved kinds give the share of
-visual and semantic dimensions of an embedding and, with the jackknife
-relevance of the comparison step, the share of triplet choices that each kind
-of dimension drives most.
+``p_e = sum_c p_a(c) * p_b(c)`` (Cohen 1960). The ratings are combined into
+one resolved rating per dimension. The resolved kinds give the share of
+visual and semantic dimensions of an embedding. Together with the jackknife
+relevance of the comparison step, they also give the share of triplet choices
+that each kind of dimension drives most.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ INTERPRETABILITY = ("one", "several", "none")
 #: Resolved rating of a dimension whose raters disagree without a tie-breaker.
 UNRESOLVED = "unresolved"
 
-#: Kind of a dimension that has no resolved rating because nobody rated it.
+#: Kind of a dimension that no rater rated (in relevance shares).
 NOT_RATED = "not rated"
 
 #: Columns that a relevance file must have (see :func:`read_relevance`).
@@ -182,7 +182,9 @@ def rater_agreement(
     from sklearn.metrics import cohen_kappa_score
 
     if len(ratings_a) != len(ratings_b):
-        raise ValueError(f"rater A has {len(ratings_a)} ratings but rater B {len(ratings_b)}: align them by dimension")
+        raise ValueError(
+            f"rater A has {len(ratings_a)} ratings but rater B {len(ratings_b)}: align them by dimension"
+        )
     pairs = [(a, b) for a, b in zip(ratings_a, ratings_b) if not _is_missing(a) and not _is_missing(b)]
     unknown = sorted({value for pair in pairs for value in pair} - set(categories))
     if unknown:
@@ -213,7 +215,11 @@ def resolve_ratings(
     :data:`UNRESOLVED`. A dimension that A or B did not rate is unresolved too
     unless C matches the one rating given.
 
-    >>> resolve_ratings(["visual", "visual", "mixed"], ["visual", "semantic", "unclear"], ["semantic", "semantic", "visual"])
+    >>> resolve_ratings(
+    ...     ["visual", "visual", "mixed"],
+    ...     ["visual", "semantic", "unclear"],
+    ...     ["semantic", "semantic", "visual"],
+    ... )
     ['visual', 'semantic', 'unresolved']
     """
     if len(ratings_a) != len(ratings_b) or (ratings_c is not None and len(ratings_c) != len(ratings_a)):
@@ -234,7 +240,9 @@ def resolve_ratings(
 # Shares of kinds of dimension
 
 
-def kind_shares(kinds_by_embedding: Mapping[str, Sequence[str]], kinds: Sequence[str] = KINDS) -> pd.DataFrame:
+def kind_shares(
+    kinds_by_embedding: Mapping[str, Sequence[str]], kinds: Sequence[str] = KINDS
+) -> pd.DataFrame:
     """Count each kind of dimension per embedding and its share of the embedding's dimensions.
 
     Args:
@@ -266,8 +274,9 @@ def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
 
     The file is a CSV with a header and one row per triplet. It needs at
     least the columns ``triplet_index`` (the triplet's row in the triplet
-    file) and ``most_relevant_dim`` (the embedding dimension whose removal
-    changes that triplet's predicted choice most); further columns are kept.
+    file) and ``most_relevant_dim``. The latter is the embedding dimension
+    whose removal lowers the probability of that triplet's choice most.
+    Further columns are kept.
 
     Raises:
         ValueError: If a column is missing or holds a non-integer or negative value.
@@ -281,11 +290,13 @@ def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
         )
     for column in RELEVANCE_COLUMNS:
         values = pd.to_numeric(table[column], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() | (values.to_numpy() < 0) | (values.to_numpy() % 1 != 0))
+        numbers = values.to_numpy()
+        bad = np.flatnonzero(values.isna().to_numpy() | (numbers < 0) | (numbers % 1 != 0))
         if bad.size:
+            # Row r of the table is line r + 2 of the file (1-based, after the header).
             raise ValueError(
-                f"relevance file {path}, column {column}: rows {(bad + 2).tolist()[:10]} (1-based file lines) "
-                "are not non-negative integers"
+                f"relevance file {path}, column {column}: rows {(bad + 2).tolist()[:10]} "
+                "(1-based file lines) are not non-negative integers"
             )
         table[column] = values.astype(np.int64)
     return table
@@ -340,7 +351,9 @@ def human_semantic_score(kinds: Iterable[str]) -> float:
     return float(np.mean(codes)) if codes else float("nan")
 
 
-def ratings_by_rater(answers: Iterable[Mapping], dimensions: Sequence[int], field: str) -> dict[int, list[str | None]]:
+def ratings_by_rater(
+    answers: Iterable[Mapping], dimensions: Sequence[int], field: str
+) -> dict[int, list[str | None]]:
     """Arrange answers as one list of ratings per participant, aligned with ``dimensions``.
 
     Args:

@@ -1,10 +1,11 @@
 """The labelling web app: participants label and rate one dimension at a time.
 
-Flow of a participant: consent (which creates the participant and its secret
-code), instructions (which show the code), then one page per dimension in a
-random order with the 5 x 6 image grid, up to five labels and the two rating
-questions, and finally a summary of the participant's own answers. A
-participant can stop at any time and later resume with the code, in any browser.
+A participant first gives consent, which creates the participant and its
+secret code. The instructions page shows the code. Then follows one page per
+dimension, in a random order, with the 5 x 6 image grid, up to five labels and
+the two rating questions. The last page summarises the participant's own
+answers. A participant can stop at any time and later resume with the code,
+in any browser.
 
 Access rules:
 
@@ -33,7 +34,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, abort, current_app, g, redirect, render_template, request, send_file, session, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from dimalign.labeling import db
@@ -123,7 +136,9 @@ def _check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
     if not expected or not secrets.compare_digest(sent, expected):
-        logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+        logger.warning(
+            "rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path
+        )
         abort(400, description="The form has expired. Go back, reload the page and submit again.")
 
 
@@ -213,7 +228,8 @@ def _add_participant_routes(app: Flask) -> None:
         dimension = _study().next_dimension(participant)
         if dimension is None:
             return redirect(url_for("done", participant_id=participant_id), code=303)
-        return redirect(url_for("dimension_page", participant_id=participant_id, dimension=dimension), code=303)
+        target = url_for("dimension_page", participant_id=participant_id, dimension=dimension)
+        return redirect(target, code=303)
 
     @app.route("/participant/<int:participant_id>/dimension/<int:dimension>", methods=["GET", "POST"])
     def dimension_page(participant_id: int, dimension: int) -> Any:
@@ -237,7 +253,9 @@ def _add_participant_routes(app: Flask) -> None:
             "interpretability": request.form.get("interpretability"),
         }
         try:
-            answer = validate_answer(study.questions, values["labels"], values["kind"], values["interpretability"])
+            answer = validate_answer(
+                study.questions, values["labels"], values["kind"], values["interpretability"]
+            )
         except AnswerError as error:
             return _render_dimension(participant, dimension, values, errors=error.errors), 400
         study.save_answer(participant_id, dimension, answer)
@@ -252,7 +270,9 @@ def _add_participant_routes(app: Flask) -> None:
         answered = len(_study().answered_dimensions(participant_id))
         session.clear()
         logger.info("participant %d stopped after %d answers", participant_id, answered)
-        return render_template("stopped.html", code=code, answered=answered, total=len(participant.order))
+        return render_template(
+            "stopped.html", code=code, answered=answered, total=len(participant.order)
+        )
 
     @app.get("/participant/<int:participant_id>/done")
     def done(participant_id: int) -> str:
@@ -291,7 +311,10 @@ def _render_dimension(
     percentiles = _config("GRID_PERCENTILES")
     row_titles = ["top"] + [f"{value:g}th percentile" for value in percentiles]
     rows = [
-        {"title": row_titles[row] if row < len(row_titles) else "", "objects": [int(index) for index in grid[row]]}
+        {
+            "title": row_titles[row] if row < len(row_titles) else "",
+            "objects": [int(index) for index in grid[row]],
+        }
         for row in range(grid.shape[0])
     ]
     labels = list(values["labels"])[: study.questions.max_labels]
@@ -343,7 +366,8 @@ def _add_admin_routes(app: Flask) -> None:
         per_participant: dict[int, int] = {}
         per_dimension = {dimension: 0 for dimension in study.dimensions}
         for answer in answers:
-            per_participant[answer["participant_id"]] = per_participant.get(answer["participant_id"], 0) + 1
+            participant_id = answer["participant_id"]
+            per_participant[participant_id] = per_participant.get(participant_id, 0) + 1
             per_dimension[answer["dimension"]] = per_dimension.get(answer["dimension"], 0) + 1
         participants = [
             {"participant": participant, "answered": per_participant.get(participant.participant_id, 0)}
@@ -370,7 +394,11 @@ def _add_admin_routes(app: Flask) -> None:
 
 
 def make_study_server(
-    study_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *, admin_token: str | None = None
+    study_path: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    admin_token: str | None = None,
 ) -> BaseWSGIServer:
     """Create a threaded werkzeug server for a study, bound but not yet serving.
 

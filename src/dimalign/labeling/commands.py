@@ -1,14 +1,11 @@
-"""Subcommands ``dimalign label-app`` (set up, serve and export a labelling study) and ``dimalign labels``."""
+"""Subcommands ``dimalign label-app`` (set up, serve, export a study) and ``dimalign labels``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 LABEL_APP_ACTIONS = ("setup", "serve", "export")
 
@@ -17,7 +14,8 @@ ADMIN_TOKEN_VARIABLE = "DIMALIGN_ADMIN_TOKEN"
 
 _LABEL_APP_EPILOG = """\
 forms:
-  dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv] [--dims all] [--questions default]
+  dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv]
+                           [--dims all] [--questions default]
   dimalign label-app serve STUDY.db [--host 127.0.0.1] [--port 8000]
   dimalign label-app export STUDY.db -o answers.csv
   dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
@@ -39,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_LABEL_APP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    label_app.add_argument("target", metavar="setup|serve|export|RUN", help="an action, or a run directory to serve")
+    label_app.add_argument(
+        "target", metavar="setup|serve|export|RUN", help="an action, or a run directory to serve"
+    )
     label_app.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     label_app.set_defaults(handler=_run_label_app)
 
@@ -68,11 +68,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="object names for the semantic check: a CSV with id and word columns (THINGS words.csv) "
         "or one name per line (default: derived from the object ids)",
     )
-    summarize.add_argument("--semantic-k", type=int, default=10, help="top objects per dimension compared (default 10)")
     summarize.add_argument(
-        "--n-random", type=int, default=1000, help="random object subsets in the semantic baseline (default 1000)"
+        "--semantic-k", type=int, default=10, help="top objects per dimension compared (default 10)"
     )
-    summarize.add_argument("--seed", type=int, default=0, help="seed of the word clouds and the semantic baseline")
+    summarize.add_argument(
+        "--n-random", type=int, default=1000,
+        help="random object subsets in the semantic baseline (default 1000)",
+    )
+    summarize.add_argument(
+        "--seed", type=int, default=0, help="seed of the word clouds and the semantic baseline"
+    )
     summarize.set_defaults(handler=_run_summarize)
 
     names = actions.add_parser(
@@ -100,14 +105,18 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
     else:
         parser.description = "Write every answer of a study to a CSV file."
         parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
-        parser.add_argument("-o", "--out", required=True, type=Path, metavar="answers.csv", help="CSV file to write")
+        parser.add_argument(
+            "-o", "--out", required=True, type=Path, metavar="answers.csv", help="CSV file to write"
+        )
     return parser
 
 
 def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -> None:
     if run_required:
         parser.add_argument("--run", required=True, type=Path, help="run directory or embedding file")
-    parser.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder the images are served from")
+    parser.add_argument(
+        "--images", required=True, type=Path, metavar="DIR", help="folder the images are served from"
+    )
     parser.add_argument(
         "--objects", type=Path, metavar="objects.tsv",
         help="object table whose source column gives each row's image, relative to --images "
@@ -198,7 +207,9 @@ def _parse_raters(text: str | None) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"invalid --raters {text!r}: give two or three participant ids such as 1,2 or 1,2,3") from None
+        raise ValueError(
+            f"invalid --raters {text!r}: give two or three participant ids such as 1,2 or 1,2,3"
+        ) from None
 
 
 def _run_summarize(args: argparse.Namespace) -> int:

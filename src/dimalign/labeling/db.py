@@ -104,7 +104,9 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
     connection.execute("PRAGMA foreign_keys = ON")
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
-        logger.warning("%s: SQLite refused WAL mode (journal_mode=%s); writes will block reads", path, mode)
+        logger.warning(
+            "%s: SQLite did not enable WAL mode (journal_mode=%s), so writes block reads", path, mode
+        )
     connection.execute("PRAGMA synchronous = FULL")
     return connection
 

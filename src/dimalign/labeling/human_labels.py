@@ -83,6 +83,6 @@ def _labels_from_mat(path: Path) -> list[str]:
     for cell in array.ravel(order="F"):
         values = np.asarray(cell).ravel()
         if values.size != 1 or values.dtype.kind != "U":
-            raise ValueError(f"{path}: a cell of the labels holds {values!r}, not one string")
+            raise ValueError(f"{path}: a cell of the labels contains {values!r}, not one string")
         labels.append(str(values[0]))
     return labels

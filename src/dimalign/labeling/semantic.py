@@ -238,7 +238,9 @@ def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> di
     automatic = np.asarray(automatic, dtype=np.float64)
     human = np.asarray(human, dtype=np.float64)
     if automatic.shape != human.shape:
-        raise ValueError(f"{automatic.size} automatic scores but {human.size} human ratings: align them by dimension")
+        raise ValueError(
+            f"{automatic.size} automatic scores but {human.size} human ratings: align them by dimension"
+        )
     keep = np.isfinite(automatic) & np.isfinite(human)
     n = int(keep.sum())
     if n < 3 or np.ptp(automatic[keep]) == 0 or np.ptp(human[keep]) == 0:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dimalign.io.files import atomic_path, now_iso, sha256_file, write_text_atomic
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
 
@@ -93,8 +93,8 @@ class QuestionSet:
             name=raw["name"],
             max_labels=int(raw["max_labels"]),
             max_label_length=int(raw["max_label_length"]),
-            kinds=tuple((value, shown) for value, shown in raw["kinds"]),
-            interpretability=tuple((value, shown) for value, shown in raw["interpretability"]),
+            kinds=tuple((value, label) for value, label in raw["kinds"]),
+            interpretability=tuple((value, label) for value, label in raw["interpretability"]),
         )
 
 
@@ -400,11 +400,17 @@ def create_study(
         )
     dimensions = parse_dimensions(dims, embedding.shape[1])
 
-    grids = {dim: percentile_grid(embedding[:, dim], n_cols=n_cols, percentiles=percentiles) for dim in dimensions}
+    grids = {
+        dim: percentile_grid(embedding[:, dim], n_cols=n_cols, percentiles=percentiles)
+        for dim in dimensions
+    }
     n_top = min(N_TOP_OBJECTS, embedding.shape[0])
     tops = {dim: top_objects(embedding[:, dim], n_top) for dim in dimensions}
-    shown = sorted({int(index) for grid in grids.values() for index in grid.ravel()})
-    image_paths = {index: resolve_image(images_dir, table.object_ids[index], table.sources[index]) for index in shown}
+    grid_objects = sorted({int(index) for grid in grids.values() for index in grid.ravel()})
+    image_paths = {
+        index: resolve_image(images_dir, table.object_ids[index], table.sources[index])
+        for index in grid_objects
+    }
 
     embedding_file = result.path if result.path is not None else Path(run)
     settings = {
@@ -441,7 +447,7 @@ def create_study(
             connection.close()
     logger.info(
         "created study %s: %d dimensions of %s, %d images from %s",
-        db_path, len(dimensions), run, len(shown), images_dir,
+        db_path, len(dimensions), run, len(grid_objects), images_dir,
     )
     return db_path
 
@@ -471,7 +477,9 @@ class Study:
         ValueError: If the file is not a study database.
     """
 
-    def __init__(self, path: str | os.PathLike, *, connection: sqlite3.Connection | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, connection: sqlite3.Connection | None = None
+    ) -> None:
         self.path = Path(path)
         self.connection = connection if connection is not None else db.open_database(self.path)
         rows = self.connection.execute("SELECT key, value FROM study").fetchall()
@@ -548,8 +556,11 @@ class Study:
         relative = Path(row["image_path"])
         root = self.images_dir.resolve()
         full = (root / relative).resolve()
-        if relative.is_absolute() or ".." in relative.parts or not _inside(root, full) or not full.is_file():
-            raise NotFoundError(f"image {row['image_path']!r} of object {object_index} is not in {root}")
+        escapes = relative.is_absolute() or ".." in relative.parts or not _inside(root, full)
+        if escapes or not full.is_file():
+            raise NotFoundError(
+                f"image {row['image_path']!r} of object {object_index} is not in {root}"
+            )
         return full
 
     # Participants ------------------------------------------------------------
@@ -785,7 +796,8 @@ def open_or_create_run_study(
     with Study(db_path) as study:
         embedding_file = run / EMBEDDING_NAME
         mismatches = []
-        if embedding_file.is_file() and study.settings.get("embedding_sha256") != sha256_file(embedding_file):
+        recorded = study.settings.get("embedding_sha256")
+        if embedding_file.is_file() and recorded != sha256_file(embedding_file):
             mismatches.append(f"{embedding_file} changed")
         if Path(study.settings["images_dir"]) != Path(images).resolve():
             mismatches.append(f"it shows images from {study.settings['images_dir']}")

@@ -101,8 +101,10 @@ def summarize_study(
     label_rows = []
     dimension_rows = []
     for dimension in dimensions:
-        given = by_dimension[dimension]
-        frequencies = analysis.label_frequencies(label for answer in given for label in answer["labels"])
+        dimension_answers = by_dimension[dimension]
+        frequencies = analysis.label_frequencies(
+            label for answer in dimension_answers for label in answer["labels"]
+        )
         label_rows += [
             {"embedding": name, "dimension": dimension, "label": label, "count": count}
             for label, count in analysis.top_labels(frequencies, n=len(frequencies))
@@ -115,14 +117,18 @@ def summarize_study(
                 random_state=random_state,
             )
             cloud = f"{wordcloud_dir.name}/{cloud_path.name}"
-        kinds = Counter(answer["kind"] for answer in given)
+        kinds = Counter(answer["kind"] for answer in dimension_answers)
         row = {
             "embedding": name,
             "dimension": dimension,
-            "n_answers": len(given),
-            "top_labels": "; ".join(f"{label} ({count})" for label, count in analysis.top_labels(frequencies)),
+            "n_answers": len(dimension_answers),
+            "top_labels": "; ".join(
+                f"{label} ({count})" for label, count in analysis.top_labels(frequencies)
+            ),
             **{f"n_{kind}": kinds.get(kind, 0) for kind in analysis.KINDS},
-            "human_semantic_score": analysis.human_semantic_score(answer["kind"] for answer in given),
+            "human_semantic_score": analysis.human_semantic_score(
+                answer["kind"] for answer in dimension_answers
+            ),
             "wordcloud": cloud,
         }
         dimension_rows.append(row)
@@ -142,7 +148,8 @@ def summarize_study(
                 {"embedding": name, "question": field, "rater_a": first, "rater_b": second, "n": result.n,
                  "percent_agreement": result.percent_agreement, "kappa": result.kappa}
             )
-        resolved[field] = analysis.resolve_ratings(ratings[0], ratings[1], ratings[2] if len(ratings) > 2 else None)
+        tie_breaker = ratings[2] if len(ratings) > 2 else None
+        resolved[field] = analysis.resolve_ratings(ratings[0], ratings[1], tie_breaker)
     for row, kind, interpretability in zip(dimension_rows, resolved["kind"], resolved["interpretability"]):
         row["resolved_kind"] = kind
         row["resolved_interpretability"] = interpretability
@@ -209,8 +216,8 @@ def summarize(
     out_dir = Path(out_dir)
     if relevance and len(relevance) != len(study_paths):
         raise ValueError(
-            f"{len(relevance)} relevance files for {len(study_paths)} studies: give one --relevance per study, "
-            "in the same order"
+            f"{len(relevance)} relevance files for {len(study_paths)} studies: give one "
+            "--relevance per study, in the same order"
         )
     wordcloud_dir = out_dir / "wordclouds"
     wordcloud_dir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +303,14 @@ def summarize(
 
 
 def _semantic_check(
-    study: Study, result: dict[str, Any], *, object_names, k: int, n_random: int, random_state: int, model: Any
+    study: Study,
+    result: dict[str, Any],
+    *,
+    object_names: str | os.PathLike | None,
+    k: int,
+    n_random: int,
+    random_state: int,
+    model: Any,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     from dimalign.labeling import semantic
 
@@ -344,7 +358,11 @@ def _render_html(outputs: dict[str, pd.DataFrame], headline: dict[str, Any]) -> 
         dimensions=dimensions,
         shares=outputs["shares.csv"].to_dict(orient="records"),
         agreement=outputs["agreement.csv"].replace({np.nan: None}).to_dict(orient="records"),
-        relevance=outputs["relevance_shares.csv"].to_dict(orient="records") if "relevance_shares.csv" in outputs else [],
+        relevance=(
+            outputs["relevance_shares.csv"].to_dict(orient="records")
+            if "relevance_shares.csv" in outputs
+            else []
+        ),
         correlations=headline["semantic_correlation"],
         raters=headline["raters"],
         kinds=analysis.KINDS,
