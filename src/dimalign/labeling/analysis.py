@@ -279,7 +279,7 @@ def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
     Further columns are kept.
 
     Raises:
-        ValueError: If a column is missing or holds a non-integer or negative value.
+        ValueError: If a column is missing or contains a non-integer or negative value.
     """
     table = pd.read_csv(path)
     missing = [column for column in RELEVANCE_COLUMNS if column not in table.columns]

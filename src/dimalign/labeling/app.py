@@ -148,6 +148,9 @@ def _current_participant(participant_id: int) -> Participant:
     try:
         participant = study.participant(participant_id)
     except NotFoundError:
+        logger.info(
+            "rejected %s %s: participant %d not found", request.method, request.path, participant_id
+        )
         abort(404, description=f"There is no participant {participant_id}.")
     if session.get("participant_id") != participant_id or not study.code_matches(
         participant_id, str(session.get("code", ""))
@@ -178,8 +181,13 @@ def _add_security_headers(response: Response) -> Response:
 
 def _render_error(error: Any) -> tuple[str, int]:
     code = getattr(error, "code", 500) or 500
-    return render_template("error.html", code=code, name=getattr(error, "name", "Error"),
-                           description=getattr(error, "description", "")), code
+    page = render_template(
+        "error.html",
+        code=code,
+        name=getattr(error, "name", "Error"),
+        description=getattr(error, "description", ""),
+    )
+    return page, code
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +205,9 @@ def _add_participant_routes(app: Flask) -> None:
             return render_template("consent.html", error=None)
         _check_csrf()
         if request.form.get("agree") != "yes":
-            return render_template("consent.html", error="Tick the box to agree, or close this page."), 400
+            logger.info("rejected a consent form without the agreement ticked")
+            message = "Tick the box to agree, or close this page."
+            return render_template("consent.html", error=message), 400
         participant, code = _study().add_participant()
         _log_in(participant, code)
         return redirect(url_for("instructions", participant_id=participant.participant_id), code=303)
@@ -209,6 +219,9 @@ def _add_participant_routes(app: Flask) -> None:
         try:
             participant = _study().participant_by_code(code)
         except NotFoundError:
+            # The code is a secret, and participants' network addresses are
+            # not recorded (the consent page promises that), so neither is logged.
+            logger.warning("rejected a resume with an unknown participant code")
             abort(404, description="No participant has this code. Check the code and try again.")
         _log_in(participant, code)
         logger.info("participant %d resumed", participant.participant_id)
@@ -235,6 +248,8 @@ def _add_participant_routes(app: Flask) -> None:
     def dimension_page(participant_id: int, dimension: int) -> Any:
         participant = _current_participant(participant_id)
         if dimension not in participant.order:
+            logger.info("rejected %s by participant %d: dimension %d not in the study",
+                        request.method, participant_id, dimension)
             abort(404, description=f"Dimension {dimension} is not part of this study.")
         study = _study()
         if request.method == "GET":
@@ -257,6 +272,8 @@ def _add_participant_routes(app: Flask) -> None:
                 study.questions, values["labels"], values["kind"], values["interpretability"]
             )
         except AnswerError as error:
+            logger.info("rejected an invalid answer of participant %d for dimension %d: %s",
+                        participant_id, dimension, error)
             return _render_dimension(participant, dimension, values, errors=error.errors), 400
         study.save_answer(participant_id, dimension, answer)
         logger.debug("participant %d answered dimension %d", participant_id, dimension)
@@ -295,10 +312,12 @@ def _add_participant_routes(app: Flask) -> None:
         if not isinstance(participant_id, int) or not _study().code_matches(
             participant_id, str(session.get("code", ""))
         ):
+            logger.info("rejected image %d for a request without a participant session", object_index)
             abort(403, description="Images are shown to participants only.")
         try:
             path = _study().image_file(object_index)
-        except NotFoundError:
+        except NotFoundError as error:
+            logger.warning("rejected image %d: %s", object_index, error)
             abort(404, description=f"There is no image {object_index}.")
         return send_file(path, max_age=3600)
 
@@ -351,6 +370,7 @@ def _check_admin() -> None:
     if header.startswith("Bearer "):
         sent = header[len("Bearer "):]
     if not sent:
+        logger.info("rejected an admin request without a token from %s", request.remote_addr)
         abort(401, description="The admin pages need the token printed when the server started.")
     if not secrets.compare_digest(sent, expected):
         logger.warning("rejected an admin request with a wrong token from %s", request.remote_addr)
