@@ -128,7 +128,7 @@ def test_unfinished_folder_needs_resume_or_overwrite(twenty_images, tmp_path, ti
 def test_finished_folder_not_overwritten(twenty_images, tmp_path, tiny_model):
     out = tmp_path / "out"
     extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
-    with pytest.raises(FileExistsError, match="already holds features"):
+    with pytest.raises(FileExistsError, match="already contains features"):
         extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
     again = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
     assert again.complete
@@ -183,3 +183,31 @@ def test_manifest_records_model_and_checksums(twenty_images, tmp_path, tiny_mode
     assert settings["package_versions"]["torch"]
     assert manifest["outputs"]["shapes"] == {"0": [20, 4]}
     json.dumps(manifest)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "h5"])
+def test_skip_interrupt_resume_compacts_rows(twenty_images, tmp_path, tiny_model, fmt):
+    for name in ("img00.png", "img13.png"):
+        (twenty_images / name).write_bytes(b"")
+    reference = tmp_path / "reference"
+    extract_features(twenty_images, reference, tiny_model, layers=["0", "4:input"],
+                     pools=["gap", "flatten"], on_error="skip", batch_size=4, fmt=fmt)
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        extract_features(twenty_images, out, tiny_model, layers=["0", "4:input"],
+                         pools=["gap", "flatten"], on_error="skip", batch_size=4, fmt=fmt,
+                         on_batch=interrupt_after(2))
+    result = extract_features(twenty_images, out, tiny_model, layers=["0", "4:input"],
+                              pools=["gap", "flatten"], on_error="skip", batch_size=4, fmt=fmt,
+                              resume=True)
+
+    assert [path.rsplit("/", 1)[-1] for path, _ in result.skipped] == ["img00.png", "img13.png"]
+    for layer, width in (("0", 4), ("4:input", 4)):
+        features, table = load_features(out, layer=layer)
+        expected, expected_table = load_features(reference, layer=layer)
+        assert features.shape == (18, width)
+        assert np.array_equal(np.asarray(features), np.asarray(expected))
+        assert table == expected_table
+    assert (out / "skipped.tsv").read_text() == (reference / "skipped.tsv").read_text()
+    assert "img13.png" not in table.object_ids

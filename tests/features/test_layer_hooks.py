@@ -41,12 +41,12 @@ def test_uncloned_hook_sees_relu_output():
     # The hazard the clone guards against: a hook that keeps the output
     # tensor itself reads the in-place ReLU's zeros.
     model = known_conv_model()
-    kept = []
-    handle = model[0].register_forward_hook(lambda module, args, output: kept.append(output))
+    outputs = []
+    handle = model[0].register_forward_hook(lambda module, args, output: outputs.append(output))
     with torch.inference_mode():
         model(torch.ones(1, 3, 4, 4))
     handle.remove()
-    assert torch.all(kept[0] == 0.0)
+    assert torch.all(outputs[0] == 0.0)
 
 
 def test_flatten_and_gap_of_known_map():
@@ -92,8 +92,8 @@ def test_forward_stops_after_last_layer():
 def test_hooks_removed_after_reading():
     model = known_conv_model()
     LayerReader(model, parse_layers(["0"], "gap", model))(torch.ones(1, 3, 4, 4))
-    assert all(not module._forward_hooks and not module._forward_pre_hooks
-               for module in model.modules())
+    assert all(not module._forward_hooks for module in model.modules())
+    assert all(not module._forward_pre_hooks for module in model.modules())
 
 
 @pytest.mark.parametrize("layers, pools, message", [

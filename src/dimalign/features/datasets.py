@@ -12,9 +12,9 @@ Rules (also in docs/features.md):
   Unicode NFC normalisation. The order therefore depends neither on the file
   system's listing order nor on the locale: ``a.jpg``, ``B.jpg``, ``b.jpg``,
   ``sub/a.jpg``, ``sub-2.jpg``.
-* A list file (a text file with one path per line, relative to the list file's
-  folder or absolute; blank lines and lines starting with ``#`` are ignored)
-  keeps its own order and does not filter by extension.
+* A list file is a text file with one path per line, relative to the list
+  file's folder or absolute. Blank lines and lines starting with ``#`` are
+  ignored. The list keeps its own order and is not filtered by extension.
 * Object ids are the NFC-normalised relative POSIX paths (for a list file, the
   path as written); sources are absolute paths.
 * Decoding: EXIF orientation is applied (optional). Palette images with a
@@ -48,7 +48,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 class ImageReadError(Exception):
-    """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""
+    """An image file that cannot be decoded, with its ``path`` and the ``reason``."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -120,26 +120,26 @@ def find_images(root: str | os.PathLike,
         ImageList: Every non-hidden image file, sorted by :func:`sort_key`.
 
     Raises:
-        FileNotFoundError: If ``root`` is not a folder or holds no image.
+        FileNotFoundError: If ``root`` is not a folder or contains no image.
     """
     root_path = Path(root)
     if not root_path.is_dir():
         raise FileNotFoundError(f"image folder {root_path} not found")
-    wanted = normalise_extensions(extensions)
+    allowed = normalise_extensions(extensions)
 
     relative_paths = []
     for folder, subfolders, files in os.walk(root_path):
         # Pruning in place stops os.walk from entering hidden folders.
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in files:
-            if name.startswith(".") or os.path.splitext(name)[1].lower() not in wanted:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in allowed:
                 continue
             full = Path(folder) / name
             if full.is_file():
                 relative_paths.append(full.relative_to(root_path).as_posix())
     if not relative_paths:
         raise FileNotFoundError(
-            f"no images with extensions {' '.join(wanted)} in {root_path}; "
+            f"no images with extensions {' '.join(allowed)} in {root_path}; "
             "pass --extensions to match other files"
         )
 
@@ -325,6 +325,11 @@ class ImageBatch:
     rows: list[int]
     pixels: torch.Tensor | None
     failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> ImageBatch:
+        """Return the batch with its pixels in page-locked memory (DataLoader ``pin_memory``)."""
+        pixels = self.pixels.pin_memory() if self.pixels is not None else None
+        return ImageBatch(self.rows, pixels, self.failures)
 
 
 def collate_images(items: Sequence[tuple[int, torch.Tensor | None, str | None]]) -> ImageBatch:

@@ -8,7 +8,8 @@ recomputing finished batches, and writes the feature folder that
     OUT/features.npy            (n_rows, n_features); or features_<layer>.npy per layer,
                                 or features.h5 with a dataset per layer
     OUT/objects.tsv             the image of each row, in row order
-    OUT/skipped.tsv             unreadable images left out (with on_error="skip")
+    OUT/skipped.tsv             unreadable images left out (with on_error="skip", also
+                                after resuming a run that skipped images)
     OUT/manifest.json           model, weights, layers, preprocessing, versions, checksums
 
 :func:`compute_features` returns the features of a few images in memory.
@@ -66,7 +67,7 @@ ON_ERROR = ("stop", "skip")
 
 @dataclass
 class ExtractionResult:
-    """What :func:`extract_features` wrote.
+    """Files and counts of an extraction.
 
     Attributes:
         out_dir (Path): The feature folder.
@@ -86,7 +87,7 @@ class ExtractionResult:
 def read_layers(loaded: LoadedModel, pixels: torch.Tensor,
                 requests: Sequence[LayerRequest]) -> dict[str, np.ndarray]:
     """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features."""
-    captured = LayerReader(loaded.model, requests)(pixels.to(loaded.device))
+    captured = LayerReader(loaded.model, requests)(pixels.to(loaded.device, non_blocking=True))
     return {name: tensor.float().cpu().numpy() for name, tensor in captured.items()}
 
 
@@ -111,6 +112,8 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     Raises:
         ValueError: If an image file cannot be read (naming it and the reason).
     """
+    if len(images) == 0:
+        raise ValueError("no images to compute features of")
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
@@ -194,7 +197,7 @@ def extract_features(
         ValueError: For an unreadable image with ``on_error="stop"`` (finished
             batches stay on disk for ``resume``), settings that differ from the
             run being resumed, or an output folder in use.
-        FileExistsError: If ``out_dir`` already holds features and neither
+        FileExistsError: If ``out_dir`` already contains features and neither
             ``resume`` nor ``overwrite`` is set.
     """
     if dtype not in DTYPES:
@@ -272,10 +275,10 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
         differences = [key for key in fingerprint if settings.get(key) != fingerprint[key]]
         if differences:
             raise ValueError(
-                f"{out_dir} holds a finished extraction with other settings "
+                f"{out_dir} contains a finished extraction with other settings "
                 f"({', '.join(differences)}); pass --overwrite to replace it"
             )
-        logger.info("%s already holds a finished extraction; nothing to resume", out_dir)
+        logger.info("%s already contains a finished extraction; nothing to resume", out_dir)
         return None
     elif resume and work_dir.exists():
         progress = Progress.load(work_dir)
@@ -288,19 +291,20 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
                 f"cannot resume the extraction in {out_dir}: settings differ ({details}). "
                 "Rerun with the original settings, or pass --overwrite to start over"
             )
-        # Images that failed before are tried again: the file may have been fixed.
-        progress.skipped = {}
-        logger.info("resuming %s: %d of %d images already done", out_dir,
-                    int(progress.finished.sum()), n_images)
+        # Images skipped before stay skipped: retrying them would shift the
+        # batches, and a batch's composition changes float rounding, so the
+        # resumed file would no longer equal an uninterrupted run's.
+        logger.info("resuming %s: %d of %d images already done (%d skipped)", out_dir,
+                    int(progress.finished.sum()), n_images, len(progress.skipped))
         return progress
     elif work_dir.exists():
         raise FileExistsError(
-            f"{out_dir} holds an unfinished extraction; pass --resume to continue it or "
+            f"{out_dir} contains an unfinished extraction; pass --resume to continue it or "
             "--overwrite to start over"
         )
     elif final_exists or (out_dir / "features.npy").exists() or (out_dir / "features.h5").exists():
         raise FileExistsError(
-            f"{out_dir} already holds features; pass --overwrite to replace them or choose "
+            f"{out_dir} already contains features; pass --overwrite to replace them or choose "
             "another output folder"
         )
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -315,16 +319,19 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                  exif_transpose: bool, max_batches: int | None,
                  on_batch: Callable[[int, list[int]], None] | None) -> bool:
     """Extract every unfinished row; return True when all rows are done."""
-    pending = np.flatnonzero(~progress.finished).tolist()
+    done = progress.finished.copy()
+    done[list(progress.skipped)] = True
+    pending = np.flatnonzero(~done).tolist()
     dataset = ImageDataset(image_list, loaded.transform, pending, colour, exif_transpose)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images,
         pin_memory=loaded.device.type == "cuda",
     )
-    bar = tqdm(total=len(image_list), initial=int(progress.finished.sum()), unit="img",
+    bar = tqdm(total=len(image_list), initial=int(done.sum()), unit="img",
                desc="extract", disable=None)
     n_batches = 0
     n_processed = 0
+    overflow_warned: set[str] = set()
     try:
         for batch in loader:
             for row, reason in batch.failures:
@@ -342,7 +349,8 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 if not progress.shapes:
                     progress.shapes = {name: list(value.shape[1:]) for name, value in values.items()}
                     arrays.open(len(image_list), progress.shapes, create=True)
-                _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list)
+                _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list,
+                                       overflow_warned)
                 arrays.write(batch.rows, values)
                 arrays.flush()
                 progress.finished[batch.rows] = True
@@ -361,16 +369,19 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
 
 
 def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows: list[int],
-                           image_list: ImageList) -> None:
+                           image_list: ImageList, warned: set[str]) -> None:
+    """Warn once per layer (recorded in ``warned``) when float16 turns values into inf."""
     if dtype != np.float16:
         return
     limit = np.finfo(np.float16).max
     for name, array in values.items():
         too_large = np.abs(array) > limit
-        if too_large.any():
+        if too_large.any() and name not in warned:
+            warned.add(name)
             row = rows[int(np.flatnonzero(too_large.reshape(len(rows), -1).any(axis=1))[0])]
-            logger.warning("layer %s of %s has values beyond float16's range (%g) that become inf; "
-                           "use dtype float32", name, image_list.paths[row], limit)
+            logger.warning("layer %s of %s has values beyond float16's range (%g) that become "
+                           "inf (warned once per layer); use dtype float32", name,
+                           image_list.paths[row], limit)
 
 
 def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: LoadedModel,
@@ -383,7 +394,7 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
     kept_rows = np.flatnonzero(progress.finished).tolist()
     files = arrays.finalize(out_dir, progress.finished)
     write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
-    if on_error == "skip":
+    if on_error == "skip" or skipped:
         _write_skipped(out_dir / SKIPPED_NAME, skipped)
 
     shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]

@@ -1,6 +1,6 @@
 """Feature arrays on disk while an extraction runs, its progress file, and the final files.
 
-While running, ``OUT/.partial/`` holds the memory-mapped ``.npy`` files (or the
+While running, ``OUT/.partial/`` contains the memory-mapped ``.npy`` files (or the
 HDF5 file) with one row per image in the image list, and ``progress.json`` with
 the rows already written. Each batch is written to the arrays, the arrays are
 flushed, and only then ``progress.json`` is replaced atomically, so a row listed
@@ -47,7 +47,7 @@ def feature_file_names(layers: Sequence[str], fmt: str) -> dict[str, str]:
 
 @dataclass
 class Progress:
-    """What an unfinished extraction has written.
+    """State of an unfinished extraction.
 
     Attributes:
         fingerprint (dict): Settings and image list checksum that a resumed run must match.
@@ -140,7 +140,11 @@ class FeatureArrays:
         if self.fmt == "h5":
             import h5py
 
-            self._h5 = h5py.File(self.work_dir / "features.h5", "w" if create else "r+")
+            path = self.work_dir / "features.h5"
+            if not create and not path.is_file():
+                raise ValueError(f"unfinished features file {path} is missing; pass "
+                                 "--overwrite to start over")
+            self._h5 = h5py.File(path, "w" if create else "r+")
             for layer, shape in shapes.items():
                 full = (n_rows, *shape)
                 if create:
@@ -158,6 +162,9 @@ class FeatureArrays:
                 self.arrays[layer] = np.lib.format.open_memmap(path, mode="w+", dtype=self.dtype,
                                                                shape=full)
             else:
+                if not path.is_file():
+                    raise ValueError(f"unfinished features file {path} is missing; pass "
+                                     "--overwrite to start over")
                 self.arrays[layer] = np.load(path, mmap_mode="r+")
                 self._check_shape(layer, self.arrays[layer].shape, full)
 
@@ -202,44 +209,43 @@ class FeatureArrays:
         self.flush()
         kept_rows = np.flatnonzero(keep)
         compact = len(kept_rows) != len(keep)
-        final: dict[str, Path] = {}
-
         if self.fmt == "h5":
-            source = self.work_dir / "features.h5"
+            source = self._compact_h5(kept_rows) if compact else self.work_dir / "features.h5"
             layers = list(self.arrays)
-            if compact:
-                import h5py
-
-                compacted = self.work_dir / "features.compact.h5"
-                with h5py.File(compacted, "w") as target:
-                    for layer in layers:
-                        dataset = self.arrays[layer]
-                        out = target.create_dataset(layer, shape=(len(kept_rows), *dataset.shape[1:]),
-                                                    dtype=dataset.dtype, chunks=dataset.chunks)
-                        _copy_rows(dataset, out, kept_rows)
-                self.close()
-                source = compacted
             self.close()
             os.replace(source, out_dir / "features.h5")
             return {layer: out_dir / "features.h5" for layer in layers}
 
+        sources = {}
         for layer, array in self.arrays.items():
             source = self.work_dir / self.names[layer]
             if compact:
-                compacted = self.work_dir / f"compact.{self.names[layer]}"
-                out = np.lib.format.open_memmap(compacted, mode="w+", dtype=array.dtype,
+                source = self.work_dir / f"compact.{self.names[layer]}"
+                out = np.lib.format.open_memmap(source, mode="w+", dtype=array.dtype,
                                                 shape=(len(kept_rows), *array.shape[1:]))
                 _copy_rows(array, out, kept_rows)
                 out.flush()
                 del out
-                source = compacted
-            final[layer] = out_dir / self.names[layer]
+            sources[layer] = source
         self.close()
-        for layer, target in final.items():
-            source = (self.work_dir / f"compact.{self.names[layer]}" if compact
-                      else self.work_dir / self.names[layer])
-            os.replace(source, target)
+        final = {}
+        for layer, source in sources.items():
+            final[layer] = out_dir / self.names[layer]
+            os.replace(source, final[layer])
         return final
+
+    def _compact_h5(self, kept_rows: np.ndarray) -> Path:
+        """Copy the kept rows of every dataset into a new HDF5 file and return its path."""
+        import h5py
+
+        compacted = self.work_dir / "features.compact.h5"
+        with h5py.File(compacted, "w") as target:
+            for layer, dataset in self.arrays.items():
+                shape = (len(kept_rows), *dataset.shape[1:])
+                chunks = (max(1, min(dataset.chunks[0], len(kept_rows))), *dataset.chunks[1:])
+                out = target.create_dataset(layer, shape=shape, dtype=dataset.dtype, chunks=chunks)
+                _copy_rows(dataset, out, kept_rows)
+        return compacted
 
 
 def _copy_rows(source, target, rows: np.ndarray) -> None:
