@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
+
+
+def test_published_spose_tiny_negatives_set_to_zero(things_dir):
+    with pytest.warns(UserWarning, match="set 68 negative weights"):
+        result = load_embedding(things_dir / "spose_embedding_49d_sorted.txt")
+    assert result.embedding.shape == (1854, 49)
+    assert result.embedding.min() == 0.0
+
+
+def test_clearly_negative_weight_rejected(tmp_path):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.array([[0.5, 0.1], [0.2, -0.3]]))
+    with pytest.raises(ValueError, match=r"lowest -0.3 at row 1, dimension 1"):
+        load_embedding(path)
+
+
+def test_nan_row_rejected(tmp_path):
+    path = tmp_path / "nan.npy"
+    np.save(path, np.array([[0.5, 0.1], [np.nan, 0.3]]))
+    with pytest.raises(ValueError, match=r"rows \[1\] contain NaN"):
+        load_embedding(path)
+
+
+def test_run_directory_round_trip(tmp_path):
+    result = EmbeddingResult(
+        embedding=np.array([[1.0, 0.0], [0.5, 2.0]]), kept_dims=np.array([3, 1]),
+        loc=np.zeros((2, 4)), scale=np.ones((2, 4)),
+    )
+    save_embedding(result, tmp_path)
+    loaded = load_embedding(tmp_path)
+    assert np.array_equal(loaded.embedding, result.embedding)
+    assert loaded.kept_dims.tolist() == [3, 1]
+    assert loaded.scale.shape == (2, 4)
