@@ -28,3 +28,18 @@ def things_dir(shared_data: Path) -> Path:
     if not path.is_dir():
         pytest.fail(f"THINGS data directory {path} not found")
     return path
+
+
+@pytest.fixture(autouse=True)
+def restore_dimalign_logging():
+    """Undo the logging set-up of ``dimalign.cli.main`` after each test.
+
+    ``main`` gives the ``dimalign`` logger its own handler and stops
+    propagation, which would hide later log records from pytest's ``caplog``.
+    """
+    import logging
+
+    logger = logging.getLogger("dimalign")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

@@ -524,6 +524,11 @@ def similarity_matrix(
             raise ValueError(
                 f"object indices {outside[:20].tolist()} are outside 0..{n_objects - 1}"
             )
+        # The subset costs about 3 m² n exponentials and the full matrix n³/6
+        # divisions, so many objects are faster through the full matrix.
+        if 18 * subset.size**2 > n_objects**2:
+            full = similarity_matrix(weights, batch_size=batch_size, device=device, dtype=dtype)
+            return full[np.ix_(subset, subset)]
         result = _similarity_of_subset(logits, subset, torch_dtype, batch_size)
         diagonal = torch.as_tensor(subset[:, None] == subset[None, :], device=torch_device)
         result[diagonal] = 1.0

@@ -1,0 +1,228 @@
+"""Tests of evaluate_embedding, the 48-object check and the ``dimalign evaluate`` command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.io
+
+from dimalign.analysis.evaluate import evaluate_embedding, format_metrics
+from dimalign.analysis.similarity import similarity_matrix
+from dimalign.analysis.things48 import (
+    load_things48,
+    match_concept_ids,
+    read_rdm48,
+    things48_correlation,
+)
+from dimalign.cli import main
+from dimalign.io.runs import EmbeddingResult, save_embedding
+
+
+@pytest.fixture(scope="module")
+def things48(things_dir):
+    return load_things48(things_dir)
+
+
+@pytest.fixture(scope="module")
+def spose49(things_dir) -> np.ndarray:
+    return np.loadtxt(things_dir / "spose_embedding_49d_sorted.txt")
+
+
+# -- the 48-object data -------------------------------------------------------
+
+
+def test_things48_loads_and_matches_names(things48):
+    assert things48.rdm.shape == (48, 48)
+    assert things48.n_concepts == 1854
+    assert len(things48.words) == 48
+    assert things48.words[0] == "pizza"
+    assert things48.excluded.sum() == 5
+    np.testing.assert_array_equal(np.diag(things48.rdm), np.zeros(48))
+    np.testing.assert_array_equal(things48.rdm, things48.rdm.T)
+
+
+def test_things48_aliases_and_spaces(things_dir, things48):
+    concept_ids = (things_dir / "unique_id.txt").read_text().split()
+    position = {word: row for row, word in enumerate(things48.words)}
+
+    assert concept_ids[things48.indices[position["camera"]]] == "camera1"
+    assert concept_ids[things48.indices[position["file"]]] == "file1"
+    assert concept_ids[things48.indices[position["music box"]]] == "music_box"
+
+
+def test_match_concept_ids_lists_missing_names():
+    with pytest.raises(ValueError, match=r"2 of the 48 objects.*\['unicorn', 'dragon'\]"):
+        match_concept_ids(["cat", "unicorn", "dragon"], ["cat", "dog"])
+
+
+def test_read_rdm48_needs_one_matrix(tmp_path):
+    two = tmp_path / "two.mat"
+    scipy.io.savemat(two, {"a": np.zeros((48, 48)), "b": np.ones((48, 48))})
+    none = tmp_path / "none.mat"
+    scipy.io.savemat(none, {"a": np.zeros((10, 10))})
+
+    with pytest.raises(ValueError, match="exactly one 48 x 48 matrix, found 2"):
+        read_rdm48(two)
+    with pytest.raises(ValueError, match="found 0"):
+        read_rdm48(none)
+    with pytest.raises(FileNotFoundError, match="missing.mat"):
+        read_rdm48(tmp_path / "missing.mat")
+
+
+def test_things48_spose_correlation(things48, spose49):
+    # Measured 0.8872 (Pearson) for the published 49-d SPoSE embedding.
+    value = things48_correlation(spose49, data=things48)
+
+    assert value > 0.85
+    assert value == pytest.approx(0.8872, abs=5e-4)
+
+
+def test_things48_uses_full_similarity_submatrix(things48, spose49):
+    from dimalign.analysis.rsa import rsa
+
+    keep = ~things48.excluded
+    indices = things48.indices[keep]
+    full = similarity_matrix(spose49)[np.ix_(indices, indices)]
+    expected = rsa(full, 1.0 - things48.rdm[np.ix_(keep, keep)])
+
+    value = things48_correlation(spose49, data=things48, exclude_flagged=True)
+
+    assert value == pytest.approx(expected, rel=1e-12)
+
+
+def test_things48_rejects_wrong_row_count(things48):
+    with pytest.raises(ValueError, match=r"1854 rows\), got shape \(100, 3\)"):
+        things48_correlation(np.ones((100, 3)), data=things48)
+
+
+# -- evaluate_embedding --------------------------------------------------------
+
+
+def test_evaluate_hand_computed():
+    embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    # Row 0 is a hit, row 1 a tie of all three pairs (1/3), rows 2-3 judge the
+    # set {0, 1, 2} twice with different odd ones out.
+    triplets = np.array([[0, 1, 3], [3, 2, 1], [0, 1, 2], [0, 2, 1]])
+    p_hit = math.e / (math.e + 2)
+    p_miss = 1 / (math.e + 2)
+    expected_nll = -(math.log(p_hit) + math.log(1 / 3) + math.log(p_hit) + math.log(p_miss)) / 4
+
+    metrics = evaluate_embedding(embedding, triplets)
+
+    assert metrics["n_objects"] == 4
+    assert metrics["n_dims"] == 2
+    assert metrics["n_triplets"] == 4
+    assert metrics["accuracy"] == pytest.approx((1 + 1 / 3 + 1 + 0) / 4, abs=1e-15)
+    assert metrics["n_ties"] == 1
+    assert metrics["nll"] == pytest.approx(expected_nll, rel=1e-14)
+    assert metrics["noise_ceiling"] == 0.0
+    assert metrics["noise_ceiling_sets"] == 1
+    assert metrics["noise_ceiling_responses"] == 2
+    assert "things48_r" not in metrics
+
+
+def test_evaluate_without_repeats_has_no_ceiling(recwarn):
+    metrics = evaluate_embedding(EmbeddingResult(np.eye(4)), [[0, 1, 2], [1, 2, 3]])
+
+    assert "noise_ceiling" not in metrics
+    assert not [warning for warning in recwarn if "noise ceiling" in str(warning.message)]
+
+
+def test_evaluate_real_embedding(things_dir, spose49):
+    triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
+
+    metrics = evaluate_embedding(spose49, triplets, things_dir=things_dir)
+
+    assert round(metrics["accuracy"], 3) == 0.659
+    assert metrics["things48_r"] == pytest.approx(0.8872, abs=5e-4)
+    assert metrics["things48_objects"] == 48
+    assert metrics["noise_ceiling_responses"] == 14
+    assert metrics["nll"] < math.log(3)
+    assert "48-object r 0.887" in format_metrics(metrics)
+
+
+def test_evaluate_skips_things48_for_other_objects(things_dir, caplog):
+    metrics = evaluate_embedding(np.eye(5), [[0, 1, 2]], things_dir=things_dir)
+
+    assert "things48_r" not in metrics
+    assert "skipped the 48-object check" in caplog.text
+
+
+# -- the CLI ---------------------------------------------------------------------
+
+
+def test_cli_evaluate_writes_metrics(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(rng.gamma(1.0, 1.0, size=(10, 3))), run_dir)
+    triplets = np.array([rng.choice(10, size=3, replace=False) for _ in range(40)])
+    triplet_file = tmp_path / "triplets.txt"
+    np.savetxt(triplet_file, triplets, fmt="%d")
+    out_dir = tmp_path / "out"
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)])
+
+    assert status == 0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    stored = np.load(run_dir / "embedding.npz")["embedding"]
+    assert metrics["n_triplets"] == 40
+    assert metrics["accuracy"] == pytest.approx(evaluate_embedding(stored, triplets)["accuracy"])
+    assert manifest["step"] == "evaluate"
+    assert manifest["outputs"]["accuracy"] == metrics["accuracy"]
+    assert set(manifest["inputs"]) == {"embedding", "triplets"}
+    assert "evaluated" in capsys.readouterr().err
+
+
+def test_cli_evaluate_published_embedding(things_dir, tmp_path):
+    out_dir = tmp_path / "out"
+
+    status = main(
+        [
+            "evaluate",
+            str(things_dir / "vice_embedding_42d.npy"),
+            "--triplets",
+            str(things_dir / "human_triplets.txt"),
+            "--objects",
+            str(things_dir / "unique_id.txt"),
+            "--things-dir",
+            str(things_dir),
+            "-o",
+            str(out_dir),
+        ]
+    )
+
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    assert status == 0
+    assert round(metrics["accuracy"], 3) == 0.645
+    assert metrics["things48_r"] > 0.85
+    assert "RDM48_triplet.mat" in manifest["inputs"]
+
+
+def test_cli_evaluate_object_count_mismatch(tmp_path, capsys):
+    embedding_file = tmp_path / "embedding.npy"
+    np.save(embedding_file, np.ones((6, 2)))
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n")
+
+    status = main(["evaluate", str(embedding_file), "--triplets", str(triplet_file), "--n-objects", "7"])
+
+    assert status == 1
+    assert "has 6 objects but the triplets are declared for 7" in capsys.readouterr().err
+
+
+def test_cli_evaluate_index_out_of_range(tmp_path, capsys):
+    embedding_file = tmp_path / "embedding.npy"
+    np.save(embedding_file, np.ones((4, 2)))
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n0 3 4\n")
+
+    status = main(["evaluate", str(embedding_file), "--triplets", str(triplet_file)])
+
+    assert status == 1
+    assert "4" in capsys.readouterr().err

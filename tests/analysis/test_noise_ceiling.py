@@ -1,0 +1,85 @@
+"""Tests of the leave-one-out noise ceiling of repeated triplets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dimalign.analysis.noise_ceiling import NoiseCeiling, triplet_noise_ceiling
+
+
+def responses(objects: tuple[int, int, int], odd_ones: list[int]) -> list[list[int]]:
+    """Write one triplet per response, with the given odd one out last."""
+    rows = []
+    for odd in odd_ones:
+        pair = [obj for obj in objects if obj != odd]
+        rows.append([*pair, odd])
+    return rows
+
+
+def test_ceiling_hand_computed():
+    # Set A {0, 1, 2} answered 2, 2, 2, 0. Each 2 is predicted by the others
+    # (2, 2, 0) -> majority 2, a hit. The 0 is predicted by (2, 2, 2), a miss: 3 of 4.
+    # Set B {3, 4, 5} answered 3, 4. Each is predicted by the single other: 0 of 2.
+    # Set C {6, 7, 8} answered 6, 6, 7. Each 6 is predicted by (6, 7), a tie,
+    # half a hit. The 7 is predicted by (6, 6), a miss: 1 of 3.
+    # Set {0, 1, 9} is judged once and does not count. Total: (3 + 0 + 1) / 9.
+    triplets = (
+        responses((0, 1, 2), [2, 2, 2, 0])
+        + responses((3, 4, 5), [3, 4])
+        + responses((6, 7, 8), [6, 6, 7])
+        + responses((0, 1, 9), [9])
+    )
+
+    result = triplet_noise_ceiling(triplets)
+
+    assert result == NoiseCeiling(value=4 / 9, n_sets=3, n_responses=9)
+
+
+def test_ceiling_ignores_order_within_triplet():
+    triplets = [[0, 1, 2], [1, 0, 2], [2, 0, 1]]  # odd ones out 2, 2, 1 of set {0, 1, 2}
+    shuffled = [[1, 0, 2], [0, 1, 2], [0, 2, 1]]
+
+    # The two 2s are each predicted by (2, 1), a tie: half a hit each. The 1 is a miss.
+    assert triplet_noise_ceiling(triplets).value == pytest.approx(1 / 3, abs=1e-15)
+    assert triplet_noise_ceiling(shuffled) == triplet_noise_ceiling(triplets)
+
+
+def test_ceiling_min_responses():
+    triplets = (
+        responses((0, 1, 2), [2, 2, 2, 0])
+        + responses((3, 4, 5), [3, 4])
+        + responses((6, 7, 8), [6, 6, 7])
+    )
+
+    result = triplet_noise_ceiling(triplets, min_responses=3)
+
+    assert result == NoiseCeiling(value=4 / 7, n_sets=2, n_responses=7)
+
+
+def test_ceiling_full_agreement_is_one():
+    triplets = responses((5, 1, 3), [3, 3, 3]) + responses((0, 2, 4), [0, 0])
+
+    assert triplet_noise_ceiling(triplets).value == 1.0
+
+
+def test_no_repeats_warns_and_returns_none():
+    with pytest.warns(RuntimeWarning, match="noise ceiling cannot be estimated"):
+        assert triplet_noise_ceiling([[0, 1, 2], [0, 1, 3]]) is None
+
+
+def test_invalid_input_rejected():
+    with pytest.raises(ValueError, match="min_responses"):
+        triplet_noise_ceiling([[0, 1, 2]], min_responses=1)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        triplet_noise_ceiling([[0, 1]])
+
+
+def test_ceiling_on_human_triplets(things_dir):
+    triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
+
+    result = triplet_noise_ceiling(triplets)
+
+    # The file repeats 7 object sets, each judged twice; 8 of the 14 responses
+    # agree with the other judgement of their set.
+    assert result == NoiseCeiling(value=8 / 14, n_sets=7, n_responses=14)
