@@ -209,8 +209,17 @@ def _resolve_entry(name: str | ThingsFile) -> ThingsFile:
     raise KeyError(f"unknown THINGS file {name!r}; registered files: {sorted(THINGS_FILES)}")
 
 
-def verify_file(path: str | os.PathLike, entry: ThingsFile) -> None:
+_LOCAL_REMEDY = "Delete the file to fetch it again, or pass verify=False to use it as it is."
+_MIRROR_REMEDY = "Replace the mirror copy with the published file, or pass verify=False."
+
+
+def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL_REMEDY) -> None:
     """Check a file's size and SHA-256 against the registry entry.
+
+    Args:
+        path (path): The file to check.
+        entry (ThingsFile): The published size and digest.
+        remedy (str): The sentence that ends the error message and says what to do.
 
     Raises:
         ValueError: Naming the file, the expected and the actual value.
@@ -219,14 +228,13 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile) -> None:
     if entry.size is not None and path.stat().st_size != entry.size:
         raise ValueError(
             f"{path} has {path.stat().st_size} bytes but the published {entry.name} has "
-            f"{entry.size} (sha256 {entry.sha256}); delete the file to fetch it again, or pass "
-            "verify=False to use it as it is"
+            f"{entry.size} (sha256 {entry.sha256}). {remedy}"
         )
     actual = sha256_file(path)
     if actual != entry.sha256:
         raise ValueError(
-            f"checksum mismatch for {path}: expected sha256 {entry.sha256}, got {actual}; "
-            "delete the file to fetch it again, or pass verify=False to use it as it is"
+            f"checksum mismatch for {path}: expected sha256 {entry.sha256}, got {actual}. "
+            f"{remedy}"
         )
 
 
@@ -237,7 +245,7 @@ def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: boo
         if not candidate.is_file():
             continue
         if verify:
-            verify_file(candidate, entry)
+            verify_file(candidate, entry, remedy=_MIRROR_REMEDY)
         with atomic_path(target) as temporary:
             shutil.copyfile(candidate, temporary)
         logger.info("copied %s from the mirror %s to %s", entry.name, candidate, target)

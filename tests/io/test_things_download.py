@@ -1,0 +1,254 @@
+"""Tests of the THINGS registry and fetcher, with file:// URLs and a loopback HTTP server only."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import shutil
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dimalign.io import things
+from dimalign.io.files import sha256_file
+from dimalign.io.things import (
+    HUMAN_TRIPLETS,
+    HUMAN_TRIPLETS_SUBSET,
+    THINGS_FILES,
+    ThingsFile,
+    default_data_dir,
+    fetch,
+    fetch_all,
+    find_human_triplets,
+    verify_file,
+)
+
+CONTENT = b"0 1 2\n3 4 5\n" * 1000
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Fail any request that is not file:// or to 127.0.0.1, so no test reaches the network."""
+    original = urllib.request.urlopen
+
+    def guarded(url, *args, **kwargs):
+        address = url if isinstance(url, str) else url.full_url
+        parsed = urllib.parse.urlparse(address)
+        if parsed.scheme != "file" and parsed.hostname != "127.0.0.1":
+            raise AssertionError(f"a test tried to reach {address}")
+        return original(url, *args, **kwargs)
+
+    monkeypatch.setattr(things.urllib.request, "urlopen", guarded)
+
+
+@pytest.fixture()
+def source_file(tmp_path) -> Path:
+    path = tmp_path / "served" / "triplets.txt"
+    path.parent.mkdir()
+    path.write_bytes(CONTENT)
+    return path
+
+
+@pytest.fixture()
+def http_server(source_file):
+    """Serve the folder of ``source_file`` on 127.0.0.1 at a free port."""
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(source_file.parent)
+    )
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def entry_for(url: str, content: bytes = CONTENT, name: str = "triplets.txt") -> ThingsFile:
+    return ThingsFile(
+        name=name, url=url, sha256=hashlib.sha256(content).hexdigest(), size=len(content)
+    )
+
+
+# -- the registry --------------------------------------------------------------
+
+
+def test_registry_urls_are_pinned_raw_github():
+    for name, entry in THINGS_FILES.items():
+        assert entry.name == name
+        assert entry.url.startswith("https://raw.githubusercontent.com/")
+        commit = entry.url.split("/")[5]
+        assert len(commit) == 40, f"{name}: {commit} is not a full commit hash"
+        assert len(entry.sha256) == 64
+
+
+def test_registry_matches_local_copies(things_dir):
+    """Every registered file in the local data directory has the registered checksum."""
+    local_names = [name for name in THINGS_FILES if (things_dir / name).is_file()]
+    assert len(local_names) == len(THINGS_FILES) - 1  # all but the full triplet file
+
+    paths = fetch_all(local_names, data_dir=things_dir, download=False)
+
+    assert set(paths) == set(local_names)
+    assert HUMAN_TRIPLETS not in local_names
+
+
+def test_renamed_files_keep_published_names():
+    assert THINGS_FILES["vice_embedding_42d.npy"].published_name == "final_embedding.npy"
+    assert THINGS_FILES[HUMAN_TRIPLETS].published_name == HUMAN_TRIPLETS
+
+
+def test_default_data_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIMALIGN_DATA", str(tmp_path / "data"))
+    assert default_data_dir() == tmp_path / "data"
+
+    monkeypatch.delenv("DIMALIGN_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_data_dir() == tmp_path / "cache" / "dimalign" / "things"
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_data_dir() == Path.home() / ".cache" / "dimalign" / "things"
+
+
+# -- downloads -----------------------------------------------------------------
+
+
+def test_download_from_file_url(source_file, tmp_path):
+    data_dir = tmp_path / "data"
+
+    path = fetch(entry_for(source_file.as_uri()), data_dir=data_dir)
+
+    assert path == data_dir / "triplets.txt"
+    assert path.read_bytes() == CONTENT
+    assert sorted(p.name for p in data_dir.iterdir()) == ["triplets.txt"]
+
+
+def test_download_from_loopback_server(http_server, tmp_path):
+    data_dir = tmp_path / "data"
+
+    path = fetch(entry_for(f"{http_server}/triplets.txt"), data_dir=data_dir)
+
+    assert path.read_bytes() == CONTENT
+
+
+def test_download_checksum_mismatch_leaves_nothing(http_server, tmp_path):
+    data_dir = tmp_path / "data"
+    wrong = entry_for(f"{http_server}/triplets.txt", content=b"other bytes")
+    actual = hashlib.sha256(CONTENT).hexdigest()
+
+    with pytest.raises(ValueError, match="checksum mismatch for triplets.txt") as error:
+        fetch(wrong, data_dir=data_dir)
+
+    assert wrong.sha256 in str(error.value)
+    assert actual in str(error.value)
+    assert list(data_dir.iterdir()) == []
+
+
+def test_download_corrupted_file_leaves_nothing(source_file, tmp_path):
+    entry = entry_for(source_file.as_uri())
+    source_file.write_bytes(CONTENT[:-1] + b"X")  # corrupted after publication
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(ValueError, match="partial file was removed"):
+        fetch(entry, data_dir=data_dir)
+
+    assert list(data_dir.iterdir()) == []
+
+
+def test_download_http_error_leaves_nothing(http_server, tmp_path):
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(RuntimeError, match="download of missing.txt .* failed"):
+        fetch(entry_for(f"{http_server}/missing.txt", name="missing.txt"), data_dir=data_dir)
+
+    assert list(data_dir.iterdir()) == []
+
+
+def test_download_disabled_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="labels_66.txt not found.*downloading is off"):
+        fetch("labels_66.txt", data_dir=tmp_path, download=False)
+
+
+def test_unknown_and_subset_names_rejected(tmp_path):
+    with pytest.raises(KeyError, match="unknown THINGS file 'nothing.txt'"):
+        fetch("nothing.txt", data_dir=tmp_path)
+    with pytest.raises(KeyError, match="no published checksum|without a published checksum"):
+        fetch(HUMAN_TRIPLETS_SUBSET, data_dir=tmp_path)
+
+
+# -- local files and mirrors ---------------------------------------------------
+
+
+def test_mirror_copy_is_verified(things_dir, tmp_path):
+    data_dir = tmp_path / "data"
+
+    path = fetch("words48.csv", data_dir=data_dir, mirror=things_dir, download=False)
+
+    assert path == data_dir / "words48.csv"
+    assert sha256_file(path) == THINGS_FILES["words48.csv"].sha256
+
+
+def test_mirror_with_published_name(things_dir, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copyfile(things_dir / "vice_embedding_42d.npy", mirror / "final_embedding.npy")
+
+    path = fetch("vice_embedding_42d.npy", data_dir=tmp_path / "data", mirror=mirror, download=False)
+
+    assert path.name == "vice_embedding_42d.npy"
+    assert sha256_file(path) == THINGS_FILES["vice_embedding_42d.npy"].sha256
+
+
+def test_corrupted_mirror_file_not_copied(things_dir, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "words48.csv").write_text("Word,exclude\npizza,\n")
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(ValueError, match="words48.csv has 20 bytes but the published.*Replace the mirror copy"):
+        fetch("words48.csv", data_dir=data_dir, mirror=mirror, download=False)
+
+    assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_local_file_mismatch_raises_unless_unverified(tmp_path):
+    local = tmp_path / "labels_66.txt"
+    local.write_text("edited labels\n")
+
+    with pytest.raises(ValueError, match="labels_66.txt has 14 bytes"):
+        fetch("labels_66.txt", data_dir=tmp_path)
+
+    assert fetch("labels_66.txt", data_dir=tmp_path, verify=False) == local
+
+
+def test_verify_file_same_size_wrong_digest(tmp_path):
+    entry = entry_for("file:///unused", content=b"abcd")
+    path = tmp_path / "file.txt"
+    path.write_bytes(b"abce")
+
+    with pytest.raises(ValueError, match=f"expected sha256 {entry.sha256}, got"):
+        verify_file(path, entry)
+
+
+def test_human_triplets_subset_accepted(things_dir, tmp_path):
+    assert find_human_triplets(things_dir, download=False) == things_dir / HUMAN_TRIPLETS_SUBSET
+    assert (
+        find_human_triplets(tmp_path / "empty", mirror=things_dir, download=False)
+        == things_dir / HUMAN_TRIPLETS_SUBSET
+    )
+
+
+def test_human_triplets_published_file_preferred(tmp_path, monkeypatch, source_file):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / HUMAN_TRIPLETS_SUBSET).write_bytes(CONTENT[:12])
+    published = entry_for(source_file.as_uri(), name=HUMAN_TRIPLETS)
+    monkeypatch.setitem(THINGS_FILES, HUMAN_TRIPLETS, published)
+    fetch(HUMAN_TRIPLETS, data_dir=data_dir)
+
+    assert find_human_triplets(data_dir, download=False) == data_dir / HUMAN_TRIPLETS
