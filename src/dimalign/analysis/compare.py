@@ -1,0 +1,837 @@
+"""Comparing a human and a DNN embedding of the same objects (``dimalign compare``).
+
+The comparison runs these steps and writes each result into one output
+directory:
+
+1. Align the objects of both embeddings by their labels (object tables).
+2. Match every human dimension to a DNN dimension (``matching.csv``, figure),
+   and list the objects high on both dimensions of each pair, or on only one
+   (``top_objects.csv``, image grids when images are given).
+3. Build both model-predicted similarity matrices and correlate them (RSA)
+   with a bootstrap over objects for a confidence interval (``rsa.json``).
+4. Add the matched DNN dimensions one at a time and correlate again
+   (``cumulative_rsa.csv``, figure, and the number of DNN dimensions that
+   reach 95% of the full model's explained variance).
+5. With triplets, explain both models' choices by jackknife relevance
+   (``relevance_*.csv``, ``agreement_different_dims.csv``, ``disagreements.csv``).
+
+This module also contains the parts needed at the scale of the THINGS images
+(24,102 objects). One is a similarity matrix computed in row blocks into a
+memory-mapped ``.npy`` file. The other is a bootstrap that weights object
+pairs by how often resampling drew them, so that each sample is one matrix
+product instead of a gather of all resampled pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from dimalign.device import resolve_device
+from dimalign.io.files import atomic_path, now_iso, write_manifest, write_text_atomic
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+from dimalign.io.runs import EmbeddingResult, load_embedding
+
+logger = logging.getLogger(__name__)
+
+
+# -- objects ------------------------------------------------------------------
+
+
+def align_objects(
+    reference: ObjectTable, other: ObjectTable, *, names: tuple[str, str] = ("human", "DNN")
+) -> np.ndarray:
+    """Find the row of ``other`` for every object of ``reference``, matched by object id.
+
+    Args:
+        reference (ObjectTable): The order to follow.
+        other (ObjectTable): The table to reorder.
+        names (tuple[str, str]): What to call the two tables in the error.
+
+    Returns:
+        np.ndarray: ``order`` with ``other.object_ids[order[i]] == reference.object_ids[i]``.
+
+    Raises:
+        ValueError: If the two tables do not hold the same set of ids. The
+            message gives the count and the first 20 ids found only on each side.
+    """
+    only_reference = sorted(set(reference.object_ids) - set(other.object_ids))
+    only_other = sorted(set(other.object_ids) - set(reference.object_ids))
+    if only_reference or only_other:
+        raise ValueError(
+            f"the {names[0]} and {names[1]} embeddings describe different objects: "
+            f"{len(only_reference)} ids only in the {names[0]} table {only_reference[:20]}, "
+            f"{len(only_other)} ids only in the {names[1]} table {only_other[:20]}; "
+            "compare embeddings of the same objects, or pass matching object tables"
+        )
+    return np.asarray(other.index_of(reference.object_ids), dtype=np.int64)
+
+
+def find_object_table(path: str | os.PathLike) -> ObjectTable | None:
+    """Return the object table of a run directory or next to an embedding file, if there is one."""
+    path = Path(path)
+    candidate = path / OBJECT_TABLE_NAME if path.is_dir() else path.parent / OBJECT_TABLE_NAME
+    return read_object_table(candidate) if candidate.is_file() else None
+
+
+@dataclass
+class AlignedPair:
+    """Two embeddings of the same objects in the same row order.
+
+    Attributes:
+        human (np.ndarray): Shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): Shape ``(n_objects, n_dnn)``, rows reordered to the human order.
+        objects (ObjectTable): The shared object table (human order).
+        dnn_order (np.ndarray): Row of the original DNN embedding for each object.
+    """
+
+    human: np.ndarray
+    dnn: np.ndarray
+    objects: ObjectTable
+    dnn_order: np.ndarray
+
+
+def align_embeddings(
+    human: EmbeddingResult,
+    dnn: EmbeddingResult,
+    *,
+    human_objects: ObjectTable | None = None,
+    dnn_objects: ObjectTable | None = None,
+) -> AlignedPair:
+    """Put the DNN embedding in the human row order.
+
+    With an object table on each side, rows are matched by object id. A side
+    without a table takes the other's (its rows must then be in that order).
+    Without any table, both must have the same number of rows, which are
+    named by their index.
+
+    Raises:
+        ValueError: If the object sets differ or the row counts do not fit.
+    """
+    for label, result, table in (("human", human, human_objects), ("DNN", dnn, dnn_objects)):
+        if table is not None and len(table) != result.n_objects:
+            raise ValueError(
+                f"the {label} object table lists {len(table)} objects but the {label} "
+                f"embedding has {result.n_objects} rows"
+            )
+    if human_objects is None and dnn_objects is None:
+        if human.n_objects != dnn.n_objects:
+            raise ValueError(
+                f"the human embedding has {human.n_objects} objects and the DNN embedding "
+                f"{dnn.n_objects}; pass object tables to match them by id"
+            )
+        table = ObjectTable.from_ids([str(row) for row in range(human.n_objects)])
+        return AlignedPair(human.embedding, dnn.embedding, table, np.arange(human.n_objects))
+    human_objects = human_objects or dnn_objects
+    dnn_objects = dnn_objects or human_objects
+    if human.n_objects != len(human_objects) or dnn.n_objects != len(dnn_objects):
+        raise ValueError(
+            f"the object table lists {len(human_objects)} objects, but the human embedding has "
+            f"{human.n_objects} and the DNN embedding {dnn.n_objects} rows"
+        )
+    order = align_objects(human_objects, dnn_objects)
+    if not np.array_equal(order, np.arange(order.size)):
+        logger.info("reordered the DNN embedding's rows to the human object order")
+    return AlignedPair(human.embedding, dnn.embedding[order], human_objects, order)
+
+
+# -- similarity matrices at scale ---------------------------------------------
+
+
+def _largest_safe_range(dtype: torch.dtype) -> float:
+    """Largest logit range for which ``exp(s - max s)`` of every pair stays a normal float (margin e^8)."""
+    return -math.log(torch.finfo(dtype).tiny) - 8.0
+
+
+def similarity_matrix_to_disk(
+    embedding: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    block_rows: int | None = None,
+    max_block_elements: int = 1 << 24,
+    device: str = "cpu",
+    dtype: str = "float64",
+) -> np.ndarray:
+    """Compute the model-predicted similarity matrix in row blocks into a ``.npy`` file.
+
+    ``S_ij = 1/(n-2) sum_{k not in {i,j}} exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk))``
+    with ``s = Y Y^T``, the same matrix as
+    :func:`dimalign.analysis.similarity.similarity_matrix` (diagonal 1). Rows
+    are computed block by block and written to a memory-mapped file, so the
+    result never has to fit in memory, and a block of rows is the unit of
+    work on the GPU.
+
+    An interrupted run resumes: the file is written as ``<path>.partial.npy``
+    with the finished row blocks listed in ``<path>.partial.json``, and renamed
+    to ``path`` when every row is done. A finished ``path`` is not recomputed.
+
+    Cost: time ``O(n^3 + n^2 d)``. Every ordered triple is evaluated once,
+    ``n^3`` softmax terms of two additions and a reciprocal each (two
+    exponentials when the dot products span more than a shared shift allows),
+    plus ``n^2 d`` for the dot products. The in-memory ``similarity_matrix``
+    needs only ``n^3 / 6`` terms because it adds each unordered triple into
+    three entries, which a row-blocked file cannot do. Memory: the ``n x n``
+    exponentials in ``dtype`` (2.3 GB in float32 for 24,102 objects) plus one
+    block of ``max_block_elements`` values. MEASURED_COST
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``, at least 3 objects.
+        path (str | os.PathLike): The ``.npy`` file to write.
+        block_rows (int | None): Rows per block; default chosen from
+            ``max_block_elements``.
+        max_block_elements (int): Bound on the ``(rows, columns, n)`` values of
+            one block, which sets the working memory.
+        device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        dtype (str): ``"float64"`` or ``"float32"``, of the computation and the file.
+
+    Returns:
+        np.ndarray: The matrix, memory-mapped read-only from ``path``.
+    """
+    path = Path(path)
+    if path.is_file():
+        logger.info("similarity matrix %s exists, reusing it", path)
+        return np.load(path, mmap_mode="r")
+    weights = np.asarray(embedding, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[0] < 3:
+        raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
+    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
+    torch_device = resolve_device(device)
+    n_objects = weights.shape[0]
+
+    # Block shape: rows x columns x n third objects per step.
+    if block_rows is None:
+        block_rows = max(1, min(n_objects, int(math.sqrt(max_block_elements / n_objects))))
+    block_columns = max(1, min(n_objects, max_block_elements // (block_rows * n_objects)))
+
+    y = torch.as_tensor(weights, device=torch_device)
+    logits = y @ y.T
+    off_diagonal = ~torch.eye(n_objects, dtype=torch.bool, device=torch_device)
+    peak = float(logits[off_diagonal].max())
+    shared_shift = peak - float(logits[off_diagonal].min()) <= _largest_safe_range(torch_dtype)
+    if shared_shift:
+        values = torch.exp(logits - peak).to(torch_dtype)
+    else:
+        values = logits.to(torch_dtype)
+    values.fill_diagonal_(0.0)
+    del logits, off_diagonal
+
+    partial = path.with_name(path.name.removesuffix(".npy") + ".partial.npy")
+    progress_file = partial.with_suffix(".json")
+    output, done = _open_partial(partial, progress_file, weights, n_objects, dtype)
+    starts = list(range(0, n_objects, block_rows))
+    for start in tqdm(starts, desc="similarity rows", unit="block", disable=None):
+        if start in done:
+            continue
+        stop = min(start + block_rows, n_objects)
+        rows = torch.empty(stop - start, n_objects, dtype=torch_dtype, device=torch_device)
+        for column in range(0, n_objects, block_columns):
+            column_stop = min(column + block_columns, n_objects)
+            rows[:, column:column_stop] = _similarity_block(
+                values, start, stop, column, column_stop, shared_shift
+            )
+        rows /= n_objects - 2
+        local = torch.arange(stop - start, device=torch_device)
+        rows[local, local + start] = 1.0
+        output[start:stop] = rows.cpu().numpy()
+        output.flush()
+        done.add(start)
+        write_text_atomic(progress_file, json.dumps(_progress_record(weights, n_objects, dtype, done)))
+
+    del output
+    os.replace(partial, path)
+    progress_file.unlink()
+    logger.info("wrote the %d x %d similarity matrix to %s (%s)", n_objects, n_objects, path, dtype)
+    return np.load(path, mmap_mode="r")
+
+
+def _similarity_block(
+    values: torch.Tensor, start: int, stop: int, column: int, column_stop: int, shared_shift: bool
+) -> torch.Tensor:
+    """Sum over k of p(k | i, j) for rows ``start:stop`` and columns ``column:column_stop``.
+
+    ``values`` contains the shifted exponentials ``exp(s - max s)`` when
+    ``shared_shift``, else the dot products themselves.
+    """
+    pair = values[start:stop, column:column_stop][:, :, None]  # (r, c, 1)
+    row_third = values[start:stop][:, None, :]  # (r, 1, n)
+    column_third = values[column:column_stop][None, :, :]  # (1, c, n)
+    if shared_shift:
+        terms = (pair + row_third + column_third).reciprocal_()
+    else:
+        # 1 / (1 + exp(s_ik - s_ij) + exp(s_jk - s_ij)) is finite for any range.
+        terms = (1.0 + torch.exp(row_third - pair) + torch.exp(column_third - pair)).reciprocal_()
+
+    # Leave out k = i and k = j.
+    n_rows, n_columns = stop - start, column_stop - column
+    row_index = torch.arange(n_rows, device=values.device)
+    column_index = torch.arange(n_columns, device=values.device)
+    terms[row_index, :, row_index + start] = 0.0
+    terms[:, column_index, column_index + column] = 0.0
+    sums = terms.sum(dim=2)
+    return pair[:, :, 0] * sums if shared_shift else sums
+
+
+def _progress_record(weights: np.ndarray, n_objects: int, dtype: str, done: set[int]) -> dict[str, Any]:
+    import hashlib
+
+    return {
+        "embedding_sha256": hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest(),
+        "n_objects": n_objects,
+        "dtype": dtype,
+        "finished_row_blocks": sorted(done),
+    }
+
+
+def _open_partial(
+    partial: Path, progress_file: Path, weights: np.ndarray, n_objects: int, dtype: str
+) -> tuple[np.memmap, set[int]]:
+    """Open the partial file to resume it, or create a new one."""
+    expected = _progress_record(weights, n_objects, dtype, set())
+    if partial.is_file() and progress_file.is_file():
+        record = json.loads(progress_file.read_text(encoding="utf-8"))
+        same = all(record.get(key) == expected[key] for key in ("embedding_sha256", "n_objects", "dtype"))
+        if same:
+            done = set(record.get("finished_row_blocks", []))
+            logger.info("resuming %s: %d row blocks already done", partial, len(done))
+            return np.load(partial, mmap_mode="r+"), done
+        logger.warning("%s belongs to another embedding or dtype; starting over", partial)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    output = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=(n_objects, n_objects))
+    write_text_atomic(progress_file, json.dumps(expected))
+    return output, set()
+
+
+# -- RSA with a bootstrap over objects ----------------------------------------
+
+
+def variance_explained(model_similarity: np.ndarray, reference_similarity: np.ndarray) -> float:
+    """Return r², the share of variance in a reference similarity matrix that a model's explains.
+
+    Both matrices cover the same objects in the same order. The upper
+    triangle (without the diagonal) is correlated by Pearson's r.
+    """
+    from dimalign.analysis.rsa import rsa
+
+    return float(rsa(model_similarity, reference_similarity, method="pearson") ** 2)
+
+
+@dataclass
+class BootstrapRSA:
+    """An RSA value with a percentile bootstrap interval over objects.
+
+    Attributes:
+        r (float): The correlation on all objects.
+        ci_low (float), ci_high (float): The percentile interval.
+        ci_level (float): Its nominal coverage, such as 0.95.
+        samples (np.ndarray): The bootstrap correlations, shape ``(n_bootstrap,)``.
+        method (str): ``"pearson"`` or ``"spearman"``.
+        random_state (int): Seed of the resampling.
+    """
+
+    r: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    samples: np.ndarray = field(repr=False)
+    method: str = "pearson"
+    random_state: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready summary (without the samples)."""
+        return {
+            "method": self.method,
+            "r": self.r,
+            "r2": self.r**2,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.ci_level,
+            "n_bootstrap": int(self.samples.size),
+            "bootstrap_sd": float(np.std(self.samples, ddof=1)) if self.samples.size > 1 else math.nan,
+            "random_state": self.random_state,
+            "resampling": "objects with replacement; pairs of the same object left out",
+        }
+
+
+def bootstrap_indices(n_objects: int, n_bootstrap: int, random_state: int = 0) -> np.ndarray:
+    """Draw the resampled objects of every bootstrap sample, shape ``(n_bootstrap, n_objects)``."""
+    rng = np.random.default_rng(random_state)
+    return rng.integers(0, n_objects, size=(n_bootstrap, n_objects))
+
+
+def resampled_rsa(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str = "pearson") -> float:
+    """Correlate two similarity matrices over the objects ``indices`` (with repeats).
+
+    Every pair of positions ``p < q`` of the resampled list enters once,
+    except pairs of the same object (``indices[p] == indices[q]``), which
+    would be diagonal entries.
+    """
+    from dimalign.analysis.rsa import correlate_vectors
+
+    rows, columns = np.triu_indices(indices.size, k=1)
+    keep = indices[rows] != indices[columns]
+    first, second = indices[rows[keep]], indices[columns[keep]]
+    return correlate_vectors(a[first, second], b[first, second], method=method)
+
+
+def _weighted_pearson(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Pearson r over object pairs weighted by ``counts_p * counts_q``, for every row of ``counts``.
+
+    Resampling objects with replacement and keeping every pair of distinct
+    objects is the same as weighting the pair ``{p, q}`` by how often it
+    occurs, ``w_p w_q``. Sums over pairs ``p < q`` are then quadratic forms
+    ``(w^T M w) / 2`` with zero-diagonal matrices ``M``, one matrix product
+    per bootstrap batch instead of one pass over ``n^2`` pairs per sample.
+    """
+    upper = np.triu_indices(a.shape[0], k=1)
+    # Centre both on their off-diagonal means: the correlation is unchanged, the sums cancel less.
+    centred_a = a - a[upper].mean()
+    centred_b = b - b[upper].mean()
+    np.fill_diagonal(centred_a, 0.0)
+    np.fill_diagonal(centred_b, 0.0)
+    weights = counts.astype(np.float64)
+
+    def pair_sum(matrix: np.ndarray) -> np.ndarray:
+        return 0.5 * np.einsum("bn,bn->b", weights @ matrix, weights)
+
+    n_pairs = 0.5 * (weights.sum(axis=1) ** 2 - (weights**2).sum(axis=1))
+    sum_a, sum_b = pair_sum(centred_a), pair_sum(centred_b)
+    sum_aa, sum_bb = pair_sum(centred_a * centred_a), pair_sum(centred_b * centred_b)
+    sum_ab = pair_sum(centred_a * centred_b)
+    covariance = n_pairs * sum_ab - sum_a * sum_b
+    variance_a = n_pairs * sum_aa - sum_a**2
+    variance_b = n_pairs * sum_bb - sum_b**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = covariance / np.sqrt(variance_a * variance_b)
+    return np.clip(r, -1.0, 1.0)
+
+
+def bootstrap_rsa(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    random_state: int = 0,
+    method: str = "pearson",
+    batch_size: int = 64,
+) -> BootstrapRSA:
+    """RSA of two similarity matrices with a percentile bootstrap over objects.
+
+    Each sample resamples the objects with replacement, and the correlation
+    uses every pair of distinct resampled objects (:func:`resampled_rsa`).
+    For Pearson's r this is computed exactly with pair weights
+    (:func:`_weighted_pearson`), for Spearman by resampling the values.
+
+    Args:
+        a (np.ndarray): Shape ``(n, n)``.
+        b (np.ndarray): Shape ``(n, n)``, the same objects in the same order.
+        n_bootstrap (int): Number of samples (0 for none).
+        ci_level (float): Coverage of the interval, in (0, 1).
+        random_state (int): Seed of the resampling.
+        method (str): ``"pearson"`` or ``"spearman"``.
+        batch_size (int): Samples per matrix product (Pearson).
+
+    Returns:
+        BootstrapRSA: The value and its interval (NaN without samples).
+    """
+    from dimalign.analysis.rsa import rsa
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if not 0.0 < ci_level < 1.0:
+        raise ValueError(f"ci_level={ci_level} is invalid: use a value in (0, 1)")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 or more")
+    value = float(rsa(a, b, method=method))
+
+    indices = bootstrap_indices(a.shape[0], n_bootstrap, random_state)
+    samples = np.empty(n_bootstrap)
+    for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=None, leave=False):
+        batch = indices[start : start + batch_size]
+        if method == "pearson":
+            counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])
+            samples[start : start + batch.shape[0]] = _weighted_pearson(a, b, counts)
+        else:
+            samples[start : start + batch.shape[0]] = [resampled_rsa(a, b, row, method) for row in batch]
+    if np.isnan(samples).any():
+        warnings.warn(
+            f"{int(np.isnan(samples).sum())} bootstrap samples had a constant similarity and no "
+            "correlation; they are left out of the interval",
+            UserWarning,
+            stacklevel=2,
+        )
+    valid = samples[~np.isnan(samples)]
+    tail = 100 * (1 - ci_level) / 2
+    low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
+    return BootstrapRSA(
+        r=value, ci_low=float(low), ci_high=float(high), ci_level=ci_level, samples=samples,
+        method=method, random_state=random_state,
+    )
+
+
+# -- the whole comparison -----------------------------------------------------
+
+
+@dataclass
+class ComparisonResult:
+    """Headline numbers of :func:`compare` (everything is also on disk).
+
+    Attributes:
+        rsa (BootstrapRSA): Human-DNN RSA with its interval.
+        matchings (dict): :class:`~dimalign.analysis.matching.Matching` per method.
+        cumulative (CumulativeRSA): The cumulative RSA curve.
+        n_objects (int): Objects compared.
+        outputs (dict): Output file names by role.
+    """
+
+    rsa: BootstrapRSA
+    matchings: dict
+    cumulative: Any
+    n_objects: int
+    outputs: dict[str, Any]
+
+
+def compare(
+    human: str | os.PathLike | EmbeddingResult,
+    dnn: str | os.PathLike | EmbeddingResult,
+    out_dir: str | os.PathLike,
+    *,
+    objects: ObjectTable | None = None,
+    triplets: np.ndarray | None = None,
+    images: str | os.PathLike | None = None,
+    n_bootstrap: int = 1000,
+    random_state: int = 0,
+    top_k: int = 10,
+    similarity_objects: int | None = None,
+    reference: tuple[np.ndarray, ObjectTable] | None = None,
+    save_similarity: bool = False,
+    device: str = "cpu",
+    inputs: dict[str, str | os.PathLike] | None = None,
+    similarity: Callable[..., np.ndarray] | None = None,
+) -> ComparisonResult:
+    """Compare a human and a DNN embedding and write every result into ``out_dir``.
+
+    Args:
+        human (path | EmbeddingResult): Human run directory or embedding file.
+        dnn (path | EmbeddingResult): DNN run directory or embedding file.
+        out_dir (str | os.PathLike): Output directory.
+        objects (ObjectTable | None): Object table for a side that has none
+            of its own (run directories carry ``objects.tsv``).
+        triplets (np.ndarray | None): Triplets (indices in the human row
+            order) for the jackknife relevance; None skips it.
+        images (path | None): Image folder for the top-object grids: an
+            object's image is its table ``source`` relative to this folder,
+            else ``<object_id>.jpg/.jpeg/.png``, else the first image in the
+            subfolder ``<object_id>/``.
+        n_bootstrap (int): Bootstrap samples of the RSA.
+        random_state (int): Seed of the bootstrap and of the object subset.
+        top_k (int): Objects per list of each matched pair.
+        similarity_objects (int | None): Compute the similarity matrices, the
+            RSA and the cumulative RSA on a random subset of this many objects
+            (the third object ``k`` of the similarity still runs over all
+            objects). None uses all objects. The cumulative RSA rebuilds one
+            matrix per DNN dimension, so this bounds its cost.
+        reference (tuple[np.ndarray, ObjectTable] | None): A ground-truth
+            similarity matrix and its objects; the variance that each model's
+            similarity explains in it is reported.
+        save_similarity (bool): Also write both full similarity matrices as
+            ``.npy`` (row blocks, memory-mapped).
+        device (str): Torch device for similarities and the jackknife.
+        inputs (dict | None): Input files to record in the manifest.
+        similarity (Callable | None): Replaces
+            :func:`dimalign.analysis.similarity.similarity_matrix` (tests).
+
+    Returns:
+        ComparisonResult: Headline numbers.
+    """
+    from dimalign.analysis import matching as matching_module
+
+    started = now_iso()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if similarity is None:
+        from dimalign.analysis.similarity import similarity_matrix as similarity
+
+    human_result, human_table = _load_side(human)
+    dnn_result, dnn_table = _load_side(dnn)
+    pair = align_embeddings(
+        human_result, dnn_result, human_objects=human_table or objects, dnn_objects=dnn_table or objects
+    )
+    names = list(pair.objects.object_ids)
+    n_objects = len(names)
+    logger.info(
+        "comparing %d objects: human %d dimensions, DNN %d dimensions",
+        n_objects, pair.human.shape[1], pair.dnn.shape[1],
+    )
+    outputs: dict[str, Any] = {}
+
+    # Matching and the objects behind each pair (cheap, so errors come early).
+    matchings = matching_module.match_all(pair.human, pair.dnn)
+    matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
+    _write_csv(matching_table, out_dir / "matching.csv")
+    primary = matchings.get("greedy", matchings["with_replacement"])
+    top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
+    _write_csv(top_table, out_dir / "top_objects.csv")
+    outputs.update(matching="matching.csv", top_objects="top_objects.csv")
+    if images is not None:
+        outputs["top_object_grids"] = _write_pair_grids(top_table, pair.objects, Path(images), out_dir)
+
+    # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
+    subset = _similarity_subset(n_objects, similarity_objects, random_state)
+    human_similarity = similarity(pair.human, objects=subset, device=device)
+    dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
+    rsa_result = bootstrap_rsa(
+        human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
+    )
+    correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
+    order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
+    cumulative = matching_module.cumulative_rsa(
+        human_similarity, pair.dnn, order,
+        similarity=lambda embedding: similarity(embedding, objects=subset, device=device),
+    )
+    _write_csv(cumulative.to_frame(), out_dir / "cumulative_rsa.csv")
+    outputs["cumulative_rsa"] = "cumulative_rsa.csv"
+
+    summary = {
+        **rsa_result.to_dict(),
+        "n_objects": n_objects,
+        "similarity_objects": "all" if subset is None else int(subset.size),
+        "variance_explained_in_human_similarity_by_dnn": rsa_result.r**2,
+        "cumulative_matching": primary.method,
+        "n_dnn_dims_for_95_percent": cumulative.n_dims_for_share,
+        "n_dnn_dims": int(pair.dnn.shape[1]),
+        "n_human_dims": int(pair.human.shape[1]),
+        "matched_r_max": float(primary.correlations.max()),
+        "matched_r_median": float(np.median(primary.correlations)),
+    }
+    if reference is not None:
+        summary["reference"] = _reference_scores(pair, reference, similarity, device)
+    write_text_atomic(out_dir / "rsa.json", json.dumps(summary, indent=2) + "\n")
+    outputs["rsa"] = "rsa.json"
+
+    if save_similarity:
+        for label, embedding in (("human", pair.human), ("dnn", pair.dnn)):
+            similarity_matrix_to_disk(embedding, out_dir / f"{label}_similarity.npy", device=device)
+            outputs[f"{label}_similarity"] = f"{label}_similarity.npy"
+
+    from dimalign.analysis import figures_compare
+
+    outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, out_dir)
+
+    if triplets is not None:
+        outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, out_dir, device))
+
+    write_manifest(
+        out_dir,
+        step="compare",
+        inputs={
+            **dict(inputs or {}),
+            **({"human": human_result.path} if human_result.path else {}),
+            **({"dnn": dnn_result.path} if dnn_result.path else {}),
+        },
+        settings={
+            "n_bootstrap": n_bootstrap, "random_state": random_state, "top_k": top_k,
+            "similarity_objects": similarity_objects, "device": device,
+            "matching_for_cumulative_rsa": primary.method, "triplets": triplets is not None,
+            "images": str(images) if images is not None else None,
+        },
+        started=started,
+        outputs={**outputs, "summary": summary},
+    )
+    logger.info(
+        "human-DNN RSA r = %.3f [%.3f, %.3f]; matched r up to %.3f; %s DNN dimensions for 95%%",
+        rsa_result.r, rsa_result.ci_low, rsa_result.ci_high, primary.correlations.max(),
+        cumulative.n_dims_for_share,
+    )
+    return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
+
+
+def _load_side(side: str | os.PathLike | EmbeddingResult) -> tuple[EmbeddingResult, ObjectTable | None]:
+    if isinstance(side, EmbeddingResult):
+        table = find_object_table(side.path) if side.path is not None else None
+        return side, table
+    return load_embedding(side), find_object_table(side)
+
+
+def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> np.ndarray | None:
+    if size is None or size >= n_objects:
+        return None
+    if size < 3:
+        raise ValueError(f"similarity_objects={size} is invalid: use at least 3")
+    rng = np.random.default_rng(random_state)
+    return np.sort(rng.choice(n_objects, size=size, replace=False))
+
+
+def _reference_scores(
+    pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
+) -> dict[str, Any]:
+    """Variance explained by each model's similarity in a ground-truth matrix of a subset of objects."""
+    matrix, table = reference
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (len(table), len(table)):
+        raise ValueError(f"the reference matrix has shape {matrix.shape} but its table lists {len(table)} objects")
+    missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} reference objects are not in the compared embeddings: {missing[:20]}"
+        )
+    rows = pair.objects.index_of(table.object_ids)
+    return {
+        "n_objects": len(table),
+        "human_r2": variance_explained(similarity(pair.human, objects=rows, device=device), matrix),
+        "dnn_r2": variance_explained(similarity(pair.dnn, objects=rows, device=device), matrix),
+    }
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        frame.to_csv(temporary, index=False)
+
+
+def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
+    """Find an object's image: its ``source`` (relative to ``images`` or absolute), ``<id>.<ext>``, or ``<id>/`` first image."""
+    if source:
+        candidate = Path(source) if Path(source).is_absolute() else images / source
+        if candidate.is_file():
+            return candidate
+    for suffix in (".jpg", ".jpeg", ".png"):
+        candidate = images / f"{object_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    folder = images / object_id
+    if folder.is_dir():
+        found = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if found:
+            return found[0]
+    return None
+
+
+def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Path, out_dir: Path) -> list[str]:
+    """Draw one image grid per matched pair and group (both, human only, DNN only)."""
+    from PIL import Image
+
+    from dimalign.interpret.grid_images import GridCell, compose_grid
+
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder {images} not found")
+    paths = {
+        row: find_image(images, objects.object_ids[row], objects.sources[row])
+        for row in sorted(set(top_table["object_index"].tolist()))
+    }
+    missing = [objects.object_ids[row] for row, path in paths.items() if path is None]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
+            "<object_id>.jpg or fill the source column of the object table"
+        )
+
+    grid_dir = out_dir / "top_objects"
+    grid_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (rank, group), rows in top_table.groupby(["pair_rank", "group"], sort=True):
+        cells = []
+        for row in rows.itertuples():
+            with Image.open(paths[row.object_index]) as image:
+                image.load()
+                cells.append(GridCell(image.convert("RGB"), str(row.object_id)))
+        first = rows.iloc[0]
+        title = (
+            f"pair {rank}: human dim {first.human_dim}, DNN dim {first.dnn_dim} "
+            f"(r = {first.r:.2f}), {group.replace('_', ' ')}"
+        )
+        grid = compose_grid(cells, n_cols=min(5, len(cells)), title=title)
+        name = f"pair_{rank:02d}_{group}.png"
+        with atomic_path(grid_dir / name) as temporary:
+            grid.save(temporary)
+        written.append(f"top_objects/{name}")
+    logger.info("wrote %d top-object grids to %s", len(written), grid_dir)
+    return written
+
+
+def _write_relevance(
+    pair: AlignedPair, triplets: np.ndarray, primary: Any, names: Sequence[str], out_dir: Path, device: str
+) -> dict[str, str]:
+    from dimalign.analysis import relevance
+
+    comparison = relevance.compare_decisions(pair.human, pair.dnn, triplets, device=device)
+    # Each human dimension's best DNN dimension (with replacement) decides whether two dimensions correspond.
+    from dimalign.analysis.matching import match_dimensions
+
+    best = match_dimensions(pair.human, pair.dnn, "with_replacement")
+    human_to_dnn = np.empty(pair.human.shape[1], dtype=np.int64)
+    human_to_dnn[best.human_dims] = best.dnn_dims
+
+    files = {
+        "relevance_human": ("relevance_human.csv", comparison.human.by_dimension()),
+        "relevance_dnn": ("relevance_dnn.csv", comparison.dnn.by_dimension()),
+        "agreement_different_dims": (
+            "agreement_different_dims.csv",
+            relevance.agreement_on_different_dimensions(comparison, human_to_dnn, names=names),
+        ),
+        "disagreements": ("disagreements.csv", relevance.largest_disagreements(comparison, names=names)),
+    }
+    for filename, frame in files.values():
+        _write_csv(frame, out_dir / filename)
+    with atomic_path(out_dir / "triplet_relevance.npz") as temporary:
+        np.savez_compressed(
+            temporary,
+            triplets=comparison.triplets,
+            human_choice=comparison.human_choice,
+            dnn_choice=comparison.dnn_choice,
+            human_probabilities=comparison.human_probabilities,
+            dnn_probabilities=comparison.dnn_probabilities,
+            human_most_relevant=comparison.human.most_relevant,
+            dnn_most_relevant=comparison.dnn.most_relevant,
+        )
+    agreement = float(np.mean(comparison.agree))
+    write_text_atomic(
+        out_dir / "relevance_summary.json",
+        json.dumps(
+            {
+                "n_triplets": int(triplets.shape[0]),
+                "choice_agreement": agreement,
+                "n_agree_on_different_dims": int(
+                    np.sum(comparison.agree & (human_to_dnn[comparison.human.most_relevant] != comparison.dnn.most_relevant))
+                ),
+                "matching_for_correspondence": "with_replacement",
+                "primary_matching": primary.method,
+            },
+            indent=2,
+        )
+        + "\n",
+    )
+    return {key: filename for key, (filename, _) in files.items()} | {
+        "triplet_relevance": "triplet_relevance.npz",
+        "relevance_summary": "relevance_summary.json",
+    }
+
+
+__all__ = [
+    "AlignedPair",
+    "BootstrapRSA",
+    "ComparisonResult",
+    "align_embeddings",
+    "align_objects",
+    "bootstrap_indices",
+    "bootstrap_rsa",
+    "compare",
+    "find_image",
+    "find_object_table",
+    "resampled_rsa",
+    "similarity_matrix_to_disk",
+    "variance_explained",
+]

@@ -1,0 +1,306 @@
+"""Subcommands ``sweep``, ``select``, ``compare`` and ``map``.
+
+Each handler parses its options, calls the library in
+:mod:`dimalign.analysis.sweep`, :mod:`dimalign.analysis.compare` or
+:mod:`dimalign.analysis.ridge`, and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``sweep``, ``select``, ``compare`` and ``map`` subcommands."""
+    _register_sweep(subparsers)
+    _register_select(subparsers)
+    _register_compare(subparsers)
+    _register_map(subparsers)
+
+
+# -- sweep --------------------------------------------------------------------
+
+
+def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="fit the same triplets with many seeds, in parallel",
+        description=(
+            "Fit one VICE (or SPoSE) embedding per seed into OUT/runs/seed_<seed>, in parallel "
+            "local processes (one torch thread each) or on a Ray cluster. A seed gives the same "
+            "embedding whichever engine runs it. Finished runs are reused on a rerun."
+        ),
+    )
+    parser.add_argument("triplets", type=Path, help="training triplets (.npy/.txt/.tsv/.csv, 0-based, odd one out last)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="sweep directory to write")
+    objects = parser.add_mutually_exclusive_group()
+    objects.add_argument("--n-objects", type=int, help="number of objects")
+    objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
+    parser.add_argument("--val", type=Path, help="validation triplets (default: split from the training file)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1,
+        help="fraction held out for validation when --val is not given (default 0.1; 0 for none)",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=32, help="number of seeds, 0..N-1 from --first-seed (default 32)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="first seed for --seeds (default 0)")
+    parser.add_argument("--n-jobs", type=int, default=1, help="parallel workers (default 1)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes (default) or Ray")
+    parser.add_argument("--address", help="Ray cluster address ('auto' or ray://host:port); default starts Ray locally")
+    parser.add_argument("--method", choices=("vice", "spose"), default="vice", help="estimator (default vice)")
+    parser.add_argument("--n-dims", type=int, help="initial dimensions (estimator default if omitted)")
+    parser.add_argument("--max-epochs", type=int, help="maximum epochs")
+    parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions")
+    parser.add_argument("--batch-size", type=int, help="triplets per step")
+    parser.add_argument("--lr", type=float, help="Adam learning rate")
+    parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive")
+    parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior")
+    parser.add_argument("--l1", type=float, help="SPoSE L1 weight")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto, for every worker")
+    parser.set_defaults(handler=run_sweep)
+
+
+def _estimator_settings(args: argparse.Namespace) -> dict:
+    settings = {"device": args.device}
+    names = ["n_dims", "max_epochs", "stability_epochs", "batch_size", "lr"]
+    names += ["mc_samples", "prior"] if args.method == "vice" else ["l1"]
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    ignored = [name for name in (("l1",) if args.method == "vice" else ("mc_samples", "prior")) if getattr(args, name) is not None]
+    if ignored:
+        raise ValueError(f"options {ignored} do not apply to --method {args.method}: remove them")
+    return settings
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Handle ``dimalign sweep``."""
+    from dimalign.analysis.sweep import sweep
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    table = read_object_table(args.objects) if args.objects else None
+    n_objects = args.n_objects
+    if n_objects is None and table is not None:
+        n_objects = len(table)
+    if n_objects is None:
+        raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
+    train = load_triplets(args.triplets, n_objects)
+    inputs = {"triplets": args.triplets}
+    if args.val is not None:
+        val = load_triplets(args.val, n_objects)
+        inputs["val"] = args.val
+    elif args.val_fraction > 0:
+        train, val = split_triplets(train, val_fraction=args.val_fraction, random_state=args.split_seed)
+    else:
+        val = None
+    seeds = args.seed_list if args.seed_list else list(range(args.first_seed, args.first_seed + args.seeds))
+    table_out = sweep(
+        train, val, args.out, seeds=seeds, n_objects=n_objects, method=args.method,
+        settings=_estimator_settings(args), object_table=table, n_jobs=args.n_jobs,
+        engine=args.engine, address=args.address, inputs=inputs,
+    )
+    logger.info("wrote %d runs to %s", len(table_out), args.out)
+    return 0
+
+
+# -- select -------------------------------------------------------------------
+
+
+def _register_select(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "select",
+        help="choose the most reproducible run of a sweep",
+        description=(
+            "Score every run by the split-half reproducibility of its dimensions across the "
+            "other runs and choose the highest. Writes runs.csv, dimensions.csv, selected.txt "
+            "and manifest.json."
+        ),
+    )
+    parser.add_argument("runs", type=Path, nargs="+", help="a sweep directory, or two or more run directories")
+    parser.add_argument("-o", "--out", type=Path, help="output directory (default SWEEP/selection)")
+    parser.add_argument("--split", choices=("odd_even", "random"), default="odd_even", help="how to halve the objects (default odd_even)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a random split (default 0)")
+    parser.add_argument("--copy", action="store_true", help="also copy the chosen run to OUT/selected_run")
+    parser.set_defaults(handler=run_select)
+
+
+def run_select(args: argparse.Namespace) -> int:
+    """Handle ``dimalign select``."""
+    from dimalign.analysis.sweep import RUNS_FOLDER, find_runs, select_run
+
+    val = None
+    if len(args.runs) == 1 and (args.runs[0] / RUNS_FOLDER).is_dir():
+        sweep_dir = args.runs[0]
+        run_dirs = find_runs(sweep_dir)
+        out = args.out or sweep_dir / "selection"
+        if (sweep_dir / "val.npy").is_file():
+            val = np.load(sweep_dir / "val.npy", allow_pickle=False)
+    else:
+        if len(args.runs) < 2:
+            raise ValueError(
+                f"{args.runs[0]} is not a sweep directory (no {RUNS_FOLDER}/ inside): "
+                "pass a sweep directory or at least two run directories"
+            )
+        if args.out is None:
+            raise ValueError("pass -o OUT when selecting among run directories")
+        run_dirs, out = args.runs, args.out
+    selection = select_run(run_dirs, out, split=args.split, random_state=args.seed, val=val, copy_selected=args.copy)
+    logger.info("selected %s; details in %s", selection.selected_run, out)
+    return 0
+
+
+# -- compare ------------------------------------------------------------------
+
+
+def _register_compare(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare a human and a DNN embedding (RSA, matching, cumulative RSA, jackknife)",
+        description=(
+            "Compare two embeddings of the same objects: human-DNN RSA with a bootstrap "
+            "interval, dimension matching, cumulative RSA, top objects per matched pair and, "
+            "with --triplets, the jackknife relevance of dimensions."
+        ),
+    )
+    parser.add_argument("human", type=Path, help="human run directory or embedding file")
+    parser.add_argument("dnn", type=Path, help="DNN run directory or embedding file")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--objects", type=Path, help="object table for an input without its own objects.tsv")
+    parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
+    parser.add_argument("--images", type=Path, help="image folder for top-object grids")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and object subset (default 0)")
+    parser.add_argument("--top-k", type=int, default=10, help="objects per list of each matched pair (default 10)")
+    parser.add_argument(
+        "--similarity-objects", type=int,
+        help="compute similarities and RSA on a random subset of this many objects (default all)",
+    )
+    parser.add_argument("--reference-rsm", type=Path, help="ground-truth similarity matrix (.npy, square)")
+    parser.add_argument("--reference-objects", type=Path, help="object table of --reference-rsm")
+    parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.set_defaults(handler=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Handle ``dimalign compare``."""
+    from dimalign.analysis.compare import compare
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+    from dimalign.io.triplets import load_triplets
+
+    objects = read_object_table(args.objects) if args.objects else None
+    inputs = {"objects": args.objects} if args.objects else {}
+    triplets = None
+    if args.triplets is not None:
+        n_objects = load_embedding(args.human).n_objects
+        triplets = load_triplets(args.triplets, n_objects)
+        inputs["triplets"] = args.triplets
+    reference = None
+    if (args.reference_rsm is None) != (args.reference_objects is None):
+        raise ValueError("pass --reference-rsm and --reference-objects together")
+    if args.reference_rsm is not None:
+        reference = (np.load(args.reference_rsm, allow_pickle=False), read_object_table(args.reference_objects))
+        inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
+    compare(
+        args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
+        n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,
+        similarity_objects=args.similarity_objects, reference=reference,
+        save_similarity=args.save_similarity, device=args.device, inputs=inputs,
+    )
+    return 0
+
+
+# -- map ----------------------------------------------------------------------
+
+
+def _register_map(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "map",
+        help="fit cross-validated ridge maps from DNN features to embedding dimensions",
+        description=(
+            "Fit one ridge regression per embedding dimension from a layer's features, with the "
+            "penalty chosen by k-fold cross-validation. Writes ridge_map.npz, ridge_map.csv "
+            "(penalty and cross-validated R² per dimension) and manifest.json."
+        ),
+    )
+    parser.add_argument("features", type=Path, help="feature folder (from 'dimalign extract') or file")
+    parser.add_argument("--embedding", type=Path, required=True, help="run directory or embedding file")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--layer", help="layer inside a multi-layer feature file or folder")
+    alphas = parser.add_mutually_exclusive_group()
+    alphas.add_argument("--alphas", type=float, nargs="+", help="penalty grid (default 50 values from 1e-2 to 1e6)")
+    alphas.add_argument(
+        "--alpha-range", type=float, nargs=3, metavar=("LOW", "HIGH", "N"),
+        help="N penalties from LOW to HIGH, evenly spaced in log10",
+    )
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
+    parser.add_argument("--shuffle", action="store_true", help="shuffle objects before splitting into folds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
+    parser.set_defaults(handler=run_map)
+
+
+def run_map(args: argparse.Namespace) -> int:
+    """Handle ``dimalign map``."""
+    from dimalign.analysis.compare import align_objects, find_object_table
+    from dimalign.analysis.ridge import DEFAULT_ALPHAS, RidgeMap, write_ridge_table
+    from dimalign.io.features import load_features
+    from dimalign.io.files import now_iso, read_manifest
+    from dimalign.io.runs import load_embedding
+
+    started = now_iso()
+    features, feature_table = load_features(args.features, layer=args.layer)
+    embedding = load_embedding(args.embedding)
+    embedding_table = find_object_table(args.embedding)
+    if feature_table is not None and embedding_table is not None:
+        order = align_objects(embedding_table, feature_table, names=("embedding", "features"))
+        features = np.asarray(features)[order]
+    elif features.shape[0] != embedding.n_objects:
+        raise ValueError(
+            f"the features have {features.shape[0]} rows and the embedding {embedding.n_objects}; "
+            "without object tables on both sides the rows must be the same objects in the same order"
+        )
+
+    feature_settings = {}
+    feature_dir = args.features if args.features.is_dir() else args.features.parent
+    try:
+        feature_settings = read_manifest(feature_dir).get("settings", {})
+    except FileNotFoundError:
+        pass
+    if args.alpha_range is not None:
+        low, high, count = args.alpha_range
+        alphas = np.logspace(np.log10(low), np.log10(high), int(count))
+    else:
+        alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
+    ridge = RidgeMap(
+        alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
+        model_name=args.model_name or feature_settings.get("model"),
+        layer=args.layer or feature_settings.get("layer"),
+    ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
+
+    feature_file = _feature_file(args.features, args.layer)
+    inputs = {"features": feature_file, "embedding": embedding.path}
+    ridge.save(args.out, inputs=inputs, started=started)
+    write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
+    return 0
+
+
+def _feature_file(path: Path, layer: str | None) -> Path:
+    """Return the feature file inside a folder, whose checksum the manifest records."""
+    if path.is_file():
+        return path
+    candidates = ([path / f"features_{layer.replace('/', '_')}.npy"] if layer else []) + [
+        path / "features.npy", path / "features.h5",
+    ]
+    return next((candidate for candidate in candidates if candidate.is_file()), path)

@@ -1,0 +1,109 @@
+"""Figures of the human-DNN comparison: matched correlations and the cumulative RSA.
+
+Each figure is written as PNG and SVG with matplotlib's Agg backend, so no
+display is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from dimalign.io.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+METHOD_LABELS = {
+    "greedy": "without replacement (greedy)",
+    "optimal": "optimal assignment",
+    "with_replacement": "with replacement",
+}
+
+
+def _save(figure, out_dir: Path, stem: str) -> list[str]:
+    names = []
+    for suffix in (".png", ".svg"):
+        with atomic_path(out_dir / f"{stem}{suffix}") as temporary:
+            figure.savefig(temporary, dpi=150, bbox_inches="tight")
+        names.append(f"{stem}{suffix}")
+    return names
+
+
+def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: str = "matching") -> list[str]:
+    """Plot each method's matched correlations, sorted from highest to lowest.
+
+    Args:
+        matchings (Mapping[str, Matching]): By method name.
+        out_dir (str | Path): Output folder.
+        stem (str): File name without suffix.
+
+    Returns:
+        list[str]: The files written (PNG and SVG).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    for method, matching in matchings.items():
+        correlations = np.asarray(matching.correlations)
+        axis.plot(
+            np.arange(1, correlations.size + 1), correlations, marker="o", markersize=3,
+            linewidth=1.2, label=METHOD_LABELS.get(method, method),
+        )
+    axis.set_xlabel("human dimension (sorted by matched r)")
+    axis.set_ylabel("Pearson r with matched DNN dimension")
+    axis.set_ylim(min(0.0, axis.get_ylim()[0]), 1.0)
+    axis.axhline(0.0, color="0.6", linewidth=0.8)
+    axis.legend(frameon=False, fontsize=8)
+    axis.set_title("Human-DNN dimension matching")
+    names = _save(figure, Path(out_dir), stem)
+    plt.close(figure)
+    return names
+
+
+def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative_rsa") -> list[str]:
+    """Plot the explained variance as DNN dimensions are added, with the 95% mark.
+
+    The y axis is ``r_k^2 / r_full^2``, the share of the full DNN embedding's
+    explained variance that the first ``k`` matched dimensions reach.
+
+    Returns:
+        list[str]: The files written (PNG and SVG).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = np.asarray(cumulative.r)
+    steps = np.arange(1, r.size + 1)
+    share = r**2 / cumulative.r_full**2 if cumulative.r_full != 0 else np.full(r.size, np.nan)
+    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    axis.plot(steps, share, marker="o", markersize=3, linewidth=1.2, color="C0")
+    axis.axhline(cumulative.share, color="C3", linestyle="--", linewidth=1.0,
+                 label=f"{100 * cumulative.share:.0f}% of full r² = {cumulative.r_full**2:.3f}")
+    if cumulative.n_dims_for_share is not None:
+        axis.axvline(cumulative.n_dims_for_share, color="C3", linestyle=":", linewidth=1.0,
+                     label=f"{cumulative.n_dims_for_share} DNN dimensions")
+    axis.set_xlabel("matched DNN dimensions added")
+    axis.set_ylabel("share of the full model's r²")
+    axis.legend(frameon=False, fontsize=8, loc="lower right")
+    axis.set_title("Cumulative RSA with the human similarity")
+    names = _save(figure, Path(out_dir), stem)
+    plt.close(figure)
+    return names
+
+
+def write_comparison_figures(matchings: Mapping[str, object], cumulative, out_dir: str | Path) -> list[str]:
+    """Write the matching and cumulative RSA figures and return their file names."""
+    names = plot_matching(matchings, out_dir) + plot_cumulative_rsa(cumulative, out_dir)
+    logger.info("wrote figures %s to %s", ", ".join(names), out_dir)
+    return names
+
+
+__all__ = ["plot_cumulative_rsa", "plot_matching", "write_comparison_figures"]

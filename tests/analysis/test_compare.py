@@ -1,0 +1,315 @@
+"""Tests of the human-DNN comparison: alignment, similarity at scale, bootstrap RSA, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from dimalign.analysis import compare as compare_module
+from dimalign.analysis.compare import (
+    align_embeddings,
+    align_objects,
+    bootstrap_indices,
+    bootstrap_rsa,
+    compare,
+    resampled_rsa,
+    similarity_matrix_to_disk,
+    variance_explained,
+)
+from dimalign.analysis.similarity import similarity_matrix
+from dimalign.cli import main
+from dimalign.io.objects import ObjectTable, write_object_table
+from dimalign.io.runs import EmbeddingResult, save_embedding
+
+IMAGE_FILES = ["bird.png", "cat.png", "dragonfly.png", "grace_hopper.png", "hot_dog.jpg", "owl.jpg", "parrot.jpg", "sunflower.png"]
+
+
+def gamma_embedding(n_objects, n_dims, seed):
+    return np.random.default_rng(seed).gamma(1.0, 1.0, size=(n_objects, n_dims))
+
+
+# -- similarity on disk --------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])
+def test_similarity_on_disk_matches_in_memory(tmp_path, scale):
+    # scale 40 spans more than exp's range, so the per-element path runs.
+    embedding = scale * gamma_embedding(23, 4, seed=0)
+    on_disk = similarity_matrix_to_disk(
+        embedding, tmp_path / "similarity.npy", block_rows=5, max_block_elements=5 * 7 * 23
+    )
+    assert isinstance(on_disk, np.memmap)
+    np.testing.assert_allclose(on_disk, similarity_matrix(embedding), atol=1e-14, rtol=0)
+    assert not (tmp_path / "similarity.partial.npy").exists()
+    assert not (tmp_path / "similarity.partial.json").exists()
+
+
+def test_similarity_on_disk_float32(tmp_path):
+    embedding = gamma_embedding(15, 3, seed=1)
+    on_disk = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", dtype="float32")
+    assert on_disk.dtype == np.float32
+    np.testing.assert_allclose(on_disk, similarity_matrix(embedding), atol=1e-6)
+
+
+def test_similarity_on_disk_resumes(tmp_path, monkeypatch):
+    embedding = gamma_embedding(12, 3, seed=2)
+    original = compare_module._similarity_block
+    calls = {"n": 0}
+
+    def failing_block(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("interrupted")
+        return original(*args)
+
+    monkeypatch.setattr(compare_module, "_similarity_block", failing_block)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_rows=4, max_block_elements=4 * 12 * 12)
+    progress = json.loads((tmp_path / "s.partial.json").read_text())
+    assert progress["finished_row_blocks"] == [0, 4]
+
+    monkeypatch.setattr(compare_module, "_similarity_block", original)
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_rows=4, max_block_elements=4 * 12 * 12)
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
+# -- bootstrap RSA -------------------------------------------------------------
+
+
+def test_bootstrap_matches_naive_resampling():
+    a = similarity_matrix(gamma_embedding(30, 4, seed=3))
+    b = similarity_matrix(gamma_embedding(30, 4, seed=3)[:, :2])
+    result = bootstrap_rsa(a, b, n_bootstrap=25, random_state=7, batch_size=4)
+    naive = [resampled_rsa(a, b, row) for row in bootstrap_indices(30, 25, 7)]
+    np.testing.assert_allclose(result.samples, naive, atol=1e-12, rtol=0)
+
+    from dimalign.analysis.rsa import rsa
+
+    assert result.r == rsa(a, b)
+    assert result.ci_low == np.percentile(result.samples, 2.5)
+    assert result.ci_high == np.percentile(result.samples, 97.5)
+
+
+def test_bootstrap_leaves_out_same_object_pairs():
+    a = similarity_matrix(gamma_embedding(8, 2, seed=4))
+    b = similarity_matrix(gamma_embedding(8, 2, seed=5))
+    indices = np.array([0, 0, 1, 2, 2, 2, 5, 7])
+    # By hand: pairs of distinct objects among the resampled positions.
+    first, second = [], []
+    for p in range(8):
+        for q in range(p + 1, 8):
+            if indices[p] != indices[q]:
+                first.append(a[indices[p], indices[q]])
+                second.append(b[indices[p], indices[q]])
+    assert resampled_rsa(a, b, indices) == pytest.approx(np.corrcoef(first, second)[0, 1], abs=1e-12)
+
+
+def test_bootstrap_is_seeded():
+    a = similarity_matrix(gamma_embedding(20, 3, seed=6))
+    b = similarity_matrix(gamma_embedding(20, 3, seed=7))
+    first = bootstrap_rsa(a, b, n_bootstrap=10, random_state=1)
+    second = bootstrap_rsa(a, b, n_bootstrap=10, random_state=1)
+    third = bootstrap_rsa(a, b, n_bootstrap=10, random_state=2)
+    np.testing.assert_array_equal(first.samples, second.samples)
+    assert not np.array_equal(first.samples, third.samples)
+
+
+def test_bootstrap_spearman_runs():
+    a = similarity_matrix(gamma_embedding(15, 3, seed=8))
+    result = bootstrap_rsa(a, a ** 2, n_bootstrap=5, method="spearman")
+    assert result.r == pytest.approx(1.0)
+    assert result.ci_low == pytest.approx(1.0)
+
+
+def test_variance_explained_identity():
+    a = similarity_matrix(gamma_embedding(10, 2, seed=9))
+    assert variance_explained(a, a) == pytest.approx(1.0)
+    assert variance_explained(a, 2 * a + 1) == pytest.approx(1.0)
+
+
+# -- object alignment ------------------------------------------------------------
+
+
+def test_align_objects_reorders():
+    reference = ObjectTable.from_ids(["ant", "bee", "cow"])
+    other = ObjectTable.from_ids(["cow", "ant", "bee"])
+    assert align_objects(reference, other).tolist() == [1, 2, 0]
+
+
+def test_align_objects_lists_differences():
+    reference = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)] + ["x"])
+    other = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)] + ["y", "z"])
+    with pytest.raises(ValueError, match=r"1 ids only in the human table \['x'\], 2 ids only in the DNN table \['y', 'z'\]"):
+        align_objects(reference, other)
+
+
+def test_align_objects_lists_first_twenty():
+    reference = ObjectTable.from_ids([f"a{i:02d}" for i in range(25)])
+    other = ObjectTable.from_ids([f"b{i:02d}" for i in range(25)])
+    with pytest.raises(ValueError, match="25 ids only in the human table") as error:
+        align_objects(reference, other)
+    assert "a19" in str(error.value)
+    assert "a20" not in str(error.value)
+
+
+def test_align_embeddings_uses_tables():
+    human = EmbeddingResult(np.array([[1.0], [2.0], [3.0]]))
+    dnn = EmbeddingResult(np.array([[30.0], [10.0], [20.0]]))
+    pair = align_embeddings(
+        human, dnn,
+        human_objects=ObjectTable.from_ids(["a", "b", "c"]),
+        dnn_objects=ObjectTable.from_ids(["c", "a", "b"]),
+    )
+    assert pair.dnn[:, 0].tolist() == [10.0, 20.0, 30.0]
+
+
+def test_align_embeddings_without_tables_needs_same_rows():
+    with pytest.raises(ValueError, match="pass object tables"):
+        align_embeddings(EmbeddingResult(np.ones((3, 1))), EmbeddingResult(np.ones((4, 1))))
+
+
+# -- compare end to end ---------------------------------------------------------
+
+
+def surrogate_pair(n_objects=40, seed=0):
+    """A human embedding and a DNN surrogate: a non-negative factorisation of noisy human similarity."""
+    from sklearn.decomposition import NMF
+
+    rng = np.random.default_rng(seed)
+    human = rng.gamma(0.5, 1.0, size=(n_objects, 4))
+    noisy = human @ human.T + 0.3 * rng.random((n_objects, n_objects))
+    dnn = NMF(n_components=5, init="nndsvda", max_iter=5000, tol=1e-3, random_state=0).fit_transform(noisy + noisy.T)
+    return human, dnn
+
+
+def write_side(directory, embedding, table=None):
+    save_embedding(EmbeddingResult(embedding), directory)
+    if table is not None:
+        write_object_table(table, directory / "objects.tsv")
+    return directory
+
+
+def test_compare_writes_outputs(tmp_path, shared_data):
+    human, dnn = surrogate_pair()
+    ids = [f"object{i:02d}" for i in range(40)]
+    sources = [IMAGE_FILES[i % len(IMAGE_FILES)] for i in range(40)]
+    table = ObjectTable(tuple(ids), tuple(sources))
+    # The DNN side lists its objects in reverse order; compare must realign them.
+    write_side(tmp_path / "human", human, table)
+    write_side(tmp_path / "dnn", dnn[::-1], ObjectTable(tuple(ids[::-1]), tuple(sources[::-1])))
+    rng = np.random.default_rng(1)
+    triplets = np.array([rng.choice(40, 3, replace=False) for _ in range(300)])
+    reference = (similarity_matrix(human)[:10, :10], ObjectTable.from_ids(ids[:10]))
+
+    result = compare(
+        tmp_path / "human", tmp_path / "dnn", tmp_path / "out", triplets=triplets,
+        images=shared_data / "images", n_bootstrap=50, top_k=3, reference=reference,
+    )
+    out = tmp_path / "out"
+    summary = json.loads((out / "rsa.json").read_text())
+    assert summary["r"] == pytest.approx(result.rsa.r)
+    assert summary["ci_low"] <= summary["r"] <= summary["ci_high"]
+    assert summary["r"] > 0.5
+    assert summary["n_bootstrap"] == 50
+    assert summary["n_dnn_dims_for_95_percent"] == result.cumulative.n_dims_for_share
+    assert 0 < summary["reference"]["dnn_r2"] <= 1
+    assert summary["reference"]["human_r2"] == pytest.approx(
+        variance_explained(similarity_matrix(human, objects=range(10)), reference[0])
+    )
+
+    matching = pd.read_csv(out / "matching.csv")
+    assert set(matching["method"]) == {"with_replacement", "greedy", "optimal"}
+    assert len(matching) == 3 * 4
+    cumulative = pd.read_csv(out / "cumulative_rsa.csv")
+    assert cumulative["n_dims"].tolist() == [1, 2, 3, 4, 5]
+    assert cumulative["r"].iloc[-1] == pytest.approx(result.rsa.r)
+    top = pd.read_csv(out / "top_objects.csv")
+    assert set(top["group"]) == {"both", "human_only", "dnn_only"}
+    for name in ("matching.png", "matching.svg", "cumulative_rsa.png", "cumulative_rsa.svg"):
+        assert (out / name).stat().st_size > 0
+    grids = sorted((out / "top_objects").glob("pair_*.png"))
+    assert len(grids) == 3 * 4
+    with Image.open(grids[0]) as grid:
+        assert grid.size[0] > 128
+
+    relevance = pd.read_csv(out / "relevance_human.csv")
+    assert relevance["share_most_relevant"].sum() == pytest.approx(1.0)
+    assert (out / "disagreements.csv").is_file()
+    assert (out / "agreement_different_dims.csv").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["step"] == "compare"
+    assert "sha256" in manifest["inputs"]["human"]
+
+
+def test_compare_rejects_different_objects(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i}" for i in range(12)]))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids([f"a{i}" for i in range(11)] + ["zebra"]))
+    with pytest.raises(ValueError, match=r"only in the DNN table \['zebra'\]"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
+
+
+def test_compare_cli(tmp_path):
+    human, dnn = surrogate_pair(n_objects=20)
+    np.save(tmp_path / "human.npy", human)
+    np.save(tmp_path / "dnn.npy", dnn)
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "20", "--seed", "3", "--similarity-objects", "15", "--save-similarity",
+    ])
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["similarity_objects"] == 15
+    assert summary["random_state"] == 3
+    saved = np.load(tmp_path / "out" / "human_similarity.npy")
+    np.testing.assert_allclose(saved, similarity_matrix(human), atol=1e-14)
+
+
+# -- map CLI ---------------------------------------------------------------------
+
+
+def test_map_cli_aligns_objects(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 12))
+    embedding = features[:, :3] @ rng.random((3, 2)) + 10.0 + 0.3 * rng.normal(size=(30, 2))
+    ids = [f"object{i:02d}" for i in range(30)]
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", features[::-1])
+    write_object_table(ObjectTable.from_ids(ids[::-1]), feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", embedding, ObjectTable.from_ids(ids))
+
+    code = main([
+        "map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map"),
+        "--alpha-range", "0.001", "1000", "13", "--layer", "fc", "--model-name", "toy",
+    ])
+    assert code == 0
+    from dimalign.analysis.ridge import RidgeMap
+
+    ridge = RidgeMap.load(tmp_path / "map")
+    assert ridge.layer == "fc"
+    assert ridge.model_name == "toy"
+    assert ridge.cv_r2_.min() > 0.5
+    # The same fit on the features in the embedding's row order.
+    direct = RidgeMap(alphas=np.logspace(-3, 3, 13)).fit(features, embedding)
+    np.testing.assert_allclose(ridge.alpha_, direct.alpha_, rtol=1e-9)
+    np.testing.assert_allclose(ridge.predict(features), direct.predict(features), rtol=1e-6)
+    table = pd.read_csv(tmp_path / "map" / "ridge_map.csv")
+    assert table.columns.tolist() == ["dimension", "alpha", "cv_r2"]
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert len(manifest["inputs"]["features"]["sha256"]) == 64
+
+
+def test_map_cli_rejects_different_objects(tmp_path, capsys):
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", np.ones((3, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b", "c"]), feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", np.ones((3, 1)), ObjectTable.from_ids(["a", "b", "d"]))
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
+    assert code == 1
+    assert "only in the features table ['c']" in capsys.readouterr().err
