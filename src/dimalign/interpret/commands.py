@@ -151,7 +151,7 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
     """Expand folders into their image files (recursively, in the extractor's order).
 
     Raises:
-        FileNotFoundError: If a path does not exist or a folder holds no image.
+        FileNotFoundError: If a path does not exist or a folder contains no image.
     """
     from dimalign.features.datasets import find_images
 
@@ -410,11 +410,11 @@ def run_grid(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for dim in dims:
-        grid, shown = dimension_grid(
+        grid, grid_rows = dimension_grid(
             result.embedding, dim, paths, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
         )
         file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
-        for position, row in enumerate(shown):
+        for position, row in enumerate(grid_rows):
             rows.append({"dimension": dim, "position": position, "row": int(row),
                          "object_id": table.object_ids[row], "weight": float(result.embedding[row, dim]),
                          "file": file.name})

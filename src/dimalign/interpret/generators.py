@@ -6,10 +6,10 @@ forward maps latents ``(B, latent_dim)`` to images ``(B, 3, H, W)`` in
 codes; otherwise they are standard normal.
 
 The built-in :class:`FourierGenerator` needs no trained weights. It
-parameterises an image by its 2-D Fourier coefficients, scaled by ``1/f`` so
-that random codes look like natural images (whose amplitude spectrum falls
-roughly as ``1/f``), mixes three decorrelated colour channels into RGB and
-squashes the result with a sigmoid. Optimising in this space favours smooth,
+parameterises an image by its 2-D Fourier coefficients, scaled by a power of
+``1/f`` so that random codes look like natural images, whose amplitude
+spectrum falls roughly as ``1/f``. It then mixes three decorrelated colour
+channels into RGB and squashes the result with a sigmoid. Optimising in this space favours smooth,
 low-frequency structure over the high-frequency patterns that pixel-space
 optimisation finds first (Olah et al., "Feature Visualization", Distill 2017).
 """
@@ -39,7 +39,7 @@ _COLOUR_SCALES = (1.0, 0.5, 0.5)
 class FourierGenerator(nn.Module):
     """Fourier-domain image parameterisation with decorrelated colour.
 
-    The latent holds the real and imaginary parts of the half spectrum
+    The latent contains the real and imaginary parts of the half spectrum
     (``torch.fft.rfft2`` layout) of three colour channels. Each coefficient at
     spatial frequency ``f`` (cycles per pixel) is multiplied by
     ``1 / max(f, 1 / max(H, W)) ** decay``; the scales are normalised so that

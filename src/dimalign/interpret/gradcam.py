@@ -2,8 +2,8 @@
 
 Grad-CAM (Selvaraju et al., ICCV 2017) weights each channel ``c`` of a
 convolutional layer's output ``A`` by the spatial mean of the gradient of
-the target ``y`` with respect to it, ``w_c = mean_{h,w} dy/dA_c[h, w]``, and
-keeps the positive part of the weighted sum, ``relu(sum_c w_c A_c)``. Here
+the target ``y``: ``w_c = mean_{h,w} dy/dA_c[h, w]``. The map is the positive
+part of the weighted sum, ``relu(sum_c w_c A_c)``. Here
 the target is one predicted embedding dimension of
 :class:`~dimalign.interpret.predictor.DimensionPredictor`, treated as a
 regression output. The computation is pytorch-grad-cam's ``GradCAM`` with a
@@ -141,7 +141,6 @@ def dimension_gradcam(
             f"{zero}: the layer's activations are constant over space or no location "
             "increases the dimension"
         )
-        logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=2)
     logger.info("Grad-CAM of dimension %d at layer %s for %d images", dim, layer, len(maps))
     return maps[0] if single else maps

@@ -170,9 +170,10 @@ def estimate_foreground(
 
     1. Smooth the image slightly (Gaussian, sigma 1 pixel).
     2. Initial mask: the median colour of a frame of ``border`` of the image
-       size is the background colour; each pixel scores its RGB distance from
-       it times a centre prior ``p = exp(-r^2 / (2 centre_sigma^2))`` (``r`` in
-       image heights/widths from the centre); Otsu's threshold splits the scores.
+       size is taken as the background colour. Each pixel's score is its RGB
+       distance from that colour times a centre prior
+       ``p = exp(-r^2 / (2 centre_sigma^2))``, with ``r`` in image heights and
+       widths from the centre. Otsu's threshold splits the scores.
     3. Refine ``n_iterations`` times: fit a Gaussian mixture of
        ``n_components`` to the colours inside and outside the mask, add the
        log-likelihood ratio of each pixel's colour to the prior log-odds
@@ -236,7 +237,6 @@ def estimate_foreground(
     labels, n_regions = ndimage.label(mask)
     if n_regions == 0:
         message = "no foreground found: the image is uniform or the object has the background's colours; pass a mask instead"
-        logger.warning(message)
         warnings.warn(message, UserWarning, stacklevel=2)
         return torch.zeros(height, width, dtype=torch.bool)
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n_regions + 1))

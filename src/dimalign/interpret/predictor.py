@@ -204,10 +204,10 @@ def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
 class DimensionPredictor(nn.Module):
     """Predict every embedding dimension from an image, differentiably.
 
-    The forward pass runs the model's own ``forward`` (no layer is dropped or
-    reordered), captures the output of ``layer`` with a forward hook, stops
-    the pass there, pools the output as the features were pooled when the
-    ridge map was fitted, and applies ``y = x @ coef + intercept``.
+    The forward pass runs the model's own ``forward``, so no layer is dropped
+    or reordered. A forward hook captures the output of ``layer`` and stops
+    the pass there. The output is pooled as the features were pooled when the
+    ridge map was fitted, and ``y = x @ coef + intercept`` gives the dimensions.
 
     Every parameter is frozen (``requires_grad`` False) and the wrapped model
     stays in eval mode: ``train()`` is a no-op, because BatchNorm statistics
