@@ -174,3 +174,44 @@ def test_unknown_model_names_rejected(name, message):
 def test_missing_weights_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file .*missing.pth not found"):
         load_model("efficientnet_lite0", weights=tmp_path / "missing.pth")
+
+
+def test_torchvision_pretrained_uses_weights_transform(monkeypatch):
+    import torchvision.models as tv_models
+
+    requested = []
+    build = tv_models.get_model
+
+    def offline_get_model(name, weights=None):
+        # Stands in for the download: the weights enum is recorded, the model built untrained.
+        requested.append(weights)
+        return build(name, weights=None)
+
+    monkeypatch.setattr(tv_models, "get_model", offline_get_model)
+    loaded = load_model("resnet18", weights="pretrained")
+    assert requested[0] == tv_models.ResNet18_Weights.IMAGENET1K_V1
+    assert loaded.weights_id == "ResNet18_Weights.IMAGENET1K_V1"
+    assert loaded.weights == "ResNet18_Weights.IMAGENET1K_V1"
+    assert repr(loaded.transform) == repr(tv_models.ResNet18_Weights.IMAGENET1K_V1.transforms())
+    assert loaded.default_layer == "fc:input"
+
+
+def test_torchvision_download_failure_explains_offline_use(monkeypatch):
+    import urllib.error
+
+    import torchvision.models as tv_models
+
+    def failing_get_model(name, weights=None):
+        if weights is not None:
+            raise urllib.error.URLError("no network")
+        return None
+
+    monkeypatch.setattr(tv_models, "get_model", failing_get_model)
+    with pytest.raises(RuntimeError, match="cannot download the weights VGG16_Weights.IMAGENET1K_V1"):
+        load_model("vgg16", weights="pretrained")
+
+
+def test_cuda_request_without_gpu_raises(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        load_model("timm:test_efficientnet", device="cuda")

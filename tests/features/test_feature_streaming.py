@@ -211,3 +211,12 @@ def test_skip_interrupt_resume_compacts_rows(twenty_images, tmp_path, tiny_model
         assert table == expected_table
     assert (out / "skipped.tsv").read_text() == (reference / "skipped.tsv").read_text()
     assert "img13.png" not in table.object_ids
+
+
+def test_worker_processes_give_same_features(twenty_images, tmp_path, tiny_model):
+    extract_features(twenty_images, tmp_path / "main", tiny_model, layers=["0"], pools="gap",
+                     batch_size=4)
+    extract_features(twenty_images, tmp_path / "workers", tiny_model, layers=["0"], pools="gap",
+                     batch_size=4, num_workers=2)
+    main_features = (tmp_path / "main" / "features.npy").read_bytes()
+    assert (tmp_path / "workers" / "features.npy").read_bytes() == main_features

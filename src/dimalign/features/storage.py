@@ -180,7 +180,7 @@ class FeatureArrays:
         rows = np.asarray(rows, dtype=np.int64)
         for layer, array in values.items():
             if self.fmt == "h5":
-                # h5py needs increasing indices; rows come increasing from the loader.
+                # h5py needs increasing indices, and the loader yields rows in increasing order.
                 self.arrays[layer][rows] = array.astype(self.dtype, copy=False)
             else:
                 self.arrays[layer][rows] = array
