@@ -35,7 +35,8 @@ from dimalign.features.efficientnet_lite import efficientnet_lite0
 from dimalign.features.models import efficientnet_lite0_weights_path
 
 SHARED_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "images"
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "immunohistochemistry")
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins",
+                  "immunohistochemistry")
 
 
 def prepare_images(folder: Path, n_images: int) -> None:

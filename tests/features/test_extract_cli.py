@@ -1,4 +1,4 @@
-"""The ``dimalign extract`` and ``list-layers`` commands, and images -> features -> triplets -> VICE."""
+"""The dimalign extract and list-layers commands, and images -> features -> triplets -> VICE."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Model loading: the builtin EfficientNet-Lite0 with real weights, torchvision, timm, local files."""
+"""Model loading: builtin EfficientNet-Lite0 with real weights, torchvision, timm, local files."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def lite0_photo_features(lite0, shared_images):
 
 
 def imagenet_labels(shared_images) -> list[str]:
-    """Class names by ImageNet class; the file's line 0 is "background", so class c is line c + 1."""
+    """Class names by ImageNet class; line 0 is "background", so class c is line c + 1."""
     lines = (shared_images / "imagenet_labels.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1001
     return lines[1:]
@@ -207,7 +207,8 @@ def test_torchvision_download_failure_explains_offline_use(monkeypatch):
         return None
 
     monkeypatch.setattr(tv_models, "get_model", failing_get_model)
-    with pytest.raises(RuntimeError, match="cannot download the weights VGG16_Weights.IMAGENET1K_V1"):
+    message = "cannot download the weights VGG16_Weights.IMAGENET1K_V1"
+    with pytest.raises(RuntimeError, match=message):
         load_model("vgg16", weights="pretrained")
 
 

@@ -271,7 +271,8 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageReadError(path, f"cannot decode image ({type(error).__name__}: {error})") from None
+        reason = f"cannot decode image ({type(error).__name__}: {error})"
+        raise ImageReadError(path, reason) from None
     return to_rgb(image, background)
 
 

@@ -63,13 +63,16 @@ class Conv2dSame(nn.Conv2d):
         for size, kernel, stride, dilation in zip(
             x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1], self.dilation[::-1]
         ):
-            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            covered = (math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1
+            total = max(covered - size, 0)
             pads += [total // 2, total - total // 2]
         left, right, top, bottom = pads
         if left == right and top == bottom:
             # Symmetric padding (every stride-1 conv here) needs no padded copy of the input.
-            return F.conv2d(x, self.weight, None, self.stride, (top, left), self.dilation, self.groups)
-        return F.conv2d(F.pad(x, pads), self.weight, None, self.stride, 0, self.dilation, self.groups)
+            return F.conv2d(x, self.weight, None, self.stride, (top, left), self.dilation,
+                            self.groups)
+        return F.conv2d(F.pad(x, pads), self.weight, None, self.stride, 0, self.dilation,
+                        self.groups)
 
 
 class ConvBNAct(nn.Module):

@@ -348,7 +348,8 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
             if batch.pixels is not None:
                 values = read_layers(loaded, batch.pixels, requests)
                 if not progress.shapes:
-                    progress.shapes = {name: list(value.shape[1:]) for name, value in values.items()}
+                    progress.shapes = {name: list(value.shape[1:])
+                                       for name, value in values.items()}
                     arrays.open(len(image_list), progress.shapes, create=True)
                 _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list,
                                        overflow_warned)

@@ -113,7 +113,8 @@ class LoadedModel:
 def imagenet_transform(resize: int = 256, crop: int = 224,
                        mean: tuple[float, float, float] = IMAGENET_MEAN,
                        std: tuple[float, float, float] = IMAGENET_STD,
-                       interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR) -> T.Compose:
+                       interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR,
+                       ) -> T.Compose:
     """Build the resize, centre crop, to-tensor and normalise pipeline."""
     return T.Compose([
         T.Resize(resize, interpolation=interpolation),
@@ -239,7 +240,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    is_tensor_mapping = isinstance(state, Mapping) and all(
+        isinstance(value, torch.Tensor) for value in state.values())
+    if not is_tensor_mapping:
         raise ValueError(f"weights file {path} is not a state dict of tensors")
     if all(name.startswith("module.") for name in state):
         state = {name[len("module."):]: tensor for name, tensor in state.items()}
@@ -291,7 +294,9 @@ def _load_efficientnet_lite0(name: str, weights: str | os.PathLike | None,
             raise ValueError(f"weights file {weights} does not fit {name}: {error}") from error
         weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
-        raise ValueError(f"invalid weights {weights!r} for {name}: use pretrained, random or a file")
+        raise ValueError(
+            f"invalid weights {weights!r} for {name}: use pretrained, random or a file"
+        )
     return LoadedModel(model, efficientnet_lite0_transform(), name, weights_id, checksum,
                        DEFAULT_LAYERS[name], torch.device("cpu"))
 
@@ -312,7 +317,10 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
     kind = _weights_kind(weights)
 
     if kind in ("pretrained", "name"):
-        chosen = weights_enum.DEFAULT if kind == "pretrained" else _weights_member(weights_enum, str(weights))
+        if kind == "pretrained":
+            chosen = weights_enum.DEFAULT
+        else:
+            chosen = _weights_member(weights_enum, str(weights))
         model = _download_torchvision(bare, chosen)
         checksum_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
         checksum = sha256_file(checksum_file) if checksum_file.is_file() else None
@@ -370,9 +378,10 @@ def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: in
     kind = _weights_kind(weights)
 
     if kind == "pretrained":
+        # huggingface_hub raises subclasses of OSError when it cannot connect.
         try:
             model = timm.create_model(bare, pretrained=True)
-        except (OSError, RuntimeError) as error:  # huggingface_hub raises OSError subclasses offline
+        except (OSError, RuntimeError) as error:
             raise RuntimeError(
                 f"cannot load the pretrained weights of timm model {bare}: {error}. Offline, "
                 "pass --weights PATH or --random-init"
@@ -386,7 +395,9 @@ def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: in
             _load_file(model, weights, name)
             weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
-        raise ValueError(f"invalid weights {weights!r} for {name}: use pretrained, random or a file")
+        raise ValueError(
+            f"invalid weights {weights!r} for {name}: use pretrained, random or a file"
+        )
 
     config = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**config)
