@@ -186,7 +186,12 @@ class FeatureArrays:
                 self.arrays[layer][rows] = array
 
     def flush(self) -> None:
-        """Make every write so far durable before the progress file claims it."""
+        """Make every write so far durable before the progress file claims it.
+
+        NOTE: unlike a memory-mapped ``.npy``, an HDF5 file killed in the middle
+        of a write can be left unreadable; resuming it then fails and only
+        ``--overwrite`` starts over.
+        """
         if self._h5 is not None:
             self._h5.flush()
         else:
