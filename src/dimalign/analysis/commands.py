@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     try:
         compare_commands = importlib.import_module(_COMPARE_MODULE)
     except ModuleNotFoundError as error:
-        # Not written yet; a missing package inside the module is a real error.
+        # The module may not exist yet, but a missing package inside it is a real error.
         if error.name != _COMPARE_MODULE:
             raise
         return
@@ -52,21 +52,21 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--triplets",
         required=True,
         metavar="FILE",
-        help="triplet file in the canonical layout (0-based, odd one out last); convert other "
+        help="triplet file in the canonical layout (0-based, odd one out last). Convert other "
         "layouts with 'dimalign import-triplets' first",
     )
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument(
         "--n-objects",
         type=int,
-        help="number of objects the triplets refer to (default: the embedding's rows); "
-        "must equal the embedding's rows",
+        help="number of objects the triplets refer to, checked against the embedding's rows "
+        "(default: the embedding's rows)",
     )
     objects.add_argument(
         "--objects",
         metavar="TABLE",
-        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt); "
-        "its length must equal the embedding's rows",
+        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) whose "
+        "length must equal the embedding's rows",
     )
     parser.add_argument(
         "--things-dir",
@@ -108,7 +108,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if n_objects != n_rows:
         raise ValueError(
             f"the embedding {result.path} has {n_rows} objects but the triplets are declared "
-            f"for {n_objects}; evaluate an embedding with the triplets of the same objects"
+            f"for {n_objects}. Evaluate an embedding with triplets of the same objects."
         )
 
     triplets = load_triplets(args.triplets, n_objects)

@@ -83,7 +83,7 @@ def evaluate_embedding(
                 data.n_concepts,
             )
 
-    # Triplets without repeats are the usual case, so no ceiling is logged, not warned.
+    # Most triplet files repeat no object set, so a missing ceiling is logged, not warned.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ceiling = triplet_noise_ceiling(triplets)

@@ -11,7 +11,7 @@ the response gets ``1/m`` of a hit if it is one of the ``m`` tied choices (the
 expected accuracy of picking among them at random). The ceiling is the mean
 over all responses in repeated sets.
 
-Example: a set answered with odd ones out ``[1, 1, 2]``. Each ``1`` is
+Example: three responses to one set chose the odd ones out ``1, 1, 2``. Each ``1`` is
 predicted by the others ``{1, 2}``, a tie, which gives half a hit. The ``2`` is
 predicted by ``{1, 1}``, a miss. The ceiling is ``(0.5 + 0.5 + 0) / 3 = 1/3``.
 """

@@ -62,7 +62,7 @@ def _handle_missing(
         if np.isinf(values).any():
             positions = np.flatnonzero(np.isinf(values))
             raise ValueError(
-                f"the {name} input contains inf at {describe_positions(positions)}; "
+                f"the {name} input contains inf at {describe_positions(positions)}, but "
                 "a correlation needs finite values"
             )
 
@@ -87,8 +87,8 @@ def _handle_missing(
     both = np.flatnonzero(missing_a)
     if nan_policy == "raise":
         raise ValueError(
-            f"both inputs contain NaN at {describe_positions(both)} ({both.size} values); "
-            "pass nan_policy='omit' to drop those pairs"
+            f"both inputs contain NaN at {describe_positions(both)} ({both.size} values). "
+            "Pass nan_policy='omit' to drop those pairs."
         )
     warnings.warn(
         f"dropped {both.size} of {a.size} value pairs that are NaN in both inputs",
@@ -108,8 +108,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def _correlate_checked(a: np.ndarray, b: np.ndarray, method: str) -> float:
     if a.size < 2:
         raise ValueError(
-            f"a correlation needs at least 2 value pairs, got {a.size}; "
-            "use matrices of at least 3 objects"
+            f"a correlation needs at least 2 value pairs, got {a.size}. "
+            "Use matrices of at least 3 objects."
         )
     for name, values in (("first", a), ("second", b)):
         if np.all(values == values[0]):
@@ -193,8 +193,8 @@ def rsa(
             raise ValueError(f"the {name} matrix must be square, got shape {matrix.shape}")
     if first.shape != second.shape:
         raise ValueError(
-            f"the matrices differ in shape: {first.shape} and {second.shape}; "
-            "both must describe the same objects in the same order"
+            f"the matrices differ in shape: {first.shape} and {second.shape}. "
+            "Both must describe the same objects in the same order."
         )
 
     rows, columns = np.triu_indices(first.shape[0], k=1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -42,7 +43,7 @@ DEFAULT_TRIPLET_BATCH = 65_536
 """Triplets processed per batch by the triplet functions (bounds memory use)."""
 
 DEFAULT_BLOCK_SIZE = {"cpu": 64, "cuda": 256}
-"""Objects per block in :func:`similarity_matrix`; a block holds ``size**3`` values."""
+"""Objects per block in :func:`similarity_matrix`. A block contains ``size**3`` values."""
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -77,8 +78,8 @@ def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarr
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad_rows.size:
         raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf; "
-            "fix or remove those objects first"
+            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
+            "Fix or remove those objects first."
         )
     return array
 
@@ -105,7 +106,7 @@ def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int)
         row, column = np.argwhere(outside)[0]
         raise ValueError(
             f"triplet row {row} has object index {array[row, column]}, but the "
-            f"embedding has {n_objects} objects (valid indices 0..{n_objects - 1}); "
+            f"embedding has {n_objects} objects (valid indices 0..{n_objects - 1}). "
             f"{int(outside.any(axis=1).sum())} rows are affected. Check that the "
             "triplets are 0-based and belong to this embedding."
         )
@@ -116,7 +117,7 @@ def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int)
     if repeated.any():
         rows = np.flatnonzero(repeated)
         raise ValueError(
-            f"triplet rows {rows[:20].tolist()} name the same object twice; "
+            f"triplet rows {rows[:20].tolist()} name the same object twice, but "
             "a triplet needs three different objects"
         )
     return array
@@ -317,8 +318,8 @@ def _largest_safe_range(dtype: torch.dtype) -> float:
     """Return the largest logit range for which ``exp(s - max s)`` stays a normal number.
 
     Below the smallest normal float the relative precision of ``exp`` drops,
-    so wider ranges use the per-triple shift instead. The margin of 8 keeps
-    the sum of three such values normal as well.
+    so wider ranges use the per-triple shift instead. The margin of 8 (a
+    factor of about 3,000) is a safety allowance for rounding in the range.
     """
     return -float(np.log(torch.finfo(dtype).tiny)) - 8.0
 
@@ -347,43 +348,128 @@ def _mask_repeated_objects(
         values.masked_fill_(~upper[None, :tj, :tk], 0.0)
 
 
+BlockRange = tuple[int, int]
+
+
+def _shared_shift_block(
+    exponentials: torch.Tensor,
+    totals: torch.Tensor,
+    rows: BlockRange,
+    middle: BlockRange,
+    last: BlockRange,
+    same_ij: bool,
+    same_jk: bool,
+    upper: torch.Tensor,
+) -> None:
+    """Add the triples of one block to ``totals`` using shared exponentials.
+
+    With ``E = exp(s - max s)`` a triple costs two adds and a reciprocal:
+    ``p(k | i, j) = E_ij / (E_ij + E_ik + E_jk)``.
+    """
+    (i0, i1), (j0, j1), (k0, k1) = rows, middle, last
+    e_ij = exponentials[i0:i1, j0:j1]
+    e_ik = exponentials[i0:i1, k0:k1]
+    e_jk = exponentials[j0:j1, k0:k1]
+
+    inverse_sum = e_ij[:, :, None] + e_ik[:, None, :]
+    inverse_sum += e_jk[None, :, :]
+    inverse_sum.reciprocal_()
+    _mask_repeated_objects(inverse_sum, same_ij, same_jk, upper)
+
+    totals[i0:i1, j0:j1] += e_ij * inverse_sum.sum(dim=2)
+    totals[i0:i1, k0:k1] += e_ik * inverse_sum.sum(dim=1)
+    totals[j0:j1, k0:k1] += e_jk * inverse_sum.sum(dim=0)
+
+
+def _per_triple_shift_block(
+    logits: torch.Tensor,
+    totals: torch.Tensor,
+    rows: BlockRange,
+    middle: BlockRange,
+    last: BlockRange,
+    same_ij: bool,
+    same_jk: bool,
+    upper: torch.Tensor,
+) -> None:
+    """Add the triples of one block to ``totals``, shifting each by its own maximum logit."""
+    (i0, i1), (j0, j1), (k0, k1) = rows, middle, last
+    s_ij = logits[i0:i1, j0:j1][:, :, None]
+    s_ik = logits[i0:i1, k0:k1][:, None, :]
+    s_jk = logits[j0:j1, k0:k1][None, :, :]
+
+    peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
+    e_ij = torch.exp(s_ij - peak)
+    e_ik = torch.exp(s_ik - peak)
+    e_jk = torch.exp(s_jk - peak)
+    inverse_sum = (e_ij + e_ik + e_jk).reciprocal_()
+    _mask_repeated_objects(inverse_sum, same_ij, same_jk, upper)
+
+    totals[i0:i1, j0:j1] += (e_ij * inverse_sum).sum(dim=2)
+    totals[i0:i1, k0:k1] += (e_ik * inverse_sum).sum(dim=1)
+    totals[j0:j1, k0:k1] += (e_jk * inverse_sum).sum(dim=0)
+
+
+def _accumulate_blocks(
+    kernel, values: torch.Tensor, block_size: int, progress: tqdm
+) -> torch.Tensor:
+    """Run ``kernel`` over every block triple ``a <= b <= c`` and return the summed totals.
+
+    On the CPU the blocks are shared among ``torch.get_num_threads()`` Python
+    worker threads, and torch's intra-op thread count is set to 1 for the
+    duration of the call (then restored). Each block is small, so torch would
+    otherwise open one parallel region per operation, and thousands of
+    regions are slow when other processes compete for the cores. Each worker
+    sums into its own matrix, so the result does not depend on thread timing.
+    """
+    n_objects = values.shape[0]
+    blocks = _block_starts(n_objects, block_size)
+    triples = [
+        (a, b, c)
+        for a in range(len(blocks))
+        for b in range(a, len(blocks))
+        for c in range(b, len(blocks))
+    ]
+    upper = _upper_masks(block_size, values.device)
+
+    def accumulate(share: list[tuple[int, int, int]]) -> torch.Tensor:
+        totals = torch.zeros(n_objects, n_objects, dtype=values.dtype, device=values.device)
+        for a, b, c in share:
+            kernel(values, totals, blocks[a], blocks[b], blocks[c], a == b, b == c, upper)
+            progress.update(1)
+        return totals
+
+    n_workers = 1 if values.device.type != "cpu" else max(1, min(torch.get_num_threads(), len(triples)))
+    if n_workers == 1:
+        return accumulate(triples)
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            parts = list(pool.map(accumulate, [triples[w::n_workers] for w in range(n_workers)]))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    totals = parts[0]
+    for part in parts[1:]:
+        totals += part
+    return totals
+
+
 def _accumulate_shared_shift(
     logits: torch.Tensor, dtype: torch.dtype, block_size: int, progress: tqdm
 ) -> torch.Tensor:
     """Sum the triple probabilities with one shift for the whole matrix.
 
-    ``E = exp(s - max s)`` is computed once, and each triple costs two adds
-    and a reciprocal: ``p(k | i, j) = E_ij / (E_ij + E_ik + E_jk)``. This is
-    exact while every off-diagonal ``E`` is a normal float (checked by the
-    caller).
+    ``E = exp(s - max s)`` is computed once. The result is as accurate as the
+    per-triple shift while every off-diagonal ``E`` is a normal float, which
+    the caller checks.
     """
     n_objects = logits.shape[0]
     off_diagonal = ~torch.eye(n_objects, dtype=torch.bool, device=logits.device)
     exponentials = torch.exp(logits - logits[off_diagonal].max()).to(dtype)
     exponentials.fill_diagonal_(0.0)
-
-    totals = torch.zeros(n_objects, n_objects, dtype=dtype, device=logits.device)
-    upper = _upper_masks(block_size, logits.device)
-    blocks = _block_starts(n_objects, block_size)
-    for a, (i0, i1) in enumerate(blocks):
-        for b in range(a, len(blocks)):
-            j0, j1 = blocks[b]
-            e_ij = exponentials[i0:i1, j0:j1]
-            for c in range(b, len(blocks)):
-                k0, k1 = blocks[c]
-                e_ik = exponentials[i0:i1, k0:k1]
-                e_jk = exponentials[j0:j1, k0:k1]
-
-                inverse_sum = e_ij[:, :, None] + e_ik[:, None, :]
-                inverse_sum += e_jk[None, :, :]
-                inverse_sum.reciprocal_()
-                _mask_repeated_objects(inverse_sum, a == b, b == c, upper)
-
-                totals[i0:i1, j0:j1] += e_ij * inverse_sum.sum(dim=2)
-                totals[i0:i1, k0:k1] += e_ik * inverse_sum.sum(dim=1)
-                totals[j0:j1, k0:k1] += e_jk * inverse_sum.sum(dim=0)
-                progress.update(1)
-    return totals
+    return _accumulate_blocks(_shared_shift_block, exponentials, block_size, progress)
 
 
 def _accumulate_per_triple_shift(
@@ -394,32 +480,7 @@ def _accumulate_per_triple_shift(
     Slower than the shared shift (three exponentials per triple) but exact
     for any range of dot products.
     """
-    n_objects = logits.shape[0]
-    logits = logits.to(dtype)
-    totals = torch.zeros(n_objects, n_objects, dtype=dtype, device=logits.device)
-    upper = _upper_masks(block_size, logits.device)
-    blocks = _block_starts(n_objects, block_size)
-    for a, (i0, i1) in enumerate(blocks):
-        for b in range(a, len(blocks)):
-            j0, j1 = blocks[b]
-            s_ij = logits[i0:i1, j0:j1][:, :, None]
-            for c in range(b, len(blocks)):
-                k0, k1 = blocks[c]
-                s_ik = logits[i0:i1, k0:k1][:, None, :]
-                s_jk = logits[j0:j1, k0:k1][None, :, :]
-
-                peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
-                e_ij = torch.exp(s_ij - peak)
-                e_ik = torch.exp(s_ik - peak)
-                e_jk = torch.exp(s_jk - peak)
-                inverse_sum = (e_ij + e_ik + e_jk).reciprocal_()
-                _mask_repeated_objects(inverse_sum, a == b, b == c, upper)
-
-                totals[i0:i1, j0:j1] += (e_ij * inverse_sum).sum(dim=2)
-                totals[i0:i1, k0:k1] += (e_ik * inverse_sum).sum(dim=1)
-                totals[j0:j1, k0:k1] += (e_jk * inverse_sum).sum(dim=0)
-                progress.update(1)
-    return totals
+    return _accumulate_blocks(_per_triple_shift_block, logits.to(dtype), block_size, progress)
 
 
 def _similarity_of_subset(
@@ -432,8 +493,9 @@ def _similarity_of_subset(
     pair_logits = logits[index][:, index]  # (m, m)
     object_logits = logits[index]  # (m, n): s_ik for every k
     result = torch.empty(len(objects), len(objects), dtype=dtype, device=logits.device)
-    # A batch holds (rows, m, n) values; keep it at the size of one cubic block.
-    rows_per_batch = max(1, batch_size**3 // (len(objects) * n_objects))
+    # A batch contains (rows, m, n) values: as many as one cubic block, and at
+    # least 4 Mi values (32 MiB in float64), so that few large operations run.
+    rows_per_batch = max(1, max(batch_size**3, 1 << 22) // (len(objects) * n_objects))
     for start in range(0, len(objects), rows_per_batch):
         stop = min(start + rows_per_batch, len(objects))
         s_ij = pair_logits[start:stop, :, None]
@@ -478,9 +540,10 @@ def similarity_matrix(
             objects, in this order. The mean still runs over all ``n_objects``
             third objects, so the result equals the rows and columns of the
             full matrix. Much faster for a few objects.
-        batch_size (int | None): Objects per block. A block holds
+        batch_size (int | None): Objects per block. A block contains
             ``batch_size**3`` values, so memory grows with its cube. Defaults
-            to 64 on CPU and 256 on CUDA.
+            to 64 on CPU and 256 on CUDA. A sub-matrix is computed in batches
+            of at least 4 Mi values.
         device (str | torch.device): ``"cpu"``, ``"cuda"`` or ``"auto"``.
         dtype (str | torch.dtype): ``"float64"`` (default) or ``"float32"``
             (faster, relative error around 1e-6). The dot products are always

@@ -1,6 +1,6 @@
 """The 48-object check: predicted similarity against a fully sampled human RDM.
 
-Hebart et al. (2020, *Nature Human Behaviour*) collected odd-one-out
+Hebart et al. (2020) collected odd-one-out
 judgements for every triplet of 48 THINGS objects, which gives a human
 dissimilarity matrix (RDM) without any model in between. An embedding of all
 1,854 THINGS objects predicts a similarity for each pair of the 48, and its
@@ -12,7 +12,7 @@ Files read from a THINGS data directory:
 - ``RDM48_triplet.mat``: MATLAB file with one 48 x 48 dissimilarity matrix.
 - ``words48.csv``: the 48 object names in the matrix's row order, header
   ``Word,exclude``. The ``exclude`` column marks five objects (clothes, tea,
-  knob, camera, file) with 1; the check uses all 48 unless asked otherwise.
+  knob, camera, file) with 1. The check uses all 48 unless ``exclude_flagged=True``.
 - ``unique_id.txt``: the 1,854 THINGS concept ids, the row order of embeddings.
 """
 
@@ -72,7 +72,7 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
     """Read the single 48 x 48 matrix of ``RDM48_triplet.mat``.
 
     Raises:
-        ValueError: If the file holds no 48 x 48 matrix or more than one.
+        ValueError: If the file contains no 48 x 48 matrix or more than one.
     """
     path = Path(path)
     if not path.is_file():
@@ -138,8 +138,8 @@ def match_concept_ids(
             missing.append(word)
     if missing:
         raise ValueError(
-            f"{len(missing)} of the 48 objects are not THINGS concept ids: {missing}; "
-            "add them to the alias table (NAME_ALIASES) with their concept id"
+            f"{len(missing)} of the 48 objects are not THINGS concept ids: {missing}. "
+            "Add them to the alias table (NAME_ALIASES) with their concept id."
         )
     return np.asarray(rows, dtype=np.int64)
 
@@ -181,8 +181,8 @@ def things48_correlation(
 
     Args:
         embedding (np.ndarray): Shape ``(1854, n_dims)`` in THINGS order.
-        things_dir (path | None): Directory with the three files; ignored when
-            ``data`` is given.
+        things_dir (path | None): Directory with the three files. It is ignored
+            when ``data`` is given.
         data (Things48 | None): Already loaded data.
         exclude_flagged (bool): Leave out the objects flagged in the
             ``exclude`` column (43 objects remain).
@@ -197,7 +197,7 @@ def things48_correlation(
     """
     if data is None:
         if things_dir is None:
-            raise ValueError("pass things_dir or data")
+            raise ValueError("things48_correlation needs things_dir or data, but both are None")
         data = load_things48(things_dir)
     embedding = np.asarray(embedding, dtype=np.float64)
     if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:

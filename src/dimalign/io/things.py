@@ -204,9 +204,9 @@ def _resolve_entry(name: str | ThingsFile) -> ThingsFile:
     if name == HUMAN_TRIPLETS_SUBSET:
         raise KeyError(
             f"{name!r} is a local subset of {HUMAN_TRIPLETS!r} without a published checksum, so "
-            f"it cannot be fetched; use find_human_triplets() or fetch({HUMAN_TRIPLETS!r})"
+            f"it cannot be fetched. Use find_human_triplets() or fetch({HUMAN_TRIPLETS!r})."
         )
-    raise KeyError(f"unknown THINGS file {name!r}; registered files: {sorted(THINGS_FILES)}")
+    raise KeyError(f"unknown THINGS file {name!r}. Registered files: {sorted(THINGS_FILES)}")
 
 
 _LOCAL_REMEDY = "Delete the file to fetch it again, or pass verify=False to use it as it is."
@@ -219,7 +219,7 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
     Args:
         path (path): The file to check.
         entry (ThingsFile): The published size and digest.
-        remedy (str): The sentence that ends the error message and says what to do.
+        remedy (str): The last sentence of the error message: the action to take.
 
     Raises:
         ValueError: Naming the file, the expected and the actual value.
@@ -286,8 +286,8 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
         if actual != entry.sha256 or (entry.size is not None and received != entry.size):
             raise ValueError(
                 f"checksum mismatch for {entry.name} downloaded from {entry.url}: expected "
-                f"sha256 {entry.sha256} ({entry.size} bytes), got {actual} ({received} bytes); "
-                "the partial file was removed. Retry, or use a verified mirror copy"
+                f"sha256 {entry.sha256} ({entry.size} bytes), got {actual} ({received} bytes). "
+                "The partial file was removed. Retry, or use a verified mirror copy."
             )
     logger.info("downloaded %s (%d bytes, sha256 verified) to %s", entry.name, received, target)
     return target
@@ -346,7 +346,7 @@ def fetch(
             looked_in.append(str(Path(mirror) / entry.name))
         raise FileNotFoundError(
             f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
-            f"off; allow downloads, or copy it from {entry.url} into {data_dir}"
+            f"off. Allow downloads, or copy it from {entry.url} into {data_dir}."
         )
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -360,7 +360,7 @@ def fetch_all(
     download: bool = True,
     verify: bool = True,
 ) -> dict[str, Path]:
-    """Fetch several files (all registered ones by default); see :func:`fetch`."""
+    """Fetch several files (all registered ones by default) with :func:`fetch`."""
     selected = list(THINGS_FILES) if names is None else list(names)
     return {
         name: fetch(name, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
