@@ -58,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Send dimalign's log records to standard error with a short format."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    elif verbose > 1:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("dimalign")

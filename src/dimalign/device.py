@@ -18,7 +18,7 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
 
     Raises:
         ValueError: If CUDA is requested on a machine without a usable GPU, or
-            the name is not a device torch knows.
+            the name is not a valid torch device.
     """
     if device is None:
         return torch.device("cpu")

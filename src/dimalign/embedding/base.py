@@ -79,7 +79,7 @@ class TripletEmbedding(BaseEstimator):
     """Base class: a non-negative embedding fitted to odd-one-out triplets.
 
     Subclasses define the parameters, the loss of a batch, the kept
-    dimensions and the point estimate of the embedding.
+    dimensions, the predicted choice probabilities and the fitted attributes.
     """
 
     _estimator_name = "embedding"
@@ -98,9 +98,6 @@ class TripletEmbedding(BaseEstimator):
         """Apply constraints after an optimiser step (SPoSE clamps to >= 0)."""
 
     def _kept(self, params: dict[str, torch.Tensor]) -> np.ndarray:
-        raise NotImplementedError
-
-    def _point_estimate(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
     def _predict_log_proba(

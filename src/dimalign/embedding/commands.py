@@ -65,7 +65,9 @@ def load_training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray
     source = args.triplets
     if table is None and args.n_objects is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
         table = read_object_table(source / OBJECT_TABLE_NAME)
-    n_objects = args.n_objects if args.n_objects is not None else (len(table) if table is not None else None)
+    n_objects = args.n_objects
+    if n_objects is None and table is not None:
+        n_objects = len(table)
     if n_objects is None:
         raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
 

@@ -26,7 +26,7 @@ def pair_similarities(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.
 
     Returns:
         torch.Tensor: Shape ``(n, 3)``: columns ``s_ij``, ``s_ik``, ``s_jk``; the
-        first column is the pair the choice says is most similar.
+        first column is the pair the recorded choice judged most similar.
     """
     first = embedding[triplets[:, 0]]
     second = embedding[triplets[:, 1]]

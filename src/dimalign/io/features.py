@@ -1,6 +1,6 @@
 """Feature files: ``[n_objects, n_features]`` float arrays in ``.npy`` or HDF5.
 
-A feature folder (as written by ``dimalign extract``) holds ``features.npy``
+A feature folder (as written by ``dimalign extract``) contains ``features.npy``
 (or ``features.h5`` with one dataset per layer) and ``objects.tsv``.
 """
 
@@ -28,7 +28,7 @@ def load_features(
         path (str | os.PathLike): A ``.npy``/``.h5``/``.txt`` file, or a folder with
             ``features.npy`` or ``features.h5`` (and ``objects.tsv``).
         layer (str | None): Dataset name inside an HDF5 file (needed when the
-            file holds more than one), or the layer's ``.npy`` stem in a folder
+            file contains more than one), or the layer's ``.npy`` stem in a folder
             (``features_<layer>.npy``).
         mmap (bool): Memory-map ``.npy`` files instead of reading them.
 
@@ -99,8 +99,8 @@ def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
         handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
         if layer is None:
             if len(names) != 1:
-                raise ValueError(f"{path} holds datasets {names}: choose one with layer=NAME")
+                raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME")
             layer = names[0]
         if layer not in handle:
-            raise ValueError(f"{path} has no dataset {layer!r}; it holds {names}")
+            raise ValueError(f"dataset {layer!r} not found in {path}; it contains {names}")
         return np.asarray(handle[layer])

@@ -92,7 +92,7 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
 
     Raises:
         FileNotFoundError: If nothing is at ``path``.
-        ValueError: If the array is not 2-D, holds NaN or inf, or has a weight
+        ValueError: If the array is not 2-D, contains NaN or inf, or has a weight
             below ``-negative_tolerance`` (embeddings here are non-negative;
             apply ReLU first). Negative weights within the tolerance are set
             to 0 with a warning that gives their number and minimum.
