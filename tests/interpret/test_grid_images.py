@@ -131,3 +131,11 @@ def test_grid_command_table_length_mismatch(colour_objects, tmp_path, capsys):
 
     assert status == 1
     assert "lists 1 objects" in capsys.readouterr().err
+
+
+def test_compose_grid_widens_for_long_title():
+    cells = [GridCell(solid((0, 0, 0)), "x")]
+
+    grid = compose_grid(cells, 1, cell_size=20, title="a title much wider than one small cell of the grid")
+
+    assert grid.size[0] > 4 + 22 + 4

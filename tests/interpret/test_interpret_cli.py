@@ -130,3 +130,23 @@ def test_grid_cli_top_layout(pipeline, tmp_path):
     assert len(list(out.glob("dim*_top.png"))) == n_dims
     assert len(table) == 6 * n_dims
     assert Path(out / "manifest.json").is_file()
+
+
+def test_gradcam_cli_dimension_out_of_range(pipeline, tmp_path, capsys):
+    from dimalign.analysis.ridge import RidgeMap
+
+    n_dims = RidgeMap.load(pipeline.map_dir).coef_.shape[1]
+
+    status = main(["gradcam", str(pipeline.images / "owl.png"), "--map", str(pipeline.map_dir),
+                   "--dim", str(n_dims), "-o", str(tmp_path / "gradcam")])
+
+    assert status == 1
+    assert f"predicts {n_dims} dimensions" in capsys.readouterr().err
+
+
+def test_gradcam_cli_pooled_layer_rejected(pipeline, tmp_path, capsys):
+    status = main(["gradcam", str(pipeline.images / "owl.png"), "--map", str(pipeline.map_dir),
+                   "--dim", "0", "--layer", "avgpool", "-o", str(tmp_path / "gradcam")])
+
+    assert status == 1
+    assert "1x1 map" in capsys.readouterr().err

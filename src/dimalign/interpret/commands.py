@@ -292,7 +292,10 @@ def run_maximize(args: argparse.Namespace) -> int:
             rows.append({"dimension": dim, "image": index, "file": file.name,
                          "before": before, "after": after, "change": after - before})
             cells.append(GridCell(_tensor_to_pil(image), f"{before:.2f} -> {after:.2f}"))
-        strip = compose_grid(cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)")
+        strip = compose_grid(
+            cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)",
+            cell_size=max(result.images.shape[-2:]),
+        )
         save_png(strip, args.out / f"dim{dim}_images.png")
     save_csv(pd.DataFrame(rows), args.out / "maximize.csv")
     write_manifest(

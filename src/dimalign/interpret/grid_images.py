@@ -87,6 +87,10 @@ def compose_grid(
     cell_height = cell_size + 2 * border + caption_height
     width = padding + n_cols * (cell_width + padding)
     height = title_height + padding + n_rows * (cell_height + padding)
+    if title:
+        # A grid of few cells is widened so that the title is not cut off.
+        title_width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=title_font)
+        width = max(width, int(np.ceil(title_width)) + 2 * padding)
 
     canvas = Image.new("RGB", (width, height), BACKGROUND_COLOUR)
     draw = ImageDraw.Draw(canvas)
