@@ -194,3 +194,8 @@ def test_gradcam_layer_before_inplace_relu(ridge_coefficients):
     assert maps.shape == (2, 8, 8)
     assert np.isfinite(maps).all()
     assert float(maps.max()) <= 1.0
+
+
+def test_gradcam_rejects_layer_input(predictor):
+    with pytest.raises(ValueError, match="output, not its input"):
+        dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "2:input")

@@ -98,6 +98,11 @@ def dimension_gradcam(
         images = images.unsqueeze(0)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must have shape (batch, 3, H, W), got {tuple(images.shape)}")
+    if layer.endswith(":input"):
+        raise ValueError(
+            f"Grad-CAM reads a layer's output, not its input ({layer!r}); name the module "
+            "whose output is the spatial map"
+        )
     target_layer = find_layer(predictor.model, layer)
     reached: list[bool] = []
 

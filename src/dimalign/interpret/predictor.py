@@ -34,6 +34,7 @@ from dimalign.features.layers import POOLS, pool_tensor
 
 logger = logging.getLogger(__name__)
 
+
 class _StopForward(Exception):
     """Raised by the capture hook to skip the layers after the requested one."""
 
