@@ -105,14 +105,24 @@ def test_maximize_cli_raises_dimension(pipeline, tmp_path):
 
 def test_manipulate_cli_table(pipeline, tmp_path):
     out = tmp_path / "manipulate"
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    width, height = Image.open(pipeline.images / "sunflower.png").size
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    mask.save(masks / "sunflower.png")
 
     run_cli("manipulate", pipeline.images / "sunflower.png", pipeline.images / "skimage_camera.png",
-            "--map", pipeline.map_dir, "--edits", "grayscale", "hue:360", "blur:2", "-o", out)
+            "--map", pipeline.map_dir, "--edits", "grayscale", "hue:360", "blur:2", "background:0.5",
+            "--masks", masks, "-o", out)
 
     table = pd.read_csv(out / "manipulations.csv")
     n_dims = table["dimension"].nunique()
     camera = table[table["image"].str.endswith("skimage_camera.png")]
-    assert len(table) == 2 * 3 * n_dims
+    background = np.asarray(Image.open(out / "edited" / "sunflower__background_0.5.png"))
+    assert len(table) == 2 * 4 * n_dims
+    assert (background[:20] == 128).all()
+    assert sorted(path.name for path in (out / "masks").iterdir()) == ["skimage_camera.png"]
     assert camera[camera["edit"] == "grayscale"]["change"].abs().max() <= 1e-5
     assert table[table["edit"] == "hue"]["change"].abs().max() <= 1e-4
     assert table[table["edit"] == "blur"]["change"].abs().max() > 1e-3

@@ -321,15 +321,17 @@ def _tensor_to_pil(image: Any) -> Any:
 
 def _read_mask(path: Path, size: tuple[int, int], preprocessing: Any) -> Any:
     """Read a mask image and bring it through the same PIL steps as the photo."""
-    import torch
     from PIL import Image
 
     with Image.open(path) as opened:
         mask = opened.convert("L").convert("RGB")
     tensor = preprocessing.to_tensor(mask)[0]
     if tuple(tensor.shape) != size:
-        raise ValueError(f"mask {path} gives size {tuple(tensor.shape)} after preprocessing, the image {size}")
-    return tensor > 0.5 if tensor.dtype != torch.bool else tensor
+        raise ValueError(
+            f"mask {path} has size {tuple(tensor.shape)} after preprocessing but the image has "
+            f"{size}; give the mask the photo's size"
+        )
+    return tensor > 0.5
 
 
 def run_manipulate(args: argparse.Namespace) -> int:
@@ -364,7 +366,8 @@ def run_manipulate(args: argparse.Namespace) -> int:
         if name not in masks:
             save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
     table = result.table.copy()
-    table["image"] = [str(paths[names.index(name)]) for name in table["image"]]
+    path_of = {name: str(path) for name, path in zip(names, paths)}
+    table["image"] = table["image"].map(path_of)
     save_csv(table, args.out / "manipulations.csv")
     figure = plot_largest_changes(result, images, n_rows=args.figure_rows)
     with atomic_path(args.out / "largest_changes.png") as temporary:
