@@ -285,21 +285,34 @@ def test_similarity_wide_logit_range_uses_per_triple_shift(caplog):
     with caplog.at_level("DEBUG", logger="dimalign.analysis.similarity"):
         result = similarity_matrix(embedding, batch_size=2)
 
-    assert "per-triple shift" in caplog.text
+    assert "1 of 4 blocks needed the per-triple shift" in caplog.text
     assert np.isfinite(result).all()
     np.testing.assert_allclose(result, reference_similarity(embedding), rtol=1e-12, atol=1e-300)
 
 
-def test_similarity_both_accumulators_agree():
+def test_similarity_three_shift_levels_agree():
     rng = np.random.default_rng(5)
     embedding = rng.gamma(1.0, 1.0, size=(13, 5))
     logits = torch.as_tensor(embedding @ embedding.T)
+    off_diagonal = logits[~torch.eye(13, dtype=torch.bool)]
+    global_range = float(off_diagonal.max() - off_diagonal.min())
     silent = tqdm(disable=True)
 
-    shared = similarity_module._accumulate_shared_shift(logits, torch.float64, 4, silent)
-    per_triple = similarity_module._accumulate_per_triple_shift(logits, torch.float64, 4, silent)
+    shared, n_shared = similarity_module._accumulate_triples(logits, torch.float64, 4, silent)
+    per_block, n_mixed = similarity_module._accumulate_triples(
+        logits, torch.float64, 4, silent, safe_range=0.9 * global_range
+    )
+    per_triple, n_forced = similarity_module._accumulate_triples(
+        logits, torch.float64, 4, silent, safe_range=-1.0
+    )
 
-    torch.testing.assert_close(shared, per_triple, rtol=1e-13, atol=0.0)
+    assert n_shared == 0
+    assert 0 < n_mixed < n_forced
+    # 13 objects make blocks of 4, 4, 4 and 1: 20 block triples a <= b <= c,
+    # minus the one within the last block, which holds no triple.
+    assert n_forced == 19
+    torch.testing.assert_close(per_block, shared, rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(per_triple, shared, rtol=1e-13, atol=0.0)
     assert torch.equal(shared, shared.triu(1))
 
 

@@ -318,8 +318,8 @@ def _largest_safe_range(dtype: torch.dtype) -> float:
     """Return the largest logit range for which ``exp(s - max s)`` stays a normal number.
 
     Below the smallest normal float the relative precision of ``exp`` drops,
-    so wider ranges use the per-triple shift instead. The margin of 8 (a
-    factor of about 3,000) is a safety allowance for rounding in the range.
+    so blocks with a wider range use the per-triple shift instead. The margin
+    of 8 (a factor of about 3,000) is a safety allowance for rounding.
     """
     return -float(np.log(torch.finfo(dtype).tiny)) - 8.0
 
@@ -329,8 +329,32 @@ def _upper_masks(block_size: int, device: torch.device) -> torch.Tensor:
     return torch.ones(block_size, block_size, dtype=torch.bool, device=device).triu(1)
 
 
-def _block_starts(n_objects: int, block_size: int) -> list[tuple[int, int]]:
+BlockRange = tuple[int, int]
+
+
+def _block_starts(n_objects: int, block_size: int) -> list[BlockRange]:
     return [(start, min(start + block_size, n_objects)) for start in range(0, n_objects, block_size)]
+
+
+def _block_extremes(logits: torch.Tensor, blocks: list[BlockRange]) -> tuple[np.ndarray, np.ndarray]:
+    """Return the maximum and minimum off-diagonal logit of every pair of blocks."""
+    n_blocks = len(blocks)
+    maxima = np.empty((n_blocks, n_blocks))
+    minima = np.empty((n_blocks, n_blocks))
+    for a, (i0, i1) in enumerate(blocks):
+        for b in range(a, n_blocks):
+            j0, j1 = blocks[b]
+            values = logits[i0:i1, j0:j1]
+            if a == b:
+                off_diagonal = ~torch.eye(i1 - i0, dtype=torch.bool, device=logits.device)
+                values = values[off_diagonal]
+            if values.numel() == 0:  # a one-object block on the diagonal
+                maxima[a, b] = maxima[b, a] = -np.inf
+                minima[a, b] = minima[b, a] = np.inf
+            else:
+                maxima[a, b] = maxima[b, a] = float(values.max())
+                minima[a, b] = minima[b, a] = float(values.min())
+    return maxima, minima
 
 
 def _mask_repeated_objects(
@@ -348,54 +372,44 @@ def _mask_repeated_objects(
         values.masked_fill_(~upper[None, :tj, :tk], 0.0)
 
 
-BlockRange = tuple[int, int]
-
-
-def _shared_shift_block(
-    exponentials: torch.Tensor,
-    totals: torch.Tensor,
-    rows: BlockRange,
-    middle: BlockRange,
-    last: BlockRange,
+def _add_block_exponentials(
+    exponentials: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    totals: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     same_ij: bool,
     same_jk: bool,
     upper: torch.Tensor,
 ) -> None:
-    """Add the triples of one block to ``totals`` using shared exponentials.
+    """Add one block's probabilities from shifted exponentials ``E = exp(s - peak)``.
 
-    With ``E = exp(s - max s)`` a triple costs two adds and a reciprocal:
-    ``p(k | i, j) = E_ij / (E_ij + E_ik + E_jk)``.
+    A triple costs two adds and a reciprocal: ``p(k | i, j) = E_ij / (E_ij + E_ik + E_jk)``.
+    The diagonals of ``E`` (an object paired with itself) must be zero.
     """
-    (i0, i1), (j0, j1), (k0, k1) = rows, middle, last
-    e_ij = exponentials[i0:i1, j0:j1]
-    e_ik = exponentials[i0:i1, k0:k1]
-    e_jk = exponentials[j0:j1, k0:k1]
-
+    e_ij, e_ik, e_jk = exponentials
     inverse_sum = e_ij[:, :, None] + e_ik[:, None, :]
     inverse_sum += e_jk[None, :, :]
     inverse_sum.reciprocal_()
     _mask_repeated_objects(inverse_sum, same_ij, same_jk, upper)
 
-    totals[i0:i1, j0:j1] += e_ij * inverse_sum.sum(dim=2)
-    totals[i0:i1, k0:k1] += e_ik * inverse_sum.sum(dim=1)
-    totals[j0:j1, k0:k1] += e_jk * inverse_sum.sum(dim=0)
+    totals[0].add_(e_ij * inverse_sum.sum(dim=2))
+    totals[1].add_(e_ik * inverse_sum.sum(dim=1))
+    totals[2].add_(e_jk * inverse_sum.sum(dim=0))
 
 
-def _per_triple_shift_block(
-    logits: torch.Tensor,
-    totals: torch.Tensor,
-    rows: BlockRange,
-    middle: BlockRange,
-    last: BlockRange,
+def _add_block_per_triple_shift(
+    shifted: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    totals: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     same_ij: bool,
     same_jk: bool,
     upper: torch.Tensor,
 ) -> None:
-    """Add the triples of one block to ``totals``, shifting each by its own maximum logit."""
-    (i0, i1), (j0, j1), (k0, k1) = rows, middle, last
-    s_ij = logits[i0:i1, j0:j1][:, :, None]
-    s_ik = logits[i0:i1, k0:k1][:, None, :]
-    s_jk = logits[j0:j1, k0:k1][None, :, :]
+    """Add one block's probabilities, shifting each triple by its own maximum logit.
+
+    Three exponentials per triple instead of none, but exact for any range of
+    dot products.
+    """
+    s_ij = shifted[0][:, :, None]
+    s_ik = shifted[1][:, None, :]
+    s_jk = shifted[2][None, :, :]
 
     peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
     e_ij = torch.exp(s_ij - peak)
@@ -404,95 +418,137 @@ def _per_triple_shift_block(
     inverse_sum = (e_ij + e_ik + e_jk).reciprocal_()
     _mask_repeated_objects(inverse_sum, same_ij, same_jk, upper)
 
-    totals[i0:i1, j0:j1] += (e_ij * inverse_sum).sum(dim=2)
-    totals[i0:i1, k0:k1] += (e_ik * inverse_sum).sum(dim=1)
-    totals[j0:j1, k0:k1] += (e_jk * inverse_sum).sum(dim=0)
+    totals[0].add_((e_ij * inverse_sum).sum(dim=2))
+    totals[1].add_((e_ik * inverse_sum).sum(dim=1))
+    totals[2].add_((e_jk * inverse_sum).sum(dim=0))
 
 
-def _accumulate_blocks(
-    kernel, values: torch.Tensor, block_size: int, progress: tqdm
-) -> torch.Tensor:
-    """Run ``kernel`` over every block triple ``a <= b <= c`` and return the summed totals.
+def _accumulate_triples(
+    logits: torch.Tensor,
+    dtype: torch.dtype,
+    block_size: int,
+    progress: tqdm,
+    safe_range: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Sum the probabilities of all triples ``i < j < k`` into ``totals[i, j]`` and so on.
 
-    On the CPU the blocks are shared among ``torch.get_num_threads()`` Python
+    The objects are cut into blocks of ``block_size``, and every block triple
+    ``a <= b <= c`` is one step. The exponentials are shifted by the maximum
+    off-diagonal logit, chosen as widely as ``safe_range`` (default
+    :func:`_largest_safe_range`) allows:
+
+    - once for the whole matrix, when all logits span at most ``safe_range``;
+    - else once per step, when the step's logits do;
+    - else per triple, with three exponentials per triple.
+
+    On the CPU the steps are shared among ``torch.get_num_threads()`` Python
     worker threads, and torch's intra-op thread count is set to 1 for the
     duration of the call (then restored). Each block is small, so torch would
     otherwise open one parallel region per operation, and thousands of
     regions are slow when other processes compete for the cores. Each worker
     sums into its own matrix, so the result does not depend on thread timing.
+
+    Returns:
+        tuple[torch.Tensor, int]: The totals (strictly upper triangular,
+        ``dtype``) and the number of steps that needed the per-triple shift.
     """
-    n_objects = values.shape[0]
+    n_objects = logits.shape[0]
+    if safe_range is None:
+        safe_range = _largest_safe_range(dtype)
     blocks = _block_starts(n_objects, block_size)
-    triples = [
+    maxima, minima = _block_extremes(logits, blocks)
+    steps = [
         (a, b, c)
         for a in range(len(blocks))
         for b in range(a, len(blocks))
         for c in range(b, len(blocks))
     ]
-    upper = _upper_masks(block_size, values.device)
+    upper = _upper_masks(block_size, logits.device)
 
-    def accumulate(share: list[tuple[int, int, int]]) -> torch.Tensor:
-        totals = torch.zeros(n_objects, n_objects, dtype=values.dtype, device=values.device)
+    shared_exponentials = None
+    if maxima.max() - minima.min() <= safe_range:
+        shared_exponentials = torch.exp(logits - float(maxima.max())).to(dtype)
+        shared_exponentials.fill_diagonal_(0.0)
+
+    def add_step(totals: torch.Tensor, a: int, b: int, c: int) -> bool:
+        """Add one step and return whether it needed the per-triple shift."""
+        (i0, i1), (j0, j1), (k0, k1) = blocks[a], blocks[b], blocks[c]
+        targets = (totals[i0:i1, j0:j1], totals[i0:i1, k0:k1], totals[j0:j1, k0:k1])
+        if shared_exponentials is not None:
+            exponentials = (
+                shared_exponentials[i0:i1, j0:j1],
+                shared_exponentials[i0:i1, k0:k1],
+                shared_exponentials[j0:j1, k0:k1],
+            )
+            _add_block_exponentials(exponentials, targets, a == b, b == c, upper)
+            return False
+
+        peak = max(maxima[a, b], maxima[a, c], maxima[b, c])
+        low = min(minima[a, b], minima[a, c], minima[b, c])
+        if not np.isfinite(peak):  # a block of one object, so no triple
+            return False
+        shifted = (
+            (logits[i0:i1, j0:j1] - peak).to(dtype),
+            (logits[i0:i1, k0:k1] - peak).to(dtype),
+            (logits[j0:j1, k0:k1] - peak).to(dtype),
+        )
+        if peak - low > safe_range:
+            _add_block_per_triple_shift(shifted, targets, a == b, b == c, upper)
+            return True
+
+        e_ij, e_ik, e_jk = (torch.exp(values) for values in shifted)
+        # A diagonal logit s_ii may exceed the peak and overflow; it is never used.
+        if a == b:
+            e_ij.fill_diagonal_(0.0)
+        if b == c:
+            e_jk.fill_diagonal_(0.0)
+        if a == c:
+            e_ik.fill_diagonal_(0.0)
+        _add_block_exponentials((e_ij, e_ik, e_jk), targets, a == b, b == c, upper)
+        return False
+
+    def accumulate(share: list[tuple[int, int, int]]) -> tuple[torch.Tensor, int]:
+        totals = torch.zeros(n_objects, n_objects, dtype=dtype, device=logits.device)
+        n_per_triple = 0
         for a, b, c in share:
-            kernel(values, totals, blocks[a], blocks[b], blocks[c], a == b, b == c, upper)
+            n_per_triple += add_step(totals, a, b, c)
             progress.update(1)
-        return totals
+        return totals, n_per_triple
 
-    n_workers = 1 if values.device.type != "cpu" else max(1, min(torch.get_num_threads(), len(triples)))
+    n_workers = 1
+    if logits.device.type == "cpu":
+        n_workers = max(1, min(torch.get_num_threads(), len(steps)))
     if n_workers == 1:
-        return accumulate(triples)
+        return accumulate(steps)
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            parts = list(pool.map(accumulate, [triples[w::n_workers] for w in range(n_workers)]))
+            parts = list(pool.map(accumulate, [steps[w::n_workers] for w in range(n_workers)]))
     finally:
         torch.set_num_threads(previous_threads)
 
-    totals = parts[0]
-    for part in parts[1:]:
-        totals += part
-    return totals
-
-
-def _accumulate_shared_shift(
-    logits: torch.Tensor, dtype: torch.dtype, block_size: int, progress: tqdm
-) -> torch.Tensor:
-    """Sum the triple probabilities with one shift for the whole matrix.
-
-    ``E = exp(s - max s)`` is computed once. The result is as accurate as the
-    per-triple shift while every off-diagonal ``E`` is a normal float, which
-    the caller checks.
-    """
-    n_objects = logits.shape[0]
-    off_diagonal = ~torch.eye(n_objects, dtype=torch.bool, device=logits.device)
-    exponentials = torch.exp(logits - logits[off_diagonal].max()).to(dtype)
-    exponentials.fill_diagonal_(0.0)
-    return _accumulate_blocks(_shared_shift_block, exponentials, block_size, progress)
-
-
-def _accumulate_per_triple_shift(
-    logits: torch.Tensor, dtype: torch.dtype, block_size: int, progress: tqdm
-) -> torch.Tensor:
-    """Sum the triple probabilities, subtracting each triple's own maximum logit.
-
-    Slower than the shared shift (three exponentials per triple) but exact
-    for any range of dot products.
-    """
-    return _accumulate_blocks(_per_triple_shift_block, logits.to(dtype), block_size, progress)
+    totals, n_per_triple = parts[0]
+    for part_totals, part_count in parts[1:]:
+        totals += part_totals
+        n_per_triple += part_count
+    return totals, n_per_triple
 
 
 def _similarity_of_subset(
     logits: torch.Tensor, objects: np.ndarray, dtype: torch.dtype, batch_size: int
 ) -> torch.Tensor:
-    """Compute S for the pairs of ``objects``, averaging over every other object k."""
+    """Compute S for the pairs of ``objects``, averaging over every other object k.
+
+    The work is small, so it runs in float64 whatever ``dtype`` is, and only
+    the result is cast.
+    """
     n_objects = logits.shape[0]
     index = torch.as_tensor(objects, device=logits.device)
-    logits = logits.to(dtype)
     pair_logits = logits[index][:, index]  # (m, m)
     object_logits = logits[index]  # (m, n): s_ik for every k
-    result = torch.empty(len(objects), len(objects), dtype=dtype, device=logits.device)
+    result = torch.empty(len(objects), len(objects), dtype=logits.dtype, device=logits.device)
     # A batch contains (rows, m, n) values: as many as one cubic block, and at
     # least 4 Mi values (32 MiB in float64), so that few large operations run.
     rows_per_batch = max(1, max(batch_size**3, 1 << 22) // (len(objects) * n_objects))
@@ -511,7 +567,7 @@ def _similarity_of_subset(
         columns = torch.arange(len(objects), device=logits.device)
         probability[:, columns, index] = 0.0
         result[start:stop] = probability.sum(dim=2) / (n_objects - 2)
-    return result
+    return result.to(dtype)
 
 
 def similarity_matrix(
@@ -529,10 +585,13 @@ def similarity_matrix(
         S_ij = 1/(n-2) · Σ_k exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk)),
 
     with ``s = Y Yᵀ``. The exponentials are shifted by the maximum logit
-    (once for the whole matrix when the range of dot products allows, else per
-    triple), so dot products of several hundred stay finite. The diagonal is
-    undefined by the formula and set to 1 by convention. The result is
-    symmetric.
+    (once per block of objects when the block's range of dot products allows,
+    else per triple), so dot products of several hundred stay finite. The
+    diagonal is undefined by the formula and set to 1 by convention. The
+    result is symmetric.
+
+    On the CPU the work is shared among ``torch.get_num_threads()`` worker
+    threads, and torch's intra-op thread count is 1 until the call returns.
 
     Args:
         embedding (np.ndarray): Shape ``(n_objects, n_dims)``, at least 3 objects.
@@ -597,30 +656,19 @@ def similarity_matrix(
         result[diagonal] = 1.0
         return result.cpu().numpy()
 
-    off_diagonal = logits[~torch.eye(n_objects, dtype=torch.bool, device=torch_device)]
-    logit_range = float(off_diagonal.max() - off_diagonal.min())
     n_blocks = len(_block_starts(n_objects, batch_size))
-    progress = tqdm(
-        total=n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6,
-        desc="similarity matrix",
-        unit="block",
-        disable=None,
-    )
+    n_steps = n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6
+    progress = tqdm(total=n_steps, desc="similarity matrix", unit="block", disable=None)
     with progress:
-        if logit_range <= _largest_safe_range(torch_dtype):
-            totals = _accumulate_shared_shift(logits, torch_dtype, batch_size, progress)
-            method = "shared shift"
-        else:
-            totals = _accumulate_per_triple_shift(logits, torch_dtype, batch_size, progress)
-            method = "per-triple shift"
+        totals, n_per_triple = _accumulate_triples(logits, torch_dtype, batch_size, progress)
 
     # Only entries i < j were accumulated. Mirror them and divide by the n - 2 third objects.
     similarity = (totals + totals.T) / (n_objects - 2)
     similarity.fill_diagonal_(1.0)
     logger.debug(
-        "similarity matrix of %d objects (%s, dot products span %.3g)",
+        "similarity matrix of %d objects: %d of %d blocks needed the per-triple shift",
         n_objects,
-        method,
-        logit_range,
+        n_per_triple,
+        n_steps,
     )
     return similarity.cpu().numpy()
