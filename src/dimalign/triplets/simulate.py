@@ -28,16 +28,19 @@ Two ways to get the pair similarities, chosen by memory and cost:
   (transformed) features once, in row blocks with BLAS, then look up three
   entries per triplet. For 24,102 objects the float32 matrix takes
   24102^2 * 4 bytes = 2.3 GB, and with 4,096-d features it costs about
-  2.4e12 multiply-adds, a few seconds to a minute on a CPU.
-- ``gather``: gather the three feature rows of each triplet from the (possibly
-  memory-mapped) matrix and take row-wise dot products with ``np.einsum``.
-  Nothing grows with the number of objects, but each triplet reads 3 whole
-  rows, which is about 400 times slower per pair than the Gram matrix.
+  2.4e12 multiply-adds.
+- ``gather``: copy the three feature rows of each triplet from the (possibly
+  memory-mapped) matrix into reused buffers and take row-wise dot products
+  with ``np.einsum``. Nothing grows with the number of objects, but each
+  triplet reads three whole rows from memory.
 
 ``method="auto"`` takes the Gram matrix when it fits in ``max_gram_bytes`` and
-when the triplets need at least 1/250 of all pairs, which is where the Gram
-matrix becomes the cheaper of the two (measured with 4,096-d float32
-features on an x86_64 CPU with OpenBLAS).
+the triplets touch at least 1/75 of all pairs. With 4,096-d float32 features
+on a 2-core x86_64 CPU (OpenBLAS, shared with other jobs) the Gram matrix
+cost about 0.16 us per pair and the gather method about 12 us per pair
+(35 us per triplet), so the two break even near that fraction. Both costs
+grow linearly with the number of features, so the ratio holds for other
+widths.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ METHODS = ("auto", "gram", "gather")
 DEFAULT_MAX_GRAM_BYTES = 4 * 1024**3
 # "auto" prefers the Gram matrix once the triplets touch this fraction of the
 # n (n - 1) / 2 pairs (see the module docstring).
-_GRAM_PAIR_FRACTION = 1 / 250
+_GRAM_PAIR_FRACTION = 1 / 75
 
 # Pair p of a triplet (a, b, c) is (a, b), (a, c) or (b, c), so the odd one
 # out is c, b or a. Row p of this table reorders a triplet into the canonical
@@ -142,7 +145,7 @@ def simulate_choices(
             breaks and softmax draws. Generator draws happen in triplet order,
             so the result does not depend on ``batch_size``.
         batch_size (int | None): Triplets per batch; None picks 1,000,000 for
-            the Gram method and about 64 MB of gathered rows otherwise.
+            the Gram method and about 8 MB of gathered rows otherwise.
         relu (bool | None): Set negative features to 0 before comparing. None
             means True for ``dot`` and False for the other similarities.
         method (str): ``"auto"``, ``"gram"`` or ``"gather"`` (see the module
@@ -174,16 +177,20 @@ def simulate_choices(
     if relu is None:
         relu = similarity == "dot"
     triplets = validate_triplets(triplets, n_objects, source="triplets")
-    norms = _check_rows(features, relu, need_norms=similarity == "cosine")
+    norms, has_negative = _check_rows(features, relu, need_norms=similarity == "cosine")
+    # A ReLU of non-negative features (the output of a ReLU layer, for
+    # instance) changes nothing, so skip its copy of the feature matrix.
+    apply_relu = relu and has_negative
 
     if method == "auto":
         method = _choose_method(n_objects, len(triplets), features, max_gram_bytes)
     if method == "gram":
-        lookup = _GramLookup(features, similarity, relu, norms)
+        lookup = _GramLookup(features, similarity, apply_relu, norms)
         default_batch = 1_000_000
     else:
-        lookup = _GatherLookup(features, similarity, relu, norms)
-        default_batch = max(1, (64 << 20) // (3 * features.shape[1] * lookup.dtype.itemsize))
+        lookup = _GatherLookup(features, similarity, apply_relu, norms)
+        # Four row buffers of about 8 MB in all stay in the CPU cache.
+        default_batch = max(16, (8 << 20) // (4 * features.shape[1] * lookup.dtype.itemsize))
     batch_size = int(batch_size or default_batch)
 
     rng = np.random.default_rng(random_state)
@@ -255,19 +262,27 @@ def _compute_dtype(features: np.ndarray) -> np.dtype:
 # --------------------------------------------------------------------------- feature checks
 
 
-def _check_rows(features: np.ndarray, relu: bool, need_norms: bool) -> np.ndarray | None:
+def _check_rows(
+    features: np.ndarray, relu: bool, need_norms: bool
+) -> tuple[np.ndarray | None, bool]:
     """Reject rows with NaN or inf, and compute row norms when cosine needs them.
 
     Reads the matrix in blocks of about 64 MB, so a memory-mapped file is
     never loaded whole.
+
+    Returns:
+        tuple[np.ndarray | None, bool]: The row norms (None unless
+        ``need_norms``) and whether any feature value is negative.
     """
     n_objects, n_features = features.shape
     block = max(1, (64 << 20) // max(1, n_features * features.dtype.itemsize))
     bad_rows: list[np.ndarray] = []
+    has_negative = False
     norms = np.empty(n_objects, dtype=np.float64) if need_norms else None
     for start in range(0, n_objects, block):
         rows = np.asarray(features[start : start + block])
         bad_rows.append(start + np.flatnonzero(~np.isfinite(rows).all(axis=1)))
+        has_negative = has_negative or bool((rows < 0).any())
         if norms is not None:
             rows = np.maximum(rows, 0) if relu else rows
             norms[start : start + len(rows)] = np.linalg.norm(rows.astype(np.float64), axis=1)
@@ -289,7 +304,7 @@ def _check_rows(features: np.ndarray, relu: bool, need_norms: bool) -> np.ndarra
             f"feature rows {listed} have zero norm{after} ({len(zero)} rows), so their cosine "
             "similarity is undefined; use similarity='dot' or 'euclidean'"
         )
-    return norms
+    return norms, has_negative
 
 
 def _transform(
@@ -355,31 +370,48 @@ def _upper_gram(
 
 
 class _GatherLookup:
-    """Pair similarities from the gathered feature rows of each triplet."""
+    """Pair similarities from the gathered feature rows of each triplet.
+
+    The rows go into buffers that are reused for every batch. Small batches
+    keep the buffers in the CPU cache, and reuse avoids the page faults of
+    fresh allocations, which otherwise cost more than the dot products.
+    """
 
     def __init__(self, features: np.ndarray, similarity: str, relu: bool, norms: np.ndarray | None):
         self.features = features
         self.similarity = similarity
         self.relu = relu
         self.dtype = _compute_dtype(features)
-        self.inverse_norms = None if norms is None else 1.0 / norms
+        self.inverse_norms = None if norms is None else (1.0 / norms).astype(self.dtype)
+        self.buffers = np.empty((4, 0, features.shape[1]), dtype=self.dtype)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        # One gather for the whole batch: rows of the sorted unique objects.
-        objects, positions = np.unique(batch, return_inverse=True)
-        inverse_norms = None if self.inverse_norms is None else self.inverse_norms[objects]
-        rows = _transform(self.features[objects], self.relu, inverse_norms, self.dtype)
-        positions = positions.reshape(batch.shape)
+        if self.buffers.shape[1] < len(batch):
+            self.buffers = np.empty((4, len(batch), self.features.shape[1]), dtype=self.dtype)
+        rows = [self._gather(batch[:, position], self.buffers[position, : len(batch)])
+                for position in range(3)]
+        difference = self.buffers[3, : len(batch)]
 
         similarities = np.empty((len(batch), 3), dtype=np.float64)
         for pair, (first, second) in enumerate(((0, 1), (0, 2), (1, 2))):
-            left, right = rows[positions[:, first]], rows[positions[:, second]]
+            left, right = rows[first], rows[second]
             if self.similarity == "euclidean":
-                difference = left - right
+                np.subtract(left, right, out=difference)
                 similarities[:, pair] = -np.sqrt(np.einsum("ij,ij->i", difference, difference))
             else:
                 similarities[:, pair] = np.einsum("ij,ij->i", left, right)
         return similarities
+
+    def _gather(self, objects: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.features.dtype == self.dtype:
+            np.take(self.features, objects, axis=0, out=out)
+        else:
+            out[:] = np.take(self.features, objects, axis=0)
+        if self.relu:
+            np.maximum(out, 0, out=out)
+        if self.inverse_norms is not None:
+            out *= self.inverse_norms[objects, None]
+        return out
 
 
 # --------------------------------------------------------------------------- choice rules
