@@ -29,13 +29,15 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from dimalign.interpret.predictor import DimensionPredictor
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -474,13 +476,18 @@ def manipulate_images(
             "%s: %d edits; largest change %.4f from %s",
             name, len(edits), largest_change[strongest], edits[strongest].label,
         )
-    return ManipulationResult(table=pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), edited=edited, masks=used_masks)
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    return ManipulationResult(table=table, edited=edited, masks=used_masks)
 
 
 def edit_label(row: Mapping[str, Any]) -> str:
     """Return the text form (``hue:90``) of a table row's edit."""
     parameter = row["parameter"]
-    return str(row["edit"]) if pd.isna(parameter) else f"{row['edit']}:{float(parameter):g}"
+    if parameter is None or (isinstance(parameter, float) and math.isnan(parameter)):
+        return str(row["edit"])
+    return f"{row['edit']}:{float(parameter):g}"
 
 
 def plot_largest_changes(
