@@ -515,6 +515,7 @@ def _accumulate_triples(
             progress.update(1)
         return totals, n_per_triple
 
+    # NOTE: the CUDA path (one worker, default blocks of 256) has not been run on a GPU.
     n_workers = 1
     if logits.device.type == "cpu":
         n_workers = max(1, min(torch.get_num_threads(), len(steps)))
@@ -558,9 +559,8 @@ def _similarity_of_subset(
         s_ik = object_logits[start:stop, None, :]
         s_jk = object_logits[None, :, :]
         peak = torch.maximum(torch.maximum(s_ij, s_ik), s_jk)
-        probability = torch.exp(s_ij - peak) / (
-            torch.exp(s_ij - peak) + torch.exp(s_ik - peak) + torch.exp(s_jk - peak)
-        )
+        numerator = torch.exp(s_ij - peak)
+        probability = numerator / (numerator + torch.exp(s_ik - peak) + torch.exp(s_jk - peak))
         # Leave out k = i and k = j.
         rows = torch.arange(stop - start, device=logits.device)
         probability[rows, :, index[start:stop]] = 0.0
@@ -585,10 +585,10 @@ def similarity_matrix(
         S_ij = 1/(n-2) · Σ_k exp(s_ij) / (exp(s_ij) + exp(s_ik) + exp(s_jk)),
 
     with ``s = Y Yᵀ``. The exponentials are shifted by the maximum logit
-    (once per block of objects when the block's range of dot products allows,
-    else per triple), so dot products of several hundred stay finite. The
-    diagonal is undefined by the formula and set to 1 by convention. The
-    result is symmetric.
+    (once for the matrix, once per block of objects, or per triple, as widely
+    as the range of dot products allows), so dot products of several hundred
+    stay finite. The diagonal is undefined by the formula and set to 1 by
+    convention. The result is symmetric.
 
     On the CPU the work is shared among ``torch.get_num_threads()`` worker
     threads, and torch's intra-op thread count is 1 until the call returns.
