@@ -189,7 +189,7 @@ def simulate_choices(
         default_batch = 1_000_000
     else:
         lookup = _GatherLookup(features, similarity, apply_relu, norms)
-        # Four row buffers of about 8 MB in all stay in the CPU cache.
+        # Four row buffers of 8 MB in all, small enough for a typical L3 cache.
         default_batch = max(16, (8 << 20) // (4 * features.shape[1] * lookup.dtype.itemsize))
     batch_size = int(batch_size or default_batch)
 
