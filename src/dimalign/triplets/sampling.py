@@ -82,17 +82,17 @@ def sample_triplets(
 
     if replace:
         ranks = rng.integers(0, n_sets, size=n_triplets, dtype=np.int64)
-        how = "with replacement"
+        strategy = "with replacement"
     elif 2 * n_triplets >= n_sets:
         ranks = rng.permutation(n_sets)[:n_triplets]
-        how = "by permuting all sets"
+        strategy = "by permuting all sets"
     else:
         ranks = _draw_unique_ranks(rng, n_sets, n_triplets)
-        how = "by rejecting repeats"
+        strategy = "by rejecting repeats"
     triplets = unrank_triplets(ranks)
     logger.info(
         "sampled %s triplets of %s objects %s (%.3g%% of the %s distinct triplets)",
-        f"{n_triplets:,}", f"{n_objects:,}", how, 100.0 * n_triplets / n_sets, f"{n_sets:,}",
+        f"{n_triplets:,}", f"{n_objects:,}", strategy, 100.0 * n_triplets / n_sets, f"{n_sets:,}",
     )
     return triplets
 

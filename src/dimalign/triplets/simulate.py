@@ -35,10 +35,10 @@ Two ways to get the pair similarities, chosen by memory and cost:
   triplet reads three whole rows from memory.
 
 ``method="auto"`` takes the Gram matrix when it fits in ``max_gram_bytes`` and
-the triplets touch at least 1/75 of all pairs. With 4,096-d float32 features
-on a 2-core x86_64 CPU (OpenBLAS, shared with other jobs) the Gram matrix
-cost about 0.16 us per pair and the gather method about 12 us per pair
-(35 us per triplet), so the two break even near that fraction. Both costs
+the triplets touch at least 1/75 of all pairs, where the two cost about the
+same. With 4,096-d float32 features on a 2-core x86_64 CPU (OpenBLAS, shared
+with other jobs) the Gram matrix cost about 0.16 us per pair. The gather
+method cost about 12 us per pair, or 35 us per triplet. Both costs
 grow linearly with the number of features, so the ratio holds for other
 widths.
 """
