@@ -443,11 +443,11 @@ def _resolve_columns(
 ) -> tuple[list[int], int | None]:
     """Return the file positions of the three object columns and of the choice column."""
 
-    def position(column: int | str, what: str) -> int:
+    def position(column: int | str, role: str) -> int:
         if isinstance(column, str) and not column.strip().isdigit():
             if header is None:
                 raise ValueError(
-                    f"{path} has no header line, so {what} {column!r} must be a column number"
+                    f"{path} has no header line, so {role} {column!r} must be a column number"
                 )
             if column not in header:
                 raise ValueError(
@@ -457,7 +457,7 @@ def _resolve_columns(
         index = int(column)
         if not 0 <= index < n_columns:
             raise ValueError(
-                f"{path} has {n_columns} columns (numbered from 0), so {what} {index} "
+                f"{path} has {n_columns} columns (numbered from 0), so {role} {index} "
                 "does not exist"
             )
         return index
@@ -777,7 +777,7 @@ def split_triplets(
 
     All rows with the same three objects (whatever their order or choice) go
     to the same part, so no object set is in both. Sets are shuffled with the
-    seed and moved to the validation part until it holds at least
+    seed and moved to the validation part until it contains at least
     ``round(val_fraction * n)`` rows. When every set occurs once the
     validation part has exactly that size. Rows keep their input order within
     each part.
