@@ -1,7 +1,24 @@
-"""Sparse non-negative embeddings fitted to odd-one-out triplets: VICE and SPoSE."""
+"""Sparse non-negative embeddings fitted to odd-one-out triplets: VICE and SPoSE.
 
-from dimalign.embedding.runs import fit_run
-from dimalign.embedding.spose import SPoSE
-from dimalign.embedding.vice import VICE
+The estimators are imported on first use, so that ``dimalign --help`` does not
+pay for importing torch and scikit-learn.
+"""
 
-__all__ = ["VICE", "SPoSE", "fit_run"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "VICE": "dimalign.embedding.vice",
+    "SPoSE": "dimalign.embedding.spose",
+    "fit_run": "dimalign.embedding.runs",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dimalign.embedding' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
