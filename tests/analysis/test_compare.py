@@ -39,9 +39,7 @@ def gamma_embedding(n_objects, n_dims, seed):
 def test_similarity_on_disk_matches_in_memory(tmp_path, scale):
     # scale 40 spans more than exp's range, so the per-element path runs.
     embedding = scale * gamma_embedding(23, 4, seed=0)
-    on_disk = similarity_matrix_to_disk(
-        embedding, tmp_path / "similarity.npy", block_rows=5, max_block_elements=5 * 7 * 23
-    )
+    on_disk = similarity_matrix_to_disk(embedding, tmp_path / "similarity.npy", block_size=5)
     assert isinstance(on_disk, np.memmap)
     np.testing.assert_allclose(on_disk, similarity_matrix(embedding), atol=1e-14, rtol=0)
     assert not (tmp_path / "similarity.partial.npy").exists()
@@ -62,18 +60,18 @@ def test_similarity_on_disk_resumes(tmp_path, monkeypatch):
 
     def failing_block(*args):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 6:  # row blocks 0 and 4 take 3 + 2 column blocks
             raise RuntimeError("interrupted")
         return original(*args)
 
     monkeypatch.setattr(compare_module, "_similarity_block", failing_block)
     with pytest.raises(RuntimeError, match="interrupted"):
-        similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_rows=4, max_block_elements=4 * 12 * 12)
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
     progress = json.loads((tmp_path / "s.partial.json").read_text())
     assert progress["finished_row_blocks"] == [0, 4]
 
     monkeypatch.setattr(compare_module, "_similarity_block", original)
-    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_rows=4, max_block_elements=4 * 12 * 12)
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
@@ -259,11 +257,13 @@ def test_compare_cli(tmp_path):
     np.save(tmp_path / "dnn.npy", dnn)
     code = main([
         "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
-        "--bootstrap", "20", "--seed", "3", "--similarity-objects", "15", "--save-similarity",
+        "--bootstrap", "20", "--seed", "3", "--similarity-objects", "15", "--cumulative-objects", "10",
+        "--save-similarity",
     ])
     assert code == 0
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["similarity_objects"] == 15
+    assert summary["cumulative_objects"] == 10
     assert summary["random_state"] == 3
     saved = np.load(tmp_path / "out" / "human_similarity.npy")
     np.testing.assert_allclose(saved, similarity_matrix(human), atol=1e-14)
@@ -313,3 +313,55 @@ def test_map_cli_rejects_different_objects(tmp_path, capsys):
     code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
     assert code == 1
     assert "only in the features table ['c']" in capsys.readouterr().err
+
+
+# -- real THINGS data -------------------------------------------------------------
+
+# A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps
+# few dimensions, so the numbers differ from a full fit (see docs/compare.md).
+DNN_VICE_SETTINGS = {
+    "n_dims": 60, "batch_size": 2048, "lr": 0.005, "max_epochs": 30, "mc_samples": 5, "eval_every": 10,
+}
+
+
+@pytest.mark.slow
+def test_compare_real_things(tmp_path, things_dir):
+    from dimalign.analysis.sweep import sweep
+    from dimalign.analysis.things48 import load_things48
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.triplets import load_triplets
+    from dimalign.parallel import limit_torch_threads
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    # DNN side: VICE fitted to odd-one-out choices simulated from VGG-16-like features.
+    table = read_object_table(things_dir / "unique_id.txt")
+    factors = np.load(things_dir / "vgg16_srf_factors_rank200.npy")
+    triplets = simulate_choices(factors, sample_triplets(1854, 100_000, random_state=0), random_state=0).triplets
+    sweep(
+        triplets[:90_000], triplets[90_000:], tmp_path / "dnn", seeds=[0], n_objects=1854,
+        settings=DNN_VICE_SETTINGS, object_table=table,
+    )
+
+    # Human side: the published VICE 42-d embedding; ground truth: the 48-object RDM.
+    things48 = load_things48(things_dir)
+    reference = (1.0 - things48.rdm, ObjectTable.from_ids([table.object_ids[row] for row in things48.indices]))
+    human_triplets = load_triplets(things_dir / "human_triplets.txt", 1854)[:20_000]
+    with limit_torch_threads(1):
+        result = compare(
+            things_dir / "vice_embedding_42d.npy", tmp_path / "dnn" / "runs" / "seed_0", tmp_path / "out",
+            objects=table, triplets=human_triplets, n_bootstrap=200, reference=reference,
+        )
+
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    print(json.dumps(summary, indent=2))
+    assert summary["n_objects"] == 1854
+    assert 0.2 < summary["r"] < 0.95
+    assert summary["ci_low"] < summary["r"] < summary["ci_high"]
+    # Published human VICE 42-d on the 48 objects: r = 0.882, so r² = 0.778.
+    assert summary["reference"]["human_r2"] == pytest.approx(0.7778, abs=1e-3)
+    assert summary["reference"]["dnn_r2"] < summary["reference"]["human_r2"]
+    assert summary["matched_r_max"] > 0.4
+    assert summary["n_dnn_dims_for_95_percent"] is not None
+    assert result.cumulative.r[-1] == pytest.approx(result.rsa.r)
+    relevance = json.loads((tmp_path / "out" / "relevance_summary.json").read_text())
+    assert 0.33 < relevance["choice_agreement"] < 1.0

@@ -185,6 +185,10 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "--similarity-objects", type=int,
         help="compute similarities and RSA on a random subset of this many objects (default all)",
     )
+    parser.add_argument(
+        "--cumulative-objects", type=int,
+        help="random subset of objects for the cumulative RSA alone (default: as --similarity-objects)",
+    )
     parser.add_argument("--reference-rsm", type=Path, help="ground-truth similarity matrix (.npy, square)")
     parser.add_argument("--reference-objects", type=Path, help="object table of --reference-rsm")
     parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
@@ -215,7 +219,8 @@ def run_compare(args: argparse.Namespace) -> int:
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
         n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,
-        similarity_objects=args.similarity_objects, reference=reference,
+        similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
+        reference=reference,
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
     )
     return 0

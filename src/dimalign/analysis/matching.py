@@ -280,6 +280,7 @@ def cumulative_rsa(
     share: float = 0.95,
     similarity: Callable[[np.ndarray], np.ndarray] | None = None,
     method: str = "pearson",
+    full_similarity: np.ndarray | None = None,
 ) -> CumulativeRSA:
     """Correlate the human similarity matrix with DNN subsets of growing size.
 
@@ -296,6 +297,8 @@ def cumulative_rsa(
         similarity (Callable | None): Builds a similarity matrix from an
             embedding; defaults to :func:`dimalign.analysis.similarity.similarity_matrix`.
         method (str): ``"pearson"`` or ``"spearman"``, passed to :func:`dimalign.analysis.rsa.rsa`.
+        full_similarity (np.ndarray | None): The DNN similarity matrix of all
+            dimensions, if already computed with ``similarity``.
 
     Returns:
         CumulativeRSA: The curve and the number of dimensions for ``share``.
@@ -308,7 +311,7 @@ def cumulative_rsa(
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
 
-    full = similarity(dnn_embedding)
+    full = similarity(dnn_embedding) if full_similarity is None else full_similarity
     r_full = float(rsa(human_similarity, full, method=method))
     values = np.empty(order.size)
     for step in range(order.size):
