@@ -1,0 +1,117 @@
+"""``dimalign run`` (a whole study from a TOML file) and ``dimalign report`` (the HTML report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``run`` and ``report`` subcommands."""
+    _register_run(subparsers)
+    _register_report(subparsers)
+
+
+def _register_run(subparsers: argparse._SubParsersAction) -> None:
+    from dimalign.report.stages import STAGE_ORDER
+
+    parser = subparsers.add_parser(
+        "run",
+        help="run a study from a TOML file: fits, evaluation, comparison and the report",
+        description=(
+            "Run every stage of a study file whose settings or inputs changed since the last run, "
+            "each into its own folder of the study directory, and skip the others. "
+            f"Stages, in order: {', '.join(STAGE_ORDER)}."
+        ),
+    )
+    parser.add_argument("config", type=Path, help="study file (TOML), such as examples/things_study.toml")
+    parser.add_argument(
+        "-o", "--out", type=Path,
+        help="study directory (default: the study file's name without .toml, in the current directory)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list what would run and why, and write nothing")
+    parser.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun STAGE and every stage that reads it")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a setting of the study file, the value read as TOML (repeatable), "
+        "such as --set human_fit.max_epochs=3",
+    )
+    parser.set_defaults(handler=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Handle ``dimalign run``."""
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import default_study_dir, run_study
+
+    config = load_config(args.config, args.overrides)
+    study_dir = args.out if args.out is not None else default_study_dir(args.config)
+    plan = run_study(config, study_dir, from_stage=args.from_stage, dry_run=args.dry_run)
+    changes = plan.format_changes()
+    if changes:
+        print(changes)
+    print(plan.format())
+    if args.dry_run:
+        print(f"dry run: nothing was written to {study_dir}")
+        return 0
+    report = study_dir / "report" / "report.html"
+    print(f"study written to {study_dir}" + (f"; report: {report}" if report.is_file() else ""))
+    return 0
+
+
+def _register_report(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write the self-contained HTML report of a study directory",
+        description=(
+            "Draw the figures of a study directory from its saved results and write one HTML file "
+            "with the figures, a summary table and a dimension browser. The file makes no network "
+            "request. Inputs that a 'dimalign run' study recorded (categories, labels, images) are "
+            "used unless given here."
+        ),
+    )
+    parser.add_argument("study_dir", type=Path, help="study directory (from 'dimalign run')")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="HTML file to write")
+    parser.add_argument("--figures-dir", type=Path, help="folder for the PNG and SVG figures (default: <out>_figures)")
+    parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
+    parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
+    parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
+    parser.add_argument("--title", help="report title (default: the study name)")
+    parser.add_argument("--top-k", type=int, default=8, help="top objects per dimension (default 8)")
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG figures (default 110)")
+    parser.set_defaults(handler=report_command)
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """Handle ``dimalign report``."""
+    from dimalign.report.html import write_report
+    from dimalign.report.results import StudyResults
+
+    if not args.study_dir.is_dir():
+        raise FileNotFoundError(f"study directory {args.study_dir} not found")
+    record_path = args.study_dir / "pipeline.json"
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    recorded = record.get("inputs", {})
+
+    def chosen(value: Path | None, key: str) -> Path | None:
+        if value is not None:
+            return value
+        path = recorded.get(key)
+        return Path(path) if path and Path(path).exists() else None
+
+    results = StudyResults(
+        args.study_dir, categories=chosen(args.categories, "categories"), labels=chosen(args.labels, "labels"),
+        images=chosen(args.images, "images"), record=record,
+    )
+    title = args.title or record.get("study", {}).get("name") or args.study_dir.name
+    report = write_report(
+        results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
+    )
+    print(f"wrote {report.path}: {len(report.figures)} figures, {report.n_dimensions} dimensions")
+    for stem, reason in report.skipped.items():
+        print(f"  left out {stem}: {reason}")
+    return 0

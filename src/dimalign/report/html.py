@@ -1,0 +1,470 @@
+"""The self-contained HTML report of a study (``dimalign report``).
+
+One file contains everything: CSS inline, figures as base64 PNG, the data of
+the dimension browser as JSON in a ``<script type="application/json">``
+element, and a short vanilla script. A Content-Security-Policy meta tag
+allows only inline styles and scripts and ``data:`` images, so the page
+makes no request of any kind and works offline.
+
+Every text from the study (object names, labels, paths) is escaped with
+:func:`html.escape`; the JSON data has ``<``, ``>`` and ``&`` written as
+``\\u003c``, ``\\u003e`` and ``\\u0026``, so no ``</script>`` can end the
+data block. The script inserts data with ``textContent``, never as HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.io.files import now_iso, write_text_atomic
+from dimalign.report import figures
+from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportResult:
+    """Files and figures written by :func:`write_report`.
+
+    Attributes:
+        path (Path): The HTML file.
+        figures (list[str]): Stems of the figures drawn (PNG and SVG each).
+        skipped (dict[str, str]): Figures left out, with the reason.
+        n_dimensions (int): Dimensions in the browser.
+    """
+
+    path: Path
+    figures: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    n_dimensions: int = 0
+
+
+#: Figures of the report: (stem, heading, caption, drawing function).
+FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
+    ("similarity_matrices", "Similarity matrices",
+     "Model-predicted similarity of every pair of objects, sorted by category (first category of "
+     "each object; objects in none last). Lines mark the category boundaries.",
+     figures.plot_similarity_matrices),
+    ("matching", "Matched dimensions and cumulative RSA",
+     "Left: correlation of each human dimension with its matched DNN dimension, sorted. Right: "
+     "variance in the human similarity explained by the first k matched DNN dimensions, with the mark "
+     "at 95% of the full DNN model's.",
+     figures.plot_matching),
+    ("training_curves", "Training",
+     "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch.",
+     figures.plot_training_curves),
+    ("kind_shares", "Visual and semantic dimensions",
+     "Share of dimensions rated visual, semantic or mixed by the labelling study, and share of the "
+     "triplet choices whose most relevant dimension is of each kind.",
+     figures.plot_kind_shares),
+    ("disagreements", "Largest disagreements",
+     "Triplets where the human and the DNN model choose different odd ones out, with each model's "
+     "most relevant dimension (the one whose removal lowers the probability of its choice most).",
+     figures.plot_disagreements),
+]
+
+
+def write_report(
+    results: StudyResults | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    figures_dir: str | os.PathLike | None = None,
+    title: str = "dimalign study",
+    top_k: int = 8,
+    n_disagreements: int = 6,
+    dpi: int = 110,
+) -> ReportResult:
+    """Draw every figure the saved results allow and write the report.
+
+    Args:
+        results (StudyResults | path): The study.
+        path (str | os.PathLike): The HTML file to write (atomically).
+        figures_dir (path | None): Where the PNG and SVG files go; default
+            ``<html stem>_figures`` next to the HTML file.
+        title (str): Title of the report.
+        top_k (int): Top objects per dimension.
+        n_disagreements (int): Triplets in the disagreement figure.
+        dpi (int): Resolution of the PNG figures.
+
+    Returns:
+        ReportResult: Files, figures and the figures left out.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(results, StudyResults):
+        results = StudyResults(results)
+    path = Path(path)
+    figures_dir = Path(figures_dir) if figures_dir is not None else path.with_name(f"{path.stem}_figures")
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report = ReportResult(path)
+
+    sections = []
+    for stem, heading, caption, draw in FIGURES:
+        options: dict[str, Any] = {"dpi": dpi}
+        if stem == "disagreements":
+            options["n_triplets"] = n_disagreements
+        try:
+            figure = draw(results, figures_dir, **options)
+        except FileNotFoundError as error:
+            report.skipped[stem] = str(error)
+            logger.info("figure %s left out: %s", stem, error)
+            continue
+        plt.close(figure)
+        report.figures.append(stem)
+        sections.append(_figure_section(stem, heading, caption, figures_dir / f"{stem}.png"))
+
+    dimensions = dimension_entries(results, figures_dir, top_k=top_k, dpi=dpi)
+    report.n_dimensions = len(dimensions)
+    document = render_document(
+        title=title, results=results, figure_sections=sections, skipped=report.skipped, dimensions=dimensions,
+    )
+    write_text_atomic(path, document)
+    logger.info(
+        "wrote %s: %d figures, %d left out, %d dimensions in the browser",
+        path, len(report.figures), len(report.skipped), len(dimensions),
+    )
+    return report
+
+
+# -- data of the dimension browser -------------------------------------------------------
+
+
+def dimension_entries(
+    results: StudyResults, figures_dir: Path, *, top_k: int = 8, dpi: int = 110
+) -> list[dict[str, Any]]:
+    """Collect the browser's data for every dimension of both sides, drawing each dimension's figure."""
+    import matplotlib.pyplot as plt
+
+    entries = []
+    relevance = {side: _relevance_by_dim(results, side) for side in SIDES}
+    ridge = _ridge_by_dim(results)
+    for side in results.sides():
+        embedding = results.embedding(side)
+        for dim in range(embedding.shape[1]):
+            weights = embedding[:, dim]
+            top = np.argsort(-weights, kind="stable")[:top_k]
+            labels = results.labels_of(side, dim)
+            figure = figures.plot_dimension(results, side, dim, figures_dir, top_k=top_k, dpi=dpi)
+            plt.close(figure)
+            match = results.best_match(side, dim) if results.has("compare", "matching.csv") else None
+            entry = {
+                "id": f"{side}-{dim}",
+                "side": SIDE_NAMES[side],
+                "dim": dim,
+                "title": figures.dimension_title(results, side, dim, labels),
+                "figure": _data_uri(figures_dir / f"dimension_{side}_{dim:03d}.png"),
+                "top_objects": [
+                    {"name": results.objects.object_ids[row], "weight": round(float(weights[row]), 4)}
+                    for row in top
+                ],
+                "labels": labels["top_labels"] if labels else None,
+                "kind": labels["kind"] if labels else None,
+                "match": None if match is None else (
+                    f"{SIDE_NAMES[match['other_side']]} dimension {match['other_dim']} "
+                    f"(r = {match['r']:.3f}, matching {match['method'].replace('_', ' ')})"
+                ),
+                "relevance": relevance[side].get(dim),
+                "ridge_cv_r2": ridge.get(side, {}).get(dim),
+            }
+            entries.append(entry)
+    return entries
+
+
+def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
+    if not results.has("compare", f"relevance_{side}.csv"):
+        return {}
+    table = results.relevance(side)
+    return {
+        int(row.dim): (
+            f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
+            f"{100 * row.share_most_relevant:.1f}% of the held-out triplets"
+        )
+        for row in table.itertuples()
+    }
+
+
+def _ridge_by_dim(results: StudyResults) -> dict[str, dict[int, float]]:
+    if not results.has("map", "ridge_map.csv"):
+        return {}
+    target = "dnn"
+    if results.has("map", "manifest.json"):
+        record = results.manifest("map").get("pipeline", {})
+        target = record.get("settings", {}).get("target", target)
+    table = results.ridge_table()
+    return {target: {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def script_json(data: Any) -> str:
+    """Serialise ``data`` for a ``<script type="application/json">`` block.
+
+    ``<``, ``>`` and ``&`` become JSON escapes, so the text cannot close the
+    block or open a comment, and ``JSON.parse`` restores them.
+
+    Examples:
+        >>> script_json({"name": "</script>"})
+        '{"name": "\\\\u003c/script\\\\u003e"}'
+    """
+    text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False, default=_json_default)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _finite(value: Any) -> Any:
+    """Replace NaN and infinities (not valid JSON) by None, recursively."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+# -- the document ---------------------------------------------------------------------------
+
+
+def _figure_section(stem: str, heading: str, caption: str, png: Path) -> str:
+    return (
+        f'<section class="figure" id="figure-{html.escape(stem)}">\n'
+        f"<h2>{html.escape(heading)}</h2>\n"
+        f'<figure><img src="{_data_uri(png)}" alt="{html.escape(heading)}">\n'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>\n</section>"
+    )
+
+
+def _format(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if not np.isfinite(value):
+            return "n/a"
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _ceiling(value: Any) -> str:
+    if not value:
+        return "n/a"
+    return f"{value['value']:.3f} ({value['n_responses']} responses in {value['n_sets']} repeated sets)"
+
+
+def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Return the rows of the summary table: (quantity, human, DNN) as text."""
+    rows = [
+        ("Dimensions kept", _format(numbers.get("human_n_dims")), _format(numbers.get("dnn_n_dims"))),
+        ("Epochs trained", _format(numbers.get("human_n_epochs")), _format(numbers.get("dnn_n_epochs"))),
+        ("Training triplets", _format(numbers.get("human_n_train")), _format(numbers.get("dnn_n_train"))),
+        ("Held-out triplets", _format(numbers.get("human_n_triplets")), _format(numbers.get("dnn_n_triplets"))),
+        ("Held-out odd-one-out accuracy", _format(numbers.get("human_accuracy")),
+         _format(numbers.get("dnn_accuracy"))),
+        ("Noise ceiling", _ceiling(numbers.get("human_noise_ceiling")),
+         _ceiling(numbers.get("dnn_noise_ceiling")) if numbers.get("dnn_noise_ceiling")
+         else "n/a (no triplet judged twice)"),
+        ("48-object correlation (Pearson r)", _format(numbers.get("human_things48_r")),
+         _format(numbers.get("dnn_things48_r"))),
+    ]
+    if "dnn_on_human_accuracy" in numbers:
+        rows.append(("DNN embedding on held-out human triplets (accuracy)", "", _format(numbers["dnn_on_human_accuracy"])))
+    rsa = numbers.get("rsa")
+    if rsa:
+        level = f"{100 * rsa['ci_level']:.0f}%" if rsa.get("ci_level") else "CI"
+        text = f"{_format(rsa.get('r'))} [{level} CI {_format(rsa.get('ci_low'))}, {_format(rsa.get('ci_high'))}]"
+        if numbers.get("similarity_objects") not in (None, "all"):
+            text += f" on {numbers['similarity_objects']} objects"
+        rows.append(("Human-DNN RSA (Pearson r)", text, ""))
+    if "n_dnn_dims_for_95_percent" in numbers:
+        value = numbers["n_dnn_dims_for_95_percent"]
+        rows.append(("DNN dimensions for 95% of the RSA", "", "not reached" if value is None else _format(value)))
+    if "ridge_cv_r2_median" in numbers:
+        rows.append(("Ridge map from features, median cross-validated R²", "", _format(numbers["ridge_cv_r2_median"])))
+    return rows
+
+
+def render_document(
+    *, title: str, results: StudyResults, figure_sections: list[str], skipped: dict[str, str],
+    dimensions: list[dict[str, Any]],
+) -> str:
+    """Assemble the HTML document."""
+    numbers = results.headline()
+
+    table_rows = "\n".join(
+        f"<tr><th scope=\"row\">{html.escape(name)}</th><td>{html.escape(human)}</td><td>{html.escape(dnn)}</td></tr>"
+        for name, human, dnn in summary_rows(numbers)
+    )
+
+    changes = results.setting_changes()
+    change_block = ""
+    if changes:
+        items = "\n".join(
+            f"<li><code>{html.escape(str(change['key']))}</code>: {html.escape(repr(change['before']))} &rarr; "
+            f"{html.escape(repr(change['after']))} ({html.escape(str(change['kind']))})</li>"
+            for change in changes
+        )
+        change_block = (
+            '<section class="note" id="changed-settings"><h2>Settings changed for this run</h2>'
+            f"<p>These values were set with <code>--set</code> instead of the study file "
+            f"{html.escape(str(results.record.get('config', '')))}; shortened settings give quicker, less "
+            f"converged results.</p><ul>{items}</ul></section>"
+        )
+
+    skipped_block = ""
+    if skipped:
+        items = "\n".join(
+            f"<li><strong>{html.escape(stem)}</strong>: {html.escape(reason)}</li>" for stem, reason in skipped.items()
+        )
+        skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
+
+    browser = _browser_section(dimensions)
+    config = results.record.get("config")
+    meta = f"Study directory {html.escape(str(results.study_dir.resolve()))}"
+    if config:
+        meta += f", study file {html.escape(str(config))}"
+    meta += f". Written {html.escape(now_iso())}."
+
+    body = "\n".join(
+        [
+            f"<header><h1>{html.escape(title)}</h1><p class=\"meta\">{meta}</p></header>",
+            change_block,
+            '<section id="summary"><h2>Summary</h2><table class="summary"><thead><tr><th></th>'
+            "<th scope=\"col\">Human</th><th scope=\"col\">DNN</th></tr></thead><tbody>"
+            f"{table_rows}</tbody></table></section>",
+            *figure_sections,
+            browser,
+            skipped_block,
+        ]
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n</main>\n"
+        f"<script type=\"application/json\" id=\"dimension-data\">{script_json(dimensions)}</script>\n"
+        f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+    )
+
+
+def _browser_section(dimensions: list[dict[str, Any]]) -> str:
+    if not dimensions:
+        return '<section id="dimensions"><h2>Dimensions</h2><p>No fitted embedding in this study.</p></section>'
+    groups = []
+    for side in (SIDE_NAMES[name] for name in SIDES):
+        options = "".join(
+            f'<option value="{html.escape(entry["id"])}">{html.escape(_option_text(entry))}</option>'
+            for entry in dimensions if entry["side"] == side
+        )
+        if options:
+            groups.append(f'<optgroup label="{html.escape(side)}">{options}</optgroup>')
+    return (
+        '<section id="dimensions"><h2>Dimension browser</h2>'
+        '<div class="controls"><button type="button" id="dimension-previous">&larr; previous</button>'
+        '<label for="dimension-select">Dimension</label>'
+        f'<select id="dimension-select">{"".join(groups)}</select>'
+        '<button type="button" id="dimension-next">next &rarr;</button></div>'
+        '<article id="dimension-panel"><h3 id="dimension-title"></h3>'
+        '<img id="dimension-figure" alt="top objects of the selected dimension">'
+        '<dl>'
+        '<dt>Labels</dt><dd id="dimension-labels"></dd>'
+        '<dt>Best match</dt><dd id="dimension-match"></dd>'
+        '<dt>Relevance</dt><dd id="dimension-relevance"></dd>'
+        '<dt>Predicted from DNN features (ridge, cross-validated R²)</dt><dd id="dimension-ridge"></dd>'
+        '</dl><h4>Top objects</h4><ol id="dimension-objects"></ol></article></section>'
+    )
+
+
+def _option_text(entry: dict[str, Any]) -> str:
+    text = f"{entry['side']} dimension {entry['dim']}"
+    if entry.get("labels"):
+        text += f": {entry['labels'][:40]}"
+    return text
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d1d1f;
+  background: #fafafa; line-height: 1.45; }
+main { max-width: 1100px; margin: 0 auto; padding: 1.5rem; }
+h1 { font-size: 1.7rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2rem; }
+.meta { color: #555; font-size: 0.85rem; }
+table.summary { border-collapse: collapse; background: #fff; }
+table.summary th, table.summary td { border: 1px solid #ddd; padding: 0.35rem 0.7rem; text-align: left; }
+table.summary thead th { background: #f0f0f0; }
+figure { margin: 0; background: #fff; border: 1px solid #e3e3e3; padding: 0.6rem; }
+figure img, #dimension-figure { max-width: 100%; height: auto; display: block; }
+figcaption { color: #444; font-size: 0.9rem; margin-top: 0.4rem; }
+.note { background: #fff8e1; border: 1px solid #f0d98c; padding: 0.4rem 1rem; margin-top: 1.2rem; }
+.controls { display: flex; gap: 0.6rem; align-items: center; flex-wrap: wrap; margin-bottom: 0.8rem; }
+select, button { font: inherit; padding: 0.25rem 0.5rem; }
+#dimension-panel { background: #fff; border: 1px solid #e3e3e3; padding: 0.8rem 1rem; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.2rem 1rem; }
+dt { font-weight: 600; }
+dd { margin: 0; }
+"""
+
+_SCRIPT = """
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("dimension-data").textContent);
+  var select = document.getElementById("dimension-select");
+  if (!select || data.length === 0) { return; }
+  var byId = {};
+  data.forEach(function (entry) { byId[entry.id] = entry; });
+  function text(id, value) {
+    document.getElementById(id).textContent = (value === null || value === undefined || value === "") ? "n/a" : String(value);
+  }
+  function show(id) {
+    var entry = byId[id];
+    if (!entry) { return; }
+    select.value = id;
+    text("dimension-title", entry.title);
+    document.getElementById("dimension-figure").src = entry.figure;
+    text("dimension-labels", entry.labels ? entry.labels + (entry.kind ? " (" + entry.kind + ")" : "") : "not labelled");
+    text("dimension-match", entry.match);
+    text("dimension-relevance", entry.relevance);
+    text("dimension-ridge", entry.ridge_cv_r2);
+    var list = document.getElementById("dimension-objects");
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    entry.top_objects.forEach(function (item) {
+      var row = document.createElement("li");
+      row.textContent = item.name + " (" + item.weight.toFixed(3) + ")";
+      list.appendChild(row);
+    });
+  }
+  function step(offset) {
+    var index = select.selectedIndex + offset;
+    if (index < 0) { index = select.options.length - 1; }
+    if (index >= select.options.length) { index = 0; }
+    show(select.options[index].value);
+  }
+  select.addEventListener("change", function () { show(select.value); });
+  document.getElementById("dimension-previous").addEventListener("click", function () { step(-1); });
+  document.getElementById("dimension-next").addEventListener("click", function () { step(1); });
+  show(data[0].id);
+}());
+"""
+
+
+__all__ = ["FIGURES", "ReportResult", "dimension_entries", "render_document", "script_json", "summary_rows", "write_report"]

@@ -1,0 +1,596 @@
+"""``dimalign run``: run a whole study from one TOML file, skipping stages whose inputs are unchanged.
+
+Each stage writes its own folder of the study directory (``study/human_fit``,
+``study/compare``, ...). Its ``manifest.json`` gets a ``pipeline`` record
+with the stage's hash: the SHA-256 of
+
+- the stage's checked settings (defaults filled in),
+- a fingerprint of every study input it reads (the SHA-256 of a file; for a
+  folder, of its listing with sizes and modification times),
+- the hashes of the stages it reads.
+
+A stage runs when its folder has no record ("new"), or when its settings,
+inputs or upstream hashes differ from the record. It also runs when a stage
+it reads runs in the same call, and when ``--from`` names it or a stage it
+depends on. Otherwise it is skipped.
+
+A stage writes into ``study/.<stage>.partial-<hash>`` and the folder is
+renamed to ``study/<stage>`` only when the stage has finished, so an
+interrupted stage never looks finished. A fit stage keeps its partial folder
+when interrupted, and the next run with the same hash resumes the fit from
+its checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dimalign.io.files import MANIFEST_NAME, now_iso, sha256_file, write_manifest, write_text_atomic
+from dimalign.report.config import INPUTS_TABLE, STUDY_TABLE, StudyConfig, config_value, load_config
+from dimalign.report.settings import check_settings
+from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext
+
+logger = logging.getLogger(__name__)
+
+#: Changes when the meaning of a stage hash changes, so that old records rerun.
+PIPELINE_FORMAT = 1
+
+#: The study directory's record of the last run: config file, overrides, plan.
+STUDY_RECORD_NAME = "pipeline.json"
+
+_LOCK_NAME = ".pipeline.lock"
+
+
+@dataclass
+class SettingChange:
+    """A ``--set`` value compared with the study file.
+
+    Attributes:
+        key (str): ``section.key``.
+        before (Any): The value in the file, else the default (None where neither exists).
+        after (Any): The value set.
+        kind (str): ``shortened`` (a smaller number), ``changed`` or ``added``.
+    """
+
+    key: str
+    before: Any
+    after: Any
+    kind: str
+
+    def describe(self) -> str:
+        """Return a line such as ``human_fit.max_epochs: 1000 -> 3 (shortened)``."""
+        return f"{self.key}: {self.before!r} -> {self.after!r} ({self.kind})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the change as JSON-ready data."""
+        return {"key": self.key, "before": self.before, "after": self.after, "kind": self.kind}
+
+
+@dataclass
+class PlannedStage:
+    """One stage of a plan.
+
+    Attributes:
+        name (str): The stage.
+        settings (dict[str, Any]): Checked settings.
+        upstream (list[str]): Stages it reads.
+        upstream_hashes (dict[str, str]): Their hashes.
+        inputs (dict[str, Path]): Study inputs it reads.
+        fingerprints (dict[str, str]): Fingerprint of each input.
+        hash (str): The stage hash (see the module docstring).
+        action (str): ``run`` or ``skip``.
+        reasons (list[str]): Why it runs, or ``unchanged``.
+        changes (list[SettingChange]): ``--set`` values of this stage.
+        seconds (float | None): Time the stage took, once run.
+    """
+
+    name: str
+    settings: dict[str, Any]
+    upstream: list[str]
+    upstream_hashes: dict[str, str]
+    inputs: dict[str, Path]
+    fingerprints: dict[str, str]
+    hash: str
+    action: str = "run"
+    reasons: list[str] = field(default_factory=list)
+    changes: list[SettingChange] = field(default_factory=list)
+    seconds: float | None = None
+
+
+@dataclass
+class StudyPlan:
+    """The plan of ``dimalign run`` for a study, with the time of each stage once run.
+
+    Attributes:
+        config (StudyConfig): The configuration.
+        study_dir (Path): The study directory.
+        stages (list[PlannedStage]): Configured stages in run order.
+        changes (list[SettingChange]): Every ``--set`` value.
+    """
+
+    config: StudyConfig
+    study_dir: Path
+    stages: list[PlannedStage]
+    changes: list[SettingChange]
+
+    def stage(self, name: str) -> PlannedStage:
+        """Return the planned stage ``name``."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"stage {name!r} is not in this plan: {', '.join(s.name for s in self.stages)}")
+
+    @property
+    def to_run(self) -> list[str]:
+        """Names of the stages that run."""
+        return [stage.name for stage in self.stages if stage.action == "run"]
+
+    def format(self) -> str:
+        """Format the plan as a table: stage, action, reason."""
+        width = max(len(stage.name) for stage in self.stages) if self.stages else 5
+        lines = [f"{'stage':<{width}}  action  reason"]
+        for stage in self.stages:
+            seconds = f" ({stage.seconds:.1f} s)" if stage.seconds is not None else ""
+            lines.append(f"{stage.name:<{width}}  {stage.action:<6}  {'; '.join(stage.reasons)}{seconds}")
+        return "\n".join(lines)
+
+    def format_changes(self) -> str:
+        """List the ``--set`` values, marking the shortened ones; empty without any."""
+        if not self.changes:
+            return ""
+        shortened = [change for change in self.changes if change.kind == "shortened"]
+        lines = [f"settings changed from {self.config.path} with --set"
+                 f" ({len(shortened)} shortened for a quick run):"]
+        lines += [f"  {change.describe()}" for change in self.changes]
+        return "\n".join(lines)
+
+
+# -- planning ---------------------------------------------------------------------
+
+
+def plan_study(
+    config: StudyConfig, study_dir: str | os.PathLike, *, from_stage: str | None = None
+) -> StudyPlan:
+    """Check a study configuration and decide which stages run.
+
+    Args:
+        config (StudyConfig): From :func:`dimalign.report.config.load_config`.
+        study_dir (str | os.PathLike): The study directory (need not exist).
+        from_stage (str | None): Rerun this stage and every stage that reads it,
+            directly or through others.
+
+    Returns:
+        StudyPlan: Every configured stage with its action and reasons.
+
+    Raises:
+        ValueError: For an unknown stage or setting, an invalid value, a stage
+            whose upstream stage is not configured, or a required input that
+            the study file does not name.
+        FileNotFoundError: For an input path that does not exist, naming the
+            file and its key.
+    """
+    study_dir = Path(study_dir)
+    unknown = [name for name in config.stages if name not in STAGES]
+    if unknown:
+        raise ValueError(
+            f"unknown stage{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {config.path}; "
+            f"valid stages: {', '.join(STAGE_ORDER)} (and the tables [{STUDY_TABLE}] and [{INPUTS_TABLE}])"
+        )
+    if not config.stages:
+        raise ValueError(f"{config.path} configures no stage; add tables such as [human_fit]")
+    configured = set(config.stages)
+    if from_stage is not None and from_stage not in configured:
+        listed = ", ".join(name for name in STAGE_ORDER if name in configured)
+        if from_stage not in STAGES:
+            raise ValueError(f"--from {from_stage}: unknown stage; stages of this study: {listed}")
+        raise ValueError(f"--from {from_stage}: {config.path} does not configure that stage; its stages: {listed}")
+
+    fingerprints = _FingerprintCache()
+    planned: dict[str, PlannedStage] = {}
+    for name in STAGE_ORDER:
+        if name not in configured:
+            continue
+        planned[name] = _plan_stage(config, name, configured, planned, fingerprints)
+
+    _decide(planned, study_dir, from_stage)
+    changes = [change for stage in planned.values() for change in stage.changes]
+    changes = _study_changes(config) + changes
+    return StudyPlan(config, study_dir, list(planned.values()), changes)
+
+
+def _plan_stage(
+    config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
+    fingerprints: _FingerprintCache,
+) -> PlannedStage:
+    stage = STAGES[name]
+    raw = config.stages[name]
+    spec = stage.spec(raw)
+    settings = check_settings(name, raw, spec)
+    for key in ("seed", "device"):
+        if key in settings and settings[key] is None:
+            settings[key] = config.study[key]
+
+    upstream = stage.upstream(configured, settings)
+    for dependency in upstream:
+        if dependency not in configured:
+            raise ValueError(
+                f"stage {name} reads the output of stage {dependency}, which {config.path} does not "
+                f"configure; add a [{dependency}] table"
+            )
+
+    required, optional = stage.inputs(configured, settings)
+    inputs: dict[str, Path] = {}
+    for key in required + optional:
+        path = config.input_path(key)
+        if path is None:
+            if key in required:
+                raise ValueError(
+                    f"stage {name} needs inputs.{key} ({_input_help(key)}); add {key} = \"...\" "
+                    f"under [inputs] in {config.path}"
+                )
+            continue
+        if not path.exists():
+            if (INPUTS_TABLE, key) in config.cli_values:
+                origin = "set with --set (relative paths start at the current directory)"
+            else:
+                origin = f"in {config.path} (relative paths start at {config.base_dir})"
+            raise FileNotFoundError(
+                f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
+                f"needed by stage {name}"
+            )
+        inputs[key] = path
+
+    input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
+    upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
+    digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
+    changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
+    return PlannedStage(name, settings, upstream, upstream_hashes, inputs, input_fingerprints, digest, changes=changes)
+
+
+def stage_hash(
+    name: str, settings: dict[str, Any], fingerprints: dict[str, str], upstream: dict[str, str]
+) -> str:
+    """Return the SHA-256 that identifies a stage's work (see the module docstring)."""
+    payload = {
+        "format": PIPELINE_FORMAT, "stage": name, "settings": settings,
+        "inputs": fingerprints, "upstream": upstream,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _input_help(key: str) -> str:
+    from dimalign.report.config import INPUT_KEYS
+
+    return INPUT_KEYS.get(key, key)
+
+
+def _overrides_of(config: StudyConfig, section: str) -> list[tuple[str, Any]]:
+    values: dict[str, Any] = {}
+    for override in config.overrides:
+        if override.section == section:
+            values[override.key] = override.value
+    return list(values.items())
+
+
+#: Settings whose smaller values mean less work: a smaller value set with --set is "shortened".
+SIZE_SETTINGS = frozenset({
+    "max_epochs", "stability_epochs", "n_dims", "mc_samples", "n_triplets", "n_bootstrap",
+    "similarity_objects", "matrix_objects", "relevance_triplets", "n_alphas", "folds", "top_k",
+    "n_disagreements", "dpi",
+})
+
+
+def _setting_change(config: StudyConfig, section: str, key: str, value: Any, spec: dict) -> SettingChange:
+    before = config_value(config, section, key)
+    kind = "changed"
+    if before is None:
+        setting = spec.get(key)
+        before = setting.default if setting is not None else None
+        kind = "added" if before is None else kind
+    # "all" is the largest count of a count setting.
+    if key in SIZE_SETTINGS and _is_number(value) and (before == "all" or (_is_number(before) and value < before)):
+        kind = "shortened"
+    return SettingChange(f"{section}.{key}", before, value, kind)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _study_changes(config: StudyConfig) -> list[SettingChange]:
+    changes = []
+    for section in (STUDY_TABLE, INPUTS_TABLE):
+        for key, value in _overrides_of(config, section):
+            before = config_value(config, section, key)
+            changes.append(SettingChange(f"{section}.{key}", before, value, "added" if before is None else "changed"))
+    return changes
+
+
+def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str | None) -> None:
+    """Set the action and reasons of every planned stage, in run order."""
+    forced: set[str] = set()
+    for name, stage in planned.items():
+        if name == from_stage or any(dependency in forced for dependency in stage.upstream):
+            forced.add(name)
+        record = read_stage_record(study_dir / name)
+        reasons = []
+        if name == from_stage:
+            reasons.append(f"forced by --from {from_stage}")
+        elif name in forced:
+            reasons.append(f"reads a stage forced by --from {from_stage}")
+        if record is None:
+            reasons.append("new")
+        else:
+            reasons += _differences(stage, record)
+        rerunning = [dependency for dependency in stage.upstream if planned[dependency].action == "run"]
+        if rerunning and not reasons:
+            reasons.append(f"upstream reran: {', '.join(rerunning)}")
+        if not reasons and record.get("hash") != stage.hash:
+            reasons.append("pipeline format changed")
+        stage.action = "run" if reasons else "skip"
+        stage.reasons = reasons or ["unchanged"]
+
+
+def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
+    reasons = []
+    old_settings = record.get("settings", {})
+    changed = [
+        f"{key} {old_settings.get(key)!r} -> {value!r}"
+        for key, value in stage.settings.items() if old_settings.get(key) != value
+    ]
+    changed += [f"{key} removed" for key in old_settings if key not in stage.settings]
+    if changed:
+        reasons.append(f"settings changed: {', '.join(changed)}")
+    old_inputs = record.get("inputs", {})
+    changed_inputs = [
+        key for key, fingerprint in stage.fingerprints.items()
+        if old_inputs.get(key, {}).get("fingerprint") != fingerprint
+    ] + [key for key in old_inputs if key not in stage.fingerprints]
+    if changed_inputs:
+        reasons.append(f"input changed: {', '.join(sorted(set(changed_inputs)))}")
+    old_upstream = record.get("upstream", {})
+    changed_upstream = [
+        name for name in stage.upstream if old_upstream.get(name) != stage.upstream_hashes[name]
+    ]
+    if changed_upstream:
+        reasons.append(f"upstream changed: {', '.join(changed_upstream)}")
+    return reasons
+
+
+def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
+    """Return the ``pipeline`` record of a finished stage folder, or None."""
+    path = stage_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        logger.warning("%s is unreadable; the stage reruns", path)
+        return None
+    record = manifest.get("pipeline")
+    return record if isinstance(record, dict) else None
+
+
+class _FingerprintCache:
+    """Fingerprints of input files and folders, each computed once per plan."""
+
+    def __init__(self) -> None:
+        self._values: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self._values:
+            self._values[path] = fingerprint(path)
+        return self._values[path]
+
+
+def fingerprint(path: Path) -> str:
+    """Return the SHA-256 of a file, or of a folder's listing.
+
+    A folder's listing contains every non-hidden file below it with its relative
+    path, size and modification time (nanoseconds), so a change to any file
+    shows without reading all of them. Copying a folder therefore changes its
+    fingerprint even when the content is the same.
+    """
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for folder, subfolders, files in os.walk(path):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            full = Path(folder) / name
+            stat = full.stat()
+            relative = full.relative_to(path).as_posix()
+            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return "listing:" + digest.hexdigest()
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def run_study(
+    config: StudyConfig | str | os.PathLike,
+    study_dir: str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    from_stage: str | None = None,
+    dry_run: bool = False,
+) -> StudyPlan:
+    """Plan a study and run the stages that need it.
+
+    Args:
+        config (StudyConfig | path): A loaded configuration or the TOML file.
+        study_dir (str | os.PathLike): The study directory (created).
+        overrides (Sequence[str]): ``SECTION.KEY=VALUE`` values, when ``config`` is a path.
+        from_stage (str | None): Rerun this stage and everything that reads it.
+        dry_run (bool): Only plan; write nothing.
+
+    Returns:
+        StudyPlan: The plan, with ``seconds`` set for the stages that ran.
+
+    Raises:
+        RuntimeError: If another ``dimalign run`` has locked the study directory.
+    """
+    if not isinstance(config, StudyConfig):
+        config = load_config(config, list(overrides))
+    study_dir = Path(study_dir)
+    plan = plan_study(config, study_dir, from_stage=from_stage)
+    if dry_run:
+        return plan
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with _study_lock(study_dir):
+        _remove_stale_folders(study_dir, plan)
+        record = _study_record(plan, started=now_iso())
+        write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+        for stage in plan.stages:
+            if stage.action == "skip":
+                logger.info("stage %s: unchanged, skipped", stage.name)
+                continue
+            logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
+            started = time.perf_counter()
+            _run_stage(plan, stage, record)
+            stage.seconds = time.perf_counter() - started
+            logger.info("stage %s: finished in %.1f s", stage.name, stage.seconds)
+        record = _study_record(plan, started=record["started"], finished=now_iso())
+        write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+    return plan
+
+
+def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
+    definition = STAGES[stage.name]
+    study_dir = plan.study_dir
+    work_dir = study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
+    if work_dir.exists() and not definition.resumable:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    context = StageContext(
+        name=stage.name, settings=dict(stage.settings), inputs=dict(stage.inputs),
+        upstream={name: study_dir / name for name in stage.upstream}, out_dir=work_dir,
+        study=dict(plan.config.study), record=record,
+    )
+    started_iso = now_iso()
+    started = time.perf_counter()
+    try:
+        outputs = definition.run(context)
+    except BaseException:
+        if not definition.resumable:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+    _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
+    _replace_folder(work_dir, study_dir / stage.name)
+
+
+def _write_stage_record(
+    work_dir: Path, stage: PlannedStage, outputs: dict[str, Any], started: str, seconds: float
+) -> None:
+    """Add the ``pipeline`` record to the stage's manifest (writing a manifest when the stage wrote none)."""
+    path = work_dir / MANIFEST_NAME
+    if not path.is_file():
+        write_manifest(work_dir, step=stage.name, inputs=stage.inputs, settings=stage.settings,
+                       started=started, outputs=outputs)
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest["pipeline"] = {
+        "stage": stage.name,
+        "hash": stage.hash,
+        "format": PIPELINE_FORMAT,
+        "settings": stage.settings,
+        "inputs": {
+            key: {"path": str(value), "fingerprint": stage.fingerprints[key]} for key, value in stage.inputs.items()
+        },
+        "upstream": stage.upstream_hashes,
+        "changes": [change.to_dict() for change in stage.changes],
+        "outputs": outputs,
+        "started": started,
+        "finished": now_iso(),
+        "seconds": round(seconds, 3),
+    }
+    write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _replace_folder(work_dir: Path, final: Path) -> None:
+    """Move a finished stage folder into place; the old folder goes only after the rename."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
+    os.rename(work_dir, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
+    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash."""
+    keep = {f".{stage.name}.partial-{stage.hash[:16]}" for stage in plan.stages if STAGES[stage.name].resumable}
+    for entry in study_dir.iterdir():
+        stale = entry.name.startswith(".") and (".partial-" in entry.name or ".old-" in entry.name)
+        if stale and entry.is_dir() and entry.name not in keep:
+            logger.info("removing %s, left by an interrupted run", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _study_lock(study_dir: Path) -> Iterator[None]:
+    handle = open(study_dir / _LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise RuntimeError(
+                f"another dimalign run is using {study_dir}; wait for it to finish"
+            ) from error
+        yield
+    finally:
+        handle.close()
+
+
+def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
+    return {
+        "config": str(plan.config.path),
+        "config_sha256": sha256_file(plan.config.path),
+        "study": plan.config.study,
+        "inputs": {key: str(plan.config.input_path(key)) for key in plan.config.inputs},
+        "changes": [change.to_dict() for change in plan.changes],
+        "started": started,
+        "finished": finished,
+        "stages": [
+            {"name": stage.name, "action": stage.action, "reasons": stage.reasons, "hash": stage.hash,
+             "seconds": stage.seconds}
+            for stage in plan.stages
+        ],
+    }
+
+
+def default_study_dir(config_path: str | os.PathLike) -> Path:
+    """Return the default study directory: the config file's stem in the current directory."""
+    return Path.cwd() / Path(config_path).stem
+
+
+__all__ = [
+    "PIPELINE_FORMAT",
+    "STUDY_RECORD_NAME",
+    "PlannedStage",
+    "SettingChange",
+    "StudyPlan",
+    "default_study_dir",
+    "fingerprint",
+    "plan_study",
+    "read_stage_record",
+    "run_study",
+    "stage_hash",
+]

@@ -1,0 +1,418 @@
+"""Reading the saved results of a study directory for the figures and the report.
+
+:class:`StudyResults` finds each stage's folder (``human_fit``, ``dnn_fit``,
+``evaluate``, ``compare``, ``map``) and reads its files. Nothing is
+recomputed: a figure whose files are missing raises ``FileNotFoundError``
+naming the file and the stage that writes it, and the report leaves that
+figure out with a note.
+
+THINGS categories: ``category_mat_manual.tsv`` has a header of 27 category
+names and one 0/1 row per object. An object in several categories is
+assigned to the first of them in header order (so a bird, also an animal, is
+drawn with the animals). Objects in none form the block ``other``, last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+
+logger = logging.getLogger(__name__)
+
+SIDES = ("human", "dnn")
+SIDE_NAMES = {"human": "human", "dnn": "DNN"}
+OTHER_CATEGORY = "other"
+
+#: Folder of each kind of result inside a study directory.
+DEFAULT_STAGE_DIRS = {
+    "human_fit": "human_fit", "dnn_fit": "dnn_fit", "dnn_triplets": "dnn_triplets",
+    "evaluate": "evaluate", "compare": "compare", "map": "map",
+}
+
+
+@dataclass(frozen=True)
+class CategoryBlocks:
+    """Objects ordered by category, for similarity matrix figures.
+
+    Attributes:
+        order (np.ndarray): Positions of the objects in display order.
+        names (list[str]): Category of each block, in display order.
+        starts (np.ndarray): First display position of each block.
+        stops (np.ndarray): One past the last display position of each block.
+    """
+
+    order: np.ndarray
+    names: list[str]
+    starts: np.ndarray
+    stops: np.ndarray
+
+
+def read_category_matrix(path: str | os.PathLike, n_objects: int) -> tuple[list[str], np.ndarray]:
+    """Read a category membership matrix such as THINGS ``category_mat_manual.tsv``.
+
+    Args:
+        path (str | os.PathLike): Tab-separated file: a header of category
+            names, then one row of 0/1 per object in object-table order.
+        n_objects (int): The number of objects the rows must match.
+
+    Returns:
+        tuple[list[str], np.ndarray]: Category names and a bool matrix of
+        shape ``(n_objects, n_categories)``.
+
+    Raises:
+        ValueError: If the row count differs from ``n_objects`` or a value is not 0 or 1.
+    """
+    path = Path(path)
+    table = pd.read_csv(path, sep="\t")
+    values = table.to_numpy()
+    if values.shape[0] != n_objects:
+        raise ValueError(
+            f"{path} has {values.shape[0]} rows but the study has {n_objects} objects; the category "
+            "matrix needs one row per object in the order of the object table"
+        )
+    if not np.isin(values, (0, 1)).all():
+        row = int(np.flatnonzero(~np.isin(values, (0, 1)).all(axis=1))[0])
+        raise ValueError(f"{path}, line {row + 2}: category memberships must be 0 or 1")
+    return [str(name) for name in table.columns], values.astype(bool)
+
+
+def assign_categories(membership: np.ndarray) -> np.ndarray:
+    """Return each object's first category (column index), or -1 for objects in none.
+
+    Examples:
+        >>> assign_categories(np.array([[0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=bool)).tolist()
+        [1, -1, 0]
+    """
+    membership = np.asarray(membership, dtype=bool)
+    first = np.argmax(membership, axis=1)
+    return np.where(membership.any(axis=1), first, -1)
+
+
+def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
+    """Order objects by category (header order, ``other`` last), keeping object order within a block.
+
+    Empty categories get no block.
+
+    Examples:
+        >>> blocks = category_blocks(np.array([1, -1, 0, 1]), ["a", "b"])
+        >>> blocks.order.tolist(), blocks.names, blocks.starts.tolist(), blocks.stops.tolist()
+        ([2, 0, 3, 1], ['a', 'b', 'other'], [0, 1, 3], [1, 3, 4])
+    """
+    assignment = np.asarray(assignment)
+    keys = np.where(assignment < 0, len(names), assignment)
+    order = np.argsort(keys, kind="stable")
+    block_names, starts, stops = [], [], []
+    position = 0
+    for category in range(len(names) + 1):
+        count = int(np.sum(keys == category))
+        if count == 0:
+            continue
+        block_names.append(names[category] if category < len(names) else OTHER_CATEGORY)
+        starts.append(position)
+        stops.append(position + count)
+        position += count
+    return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
+
+
+class StudyResults:
+    """The saved results of a study directory.
+
+    Args:
+        study_dir (str | os.PathLike): The study directory.
+        stage_dirs (dict[str, Path] | None): Folders of stages that are not
+            ``study_dir/<stage>``.
+        categories (path | None): Category matrix (see the module docstring).
+        labels (path | None): Output folder of ``dimalign labels summarize``.
+        images (path | None): Image folder: ``<object_id>.<ext>`` or the first
+            image in ``<object_id>/``.
+        labels_names (dict[str, str] | None): Name of each side's embedding in
+            the labels summary (default: the fit folders' names).
+        record (dict | None): The pipeline's record of the study; read from
+            ``pipeline.json`` when None.
+    """
+
+    def __init__(
+        self,
+        study_dir: str | os.PathLike,
+        *,
+        stage_dirs: dict[str, Path] | None = None,
+        categories: str | os.PathLike | None = None,
+        labels: str | os.PathLike | None = None,
+        images: str | os.PathLike | None = None,
+        labels_names: dict[str, str] | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        self.study_dir = Path(study_dir)
+        self.stage_dirs = {name: self.study_dir / folder for name, folder in DEFAULT_STAGE_DIRS.items()}
+        self.stage_dirs.update({name: Path(path) for name, path in (stage_dirs or {}).items()})
+        self.categories_path = Path(categories) if categories else None
+        self.labels_dir = Path(labels) if labels else None
+        self.images_dir = Path(images) if images else None
+        self.labels_names = labels_names or {side: self.stage_dirs[f"{side}_fit"].name for side in SIDES}
+        if record is None:
+            record_path = self.study_dir / "pipeline.json"
+            record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+        self.record = record
+
+    # -- locating files ------------------------------------------------------------
+
+    def path(self, stage: str, name: str) -> Path:
+        """Return ``<stage folder>/<name>``.
+
+        Raises:
+            FileNotFoundError: Naming the file and the stage that writes it.
+        """
+        path = self.stage_dirs.get(stage, self.study_dir / stage) / name
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: it is written by the {stage} stage")
+        return path
+
+    def has(self, stage: str, name: str) -> bool:
+        """Return whether ``<stage folder>/<name>`` exists."""
+        return (self.stage_dirs.get(stage, self.study_dir / stage) / name).exists()
+
+    def sides(self) -> list[str]:
+        """Return the sides (``human``, ``dnn``) that have a fitted embedding."""
+        return [side for side in SIDES if self.has(f"{side}_fit", "embedding.npz")]
+
+    # -- objects and categories ------------------------------------------------------
+
+    @cached_property
+    def objects(self) -> ObjectTable:
+        """The object table of the fitted embeddings."""
+        for stage in ("human_fit", "dnn_fit", "dnn_triplets"):
+            if self.has(stage, OBJECT_TABLE_NAME):
+                return read_object_table(self.path(stage, OBJECT_TABLE_NAME))
+        raise FileNotFoundError(f"no {OBJECT_TABLE_NAME} in {self.study_dir}/human_fit or dnn_fit")
+
+    def category_assignment(self) -> tuple[list[str], np.ndarray]:
+        """Return the category names and each object's first category (-1 for none)."""
+        if self.categories_path is None:
+            raise FileNotFoundError("no category matrix given (inputs.categories)")
+        names, membership = read_category_matrix(self.categories_path, len(self.objects))
+        return names, assign_categories(membership)
+
+    def image(self, object_index: int) -> Path | None:
+        """Return the image of an object, or None without an image folder or image."""
+        if self.images_dir is None:
+            return None
+        from dimalign.analysis.compare import find_image
+
+        return find_image(self.images_dir, self.objects.object_ids[object_index], self.objects.sources[object_index])
+
+    # -- fits ------------------------------------------------------------------------
+
+    def embedding(self, side: str) -> np.ndarray:
+        """Return the fitted embedding of ``side``, shape ``(n_objects, n_dims)``."""
+        from dimalign.io.runs import load_embedding
+
+        return load_embedding(self.path(f"{side}_fit", "embedding.npz")).embedding
+
+    def history(self, side: str) -> pd.DataFrame:
+        """Return the per-epoch training history of ``side``."""
+        return pd.read_csv(self.path(f"{side}_fit", "history.csv"))
+
+    def manifest(self, stage: str) -> dict[str, Any]:
+        """Return a stage's ``manifest.json``."""
+        return json.loads(self.path(stage, "manifest.json").read_text(encoding="utf-8"))
+
+    # -- evaluation and comparison ------------------------------------------------------
+
+    def evaluation(self) -> dict[str, Any]:
+        """Return ``evaluate/summary.json``."""
+        return json.loads(self.path("evaluate", "summary.json").read_text(encoding="utf-8"))
+
+    def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the saved similarity matrix of ``side`` and the object of each row."""
+        matrix = np.load(self.path("compare", f"{side}_similarity.npy"), mmap_mode="r")
+        if self.has("compare", "similarity_objects.npy"):
+            rows = np.load(self.path("compare", "similarity_objects.npy"))
+        else:
+            rows = np.arange(matrix.shape[0])
+        if rows.size != matrix.shape[0]:
+            raise ValueError(
+                f"{self.path('compare', 'similarity_objects.npy')} lists {rows.size} objects for a "
+                f"{matrix.shape[0]} x {matrix.shape[1]} similarity matrix"
+            )
+        return np.asarray(matrix), rows
+
+    def matching(self) -> pd.DataFrame:
+        """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
+        return pd.read_csv(self.path("compare", "matching.csv"))
+
+    def cumulative(self) -> pd.DataFrame:
+        """Return ``compare/cumulative_rsa.csv``."""
+        return pd.read_csv(self.path("compare", "cumulative_rsa.csv"))
+
+    def rsa(self) -> dict[str, Any]:
+        """Return ``compare/rsa.json``."""
+        return json.loads(self.path("compare", "rsa.json").read_text(encoding="utf-8"))
+
+    def relevance(self, side: str) -> pd.DataFrame:
+        """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
+        return pd.read_csv(self.path("compare", f"relevance_{side}.csv"))
+
+    def disagreements(self) -> pd.DataFrame:
+        """Return ``compare/disagreements.csv``."""
+        return pd.read_csv(self.path("compare", "disagreements.csv"))
+
+    def ridge_table(self) -> pd.DataFrame:
+        """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
+        return pd.read_csv(self.path("map", "ridge_map.csv"))
+
+    def best_match(self, side: str, dim: int) -> dict[str, Any] | None:
+        """Return the best match of a dimension on the other side, from ``matching.csv``.
+
+        For a human dimension this is its pair in matching with replacement,
+        which is its most correlated DNN dimension. For a DNN dimension it is
+        its pair in the matching without replacement (greedy, else optimal).
+        Where neither matching pairs it, it is the human dimension with the
+        highest r among those that chose it with replacement.
+
+        Returns:
+            dict | None: ``other_side``, ``other_dim``, ``r``, ``method``; None
+            when no pair names this dimension.
+        """
+        table = self.matching()
+        column, other = ("human_dim", "dnn_dim") if side == "human" else ("dnn_dim", "human_dim")
+        methods = ("with_replacement",) if side == "human" else ("greedy", "optimal", "with_replacement")
+        for method in methods:
+            rows = table[(table["method"] == method) & (table[column] == dim)]
+            if len(rows):
+                best = rows.sort_values("r", ascending=False).iloc[0]
+                return {
+                    "other_side": "dnn" if side == "human" else "human",
+                    "other_dim": int(best[other]), "r": float(best["r"]), "method": method,
+                }
+        return None
+
+    # -- labels -------------------------------------------------------------------------
+
+    def label_table(self) -> pd.DataFrame | None:
+        """Return the labels summary's ``dimensions.csv``, or None without labels."""
+        if self.labels_dir is None or not (self.labels_dir / "dimensions.csv").is_file():
+            return None
+        return pd.read_csv(self.labels_dir / "dimensions.csv")
+
+    def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
+        """Return the label summary of one dimension (top labels, kind, word cloud path), or None."""
+        table = self.label_table()
+        if table is None:
+            return None
+        rows = table[(table["embedding"] == self.labels_names[side]) & (table["dimension"] == dim)]
+        if not len(rows):
+            return None
+        row = rows.iloc[0]
+        cloud = str(row.get("wordcloud", "") or "")
+        cloud_path = self.labels_dir / cloud if cloud and cloud != "nan" else None
+        top_labels = row.get("top_labels", "")
+        return {
+            "top_labels": "" if pd.isna(top_labels) else str(top_labels),
+            "kind": str(row.get("resolved_kind", "")),
+            "wordcloud": cloud_path if cloud_path is not None and cloud_path.is_file() else None,
+        }
+
+    def kind_shares(self) -> pd.DataFrame:
+        """Return the share of visual, semantic, mixed ... dimensions per side (``shares.csv``)."""
+        if self.labels_dir is None:
+            raise FileNotFoundError("no labels summary given (inputs.labels)")
+        path = self.labels_dir / "shares.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
+        return self._with_sides(pd.read_csv(path))
+
+    def choice_shares(self) -> pd.DataFrame:
+        """Return the share of triplet choices driven most by each kind of dimension, per side.
+
+        The shares come from the labels summary's ``relevance_shares.csv``.
+        Without that file they are counted from the compare stage's most
+        relevant dimension per triplet (``triplet_relevance.npz``) and the
+        resolved kinds in ``dimensions.csv``.
+        """
+        if self.labels_dir is None:
+            raise FileNotFoundError("no labels summary given (inputs.labels)")
+        path = self.labels_dir / "relevance_shares.csv"
+        if path.is_file():
+            return self._with_sides(pd.read_csv(path))
+        from dimalign.labeling.analysis import relevance_shares
+
+        table = self.label_table()
+        if table is None:
+            raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} not found")
+        frames = []
+        with np.load(self.path("compare", "triplet_relevance.npz")) as archive:
+            for side in SIDES:
+                rows = table[table["embedding"] == self.labels_names[side]]
+                if not len(rows):
+                    continue
+                kinds = dict(zip(rows["dimension"].astype(int), rows["resolved_kind"].astype(str)))
+                shares = relevance_shares(archive[f"{side}_most_relevant"].tolist(), kinds)
+                shares.insert(0, "embedding", self.labels_names[side])
+                frames.append(shares)
+        if not frames:
+            raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} rates no dimension of this study")
+        return self._with_sides(pd.concat(frames, ignore_index=True))
+
+    def _with_sides(self, table: pd.DataFrame) -> pd.DataFrame:
+        sides = {name: side for side, name in self.labels_names.items()}
+        table = table.copy()
+        table["side"] = [sides.get(name, name) for name in table["embedding"]]
+        return table
+
+    # -- headline numbers ------------------------------------------------------------------
+
+    def headline(self) -> dict[str, Any]:
+        """Collect the numbers of the report's summary table; missing results are left out."""
+        numbers: dict[str, Any] = {}
+        for side in self.sides():
+            fit = self.manifest(f"{side}_fit").get("outputs", {})
+            numbers[f"{side}_n_dims"] = fit.get("n_dims")
+            numbers[f"{side}_n_epochs"] = fit.get("n_epochs")
+            numbers[f"{side}_n_train"] = fit.get("n_train")
+        if self.has("evaluate", "summary.json"):
+            evaluation = self.evaluation()
+            for side in SIDES:
+                metrics = evaluation.get(side, {})
+                for key in ("accuracy", "things48_r", "n_triplets"):
+                    if key in metrics:
+                        numbers[f"{side}_{key}"] = metrics[key]
+                if "noise_ceiling" in metrics:
+                    numbers[f"{side}_noise_ceiling"] = {
+                        "value": metrics["noise_ceiling"], "n_sets": metrics["noise_ceiling_sets"],
+                        "n_responses": metrics["noise_ceiling_responses"],
+                    }
+            if evaluation.get("human_noise_ceiling"):
+                numbers["human_noise_ceiling"] = evaluation["human_noise_ceiling"]
+            if "dnn_embedding_on_human_val_accuracy" in evaluation:
+                numbers["dnn_on_human_accuracy"] = evaluation["dnn_embedding_on_human_val_accuracy"]
+        if self.has("compare", "rsa.json"):
+            rsa = self.rsa()
+            numbers["rsa"] = {key: rsa.get(key) for key in ("r", "ci_low", "ci_high", "ci_level", "method")}
+            numbers["n_dnn_dims_for_95_percent"] = rsa.get("n_dnn_dims_for_95_percent")
+            numbers["similarity_objects"] = rsa.get("similarity_objects")
+        if self.has("map", "ridge_map.csv"):
+            numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
+        return numbers
+
+    def setting_changes(self) -> list[dict[str, Any]]:
+        """Return the ``--set`` changes of the last ``dimalign run`` (key, before, after, kind)."""
+        return list(self.record.get("changes", []))
+
+
+__all__ = [
+    "CategoryBlocks",
+    "StudyResults",
+    "assign_categories",
+    "category_blocks",
+    "read_category_matrix",
+]

@@ -1,0 +1,232 @@
+"""Settings of the pipeline stages: defaults, types, allowed values and their checks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Estimator parameters the pipeline sets itself, so a study file may not set them.
+MANAGED_ESTIMATOR_PARAMETERS = frozenset(
+    {"n_objects", "checkpoint_dir", "resume", "verbose", "random_state", "device"}
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One stage setting.
+
+    Attributes:
+        default (Any): Value when the study file does not set it. None means
+            "inherit": ``seed`` and ``device`` then come from ``[study]``, other
+            settings use the library's own default.
+        help (str): What the setting controls, with its unit.
+        types (tuple[type, ...]): Accepted Python types after TOML parsing;
+            empty means the type of ``default`` (an int is accepted for a float).
+        choices (tuple[Any, ...]): Allowed values of a string setting; empty
+            means any value.
+    """
+
+    default: Any
+    help: str
+    types: tuple[type, ...] = ()
+    choices: tuple[Any, ...] = ()
+
+    def accepted_types(self) -> tuple[type, ...]:
+        """Return the accepted types, derived from the default when none are listed."""
+        if self.types:
+            return self.types
+        if isinstance(self.default, bool):
+            return (bool,)
+        if isinstance(self.default, float):
+            return (float, int)
+        if self.default is None:
+            return (int, float, str, bool)
+        return (type(self.default),)
+
+    def check(self, stage: str, key: str, value: Any) -> Any:
+        """Return ``value`` if it fits this setting.
+
+        Raises:
+            ValueError: Naming the stage, the key, the value and what is accepted.
+        """
+        types = self.accepted_types()
+        if isinstance(value, bool) and bool not in types:
+            raise ValueError(f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}")
+        if not isinstance(value, types):
+            raise ValueError(
+                f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}, "
+                f"got {type(value).__name__}"
+            )
+        if self.choices and isinstance(value, str) and value not in self.choices:
+            raise ValueError(
+                f"{stage}.{key} = {value!r} is invalid: use one of {', '.join(map(str, self.choices))}"
+            )
+        if isinstance(self.default, float) and isinstance(value, int):
+            # 1 and 1.0 are the same setting, so they must hash alike.
+            return float(value)
+        return value
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    return " or ".join(names.get(kind, kind.__name__) for kind in types)
+
+
+def check_settings(stage: str, raw: Mapping[str, Any], spec: Mapping[str, Setting]) -> dict[str, Any]:
+    """Check a stage's settings against its spec and fill in the defaults.
+
+    Returns:
+        dict[str, Any]: Every setting of ``spec``, in spec order.
+
+    Raises:
+        ValueError: For an unknown key (listing the valid ones) or an invalid value.
+    """
+    unknown = sorted(set(raw) - set(spec))
+    if unknown:
+        raise ValueError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [{stage}]; "
+            f"valid settings of {stage}: {', '.join(spec)}"
+        )
+    settings = {}
+    for key, setting in spec.items():
+        if key in raw:
+            settings[key] = setting.check(stage, key, raw[key])
+        else:
+            settings[key] = setting.default
+    return settings
+
+
+# -- settings shared by the stages ---------------------------------------------
+
+SEED = Setting(None, "random seed of this stage (default: study.seed)", types=(int,))
+DEVICE = Setting(None, "torch device: cpu, cuda or auto (default: study.device)", types=(str,))
+
+FIT_COMMON: dict[str, Setting] = {
+    "method": Setting("vice", "estimator: vice or spose", choices=("vice", "spose")),
+    "seed": SEED,
+    "device": DEVICE,
+}
+
+TRIPLET_LOADING: dict[str, Setting] = {
+    "val_fraction": Setting(0.1, "share of the triplets held out for validation (split by object set)"),
+    "one_based": Setting(False, "the triplet file counts objects from 1"),
+    "odd_column": Setting(2, "column (0, 1 or 2) of the odd one out in the triplet file"),
+}
+
+
+def estimator_settings(method: str) -> dict[str, Setting]:
+    """Return the settings of VICE or SPoSE that a study file may set, with the estimator's defaults."""
+    from dimalign.embedding import SPoSE, VICE
+
+    estimator = {"vice": VICE, "spose": SPoSE}[method]
+    settings = {}
+    for name, parameter in inspect.signature(estimator.__init__).parameters.items():
+        if name == "self" or name in MANAGED_ESTIMATOR_PARAMETERS:
+            continue
+        default = parameter.default
+        types = (float, int) if default is None else ()
+        settings[name] = Setting(default, f"{estimator.__name__} parameter {name}", types=types)
+    return settings
+
+
+def fit_settings(stage: str, raw: Mapping[str, Any], *, load_triplets: bool) -> dict[str, Setting]:
+    """Return the settings spec of a fit stage for the method named in ``raw``."""
+    method = raw.get("method", "vice")
+    if method not in ("vice", "spose"):
+        raise ValueError(f"{stage}.method = {method!r} is invalid: use vice or spose")
+    spec = dict(FIT_COMMON)
+    if load_triplets:
+        spec.update(TRIPLET_LOADING)
+    spec.update(estimator_settings(method))
+    return spec
+
+
+SIMULATE_SETTINGS: dict[str, Setting] = {
+    "n_triplets": Setting(100_000, "unique random triplets to simulate"),
+    "similarity": Setting("dot", "similarity of two feature rows", choices=("dot", "cosine", "euclidean")),
+    "rule": Setting("argmax", "choice rule: argmax (the most similar pair stays) or softmax", choices=("argmax", "softmax")),
+    "temperature": Setting(1.0, "softmax temperature in similarity units (rule = softmax)"),
+    "relu": Setting("auto", "set negative features to 0 first: true, false or auto (true for dot)", types=(str, bool), choices=("auto",)),
+    "layer": Setting("", "layer inside a multi-layer feature file or folder (empty: the only one)"),
+    "val_fraction": Setting(0.1, "share of the simulated triplets held out for validation"),
+    "seed": SEED,
+}
+
+FEATURES_SETTINGS: dict[str, Setting] = {
+    "model": Setting("efficientnet_lite0", "model name for dimalign.features.load_model"),
+    "weights": Setting("", "weights file or name (empty: the model's default)"),
+    "layer": Setting("", "layer to read (empty: the model's penultimate layer)"),
+    "pool": Setting("gap", "pooling of the layer output: raw, flatten or gap", choices=("raw", "flatten", "gap")),
+    "batch_size": Setting(32, "images per forward pass"),
+    "device": DEVICE,
+}
+
+EVALUATE_SETTINGS: dict[str, Setting] = {
+    "device": DEVICE,
+}
+
+COMPARE_SETTINGS: dict[str, Setting] = {
+    "n_bootstrap": Setting(1000, "bootstrap samples of the human-DNN RSA"),
+    "top_k": Setting(10, "objects per list of each matched pair"),
+    "similarity_objects": Setting(
+        "all", "objects (a random subset) for the RSA and the cumulative RSA, or all", types=(str, int), choices=("all",)
+    ),
+    "matrix_objects": Setting(
+        "all", "objects (a random subset) of the saved similarity matrices for the figure, all, or 0 for none",
+        types=(str, int), choices=("all",),
+    ),
+    "relevance_triplets": Setting(
+        "all", "held-out human triplets explained by the jackknife relevance: all, a number, or 0 for none",
+        types=(str, int), choices=("all",),
+    ),
+    "seed": SEED,
+    "device": DEVICE,
+}
+
+MAP_SETTINGS: dict[str, Setting] = {
+    "target": Setting("dnn", "embedding the features are mapped to: dnn or human", choices=("dnn", "human")),
+    "alpha_min": Setting(1e-2, "smallest ridge penalty of the grid"),
+    "alpha_max": Setting(1e6, "largest ridge penalty of the grid"),
+    "n_alphas": Setting(50, "penalties in the grid, evenly spaced in log10"),
+    "folds": Setting(3, "cross-validation folds"),
+    "shuffle": Setting(False, "shuffle the objects before splitting them into folds"),
+    "layer": Setting("", "layer inside a multi-layer feature file or folder"),
+    "model_name": Setting("", "DNN name recorded with the map"),
+    "seed": SEED,
+}
+
+REPORT_SETTINGS: dict[str, Setting] = {
+    "title": Setting("", "report title (default: study.name)"),
+    "top_k": Setting(8, "top objects shown per dimension"),
+    "n_disagreements": Setting(6, "triplets shown in the disagreement figure"),
+    "dpi": Setting(110, "resolution of the PNG figures in dots per inch"),
+    "labels_human": Setting("human_fit", "name of the human embedding in the labels summary"),
+    "labels_dnn": Setting("dnn_fit", "name of the DNN embedding in the labels summary"),
+}
+
+
+def check_count(stage: str, key: str, value: Any, *, allow_zero: bool) -> int | None:
+    """Turn ``"all"`` into None and check that a count is positive (or zero when allowed)."""
+    if value == "all":
+        return None
+    low = 0 if allow_zero else 1
+    if value < low:
+        raise ValueError(f"{stage}.{key} = {value} is invalid: use 'all' or an integer >= {low}")
+    return int(value)
+
+
+__all__ = [
+    "COMPARE_SETTINGS",
+    "EVALUATE_SETTINGS",
+    "FEATURES_SETTINGS",
+    "MAP_SETTINGS",
+    "REPORT_SETTINGS",
+    "SIMULATE_SETTINGS",
+    "Setting",
+    "check_count",
+    "check_settings",
+    "estimator_settings",
+    "fit_settings",
+]

@@ -1,0 +1,617 @@
+"""The stages of ``dimalign run``: what each needs, which settings it takes, what it writes.
+
+Every stage function receives a :class:`StageContext` and writes into
+``context.out_dir``, a temporary folder that the pipeline renames to the
+stage's folder of the study directory once the function returns. Stage
+functions call the library (never a subprocess) and return a small dict of
+headline numbers for the manifest.
+
+Stage folders:
+
+- ``features/``: ``features.npy`` and ``objects.tsv``, one row per object
+  (the mean over its images), plus the raw extraction in ``extract/``.
+- ``human_fit/``, ``dnn_fit/``: run directories of ``dimalign fit`` plus the
+  ``train.npy`` and ``val.npy`` triplets they were fitted and validated on.
+- ``dnn_triplets/``: ``train.npy``, ``val.npy``, ``objects.tsv``.
+- ``evaluate/``: ``human.json``, ``dnn.json`` (:func:`evaluate_embedding`
+  metrics on the held-out triplets) and ``summary.json``.
+- ``compare/``: the files of :func:`dimalign.analysis.compare.compare`, the
+  similarity matrices ``human_similarity.npy`` and ``dnn_similarity.npy``
+  (with ``similarity_objects.npy``, their rows), and
+  ``relevance_<side>_triplets.csv`` in the layout ``dimalign labels
+  summarize --relevance`` reads.
+- ``map/``: ``ridge_map.npz`` and ``ridge_map.csv``.
+- ``report/``: ``report.html`` and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.io.files import atomic_path, now_iso, write_manifest, write_text_atomic
+from dimalign.report import settings as specs
+
+logger = logging.getLogger(__name__)
+
+TRAIN_NAME = "train.npy"
+VAL_NAME = "val.npy"
+
+
+@dataclass
+class StageContext:
+    """Inputs of a stage function.
+
+    Attributes:
+        name (str): The stage.
+        settings (dict[str, Any]): Checked settings; ``seed`` and ``device``
+            already resolved from ``[study]`` where the stage left them unset.
+        inputs (dict[str, Path]): The study inputs this stage uses.
+        upstream (dict[str, Path]): Finished folders of the stages it reads.
+        out_dir (Path): The temporary folder to write.
+        study (dict[str, Any]): The ``[study]`` table.
+        record (dict[str, Any]): The pipeline's record of the study (config
+            file, overrides), for the report.
+    """
+
+    name: str
+    settings: dict[str, Any]
+    inputs: dict[str, Path]
+    upstream: dict[str, Path]
+    out_dir: Path
+    study: dict[str, Any]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage.
+
+    Attributes:
+        name (str): Stage name, also its table in the study file and its folder.
+        help (str): One line on what it does.
+        run (Callable[[StageContext], dict]): Does the work.
+        spec (Callable[[Mapping], dict[str, Setting]]): The settings it takes,
+            given the raw settings (fit stages depend on ``method``).
+        upstream (Callable[[set[str], dict], list[str]]): The stages it reads,
+            given the configured stage names and its checked settings.
+        inputs (Callable[[set[str], dict], tuple[list[str], list[str]]]):
+            Required and optional ``[inputs]`` keys.
+        resumable (bool): Keep an interrupted temporary folder, so that a fit
+            continues from its checkpoint.
+    """
+
+    name: str
+    help: str
+    run: Callable[[StageContext], dict[str, Any]]
+    spec: Callable[[Mapping[str, Any]], dict[str, specs.Setting]]
+    upstream: Callable[[set[str], dict[str, Any]], list[str]]
+    inputs: Callable[[set[str], dict[str, Any]], tuple[list[str], list[str]]]
+    resumable: bool = False
+
+
+# -- features from images --------------------------------------------------------
+
+
+def run_features(context: StageContext) -> dict[str, Any]:
+    """Extract DNN features of every image and average them per object."""
+    from dimalign.features import extract_features
+    from dimalign.io.features import load_features
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
+
+    settings = context.settings
+    objects = read_object_table(context.inputs["objects"])
+    extract_dir = context.out_dir / "extract"
+    extract_features(
+        context.inputs["images"], extract_dir, model=settings["model"],
+        weights=settings["weights"] or None, layers=[settings["layer"]] if settings["layer"] else None,
+        pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
+        overwrite=True,
+    )
+    image_features, image_table = load_features(extract_dir, mmap=False)
+    rows_per_object = images_per_object(objects.object_ids, image_table.object_ids)
+    features = np.stack([np.asarray(image_features[rows]).mean(axis=0) for rows in rows_per_object])
+    with atomic_path(context.out_dir / "features.npy") as temporary:
+        np.save(temporary, features.astype(np.float32))
+    write_object_table(objects, context.out_dir / OBJECT_TABLE_NAME)
+    counts = [len(rows) for rows in rows_per_object]
+    logger.info(
+        "averaged features of %d images into %d objects (%d to %d images each)",
+        sum(counts), len(objects), min(counts), max(counts),
+    )
+    return {"n_objects": len(objects), "n_images": sum(counts), "n_features": int(features.shape[1])}
+
+
+def images_per_object(object_ids: tuple[str, ...], image_ids: tuple[str, ...]) -> list[list[int]]:
+    """Find the image rows of every object.
+
+    An image belongs to object ``o`` when its relative path is ``o.<ext>`` or
+    lies in the folder ``o/``.
+
+    Raises:
+        ValueError: Listing the objects without any image.
+
+    Examples:
+        >>> images_per_object(("cat", "dog"), ("cat.jpg", "dog/1.png", "dog/2.png"))
+        [[0], [1, 2]]
+    """
+    rows: dict[str, list[int]] = {name: [] for name in object_ids}
+    for row, image_id in enumerate(image_ids):
+        parts = image_id.split("/")
+        owner = parts[0] if len(parts) > 1 else Path(parts[0]).stem
+        if owner in rows:
+            rows[owner].append(row)
+    missing = [name for name, found in rows.items() if not found]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} objects have no image: {missing[:20]}; name images <object_id>.<ext> "
+            "or put them in a folder <object_id>/"
+        )
+    return [rows[name] for name in object_ids]
+
+
+# -- fits ---------------------------------------------------------------------------
+
+
+def build_estimator(settings: Mapping[str, Any], checkpoint_dir: Path):
+    """Build VICE or SPoSE from a fit stage's checked settings."""
+    from dimalign.embedding import SPoSE, VICE
+
+    estimator = {"vice": VICE, "spose": SPoSE}[settings["method"]]
+    parameters = {
+        key: value for key, value in settings.items()
+        if key in specs.estimator_settings(settings["method"])
+    }
+    return estimator(
+        **parameters, random_state=settings["seed"], device=settings["device"],
+        checkpoint_dir=str(checkpoint_dir), resume=True, verbose=True,
+    )
+
+
+def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inputs: dict) -> dict[str, Any]:
+    from dimalign.embedding import fit_run
+    from dimalign.io.triplets import save_triplets
+
+    save_triplets(train, context.out_dir / TRAIN_NAME)
+    save_triplets(val, context.out_dir / VAL_NAME)
+    estimator = build_estimator(context.settings, context.out_dir)
+    fit_run(
+        estimator, train, val if len(val) else None, context.out_dir,
+        n_objects=len(objects), object_table=objects, inputs=inputs,
+    )
+    outputs = {"n_dims": estimator.n_dims_, "n_epochs": estimator.n_epochs_, "n_train": len(train), "n_val": len(val)}
+    if len(val):
+        outputs["val_accuracy"] = estimator.score(val)
+    return outputs
+
+
+def run_human_fit(context: StageContext) -> dict[str, Any]:
+    """Fit an embedding to the human triplets, holding out a validation part."""
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    settings = context.settings
+    objects = read_object_table(context.inputs["objects"])
+    triplets = load_triplets(
+        context.inputs["human_triplets"], len(objects),
+        one_based=settings["one_based"], odd_column=settings["odd_column"],
+    )
+    train, val = split_triplets(triplets, settings["val_fraction"], random_state=settings["seed"])
+    return _fit(context, train, val, objects, {"triplets": context.inputs["human_triplets"]})
+
+
+def run_dnn_fit(context: StageContext) -> dict[str, Any]:
+    """Fit an embedding to the simulated DNN triplets."""
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+    from dimalign.io.triplets import load_triplets
+
+    source = context.upstream["dnn_triplets"]
+    objects = read_object_table(source / OBJECT_TABLE_NAME)
+    train = load_triplets(source / TRAIN_NAME, len(objects))
+    val = load_triplets(source / VAL_NAME, len(objects)) if (source / VAL_NAME).is_file() else train[:0]
+    return _fit(context, train, val, objects, {"train": source / TRAIN_NAME, "val": source / VAL_NAME})
+
+
+# -- DNN triplets ------------------------------------------------------------------
+
+
+def features_source(context: StageContext) -> Path:
+    """Return the DNN features: the ``features`` stage's output, else ``inputs.dnn_features``."""
+    if "features" in context.upstream:
+        return context.upstream["features"]
+    return context.inputs["dnn_features"]
+
+
+def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
+    """Load features and put their rows in the order of ``objects``.
+
+    A feature file with an object table is matched by object id; one without
+    must have one row per object, in the object table's order.
+
+    Raises:
+        ValueError: If the rows cannot be matched to the objects.
+    """
+    from dimalign.io.features import load_features
+
+    features, table = load_features(path, layer=layer or None)
+    if table is not None:
+        missing = sorted(set(objects.object_ids) - set(table.object_ids))
+        if missing:
+            raise ValueError(
+                f"{len(missing)} objects have no row in the features {path}: {missing[:20]}; "
+                "the feature table's object ids must include every object of inputs.objects"
+            )
+        return np.asarray(features)[table.index_of(objects.object_ids)]
+    if features.shape[0] != len(objects):
+        raise ValueError(
+            f"the features {path} have {features.shape[0]} rows but inputs.objects lists {len(objects)} "
+            "objects; without an objects.tsv next to the features the rows must be the objects in order"
+        )
+    return np.asarray(features)
+
+
+def run_dnn_triplets(context: StageContext) -> dict[str, Any]:
+    """Sample unique triplets and let the DNN features choose the odd one out."""
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
+    from dimalign.io.triplets import save_triplets, split_triplets
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    settings = context.settings
+    started = now_iso()
+    objects = read_object_table(context.inputs["objects"])
+    source = features_source(context)
+    features = load_aligned_features(source, objects, settings["layer"])
+    sampled = sample_triplets(len(objects), settings["n_triplets"], random_state=settings["seed"])
+    relu = None if settings["relu"] == "auto" else settings["relu"]
+    result = simulate_choices(
+        features, sampled, similarity=settings["similarity"], rule=settings["rule"],
+        temperature=settings["temperature"], random_state=settings["seed"], relu=relu,
+    )
+    train, val = split_triplets(result.triplets, settings["val_fraction"], random_state=settings["seed"])
+    save_triplets(train, context.out_dir / TRAIN_NAME)
+    save_triplets(val, context.out_dir / VAL_NAME)
+    write_object_table(objects, context.out_dir / OBJECT_TABLE_NAME)
+    outputs = {**result.settings(), "n_train": len(train), "n_val": len(val)}
+    write_manifest(
+        context.out_dir, step="simulate", inputs={"features": source, "objects": context.inputs["objects"]},
+        settings=settings, started=started, outputs=outputs,
+    )
+    return outputs
+
+
+# -- evaluation ----------------------------------------------------------------------
+
+
+def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
+    from dimalign.io.triplets import load_triplets
+
+    path = run_dir / VAL_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the fit stage writes the held-out triplets there")
+    triplets = np.load(path)
+    if len(triplets) == 0:
+        raise ValueError(f"{path} holds no triplets: set val_fraction > 0 to evaluate on held-out triplets")
+    return load_triplets(path, n_objects)
+
+
+def run_evaluate(context: StageContext) -> dict[str, Any]:
+    """Score each fitted embedding on its held-out triplets, with the human noise ceiling."""
+    from dimalign.analysis.evaluate import evaluate_embedding
+    from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
+    from dimalign.analysis.similarity import odd_one_out_accuracy
+    from dimalign.io.runs import load_embedding
+
+    started = now_iso()
+    things_dir = context.inputs.get("things_dir")
+    summary: dict[str, Any] = {}
+    embeddings = {}
+    for side in ("human", "dnn"):
+        run_dir = context.upstream.get(f"{side}_fit")
+        if run_dir is None:
+            continue
+        embedding = load_embedding(run_dir)
+        embeddings[side] = embedding.embedding
+        val = _load_val(run_dir, embedding.n_objects)
+        metrics = evaluate_embedding(embedding, val, things_dir=things_dir, device=context.settings["device"])
+        write_text_atomic(context.out_dir / f"{side}.json", json.dumps(metrics, indent=2) + "\n")
+        summary[side] = metrics
+
+    if "human" in embeddings:
+        # The ceiling of the whole file, not only the held-out part: repeated sets are rare.
+        human_dir = context.upstream["human_fit"]
+        every = np.concatenate([np.load(human_dir / TRAIN_NAME), np.load(human_dir / VAL_NAME)])
+        ceiling = triplet_noise_ceiling(every) if _has_repeats(every) else None
+        summary["human_noise_ceiling"] = (
+            None if ceiling is None
+            else {"value": ceiling.value, "n_sets": ceiling.n_sets, "n_responses": ceiling.n_responses}
+        )
+    if set(embeddings) == {"human", "dnn"} and embeddings["human"].shape[0] == embeddings["dnn"].shape[0]:
+        human_val = np.load(context.upstream["human_fit"] / VAL_NAME)
+        summary["dnn_embedding_on_human_val_accuracy"] = float(odd_one_out_accuracy(embeddings["dnn"], human_val))
+
+    write_text_atomic(context.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    inputs: dict[str, Path] = dict(context.upstream)
+    if things_dir is not None:
+        inputs["things_dir"] = things_dir
+    write_manifest(context.out_dir, step="evaluate", inputs=inputs, settings=context.settings,
+                   started=started, outputs=summary)
+    return {
+        f"{side}_{key}": summary[side][key]
+        for side in embeddings for key in ("accuracy", "things48_r") if key in summary[side]
+    }
+
+
+def _has_repeats(triplets: np.ndarray) -> bool:
+    sets = np.sort(triplets, axis=1)
+    return np.unique(sets, axis=0).shape[0] < sets.shape[0]
+
+
+# -- comparison ----------------------------------------------------------------------
+
+
+class CachedSimilarity:
+    """Similarity matrices computed once per embedding, then served by sub-block.
+
+    :func:`dimalign.analysis.similarity.similarity_matrix` with ``objects=`` returns
+    the rows and columns of the full matrix, so a cached full matrix answers
+    any subset exactly. Embeddings not seen before are computed normally.
+    """
+
+    def __init__(self) -> None:
+        self._matrices: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _key(embedding: np.ndarray) -> str:
+        array = np.ascontiguousarray(embedding, dtype=np.float64)
+        return hashlib.sha256(array.tobytes() + str(array.shape).encode()).hexdigest()
+
+    def add(self, embedding: np.ndarray, matrix: np.ndarray) -> None:
+        """Remember the full similarity matrix of ``embedding``."""
+        self._matrices[self._key(embedding)] = matrix
+
+    def __call__(self, embedding: np.ndarray, objects=None, device: str = "cpu", **options) -> np.ndarray:
+        from dimalign.analysis.similarity import similarity_matrix
+
+        matrix = self._matrices.get(self._key(embedding))
+        if matrix is None:
+            return similarity_matrix(embedding, objects=objects, device=device, **options)
+        if objects is None:
+            return np.asarray(matrix, dtype=np.float64)
+        rows = np.asarray(objects)
+        return np.asarray(matrix[np.ix_(rows, rows)], dtype=np.float64)
+
+
+def run_compare(context: StageContext) -> dict[str, Any]:
+    """Compare the human and the DNN embedding, saving their similarity matrices for the figures."""
+    from dimalign.analysis.compare import compare
+    from dimalign.analysis.similarity import similarity_matrix
+    from dimalign.io.runs import load_embedding
+
+    settings = context.settings
+    human_dir, dnn_dir = context.upstream["human_fit"], context.upstream["dnn_fit"]
+    human = load_embedding(human_dir)
+    dnn = load_embedding(dnn_dir)
+    _check_same_objects(human_dir, dnn_dir)
+    n_objects = human.n_objects
+
+    # Similarity matrices for the figure; "all" also serves every later RSA from the cache.
+    cache = CachedSimilarity()
+    matrix_objects = specs.check_count(context.name, "matrix_objects", settings["matrix_objects"], allow_zero=True)
+    if matrix_objects != 0:
+        rows = _subset(n_objects, matrix_objects, settings["seed"])
+        for side, result in (("human", human), ("dnn", dnn)):
+            matrix = similarity_matrix(result.embedding, objects=rows, device=settings["device"], dtype="float32")
+            with atomic_path(context.out_dir / f"{side}_similarity.npy") as temporary:
+                np.save(temporary, matrix.astype(np.float32))
+            if rows is None:
+                cache.add(result.embedding, matrix)
+        with atomic_path(context.out_dir / "similarity_objects.npy") as temporary:
+            np.save(temporary, np.arange(n_objects) if rows is None else rows)
+
+    triplets = None
+    n_relevance = specs.check_count(context.name, "relevance_triplets", settings["relevance_triplets"], allow_zero=True)
+    if n_relevance != 0:
+        triplets = _load_val(human_dir, n_objects)
+        if n_relevance is not None and n_relevance < len(triplets):
+            triplets = triplets[:n_relevance]
+    similarity_objects = specs.check_count(
+        context.name, "similarity_objects", settings["similarity_objects"], allow_zero=False
+    )
+    result = compare(
+        human_dir, dnn_dir, context.out_dir, triplets=triplets, images=context.inputs.get("images"),
+        n_bootstrap=settings["n_bootstrap"], random_state=settings["seed"], top_k=settings["top_k"],
+        similarity_objects=similarity_objects, device=settings["device"],
+        inputs={"human_val": human_dir / VAL_NAME} if triplets is not None else None, similarity=cache,
+    )
+    if triplets is not None:
+        _write_labeling_relevance(context.out_dir)
+    return {
+        "rsa_r": result.rsa.r, "rsa_ci": [result.rsa.ci_low, result.rsa.ci_high],
+        "n_dnn_dims_for_95_percent": result.cumulative.n_dims_for_share,
+    }
+
+
+def _check_same_objects(human_dir: Path, dnn_dir: Path) -> None:
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+
+    human = read_object_table(human_dir / OBJECT_TABLE_NAME)
+    dnn = read_object_table(dnn_dir / OBJECT_TABLE_NAME)
+    if human.object_ids != dnn.object_ids:
+        raise ValueError(
+            f"{human_dir} and {dnn_dir} list different objects or another order; the study compares "
+            "embeddings of the same objects (inputs.objects)"
+        )
+
+
+def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
+    if size is None or size >= n_objects:
+        return None
+    if size < 3:
+        raise ValueError(f"matrix_objects = {size} is invalid: use 0, 'all' or at least 3")
+    return np.sort(np.random.default_rng(seed).choice(n_objects, size=size, replace=False))
+
+
+def _write_labeling_relevance(out_dir: Path) -> None:
+    """Write each model's most relevant dimension per triplet as ``dimalign labels summarize`` reads it."""
+    import pandas as pd
+
+    with np.load(out_dir / "triplet_relevance.npz") as archive:
+        columns = {side: archive[f"{side}_most_relevant"] for side in ("human", "dnn")}
+    for side, most_relevant in columns.items():
+        table = pd.DataFrame({"triplet_index": np.arange(most_relevant.size), "most_relevant_dim": most_relevant})
+        with atomic_path(out_dir / f"relevance_{side}_triplets.csv") as temporary:
+            table.to_csv(temporary, index=False)
+
+
+# -- ridge map -----------------------------------------------------------------------
+
+
+def run_map(context: StageContext) -> dict[str, Any]:
+    """Fit cross-validated ridge maps from the DNN features to the target embedding's dimensions."""
+    from dimalign.analysis.ridge import RidgeMap, write_ridge_table
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+    from dimalign.io.runs import load_embedding
+
+    settings = context.settings
+    started = now_iso()
+    run_dir = context.upstream[f"{settings['target']}_fit"]
+    objects = read_object_table(run_dir / OBJECT_TABLE_NAME)
+    source = features_source(context)
+    features = load_aligned_features(source, objects, settings["layer"])
+    embedding = load_embedding(run_dir)
+    if settings["alpha_min"] <= 0 or settings["alpha_max"] < settings["alpha_min"] or settings["n_alphas"] < 1:
+        raise ValueError(
+            f"map: alpha_min = {settings['alpha_min']}, alpha_max = {settings['alpha_max']}, "
+            f"n_alphas = {settings['n_alphas']} give no valid grid; use 0 < alpha_min <= alpha_max, n_alphas >= 1"
+        )
+    alphas = np.logspace(np.log10(settings["alpha_min"]), np.log10(settings["alpha_max"]), settings["n_alphas"])
+    ridge = RidgeMap(
+        alphas=alphas, cv=settings["folds"], shuffle=settings["shuffle"], random_state=settings["seed"],
+        model_name=settings["model_name"] or None, layer=settings["layer"] or None,
+    ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
+    ridge.save(context.out_dir, inputs={"features": source, "embedding": embedding.path}, started=started)
+    write_ridge_table(ridge, context.out_dir / "ridge_map.csv")
+    return {"cv_r2_median": float(np.median(ridge.cv_r2_)), "n_dims": int(ridge.cv_r2_.size)}
+
+
+# -- report --------------------------------------------------------------------------
+
+
+def run_report(context: StageContext) -> dict[str, Any]:
+    """Draw the figures and write the self-contained HTML report."""
+    from dimalign.report.html import write_report
+    from dimalign.report.results import StudyResults
+
+    settings = context.settings
+    study_dir = context.out_dir.parent
+    results = StudyResults(
+        study_dir, stage_dirs=context.upstream, categories=context.inputs.get("categories"),
+        labels=context.inputs.get("labels"), images=context.inputs.get("images"),
+        labels_names={"human": settings["labels_human"], "dnn": settings["labels_dnn"]},
+        record=context.record,
+    )
+    report = write_report(
+        results, context.out_dir / "report.html", figures_dir=context.out_dir / "figures",
+        title=settings["title"] or context.study.get("name") or "dimalign study",
+        top_k=settings["top_k"], n_disagreements=settings["n_disagreements"], dpi=settings["dpi"],
+    )
+    write_manifest(
+        context.out_dir, step="report",
+        inputs={key: path for key, path in context.inputs.items()},
+        settings=settings, outputs={"figures": report.figures, "skipped": report.skipped},
+    )
+    return {"figures": len(report.figures), "skipped_figures": len(report.skipped)}
+
+
+# -- the registry ----------------------------------------------------------------------
+
+
+def _none(configured: set[str], settings: dict[str, Any]) -> list[str]:
+    return []
+
+
+def _dnn_triplets_upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
+    return ["features"] if "features" in configured else []
+
+
+def _dnn_triplets_inputs(configured: set[str], settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+    # With a features stage the features come from its folder, not from [inputs].
+    return (["objects"] if "features" in configured else ["dnn_features", "objects"]), []
+
+
+def _evaluate_upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
+    found = [name for name in ("human_fit", "dnn_fit") if name in configured]
+    if not found:
+        raise ValueError("stage evaluate needs human_fit or dnn_fit in the study file")
+    return found
+
+
+def _map_upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
+    return [f"{settings['target']}_fit"] + (["features"] if "features" in configured else [])
+
+
+def _map_inputs(configured: set[str], settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+    return ([], []) if "features" in configured else (["dnn_features"], [])
+
+
+def _report_upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
+    return [name for name in STAGE_ORDER if name in configured and name != "report"]
+
+
+def _fixed(required: list[str], optional: list[str] = ()):
+    def inputs(configured: set[str], settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return list(required), list(optional)
+
+    return inputs
+
+
+def _after(*names: str):
+    def upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
+        return list(names)
+
+    return upstream
+
+
+def _table(spec: dict[str, specs.Setting]):
+    def settings(raw: Mapping[str, Any]) -> dict[str, specs.Setting]:
+        return spec
+
+    return settings
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("features", "extract DNN features of the images and average them per object", run_features,
+              _table(specs.FEATURES_SETTINGS), _none, _fixed(["images", "objects"])),
+        Stage("human_fit", "fit VICE or SPoSE to the human triplets", run_human_fit,
+              lambda raw: specs.fit_settings("human_fit", raw, load_triplets=True), _none,
+              _fixed(["human_triplets", "objects"]), resumable=True),
+        Stage("dnn_triplets", "simulate odd-one-out choices from the DNN features", run_dnn_triplets,
+              _table(specs.SIMULATE_SETTINGS), _dnn_triplets_upstream, _dnn_triplets_inputs),
+        Stage("dnn_fit", "fit VICE or SPoSE to the DNN triplets", run_dnn_fit,
+              lambda raw: specs.fit_settings("dnn_fit", raw, load_triplets=False), _after("dnn_triplets"),
+              _fixed([]), resumable=True),
+        Stage("evaluate", "held-out accuracy, noise ceiling and 48-object correlation", run_evaluate,
+              _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"])),
+        Stage("compare", "RSA, dimension matching, cumulative RSA and jackknife relevance", run_compare,
+              _table(specs.COMPARE_SETTINGS), _after("human_fit", "dnn_fit"), _fixed([], ["images"])),
+        Stage("map", "ridge maps from the DNN features to embedding dimensions", run_map,
+              _table(specs.MAP_SETTINGS), _map_upstream, _map_inputs),
+        Stage("report", "figures and the self-contained HTML report", run_report,
+              _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"])),
+    )
+}
+
+#: Stages in the order they run.
+STAGE_ORDER = tuple(STAGES)
+
+
+__all__ = ["STAGES", "STAGE_ORDER", "CachedSimilarity", "Stage", "StageContext", "images_per_object"]

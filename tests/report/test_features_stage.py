@@ -1,0 +1,50 @@
+"""The features stage: images of the shared folder -> one EfficientNet-Lite0 feature row per object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dimalign.io.objects import read_object_table
+from dimalign.report.pipeline import read_stage_record, run_study
+from dimalign.report.stages import images_per_object
+
+OBJECTS = ("bird", "cat", "dragonfly", "grace_hopper", "sunflower", "hot_dog", "owl", "parrot")
+
+
+def test_images_per_object_by_stem_or_folder():
+    rows = images_per_object(("a", "b", "c"), ("a.png", "b/1.jpg", "b/2.jpg", "c.jpeg", "d.png"))
+    assert rows == [[0], [1, 2], [3]]
+
+
+def test_object_without_image_is_listed():
+    with pytest.raises(ValueError, match=r"1 objects have no image: \['c'\]"):
+        images_per_object(("a", "c"), ("a.png", "b.png"))
+
+
+def test_features_stage_feeds_simulation(shared_data, tmp_path):
+    (tmp_path / "objects.txt").write_text("\n".join(OBJECTS) + "\n")
+    (tmp_path / "study.toml").write_text(
+        "[inputs]\n"
+        'objects = "objects.txt"\n'
+        f'images = "{shared_data / "images"}"\n'
+        "[features]\nbatch_size = 4\n"
+        "[dnn_triplets]\nn_triplets = 50\nval_fraction = 0.2\n"
+    )
+    study_dir = tmp_path / "study"
+    plan = run_study(tmp_path / "study.toml", study_dir)
+    assert plan.to_run == ["features", "dnn_triplets"]
+
+    features = np.load(study_dir / "features" / "features.npy")
+    assert features.shape == (8, 1280)
+    assert read_object_table(study_dir / "features" / "objects.tsv").object_ids == OBJECTS
+    # One image per object, so each row is that image's feature row from the extraction.
+    extracted = np.load(study_dir / "features" / "extract" / "features.npy")
+    extracted_ids = read_object_table(study_dir / "features" / "extract" / "objects.tsv").object_ids
+    row = [name.rsplit(".", 1)[0] for name in extracted_ids].index("owl")
+    np.testing.assert_allclose(features[OBJECTS.index("owl")], extracted[row], rtol=1e-6)
+
+    record = read_stage_record(study_dir / "dnn_triplets")
+    assert record["upstream"] == {"features": read_stage_record(study_dir / "features")["hash"]}
+    assert len(np.load(study_dir / "dnn_triplets" / "train.npy")) == 40
+    assert len(np.load(study_dir / "dnn_triplets" / "val.npy")) == 10

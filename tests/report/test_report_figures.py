@@ -1,0 +1,232 @@
+"""Figures drawn from the saved results of the tiny study, checked by content (axes, lines, patches, images)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.lines import Line2D
+from report_helpers import N_OBJECTS
+
+from dimalign.report import figures
+from dimalign.report.results import (
+    StudyResults,
+    assign_categories,
+    category_blocks,
+    read_category_matrix,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def data_lines(axis) -> list[Line2D]:
+    """Lines that carry data: neither axhline nor axvline (whose data spans the axes in axes units)."""
+    return [line for line in axis.get_lines() if line.get_transform() == axis.transData]
+
+
+def written(out_dir, stem) -> bool:
+    return (out_dir / f"{stem}.png").stat().st_size > 0 and (out_dir / f"{stem}.svg").stat().st_size > 0
+
+
+# -- categories -----------------------------------------------------------------------
+
+
+def test_first_category_wins_and_none_is_other():
+    membership = np.array([[1, 1, 0], [0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=bool)
+    assert assign_categories(membership).tolist() == [0, -1, 1, 2, 0]
+    blocks = category_blocks(assign_categories(membership), ["a", "b", "c"])
+    assert blocks.order.tolist() == [0, 4, 2, 3, 1]
+    assert blocks.names == ["a", "b", "c", "other"]
+    assert blocks.starts.tolist() == [0, 2, 3, 4]
+    assert blocks.stops.tolist() == [2, 3, 4, 5]
+
+
+def test_things_categories_by_first_membership(things_dir):
+    names, membership = read_category_matrix(things_dir / "category_mat_manual.tsv", 1854)
+    assert len(names) == 27
+    blocks = category_blocks(assign_categories(membership), names)
+    sizes = dict(zip(blocks.names, (blocks.stops - blocks.starts).tolist()))
+    # Counted from the file: 559 concepts are in no category. All 27 birds are also
+    # animals, and "animal" comes first in the header, so "bird" gets no block.
+    assert sizes["other"] == 559
+    assert sizes["animal"] == 177
+    assert sizes["food"] == 238
+    assert "bird" not in sizes
+    assert blocks.names[-1] == "other"
+    assert sum(sizes.values()) == 1854
+
+
+def test_category_rows_must_match_objects(tmp_path):
+    path = tmp_path / "categories.tsv"
+    path.write_text("a\tb\n1\t0\n0\t1\n")
+    with pytest.raises(ValueError, match=r"has 2 rows but the study has 3 objects"):
+        read_category_matrix(path, 3)
+    path.write_text("a\tb\n1\t0\n0\t2\n")
+    with pytest.raises(ValueError, match=r"line 3: category memberships must be 0 or 1"):
+        read_category_matrix(path, 2)
+
+
+# -- the figures ------------------------------------------------------------------------
+
+
+def test_similarity_matrices_sorted_by_category(tiny_results, tmp_path):
+    figure = figures.plot_similarity_matrices(tiny_results, tmp_path)
+    axes = figure.get_axes()
+    assert len(axes) == 2
+    assert [axis.get_title() for axis in axes] == [
+        f"human similarity ({N_OBJECTS} objects)", f"DNN similarity ({N_OBJECTS} objects)",
+    ]
+    # Helper categories: i % 3 in (0, 1) animal (the birds first belong to animal),
+    # i % 6 == 2 tool, i % 6 == 5 none: blocks of 16, 4 and 4 objects.
+    for axis in axes:
+        assert [label.get_text() for label in axis.get_yticklabels()] == ["animal", "tool", "other"]
+        assert axis.get_yticks().tolist() == [7.5, 17.5, 21.5]
+        assert len(axis.get_lines()) == 4  # 2 boundaries, each as a horizontal and a vertical line
+        assert len(axis.get_images()) == 1
+        assert axis.get_images()[0].get_array().shape == (N_OBJECTS, N_OBJECTS)
+    assert written(tmp_path, "similarity_matrices")
+
+
+def test_similarity_matrix_rows_follow_blocks(tiny_results, tmp_path):
+    figure = figures.plot_similarity_matrices(tiny_results, tmp_path)
+    shown = figure.get_axes()[0].get_images()[0].get_array()
+    matrix, _ = tiny_results.similarity("human")
+    animals = [index for index in range(N_OBJECTS) if index % 3 in (0, 1)]
+    others = [index for index in range(N_OBJECTS) if index % 6 == 5]
+    assert shown[0, 1] == pytest.approx(matrix[animals[0], animals[1]], rel=1e-6)
+    assert shown[20, 23] == pytest.approx(matrix[others[0], others[3]], rel=1e-6)
+
+
+def test_similarity_without_categories_keeps_order(tiny_study, tmp_path):
+    figure = figures.plot_similarity_matrices(StudyResults(tiny_study), tmp_path)
+    for axis in figure.get_axes():
+        assert axis.get_yticks().tolist() == []
+        assert axis.get_lines() == []
+
+
+def test_matching_and_cumulative_rsa(tiny_results, tmp_path):
+    figure = figures.plot_matching(tiny_results, tmp_path)
+    left, right = figure.get_axes()
+    matching = tiny_results.matching()
+    methods = list(dict.fromkeys(matching["method"]))
+    assert [text.get_text() for text in left.get_legend().get_texts()] == [
+        figures.MATCHING_LABELS[method] for method in methods
+    ]
+    lines = data_lines(left)
+    assert len(lines) == len(methods)
+    for line, method in zip(lines, methods):
+        expected = np.sort(matching.loc[matching["method"] == method, "r"].to_numpy())[::-1]
+        np.testing.assert_allclose(line.get_ydata(), expected)
+    cumulative = tiny_results.cumulative()
+    (curve,) = data_lines(right)
+    np.testing.assert_allclose(curve.get_ydata(), cumulative["r2"])
+    full_r2 = tiny_results.rsa()["r"] ** 2
+    assert right.get_lines()[1].get_ydata()[0] == pytest.approx(0.95 * full_r2)
+    # The cumulative curve ends at the full model.
+    assert cumulative["r2"].iloc[-1] == pytest.approx(full_r2)
+    n_for_95 = tiny_results.rsa()["n_dnn_dims_for_95_percent"]
+    assert len(right.get_lines()) == 2 + (n_for_95 is not None)
+    assert right.get_title() == "Cumulative RSA with the human similarity"
+    assert written(tmp_path, "matching")
+
+
+def test_training_curves_per_epoch(tiny_results, tmp_path):
+    figure = figures.plot_training_curves(tiny_results, tmp_path)
+    loss, accuracy, dims = figure.get_axes()
+    assert [axis.get_title() for axis in (loss, accuracy, dims)] == [
+        "Training loss", "Odd-one-out accuracy", "Kept dimensions",
+    ]
+    assert len(loss.get_lines()) == 2
+    assert len(accuracy.get_lines()) == 4
+    assert len(dims.get_lines()) == 2
+    history = tiny_results.history("human")
+    np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), history["loss"])
+    assert loss.get_lines()[0].get_xdata().tolist() == [1, 2, 3]
+    assert written(tmp_path, "training_curves")
+
+
+def test_dimension_with_images_and_word_cloud(tiny_results, tmp_path):
+    figure = figures.plot_dimension(tiny_results, "human", 0, tmp_path, top_k=4)
+    axes = figure.get_axes()
+    assert len(axes) == 5  # four object images and the word cloud
+    assert all(len(axis.get_images()) == 1 for axis in axes)
+    weights = tiny_results.embedding("human")[:, 0]
+    top = np.argsort(-weights, kind="stable")[:4]
+    assert [axis.get_title() for axis in axes[:4]] == [tiny_results.objects.object_ids[row][:18] for row in top]
+    assert axes[4].get_title() == "labels"
+    title = figure._suptitle.get_text()
+    assert title.startswith("human dimension 0 (label 0 (2); round </script> (1))")
+    match = tiny_results.best_match("human", 0)
+    assert f"best DNN match: dimension {match['other_dim']}, r = {match['r']:.2f}" in title
+    assert written(tmp_path, "dimension_human_000")
+
+
+def test_dimension_without_images_shows_bars(tiny_study, tmp_path):
+    results = StudyResults(tiny_study)
+    figure = figures.plot_dimension(results, "dnn", 1, tmp_path, top_k=5, stem="dnn_one")
+    (axis,) = figure.get_axes()
+    assert len(axis.patches) == 5
+    weights = results.embedding("dnn")[:, 1]
+    top = np.argsort(-weights, kind="stable")[:5]
+    assert [label.get_text() for label in axis.get_yticklabels()] == [results.objects.object_ids[row] for row in top]
+    assert [patch.get_width() for patch in axis.patches] == pytest.approx(weights[top].tolist())
+    assert written(tmp_path, "dnn_one")
+
+
+def test_dimension_out_of_range(tiny_results, tmp_path):
+    with pytest.raises(ValueError, match="human dimension 99 does not exist"):
+        figures.plot_dimension(tiny_results, "human", 99, tmp_path)
+
+
+def test_kind_shares_of_dimensions_and_choices(tiny_results, tmp_path):
+    figure = figures.plot_kind_shares(tiny_results, tmp_path)
+    dims_axis, choices_axis = figure.get_axes()
+    shares = pd.read_csv(tiny_results.labels_dir / "shares.csv")
+    assert len(dims_axis.patches) == int((shares["share"] > 0).sum())
+    assert [label.get_text() for label in dims_axis.get_yticklabels()] == ["human", "DNN"]
+    for axis in (dims_axis, choices_axis):
+        for position in (0, 1):
+            widths = [patch.get_width() for patch in axis.patches if patch.get_y() < position < patch.get_y() + 1]
+            assert sum(widths) == pytest.approx(1.0)
+    assert choices_axis.get_title() == "Kinds of dimensions: share of triplet choices"
+    assert written(tmp_path, "kind_shares")
+
+
+def test_kind_shares_need_labels(tiny_study, tmp_path):
+    with pytest.raises(FileNotFoundError, match="inputs.labels"):
+        figures.plot_kind_shares(StudyResults(tiny_study), tmp_path)
+
+
+def test_disagreements_frame_each_choice(tiny_results, tmp_path):
+    table = tiny_results.disagreements().head(3)
+    figure = figures.plot_disagreements(tiny_results, tmp_path, n_triplets=3)
+    axes = figure.get_axes()
+    assert len(axes) == 3 * 4
+    for row_number, row in enumerate(table.itertuples()):
+        row_axes = axes[4 * row_number: 4 * row_number + 4]
+        objects = [row.object_1, row.object_2, row.object_3]
+        for axis, obj in zip(row_axes[:3], objects):
+            assert len(axis.get_images()) == 1
+            visible = axis.spines["top"].get_visible()
+            assert visible == (obj in (row.human_odd_one_out, row.dnn_odd_one_out))
+            if obj == row.human_odd_one_out:
+                assert axis.spines["top"].get_edgecolor()[:3] == pytest.approx((0x1F / 255, 0x6F / 255, 0xB4 / 255))
+        text = row_axes[3].texts[0].get_text()
+        assert f"human: dim {row.human_dim}" in text
+        assert f"DNN: dim {row.dnn_dim}" in text
+    assert written(tmp_path, "disagreements")
+
+
+def test_missing_result_names_stage(tmp_path):
+    results = StudyResults(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"matching.csv not found: it is written by the compare stage"):
+        figures.plot_matching(results, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"history.csv not found: it is written by the human_fit stage"):
+        figures.plot_training_curves(results, tmp_path)

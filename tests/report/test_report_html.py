@@ -1,0 +1,151 @@
+"""The HTML report: self-contained, escaped, with the summary numbers and the browser's data."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pytest
+
+from dimalign.cli import main
+from dimalign.report.html import render_document, script_json, summary_rows, write_report
+from dimalign.report.results import StudyResults
+
+pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_study, tiny_labels, tmp_path_factory):
+    """The tiny study's report with categories, labels and images."""
+    data = tiny_study.parent / "data"
+    results = StudyResults(
+        tiny_study, categories=data / "categories.tsv", labels=tiny_labels, images=data / "images",
+    )
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    written = write_report(results, out, title="Tiny <study> & co", top_k=4, n_disagreements=3)
+    return written, out.read_text(encoding="utf-8"), results
+
+
+def browser_data(document: str) -> list[dict]:
+    match = re.search(r'<script type="application/json" id="dimension-data">(.*?)</script>', document, re.S)
+    assert match is not None
+    return json.loads(match.group(1))
+
+
+def test_report_draws_every_figure(report):
+    written, document, _ = report
+    assert written.figures == ["similarity_matrices", "matching", "training_curves", "kind_shares", "disagreements"]
+    assert written.skipped == {}
+    for stem in written.figures:
+        assert f'id="figure-{stem}"' in document
+    assert document.count('<img src="data:image/png;base64,') == len(written.figures)
+
+
+def test_report_requests_nothing(report):
+    _, document, _ = report
+    assert "Content-Security-Policy" in document
+    assert "default-src 'none'; img-src data:" in document
+    sources = re.findall(r'\b(?:src|href)="([^"]*)"', document)
+    assert sources and all(source.startswith("data:image/png;base64,") for source in sources)
+    assert "<link" not in document
+    assert "@import" not in document
+    assert "url(" not in document
+
+
+def test_report_escapes_title(report):
+    _, document, _ = report
+    assert "<title>Tiny &lt;study&gt; &amp; co</title>" in document
+    assert "<h1>Tiny &lt;study&gt; &amp; co</h1>" in document
+
+
+def test_document_escapes_study_text(report):
+    _, _, results = report
+    entry = {
+        "id": "human-0", "side": "human", "dim": 0, "title": "<i>odd & co", "figure": "data:image/png;base64,",
+        "top_objects": [{"name": "<i>odd & co", "weight": 1.0}], "labels": "<i>odd & co", "kind": None,
+        "match": None, "relevance": None, "ridge_cv_r2": None,
+    }
+    document = render_document(
+        title="t", results=results, figure_sections=[], skipped={"x<y": "a & </p>"}, dimensions=[entry],
+    )
+    assert "<i>odd" not in document
+    assert '<option value="human-0">human dimension 0: &lt;i&gt;odd &amp; co</option>' in document
+    assert "<strong>x&lt;y</strong>: a &amp; &lt;/p&gt;" in document
+    assert browser_data(document)[0]["top_objects"][0]["name"] == "<i>odd & co"
+
+
+def test_browser_data_covers_every_dimension(report):
+    written, document, results = report
+    data = browser_data(document)
+    expected = [f"{side}-{dim}" for side in ("human", "dnn") for dim in range(results.embedding(side).shape[1])]
+    assert [entry["id"] for entry in data] == expected
+    assert written.n_dimensions == len(expected)
+    first = data[0]
+    assert first["figure"].startswith("data:image/png;base64,")
+    assert len(first["top_objects"]) == 4
+    assert first["labels"] == "label 0 (2); round </script> (1)"
+    assert first["kind"] == "visual"
+    match = results.best_match("human", 0)
+    assert first["match"].startswith(f"DNN dimension {match['other_dim']} (r = {match['r']:.3f}")
+    assert first["relevance"].startswith("mean drop in choice probability")
+    # The data block holds no raw "</script>" although a label contains one.
+    block = document.split('id="dimension-data">', 1)[1].split("</script>", 1)[0]
+    assert "</" not in block
+    assert len(re.findall(r'<option value="', document)) == len(expected)
+
+
+def test_summary_table_shows_saved_numbers(report):
+    _, document, results = report
+    evaluation = json.loads((results.study_dir / "evaluate" / "summary.json").read_text())
+    rsa = json.loads((results.study_dir / "compare" / "rsa.json").read_text())
+    expected_rows = [
+        ("Held-out odd-one-out accuracy", f"{evaluation['human']['accuracy']:.3f}", f"{evaluation['dnn']['accuracy']:.3f}"),
+        ("Noise ceiling", "1.000 (20 responses in 10 repeated sets)", "n/a (no triplet judged twice)"),
+        ("Human-DNN RSA (Pearson r)", f"{rsa['r']:.3f} [95% CI {rsa['ci_low']:.3f}, {rsa['ci_high']:.3f}]", ""),
+    ]
+    for name, human, dnn in expected_rows:
+        row = f"<tr><th scope=\"row\">{html.escape(name)}</th><td>{html.escape(human)}</td><td>{html.escape(dnn)}</td></tr>"
+        assert row in document
+
+
+def test_summary_rows_mark_missing_values():
+    rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"human_n_dims": 12}))
+    assert rows["Dimensions kept"] == ("12", "n/a")
+    assert rows["Held-out odd-one-out accuracy"] == ("n/a", "n/a")
+    assert "Human-DNN RSA (Pearson r)" not in rows
+
+
+def test_script_json_cannot_close_script():
+    text = script_json({"label": "</script><script>alert(1)</script>", "value": float("nan")})
+    assert "<" not in text
+    assert ">" not in text
+    assert json.loads(text) == {"label": "</script><script>alert(1)</script>", "value": None}
+
+
+def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
+    out = tmp_path / "cli-report.html"
+    status = main(["report", str(tiny_study), "-o", str(out), "--top-k", "3"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"wrote {out}: 4 figures")
+    assert "left out kind_shares: no labels summary given (inputs.labels)" in printed
+    document = out.read_text(encoding="utf-8")
+    # The study recorded its categories, so the matrices are sorted and labelled by them.
+    assert (tmp_path / "cli-report_figures" / "similarity_matrices.svg").is_file()
+    assert "<title>Tiny study</title>" in document
+
+
+def test_pipeline_report_stage_writes_report(tiny_study):
+    document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
+    assert "<h1>Tiny study</h1>" in document
+    assert (tiny_study / "report" / "figures" / "matching.png").is_file()
+    manifest = json.loads((tiny_study / "report" / "manifest.json").read_text())
+    assert manifest["pipeline"]["outputs"]["figures"] == 4
+    assert manifest["outputs"]["skipped"] == {"kind_shares": "no labels summary given (inputs.labels)"}
+
+
+def test_report_of_missing_study(tmp_path, capsys):
+    status = main(["report", str(tmp_path / "none"), "-o", str(tmp_path / "r.html")])
+    assert status == 1
+    assert "study directory" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""Study files: --set parsing, paths, settings checks, errors and dry-run plans (no stage runs here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from report_helpers import write_study
+
+from dimalign.cli import main
+from dimalign.report.config import load_config, parse_override
+from dimalign.report.pipeline import plan_study, run_study, stage_hash
+from dimalign.report.settings import Setting, check_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO_ROOT / "examples" / "things_study.toml"
+
+
+@pytest.fixture()
+def study_file(tmp_path: Path) -> Path:
+    return write_study(tmp_path, report=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "key", "value"),
+    [
+        ("human_fit.max_epochs=3", "human_fit", "max_epochs", 3),
+        ("compare.similarity_objects = 150", "compare", "similarity_objects", 150),
+        ("human_fit.lr=0.5", "human_fit", "lr", 0.5),
+        ("map.shuffle=true", "map", "shuffle", True),
+        ('study.name="quoted"', "study", "name", "quoted"),
+        ("study.device=cuda", "study", "device", "cuda"),
+        ("inputs.images=../a b/c", "inputs", "images", "../a b/c"),
+        ("report.title=a=b", "report", "title", "a=b"),
+    ],
+)
+def test_override_values_parse_as_toml(text, section, key, value):
+    override = parse_override(text)
+    assert (override.section, override.key) == (section, key)
+    assert override.value == value
+    assert type(override.value) is type(value)
+
+
+@pytest.mark.parametrize("text", ["human_fit.max_epochs", "max_epochs=3", "a.b.c=1", ".x=1"])
+def test_override_without_section_key_is_rejected(text):
+    with pytest.raises(ValueError, match="SECTION.KEY"):
+        parse_override(text)
+
+
+def test_paths_resolve_from_config_folder(study_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    config = load_config(study_file)
+    assert config.input_path("objects") == tmp_path / "data" / "objects.txt"
+    assert config.input_path("images") is None
+
+
+def test_set_paths_resolve_from_current_directory(study_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "data")
+    config = load_config(study_file, ["inputs.objects=objects.txt"])
+    assert config.input_path("objects") == tmp_path / "data" / "objects.txt"
+
+
+def test_data_dir_override_moves_every_input(study_file, tmp_path):
+    other = tmp_path / "copy"
+    config = load_config(study_file, [f"study.data_dir={other}"])
+    assert config.input_path("human_triplets") == other / "human_triplets.txt"
+
+
+def test_example_config_finds_shared_data(things_dir):
+    config = load_config(EXAMPLE)
+    assert config.input_path("human_triplets") == (things_dir / "human_triplets.txt").resolve()
+    plan = plan_study(config, REPO_ROOT / "nonexistent-study")
+    assert [stage.name for stage in plan.stages] == [
+        "human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map", "report",
+    ]
+    assert plan.stage("human_fit").settings["n_dims"] == 150
+    assert plan.stage("dnn_fit").settings["seed"] == 1
+    assert plan.stage("human_fit").settings["seed"] == 0
+
+
+def test_unknown_stage_lists_valid_stages(study_file):
+    study_file.write_text(study_file.read_text() + "\n[cluster]\nk = 3\n")
+    with pytest.raises(ValueError, match=r"unknown stage cluster .*valid stages: features, human_fit"):
+        plan_study(load_config(study_file), study_file.parent / "study")
+
+
+def test_unknown_setting_lists_valid_keys(study_file):
+    config = load_config(study_file, ["human_fit.max_epoch=3"])
+    with pytest.raises(ValueError, match=r"unknown setting max_epoch in \[human_fit\]; valid settings .*max_epochs"):
+        plan_study(config, study_file.parent / "study")
+
+
+def test_setting_of_other_method_is_unknown(study_file):
+    config = load_config(study_file, ["human_fit.method=spose", "human_fit.pi=0.3"])
+    with pytest.raises(ValueError, match=r"unknown settings mc_samples, pi .*l1"):
+        plan_study(config, study_file.parent / "study")
+
+
+def test_wrong_type_names_key_and_value(study_file):
+    config = load_config(study_file, ["dnn_triplets.n_triplets=many"])
+    with pytest.raises(ValueError, match=r"dnn_triplets.n_triplets = 'many' is invalid: expected an integer"):
+        plan_study(config, study_file.parent / "study")
+
+
+def test_choice_outside_allowed_values(study_file):
+    config = load_config(study_file, ["dnn_triplets.rule=vote"])
+    with pytest.raises(ValueError, match=r"use one of argmax, softmax"):
+        plan_study(config, study_file.parent / "study")
+
+
+def test_unknown_input_key(study_file):
+    study_file.write_text(study_file.read_text().replace("[inputs]", "[inputs]\nfeatures = \"x.npy\""))
+    with pytest.raises(ValueError, match=r"unknown key features in \[inputs\].*dnn_features"):
+        load_config(study_file)
+
+
+def test_missing_input_file_names_key_and_config(study_file):
+    (study_file.parent / "data" / "human_triplets.txt").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        plan_study(load_config(study_file), study_file.parent / "study")
+    message = str(error.value)
+    assert "human_triplets.txt" in message
+    assert "inputs.human_triplets" in message
+    assert str(study_file) in message
+
+
+def test_missing_input_key_says_where_to_add_it(study_file):
+    text = study_file.read_text().replace('human_triplets = "${data_dir}/human_triplets.txt"\n', "")
+    study_file.write_text(text)
+    with pytest.raises(ValueError, match=r"stage human_fit needs inputs.human_triplets .*under \[inputs\]"):
+        plan_study(load_config(study_file), study_file.parent / "study")
+
+
+def test_missing_upstream_stage(study_file):
+    text = study_file.read_text()
+    table = "[dnn_triplets]\nn_triplets = 800\nval_fraction = 0.2\n"
+    assert table in text
+    study_file.write_text(text.replace(table, ""))
+    with pytest.raises(ValueError, match=r"stage dnn_fit reads the output of stage dnn_triplets.*\[dnn_triplets\]"):
+        plan_study(load_config(study_file), study_file.parent / "study")
+
+
+def test_set_of_unconfigured_stage_is_rejected(study_file):
+    with pytest.raises(ValueError, match=r"has no stage 'report'"):
+        load_config(study_file, ["report.top_k=3"])
+
+
+def test_from_unknown_stage_is_rejected(study_file):
+    with pytest.raises(ValueError, match=r"--from fitting: unknown stage"):
+        plan_study(load_config(study_file), study_file.parent / "study", from_stage="fitting")
+
+
+def test_dry_run_writes_nothing(study_file, capsys):
+    study_dir = study_file.parent / "study"
+    status = main(["run", str(study_file), "-o", str(study_dir), "--dry-run", "--set", "human_fit.max_epochs=1"])
+    assert status == 0
+    assert not study_dir.exists()
+    output = capsys.readouterr().out
+    assert "human_fit.max_epochs: 3 -> 1 (shortened)" in output
+    assert "human_fit     run     new" in output
+    assert "dry run: nothing was written" in output
+
+
+def test_cli_error_is_one_line(study_file, capsys):
+    status = main(["run", str(study_file), "-o", str(study_file.parent / "s"), "--dry-run", "--set", "map.folds=x"])
+    assert status == 1
+    assert capsys.readouterr().err.strip() == "dimalign run: error: map.folds = 'x' is invalid: expected an integer, got str"
+
+
+def test_shortened_only_for_size_settings(study_file):
+    config = load_config(study_file, [
+        "human_fit.max_epochs=1", "human_fit.eval_every=1", "human_fit.lr=0.0001", "compare.similarity_objects=10",
+    ])
+    plan = run_study(config, study_file.parent / "study", dry_run=True)
+    kinds = {change.key: change.kind for change in plan.changes}
+    assert kinds == {
+        "human_fit.max_epochs": "shortened", "human_fit.eval_every": "changed", "human_fit.lr": "changed",
+        "compare.similarity_objects": "shortened",
+    }
+    by_key = {change.key: change for change in plan.changes}
+    assert by_key["human_fit.eval_every"].before == 1
+    assert by_key["compare.similarity_objects"].before == "all"
+
+
+def test_integer_for_float_setting_hashes_alike():
+    spec = {"lr": Setting(0.001, "rate")}
+    assert check_settings("fit", {"lr": 1}, spec) == {"lr": 1.0}
+    assert stage_hash("fit", {"lr": 1.0}, {}, {}) == stage_hash("fit", check_settings("fit", {"lr": 1}, spec), {}, {})
+
+
+def test_stage_hash_covers_settings_inputs_upstream():
+    base = stage_hash("compare", {"n": 1}, {"images": "a"}, {"human_fit": "h"})
+    assert stage_hash("compare", {"n": 2}, {"images": "a"}, {"human_fit": "h"}) != base
+    assert stage_hash("compare", {"n": 1}, {"images": "b"}, {"human_fit": "h"}) != base
+    assert stage_hash("compare", {"n": 1}, {"images": "a"}, {"human_fit": "g"}) != base
+    assert stage_hash("compare", {"n": 1}, {"images": "a"}, {"human_fit": "h"}) == base

@@ -1,0 +1,179 @@
+"""Running a tiny study: stage folders, manifests, skipping, reruns, --from, interruptions and the lock."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from report_helpers import write_study
+
+from dimalign.report import stages
+from dimalign.report.pipeline import read_stage_record, run_study
+
+STAGES = ["human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
+
+
+def finished_times(study_dir: Path) -> dict[str, str]:
+    return {name: read_stage_record(study_dir / name)["finished"] for name in STAGES}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny study (without report), run once; tests below run it again in order."""
+    root = tmp_path_factory.mktemp("pipeline")
+    config = write_study(root, report=False)
+    study_dir = root / "study"
+    plan = run_study(config, study_dir)
+    assert plan.to_run == STAGES
+    return config, study_dir
+
+
+def test_first_run_writes_every_stage(study):
+    config, study_dir = study
+    for name in STAGES:
+        record = read_stage_record(study_dir / name)
+        assert record is not None, name
+        assert record["stage"] == name
+        assert len(record["hash"]) == 64
+    assert (study_dir / "human_fit" / "embedding.npz").is_file()
+    assert (study_dir / "human_fit" / "val.npy").is_file()
+    assert (study_dir / "dnn_triplets" / "train.npy").is_file()
+    assert (study_dir / "evaluate" / "summary.json").is_file()
+    assert (study_dir / "compare" / "rsa.json").is_file()
+    assert (study_dir / "compare" / "human_similarity.npy").is_file()
+    assert (study_dir / "compare" / "relevance_human_triplets.csv").is_file()
+    assert (study_dir / "map" / "ridge_map.npz").is_file()
+    leftovers = [entry.name for entry in study_dir.iterdir() if ".partial-" in entry.name or ".old-" in entry.name]
+    assert leftovers == []
+
+
+def test_stage_records_link_upstream_hashes(study):
+    _, study_dir = study
+    fit = read_stage_record(study_dir / "dnn_fit")
+    triplets = read_stage_record(study_dir / "dnn_triplets")
+    assert fit["upstream"] == {"dnn_triplets": triplets["hash"]}
+    human = read_stage_record(study_dir / "human_fit")
+    assert set(human["inputs"]) == {"human_triplets", "objects"}
+    assert human["settings"]["max_epochs"] == 3
+    # The library's own manifest stays next to the pipeline record.
+    manifest = json.loads((study_dir / "human_fit" / "manifest.json").read_text())
+    assert manifest["step"] == "fit"
+
+
+def test_evaluation_matches_saved_noise_ceiling(study):
+    _, study_dir = study
+    summary = json.loads((study_dir / "evaluate" / "summary.json").read_text())
+    # The helper repeats 10 object sets with the same choice: every response matches the other.
+    assert summary["human_noise_ceiling"] == {"value": 1.0, "n_sets": 10, "n_responses": 20}
+    assert summary["human"]["n_triplets"] == len(np.load(study_dir / "human_fit" / "val.npy"))
+
+
+def test_second_run_skips_every_stage(study):
+    config, study_dir = study
+    before = finished_times(study_dir)
+    plan = run_study(config, study_dir)
+    assert plan.to_run == []
+    assert all(stage.reasons == ["unchanged"] for stage in plan.stages)
+    assert finished_times(study_dir) == before
+
+
+def test_changed_fit_setting_reruns_it_and_downstream(study):
+    config, study_dir = study
+    before = finished_times(study_dir)
+    plan = run_study(config, study_dir, overrides=["dnn_fit.max_epochs=2"])
+    assert plan.to_run == ["dnn_fit", "evaluate", "compare", "map"]
+    assert plan.stage("dnn_fit").reasons == ["settings changed: max_epochs 3 -> 2"]
+    assert plan.stage("compare").reasons == ["upstream changed: dnn_fit"]
+    assert plan.stage("human_fit").reasons == ["unchanged"]
+    after = finished_times(study_dir)
+    assert after["human_fit"] == before["human_fit"]
+    assert after["dnn_triplets"] == before["dnn_triplets"]
+    assert read_stage_record(study_dir / "dnn_fit")["settings"]["max_epochs"] == 2
+    assert [change.describe() for change in plan.changes] == ["dnn_fit.max_epochs: 3 -> 2 (shortened)"]
+
+    # Back to the file's value: the same stages run again, now against the file.
+    plan = run_study(config, study_dir)
+    assert plan.to_run == ["dnn_fit", "evaluate", "compare", "map"]
+
+
+def test_from_forces_stage_and_dependants(study):
+    config, study_dir = study
+    plan = run_study(config, study_dir, from_stage="compare", dry_run=True)
+    assert plan.to_run == ["compare"]
+    assert plan.stage("compare").reasons == ["forced by --from compare"]
+    plan = run_study(config, study_dir, from_stage="dnn_triplets", dry_run=True)
+    assert plan.to_run == ["dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
+    assert plan.stage("map").reasons == ["reads a stage forced by --from dnn_triplets"]
+
+
+def test_changed_input_file_reruns_its_readers(study, tmp_path):
+    config, study_dir = study
+    features = np.load(config.parent / "data" / "features.npy")
+    changed = tmp_path / "features.npy"
+    np.save(changed, features * 2.0)
+    plan = run_study(config, study_dir, overrides=[f"inputs.dnn_features={changed}"], dry_run=True)
+    assert plan.to_run == ["dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
+    assert plan.stage("dnn_triplets").reasons == ["input changed: dnn_features"]
+    assert plan.stage("map").reasons[0] == "input changed: dnn_features"
+
+
+def test_failed_stage_keeps_previous_result(study, monkeypatch):
+    config, study_dir = study
+    before = read_stage_record(study_dir / "compare")
+
+    def broken(context):
+        (context.out_dir / "rsa.json").write_text("{}")
+        raise RuntimeError("compare failed on purpose")
+
+    monkeypatch.setitem(stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=broken))
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_study(config, study_dir, overrides=["compare.n_bootstrap=5"])
+    assert read_stage_record(study_dir / "compare") == before
+    assert not [entry for entry in study_dir.iterdir() if entry.name.startswith(".compare.")]
+    monkeypatch.undo()
+
+    plan = run_study(config, study_dir, overrides=["compare.n_bootstrap=5"], dry_run=True)
+    assert plan.to_run == ["compare"]
+    assert plan.stage("compare").reasons == ["settings changed: n_bootstrap 20 -> 5"]
+
+
+def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
+    config, study_dir = study
+
+    def interrupted(context):
+        (context.out_dir / "checkpoint.pt").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.STAGES, "human_fit", dataclasses.replace(stages.STAGES["human_fit"], run=interrupted))
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, study_dir, overrides=["human_fit.max_epochs=4"])
+    partial = [entry for entry in study_dir.iterdir() if entry.name.startswith(".human_fit.partial-")]
+    assert len(partial) == 1
+    assert (partial[0] / "checkpoint.pt").read_bytes() == b"partial"
+    assert read_stage_record(study_dir / "human_fit")["settings"]["max_epochs"] == 3
+
+    # A run with other settings removes the stale partial folder.
+    monkeypatch.undo()
+    run_study(config, study_dir, overrides=["compare.n_bootstrap=20"])
+    assert not partial[0].exists()
+
+
+def test_lock_rejects_second_run(study):
+    config, study_dir = study
+    with open(study_dir / ".pipeline.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another dimalign run is using"):
+            run_study(config, study_dir)
+
+
+def test_deleted_stage_folder_reruns_with_readers(study):
+    config, study_dir = study
+    shutil.rmtree(study_dir / "evaluate")
+    plan = run_study(config, study_dir, dry_run=True)
+    assert plan.to_run == ["evaluate"]
+    assert plan.stage("evaluate").reasons == ["new"]
