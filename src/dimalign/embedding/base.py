@@ -200,7 +200,6 @@ class TripletEmbedding(BaseEstimator):
                 break
             epoch = epoch_index + 1
             started = time.perf_counter()
-            self._epoch = epoch_index
             totals = self._train_epoch(params, optimizer, train_t, generator)
             kept = self._kept(params)
             n_kept = int(kept.size)

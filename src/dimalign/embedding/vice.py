@@ -45,8 +45,6 @@ class VICE(TripletEmbedding):
             Gaussian of sd about 0.35, see
             :func:`dimalign.embedding.priors.spike_slab_log_prob`).
         beta (float): Weight of the complexity (KL) term.
-        warmup_epochs (int): Epochs at the start during which only the means
-            are trained and the standard deviations keep their initial value.
         lr (float): Adam learning rate.
         batch_size (int): Triplets per optimiser step.
         max_epochs (int): Upper bound on epochs.
@@ -105,7 +103,6 @@ class VICE(TripletEmbedding):
         slab: float = 2.0,
         prior: str = "mixture",
         beta: float = 1.0,
-        warmup_epochs: int = 0,
         lr: float = 0.001,
         batch_size: int = 256,
         max_epochs: int = 1000,
@@ -131,7 +128,6 @@ class VICE(TripletEmbedding):
         self.slab = slab
         self.prior = prior
         self.beta = beta
-        self.warmup_epochs = warmup_epochs
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -232,13 +228,7 @@ class VICE(TripletEmbedding):
             kl_weight = self.beta / n_train
             grad_sample.add_(self._prior_gradient_factor(sample), alpha=kl_weight)
             loc.grad = grad_sample
-            if getattr(self, "_epoch", 0) < self.warmup_epochs:
-                # Warm-up: the scales stay at their small initial value, so
-                # the means first find the structure in the data (Adam skips
-                # parameters without a gradient).
-                log_scale.grad = None
-            else:
-                log_scale.grad = grad_sample * scaled_noise - kl_weight
+            log_scale.grad = grad_sample * scaled_noise - kl_weight
         return nll, logits
 
     def _complexity_weight(self) -> float:
