@@ -115,3 +115,22 @@ def test_reproducibility_rejects_different_objects():
 def test_split_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown split method"):
         split_halves(10, "halves")
+
+
+def test_run_without_dimensions():
+    embedding = sparse_embedding()
+    with pytest.warns(UserWarning, match="kept 0 dimensions"):
+        result = reproducibility([embedding, np.zeros((60, 0)), embedding[:, ::-1]])
+    assert np.isnan(result.run_scores[1])
+    assert result.dim_scores[1].size == 0
+    # Run 0's partners: run 1 contributes r = 0, run 2 r = 1 (clipped).
+    expected = np.tanh((np.arctanh(0.0) + np.arctanh(R_CLIP)) / 2)
+    np.testing.assert_allclose(result.dim_scores[0], expected, atol=1e-12)
+    assert result.best_run in (0, 2)
+
+
+def test_no_run_with_dimensions():
+    with pytest.warns(UserWarning, match="kept 0 dimensions"):
+        result = reproducibility([np.zeros((10, 0)), np.zeros((10, 0))])
+    with pytest.raises(ValueError, match="no run has any dimension"):
+        result.best_run

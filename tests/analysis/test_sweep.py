@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -166,3 +167,45 @@ def test_run_tasks_names_failed_task():
 def test_run_tasks_rejects_unknown_engine():
     with pytest.raises(ValueError, match="unknown engine"):
         run_tasks(add_one, [{"value": 1}], engine="dask")
+
+
+def test_sweep_and_select_cli(tmp_path, tiny_triplets):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "triplets.npy", train)
+    code = main([
+        "sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
+        "--seeds", "2", "--first-seed", "10", "--n-dims", "6", "--max-epochs", "2", "--mc-samples", "2",
+    ])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert table["seed"].tolist() == [10, 11]
+    assert (tmp_path / "sweep" / "val.npy").is_file()
+
+    # Two epochs may prune a run to 0 dimensions; selection then warns and skips it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["select", str(tmp_path / "sweep"), "--split", "random", "--seed", "4"]) == 0
+    selection = tmp_path / "sweep" / "selection"
+    runs = pd.read_csv(selection / "runs.csv")
+    assert runs["seed"].tolist() == [10, 11]
+    best = runs["reproducibility"].idxmax()
+    assert runs["selected"].tolist() == [row == best for row in range(2)]
+    manifest = json.loads((selection / "manifest.json").read_text())
+    assert manifest["settings"]["split"]["random_state"] == 4
+    selected = (selection / "selected.txt").read_text().strip()
+    assert selected == runs.loc[runs["selected"], "run_dir"].item()
+
+
+def test_sweep_cli_rejects_options_of_other_method(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "triplets.npy", train)
+    code = main([
+        "sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
+        "--seeds", "1", "--l1", "0.01",
+    ])
+    assert code == 1
+    assert "do not apply to --method vice" in capsys.readouterr().err

@@ -15,6 +15,7 @@ A run's reproducibility is the mean over its dimensions.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,8 +85,14 @@ class ReproducibilityResult:
 
     @property
     def best_run(self) -> int:
-        """Index of the run with the highest mean reproducibility (the first on ties)."""
-        return int(np.argmax(self.run_scores))
+        """Index of the run with the highest mean reproducibility (the first on ties).
+
+        Raises:
+            ValueError: If no run has a score (every run kept 0 dimensions).
+        """
+        if np.isnan(self.run_scores).all():
+            raise ValueError("no run has any dimension, so none can be selected")
+        return int(np.nanargmax(self.run_scores))
 
 
 def reproducibility(
@@ -110,7 +117,9 @@ def reproducibility(
         ValueError: With fewer than two runs, or runs of different object counts.
 
     Warns:
-        UserWarning: When a dimension is constant on one half; its correlations are 0.
+        UserWarning: When a dimension is constant on one half (its correlations
+            are 0), or a run kept no dimension (its score is NaN, and its
+            partners in other runs score 0).
     """
     arrays = [np.asarray(embedding, dtype=np.float64) for embedding in embeddings]
     if len(arrays) < 2:
@@ -130,6 +139,10 @@ def reproducibility(
         for other_run, other in enumerate(arrays):
             if other_run == run:
                 continue
+            if other.shape[1] == 0 or reference.shape[1] == 0:
+                # A run without dimensions reproduces nothing.
+                held_out[:, other_run] = 0.0
+                continue
             # Pick each dimension's partner on one half, then score it on the other.
             choosing = correlate_columns(
                 reference[first_half], other[first_half],
@@ -145,11 +158,20 @@ def reproducibility(
         dim_scores.append(fisher_mean(others, axis=1))
         pair_correlations.append(held_out)
 
-    run_scores = np.array([scores.mean() for scores in dim_scores])
-    logger.info(
-        "reproducibility of %d runs (%s split): best run %d with %.3f, median %.3f",
-        n_runs, split, int(np.argmax(run_scores)), run_scores.max(), float(np.median(run_scores)),
-    )
+    empty = [run for run, array in enumerate(arrays) if array.shape[1] == 0]
+    if empty:
+        warnings.warn(
+            f"runs {empty} kept 0 dimensions: their reproducibility is NaN and they cannot be selected",
+            UserWarning,
+            stacklevel=2,
+        )
+    run_scores = np.array([scores.mean() if scores.size else np.nan for scores in dim_scores])
+    if not np.isnan(run_scores).all():
+        logger.info(
+            "reproducibility of %d runs (%s split): best run %d with %.3f, median %.3f",
+            n_runs, split, int(np.nanargmax(run_scores)), np.nanmax(run_scores),
+            float(np.nanmedian(run_scores)),
+        )
     split_record = {
         "method": split,
         "random_state": random_state if split == "random" else None,
