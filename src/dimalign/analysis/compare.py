@@ -177,10 +177,10 @@ def similarity_matrix_to_disk(
     to ``path`` when every row is done. A finished ``path`` is not recomputed.
 
     Cost: time ``O(n^3 + n^2 d)``. Row block ``I`` computes the entries
-    ``(I, J)`` for the column blocks ``J >= I`` and mirrors them into ``(J, I)``,
-    so about ``n^3 / 2`` softmax terms are evaluated, each two additions and a
-    reciprocal (two exponentials when the dot products span more than a shared
-    shift allows). The in-memory ``similarity_matrix`` needs ``n^3 / 6`` because
+    ``(I, J)`` for the column blocks ``J >= I`` and mirrors them into ``(J, I)``.
+    So about ``n^3 / 2`` softmax terms are evaluated, each two additions and a
+    reciprocal. It takes two exponentials instead when the dot products span
+    more than a shared shift allows. The in-memory ``similarity_matrix`` needs ``n^3 / 6`` because
     it adds each unordered triple into three entries at once, which does not
     fit a resumable order of row blocks. Memory: the ``n x n`` exponentials in
     ``dtype`` (2.3 GB in float32 for 24,102 objects) and the memory map.

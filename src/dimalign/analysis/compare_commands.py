@@ -39,6 +39,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("triplets", type=Path, help="training triplets (.npy/.txt/.tsv/.csv, 0-based, odd one out last)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="sweep directory to write")
+
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument("--n-objects", type=int, help="number of objects")
     objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
@@ -48,6 +49,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
         help="fraction held out for validation when --val is not given (default 0.1; 0 for none)",
     )
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
+
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=32, help="number of seeds, 0..N-1 from --first-seed (default 32)")
     seeds.add_argument("--seed-list", type=int, nargs="+", help="explicit seeds")
@@ -55,6 +57,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-jobs", type=int, default=1, help="parallel workers (default 1)")
     parser.add_argument("--engine", choices=("local", "ray"), default="local", help="local processes (default) or Ray")
     parser.add_argument("--address", help="Ray cluster address ('auto' or ray://host:port); default starts Ray locally")
+
     parser.add_argument("--method", choices=("vice", "spose"), default="vice", help="estimator (default vice)")
     parser.add_argument("--n-dims", type=int, help="initial dimensions (estimator default if omitted)")
     parser.add_argument("--max-epochs", type=int, help="maximum epochs")
