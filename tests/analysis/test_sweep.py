@@ -80,12 +80,16 @@ def test_seed_identical_alone_and_in_pool(tmp_path, tiny_triplets):
 
 
 @pytest.mark.slow
-def test_seed_identical_on_local_ray(tmp_path, tiny_triplets):
+def test_seed_identical_on_local_ray(tmp_path, tiny_triplets, monkeypatch):
     ray = pytest.importorskip("ray")
     train, val = tiny_triplets
     alone = fit_alone(tmp_path, "alone", 2, train, val)
+    # Ray replaces 127.0.0.1 by the machine's outward address unless clusters
+    # are off, which keeps this test's Ray instance on the loopback interface.
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
+        assert [node["NodeManagerAddress"] for node in ray.nodes()] == ["127.0.0.1"]
         sweep(
             train, val, tmp_path / "sweep", seeds=[2], n_objects=N_OBJECTS, settings=SETTINGS,
             engine="ray",
