@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from dimalign.labeling.analysis import read_relevance
 from dimalign.analysis import compare as compare_module
 from dimalign.analysis.compare import (
     align_embeddings,
@@ -236,6 +237,10 @@ def test_compare_writes_outputs(tmp_path, shared_data):
 
     relevance = pd.read_csv(out / "relevance_human.csv")
     assert relevance["share_most_relevant"].sum() == pytest.approx(1.0)
+    for side in ("human", "dnn"):
+        per_triplet = read_relevance(out / f"most_relevant_{side}.csv")
+        assert per_triplet["triplet_index"].tolist() == list(range(len(per_triplet)))
+        assert per_triplet["most_relevant_dim"].between(0, 4).all()
     assert (out / "disagreements.csv").is_file()
     assert (out / "agreement_different_dims.csv").is_file()
     manifest = json.loads((out / "manifest.json").read_text())

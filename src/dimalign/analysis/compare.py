@@ -808,6 +808,16 @@ def _write_relevance(
         ),
         "disagreements": ("disagreements.csv", relevance.largest_disagreements(comparison, names=names)),
     }
+    # Per-triplet most relevant dimension of each side, in the CSV layout that
+    # `dimalign labels summarize --relevance` reads.
+    for side, result in (("human", comparison.human), ("dnn", comparison.dnn)):
+        files[f"most_relevant_{side}"] = (
+            f"most_relevant_{side}.csv",
+            pd.DataFrame({
+                "triplet_index": np.arange(triplets.shape[0]),
+                "most_relevant_dim": np.asarray(result.most_relevant, dtype=np.int64),
+            }),
+        )
     for filename, frame in files.values():
         _write_csv(frame, out_dir / filename)
     with atomic_path(out_dir / "triplet_relevance.npz") as temporary:

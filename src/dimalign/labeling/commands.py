@@ -54,8 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summarize.add_argument("-o", "--out", required=True, type=Path, metavar="OUTDIR", help="output directory")
     summarize.add_argument(
         "--relevance", action="append", type=Path, default=[], metavar="RELEVANCE.csv",
-        help="jackknife relevance CSV (columns triplet_index, most_relevant_dim) of `dimalign compare "
-        "--relevance`; give one per study, in the same order",
+        help="jackknife relevance CSV (columns triplet_index, most_relevant_dim), such as "
+        "most_relevant_human.csv or most_relevant_dnn.csv written by `dimalign compare --triplets`; "
+        "give one per study, in the same order",
     )
     summarize.add_argument(
         "--raters", metavar="A,B[,C]",
