@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dimalign.embedding.commands import add_training_data_arguments, load_training_data
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,17 +39,8 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
             "embedding whichever engine runs it. Finished runs are reused on a rerun."
         ),
     )
-    parser.add_argument("triplets", type=Path, help="training triplets (.npy/.txt/.tsv/.csv, 0-based, odd one out last)")
+    add_training_data_arguments(parser)
     parser.add_argument("-o", "--out", type=Path, required=True, help="sweep directory to write")
-
-    objects = parser.add_mutually_exclusive_group()
-    objects.add_argument("--n-objects", type=int, help="number of objects")
-    objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
-    parser.add_argument("--val", type=Path, help="validation triplets (default: split from the training file)")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1,
-        help="fraction held out for validation when --val is not given (default 0.1; 0 for none)",
-    )
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
 
     seeds = parser.add_mutually_exclusive_group()
@@ -88,24 +81,8 @@ def _estimator_settings(args: argparse.Namespace) -> dict:
 def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``dimalign sweep``."""
     from dimalign.analysis.sweep import sweep
-    from dimalign.io.objects import read_object_table
-    from dimalign.io.triplets import load_triplets, split_triplets
 
-    table = read_object_table(args.objects) if args.objects else None
-    n_objects = args.n_objects
-    if n_objects is None and table is not None:
-        n_objects = len(table)
-    if n_objects is None:
-        raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
-    train = load_triplets(args.triplets, n_objects)
-    inputs = {"triplets": args.triplets}
-    if args.val is not None:
-        val = load_triplets(args.val, n_objects)
-        inputs["val"] = args.val
-    elif args.val_fraction > 0:
-        train, val = split_triplets(train, val_fraction=args.val_fraction, random_state=args.split_seed)
-    else:
-        val = None
+    train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.split_seed)
     seeds = args.seed_list if args.seed_list else list(range(args.first_seed, args.first_seed + args.seeds))
     table_out = sweep(
         train, val, args.out, seeds=seeds, n_objects=n_objects, method=args.method,

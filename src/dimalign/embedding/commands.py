@@ -21,21 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "with embedding.npz, config.toml, history.csv, checkpoint.pt and manifest.json."
         ),
     )
-    parser.add_argument(
-        "triplets",
-        type=Path,
-        help="training triplets: a file (.npy/.txt/.tsv/.csv, 0-based, odd one out last) or a "
-        "folder from 'dimalign simulate' (train.npy and val.npy, or one triplet file)",
-    )
+    add_training_data_arguments(parser)
     parser.add_argument("-o", "--out", type=Path, required=True, help="run directory to write")
-    objects = parser.add_mutually_exclusive_group()
-    objects.add_argument("--n-objects", type=int, help="number of objects")
-    objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
-    parser.add_argument("--val", type=Path, help="validation triplets (default: split from the training file)")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1,
-        help="fraction of object sets held out for validation when --val is not given (default 0.1; 0 for none)",
-    )
     parser.add_argument("--method", choices=("vice", "spose"), default="vice", help="estimator (default vice)")
     parser.add_argument("--n-dims", type=int, help="initial dimensions (default 150 for VICE, 100 for SPoSE)")
     parser.add_argument("--max-epochs", type=int, help="maximum epochs (default 1000 VICE, 500 SPoSE)")
@@ -56,8 +43,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_fit)
 
 
-def load_training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray | None, int, object, dict]:
-    """Load training and validation triplets and the number of objects for ``fit``."""
+def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the training-data options shared by ``fit`` and ``sweep``."""
+    parser.add_argument(
+        "triplets",
+        type=Path,
+        help="training triplets: a file (.npy/.txt/.tsv/.csv, 0-based, odd one out last) or a "
+        "folder from 'dimalign simulate' (train.npy and val.npy, or one triplet file)",
+    )
+    objects = parser.add_mutually_exclusive_group()
+    objects.add_argument("--n-objects", type=int, help="number of objects")
+    objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
+    parser.add_argument("--val", type=Path, help="validation triplets (default: split from the training file)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1,
+        help="fraction of object sets held out for validation when --val is not given (default 0.1; 0 for none)",
+    )
+
+
+def load_training_data(
+    args: argparse.Namespace, split_seed: int
+) -> tuple[np.ndarray, np.ndarray | None, int, object, dict]:
+    """Load training and validation triplets, the number of objects and the object table.
+
+    Args:
+        args (argparse.Namespace): Options added by :func:`add_training_data_arguments`.
+        split_seed (int): Seed of the validation split when ``--val`` is not given.
+
+    Returns:
+        tuple: ``(train, val, n_objects, object_table, inputs)``; ``val`` is None
+        when nothing is held out, ``inputs`` names the files read.
+    """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import load_triplets, split_triplets
 
@@ -86,8 +102,8 @@ def load_training_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
     elif args.val_fraction > 0:
-        train, val = split_triplets(train, val_fraction=args.val_fraction, random_state=args.seed)
-        logger.info("split %d training and %d validation triplets (seed %d)", len(train), len(val), args.seed)
+        train, val = split_triplets(train, val_fraction=args.val_fraction, random_state=split_seed)
+        logger.info("split %d training and %d validation triplets (seed %d)", len(train), len(val), split_seed)
     if args.objects:
         inputs["objects"] = args.objects
     return train, val, n_objects, table, inputs
@@ -117,7 +133,7 @@ def run_fit(args: argparse.Namespace) -> int:
     """Handle ``dimalign fit``."""
     from dimalign.embedding import fit_run
 
-    train, val, n_objects, table, inputs = load_training_data(args)
+    train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.seed)
     estimator = build_estimator(args)
     fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs)
     return 0
