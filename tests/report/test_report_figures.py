@@ -230,3 +230,12 @@ def test_missing_result_names_stage(tmp_path):
         figures.plot_matching(results, tmp_path)
     with pytest.raises(FileNotFoundError, match=r"history.csv not found: it is written by the human_fit stage"):
         figures.plot_training_curves(results, tmp_path)
+
+
+def test_unlisted_stage_counts_as_absent(tiny_study, tmp_path):
+    results = StudyResults(tiny_study, stage_dirs={name: tiny_study / name for name in ("human_fit", "dnn_fit")})
+    assert (tiny_study / "compare" / "matching.csv").is_file()
+    assert not results.has("compare", "matching.csv")
+    with pytest.raises(FileNotFoundError, match=r"matching.csv not found: the study has no compare stage"):
+        figures.plot_matching(results, tmp_path)
+    assert results.sides() == ["human", "dnn"]

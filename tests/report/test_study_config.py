@@ -78,6 +78,13 @@ def test_example_config_finds_shared_data(things_dir):
     assert plan.stage("human_fit").settings["seed"] == 0
 
 
+def test_images_example_plans(shared_data):
+    plan = plan_study(load_config(REPO_ROOT / "examples" / "images_study.toml"), REPO_ROOT / "nonexistent-study")
+    assert [stage.name for stage in plan.stages] == ["features", "dnn_triplets", "dnn_fit", "evaluate", "report"]
+    assert plan.stage("features").inputs["images"] == (shared_data / "images").resolve()
+    assert plan.stage("dnn_triplets").upstream == ["features"]
+
+
 def test_unknown_stage_lists_valid_stages(study_file):
     study_file.write_text(study_file.read_text() + "\n[cluster]\nk = 3\n")
     with pytest.raises(ValueError, match=r"unknown stage cluster .*valid stages: features, human_fit"):
@@ -169,17 +176,22 @@ def test_cli_error_is_one_line(study_file, capsys):
 
 def test_shortened_only_for_size_settings(study_file):
     config = load_config(study_file, [
-        "human_fit.max_epochs=1", "human_fit.eval_every=1", "human_fit.lr=0.0001", "compare.similarity_objects=10",
+        "human_fit.max_epochs=1", "human_fit.checkpoint_every=10", "human_fit.lr=0.0001", "compare.similarity_objects=10",
     ])
     plan = run_study(config, study_file.parent / "study", dry_run=True)
     kinds = {change.key: change.kind for change in plan.changes}
     assert kinds == {
-        "human_fit.max_epochs": "shortened", "human_fit.eval_every": "changed", "human_fit.lr": "changed",
+        "human_fit.max_epochs": "shortened", "human_fit.checkpoint_every": "changed", "human_fit.lr": "changed",
         "compare.similarity_objects": "shortened",
     }
     by_key = {change.key: change for change in plan.changes}
-    assert by_key["human_fit.eval_every"].before == 1
+    assert by_key["human_fit.checkpoint_every"].before == 50
     assert by_key["compare.similarity_objects"].before == "all"
+
+
+def test_set_to_file_value_is_no_change(study_file):
+    plan = run_study(load_config(study_file, ["human_fit.max_epochs=3"]), study_file.parent / "s", dry_run=True)
+    assert plan.changes == []
 
 
 def test_integer_for_float_setting_hashes_alike():

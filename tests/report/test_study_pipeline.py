@@ -15,6 +15,8 @@ from report_helpers import write_study
 from dimalign.report import stages
 from dimalign.report.pipeline import read_stage_record, run_study
 
+pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
+
 STAGES = ["human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
 
 

@@ -25,7 +25,7 @@ STAGES = ["human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map", 
 #: Shortened settings: minutes on 2 CPU cores instead of hours.
 SHORT = [
     "human_fit.max_epochs=3", "dnn_fit.max_epochs=3", "human_fit.n_dims=20", "dnn_fit.n_dims=20",
-    "human_fit.eval_every=1", "dnn_fit.eval_every=1", "dnn_triplets.n_triplets=20000",
+    "dnn_triplets.n_triplets=20000",
     "compare.similarity_objects=150", "compare.n_bootstrap=100",
 ]
 

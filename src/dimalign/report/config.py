@@ -156,7 +156,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
     Only the layout is checked here (tables and their types, the ``[study]``
     and ``[inputs]`` keys). Stage names and settings are checked by
-    :func:`dimalign.report.pipeline.plan_study`, which knows the stages.
+    :func:`dimalign.report.pipeline.plan_study` against the stage definitions.
 
     Args:
         path (str | os.PathLike): The TOML file.

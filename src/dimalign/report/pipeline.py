@@ -255,6 +255,7 @@ def _plan_stage(
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
     digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
+    changes = [change for change in changes if change.before != change.after]
     return PlannedStage(name, settings, upstream, upstream_hashes, inputs, input_fingerprints, digest, changes=changes)
 
 
@@ -546,6 +547,10 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
 
 @contextlib.contextmanager
 def _study_lock(study_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the study directory; the system releases it if the process dies.
+
+    NOTE: ``fcntl`` locks exist on POSIX systems only, so ``dimalign run`` does not run on Windows.
+    """
     handle = open(study_dir / _LOCK_NAME, "a+")
     try:
         try:

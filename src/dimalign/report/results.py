@@ -129,8 +129,10 @@ class StudyResults:
 
     Args:
         study_dir (str | os.PathLike): The study directory.
-        stage_dirs (dict[str, Path] | None): Folders of stages that are not
-            ``study_dir/<stage>``.
+        stage_dirs (dict[str, Path] | None): The folder of every stage to read.
+            Other stages count as absent, so that the report of a study never
+            shows an old folder of a stage the study no longer configures.
+            None reads ``study_dir/<stage>`` for every stage.
         categories (path | None): Category matrix (see the module docstring).
         labels (path | None): Output folder of ``dimalign labels summarize``.
         images (path | None): Image folder: ``<object_id>.<ext>`` or the first
@@ -153,16 +155,22 @@ class StudyResults:
         record: dict[str, Any] | None = None,
     ) -> None:
         self.study_dir = Path(study_dir)
-        self.stage_dirs = {name: self.study_dir / folder for name, folder in DEFAULT_STAGE_DIRS.items()}
-        self.stage_dirs.update({name: Path(path) for name, path in (stage_dirs or {}).items()})
+        if stage_dirs is None:
+            self.stage_dirs = {name: self.study_dir / folder for name, folder in DEFAULT_STAGE_DIRS.items()}
+        else:
+            self.stage_dirs = {name: Path(path) for name, path in stage_dirs.items()}
         self.categories_path = Path(categories) if categories else None
         self.labels_dir = Path(labels) if labels else None
         self.images_dir = Path(images) if images else None
-        self.labels_names = labels_names or {side: self.stage_dirs[f"{side}_fit"].name for side in SIDES}
+        self.labels_names = labels_names or {
+            side: self.stage_dirs.get(f"{side}_fit", Path(f"{side}_fit")).name for side in SIDES
+        }
         if record is None:
             record_path = self.study_dir / "pipeline.json"
             record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
         self.record = record
+        # Files read by many figures (embeddings, matching, labels), read once.
+        self._cache: dict[tuple[str, ...], Any] = {}
 
     # -- locating files ------------------------------------------------------------
 
@@ -172,14 +180,16 @@ class StudyResults:
         Raises:
             FileNotFoundError: Naming the file and the stage that writes it.
         """
-        path = self.stage_dirs.get(stage, self.study_dir / stage) / name
+        if stage not in self.stage_dirs:
+            raise FileNotFoundError(f"{name} not found: the study has no {stage} stage")
+        path = self.stage_dirs[stage] / name
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: it is written by the {stage} stage")
         return path
 
     def has(self, stage: str, name: str) -> bool:
         """Return whether ``<stage folder>/<name>`` exists."""
-        return (self.stage_dirs.get(stage, self.study_dir / stage) / name).exists()
+        return stage in self.stage_dirs and (self.stage_dirs[stage] / name).exists()
 
     def sides(self) -> list[str]:
         """Return the sides (``human``, ``dnn``) that have a fitted embedding."""
@@ -216,7 +226,10 @@ class StudyResults:
         """Return the fitted embedding of ``side``, shape ``(n_objects, n_dims)``."""
         from dimalign.io.runs import load_embedding
 
-        return load_embedding(self.path(f"{side}_fit", "embedding.npz")).embedding
+        key = ("embedding", side)
+        if key not in self._cache:
+            self._cache[key] = load_embedding(self.path(f"{side}_fit", "embedding.npz")).embedding
+        return self._cache[key]
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
@@ -248,7 +261,10 @@ class StudyResults:
 
     def matching(self) -> pd.DataFrame:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
-        return pd.read_csv(self.path("compare", "matching.csv"))
+        key = ("matching",)
+        if key not in self._cache:
+            self._cache[key] = pd.read_csv(self.path("compare", "matching.csv"))
+        return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
@@ -302,7 +318,10 @@ class StudyResults:
         """Return the labels summary's ``dimensions.csv``, or None without labels."""
         if self.labels_dir is None or not (self.labels_dir / "dimensions.csv").is_file():
             return None
-        return pd.read_csv(self.labels_dir / "dimensions.csv")
+        key = ("labels",)
+        if key not in self._cache:
+            self._cache[key] = pd.read_csv(self.labels_dir / "dimensions.csv")
+        return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the label summary of one dimension (top labels, kind, word cloud path), or None."""

@@ -177,6 +177,7 @@ def build_estimator(settings: Mapping[str, Any], checkpoint_dir: Path):
 
 def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inputs: dict) -> dict[str, Any]:
     from dimalign.embedding import fit_run
+    from dimalign.io.files import read_manifest
     from dimalign.io.triplets import save_triplets
 
     save_triplets(train, context.out_dir / TRAIN_NAME)
@@ -186,9 +187,12 @@ def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inp
         estimator, train, val if len(val) else None, context.out_dir,
         n_objects=len(objects), object_table=objects, inputs=inputs,
     )
+    # fit_run has scored the held-out triplets already; scoring VICE again would
+    # repeat its Monte Carlo posterior predictive.
+    recorded = read_manifest(context.out_dir).get("outputs", {})
     outputs = {"n_dims": estimator.n_dims_, "n_epochs": estimator.n_epochs_, "n_train": len(train), "n_val": len(val)}
-    if len(val):
-        outputs["val_accuracy"] = estimator.score(val)
+    if "val_accuracy" in recorded:
+        outputs["val_accuracy"] = recorded["val_accuracy"]
     return outputs
 
 
@@ -297,7 +301,7 @@ def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
         raise FileNotFoundError(f"{path} not found: the fit stage writes the held-out triplets there")
     triplets = np.load(path)
     if len(triplets) == 0:
-        raise ValueError(f"{path} holds no triplets: set val_fraction > 0 to evaluate on held-out triplets")
+        raise ValueError(f"{path} contains no triplets: set val_fraction > 0 to evaluate on held-out triplets")
     return load_triplets(path, n_objects)
 
 
@@ -360,7 +364,7 @@ class CachedSimilarity:
     """Similarity matrices computed once per embedding, then served by sub-block.
 
     :func:`dimalign.analysis.similarity.similarity_matrix` with ``objects=`` returns
-    the rows and columns of the full matrix, so a cached full matrix answers
+    the rows and columns of the full matrix, so a cached full matrix serves
     any subset exactly. Embeddings not seen before are computed normally.
     """
 
