@@ -48,7 +48,7 @@ def test_first_run_writes_every_stage(study):
     assert (study_dir / "evaluate" / "summary.json").is_file()
     assert (study_dir / "compare" / "rsa.json").is_file()
     assert (study_dir / "compare" / "human_similarity.npy").is_file()
-    assert (study_dir / "compare" / "relevance_human_triplets.csv").is_file()
+    assert (study_dir / "compare" / "most_relevant_human.csv").is_file()
     assert (study_dir / "map" / "ridge_map.npz").is_file()
     leftovers = [entry.name for entry in study_dir.iterdir() if ".partial-" in entry.name or ".old-" in entry.name]
     assert leftovers == []

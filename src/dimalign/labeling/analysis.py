@@ -286,7 +286,7 @@ def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
     if missing:
         raise ValueError(
             f"relevance file {path} lacks the columns {missing} (found {list(table.columns)}): "
-            f"write it with `dimalign compare --relevance`"
+            f"write it with `dimalign compare --triplets` (most_relevant_human.csv or most_relevant_dnn.csv)"
         )
     for column in RELEVANCE_COLUMNS:
         values = pd.to_numeric(table[column], errors="coerce")

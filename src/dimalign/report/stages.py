@@ -17,9 +17,9 @@ Stage folders:
   metrics on the held-out triplets) and ``summary.json``.
 - ``compare/``: the files of :func:`dimalign.analysis.compare.compare`, the
   similarity matrices ``human_similarity.npy`` and ``dnn_similarity.npy``
-  (with ``similarity_objects.npy``, their rows), and
-  ``relevance_<side>_triplets.csv`` in the layout ``dimalign labels
-  summarize --relevance`` reads.
+  (with ``similarity_objects.npy``, their rows); among the former,
+  ``most_relevant_<side>.csv`` in the layout ``dimalign labels summarize
+  --relevance`` reads.
 - ``map/``: ``ridge_map.npz`` and ``ridge_map.csv``.
 - ``report/``: ``report.html`` and ``figures/``.
 """
@@ -434,8 +434,6 @@ def run_compare(context: StageContext) -> dict[str, Any]:
         similarity_objects=similarity_objects, device=settings["device"],
         inputs={"human_val": human_dir / VAL_NAME} if triplets is not None else None, similarity=cache,
     )
-    if triplets is not None:
-        _write_labeling_relevance(context.out_dir)
     return {
         "rsa_r": result.rsa.r, "rsa_ci": [result.rsa.ci_low, result.rsa.ci_high],
         "n_dnn_dims_for_95_percent": result.cumulative.n_dims_for_share,
@@ -460,18 +458,6 @@ def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
     if size < 3:
         raise ValueError(f"matrix_objects = {size} is invalid: use 0, 'all' or at least 3")
     return np.sort(np.random.default_rng(seed).choice(n_objects, size=size, replace=False))
-
-
-def _write_labeling_relevance(out_dir: Path) -> None:
-    """Write each model's most relevant dimension per triplet as ``dimalign labels summarize`` reads it."""
-    import pandas as pd
-
-    with np.load(out_dir / "triplet_relevance.npz") as archive:
-        columns = {side: archive[f"{side}_most_relevant"] for side in ("human", "dnn")}
-    for side, most_relevant in columns.items():
-        table = pd.DataFrame({"triplet_index": np.arange(most_relevant.size), "most_relevant_dim": most_relevant})
-        with atomic_path(out_dir / f"relevance_{side}_triplets.csv") as temporary:
-            table.to_csv(temporary, index=False)
 
 
 # -- ridge map -----------------------------------------------------------------------
