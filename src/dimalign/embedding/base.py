@@ -173,19 +173,15 @@ class TripletEmbedding(BaseEstimator):
         start_epoch, stable_epochs, last_n_kept = 0, 0, -1
         directory = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         data_digest = triplet_digest(train_t)
-        if directory is not None:
-            state = load_checkpoint(directory)
-            if state is not None:
-                self._check_resumable(state, directory, n_objects, data_digest)
-                for name, tensor in state["params"].items():
-                    params[name].data.copy_(tensor.to(device=device, dtype=dtype))
-                optimizer.load_state_dict(state["optimizer"])
-                self._restore_generator(generator, state, device)
-                history = list(state["history"])
-                start_epoch = int(state["epoch"])
-                stable_epochs = int(state["stable_epochs"])
-                last_n_kept = int(state["last_n_kept"])
-                logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
+        state = load_checkpoint(directory) if directory is not None else None
+        if state is not None:
+            self._check_resumable(state, directory, n_objects, data_digest)
+            self._restore(state, params, optimizer, generator)
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            stable_epochs = int(state["stable_epochs"])
+            last_n_kept = int(state["last_n_kept"])
+            logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
 
         writer = self._tensorboard_writer(directory)
         self.n_objects_ = n_objects
@@ -348,6 +344,13 @@ class TripletEmbedding(BaseEstimator):
             raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
         if state["data_sha256"] != data_digest:
             raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+
+    def _restore(self, state, params, optimizer, generator: torch.Generator) -> None:
+        """Copy parameters, optimiser state and RNG state from a checkpoint."""
+        for name, tensor in state["params"].items():
+            params[name].data.copy_(tensor.to(device=params[name].device, dtype=params[name].dtype))
+        optimizer.load_state_dict(state["optimizer"])
+        self._restore_generator(generator, state, generator.device)
 
     def _restore_generator(self, generator: torch.Generator, state, device: torch.device) -> None:
         if state["generator_device"] == device.type:
