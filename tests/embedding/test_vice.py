@@ -126,7 +126,7 @@ def test_unknown_number_of_objects_rejected():
 
 def test_index_out_of_range_names_row():
     triplets = np.array([[0, 1, 2], [0, 1, 7]])
-    with pytest.raises(ValueError, match=r"row 1 \[0, 1, 7\]"):
+    with pytest.raises(ValueError, match=r"row 1: object index 7 is out of range for 6 objects"):
         VICE(n_dims=2, max_epochs=1).fit(triplets, n_objects=6)
 
 

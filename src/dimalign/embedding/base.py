@@ -30,6 +30,7 @@ from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
 from dimalign.io.files import write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
+from dimalign.io.triplets import validate_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -47,27 +48,23 @@ CONFIG_NAME = "config.toml"
 def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
     """Check a triplet array against ``n_objects`` and return it as int64 tensor.
 
+    Integer dtype and non-emptiness are checked here; shape, index range and
+    three distinct objects per row by :func:`dimalign.io.triplets.validate_triplets`.
+
     Raises:
-        ValueError: On a wrong shape, non-integer values or an index out of range.
+        ValueError: On a wrong shape, an empty or non-integer array, an index
+            out of range or a row that repeats an object.
     """
     array = np.asarray(triplets)
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise ValueError(f"{name} triplets must have shape (n, 3), got {array.shape}")
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} triplets are empty")
     if not np.issubdtype(array.dtype, np.integer):
         raise ValueError(
             f"{name} triplets must be integers, got dtype {array.dtype}; "
             "load files with dimalign.io.triplets.load_triplets"
         )
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= n_objects:
-        bad = int(np.flatnonzero(((array < 0) | (array >= n_objects)).any(axis=1))[0])
-        raise ValueError(
-            f"{name} triplets: row {bad} {array[bad].tolist()} has an index outside "
-            f"0..{n_objects - 1} for n_objects={n_objects}"
-        )
-    return torch.as_tensor(array, dtype=torch.int64)
+    array = validate_triplets(array, n_objects, source=f"{name} triplets")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} triplets are empty")
+    return torch.as_tensor(array)
 
 
 def triplet_digest(triplets: torch.Tensor) -> str:
@@ -378,9 +375,9 @@ class TripletEmbedding(BaseEstimator):
             triplets (array-like): Shape ``(n, 3)``.
 
         Returns:
-            np.ndarray: Shape ``(n, 3)``: columns for the pairs (0, 1), (0, 2),
-            (1, 2) of each row; column 0 is the probability that the last
-            object is the odd one out.
+            np.ndarray: Shape ``(n, 3)``, with columns for the pairs (0, 1),
+            (0, 2) and (1, 2) of each row. Column 0 is the probability that
+            the last object is the odd one out.
         """
         self._check_fitted()
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
