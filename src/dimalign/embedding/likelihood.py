@@ -36,10 +36,14 @@ def pair_similarities(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.
     )
 
 
+def nll_from_similarities(similarities: torch.Tensor) -> torch.Tensor:
+    """Return the negative log-likelihood of each recorded choice from :func:`pair_similarities`."""
+    return torch.logsumexp(similarities, dim=-1) - similarities[:, 0]
+
+
 def triplet_nll(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
     """Return the negative log-likelihood of each recorded choice, shape ``(n,)``."""
-    logits = pair_similarities(embedding, triplets)
-    return torch.logsumexp(logits, dim=-1) - logits[:, 0]
+    return nll_from_similarities(pair_similarities(embedding, triplets))
 
 
 def choice_log_probabilities(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dimalign.embedding.base import TripletEmbedding
-from dimalign.embedding.likelihood import pair_similarities
+from dimalign.embedding.likelihood import choice_log_probabilities, nll_from_similarities, pair_similarities
 from dimalign.embedding.pruning import spose_kept_dimensions
 from dimalign.io.runs import EmbeddingResult
 
@@ -109,7 +109,7 @@ class SPoSE(TripletEmbedding):
     def _batch_loss(self, params, batch, n_train, generator):
         weights = params["weights"]
         logits = pair_similarities(weights, batch)
-        nll = (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+        nll = nll_from_similarities(logits).mean()
         penalty = weights.abs().sum() / weights.shape[0]
         return nll + self.l1 * penalty, {"nll": nll.detach()}, logits
 
@@ -130,7 +130,7 @@ class SPoSE(TripletEmbedding):
         return spose_kept_dimensions(weights, self.prune_threshold, self.min_objects)
 
     def _predict_log_proba(self, params, kept, triplets):
-        return torch.log_softmax(pair_similarities(params["weights"][:, kept], triplets), dim=-1)
+        return choice_log_probabilities(params["weights"][:, kept], triplets)
 
     def _set_fitted(self, params) -> None:
         weights = params["weights"].detach().cpu().numpy().astype(np.float64)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dimalign.embedding.base import TripletEmbedding
-from dimalign.embedding.likelihood import pair_similarities
+from dimalign.embedding.likelihood import nll_from_similarities, pair_similarities
 from dimalign.embedding.priors import PRIORS, spike_slab_log_prob
 from dimalign.embedding.pruning import vice_kept_dimensions
 from dimalign.io.runs import EmbeddingResult
@@ -41,9 +41,9 @@ class VICE(TripletEmbedding):
         slab (float): Standard deviation of the slab.
         prior (str): ``"mixture"`` (the log of the spike-and-slab mixture) or
             ``"authors"`` (the pi-weighted sum of the two log densities, as
-            the paper's published code computes it; it acts like a single
-            Gaussian of sd about 0.35, see
-            :func:`dimalign.embedding.priors.spike_slab_log_prob`).
+            the published code of Mahner et al. computes it). The latter acts
+            like a single Gaussian of sd about 0.35; see
+            :func:`dimalign.embedding.priors.spike_slab_log_prob`.
         beta (float): Weight of the complexity (KL) term.
         lr (float): Adam learning rate.
         batch_size (int): Triplets per optimiser step.
@@ -170,7 +170,7 @@ class VICE(TripletEmbedding):
         noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         sample = loc + log_scale.exp() * noise
         logits = pair_similarities(torch.relu(sample), batch)
-        nll = (torch.logsumexp(logits, dim=-1) - logits[:, 0]).mean()
+        nll = nll_from_similarities(logits).mean()
         # log q(W) at the reparameterised sample: (W - mu) / sigma is the noise.
         log_q = -(log_scale.sum() + 0.5 * (noise * noise).sum() + noise.numel() * _LOG_SQRT_2PI)
         log_p = spike_slab_log_prob(sample, self.pi, self.spike, self.slab, self.prior).sum()
