@@ -2,8 +2,8 @@
 
 1. Fit VICE to human odd-one-out judgements of the 1,854 THINGS objects.
 2. Simulate odd-one-out choices from VGG-16-like features of the same
-   objects (the paper's DNN observer: the most similar pair by dot product
-   stays) and fit VICE to them.
+   objects and fit VICE to them. The simulated DNN observer keeps the pair
+   with the largest dot product and picks the third object as odd one out.
 3. Report for each the kept dimensions, the held-out accuracy and the
    correlation with the fully sampled 48-object human similarity matrix, and
    the RSA between the human and the DNN similarity matrices.
