@@ -58,6 +58,14 @@ def test_fit_learns_planted_structure():
     assert {"loss", "nll", "complexity", "train_accuracy", "n_dims"} <= set(model.history_[0])
     assert "val_accuracy" not in model.history_[0]
     assert {"val_accuracy", "val_nll"} <= set(model.history_[19])
+    # score() sees the kept dimensions sorted by weight, the history in index
+    # order; the Monte Carlo draws must not depend on that order.
+    assert model.score(val) == model.history_[-1]["val_accuracy"]
+    kept = torch.as_tensor(model.kept_dims_)
+    assert kept.numel() > 1
+    val_t = torch.as_tensor(val)
+    assert torch.equal(model._predict_log_proba(model._params, kept, val_t),
+                       model._predict_log_proba(model._params, kept.flip(0), val_t))
 
 
 def test_last_partial_batch_is_used():

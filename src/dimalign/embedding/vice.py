@@ -254,7 +254,10 @@ class VICE(TripletEmbedding):
 
     def _predict_log_proba(self, params, kept, triplets):
         # Posterior predictive: average the choice probabilities over samples
-        # of the kept dimensions, drawn from a generator used only here.
+        # of the kept dimensions, drawn from a generator used only here. The
+        # columns go in index order, so that the same fit scores the same
+        # whether the kept dimensions come sorted by weight (score) or not.
+        kept = torch.sort(kept).values
         loc = params["loc"][:, kept]
         scale = params["log_scale"][:, kept].exp()
         generator = torch.Generator(device=loc.device).manual_seed(int(self.random_state) + 7919)
