@@ -87,11 +87,11 @@ def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
-    from dimalign.interpret.manipulate import DEFAULT_EDITS, EDIT_KINDS
+    from dimalign.interpret.edits import DEFAULT_EDITS, EDIT_SPECS
 
     kinds = ", ".join(
-        f"{name}" + ("" if kind.default is None else f":X ({kind.help}, default {kind.default:g})")
-        for name, kind in EDIT_KINDS.items()
+        f"{name}" + ("" if spec.default is None else f":X ({spec.help}, default {spec.default:g})")
+        for name, spec in EDIT_SPECS.items()
     )
     parser = subparsers.add_parser(
         "manipulate",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dimalign.interpret.edits import DEFAULT_EDITS, EDIT_SPECS
 from dimalign.interpret.predictor import DimensionPredictor
 
 if TYPE_CHECKING:
@@ -331,25 +332,22 @@ class EditKind:
     help: str = ""
 
 
-EDIT_KINDS: dict[str, EditKind] = {
-    "grayscale": EditKind(lambda images, _: to_grayscale(images), None, help="BT.601 luma"),
-    "hue": EditKind(rotate_hue, 90.0, help="hue rotation in degrees"),
-    "saturation": EditKind(scale_saturation, 0.5, help="saturation factor"),
-    "brightness": EditKind(scale_brightness, 0.6, help="brightness factor"),
-    "contrast": EditKind(scale_contrast, 0.5, help="contrast factor"),
-    "blur": EditKind(gaussian_blur, 3.0, help="Gaussian sigma in pixels"),
-    "background": EditKind(
-        lambda images, gray, mask: replace_background(images, mask, gray), 0.5, True,
-        help="gray level outside the foreground",
-    ),
-    "occlude": EditKind(occlude, 0.5, help="fraction of height and width covered"),
-    "silhouette": EditKind(lambda images, _, mask: silhouette(images, mask), None, True, help="shape only"),
+_EDIT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "grayscale": lambda images, _: to_grayscale(images),
+    "hue": rotate_hue,
+    "saturation": scale_saturation,
+    "brightness": scale_brightness,
+    "contrast": scale_contrast,
+    "blur": gaussian_blur,
+    "background": lambda images, gray, mask: replace_background(images, mask, gray),
+    "occlude": occlude,
+    "silhouette": lambda images, _, mask: silhouette(images, mask),
 }
 
-DEFAULT_EDITS = (
-    "grayscale", "hue:90", "hue:180", "saturation:0", "brightness:0.6", "contrast:0.5",
-    "blur:3", "background:0.5", "occlude:0.5", "silhouette",
-)
+EDIT_KINDS: dict[str, EditKind] = {
+    name: EditKind(_EDIT_FUNCTIONS[name], spec.default, spec.uses_mask, spec.help)
+    for name, spec in EDIT_SPECS.items()
+}
 
 
 @dataclass(frozen=True)
