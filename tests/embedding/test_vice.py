@@ -58,8 +58,8 @@ def test_fit_learns_planted_structure():
     assert {"loss", "nll", "complexity", "train_accuracy", "n_dims"} <= set(model.history_[0])
     assert "val_accuracy" not in model.history_[0]
     assert {"val_accuracy", "val_nll"} <= set(model.history_[19])
-    # score() sees the kept dimensions sorted by weight, the history in index
-    # order; the Monte Carlo draws must not depend on that order.
+    # score() receives the kept dimensions sorted by weight and the history
+    # uses index order. The Monte Carlo draws must not depend on that order.
     assert model.score(val) == model.history_[-1]["val_accuracy"]
     kept = torch.as_tensor(model.kept_dims_)
     assert kept.numel() > 1
