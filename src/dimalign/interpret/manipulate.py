@@ -322,16 +322,6 @@ def _as_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return (mask > 0.5 if mask.is_floating_point() else mask.bool()).expand_as(images)
 
 
-@dataclass(frozen=True)
-class EditKind:
-    """One kind of edit: its function, default parameter and whether it needs a mask."""
-
-    function: Callable[..., torch.Tensor]
-    default: float | None
-    uses_mask: bool = False
-    help: str = ""
-
-
 _EDIT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "grayscale": lambda images, _: to_grayscale(images),
     "hue": rotate_hue,
@@ -342,11 +332,6 @@ _EDIT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "background": lambda images, gray, mask: replace_background(images, mask, gray),
     "occlude": occlude,
     "silhouette": lambda images, _, mask: silhouette(images, mask),
-}
-
-EDIT_KINDS: dict[str, EditKind] = {
-    name: EditKind(_EDIT_FUNCTIONS[name], spec.default, spec.uses_mask, spec.help)
-    for name, spec in EDIT_SPECS.items()
 }
 
 
@@ -365,16 +350,16 @@ class Edit:
     @property
     def uses_mask(self) -> bool:
         """Whether the edit needs a foreground mask."""
-        return EDIT_KINDS[self.name].uses_mask
+        return EDIT_SPECS[self.name].uses_mask
 
     def apply(self, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the edit to ``images`` ``(..., 3, H, W)``; masked edits need ``mask``."""
-        kind = EDIT_KINDS[self.name]
-        if kind.uses_mask:
+        function = _EDIT_FUNCTIONS[self.name]
+        if self.uses_mask:
             if mask is None:
                 raise ValueError(f"edit {self.label!r} needs a foreground mask")
-            return kind.function(images, self.parameter, mask)
-        return kind.function(images, self.parameter)
+            return function(images, self.parameter, mask)
+        return function(images, self.parameter)
 
 
 def parse_edit(text: str) -> Edit:
@@ -384,9 +369,9 @@ def parse_edit(text: str) -> Edit:
         ValueError: For an unknown edit or a value that is not a number.
     """
     name, _, value = text.strip().partition(":")
-    if name not in EDIT_KINDS:
-        raise ValueError(f"unknown edit {text!r}: use one of {', '.join(EDIT_KINDS)}")
-    kind = EDIT_KINDS[name]
+    if name not in EDIT_SPECS:
+        raise ValueError(f"unknown edit {text!r}: use one of {', '.join(EDIT_SPECS)}")
+    kind = EDIT_SPECS[name]
     if not value:
         return Edit(name, kind.default)
     if kind.default is None:
