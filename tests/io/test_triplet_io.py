@@ -57,7 +57,7 @@ def test_one_based_file_fails_as_zero_based(tmp_path):
     assert str(path) in message
     assert "line 2" in message  # the first row holding a 5
     assert "one_based=True" in message
-    assert "--one-based" in message
+    assert "import-triplets --one-based" in message
 
 
 def test_one_based_file_loads_as_zero_based(tmp_path):

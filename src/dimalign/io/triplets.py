@@ -473,7 +473,7 @@ def _resolve_columns(
             hint = "" if choice_index is not None else " (and a choice column with choice_column)"
             raise ValueError(
                 f"{path} has {n_columns} columns; choose the three object columns with "
-                f"columns=[a, b, c] (CLI: --columns a,b,c){hint}"
+                f"columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c){hint}"
             )
     if len(set(object_indices)) != 3 or choice_index in object_indices:
         raise ValueError(
@@ -586,13 +586,14 @@ def _check_range(
         row, column = (int(i) for i in np.argwhere(objects < 0)[0])
         raise ValueError(
             f"{source}, {row_label(row)}: negative object index {int(objects[row, column])}; "
-            "indices count objects from 0 (or from 1 with one_based=True, CLI: --one-based)"
+            "indices count objects from 0 (or from 1 with one_based=True, "
+            "CLI: dimalign import-triplets --one-based)"
         )
     if low < base:
         row = int(np.argwhere(objects < base)[0][0])
         raise ValueError(
             f"{source}, {row_label(row)}: index 0 in a 1-based load; the file looks 0-based, "
-            "so load it without one_based=True (CLI: without --one-based)"
+            "so load it without one_based=True (CLI: dimalign import-triplets without --one-based)"
         )
     bad = objects >= n_objects + base
     row, column = (int(i) for i in np.argwhere(bad)[0])
@@ -604,7 +605,7 @@ def _check_range(
     if base == 0 and low == 1 and high == n_objects:
         message += (
             f". The indices run from 1 to {n_objects}, so the file looks 1-based: "
-            "load it with one_based=True (CLI: --one-based)"
+            "load it with one_based=True (CLI: dimalign import-triplets --one-based)"
         )
     else:
         message += "; check n_objects (CLI: --n-objects or --objects)"
