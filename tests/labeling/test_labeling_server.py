@@ -7,6 +7,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,9 +16,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+import pytest
 import requests
 from labeling_helpers import csrf_from, running_server
 
+from dimalign.labeling.app import redact_query_secrets
 from dimalign.labeling.study import create_study
 
 logger = logging.getLogger(__name__)
@@ -219,3 +222,55 @@ def test_load_50_participants_lose_no_answer(tmp_path, labeling_run, image_set):
         assert sorted(dimensions) == list(range(N_LOAD_DIMENSIONS))
         for dimension in dimensions:
             assert answers[(participant_id, dimension)] == [f"p{participant_id} d{dimension}", "load"]
+
+
+ADMIN_TOKEN = "secret-admin-7f3a"
+
+
+def send_raw_request(base_url: str, request_line: str) -> bytes:
+    """Send one raw request line to the server and return the start of its response."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT_S) as connection:
+        connection.sendall(f"{request_line}\r\n\r\n".encode("ascii"))
+        return connection.recv(1024)
+
+
+def test_access_log_redacts_admin_token(study_path, caplog):
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    with running_server(study_path, admin_token=ADMIN_TOKEN) as base_url:
+        page = requests.get(f"{base_url}/admin?token={ADMIN_TOKEN}", timeout=REQUEST_TIMEOUT_S)
+        export = requests.get(
+            f"{base_url}/admin/answers.csv?format=csv&token={ADMIN_TOKEN}", timeout=REQUEST_TIMEOUT_S
+        )
+        wrong = requests.get(f"{base_url}/admin?token={ADMIN_TOKEN}-wrong", timeout=REQUEST_TIMEOUT_S)
+        # A request line of four words is rejected, and the error log line quotes it.
+        response = send_raw_request(base_url, f"GET /admin?token={ADMIN_TOKEN} HTTP/1.1 HTTP/1.1")
+
+    assert page.status_code == 200
+    assert "admin" in page.text.lower()
+    assert export.status_code == 200
+    assert export.headers["Content-Type"].startswith("text/csv")
+    assert wrong.status_code == 403
+    assert response.startswith(b"HTTP/1.1 400")
+
+    log_text = caplog.text
+    assert ADMIN_TOKEN not in log_text
+    assert '"GET /admin?token=[redacted] HTTP/1.1" 200' in log_text
+    assert "/admin/answers.csv?format=csv&token=[redacted] HTTP/1.1" in log_text
+    assert "Bad request syntax ('GET /admin?token=[redacted] HTTP/1.1 HTTP/1.1')" in log_text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /admin?token=abc HTTP/1.1", "GET /admin?token=[redacted] HTTP/1.1"),
+        ("/admin?a=1&token=abc&b=2", "/admin?a=1&token=[redacted]&b=2"),
+        ("/admin?token=abc#top", "/admin?token=[redacted]#top"),
+        ("/admin?%74oken=abc", "/admin?%74oken=[redacted]"),
+        ("/admin?token=", "/admin?token=[redacted]"),
+        ("/admin?mytoken=abc&tokens=def", "/admin?mytoken=abc&tokens=def"),
+        ("/participant/1/next", "/participant/1/next"),
+    ],
+)
+def test_redact_query_secrets_cases(text, expected):
+    assert redact_query_secrets(text) == expected

@@ -29,10 +29,12 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from flask import (
     Flask,
@@ -47,7 +49,7 @@ from flask import (
     session,
     url_for,
 )
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from dimalign.labeling import db
 from dimalign.labeling.study import AnswerError, NotFoundError, Participant, Study, validate_answer
@@ -412,6 +414,48 @@ def _add_admin_routes(app: Flask) -> None:
 # ---------------------------------------------------------------------------
 # Serving
 
+#: Query parameters whose values the access log shows as ``[redacted]``.
+SECRET_QUERY_PARAMETERS = frozenset({"token"})
+
+#: One ``name=value`` pair of a query string. Werkzeug 3.1 logs the query with
+#: ``&``, ``#`` and spaces still percent-encoded, so a value ends at the next
+#: literal ``&``, ``#`` or whitespace.
+_QUERY_PAIR = re.compile(r"(?<=[?&])([^?&=#\s]+)=([^&#\s]*)")
+
+
+def redact_query_secrets(text: str) -> str:
+    """Replace the values of secret query parameters in a URL or request line.
+
+    Args:
+        text (str): Text that may contain a query string, for example
+            ``GET /admin?token=abc HTTP/1.1``.
+
+    Returns:
+        str: The text with each value of a parameter in
+        :data:`SECRET_QUERY_PARAMETERS` replaced by ``[redacted]``. Parameter
+        names are compared after percent-decoding, as Flask reads them.
+    """
+
+    def redact(match: re.Match[str]) -> str:
+        if unquote_plus(match.group(1)) in SECRET_QUERY_PARAMETERS:
+            return f"{match.group(1)}=[redacted]"
+        return match.group(0)
+
+    return _QUERY_PAIR.sub(redact, text)
+
+
+class RedactingRequestHandler(WSGIRequestHandler):
+    """Werkzeug request handler whose log lines contain no secret query value.
+
+    Werkzeug logs each request line, query string included, to the
+    ``werkzeug`` logger, and its error lines can quote a malformed request
+    line. Both pass through :meth:`log`, which redacts them.
+    """
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        redacted = tuple(redact_query_secrets(arg) if isinstance(arg, str) else arg for arg in args)
+        super().log(type, message, *redacted)
+
 
 def make_study_server(
     study_path: str | os.PathLike,
@@ -441,7 +485,7 @@ def make_study_server(
             "binding to %s makes the study reachable from other machines; answers travel "
             "unencrypted unless a HTTPS proxy sits in front", host,
         )
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
     return server
 
 
