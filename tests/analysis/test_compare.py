@@ -274,6 +274,35 @@ def test_compare_cli(tmp_path):
     np.testing.assert_allclose(saved, similarity_matrix(human), atol=1e-14)
 
 
+def reject_constant(name):
+    """Reject the NaN and Infinity constants that strict JSON parsers reject."""
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def test_compare_cli_without_bootstrap_writes_null(tmp_path):
+    human, dnn = surrogate_pair(n_objects=20)
+    np.save(tmp_path / "human.npy", human)
+    np.save(tmp_path / "dnn.npy", dnn)
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0",
+    ])
+    assert code == 0
+
+    rsa_text = (tmp_path / "out" / "rsa.json").read_text()
+    summary = json.loads(rsa_text, parse_constant=reject_constant)
+    assert summary["n_bootstrap"] == 0
+    assert summary["ci_low"] is None
+    assert summary["ci_high"] is None
+    assert summary["bootstrap_sd"] is None
+    assert -1 <= summary["r"] <= 1
+
+    manifest_text = (tmp_path / "out" / "manifest.json").read_text()
+    manifest = json.loads(manifest_text, parse_constant=reject_constant)
+    assert manifest["outputs"]["summary"]["ci_low"] is None
+    assert manifest["outputs"]["summary"]["ci_high"] is None
+
+
 # -- map CLI ---------------------------------------------------------------------
 
 

@@ -178,6 +178,40 @@ def test_cli_evaluate_writes_metrics(tmp_path, capsys):
     assert "evaluated" in capsys.readouterr().err
 
 
+def _cli_run(tmp_path):
+    rng = np.random.default_rng(0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(rng.gamma(1.0, 1.0, size=(10, 3))), run_dir)
+    triplet_file = tmp_path / "triplets.txt"
+    np.savetxt(triplet_file, [rng.choice(10, size=3, replace=False) for _ in range(40)], fmt="%d")
+    return run_dir, triplet_file
+
+
+def test_cli_evaluate_rejects_invalid_device(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "out"
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "--device", "banana",
+                   "-o", str(out_dir)])
+
+    assert status == 1
+    assert "invalid device 'banana'" in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_cli_evaluate_keeps_other_manifest(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    (run_dir / "manifest.json").write_text(json.dumps({"step": "fit"}))
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(run_dir)])
+
+    assert status == 1
+    assert "already contains the output of dimalign fit" in capsys.readouterr().err
+    assert json.loads((run_dir / "manifest.json").read_text()) == {"step": "fit"}
+    assert not (run_dir / "metrics.json").exists()
+
+
 def test_cli_evaluate_published_embedding(things_dir, tmp_path):
     out_dir = tmp_path / "out"
 

@@ -45,6 +45,23 @@ def test_fit_cli_reads_simulate_folder(tmp_path):
     assert (tmp_path / "run" / "objects.tsv").read_text().splitlines()[1] == "0\tobj0\t"
 
 
+def test_fit_cli_keeps_simulate_folder(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    table = "index\tobject_id\tsource\n" + "".join(f"{i}\tobj{i}\t\n" for i in range(12))
+    (folder / "objects.tsv").write_text(table)
+    (folder / "manifest.json").write_text(json.dumps({"step": "simulate"}))
+
+    status = main(["fit", str(folder), "-o", str(folder), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert "already contains the output of dimalign simulate" in capsys.readouterr().err
+    assert (folder / "objects.tsv").read_text() == table
+    assert json.loads((folder / "manifest.json").read_text()) == {"step": "simulate"}
+    assert not (folder / "checkpoint.pt").exists()
+
+
 def test_fit_cli_without_object_count_fails(tmp_path, capsys):
     write_triplets(tmp_path / "train.npy")
     assert main(["fit", str(tmp_path / "train.npy"), "-o", str(tmp_path / "run")]) == 1

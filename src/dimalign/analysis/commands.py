@@ -91,12 +91,18 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handle ``dimalign evaluate``."""
     from dimalign.analysis.evaluate import evaluate_embedding, format_metrics
-    from dimalign.io.files import now_iso, write_manifest, write_text_atomic
+    from dimalign.device import resolve_device
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest, write_text_atomic
     from dimalign.io.objects import read_object_table
     from dimalign.io.runs import load_embedding
     from dimalign.io.triplets import load_triplets
 
     started = now_iso()
+    # Check the device even when no similarity matrix is computed, so that a
+    # wrong --device fails here instead of being recorded in the manifest.
+    resolve_device(args.device)
+    if args.out:
+        check_output_dir(args.out, "evaluate")
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
 

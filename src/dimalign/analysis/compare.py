@@ -40,7 +40,13 @@ import torch
 from tqdm.auto import tqdm
 
 from dimalign.device import resolve_device
-from dimalign.io.files import atomic_path, now_iso, write_manifest, write_text_atomic
+from dimalign.io.files import (
+    atomic_path,
+    now_iso,
+    write_json_atomic,
+    write_manifest,
+    write_text_atomic,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding
 
@@ -362,7 +368,11 @@ class BootstrapRSA:
     random_state: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready summary (without the samples)."""
+        """Return the summary without the samples.
+
+        Without bootstrap samples the interval and ``bootstrap_sd`` are NaN,
+        which :func:`dimalign.io.files.write_json_atomic` writes as ``null``.
+        """
         return {
             "method": self.method,
             "r": self.r,
@@ -643,7 +653,7 @@ def compare(
     }
     if reference is not None:
         summary["reference"] = _reference_scores(pair, reference, similarity, device)
-    write_text_atomic(out_dir / "rsa.json", json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out_dir / "rsa.json", summary)
     outputs["rsa"] = "rsa.json"
 
     if save_similarity:
@@ -832,21 +842,17 @@ def _write_relevance(
             dnn_most_relevant=comparison.dnn.most_relevant,
         )
     agreement = float(np.mean(comparison.agree))
-    write_text_atomic(
+    write_json_atomic(
         out_dir / "relevance_summary.json",
-        json.dumps(
-            {
-                "n_triplets": int(triplets.shape[0]),
-                "choice_agreement": agreement,
-                "n_agree_on_different_dims": int(
-                    np.sum(comparison.agree & (human_to_dnn[comparison.human.most_relevant] != comparison.dnn.most_relevant))
-                ),
-                "matching_for_correspondence": "with_replacement",
-                "primary_matching": primary.method,
-            },
-            indent=2,
-        )
-        + "\n",
+        {
+            "n_triplets": int(triplets.shape[0]),
+            "choice_agreement": agreement,
+            "n_agree_on_different_dims": int(
+                np.sum(comparison.agree & (human_to_dnn[comparison.human.most_relevant] != comparison.dnn.most_relevant))
+            ),
+            "matching_for_correspondence": "with_replacement",
+            "primary_matching": primary.method,
+        },
     )
     return {key: filename for key, (filename, _) in files.items()} | {
         "triplet_relevance": "triplet_relevance.npz",

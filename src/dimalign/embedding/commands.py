@@ -132,7 +132,9 @@ def build_estimator(args: argparse.Namespace):
 def run_fit(args: argparse.Namespace) -> int:
     """Handle ``dimalign fit``."""
     from dimalign.embedding import fit_run
+    from dimalign.io.files import check_output_dir
 
+    check_output_dir(args.out, "fit")
     train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.seed)
     estimator = build_estimator(args)
     fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs)

@@ -226,9 +226,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
 
     started = now_iso()
+    check_output_dir(args.out, "gradcam")
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
@@ -270,9 +271,10 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
 
     started = now_iso()
+    check_output_dir(args.out, "maximize")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -338,9 +340,10 @@ def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
     from dimalign.interpret.manipulate import manipulate_images, parse_edit, plot_largest_changes
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, now_iso, write_manifest
+    from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest
 
     started = now_iso()
+    check_output_dir(args.out, "manipulate")
     edits = [parse_edit(text) for text in args.edits]
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
@@ -391,11 +394,12 @@ def run_grid(args: argparse.Namespace) -> int:
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, needed_rows
     from dimalign.interpret.gradcam import check_dimension
-    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
+    check_output_dir(args.out, "grid")
     result = load_embedding(args.embedding)
     objects_path = args.objects
     if objects_path is None:

@@ -6,11 +6,13 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
+import numbers
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,59 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def replace_non_finite(value: Any) -> Any:
+    """Replace every NaN and infinity in nested dicts, lists and tuples by None.
+
+    JSON has no NaN or infinity, and ``JSON.parse`` in a browser rejects the
+    ``NaN`` that :func:`json.dumps` writes by default, so they become ``null``.
+
+    Args:
+        value (Any): A number, or a mapping or sequence of values at any depth.
+
+    Returns:
+        Any: A copy with non-finite floats (Python and NumPy) as None. Tuples
+        become lists, and other values are returned unchanged.
+    """
+    if isinstance(value, Mapping):
+        return {key: replace_non_finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [replace_non_finite(item) for item in value]
+    is_float = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+    if is_float and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(
+    path: str | os.PathLike,
+    data: Any,
+    *,
+    indent: int | None = 2,
+    default: Callable[[Any], Any] | None = None,
+) -> Path:
+    """Write ``data`` as strict JSON to ``path`` through a temporary file.
+
+    NaN and infinities are written as ``null`` (see :func:`replace_non_finite`).
+
+    Args:
+        path (str | os.PathLike): Destination.
+        data (Any): JSON-serialisable data.
+        indent (int | None): Indentation passed to :func:`json.dumps`.
+        default (Callable | None): Converter for objects that :mod:`json`
+            cannot serialise, passed to :func:`json.dumps`.
+
+    Returns:
+        Path: The destination path.
+
+    Raises:
+        ValueError: If ``default`` returns a non-finite float, which has no
+            JSON form. The destination is then left unchanged.
+        TypeError: If ``data`` contains an object that cannot be serialised.
+    """
+    text = json.dumps(replace_non_finite(data), indent=indent, allow_nan=False, default=default)
+    return write_text_atomic(path, text + "\n")
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
@@ -151,7 +206,30 @@ def write_manifest(
         "versions": package_versions(),
     }
     target = Path(out_dir) / MANIFEST_NAME
-    return write_text_atomic(target, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return write_json_atomic(target, manifest)
+
+
+def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
+    """Reject an output folder whose ``manifest.json`` belongs to another step.
+
+    Call it before writing anything, so that the record of an earlier step
+    (a fit, a simulation) is never replaced by the output of another one.
+
+    Args:
+        out_dir (str | os.PathLike): The output folder (it need not exist).
+        step (str): The step that is about to write there.
+
+    Raises:
+        FileExistsError: If the folder contains the manifest of another step.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST_NAME).is_file():
+        previous = read_manifest(out_dir).get("step")
+        if previous != step:
+            raise FileExistsError(
+                f"{out_dir} already contains the output of dimalign {previous}; choose another "
+                "output folder so that its manifest.json is not replaced"
+            )
 
 
 def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:

@@ -160,9 +160,11 @@ def plot_matching(
     steps = cumulative["n_dims"].to_numpy()
     right.plot(steps, cumulative["r2"].to_numpy(), marker="o", markersize=3, linewidth=1.2,
                color=SIDE_COLORS["dnn"], label="first k matched DNN dimensions")
-    full_r2 = float(rsa["r"]) ** 2
-    right.axhline(0.95 * full_r2, color="#b22222", linestyle="--", linewidth=1.0,
-                  label=f"95% of the full model's r² = {full_r2:.3f}")
+    # rsa.json writes a non-finite r as null, and then there is no line to draw.
+    if rsa.get("r") is not None:
+        full_r2 = float(rsa["r"]) ** 2
+        right.axhline(0.95 * full_r2, color="#b22222", linestyle="--", linewidth=1.0,
+                      label=f"95% of the full model's r² = {full_r2:.3f}")
     n_for_95 = rsa.get("n_dnn_dims_for_95_percent")
     if n_for_95 is not None:
         right.axvline(n_for_95, color="#b22222", linestyle=":", linewidth=1.0, label=f"{n_for_95} dimensions")

@@ -134,7 +134,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Handle ``dimalign import-triplets``."""
-    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import read_object_table, write_object_table
     from dimalign.io.triplets import (
         TRIPLET_SUFFIXES,
@@ -152,7 +152,7 @@ def run_import(args: argparse.Namespace) -> int:
     if as_file and args.split is not None:
         raise ValueError(f"--split writes train.npy and val.npy: give an output folder, not {out}")
     out_dir = out.parent if as_file else out
-    _check_out_dir(out_dir, "import-triplets")
+    check_output_dir(out_dir, "import-triplets")
 
     source = Path(args.input)
     objects_path = Path(args.objects) if args.objects else None
@@ -211,19 +211,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out_dir(out_dir: Path, step: str) -> None:
-    """Reject an output folder whose manifest.json belongs to another step."""
-    from dimalign.io.files import MANIFEST_NAME, read_manifest
-
-    if (out_dir / MANIFEST_NAME).is_file():
-        previous = read_manifest(out_dir).get("step")
-        if previous != step:
-            raise FileExistsError(
-                f"{out_dir} already contains the output of dimalign {previous}; choose another "
-                "output folder so that its manifest.json is not replaced"
-            )
-
-
 # --------------------------------------------------------------------------- simulate
 
 
@@ -232,14 +219,14 @@ def run_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dimalign.io.features import load_features
-    from dimalign.io.files import now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import write_object_table
     from dimalign.io.triplets import save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
 
     started = now_iso()
     out_dir = Path(args.out_dir)
-    _check_out_dir(out_dir, "simulate")
+    check_output_dir(out_dir, "simulate")
     features, table = load_features(args.features, layer=args.layer)
     n_objects = int(features.shape[0])
 
