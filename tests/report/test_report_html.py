@@ -149,3 +149,23 @@ def test_report_of_missing_study(tmp_path, capsys):
     status = main(["report", str(tmp_path / "none"), "-o", str(tmp_path / "r.html")])
     assert status == 1
     assert "study directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage_folders", [(), ("human_fit", "dnn_fit", "compare")])
+def test_report_of_empty_study_fails(tmp_path, capsys, stage_folders):
+    study = tmp_path / "study"
+    study.mkdir()
+    for folder in stage_folders:
+        (study / folder).mkdir()
+        (study / folder / "manifest.json").write_text("{}\n", encoding="utf-8")
+    out = tmp_path / "out" / "report.html"
+
+    status = main(["report", str(study), "-o", str(out)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"study directory {study} contains no results to report" in error
+    assert str(study / "human_fit" / "embedding.npz") in error
+    assert str(study / "dnn_fit" / "embedding.npz") in error
+    assert str(study / "compare" / "matching.csv") in error
+    assert not (tmp_path / "out").exists()

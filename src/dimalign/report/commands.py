@@ -6,8 +6,17 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dimalign.report.results import StudyResults
 
 logger = logging.getLogger(__name__)
+
+#: Files (stage, name) that give the report at least one figure or dimension.
+#: The dimension browser draws the fitted embeddings, and the matching figure
+#: needs only the comparison.
+REPORT_SOURCES = (("human_fit", "embedding.npz"), ("dnn_fit", "embedding.npz"), ("compare", "matching.csv"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,6 +116,7 @@ def report_command(args: argparse.Namespace) -> int:
         args.study_dir, categories=chosen(args.categories, "categories"), labels=chosen(args.labels, "labels"),
         images=chosen(args.images, "images"), record=record,
     )
+    _check_reportable(results)
     title = args.title or record.get("study", {}).get("name") or args.study_dir.name
     report = write_report(
         results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
@@ -115,3 +125,22 @@ def report_command(args: argparse.Namespace) -> int:
     for stem, reason in report.skipped.items():
         print(f"  left out {stem}: {reason}")
     return 0
+
+
+def _check_reportable(results: StudyResults) -> None:
+    """Check that the study has something to report, before anything is written.
+
+    Raises:
+        FileNotFoundError: If none of :data:`REPORT_SOURCES` exists, naming
+            the study directory and the files looked for.
+    """
+    if any(results.has(stage, name) for stage, name in REPORT_SOURCES):
+        return
+    expected = ", ".join(
+        str(results.stage_dirs.get(stage, results.study_dir / stage) / name) for stage, name in REPORT_SOURCES
+    )
+    raise FileNotFoundError(
+        f"study directory {results.study_dir} contains no results to report: expected at least one of "
+        f"{expected}. Run 'dimalign run STUDY.toml -o {results.study_dir}' first, or pass the "
+        "study directory that it wrote"
+    )
