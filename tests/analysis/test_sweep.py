@@ -213,3 +213,168 @@ def test_sweep_cli_rejects_options_of_other_method(tmp_path, tiny_triplets, caps
     ])
     assert code == 1
     assert "do not apply to --method vice" in capsys.readouterr().err
+
+
+def snapshot(directory):
+    """Map every file under ``directory`` to its content and modification time."""
+    return {
+        str(path.relative_to(directory)): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_sweep_rerun_other_n_dims_rejected(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0, 1], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(ValueError, match="n_dims") as error:
+        sweep(train, val, tmp_path, seeds=[0, 1], n_objects=N_OBJECTS, settings={**SETTINGS, "n_dims": 4})
+
+    message = str(error.value)
+    assert str(tmp_path / "runs" / "seed_0" / "manifest.json") in message
+    assert "n_dims=8" in message
+    assert "n_dims=4" in message
+    assert "new output directory" in message
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_rerun_other_method_rejected(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(ValueError, match="method='spose'"):
+        sweep(
+            train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, method="spose",
+            settings={"n_dims": 8, "max_epochs": 3},
+        )
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_checks_runs_of_other_seeds(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = snapshot(tmp_path)
+
+    # Seed 0 is not requested, but selection would mix it with the new runs.
+    with pytest.raises(ValueError, match="max_epochs"):
+        sweep(train, val, tmp_path, seeds=[1], n_objects=N_OBJECTS, settings={**SETTINGS, "max_epochs": 2})
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("changed", ["train", "val"])
+def test_sweep_rerun_other_triplets_rejected(tmp_path, tiny_triplets, changed):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = snapshot(tmp_path)
+    if changed == "train":
+        train = train[::-1]
+    else:
+        val = val[:-1]
+
+    expected = "other training triplets" if changed == "train" else "other validation triplets"
+    with pytest.raises(ValueError, match=expected) as error:
+        sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    assert str(tmp_path / "runs" / "seed_0") in str(error.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_rerun_other_n_objects_rejected(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(ValueError, match=f"n_objects={N_OBJECTS + 1}"):
+        sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS + 1, settings=SETTINGS)
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_checks_saved_triplets_without_runs(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    np.save(tmp_path / "train.npy", train[::-1])
+    before = snapshot(tmp_path)
+
+    with pytest.raises(ValueError, match="train.npy contains other training triplets"):
+        sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert snapshot(tmp_path) == before
+
+
+def unfinish(run_dir):
+    """Turn a finished run into one that has only its checkpoint, like an interrupted fit."""
+    (run_dir / "embedding.npz").unlink()
+    (run_dir / "manifest.json").unlink()
+
+
+def test_sweep_checks_unfinished_run_checkpoint(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    unfinish(tmp_path / "runs" / "seed_0")
+    before = snapshot(tmp_path)
+
+    with pytest.raises(ValueError, match="checkpoint.pt records mc_samples=2"):
+        sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings={**SETTINGS, "mc_samples": 3})
+    assert snapshot(tmp_path) == before
+
+    with pytest.raises(ValueError, match="checkpoint.pt was trained on other training triplets"):
+        sweep(train[::-1], val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert snapshot(tmp_path) == before
+
+
+def test_sweep_resumes_with_more_epochs(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    unfinish(tmp_path / "runs" / "seed_0")
+
+    # max_epochs is not part of the checkpoint's settings, so the run resumes.
+    table = sweep(train, val, tmp_path, seeds=[0], n_objects=N_OBJECTS, settings={**SETTINGS, "max_epochs": 4})
+    assert table["n_epochs"].tolist() == [4]
+
+
+def test_fit_seed_rejects_other_settings(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    fit_alone(tmp_path, "run", 0, train, val)
+    with pytest.raises(ValueError, match="n_dims"):
+        fit_seed(
+            method="vice", settings={**SETTINGS, "n_dims": 4}, seed=0,
+            train_path=str(tmp_path / "run_train.npy"), val_path=str(tmp_path / "run_val.npy"),
+            out_dir=str(tmp_path / "run"), n_objects=N_OBJECTS,
+        )
+
+
+def test_sweep_cli_rerun(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "triplets.npy", train)
+    common = ["sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
+              "--seeds", "2", "--max-epochs", "2"]
+    vice = ["--n-dims", "6", "--mc-samples", "2"]
+    assert main(common + vice) == 0
+    before = snapshot(tmp_path / "sweep")
+
+    # An identical rerun reuses both runs and leaves them as they are.
+    assert main(common + vice) == 0
+    after = snapshot(tmp_path / "sweep")
+    for seed in (0, 1):
+        name = f"runs/seed_{seed}/embedding.npz"
+        assert after[name] == before[name]
+    assert after["sweep.csv"][0] == before["sweep.csv"][0]
+    capsys.readouterr()
+
+    # Another method and n_dims in the same directory.
+    before = snapshot(tmp_path / "sweep")
+    assert main(common + ["--method", "spose", "--n-dims", "4"]) == 1
+    error = capsys.readouterr().err
+    assert str(tmp_path / "sweep" / "runs" / "seed_0") in error
+    assert "method='spose'" in error
+    assert snapshot(tmp_path / "sweep") == before
+
+    # Other triplets in the same directory.
+    np.save(tmp_path / "other.npy", train[::-1])
+    other = ["sweep", str(tmp_path / "other.npy")] + common[2:]
+    assert main(other + vice) == 1
+    assert "other training triplets" in capsys.readouterr().err
+    assert snapshot(tmp_path / "sweep") == before

@@ -36,7 +36,8 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fit one VICE (or SPoSE) embedding per seed into OUT/runs/seed_<seed>, in parallel "
             "local processes (one torch thread each) or on a Ray cluster. A seed gives the same "
-            "embedding whichever engine runs it. Finished runs are reused on a rerun."
+            "embedding whichever engine runs it. A rerun reuses finished runs of the same "
+            "settings and triplets and stops with an error on any difference."
         ),
     )
     add_training_data_arguments(parser)

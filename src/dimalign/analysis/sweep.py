@@ -18,10 +18,19 @@ Layout of a sweep directory::
     runs/seed_<seed>/    one run directory per seed (see dimalign.io.runs)
     sweep.csv            seed, run_dir, n_dims, val_accuracy, n_epochs, converged
     manifest.json
+
+A sweep directory contains runs of one method, one set of estimator settings
+and one set of triplets. Before it writes anything, :func:`sweep` compares every
+run already in ``runs/`` (its ``manifest.json``, or its ``checkpoint.pt`` when
+the run is unfinished) and the saved ``train.npy`` and ``val.npy`` with the
+new request, and raises ``ValueError`` on the first difference.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import math
 import os
@@ -34,7 +43,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dimalign.io.files import MANIFEST_NAME, atomic_path, now_iso, read_manifest, write_manifest, write_text_atomic
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    atomic_path,
+    check_output_dir,
+    now_iso,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+    write_text_atomic,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.parallel import limit_torch_threads, run_tasks
@@ -47,6 +65,15 @@ RUNS_FOLDER = "runs"
 
 # Settings that the sweep decides per seed, so callers must not pass them.
 _PER_RUN_SETTINGS = ("random_state", "checkpoint_dir", "n_objects")
+
+# Estimator parameters that may differ between a finished run and a sweep that
+# reuses it. These are the per-run settings and ``resume``, which fit_seed sets
+# when a checkpoint exists. The number of objects is compared separately.
+_UNCOMPARED_SETTINGS = frozenset(_PER_RUN_SETTINGS) | {"resume"}
+
+# The file that dimalign.embedding.checkpoint writes, named here so that this
+# module does not import torch.
+_CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def run_dir_name(seed: int) -> str:
@@ -68,8 +95,9 @@ def fit_seed(
     """Fit one seed into its run directory (the task that :func:`sweep` runs in each worker).
 
     The fit runs with one torch thread. A run directory that already has its
-    ``embedding.npz`` and ``manifest.json`` is left as it is and only read,
-    and one with a checkpoint but no result resumes from it.
+    ``embedding.npz`` and ``manifest.json`` is left as it is and only read
+    when its manifest records the same method, settings and triplets, and
+    one with a checkpoint but no result resumes from it.
 
     Args:
         method (str): ``"vice"`` or ``"spose"``.
@@ -84,16 +112,28 @@ def fit_seed(
     Returns:
         dict: seed, run_dir, n_dims, val_accuracy (NaN without validation
         triplets), n_epochs and converged.
+
+    Raises:
+        ValueError: If the run directory contains a finished run of another
+            method, other settings, another number of objects or other
+            triplets.
     """
     run_dir = Path(out_dir)
-    if (run_dir / EMBEDDING_NAME).is_file() and (run_dir / MANIFEST_NAME).is_file():
-        logger.info("seed %d: %s is complete, reusing it", seed, run_dir)
+    if _is_finished(run_dir):
+        data = _TripletChecksums(
+            train_file=sha256_file(train_path),
+            val_file=sha256_file(val_path) if val_path else None,
+        )
+        _raise_if_different(_finished_run_difference(run_dir, method, settings, n_objects, data))
+        logger.info(
+            "seed %d: %s is complete with the same settings and triplets, reusing it", seed, run_dir
+        )
         return _run_record(seed, run_dir)
 
-    from dimalign.embedding import SPoSE, VICE, fit_run
+    from dimalign.embedding import fit_run
 
-    estimator_class = {"vice": VICE, "spose": SPoSE}[method]
-    resume = (run_dir / "checkpoint.pt").is_file()
+    estimator_class = _estimator_class(method)
+    resume = (run_dir / _CHECKPOINT_NAME).is_file()
     estimator = estimator_class(**{**dict(settings), "resume": resume}, random_state=seed)
     train = np.load(train_path, allow_pickle=False)
     val = np.load(val_path, allow_pickle=False) if val_path else None
@@ -106,11 +146,13 @@ def fit_seed(
 
 def _run_record(seed: int, run_dir: Path) -> dict[str, Any]:
     outputs = read_manifest(run_dir).get("outputs", {})
+    accuracy = outputs.get("val_accuracy")
     return {
         "seed": int(seed),
         "run_dir": str(run_dir),
         "n_dims": int(outputs.get("n_dims", -1)),
-        "val_accuracy": float(outputs.get("val_accuracy", math.nan)),
+        # A manifest writes a non-finite accuracy as null.
+        "val_accuracy": math.nan if accuracy is None else float(accuracy),
         "n_epochs": int(outputs.get("n_epochs", -1)),
         "converged": bool(outputs.get("converged", False)),
     }
@@ -153,7 +195,11 @@ def sweep(
 
     Raises:
         ValueError: For an unknown method, repeated seeds, or settings the
-            sweep sets itself.
+            sweep sets itself, and when ``out_dir`` already contains runs or
+            triplets that differ from this request in method, an estimator
+            setting, the number of objects or the triplets. The message names
+            the file and the first difference. Nothing in ``out_dir`` is
+            changed in that case.
         RuntimeError: When a seed's fit fails (the message names the seed).
     """
     started = now_iso()
@@ -171,11 +217,22 @@ def sweep(
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
 
-    # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, "sweep")
+    train_bytes = _npy_bytes(train)
+    val_bytes = _npy_bytes(val) if val is not None else None
+    data = _TripletChecksums(
+        train_file=_sha256_bytes(train_bytes),
+        val_file=_sha256_bytes(val_bytes) if val_bytes is not None else None,
+    )
+    _check_existing_sweep(
+        out_dir, method=method, settings=settings, n_objects=n_objects, train=train, data=data
+    )
+
+    # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_path = _save_array(out_dir / "train.npy", train)
-    val_path = _save_array(out_dir / "val.npy", val) if val is not None else None
+    train_path = _write_bytes(out_dir / "train.npy", train_bytes)
+    val_path = _write_bytes(out_dir / "val.npy", val_bytes) if val_bytes is not None else None
     objects_path = None
     if object_table is not None:
         objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
@@ -219,10 +276,254 @@ def sweep(
     return table
 
 
-def _save_array(path: Path, array: np.ndarray) -> Path:
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """Serialize triplets as the ``.npy`` file that the sweep saves, to hash it before writing."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.int64), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, content: bytes) -> Path:
     with atomic_path(path) as temporary:
-        np.save(temporary, np.asarray(array, dtype=np.int64))
+        temporary.write_bytes(content)
     return path
+
+
+def _sha256_bytes(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _checkpoint_digest(triplets: np.ndarray) -> str:
+    """Return the digest that a checkpoint stores for the training triplets (``data_sha256``)."""
+    import torch
+
+    from dimalign.embedding.base import triplet_digest
+
+    return triplet_digest(torch.as_tensor(np.ascontiguousarray(triplets, dtype=np.int64)))
+
+
+def _digest_text(sha256: str | None) -> str:
+    return f"sha256 {sha256}" if sha256 else "none"
+
+
+# -- reuse checks -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TripletChecksums:
+    """SHA-256 digests of the triplets of a sweep.
+
+    Attributes:
+        train_file (str): Of the ``train.npy`` file, as run manifests record it.
+        val_file (str | None): Of the ``val.npy`` file, None without validation triplets.
+    """
+
+    train_file: str
+    val_file: str | None
+
+
+def _estimator_class(method: str) -> type:
+    from dimalign.embedding import SPoSE, VICE
+
+    return {"vice": VICE, "spose": SPoSE}[method]
+
+
+def _is_finished(run_dir: Path) -> bool:
+    return (run_dir / EMBEDDING_NAME).is_file() and (run_dir / MANIFEST_NAME).is_file()
+
+
+def _recorded_form(value: Any) -> Any:
+    """Convert a setting to the JSON value that ``write_manifest`` stores for it."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    # write_manifest also turns numpy and torch scalars into numbers and other
+    # objects into strings.
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return str(value)
+
+
+def _compared_settings(method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the estimator parameters (defaults included) that a reused run must share."""
+    params = _estimator_class(method)(**dict(settings)).get_params()
+    return {
+        name: _recorded_form(value)
+        for name, value in params.items()
+        if name not in _UNCOMPARED_SETTINGS
+    }
+
+
+def _setting_difference(
+    where: Path, recorded: Mapping[str, Any], expected: Mapping[str, Any], names: Sequence[str]
+) -> str | None:
+    missing = object()
+    for name in names:
+        old = recorded.get(name, missing)
+        old = missing if old is missing else _recorded_form(old)
+        if old != expected[name]:
+            recorded_text = f"no {name}" if old is missing else f"{name}={old!r}"
+            return f"{where} records {recorded_text}, but this sweep sets {name}={expected[name]!r}"
+    return None
+
+
+def _finished_run_difference(
+    run_dir: Path, method: str, settings: Mapping[str, Any], n_objects: int, data: _TripletChecksums
+) -> str | None:
+    """Compare a finished run's ``manifest.json`` and embedding with the request.
+
+    Returns:
+        str | None: The first difference, as a sentence naming the file, or
+        None when the run can be reused.
+    """
+    where = run_dir / MANIFEST_NAME
+    manifest = read_manifest(run_dir)
+    recorded = manifest.get("settings", {})
+    estimator_name = _estimator_class(method).__name__
+    if recorded.get("estimator") != estimator_name:
+        return (
+            f"{where} records estimator {recorded.get('estimator')!r}, but this sweep uses "
+            f"{estimator_name} (method={method!r})"
+        )
+
+    expected = _compared_settings(method, settings)
+    difference = _setting_difference(where, recorded, expected, list(expected))
+    if difference:
+        return difference
+
+    with np.load(run_dir / EMBEDDING_NAME, allow_pickle=False) as archive:
+        n_rows = int(archive["embedding"].shape[0])
+    if n_rows != n_objects:
+        return (
+            f"{run_dir / EMBEDDING_NAME} has {n_rows} objects, but this sweep has "
+            f"n_objects={n_objects}"
+        )
+
+    inputs = manifest.get("inputs", {})
+    train_sha256 = inputs.get("train", {}).get("sha256")
+    if train_sha256 != data.train_file:
+        return (
+            f"{where} records other training triplets (recorded {_digest_text(train_sha256)}, "
+            f"this sweep's {_digest_text(data.train_file)})"
+        )
+    val_sha256 = inputs.get("val", {}).get("sha256")
+    if val_sha256 != data.val_file:
+        return (
+            f"{where} records other validation triplets (recorded {_digest_text(val_sha256)}, "
+            f"this sweep's {_digest_text(data.val_file)})"
+        )
+    return None
+
+
+def _checkpoint_difference(
+    run_dir: Path, method: str, settings: Mapping[str, Any], n_objects: int, train_digest: str
+) -> str | None:
+    """Compare an unfinished run's ``checkpoint.pt`` with the request, as resuming it would.
+
+    The checkpoint records only the settings that change what a fit computes,
+    so settings such as ``max_epochs`` may differ and the run resumes with the
+    new value. It records no validation triplets, which
+    :func:`_saved_triplets_difference` compares instead.
+
+    Args:
+        train_digest (str): :func:`_checkpoint_digest` of the training triplets.
+    """
+    from dimalign.embedding.checkpoint import load_checkpoint
+
+    where = run_dir / _CHECKPOINT_NAME
+    state = load_checkpoint(run_dir)
+    if state["estimator"] != method:
+        return (
+            f"{where} records method={state['estimator']!r}, but this sweep uses method={method!r}"
+        )
+
+    expected = _compared_settings(method, settings)
+    recorded = state.get("config", {})
+    names = [name for name in expected if name in recorded]
+    difference = _setting_difference(where, recorded, expected, names)
+    if difference:
+        return difference
+
+    if state.get("n_objects") != n_objects:
+        return (
+            f"{where} records n_objects={state.get('n_objects')!r}, but this sweep has "
+            f"n_objects={n_objects}"
+        )
+    if state.get("data_sha256") != train_digest:
+        return (
+            f"{where} was trained on other training triplets (recorded data_sha256 "
+            f"{state.get('data_sha256')}, this sweep's {train_digest})"
+        )
+    return None
+
+
+def _saved_triplets_difference(out_dir: Path, data: _TripletChecksums) -> str | None:
+    """Compare the ``train.npy`` and ``val.npy`` of an earlier sweep with the request."""
+    train_path = out_dir / "train.npy"
+    if not train_path.is_file():
+        return None
+    train_sha256 = sha256_file(train_path)
+    if train_sha256 != data.train_file:
+        return (
+            f"{train_path} contains other training triplets (saved {_digest_text(train_sha256)}, "
+            f"this sweep's {_digest_text(data.train_file)})"
+        )
+    val_path = out_dir / "val.npy"
+    val_sha256 = sha256_file(val_path) if val_path.is_file() else None
+    if val_sha256 != data.val_file:
+        return (
+            f"{val_path} does not match this sweep's validation triplets (saved "
+            f"{_digest_text(val_sha256)}, this sweep's {_digest_text(data.val_file)})"
+        )
+    return None
+
+
+def _raise_if_different(difference: str | None) -> None:
+    if difference:
+        raise ValueError(
+            f"{difference}. A sweep directory contains runs of one method, one set of settings "
+            "and one set of triplets, so choose a new output directory for this sweep, or rerun "
+            "with the same method, settings and triplets to reuse the finished runs."
+        )
+
+
+def _check_existing_sweep(
+    out_dir: Path,
+    *,
+    method: str,
+    settings: Mapping[str, Any],
+    n_objects: int,
+    train: np.ndarray,
+    data: _TripletChecksums,
+) -> None:
+    """Raise ``ValueError`` if ``out_dir`` contains runs or triplets that differ from the request.
+
+    Every ``runs/seed_*`` directory is checked, not only those of the
+    requested seeds, because :func:`find_runs` selects among all of them.
+
+    Raises:
+        ValueError: On the first difference, naming the file and the setting or data.
+    """
+    run_dirs = sorted((out_dir / RUNS_FOLDER).glob("seed_*"))
+    train_digest = None
+    n_checked = 0
+    for run_dir in run_dirs:
+        if _is_finished(run_dir):
+            difference = _finished_run_difference(run_dir, method, settings, n_objects, data)
+        elif (run_dir / _CHECKPOINT_NAME).is_file():
+            train_digest = train_digest or _checkpoint_digest(train)
+            difference = _checkpoint_difference(run_dir, method, settings, n_objects, train_digest)
+        else:
+            continue
+        _raise_if_different(difference)
+        n_checked += 1
+    _raise_if_different(_saved_triplets_difference(out_dir, data))
+    if n_checked:
+        logger.info(
+            "%s: %d existing runs match this sweep's method, settings and triplets",
+            out_dir, n_checked,
+        )
 
 
 # -- selection ----------------------------------------------------------------
