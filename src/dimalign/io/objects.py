@@ -86,9 +86,16 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     text file with one name per line (such as THINGS ``unique_id.txt``).
 
     Raises:
-        ValueError: If the index column is not 0, 1, 2, ... in order.
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the index column is not 0, 1, 2, ... in order, or a
+            plain list has a blank line before its last name (every later
+            object would move up one row).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
+        )
     lines = path.read_text(encoding="utf-8").splitlines()
     if lines and lines[0].split("\t")[:2] == list(COLUMNS[:2]):
         rows = list(csv.reader(lines[1:], delimiter="\t"))
@@ -104,5 +111,13 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             ids.append(row[1])
             sources.append(row[2] if len(row) > 2 else "")
         return ObjectTable(tuple(ids), tuple(sources))
-    names = [line.strip() for line in lines if line.strip()]
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        line_number = names.index("") + 1
+        raise ValueError(
+            f"{path}, line {line_number}: blank line in the object list. Each line names the object "
+            "of one row, in order, so remove the blank line or write the missing name there."
+        )
     return ObjectTable.from_ids(names)

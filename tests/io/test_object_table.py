@@ -1,0 +1,39 @@
+import pytest
+
+from dimalign.io.objects import read_object_table
+
+
+def test_plain_list_trailing_blank_lines(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("aardvark\nabacus\naccordion\n\n\n")
+
+    assert read_object_table(path).object_ids == ("aardvark", "abacus", "accordion")
+
+
+def test_plain_list_inner_blank_line_fails(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("aardvark\nabacus\n\naccordion\n")
+
+    with pytest.raises(ValueError) as error:
+        read_object_table(path)
+
+    message = str(error.value)
+    assert str(path) in message
+    assert "line 3" in message
+    assert "blank line" in message
+
+
+def test_missing_table_names_file(tmp_path):
+    path = tmp_path / "nope.tsv"
+
+    with pytest.raises(FileNotFoundError) as error:
+        read_object_table(path)
+
+    assert f"object table {path} not found" in str(error.value)
+
+
+def test_real_things_ids(things_dir):
+    table = read_object_table(things_dir / "unique_id.txt")
+
+    assert len(table.object_ids) == 1854
+    assert table.object_ids[0] == "aardvark"
