@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -12,3 +13,23 @@ def test_parser_builds_without_torch():
     code = "import sys; from dimalign.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_sigterm_removes_unfinished_output(tmp_path):
+    # timeout and kill send SIGTERM; the folder the command created must go.
+    out = tmp_path / "out"
+    code = (
+        "import sys, time\n"
+        "from dimalign.cli import sigterm_as_exit\n"
+        "from dimalign.io.files import output_dir\n"
+        "with sigterm_as_exit(), output_dir(sys.argv[1]) as folder:\n"
+        "    (folder / 'part.csv').write_text('x')\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not out.exists()

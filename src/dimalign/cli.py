@@ -9,10 +9,14 @@ options, call the library and write files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from dimalign import __version__
 
@@ -71,6 +75,29 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     root.propagate = False
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` inside the block.
+
+    Python ends on SIGTERM (what ``timeout`` and ``kill`` send) without
+    unwinding, so cleanup such as removing an unfinished output folder would
+    not run. Outside the main thread the handler cannot be set, and the block
+    runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dimalign`` command line and return its exit status."""
     parser = build_parser()
@@ -80,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_as_exit():
+            return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as error:
         logger.debug("command failed", exc_info=True)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

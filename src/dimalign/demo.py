@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import now_iso, write_manifest, write_text_atomic
+from dimalign.io.files import now_iso, output_dir, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write both runs and ``summary.json`` into ``out_dir``.
 
+    If a step fails, ``out_dir`` is removed again when this call created it.
+
     Args:
         out_dir (str | os.PathLike): Output folder; receives ``human/`` and
             ``dnn/`` run directories, ``summary.json`` and ``manifest.json``.
@@ -98,19 +100,17 @@ def run_demo(
     Returns:
         dict[str, Any]: The summary written to ``summary.json``.
     """
-    from dimalign.analysis.rsa import rsa
-    from dimalign.analysis.similarity import similarity_matrix
-    from dimalign.analysis.things48 import load_things48, things48_correlation
+    from dimalign.analysis.things48 import load_things48
+    from dimalign.device import resolve_device
     from dimalign.io.objects import read_object_table
     from dimalign.io.things import fetch, find_human_triplets
-    from dimalign.io.triplets import load_triplets, split_triplets
-    from dimalign.triplets import sample_triplets, simulate_choices
 
     settings = settings or DemoSettings()
     started = now_iso()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    resolve_device(settings.device)
 
+    # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
     paths = {
         name: fetch(file_name, data_dir, mirror, download=download)
         for name, file_name in (
@@ -121,8 +121,23 @@ def run_demo(
     paths["human_triplets"] = find_human_triplets(data_dir, mirror, download=download)
     things_dir = paths["unique_id"].parent
     objects = read_object_table(paths["unique_id"])
-    n_objects = len(objects)
     things48 = load_things48(things_dir)
+
+    with output_dir(out_dir):
+        return _run_observers(out_dir, paths, objects, things48, settings, started)
+
+
+def _run_observers(
+    out_dir: Path, paths: dict[str, Path], objects: Any, things48: Any, settings: DemoSettings, started: str
+) -> dict[str, Any]:
+    """Fit both observers into ``out_dir``, compare them and write the summary and manifest."""
+    from dimalign.analysis.rsa import rsa
+    from dimalign.analysis.similarity import similarity_matrix
+    from dimalign.analysis.things48 import things48_correlation
+    from dimalign.io.triplets import load_triplets, split_triplets
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    n_objects = len(objects)
 
     # Human observer: the real judgements, split by object set.
     human = load_triplets(paths["human_triplets"], n_objects)

@@ -256,6 +256,99 @@ def test_compare_rejects_different_objects(tmp_path):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
 
 
+def test_compare_different_objects_leave_no_folder(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i}" for i in range(12)]))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids([f"a{i}" for i in range(11)] + ["zebra"]))
+    with pytest.raises(ValueError):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cuda_without_gpu_writes_nothing(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out in (tmp_path / "new", existing):
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, device="cuda")
+    assert not (tmp_path / "new").exists()
+    assert list(existing.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"top_k": 0}, "top_k"), ({"n_bootstrap": -1}, "n_bootstrap"), ({"images": "missing"}, "image folder"),
+     ({"triplets": np.array([[0, 1, 12]])}, "triplet indices")],
+)
+def test_compare_invalid_settings_write_nothing(tmp_path, option, message):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", **{"n_bootstrap": 0, **option})
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_failure_removes_created_folder(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+
+    def failing_similarity(*args, **kwargs):
+        raise RuntimeError("similarity failed")
+
+    with pytest.raises(RuntimeError, match="similarity failed"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_failed_rerun_removes_old_manifest(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    assert (out / "manifest.json").is_file()
+
+    def failing_similarity(*args, **kwargs):
+        raise RuntimeError("similarity failed")
+
+    with pytest.raises(RuntimeError):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, similarity=failing_similarity)
+    # The new matching.csv no longer belongs to the old manifest, so the
+    # folder must not look finished.
+    assert (out / "matching.csv").is_file()
+    assert not (out / "manifest.json").exists()
+
+
+def test_compare_rejects_folder_of_other_step(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"step": "fit"}))
+    with pytest.raises(FileExistsError, match="dimalign fit"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    assert sorted(path.name for path in out.iterdir()) == ["manifest.json"]
+
+
+def test_compare_cli_missing_embedding_leaves_no_folder(tmp_path, capsys):
+    human, _ = surrogate_pair(n_objects=12)
+    np.save(tmp_path / "human.npy", human)
+    out = tmp_path / "out"
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "missing.npy"), "-o", str(out)])
+    assert code == 1
+    assert "missing.npy" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_compare_cli(tmp_path):
     human, dnn = surrogate_pair(n_objects=20)
     np.save(tmp_path / "human.npy", human)

@@ -123,6 +123,36 @@ def test_sweep_rejects_repeated_seeds(tmp_path, tiny_triplets):
         sweep(train, val, tmp_path, seeds=[0, 0], n_objects=N_OBJECTS)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"n_jobs": 0}, "n_jobs"), ({"engine": "slurm"}, "unknown engine"),
+     ({"settings": {**SETTINGS, "device": "cuda"}}, "no CUDA GPU"),
+     ({"settings": {**SETTINGS, "batch_size": 0}}, "batch_size")],
+)
+def test_sweep_invalid_settings_write_nothing(tmp_path, tiny_triplets, monkeypatch, options, message):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=message):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, **{"settings": SETTINGS, **options})
+    assert not out.exists()
+
+
+def test_sweep_cli_n_jobs_zero_writes_nothing(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "train.npy", train)
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(tmp_path / "train.npy"), "--n-objects", str(N_OBJECTS), "-o", str(out),
+                 "--seeds", "1", "--n-jobs", "0", "--max-epochs", "1"])
+    assert code == 1
+    assert "n_jobs=0" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def write_run(path, embedding, val_accuracy):
     save_embedding(EmbeddingResult(embedding=embedding), path)
     (path / "manifest.json").write_text(json.dumps({"outputs": {"val_accuracy": val_accuracy}}))

@@ -41,8 +41,11 @@ from tqdm.auto import tqdm
 
 from dimalign.device import resolve_device
 from dimalign.io.files import (
+    MANIFEST_NAME,
     atomic_path,
+    check_output_dir,
     now_iso,
+    output_dir,
     write_json_atomic,
     write_manifest,
     write_text_atomic,
@@ -587,7 +590,9 @@ def compare(
 
     started = now_iso()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, "compare")
+    resolve_device(device)
+    _check_compare_settings(n_bootstrap, top_k, images)
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
@@ -598,94 +603,107 @@ def compare(
     )
     names = list(pair.objects.object_ids)
     n_objects = len(names)
+    subset = _similarity_subset(n_objects, similarity_objects, random_state)
+    cumulative_subset = subset
+    if cumulative_objects is not None:
+        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state)
+    if triplets is not None:
+        _check_triplets(triplets, n_objects)
+    if reference is not None:
+        _reference_rows(pair, reference)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
     )
     outputs: dict[str, Any] = {}
 
-    # Matching and the objects behind each pair (cheap, so errors come early).
-    matchings = matching_module.match_all(pair.human, pair.dnn)
-    matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
-    _write_csv(matching_table, out_dir / "matching.csv")
-    primary = matchings.get("greedy", matchings["with_replacement"])
-    top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-    _write_csv(top_table, out_dir / "top_objects.csv")
-    outputs.update(matching="matching.csv", top_objects="top_objects.csv")
-    if images is not None:
-        outputs["top_object_grids"] = _write_pair_grids(top_table, pair.objects, Path(images), out_dir)
+    # Every input is valid from here on. A folder without manifest.json is an
+    # incomplete comparison: the manifest of an earlier comparison in the same
+    # folder is removed first and the new one is written last. A folder that
+    # this call creates is removed again if a step fails.
+    with output_dir(out_dir):
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
-    # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
-    subset = _similarity_subset(n_objects, similarity_objects, random_state)
-    human_similarity = similarity(pair.human, objects=subset, device=device)
-    dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
-    rsa_result = bootstrap_rsa(
-        human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
-    )
-    correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
-    order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
-    if cumulative_objects is None:
-        cumulative_subset, human_reference, dnn_full = subset, human_similarity, dnn_similarity
-    else:
-        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state)
-        human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
-        dnn_full = None
-    cumulative = matching_module.cumulative_rsa(
-        human_reference, pair.dnn, order,
-        similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
-        full_similarity=dnn_full,
-    )
-    _write_csv(cumulative.to_frame(), out_dir / "cumulative_rsa.csv")
-    outputs["cumulative_rsa"] = "cumulative_rsa.csv"
+        # Matching and the objects behind each pair (cheap, so errors come early).
+        matchings = matching_module.match_all(pair.human, pair.dnn)
+        matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
+        _write_csv(matching_table, out_dir / "matching.csv")
+        primary = matchings.get("greedy", matchings["with_replacement"])
+        top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
+        _write_csv(top_table, out_dir / "top_objects.csv")
+        outputs.update(matching="matching.csv", top_objects="top_objects.csv")
+        if images is not None:
+            outputs["top_object_grids"] = _write_pair_grids(top_table, pair.objects, Path(images), out_dir)
 
-    summary = {
-        **rsa_result.to_dict(),
-        "n_objects": n_objects,
-        "similarity_objects": "all" if subset is None else int(subset.size),
-        "cumulative_objects": "all" if cumulative_subset is None else int(cumulative_subset.size),
-        "variance_explained_in_human_similarity_by_dnn": rsa_result.r**2,
-        "cumulative_matching": primary.method,
-        "n_dnn_dims_for_95_percent": cumulative.n_dims_for_share,
-        "n_dnn_dims": int(pair.dnn.shape[1]),
-        "n_human_dims": int(pair.human.shape[1]),
-        "matched_r_max": float(primary.correlations.max()),
-        "matched_r_median": float(np.median(primary.correlations)),
-    }
-    if reference is not None:
-        summary["reference"] = _reference_scores(pair, reference, similarity, device)
-    write_json_atomic(out_dir / "rsa.json", summary)
-    outputs["rsa"] = "rsa.json"
+        # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
+        human_similarity = similarity(pair.human, objects=subset, device=device)
+        dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
+        rsa_result = bootstrap_rsa(
+            human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
+        )
+        correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
+        order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
+        if cumulative_objects is None:
+            human_reference, dnn_full = human_similarity, dnn_similarity
+        else:
+            human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
+            dnn_full = None
+        cumulative = matching_module.cumulative_rsa(
+            human_reference, pair.dnn, order,
+            similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
+            full_similarity=dnn_full,
+        )
+        _write_csv(cumulative.to_frame(), out_dir / "cumulative_rsa.csv")
+        outputs["cumulative_rsa"] = "cumulative_rsa.csv"
 
-    if save_similarity:
-        for label, embedding in (("human", pair.human), ("dnn", pair.dnn)):
-            similarity_matrix_to_disk(embedding, out_dir / f"{label}_similarity.npy", device=device)
-            outputs[f"{label}_similarity"] = f"{label}_similarity.npy"
+        summary = {
+            **rsa_result.to_dict(),
+            "n_objects": n_objects,
+            "similarity_objects": "all" if subset is None else int(subset.size),
+            "cumulative_objects": "all" if cumulative_subset is None else int(cumulative_subset.size),
+            "variance_explained_in_human_similarity_by_dnn": rsa_result.r**2,
+            "cumulative_matching": primary.method,
+            "n_dnn_dims_for_95_percent": cumulative.n_dims_for_share,
+            "n_dnn_dims": int(pair.dnn.shape[1]),
+            "n_human_dims": int(pair.human.shape[1]),
+            "matched_r_max": float(primary.correlations.max()),
+            "matched_r_median": float(np.median(primary.correlations)),
+        }
+        if reference is not None:
+            summary["reference"] = _reference_scores(pair, reference, similarity, device)
+        write_json_atomic(out_dir / "rsa.json", summary)
+        outputs["rsa"] = "rsa.json"
 
-    from dimalign.analysis import figures_compare
+        if save_similarity:
+            for label, embedding in (("human", pair.human), ("dnn", pair.dnn)):
+                similarity_matrix_to_disk(embedding, out_dir / f"{label}_similarity.npy", device=device)
+                outputs[f"{label}_similarity"] = f"{label}_similarity.npy"
 
-    outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, out_dir)
+        from dimalign.analysis import figures_compare
 
-    if triplets is not None:
-        outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, out_dir, device))
+        outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, out_dir)
 
-    write_manifest(
-        out_dir,
-        step="compare",
-        inputs={
-            **dict(inputs or {}),
-            **({"human": human_result.path} if human_result.path else {}),
-            **({"dnn": dnn_result.path} if dnn_result.path else {}),
-        },
-        settings={
-            "n_bootstrap": n_bootstrap, "random_state": random_state, "top_k": top_k,
-            "similarity_objects": similarity_objects, "cumulative_objects": cumulative_objects,
-            "device": device,
-            "matching_for_cumulative_rsa": primary.method, "triplets": triplets is not None,
-            "images": str(images) if images is not None else None,
-        },
-        started=started,
-        outputs={**outputs, "summary": summary},
-    )
+        if triplets is not None:
+            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, out_dir, device))
+
+        write_manifest(
+            out_dir,
+            step="compare",
+            inputs={
+                **dict(inputs or {}),
+                **({"human": human_result.path} if human_result.path else {}),
+                **({"dnn": dnn_result.path} if dnn_result.path else {}),
+            },
+            settings={
+                "n_bootstrap": n_bootstrap, "random_state": random_state, "top_k": top_k,
+                "similarity_objects": similarity_objects, "cumulative_objects": cumulative_objects,
+                "device": device,
+                "matching_for_cumulative_rsa": primary.method, "triplets": triplets is not None,
+                "images": str(images) if images is not None else None,
+            },
+            started=started,
+            outputs={**outputs, "summary": summary},
+        )
     logger.info(
         "human-DNN RSA r = %.3f [%.3f, %.3f]; matched r up to %.3f; %s DNN dimensions for 95%%",
         rsa_result.r, rsa_result.ci_low, rsa_result.ci_high, primary.correlations.max(),
@@ -710,20 +728,47 @@ def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> n
     return np.sort(rng.choice(n_objects, size=size, replace=False))
 
 
+def _check_compare_settings(n_bootstrap: int, top_k: int, images: str | os.PathLike | None) -> None:
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} is invalid: use 1 or more")
+    if images is not None and not Path(images).is_dir():
+        raise FileNotFoundError(f"image folder {images} not found")
+
+
+def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
+    array = np.asarray(triplets)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(f"triplets must have shape (n, 3), got {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= n_objects):
+        raise ValueError(
+            f"triplet indices range from {array.min()} to {array.max()}, but the compared "
+            f"embeddings have {n_objects} objects (valid indices 0 to {n_objects - 1})"
+        )
+
+
+def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
+    """Check a ground-truth similarity matrix and return the rows of its objects in ``pair``."""
+    matrix, table = reference
+    shape = np.shape(matrix)
+    if shape != (len(table), len(table)):
+        raise ValueError(f"the reference matrix has shape {shape} but its table lists {len(table)} objects")
+    missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} reference objects are not in the compared embeddings: {missing[:20]}"
+        )
+    return pair.objects.index_of(table.object_ids)
+
+
 def _reference_scores(
     pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
 ) -> dict[str, Any]:
     """Variance explained by each model's similarity in a ground-truth matrix of a subset of objects."""
     matrix, table = reference
     matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape != (len(table), len(table)):
-        raise ValueError(f"the reference matrix has shape {matrix.shape} but its table lists {len(table)} objects")
-    missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} reference objects are not in the compared embeddings: {missing[:20]}"
-        )
-    rows = pair.objects.index_of(table.object_ids)
+    rows = _reference_rows(pair, reference)
     return {
         "n_objects": len(table),
         "human_r2": variance_explained(similarity(pair.human, objects=rows, device=device), matrix),

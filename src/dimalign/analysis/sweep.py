@@ -55,7 +55,7 @@ from dimalign.io.files import (
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
-from dimalign.parallel import limit_torch_threads, run_tasks
+from dimalign.parallel import ENGINES, limit_torch_threads, run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ def sweep(
         raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine)
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
@@ -274,6 +275,20 @@ def sweep(
         int(table["n_dims"].min()), int(table["n_dims"].max()),
     )
     return table
+
+
+def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str) -> None:
+    """Raise ``ValueError`` for settings that would fail only inside the workers, after files are written."""
+    from dimalign.device import resolve_device
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs={n_jobs} is invalid: use 1 or more")
+    estimator = _estimator_class(method)(**settings)
+    resolve_device(estimator.device)
+    estimator._check_settings()
+    estimator._dtype()
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from dimalign.embedding.base import TripletEmbedding
-from dimalign.io.files import now_iso, write_manifest
+from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+from dimalign.io.files import now_iso, output_dir, write_manifest
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def fit_run(
     The directory receives ``checkpoint.pt`` during training, then
     ``embedding.npz``, ``config.toml``, ``history.csv``, ``objects.tsv`` (when
     an object table is given) and ``manifest.json`` with the held-out
-    accuracy.
+    accuracy. If the fit fails, a run directory that this call created is
+    removed again, unless it already contains ``checkpoint.pt``.
 
     Args:
         estimator (TripletEmbedding): A VICE or SPoSE instance. Its
@@ -49,9 +51,25 @@ def fit_run(
     """
     started = now_iso()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    # A folder created here is removed if the fit fails, unless a checkpoint
+    # was written that a rerun with resume=True can continue from.
+    with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME,)):
+        _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, started)
+    return estimator
+
+
+def _fit_and_save(
+    estimator: TripletEmbedding,
+    train: np.ndarray,
+    val: np.ndarray | None,
+    out_dir: Path,
+    n_objects: int,
+    object_table: ObjectTable | None,
+    inputs: Mapping[str, str | os.PathLike] | None,
+    started: str,
+) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
     estimator.fit(train, val, n_objects=n_objects)
     estimator.save(out_dir)
@@ -75,4 +93,3 @@ def fit_run(
         out_dir, step="fit", inputs=inputs, started=started,
         settings={"estimator": type(estimator).__name__, **estimator.get_params()}, outputs=outputs,
     )
-    return estimator

@@ -6,16 +6,20 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
 import platform
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 
@@ -54,6 +58,47 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ()) -> Iterator[Path]:
+    """Create an output folder for a block and remove it again if the block raises.
+
+    Only folders that this call creates are removed: the first missing folder
+    on ``path`` and everything below it. A folder that existed before is left
+    as it is, with whatever the block wrote into it. Any exception counts,
+    Ctrl-C (``KeyboardInterrupt``) included. A signal that Python does not
+    turn into an exception ends the process without cleanup. The ``dimalign``
+    command line turns SIGTERM (sent by ``timeout`` and ``kill``) into one
+    (:func:`dimalign.cli.sigterm_as_exit`), while SIGKILL leaves the folder.
+
+    Args:
+        path (str | os.PathLike): The output folder.
+        keep_if_contains (Sequence[str]): File names inside ``path``. If the
+            block raises after writing one of them, the folder is kept (for
+            example a training checkpoint that a rerun can resume from).
+
+    Yields:
+        Path: ``path``, which exists inside the block.
+    """
+    folder = Path(path)
+    created = None
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        created = candidate
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created is not None:
+            found = [name for name in keep_if_contains if (folder / name).exists()]
+            if found:
+                logger.warning("%s is kept after the error because it contains %s", folder, ", ".join(found))
+            else:
+                logger.info("removing %s, which this command created, after the error", created)
+                shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

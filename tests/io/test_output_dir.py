@@ -1,0 +1,43 @@
+import pytest
+
+from dimalign.io.files import output_dir
+
+
+def test_output_dir_creates_folder(tmp_path):
+    with output_dir(tmp_path / "a" / "b") as folder:
+        assert folder.is_dir()
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_output_dir_removes_created_folders_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with output_dir(tmp_path / "a" / "b") as folder:
+            (folder / "partial.csv").write_text("x")
+            raise RuntimeError("failed")
+    assert not (tmp_path / "a").exists()
+    assert tmp_path.is_dir()
+
+
+def test_output_dir_removes_folder_on_keyboard_interrupt(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with output_dir(tmp_path / "out"):
+            raise KeyboardInterrupt
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_keeps_existing_folder_on_error(tmp_path):
+    existing = tmp_path / "out"
+    existing.mkdir()
+    (existing / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with output_dir(existing):
+            raise RuntimeError("failed")
+    assert (existing / "old.txt").read_text() == "old"
+
+
+def test_output_dir_keeps_folder_with_named_file(tmp_path):
+    with pytest.raises(RuntimeError):
+        with output_dir(tmp_path / "run", keep_if_contains=("checkpoint.pt",)) as folder:
+            (folder / "checkpoint.pt").write_bytes(b"state")
+            raise RuntimeError("failed")
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
