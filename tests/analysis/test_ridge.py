@@ -158,3 +158,22 @@ def test_ridge_save_load_round_trip(tmp_path):
     assert manifest["settings"]["model_name"] == "vgg16"
     assert manifest["settings"]["layer"] == "classifier.4"
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
+
+
+def test_negative_penalty_message_is_plain_number():
+    with pytest.raises(ValueError) as error:
+        validate_alphas(np.array([1.0, -1.0]))
+
+    assert "ridge penalty -1.0 is invalid" in str(error.value)
+    assert "np.float64" not in str(error.value)
+
+
+def test_one_fold_names_folds_option():
+    X, Y = np.ones((10, 2)), np.ones((10, 1))
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS, cv=1).fit(X, Y)
+
+    assert "--folds" in str(error.value)
+    assert "at least 2" in str(error.value)
+    assert "cv=1" not in str(error.value)

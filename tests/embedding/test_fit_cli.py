@@ -85,3 +85,70 @@ def test_fit_cli_methods(tmp_path, method):
                  "--method", method, "--n-dims", "3", "--max-epochs", "1"]) == 0
     config = tomllib.loads((tmp_path / method / "config.toml").read_text())
     assert config["estimator"] == method
+
+
+def test_fit_cli_cuda_without_gpu_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "new" / "run"
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1", "--device", "cuda"])
+    assert status == 1
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_fit_cli_empty_triplets_leave_no_folder(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "run"
+    status = main(["fit", str(tmp_path / "empty.txt"), "--n-objects", "12", "-o", str(out), "--max-epochs", "1"])
+    assert status == 1
+    assert "empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fit_cli_failure_keeps_existing_folder(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    status = main(["fit", str(tmp_path / "empty.txt"), "--n-objects", "12", "-o", str(out), "--max-epochs", "1"])
+    assert status == 1
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--val", "VAL", "--val-fraction", "0.2"], "pass only one of them"),
+        (["--l1", "0.01"], "--l1 applies only to --method spose"),
+        (["--method", "spose", "--pi", "0.3", "--prior", "authors"],
+         "--prior, --pi apply only to --method vice"),
+        (["--method", "spose", "--spike", "0.1"], "--spike applies only to --method vice"),
+        (["--method", "spose", "--slab", "1.0"], "--slab applies only to --method vice"),
+    ],
+)
+def test_fit_cli_contradictory_options_fail(tmp_path, capsys, options, message):
+    write_triplets(tmp_path / "train.npy")
+    write_triplets(tmp_path / "val.npy", n_triplets=20)
+    options = [str(tmp_path / "val.npy") if option == "VAL" else option for option in options]
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12",
+                   "-o", str(tmp_path / "run")] + options)
+
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_val_fraction_with_folder_val_fails(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    write_triplets(tmp_path / "val.npy", n_triplets=20)
+
+    status = main(["fit", str(tmp_path), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--val-fraction", "0.2"])
+
+    assert status == 1
+    assert "--val-fraction 0.2 would be ignored" in capsys.readouterr().err

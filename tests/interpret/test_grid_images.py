@@ -139,3 +139,15 @@ def test_compose_grid_widens_for_long_title():
     grid = compose_grid(cells, 1, cell_size=20, title="a title much wider than one small cell of the grid")
 
     assert grid.size[0] > 4 + 22 + 4
+
+
+def test_grid_command_dimension_out_of_range(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(tmp_path / "grids"),
+                   "--dims", "99"])
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert f"the embedding {run_dir} has 2 dimensions" in error
+    assert "map" not in error

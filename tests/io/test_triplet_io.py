@@ -421,3 +421,27 @@ def test_real_human_triplets_all_valid(things_dir):
     summary = summarize_triplets(triplets, 1854)
     assert summary.unseen_objects == []
     assert summary.n_triplets == 131_552
+
+
+def test_non_utf8_file_names_file(tmp_path):
+    path = tmp_path / "latin.txt"
+    path.write_bytes(b"\xff\xfe0 1 2\n")
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    assert str(path) in str(error.value)
+    assert "not UTF-8" in str(error.value)
+
+
+def test_semicolon_file_suggests_delimiter(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("a;b;c\n0;1;2\n1;2;3\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match="--delimiter ';'"):
+        load_triplets(path, 4, columns=["a", "b", "c"])
+    with pytest.raises(ValueError, match="--delimiter ';'"):
+        load_triplets(path, 4)
+    assert load_triplets(path, 4, columns=["a", "b", "c"], delimiter=";").tolist() == [
+        [0, 1, 2], [1, 2, 3]
+    ]

@@ -206,3 +206,12 @@ def test_stage_hash_covers_settings_inputs_upstream():
     assert stage_hash("compare", {"n": 1}, {"images": "b"}, {"human_fit": "h"}) != base
     assert stage_hash("compare", {"n": 1}, {"images": "a"}, {"human_fit": "g"}) != base
     assert stage_hash("compare", {"n": 1}, {"images": "a"}, {"human_fit": "h"}) == base
+
+
+def test_dry_run_rejects_one_fold(study_file, capsys):
+    status = main(["run", str(study_file), "-o", str(study_file.parent / "s"), "--dry-run", "--set", "map.folds=1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "map.folds = 1 is invalid" in error
+    assert "at least 2" in error

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dimalign.cli import main
 from dimalign.io.files import sha256_file
@@ -221,3 +222,117 @@ def test_import_real_human_triplets(tmp_path, things_dir):
     assert np.array_equal(triplets, np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64))
     assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "aardvark"
     assert read_manifest(out_dir)["outputs"]["unseen_objects"] == []
+
+
+# --------------------------------------------------------------------------- option checks
+
+
+def test_reimport_rejects_stale_split_files(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("".join(f"{i} {i + 1} {i + 2}\n" for i in range(20)), encoding="utf-8")
+    out_dir = tmp_path / "combo"
+    base = ["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "22"]
+    assert main(base + ["--split", "0.2"]) == 0
+    capsys.readouterr()
+
+    status = main(base)
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "train.npy, val.npy" in error
+    assert "choose another output folder" in error
+    assert not (out_dir / "triplets.npy").exists()
+    assert read_manifest(out_dir)["outputs"]["files"]["train"] == "train.npy"
+
+
+def test_import_same_layout_again_succeeds(tmp_path):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n1 2 3\n", encoding="utf-8")
+    arguments = ["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "4"]
+
+    assert main(arguments) == 0
+    assert main(arguments) == 0
+
+
+def test_simulate_rejects_stale_files(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    base = ["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+            "--n-triplets", "50"]
+    assert main(base) == 0
+    capsys.readouterr()
+
+    status = main(base + ["--val-fraction", "0.2"])
+
+    assert status == 1
+    assert "triplets.npy from an earlier dimalign simulate" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "train.npy").exists()
+
+
+def test_split_out_of_range_names_option(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+
+    with pytest.raises(SystemExit):
+        main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "3",
+              "--split", "1.5"])
+
+    assert "argument --split: 1.5 is invalid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--temperature", "0.5"], "--temperature 0.5 has no effect with --rule argmax"),
+        (["--rule", "softmax", "--temperature", "0"], "--temperature 0.0 is invalid"),
+        (["--layer", "foo"], "layer 'foo' cannot be chosen"),
+    ],
+)
+def test_simulate_contradictory_options_fail(tmp_path, capsys, options, message):
+    np.save(tmp_path / "features.npy", np.ones((6, 2)))
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "5"] + options)
+
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_simulate_negative_batch_size_fails(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((6, 2)))
+
+    with pytest.raises(SystemExit):
+        main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+              "--n-triplets", "5", "--batch-size", "-5"])
+
+    assert "argument --batch-size: -5 is invalid" in capsys.readouterr().err
+
+
+def test_simulate_objects_names_rows(tmp_path):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((6, 2)))
+    names = tmp_path / "unique_id.txt"
+    names.write_text("".join(f"thing{index}\n" for index in range(6)), encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "5", "--objects", str(names)])
+
+    assert status == 0
+    table = read_object_table(out_dir / "objects.tsv")
+    assert table.object_ids == tuple(f"thing{index}" for index in range(6))
+    assert read_manifest(out_dir)["inputs"]["objects"]["sha256"] == sha256_file(names)
+
+
+def test_simulate_objects_count_mismatch_fails(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((6, 2)))
+    names = tmp_path / "unique_id.txt"
+    names.write_text("a\nb\nc\n", encoding="utf-8")
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "5", "--objects", str(names)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "lists 3 objects" in error
+    assert "have 6 rows" in error

@@ -57,7 +57,7 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     invalid = grid[~(np.isfinite(grid) & (grid > 0))]
     if invalid.size:
         raise ValueError(
-            f"ridge penalty {invalid[0]!r} is invalid: every alpha must be a finite "
+            f"ridge penalty {float(invalid[0])} is invalid: every alpha must be a finite "
             "positive number (use a grid such as numpy.logspace(-2, 6, 50))"
         )
     return grid
@@ -134,8 +134,13 @@ class RidgeMap:
         alphas = validate_alphas(self.alphas)
         X, Y = self._validate_data(X, Y)
         n_objects = X.shape[0]
-        if not isinstance(self.cv, (int, np.integer)) or not 2 <= self.cv <= n_objects:
-            raise ValueError(f"cv={self.cv!r} is invalid for {n_objects} objects: use 2..{n_objects}")
+        if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
+            raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
+        if not 2 <= self.cv <= n_objects:
+            raise ValueError(
+                f"{int(self.cv)} cross-validation folds are invalid for {n_objects} objects: the number "
+                f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects}"
+            )
 
         # Cross-validated R² of every (penalty, dimension) pair, one SVD per fold.
         folds = KFold(

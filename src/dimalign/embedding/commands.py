@@ -10,6 +10,16 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# Default share of object sets held out when neither --val nor --val-fraction is given.
+DEFAULT_VAL_FRACTION = 0.1
+
+# Estimator options of one method, as (option, attribute) pairs; the other method ignores them.
+VICE_ONLY_OPTIONS = (
+    ("--prior", "prior"), ("--pi", "pi"), ("--spike", "spike"), ("--slab", "slab"),
+    ("--mc-samples", "mc_samples"),
+)
+SPOSE_ONLY_OPTIONS = (("--l1", "l1"),)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``fit`` subcommand."""
@@ -29,12 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions (default 500)")
     parser.add_argument("--batch-size", type=int, default=256, help="triplets per step (default 256)")
     parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate (default 0.001)")
-    parser.add_argument("--prior", choices=("mixture", "authors"), default="mixture", help="VICE prior (default mixture)")
-    parser.add_argument("--pi", type=float, default=0.5, help="VICE spike weight (default 0.5)")
-    parser.add_argument("--spike", type=float, default=0.25, help="VICE spike sd (default 0.25)")
-    parser.add_argument("--slab", type=float, default=2.0, help="VICE slab sd (default 2.0)")
-    parser.add_argument("--mc-samples", type=int, default=20, help="VICE samples in the posterior predictive (default 20)")
-    parser.add_argument("--l1", type=float, default=0.008, help="SPoSE L1 weight (default 0.008)")
+    # The method-specific options default to None, so that giving one with the other
+    # method is detected; the estimator classes hold the defaults named in the help.
+    parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior (default mixture)")
+    parser.add_argument("--pi", type=float, help="VICE spike weight (default 0.5)")
+    parser.add_argument("--spike", type=float, help="VICE spike sd (default 0.25)")
+    parser.add_argument("--slab", type=float, help="VICE slab sd (default 2.0)")
+    parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive (default 20)")
+    parser.add_argument("--l1", type=float, help="SPoSE L1 weight (default 0.008)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="epochs between checkpoints (default 50)")
@@ -56,8 +68,9 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
     objects.add_argument("--objects", type=Path, help="object table (objects.tsv or one name per line)")
     parser.add_argument("--val", type=Path, help="validation triplets (default: split from the training file)")
     parser.add_argument(
-        "--val-fraction", type=float, default=0.1,
-        help="fraction of object sets held out for validation when --val is not given (default 0.1; 0 for none)",
+        "--val-fraction", type=float,
+        help="fraction of object sets held out for validation when --val is not given "
+        f"(default {DEFAULT_VAL_FRACTION}; 0 for none)",
     )
 
 
@@ -73,6 +86,11 @@ def load_training_data(
     Returns:
         tuple: ``(train, val, n_objects, object_table, inputs)``; ``val`` is None
         when nothing is held out, ``inputs`` names the files read.
+
+    Raises:
+        ValueError: If ``--val-fraction`` is given together with validation
+            triplets (``--val``, or val.npy in the training folder), or lies
+            outside ``[0, 1)``.
     """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import load_triplets, split_triplets
@@ -87,6 +105,7 @@ def load_training_data(
     if n_objects is None:
         raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
 
+    check_validation_options(args)
     inputs = {}
     val = None
     if source.is_dir() and (source / "train.npy").is_file():
@@ -101,12 +120,60 @@ def load_training_data(
     if args.val is not None:
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
-    elif args.val_fraction > 0:
-        train, val = split_triplets(train, val_fraction=args.val_fraction, random_state=split_seed)
+    elif (val_fraction := _val_fraction(args)) > 0:
+        train, val = split_triplets(train, val_fraction=val_fraction, random_state=split_seed)
         logger.info("split %d training and %d validation triplets (seed %d)", len(train), len(val), split_seed)
     if args.objects:
         inputs["objects"] = args.objects
     return train, val, n_objects, table, inputs
+
+
+def check_validation_options(args: argparse.Namespace) -> None:
+    """Reject a ``--val-fraction`` that would be ignored or is out of range.
+
+    Raises:
+        ValueError: Naming both options, or the invalid fraction.
+    """
+    if args.val_fraction is None:
+        return
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(
+            f"--val-fraction {args.val_fraction} is invalid: use a fraction of at least 0 and "
+            "below 1, such as 0.1"
+        )
+    if args.val is not None:
+        raise ValueError(
+            f"--val {args.val} and --val-fraction {args.val_fraction} both set the validation "
+            "triplets: pass only one of them"
+        )
+    folder_val = args.triplets / "val.npy"
+    if args.triplets.is_dir() and (args.triplets / "train.npy").is_file() and folder_val.is_file():
+        raise ValueError(
+            f"{args.triplets} contains validation triplets ({folder_val}), so --val-fraction "
+            f"{args.val_fraction} would be ignored: drop --val-fraction, or pass the training "
+            "file itself to split it"
+        )
+
+
+def _val_fraction(args: argparse.Namespace) -> float:
+    return DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+
+
+def check_method_options(args: argparse.Namespace) -> None:
+    """Reject estimator options that the chosen ``--method`` ignores.
+
+    Raises:
+        ValueError: Naming the option and the method.
+    """
+    other = SPOSE_ONLY_OPTIONS if args.method == "vice" else VICE_ONLY_OPTIONS
+    other_method = "spose" if args.method == "vice" else "vice"
+    given = [option for option, attribute in other if getattr(args, attribute) is not None]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise ValueError(
+            f"{', '.join(given)} {verb} only to --method {other_method}, but --method is "
+            f"{args.method}: drop {', '.join(given)} or pass --method {other_method}"
+        )
 
 
 def build_estimator(args: argparse.Namespace):
@@ -123,10 +190,13 @@ def build_estimator(args: argparse.Namespace):
         if value is not None:
             common[name] = value
     if args.method == "spose":
-        return SPoSE(l1=args.l1, **common)
-    return VICE(
-        prior=args.prior, pi=args.pi, spike=args.spike, slab=args.slab, mc_samples=args.mc_samples, **common
-    )
+        names = [attribute for _, attribute in SPOSE_ONLY_OPTIONS]
+        estimator_class = SPoSE
+    else:
+        names = [attribute for _, attribute in VICE_ONLY_OPTIONS]
+        estimator_class = VICE
+    specific = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return estimator_class(**specific, **common)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -134,6 +204,8 @@ def run_fit(args: argparse.Namespace) -> int:
     from dimalign.embedding import fit_run
     from dimalign.io.files import check_output_dir
 
+    check_method_options(args)
+    check_validation_options(args)
     check_output_dir(args.out, "fit")
     train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.seed)
     estimator = build_estimator(args)

@@ -393,7 +393,6 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, needed_rows
-    from dimalign.interpret.gradcam import check_dimension
     from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
@@ -414,7 +413,10 @@ def run_grid(args: argparse.Namespace) -> int:
             f"{result.n_objects} rows; use the object table of this embedding"
         )
     table = _sources_or_ids(table)
-    dims = [check_dimension(dim, result.n_dims) for dim in (args.dims or range(result.n_dims))]
+    dims = [
+        _check_embedding_dimension(dim, result.n_dims, args.embedding)
+        for dim in (args.dims or range(result.n_dims))
+    ]
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -445,3 +447,17 @@ def _sources_or_ids(table: Any) -> Any:
 
     sources = tuple(source or object_id for object_id, source in zip(table.object_ids, table.sources))
     return ObjectTable(table.object_ids, sources)
+
+
+def _check_embedding_dimension(dim: int, n_dims: int, embedding: Path) -> int:
+    """Return ``dim`` if it is a 0-based dimension index of the embedding ``grid`` draws.
+
+    Raises:
+        ValueError: Naming the embedding and its number of dimensions.
+    """
+    if not 0 <= dim < n_dims:
+        raise ValueError(
+            f"dimension {dim} is out of range: the embedding {embedding} has {n_dims} "
+            f"dimensions (0-based indices 0..{n_dims - 1}); pass --dims within that range"
+        )
+    return dim

@@ -87,6 +87,53 @@ def load_features(
     return features, table
 
 
+def check_layer_choice(path: str | os.PathLike, layer: str | None) -> None:
+    """Reject a layer that ``path`` cannot supply, for commands that use the layer only to choose.
+
+    :func:`load_features` ignores ``layer`` for a ``.npy``/``.txt`` file and
+    falls back to ``features.npy`` in a folder. That suits ``dimalign map``,
+    which also records the layer name, but a command whose layer option only
+    selects the data must not read another layer without notice.
+
+    Args:
+        path (str | os.PathLike): The features file or folder.
+        layer (str | None): The requested layer; None accepts any source.
+
+    Raises:
+        ValueError: If ``path`` is a single-layer ``.npy``/``.txt`` file, or a
+            folder with neither ``features_<layer>.npy`` nor ``features.h5``
+            whose manifest.json records another layer, or none, for its
+            ``features.npy``.
+    """
+    if layer is None:
+        return
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in (".npy", ".txt"):
+        raise ValueError(
+            f"{path} is a single-layer features file, so layer {layer!r} cannot be chosen "
+            "in it: drop the layer option (CLI: --layer)"
+        )
+    if not path.is_dir() or not (path / "features.npy").is_file():
+        return
+    if (path / f"features_{_safe_layer(layer)}.npy").is_file() or (path / "features.h5").is_file():
+        return
+
+    # dimalign extract records the layer of a single-layer folder as settings.layer.
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    recorded = None
+    if (path / MANIFEST_NAME).is_file():
+        recorded = read_manifest(path).get("settings", {}).get("layer")
+    if recorded == layer:
+        return
+    contains = f"layer {recorded!r}" if recorded else "one layer"
+    raise ValueError(
+        f"{path} contains {contains} in features.npy and no features_{_safe_layer(layer)}.npy, "
+        f"so layer {layer!r} cannot be chosen: drop the layer option (CLI: --layer) or pass "
+        "a folder with that layer"
+    )
+
+
 def _safe_layer(layer: str) -> str:
     return layer.replace("/", "_")
 

@@ -50,6 +50,9 @@ _DELIMITER_NAMES = {
     "whitespace": None,
 }
 
+# Delimiters that detection does not try, but that an error message suggests.
+_HINTED_DELIMITERS = {";": "semicolons", "|": "vertical bars"}
+
 # Sorted object sets are encoded as a*m^2 + b*m + c, and a judgement as
 # 3 * set code + the odd one's position in the sorted set. Both fit in int64
 # while 3 * m^3 < 2^63, that is for m up to about 1.45 million objects.
@@ -139,7 +142,14 @@ def load_triplets(
             "with its position 1..3), not both"
         )
 
-    objects, choices, row_label = _read_columns(path, columns, choice_column, delimiter)
+    try:
+        objects, choices, row_label = _read_columns(path, columns, choice_column, delimiter)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte offset "
+            f"{error.start} cannot be decoded; save the file as UTF-8 (or plain ASCII) and "
+            "import it again"
+        ) from error
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
         logger.warning("%s contains no triplets", path)
@@ -200,9 +210,15 @@ def _read_columns(
         row_label = layout.row_label
         if layout.empty:
             return np.zeros((0, 3), dtype=np.int64), None, row_label
-        object_indices, choice_index = _resolve_columns(
-            layout.n_columns, layout.header, columns, choice_column, path
-        )
+        try:
+            object_indices, choice_index = _resolve_columns(
+                layout.n_columns, layout.header, columns, choice_column, path
+            )
+        except ValueError as error:
+            hint = layout.delimiter_hint()
+            if not hint:
+                raise
+            raise ValueError(f"{error}. {hint}") from error
         used = object_indices + ([choice_index] if choice_index is not None else [])
         table = _parse_text(path, layout, used)
         object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
@@ -299,6 +315,21 @@ class _TextLayout:
     n_columns: int
     skip_lines: int  # lines before the first data line, header included
     empty: bool = False  # no content line at all
+    first_line: str = ""  # the first content line, for the delimiter hint
+    detected: bool = True  # the delimiter was detected, not given by the caller
+
+    def delimiter_hint(self) -> str:
+        """Suggest a delimiter when detection left the first line as one column."""
+        if not self.detected or self.n_columns != 1:
+            return ""
+        for character, name in _HINTED_DELIMITERS.items():
+            if character in self.first_line:
+                return (
+                    f"The first line {self.first_line!r} reads as one column, because only tab, "
+                    f"comma and whitespace are detected. If {name} separate the columns, pass "
+                    f"delimiter={character!r} (CLI: --delimiter '{character}')"
+                )
+        return ""
 
     def is_data(self, line_number: int, line: str) -> bool:
         stripped = line.strip()
@@ -337,6 +368,7 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
         return _TextLayout(path, None, None, 0, 0, empty=True)
 
     line_number, line = content[0]
+    detected = delimiter is None
     if delimiter is None:
         if "\t" in line:
             delimiter = "\t"
@@ -352,10 +384,14 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     else:
         is_header = not any(first)
     if not is_header:
-        return _TextLayout(path, delimiter, None, len(first), line_number - 1)
+        return _TextLayout(
+            path, delimiter, None, len(first), line_number - 1, first_line=line, detected=detected
+        )
     header = _split(line, delimiter)
     logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(header))
-    return _TextLayout(path, delimiter, header, len(header), line_number)
+    return _TextLayout(
+        path, delimiter, header, len(header), line_number, first_line=line, detected=detected
+    )
 
 
 def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:

@@ -26,12 +26,15 @@ class Setting:
             empty means the type of ``default`` (an int is accepted for a float).
         choices (tuple[Any, ...]): Allowed values of a string setting; empty
             means any value.
+        minimum (float | None): Smallest allowed value of a number setting;
+            None means no lower bound.
     """
 
     default: Any
     help: str
     types: tuple[type, ...] = ()
     choices: tuple[Any, ...] = ()
+    minimum: float | None = None
 
     def accepted_types(self) -> tuple[type, ...]:
         """Return the accepted types, derived from the default when none are listed."""
@@ -62,6 +65,10 @@ class Setting:
         if self.choices and isinstance(value, str) and value not in self.choices:
             raise ValueError(
                 f"{stage}.{key} = {value!r} is invalid: use one of {', '.join(map(str, self.choices))}"
+            )
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            raise ValueError(
+                f"{stage}.{key} = {value!r} is invalid: use a value of at least {self.minimum}"
             )
         if isinstance(self.default, float) and isinstance(value, int):
             # 1 and 1.0 are the same setting, so they must hash alike.
@@ -190,7 +197,7 @@ MAP_SETTINGS: dict[str, Setting] = {
     "alpha_min": Setting(1e-2, "smallest ridge penalty of the grid"),
     "alpha_max": Setting(1e6, "largest ridge penalty of the grid"),
     "n_alphas": Setting(50, "penalties in the grid, evenly spaced in log10"),
-    "folds": Setting(3, "cross-validation folds"),
+    "folds": Setting(3, "cross-validation folds (at least 2)", minimum=2),
     "shuffle": Setting(False, "shuffle the objects before splitting them into folds"),
     "layer": Setting("", "layer inside a multi-layer feature file or folder"),
     "model_name": Setting("", "DNN name recorded with the map"),

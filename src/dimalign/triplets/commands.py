@@ -8,6 +8,27 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# Steps whose output folders this module writes, and so may check for stale files.
+_TRIPLET_STEPS = ("import-triplets", "simulate")
+
+
+def _positive_int(text: str) -> int:
+    """Parse a command-line integer that must be at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer of at least 1")
+    return value
+
+
+def _validation_fraction(text: str) -> float:
+    """Parse a command-line validation fraction, which must lie in [0, 1)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{value} is invalid: use a fraction of at least 0 and below 1, such as 0.1"
+        )
+    return value
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``import-triplets`` and ``simulate`` to the ``dimalign`` command."""
@@ -63,7 +84,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
     )
 
     parser.add_argument(
-        "--split", type=float, metavar="FRACTION",
+        "--split", type=_validation_fraction, metavar="FRACTION",
         help="also split into train.npy and val.npy with this validation fraction, keeping "
         "all repeats of an object set on one side",
     )
@@ -103,8 +124,13 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "softmax: draw the pair with probability proportional to exp(similarity / temperature)",
     )
     parser.add_argument(
-        "--temperature", type=float, default=1.0,
-        help="softmax temperature in similarity units (default: 1.0)",
+        "--temperature", type=float,
+        help="softmax temperature in similarity units (default: 1.0; only with --rule softmax)",
+    )
+    parser.add_argument(
+        "--objects", metavar="TABLE",
+        help="object table (objects.tsv, or one name per line) naming the feature rows in order; "
+        "written to objects.tsv (default: the features' own table, else object_0, object_1, ...)",
     )
 
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, choices and split")
@@ -116,7 +142,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--layer", help="layer of a feature folder or HDF5 file with several layers"
     )
     parser.add_argument(
-        "--val-fraction", type=float,
+        "--val-fraction", type=_validation_fraction,
         help="split into train.npy and val.npy with this validation fraction",
     )
 
@@ -125,7 +151,9 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         help="gram: precompute all pair similarities (n_objects^2 floats); gather: read "
         "feature rows per triplet; auto picks by memory and cost",
     )
-    parser.add_argument("--batch-size", type=int, help="triplets per batch (default: automatic)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, help="triplets per batch (default: automatic)"
+    )
     parser.set_defaults(handler=run_simulate)
 
 
@@ -153,6 +181,13 @@ def run_import(args: argparse.Namespace) -> int:
         raise ValueError(f"--split writes train.npy and val.npy: give an output folder, not {out}")
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
+    if args.split is not None:
+        planned = {"train.npy", "val.npy"}
+    else:
+        planned = {out.name if as_file else "triplets.npy"}
+    if not as_file:
+        planned.add("objects.tsv")
+    check_stale_outputs(out_dir, planned)
 
     source = Path(args.input)
     objects_path = Path(args.objects) if args.objects else None
@@ -218,17 +253,23 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign simulate``."""
     import numpy as np
 
-    from dimalign.io.features import load_features
+    from dimalign.io.features import check_layer_choice, load_features
     from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import write_object_table
     from dimalign.io.triplets import save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
 
+    check_simulate_options(args)
+    check_layer_choice(args.features, args.layer)
     started = now_iso()
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir, "simulate")
+    planned = {"train.npy", "val.npy"} if args.val_fraction else {"triplets.npy"}
+    check_stale_outputs(out_dir, planned | {"objects.tsv"})
     features, table = load_features(args.features, layer=args.layer)
     n_objects = int(features.shape[0])
+    if args.objects:
+        table = _read_simulate_objects(Path(args.objects), n_objects, args.features)
 
     # Independent streams for sampling, choices and split, all from --seed.
     sample_seed, choice_seed, split_seed = np.random.SeedSequence(args.seed).spawn(3)
@@ -243,7 +284,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         triplets,
         similarity=args.similarity,
         rule=args.rule,
-        temperature=args.temperature,
+        temperature=1.0 if args.temperature is None else args.temperature,
         random_state=np.random.default_rng(choice_seed),
         batch_size=args.batch_size,
         relu=args.relu,
@@ -269,7 +310,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     written["objects"] = write_object_table(table, out_dir / "objects.tsv")
 
     inputs = {"features": _features_file(Path(args.features), args.layer)}
-    if Path(args.features).is_dir() and (Path(args.features) / "objects.tsv").is_file():
+    if args.objects:
+        inputs["objects"] = Path(args.objects)
+    elif Path(args.features).is_dir() and (Path(args.features) / "objects.tsv").is_file():
         inputs["objects"] = Path(args.features) / "objects.tsv"
     settings = {
         "n_objects": n_objects,
@@ -296,6 +339,67 @@ def run_simulate(args: argparse.Namespace) -> int:
     for path in written.values():
         print(path)
     return 0
+
+
+def check_simulate_options(args: argparse.Namespace) -> None:
+    """Reject ``simulate`` options that contradict each other, before any work.
+
+    Raises:
+        ValueError: Naming both options.
+    """
+    if args.temperature is not None and args.rule != "softmax":
+        raise ValueError(
+            f"--temperature {args.temperature} has no effect with --rule {args.rule}: "
+            "drop --temperature, or pass --rule softmax"
+        )
+    if args.temperature is not None and not args.temperature > 0:
+        raise ValueError(f"--temperature {args.temperature} is invalid: use a number above 0")
+
+
+def check_stale_outputs(out_dir: Path, planned: set[str]) -> None:
+    """Reject a folder whose earlier triplet output has files this run would not replace.
+
+    An earlier ``import-triplets`` or ``simulate`` run into ``out_dir`` listed
+    its files in manifest.json. A file of that list which this run does not
+    write (such as train.npy of an earlier ``--split`` run) would stay next to
+    the new files, and ``dimalign fit`` would read it. The files are not
+    deleted, because they may be the only copy.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+        planned (set[str]): Names of the files this run writes into ``out_dir``.
+
+    Raises:
+        FileExistsError: Naming the stale files.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return
+    manifest = read_manifest(out_dir)
+    if manifest.get("step") not in _TRIPLET_STEPS:
+        return
+    previous = set(manifest.get("outputs", {}).get("files", {}).values())
+    stale = sorted(name for name in previous - planned if (out_dir / name).is_file())
+    if stale:
+        raise FileExistsError(
+            f"{out_dir} contains {', '.join(stale)} from an earlier dimalign {manifest['step']} "
+            "run, which this run would not replace, so later steps could read the old "
+            "triplets; choose another output folder, or remove those files yourself"
+        )
+
+
+def _read_simulate_objects(path: Path, n_objects: int, features: str):
+    """Read the ``--objects`` table of ``simulate`` and check it has one name per feature row."""
+    from dimalign.io.objects import read_object_table
+
+    table = read_object_table(path)
+    if len(table) != n_objects:
+        raise ValueError(
+            f"--objects {path} lists {len(table)} objects but the features {features} have "
+            f"{n_objects} rows; pass an object table with one name per feature row, in row order"
+        )
+    return table
 
 
 def _generated_table(n_objects: int):

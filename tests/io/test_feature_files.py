@@ -1,0 +1,31 @@
+"""Feature files: checking a requested layer with check_layer_choice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dimalign.io.features import check_layer_choice
+
+
+def test_single_layer_file_rejects_layer(tmp_path):
+    np.save(tmp_path / "features.npy", np.ones((4, 2)))
+
+    with pytest.raises(ValueError, match="layer 'foo' cannot be chosen"):
+        check_layer_choice(tmp_path / "features.npy", "foo")
+    with pytest.raises(ValueError, match="layer 'foo' cannot be chosen"):
+        check_layer_choice(tmp_path, "foo")
+
+
+def test_single_layer_folder_accepts_its_layer(tmp_path):
+    np.save(tmp_path / "features.npy", np.ones((4, 2)))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"step": "extract", "settings": {"layer": "fc"}}), encoding="utf-8"
+    )
+
+    check_layer_choice(tmp_path, "fc")
+
+    with pytest.raises(ValueError, match="contains layer 'fc'"):
+        check_layer_choice(tmp_path, "foo")
