@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import now_iso, output_dir, write_manifest, write_text_atomic
+from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ def run_demo(
     started = now_iso()
     out_dir = Path(out_dir)
     resolve_device(settings.device)
+    check_output_dir(out_dir, "demo")
 
     # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
     paths = {

@@ -442,6 +442,22 @@ def test_map_cli_rejects_different_objects(tmp_path, capsys):
     assert "only in the features table ['c']" in capsys.readouterr().err
 
 
+def test_map_cli_keeps_fit_manifest(tmp_path, capsys):
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", np.random.default_rng(0).normal(size=(3, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b", "c"]), feature_dir / "objects.tsv")
+    run = tmp_path / "run"
+    write_side(run, np.ones((3, 1)), ObjectTable.from_ids(["a", "b", "c"]))
+    (run / "manifest.json").write_text(json.dumps({"step": "fit"}))
+
+    code = main(["map", str(feature_dir), "--embedding", str(run), "-o", str(run)])
+
+    assert code == 1
+    assert "already contains the output of dimalign fit" in capsys.readouterr().err
+    assert json.loads((run / "manifest.json").read_text()) == {"step": "fit"}
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps

@@ -242,10 +242,11 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.analysis.compare import align_objects, find_object_table
     from dimalign.analysis.ridge import DEFAULT_ALPHAS, RidgeMap, write_ridge_table
     from dimalign.io.features import load_features
-    from dimalign.io.files import now_iso, read_manifest
+    from dimalign.io.files import check_output_dir, now_iso, read_manifest
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
+    check_output_dir(args.out, "map")
     features, feature_table = load_features(args.features, layer=args.layer)
     embedding = load_embedding(args.embedding)
     embedding_table = find_object_table(args.embedding)

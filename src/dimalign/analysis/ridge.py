@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold
 
-from dimalign.io.files import atomic_path, read_manifest, write_manifest
+from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ class RidgeMap:
         """
         self._check_fitted()
         out_dir = Path(out_dir)
+        check_output_dir(out_dir, "map")
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / RIDGE_MAP_NAME
         with atomic_path(target) as temporary:

@@ -51,6 +51,7 @@ from dimalign.features.storage import (
 )
 from dimalign.io.files import (
     MANIFEST_NAME,
+    check_output_dir,
     now_iso,
     package_versions,
     read_manifest,
@@ -264,6 +265,7 @@ def extract_features(
 def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
                      resume: bool, overwrite: bool, started: str) -> Progress | None:
     """Check the output folder and return the progress to continue from (None: already done)."""
+    check_output_dir(out_dir, "extract")
     final_exists = (out_dir / MANIFEST_NAME).is_file() and not work_dir.exists()
     if overwrite:
         remove_work_dir(work_dir)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dimalign.io.files import atomic_path, now_iso, write_manifest, write_text_atomic
+from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest, write_text_atomic
 from dimalign.labeling import analysis
 from dimalign.labeling.study import Study
 
@@ -214,6 +214,7 @@ def summarize(
     """
     started = now_iso()
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, "labels summarize")
     if relevance and len(relevance) != len(study_paths):
         raise ValueError(
             f"{len(relevance)} relevance files for {len(study_paths)} studies: give one "
