@@ -47,16 +47,6 @@ def test_demo_cli_reports_missing_files_without_download(tmp_path, capsys):
     status = main(["demo", "--data-dir", str(empty), "--mirror", str(mirror), "--no-download", "-o", str(tmp_path / "out")])
     assert status == 1
     assert "unique_id.txt" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "summary.json").exists()
-
-
-def test_demo_missing_files_leave_no_output_folder(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    mirror = tmp_path / "mirror"
-    mirror.mkdir()
-    status = main(["demo", "--data-dir", str(empty), "--mirror", str(mirror), "--no-download", "-o", str(tmp_path / "out")])
-    assert status == 1
     assert not (tmp_path / "out").exists()
 
 
