@@ -39,8 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions (default 500)")
     parser.add_argument("--batch-size", type=int, default=256, help="triplets per step (default 256)")
     parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate (default 0.001)")
-    # The method-specific options default to None, so that giving one with the other
-    # method is detected; the estimator classes hold the defaults named in the help.
+    # These options default to None so that one given with the other method is
+    # detected. The estimator classes hold the defaults named in the help.
     parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior (default mixture)")
     parser.add_argument("--pi", type=float, help="VICE spike weight (default 0.5)")
     parser.add_argument("--spike", type=float, help="VICE spike sd (default 0.25)")
