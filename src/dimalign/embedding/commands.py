@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 # Default share of object sets held out when neither --val nor --val-fraction is given.
 DEFAULT_VAL_FRACTION = 0.1
 
-# Estimator options of one method, as (option, attribute) pairs; the other method ignores them.
+# Estimator options of one method, as (option, attribute) pairs. The other method ignores them.
 VICE_ONLY_OPTIONS = (
     ("--prior", "prior"), ("--pi", "pi"), ("--spike", "spike"), ("--slab", "slab"),
     ("--mc-samples", "mc_samples"),
@@ -167,12 +167,12 @@ def check_method_options(args: argparse.Namespace) -> None:
     """
     other = SPOSE_ONLY_OPTIONS if args.method == "vice" else VICE_ONLY_OPTIONS
     other_method = "spose" if args.method == "vice" else "vice"
-    given = [option for option, attribute in other if getattr(args, attribute) is not None]
-    if given:
-        verb = "applies" if len(given) == 1 else "apply"
+    misplaced = [option for option, attribute in other if getattr(args, attribute) is not None]
+    if misplaced:
+        verb = "applies" if len(misplaced) == 1 else "apply"
         raise ValueError(
-            f"{', '.join(given)} {verb} only to --method {other_method}, but --method is "
-            f"{args.method}: drop {', '.join(given)} or pass --method {other_method}"
+            f"{', '.join(misplaced)} {verb} only to --method {other_method}, but --method is "
+            f"{args.method}: drop {', '.join(misplaced)} or pass --method {other_method}"
         )
 
 
