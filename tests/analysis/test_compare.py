@@ -302,10 +302,12 @@ def test_compare_failure_removes_created_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_failed_rerun_removes_old_manifest(tmp_path):
+def test_compare_failed_rerun_removes_old_manifest(tmp_path, caplog):
     write_surrogate_sides(tmp_path)
     out = tmp_path / "out"
-    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    with caplog.at_level("INFO", logger="dimalign"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    assert "(no bootstrap)" in caplog.text and "nan" not in caplog.text
     assert (out / "manifest.json").is_file()
 
     with pytest.raises(RuntimeError):

@@ -704,10 +704,12 @@ def compare(
             started=started,
             outputs={**outputs, "summary": summary},
         )
+    interval = (
+        f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
+    )
     logger.info(
-        "human-DNN RSA r = %.3f [%.3f, %.3f]; matched r up to %.3f; %s DNN dimensions for 95%%",
-        rsa_result.r, rsa_result.ci_low, rsa_result.ci_high, primary.correlations.max(),
-        cumulative.n_dims_for_share,
+        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s DNN dimensions for 95%%",
+        rsa_result.r, interval, primary.correlations.max(), cumulative.n_dims_for_share,
     )
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
