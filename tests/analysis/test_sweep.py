@@ -111,6 +111,17 @@ def test_sweep_reuses_finished_runs(tmp_path, tiny_triplets):
     assert first["val_accuracy"].tolist() == second["val_accuracy"].tolist()
 
 
+def test_sweep_reuses_runs_on_another_device(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[5], n_objects=N_OBJECTS, settings={**SETTINGS, "device": "auto"})
+    before = (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns
+    sweep(
+        train, val, tmp_path, seeds=[5], n_objects=N_OBJECTS,
+        settings={**SETTINGS, "device": "cpu", "verbose": False, "checkpoint_every": 2},
+    )
+    assert (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns == before
+
+
 def test_sweep_rejects_reserved_setting(tmp_path, tiny_triplets):
     train, val = tiny_triplets
     with pytest.raises(ValueError, match="random_state"):

@@ -67,9 +67,12 @@ RUNS_FOLDER = "runs"
 _PER_RUN_SETTINGS = ("random_state", "checkpoint_dir", "n_objects")
 
 # Estimator parameters that may differ between a finished run and a sweep that
-# reuses it. These are the per-run settings and ``resume``, which fit_seed sets
-# when a checkpoint exists. The number of objects is compared separately.
-_UNCOMPARED_SETTINGS = frozenset(_PER_RUN_SETTINGS) | {"resume"}
+# reuses it: the per-run settings, ``resume`` (which fit_seed sets when a
+# checkpoint exists) and the settings that change where or how verbosely a fit
+# runs, not its result. The number of objects is compared separately.
+_UNCOMPARED_SETTINGS = frozenset(_PER_RUN_SETTINGS) | {
+    "resume", "device", "verbose", "tensorboard", "checkpoint_every",
+}
 
 # The file that dimalign.embedding.checkpoint writes, named here so that this
 # module does not import torch.
