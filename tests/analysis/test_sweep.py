@@ -302,6 +302,18 @@ def test_sweep_rerun_changed_request_rejected(tmp_path, tiny_triplets, change, m
     assert snapshot(tmp_path) == before
 
 
+def test_sweep_rerun_other_object_names_rejected(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    names = [f"object{i}" for i in range(N_OBJECTS)]
+    request = {"seeds": [0], "n_objects": N_OBJECTS, "settings": SETTINGS}
+    sweep(train, val, tmp_path, object_table=ObjectTable.from_ids(names), **request)
+    before = snapshot(tmp_path)
+    renamed = ObjectTable.from_ids(names[:3] + ["zebra"] + names[4:])
+    with pytest.raises(ValueError, match="names object 3 'object3', but this sweep's object table names it 'zebra'"):
+        sweep(train, val, tmp_path, object_table=renamed, **request)
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("changed", ["train", "val"])
 def test_sweep_rerun_other_triplets_rejected(tmp_path, tiny_triplets, changed):
     train, val = tiny_triplets

@@ -67,9 +67,9 @@ RUNS_FOLDER = "runs"
 _PER_RUN_SETTINGS = ("random_state", "checkpoint_dir", "n_objects")
 
 # Estimator parameters that may differ between a finished run and a sweep that
-# reuses it: the per-run settings, ``resume`` (which fit_seed sets when a
-# checkpoint exists) and the settings that change where or how verbosely a fit
-# runs, not its result. The number of objects is compared separately.
+# reuses it. These are the per-run settings and ``resume``, which fit_seed sets
+# when a checkpoint exists. The rest change where or how verbosely a fit runs,
+# not its result. The number of objects is compared separately.
 _UNCOMPARED_SETTINGS = frozenset(_PER_RUN_SETTINGS) | {
     "resume", "device", "verbose", "tensorboard", "checkpoint_every",
 }
@@ -230,7 +230,8 @@ def sweep(
         val_file=_sha256_bytes(val_bytes) if val_bytes is not None else None,
     )
     _check_existing_sweep(
-        out_dir, method=method, settings=settings, n_objects=n_objects, train=train, data=data
+        out_dir, method=method, settings=settings, n_objects=n_objects, train=train, data=data,
+        object_table=object_table,
     )
 
     # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
@@ -500,9 +501,10 @@ def _saved_triplets_difference(out_dir: Path, data: _TripletChecksums) -> str | 
 def _raise_if_different(difference: str | None) -> None:
     if difference:
         raise ValueError(
-            f"{difference}. A sweep directory contains runs of one method, one set of settings "
-            "and one set of triplets, so choose a new output directory for this sweep, or rerun "
-            "with the same method, settings and triplets to reuse the finished runs."
+            f"{difference}. A sweep directory contains runs of one method, one set of settings, "
+            "one set of triplets and one object table, so choose a new output directory for this "
+            "sweep, or rerun with the same method, settings, triplets and objects to reuse the "
+            "finished runs."
         )
 
 
@@ -514,8 +516,9 @@ def _check_existing_sweep(
     n_objects: int,
     train: np.ndarray,
     data: _TripletChecksums,
+    object_table: ObjectTable | None = None,
 ) -> None:
-    """Raise ``ValueError`` if ``out_dir`` contains runs or triplets that differ from the request.
+    """Raise ``ValueError`` if ``out_dir`` contains runs, triplets or object names that differ from the request.
 
     Every ``runs/seed_*`` directory is checked, not only those of the
     requested seeds, because :func:`find_runs` selects among all of them.
@@ -537,11 +540,30 @@ def _check_existing_sweep(
         _raise_if_different(difference)
         n_checked += 1
     _raise_if_different(_saved_triplets_difference(out_dir, data))
+    _raise_if_different(_object_table_difference(out_dir, object_table))
     if n_checked:
         logger.info(
             "%s: %d existing runs match this sweep's method, settings and triplets",
             out_dir, n_checked,
         )
+
+
+def _object_table_difference(out_dir: Path, object_table: ObjectTable | None) -> str | None:
+    """Compare the sweep's saved object names with the requested ones (None when either is absent)."""
+    path = out_dir / OBJECT_TABLE_NAME
+    if object_table is None or not path.is_file():
+        return None
+    saved = list(read_object_table(path).object_ids)
+    requested = list(object_table.object_ids)
+    if saved == requested:
+        return None
+    if len(saved) != len(requested):
+        return f"{path} lists {len(saved)} objects, but this sweep's object table lists {len(requested)}"
+    row = next(index for index, (old, new) in enumerate(zip(saved, requested)) if old != new)
+    return (
+        f"{path} names object {row} {saved[row]!r}, but this sweep's object table names it "
+        f"{requested[row]!r}"
+    )
 
 
 # -- selection ----------------------------------------------------------------
