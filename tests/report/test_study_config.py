@@ -93,7 +93,7 @@ def test_unknown_stage_lists_valid_stages(study_file):
 
 def test_unknown_setting_lists_valid_keys(study_file):
     config = load_config(study_file, ["human_fit.max_epoch=3"])
-    with pytest.raises(ValueError, match=r"unknown setting max_epoch in \[human_fit\]; valid settings .*max_epochs"):
+    with pytest.raises(ValueError, match=r"unknown setting max_epoch in \[human_fit\] \(set with --set\); valid settings .*max_epochs"):
         plan_study(config, study_file.parent / "study")
 
 
@@ -111,7 +111,7 @@ def test_wrong_type_names_key_and_value(study_file):
 
 def test_choice_outside_allowed_values(study_file):
     config = load_config(study_file, ["dnn_triplets.rule=vote"])
-    with pytest.raises(ValueError, match=r"use one of argmax, softmax"):
+    with pytest.raises(ValueError, match=r"use one of 'argmax', 'softmax' \(set with --set\)"):
         plan_study(config, study_file.parent / "study")
 
 
@@ -171,7 +171,9 @@ def test_dry_run_writes_nothing(study_file, capsys):
 def test_cli_error_is_one_line(study_file, capsys):
     status = main(["run", str(study_file), "-o", str(study_file.parent / "s"), "--dry-run", "--set", "map.folds=x"])
     assert status == 1
-    assert capsys.readouterr().err.strip() == "dimalign run: error: map.folds = 'x' is invalid: expected an integer, got str"
+    assert capsys.readouterr().err.strip() == (
+        "dimalign run: error: map.folds = 'x' is invalid: expected an integer, got str (set with --set)"
+    )
 
 
 def test_shortened_only_for_size_settings(study_file):
@@ -215,3 +217,52 @@ def test_dry_run_rejects_one_fold(study_file, capsys):
     error = capsys.readouterr().err
     assert "map.folds = 1 is invalid" in error
     assert "at least 2" in error
+
+
+# Values that only a stage would reject used to pass planning and fail after
+# the earlier stages had run. Each must fail in --dry-run, naming the key.
+PLAN_TIME_ERRORS = [
+    ("dnn_triplets.n_triplets=-5", "dnn_triplets.n_triplets = -5 is invalid: use a value at least 1"),
+    ("dnn_triplets.n_triplets=10000000", "form only"),
+    ("dnn_triplets.temperature=nan", "dnn_triplets.temperature = nan is invalid: use a finite number"),
+    ("human_fit.n_dims=-10", "n_dims"),
+    ("human_fit.batch_size=0", "batch_size"),
+    ("human_fit.val_fraction=1.5", "human_fit.val_fraction = 1.5 is invalid: use a value below 1"),
+    ("human_fit.odd_column=7", "human_fit.odd_column = 7 is invalid: use a value at most 2"),
+    ("human_fit.lr=nan", "human_fit.lr = nan is invalid: use a finite number"),
+    ("study.device=banana", "study.device"),
+    ("compare.similarity_objects=-3", "similarity_objects"),
+    ("compare.top_k=-1", "compare.top_k = -1 is invalid"),
+    ("compare.n_bootstrap=-4", "compare.n_bootstrap = -4 is invalid"),
+    ("map.alpha_max=inf", "map.alpha_max = inf is invalid: use a finite number"),
+    ("map.alpha_max=0.001", "map.alpha_max = 0.001 is below map.alpha_min"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), PLAN_TIME_ERRORS)
+def test_dry_run_rejects_out_of_range_values(study_file, override, message):
+    config = load_config(study_file, [override]) if not override.startswith("study.") else None
+    if config is None:
+        with pytest.raises(ValueError, match=message):
+            load_config(study_file, [override])
+        return
+    with pytest.raises(ValueError, match=message) as caught:
+        plan_study(config, study_file.parent / "s")
+    assert "--set" in str(caught.value)
+    assert not (study_file.parent / "s").exists()
+
+
+def test_cuda_stage_without_gpu_fails_at_planning(study_file, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = load_config(study_file, ["compare.device=cuda"])
+    with pytest.raises(ValueError, match=r"no CUDA GPU.*stage compare of .*study.toml, with --set compare.device"):
+        plan_study(config, study_file.parent / "s")
+
+
+def test_report_counts_below_one_are_rejected(tmp_path):
+    study_file = write_study(tmp_path)
+    for override in ("report.dpi=0", "report.top_k=0", "report.n_disagreements=-2"):
+        with pytest.raises(ValueError, match=r"is invalid: use a value at least 1 \(set with --set\)"):
+            plan_study(load_config(study_file, [override]), tmp_path / "s")

@@ -110,6 +110,10 @@ class StudyConfig:
         base = Path.cwd() if (section, key) in self.cli_values else self.base_dir
         return (base / path).resolve()
 
+    def origin(self, section: str, key: str) -> str:
+        """Say where ``section.key`` was set: ``set with --set`` or ``in <study file>``."""
+        return "set with --set" if (section, key) in self.cli_values else f"in {self.path}"
+
     def input_path(self, key: str) -> Path | None:
         """Return the resolved path of ``inputs.key``, or None when the study names none."""
         value = self.inputs.get(key)
@@ -196,8 +200,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     for text in overrides:
         _apply_override(config, parse_override(text))
 
-    _check_keys(config.study, STUDY_SETTINGS, STUDY_TABLE, path)
-    _check_keys(config.inputs, INPUT_KEYS, INPUTS_TABLE, path)
+    _check_keys(config, config.study, STUDY_SETTINGS, STUDY_TABLE)
+    _check_keys(config, config.inputs, INPUT_KEYS, INPUTS_TABLE)
     for key, value in config.inputs.items():
         if not isinstance(value, str):
             raise ValueError(f"inputs.{key} in {path} must be a path string, got {value!r}")
@@ -226,12 +230,12 @@ def _apply_override(config: StudyConfig, override: Override) -> None:
     config.cli_values.add((override.section, override.key))
 
 
-def _check_keys(table: dict[str, Any], valid: dict[str, Any], section: str, path: Path) -> None:
+def _check_keys(config: StudyConfig, table: dict[str, Any], valid: dict[str, Any], section: str) -> None:
     unknown = sorted(set(table) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [{section}] of "
-            f"{path}; valid keys: {', '.join(valid)}"
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [{section}] "
+            f"({config.origin(section, unknown[0])}); valid keys: {', '.join(valid)}"
         )
 
 
@@ -240,8 +244,18 @@ def _check_study_types(config: StudyConfig) -> None:
         value = config.study[key]
         if isinstance(value, bool) or not isinstance(value, type(default)):
             raise ValueError(
-                f"study.{key} in {config.path} must be {type(default).__name__}, got {value!r}"
+                f"study.{key} = {value!r} ({config.origin(STUDY_TABLE, key)}) is invalid: "
+                f"expected {_TYPE_NAMES[type(default)]}"
             )
+    from dimalign.device import resolve_device
+
+    try:
+        resolve_device(config.study["device"])
+    except ValueError as error:
+        raise ValueError(f"study.device ({config.origin(STUDY_TABLE, 'device')}): {error}") from error
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer"}
 
 
 def config_value(config: StudyConfig, section: str, key: str) -> Any:

@@ -216,10 +216,14 @@ def _plan_stage(
     stage = STAGES[name]
     raw = config.stages[name]
     spec = stage.spec(raw)
-    settings = check_settings(name, raw, spec)
+    settings = check_settings(name, raw, spec, origin=lambda key: config.origin(name, key))
     for key in ("seed", "device"):
         if key in settings and settings[key] is None:
             settings[key] = config.study[key]
+    if name == "report":
+        # The report shows the title and the study file, so a change to either reruns it.
+        settings["title"] = settings["title"] or config.study["name"] or "dimalign study"
+        settings["study_file"] = str(config.path)
 
     upstream = stage.upstream(configured, settings)
     for dependency in upstream:
@@ -251,6 +255,11 @@ def _plan_stage(
             )
         inputs[key] = path
 
+    try:
+        stage.check(settings, inputs)
+    except ValueError as error:
+        raise ValueError(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
+
     input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
     digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
@@ -259,12 +268,26 @@ def _plan_stage(
     return PlannedStage(name, settings, upstream, upstream_hashes, inputs, input_fingerprints, digest, changes=changes)
 
 
+def _set_note(config: StudyConfig, section: str) -> str:
+    keys = [f"{section}.{key}" for key, _ in _overrides_of(config, section)]
+    return f", with --set {', '.join(keys)}" if keys else ""
+
+
+#: Settings that change where or how a stage runs, not what it writes: a
+#: change to them alone does not rerun the stage.
+UNHASHED_SETTINGS = frozenset({"device", "checkpoint_every"})
+
+
+def _hashed(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key not in UNHASHED_SETTINGS}
+
+
 def stage_hash(
     name: str, settings: dict[str, Any], fingerprints: dict[str, str], upstream: dict[str, str]
 ) -> str:
     """Return the SHA-256 that identifies a stage's work (see the module docstring)."""
     payload = {
-        "format": PIPELINE_FORMAT, "stage": name, "settings": settings,
+        "format": PIPELINE_FORMAT, "stage": name, "settings": _hashed(settings),
         "inputs": fingerprints, "upstream": upstream,
     }
     text = json.dumps(payload, sort_keys=True, default=str)
@@ -346,12 +369,13 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
 
 def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     reasons = []
-    old_settings = record.get("settings", {})
+    old_settings = _hashed(record.get("settings", {}))
+    new_settings = _hashed(stage.settings)
     changed = [
         f"{key} {old_settings.get(key)!r} -> {value!r}"
-        for key, value in stage.settings.items() if old_settings.get(key) != value
+        for key, value in new_settings.items() if old_settings.get(key) != value
     ]
-    changed += [f"{key} removed" for key in old_settings if key not in stage.settings]
+    changed += [f"{key} removed" for key in old_settings if key not in new_settings]
     if changed:
         reasons.append(f"settings changed: {', '.join(changed)}")
     old_inputs = record.get("inputs", {})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ class Setting:
             means any value.
         minimum (float | None): Smallest allowed value of a number setting;
             None means no lower bound.
+        maximum (float | None): Largest allowed value; None means no upper bound.
+        positive (bool): The number must be above 0.
+        below (float | None): The number must be below this value.
     """
 
     default: Any
@@ -35,6 +39,9 @@ class Setting:
     types: tuple[type, ...] = ()
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
+    positive: bool = False
+    below: float | None = None
 
     def accepted_types(self) -> tuple[type, ...]:
         """Return the accepted types, derived from the default when none are listed."""
@@ -63,17 +70,32 @@ class Setting:
                 f"got {type(value).__name__}"
             )
         if self.choices and isinstance(value, str) and value not in self.choices:
+            allowed = ", ".join(repr(choice) for choice in self.choices)
+            others = [_type_names((kind,)) for kind in types if kind is not str]
             raise ValueError(
-                f"{stage}.{key} = {value!r} is invalid: use one of {', '.join(map(str, self.choices))}"
+                f"{stage}.{key} = {value!r} is invalid: use {'one of ' if len(self.choices) > 1 else ''}"
+                f"{allowed}{''.join(f' or {name}' for name in others)}"
             )
-        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
-            raise ValueError(
-                f"{stage}.{key} = {value!r} is invalid: use a value of at least {self.minimum}"
-            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._check_range(stage, key, value)
         if isinstance(self.default, float) and isinstance(value, int):
             # 1 and 1.0 are the same setting, so they must hash alike.
             return float(value)
         return value
+
+
+    def _check_range(self, stage: str, key: str, value: float) -> None:
+        if not math.isfinite(value):
+            raise ValueError(f"{stage}.{key} = {value!r} is invalid: use a finite number")
+        problems = [
+            (self.minimum is not None and value < self.minimum, f"at least {self.minimum}"),
+            (self.maximum is not None and value > self.maximum, f"at most {self.maximum}"),
+            (self.positive and value <= 0, "above 0"),
+            (self.below is not None and value >= self.below, f"below {self.below}"),
+        ]
+        for failed, wanted in problems:
+            if failed:
+                raise ValueError(f"{stage}.{key} = {value!r} is invalid: use a value {wanted}")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -81,8 +103,18 @@ def _type_names(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(kind, kind.__name__) for kind in types)
 
 
-def check_settings(stage: str, raw: Mapping[str, Any], spec: Mapping[str, Setting]) -> dict[str, Any]:
+def check_settings(
+    stage: str, raw: Mapping[str, Any], spec: Mapping[str, Setting],
+    origin: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
     """Check a stage's settings against its spec and fill in the defaults.
+
+    Args:
+        stage (str): The stage, for messages.
+        raw (Mapping[str, Any]): The settings as written.
+        spec (Mapping[str, Setting]): The settings the stage takes.
+        origin (Callable[[str], str] | None): Says where a key's value comes
+            from (the study file or ``--set``), added to messages.
 
     Returns:
         dict[str, Any]: Every setting of ``spec``, in spec order.
@@ -90,16 +122,21 @@ def check_settings(stage: str, raw: Mapping[str, Any], spec: Mapping[str, Settin
     Raises:
         ValueError: For an unknown key (listing the valid ones) or an invalid value.
     """
+    origin = origin or (lambda key: "")
     unknown = sorted(set(raw) - set(spec))
     if unknown:
         raise ValueError(
-            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [{stage}]; "
-            f"valid settings of {stage}: {', '.join(spec)}"
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in [{stage}]"
+            f"{f' ({origin(unknown[0])})' if origin(unknown[0]) else ''}; valid settings of {stage}: "
+            f"{', '.join(spec)}"
         )
     settings = {}
     for key, setting in spec.items():
         if key in raw:
-            settings[key] = setting.check(stage, key, raw[key])
+            try:
+                settings[key] = setting.check(stage, key, raw[key])
+            except ValueError as error:
+                raise ValueError(f"{error} ({origin(key)})" if origin(key) else str(error)) from error
         else:
             settings[key] = setting.default
     return settings
@@ -117,9 +154,11 @@ FIT_COMMON: dict[str, Setting] = {
 }
 
 TRIPLET_LOADING: dict[str, Setting] = {
-    "val_fraction": Setting(0.1, "share of the triplets held out for validation (split by object set)"),
+    "val_fraction": Setting(
+        0.1, "share of the triplets held out for validation (split by object set)", minimum=0, below=1
+    ),
     "one_based": Setting(False, "the triplet file counts objects from 1"),
-    "odd_column": Setting(2, "column (0, 1 or 2) of the odd one out in the triplet file"),
+    "odd_column": Setting(2, "column (0, 1 or 2) of the odd one out in the triplet file", minimum=0, maximum=2),
 }
 
 
@@ -151,13 +190,13 @@ def fit_settings(stage: str, raw: Mapping[str, Any], *, load_triplets: bool) -> 
 
 
 SIMULATE_SETTINGS: dict[str, Setting] = {
-    "n_triplets": Setting(100_000, "unique random triplets to simulate"),
+    "n_triplets": Setting(100_000, "unique random triplets to simulate", minimum=1),
     "similarity": Setting("dot", "similarity of two feature rows", choices=("dot", "cosine", "euclidean")),
     "rule": Setting("argmax", "choice rule: argmax (the most similar pair stays) or softmax", choices=("argmax", "softmax")),
-    "temperature": Setting(1.0, "softmax temperature in similarity units (rule = softmax)"),
+    "temperature": Setting(1.0, "softmax temperature in similarity units (rule = softmax)", positive=True),
     "relu": Setting("auto", "set negative features to 0 first: true, false or auto (true for dot)", types=(str, bool), choices=("auto",)),
     "layer": Setting("", "layer inside a multi-layer feature file or folder (empty: the only one)"),
-    "val_fraction": Setting(0.1, "share of the simulated triplets held out for validation"),
+    "val_fraction": Setting(0.1, "share of the simulated triplets held out for validation", minimum=0, below=1),
     "seed": SEED,
 }
 
@@ -166,7 +205,7 @@ FEATURES_SETTINGS: dict[str, Setting] = {
     "weights": Setting("", "weights file or name (empty: the model's default)"),
     "layer": Setting("", "layer to read (empty: the model's penultimate layer)"),
     "pool": Setting("gap", "pooling of the layer output: raw, flatten or gap", choices=("raw", "flatten", "gap")),
-    "batch_size": Setting(32, "images per forward pass"),
+    "batch_size": Setting(32, "images per forward pass", minimum=1),
     "device": DEVICE,
 }
 
@@ -175,8 +214,8 @@ EVALUATE_SETTINGS: dict[str, Setting] = {
 }
 
 COMPARE_SETTINGS: dict[str, Setting] = {
-    "n_bootstrap": Setting(1000, "bootstrap samples of the human-DNN RSA"),
-    "top_k": Setting(10, "objects per list of each matched pair"),
+    "n_bootstrap": Setting(1000, "bootstrap samples of the human-DNN RSA", minimum=0),
+    "top_k": Setting(10, "objects per list of each matched pair", minimum=1),
     "similarity_objects": Setting(
         "all", "objects (a random subset) for the RSA and the cumulative RSA, or all", types=(str, int), choices=("all",)
     ),
@@ -194,9 +233,9 @@ COMPARE_SETTINGS: dict[str, Setting] = {
 
 MAP_SETTINGS: dict[str, Setting] = {
     "target": Setting("dnn", "embedding the features are mapped to: dnn or human", choices=("dnn", "human")),
-    "alpha_min": Setting(1e-2, "smallest ridge penalty of the grid"),
-    "alpha_max": Setting(1e6, "largest ridge penalty of the grid"),
-    "n_alphas": Setting(50, "penalties in the grid, evenly spaced in log10"),
+    "alpha_min": Setting(1e-2, "smallest ridge penalty of the grid", positive=True),
+    "alpha_max": Setting(1e6, "largest ridge penalty of the grid", positive=True),
+    "n_alphas": Setting(50, "penalties in the grid, evenly spaced in log10", minimum=1),
     "folds": Setting(3, "cross-validation folds (at least 2)", minimum=2),
     "shuffle": Setting(False, "shuffle the objects before splitting them into folds"),
     "layer": Setting("", "layer inside a multi-layer feature file or folder"),
@@ -206,9 +245,9 @@ MAP_SETTINGS: dict[str, Setting] = {
 
 REPORT_SETTINGS: dict[str, Setting] = {
     "title": Setting("", "report title (default: study.name)"),
-    "top_k": Setting(8, "top objects shown per dimension"),
-    "n_disagreements": Setting(6, "triplets shown in the disagreement figure"),
-    "dpi": Setting(110, "resolution of the PNG figures in dots per inch"),
+    "top_k": Setting(8, "top objects shown per dimension", minimum=1),
+    "n_disagreements": Setting(6, "triplets shown in the disagreement figure", minimum=1),
+    "dpi": Setting(110, "resolution of the PNG figures in dots per inch", minimum=1),
     "labels_human": Setting("human_fit", "name of the human embedding in the labels summary"),
     "labels_dnn": Setting("dnn_fit", "name of the DNN embedding in the labels summary"),
 }

@@ -86,6 +86,10 @@ class Stage:
             Required and optional ``[inputs]`` keys.
         resumable (bool): Keep an interrupted temporary folder, so that a fit
             continues from its checkpoint.
+        check (Callable[[dict, dict], None]): Checks at planning time what
+            one setting alone cannot show (two settings together, the device,
+            a count against the inputs), given the checked settings and the
+            input paths. Raises ``ValueError``.
     """
 
     name: str
@@ -95,6 +99,15 @@ class Stage:
     upstream: Callable[[set[str], dict[str, Any]], list[str]]
     inputs: Callable[[set[str], dict[str, Any]], tuple[list[str], list[str]]]
     resumable: bool = False
+    check: Callable[[dict[str, Any], dict[str, Path]], None] = lambda settings, inputs: _check_device(settings)
+
+
+def _check_device(settings: Mapping[str, Any]) -> None:
+    """Resolve the stage's device, so that ``cuda`` without a GPU fails before any stage runs."""
+    if settings.get("device") is not None:
+        from dimalign.device import resolve_device
+
+        resolve_device(settings["device"])
 
 
 # -- features from images --------------------------------------------------------
@@ -173,6 +186,14 @@ def build_estimator(settings: Mapping[str, Any], checkpoint_dir: Path):
         **parameters, random_state=settings["seed"], device=settings["device"],
         checkpoint_dir=str(checkpoint_dir), resume=True, verbose=True,
     )
+
+
+def check_fit(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Check a fit stage's estimator settings as the estimator would at the start of ``fit``."""
+    _check_device(settings)
+    estimator = build_estimator(settings, Path("unused"))
+    estimator._check_settings()
+    estimator._dtype()
 
 
 def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inputs: dict) -> dict[str, Any]:
@@ -259,6 +280,20 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
             "objects; without an objects.tsv next to the features the rows must be the objects in order"
         )
     return np.asarray(features)
+
+
+def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Check that the objects form at least ``n_triplets`` distinct triplets."""
+    from dimalign.io.objects import read_object_table
+    from dimalign.triplets.sampling import count_triplets
+
+    n_objects = len(read_object_table(inputs["objects"]))
+    n_sets = count_triplets(n_objects)
+    if settings["n_triplets"] > n_sets:
+        raise ValueError(
+            f"dnn_triplets.n_triplets = {settings['n_triplets']:,} is invalid: the {n_objects:,} objects of "
+            f"inputs.objects form only {n_sets:,} distinct triplets; use at most {n_sets:,}"
+        )
 
 
 def run_dnn_triplets(context: StageContext) -> dict[str, Any]:
@@ -392,6 +427,16 @@ class CachedSimilarity:
         return np.asarray(matrix[np.ix_(rows, rows)], dtype=np.float64)
 
 
+def check_compare(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Check the object and triplet counts of the compare stage."""
+    _check_device(settings)
+    specs.check_count("compare", "similarity_objects", settings["similarity_objects"], allow_zero=False)
+    specs.check_count("compare", "relevance_triplets", settings["relevance_triplets"], allow_zero=True)
+    matrix_objects = specs.check_count("compare", "matrix_objects", settings["matrix_objects"], allow_zero=True)
+    if matrix_objects is not None and 0 < matrix_objects < 3:
+        raise ValueError(f"compare.matrix_objects = {matrix_objects} is invalid: use 0, 'all' or at least 3")
+
+
 def run_compare(context: StageContext) -> dict[str, Any]:
     """Compare the human and the DNN embedding, saving their similarity matrices for the figures."""
     from dimalign.analysis.compare import compare
@@ -463,6 +508,15 @@ def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
 # -- ridge map -----------------------------------------------------------------------
 
 
+def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Check that the ridge penalties form a grid."""
+    if settings["alpha_max"] < settings["alpha_min"]:
+        raise ValueError(
+            f"map.alpha_max = {settings['alpha_max']} is below map.alpha_min = {settings['alpha_min']}: "
+            "the grid runs from alpha_min up to alpha_max"
+        )
+
+
 def run_map(context: StageContext) -> dict[str, Any]:
     """Fit cross-validated ridge maps from the DNN features to the target embedding's dimensions."""
     from dimalign.analysis.ridge import RidgeMap, write_ridge_table
@@ -476,11 +530,6 @@ def run_map(context: StageContext) -> dict[str, Any]:
     source = features_source(context)
     features = load_aligned_features(source, objects, settings["layer"])
     embedding = load_embedding(run_dir)
-    if settings["alpha_min"] <= 0 or settings["alpha_max"] < settings["alpha_min"] or settings["n_alphas"] < 1:
-        raise ValueError(
-            f"map: alpha_min = {settings['alpha_min']}, alpha_max = {settings['alpha_max']}, "
-            f"n_alphas = {settings['n_alphas']} give no valid grid; use 0 < alpha_min <= alpha_max, n_alphas >= 1"
-        )
     alphas = np.logspace(np.log10(settings["alpha_min"]), np.log10(settings["alpha_max"]), settings["n_alphas"])
     ridge = RidgeMap(
         alphas=alphas, cv=settings["folds"], shuffle=settings["shuffle"], random_state=settings["seed"],
@@ -583,18 +632,20 @@ STAGES: dict[str, Stage] = {
               _table(specs.FEATURES_SETTINGS), _none, _fixed(["images", "objects"])),
         Stage("human_fit", "fit VICE or SPoSE to the human triplets", run_human_fit,
               lambda raw: specs.fit_settings("human_fit", raw, load_triplets=True), _none,
-              _fixed(["human_triplets", "objects"]), resumable=True),
+              _fixed(["human_triplets", "objects"]), resumable=True, check=check_fit),
         Stage("dnn_triplets", "simulate odd-one-out choices from the DNN features", run_dnn_triplets,
-              _table(specs.SIMULATE_SETTINGS), _dnn_triplets_upstream, _dnn_triplets_inputs),
+              _table(specs.SIMULATE_SETTINGS), _dnn_triplets_upstream, _dnn_triplets_inputs,
+              check=check_dnn_triplets),
         Stage("dnn_fit", "fit VICE or SPoSE to the DNN triplets", run_dnn_fit,
               lambda raw: specs.fit_settings("dnn_fit", raw, load_triplets=False), _after("dnn_triplets"),
-              _fixed([]), resumable=True),
+              _fixed([]), resumable=True, check=check_fit),
         Stage("evaluate", "held-out accuracy, noise ceiling and 48-object correlation", run_evaluate,
               _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"])),
         Stage("compare", "RSA, dimension matching, cumulative RSA and jackknife relevance", run_compare,
-              _table(specs.COMPARE_SETTINGS), _after("human_fit", "dnn_fit"), _fixed([], ["images"])),
+              _table(specs.COMPARE_SETTINGS), _after("human_fit", "dnn_fit"), _fixed([], ["images"]),
+              check=check_compare),
         Stage("map", "ridge maps from the DNN features to embedding dimensions", run_map,
-              _table(specs.MAP_SETTINGS), _map_upstream, _map_inputs),
+              _table(specs.MAP_SETTINGS), _map_upstream, _map_inputs, check=check_map),
         Stage("report", "figures and the self-contained HTML report", run_report,
               _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"])),
     )
