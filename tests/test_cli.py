@@ -33,3 +33,21 @@ def test_sigterm_removes_unfinished_output(tmp_path):
 
     assert process.wait(timeout=30) == 128 + signal.SIGTERM
     assert not out.exists()
+
+
+def test_interrupt_prints_one_line(monkeypatch, capsys):
+    from dimalign import cli
+    from dimalign.report import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def terminated(args):
+        raise cli.Terminated(128 + signal.SIGTERM)
+
+    monkeypatch.setattr(commands, "run_command", interrupted)
+    assert cli.main(["run", "study.toml"]) == 130
+    assert capsys.readouterr().err == "dimalign run: stopped by Ctrl-C\n"
+    monkeypatch.setattr(commands, "run_command", terminated)
+    assert cli.main(["run", "study.toml"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "dimalign run: stopped by SIGTERM\n"

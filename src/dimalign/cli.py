@@ -75,8 +75,12 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
     root.propagate = False
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 @contextlib.contextmanager
@@ -109,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_as_exit():
             return int(args.handler(args) or 0)
+    except (KeyboardInterrupt, Terminated) as error:
+        signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+        print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
+        return int(error.code) if isinstance(error, Terminated) else 130
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as error:
         logger.debug("command failed", exc_info=True)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

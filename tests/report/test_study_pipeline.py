@@ -179,3 +179,37 @@ def test_deleted_stage_folder_reruns_with_readers(study):
     plan = run_study(config, study_dir, dry_run=True)
     assert plan.to_run == ["evaluate"]
     assert plan.stage("evaluate").reasons == ["new"]
+
+
+def test_device_change_alone_reruns_nothing(study):
+    config, study_dir = study
+    unchanged = run_study(config, study_dir, dry_run=True).to_run
+    plan = run_study(config, study_dir, overrides=["study.device=auto", "human_fit.checkpoint_every=7"], dry_run=True)
+    assert plan.to_run == unchanged
+
+
+def test_foreign_folder_with_stage_name_is_not_replaced(tmp_path):
+    config = write_study(tmp_path, report=False)
+    notes = tmp_path / "study" / "human_fit" / "NOTES.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"human_fit exists but was not written by dimalign run"):
+        run_study(config, tmp_path / "study", dry_run=True)
+    assert notes.read_text() == "my notes"
+
+
+def test_study_dir_of_another_step_or_inside_an_input_is_rejected(tmp_path):
+    config = write_study(tmp_path, report=False)
+    fit_dir = tmp_path / "fit"
+    fit_dir.mkdir()
+    (fit_dir / "manifest.json").write_text(json.dumps({"step": "fit"}))
+    with pytest.raises(FileExistsError, match="already contains the output of dimalign fit"):
+        run_study(config, fit_dir)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="afile is a file, not a folder"):
+        run_study(config, tmp_path / "afile" / "sub")
+    folder_input = tmp_path / "data" / "images"
+    folder_input.mkdir()
+    with pytest.raises(ValueError, match="lies inside inputs.images"):
+        run_study(config, folder_input / "study", overrides=[f"inputs.images={str(folder_input)!r}"])
+    assert not (folder_input / "study").exists()

@@ -36,7 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dimalign.io.files import MANIFEST_NAME, now_iso, sha256_file, write_manifest, write_text_atomic
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    check_output_dir,
+    now_iso,
+    sha256_file,
+    write_manifest,
+    write_text_atomic,
+)
 from dimalign.report.config import INPUTS_TABLE, STUDY_TABLE, StudyConfig, config_value, load_config
 from dimalign.report.settings import check_settings
 from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext
@@ -473,11 +480,16 @@ def run_study(
         config = load_config(config, list(overrides))
     study_dir = Path(study_dir)
     plan = plan_study(config, study_dir, from_stage=from_stage)
+    check_study_dir(plan)
     if dry_run:
         return plan
 
     study_dir.mkdir(parents=True, exist_ok=True)
     with _study_lock(study_dir):
+        # Plan again under the lock: a run that finished meanwhile may have
+        # written stages that the first plan saw missing or outdated.
+        plan = plan_study(config, study_dir, from_stage=from_stage)
+        check_study_dir(plan)
         _remove_stale_folders(study_dir, plan)
         record = _study_record(plan, started=now_iso())
         write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
@@ -487,12 +499,50 @@ def run_study(
                 continue
             logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
             started = time.perf_counter()
-            _run_stage(plan, stage, record)
+            try:
+                _run_stage(plan, stage, record)
+            except Exception:
+                logger.error(
+                    "stage %s failed; the stages before it are kept, and the next run starts there",
+                    stage.name,
+                )
+                raise
             stage.seconds = time.perf_counter() - started
             logger.info("stage %s: finished in %.1f s", stage.name, stage.seconds)
         record = _study_record(plan, started=record["started"], finished=now_iso())
         write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
     return plan
+
+
+def check_study_dir(plan: StudyPlan) -> None:
+    """Check that ``dimalign run`` may write the study directory, before anything is written.
+
+    Raises:
+        FileExistsError: If the study directory is a file or the output of
+            another dimalign step, or if a stage that runs would replace a
+            folder that no ``dimalign run`` wrote (its files would be lost).
+        ValueError: If the study directory lies inside a folder input, whose
+            fingerprint the study's own files would then change on every run.
+    """
+    study_dir = plan.study_dir
+    existing = next((parent for parent in (study_dir, *study_dir.parents) if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise FileExistsError(f"cannot write the study to {study_dir}: {existing} is a file, not a folder")
+    check_output_dir(study_dir, "run")
+    resolved = study_dir.resolve()
+    for stage in plan.stages:
+        for key, path in stage.inputs.items():
+            if path.is_dir() and resolved.is_relative_to(path.resolve()):
+                raise ValueError(
+                    f"the study directory {study_dir} lies inside inputs.{key} = {path}: its own files "
+                    "would count as changed input on every run; choose an output folder outside it"
+                )
+        folder = study_dir / stage.name
+        if stage.action == "run" and folder.is_dir() and read_stage_record(folder) is None and any(folder.iterdir()):
+            raise FileExistsError(
+                f"{folder} exists but was not written by dimalign run, and stage {stage.name} would "
+                "replace it; move the folder away or choose another study directory"
+            )
 
 
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
