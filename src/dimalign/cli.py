@@ -117,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError) as error:
+    except (
+        ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+        KeyError, RuntimeError,
+    ) as error:
         logger.debug("command failed", exc_info=True)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"dimalign {args.command}: error: {message}", file=sys.stderr)

@@ -257,6 +257,15 @@ def test_compare_rejects_different_objects(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_rejects_embedding_without_dimensions(tmp_path):
+    human, _ = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", np.zeros((12, 0)))
+    with pytest.raises(ValueError, match=r"the DNN embedding .*dnn.* has no dimension \(the fit pruned them all\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
 def write_surrogate_sides(tmp_path):
     """Write a 12-object surrogate human and DNN run into tmp_path/human and tmp_path/dnn."""
     human, dnn = surrogate_pair(n_objects=12)

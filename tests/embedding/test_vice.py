@@ -171,6 +171,15 @@ def test_spose_fits_non_negative_weights():
     assert model.score(triplets[2500:]) > 0.8
 
 
+def test_fit_without_dimensions_warns(caplog):
+    train = planted_triplets(500)
+    with caplog.at_level("WARNING", logger="dimalign"):
+        model = SPoSE(n_dims=4, max_epochs=5, lr=0.05, l1=1000.0).fit(train, n_objects=30)
+    assert model.n_dims_ == 0
+    assert "the fit kept no dimension" in caplog.text
+    assert "Lower min_objects (now 5)" in caplog.text
+
+
 def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
     """A checkpoint whose tensors are tagged as CUDA storage loads on a CPU-only machine."""
     triplets = random_triplets(15, 200)

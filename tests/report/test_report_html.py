@@ -169,3 +169,65 @@ def test_report_of_empty_study_fails(tmp_path, capsys, stage_folders):
     assert str(study / "dnn_fit" / "embedding.npz") in error
     assert str(study / "compare" / "matching.csv") in error
     assert not (tmp_path / "out").exists()
+
+
+def copy_study(tiny_study, tmp_path):
+    """Copy the tiny study without its report, so that a test may change it."""
+    import shutil
+
+    copy = tmp_path / "study"
+    shutil.copytree(tiny_study, copy, ignore=shutil.ignore_patterns("report"))
+    return copy
+
+
+def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    # As after a run that refitted human_fit and then failed before compare.
+    manifest_path = study / "human_fit" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["hash"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    error = capsys.readouterr().err
+    assert "come from different runs" in error
+    assert f"compare was computed from another human_fit than the one in {study / 'human_fit'}" in error
+    assert not (tmp_path / "r_figures").exists()
+
+
+def test_report_leaves_out_stages_the_last_run_did_not_plan(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    record["stages"] = [stage for stage in record["stages"] if stage["name"] not in ("compare", "map")]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 0
+    assert "left out matching:" in capsys.readouterr().out
+    assert "Human-DNN RSA (Pearson r)" not in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--top-k", "0"], "--top-k 0 is invalid"), (["--dpi", "-1"], "--dpi -1 is invalid"),
+     (["--categories", "missing.tsv"], "--categories missing.tsv: no such file"),
+     (["--labels", "FILE"], "--labels .*: no such folder")],
+)
+def test_report_checks_options_before_writing(tiny_study, tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    options = [str(tmp_path / "FILE") if option == "FILE" else option for option in options]
+    assert main(["report", str(tiny_study), "-o", str(tmp_path / "out" / "r.html"), *options]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_rejects_bad_output_paths_and_record(tiny_study, tmp_path, capsys):
+    assert main(["report", str(tiny_study), "-o", str(tmp_path)]) == 1
+    assert f"{tmp_path} is a folder" in capsys.readouterr().err
+    assert main(["report", str(tiny_study), "-o", str(tiny_study / "human_fit" / "embedding.npz")]) == 1
+    assert "lies inside the stage folder" in capsys.readouterr().err
+
+    study = copy_study(tiny_study, tmp_path)
+    (study / "pipeline.json").write_text("{broken")
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{study / 'pipeline.json'} is not a readable study record" in capsys.readouterr().err

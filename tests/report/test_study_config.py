@@ -266,3 +266,10 @@ def test_report_counts_below_one_are_rejected(tmp_path):
     for override in ("report.dpi=0", "report.top_k=0", "report.n_disagreements=-2"):
         with pytest.raises(ValueError, match=r"is invalid: use a value at least 1 \(set with --set\)"):
             plan_study(load_config(study_file, [override]), tmp_path / "s")
+
+
+def test_study_with_only_a_report_is_rejected(tmp_path):
+    path = tmp_path / "only_report.toml"
+    path.write_text('[study]\nname = "r"\n[inputs]\n[report]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="stage report needs a stage whose results it can show"):
+        plan_study(load_config(path), tmp_path / "s")

@@ -127,9 +127,16 @@ def align_embeddings(
     named by their index.
 
     Raises:
-        ValueError: If the object sets differ or the row counts do not fit.
+        ValueError: If the object sets differ, the row counts do not fit or
+            an embedding has no dimension.
     """
     for label, result, table in (("human", human, human_objects), ("DNN", dnn, dnn_objects)):
+        if result.embedding.shape[1] == 0:
+            source = f" {result.path}" if result.path is not None else ""
+            raise ValueError(
+                f"the {label} embedding{source} has no dimension (the fit pruned them all), so there "
+                "is nothing to compare; refit with a lower min_objects or more triplets"
+            )
         if table is not None and len(table) != result.n_objects:
             raise ValueError(
                 f"the {label} object table lists {len(table)} objects but the {label} "

@@ -224,6 +224,12 @@ class TripletEmbedding(BaseEstimator):
         logger.info(
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
+        if self.n_dims_ == 0:
+            logger.warning(
+                "the fit kept no dimension: every object scores the same, and comparisons of this "
+                "embedding will fail. Lower min_objects (now %d), use more triplets, or, for SPoSE, "
+                "a smaller l1 penalty", self.min_objects,
+            )
         return self
 
     def _train_step(self, params, batch, n_train, generator) -> tuple[torch.Tensor, torch.Tensor]:

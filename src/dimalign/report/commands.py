@@ -13,12 +13,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Files (stage, name) that give the report at least one figure or dimension.
-#: The dimension browser draws the fitted embeddings, and the matching figure
-#: needs only the comparison.
-REPORT_SOURCES = (("human_fit", "embedding.npz"), ("dnn_fit", "embedding.npz"), ("compare", "matching.csv"))
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` and ``report`` subcommands."""
     _register_run(subparsers)
@@ -98,12 +92,12 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
 def report_command(args: argparse.Namespace) -> int:
     """Handle ``dimalign report``."""
     from dimalign.report.html import write_report
-    from dimalign.report.results import StudyResults
+    from dimalign.report.results import StudyResults, check_reportable
 
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study directory {args.study_dir} not found")
-    record_path = args.study_dir / "pipeline.json"
-    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    _check_report_options(args)
+    record = _read_study_record(args.study_dir)
     recorded = record.get("inputs", {})
 
     def chosen(value: Path | None, key: str) -> Path | None:
@@ -112,11 +106,12 @@ def report_command(args: argparse.Namespace) -> int:
         path = recorded.get(key)
         return Path(path) if path and Path(path).exists() else None
 
+    stage_dirs = _recorded_stage_dirs(args.study_dir, record)
     results = StudyResults(
-        args.study_dir, categories=chosen(args.categories, "categories"), labels=chosen(args.labels, "labels"),
-        images=chosen(args.images, "images"), record=record,
+        args.study_dir, stage_dirs=stage_dirs, categories=chosen(args.categories, "categories"),
+        labels=chosen(args.labels, "labels"), images=chosen(args.images, "images"), record=record,
     )
-    _check_reportable(results)
+    check_reportable(results)
     title = args.title or record.get("study", {}).get("name") or args.study_dir.name
     report = write_report(
         results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
@@ -127,20 +122,75 @@ def report_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_reportable(results: StudyResults) -> None:
-    """Check that the study has something to report, before anything is written.
+def _check_report_options(args: argparse.Namespace) -> None:
+    """Check the options of ``dimalign report`` before anything is read or written."""
+    from dimalign.report.results import DEFAULT_STAGE_DIRS
+
+    for name in ("top_k", "dpi"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: use 1 or more")
+    for option, path, kind in (("--categories", args.categories, "file"), ("--labels", args.labels, "folder"),
+                               ("--images", args.images, "folder")):
+        if path is None:
+            continue
+        exists = path.is_file() if kind == "file" else path.is_dir()
+        if not exists:
+            raise FileNotFoundError(f"{option} {path}: no such {kind}")
+    out = args.out.resolve()
+    for stage in DEFAULT_STAGE_DIRS.values():
+        folder = (args.study_dir / stage).resolve()
+        if out.is_relative_to(folder):
+            raise ValueError(
+                f"-o {args.out} lies inside the stage folder {args.study_dir / stage}, whose results "
+                "it could replace; write the report elsewhere, such as "
+                f"{args.study_dir / 'report.html'}"
+            )
+
+
+def _read_study_record(study_dir: Path) -> dict:
+    """Read ``pipeline.json`` of a study directory ({} when there is none)."""
+    path = study_dir / "pipeline.json"
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a readable study record ({error}); rerun 'dimalign run' to rewrite it, "
+            "or remove it to report the stage folders as they are"
+        ) from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a study record: expected a JSON object")
+    return record
+
+
+def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | None:
+    """Return the folders of the stages of the last run, after checking that they belong together.
+
+    Without a study record every stage folder is read. With one, only the
+    stages that the last ``dimalign run`` planned are read, so that a folder
+    of a stage since removed from the study file is left out.
 
     Raises:
-        FileNotFoundError: If none of :data:`REPORT_SOURCES` exists, naming
-            the study directory and the files looked for.
+        ValueError: If a stage folder was computed from other upstream results
+            than the folders beside it (a later run replaced them and failed).
     """
-    if any(results.has(stage, name) for stage, name in REPORT_SOURCES):
-        return
-    expected = ", ".join(
-        str(results.stage_dirs.get(stage, results.study_dir / stage) / name) for stage, name in REPORT_SOURCES
-    )
-    raise FileNotFoundError(
-        f"study directory {results.study_dir} contains no results to report: expected at least one of "
-        f"{expected}. Run 'dimalign run STUDY.toml -o {results.study_dir}' first, or pass the "
-        "study directory that it wrote"
-    )
+    from dimalign.report.pipeline import stage_mismatches
+    from dimalign.report.results import DEFAULT_STAGE_DIRS
+
+    planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]
+    if not planned:
+        return None
+    names = [name for name in planned if name in DEFAULT_STAGE_DIRS]
+    problems = stage_mismatches(study_dir, names)
+    if problems:
+        raise ValueError(
+            f"the stage folders of {study_dir} come from different runs: {'; '.join(problems)}. "
+            "Rerun 'dimalign run' with the study file to bring every stage up to date"
+        )
+    if record.get("finished") is None:
+        logger.warning(
+            "the last dimalign run of %s did not finish; the report shows the stages it had finished",
+            study_dir,
+        )
+    return {name: study_dir / DEFAULT_STAGE_DIRS[name] for name in names}

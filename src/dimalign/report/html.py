@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import now_iso, write_text_atomic
+from dimalign.io.files import now_iso, output_dir, write_text_atomic
 from dimalign.report import figures
 from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults
 
@@ -99,14 +99,31 @@ def write_report(
 
     Returns:
         ReportResult: Files, figures and the figures left out.
-    """
-    import matplotlib.pyplot as plt
 
+    Raises:
+        ValueError: If a count is below 1.
+        IsADirectoryError: If ``path`` is a folder.
+    """
+    for name, value in (("top_k", top_k), ("n_disagreements", n_disagreements), ("dpi", dpi)):
+        if value < 1:
+            raise ValueError(f"{name} = {value} is invalid: use 1 or more")
     if not isinstance(results, StudyResults):
         results = StudyResults(results)
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the HTML file to write, such as {path / 'report.html'}")
     figures_dir = Path(figures_dir) if figures_dir is not None else path.with_name(f"{path.stem}_figures")
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    # A figures folder that this call creates is removed again if a figure fails.
+    with output_dir(figures_dir):
+        return _write_report(results, path, figures_dir, title=title, top_k=top_k,
+                             n_disagreements=n_disagreements, dpi=dpi)
+
+
+def _write_report(
+    results: StudyResults, path: Path, figures_dir: Path, *, title: str, top_k: int, n_disagreements: int, dpi: int
+) -> ReportResult:
+    import matplotlib.pyplot as plt
+
     report = ReportResult(path)
 
     sections = []

@@ -415,6 +415,35 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
+    """Find stage folders that were computed from other upstream results than those in the study.
+
+    A stage's record holds the hash of every stage it read. When a later run
+    replaced one of those (and then failed or left the reader out), the
+    reader's results no longer belong to the folder beside it.
+
+    Args:
+        study_dir (str | os.PathLike): The study directory.
+        stages (Sequence[str]): The stage folders to check.
+
+    Returns:
+        list[str]: One sentence per mismatch; empty when the folders agree.
+    """
+    study_dir = Path(study_dir)
+    records = {name: read_stage_record(study_dir / name) for name in stages}
+    problems = []
+    for name, record in records.items():
+        if record is None:
+            continue
+        for dependency, expected in record.get("upstream", {}).items():
+            found = records.get(dependency) or read_stage_record(study_dir / dependency)
+            if found is None or found.get("hash") != expected:
+                problems.append(
+                    f"{name} was computed from another {dependency} than the one in {study_dir / dependency}"
+                )
+    return problems
+
+
 class _FingerprintCache:
     """Fingerprints of input files and folders, each computed once per plan."""
 
@@ -672,4 +701,5 @@ __all__ = [
     "read_stage_record",
     "run_study",
     "stage_hash",
+    "stage_mismatches",
 ]

@@ -428,10 +428,37 @@ class StudyResults:
         return list(self.record.get("changes", []))
 
 
+#: Files (stage, name) that give the report at least one figure or dimension.
+#: The dimension browser draws the fitted embeddings, and the matching figure
+#: needs only the comparison.
+REPORT_SOURCES = (("human_fit", "embedding.npz"), ("dnn_fit", "embedding.npz"), ("compare", "matching.csv"))
+
+
+def check_reportable(results: StudyResults) -> None:
+    """Check that the study has something to report, before anything is written.
+
+    Raises:
+        FileNotFoundError: If none of :data:`REPORT_SOURCES` exists, naming
+            the study directory and the files looked for.
+    """
+    if any(results.has(stage, name) for stage, name in REPORT_SOURCES):
+        return
+    expected = ", ".join(
+        str(results.stage_dirs.get(stage, results.study_dir / stage) / name) for stage, name in REPORT_SOURCES
+    )
+    raise FileNotFoundError(
+        f"study directory {results.study_dir} contains no results to report: expected at least one of "
+        f"{expected}. Run 'dimalign run STUDY.toml -o {results.study_dir}' first, or pass the "
+        "study directory that it wrote"
+    )
+
+
 __all__ = [
     "CategoryBlocks",
+    "REPORT_SOURCES",
     "StudyResults",
     "assign_categories",
+    "check_reportable",
     "category_blocks",
     "read_category_matrix",
 ]

@@ -601,7 +601,14 @@ def _map_inputs(configured: set[str], settings: dict[str, Any]) -> tuple[list[st
 
 
 def _report_upstream(configured: set[str], settings: dict[str, Any]) -> list[str]:
-    return [name for name in STAGE_ORDER if name in configured and name != "report"]
+    from dimalign.report.results import REPORT_SOURCES
+
+    upstream = [name for name in STAGE_ORDER if name in configured and name != "report"]
+    if not any(stage in upstream for stage, _ in REPORT_SOURCES):
+        raise ValueError(
+            "stage report needs a stage whose results it can show: add human_fit, dnn_fit or compare"
+        )
+    return upstream
 
 
 def _fixed(required: list[str], optional: list[str] = ()):
