@@ -45,6 +45,21 @@ def test_fit_cli_reads_simulate_folder(tmp_path):
     assert (tmp_path / "run" / "objects.tsv").read_text().splitlines()[1] == "0\tobj0\t"
 
 
+def test_fit_cli_folder_checks_candidates_and_object_table(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    write_triplets(folder / "triplets.npy")
+    assert main(["fit", str(folder), "--n-objects", "12", "-o", str(tmp_path / "a"), "--max-epochs", "1"]) == 1
+    assert "contains 2 candidate triplet files (train.npy, triplets.npy)" in capsys.readouterr().err
+
+    (folder / "triplets.npy").unlink()
+    (folder / "objects.tsv").write_text("index\tobject_id\tsource\n" + "".join(f"{i}\tobj{i}\t\n" for i in range(12)))
+    assert main(["fit", str(folder), "--n-objects", "1854", "-o", str(tmp_path / "b"), "--max-epochs", "1"]) == 1
+    assert f"--n-objects 1854 disagrees with {folder / 'objects.tsv'}, which lists 12 objects" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_fit_cli_keeps_simulate_folder(tmp_path, capsys):
     folder = tmp_path / "simulated"
     folder.mkdir()

@@ -93,13 +93,20 @@ def load_training_data(
             outside ``[0, 1)``.
     """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
-    from dimalign.io.triplets import load_triplets, split_triplets
+    from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
 
     table = read_object_table(args.objects) if args.objects else None
+    table_path = args.objects
     source = args.triplets
-    if table is None and args.n_objects is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
-        table = read_object_table(source / OBJECT_TABLE_NAME)
+    if table is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
+        table_path = source / OBJECT_TABLE_NAME
+        table = read_object_table(table_path)
     n_objects = args.n_objects
+    if n_objects is not None and table is not None and n_objects != len(table):
+        raise ValueError(
+            f"--n-objects {n_objects} disagrees with {table_path}, which lists {len(table)} objects; "
+            "leave out --n-objects or pass the object table that the triplets index"
+        )
     if n_objects is None and table is not None:
         n_objects = len(table)
     if n_objects is None:
@@ -108,14 +115,13 @@ def load_training_data(
     check_validation_options(args)
     inputs = {}
     val = None
-    if source.is_dir() and (source / "train.npy").is_file():
-        train_path = source / "train.npy"
-        train = load_triplets(train_path, n_objects)
+    if source.is_dir():
+        train_path = find_triplet_file(source)
         if args.val is None and (source / "val.npy").is_file():
             args.val = source / "val.npy"
     else:
         train_path = source
-        train = load_triplets(source, n_objects)
+    train = load_triplets(train_path, n_objects)
     inputs["train"] = train_path
     if args.val is not None:
         val = load_triplets(args.val, n_objects)
@@ -147,7 +153,7 @@ def check_validation_options(args: argparse.Namespace) -> None:
             "triplets: pass only one of them"
         )
     folder_val = args.triplets / "val.npy"
-    if args.triplets.is_dir() and (args.triplets / "train.npy").is_file() and folder_val.is_file():
+    if args.triplets.is_dir() and folder_val.is_file():
         raise ValueError(
             f"{args.triplets} contains validation triplets ({folder_val}), so --val-fraction "
             f"{args.val_fraction} would be ignored: drop --val-fraction, or pass the training "

@@ -284,9 +284,10 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
 
         actual = digest.hexdigest()
         if actual != entry.sha256 or (entry.size is not None and received != entry.size):
+            expected_size = f" ({entry.size} bytes)" if entry.size is not None else ""
             raise ValueError(
                 f"checksum mismatch for {entry.name} downloaded from {entry.url}: expected "
-                f"sha256 {entry.sha256} ({entry.size} bytes), got {actual} ({received} bytes). "
+                f"sha256 {entry.sha256}{expected_size}, got {actual} ({received} bytes). "
                 "The partial file was removed. Retry, or use a verified mirror copy."
             )
     logger.info("downloaded %s (%d bytes, sha256 verified) to %s", entry.name, received, target)
