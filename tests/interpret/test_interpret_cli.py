@@ -160,3 +160,5 @@ def test_gradcam_cli_pooled_layer_rejected(pipeline, tmp_path, capsys):
 
     assert status == 1
     assert "1x1 map" in capsys.readouterr().err
+    # The input image written before the layer failed goes with the folder.
+    assert not (tmp_path / "gradcam").exists()

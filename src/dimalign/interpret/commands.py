@@ -226,7 +226,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
@@ -238,27 +238,29 @@ def run_gradcam(args: argparse.Namespace) -> int:
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(images), dims)
 
     rows = []
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path, name, image in zip(paths, unique_names(paths), images):
-        save_png(image, args.out / f"{name}_input.png")
-        with torch.no_grad():
-            prediction = predictor(image).double().cpu().numpy()
-        for dim in dims:
-            cam = dimension_gradcam(predictor, image, dim, layer)
-            heatmap_file = save_png(colorize(cam), args.out / f"{name}_dim{dim}_heatmap.png")
-            overlay_file = save_png(overlay(image, cam, alpha=args.alpha), args.out / f"{name}_dim{dim}_overlay.png")
-            rows.append({
-                "image": str(path), "dimension": dim, "predicted": prediction[dim],
-                "heatmap": heatmap_file.name, "overlay": overlay_file.name,
-            })
-    save_csv(pd.DataFrame(rows), args.out / "gradcam.csv")
-    write_manifest(
-        args.out, step="gradcam", inputs=_map_inputs(args.map_dir),
-        settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
-                  "layer": layer, "alpha": args.alpha, "device": args.device},
-        started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
-    )
-    logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
+    with output_dir(args.out):
+        for path, name, image in zip(paths, unique_names(paths), images):
+            save_png(image, args.out / f"{name}_input.png")
+            with torch.no_grad():
+                prediction = predictor(image).double().cpu().numpy()
+            for dim in dims:
+                cam = dimension_gradcam(predictor, image, dim, layer)
+                heatmap_file = save_png(colorize(cam), args.out / f"{name}_dim{dim}_heatmap.png")
+                overlay_file = save_png(
+                    overlay(image, cam, alpha=args.alpha), args.out / f"{name}_dim{dim}_overlay.png"
+                )
+                rows.append({
+                    "image": str(path), "dimension": dim, "predicted": prediction[dim],
+                    "heatmap": heatmap_file.name, "overlay": overlay_file.name,
+                })
+        save_csv(pd.DataFrame(rows), args.out / "gradcam.csv")
+        write_manifest(
+            args.out, step="gradcam", inputs=_map_inputs(args.map_dir),
+            settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
+                      "layer": layer, "alpha": args.alpha, "device": args.device},
+            started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
+        )
+        logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
     return 0
 
 
@@ -271,45 +273,45 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    args.out.mkdir(parents=True, exist_ok=True)
+    with output_dir(args.out):
 
-    rows = []
-    for dim in dims:
-        generator = load_generator(args.generator) if args.generator else None
-        result = maximize_dimension(
-            predictor, dim, generator=generator, steps=args.steps, n_init=args.n_init,
-            n_images=args.n_images, alpha=args.alpha, beta=args.beta, tv_weight=args.tv_weight,
-            learning_rate=args.lr, image_size=args.image_size, random_state=args.seed,
+        rows = []
+        for dim in dims:
+            generator = load_generator(args.generator) if args.generator else None
+            result = maximize_dimension(
+                predictor, dim, generator=generator, steps=args.steps, n_init=args.n_init,
+                n_images=args.n_images, alpha=args.alpha, beta=args.beta, tv_weight=args.tv_weight,
+                learning_rate=args.lr, image_size=args.image_size, random_state=args.seed,
+            )
+            cells = []
+            for index, image in enumerate(result.images):
+                file = save_png(image, args.out / f"dim{dim}_image{index}.png")
+                before, after = float(result.before[index]), float(result.after[index])
+                rows.append({"dimension": dim, "image": index, "file": file.name,
+                             "before": before, "after": after, "change": after - before})
+                cells.append(GridCell(_tensor_to_pil(image), f"{before:.2f} -> {after:.2f}"))
+            strip = compose_grid(
+                cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)",
+                cell_size=max(result.images.shape[-2:]),
+            )
+            save_png(strip, args.out / f"dim{dim}_images.png")
+        save_csv(pd.DataFrame(rows), args.out / "maximize.csv")
+        write_manifest(
+            args.out, step="maximize", inputs=_map_inputs(args.map_dir),
+            settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
+                      "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
+                      "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
+                      "lr": args.lr, "image_size": args.image_size, "seed": args.seed, "device": args.device},
+            started=started,
+            outputs={"n_images": len(rows), "table": "maximize.csv",
+                     "n_increased": sum(row["change"] > 0 for row in rows)},
         )
-        cells = []
-        for index, image in enumerate(result.images):
-            file = save_png(image, args.out / f"dim{dim}_image{index}.png")
-            before, after = float(result.before[index]), float(result.after[index])
-            rows.append({"dimension": dim, "image": index, "file": file.name,
-                         "before": before, "after": after, "change": after - before})
-            cells.append(GridCell(_tensor_to_pil(image), f"{before:.2f} -> {after:.2f}"))
-        strip = compose_grid(
-            cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)",
-            cell_size=max(result.images.shape[-2:]),
-        )
-        save_png(strip, args.out / f"dim{dim}_images.png")
-    save_csv(pd.DataFrame(rows), args.out / "maximize.csv")
-    write_manifest(
-        args.out, step="maximize", inputs=_map_inputs(args.map_dir),
-        settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
-                  "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
-                  "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
-                  "lr": args.lr, "image_size": args.image_size, "seed": args.seed, "device": args.device},
-        started=started,
-        outputs={"n_images": len(rows), "table": "maximize.csv",
-                 "n_increased": sum(row["change"] > 0 for row in rows)},
-    )
     return 0
 
 
@@ -340,7 +342,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
     from dimalign.interpret.manipulate import manipulate_images, parse_edit, plot_largest_changes
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import atomic_path, check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
@@ -360,31 +362,31 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
     result = manipulate_images(predictor, images, edits, masks=masks)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, versions in result.edited.items():
-        save_png(images[name], args.out / "edited" / f"{name}__original.png")
-        for label, edited in versions.items():
-            save_png(edited, args.out / "edited" / f"{name}__{label.replace(':', '_')}.png")
-    for name, mask in result.masks.items():
-        if name not in masks:
-            save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
-    table = result.table.copy()
-    path_of = {name: str(path) for name, path in zip(names, paths)}
-    table["image"] = table["image"].map(path_of)
-    save_csv(table, args.out / "manipulations.csv")
-    figure = plot_largest_changes(result, images, n_rows=args.figure_rows)
-    with atomic_path(args.out / "largest_changes.png") as temporary:
-        figure.savefig(temporary, dpi=100)
-    write_manifest(
-        args.out, step="manipulate", inputs=_map_inputs(args.map_dir),
-        settings={"map": args.map_dir, "images": [str(path) for path in paths],
-                  "edits": [edit.label for edit in edits], "masks": args.masks,
-                  "estimated_masks": sorted(set(result.masks) - set(masks)), "device": args.device},
-        started=started,
-        outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
-                 "max_abs_change": float(table["change"].abs().max())},
-    )
-    logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(images), len(edits), args.out)
+    with output_dir(args.out):
+        for name, versions in result.edited.items():
+            save_png(images[name], args.out / "edited" / f"{name}__original.png")
+            for label, edited in versions.items():
+                save_png(edited, args.out / "edited" / f"{name}__{label.replace(':', '_')}.png")
+        for name, mask in result.masks.items():
+            if name not in masks:
+                save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
+        table = result.table.copy()
+        path_of = {name: str(path) for name, path in zip(names, paths)}
+        table["image"] = table["image"].map(path_of)
+        save_csv(table, args.out / "manipulations.csv")
+        figure = plot_largest_changes(result, images, n_rows=args.figure_rows)
+        with atomic_path(args.out / "largest_changes.png") as temporary:
+            figure.savefig(temporary, dpi=100)
+        write_manifest(
+            args.out, step="manipulate", inputs=_map_inputs(args.map_dir),
+            settings={"map": args.map_dir, "images": [str(path) for path in paths],
+                      "edits": [edit.label for edit in edits], "masks": args.masks,
+                      "estimated_masks": sorted(set(result.masks) - set(masks)), "device": args.device},
+            started=started,
+            outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
+                     "max_abs_change": float(table["change"].abs().max())},
+        )
+        logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(images), len(edits), args.out)
     return 0
 
 
@@ -393,7 +395,7 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, needed_rows
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
@@ -419,25 +421,25 @@ def run_grid(args: argparse.Namespace) -> int:
     ]
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for dim in dims:
-        grid, grid_rows = dimension_grid(
-            result.embedding, dim, paths, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
+    with output_dir(args.out):
+        rows = []
+        for dim in dims:
+            grid, grid_rows = dimension_grid(
+                result.embedding, dim, paths, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
+            )
+            file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
+            for position, row in enumerate(grid_rows):
+                rows.append({"dimension": dim, "position": position, "row": int(row),
+                             "object_id": table.object_ids[row], "weight": float(result.embedding[row, dim]),
+                             "file": file.name})
+        save_csv(pd.DataFrame(rows), args.out / "grid.csv")
+        write_manifest(
+            args.out, step="grid", inputs={"embedding": result.path, "objects": objects_path},
+            settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
+                      "cell_size": args.cell_size},
+            started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
         )
-        file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
-        for position, row in enumerate(grid_rows):
-            rows.append({"dimension": dim, "position": position, "row": int(row),
-                         "object_id": table.object_ids[row], "weight": float(result.embedding[row, dim]),
-                         "file": file.name})
-    save_csv(pd.DataFrame(rows), args.out / "grid.csv")
-    write_manifest(
-        args.out, step="grid", inputs={"embedding": result.path, "objects": objects_path},
-        settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
-                  "cell_size": args.cell_size},
-        started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
-    )
-    logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
+        logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
     return 0
 
 
