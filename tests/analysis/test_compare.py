@@ -257,6 +257,13 @@ def test_compare_rejects_different_objects(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_top_k_above_object_count_names_option(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"top_k=20 is invalid for 12 objects \(--top-k\): use 1..12"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=20)
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_rejects_embedding_without_dimensions(tmp_path):
     human, _ = surrogate_pair(n_objects=12)
     write_side(tmp_path / "human", human)

@@ -29,3 +29,13 @@ def test_single_layer_folder_accepts_its_layer(tmp_path):
 
     with pytest.raises(ValueError, match="contains layer 'fc'"):
         check_layer_choice(tmp_path, "foo")
+
+
+def test_layer_folder_without_layer_lists_the_layers(tmp_path):
+    from dimalign.io.features import load_features
+
+    for layer in ("features_30", "classifier_4"):
+        np.save(tmp_path / f"features_{layer}.npy", np.ones((3, 2)))
+    with pytest.raises(FileNotFoundError, match=r"name the layer \(--layer\): classifier_4, features_30"):
+        load_features(tmp_path)
+    assert load_features(tmp_path, layer="classifier_4")[0].shape == (3, 2)

@@ -610,6 +610,8 @@ def compare(
     )
     names = list(pair.objects.object_ids)
     n_objects = len(names)
+    if top_k > n_objects:
+        raise ValueError(f"top_k={top_k} is invalid for {n_objects} objects (--top-k): use 1..{n_objects}")
     subset = _similarity_subset(n_objects, similarity_objects, random_state)
     cumulative_subset = subset
     if cumulative_objects is not None:

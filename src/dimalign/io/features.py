@@ -51,9 +51,14 @@ def load_features(
         candidates += [path / "features.npy", path / "features.h5"]
         found = [candidate for candidate in candidates if candidate.is_file()]
         if not found:
+            layers = sorted(entry.stem.removeprefix("features_") for entry in path.glob("features_*.npy"))
+            hint = (
+                f"; the folder holds one file per layer, so name the layer (--layer): {', '.join(layers)}"
+                if layers else ""
+            )
             raise FileNotFoundError(
                 f"no features file in {path}: expected one of "
-                f"{', '.join(candidate.name for candidate in candidates)}"
+                f"{', '.join(candidate.name for candidate in candidates)}{hint}"
             )
         path = found[0]
     elif not path.is_file():
