@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 
 from dimalign.analysis.ridge import RidgeMap
 
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def build_data(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Return the 1,854 x 4,096 features and the 1,854 x 70 targets."""
@@ -51,7 +52,10 @@ def build_data(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with things/")
+    parser.add_argument(
+        "--data", type=Path, default=SHARED_DATA,
+        help="folder with things/ (default: ../shared/data beside the repository)",
+    )
     parser.add_argument("--sklearn-dims", type=int, default=2, help="dimensions timed with scikit-learn")
     parser.add_argument("--n-alphas", type=int, default=200, help="number of penalties")
     args = parser.parse_args()

@@ -32,6 +32,7 @@ from dimalign.analysis.similarity import similarity_matrix
 
 TARGET_SECONDS = 5.0
 
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def reference_rows(embedding: np.ndarray, rows: range) -> np.ndarray:
     """Compute rows of S with a plain numpy loop over i (max shift per triple)."""
@@ -59,7 +60,10 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with things/")
+    parser.add_argument(
+        "--data", type=Path, default=SHARED_DATA,
+        help="folder with things/ (default: ../shared/data beside the repository)",
+    )
     parser.add_argument("--reference-rows", type=int, default=16, help="rows timed with the reference")
     parser.add_argument("--random-dims", type=int, help="use a random 1,854 x D embedding instead")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the product")
