@@ -36,6 +36,7 @@ from dimalign.analysis.ridge import RidgeMap
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+
 def build_data(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Return the 1,854 x 4,096 features and the 1,854 x 70 targets."""
     factors = np.load(data_dir / "things" / "vgg16_srf_factors_rank200.npy")

@@ -34,6 +34,7 @@ TARGET_SECONDS = 5.0
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+
 def reference_rows(embedding: np.ndarray, rows: range) -> np.ndarray:
     """Compute rows of S with a plain numpy loop over i (max shift per triple)."""
     logits = embedding @ embedding.T
