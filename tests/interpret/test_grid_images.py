@@ -45,18 +45,27 @@ def test_image_paths_lists_every_missing_file(tmp_path):
     solid((1, 2, 3)).save(tmp_path / "present.png")
     table = ObjectTable(("a", "b", "c"), ("present.png", "gone1.png", "gone2.png"))
 
-    with pytest.raises(FileNotFoundError, match="2 image files not found") as caught:
+    with pytest.raises(FileNotFoundError, match="2 objects have no image") as caught:
         image_paths(table, tmp_path, [0, 1, 2])
 
-    assert "gone1.png" in str(caught.value)
-    assert "gone2.png" in str(caught.value)
+    assert str(caught.value).endswith(": gone1.png, gone2.png")
 
 
-def test_image_paths_rejects_empty_source(tmp_path):
-    table = ObjectTable(("a", "b"), ("a.png", ""))
+def test_image_paths_finds_images_like_compare(tmp_path):
+    # A source, a file named after the object id, <id>.<ext>, and the first image of <id>/.
+    solid((1, 2, 3)).save(tmp_path / "source.png")
+    solid((1, 2, 3)).save(tmp_path / "listed.jpg")
+    solid((1, 2, 3)).save(tmp_path / "cat.png")
+    (tmp_path / "dog").mkdir()
+    solid((1, 2, 3)).save(tmp_path / "dog" / "b.png")
+    solid((1, 2, 3)).save(tmp_path / "dog" / "a.png")
+    table = ObjectTable(("x", "listed.jpg", "cat", "dog"), ("source.png", "", "", ""))
 
-    with pytest.raises(ValueError, match="no source image"):
-        image_paths(table, tmp_path, [1])
+    paths = image_paths(table, tmp_path, [0, 1, 2, 3])
+
+    assert [paths[row].relative_to(tmp_path).as_posix() for row in range(4)] == [
+        "source.png", "listed.jpg", "cat.png", "dog/a.png",
+    ]
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ from dimalign.io.files import (
     write_manifest,
     write_text_atomic,
 )
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding
 
 logger = logging.getLogger(__name__)
@@ -792,24 +792,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
-def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
-    """Find an object's image: its ``source`` (relative to ``images`` or absolute), ``<id>.<ext>``, or ``<id>/`` first image."""
-    if source:
-        candidate = Path(source) if Path(source).is_absolute() else images / source
-        if candidate.is_file():
-            return candidate
-    for suffix in (".jpg", ".jpeg", ".png"):
-        candidate = images / f"{object_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    folder = images / object_id
-    if folder.is_dir():
-        found = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if found:
-            return found[0]
-    return None
-
-
 def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Path, out_dir: Path) -> list[str]:
     """Draw one image grid per matched pair and group (both, human only, DNN only)."""
     from PIL import Image
@@ -925,7 +907,6 @@ __all__ = [
     "bootstrap_indices",
     "bootstrap_rsa",
     "compare",
-    "find_image",
     "find_object_table",
     "resampled_rsa",
     "similarity_matrix_to_disk",

@@ -414,7 +414,6 @@ def run_grid(args: argparse.Namespace) -> int:
             f"{objects_path} lists {len(table)} objects but the embedding {args.embedding} has "
             f"{result.n_objects} rows; use the object table of this embedding"
         )
-    table = _sources_or_ids(table)
     dims = [
         _check_embedding_dimension(dim, result.n_dims, args.embedding)
         for dim in (args.dims or range(result.n_dims))
@@ -441,14 +440,6 @@ def run_grid(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
     return 0
-
-
-def _sources_or_ids(table: Any) -> Any:
-    """Use the object id as the image path of rows without a source (tables of image files)."""
-    from dimalign.io.objects import ObjectTable
-
-    sources = tuple(source or object_id for object_id, source in zip(table.object_ids, table.sources))
-    return ObjectTable(table.object_ids, sources)
 
 
 def _check_embedding_dimension(dim: int, n_dims: int, embedding: Path) -> int:

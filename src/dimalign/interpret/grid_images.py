@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from dimalign.interpret.grids import percentile_grid, top_objects
-from dimalign.io.objects import ObjectTable
+from dimalign.io.objects import ObjectTable, find_image
 
 logger = logging.getLogger(__name__)
 
@@ -126,25 +126,26 @@ def grid_objects(weights: np.ndarray, layout: str, top_k: int = 12) -> np.ndarra
 
 
 def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence[int]) -> dict[int, Path]:
-    """Resolve the image file of each row (its ``source``, relative to ``image_dir``).
+    """Resolve the image file of each row, as :func:`dimalign.io.objects.find_image` does.
+
+    A row's ``source`` (relative to ``image_dir``) comes first, then
+    ``<object_id>.<ext>`` and the folder ``<object_id>/``. A row without a
+    source is also tried at ``<image_dir>/<object_id>``, the path of an object
+    table that lists image files.
 
     Raises:
-        ValueError: If a row has no source.
-        FileNotFoundError: Listing every missing image file.
+        FileNotFoundError: Listing every object without an image.
     """
     image_dir = Path(image_dir)
-    without_source = [int(row) for row in rows if not table.sources[row]]
-    if without_source:
-        names = [table.object_ids[row] for row in without_source[:20]]
-        raise ValueError(
-            f"{len(without_source)} objects have no source image in the object table "
-            f"(rows {without_source[:20]}, ids {names}); fill the source column"
-        )
-    paths = {int(row): image_dir / table.sources[row] for row in rows}
-    missing = [str(path) for path in paths.values() if not path.is_file()]
+    paths = {
+        int(row): find_image(image_dir, table.object_ids[row], table.sources[row] or table.object_ids[row])
+        for row in rows
+    }
+    missing = [table.sources[row] or table.object_ids[row] for row, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(
-            f"{len(missing)} image files not found under {image_dir}: {', '.join(missing[:50])}"
+            f"{len(missing)} objects have no image under {image_dir} (looked for the source column, "
+            f"<object_id>.jpg/.jpeg/.png and <object_id>/): {', '.join(missing[:50])}"
             + (" ..." if len(missing) > 50 else "")
         )
     return paths

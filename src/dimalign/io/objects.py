@@ -121,3 +121,29 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             "of one row, in order, so remove the blank line or write the missing name there."
         )
     return ObjectTable.from_ids(names)
+
+
+def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
+    """Find an object's image file.
+
+    The candidates, in order: its ``source`` (relative to ``images`` or
+    absolute), ``<images>/<object_id>.<jpg|jpeg|png>``, and the first image
+    by name in the folder ``<images>/<object_id>/`` (the THINGS layout).
+
+    Returns:
+        Path | None: The image file, or None when no candidate exists.
+    """
+    if source:
+        candidate = Path(source) if Path(source).is_absolute() else images / source
+        if candidate.is_file():
+            return candidate
+    for suffix in (".jpg", ".jpeg", ".png"):
+        candidate = images / f"{object_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    folder = images / object_id
+    if folder.is_dir():
+        found = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if found:
+            return found[0]
+    return None

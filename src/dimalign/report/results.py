@@ -216,7 +216,7 @@ class StudyResults:
         """Return the image of an object, or None without an image folder or image."""
         if self.images_dir is None:
             return None
-        from dimalign.analysis.compare import find_image
+        from dimalign.io.objects import find_image
 
         return find_image(self.images_dir, self.objects.object_ids[object_index], self.objects.sources[object_index])
 
