@@ -134,3 +134,13 @@ def test_no_run_with_dimensions():
         result = reproducibility([np.zeros((10, 0)), np.zeros((10, 0))])
     with pytest.raises(ValueError, match="no run has any dimension"):
         result.best_run
+
+
+def test_run_folders_score_like_their_arrays(tmp_path):
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.gamma(1.0, size=(40, 3)).astype(np.float32) for _ in range(3)]  # as saved
+    folders = [save_embedding(EmbeddingResult(array), tmp_path / f"seed_{index}") for index, array in enumerate(arrays)]
+    from_folders = reproducibility([tmp_path / "seed_0", str(tmp_path / "seed_1"), folders[2]])
+    np.testing.assert_allclose(from_folders.run_scores, reproducibility(arrays).run_scores)

@@ -15,6 +15,7 @@ A run's reproducibility is the mean over its dimensions.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class ReproducibilityResult:
 
 
 def reproducibility(
-    embeddings: Sequence[np.ndarray],
+    embeddings: Sequence[np.ndarray | str | os.PathLike],
     *,
     split: str = "odd_even",
     random_state: int = 0,
@@ -104,9 +105,11 @@ def reproducibility(
     """Score how well other runs reproduce each run's dimensions.
 
     Args:
-        embeddings (Sequence[np.ndarray]): At least two embeddings of the same
-            objects in the same row order, each ``(n_objects, n_dims_r)``; the
-            numbers of dimensions may differ.
+        embeddings (Sequence[np.ndarray | str | os.PathLike]): At least two
+            embeddings of the same objects in the same row order, each
+            ``(n_objects, n_dims_r)``, or their run folders or embedding files
+            (read with :func:`dimalign.io.runs.load_embedding`). The numbers
+            of dimensions may differ.
         split (str): ``"odd_even"`` or ``"random"`` (see :func:`split_halves`).
         random_state (int): Seed of a random split.
 
@@ -121,7 +124,7 @@ def reproducibility(
             are 0), or a run kept no dimension (its score is NaN, and its
             partners in other runs score 0).
     """
-    arrays = [np.asarray(embedding, dtype=np.float64) for embedding in embeddings]
+    arrays = [_as_array(embedding) for embedding in embeddings]
     if len(arrays) < 2:
         raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
     n_objects = {array.shape[0] for array in arrays}
@@ -181,6 +184,14 @@ def reproducibility(
         "correlation_on": "second half",
     }
     return ReproducibilityResult(run_scores, dim_scores, pair_correlations, split_record)
+
+
+def _as_array(embedding: np.ndarray | str | os.PathLike) -> np.ndarray:
+    if isinstance(embedding, (str, os.PathLike)):
+        from dimalign.io.runs import load_embedding
+
+        return np.asarray(load_embedding(embedding).embedding, dtype=np.float64)
+    return np.asarray(embedding, dtype=np.float64)
 
 
 __all__ = [
