@@ -37,3 +37,11 @@ def test_real_things_ids(things_dir):
 
     assert len(table.object_ids) == 1854
     assert table.object_ids[0] == "aardvark"
+
+
+def test_folder_or_empty_file_is_not_a_table(tmp_path):
+    with pytest.raises(ValueError, match=f"object table {tmp_path} is a folder"):
+        read_object_table(tmp_path)
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="is empty: it must name one object per line"):
+        read_object_table(tmp_path / "empty.txt")

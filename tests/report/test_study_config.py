@@ -273,3 +273,15 @@ def test_study_with_only_a_report_is_rejected(tmp_path):
     path.write_text('[study]\nname = "r"\n[inputs]\n[report]\n', encoding="utf-8")
     with pytest.raises(ValueError, match="stage report needs a stage whose results it can show"):
         plan_study(load_config(path), tmp_path / "s")
+
+
+def test_set_key_parts_are_stripped():
+    override = parse_override(" human_fit . max_epochs = 2 ")
+    assert (override.section, override.key, override.value) == ("human_fit", "max_epochs", 2)
+
+
+def test_missing_input_under_data_dir_from_set_says_so(study_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(study_file, ["study.data_dir=elsewhere"])
+    with pytest.raises(FileNotFoundError, match=r"with study.data_dir = 'elsewhere' set with --set \(relative to the current directory\)"):
+        plan_study(config, tmp_path / "s")

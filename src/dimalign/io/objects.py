@@ -87,11 +87,17 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the index column is not 0, 1, 2, ... in order, or a
-            plain list has a blank line before its last name (every later
-            object would move up one row).
+        ValueError: If the path is a folder or another non-file, the file
+            lists no object, the index column is not 0, 1, 2, ... in order,
+            or a plain list has a blank line before its last name (every
+            later object would move up one row).
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(
+            f"object table {path} is {kind}: pass an objects.tsv or a file with one object name per line"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
@@ -120,6 +126,8 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             f"{path}, line {line_number}: blank line in the object list. Each line names the object "
             "of one row, in order, so remove the blank line or write the missing name there."
         )
+    if not names:
+        raise ValueError(f"object table {path} is empty: it must name one object per line")
     return ObjectTable.from_ids(names)
 
 

@@ -141,7 +141,7 @@ def parse_override(text: str) -> Override:
     name, separator, raw_value = text.partition("=")
     if not separator:
         raise ValueError(f"--set {text!r} is invalid: use SECTION.KEY=VALUE, such as human_fit.max_epochs=3")
-    parts = name.strip().split(".")
+    parts = [part.strip() for part in name.split(".")]
     if len(parts) != 2 or not all(parts):
         raise ValueError(
             f"--set {text!r} is invalid: the key must be SECTION.KEY (a stage, 'study' or 'inputs', "

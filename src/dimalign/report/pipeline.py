@@ -254,6 +254,11 @@ def _plan_stage(
         if not path.exists():
             if (INPUTS_TABLE, key) in config.cli_values:
                 origin = "set with --set (relative paths start at the current directory)"
+            elif "${data_dir}" in config.inputs[key] and (STUDY_TABLE, "data_dir") in config.cli_values:
+                origin = (
+                    f"in {config.path}, with study.data_dir = {config.study['data_dir']!r} set with --set "
+                    "(relative to the current directory)"
+                )
             else:
                 origin = f"in {config.path} (relative paths start at {config.base_dir})"
             raise FileNotFoundError(
@@ -532,8 +537,10 @@ def run_study(
                 _run_stage(plan, stage, record)
             except Exception:
                 logger.error(
-                    "stage %s failed; the stages before it are kept, and the next run starts there",
-                    stage.name,
+                    "stage %s failed; the stages before it are kept, and the next run starts there. "
+                    "Where the message below suggests command-line options, change the matching "
+                    "setting of [%s] or [inputs] in %s instead",
+                    stage.name, stage.name, plan.config.path,
                 )
                 raise
             stage.seconds = time.perf_counter() - started
