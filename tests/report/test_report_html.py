@@ -209,8 +209,8 @@ def test_report_leaves_out_stages_the_last_run_did_not_plan(tiny_study, tmp_path
 @pytest.mark.parametrize(
     ("options", "message"),
     [(["--top-k", "0"], "--top-k 0 is invalid"), (["--dpi", "-1"], "--dpi -1 is invalid"),
-     (["--categories", "missing.tsv"], "--categories missing.tsv: no such file"),
-     (["--labels", "FILE"], "--labels .*: no such folder")],
+     (["--categories", "missing.tsv"], "--categories missing.tsv: file not found"),
+     (["--labels", "FILE"], "--labels .*: folder not found")],
 )
 def test_report_checks_options_before_writing(tiny_study, tmp_path, capsys, monkeypatch, options, message):
     monkeypatch.chdir(tmp_path)

@@ -135,7 +135,7 @@ def _check_report_options(args: argparse.Namespace) -> None:
             continue
         exists = path.is_file() if kind == "file" else path.is_dir()
         if not exists:
-            raise FileNotFoundError(f"{option} {path}: no such {kind}")
+            raise FileNotFoundError(f"{option} {path}: {kind} not found")
     out = args.out.resolve()
     for stage in DEFAULT_STAGE_DIRS.values():
         folder = (args.study_dir / stage).resolve()

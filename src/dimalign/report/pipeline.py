@@ -423,7 +423,7 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
 def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
     """Find stage folders that were computed from other upstream results than those in the study.
 
-    A stage's record holds the hash of every stage it read. When a later run
+    A stage's record contains the hash of every stage it read. When a later run
     replaced one of those (and then failed or left the reader out), the
     reader's results no longer belong to the folder beside it.
 
