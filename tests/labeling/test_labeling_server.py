@@ -258,6 +258,11 @@ def test_access_log_redacts_admin_token(study_path, caplog):
     assert '"GET /admin?token=[redacted] HTTP/1.1" 200' in log_text
     assert "/admin/answers.csv?format=csv&token=[redacted] HTTP/1.1" in log_text
     assert "Bad request syntax ('GET /admin?token=[redacted] HTTP/1.1 HTTP/1.1')" in log_text
+    # The 403 line is plain text, without werkzeug's terminal colour codes.
+    # caplog.text strips those codes, so the records are checked.
+    messages = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    assert any('"GET /admin?token=[redacted] HTTP/1.1" 403' in message for message in messages)
+    assert not any("\x1b[" in message for message in messages)
 
 
 @pytest.mark.parametrize(

@@ -444,17 +444,25 @@ def redact_query_secrets(text: str) -> str:
     return _QUERY_PAIR.sub(redact, text)
 
 
+_ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class RedactingRequestHandler(WSGIRequestHandler):
-    """Werkzeug request handler whose log lines contain no secret query value.
+    """Werkzeug request handler whose log lines contain no secret query value and no colour codes.
 
     Werkzeug logs each request line, query string included, to the
     ``werkzeug`` logger, and its error lines can quote a malformed request
-    line. Both pass through :meth:`log`, which redacts them.
+    line. Both pass through :meth:`log`, which redacts them. Werkzeug also
+    wraps the request line of a 3xx, 4xx or 5xx response in terminal colour
+    codes, which would end up as escape sequences in log files, so they are
+    removed.
     """
 
     def log(self, type: str, message: str, *args: Any) -> None:
-        redacted = tuple(redact_query_secrets(arg) if isinstance(arg, str) else arg for arg in args)
-        super().log(type, message, *redacted)
+        cleaned = tuple(
+            redact_query_secrets(_ANSI_STYLE.sub("", arg)) if isinstance(arg, str) else arg for arg in args
+        )
+        super().log(type, message, *cleaned)
 
 
 def make_study_server(
