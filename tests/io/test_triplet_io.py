@@ -445,3 +445,52 @@ def test_semicolon_file_suggests_delimiter(tmp_path):
     assert load_triplets(path, 4, columns=["a", "b", "c"], delimiter=";").tolist() == [
         [0, 1, 2], [1, 2, 3]
     ]
+
+
+def test_bad_first_row_is_not_taken_for_a_header(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("0,1,NA\n3,4,5\n6,7,8\n")
+    with pytest.raises(ValueError, match=r"line 1, column 2: value 'NA' is not an integer"):
+        load_triplets(path, 10)
+    path.write_text("1,2,3,x\n4,5,6,2\n")
+    with pytest.raises(ValueError, match=r"line 1, column 3: value 'x'"):
+        load_triplets(path, 10, one_based=True, choice_column=3)
+
+
+def test_byte_order_mark_is_skipped(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf0,1,2\n3,4,5\n")
+    assert load_triplets(path, 10).tolist() == [[0, 1, 2], [3, 4, 5]]
+    path.write_bytes(b"\xef\xbb\xbfi,j,k\n1,2,3\n")
+    assert load_triplets(path, 10, columns=["i", "j", "k"]).tolist() == [[1, 2, 3]]
+
+
+def test_values_beyond_int64_are_errors(tmp_path):
+    (tmp_path / "big.txt").write_text("0 1 2\n3 4 99999999999999999999\n")
+    with pytest.raises(ValueError, match=r"line 2, column 2: value '99999999999999999999' is not an integer"):
+        load_triplets(tmp_path / "big.txt", 20)
+    (tmp_path / "underscore.txt").write_text("0 1 2\n3 4 1_0\n")
+    with pytest.raises(ValueError, match=r"value '1_0' is not an integer"):
+        load_triplets(tmp_path / "underscore.txt", 20)
+    np.save(tmp_path / "big.npy", np.array([[0, 1, 2], [3, 4, 2**63 + 5]], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"row 1, column 2: value 9223372036854775813 is far beyond"):
+        load_triplets(tmp_path / "big.npy", 20)
+    np.save(tmp_path / "float.npy", np.array([[0, 1, 2], [3, 4, 1e20]]))
+    with pytest.raises(ValueError, match=r"row 1, column 2: value 1e\+20 is not an integer object index"):
+        load_triplets(tmp_path / "float.npy", 20)
+
+
+def test_file_without_object_zero_warns(tmp_path, caplog):
+    rows = [[1, 2, 3], [3, 4, 1], [2, 4, 3], [1, 4, 2], [2, 3, 4]]
+    np.save(tmp_path / "no_zero.npy", np.array(rows))
+    np.save(tmp_path / "short.npy", np.array(rows[:4]))
+    np.save(tmp_path / "zero.npy", np.array(rows[:4] + [[0, 1, 2]]))
+    with caplog.at_level(logging.WARNING, logger="dimalign.io.triplets"):
+        load_triplets(tmp_path / "short.npy", 5)  # fewer triplets than objects: no warning
+        load_triplets(tmp_path / "zero.npy", 5)
+    assert "never names object 0" not in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.io.triplets"):
+        load_triplets(tmp_path / "no_zero.npy", 5)
+    assert "no_zero.npy never names object 0 in 5 triplets" in caplog.text
+    assert "--one-based" in caplog.text

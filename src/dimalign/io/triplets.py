@@ -153,6 +153,12 @@ def load_triplets(
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
         logger.warning("%s contains no triplets", path)
+    elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
+        # With as many triplets as objects, a 0-based file would almost surely name object 0.
+        logger.warning(
+            "%s never names object 0 in %d triplets; if it counts objects from 1, load it as "
+            "1-based (CLI: dimalign import-triplets --one-based)", path, len(triplets),
+        )
     logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
     return triplets
 
@@ -261,6 +267,12 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
     def row_label(row: int) -> str:
         return f"row {row}"
 
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        row, column = np.argwhere(array > np.iinfo(np.int64).max)[0]
+        raise ValueError(
+            f"{path}, row {int(row)}, column {int(column)}: value {int(array[row, column])} is far "
+            "beyond any object index; check the file"
+        )
     if array.dtype.kind in "iu":
         return array.astype(np.int64, copy=False), row_label
     if array.dtype.kind == "f":
@@ -270,7 +282,9 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
 
 def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
     """Convert a float array whose values are all whole numbers to int64."""
-    bad = ~np.isfinite(array) | (array != np.round(array))
+    # Whole numbers beyond the int64 range would wrap around in the cast.
+    limit = float(np.iinfo(np.int64).max)
+    bad = ~np.isfinite(array) | (array != np.round(array)) | (np.abs(array) >= limit)
     if bad.any():
         row, column = np.argwhere(bad)[0]
         raise ValueError(
@@ -338,7 +352,7 @@ class _TextLayout:
     def row_label(self, row: int) -> str:
         """Return ``"line N"`` for data row ``row`` (0-based), reading the file again."""
         seen = -1
-        with open(self.path, encoding="utf-8") as handle:
+        with open(self.path, encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if self.is_data(line_number, line):
                     seen += 1
@@ -351,13 +365,16 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     """Detect the delimiter and a header line from the first two content lines.
 
     Blank lines and lines starting with ``#`` are skipped everywhere. The first
-    content line is a header when one of its fields is not a number but the
-    same field of the next content line is. So a column of subject names is
-    no header. In a file of one content line, the line is a header when none
-    of its fields is a number.
+    content line is a header when every field that is a number on the next
+    content line is not a number on it (and there is at least one such
+    field). So a column of subject names is no header, and neither is a first
+    data row with one bad value such as ``0,1,NA``: that row fails to parse
+    and the error names it. In a file of one content line, the line is a
+    header when none of its fields is a number. A UTF-8 byte-order mark, as
+    spreadsheet programs write, is skipped.
     """
     content: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             stripped = line.strip()
             if stripped and not stripped.startswith("#"):
@@ -380,7 +397,8 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     first = [_is_number(token) for token in _split(line, delimiter)]
     if len(content) == 2:
         second = [_is_number(token) for token in _split(content[1][1], delimiter)]
-        is_header = any(not a and b for a, b in zip(first, second))
+        numeric_below = [a for a, b in zip(first, second) if b]
+        is_header = bool(numeric_below) and not any(numeric_below)
     else:
         is_header = not any(first)
     if not is_header:
@@ -412,7 +430,7 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
                 skiprows=layout.skip_lines,
                 comments="#",
                 ndmin=2,
-                encoding="utf-8",
+                encoding="utf-8-sig",
             )
         if table.shape[1] == layout.n_columns or len(table) == 0:
             return table.reshape(-1, layout.n_columns)[:, used]
@@ -422,7 +440,7 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
     # Slow path: parse line by line so that an error can name the line.
     rows: list[list[int]] = []
     n_converted = 0
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not layout.is_data(line_number, line):
                 continue
@@ -453,18 +471,26 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
 
 
 def _parse_integer(token: str) -> tuple[int | None, int]:
-    """Return the integer value of a token (or None) and 1 if it was written as a float."""
-    try:
-        return int(token), 0
-    except ValueError:
-        pass
-    try:
-        number = float(token)
-    except ValueError:
+    """Return the integer value of a token (or None) and 1 if it was written as a float.
+
+    Python's own spellings such as ``1_000`` are no integers here, and neither
+    is a value beyond the int64 range.
+    """
+    if "_" in token:
         return None, 0
-    if np.isfinite(number) and number == round(number):
-        return int(number), 1
-    return None, 0
+    try:
+        value, converted = int(token), 0
+    except ValueError:
+        try:
+            number = float(token)
+        except ValueError:
+            return None, 0
+        if not (np.isfinite(number) and number == round(number)):
+            return None, 0
+        value, converted = int(number), 1
+    if abs(value) > np.iinfo(np.int64).max:
+        return None, 0
+    return value, converted
 
 
 # --------------------------------------------------------------------------- conversion
