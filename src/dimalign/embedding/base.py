@@ -163,7 +163,8 @@ class TripletEmbedding(BaseEstimator):
         generator = torch.Generator(device=device).manual_seed(int(self.random_state))
         params = self._init_parameters(n_objects, generator)
         params = {name: tensor.to(device=device, dtype=dtype).requires_grad_(True) for name, tensor in params.items()}
-        # The fused implementation updates all parameters in one kernel (CPU and CUDA).
+        # The fused implementation updates all parameters in one kernel. On the CPU
+        # it needs torch 2.4 or newer, the lower bound in pyproject.toml.
         optimizer = torch.optim.Adam(params.values(), lr=self.lr, fused=True)
 
         history: list[dict[str, float]] = []
