@@ -203,3 +203,58 @@ def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
     resumed = VICE(n_dims=4, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
     resumed.fit(triplets, n_objects=15)
     assert resumed.n_epochs_ == 2
+
+
+def test_resume_with_object_count_in_constructor(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    resumed = VICE(n_dims=5, n_objects=15, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets)
+    assert resumed.n_epochs_ == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"eval_every": 0}, "eval_every must be at least 1"),
+     ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
+     ({"n_dims": 4.0}, "n_dims must be an integer, got 4.0"),
+     ({"random_state": None}, "random_state must be an integer seed, got None"),
+     ({"alpha": 1.5}, r"alpha must lie in \(0, 1\), got 1.5"),
+     ({"lr": float("inf")}, "lr must be a positive finite number")],
+)
+def test_invalid_settings_fail_before_training(settings, message):
+    model = VICE(max_epochs=1, **settings)
+    with pytest.raises(ValueError, match=message):
+        model.fit(random_triplets(15, 100), n_objects=15)
+    assert not hasattr(model, "history_")
+
+
+def test_diverging_fit_names_epoch_and_learning_rate():
+    with pytest.raises(RuntimeError, match=r"the fit diverged in epoch 1: .* lower the learning rate \(lr=1e\+30\)"):
+        VICE(n_dims=4, max_epochs=3, lr=1e30).fit(planted_triplets(300), n_objects=30)
+
+
+def test_posterior_predictive_stays_finite_for_large_gaps():
+    model = VICE(n_dims=2, max_epochs=1, mc_samples=3, min_objects=0).fit(planted_triplets(300), n_objects=30)
+    params = {"loc": torch.zeros_like(model._params["loc"]), "log_scale": torch.full_like(model._params["loc"], -20.0)}
+    params["loc"][0, 0] = params["loc"][1, 0] = 30.0  # objects 0 and 1: similarity 900, the others 0
+    log_proba = model._predict_log_proba(params, torch.tensor([0, 1]), torch.tensor([[0, 2, 1]]))
+    assert torch.isfinite(log_proba).all()
+    assert log_proba[0, 1] == pytest.approx(0.0)
+    assert log_proba[0, 0] == pytest.approx(-900.0, rel=1e-4)
+
+
+def test_unfitted_model_raises_not_fitted_error():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        VICE().score(np.array([[0, 1, 2]]))
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(random_triplets(15, 200), n_objects=15)
+    checkpoint = tmp_path / CHECKPOINT_NAME
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    with pytest.raises(ValueError, match="cannot be read as a dimalign checkpoint"):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(
+            random_triplets(15, 200), n_objects=15
+        )

@@ -15,6 +15,7 @@ import hashlib
 import io
 import logging
 import math
+import numbers
 import os
 import time
 from pathlib import Path
@@ -38,7 +39,10 @@ logger = logging.getLogger(__name__)
 # they change how long or how verbosely a run goes on, not what it computes.
 _RESUMABLE_SETTINGS = frozenset(
     {"max_epochs", "stability_epochs", "checkpoint_every", "checkpoint_dir", "resume",
-     "device", "verbose", "tensorboard", "eval_every"}
+     "device", "verbose", "tensorboard", "eval_every",
+     # n_objects may come from the constructor or from fit; the checkpoint's
+     # object count is compared with the data separately.
+     "n_objects"}
 )
 
 HISTORY_NAME = "history.csv"
@@ -113,14 +117,23 @@ class TripletEmbedding(BaseEstimator):
         return torch.float32 if self.dtype == "float32" else torch.float64
 
     def _check_settings(self) -> None:
-        if self.n_dims < 1:
-            raise ValueError(f"n_dims must be at least 1, got {self.n_dims}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.max_epochs < 1:
-            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        minimums = {
+            "n_dims": 1, "batch_size": 1, "max_epochs": 1, "stability_epochs": 1,
+            "eval_every": 1, "checkpoint_every": 1, "min_objects": 0,
+        }
+        for name, minimum in minimums.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        if isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral):
+            raise ValueError(
+                f"random_state must be an integer seed, got {self.random_state!r}: a fit is "
+                "reproducible and resumable only from a fixed seed"
+            )
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
 
     def _training_config(self) -> dict[str, Any]:
         return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
@@ -195,6 +208,7 @@ class TripletEmbedding(BaseEstimator):
             epoch = epoch_index + 1
             started = time.perf_counter()
             totals = self._train_epoch(params, optimizer, train_t, generator)
+            self._check_finite(params, totals, epoch)
             kept = self._kept(params)
             n_kept = int(kept.size)
             stable_epochs = stable_epochs + 1 if n_kept == last_n_kept else 0
@@ -232,6 +246,15 @@ class TripletEmbedding(BaseEstimator):
                 "a smaller l1 penalty", self.min_objects,
             )
         return self
+
+    def _check_finite(self, params, totals: dict[str, float], epoch: int) -> None:
+        """Raise ``RuntimeError`` when the loss or a parameter is no longer finite (the fit diverged)."""
+        if math.isfinite(totals["loss"]) and all(bool(torch.isfinite(value).all()) for value in params.values()):
+            return
+        raise RuntimeError(
+            f"the fit diverged in epoch {epoch}: the loss is {totals['loss']} and parameters are not "
+            f"finite; lower the learning rate (lr={self.lr}) and fit again"
+        )
 
     def _train_step(self, params, batch, n_train, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Set the gradients of one batch and return (batch NLL, pair similarities).
@@ -277,7 +300,7 @@ class TripletEmbedding(BaseEstimator):
     def _evaluate(self, params, kept: np.ndarray, triplets: torch.Tensor, prefix: str = "") -> dict[str, float]:
         kept_t = torch.as_tensor(kept, dtype=torch.int64, device=triplets.device)
         log_proba = self._predict_log_proba(params, kept_t, triplets)
-        accuracy = float(hits_with_ties(log_proba).mean())
+        accuracy = float(hits_with_ties(log_proba).double().mean())
         nll = float(-log_proba[:, 0].mean())
         return {f"{prefix}accuracy": accuracy, f"{prefix}nll": nll}
 
@@ -372,8 +395,10 @@ class TripletEmbedding(BaseEstimator):
     # ---- using the fitted model -----------------------------------------------
 
     def _check_fitted(self) -> None:
+        from sklearn.exceptions import NotFittedError
+
         if not hasattr(self, "embedding_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit first")
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
 
     def predict_proba(self, triplets: Any) -> np.ndarray:
         """Return the probability that each pair is the most similar.

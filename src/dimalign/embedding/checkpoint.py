@@ -37,7 +37,15 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Tensors, numbers, strings and containers only: a checkpoint runs no code when loaded.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"{path} cannot be read as a dimalign checkpoint ({type(error).__name__}: {error}); "
+            "the file may be truncated or come from another program: remove it to start the fit "
+            "again, or choose another run directory"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a dimalign checkpoint of format {CHECKPOINT_FORMAT}; "

@@ -18,7 +18,8 @@ import torch
 
 PRIORS = ("mixture", "authors")
 
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+#: log(sqrt(2 pi)), the constant of every normal log density.
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def normal_log_prob(x: torch.Tensor, loc: float | torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def normal_log_prob(x: torch.Tensor, loc: float | torch.Tensor, scale: float | t
     """
     scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
     z = (x - loc) / scale
-    return -0.5 * z * z - torch.log(scale) - _LOG_SQRT_2PI
+    return -0.5 * z * z - torch.log(scale) - LOG_SQRT_2PI
 
 
 def spike_slab_log_prob(

@@ -23,11 +23,9 @@ import torch
 
 from dimalign.embedding.base import TripletEmbedding
 from dimalign.embedding.likelihood import nll_from_similarities, pair_similarities
-from dimalign.embedding.priors import PRIORS, spike_slab_log_prob
+from dimalign.embedding.priors import LOG_SQRT_2PI, PRIORS, spike_slab_log_prob
 from dimalign.embedding.pruning import vice_kept_dimensions
 from dimalign.io.runs import EmbeddingResult
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class VICE(TripletEmbedding):
@@ -156,6 +154,8 @@ class VICE(TripletEmbedding):
             raise ValueError(f"need 0 < spike < slab, got spike={self.spike}, slab={self.slab}")
         if self.mc_samples < 1:
             raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
 
     def _init_parameters(self, n_objects: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         scale = self.init_scale if self.init_scale is not None else math.sqrt(2.0 / self.n_dims)
@@ -172,7 +172,7 @@ class VICE(TripletEmbedding):
         logits = pair_similarities(torch.relu(sample), batch)
         nll = nll_from_similarities(logits).mean()
         # log q(W) at the reparameterised sample: (W - mu) / sigma is the noise.
-        log_q = -(log_scale.sum() + 0.5 * (noise * noise).sum() + noise.numel() * _LOG_SQRT_2PI)
+        log_q = -(log_scale.sum() + 0.5 * (noise * noise).sum() + noise.numel() * LOG_SQRT_2PI)
         log_p = spike_slab_log_prob(sample, self.pi, self.spike, self.slab, self.prior).sum()
         complexity = (log_q - log_p) / n_train
         loss = nll + self.beta * complexity
@@ -243,7 +243,7 @@ class VICE(TripletEmbedding):
         generator = torch.Generator(device=loc.device).manual_seed(int(self.random_state) + 104729)
         noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         sample = loc + log_scale.exp() * noise
-        log_q = -(log_scale + 0.5 * noise * noise + _LOG_SQRT_2PI)
+        log_q = -(log_scale + 0.5 * noise * noise + LOG_SQRT_2PI)
         log_p = spike_slab_log_prob(sample, self.pi, self.spike, self.slab, self.prior)
         return float((log_q - log_p).sum()) / self._n_train
 
@@ -261,12 +261,14 @@ class VICE(TripletEmbedding):
         loc = params["loc"][:, kept]
         scale = params["log_scale"][:, kept].exp()
         generator = torch.Generator(device=loc.device).manual_seed(int(self.random_state) + 7919)
-        mean_proba = torch.zeros(triplets.shape[0], 3, dtype=loc.dtype, device=loc.device)
+        # log of the mean probability, summed in log space so that a probability
+        # that underflows in one sample does not make the average -inf.
+        log_sum = torch.full((triplets.shape[0], 3), -math.inf, dtype=loc.dtype, device=loc.device)
         for _ in range(self.mc_samples):
             noise = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
             sample = torch.relu(loc + scale * noise)
-            mean_proba += torch.softmax(pair_similarities(sample, triplets), dim=-1)
-        return (mean_proba / self.mc_samples).log()
+            log_sum = torch.logaddexp(log_sum, torch.log_softmax(pair_similarities(sample, triplets), dim=-1))
+        return log_sum - math.log(self.mc_samples)
 
     def _set_fitted(self, params) -> None:
         loc = params["loc"].detach().cpu().numpy().astype(np.float64)
