@@ -167,3 +167,24 @@ def test_fit_cli_val_fraction_with_folder_val_fails(tmp_path, capsys):
 
     assert status == 1
     assert "--val-fraction 0.2 would be ignored" in capsys.readouterr().err
+
+
+def test_fit_cli_split_does_not_follow_seed(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    for seed in (1, 2):
+        assert main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / f"run{seed}"),
+                     "--n-dims", "3", "--max-epochs", "1", "--seed", str(seed)]) == 0
+    manifests = [json.loads((tmp_path / f"run{seed}" / "manifest.json").read_text()) for seed in (1, 2)]
+    assert manifests[0]["settings"]["validation_split"] == {"val_fraction": 0.1, "split_seed": 0}
+    assert manifests[0]["settings"]["n_objects"] == 12
+    assert manifests[0]["settings"]["random_state"] == 1
+
+    from dimalign.cli import build_parser
+    from dimalign.embedding.commands import load_training_data
+
+    def validation(*options):
+        args = build_parser().parse_args(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", "x", *options])
+        return load_training_data(args)[1]
+
+    np.testing.assert_array_equal(validation("--seed", "1"), validation("--seed", "2"))
+    assert not np.array_equal(validation("--split-seed", "1"), validation("--split-seed", "2"))

@@ -42,7 +42,6 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     )
     add_training_data_arguments(parser)
     parser.add_argument("-o", "--out", type=Path, required=True, help="sweep directory to write")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (default 0)")
 
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=32, help="number of seeds, 0..N-1 from --first-seed (default 32)")
@@ -83,7 +82,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``dimalign sweep``."""
     from dimalign.analysis.sweep import sweep
 
-    train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.split_seed)
+    train, val, n_objects, table, inputs, _ = load_training_data(args)
     seeds = args.seed_list if args.seed_list else list(range(args.first_seed, args.first_seed + args.seeds))
     table_out = sweep(
         train, val, args.out, seeds=seeds, n_objects=n_objects, method=args.method,

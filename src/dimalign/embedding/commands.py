@@ -72,20 +72,26 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of object sets held out for validation when --val is not given "
         f"(default {DEFAULT_VAL_FRACTION}; 0 for none)",
     )
+    parser.add_argument(
+        "--split-seed", type=int, default=0,
+        help="seed of the validation split (default 0), apart from --seed so that fits with "
+        "other seeds are validated on the same triplets",
+    )
 
 
 def load_training_data(
-    args: argparse.Namespace, split_seed: int
-) -> tuple[np.ndarray, np.ndarray | None, int, object, dict]:
+    args: argparse.Namespace,
+) -> tuple[np.ndarray, np.ndarray | None, int, object, dict, dict | None]:
     """Load training and validation triplets, the number of objects and the object table.
 
     Args:
         args (argparse.Namespace): Options added by :func:`add_training_data_arguments`.
-        split_seed (int): Seed of the validation split when ``--val`` is not given.
 
     Returns:
-        tuple: ``(train, val, n_objects, object_table, inputs)``; ``val`` is None
-        when nothing is held out, ``inputs`` names the files read.
+        tuple: ``(train, val, n_objects, object_table, inputs, split)``. ``val``
+        is None when nothing is held out, ``inputs`` names the files read, and
+        ``split`` is ``{"val_fraction", "split_seed"}`` when the validation
+        triplets were split off here (None otherwise).
 
     Raises:
         ValueError: If ``--val-fraction`` is given together with validation
@@ -115,6 +121,7 @@ def load_training_data(
     check_validation_options(args)
     inputs = {}
     val = None
+    split = None
     if source.is_dir():
         train_path = find_triplet_file(source)
         if args.val is None and (source / "val.npy").is_file():
@@ -127,11 +134,11 @@ def load_training_data(
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
     elif (val_fraction := _val_fraction(args)) > 0:
-        train, val = split_triplets(train, val_fraction=val_fraction, random_state=split_seed)
-        logger.info("split %d training and %d validation triplets (seed %d)", len(train), len(val), split_seed)
+        train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
+        split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
     if args.objects:
         inputs["objects"] = args.objects
-    return train, val, n_objects, table, inputs
+    return train, val, n_objects, table, inputs, split
 
 
 def check_validation_options(args: argparse.Namespace) -> None:
@@ -213,7 +220,7 @@ def run_fit(args: argparse.Namespace) -> int:
     check_method_options(args)
     check_validation_options(args)
     check_output_dir(args.out, "fit")
-    train, val, n_objects, table, inputs = load_training_data(args, split_seed=args.seed)
+    train, val, n_objects, table, inputs, split = load_training_data(args)
     estimator = build_estimator(args)
-    fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs)
+    fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs, split=split)
     return 0

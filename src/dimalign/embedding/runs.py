@@ -27,6 +27,7 @@ def fit_run(
     n_objects: int,
     object_table: ObjectTable | None = None,
     inputs: Mapping[str, str | os.PathLike] | None = None,
+    split: Mapping[str, Any] | None = None,
 ) -> TripletEmbedding:
     """Fit ``estimator`` with checkpoints in ``out_dir`` and write the run directory.
 
@@ -45,6 +46,9 @@ def fit_run(
         n_objects (int): Number of objects.
         object_table (ObjectTable | None): Names of the objects in row order.
         inputs (Mapping[str, path] | None): Input files recorded with checksums.
+        split (Mapping[str, Any] | None): How the validation triplets were
+            made, such as ``{"val_fraction": 0.1, "split_seed": 0}``, recorded
+            with the settings.
 
     Returns:
         TripletEmbedding: The fitted estimator.
@@ -56,7 +60,7 @@ def fit_run(
     # A folder created here is removed if the fit fails, unless a checkpoint
     # was written that a rerun with resume=True can continue from.
     with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME,)):
-        _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, started)
+        _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
 
 
@@ -68,6 +72,7 @@ def _fit_and_save(
     n_objects: int,
     object_table: ObjectTable | None,
     inputs: Mapping[str, str | os.PathLike] | None,
+    split: Mapping[str, Any] | None,
     started: str,
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
@@ -91,5 +96,9 @@ def _fit_and_save(
         )
     write_manifest(
         out_dir, step="fit", inputs=inputs, started=started,
-        settings={"estimator": type(estimator).__name__, **estimator.get_params()}, outputs=outputs,
+        settings={
+            "estimator": type(estimator).__name__, **estimator.get_params(), "n_objects": n_objects,
+            **({"validation_split": dict(split)} if split else {}),
+        },
+        outputs=outputs,
     )
