@@ -18,8 +18,11 @@ def benjamini_hochberg(p_values: np.ndarray, alpha: float = 0.05, axis: int = 0)
     """Return which hypotheses the Benjamini-Hochberg step-up procedure rejects.
 
     The procedure sorts the m p-values, finds the largest k with
-    ``p_(k) <= k * alpha / m`` and rejects the k smallest. It uses
-    ``scipy.stats.false_discovery_control`` for the adjusted p-values.
+    ``p_(k) <= k * alpha / m`` and rejects the k smallest. The code compares
+    the adjusted p-values of ``scipy.stats.false_discovery_control``
+    (``min over j >= k of m * p_(j) / j``) with alpha, which is the same test
+    except for a p-value exactly on a threshold, where the rounding of
+    ``m * p / k`` decides.
 
     Args:
         p_values (np.ndarray): P-values in [0, 1]; tests run along ``axis``.
