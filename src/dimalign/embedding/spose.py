@@ -47,7 +47,14 @@ class SPoSE(TripletEmbedding):
             weight, shape ``(n_objects, n_dims_)``.
         kept_dims_ (np.ndarray): Columns of ``weights_`` kept, in that order.
         weights_ (np.ndarray): The unpruned W, ``(n_objects, n_dims)``.
-        n_dims_, history_, n_epochs_, converged_: as for VICE.
+        n_dims_, history_, n_epochs_, converged_, n_objects_: as for VICE.
+
+    Examples:
+        >>> rng = np.random.default_rng(0)
+        >>> triplets = np.array([rng.choice(12, 3, replace=False) for _ in range(300)])
+        >>> model = SPoSE(n_dims=5, max_epochs=2, random_state=0).fit(triplets, n_objects=12)
+        >>> model.weights_.shape, bool((model.weights_ >= 0).all())
+        ((12, 5), True)
     """
 
     _estimator_name = "spose"

@@ -80,6 +80,7 @@ class VICE(TripletEmbedding):
         n_epochs_ (int): Epochs trained.
         converged_ (bool): Whether the kept dimensions were stable before
             ``max_epochs``.
+        n_objects_ (int): Number of objects of the fit.
 
     Examples:
         >>> rng = np.random.default_rng(0)
