@@ -494,3 +494,12 @@ def test_file_without_object_zero_warns(tmp_path, caplog):
         load_triplets(tmp_path / "no_zero.npy", 5)
     assert "no_zero.npy never names object 0 in 5 triplets" in caplog.text
     assert "--one-based" in caplog.text
+
+
+def test_inline_comment_and_object_npy(tmp_path):
+    (tmp_path / "commented.txt").write_text("0 1 2  # first\n3 4 x # second\n")
+    with pytest.raises(ValueError, match=r"line 2, column 2: value 'x' is not an integer"):
+        load_triplets(tmp_path / "commented.txt", 20)
+    np.save(tmp_path / "objects.npy", np.array([[0, 1, "a"]], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects.npy is not a plain .npy array of integers"):
+        load_triplets(tmp_path / "objects.npy", 20)

@@ -260,7 +260,13 @@ def _resolve_n_objects(
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
-    array = np.load(path, allow_pickle=False)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} is not a plain .npy array of integers ({error}); save the triplets with "
+            "numpy.save as an integer array"
+        ) from error
     if array.ndim != 2:
         raise ValueError(f"{path}: triplets must be a 2-D array, got shape {array.shape}")
 
@@ -378,7 +384,7 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
         for line_number, line in enumerate(handle, start=1):
             stripped = line.strip()
             if stripped and not stripped.startswith("#"):
-                content.append((line_number, line.rstrip("\r\n")))
+                content.append((line_number, line.rstrip("\r\n").split("#", 1)[0].rstrip()))
                 if len(content) == 2:
                     break
     if not content:
@@ -444,7 +450,8 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
         for line_number, line in enumerate(handle, start=1):
             if not layout.is_data(line_number, line):
                 continue
-            tokens = _split(line.rstrip("\r\n"), layout.delimiter)
+            # An inline comment ends the line, as in the fast path.
+            tokens = _split(line.rstrip("\r\n").split("#", 1)[0].rstrip(), layout.delimiter)
             if len(tokens) != layout.n_columns:
                 raise ValueError(
                     f"{path}, line {line_number}: {len(tokens)} columns, expected "
