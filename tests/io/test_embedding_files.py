@@ -35,3 +35,16 @@ def test_run_directory_round_trip(tmp_path):
     assert np.array_equal(loaded.embedding, result.embedding)
     assert loaded.kept_dims.tolist() == [3, 1]
     assert loaded.scale.shape == (2, 4)
+
+
+def test_damaged_embedding_and_feature_files_name_the_file(tmp_path):
+    from dimalign.io.features import load_features
+
+    for name in ("embedding.npz", "embedding.npy"):
+        (tmp_path / name).write_text("garbage")
+        with pytest.raises(ValueError, match=f"{name} cannot be read as an embedding") as caught:
+            load_embedding(tmp_path / name)
+        assert "allow_pickle" not in str(caught.value)
+    (tmp_path / "features.npy").write_text("garbage")
+    with pytest.raises(ValueError, match="features.npy cannot be read as a features array"):
+        load_features(tmp_path / "features.npy")

@@ -139,6 +139,7 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
 def test_pipeline_report_stage_writes_report(tiny_study):
     document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
     assert "<h1>Tiny study</h1>" in document
+    assert "unfinished-run" not in document
     assert (tiny_study / "report" / "figures" / "matching.png").is_file()
     manifest = json.loads((tiny_study / "report" / "manifest.json").read_text())
     assert manifest["pipeline"]["outputs"]["figures"] == 4
@@ -210,7 +211,7 @@ def test_report_leaves_out_stages_the_last_run_did_not_plan(tiny_study, tmp_path
     ("options", "message"),
     [(["--top-k", "0"], "--top-k 0 is invalid"), (["--dpi", "-1"], "--dpi -1 is invalid"),
      (["--categories", "missing.tsv"], "--categories missing.tsv: file not found"),
-     (["--labels", "FILE"], "--labels .*: folder not found")],
+     (["--labels", "FILE"], "--labels .*FILE is a file: give a folder")],
 )
 def test_report_checks_options_before_writing(tiny_study, tmp_path, capsys, monkeypatch, options, message):
     monkeypatch.chdir(tmp_path)
@@ -231,3 +232,47 @@ def test_report_rejects_bad_output_paths_and_record(tiny_study, tmp_path, capsys
     (study / "pipeline.json").write_text("{broken")
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert f"{study / 'pipeline.json'} is not a readable study record" in capsys.readouterr().err
+
+
+def test_report_without_record_still_checks_stage_hashes(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    (study / "pipeline.json").unlink()
+    manifest_path = study / "human_fit" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["hash"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert "come from different runs" in capsys.readouterr().err
+
+
+def test_report_output_inside_any_stage_folder_is_rejected(tiny_study, tmp_path, capsys):
+    assert main(["report", str(tiny_study), "-o", str(tiny_study / "report" / "mine.html")]) == 1
+    assert "lies inside the stage folder" in capsys.readouterr().err
+    assert main(["report", str(tiny_study), "-o", str(tmp_path / "r.html"), "--figures-dir",
+                 str(tiny_study / "compare")]) == 1
+    assert "--figures-dir" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tiny_study), "-o", str(tmp_path / "afile" / "r.html")]) == 1
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+    assert not (tiny_study / "report" / "mine.html").exists()
+
+
+def test_report_of_unfinished_run_shows_stage_settings(tiny_study, tmp_path):
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    # A run that set n_triplets and failed before dnn_triplets finished.
+    record["finished"] = None
+    record["changes"] = [{"key": "dnn_triplets.n_triplets", "before": 800, "after": 1000, "kind": "changed"}]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 0
+    document = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert 'id="unfinished-run"' in document
+    assert "dnn_triplets.n_triplets" not in document
+
+
+def test_report_names_an_empty_result_table(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    (study / "compare" / "matching.csv").write_text("")
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{study / 'compare' / 'matching.csv'} cannot be read as a table" in capsys.readouterr().err

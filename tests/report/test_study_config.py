@@ -285,3 +285,19 @@ def test_missing_input_under_data_dir_from_set_says_so(study_file, tmp_path, mon
     config = load_config(study_file, ["study.data_dir=elsewhere"])
     with pytest.raises(FileNotFoundError, match=r"with study.data_dir = 'elsewhere' set with --set \(relative to the current directory\)"):
         plan_study(config, tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("study.seed=-1", r"study.seed = -1 \(set with --set\) is invalid: use 0 or more"),
+     ("compare.similarity_objects=2", "compare.similarity_objects = 2 is invalid: use 'all' or at least 3"),
+     ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
+     ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
+     ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
+     ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen")],
+)
+def test_cross_checks_fail_at_planning(tmp_path, monkeypatch, override, message):
+    study_file = write_study(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        plan_study(load_config(study_file, [override]), tmp_path / "s")

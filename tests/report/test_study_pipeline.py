@@ -193,7 +193,7 @@ def test_foreign_folder_with_stage_name_is_not_replaced(tmp_path):
     notes = tmp_path / "study" / "human_fit" / "NOTES.txt"
     notes.parent.mkdir(parents=True)
     notes.write_text("my notes")
-    with pytest.raises(FileExistsError, match=r"human_fit exists but was not written by dimalign run"):
+    with pytest.raises(FileExistsError, match=r"human_fit has no readable pipeline record"):
         run_study(config, tmp_path / "study", dry_run=True)
     assert notes.read_text() == "my notes"
 
@@ -213,3 +213,14 @@ def test_study_dir_of_another_step_or_inside_an_input_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="lies inside inputs.images"):
         run_study(config, folder_input / "study", overrides=[f"inputs.images={str(folder_input)!r}"])
     assert not (folder_input / "study").exists()
+
+
+def test_study_inside_a_study_or_beside_a_stage_file_is_rejected(study, tmp_path):
+    config, study_dir = study
+    with pytest.raises(ValueError, match=f"lies inside the study {study_dir}"):
+        run_study(config, study_dir / "evaluate" / "inner", dry_run=True)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "compare").write_text("my file")
+    with pytest.raises(FileExistsError, match=r"compare is a file, but stage compare writes a folder"):
+        run_study(config, tmp_path / "s")
+    assert (tmp_path / "s" / "compare").read_text() == "my file"

@@ -69,7 +69,14 @@ def load_features(
 
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        features = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:
+            features = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            # numpy's own message about pickled data would suggest loading the file unsafely.
+            raise ValueError(
+                f"{path} cannot be read as a features array: it is not a numpy .npy file of numbers, "
+                "or it is damaged; write the features with numpy.save"
+            ) from error
     elif suffix in (".h5", ".hdf5"):
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":

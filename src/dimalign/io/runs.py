@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,20 @@ def save_embedding(result: EmbeddingResult, run_dir: str | os.PathLike) -> Path:
 NEGATIVE_TOLERANCE = 0.01
 
 
+def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read the embedding array of an ``.npz``, ``.npy`` or text file, with the extra ``.npz`` arrays."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            if "embedding" not in archive:
+                raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
+            extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
+            return archive["embedding"], extras
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), {}
+    return np.loadtxt(path, dtype=np.float64, ndmin=2), {}
+
+
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:
     """Load an embedding from a run directory or a file.
 
@@ -102,18 +117,18 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
         path = path / EMBEDDING_NAME
     if not path.is_file():
         raise FileNotFoundError(f"embedding {path} not found")
-    suffix = path.suffix.lower()
-    extras: dict[str, np.ndarray] = {}
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "embedding" not in archive:
-                raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
-            embedding = archive["embedding"]
-            extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
-    elif suffix == ".npy":
-        embedding = np.load(path, allow_pickle=False)
-    else:
-        embedding = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    try:
+        embedding, extras = _read_embedding_file(path)
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} cannot be read as an embedding ({error}); the file may be damaged") from error
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        # numpy's own message about pickled data would suggest loading the file unsafely.
+        raise ValueError(
+            f"{path} cannot be read as an embedding: it is not a numpy .npy/.npz file of numbers, "
+            "or it is damaged"
+        ) from error
     embedding = np.asarray(embedding, dtype=np.float64)
     if embedding.ndim != 2:
         raise ValueError(f"{path}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")

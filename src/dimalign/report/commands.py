@@ -124,7 +124,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 def _check_report_options(args: argparse.Namespace) -> None:
     """Check the options of ``dimalign report`` before anything is read or written."""
-    from dimalign.report.results import DEFAULT_STAGE_DIRS
+    from dimalign.report.stages import STAGE_ORDER
 
     for name in ("top_k", "dpi"):
         if getattr(args, name) < 1:
@@ -133,18 +133,25 @@ def _check_report_options(args: argparse.Namespace) -> None:
                                ("--images", args.images, "folder")):
         if path is None:
             continue
-        exists = path.is_file() if kind == "file" else path.is_dir()
-        if not exists:
+        if not path.exists():
             raise FileNotFoundError(f"{option} {path}: {kind} not found")
-    out = args.out.resolve()
-    for stage in DEFAULT_STAGE_DIRS.values():
-        folder = (args.study_dir / stage).resolve()
-        if out.is_relative_to(folder):
-            raise ValueError(
-                f"-o {args.out} lies inside the stage folder {args.study_dir / stage}, whose results "
-                "it could replace; write the report elsewhere, such as "
-                f"{args.study_dir / 'report.html'}"
-            )
+        if (kind == "file") != path.is_file():
+            raise ValueError(f"{option} {path} is {'a folder' if path.is_dir() else 'a file'}: give a {kind}")
+    figures_dir = args.figures_dir or args.out.with_name(f"{args.out.stem}_figures")
+    for option, path in (("-o", args.out), ("--figures-dir", figures_dir)):
+        existing = next((parent for parent in path.parents if parent.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(f"{option} {path}: {existing} is a file, not a folder")
+        for stage in STAGE_ORDER:
+            folder = (args.study_dir / stage).resolve()
+            if path.resolve().is_relative_to(folder):
+                raise ValueError(
+                    f"{option} {path} lies inside the stage folder {args.study_dir / stage}, whose "
+                    "results it could replace, or which the next dimalign run replaces; write the "
+                    f"report elsewhere, such as {args.study_dir / 'report.html'}"
+                )
+    if figures_dir.exists() and not figures_dir.is_dir():
+        raise FileExistsError(f"the figures folder {figures_dir} is a file: remove it or pass --figures-dir")
 
 
 def _read_study_record(study_dir: Path) -> dict:
@@ -167,9 +174,9 @@ def _read_study_record(study_dir: Path) -> dict:
 def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | None:
     """Return the folders of the stages of the last run, after checking that they belong together.
 
-    Without a study record every stage folder is read. With one, only the
-    stages that the last ``dimalign run`` planned are read, so that a folder
-    of a stage since removed from the study file is left out.
+    Without a study record every stage folder is read (None). With one, only
+    the stages that the last ``dimalign run`` planned are read, so that a
+    folder of a stage since removed from the study file is left out.
 
     Raises:
         ValueError: If a stage folder was computed from other upstream results
@@ -179,15 +186,16 @@ def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | Non
     from dimalign.report.results import DEFAULT_STAGE_DIRS
 
     planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]
-    if not planned:
-        return None
-    names = [name for name in planned if name in DEFAULT_STAGE_DIRS]
-    problems = stage_mismatches(study_dir, names)
+    # Without a record, every stage folder present is read, and checked the same way.
+    names = [name for name in (planned or DEFAULT_STAGE_DIRS) if name in DEFAULT_STAGE_DIRS]
+    problems = stage_mismatches(study_dir, [name for name in names if (study_dir / name).is_dir()])
     if problems:
         raise ValueError(
             f"the stage folders of {study_dir} come from different runs: {'; '.join(problems)}. "
             "Rerun 'dimalign run' with the study file to bring every stage up to date"
         )
+    if not planned:
+        return None
     if record.get("finished") is None:
         logger.warning(
             "the last dimalign run of %s did not finish; the report shows the stages it had finished",

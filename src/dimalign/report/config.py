@@ -46,6 +46,12 @@ INPUT_KEYS: dict[str, str] = {
     "labels": "output folder of 'dimalign labels summarize' (word clouds, kinds of dimensions)",
 }
 
+#: What each input must be on disk: a file, a folder, or either.
+INPUT_KINDS: dict[str, str] = {
+    "objects": "file", "human_triplets": "file", "dnn_features": "either", "images": "folder",
+    "things_dir": "folder", "categories": "file", "labels": "folder",
+}
+
 _DATA_DIR_PATTERN = re.compile(r"\$\{data_dir\}")
 
 
@@ -247,6 +253,11 @@ def _check_study_types(config: StudyConfig) -> None:
                 f"study.{key} = {value!r} ({config.origin(STUDY_TABLE, key)}) is invalid: "
                 f"expected {_TYPE_NAMES[type(default)]}"
             )
+    if config.study["seed"] < 0:
+        raise ValueError(
+            f"study.seed = {config.study['seed']} ({config.origin(STUDY_TABLE, 'seed')}) is invalid: "
+            "use 0 or more"
+        )
     from dimalign.device import resolve_device
 
     try:

@@ -346,6 +346,14 @@ def render_document(
             f"converged results.</p><ul>{items}</ul></section>"
         )
 
+    if not results.run_finished():
+        change_block = (
+            '<section class="note" id="unfinished-run"><h2>The last run did not finish</h2>'
+            "<p>The last <code>dimalign run</code> of this study stopped before its end. The results "
+            "below come from the stages it finished and from earlier runs; rerun the study to bring "
+            "every stage up to date.</p></section>" + change_block
+        )
+
     skipped_block = ""
     if skipped:
         items = "\n".join(

@@ -44,7 +44,14 @@ from dimalign.io.files import (
     write_manifest,
     write_text_atomic,
 )
-from dimalign.report.config import INPUTS_TABLE, STUDY_TABLE, StudyConfig, config_value, load_config
+from dimalign.report.config import (
+    INPUT_KINDS,
+    INPUTS_TABLE,
+    STUDY_TABLE,
+    StudyConfig,
+    config_value,
+    load_config,
+)
 from dimalign.report.settings import check_settings
 from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext
 
@@ -210,10 +217,29 @@ def plan_study(
             continue
         planned[name] = _plan_stage(config, name, configured, planned, fingerprints)
 
+    _check_held_out_readers(config, planned)
     _decide(planned, study_dir, from_stage)
     changes = [change for stage in planned.values() for change in stage.changes]
     changes = _study_changes(config) + changes
     return StudyPlan(config, study_dir, list(planned.values()), changes)
+
+
+def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage]) -> None:
+    """Reject a study whose evaluate or compare stage reads held-out triplets that a 0 fraction leaves empty."""
+    sources = {"human_fit": ("human_fit", "val_fraction"), "dnn_fit": ("dnn_triplets", "val_fraction")}
+    readers = []
+    if "evaluate" in planned:
+        readers += [("evaluate", fit) for fit in planned["evaluate"].upstream]
+    if "compare" in planned and planned["compare"].settings["relevance_triplets"] != 0:
+        readers.append(("compare (relevance_triplets)", "human_fit"))
+    for reader, fit in readers:
+        stage, key = sources[fit]
+        if stage in planned and planned[stage].settings[key] == 0:
+            raise ValueError(
+                f"{stage}.{key} = 0 ({config.origin(stage, key)}) leaves no held-out triplets, but stage "
+                f"{reader} scores the held-out triplets of {fit}; set {stage}.{key} above 0"
+                + (" or compare.relevance_triplets = 0" if reader.startswith("compare") else "")
+            )
 
 
 def _plan_stage(
@@ -264,6 +290,13 @@ def _plan_stage(
             raise FileNotFoundError(
                 f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
                 f"needed by stage {name}"
+            )
+        kind = INPUT_KINDS.get(key, "either")
+        if (kind == "file" and not path.is_file()) or (kind == "folder" and not path.is_dir()):
+            raise ValueError(
+                f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
+                f"{kind}, but {path} is {'a folder' if path.is_dir() else 'not a folder'}; "
+                f"inputs.{key} is the {_input_help(key)}"
             )
         inputs[key] = path
 
@@ -442,7 +475,9 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
             continue
         for dependency, expected in record.get("upstream", {}).items():
             found = records.get(dependency) or read_stage_record(study_dir / dependency)
-            if found is None or found.get("hash") != expected:
+            if found is None:
+                problems.append(f"{name} was computed from {dependency}, but {study_dir / dependency} is missing")
+            elif found.get("hash") != expected:
                 problems.append(
                     f"{name} was computed from another {dependency} than the one in {study_dir / dependency}"
                 )
@@ -566,6 +601,12 @@ def check_study_dir(plan: StudyPlan) -> None:
         raise FileExistsError(f"cannot write the study to {study_dir}: {existing} is a file, not a folder")
     check_output_dir(study_dir, "run")
     resolved = study_dir.resolve()
+    for parent in resolved.parents:
+        if (parent / STUDY_RECORD_NAME).is_file():
+            raise ValueError(
+                f"the study directory {study_dir} lies inside the study {parent}, whose next run "
+                "may replace it with a stage folder; choose an output folder outside it"
+            )
     for stage in plan.stages:
         for key, path in stage.inputs.items():
             if path.is_dir() and resolved.is_relative_to(path.resolve()):
@@ -574,10 +615,16 @@ def check_study_dir(plan: StudyPlan) -> None:
                     "would count as changed input on every run; choose an output folder outside it"
                 )
         folder = study_dir / stage.name
+        if folder.exists() and not folder.is_dir():
+            raise FileExistsError(
+                f"{folder} is a file, but stage {stage.name} writes a folder of that name; move the "
+                "file away or choose another study directory"
+            )
         if stage.action == "run" and folder.is_dir() and read_stage_record(folder) is None and any(folder.iterdir()):
             raise FileExistsError(
-                f"{folder} exists but was not written by dimalign run, and stage {stage.name} would "
-                "replace it; move the folder away or choose another study directory"
+                f"{folder} has no readable pipeline record in its manifest.json, so dimalign run did "
+                f"not write it (or its record is damaged), and stage {stage.name} would replace it; "
+                "move the folder away or choose another study directory"
             )
 
 

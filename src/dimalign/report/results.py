@@ -124,6 +124,14 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
     return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
 
 
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Read a result table, naming the file when it is empty or malformed."""
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as a table ({error}); rerun the stage that writes it") from error
+
+
 class StudyResults:
     """The saved results of a study directory.
 
@@ -233,7 +241,7 @@ class StudyResults:
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
-        return pd.read_csv(self.path(f"{side}_fit", "history.csv"))
+        return _read_csv(self.path(f"{side}_fit", "history.csv"))
 
     def manifest(self, stage: str) -> dict[str, Any]:
         """Return a stage's ``manifest.json``."""
@@ -263,12 +271,12 @@ class StudyResults:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
         key = ("matching",)
         if key not in self._cache:
-            self._cache[key] = pd.read_csv(self.path("compare", "matching.csv"))
+            self._cache[key] = _read_csv(self.path("compare", "matching.csv"))
         return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
-        return pd.read_csv(self.path("compare", "cumulative_rsa.csv"))
+        return _read_csv(self.path("compare", "cumulative_rsa.csv"))
 
     def rsa(self) -> dict[str, Any]:
         """Return ``compare/rsa.json``."""
@@ -276,15 +284,15 @@ class StudyResults:
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
-        return pd.read_csv(self.path("compare", f"relevance_{side}.csv"))
+        return _read_csv(self.path("compare", f"relevance_{side}.csv"))
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
-        return pd.read_csv(self.path("compare", "disagreements.csv"))
+        return _read_csv(self.path("compare", "disagreements.csv"))
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
-        return pd.read_csv(self.path("map", "ridge_map.csv"))
+        return _read_csv(self.path("map", "ridge_map.csv"))
 
     def best_match(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the best match of a dimension on the other side, from ``matching.csv``.
@@ -320,7 +328,7 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = pd.read_csv(self.labels_dir / "dimensions.csv")
+            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv")
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -348,7 +356,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(pd.read_csv(path))
+        return self._with_sides(_read_csv(path))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -362,7 +370,7 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (inputs.labels)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(pd.read_csv(path))
+            return self._with_sides(_read_csv(path))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
@@ -424,8 +432,33 @@ class StudyResults:
         return numbers
 
     def setting_changes(self) -> list[dict[str, Any]]:
-        """Return the ``--set`` changes of the last ``dimalign run`` (key, before, after, kind)."""
-        return list(self.record.get("changes", []))
+        """Return the ``--set`` changes behind the results shown (key, before, after, kind).
+
+        Each stage folder records the changes of the run that wrote it, so a
+        stage kept from an earlier run shows that run's values. The study and
+        input changes come from ``pipeline.json`` and count only when the last
+        run finished: a failed run's changes may never have been applied.
+        """
+        changes: dict[str, dict[str, Any]] = {}
+        if self.run_finished():
+            for change in self.record.get("changes", []):
+                if str(change.get("key", "")).split(".")[0] in ("study", "inputs"):
+                    changes[change["key"]] = change
+        for stage in self.stage_dirs:
+            path = self.stage_dirs[stage] / "manifest.json"
+            if not path.is_file():
+                continue
+            try:
+                record = json.loads(path.read_text(encoding="utf-8")).get("pipeline", {})
+            except (OSError, json.JSONDecodeError):
+                continue
+            for change in record.get("changes", []):
+                changes[change["key"]] = change
+        return list(changes.values())
+
+    def run_finished(self) -> bool:
+        """Return whether the last ``dimalign run`` finished (True for a study without a record)."""
+        return not self.record or self.record.get("finished") is not None
 
 
 #: Files (stage, name) that give the report at least one figure or dimension.

@@ -144,7 +144,7 @@ def check_settings(
 
 # -- settings shared by the stages ---------------------------------------------
 
-SEED = Setting(None, "random seed of this stage (default: study.seed)", types=(int,))
+SEED = Setting(None, "random seed of this stage (default: study.seed)", types=(int,), minimum=0)
 DEVICE = Setting(None, "torch device: cpu, cuda or auto (default: study.device)", types=(str,))
 
 FIT_COMMON: dict[str, Setting] = {

@@ -283,10 +283,13 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
 
 
 def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check that the objects form at least ``n_triplets`` distinct triplets."""
+    """Check that the objects form at least ``n_triplets`` distinct triplets, and the layer choice."""
+    from dimalign.io.features import check_layer_choice
     from dimalign.io.objects import read_object_table
     from dimalign.triplets.sampling import count_triplets
 
+    if "dnn_features" in inputs:
+        check_layer_choice(inputs["dnn_features"], settings["layer"] or None)
     n_objects = len(read_object_table(inputs["objects"]))
     n_sets = count_triplets(n_objects)
     if settings["n_triplets"] > n_sets:
@@ -430,7 +433,13 @@ class CachedSimilarity:
 def check_compare(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
     """Check the object and triplet counts of the compare stage."""
     _check_device(settings)
-    specs.check_count("compare", "similarity_objects", settings["similarity_objects"], allow_zero=False)
+    similarity_objects = specs.check_count(
+        "compare", "similarity_objects", settings["similarity_objects"], allow_zero=False
+    )
+    if similarity_objects is not None and similarity_objects < 3:
+        raise ValueError(
+            f"compare.similarity_objects = {similarity_objects} is invalid: use 'all' or at least 3"
+        )
     specs.check_count("compare", "relevance_triplets", settings["relevance_triplets"], allow_zero=True)
     matrix_objects = specs.check_count("compare", "matrix_objects", settings["matrix_objects"], allow_zero=True)
     if matrix_objects is not None and 0 < matrix_objects < 3:
@@ -554,7 +563,9 @@ def run_report(context: StageContext) -> dict[str, Any]:
         study_dir, stage_dirs=context.upstream, categories=context.inputs.get("categories"),
         labels=context.inputs.get("labels"), images=context.inputs.get("images"),
         labels_names={"human": settings["labels_human"], "dnn": settings["labels_dnn"]},
-        record=context.record,
+        # Every stage the report reads has finished when it runs, although the
+        # run's record gets its finish time only after the report.
+        record={**context.record, "finished": context.record.get("finished") or now_iso()},
     )
     report = write_report(
         results, context.out_dir / "report.html", figures_dir=context.out_dir / "figures",
