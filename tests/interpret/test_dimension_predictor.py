@@ -183,3 +183,45 @@ def test_predictor_pooling_matches_feature_extraction(conv_model, ridge_coeffici
     with torch.no_grad():
         features = pool_tensor(conv_model(images), "gap")
         torch.testing.assert_close(predictor.features(images), features)
+
+
+def write_manifest_json(folder, manifest):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_map_settings_pick_the_pooling_of_the_mapped_layer(tmp_path):
+    import numpy as np
+
+    from dimalign.interpret.predictor import map_settings
+    from dimalign.io.files import sha256_file
+
+    features = tmp_path / "extract" / "features_blocks.3.npy"
+    write_manifest_json(features.parent, {"step": "extract", "settings": {
+        "model": "efficientnet_lite0", "weights": "pretrained", "seed": 0,
+        "layers": ["blocks.3", "head"], "pools": ["gap", "raw"]}})
+    np.save(features, np.ones((3, 2)))
+    map_dir = tmp_path / "map"
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "efficientnet_lite0", "layer": "blocks.3"},
+        "inputs": {"features": {"path": str(features), "sha256": sha256_file(features)}}})
+    assert map_settings(map_dir)["pooling"] == "gap"
+
+    # Extracted again (other content): the folder's settings may no longer be the map's.
+    np.save(features, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="changed since the map .* was fitted on them"):
+        map_settings(map_dir)
+
+
+def test_map_settings_prefer_the_recorded_features_source(tmp_path):
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    source = {"model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
+        "inputs": {"features": {"path": str(tmp_path / "moved" / "features.npy"), "sha256": "0" * 64}}})
+    assert map_settings(map_dir) == {
+        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}

@@ -197,6 +197,7 @@ class RidgeMap:
         *,
         inputs: Mapping[str, str | os.PathLike] | None = None,
         started: str | None = None,
+        features_source: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write ``ridge_map.npz`` and ``manifest.json`` into ``out_dir``.
 
@@ -205,6 +206,9 @@ class RidgeMap:
             inputs (Mapping[str, path] | None): Input files to record with their
                 SHA-256 checksums, such as ``{"features": ..., "embedding": ...}``.
             started (str | None): ISO start time for the manifest.
+            features_source (Mapping[str, Any] | None): The model, weights,
+                seed, layer and pooling that produced the features, recorded so
+                that the map alone rebuilds its image-to-dimension predictor.
 
         Returns:
             Path: The ``.npz`` file.
@@ -229,7 +233,7 @@ class RidgeMap:
             out_dir,
             step="map",
             inputs=inputs,
-            settings=self.get_params(),
+            settings={**self.get_params(), **({"features_source": dict(features_source)} if features_source else {})},
             started=started,
             outputs={
                 "n_features": int(self.coef_.shape[0]),

@@ -466,13 +466,34 @@ class DimensionPredictor(nn.Module):
         return predictor
 
 
+def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
+    """Return the model, weights, seed, layer and pooling of one layer of a ``dimalign extract`` manifest.
+
+    A single-layer extraction records ``layer`` and ``pooling``; one of
+    several layers records the lists ``layers`` and ``pools``, from which the
+    pooling of ``layer`` is taken.
+    """
+    layers = list(settings.get("layers") or [])
+    pools = list(settings.get("pools") or [])
+    layer = layer or settings.get("layer") or (layers[0] if len(layers) == 1 else None)
+    pooling = settings.get("pooling")
+    if layer in layers and len(pools) == len(layers):
+        pooling = pools[layers.index(layer)]
+    return {
+        "model": settings.get("model"), "weights": settings.get("weights"), "seed": settings.get("seed"),
+        "layer": layer, "pooling": pooling,
+    }
+
+
 def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     """Find the model, weights, seed, layer and pooling behind a ridge map.
 
-    Each is read from the settings of the map's ``manifest.json`` (``model``
-    or ``model_name``, ``weights``, ``seed``, ``layer``, ``pooling``) and,
-    where missing there, from the manifest of the feature folder that the
-    map lists among its inputs (written by ``dimalign extract``).
+    ``dimalign map`` records them in its ``manifest.json`` (``features_source``,
+    with ``model_name`` and ``layer``). A map written without them, from
+    features of no ``dimalign extract`` folder or by an older version, falls
+    back to the manifest of the feature folder that the map lists among its
+    inputs. That folder must still hold the features the map was fitted on
+    (same SHA-256), since it may have been extracted again with other weights.
 
     Returns:
         dict: Keys ``model``, ``weights``, ``seed``, ``layer`` and ``pooling``
@@ -480,19 +501,33 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the map has no manifest.
-        ValueError: If no manifest names the layer.
+        ValueError: If no manifest names the layer, or the features behind a
+            fallback changed since the map was fitted.
     """
-    from dimalign.io.files import MANIFEST_NAME, read_manifest
+    from dimalign.io.files import MANIFEST_NAME, read_manifest, sha256_file
 
     manifest = read_manifest(map_dir)
-    sources = [manifest.get("settings", {})]
+    own = manifest.get("settings", {})
+    sources = [own, own.get("features_source") or {}]
     for entry in manifest.get("inputs", {}).values():
         path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
         folder = path if path.is_dir() else path.parent
         if (folder / MANIFEST_NAME).is_file() and folder != Path(map_dir):
             upstream = read_manifest(folder)
             if upstream.get("step") == "extract":
-                sources.append(upstream.get("settings", {}))
+                recorded = entry.get("sha256") if isinstance(entry, dict) else None
+                if not own.get("features_source") and recorded and path.is_file() and sha256_file(path) != recorded:
+                    raise ValueError(
+                        f"the features {path} changed since the map {map_dir} was fitted on them "
+                        f"(sha256 {recorded} then, another now), so the model settings in "
+                        f"{folder / MANIFEST_NAME} may not be those of the map; rerun 'dimalign map'"
+                    )
+                sources.append(extraction_settings(upstream.get("settings", {}), own.get("layer")))
+    if len(sources) == 2 and not own.get("features_source"):
+        logger.warning(
+            "%s records no model weights and no dimalign extract folder of its features exists any "
+            "more; the model's default weights and seed 0 are assumed", Path(map_dir) / MANIFEST_NAME,
+        )
 
     def first(*keys: str) -> Any:
         for source in sources:
