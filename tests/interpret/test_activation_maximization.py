@@ -146,3 +146,15 @@ def test_total_variation_of_stripes():
 
     # Vertical neighbours are equal; every horizontal pair differs by 1.
     assert total_variation(stripes).item() == pytest.approx(1.0)
+
+
+def test_generator_that_raises_is_named(tmp_path, monkeypatch):
+    import sys
+
+    from dimalign.interpret.generators import load_generator
+
+    (tmp_path / "broken_generator.py").write_text("def build():\n    raise RuntimeError('no weights here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"generator broken_generator:build failed .*RuntimeError: no weights here"):
+        load_generator("broken_generator:build")
+    sys.modules.pop("broken_generator", None)

@@ -162,3 +162,57 @@ def test_gradcam_cli_pooled_layer_rejected(pipeline, tmp_path, capsys):
     assert "1x1 map" in capsys.readouterr().err
     # The input image written before the layer failed goes with the folder.
     assert not (tmp_path / "gradcam").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["gradcam", "IMG", "--dim", "0", "--alpha", "nan"],
+     ["gradcam", "IMG", "--dim", "0", "0"],
+     ["maximize", "--dim", "0", "--tv-weight", "inf"],
+     ["maximize", "--dim", "0", "--image-size", "0"],
+     ["manipulate", "IMG", "--figure-rows", "0"],
+     ["manipulate", "IMG", "--edits", "background:2"],
+     ["manipulate", "IMG", "--edits", "grayscale", "grayscale"]],
+    ids=lambda argv: " ".join(argv[1:]),
+)
+def test_interpret_out_of_range_options_fail_first(pipeline, tmp_path, capsys, argv):
+    argv = [str(pipeline.images / "owl.png") if value == "IMG" else value for value in argv]
+    status = main([*argv, "--map", str(pipeline.map_dir), "-o", str(tmp_path / "out")])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "is invalid" in error or "more than once" in error or "must be in" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_manipulate_checks_masks(pipeline, tmp_path, capsys):
+    photo = pipeline.images / "owl.png"
+    width, height = Image.open(photo).size
+    cases = {
+        "small": Image.new("L", (10, 10), 255),
+        "text": None,
+        "black": Image.new("L", (width, height), 0),
+    }
+    for case, mask in cases.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        if mask is None:
+            (folder / "owl.png").write_text("not an image")
+        else:
+            mask.save(folder / "owl.png")
+
+    argv = ["manipulate", str(photo), "--map", str(pipeline.map_dir), "--edits", "silhouette"]
+    assert main([*argv, "--masks", str(tmp_path / "small"), "-o", str(tmp_path / "o1")]) == 1
+    assert f"is 10 x 10 pixels but the image {photo} is {width} x {height}" in capsys.readouterr().err
+    assert main([*argv, "--masks", str(tmp_path / "text"), "-o", str(tmp_path / "o2")]) == 1
+    assert "cannot be read as an image" in capsys.readouterr().err
+    # The command line logs to standard error.
+    assert main([*argv, "--masks", str(tmp_path / "black"), "-o", str(tmp_path / "o3")]) == 0
+    assert "has no foreground" in capsys.readouterr().err
+
+
+def test_grid_rejects_zero_cell_size_and_repeated_dims(pipeline, tmp_path, capsys):
+    base = ["grid", str(pipeline.run_dir), "--images", str(pipeline.images), "-o", str(tmp_path / "g")]
+    assert main([*base, "--cell-size", "0"]) == 1
+    assert "--cell-size 0 is invalid" in capsys.readouterr().err
+    assert main([*base, "--dims", "1", "1"]) == 1
+    assert "--dims lists 1 more than once" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,26 @@ def _map_inputs(map_dir: Path) -> dict[str, Path]:
 # -- handlers --------------------------------------------------------------------
 
 
+def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float]]) -> None:
+    """Reject option values outside ``[low, high]`` (NaN included), naming the option."""
+    for name, (low, high) in rules.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value} is invalid: use a number in [{low:g}, {high:g}]"
+            )
+
+
+def _distinct(values: list, option: str) -> list:
+    """Reject a value given twice, which would repeat rows and files."""
+    repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{option} lists {', '.join(map(str, repeated))} more than once: give each once")
+    return values
+
+
 def run_gradcam(args: argparse.Namespace) -> int:
     """Handle ``dimalign gradcam``."""
     import pandas as pd
@@ -230,6 +251,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
+    _check_options(args, {"alpha": (0.0, 1.0)})
+    _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
@@ -277,6 +300,11 @@ def run_maximize(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
+    _check_options(args, {
+        "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
+        "lr": (1e-12, math.inf), "image_size": (1, math.inf),
+    })
+    _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     with output_dir(args.out):
@@ -323,19 +351,35 @@ def _tensor_to_pil(image: Any) -> Any:
     return Image.fromarray(np.round(array * 255.0).astype(np.uint8))
 
 
-def _read_mask(path: Path, size: tuple[int, int], preprocessing: Any) -> Any:
-    """Read a mask image and bring it through the same PIL steps as the photo."""
-    from PIL import Image
+def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
+    """Read a mask image of the photo's size and bring it through the same PIL steps as the photo.
 
-    with Image.open(path) as opened:
-        mask = opened.convert("L").convert("RGB")
-    tensor = preprocessing.to_tensor(mask)[0]
-    if tuple(tensor.shape) != size:
+    Raises:
+        ValueError: If the mask cannot be decoded or its size (after EXIF
+            orientation) differs from the photo's.
+    """
+    from PIL import Image, ImageOps
+
+    from dimalign.features.datasets import load_rgb
+
+    try:
+        with Image.open(path) as opened:
+            mask = ImageOps.exif_transpose(opened).convert("L").convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"mask {path} cannot be read as an image ({error}); save it as a PNG") from error
+    photo_size = load_rgb(photo).size
+    if mask.size != photo_size:
         raise ValueError(
-            f"mask {path} has size {tuple(tensor.shape)} after preprocessing but the image has "
-            f"{size}; give the mask the photo's size"
+            f"mask {path} is {mask.size[0]} x {mask.size[1]} pixels but the image {photo} is "
+            f"{photo_size[0]} x {photo_size[1]}; give the mask the photo's size"
         )
-    return tensor > 0.5
+    foreground = preprocessing.to_tensor(mask)[0] > 0.5
+    if not bool(foreground.any()):
+        logger.warning(
+            "mask %s has no foreground (no pixel brighter than half white), so background and "
+            "silhouette edits treat the whole image as background", path,
+        )
+    return foreground
 
 
 def run_manipulate(args: argparse.Namespace) -> int:
@@ -346,7 +390,8 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
-    edits = [parse_edit(text) for text in args.edits]
+    _check_options(args, {"figure_rows": (1, math.inf)})
+    edits = [parse_edit(text) for text in _distinct(args.edits, "--edits")]
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     names = unique_names(paths)
@@ -354,11 +399,14 @@ def run_manipulate(args: argparse.Namespace) -> int:
     masks = {}
     if args.masks is not None:
         if not args.masks.is_dir():
-            raise FileNotFoundError(f"mask folder {args.masks} not found")
+            kind = "a file, not a folder" if args.masks.exists() else "not found"
+            raise FileNotFoundError(f"mask folder {args.masks} is {kind}: pass a folder of STEM.png masks")
         for name, path in zip(names, paths):
             mask_path = args.masks / f"{path.stem}.png"
             if mask_path.is_file():
-                masks[name] = _read_mask(mask_path, tuple(images[name].shape[1:]), predictor.preprocessing)
+                masks[name] = _read_mask(mask_path, path, predictor.preprocessing)
+            else:
+                logger.info("no mask %s for %s: estimating one", mask_path, path)
 
     result = manipulate_images(predictor, images, edits, masks=masks)
 
@@ -401,6 +449,9 @@ def run_grid(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "grid")
+    _check_options(args, {"cell_size": (1, math.inf)})
+    if args.dims:
+        _distinct(args.dims, "--dims")
     result = load_embedding(args.embedding)
     objects_path = args.objects
     if objects_path is None:

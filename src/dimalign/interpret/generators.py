@@ -134,7 +134,14 @@ def load_generator(spec: str) -> nn.Module:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"generator module {module_name!r} has no callable {function_name!r}")
-    generator = function()
+    try:
+        generator = function()
+    except Exception as error:
+        # User code may raise anything; name the generator instead of a bare traceback.
+        raise ValueError(
+            f"generator {spec} failed when called without arguments ({type(error).__name__}: {error}); "
+            "it must build and return the generator module"
+        ) from error
     if not isinstance(generator, nn.Module) or not isinstance(getattr(generator, "latent_dim", None), int):
         raise ValueError(
             f"{spec} returned {type(generator).__name__}; it must return a torch.nn.Module "

@@ -289,6 +289,8 @@ def otsu_threshold(values: np.ndarray, n_bins: int = 256) -> float:
 def replace_background(images: torch.Tensor, mask: torch.Tensor, gray: float = 0.5) -> torch.Tensor:
     """Set every pixel outside ``mask`` (``(H, W)``, True on the object) to ``gray``."""
     _check_images(images)
+    if not 0.0 <= gray <= 1.0:
+        raise ValueError(f"background gray level must be in [0, 1], got {gray}")
     keep = _as_mask(mask, images)
     return torch.where(keep, images, torch.full_like(images, float(gray)))
 
@@ -382,7 +384,17 @@ def parse_edit(text: str) -> Edit:
         raise ValueError(f"edit {text!r}: {value!r} is not a number ({kind.help})") from error
     if not math.isfinite(parameter):
         raise ValueError(f"edit {text!r}: the parameter must be finite")
+    low, high = _EDIT_RANGES.get(name, (-math.inf, math.inf))
+    if not low <= parameter <= high:
+        raise ValueError(f"edit {text!r}: the {kind.help} must be in [{low:g}, {high:g}]")
     return Edit(name, parameter)
+
+
+# Allowed parameters of the edits whose functions reject others.
+_EDIT_RANGES = {
+    "background": (0.0, 1.0), "occlude": (0.0, 1.0), "blur": (0.0, math.inf),
+    "saturation": (0.0, math.inf), "brightness": (0.0, math.inf), "contrast": (0.0, math.inf),
+}
 
 
 @dataclass
