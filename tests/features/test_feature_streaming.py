@@ -220,3 +220,29 @@ def test_worker_processes_give_same_features(twenty_images, tmp_path, tiny_model
                      batch_size=4, num_workers=2)
     main_features = (tmp_path / "main" / "features.npy").read_bytes()
     assert (tmp_path / "workers" / "features.npy").read_bytes() == main_features
+
+
+def test_failure_before_any_batch_leaves_nothing(twenty_images, tmp_path, tiny_model):
+    (twenty_images / "000_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="000_broken.png"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4)
+    # Nothing finished, so nothing is left to resume, and a corrected rerun starts cleanly.
+    assert not out.exists()
+    (twenty_images / "000_broken.png").unlink()
+    assert extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap").complete
+
+
+def test_names_equal_after_normalisation_fail_before_the_model(tmp_path):
+    import unicodedata
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for form in ("NFC", "NFD"):
+        Image.new("RGB", (4, 4)).save(folder / unicodedata.normalize(form, "café.png"))
+    if len(list(folder.iterdir())) < 2:
+        pytest.skip("this file system stores only one normalisation of a name")
+    with pytest.raises(ValueError, match="get the same object id 'café.png'"):
+        find_images(folder)

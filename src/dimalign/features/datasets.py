@@ -147,6 +147,14 @@ def find_images(root: str | os.PathLike,
     absolute_root = os.path.abspath(root_path)
     object_ids = tuple(unicodedata.normalize("NFC", path) for path in relative_paths)
     paths = tuple(os.path.join(absolute_root, *path.split("/")) for path in relative_paths)
+    first_row: dict[str, int] = {}
+    for row, object_id in enumerate(object_ids):
+        if object_id in first_row:
+            raise ValueError(
+                f"the images {paths[first_row[object_id]]!r} and {paths[row]!r} get the same object "
+                f"id {object_id!r}: their names differ only in Unicode normalisation (NFC); rename one"
+            )
+        first_row[object_id] = row
     logger.info("found %d images in %s", len(object_ids), root_path)
     return ImageList(object_ids, paths, str(root_path))
 

@@ -211,6 +211,7 @@ def extract_features(
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
+    created_out_dir = not out_dir.exists()
 
     image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
@@ -247,6 +248,12 @@ def extract_features(
     except BaseException:
         # Every finished batch is flushed and listed in progress.json already.
         arrays.close()
+        if not progress.finished.any() and not progress.skipped:
+            # Nothing to resume (a setting that fails on the first batch, for
+            # instance), so a corrected rerun must not find an unfinished extraction.
+            remove_work_dir(work_dir)
+            if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
         raise
 
     skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
