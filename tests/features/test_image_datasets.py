@@ -236,3 +236,28 @@ def test_parse_color(text, expected):
 def test_parse_color_rejects_invalid(text):
     with pytest.raises(ValueError, match="invalid background colour"):
         parse_color(text)
+
+
+def test_broken_link_is_reported(tmp_path, caplog):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "real.png")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    with caplog.at_level("WARNING", logger="dimalign.features.datasets"):
+        assert find_images(tmp_path).object_ids == ("real.png",)
+    assert "dangling.jpg is a link to a missing file" in caplog.text
+
+
+def test_image_source_that_is_no_folder_or_list(tmp_path):
+    from PIL import Image
+
+    from dimalign.features.datasets import list_images
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "one.jpg")
+    with pytest.raises(ValueError, match="one.jpg is an image, not a folder of images or a list file"):
+        list_images(tmp_path / "one.jpg")
+    with pytest.raises(FileNotFoundError, match="nosuchdir not found: pass a folder of images"):
+        list_images(tmp_path / "nosuchdir")
+    (tmp_path / "binary.lst").write_bytes(b"\xff\xd8\xff")
+    with pytest.raises(ValueError, match="binary.lst is not a text list of image paths"):
+        list_images(tmp_path / "binary.lst")

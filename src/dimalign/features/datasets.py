@@ -137,6 +137,8 @@ def find_images(root: str | os.PathLike,
             full = Path(folder) / name
             if full.is_file():
                 relative_paths.append(full.relative_to(root_path).as_posix())
+            elif full.is_symlink():
+                logger.warning("%s is a link to a missing file (%s): left out", full, os.readlink(full))
     if not relative_paths:
         raise FileNotFoundError(
             f"no images with extensions {' '.join(allowed)} in {root_path}; "
@@ -198,10 +200,31 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
 
 def list_images(source: str | os.PathLike,
                 extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> ImageList:
-    """List images from a folder (:func:`find_images`) or a list file (:func:`read_image_list`)."""
-    if Path(source).is_dir():
+    """List images from a folder (:func:`find_images`) or a list file (:func:`read_image_list`).
+
+    Raises:
+        FileNotFoundError: If ``source`` does not exist.
+        ValueError: If ``source`` is an image file rather than a folder or a list.
+    """
+    path = Path(source)
+    if path.is_dir():
         return find_images(source, extensions)
-    return read_image_list(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: pass a folder of images or a text file that lists one image per line"
+        )
+    if path.suffix.lower() in normalise_extensions(extensions):
+        raise ValueError(
+            f"{path} is an image, not a folder of images or a list file: put it in a folder "
+            "(alone if need be) and pass the folder"
+        )
+    try:
+        return read_image_list(source)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not a text list of image paths (byte {error.start} is not UTF-8): pass a "
+            "folder of images or a text file that lists one image per line"
+        ) from error
 
 
 def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
