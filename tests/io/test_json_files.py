@@ -58,3 +58,11 @@ def test_write_json_nan_from_default_raises(tmp_path):
 
 def test_replace_non_finite_keeps_large_integers():
     assert replace_non_finite({"big": 10**400, "small": -1}) == {"big": 10**400, "small": -1}
+
+
+def test_damaged_manifest_names_the_file(tmp_path):
+    from dimalign.io.files import read_manifest
+
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"manifest.json is not valid JSON .* rerun the step that wrote it"):
+        read_manifest(tmp_path)

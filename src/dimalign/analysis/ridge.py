@@ -255,8 +255,11 @@ class RidgeMap:
 
         Raises:
             FileNotFoundError: If there is no ``ridge_map.npz``.
+            ValueError: If it or the manifest is damaged.
         """
         path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"map {path} not found: pass the output folder of 'dimalign map'")
         directory = path if path.is_dir() else path.parent
         archive_path = directory / RIDGE_MAP_NAME
         if not archive_path.is_file():
@@ -265,6 +268,16 @@ class RidgeMap:
             settings: dict[str, Any] = read_manifest(directory).get("settings", {})
         except FileNotFoundError:
             settings = {}
+        try:
+            return cls._from_archive(archive_path, settings)
+        except (ValueError, OSError, KeyError, EOFError) as error:
+            raise ValueError(
+                f"{archive_path} cannot be read as a ridge map: it is damaged or not written by "
+                "'dimalign map'; rerun the map"
+            ) from error
+
+    @classmethod
+    def _from_archive(cls, archive_path: Path, settings: dict[str, Any]) -> RidgeMap:
         with np.load(archive_path, allow_pickle=False) as archive:
             ridge = cls(
                 alphas=archive["alphas"],

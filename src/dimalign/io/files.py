@@ -282,8 +282,15 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the directory has no manifest.
+        ValueError: If the manifest is not valid JSON (naming the file).
     """
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {out_dir} a dimalign output directory?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{path} is not valid JSON ({error}); the folder's record is damaged: rerun the step "
+            "that wrote it"
+        ) from error
