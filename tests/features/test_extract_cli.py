@@ -113,3 +113,22 @@ def test_photos_to_features_to_vice(tmp_path, shared_images):
     first = embedding[embedding.files[0]]
     assert first.shape[0] == n_objects
     assert (run_dir / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--seed", "3"], "--seed 3 only seeds --random-init"),
+     (["--resume", "--overwrite"], "pass one")],
+)
+def test_extract_contradictory_options_fail(tmp_path, capsys, options, message):
+    status = main(["extract", str(tmp_path), "-o", str(tmp_path / "out"), "--model", "efficientnet_lite0", *options])
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_simulate_zero_triplets_fails(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((5, 2)))
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"), "--n-triplets", "0"])
+    assert status == 1
+    assert "--n-triplets 0 is invalid: use 1 or more" in capsys.readouterr().err

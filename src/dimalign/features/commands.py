@@ -81,19 +81,23 @@ def _add_weights_options(parser: argparse.ArgumentParser) -> None:
                        help="a local state dict file, or a torchvision weights name such as "
                             "IMAGENET1K_V1")
     parser.set_defaults(weights="pretrained")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-init")
+    parser.add_argument("--seed", type=int, help="seed of --random-init (default 0)")
 
 
 def run_extract(args: argparse.Namespace) -> int:
     """Handle ``dimalign extract``."""
     from dimalign.features.extract import extract_features
 
+    if args.seed is not None and args.weights != "random":
+        raise ValueError(f"--seed {args.seed} only seeds --random-init: drop it, or add --random-init")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the extraction in OUT_DIR and --overwrite replaces it: pass one")
     result = extract_features(
         args.images, args.out_dir, args.model, weights=args.weights, layers=args.layers,
         pools=args.pools or "flatten", batch_size=args.batch_size, num_workers=args.num_workers,
         device=args.device, dtype=args.dtype, on_error=args.on_error, extensions=args.extensions,
         background=args.background, exif_transpose=args.exif_transpose, fmt=args.fmt,
-        resume=args.resume, overwrite=args.overwrite, seed=args.seed,
+        resume=args.resume, overwrite=args.overwrite, seed=args.seed or 0,
     )
     for layer, path in result.files.items():
         print(f"{layer}\t{path}")

@@ -354,6 +354,8 @@ def check_simulate_options(args: argparse.Namespace) -> None:
         )
     if args.temperature is not None and not args.temperature > 0:
         raise ValueError(f"--temperature {args.temperature} is invalid: use a number above 0")
+    if args.n_triplets < 1:
+        raise ValueError(f"--n-triplets {args.n_triplets} is invalid: use 1 or more")
 
 
 def check_stale_outputs(out_dir: Path, planned: set[str]) -> None:
