@@ -216,3 +216,14 @@ def test_grid_rejects_zero_cell_size_and_repeated_dims(pipeline, tmp_path, capsy
     assert "--cell-size 0 is invalid" in capsys.readouterr().err
     assert main([*base, "--dims", "1", "1"]) == 1
     assert "--dims lists 1 more than once" in capsys.readouterr().err
+
+
+def test_rerun_into_earlier_output_is_rejected(pipeline, tmp_path, capsys):
+    out = tmp_path / "gradcam"
+    run_cli("gradcam", pipeline.images / "owl.png", "--map", pipeline.map_dir, "--dim", 0, "-o", out)
+    before = sorted(path.name for path in out.iterdir())
+    status = main(["gradcam", str(pipeline.images / "cat.png"), "--map", str(pipeline.map_dir),
+                   "--dim", "1", "-o", str(out)])
+    assert status == 1
+    assert "contains the output of an earlier dimalign gradcam run" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == before

@@ -214,6 +214,16 @@ def _map_inputs(map_dir: Path) -> dict[str, Path]:
 # -- handlers --------------------------------------------------------------------
 
 
+def _check_no_earlier_run(out_dir: Path, step: str) -> None:
+    """Reject a folder with an earlier run of ``step``, whose pictures this run would not all replace."""
+    if (out_dir / "manifest.json").is_file():
+        raise FileExistsError(
+            f"{out_dir} contains the output of an earlier dimalign {step} run, whose files for other "
+            "images or dimensions would stay beside the new ones; choose a new output folder, or "
+            "delete this one first"
+        )
+
+
 def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float]]) -> None:
     """Reject option values outside ``[low, high]`` (NaN included), naming the option."""
     for name, (low, high) in rules.items():
@@ -251,6 +261,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
+    _check_no_earlier_run(args.out, "gradcam")
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
@@ -300,6 +311,7 @@ def run_maximize(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
+    _check_no_earlier_run(args.out, "maximize")
     _check_options(args, {
         "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
         "lr": (1e-12, math.inf), "image_size": (1, math.inf),
@@ -390,6 +402,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
+    _check_no_earlier_run(args.out, "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = [parse_edit(text) for text in _distinct(args.edits, "--edits")]
     paths = collect_images(args.images)
@@ -449,6 +462,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "grid")
+    _check_no_earlier_run(args.out, "grid")
     _check_options(args, {"cell_size": (1, math.inf)})
     if args.dims:
         _distinct(args.dims, "--dims")
