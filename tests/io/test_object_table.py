@@ -45,3 +45,14 @@ def test_folder_or_empty_file_is_not_a_table(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="is empty: it must name one object per line"):
         read_object_table(tmp_path / "empty.txt")
+
+
+def test_line_break_in_a_name_survives_and_repeats_name_the_file(tmp_path):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    table = ObjectTable(("a", "new\nline.jpg", "c"), ("", "new\nline.jpg", ""))
+    write_object_table(table, tmp_path / "objects.tsv")
+    assert read_object_table(tmp_path / "objects.tsv") == table
+    (tmp_path / "ids.txt").write_text("a\nb\na\n")
+    with pytest.raises(ValueError, match=r"ids.txt: object id 'a' appears twice \(rows 0 and 2\)"):
+        read_object_table(tmp_path / "ids.txt")

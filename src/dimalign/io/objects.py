@@ -102,21 +102,25 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
         raise FileNotFoundError(
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
         )
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     if lines and lines[0].split("\t")[:2] == list(COLUMNS[:2]):
-        rows = list(csv.reader(lines[1:], delimiter="\t"))
+        # The csv reader reads the file itself, so that a quoted field with a
+        # line break (written by write_object_table) stays one field.
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+        next(reader)
         ids, sources = [], []
-        for line_number, row in enumerate(rows, start=2):
+        for row in reader:
             if not row:
                 continue
             if row[0] != str(len(ids)):
                 raise ValueError(
-                    f"{path}, line {line_number}: index {row[0]!r}, expected {len(ids)}; "
+                    f"{path}, line {reader.line_num}: index {row[0]!r}, expected {len(ids)}; "
                     "the index column must count rows from 0 without gaps"
                 )
             ids.append(row[1])
             sources.append(row[2] if len(row) > 2 else "")
-        return ObjectTable(tuple(ids), tuple(sources))
+        return _table(path, ids, sources)
     names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
@@ -128,7 +132,15 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
         )
     if not names:
         raise ValueError(f"object table {path} is empty: it must name one object per line")
-    return ObjectTable.from_ids(names)
+    return _table(path, names, [""] * len(names))
+
+
+def _table(path: Path, ids: list[str], sources: list[str]) -> ObjectTable:
+    """Build the table read from ``path``, naming the file when an id repeats."""
+    try:
+        return ObjectTable(tuple(ids), tuple(sources))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
