@@ -177,3 +177,12 @@ def test_one_fold_names_folds_option():
     assert "--folds" in str(error.value)
     assert "at least 2" in str(error.value)
     assert "cv=1" not in str(error.value)
+
+
+def test_constant_dimension_warns():
+    X, Y = make_linear_data()
+    Y[:, 1] = 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
+    assert any("dimension(s) [1] have the same value for every object" in str(item.message) for item in caught)

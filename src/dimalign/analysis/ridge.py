@@ -129,7 +129,8 @@ class RidgeMap:
 
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
-                largest of the grid, so the best penalty may lie outside it.
+                largest of the grid, so the best penalty may lie outside it, or
+                a dimension is constant over the objects.
         """
         alphas = validate_alphas(self.alphas)
         X, Y = self._validate_data(X, Y)
@@ -140,6 +141,16 @@ class RidgeMap:
             raise ValueError(
                 f"{int(self.cv)} cross-validation folds are invalid for {n_objects} objects: the number "
                 f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects}"
+            )
+
+        constant = np.flatnonzero(np.ptp(Y, axis=0) == 0)
+        if constant.size:
+            warnings.warn(
+                f"dimension(s) {constant.tolist()} have the same value for every object, so their "
+                "cross-validated R^2 follows scikit-learn's convention (1 for an exact fit) and says "
+                "nothing about the features",
+                UserWarning,
+                stacklevel=2,
             )
 
         # Cross-validated R² of every (penalty, dimension) pair, one SVD per fold.
