@@ -513,3 +513,12 @@ def test_compare_real_things(tmp_path, things_dir):
     assert result.cumulative.r[-1] == pytest.approx(result.rsa.r)
     relevance = json.loads((tmp_path / "out" / "relevance_summary.json").read_text())
     assert 0.33 < relevance["choice_agreement"] < 1.0
+
+
+@pytest.mark.parametrize("alpha_range", [["1", "10", "-5"], ["10", "1", "3"], ["0", "1", "3"]])
+def test_map_cli_rejects_bad_alpha_range(tmp_path, capsys, alpha_range):
+    status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
+                   "-o", str(tmp_path / "map"), "--alpha-range", *alpha_range])
+    assert status == 1
+    assert "--alpha-range" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()

@@ -151,8 +151,12 @@ def test_local_state_dict_loaded_with_checksum(tmp_path):
 def test_local_state_dict_mismatch_raises(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(ValueError, match="does not fit model resnet18"):
+    with pytest.raises(ValueError, match="does not fit model resnet18") as caught:
         load_model("resnet18", weights=path)
+    # A short summary, not torch's list of every key.
+    assert "parameters are missing (first: conv1.weight, " in str(caught.value)
+    assert "1 keys are unexpected (first: weight)" in str(caught.value)
+    assert len(str(caught.value)) < 600
 
 
 def test_torchvision_weights_name_checked():

@@ -246,6 +246,17 @@ def run_map(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "map")
+    # The grid is checked before the features and the embedding are read.
+    if args.alpha_range is not None:
+        low, high, count = args.alpha_range
+        if not (0 < low <= high and count >= 1 and float(count).is_integer()):
+            raise ValueError(
+                f"--alpha-range {low:g} {high:g} {count:g} is invalid: use LOW HIGH N with "
+                "0 < LOW <= HIGH and a whole N of at least 1"
+            )
+        alphas = np.logspace(np.log10(low), np.log10(high), int(count))
+    else:
+        alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
     features, feature_table = load_features(args.features, layer=args.layer)
     embedding = load_embedding(args.embedding)
     embedding_table = find_object_table(args.embedding)
@@ -264,11 +275,6 @@ def run_map(args: argparse.Namespace) -> int:
         feature_settings = read_manifest(feature_dir).get("settings", {})
     except FileNotFoundError:
         pass
-    if args.alpha_range is not None:
-        low, high, count = args.alpha_range
-        alphas = np.logspace(np.log10(low), np.log10(high), int(count))
-    else:
-        alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
     ridge = RidgeMap(
         alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
         model_name=args.model_name or feature_settings.get("model"),

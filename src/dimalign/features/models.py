@@ -250,8 +250,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_file(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        # torch's message lists every key, several kilobytes for a mismatched model.
+        raise ValueError(
+            f"weights file {path} does not fit model {name}: {len(missing)} of its {len(expected)} "
+            f"parameters are missing (first: {', '.join(missing[:5]) or 'none'}) and {len(unexpected)} "
+            f"keys are unexpected (first: {', '.join(unexpected[:5]) or 'none'}); pass the weights "
+            "of this model"
+        )
     try:
-        model.load_state_dict(read_state_dict(path), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ValueError(f"weights file {path} does not fit model {name}: {error}") from error
 

@@ -158,7 +158,7 @@ def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
         handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
         if layer is None:
             if len(names) != 1:
-                raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME")
+                raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME (CLI: --layer NAME)")
             layer = names[0]
         if layer not in handle:
             raise ValueError(f"dataset {layer!r} not found in {path}; it contains {names}")
