@@ -301,3 +301,9 @@ def test_cross_checks_fail_at_planning(tmp_path, monkeypatch, override, message)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
         plan_study(load_config(study_file, [override]), tmp_path / "s")
+
+
+def test_more_folds_than_objects_fail_at_planning(tmp_path):
+    study_file = write_study(tmp_path)
+    with pytest.raises(ValueError, match=r"map.folds = 1000 is invalid: the features have 24 objects"):
+        plan_study(load_config(study_file, ["map.folds=1000"]), tmp_path / "s")

@@ -518,12 +518,29 @@ def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
 
 
 def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check that the ridge penalties form a grid."""
+    """Check that the ridge penalties form a grid and that each fold gets objects."""
+    from dimalign.io.features import load_features
+
     if settings["alpha_max"] < settings["alpha_min"]:
         raise ValueError(
             f"map.alpha_max = {settings['alpha_max']} is below map.alpha_min = {settings['alpha_min']}: "
             "the grid runs from alpha_min up to alpha_max"
         )
+    features = inputs.get("dnn_features")
+    if features is not None and _memory_mapped(features):
+        n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
+        if settings["folds"] > n_objects:
+            raise ValueError(
+                f"map.folds = {settings['folds']} is invalid: the features have {n_objects} objects, "
+                f"so use at most {n_objects} folds"
+            )
+
+
+def _memory_mapped(features: Path) -> bool:
+    """Return whether loading ``features`` reads only a .npy header (HDF5 and text are read whole)."""
+    if features.is_dir():
+        return not (features / "features.h5").is_file()
+    return features.suffix.lower() == ".npy"
 
 
 def run_map(context: StageContext) -> dict[str, Any]:
