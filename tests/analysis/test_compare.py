@@ -323,7 +323,8 @@ def test_compare_failed_rerun_removes_old_manifest(tmp_path, caplog):
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="dimalign"):
         compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
-    assert "(no bootstrap)" in caplog.text and "nan" not in caplog.text
+    assert "(no bootstrap)" in caplog.text
+    assert "nan" not in caplog.text
     assert (out / "manifest.json").is_file()
 
     with pytest.raises(RuntimeError):
@@ -354,10 +355,16 @@ def test_compare_cli_missing_embedding_leaves_no_folder(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_compare_cli(tmp_path):
+def save_surrogate_files(tmp_path):
+    """Save a 20-object surrogate pair as tmp_path/human.npy and tmp_path/dnn.npy; return the arrays."""
     human, dnn = surrogate_pair(n_objects=20)
     np.save(tmp_path / "human.npy", human)
     np.save(tmp_path / "dnn.npy", dnn)
+    return human, dnn
+
+
+def test_compare_cli(tmp_path):
+    human, _ = save_surrogate_files(tmp_path)
     code = main([
         "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
         "--bootstrap", "20", "--seed", "3", "--similarity-objects", "15", "--cumulative-objects", "10",
@@ -378,9 +385,7 @@ def reject_constant(name):
 
 
 def test_compare_cli_without_bootstrap_writes_null(tmp_path):
-    human, dnn = surrogate_pair(n_objects=20)
-    np.save(tmp_path / "human.npy", human)
-    np.save(tmp_path / "dnn.npy", dnn)
+    save_surrogate_files(tmp_path)
     code = main([
         "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
         "--bootstrap", "0",

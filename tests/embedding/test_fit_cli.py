@@ -57,7 +57,8 @@ def test_fit_cli_folder_checks_candidates_and_object_table(tmp_path, capsys):
     (folder / "objects.tsv").write_text("index\tobject_id\tsource\n" + "".join(f"{i}\tobj{i}\t\n" for i in range(12)))
     assert main(["fit", str(folder), "--n-objects", "1854", "-o", str(tmp_path / "b"), "--max-epochs", "1"]) == 1
     assert f"--n-objects 1854 disagrees with {folder / 'objects.tsv'}, which lists 12 objects" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
 
 
 def test_fit_cli_keeps_simulate_folder(tmp_path, capsys):

@@ -275,25 +275,19 @@ def run_map(args: argparse.Namespace) -> int:
         feature_settings = read_manifest(feature_dir).get("settings", {})
     except FileNotFoundError:
         pass
+    from dimalign.interpret.predictor import extraction_settings
+
+    source = extraction_settings(feature_settings, args.layer)
     ridge = RidgeMap(
         alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
-        model_name=args.model_name or feature_settings.get("model"),
-        layer=args.layer or feature_settings.get("layer") or _only_layer(feature_settings),
+        model_name=args.model_name or source["model"], layer=source["layer"],
     ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
-
-    from dimalign.interpret.predictor import extraction_settings
 
     feature_file = _feature_file(args.features, args.layer)
     inputs = {"features": feature_file, "embedding": embedding.path}
-    source = extraction_settings(feature_settings, args.layer) if feature_settings.get("model") else None
-    ridge.save(args.out, inputs=inputs, started=started, features_source=source)
+    ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
     write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
     return 0
-
-
-def _only_layer(settings: dict) -> str | None:
-    layers = settings.get("layers") or []
-    return layers[0] if len(layers) == 1 else None
 
 
 def _feature_file(path: Path, layer: str | None) -> Path:

@@ -485,6 +485,36 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     }
 
 
+def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the model settings of the ``dimalign extract`` folders among a map's inputs.
+
+    Raises:
+        ValueError: If such a folder's features no longer have the SHA-256
+            that the map recorded.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest, sha256_file
+
+    layer = manifest.get("settings", {}).get("layer")
+    sources = []
+    for entry in manifest.get("inputs", {}).values():
+        path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+        folder = path if path.is_dir() else path.parent
+        if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
+            continue
+        upstream = read_manifest(folder)
+        if upstream.get("step") != "extract":
+            continue
+        recorded = entry.get("sha256") if isinstance(entry, dict) else None
+        if recorded and path.is_file() and sha256_file(path) != recorded:
+            raise ValueError(
+                f"the features {path} changed since the map {map_dir} was fitted on them "
+                f"(sha256 {recorded} then, another now), so the model settings in "
+                f"{folder / MANIFEST_NAME} may not be those of the map; rerun 'dimalign map'"
+            )
+        sources.append(extraction_settings(upstream.get("settings", {}), layer))
+    return sources
+
+
 def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     """Find the model, weights, seed, layer and pooling behind a ridge map.
 
@@ -504,30 +534,21 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
         ValueError: If no manifest names the layer, or the features behind a
             fallback changed since the map was fitted.
     """
-    from dimalign.io.files import MANIFEST_NAME, read_manifest, sha256_file
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
 
     manifest = read_manifest(map_dir)
     own = manifest.get("settings", {})
-    sources = [own, own.get("features_source") or {}]
-    for entry in manifest.get("inputs", {}).values():
-        path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
-        folder = path if path.is_dir() else path.parent
-        if (folder / MANIFEST_NAME).is_file() and folder != Path(map_dir):
-            upstream = read_manifest(folder)
-            if upstream.get("step") == "extract":
-                recorded = entry.get("sha256") if isinstance(entry, dict) else None
-                if not own.get("features_source") and recorded and path.is_file() and sha256_file(path) != recorded:
-                    raise ValueError(
-                        f"the features {path} changed since the map {map_dir} was fitted on them "
-                        f"(sha256 {recorded} then, another now), so the model settings in "
-                        f"{folder / MANIFEST_NAME} may not be those of the map; rerun 'dimalign map'"
-                    )
-                sources.append(extraction_settings(upstream.get("settings", {}), own.get("layer")))
-    if len(sources) == 2 and not own.get("features_source"):
-        logger.warning(
-            "%s records no model weights and no dimalign extract folder of its features exists any "
-            "more; the model's default weights and seed 0 are assumed", Path(map_dir) / MANIFEST_NAME,
-        )
+    sources = [own]
+    if own.get("features_source"):
+        sources.append(own["features_source"])
+    else:
+        extracted = _extraction_sources(map_dir, manifest)
+        if not extracted:
+            logger.warning(
+                "%s records no model weights and no dimalign extract folder of its features exists "
+                "any more; the model's default weights and seed 0 are assumed", Path(map_dir) / MANIFEST_NAME,
+            )
+        sources += extracted
 
     def first(*keys: str) -> Any:
         for source in sources:

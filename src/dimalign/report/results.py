@@ -439,19 +439,16 @@ class StudyResults:
         input changes come from ``pipeline.json`` and count only when the last
         run finished: a failed run's changes may never have been applied.
         """
+        from dimalign.report.config import INPUTS_TABLE, STUDY_TABLE
+        from dimalign.report.pipeline import read_stage_record
+
         changes: dict[str, dict[str, Any]] = {}
         if self.run_finished():
             for change in self.record.get("changes", []):
-                if str(change.get("key", "")).split(".")[0] in ("study", "inputs"):
+                if str(change.get("key", "")).split(".")[0] in (STUDY_TABLE, INPUTS_TABLE):
                     changes[change["key"]] = change
-        for stage in self.stage_dirs:
-            path = self.stage_dirs[stage] / "manifest.json"
-            if not path.is_file():
-                continue
-            try:
-                record = json.loads(path.read_text(encoding="utf-8")).get("pipeline", {})
-            except (OSError, json.JSONDecodeError):
-                continue
+        for folder in self.stage_dirs.values():
+            record = read_stage_record(folder) or {}
             for change in record.get("changes", []):
                 changes[change["key"]] = change
         return list(changes.values())
