@@ -192,7 +192,7 @@ def write_manifest_json(folder, manifest):
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_map_settings_pick_the_pooling_of_the_mapped_layer(tmp_path):
+def test_map_settings_layer_pooling(tmp_path):
     import numpy as np
 
     from dimalign.interpret.predictor import map_settings

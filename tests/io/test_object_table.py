@@ -47,7 +47,7 @@ def test_folder_or_empty_file_is_not_a_table(tmp_path):
         read_object_table(tmp_path / "empty.txt")
 
 
-def test_line_break_in_a_name_survives_and_repeats_name_the_file(tmp_path):
+def test_table_line_breaks_and_repeats(tmp_path):
     from dimalign.io.objects import ObjectTable, write_object_table
 
     table = ObjectTable(("a", "new\nline.jpg", "c"), ("", "new\nline.jpg", ""))

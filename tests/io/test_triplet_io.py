@@ -447,7 +447,7 @@ def test_semicolon_file_suggests_delimiter(tmp_path):
     ]
 
 
-def test_bad_first_row_is_not_taken_for_a_header(tmp_path):
+def test_bad_first_row_not_header(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("0,1,NA\n3,4,5\n6,7,8\n")
     with pytest.raises(ValueError, match=r"line 1, column 2: value 'NA' is not an integer"):

@@ -196,7 +196,7 @@ def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, ca
     assert not (tmp_path / "r_figures").exists()
 
 
-def test_report_leaves_out_stages_the_last_run_did_not_plan(tiny_study, tmp_path, capsys):
+def test_report_skips_unplanned_stages(tiny_study, tmp_path, capsys):
     study = copy_study(tiny_study, tmp_path)
     record = json.loads((study / "pipeline.json").read_text())
     record["stages"] = [stage for stage in record["stages"] if stage["name"] not in ("compare", "map")]

@@ -280,7 +280,7 @@ def test_set_key_parts_are_stripped():
     assert (override.section, override.key, override.value) == ("human_fit", "max_epochs", 2)
 
 
-def test_missing_input_under_data_dir_from_set_says_so(study_file, tmp_path, monkeypatch):
+def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = load_config(study_file, ["study.data_dir=elsewhere"])
     with pytest.raises(FileNotFoundError, match=r"with study.data_dir = 'elsewhere' set with --set \(relative to the current directory\)"):

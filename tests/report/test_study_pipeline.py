@@ -198,7 +198,7 @@ def test_foreign_folder_with_stage_name_is_not_replaced(tmp_path):
     assert notes.read_text() == "my notes"
 
 
-def test_study_dir_of_another_step_or_inside_an_input_is_rejected(tmp_path):
+def test_foreign_study_dir_rejected(tmp_path):
     config = write_study(tmp_path, report=False)
     fit_dir = tmp_path / "fit"
     fit_dir.mkdir()
@@ -215,7 +215,7 @@ def test_study_dir_of_another_step_or_inside_an_input_is_rejected(tmp_path):
     assert not (folder_input / "study").exists()
 
 
-def test_study_inside_a_study_or_beside_a_stage_file_is_rejected(study, tmp_path):
+def test_nested_study_and_stage_file_rejected(study, tmp_path):
     config, study_dir = study
     with pytest.raises(ValueError, match=f"lies inside the study {study_dir}"):
         run_study(config, study_dir / "evaluate" / "inner", dry_run=True)

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 _RESUMABLE_SETTINGS = frozenset(
     {"max_epochs", "stability_epochs", "checkpoint_every", "checkpoint_dir", "resume",
      "device", "verbose", "tensorboard", "eval_every",
-     # n_objects may come from the constructor or from fit; the checkpoint's
+     # n_objects may come from the constructor or from fit. The checkpoint's
      # object count is compared with the data separately.
      "n_objects"}
 )

@@ -137,7 +137,7 @@ def load_generator(spec: str) -> nn.Module:
     try:
         generator = function()
     except Exception as error:
-        # User code may raise anything; name the generator instead of a bare traceback.
+        # User code may raise anything, so name the generator instead of a bare traceback.
         raise ValueError(
             f"generator {spec} failed when called without arguments ({type(error).__name__}: {error}); "
             "it must build and return the generator module"

@@ -469,7 +469,7 @@ class DimensionPredictor(nn.Module):
 def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
     """Return the model, weights, seed, layer and pooling of one layer of a ``dimalign extract`` manifest.
 
-    A single-layer extraction records ``layer`` and ``pooling``; one of
+    A single-layer extraction records ``layer`` and ``pooling``. One of
     several layers records the lists ``layers`` and ``pools``, from which the
     pooling of ``layer`` is taken.
     """

@@ -46,7 +46,7 @@ INPUT_KEYS: dict[str, str] = {
     "labels": "output folder of 'dimalign labels summarize' (word clouds, kinds of dimensions)",
 }
 
-#: What each input must be on disk: a file, a folder, or either.
+#: Kind of each input on disk: a file, a folder, or either.
 INPUT_KINDS: dict[str, str] = {
     "objects": "file", "human_triplets": "file", "dnn_features": "either", "images": "folder",
     "things_dir": "folder", "categories": "file", "labels": "folder",

@@ -465,7 +465,7 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
         stages (Sequence[str]): The stage folders to check.
 
     Returns:
-        list[str]: One sentence per mismatch; empty when the folders agree.
+        list[str]: One sentence per mismatch, empty when the folders agree.
     """
     study_dir = Path(study_dir)
     records = {name: read_stage_record(study_dir / name) for name in stages}

@@ -29,7 +29,7 @@ class Setting:
             means any value.
         minimum (float | None): Smallest allowed value of a number setting;
             None means no lower bound.
-        maximum (float | None): Largest allowed value; None means no upper bound.
+        maximum (float | None): Largest allowed value, None for no upper bound.
         positive (bool): The number must be above 0.
         below (float | None): The number must be below this value.
     """
@@ -93,9 +93,9 @@ class Setting:
             (self.positive and value <= 0, "above 0"),
             (self.below is not None and value >= self.below, f"below {self.below}"),
         ]
-        for failed, wanted in problems:
+        for failed, requirement in problems:
             if failed:
-                raise ValueError(f"{stage}.{key} = {value!r} is invalid: use a value {wanted}")
+                raise ValueError(f"{stage}.{key} = {value!r} is invalid: use a value {requirement}")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
