@@ -225,3 +225,15 @@ def test_map_settings_prefer_the_recorded_features_source(tmp_path):
         "inputs": {"features": {"path": str(tmp_path / "moved" / "features.npy"), "sha256": "0" * 64}}})
     assert map_settings(map_dir) == {
         "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}
+
+
+def test_map_without_weights_or_extract_folder_is_an_error(tmp_path):
+    """torchvision's default is random weights, so guessing would explain another network."""
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4"},
+        "inputs": {"features": {"path": str(tmp_path / "features.npy"), "sha256": "0" * 64}}})
+    with pytest.raises(ValueError, match=r"records neither the weights .* features_source"):
+        map_settings(map_dir)

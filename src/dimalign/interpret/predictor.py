@@ -531,8 +531,9 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the map has no manifest.
-        ValueError: If no manifest names the layer, or the features behind a
-            fallback changed since the map was fitted.
+        ValueError: If no manifest names the layer, the map records no
+            weights and no extract folder of its features, or the features
+            behind a fallback changed since the map was fitted.
     """
     from dimalign.io.files import MANIFEST_NAME, read_manifest
 
@@ -544,9 +545,14 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     else:
         extracted = _extraction_sources(map_dir, manifest)
         if not extracted:
-            logger.warning(
-                "%s records no model weights and no dimalign extract folder of its features exists "
-                "any more; the model's default weights and seed 0 are assumed", Path(map_dir) / MANIFEST_NAME,
+            # Guessing would be silent and wrong: torchvision's default is
+            # random weights, so the predictor would explain another network.
+            raise ValueError(
+                f"{Path(map_dir) / MANIFEST_NAME} records neither the weights of the model behind its "
+                "features (features_source) nor a dimalign extract folder of them; save the map "
+                "with RidgeMap.save(..., features_source={'model': ..., 'weights': ..., "
+                "'seed': ..., 'layer': ..., 'pooling': ...}) or rerun 'dimalign map' on a "
+                "folder written by 'dimalign extract'"
             )
         sources += extracted
 
