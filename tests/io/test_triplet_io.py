@@ -342,6 +342,19 @@ def test_unseen_test_object_no_index_error():
     assert summarize_triplets(train, 6).unseen_objects == [5]
 
 
+@pytest.mark.parametrize(
+    ("test", "message"),
+    [([[0, 1, -1]], "test triplets, row 0: negative object index -1"),
+     ([[0, 1, 2.7]], "test triplets, row 0, column 2: value 2.7 is not an integer"),
+     ([[0, 1, 6]], "test triplets, row 0: .*6"),
+     ([[0, 1, 1]], "test triplets: a triplet needs three distinct objects")],
+)
+def test_unseen_objects_rejects_invalid_rows(test, message):
+    """-1 would wrap to the last object and 2.7 truncate to 2 without the check."""
+    with pytest.raises(ValueError, match=message):
+        unseen_objects([[0, 1, 2]], test, n_objects=6)
+
+
 # --------------------------------------------------------------------------- splitting
 
 
@@ -381,6 +394,11 @@ def test_split_same_seed_same_result():
     assert np.array_equal(first[0], second[0])
     assert np.array_equal(first[1], second[1])
     assert not np.array_equal(first[1], other[1])
+
+
+def test_split_rejects_invalid_rows():
+    with pytest.raises(ValueError, match="triplets to split, row 0: negative object index -1"):
+        split_triplets(np.array([[0, 1, -1], [2, 3, 4]] * 5), 0.2)
 
 
 def test_split_fraction_outside_range_rejected():

@@ -129,6 +129,17 @@ def test_rank_ignores_order_within_row():
     assert rank_triplets(np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2]])).tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize(
+    ("triplets", "message"),
+    [([[0, 0, 0]], r"triplets to rank: a triplet needs three distinct objects.* \(row 0: \[0, 0, 0\]\)"),
+     ([[0, 1, -1]], "triplets to rank, row 0: negative object index -1")],
+)
+def test_rank_rejects_rows_that_are_no_object_set(triplets, message):
+    """Both rows used to get a rank: [0, 0, 0] that of [0, 1, 2], and [0, 1, -1] the rank -1."""
+    with pytest.raises(ValueError, match=message):
+        rank_triplets(np.array(triplets))
+
+
 def test_unrank_round_trip_at_limit():
     n_sets = count_triplets(2_000_000)
     ranks = np.array([0, 1, n_sets // 3, n_sets // 2, n_sets - 2, n_sets - 1])

@@ -604,13 +604,15 @@ _ODD_LAST = np.array([[1, 2, 0], [0, 2, 1], [0, 1, 2]])
 
 
 def validate_triplets(
-    triplets: np.ndarray, n_objects: int, source: str = "triplets"
+    triplets: np.ndarray, n_objects: int | None, source: str = "triplets"
 ) -> np.ndarray:
     """Check a canonical triplet array and return it as int64.
 
     Args:
-        triplets (np.ndarray): Array of shape ``(n_triplets, 3)``.
-        n_objects (int): Number of objects; indices must lie in ``0 .. n_objects - 1``.
+        triplets (np.ndarray): Array of shape ``(n_triplets, 3)``. Floats are
+            accepted when every value is a whole number.
+        n_objects (int | None): Number of objects; indices must lie in
+            ``0 .. n_objects - 1``. None checks only that they are non-negative.
         source (str): Name used in error messages (a file name, for instance).
 
     Returns:
@@ -636,6 +638,8 @@ def validate_triplets(
         array = _integral_floats(array, source, row_label)
     elif array.dtype.kind not in "iu":
         raise ValueError(f"{source}: triplets must be integers, got dtype {array.dtype}")
+    if n_objects is None:
+        n_objects = int(array.max(initial=-1)) + 1
     _check_range(array, int(n_objects), 0, source, row_label)
     _check_distinct(array, source, row_label)
     return np.ascontiguousarray(array, dtype=np.int64)
@@ -799,18 +803,22 @@ def unseen_objects(train: np.ndarray, test: np.ndarray, n_objects: int | None = 
     Args:
         train (np.ndarray): Training triplets, shape ``(n_train, 3)``.
         test (np.ndarray): Test triplets, shape ``(n_test, 3)``.
-        n_objects (int | None): Number of objects; only sizes the lookup table,
-            which grows to cover the largest index in either array.
+        n_objects (int | None): Number of objects; indices must be smaller.
+            None accepts any non-negative index.
 
     Returns:
         list[int]: Sorted object indices.
+
+    Raises:
+        ValueError: If either array is not a valid triplet array (see
+            :func:`validate_triplets`).
 
     Example:
         >>> unseen_objects(np.array([[0, 1, 2]]), np.array([[0, 1, 5]]))
         [5]
     """
-    train = np.asarray(train, dtype=np.int64).reshape(-1)
-    test = np.asarray(test, dtype=np.int64).reshape(-1)
+    train = validate_triplets(train, n_objects, "training triplets").reshape(-1)
+    test = validate_triplets(test, n_objects, "test triplets").reshape(-1)
     size = max(int(n_objects or 0), int(train.max(initial=-1)) + 1, int(test.max(initial=-1)) + 1)
     seen = np.zeros(size, dtype=bool)
     seen[train] = True
@@ -861,8 +869,9 @@ def split_triplets(
         tuple[np.ndarray, np.ndarray]: ``(train, val)``.
 
     Raises:
-        ValueError: If ``val_fraction`` is outside ``[0, 1)`` or the split
-            would leave no training rows.
+        ValueError: If ``val_fraction`` is outside ``[0, 1)``, the triplets are
+            not valid (see :func:`validate_triplets`), or the split would
+            leave no training rows.
 
     Example:
         >>> triplets = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 0], [3, 0, 1]])
@@ -872,16 +881,14 @@ def split_triplets(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    triplets = np.asarray(triplets)
-    if triplets.ndim != 2 or triplets.shape[1] != 3:
-        raise ValueError(f"triplets must have shape (n, 3), got {triplets.shape}")
+    triplets = validate_triplets(triplets, None, "triplets to split")
     n_rows = len(triplets)
     target = int(round(val_fraction * n_rows))
     if target == 0:
         return triplets.copy(), triplets[:0].copy()
 
     n_objects = int(triplets.max()) + 1
-    set_ids = _set_and_judgement_ids(triplets.astype(np.int64, copy=False), n_objects)[0]
+    set_ids = _set_and_judgement_ids(triplets, n_objects)[0]
     unique_sets, inverse, rows_per_set = np.unique(set_ids, return_inverse=True, return_counts=True)
     rng = np.random.default_rng(random_state)
     order = rng.permutation(len(unique_sets))

@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from dimalign.io.triplets import validate_triplets
+
 logger = logging.getLogger(__name__)
 
 MAX_OBJECTS = 2_000_000  # keeps m^3 below 2^63 in the int64 rank arithmetic
@@ -140,11 +142,15 @@ def rank_triplets(triplets: np.ndarray) -> np.ndarray:
     Returns:
         np.ndarray: int64 ranks of shape ``(n,)``; equal ranks mean equal sets.
 
+    Raises:
+        ValueError: On a negative or non-integer index or a row that repeats
+            an object (see :func:`dimalign.io.triplets.validate_triplets`).
+
     Example:
         >>> rank_triplets(np.array([[0, 1, 2], [2, 1, 0], [0, 1, 3]])).tolist()
         [0, 0, 1]
     """
-    ordered = np.sort(np.asarray(triplets, dtype=np.int64), axis=1)
+    ordered = np.sort(validate_triplets(triplets, None, "triplets to rank"), axis=1)
     i, j, k = ordered[:, 0], ordered[:, 1], ordered[:, 2]
     return k * (k - 1) * (k - 2) // 6 + j * (j - 1) // 2 + i
 
