@@ -24,6 +24,8 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         return torch.device("cpu")
     if isinstance(device, torch.device):
         device = str(device)
+    if not isinstance(device, str):
+        raise ValueError(f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     name = device.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

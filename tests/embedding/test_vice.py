@@ -219,7 +219,14 @@ def test_resume_with_object_count_in_constructor(tmp_path):
      ({"n_dims": 4.0}, "n_dims must be an integer, got 4.0"),
      ({"random_state": None}, "random_state must be an integer seed, got None"),
      ({"alpha": 1.5}, r"alpha must lie in \(0, 1\), got 1.5"),
-     ({"lr": float("inf")}, "lr must be a positive finite number")],
+     ({"lr": float("inf")}, r"lr must be a finite number in \(0, inf\), got inf"),
+     ({"beta": float("nan")}, r"beta must be a finite number in \[0, inf\), got nan"),
+     ({"beta": -1.0}, r"beta must lie in \[0, inf\), got -1.0"),
+     ({"mc_samples": 2.5}, "mc_samples must be an integer, got 2.5"),
+     ({"init_scale": 0.0}, r"init_scale must lie in \(0, inf\), got 0.0"),
+     ({"spike": "a"}, "spike must be a finite number in .*, got 'a'"),
+     ({"random_state": 2**70}, "random_state must be at most 9223372036854775807"),
+     ({"device": 123}, "invalid device 123")],
 )
 def test_invalid_settings_fail_before_training(settings, message):
     model = VICE(max_epochs=1, **settings)
@@ -258,3 +265,53 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(
             random_triplets(15, 200), n_objects=15
         )
+
+
+def test_interrupted_refit_leaves_the_model_unfitted(monkeypatch):
+    """A refit stopped mid-training must not keep the old embedding beside the new settings."""
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    model = VICE(n_dims=3, max_epochs=1).fit(random_triplets(20, 200), n_objects=20)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VICE, "_train_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(random_triplets(30, 200), n_objects=30)
+    assert not hasattr(model, "n_objects_")
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"l1": float("nan")}, "l1 must be a finite number"),
+     ({"l1": float("inf")}, "l1 must be a finite number"),
+     ({"prune_threshold": float("nan")}, "prune_threshold must be a finite number"),
+     ({"init_std": -0.1}, r"init_std must lie in \[0, inf\), got -0.1")],
+)
+def test_invalid_spose_settings_fail_before_training(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SPoSE(max_epochs=1, **settings).fit(random_triplets(15, 100), n_objects=15)
+
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(20.0, "n_objects must be an integer, got 20.0"),
+     ("20", "n_objects must be an integer, got '20'"),
+     (-5, "n_objects must be at least 1, got -5")],
+)
+def test_object_count_must_be_a_positive_integer(n_objects, message):
+    with pytest.raises(ValueError, match=message):
+        VICE(n_dims=3, max_epochs=1).fit(random_triplets(20, 100), n_objects=n_objects)
+
+
+def test_whole_floats_are_triplets_and_fractions_are_not():
+    """np.loadtxt returns floats: whole values load like integers everywhere."""
+    triplets = random_triplets(15, 200)
+    model = SPoSE(n_dims=3, max_epochs=2).fit(triplets.astype(float), n_objects=15)
+    assert model.score(triplets.astype(float)) == model.score(triplets)
+    with pytest.raises(ValueError, match=r"scored triplets, row 0, column 0: value 0.5 is not an integer"):
+        model.score(np.array([[0.5, 1, 2]]))

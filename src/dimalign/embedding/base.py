@@ -52,28 +52,78 @@ CONFIG_NAME = "config.toml"
 def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
     """Check a triplet array against ``n_objects`` and return it as int64 tensor.
 
-    Integer dtype and non-emptiness are checked here; shape, index range and
-    three distinct objects per row by :func:`dimalign.io.triplets.validate_triplets`.
+    Non-emptiness is checked here. Integer values (floats only when whole),
+    shape, index range and three distinct objects per row are checked by
+    :func:`dimalign.io.triplets.validate_triplets`.
 
     Raises:
         ValueError: On a wrong shape, an empty or non-integer array, an index
             out of range or a row that repeats an object.
     """
-    array = np.asarray(triplets)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(
-            f"{name} triplets must be integers, got dtype {array.dtype}; "
-            "load files with dimalign.io.triplets.load_triplets"
-        )
-    array = validate_triplets(array, n_objects, source=f"{name} triplets")
+    array = validate_triplets(triplets, n_objects, source=f"{name} triplets")
     if array.shape[0] == 0:
         raise ValueError(f"{name} triplets are empty")
+    if not array.flags.writeable:
+        # A read-only memory map: torch would share it and warn.
+        array = array.copy()
     return torch.as_tensor(array)
 
 
 def triplet_digest(triplets: torch.Tensor) -> str:
     """Return a SHA-256 of the triplet array, to tie a checkpoint to its data."""
     return hashlib.sha256(triplets.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
+
+
+def check_real(
+    name: str, value: Any, low: float | None = None, high: float | None = None,
+    *, low_open: bool = False, high_open: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number in the interval.
+
+    sklearn's ``check_scalar`` lets NaN through and raises ``TypeError`` for
+    strings, so settings are checked here instead.
+
+    Args:
+        name (str): Setting name for the message.
+        value (Any): The value to check.
+        low (float | None): Lower bound, or None for none.
+        high (float | None): Upper bound, or None for none.
+        low_open (bool): Exclude ``low`` itself.
+        high_open (bool): Exclude ``high`` itself.
+
+    Raises:
+        ValueError: Naming the setting, the value and the allowed interval.
+
+    Example:
+        >>> check_real("pi", 0.5, 0, 1, low_open=True, high_open=True)
+    """
+    interval = (
+        ("(" if low_open or low is None else "[") + ("-inf" if low is None else f"{low:g}") + ", "
+        + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]")
+    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
+    too_low = low is not None and (value < low or (low_open and value == low))
+    too_high = high is not None and (value > high or (high_open and value == high))
+    if too_low or too_high:
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+def check_integer(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) in ``[low, high]``.
+
+    Example:
+        >>> check_integer("n_dims", 2.5, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: n_dims must be an integer, got 2.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value}")
 
 
 class TripletEmbedding(BaseEstimator):
@@ -122,18 +172,17 @@ class TripletEmbedding(BaseEstimator):
             "eval_every": 1, "checkpoint_every": 1, "min_objects": 0,
         }
         for name, minimum in minimums.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"{name} must be at least {minimum}, got {value}")
+            check_integer(name, getattr(self, name), minimum)
+        if self.n_objects is not None:
+            check_integer("n_objects", self.n_objects, 1)
         if isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral):
             raise ValueError(
                 f"random_state must be an integer seed, got {self.random_state!r}: a fit is "
                 "reproducible and resumable only from a fixed seed"
             )
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        # torch.Generator.manual_seed takes seeds that fit in 64 bits.
+        check_integer("random_state", self.random_state, 0, 2**63 - 1)
+        check_real("lr", self.lr, 0, low_open=True)
 
     def _training_config(self) -> dict[str, Any]:
         return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
@@ -160,12 +209,14 @@ class TripletEmbedding(BaseEstimator):
                 ``resume`` is False.
         """
         self._check_settings()
+        self._clear_fitted()
         n_objects = n_objects if n_objects is not None else self.n_objects
         if n_objects is None:
             raise ValueError(
                 "the number of objects is unknown: pass n_objects (the length of the "
                 "object table), not the largest index in the triplets"
             )
+        check_integer("n_objects", n_objects, 1)
         device = resolve_device(self.device)
         dtype = self._dtype()
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
@@ -195,15 +246,14 @@ class TripletEmbedding(BaseEstimator):
             logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
 
         writer = self._tensorboard_writer(directory)
-        self.n_objects_ = n_objects
-        self.converged_ = stable_epochs >= self.stability_epochs and start_epoch > 0
+        converged = stable_epochs >= self.stability_epochs and start_epoch > 0
         epoch = start_epoch
         progress = tqdm(
             range(start_epoch, self.max_epochs), desc=f"fit {self._estimator_name}",
             disable=None if self.verbose else True, unit="epoch",
         )
         for epoch_index in progress:
-            if self.converged_:
+            if converged:
                 break
             epoch = epoch_index + 1
             started = time.perf_counter()
@@ -219,8 +269,8 @@ class TripletEmbedding(BaseEstimator):
             history.append(row)
             self._log_epoch(row, writer)
             progress.set_postfix(loss=f"{row['loss']:.4f}", dims=n_kept)
-            self.converged_ = stable_epochs >= self.stability_epochs
-            if directory is not None and (epoch % self.checkpoint_every == 0 or self.converged_):
+            converged = stable_epochs >= self.stability_epochs
+            if directory is not None and (epoch % self.checkpoint_every == 0 or converged):
                 self._checkpoint(directory, params, optimizer, generator, history, epoch,
                                  stable_epochs, last_n_kept, n_objects, data_digest)
         progress.close()
@@ -230,8 +280,12 @@ class TripletEmbedding(BaseEstimator):
         if writer is not None:
             writer.close()
 
+        # The fitted attributes are set together here, so an interrupted or
+        # failed fit leaves the estimator unfitted instead of half updated.
         self._params = {name: tensor.detach() for name, tensor in params.items()}
         self._device = device
+        self.n_objects_ = n_objects
+        self.converged_ = converged
         self.history_ = history
         self.n_epochs_ = epoch
         self._set_fitted(params)
@@ -246,6 +300,12 @@ class TripletEmbedding(BaseEstimator):
                 "a smaller l1 penalty", self.min_objects,
             )
         return self
+
+    def _clear_fitted(self) -> None:
+        """Remove the attributes of an earlier fit, so a new fit starts unfitted."""
+        fitted = [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]
+        for name in fitted + ["_params", "_device", "_n_train"]:
+            self.__dict__.pop(name, None)
 
     def _check_finite(self, params, totals: dict[str, float], epoch: int) -> None:
         """Raise ``RuntimeError`` when the loss or a parameter is no longer finite (the fit diverged)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dimalign.embedding.base import TripletEmbedding
+from dimalign.embedding.base import TripletEmbedding, check_integer, check_real
 from dimalign.embedding.likelihood import choice_log_probabilities, nll_from_similarities, pair_similarities
 from dimalign.embedding.pruning import spose_kept_dimensions
 from dimalign.io.runs import EmbeddingResult
@@ -106,8 +106,10 @@ class SPoSE(TripletEmbedding):
 
     def _check_settings(self) -> None:
         super()._check_settings()
-        if self.l1 < 0:
-            raise ValueError(f"l1 must be non-negative, got {self.l1}")
+        check_real("l1", self.l1, 0)
+        check_real("prune_threshold", self.prune_threshold, 0)
+        check_real("init_mean", self.init_mean)
+        check_real("init_std", self.init_std, 0)
 
     def _init_parameters(self, n_objects, generator):
         weights = torch.randn(n_objects, self.n_dims, generator=generator, device=generator.device)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dimalign.embedding.base import TripletEmbedding
+from dimalign.embedding.base import TripletEmbedding, check_integer, check_real
 from dimalign.embedding.likelihood import nll_from_similarities, pair_similarities
 from dimalign.embedding.priors import LOG_SQRT_2PI, PRIORS, spike_slab_log_prob
 from dimalign.embedding.pruning import vice_kept_dimensions
@@ -149,14 +149,16 @@ class VICE(TripletEmbedding):
         super()._check_settings()
         if self.prior not in PRIORS:
             raise ValueError(f"unknown prior {self.prior!r}: use one of {PRIORS}")
-        if not 0.0 < self.pi < 1.0:
-            raise ValueError(f"pi must lie in (0, 1), got {self.pi}")
-        if not 0.0 < self.spike < self.slab:
+        check_real("pi", self.pi, 0, 1, low_open=True, high_open=True)
+        check_real("spike", self.spike, 0, low_open=True)
+        check_real("slab", self.slab, 0, low_open=True)
+        if not self.spike < self.slab:
             raise ValueError(f"need 0 < spike < slab, got spike={self.spike}, slab={self.slab}")
-        if self.mc_samples < 1:
-            raise ValueError(f"mc_samples must be at least 1, got {self.mc_samples}")
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        check_real("beta", self.beta, 0)
+        check_integer("mc_samples", self.mc_samples, 1)
+        check_real("alpha", self.alpha, 0, 1, low_open=True, high_open=True)
+        if self.init_scale is not None:
+            check_real("init_scale", self.init_scale, 0, low_open=True)
 
     def _init_parameters(self, n_objects: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         scale = self.init_scale if self.init_scale is not None else math.sqrt(2.0 / self.n_dims)
