@@ -51,3 +51,20 @@ def test_interrupt_prints_one_line(monkeypatch, capsys):
     monkeypatch.setattr(commands, "run_command", terminated)
     assert cli.main(["run", "study.toml"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "dimalign run: stopped by SIGTERM\n"
+
+
+def test_library_warnings_become_log_lines(tmp_path, capsys):
+    """Warnings meant for notebooks appear on the command line in the log's format, also with -q."""
+    import numpy as np
+
+    from dimalign.cli import main
+
+    one_based = np.array([[1, 2, 3], [3, 4, 1], [2, 4, 3], [1, 4, 2], [2, 3, 4]])
+    np.save(tmp_path / "one_based.npy", one_based)
+    status = main(["-q", "import-triplets", str(tmp_path / "one_based.npy"), "-o",
+                   str(tmp_path / "out.npy"), "--n-objects", "5"])
+    stderr = capsys.readouterr().err
+    assert status == 0
+    assert "WARNING dimalign: " in stderr
+    assert "one_based.npy never names object 0 in 5 triplets" in stderr
+    assert "UserWarning" not in stderr

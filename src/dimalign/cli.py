@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -102,6 +103,29 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def warnings_to_log() -> Iterator[None]:
+    """Show Python warnings as WARNING lines of the ``dimalign`` log inside the block.
+
+    The library warns with ``warnings.warn`` so that notebooks show doubtful
+    results; on the command line those warnings get the log's format, and
+    ``-q`` keeps them.
+    """
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, (UserWarning, RuntimeWarning)) and not issubclass(category, DeprecationWarning):
+            logger.warning("%s", message)
+        else:
+            logger.warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dimalign`` command line and return its exit status."""
     parser = build_parser()
@@ -111,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with sigterm_as_exit():
+        with sigterm_as_exit(), warnings_to_log():
             return int(args.handler(args) or 0)
     except (KeyboardInterrupt, Terminated) as error:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +284,8 @@ def test_validate_triplets_checks_shape_and_range():
 def test_empty_file_gives_no_rows(tmp_path):
     path = write_lines(tmp_path / "empty.txt", ["# nothing yet"])
 
-    assert load_triplets(path, 5).shape == (0, 3)
+    with pytest.warns(UserWarning, match="empty.txt contains no triplets"):
+        assert load_triplets(path, 5).shape == (0, 3)
 
 
 # --------------------------------------------------------------------------- folders
@@ -498,20 +500,18 @@ def test_values_beyond_int64_are_errors(tmp_path):
         load_triplets(tmp_path / "float.npy", 20)
 
 
-def test_file_without_object_zero_warns(tmp_path, caplog):
+def test_file_without_object_zero_warns(tmp_path):
     rows = [[1, 2, 3], [3, 4, 1], [2, 4, 3], [1, 4, 2], [2, 3, 4]]
     np.save(tmp_path / "no_zero.npy", np.array(rows))
     np.save(tmp_path / "short.npy", np.array(rows[:4]))
     np.save(tmp_path / "zero.npy", np.array(rows[:4] + [[0, 1, 2]]))
-    with caplog.at_level(logging.WARNING, logger="dimalign.io.triplets"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         load_triplets(tmp_path / "short.npy", 5)  # fewer triplets than objects: no warning
         load_triplets(tmp_path / "zero.npy", 5)
-    assert "never names object 0" not in caplog.text
 
-    with caplog.at_level(logging.WARNING, logger="dimalign.io.triplets"):
+    with pytest.warns(UserWarning, match=r"no_zero.npy never names object 0 in 5 triplets.*--one-based"):
         load_triplets(tmp_path / "no_zero.npy", 5)
-    assert "no_zero.npy never names object 0 in 5 triplets" in caplog.text
-    assert "--one-based" in caplog.text
 
 
 def test_inline_comment_and_object_npy(tmp_path):

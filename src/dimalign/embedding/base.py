@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -294,10 +295,10 @@ class TripletEmbedding(BaseEstimator):
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
         if self.n_dims_ == 0:
-            logger.warning(
+            warnings.warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
-                "embedding will fail. Lower min_objects (now %d), use more triplets, or, for SPoSE, "
-                "a smaller l1 penalty", self.min_objects,
+                f"embedding will fail. Lower min_objects (now {self.min_objects}), use more "
+                "triplets, or, for SPoSE, a smaller l1 penalty", UserWarning, stacklevel=2,
             )
         return self
 
@@ -445,10 +446,10 @@ class TripletEmbedding(BaseEstimator):
             return
         # CPU and CUDA generators have different state formats, so a run moved
         # between devices continues with a new stream derived from seed and epoch.
-        logger.warning(
-            "checkpoint RNG state is from %s, this run is on %s: continuing with a new "
-            "random stream, so results will differ from an uninterrupted run",
-            state["generator_device"], device.type,
+        warnings.warn(
+            f"checkpoint RNG state is from {state['generator_device']}, this run is on "
+            f"{device.type}: continuing with a new random stream, so results will differ from "
+            "an uninterrupted run", UserWarning, stacklevel=2,
         )
         generator.manual_seed(int(self.random_state) * 1_000_003 + int(state["epoch"]))
 

@@ -21,6 +21,7 @@ import csv
 import io
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,9 +391,9 @@ def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows:
         if too_large.any() and name not in warned:
             warned.add(name)
             row = rows[int(np.flatnonzero(too_large.reshape(len(rows), -1).any(axis=1))[0])]
-            logger.warning("layer %s of %s has values beyond float16's range (%g) that become "
-                           "inf (warned once per layer); use dtype float32", name,
-                           image_list.paths[row], limit)
+            warnings.warn(f"layer {name} of {image_list.paths[row]} has values beyond float16's "
+                          f"range ({limit:g}) that become inf (warned once per layer); use dtype "
+                          "float32", UserWarning, stacklevel=2)
 
 
 def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: LoadedModel,

@@ -30,6 +30,7 @@ import difflib
 import logging
 import os
 import urllib.error
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,8 +342,8 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
 
     model = _random_model(lambda: tv_models.get_model(bare, weights=None), seed)
     if kind == "default":
-        logger.warning("%s is randomly initialised (seed %d); pass weights='pretrained' "
-                       "(--pretrained) for its published ImageNet weights", name, seed)
+        warnings.warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
+                      "(--pretrained) for its published ImageNet weights", UserWarning, stacklevel=3)
     if kind == "file":
         _load_file(model, weights, name)
         weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)

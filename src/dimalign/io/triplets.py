@@ -152,12 +152,13 @@ def load_triplets(
         ) from error
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
-        logger.warning("%s contains no triplets", path)
+        warnings.warn(f"{path} contains no triplets", UserWarning, stacklevel=2)
     elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
         # With as many triplets as objects, a 0-based file would almost surely name object 0.
-        logger.warning(
-            "%s never names object 0 in %d triplets; if it counts objects from 1, load it as "
-            "1-based (CLI: dimalign import-triplets --one-based)", path, len(triplets),
+        warnings.warn(
+            f"{path} never names object 0 in {len(triplets)} triplets; if it counts objects "
+            "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
+            UserWarning, stacklevel=2,
         )
     logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
     return triplets
