@@ -102,7 +102,8 @@ def test_same_padding_is_asymmetric_for_stride_two():
 
 
 def test_vgg16_random_classifier4_gives_4096(shared_images):
-    loaded = load_model("vgg16", weights=None)
+    with pytest.warns(UserWarning, match=r"vgg16 is randomly initialised \(seed 0\); pass weights='pretrained'"):
+        loaded = load_model("vgg16", weights=None)
     assert loaded.default_layer == "classifier.4"
     assert loaded.weights_id == "random-init(seed=0)"
     images = [Image.open(shared_images / "owl.jpg").convert("RGB").resize((64, 48))]
