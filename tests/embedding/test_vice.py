@@ -208,6 +208,14 @@ def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
     assert resumed.n_epochs_ == 2
 
 
+def test_resume_past_max_epochs_warns(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=3, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    with pytest.warns(UserWarning, match=r"has 3 epochs, not fewer than max_epochs=2: nothing is trained"):
+        resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
+    assert resumed.n_epochs_ == 3
+
+
 def test_resume_with_object_count_in_constructor(tmp_path):
     triplets = random_triplets(15, 200)
     VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)

@@ -1,0 +1,50 @@
+"""Evaluation and comparison of embeddings: accuracy, similarity, RSA, matching, relevance, ridge maps.
+
+>>> import numpy as np
+>>> from dimalign.analysis import odd_one_out_accuracy
+>>> float(odd_one_out_accuracy(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), [[0, 1, 2]]))
+1.0
+
+The names below are imported on first use from their modules, so that
+``import dimalign.analysis`` (done by every ``dimalign`` command) stays cheap.
+Functions named like their module (``compare``, ``rsa``, ``reproducibility``,
+``sweep``) are imported from that module, e.g.
+``from dimalign.analysis.rsa import rsa``: at package level the name would be
+the module once it has been imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate_embedding": "evaluate",
+    "odd_one_out_accuracy": "similarity",
+    "triplet_nll": "similarity",
+    "choice_probabilities": "similarity",
+    "similarity_matrix": "similarity",
+    "triplet_noise_ceiling": "noise_ceiling",
+    "things48_correlation": "things48",
+    "load_things48": "things48",
+    "bootstrap_rsa": "compare",
+    "match_dimensions": "matching",
+    "cumulative_rsa": "matching",
+    "jackknife_relevance": "relevance",
+    "compare_decisions": "relevance",
+    "select_run": "sweep",
+    "RidgeMap": "ridge",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    # Lists the lazy names too, so tab completion and dir() find them.
+    return sorted(set(globals()) | set(_EXPORTS))

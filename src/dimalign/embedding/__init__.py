@@ -22,3 +22,8 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'dimalign.embedding' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    # Lists the lazy names too, so tab completion and dir() find them.
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -245,6 +245,12 @@ class TripletEmbedding(BaseEstimator):
             stable_epochs = int(state["stable_epochs"])
             last_n_kept = int(state["last_n_kept"])
             logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
+            if start_epoch >= self.max_epochs:
+                warnings.warn(
+                    f"the checkpoint in {directory} has {start_epoch} epochs, not fewer than "
+                    f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
+                    "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
+                )
 
         writer = self._tensorboard_writer(directory)
         converged = stable_epochs >= self.stability_epochs and start_epoch > 0
@@ -479,7 +485,28 @@ class TripletEmbedding(BaseEstimator):
             return self._predict_log_proba(self._params, kept_t, triplets_t).exp().cpu().numpy()
 
     def score(self, triplets: Any, y: Any = None) -> float:
-        """Return the held-out odd-one-out accuracy on ``triplets`` (ties share a hit)."""
+        """Return the odd-one-out accuracy on ``triplets``.
+
+        A triplet is a hit when the pair of its first two objects has the
+        highest predicted probability; tied maxima share the hit. VICE
+        predicts with the posterior predictive, the choice probabilities
+        averaged over ``mc_samples`` draws from the posterior (seeded, so the
+        score is repeatable). That differs slightly from the accuracy of the
+        posterior means ``embedding_`` alone, which
+        :func:`dimalign.analysis.similarity.odd_one_out_accuracy` computes.
+
+        Args:
+            triplets (array-like): Shape ``(n, 3)``, 0-based, odd one out in
+                the last column.
+            y (None): Ignored; present for the scikit-learn signature.
+
+        Returns:
+            float: Accuracy in ``[0, 1]``; chance is 1/3.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+            ValueError: On invalid or empty triplets.
+        """
         self._check_fitted()
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
         return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
@@ -487,7 +514,18 @@ class TripletEmbedding(BaseEstimator):
     # ---- saving ----------------------------------------------------------------
 
     def save(self, run_dir: str | os.PathLike) -> Path:
-        """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``."""
+        """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``.
+
+        Args:
+            run_dir (str | os.PathLike): Output folder, created when missing;
+                files of the same names in it are replaced.
+
+        Returns:
+            Path: ``run_dir``.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+        """
         import tomli_w
 
         self._check_fitted()

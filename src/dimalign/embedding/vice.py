@@ -291,8 +291,3 @@ class VICE(TripletEmbedding):
             embedding=self.embedding_, scales=self.scales_, kept_dims=self.kept_dims_,
             loc=self.loc_, scale=self.scale_,
         )
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        """Return names ``dim_<k>`` of the kept dimensions, k the unpruned index."""
-        self._check_fitted()
-        return np.array([f"dim_{index}" for index in self.kept_dims_], dtype=object)

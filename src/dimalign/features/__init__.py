@@ -46,3 +46,8 @@ def __getattr__(name: str):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
     return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    # Lists the lazy names too, so tab completion and dir() find them.
+    return sorted(set(globals()) | set(_EXPORTS))
