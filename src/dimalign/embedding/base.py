@@ -98,10 +98,9 @@ def check_real(
     Example:
         >>> check_real("pi", 0.5, 0, 1, low_open=True, high_open=True)
     """
-    interval = (
-        ("(" if low_open or low is None else "[") + ("-inf" if low is None else f"{low:g}") + ", "
-        + ("inf" if high is None else f"{high:g}") + (")" if high_open or high is None else "]")
-    )
+    lower = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+    upper = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+    interval = f"{lower}, {upper}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
     too_low = low is not None and (value < low or (low_open and value == low))
