@@ -15,8 +15,7 @@ the module once it has been imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dimalign._lazy import lazy_exports
 
 _EXPORTS = {
     "evaluate_embedding": "evaluate",
@@ -37,14 +36,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    # Lists the lazy names too, so tab completion and dir() find them.
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,24 +6,13 @@ pay for importing torch and scikit-learn.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dimalign._lazy import lazy_exports
 
 _EXPORTS = {
-    "VICE": "dimalign.embedding.vice",
-    "SPoSE": "dimalign.embedding.spose",
-    "fit_run": "dimalign.embedding.runs",
+    "VICE": "vice",
+    "SPoSE": "spose",
+    "fit_run": "runs",
 }
 
 __all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'dimalign.embedding' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
-
-
-def __dir__() -> list[str]:
-    # Lists the lazy names too, so tab completion and dir() find them.
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@ every ``dimalign`` command to register ``extract``) does not load torchvision.
 
 from __future__ import annotations
 
-import importlib
+from dimalign._lazy import lazy_exports
 
 _EXPORTS = {
     "load_model": "models",
@@ -39,15 +39,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    return getattr(module, name)
-
-
-def __dir__() -> list[str]:
-    # Lists the lazy names too, so tab completion and dir() find them.
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
