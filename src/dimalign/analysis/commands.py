@@ -175,11 +175,11 @@ def _object_table(args: argparse.Namespace) -> tuple[ObjectTable | None, Path | 
     own = read_object_table(own_path) if location.is_dir() and own_path.is_file() else None
     if not args.objects:
         return own, (own_path if own is not None else None)
-    given = read_object_table(args.objects)
-    if own is not None and tuple(own.object_ids) != tuple(given.object_ids):
+    requested = read_object_table(args.objects)
+    if own is not None and tuple(own.object_ids) != tuple(requested.object_ids):
         raise ValueError(
             f"--objects {args.objects} differs from {own_path}, the object table of the run "
             f"{location}: a run's rows follow its own objects.tsv, so leave out --objects or pass "
             "that table"
         )
-    return given, Path(args.objects)
+    return requested, Path(args.objects)

@@ -289,7 +289,8 @@ def similarity_matrix_to_disk(
         write_text_atomic(progress_file, json.dumps(_progress_record(weights, n_objects, dtype, done)))
 
     del output
-    # The record goes first: a matrix whose record is missing is recomputed, never trusted.
+    # The old record goes before the rename, so a matrix without a matching
+    # record is recomputed, never trusted.
     record_file.unlink(missing_ok=True)
     os.replace(partial, path)
     write_text_atomic(record_file, json.dumps(expected_record))

@@ -599,7 +599,7 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     """List the finished runs of a sweep by seed.
 
     A run is finished when its ``runs/seed_*`` folder has both
-    ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes last.
+    ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes after the fit.
 
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
@@ -770,7 +770,7 @@ def select_run(
 
 SELECTED_COPY_NAME = "selected_run"
 
-#: How the ``val_accuracy`` column of ``runs.csv`` is computed, for every run alike.
+#: Definition of the ``val_accuracy`` column of ``runs.csv``, the same for every run.
 VAL_ACCURACY_DEFINITION = (
     "odd-one-out accuracy of the posterior means on the sweep's val.npy "
     "(argmax of the dot products, ties split the credit)"
