@@ -69,8 +69,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     objects.add_argument(
         "--objects",
         metavar="TABLE",
-        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) whose "
-        "length must equal the embedding's rows",
+        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) naming "
+        "the embedding's rows; its length must equal the rows, and the 48-object check finds its "
+        "objects by these ids (default: a run directory's own objects.tsv)",
     )
     parser.add_argument(
         "--things-dir",
