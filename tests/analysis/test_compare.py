@@ -76,6 +76,44 @@ def test_similarity_on_disk_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_recomputes_for_other_embedding(tmp_path):
+    first = gamma_embedding(12, 3, seed=10)
+    second = gamma_embedding(12, 3, seed=11)
+    path = tmp_path / "s.npy"
+    similarity_matrix_to_disk(first, path)
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["embedding_shape"] == [12, 3]
+    assert record["dtype"] == "float64"
+
+    np.testing.assert_allclose(similarity_matrix_to_disk(second, path), similarity_matrix(second), atol=1e-14, rtol=0)
+    np.testing.assert_allclose(
+        similarity_matrix_to_disk(second, path, dtype="float32"), similarity_matrix(second), atol=1e-6, rtol=0
+    )
+    assert np.load(path).dtype == np.float32
+
+
+def test_similarity_on_disk_reuses_recorded_matrix(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=12)
+    path = tmp_path / "s.npy"
+    similarity_matrix_to_disk(embedding, path)
+    before = path.stat().st_mtime_ns
+    similarity_matrix_to_disk(embedding, path)
+    assert path.stat().st_mtime_ns == before
+
+    # A matrix without its record cannot be checked, so it is computed again.
+    np.save(path, np.zeros((12, 12)))
+    (tmp_path / "s.json").unlink()
+    np.testing.assert_allclose(similarity_matrix_to_disk(embedding, path), similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
+def test_similarity_on_disk_rejects_nan(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=13)
+    embedding[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"embedding rows \[2\] contain NaN or inf"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- bootstrap RSA -------------------------------------------------------------
 
 
@@ -122,6 +160,27 @@ def test_bootstrap_spearman_runs():
     result = bootstrap_rsa(a, a ** 2, n_bootstrap=5, method="spearman")
     assert result.r == pytest.approx(1.0)
     assert result.ci_low == pytest.approx(1.0)
+
+
+def test_bootstrap_counts_valid_samples():
+    a = similarity_matrix(gamma_embedding(3, 2, seed=14))
+    b = similarity_matrix(gamma_embedding(3, 2, seed=15))
+    # A sample has a correlation only when it draws all 3 objects (3 distinct pairs).
+    expected_valid = sum(len(set(row.tolist())) == 3 for row in bootstrap_indices(3, 50, 0))
+    with pytest.warns(UserWarning, match=f"{50 - expected_valid} of 50 bootstrap samples had a constant"):
+        result = bootstrap_rsa(a, b, n_bootstrap=50, random_state=0)
+    summary = result.to_dict()
+    assert summary["n_bootstrap"] == 50
+    assert summary["n_bootstrap_valid"] == expected_valid
+    assert result.n_valid == expected_valid
+
+
+def test_bootstrap_warns_about_zero_width_interval():
+    a = similarity_matrix(gamma_embedding(3, 2, seed=14))
+    b = similarity_matrix(gamma_embedding(3, 2, seed=15))
+    with pytest.warns(UserWarning, match="has zero width"):
+        result = bootstrap_rsa(a, b, n_bootstrap=50, random_state=0)
+    assert result.ci_low == result.ci_high
 
 
 def test_variance_explained_identity():
@@ -377,6 +436,104 @@ def test_compare_cli(tmp_path):
     assert summary["random_state"] == 3
     saved = np.load(tmp_path / "out" / "human_similarity.npy")
     np.testing.assert_allclose(saved, similarity_matrix(human), atol=1e-14)
+
+
+def test_compare_cli_recomputes_saved_similarity(tmp_path):
+    human, dnn = save_surrogate_files(tmp_path)
+    np.save(tmp_path / "other.npy", dnn[:, ::-1] + 1.0)
+    out = tmp_path / "out"
+    for dnn_file in ("dnn.npy", "other.npy"):
+        code = main([
+            "compare", str(tmp_path / "human.npy"), str(tmp_path / dnn_file), "-o", str(out),
+            "--bootstrap", "0", "--save-similarity",
+        ])
+        assert code == 0
+    expected = similarity_matrix(dnn[:, ::-1] + 1.0)
+    np.testing.assert_allclose(np.load(out / "dnn_similarity.npy"), expected, atol=1e-14, rtol=0)
+    np.testing.assert_allclose(np.load(out / "human_similarity.npy"), similarity_matrix(human), atol=1e-14, rtol=0)
+
+
+RELEVANCE_FILES = [
+    "relevance_human.csv", "relevance_dnn.csv", "most_relevant_human.csv", "most_relevant_dnn.csv",
+    "agreement_different_dims.csv", "disagreements.csv", "triplet_relevance.npz", "relevance_summary.json",
+]
+
+
+def test_compare_rerun_removes_earlier_outputs(tmp_path):
+    write_surrogate_sides(tmp_path)
+    out = tmp_path / "out"
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, triplets=triplets, save_similarity=True)
+    assert all((out / name).is_file() for name in RELEVANCE_FILES)
+    assert (out / "dnn_similarity.npy").is_file()
+
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    left = sorted(path.name for path in out.iterdir())
+    assert left == sorted([
+        "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg", "manifest.json",
+        "matching.csv", "matching.png", "matching.svg", "rsa.json", "top_objects.csv",
+    ])
+
+
+def test_compare_explicit_objects_win_over_neighbour_table(tmp_path):
+    human, dnn = save_surrogate_files(tmp_path)
+    write_object_table(ObjectTable.from_ids([f"n{i:02d}" for i in range(20)][::-1]), tmp_path / "objects.tsv")
+    explicit = ObjectTable.from_ids([f"e{i:02d}" for i in range(20)])
+    with pytest.warns(UserWarning, match=r"not with .*objects.tsv in the same folder, which differs: row 0 is 'n19'"):
+        compare(tmp_path / "human.npy", tmp_path / "dnn.npy", tmp_path / "out", objects=explicit, n_bootstrap=0, top_k=2)
+    top = pd.read_csv(tmp_path / "out" / "top_objects.csv")
+    assert top["object_id"].tolist() == [explicit.object_ids[row] for row in top["object_index"]]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["human_objects"] == "objects argument"
+
+
+def test_compare_rejects_objects_differing_from_run_table(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    with pytest.raises(ValueError, match=r"the human run .*human has its own object table .*differs: row 0 is 'a00'"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", objects=ObjectTable.from_ids(ids[::-1]), n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_checks_reference_before_similarity(tmp_path):
+    write_surrogate_sides(tmp_path)
+    matrix = similarity_matrix(gamma_embedding(5, 2, seed=16))
+    matrix[2, 4] = np.nan
+    reference = (matrix, ObjectTable.from_ids([str(row) for row in range(5)]))
+    with pytest.raises(ValueError, match=r"contains NaN or inf at 1 positions, the first \(row, column\) \[\(2, 4\)\]"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference,
+                similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_names_bad_reference_file(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    matrix = similarity_matrix(gamma_embedding(8, 2, seed=17))
+    matrix[2, 5] = np.nan
+    np.save(tmp_path / "reference.npy", matrix)
+    write_object_table(ObjectTable.from_ids([str(row) for row in range(8)]), tmp_path / "reference.tsv")
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--reference-rsm", str(tmp_path / "reference.npy"), "--reference-objects", str(tmp_path / "reference.tsv"),
+    ])
+    assert code == 1
+    assert f"{tmp_path / 'reference.npy'} contains NaN or inf at 1 positions, the first (row, column) [(2, 5)]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_reports_reference_sign(tmp_path):
+    write_surrogate_sides(tmp_path)
+    human, dnn = surrogate_pair(n_objects=12)
+    rows = list(range(6))
+    reference = (1.0 - similarity_matrix(human, objects=rows), ObjectTable.from_ids([str(row) for row in rows]))
+    with pytest.warns(UserWarning, match="may be a dissimilarity matrix"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)
+    scores = json.loads((tmp_path / "out" / "rsa.json").read_text())["reference"]
+    assert scores["human_r"] == pytest.approx(-1.0)
+    assert scores["human_r2"] == pytest.approx(1.0)
+    assert scores["dnn_r"] < 0
 
 
 def reject_constant(name):

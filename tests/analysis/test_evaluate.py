@@ -110,7 +110,8 @@ def test_evaluate_hand_computed():
     p_miss = 1 / (math.e + 2)
     expected_nll = -(math.log(p_hit) + math.log(1 / 3) + math.log(p_hit) + math.log(p_miss)) / 4
 
-    metrics = evaluate_embedding(embedding, triplets)
+    with pytest.warns(UserWarning, match="rests on 2 responses in 1 repeated object sets"):
+        metrics = evaluate_embedding(embedding, triplets)
 
     assert metrics["n_objects"] == 4
     assert metrics["n_dims"] == 2
@@ -144,11 +145,74 @@ def test_evaluate_real_embedding(things_dir, spose49):
     assert "48-object r 0.887" in format_metrics(metrics)
 
 
-def test_evaluate_skips_things48_for_other_objects(things_dir, caplog):
-    metrics = evaluate_embedding(np.eye(5), [[0, 1, 2]], things_dir=things_dir)
+def test_evaluate_skips_things48_for_other_objects(things_dir):
+    with pytest.warns(UserWarning, match="skipped the 48-object check: the embedding has 5 objects, not the 1854"):
+        metrics = evaluate_embedding(np.eye(5), [[0, 1, 2]], things_dir=things_dir)
 
     assert "things48_r" not in metrics
-    assert "skipped the 48-object check" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def shuffled_vice(things_dir):
+    """The published VICE 42-d embedding with shuffled rows, its ids and the matching triplets."""
+    from dimalign.io.objects import read_object_table
+
+    vice = np.load(things_dir / "vice_embedding_42d.npy").astype(np.float64)
+    ids = list(read_object_table(things_dir / "unique_id.txt").object_ids)
+    order = np.random.default_rng(0).permutation(len(ids))
+    new_row = np.empty_like(order)
+    new_row[order] = np.arange(order.size)
+    triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)[:2000]
+    return vice, vice[order], [ids[row] for row in order], new_row[triplets], triplets
+
+
+def test_evaluate_maps_things48_by_object_id(things_dir, shuffled_vice):
+    vice, shuffled, shuffled_ids, shuffled_triplets, triplets = shuffled_vice
+    metrics = evaluate_embedding(shuffled, shuffled_triplets, things_dir=things_dir, object_ids=shuffled_ids)
+    reference = evaluate_embedding(vice, triplets, things_dir=things_dir)
+
+    assert metrics["things48_r"] == pytest.approx(0.8819, abs=5e-4)
+    assert metrics["things48_r"] == pytest.approx(reference["things48_r"], abs=1e-12)
+    assert metrics["accuracy"] == reference["accuracy"]
+
+
+def test_cli_evaluate_reads_object_table(things_dir, shuffled_vice, tmp_path):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    _, shuffled, shuffled_ids, shuffled_triplets, _ = shuffled_vice
+    np.save(tmp_path / "shuffled.npy", shuffled)
+    write_object_table(ObjectTable.from_ids(shuffled_ids), tmp_path / "objects_shuffled.tsv")
+    np.savetxt(tmp_path / "triplets.txt", shuffled_triplets, fmt="%d")
+    run_dir = tmp_path / "run"
+    save_embedding(EmbeddingResult(shuffled), run_dir)
+    write_object_table(ObjectTable.from_ids(shuffled_ids), run_dir / "objects.tsv")
+
+    for embedding, extra in ((tmp_path / "shuffled.npy", ["--objects", str(tmp_path / "objects_shuffled.tsv")]), (run_dir, [])):
+        out = tmp_path / f"out_{embedding.stem}"
+        status = main(["evaluate", str(embedding), "--triplets", str(tmp_path / "triplets.txt"),
+                       "--things-dir", str(things_dir), "-o", str(out), *extra])
+        assert status == 0
+        assert json.loads((out / "metrics.json").read_text())["things48_r"] == pytest.approx(0.8819, abs=5e-4)
+
+
+def test_cli_evaluate_rejects_objects_differing_from_run(tmp_path, capsys):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    write_object_table(ObjectTable.from_ids([f"o{i}" for i in range(10)]), run_dir / "objects.tsv")
+    write_object_table(ObjectTable.from_ids([f"o{i}" for i in range(10)][::-1]), tmp_path / "other.tsv")
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "--objects", str(tmp_path / "other.tsv")])
+    assert status == 1
+    assert f"--objects {tmp_path / 'other.tsv'} differs from {run_dir / 'objects.tsv'}" in capsys.readouterr().err
+
+
+def test_cli_evaluate_names_empty_triplet_file(tmp_path, capsys):
+    run_dir, _ = _cli_run(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    status = main(["evaluate", str(run_dir), "--triplets", str(empty)])
+    assert status == 1
+    assert f"dimalign evaluate: error: {empty} contains no triplets" in capsys.readouterr().err
 
 
 # -- the CLI ---------------------------------------------------------------------

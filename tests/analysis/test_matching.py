@@ -83,8 +83,17 @@ def test_match_all_recovers_permutation():
 
 def test_match_all_with_fewer_dnn_dims():
     rng = np.random.default_rng(2)
-    results = match_all(rng.random((20, 3)), rng.random((20, 2)))
+    with pytest.warns(UserWarning, match="3 human but only 2 DNN dimensions: only matching with replacement"):
+        results = match_all(rng.random((20, 3)), rng.random((20, 2)))
     assert list(results) == ["with_replacement"]
+
+
+def test_match_dimensions_rejects_nan():
+    rng = np.random.default_rng(5)
+    dnn = rng.random((10, 3))
+    dnn[4, 2] = np.nan
+    with pytest.raises(ValueError, match="the DNN embedding contains NaN or inf in 1 entries, the first at row 4, column 2"):
+        match_dimensions(rng.random((10, 2)), dnn, "with_replacement")
 
 
 def test_matched_order_deduplicates_and_appends():
@@ -156,3 +165,23 @@ def test_top_objects_table_names():
 def test_top_objects_rejects_large_k():
     with pytest.raises(ValueError, match="k=5"):
         top_objects_for_pair(np.ones(3), np.ones(3), k=5)
+
+
+def test_cumulative_rsa_constant_first_step_is_nan():
+    from dimalign.analysis.similarity import similarity_matrix
+
+    rng = np.random.default_rng(6)
+    human = rng.gamma(1.0, size=(15, 2))
+    # Dimension 0 is non-zero for one object only, so every pair has dot product 0.
+    dnn = np.column_stack([np.eye(15)[0], human[:, 0], human[:, 1]])
+    with pytest.warns(RuntimeWarning, match=r"first \[1\] added dimensions is constant"):
+        curve = cumulative_rsa(similarity_matrix(human), dnn, [0, 1, 2])
+    assert np.isnan(curve.r[0])
+    assert curve.r[1] == pytest.approx(rsa_of(similarity_matrix(human), similarity_matrix(dnn[:, [0, 1]])))
+    assert curve.r[2] == pytest.approx(curve.r_full)
+
+
+def rsa_of(first, second):
+    from dimalign.analysis.rsa import rsa
+
+    return rsa(first, second)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,20 @@ def test_ceiling_on_human_triplets(things_dir):
     # The file repeats 7 object sets, each judged twice; 8 of the 14 responses
     # agree with the other judgement of their set.
     assert result == NoiseCeiling(value=8 / 14, n_sets=7, n_responses=14)
+
+
+def test_ceiling_warns_below_minimum_responses():
+    # 30 sets of 3 responses: 90 responses, below the minimum of 100.
+    few = [row for start in range(0, 90, 3) for row in responses((start, start + 1, start + 2), [start] * 3)]
+    with pytest.warns(UserWarning, match="rests on 90 responses in 30 repeated object sets"):
+        result = triplet_noise_ceiling(few)
+    assert result == NoiseCeiling(value=1.0, n_sets=30, n_responses=90)
+
+
+def test_ceiling_without_warning_at_minimum():
+    # 30 sets of 4 responses: 120 responses in 30 sets reach both minimums.
+    enough = [row for start in range(0, 90, 3) for row in responses((start, start + 1, start + 2), [start] * 4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = triplet_noise_ceiling(enough)
+    assert result == NoiseCeiling(value=1.0, n_sets=30, n_responses=120)

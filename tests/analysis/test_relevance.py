@@ -127,10 +127,27 @@ def test_compare_decisions_agreement_tables():
 
 
 def test_jackknife_rejects_out_of_range_index():
-    with pytest.raises(ValueError, match="outside 0..2"):
+    with pytest.raises(ValueError, match=r"row 0: object index 3 is out of range for 3 objects"):
         jackknife_relevance(np.ones((3, 2)), np.array([[0, 1, 3]]))
 
 
 def test_jackknife_rejects_empty_triplets():
     with pytest.raises(ValueError, match="no triplets"):
         jackknife_relevance(np.ones((3, 2)), np.zeros((0, 3), dtype=np.int64))
+
+
+def test_jackknife_rejects_repeated_object():
+    with pytest.raises(ValueError, match=r"1 of 2 rows repeat an object \(row 1: \[2, 0, 2\]\)"):
+        jackknife_relevance(np.ones((3, 2)), np.array([[0, 1, 2], [2, 0, 2]]))
+
+
+def test_jackknife_rejects_embedding_without_dimensions():
+    with pytest.raises(ValueError, match=r"has no dimension \(shape \(3, 0\)\)"):
+        jackknife_relevance(np.ones((3, 0)), np.array([[0, 1, 2]]))
+
+
+def test_jackknife_rejects_nan_embedding():
+    embedding = np.ones((3, 2))
+    embedding[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"embedding rows \[1\] contain NaN or inf"):
+        jackknife_relevance(embedding, np.array([[0, 1, 2]]))

@@ -144,3 +144,11 @@ def test_run_folders_score_like_their_arrays(tmp_path):
     folders = [save_embedding(EmbeddingResult(array), tmp_path / f"seed_{index}") for index, array in enumerate(arrays)]
     from_folders = reproducibility([tmp_path / "seed_0", str(tmp_path / "seed_1"), folders[2]])
     np.testing.assert_allclose(from_folders.run_scores, reproducibility(arrays).run_scores)
+
+
+def test_reproducibility_rejects_nan_run():
+    first = sparse_embedding(seed=1)
+    second = sparse_embedding(seed=2)
+    second[7, 3] = np.nan
+    with pytest.raises(ValueError, match="run 1 contains NaN or inf in 1 weights, the first at object 7, dimension 3"):
+        reproducibility([first, second])

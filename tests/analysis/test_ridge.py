@@ -186,3 +186,27 @@ def test_constant_dimension_warns():
         warnings.simplefilter("always")
         RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
     assert any("dimension(s) [1] have the same value for every object" in str(item.message) for item in caught)
+
+
+def test_ridge_map_follows_estimator_contract():
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    alphas = ALPHAS.copy()
+    ridge = RidgeMap(alphas=alphas, cv=4, layer="fc")
+    assert ridge.get_params()["alphas"] is alphas
+    assert ridge.get_params(deep=False)["cv"] == 4
+    assert ridge.set_params(cv=5) is ridge
+    assert ridge.cv == 5
+
+    copy = clone(ridge)
+    assert copy.get_params()["cv"] == 5
+    assert copy.get_params()["layer"] == "fc"
+    np.testing.assert_array_equal(copy.alphas, alphas)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        copy.predict(np.ones((2, 3)))
+
+    X, Y = make_linear_data()
+    fitted = clone(ridge).fit(X, Y)
+    direct = RidgeMap(alphas=alphas, cv=5).fit(X, Y)
+    np.testing.assert_array_equal(fitted.alpha_, direct.alpha_)

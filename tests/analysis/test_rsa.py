@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from dimalign.analysis.rsa import correlate_vectors, rsa, upper_triangle
+from dimalign.analysis.rsa import ConstantInputError, correlate_vectors, rsa, upper_triangle
 
 
 def symmetric_matrix(rng: np.random.Generator, size: int, decimals: int | None = None) -> np.ndarray:
@@ -137,3 +137,20 @@ def test_infinite_values_rejected():
 def test_too_few_values_rejected():
     with pytest.raises(ValueError, match="at least 2 value pairs"):
         rsa(np.eye(2), np.eye(2))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rsa_rejects_constant_within_rounding(dtype):
+    from dimalign.analysis.similarity import similarity_matrix
+
+    human = similarity_matrix(np.random.default_rng(0).gamma(1.0, size=(30, 3)))
+    # Every off-diagonal value is 1/3, but the sums leave differences in the last bits.
+    flat = similarity_matrix(np.zeros((30, 3)), dtype=dtype)
+    assert np.ptp(upper_triangle(flat)) > 0
+    with pytest.raises(ConstantInputError, match="the second input is constant"):
+        rsa(human, flat)
+
+
+def test_correlate_vectors_small_spread_is_not_constant():
+    # A spread of 1e-9 on values near 1 is far above rounding, so the correlation exists.
+    assert correlate_vectors([1.0, 1.0 + 1e-9, 1.0 + 2e-9], [1.0, 2.0, 3.0]) == pytest.approx(1.0)

@@ -74,7 +74,9 @@ def test_seed_identical_alone_and_in_pool(tmp_path, tiny_triplets):
     # Selection on the real sweep output.
     selection = select_run(find_runs(tmp_path / "sweep"), tmp_path / "select")
     runs = pd.read_csv(tmp_path / "select" / "runs.csv")
-    assert runs.columns.tolist() == ["seed", "run_dir", "n_dims", "val_accuracy", "reproducibility", "selected"]
+    assert runs.columns.tolist() == [
+        "seed", "run_dir", "n_dims", "val_accuracy", "recorded_val_accuracy", "reproducibility", "selected",
+    ]
     assert runs["selected"].sum() == 1
     assert (tmp_path / "select" / "selected.txt").read_text().strip() == str(selection.selected_run)
 
@@ -182,7 +184,8 @@ def test_select_picks_reproduced_run(tmp_path):
     assert runs["seed"].tolist() == [0, 1, 2]
     assert runs["reproducibility"][2] < runs["reproducibility"][0]
     assert selection.selected_seed in (0, 1)
-    assert runs["val_accuracy"].tolist() == [0.6, 0.5, 0.7]
+    assert runs["recorded_val_accuracy"].tolist() == [0.6, 0.5, 0.7]
+    assert runs["val_accuracy"].isna().all()
     assert runs["reproducibility"].max() < R_CLIP
 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -196,8 +199,133 @@ def test_select_picks_reproduced_run(tmp_path):
 
 def test_find_runs_needs_two(tmp_path):
     write_run(tmp_path / "runs" / "seed_0", np.ones((10, 2)), 0.5)
-    with pytest.raises(FileNotFoundError, match="at least two"):
+    with pytest.raises(FileNotFoundError, match="1 finished run .*rerun 'dimalign sweep' into the same folder with more seeds"):
         find_runs(tmp_path)
+
+
+def test_find_runs_warns_about_unfinished(tmp_path):
+    base = np.maximum(np.random.default_rng(1).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base, 0.5)
+    (tmp_path / "runs" / "seed_2").mkdir()
+    (tmp_path / "runs" / "seed_2" / "checkpoint.pt").write_bytes(b"")
+    save_embedding(EmbeddingResult(embedding=base), tmp_path / "runs" / "seed_3")
+    with pytest.warns(UserWarning, match=r"skipped 2 runs that are not finished: seed_2 \(only checkpoint.pt, unfinished\), seed_3 \(embedding.npz without manifest.json\)"):
+        runs = find_runs(tmp_path)
+    assert [path.name for path in runs] == ["seed_0", "seed_1"]
+
+
+def test_select_rejects_folder_of_other_step(tmp_path):
+    base = np.maximum(np.random.default_rng(2).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5)
+    target = tmp_path / "runs" / "seed_1"
+    (target / "manifest.json").write_text(json.dumps({"step": "fit"}))
+    with pytest.raises(FileExistsError, match="already contains the output of dimalign fit"):
+        select_run(find_runs(tmp_path), target)
+    assert json.loads((target / "manifest.json").read_text()) == {"step": "fit"}
+    assert not (target / "runs.csv").exists()
+
+
+def test_select_rejects_same_run_twice(tmp_path):
+    base = np.maximum(np.random.default_rng(3).normal(size=(12, 2)), 0.0)
+    write_run(tmp_path / "run", base, 0.5)
+    with pytest.raises(ValueError, match="is given twice"):
+        select_run([tmp_path / "run", tmp_path / ".." / tmp_path.name / "run"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_aligns_runs_by_object_id(tmp_path):
+    from dimalign.analysis.reproducibility import reproducibility
+    from dimalign.io.objects import write_object_table
+
+    rng = np.random.default_rng(4)
+    base = np.maximum(rng.normal(size=(30, 3)), 0.0)
+    other = np.maximum(rng.normal(size=(30, 3)), 0.0)
+    ids = [f"object{i:02d}" for i in range(30)]
+    order = rng.permutation(30)
+    write_run(tmp_path / "a", base, 0.5)
+    write_object_table(ObjectTable.from_ids(ids), tmp_path / "a" / "objects.tsv")
+    write_run(tmp_path / "b", base[order][:, ::-1], 0.5)
+    write_object_table(ObjectTable.from_ids([ids[row] for row in order]), tmp_path / "b" / "objects.tsv")
+    write_run(tmp_path / "c", other, 0.5)
+    write_object_table(ObjectTable.from_ids(ids), tmp_path / "c" / "objects.tsv")
+
+    selection = select_run([tmp_path / "a", tmp_path / "b", tmp_path / "c"], tmp_path / "out")
+    # The runs store float32 weights, so the oracle uses the stored values.
+    stored_base = load_embedding(tmp_path / "a").embedding
+    stored_other = load_embedding(tmp_path / "c").embedding
+    expected = reproducibility([stored_base, stored_base[:, ::-1], stored_other]).run_scores
+    np.testing.assert_allclose(selection.runs["reproducibility"], expected, rtol=0, atol=1e-12)
+
+
+def test_select_rejects_runs_of_other_objects(tmp_path):
+    from dimalign.io.objects import write_object_table
+
+    base = np.maximum(np.random.default_rng(5).normal(size=(12, 2)), 0.0)
+    for name, last in (("a", "x"), ("b", "y")):
+        write_run(tmp_path / name, base, 0.5)
+        write_object_table(ObjectTable.from_ids([f"o{i}" for i in range(11)] + [last]), tmp_path / name / "objects.tsv")
+    with pytest.raises(ValueError, match=r"1 ids only in the run .*a table \['x'\], 1 ids only in the run .*b table \['y'\]"):
+        select_run([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+
+
+def test_select_names_runs_of_other_sizes(tmp_path):
+    write_run(tmp_path / "run_a", np.maximum(np.random.default_rng(6).normal(size=(30, 6)), 0.0), 0.5)
+    np.save(tmp_path / "h29.npy", np.ones((29, 4)))
+    with pytest.raises(ValueError, match=r"different numbers of objects: \{'.*run_a': \(30, 6\), '.*h29.npy': \(29, 4\)\}"):
+        select_run([tmp_path / "run_a", tmp_path / "h29.npy"], tmp_path / "out")
+
+
+def test_select_rerun_without_copy_removes_old_copy(tmp_path):
+    base = np.maximum(np.random.default_rng(7).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5)
+    select_run(find_runs(tmp_path), tmp_path / "out", copy_selected=True)
+    assert (tmp_path / "out" / "selected_run" / "embedding.npz").is_file()
+    select_run(find_runs(tmp_path), tmp_path / "out")
+    assert not (tmp_path / "out" / "selected_run").exists()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["outputs"]["selected_copy"] is None
+
+
+def test_select_computes_one_accuracy_for_every_run(tmp_path):
+    from dimalign.analysis.similarity import odd_one_out_accuracy
+
+    rng = np.random.default_rng(8)
+    base = np.maximum(rng.normal(size=(12, 2)), 0.0)
+    val = np.array([rng.choice(12, 3, replace=False) for _ in range(40)])
+    write_run(tmp_path / "runs" / "seed_0", base, 0.4125)
+    save_embedding(EmbeddingResult(embedding=base[:, ::-1]), tmp_path / "runs" / "seed_1")
+    (tmp_path / "runs" / "seed_1" / "manifest.json").write_text(json.dumps({"outputs": {}}))
+    selection = select_run(find_runs(tmp_path), tmp_path / "out", val=val)
+    expected = odd_one_out_accuracy(base, val)
+    assert selection.runs["val_accuracy"].tolist() == [expected, expected]
+    assert selection.runs["recorded_val_accuracy"].tolist()[0] == 0.4125
+    assert np.isnan(selection.runs["recorded_val_accuracy"].tolist()[1])
+
+
+def test_sweep_rejects_empty_validation_split(tmp_path, tiny_triplets):
+    train, _ = tiny_triplets
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=r"the validation split is empty \(0 of 360 triplets\).*--val-fraction 0"):
+        sweep(train, train[:0], out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert not out.exists()
+
+
+def test_sweep_cli_tiny_file_then_no_validation(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "tiny.npy", train[:5])
+    out = tmp_path / "sweep"
+    command = ["sweep", str(tmp_path / "tiny.npy"), "--n-objects", str(N_OBJECTS), "-o", str(out),
+               "--seeds", "1", "--n-dims", "4", "--max-epochs", "1", "--mc-samples", "2"]
+    assert main(command) == 1
+    assert "the validation split is empty (0 of 5 triplets)" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(command + ["--val-fraction", "0"]) == 0
+    assert not (out / "val.npy").exists()
 
 
 def test_run_tasks_keeps_order():

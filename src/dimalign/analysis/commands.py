@@ -11,6 +11,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dimalign.io.objects import ObjectTable
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +69,9 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     objects.add_argument(
         "--objects",
         metavar="TABLE",
-        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) whose "
-        "length must equal the embedding's rows",
+        help="object table (objects.tsv, or one name per line like THINGS unique_id.txt) naming "
+        "the embedding's rows; its length must equal the rows, and the 48-object check finds its "
+        "objects by these ids (default: a run directory's own objects.tsv)",
     )
     parser.add_argument(
         "--things-dir",
@@ -105,20 +110,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_output_dir(args.out, "evaluate")
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
+    table, table_path = _object_table(args)
 
     n_objects = n_rows
     if args.n_objects is not None:
         n_objects = args.n_objects
-    elif args.objects:
-        n_objects = len(read_object_table(args.objects))
+    elif table is not None:
+        n_objects = len(table)
     if n_objects != n_rows:
+        source = f" (the length of {table_path})" if args.n_objects is None else ""
         raise ValueError(
             f"the embedding {result.path} has {n_rows} objects but the triplets are declared "
-            f"for {n_objects}. Evaluate an embedding with triplets of the same objects."
+            f"for {n_objects}{source}. Evaluate an embedding with triplets of the same objects."
         )
 
     triplets = load_triplets(args.triplets, n_objects)
-    metrics = evaluate_embedding(result, triplets, things_dir=args.things_dir, device=args.device)
+    if len(triplets) == 0:
+        raise ValueError(
+            f"{args.triplets} contains no triplets, so accuracy and likelihood are undefined: "
+            "pass a file with at least one triplet"
+        )
+    metrics = evaluate_embedding(
+        result, triplets, things_dir=args.things_dir, device=args.device,
+        object_ids=list(table.object_ids) if table is not None else None,
+    )
     logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
 
     if args.out:
@@ -126,8 +141,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         inputs = {"embedding": result.path, "triplets": args.triplets}
-        if args.objects:
-            inputs["objects"] = args.objects
+        if table_path is not None:
+            inputs["objects"] = table_path
         if "things48_r" in metrics:
             from dimalign.analysis.things48 import CONCEPTS_FILE, RDM_FILE, WORDS_FILE
 
@@ -143,3 +158,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
     return 0
+
+
+def _object_table(args: argparse.Namespace) -> tuple[ObjectTable | None, Path | None]:
+    """Return the object table of the evaluated rows and its path, or (None, None).
+
+    ``--objects`` names the table. Without it a run directory's own
+    ``objects.tsv`` is used. A plain embedding file uses only ``--objects``,
+    because an ``objects.tsv`` in its folder may belong to another file. A
+    run's ``objects.tsv`` that lists other ids or another order than
+    ``--objects`` is an error.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+
+    location = Path(args.embedding)
+    own_path = location / OBJECT_TABLE_NAME
+    own = read_object_table(own_path) if location.is_dir() and own_path.is_file() else None
+    if not args.objects:
+        return own, (own_path if own is not None else None)
+    requested = read_object_table(args.objects)
+    if own is not None and tuple(own.object_ids) != tuple(requested.object_ids):
+        raise ValueError(
+            f"--objects {args.objects} differs from {own_path}, the object table of the run "
+            f"{location}: a run's rows follow its own objects.tsv, so leave out --objects or pass "
+            "that table"
+        )
+    return requested, Path(args.objects)

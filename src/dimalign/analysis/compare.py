@@ -190,7 +190,10 @@ def similarity_matrix_to_disk(
 
     An interrupted run resumes: the file is written as ``<path>.partial.npy``
     with the finished row blocks listed in ``<path>.partial.json``, and renamed
-    to ``path`` when every row is done. A finished ``path`` is not recomputed.
+    to ``path`` when every row is done. The SHA-256 of the embedding, its
+    shape and ``dtype`` are then kept in ``<path>.json`` (``<stem>.json`` next
+    to ``<stem>.npy``). A finished ``path`` is reused only when that record
+    matches this call. Otherwise it is computed again and replaced.
 
     Cost: time ``O(n^3 + n^2 d)``. Row block ``I`` computes the entries
     ``(I, J)`` for the column blocks ``J >= I`` and mirrors them into ``(J, I)``.
@@ -219,16 +222,34 @@ def similarity_matrix_to_disk(
 
     Returns:
         np.ndarray: The matrix, memory-mapped read-only from ``path``.
+
+    Raises:
+        ValueError: If the embedding is not 2-D with at least 3 objects, or
+            contains NaN or inf (naming the rows), or ``dtype`` is invalid.
     """
     path = Path(path)
-    if path.is_file():
-        logger.info("similarity matrix %s exists, reusing it", path)
-        return np.load(path, mmap_mode="r")
     weights = np.asarray(embedding, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[0] < 3:
         raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
+    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(
+            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
+            "Fix or remove those objects first."
+        )
     if dtype not in ("float64", "float32"):
         raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
+    record_file = similarity_record_path(path)
+    expected_record = _progress_record(weights, weights.shape[0], dtype, set())
+    del expected_record["finished_row_blocks"]
+    if path.is_file():
+        if _matches_record(record_file, expected_record):
+            logger.info("similarity matrix %s was computed from the same embedding and dtype, reusing it", path)
+            return np.load(path, mmap_mode="r")
+        logger.info(
+            "similarity matrix %s has no record of this embedding and dtype in %s, computing it again",
+            path, record_file,
+        )
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     torch_device = resolve_device(device)
     n_objects = weights.shape[0]
@@ -268,10 +289,33 @@ def similarity_matrix_to_disk(
         write_text_atomic(progress_file, json.dumps(_progress_record(weights, n_objects, dtype, done)))
 
     del output
+    # The old record goes before the rename, so a matrix without a matching
+    # record is recomputed, never trusted.
+    record_file.unlink(missing_ok=True)
     os.replace(partial, path)
+    write_text_atomic(record_file, json.dumps(expected_record))
     progress_file.unlink()
     logger.info("wrote the %d x %d similarity matrix to %s (%s)", n_objects, n_objects, path, dtype)
     return np.load(path, mmap_mode="r")
+
+
+def similarity_record_path(path: str | os.PathLike) -> Path:
+    """Return the record file of a similarity matrix written by :func:`similarity_matrix_to_disk`.
+
+    ``human_similarity.npy`` has its record in ``human_similarity.json``.
+    """
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".npy") + ".json")
+
+
+def _matches_record(record_file: Path, expected: dict[str, Any]) -> bool:
+    if not record_file.is_file():
+        return False
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(record, dict) and all(record.get(key) == value for key, value in expected.items())
 
 
 def _similarity_block(
@@ -317,6 +361,7 @@ def _progress_record(weights: np.ndarray, n_objects: int, dtype: str, done: set[
 
     return {
         "embedding_sha256": hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest(),
+        "embedding_shape": list(weights.shape),
         "n_objects": n_objects,
         "dtype": dtype,
         "finished_row_blocks": sorted(done),
@@ -365,6 +410,7 @@ class BootstrapRSA:
         ci_low (float), ci_high (float): The percentile interval.
         ci_level (float): Its nominal coverage, such as 0.95.
         samples (np.ndarray): The bootstrap correlations, shape ``(n_bootstrap,)``.
+            A sample whose resampled objects give a constant similarity is NaN.
         method (str): ``"pearson"`` or ``"spearman"``.
         random_state (int): Seed of the resampling.
     """
@@ -377,12 +423,20 @@ class BootstrapRSA:
     method: str = "pearson"
     random_state: int = 0
 
+    @property
+    def n_valid(self) -> int:
+        """Number of samples with a correlation (not NaN), the ones the interval uses."""
+        return int(np.count_nonzero(~np.isnan(self.samples)))
+
     def to_dict(self) -> dict[str, Any]:
         """Return the summary without the samples.
 
-        Without bootstrap samples the interval and ``bootstrap_sd`` are NaN,
-        which :func:`dimalign.io.files.write_json_atomic` writes as ``null``.
+        ``n_bootstrap`` is the number of samples drawn and
+        ``n_bootstrap_valid`` the number with a correlation. Without valid
+        samples the interval and ``bootstrap_sd`` are NaN, which
+        :func:`dimalign.io.files.write_json_atomic` writes as ``null``.
         """
+        valid = self.samples[~np.isnan(self.samples)]
         return {
             "method": self.method,
             "r": self.r,
@@ -391,7 +445,8 @@ class BootstrapRSA:
             "ci_high": self.ci_high,
             "ci_level": self.ci_level,
             "n_bootstrap": int(self.samples.size),
-            "bootstrap_sd": float(np.std(self.samples, ddof=1)) if self.samples.size > 1 else math.nan,
+            "n_bootstrap_valid": int(valid.size),
+            "bootstrap_sd": float(np.std(valid, ddof=1)) if valid.size > 1 else math.nan,
             "random_state": self.random_state,
             "resampling": "objects with replacement; pairs of the same object left out",
         }
@@ -416,6 +471,10 @@ def resampled_rsa(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str
     keep = indices[rows] != indices[columns]
     first, second = indices[rows[keep]], indices[columns[keep]]
     return correlate_vectors(a[first, second], b[first, second], method=method)
+
+
+# Relative size below which a difference of two pair sums counts as rounding noise.
+_CANCELLATION_TOLERANCE = 1e-10
 
 
 def _weighted_pearson(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -445,8 +504,13 @@ def _weighted_pearson(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.nd
     covariance = n_pairs * sum_ab - sum_a * sum_b
     variance_a = n_pairs * sum_aa - sum_a**2
     variance_b = n_pairs * sum_bb - sum_b**2
+    # A sample of one distinct pair has zero variance, but the difference of
+    # the two sums leaves rounding noise of about eps times the sums.
+    tolerance = _CANCELLATION_TOLERANCE * n_pairs
+    constant = (variance_a <= tolerance * sum_aa) | (variance_b <= tolerance * sum_bb)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = covariance / np.sqrt(variance_a * variance_b)
+    r[constant] = np.nan
     return np.clip(r, -1.0, 1.0)
 
 
@@ -498,16 +562,26 @@ def bootstrap_rsa(
             samples[start : start + batch.shape[0]] = _weighted_pearson(a, b, counts)
         else:
             samples[start : start + batch.shape[0]] = [resampled_rsa(a, b, row, method) for row in batch]
-    if np.isnan(samples).any():
+    valid = samples[~np.isnan(samples)]
+    if valid.size < n_bootstrap:
         warnings.warn(
-            f"{int(np.isnan(samples).sum())} bootstrap samples had a constant similarity and no "
-            "correlation; they are left out of the interval",
+            f"{n_bootstrap - valid.size} of {n_bootstrap} bootstrap samples had a constant "
+            f"similarity and no correlation; the interval uses the other {valid.size}. With many "
+            "invalid samples the objects are too few for a bootstrap interval",
             UserWarning,
             stacklevel=2,
         )
-    valid = samples[~np.isnan(samples)]
     tail = 100 * (1 - ci_level) / 2
     low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
+    # A perfect correlation (|r| = 1) in every sample is a real result, not a degenerate interval.
+    if valid.size and low == high and abs(low) < 1.0:
+        warnings.warn(
+            f"the bootstrap interval [{low:.3f}, {high:.3f}] has zero width: the {valid.size} "
+            "valid samples give the same correlation, so the interval says nothing about its "
+            "uncertainty; compare more objects",
+            UserWarning,
+            stacklevel=2,
+        )
     return BootstrapRSA(
         r=value, ci_low=float(low), ci_high=float(high), ci_level=ci_level, samples=samples,
         method=method, random_state=random_state,
@@ -515,6 +589,43 @@ def bootstrap_rsa(
 
 
 # -- the whole comparison -----------------------------------------------------
+
+#: Every file that :func:`compare` may write, besides ``manifest.json`` and the
+#: image grids in ``top_objects/``. A rerun into the same folder removes them
+#: first, so that no result of an earlier comparison stays next to the new ones.
+COMPARE_OUTPUTS = (
+    "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
+    "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
+    "relevance_human.csv", "relevance_dnn.csv", "most_relevant_human.csv", "most_relevant_dnn.csv",
+    "agreement_different_dims.csv", "disagreements.csv", "triplet_relevance.npz",
+    "relevance_summary.json",
+)
+SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
+
+
+def _remove_earlier_outputs(out_dir: Path, keep_similarity: bool) -> None:
+    """Delete the files of an earlier comparison in ``out_dir``.
+
+    With ``keep_similarity`` the saved similarity matrices stay, because
+    :func:`similarity_matrix_to_disk` reuses them only when their record
+    matches the new embeddings, and recomputes them otherwise.
+    """
+    names = list(COMPARE_OUTPUTS)
+    if not keep_similarity:
+        for name in SIMILARITY_OUTPUTS:
+            names += [name, similarity_record_path(name).name]
+    removed = []
+    for name in names:
+        if (out_dir / name).is_file():
+            (out_dir / name).unlink()
+            removed.append(name)
+    grids = sorted((out_dir / "top_objects").glob("pair_*.png"))
+    for grid in grids:
+        grid.unlink()
+    if grids:
+        removed.append(f"{len(grids)} grids in top_objects/")
+    if removed:
+        logger.info("removed the outputs of an earlier comparison in %s: %s", out_dir, ", ".join(removed))
 
 
 @dataclass
@@ -603,11 +714,11 @@ def compare(
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
-    human_result, human_table = _load_side(human)
-    dnn_result, dnn_table = _load_side(dnn)
-    pair = align_embeddings(
-        human_result, dnn_result, human_objects=human_table or objects, dnn_objects=dnn_table or objects
-    )
+    if reference is not None:
+        reference = (check_reference_matrix(*reference), reference[1])
+    human_result, human_table, human_table_source = _load_side(human, objects, "human")
+    dnn_result, dnn_table, dnn_table_source = _load_side(dnn, objects, "DNN")
+    pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
     names = list(pair.objects.object_ids)
     n_objects = len(names)
     if top_k > n_objects:
@@ -627,11 +738,12 @@ def compare(
     outputs: dict[str, Any] = {}
 
     # Every input is valid from here on. A folder without manifest.json is an
-    # incomplete comparison: the manifest of an earlier comparison in the same
-    # folder is removed first and the new one is written last. A folder that
-    # this call creates is removed again if a step fails.
+    # incomplete comparison: the manifest and the other outputs of an earlier
+    # comparison in the same folder are removed first, and the new manifest is
+    # written last. A folder that this call creates is removed again if a step fails.
     with output_dir(out_dir):
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
 
         # Matching and the objects behind each pair (cheap, so errors come early).
         matchings = matching_module.match_all(pair.human, pair.dnn)
@@ -709,6 +821,7 @@ def compare(
                 "device": device,
                 "matching_for_cumulative_rsa": primary.method, "triplets": triplets is not None,
                 "images": str(images) if images is not None else None,
+                "human_objects": human_table_source, "dnn_objects": dnn_table_source,
             },
             started=started,
             outputs={**outputs, "summary": summary},
@@ -723,11 +836,61 @@ def compare(
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
 
-def _load_side(side: str | os.PathLike | EmbeddingResult) -> tuple[EmbeddingResult, ObjectTable | None]:
+def _load_side(
+    side: str | os.PathLike | EmbeddingResult, objects: ObjectTable | None, label: str
+) -> tuple[EmbeddingResult, ObjectTable | None, str | None]:
+    """Load one embedding and choose its object table.
+
+    A run directory's own ``objects.tsv`` describes its rows, so an explicit
+    table that lists other ids or another order is an error. For a plain
+    embedding file the explicit table wins over an ``objects.tsv`` that lies in
+    the same folder, which may belong to another file. A differing
+    ``objects.tsv`` there is reported with a warning.
+
+    Returns:
+        tuple: The embedding, its table (None without one) and where the table
+        came from (a path, ``"objects argument"`` or None).
+    """
     if isinstance(side, EmbeddingResult):
-        table = find_object_table(side.path) if side.path is not None else None
-        return side, table
-    return load_embedding(side), find_object_table(side)
+        result = side
+        location = Path(side.path) if side.path is not None else None
+    else:
+        result = load_embedding(side)
+        location = Path(side)
+    if location is None:
+        return result, objects, "objects argument" if objects is not None else None
+
+    own_file = location / OBJECT_TABLE_NAME if location.is_dir() else location.parent / OBJECT_TABLE_NAME
+    own = read_object_table(own_file) if own_file.is_file() else None
+    if own is None:
+        return result, objects, "objects argument" if objects is not None else None
+    if objects is None or tuple(own.object_ids) == tuple(objects.object_ids):
+        return result, own, str(own_file)
+    difference = _table_difference(own, objects)
+    if location.is_dir():
+        raise ValueError(
+            f"the {label} run {location} has its own object table {own_file}, and the object table "
+            f"passed for it (objects=, CLI --objects) differs: {difference}. A run directory's rows follow its "
+            "objects.tsv, so leave out --objects or pass that table"
+        )
+    warnings.warn(
+        f"the {label} embedding {location} is read with the explicit object table (objects=, CLI "
+        f"--objects), not "
+        f"with {own_file} in the same folder, which differs: {difference}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return result, objects, "objects argument"
+
+
+def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
+    """Describe the first difference of two object tables in a few words."""
+    if len(first) != len(second):
+        return f"{len(first)} objects against {len(second)}"
+    row = next(
+        index for index, (a, b) in enumerate(zip(first.object_ids, second.object_ids)) if a != b
+    )
+    return f"row {row} is {first.object_ids[row]!r} in one and {second.object_ids[row]!r} in the other"
 
 
 def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> np.ndarray | None:
@@ -759,12 +922,45 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
         )
 
 
+def check_reference_matrix(
+    matrix: np.ndarray, table: ObjectTable, source: str | os.PathLike = "the reference matrix"
+) -> np.ndarray:
+    """Check a ground-truth similarity matrix before any slow step and return it as float64.
+
+    Args:
+        matrix (np.ndarray): Shape ``(n, n)``, similarities (not dissimilarities).
+        table (ObjectTable): Its ``n`` objects in row order.
+        source (str | os.PathLike): Name of the matrix in errors, such as its file.
+
+    Raises:
+        ValueError: If the matrix is not square, does not fit the table, or
+            has NaN or inf off the diagonal (the message lists the first
+            ``(row, column)`` positions).
+    """
+    array = np.asarray(matrix)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{source} must contain numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise ValueError(f"{source} must be a square similarity matrix, got shape {array.shape}")
+    if array.shape[0] != len(table):
+        raise ValueError(
+            f"{source} has shape {array.shape} but its object table lists {len(table)} objects"
+        )
+    bad = ~np.isfinite(array)
+    np.fill_diagonal(bad, False)
+    if bad.any():
+        positions = [(int(row), int(column)) for row, column in np.argwhere(bad)[:10]]
+        raise ValueError(
+            f"{source} contains NaN or inf at {int(bad.sum())} positions, the first (row, column) "
+            f"{positions}; fill or remove those objects first"
+        )
+    return array
+
+
 def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
-    """Check a ground-truth similarity matrix and return the rows of its objects in ``pair``."""
+    """Return the rows of the reference objects in ``pair`` (the matrix is already checked)."""
     matrix, table = reference
-    shape = np.shape(matrix)
-    if shape != (len(table), len(table)):
-        raise ValueError(f"the reference matrix has shape {shape} but its table lists {len(table)} objects")
     missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
     if missing:
         raise ValueError(
@@ -777,13 +973,28 @@ def _reference_scores(
     pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
 ) -> dict[str, Any]:
     """Variance explained by each model's similarity in a ground-truth matrix of a subset of objects."""
+    from dimalign.analysis.rsa import rsa
+
     matrix, table = reference
     matrix = np.asarray(matrix, dtype=np.float64)
     rows = _reference_rows(pair, reference)
+    human_r = float(rsa(similarity(pair.human, objects=rows, device=device), matrix))
+    dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
+    if human_r < 0 and dnn_r < 0:
+        # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
+        warnings.warn(
+            f"the reference matrix correlates negatively with both models' similarities (human "
+            f"r = {human_r:.3f}, DNN r = {dnn_r:.3f}); it may be a dissimilarity matrix (RDM): "
+            "pass 1 - RDM as --reference-rsm",
+            UserWarning,
+            stacklevel=3,
+        )
     return {
         "n_objects": len(table),
-        "human_r2": variance_explained(similarity(pair.human, objects=rows, device=device), matrix),
-        "dnn_r2": variance_explained(similarity(pair.dnn, objects=rows, device=device), matrix),
+        "human_r": human_r,
+        "human_r2": human_r**2,
+        "dnn_r": dnn_r,
+        "dnn_r2": dnn_r**2,
     }
 
 

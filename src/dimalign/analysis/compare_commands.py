@@ -185,17 +185,24 @@ def run_compare(args: argparse.Namespace) -> int:
 
     objects = read_object_table(args.objects) if args.objects else None
     inputs = {"objects": args.objects} if args.objects else {}
+    reference = None
+    if (args.reference_rsm is None) != (args.reference_objects is None):
+        raise ValueError("pass --reference-rsm and --reference-objects together")
+    if args.reference_rsm is not None:
+        # Checked before the embeddings are read, so that a bad file fails first and is named.
+        from dimalign.analysis.compare import check_reference_matrix
+
+        reference_table = read_object_table(args.reference_objects)
+        matrix = check_reference_matrix(
+            np.load(args.reference_rsm, allow_pickle=False), reference_table, source=args.reference_rsm
+        )
+        reference = (matrix, reference_table)
+        inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
     if args.triplets is not None:
         n_objects = load_embedding(args.human).n_objects
         triplets = load_triplets(args.triplets, n_objects)
         inputs["triplets"] = args.triplets
-    reference = None
-    if (args.reference_rsm is None) != (args.reference_objects is None):
-        raise ValueError("pass --reference-rsm and --reference-objects together")
-    if args.reference_rsm is not None:
-        reference = (np.load(args.reference_rsm, allow_pickle=False), read_object_table(args.reference_objects))
-        inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
         n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,

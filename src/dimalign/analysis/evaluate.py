@@ -33,6 +33,7 @@ def evaluate_embedding(
     triplets: np.ndarray | Sequence[Sequence[int]],
     things_dir: str | os.PathLike | None = None,
     device: str = "cpu",
+    object_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Compute the evaluation metrics of an embedding on a set of triplets.
 
@@ -44,6 +45,9 @@ def evaluate_embedding(
             48-object check runs when it is given and the embedding has one
             row per THINGS concept.
         device (str): Torch device for the 48-object similarities.
+        object_ids (Sequence[str] | None): The object id of each embedding
+            row (from its object table). The 48 objects are then found by id,
+            in any row order. None means the rows follow ``unique_id.txt``.
 
     Returns:
         dict[str, Any]: ``n_objects``, ``n_dims``, ``n_triplets``, ``accuracy``,
@@ -53,7 +57,13 @@ def evaluate_embedding(
         when repeated sets exist.
 
     Raises:
-        ValueError: If a triplet names an object the embedding does not have.
+        ValueError: If a triplet names an object the embedding does not have,
+            or ``object_ids`` do not have one id per row.
+
+    Warns:
+        UserWarning: When the 48-object check is skipped because the rows are
+            not the THINGS concepts, and when the noise ceiling rests on few
+            responses (see :func:`triplet_noise_ceiling`).
     """
     if isinstance(embedding, EmbeddingResult):
         embedding = embedding.embedding
@@ -70,18 +80,25 @@ def evaluate_embedding(
         "nll": triplet_nll(weights, triplets),
     }
 
+    if object_ids is not None and len(object_ids) != weights.shape[0]:
+        raise ValueError(
+            f"{len(object_ids)} object ids were given for an embedding of {weights.shape[0]} rows"
+        )
     if things_dir is not None:
         data = load_things48(things_dir)
-        if weights.shape[0] == data.n_concepts:
-            metrics["things48_r"] = things48_correlation(weights, data=data, device=device)
+        if weights.shape[0] != data.n_concepts:
+            reason = f"the embedding has {weights.shape[0]} objects, not the {data.n_concepts} THINGS concepts"
+        elif object_ids is not None and data.rows_in(object_ids) is None:
+            reason = "the object table of the embedding does not list the THINGS concept ids of unique_id.txt"
+        else:
+            reason = None
+        if reason is None:
+            metrics["things48_r"] = things48_correlation(
+                weights, data=data, device=device, object_ids=object_ids
+            )
             metrics["things48_objects"] = len(data.words)
         else:
-            logger.warning(
-                "skipped the 48-object check: the embedding has %d objects, not the %d "
-                "THINGS concepts",
-                weights.shape[0],
-                data.n_concepts,
-            )
+            warnings.warn(f"skipped the 48-object check: {reason}", UserWarning, stacklevel=2)
 
     # Most triplet files repeat no object set, so a missing ceiling is logged, not warned.
     with warnings.catch_warnings():

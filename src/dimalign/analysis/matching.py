@@ -56,6 +56,10 @@ def correlate_columns(
     Returns:
         np.ndarray: Correlations, shape ``(n_a, n_b)``, each in [-1, 1].
 
+    Raises:
+        ValueError: If the shapes do not fit or an array contains NaN or inf
+            (naming the first row and column).
+
     Examples:
         >>> a = np.array([[1.0], [2.0], [4.0]])
         >>> correlate_columns(a, np.hstack([a, -a])).tolist()
@@ -68,6 +72,14 @@ def correlate_columns(
             f"both arrays must be 2-D with the same number of rows (objects), "
             f"got {a.shape} and {b.shape}"
         )
+    for name, array in ((name_a, a), (name_b, b)):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows, columns = np.nonzero(bad)
+            raise ValueError(
+                f"the {name} embedding contains NaN or inf in {int(bad.sum())} entries, the first "
+                f"at row {int(rows[0])}, column {int(columns[0])}; correlations need finite weights"
+            )
     standardised_a = _standardise_columns(a, name_a)
     standardised_b = _standardise_columns(b, name_b)
     correlations = standardised_a.T @ standardised_b
@@ -201,9 +213,12 @@ def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
     correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
-        logger.warning(
-            "%d human but only %d DNN dimensions: only matching with replacement is possible",
-            *correlations.shape,
+        n_human, n_dnn = correlations.shape
+        warnings.warn(
+            f"{n_human} human but only {n_dnn} DNN dimensions: only matching with replacement is "
+            "possible, so a DNN dimension may serve several human dimensions",
+            UserWarning,
+            stacklevel=2,
         )
     return {
         method: match_dimensions(human, dnn, method, correlations=correlations) for method in methods
@@ -302,8 +317,15 @@ def cumulative_rsa(
 
     Returns:
         CumulativeRSA: The curve and the number of dimensions for ``share``.
+            A step whose DNN similarity is constant has r = NaN.
+
+    Raises:
+        ValueError: If the full DNN similarity or the human one is constant.
+
+    Warns:
+        RuntimeWarning: Naming the steps whose DNN similarity is constant.
     """
-    from dimalign.analysis.rsa import rsa
+    from dimalign.analysis.rsa import ConstantInputError, rsa
 
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
@@ -314,10 +336,23 @@ def cumulative_rsa(
     full = similarity(dnn_embedding) if full_similarity is None else full_similarity
     r_full = float(rsa(human_similarity, full, method=method))
     values = np.empty(order.size)
+    constant_steps = []
     for step in range(order.size):
         subset = similarity(dnn_embedding[:, order[: step + 1]])
-        values[step] = rsa(human_similarity, subset, method=method)
+        try:
+            values[step] = rsa(human_similarity, subset, method=method)
+        except ConstantInputError:
+            # A prefix of dimensions that are zero for all but one object predicts one similarity for every pair.
+            values[step] = np.nan
+            constant_steps.append(step + 1)
         logger.debug("cumulative RSA: %d DNN dimensions -> r = %.4f", step + 1, values[step])
+    if constant_steps:
+        warnings.warn(
+            f"the DNN similarity of the first {constant_steps[:20]} added dimensions is constant over "
+            "the objects, so the cumulative RSA at those steps is undefined (NaN)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     n_dims = dims_for_share(values, r_full, share)
     logger.info(
         "cumulative RSA: full r = %.3f; %s of %d DNN dimensions reach %.0f%% of the full r²",

@@ -27,6 +27,19 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: Below this many responses the ceiling comes with a warning. The ceiling is
+#: a mean of per-response credits in [0, 1], whose standard error is at most
+#: 0.5 / sqrt(n) for independent responses, so 100 responses bound it at 0.05.
+#: NOTE: 0.05 is still larger than the gaps between published model accuracies
+#: on THINGS (0.645 to 0.659), so the minimum flags clearly unusable ceilings
+#: and passing it does not make a ceiling precise.
+MIN_RELIABLE_RESPONSES = 100
+
+#: Below this many repeated object sets the ceiling comes with a warning,
+#: because responses to one set are not independent (they share its objects)
+#: and a few sets stand for few object combinations.
+MIN_RELIABLE_SETS = 30
+
 
 @dataclass(frozen=True)
 class NoiseCeiling:
@@ -57,6 +70,12 @@ def triplet_noise_ceiling(
     Returns:
         NoiseCeiling | None: None, with a warning, when no set has
         ``min_responses`` responses.
+
+    Warns:
+        RuntimeWarning: When no set is repeated.
+        UserWarning: When the ceiling rests on fewer than
+            :data:`MIN_RELIABLE_RESPONSES` responses or :data:`MIN_RELIABLE_SETS`
+            sets, so that it is too noisy to compare with model accuracies.
 
     Raises:
         ValueError: If the triplets do not have shape ``(n, 3)``.
@@ -101,6 +120,15 @@ def triplet_noise_ceiling(
         n_sets=int(np.unique(set_ids).size),
         n_responses=int(choices.size),
     )
+    if result.n_responses < MIN_RELIABLE_RESPONSES or result.n_sets < MIN_RELIABLE_SETS:
+        warnings.warn(
+            f"the noise ceiling {result.value:.4f} rests on {result.n_responses} responses in "
+            f"{result.n_sets} repeated object sets, fewer than the minimum of "
+            f"{MIN_RELIABLE_RESPONSES} responses and {MIN_RELIABLE_SETS} sets, so it is too noisy "
+            "to compare with model accuracies",
+            UserWarning,
+            stacklevel=2,
+        )
     logger.info(
         "noise ceiling %.4f from %d responses in %d repeated object sets",
         result.value,

@@ -37,21 +37,29 @@ DEFAULT_BATCH_SIZE = 65_536
 
 
 def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the embedding as float64 and the triplets as int64, or raise ValueError.
+
+    The triplets are checked by :func:`dimalign.io.triplets.validate_triplets`
+    (shape, integer indices in range, three distinct objects per row).
+    """
+    from dimalign.io.triplets import validate_triplets
+
     weights = np.asarray(embedding, dtype=np.float64)
-    rows = np.asarray(triplets)
     if weights.ndim != 2:
         raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
-    if rows.ndim != 2 or rows.shape[1] != 3:
-        raise ValueError(f"triplets must have shape (n, 3), got {rows.shape}")
-    if not np.issubdtype(rows.dtype, np.integer):
-        raise ValueError(f"triplets must hold integer object indices, got dtype {rows.dtype}")
-    if rows.size and (rows.min() < 0 or rows.max() >= weights.shape[0]):
-        bad = int(np.flatnonzero((rows < 0).any(axis=1) | (rows >= weights.shape[0]).any(axis=1))[0])
+    if weights.shape[1] == 0:
         raise ValueError(
-            f"triplet row {bad} ({rows[bad].tolist()}) has an index outside 0..{weights.shape[0] - 1}: "
-            "are the triplets 0-based and for this embedding?"
+            f"the embedding has no dimension (shape {weights.shape}), so no dimension can be relevant"
         )
-    return weights, rows.astype(np.int64, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
+    if bad_rows.size:
+        raise ValueError(
+            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
+        )
+    rows = np.asarray(triplets)
+    if rows.dtype.kind not in "iu" and rows.size:
+        raise ValueError(f"triplets must hold integer object indices, got dtype {rows.dtype}")
+    return weights, validate_triplets(rows, weights.shape[0])
 
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

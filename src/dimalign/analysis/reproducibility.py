@@ -117,7 +117,8 @@ def reproducibility(
         ReproducibilityResult: Scores per run and per dimension.
 
     Raises:
-        ValueError: With fewer than two runs, or runs of different object counts.
+        ValueError: With fewer than two runs, runs of different object counts,
+            or a run with NaN or inf weights (naming the run, object and dimension).
 
     Warns:
         UserWarning: When a dimension is constant on one half (its correlations
@@ -133,6 +134,14 @@ def reproducibility(
             "every run must be a 2-D embedding of the same objects, got shapes "
             f"{[array.shape for array in arrays]}"
         )
+    for run, array in enumerate(arrays):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row, column = (int(index) for index in np.argwhere(bad)[0])
+            raise ValueError(
+                f"run {run} contains NaN or inf in {int(bad.sum())} weights, the first at object "
+                f"{row}, dimension {column}; reproducibility needs finite embeddings"
+            )
     first_half, second_half = split_halves(n_objects.pop(), split, random_state)
 
     n_runs = len(arrays)

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import KFold
 
 from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
@@ -63,11 +65,18 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     return grid
 
 
-class RidgeMap:
+class RidgeMap(BaseEstimator):
     """Cross-validated ridge regression from features to every embedding dimension.
 
+    The class follows the scikit-learn estimator contract: ``__init__`` only
+    stores its arguments, ``get_params``/``set_params`` come from
+    ``sklearn.base.BaseEstimator`` (so ``sklearn.base.clone`` works), ``fit``
+    returns ``self``, and ``predict`` before ``fit`` raises
+    ``sklearn.exceptions.NotFittedError``.
+
     Args:
-        alphas (Sequence[float]): Penalty grid; every value must be positive.
+        alphas (Sequence[float] | None): Penalty grid; every value must be
+            positive. None uses :data:`DEFAULT_ALPHAS`.
         cv (int): Number of folds (scikit-learn ``KFold``).
         shuffle (bool): Shuffle the objects before splitting them into folds.
         random_state (int): Seed of the shuffle (unused without it).
@@ -96,7 +105,7 @@ class RidgeMap:
 
     def __init__(
         self,
-        alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
+        alphas: Sequence[float] | np.ndarray | None = None,
         cv: int = 3,
         *,
         shuffle: bool = False,
@@ -132,8 +141,8 @@ class RidgeMap:
                 largest of the grid, so the best penalty may lie outside it, or
                 a dimension is constant over the objects.
         """
-        alphas = validate_alphas(self.alphas)
-        X, Y = self._validate_data(X, Y)
+        alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
+        X, Y = self._check_data(X, Y)
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
             raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
@@ -191,6 +200,10 @@ class RidgeMap:
 
         Returns:
             np.ndarray: Predictions, shape ``(n_objects, n_dims)``.
+
+        Raises:
+            NotFittedError: If :meth:`fit` has not run.
+            ValueError: If ``X`` has another number of features.
         """
         self._check_fitted()
         X = np.asarray(X, dtype=np.float64)
@@ -244,7 +257,7 @@ class RidgeMap:
             out_dir,
             step="map",
             inputs=inputs,
-            settings={**self.get_params(), **({"features_source": dict(features_source)} if features_source else {})},
+            settings={**self._recorded_params(), **({"features_source": dict(features_source)} if features_source else {})},
             started=started,
             outputs={
                 "n_features": int(self.coef_.shape[0]),
@@ -308,10 +321,11 @@ class RidgeMap:
         ridge.n_features_in_ = int(ridge.coef_.shape[0])
         return ridge
 
-    def get_params(self) -> dict[str, Any]:
-        """Return the settings (scikit-learn style), with the grid as a list."""
+    def _recorded_params(self) -> dict[str, Any]:
+        """Return the settings as JSON values for the manifest, with the grid as a list."""
+        alphas = DEFAULT_ALPHAS if self.alphas is None else self.alphas
         return {
-            "alphas": [float(value) for value in np.asarray(self.alphas, dtype=np.float64)],
+            "alphas": [float(value) for value in np.asarray(alphas, dtype=np.float64)],
             "cv": int(self.cv),
             "shuffle": bool(self.shuffle),
             "random_state": int(self.random_state),
@@ -321,7 +335,7 @@ class RidgeMap:
 
     # -- helpers -------------------------------------------------------------
 
-    def _validate_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _check_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.float64)
         Y = np.asarray(Y, dtype=np.float64)
         if Y.ndim == 1:
@@ -354,7 +368,7 @@ class RidgeMap:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
-            raise ValueError("this RidgeMap is not fitted yet: call fit(X, Y) first")
+            raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, Y) first")
 
 
 # -- the linear algebra -------------------------------------------------------

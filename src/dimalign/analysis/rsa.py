@@ -10,7 +10,9 @@ Missing or degenerate input is reported rather than passed on as NaN:
 - NaN at different positions in the two inputs raises ``ValueError`` naming them.
 - NaN at the same positions raises unless ``nan_policy="omit"``, which drops
   those pairs and warns.
-- A constant input raises, because its correlation is undefined.
+- A constant input raises :class:`ConstantInputError` (a ``ValueError``),
+  because its correlation is undefined. Values that differ only by rounding
+  (see :data:`CONSTANT_TOLERANCE`) count as constant.
 
 Example:
 
@@ -28,6 +30,17 @@ from scipy.stats import rankdata
 
 METHODS = ("pearson", "spearman")
 NAN_POLICIES = ("raise", "omit")
+
+#: An input counts as constant when ``ptp(x) <= CONSTANT_TOLERANCE * eps * max|x|``,
+#: with ``eps`` the machine epsilon of its float type (of float64 for integers).
+#: Matrices computed as averages of many equal terms, such as the predicted
+#: similarity of an all-zero embedding, differ from a constant in the last bits,
+#: and a correlation of those bits is noise.
+CONSTANT_TOLERANCE = 1024
+
+
+class ConstantInputError(ValueError):
+    """Raised when an input to a correlation is constant (within rounding), so r is undefined."""
 
 
 def upper_triangle(matrix: np.ndarray | Sequence[Sequence[float]], k: int = 1) -> np.ndarray:
@@ -105,17 +118,29 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(value, -1.0, 1.0))
 
 
-def _correlate_checked(a: np.ndarray, b: np.ndarray, method: str) -> float:
+def _epsilon(*arrays: np.ndarray | Sequence) -> tuple[float, ...]:
+    """Return the machine epsilon of each input's float type (float64 for other types)."""
+    result = []
+    for array in arrays:
+        dtype = np.asarray(array).dtype
+        result.append(float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(np.finfo(np.float64).eps))
+    return tuple(result)
+
+
+def _correlate_checked(
+    a: np.ndarray, b: np.ndarray, method: str, epsilons: tuple[float, float]
+) -> float:
     if a.size < 2:
         raise ValueError(
             f"a correlation needs at least 2 value pairs, got {a.size}. "
             "Use matrices of at least 3 objects."
         )
-    for name, values in (("first", a), ("second", b)):
-        if np.all(values == values[0]):
-            raise ValueError(
-                f"the {name} input is constant (every value is {values[0]:.6g}), "
-                "so its correlation is undefined"
+    for name, values, eps in (("first", a, epsilons[0]), ("second", b, epsilons[1])):
+        spread = float(np.ptp(values))
+        if spread <= CONSTANT_TOLERANCE * eps * float(np.max(np.abs(values))):
+            raise ConstantInputError(
+                f"the {name} input is constant (every value is {values[0]:.6g}, the spread "
+                f"{spread:.3g} is within rounding), so its correlation is undefined"
             )
     if method == "spearman":
         # Average ranks for ties, as in scipy.stats.spearmanr.
@@ -156,8 +181,9 @@ def correlate_vectors(
     def describe_positions(positions: np.ndarray) -> str:
         return f"indices {positions[:20].tolist()}"
 
+    epsilons = _epsilon(a, b)
     first, second = _handle_missing(first, second, nan_policy, describe_positions)
-    return _correlate_checked(first, second, method)
+    return _correlate_checked(first, second, method, epsilons)
 
 
 def rsa(
@@ -203,7 +229,8 @@ def rsa(
         pairs = [(int(rows[p]), int(columns[p])) for p in positions[:20]]
         return f"(row, column) {pairs}"
 
+    epsilons = _epsilon(a, b)
     first, second = _handle_missing(
         first[rows, columns], second[rows, columns], nan_policy, describe_positions
     )
-    return _correlate_checked(first, second, method)
+    return _correlate_checked(first, second, method, epsilons)

@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from dimalign.io.files import (
     atomic_path,
     check_output_dir,
     now_iso,
+    output_dir,
     read_manifest,
     sha256_file,
     write_manifest,
@@ -197,8 +199,8 @@ def sweep(
         pd.DataFrame: One row per seed, as written to ``sweep.csv``.
 
     Raises:
-        ValueError: For an unknown method, repeated seeds, or settings the
-            sweep sets itself, and when ``out_dir`` already contains runs or
+        ValueError: For an unknown method, repeated seeds, settings the
+            sweep sets itself, empty training or validation triplets, and when ``out_dir`` already contains runs or
             triplets that differ from this request in method, an estimator
             setting, the number of objects or the triplets. The message names
             the file and the first difference. Nothing in ``out_dir`` is
@@ -219,6 +221,14 @@ def sweep(
         raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    if len(train) == 0:
+        raise ValueError("the training triplets are empty: pass a file with triplets")
+    if val is not None and len(val) == 0:
+        raise ValueError(
+            f"the validation split is empty (0 of {len(train)} triplets), so no held-out accuracy "
+            "can be computed: fit without validation (val=None, CLI: --val-fraction 0) or give "
+            "more triplets"
+        )
     _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine)
 
     out_dir = Path(out_dir)
@@ -586,20 +596,52 @@ class Selection:
 
 
 def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
-    """List the run directories of a sweep (``runs/seed_*`` with an ``embedding.npz``), by seed.
+    """List the finished runs of a sweep by seed.
+
+    A run is finished when its ``runs/seed_*`` folder has both
+    ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes after the fit.
 
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
+
+    Warns:
+        UserWarning: Naming the ``seed_*`` folders that are skipped because
+            they are unfinished (only a checkpoint) or incomplete.
     """
     runs_folder = Path(sweep_dir) / RUNS_FOLDER
-    runs = [path for path in runs_folder.glob("seed_*") if (path / EMBEDDING_NAME).is_file()]
-    runs.sort(key=lambda path: (_seed_of(path) is None, _seed_of(path) or 0, path.name))
-    if len(runs) < 2:
+    candidates = sorted(
+        (path for path in runs_folder.glob("seed_*") if path.is_dir()),
+        key=lambda path: (_seed_of(path) is None, _seed_of(path) or 0, path.name),
+    )
+    runs = [path for path in candidates if _is_finished(path)]
+    skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if not _is_finished(path)]
+    if skipped:
+        warnings.warn(
+            f"{runs_folder}: skipped {len(skipped)} runs that are not finished: {', '.join(skipped[:20])}. "
+            "Rerun 'dimalign sweep' with the same settings to finish them",
+            UserWarning,
+            stacklevel=2,
+        )
+    if len(runs) == 1:
         raise FileNotFoundError(
-            f"{runs_folder} has {len(runs)} finished runs (seed_*/embedding.npz): "
+            f"{runs_folder} has 1 finished run ({runs[0].name}), but selection compares runs and needs "
+            "at least two: rerun 'dimalign sweep' into the same folder with more seeds (finished "
+            "runs are reused)"
+        )
+    if not runs:
+        raise FileNotFoundError(
+            f"{runs_folder} has no finished run (seed_*/embedding.npz with manifest.json): "
             "selection needs at least two; run 'dimalign sweep' first"
         )
     return runs
+
+
+def _unfinished_reason(run_dir: Path) -> str:
+    if (run_dir / EMBEDDING_NAME).is_file():
+        return f"{EMBEDDING_NAME} without {MANIFEST_NAME}"
+    if (run_dir / _CHECKPOINT_NAME).is_file():
+        return f"only {_CHECKPOINT_NAME}, unfinished"
+    return f"no {EMBEDDING_NAME}"
 
 
 def _seed_of(run_dir: Path) -> int | None:
@@ -619,26 +661,39 @@ def select_run(
     """Choose the run whose dimensions the other runs reproduce best.
 
     Args:
-        run_dirs (Sequence[path]): At least two run directories (or embedding
-            files) of the same objects.
+        run_dirs (Sequence[path]): At least two distinct run directories (or
+            embedding files) of the same objects. Runs that carry an
+            ``objects.tsv`` are aligned to the first run's object order by id.
         out_dir (str | os.PathLike): Where ``runs.csv``, ``dimensions.csv``,
-            ``selected.txt`` and ``manifest.json`` go.
+            ``selected.txt`` and ``manifest.json`` go. A folder that contains
+            the output of another step is rejected.
         split (str): ``"odd_even"`` or ``"random"`` object halves.
         random_state (int): Seed of a random split.
-        val (np.ndarray | None): Validation triplets to score runs whose
-            manifest has no held-out accuracy (argmax of the dot-product
-            similarity of the posterior means).
+        val (np.ndarray | None): Validation triplets. Every run's
+            ``val_accuracy`` is the odd-one-out accuracy of its posterior
+            means on them (argmax of the dot products, ties split the
+            credit). Without them the column is NaN.
         copy_selected (bool): Also copy the chosen run directory to
-            ``out_dir/selected_run`` (a real copy, no symbolic link).
+            ``out_dir/selected_run`` (a real copy, no symbolic link). Without
+            it, a copy left by an earlier selection is removed.
 
     Returns:
         Selection: The runs table and the chosen run.
+
+    Raises:
+        FileExistsError: If ``out_dir`` contains the output of another step.
+        ValueError: If a run is given twice, the runs have different numbers
+            of objects, or their object tables list different objects (the
+            messages name the runs).
     """
     from dimalign.analysis.reproducibility import reproducibility
 
     started = now_iso()
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, "select")
     run_dirs = [Path(path) for path in run_dirs]
-    embeddings = [load_embedding(path).embedding for path in run_dirs]
+    _check_distinct_runs(run_dirs)
+    embeddings = _aligned_embeddings(run_dirs)
     result = reproducibility(embeddings, split=split, random_state=random_state)
 
     rows = []
@@ -648,7 +703,8 @@ def select_run(
                 "seed": _seed_of(path) if path.is_dir() else None,
                 "run_dir": str(path.resolve()),
                 "n_dims": int(embedding.shape[1]),
-                "val_accuracy": _held_out_accuracy(path, embedding, val),
+                "val_accuracy": _point_estimate_accuracy(embedding, val),
+                "recorded_val_accuracy": _recorded_accuracy(path),
                 "reproducibility": float(result.run_scores[index]),
             }
         )
@@ -663,47 +719,133 @@ def select_run(
         ]
     )
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # A folder that this call creates is removed again if writing fails, and
+    # an earlier selection's manifest goes first so that the folder never
+    # looks finished with mixed files.
     selected_run = run_dirs[best].resolve()
-    for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
-        with atomic_path(out_dir / name) as temporary:
-            frame.to_csv(temporary, index=False)
-    write_text_atomic(out_dir / "selected.txt", f"{selected_run}\n")
-    copy_path = _copy_run(selected_run, out_dir / "selected_run") if copy_selected else None
-    write_manifest(
-        out_dir,
-        step="select",
-        inputs={f"run_{index}": path / EMBEDDING_NAME if path.is_dir() else path for index, path in enumerate(run_dirs)},
-        settings={"split": result.split, "criterion": "highest mean split-half reproducibility"},
-        started=started,
-        outputs={
-            "selected_run": selected_run,
-            "selected_seed": rows[best]["seed"],
-            "selected_reproducibility": rows[best]["reproducibility"],
-            "selected_n_dims": rows[best]["n_dims"],
-            "selected_copy": copy_path,
-            "n_runs": len(rows),
-        },
-    )
+    with output_dir(out_dir):
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
+            with atomic_path(out_dir / name) as temporary:
+                frame.to_csv(temporary, index=False)
+        write_text_atomic(out_dir / "selected.txt", f"{selected_run}\n")
+        copy_target = out_dir / SELECTED_COPY_NAME
+        if copy_selected:
+            copy_path = _copy_run(selected_run, copy_target)
+        else:
+            copy_path = None
+            if copy_target.exists():
+                logger.info("removing %s, the copy of an earlier selection", copy_target)
+                shutil.rmtree(copy_target)
+        write_manifest(
+            out_dir,
+            step="select",
+            inputs={
+                f"run_{index}": path / EMBEDDING_NAME if path.is_dir() else path
+                for index, path in enumerate(run_dirs)
+            },
+            settings={
+                "split": result.split,
+                "criterion": "highest mean split-half reproducibility",
+                "val_accuracy": VAL_ACCURACY_DEFINITION if val is not None else None,
+            },
+            started=started,
+            outputs={
+                "selected_run": selected_run,
+                "selected_seed": rows[best]["seed"],
+                "selected_reproducibility": rows[best]["reproducibility"],
+                "selected_n_dims": rows[best]["n_dims"],
+                "selected_copy": copy_path,
+                "n_runs": len(rows),
+            },
+        )
+    accuracy = rows[best]["val_accuracy"]
     logger.info(
-        "selected %s: reproducibility %.3f, %d dimensions, held-out accuracy %.4f",
-        selected_run, rows[best]["reproducibility"], rows[best]["n_dims"], rows[best]["val_accuracy"],
+        "selected %s: reproducibility %.3f, %d dimensions%s",
+        selected_run, rows[best]["reproducibility"], rows[best]["n_dims"],
+        "" if math.isnan(accuracy) else f", held-out accuracy {accuracy:.4f}",
     )
     return Selection(runs=runs, selected_run=selected_run, selected_seed=rows[best]["seed"])
 
 
-def _held_out_accuracy(path: Path, embedding: np.ndarray, val: np.ndarray | None) -> float:
-    """Held-out accuracy from the run's manifest, else computed on ``val``, else NaN."""
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        recorded = read_manifest(path).get("outputs", {}).get("val_accuracy")
-        if recorded is not None:
-            return float(recorded)
+SELECTED_COPY_NAME = "selected_run"
+
+#: Definition of the ``val_accuracy`` column of ``runs.csv``, the same for every run.
+VAL_ACCURACY_DEFINITION = (
+    "odd-one-out accuracy of the posterior means on the sweep's val.npy "
+    "(argmax of the dot products, ties split the credit)"
+)
+
+
+def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
+    resolved: dict[Path, Path] = {}
+    for path in run_dirs:
+        target = path.resolve()
+        if target in resolved:
+            raise ValueError(
+                f"run {path} is given twice (also as {resolved[target]}): a run would reproduce "
+                "itself perfectly, so pass distinct runs"
+            )
+        resolved[target] = path
+
+
+def _aligned_embeddings(run_dirs: Sequence[Path]) -> list[np.ndarray]:
+    """Load every run and put its rows in the object order of the first run.
+
+    Runs with an ``objects.tsv`` (in the run directory or next to the
+    embedding file) are matched by object id. Without any table, the runs
+    must have the same number of rows, taken as the same objects in the same order.
+    """
+    from dimalign.analysis.compare import align_objects, find_object_table
+
+    embeddings = [load_embedding(path).embedding for path in run_dirs]
+    tables = [find_object_table(path) for path in run_dirs]
+    with_table = [path for path, table in zip(run_dirs, tables) if table is not None]
+    if with_table and len(with_table) < len(run_dirs):
+        without = [str(path) for path, table in zip(run_dirs, tables) if table is None]
+        raise ValueError(
+            f"runs {without[:5]} have no {OBJECT_TABLE_NAME}, but {with_table[0]} has one, so their "
+            "rows cannot be matched by object: select among runs that all carry an object table, or none"
+        )
+    if not with_table:
+        shapes = {str(path): embedding.shape for path, embedding in zip(run_dirs, embeddings)}
+        if len({shape[0] for shape in shapes.values()}) > 1:
+            raise ValueError(
+                f"the runs describe different numbers of objects: {shapes}. Select among runs "
+                "fitted to the same objects"
+            )
+        return embeddings
+
+    for path, table, embedding in zip(run_dirs, tables, embeddings):
+        if len(table) != embedding.shape[0]:
+            raise ValueError(
+                f"the object table of run {path} lists {len(table)} objects, but its embedding has "
+                f"{embedding.shape[0]} rows"
+            )
+    aligned = [embeddings[0]]
+    for path, table, embedding in zip(run_dirs[1:], tables[1:], embeddings[1:]):
+        order = align_objects(tables[0], table, names=(f"run {run_dirs[0]}", f"run {path}"))
+        aligned.append(embedding[order])
+        if not np.array_equal(order, np.arange(order.size)):
+            logger.info("reordered the rows of %s to the object order of %s", path, run_dirs[0])
+    return aligned
+
+
+def _point_estimate_accuracy(embedding: np.ndarray, val: np.ndarray | None) -> float:
     if val is None:
         return math.nan
     from dimalign.analysis.similarity import odd_one_out_accuracy
 
     return float(odd_one_out_accuracy(embedding, val))
+
+
+def _recorded_accuracy(path: Path) -> float:
+    """Return the held-out accuracy that the run's manifest records (VICE: posterior predictive), else NaN."""
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        recorded = read_manifest(path).get("outputs", {}).get("val_accuracy")
+        if recorded is not None:
+            return float(recorded)
+    return math.nan
 
 
 def _copy_run(source: Path, target: Path) -> Path:

@@ -59,6 +59,8 @@ class Things48:
         excluded (np.ndarray): The ``exclude`` flag of each object, bool, shape ``(48,)``.
         n_concepts (int): Number of THINGS concepts in ``unique_id.txt`` (1,854),
             the rows an embedding needs.
+        concept_ids (tuple[str, ...]): The THINGS concept ids in the order
+            of ``unique_id.txt`` (empty when not loaded).
     """
 
     words: tuple[str, ...]
@@ -66,6 +68,21 @@ class Things48:
     rdm: np.ndarray
     excluded: np.ndarray
     n_concepts: int
+    concept_ids: tuple[str, ...] = ()
+
+    def rows_in(self, object_ids: Sequence[str]) -> np.ndarray | None:
+        """Find the rows of the 48 objects in an embedding whose rows are ``object_ids``.
+
+        Returns:
+            np.ndarray | None: int64 rows, shape ``(48,)``, or None when
+            ``object_ids`` are not the THINGS concepts (in any order), so that
+            the third object of the predicted similarity would not run over
+            all of them.
+        """
+        if not self.concept_ids or sorted(object_ids) != sorted(self.concept_ids):
+            return None
+        position = {name: row for row, name in enumerate(object_ids)}
+        return np.asarray([position[self.concept_ids[index]] for index in self.indices], dtype=np.int64)
 
 
 def read_rdm48(path: str | os.PathLike) -> np.ndarray:
@@ -162,6 +179,7 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
         rdm=rdm,
         excluded=excluded,
         n_concepts=len(concepts),
+        concept_ids=tuple(concepts.object_ids),
     )
 
 
@@ -172,6 +190,7 @@ def things48_correlation(
     exclude_flagged: bool = False,
     method: str = "pearson",
     device: str = "cpu",
+    object_ids: Sequence[str] | None = None,
 ) -> float:
     """Correlate an embedding's predicted similarities with the 48-object human RDM.
 
@@ -180,7 +199,8 @@ def things48_correlation(
     human similarity is ``1 - RDM``.
 
     Args:
-        embedding (np.ndarray): Shape ``(1854, n_dims)`` in THINGS order.
+        embedding (np.ndarray): Shape ``(1854, n_dims)``, in the order of
+            ``object_ids`` or, without them, of ``unique_id.txt``.
         things_dir (path | None): Directory with the three files. It is ignored
             when ``data`` is given.
         data (Things48 | None): Already loaded data.
@@ -188,12 +208,16 @@ def things48_correlation(
             ``exclude`` column (43 objects remain).
         method (str): ``"pearson"`` (default) or ``"spearman"``.
         device (str): Torch device for the similarity computation.
+        object_ids (Sequence[str] | None): The THINGS concept id of each
+            embedding row, such as the run's ``objects.tsv``. The 48 objects
+            are found by id. None means the order of ``unique_id.txt``.
 
     Returns:
         float: The correlation over the upper triangle.
 
     Raises:
-        ValueError: If the embedding does not have one row per THINGS concept.
+        ValueError: If the embedding does not have one row per THINGS
+            concept, or ``object_ids`` are not the THINGS concept ids.
     """
     if data is None:
         if things_dir is None:
@@ -206,8 +230,21 @@ def things48_correlation(
             f"unique_id.txt ({data.n_concepts} rows), got shape {embedding.shape}"
         )
 
+    rows = data.indices
+    if object_ids is not None:
+        if len(object_ids) != embedding.shape[0]:
+            raise ValueError(
+                f"{len(object_ids)} object ids were given for an embedding of {embedding.shape[0]} rows"
+            )
+        rows = data.rows_in(object_ids)
+        if rows is None:
+            raise ValueError(
+                "the object ids of the embedding are not the THINGS concept ids of unique_id.txt, "
+                "so the 48-object check does not apply"
+            )
+
     keep = ~data.excluded if exclude_flagged else np.ones(len(data.words), dtype=bool)
-    predicted = similarity_matrix(embedding, objects=data.indices[keep], device=device)
+    predicted = similarity_matrix(embedding, objects=rows[keep], device=device)
     human = 1.0 - data.rdm[np.ix_(keep, keep)]
     value = rsa(predicted, human, method=method)
     logger.info("48-object check: %s r = %.4f over %d objects", method, value, int(keep.sum()))
