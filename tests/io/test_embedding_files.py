@@ -37,6 +37,18 @@ def test_run_directory_round_trip(tmp_path):
     assert loaded.scale.shape == (2, 4)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("# weights\n1 2 3\n4 5\n", "line 3 has 2 values, earlier lines 3"),
+     ("1 2\n3 x\n", "line 2 has the value 'x', which is not a number")],
+)
+def test_bad_text_embedding_names_the_line(tmp_path, text, message):
+    """Line numbers count as an editor does, comment lines included."""
+    (tmp_path / "spose.txt").write_text(text)
+    with pytest.raises(ValueError, match=f"spose.txt cannot be read as a text embedding: {message}"):
+        load_embedding(tmp_path / "spose.txt")
+
+
 def test_damaged_embedding_and_feature_files_name_the_file(tmp_path):
     from dimalign.io.features import load_features
 
