@@ -461,17 +461,16 @@ def run_compare(context: StageContext) -> dict[str, Any]:
 
     # Similarity matrices for the figure; "all" also serves every later RSA from the cache.
     cache = CachedSimilarity()
+    matrices: dict[str, np.ndarray] = {}
     matrix_objects = specs.check_count(context.name, "matrix_objects", settings["matrix_objects"], allow_zero=True)
     if matrix_objects != 0:
         rows = _subset(n_objects, matrix_objects, settings["seed"])
         for side, result in (("human", human), ("dnn", dnn)):
-            matrix = similarity_matrix(result.embedding, objects=rows, device=settings["device"], dtype="float32")
-            with atomic_path(context.out_dir / f"{side}_similarity.npy") as temporary:
-                np.save(temporary, matrix.astype(np.float32))
+            matrices[side] = similarity_matrix(
+                result.embedding, objects=rows, device=settings["device"], dtype="float32"
+            )
             if rows is None:
-                cache.add(result.embedding, matrix)
-        with atomic_path(context.out_dir / "similarity_objects.npy") as temporary:
-            np.save(temporary, np.arange(n_objects) if rows is None else rows)
+                cache.add(result.embedding, matrices[side])
 
     triplets = None
     n_relevance = specs.check_count(context.name, "relevance_triplets", settings["relevance_triplets"], allow_zero=True)
@@ -488,6 +487,15 @@ def run_compare(context: StageContext) -> dict[str, Any]:
         similarity_objects=similarity_objects, device=settings["device"],
         inputs={"human_val": human_dir / VAL_NAME} if triplets is not None else None, similarity=cache,
     )
+
+    # Written after compare(), which clears the outputs of earlier comparisons
+    # from its folder, these matrices included.
+    for side, matrix in matrices.items():
+        with atomic_path(context.out_dir / f"{side}_similarity.npy") as temporary:
+            np.save(temporary, matrix.astype(np.float32))
+    if matrices:
+        with atomic_path(context.out_dir / "similarity_objects.npy") as temporary:
+            np.save(temporary, np.arange(n_objects) if rows is None else rows)
     return {
         "rsa_r": result.rsa.r, "rsa_ci": [result.rsa.ci_low, result.rsa.ci_high],
         "n_dnn_dims_for_95_percent": result.cumulative.n_dims_for_share,
