@@ -138,7 +138,7 @@ def test_download_from_loopback_server(http_server, tmp_path):
 
 def test_download_checksum_mismatch_leaves_nothing(http_server, tmp_path):
     data_dir = tmp_path / "data"
-    wrong = entry_for(f"{http_server}/triplets.txt", content=b"other bytes")
+    wrong = entry_for(f"{http_server}/triplets.txt", content=CONTENT[:-1] + b"X")
     actual = hashlib.sha256(CONTENT).hexdigest()
 
     with pytest.raises(ValueError, match="checksum mismatch for triplets.txt") as error:
@@ -163,15 +163,112 @@ def test_download_corrupted_file_leaves_nothing(source_file, tmp_path):
 def test_download_http_error_leaves_nothing(http_server, tmp_path):
     data_dir = tmp_path / "data"
 
-    with pytest.raises(RuntimeError, match="download of missing.txt .* failed"):
+    with pytest.raises(RuntimeError, match="download of missing.txt .* failed: the server answered HTTP 404"):
         fetch(entry_for(f"{http_server}/missing.txt", name="missing.txt"), data_dir=data_dir)
 
     assert list(data_dir.iterdir()) == []
 
 
+def test_download_stops_at_published_size(http_server, tmp_path):
+    """A server that sends more than the file's size could fill the disk."""
+    data_dir = tmp_path / "data"
+    short = entry_for(f"{http_server}/triplets.txt", content=b"other bytes")
+
+    with pytest.raises(ValueError, match=r"the server sent more than the 11 bytes of triplets.txt .* stopped after 12000 bytes"):
+        fetch(short, data_dir=data_dir)
+
+    assert list(data_dir.iterdir()) == []
+
+
+@pytest.fixture()
+def raw_server():
+    """Serve one canned answer per connection on 127.0.0.1: ``(bytes, delay between bytes)``."""
+    import socket
+
+    answer = {"data": b"", "delay": 0.0}
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                for byte in answer["data"]:
+                    if stop.is_set():
+                        break
+                    try:
+                        connection.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    stop.wait(answer["delay"])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", answer
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_download_of_trickling_server_times_out(raw_server, tmp_path, monkeypatch):
+    url, answer = raw_server
+    answer["data"] = b"HTTP/1.0 200 OK\r\n\r\n" + CONTENT[:200]
+    answer["delay"] = 0.02
+    monkeypatch.setattr(things, "MIN_DOWNLOAD_RATE", 10**9)
+
+    with pytest.raises(RuntimeError, match=r"download of triplets.txt from .* took longer than 1 s"):
+        fetch(entry_for(f"{url}/triplets.txt", content=CONTENT[:200]), data_dir=tmp_path, timeout=1.0)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_of_malformed_response_names_file(raw_server, tmp_path):
+    url, answer = raw_server
+    answer["data"] = b"NOT HTTP AT ALL\r\n"
+
+    with pytest.raises(RuntimeError, match="download of triplets.txt from .* failed: BadStatusLine"):
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_data_folder_is_named(tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+
+    def denied(entry, target, timeout):
+        raise PermissionError(13, "Permission denied", str(Path(target).with_name(".tmp")))
+
+    monkeypatch.setattr(things, "download_file", denied)
+    with pytest.raises(PermissionError, match=r"cannot write words48.csv into the THINGS data folder .*data \(Permission denied\); pass a writable data folder"):
+        fetch("words48.csv", data_dir=data_dir)
+
+
+def test_data_folder_or_target_of_wrong_kind(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(NotADirectoryError, match="the THINGS data folder .*afile is a file"):
+        fetch("words48.csv", data_dir=tmp_path / "afile")
+
+    (tmp_path / "data" / "words48.csv").mkdir(parents=True)
+    with pytest.raises(ValueError, match="words48.csv is not a file; move it away"):
+        fetch("words48.csv", data_dir=tmp_path / "data")
+
+
 def test_download_disabled_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="labels_66.txt not found.*downloading is off"):
         fetch("labels_66.txt", data_dir=tmp_path, download=False)
+
+
+def test_download_disabled_names_published_name(tmp_path):
+    """A renamed file may sit in a mirror under its published name, but the data folder needs the local one."""
+    name = "vgg16_srf_factors_rank200.npy"
+    published = THINGS_FILES[name].published_name
+    with pytest.raises(FileNotFoundError, match=rf"into .* as {name} \(a mirror may also have it as {published}\)"):
+        fetch(name, data_dir=tmp_path / "data", mirror=tmp_path, download=False)
 
 
 def test_unknown_and_subset_names_rejected(tmp_path):

@@ -24,9 +24,11 @@ is only used by :func:`find_human_triplets`.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -209,8 +211,16 @@ def _resolve_entry(name: str | ThingsFile) -> ThingsFile:
     raise KeyError(f"unknown THINGS file {name!r}. Registered files: {sorted(THINGS_FILES)}")
 
 
-_LOCAL_REMEDY = "Delete the file to fetch it again, or pass verify=False to use it as it is."
-_MIRROR_REMEDY = "Replace the mirror copy with the published file, or pass verify=False."
+_LOCAL_REMEDY = (
+    "Delete the file so that it is fetched again (from Python, verify=False uses it as it is)."
+)
+_MIRROR_REMEDY = (
+    "Replace the mirror copy with the published file (from Python, verify=False uses it as it is)."
+)
+#: Slowest transfer rate a download may keep, in bytes per second, on top of
+#: the ``timeout`` allowance. 16 KiB/s still fetches the largest file (about
+#: 3 MB) in a few minutes, and a server that sends less is treated as stalled.
+MIN_DOWNLOAD_RATE = 16 * 1024
 
 
 def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL_REMEDY) -> None:
@@ -257,15 +267,31 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
     """Download a registered file to ``target`` and verify it before renaming it into place.
 
     The bytes go to a temporary file in the target directory and are hashed
-    while they arrive. The temporary file is removed on any error.
+    while they arrive. The temporary file is removed on any error. A server
+    that sends more bytes than the published size is cut off at once. The
+    whole download must finish within ``timeout`` seconds plus the time the
+    published size takes at :data:`MIN_DOWNLOAD_RATE` (10 times ``timeout``
+    when the size is not registered), so a server that trickles data fails
+    too.
+
+    Args:
+        entry (ThingsFile): The registered file.
+        target (str | os.PathLike): Destination path.
+        timeout (float): Seconds to wait for each network read.
+
+    Returns:
+        Path: ``target``.
 
     Raises:
-        RuntimeError: If the download fails (network error, HTTP error, timeout).
+        RuntimeError: If the download fails (network error, HTTP error,
+            malformed response, timeout).
         ValueError: If the size or the SHA-256 of the received bytes is wrong.
     """
     target = Path(target)
     digest = hashlib.sha256()
     received = 0
+    allowed = timeout + entry.size / MIN_DOWNLOAD_RATE if entry.size is not None else 10 * timeout
+    deadline = time.monotonic() + allowed
     logger.info("downloading %s from %s", entry.name, entry.url)
     with atomic_path(target) as temporary:
         try:
@@ -276,10 +302,28 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                     digest.update(chunk)
                     handle.write(chunk)
                     received += len(chunk)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+                    if entry.size is not None and received > entry.size:
+                        raise ValueError(
+                            f"the server sent more than the {entry.size} bytes of {entry.name} "
+                            f"({entry.url}); stopped after {received} bytes and removed the "
+                            "partial file. Retry later, or use a verified mirror copy."
+                        )
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"download of {entry.name} from {entry.url} took longer than "
+                            f"{allowed:.0f} s ({received} bytes received); the server is too slow. "
+                            "Retry later, or copy the file into a directory and pass it as mirror"
+                        )
+        except urllib.error.HTTPError as error:
             raise RuntimeError(
-                f"download of {entry.name} from {entry.url} failed: {error}. Check the "
-                "network connection, or copy the file into a directory and pass it as mirror"
+                f"download of {entry.name} from {entry.url} failed: the server answered HTTP "
+                f"{error.code} ({error.reason}). Retry later, or copy the file into a directory "
+                "and pass it as mirror"
+            ) from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            raise RuntimeError(
+                f"download of {entry.name} from {entry.url} failed: {type(error).__name__}: {error}. "
+                "Check the network connection, or copy the file into a directory and pass it as mirror"
             ) from error
 
         actual = digest.hexdigest()
@@ -329,6 +373,10 @@ def fetch(
     entry = _resolve_entry(name)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     target = data_dir / entry.name
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder")
+    if target.exists() and not target.is_file():
+        raise ValueError(f"{target} is not a file; move it away so that {entry.name} can be stored there")
 
     if target.is_file():
         if verify:
@@ -336,22 +384,32 @@ def fetch(
         logger.debug("using %s", target)
         return target
 
-    if mirror is not None:
-        copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
-        if copied is not None:
-            return copied
-
-    if not download:
+    names = list(dict.fromkeys((entry.name, entry.published_name)))
+    if not download and (mirror is None or not any((Path(mirror) / name).is_file() for name in names)):
         looked_in = [str(target)]
         if mirror is not None:
-            looked_in.append(str(Path(mirror) / entry.name))
+            looked_in += [str(Path(mirror) / name) for name in names]
+        published = f" (a mirror may also have it as {entry.published_name})" if len(names) > 1 else ""
         raise FileNotFoundError(
             f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
-            f"off. Allow downloads, or copy it from {entry.url} into {data_dir}."
+            f"off. Allow downloads, or copy it from {entry.url} into {data_dir} as "
+            f"{entry.name}{published}."
         )
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return download_file(entry, target, timeout=timeout)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if mirror is not None:
+            copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
+            if copied is not None:
+                return copied
+        return download_file(entry, target, timeout=timeout)
+    except PermissionError as error:
+        if error.filename is None or mirror is not None and str(error.filename).startswith(str(mirror)):
+            raise
+        raise PermissionError(
+            f"cannot write {entry.name} into the THINGS data folder {data_dir} "
+            f"({error.strerror}); pass a writable data folder (demo: --data-dir)"
+        ) from error
 
 
 def fetch_all(
