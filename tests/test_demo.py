@@ -29,6 +29,14 @@ def test_demo_on_real_things_data(things_dir, tmp_path):
     assert "Shortened for the demo" in text
     assert "--max-epochs 1000" in text
 
+    # A rerun into the same folder replaces the demo only when asked to.
+    with pytest.raises(FileExistsError, match="contains an earlier or unfinished demo"):
+        run_demo(tmp_path, data_dir=things_dir, settings=settings)
+    settings = DemoSettings(max_epochs=1, n_dims=5, n_dnn_triplets=2_000)
+    again = run_demo(tmp_path, data_dir=things_dir, settings=settings, overwrite=True)
+    assert again["dnn"]["n_train"] + again["dnn"]["n_val"] == 2_000
+    assert json.loads((tmp_path / "summary.json").read_text()) == again
+
 
 def test_fit_seeds_distinct_and_stable():
     seeds = fit_seeds(0)
@@ -57,3 +65,52 @@ def test_demo_cuda_without_gpu_leaves_no_output_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no CUDA GPU"):
         run_demo(tmp_path / "out", data_dir=tmp_path, settings=DemoSettings(device="cuda"), download=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--dnn-triplets", "0"], "--dnn-triplets: n_dnn_triplets must be at least 100, got 0"),
+     (["--seed", "-1"], "--seed: seed must be at least 0, got -1"),
+     (["--device", "meta"], "--device: device 'meta' is not supported"),
+     (["--max-epochs", str(10**20)], "--max-epochs: max_epochs must be at most 1000000000")],
+)
+def test_demo_options_checked_first(tmp_path, capsys, option, message):
+    """These used to fail after a whole fit, or with numpy's and tqdm's messages."""
+    status = main(["demo", "--data-dir", str(tmp_path), "--no-download", "-o", str(tmp_path / "out"), *option])
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_rejects_more_triplets_than_exist(things_dir, tmp_path):
+    with pytest.raises(ValueError, match="--dnn-triplets 2000000000 exceeds the 1060412604 unique triplets"):
+        run_demo(tmp_path / "out", data_dir=things_dir, settings=DemoSettings(n_dnn_triplets=2 * 10**9))
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_rejects_data_folder_inside_output(tmp_path):
+    with pytest.raises(ValueError, match="the data folder .*things lies inside the output folder"):
+        run_demo(tmp_path / "out", data_dir=tmp_path / "out" / "things", download=False)
+
+
+def test_demo_rerun_needs_overwrite_and_keeps_foreign_runs(tmp_path):
+    out = tmp_path / "out"
+    (out / "human").mkdir(parents=True)
+    (out / "human" / "checkpoint.pt").write_bytes(b"unfinished")
+    with pytest.raises(FileExistsError, match=r"contains an earlier or unfinished demo \(human\); pass --overwrite"):
+        run_demo(out, data_dir=tmp_path / "data", download=False)
+
+    # Overwriting waits for the inputs, so a missing file deletes nothing.
+    with pytest.raises(FileNotFoundError, match="unique_id.txt not found"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (out / "human" / "checkpoint.pt").is_file()
+
+    (out / "human" / "manifest.json").write_text(json.dumps({"step": "fit"}))
+    with pytest.raises(FileExistsError, match="contains a finished run that no demo manifest .* lists"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+
+
+def test_demo_output_folder_that_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FileExistsError, match="the output folder .*out is a file"):
+        run_demo(tmp_path / "out", data_dir=tmp_path, download=False)

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,11 +26,30 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest, write_text_atomic
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    check_output_dir,
+    now_iso,
+    output_dir,
+    write_manifest,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "vgg16_srf_factors_rank200.npy"
+
+#: Fewest triplets of either observer: with a 10% validation share, both parts get some.
+MIN_TRIPLETS = 100
+
+#: What a demo writes into its output folder; ``overwrite`` removes these.
+DEMO_OUTPUTS = ("human", "dnn", "summary.json", MANIFEST_NAME)
+
+#: Command-line option of each setting, for error messages.
+_OPTIONS = {
+    "max_epochs": "--max-epochs", "n_dims": "--n-dims", "n_dnn_triplets": "--dnn-triplets",
+    "seed": "--seed", "device": "--device",
+}
 
 
 @dataclass
@@ -74,12 +94,84 @@ class SideResult:
     seconds: float
 
 
+def check_settings(settings: DemoSettings) -> None:
+    """Check the demo settings before any data is read.
+
+    Raises:
+        ValueError: Naming the setting, its command-line option and the value.
+    """
+    from dimalign.device import resolve_device
+    from dimalign.embedding.base import MAX_EPOCHS, check_integer, check_real
+
+    checks = (
+        ("max_epochs", 1, MAX_EPOCHS), ("n_dims", 1, None), ("n_dnn_triplets", MIN_TRIPLETS, None),
+        ("seed", 0, 2**63 - 1), ("batch_size", 1, None),
+    )
+    try:
+        for name, low, high in checks:
+            check_integer(name, getattr(settings, name), low, high)
+        check_real("lr", settings.lr, 0, low_open=True)
+        check_real("val_fraction", settings.val_fraction, 0, 1, low_open=True, high_open=True)
+        resolve_device(settings.device)
+    except ValueError as error:
+        name = next((key for key in _OPTIONS if str(error).startswith(key)), None)
+        if name is None and "device" in str(error):
+            name = "device"
+        if name is None:
+            raise
+        raise ValueError(f"{_OPTIONS[name]}: {error}") from error
+
+
+def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
+    """Check the output folder and return the earlier demo outputs that ``overwrite`` replaces."""
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise FileExistsError(f"the output folder {out_dir} is a link to a missing folder; pass another -o")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"the output folder {out_dir} is a file; pass a folder as -o")
+    resolved_out, resolved_data = out_dir.resolve(), data_dir.resolve()
+    if resolved_data == resolved_out or resolved_out in resolved_data.parents:
+        raise ValueError(
+            f"the data folder {data_dir} lies inside the output folder {out_dir}; a failed or "
+            "overwritten demo would delete the THINGS files. Pass separate folders"
+        )
+    check_output_dir(out_dir, "demo")
+
+    earlier = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()]
+    if not earlier:
+        return []
+    if not overwrite:
+        raise FileExistsError(
+            f"{out_dir} contains an earlier or unfinished demo ({', '.join(earlier)}); pass "
+            "--overwrite (overwrite=True) to replace it, or choose another output folder"
+        )
+    if not (out_dir / MANIFEST_NAME).is_file():
+        finished = [side for side in ("human", "dnn") if (out_dir / side / MANIFEST_NAME).is_file()]
+        if finished:
+            raise FileExistsError(
+                f"{out_dir / finished[0]} contains a finished run that no demo manifest in {out_dir} "
+                "lists, so --overwrite does not delete it; choose another output folder"
+            )
+    return earlier
+
+
+def _remove_outputs(out_dir: Path, names: list[str]) -> None:
+    for name in names:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if names:
+        logger.info("removed the earlier demo outputs in %s: %s", out_dir, ", ".join(names))
+
+
 def run_demo(
     out_dir: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     mirror: str | os.PathLike | None = None,
     settings: DemoSettings | None = None,
     download: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the demo and write both runs and ``summary.json`` into ``out_dir``.
 
@@ -96,20 +188,29 @@ def run_demo(
         settings (DemoSettings | None): Demo settings.
         download (bool): Download missing files; when False a missing file
             is an error.
+        overwrite (bool): Replace the outputs of an earlier or unfinished
+            demo in ``out_dir``. Without it such a folder is an error.
 
     Returns:
         dict[str, Any]: The summary written to ``summary.json``.
+
+    Raises:
+        ValueError: On invalid settings, a data folder inside ``out_dir``,
+            more DNN triplets than the objects allow, or an empty human
+            triplet file.
+        FileExistsError: If ``out_dir`` is a file, holds another step's
+            output, or holds an earlier demo and ``overwrite`` is False.
     """
     from dimalign.analysis.things48 import load_things48
-    from dimalign.device import resolve_device
     from dimalign.io.objects import read_object_table
-    from dimalign.io.things import fetch, find_human_triplets
+    from dimalign.io.things import default_data_dir, fetch, find_human_triplets
+    from dimalign.triplets import count_triplets
 
     settings = settings or DemoSettings()
     started = now_iso()
     out_dir = Path(out_dir)
-    resolve_device(settings.device)
-    check_output_dir(out_dir, "demo")
+    check_settings(settings)
+    earlier = _check_out_dir(out_dir, Path(data_dir) if data_dir is not None else default_data_dir(), overwrite)
 
     # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
     paths = {
@@ -123,6 +224,14 @@ def run_demo(
     things_dir = paths["unique_id"].parent
     objects = read_object_table(paths["unique_id"])
     things48 = load_things48(things_dir)
+    if settings.n_dnn_triplets > count_triplets(len(objects)):
+        raise ValueError(
+            f"--dnn-triplets {settings.n_dnn_triplets} exceeds the {count_triplets(len(objects))} "
+            f"unique triplets of {len(objects)} objects; pass a smaller number"
+        )
+
+    # Earlier outputs go only once every input is present.
+    _remove_outputs(out_dir, earlier)
 
     with output_dir(out_dir):
         return _run_observers(out_dir, paths, objects, things48, settings, started)
@@ -142,6 +251,11 @@ def _run_observers(
 
     # Human observer: the real judgements, split by object set.
     human = load_triplets(paths["human_triplets"], n_objects)
+    if len(human) < MIN_TRIPLETS:
+        raise ValueError(
+            f"{paths['human_triplets']} contains {len(human)} triplets; the demo needs at least "
+            f"{MIN_TRIPLETS}. Fetch the published file again (delete it from the data folder)"
+        )
     human_train, human_val = split_triplets(human, settings.val_fraction, random_state=settings.seed)
 
     # DNN observer: unique random triplets, the most similar pair by dot
@@ -266,6 +380,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace the outputs of an earlier or unfinished demo in the output folder",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -275,7 +393,8 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device,
     )
     summary = run_demo(
-        args.out, data_dir=args.data_dir, mirror=args.mirror, settings=settings, download=not args.no_download
+        args.out, data_dir=args.data_dir, mirror=args.mirror, settings=settings,
+        download=not args.no_download, overwrite=args.overwrite,
     )
     print(format_summary(summary))
     print(f"runs written to {args.out}/human and {args.out}/dnn")

@@ -35,6 +35,8 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         raise ValueError(
             f"invalid device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'"
         ) from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} was requested but no CUDA GPU is available on this "

@@ -46,6 +46,9 @@ _RESUMABLE_SETTINGS = frozenset(
      "n_objects"}
 )
 
+#: Upper bound of ``max_epochs``.
+MAX_EPOCHS = 10**9
+
 HISTORY_NAME = "history.csv"
 CONFIG_NAME = "config.toml"
 
@@ -173,6 +176,8 @@ class TripletEmbedding(BaseEstimator):
         }
         for name, minimum in minimums.items():
             check_integer(name, getattr(self, name), minimum)
+        # A bound far beyond any real fit, below what range() and tqdm accept.
+        check_integer("max_epochs", self.max_epochs, 1, MAX_EPOCHS)
         if self.n_objects is not None:
             check_integer("n_objects", self.n_objects, 1)
         if isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral):

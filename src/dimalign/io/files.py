@@ -282,15 +282,21 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: If the directory has no manifest.
-        ValueError: If the manifest is not valid JSON (naming the file).
+        ValueError: If the manifest is not valid JSON or not a JSON object (naming the file).
     """
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {out_dir} a dimalign output directory?")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(
             f"{path} is not valid JSON ({error}); the folder's record is damaged: rerun the step "
             "that wrote it"
         ) from error
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"{path} contains a JSON {type(manifest).__name__}, not an object; the folder's record "
+            "is damaged: rerun the step that wrote it"
+        )
+    return manifest
