@@ -68,3 +68,19 @@ def test_library_warnings_become_log_lines(tmp_path, capsys):
     assert "WARNING dimalign: " in stderr
     assert "one_based.npy never names object 0 in 5 triplets" in stderr
     assert "UserWarning" not in stderr
+
+
+def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch):
+    """An unwritable data or output folder is the user's to fix, so no traceback."""
+    from dimalign.cli import main
+    from dimalign.io import things
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "data" / ".unique_id.tmp"))
+
+    monkeypatch.setattr(things, "download_file", denied)
+    status = main(["demo", "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert "dimalign demo: error: cannot write unique_id.txt into the THINGS data folder" in stderr
+    assert "Traceback" not in stderr

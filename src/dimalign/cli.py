@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
     except (
-        ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+        ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
         KeyError, RuntimeError,
     ) as error:
         logger.debug("command failed", exc_info=True)
