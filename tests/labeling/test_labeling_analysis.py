@@ -197,3 +197,8 @@ def test_summarize_with_named_raters(rated_study, tmp_path):
 def test_summarize_relevance_count_checked(rated_study, tmp_path):
     with pytest.raises(ValueError, match="one --relevance per study"):
         summarize([rated_study], tmp_path / "out", relevance=[tmp_path / "a.csv", tmp_path / "b.csv"])
+
+
+def test_nfc_and_nfd_labels_counted_once():
+    frequencies = analysis.label_frequencies(["caf\u00e9", "Cafe\u0301", "tea"])
+    assert frequencies == {"caf\u00e9": 2, "tea": 1}

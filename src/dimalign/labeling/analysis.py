@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,12 +59,16 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def normalize_label(label: str) -> str:
-    """Lower-case a label, strip it and collapse runs of whitespace to one space.
+    """Bring a label to Unicode NFC, lower-case it, strip it and collapse runs of whitespace.
+
+    NFC makes ``café`` with a combining accent (U+0065 U+0301) and with
+    ``é`` (U+00E9) one label. Answers stored before the app normalised labels
+    may hold either form.
 
     >>> normalize_label("  Red   Fruit ")
     'red fruit'
     """
-    return _WHITESPACE.sub(" ", label.strip().lower())
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", label).strip().lower())
 
 
 def label_frequencies(labels: Iterable[str]) -> Counter:

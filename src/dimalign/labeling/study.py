@@ -22,9 +22,9 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import sqlite3
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,14 @@ N_TOP_OBJECTS = 20
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
 RUN_STUDY_NAME = "labels.db"
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories rejected anywhere in a label: control characters
+#: (``Cc``, such as line feed and NEL U+0085), line and paragraph separators
+#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be encoded as UTF-8.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+#: Categories that draw nothing: format characters such as the zero-width
+#: space U+200B (``Cf``) and spaces (``Zs``). A label made only of them is rejected.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs"})
 
 
 @dataclass(frozen=True)
@@ -174,33 +181,41 @@ class Participant:
 def validate_answer(
     questions: QuestionSet, labels: Sequence[str], kind: str | None, interpretability: str | None
 ) -> Answer:
-    """Check a submitted answer and return it with trimmed labels.
+    """Check a submitted answer and return it with trimmed, NFC-normalised labels.
 
     Empty label fields are ignored. Each remaining label is trimmed of
-    surrounding whitespace and otherwise stored as typed, including HTML or
-    SQL characters (the templates escape them and the queries bind them).
+    surrounding whitespace, brought to Unicode normal form NFC (so that
+    ``café`` typed with a combining accent and with ``é`` is the same label)
+    and otherwise stored as typed, including HTML or SQL characters (the
+    templates escape them and the queries bind them).
 
     Raises:
         AnswerError: Naming every invalid field: no label, more than
             ``max_labels`` labels, a label longer than ``max_label_length``
-            characters or with control characters, or a rating outside the
-            allowed values.
+            characters, a label with control characters or line or paragraph
+            separators, a label of invisible characters only (such as the
+            zero-width space U+200B), or a rating outside the allowed values.
     """
     errors: dict[str, str] = {}
-    cleaned = [label.strip() for label in labels if label and label.strip()]
+    cleaned = [
+        unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()
+    ]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
         errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
     else:
         too_long = [label for label in cleaned if len(label) > questions.max_label_length]
+        categories = [{unicodedata.category(character) for character in label} for label in cleaned]
         if too_long:
             errors["labels"] = (
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(_CONTROL_CHARACTERS.search(label) for label in cleaned):
+        elif any(found & _FORBIDDEN_CATEGORIES for found in categories):
             errors["labels"] = "labels must not contain control characters such as line breaks"
+        elif any(found <= _INVISIBLE_CATEGORIES for found in categories):
+            errors["labels"] = "each label must contain visible characters"
     if kind not in questions.kind_values:
         errors["kind"] = f"choose one of: {', '.join(questions.kind_values)}"
     if interpretability not in questions.interpretability_values:
