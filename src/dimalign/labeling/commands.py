@@ -70,14 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or one name per line (default: derived from the object ids)",
     )
     summarize.add_argument(
-        "--semantic-k", type=int, default=10, help="top objects per dimension compared (default 10)"
+        "--semantic-k", type=_at_least(2), default=10,
+        help="top objects per dimension compared, 2 to the 20 stored per dimension (default 10)",
     )
     summarize.add_argument(
-        "--n-random", type=int, default=1000,
+        "--n-random", type=_at_least(2), default=1000,
         help="random object subsets in the semantic baseline (default 1000)",
     )
     summarize.add_argument(
-        "--seed", type=int, default=0, help="seed of the word clouds and the semantic baseline"
+        "--seed", type=_at_least(0), default=0,
+        help="seed of the word clouds and the semantic baseline, 0 or more (default 0)",
+    )
+    summarize.add_argument(
+        "--embedding-names", metavar="NAME[,NAME...]",
+        help="name of each study's embedding in the summary, in the order of the studies (default: the "
+        "run folder or embedding file the study was set up from); needed when two names are equal",
     )
     summarize.set_defaults(handler=_run_summarize)
 
@@ -134,6 +141,21 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
     parser.add_argument(
         "--questions", default="default" if run_required else None, help="question set (default: default)"
     )
+
+
+def _at_least(minimum: int):
+    """Return an argparse type that parses an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"invalid value {value}: use {minimum} or more")
+        return value
+
+    return parse
 
 
 def _port(text: str) -> int:
@@ -249,6 +271,7 @@ def _run_summarize(args: argparse.Namespace) -> int:
         args.studies, args.out, relevance=args.relevance, raters=_parse_raters(args.raters),
         semantic=args.semantic, object_names=args.object_names, semantic_k=args.semantic_k,
         n_random=args.n_random, random_state=args.seed,
+        embedding_names=args.embedding_names.split(",") if args.embedding_names else None,
     )
     for embedding, shares in headline["shares"].items():
         described = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in shares.items())
