@@ -133,7 +133,7 @@ def test_non_empty_folder_without_summary_rejected(two_studies, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "data.csv").write_text("keep")
-    with pytest.raises(FileExistsError, match=f"the output folder {out} is not empty and holds no earlier summary"):
+    with pytest.raises(FileExistsError, match=f"the output folder {out} is not empty and contains no earlier summary"):
         summarize([two_studies[0]], out, wordcloud_size=SIZE)
     assert sorted(path.name for path in out.iterdir()) == ["data.csv"]
 

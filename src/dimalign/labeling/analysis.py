@@ -154,7 +154,7 @@ def choose_font(labels: Iterable[str], context: str = "word cloud") -> str:
 
     wordcloud's bundled DroidSansMono is preferred, so word clouds of Latin,
     Greek and Cyrillic labels look the same everywhere. When it lacks a
-    character, the fonts that matplotlib knows (its bundled DejaVu fonts and
+    character, the fonts that matplotlib lists (its bundled DejaVu fonts and
     the fonts installed on the system) are searched, regular ones first, and
     the first that covers every character is used. Nothing is downloaded.
 

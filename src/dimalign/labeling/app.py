@@ -62,8 +62,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 MAX_REQUEST_BYTES = 64 * 1024
 
 #: URL converter of participant ids, dimensions and object indices. SQLite
-#: stores an INTEGER in 64 bits, so a larger number in a URL would raise
-#: OverflowError when bound to a query; werkzeug's ``max`` routes it to 404.
+#: stores an INTEGER in 64 bits, and a larger number bound to a query raises
+#: OverflowError. With werkzeug's ``max``, such a URL matches no route (404).
 _ID = f"int(max={2**63 - 1})"
 
 #: Characters allowed in an admin token. The token travels in a URL query and

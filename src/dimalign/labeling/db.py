@@ -146,7 +146,7 @@ STUDY_TABLES = ("schema_version", "study")
 
 
 def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_empty: bool) -> None:
-    """Raise ValueError unless the database holds the study tables (or no table, with ``allow_empty``).
+    """Raise ValueError unless the database contains the study tables (or no table, with ``allow_empty``).
 
     Only reads, so a file that fails the check is not changed.
     """

@@ -400,12 +400,12 @@ def _semantic_inputs(
 
 
 def _earlier_summary_files(out_dir: Path) -> list[Path]:
-    """Return the files of an earlier summary in ``out_dir``, or raise if the folder holds other things.
+    """Return the files of an earlier summary in ``out_dir``, or raise if the folder contains other things.
 
     Raises:
         NotADirectoryError: If ``out_dir`` is a file.
         FileExistsError: If ``out_dir`` is neither empty nor the folder of an
-            earlier summary, or holds the output of another step.
+            earlier summary, or contains the output of another step.
     """
     if not out_dir.exists():
         return []
@@ -416,7 +416,7 @@ def _earlier_summary_files(out_dir: Path) -> list[Path]:
     check_output_dir(out_dir, STEP)
     if not (out_dir / MANIFEST_NAME).is_file():
         raise FileExistsError(
-            f"the output folder {out_dir} is not empty and holds no earlier summary (no {MANIFEST_NAME}): "
+            f"the output folder {out_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
