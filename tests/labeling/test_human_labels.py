@@ -49,3 +49,10 @@ def test_mat_char_matrix_and_other_names(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_dimension_labels(tmp_path / "nothing.txt")
+
+
+def test_non_utf8_labels_named(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes(b"red\n\xffblue\n")
+    with pytest.raises(ValueError, match=f"{path} is not UTF-8 text \\(byte 0xff at offset 4\\)"):
+        load_dimension_labels(path)

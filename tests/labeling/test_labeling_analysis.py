@@ -106,7 +106,7 @@ def test_read_relevance_checks_columns(tmp_path):
     with pytest.raises(ValueError, match=r"lacks the columns \['triplet_index', 'most_relevant_dim'\]"):
         analysis.read_relevance(path)
     path.write_text("triplet_index,most_relevant_dim\n0,3\n1,-1\n2,x\n")
-    with pytest.raises(ValueError, match=r"rows \[3, 4\]"):
+    with pytest.raises(ValueError, match=r"lines \[3, 4\] \(values '-1', 'x'\)"):
         analysis.read_relevance(path)
 
 
@@ -197,3 +197,30 @@ def test_summarize_with_named_raters(rated_study, tmp_path):
 def test_summarize_relevance_count_checked(rated_study, tmp_path):
     with pytest.raises(ValueError, match="one --relevance per study"):
         summarize([rated_study], tmp_path / "out", relevance=[tmp_path / "a.csv", tmp_path / "b.csv"])
+
+
+def test_nfc_and_nfd_labels_counted_once():
+    frequencies = analysis.label_frequencies(["caf\u00e9", "Cafe\u0301", "tea"])
+    assert frequencies == {"caf\u00e9": 2, "tea": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"triplet_index,most_relevant_dim\n", "has a header but no rows"),
+        (b"triplet_index,most_relevant_dim\n0,1\n\xff,2\n", r"is not UTF-8 text \(byte 0xff at offset 36\)"),
+        (b"triplet_index,most_relevant_dim\n0,1\n1,99999999999999999999999\n",
+         r"column most_relevant_dim: lines \[3\] \(values '99999999999999999999999'\) are not non-negative"),
+        (b"triplet_index,most_relevant_dim\n0,1\n1,40\n2,5\n3,6\n",
+         r"column most_relevant_dim: lines \[3, 5\] \(values '40', '6'\) are not dimensions of the embedding, "
+         r"which has 6 \(0 to 5\)"),
+        (b"triplet_index,most_relevant_dim\n4,1\n5,2\n4,3\n",
+         r"column triplet_index: lines \[2, 4\] \(values '4', '4'\) repeat a triplet"),
+    ],
+)
+def test_read_relevance_rejects_bad_file(tmp_path, content, message):
+    path = tmp_path / "relevance.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"relevance file {path}.*{message}"):
+        analysis.read_relevance(path, n_dims=6)

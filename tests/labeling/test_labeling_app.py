@@ -336,3 +336,92 @@ def test_security_headers_set(app):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     cookie = response.headers.get("Set-Cookie", "")
     assert "HttpOnly" in cookie
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        ("a\u2028b", "control characters"),
+        ("a\u2029b", "control characters"),
+        ("a\x85b", "control characters"),
+        ("\u200b", "visible characters"),
+        ("\u200b\u200d", "visible characters"),
+    ],
+)
+def test_invisible_or_separator_label_rejected(app, study_path, label, message):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    response = submit(client, participant_id, order[0], labels=(label,))
+    assert response.status_code == 400
+    assert 'id="error-labels"' in response.text
+    assert message in response.text
+    assert answer_rows(study_path) == []
+
+
+def test_invalid_utf8_form_rejected(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    body = f"csrf_token={token}&label=%FF%FEab&kind=visual&interpretability=one"
+    response = client.post(url, data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert 'id="error-labels"' in response.text
+    assert "not valid text (UTF-8)" in response.text
+    assert answer_rows(study_path) == []
+
+
+def test_labels_stored_in_nfc(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    decomposed = "cafe\u0301"
+    assert submit(client, participant_id, order[0], labels=(decomposed, "Caf\u00e9 ")).status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2]) == ["caf\u00e9", "Caf\u00e9"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/image/99999999999999999999999",
+        "/participant/99999999999999999999/done",
+        "/participant/99999999999999999999/next",
+    ],
+)
+def test_huge_ids_are_404(app, study_path, url):
+    client = app.test_client()
+    consent(client)
+    assert client.get(url).status_code == 404
+
+
+def test_huge_id_stop_is_404(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    response = client.post("/participant/99999999999999999999/stop", data={"csrf_token": token})
+    assert response.status_code == 404
+
+
+def test_non_ascii_admin_token_is_403(app):
+    client = app.test_client()
+    assert client.get("/admin?token=%C3%A9").status_code == 403
+    assert client.get("/admin", headers={"Authorization": "Bearer \u00e9"}).status_code == 403
+    consent(client)
+    url = "/participant/1/stop"
+    assert client.post(url, data={"csrf_token": "\u00e9"}).status_code == 400
+
+
+@pytest.mark.parametrize("token", ["p\u00e4ssw\u00f6rd", "two words", "a&b", ""])
+def test_invalid_admin_token_rejected_at_start(study_path, token):
+    with pytest.raises(ValueError, match="invalid admin token: use at least one character"):
+        create_app(study_path, admin_token=token)
+
+
+def test_moved_study_is_503_and_not_recreated(app, study_path, tmp_path):
+    client = app.test_client()
+    participant_id, _, _ = consent(client)
+    moved = tmp_path / "moved.db"
+    study_path.rename(moved)
+    response = client.get(f"/participant/{participant_id}/next")
+    assert response.status_code == 503
+    assert "not available" in response.text
+    assert not study_path.exists()

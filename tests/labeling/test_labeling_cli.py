@@ -71,3 +71,84 @@ def test_names_command(shared_data, capsys):
     embedding = shared_data / "things" / "vice_embedding_42d.npy"
     assert main(["labels", "names", str(labels), "--embedding", str(embedding)]) == 1
     assert "66 labels but the embedding has 42 dimensions" in capsys.readouterr().err
+
+
+def answered_study(study_path):
+    with Study(study_path) as opened:
+        participant, _ = opened.add_participant(order_seed=0)
+        opened.save_answer(participant.participant_id, opened.dimensions[0],
+                           Answer(labels=("x",), kind="visual", interpretability="one"))
+    return study_path
+
+
+def test_export_rejects_study_itself(study_path, capsys):
+    answered_study(study_path)
+    before = study_path.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        status = main(["label-app", "export", str(study_path), "-o", str(study_path), *extra])
+        assert status == 1
+        assert f"the export file {study_path} is the study database" in capsys.readouterr().err
+    assert study_path.read_bytes() == before
+    with Study(study_path) as opened:
+        assert len(opened.answers()) == 1
+
+
+def test_export_existing_file_needs_overwrite(study_path, tmp_path, capsys):
+    answered_study(study_path)
+    target = tmp_path / "embedding.npz"
+    target.write_bytes(b"keep me")
+    assert main(["label-app", "export", str(study_path), "-o", str(target)]) == 1
+    assert f"the export file {target} exists: add --overwrite" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me"
+    assert main(["label-app", "export", str(study_path), "-o", str(target), "--overwrite"]) == 0
+    assert target.read_text().startswith("participant_id,dimension,position,label_1")
+
+
+def test_export_into_folder_named(study_path, tmp_path, capsys):
+    folder = tmp_path / "sum3"
+    folder.mkdir()
+    assert main(["label-app", "export", str(study_path), "-o", str(folder)]) == 1
+    error = capsys.readouterr().err
+    assert f"the export file {folder} is a folder: give a file name, such as {folder / 'answers.csv'}" in error
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "http"])
+def test_invalid_port_rejected(tmp_path, port, capsys):
+    with pytest.raises(SystemExit):
+        main(["label-app", "serve", str(tmp_path / "s.db"), "--port", port])
+    assert f"invalid port '{port}': use 0 to 65535" in capsys.readouterr().err
+
+
+def test_non_ascii_admin_variable_rejected(study_path, monkeypatch, capsys):
+    monkeypatch.setenv(commands.ADMIN_TOKEN_VARIABLE, "p\u00e4ssw\u00f6rd")
+    assert main(["label-app", "serve", str(study_path), "--port", "0"]) == 1
+    assert "DIMALIGN_ADMIN_TOKEN: invalid admin token" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["serve", "export", "summarize"])
+def test_text_file_study_one_line_error(tmp_path, command, capsys):
+    study = tmp_path / "text.db"
+    study.write_text("hello\n")
+    arguments = {
+        "serve": ["label-app", "serve", str(study), "--port", "0"],
+        "export": ["label-app", "export", str(study), "-o", str(tmp_path / "a.csv")],
+        "summarize": ["labels", "summarize", str(study), "-o", str(tmp_path / "out")],
+    }[command]
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert f"{study} is not an SQLite database (file is not a database)" in error
+    assert study.read_text() == "hello\n"
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["text.db"]
+
+
+def test_setup_error_names_study_not_temporary(tmp_path, labeling_run, image_set, capsys):
+    target = tmp_path / "missing-folder-file"
+    target.write_text("a file, so no folder can be created below it")
+    study = target / "s2.db"
+    status = main(["label-app", "setup", str(study), "--run", str(labeling_run), "--images", str(image_set[0])])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"cannot write the study database {study}" in error
+    assert ".tmp" not in error

@@ -33,7 +33,7 @@ def test_missing_database_not_created(tmp_path):
 
 def test_version_1_upgraded_keeping_rows(tmp_path):
     path = tmp_path / "old.db"
-    connection = db.connect(path)
+    connection = db.connect(path, create=True)
     assert db.migrate(connection, target=1) == 1
     assert "answer_history" not in table_names(connection)
     connection.execute("INSERT INTO study (key, value) VALUES ('dimensions', '[0]')")
@@ -73,3 +73,54 @@ def test_answer_for_unknown_ids_violates_foreign_key(tmp_path):
                 "INSERT INTO answers VALUES (1, 0, '[\"a\"]', 'visual', 'one', 'now', 'now')"
             )
     connection.close()
+
+
+def test_newer_schema_error_names_file(tmp_path):
+    path = tmp_path / "future.db"
+    connection = db.open_database(path, create=True)
+    connection.execute("INSERT INTO schema_version VALUES (7, 'from the future', 'now')")
+    connection.close()
+    with pytest.raises(ValueError, match=f"the study database {path} has schema version 7"):
+        db.open_database(path)
+
+
+def write_users_database(path):
+    """Write an SQLite file that is not a study, in the default rollback-journal mode."""
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.execute("INSERT INTO users VALUES ('ada')")
+    connection.commit()
+    connection.close()
+
+
+def test_other_database_left_unchanged(tmp_path):
+    path = tmp_path / "users.db"
+    write_users_database(path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"users.db is not a study database \(its tables are \['users'\]"):
+        db.open_database(path)
+    assert path.read_bytes() == before
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["users.db"]
+
+
+def test_empty_file_left_unchanged(tmp_path):
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.db is not a study database \\(it has no tables"):
+        db.open_database(path)
+    assert path.read_bytes() == b""
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_text_file_named_in_error(tmp_path):
+    path = tmp_path / "text.db"
+    path.write_text("hello\n")
+    with pytest.raises(ValueError, match=f"{path} is not an SQLite database \\(file is not a database\\)"):
+        db.open_database(path)
+    assert path.read_text() == "hello\n"
+
+
+def test_connect_never_creates_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.db not found"):
+        db.connect(tmp_path / "missing.db")
+    assert list(tmp_path.iterdir()) == []

@@ -279,3 +279,20 @@ def test_access_log_redacts_admin_token(study_path, caplog):
 )
 def test_redact_query_secrets_cases(text, expected):
     assert redact_query_secrets(text) == expected
+
+
+def test_access_log_has_no_client_address(study_path, caplog):
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    with running_server(study_path) as base_url:
+        participant = Participant(base_url)
+        participant.consent()
+        dimension = participant.answer(["red"])
+
+    messages = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    answer_lines = [
+        message for message in messages
+        if f'"POST /participant/{participant.participant_id}/dimension/{dimension} HTTP/1.1" 303' in message
+    ]
+    assert len(answer_lines) == 1
+    assert answer_lines[0].startswith("- - - [")
+    assert not any("127.0.0.1" in message for message in messages)

@@ -227,3 +227,43 @@ def test_run_study_created_then_reused(tmp_path, labeling_run, image_set):
     other_images.mkdir()
     with pytest.raises(ValueError, match="does not match"):
         open_or_create_run_study(run, other_images)
+
+
+def copy_run(tmp_path, labeling_run):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("embedding.npz", "objects.tsv"):
+        (run / name).write_bytes((labeling_run / name).read_bytes())
+    return run
+
+
+def test_run_study_rejects_other_dims(tmp_path, labeling_run, image_set):
+    run = copy_run(tmp_path, labeling_run)
+    open_or_create_run_study(run, image_set[0], dims="0,1")
+    message = "the study has dimensions 0-1, the request 3-5"
+    with pytest.raises(ValueError, match=message):
+        open_or_create_run_study(run, image_set[0], dims="3-5")
+    assert open_or_create_run_study(run, image_set[0], dims="0-1") == run / "labels.db"
+
+
+def test_run_study_rejects_other_objects(tmp_path, labeling_run, image_set):
+    run = copy_run(tmp_path, labeling_run)
+    open_or_create_run_study(run, image_set[0], dims="0")
+    other = tmp_path / "other.tsv"
+    other.write_bytes((run / "objects.tsv").read_bytes())
+    message = f"the study uses the object table {(run / 'objects.tsv').resolve()}, the request {other.resolve()}"
+    with pytest.raises(ValueError, match=message):
+        open_or_create_run_study(run, image_set[0], objects=other)
+
+
+def test_run_study_needs_embedding(tmp_path, labeling_run, image_set):
+    run = copy_run(tmp_path, labeling_run)
+    open_or_create_run_study(run, image_set[0], dims="0")
+    (run / "embedding.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=f"was made from {run / 'embedding.npz'}, which is missing"):
+        open_or_create_run_study(run, image_set[0])
+
+
+def test_study_records_embedding_dimensions(study_path):
+    with Study(study_path) as study:
+        assert study.settings["n_embedding_dims"] == "12"

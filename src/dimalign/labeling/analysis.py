@@ -18,10 +18,13 @@ that each kind of dimension drives most.
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import math
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,12 +61,16 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def normalize_label(label: str) -> str:
-    """Lower-case a label, strip it and collapse runs of whitespace to one space.
+    """Bring a label to Unicode NFC, lower-case it, strip it and collapse runs of whitespace.
+
+    NFC makes ``café`` with a combining accent (U+0065 U+0301) and with
+    ``é`` (U+00E9) one label. Answers stored before the app normalised labels
+    may hold either form.
 
     >>> normalize_label("  Red   Fruit ")
     'red fruit'
     """
-    return _WHITESPACE.sub(" ", label.strip().lower())
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", label).strip().lower())
 
 
 def label_frequencies(labels: Iterable[str]) -> Counter:
@@ -96,11 +103,14 @@ def write_word_cloud(
     width: int = 600,
     height: int = 300,
     random_state: int = 0,
+    context: str | None = None,
 ) -> Path:
     """Draw a word cloud of label frequencies and save it as a PNG file (atomically).
 
     Each label is one entry (multi-word labels stay together), sized by how
-    many participants gave it.
+    many participants gave it. The font is chosen by :func:`choose_font`, so
+    labels in scripts that wordcloud's own font lacks (such as Chinese) are
+    drawn with an installed font that has them, or a warning names them.
 
     Args:
         frequencies (Mapping[str, int]): Count per label, such as from
@@ -110,6 +120,8 @@ def write_word_cloud(
         height (int): Image height in pixels.
         random_state (int): Seed of the word placement, so the same labels
             give the same image.
+        context (str | None): What the cloud shows, for the log and for
+            warnings about labels that no font can draw; ``path`` by default.
 
     Returns:
         Path: ``path``.
@@ -122,7 +134,9 @@ def write_word_cloud(
     weights = {label: float(count) for label, count in frequencies.items() if count > 0}
     if not weights:
         raise ValueError(f"no labels to draw in {path}")
+    font_path = choose_font(weights, context or str(path))
     cloud = WordCloud(
+        font_path=font_path,
         width=width,
         height=height,
         background_color="white",
@@ -133,6 +147,77 @@ def write_word_cloud(
     with atomic_path(path) as temporary:
         cloud.to_image().save(temporary, format="PNG")
     return Path(path)
+
+
+def choose_font(labels: Iterable[str], context: str = "word cloud") -> str:
+    """Return a font file that has a glyph for every character of the labels.
+
+    wordcloud's bundled DroidSansMono is preferred, so word clouds of Latin,
+    Greek and Cyrillic labels look the same everywhere. When it lacks a
+    character, the fonts that matplotlib lists (its bundled DejaVu fonts and
+    the fonts installed on the system) are searched, regular ones first, and
+    the first that covers every character is used. Nothing is downloaded.
+
+    Args:
+        labels (Iterable[str]): The labels to draw.
+        context (str): What is drawn, for the log and the warning.
+
+    Returns:
+        str: The font file. When no font covers every character, the one
+        that covers most, with a warning that names the labels it cannot draw.
+    """
+    from wordcloud.wordcloud import FONT_PATH
+
+    labels = list(labels)
+    needed = {character for label in labels for character in label if not character.isspace()}
+    candidates = [FONT_PATH] + _fallback_fonts()
+    best, best_missing = FONT_PATH, needed - _font_characters(FONT_PATH)
+    if not best_missing:
+        return FONT_PATH
+    for candidate in candidates[1:]:
+        missing = needed - _font_characters(candidate)
+        if len(missing) < len(best_missing):
+            best, best_missing = candidate, missing
+        if not missing:
+            logger.info("%s: drawn with %s, which has glyphs that %s lacks", context, candidate, FONT_PATH)
+            return candidate
+    undrawable = [label for label in labels if set(label) & best_missing]
+    logger.warning(
+        "%s: no installed font has glyphs for %r, so the labels %s show as boxes; install a font "
+        "that covers them (for example Noto Sans CJK for Chinese, Japanese and Korean) and summarise again",
+        context, "".join(sorted(best_missing)), undrawable,
+    )
+    return best
+
+
+def _fallback_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    # matplotlib ships "Last Resort", whose glyphs for every character are
+    # placeholder boxes, so it would hide the problem instead of solving it.
+    entries = [
+        entry for entry in font_manager.fontManager.ttflist
+        if "last resort" not in entry.name.lower() and entry.fname.lower().endswith((".ttf", ".otf"))
+    ]
+    regular = sorted(
+        entry.fname for entry in entries
+        if entry.style == "normal" and entry.weight in (400, "normal", "regular")
+    )
+    others = sorted({entry.fname for entry in entries} - set(regular))
+    return regular + others
+
+
+@functools.lru_cache(maxsize=None)
+def _font_characters(font_file: str) -> frozenset[str]:
+    from fontTools.ttLib import TTFont, TTLibError
+
+    try:
+        with TTFont(font_file, lazy=True, fontNumber=0) as font:
+            cmap = font.getBestCmap() or {}
+    except (OSError, TTLibError) as error:
+        logger.debug("skipping font %s: %s", font_file, error)
+        return frozenset()
+    return frozenset(chr(code) for code in cmap)
 
 
 # ---------------------------------------------------------------------------
@@ -269,37 +354,92 @@ def kind_shares(
     return pd.DataFrame(rows, columns=["embedding", "kind", "n_dimensions", "share"])
 
 
-def read_relevance(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a jackknife relevance file of the comparison step.
+def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.DataFrame:
+    """Read and check a jackknife relevance file of the comparison step.
 
-    The file is a CSV with a header and one row per triplet. It needs at
-    least the columns ``triplet_index`` (the triplet's row in the triplet
+    The file is a UTF-8 CSV with a header and one row per triplet. It needs
+    at least the columns ``triplet_index`` (the triplet's row in the triplet
     file) and ``most_relevant_dim``. The latter is the embedding dimension
     whose removal lowers the probability of that triplet's choice most.
-    Further columns are kept.
+    Further columns are kept as text.
+
+    Args:
+        path (str | os.PathLike): The CSV file.
+        n_dims (int | None): The embedding's number of dimensions; when
+            given, every ``most_relevant_dim`` must be below it.
+
+    Returns:
+        pd.DataFrame: The table, with both columns as ``int64``.
 
     Raises:
-        ValueError: If a column is missing or contains a non-integer or negative value.
+        ValueError: Naming the file and the lines (1-based, the header is
+            line 1) if the file is empty, not UTF-8 or not CSV, has no rows
+            or lacks a column, or if a value is not a non-negative integer, a
+            dimension is outside the embedding, or a triplet index repeats.
     """
-    table = pd.read_csv(path)
+    path = Path(path)
+    # Decoded here rather than by pandas, whose error gives the offset within a read chunk.
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"relevance file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}): give the CSV that `dimalign compare --triplets` wrote"
+        ) from None
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(
+            f"relevance file {path} is empty: write it with `dimalign compare --triplets`"
+        ) from None
+    except pd.errors.ParserError as error:
+        raise ValueError(f"relevance file {path} is not a valid CSV file: {error}") from None
     missing = [column for column in RELEVANCE_COLUMNS if column not in table.columns]
     if missing:
         raise ValueError(
             f"relevance file {path} lacks the columns {missing} (found {list(table.columns)}): "
             f"write it with `dimalign compare --triplets` (most_relevant_human.csv or most_relevant_dnn.csv)"
         )
+    if table.empty:
+        raise ValueError(f"relevance file {path} has a header but no rows: it lists no triplet")
+
+    # Row r of the table is line r + 2 of the file (after the header).
+    lines = np.arange(len(table)) + 2
     for column in RELEVANCE_COLUMNS:
-        values = pd.to_numeric(table[column], errors="coerce")
-        numbers = values.to_numpy()
-        bad = np.flatnonzero(values.isna().to_numpy() | (numbers < 0) | (numbers % 1 != 0))
-        if bad.size:
-            # Row r of the table is line r + 2 of the file (1-based, after the header).
+        text = table[column].str.strip()
+        # Digits only, and at most 18 of them, so every value fits int64.
+        bad = ~text.str.fullmatch(r"[0-9]{1,18}")
+        if bad.any():
             raise ValueError(
-                f"relevance file {path}, column {column}: rows {(bad + 2).tolist()[:10]} "
-                "(1-based file lines) are not non-negative integers"
+                f"relevance file {path}, column {column}: {_lines_and_values(lines[bad], text[bad])} "
+                "are not non-negative integers of at most 18 digits"
             )
-        table[column] = values.astype(np.int64)
+        table[column] = text.astype(np.int64)
+
+    if n_dims is not None:
+        outside = (table["most_relevant_dim"] >= n_dims).to_numpy()
+        if outside.any():
+            values = table["most_relevant_dim"][outside]
+            raise ValueError(
+                f"relevance file {path}, column most_relevant_dim: {_lines_and_values(lines[outside], values)} "
+                f"are not dimensions of the embedding, which has {n_dims} (0 to {n_dims - 1}): give the "
+                "relevance file of this embedding"
+            )
+    repeated = table["triplet_index"].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        values = table["triplet_index"][repeated]
+        raise ValueError(
+            f"relevance file {path}, column triplet_index: {_lines_and_values(lines[repeated], values)} "
+            "repeat a triplet; each triplet must appear once"
+        )
     return table
+
+
+def _lines_and_values(lines: np.ndarray, values: pd.Series, limit: int = 10) -> str:
+    """Describe up to ``limit`` offending cells as ``lines [3, 5] (values '40', '41')``."""
+    shown = [str(value) for value in values.tolist()[:limit]]
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return f"lines {lines[:limit].tolist()}{more} (values {', '.join(repr(value) for value in shown)})"
 
 
 def relevance_shares(

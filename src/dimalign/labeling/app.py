@@ -34,7 +34,7 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 from flask import (
     Flask,
@@ -61,6 +61,15 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 #: Largest request body accepted, in bytes; a full answer form is far below 10 KiB.
 MAX_REQUEST_BYTES = 64 * 1024
 
+#: URL converter of participant ids, dimensions and object indices. SQLite
+#: stores an INTEGER in 64 bits, and a larger number bound to a query raises
+#: OverflowError. With werkzeug's ``max``, such a URL matches no route (404).
+_ID = f"int(max={2**63 - 1})"
+
+#: Characters allowed in an admin token. The token travels in a URL query and
+#: an HTTP header, so it is limited to the characters that need no encoding in either.
+_ADMIN_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
+
 
 def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None) -> Flask:
     """Create the Flask app that serves one study.
@@ -70,12 +79,17 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
             :func:`dimalign.labeling.study.create_study`). It is migrated to the
             latest schema here.
         admin_token (str | None): Token that opens the admin pages; when None
-            the admin pages return 404.
+            the admin pages return 404. See :func:`check_admin_token`.
 
     Returns:
         Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path.
+
+    Raises:
+        ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
     """
     study_path = Path(study_path)
+    if admin_token is not None:
+        check_admin_token(admin_token)
     with Study(study_path) as study:
         secret_key = study.settings["secret_key"]
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
@@ -100,7 +114,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
 
     app.teardown_appcontext(_close_study)
     app.after_request(_add_security_headers)
-    for status in (400, 401, 403, 404, 405, 413):
+    for status in (400, 401, 403, 404, 405, 413, 503):
         app.register_error_handler(status, _render_error)
     _add_participant_routes(app)
     _add_admin_routes(app)
@@ -114,7 +128,15 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
 def _study() -> Study:
     if "study" not in g:
         path = Path(_config("STUDY_PATH"))
-        g.study = Study(path, connection=db.connect(path))
+        try:
+            g.study = Study(path, connection=db.connect(path))
+        except (FileNotFoundError, ValueError) as error:
+            # The study was moved, deleted or replaced while the server runs.
+            # db.connect never creates the file, so nothing is written at the old path.
+            logger.error(
+                "cannot open the study database for %s %s: %s", request.method, request.path, error
+            )
+            abort(503, description="The study is not available right now. Try again later.")
     return g.study
 
 
@@ -137,11 +159,35 @@ def _csrf_token() -> str:
 def _check_csrf() -> None:
     sent = request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
-    if not expected or not secrets.compare_digest(sent, expected):
+    if not expected or not _same_secret(sent, str(expected)):
         logger.warning(
             "rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path
         )
         abort(400, description="The form has expired. Go back, reload the page and submit again.")
+
+
+def _same_secret(sent: str, expected: str) -> bool:
+    # secrets.compare_digest raises TypeError for str with non-ASCII
+    # characters, which anyone can send, so both sides are compared as UTF-8.
+    return secrets.compare_digest(
+        sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
+def check_admin_token(token: str) -> str:
+    """Return ``token`` if it can serve as admin token.
+
+    Raises:
+        ValueError: If the token is empty or contains a character other than
+            ASCII letters, digits and ``. _ ~ -`` (such as a space, ``&``, ``#``
+            or a non-ASCII letter), which would not survive a URL or an HTTP header unchanged.
+    """
+    if not _ADMIN_TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(
+            "invalid admin token: use at least one character and only ASCII letters, digits "
+            "and . _ ~ - (the token is sent in URLs and HTTP headers)"
+        )
+    return token
 
 
 def _current_participant(participant_id: int) -> Participant:
@@ -160,6 +206,24 @@ def _current_participant(participant_id: int) -> Participant:
         logger.warning("rejected access to participant %d from another session", participant_id)
         abort(403, description="This page belongs to another participant. Resume with your own code.")
     return participant
+
+
+def _form_is_utf8() -> bool:
+    """Check that every percent-encoded value of a URL-encoded form body is valid UTF-8.
+
+    Werkzeug 3.1 keeps an invalid sequence such as ``%FF%FE`` as the literal
+    text ``"%FF%FE"``, which would be stored as a label, so the raw body is
+    decoded again strictly. Reading it with ``cache=True`` keeps it available
+    for ``request.form``.
+    """
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return True
+    body = request.get_data(cache=True)
+    try:
+        parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _log_in(participant: Participant, code: str) -> None:
@@ -229,7 +293,7 @@ def _add_participant_routes(app: Flask) -> None:
         logger.info("participant %d resumed", participant.participant_id)
         return redirect(url_for("next_dimension", participant_id=participant.participant_id), code=303)
 
-    @app.get("/participant/<int:participant_id>/instructions")
+    @app.get(f"/participant/<{_ID}:participant_id>/instructions")
     def instructions(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         return render_template(
@@ -237,7 +301,7 @@ def _add_participant_routes(app: Flask) -> None:
             questions=_study().questions, n_rows=1 + len(_config("GRID_PERCENTILES")),
         )
 
-    @app.get("/participant/<int:participant_id>/next")
+    @app.get(f"/participant/<{_ID}:participant_id>/next")
     def next_dimension(participant_id: int) -> Any:
         participant = _current_participant(participant_id)
         dimension = _study().next_dimension(participant)
@@ -246,7 +310,7 @@ def _add_participant_routes(app: Flask) -> None:
         target = url_for("dimension_page", participant_id=participant_id, dimension=dimension)
         return redirect(target, code=303)
 
-    @app.route("/participant/<int:participant_id>/dimension/<int:dimension>", methods=["GET", "POST"])
+    @app.route(f"/participant/<{_ID}:participant_id>/dimension/<{_ID}:dimension>", methods=["GET", "POST"])
     def dimension_page(participant_id: int, dimension: int) -> Any:
         participant = _current_participant(participant_id)
         if dimension not in participant.order:
@@ -263,7 +327,18 @@ def _add_participant_routes(app: Flask) -> None:
             }
             return _render_dimension(participant, dimension, values, errors={})
 
+        # The raw body must be read before request.form consumes the stream.
+        form_is_utf8 = _form_is_utf8()
         _check_csrf()
+        if not form_is_utf8:
+            logger.info("rejected an answer of participant %d for dimension %d: the form is not UTF-8",
+                        participant_id, dimension)
+            values = {"labels": [], "kind": None, "interpretability": None}
+            errors = {
+                "labels": "the form contained characters that are not valid text (UTF-8): "
+                "type the labels again"
+            }
+            return _render_dimension(participant, dimension, values, errors=errors), 400
         values = {
             "labels": request.form.getlist("label"),
             "kind": request.form.get("kind"),
@@ -281,7 +356,7 @@ def _add_participant_routes(app: Flask) -> None:
         logger.debug("participant %d answered dimension %d", participant_id, dimension)
         return redirect(url_for("next_dimension", participant_id=participant_id), code=303)
 
-    @app.post("/participant/<int:participant_id>/stop")
+    @app.post(f"/participant/<{_ID}:participant_id>/stop")
     def stop(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         _check_csrf()
@@ -293,7 +368,7 @@ def _add_participant_routes(app: Flask) -> None:
             "stopped.html", code=code, answered=answered, total=len(participant.order)
         )
 
-    @app.get("/participant/<int:participant_id>/done")
+    @app.get(f"/participant/<{_ID}:participant_id>/done")
     def done(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         study = _study()
@@ -308,7 +383,7 @@ def _add_participant_routes(app: Flask) -> None:
             interpretability=dict(study.questions.interpretability),
         )
 
-    @app.get("/image/<int:object_index>")
+    @app.get(f"/image/<{_ID}:object_index>")
     def image(object_index: int) -> Response:
         participant_id = session.get("participant_id")
         if not isinstance(participant_id, int) or not _study().code_matches(
@@ -374,7 +449,7 @@ def _check_admin() -> None:
     if not sent:
         logger.info("rejected an admin request without a token from %s", request.remote_addr)
         abort(401, description="The admin pages need the token printed when the server started.")
-    if not secrets.compare_digest(sent, expected):
+    if not _same_secret(sent, expected):
         logger.warning("rejected an admin request with a wrong token from %s", request.remote_addr)
         abort(403, description="Wrong admin token.")
 
@@ -448,21 +523,38 @@ _ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class RedactingRequestHandler(WSGIRequestHandler):
-    """Werkzeug request handler whose log lines contain no secret query value and no colour codes.
+    """Werkzeug request handler that logs no client address, secret query value or colour code.
 
     Werkzeug logs each request line, query string included, to the
     ``werkzeug`` logger, and its error lines can quote a malformed request
-    line. Both pass through :meth:`log`, which redacts them. Werkzeug also
-    wraps the request line of a 3xx, 4xx or 5xx response in terminal colour
-    codes, which would end up as escape sequences in log files, so they are
-    removed.
+    line. Both pass through :meth:`log`, which redacts them. Werkzeug starts
+    each line with the client's address, which would tie a network address to
+    a participant id in the URL. The consent page promises that no network
+    address is stored with the answers, so the address is logged as ``-``.
+    Werkzeug also wraps the request line of a 3xx, 4xx or 5xx response in
+    terminal colour codes, which would end up as escape sequences in log
+    files, so they are removed.
     """
+
+    _writing_log = False
 
     def log(self, type: str, message: str, *args: Any) -> None:
         cleaned = tuple(
             redact_query_secrets(_ANSI_STYLE.sub("", arg)) if isinstance(arg, str) else arg for arg in args
         )
-        super().log(type, message, *cleaned)
+        # Werkzeug 3.1's log() takes the address from address_string(), which
+        # also fills the WSGI environ's REMOTE_ADDR, so it is blanked only
+        # while a log line is written.
+        self._writing_log = True
+        try:
+            super().log(type, message, *cleaned)
+        finally:
+            self._writing_log = False
+
+    def address_string(self) -> str:
+        if self._writing_log:
+            return "-"
+        return super().address_string()
 
 
 def make_study_server(

@@ -17,7 +17,7 @@ forms:
   dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv]
                            [--dims all] [--questions default]
   dimalign label-app serve STUDY.db [--host 127.0.0.1] [--port 8000]
-  dimalign label-app export STUDY.db -o answers.csv
+  dimalign label-app export STUDY.db -o answers.csv [--overwrite]
   dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
 
 The last form keeps the study database in RUN/labels.db (created on first use,
@@ -70,14 +70,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or one name per line (default: derived from the object ids)",
     )
     summarize.add_argument(
-        "--semantic-k", type=int, default=10, help="top objects per dimension compared (default 10)"
+        "--semantic-k", type=_at_least(2), default=10,
+        help="top objects per dimension compared, 2 to the 20 stored per dimension (default 10)",
     )
     summarize.add_argument(
-        "--n-random", type=int, default=1000,
+        "--n-random", type=_at_least(2), default=1000,
         help="random object subsets in the semantic baseline (default 1000)",
     )
     summarize.add_argument(
-        "--seed", type=int, default=0, help="seed of the word clouds and the semantic baseline"
+        "--seed", type=_at_least(0), default=0,
+        help="seed of the word clouds and the semantic baseline, 0 or more (default 0)",
+    )
+    summarize.add_argument(
+        "--embedding-names", metavar="NAME[,NAME...]",
+        help="name of each study's embedding in the summary, in the order of the studies (default: the "
+        "run folder or embedding file the study was set up from); needed when two names are equal",
     )
     summarize.set_defaults(handler=_run_summarize)
 
@@ -109,10 +116,13 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "-o", "--out", required=True, type=Path, metavar="answers.csv", help="CSV file to write"
         )
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV file")
     return parser
 
 
 def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -> None:
+    # The short form (no --run) reuses an existing study, so there an omitted
+    # --dims or --questions means "as the study has it" and is None.
     if run_required:
         parser.add_argument("--run", required=True, type=Path, help="run directory or embedding file")
     parser.add_argument(
@@ -123,8 +133,40 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
         help="object table whose source column gives each row's image, relative to --images "
         "(default: the objects.tsv of the run)",
     )
-    parser.add_argument("--dims", default="all", help="dimensions to label: all, 0,1,2 or 0-9 (default all)")
-    parser.add_argument("--questions", default="default", help="question set (default: default)")
+    parser.add_argument(
+        "--dims", default="all" if run_required else None,
+        help="dimensions to label: all, 0,1,2 or 0-9 (default all"
+        + ("" if run_required else "; an existing study keeps its dimensions") + ")",
+    )
+    parser.add_argument(
+        "--questions", default="default" if run_required else None, help="question set (default: default)"
+    )
+
+
+def _at_least(minimum: int):
+    """Return an argparse type that parses an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"invalid value {value}: use {minimum} or more")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    """Parse a TCP port number for argparse."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: use 0 to 65535 (0 picks a free port)")
+    return port
 
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -133,7 +175,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default 127.0.0.1, this machine only; other addresses expose the "
         "study unencrypted)",
     )
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free port)")
+    parser.add_argument(
+        "--port", type=_port, default=8000, help="TCP port, 0 to 65535 (default 8000; 0 picks a free port)"
+    )
 
 
 def _run_label_app(args: argparse.Namespace) -> int:
@@ -156,7 +200,7 @@ def _run_label_app(args: argparse.Namespace) -> int:
     from dimalign.labeling.study import open_or_create_run_study
 
     study = open_or_create_run_study(
-        options.run, options.images, objects=options.objects, dims=options.dims, questions=options.questions
+        options.run, options.images, objects=options.objects, dims=options.dims, questions=options.questions,
     )
     return _serve(study, options.host, options.port)
 
@@ -175,7 +219,14 @@ def _setup(options: argparse.Namespace) -> int:
 
 
 def _serve(study: Path, host: str, port: int) -> int:
-    from dimalign.labeling.app import serve
+    from dimalign.labeling.app import check_admin_token, serve
+
+    admin_token = os.environ.get(ADMIN_TOKEN_VARIABLE) or None
+    if admin_token is not None:
+        try:
+            check_admin_token(admin_token)
+        except ValueError as error:
+            raise ValueError(f"{ADMIN_TOKEN_VARIABLE}: {error}") from None
 
     def announce(server) -> None:
         address = f"http://{host}:{server.server_port}"
@@ -185,7 +236,7 @@ def _serve(study: Path, host: str, port: int) -> int:
         print(f"admin page: {address}/admin?token={server.app.config['ADMIN_TOKEN']}", flush=True)
         print("press Ctrl-C to stop", flush=True)
 
-    serve(study, host, port, admin_token=os.environ.get(ADMIN_TOKEN_VARIABLE) or None, on_ready=announce)
+    serve(study, host, port, admin_token=admin_token, on_ready=announce)
     return 0
 
 
@@ -193,7 +244,7 @@ def _export(options: argparse.Namespace) -> int:
     from dimalign.labeling.study import Study
 
     with Study(options.study) as study:
-        n_rows = study.export_answers(options.out)
+        n_rows = study.export_answers(options.out, overwrite=options.overwrite)
     print(f"wrote {n_rows} answers to {options.out}")
     return 0
 
@@ -220,6 +271,7 @@ def _run_summarize(args: argparse.Namespace) -> int:
         args.studies, args.out, relevance=args.relevance, raters=_parse_raters(args.raters),
         semantic=args.semantic, object_names=args.object_names, semantic_k=args.semantic_k,
         n_random=args.n_random, random_state=args.seed,
+        embedding_names=args.embedding_names.split(",") if args.embedding_names else None,
     )
     for embedding, shares in headline["shares"].items():
         described = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in shares.items())

@@ -85,21 +85,51 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 
-def connect(path: str | os.PathLike) -> sqlite3.Connection:
+def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connection:
     """Open a study database with the settings every study connection uses.
+
+    An existing study is opened with SQLite's URI ``mode=rw``, which never
+    creates a file, and its tables are checked before any setting that writes
+    to the file (WAL mode) is applied. So a file that is not a study is left
+    exactly as it was, and a study moved away while a server runs is reported
+    as missing instead of being created again, empty, at the old path.
 
     The connection is in autocommit mode (``isolation_level=None``): callers
     open transactions explicitly with :func:`transaction`.
 
     Args:
-        path (str | os.PathLike): The SQLite file; created if missing.
+        path (str | os.PathLike): The SQLite file.
+        create (bool): Create the file if it is missing. A new or empty
+            database (no tables) is accepted then, as well as a study.
 
     Returns:
         sqlite3.Connection: With ``row_factory = sqlite3.Row``.
+
+    Raises:
+        FileNotFoundError: If ``path`` is missing and ``create`` is False.
+        ValueError: If ``path`` is not an SQLite database, or a database
+            without the study tables (an empty one unless ``create`` is True).
     """
-    connection = sqlite3.connect(
-        os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
+    path = Path(path)
+    if create:
+        connection = sqlite3.connect(
+            os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"study database {path} not found: create it with `dimalign label-app setup {path} "
+                "--run RUN --images DIR`"
+            )
+        connection = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S,
+            isolation_level=None, check_same_thread=False,
+        )
+    try:
+        _check_study_tables(connection, path, allow_empty=create)
+    except BaseException:
+        connection.close()
+        raise
     connection.row_factory = sqlite3.Row
     connection.execute("PRAGMA foreign_keys = ON")
     mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -109,6 +139,39 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
         )
     connection.execute("PRAGMA synchronous = FULL")
     return connection
+
+
+#: Tables that every study has, from the first schema version on.
+STUDY_TABLES = ("schema_version", "study")
+
+
+def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_empty: bool) -> None:
+    """Raise ValueError unless the database contains the study tables (or no table, with ``allow_empty``).
+
+    Only reads, so a file that fails the check is not changed.
+    """
+    try:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError as error:
+        # SQLite reads the file header on the first query, so a text file or
+        # a damaged database fails here with "file is not a database".
+        # OperationalError (such as a locked file) is a subclass and is re-raised.
+        if isinstance(error, sqlite3.OperationalError):
+            raise
+        raise ValueError(
+            f"{path} is not an SQLite database ({error}): give the study database that "
+            "`dimalign label-app setup` created"
+        ) from None
+    tables = sorted(row[0] for row in rows)
+    if not tables and allow_empty:
+        return
+    missing = [table for table in STUDY_TABLES if table not in tables]
+    if missing:
+        found = f"its tables are {tables}" if tables else "it has no tables"
+        raise ValueError(
+            f"{path} is not a study database ({found}, but a study has {list(STUDY_TABLES)}): give "
+            "the study database that `dimalign label-app setup` created"
+        )
 
 
 class transaction:
@@ -173,8 +236,8 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
     current = schema_version(connection)
     if current > LATEST_VERSION:
         raise ValueError(
-            f"the study database has schema version {current}, but this dimalign knows "
-            f"versions up to {LATEST_VERSION}: upgrade dimalign to open it"
+            f"the study database {_database_file(connection)} has schema version {current}, but "
+            f"this dimalign knows versions up to {LATEST_VERSION}: upgrade dimalign to open it"
         )
 
     for version, description, script in MIGRATIONS:
@@ -193,6 +256,14 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
         logger.info("applied study schema migration %d: %s", version, description)
         current = version
     return current
+
+
+def _database_file(connection: sqlite3.Connection) -> str:
+    """Return the file of the connection's main database, as SQLite opened it."""
+    for row in connection.execute("PRAGMA database_list").fetchall():
+        if row[1] == "main":
+            return row[2] or "(in memory)"
+    return "(unknown)"
 
 
 def _split_statements(script: str) -> list[str]:
@@ -214,13 +285,13 @@ def open_database(path: str | os.PathLike, *, create: bool = False) -> sqlite3.C
 
     Raises:
         FileNotFoundError: If ``path`` does not exist and ``create`` is False.
+        ValueError: If ``path`` is not a study database (see :func:`connect`),
+            or a study written by a newer dimalign.
     """
-    path = Path(path)
-    if not create and not path.is_file():
-        raise FileNotFoundError(
-            f"study database {path} not found: create it with `dimalign label-app setup {path} "
-            "--run RUN --images DIR`"
-        )
-    connection = connect(path)
-    migrate(connection)
+    connection = connect(path, create=create)
+    try:
+        migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
     return connection

@@ -33,8 +33,9 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a label is empty, the MATLAB file has no usable
-            variable, or the count differs from ``n_dims`` (the message names both).
+        ValueError: If a text file is not UTF-8, a label is empty, the MATLAB
+            file has no usable variable, or the count differs from ``n_dims``
+            (the message names both).
     """
     path = Path(path)
     if not path.is_file():
@@ -42,7 +43,13 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
     if path.suffix.lower() == ".mat":
         labels = _labels_from_mat(path)
     else:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                f"{error.start}): save the labels as UTF-8"
+            ) from None
         while lines and not lines[-1].strip():
             lines.pop()
         labels = [line.strip() for line in lines]

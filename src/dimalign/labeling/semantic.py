@@ -105,19 +105,40 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
 
     Accepts a CSV with ``id`` and ``word`` columns (such as THINGS
     ``words.csv``), where objects missing from the file fall back to
-    :func:`object_name`, or a plain text file with one name per line in the
-    embedding's row order.
+    :func:`object_name` with a warning, or a plain UTF-8 text file with one
+    name per line in the embedding's row order.
 
     Raises:
-        ValueError: If a plain list has a different number of names than objects.
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not UTF-8, a CSV names none of the
+            objects, or a plain list has a different number of names than objects.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise FileNotFoundError(f"object names file {path} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"object names file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+            f"offset {error.start}): save it as UTF-8"
+        ) from None
     first_line = text.splitlines()[0] if text else ""
     header = next(csv.reader([first_line])) if first_line else []
     if "id" in header and "word" in header:
         rows = list(csv.DictReader(text.splitlines()))
         words = {row["id"]: row["word"] for row in rows if row.get("word")}
+        unmatched = [object_id for object_id in object_ids if object_id not in words]
+        if len(unmatched) == len(object_ids):
+            raise ValueError(
+                f"object names file {path} names none of the study's {len(object_ids)} objects (such as "
+                f"{object_ids[0]!r}) in its id column: give the names file of this object set"
+            )
+        if unmatched:
+            logger.warning(
+                "object names file %s lacks %d of %d objects (such as %s); their names are derived "
+                "from the object ids", path, len(unmatched), len(object_ids), unmatched[:3],
+            )
         return [words.get(object_id, object_name(object_id)) for object_id in object_ids]
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != len(object_ids):

@@ -22,9 +22,9 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import sqlite3
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,14 @@ N_TOP_OBJECTS = 20
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
 RUN_STUDY_NAME = "labels.db"
 
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+#: Unicode categories rejected anywhere in a label: control characters
+#: (``Cc``, such as line feed and NEL U+0085), line and paragraph separators
+#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be encoded as UTF-8.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+#: Categories that draw nothing: format characters such as the zero-width
+#: space U+200B (``Cf``) and spaces (``Zs``). A label made only of them is rejected.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs"})
 
 
 @dataclass(frozen=True)
@@ -174,33 +181,41 @@ class Participant:
 def validate_answer(
     questions: QuestionSet, labels: Sequence[str], kind: str | None, interpretability: str | None
 ) -> Answer:
-    """Check a submitted answer and return it with trimmed labels.
+    """Check a submitted answer and return it with trimmed, NFC-normalised labels.
 
     Empty label fields are ignored. Each remaining label is trimmed of
-    surrounding whitespace and otherwise stored as typed, including HTML or
-    SQL characters (the templates escape them and the queries bind them).
+    surrounding whitespace, brought to Unicode normal form NFC (so that
+    ``café`` typed with a combining accent and with ``é`` is the same label)
+    and otherwise stored as typed, including HTML or SQL characters (the
+    templates escape them and the queries bind them).
 
     Raises:
         AnswerError: Naming every invalid field: no label, more than
             ``max_labels`` labels, a label longer than ``max_label_length``
-            characters or with control characters, or a rating outside the
-            allowed values.
+            characters, a label with control characters or line or paragraph
+            separators, a label of invisible characters only (such as the
+            zero-width space U+200B), or a rating outside the allowed values.
     """
     errors: dict[str, str] = {}
-    cleaned = [label.strip() for label in labels if label and label.strip()]
+    cleaned = [
+        unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()
+    ]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
         errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
     else:
         too_long = [label for label in cleaned if len(label) > questions.max_label_length]
+        categories = [{unicodedata.category(character) for character in label} for label in cleaned]
         if too_long:
             errors["labels"] = (
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(_CONTROL_CHARACTERS.search(label) for label in cleaned):
+        elif any(found & _FORBIDDEN_CATEGORIES for found in categories):
             errors["labels"] = "labels must not contain control characters such as line breaks"
+        elif any(found <= _INVISIBLE_CATEGORIES for found in categories):
+            errors["labels"] = "each label must contain visible characters"
     if kind not in questions.kind_values:
         errors["kind"] = f"choose one of: {', '.join(questions.kind_values)}"
     if interpretability not in questions.interpretability_values:
@@ -421,10 +436,34 @@ def create_study(
         "images_dir": str(images_dir.resolve()),
         "questions": question_set.to_json(),
         "dimensions": json.dumps(dimensions),
+        "n_embedding_dims": str(embedding.shape[1]),
         "grid_percentiles": json.dumps([float(value) for value in percentiles]),
         "secret_key": secrets.token_hex(32),
         "created_at": now_iso(),
     }
+    try:
+        _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
+    except (OSError, sqlite3.OperationalError) as error:
+        # The temporary file's name would only confuse, so the message names db_path.
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        message = f"cannot write the study database {db_path} ({reason}): choose a folder you can write to"
+        raise (type(error) if isinstance(error, OSError) else OSError)(message) from error
+    logger.info(
+        "created study %s: %d dimensions of %s, %d images from %s",
+        db_path, len(dimensions), run, len(grid_objects), images_dir,
+    )
+    return db_path
+
+
+def _write_study(
+    db_path: Path,
+    settings: dict[str, str],
+    object_ids: Sequence[str],
+    image_paths: dict[int, str],
+    grids: dict[int, np.ndarray],
+    tops: dict[int, np.ndarray],
+) -> None:
+    """Write a new study database under a temporary name and rename it to ``db_path``."""
     with atomic_path(db_path) as temporary:
         connection = db.open_database(temporary, create=True)
         try:
@@ -432,24 +471,19 @@ def create_study(
                 connection.executemany("INSERT INTO study (key, value) VALUES (?, ?)", settings.items())
                 connection.executemany(
                     "INSERT INTO objects (object_index, object_id, image_path) VALUES (?, ?, ?)",
-                    ((index, name, image_paths.get(index)) for index, name in enumerate(table.object_ids)),
+                    ((index, name, image_paths.get(index)) for index, name in enumerate(object_ids)),
                 )
                 connection.executemany(
                     "INSERT INTO dimensions (dimension, grid_json, top_objects_json) VALUES (?, ?, ?)",
                     (
                         (dim, json.dumps(grids[dim].tolist()), json.dumps(tops[dim].tolist()))
-                        for dim in dimensions
+                        for dim in grids
                     ),
                 )
         finally:
             # Closing the last connection checkpoints the WAL into the main
             # file, so the rename moves a complete database.
             connection.close()
-    logger.info(
-        "created study %s: %d dimensions of %s, %d images from %s",
-        db_path, len(dimensions), run, len(grid_objects), images_dir,
-    )
-    return db_path
 
 
 def _embedding_name(run: Path) -> str:
@@ -714,18 +748,53 @@ class Study:
                 return dimension
         return None
 
-    def export_answers(self, path: str | os.PathLike) -> int:
+    def export_answers(self, path: str | os.PathLike, *, overwrite: bool = False) -> int:
         """Write every answer to a CSV file (atomically) and return the number of rows.
 
         Columns: ``participant_id``, ``dimension``, ``position`` (1-based place
         in the participant's order), ``label_1`` .. ``label_<max_labels>``,
         ``kind``, ``interpretability``, ``answered_at``, ``updated_at``.
         Participant codes are not exported.
+
+        Args:
+            path (str | os.PathLike): The CSV file.
+            overwrite (bool): Replace an existing file.
+
+        Raises:
+            ValueError: If ``path`` is the study database or one of its
+                SQLite side files (``-wal``, ``-shm``, ``-journal``), even with ``overwrite``.
+            IsADirectoryError: If ``path`` is a folder.
+            FileExistsError: If ``path`` exists and ``overwrite`` is False.
         """
+        path = Path(path)
+        self._check_export_path(path, overwrite=overwrite)
         text, n_rows = self.answers_csv()
         write_text_atomic(path, text)
         logger.info("exported %d answers of %s to %s", n_rows, self.path, path)
         return n_rows
+
+    def _check_export_path(self, path: Path, *, overwrite: bool) -> None:
+        study_files = [self.path] + [
+            self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm", "-journal")
+        ]
+        target = path.resolve()
+        for study_file in study_files:
+            same = target == study_file.resolve() or (
+                path.exists() and study_file.exists() and os.path.samefile(path, study_file)
+            )
+            if same:
+                raise ValueError(
+                    f"the export file {path} is the study database {study_file}: write the answers "
+                    "to another file, such as answers.csv"
+                )
+        if path.is_dir():
+            raise IsADirectoryError(
+                f"the export file {path} is a folder: give a file name, such as {path / 'answers.csv'}"
+            )
+        if path.exists() and not overwrite:
+            raise FileExistsError(
+                f"the export file {path} exists: add --overwrite to replace it, or choose another file name"
+            )
 
     def answers_csv(self) -> tuple[str, int]:
         """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows."""
@@ -770,18 +839,29 @@ def open_or_create_run_study(
     images: str | os.PathLike,
     *,
     objects: str | os.PathLike | None = None,
-    dims: str | Sequence[int] | None = "all",
-    questions: str = "default",
+    dims: str | Sequence[int] | None = None,
+    questions: str | None = None,
 ) -> Path:
     """Return the study database kept in a run directory, creating it on first use.
 
     Used by the short form ``dimalign label-app RUN --images DIR``. An
-    existing study is reused (so participants can resume) when it was made
-    from the same embedding file and image folder.
+    existing study is reused (so participants can resume) when the run's
+    embedding file still exists unchanged and every option given matches the
+    study. An option left at None is not compared.
+
+    Args:
+        run (str | os.PathLike): The run directory.
+        images (str | os.PathLike): Folder the images are served from.
+        objects (str | os.PathLike | None): Object table; by default the run's.
+        dims (str | Sequence[int] | None): Dimensions to label; all when None
+            and the study is new.
+        questions (str | None): Question set; ``"default"`` when None and the study is new.
 
     Raises:
         ValueError: If ``run`` is not a directory, or the existing study was
-            made from another embedding or image folder.
+            made from another embedding, image folder, object table,
+            dimensions or question set (the message names both values).
+        FileNotFoundError: If the study exists but the run's embedding file is missing.
     """
     run = Path(run)
     if not run.is_dir():
@@ -791,23 +871,67 @@ def open_or_create_run_study(
         )
     db_path = run / RUN_STUDY_NAME
     if not db_path.exists():
-        return create_study(db_path, run, images, objects=objects, dims=dims, questions=questions)
+        return create_study(
+            db_path, run, images, objects=objects, dims=dims, questions=questions or DEFAULT_QUESTIONS.name
+        )
 
+    embedding_file = run / EMBEDDING_NAME
+    if not embedding_file.is_file():
+        raise FileNotFoundError(
+            f"the study {db_path} was made from {embedding_file}, which is missing: restore the "
+            "embedding, or serve the study with `dimalign label-app serve`"
+        )
     with Study(db_path) as study:
-        embedding_file = run / EMBEDDING_NAME
-        mismatches = []
-        recorded = study.settings.get("embedding_sha256")
-        if embedding_file.is_file() and recorded != sha256_file(embedding_file):
-            mismatches.append(f"{embedding_file} changed")
-        if Path(study.settings["images_dir"]) != Path(images).resolve():
-            mismatches.append(f"it shows images from {study.settings['images_dir']}")
+        mismatches = _run_study_mismatches(study, embedding_file, images, objects, dims, questions)
     if mismatches:
         raise ValueError(
             f"the existing study {db_path} does not match this request ({'; '.join(mismatches)}): "
-            "move it away to start a new study, or set up one with `dimalign label-app setup`"
+            "drop the differing options to serve it as it is, move it away to start a new study, "
+            "or set up one with `dimalign label-app setup`"
         )
     logger.info("reusing study %s", db_path)
     return db_path
+
+
+def _run_study_mismatches(
+    study: Study,
+    embedding_file: Path,
+    images: str | os.PathLike,
+    objects: str | os.PathLike | None,
+    dims: str | Sequence[int] | None,
+    questions: str | None,
+) -> list[str]:
+    """Describe each difference between an existing study and the options of a request."""
+    mismatches = []
+    if study.settings.get("embedding_sha256") != sha256_file(embedding_file):
+        mismatches.append(f"{embedding_file} changed since the study was set up")
+    if Path(study.settings["images_dir"]) != Path(images).resolve():
+        mismatches.append(
+            f"the study shows images from {study.settings['images_dir']}, the request from "
+            f"{Path(images).resolve()}"
+        )
+    if objects is not None and study.settings.get("object_table") != str(Path(objects).resolve()):
+        mismatches.append(
+            f"the study uses the object table {study.settings.get('object_table')}, the request "
+            f"{Path(objects).resolve()}"
+        )
+    if dims is not None:
+        requested = parse_dimensions(dims, load_embedding(embedding_file).n_dims)
+        if requested != list(study.dimensions):
+            mismatches.append(
+                f"the study has dimensions {_describe_dimensions(study.dimensions)}, the request "
+                f"{_describe_dimensions(requested)}"
+            )
+    if questions is not None and questions != study.questions.name:
+        mismatches.append(f"the study asks the questions {study.questions.name!r}, the request {questions!r}")
+    return mismatches
+
+
+def _describe_dimensions(dimensions: Sequence[int]) -> str:
+    dimensions = list(dimensions)
+    if len(dimensions) > 1 and dimensions == list(range(dimensions[0], dimensions[-1] + 1)):
+        return f"{dimensions[0]}-{dimensions[-1]}"
+    return ",".join(str(dimension) for dimension in dimensions)
 
 
 def iter_dimension_answers(study: Study) -> Iterable[tuple[int, list[dict[str, Any]]]]:

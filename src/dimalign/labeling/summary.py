@@ -16,19 +16,30 @@ Output directory layout:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest, write_text_atomic
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    check_output_dir,
+    now_iso,
+    output_dir,
+    read_manifest,
+    write_manifest,
+    write_text_atomic,
+)
 from dimalign.labeling import analysis
 from dimalign.labeling.study import Study
 
@@ -81,15 +92,24 @@ def summarize_study(
     raters: Sequence[int] | None = None,
     wordcloud_size: tuple[int, int] = (600, 300),
     random_state: int = 0,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Compute the label and rating summaries of one study and draw its word clouds.
+
+    Args:
+        study (Study): The study.
+        wordcloud_dir (Path): Folder of the word clouds, ``<name>_dim<d>.png``.
+        raters (Sequence[int] | None): See :func:`choose_raters`.
+        wordcloud_size (tuple[int, int]): Width and height in pixels.
+        random_state (int): Seed of the word placement.
+        name (str | None): Name of the embedding; the study's by default.
 
     Returns:
         dict: ``embedding``, ``raters``, ``dimensions`` (a DataFrame, one row
         per dimension), ``labels`` (DataFrame of label counts), ``agreement``
         (DataFrame) and ``resolved_kind`` (dict dimension -> kind).
     """
-    name = study.embedding_name
+    name = study.embedding_name if name is None else name
     dimensions = list(study.dimensions)
     answers = study.answers()
     chosen = choose_raters(study, raters)
@@ -114,7 +134,7 @@ def summarize_study(
             cloud_path = wordcloud_dir / f"{name}_dim{dimension}.png"
             analysis.write_word_cloud(
                 frequencies, cloud_path, width=wordcloud_size[0], height=wordcloud_size[1],
-                random_state=random_state,
+                random_state=random_state, context=f"word cloud of {name}, dimension {dimension}",
             )
             cloud = f"{wordcloud_dir.name}/{cloud_path.name}"
         kinds = Counter(answer["kind"] for answer in dimension_answers)
@@ -171,6 +191,13 @@ def summarize_study(
     }
 
 
+#: Name of this step in ``manifest.json``.
+STEP = "labels summarize"
+
+#: Characters that an embedding name may not contain, because it becomes part of a file name.
+_FORBIDDEN_NAME_CHARACTERS = ("/", "\\", "\0")
+
+
 def summarize(
     study_paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -184,13 +211,21 @@ def summarize(
     wordcloud_size: tuple[int, int] = (600, 300),
     random_state: int = 0,
     sentence_model: Any = None,
+    embedding_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write every summary of one or more studies into ``out_dir``.
 
+    Every input is read and checked before anything is written. The summary
+    is then written into a temporary folder next to ``out_dir`` and moved into
+    place at the end, so a failure leaves ``out_dir`` as it was (or absent).
+    A rerun into the folder of an earlier summary replaces that summary and
+    removes its files that the new one does not write, such as the word
+    clouds of dimensions no longer in a study.
+
     Args:
-        study_paths (Sequence[path]): Study databases, one per embedding.
-        out_dir (path): Output directory (created; existing files of the same
-            names are replaced).
+        study_paths (Sequence[path]): Study databases, one per embedding, each given once.
+        out_dir (path): Output directory: new, empty, or the folder of an
+            earlier summary. Other files in an earlier summary's folder are kept.
         relevance (Sequence[path]): Jackknife relevance CSVs (see
             :func:`dimalign.labeling.analysis.read_relevance`), one per study
             in the same order, or none.
@@ -200,50 +235,286 @@ def summarize(
         object_names (path | None): Names of the objects for the semantic
             check (see :func:`dimalign.labeling.semantic.read_object_names`);
             derived from the object ids when None.
-        semantic_k (int): Top objects per dimension in the semantic check.
-        n_random (int): Random subsets in the semantic baseline.
+        semantic_k (int): Top objects per dimension in the semantic check, from
+            2 to the number of top objects stored per dimension.
+        n_random (int): Random subsets in the semantic baseline (at least 2).
         wordcloud_size (tuple[int, int]): Width and height of the word clouds in pixels.
-        random_state (int): Seed of the word clouds and the semantic baseline.
+        random_state (int): Seed of the word clouds and the semantic baseline (0 or more).
         sentence_model: A loaded sentence model, to avoid loading it again.
+        embedding_names (Sequence[str] | None): Name of each study's embedding
+            in the summary; by default the name stored in the study (its run
+            folder or embedding file). Names must differ.
 
     Returns:
         dict: Headline numbers, also written to ``summary.json``.
 
     Raises:
-        ValueError: If the number of relevance files differs from the number of studies.
+        ValueError: If an option or input file is invalid, a study is given
+            twice, two embeddings have the same name, or the number of
+            relevance files differs from the number of studies.
+        FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
     """
     started = now_iso()
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, "labels summarize")
+    _check_options(study_paths, relevance, embedding_names, semantic, semantic_k, n_random, random_state)
+    earlier_files = _earlier_summary_files(out_dir)
+
+    studies: list[Study] = []
+    try:
+        for path in study_paths:
+            studies.append(Study(path))
+        names = _embedding_names(studies, embedding_names)
+        relevance_tables = [
+            analysis.read_relevance(path, n_dims=_embedding_dimension_count(study))
+            for study, path in zip(studies, relevance)
+        ]
+        semantic_inputs = []
+        if semantic:
+            semantic_inputs = [
+                _semantic_inputs(study, object_names, semantic_k) for study in studies
+            ]
+            if sentence_model is None:
+                from dimalign.labeling.semantic import load_sentence_model
+
+                sentence_model = load_sentence_model()
+
+        with output_dir(out_dir.parent), _staging_dir(out_dir) as staging:
+            headline = _write_summary(
+                staging, studies, names, relevance_tables, semantic_inputs,
+                raters=raters, semantic_k=semantic_k, n_random=n_random, wordcloud_size=wordcloud_size,
+                random_state=random_state, model=sentence_model,
+            )
+            write_manifest(
+                staging,
+                step=STEP,
+                inputs={
+                    **{f"study_{index}": path for index, path in enumerate(study_paths)},
+                    **{f"relevance_{index}": path for index, path in enumerate(relevance)},
+                    **({"object_names": object_names} if object_names else {}),
+                },
+                settings={
+                    "raters": list(raters) if raters else None, "semantic": semantic,
+                    "semantic_k": semantic_k, "n_random": n_random, "wordcloud_size": list(wordcloud_size),
+                    "random_state": random_state, "embedding_names": names,
+                },
+                started=started,
+                outputs=headline.pop("_outputs"),
+            )
+            _publish(staging, out_dir, earlier_files)
+    finally:
+        for study in studies:
+            study.close()
+    logger.info("wrote the label summary of %d studies to %s", len(names), out_dir)
+    return headline
+
+
+def _check_options(
+    study_paths: Sequence[str | os.PathLike],
+    relevance: Sequence[str | os.PathLike],
+    embedding_names: Sequence[str] | None,
+    semantic: bool,
+    semantic_k: int,
+    n_random: int,
+    random_state: int,
+) -> None:
+    """Check the options that need no file, so that a mistake is reported at once."""
+    if not study_paths:
+        raise ValueError("no study given: give one study database per embedding")
     if relevance and len(relevance) != len(study_paths):
         raise ValueError(
             f"{len(relevance)} relevance files for {len(study_paths)} studies: give one "
             "--relevance per study, in the same order"
         )
-    wordcloud_dir = out_dir / "wordclouds"
-    wordcloud_dir.mkdir(parents=True, exist_ok=True)
+    if embedding_names is not None and len(embedding_names) != len(study_paths):
+        raise ValueError(
+            f"{len(embedding_names)} embedding names for {len(study_paths)} studies: give one name "
+            "per study with --embedding-names, in the same order"
+        )
+    if random_state < 0:
+        raise ValueError(f"invalid --seed {random_state}: use a seed of 0 or more")
+    if semantic and semantic_k < 2:
+        raise ValueError(f"invalid --semantic-k {semantic_k}: compare at least 2 top objects")
+    if semantic and n_random < 2:
+        raise ValueError(f"invalid --n-random {n_random}: use at least 2 random subsets")
 
+    seen: dict[str, Path] = {}
+    for path in map(Path, study_paths):
+        key = str(path.resolve())
+        if key in seen:
+            spelling = f" (also as {seen[key]})" if str(seen[key]) != str(path) else ""
+            raise ValueError(f"the study {path} is given twice{spelling}: give each study once")
+        seen[key] = path
+
+
+def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> list[str]:
+    """Return each study's embedding name, checked to be distinct and usable in file names."""
+    chosen = list(names) if names is not None else [study.embedding_name for study in studies]
+    for name in chosen:
+        if not name.strip() or any(character in name for character in _FORBIDDEN_NAME_CHARACTERS):
+            raise ValueError(
+                f"invalid embedding name {name!r}: a name must not be empty or contain / or \\ because "
+                "it becomes part of the word cloud file names"
+            )
+    by_name: dict[str, Study] = {}
+    for study, name in zip(studies, chosen):
+        if name in by_name:
+            raise ValueError(
+                f"the studies {by_name[name].path} and {study.path} both label an embedding named "
+                f"{name!r}, so their rows could not be told apart: name the embeddings with "
+                f"--embedding-names, such as --embedding-names {name}-a,{name}-b"
+            )
+        by_name[name] = study
+    return chosen
+
+
+def _embedding_dimension_count(study: Study) -> int | None:
+    recorded = study.settings.get("n_embedding_dims")
+    if recorded is None:
+        logger.warning(
+            "%s does not record how many dimensions its embedding has (it was set up by an older "
+            "dimalign), so most_relevant_dim is not checked against that count", study.path,
+        )
+        return None
+    return int(recorded)
+
+
+def _semantic_inputs(
+    study: Study, object_names: str | os.PathLike | None, k: int
+) -> tuple[list[str], dict[int, np.ndarray]]:
+    """Read and check the object names and top objects of one study for the semantic check."""
+    from dimalign.labeling import semantic
+
+    object_ids = study.object_ids()
+    if object_names is not None:
+        names = semantic.read_object_names(object_names, object_ids)
+    else:
+        names = [semantic.object_name(object_id) for object_id in object_ids]
+    tops = {dimension: study.top_objects(dimension) for dimension in study.dimensions}
+    available = min(len(top) for top in tops.values())
+    if k > available:
+        raise ValueError(
+            f"invalid --semantic-k {k}: the study {study.path} stores {available} top objects per "
+            f"dimension, so use at most {available}"
+        )
+    return names, tops
+
+
+def _earlier_summary_files(out_dir: Path) -> list[Path]:
+    """Return the files of an earlier summary in ``out_dir``, or raise if the folder contains other things.
+
+    Raises:
+        NotADirectoryError: If ``out_dir`` is a file.
+        FileExistsError: If ``out_dir`` is neither empty nor the folder of an
+            earlier summary, or contains the output of another step.
+    """
+    if not out_dir.exists():
+        return []
+    if not out_dir.is_dir():
+        raise NotADirectoryError(f"the output folder {out_dir} is a file: choose a folder name")
+    if not any(out_dir.iterdir()):
+        return []
+    check_output_dir(out_dir, STEP)
+    if not (out_dir / MANIFEST_NAME).is_file():
+        raise FileExistsError(
+            f"the output folder {out_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
+            "choose a new or empty folder"
+        )
+    outputs = read_manifest(out_dir).get("outputs", {})
+    names = [*outputs.get("files", []), *outputs.get("wordclouds", []), MANIFEST_NAME]
+    if "wordclouds" not in outputs:
+        # Summaries before the manifest listed word clouds wrote them all to wordclouds/.
+        names += [f"wordclouds/{path.name}" for path in (out_dir / "wordclouds").glob("*_dim*.png")]
+    files = []
+    for name in names:
+        relative = Path(str(name))
+        # The manifest is data read from disk, so no name may lead out of the folder.
+        if relative.is_absolute() or ".." in relative.parts:
+            continue
+        if (out_dir / relative).is_file():
+            files.append(out_dir / relative)
+    return files
+
+
+@contextlib.contextmanager
+def _staging_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    # mkdtemp makes the folder private to its owner; the summary folder gets
+    # the permissions of an ordinary mkdir (0o777 minus the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path]) -> None:
+    """Move the staged summary into ``out_dir`` and remove the earlier summary's other files."""
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        # A rename replaces an empty folder on POSIX, so the summary appears at once.
+        os.replace(staging, out_dir)
+        return
+    new_files = sorted(path.relative_to(staging) for path in staging.rglob("*") if path.is_file())
+    for relative in new_files:
+        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / relative, out_dir / relative)
+    written = {out_dir / relative for relative in new_files}
+    stale = [path for path in earlier_files if path not in written]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        logger.info("removed %d files of the earlier summary in %s", len(stale), out_dir)
+    clouds = out_dir / "wordclouds"
+    if clouds.is_dir() and not any(clouds.iterdir()):
+        clouds.rmdir()
+
+
+def _write_summary(
+    out_dir: Path,
+    studies: Sequence[Study],
+    names: Sequence[str],
+    relevance_tables: Sequence[pd.DataFrame],
+    semantic_inputs: Sequence[tuple[list[str], dict[int, np.ndarray]]],
+    *,
+    raters: Sequence[int] | None,
+    semantic_k: int,
+    n_random: int,
+    wordcloud_size: tuple[int, int],
+    random_state: int,
+    model: Any,
+) -> dict[str, Any]:
+    """Compute and write every table, word cloud and page of checked inputs into ``out_dir``.
+
+    Returns:
+        dict: The headline numbers, plus ``_outputs``: the files written, for the manifest.
+    """
+    wordcloud_dir = out_dir / "wordclouds"
+    wordcloud_dir.mkdir()
     results = []
-    relevance_tables = []
     semantic_tables = []
     correlations = []
-    for index, path in enumerate(study_paths):
-        with Study(path) as study:
-            result = summarize_study(
-                study, wordcloud_dir, raters=raters, wordcloud_size=wordcloud_size, random_state=random_state
+    relevance_shares = []
+    for index, (study, name) in enumerate(zip(studies, names)):
+        result = summarize_study(
+            study, wordcloud_dir, raters=raters, wordcloud_size=wordcloud_size, random_state=random_state,
+            name=name,
+        )
+        if semantic_inputs:
+            object_names, tops = semantic_inputs[index]
+            table, correlation = _semantic_check(
+                study, result, object_names=object_names, tops=tops, k=semantic_k, n_random=n_random,
+                random_state=random_state, model=model,
             )
-            if semantic:
-                table, correlation = _semantic_check(
-                    study, result, object_names=object_names, k=semantic_k, n_random=n_random,
-                    random_state=random_state, model=sentence_model,
-                )
-                semantic_tables.append(table)
-                correlations.append(correlation)
-        if relevance:
-            table = analysis.read_relevance(relevance[index])
-            shares = analysis.relevance_shares(table["most_relevant_dim"].tolist(), result["resolved_kind"])
-            shares.insert(0, "embedding", result["embedding"])
-            relevance_tables.append(shares)
+            semantic_tables.append(table)
+            correlations.append(correlation)
+        if relevance_tables:
+            shares = analysis.relevance_shares(
+                relevance_tables[index]["most_relevant_dim"].tolist(), result["resolved_kind"]
+            )
+            shares.insert(0, "embedding", name)
+            relevance_shares.append(shares)
         results.append(result)
 
     dimensions = pd.concat([result["dimensions"] for result in results], ignore_index=True)
@@ -251,7 +522,7 @@ def summarize(
         semantic_table = pd.concat(semantic_tables, ignore_index=True)
         dimensions = dimensions.merge(
             semantic_table[["embedding", "dimension", "semantic_z", "label_similarity"]],
-            on=["embedding", "dimension"], how="left",
+            on=["embedding", "dimension"], how="left", validate="one_to_one",
         )
     shares = analysis.kind_shares(
         {result["embedding"]: list(result["resolved_kind"].values()) for result in results}
@@ -262,13 +533,12 @@ def summarize(
         "agreement.csv": pd.concat([result["agreement"] for result in results], ignore_index=True),
         "shares.csv": shares,
     }
-    if relevance_tables:
-        outputs["relevance_shares.csv"] = pd.concat(relevance_tables, ignore_index=True)
+    if relevance_shares:
+        outputs["relevance_shares.csv"] = pd.concat(relevance_shares, ignore_index=True)
     if semantic_tables:
         outputs["semantic.csv"] = semantic_table
     for file_name, frame in outputs.items():
-        with atomic_path(out_dir / file_name) as temporary:
-            frame.to_csv(temporary, index=False)
+        frame.to_csv(out_dir / file_name, index=False)
 
     headline = {
         "embeddings": [result["embedding"] for result in results],
@@ -280,26 +550,16 @@ def summarize(
         "agreement": outputs["agreement.csv"].to_dict(orient="records"),
         "semantic_correlation": correlations,
     }
-    if relevance_tables:
+    if relevance_shares:
         headline["relevance_shares"] = outputs["relevance_shares.csv"].to_dict(orient="records")
     write_text_atomic(out_dir / "summary.json", json.dumps(_finite(headline), indent=2) + "\n")
     write_text_atomic(out_dir / "summary.html", _render_html(outputs, headline))
-    write_manifest(
-        out_dir,
-        step="labels summarize",
-        inputs={
-            **{f"study_{index}": path for index, path in enumerate(study_paths)},
-            **{f"relevance_{index}": path for index, path in enumerate(relevance)},
-            **({"object_names": object_names} if object_names else {}),
-        },
-        settings={
-            "raters": list(raters) if raters else None, "semantic": semantic, "semantic_k": semantic_k,
-            "n_random": n_random, "wordcloud_size": list(wordcloud_size), "random_state": random_state,
-        },
-        started=started,
-        outputs={"files": sorted(outputs) + ["summary.json", "summary.html"]},
-    )
-    logger.info("wrote the label summary of %d studies to %s", len(results), out_dir)
+    headline["_outputs"] = {
+        "files": sorted(outputs) + ["summary.json", "summary.html"],
+        "wordclouds": sorted(
+            f"{wordcloud_dir.name}/{path.name}" for path in wordcloud_dir.iterdir() if path.is_file()
+        ),
+    }
     return headline
 
 
@@ -307,7 +567,8 @@ def _semantic_check(
     study: Study,
     result: dict[str, Any],
     *,
-    object_names: str | os.PathLike | None,
+    object_names: Sequence[str],
+    tops: dict[int, np.ndarray],
     k: int,
     n_random: int,
     random_state: int,
@@ -315,18 +576,11 @@ def _semantic_check(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     from dimalign.labeling import semantic
 
-    object_ids = study.object_ids()
-    if object_names is not None:
-        names = semantic.read_object_names(object_names, object_ids)
-    else:
-        names = [semantic.object_name(object_id) for object_id in object_ids]
     labels: dict[int, list[str]] = {}
     for answer in study.answers():
         labels.setdefault(answer["dimension"], []).extend(answer["labels"])
-    tops = {dimension: study.top_objects(dimension) for dimension in study.dimensions}
-    k = min(k, min(len(top) for top in tops.values()))
     table = semantic.semantic_scores(
-        tops, names, labels=labels, k=k, n_random=n_random, random_state=random_state, model=model
+        tops, object_names, labels=labels, k=k, n_random=n_random, random_state=random_state, model=model
     )
     table.insert(0, "embedding", result["embedding"])
     human = result["dimensions"].set_index("dimension")["human_semantic_score"]

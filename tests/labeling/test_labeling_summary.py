@@ -1,0 +1,183 @@
+"""`dimalign labels summarize`: input checks before writing, distinct embeddings, reruns and the page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from dimalign.labeling import analysis
+from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.summary import summarize
+
+SIZE = (120, 60)
+
+
+def rate(path: Path, labels=("red",)) -> Path:
+    """Let three participants answer every dimension of a study with the same ratings."""
+    with Study(path) as study:
+        for seed in range(3):
+            participant, _ = study.add_participant(order_seed=seed)
+            for dimension in study.dimensions:
+                study.save_answer(participant.participant_id, dimension,
+                                  Answer(labels=tuple(labels), kind="visual", interpretability="one"))
+    return path
+
+
+@pytest.fixture
+def two_studies(tmp_path, labeling_run, image_set):
+    """Two rated studies of the same run, so both embeddings are named after the run folder."""
+    first = rate(create_study(tmp_path / "first.db", labeling_run, image_set[0], dims="0-2"))
+    second = rate(create_study(tmp_path / "second.db", labeling_run, image_set[0], dims="3-5"))
+    return first, second
+
+
+def write_relevance(path: Path, dims) -> Path:
+    pd.DataFrame({"triplet_index": range(len(dims)), "most_relevant_dim": dims}).to_csv(path, index=False)
+    return path
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(item.name for item in folder.iterdir() if item.name.startswith("."))
+
+
+def test_same_study_twice_rejected(two_studies, tmp_path):
+    first, _ = two_studies
+    with pytest.raises(ValueError, match=f"the study {first} is given twice: give each study once"):
+        summarize([first, first], tmp_path / "out", wordcloud_size=SIZE)
+    assert not (tmp_path / "out").exists()
+
+
+def test_same_embedding_names_rejected(two_studies, tmp_path, labeling_run):
+    first, second = two_studies
+    name = labeling_run.name
+    message = (f"the studies {first} and {second} both label an embedding named '{name}'.*"
+               f"--embedding-names {name}-a,{name}-b")
+    with pytest.raises(ValueError, match=message):
+        summarize([first, second], tmp_path / "out", wordcloud_size=SIZE)
+    assert not (tmp_path / "out").exists()
+
+
+def test_embedding_names_keep_studies_apart(two_studies, tmp_path):
+    out = tmp_path / "out"
+    headline = summarize(two_studies, out, embedding_names=["human", "dnn"], wordcloud_size=SIZE)
+    assert headline["embeddings"] == ["human", "dnn"]
+    assert headline["raters"] == {"human": [1, 2, 3], "dnn": [1, 2, 3]}
+    shares = pd.read_csv(out / "shares.csv")
+    assert shares.groupby("embedding", sort=False)["n_dimensions"].sum().to_dict() == {"human": 3, "dnn": 3}
+    clouds = sorted(path.name for path in (out / "wordclouds").iterdir())
+    assert clouds == ["dnn_dim3.png", "dnn_dim4.png", "dnn_dim5.png",
+                      "human_dim0.png", "human_dim1.png", "human_dim2.png"]
+    assert len(pd.read_csv(out / "dimensions.csv")) == 6
+
+
+def test_invalid_embedding_name_rejected(two_studies, tmp_path):
+    with pytest.raises(ValueError, match="invalid embedding name 'a/b'"):
+        summarize(two_studies, tmp_path / "out", embedding_names=["a/b", "c"], wordcloud_size=SIZE)
+
+
+@pytest.mark.parametrize("case", ["bad relevance", "text study", "k 1", "k 1000", "seed -1", "names"])
+def test_failed_summary_writes_nothing(two_studies, tmp_path, case):
+    first, second = two_studies
+    good = write_relevance(tmp_path / "good.csv", [0, 1])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("triplet_index,most_relevant_dim\n")
+    text_study = tmp_path / "text.db"
+    text_study.write_text("hello\n")
+    names = tmp_path / "names.csv"
+    names.write_text("id,word\nfoo,bar\n")
+    out = tmp_path / "new" / "out"
+    arguments = {
+        "bad relevance": ([first, second], {"relevance": [good, bad], "embedding_names": ["a", "b"]},
+                          f"relevance file {bad} has a header but no rows"),
+        "text study": ([first, text_study], {}, f"{text_study} is not an SQLite database"),
+        "k 1": ([first], {"semantic": True, "semantic_k": 1}, "invalid --semantic-k 1: compare at least 2"),
+        "k 1000": ([first], {"semantic": True, "semantic_k": 1000},
+                   f"invalid --semantic-k 1000: the study {first} stores 20 top objects per dimension, "
+                   "so use at most 20"),
+        "seed -1": ([first], {"semantic": True, "random_state": -1}, "invalid --seed -1: use a seed of 0 or more"),
+        "names": ([first], {"semantic": True, "object_names": names},
+                  f"object names file {names} names none of the study's 36 objects"),
+    }
+    studies, options, message = arguments[case]
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        summarize(studies, out, wordcloud_size=SIZE, **options)
+    assert not out.parent.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_rerun_removes_earlier_summary_files(two_studies, tmp_path):
+    first, second = two_studies
+    out = tmp_path / "out"
+    summarize([first], out, relevance=[write_relevance(tmp_path / "r.csv", [0, 1, 7])], wordcloud_size=SIZE)
+    assert (out / "relevance_shares.csv").is_file()
+    (out / "notes.txt").write_text("mine")
+
+    summarize([second], out, embedding_names=["other"], wordcloud_size=SIZE)
+    assert not (out / "relevance_shares.csv").exists()
+    clouds = sorted(path.name for path in (out / "wordclouds").iterdir())
+    assert clouds == ["other_dim3.png", "other_dim4.png", "other_dim5.png"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["outputs"]["wordclouds"] == [f"wordclouds/{name}" for name in clouds]
+    assert "relevance_shares.csv" not in manifest["outputs"]["files"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert leftovers(tmp_path) == []
+
+
+def test_non_empty_folder_without_summary_rejected(two_studies, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.csv").write_text("keep")
+    with pytest.raises(FileExistsError, match=f"the output folder {out} is not empty and contains no earlier summary"):
+        summarize([two_studies[0]], out, wordcloud_size=SIZE)
+    assert sorted(path.name for path in out.iterdir()) == ["data.csv"]
+
+
+def test_summary_folder_has_mkdir_permissions(two_studies, tmp_path):
+    out = tmp_path / "out"
+    summarize([two_studies[0]], out, wordcloud_size=SIZE)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_image_src_url_quoted(tmp_path, labeling_run, image_set):
+    run = tmp_path / "vgg#16 <i>x"
+    run.mkdir()
+    for name in ("embedding.npz", "objects.tsv"):
+        (run / name).write_bytes((labeling_run / name).read_bytes())
+    study = rate(create_study(tmp_path / "s.db", run, image_set[0], dims="0"))
+    out = tmp_path / "out"
+    summarize([study], out, wordcloud_size=SIZE)
+    html = (out / "summary.html").read_text()
+    assert 'src="wordclouds/vgg%2316%20%3Ci%3Ex_dim0.png"' in html
+    assert (out / "wordclouds" / "vgg#16 <i>x_dim0.png").is_file()
+
+
+def test_undrawable_labels_warned(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(analysis, "_fallback_fonts", lambda: [])
+    caplog.set_level(logging.WARNING, logger="dimalign.labeling.analysis")
+    analysis.write_word_cloud({"\u732b": 2, "cat": 1}, tmp_path / "a.png", width=120, height=60,
+                              context="word cloud of run, dimension 0")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1
+    assert messages[0].startswith("word cloud of run, dimension 0: no installed font has glyphs for '\u732b', "
+                                  "so the labels ['\u732b'] show as boxes")
+
+
+def test_font_fallback_covers_labels(monkeypatch, caplog):
+    dejavu = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+    monkeypatch.setattr(analysis, "_fallback_fonts", lambda: [dejavu])
+    caplog.set_level(logging.WARNING, logger="dimalign.labeling.analysis")
+    # Georgian letters are missing from wordcloud's DroidSansMono and present in DejaVu Sans.
+    assert analysis.choose_font(["\u10d0\u10d1", "red"]) == dejavu
+    assert caplog.records == []
+
+
+def test_last_resort_font_not_a_fallback():
+    assert not any("lastresort" in Path(name).name.lower() for name in analysis._fallback_fonts())
