@@ -41,3 +41,13 @@ def test_output_dir_keeps_folder_with_named_file(tmp_path):
             (folder / "checkpoint.pt").write_bytes(b"state")
             raise RuntimeError("failed")
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_atomic_write_error_names_final_file(tmp_path):
+    """The temporary name means nothing to the user, who asked for the final one."""
+    from dimalign.io.files import write_text_atomic
+
+    (tmp_path / "table.csv").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"Is a directory: '.*table.csv'$"):
+        write_text_atomic(tmp_path / "table.csv", "x")
+    assert [path.name for path in tmp_path.iterdir()] == ["table.csv"]

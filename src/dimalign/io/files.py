@@ -41,10 +41,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         writers that pick a format by suffix, like ``np.save``, still work).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
-    )
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
+        )
+    except OSError as error:
+        raise _naming(error, final) from error
     os.close(handle)
     temporary_path = Path(temporary)
     # mkstemp creates the file readable by its owner only; give the final file
@@ -54,10 +57,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(temporary_path, 0o666 & ~umask)
     try:
         yield temporary_path
-        os.replace(temporary_path, final)
+        try:
+            os.replace(temporary_path, final)
+        except OSError as error:
+            raise _naming(error, final) from error
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+def _naming(error: OSError, final: Path) -> OSError:
+    """Return ``error`` as the same type, naming the file the user asked for, not a temporary one."""
+    if error.errno is None:
+        return error
+    return type(error)(error.errno, error.strerror, str(final))
 
 
 @contextlib.contextmanager
