@@ -26,6 +26,19 @@ MANIFEST_NAME = "manifest.json"
 _VERSIONED_PACKAGES = ("dimalign", "numpy", "scipy", "scikit-learn", "torch", "torchvision")
 
 
+def without_umask(mode: int) -> int:
+    """Return ``mode`` minus the process umask: what ``open`` or ``mkdir`` would give.
+
+    Example:
+        >>> without_umask(0o666) & 0o600
+        384
+    """
+    # The umask can only be read by setting it, so it is set back at once.
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` and rename it to ``path`` on success.
@@ -52,9 +65,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary_path = Path(temporary)
     # mkstemp creates the file readable by its owner only; give the final file
     # the permissions an ordinary open() would (0o666 minus the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary_path, 0o666 & ~umask)
+    os.chmod(temporary_path, without_umask(0o666))
     try:
         yield temporary_path
         try:

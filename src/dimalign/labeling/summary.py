@@ -37,6 +37,7 @@ from dimalign.io.files import (
     now_iso,
     output_dir,
     read_manifest,
+    without_umask,
     write_manifest,
     write_text_atomic,
 )
@@ -441,9 +442,7 @@ def _staging_dir(out_dir: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     # mkdtemp makes the folder private to its owner; the summary folder gets
     # the permissions of an ordinary mkdir (0o777 minus the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    os.chmod(staging, without_umask(0o777))
     try:
         yield staging
     finally:
