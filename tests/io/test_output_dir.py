@@ -51,3 +51,12 @@ def test_atomic_write_error_names_final_file(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"Is a directory: '.*table.csv'$"):
         write_text_atomic(tmp_path / "table.csv", "x")
     assert [path.name for path in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_atomic_write_under_a_file_names_that_file(tmp_path):
+    """The cause is the file in the way, so the message must name it, not the target."""
+    from dimalign.io.files import write_text_atomic
+
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(FileExistsError, match=r"File exists: '.*plain'$"):
+        write_text_atomic(tmp_path / "plain" / "table.csv", "x")

@@ -54,8 +54,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         writers that pick a format by suffix, like ``np.save``, still work).
     """
     final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(
             prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent
         )
@@ -78,8 +78,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _naming(error: OSError, final: Path) -> OSError:
-    """Return ``error`` as the same type, naming the file the user asked for, not a temporary one."""
-    if error.errno is None:
+    """Return ``error`` naming the file the user asked for where it named the temporary one."""
+    temporary_prefix = f".{final.stem}."
+    if error.errno is None or not Path(str(error.filename)).name.startswith(temporary_prefix):
         return error
     return type(error)(error.errno, error.strerror, str(final))
 
