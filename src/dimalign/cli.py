@@ -142,8 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
     except (
-        ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
-        KeyError, RuntimeError,
+        # OSError covers the file system's refusals (permissions, a full or
+        # read-only disk, a file where a folder belongs), which the user fixes.
+        ValueError, OSError, KeyError, RuntimeError,
     ) as error:
         logger.debug("command failed", exc_info=True)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

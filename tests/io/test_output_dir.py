@@ -60,3 +60,11 @@ def test_atomic_write_under_a_file_names_that_file(tmp_path):
     (tmp_path / "plain").write_text("x")
     with pytest.raises(FileExistsError, match=r"File exists: '.*plain'$"):
         write_text_atomic(tmp_path / "plain" / "table.csv", "x")
+
+
+def test_output_folder_that_is_a_file_is_rejected(tmp_path):
+    from dimalign.io.files import check_output_dir
+
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FileExistsError, match="the output folder .*out is a file; choose a folder for dimalign select"):
+        check_output_dir(tmp_path / "out", "select")

@@ -307,8 +307,9 @@ class TripletEmbedding(BaseEstimator):
         if self.n_dims_ == 0:
             warnings.warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
-                f"embedding will fail. Lower min_objects (now {self.min_objects}), use more "
-                "triplets, or, for SPoSE, a smaller l1 penalty", UserWarning, stacklevel=2,
+                f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
+                f"{self.min_objects}, Python only), or, for SPoSE, a smaller l1 penalty",
+                UserWarning, stacklevel=2,
             )
         return self
 

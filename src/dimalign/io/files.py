@@ -290,9 +290,12 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
         step (str): The step that is about to write there.
 
     Raises:
-        FileExistsError: If the folder contains the manifest of another step.
+        FileExistsError: If the folder contains the manifest of another step,
+            or the path is a file.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"the output folder {out_dir} is a file; choose a folder for dimalign {step}")
     if (out_dir / MANIFEST_NAME).is_file():
         previous = read_manifest(out_dir).get("step")
         if previous != step:

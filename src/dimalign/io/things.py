@@ -298,7 +298,9 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
             with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(
                 temporary, "wb"
             ) as handle:
-                for chunk in iter(lambda: response.read(1 << 16), b""):
+                # read1 returns what has arrived instead of waiting for a full
+                # 64 KiB, so the deadline is checked while a slow server sends.
+                for chunk in iter(lambda: response.read1(1 << 16), b""):
                     digest.update(chunk)
                     handle.write(chunk)
                     received += len(chunk)
@@ -321,8 +323,10 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                 "and pass it as mirror"
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            # repr() keeps a server's raw bytes (line breaks, escapes) out of the terminal.
+            detail = repr(str(error)) if isinstance(error, http.client.HTTPException) else str(error)
             raise RuntimeError(
-                f"download of {entry.name} from {entry.url} failed: {type(error).__name__}: {error}. "
+                f"download of {entry.name} from {entry.url} failed: {type(error).__name__}: {detail}. "
                 "Check the network connection, or copy the file into a directory and pass it as mirror"
             ) from error
 
@@ -398,6 +402,12 @@ def fetch(
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise type(error)(
+            f"cannot create the THINGS data folder {data_dir} ({error.strerror}); "
+            "pass a folder you can write to (demo: --data-dir)"
+        ) from error
+    try:
         if mirror is not None:
             copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
             if copied is not None:
