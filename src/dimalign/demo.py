@@ -39,10 +39,10 @@ logger = logging.getLogger(__name__)
 
 FEATURES_FILE = "vgg16_srf_factors_rank200.npy"
 
-#: Fewest triplets of either observer: with a 10% validation share, both parts get some.
+#: Minimum number of triplets of either observer: with a 10% validation share, both parts get some.
 MIN_TRIPLETS = 100
 
-#: What a demo writes into its output folder; ``overwrite`` removes these.
+#: Files and folders a demo writes into its output folder, removed by ``overwrite``.
 DEMO_OUTPUTS = ("human", "dnn", "summary.json", MANIFEST_NAME)
 
 #: Command-line option of each setting, for error messages.

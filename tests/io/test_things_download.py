@@ -164,7 +164,7 @@ def test_download_corrupted_file_leaves_nothing(source_file, tmp_path):
 def test_download_http_error_leaves_nothing(http_server, tmp_path):
     data_dir = tmp_path / "data"
 
-    with pytest.raises(RuntimeError, match="download of missing.txt .* failed: the server answered HTTP 404"):
+    with pytest.raises(RuntimeError, match="download of missing.txt .* failed: the server returned HTTP 404"):
         fetch(entry_for(f"{http_server}/missing.txt", name="missing.txt"), data_dir=data_dir)
 
     assert list(data_dir.iterdir()) == []
