@@ -198,8 +198,8 @@ def run_demo(
         ValueError: On invalid settings, a data folder inside ``out_dir``,
             more DNN triplets than the objects allow, or an empty human
             triplet file.
-        FileExistsError: If ``out_dir`` is a file, holds another step's
-            output, or holds an earlier demo and ``overwrite`` is False.
+        FileExistsError: If ``out_dir`` is a file, contains another step's
+            output, or contains an earlier demo and ``overwrite`` is False.
     """
     from dimalign.analysis.things48 import load_things48
     from dimalign.io.objects import read_object_table

@@ -318,7 +318,7 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                         )
         except urllib.error.HTTPError as error:
             raise RuntimeError(
-                f"download of {entry.name} from {entry.url} failed: the server answered HTTP "
+                f"download of {entry.name} from {entry.url} failed: the server returned HTTP "
                 f"{error.code} ({error.reason}). Retry later, or copy the file into a directory "
                 "and pass it as mirror"
             ) from error
