@@ -152,3 +152,19 @@ def test_setup_error_names_study_not_temporary(tmp_path, labeling_run, image_set
     error = capsys.readouterr().err
     assert f"cannot write the study database {study}" in error
     assert ".tmp" not in error
+
+
+def test_export_through_link_keeps_wal(study_path, tmp_path, capsys):
+    link = tmp_path / "link.db"
+    link.symlink_to(study_path.name)
+    wal = tmp_path / "study.db-wal"
+    # An open connection keeps its committed participant in the write-ahead log.
+    with Study(study_path) as holder:
+        holder.add_participant(order_seed=0)
+        assert wal.stat().st_size > 0
+        status = main(["label-app", "export", str(link), "-o", str(wal), "--overwrite"])
+        assert status == 1
+        error = capsys.readouterr().err
+        assert f"the export file {wal} is the study database or one of its SQLite files ({wal})" in error
+    with Study(study_path) as opened:
+        assert [participant.participant_id for participant in opened.participants()] == [1]

@@ -773,19 +773,29 @@ class Study:
         logger.info("exported %d answers of %s to %s", n_rows, self.path, path)
         return n_rows
 
+    def _study_files(self) -> list[Path]:
+        """Return the study file and its SQLite side files, under the given and the resolved name.
+
+        SQLite resolves symbolic links before it derives the names of the
+        ``-wal``, ``-shm`` and ``-journal`` files, so a study opened through a
+        link keeps its side files next to the file the link points to.
+        """
+        names = [self.path, Path(os.path.realpath(self.path))]
+        files = []
+        for name in names:
+            files += [name] + [name.with_name(name.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+        return files
+
     def _check_export_path(self, path: Path, *, overwrite: bool) -> None:
-        study_files = [self.path] + [
-            self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm", "-journal")
-        ]
-        target = path.resolve()
-        for study_file in study_files:
-            same = target == study_file.resolve() or (
+        target = Path(os.path.realpath(path))
+        for study_file in self._study_files():
+            same = target == Path(os.path.realpath(study_file)) or (
                 path.exists() and study_file.exists() and os.path.samefile(path, study_file)
             )
             if same:
                 raise ValueError(
-                    f"the export file {path} is the study database {study_file}: write the answers "
-                    "to another file, such as answers.csv"
+                    f"the export file {path} is the study database or one of its SQLite files "
+                    f"({study_file}): write the answers to another file, such as answers.csv"
                 )
         if path.is_dir():
             raise IsADirectoryError(
