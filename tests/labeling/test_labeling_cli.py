@@ -31,7 +31,7 @@ def test_setup_error_reported(tmp_path, labeling_run, image_set, capsys):
     status = main(["label-app", "setup", str(tmp_path / "s.db"), "--run", str(labeling_run),
                    "--images", str(image_set[0]), "--dims", "40"])
     assert status == 1
-    assert "dimensions [40] do not exist" in capsys.readouterr().err
+    assert "dimension '40' in --dims '40' does not exist: the embedding has dimensions 0..11" in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()
 
 

@@ -125,12 +125,27 @@ def test_parse_dimensions():
     assert parse_dimensions("all", 4) == [0, 1, 2, 3]
     assert parse_dimensions("2, 0", 4) == [0, 2]
     assert parse_dimensions("1-3", 4) == [1, 2, 3]
-    with pytest.raises(ValueError, match=r"do not exist.*0\.\.3"):
+    with pytest.raises(ValueError, match=r"dimension '4' in --dims '4' does not exist: the embedding has dimensions 0\.\.3"):
         parse_dimensions("4", 4)
     with pytest.raises(ValueError, match="invalid dimension 'x'"):
         parse_dimensions("x", 4)
     with pytest.raises(ValueError, match="twice"):
         parse_dimensions("1,1", 4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0-5000", "dimension '0-5000' in --dims '0-5000' does not exist: the embedding has dimensions 0..3"),
+        ("1, 5-2", "dimension '5-2' in --dims '1, 5-2' does not exist: the embedding has dimensions 0..3"),
+        ("3-1", "invalid range '3-1' in --dims '3-1': write the smaller dimension first, such as 1-3"),
+    ],
+)
+def test_dimension_range_bounds_checked(spec, message):
+    # A range is checked before it is expanded, so the error names the range, not each number in it.
+    with pytest.raises(ValueError) as raised:
+        parse_dimensions(spec, 4)
+    assert str(raised.value) == message
 
 
 def test_validate_answer_trims_and_keeps_text():

@@ -242,7 +242,8 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
     """Parse ``--dims`` (``"all"``, ``"0,1,2"`` or ``"0-9"``) into sorted dimension indices.
 
     Raises:
-        ValueError: If an index is not an integer in ``0..n_dims-1`` or appears twice.
+        ValueError: If an index or range bound is not an integer in
+            ``0..n_dims-1``, a range runs backwards, or an index appears twice.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(n_dims))
@@ -255,14 +256,26 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
             try:
                 if "-" in part:
                     first, last = (int(bound) for bound in part.split("-", 1))
-                    values.extend(range(first, last + 1))
                 else:
-                    values.append(int(part))
+                    first = last = int(part)
             except ValueError:
                 raise ValueError(
                     f"invalid dimension {part!r} in --dims {spec!r}: use 'all', a comma-separated "
                     "list such as 0,1,2 or a range such as 0-9"
                 ) from None
+            # Bounds are checked before a range is expanded, so a typo such as
+            # 0-99999999999 fails at once instead of filling the memory.
+            if not (0 <= first < n_dims and 0 <= last < n_dims):
+                raise ValueError(
+                    f"dimension {part!r} in --dims {spec!r} does not exist: the embedding has "
+                    f"dimensions 0..{n_dims - 1}"
+                )
+            if first > last:
+                raise ValueError(
+                    f"invalid range {part!r} in --dims {spec!r}: write the smaller dimension first, "
+                    f"such as {last}-{first}"
+                )
+            values.extend(range(first, last + 1))
     else:
         values = [int(value) for value in spec]
     if not values:
