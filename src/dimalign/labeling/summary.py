@@ -17,6 +17,7 @@ Output directory layout:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -221,7 +222,12 @@ def summarize(
     place at the end, so a failure leaves ``out_dir`` as it was (or absent).
     A rerun into the folder of an earlier summary replaces that summary and
     removes its files that the new one does not write, such as the word
-    clouds of dimensions no longer in a study.
+    clouds of dimensions no longer in a study. If that replacement fails part
+    way, the files already replaced are restored. A run holds an exclusive
+    lock on the file ``.<name>.lock`` next to ``out_dir`` while it writes, so
+    a concurrent run into the same folder fails instead of mixing files.
+    When ``out_dir`` is a symbolic link to a folder, the summary is written
+    into that folder.
 
     Args:
         study_paths (Sequence[path]): Study databases, one per embedding, each given once.
@@ -254,11 +260,15 @@ def summarize(
             twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
+        RuntimeError: If another run is writing into ``out_dir``.
+        OSError: If the summary cannot be written; the message names
+            ``out_dir``, never the temporary folder.
     """
     started = now_iso()
     out_dir = Path(out_dir)
     _check_options(study_paths, relevance, embedding_names, semantic, semantic_k, n_random, random_state)
-    earlier_files = _earlier_summary_files(out_dir)
+    target = _output_target(out_dir)
+    _earlier_summary_files(target, out_dir)
 
     studies: list[Study] = []
     try:
@@ -279,7 +289,9 @@ def summarize(
 
                 sentence_model = load_sentence_model()
 
-        with output_dir(out_dir.parent), _staging_dir(out_dir) as staging:
+        with output_dir(target.parent), _output_lock(target, out_dir), _staging_dir(target, out_dir) as staging:
+            # Checked again under the lock: another run may have finished in between.
+            earlier_files = _earlier_summary_files(target, out_dir)
             headline = _write_summary(
                 staging, studies, names, relevance_tables, semantic_inputs,
                 raters=raters, semantic_k=semantic_k, n_random=n_random, wordcloud_size=wordcloud_size,
@@ -301,7 +313,7 @@ def summarize(
                 started=started,
                 outputs=headline.pop("_outputs"),
             )
-            _publish(staging, out_dir, earlier_files)
+            _publish(staging, target, earlier_files, out_dir)
     finally:
         for study in studies:
             study.close()
@@ -400,8 +412,29 @@ def _semantic_inputs(
     return names, tops
 
 
-def _earlier_summary_files(out_dir: Path) -> list[Path]:
+def _output_target(out_dir: Path) -> Path:
+    """Return the folder the summary is written to: ``out_dir``, or the folder a link there points to.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` is a symbolic link to nothing.
+    """
+    if not out_dir.is_symlink():
+        return out_dir
+    target = Path(os.path.realpath(out_dir))
+    if not target.exists():
+        raise FileNotFoundError(
+            f"the output folder {out_dir} is a symbolic link to {target}, which does not exist: "
+            "create that folder, or choose another output folder"
+        )
+    return target
+
+
+def _earlier_summary_files(out_dir: Path, shown: Path) -> list[Path]:
     """Return the files of an earlier summary in ``out_dir``, or raise if the folder contains other things.
+
+    Args:
+        out_dir (Path): The folder the summary is written to.
+        shown (Path): The output folder as the user gave it, for messages.
 
     Raises:
         NotADirectoryError: If ``out_dir`` is a file.
@@ -411,13 +444,13 @@ def _earlier_summary_files(out_dir: Path) -> list[Path]:
     if not out_dir.exists():
         return []
     if not out_dir.is_dir():
-        raise NotADirectoryError(f"the output folder {out_dir} is a file: choose a folder name")
+        raise NotADirectoryError(f"the output folder {shown} is a file: choose a folder name")
     if not any(out_dir.iterdir()):
         return []
-    check_output_dir(out_dir, STEP)
+    check_output_dir(shown, STEP)
     if not (out_dir / MANIFEST_NAME).is_file():
         raise FileExistsError(
-            f"the output folder {out_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
+            f"the output folder {shown} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
@@ -437,37 +470,156 @@ def _earlier_summary_files(out_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    # mkdtemp makes the folder private to its owner; the summary folder gets
-    # the permissions of an ordinary mkdir (0o777 minus the umask).
-    os.chmod(staging, without_umask(0o777))
+def _output_lock(out_dir: Path, shown: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` next to ``out_dir`` for the block.
+
+    NOTE: ``fcntl`` locks exist on POSIX systems only.
+
+    Raises:
+        RuntimeError: If another run holds the lock.
+    """
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise _output_error(error, shown) from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RuntimeError(
+                f"another `dimalign labels summarize` is writing to {shown}: wait until it has "
+                "finished, or choose another output folder"
+            ) from None
+        # The run that held the lock removes the file before it unlocks, so a
+        # lock taken on a file that is no longer at lock_path guards nothing.
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(descriptor), current):
+            break
+        os.close(descriptor)
     try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _staging_dir(out_dir: Path, shown: Path) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as error:
+        raise _output_error(error, shown) from error
+    try:
+        # mkdtemp makes the folder private to its owner; the summary folder gets
+        # the permissions of an ordinary mkdir (0o777 minus the umask).
+        os.chmod(staging, without_umask(0o777))
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path]) -> None:
-    """Move the staged summary into ``out_dir`` and remove the earlier summary's other files."""
+def _output_error(error: OSError, shown: Path, file: Path | None = None, note: str = "") -> OSError:
+    """Return ``error`` as the same type, naming the output folder instead of a temporary path."""
+    reason = error.strerror or str(error)
+    where = f" ({reason} for {file})" if file is not None else f" ({reason})"
+    return type(error)(f"cannot write the summary to {shown}{where}: choose a folder you can write to{note}")
+
+
+def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path], shown: Path) -> None:
+    """Move the staged summary into ``out_dir`` and remove the earlier summary's other files.
+
+    A new or empty ``out_dir`` is replaced by the staged folder in one
+    rename. Into the folder of an earlier summary the files are moved one
+    by one: every destination is checked first, each replaced or stale file
+    is set aside in the staging folder, and on a failure every file set aside
+    is put back, so the earlier summary stays whole.
+    """
     if not out_dir.exists() or not any(out_dir.iterdir()):
         # A rename replaces an empty folder on POSIX, so the summary appears at once.
-        os.replace(staging, out_dir)
+        try:
+            os.replace(staging, out_dir)
+        except OSError as error:
+            raise _output_error(error, shown) from error
         return
+
     new_files = sorted(path.relative_to(staging) for path in staging.rglob("*") if path.is_file())
-    for relative in new_files:
-        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, out_dir / relative)
+    _check_destinations(out_dir, new_files, shown)
     written = {out_dir / relative for relative in new_files}
     stale = [path for path in earlier_files if path not in written]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    set_aside = staging.parent / f"{staging.name}.earlier"
+    moved: list[tuple[Path, Path | None]] = []
+    created: list[Path] = []
+    current = out_dir
+    try:
+        set_aside.mkdir()
+        for relative in new_files:
+            current = out_dir / relative
+            saved = _move_aside(current, set_aside / relative) if os.path.lexists(current) else None
+            moved.append((current, saved))
+            if not current.parent.exists():
+                current.parent.mkdir(parents=True)
+                created.append(current.parent)
+            os.replace(staging / relative, current)
+        for path in stale:
+            current = path
+            moved.append((path, _move_aside(path, set_aside / path.relative_to(out_dir))))
+    except OSError as error:
+        failed = shown / current.relative_to(out_dir)
+        try:
+            _put_back(moved, created)
+        except OSError as restore_error:
+            # The files set aside are the only copy of the earlier summary now, so they are kept.
+            note = f"; restoring the earlier summary failed too ({restore_error}), so its files are in {set_aside}"
+            raise _output_error(error, shown, failed, note) from error
+        shutil.rmtree(set_aside, ignore_errors=True)
+        raise _output_error(error, shown, failed, " (the earlier summary was kept)") from error
+    shutil.rmtree(set_aside, ignore_errors=True)
     if stale:
-        logger.info("removed %d files of the earlier summary in %s", len(stale), out_dir)
+        logger.info("removed %d files of the earlier summary in %s", len(stale), shown)
     clouds = out_dir / "wordclouds"
     if clouds.is_dir() and not any(clouds.iterdir()):
         clouds.rmdir()
+
+
+def _check_destinations(out_dir: Path, new_files: Sequence[Path], shown: Path) -> None:
+    """Raise, before anything is moved, if a staged file cannot replace what is at its place."""
+    for relative in new_files:
+        for parent in reversed(relative.parents[:-1]):
+            if os.path.lexists(out_dir / parent) and not (out_dir / parent).is_dir():
+                raise NotADirectoryError(
+                    f"cannot write the summary to {shown}: {shown / parent} is not a folder; move it "
+                    "away or choose another output folder (the earlier summary was kept)"
+                )
+        destination = out_dir / relative
+        if destination.is_dir() and not destination.is_symlink():
+            raise IsADirectoryError(
+                f"cannot write the summary to {shown}: {shown / relative} is a folder; move it away "
+                "or choose another output folder (the earlier summary was kept)"
+            )
+
+
+def _move_aside(path: Path, saved: Path) -> Path:
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, saved)
+    return saved
+
+
+def _put_back(moved: Sequence[tuple[Path, Path | None]], created: Sequence[Path]) -> None:
+    """Undo :func:`_publish`: remove the new files and return the files set aside, last first."""
+    for destination, saved in reversed(moved):
+        if saved is None:
+            destination.unlink(missing_ok=True)
+        else:
+            os.replace(saved, destination)
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _write_summary(
