@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -168,3 +169,34 @@ def test_export_through_link_keeps_wal(study_path, tmp_path, capsys):
         assert f"the export file {wal} is the study database or one of its SQLite files ({wal})" in error
     with Study(study_path) as opened:
         assert [participant.participant_id for participant in opened.participants()] == [1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--object-names", "nonexistent.csv"],
+         "--object-names nonexistent.csv is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --object-names"),
+        (["--semantic-k", "50"],
+         "--semantic-k 50 is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --semantic-k"),
+        (["--n-random", "5"],
+         "--n-random 5 is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --n-random"),
+        (["--raters", "1,,2"], "invalid --raters '1,,2': give two or three participant ids such as 1,2 or 1,2,3"),
+    ],
+)
+def test_summarize_rejects_unused_options(study_path, tmp_path, options, message, capsys):
+    out = tmp_path / "out"
+    assert main(["labels", "summarize", str(study_path), "-o", str(out), *options]) == 1
+    assert capsys.readouterr().err == f"dimalign labels: error: {message}\n"
+    assert not out.exists()
+
+
+def test_summarize_manifest_without_semantic(study_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["labels", "summarize", str(study_path), "-o", str(out)]) == 0
+    settings = json.loads((out / "manifest.json").read_text())["settings"]
+    assert settings["semantic"] is False
+    assert settings["semantic_k"] is None
+    assert settings["n_random"] is None

@@ -196,6 +196,12 @@ def summarize_study(
 #: Name of this step in ``manifest.json``.
 STEP = "labels summarize"
 
+#: Top objects per dimension compared by the semantic check unless ``semantic_k`` is given.
+DEFAULT_SEMANTIC_K = 10
+
+#: Random object subsets of the semantic baseline unless ``n_random`` is given.
+DEFAULT_N_RANDOM = 1000
+
 #: Characters that an embedding name may not contain, because it becomes part of a file name.
 _FORBIDDEN_NAME_CHARACTERS = ("/", "\\", "\0")
 
@@ -208,8 +214,8 @@ def summarize(
     raters: Sequence[int] | None = None,
     semantic: bool = False,
     object_names: str | os.PathLike | None = None,
-    semantic_k: int = 10,
-    n_random: int = 1000,
+    semantic_k: int | None = None,
+    n_random: int | None = None,
     wordcloud_size: tuple[int, int] = (600, 300),
     random_state: int = 0,
     sentence_model: Any = None,
@@ -242,9 +248,11 @@ def summarize(
         object_names (path | None): Names of the objects for the semantic
             check (see :func:`dimalign.labeling.semantic.read_object_names`);
             derived from the object ids when None.
-        semantic_k (int): Top objects per dimension in the semantic check, from
-            2 to the number of top objects stored per dimension.
-        n_random (int): Random subsets in the semantic baseline (at least 2).
+        semantic_k (int | None): Top objects per dimension in the semantic
+            check, from 2 to the number of top objects stored per dimension;
+            :data:`DEFAULT_SEMANTIC_K` when None. Only with ``semantic``.
+        n_random (int | None): Random subsets in the semantic baseline (at
+            least 2); :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
         wordcloud_size (tuple[int, int]): Width and height of the word clouds in pixels.
         random_state (int): Seed of the word clouds and the semantic baseline (0 or more).
         sentence_model: A loaded sentence model, to avoid loading it again.
@@ -256,8 +264,8 @@ def summarize(
         dict: Headline numbers, also written to ``summary.json``.
 
     Raises:
-        ValueError: If an option or input file is invalid, a study is given
-            twice, two embeddings have the same name, or the number of
+        ValueError: If an option or input file is invalid, a semantic-check
+            option is given without ``semantic``, a study is given twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
         RuntimeError: If another run is writing into ``out_dir``.
@@ -267,6 +275,10 @@ def summarize(
     started = now_iso()
     out_dir = Path(out_dir)
     _check_options(study_paths, relevance, embedding_names, semantic, semantic_k, n_random, random_state)
+    _check_semantic_options(semantic, object_names, semantic_k, n_random)
+    if semantic:
+        semantic_k = DEFAULT_SEMANTIC_K if semantic_k is None else semantic_k
+        n_random = DEFAULT_N_RANDOM if n_random is None else n_random
     target = _output_target(out_dir)
     _earlier_summary_files(target, out_dir)
 
@@ -326,8 +338,8 @@ def _check_options(
     relevance: Sequence[str | os.PathLike],
     embedding_names: Sequence[str] | None,
     semantic: bool,
-    semantic_k: int,
-    n_random: int,
+    semantic_k: int | None,
+    n_random: int | None,
     random_state: int,
 ) -> None:
     """Check the options that need no file, so that a mistake is reported at once."""
@@ -345,9 +357,9 @@ def _check_options(
         )
     if random_state < 0:
         raise ValueError(f"invalid --seed {random_state}: use a seed of 0 or more")
-    if semantic and semantic_k < 2:
+    if semantic_k is not None and semantic_k < 2:
         raise ValueError(f"invalid --semantic-k {semantic_k}: compare at least 2 top objects")
-    if semantic and n_random < 2:
+    if n_random is not None and n_random < 2:
         raise ValueError(f"invalid --n-random {n_random}: use at least 2 random subsets")
 
     seen: dict[str, Path] = {}
@@ -357,6 +369,21 @@ def _check_options(
             spelling = f" (also as {seen[key]})" if str(seen[key]) != str(path) else ""
             raise ValueError(f"the study {path} is given twice{spelling}: give each study once")
         seen[key] = path
+
+
+def _check_semantic_options(
+    semantic: bool, object_names: str | os.PathLike | None, semantic_k: int | None, n_random: int | None
+) -> None:
+    """Reject options of the semantic check given without ``--semantic``, which would be ignored."""
+    if semantic:
+        return
+    given = {"--object-names": object_names, "--semantic-k": semantic_k, "--n-random": n_random}
+    for option, value in given.items():
+        if value is not None:
+            raise ValueError(
+                f"{option} {value} is an option of the semantic check, which runs only with --semantic: "
+                f"add --semantic, or drop {option}"
+            )
 
 
 def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> list[str]:
@@ -630,8 +657,8 @@ def _write_summary(
     semantic_inputs: Sequence[tuple[list[str], dict[int, np.ndarray]]],
     *,
     raters: Sequence[int] | None,
-    semantic_k: int,
-    n_random: int,
+    semantic_k: int | None,
+    n_random: int | None,
     wordcloud_size: tuple[int, int],
     random_state: int,
     model: Any,
