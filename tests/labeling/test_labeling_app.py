@@ -346,6 +346,20 @@ def test_security_headers_set(app):
         ("a\x85b", "control characters"),
         ("\u200b", "visible characters"),
         ("\u200b\u200d", "visible characters"),
+        ("\u3164", "visible characters"),
+        ("\uffa0", "visible characters"),
+        ("\u115f", "visible characters"),
+        ("\u1160", "visible characters"),
+        ("\u2800", "visible characters"),
+        ("\u0301\u0301", "visible characters"),
+        ("\ufe0f", "visible characters"),
+        ("\u034f", "visible characters"),
+        ("a\ue000", "private-use, unassigned or noncharacter"),
+        ("a\u0378", "private-use, unassigned or noncharacter"),
+        ("a\uffff", "private-use, unassigned or noncharacter"),
+        ("a\ufdd0", "private-use, unassigned or noncharacter"),
+        ("a\U0001fffe", "private-use, unassigned or noncharacter"),
+        *[(f"abc{chr(code)}def", "text-direction controls") for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]],
     ],
 )
 def test_invisible_or_separator_label_rejected(app, study_path, label, message):
@@ -425,3 +439,32 @@ def test_moved_study_is_503_and_not_recreated(app, study_path, tmp_path):
     assert response.status_code == 503
     assert "not available" in response.text
     assert not study_path.exists()
+
+
+@pytest.mark.parametrize("label", ["\u00e9t\u00e9", "\u0915\u093f", "x\u0301", "\u2764\ufe0f", "\u05e9\u05dc\u05d5\u05dd", "?!", "42"])
+def test_visible_labels_accepted(app, study_path, label):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0], labels=(label,)).status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2]) == [label]
+
+
+def test_invalid_utf8_multipart_rejected(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    fields = [(b"csrf_token", token.encode()), (b"label", b"\xff\xfeab"), (b"kind", b"visual"),
+              (b"interpretability", b"one")]
+    body = b"".join(
+        b'--XyZ\r\nContent-Disposition: form-data; name="' + name + b'"\r\n\r\n' + value + b"\r\n"
+        for name, value in fields
+    ) + b"--XyZ--\r\n"
+    response = client.post(url, data=body, content_type="multipart/form-data; boundary=XyZ")
+    assert response.status_code == 400
+    assert "not valid text (UTF-8)" in response.text
+    assert answer_rows(study_path) == []
+    body_ok = body.replace(b"\xff\xfeab", "caf\u00e9".encode())
+    response = client.post(url, data=body_ok, content_type="multipart/form-data; boundary=XyZ")
+    assert response.status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2]) == ["caf\u00e9"]

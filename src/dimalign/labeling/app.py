@@ -26,6 +26,7 @@ the server at any point loses no submitted answer.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
@@ -49,7 +50,9 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wsgi import get_content_length
 
 from dimalign.labeling import db
 from dimalign.labeling.study import AnswerError, NotFoundError, Participant, Study, validate_answer
@@ -112,6 +115,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     )
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
+    app.before_request(_limit_streamed_body)
     app.teardown_appcontext(_close_study)
     app.after_request(_add_security_headers)
     for status in (400, 401, 403, 404, 405, 413, 503):
@@ -209,21 +213,81 @@ def _current_participant(participant_id: int) -> Participant:
 
 
 def _form_is_utf8() -> bool:
-    """Check that every percent-encoded value of a URL-encoded form body is valid UTF-8.
+    """Check that every value of a URL-encoded or multipart form body is valid UTF-8.
 
-    Werkzeug 3.1 keeps an invalid sequence such as ``%FF%FE`` as the literal
-    text ``"%FF%FE"``, which would be stored as a label, so the raw body is
-    decoded again strictly. Reading it with ``cache=True`` keeps it available
-    for ``request.form``.
+    Werkzeug 3.1 keeps an invalid sequence such as ``%FF%FE`` in a
+    URL-encoded form as the literal text ``"%FF%FE"``, and replaces invalid
+    bytes in a multipart field by U+FFFD. Either would be stored as a label,
+    so the raw body is decoded again strictly. Reading it with
+    ``cache=True`` keeps it available for ``request.form``.
     """
-    if request.mimetype != "application/x-www-form-urlencoded":
+    if request.mimetype == "application/x-www-form-urlencoded":
+        body = request.get_data(cache=True)
+        try:
+            parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return False
         return True
-    body = request.get_data(cache=True)
-    try:
-        parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
-    except UnicodeDecodeError:
-        return False
+    if request.mimetype == "multipart/form-data":
+        boundary = request.mimetype_params.get("boundary", "")
+        if not boundary:
+            # Werkzeug parses no field without a boundary, so nothing is stored.
+            return True
+        return _multipart_fields_are_utf8(request.get_data(cache=True), boundary)
     return True
+
+
+def _multipart_fields_are_utf8(body: bytes, boundary: str) -> bool:
+    decoder = MultipartDecoder(boundary.encode("latin-1", "replace"))
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    in_field = False
+    value = bytearray()
+    while True:
+        try:
+            event = decoder.next_event()
+        except ValueError:
+            # A malformed body; werkzeug's own parser then rejects it or parses no field.
+            return True
+        if isinstance(event, (Epilogue, NeedData)):
+            return True
+        if isinstance(event, Field):
+            in_field = True
+            value.clear()
+        elif isinstance(event, File):
+            in_field = False
+        elif isinstance(event, Data) and in_field:
+            value += event.data
+            if not event.more_data:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return False
+
+
+def _limit_streamed_body() -> None:
+    """Answer 413 to a streamed (chunked) body larger than :data:`MAX_REQUEST_BYTES`.
+
+    Werkzeug 3.1 applies ``MAX_CONTENT_LENGTH`` to a body without a
+    ``Content-Length`` only by stopping to read at the limit, so the
+    truncated form was parsed and stored. The body is read here up to one
+    byte past the limit, and a body within the limit is handed on from memory.
+    """
+    environ = request.environ
+    if get_content_length(environ) is not None or "wsgi.input_terminated" not in environ:
+        return
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= MAX_REQUEST_BYTES:
+        chunk = stream.read(MAX_REQUEST_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > MAX_REQUEST_BYTES:
+        logger.info("rejected a %s to %s: the streamed body is larger than %d bytes",
+                    request.method, request.path, MAX_REQUEST_BYTES)
+        abort(413)
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
 
 
 def _log_in(participant: Participant, code: str) -> None:

@@ -50,12 +50,24 @@ RUN_STUDY_NAME = "labels.db"
 
 #: Unicode categories rejected anywhere in a label: control characters
 #: (``Cc``, such as line feed and NEL U+0085), line and paragraph separators
-#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be encoded as UTF-8.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+#: (``Zl`` U+2028, ``Zp`` U+2029), surrogates (``Cs``), which cannot be
+#: encoded as UTF-8, private-use characters (``Co``), which show differently
+#: in every font, and unassigned code points (``Cn``). ``Cn`` follows the
+#: Unicode version of Python's ``unicodedata``, so a character assigned in a
+#: later Unicode version is rejected too.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Co", "Cn"})
 
-#: Categories that draw nothing: format characters such as the zero-width
-#: space U+200B (``Cf``) and spaces (``Zs``). A label made only of them is rejected.
-_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs"})
+#: Bidirectional embeddings, overrides and isolates (U+202A-U+202E,
+#: U+2066-U+2069). They reverse or reorder the text shown after them, in the
+#: admin page and in exported files too.
+_BIDI_CONTROLS = frozenset(chr(code) for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+#: Categories of visible base characters: letters, numbers, punctuation and symbols.
+_VISIBLE_CATEGORY_GROUPS = ("L", "N", "P", "S")
+
+#: Letters and symbols that draw nothing: the Hangul fillers U+115F, U+1160,
+#: U+3164 and U+FFA0, and the blank Braille pattern U+2800.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -192,9 +204,12 @@ def validate_answer(
     Raises:
         AnswerError: Naming every invalid field: no label, more than
             ``max_labels`` labels, a label longer than ``max_label_length``
-            characters, a label with control characters or line or paragraph
-            separators, a label of invisible characters only (such as the
-            zero-width space U+200B), or a rating outside the allowed values.
+            characters, a label with control characters, line or paragraph
+            separators, bidirectional controls, private-use, unassigned or
+            noncharacter code points, a label without a visible letter,
+            digit, punctuation mark or symbol (such as only the zero-width
+            space U+200B, a Hangul filler or combining marks), or a rating
+            outside the allowed values.
     """
     errors: dict[str, str] = {}
     cleaned = [
@@ -206,16 +221,21 @@ def validate_answer(
         errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
     else:
         too_long = [label for label in cleaned if len(label) > questions.max_label_length]
-        categories = [{unicodedata.category(character) for character in label} for label in cleaned]
         if too_long:
             errors["labels"] = (
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(found & _FORBIDDEN_CATEGORIES for found in categories):
-            errors["labels"] = "labels must not contain control characters such as line breaks"
-        elif any(found <= _INVISIBLE_CATEGORIES for found in categories):
-            errors["labels"] = "each label must contain visible characters"
+        elif any(_has_forbidden_character(label) for label in cleaned):
+            errors["labels"] = (
+                "labels must not contain control characters (such as line breaks), text-direction "
+                "controls, private-use, unassigned or noncharacter code points"
+            )
+        elif not all(_has_visible_character(label) for label in cleaned):
+            errors["labels"] = (
+                "each label must contain visible characters: at least one letter, digit, punctuation "
+                "mark or symbol"
+            )
     if kind not in questions.kind_values:
         errors["kind"] = f"choose one of: {', '.join(questions.kind_values)}"
     if interpretability not in questions.interpretability_values:
@@ -223,6 +243,31 @@ def validate_answer(
     if errors:
         raise AnswerError(errors)
     return Answer(labels=tuple(cleaned), kind=str(kind), interpretability=str(interpretability))
+
+
+def _has_forbidden_character(label: str) -> bool:
+    return any(
+        unicodedata.category(character) in _FORBIDDEN_CATEGORIES
+        or character in _BIDI_CONTROLS
+        or _is_noncharacter(character)
+        for character in label
+    )
+
+
+def _is_noncharacter(character: str) -> bool:
+    # Unicode reserves U+FDD0-U+FDEF and the last two code points of every
+    # plane (U+xFFFE, U+xFFFF) as noncharacters, never to be assigned.
+    code = ord(character)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def _has_visible_character(label: str) -> bool:
+    # Combining marks (M*), variation selectors such as U+FE0F and the
+    # combining grapheme joiner U+034F draw nothing without a base character.
+    return any(
+        unicodedata.category(character)[0] in _VISIBLE_CATEGORY_GROUPS and character not in _BLANK_LETTERS
+        for character in label
+    )
 
 
 def hash_code(code: str) -> str:
