@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -282,3 +283,24 @@ def test_run_study_needs_embedding(tmp_path, labeling_run, image_set):
 def test_study_records_embedding_dimensions(study_path):
     with Study(study_path) as study:
         assert study.settings["n_embedding_dims"] == "12"
+
+
+def test_setup_over_folder_or_other_database(tmp_path, labeling_run, image_set):
+    folder = tmp_path / "dir.db"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        create_study(folder, labeling_run, image_set[0])
+    assert str(raised.value) == f"study database {folder} is a folder: give a file name, such as {folder / 'study.db'}"
+    other = tmp_path / "other.sqlite"
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = other.read_bytes()
+    with pytest.raises(FileExistsError) as raised:
+        create_study(other, labeling_run, image_set[0])
+    assert str(raised.value) == (
+        f"{other} exists and is not a study database (its tables are ['users'], but a study has "
+        "['schema_version', 'study']): choose another file name, because setup never overwrites a file"
+    )
+    assert other.read_bytes() == before

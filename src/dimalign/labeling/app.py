@@ -32,6 +32,8 @@ import logging
 import os
 import re
 import secrets
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     )
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
+    app.extensions[_STATE_KEY] = _StudyState(study_path)
     app.before_request(_limit_streamed_body)
     app.teardown_appcontext(_close_study)
     app.after_request(_add_security_headers)
@@ -130,18 +133,64 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
 
 
 def _study() -> Study:
+    """Open the study for this request, or answer 503 if it is not the study the server started with."""
     if "study" not in g:
         path = Path(_config("STUDY_PATH"))
+        state: _StudyState = current_app.extensions[_STATE_KEY]
         try:
-            g.study = Study(path, connection=db.connect(path))
-        except (FileNotFoundError, ValueError) as error:
-            # The study was moved, deleted or replaced while the server runs.
+            study = _open_study(path)
+        except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
-            logger.error(
-                "cannot open the study database for %s %s: %s", request.method, request.path, error
+            state.report(f"{path} is missing (moved or deleted): restore it to the same path")
+            abort(503, description="The study is not available right now. Try again later.")
+        except (IsADirectoryError, ValueError) as error:
+            state.report(f"{error}")
+            abort(503, description="The study is not available right now. Try again later.")
+        # Each study has its own random secret key, so another study copied
+        # over the file has another key, and its participants are not these.
+        if not _same_secret(study.settings.get("secret_key", ""), _config("SECRET_KEY")):
+            study.close()
+            state.report(
+                f"{path} is now another study than the one the server started with (its secret key "
+                "differs): restore the original file, or restart the server to serve the new study"
             )
             abort(503, description="The study is not available right now. Try again later.")
+        state.report(None)
+        g.study = study
     return g.study
+
+
+def _open_study(path: Path) -> Study:
+    connection = db.connect(path)
+    try:
+        return Study(path, connection=connection)
+    except BaseException:
+        connection.close()
+        raise
+
+
+#: Key of the :class:`_StudyState` in ``app.extensions``.
+_STATE_KEY = "dimalign_study_state"
+
+
+class _StudyState:
+    """Whether the study file is available, logged once per change rather than per request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problem: str | None = None
+        self._lock = threading.Lock()
+
+    def report(self, problem: str | None) -> None:
+        """Record the current problem (None when the study is available) and log a change."""
+        with self._lock:
+            previous, self.problem = self.problem, problem
+        if problem == previous:
+            return
+        if problem is None:
+            logger.info("the study %s is available again", self.path)
+        else:
+            logger.error("the study is not available, so requests get 503: %s", problem)
 
 
 def _config(key: str) -> Any:
@@ -382,7 +431,8 @@ def _add_participant_routes(app: Flask) -> None:
                         request.method, participant_id, dimension)
             abort(404, description=f"Dimension {dimension} is not part of this study.")
         study = _study()
-        if request.method == "GET":
+        # Flask answers HEAD with the GET branch's headers and no body.
+        if request.method in ("GET", "HEAD"):
             answer = study.answer(participant_id, dimension)
             values = {
                 "labels": list(answer.labels) if answer else [],
@@ -641,6 +691,11 @@ def make_study_server(
     Returns:
         BaseWSGIServer: Call ``serve_forever()``; ``server.app.config["ADMIN_TOKEN"]``
         is the admin token.
+
+    Raises:
+        ValueError: If ``host`` is neither an IP address nor a name that resolves.
+        RuntimeError: If the server cannot listen on ``host`` and ``port``,
+            for example because the port is in use.
     """
     token = admin_token or secrets.token_urlsafe(24)
     app = create_app(study_path, admin_token=token)
@@ -649,7 +704,22 @@ def make_study_server(
             "binding to %s makes the study reachable from other machines; answers travel "
             "unencrypted unless a HTTPS proxy sits in front", host,
         )
-    server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
+    # Werkzeug 3.1 prints only the reason of a failed bind (such as "Name or
+    # service not known") and calls sys.exit, so the host is resolved here first.
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(
+            f"invalid --host {host!r}: {error.strerror}; give an IP address or a host name of this "
+            "machine, such as 127.0.0.1"
+        ) from None
+    try:
+        server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
+    except SystemExit:
+        raise RuntimeError(
+            f"cannot listen on --host {host} --port {port} (the reason is printed above): choose "
+            "another --host or --port, or --port 0 for a free port"
+        ) from None
     return server
 
 

@@ -437,6 +437,7 @@ def create_study(
 
     Raises:
         FileExistsError: If ``db_path`` exists.
+        IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
         ValueError: If the object table's length differs from the embedding's
@@ -447,8 +448,18 @@ def create_study(
 
     db_path = Path(db_path)
     images_dir = Path(images)
+    if db_path.is_dir():
+        raise IsADirectoryError(
+            f"study database {db_path} is a folder: give a file name, such as {db_path / 'study.db'}"
+        )
     if db_path.exists():
-        raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+        problem = db.study_file_problem(db_path)
+        if problem is None:
+            raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+        raise FileExistsError(
+            f"{db_path} exists and is not a study database ({problem}): choose another file name, "
+            "because setup never overwrites a file"
+        )
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")
     if questions not in QUESTION_SETS:
