@@ -519,8 +519,8 @@ def test_head_on_dimension_page_is_get(app, study_path, caplog):
 def test_unresolvable_host_named(study_path):
     with pytest.raises(ValueError) as raised:
         make_study_server(study_path, "999.1.1.1", 0)
-    assert str(raised.value).startswith("invalid --host '999.1.1.1': ")
-    assert str(raised.value).endswith("; give an IP address or a host name of this machine, such as 127.0.0.1")
+    assert str(raised.value).startswith("invalid --host '999.1.1.1' (")
+    assert str(raised.value).endswith("): give an IP address or a host name of this machine, such as 127.0.0.1")
 
 
 def test_port_in_use_named(study_path):

@@ -211,7 +211,7 @@ def test_rerun_blocked_by_folder_keeps_summary(two_studies, tmp_path):
     with pytest.raises(IsADirectoryError) as raised:
         summarize([second], out, embedding_names=["other"], wordcloud_size=SIZE)
     assert str(raised.value) == (
-        f"cannot write the summary to {out}: {out / 'summary.json'} is a folder; move it away or choose "
+        f"cannot write the summary to {out}: {out / 'summary.json'} is a folder. Move it away or choose "
         "another output folder (the earlier summary was kept)"
     )
     assert snapshot(out) == before

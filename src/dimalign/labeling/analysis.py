@@ -487,11 +487,11 @@ def _read_csv_rows(path: Path, text: str) -> tuple[list[str], list[list[str]], n
     if repeated:
         raise ValueError(f"relevance file {path} repeats the columns {repeated} in its header: name each column once")
     if uneven:
-        shown = ", ".join(f"line {line} has {count}" for line, count in uneven[:10])
+        counts = ", ".join(f"line {line} has {count}" for line, count in uneven[:10])
         more = f" and {len(uneven) - 10} more rows" if len(uneven) > 10 else ""
         raise ValueError(
             f"relevance file {path} has rows whose field count differs from the header's "
-            f"{len(header)} ({shown}{more}): give every row one value per column"
+            f"{len(header)} ({counts}{more}): give every row one value per column"
         )
     return header, rows, np.asarray(lines, dtype=np.int64)
 

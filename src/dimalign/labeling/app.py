@@ -133,7 +133,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
 
 
 def _study() -> Study:
-    """Open the study for this request, or answer 503 if it is not the study the server started with."""
+    """Open the study for this request, or abort with 503 if it is not the study the server started with."""
     if "study" not in g:
         path = Path(_config("STUDY_PATH"))
         state: _StudyState = current_app.extensions[_STATE_KEY]
@@ -315,7 +315,7 @@ def _multipart_fields_are_utf8(body: bytes, boundary: str) -> bool:
 
 
 def _limit_streamed_body() -> None:
-    """Answer 413 to a streamed (chunked) body larger than :data:`MAX_REQUEST_BYTES`.
+    """Abort with 413 on a streamed (chunked) body larger than :data:`MAX_REQUEST_BYTES`.
 
     Werkzeug 3.1 applies ``MAX_CONTENT_LENGTH`` to a body without a
     ``Content-Length`` only by stopping to read at the limit, so the
@@ -431,7 +431,7 @@ def _add_participant_routes(app: Flask) -> None:
                         request.method, participant_id, dimension)
             abort(404, description=f"Dimension {dimension} is not part of this study.")
         study = _study()
-        # Flask answers HEAD with the GET branch's headers and no body.
+        # Flask sends the GET branch's headers without the body in response to HEAD.
         if request.method in ("GET", "HEAD"):
             answer = study.answer(participant_id, dimension)
             values = {
@@ -699,20 +699,20 @@ def make_study_server(
     """
     token = admin_token or secrets.token_urlsafe(24)
     app = create_app(study_path, admin_token=token)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "binding to %s makes the study reachable from other machines; answers travel "
-            "unencrypted unless a HTTPS proxy sits in front", host,
-        )
     # Werkzeug 3.1 prints only the reason of a failed bind (such as "Name or
     # service not known") and calls sys.exit, so the host is resolved here first.
     try:
         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as error:
         raise ValueError(
-            f"invalid --host {host!r}: {error.strerror}; give an IP address or a host name of this "
+            f"invalid --host {host!r} ({error.strerror}): give an IP address or a host name of this "
             "machine, such as 127.0.0.1"
         ) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "binding to %s makes the study reachable from other machines; answers travel "
+            "unencrypted unless a HTTPS proxy sits in front", host,
+        )
     try:
         server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
     except SystemExit:

@@ -152,6 +152,10 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
 STUDY_TABLES = ("schema_version", "study")
 
 
+#: Start of the problem that :func:`_study_problem` reports for a file SQLite cannot read.
+NOT_SQLITE = "not an SQLite database"
+
+
 def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_empty: bool) -> None:
     """Raise ValueError unless the database is a study (or has no table, with ``allow_empty``).
 
@@ -160,11 +164,8 @@ def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_emp
     problem = _study_problem(connection, allow_empty=allow_empty)
     if problem is None:
         return
-    if problem.startswith("file is not"):
-        raise ValueError(
-            f"{path} is not an SQLite database ({problem}): give the study database that "
-            "`dimalign label-app setup` created"
-        )
+    if problem.startswith(NOT_SQLITE):
+        raise ValueError(f"{path} is {problem}: give the study database that `dimalign label-app setup` created")
     raise ValueError(
         f"{path} is not a study database ({problem}): give the study database that "
         "`dimalign label-app setup` created"
@@ -188,7 +189,7 @@ def _study_problem(connection: sqlite3.Connection, *, allow_empty: bool = False)
         # OperationalError (such as a locked file) is a subclass and is re-raised.
         if isinstance(error, sqlite3.OperationalError):
             raise
-        return str(error)
+        return f"{NOT_SQLITE} ({error})"
     tables = sorted(row[0] for row in rows)
     if not tables and allow_empty:
         return None

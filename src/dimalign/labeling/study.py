@@ -50,11 +50,11 @@ RUN_STUDY_NAME = "labels.db"
 
 #: Unicode categories rejected anywhere in a label: control characters
 #: (``Cc``, such as line feed and NEL U+0085), line and paragraph separators
-#: (``Zl`` U+2028, ``Zp`` U+2029), surrogates (``Cs``), which cannot be
-#: encoded as UTF-8, private-use characters (``Co``), which show differently
-#: in every font, and unassigned code points (``Cn``). ``Cn`` follows the
-#: Unicode version of Python's ``unicodedata``, so a character assigned in a
-#: later Unicode version is rejected too.
+#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be
+#: encoded as UTF-8. Private-use characters (``Co``) show differently in
+#: every font, and unassigned code points (``Cn``) show as boxes. ``Cn``
+#: follows the Unicode version of Python's ``unicodedata``, so a character
+#: assigned in a later Unicode version is rejected too.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Co", "Cn"})
 
 #: Bidirectional embeddings, overrides and isolates (U+202A-U+202E,
@@ -456,9 +456,11 @@ def create_study(
         problem = db.study_file_problem(db_path)
         if problem is None:
             raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+        if not problem.startswith(db.NOT_SQLITE):
+            problem = f"not a study database ({problem})"
         raise FileExistsError(
-            f"{db_path} exists and is not a study database ({problem}): choose another file name, "
-            "because setup never overwrites a file"
+            f"{db_path} exists and is {problem}: choose another file name, because setup never "
+            "overwrites a file"
         )
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")

@@ -456,12 +456,12 @@ def _output_target(out_dir: Path) -> Path:
     return target
 
 
-def _earlier_summary_files(out_dir: Path, shown: Path) -> list[Path]:
+def _earlier_summary_files(out_dir: Path, given_dir: Path) -> list[Path]:
     """Return the files of an earlier summary in ``out_dir``, or raise if the folder contains other things.
 
     Args:
         out_dir (Path): The folder the summary is written to.
-        shown (Path): The output folder as the user gave it, for messages.
+        given_dir (Path): The output folder as the caller gave it, for messages.
 
     Raises:
         NotADirectoryError: If ``out_dir`` is a file.
@@ -471,13 +471,13 @@ def _earlier_summary_files(out_dir: Path, shown: Path) -> list[Path]:
     if not out_dir.exists():
         return []
     if not out_dir.is_dir():
-        raise NotADirectoryError(f"the output folder {shown} is a file: choose a folder name")
+        raise NotADirectoryError(f"the output folder {given_dir} is a file: choose a folder name")
     if not any(out_dir.iterdir()):
         return []
-    check_output_dir(shown, STEP)
+    check_output_dir(given_dir, STEP)
     if not (out_dir / MANIFEST_NAME).is_file():
         raise FileExistsError(
-            f"the output folder {shown} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
+            f"the output folder {given_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
@@ -497,7 +497,7 @@ def _earlier_summary_files(out_dir: Path, shown: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _output_lock(out_dir: Path, shown: Path) -> Iterator[None]:
+def _output_lock(out_dir: Path, given_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``.<name>.lock`` next to ``out_dir`` for the block.
 
     NOTE: ``fcntl`` locks exist on POSIX systems only.
@@ -510,13 +510,13 @@ def _output_lock(out_dir: Path, shown: Path) -> Iterator[None]:
         try:
             descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
-            raise _output_error(error, shown) from error
+            raise _output_error(error, given_dir) from error
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(descriptor)
             raise RuntimeError(
-                f"another `dimalign labels summarize` is writing to {shown}: wait until it has "
+                f"another `dimalign labels summarize` is writing to {given_dir}: wait until it has "
                 "finished, or choose another output folder"
             ) from None
         # The run that held the lock removes the file before it unlocks, so a
@@ -536,12 +536,12 @@ def _output_lock(out_dir: Path, shown: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _staging_dir(out_dir: Path, shown: Path) -> Iterator[Path]:
+def _staging_dir(out_dir: Path, given_dir: Path) -> Iterator[Path]:
     """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     except OSError as error:
-        raise _output_error(error, shown) from error
+        raise _output_error(error, given_dir) from error
     try:
         # mkdtemp makes the folder private to its owner; the summary folder gets
         # the permissions of an ordinary mkdir (0o777 minus the umask).
@@ -551,32 +551,32 @@ def _staging_dir(out_dir: Path, shown: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _output_error(error: OSError, shown: Path, file: Path | None = None, note: str = "") -> OSError:
+def _output_error(error: OSError, given_dir: Path, file: Path | None = None, note: str = "") -> OSError:
     """Return ``error`` as the same type, naming the output folder instead of a temporary path."""
     reason = error.strerror or str(error)
     where = f" ({reason} for {file})" if file is not None else f" ({reason})"
-    return type(error)(f"cannot write the summary to {shown}{where}: choose a folder you can write to{note}")
+    return type(error)(f"cannot write the summary to {given_dir}{where}: choose a folder you can write to{note}")
 
 
-def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path], shown: Path) -> None:
+def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path], given_dir: Path) -> None:
     """Move the staged summary into ``out_dir`` and remove the earlier summary's other files.
 
     A new or empty ``out_dir`` is replaced by the staged folder in one
-    rename. Into the folder of an earlier summary the files are moved one
-    by one: every destination is checked first, each replaced or stale file
-    is set aside in the staging folder, and on a failure every file set aside
-    is put back, so the earlier summary stays whole.
+    rename. Into the folder of an earlier summary the files are moved one by
+    one. Every destination is checked before the first move. Each replaced
+    or stale file is set aside next to the staging folder, and after a
+    failed move every file set aside is put back, so the earlier summary stays whole.
     """
     if not out_dir.exists() or not any(out_dir.iterdir()):
         # A rename replaces an empty folder on POSIX, so the summary appears at once.
         try:
             os.replace(staging, out_dir)
         except OSError as error:
-            raise _output_error(error, shown) from error
+            raise _output_error(error, given_dir) from error
         return
 
     new_files = sorted(path.relative_to(staging) for path in staging.rglob("*") if path.is_file())
-    _check_destinations(out_dir, new_files, shown)
+    _check_destinations(out_dir, new_files, given_dir)
     written = {out_dir / relative for relative in new_files}
     stale = [path for path in earlier_files if path not in written]
     set_aside = staging.parent / f"{staging.name}.earlier"
@@ -597,36 +597,36 @@ def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path], shown:
             current = path
             moved.append((path, _move_aside(path, set_aside / path.relative_to(out_dir))))
     except OSError as error:
-        failed = shown / current.relative_to(out_dir)
+        failed = given_dir / current.relative_to(out_dir)
         try:
             _put_back(moved, created)
         except OSError as restore_error:
             # The files set aside are the only copy of the earlier summary now, so they are kept.
             note = f"; restoring the earlier summary failed too ({restore_error}), so its files are in {set_aside}"
-            raise _output_error(error, shown, failed, note) from error
+            raise _output_error(error, given_dir, failed, note) from error
         shutil.rmtree(set_aside, ignore_errors=True)
-        raise _output_error(error, shown, failed, " (the earlier summary was kept)") from error
+        raise _output_error(error, given_dir, failed, " (the earlier summary was kept)") from error
     shutil.rmtree(set_aside, ignore_errors=True)
     if stale:
-        logger.info("removed %d files of the earlier summary in %s", len(stale), shown)
+        logger.info("removed %d files of the earlier summary in %s", len(stale), given_dir)
     clouds = out_dir / "wordclouds"
     if clouds.is_dir() and not any(clouds.iterdir()):
         clouds.rmdir()
 
 
-def _check_destinations(out_dir: Path, new_files: Sequence[Path], shown: Path) -> None:
+def _check_destinations(out_dir: Path, new_files: Sequence[Path], given_dir: Path) -> None:
     """Raise, before anything is moved, if a staged file cannot replace what is at its place."""
     for relative in new_files:
         for parent in reversed(relative.parents[:-1]):
             if os.path.lexists(out_dir / parent) and not (out_dir / parent).is_dir():
                 raise NotADirectoryError(
-                    f"cannot write the summary to {shown}: {shown / parent} is not a folder; move it "
+                    f"cannot write the summary to {given_dir}: {given_dir / parent} is not a folder. Move it "
                     "away or choose another output folder (the earlier summary was kept)"
                 )
         destination = out_dir / relative
         if destination.is_dir() and not destination.is_symlink():
             raise IsADirectoryError(
-                f"cannot write the summary to {shown}: {shown / relative} is a folder; move it away "
+                f"cannot write the summary to {given_dir}: {given_dir / relative} is a folder. Move it away "
                 "or choose another output folder (the earlier summary was kept)"
             )
 
