@@ -224,3 +224,31 @@ def test_read_relevance_rejects_bad_file(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=f"relevance file {path}.*{message}"):
         analysis.read_relevance(path, n_dims=6)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"triplet_index,most_relevant_dim\n10,0,1\n11,1,1\n",
+         r" has rows whose field count differs from the header's 2 \(line 2 has 3, line 3 has 3\)"),
+        (b"triplet_index,most_relevant_dim\n0,1\n2\n",
+         r" has rows whose field count differs from the header's 2 \(line 3 has 1\)"),
+        (b"triplet_index,most_relevant_dim\n0,1\n\n1,x\n",
+         r", column most_relevant_dim: lines \[4\] \(values 'x'\) are not non-negative"),
+        (b"\ntriplet_index,most_relevant_dim\n0,1\n\n\n1,x\n",
+         r", column most_relevant_dim: lines \[6\] \(values 'x'\) are not non-negative"),
+    ],
+)
+def test_relevance_rows_and_true_lines(tmp_path, content, message):
+    path = tmp_path / "relevance.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"relevance file {path}{message}"):
+        analysis.read_relevance(path, n_dims=6)
+
+
+def test_relevance_missing_or_folder_named(tmp_path):
+    missing = tmp_path / "missing.csv"
+    with pytest.raises(FileNotFoundError, match=f"relevance file {missing} not found: check the --relevance path"):
+        analysis.read_relevance(missing)
+    with pytest.raises(IsADirectoryError, match=f"relevance file {tmp_path} is a folder: give the --relevance CSV"):
+        analysis.read_relevance(tmp_path)

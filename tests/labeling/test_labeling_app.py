@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sqlite3
 
 import pytest
 from labeling_helpers import csrf_from
 
-from dimalign.labeling.app import create_app
-from dimalign.labeling.study import Study
+from dimalign.labeling.app import create_app, make_study_server
+from dimalign.labeling.study import Study, create_study
 
 
 def answer_rows(path):
@@ -346,6 +349,20 @@ def test_security_headers_set(app):
         ("a\x85b", "control characters"),
         ("\u200b", "visible characters"),
         ("\u200b\u200d", "visible characters"),
+        ("\u3164", "visible characters"),
+        ("\uffa0", "visible characters"),
+        ("\u115f", "visible characters"),
+        ("\u1160", "visible characters"),
+        ("\u2800", "visible characters"),
+        ("\u0301\u0301", "visible characters"),
+        ("\ufe0f", "visible characters"),
+        ("\u034f", "visible characters"),
+        ("a\ue000", "private-use, unassigned or noncharacter"),
+        ("a\u0378", "private-use, unassigned or noncharacter"),
+        ("a\uffff", "private-use, unassigned or noncharacter"),
+        ("a\ufdd0", "private-use, unassigned or noncharacter"),
+        ("a\U0001fffe", "private-use, unassigned or noncharacter"),
+        *[(f"abc{chr(code)}def", "text-direction controls") for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]],
     ],
 )
 def test_invisible_or_separator_label_rejected(app, study_path, label, message):
@@ -425,3 +442,95 @@ def test_moved_study_is_503_and_not_recreated(app, study_path, tmp_path):
     assert response.status_code == 503
     assert "not available" in response.text
     assert not study_path.exists()
+
+
+@pytest.mark.parametrize("label", ["\u00e9t\u00e9", "\u0915\u093f", "x\u0301", "\u2764\ufe0f", "\u05e9\u05dc\u05d5\u05dd", "?!", "42"])
+def test_visible_labels_accepted(app, study_path, label):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0], labels=(label,)).status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2]) == [label]
+
+
+def test_invalid_utf8_multipart_rejected(app, study_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    fields = [(b"csrf_token", token.encode()), (b"label", b"\xff\xfeab"), (b"kind", b"visual"),
+              (b"interpretability", b"one")]
+    body = b"".join(
+        b'--XyZ\r\nContent-Disposition: form-data; name="' + name + b'"\r\n\r\n' + value + b"\r\n"
+        for name, value in fields
+    ) + b"--XyZ--\r\n"
+    response = client.post(url, data=body, content_type="multipart/form-data; boundary=XyZ")
+    assert response.status_code == 400
+    assert "not valid text (UTF-8)" in response.text
+    assert answer_rows(study_path) == []
+    body_ok = body.replace(b"\xff\xfeab", "caf\u00e9".encode())
+    response = client.post(url, data=body_ok, content_type="multipart/form-data; boundary=XyZ")
+    assert response.status_code == 303
+    assert json.loads(answer_rows(study_path)[0][2]) == ["caf\u00e9"]
+
+
+def test_replaced_study_is_503(app, study_path, tmp_path, labeling_run, image_set):
+    client = app.test_client()
+    participant_id, _, _ = consent(client)
+    other = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-1")
+    os.replace(other, study_path)
+    assert client.get(f"/participant/{participant_id}/next").status_code == 503
+    assert client.get("/admin?token=secret-admin").status_code == 503
+    fresh = app.test_client()
+    page = fresh.get("/consent")
+    assert fresh.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"}).status_code == 503
+    with Study(study_path) as replacement:
+        assert replacement.participants() == []
+
+
+def test_unavailable_study_logged_once(app, study_path, tmp_path, caplog):
+    client = app.test_client()
+    moved = tmp_path / "moved.db"
+    study_path.rename(moved)
+    caplog.set_level(logging.INFO, logger="dimalign.labeling.app")
+    for _ in range(3):
+        assert client.get("/admin?token=secret-admin").status_code == 503
+    moved.rename(study_path)
+    assert client.get("/admin?token=secret-admin").status_code == 200
+    assert client.get("/admin?token=secret-admin").status_code == 200
+    messages = [(record.levelname, record.getMessage()) for record in caplog.records]
+    assert messages == [
+        ("ERROR", f"the study is not available, so requests get 503: {study_path} is missing (moved or deleted): "
+                  "restore it to the same path"),
+        ("INFO", f"the study {study_path} is available again"),
+    ]
+
+
+def test_head_on_dimension_page_is_get(app, study_path, caplog):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    caplog.set_level(logging.INFO, logger="dimalign.labeling.app")
+    response = client.head(f"/participant/{participant_id}/dimension/{order[0]}")
+    assert response.status_code == 200
+    assert response.data == b""
+    assert caplog.records == []
+    assert answer_rows(study_path) == []
+
+
+def test_unresolvable_host_named(study_path):
+    with pytest.raises(ValueError) as raised:
+        make_study_server(study_path, "999.1.1.1", 0)
+    assert str(raised.value).startswith("invalid --host '999.1.1.1' (")
+    assert str(raised.value).endswith("): give an IP address or a host name of this machine, such as 127.0.0.1")
+
+
+def test_port_in_use_named(study_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as raised:
+            make_study_server(study_path, "127.0.0.1", port)
+    assert str(raised.value) == (
+        f"cannot listen on --host 127.0.0.1 --port {port} (the reason is printed above): choose another --host "
+        "or --port, or --port 0 for a free port"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_setup_error_reported(tmp_path, labeling_run, image_set, capsys):
     status = main(["label-app", "setup", str(tmp_path / "s.db"), "--run", str(labeling_run),
                    "--images", str(image_set[0]), "--dims", "40"])
     assert status == 1
-    assert "dimensions [40] do not exist" in capsys.readouterr().err
+    assert "dimension '40' in --dims '40' does not exist: the embedding has dimensions 0..11" in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()
 
 
@@ -152,3 +153,50 @@ def test_setup_error_names_study_not_temporary(tmp_path, labeling_run, image_set
     error = capsys.readouterr().err
     assert f"cannot write the study database {study}" in error
     assert ".tmp" not in error
+
+
+def test_export_through_link_keeps_wal(study_path, tmp_path, capsys):
+    link = tmp_path / "link.db"
+    link.symlink_to(study_path.name)
+    wal = tmp_path / "study.db-wal"
+    # An open connection keeps its committed participant in the write-ahead log.
+    with Study(study_path) as holder:
+        holder.add_participant(order_seed=0)
+        assert wal.stat().st_size > 0
+        status = main(["label-app", "export", str(link), "-o", str(wal), "--overwrite"])
+        assert status == 1
+        error = capsys.readouterr().err
+        assert f"the export file {wal} is the study database or one of its SQLite files ({wal})" in error
+    with Study(study_path) as opened:
+        assert [participant.participant_id for participant in opened.participants()] == [1]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--object-names", "nonexistent.csv"],
+         "--object-names nonexistent.csv is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --object-names"),
+        (["--semantic-k", "50"],
+         "--semantic-k 50 is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --semantic-k"),
+        (["--n-random", "5"],
+         "--n-random 5 is an option of the semantic check, which runs only with --semantic: "
+         "add --semantic, or drop --n-random"),
+        (["--raters", "1,,2"], "invalid --raters '1,,2': give two or three participant ids such as 1,2 or 1,2,3"),
+    ],
+)
+def test_summarize_rejects_unused_options(study_path, tmp_path, options, message, capsys):
+    out = tmp_path / "out"
+    assert main(["labels", "summarize", str(study_path), "-o", str(out), *options]) == 1
+    assert capsys.readouterr().err == f"dimalign labels: error: {message}\n"
+    assert not out.exists()
+
+
+def test_summarize_manifest_without_semantic(study_path, tmp_path):
+    out = tmp_path / "out"
+    assert main(["labels", "summarize", str(study_path), "-o", str(out)]) == 0
+    settings = json.loads((out / "manifest.json").read_text())["settings"]
+    assert settings["semantic"] is False
+    assert settings["semantic_k"] is None
+    assert settings["n_random"] is None

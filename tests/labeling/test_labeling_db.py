@@ -124,3 +124,32 @@ def test_connect_never_creates_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.db not found"):
         db.connect(tmp_path / "missing.db")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_study_tables_left_unchanged(tmp_path):
+    path = tmp_path / "hollow.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE study (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    connection.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT, applied_at TEXT)")
+    connection.commit()
+    connection.close()
+    before = path.read_bytes()
+    with pytest.raises(ValueError) as raised:
+        db.open_database(path)
+    assert str(raised.value) == (
+        f"{path} is not a study database (its schema_version table lists no migration): give the study "
+        "database that `dimalign label-app setup` created"
+    )
+    assert path.read_bytes() == before
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["hollow.db"]
+
+
+def test_folder_named_as_folder(tmp_path):
+    folder = tmp_path / "dir.db"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        db.open_database(folder)
+    assert str(raised.value) == (
+        f"study database {folder} is a folder, not a file: give the study database file that "
+        "`dimalign label-app setup` created"
+    )

@@ -296,3 +296,26 @@ def test_access_log_has_no_client_address(study_path, caplog):
     assert len(answer_lines) == 1
     assert answer_lines[0].startswith("- - - [")
     assert not any("127.0.0.1" in message for message in messages)
+
+
+@pytest.mark.parametrize(("padding", "status"), [(20 * 1024 * 1024, 413), (1000, 303)])
+def test_chunked_body_limited(study_path, padding, status):
+    with running_server(study_path) as url:
+        participant = Participant(url)
+        participant.consent()
+        body = (f"csrf_token={csrf_from(participant.page.text)}&label=big&kind=visual&interpretability=one"
+                "&padding=").encode() + b"x" * padding
+
+        def chunks():
+            # A generator makes requests send the body with Transfer-Encoding: chunked.
+            for start in range(0, len(body), 65536):
+                yield body[start:start + 65536]
+
+        response = participant.http.post(
+            participant.page.url, data=chunks(), allow_redirects=False, timeout=REQUEST_TIMEOUT_S,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.request.headers["Transfer-Encoding"] == "chunked"
+        assert response.status_code == status, response.text[-600:]
+    expected = {} if status == 413 else {(1, participant.current_dimension): ["big"]}
+    assert stored_answers(study_path) == expected

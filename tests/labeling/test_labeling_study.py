@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sqlite3
 
 import numpy as np
 import pytest
@@ -125,12 +126,27 @@ def test_parse_dimensions():
     assert parse_dimensions("all", 4) == [0, 1, 2, 3]
     assert parse_dimensions("2, 0", 4) == [0, 2]
     assert parse_dimensions("1-3", 4) == [1, 2, 3]
-    with pytest.raises(ValueError, match=r"do not exist.*0\.\.3"):
+    with pytest.raises(ValueError, match=r"dimension '4' in --dims '4' does not exist: the embedding has dimensions 0\.\.3"):
         parse_dimensions("4", 4)
     with pytest.raises(ValueError, match="invalid dimension 'x'"):
         parse_dimensions("x", 4)
     with pytest.raises(ValueError, match="twice"):
         parse_dimensions("1,1", 4)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("0-5000", "dimension '0-5000' in --dims '0-5000' does not exist: the embedding has dimensions 0..3"),
+        ("1, 5-2", "dimension '5-2' in --dims '1, 5-2' does not exist: the embedding has dimensions 0..3"),
+        ("3-1", "invalid range '3-1' in --dims '3-1': write the smaller dimension first, such as 1-3"),
+    ],
+)
+def test_dimension_range_bounds_checked(spec, message):
+    # A range is checked before it is expanded, so the error names the range, not each number in it.
+    with pytest.raises(ValueError) as raised:
+        parse_dimensions(spec, 4)
+    assert str(raised.value) == message
 
 
 def test_validate_answer_trims_and_keeps_text():
@@ -267,3 +283,24 @@ def test_run_study_needs_embedding(tmp_path, labeling_run, image_set):
 def test_study_records_embedding_dimensions(study_path):
     with Study(study_path) as study:
         assert study.settings["n_embedding_dims"] == "12"
+
+
+def test_setup_over_folder_or_other_database(tmp_path, labeling_run, image_set):
+    folder = tmp_path / "dir.db"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as raised:
+        create_study(folder, labeling_run, image_set[0])
+    assert str(raised.value) == f"study database {folder} is a folder: give a file name, such as {folder / 'study.db'}"
+    other = tmp_path / "other.sqlite"
+    connection = sqlite3.connect(other)
+    connection.execute("CREATE TABLE users (name TEXT)")
+    connection.commit()
+    connection.close()
+    before = other.read_bytes()
+    with pytest.raises(FileExistsError) as raised:
+        create_study(other, labeling_run, image_set[0])
+    assert str(raised.value) == (
+        f"{other} exists and is not a study database (its tables are ['users'], but a study has "
+        "['schema_version', 'study']): choose another file name, because setup never overwrites a file"
+    )
+    assert other.read_bytes() == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from dimalign.labeling import analysis
+from dimalign.labeling import analysis, summary
 from dimalign.labeling.study import Answer, Study, create_study
 from dimalign.labeling.summary import summarize
 
@@ -181,3 +182,87 @@ def test_font_fallback_covers_labels(monkeypatch, caplog):
 
 def test_last_resort_font_not_a_fallback():
     assert not any("lastresort" in Path(name).name.lower() for name in analysis._fallback_fonts())
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_concurrent_run_rejected(two_studies, tmp_path):
+    out = tmp_path / "out"
+    with open(tmp_path / ".out.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError) as raised:
+            summarize([two_studies[0]], out, wordcloud_size=SIZE)
+    assert str(raised.value) == (
+        f"another `dimalign labels summarize` is writing to {out}: wait until it has finished, or choose "
+        "another output folder"
+    )
+    assert not out.exists()
+
+
+def test_rerun_blocked_by_folder_keeps_summary(two_studies, tmp_path):
+    first, second = two_studies
+    out = tmp_path / "out"
+    summarize([first], out, wordcloud_size=SIZE)
+    (out / "summary.json").unlink()
+    (out / "summary.json").mkdir()
+    before = snapshot(out)
+    with pytest.raises(IsADirectoryError) as raised:
+        summarize([second], out, embedding_names=["other"], wordcloud_size=SIZE)
+    assert str(raised.value) == (
+        f"cannot write the summary to {out}: {out / 'summary.json'} is a folder. Move it away or choose "
+        "another output folder (the earlier summary was kept)"
+    )
+    assert snapshot(out) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_rerun_failing_midway_restores_summary(two_studies, tmp_path, monkeypatch):
+    first, second = two_studies
+    out = tmp_path / "out"
+    summarize([first], out, wordcloud_size=SIZE)
+    before = snapshot(out)
+    real_replace = os.replace
+    failures = []
+
+    def failing_replace(source, destination):
+        # Only moving the new page in fails; putting the earlier one back works.
+        if Path(destination) == out / "summary.html" and not failures:
+            failures.append(source)
+            raise PermissionError(13, "Permission denied", str(source))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(summary.os, "replace", failing_replace)
+    with pytest.raises(PermissionError) as raised:
+        summarize([second], out, embedding_names=["other"], wordcloud_size=SIZE)
+    assert str(raised.value) == (
+        f"cannot write the summary to {out} (Permission denied for {out / 'summary.html'}): choose a folder "
+        "you can write to (the earlier summary was kept)"
+    )
+    assert snapshot(out) == before
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the Linux /proc file system")
+def test_unwritable_output_named_not_temporary(two_studies):
+    # No file can be created directly in /proc, not even by root.
+    out = Path("/proc/dimalign-summary")
+    with pytest.raises(FileNotFoundError) as raised:
+        summarize([two_studies[0]], out, wordcloud_size=SIZE)
+    assert str(raised.value) == (
+        f"cannot write the summary to {out} (No such file or directory): choose a folder you can write to"
+    )
+
+
+def test_link_to_empty_folder_written_through(two_studies, tmp_path, labeling_run):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(folder.name)
+    summarize([two_studies[0]], link, wordcloud_size=SIZE)
+    assert link.is_symlink()
+    assert (folder / "summary.html").is_file()
+    clouds = sorted(path.name for path in (folder / "wordclouds").iterdir())
+    assert clouds == [f"{labeling_run.name}_dim{dimension}.png" for dimension in range(3)]
+    assert leftovers(tmp_path) == []

@@ -18,6 +18,7 @@ that each kind of dimension drives most.
 
 from __future__ import annotations
 
+import csv
 import functools
 import io
 import logging
@@ -372,12 +373,26 @@ def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.Dat
         pd.DataFrame: The table, with both columns as ``int64``.
 
     Raises:
-        ValueError: Naming the file and the lines (1-based, the header is
-            line 1) if the file is empty, not UTF-8 or not CSV, has no rows
-            or lacks a column, or if a value is not a non-negative integer, a
-            dimension is outside the embedding, or a triplet index repeats.
+        FileNotFoundError: If the file is missing.
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: Naming the file and the lines (1-based line numbers of
+            the file, blank lines counted) if the file is empty, not UTF-8 or
+            not CSV, has no rows, lacks a column or repeats one, has a row
+            with more or fewer fields than the header, or if a value is not a
+            non-negative integer, a dimension is outside the embedding, or a
+            triplet index repeats.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"relevance file {path} is a folder: give the --relevance CSV file that "
+            "`dimalign compare --triplets` wrote, such as most_relevant_human.csv"
+        )
+    if not path.exists():
+        raise FileNotFoundError(
+            f"relevance file {path} not found: check the --relevance path, or write the file with "
+            "`dimalign compare --triplets`"
+        )
     # Decoded here rather than by pandas, whose error gives the offset within a read chunk.
     try:
         text = path.read_bytes().decode("utf-8")
@@ -386,25 +401,17 @@ def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.Dat
             f"relevance file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
             f"{error.start}): give the CSV that `dimalign compare --triplets` wrote"
         ) from None
-    try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ValueError(
-            f"relevance file {path} is empty: write it with `dimalign compare --triplets`"
-        ) from None
-    except pd.errors.ParserError as error:
-        raise ValueError(f"relevance file {path} is not a valid CSV file: {error}") from None
-    missing = [column for column in RELEVANCE_COLUMNS if column not in table.columns]
+    header, rows, lines = _read_csv_rows(path, text)
+    missing = [column for column in RELEVANCE_COLUMNS if column not in header]
     if missing:
         raise ValueError(
-            f"relevance file {path} lacks the columns {missing} (found {list(table.columns)}): "
+            f"relevance file {path} lacks the columns {missing} (found {header}): "
             f"write it with `dimalign compare --triplets` (most_relevant_human.csv or most_relevant_dnn.csv)"
         )
-    if table.empty:
+    if not rows:
         raise ValueError(f"relevance file {path} has a header but no rows: it lists no triplet")
+    table = pd.DataFrame(rows, columns=header, dtype=str)
 
-    # Row r of the table is line r + 2 of the file (after the header).
-    lines = np.arange(len(table)) + 2
     for column in RELEVANCE_COLUMNS:
         text = table[column].str.strip()
         # Digits only, and at most 18 of them, so every value fits int64.
@@ -433,6 +440,60 @@ def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.Dat
             "repeat a triplet; each triplet must appear once"
         )
     return table
+
+
+def _read_csv_rows(path: Path, text: str) -> tuple[list[str], list[list[str]], np.ndarray]:
+    """Split CSV text into its header, its rows and the file line on which each row starts.
+
+    Blank lines are skipped, as pandas does. A row with more or fewer fields
+    than the header is rejected, because pandas would silently take an extra
+    leading field as the row index and shift every column.
+
+    Returns:
+        tuple: The header's column names, the rows (lists of str) and the
+        1-based line numbers of the rows in the file.
+
+    Raises:
+        ValueError: If the text has no header, is not valid CSV, repeats a
+            column name, or a row's field count differs from the header's.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    uneven: list[tuple[int, int]] = []
+    previous_end = 0
+    try:
+        for fields in reader:
+            first_line = previous_end + 1
+            previous_end = reader.line_num
+            if not fields:
+                continue
+            if header is None:
+                header = fields
+                continue
+            if len(fields) != len(header):
+                uneven.append((first_line, len(fields)))
+                continue
+            rows.append(fields)
+            lines.append(first_line)
+    except csv.Error as error:
+        raise ValueError(
+            f"relevance file {path} is not a valid CSV file (line {reader.line_num}: {error})"
+        ) from None
+    if header is None:
+        raise ValueError(f"relevance file {path} is empty: write it with `dimalign compare --triplets`")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise ValueError(f"relevance file {path} repeats the columns {repeated} in its header: name each column once")
+    if uneven:
+        counts = ", ".join(f"line {line} has {count}" for line, count in uneven[:10])
+        more = f" and {len(uneven) - 10} more rows" if len(uneven) > 10 else ""
+        raise ValueError(
+            f"relevance file {path} has rows whose field count differs from the header's "
+            f"{len(header)} ({counts}{more}): give every row one value per column"
+        )
+    return header, rows, np.asarray(lines, dtype=np.int64)
 
 
 def _lines_and_values(lines: np.ndarray, values: pd.Series, limit: int = 10) -> str:

@@ -26,11 +26,14 @@ the server at any point loses no submitted answer.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
 import re
 import secrets
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,7 +52,9 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wsgi import get_content_length
 
 from dimalign.labeling import db
 from dimalign.labeling.study import AnswerError, NotFoundError, Participant, Study, validate_answer
@@ -112,6 +117,8 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     )
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
+    app.extensions[_STATE_KEY] = _StudyState(study_path)
+    app.before_request(_limit_streamed_body)
     app.teardown_appcontext(_close_study)
     app.after_request(_add_security_headers)
     for status in (400, 401, 403, 404, 405, 413, 503):
@@ -126,18 +133,64 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
 
 
 def _study() -> Study:
+    """Open the study for this request, or abort with 503 if it is not the study the server started with."""
     if "study" not in g:
         path = Path(_config("STUDY_PATH"))
+        state: _StudyState = current_app.extensions[_STATE_KEY]
         try:
-            g.study = Study(path, connection=db.connect(path))
-        except (FileNotFoundError, ValueError) as error:
-            # The study was moved, deleted or replaced while the server runs.
+            study = _open_study(path)
+        except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
-            logger.error(
-                "cannot open the study database for %s %s: %s", request.method, request.path, error
+            state.report(f"{path} is missing (moved or deleted): restore it to the same path")
+            abort(503, description="The study is not available right now. Try again later.")
+        except (IsADirectoryError, ValueError) as error:
+            state.report(f"{error}")
+            abort(503, description="The study is not available right now. Try again later.")
+        # Each study has its own random secret key, so another study copied
+        # over the file has another key, and its participants are not these.
+        if not _same_secret(study.settings.get("secret_key", ""), _config("SECRET_KEY")):
+            study.close()
+            state.report(
+                f"{path} is now another study than the one the server started with (its secret key "
+                "differs): restore the original file, or restart the server to serve the new study"
             )
             abort(503, description="The study is not available right now. Try again later.")
+        state.report(None)
+        g.study = study
     return g.study
+
+
+def _open_study(path: Path) -> Study:
+    connection = db.connect(path)
+    try:
+        return Study(path, connection=connection)
+    except BaseException:
+        connection.close()
+        raise
+
+
+#: Key of the :class:`_StudyState` in ``app.extensions``.
+_STATE_KEY = "dimalign_study_state"
+
+
+class _StudyState:
+    """Whether the study file is available, logged once per change rather than per request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problem: str | None = None
+        self._lock = threading.Lock()
+
+    def report(self, problem: str | None) -> None:
+        """Record the current problem (None when the study is available) and log a change."""
+        with self._lock:
+            previous, self.problem = self.problem, problem
+        if problem == previous:
+            return
+        if problem is None:
+            logger.info("the study %s is available again", self.path)
+        else:
+            logger.error("the study is not available, so requests get 503: %s", problem)
 
 
 def _config(key: str) -> Any:
@@ -209,21 +262,81 @@ def _current_participant(participant_id: int) -> Participant:
 
 
 def _form_is_utf8() -> bool:
-    """Check that every percent-encoded value of a URL-encoded form body is valid UTF-8.
+    """Check that every value of a URL-encoded or multipart form body is valid UTF-8.
 
-    Werkzeug 3.1 keeps an invalid sequence such as ``%FF%FE`` as the literal
-    text ``"%FF%FE"``, which would be stored as a label, so the raw body is
-    decoded again strictly. Reading it with ``cache=True`` keeps it available
-    for ``request.form``.
+    Werkzeug 3.1 keeps an invalid sequence such as ``%FF%FE`` in a
+    URL-encoded form as the literal text ``"%FF%FE"``, and replaces invalid
+    bytes in a multipart field by U+FFFD. Either would be stored as a label,
+    so the raw body is decoded again strictly. Reading it with
+    ``cache=True`` keeps it available for ``request.form``.
     """
-    if request.mimetype != "application/x-www-form-urlencoded":
+    if request.mimetype == "application/x-www-form-urlencoded":
+        body = request.get_data(cache=True)
+        try:
+            parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
+        except UnicodeDecodeError:
+            return False
         return True
-    body = request.get_data(cache=True)
-    try:
-        parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
-    except UnicodeDecodeError:
-        return False
+    if request.mimetype == "multipart/form-data":
+        boundary = request.mimetype_params.get("boundary", "")
+        if not boundary:
+            # Werkzeug parses no field without a boundary, so nothing is stored.
+            return True
+        return _multipart_fields_are_utf8(request.get_data(cache=True), boundary)
     return True
+
+
+def _multipart_fields_are_utf8(body: bytes, boundary: str) -> bool:
+    decoder = MultipartDecoder(boundary.encode("latin-1", "replace"))
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    in_field = False
+    value = bytearray()
+    while True:
+        try:
+            event = decoder.next_event()
+        except ValueError:
+            # A malformed body; werkzeug's own parser then rejects it or parses no field.
+            return True
+        if isinstance(event, (Epilogue, NeedData)):
+            return True
+        if isinstance(event, Field):
+            in_field = True
+            value.clear()
+        elif isinstance(event, File):
+            in_field = False
+        elif isinstance(event, Data) and in_field:
+            value += event.data
+            if not event.more_data:
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError:
+                    return False
+
+
+def _limit_streamed_body() -> None:
+    """Abort with 413 on a streamed (chunked) body larger than :data:`MAX_REQUEST_BYTES`.
+
+    Werkzeug 3.1 applies ``MAX_CONTENT_LENGTH`` to a body without a
+    ``Content-Length`` only by stopping to read at the limit, so the
+    truncated form was parsed and stored. The body is read here up to one
+    byte past the limit, and a body within the limit is handed on from memory.
+    """
+    environ = request.environ
+    if get_content_length(environ) is not None or "wsgi.input_terminated" not in environ:
+        return
+    stream = environ["wsgi.input"]
+    body = bytearray()
+    while len(body) <= MAX_REQUEST_BYTES:
+        chunk = stream.read(MAX_REQUEST_BYTES + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > MAX_REQUEST_BYTES:
+        logger.info("rejected a %s to %s: the streamed body is larger than %d bytes",
+                    request.method, request.path, MAX_REQUEST_BYTES)
+        abort(413)
+    environ["wsgi.input"] = io.BytesIO(bytes(body))
 
 
 def _log_in(participant: Participant, code: str) -> None:
@@ -318,7 +431,8 @@ def _add_participant_routes(app: Flask) -> None:
                         request.method, participant_id, dimension)
             abort(404, description=f"Dimension {dimension} is not part of this study.")
         study = _study()
-        if request.method == "GET":
+        # Flask sends the GET branch's headers without the body in response to HEAD.
+        if request.method in ("GET", "HEAD"):
             answer = study.answer(participant_id, dimension)
             values = {
                 "labels": list(answer.labels) if answer else [],
@@ -577,15 +691,35 @@ def make_study_server(
     Returns:
         BaseWSGIServer: Call ``serve_forever()``; ``server.app.config["ADMIN_TOKEN"]``
         is the admin token.
+
+    Raises:
+        ValueError: If ``host`` is neither an IP address nor a name that resolves.
+        RuntimeError: If the server cannot listen on ``host`` and ``port``,
+            for example because the port is in use.
     """
     token = admin_token or secrets.token_urlsafe(24)
     app = create_app(study_path, admin_token=token)
+    # Werkzeug 3.1 prints only the reason of a failed bind (such as "Name or
+    # service not known") and calls sys.exit, so the host is resolved here first.
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise ValueError(
+            f"invalid --host {host!r} ({error.strerror}): give an IP address or a host name of this "
+            "machine, such as 127.0.0.1"
+        ) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning(
             "binding to %s makes the study reachable from other machines; answers travel "
             "unencrypted unless a HTTPS proxy sits in front", host,
         )
-    server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
+    try:
+        server = make_server(host, port, app, threaded=True, request_handler=RedactingRequestHandler)
+    except SystemExit:
+        raise RuntimeError(
+            f"cannot listen on --host {host} --port {port} (the reason is printed above): choose "
+            "another --host or --port, or --port 0 for a free port"
+        ) from None
     return server
 
 

@@ -66,16 +66,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     summarize.add_argument("--semantic", action="store_true", help="also run the automatic semantic check")
     summarize.add_argument(
         "--object-names", type=Path, metavar="FILE",
-        help="object names for the semantic check: a CSV with id and word columns (THINGS words.csv) "
+        help="with --semantic: object names, a CSV with id and word columns (THINGS words.csv) "
         "or one name per line (default: derived from the object ids)",
     )
     summarize.add_argument(
-        "--semantic-k", type=_at_least(2), default=10,
-        help="top objects per dimension compared, 2 to the 20 stored per dimension (default 10)",
+        "--semantic-k", type=_at_least(2),
+        help="with --semantic: top objects per dimension compared, 2 to the 20 stored per dimension "
+        "(default 10)",
     )
     summarize.add_argument(
-        "--n-random", type=_at_least(2), default=1000,
-        help="random object subsets in the semantic baseline (default 1000)",
+        "--n-random", type=_at_least(2),
+        help="with --semantic: random object subsets in the semantic baseline (default 1000)",
     )
     summarize.add_argument(
         "--seed", type=_at_least(0), default=0,
@@ -257,7 +258,8 @@ def _parse_raters(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        # An empty part such as in 1,,2 is an error too: it is likely a lost id.
+        return [int(part) for part in text.split(",")]
     except ValueError:
         raise ValueError(
             f"invalid --raters {text!r}: give two or three participant ids such as 1,2 or 1,2,3"

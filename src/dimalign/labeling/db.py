@@ -107,10 +107,17 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
 
     Raises:
         FileNotFoundError: If ``path`` is missing and ``create`` is False.
+        IsADirectoryError: If ``path`` is a folder.
         ValueError: If ``path`` is not an SQLite database, or a database
-            without the study tables (an empty one unless ``create`` is True).
+            without the study tables and their first rows (an empty
+            database is accepted if ``create`` is True).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"study database {path} is a folder, not a file: give the study database file that "
+            "`dimalign label-app setup` created"
+        )
     if create:
         connection = sqlite3.connect(
             os.fspath(path), timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -145,10 +152,34 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
 STUDY_TABLES = ("schema_version", "study")
 
 
+#: Start of the problem that :func:`_study_problem` reports for a file SQLite cannot read.
+NOT_SQLITE = "not an SQLite database"
+
+
 def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_empty: bool) -> None:
-    """Raise ValueError unless the database contains the study tables (or no table, with ``allow_empty``).
+    """Raise ValueError unless the database is a study (or has no table, with ``allow_empty``).
 
     Only reads, so a file that fails the check is not changed.
+    """
+    problem = _study_problem(connection, allow_empty=allow_empty)
+    if problem is None:
+        return
+    if problem.startswith(NOT_SQLITE):
+        raise ValueError(f"{path} is {problem}: give the study database that `dimalign label-app setup` created")
+    raise ValueError(
+        f"{path} is not a study database ({problem}): give the study database that "
+        "`dimalign label-app setup` created"
+    )
+
+
+def _study_problem(connection: sqlite3.Connection, *, allow_empty: bool = False) -> str | None:
+    """Describe why a database is not a study, or return None if it is one.
+
+    A study has the tables ``schema_version``, with at least one applied
+    migration, and ``study``. :func:`migrate` creates both and records the
+    first migration before setup renames the file into place, so a study
+    never lacks them. :class:`dimalign.labeling.study.Study` checks the
+    settings in ``study``.
     """
     try:
         rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -158,20 +189,34 @@ def _check_study_tables(connection: sqlite3.Connection, path: Path, *, allow_emp
         # OperationalError (such as a locked file) is a subclass and is re-raised.
         if isinstance(error, sqlite3.OperationalError):
             raise
-        raise ValueError(
-            f"{path} is not an SQLite database ({error}): give the study database that "
-            "`dimalign label-app setup` created"
-        ) from None
+        return f"{NOT_SQLITE} ({error})"
     tables = sorted(row[0] for row in rows)
     if not tables and allow_empty:
-        return
+        return None
     missing = [table for table in STUDY_TABLES if table not in tables]
     if missing:
         found = f"its tables are {tables}" if tables else "it has no tables"
-        raise ValueError(
-            f"{path} is not a study database ({found}, but a study has {list(STUDY_TABLES)}): give "
-            "the study database that `dimalign label-app setup` created"
-        )
+        return f"{found}, but a study has {list(STUDY_TABLES)}"
+    for table, needed in (("schema_version", {"version"}), ("study", {"key", "value"})):
+        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})").fetchall()}
+        if not needed <= columns:
+            return f"its {table} table has the columns {sorted(columns)}, but a study's has {sorted(needed)}"
+    if connection.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
+        return "its schema_version table lists no migration"
+    return None
+
+
+def study_file_problem(path: str | os.PathLike) -> str | None:
+    """Describe why an existing file is not a study, or return None if it is one.
+
+    The file is opened read-only, so nothing is written to it.
+    """
+    path = Path(path)
+    connection = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        return _study_problem(connection)
+    finally:
+        connection.close()
 
 
 class transaction:

@@ -50,12 +50,24 @@ RUN_STUDY_NAME = "labels.db"
 
 #: Unicode categories rejected anywhere in a label: control characters
 #: (``Cc``, such as line feed and NEL U+0085), line and paragraph separators
-#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be encoded as UTF-8.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+#: (``Zl`` U+2028, ``Zp`` U+2029) and surrogates (``Cs``), which cannot be
+#: encoded as UTF-8. Private-use characters (``Co``) show differently in
+#: every font, and unassigned code points (``Cn``) show as boxes. ``Cn``
+#: follows the Unicode version of Python's ``unicodedata``, so a character
+#: assigned in a later Unicode version is rejected too.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Co", "Cn"})
 
-#: Categories that draw nothing: format characters such as the zero-width
-#: space U+200B (``Cf``) and spaces (``Zs``). A label made only of them is rejected.
-_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zs"})
+#: Bidirectional embeddings, overrides and isolates (U+202A-U+202E,
+#: U+2066-U+2069). They reverse or reorder the text shown after them, in the
+#: admin page and in exported files too.
+_BIDI_CONTROLS = frozenset(chr(code) for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+#: Categories of visible base characters: letters, numbers, punctuation and symbols.
+_VISIBLE_CATEGORY_GROUPS = ("L", "N", "P", "S")
+
+#: Letters and symbols that draw nothing: the Hangul fillers U+115F, U+1160,
+#: U+3164 and U+FFA0, and the blank Braille pattern U+2800.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True)
@@ -192,9 +204,12 @@ def validate_answer(
     Raises:
         AnswerError: Naming every invalid field: no label, more than
             ``max_labels`` labels, a label longer than ``max_label_length``
-            characters, a label with control characters or line or paragraph
-            separators, a label of invisible characters only (such as the
-            zero-width space U+200B), or a rating outside the allowed values.
+            characters, a label with control characters, line or paragraph
+            separators, bidirectional controls, private-use, unassigned or
+            noncharacter code points, a label without a visible letter,
+            digit, punctuation mark or symbol (such as only the zero-width
+            space U+200B, a Hangul filler or combining marks), or a rating
+            outside the allowed values.
     """
     errors: dict[str, str] = {}
     cleaned = [
@@ -206,16 +221,21 @@ def validate_answer(
         errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
     else:
         too_long = [label for label in cleaned if len(label) > questions.max_label_length]
-        categories = [{unicodedata.category(character) for character in label} for label in cleaned]
         if too_long:
             errors["labels"] = (
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(found & _FORBIDDEN_CATEGORIES for found in categories):
-            errors["labels"] = "labels must not contain control characters such as line breaks"
-        elif any(found <= _INVISIBLE_CATEGORIES for found in categories):
-            errors["labels"] = "each label must contain visible characters"
+        elif any(_has_forbidden_character(label) for label in cleaned):
+            errors["labels"] = (
+                "labels must not contain control characters (such as line breaks), text-direction "
+                "controls, private-use, unassigned or noncharacter code points"
+            )
+        elif not all(_has_visible_character(label) for label in cleaned):
+            errors["labels"] = (
+                "each label must contain visible characters: at least one letter, digit, punctuation "
+                "mark or symbol"
+            )
     if kind not in questions.kind_values:
         errors["kind"] = f"choose one of: {', '.join(questions.kind_values)}"
     if interpretability not in questions.interpretability_values:
@@ -223,6 +243,31 @@ def validate_answer(
     if errors:
         raise AnswerError(errors)
     return Answer(labels=tuple(cleaned), kind=str(kind), interpretability=str(interpretability))
+
+
+def _has_forbidden_character(label: str) -> bool:
+    return any(
+        unicodedata.category(character) in _FORBIDDEN_CATEGORIES
+        or character in _BIDI_CONTROLS
+        or _is_noncharacter(character)
+        for character in label
+    )
+
+
+def _is_noncharacter(character: str) -> bool:
+    # Unicode reserves U+FDD0-U+FDEF and the last two code points of every
+    # plane (U+xFFFE, U+xFFFF) as noncharacters, never to be assigned.
+    code = ord(character)
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def _has_visible_character(label: str) -> bool:
+    # Combining marks (M*), variation selectors such as U+FE0F and the
+    # combining grapheme joiner U+034F draw nothing without a base character.
+    return any(
+        unicodedata.category(character)[0] in _VISIBLE_CATEGORY_GROUPS and character not in _BLANK_LETTERS
+        for character in label
+    )
 
 
 def hash_code(code: str) -> str:
@@ -242,7 +287,8 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
     """Parse ``--dims`` (``"all"``, ``"0,1,2"`` or ``"0-9"``) into sorted dimension indices.
 
     Raises:
-        ValueError: If an index is not an integer in ``0..n_dims-1`` or appears twice.
+        ValueError: If an index or range bound is not an integer in
+            ``0..n_dims-1``, a range runs backwards, or an index appears twice.
     """
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         return list(range(n_dims))
@@ -255,14 +301,26 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
             try:
                 if "-" in part:
                     first, last = (int(bound) for bound in part.split("-", 1))
-                    values.extend(range(first, last + 1))
                 else:
-                    values.append(int(part))
+                    first = last = int(part)
             except ValueError:
                 raise ValueError(
                     f"invalid dimension {part!r} in --dims {spec!r}: use 'all', a comma-separated "
                     "list such as 0,1,2 or a range such as 0-9"
                 ) from None
+            # Bounds are checked before a range is expanded, so a typo such as
+            # 0-99999999999 fails at once instead of filling the memory.
+            if not (0 <= first < n_dims and 0 <= last < n_dims):
+                raise ValueError(
+                    f"dimension {part!r} in --dims {spec!r} does not exist: the embedding has "
+                    f"dimensions 0..{n_dims - 1}"
+                )
+            if first > last:
+                raise ValueError(
+                    f"invalid range {part!r} in --dims {spec!r}: write the smaller dimension first, "
+                    f"such as {last}-{first}"
+                )
+            values.extend(range(first, last + 1))
     else:
         values = [int(value) for value in spec]
     if not values:
@@ -379,6 +437,7 @@ def create_study(
 
     Raises:
         FileExistsError: If ``db_path`` exists.
+        IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
         ValueError: If the object table's length differs from the embedding's
@@ -389,8 +448,20 @@ def create_study(
 
     db_path = Path(db_path)
     images_dir = Path(images)
+    if db_path.is_dir():
+        raise IsADirectoryError(
+            f"study database {db_path} is a folder: give a file name, such as {db_path / 'study.db'}"
+        )
     if db_path.exists():
-        raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+        problem = db.study_file_problem(db_path)
+        if problem is None:
+            raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+        if not problem.startswith(db.NOT_SQLITE):
+            problem = f"not a study database ({problem})"
+        raise FileExistsError(
+            f"{db_path} exists and is {problem}: choose another file name, because setup never "
+            "overwrites a file"
+        )
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")
     if questions not in QUESTION_SETS:
@@ -773,19 +844,29 @@ class Study:
         logger.info("exported %d answers of %s to %s", n_rows, self.path, path)
         return n_rows
 
+    def _study_files(self) -> list[Path]:
+        """Return the study file and its SQLite side files, under the given and the resolved name.
+
+        SQLite resolves symbolic links before it derives the names of the
+        ``-wal``, ``-shm`` and ``-journal`` files, so a study opened through a
+        link keeps its side files next to the file the link points to.
+        """
+        names = [self.path, Path(os.path.realpath(self.path))]
+        files = []
+        for name in names:
+            files += [name] + [name.with_name(name.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+        return files
+
     def _check_export_path(self, path: Path, *, overwrite: bool) -> None:
-        study_files = [self.path] + [
-            self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm", "-journal")
-        ]
-        target = path.resolve()
-        for study_file in study_files:
-            same = target == study_file.resolve() or (
+        target = Path(os.path.realpath(path))
+        for study_file in self._study_files():
+            same = target == Path(os.path.realpath(study_file)) or (
                 path.exists() and study_file.exists() and os.path.samefile(path, study_file)
             )
             if same:
                 raise ValueError(
-                    f"the export file {path} is the study database {study_file}: write the answers "
-                    "to another file, such as answers.csv"
+                    f"the export file {path} is the study database or one of its SQLite files "
+                    f"({study_file}): write the answers to another file, such as answers.csv"
                 )
         if path.is_dir():
             raise IsADirectoryError(

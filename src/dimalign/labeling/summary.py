@@ -17,6 +17,7 @@ Output directory layout:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
@@ -195,6 +196,12 @@ def summarize_study(
 #: Name of this step in ``manifest.json``.
 STEP = "labels summarize"
 
+#: Top objects per dimension compared by the semantic check unless ``semantic_k`` is given.
+DEFAULT_SEMANTIC_K = 10
+
+#: Random object subsets of the semantic baseline unless ``n_random`` is given.
+DEFAULT_N_RANDOM = 1000
+
 #: Characters that an embedding name may not contain, because it becomes part of a file name.
 _FORBIDDEN_NAME_CHARACTERS = ("/", "\\", "\0")
 
@@ -207,8 +214,8 @@ def summarize(
     raters: Sequence[int] | None = None,
     semantic: bool = False,
     object_names: str | os.PathLike | None = None,
-    semantic_k: int = 10,
-    n_random: int = 1000,
+    semantic_k: int | None = None,
+    n_random: int | None = None,
     wordcloud_size: tuple[int, int] = (600, 300),
     random_state: int = 0,
     sentence_model: Any = None,
@@ -221,7 +228,12 @@ def summarize(
     place at the end, so a failure leaves ``out_dir`` as it was (or absent).
     A rerun into the folder of an earlier summary replaces that summary and
     removes its files that the new one does not write, such as the word
-    clouds of dimensions no longer in a study.
+    clouds of dimensions no longer in a study. If that replacement fails part
+    way, the files already replaced are restored. A run holds an exclusive
+    lock on the file ``.<name>.lock`` next to ``out_dir`` while it writes, so
+    a concurrent run into the same folder fails instead of mixing files.
+    When ``out_dir`` is a symbolic link to a folder, the summary is written
+    into that folder.
 
     Args:
         study_paths (Sequence[path]): Study databases, one per embedding, each given once.
@@ -236,9 +248,11 @@ def summarize(
         object_names (path | None): Names of the objects for the semantic
             check (see :func:`dimalign.labeling.semantic.read_object_names`);
             derived from the object ids when None.
-        semantic_k (int): Top objects per dimension in the semantic check, from
-            2 to the number of top objects stored per dimension.
-        n_random (int): Random subsets in the semantic baseline (at least 2).
+        semantic_k (int | None): Top objects per dimension in the semantic
+            check, from 2 to the number of top objects stored per dimension;
+            :data:`DEFAULT_SEMANTIC_K` when None. Only with ``semantic``.
+        n_random (int | None): Random subsets in the semantic baseline (at
+            least 2); :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
         wordcloud_size (tuple[int, int]): Width and height of the word clouds in pixels.
         random_state (int): Seed of the word clouds and the semantic baseline (0 or more).
         sentence_model: A loaded sentence model, to avoid loading it again.
@@ -250,15 +264,23 @@ def summarize(
         dict: Headline numbers, also written to ``summary.json``.
 
     Raises:
-        ValueError: If an option or input file is invalid, a study is given
-            twice, two embeddings have the same name, or the number of
+        ValueError: If an option or input file is invalid, a semantic-check
+            option is given without ``semantic``, a study is given twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
+        RuntimeError: If another run is writing into ``out_dir``.
+        OSError: If the summary cannot be written; the message names
+            ``out_dir``, never the temporary folder.
     """
     started = now_iso()
     out_dir = Path(out_dir)
     _check_options(study_paths, relevance, embedding_names, semantic, semantic_k, n_random, random_state)
-    earlier_files = _earlier_summary_files(out_dir)
+    _check_semantic_options(semantic, object_names, semantic_k, n_random)
+    if semantic:
+        semantic_k = DEFAULT_SEMANTIC_K if semantic_k is None else semantic_k
+        n_random = DEFAULT_N_RANDOM if n_random is None else n_random
+    target = _output_target(out_dir)
+    _earlier_summary_files(target, out_dir)
 
     studies: list[Study] = []
     try:
@@ -279,7 +301,9 @@ def summarize(
 
                 sentence_model = load_sentence_model()
 
-        with output_dir(out_dir.parent), _staging_dir(out_dir) as staging:
+        with output_dir(target.parent), _output_lock(target, out_dir), _staging_dir(target, out_dir) as staging:
+            # Checked again under the lock: another run may have finished in between.
+            earlier_files = _earlier_summary_files(target, out_dir)
             headline = _write_summary(
                 staging, studies, names, relevance_tables, semantic_inputs,
                 raters=raters, semantic_k=semantic_k, n_random=n_random, wordcloud_size=wordcloud_size,
@@ -301,7 +325,7 @@ def summarize(
                 started=started,
                 outputs=headline.pop("_outputs"),
             )
-            _publish(staging, out_dir, earlier_files)
+            _publish(staging, target, earlier_files, out_dir)
     finally:
         for study in studies:
             study.close()
@@ -314,8 +338,8 @@ def _check_options(
     relevance: Sequence[str | os.PathLike],
     embedding_names: Sequence[str] | None,
     semantic: bool,
-    semantic_k: int,
-    n_random: int,
+    semantic_k: int | None,
+    n_random: int | None,
     random_state: int,
 ) -> None:
     """Check the options that need no file, so that a mistake is reported at once."""
@@ -333,9 +357,9 @@ def _check_options(
         )
     if random_state < 0:
         raise ValueError(f"invalid --seed {random_state}: use a seed of 0 or more")
-    if semantic and semantic_k < 2:
+    if semantic_k is not None and semantic_k < 2:
         raise ValueError(f"invalid --semantic-k {semantic_k}: compare at least 2 top objects")
-    if semantic and n_random < 2:
+    if n_random is not None and n_random < 2:
         raise ValueError(f"invalid --n-random {n_random}: use at least 2 random subsets")
 
     seen: dict[str, Path] = {}
@@ -345,6 +369,21 @@ def _check_options(
             spelling = f" (also as {seen[key]})" if str(seen[key]) != str(path) else ""
             raise ValueError(f"the study {path} is given twice{spelling}: give each study once")
         seen[key] = path
+
+
+def _check_semantic_options(
+    semantic: bool, object_names: str | os.PathLike | None, semantic_k: int | None, n_random: int | None
+) -> None:
+    """Reject options of the semantic check given without ``--semantic``, which would be ignored."""
+    if semantic:
+        return
+    given = {"--object-names": object_names, "--semantic-k": semantic_k, "--n-random": n_random}
+    for option, value in given.items():
+        if value is not None:
+            raise ValueError(
+                f"{option} {value} is an option of the semantic check, which runs only with --semantic: "
+                f"add --semantic, or drop {option}"
+            )
 
 
 def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> list[str]:
@@ -400,8 +439,29 @@ def _semantic_inputs(
     return names, tops
 
 
-def _earlier_summary_files(out_dir: Path) -> list[Path]:
+def _output_target(out_dir: Path) -> Path:
+    """Return the folder the summary is written to: ``out_dir``, or the folder a link there points to.
+
+    Raises:
+        FileNotFoundError: If ``out_dir`` is a symbolic link to nothing.
+    """
+    if not out_dir.is_symlink():
+        return out_dir
+    target = Path(os.path.realpath(out_dir))
+    if not target.exists():
+        raise FileNotFoundError(
+            f"the output folder {out_dir} is a symbolic link to {target}, which does not exist: "
+            "create that folder, or choose another output folder"
+        )
+    return target
+
+
+def _earlier_summary_files(out_dir: Path, given_dir: Path) -> list[Path]:
     """Return the files of an earlier summary in ``out_dir``, or raise if the folder contains other things.
+
+    Args:
+        out_dir (Path): The folder the summary is written to.
+        given_dir (Path): The output folder as the caller gave it, for messages.
 
     Raises:
         NotADirectoryError: If ``out_dir`` is a file.
@@ -411,13 +471,13 @@ def _earlier_summary_files(out_dir: Path) -> list[Path]:
     if not out_dir.exists():
         return []
     if not out_dir.is_dir():
-        raise NotADirectoryError(f"the output folder {out_dir} is a file: choose a folder name")
+        raise NotADirectoryError(f"the output folder {given_dir} is a file: choose a folder name")
     if not any(out_dir.iterdir()):
         return []
-    check_output_dir(out_dir, STEP)
+    check_output_dir(given_dir, STEP)
     if not (out_dir / MANIFEST_NAME).is_file():
         raise FileExistsError(
-            f"the output folder {out_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
+            f"the output folder {given_dir} is not empty and contains no earlier summary (no {MANIFEST_NAME}): "
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
@@ -437,37 +497,156 @@ def _earlier_summary_files(out_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    # mkdtemp makes the folder private to its owner; the summary folder gets
-    # the permissions of an ordinary mkdir (0o777 minus the umask).
-    os.chmod(staging, without_umask(0o777))
+def _output_lock(out_dir: Path, given_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` next to ``out_dir`` for the block.
+
+    NOTE: ``fcntl`` locks exist on POSIX systems only.
+
+    Raises:
+        RuntimeError: If another run holds the lock.
+    """
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    while True:
+        try:
+            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise _output_error(error, given_dir) from error
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RuntimeError(
+                f"another `dimalign labels summarize` is writing to {given_dir}: wait until it has "
+                "finished, or choose another output folder"
+            ) from None
+        # The run that held the lock removes the file before it unlocks, so a
+        # lock taken on a file that is no longer at lock_path guards nothing.
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(descriptor), current):
+            break
+        os.close(descriptor)
     try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _staging_dir(out_dir: Path, given_dir: Path) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``out_dir``, removed when the block ends unless moved."""
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as error:
+        raise _output_error(error, given_dir) from error
+    try:
+        # mkdtemp makes the folder private to its owner; the summary folder gets
+        # the permissions of an ordinary mkdir (0o777 minus the umask).
+        os.chmod(staging, without_umask(0o777))
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path]) -> None:
-    """Move the staged summary into ``out_dir`` and remove the earlier summary's other files."""
+def _output_error(error: OSError, given_dir: Path, file: Path | None = None, note: str = "") -> OSError:
+    """Return ``error`` as the same type, naming the output folder instead of a temporary path."""
+    reason = error.strerror or str(error)
+    where = f" ({reason} for {file})" if file is not None else f" ({reason})"
+    return type(error)(f"cannot write the summary to {given_dir}{where}: choose a folder you can write to{note}")
+
+
+def _publish(staging: Path, out_dir: Path, earlier_files: Sequence[Path], given_dir: Path) -> None:
+    """Move the staged summary into ``out_dir`` and remove the earlier summary's other files.
+
+    A new or empty ``out_dir`` is replaced by the staged folder in one
+    rename. Into the folder of an earlier summary the files are moved one by
+    one. Every destination is checked before the first move. Each replaced
+    or stale file is set aside next to the staging folder, and after a
+    failed move every file set aside is put back, so the earlier summary stays whole.
+    """
     if not out_dir.exists() or not any(out_dir.iterdir()):
         # A rename replaces an empty folder on POSIX, so the summary appears at once.
-        os.replace(staging, out_dir)
+        try:
+            os.replace(staging, out_dir)
+        except OSError as error:
+            raise _output_error(error, given_dir) from error
         return
+
     new_files = sorted(path.relative_to(staging) for path in staging.rglob("*") if path.is_file())
-    for relative in new_files:
-        (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, out_dir / relative)
+    _check_destinations(out_dir, new_files, given_dir)
     written = {out_dir / relative for relative in new_files}
     stale = [path for path in earlier_files if path not in written]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    set_aside = staging.parent / f"{staging.name}.earlier"
+    moved: list[tuple[Path, Path | None]] = []
+    created: list[Path] = []
+    current = out_dir
+    try:
+        set_aside.mkdir()
+        for relative in new_files:
+            current = out_dir / relative
+            saved = _move_aside(current, set_aside / relative) if os.path.lexists(current) else None
+            moved.append((current, saved))
+            if not current.parent.exists():
+                current.parent.mkdir(parents=True)
+                created.append(current.parent)
+            os.replace(staging / relative, current)
+        for path in stale:
+            current = path
+            moved.append((path, _move_aside(path, set_aside / path.relative_to(out_dir))))
+    except OSError as error:
+        failed = given_dir / current.relative_to(out_dir)
+        try:
+            _put_back(moved, created)
+        except OSError as restore_error:
+            # The files set aside are the only copy of the earlier summary now, so they are kept.
+            note = f"; restoring the earlier summary failed too ({restore_error}), so its files are in {set_aside}"
+            raise _output_error(error, given_dir, failed, note) from error
+        shutil.rmtree(set_aside, ignore_errors=True)
+        raise _output_error(error, given_dir, failed, " (the earlier summary was kept)") from error
+    shutil.rmtree(set_aside, ignore_errors=True)
     if stale:
-        logger.info("removed %d files of the earlier summary in %s", len(stale), out_dir)
+        logger.info("removed %d files of the earlier summary in %s", len(stale), given_dir)
     clouds = out_dir / "wordclouds"
     if clouds.is_dir() and not any(clouds.iterdir()):
         clouds.rmdir()
+
+
+def _check_destinations(out_dir: Path, new_files: Sequence[Path], given_dir: Path) -> None:
+    """Raise, before anything is moved, if a staged file cannot replace what is at its place."""
+    for relative in new_files:
+        for parent in reversed(relative.parents[:-1]):
+            if os.path.lexists(out_dir / parent) and not (out_dir / parent).is_dir():
+                raise NotADirectoryError(
+                    f"cannot write the summary to {given_dir}: {given_dir / parent} is not a folder. Move it "
+                    "away or choose another output folder (the earlier summary was kept)"
+                )
+        destination = out_dir / relative
+        if destination.is_dir() and not destination.is_symlink():
+            raise IsADirectoryError(
+                f"cannot write the summary to {given_dir}: {given_dir / relative} is a folder. Move it away "
+                "or choose another output folder (the earlier summary was kept)"
+            )
+
+
+def _move_aside(path: Path, saved: Path) -> Path:
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, saved)
+    return saved
+
+
+def _put_back(moved: Sequence[tuple[Path, Path | None]], created: Sequence[Path]) -> None:
+    """Undo :func:`_publish`: remove the new files and return the files set aside, last first."""
+    for destination, saved in reversed(moved):
+        if saved is None:
+            destination.unlink(missing_ok=True)
+        else:
+            os.replace(saved, destination)
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _write_summary(
@@ -478,8 +657,8 @@ def _write_summary(
     semantic_inputs: Sequence[tuple[list[str], dict[int, np.ndarray]]],
     *,
     raters: Sequence[int] | None,
-    semantic_k: int,
-    n_random: int,
+    semantic_k: int | None,
+    n_random: int | None,
     wordcloud_size: tuple[int, int],
     random_state: int,
     model: Any,
