@@ -573,3 +573,19 @@ def test_select_reads_recorded_seeds(tmp_path):
     dimensions = (tmp_path / "out" / "dimensions.csv").read_text().splitlines()
     assert dimensions[1].split(",")[1] == "0"
 
+
+def test_sweep_names_empty_validation_file(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "empty.npy", train[:0])
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(tmp_path / "train.npy"), "--val", str(tmp_path / "empty.npy"),
+                 "--n-objects", str(N_OBJECTS), "-o", str(out), "--seeds", "1"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"the validation file {tmp_path / 'empty.npy'} contains no triplets" in error
+    assert "--val-fraction" not in error
+    assert error.count("contains no triplets") == 1
+    assert not out.exists()

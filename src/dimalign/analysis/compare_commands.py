@@ -80,9 +80,12 @@ def _estimator_settings(args: argparse.Namespace) -> dict:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``dimalign sweep``."""
+    from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.analysis.sweep import sweep
 
-    train, val, n_objects, table, inputs, _ = load_training_data(args)
+    # sweep() rejects an empty training or validation file with an error that names it.
+    with empty_triplets_rejected_later():
+        train, val, n_objects, table, inputs, _ = load_training_data(args)
     seeds = args.seed_list if args.seed_list else list(range(args.first_seed, args.first_seed + args.seeds))
     table_out = sweep(
         train, val, args.out, seeds=seeds, n_objects=n_objects, method=args.method,

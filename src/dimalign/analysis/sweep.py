@@ -224,8 +224,15 @@ def sweep(
         raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    inputs = dict(inputs or {})
     if len(train) == 0:
-        raise ValueError("the training triplets are empty: pass a file with triplets")
+        source = f" in {inputs['train']}" if "train" in inputs else ""
+        raise ValueError(f"the training triplets{source} are empty: pass a file with triplets")
+    if val is not None and len(val) == 0 and "val" in inputs:
+        raise ValueError(
+            f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy "
+            "can be computed: pass a file with triplets (CLI: --val), or leave out --val"
+        )
     if val is not None and len(val) == 0:
         raise ValueError(
             f"the validation split is empty (0 of {len(train)} triplets), so no held-out accuracy "
@@ -279,7 +286,7 @@ def sweep(
     write_manifest(
         out_dir,
         step="sweep",
-        inputs={**dict(inputs or {}), "train": train_path, **({"val": val_path} if val_path else {})},
+        inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
         settings={
             "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
             "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
