@@ -685,8 +685,12 @@ def compare(
         human (path | EmbeddingResult): Human run directory or embedding file.
         dnn (path | EmbeddingResult): DNN run directory or embedding file.
         out_dir (str | os.PathLike): Output directory.
-        objects (ObjectTable | None): Object table for a side that has none
-            of its own (run directories carry ``objects.tsv``).
+        objects (ObjectTable | None): Object table for each input that is
+            not a run directory with its own ``objects.tsv``. For a plain
+            embedding file it wins over an ``objects.tsv`` in the same folder
+            (with a warning when they differ). An input without any table next
+            to one with a table is an error, because rows are never matched
+            by position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
@@ -716,6 +720,14 @@ def compare(
 
     Returns:
         ComparisonResult: Headline numbers.
+
+    Raises:
+        ValueError: For inputs that do not fit (different objects, tables on
+            one side only, triplet indices out of range, a reference matrix
+            that is not square, not finite or constant) and for an embedding
+            whose similarity is constant (equal off-diagonal dot products).
+            These are checked before an earlier comparison in ``out_dir`` is
+            removed, and the messages name the input.
     """
     from dimalign.analysis import matching as matching_module
 

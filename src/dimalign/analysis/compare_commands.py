@@ -158,7 +158,11 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("human", type=Path, help="human run directory or embedding file")
     parser.add_argument("dnn", type=Path, help="DNN run directory or embedding file")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--objects", type=Path, help="object table for an input without its own objects.tsv")
+    parser.add_argument(
+        "--objects", type=Path,
+        help="object table naming the rows of each input that is not a run directory with its own "
+        "objects.tsv (wins over an objects.tsv next to a plain embedding file)",
+    )
     parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
