@@ -24,7 +24,7 @@ from dimalign.analysis.compare import (
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.cli import main
 from dimalign.io.objects import ObjectTable, write_object_table
-from dimalign.io.runs import EmbeddingResult, save_embedding
+from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 
 IMAGE_FILES = ["bird.png", "cat.png", "dragonfly.png", "grace_hopper.png", "hot_dog.jpg", "owl.jpg", "parrot.jpg", "sunflower.png"]
 
@@ -492,9 +492,69 @@ def test_compare_rejects_objects_differing_from_run_table(tmp_path):
     ids = [f"a{i:02d}" for i in range(12)]
     write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
     write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
-    with pytest.raises(ValueError, match=r"the human run .*human has its own object table .*differs: row 0 is 'a00'"):
+    with pytest.raises(ValueError, match=r"both have their own objects.tsv, so the object table passed .* applies to neither, and it differs from both: row 0 is 'a00'"):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", objects=ObjectTable.from_ids(ids[::-1]), n_bootstrap=0)
     assert not (tmp_path / "out").exists()
+
+
+def shuffled_plain_dnn(tmp_path):
+    """Write a human run with objects.tsv and a plain DNN file with shuffled rows and its own id list.
+
+    Returns the RSA r of the unshuffled pair, which every correct alignment reproduces.
+    """
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    order = np.random.default_rng(5).permutation(12)
+    np.save(tmp_path / "plain.npy", dnn[order])
+    (tmp_path / "plain_ids.txt").write_text("".join(f"{ids[row]}\n" for row in order))
+    saved_human = load_embedding(tmp_path / "human").embedding
+    return compare(
+        EmbeddingResult(saved_human), EmbeddingResult(dnn), tmp_path / "unshuffled", n_bootstrap=0
+    ).rsa.r
+
+
+def test_compare_objects_apply_to_plain_side_only(tmp_path):
+    from dimalign.io.objects import read_object_table
+
+    expected = shuffled_plain_dnn(tmp_path)
+    result = compare(
+        tmp_path / "human", tmp_path / "plain.npy", tmp_path / "out", n_bootstrap=0,
+        objects=read_object_table(tmp_path / "plain_ids.txt"),
+    )
+    assert result.rsa.r == pytest.approx(expected, abs=1e-12)
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
+    assert settings["human_objects"] == str(tmp_path / "human" / "objects.tsv")
+    assert settings["dnn_objects"] == "objects argument"
+
+
+def test_compare_cli_objects_for_plain_dnn(tmp_path):
+    expected = shuffled_plain_dnn(tmp_path)
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "plain.npy"), "-o", str(tmp_path / "out"),
+        "--objects", str(tmp_path / "plain_ids.txt"), "--bootstrap", "0",
+    ])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "rsa.json").read_text())["r"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_compare_rejects_plain_side_without_ids(tmp_path):
+    shuffled_plain_dnn(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"the DNN embedding .*plain.npy has no object table, but the other input has one "
+        r"\(.*human/objects.tsv\), so the DNN rows cannot be matched to it by object id",
+    ):
+        compare(tmp_path / "human", tmp_path / "plain.npy", tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_align_embeddings_rejects_one_table():
+    with pytest.raises(ValueError, match="only the human embedding has an object table, so the DNN rows"):
+        align_embeddings(
+            EmbeddingResult(np.ones((3, 1))), EmbeddingResult(np.ones((3, 1))),
+            human_objects=ObjectTable.from_ids(["a", "b", "c"]),
+        )
 
 
 def test_compare_checks_reference_before_similarity(tmp_path):
@@ -563,6 +623,110 @@ def test_compare_cli_without_bootstrap_writes_null(tmp_path):
     assert manifest["outputs"]["summary"]["ci_high"] is None
 
 
+# -- constant similarity and bad inputs named before any output -----------------
+
+
+def test_compare_cli_names_constant_dnn_file(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    (tmp_path / "z").mkdir()
+    np.save(tmp_path / "z" / "zeros.npy", np.zeros((20, 3)))
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "z" / "zeros.npy"), "-o", str(tmp_path / "cz")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"the DNN embedding {tmp_path / 'z' / 'zeros.npy'} predicts the same similarity for every pair" in error
+    assert "every off-diagonal dot product is 0 " in error
+    assert not (tmp_path / "cz").exists()
+
+
+def test_compare_rejects_equal_rows_before_slow_steps(tmp_path):
+    write_surrogate_sides(tmp_path)
+    write_side(tmp_path / "flat", np.tile([[0.5, 2.0]], (12, 1)))
+    with pytest.raises(ValueError, match=r"the human run .*flat predicts the same similarity .* dot product is 4.25 "):
+        compare(tmp_path / "flat", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_constant_rerun_keeps_earlier_results(tmp_path):
+    save_surrogate_files(tmp_path)
+    np.save(tmp_path / "zeros.npy", np.zeros((20, 3)))
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    before = sorted(path.name for path in out.iterdir())
+    rsa_text = (out / "rsa.json").read_text()
+
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "zeros.npy"), "-o", str(out), "--bootstrap", "0"]) == 1
+    assert sorted(path.name for path in out.iterdir()) == before
+    assert (out / "rsa.json").read_text() == rsa_text
+
+
+def test_compare_names_side_of_constant_similarity(tmp_path):
+    write_surrogate_sides(tmp_path)
+
+    def constant_for_dnn(embedding, objects=None, device="cpu"):
+        if embedding.shape[1] == 5:
+            return np.full((embedding.shape[0],) * 2, 0.25)
+        return similarity_matrix(embedding, objects=objects)
+
+    with pytest.raises(ValueError, match=r"the similarity matrix of the DNN run .*dnn is constant over the compared objects"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, similarity=constant_for_dnn)
+
+
+def test_compare_rejects_constant_reference_first(tmp_path):
+    write_surrogate_sides(tmp_path)
+    matrix = np.full((5, 5), 0.4)
+    np.fill_diagonal(matrix, 1.0)
+    reference = (matrix, ObjectTable.from_ids([str(row) for row in range(5)]))
+    with pytest.raises(ValueError, match=r"the reference matrix has the same value 0.4 at every position above the diagonal"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference,
+                similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def reference_command(tmp_path, reference_file):
+    """The compare command line of save_surrogate_files' pair with a reference matrix file."""
+    write_object_table(ObjectTable.from_ids([str(row) for row in range(8)]), tmp_path / "reference.tsv")
+    return [
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--reference-rsm", str(reference_file), "--reference-objects", str(tmp_path / "reference.tsv"),
+    ]
+
+
+def test_compare_cli_missing_reference_file(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    assert main(reference_command(tmp_path, tmp_path / "nope.npy")) == 1
+    error = capsys.readouterr().err
+    assert f"--reference-rsm file {tmp_path / 'nope.npy'} not found: pass a .npy similarity matrix" in error
+    assert "Errno" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_text_reference_file(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    np.savetxt(tmp_path / "reference.txt", np.eye(8))
+    assert main(reference_command(tmp_path, tmp_path / "reference.txt")) == 1
+    error = capsys.readouterr().err
+    assert f"--reference-rsm file {tmp_path / 'reference.txt'} is not a .npy array of numbers" in error
+    assert "allow_pickle" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_triplet_range_names_human_rows(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    (tmp_path / "t.txt").write_text("0 1 2\n3 4 20\n5 21 6\n")
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--triplets", str(tmp_path / "t.txt"),
+    ])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (
+        f"--triplets {tmp_path / 't.txt'}, row 1: object index 20 is out of range for the 20 objects of the "
+        "human embedding (indices 0 to 19); 2 rows have such indices"
+    ) in error
+    assert "--n-objects" not in error
+    assert not (tmp_path / "out").exists()
+
+
 # -- map CLI ---------------------------------------------------------------------
 
 
@@ -606,7 +770,21 @@ def test_map_cli_rejects_different_objects(tmp_path, capsys):
     write_side(tmp_path / "run", np.ones((3, 1)), ObjectTable.from_ids(["a", "b", "d"]))
     code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
     assert code == 1
-    assert "only in the features table ['c']" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "only in the features table ['c']; map features and an embedding of the same objects" in error
+
+
+def test_map_cli_rejects_embedding_without_dimensions(tmp_path, capsys):
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", np.random.default_rng(0).normal(size=(3, 2)))
+    write_side(tmp_path / "run", np.zeros((3, 0)))
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"the embedding {tmp_path / 'run'} has no dimension (the fit pruned them all)" in error
+    assert "zero-size" not in error
+    assert not (tmp_path / "map").exists()
 
 
 def test_map_cli_keeps_fit_manifest(tmp_path, capsys):

@@ -102,3 +102,19 @@ def test_ceiling_without_warning_at_minimum():
         warnings.simplefilter("error")
         result = triplet_noise_ceiling(enough)
     assert result == NoiseCeiling(value=1.0, n_sets=30, n_responses=120)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(0.5, "0.5"), (np.nan, "nan")])
+def test_noise_ceiling_rejects_non_integer_index(value, shown):
+    triplets = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0], [0.0, 2.0, value]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"row 2, column 2: value {shown} is not an integer object index"):
+            triplet_noise_ceiling(triplets)
+
+
+def test_noise_ceiling_accepts_whole_floats():
+    # The two responses to {0, 1, 2} agree, so each predicts the other: ceiling 1.
+    with pytest.warns(UserWarning, match="too noisy"):
+        result = triplet_noise_ceiling(np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0]]))
+    assert result == NoiseCeiling(value=1.0, n_sets=1, n_responses=2)

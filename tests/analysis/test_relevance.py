@@ -151,3 +151,17 @@ def test_jackknife_rejects_nan_embedding():
     embedding[1, 0] = np.nan
     with pytest.raises(ValueError, match=r"embedding rows \[1\] contain NaN or inf"):
         jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+
+
+def test_jackknife_accepts_whole_floats():
+    # np.loadtxt reads triplet files as float64; whole numbers give the same result as integers.
+    embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    as_floats = jackknife_relevance(embedding, np.array([[0.0, 1.0, 2.0]]))
+    as_integers = jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+    assert as_floats.most_relevant.tolist() == [0]
+    np.testing.assert_array_equal(as_floats.mean_drop, as_integers.mean_drop)
+
+
+def test_jackknife_rejects_fractional_index():
+    with pytest.raises(ValueError, match=r"row 1, column 0: value 0.5 is not an integer object index"):
+        jackknife_relevance(np.ones((3, 2)), np.array([[0.0, 1.0, 2.0], [0.5, 1.0, 2.0]]))

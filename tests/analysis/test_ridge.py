@@ -210,3 +210,42 @@ def test_ridge_map_follows_estimator_contract():
     fitted = clone(ridge).fit(X, Y)
     direct = RidgeMap(alphas=alphas, cv=5).fit(X, Y)
     np.testing.assert_array_equal(fitted.alpha_, direct.alpha_)
+
+
+def test_ridge_score_is_mean_r2():
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X[:45], Y[:45])
+    per_dim = r2_score(Y[45:], ridge.predict(X[45:]), multioutput="raw_values")
+    assert ridge.score(X[45:], Y[45:]) == pytest.approx(float(per_dim.mean()), abs=1e-15)
+
+
+def test_ridge_works_in_cross_val_score():
+    from sklearn.model_selection import cross_val_score
+
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scores = cross_val_score(RidgeMap(alphas=ALPHAS), X, Y, cv=3)
+    expected = []
+    for train, test in KFold(3).split(X):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fitted = RidgeMap(alphas=ALPHAS).fit(X[train], Y[train])
+        expected.append(r2_score(Y[test], fitted.predict(X[test])))
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
+
+
+def test_ridge_one_dimensional_target(tmp_path):
+    X, Y = make_linear_data(n_objects=50, n_features=40, noise=1.0, seed=3)
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y[:, 0])
+    assert ridge.predict(X).shape == (50,)
+    assert ridge.coef_.shape == (40, 1)
+    ridge.save(tmp_path / "map")
+    assert RidgeMap.load(tmp_path / "map").predict(X).shape == (50,)
+    assert RidgeMap(alphas=ALPHAS).fit(X, Y[:, :1]).predict(X).shape == (50, 1)
+
+
+def test_ridge_rejects_target_without_columns():
+    X, _ = make_linear_data(n_objects=20, n_features=5)
+    with pytest.raises(ValueError, match=r"Y has no column \(shape \(20, 0\)\)"):
+        RidgeMap(alphas=ALPHAS).fit(X, np.zeros((20, 0)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import pearsonr, spearmanr
@@ -154,3 +156,12 @@ def test_rsa_rejects_constant_within_rounding(dtype):
 def test_correlate_vectors_small_spread_is_not_constant():
     # A spread of 1e-9 on values near 1 is far above rounding, so the correlation exists.
     assert correlate_vectors([1.0, 1.0 + 1e-9, 1.0 + 2e-9], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_correlate_vectors_extreme_scale(scale):
+    # r of [0, 0, 1] with [1, 2, 3] is 1 / sqrt(4/3) = sqrt(3) / 2, for any positive scale.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = correlate_vectors([0.0, 0.0, scale], [1, 2, 3])
+    assert r == pytest.approx(np.sqrt(3) / 2, abs=1e-15)

@@ -75,8 +75,10 @@ def test_seed_identical_alone_and_in_pool(tmp_path, tiny_triplets):
     selection = select_run(find_runs(tmp_path / "sweep"), tmp_path / "select")
     runs = pd.read_csv(tmp_path / "select" / "runs.csv")
     assert runs.columns.tolist() == [
-        "seed", "run_dir", "n_dims", "val_accuracy", "recorded_val_accuracy", "reproducibility", "selected",
+        "seed", "run_dir", "n_dims", "val_accuracy", "point_val_accuracy", "reproducibility", "selected",
     ]
+    # val_accuracy means the manifest's recorded value in both tables.
+    assert runs["val_accuracy"].tolist() == written["val_accuracy"].tolist()
     assert runs["selected"].sum() == 1
     assert (tmp_path / "select" / "selected.txt").read_text().strip() == str(selection.selected_run)
 
@@ -166,17 +168,18 @@ def test_sweep_cli_n_jobs_zero_writes_nothing(tmp_path, tiny_triplets, capsys):
     assert not out.exists()
 
 
-def write_run(path, embedding, val_accuracy):
+def write_run(path, embedding, val_accuracy, seed=None):
     save_embedding(EmbeddingResult(embedding=embedding), path)
-    (path / "manifest.json").write_text(json.dumps({"outputs": {"val_accuracy": val_accuracy}}))
+    manifest = {"settings": {"random_state": seed}, "outputs": {"val_accuracy": val_accuracy}}
+    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_select_picks_reproduced_run(tmp_path):
     rng = np.random.default_rng(0)
     base = np.maximum(rng.normal(size=(40, 4)), 0.0)
-    write_run(tmp_path / "runs" / "seed_0", base, 0.6)
-    write_run(tmp_path / "runs" / "seed_1", base[:, [2, 0, 3, 1]], 0.5)
-    write_run(tmp_path / "runs" / "seed_2", np.column_stack([base[:, :3], rng.random(40)]), 0.7)
+    write_run(tmp_path / "runs" / "seed_0", base, 0.6, seed=0)
+    write_run(tmp_path / "runs" / "seed_1", base[:, [2, 0, 3, 1]], 0.5, seed=1)
+    write_run(tmp_path / "runs" / "seed_2", np.column_stack([base[:, :3], rng.random(40)]), 0.7, seed=2)
 
     selection = select_run(find_runs(tmp_path), tmp_path / "out", copy_selected=True)
     runs = selection.runs
@@ -184,8 +187,8 @@ def test_select_picks_reproduced_run(tmp_path):
     assert runs["seed"].tolist() == [0, 1, 2]
     assert runs["reproducibility"][2] < runs["reproducibility"][0]
     assert selection.selected_seed in (0, 1)
-    assert runs["recorded_val_accuracy"].tolist() == [0.6, 0.5, 0.7]
-    assert runs["val_accuracy"].isna().all()
+    assert runs["val_accuracy"].tolist() == [0.6, 0.5, 0.7]
+    assert runs["point_val_accuracy"].isna().all()
     assert runs["reproducibility"].max() < R_CLIP
 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -266,8 +269,9 @@ def test_select_rejects_runs_of_other_objects(tmp_path):
     for name, last in (("a", "x"), ("b", "y")):
         write_run(tmp_path / name, base, 0.5)
         write_object_table(ObjectTable.from_ids([f"o{i}" for i in range(11)] + [last]), tmp_path / name / "objects.tsv")
-    with pytest.raises(ValueError, match=r"1 ids only in the run .*a table \['x'\], 1 ids only in the run .*b table \['y'\]"):
+    with pytest.raises(ValueError, match=r"1 ids only in the run .*a table \['x'\], 1 ids only in the run .*b table \['y'\]") as error:
         select_run([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert str(error.value).endswith("; select among runs fitted to the same objects")
 
 
 def test_select_names_runs_of_other_sizes(tmp_path):
@@ -300,9 +304,9 @@ def test_select_computes_one_accuracy_for_every_run(tmp_path):
     (tmp_path / "runs" / "seed_1" / "manifest.json").write_text(json.dumps({"outputs": {}}))
     selection = select_run(find_runs(tmp_path), tmp_path / "out", val=val)
     expected = odd_one_out_accuracy(base, val)
-    assert selection.runs["val_accuracy"].tolist() == [expected, expected]
-    assert selection.runs["recorded_val_accuracy"].tolist()[0] == 0.4125
-    assert np.isnan(selection.runs["recorded_val_accuracy"].tolist()[1])
+    assert selection.runs["point_val_accuracy"].tolist() == [expected, expected]
+    assert selection.runs["val_accuracy"].tolist()[0] == 0.4125
+    assert np.isnan(selection.runs["val_accuracy"].tolist()[1])
 
 
 def test_sweep_rejects_empty_validation_split(tmp_path, tiny_triplets):
@@ -546,3 +550,42 @@ def test_sweep_cli_rerun(tmp_path, tiny_triplets, capsys):
     assert main(other + vice) == 1
     assert "other training triplets" in capsys.readouterr().err
     assert snapshot(tmp_path / "sweep") == before
+
+
+def test_select_reads_recorded_seeds(tmp_path):
+    base = np.maximum(np.random.default_rng(9).normal(size=(12, 2)), 0.0)
+    write_run(tmp_path / "runs" / "seed_0", base, 0.5, seed=0)
+    # A copied run keeps its recorded seed, whatever its folder is called.
+    write_run(tmp_path / "permrun", base[:, ::-1], 0.5, seed=7)
+    save_embedding(EmbeddingResult(embedding=base), tmp_path / "runs" / "seed_2")
+    (tmp_path / "runs" / "seed_2" / "config.toml").write_text('[settings]\nrandom_state = 2\n')
+    # config.toml writes an unset random_state as "", so this run has no seed.
+    save_embedding(EmbeddingResult(embedding=base[:, ::-1]), tmp_path / "unseeded")
+    (tmp_path / "unseeded" / "config.toml").write_text('[settings]\nrandom_state = ""\n')
+    runs = [tmp_path / "runs" / "seed_0", tmp_path / "permrun", tmp_path / "runs" / "seed_2", tmp_path / "unseeded"]
+
+    selection = select_run(runs, tmp_path / "out")
+
+    assert selection.runs["seed"].tolist()[:3] == [0, 7, 2]
+    assert selection.runs["seed"].isna().tolist() == [False, False, False, True]
+    lines = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["seed", "0", "7", "2", ""]
+    dimensions = (tmp_path / "out" / "dimensions.csv").read_text().splitlines()
+    assert dimensions[1].split(",")[1] == "0"
+
+
+def test_sweep_names_empty_validation_file(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "train.npy", train)
+    np.save(tmp_path / "empty.npy", train[:0])
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(tmp_path / "train.npy"), "--val", str(tmp_path / "empty.npy"),
+                 "--n-objects", str(N_OBJECTS), "-o", str(out), "--seeds", "1"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"the validation file {tmp_path / 'empty.npy'} contains no triplets" in error
+    assert "--val-fraction" not in error
+    assert error.count("contains no triplets") == 1
+    assert not out.exists()

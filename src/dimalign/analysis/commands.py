@@ -8,8 +8,11 @@ module exists, so the CLI lists one module for the whole analysis stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,7 +127,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"for {n_objects}{source}. Evaluate an embedding with triplets of the same objects."
         )
 
-    triplets = load_triplets(args.triplets, n_objects)
+    with empty_triplets_rejected_later():
+        triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
         raise ValueError(
             f"{args.triplets} contains no triplets, so accuracy and likelihood are undefined: "
@@ -158,6 +162,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
     return 0
+
+
+@contextlib.contextmanager
+def empty_triplets_rejected_later() -> Iterator[None]:
+    """Silence the warning of ``load_triplets`` about an empty file, for a caller that then raises.
+
+    The command's own error names the file and what to do, so the warning
+    would only repeat it in the log.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".* contains no triplets$", category=UserWarning)
+        yield
 
 
 def _object_table(args: argparse.Namespace) -> tuple[ObjectTable | None, Path | None]:

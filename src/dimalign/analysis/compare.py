@@ -60,7 +60,11 @@ logger = logging.getLogger(__name__)
 
 
 def align_objects(
-    reference: ObjectTable, other: ObjectTable, *, names: tuple[str, str] = ("human", "DNN")
+    reference: ObjectTable,
+    other: ObjectTable,
+    *,
+    names: tuple[str, str] = ("human", "DNN"),
+    advice: str = "compare embeddings of the same objects, or pass matching object tables",
 ) -> np.ndarray:
     """Find the row of ``other`` for every object of ``reference``, matched by object id.
 
@@ -68,6 +72,8 @@ def align_objects(
         reference (ObjectTable): The order to follow.
         other (ObjectTable): The table to reorder.
         names (tuple[str, str]): What to call the two tables in the error.
+        advice (str): What the error tells the caller to do, in the terms of
+            the calling command.
 
     Returns:
         np.ndarray: ``order`` with ``other.object_ids[order[i]] == reference.object_ids[i]``.
@@ -82,8 +88,7 @@ def align_objects(
         raise ValueError(
             f"the {names[0]} and {names[1]} embeddings describe different objects: "
             f"{len(only_reference)} ids only in the {names[0]} table {only_reference[:20]}, "
-            f"{len(only_other)} ids only in the {names[1]} table {only_other[:20]}; "
-            "compare embeddings of the same objects, or pass matching object tables"
+            f"{len(only_other)} ids only in the {names[1]} table {only_other[:20]}; {advice}"
         )
     return np.asarray(other.index_of(reference.object_ids), dtype=np.int64)
 
@@ -121,14 +126,23 @@ def align_embeddings(
 ) -> AlignedPair:
     """Put the DNN embedding in the human row order.
 
-    With an object table on each side, rows are matched by object id. A side
-    without a table takes the other's (its rows must then be in that order).
+    With an object table on each side, rows are matched by object id.
     Without any table, both must have the same number of rows, which are
-    named by their index.
+    named by their index. A table on one side only is an error, because the
+    rows would be matched by position without any check.
+
+    Args:
+        human (EmbeddingResult): Shape ``(n_objects, n_human)``; its order is kept.
+        dnn (EmbeddingResult): Shape ``(n_objects, n_dnn)``.
+        human_objects (ObjectTable | None): Names of the human rows.
+        dnn_objects (ObjectTable | None): Names of the DNN rows.
+
+    Returns:
+        AlignedPair: Both embeddings in the human row order.
 
     Raises:
-        ValueError: If the object sets differ, the row counts do not fit or
-            an embedding has no dimension.
+        ValueError: If the object sets differ, the row counts do not fit,
+            only one side has a table, or an embedding has no dimension.
     """
     for label, result, table in (("human", human, human_objects), ("DNN", dnn, dnn_objects)):
         if result.embedding.shape[1] == 0:
@@ -150,12 +164,11 @@ def align_embeddings(
             )
         table = ObjectTable.from_ids([str(row) for row in range(human.n_objects)])
         return AlignedPair(human.embedding, dnn.embedding, table, np.arange(human.n_objects))
-    human_objects = human_objects or dnn_objects
-    dnn_objects = dnn_objects or human_objects
-    if human.n_objects != len(human_objects) or dnn.n_objects != len(dnn_objects):
+    if human_objects is None or dnn_objects is None:
+        missing = "human" if human_objects is None else "DNN"
         raise ValueError(
-            f"the object table lists {len(human_objects)} objects, but the human embedding has "
-            f"{human.n_objects} and the DNN embedding {dnn.n_objects} rows"
+            f"only the {'DNN' if missing == 'human' else 'human'} embedding has an object table, so the "
+            f"{missing} rows cannot be matched to it by object id: pass an object table for both"
         )
     order = align_objects(human_objects, dnn_objects)
     if not np.array_equal(order, np.arange(order.size)):
@@ -672,8 +685,12 @@ def compare(
         human (path | EmbeddingResult): Human run directory or embedding file.
         dnn (path | EmbeddingResult): DNN run directory or embedding file.
         out_dir (str | os.PathLike): Output directory.
-        objects (ObjectTable | None): Object table for a side that has none
-            of its own (run directories carry ``objects.tsv``).
+        objects (ObjectTable | None): Object table for each input that is
+            not a run directory with its own ``objects.tsv``. For a plain
+            embedding file it wins over an ``objects.tsv`` in the same folder
+            (with a warning when they differ). An input without any table next
+            to one with a table is an error, because rows are never matched
+            by position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
@@ -703,6 +720,14 @@ def compare(
 
     Returns:
         ComparisonResult: Headline numbers.
+
+    Raises:
+        ValueError: For inputs that do not fit (different objects, tables on
+            one side only, triplet indices out of range, a reference matrix
+            that is not square, not finite or constant) and for an embedding
+            whose similarity is constant (equal off-diagonal dot products).
+            These are checked before an earlier comparison in ``out_dir`` is
+            removed, and the messages name the input.
     """
     from dimalign.analysis import matching as matching_module
 
@@ -716,8 +741,9 @@ def compare(
 
     if reference is not None:
         reference = (check_reference_matrix(*reference), reference[1])
-    human_result, human_table, human_table_source = _load_side(human, objects, "human")
-    dnn_result, dnn_table, dnn_table_source = _load_side(dnn, objects, "DNN")
+    human_side, dnn_side = _load_side(human, "human"), _load_side(dnn, "DNN")
+    (human_table, human_table_source), (dnn_table, dnn_table_source) = _choose_tables(human_side, dnn_side, objects)
+    human_result, dnn_result = human_side.result, dnn_side.result
     pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
     names = list(pair.objects.object_ids)
     n_objects = len(names)
@@ -731,6 +757,8 @@ def compare(
         _check_triplets(triplets, n_objects)
     if reference is not None:
         _reference_rows(pair, reference)
+    for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
+        _check_similarity_varies(embedding, side.name)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
@@ -759,8 +787,8 @@ def compare(
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
         human_similarity = similarity(pair.human, objects=subset, device=device)
         dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
-        rsa_result = bootstrap_rsa(
-            human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
+        rsa_result = _named_bootstrap_rsa(
+            human_similarity, dnn_similarity, (human_side.name, dnn_side.name), n_bootstrap, random_state
         )
         correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
         order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
@@ -836,21 +864,55 @@ def compare(
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
 
-def _load_side(
-    side: str | os.PathLike | EmbeddingResult, objects: ObjectTable | None, label: str
-) -> tuple[EmbeddingResult, ObjectTable | None, str | None]:
-    """Load one embedding and choose its object table.
+@dataclass
+class _Side:
+    """One loaded input of :func:`compare` and the object table found with it.
 
-    A run directory's own ``objects.tsv`` describes its rows, so an explicit
-    table that lists other ids or another order is an error. For a plain
-    embedding file the explicit table wins over an ``objects.tsv`` that lies in
-    the same folder, which may belong to another file. A differing
-    ``objects.tsv`` there is reported with a warning.
-
-    Returns:
-        tuple: The embedding, its table (None without one) and where the table
-        came from (a path, ``"objects argument"`` or None).
+    Attributes:
+        label (str): ``"human"`` or ``"DNN"``.
+        result (EmbeddingResult): The embedding.
+        location (Path | None): Where it was loaded from.
+        own (ObjectTable | None): The ``objects.tsv`` of a run directory, or
+            the one lying next to a plain embedding file.
+        own_file (Path | None): The path of ``own``.
     """
+
+    label: str
+    result: EmbeddingResult
+    location: Path | None
+    own: ObjectTable | None
+    own_file: Path | None
+
+    @property
+    def is_run(self) -> bool:
+        """Whether the input is a run directory with its own ``objects.tsv``."""
+        return self.own is not None and self.location is not None and self.location.is_dir()
+
+    @property
+    def name(self) -> str:
+        """The input as errors name it: ``"the DNN embedding plain.npy"``."""
+        kind = "run" if self.location is not None and self.location.is_dir() else "embedding"
+        return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
+
+
+def _named_bootstrap_rsa(
+    human_similarity: np.ndarray, dnn_similarity: np.ndarray, names: tuple[str, str], n_bootstrap: int, random_state: int
+) -> BootstrapRSA:
+    """Run :func:`bootstrap_rsa`, naming the input whose similarity matrix is constant."""
+    from dimalign.analysis.rsa import ConstantInputError
+
+    try:
+        return bootstrap_rsa(human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state)
+    except ConstantInputError as error:
+        constant = names[error.input_index or 0]
+        raise ValueError(
+            f"the similarity matrix of {constant} is constant over the compared objects, so no RSA "
+            f"can be computed ({error})"
+        ) from error
+
+
+def _load_side(side: str | os.PathLike | EmbeddingResult, label: str) -> _Side:
+    """Load one embedding with the ``objects.tsv`` of its run directory or of its folder."""
     if isinstance(side, EmbeddingResult):
         result = side
         location = Path(side.path) if side.path is not None else None
@@ -858,29 +920,65 @@ def _load_side(
         result = load_embedding(side)
         location = Path(side)
     if location is None:
-        return result, objects, "objects argument" if objects is not None else None
-
+        return _Side(label, result, None, None, None)
     own_file = location / OBJECT_TABLE_NAME if location.is_dir() else location.parent / OBJECT_TABLE_NAME
-    own = read_object_table(own_file) if own_file.is_file() else None
-    if own is None:
-        return result, objects, "objects argument" if objects is not None else None
-    if objects is None or tuple(own.object_ids) == tuple(objects.object_ids):
-        return result, own, str(own_file)
-    difference = _table_difference(own, objects)
-    if location.is_dir():
-        raise ValueError(
-            f"the {label} run {location} has its own object table {own_file}, and the object table "
-            f"passed for it (objects=, CLI --objects) differs: {difference}. A run directory's rows follow its "
-            "objects.tsv, so leave out --objects or pass that table"
-        )
-    warnings.warn(
-        f"the {label} embedding {location} is read with the explicit object table (objects=, CLI "
-        f"--objects), not "
-        f"with {own_file} in the same folder, which differs: {difference}",
-        UserWarning,
-        stacklevel=3,
-    )
-    return result, objects, "objects argument"
+    if not own_file.is_file():
+        return _Side(label, result, location, None, None)
+    return _Side(label, result, location, read_object_table(own_file), own_file)
+
+
+def _choose_tables(
+    human: _Side, dnn: _Side, objects: ObjectTable | None
+) -> list[tuple[ObjectTable | None, str | None]]:
+    """Choose the object table of each side, and where it came from.
+
+    A run directory's rows follow its own ``objects.tsv``, so the explicit
+    table (``objects=``, CLI ``--objects``) applies only to the other side(s):
+    a plain embedding file, whose neighbouring ``objects.tsv`` may belong to
+    another file and is overridden with a warning when it differs, or an input
+    without any table.
+
+    Returns:
+        list: ``(table, source)`` for the human and the DNN side; ``source`` is
+        a path, ``"objects argument"`` or None.
+
+    Raises:
+        ValueError: If one side has object ids and the other has none, so the
+            rows could only be matched by position, or if the explicit table
+            applies to neither side and differs from both run tables.
+    """
+    chosen = []
+    for side in (human, dnn):
+        if side.is_run or (objects is None and side.own is not None):
+            chosen.append((side.own, str(side.own_file)))
+            continue
+        if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
+            warnings.warn(
+                f"{side.name} is read with the explicit object table (objects=, CLI --objects), not "
+                f"with {side.own_file} in the same folder, which differs: {_table_difference(side.own, objects)}",
+                UserWarning,
+                stacklevel=3,
+            )
+        chosen.append((objects, "objects argument") if objects is not None else (None, None))
+
+    if objects is not None and human.is_run and dnn.is_run:
+        own_ids = {tuple(human.own.object_ids), tuple(dnn.own.object_ids)}
+        if tuple(objects.object_ids) not in own_ids:
+            raise ValueError(
+                f"{human.name} and {dnn.name} both have their own objects.tsv, so the object table "
+                "passed (objects=, CLI --objects) applies to neither, and it differs from both: "
+                f"{_table_difference(human.own, objects)}. Leave out --objects"
+            )
+        logger.info("both inputs are runs with their own objects.tsv; the explicit object table is not used")
+
+    for (table, _), (other_table, other_source), side in ((chosen[0], chosen[1], human), (chosen[1], chosen[0], dnn)):
+        if table is None and other_table is not None:
+            raise ValueError(
+                f"{side.name} has no object table, but the other input has one ({other_source}), so "
+                f"the {side.label} rows cannot be matched to it by object id: pass the table that "
+                f"names the {side.label} rows (objects=, CLI --objects)"
+            )
+    return chosen
 
 
 def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
@@ -922,6 +1020,41 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
         )
 
 
+def _dot_product_spread(embedding: np.ndarray, block_size: int = 1024) -> tuple[float, float]:
+    """Return the smallest and largest off-diagonal dot product ``y_i · y_j``, in row blocks.
+
+    Costs ``O(n^2 d)`` time and ``O(block_size n)`` memory, against the
+    ``O(n^3)`` of a similarity matrix.
+    """
+    n_objects = embedding.shape[0]
+    low, high = math.inf, -math.inf
+    for start in range(0, n_objects, block_size):
+        block = embedding[start : start + block_size] @ embedding.T
+        rows = np.arange(block.shape[0])
+        block[rows, start + rows] = np.nan
+        low, high = min(low, float(np.nanmin(block))), max(high, float(np.nanmax(block)))
+    return low, high
+
+
+def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
+    """Raise if an embedding predicts the same similarity for every pair of objects.
+
+    ``S_ij`` depends only on the off-diagonal dot products, so when they are
+    all equal (every row the same, all rows zero, or rows with no dimension in
+    common) the similarity matrix is constant and its RSA undefined. The
+    tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`.
+    """
+    from dimalign.analysis.rsa import CONSTANT_TOLERANCE
+
+    low, high = _dot_product_spread(np.asarray(embedding, dtype=np.float64))
+    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(abs(low), abs(high)):
+        raise ValueError(
+            f"{name} predicts the same similarity for every pair of objects, because every "
+            f"off-diagonal dot product is {high:.6g} (rows all equal, all zero, or without a "
+            "shared dimension), so no RSA can be computed: check that it is the right file"
+        )
+
+
 def check_reference_matrix(
     matrix: np.ndarray, table: ObjectTable, source: str | os.PathLike = "the reference matrix"
 ) -> np.ndarray:
@@ -933,9 +1066,11 @@ def check_reference_matrix(
         source (str | os.PathLike): Name of the matrix in errors, such as its file.
 
     Raises:
-        ValueError: If the matrix is not square, does not fit the table, or
+        ValueError: If the matrix is not square, does not fit the table,
             has NaN or inf off the diagonal (the message lists the first
-            ``(row, column)`` positions).
+            ``(row, column)`` positions), or is constant above the diagonal
+            (within the rounding tolerance of
+            :func:`dimalign.analysis.rsa.correlate_vectors`).
     """
     array = np.asarray(matrix)
     if array.dtype.kind not in "biuf":
@@ -954,6 +1089,17 @@ def check_reference_matrix(
         raise ValueError(
             f"{source} contains NaN or inf at {int(bad.sum())} positions, the first (row, column) "
             f"{positions}; fill or remove those objects first"
+        )
+    from dimalign.analysis.rsa import CONSTANT_TOLERANCE, upper_triangle
+
+    values = upper_triangle(array)
+    spread = float(np.ptp(values)) if values.size else 0.0
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if spread <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * largest:
+        first = float(values[0]) if values.size else math.nan
+        raise ValueError(
+            f"{source} has the same value {first:.6g} at every position above the diagonal, so "
+            "no correlation with it can be computed: pass a similarity matrix whose entries vary"
         )
     return array
 

@@ -80,9 +80,12 @@ def _estimator_settings(args: argparse.Namespace) -> dict:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """Handle ``dimalign sweep``."""
+    from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.analysis.sweep import sweep
 
-    train, val, n_objects, table, inputs, _ = load_training_data(args)
+    # sweep() rejects an empty training or validation file with an error that names it.
+    with empty_triplets_rejected_later():
+        train, val, n_objects, table, inputs, _ = load_training_data(args)
     seeds = args.seed_list if args.seed_list else list(range(args.first_seed, args.first_seed + args.seeds))
     table_out = sweep(
         train, val, args.out, seeds=seeds, n_objects=n_objects, method=args.method,
@@ -155,7 +158,11 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("human", type=Path, help="human run directory or embedding file")
     parser.add_argument("dnn", type=Path, help="DNN run directory or embedding file")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--objects", type=Path, help="object table for an input without its own objects.tsv")
+    parser.add_argument(
+        "--objects", type=Path,
+        help="object table naming the rows of each input that is not a run directory with its own "
+        "objects.tsv (wins over an objects.tsv next to a plain embedding file)",
+    )
     parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
@@ -181,7 +188,6 @@ def run_compare(args: argparse.Namespace) -> int:
     from dimalign.analysis.compare import compare
     from dimalign.io.objects import read_object_table
     from dimalign.io.runs import load_embedding
-    from dimalign.io.triplets import load_triplets
 
     objects = read_object_table(args.objects) if args.objects else None
     inputs = {"objects": args.objects} if args.objects else {}
@@ -194,14 +200,13 @@ def run_compare(args: argparse.Namespace) -> int:
 
         reference_table = read_object_table(args.reference_objects)
         matrix = check_reference_matrix(
-            np.load(args.reference_rsm, allow_pickle=False), reference_table, source=args.reference_rsm
+            _load_reference_matrix(args.reference_rsm), reference_table, source=args.reference_rsm
         )
         reference = (matrix, reference_table)
         inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
     if args.triplets is not None:
-        n_objects = load_embedding(args.human).n_objects
-        triplets = load_triplets(args.triplets, n_objects)
+        triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
         inputs["triplets"] = args.triplets
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
@@ -211,6 +216,54 @@ def run_compare(args: argparse.Namespace) -> int:
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
     )
     return 0
+
+
+def _load_reference_matrix(path: Path) -> np.ndarray:
+    """Read the ``--reference-rsm`` file, a ``.npy`` array saved without pickling."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--reference-rsm file {path} not found: pass a .npy similarity matrix")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        # numpy's own message suggests allow_pickle=True, which would run code from the file.
+        raise ValueError(
+            f"--reference-rsm file {path} is not a .npy array of numbers: save the square "
+            "similarity matrix with numpy.save (a text matrix can be read with numpy.loadtxt first)"
+        ) from error
+
+
+# Object indices up to this bound pass the first read of a --triplets file, so
+# that an index beyond the compared objects gets an error in compare's terms.
+_UNBOUNDED_OBJECTS = 2**62
+
+
+def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
+    """Load the ``--triplets`` file, whose indices refer to the rows of the human embedding.
+
+    Raises:
+        ValueError: From :func:`dimalign.io.triplets.load_triplets`, except
+            that an index of ``n_objects`` or more is reported with the
+            compared embeddings' number of objects instead of the load options
+            of other commands.
+    """
+    from dimalign.io.triplets import load_triplets
+
+    try:
+        return load_triplets(path, n_objects)
+    except ValueError as error:
+        try:
+            unbounded = load_triplets(path, _UNBOUNDED_OBJECTS)
+        except ValueError:
+            raise error from None
+        rows = np.flatnonzero((unbounded >= n_objects).any(axis=1))
+        if not rows.size:
+            raise
+        raise ValueError(
+            f"--triplets {path}, row {int(rows[0])}: object index {int(unbounded[rows[0]].max())} is out "
+            f"of range for the {n_objects} objects of the human embedding (indices 0 to "
+            f"{n_objects - 1}); {rows.size} rows have such indices. The triplets must index the "
+            "rows of the human input"
+        ) from error
 
 
 # -- map ----------------------------------------------------------------------
@@ -264,11 +317,20 @@ def run_map(args: argparse.Namespace) -> int:
         alphas = np.logspace(np.log10(low), np.log10(high), int(count))
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
-    features, feature_table = load_features(args.features, layer=args.layer)
+    # The embedding is checked before the features, which may be large.
     embedding = load_embedding(args.embedding)
+    if embedding.n_dims == 0:
+        raise ValueError(
+            f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
+            "nothing to map: pass --embedding with a run that kept at least one dimension"
+        )
+    features, feature_table = load_features(args.features, layer=args.layer)
     embedding_table = find_object_table(args.embedding)
     if feature_table is not None and embedding_table is not None:
-        order = align_objects(embedding_table, feature_table, names=("embedding", "features"))
+        order = align_objects(
+            embedding_table, feature_table, names=("embedding", "features"),
+            advice="map features and an embedding of the same objects",
+        )
         features = np.asarray(features)[order]
     elif features.shape[0] != embedding.n_objects:
         raise ValueError(

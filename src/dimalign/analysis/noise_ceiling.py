@@ -78,14 +78,17 @@ def triplet_noise_ceiling(
             sets, so that it is too noisy to compare with model accuracies.
 
     Raises:
-        ValueError: If the triplets do not have shape ``(n, 3)``.
+        ValueError: If the triplets are not valid for
+            :func:`dimalign.io.triplets.validate_triplets`: not of shape
+            ``(n, 3)``, a value that is not a whole number (such as 0.5 or
+            NaN), a negative index, or a row that repeats an object. The
+            message names the row and column.
     """
+    from dimalign.io.triplets import validate_triplets
+
     if min_responses < 2:
         raise ValueError(f"min_responses must be at least 2, got {min_responses}")
-    rows = np.asarray(triplets)
-    if rows.ndim != 2 or rows.shape[1] != 3:
-        raise ValueError(f"triplets must have shape (n, 3), got {rows.shape}")
-    rows = rows.astype(np.int64, copy=False)
+    rows = validate_triplets(np.asarray(triplets), None)
 
     # Identify each set by its sorted objects, and each choice by the position
     # of the odd one out within the sorted set (0, 1 or 2).

@@ -40,7 +40,8 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     """Return the embedding as float64 and the triplets as int64, or raise ValueError.
 
     The triplets are checked by :func:`dimalign.io.triplets.validate_triplets`
-    (shape, integer indices in range, three distinct objects per row).
+    (shape, whole-number indices in range, three distinct objects per row),
+    which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
     from dimalign.io.triplets import validate_triplets
 
@@ -56,10 +57,7 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
         raise ValueError(
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
         )
-    rows = np.asarray(triplets)
-    if rows.dtype.kind not in "iu" and rows.size:
-        raise ValueError(f"triplets must hold integer object indices, got dtype {rows.dtype}")
-    return weights, validate_triplets(rows, weights.shape[0])
+    return weights, validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -93,6 +93,9 @@ class RidgeMap(BaseEstimator):
             ``(n_features, n_dims)``, so that ``Y = X @ coef_ + intercept_``.
         intercept_ (np.ndarray): Shape ``(n_dims,)``.
         n_features_in_ (int): Number of feature columns seen in ``fit``.
+        target_ndim_ (int): 1 when ``fit`` got a 1-D target, so that
+            ``predict`` returns shape ``(n_objects,)``, else 2. Maps saved
+            before this was recorded load with 2.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -142,6 +145,7 @@ class RidgeMap(BaseEstimator):
                 a dimension is constant over the objects.
         """
         alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
+        target_ndim = np.ndim(Y)
         X, Y = self._check_data(X, Y)
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
@@ -184,6 +188,7 @@ class RidgeMap(BaseEstimator):
         self.coef_, self.intercept_ = _fit_raw_coefficients(X, Y, self.alpha_)
         self.n_features_in_ = X.shape[1]
         self.alphas_ = alphas
+        self.target_ndim_ = int(target_ndim)
         logger.info(
             "ridge map: %d objects x %d features -> %d dimensions, %d penalties, %d folds; "
             "cross-validated R² median %.3f (min %.3f, max %.3f)",
@@ -199,7 +204,9 @@ class RidgeMap(BaseEstimator):
             X (np.ndarray): Features, shape ``(n_objects, n_features)``, raw (unscaled).
 
         Returns:
-            np.ndarray: Predictions, shape ``(n_objects, n_dims)``.
+            np.ndarray: Predictions, shape ``(n_objects, n_dims)``, or
+            ``(n_objects,)`` when the map was fitted to a 1-D target (as
+            scikit-learn regressors do).
 
         Raises:
             NotFittedError: If :meth:`fit` has not run.
@@ -211,7 +218,29 @@ class RidgeMap(BaseEstimator):
             raise ValueError(
                 f"X must have shape (n_objects, {self.coef_.shape[0]}), got {X.shape}"
             )
-        return X @ self.coef_ + self.intercept_
+        predictions = X @ self.coef_ + self.intercept_
+        return predictions[:, 0] if self.target_ndim_ == 1 else predictions
+
+    def score(self, X: np.ndarray, Y: np.ndarray) -> float:
+        """Return the mean over dimensions of the R² of the predictions for ``X``.
+
+        This is ``sklearn.metrics.r2_score(Y, self.predict(X))`` with uniform
+        weights over the dimensions, the score that scikit-learn regressors
+        report, so ``cross_val_score`` and ``GridSearchCV`` use it by default.
+        The baseline of each dimension's R² is the mean of ``Y`` itself, not
+        of the training data.
+
+        Args:
+            X (np.ndarray): Features, shape ``(n_objects, n_features)``.
+            Y (np.ndarray): True embedding, shape ``(n_objects, n_dims)``, or
+                ``(n_objects,)`` for a map fitted to a 1-D target.
+
+        Returns:
+            float: Mean R², at most 1 (1 for an exact prediction).
+        """
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(Y, self.predict(X)))
 
     # -- saving --------------------------------------------------------------
 
@@ -252,6 +281,7 @@ class RidgeMap(BaseEstimator):
                 cv_scores=self.cv_scores_,
                 fold_scores=self.fold_scores_,
                 alphas=self.alphas_,
+                target_ndim=np.int64(self.target_ndim_),
             )
         write_manifest(
             out_dir,
@@ -318,6 +348,7 @@ class RidgeMap(BaseEstimator):
             ridge.cv_scores_ = archive["cv_scores"]
             ridge.fold_scores_ = archive["fold_scores"]
             ridge.alphas_ = archive["alphas"]
+            ridge.target_ndim_ = int(archive["target_ndim"]) if "target_ndim" in archive.files else 2
         ridge.n_features_in_ = int(ridge.coef_.shape[0])
         return ridge
 
@@ -342,6 +373,11 @@ class RidgeMap(BaseEstimator):
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2:
             raise ValueError(f"X and Y must be 2-D, got shapes {X.shape} and {Y.shape}")
+        if Y.shape[1] == 0:
+            raise ValueError(
+                f"Y has no column (shape {Y.shape}), so there is no dimension to map: pass an "
+                "embedding with at least one dimension"
+            )
         if X.shape[0] != Y.shape[0]:
             raise ValueError(
                 f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: both need one row per object"

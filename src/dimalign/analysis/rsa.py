@@ -40,7 +40,15 @@ CONSTANT_TOLERANCE = 1024
 
 
 class ConstantInputError(ValueError):
-    """Raised when an input to a correlation is constant (within rounding), so r is undefined."""
+    """Raised when an input to a correlation is constant (within rounding), so r is undefined.
+
+    Attributes:
+        input_index (int | None): 0 for the first input, 1 for the second.
+    """
+
+    def __init__(self, message: str, input_index: int | None = None) -> None:
+        super().__init__(message)
+        self.input_index = input_index
 
 
 def upper_triangle(matrix: np.ndarray | Sequence[Sequence[float]], k: int = 1) -> np.ndarray:
@@ -112,6 +120,12 @@ def _handle_missing(
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    # r does not change with a positive scale. Dividing by the largest absolute
+    # value keeps the squared deviations of tiny (1e-300) or huge (1e300)
+    # inputs from underflowing to 0 or overflowing to inf. Both inputs are
+    # non-constant here, so neither maximum is 0.
+    a = a / np.max(np.abs(a))
+    b = b / np.max(np.abs(b))
     centered_a = a - a.mean()
     centered_b = b - b.mean()
     value = float(centered_a @ centered_b / np.sqrt((centered_a @ centered_a) * (centered_b @ centered_b)))
@@ -135,12 +149,13 @@ def _correlate_checked(
             f"a correlation needs at least 2 value pairs, got {a.size}. "
             "Use matrices of at least 3 objects."
         )
-    for name, values, eps in (("first", a, epsilons[0]), ("second", b, epsilons[1])):
+    for index, (name, values, eps) in enumerate((("first", a, epsilons[0]), ("second", b, epsilons[1]))):
         spread = float(np.ptp(values))
         if spread <= CONSTANT_TOLERANCE * eps * float(np.max(np.abs(values))):
             raise ConstantInputError(
                 f"the {name} input is constant (every value is {values[0]:.6g}, the spread "
-                f"{spread:.3g} is within rounding), so its correlation is undefined"
+                f"{spread:.3g} is within rounding), so its correlation is undefined",
+                input_index=index,
             )
     if method == "spearman":
         # Average ranks for ties, as in scipy.stats.spearmanr.

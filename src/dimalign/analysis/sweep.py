@@ -80,6 +80,9 @@ _UNCOMPARED_SETTINGS = frozenset(_PER_RUN_SETTINGS) | {
 # module does not import torch.
 _CHECKPOINT_NAME = "checkpoint.pt"
 
+# The settings file that TripletEmbedding.save writes (dimalign.embedding.base.CONFIG_NAME).
+_CONFIG_NAME = "config.toml"
+
 
 def run_dir_name(seed: int) -> str:
     """Return the folder name of a seed's run, ``seed_<seed>``."""
@@ -221,8 +224,15 @@ def sweep(
         raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    inputs = dict(inputs or {})
     if len(train) == 0:
-        raise ValueError("the training triplets are empty: pass a file with triplets")
+        source = f" in {inputs['train']}" if "train" in inputs else ""
+        raise ValueError(f"the training triplets{source} are empty: pass a file with triplets")
+    if val is not None and len(val) == 0 and "val" in inputs:
+        raise ValueError(
+            f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy "
+            "can be computed: pass a file with triplets (CLI: --val), or leave out --val"
+        )
     if val is not None and len(val) == 0:
         raise ValueError(
             f"the validation split is empty (0 of {len(train)} triplets), so no held-out accuracy "
@@ -276,7 +286,7 @@ def sweep(
     write_manifest(
         out_dir,
         step="sweep",
-        inputs={**dict(inputs or {}), "train": train_path, **({"val": val_path} if val_path else {})},
+        inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
         settings={
             "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
             "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
@@ -585,7 +595,7 @@ class Selection:
 
     Attributes:
         runs (pd.DataFrame): One row per run: seed, run_dir, n_dims,
-            val_accuracy, reproducibility, selected.
+            val_accuracy, point_val_accuracy, reproducibility, selected.
         selected_run (Path): Directory of the chosen run.
         selected_seed (int | None): Its seed (None when unknown).
     """
@@ -670,9 +680,10 @@ def select_run(
         split (str): ``"odd_even"`` or ``"random"`` object halves.
         random_state (int): Seed of a random split.
         val (np.ndarray | None): Validation triplets. Every run's
-            ``val_accuracy`` is the odd-one-out accuracy of its posterior
-            means on them (argmax of the dot products, ties split the
-            credit). Without them the column is NaN.
+            ``point_val_accuracy`` is the odd-one-out accuracy of its
+            posterior means on them (argmax of the dot products, ties split
+            the credit). Without them the column is NaN. ``val_accuracy`` is
+            what the run's manifest records, as in ``sweep.csv``.
         copy_selected (bool): Also copy the chosen run directory to
             ``out_dir/selected_run`` (a real copy, no symbolic link). Without
             it, a copy left by an earlier selection is removed.
@@ -700,15 +711,16 @@ def select_run(
     for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
         rows.append(
             {
-                "seed": _seed_of(path) if path.is_dir() else None,
+                "seed": _recorded_seed(path),
                 "run_dir": str(path.resolve()),
                 "n_dims": int(embedding.shape[1]),
-                "val_accuracy": _point_estimate_accuracy(embedding, val),
-                "recorded_val_accuracy": _recorded_accuracy(path),
+                "val_accuracy": _recorded_accuracy(path),
+                "point_val_accuracy": _point_estimate_accuracy(embedding, val),
                 "reproducibility": float(result.run_scores[index]),
             }
         )
-    runs = pd.DataFrame(rows)
+    # Int64 keeps whole seeds (0, not 0.0) next to an unknown one, written as an empty field.
+    runs = pd.DataFrame(rows).astype({"seed": "Int64"})
     best = result.best_run
     runs["selected"] = np.arange(len(rows)) == best
     dimensions = pd.DataFrame(
@@ -716,8 +728,9 @@ def select_run(
             {"run_dir": rows[run]["run_dir"], "seed": rows[run]["seed"], "dim": dim, "reproducibility": float(score)}
             for run, scores in enumerate(result.dim_scores)
             for dim, score in enumerate(scores)
-        ]
-    )
+        ],
+        columns=["run_dir", "seed", "dim", "reproducibility"],
+    ).astype({"seed": "Int64"})
 
     # A folder that this call creates is removed again if writing fails, and
     # an earlier selection's manifest goes first so that the folder never
@@ -747,7 +760,8 @@ def select_run(
             settings={
                 "split": result.split,
                 "criterion": "highest mean split-half reproducibility",
-                "val_accuracy": VAL_ACCURACY_DEFINITION if val is not None else None,
+                "val_accuracy": RECORDED_ACCURACY_DEFINITION,
+                "point_val_accuracy": POINT_ACCURACY_DEFINITION if val is not None else None,
             },
             started=started,
             outputs={
@@ -759,19 +773,25 @@ def select_run(
                 "n_runs": len(rows),
             },
         )
-    accuracy = rows[best]["val_accuracy"]
+    accuracy = rows[best]["point_val_accuracy"]
     logger.info(
         "selected %s: reproducibility %.3f, %d dimensions%s",
         selected_run, rows[best]["reproducibility"], rows[best]["n_dims"],
-        "" if math.isnan(accuracy) else f", held-out accuracy {accuracy:.4f}",
+        "" if math.isnan(accuracy) else f", held-out accuracy of the posterior means {accuracy:.4f}",
     )
     return Selection(runs=runs, selected_run=selected_run, selected_seed=rows[best]["seed"])
 
 
 SELECTED_COPY_NAME = "selected_run"
 
-#: Definition of the ``val_accuracy`` column of ``runs.csv``, the same for every run.
-VAL_ACCURACY_DEFINITION = (
+#: Definition of the ``val_accuracy`` column of ``sweep.csv`` and ``runs.csv``.
+RECORDED_ACCURACY_DEFINITION = (
+    "held-out accuracy that the run's manifest records (estimator.score on the validation "
+    "triplets; for VICE the posterior predictive); NaN when not recorded"
+)
+
+#: Definition of the ``point_val_accuracy`` column of ``runs.csv``, the same for every run.
+POINT_ACCURACY_DEFINITION = (
     "odd-one-out accuracy of the posterior means on the sweep's val.npy "
     "(argmax of the dot products, ties split the credit)"
 )
@@ -824,7 +844,10 @@ def _aligned_embeddings(run_dirs: Sequence[Path]) -> list[np.ndarray]:
             )
     aligned = [embeddings[0]]
     for path, table, embedding in zip(run_dirs[1:], tables[1:], embeddings[1:]):
-        order = align_objects(tables[0], table, names=(f"run {run_dirs[0]}", f"run {path}"))
+        order = align_objects(
+            tables[0], table, names=(f"run {run_dirs[0]}", f"run {path}"),
+            advice="select among runs fitted to the same objects",
+        )
         aligned.append(embedding[order])
         if not np.array_equal(order, np.arange(order.size)):
             logger.info("reordered the rows of %s to the object order of %s", path, run_dirs[0])
@@ -846,6 +869,30 @@ def _recorded_accuracy(path: Path) -> float:
         if recorded is not None:
             return float(recorded)
     return math.nan
+
+
+def _recorded_seed(path: Path) -> int | None:
+    """Return the ``random_state`` that a run records in ``manifest.json`` or ``config.toml``, else None.
+
+    The folder name is not used, because a run can be copied or renamed.
+    """
+    import tomllib
+
+    if not path.is_dir():
+        return None
+    seed = None
+    if (path / MANIFEST_NAME).is_file():
+        seed = read_manifest(path).get("settings", {}).get("random_state")
+    config = path / _CONFIG_NAME
+    if seed is None and config.is_file():
+        try:
+            seed = tomllib.loads(config.read_text(encoding="utf-8")).get("settings", {}).get("random_state")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{config} is not a valid TOML file ({error}): refit the run") from error
+    # config.toml writes an unset random_state as "".
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return None
+    return seed
 
 
 def _copy_run(source: Path, target: Path) -> Path:
