@@ -336,3 +336,42 @@ def test_simulate_objects_count_mismatch_fails(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "lists 3 objects" in error
     assert "have 6 rows" in error
+
+
+def test_import_rejects_output_that_is_the_input(tmp_path, capsys):
+    path = tmp_path / "judgements.txt"
+    path.write_text("1 2 3\n2 3 4\n")
+    status = main(["import-triplets", str(path), "-o", str(path), "--n-objects", "5", "--one-based"])
+    assert status == 1
+    assert "is the input" in capsys.readouterr().err
+    assert path.read_text() == "1 2 3\n2 3 4\n"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--seed", "5"], "--seed sets the seed of --split"),
+     (["--delimiter", ";"], "--delimiter applies to text files")],
+)
+def test_import_rejects_options_without_effect(tmp_path, capsys, options, message):
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2]]))
+    status = main(["import-triplets", str(tmp_path / "t.npy"), "-o", str(tmp_path / "out"), "--n-objects", "5", *options])
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_odd_column_two_conflicts_with_choice_column(tmp_path, capsys):
+    """argparse saw an explicit --odd-column 2, the old default, as absent."""
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2]]))
+    with pytest.raises(SystemExit):
+        main(["import-triplets", str(tmp_path / "t.npy"), "-o", str(tmp_path / "out"), "--n-objects", "5",
+              "--odd-column", "2", "--choice-column", "3"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_import_manifest_lists_few_unseen_objects(tmp_path):
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2]]))
+    assert main(["import-triplets", str(tmp_path / "t.npy"), "-o", str(tmp_path / "out"), "--n-objects", "1000"]) == 0
+    outputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["outputs"]
+    assert outputs["n_unseen_objects"] == 997
+    assert outputs["unseen_objects"] == list(range(3, 103))

@@ -267,3 +267,22 @@ def test_real_embeddings_reproduce_reference_accuracy(things_dir):
         accuracy = float(np.mean(result.triplets[:, 2] == human[:, 2]))
         assert round(accuracy, 3) == reference, name
         assert result.n_ties == 0
+
+
+def test_euclidean_gram_matches_gather_for_far_off_features():
+    """|x|^2 + |y|^2 - 2 x.y cancels in float32 unless the features are centred first."""
+    rng = np.random.default_rng(0)
+    features = (rng.normal(size=(300, 64)) + 1000).astype(np.float32)
+    triplets = sample_triplets(300, 50_000, random_state=0)
+    gram = simulate_choices(features, triplets, similarity="euclidean", method="gram", random_state=0)
+    gather = simulate_choices(features, triplets, similarity="euclidean", method="gather", random_state=0)
+    assert np.array_equal(gram.triplets, gather.triplets)
+    assert gram.n_ties == 0
+
+
+@pytest.mark.parametrize("method", ["gram", "gather"])
+def test_overflowing_similarity_is_an_error(method):
+    features = np.full((6, 4), 3e19, dtype=np.float32)
+    features[::2] *= 0.5
+    with pytest.raises(ValueError, match=r"triplet 0 \(objects .*\) are not finite: features as large as 3e\+19 overflow float32"):
+        simulate_choices(features, np.array([[0, 1, 2], [3, 4, 5]]), method=method)

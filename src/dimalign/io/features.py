@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dimalign.io.files import text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ def load_features(
     elif suffix in (".h5", ".hdf5"):
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":
-        features = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        try:
+            features = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        except ValueError as error:
+            raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
     else:
         raise ValueError(
             f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}"

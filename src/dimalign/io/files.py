@@ -328,3 +328,30 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
             "is damaged: rerun the step that wrote it"
         )
     return manifest
+
+
+def text_table_problem(path: str | os.PathLike) -> str:
+    """Describe the first line of a whitespace-separated table of numbers that numpy cannot read.
+
+    numpy's messages count rows from 0 or 1 depending on the error and skip
+    comment lines, so the line is found again here, counted as an editor does.
+    """
+    n_values = None
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            fields = line.split("#", 1)[0].split()
+            if not fields:
+                continue
+            for field in fields:
+                try:
+                    float(field)
+                except ValueError:
+                    return f"line {number} has the value {field!r}, which is not a number"
+            if n_values is None:
+                n_values = len(fields)
+            elif len(fields) != n_values:
+                return (
+                    f"line {number} has {len(fields)} values, earlier lines {n_values}; every "
+                    "line needs one value per column, separated by spaces"
+                )
+    return "it is not a whitespace-separated table of numbers"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import atomic_path
+from dimalign.io.files import atomic_path, text_table_problem
 
 logger = logging.getLogger(__name__)
 
@@ -93,34 +93,7 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     try:
         return np.loadtxt(path, dtype=np.float64, ndmin=2), {}
     except ValueError as error:
-        raise ValueError(f"{path} cannot be read as a text embedding: {_text_problem(path)}") from error
-
-
-def _text_problem(path: Path) -> str:
-    """Describe the first line of a text embedding that numpy cannot read.
-
-    numpy's messages count rows from 0 or 1 depending on the error and skip
-    comment lines, so the line is found again here, counted as an editor does.
-    """
-    n_values = None
-    with open(path, encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
-                continue
-            for field in fields:
-                try:
-                    float(field)
-                except ValueError:
-                    return f"line {number} has the value {field!r}, which is not a number"
-            if n_values is None:
-                n_values = len(fields)
-            elif len(fields) != n_values:
-                return (
-                    f"line {number} has {len(fields)} values, earlier lines {n_values}; every "
-                    "line needs one value per dimension, separated by spaces"
-                )
-    return "it is not a whitespace-separated table of numbers"
+        raise ValueError(f"{path} cannot be read as a text embedding: {text_table_problem(path)}") from error
 
 
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:

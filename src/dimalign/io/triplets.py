@@ -750,9 +750,18 @@ class TripletSummary:
             f"{len(unseen)} objects never seen" + (f": {listed}{more}" if unseen else ""),
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the fields as a JSON-friendly dictionary."""
-        return asdict(self)
+    def to_dict(self, max_listed: int = 100) -> dict[str, Any]:
+        """Return the fields as a JSON-friendly dictionary.
+
+        Args:
+            max_listed (int): Unseen objects listed at most; the count
+                ``n_unseen_objects`` is always complete, so a manifest stays
+                small when most of a large object set is never sampled.
+        """
+        fields = asdict(self)
+        fields["n_unseen_objects"] = len(self.unseen_objects)
+        fields["unseen_objects"] = self.unseen_objects[:max_listed]
+        return fields
 
 
 def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:

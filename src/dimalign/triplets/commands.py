@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--one-based", action="store_true", help="the file counts objects from 1")
     odd = parser.add_mutually_exclusive_group()
     odd.add_argument(
-        "--odd-column", type=int, default=2, choices=(0, 1, 2),
+        # No default here: argparse treats an explicit default value as absent
+        # when it checks a mutually exclusive group.
+        "--odd-column", type=int, choices=(0, 1, 2),
         help="position of the odd one out among the three object columns (default: 2, the last)",
     )
     odd.add_argument(
@@ -88,7 +91,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         help="also split into train.npy and val.npy with this validation fraction, keeping "
         "all repeats of an object set on one side",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --split (default: 0)")
+    parser.add_argument("--seed", type=int, help="seed of --split (default: 0)")
     parser.set_defaults(handler=run_import)
 
 
@@ -175,6 +178,10 @@ def run_import(args: argparse.Namespace) -> int:
     )
 
     started = now_iso()
+    if args.seed is not None and args.split is None:
+        raise ValueError("--seed sets the seed of --split: give --split too, or leave out --seed")
+    seed = 0 if args.seed is None else args.seed
+    odd_column = 2 if args.odd_column is None else args.odd_column
     out = Path(args.out)
     as_file = out.suffix.lower() in TRIPLET_SUFFIXES
     if as_file and args.split is not None:
@@ -196,12 +203,22 @@ def run_import(args: argparse.Namespace) -> int:
         if args.n_objects is None and objects_path is None and (folder / "objects.tsv").is_file():
             objects_path = folder / "objects.tsv"
             logger.info("using the object table %s for the number of objects", objects_path)
+    if args.delimiter is not None and source.suffix.lower() == ".npy":
+        raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
+    targets = [out] if as_file else [out_dir / name for name in planned]
+    for target in targets:
+        for given in (source, objects_path):
+            if given is not None and target.exists() and given.exists() and os.path.samefile(target, given):
+                raise ValueError(
+                    f"the output {target} is the input {given}, which would be overwritten; "
+                    "choose another output"
+                )
     table = read_object_table(objects_path) if objects_path else None
     triplets = load_triplets(
         source,
         args.n_objects,
         one_based=args.one_based,
-        odd_column=args.odd_column,
+        odd_column=odd_column,
         choice_column=args.choice_column,
         columns=parse_columns(args.columns) if args.columns else None,
         delimiter=args.delimiter,
@@ -214,7 +231,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     written = {}
     if args.split is not None:
-        train, val = split_triplets(triplets, args.split, random_state=args.seed)
+        train, val = split_triplets(triplets, args.split, random_state=seed)
         written["train"] = save_triplets(train, out_dir / "train.npy")
         written["val"] = save_triplets(val, out_dir / "val.npy")
     else:
@@ -229,12 +246,12 @@ def run_import(args: argparse.Namespace) -> int:
     settings = {
         "n_objects": n_objects,
         "one_based": args.one_based,
-        "odd_column": args.odd_column,
+        "odd_column": odd_column,
         "choice_column": args.choice_column,
         "columns": args.columns,
         "delimiter": args.delimiter,
         "split": args.split,
-        "seed": args.seed,
+        "seed": seed,
     }
     outputs = {"files": {name: path.name for name, path in written.items()}, **summary.to_dict()}
     if args.split is not None:

@@ -199,7 +199,9 @@ def simulate_choices(
     starts = range(0, len(triplets), batch_size)
     for start in tqdm(starts, desc="simulating choices", unit="batch", disable=None):
         batch = triplets[start : start + batch_size]
-        pair_similarities = lookup(batch)
+        with np.errstate(over="ignore", invalid="ignore"):
+            pair_similarities = lookup(batch)
+        _check_finite_similarities(pair_similarities, batch, start, features, lookup.dtype)
         pairs, batch_ties = _choose_pairs(pair_similarities, rule, temperature, rng)
         n_ties += batch_ties
         order = _ORDER_BY_PAIR[pairs]
@@ -219,6 +221,23 @@ def simulate_choices(
         temperature=float(temperature) if rule == "softmax" else None,
         relu=bool(relu),
         method=method,
+    )
+
+
+def _check_finite_similarities(
+    similarities: np.ndarray, batch: np.ndarray, start: int, features: np.ndarray, dtype: np.dtype
+) -> None:
+    """Raise ``ValueError`` when a pair similarity overflowed, instead of choosing at random."""
+    finite = np.isfinite(similarities).all(axis=1)
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    largest = float(np.nanmax(np.abs(np.asarray(features[batch[row]], dtype=np.float64))))
+    raise ValueError(
+        f"the similarities of triplet {start + row} (objects {batch[row].tolist()}) are not finite: "
+        f"features as large as {largest:.3g} overflow {np.dtype(dtype).name}; divide the features "
+        "by a constant (argmax choices do not change; with softmax, scale the temperature too) "
+        "or save them as float64"
     )
 
 
@@ -328,7 +347,10 @@ class _GramLookup:
         self.similarity = similarity
         self.dtype = _compute_dtype(features)
         self.n_objects = int(features.shape[0])
-        self.gram = _upper_gram(features, relu, norms, self.dtype)
+        # Distances do not change when every row moves by the same vector, and
+        # centring first avoids the cancellation in |x|^2 + |y|^2 - 2 x.y that
+        # far-off features (all near 100, say) suffer in float32.
+        self.gram = _upper_gram(features, relu, norms, self.dtype, center=similarity == "euclidean")
         self.flat = self.gram.reshape(-1)
         if similarity == "euclidean":
             self.squared_norms = np.diagonal(self.gram).astype(np.float64)
@@ -347,13 +369,13 @@ class _GramLookup:
 
 
 def _upper_gram(
-    features: np.ndarray, relu: bool, norms: np.ndarray | None, dtype: np.dtype
+    features: np.ndarray, relu: bool, norms: np.ndarray | None, dtype: np.dtype, center: bool = False
 ) -> np.ndarray:
     """Compute ``Y Y^T`` for the transformed features, filling only the upper triangle.
 
     Entries below the diagonal are left uninitialised and never read: the
     lookup always indexes ``[min(i, j), max(i, j)]``. Skipping them halves the
-    multiply-adds.
+    multiply-adds. With ``center`` the column means are subtracted first.
     """
     n_objects = features.shape[0]
     inverse_norms = None if norms is None else 1.0 / norms
@@ -361,11 +383,16 @@ def _upper_gram(
         transformed = _transform(features, relu, inverse_norms, dtype)
     else:
         transformed = features
+    if center:
+        # A new array: the features may be the caller's own (or a read-only memory map).
+        transformed = transformed - transformed.mean(axis=0, dtype=np.float64).astype(dtype)
     gram = np.empty((n_objects, n_objects), dtype=dtype)
     block = 1024
     for start in tqdm(range(0, n_objects, block), desc="Gram matrix", unit="block", disable=None):
         stop = min(start + block, n_objects)
-        gram[start:stop, start:] = transformed[start:stop] @ transformed[start:].T
+        # Overflow shows as inf and is reported with the triplet that meets it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            gram[start:stop, start:] = transformed[start:stop] @ transformed[start:].T
     return gram
 
 
