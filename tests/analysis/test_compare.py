@@ -659,6 +659,24 @@ def test_compare_constant_rerun_keeps_earlier_results(tmp_path):
     assert (out / "rsa.json").read_text() == rsa_text
 
 
+@pytest.mark.parametrize("option", ["--similarity-objects", "--cumulative-objects"])
+def test_compare_constant_subset_keeps_earlier_results(tmp_path, capsys, option):
+    """Two non-zero rows make the whole set vary, but a 4-object subset without them is constant."""
+    save_surrogate_files(tmp_path)
+    sparse = np.zeros((20, 3))
+    sparse[0], sparse[1] = [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]
+    np.save(tmp_path / "sparse.npy", sparse)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    rsa_text = (out / "rsa.json").read_text()
+
+    status = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "sparse.npy"), "-o", str(out),
+                   "--bootstrap", "0", option, "4", "--seed", "3"])
+    assert status == 1
+    assert f"sparse.npy on the {option} subset predicts the same similarity" in capsys.readouterr().err
+    assert (out / "rsa.json").read_text() == rsa_text
+
+
 def test_compare_names_side_of_constant_similarity(tmp_path):
     write_surrogate_sides(tmp_path)
 

@@ -217,6 +217,9 @@ def test_ridge_score_is_mean_r2():
     ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X[:45], Y[:45])
     per_dim = r2_score(Y[45:], ridge.predict(X[45:]), multioutput="raw_values")
     assert ridge.score(X[45:], Y[45:]) == pytest.approx(float(per_dim.mean()), abs=1e-15)
+    weights = np.linspace(0.5, 2.0, 15)
+    weighted = r2_score(Y[45:], ridge.predict(X[45:]), sample_weight=weights)
+    assert ridge.score(X[45:], Y[45:], sample_weight=weights) == pytest.approx(weighted, abs=1e-15)
 
 
 def test_ridge_works_in_cross_val_score():

@@ -68,3 +68,11 @@ def test_output_folder_that_is_a_file_is_rejected(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="the output folder .*out is a file; choose a folder for dimalign select"):
         check_output_dir(tmp_path / "out", "select")
+
+
+def test_output_folder_under_a_file_is_rejected(tmp_path):
+    from dimalign.io.files import check_output_dir
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match=r"afile is a file, so the output folder .*afile/sub/run cannot be created"):
+        check_output_dir(tmp_path / "afile" / "sub" / "run", "fit")

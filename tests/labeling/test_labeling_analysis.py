@@ -204,6 +204,14 @@ def test_nfc_and_nfd_labels_counted_once():
     assert frequencies == {"caf\u00e9": 2, "tea": 1}
 
 
+def test_read_relevance_accepts_byte_order_mark(tmp_path):
+    """Spreadsheet programs start UTF-8 CSV files with a byte-order mark."""
+    path = tmp_path / "relevance.csv"
+    path.write_bytes(b"\xef\xbb\xbftriplet_index,most_relevant_dim\n0,1\n1,2\n")
+    relevance = analysis.read_relevance(path, n_dims=6)
+    assert list(relevance["most_relevant_dim"]) == [1, 2]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

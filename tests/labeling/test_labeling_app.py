@@ -362,7 +362,7 @@ def test_security_headers_set(app):
         ("a\uffff", "private-use, unassigned or noncharacter"),
         ("a\ufdd0", "private-use, unassigned or noncharacter"),
         ("a\U0001fffe", "private-use, unassigned or noncharacter"),
-        *[(f"abc{chr(code)}def", "text-direction controls") for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]],
+        *[(f"abc{chr(code)}def", "text-direction controls") for code in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]],
     ],
 )
 def test_invisible_or_separator_label_rejected(app, study_path, label, message):

@@ -757,8 +757,12 @@ def compare(
         _check_triplets(triplets, n_objects)
     if reference is not None:
         _reference_rows(pair, reference)
-    for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
-        _check_similarity_varies(embedding, side.name)
+    # The subsets are drawn now, so a constant similarity on one of them is
+    # found before the earlier outputs in out_dir are removed.
+    for rows, scope in ((None, ""), (subset, " on the --similarity-objects subset"),
+                        (cumulative_subset, " on the --cumulative-objects subset")):
+        for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
+            _check_similarity_varies(embedding if rows is None else embedding[rows], side.name + scope)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],

@@ -221,7 +221,7 @@ class RidgeMap(BaseEstimator):
         predictions = X @ self.coef_ + self.intercept_
         return predictions[:, 0] if self.target_ndim_ == 1 else predictions
 
-    def score(self, X: np.ndarray, Y: np.ndarray) -> float:
+    def score(self, X: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
         """Return the mean over dimensions of the R² of the predictions for ``X``.
 
         This is ``sklearn.metrics.r2_score(Y, self.predict(X))`` with uniform
@@ -234,13 +234,15 @@ class RidgeMap(BaseEstimator):
             X (np.ndarray): Features, shape ``(n_objects, n_features)``.
             Y (np.ndarray): True embedding, shape ``(n_objects, n_dims)``, or
                 ``(n_objects,)`` for a map fitted to a 1-D target.
+            sample_weight (np.ndarray | None): Weight of each object, shape
+                ``(n_objects,)``, as in scikit-learn's ``score``.
 
         Returns:
             float: Mean R², at most 1 (1 for an exact prediction).
         """
         from sklearn.metrics import r2_score
 
-        return float(r2_score(Y, self.predict(X)))
+        return float(r2_score(Y, self.predict(X), sample_weight=sample_weight))
 
     # -- saving --------------------------------------------------------------
 

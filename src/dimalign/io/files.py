@@ -291,11 +291,17 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
 
     Raises:
         FileExistsError: If the folder contains the manifest of another step,
-            or the path is a file.
+            or the path or one of its parents is a file.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"the output folder {out_dir} is a file; choose a folder for dimalign {step}")
+    for parent in out_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise FileExistsError(
+                f"{parent} is a file, so the output folder {out_dir} cannot be created inside it; "
+                f"choose another folder for dimalign {step}"
+            )
     if (out_dir / MANIFEST_NAME).is_file():
         previous = read_manifest(out_dir).get("step")
         if previous != step:

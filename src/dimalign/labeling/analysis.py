@@ -395,7 +395,8 @@ def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.Dat
         )
     # Decoded here rather than by pandas, whose error gives the offset within a read chunk.
     try:
-        text = path.read_bytes().decode("utf-8")
+        # utf-8-sig drops the byte-order mark that spreadsheet programs write.
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"relevance file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "

@@ -57,10 +57,13 @@ RUN_STUDY_NAME = "labels.db"
 #: assigned in a later Unicode version is rejected too.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs", "Co", "Cn"})
 
-#: Bidirectional embeddings, overrides and isolates (U+202A-U+202E,
-#: U+2066-U+2069). They reverse or reorder the text shown after them, in the
-#: admin page and in exported files too.
-_BIDI_CONTROLS = frozenset(chr(code) for code in [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+#: The characters with Unicode's Bidi_Control property: the Arabic letter
+#: mark U+061C, the marks U+200E-U+200F, embeddings and overrides
+#: U+202A-U+202E and isolates U+2066-U+2069. They reverse or reorder the text
+#: shown after them, in the admin page and in exported files too.
+_BIDI_CONTROLS = frozenset(
+    chr(code) for code in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
 
 #: Categories of visible base characters: letters, numbers, punctuation and symbols.
 _VISIBLE_CATEGORY_GROUPS = ("L", "N", "P", "S")
