@@ -376,11 +376,14 @@ def _render_error(error: Any) -> tuple[str, int]:
 def _add_participant_routes(app: Flask) -> None:
     @app.get("/")
     def index() -> str:
+        # Opened only to answer 503 while the study is missing, before anyone starts.
+        _study()
         return render_template("index.html")
 
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
         if request.method == "GET":
+            _study()
             return render_template("consent.html", error=None)
         _check_csrf()
         if request.form.get("agree") != "yes":
