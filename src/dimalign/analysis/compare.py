@@ -936,11 +936,11 @@ def _choose_tables(
 ) -> list[tuple[ObjectTable | None, str | None]]:
     """Choose the object table of each side, and where it came from.
 
-    A run directory's rows follow its own ``objects.tsv``, so the explicit
-    table (``objects=``, CLI ``--objects``) applies only to the other side(s):
-    a plain embedding file, whose neighbouring ``objects.tsv`` may belong to
-    another file and is overridden with a warning when it differs, or an input
-    without any table.
+    A run directory's rows follow its own ``objects.tsv``. So the explicit
+    table (``objects=``, CLI ``--objects``) applies only to the other sides:
+    plain embedding files and inputs without any table. A plain file's
+    neighbouring ``objects.tsv`` may belong to another file, so the explicit
+    table overrides it, with a warning when the two differ.
 
     Returns:
         list: ``(table, source)`` for the human and the DNN side; ``source`` is

@@ -207,10 +207,10 @@ def run_import(args: argparse.Namespace) -> int:
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
     targets = [out] if as_file else [out_dir / name for name in planned]
     for target in targets:
-        for given in (source, objects_path):
-            if given is not None and target.exists() and given.exists() and os.path.samefile(target, given):
+        for input_path in (source, objects_path):
+            if input_path is not None and target.exists() and input_path.exists() and os.path.samefile(target, input_path):
                 raise ValueError(
-                    f"the output {target} is the input {given}, which would be overwritten; "
+                    f"the output {target} is the input {input_path}, which would be overwritten; "
                     "choose another output"
                 )
     table = read_object_table(objects_path) if objects_path else None
