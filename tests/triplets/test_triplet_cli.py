@@ -343,8 +343,21 @@ def test_import_rejects_output_that_is_the_input(tmp_path, capsys):
     path.write_text("1 2 3\n2 3 4\n")
     status = main(["import-triplets", str(path), "-o", str(path), "--n-objects", "5", "--one-based"])
     assert status == 1
-    assert "is the input" in capsys.readouterr().err
+    assert "is the triplet file" in capsys.readouterr().err
     assert path.read_text() == "1 2 3\n2 3 4\n"
+
+
+@pytest.mark.parametrize(("name", "options"), [("triplets.npy", []), ("train.npy", ["--val-fraction", "0.2"])])
+def test_simulate_rejects_output_that_is_the_features(tmp_path, capsys, name, options):
+    """A features file named like an output used to be replaced by the triplets."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    features = np.random.default_rng(0).random((30, 5))
+    np.save(folder / name, features)
+    status = main(["simulate", str(folder / name), "-o", str(folder), "--n-triplets", "50", *options])
+    assert status == 1
+    assert f"the output {folder / name} is the features file" in capsys.readouterr().err
+    assert np.array_equal(np.load(folder / name), features)
 
 
 @pytest.mark.parametrize(

@@ -286,3 +286,17 @@ def test_overflowing_similarity_is_an_error(method):
     features[::2] *= 0.5
     with pytest.raises(ValueError, match=r"triplet 0 \(objects .*\) are not finite: features as large as 3e\+19 overflow float32"):
         simulate_choices(features, np.array([[0, 1, 2], [3, 4, 5]]), method=method)
+
+
+def test_auto_avoids_gram_when_squared_norms_overflow():
+    """Distances within each triplet are small, but |x|^2 of the far group overflows float32."""
+    features = np.zeros((6, 4), dtype=np.float32)
+    features[:3] = 3e19
+    features[0, 0] += 1e13
+    features[1, 1] += 2e13
+    features[3:] = np.random.default_rng(0).random((3, 4))
+    triplets = np.array([[0, 1, 2], [3, 4, 5]])
+    auto = simulate_choices(features, triplets, similarity="euclidean", method="auto")
+    gather = simulate_choices(features, triplets, similarity="euclidean", method="gather")
+    assert auto.method == "gather"
+    assert np.array_equal(auto.triplets, gather.triplets)

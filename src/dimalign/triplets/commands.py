@@ -206,13 +206,7 @@ def run_import(args: argparse.Namespace) -> int:
     if args.delimiter is not None and source.suffix.lower() == ".npy":
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
     targets = [out] if as_file else [out_dir / name for name in planned]
-    for target in targets:
-        for input_path in (source, objects_path):
-            if input_path is not None and target.exists() and input_path.exists() and os.path.samefile(target, input_path):
-                raise ValueError(
-                    f"the output {target} is the input {input_path}, which would be overwritten; "
-                    "choose another output"
-                )
+    _reject_overwritten_inputs(targets, {"triplet file": source, "--objects table": objects_path})
     table = read_object_table(objects_path) if objects_path else None
     triplets = load_triplets(
         source,
@@ -263,6 +257,22 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
+    """Raise ``ValueError`` when an output file would replace an input, whatever the path spelling.
+
+    ``os.path.samefile`` also sees links and relative paths that lead to the input.
+    """
+    for target in targets:
+        for label, input_path in inputs.items():
+            if input_path is None or not (target.exists() and input_path.exists()):
+                continue
+            if os.path.samefile(target, input_path):
+                raise ValueError(
+                    f"the output {target} is the {label} {input_path}, which would be overwritten; "
+                    "choose another output"
+                )
+
+
 # --------------------------------------------------------------------------- simulate
 
 
@@ -283,6 +293,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     check_output_dir(out_dir, "simulate")
     planned = {"train.npy", "val.npy"} if args.val_fraction else {"triplets.npy"}
     check_stale_outputs(out_dir, planned | {"objects.tsv"})
+    _reject_overwritten_inputs(
+        [out_dir / name for name in sorted(planned | {"objects.tsv"})],
+        {"features file": _features_file(Path(args.features), args.layer),
+         "--objects table": Path(args.objects) if args.objects else None},
+    )
     features, table = load_features(args.features, layer=args.layer)
     n_objects = int(features.shape[0])
     if args.objects:

@@ -182,12 +182,17 @@ def simulate_choices(
     # instance) changes nothing, so skip its copy of the feature matrix.
     apply_relu = relu and has_negative
 
-    if method == "auto":
+    chosen_automatically = method == "auto"
+    if chosen_automatically:
         method = _choose_method(n_objects, len(triplets), features, max_gram_bytes)
     if method == "gram":
         lookup = _GramLookup(features, similarity, apply_relu, norms)
         default_batch = 1_000_000
-    else:
+        if chosen_automatically and not lookup.finite_norms():
+            # |x|^2 overflows although the distances within triplets may not.
+            logger.info("squared feature norms overflow %s, so the gather method is used", lookup.dtype)
+            method = "gather"
+    if method == "gather":
         lookup = _GatherLookup(features, similarity, apply_relu, norms)
         # Four row buffers of 8 MB in all, small enough for a typical L3 cache.
         default_batch = max(16, (8 << 20) // (4 * features.shape[1] * lookup.dtype.itemsize))
@@ -354,6 +359,10 @@ class _GramLookup:
         self.flat = self.gram.reshape(-1)
         if similarity == "euclidean":
             self.squared_norms = np.diagonal(self.gram).astype(np.float64)
+
+    def finite_norms(self) -> bool:
+        """Return whether the squared norms that euclidean lookups use are finite."""
+        return self.similarity != "euclidean" or bool(np.isfinite(self.squared_norms).all())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         similarities = np.empty((len(batch), 3), dtype=np.float64)
