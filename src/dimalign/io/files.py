@@ -361,3 +361,56 @@ def text_table_problem(path: str | os.PathLike) -> str:
                     "line needs one value per column, separated by spaces"
                 )
     return "it is not a whitespace-separated table of numbers"
+
+
+def acquire_lock(lock_path: str | os.PathLike, busy_message: str) -> int:
+    """Take an exclusive ``fcntl`` lock on ``lock_path`` and return its file descriptor.
+
+    The system releases the lock if the process dies. :func:`release_lock`
+    removes the file before it unlocks, so a process that locked the removed
+    file checks that its file is still the one at ``lock_path`` and tries
+    again otherwise. NOTE: ``fcntl`` locks exist on POSIX systems only.
+
+    Args:
+        lock_path (str | os.PathLike): The lock file, created when missing.
+        busy_message (str): Message of the error when another process holds the lock.
+
+    Returns:
+        int: The descriptor to pass to :func:`release_lock`.
+
+    Raises:
+        RuntimeError: With ``busy_message`` when another process holds the lock.
+        OSError: If the lock file cannot be created.
+    """
+    import fcntl
+
+    while True:
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RuntimeError(busy_message) from None
+        try:
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(descriptor), current):
+            return descriptor
+        os.close(descriptor)
+
+
+def release_lock(lock_path: str | os.PathLike, descriptor: int) -> None:
+    """Remove the lock file of :func:`acquire_lock`, then release the lock."""
+    Path(lock_path).unlink(missing_ok=True)
+    os.close(descriptor)
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, busy_message: str) -> Iterator[None]:
+    """Hold the lock of :func:`acquire_lock` for the block."""
+    descriptor = acquire_lock(lock_path, busy_message)
+    try:
+        yield
+    finally:
+        release_lock(lock_path, descriptor)

@@ -17,7 +17,6 @@ Output directory layout:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import json
 import logging
@@ -34,10 +33,12 @@ import pandas as pd
 
 from dimalign.io.files import (
     MANIFEST_NAME,
+    acquire_lock,
     check_output_dir,
     now_iso,
     output_dir,
     read_manifest,
+    release_lock,
     without_umask,
     write_manifest,
     write_text_atomic,
@@ -500,39 +501,22 @@ def _earlier_summary_files(out_dir: Path, given_dir: Path) -> list[Path]:
 def _output_lock(out_dir: Path, given_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``.<name>.lock`` next to ``out_dir`` for the block.
 
-    NOTE: ``fcntl`` locks exist on POSIX systems only.
-
     Raises:
         RuntimeError: If another run holds the lock.
     """
     lock_path = out_dir.parent / f".{out_dir.name}.lock"
-    while True:
-        try:
-            descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as error:
-            raise _output_error(error, given_dir) from error
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(descriptor)
-            raise RuntimeError(
-                f"another `dimalign labels summarize` is writing to {given_dir}: wait until it has "
-                "finished, or choose another output folder"
-            ) from None
-        # The run that held the lock removes the file before it unlocks, so a
-        # lock taken on a file that is no longer at lock_path guards nothing.
-        try:
-            current = os.stat(lock_path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and os.path.samestat(os.fstat(descriptor), current):
-            break
-        os.close(descriptor)
+    busy = (
+        f"another `dimalign labels summarize` is writing to {given_dir}: wait until it has "
+        "finished, or choose another output folder"
+    )
+    try:
+        descriptor = acquire_lock(lock_path, busy)
+    except OSError as error:
+        raise _output_error(error, given_dir) from error
     try:
         yield
     finally:
-        lock_path.unlink(missing_ok=True)
-        os.close(descriptor)
+        release_lock(lock_path, descriptor)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ its checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from typing import Any
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    exclusive_lock,
     now_iso,
     sha256_file,
     write_manifest,
@@ -708,17 +708,9 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
 
     NOTE: ``fcntl`` locks exist on POSIX systems only, so ``dimalign run`` does not run on Windows.
     """
-    handle = open(study_dir / _LOCK_NAME, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise RuntimeError(
-                f"another dimalign run is using {study_dir}; wait for it to finish"
-            ) from error
+    busy = f"another dimalign run is using {study_dir}; wait for it to finish"
+    with exclusive_lock(study_dir / _LOCK_NAME, busy):
         yield
-    finally:
-        handle.close()
 
 
 def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
