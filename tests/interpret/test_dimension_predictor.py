@@ -227,7 +227,7 @@ def test_map_settings_prefer_the_recorded_features_source(tmp_path):
         "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}
 
 
-def test_map_without_weights_or_extract_folder_is_an_error(tmp_path):
+def test_map_without_weights_rejected(tmp_path):
     """torchvision's default is random weights, so guessing would explain another network."""
     from dimalign.interpret.predictor import map_settings
 

@@ -183,7 +183,7 @@ def test_download_stops_at_published_size(http_server, tmp_path):
 
 @pytest.fixture()
 def raw_server():
-    """Serve one canned answer per connection on 127.0.0.1: ``(bytes, delay between bytes)``."""
+    """Serve one canned response per connection on 127.0.0.1: ``(bytes, delay between bytes)``."""
     import socket
 
     answer = {"data": b"", "delay": 0.0}

@@ -754,9 +754,9 @@ class TripletSummary:
         """Return the fields as a JSON-friendly dictionary.
 
         Args:
-            max_listed (int): Unseen objects listed at most; the count
-                ``n_unseen_objects`` is always complete, so a manifest stays
-                small when most of a large object set is never sampled.
+            max_listed (int): Maximum number of unseen objects listed. The
+                count ``n_unseen_objects`` is always complete. The cap keeps a
+                manifest small when most of a large object set is never sampled.
         """
         fields = asdict(self)
         fields["n_unseen_objects"] = len(self.unseen_objects)

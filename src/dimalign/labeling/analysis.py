@@ -66,7 +66,7 @@ def normalize_label(label: str) -> str:
 
     NFC makes ``café`` with a combining accent (U+0065 U+0301) and with
     ``é`` (U+00E9) one label. Answers stored before the app normalised labels
-    may hold either form.
+    may contain either form.
 
     >>> normalize_label("  Red   Fruit ")
     'red fruit'

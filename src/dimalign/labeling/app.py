@@ -376,7 +376,7 @@ def _render_error(error: Any) -> tuple[str, int]:
 def _add_participant_routes(app: Flask) -> None:
     @app.get("/")
     def index() -> str:
-        # Opened only to answer 503 while the study is missing, before anyone starts.
+        # Opened only so that the start page returns 503 while the study is missing.
         _study()
         return render_template("index.html")
 

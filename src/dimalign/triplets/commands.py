@@ -260,7 +260,7 @@ def run_import(args: argparse.Namespace) -> int:
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
     """Raise ``ValueError`` when an output file would replace an input, whatever the path spelling.
 
-    ``os.path.samefile`` also sees links and relative paths that lead to the input.
+    ``os.path.samefile`` also detects links and relative paths that lead to the input.
     """
     for target in targets:
         for label, input_path in inputs.items():
