@@ -363,6 +363,21 @@ def text_table_problem(path: str | os.PathLike) -> str:
     return "it is not a whitespace-separated table of numbers"
 
 
+def is_same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Return whether two paths name the same file, through links, relative paths or hard links.
+
+    Paths whose resolved names are equal count as the same even when the file
+    does not exist yet, such as a SQLite ``-wal`` file before the first write.
+
+    Example:
+        >>> is_same_file("/tmp/a.txt", "/tmp/../tmp/a.txt")
+        True
+    """
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    return Path(first).exists() and Path(second).exists() and os.path.samefile(first, second)
+
+
 def acquire_lock(lock_path: str | os.PathLike, busy_message: str) -> int:
     """Take an exclusive ``fcntl`` lock on ``lock_path`` and return its file descriptor.
 

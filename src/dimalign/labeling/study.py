@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import atomic_path, now_iso, sha256_file, write_text_atomic
+from dimalign.io.files import atomic_path, is_same_file, now_iso, sha256_file, write_text_atomic
 from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
@@ -861,12 +861,8 @@ class Study:
         return files
 
     def _check_export_path(self, path: Path, *, overwrite: bool) -> None:
-        target = Path(os.path.realpath(path))
         for study_file in self._study_files():
-            same = target == Path(os.path.realpath(study_file)) or (
-                path.exists() and study_file.exists() and os.path.samefile(path, study_file)
-            )
-            if same:
+            if is_same_file(path, study_file):
                 raise ValueError(
                     f"the export file {path} is the study database or one of its SQLite files "
                     f"({study_file}): write the answers to another file, such as answers.csv"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -258,15 +257,12 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
-    """Raise ``ValueError`` when an output file would replace an input, whatever the path spelling.
+    """Raise ``ValueError`` when an output file would replace an input, whatever the path spelling."""
+    from dimalign.io.files import is_same_file
 
-    ``os.path.samefile`` also detects links and relative paths that lead to the input.
-    """
     for target in targets:
         for label, input_path in inputs.items():
-            if input_path is None or not (target.exists() and input_path.exists()):
-                continue
-            if os.path.samefile(target, input_path):
+            if input_path is not None and is_same_file(target, input_path):
                 raise ValueError(
                     f"the output {target} is the {label} {input_path}, which would be overwritten; "
                     "choose another output"
