@@ -168,13 +168,23 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
-    """Name each image by its file stem, adding ``-2``, ``-3`` ... where stems repeat."""
+    """Name each image by its file stem, adding ``-2``, ``-3`` ... where names repeat.
+
+    The names become output file names, so no two may be equal, also when
+    compared case-insensitively as on macOS and Windows file systems. A
+    suffixed name such as ``a-2`` can equal the stem of another image, so
+    the suffix grows until the name is free.
+    """
     names: list[str] = []
-    seen: dict[str, int] = {}
+    used_names: set[str] = set()
     for path in paths:
         stem = "".join(character if character.isalnum() or character in "-_." else "_" for character in path.stem)
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+        name, number = stem, 1
+        while name.casefold() in used_names:
+            number += 1
+            name = f"{stem}-{number}"
+        used_names.add(name.casefold())
+        names.append(name)
     return names
 
 

@@ -1,0 +1,56 @@
+"""Command handlers of gradcam, maximize, manipulate and grid on a tiny model, without loading a DNN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from dimalign.cli import main
+from dimalign.interpret.commands import unique_names
+from dimalign.interpret.predictor import DimensionPredictor, ImagePreprocessing
+
+
+@pytest.fixture
+def tiny_predictor(monkeypatch, make_conv_model, ridge_coefficients):
+    """Make every command build the tiny conv model's predictor instead of the map's DNN."""
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(
+        make_conv_model(), "3", coef, intercept, pooling="gap",
+        preprocessing=ImagePreprocessing(input_size=(16, 16)),
+    )
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", classmethod(lambda cls, *args, **kwargs: predictor))
+    return predictor
+
+
+def write_photo(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (20, 16)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_unique_names_never_repeat():
+    paths = [Path("d1/a.jpg"), Path("d2/a.jpg"), Path("d1/a-2.jpg"), Path("d3/A.png")]
+
+    names = unique_names(paths)
+
+    assert names == ["a", "a-2", "a-2-2", "A-3"]
+
+
+def test_gradcam_same_stems_keep_every_map(tiny_predictor, tmp_path):
+    first = write_photo(tmp_path / "d1" / "a.jpg", (200, 30, 30))
+    second = write_photo(tmp_path / "d2" / "a.jpg", (30, 200, 30))
+    third = write_photo(tmp_path / "d1" / "a-2.jpg", (30, 30, 200))
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(first), str(second), str(third), "--map", str(tmp_path), "--dim", "0",
+                   "--layer", "2", "-o", str(out)])
+
+    table = pd.read_csv(out / "gradcam.csv")
+    assert status == 0
+    assert table["heatmap"].tolist() == ["a_dim0_heatmap.png", "a-2_dim0_heatmap.png", "a-2-2_dim0_heatmap.png"]
+    assert all((out / name).is_file() for name in table["overlay"])
