@@ -118,6 +118,16 @@ def test_blur_keeps_constant_image_and_small_images():
     assert torch.equal(gaussian_blur(constant, 0.0), constant)
 
 
+def test_blur_huge_sigma_is_box_average():
+    image = torch.linspace(0.0, 1.0, 3 * 6 * 5).reshape(3, 6, 5)
+
+    blurred = gaussian_blur(image, 1e308)
+
+    # Weights exp(-x^2 / (2 sigma^2)) are all 1 for both sigmas, over the largest kernel (9 pixels).
+    torch.testing.assert_close(blurred, gaussian_blur(image, 1e9), atol=0, rtol=0)
+    assert torch.isfinite(blurred).all()
+
+
 def test_blur_smooths_an_impulse():
     impulse = torch.zeros(3, 21, 21)
     impulse[:, 10, 10] = 1.0

@@ -155,8 +155,10 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
     if sigma == 0:
         return images.clone()
+    # 2 * min(H, W) - 1 is odd, as gaussian_blur requires. Comparing before
+    # math.ceil keeps a huge sigma (3 * 1e308 is inf) from overflowing.
     largest = 2 * min(images.shape[-2:]) - 1
-    kernel_size = min(2 * math.ceil(3.0 * sigma) + 1, largest if largest % 2 else largest - 1)
+    kernel_size = largest if 3.0 * sigma >= largest else min(2 * math.ceil(3.0 * sigma) + 1, largest)
     return TF.gaussian_blur(images, kernel_size=[kernel_size, kernel_size], sigma=[sigma, sigma])
 
 
