@@ -213,7 +213,8 @@ def test_parse_edit(text, expected):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("sepia", "unknown edit"), ("hue:abc", "not a number"), ("grayscale:2", "takes no parameter"), ("hue:nan", "finite")],
+    [("sepia", "unknown edit"), ("hue:abc", "not a number"), ("grayscale:2", "takes no parameter"), ("hue:nan", "finite"),
+     ("hue:", "no value after the colon"), ("silhouette:", "no value after the colon")],
 )
 def test_parse_edit_errors(text, message):
     with pytest.raises(ValueError, match=message):
@@ -258,3 +259,30 @@ def test_plot_largest_changes(predictor, colour_image, tmp_path):
 
     assert len(figure.axes) == 6
     assert (tmp_path / "changes.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "label"),
+    [(Edit("hue", 90.0), "hue:90"), (Edit("blur", 1.0000001), "blur:1.0000001"), (Edit("blur", 1e-7), "blur:1e-07")],
+)
+def test_edit_label_keeps_parameter(edit, label):
+    assert edit.label == label
+    assert parse_edit(edit.label) == edit
+
+
+@pytest.mark.parametrize("edits", [["hue", "grayscale", "hue:90"], ["blur:3", "blur:3.0"]])
+def test_manipulation_rejects_same_edit_twice(predictor, colour_image, edits):
+    with pytest.raises(ValueError, match="more than once"):
+        manipulate_images(predictor, {"a": colour_image}, edits)
+
+
+def test_manipulation_rows_follow_their_edit(predictor, colour_image):
+    edits = ["grayscale", "blur:1", "blur:1.0000001"]
+
+    table = manipulate_images(predictor, {"a": colour_image}, edits).table
+
+    with torch.no_grad():
+        blurred = predictor(gaussian_blur(colour_image, 1.0000001)).double().numpy()
+    rows = table[(table["edit"] == "blur") & (table["parameter"] == 1.0000001)]
+    np.testing.assert_allclose(rows["after"], blurred, rtol=1e-6)
+    assert len(table) == 3 * 5

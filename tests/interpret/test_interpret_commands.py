@@ -54,3 +54,15 @@ def test_gradcam_same_stems_keep_every_map(tiny_predictor, tmp_path):
     assert status == 0
     assert table["heatmap"].tolist() == ["a_dim0_heatmap.png", "a-2_dim0_heatmap.png", "a-2-2_dim0_heatmap.png"]
     assert all((out / name).is_file() for name in table["overlay"])
+
+
+def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "a.jpg", (200, 30, 30))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "hue", "blur:3", "hue:90",
+                   "-o", str(out)])
+
+    assert status == 1
+    assert "the edits list hue:90 more than once" in capsys.readouterr().err
+    assert not out.exists()

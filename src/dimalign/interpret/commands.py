@@ -406,7 +406,12 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
 
 def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
-    from dimalign.interpret.manipulate import manipulate_images, parse_edit, plot_largest_changes
+    from dimalign.interpret.manipulate import (
+        check_distinct_edits,
+        manipulate_images,
+        parse_edit,
+        plot_largest_changes,
+    )
     from dimalign.interpret.predictor import DimensionPredictor
     from dimalign.io.files import atomic_path, check_output_dir, now_iso, output_dir, write_manifest
 
@@ -414,7 +419,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "manipulate")
     _check_no_earlier_run(args.out, "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
-    edits = [parse_edit(text) for text in _distinct(args.edits, "--edits")]
+    edits = check_distinct_edits([parse_edit(text) for text in args.edits])
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     names = unique_names(paths)

@@ -348,8 +348,16 @@ class Edit:
 
     @property
     def label(self) -> str:
-        """``name`` or ``name:value`` as the edit is written on the command line."""
-        return self.name if self.parameter is None else f"{self.name}:{self.parameter:g}"
+        """``name`` or ``name:value`` as the edit is written on the command line.
+
+        The value is written short (``hue:90``) where that gives the same
+        number back, and in full otherwise (``blur:1.0000001``), so that two
+        different edits never share a label, an output file or a table row.
+        """
+        if self.parameter is None:
+            return self.name
+        short = f"{self.parameter:g}"
+        return f"{self.name}:{short if float(short) == self.parameter else repr(float(self.parameter))}"
 
     @property
     def uses_mask(self) -> bool:
@@ -372,10 +380,13 @@ def parse_edit(text: str) -> Edit:
     Raises:
         ValueError: For an unknown edit or a value that is not a number.
     """
-    name, _, value = text.strip().partition(":")
+    name, colon, value = text.strip().partition(":")
     if name not in EDIT_SPECS:
         raise ValueError(f"unknown edit {text!r}: use one of {', '.join(EDIT_SPECS)}")
     kind = EDIT_SPECS[name]
+    if colon and not value.strip():
+        default = "" if kind.default is None else f" (default {kind.default:g})"
+        raise ValueError(f"edit {text!r} has no value after the colon: write {name!r}{default} or {name}:VALUE")
     if not value:
         return Edit(name, kind.default)
     if kind.default is None:
@@ -397,6 +408,24 @@ _EDIT_RANGES = {
     "background": (0.0, 1.0), "occlude": (0.0, 1.0), "blur": (0.0, math.inf),
     "saturation": (0.0, math.inf), "brightness": (0.0, math.inf), "contrast": (0.0, math.inf),
 }
+
+
+def check_distinct_edits(edits: Sequence[Edit]) -> list[Edit]:
+    """Return ``edits`` if no two of them are the same edit.
+
+    ``hue`` and ``hue:90`` are written differently but are one edit, whose
+    rows and files would be written twice.
+
+    Raises:
+        ValueError: Naming the repeated edit.
+    """
+    repeated = sorted({edit.label for edit in edits if edits.count(edit) > 1})
+    if repeated:
+        raise ValueError(
+            f"the edits list {', '.join(repeated)} more than once (a name alone means its default "
+            "value): give each edit once"
+        )
+    return list(edits)
 
 
 @dataclass
@@ -437,7 +466,7 @@ def manipulate_images(
     Returns:
         ManipulationResult: The table and the edited images.
     """
-    edits = [edit if isinstance(edit, Edit) else parse_edit(edit) for edit in edits]
+    edits = check_distinct_edits([edit if isinstance(edit, Edit) else parse_edit(edit) for edit in edits])
     if not edits:
         raise ValueError("no edits given")
     masks = dict(masks or {})
@@ -484,7 +513,7 @@ def edit_label(row: Mapping[str, Any]) -> str:
     parameter = row["parameter"]
     if parameter is None or (isinstance(parameter, float) and math.isnan(parameter)):
         return str(row["edit"])
-    return f"{row['edit']}:{float(parameter):g}"
+    return Edit(str(row["edit"]), float(parameter)).label
 
 
 def plot_largest_changes(
