@@ -160,6 +160,28 @@ def test_ridge_save_load_round_trip(tmp_path):
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 
 
+def test_ridge_load_truncated_archive(tmp_path):
+    X, Y = make_linear_data()
+    RidgeMap(alphas=ALPHAS).fit(X, Y).save(tmp_path / "map")
+    archive = tmp_path / "map" / "ridge_map.npz"
+    archive.write_bytes(archive.read_bytes()[:100])
+
+    with pytest.raises(ValueError, match="ridge_map.npz cannot be read as a ridge map"):
+        RidgeMap.load(tmp_path / "map")
+
+
+def test_ridge_load_rejects_nan_coefficients(tmp_path):
+    X, Y = make_linear_data()
+    RidgeMap(alphas=ALPHAS).fit(X, Y).save(tmp_path / "map")
+    archive = tmp_path / "map" / "ridge_map.npz"
+    arrays = dict(np.load(archive))
+    arrays["coef"][0, 1] = np.nan
+    np.savez(archive, **arrays)
+
+    with pytest.raises(ValueError, match=r"dimensions \[1\] contain NaN or inf"):
+        RidgeMap.load(tmp_path / "map")
+
+
 def test_negative_penalty_message_is_plain_number():
     with pytest.raises(ValueError) as error:
         validate_alphas(np.array([1.0, -1.0]))

@@ -94,6 +94,15 @@ def test_predictor_intercept_shape_checked(conv_model):
         DimensionPredictor(conv_model, "3", np.ones((6, 2)), np.zeros(3))
 
 
+def test_predictor_rejects_nan_coefficients(conv_model):
+    coef = np.ones((6, 3))
+    coef[2, 1] = np.nan
+    intercept = np.array([0.0, 0.0, np.inf])
+
+    with pytest.raises(ValueError, match=r"dimensions \[1, 2\] contain NaN or inf"):
+        DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
+
+
 def test_predictor_single_image(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
     predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,12 +326,21 @@ class RidgeMap(BaseEstimator):
         except FileNotFoundError:
             settings = {}
         try:
-            return cls._from_archive(archive_path, settings)
-        except (ValueError, OSError, KeyError, EOFError) as error:
+            ridge = cls._from_archive(archive_path, settings)
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(
                 f"{archive_path} cannot be read as a ridge map: it is damaged or not written by "
                 "'dimalign map'; rerun the map"
             ) from error
+        coef = np.asarray(ridge.coef_).reshape(ridge.n_features_in_, -1)
+        intercept = np.asarray(ridge.intercept_).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(coef).all(axis=0) | ~np.isfinite(intercept))
+        if bad.size:
+            raise ValueError(
+                f"{archive_path}: the coefficients or intercepts of dimensions {bad[:20].tolist()} "
+                "contain NaN or inf, so every prediction of them would be NaN; rerun the map"
+            )
+        return ridge
 
     @classmethod
     def _from_archive(cls, archive_path: Path, settings: dict[str, Any]) -> RidgeMap:

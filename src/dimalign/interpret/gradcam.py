@@ -134,10 +134,11 @@ def dimension_gradcam(
 
     maps = np.asarray(maps, dtype=np.float32)
     if not np.isfinite(maps).all():
-        raise RuntimeError(
-            f"Grad-CAM of dimension {dim} at layer {layer!r} is not finite; gradients "
-            f"overflowed in {predictor.dtype}: run the predictor in float32"
+        hint = (
+            "check the model's activations for NaN or inf" if predictor.dtype in (torch.float32, torch.float64)
+            else f"gradients may have overflowed in {predictor.dtype}: run the predictor in float32"
         )
+        raise RuntimeError(f"Grad-CAM of dimension {dim} at layer {layer!r} is not finite; {hint}")
     maps = np.clip(maps, 0.0, 1.0)
     zero = [index for index, values in enumerate(maps) if values.max() <= 0.0]
     if zero:

@@ -275,6 +275,12 @@ class DimensionPredictor(nn.Module):
                 f"intercept has shape {tuple(intercept.shape)} but coef has {coef.shape[1]} "
                 f"dimensions; expected ({coef.shape[1]},)"
             )
+        bad = torch.nonzero(~torch.isfinite(coef).all(dim=0) | ~torch.isfinite(intercept)).flatten()
+        if bad.numel():
+            raise ValueError(
+                f"coef or intercept of dimensions {bad[:20].tolist()} contain NaN or inf (in {dtype}), "
+                "so every prediction of them would be NaN; refit the map"
+            )
         self.register_buffer("coef", coef)
         self.register_buffer("intercept", intercept)
         mean = self.preprocessing.mean or (0.0, 0.0, 0.0)
