@@ -158,3 +158,30 @@ def test_generator_that_raises_is_named(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"generator broken_generator:build failed .*RuntimeError: no weights here"):
         load_generator("broken_generator:build")
     sys.modules.pop("broken_generator", None)
+
+
+class ShiftedGenerator(torch.nn.Module):
+    """A generator whose images are ``scale * sigmoid(latent) + offset``, 3 x 8 x 8."""
+
+    latent_dim = 3 * 8 * 8
+
+    def __init__(self, scale: float, offset: float) -> None:
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.sigmoid(latent.view(-1, 3, 8, 8)) + self.offset
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "message"),
+    [(2.0, -1.0, r"values in \[-0.\d+, 0.\d+\], but they must be in \[0, 1\]"), (float("nan"), 0.0, "NaN or inf")],
+)
+def test_maximize_rejects_images_outside_unit_range(predictor, scale, offset, message):
+    with pytest.raises(ValueError, match=message):
+        maximize_dimension(predictor, 0, generator=ShiftedGenerator(scale, offset), steps=1, n_init=2, n_images=1)
+
+
+def test_maximize_divergence_is_an_error(predictor):
+    with pytest.raises(ValueError, match="diverged at step 1"):
+        maximize_dimension(predictor, 0, steps=3, n_init=2, n_images=1, image_size=8, alpha=1e308, beta=1e308)

@@ -66,3 +66,38 @@ def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, 
     assert status == 1
     assert "the edits list hue:90 more than once" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--steps", "-1"], "--steps -1 is invalid"),
+        (["--n-init", "2", "--n-images", "3"], "--n-images 3 is invalid: use a number in [1, 2]"),
+        (["--image-size", "1"], "--image-size 1 is invalid"),
+        (["--seed", str(2**64)], f"--seed {2**64} is invalid"),
+    ],
+)
+def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, options, message):
+    def fail(*args, **kwargs):
+        raise AssertionError("the map was loaded before the options were checked")
+
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", fail)
+    out = tmp_path / "maximize"
+
+    status = main(["maximize", "--map", str(tmp_path), "--dim", "0", "-o", str(out), *options])
+
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_maximize_command_writes_images(tiny_predictor, tmp_path):
+    out = tmp_path / "maximize"
+
+    status = main(["maximize", "--map", str(tmp_path), "--dim", "1", "--steps", "2", "--n-init", "2",
+                   "--n-images", "1", "--image-size", "8", "-o", str(out)])
+
+    table = pd.read_csv(out / "maximize.csv")
+    assert status == 0
+    assert table["file"].tolist() == ["dim1_image0.png"]
+    assert Image.open(out / "dim1_image0.png").size == (8, 8)

@@ -324,8 +324,13 @@ def run_maximize(args: argparse.Namespace) -> int:
     _check_no_earlier_run(args.out, "maximize")
     _check_options(args, {
         "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
-        "lr": (1e-12, math.inf), "image_size": (1, math.inf),
+        "lr": (1e-12, math.inf), "image_size": (2, math.inf), "steps": (0, math.inf),
+        "n_init": (1, math.inf), "n_images": (1, args.n_init),
     })
+    # torch.Generator.manual_seed (torch 2.14) accepts this range and raises a bare
+    # overflow error outside it.
+    if not -(2**63) <= args.seed < 2**64:
+        raise ValueError(f"--seed {args.seed} is invalid: use an integer from -2**63 to 2**64 - 1")
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]

@@ -100,7 +100,9 @@ def maximize_dimension(
         MaximizationResult: The images and the dimension's values.
 
     Raises:
-        ValueError: If ``dim`` is out of range or the counts are invalid.
+        ValueError: If ``dim`` is out of range, the counts are invalid, the
+            generator's images are not finite values in ``[0, 1]``, or the
+            loss becomes NaN or inf (the optimisation diverged).
     """
     dim = check_dimension(dim, predictor.n_dims)
     if steps < 0:
@@ -119,7 +121,8 @@ def maximize_dimension(
     candidates = sample_latent(generator, n_init, random).to(predictor.device)
     with torch.no_grad():
         values = torch.cat([
-            predictor(generator(chunk))[:, dim].float() for chunk in candidates.split(batch_size)
+            predictor(_check_generated(generator(chunk)))[:, dim].float()
+            for chunk in candidates.split(batch_size)
         ])
     best = torch.argsort(values, descending=True)[:n_images]
     latent = candidates[best].clone().requires_grad_(True)
@@ -136,6 +139,12 @@ def maximize_dimension(
         size_term = prediction[:, dim]
         specificity_term = torch.log_softmax(prediction, dim=1)[:, dim]
         loss = -alpha * size_term - beta * specificity_term + tv_weight * total_variation(images.float())
+        if not torch.isfinite(loss).all():
+            raise ValueError(
+                f"maximisation of dimension {dim} diverged at step {len(loss_history) + 1}: the loss is "
+                f"{float(loss.detach().mean())}; lower the learning rate ({learning_rate:g}), alpha "
+                f"({alpha:g}) or beta ({beta:g})"
+            )
         loss.sum().backward()
         optimizer.step()
         loss_history.append(float(loss.detach().mean()))
@@ -152,6 +161,34 @@ def maximize_dimension(
         embedding_after=embedding_after,
         loss_history=loss_history,
     )
+    if not np.isfinite(embedding_after).all():
+        raise ValueError(
+            f"maximisation of dimension {dim} diverged in the last step: the predicted embedding is "
+            f"NaN or inf; lower the learning rate ({learning_rate:g})"
+        )
     for index, (start, end) in enumerate(zip(result.before, result.after)):
         logger.info("dimension %d, image %d: %.4f -> %.4f after %d steps", dim, index, start, end, steps)
     return result
+
+
+def _check_generated(images: torch.Tensor) -> torch.Tensor:
+    """Return the generator's images if they are finite and within ``[0, 1]``.
+
+    The predictor normalises as for photos in ``[0, 1]``. Images in another
+    range, such as ``[-1, 1]`` from a GAN with a tanh output, would give
+    predictions for inputs the map never saw, without any error.
+
+    Raises:
+        ValueError: Naming the range found.
+    """
+    if not torch.isfinite(images).all():
+        raise ValueError(
+            "the generator returned images with NaN or inf values; it must return finite values in [0, 1]"
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"the generator returned images with values in [{low:.3g}, {high:.3g}], but they must be "
+            "in [0, 1]; rescale its output, for example (x + 1) / 2 for a tanh output in [-1, 1]"
+        )
+    return images
