@@ -160,3 +160,82 @@ def test_grid_command_dimension_out_of_range(colour_objects, tmp_path, capsys):
     assert status == 1
     assert f"the embedding {run_dir} has 2 dimensions" in error
     assert "map" not in error
+
+
+def one_object_run(tmp_path, picture_path):
+    """A run folder of one object with weight 1 whose image is ``picture_path``."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(embedding=np.ones((1, 1))), run_dir)
+    write_object_table(ObjectTable(("object",), (str(picture_path),)), run_dir / "objects.tsv")
+    return run_dir
+
+
+def first_cell_pixel(grid_file, x: int, y: int) -> tuple[int, int, int]:
+    # Title bar (11 + 14 px) and padding (4 px), then the first cell's 1 px border.
+    return Image.open(grid_file).getpixel((4 + 1 + x, 25 + 4 + 1 + y))
+
+
+def test_grid_command_applies_exif_orientation(tmp_path):
+    halves = np.zeros((32, 32, 3), dtype=np.uint8)
+    halves[:, :16] = (255, 0, 0)
+    halves[:, 16:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Stored upside down: viewers rotate by 180 degrees.
+    Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "photo.jpg")), "--top-k", "1",
+                   "--cell-size", "32", "-o", str(out)])
+
+    red, green, blue = first_cell_pixel(out / "dim000_top.png", 4, 16)
+    assert status == 0
+    assert blue > 200
+    assert red < 60
+
+
+def test_grid_command_puts_transparency_on_white(tmp_path):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "clear.png")), "--top-k", "1",
+                   "--cell-size", "32", "-o", str(out)])
+
+    assert status == 0
+    assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (255, 255, 255)
+
+
+def test_grid_command_damaged_image_writes_nothing(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+    damaged = image_dir / "object31.png"
+    damaged.write_bytes(damaged.read_bytes()[:60])
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--dims", "0"])
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert f"cannot be read; replace or re-export them: {damaged}: " in error
+    assert not out.exists()
+
+
+def test_grid_command_top_k_above_object_count(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(tmp_path / "grids"),
+                   "--top-k", "33"])
+
+    assert status == 1
+    assert f"--top-k 33 is invalid: the embedding {run_dir} has 32 objects" in capsys.readouterr().err
+
+
+def test_grid_top_layout_narrow_for_few_objects(colour_objects, tmp_path):
+    image_dir, run_dir, _ = colour_objects
+    out = tmp_path / "grids"
+
+    main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--top-k", "2", "--dims", "0",
+          "--cell-size", "64"])
+
+    # Six columns of 64 + 2 border pixels and 4 pixels of padding take 424 pixels. Two columns
+    # take 144, which the title widens.
+    assert Image.open(out / "dim000_top.png").size[0] < 4 + 6 * (66 + 4)

@@ -475,7 +475,7 @@ def run_grid(args: argparse.Namespace) -> int:
     """Handle ``dimalign grid``."""
     import pandas as pd
 
-    from dimalign.interpret.grid_images import dimension_grid, image_paths, needed_rows
+    from dimalign.interpret.grid_images import dimension_grid, image_paths, load_grid_images, needed_rows
     from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
@@ -503,13 +503,19 @@ def run_grid(args: argparse.Namespace) -> int:
         _check_embedding_dimension(dim, result.n_dims, args.embedding)
         for dim in (args.dims or range(result.n_dims))
     ]
+    if args.layout == "top" and not 1 <= args.top_k <= result.n_objects:
+        raise ValueError(
+            f"--top-k {args.top_k} is invalid: the embedding {args.embedding} has {result.n_objects} "
+            f"objects, so use 1..{result.n_objects}"
+        )
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
+    pictures = load_grid_images(paths, args.cell_size)
 
     with output_dir(args.out):
         rows = []
         for dim in dims:
             grid, grid_rows = dimension_grid(
-                result.embedding, dim, paths, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
+                result.embedding, dim, pictures, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
             )
             file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
             for position, row in enumerate(grid_rows):

@@ -151,10 +151,51 @@ def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence
     return paths
 
 
+def read_picture(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file as ``dimalign extract`` does: EXIF orientation applied, transparency on white.
+
+    Raises:
+        ValueError: If the file cannot be decoded, naming it and the reason.
+    """
+    from dimalign.features.datasets import ImageReadError, load_rgb
+
+    try:
+        return load_rgb(path)
+    except ImageReadError as error:
+        raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
+
+
+def load_grid_images(paths: dict[int, Path], cell_size: int) -> dict[int, Image.Image]:
+    """Decode every image that the grids need, shrunk to fit a ``cell_size`` square.
+
+    All files are read before any grid is drawn, so a damaged file stops the
+    command before it writes anything. Shrinking keeps the memory of many
+    large photos small.
+
+    Raises:
+        ValueError: Listing every file that cannot be decoded.
+    """
+    pictures: dict[int, Image.Image] = {}
+    failures: list[str] = []
+    for row, path in paths.items():
+        try:
+            picture = read_picture(path)
+        except ValueError as error:
+            failures.append(str(error).removeprefix("cannot read image "))
+            continue
+        pictures[row] = ImageOps.contain(picture, (cell_size, cell_size)) if max(picture.size) > cell_size else picture
+    if failures:
+        raise ValueError(
+            f"{len(failures)} images of the grids cannot be read; replace or re-export them: "
+            + "; ".join(failures[:20]) + (" ..." if len(failures) > 20 else "")
+        )
+    return pictures
+
+
 def dimension_grid(
     embedding: np.ndarray,
     dim: int,
-    paths: dict[int, Path],
+    paths: dict[int, Path | Image.Image],
     *,
     layout: str = "top",
     top_k: int = 12,
@@ -166,7 +207,8 @@ def dimension_grid(
     Args:
         embedding (np.ndarray): ``(n_objects, n_dims)``.
         dim (int): 0-based dimension.
-        paths (dict[int, Path]): Image file of each object row needed.
+        paths (dict[int, Path | Image.Image]): Image file of each object row
+            needed, or its picture as :func:`load_grid_images` returns it.
         layout (str): ``top`` or ``percentile``.
         top_k (int): Objects of the ``top`` layout.
         n_cols (int): Cells per row of the ``top`` layout (the percentile
@@ -178,13 +220,14 @@ def dimension_grid(
     """
     weights = embedding[:, dim]
     chosen = grid_objects(weights, layout, top_k)
-    columns = chosen.shape[1] if chosen.ndim == 2 else n_cols
+    columns = chosen.shape[1] if chosen.ndim == 2 else min(n_cols, chosen.size)
     rows = chosen.ravel()
     cells = []
     for row in rows:
-        with Image.open(paths[int(row)]) as image:
-            image.load()
-            cells.append(GridCell(image.convert("RGB"), f"{weights[row]:.3f}"))
+        picture = paths[int(row)]
+        if not isinstance(picture, Image.Image):
+            picture = read_picture(picture)
+        cells.append(GridCell(picture, f"{weights[row]:.3f}"))
     title = f"dimension {dim} ({layout}): max weight {weights.max():.3f}"
     return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
 
