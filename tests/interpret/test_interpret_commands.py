@@ -101,3 +101,17 @@ def test_maximize_command_writes_images(tiny_predictor, tmp_path):
     assert status == 0
     assert table["file"].tolist() == ["dim1_image0.png"]
     assert Image.open(out / "dim1_image0.png").size == (8, 8)
+
+
+def test_manipulate_mask_of_shared_stem_is_an_error(tiny_predictor, tmp_path, capsys):
+    first = write_photo(tmp_path / "d1" / "a.jpg", (200, 30, 30))
+    second = write_photo(tmp_path / "d2" / "a.jpg", (30, 200, 30))
+    write_photo(tmp_path / "masks" / "a.png", (255, 255, 255))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(first), str(second), "--map", str(tmp_path), "--masks", str(tmp_path / "masks"),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert "matches 2 images with the stem 'a'" in capsys.readouterr().err
+    assert not out.exists()

@@ -434,8 +434,17 @@ def run_manipulate(args: argparse.Namespace) -> int:
         if not args.masks.is_dir():
             kind = "a file, not a folder" if args.masks.exists() else "not found"
             raise FileNotFoundError(f"mask folder {args.masks} is {kind}: pass a folder of STEM.png masks")
+        photos_of_stem: dict[str, list[Path]] = {}
+        for path in paths:
+            photos_of_stem.setdefault(path.stem, []).append(path)
         for name, path in zip(names, paths):
             mask_path = args.masks / f"{path.stem}.png"
+            if mask_path.is_file() and len(photos_of_stem[path.stem]) > 1:
+                raise ValueError(
+                    f"mask {mask_path} matches {len(photos_of_stem[path.stem])} images with the stem "
+                    f"{path.stem!r} ({', '.join(map(str, photos_of_stem[path.stem][:5]))}), so it is "
+                    "unclear which one it belongs to; give the images distinct file names"
+                )
             if mask_path.is_file():
                 masks[name] = _read_mask(mask_path, path, predictor.preprocessing)
             else:
