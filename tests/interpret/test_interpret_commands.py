@@ -115,3 +115,22 @@ def test_manipulate_mask_of_shared_stem_is_an_error(tiny_predictor, tmp_path, ca
     assert status == 1
     assert "matches 2 images with the stem 'a'" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "out_name"),
+    [("gradcam", "photos"), ("gradcam", "photos/pictures"), ("manipulate", "."), ("manipulate", "masks")],
+)
+def test_output_overlapping_inputs_rejected(tiny_predictor, tmp_path, capsys, command, out_name):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    write_photo(tmp_path / "photos" / "a_input.png", (30, 200, 30))
+    (tmp_path / "masks").mkdir()
+    options = ["--dim", "0"] if command == "gradcam" else ["--masks", str(tmp_path / "masks")]
+    before = photo.with_name("a_input.png").read_bytes()
+
+    status = main([command, str(tmp_path / "photos"), "--map", str(tmp_path), *options,
+                   "-o", str(tmp_path / out_name)])
+
+    assert status == 1
+    assert "overlaps the input" in capsys.readouterr().err
+    assert photo.with_name("a_input.png").read_bytes() == before

@@ -234,6 +234,27 @@ def _check_no_earlier_run(out_dir: Path, step: str) -> None:
         )
 
 
+def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: str) -> None:
+    """Reject an output folder that overlaps the input images or masks.
+
+    Output files such as ``NAME_input.png`` could replace an input of that
+    name, and the next run over the input folder would read the pictures of
+    this run as photos.
+
+    Raises:
+        ValueError: Naming the output folder and the input.
+    """
+    out = out_dir.resolve()
+    for source in inputs:
+        resolved = source.resolve()
+        inside_input = source.is_dir() and (out == resolved or resolved in out.parents)
+        if inside_input or out in resolved.parents:
+            raise ValueError(
+                f"the output folder {out_dir} overlaps the input {source}, so dimalign {step} could "
+                "replace inputs with its pictures; choose an output folder outside the inputs"
+            )
+
+
 def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float]]) -> None:
     """Reject option values outside ``[low, high]`` (NaN included), naming the option."""
     for name, (low, high) in rules.items():
@@ -272,6 +293,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     started = now_iso()
     check_output_dir(args.out, "gradcam")
     _check_no_earlier_run(args.out, "gradcam")
+    _check_output_outside_inputs(args.out, args.images, "gradcam")
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
@@ -423,6 +445,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     started = now_iso()
     check_output_dir(args.out, "manipulate")
     _check_no_earlier_run(args.out, "manipulate")
+    _check_output_outside_inputs(args.out, [*args.images, *([args.masks] if args.masks else [])], "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
     paths = collect_images(args.images)
