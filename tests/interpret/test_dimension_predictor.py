@@ -103,6 +103,23 @@ def test_predictor_rejects_nan_coefficients(conv_model):
         DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
 
 
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.full((1, 3, 8, 8), 200, dtype=torch.uint8), "got torch.uint8; divide 8-bit images by 255"),
+        (torch.full((1, 3, 8, 8), 200.0), r"values in \[200, 200\] but must be in \[0, 1\]"),
+        (torch.full((1, 3, 8, 8), -0.5), r"values in \[-0.5, -0.5\]"),
+        (torch.full((1, 3, 8, 8), float("nan")), "NaN or inf"),
+    ],
+)
+def test_predictor_rejects_images_outside_unit_range(conv_model, ridge_coefficients, images, message):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")
+
+    with pytest.raises(ValueError, match=message):
+        predictor(images)
+
+
 def test_predictor_single_image(conv_model, ridge_coefficients):
     coef, intercept = ridge_coefficients
     predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -202,6 +203,27 @@ def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
     return None
 
 
+#: How far outside [0, 1] image values may lie, for rounding in resampling.
+RANGE_TOLERANCE = 1e-3
+
+
+def _check_unit_range(images: torch.Tensor) -> None:
+    """Reject integer images and values outside ``[0, 1]``, which the normalisation would misread."""
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be float tensors with values in [0, 1], got {images.dtype}; "
+            "divide 8-bit images by 255"
+        )
+    low, high = (float(value) for value in torch.aminmax(images.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("images contain NaN or inf; they must be finite values in [0, 1]")
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise ValueError(
+            f"images have values in [{low:.4g}, {high:.4g}] but must be in [0, 1]; "
+            "divide 8-bit values by 255, and undo any normalisation"
+        )
+
+
 class DimensionPredictor(nn.Module):
     """Predict every embedding dimension from an image, differentiably.
 
@@ -330,9 +352,14 @@ class DimensionPredictor(nn.Module):
 
         Returns:
             torch.Tensor: The model input, shape ``(B, 3, *input_size)``.
+
+        Raises:
+            ValueError: If the images are not float RGB with values in ``[0, 1]``
+                (within :data:`RANGE_TOLERANCE`).
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (batch, 3, H, W), got {tuple(images.shape)}")
+        _check_unit_range(images)
         images = images.to(device=self.device, dtype=self.dtype)
         size = self.input_size
         if size is not None and tuple(images.shape[-2:]) != tuple(size):
