@@ -239,3 +239,32 @@ def test_grid_top_layout_narrow_for_few_objects(colour_objects, tmp_path):
     # Six columns of 64 + 2 border pixels and 4 pixels of padding take 424 pixels. Two columns
     # take 144, which the title widens.
     assert Image.open(out / "dim000_top.png").size[0] < 4 + 6 * (66 + 4)
+
+
+def test_grid_command_embedding_without_dimensions(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(embedding=np.zeros((3, 0))), run_dir)
+    write_object_table(ObjectTable(("a", "b", "c"), ("a.png", "b.png", "c.png")), run_dir / "objects.tsv")
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "2", "-o", str(out)])
+
+    assert status == 1
+    assert "has no dimensions" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_grid_zero_weights_are_logged(colour_objects, tmp_path, caplog):
+    from dimalign.interpret.grid_images import dimension_grid
+
+    image_dir, _, embedding = colour_objects
+    sparse = embedding.copy()
+    sparse[2:, 0] = 0.0  # Row 0 has weight 0 already, so only row 1 stays positive.
+    paths = {row: image_dir / f"object{row:02d}.png" for row in range(32)}
+
+    with caplog.at_level("WARNING", logger="dimalign.interpret.grid_images"):
+        _, rows = dimension_grid(sparse, 0, paths, top_k=4, cell_size=16)
+
+    assert rows.tolist() == [1, 0, 2, 3]
+    assert "dimension 0: 3 of the 4 objects in its top grid have weight 0" in caplog.text

@@ -531,6 +531,8 @@ def run_grid(args: argparse.Namespace) -> int:
             f"{objects_path} lists {len(table)} objects but the embedding {args.embedding} has "
             f"{result.n_objects} rows; use the object table of this embedding"
         )
+    if result.n_dims == 0:
+        raise ValueError(f"the embedding {args.embedding} has no dimensions, so there is nothing to draw")
     dims = [
         _check_embedding_dimension(dim, result.n_dims, args.embedding)
         for dim in (args.dims or range(result.n_dims))

@@ -220,6 +220,13 @@ def dimension_grid(
     """
     weights = embedding[:, dim]
     chosen = grid_objects(weights, layout, top_k)
+    n_positive = int((weights[chosen.ravel()] > 0).sum())
+    if n_positive < chosen.size:
+        # Ties at weight 0 are broken by row order, so those cells show arbitrary objects.
+        logger.warning(
+            "dimension %d: %d of the %d objects in its %s grid have weight 0 and are shown in row order",
+            dim, chosen.size - n_positive, chosen.size, layout,
+        )
     columns = chosen.shape[1] if chosen.ndim == 2 else min(n_cols, chosen.size)
     rows = chosen.ravel()
     cells = []
