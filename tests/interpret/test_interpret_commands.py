@@ -134,3 +134,29 @@ def test_output_overlapping_inputs_rejected(tiny_predictor, tmp_path, capsys, co
     assert status == 1
     assert "overlaps the input" in capsys.readouterr().err
     assert photo.with_name("a_input.png").read_bytes() == before
+
+
+def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, tmp_path, monkeypatch):
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photos = [write_photo(tmp_path / "photos" / f"{name}.png", (200, 30, 30)) for name in ("a", "b")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    compute = gradcam_module.dimension_gradcam
+    calls = []
+
+    def interrupt_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", interrupt_second_call)
+
+    status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 130
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "kept"

@@ -10,9 +10,10 @@ CSV table and ``manifest.json`` into its output folder. Dimensions are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,35 @@ def _map_inputs(map_dir: Path) -> dict[str, Path]:
 # -- handlers --------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _output_folder(out_dir: Path) -> Iterator[Path]:
+    """Create ``out_dir`` for a block and remove what the block wrote if it raises.
+
+    :func:`dimalign.io.files.output_dir` removes a folder that it created. In a
+    folder that existed before, this also deletes the files and folders that
+    the block added, so an interrupted run leaves no pictures that a rerun
+    with other images or dimensions would not replace. Files that existed
+    before stay, also when the block rewrote them.
+    """
+    from dimalign.io.files import output_dir
+
+    existing = set(out_dir.rglob("*")) if out_dir.is_dir() else None
+    with output_dir(out_dir) as folder:
+        try:
+            yield folder
+        except BaseException:
+            if existing is not None:
+                # Reverse order puts files before the folders that contain them.
+                for path in sorted(set(out_dir.rglob("*")) - existing, reverse=True):
+                    with contextlib.suppress(OSError):
+                        if path.is_dir():
+                            path.rmdir()
+                        else:
+                            path.unlink()
+                logger.info("removed the files this command wrote into %s after the error", out_dir)
+            raise
+
+
 def _check_no_earlier_run(out_dir: Path, step: str) -> None:
     """Reject a folder with an earlier run of ``step``, whose pictures this run would not all replace."""
     if (out_dir / "manifest.json").is_file():
@@ -288,7 +318,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
@@ -304,7 +334,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(images), dims)
 
     rows = []
-    with output_dir(args.out):
+    with _output_folder(args.out):
         for path, name, image in zip(paths, unique_names(paths), images):
             save_png(image, args.out / f"{name}_input.png")
             with torch.no_grad():
@@ -339,7 +369,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
@@ -356,7 +386,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    with output_dir(args.out):
+    with _output_folder(args.out):
 
         rows = []
         for dim in dims:
@@ -440,7 +470,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         plot_largest_changes,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
@@ -475,7 +505,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
     result = manipulate_images(predictor, images, edits, masks=masks)
 
-    with output_dir(args.out):
+    with _output_folder(args.out):
         for name, versions in result.edited.items():
             save_png(images[name], args.out / "edited" / f"{name}__original.png")
             for label, edited in versions.items():
@@ -508,7 +538,7 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, load_grid_images, needed_rows
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
@@ -545,7 +575,7 @@ def run_grid(args: argparse.Namespace) -> int:
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
     pictures = load_grid_images(paths, args.cell_size)
 
-    with output_dir(args.out):
+    with _output_folder(args.out):
         rows = []
         for dim in dims:
             grid, grid_rows = dimension_grid(
