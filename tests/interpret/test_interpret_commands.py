@@ -160,3 +160,25 @@ def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, 
     assert status == 130
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "kept"
+
+
+def test_gradcam_zero_map_warning_names_image(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "flat.png", (128, 128, 128), size=(1, 1))
+    # A uniform 1 x 2 input gives the same activations at both positions of layer 0, whose
+    # padding is symmetric, so the map is zero.
+    tiny_predictor.preprocessing.input_size = (1, 2)
+    out = tmp_path / "gradcam"
+
+    main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "0", "-o", str(out)])
+
+    assert f"{photo}: Grad-CAM of dimension 0 at layer '0' is zero everywhere:" in capsys.readouterr().err
+
+
+def test_gradcam_empty_layer_name_rejected(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "a.png", (200, 30, 30))
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "",
+                   "-o", str(tmp_path / "gradcam")])
+
+    assert status == 1
+    assert "layer '' not found" in capsys.readouterr().err

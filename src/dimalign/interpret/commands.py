@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     images = [predictor.preprocessing.load(path) for path in paths]
-    layer = args.layer or default_gradcam_layer(predictor, images[0])
+    layer = args.layer if args.layer is not None else default_gradcam_layer(predictor, images[0])
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(images), dims)
 
     rows = []
@@ -340,7 +341,12 @@ def run_gradcam(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 prediction = predictor(image).double().cpu().numpy()
             for dim in dims:
-                cam = dimension_gradcam(predictor, image, dim, layer)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    cam = dimension_gradcam(predictor, image, dim, layer)
+                for warning in caught:
+                    # The library cannot name the file, so the log line does.
+                    logger.warning("%s: %s", path, warning.message)
                 heatmap_file = save_png(colorize(cam), args.out / f"{name}_dim{dim}_heatmap.png")
                 overlay_file = save_png(
                     overlay(image, cam, alpha=args.alpha), args.out / f"{name}_dim{dim}_overlay.png"

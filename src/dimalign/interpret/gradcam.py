@@ -142,10 +142,10 @@ def dimension_gradcam(
     maps = np.clip(maps, 0.0, 1.0)
     zero = [index for index, values in enumerate(maps) if values.max() <= 0.0]
     if zero:
+        image_positions = "" if single else f" for images {zero}"
         message = (
-            f"Grad-CAM of dimension {dim} at layer {layer!r} is zero everywhere for images "
-            f"{zero}: the layer's activations are constant over space or no location "
-            "increases the dimension"
+            f"Grad-CAM of dimension {dim} at layer {layer!r} is zero everywhere{image_positions}: the layer's "
+            "activations are constant over space or no location increases the dimension"
         )
         warnings.warn(message, UserWarning, stacklevel=2)
     logger.info("Grad-CAM of dimension %d at layer %s for %d images", dim, layer, len(maps))
