@@ -258,8 +258,22 @@ def test_map_without_weights_rejected(tmp_path):
     from dimalign.interpret.predictor import map_settings
 
     map_dir = tmp_path / "map"
+    np.save(tmp_path / "features.npy", np.zeros((2, 3)))  # Features of no dimalign extract folder.
     write_manifest_json(map_dir, {
         "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4"},
         "inputs": {"features": {"path": str(tmp_path / "features.npy"), "sha256": "0" * 64}}})
     with pytest.raises(ValueError, match=r"records neither the weights .* features_source"):
+        map_settings(map_dir)
+
+
+def test_map_with_moved_features_names_them(tmp_path):
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    moved = tmp_path / "features" / "features.npy"
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4"},
+        "inputs": {"features": {"path": str(moved), "sha256": "0" * 64}}})
+
+    with pytest.raises(ValueError, match=f"its features input {moved} no longer exists"):
         map_settings(map_dir)

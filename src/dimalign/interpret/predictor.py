@@ -518,6 +518,14 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     }
 
 
+def _input_paths(manifest: dict[str, Any]) -> list[Path]:
+    """Return the paths of a manifest's inputs, in the order of ``manifest["inputs"]``."""
+    return [
+        Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+        for entry in manifest.get("inputs", {}).values()
+    ]
+
+
 def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Return the model settings of the ``dimalign extract`` folders among a map's inputs.
 
@@ -529,8 +537,7 @@ def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) ->
 
     layer = manifest.get("settings", {}).get("layer")
     sources = []
-    for entry in manifest.get("inputs", {}).values():
-        path = Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+    for entry, path in zip(manifest.get("inputs", {}).values(), _input_paths(manifest)):
         folder = path if path.is_dir() else path.parent
         if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
             continue
@@ -578,6 +585,13 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     else:
         extracted = _extraction_sources(map_dir, manifest)
         if not extracted:
+            missing = [path for path in _input_paths(manifest) if not path.exists()]
+            if missing:
+                raise ValueError(
+                    f"{Path(map_dir) / MANIFEST_NAME} records no features_source, and its features "
+                    f"input {missing[0]} no longer exists, so the model behind the map is unknown; "
+                    "move the feature folder back or rerun 'dimalign map'"
+                )
             # Guessing would be silent and wrong: torchvision's default is
             # random weights, so the predictor would explain another network.
             raise ValueError(
