@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dimalign.cli import main
-from dimalign.interpret.commands import unique_names
+from dimalign.interpret.commands import collect_images, unique_names
 from dimalign.interpret.predictor import DimensionPredictor, ImagePreprocessing
 
 
@@ -182,3 +182,10 @@ def test_gradcam_empty_layer_name_rejected(tiny_predictor, tmp_path, capsys):
 
     assert status == 1
     assert "layer '' not found" in capsys.readouterr().err
+
+
+def test_collect_images_rejects_image_given_twice(tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+
+    with pytest.raises(ValueError, match=f"image {photo} is given twice"):
+        collect_images([tmp_path / "photos", photo])

@@ -155,6 +155,8 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
 
     Raises:
         FileNotFoundError: If a path does not exist or a folder contains no image.
+        ValueError: If an image is given twice, directly or through a folder,
+            which would repeat its rows and pictures.
     """
     from dimalign.features.datasets import find_images
 
@@ -166,6 +168,14 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
             paths.append(source)
         else:
             raise FileNotFoundError(f"image {source} not found")
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(
+                f"image {path} is given twice (also as {seen[resolved]}); list each image or folder once"
+            )
+        seen[resolved] = path
     return paths
 
 
