@@ -169,6 +169,11 @@ def test_estimate_foreground_uniform_image_warns():
     assert not mask.any()
 
 
+def test_manipulation_foreground_warning_names_image(predictor):
+    with pytest.warns(UserWarning, match="^image flat: no foreground found"):
+        manipulate_images(predictor, {"flat": torch.full((3, 12, 12), 0.3)}, ["silhouette"])
+
+
 def test_otsu_threshold_splits_two_groups():
     values = np.concatenate([np.full(50, 1.0), np.full(30, 5.0)])
 
@@ -221,7 +226,7 @@ def test_parse_edit_errors(text, message):
         parse_edit(text)
 
 
-@pytest.mark.filterwarnings("ignore:no foreground found")
+@pytest.mark.filterwarnings("ignore:image .* no foreground found")
 def test_manipulation_table_contents(predictor, colour_image):
     image_b = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(9))
     edits = ["grayscale", "blur:1", "background:0.5"]

@@ -477,7 +477,7 @@ def manipulate_images(
         _check_images(image)
         mask = None
         if any(edit.uses_mask for edit in edits):
-            mask = masks[name] if name in masks else estimate_foreground(image)
+            mask = masks[name] if name in masks else _estimate_named_foreground(name, image)
             used_masks[name] = mask
         versions = {edit.label: edit.apply(image, mask) for edit in edits}
         batch = torch.stack([image, *versions.values()])
@@ -506,6 +506,16 @@ def manipulate_images(
 
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     return ManipulationResult(table=table, edited=edited, masks=used_masks)
+
+
+def _estimate_named_foreground(name: str, image: torch.Tensor) -> torch.Tensor:
+    """Run :func:`estimate_foreground` and repeat its warnings with the image's name, which it does not know."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = estimate_foreground(image)
+    for warning in caught:
+        warnings.warn(f"image {name}: {warning.message}", warning.category, stacklevel=3)
+    return mask
 
 
 def edit_label(row: Mapping[str, Any]) -> str:
