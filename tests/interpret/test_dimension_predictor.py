@@ -277,3 +277,14 @@ def test_map_with_moved_features_names_them(tmp_path):
 
     with pytest.raises(ValueError, match=f"its features input {moved} no longer exists"):
         map_settings(map_dir)
+
+
+def test_from_map_dir_rejects_the_archive_file(tmp_path):
+    archive = tmp_path / "map" / "ridge_map.npz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"")
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(archive)
+
+    assert f"is a file; pass the folder that 'dimalign map' wrote ({archive.parent})" in str(error.value)

@@ -468,6 +468,11 @@ class DimensionPredictor(nn.Module):
         from dimalign.analysis.ridge import RidgeMap
 
         map_dir = Path(map_dir)
+        if map_dir.is_file():
+            # RidgeMap.load takes the file too, but the model settings live in the folder's manifest.
+            raise ValueError(
+                f"{map_dir} is a file; pass the folder that 'dimalign map' wrote ({map_dir.parent})"
+            )
         ridge = RidgeMap.load(map_dir)
         settings = map_settings(map_dir)
         if model is None:
