@@ -189,3 +189,16 @@ def test_collect_images_rejects_image_given_twice(tmp_path):
 
     with pytest.raises(ValueError, match=f"image {photo} is given twice"):
         collect_images([tmp_path / "photos", photo])
+
+
+def test_manipulate_mask_folder_without_matching_masks(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.jpg", (200, 30, 30))
+    write_photo(tmp_path / "masks" / "a.jpg", (255, 255, 255))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--masks", str(tmp_path / "masks"),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert f"has no mask for any of the 1 images (looked for {tmp_path / 'masks' / 'a.png'}" in capsys.readouterr().err
+    assert not out.exists()

@@ -518,6 +518,17 @@ def run_manipulate(args: argparse.Namespace) -> int:
                 masks[name] = _read_mask(mask_path, path, predictor.preprocessing)
             else:
                 logger.info("no mask %s for %s: estimating one", mask_path, path)
+        if not masks:
+            raise FileNotFoundError(
+                f"the mask folder {args.masks} has no mask for any of the {len(paths)} images (looked for "
+                f"{args.masks / (paths[0].stem + '.png')} and the like); masks must be PNG files named "
+                "like the photos"
+            )
+        if len(masks) < len(paths):
+            logger.warning(
+                "%d of %d images have no mask in %s and get an estimated one",
+                len(paths) - len(masks), len(paths), args.masks,
+            )
 
     result = manipulate_images(predictor, images, edits, masks=masks)
 
