@@ -202,3 +202,33 @@ def test_manipulate_mask_folder_without_matching_masks(tiny_predictor, tmp_path,
     assert status == 1
     assert f"has no mask for any of the 1 images (looked for {tmp_path / 'masks' / 'a.png'}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_gradcam_holds_one_image_at_a_time(tiny_predictor, tmp_path, monkeypatch):
+    import weakref
+
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photos = [write_photo(tmp_path / "photos" / f"{index}.png", (40 * index, 30, 30)) for index in range(3)]
+    loaded: list[weakref.ref] = []
+    load = ImagePreprocessing.load
+    compute = gradcam_module.dimension_gradcam
+    alive_during_gradcam = []
+
+    def load_and_track(self, path):
+        image = load(self, path)
+        loaded.append(weakref.ref(image))
+        return image
+
+    def count_alive(*args, **kwargs):
+        alive_during_gradcam.append(sum(reference() is not None for reference in loaded))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(ImagePreprocessing, "load", load_and_track)
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", count_alive)
+
+    status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(tmp_path / "gradcam")])
+
+    assert status == 0
+    assert alive_during_gradcam == [1, 1, 1]
