@@ -232,3 +232,19 @@ def test_gradcam_holds_one_image_at_a_time(tiny_predictor, tmp_path, monkeypatch
 
     assert status == 0
     assert alive_during_gradcam == [1, 1, 1]
+
+
+def test_manipulate_rejects_zero_one_mask(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.jpg", (200, 30, 30))
+    boolean = np.zeros((16, 20), dtype=np.uint8)
+    boolean[4:12, 5:15] = 1
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(boolean).save(tmp_path / "masks" / "a.png")
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--masks", str(tmp_path / "masks"),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert "has only the values 0 and 1" in capsys.readouterr().err
+    assert not out.exists()

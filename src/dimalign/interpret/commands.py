@@ -457,8 +457,8 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
     """Read a mask image of the photo's size and bring it through the same PIL steps as the photo.
 
     Raises:
-        ValueError: If the mask cannot be decoded or its size (after EXIF
-            orientation) differs from the photo's.
+        ValueError: If the mask cannot be decoded, holds only the values 0
+            and 1, or its size (after EXIF orientation) differs from the photo's.
     """
     from PIL import Image, ImageOps
 
@@ -466,9 +466,16 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
 
     try:
         with Image.open(path) as opened:
-            mask = ImageOps.exif_transpose(opened).convert("L").convert("RGB")
+            gray = ImageOps.exif_transpose(opened).convert("L")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"mask {path} cannot be read as an image ({error}); save it as a PNG") from error
+    if gray.getextrema() == (0, 1):
+        # A boolean array saved as uint8 gives 0 and 1, which read as black everywhere.
+        raise ValueError(
+            f"mask {path} has only the values 0 and 1, so no pixel is white; save it with 255 on "
+            "the object, for example Image.fromarray(mask.astype(np.uint8) * 255)"
+        )
+    mask = gray.convert("RGB")
     photo_size = load_rgb(photo).size
     if mask.size != photo_size:
         raise ValueError(
