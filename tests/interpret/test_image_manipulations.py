@@ -291,3 +291,10 @@ def test_manipulation_rows_follow_their_edit(predictor, colour_image):
     rows = table[(table["edit"] == "blur") & (table["parameter"] == 1.0000001)]
     np.testing.assert_allclose(rows["after"], blurred, rtol=1e-6)
     assert len(table) == 3 * 5
+
+
+def test_manipulation_rejects_mask_of_unknown_image(predictor, colour_image):
+    mask = torch.ones(12, 12, dtype=torch.bool)
+
+    with pytest.raises(ValueError, match="masks are given for parot, which are not among the image names"):
+        manipulate_images(predictor, {"parrot": colour_image}, ["silhouette"], masks={"parot": mask})

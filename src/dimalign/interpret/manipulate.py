@@ -465,11 +465,21 @@ def manipulate_images(
 
     Returns:
         ManipulationResult: The table and the edited images.
+
+    Raises:
+        ValueError: If an edit is unknown or repeated, or a mask's name is
+            not among the images.
     """
     edits = check_distinct_edits([edit if isinstance(edit, Edit) else parse_edit(edit) for edit in edits])
     if not edits:
         raise ValueError("no edits given")
     masks = dict(masks or {})
+    unknown = sorted(set(masks) - set(images), key=str)
+    if unknown:
+        raise ValueError(
+            f"masks are given for {', '.join(map(str, unknown[:10]))}, which are not among the image "
+            f"names ({', '.join(map(str, list(images)[:10]))}); key each mask by its image's name"
+        )
     rows: list[dict[str, Any]] = []
     edited: dict[str, dict[str, torch.Tensor]] = {}
     used_masks: dict[str, torch.Tensor] = {}
