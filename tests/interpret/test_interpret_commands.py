@@ -248,3 +248,22 @@ def test_manipulate_rejects_zero_one_mask(tiny_predictor, tmp_path, capsys):
     assert status == 1
     assert "has only the values 0 and 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_manifest_records_image_checksums(tiny_predictor, tmp_path):
+    import hashlib
+    import json
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    mask = write_photo(tmp_path / "masks" / "a.png", (255, 255, 255))
+    argv = [str(photo), "--map", str(tmp_path)]
+
+    main(["gradcam", *argv, "--dim", "0", "--layer", "2", "-o", str(tmp_path / "gradcam")])
+    main(["manipulate", *argv, "--masks", str(tmp_path / "masks"), "--edits", "silhouette",
+          "-o", str(tmp_path / "manipulate")])
+
+    gradcam_inputs = json.loads((tmp_path / "gradcam" / "manifest.json").read_text())["inputs"]
+    manipulate_inputs = json.loads((tmp_path / "manipulate" / "manifest.json").read_text())["inputs"]
+    assert gradcam_inputs["image a"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert manipulate_inputs["image a"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert manipulate_inputs["mask a"]["sha256"] == hashlib.sha256(mask.read_bytes()).hexdigest()

@@ -227,10 +227,11 @@ def save_csv(table: Any, path: Path) -> Path:
     return path
 
 
-def _map_inputs(map_dir: Path) -> dict[str, Path]:
+def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str, Path]:
+    """Return the manifest inputs: the ridge map and ``files`` (name -> path), recorded with SHA-256."""
     from dimalign.analysis.ridge import RIDGE_MAP_NAME
 
-    return {"ridge_map": map_dir / RIDGE_MAP_NAME}
+    return {"ridge_map": map_dir / RIDGE_MAP_NAME, **(files or {})}
 
 
 # -- handlers --------------------------------------------------------------------
@@ -374,7 +375,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
                 })
         save_csv(pd.DataFrame(rows), args.out / "gradcam.csv")
         write_manifest(
-            args.out, step="gradcam", inputs=_map_inputs(args.map_dir),
+            args.out, step="gradcam",
+            inputs=_map_inputs(args.map_dir, {
+                f"image {name}": path for name, path in zip(unique_names(paths), paths)
+            }),
             settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
                       "layer": layer, "alpha": args.alpha, "device": args.device},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
@@ -513,6 +517,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     names = unique_names(paths)
     images = {name: predictor.preprocessing.load(path) for name, path in zip(names, paths)}
     masks = {}
+    mask_files: dict[str, Path] = {}
     if args.masks is not None:
         if not args.masks.is_dir():
             kind = "a file, not a folder" if args.masks.exists() else "not found"
@@ -530,6 +535,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
                 )
             if mask_path.is_file():
                 masks[name] = _read_mask(mask_path, path, predictor.preprocessing)
+                mask_files[name] = mask_path
             else:
                 logger.info("no mask %s for %s: estimating one", mask_path, path)
         if not masks:
@@ -562,7 +568,11 @@ def run_manipulate(args: argparse.Namespace) -> int:
         with atomic_path(args.out / "largest_changes.png") as temporary:
             figure.savefig(temporary, dpi=100)
         write_manifest(
-            args.out, step="manipulate", inputs=_map_inputs(args.map_dir),
+            args.out, step="manipulate",
+            inputs=_map_inputs(args.map_dir, {
+                **{f"image {name}": path for name, path in zip(names, paths)},
+                **{f"mask {name}": path for name, path in mask_files.items()},
+            }),
             settings={"map": args.map_dir, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
                       "estimated_masks": sorted(set(result.masks) - set(masks)), "device": args.device},
