@@ -267,3 +267,64 @@ def test_manifest_records_image_checksums(tiny_predictor, tmp_path):
     assert gradcam_inputs["image a"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
     assert manipulate_inputs["image a"]["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
     assert manipulate_inputs["mask a"]["sha256"] == hashlib.sha256(mask.read_bytes()).hexdigest()
+
+
+def test_manipulate_streams_images_with_same_table(tiny_predictor, tmp_path, monkeypatch):
+    import weakref
+
+    import dimalign.interpret.manipulate as manipulate_module
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (120, 120, 20)]
+    photos = [write_photo(tmp_path / "photos" / f"{index}.png", colour) for index, colour in enumerate(colours)]
+    edits = ["grayscale", "hue:180", "brightness:0.5"]
+    expected = manipulate_module.manipulate_images(
+        tiny_predictor, {str(index): tiny_predictor.preprocessing.load(photo) for index, photo in enumerate(photos)},
+        edits,
+    ).table
+    loaded: list[weakref.ref] = []
+    load = ImagePreprocessing.load
+    compute = manipulate_module.manipulate_images
+    alive_during_edits = []
+
+    def load_and_track(self, path):
+        image = load(self, path)
+        loaded.append(weakref.ref(image))
+        return image
+
+    def count_alive(*args, **kwargs):
+        alive_during_edits.append(sum(reference() is not None for reference in loaded))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(ImagePreprocessing, "load", load_and_track)
+    monkeypatch.setattr(manipulate_module, "manipulate_images", count_alive)
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(tmp_path / "photos"), "--map", str(tmp_path), "--edits", *edits,
+                   "--figure-rows", "1", "-o", str(out)])
+
+    table = pd.read_csv(out / "manipulations.csv")
+    assert status == 0
+    # The image kept for the figure and the one being edited; never all four.
+    assert max(alive_during_edits) <= 2
+    np.testing.assert_allclose(table["change"], expected["change"], rtol=1e-6, atol=1e-9)
+    assert table["image"].tolist() == [str(photo) for photo in photos for _ in range(3 * 5)]
+    assert (out / "largest_changes.png").stat().st_size > 0
+
+
+def test_figure_images_keep_ties_and_drop_smaller():
+    from types import SimpleNamespace
+
+    from dimalign.interpret.commands import _FigureImages
+
+    def result(name, changes):
+        table = pd.DataFrame({"edit": ["blur"] * len(changes), "parameter": [1.0] * len(changes),
+                              "change": changes})
+        return SimpleNamespace(table=table, edited={name: {"blur:1": name}})
+
+    kept = _FigureImages(1)
+    kept.offer("a", "image a", result("a", [0.5, -2.0]))
+    kept.offer("b", "image b", result("b", [2.0]))
+    kept.offer("c", "image c", result("c", [1.0]))
+
+    assert sorted(kept.originals) == ["a", "b"]
+    assert kept.edited["b"] == {"blur:1": "b"}

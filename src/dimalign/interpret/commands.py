@@ -497,7 +497,10 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
 
 def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
+    import pandas as pd
+
     from dimalign.interpret.manipulate import (
+        ManipulationResult,
         check_distinct_edits,
         manipulate_images,
         parse_edit,
@@ -515,7 +518,10 @@ def run_manipulate(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     names = unique_names(paths)
-    images = {name: predictor.preprocessing.load(path) for name, path in zip(names, paths)}
+    # Decode every image once so that a damaged file stops the run before any work. The
+    # loop below decodes them again one at a time, so memory does not grow with their number.
+    for path in paths:
+        predictor.preprocessing.load(path)
     masks = {}
     mask_files: dict[str, Path] = {}
     if args.masks is not None:
@@ -550,21 +556,27 @@ def run_manipulate(args: argparse.Namespace) -> int:
                 len(paths) - len(masks), len(paths), args.masks,
             )
 
-    result = manipulate_images(predictor, images, edits, masks=masks)
-
     with _output_folder(args.out):
-        for name, versions in result.edited.items():
-            save_png(images[name], args.out / "edited" / f"{name}__original.png")
-            for label, edited in versions.items():
+        figure_images = _FigureImages(args.figure_rows)
+        tables, estimated = [], []
+        for name, path in zip(names, paths):
+            image = predictor.preprocessing.load(path)
+            given_mask = {name: masks[name]} if name in masks else None
+            result = manipulate_images(predictor, {name: image}, edits, masks=given_mask)
+            save_png(image, args.out / "edited" / f"{name}__original.png")
+            for label, edited in result.edited[name].items():
                 save_png(edited, args.out / "edited" / f"{name}__{label.replace(':', '_')}.png")
-        for name, mask in result.masks.items():
-            if name not in masks:
+            if name in result.masks and name not in masks:
+                mask = result.masks[name]
                 save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
-        table = result.table.copy()
-        path_of = {name: str(path) for name, path in zip(names, paths)}
-        table["image"] = table["image"].map(path_of)
+                estimated.append(name)
+            tables.append(result.table)
+            figure_images.offer(name, image, result)
+        table = pd.concat(tables, ignore_index=True)
+        figure_result = ManipulationResult(table=table, edited=figure_images.edited, masks={})
+        figure = plot_largest_changes(figure_result, figure_images.originals, n_rows=args.figure_rows)
+        table["image"] = table["image"].map({name: str(path) for name, path in zip(names, paths)})
         save_csv(table, args.out / "manipulations.csv")
-        figure = plot_largest_changes(result, images, n_rows=args.figure_rows)
         with atomic_path(args.out / "largest_changes.png") as temporary:
             figure.savefig(temporary, dpi=100)
         write_manifest(
@@ -575,13 +587,44 @@ def run_manipulate(args: argparse.Namespace) -> int:
             }),
             settings={"map": args.map_dir, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
-                      "estimated_masks": sorted(set(result.masks) - set(masks)), "device": args.device},
+                      "estimated_masks": sorted(estimated), "device": args.device},
             started=started,
             outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
                      "max_abs_change": float(table["change"].abs().max())},
         )
-        logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(images), len(edits), args.out)
+        logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(paths), len(edits), args.out)
     return 0
+
+
+class _FigureImages:
+    """The images that the figure of the largest changes may show, kept while manipulate runs.
+
+    The figure shows the ``n_rows`` (image, edit) pairs with the largest
+    absolute change. Only images with a pair at or above the ``n_rows``-th
+    largest change seen so far can be among them, because that threshold
+    only grows, so the rest are dropped. Ties are kept, so the final choice
+    of :func:`plot_largest_changes` always finds its images here.
+    """
+
+    def __init__(self, n_rows: int) -> None:
+        self.n_rows = n_rows
+        self.magnitudes: list[tuple[float, str]] = []
+        self.originals: dict[str, Any] = {}
+        self.edited: dict[str, dict[str, Any]] = {}
+
+    def offer(self, name: str, image: Any, result: Any) -> None:
+        """Keep ``image`` and its edits if one of its pairs may be shown, then drop what cannot."""
+        pair_magnitudes = result.table.assign(magnitude=result.table["change"].abs()).groupby(
+            ["edit", "parameter"], dropna=False, sort=False)["magnitude"].max()
+        self.magnitudes += [(float(value), name) for value in pair_magnitudes]
+        self.magnitudes.sort(key=lambda entry: entry[0], reverse=True)
+        threshold = self.magnitudes[min(self.n_rows, len(self.magnitudes)) - 1][0]
+        self.magnitudes = [entry for entry in self.magnitudes if entry[0] >= threshold]
+        self.originals[name] = image
+        self.edited[name] = result.edited[name]
+        keep = {entry[1] for entry in self.magnitudes}
+        for dropped in set(self.originals) - keep:
+            del self.originals[dropped], self.edited[dropped]
 
 
 def run_grid(args: argparse.Namespace) -> int:
