@@ -128,6 +128,13 @@ def test_blur_huge_sigma_is_box_average():
     assert torch.isfinite(blurred).all()
 
 
+@pytest.mark.parametrize("sigma", [1e-320, 1e-45, 0.049])
+def test_blur_tiny_sigma_is_identity(sigma):
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(3))
+
+    assert torch.equal(gaussian_blur(image, sigma), image)
+
+
 def test_blur_smooths_an_impulse():
     impulse = torch.zeros(3, 21, 21)
     impulse[:, 10, 10] = 1.0

@@ -146,14 +146,18 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur with a Gaussian of standard deviation ``sigma`` pixels (reflected borders).
 
     The kernel spans ``2 * ceil(3 sigma) + 1`` pixels, shortened where the
-    image is smaller than that; ``sigma = 0`` returns a copy.
+    image is smaller than that; ``sigma < 0.05`` returns a copy, which is
+    what the float32 kernel gives there.
     """
     from torchvision.transforms import functional as TF
 
     _check_images(images)
     if sigma < 0:
         raise ValueError(f"blur sigma must be >= 0, got {sigma}")
-    if sigma == 0:
+    # Below sigma = 0.069 the weight of a neighbour, exp(-1 / (2 sigma^2)), is under the smallest
+    # float32 number, so the kernel is exactly (0, 1, 0) in float32. torchvision would compute it
+    # with sigma itself in float32, where a sigma under 1.4e-45 becomes 0 and the kernel NaN.
+    if sigma < 0.05:
         return images.clone()
     # 2 * min(H, W) - 1 is odd, as gaussian_blur requires. Comparing before
     # math.ceil keeps a huge sigma (3 * 1e308 is inf) from overflowing.
