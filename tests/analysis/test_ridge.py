@@ -252,3 +252,38 @@ def test_ridge_rejects_target_without_columns():
     X, _ = make_linear_data(n_objects=20, n_features=5)
     with pytest.raises(ValueError, match=r"Y has no column \(shape \(20, 0\)\)"):
         RidgeMap(alphas=ALPHAS).fit(X, np.zeros((20, 0)))
+
+
+def test_ridge_rejects_single_object_folds():
+    X, Y = make_linear_data(n_objects=10)
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS, cv=6).fit(X, Y)
+
+    assert "6 cross-validation folds are invalid for 10 objects" in str(error.value)
+    assert "at most 5" in str(error.value)
+    assert RidgeMap(alphas=ALPHAS, cv=5).fit(X, Y).fold_scores_.shape == (5, ALPHAS.size, 3)
+
+
+def test_ridge_rejects_too_few_objects():
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS, cv=2).fit(np.arange(6.0).reshape(3, 2), np.arange(3.0))
+
+    assert "3 objects are too few for cross-validation: map at least 4 objects" in str(error.value)
+
+
+def test_ridge_rejects_features_without_columns():
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS).fit(np.zeros((10, 0)), np.ones((10, 2)))
+
+    assert "X has no column (shape (10, 0))" in str(error.value)
+
+
+def test_ridge_nan_message_counts_rows():
+    X, Y = make_linear_data()
+    X[[3, 7], 0] = np.nan
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    assert "X rows [3, 7] contain NaN or inf (2 rows)" in str(error.value)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dimalign.embedding.commands import add_training_data_arguments, load_training_data
+
+if TYPE_CHECKING:
+    from dimalign.io.objects import ObjectTable
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +293,7 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
         "--alpha-range", type=float, nargs=3, metavar=("LOW", "HIGH", "N"),
         help="N penalties from LOW to HIGH, evenly spaced in log10",
     )
-    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds, at most half the objects (default 3)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle objects before splitting into folds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
@@ -324,39 +328,85 @@ def run_map(args: argparse.Namespace) -> int:
             f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
             "nothing to map: pass --embedding with a run that kept at least one dimension"
         )
-    features, feature_table = load_features(args.features, layer=args.layer)
-    embedding_table = find_object_table(args.embedding)
-    if feature_table is not None and embedding_table is not None:
-        order = align_objects(
-            embedding_table, feature_table, names=("embedding", "features"),
-            advice="map features and an embedding of the same objects",
-        )
-        features = np.asarray(features)[order]
-    elif features.shape[0] != embedding.n_objects:
-        raise ValueError(
-            f"the features have {features.shape[0]} rows and the embedding {embedding.n_objects}; "
-            "without object tables on both sides the rows must be the same objects in the same order"
-        )
-
     feature_settings = {}
     feature_dir = args.features if args.features.is_dir() else args.features.parent
     try:
         feature_settings = read_manifest(feature_dir).get("settings", {})
     except FileNotFoundError:
         pass
+    _check_recorded_layer(args.features, feature_settings, args.layer)
+    features, feature_table = load_features(args.features, layer=args.layer)
+    feature_file = _feature_file(args.features, args.layer)
+    embedding_table = find_object_table(args.embedding)
+    order = np.arange(features.shape[0])
+    if feature_table is not None and embedding_table is not None:
+        order = np.asarray(align_objects(
+            embedding_table, feature_table, names=("embedding", "features"),
+            advice="map features and an embedding of the same objects",
+        ))
+        features = features[order]
+    elif features.shape[0] != embedding.n_objects:
+        raise ValueError(
+            f"the features have {features.shape[0]} rows and the embedding {embedding.n_objects}; "
+            "without object tables on both sides the rows must be the same objects in the same order"
+        )
+    features = np.asarray(features, dtype=np.float64)
+    _check_feature_values(feature_file, features, order, feature_table)
     from dimalign.interpret.predictor import extraction_settings
 
     source = extraction_settings(feature_settings, args.layer)
     ridge = RidgeMap(
         alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
         model_name=args.model_name or source["model"], layer=source["layer"],
-    ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
+    ).fit(features, embedding.embedding)
 
-    feature_file = _feature_file(args.features, args.layer)
     inputs = {"features": feature_file, "embedding": embedding.path}
     ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
     write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
     return 0
+
+
+def _check_recorded_layer(path: Path, settings: dict, layer: str | None) -> None:
+    """Reject a ``--layer`` that the ``dimalign extract`` manifest next to the features does not list.
+
+    Without this check a single-layer folder would give its ``features.npy``
+    under the requested name, and the map would record a layer whose
+    features it was not fitted on.
+    """
+    recorded = settings.get("layers")
+    if layer is None or not isinstance(recorded, list) or layer in recorded:
+        return
+    raise ValueError(
+        f"the features {path} contain layer(s) {', '.join(map(str, recorded))} (from the manifest.json "
+        f"of dimalign extract), not {layer!r}: pass one of them with --layer, or drop --layer"
+    )
+
+
+def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
+                          table: ObjectTable | None) -> None:
+    """Reject features without columns or with NaN or inf, naming the rows of ``path`` that have them.
+
+    Args:
+        path (Path): The feature file, for the message.
+        features (np.ndarray): The features in the embedding's row order.
+        order (np.ndarray): The row of ``path`` behind each row of ``features``.
+        table (ObjectTable | None): The object table of ``path``, if any.
+    """
+    if features.shape[1] == 0:
+        raise ValueError(
+            f"the features {path} have no column (shape {features.shape}): pass features with at "
+            "least one column"
+        )
+    bad = np.sort(order[~np.isfinite(features).all(axis=1)])
+    if not bad.size:
+        return
+    rows = bad[:10].tolist()
+    named = f" ({', '.join(table.object_ids[row] for row in rows)})" if table is not None else ""
+    raise ValueError(
+        f"the features {path} contain NaN or inf in {bad.size} rows, first rows {rows}{named}: "
+        "extract them again with --dtype float32 if they were float16, or remove those objects "
+        "from the features and the embedding"
+    )
 
 
 def _feature_file(path: Path, layer: str | None) -> Path:

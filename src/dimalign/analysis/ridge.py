@@ -136,8 +136,9 @@ class RidgeMap(BaseEstimator):
             RidgeMap: self.
 
         Raises:
-            ValueError: If the shapes disagree, the data contain NaN or inf,
-                a penalty is not positive, or there are fewer objects than folds.
+            ValueError: If the shapes disagree, ``X`` has no column, the data
+                contain NaN or inf, a penalty is not positive, or a held-out
+                fold would have fewer than 2 objects (``cv > n_objects // 2``).
 
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
@@ -150,10 +151,18 @@ class RidgeMap(BaseEstimator):
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
             raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
-        if not 2 <= self.cv <= n_objects:
+        # R² is undefined on a held-out fold of one object (scikit-learn's
+        # r2_score returns NaN), and KFold's smallest fold has n // cv objects.
+        if n_objects < 4:
+            raise ValueError(
+                f"{n_objects} objects are too few for cross-validation: map at least 4 objects, "
+                "so that 2 folds hold out at least 2 objects each"
+            )
+        if not 2 <= self.cv <= n_objects // 2:
             raise ValueError(
                 f"{int(self.cv)} cross-validation folds are invalid for {n_objects} objects: the number "
-                f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects}"
+                f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects // 2}, so that "
+                "every held-out fold has at least 2 objects"
             )
 
         constant = np.flatnonzero(np.ptp(Y, axis=0) == 0)
@@ -380,6 +389,11 @@ class RidgeMap(BaseEstimator):
                 f"Y has no column (shape {Y.shape}), so there is no dimension to map: pass an "
                 "embedding with at least one dimension"
             )
+        if X.shape[1] == 0:
+            raise ValueError(
+                f"X has no column (shape {X.shape}), so there is no feature to map from: pass "
+                "features with at least one column"
+            )
         if X.shape[0] != Y.shape[0]:
             raise ValueError(
                 f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: both need one row per object"
@@ -387,7 +401,10 @@ class RidgeMap(BaseEstimator):
         for name, array in (("X", X), ("Y", Y)):
             bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
             if bad_rows.size:
-                raise ValueError(f"{name} rows {bad_rows[:20].tolist()} contain NaN or inf")
+                raise ValueError(
+                    f"{name} rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} rows): "
+                    "remove those objects or replace the values before fitting"
+                )
         return X, Y
 
     def _warn_at_grid_edge(self, alphas: np.ndarray, best: np.ndarray) -> None:
