@@ -72,6 +72,16 @@ def test_gap_on_vector_output_raises():
         pool_tensor(torch.ones(2, 5), "gap")
 
 
+def test_gap_error_names_the_layer():
+    model = known_conv_model()
+    requests = parse_layers(["1", "2"], "gap", model)
+
+    with pytest.raises(ValueError) as error:
+        LayerReader(model, requests)(torch.ones(1, 3, 4, 4))
+
+    assert str(error.value).startswith("layer 2: gap needs an output with axes after the channel axis")
+
+
 def test_input_suffix_reads_module_input():
     model = known_conv_model()
     requests = parse_layers(["3:input", "2"], "raw", model)

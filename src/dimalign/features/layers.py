@@ -165,7 +165,10 @@ class LayerReader:
                 f"layer {request.name} gives a {type(value).__name__}, not a tensor; "
                 "choose a module that returns a tensor"
             )
-        pooled = pool_tensor(value.detach(), request.pool)
+        try:
+            pooled = pool_tensor(value.detach(), request.pool)
+        except ValueError as error:
+            raise ValueError(f"layer {request.name}: {error}") from None
         # A module followed by an in-place op (ReLU(inplace=True)) hands the
         # hook the very tensor that the op overwrites after the hook returns,
         # so raw and flattened outputs, which are views of it, must be copied
