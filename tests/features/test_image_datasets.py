@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 
 import numpy as np
@@ -125,6 +126,30 @@ def test_list_file_keeps_its_order(tmp_path):
     images = list_images(list_file)
     assert images.object_ids == ("x/b.png", "x/a.png")
     assert images.paths == (str(tmp_path / "x" / "b.png"), str(tmp_path / "x" / "a.png"))
+
+
+def test_list_file_with_byte_order_mark(tmp_path):
+    save_rgb(tmp_path / "a.png")
+    save_rgb(tmp_path / "b.png")
+    list_file = tmp_path / "list.txt"
+    list_file.write_bytes(b"\xef\xbb\xbfa.png\r\nb.png\r\n")
+
+    images = list_images(list_file)
+
+    assert images.object_ids == ("a.png", "b.png")
+    assert images.paths[0] == str(tmp_path / "a.png")
+
+
+def test_non_utf8_file_name_rejected(tmp_path):
+    folder = tmp_path / "images"
+    save_rgb(folder / "a.png")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(bytes(folder) + b"/caf\xe9.png"), format="PNG")
+
+    with pytest.raises(ValueError) as error:
+        find_images(folder)
+
+    assert f"the image path {bytes(folder) + b'/caf' + bytes([0xe9]) + b'.png'!r} is not valid UTF-8" in str(
+        error.value)
 
 
 def test_list_file_rejects_duplicates(tmp_path):

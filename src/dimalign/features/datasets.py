@@ -135,6 +135,12 @@ def find_images(root: str | os.PathLike,
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in allowed:
                 continue
             full = Path(folder) / name
+            if not _is_utf8(str(full)):
+                raise ValueError(
+                    f"the image path {os.fsencode(full)!r} is not valid UTF-8, so it cannot be an "
+                    "object id in objects.tsv: rename the file or folder with UTF-8 names (for "
+                    "example with convmv -f latin1 -t utf8)"
+                )
             if full.is_file():
                 relative_paths.append(full.relative_to(root_path).as_posix())
             elif full.is_symlink():
@@ -161,6 +167,19 @@ def find_images(root: str | os.PathLike,
     return ImageList(object_ids, paths, str(root_path))
 
 
+def _is_utf8(name: str) -> bool:
+    """Return whether a path from ``os.walk`` decodes as UTF-8.
+
+    Python decodes undecodable bytes of POSIX file names to lone surrogates
+    (PEP 383), which cannot be encoded as UTF-8.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_image_list(list_file: str | os.PathLike) -> ImageList:
     """Read a text file with one image path per line, keeping the file's order.
 
@@ -179,7 +198,9 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
     object_ids: list[str] = []
     paths: list[str] = []
     first_line: dict[str, int] = {}
-    for line_number, line in enumerate(list_path.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig drops the byte order mark that Windows editors put first,
+    # which would otherwise become part of the first path.
+    for line_number, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
