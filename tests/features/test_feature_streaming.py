@@ -125,6 +125,35 @@ def test_unfinished_folder_needs_resume_or_overwrite(twenty_images, tmp_path, ti
     assert np.load(out / "features.npy").shape == (20, 4, 8, 8)
 
 
+def test_failed_overwrite_keeps_old_features(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    old = {name: (out / name).read_bytes() for name in ("features.npy", "objects.tsv", "manifest.json")}
+
+    # Layer 4 (Linear) gives vectors, so gap fails on the first batch.
+    with pytest.raises(ValueError, match="layer 4: gap needs an output"):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], pools="gap", overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == sorted(old)
+    for name, content in old.items():
+        assert (out / name).read_bytes() == content
+
+
+def test_overwrite_removes_files_of_old_layers(twenty_images, tmp_path, tiny_model):
+    (twenty_images / "img03.png").write_bytes(b"")
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools="gap flatten".split(),
+                     on_error="skip")
+    assert (out / "features_0.npy").is_file()
+    assert (out / "skipped.tsv").is_file()
+    (twenty_images / "img03.png").unlink()
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+    assert np.load(out / "features.npy").shape == (19, 2)
+
+
 def test_finished_folder_not_overwritten(twenty_images, tmp_path, tiny_model):
     out = tmp_path / "out"
     extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")

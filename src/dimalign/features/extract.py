@@ -186,7 +186,9 @@ def extract_features(
         exif_transpose (bool): Apply EXIF orientation.
         fmt (str): ``npy`` (memory-mapped, one file per layer) or ``h5``.
         resume (bool): Continue an interrupted extraction in ``out_dir``.
-        overwrite (bool): Replace features (and any unfinished extraction) in ``out_dir``.
+        overwrite (bool): Replace features (and any unfinished extraction) in
+            ``out_dir``. The old feature files stay until the new ones are
+            complete, so a run that fails keeps them.
         seed (int): Seed of a random initialisation.
         max_batches (int | None): Stop after this many batches in this call and
             return an incomplete result that a later call with ``resume=True`` finishes.
@@ -276,11 +278,9 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
     check_output_dir(out_dir, "extract")
     final_exists = (out_dir / MANIFEST_NAME).is_file() and not work_dir.exists()
     if overwrite:
+        # The previous features stay until the new ones are complete (_finish
+        # replaces them), so a run that fails keeps them.
         remove_work_dir(work_dir)
-        for name in ("features.npy", "features.h5", OBJECT_TABLE_NAME, SKIPPED_NAME, MANIFEST_NAME):
-            (out_dir / name).unlink(missing_ok=True)
-        for stale in out_dir.glob("features_*.npy") if out_dir.is_dir() else []:
-            stale.unlink()
     elif resume and final_exists:
         settings = read_manifest(out_dir).get("settings", {})
         differences = [key for key in fingerprint if settings.get(key) != fingerprint[key]]
@@ -405,9 +405,12 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
         raise ValueError(f"none of the {len(image_list)} images could be read; see the warnings")
     kept_rows = np.flatnonzero(progress.finished).tolist()
     files = arrays.finalize(out_dir, progress.finished)
+    _remove_stale_outputs(out_dir, set(files.values()))
     write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
     if on_error == "skip" or skipped:
         _write_skipped(out_dir / SKIPPED_NAME, skipped)
+    else:
+        (out_dir / SKIPPED_NAME).unlink(missing_ok=True)
 
     shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]
               for request in requests}
@@ -436,6 +439,15 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
     logger.info("wrote features of %d images (%d skipped) for layers %s to %s", len(kept_rows),
                 len(skipped), ", ".join(request.name for request in requests), out_dir)
     return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
+
+
+def _remove_stale_outputs(out_dir: Path, current: set[Path]) -> None:
+    """Delete feature files of an overwritten extraction that this one did not write."""
+    candidates = [out_dir / "features.npy", out_dir / "features.h5", *out_dir.glob("features_*.npy")]
+    for path in candidates:
+        if path not in current and path.is_file():
+            logger.info("removing %s of the overwritten extraction", path)
+            path.unlink()
 
 
 def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
