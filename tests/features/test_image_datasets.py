@@ -212,6 +212,19 @@ def test_sixteen_bit_gray_scaled_to_eight(tmp_path):
                                                                  (255, 255, 255)]
 
 
+def test_float_image_rejected(tmp_path):
+    path = tmp_path / "scaled.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(path)
+
+    with pytest.raises(ImageReadError) as error:
+        load_rgb(path)
+
+    assert error.value.path == str(path)
+    assert error.value.reason.startswith("32-bit float image (mode F) with no fixed value range")
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb(Image.open(path))
+
+
 def test_exif_orientation_applied(tmp_path):
     image = Image.new("RGB", (4, 2), (0, 0, 0))
     image.putpixel((0, 0), (255, 255, 255))

@@ -20,8 +20,9 @@ Rules (also in docs/features.md):
 * Decoding: EXIF orientation is applied (optional). Palette images with a
   transparent colour become RGBA. Alpha (RGBA, LA, PA) is composited onto a
   background colour, white by default. 16-bit grayscale is scaled to 8 bits by
-  dividing by 257. Grayscale is replicated into three channels. Every other
-  mode goes through Pillow's ``convert("RGB")``.
+  dividing by 257. Grayscale is replicated into three channels. 32-bit float
+  images (mode ``F``) are rejected. Every other mode goes through Pillow's
+  ``convert("RGB")``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+FLOAT_IMAGE_REASON = (
+    "32-bit float image (mode F) with no fixed value range, so it cannot become 8-bit RGB; "
+    "save it with 8-bit channels, scaled as intended"
+)
 
 
 class ImageReadError(Exception):
@@ -275,9 +280,17 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert a decoded image of any mode to RGB by the module's colour rules."""
+    """Convert a decoded image of any mode to RGB by the module's colour rules.
+
+    Raises:
+        ValueError: For a 32-bit float image (mode ``F``), whose value range is unknown.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        # Pillow's convert("RGB") truncates floats to 0-255, which turns an
+        # image scaled to [0, 1] black without notice.
+        raise ValueError(FLOAT_IMAGE_REASON)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif image.mode in ALPHA_MODES:
@@ -315,6 +328,8 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
         with Image.open(path) as opened:
             # load() decodes every pixel, so a truncated file fails here and not later.
             opened.load()
+            if opened.mode == "F":
+                raise ImageReadError(path, FLOAT_IMAGE_REASON)
             image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
     except ImageReadError:
         raise
