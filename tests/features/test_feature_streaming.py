@@ -10,10 +10,10 @@ import pytest
 from feature_helpers import make_tiny_model, write_random_images
 
 from dimalign.features.datasets import find_images, load_rgb
-from dimalign.features.extract import compute_features, extract_features
+from dimalign.features.extract import LOCK_NAME, compute_features, extract_features
 from dimalign.features.storage import WORK_DIR_NAME, Progress, rows_to_intervals
 from dimalign.io.features import load_features
-from dimalign.io.files import read_manifest
+from dimalign.io.files import acquire_lock, read_manifest, release_lock
 
 
 class Interrupt(Exception):
@@ -152,6 +152,28 @@ def test_overwrite_removes_files_of_old_layers(twenty_images, tmp_path, tiny_mod
 
     assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
     assert np.load(out / "features.npy").shape == (19, 2)
+
+
+def test_second_extraction_into_busy_folder_fails(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    # A lock taken through another file descriptor conflicts like one of another process.
+    descriptor = acquire_lock(out / LOCK_NAME, "held by the test")
+    try:
+        with pytest.raises(RuntimeError, match=f"{out} is in use by another dimalign extract"):
+            extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
+        assert not (out / WORK_DIR_NAME).exists()
+    finally:
+        release_lock(out / LOCK_NAME, descriptor)
+
+    assert extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap").complete
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
+        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_finished_folder_not_overwritten(twenty_images, tmp_path, tiny_model):

@@ -17,12 +17,13 @@ recomputing finished batches, and writes the feature folder that
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from dimalign.features.storage import (
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    exclusive_lock,
     now_iso,
     package_versions,
     read_manifest,
@@ -64,6 +66,7 @@ from dimalign.io.objects import OBJECT_TABLE_NAME, write_object_table
 logger = logging.getLogger(__name__)
 
 SKIPPED_NAME = "skipped.tsv"
+LOCK_NAME = ".extract.lock"
 ON_ERROR = ("stop", "skip")
 
 
@@ -200,8 +203,9 @@ def extract_features(
 
     Raises:
         ValueError: For an unreadable image with ``on_error="stop"`` (finished
-            batches stay on disk for ``resume``), settings that differ from the
-            run being resumed, or an output folder in use.
+            batches stay on disk for ``resume``), or settings that differ from
+            the run being resumed.
+        RuntimeError: If another extraction into ``out_dir`` is running.
         FileExistsError: If ``out_dir`` already contains features and neither
             ``resume`` nor ``overwrite`` is set.
     """
@@ -211,6 +215,9 @@ def extract_features(
         raise ValueError(f"invalid on_error {on_error!r}: use {' or '.join(ON_ERROR)}")
     if batch_size < 1:
         raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
+    if num_workers < 0:
+        raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
+                         "process) or more")
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
@@ -236,40 +243,63 @@ def extract_features(
         "image_list_sha256": image_list.checksum(),
     }
 
-    progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
-                                started)
-    if progress is None:
-        return _completed_result(out_dir, names)
-    arrays = FeatureArrays(work_dir, names, fmt, dtype)
-    if progress.shapes:
-        arrays.open(len(image_list), progress.shapes, create=False)
+    with _locked_out_dir(out_dir, created_out_dir):
+        progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
+                                    started)
+        if progress is None:
+            return _completed_result(out_dir, names)
+        arrays = FeatureArrays(work_dir, names, fmt, dtype)
+        if progress.shapes:
+            arrays.open(len(image_list), progress.shapes, create=False)
 
+        try:
+            complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
+                                    batch_size, num_workers, on_error, colour, exif_transpose,
+                                    max_batches, on_batch)
+        except BaseException:
+            # Every finished batch is flushed and listed in progress.json already.
+            arrays.close()
+            if not progress.finished.any() and not progress.skipped:
+                # Nothing to resume (a setting that fails on the first batch, for
+                # instance), so a corrected rerun must not find an unfinished extraction.
+                remove_work_dir(work_dir)
+            raise
+
+        skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
+        if not complete:
+            arrays.close()
+            logger.info("stopped after %d of %d images; resume to finish",
+                        int(progress.finished.sum()), len(image_list))
+            return ExtractionResult(out_dir, {request.name: work_dir / names[request.name]
+                                              for request in requests},
+                                    int(progress.finished.sum()), skipped, False)
+
+        return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
+                       batch_size, num_workers, on_error, extensions, skipped)
+
+
+@contextlib.contextmanager
+def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (creating it) for one extraction.
+
+    A second extraction into the same folder (a job started twice, or a
+    resume while the first run still writes) would write the same working
+    arrays and progress file, so it fails at once instead. A folder that this
+    call created and that is empty afterwards is removed.
+
+    Raises:
+        RuntimeError: If another extraction holds the lock.
+    """
+    check_output_dir(out_dir, "extract")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    busy = (f"{out_dir} is in use by another dimalign extract; wait for it to finish (then pass "
+            "--resume if it stopped early) or choose another output folder")
     try:
-        complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
-                                batch_size, num_workers, on_error, colour, exif_transpose,
-                                max_batches, on_batch)
-    except BaseException:
-        # Every finished batch is flushed and listed in progress.json already.
-        arrays.close()
-        if not progress.finished.any() and not progress.skipped:
-            # Nothing to resume (a setting that fails on the first batch, for
-            # instance), so a corrected rerun must not find an unfinished extraction.
-            remove_work_dir(work_dir)
-            if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-        raise
-
-    skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
-    if not complete:
-        arrays.close()
-        logger.info("stopped after %d of %d images; resume to finish",
-                    int(progress.finished.sum()), len(image_list))
-        return ExtractionResult(out_dir, {request.name: work_dir / names[request.name]
-                                          for request in requests},
-                                int(progress.finished.sum()), skipped, False)
-
-    return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
-                   batch_size, num_workers, on_error, extensions, skipped)
+        with exclusive_lock(out_dir / LOCK_NAME, busy):
+            yield
+    finally:
+        if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
 
 
 def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
