@@ -287,3 +287,12 @@ def test_ridge_nan_message_counts_rows():
         RidgeMap(alphas=ALPHAS).fit(X, Y)
 
     assert "X rows [3, 7] contain NaN or inf (2 rows)" in str(error.value)
+
+
+def test_ridge_predict_rejects_nan():
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    X[5, 3] = np.inf
+
+    with pytest.raises(ValueError, match=r"X rows \[5\] contain NaN or inf \(1 rows\), so their predictions"):
+        ridge.predict(X)

@@ -181,6 +181,11 @@ def test_missing_weights_file_raises(tmp_path):
         load_model("efficientnet_lite0", weights=tmp_path / "missing.pth")
 
 
+def test_weights_folder_named_as_folder(tmp_path):
+    with pytest.raises(ValueError, match=f"weights path {tmp_path} is a folder: pass the state dict file"):
+        load_model("efficientnet_lite0", weights=tmp_path)
+
+
 def test_torchvision_pretrained_uses_weights_transform(monkeypatch):
     import torchvision.models as tv_models
 

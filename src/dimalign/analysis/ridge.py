@@ -219,13 +219,19 @@ class RidgeMap(BaseEstimator):
 
         Raises:
             NotFittedError: If :meth:`fit` has not run.
-            ValueError: If ``X`` has another number of features.
+            ValueError: If ``X`` has another number of features, or NaN or inf.
         """
         self._check_fitted()
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
             raise ValueError(
                 f"X must have shape (n_objects, {self.coef_.shape[0]}), got {X.shape}"
+            )
+        bad_rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if bad_rows.size:
+            raise ValueError(
+                f"X rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} rows), so their "
+                "predictions would be NaN: remove those objects or replace the values"
             )
         predictions = X @ self.coef_ + self.intercept_
         return predictions[:, 0] if self.target_ndim_ == 1 else predictions

@@ -211,6 +211,8 @@ def _weights_kind(weights: str | os.PathLike | None) -> str:
     if isinstance(weights, os.PathLike) or os.sep in text or Path(text).suffix in (
         ".pth", ".pt", ".bin", ".ckpt", ".safetensors"
     ) or Path(text).exists():
+        if Path(text).is_dir():
+            raise ValueError(f"weights path {text} is a folder: pass the state dict file in it")
         if not Path(text).is_file():
             raise FileNotFoundError(f"weights file {text} not found")
         return "file"
