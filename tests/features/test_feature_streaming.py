@@ -170,6 +170,23 @@ def test_second_extraction_into_busy_folder_fails(twenty_images, tmp_path, tiny_
     assert not (out / LOCK_NAME).exists()
 
 
+def test_all_images_unreadable_leaves_nothing(tmp_path, tiny_model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.png").write_bytes(b"")
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError) as error:
+        extract_features(folder, out, tiny_model, layers=["0"], pools="gap", on_error="skip")
+
+    assert str(error.value) == (f"none of the 2 images could be read (first: {folder / 'a.png'}: not an "
+                                "image file Pillow can read); fix or replace them and rerun")
+    assert not out.exists()
+    write_random_images(folder, 1)
+    assert extract_features(folder, out, tiny_model, layers=["0"], pools="gap", on_error="skip").n_rows == 1
+
+
 def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
     with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
         extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)

@@ -266,6 +266,15 @@ def extract_features(
             raise
 
         skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
+        if complete and not progress.finished.any():
+            # Skipped images stay skipped on resume, so this folder could never
+            # finish: remove it, and a rerun after fixing the files starts over.
+            arrays.close()
+            remove_work_dir(work_dir)
+            raise ValueError(
+                f"none of the {len(image_list)} images could be read (first: {skipped[0][0]}: "
+                f"{skipped[0][1]}); fix or replace them and rerun"
+            )
         if not complete:
             arrays.close()
             logger.info("stopped after %d of %d images; resume to finish",
@@ -431,8 +440,6 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
             fingerprint: dict, batch_size: int, num_workers: int, on_error: str,
             extensions: Sequence[str], skipped: list[tuple[str, str]]) -> ExtractionResult:
     """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
-    if not progress.finished.any():
-        raise ValueError(f"none of the {len(image_list)} images could be read; see the warnings")
     kept_rows = np.flatnonzero(progress.finished).tolist()
     files = arrays.finalize(out_dir, progress.finished)
     _remove_stale_outputs(out_dir, set(files.values()))
