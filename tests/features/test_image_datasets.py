@@ -299,3 +299,14 @@ def test_image_source_that_is_no_folder_or_list(tmp_path):
     (tmp_path / "binary.lst").write_bytes(b"\xff\xd8\xff")
     with pytest.raises(ValueError, match="binary.lst is not a text list of image paths"):
         list_images(tmp_path / "binary.lst")
+
+
+def test_linked_folder_left_out_with_warning(tmp_path, caplog):
+    save_rgb(tmp_path / "elsewhere" / "cat.png")
+    save_rgb(tmp_path / "images" / "dog.png")
+    (tmp_path / "images" / "cats").symlink_to(tmp_path / "elsewhere")
+
+    with caplog.at_level("WARNING", logger="dimalign.features.datasets"):
+        assert find_images(tmp_path / "images").object_ids == ("dog.png",)
+
+    assert f"left out the linked folder {tmp_path / 'images' / 'cats'} (-> {tmp_path / 'elsewhere'})" in caplog.text

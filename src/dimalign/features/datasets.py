@@ -136,6 +136,12 @@ def find_images(root: str | os.PathLike,
     for folder, subfolders, files in os.walk(root_path):
         # Pruning in place stops os.walk from entering hidden folders.
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in subfolders:
+            linked = Path(folder) / name
+            if linked.is_symlink():
+                logger.warning("left out the linked folder %s (-> %s), because linked folders are not "
+                               "followed; list its images in a list file to include them",
+                               linked, os.readlink(linked))
         for name in files:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in allowed:
                 continue
