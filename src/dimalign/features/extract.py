@@ -41,7 +41,7 @@ from dimalign.features.datasets import (
     parse_color,
     to_rgb,
 )
-from dimalign.features.layers import LayerReader, LayerRequest, parse_layers
+from dimalign.features.layers import LayerReader, LayerRequest, check_single_calls, parse_layers
 from dimalign.features.models import LoadedModel, load_model
 from dimalign.features.storage import (
     DTYPES,
@@ -89,10 +89,17 @@ class ExtractionResult:
     complete: bool
 
 
-def read_layers(loaded: LoadedModel, pixels: torch.Tensor,
-                requests: Sequence[LayerRequest]) -> dict[str, np.ndarray]:
-    """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features."""
+def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[LayerRequest],
+                check_calls: bool = False) -> dict[str, np.ndarray]:
+    """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features.
+
+    With ``check_calls``, first reject layers that the model calls more than
+    once per forward pass (see :func:`check_single_calls`), at the cost of one
+    full forward pass of one image. Callers do this for their first batch.
+    """
     pixels = pixels.to(loaded.device, non_blocking=True, memory_format=torch.channels_last)
+    if check_calls:
+        check_single_calls(loaded.model, requests, pixels)
     captured = LayerReader(loaded.model, requests)(pixels)
     return {name: tensor.float().cpu().numpy() for name, tensor in captured.items()}
 
@@ -133,13 +140,14 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
             if batch.failures:
                 row, reason = batch.failures[0]
                 raise ValueError(f"cannot read image {images.paths[row]}: {reason}")
-            for name, values in read_layers(loaded, batch.pixels, requests).items():
+            first = not chunks[requests[0].name]
+            for name, values in read_layers(loaded, batch.pixels, requests, first).items():
                 chunks[name].append(values)
     else:
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([loaded.transform(to_rgb(image, colour))
                                   for image in images[start:start + batch_size]])
-            for name, values in read_layers(loaded, pixels, requests).items():
+            for name, values in read_layers(loaded, pixels, requests, start == 0).items():
                 chunks[name].append(values)
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
@@ -395,7 +403,9 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 progress.skipped[row] = reason
 
             if batch.pixels is not None:
-                values = read_layers(loaded, batch.pixels, requests)
+                # A resumed run has shapes, and its first run checked the calls.
+                values = read_layers(loaded, batch.pixels, requests,
+                                     check_calls=not progress.shapes)
                 if not progress.shapes:
                     progress.shapes = {name: list(value.shape[1:])
                                        for name, value in values.items()}

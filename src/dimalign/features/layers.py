@@ -117,7 +117,8 @@ class LayerReader:
 
     The forward pass ends as soon as the last requested layer is read, so reading
     an early layer does not pay for the rest of the network. A module called more
-    than once in a forward pass is read at its first call.
+    than once in a forward pass is read at its first call, so callers reject such
+    modules first with :func:`check_single_calls`.
 
     Args:
         model (nn.Module): The model.
@@ -188,6 +189,58 @@ class LayerReader:
         def hook(module: nn.Module, args) -> None:
             self._store(request, args[0] if args else None, captured)
         return hook
+
+
+def count_calls(model: nn.Module, pixels: torch.Tensor) -> dict[str, int]:
+    """Run a full forward pass and return how often each named module is called."""
+    counts: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args) -> None:
+            counts[name] = counts.get(name, 0) + 1
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+    try:
+        with torch.inference_mode():
+            model(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def check_single_calls(model: nn.Module, requests: Sequence[LayerRequest],
+                       pixels: torch.Tensor) -> None:
+    """Reject requested modules that one forward pass calls more than once.
+
+    Such a module, for example the ReLU that torchvision's ResNet blocks call
+    after each convolution and after the residual sum, has several outputs per
+    pass. :class:`LayerReader` reads the first call, which is rarely the output
+    the name suggests (``layer1.0.relu`` of ResNet-50 gives 64 channels, the
+    block's output 256), so the choice is an error instead.
+
+    Args:
+        model (nn.Module): The model.
+        requests (Sequence[LayerRequest]): Layers to check.
+        pixels (torch.Tensor): A preprocessed batch; only its first image is run.
+
+    Raises:
+        ValueError: Naming each such layer and how often it is called.
+    """
+    counts = count_calls(model, pixels[:1])
+    repeated = [(request.name, counts[request.module_name]) for request in requests
+                if counts.get(request.module_name, 0) > 1]
+    if repeated:
+        listed = ", ".join(f"{name} ({count} times)" for name, count in repeated)
+        raise ValueError(
+            f"layers called more than once in one forward pass have no single output: {listed}. "
+            "Choose the enclosing block (for ResNet's layer1.0.relu, layer1.0) or a module called "
+            "once; `dimalign list-layers MODEL --shapes` marks the modules called more than once"
+        )
 
 
 def list_layers(model: nn.Module) -> list[tuple[str, str]]:
