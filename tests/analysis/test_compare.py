@@ -861,6 +861,51 @@ def test_map_cli_records_extracted_layer(tmp_path):
     assert manifest["settings"]["features_source"]["layer"] == "avgpool"
 
 
+def write_two_layer_folder(folder, ids):
+    """A dimalign extract folder with the layers avgpool and head, one .npy file each."""
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    np.save(folder / "features_avgpool.npy", rng.normal(size=(len(ids), 4)))
+    np.save(folder / "features_head.npy", rng.normal(size=(len(ids), 3)))
+    write_object_table(ObjectTable.from_ids(ids), folder / "objects.tsv")
+    manifest = {
+        "step": "extract",
+        "settings": {"model": "efficientnet_lite0", "weights": "pretrained", "seed": 0,
+                     "layers": ["avgpool", "head"], "pools": ["flatten", "gap"]},
+        "outputs": {"files": {"avgpool": "features_avgpool.npy", "head": "features_head.npy"}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_map_cli_rejects_file_of_another_layer(tmp_path, capsys):
+    ids = [f"o{i}" for i in range(12)]
+    write_two_layer_folder(tmp_path / "features", ids)
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)), ObjectTable.from_ids(ids))
+    feature_file = tmp_path / "features" / "features_head.npy"
+
+    code = main(["map", str(feature_file), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map"),
+                 "--layer", "avgpool"])
+
+    assert code == 1
+    assert (f"the features {feature_file} are layer 'head' (from the manifest.json of dimalign extract), "
+            "not 'avgpool'") in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_takes_layer_of_named_file(tmp_path):
+    ids = [f"o{i}" for i in range(12)]
+    write_two_layer_folder(tmp_path / "features", ids)
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features" / "features_head.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 0
+    source = json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["features_source"]
+    assert source["layer"] == "head"
+    assert source["pooling"] == "gap"
+
+
 def test_map_cli_names_nonfinite_feature_rows(tmp_path, capsys):
     rng = np.random.default_rng(0)
     ids = [f"o{i}" for i in range(12)]

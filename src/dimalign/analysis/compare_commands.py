@@ -328,15 +328,16 @@ def run_map(args: argparse.Namespace) -> int:
             f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
             "nothing to map: pass --embedding with a run that kept at least one dimension"
         )
-    feature_settings = {}
+    feature_manifest = {}
     feature_dir = args.features if args.features.is_dir() else args.features.parent
     try:
-        feature_settings = read_manifest(feature_dir).get("settings", {})
+        feature_manifest = read_manifest(feature_dir)
     except FileNotFoundError:
         pass
-    _check_recorded_layer(args.features, feature_settings, args.layer)
-    features, feature_table = load_features(args.features, layer=args.layer)
-    feature_file = _feature_file(args.features, args.layer)
+    feature_settings = feature_manifest.get("settings", {})
+    layer = _extracted_layer(args.features, feature_manifest, args.layer)
+    features, feature_table = load_features(args.features, layer=layer)
+    feature_file = _feature_file(args.features, layer)
     embedding_table = find_object_table(args.embedding)
     order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
@@ -354,7 +355,7 @@ def run_map(args: argparse.Namespace) -> int:
     _check_feature_values(feature_file, features, order, feature_table)
     from dimalign.interpret.predictor import extraction_settings
 
-    source = extraction_settings(feature_settings, args.layer)
+    source = extraction_settings(feature_settings, layer)
     ridge = RidgeMap(
         alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
         model_name=args.model_name or source["model"], layer=source["layer"],
@@ -366,20 +367,46 @@ def run_map(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_recorded_layer(path: Path, settings: dict, layer: str | None) -> None:
-    """Reject a ``--layer`` that the ``dimalign extract`` manifest next to the features does not list.
+def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | None:
+    """Return the layer of the features at ``path`` by its ``dimalign extract`` manifest.
 
-    Without this check a single-layer folder would give its ``features.npy``
-    under the requested name, and the map would record a layer whose
-    features it was not fitted on.
+    :func:`load_features` reads ``features.npy`` of a single-layer folder and
+    any ``.npy`` file given by name whatever ``layer`` says, so without these
+    checks the map would record a layer whose features it was not fitted on.
+
+    Args:
+        path (Path): The features folder or file.
+        manifest (dict): The manifest next to the features (empty if none).
+        layer (str | None): The requested layer (``--layer``).
+
+    Returns:
+        str | None: ``layer``, or the layer of a feature file named in the
+        manifest when ``layer`` is None.
+
+    Raises:
+        ValueError: If the manifest does not list ``layer``, or lists another
+            layer for the ``.npy`` file ``path``.
     """
-    recorded = settings.get("layers")
-    if layer is None or not isinstance(recorded, list) or layer in recorded:
-        return
-    raise ValueError(
-        f"the features {path} contain layer(s) {', '.join(map(str, recorded))} (from the manifest.json "
-        f"of dimalign extract), not {layer!r}: pass one of them with --layer, or drop --layer"
-    )
+    if manifest.get("step") != "extract":
+        return layer
+    recorded = manifest.get("settings", {}).get("layers")
+    if layer is not None and isinstance(recorded, list) and layer not in recorded:
+        raise ValueError(
+            f"the features {path} contain layer(s) {', '.join(map(str, recorded))} (from the manifest.json "
+            f"of dimalign extract), not {layer!r}: pass one of them with --layer, or drop --layer"
+        )
+    files = manifest.get("outputs", {}).get("files")
+    if not path.is_file() or not isinstance(files, dict):
+        return layer
+    in_file = [name for name, file_name in files.items() if file_name == path.name]
+    if len(in_file) != 1:
+        return layer
+    if layer is not None and layer != in_file[0]:
+        raise ValueError(
+            f"the features {path} are layer {in_file[0]!r} (from the manifest.json of dimalign "
+            f"extract), not {layer!r}: pass --layer {in_file[0]}, or the folder with --layer {layer}"
+        )
+    return in_file[0]
 
 
 def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
