@@ -371,7 +371,7 @@ def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | Non
     """Return the layer of the features at ``path`` by its ``dimalign extract`` manifest.
 
     :func:`load_features` reads ``features.npy`` of a single-layer folder and
-    any ``.npy`` file given by name whatever ``layer`` says, so without these
+    any ``.npy`` file given by name, whatever the value of ``layer``, so without these
     checks the map would record a layer whose features it was not fitted on.
 
     Args:
