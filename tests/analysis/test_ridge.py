@@ -296,3 +296,20 @@ def test_ridge_predict_rejects_nan():
 
     with pytest.raises(ValueError, match=r"X rows \[5\] contain NaN or inf \(1 rows\), so their predictions"):
         ridge.predict(X)
+
+
+def test_ridge_shuffle_needs_integer_seed():
+    X, Y = make_linear_data()
+
+    with pytest.raises(ValueError, match="random_state=None is invalid with shuffle=True: pass an integer seed"):
+        RidgeMap(alphas=ALPHAS, shuffle=True, random_state=None).fit(X, Y)
+
+
+def test_ridge_without_shuffle_saves_none_seed(tmp_path):
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS, random_state=None).fit(X, Y)
+
+    ridge.save(tmp_path / "map")
+
+    assert json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["random_state"] is None
+    assert RidgeMap.load(tmp_path / "map").random_state is None

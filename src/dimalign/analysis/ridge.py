@@ -79,7 +79,8 @@ class RidgeMap(BaseEstimator):
             positive. None uses :data:`DEFAULT_ALPHAS`.
         cv (int): Number of folds (scikit-learn ``KFold``).
         shuffle (bool): Shuffle the objects before splitting them into folds.
-        random_state (int): Seed of the shuffle (unused without it).
+        random_state (int | None): Seed of the shuffle, an integer when
+            ``shuffle`` is set; unused (and may be None) without it.
         model_name (str | None): Name of the DNN, recorded by :meth:`save`.
         layer (str | None): Layer of the features, recorded by :meth:`save`.
 
@@ -112,7 +113,7 @@ class RidgeMap(BaseEstimator):
         cv: int = 3,
         *,
         shuffle: bool = False,
-        random_state: int = 0,
+        random_state: int | None = 0,
         model_name: str | None = None,
         layer: str | None = None,
     ) -> None:
@@ -151,6 +152,14 @@ class RidgeMap(BaseEstimator):
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
             raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
+        # A shuffle from the global generator (None) or a generator object
+        # cannot be recorded in the manifest or repeated.
+        if self.shuffle and (isinstance(self.random_state, bool)
+                             or not isinstance(self.random_state, (int, np.integer))):
+            raise ValueError(
+                f"random_state={self.random_state!r} is invalid with shuffle=True: pass an integer "
+                "seed, so that the folds can be recorded and repeated"
+            )
         # R² is undefined on a held-out fold of one object (scikit-learn's
         # r2_score returns NaN), and KFold's smallest fold has n // cv objects.
         if n_objects < 4:
@@ -284,6 +293,10 @@ class RidgeMap(BaseEstimator):
             Path: The ``.npz`` file.
         """
         self._check_fitted()
+        # The settings are built before anything is written, so that an
+        # invalid one leaves no ridge_map.npz without a manifest.
+        settings = {**self._recorded_params(),
+                    **({"features_source": dict(features_source)} if features_source else {})}
         out_dir = Path(out_dir)
         check_output_dir(out_dir, "map")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +317,7 @@ class RidgeMap(BaseEstimator):
             out_dir,
             step="map",
             inputs=inputs,
-            settings={**self._recorded_params(), **({"features_source": dict(features_source)} if features_source else {})},
+            settings=settings,
             started=started,
             outputs={
                 "n_features": int(self.coef_.shape[0]),
@@ -354,7 +367,7 @@ class RidgeMap(BaseEstimator):
                 alphas=archive["alphas"],
                 cv=int(settings.get("cv", archive["fold_scores"].shape[0])),
                 shuffle=bool(settings.get("shuffle", False)),
-                random_state=int(settings.get("random_state", 0)),
+                random_state=settings.get("random_state", 0),
                 model_name=settings.get("model_name"),
                 layer=settings.get("layer"),
             )
@@ -376,7 +389,9 @@ class RidgeMap(BaseEstimator):
             "alphas": [float(value) for value in np.asarray(alphas, dtype=np.float64)],
             "cv": int(self.cv),
             "shuffle": bool(self.shuffle),
-            "random_state": int(self.random_state),
+            # fit accepts only integer seeds with shuffle; without it the seed is unused.
+            "random_state": (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
+                             else None),
             "model_name": self.model_name,
             "layer": self.layer,
         }
