@@ -995,3 +995,12 @@ def test_map_cli_rejects_bad_alpha_range(tmp_path, capsys, alpha_range):
     assert status == 1
     assert "--alpha-range" in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_seed_without_shuffle(tmp_path, capsys):
+    status = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                   "-o", str(tmp_path / "map"), "--seed", "5"])
+
+    assert status == 1
+    assert "--seed 5 only seeds --shuffle: drop it, or add --shuffle" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()

@@ -295,7 +295,7 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--folds", type=int, default=3, help="cross-validation folds, at most half the objects (default 3)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle objects before splitting into folds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of --shuffle (default 0)")
     parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
     parser.set_defaults(handler=run_map)
 
@@ -309,6 +309,8 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
+    if args.seed is not None and not args.shuffle:
+        raise ValueError(f"--seed {args.seed} only seeds --shuffle: drop it, or add --shuffle")
     check_output_dir(args.out, "map")
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
@@ -357,7 +359,7 @@ def run_map(args: argparse.Namespace) -> int:
 
     source = extraction_settings(feature_settings, layer)
     ridge = RidgeMap(
-        alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
+        alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed or 0,
         model_name=args.model_name or source["model"], layer=source["layer"],
     ).fit(features, embedding.embedding)
 
