@@ -313,3 +313,20 @@ def test_ridge_without_shuffle_saves_none_seed(tmp_path):
 
     assert json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["random_state"] is None
     assert RidgeMap.load(tmp_path / "map").random_state is None
+
+
+def test_ridge_tiny_penalty_matches_sklearn():
+    # More features than objects: the centred Gram matrix has an eigenvalue at
+    # rounding level, which a penalty of 1e-30 must not amplify.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 100))
+    Y = X[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(30, 2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the penalty is at the edge of the grid
+        ridge = RidgeMap(alphas=[1e-30], cv=3).fit(X, Y)
+
+    for dim in range(2):
+        assert ridge.cv_r2_[dim] == pytest.approx(manual_cv_r2(X, Y, 1e-30, dim), abs=1e-8)
+    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=1e-30))]).fit(X, Y)
+    np.testing.assert_allclose(ridge.predict(X), pipeline.predict(X), atol=1e-8)

@@ -502,6 +502,13 @@ class _SpectralRidge:
             eigenvalues, vectors = torch.linalg.eigh(Z.T @ Z)
             self.projected_targets = vectors.T @ (Z.T @ centred)
         self.eigenvalues = eigenvalues.clamp_min(0.0)
+        # Eigenvalues within rounding of zero belong to directions that the
+        # features do not span (centring alone removes one). Their targets
+        # U^T y are rounding noise too, and a tiny alpha would multiply that
+        # noise by up to 1 / alpha, so they are left out, as a pseudo-inverse
+        # does. The tolerance is numpy.linalg.matrix_rank's, squared for s^2.
+        tolerance = float(self.eigenvalues.max()) * max(Z.shape) * np.finfo(np.float64).eps
+        self.kept = self.eigenvalues > tolerance
         self.vectors = vectors
         self.Z = Z
 
@@ -513,12 +520,13 @@ class _SpectralRidge:
         return Z_new @ self.vectors
 
     def filters(self, alphas: np.ndarray) -> torch.Tensor:
-        """``1 / (s^2 + alpha)`` for every penalty, shape ``(n_alphas, rank)``."""
-        return 1.0 / (self.eigenvalues[None, :] + torch.from_numpy(np.asarray(alphas))[:, None])
+        """``1 / (s^2 + alpha)`` for every penalty, 0 for left-out directions, shape ``(n_alphas, rank)``."""
+        filters = 1.0 / (self.eigenvalues[None, :] + torch.from_numpy(np.asarray(alphas))[:, None])
+        return torch.where(self.kept[None, :], filters, torch.zeros((), dtype=filters.dtype))
 
     def standardised_coefficients(self, alpha_per_dim: np.ndarray) -> np.ndarray:
         """Coefficients on the standardised features, shape ``(n_features, n_dims)``."""
-        filters = 1.0 / (self.eigenvalues[:, None] + torch.from_numpy(alpha_per_dim)[None, :])
+        filters = self.filters(alpha_per_dim).T
         weights = filters * self.projected_targets
         if self.dual:
             return (self.Z.T @ (self.vectors @ weights)).numpy()
