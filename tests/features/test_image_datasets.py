@@ -128,6 +128,16 @@ def test_list_file_keeps_its_order(tmp_path):
     assert images.paths == (str(tmp_path / "x" / "b.png"), str(tmp_path / "x" / "a.png"))
 
 
+def test_list_file_rejects_one_file_spelled_twice(tmp_path):
+    save_rgb(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("a.png\nsub/../a.png\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"line 2: 'sub/../a.png' is the file .*a.png of line 1 again"):
+        read_image_list(list_file)
+
+
 def test_list_file_with_byte_order_mark(tmp_path):
     save_rgb(tmp_path / "a.png")
     save_rgb(tmp_path / "b.png")

@@ -199,7 +199,8 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
 
     Raises:
         FileNotFoundError: If the list file is missing or empty.
-        ValueError: If a path appears twice (rows must be unique).
+        ValueError: If a path appears twice, also spelled differently (rows
+            must be unique).
     """
     list_path = Path(list_file)
     if not list_path.is_file():
@@ -209,6 +210,7 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
     object_ids: list[str] = []
     paths: list[str] = []
     first_line: dict[str, int] = {}
+    first_line_of_path: dict[str, int] = {}
     # utf-8-sig drops the byte order mark that Windows editors put first,
     # which would otherwise become part of the first path.
     for line_number, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), 1):
@@ -221,9 +223,17 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
                 f"{list_path}, line {line_number}: {entry!r} repeats line "
                 f"{first_line[object_id]}; list each image once"
             )
+        path = os.path.normpath(os.path.join(base, entry))
+        if path in first_line_of_path:
+            # Two spellings of one file (sub/../a.jpg and a.jpg) would make one image two objects.
+            raise ValueError(
+                f"{list_path}, line {line_number}: {entry!r} is the file {path} of line "
+                f"{first_line_of_path[path]} again; list each image once"
+            )
         first_line[object_id] = line_number
+        first_line_of_path[path] = line_number
         object_ids.append(object_id)
-        paths.append(os.path.normpath(os.path.join(base, entry)))
+        paths.append(path)
     if not object_ids:
         raise FileNotFoundError(f"image list file {list_path} lists no images")
     logger.info("read %d image paths from %s", len(object_ids), list_path)
