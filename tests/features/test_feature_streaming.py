@@ -187,6 +187,14 @@ def test_all_images_unreadable_leaves_nothing(tmp_path, tiny_model):
     assert extract_features(folder, out, tiny_model, layers=["0"], pools="gap", on_error="skip").n_rows == 1
 
 
+def test_empty_image_list_rejected(tmp_path, tiny_model):
+    from dimalign.features.datasets import ImageList
+
+    with pytest.raises(ValueError, match="the image list of photos is empty: pass at least one image"):
+        extract_features(ImageList((), (), "photos"), tmp_path / "out", tiny_model)
+    assert not (tmp_path / "out").exists()
+
+
 def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
     with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
         extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)

@@ -232,6 +232,8 @@ def extract_features(
     created_out_dir = not out_dir.exists()
 
     image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
+    if len(image_list) == 0:
+        raise ValueError(f"the image list of {image_list.root} is empty: pass at least one image")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
