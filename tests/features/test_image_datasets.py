@@ -320,3 +320,12 @@ def test_linked_folder_left_out_with_warning(tmp_path, caplog):
         assert find_images(tmp_path / "images").object_ids == ("dog.png",)
 
     assert f"left out the linked folder {tmp_path / 'images' / 'cats'} (-> {tmp_path / 'elsewhere'})" in caplog.text
+
+
+def test_image_list_checks_its_rows():
+    from dimalign.features.datasets import ImageList
+
+    with pytest.raises(ValueError, match="ImageList has 2 object ids but 1 paths"):
+        ImageList(("a", "b"), ("/x/a.png",), "x")
+    with pytest.raises(ValueError, match=r"ImageList object id 'a' appears twice \(rows 0 and 2\)"):
+        ImageList(("a", "b", "a"), ("/x/a.png", "/x/b.png", "/y/a.png"), "x")

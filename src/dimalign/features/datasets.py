@@ -75,6 +75,18 @@ class ImageList:
     paths: tuple[str, ...]
     root: str
 
+    def __post_init__(self) -> None:
+        # Checked here, not when objects.tsv is written after the last batch.
+        if len(self.object_ids) != len(self.paths):
+            raise ValueError(f"ImageList has {len(self.object_ids)} object ids but {len(self.paths)} "
+                             "paths: give one path per object id")
+        first_row: dict[str, int] = {}
+        for row, object_id in enumerate(self.object_ids):
+            if object_id in first_row:
+                raise ValueError(f"ImageList object id {object_id!r} appears twice (rows "
+                                 f"{first_row[object_id]} and {row}): object ids must be unique")
+            first_row[object_id] = row
+
     def __len__(self) -> int:
         return len(self.object_ids)
 
