@@ -195,6 +195,16 @@ def test_empty_image_list_rejected(tmp_path, tiny_model):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("as_files", [True, False])
+def test_compute_features_rejects_batch_size_zero(twenty_images, tiny_model, as_files):
+    images = find_images(twenty_images)
+    if not as_files:
+        images = [load_rgb(path) for path in images.paths]
+
+    with pytest.raises(ValueError, match="invalid batch size 0: use 1 or more"):
+        compute_features(tiny_model, images, batch_size=0)
+
+
 def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
     with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
         extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)

@@ -127,6 +127,8 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
+    if batch_size < 1:
+        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
