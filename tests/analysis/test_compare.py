@@ -1004,3 +1004,17 @@ def test_map_cli_rejects_seed_without_shuffle(tmp_path, capsys):
     assert status == 1
     assert "--seed 5 only seeds --shuffle: drop it, or add --shuffle" in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_swapped_inputs(tmp_path, capsys):
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", np.random.default_rng(0).normal(size=(12, 4)), ids)
+    np.save(tmp_path / "embedding.npy", np.random.default_rng(1).random((12, 2)))
+
+    status = main(["map", str(tmp_path / "embedding.npy"), "--embedding", str(tmp_path / "features" / "features.npy"),
+                   "-o", str(tmp_path / "map")])
+
+    assert status == 1
+    assert (f"--embedding {tmp_path / 'features' / 'features.npy'} is in the output folder of dimalign extract, "
+            "so it contains features, not an embedding") in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()

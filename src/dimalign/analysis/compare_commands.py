@@ -324,6 +324,7 @@ def run_map(args: argparse.Namespace) -> int:
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
     # The embedding is checked before the features, which may be large.
+    _reject_feature_folder_as_embedding(args.embedding)
     embedding = load_embedding(args.embedding)
     if embedding.n_dims == 0:
         raise ValueError(
@@ -367,6 +368,23 @@ def run_map(args: argparse.Namespace) -> int:
     ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
     write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
     return 0
+
+
+def _reject_feature_folder_as_embedding(path: Path) -> None:
+    """Reject an ``--embedding`` inside a ``dimalign extract`` folder (the inputs swapped).
+
+    A features ``.npy`` file loads as an embedding of as many dimensions as it
+    has features, so swapped inputs would otherwise fit a map without error.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    folder = path if path.is_dir() else path.parent
+    if (folder / MANIFEST_NAME).is_file() and read_manifest(folder).get("step") == "extract":
+        raise ValueError(
+            f"--embedding {path} is in the output folder of dimalign extract, so it contains "
+            "features, not an embedding: pass the features as FEATURES and a fit run or an "
+            "embedding file as --embedding"
+        )
 
 
 def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | None:
