@@ -74,6 +74,19 @@ def test_gap_on_vector_output_raises():
         pool_tensor(torch.ones(2, 5), "gap")
 
 
+def test_gap_rejects_token_outputs():
+    with pytest.raises(ValueError, match=r"gap is ambiguous for the 3-D output of shape \(2, 197, 8\)"):
+        pool_tensor(torch.ones(2, 197, 8), "gap")
+
+
+def test_gap_rejects_channels_last_maps():
+    with pytest.raises(ValueError, match=r"shape \(2, 7, 7, 96\) looks channels-last"):
+        pool_tensor(torch.ones(2, 7, 7, 96), "gap")
+    assert pool_tensor(torch.ones(2, 96, 7, 7), "gap").shape == (2, 96)
+    assert pool_tensor(torch.ones(2, 56, 56, 56), "gap").shape == (2, 56)
+    assert pool_tensor(torch.ones(2, 1280, 1, 1), "gap").shape == (2, 1280)
+
+
 def test_gap_error_names_the_layer():
     model = known_conv_model()
     requests = parse_layers(["1", "2"], "gap", model)

@@ -12,7 +12,9 @@ Pooling per layer:
 * ``flatten``: ``(n, prod(output_shape))``, the usual feature matrix.
 * ``gap``: global average pooling, the mean over every axis after the channel
   axis (axis 1), giving ``(n, channels)``. For a conv map ``(n, C, H, W)`` that is
-  one spatial mean per channel.
+  one spatial mean per channel. 3-D outputs (a transformer's tokens) and 4-D
+  outputs that look channels-last (``H == W != C`` in ``(n, H, W, C)``) are
+  rejected, since their axis 1 is not the channel axis.
 """
 
 from __future__ import annotations
@@ -103,6 +105,21 @@ def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
             raise ValueError(
                 f"gap needs an output with axes after the channel axis, got shape "
                 f"{tuple(tensor.shape)}; use raw or flatten for this layer"
+            )
+        # gap assumes (n, channels, ...). A transformer's (n, tokens, channels)
+        # and a channels-last map (n, H, W, C), such as torchvision Swin's,
+        # would give per-token or per-row means of the channels instead.
+        if tensor.ndim == 3:
+            raise ValueError(
+                f"gap is ambiguous for the 3-D output of shape {tuple(tensor.shape)}, which is "
+                "(n, tokens, channels) in a transformer, where gap would average each token's "
+                "channels; use flatten, or raw and pool the tokens yourself"
+            )
+        if tensor.ndim == 4 and tensor.shape[1] == tensor.shape[2] != tensor.shape[3]:
+            raise ValueError(
+                f"the output of shape {tuple(tensor.shape)} looks channels-last (n, H, W, C), "
+                "where gap would average each row instead of each channel; use flatten, or raw "
+                "and pool it yourself"
             )
         return tensor.mean(dim=tuple(range(2, tensor.ndim)))
     raise ValueError(f"invalid pooling {pool!r}: use {', '.join(POOLS)}")
