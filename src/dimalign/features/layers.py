@@ -115,6 +115,8 @@ def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
                 "(n, tokens, channels) in a transformer, where gap would average each token's "
                 "channels; use flatten, or raw and pool the tokens yourself"
             )
+        # NOTE: a shape test only: a channels-last map with H != W passes, and a
+        # channels-first map with C == H != W is rejected.
         if tensor.ndim == 4 and tensor.shape[1] == tensor.shape[2] != tensor.shape[3]:
             raise ValueError(
                 f"the output of shape {tuple(tensor.shape)} looks channels-last (n, H, W, C), "
