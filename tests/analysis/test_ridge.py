@@ -330,3 +330,13 @@ def test_ridge_tiny_penalty_matches_sklearn():
         assert ridge.cv_r2_[dim] == pytest.approx(manual_cv_r2(X, Y, 1e-30, dim), abs=1e-8)
     pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=1e-30))]).fit(X, Y)
     np.testing.assert_allclose(ridge.predict(X), pipeline.predict(X), atol=1e-8)
+
+
+def test_constant_features_warn():
+    _, Y = make_linear_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(np.ones((20, 5)), Y)
+    assert any("every one of the 5 feature columns has the same value for every object" in str(item.message)
+               for item in caught)
+    np.testing.assert_allclose(ridge.predict(np.ones((2, 5))), np.tile(Y.mean(axis=0), (2, 1)))

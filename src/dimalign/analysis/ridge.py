@@ -144,7 +144,7 @@ class RidgeMap(BaseEstimator):
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
                 largest of the grid, so the best penalty may lie outside it, or
-                a dimension is constant over the objects.
+                a dimension or every feature is constant over the objects.
         """
         alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
         target_ndim = np.ndim(Y)
@@ -174,6 +174,14 @@ class RidgeMap(BaseEstimator):
                 "every held-out fold has at least 2 objects"
             )
 
+        if not np.ptp(X, axis=0).any():
+            warnings.warn(
+                f"every one of the {X.shape[1]} feature columns has the same value for every object, "
+                "so the map predicts each dimension's mean and its R^2 is at most 0; check the "
+                "features (a layer of dead units, or images that failed to load as blank)",
+                UserWarning,
+                stacklevel=2,
+            )
         constant = np.flatnonzero(np.ptp(Y, axis=0) == 0)
         if constant.size:
             warnings.warn(
