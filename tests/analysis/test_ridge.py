@@ -340,3 +340,16 @@ def test_constant_features_warn():
     assert any("every one of the 5 feature columns has the same value for every object" in str(item.message)
                for item in caught)
     np.testing.assert_allclose(ridge.predict(np.ones((2, 5))), np.tile(Y.mean(axis=0), (2, 1)))
+
+
+def test_ridge_rejects_complex_and_sparse_input():
+    import scipy.sparse
+
+    X, Y = make_linear_data()
+    with pytest.raises(ValueError, match="X has complex values: pass real numbers"):
+        RidgeMap(alphas=ALPHAS).fit(X + 1j, Y)
+    with pytest.raises(ValueError, match=r"X is a sparse matrix: pass a dense array \(X.toarray\(\)\)"):
+        RidgeMap(alphas=ALPHAS).fit(scipy.sparse.csr_matrix(X), Y)
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    with pytest.raises(ValueError, match="X has complex values"):
+        ridge.predict(X + 1j)

@@ -239,7 +239,7 @@ class RidgeMap(BaseEstimator):
             ValueError: If ``X`` has another number of features, or NaN or inf.
         """
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float64)
+        X = _as_real_array(X, "X")
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
             raise ValueError(
                 f"X must have shape (n_objects, {self.coef_.shape[0]}), got {X.shape}"
@@ -407,8 +407,8 @@ class RidgeMap(BaseEstimator):
     # -- helpers -------------------------------------------------------------
 
     def _check_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
+        X = _as_real_array(X, "X")
+        Y = _as_real_array(Y, "Y")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2:
@@ -453,6 +453,22 @@ class RidgeMap(BaseEstimator):
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, Y) first")
+
+
+def _as_real_array(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` as a dense float64 array, rejecting sparse and complex input.
+
+    ``np.asarray(..., dtype=np.float64)`` would drop imaginary parts with only
+    a ComplexWarning, and turns a SciPy sparse matrix into a 0-D object array.
+    """
+    import scipy.sparse
+
+    if scipy.sparse.issparse(values):
+        raise ValueError(f"{name} is a sparse matrix: pass a dense array ({name}.toarray())")
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+        raise ValueError(f"{name} has complex values: pass real numbers")
+    return array.astype(np.float64, copy=False)
 
 
 # -- the linear algebra -------------------------------------------------------
