@@ -154,6 +154,32 @@ def test_overwrite_removes_files_of_old_layers(twenty_images, tmp_path, tiny_mod
     assert np.load(out / "features.npy").shape == (19, 2)
 
 
+def test_fresh_extraction_keeps_other_files(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "features_mine.npy", np.arange(3))
+    (out / "skipped.tsv").write_text("my notes\n")
+
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+
+    np.testing.assert_array_equal(np.load(out / "features_mine.npy"), np.arange(3))
+    assert (out / "skipped.tsv").read_text() == "my notes\n"
+
+
+def test_interrupted_overwrite_resumes_and_removes_old_layers(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"])
+    with pytest.raises(Interrupt):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True, batch_size=4,
+                         on_batch=interrupt_after(2))
+    # The old features stay readable while the overwrite is unfinished.
+    assert load_features(out, layer="0")[0].shape == (20, 4)
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], batch_size=4, resume=True)
+
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+
+
 def test_second_extraction_into_busy_folder_fails(twenty_images, tmp_path, tiny_model):
     out = tmp_path / "out"
     out.mkdir()

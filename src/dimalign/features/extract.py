@@ -328,10 +328,13 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
     """Check the output folder and return the progress to continue from (None: already done)."""
     check_output_dir(out_dir, "extract")
     final_exists = (out_dir / MANIFEST_NAME).is_file() and not work_dir.exists()
+    replaces: list[str] = []
     if overwrite:
-        # The previous features stay until the new ones are complete (_finish
-        # replaces them), so a run that fails keeps them.
+        # The previous features stay until the new ones are complete, so a run
+        # that fails keeps them. progress.json lists them, so that _finish
+        # deletes exactly these (also after a resume) and no other file.
         remove_work_dir(work_dir)
+        replaces = sorted(path.name for path in _previous_outputs(out_dir))
     elif resume and final_exists:
         settings = read_manifest(out_dir).get("settings", {})
         differences = [key for key in fingerprint if settings.get(key) != fingerprint[key]]
@@ -370,7 +373,7 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
             "another output folder"
         )
     work_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(fingerprint, n_images, started=started)
+    progress = Progress(fingerprint, n_images, started=started, replaces=replaces)
     progress.save(work_dir)
     return progress
 
@@ -456,12 +459,14 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
     """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
     kept_rows = np.flatnonzero(progress.finished).tolist()
     files = arrays.finalize(out_dir, progress.finished)
-    _remove_stale_outputs(out_dir, set(files.values()))
+    for name in progress.replaces:
+        path = out_dir / name
+        if path not in files.values() and path.is_file():
+            logger.info("removing %s of the overwritten extraction", path)
+            path.unlink()
     write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
     if on_error == "skip" or skipped:
         _write_skipped(out_dir / SKIPPED_NAME, skipped)
-    else:
-        (out_dir / SKIPPED_NAME).unlink(missing_ok=True)
 
     shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]
               for request in requests}
@@ -492,13 +497,13 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
     return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
 
 
-def _remove_stale_outputs(out_dir: Path, current: set[Path]) -> None:
-    """Delete feature files of an overwritten extraction that this one did not write."""
-    candidates = [out_dir / "features.npy", out_dir / "features.h5", *out_dir.glob("features_*.npy")]
-    for path in candidates:
-        if path not in current and path.is_file():
-            logger.info("removing %s of the overwritten extraction", path)
-            path.unlink()
+def _previous_outputs(out_dir: Path) -> list[Path]:
+    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``."""
+    if not out_dir.is_dir():
+        return []
+    candidates = [out_dir / "features.npy", out_dir / "features.h5", out_dir / SKIPPED_NAME,
+                  *out_dir.glob("features_*.npy")]
+    return [path for path in candidates if path.is_file()]
 
 
 def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
