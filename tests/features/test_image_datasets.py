@@ -261,6 +261,20 @@ def test_truncated_and_fake_images_rejected(tmp_path):
         load_rgb(tmp_path / "missing.png")
 
 
+def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:2000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+
+    with pytest.raises(ImageReadError, match="cannot decode image"):
+        load_rgb(truncated)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 def test_dataset_reports_failures_instead_of_raising(mixed_folder):
     images = find_images(mixed_folder)
     dataset = ImageDataset(images, T.ToTensor())

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageFile, ImageOps, UnidentifiedImageError
 
 from dimalign.io.objects import ObjectTable
 
@@ -355,7 +355,7 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
             raise ImageReadError(path, "empty file (0 bytes)")
         with Image.open(path) as opened:
             # load() decodes every pixel, so a truncated file fails here and not later.
-            opened.load()
+            _load_strictly(opened)
             if opened.mode == "F":
                 raise ImageReadError(path, FLOAT_IMAGE_REASON)
             image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
@@ -369,6 +369,22 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
         reason = f"cannot decode image ({type(error).__name__}: {error})"
         raise ImageReadError(path, reason) from None
     return to_rgb(image, background)
+
+
+def _load_strictly(image: Image.Image) -> None:
+    """Decode every pixel, failing on a truncated file even where that is switched off.
+
+    Training code often sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``
+    for the whole process, and then Pillow fills the missing part of a
+    truncated file with gray. The flag is cleared for this load and restored.
+    NOTE: another thread that decodes images at the same moment sees it cleared.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 class ImageDataset(torch.utils.data.Dataset):
