@@ -821,6 +821,121 @@ def test_map_cli_keeps_fit_manifest(tmp_path, capsys):
     assert json.loads((run / "manifest.json").read_text()) == {"step": "fit"}
 
 
+def write_extract_folder(folder, features, ids, layers=("avgpool",)):
+    """A feature folder as dimalign extract writes it for one layer, with its manifest."""
+    folder.mkdir()
+    np.save(folder / "features.npy", features)
+    write_object_table(ObjectTable.from_ids(ids), folder / "objects.tsv")
+    settings = {"model": "efficientnet_lite0", "weights": "pretrained", "seed": 0, "layers": list(layers),
+                "pools": ["flatten"] * len(layers), "layer": layers[0], "pooling": "flatten"}
+    (folder / "manifest.json").write_text(json.dumps({"step": "extract", "settings": settings}))
+
+
+def test_map_cli_rejects_layer_not_extracted(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
+    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map"), "--layer", "blocks.3"])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (f"the features {tmp_path / 'features'} contain layer(s) avgpool (from the manifest.json of "
+            "dimalign extract), not 'blocks.3'") in error
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_records_extracted_layer(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
+    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map"), "--layer", "avgpool"])
+
+    assert code == 0
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert manifest["settings"]["features_source"]["layer"] == "avgpool"
+
+
+def write_two_layer_folder(folder, ids):
+    """A dimalign extract folder with the layers avgpool and head, one .npy file each."""
+    rng = np.random.default_rng(1)
+    folder.mkdir()
+    np.save(folder / "features_avgpool.npy", rng.normal(size=(len(ids), 4)))
+    np.save(folder / "features_head.npy", rng.normal(size=(len(ids), 3)))
+    write_object_table(ObjectTable.from_ids(ids), folder / "objects.tsv")
+    manifest = {
+        "step": "extract",
+        "settings": {"model": "efficientnet_lite0", "weights": "pretrained", "seed": 0,
+                     "layers": ["avgpool", "head"], "pools": ["flatten", "gap"]},
+        "outputs": {"files": {"avgpool": "features_avgpool.npy", "head": "features_head.npy"}},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_map_cli_rejects_file_of_another_layer(tmp_path, capsys):
+    ids = [f"o{i}" for i in range(12)]
+    write_two_layer_folder(tmp_path / "features", ids)
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)), ObjectTable.from_ids(ids))
+    feature_file = tmp_path / "features" / "features_head.npy"
+
+    code = main(["map", str(feature_file), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map"),
+                 "--layer", "avgpool"])
+
+    assert code == 1
+    assert (f"the features {feature_file} are layer 'head' (from the manifest.json of dimalign extract), "
+            "not 'avgpool'") in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_takes_layer_of_named_file(tmp_path):
+    ids = [f"o{i}" for i in range(12)]
+    write_two_layer_folder(tmp_path / "features", ids)
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features" / "features_head.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 0
+    source = json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["features_source"]
+    assert source["layer"] == "head"
+    assert source["pooling"] == "gap"
+
+
+def test_map_cli_names_nonfinite_feature_rows(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    features = rng.normal(size=(12, 4))
+    features[[2, 9], 1] = [np.inf, np.nan]
+    write_extract_folder(tmp_path / "features", features, ids)
+    # The embedding lists the objects in reverse, so its row 2 is the features' row 9.
+    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids[::-1]))
+
+    code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (f"the features {tmp_path / 'features' / 'features.npy'} contain NaN or inf in 2 rows, "
+            "first rows [2, 9] (o2, o9)") in error
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_features_without_columns(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.zeros((12, 0)))
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)))
+
+    code = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    assert f"the features {tmp_path / 'features.npy'} have no column (shape (12, 0))" in capsys.readouterr().err
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps
@@ -879,4 +994,27 @@ def test_map_cli_rejects_bad_alpha_range(tmp_path, capsys, alpha_range):
                    "-o", str(tmp_path / "map"), "--alpha-range", *alpha_range])
     assert status == 1
     assert "--alpha-range" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_seed_without_shuffle(tmp_path, capsys):
+    status = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                   "-o", str(tmp_path / "map"), "--seed", "5"])
+
+    assert status == 1
+    assert "--seed 5 only seeds --shuffle: drop it, or add --shuffle" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_swapped_inputs(tmp_path, capsys):
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", np.random.default_rng(0).normal(size=(12, 4)), ids)
+    np.save(tmp_path / "embedding.npy", np.random.default_rng(1).random((12, 2)))
+
+    status = main(["map", str(tmp_path / "embedding.npy"), "--embedding", str(tmp_path / "features" / "features.npy"),
+                   "-o", str(tmp_path / "map")])
+
+    assert status == 1
+    assert (f"--embedding {tmp_path / 'features' / 'features.npy'} is in the output folder of dimalign extract, "
+            "so it contains features, not an embedding") in capsys.readouterr().err
     assert not (tmp_path / "map").exists()

@@ -274,3 +274,104 @@ def test_ridge_rejects_target_without_columns():
     X, _ = make_linear_data(n_objects=20, n_features=5)
     with pytest.raises(ValueError, match=r"Y has no column \(shape \(20, 0\)\)"):
         RidgeMap(alphas=ALPHAS).fit(X, np.zeros((20, 0)))
+
+
+def test_ridge_rejects_single_object_folds():
+    X, Y = make_linear_data(n_objects=10)
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS, cv=6).fit(X, Y)
+
+    assert "6 cross-validation folds are invalid for 10 objects" in str(error.value)
+    assert "at most 5" in str(error.value)
+    assert RidgeMap(alphas=ALPHAS, cv=5).fit(X, Y).fold_scores_.shape == (5, ALPHAS.size, 3)
+
+
+def test_ridge_rejects_too_few_objects():
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS, cv=2).fit(np.arange(6.0).reshape(3, 2), np.arange(3.0))
+
+    assert "3 objects are too few for cross-validation: map at least 4 objects" in str(error.value)
+
+
+def test_ridge_rejects_features_without_columns():
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS).fit(np.zeros((10, 0)), np.ones((10, 2)))
+
+    assert "X has no column (shape (10, 0))" in str(error.value)
+
+
+def test_ridge_nan_message_counts_rows():
+    X, Y = make_linear_data()
+    X[[3, 7], 0] = np.nan
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    assert "X rows [3, 7] contain NaN or inf (2 rows)" in str(error.value)
+
+
+def test_ridge_predict_rejects_nan():
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    X[5, 3] = np.inf
+
+    with pytest.raises(ValueError, match=r"X rows \[5\] contain NaN or inf \(1 rows\), so their predictions"):
+        ridge.predict(X)
+
+
+def test_ridge_shuffle_needs_integer_seed():
+    X, Y = make_linear_data()
+
+    with pytest.raises(ValueError, match="random_state=None is invalid with shuffle=True: pass an integer seed"):
+        RidgeMap(alphas=ALPHAS, shuffle=True, random_state=None).fit(X, Y)
+
+
+def test_ridge_without_shuffle_saves_none_seed(tmp_path):
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS, random_state=None).fit(X, Y)
+
+    ridge.save(tmp_path / "map")
+
+    assert json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["random_state"] is None
+    assert RidgeMap.load(tmp_path / "map").random_state is None
+
+
+def test_ridge_tiny_penalty_matches_sklearn():
+    # More features than objects: the centred Gram matrix has an eigenvalue at
+    # rounding level, which a penalty of 1e-30 must not amplify.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 100))
+    Y = X[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(30, 2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the penalty is at the edge of the grid
+        ridge = RidgeMap(alphas=[1e-30], cv=3).fit(X, Y)
+
+    for dim in range(2):
+        assert ridge.cv_r2_[dim] == pytest.approx(manual_cv_r2(X, Y, 1e-30, dim), abs=1e-8)
+    pipeline = Pipeline([("scale", StandardScaler()), ("ridge", Ridge(alpha=1e-30))]).fit(X, Y)
+    np.testing.assert_allclose(ridge.predict(X), pipeline.predict(X), atol=1e-8)
+
+
+def test_constant_features_warn():
+    _, Y = make_linear_data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(np.ones((20, 5)), Y)
+    assert any("every one of the 5 feature columns has the same value for every object" in str(item.message)
+               for item in caught)
+    np.testing.assert_allclose(ridge.predict(np.ones((2, 5))), np.tile(Y.mean(axis=0), (2, 1)))
+
+
+def test_ridge_rejects_complex_and_sparse_input():
+    import scipy.sparse
+
+    X, Y = make_linear_data()
+    with pytest.raises(ValueError, match="X has complex values: pass real numbers"):
+        RidgeMap(alphas=ALPHAS).fit(X + 1j, Y)
+    with pytest.raises(ValueError, match=r"X is a sparse matrix: pass a dense array \(X.toarray\(\)\)"):
+        RidgeMap(alphas=ALPHAS).fit(scipy.sparse.csr_matrix(X), Y)
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    with pytest.raises(ValueError, match="X has complex values"):
+        ridge.predict(X + 1j)

@@ -23,6 +23,13 @@ def test_list_layers_prints_module_names(capsys):
     assert "classifier\tLinear\t1000" in lines
 
 
+def test_list_layers_marks_reused_modules(capsys):
+    assert main(["list-layers", "resnet18", "--shapes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "layer1.0.relu\tReLU\t64 x 56 x 56\tcalled 2 times per pass, not extractable" in lines
+    assert "layer1.0.conv1\tConv2d\t64 x 56 x 56" in lines
+
+
 def test_list_layers_of_vgg16(capsys):
     assert main(["list-layers", "vgg16"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 from dimalign.features import efficientnet_lite
@@ -160,6 +161,61 @@ def test_local_state_dict_mismatch_raises(tmp_path):
     assert len(str(caught.value)) < 600
 
 
+def test_fine_tuned_classifier_shape_named(tmp_path):
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(10, 512), torch.zeros(10)
+    torch.save(state, tmp_path / "ten_classes.pth")
+
+    with pytest.raises(ValueError) as caught:
+        load_model("resnet18", weights=tmp_path / "ten_classes.pth")
+
+    assert ("2 tensors have another shape (first: fc.weight is (10, 512) in the file, (1000, 512) in the "
+            "model; fc.bias is (10,) in the file, (1000,) in the model)") in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "resnet18"])
+def test_pickled_model_file_named(tmp_path, model):
+    torch.save(nn.Linear(2, 2), tmp_path / "whole_model.pth")
+
+    with pytest.raises(ValueError) as caught:
+        load_model(model, weights=tmp_path / "whole_model.pth")
+
+    assert str(caught.value) == (
+        f"weights file {tmp_path / 'whole_model.pth'} contains pickled Python objects (such as a whole "
+        "model saved with torch.save(model)), which are not loaded because unpickling can run code; "
+        "save model.state_dict() with torch.save and pass that file")
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "resnet18"])
+def test_checkpoint_without_state_dict_lists_keys(tmp_path, model):
+    torch.save({"epoch": 3, "net": {"weight": torch.zeros(2)}, "lr": 0.1}, tmp_path / "checkpoint.pth")
+
+    with pytest.raises(ValueError, match="is not a state dict of tensors but a dict with the keys epoch, net, lr"):
+        load_model(model, weights=tmp_path / "checkpoint.pth")
+
+
+def test_lite0_local_file_mismatch_is_one_line(tmp_path):
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+
+    with pytest.raises(ValueError) as caught:
+        load_model("efficientnet_lite0", weights=tmp_path / "wrong.pth")
+
+    assert "does not fit model efficientnet_lite0: 296 of its 296 parameters are missing" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_lite0_local_copy_of_packaged_weights(tmp_path):
+    loaded = load_model("efficientnet_lite0", weights=efficientnet_lite0_weights_path())
+    packaged = load_model("efficientnet_lite0")
+
+    for (key, tensor), (_, reference) in zip(loaded.model.state_dict().items(),
+                                             packaged.model.state_dict().items()):
+        assert torch.equal(tensor, reference), key
+
+
 def test_torchvision_weights_name_checked():
     with pytest.raises(ValueError, match="ResNet18_Weights has IMAGENET1K_V1"):
         load_model("resnet18", weights="IMAGENET9K")
@@ -179,6 +235,11 @@ def test_unknown_model_names_rejected(name, message):
 def test_missing_weights_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file .*missing.pth not found"):
         load_model("efficientnet_lite0", weights=tmp_path / "missing.pth")
+
+
+def test_weights_folder_named_as_folder(tmp_path):
+    with pytest.raises(ValueError, match=f"weights path {tmp_path} is a folder: pass the state dict file"):
+        load_model("efficientnet_lite0", weights=tmp_path)
 
 
 def test_torchvision_pretrained_uses_weights_transform(monkeypatch):

@@ -10,10 +10,10 @@ import pytest
 from feature_helpers import make_tiny_model, write_random_images
 
 from dimalign.features.datasets import find_images, load_rgb
-from dimalign.features.extract import compute_features, extract_features
+from dimalign.features.extract import LOCK_NAME, compute_features, extract_features
 from dimalign.features.storage import WORK_DIR_NAME, Progress, rows_to_intervals
 from dimalign.io.features import load_features
-from dimalign.io.files import read_manifest
+from dimalign.io.files import acquire_lock, read_manifest, release_lock
 
 
 class Interrupt(Exception):
@@ -123,6 +123,118 @@ def test_unfinished_folder_needs_resume_or_overwrite(twenty_images, tmp_path, ti
     assert result.complete
     # raw keeps the conv map's shape, so the file is read with np.load, not load_features.
     assert np.load(out / "features.npy").shape == (20, 4, 8, 8)
+
+
+def test_failed_overwrite_keeps_old_features(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    old = {name: (out / name).read_bytes() for name in ("features.npy", "objects.tsv", "manifest.json")}
+
+    # Layer 4 (Linear) gives vectors, so gap fails on the first batch.
+    with pytest.raises(ValueError, match="layer 4: gap needs an output"):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], pools="gap", overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == sorted(old)
+    for name, content in old.items():
+        assert (out / name).read_bytes() == content
+
+
+def test_overwrite_removes_files_of_old_layers(twenty_images, tmp_path, tiny_model):
+    (twenty_images / "img03.png").write_bytes(b"")
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools="gap flatten".split(),
+                     on_error="skip")
+    assert (out / "features_0.npy").is_file()
+    assert (out / "skipped.tsv").is_file()
+    (twenty_images / "img03.png").unlink()
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+    assert np.load(out / "features.npy").shape == (19, 2)
+
+
+def test_fresh_extraction_keeps_other_files(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "features_mine.npy", np.arange(3))
+    (out / "skipped.tsv").write_text("my notes\n")
+
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+
+    np.testing.assert_array_equal(np.load(out / "features_mine.npy"), np.arange(3))
+    assert (out / "skipped.tsv").read_text() == "my notes\n"
+
+
+def test_interrupted_overwrite_resumes_and_removes_old_layers(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"])
+    with pytest.raises(Interrupt):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True, batch_size=4,
+                         on_batch=interrupt_after(2))
+    # The old features stay readable while the overwrite is unfinished.
+    assert load_features(out, layer="0")[0].shape == (20, 4)
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], batch_size=4, resume=True)
+
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+
+
+def test_second_extraction_into_busy_folder_fails(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    # A lock taken through another file descriptor conflicts like one of another process.
+    descriptor = acquire_lock(out / LOCK_NAME, "held by the test")
+    try:
+        with pytest.raises(RuntimeError, match=f"{out} is in use by another dimalign extract"):
+            extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
+        assert not (out / WORK_DIR_NAME).exists()
+    finally:
+        release_lock(out / LOCK_NAME, descriptor)
+
+    assert extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap").complete
+    assert not (out / LOCK_NAME).exists()
+
+
+def test_all_images_unreadable_leaves_nothing(tmp_path, tiny_model):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.png").write_bytes(b"")
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError) as error:
+        extract_features(folder, out, tiny_model, layers=["0"], pools="gap", on_error="skip")
+
+    assert str(error.value) == (f"none of the 2 images could be read (first: {folder / 'a.png'}: not an "
+                                "image file Pillow can read); fix or replace them and rerun")
+    assert not out.exists()
+    write_random_images(folder, 1)
+    assert extract_features(folder, out, tiny_model, layers=["0"], pools="gap", on_error="skip").n_rows == 1
+
+
+def test_empty_image_list_rejected(tmp_path, tiny_model):
+    from dimalign.features.datasets import ImageList
+
+    with pytest.raises(ValueError, match="the image list of photos is empty: pass at least one image"):
+        extract_features(ImageList((), (), "photos"), tmp_path / "out", tiny_model)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("as_files", [True, False])
+def test_compute_features_rejects_batch_size_zero(twenty_images, tiny_model, as_files):
+    images = find_images(twenty_images)
+    if not as_files:
+        images = [load_rgb(path) for path in images.paths]
+
+    with pytest.raises(ValueError, match="invalid batch size 0: use 1 or more"):
+        compute_features(tiny_model, images, batch_size=0)
+
+
+def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
+    with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
+        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)
+    assert not (tmp_path / "out").exists()
 
 
 def test_finished_folder_not_overwritten(twenty_images, tmp_path, tiny_model):

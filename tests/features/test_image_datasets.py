@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 
 import numpy as np
@@ -127,6 +128,40 @@ def test_list_file_keeps_its_order(tmp_path):
     assert images.paths == (str(tmp_path / "x" / "b.png"), str(tmp_path / "x" / "a.png"))
 
 
+def test_list_file_rejects_one_file_spelled_twice(tmp_path):
+    save_rgb(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("a.png\nsub/../a.png\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"line 2: 'sub/../a.png' is the file .*a.png of line 1 again"):
+        read_image_list(list_file)
+
+
+def test_list_file_with_byte_order_mark(tmp_path):
+    save_rgb(tmp_path / "a.png")
+    save_rgb(tmp_path / "b.png")
+    list_file = tmp_path / "list.txt"
+    list_file.write_bytes(b"\xef\xbb\xbfa.png\r\nb.png\r\n")
+
+    images = list_images(list_file)
+
+    assert images.object_ids == ("a.png", "b.png")
+    assert images.paths[0] == str(tmp_path / "a.png")
+
+
+def test_non_utf8_file_name_rejected(tmp_path):
+    folder = tmp_path / "images"
+    save_rgb(folder / "a.png")
+    Image.new("RGB", (8, 8)).save(os.fsdecode(bytes(folder) + b"/caf\xe9.png"), format="PNG")
+
+    with pytest.raises(ValueError) as error:
+        find_images(folder)
+
+    assert f"the image path {bytes(folder) + b'/caf' + bytes([0xe9]) + b'.png'!r} is not valid UTF-8" in str(
+        error.value)
+
+
 def test_list_file_rejects_duplicates(tmp_path):
     list_file = tmp_path / "list.txt"
     list_file.write_text("a.png\nb.png\na.png\n", encoding="utf-8")
@@ -187,6 +222,19 @@ def test_sixteen_bit_gray_scaled_to_eight(tmp_path):
                                                                  (255, 255, 255)]
 
 
+def test_float_image_rejected(tmp_path):
+    path = tmp_path / "scaled.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(path)
+
+    with pytest.raises(ImageReadError) as error:
+        load_rgb(path)
+
+    assert error.value.path == str(path)
+    assert error.value.reason.startswith("32-bit float image (mode F) with no fixed value range")
+    with pytest.raises(ValueError, match="mode F"):
+        to_rgb(Image.open(path))
+
+
 def test_exif_orientation_applied(tmp_path):
     image = Image.new("RGB", (4, 2), (0, 0, 0))
     image.putpixel((0, 0), (255, 255, 255))
@@ -211,6 +259,20 @@ def test_truncated_and_fake_images_rejected(tmp_path):
         load_rgb(fake)
     with pytest.raises(ImageReadError, match="file not found"):
         load_rgb(tmp_path / "missing.png")
+
+
+def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo.read_bytes()[:2000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+
+    with pytest.raises(ImageReadError, match="cannot decode image"):
+        load_rgb(truncated)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
 def test_dataset_reports_failures_instead_of_raising(mixed_folder):
@@ -261,3 +323,23 @@ def test_image_source_that_is_no_folder_or_list(tmp_path):
     (tmp_path / "binary.lst").write_bytes(b"\xff\xd8\xff")
     with pytest.raises(ValueError, match="binary.lst is not a text list of image paths"):
         list_images(tmp_path / "binary.lst")
+
+
+def test_linked_folder_left_out_with_warning(tmp_path, caplog):
+    save_rgb(tmp_path / "elsewhere" / "cat.png")
+    save_rgb(tmp_path / "images" / "dog.png")
+    (tmp_path / "images" / "cats").symlink_to(tmp_path / "elsewhere")
+
+    with caplog.at_level("WARNING", logger="dimalign.features.datasets"):
+        assert find_images(tmp_path / "images").object_ids == ("dog.png",)
+
+    assert f"left out the linked folder {tmp_path / 'images' / 'cats'} (-> {tmp_path / 'elsewhere'})" in caplog.text
+
+
+def test_image_list_checks_its_rows():
+    from dimalign.features.datasets import ImageList
+
+    with pytest.raises(ValueError, match="ImageList has 2 object ids but 1 paths"):
+        ImageList(("a", "b"), ("/x/a.png",), "x")
+    with pytest.raises(ValueError, match=r"ImageList object id 'a' appears twice \(rows 0 and 2\)"):
+        ImageList(("a", "b", "a"), ("/x/a.png", "/x/b.png", "/y/a.png"), "x")

@@ -8,6 +8,8 @@ from torch import nn
 
 from dimalign.features.layers import (
     LayerReader,
+    check_single_calls,
+    count_calls,
     layer_shapes,
     list_layers,
     parse_layers,
@@ -72,6 +74,29 @@ def test_gap_on_vector_output_raises():
         pool_tensor(torch.ones(2, 5), "gap")
 
 
+def test_gap_rejects_token_outputs():
+    with pytest.raises(ValueError, match=r"gap is ambiguous for the 3-D output of shape \(2, 197, 8\)"):
+        pool_tensor(torch.ones(2, 197, 8), "gap")
+
+
+def test_gap_rejects_channels_last_maps():
+    with pytest.raises(ValueError, match=r"shape \(2, 7, 7, 96\) looks channels-last"):
+        pool_tensor(torch.ones(2, 7, 7, 96), "gap")
+    assert pool_tensor(torch.ones(2, 96, 7, 7), "gap").shape == (2, 96)
+    assert pool_tensor(torch.ones(2, 56, 56, 56), "gap").shape == (2, 56)
+    assert pool_tensor(torch.ones(2, 1280, 1, 1), "gap").shape == (2, 1280)
+
+
+def test_gap_error_names_the_layer():
+    model = known_conv_model()
+    requests = parse_layers(["1", "2"], "gap", model)
+
+    with pytest.raises(ValueError) as error:
+        LayerReader(model, requests)(torch.ones(1, 3, 4, 4))
+
+    assert str(error.value).startswith("layer 2: gap needs an output with axes after the channel axis")
+
+
 def test_input_suffix_reads_module_input():
     model = known_conv_model()
     requests = parse_layers(["3:input", "2"], "raw", model)
@@ -107,6 +132,55 @@ def test_hooks_removed_after_reading():
 def test_parse_layers_rejects_invalid(layers, pools, message):
     with pytest.raises(ValueError, match=message):
         parse_layers(layers, pools, known_conv_model())
+
+
+class ReusedReLU(nn.Module):
+    """conv -> relu -> conv -> relu with one ReLU module, as torchvision's ResNet blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 2, 1)
+        self.conv2 = nn.Conv2d(2, 5, 1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_count_calls_sees_reused_module():
+    assert count_calls(ReusedReLU(), torch.ones(1, 3, 4, 4)) == {"conv1": 1, "conv2": 1, "relu": 2}
+
+
+def test_reused_module_rejected():
+    model = ReusedReLU()
+
+    with pytest.raises(ValueError) as error:
+        check_single_calls(model, parse_layers(["conv2", "relu"], "gap", model), torch.ones(2, 3, 4, 4))
+
+    assert "have no single output: relu (2 times)" in str(error.value)
+    with pytest.raises(ValueError, match=r"relu:input \(2 times\)"):
+        check_single_calls(model, parse_layers(["relu:input"], "raw", model), torch.ones(2, 3, 4, 4))
+    check_single_calls(model, parse_layers(["conv1", "conv2"], "raw", model), torch.ones(2, 3, 4, 4))
+
+
+def test_extract_rejects_reused_module(tmp_path):
+    from feature_helpers import write_random_images
+    from torchvision import transforms as T
+
+    from dimalign.features.extract import compute_features, extract_features
+    from dimalign.features.models import LoadedModel
+
+    write_random_images(tmp_path / "images", 3)
+    loaded = LoadedModel(ReusedReLU().eval(), T.ToTensor(), "reused", "random-init(seed=0)", None,
+                         "conv2", torch.device("cpu"))
+
+    with pytest.raises(ValueError, match="relu"):
+        extract_features(tmp_path / "images", tmp_path / "out", loaded, layers=["relu"], pools="gap")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="relu"):
+        compute_features(loaded, [T.ToPILImage()(torch.ones(3, 4, 4))], layers=["relu"], pools="gap")
+    features = extract_features(tmp_path / "images", tmp_path / "out", loaded, layers=["conv2"], pools="gap")
+    assert features.n_rows == 3
 
 
 def test_list_layers_and_shapes():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dimalign.io.features import check_layer_choice
+from dimalign.io.features import check_layer_choice, load_features
 
 
 def test_single_layer_file_rejects_layer(tmp_path):
@@ -39,3 +39,10 @@ def test_layer_folder_without_layer_lists_the_layers(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"name the layer \(--layer\): classifier_4, features_30"):
         load_features(tmp_path)
     assert load_features(tmp_path, layer="classifier_4")[0].shape == (3, 2)
+
+
+def test_complex_features_rejected(tmp_path):
+    np.save(tmp_path / "features.npy", np.ones((3, 2)) * 1j)
+
+    with pytest.raises(ValueError, match="features must be real numbers, got dtype complex128"):
+        load_features(tmp_path / "features.npy")

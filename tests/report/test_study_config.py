@@ -307,3 +307,9 @@ def test_more_folds_than_objects_fail_at_planning(tmp_path):
     study_file = write_study(tmp_path)
     with pytest.raises(ValueError, match=r"map.folds = 1000 is invalid: the features have 24 objects"):
         plan_study(load_config(study_file, ["map.folds=1000"]), tmp_path / "s")
+
+
+def test_folds_of_one_object_fail_at_planning(tmp_path):
+    study_file = write_study(tmp_path)
+    with pytest.raises(ValueError, match=r"map.folds = 13 is invalid: .* use at most 12 folds"):
+        plan_study(load_config(study_file, ["map.folds=13"]), tmp_path / "s")

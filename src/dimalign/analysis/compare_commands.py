@@ -10,10 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dimalign.embedding.commands import add_training_data_arguments, load_training_data
+
+if TYPE_CHECKING:
+    from dimalign.io.objects import ObjectTable
 
 logger = logging.getLogger(__name__)
 
@@ -289,9 +293,9 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
         "--alpha-range", type=float, nargs=3, metavar=("LOW", "HIGH", "N"),
         help="N penalties from LOW to HIGH, evenly spaced in log10",
     )
-    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds (default 3)")
+    parser.add_argument("--folds", type=int, default=3, help="cross-validation folds, at most half the objects (default 3)")
     parser.add_argument("--shuffle", action="store_true", help="shuffle objects before splitting into folds")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of --shuffle (default 0)")
     parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
     parser.set_defaults(handler=run_map)
 
@@ -305,6 +309,8 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
+    if args.seed is not None and not args.shuffle:
+        raise ValueError(f"--seed {args.seed} only seeds --shuffle: drop it, or add --shuffle")
     check_output_dir(args.out, "map")
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
@@ -318,45 +324,136 @@ def run_map(args: argparse.Namespace) -> int:
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
     # The embedding is checked before the features, which may be large.
+    _reject_feature_folder_as_embedding(args.embedding)
     embedding = load_embedding(args.embedding)
     if embedding.n_dims == 0:
         raise ValueError(
             f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
             "nothing to map: pass --embedding with a run that kept at least one dimension"
         )
-    features, feature_table = load_features(args.features, layer=args.layer)
+    feature_manifest = {}
+    feature_dir = args.features if args.features.is_dir() else args.features.parent
+    try:
+        feature_manifest = read_manifest(feature_dir)
+    except FileNotFoundError:
+        pass
+    feature_settings = feature_manifest.get("settings", {})
+    layer = _extracted_layer(args.features, feature_manifest, args.layer)
+    features, feature_table = load_features(args.features, layer=layer)
+    feature_file = _feature_file(args.features, layer)
     embedding_table = find_object_table(args.embedding)
+    order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
-        order = align_objects(
+        order = np.asarray(align_objects(
             embedding_table, feature_table, names=("embedding", "features"),
             advice="map features and an embedding of the same objects",
-        )
-        features = np.asarray(features)[order]
+        ))
+        features = features[order]
     elif features.shape[0] != embedding.n_objects:
         raise ValueError(
             f"the features have {features.shape[0]} rows and the embedding {embedding.n_objects}; "
             "without object tables on both sides the rows must be the same objects in the same order"
         )
-
-    feature_settings = {}
-    feature_dir = args.features if args.features.is_dir() else args.features.parent
-    try:
-        feature_settings = read_manifest(feature_dir).get("settings", {})
-    except FileNotFoundError:
-        pass
+    features = np.asarray(features, dtype=np.float64)
+    _check_feature_values(feature_file, features, order, feature_table)
     from dimalign.interpret.predictor import extraction_settings
 
-    source = extraction_settings(feature_settings, args.layer)
+    source = extraction_settings(feature_settings, layer)
     ridge = RidgeMap(
-        alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed,
+        alphas=alphas, cv=args.folds, shuffle=args.shuffle, random_state=args.seed or 0,
         model_name=args.model_name or source["model"], layer=source["layer"],
-    ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
+    ).fit(features, embedding.embedding)
 
-    feature_file = _feature_file(args.features, args.layer)
     inputs = {"features": feature_file, "embedding": embedding.path}
     ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
     write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
     return 0
+
+
+def _reject_feature_folder_as_embedding(path: Path) -> None:
+    """Reject an ``--embedding`` inside a ``dimalign extract`` folder (the inputs swapped).
+
+    A features ``.npy`` file loads as an embedding of as many dimensions as it
+    has features, so swapped inputs would otherwise fit a map without error.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    folder = path if path.is_dir() else path.parent
+    if (folder / MANIFEST_NAME).is_file() and read_manifest(folder).get("step") == "extract":
+        raise ValueError(
+            f"--embedding {path} is in the output folder of dimalign extract, so it contains "
+            "features, not an embedding: pass the features as FEATURES and a fit run or an "
+            "embedding file as --embedding"
+        )
+
+
+def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | None:
+    """Return the layer of the features at ``path`` by its ``dimalign extract`` manifest.
+
+    :func:`load_features` reads ``features.npy`` of a single-layer folder and
+    any ``.npy`` file given by name, whatever the value of ``layer``, so without these
+    checks the map would record a layer whose features it was not fitted on.
+
+    Args:
+        path (Path): The features folder or file.
+        manifest (dict): The manifest next to the features (empty if none).
+        layer (str | None): The requested layer (``--layer``).
+
+    Returns:
+        str | None: ``layer``, or the layer of a feature file named in the
+        manifest when ``layer`` is None.
+
+    Raises:
+        ValueError: If the manifest does not list ``layer``, or lists another
+            layer for the ``.npy`` file ``path``.
+    """
+    if manifest.get("step") != "extract":
+        return layer
+    recorded = manifest.get("settings", {}).get("layers")
+    if layer is not None and isinstance(recorded, list) and layer not in recorded:
+        raise ValueError(
+            f"the features {path} contain layer(s) {', '.join(map(str, recorded))} (from the manifest.json "
+            f"of dimalign extract), not {layer!r}: pass one of them with --layer, or drop --layer"
+        )
+    files = manifest.get("outputs", {}).get("files")
+    if not path.is_file() or not isinstance(files, dict):
+        return layer
+    in_file = [name for name, file_name in files.items() if file_name == path.name]
+    if len(in_file) != 1:
+        return layer
+    if layer is not None and layer != in_file[0]:
+        raise ValueError(
+            f"the features {path} are layer {in_file[0]!r} (from the manifest.json of dimalign "
+            f"extract), not {layer!r}: pass --layer {in_file[0]}, or the folder with --layer {layer}"
+        )
+    return in_file[0]
+
+
+def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
+                          table: ObjectTable | None) -> None:
+    """Reject features without columns or with NaN or inf, naming the rows of ``path`` that have them.
+
+    Args:
+        path (Path): The feature file, for the message.
+        features (np.ndarray): The features in the embedding's row order.
+        order (np.ndarray): The row of ``path`` behind each row of ``features``.
+        table (ObjectTable | None): The object table of ``path``, if any.
+    """
+    if features.shape[1] == 0:
+        raise ValueError(
+            f"the features {path} have no column (shape {features.shape}): pass features with at "
+            "least one column"
+        )
+    bad = np.sort(order[~np.isfinite(features).all(axis=1)])
+    if not bad.size:
+        return
+    rows = bad[:10].tolist()
+    named = f" ({', '.join(table.object_ids[row] for row in rows)})" if table is not None else ""
+    raise ValueError(
+        f"the features {path} contain NaN or inf in {bad.size} rows, first rows {rows}{named}: "
+        "extract them again with --dtype float32 if they were float16, or remove those objects "
+        "from the features and the embedding"
+    )
 
 
 def _feature_file(path: Path, layer: str | None) -> Path:

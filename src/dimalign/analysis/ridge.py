@@ -80,7 +80,8 @@ class RidgeMap(BaseEstimator):
             positive. None uses :data:`DEFAULT_ALPHAS`.
         cv (int): Number of folds (scikit-learn ``KFold``).
         shuffle (bool): Shuffle the objects before splitting them into folds.
-        random_state (int): Seed of the shuffle (unused without it).
+        random_state (int | None): Seed of the shuffle, an integer when
+            ``shuffle`` is set; unused (and may be None) without it.
         model_name (str | None): Name of the DNN, recorded by :meth:`save`.
         layer (str | None): Layer of the features, recorded by :meth:`save`.
 
@@ -113,7 +114,7 @@ class RidgeMap(BaseEstimator):
         cv: int = 3,
         *,
         shuffle: bool = False,
-        random_state: int = 0,
+        random_state: int | None = 0,
         model_name: str | None = None,
         layer: str | None = None,
     ) -> None:
@@ -137,13 +138,14 @@ class RidgeMap(BaseEstimator):
             RidgeMap: self.
 
         Raises:
-            ValueError: If the shapes disagree, the data contain NaN or inf,
-                a penalty is not positive, or there are fewer objects than folds.
+            ValueError: If the shapes disagree, ``X`` has no column, the data
+                contain NaN or inf, a penalty is not positive, or a held-out
+                fold would have fewer than 2 objects (``cv > n_objects // 2``).
 
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
                 largest of the grid, so the best penalty may lie outside it, or
-                a dimension is constant over the objects.
+                a dimension or every feature is constant over the objects.
         """
         alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
         target_ndim = np.ndim(Y)
@@ -151,12 +153,36 @@ class RidgeMap(BaseEstimator):
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
             raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
-        if not 2 <= self.cv <= n_objects:
+        # A shuffle from the global generator (None) or a generator object
+        # cannot be recorded in the manifest or repeated.
+        if self.shuffle and (isinstance(self.random_state, bool)
+                             or not isinstance(self.random_state, (int, np.integer))):
+            raise ValueError(
+                f"random_state={self.random_state!r} is invalid with shuffle=True: pass an integer "
+                "seed, so that the folds can be recorded and repeated"
+            )
+        # R² is undefined on a held-out fold of one object (scikit-learn's
+        # r2_score returns NaN), and KFold's smallest fold has n // cv objects.
+        if n_objects < 4:
+            raise ValueError(
+                f"{n_objects} objects are too few for cross-validation: map at least 4 objects, "
+                "so that 2 folds hold out at least 2 objects each"
+            )
+        if not 2 <= self.cv <= n_objects // 2:
             raise ValueError(
                 f"{int(self.cv)} cross-validation folds are invalid for {n_objects} objects: the number "
-                f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects}"
+                f"of folds (cv, CLI: --folds) must be at least 2 and at most {n_objects // 2}, so that "
+                "every held-out fold has at least 2 objects"
             )
 
+        if not np.ptp(X, axis=0).any():
+            warnings.warn(
+                f"every one of the {X.shape[1]} feature columns has the same value for every object, "
+                "so the map predicts each dimension's mean and its R^2 is at most 0; check the "
+                "features (a layer of dead units, or images that failed to load as blank)",
+                UserWarning,
+                stacklevel=2,
+            )
         constant = np.flatnonzero(np.ptp(Y, axis=0) == 0)
         if constant.size:
             warnings.warn(
@@ -211,13 +237,19 @@ class RidgeMap(BaseEstimator):
 
         Raises:
             NotFittedError: If :meth:`fit` has not run.
-            ValueError: If ``X`` has another number of features.
+            ValueError: If ``X`` has another number of features, or NaN or inf.
         """
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float64)
+        X = _as_real_array(X, "X")
         if X.ndim != 2 or X.shape[1] != self.coef_.shape[0]:
             raise ValueError(
                 f"X must have shape (n_objects, {self.coef_.shape[0]}), got {X.shape}"
+            )
+        bad_rows = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if bad_rows.size:
+            raise ValueError(
+                f"X rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} rows), so their "
+                "predictions would be NaN: remove those objects or replace the values"
             )
         predictions = X @ self.coef_ + self.intercept_
         return predictions[:, 0] if self.target_ndim_ == 1 else predictions
@@ -270,6 +302,10 @@ class RidgeMap(BaseEstimator):
             Path: The ``.npz`` file.
         """
         self._check_fitted()
+        # The settings are built before anything is written, so that an
+        # invalid one leaves no ridge_map.npz without a manifest.
+        settings = {**self._recorded_params(),
+                    **({"features_source": dict(features_source)} if features_source else {})}
         out_dir = Path(out_dir)
         check_output_dir(out_dir, "map")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +326,7 @@ class RidgeMap(BaseEstimator):
             out_dir,
             step="map",
             inputs=inputs,
-            settings={**self._recorded_params(), **({"features_source": dict(features_source)} if features_source else {})},
+            settings=settings,
             started=started,
             outputs={
                 "n_features": int(self.coef_.shape[0]),
@@ -349,7 +385,7 @@ class RidgeMap(BaseEstimator):
                 alphas=archive["alphas"],
                 cv=int(settings.get("cv", archive["fold_scores"].shape[0])),
                 shuffle=bool(settings.get("shuffle", False)),
-                random_state=int(settings.get("random_state", 0)),
+                random_state=settings.get("random_state", 0),
                 model_name=settings.get("model_name"),
                 layer=settings.get("layer"),
             )
@@ -371,7 +407,9 @@ class RidgeMap(BaseEstimator):
             "alphas": [float(value) for value in np.asarray(alphas, dtype=np.float64)],
             "cv": int(self.cv),
             "shuffle": bool(self.shuffle),
-            "random_state": int(self.random_state),
+            # fit accepts only integer seeds with shuffle; without it the seed is unused.
+            "random_state": (int(self.random_state) if isinstance(self.random_state, (int, np.integer))
+                             else None),
             "model_name": self.model_name,
             "layer": self.layer,
         }
@@ -379,8 +417,8 @@ class RidgeMap(BaseEstimator):
     # -- helpers -------------------------------------------------------------
 
     def _check_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.float64)
-        Y = np.asarray(Y, dtype=np.float64)
+        X = _as_real_array(X, "X")
+        Y = _as_real_array(Y, "Y")
         if Y.ndim == 1:
             Y = Y[:, None]
         if X.ndim != 2 or Y.ndim != 2:
@@ -390,6 +428,11 @@ class RidgeMap(BaseEstimator):
                 f"Y has no column (shape {Y.shape}), so there is no dimension to map: pass an "
                 "embedding with at least one dimension"
             )
+        if X.shape[1] == 0:
+            raise ValueError(
+                f"X has no column (shape {X.shape}), so there is no feature to map from: pass "
+                "features with at least one column"
+            )
         if X.shape[0] != Y.shape[0]:
             raise ValueError(
                 f"X has {X.shape[0]} rows but Y has {Y.shape[0]}: both need one row per object"
@@ -397,7 +440,10 @@ class RidgeMap(BaseEstimator):
         for name, array in (("X", X), ("Y", Y)):
             bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
             if bad_rows.size:
-                raise ValueError(f"{name} rows {bad_rows[:20].tolist()} contain NaN or inf")
+                raise ValueError(
+                    f"{name} rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} rows): "
+                    "remove those objects or replace the values before fitting"
+                )
         return X, Y
 
     def _warn_at_grid_edge(self, alphas: np.ndarray, best: np.ndarray) -> None:
@@ -417,6 +463,22 @@ class RidgeMap(BaseEstimator):
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
             raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, Y) first")
+
+
+def _as_real_array(values: Any, name: str) -> np.ndarray:
+    """Return ``values`` as a dense float64 array, rejecting sparse and complex input.
+
+    ``np.asarray(..., dtype=np.float64)`` would drop imaginary parts with only
+    a ComplexWarning, and turns a SciPy sparse matrix into a 0-D object array.
+    """
+    import scipy.sparse
+
+    if scipy.sparse.issparse(values):
+        raise ValueError(f"{name} is a sparse matrix: pass a dense array ({name}.toarray())")
+    array = np.asarray(values)
+    if np.iscomplexobj(array):
+        raise ValueError(f"{name} has complex values: pass real numbers")
+    return array.astype(np.float64, copy=False)
 
 
 # -- the linear algebra -------------------------------------------------------
@@ -474,6 +536,13 @@ class _SpectralRidge:
             eigenvalues, vectors = torch.linalg.eigh(Z.T @ Z)
             self.projected_targets = vectors.T @ (Z.T @ centred)
         self.eigenvalues = eigenvalues.clamp_min(0.0)
+        # Eigenvalues within rounding of zero belong to directions that the
+        # features do not span (centring alone removes one). Their targets
+        # U^T y are rounding noise too, and a tiny alpha would multiply that
+        # noise by up to 1 / alpha, so they are left out, as a pseudo-inverse
+        # does. The tolerance is numpy.linalg.matrix_rank's, squared for s^2.
+        tolerance = float(self.eigenvalues.max()) * max(Z.shape) * np.finfo(np.float64).eps
+        self.kept = self.eigenvalues > tolerance
         self.vectors = vectors
         self.Z = Z
 
@@ -485,12 +554,13 @@ class _SpectralRidge:
         return Z_new @ self.vectors
 
     def filters(self, alphas: np.ndarray) -> torch.Tensor:
-        """``1 / (s^2 + alpha)`` for every penalty, shape ``(n_alphas, rank)``."""
-        return 1.0 / (self.eigenvalues[None, :] + torch.from_numpy(np.asarray(alphas))[:, None])
+        """``1 / (s^2 + alpha)`` for every penalty, 0 for left-out directions, shape ``(n_alphas, rank)``."""
+        filters = 1.0 / (self.eigenvalues[None, :] + torch.from_numpy(np.asarray(alphas))[:, None])
+        return torch.where(self.kept[None, :], filters, torch.zeros((), dtype=filters.dtype))
 
     def standardised_coefficients(self, alpha_per_dim: np.ndarray) -> np.ndarray:
         """Coefficients on the standardised features, shape ``(n_features, n_dims)``."""
-        filters = 1.0 / (self.eigenvalues[:, None] + torch.from_numpy(alpha_per_dim)[None, :])
+        filters = self.filters(alpha_per_dim).T
         weights = filters * self.projected_targets
         if self.dual:
             return (self.Z.T @ (self.vectors @ weights)).numpy()

@@ -67,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     layers.add_argument("model", metavar="MODEL",
                         help="efficientnet_lite0, a torchvision model name or timm:NAME")
     layers.add_argument("--shapes", action="store_true",
-                        help="also print each layer's output shape (runs one blank image)")
+                        help="also print each layer's output shape (runs one blank image) and "
+                             "mark modules called more than once per forward pass")
     layers.set_defaults(handler=run_list_layers)
 
 
@@ -112,18 +113,23 @@ def run_list_layers(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from dimalign.features.layers import layer_shapes, list_layers
+    from dimalign.features.layers import count_calls, layer_shapes, list_layers
     from dimalign.features.models import load_model
 
     # Layer names do not depend on the weights, so nothing is downloaded.
     loaded = load_model(args.model, weights="random")
-    shapes = {}
+    shapes, calls = {}, {}
     if args.shapes:
         blank = Image.new("RGB", (256, 256), (128, 128, 128))
-        shapes = layer_shapes(loaded.model, torch.stack([loaded.transform(blank)]))
+        pixels = torch.stack([loaded.transform(blank)])
+        shapes = layer_shapes(loaded.model, pixels)
+        calls = count_calls(loaded.model, pixels)
     print(f"# default layer: {loaded.default_layer}")
     for name, type_name in list_layers(loaded.model):
         shape = shapes.get(name)
         columns = [name, type_name] + ([" x ".join(map(str, shape))] if shape else [])
+        if calls.get(name, 0) > 1:
+            # extract rejects such a module, and the shape is that of its first call.
+            columns.append(f"called {calls[name]} times per pass, not extractable")
         print("\t".join(columns))
     return 0

@@ -20,8 +20,9 @@ Rules (also in docs/features.md):
 * Decoding: EXIF orientation is applied (optional). Palette images with a
   transparent colour become RGBA. Alpha (RGBA, LA, PA) is composited onto a
   background colour, white by default. 16-bit grayscale is scaled to 8 bits by
-  dividing by 257. Grayscale is replicated into three channels. Every other
-  mode goes through Pillow's ``convert("RGB")``.
+  dividing by 257. Grayscale is replicated into three channels. 32-bit float
+  images (mode ``F``) are rejected. Every other mode goes through Pillow's
+  ``convert("RGB")``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageFile, ImageOps, UnidentifiedImageError
 
 from dimalign.io.objects import ObjectTable
 
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+FLOAT_IMAGE_REASON = (
+    "32-bit float image (mode F) with no fixed value range, so it cannot become 8-bit RGB; "
+    "save it with 8-bit channels, scaled as intended"
+)
 
 
 class ImageReadError(Exception):
@@ -69,6 +74,18 @@ class ImageList:
     object_ids: tuple[str, ...]
     paths: tuple[str, ...]
     root: str
+
+    def __post_init__(self) -> None:
+        # Checked here, not when objects.tsv is written after the last batch.
+        if len(self.object_ids) != len(self.paths):
+            raise ValueError(f"ImageList has {len(self.object_ids)} object ids but {len(self.paths)} "
+                             "paths: give one path per object id")
+        first_row: dict[str, int] = {}
+        for row, object_id in enumerate(self.object_ids):
+            if object_id in first_row:
+                raise ValueError(f"ImageList object id {object_id!r} appears twice (rows "
+                                 f"{first_row[object_id]} and {row}): object ids must be unique")
+            first_row[object_id] = row
 
     def __len__(self) -> int:
         return len(self.object_ids)
@@ -131,10 +148,22 @@ def find_images(root: str | os.PathLike,
     for folder, subfolders, files in os.walk(root_path):
         # Pruning in place stops os.walk from entering hidden folders.
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in subfolders:
+            linked = Path(folder) / name
+            if linked.is_symlink():
+                logger.warning("left out the linked folder %s (-> %s), because linked folders are not "
+                               "followed; list its images in a list file to include them",
+                               linked, os.readlink(linked))
         for name in files:
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in allowed:
                 continue
             full = Path(folder) / name
+            if not _is_utf8(str(full)):
+                raise ValueError(
+                    f"the image path {os.fsencode(full)!r} is not valid UTF-8, so it cannot be an "
+                    "object id in objects.tsv: rename the file or folder with UTF-8 names (for "
+                    "example with convmv -f latin1 -t utf8)"
+                )
             if full.is_file():
                 relative_paths.append(full.relative_to(root_path).as_posix())
             elif full.is_symlink():
@@ -161,6 +190,19 @@ def find_images(root: str | os.PathLike,
     return ImageList(object_ids, paths, str(root_path))
 
 
+def _is_utf8(name: str) -> bool:
+    """Return whether a path from ``os.walk`` decodes as UTF-8.
+
+    Python decodes undecodable bytes of POSIX file names to lone surrogates
+    (PEP 383), which cannot be encoded as UTF-8.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_image_list(list_file: str | os.PathLike) -> ImageList:
     """Read a text file with one image path per line, keeping the file's order.
 
@@ -169,7 +211,8 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
 
     Raises:
         FileNotFoundError: If the list file is missing or empty.
-        ValueError: If a path appears twice (rows must be unique).
+        ValueError: If a path appears twice, also spelled differently (rows
+            must be unique).
     """
     list_path = Path(list_file)
     if not list_path.is_file():
@@ -179,7 +222,10 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
     object_ids: list[str] = []
     paths: list[str] = []
     first_line: dict[str, int] = {}
-    for line_number, line in enumerate(list_path.read_text(encoding="utf-8").splitlines(), 1):
+    first_line_of_path: dict[str, int] = {}
+    # utf-8-sig drops the byte order mark that Windows editors put first,
+    # which would otherwise become part of the first path.
+    for line_number, line in enumerate(list_path.read_text(encoding="utf-8-sig").splitlines(), 1):
         entry = line.strip()
         if not entry or entry.startswith("#"):
             continue
@@ -189,9 +235,17 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
                 f"{list_path}, line {line_number}: {entry!r} repeats line "
                 f"{first_line[object_id]}; list each image once"
             )
+        path = os.path.normpath(os.path.join(base, entry))
+        if path in first_line_of_path:
+            # Two spellings of one file (sub/../a.jpg and a.jpg) would make one image two objects.
+            raise ValueError(
+                f"{list_path}, line {line_number}: {entry!r} is the file {path} of line "
+                f"{first_line_of_path[path]} again; list each image once"
+            )
         first_line[object_id] = line_number
+        first_line_of_path[path] = line_number
         object_ids.append(object_id)
-        paths.append(os.path.normpath(os.path.join(base, entry)))
+        paths.append(path)
     if not object_ids:
         raise FileNotFoundError(f"image list file {list_path} lists no images")
     logger.info("read %d image paths from %s", len(object_ids), list_path)
@@ -254,9 +308,17 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
 
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert a decoded image of any mode to RGB by the module's colour rules."""
+    """Convert a decoded image of any mode to RGB by the module's colour rules.
+
+    Raises:
+        ValueError: For a 32-bit float image (mode ``F``), whose value range is unknown.
+    """
     if image.mode == "RGB":
         return image
+    if image.mode == "F":
+        # Pillow's convert("RGB") truncates floats to 0-255, which turns an
+        # image scaled to [0, 1] black without notice.
+        raise ValueError(FLOAT_IMAGE_REASON)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif image.mode in ALPHA_MODES:
@@ -293,7 +355,9 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
             raise ImageReadError(path, "empty file (0 bytes)")
         with Image.open(path) as opened:
             # load() decodes every pixel, so a truncated file fails here and not later.
-            opened.load()
+            _load_strictly(opened)
+            if opened.mode == "F":
+                raise ImageReadError(path, FLOAT_IMAGE_REASON)
             image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
     except ImageReadError:
         raise
@@ -305,6 +369,22 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
         reason = f"cannot decode image ({type(error).__name__}: {error})"
         raise ImageReadError(path, reason) from None
     return to_rgb(image, background)
+
+
+def _load_strictly(image: Image.Image) -> None:
+    """Decode every pixel, failing on a truncated file even where that is switched off.
+
+    Training code often sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``
+    for the whole process, and then Pillow fills the missing part of a
+    truncated file with gray. The flag is cleared for this load and restored.
+    NOTE: another thread that decodes images at the same moment sees it cleared.
+    """
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -17,12 +17,13 @@ recomputing finished batches, and writes the feature folder that
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from dimalign.features.datasets import (
     parse_color,
     to_rgb,
 )
-from dimalign.features.layers import LayerReader, LayerRequest, parse_layers
+from dimalign.features.layers import LayerReader, LayerRequest, check_single_calls, parse_layers
 from dimalign.features.models import LoadedModel, load_model
 from dimalign.features.storage import (
     DTYPES,
@@ -53,6 +54,7 @@ from dimalign.features.storage import (
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    exclusive_lock,
     now_iso,
     package_versions,
     read_manifest,
@@ -64,6 +66,7 @@ from dimalign.io.objects import OBJECT_TABLE_NAME, write_object_table
 logger = logging.getLogger(__name__)
 
 SKIPPED_NAME = "skipped.tsv"
+LOCK_NAME = ".extract.lock"
 ON_ERROR = ("stop", "skip")
 
 
@@ -86,10 +89,17 @@ class ExtractionResult:
     complete: bool
 
 
-def read_layers(loaded: LoadedModel, pixels: torch.Tensor,
-                requests: Sequence[LayerRequest]) -> dict[str, np.ndarray]:
-    """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features."""
+def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[LayerRequest],
+                check_calls: bool = False) -> dict[str, np.ndarray]:
+    """Run one preprocessed batch ``(n, 3, H, W)`` and return each layer's pooled features.
+
+    With ``check_calls``, first reject layers that the model calls more than
+    once per forward pass (see :func:`check_single_calls`), at the cost of one
+    full forward pass of one image. Callers do this for their first batch.
+    """
     pixels = pixels.to(loaded.device, non_blocking=True, memory_format=torch.channels_last)
+    if check_calls:
+        check_single_calls(loaded.model, requests, pixels)
     captured = LayerReader(loaded.model, requests)(pixels)
     return {name: tensor.float().cpu().numpy() for name, tensor in captured.items()}
 
@@ -117,6 +127,8 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
+    if batch_size < 1:
+        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
@@ -130,13 +142,14 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
             if batch.failures:
                 row, reason = batch.failures[0]
                 raise ValueError(f"cannot read image {images.paths[row]}: {reason}")
-            for name, values in read_layers(loaded, batch.pixels, requests).items():
+            first = not chunks[requests[0].name]
+            for name, values in read_layers(loaded, batch.pixels, requests, first).items():
                 chunks[name].append(values)
     else:
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([loaded.transform(to_rgb(image, colour))
                                   for image in images[start:start + batch_size]])
-            for name, values in read_layers(loaded, pixels, requests).items():
+            for name, values in read_layers(loaded, pixels, requests, start == 0).items():
                 chunks[name].append(values)
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
@@ -186,7 +199,9 @@ def extract_features(
         exif_transpose (bool): Apply EXIF orientation.
         fmt (str): ``npy`` (memory-mapped, one file per layer) or ``h5``.
         resume (bool): Continue an interrupted extraction in ``out_dir``.
-        overwrite (bool): Replace features (and any unfinished extraction) in ``out_dir``.
+        overwrite (bool): Replace features (and any unfinished extraction) in
+            ``out_dir``. The old feature files stay until the new ones are
+            complete, so a run that fails keeps them.
         seed (int): Seed of a random initialisation.
         max_batches (int | None): Stop after this many batches in this call and
             return an incomplete result that a later call with ``resume=True`` finishes.
@@ -198,8 +213,9 @@ def extract_features(
 
     Raises:
         ValueError: For an unreadable image with ``on_error="stop"`` (finished
-            batches stay on disk for ``resume``), settings that differ from the
-            run being resumed, or an output folder in use.
+            batches stay on disk for ``resume``), or settings that differ from
+            the run being resumed.
+        RuntimeError: If another extraction into ``out_dir`` is running.
         FileExistsError: If ``out_dir`` already contains features and neither
             ``resume`` nor ``overwrite`` is set.
     """
@@ -209,12 +225,17 @@ def extract_features(
         raise ValueError(f"invalid on_error {on_error!r}: use {' or '.join(ON_ERROR)}")
     if batch_size < 1:
         raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
+    if num_workers < 0:
+        raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
+                         "process) or more")
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
     created_out_dir = not out_dir.exists()
 
     image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
+    if len(image_list) == 0:
+        raise ValueError(f"the image list of {image_list.root} is empty: pass at least one image")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
@@ -234,40 +255,72 @@ def extract_features(
         "image_list_sha256": image_list.checksum(),
     }
 
-    progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
-                                started)
-    if progress is None:
-        return _completed_result(out_dir, names)
-    arrays = FeatureArrays(work_dir, names, fmt, dtype)
-    if progress.shapes:
-        arrays.open(len(image_list), progress.shapes, create=False)
+    with _locked_out_dir(out_dir, created_out_dir):
+        progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
+                                    started)
+        if progress is None:
+            return _completed_result(out_dir, names)
+        arrays = FeatureArrays(work_dir, names, fmt, dtype)
+        if progress.shapes:
+            arrays.open(len(image_list), progress.shapes, create=False)
 
-    try:
-        complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
-                                batch_size, num_workers, on_error, colour, exif_transpose,
-                                max_batches, on_batch)
-    except BaseException:
-        # Every finished batch is flushed and listed in progress.json already.
-        arrays.close()
-        if not progress.finished.any() and not progress.skipped:
-            # Nothing to resume (a setting that fails on the first batch, for
-            # instance), so a corrected rerun must not find an unfinished extraction.
+        try:
+            complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
+                                    batch_size, num_workers, on_error, colour, exif_transpose,
+                                    max_batches, on_batch)
+        except BaseException:
+            # Every finished batch is flushed and listed in progress.json already.
+            arrays.close()
+            if not progress.finished.any() and not progress.skipped:
+                # Nothing to resume (a setting that fails on the first batch, for
+                # instance), so a corrected rerun must not find an unfinished extraction.
+                remove_work_dir(work_dir)
+            raise
+
+        skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
+        if complete and not progress.finished.any():
+            # Skipped images stay skipped on resume, so this folder could never
+            # finish: remove it, and a rerun after fixing the files starts over.
+            arrays.close()
             remove_work_dir(work_dir)
-            if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-        raise
+            raise ValueError(
+                f"none of the {len(image_list)} images could be read (first: {skipped[0][0]}: "
+                f"{skipped[0][1]}); fix or replace them and rerun"
+            )
+        if not complete:
+            arrays.close()
+            logger.info("stopped after %d of %d images; resume to finish",
+                        int(progress.finished.sum()), len(image_list))
+            return ExtractionResult(out_dir, {request.name: work_dir / names[request.name]
+                                              for request in requests},
+                                    int(progress.finished.sum()), skipped, False)
 
-    skipped = [(image_list.paths[row], reason) for row, reason in sorted(progress.skipped.items())]
-    if not complete:
-        arrays.close()
-        logger.info("stopped after %d of %d images; resume to finish",
-                    int(progress.finished.sum()), len(image_list))
-        return ExtractionResult(out_dir, {request.name: work_dir / names[request.name]
-                                          for request in requests},
-                                int(progress.finished.sum()), skipped, False)
+        return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
+                       batch_size, num_workers, on_error, extensions, skipped)
 
-    return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
-                   batch_size, num_workers, on_error, extensions, skipped)
+
+@contextlib.contextmanager
+def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (creating it) for one extraction.
+
+    A second extraction into the same folder (a job started twice, or a
+    resume while the first run still writes) would write the same working
+    arrays and progress file, so it fails at once instead. A folder that this
+    call created and that is empty afterwards is removed.
+
+    Raises:
+        RuntimeError: If another extraction holds the lock.
+    """
+    check_output_dir(out_dir, "extract")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    busy = (f"{out_dir} is in use by another dimalign extract; wait for it to finish (then pass "
+            "--resume if it stopped early) or choose another output folder")
+    try:
+        with exclusive_lock(out_dir / LOCK_NAME, busy):
+            yield
+    finally:
+        if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
 
 
 def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
@@ -275,12 +328,13 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
     """Check the output folder and return the progress to continue from (None: already done)."""
     check_output_dir(out_dir, "extract")
     final_exists = (out_dir / MANIFEST_NAME).is_file() and not work_dir.exists()
+    replaces: list[str] = []
     if overwrite:
+        # The previous features stay until the new ones are complete, so a run
+        # that fails keeps them. progress.json lists them, so that _finish
+        # deletes exactly these (also after a resume) and no other file.
         remove_work_dir(work_dir)
-        for name in ("features.npy", "features.h5", OBJECT_TABLE_NAME, SKIPPED_NAME, MANIFEST_NAME):
-            (out_dir / name).unlink(missing_ok=True)
-        for stale in out_dir.glob("features_*.npy") if out_dir.is_dir() else []:
-            stale.unlink()
+        replaces = sorted(path.name for path in _previous_outputs(out_dir))
     elif resume and final_exists:
         settings = read_manifest(out_dir).get("settings", {})
         differences = [key for key in fingerprint if settings.get(key) != fingerprint[key]]
@@ -319,7 +373,7 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
             "another output folder"
         )
     work_dir.mkdir(parents=True, exist_ok=True)
-    progress = Progress(fingerprint, n_images, started=started)
+    progress = Progress(fingerprint, n_images, started=started, replaces=replaces)
     progress.save(work_dir)
     return progress
 
@@ -356,7 +410,9 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 progress.skipped[row] = reason
 
             if batch.pixels is not None:
-                values = read_layers(loaded, batch.pixels, requests)
+                # A resumed run has shapes, and its first run checked the calls.
+                values = read_layers(loaded, batch.pixels, requests,
+                                     check_calls=not progress.shapes)
                 if not progress.shapes:
                     progress.shapes = {name: list(value.shape[1:])
                                        for name, value in values.items()}
@@ -401,10 +457,13 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
             fingerprint: dict, batch_size: int, num_workers: int, on_error: str,
             extensions: Sequence[str], skipped: list[tuple[str, str]]) -> ExtractionResult:
     """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
-    if not progress.finished.any():
-        raise ValueError(f"none of the {len(image_list)} images could be read; see the warnings")
     kept_rows = np.flatnonzero(progress.finished).tolist()
     files = arrays.finalize(out_dir, progress.finished)
+    for name in progress.replaces:
+        path = out_dir / name
+        if path not in files.values() and path.is_file():
+            logger.info("removing %s of the overwritten extraction", path)
+            path.unlink()
     write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
     if on_error == "skip" or skipped:
         _write_skipped(out_dir / SKIPPED_NAME, skipped)
@@ -436,6 +495,15 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
     logger.info("wrote features of %d images (%d skipped) for layers %s to %s", len(kept_rows),
                 len(skipped), ", ".join(request.name for request in requests), out_dir)
     return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
+
+
+def _previous_outputs(out_dir: Path) -> list[Path]:
+    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``."""
+    if not out_dir.is_dir():
+        return []
+    candidates = [out_dir / "features.npy", out_dir / "features.h5", out_dir / SKIPPED_NAME,
+                  *out_dir.glob("features_*.npy")]
+    return [path for path in candidates if path.is_file()]
 
 
 def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:

@@ -12,7 +12,9 @@ Pooling per layer:
 * ``flatten``: ``(n, prod(output_shape))``, the usual feature matrix.
 * ``gap``: global average pooling, the mean over every axis after the channel
   axis (axis 1), giving ``(n, channels)``. For a conv map ``(n, C, H, W)`` that is
-  one spatial mean per channel.
+  one spatial mean per channel. 3-D outputs (a transformer's tokens) and 4-D
+  outputs that look channels-last (``H == W != C`` in ``(n, H, W, C)``) are
+  rejected, since their axis 1 is not the channel axis.
 """
 
 from __future__ import annotations
@@ -104,6 +106,23 @@ def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
                 f"gap needs an output with axes after the channel axis, got shape "
                 f"{tuple(tensor.shape)}; use raw or flatten for this layer"
             )
+        # gap assumes (n, channels, ...). A transformer's (n, tokens, channels)
+        # and a channels-last map (n, H, W, C), such as torchvision Swin's,
+        # would give per-token or per-row means of the channels instead.
+        if tensor.ndim == 3:
+            raise ValueError(
+                f"gap is ambiguous for the 3-D output of shape {tuple(tensor.shape)}, which is "
+                "(n, tokens, channels) in a transformer, where gap would average each token's "
+                "channels; use flatten, or raw and pool the tokens yourself"
+            )
+        # NOTE: a shape test only: a channels-last map with H != W passes, and a
+        # channels-first map with C == H != W is rejected.
+        if tensor.ndim == 4 and tensor.shape[1] == tensor.shape[2] != tensor.shape[3]:
+            raise ValueError(
+                f"the output of shape {tuple(tensor.shape)} looks channels-last (n, H, W, C), "
+                "where gap would average each row instead of each channel; use flatten, or raw "
+                "and pool it yourself"
+            )
         return tensor.mean(dim=tuple(range(2, tensor.ndim)))
     raise ValueError(f"invalid pooling {pool!r}: use {', '.join(POOLS)}")
 
@@ -117,7 +136,8 @@ class LayerReader:
 
     The forward pass ends as soon as the last requested layer is read, so reading
     an early layer does not pay for the rest of the network. A module called more
-    than once in a forward pass is read at its first call.
+    than once in a forward pass is read at its first call, so callers reject such
+    modules first with :func:`check_single_calls`.
 
     Args:
         model (nn.Module): The model.
@@ -165,7 +185,10 @@ class LayerReader:
                 f"layer {request.name} gives a {type(value).__name__}, not a tensor; "
                 "choose a module that returns a tensor"
             )
-        pooled = pool_tensor(value.detach(), request.pool)
+        try:
+            pooled = pool_tensor(value.detach(), request.pool)
+        except ValueError as error:
+            raise ValueError(f"layer {request.name}: {error}") from None
         # A module followed by an in-place op (ReLU(inplace=True)) hands the
         # hook the very tensor that the op overwrites after the hook returns,
         # so raw and flattened outputs, which are views of it, must be copied
@@ -185,6 +208,58 @@ class LayerReader:
         def hook(module: nn.Module, args) -> None:
             self._store(request, args[0] if args else None, captured)
         return hook
+
+
+def count_calls(model: nn.Module, pixels: torch.Tensor) -> dict[str, int]:
+    """Run a full forward pass and return how often each named module is called."""
+    counts: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args) -> None:
+            counts[name] = counts.get(name, 0) + 1
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+    try:
+        with torch.inference_mode():
+            model(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+def check_single_calls(model: nn.Module, requests: Sequence[LayerRequest],
+                       pixels: torch.Tensor) -> None:
+    """Reject requested modules that one forward pass calls more than once.
+
+    Such a module, for example the ReLU that torchvision's ResNet blocks call
+    after each convolution and after the residual sum, has several outputs per
+    pass. :class:`LayerReader` reads the first call, which is rarely the output
+    the name suggests (``layer1.0.relu`` of ResNet-50 gives 64 channels, the
+    block's output 256), so the choice is an error instead.
+
+    Args:
+        model (nn.Module): The model.
+        requests (Sequence[LayerRequest]): Layers to check.
+        pixels (torch.Tensor): A preprocessed batch; only its first image is run.
+
+    Raises:
+        ValueError: Naming each such layer and how often it is called.
+    """
+    counts = count_calls(model, pixels[:1])
+    repeated = [(request.name, counts[request.module_name]) for request in requests
+                if counts.get(request.module_name, 0) > 1]
+    if repeated:
+        listed = ", ".join(f"{name} ({count} times)" for name, count in repeated)
+        raise ValueError(
+            f"layers called more than once in one forward pass have no single output: {listed}. "
+            "Choose the enclosing block (for ResNet's layer1.0.relu, layer1.0) or a module called "
+            "once; `dimalign list-layers MODEL --shapes` marks the modules called more than once"
+        )
 
 
 def list_layers(model: nn.Module) -> list[tuple[str, str]]:

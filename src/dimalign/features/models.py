@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import pickle
 import urllib.error
 import warnings
 from collections.abc import Callable, Mapping
@@ -211,6 +212,8 @@ def _weights_kind(weights: str | os.PathLike | None) -> str:
     if isinstance(weights, os.PathLike) or os.sep in text or Path(text).suffix in (
         ".pth", ".pt", ".bin", ".ckpt", ".safetensors"
     ) or Path(text).exists():
+        if Path(text).is_dir():
+            raise ValueError(f"weights path {text} is a folder: pass the state dict file in it")
         if not Path(text).is_file():
             raise FileNotFoundError(f"weights file {text} not found")
         return "file"
@@ -229,13 +232,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict file, unwrapping ``{"state_dict": ...}`` and ``module.`` prefixes.
 
     Raises:
-        ValueError: If the file contains no mapping of names to tensors.
+        ValueError: If the file cannot be read with ``torch.load(weights_only=True)``
+            or contains no mapping of names to tensors.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a bad file
+    except pickle.UnpicklingError as error:
+        # torch's message suggests allow-listing classes, which runs code from the file.
         raise ValueError(
-            f"cannot read weights file {path} ({type(error).__name__}: {error}); "
+            f"weights file {path} contains pickled Python objects (such as a whole model saved "
+            "with torch.save(model)), which are not loaded because unpickling can run code; save "
+            "model.state_dict() with torch.save and pass that file"
+        ) from error
+    except Exception as error:  # torch.load raises many types for a bad file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"cannot read weights file {path} ({type(error).__name__}: {first_line}); "
             "expected a state dict saved with torch.save(model.state_dict(), path)"
         ) from error
     for key in ("state_dict", "model_state_dict", "model"):
@@ -244,14 +256,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     is_tensor_mapping = isinstance(state, Mapping) and all(
         isinstance(value, torch.Tensor) for value in state.values())
     if not is_tensor_mapping:
-        raise ValueError(f"weights file {path} is not a state dict of tensors")
+        content = (f"a dict with the keys {', '.join(map(str, list(state)[:10]))}"
+                   if isinstance(state, Mapping) else f"a {type(state).__name__}")
+        raise ValueError(
+            f"weights file {path} is not a state dict of tensors but {content}; save "
+            "model.state_dict() with torch.save and pass that file"
+        )
     if all(name.startswith("module.") for name in state):
         state = {name[len("module."):]: tensor for name, tensor in state.items()}
     return dict(state)
 
 
 def _load_file(model: nn.Module, path: str | os.PathLike, name: str) -> None:
-    state = read_state_dict(path)
+    _load_state(model, read_state_dict(path), path, name)
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                name: str) -> None:
+    """Load ``state`` strictly, with a one-line error naming the first keys or shapes that differ."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -262,6 +284,14 @@ def _load_file(model: nn.Module, path: str | os.PathLike, name: str) -> None:
             f"parameters are missing (first: {', '.join(missing[:5]) or 'none'}) and {len(unexpected)} "
             f"keys are unexpected (first: {', '.join(unexpected[:5]) or 'none'}); pass the weights "
             "of this model"
+        )
+    reshaped = [f"{key} is {tuple(state[key].shape)} in the file, {tuple(tensor.shape)} in the model"
+                for key, tensor in expected.items() if tuple(state[key].shape) != tuple(tensor.shape)]
+    if reshaped:
+        raise ValueError(
+            f"weights file {path} does not fit model {name}: {len(reshaped)} tensors have another "
+            f"shape (first: {'; '.join(reshaped[:3])}); pass the weights of this model (a model "
+            "fine-tuned to another number of classes does not fit the ImageNet architecture)"
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -301,10 +331,15 @@ def _load_efficientnet_lite0(name: str, weights: str | os.PathLike | None,
         model = _random_model(lambda: efficientnet_lite.efficientnet_lite0(None), seed)
         weights_id, checksum = f"random-init(seed={seed})", None
     elif kind == "file":
-        try:
-            model = efficientnet_lite.efficientnet_lite0(Path(weights))
-        except RuntimeError as error:
-            raise ValueError(f"weights file {weights} does not fit {name}: {error}") from error
+        state = read_state_dict(weights)
+        model = efficientnet_lite.efficientnet_lite0(None)
+        if any(key.startswith("_") for key in state):
+            # efficientnet_pytorch names, as in the packaged file.
+            try:
+                state = efficientnet_lite.convert_state_dict(state, model)
+            except ValueError as error:
+                raise ValueError(f"weights file {weights} does not fit {name}: {error}") from error
+        _load_state(model, state, weights, name)
         weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
         raise ValueError(

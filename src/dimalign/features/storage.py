@@ -56,6 +56,8 @@ class Progress:
         finished (np.ndarray): Boolean ``(n_images,)``, True where the row is written.
         skipped (dict[int, str]): Row -> reason for the unreadable images seen so far.
         started (str): Start time of the first run.
+        replaces (list[str]): Files of an earlier extraction in the output
+            folder that ``overwrite`` replaces, deleted when this one finishes.
     """
 
     fingerprint: dict
@@ -64,6 +66,7 @@ class Progress:
     finished: np.ndarray = None  # type: ignore[assignment]
     skipped: dict[int, str] = field(default_factory=dict)
     started: str = ""
+    replaces: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.finished is None:
@@ -78,6 +81,7 @@ class Progress:
             "finished": rows_to_intervals(self.finished),
             "skipped": [[row, reason] for row, reason in sorted(self.skipped.items())],
             "started": self.started,
+            "replaces": self.replaces,
         }, indent=1) + "\n"
 
     def save(self, work_dir: Path) -> None:
@@ -98,7 +102,8 @@ class Progress:
             for start, stop in data["finished"]:
                 finished[start:stop] = True
             return cls(data["fingerprint"], int(data["n_images"]), dict(data["shapes"]), finished,
-                       {int(row): reason for row, reason in data["skipped"]}, data["started"])
+                       {int(row): reason for row, reason in data["skipped"]}, data["started"],
+                       [str(name) for name in data.get("replaces", [])])
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(
                 f"cannot read the progress file {path} ({error}); delete {work_dir} to start over"

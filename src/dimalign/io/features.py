@@ -93,6 +93,11 @@ def load_features(
         raise ValueError(
             f"{path}: features must be 2-D (n_objects, n_features), got shape {features.shape}"
         )
+    # Only real numbers convert to float without loss; numpy drops imaginary parts with a warning.
+    if features.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: features must be real numbers, got dtype {features.dtype}; save a float array"
+        )
 
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
     if table is not None and len(table) != features.shape[0]:

@@ -537,10 +537,11 @@ def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
     features = inputs.get("dnn_features")
     if features is not None and _memory_mapped(features):
         n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
-        if settings["folds"] > n_objects:
+        # RidgeMap needs at least 2 held-out objects per fold, as R² of one object is undefined.
+        if settings["folds"] > n_objects // 2:
             raise ValueError(
                 f"map.folds = {settings['folds']} is invalid: the features have {n_objects} objects, "
-                f"so use at most {n_objects} folds"
+                f"so use at most {n_objects // 2} folds (each held-out fold needs 2 objects)"
             )
 
 
