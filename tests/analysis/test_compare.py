@@ -203,6 +203,8 @@ def test_align_objects_lists_differences():
     other = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)] + ["y", "z"])
     with pytest.raises(ValueError, match=r"1 ids only in the human table \['x'\], 2 ids only in the DNN table \['y', 'z'\]"):
         align_objects(reference, other)
+    with pytest.raises(ValueError, match="^the embedding and features object tables list different objects: "):
+        align_objects(reference, other, names=("embedding", "features"), advice="use the same objects")
 
 
 def test_align_objects_lists_first_twenty():
@@ -988,7 +990,9 @@ def test_compare_real_things(tmp_path, things_dir):
     assert 0.33 < relevance["choice_agreement"] < 1.0
 
 
-@pytest.mark.parametrize("alpha_range", [["1", "10", "-5"], ["10", "1", "3"], ["0", "1", "3"]])
+@pytest.mark.parametrize(
+    "alpha_range", [["1", "10", "-5"], ["10", "1", "3"], ["0", "1", "3"], ["1", "10", "1e9"], ["1", "10", "2.5"]],
+)
 def test_map_cli_rejects_bad_alpha_range(tmp_path, capsys, alpha_range):
     status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
                    "-o", str(tmp_path / "map"), "--alpha-range", *alpha_range])

@@ -86,7 +86,7 @@ def align_objects(
     only_other = sorted(set(other.object_ids) - set(reference.object_ids))
     if only_reference or only_other:
         raise ValueError(
-            f"the {names[0]} and {names[1]} embeddings describe different objects: "
+            f"the {names[0]} and {names[1]} object tables list different objects: "
             f"{len(only_reference)} ids only in the {names[0]} table {only_reference[:20]}, "
             f"{len(only_other)} ids only in the {names[1]} table {only_other[:20]}; {advice}"
         )

@@ -272,6 +272,11 @@ def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
 
 # -- map ----------------------------------------------------------------------
 
+# Each penalty of the grid costs one cross-validated fit of every dimension, so
+# a grid of more penalties than this is a typing error (an N of 1e9 would also
+# allocate 8 GB before any fit).
+MAX_ALPHAS = 1000
+
 
 def _register_map(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -315,10 +320,10 @@ def run_map(args: argparse.Namespace) -> int:
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
         low, high, count = args.alpha_range
-        if not (0 < low <= high and count >= 1 and float(count).is_integer()):
+        if not (0 < low <= high and 1 <= count <= MAX_ALPHAS and float(count).is_integer()):
             raise ValueError(
                 f"--alpha-range {low:g} {high:g} {count:g} is invalid: use LOW HIGH N with "
-                "0 < LOW <= HIGH and a whole N of at least 1"
+                f"0 < LOW <= HIGH and a whole N from 1 to {MAX_ALPHAS}"
             )
         alphas = np.logspace(np.log10(low), np.log10(high), int(count))
     else:
