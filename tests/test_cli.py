@@ -84,3 +84,14 @@ def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert status == 1
     assert "dimalign demo: error: cannot write unique_id.txt into the THINGS data folder" in stderr
     assert "Traceback" not in stderr
+
+
+def test_python_m_dimalign_runs_cli():
+    """``python -m dimalign`` is the same command as the ``dimalign`` script."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dimalign", "--version"], capture_output=True, text=True
+    )
+    from dimalign import __version__
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dimalign {__version__}"
