@@ -144,6 +144,7 @@ def test_fit_cli_failure_keeps_existing_folder(tmp_path, capsys):
          "--prior, --pi apply only to --method vice"),
         (["--method", "spose", "--spike", "0.1"], "--spike applies only to --method vice"),
         (["--method", "spose", "--slab", "1.0"], "--slab applies only to --method vice"),
+        (["--method", "spose", "--beta", "0.5"], "--beta applies only to --method vice"),
     ],
 )
 def test_fit_cli_contradictory_options_fail(tmp_path, capsys, options, message):
@@ -189,3 +190,15 @@ def test_fit_cli_split_does_not_follow_seed(tmp_path):
 
     np.testing.assert_array_equal(validation("--seed", "1"), validation("--seed", "2"))
     assert not np.array_equal(validation("--split-seed", "1"), validation("--split-seed", "2"))
+
+
+def test_fit_cli_beta_reaches_estimator(tmp_path):
+    """--beta reaches VICE, so the beta settings compared in docs/embedding.md can be run."""
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "3", "--max-epochs", "1", "--beta", "0.5"])
+
+    assert status == 0
+    config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert config["settings"]["beta"] == 0.5

@@ -16,7 +16,7 @@ DEFAULT_VAL_FRACTION = 0.1
 # Estimator options of one method, as (option, attribute) pairs. The other method ignores them.
 VICE_ONLY_OPTIONS = (
     ("--prior", "prior"), ("--pi", "pi"), ("--spike", "spike"), ("--slab", "slab"),
-    ("--mc-samples", "mc_samples"),
+    ("--beta", "beta"), ("--mc-samples", "mc_samples"),
 )
 SPOSE_ONLY_OPTIONS = (("--l1", "l1"),)
 
@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pi", type=float, help="VICE spike weight (default 0.5)")
     parser.add_argument("--spike", type=float, help="VICE spike sd (default 0.25)")
     parser.add_argument("--slab", type=float, help="VICE slab sd (default 2.0)")
+    parser.add_argument(
+        "--beta", type=float,
+        help="VICE weight of the complexity term (log q - log p) in the loss (default 1.0)",
+    )
     parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive (default 20)")
     parser.add_argument("--l1", type=float, help="SPoSE L1 weight (default 0.008)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
