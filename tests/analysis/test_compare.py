@@ -880,3 +880,39 @@ def test_map_cli_rejects_bad_alpha_range(tmp_path, capsys, alpha_range):
     assert status == 1
     assert "--alpha-range" in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_compare_accepts_arrays_and_estimators(tmp_path):
+    """A notebook passes fitted models or arrays; the result equals that of the saved runs."""
+    from dimalign.embedding import SPoSE
+
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    from_files = compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "files", n_bootstrap=20)
+
+    # The runs store float32 weights, so the arrays are read back from them.
+    saved_human = load_embedding(tmp_path / "human").embedding
+    saved_dnn = load_embedding(tmp_path / "dnn").embedding
+    from_arrays = compare(saved_human, saved_dnn, tmp_path / "arrays", n_bootstrap=20)
+    assert from_arrays.rsa.r == from_files.rsa.r
+    assert from_arrays.rsa.ci_low == from_files.rsa.ci_low
+    estimator = SPoSE(n_dims=4, n_objects=12)
+    estimator.embedding_ = saved_human
+    from_estimator = compare(estimator, tmp_path / "dnn", tmp_path / "estimator", n_bootstrap=20)
+    assert from_estimator.rsa.r == from_files.rsa.r
+
+
+def test_compare_rejects_unfitted_estimator_and_negative_array(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    from dimalign.embedding import VICE
+
+    human, dnn = surrogate_pair(n_objects=12)
+    with pytest.raises(NotFittedError, match="the human embedding, a VICE, is not fitted yet"):
+        compare(VICE(), dnn, tmp_path / "out", n_bootstrap=0)
+    negative = dnn.copy()
+    negative[3, 1] = -0.5
+    with pytest.raises(ValueError, match=r"the DNN embedding: 1 negative weights, the lowest -0.5 at row 3"):
+        compare(human, negative, tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()

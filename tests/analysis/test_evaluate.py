@@ -132,6 +132,20 @@ def test_evaluate_without_repeats_has_no_ceiling(recwarn):
     assert not [warning for warning in recwarn if "noise ceiling" in str(warning.message)]
 
 
+def test_evaluate_fitted_estimator_scores_its_embedding():
+    """A fitted VICE or SPoSE is scored by its embedding_, like its saved run."""
+    from dimalign.embedding import SPoSE
+
+    estimator = SPoSE(n_dims=2, n_objects=4)
+    estimator.embedding_ = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+
+    metrics = evaluate_embedding(estimator, [[0, 1, 3], [3, 2, 1]])
+
+    assert metrics["n_dims"] == 2
+    assert metrics["accuracy"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-15)
+    assert metrics["n_ties"] == 1
+
+
 def test_evaluate_real_embedding(things_dir, spose49):
     triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
 

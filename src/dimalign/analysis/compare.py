@@ -51,7 +51,7 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
-from dimalign.io.runs import EmbeddingResult, load_embedding
+from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -661,8 +661,8 @@ class ComparisonResult:
 
 
 def compare(
-    human: str | os.PathLike | EmbeddingResult,
-    dnn: str | os.PathLike | EmbeddingResult,
+    human: str | os.PathLike | EmbeddingResult | np.ndarray | Any,
+    dnn: str | os.PathLike | EmbeddingResult | np.ndarray | Any,
     out_dir: str | os.PathLike,
     *,
     objects: ObjectTable | None = None,
@@ -682,8 +682,11 @@ def compare(
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
     Args:
-        human (path | EmbeddingResult): Human run directory or embedding file.
-        dnn (path | EmbeddingResult): DNN run directory or embedding file.
+        human (path | EmbeddingResult | np.ndarray | estimator): Human run
+            directory or embedding file, an array ``(n_objects, n_dims)``, or
+            a fitted VICE or SPoSE.
+        dnn (path | EmbeddingResult | np.ndarray | estimator): The DNN side,
+            in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
             not a run directory with its own ``objects.tsv``. For a plain
@@ -915,14 +918,14 @@ def _named_bootstrap_rsa(
         ) from error
 
 
-def _load_side(side: str | os.PathLike | EmbeddingResult, label: str) -> _Side:
+def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, label: str) -> _Side:
     """Load one embedding with the ``objects.tsv`` of its run directory or of its folder."""
-    if isinstance(side, EmbeddingResult):
-        result = side
-        location = Path(side.path) if side.path is not None else None
-    else:
+    if isinstance(side, (str, os.PathLike)):
         result = load_embedding(side)
         location = Path(side)
+    else:
+        result = as_embedding_result(side, f"the {label} embedding")
+        location = Path(result.path) if result.path is not None else None
     if location is None:
         return _Side(label, result, None, None, None)
     own_file = location / OBJECT_TABLE_NAME if location.is_dir() else location.parent / OBJECT_TABLE_NAME
