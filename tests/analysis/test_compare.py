@@ -916,3 +916,12 @@ def test_compare_rejects_unfitted_estimator_and_negative_array(tmp_path):
     with pytest.raises(ValueError, match=r"the DNN embedding: 1 negative weights, the lowest -0.5 at row 3"):
         compare(human, negative, tmp_path / "out", n_bootstrap=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
+    embedding = gamma_embedding(12, 1, seed=5)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"):
+        compare(embedding, embedding, tmp_path / "out", n_bootstrap=0)
+
+    assert "; 1 DNN dimension for 95% of the full r²" in caplog.text

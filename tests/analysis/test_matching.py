@@ -185,3 +185,17 @@ def rsa_of(first, second):
     from dimalign.analysis.rsa import rsa
 
     return rsa(first, second)
+
+
+def test_cumulative_rsa_logs_share_not_reached(caplog):
+    """A DNN whose similarity is the reverse of the human one never reaches the share."""
+    rng = np.random.default_rng(7)
+    dnn = rng.gamma(1.0, size=(10, 2))
+    human_similarity = -dot_similarity(dnn)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.matching"):
+        curve = cumulative_rsa(human_similarity, dnn, [0, 1], similarity=dot_similarity)
+
+    assert curve.n_dims_for_share is None
+    assert "no prefix of the 2 DNN dimensions reaches 95% of the full r² with a positive r" in caplog.text
+    assert "None" not in caplog.text

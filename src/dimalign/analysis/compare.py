@@ -864,9 +864,14 @@ def compare(
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
+    n_for_share = cumulative.n_dims_for_share
+    if n_for_share is None:
+        share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
+    else:
+        share_text = f"{n_for_share} DNN dimension{'' if n_for_share == 1 else 's'} for 95% of the full r²"
     logger.info(
-        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s DNN dimensions for 95%%",
-        rsa_result.r, interval, primary.correlations.max(), cumulative.n_dims_for_share,
+        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s",
+        rsa_result.r, interval, primary.correlations.max(), share_text,
     )
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
