@@ -592,7 +592,7 @@ def test_sweep_names_empty_validation_file(tmp_path, tiny_triplets, capsys):
 
 
 def test_sweep_cli_passes_prior_options(tmp_path, tiny_triplets):
-    """--pi, --spike, --slab and --beta reach every seed's VICE, as in dimalign fit."""
+    """--pi, --spike, --slab, --beta and --min-objects reach every seed's VICE, as in dimalign fit."""
     import tomllib
 
     from dimalign.cli import main
@@ -602,7 +602,7 @@ def test_sweep_cli_passes_prior_options(tmp_path, tiny_triplets):
     code = main([
         "sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
         "--seeds", "1", "--n-dims", "4", "--max-epochs", "1", "--mc-samples", "2",
-        "--pi", "0.4", "--spike", "0.2", "--slab", "1.5", "--beta", "0.5",
+        "--pi", "0.4", "--spike", "0.2", "--slab", "1.5", "--beta", "0.5", "--min-objects", "2",
     ])
 
     assert code == 0
@@ -611,6 +611,7 @@ def test_sweep_cli_passes_prior_options(tmp_path, tiny_triplets):
     assert config["settings"]["spike"] == 0.2
     assert config["settings"]["slab"] == 1.5
     assert config["settings"]["beta"] == 0.5
+    assert config["settings"]["min_objects"] == 2
 
 
 def test_sweep_cli_rejects_prior_options_for_spose(tmp_path, tiny_triplets, capsys):

@@ -202,3 +202,15 @@ def test_fit_cli_beta_reaches_estimator(tmp_path):
     assert status == 0
     config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert config["settings"]["beta"] == 0.5
+
+
+def test_fit_cli_min_objects_reaches_estimator(tmp_path):
+    """The warning about a fit that kept no dimension names --min-objects, so fit must take it."""
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--method", "spose", "--n-dims", "3", "--max-epochs", "1", "--min-objects", "1"])
+
+    assert status == 0
+    config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert config["settings"]["min_objects"] == 1

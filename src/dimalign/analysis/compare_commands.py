@@ -55,6 +55,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-dims", type=int, help="initial dimensions (estimator default if omitted)")
     parser.add_argument("--max-epochs", type=int, help="maximum epochs")
     parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions")
+    parser.add_argument("--min-objects", type=int, help="keep a dimension when more than this many objects weight it")
     parser.add_argument("--batch-size", type=int, help="triplets per step")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
     parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive")
@@ -70,7 +71,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 def _estimator_settings(args: argparse.Namespace) -> dict:
     settings = {"device": args.device}
-    names = ["n_dims", "max_epochs", "stability_epochs", "batch_size", "lr"]
+    names = ["n_dims", "max_epochs", "stability_epochs", "min_objects", "batch_size", "lr"]
     vice_only = ["mc_samples", "prior", "pi", "spike", "slab", "beta"]
     names += vice_only if args.method == "vice" else ["l1"]
     for name in names:

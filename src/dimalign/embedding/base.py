@@ -308,7 +308,7 @@ class TripletEmbedding(BaseEstimator):
             warnings.warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
                 f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
-                f"{self.min_objects}, Python only), or, for SPoSE, a smaller l1 penalty",
+                f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
                 UserWarning, stacklevel=2,
             )
         return self

@@ -37,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-dims", type=int, help="initial dimensions (default 150 for VICE, 100 for SPoSE)")
     parser.add_argument("--max-epochs", type=int, help="maximum epochs (default 1000 VICE, 500 SPoSE)")
     parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions (default 500)")
+    parser.add_argument(
+        "--min-objects", type=int,
+        help="keep a dimension when more than this many objects weight it (VICE: significantly "
+        "above 0; SPoSE: above 0.1) (default 5; lower it for a few dozen objects)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="triplets per step (default 256)")
     parser.add_argument("--lr", type=float, default=0.001, help="Adam learning rate (default 0.001)")
     # These options default to None so that one given with the other method is
@@ -202,7 +207,7 @@ def build_estimator(args: argparse.Namespace):
         "checkpoint_every": args.checkpoint_every, "resume": args.resume,
         "tensorboard": args.tensorboard, "verbose": True,
     }
-    for name in ("n_dims", "max_epochs", "stability_epochs"):
+    for name in ("n_dims", "max_epochs", "stability_epochs", "min_objects"):
         value = getattr(args, name)
         if value is not None:
             common[name] = value
