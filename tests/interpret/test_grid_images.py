@@ -160,3 +160,8 @@ def test_grid_command_dimension_out_of_range(colour_objects, tmp_path, capsys):
     assert status == 1
     assert f"the embedding {run_dir} has 2 dimensions" in error
     assert "map" not in error
+
+
+def test_percentile_grid_too_few_objects_names_top_layout():
+    with pytest.raises(ValueError, match=r"needs at least 30 objects, got 8: .*--layout top --top-k 8"):
+        percentile_grid(np.arange(8.0))
