@@ -199,3 +199,16 @@ def test_cumulative_rsa_logs_share_not_reached(caplog):
     assert curve.n_dims_for_share is None
     assert "no prefix of the 2 DNN dimensions reaches 95% of the full r² with a positive r" in caplog.text
     assert "None" not in caplog.text
+
+
+@pytest.mark.parametrize("n_dims, expected", [(1, "1 DNN dimension reaches it"), (4, "4 DNN dimensions reach it"), (None, None)])
+def test_cumulative_rsa_figure_labels(n_dims, expected):
+    from dimalign.analysis.figures_compare import cumulative_rsa_labels
+    from dimalign.analysis.matching import CumulativeRSA
+
+    curve = CumulativeRSA(dnn_dims=np.arange(4), r=np.full(4, 0.5), r_full=0.4, share=0.95, n_dims_for_share=n_dims)
+
+    share_label, dims_label = cumulative_rsa_labels(curve)
+
+    assert share_label == "95% of the full r² (0.160)"
+    assert dims_label == expected
