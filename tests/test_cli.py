@@ -95,3 +95,23 @@ def test_python_m_dimalign_runs_cli():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"dimalign {__version__}"
+
+
+def test_manifest_records_dimalign_command(tmp_path):
+    """The manifest names the dimalign command, not the Python process that ran it."""
+    import json
+
+    from dimalign.cli import main
+    from dimalign.io.files import write_manifest
+
+    source = tmp_path / "raw file.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    assert main(["import-triplets", str(source), "--n-objects", "3", "-o", str(out)]) == 0
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == f"dimalign import-triplets '{source}' --n-objects 3 -o {out}"
+    # A library call outside the command, as from a notebook, records none.
+    write_manifest(tmp_path / "library", step="test")
+    assert json.loads((tmp_path / "library" / "manifest.json").read_text())["command"] is None

@@ -134,8 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from dimalign.io.files import recording_command_line
+
+    command_line = ["dimalign", *(sys.argv[1:] if argv is None else argv)]
     try:
-        with sigterm_as_exit(), warnings_to_log():
+        with sigterm_as_exit(), warnings_to_log(), recording_command_line(command_line):
             return int(args.handler(args) or 0)
     except (KeyboardInterrupt, Terminated) as error:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
