@@ -115,3 +115,15 @@ def test_manifest_records_dimalign_command(tmp_path):
     # A library call outside the command, as from a notebook, records none.
     write_manifest(tmp_path / "library", step="test")
     assert json.loads((tmp_path / "library" / "manifest.json").read_text())["command"] is None
+
+
+def test_help_texts_have_no_rst_markup():
+    """Help is plain text, so docstring markup such as ``name`` must not leak into it."""
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for name, subparser in commands.choices.items():
+        assert "``" not in subparser.format_help(), name
