@@ -341,3 +341,16 @@ def test_cli_evaluate_index_out_of_range(tmp_path, capsys):
 
     assert status == 1
     assert "4" in capsys.readouterr().err
+
+
+def test_cli_evaluate_quiet_prints_metrics(tmp_path, capsys):
+    """-q hides the log line, so the metrics must also reach standard output."""
+    run_dir, triplet_file = _cli_run(tmp_path)
+
+    status = main(["-q", "evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = np.load(run_dir / "embedding.npz")["embedding"]
+    triplets = np.loadtxt(triplet_file, dtype=np.int64)
+    assert printed == evaluate_embedding(stored, triplets)

@@ -91,7 +91,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "-o",
         "--out",
         metavar="OUTDIR",
-        help="write metrics.json and manifest.json into this directory",
+        help="also write metrics.json and manifest.json into this directory (the metrics are "
+        "always printed to standard output as one JSON object)",
     )
     parser.set_defaults(handler=run_evaluate)
 
@@ -139,6 +140,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         object_ids=list(table.object_ids) if table is not None else None,
     )
     logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
+    # The result also goes to standard output, so that -q (which hides the log
+    # line above) still shows it and a script can read it.
+    print(json.dumps(metrics))
 
     if args.out:
         out_dir = Path(args.out)
