@@ -162,6 +162,12 @@ def test_grid_command_dimension_out_of_range(colour_objects, tmp_path, capsys):
     assert "map" not in error
 
 
-def test_percentile_grid_too_few_objects_names_top_layout():
-    with pytest.raises(ValueError, match=r"needs at least 30 objects, got 8: .*--layout top --top-k 8"):
-        percentile_grid(np.arange(8.0))
+def test_grid_cli_too_few_objects_names_top_layout(tmp_path, capsys):
+    save_embedding(EmbeddingResult(np.arange(16.0).reshape(8, 2)), tmp_path / "run")
+    write_object_table(ObjectTable.from_ids([f"object{index}" for index in range(8)]), tmp_path / "run" / "objects.tsv")
+
+    status = main(["grid", str(tmp_path / "run"), "-o", str(tmp_path / "grids"), "--layout", "percentile"])
+
+    assert status == 1
+    assert ("the percentile layout has 30 cells but there are only 8 objects: use the top layout "
+            "(CLI: --layout top --top-k 8)") in capsys.readouterr().err

@@ -71,10 +71,7 @@ def percentile_grid(
     if weights.ndim != 1:
         raise ValueError(f"weights must be 1-D (n_objects,), got shape {weights.shape}")
     if weights.size < n_cells:
-        raise ValueError(
-            f"a grid of {n_cells} cells needs at least {n_cells} objects, got {weights.size}: "
-            f"show the top objects instead (CLI: --layout top --top-k {weights.size})"
-        )
+        raise ValueError(f"a grid of {n_cells} cells needs at least {n_cells} objects, got {weights.size}")
     if any(not 0.0 < value < 100.0 for value in percentiles) or any(
         later >= earlier for earlier, later in zip(percentiles, percentiles[1:])
     ):
