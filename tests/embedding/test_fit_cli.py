@@ -112,7 +112,9 @@ def test_fit_cli_cuda_without_gpu_leaves_no_folder(tmp_path, monkeypatch, capsys
     status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
                    "--n-dims", "3", "--max-epochs", "1", "--device", "cuda"])
     assert status == 1
-    assert "no CUDA GPU" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no CUDA GPU" in error
+    assert "use device 'cpu' or 'auto' (CLI: --device cpu)" in error
     assert not (tmp_path / "new").exists()
 
 
