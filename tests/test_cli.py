@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 
 def test_parser_builds_without_torch():
     # Building the parser (every --help) must not load torch, because importing
@@ -127,3 +129,23 @@ def test_help_texts_have_no_rst_markup():
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
     for name, subparser in commands.choices.items():
         assert "``" not in subparser.format_help(), name
+
+
+@pytest.mark.parametrize(
+    "argv, quiet, verbose",
+    [
+        (["fit", "train.npy", "-o", "run"], False, 0),
+        (["-q", "fit", "train.npy", "-o", "run"], True, 0),
+        (["fit", "train.npy", "-o", "run", "-q"], True, 0),
+        (["-v", "fit", "train.npy", "-o", "run"], False, 1),
+        (["fit", "train.npy", "-o", "run", "-vv"], False, 2),
+        (["labels", "names", "labels.txt", "-q"], True, 0),
+    ],
+)
+def test_logging_options_before_or_after_command(argv, quiet, verbose):
+    from dimalign.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+
+    assert args.quiet is quiet
+    assert args.verbose == verbose
