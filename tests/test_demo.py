@@ -114,3 +114,17 @@ def test_demo_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="the output folder .*out is a file"):
         run_demo(tmp_path / "out", data_dir=tmp_path, download=False)
+
+
+def test_shortened_note_gives_runnable_full_fit():
+    """The note names the triplet file the demo read, not a placeholder."""
+    from pathlib import Path
+
+    from dimalign.demo import shortened_note
+
+    note = shortened_note(DemoSettings(), Path("/data/my things/human_triplets.txt"), Path("/data/unique_id.txt"))
+
+    assert note.endswith(
+        "Full-length fit of the human triplets: dimalign fit '/data/my things/human_triplets.txt' "
+        "--objects /data/unique_id.txt -o runs/human --max-epochs 1000 --stability-epochs 500"
+    )

@@ -290,7 +290,7 @@ def _run_observers(
         "dnn_simulation_ties": int(simulated.n_ties),
         "fit_seeds": seeds,
         "settings": asdict(settings),
-        "shortened": shortened_note(settings),
+        "shortened": shortened_note(settings, paths["human_triplets"], paths["unique_id"]),
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_manifest(out_dir, step="demo", inputs=paths, settings=asdict(settings), started=started, outputs=summary)
@@ -326,14 +326,19 @@ def _fit_side(train, val, run_dir, n_objects, objects, settings, paths, side, se
     return fit_run(model, train, val, run_dir, n_objects=n_objects, object_table=objects, inputs=inputs)
 
 
-def shortened_note(settings: DemoSettings) -> str:
-    """Say which settings the demo shortened and how to run a full-length fit."""
+def shortened_note(settings: DemoSettings, human_triplets: Path, objects: Path) -> str:
+    """Say which settings the demo shortened and how to run a full-length fit of ``human_triplets``."""
+    import shlex
+
+    command = shlex.join([
+        "dimalign", "fit", str(human_triplets), "--objects", str(objects), "-o", "runs/human",
+        "--max-epochs", "1000", "--stability-epochs", "500",
+    ])
     return (
         f"Shortened for the demo: each VICE fit stops after {settings.max_epochs} epochs, with batch "
         f"{settings.batch_size} and learning rate {settings.lr}; a full fit (batch 256, learning rate "
         "0.001) runs up to 1,000 epochs and stops once the number of kept dimensions is stable for 500. "
-        "Full-length fit of the human triplets: dimalign fit HUMAN_TRIPLETS --objects unique_id.txt "
-        "-o runs/human --max-epochs 1000 --stability-epochs 500"
+        f"Full-length fit of the human triplets: {command}"
     )
 
 
