@@ -354,3 +354,18 @@ def test_cli_evaluate_quiet_prints_metrics(tmp_path, capsys):
     stored = np.load(run_dir / "embedding.npz")["embedding"]
     triplets = np.loadtxt(triplet_file, dtype=np.int64)
     assert printed == evaluate_embedding(stored, triplets)
+
+
+def test_cli_evaluate_rejects_split_folder(tmp_path, capsys):
+    """A folder would load train.npy, and the 'held-out' accuracy would be the training accuracy."""
+    run_dir, triplet_file = _cli_run(tmp_path)
+    split = tmp_path / "split"
+    split.mkdir()
+    triplets = np.loadtxt(triplet_file, dtype=np.int64)
+    np.save(split / "train.npy", triplets[:30])
+    np.save(split / "val.npy", triplets[30:])
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(split)])
+
+    assert status == 1
+    assert f"pass the file to score, such as {split / 'val.npy'} for the held-out triplets" in capsys.readouterr().err

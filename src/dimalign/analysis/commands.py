@@ -128,6 +128,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"for {n_objects}{source}. Evaluate an embedding with triplets of the same objects."
         )
 
+    triplet_path = Path(args.triplets)
+    if triplet_path.is_dir() and (triplet_path / "val.npy").is_file():
+        # A folder loads its training file, so the score would not be held out.
+        raise ValueError(
+            f"--triplets {triplet_path} is a folder with training and validation triplets, and a "
+            f"folder loads its training file: pass the file to score, such as {triplet_path / 'val.npy'} "
+            "for the held-out triplets"
+        )
     with empty_triplets_rejected_later():
         triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
