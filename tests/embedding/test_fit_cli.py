@@ -216,3 +216,21 @@ def test_fit_cli_min_objects_reaches_estimator(tmp_path):
     assert status == 0
     config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
     assert config["settings"]["min_objects"] == 1
+
+
+def test_fit_cli_reads_import_triplets_folder(tmp_path):
+    """The README fits the folder that import-triplets --split writes, objects.tsv included."""
+    source = tmp_path / "raw.txt"
+    triplets = write_triplets(tmp_path / "raw.npy")
+    source.write_text("".join(f"{a} {b} {c}\n" for a, b, c in triplets))
+    table = tmp_path / "names.txt"
+    table.write_text("".join(f"object{index}\n" for index in range(12)))
+    assert main(["import-triplets", str(source), "--objects", str(table), "--split", "0.1",
+                 "-o", str(tmp_path / "imported")]) == 0
+
+    status = main(["fit", str(tmp_path / "imported"), "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["outputs"]["n_val"] == len(np.load(tmp_path / "imported" / "val.npy"))
+    assert manifest["settings"]["n_objects"] == 12

@@ -70,7 +70,8 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         "triplets",
         type=Path,
         help="training triplets: a file (.npy/.txt/.tsv/.csv, 0-based, odd one out last) or a "
-        "folder from 'dimalign simulate' (train.npy and val.npy, or one triplet file)",
+        "folder from 'dimalign import-triplets' or 'dimalign simulate' (train.npy and val.npy, "
+        "or one triplet file; its objects.tsv gives the number of objects)",
     )
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument("--n-objects", type=int, help="number of objects")
