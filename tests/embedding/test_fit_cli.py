@@ -234,3 +234,29 @@ def test_fit_cli_reads_import_triplets_folder(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["outputs"]["n_val"] == len(np.load(tmp_path / "imported" / "val.npy"))
     assert manifest["settings"]["n_objects"] == 12
+
+
+@pytest.mark.parametrize("options, expected", [([], 1), (["--threads", "2"], 2)])
+def test_fit_cli_torch_threads(tmp_path, monkeypatch, options, expected):
+    """fit runs with one torch thread unless --threads sets another count, and restores the count."""
+    import torch
+
+    import dimalign.embedding
+
+    seen = []
+    monkeypatch.setattr(dimalign.embedding, "fit_run", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    write_triplets(tmp_path / "train.npy")
+    before = torch.get_num_threads()
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run")] + options)
+
+    assert status == 0
+    assert seen == [expected]
+    assert torch.get_num_threads() == before
+
+
+def test_fit_cli_rejects_zero_threads(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"), "--threads", "0"])
+    assert "argument --threads: 0 is invalid: use 1 or more" in capsys.readouterr().err
