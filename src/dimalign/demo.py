@@ -316,6 +316,7 @@ def fit_seeds(seed: int) -> dict[str, int]:
 
 def _fit_side(train, val, run_dir, n_objects, objects, settings, paths, side, seed):
     from dimalign.embedding import VICE, fit_run
+    from dimalign.parallel import limit_torch_threads
 
     model = VICE(
         n_dims=settings.n_dims, max_epochs=settings.max_epochs, batch_size=settings.batch_size,
@@ -323,7 +324,9 @@ def _fit_side(train, val, run_dir, n_objects, objects, settings, paths, side, se
         device=settings.device, eval_every=10, verbose=True, **settings.vice,
     )
     inputs = {"triplets": paths["human_triplets"]} if side == "human" else {"features": paths["features"]}
-    return fit_run(model, train, val, run_dir, n_objects=n_objects, object_table=objects, inputs=inputs)
+    # One torch thread, as in dimalign fit: faster on a CPU for these small per-batch operations.
+    with limit_torch_threads(1):
+        return fit_run(model, train, val, run_dir, n_objects=n_objects, object_table=objects, inputs=inputs)
 
 
 def shortened_note(settings: DemoSettings, human_triplets: Path, objects: Path) -> str:
