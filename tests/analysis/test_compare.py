@@ -925,3 +925,19 @@ def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
         compare(embedding, embedding, tmp_path / "out", n_bootstrap=0)
 
     assert "; 1 DNN dimension for 95% of the full r²" in caplog.text
+
+
+def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
+    """A folder would load train.npy, so the jackknife would explain training triplets."""
+    write_surrogate_sides(tmp_path)
+    split = tmp_path / "split"
+    split.mkdir()
+    np.save(split / "train.npy", np.array([[0, 1, 2], [3, 4, 5]]))
+    np.save(split / "val.npy", np.array([[6, 7, 8]]))
+
+    status = main(["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+                   "--triplets", str(split), "--bootstrap", "0"])
+
+    assert status == 1
+    assert f"pass the file to explain, such as {split / 'val.npy'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

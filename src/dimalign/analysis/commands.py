@@ -128,14 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"for {n_objects}{source}. Evaluate an embedding with triplets of the same objects."
         )
 
-    triplet_path = Path(args.triplets)
-    if triplet_path.is_dir() and (triplet_path / "val.npy").is_file():
-        # A folder loads its training file, so the score would not be held out.
-        raise ValueError(
-            f"--triplets {triplet_path} is a folder with training and validation triplets, and a "
-            f"folder loads its training file: pass the file to score, such as {triplet_path / 'val.npy'} "
-            "for the held-out triplets"
-        )
+    reject_split_folder(Path(args.triplets), "score")
     with empty_triplets_rejected_later():
         triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
@@ -174,6 +167,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
     return 0
+
+
+def reject_split_folder(path: Path, purpose: str) -> None:
+    """Reject a ``--triplets`` folder with ``train.npy`` and ``val.npy``.
+
+    Such a folder loads its training file, as ``dimalign fit`` needs, so a
+    command meant for held-out triplets would silently use the training ones.
+
+    Raises:
+        ValueError: Naming the folder's ``val.npy``.
+    """
+    if path.is_dir() and (path / "val.npy").is_file():
+        raise ValueError(
+            f"--triplets {path} is a folder with training and validation triplets, and a "
+            f"folder loads its training file: pass the file to {purpose}, such as {path / 'val.npy'} "
+            "for the held-out triplets"
+        )
 
 
 @contextlib.contextmanager

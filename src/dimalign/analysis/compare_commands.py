@@ -212,6 +212,9 @@ def run_compare(args: argparse.Namespace) -> int:
         inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
     if args.triplets is not None:
+        from dimalign.analysis.commands import reject_split_folder
+
+        reject_split_folder(args.triplets, "explain")
         triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
         inputs["triplets"] = args.triplets
     compare(
