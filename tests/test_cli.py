@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 
 def test_parser_builds_without_torch():
     # Building the parser (every --help) must not load torch, because importing
@@ -84,3 +86,66 @@ def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert status == 1
     assert "dimalign demo: error: cannot write unique_id.txt into the THINGS data folder" in stderr
     assert "Traceback" not in stderr
+
+
+def test_python_m_dimalign_runs_cli():
+    """``python -m dimalign`` is the same command as the ``dimalign`` script."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dimalign", "--version"], capture_output=True, text=True
+    )
+    from dimalign import __version__
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"dimalign {__version__}"
+
+
+def test_manifest_records_dimalign_command(tmp_path):
+    """The manifest names the dimalign command, not the Python process that ran it."""
+    import json
+
+    from dimalign.cli import main
+    from dimalign.io.files import write_manifest
+
+    source = tmp_path / "raw file.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+    out = tmp_path / "out"
+
+    assert main(["import-triplets", str(source), "--n-objects", "3", "-o", str(out)]) == 0
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == f"dimalign import-triplets '{source}' --n-objects 3 -o {out}"
+    # A library call outside the command, as from a notebook, records none.
+    write_manifest(tmp_path / "library", step="test")
+    assert json.loads((tmp_path / "library" / "manifest.json").read_text())["command"] is None
+
+
+def test_help_texts_have_no_rst_markup():
+    """Help is plain text, so docstring markup such as ``name`` must not leak into it."""
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    for name, subparser in commands.choices.items():
+        assert "``" not in subparser.format_help(), name
+
+
+@pytest.mark.parametrize(
+    "argv, quiet, verbose",
+    [
+        (["fit", "train.npy", "-o", "run"], False, 0),
+        (["-q", "fit", "train.npy", "-o", "run"], True, 0),
+        (["fit", "train.npy", "-o", "run", "-q"], True, 0),
+        (["-v", "fit", "train.npy", "-o", "run"], False, 1),
+        (["fit", "train.npy", "-o", "run", "-vv"], False, 2),
+        (["labels", "names", "labels.txt", "-q"], True, 0),
+    ],
+)
+def test_logging_options_before_or_after_command(argv, quiet, verbose):
+    from dimalign.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+
+    assert args.quiet is quiet
+    assert args.verbose == verbose

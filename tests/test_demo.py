@@ -114,3 +114,37 @@ def test_demo_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="the output folder .*out is a file"):
         run_demo(tmp_path / "out", data_dir=tmp_path, download=False)
+
+
+def test_shortened_note_gives_runnable_full_fit():
+    """The note names the triplet file the demo read, not a placeholder."""
+    from pathlib import Path
+
+    from dimalign.demo import shortened_note
+
+    note = shortened_note(DemoSettings(), Path("/data/my things/human_triplets.txt"), Path("/data/unique_id.txt"))
+
+    assert note.endswith(
+        "Full-length fit of the human triplets: dimalign fit '/data/my things/human_triplets.txt' "
+        "--objects /data/unique_id.txt -o runs/human --max-epochs 1000 --stability-epochs 500"
+    )
+
+
+def test_demo_fits_with_one_torch_thread(monkeypatch, tmp_path):
+    import numpy as np
+    import torch
+
+    import dimalign.embedding
+    from dimalign.demo import _fit_side
+
+    seen = []
+    monkeypatch.setattr(dimalign.embedding, "fit_run", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _fit_side(np.zeros((0, 3)), None, tmp_path, 5, None, DemoSettings(), {"human_triplets": "t.txt"}, "human", 0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+    assert seen == [1]

@@ -43,10 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Interpretable dimensions of object similarity in humans and DNNs.",
     )
     parser.add_argument("--version", action="version", version=f"dimalign {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_logging_options(parser, default_verbose=0, default_quiet=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_MODULES:
         try:
@@ -58,7 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    _add_logging_options_to_commands(subparsers)
     return parser
+
+
+def add_logging_options(parser: argparse.ArgumentParser, default_verbose: Any, default_quiet: Any) -> None:
+    """Add ``-v/--verbose`` and ``-q/--quiet`` to ``parser``."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default_verbose, help="more log output (-vv for debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=default_quiet, help="only warnings and errors")
+
+
+def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Let ``-v`` and ``-q`` also follow a subcommand, as in ``dimalign fit ... -q``.
+
+    The defaults are suppressed, so an option given only before the
+    subcommand is not reset by the subcommand's parser. ``label-app`` passes
+    everything after its first argument to its own parsers, so it keeps the
+    options before the subcommand only.
+    """
+    for name, command_parser in subparsers.choices.items():
+        if name == "label-app":
+            continue
+        nested = [action for action in command_parser._actions if isinstance(action, argparse._SubParsersAction)]
+        if nested:
+            _add_logging_options_to_commands(nested[0])
+        else:
+            add_logging_options(command_parser, argparse.SUPPRESS, argparse.SUPPRESS)
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -134,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    from dimalign.io.files import recording_command_line
+
+    command_line = ["dimalign", *(sys.argv[1:] if argv is None else argv)]
     try:
-        with sigterm_as_exit(), warnings_to_log():
+        with sigterm_as_exit(), warnings_to_log(), recording_command_line(command_line):
             return int(args.handler(args) or 0)
     except (KeyboardInterrupt, Terminated) as error:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"

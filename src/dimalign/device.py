@@ -40,6 +40,6 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {device!r} was requested but no CUDA GPU is available on this "
-            "machine; use device='cpu' or device='auto'"
+            "machine; use device 'cpu' or 'auto' (CLI: --device cpu)"
         )
     return resolved

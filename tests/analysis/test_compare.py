@@ -1022,3 +1022,64 @@ def test_map_cli_rejects_swapped_inputs(tmp_path, capsys):
     assert (f"--embedding {tmp_path / 'features' / 'features.npy'} is in the output folder of dimalign extract, "
             "so it contains features, not an embedding") in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_compare_accepts_arrays_and_estimators(tmp_path):
+    """A notebook passes fitted models or arrays; the result equals that of the saved runs."""
+    from dimalign.embedding import SPoSE
+
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    from_files = compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "files", n_bootstrap=20)
+
+    # The runs store float32 weights, so the arrays are read back from them.
+    saved_human = load_embedding(tmp_path / "human").embedding
+    saved_dnn = load_embedding(tmp_path / "dnn").embedding
+    from_arrays = compare(saved_human, saved_dnn, tmp_path / "arrays", n_bootstrap=20)
+    assert from_arrays.rsa.r == from_files.rsa.r
+    assert from_arrays.rsa.ci_low == from_files.rsa.ci_low
+    estimator = SPoSE(n_dims=4, n_objects=12)
+    estimator.embedding_ = saved_human
+    from_estimator = compare(estimator, tmp_path / "dnn", tmp_path / "estimator", n_bootstrap=20)
+    assert from_estimator.rsa.r == from_files.rsa.r
+
+
+def test_compare_rejects_unfitted_estimator_and_negative_array(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    from dimalign.embedding import VICE
+
+    human, dnn = surrogate_pair(n_objects=12)
+    with pytest.raises(NotFittedError, match="the human embedding, a VICE, is not fitted yet"):
+        compare(VICE(), dnn, tmp_path / "out", n_bootstrap=0)
+    negative = dnn.copy()
+    negative[3, 1] = -0.5
+    with pytest.raises(ValueError, match=r"the DNN embedding: 1 negative weights, the lowest -0.5 at row 3"):
+        compare(human, negative, tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
+    embedding = gamma_embedding(12, 1, seed=5)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"):
+        compare(embedding, embedding, tmp_path / "out", n_bootstrap=0)
+
+    assert "; 1 DNN dimension for 95% of the full r²" in caplog.text
+
+
+def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
+    """A folder would load train.npy, so the jackknife would explain training triplets."""
+    write_surrogate_sides(tmp_path)
+    split = tmp_path / "split"
+    split.mkdir()
+    np.save(split / "train.npy", np.array([[0, 1, 2], [3, 4, 5]]))
+    np.save(split / "val.npy", np.array([[6, 7, 8]]))
+
+    status = main(["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+                   "--triplets", str(split), "--bootstrap", "0"])
+
+    assert status == 1
+    assert f"pass the file to explain, such as {split / 'val.npy'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -132,6 +132,20 @@ def test_evaluate_without_repeats_has_no_ceiling(recwarn):
     assert not [warning for warning in recwarn if "noise ceiling" in str(warning.message)]
 
 
+def test_evaluate_fitted_estimator_scores_its_embedding():
+    """A fitted VICE or SPoSE is scored by its embedding_, like its saved run."""
+    from dimalign.embedding import SPoSE
+
+    estimator = SPoSE(n_dims=2, n_objects=4)
+    estimator.embedding_ = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+
+    metrics = evaluate_embedding(estimator, [[0, 1, 3], [3, 2, 1]])
+
+    assert metrics["n_dims"] == 2
+    assert metrics["accuracy"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-15)
+    assert metrics["n_ties"] == 1
+
+
 def test_evaluate_real_embedding(things_dir, spose49):
     triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
 
@@ -327,3 +341,31 @@ def test_cli_evaluate_index_out_of_range(tmp_path, capsys):
 
     assert status == 1
     assert "4" in capsys.readouterr().err
+
+
+def test_cli_evaluate_quiet_prints_metrics(tmp_path, capsys):
+    """-q hides the log line, so the metrics must also reach standard output."""
+    run_dir, triplet_file = _cli_run(tmp_path)
+
+    status = main(["-q", "evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    stored = np.load(run_dir / "embedding.npz")["embedding"]
+    triplets = np.loadtxt(triplet_file, dtype=np.int64)
+    assert printed == evaluate_embedding(stored, triplets)
+
+
+def test_cli_evaluate_rejects_split_folder(tmp_path, capsys):
+    """A folder would load train.npy, and the 'held-out' accuracy would be the training accuracy."""
+    run_dir, triplet_file = _cli_run(tmp_path)
+    split = tmp_path / "split"
+    split.mkdir()
+    triplets = np.loadtxt(triplet_file, dtype=np.int64)
+    np.save(split / "train.npy", triplets[:30])
+    np.save(split / "val.npy", triplets[30:])
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(split)])
+
+    assert status == 1
+    assert f"pass the file to score, such as {split / 'val.npy'} for the held-out triplets" in capsys.readouterr().err

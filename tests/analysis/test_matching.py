@@ -185,3 +185,30 @@ def rsa_of(first, second):
     from dimalign.analysis.rsa import rsa
 
     return rsa(first, second)
+
+
+def test_cumulative_rsa_logs_share_not_reached(caplog):
+    """A DNN whose similarity is the reverse of the human one never reaches the share."""
+    rng = np.random.default_rng(7)
+    dnn = rng.gamma(1.0, size=(10, 2))
+    human_similarity = -dot_similarity(dnn)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.matching"):
+        curve = cumulative_rsa(human_similarity, dnn, [0, 1], similarity=dot_similarity)
+
+    assert curve.n_dims_for_share is None
+    assert "no prefix of the 2 DNN dimensions reaches 95% of the full r² with a positive r" in caplog.text
+    assert "None" not in caplog.text
+
+
+@pytest.mark.parametrize("n_dims, expected", [(1, "1 DNN dimension reaches it"), (4, "4 DNN dimensions reach it"), (None, None)])
+def test_cumulative_rsa_figure_labels(n_dims, expected):
+    from dimalign.analysis.figures_compare import cumulative_rsa_labels
+    from dimalign.analysis.matching import CumulativeRSA
+
+    curve = CumulativeRSA(dnn_dims=np.arange(4), r=np.full(4, 0.5), r_full=0.4, share=0.95, n_dims_for_share=n_dims)
+
+    share_label, dims_label = cumulative_rsa_labels(curve)
+
+    assert share_label == "95% of the full r² (0.160)"
+    assert dims_label == expected

@@ -589,3 +589,40 @@ def test_sweep_names_empty_validation_file(tmp_path, tiny_triplets, capsys):
     assert "--val-fraction" not in error
     assert error.count("contains no triplets") == 1
     assert not out.exists()
+
+
+def test_sweep_cli_passes_prior_options(tmp_path, tiny_triplets):
+    """--pi, --spike, --slab, --beta and --min-objects reach every seed's VICE, as in dimalign fit."""
+    import tomllib
+
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "triplets.npy", train)
+    code = main([
+        "sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
+        "--seeds", "1", "--n-dims", "4", "--max-epochs", "1", "--mc-samples", "2",
+        "--pi", "0.4", "--spike", "0.2", "--slab", "1.5", "--beta", "0.5", "--min-objects", "2",
+    ])
+
+    assert code == 0
+    config = tomllib.loads((tmp_path / "sweep" / "runs" / "seed_0" / "config.toml").read_text())
+    assert config["settings"]["pi"] == 0.4
+    assert config["settings"]["spike"] == 0.2
+    assert config["settings"]["slab"] == 1.5
+    assert config["settings"]["beta"] == 0.5
+    assert config["settings"]["min_objects"] == 2
+
+
+def test_sweep_cli_rejects_prior_options_for_spose(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "triplets.npy", train)
+    code = main([
+        "sweep", str(tmp_path / "triplets.npy"), "--n-objects", str(N_OBJECTS), "-o", str(tmp_path / "sweep"),
+        "--seeds", "1", "--method", "spose", "--beta", "0.5",
+    ])
+
+    assert code == 1
+    assert "['beta'] do not apply to --method spose" in capsys.readouterr().err

@@ -112,7 +112,9 @@ def test_fit_cli_cuda_without_gpu_leaves_no_folder(tmp_path, monkeypatch, capsys
     status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
                    "--n-dims", "3", "--max-epochs", "1", "--device", "cuda"])
     assert status == 1
-    assert "no CUDA GPU" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "no CUDA GPU" in error
+    assert "use device 'cpu' or 'auto' (CLI: --device cpu)" in error
     assert not (tmp_path / "new").exists()
 
 
@@ -144,6 +146,7 @@ def test_fit_cli_failure_keeps_existing_folder(tmp_path, capsys):
          "--prior, --pi apply only to --method vice"),
         (["--method", "spose", "--spike", "0.1"], "--spike applies only to --method vice"),
         (["--method", "spose", "--slab", "1.0"], "--slab applies only to --method vice"),
+        (["--method", "spose", "--beta", "0.5"], "--beta applies only to --method vice"),
     ],
 )
 def test_fit_cli_contradictory_options_fail(tmp_path, capsys, options, message):
@@ -189,3 +192,71 @@ def test_fit_cli_split_does_not_follow_seed(tmp_path):
 
     np.testing.assert_array_equal(validation("--seed", "1"), validation("--seed", "2"))
     assert not np.array_equal(validation("--split-seed", "1"), validation("--split-seed", "2"))
+
+
+def test_fit_cli_beta_reaches_estimator(tmp_path):
+    """--beta reaches VICE, so the beta settings compared in docs/embedding.md can be run."""
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "3", "--max-epochs", "1", "--beta", "0.5"])
+
+    assert status == 0
+    config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert config["settings"]["beta"] == 0.5
+
+
+def test_fit_cli_min_objects_reaches_estimator(tmp_path):
+    """The warning about a fit that kept no dimension names --min-objects, so fit must take it."""
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--method", "spose", "--n-dims", "3", "--max-epochs", "1", "--min-objects", "1"])
+
+    assert status == 0
+    config = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert config["settings"]["min_objects"] == 1
+
+
+def test_fit_cli_reads_import_triplets_folder(tmp_path):
+    """The README fits the folder that import-triplets --split writes, objects.tsv included."""
+    source = tmp_path / "raw.txt"
+    triplets = write_triplets(tmp_path / "raw.npy")
+    source.write_text("".join(f"{a} {b} {c}\n" for a, b, c in triplets))
+    table = tmp_path / "names.txt"
+    table.write_text("".join(f"object{index}\n" for index in range(12)))
+    assert main(["import-triplets", str(source), "--objects", str(table), "--split", "0.1",
+                 "-o", str(tmp_path / "imported")]) == 0
+
+    status = main(["fit", str(tmp_path / "imported"), "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["outputs"]["n_val"] == len(np.load(tmp_path / "imported" / "val.npy"))
+    assert manifest["settings"]["n_objects"] == 12
+
+
+@pytest.mark.parametrize("options, expected", [([], 1), (["--threads", "2"], 2)])
+def test_fit_cli_torch_threads(tmp_path, monkeypatch, options, expected):
+    """fit runs with one torch thread unless --threads sets another count, and restores the count."""
+    import torch
+
+    import dimalign.embedding
+
+    seen = []
+    monkeypatch.setattr(dimalign.embedding, "fit_run", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    write_triplets(tmp_path / "train.npy")
+    before = torch.get_num_threads()
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run")] + options)
+
+    assert status == 0
+    assert seen == [expected]
+    assert torch.get_num_threads() == before
+
+
+def test_fit_cli_rejects_zero_threads(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"), "--threads", "0"])
+    assert "argument --threads: 0 is invalid: use 1 or more" in capsys.readouterr().err

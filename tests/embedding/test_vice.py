@@ -178,7 +178,7 @@ def test_spose_fits_non_negative_weights():
 def test_fit_without_dimensions_warns():
     """A Python warning, not only a log record: notebooks show no log records by default."""
     train = planted_triplets(500)
-    with pytest.warns(UserWarning, match=r"the fit kept no dimension.* lower min_objects \(now 5, Python only\)"):
+    with pytest.warns(UserWarning, match=r"the fit kept no dimension.* lower min_objects \(now 5; CLI: --min-objects\)"):
         model = SPoSE(n_dims=4, max_epochs=5, lr=0.05, l1=1000.0).fit(train, n_objects=30)
     assert model.n_dims_ == 0
 

@@ -268,3 +268,14 @@ def test_grid_zero_weights_are_logged(colour_objects, tmp_path, caplog):
 
     assert rows.tolist() == [1, 0, 2, 3]
     assert "dimension 0: 3 of the 4 objects in its top grid have weight 0" in caplog.text
+
+
+def test_grid_cli_too_few_objects_names_top_layout(tmp_path, capsys):
+    save_embedding(EmbeddingResult(np.arange(16.0).reshape(8, 2)), tmp_path / "run")
+    write_object_table(ObjectTable.from_ids([f"object{index}" for index in range(8)]), tmp_path / "run" / "objects.tsv")
+
+    status = main(["grid", str(tmp_path / "run"), "-o", str(tmp_path / "grids"), "--layout", "percentile"])
+
+    assert status == 1
+    assert ("the percentile layout has 30 cells but there are only 8 objects: use the top layout "
+            "(CLI: --layout top --top-k 8)") in capsys.readouterr().err

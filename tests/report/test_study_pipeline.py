@@ -224,3 +224,36 @@ def test_nested_study_and_stage_file_rejected(study, tmp_path):
     with pytest.raises(FileExistsError, match=r"compare is a file, but stage compare writes a folder"):
         run_study(config, tmp_path / "s")
     assert (tmp_path / "s" / "compare").read_text() == "my file"
+
+
+def test_fit_stage_uses_one_torch_thread(monkeypatch, tmp_path):
+    """Fit stages run like dimalign fit and sweep workers, with one torch thread."""
+    import types
+
+    import torch
+
+    import dimalign.embedding
+    from dimalign.io.files import write_manifest
+    from dimalign.io.objects import ObjectTable
+    from dimalign.report import stages
+
+    seen = []
+
+    def fake_fit_run(estimator, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        estimator.n_dims_, estimator.n_epochs_ = 0, 0
+        write_manifest(tmp_path, step="fit")
+
+    monkeypatch.setattr(dimalign.embedding, "fit_run", fake_fit_run)
+    monkeypatch.setattr(stages, "build_estimator", lambda settings, out_dir: types.SimpleNamespace())
+    context = types.SimpleNamespace(settings={}, out_dir=tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stages._fit(context, np.zeros((2, 3), dtype=np.int64), np.zeros((0, 3), dtype=np.int64),
+                    ObjectTable.from_ids(["a", "b", "c"]), {})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+    assert seen == [1]

@@ -276,7 +276,7 @@ def test_split_out_of_range_names_option(tmp_path, capsys):
         main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "3",
               "--split", "1.5"])
 
-    assert "argument --split: 1.5 is invalid" in capsys.readouterr().err
+    assert "argument --split/--val-fraction: 1.5 is invalid" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -388,3 +388,19 @@ def test_import_manifest_lists_few_unseen_objects(tmp_path):
     outputs = json.loads((tmp_path / "out" / "manifest.json").read_text())["outputs"]
     assert outputs["n_unseen_objects"] == 997
     assert outputs["unseen_objects"] == list(range(3, 103))
+
+
+def test_import_val_fraction_is_split(tmp_path):
+    """simulate and fit call the held-out share --val-fraction; import-triplets accepts that name too."""
+    source = tmp_path / "raw.txt"
+    rng = np.random.default_rng(1)
+    source.write_text("".join(f"{a} {b} {c}\n" for a, b, c in (rng.choice(12, 3, replace=False) for _ in range(100))))
+    by_split, by_val_fraction = tmp_path / "split", tmp_path / "val_fraction"
+
+    assert main(["import-triplets", str(source), "--n-objects", "12", "-o", str(by_split), "--split", "0.2"]) == 0
+    assert main([
+        "import-triplets", str(source), "--n-objects", "12", "-o", str(by_val_fraction), "--val-fraction", "0.2",
+    ]) == 0
+
+    assert np.array_equal(np.load(by_split / "val.npy"), np.load(by_val_fraction / "val.npy"))
+    assert read_manifest(by_val_fraction)["settings"]["split"] == 0.2

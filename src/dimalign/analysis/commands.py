@@ -91,7 +91,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "-o",
         "--out",
         metavar="OUTDIR",
-        help="write metrics.json and manifest.json into this directory",
+        help="also write metrics.json and manifest.json into this directory (the metrics are "
+        "always printed to standard output as one JSON object)",
     )
     parser.set_defaults(handler=run_evaluate)
 
@@ -127,6 +128,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"for {n_objects}{source}. Evaluate an embedding with triplets of the same objects."
         )
 
+    reject_split_folder(Path(args.triplets), "score")
     with empty_triplets_rejected_later():
         triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
@@ -139,6 +141,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         object_ids=list(table.object_ids) if table is not None else None,
     )
     logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
+    # The result also goes to standard output, so that -q (which hides the log
+    # line above) still shows it and a script can read it.
+    print(json.dumps(metrics))
 
     if args.out:
         out_dir = Path(args.out)
@@ -162,6 +167,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
     return 0
+
+
+def reject_split_folder(path: Path, purpose: str) -> None:
+    """Reject a ``--triplets`` folder with ``train.npy`` and ``val.npy``.
+
+    Such a folder loads its training file, as ``dimalign fit`` needs, so a
+    command meant for held-out triplets would silently use the training ones.
+
+    Raises:
+        ValueError: Naming the folder's ``val.npy``.
+    """
+    if path.is_dir() and (path / "val.npy").is_file():
+        raise ValueError(
+            f"--triplets {path} is a folder with training and validation triplets, and a "
+            f"folder loads its training file: pass the file to {purpose}, such as {path / 'val.npy'} "
+            "for the held-out triplets"
+        )
 
 
 @contextlib.contextmanager

@@ -51,7 +51,7 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
-from dimalign.io.runs import EmbeddingResult, load_embedding
+from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -661,8 +661,8 @@ class ComparisonResult:
 
 
 def compare(
-    human: str | os.PathLike | EmbeddingResult,
-    dnn: str | os.PathLike | EmbeddingResult,
+    human: str | os.PathLike | EmbeddingResult | np.ndarray | Any,
+    dnn: str | os.PathLike | EmbeddingResult | np.ndarray | Any,
     out_dir: str | os.PathLike,
     *,
     objects: ObjectTable | None = None,
@@ -682,8 +682,11 @@ def compare(
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
     Args:
-        human (path | EmbeddingResult): Human run directory or embedding file.
-        dnn (path | EmbeddingResult): DNN run directory or embedding file.
+        human (path | EmbeddingResult | np.ndarray | estimator): Human run
+            directory or embedding file, an array ``(n_objects, n_dims)``, or
+            a fitted VICE or SPoSE.
+        dnn (path | EmbeddingResult | np.ndarray | estimator): The DNN side,
+            in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
             not a run directory with its own ``objects.tsv``. For a plain
@@ -861,9 +864,14 @@ def compare(
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
+    n_for_share = cumulative.n_dims_for_share
+    if n_for_share is None:
+        share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
+    else:
+        share_text = f"{n_for_share} DNN dimension{'' if n_for_share == 1 else 's'} for 95% of the full r²"
     logger.info(
-        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s DNN dimensions for 95%%",
-        rsa_result.r, interval, primary.correlations.max(), cumulative.n_dims_for_share,
+        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s",
+        rsa_result.r, interval, primary.correlations.max(), share_text,
     )
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
@@ -915,14 +923,14 @@ def _named_bootstrap_rsa(
         ) from error
 
 
-def _load_side(side: str | os.PathLike | EmbeddingResult, label: str) -> _Side:
+def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, label: str) -> _Side:
     """Load one embedding with the ``objects.tsv`` of its run directory or of its folder."""
-    if isinstance(side, EmbeddingResult):
-        result = side
-        location = Path(side.path) if side.path is not None else None
-    else:
+    if isinstance(side, (str, os.PathLike)):
         result = load_embedding(side)
         location = Path(side)
+    else:
+        result = as_embedding_result(side, f"the {label} embedding")
+        location = Path(result.path) if result.path is not None else None
     if location is None:
         return _Side(label, result, None, None, None)
     own_file = location / OBJECT_TABLE_NAME if location.is_dir() else location.parent / OBJECT_TABLE_NAME

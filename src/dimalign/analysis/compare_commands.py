@@ -59,10 +59,15 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-dims", type=int, help="initial dimensions (estimator default if omitted)")
     parser.add_argument("--max-epochs", type=int, help="maximum epochs")
     parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions")
+    parser.add_argument("--min-objects", type=int, help="keep a dimension when more than this many objects weight it")
     parser.add_argument("--batch-size", type=int, help="triplets per step")
     parser.add_argument("--lr", type=float, help="Adam learning rate")
     parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive")
     parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior")
+    parser.add_argument("--pi", type=float, help="VICE spike weight")
+    parser.add_argument("--spike", type=float, help="VICE spike sd")
+    parser.add_argument("--slab", type=float, help="VICE slab sd")
+    parser.add_argument("--beta", type=float, help="VICE weight of the complexity term in the loss")
     parser.add_argument("--l1", type=float, help="SPoSE L1 weight")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto, for every worker")
     parser.set_defaults(handler=run_sweep)
@@ -70,13 +75,14 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
 
 def _estimator_settings(args: argparse.Namespace) -> dict:
     settings = {"device": args.device}
-    names = ["n_dims", "max_epochs", "stability_epochs", "batch_size", "lr"]
-    names += ["mc_samples", "prior"] if args.method == "vice" else ["l1"]
+    names = ["n_dims", "max_epochs", "stability_epochs", "min_objects", "batch_size", "lr"]
+    vice_only = ["mc_samples", "prior", "pi", "spike", "slab", "beta"]
+    names += vice_only if args.method == "vice" else ["l1"]
     for name in names:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
-    ignored = [name for name in (("l1",) if args.method == "vice" else ("mc_samples", "prior")) if getattr(args, name) is not None]
+    ignored = [name for name in (["l1"] if args.method == "vice" else vice_only) if getattr(args, name) is not None]
     if ignored:
         raise ValueError(f"options {ignored} do not apply to --method {args.method}: remove them")
     return settings
@@ -210,6 +216,9 @@ def run_compare(args: argparse.Namespace) -> int:
         inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
     if args.triplets is not None:
+        from dimalign.analysis.commands import reject_split_folder
+
+        reject_split_folder(args.triplets, "explain")
         triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
         inputs["triplets"] = args.triplets
     compare(

@@ -23,13 +23,13 @@ import numpy as np
 from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
 from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
 from dimalign.analysis.things48 import load_things48, things48_correlation
-from dimalign.io.runs import EmbeddingResult
+from dimalign.io.runs import EmbeddingResult, as_embedding_result
 
 logger = logging.getLogger(__name__)
 
 
 def evaluate_embedding(
-    embedding: np.ndarray | EmbeddingResult,
+    embedding: np.ndarray | EmbeddingResult | Any,
     triplets: np.ndarray | Sequence[Sequence[int]],
     things_dir: str | os.PathLike | None = None,
     device: str = "cpu",
@@ -38,7 +38,10 @@ def evaluate_embedding(
     """Compute the evaluation metrics of an embedding on a set of triplets.
 
     Args:
-        embedding (np.ndarray | EmbeddingResult): Shape ``(n_objects, n_dims)``.
+        embedding (np.ndarray | EmbeddingResult | estimator): Shape
+            ``(n_objects, n_dims)``, or a fitted VICE or SPoSE, whose
+            ``embedding_`` is scored (not the posterior predictive of
+            ``VICE.score``).
         triplets (array-like): Shape ``(n, 3)``, 0-based, odd one out last.
         things_dir (path | None): THINGS data directory with
             ``RDM48_triplet.mat``, ``words48.csv`` and ``unique_id.txt``. The
@@ -67,6 +70,9 @@ def evaluate_embedding(
     """
     if isinstance(embedding, EmbeddingResult):
         embedding = embedding.embedding
+    elif hasattr(embedding, "get_params"):
+        # A VICE or SPoSE estimator: its posterior means (or weights), as the run's embedding.npz stores them.
+        embedding = as_embedding_result(embedding).embedding
     weights = np.asarray(embedding, dtype=np.float64)
     triplets = np.asarray(triplets)
 

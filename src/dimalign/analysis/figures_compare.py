@@ -66,6 +66,17 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
     return names
 
 
+def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
+    """Return the legend labels of the share line and of the dimension mark (None without a mark)."""
+    share_label = f"{100 * cumulative.share:.0f}% of the full r² ({cumulative.r_full**2:.3f})"
+    n_dims = cumulative.n_dims_for_share
+    if n_dims is None:
+        return share_label, None
+    if n_dims == 1:
+        return share_label, "1 DNN dimension reaches it"
+    return share_label, f"{n_dims} DNN dimensions reach it"
+
+
 def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative_rsa") -> list[str]:
     """Plot the explained variance as DNN dimensions are added, with the 95% mark.
 
@@ -85,14 +96,16 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     share = r**2 / cumulative.r_full**2 if cumulative.r_full != 0 else np.full(r.size, np.nan)
     figure, axis = plt.subplots(figsize=(6.0, 3.6))
     axis.plot(steps, share, marker="o", markersize=3, linewidth=1.2, color="C0")
-    axis.axhline(cumulative.share, color="C3", linestyle="--", linewidth=1.0,
-                 label=f"{100 * cumulative.share:.0f}% of full r² = {cumulative.r_full**2:.3f}")
-    if cumulative.n_dims_for_share is not None:
-        axis.axvline(cumulative.n_dims_for_share, color="C3", linestyle=":", linewidth=1.0,
-                     label=f"{cumulative.n_dims_for_share} DNN dimensions")
+    share_label, dims_label = cumulative_rsa_labels(cumulative)
+    axis.axhline(cumulative.share, color="C3", linestyle="--", linewidth=1.0, label=share_label)
+    if dims_label is not None:
+        axis.axvline(cumulative.n_dims_for_share, color="C3", linestyle=":", linewidth=1.0, label=dims_label)
+    # Keep the share line off the frame when the whole curve lies above it.
+    axis.set_ylim(bottom=min(axis.get_ylim()[0], cumulative.share - 0.1))
     axis.set_xlabel("matched DNN dimensions added")
     axis.set_ylabel("share of the full model's r²")
-    axis.legend(frameon=False, fontsize=8, loc="lower right")
+    # The curve can pass 100%, so a fixed corner may cover it.
+    axis.legend(frameon=False, fontsize=8, loc="best")
     axis.set_title("Cumulative RSA with the human similarity")
     names = _save(figure, Path(out_dir), stem)
     plt.close(figure)

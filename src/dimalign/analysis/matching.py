@@ -354,10 +354,17 @@ def cumulative_rsa(
             stacklevel=2,
         )
     n_dims = dims_for_share(values, r_full, share)
-    logger.info(
-        "cumulative RSA: full r = %.3f; %s of %d DNN dimensions reach %.0f%% of the full r²",
-        r_full, n_dims, order.size, 100 * share,
-    )
+    if n_dims is None:
+        logger.info(
+            "cumulative RSA: full r = %.3f; no prefix of the %d DNN dimensions reaches %.0f%% of "
+            "the full r² with a positive r",
+            r_full, order.size, 100 * share,
+        )
+    else:
+        logger.info(
+            "cumulative RSA: full r = %.3f; %d of %d DNN dimensions reach %.0f%% of the full r²",
+            r_full, n_dims, order.size, 100 * share,
+        )
     return CumulativeRSA(dnn_dims=order, r=values, r_full=r_full, share=share, n_dims_for_share=n_dims)
 
 

@@ -308,7 +308,7 @@ class TripletEmbedding(BaseEstimator):
             warnings.warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
                 f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
-                f"{self.min_objects}, Python only), or, for SPoSE, a smaller l1 penalty",
+                f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
                 UserWarning, stacklevel=2,
             )
         return self
@@ -496,9 +496,10 @@ class TripletEmbedding(BaseEstimator):
         highest predicted probability; tied maxima share the hit. VICE
         predicts with the posterior predictive, the choice probabilities
         averaged over ``mc_samples`` draws from the posterior (seeded, so the
-        score is repeatable). That differs slightly from the accuracy of the
+        score is repeatable). That differs from the accuracy of the
         posterior means ``embedding_`` alone, which
-        :func:`dimalign.analysis.similarity.odd_one_out_accuracy` computes.
+        :func:`dimalign.analysis.similarity.odd_one_out_accuracy` computes,
+        by several points while the posterior is wide.
 
         Args:
             triplets (array-like): Shape ``(n, 3)``, 0-based, odd one out in

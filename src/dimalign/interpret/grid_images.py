@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from dimalign.interpret.grids import percentile_grid, top_objects
+from dimalign.interpret.grids import DEFAULT_PERCENTILES, percentile_grid, top_objects
 from dimalign.io.objects import ObjectTable, find_image
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,12 @@ def grid_objects(weights: np.ndarray, layout: str, top_k: int = 12) -> np.ndarra
     if layout == "top":
         return top_objects(weights, top_k)
     if layout == "percentile":
+        n_cells = 6 * (1 + len(DEFAULT_PERCENTILES))
+        if np.size(weights) < n_cells:
+            raise ValueError(
+                f"the percentile layout has {n_cells} cells but there are only {np.size(weights)} "
+                f"objects: use the top layout (CLI: --layout top --top-k {np.size(weights)})"
+            )
         return percentile_grid(weights)
     raise ValueError(f"invalid layout {layout!r}: use {' or '.join(LAYOUTS)}")
 

@@ -12,7 +12,6 @@ import numbers
 import os
 import platform
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib import metadata
@@ -22,6 +21,25 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+
+# The running ``dimalign`` command line, which manifests record. dimalign.cli.main
+# sets it while a command runs. Library calls (a notebook, a sweep worker) leave
+# it None, because their sys.argv names the Python process, not a command.
+_command_line: str | None = None
+
+
+@contextlib.contextmanager
+def recording_command_line(argv: Sequence[str]) -> Iterator[None]:
+    """Record ``argv`` (shell-quoted) as the ``command`` of manifests written inside the block."""
+    import shlex
+
+    global _command_line
+    previous = _command_line
+    _command_line = shlex.join(argv)
+    try:
+        yield
+    finally:
+        _command_line = previous
 
 _VERSIONED_PACKAGES = ("dimalign", "numpy", "scipy", "scikit-learn", "torch", "torchvision")
 
@@ -267,7 +285,7 @@ def write_manifest(
         recorded_inputs[name] = entry
     manifest = {
         "step": step,
-        "command": " ".join(sys.argv),
+        "command": _command_line,
         "started": started or now_iso(),
         "finished": now_iso(),
         "inputs": recorded_inputs,

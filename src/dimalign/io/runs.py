@@ -20,6 +20,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,27 +133,81 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             f"{path} cannot be read as an embedding: it is not a numpy .npy/.npz file of numbers, "
             "or it is damaged"
         ) from error
+    embedding = check_embedding(embedding, str(path), negative_tolerance)
+    logger.info("loaded embedding %s: %d objects x %d dimensions", path, *embedding.shape)
+    return EmbeddingResult(embedding=embedding, path=path, **extras)
+
+
+def check_embedding(
+    embedding: np.ndarray, source: str, negative_tolerance: float = NEGATIVE_TOLERANCE
+) -> np.ndarray:
+    """Check an embedding array and return it as float64 with tiny negative weights set to 0.
+
+    Args:
+        embedding (array-like): Shape ``(n_objects, n_dims)``.
+        source (str): The file or object that errors and warnings name.
+        negative_tolerance (float): Weights down to ``-negative_tolerance``
+            are set to 0 with a warning; lower ones are an error.
+
+    Raises:
+        ValueError: If the array is not 2-D, contains NaN or inf, or has a
+            weight below ``-negative_tolerance``.
+    """
     embedding = np.asarray(embedding, dtype=np.float64)
     if embedding.ndim != 2:
-        raise ValueError(f"{path}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
+        raise ValueError(f"{source}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
     if bad_rows.size:
-        raise ValueError(f"{path}: rows {bad_rows[:20].tolist()} contain NaN or inf")
+        raise ValueError(f"{source}: rows {bad_rows[:20].tolist()} contain NaN or inf")
     negative = embedding < 0
     if negative.any():
         minimum = float(embedding.min())
         if minimum < -negative_tolerance:
             row, column = np.argwhere(embedding == minimum)[0]
             raise ValueError(
-                f"{path}: {int(negative.sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
+                f"{source}: {int(negative.sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
                 f"dimension {column}; embeddings must be non-negative (apply ReLU, as VICE and SPoSE do, "
                 "before saving)"
             )
         warnings.warn(
-            f"{path}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
+            f"{source}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
             f"tolerance {negative_tolerance}) to 0",
-            stacklevel=2,
+            # Point at the caller of load_embedding or as_embedding_result.
+            stacklevel=3,
         )
         embedding = np.where(negative, 0.0, embedding)
-    logger.info("loaded embedding %s: %d objects x %d dimensions", path, *embedding.shape)
-    return EmbeddingResult(embedding=embedding, path=path, **extras)
+    return embedding
+
+
+def as_embedding_result(
+    value: str | os.PathLike | EmbeddingResult | np.ndarray | Any,
+    source: str = "the embedding",
+) -> EmbeddingResult:
+    """Turn a path, an array or a fitted VICE or SPoSE estimator into an :class:`EmbeddingResult`.
+
+    Args:
+        value: A run directory or embedding file (read by
+            :func:`load_embedding`), an :class:`EmbeddingResult` (returned as
+            it is), a fitted estimator with an ``embedding_`` attribute, or an
+            array of shape ``(n_objects, n_dims)``.
+        source (str): How errors name an array or estimator, which has no path.
+
+    Raises:
+        NotFittedError: For an estimator before ``fit``.
+        ValueError: For an array that :func:`check_embedding` rejects.
+    """
+    if isinstance(value, EmbeddingResult):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return load_embedding(value)
+    if hasattr(value, "get_params"):
+        if not hasattr(value, "embedding_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"{source}, a {type(value).__name__}, is not fitted yet: call fit first")
+        return EmbeddingResult(
+            embedding=check_embedding(value.embedding_, source),
+            scales=getattr(value, "scales_", None),
+            kept_dims=getattr(value, "kept_dims_", None),
+        )
+    return EmbeddingResult(embedding=check_embedding(value, source))

@@ -200,14 +200,18 @@ def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inp
     from dimalign.embedding import fit_run
     from dimalign.io.files import read_manifest
     from dimalign.io.triplets import save_triplets
+    from dimalign.parallel import limit_torch_threads
 
     save_triplets(train, context.out_dir / TRAIN_NAME)
     save_triplets(val, context.out_dir / VAL_NAME)
     estimator = build_estimator(context.settings, context.out_dir)
-    fit_run(
-        estimator, train, val if len(val) else None, context.out_dir,
-        n_objects=len(objects), object_table=objects, inputs=inputs,
-    )
+    # One torch thread, as in dimalign fit and every sweep worker: faster on a
+    # CPU for these small per-batch operations, and the same embedding per seed.
+    with limit_torch_threads(1):
+        fit_run(
+            estimator, train, val if len(val) else None, context.out_dir,
+            n_objects=len(objects), object_table=objects, inputs=inputs,
+        )
     # fit_run has scored the held-out triplets already; scoring VICE again would
     # repeat its Monte Carlo posterior predictive.
     recorded = read_manifest(context.out_dir).get("outputs", {})

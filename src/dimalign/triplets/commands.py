@@ -86,9 +86,10 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
     )
 
     parser.add_argument(
-        "--split", type=_validation_fraction, metavar="FRACTION",
+        "--split", "--val-fraction", dest="split", type=_validation_fraction, metavar="FRACTION",
         help="also split into train.npy and val.npy with this validation fraction, keeping "
-        "all repeats of an object set on one side",
+        "all repeats of an object set on one side (--val-fraction, as in simulate and fit, "
+        "is the same option)",
     )
     parser.add_argument("--seed", type=int, help="seed of --split (default: 0)")
     parser.set_defaults(handler=run_import)
