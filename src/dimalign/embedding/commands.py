@@ -60,9 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.add_argument(
         "--threads", type=_positive_int, default=1,
-        help="torch CPU threads (default 1: the same embedding as 'dimalign sweep' gives for the seed; "
-        "on a shared 2-core CPU an epoch of 118,000 triplets took 1 s with 1 thread and 7 to 23 s "
-        "with 2)",
+        help="torch CPU threads (default 1, as in 'dimalign sweep', which gives the same embedding for "
+        "a seed; more threads help only on free cores, see docs/embedding.md)",
     )
     parser.add_argument("--checkpoint-every", type=int, default=50, help="epochs between checkpoints (default 50)")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the run directory")
