@@ -149,3 +149,14 @@ def test_logging_options_before_or_after_command(argv, quiet, verbose):
 
     assert args.quiet is quiet
     assert args.verbose == verbose
+
+
+@pytest.mark.parametrize("command", [["extract", "images", "--model", "vgg16"], ["simulate", "features.npy", "--n-triplets", "10"]])
+@pytest.mark.parametrize("spelling", ["-o", "--out", "--out-dir"])
+def test_output_folder_option_spellings(command, spelling):
+    """extract and simulate take --out like every other command, and keep --out-dir."""
+    from dimalign.cli import build_parser
+
+    args = build_parser().parse_args([*command, spelling, "result"])
+
+    assert args.out_dir == "result"

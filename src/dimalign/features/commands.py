@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("images", metavar="IMAGES",
                          help="folder of images (searched recursively) or a text file with "
                               "one image path per line")
-    extract.add_argument("-o", "--out-dir", required=True, help="feature folder to write")
+    extract.add_argument("-o", "--out", "--out-dir", dest="out_dir", required=True, help="feature folder to write")
     extract.add_argument("--model", required=True,
                          help="efficientnet_lite0, a torchvision classification model "
                               "(vgg16, resnet50, ...) or timm:NAME")

@@ -108,7 +108,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "features", metavar="FEATURES",
         help="feature file (.npy, .h5, .txt) or feature folder from dimalign extract",
     )
-    parser.add_argument("-o", "--out-dir", required=True, help="output folder")
+    parser.add_argument("-o", "--out", "--out-dir", dest="out_dir", required=True, help="output folder")
     parser.add_argument(
         "--n-triplets", type=int, required=True, help="number of triplets to sample"
     )
