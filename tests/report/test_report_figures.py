@@ -239,3 +239,28 @@ def test_unlisted_stage_counts_as_absent(tiny_study, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"matching.csv not found: the study has no compare stage"):
         figures.plot_matching(results, tmp_path)
     assert results.sides() == ["human", "dnn"]
+
+
+def test_dollar_signs_drawn_as_written(tiny_study, tmp_path):
+    import shutil
+
+    from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
+
+    study = tmp_path / "study"
+    for name in ("human_fit", "dnn_fit", "compare"):
+        shutil.copytree(tiny_study / name, study / name)
+    table = read_object_table(study / "human_fit" / "objects.tsv")
+    names = list(table.object_ids)
+    names[:2] = ["$\\frac$", "price $5 or $10"]
+    for name in ("human_fit", "dnn_fit"):
+        write_object_table(ObjectTable(tuple(names), table.sources), study / name / "objects.tsv")
+    results = StudyResults(study)
+
+    figure = figures.plot_dimension(results, "human", 0, tmp_path / "figures", top_k=N_OBJECTS)
+    (axis,) = figure.get_axes()
+    labels = axis.get_yticklabels()
+    assert sorted(label.get_text() for label in labels) == sorted(names)
+    assert not any(label.get_parse_math() for label in labels)
+    assert written(tmp_path / "figures", "dimension_human_000")
+    figures.plot_disagreements(results, tmp_path / "figures", n_triplets=20)
+    assert written(tmp_path / "figures", "disagreements")

@@ -11,11 +11,13 @@ file and the stage that writes it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -39,6 +41,26 @@ MATCHING_LABELS = {
     "greedy": "without replacement (greedy)",
     "optimal": "without replacement (optimal)",
 }
+
+
+_Plot = TypeVar("_Plot", bound=Callable[..., Figure])
+
+
+def _plain_text(plot: _Plot) -> _Plot:
+    """Draw the text of ``plot``'s figure as written, without matplotlib's mathtext.
+
+    Object names, labels and category names come from the study's files.
+    Matplotlib reads text between two ``$`` signs as a formula, so a name such
+    as ``$5 or $10`` would be drawn in math italics, and ``$\\frac$`` raises a
+    parse error when the figure is saved.
+    """
+
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> Figure:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return draw  # type: ignore[return-value]
 
 
 def _results(results: StudyResults | str | os.PathLike) -> StudyResults:
@@ -65,6 +87,7 @@ def _metadata(suffix: str) -> dict[str, Any]:
 # -- similarity matrices -------------------------------------------------------------
 
 
+@_plain_text
 def plot_similarity_matrices(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "similarity_matrices",
@@ -125,6 +148,7 @@ def _mark_blocks(axis, blocks) -> None:
 # -- matching and cumulative RSA ------------------------------------------------------
 
 
+@_plain_text
 def plot_matching(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "matching",
@@ -180,6 +204,7 @@ def plot_matching(
 # -- training curves ---------------------------------------------------------------------
 
 
+@_plain_text
 def plot_training_curves(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "training_curves",
@@ -222,6 +247,7 @@ def plot_training_curves(
 # -- one dimension -------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_dimension(
     results: StudyResults | str | os.PathLike, side: str, dim: int, out_dir: str | os.PathLike, *,
     top_k: int = 8, dpi: int = 110, stem: str | None = None,
@@ -311,6 +337,7 @@ def _show_image(axis, path: Path) -> None:
 # -- kinds of dimensions ------------------------------------------------------------------
 
 
+@_plain_text
 def plot_kind_shares(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "kind_shares",
@@ -356,6 +383,7 @@ def plot_kind_shares(
 # -- disagreements -------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_disagreements(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, n_triplets: int = 6,
     dpi: int = 110, stem: str = "disagreements",
