@@ -276,3 +276,16 @@ def test_report_names_an_empty_result_table(tiny_study, tmp_path, capsys):
     (study / "compare" / "matching.csv").write_text("")
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert f"{study / 'compare' / 'matching.csv'} cannot be read as a table" in capsys.readouterr().err
+
+
+def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    record = (study / "pipeline.json").read_text()
+    assert main(["report", str(study), "-o", str(study / "pipeline.json")]) == 1
+    assert "is an existing file that is not an HTML report" in capsys.readouterr().err
+    assert (study / "pipeline.json").read_text() == record
+    assert not (study / "pipeline_figures").exists()
+
+    (tmp_path / "old.html").write_text("old report")
+    assert main(["report", str(study), "-o", str(tmp_path / "old.html")]) == 0
+    assert (tmp_path / "old.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
