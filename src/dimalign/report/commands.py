@@ -180,6 +180,12 @@ def _read_study_record(study_dir: Path) -> dict:
         ) from error
     if not isinstance(record, dict):
         raise ValueError(f"{path} is not a study record: expected a JSON object")
+    for key, kind in (("stages", list), ("inputs", dict), ("study", dict), ("changes", list)):
+        if not isinstance(record.get(key, kind()), kind):
+            raise ValueError(
+                f"{path} is not a study record: {key!r} must be a JSON {'array' if kind is list else 'object'}; "
+                "rerun 'dimalign run' to rewrite it, or remove it to report the stage folders as they are"
+            )
     return record
 
 

@@ -449,7 +449,7 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         logger.warning("%s is unreadable; the stage reruns", path)
         return None
-    record = manifest.get("pipeline")
+    record = manifest.get("pipeline") if isinstance(manifest, dict) else None
     return record if isinstance(record, dict) else None
 
 

@@ -40,6 +40,13 @@ DEFAULT_STAGE_DIRS = {
 }
 
 
+#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
+DISAGREEMENT_COLUMNS = (
+    "object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out", "human_dim", "dnn_dim",
+    "human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice",
+)
+
+
 @dataclass(frozen=True)
 class CategoryBlocks:
     """Objects ordered by category, for similarity matrix figures.
@@ -124,12 +131,30 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
     return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Read a result table, naming the file when it is empty or malformed."""
+def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``."""
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} cannot be read as a table ({error}); rerun the stage that writes it") from error
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} has no column {', '.join(missing)} (its columns: {', '.join(map(str, table.columns))}); "
+            "rerun the stage that writes it"
+        )
+    return table
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Read a result record, naming the file when it is not a JSON object."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}); rerun the stage that writes it") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a JSON object; rerun the stage that writes it")
+    return record
 
 
 class StudyResults:
@@ -241,17 +266,17 @@ class StudyResults:
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
-        return _read_csv(self.path(f"{side}_fit", "history.csv"))
+        return _read_csv(self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"))
 
     def manifest(self, stage: str) -> dict[str, Any]:
         """Return a stage's ``manifest.json``."""
-        return json.loads(self.path(stage, "manifest.json").read_text(encoding="utf-8"))
+        return _read_json(self.path(stage, "manifest.json"))
 
     # -- evaluation and comparison ------------------------------------------------------
 
     def evaluation(self) -> dict[str, Any]:
         """Return ``evaluate/summary.json``."""
-        return json.loads(self.path("evaluate", "summary.json").read_text(encoding="utf-8"))
+        return _read_json(self.path("evaluate", "summary.json"))
 
     def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the saved similarity matrix of ``side`` and the object of each row."""
@@ -271,28 +296,28 @@ class StudyResults:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
         key = ("matching",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.path("compare", "matching.csv"))
+            self._cache[key] = _read_csv(self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"))
         return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
-        return _read_csv(self.path("compare", "cumulative_rsa.csv"))
+        return _read_csv(self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"))
 
     def rsa(self) -> dict[str, Any]:
         """Return ``compare/rsa.json``."""
-        return json.loads(self.path("compare", "rsa.json").read_text(encoding="utf-8"))
+        return _read_json(self.path("compare", "rsa.json"))
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
-        return _read_csv(self.path("compare", f"relevance_{side}.csv"))
+        return _read_csv(self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"))
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
-        return _read_csv(self.path("compare", "disagreements.csv"))
+        return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
-        return _read_csv(self.path("map", "ridge_map.csv"))
+        return _read_csv(self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"))
 
     def best_match(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the best match of a dimension on the other side, from ``matching.csv``.
@@ -328,7 +353,7 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv")
+            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv", ("embedding", "dimension"))
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -356,7 +381,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(_read_csv(path))
+        return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -370,7 +395,7 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (inputs.labels)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(_read_csv(path))
+            return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
