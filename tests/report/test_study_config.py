@@ -294,13 +294,36 @@ def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
      ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
      ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
      ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
-     ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen")],
+     ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen"),
+     ("compare.top_k=25", "compare.top_k = 25 is invalid: inputs.objects lists 24 objects, so use at most 24"),
+     ('study.data_dir="${data_dir}/x"', r"study.data_dir = '\$\{data_dir\}/x' \(set with --set\) is invalid: it "
+      r"cannot contain \$\{data_dir\} itself")],
 )
 def test_cross_checks_fail_at_planning(tmp_path, monkeypatch, override, message):
     study_file = write_study(tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
         plan_study(load_config(study_file, [override]), tmp_path / "s")
+
+
+def test_study_file_with_byte_order_mark_loads(tmp_path):
+    study_file = write_study(tmp_path)
+    study_file.write_bytes(b"\xef\xbb\xbf" + study_file.read_bytes())
+    assert load_config(study_file).study["name"] == "Tiny study"
+
+
+def test_study_file_not_utf8_names_file(tmp_path):
+    study_file = tmp_path / "latin1.toml"
+    study_file.write_bytes(b'[study]\nname = "caf\xe9"\n')
+    with pytest.raises(ValueError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at offset 19\)"):
+        load_config(study_file)
+
+
+def test_study_file_that_is_a_folder(tmp_path):
+    folder = tmp_path / "study.toml"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"study file .*study.toml is a folder"):
+        load_config(folder)
 
 
 def test_more_folds_than_objects_fail_at_planning(tmp_path):

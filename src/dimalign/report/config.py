@@ -177,15 +177,27 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: On invalid TOML, a table of the wrong type, an unknown
-            ``[study]`` or ``[inputs]`` key, or an override of a table that the
-            file does not have.
+        IsADirectoryError: If the path is a folder.
+        ValueError: On text that is not UTF-8, invalid TOML, a table of the wrong type, an unknown
+            ``[study]`` or ``[inputs]`` key, a ``data_dir`` that contains
+            ``${data_dir}``, or an override of a table that the file does not have.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"study file {path} is a folder: give the TOML file, such as {path / 'study.toml'}")
     if not path.is_file():
         raise FileNotFoundError(f"study file {path} not found")
     try:
-        content = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig drops the byte order mark that some Windows editors write
+        # before UTF-8 text, which tomllib would reject as an invalid statement.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save the study file as UTF-8"
+        ) from error
+    try:
+        content = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from error
 
@@ -253,6 +265,12 @@ def _check_study_types(config: StudyConfig) -> None:
                 f"study.{key} = {value!r} ({config.origin(STUDY_TABLE, key)}) is invalid: "
                 f"expected {_TYPE_NAMES[type(default)]}"
             )
+    if _DATA_DIR_PATTERN.search(config.study["data_dir"]):
+        # resolve_path would substitute data_dir into itself without end.
+        raise ValueError(
+            f"study.data_dir = {config.study['data_dir']!r} ({config.origin(STUDY_TABLE, 'data_dir')}) is "
+            "invalid: it cannot contain ${data_dir} itself; give the folder's path"
+        )
     if config.study["seed"] < 0:
         raise ValueError(
             f"study.seed = {config.study['seed']} ({config.origin(STUDY_TABLE, 'seed')}) is invalid: "

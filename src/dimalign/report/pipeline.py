@@ -300,8 +300,15 @@ def _plan_stage(
             )
         inputs[key] = path
 
+    # The checks also see the object table where the stage itself reads it
+    # only through its upstream stages, so that a count can be compared with
+    # the number of objects. It stays out of the stage's fingerprints.
+    check_inputs = dict(inputs)
+    objects = config.input_path("objects")
+    if "objects" not in check_inputs and objects is not None and objects.is_file():
+        check_inputs["objects"] = objects
     try:
-        stage.check(settings, inputs)
+        stage.check(settings, check_inputs)
     except ValueError as error:
         raise ValueError(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 

@@ -432,7 +432,16 @@ class CachedSimilarity:
 
 def check_compare(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
     """Check the object and triplet counts of the compare stage."""
+    from dimalign.io.objects import read_object_table
+
     _check_device(settings)
+    if "objects" in inputs:
+        n_objects = len(read_object_table(inputs["objects"]))
+        if settings["top_k"] > n_objects:
+            raise ValueError(
+                f"compare.top_k = {settings['top_k']} is invalid: inputs.objects lists {n_objects} objects, "
+                f"so use at most {n_objects}"
+            )
     similarity_objects = specs.check_count(
         "compare", "similarity_objects", settings["similarity_objects"], allow_zero=False
     )
