@@ -323,3 +323,24 @@ def test_report_rejects_damaged_records(tiny_study, tmp_path, capsys, name, cont
     (study / name).write_text(content)
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_report_of_fit_without_dimensions(tiny_study, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study / "human_fit", study / "human_fit")
+    path = study / "human_fit" / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    # What a fit writes when pruning removed every dimension.
+    arrays.update(embedding=arrays["embedding"][:, :0], scales=arrays["scales"][:, :0], kept_dims=np.zeros(0, int))
+    np.savez(path, **arrays)
+
+    written = write_report(StudyResults(study), tmp_path / "r.html")
+    assert written.n_dimensions == 0
+    document = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "The human fit kept no dimension: pruning removed them all." in document
+    assert "No fitted embedding" not in document

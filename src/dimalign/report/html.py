@@ -361,7 +361,7 @@ def render_document(
         )
         skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
 
-    browser = _browser_section(dimensions)
+    browser = _browser_section(dimensions, fitted_sides=results.sides())
     config = results.record.get("config")
     meta = f"Study directory {html.escape(str(results.study_dir.resolve()))}"
     if config:
@@ -392,9 +392,17 @@ def render_document(
     )
 
 
-def _browser_section(dimensions: list[dict[str, Any]]) -> str:
+def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) -> str:
     if not dimensions:
-        return '<section id="dimensions"><h2>Dimensions</h2><p>No fitted embedding in this study.</p></section>'
+        if fitted_sides:
+            names = " and the ".join(SIDE_NAMES[side] for side in fitted_sides)
+            text = (
+                f"The {names} fit{'s' if len(fitted_sides) > 1 else ''} kept no dimension: pruning removed "
+                "them all. Refit with more triplets or epochs, or a lower min_objects."
+            )
+        else:
+            text = "No fitted embedding in this study."
+        return f'<section id="dimensions"><h2>Dimensions</h2><p>{html.escape(text)}</p></section>'
     groups = []
     for side in (SIDE_NAMES[name] for name in SIDES):
         options = "".join(
