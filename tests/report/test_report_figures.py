@@ -69,8 +69,26 @@ def test_category_rows_must_match_objects(tmp_path):
     with pytest.raises(ValueError, match=r"has 2 rows but the study has 3 objects"):
         read_category_matrix(path, 3)
     path.write_text("a\tb\n1\t0\n0\t2\n")
-    with pytest.raises(ValueError, match=r"line 3: category memberships must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"line 3, column 'b': category membership '2' is invalid; use 0 or 1"):
         read_category_matrix(path, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # One word in a numeric column used to turn the whole column into text
+        # and blame the first line.
+        ("a\tb\n1\t0\n0\t1\n1\tyes\n", r"line 4, column 'b': category membership 'yes' is invalid"),
+        ("a\tb\n1\t0\n0\t\n1\t0\n", r"line 3, column 'b': category membership '' is invalid"),
+        ("a\tb\n1\t0\n0\t1\t1\n1\t0\n", r"cannot be read as a category matrix \(Error tokenizing data"),
+        ("", r"cannot be read as a category matrix \(No columns to parse from file\)"),
+    ],
+)
+def test_category_matrix_errors_name_line(tmp_path, text, message):
+    path = tmp_path / "categories.tsv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_category_matrix(path, 3)
 
 
 # -- the figures ------------------------------------------------------------------------

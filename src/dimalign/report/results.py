@@ -80,17 +80,28 @@ def read_category_matrix(path: str | os.PathLike, n_objects: int) -> tuple[list[
         ValueError: If the row count differs from ``n_objects`` or a value is not 0 or 1.
     """
     path = Path(path)
-    table = pd.read_csv(path, sep="\t")
-    values = table.to_numpy()
-    if values.shape[0] != n_objects:
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(
-            f"{path} has {values.shape[0]} rows but the study has {n_objects} objects; the category "
+            f"{path} cannot be read as a category matrix ({str(error).strip()}); it needs a tab-separated header of "
+            "category names, then one row of 0/1 per object"
+        ) from error
+    if table.shape[0] != n_objects:
+        raise ValueError(
+            f"{path} has {table.shape[0]} rows but the study has {n_objects} objects; the category "
             "matrix needs one row per object in the order of the object table"
         )
-    if not np.isin(values, (0, 1)).all():
-        row = int(np.flatnonzero(~np.isin(values, (0, 1)).all(axis=1))[0])
-        raise ValueError(f"{path}, line {row + 2}: category memberships must be 0 or 1")
-    return [str(name) for name in table.columns], values.astype(bool)
+    # Cells are read as text, so that one bad cell points to its own line
+    # instead of turning its whole column into strings.
+    valid = table.isin(("0", "1")).to_numpy()
+    if not valid.all():
+        row, column = (int(index) for index in np.argwhere(~valid)[0])
+        raise ValueError(
+            f"{path}, line {row + 2}, column {table.columns[column]!r}: category membership "
+            f"{table.iat[row, column]!r} is invalid; use 0 or 1"
+        )
+    return [str(name) for name in table.columns], table.to_numpy() == "1"
 
 
 def assign_categories(membership: np.ndarray) -> np.ndarray:
