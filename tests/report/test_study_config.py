@@ -306,6 +306,13 @@ def test_cross_checks_fail_at_planning(tmp_path, monkeypatch, override, message)
         plan_study(load_config(study_file, [override]), tmp_path / "s")
 
 
+def test_bad_category_matrix_fails_at_planning(tmp_path):
+    study_file = write_study(tmp_path)
+    (tmp_path / "data" / "categories.tsv").write_text("a\tb\n" + "1\t0\n" * 23)
+    with pytest.raises(ValueError, match=r"categories.tsv has 23 rows but the study has 24 objects"):
+        plan_study(load_config(study_file), tmp_path / "s")
+
+
 def test_study_file_with_byte_order_mark_loads(tmp_path):
     study_file = write_study(tmp_path)
     study_file.write_bytes(b"\xef\xbb\xbf" + study_file.read_bytes())

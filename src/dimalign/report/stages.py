@@ -586,6 +586,15 @@ def run_map(context: StageContext) -> dict[str, Any]:
 # -- report --------------------------------------------------------------------------
 
 
+def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Read the category matrix against the object table, so that a bad one fails before the fits run."""
+    from dimalign.io.objects import read_object_table
+    from dimalign.report.results import read_category_matrix
+
+    if "categories" in inputs and "objects" in inputs:
+        read_category_matrix(inputs["categories"], len(read_object_table(inputs["objects"])))
+
+
 def run_report(context: StageContext) -> dict[str, Any]:
     """Draw the figures and write the self-contained HTML report."""
     from dimalign.report.html import write_report
@@ -699,7 +708,8 @@ STAGES: dict[str, Stage] = {
         Stage("map", "ridge maps from the DNN features to embedding dimensions", run_map,
               _table(specs.MAP_SETTINGS), _map_upstream, _map_inputs, check=check_map),
         Stage("report", "figures and the self-contained HTML report", run_report,
-              _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"])),
+              _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"]),
+              check=check_report),
     )
 }
 
