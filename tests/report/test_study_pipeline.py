@@ -165,6 +165,33 @@ def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
     assert not partial[0].exists()
 
 
+def test_fit_failing_before_checkpoint_leaves_nothing(study, monkeypatch):
+    config, study_dir = study
+
+    def failed(context):
+        (context.out_dir / "train.npy").write_bytes(b"")
+        raise ValueError("bad triplets")
+
+    monkeypatch.setitem(stages.STAGES, "human_fit", dataclasses.replace(stages.STAGES["human_fit"], run=failed))
+    with pytest.raises(ValueError, match="bad triplets"):
+        run_study(config, study_dir, overrides=["human_fit.max_epochs=4"])
+    assert [entry.name for entry in study_dir.iterdir() if ".partial-" in entry.name] == []
+
+
+def test_tiny_val_fraction_holding_out_nothing_is_rejected(tmp_path):
+    config = write_study(tmp_path, report=False)
+    with pytest.raises(ValueError, match=r"dnn_triplets.val_fraction = 0.001 is invalid: it holds out no triplet, since "
+                       r"round\(0.001 x 300 triplets\) = 0; use at least 0.0033"):
+        run_study(config, tmp_path / "study", overrides=["dnn_triplets.n_triplets=300",
+                                                         "dnn_triplets.val_fraction=0.001"], dry_run=True)
+    # The human triplets are counted when the fit stage reads them, before it fits.
+    with pytest.raises(ValueError, match=r"human_fit.val_fraction = 0.0001 is invalid: it holds out no triplet, since "
+                       r"round\(0.0001 x 1,510 triplets\) = 0"):
+        run_study(config, tmp_path / "study", overrides=["human_fit.val_fraction=0.0001"])
+    assert [entry.name for entry in (tmp_path / "study").iterdir() if entry.name != ".pipeline.lock"] == [
+        "pipeline.json"]
+
+
 def test_lock_rejects_second_run(study):
     config, study_dir = study
     with open(study_dir / ".pipeline.lock", "a+") as handle:

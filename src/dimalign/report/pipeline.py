@@ -636,6 +636,8 @@ def check_study_dir(plan: StudyPlan) -> None:
 
 
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
     work_dir = study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
@@ -652,7 +654,9 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
     try:
         outputs = definition.run(context)
     except BaseException:
-        if not definition.resumable:
+        # Only a checkpoint lets the next run resume; a fit that failed before
+        # its first one leaves nothing worth keeping.
+        if not (definition.resumable and (work_dir / CHECKPOINT_NAME).is_file()):
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)

@@ -228,8 +228,22 @@ def run_human_fit(context: StageContext) -> dict[str, Any]:
         context.inputs["human_triplets"], len(objects),
         one_based=settings["one_based"], odd_column=settings["odd_column"],
     )
+    _check_held_out_size("human_fit", settings["val_fraction"], len(triplets))
     train, val = split_triplets(triplets, settings["val_fraction"], random_state=settings["seed"])
     return _fit(context, train, val, objects, {"triplets": context.inputs["human_triplets"]})
+
+
+def _check_held_out_size(stage: str, val_fraction: float, n_triplets: int) -> None:
+    """Reject a val_fraction above 0 that holds out no triplet.
+
+    split_triplets holds out round(val_fraction * n_triplets) rows, which is
+    0 for a small fraction of few triplets.
+    """
+    if val_fraction > 0 and round(val_fraction * n_triplets) == 0:
+        raise ValueError(
+            f"{stage}.val_fraction = {val_fraction} is invalid: it holds out no triplet, since round({val_fraction} x "
+            f"{n_triplets:,} triplets) = 0; use at least {1 / n_triplets:.2g}, or 0 for no held-out part"
+        )
 
 
 def run_dnn_fit(context: StageContext) -> dict[str, Any]:
@@ -290,6 +304,7 @@ def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) 
 
     if "dnn_features" in inputs:
         check_layer_choice(inputs["dnn_features"], settings["layer"] or None)
+    _check_held_out_size("dnn_triplets", settings["val_fraction"], settings["n_triplets"])
     n_objects = len(read_object_table(inputs["objects"]))
     n_sets = count_triplets(n_objects)
     if settings["n_triplets"] > n_sets:
