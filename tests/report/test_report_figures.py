@@ -282,3 +282,16 @@ def test_dollar_signs_drawn_as_written(tiny_study, tmp_path):
     assert written(tmp_path / "figures", "dimension_human_000")
     figures.plot_disagreements(results, tmp_path / "figures", n_triplets=20)
     assert written(tmp_path / "figures", "disagreements")
+
+
+def test_labels_without_resolved_kind(tiny_study, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    pd.DataFrame([
+        {"embedding": "human_fit", "dimension": 0, "top_labels": "round (2)", "resolved_kind": None},
+        {"embedding": "human_fit", "dimension": 1, "top_labels": None, "resolved_kind": "visual"},
+    ]).to_csv(labels / "dimensions.csv", index=False)
+    results = StudyResults(tiny_study, labels=labels)
+    assert results.labels_of("human", 0) == {"top_labels": "round (2)", "kind": "", "wordcloud": None}
+    assert results.labels_of("human", 1) == {"top_labels": "", "kind": "visual", "wordcloud": None}
+    assert results.labels_of("dnn", 0) is None

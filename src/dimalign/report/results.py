@@ -379,9 +379,10 @@ class StudyResults:
         cloud = str(row.get("wordcloud", "") or "")
         cloud_path = self.labels_dir / cloud if cloud and cloud != "nan" else None
         top_labels = row.get("top_labels", "")
+        kind = row.get("resolved_kind", "")
         return {
             "top_labels": "" if pd.isna(top_labels) else str(top_labels),
-            "kind": str(row.get("resolved_kind", "")),
+            "kind": "" if pd.isna(kind) else str(kind),
             "wordcloud": cloud_path if cloud_path is not None and cloud_path.is_file() else None,
         }
 
