@@ -165,6 +165,21 @@ def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
     assert not partial[0].exists()
 
 
+def test_removed_upstream_stage_is_named(study, tmp_path):
+    config, study_dir = study
+    # The study file without the DNN side: evaluate then reads human_fit alone.
+    text = config.read_text()
+    for table in ("dnn_triplets", "dnn_fit", "compare", "map"):
+        start = text.index(f"[{table}]")
+        end = text.find("\n[", start + 1)
+        text = text[:start] + (text[end + 1:] if end >= 0 else "")
+    human_only = config.with_name("human_only.toml")
+    human_only.write_text(text)
+    plan = run_study(human_only, study_dir, dry_run=True)
+    assert plan.to_run == ["evaluate"]
+    assert plan.stage("evaluate").reasons == ["upstream removed: dnn_fit"]
+
+
 def test_fit_failing_before_checkpoint_leaves_nothing(study, monkeypatch):
     config, study_dir = study
 

@@ -439,10 +439,19 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
         reasons.append(f"input changed: {', '.join(sorted(set(changed_inputs)))}")
     old_upstream = record.get("upstream", {})
     changed_upstream = [
-        name for name in stage.upstream if old_upstream.get(name) != stage.upstream_hashes[name]
+        name for name in stage.upstream
+        if name in old_upstream and old_upstream[name] != stage.upstream_hashes[name]
     ]
     if changed_upstream:
         reasons.append(f"upstream changed: {', '.join(changed_upstream)}")
+    # A stage added to or removed from the study file changes what the
+    # report (or evaluate) reads, although no hash it read before differs.
+    added = [name for name in stage.upstream if name not in old_upstream]
+    if added:
+        reasons.append(f"upstream added: {', '.join(added)}")
+    removed = [name for name in old_upstream if name not in stage.upstream]
+    if removed:
+        reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
 
 
