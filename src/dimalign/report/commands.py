@@ -141,14 +141,6 @@ def _check_report_options(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"{option} {path}: {kind} not found")
         if (kind == "file") != path.is_file():
             raise ValueError(f"{option} {path} is {'a folder' if path.is_dir() else 'a file'}: give a {kind}")
-    if args.out.is_file() and args.out.suffix.lower() not in REPORT_SUFFIXES:
-        # -o replaces the file, so a slip such as -o STUDY/pipeline.json would
-        # lose the study record and -o study.toml the study file.
-        raise FileExistsError(
-            f"-o {args.out} is an existing file that is not an HTML report, and writing the report "
-            "would replace it; give a new file or an .html file, such as "
-            f"{args.out.with_suffix('.html')}"
-        )
     figures_dir = args.figures_dir or args.out.with_name(f"{args.out.stem}_figures")
     for option, path in (("-o", args.out), ("--figures-dir", figures_dir)):
         existing = next((parent for parent in path.parents if parent.exists()), None)
@@ -162,6 +154,14 @@ def _check_report_options(args: argparse.Namespace) -> None:
                     "results it could replace, or which the next dimalign run replaces; write the "
                     f"report elsewhere, such as {args.study_dir / 'report.html'}"
                 )
+    if args.out.is_file() and args.out.suffix.lower() not in REPORT_SUFFIXES:
+        # -o replaces the file, so a slip such as -o STUDY/pipeline.json would
+        # lose the study record and -o study.toml the study file.
+        raise FileExistsError(
+            f"-o {args.out} is an existing file that is not an HTML report, and writing the report "
+            "would replace it; give a new file or an .html file, such as "
+            f"{args.out.with_suffix('.html')}"
+        )
     if figures_dir.exists() and not figures_dir.is_dir():
         raise FileExistsError(f"the figures folder {figures_dir} is a file: remove it or pass --figures-dir")
 
