@@ -113,7 +113,11 @@ def test_summary_rows_mark_missing_values():
     rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"human_n_dims": 12}))
     assert rows["Dimensions kept"] == ("12", "n/a")
     assert rows["Held-out odd-one-out accuracy"] == ("n/a", "n/a")
+    assert rows["Noise ceiling"] == ("n/a", "n/a")
     assert "Human-DNN RSA (Pearson r)" not in rows
+
+    rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"dnn_n_triplets": 160}))
+    assert rows["Noise ceiling"] == ("n/a", "n/a (no triplet judged twice)")
 
 
 def test_script_json_cannot_close_script():

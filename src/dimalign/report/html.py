@@ -289,6 +289,12 @@ def _ceiling(value: Any) -> str:
 
 def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Return the rows of the summary table: (quantity, human, DNN) as text."""
+    dnn_ceiling = "n/a"
+    if numbers.get("dnn_noise_ceiling"):
+        dnn_ceiling = _ceiling(numbers["dnn_noise_ceiling"])
+    elif "dnn_n_triplets" in numbers:
+        # The simulated triplets are unique, so only an evaluated DNN side gets this reason.
+        dnn_ceiling = "n/a (no triplet judged twice)"
     rows = [
         ("Dimensions kept", _format(numbers.get("human_n_dims")), _format(numbers.get("dnn_n_dims"))),
         ("Epochs trained", _format(numbers.get("human_n_epochs")), _format(numbers.get("dnn_n_epochs"))),
@@ -296,9 +302,7 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("Held-out triplets", _format(numbers.get("human_n_triplets")), _format(numbers.get("dnn_n_triplets"))),
         ("Held-out odd-one-out accuracy", _format(numbers.get("human_accuracy")),
          _format(numbers.get("dnn_accuracy"))),
-        ("Noise ceiling", _ceiling(numbers.get("human_noise_ceiling")),
-         _ceiling(numbers.get("dnn_noise_ceiling")) if numbers.get("dnn_noise_ceiling")
-         else "n/a (no triplet judged twice)"),
+        ("Noise ceiling", _ceiling(numbers.get("human_noise_ceiling")), dnn_ceiling),
         ("48-object correlation (Pearson r)", _format(numbers.get("human_things48_r")),
          _format(numbers.get("dnn_things48_r"))),
     ]
