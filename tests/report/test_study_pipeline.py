@@ -257,6 +257,14 @@ def test_foreign_study_dir_rejected(tmp_path):
     assert not (folder_input / "study").exists()
 
 
+def test_pipeline_json_of_another_tool_is_no_study(tmp_path):
+    config = write_study(tmp_path, report=False)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "pipeline.json").write_text('{"name": "my CI pipeline"}')
+    plan = run_study(config, tmp_path / "project" / "study", dry_run=True)
+    assert plan.to_run == STAGES
+
+
 def test_nested_study_and_stage_file_rejected(study, tmp_path):
     config, study_dir = study
     with pytest.raises(ValueError, match=f"lies inside the study {study_dir}"):

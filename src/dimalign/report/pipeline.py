@@ -618,7 +618,7 @@ def check_study_dir(plan: StudyPlan) -> None:
     check_output_dir(study_dir, "run")
     resolved = study_dir.resolve()
     for parent in resolved.parents:
-        if (parent / STUDY_RECORD_NAME).is_file():
+        if _is_study_record(parent / STUDY_RECORD_NAME):
             raise ValueError(
                 f"the study directory {study_dir} lies inside the study {parent}, whose next run "
                 "may replace it with a stage folder; choose an output folder outside it"
@@ -642,6 +642,17 @@ def check_study_dir(plan: StudyPlan) -> None:
                 f"not write it (or its record is damaged), and stage {stage.name} would replace it; "
                 "move the folder away or choose another study directory"
             )
+
+
+def _is_study_record(path: Path) -> bool:
+    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name."""
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("stages"), list) and "config" in record
 
 
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
