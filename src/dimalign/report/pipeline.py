@@ -53,7 +53,7 @@ from dimalign.report.config import (
     load_config,
 )
 from dimalign.report.settings import check_settings
-from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext
+from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +299,18 @@ def _plan_stage(
                 f"inputs.{key} is the {_input_help(key)}"
             )
         inputs[key] = path
+
+    if name == "features":
+        # A weights file is an input too: its content, not only its name, decides the features.
+        try:
+            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
+                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
+            ) from error
+        if weights is not None:
+            inputs["weights"] = weights
 
     # The checks also see the object table where the stage itself reads it
     # only through its upstream stages, so that a count can be compared with

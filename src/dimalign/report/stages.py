@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +123,11 @@ def run_features(context: StageContext) -> dict[str, Any]:
     settings = context.settings
     objects = read_object_table(context.inputs["objects"])
     extract_dir = context.out_dir / "extract"
+    # A weights file comes resolved from the study file's folder, with its fingerprint in the stage hash.
+    weights = context.inputs.get("weights") or settings["weights"] or None
     extract_features(
         context.inputs["images"], extract_dir, model=settings["model"],
-        weights=settings["weights"] or None, layers=[settings["layer"]] if settings["layer"] else None,
+        weights=weights, layers=[settings["layer"]] if settings["layer"] else None,
         pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
         overwrite=True,
     )
@@ -140,6 +143,34 @@ def run_features(context: StageContext) -> dict[str, Any]:
         sum(counts), len(objects), min(counts), max(counts),
     )
     return {"n_objects": len(objects), "n_images": sum(counts), "n_features": int(features.shape[1])}
+
+
+#: Suffixes that make ``load_model`` read a ``weights`` value as a file.
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def weights_file(value: str, resolve: Callable[[str], Path]) -> Path | None:
+    """Return the weights file that ``features.weights`` names, or None for a weights name.
+
+    The value names a file as :func:`dimalign.features.load_model` decides:
+    a path with a folder part or a weights suffix, or an existing file. A
+    relative path resolves like an input path (``resolve``), from the study
+    file's folder, where ``load_model`` alone would start at the current
+    directory.
+
+    Raises:
+        FileNotFoundError: If the value names a file that does not exist.
+    """
+    from dimalign.features.models import PRETRAINED, RANDOM
+
+    if not value or value.lower() in PRETRAINED + RANDOM:
+        return None
+    path = resolve(value)
+    if not ("/" in value or os.sep in value or Path(value).suffix in WEIGHTS_SUFFIXES or path.exists()):
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found: features.weights = {value!r}")
+    return path
 
 
 def images_per_object(object_ids: tuple[str, ...], image_ids: tuple[str, ...]) -> list[list[int]]:
