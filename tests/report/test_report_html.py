@@ -348,3 +348,18 @@ def test_report_of_fit_without_dimensions(tiny_study, tmp_path):
     document = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "The human fit kept no dimension: pruning removed them all." in document
     assert "No fitted embedding" not in document
+
+
+def test_run_without_report_stage_names_no_report(tiny_study, tmp_path, capsys):
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    text = (tiny_study.parent / "study.toml").read_text()
+    text = text[: text.index("[report]")].replace('data_dir = "data"', f'data_dir = "{tiny_study.parent / "data"}"')
+    (tmp_path / "no_report.toml").write_text(text)
+
+    assert main(["run", str(tmp_path / "no_report.toml"), "-o", str(study)]) == 0
+    output = capsys.readouterr().out
+    assert "report  " not in output
+    assert output.rstrip().endswith(f"study written to {study}")

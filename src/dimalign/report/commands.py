@@ -66,7 +66,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"dry run: nothing was written to {study_dir}")
         return 0
     report = study_dir / "report" / "report.html"
-    print(f"study written to {study_dir}" + (f"; report: {report}" if report.is_file() else ""))
+    # A report folder left by an earlier run of a study that has since dropped [report] is not current.
+    current = report.is_file() and any(stage.name == "report" for stage in plan.stages)
+    print(f"study written to {study_dir}" + (f"; report: {report}" if current else ""))
     return 0
 
 
