@@ -295,3 +295,15 @@ def test_labels_without_resolved_kind(tiny_study, tmp_path):
     assert results.labels_of("human", 0) == {"top_labels": "round (2)", "kind": "", "wordcloud": None}
     assert results.labels_of("human", 1) == {"top_labels": "", "kind": "visual", "wordcloud": None}
     assert results.labels_of("dnn", 0) is None
+
+
+def test_truncated_image_names_file(tiny_study, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_study.parent / "data" / "images", images)
+    broken = images / "object03.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    results = StudyResults(tiny_study, images=images)
+    with pytest.raises(ValueError, match=rf"{broken} cannot be read as an image \(.*\); replace or remove it"):
+        figures.plot_dimension(results, "human", 0, tmp_path / "figures", top_k=N_OBJECTS)

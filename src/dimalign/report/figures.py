@@ -327,9 +327,14 @@ def dimension_title(results: StudyResults, side: str, dim: int, labels: dict[str
 def _show_image(axis, path: Path) -> None:
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.thumbnail((256, 256))
-        axis.imshow(np.asarray(image.convert("RGB")))
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((256, 256))
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        # PIL's messages for a damaged file ("image file is truncated") name no file.
+        raise ValueError(f"{path} cannot be read as an image ({error}); replace or remove it") from error
+    axis.imshow(pixels)
     axis.set_xticks([])
     axis.set_yticks([])
 
