@@ -363,3 +363,11 @@ def test_run_without_report_stage_names_no_report(tiny_study, tmp_path, capsys):
     output = capsys.readouterr().out
     assert "report  " not in output
     assert output.rstrip().endswith(f"study written to {study}")
+
+
+def test_report_of_stage_folder_or_file_names_study(tiny_study, tmp_path, capsys):
+    assert main(["report", str(tiny_study / "human_fit"), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"is the human_fit stage folder of a study: give the study directory {tiny_study}" in capsys.readouterr().err
+    assert main(["report", str(tiny_study / "pipeline.json"), "-o", str(tmp_path / "r.html")]) == 1
+    assert "pipeline.json is a file: give the folder" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

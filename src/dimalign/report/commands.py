@@ -99,9 +99,17 @@ def report_command(args: argparse.Namespace) -> int:
     """Handle ``dimalign report``."""
     from dimalign.report.html import write_report
     from dimalign.report.results import StudyResults, check_reportable
+    from dimalign.report.stages import STAGES
 
+    if args.study_dir.is_file():
+        raise NotADirectoryError(f"study directory {args.study_dir} is a file: give the folder that 'dimalign run' wrote")
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study directory {args.study_dir} not found")
+    if args.study_dir.name in STAGES and (args.study_dir.parent / "pipeline.json").is_file():
+        raise ValueError(
+            f"{args.study_dir} is the {args.study_dir.name} stage folder of a study: give the study "
+            f"directory {args.study_dir.parent}"
+        )
     _check_report_options(args)
     record = _read_study_record(args.study_dir)
     recorded = record.get("inputs", {})
