@@ -180,6 +180,24 @@ def test_removed_upstream_stage_is_named(study, tmp_path):
     assert plan.stage("evaluate").reasons == ["upstream removed: dnn_fit"]
 
 
+def test_record_keeps_hash_of_study_file_as_read(study):
+    import hashlib
+
+    from dimalign.report.config import load_config
+
+    config_path, study_dir = study
+    original = config_path.read_bytes()
+    config = load_config(config_path)
+    # The user edits the study file for the next run while this one runs.
+    config_path.write_bytes(original + b"\n# next: more epochs\n")
+    try:
+        run_study(config, study_dir)
+    finally:
+        config_path.write_bytes(original)
+    record = json.loads((study_dir / "pipeline.json").read_text())
+    assert record["config_sha256"] == hashlib.sha256(original).hexdigest()
+
+
 def test_fit_failing_before_checkpoint_leaves_nothing(study, monkeypatch):
     config, study_dir = study
 

@@ -16,6 +16,7 @@ the command line resolves from the current directory instead, as shells do.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import tomllib
@@ -86,6 +87,8 @@ class StudyConfig:
         original (dict[str, Any]): The file's content before overrides.
         cli_values (set[tuple[str, str]]): ``(section, key)`` pairs set on the
             command line (their paths resolve from the current directory).
+        sha256 (str): SHA-256 of the file's bytes as read, so that an edit
+            during a long run does not change what the run records.
     """
 
     path: Path
@@ -96,6 +99,7 @@ class StudyConfig:
     overrides: list[Override] = field(default_factory=list)
     original: dict[str, Any] = field(default_factory=dict)
     cli_values: set[tuple[str, str]] = field(default_factory=set)
+    sha256: str = ""
 
     def resolve_path(self, value: str, section: str, key: str) -> Path:
         """Resolve a path value of ``section.key`` (see the module docstring)."""
@@ -190,7 +194,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     try:
         # utf-8-sig drops the byte order mark that some Windows editors write
         # before UTF-8 text, which tomllib would reject as an invalid statement.
-        text = path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
@@ -213,7 +218,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     stages = {name: dict(settings) for name, settings in content.items()}
     config = StudyConfig(
         path=path.resolve(), base_dir=path.resolve().parent, study=study, inputs=inputs,
-        stages=stages, original=original,
+        stages=stages, original=original, sha256=hashlib.sha256(data).hexdigest(),
     )
     for text in overrides:
         _apply_override(config, parse_override(text))

@@ -759,7 +759,7 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
 def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
     return {
         "config": str(plan.config.path),
-        "config_sha256": sha256_file(plan.config.path),
+        "config_sha256": plan.config.sha256 or sha256_file(plan.config.path),
         "study": plan.config.study,
         "inputs": {key: str(plan.config.input_path(key)) for key in plan.config.inputs},
         "changes": [change.to_dict() for change in plan.changes],
