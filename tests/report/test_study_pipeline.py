@@ -198,6 +198,23 @@ def test_record_keeps_hash_of_study_file_as_read(study):
     assert record["config_sha256"] == hashlib.sha256(original).hexdigest()
 
 
+def test_run_with_other_study_file_warns_before_replacing(study, caplog):
+    config_path, study_dir = study
+    other = config_path.with_name("other_study.toml")
+    other.write_text(config_path.read_text().replace("n_bootstrap = 20", "n_bootstrap = 10"))
+    try:
+        with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+            run_study(other, study_dir)
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert warnings == [
+            f"{study_dir} was last run with the study file {config_path}, and this run with {other} "
+            "replaces its stages compare as each finishes; to keep them, stop this run and pass another -o"
+        ]
+    finally:
+        # Put the module's study back as the tests after this one expect it.
+        run_study(config_path, study_dir)
+
+
 def test_fit_failing_before_checkpoint_leaves_nothing(study, monkeypatch):
     config, study_dir = study
 

@@ -587,6 +587,7 @@ def run_study(
         # written stages that the first plan saw missing or outdated.
         plan = plan_study(config, study_dir, from_stage=from_stage)
         check_study_dir(plan)
+        _warn_other_study_file(plan)
         _remove_stale_folders(study_dir, plan)
         record = _study_record(plan, started=now_iso())
         write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
@@ -611,6 +612,26 @@ def run_study(
         record = _study_record(plan, started=record["started"], finished=now_iso())
         write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
     return plan
+
+
+def _warn_other_study_file(plan: StudyPlan) -> None:
+    """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``."""
+    path = plan.study_dir / STUDY_RECORD_NAME
+    if not _is_study_record(path):
+        return
+    previous = json.loads(path.read_text(encoding="utf-8")).get("config")
+    if previous == str(plan.config.path):
+        return
+    replaced = [
+        stage.name for stage in plan.stages
+        if stage.action == "run" and read_stage_record(plan.study_dir / stage.name) is not None
+    ]
+    if replaced:
+        logger.warning(
+            "%s was last run with the study file %s, and this run with %s replaces its stages %s "
+            "as each finishes; to keep them, stop this run and pass another -o",
+            plan.study_dir, previous, plan.config.path, ", ".join(replaced),
+        )
 
 
 def check_study_dir(plan: StudyPlan) -> None:
