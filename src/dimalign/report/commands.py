@@ -85,7 +85,11 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("study_dir", type=Path, help="study directory (from 'dimalign run')")
     parser.add_argument("-o", "--out", type=Path, required=True, help="HTML file to write")
-    parser.add_argument("--figures-dir", type=Path, help="folder for the PNG and SVG figures (default: <out>_figures)")
+    parser.add_argument(
+        "--figures-dir", type=Path,
+        help="folder for the PNG and SVG figures (default: <out stem>_figures next to the HTML file, "
+        "such as report_figures for -o report.html)",
+    )
     parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
     parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
     parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
