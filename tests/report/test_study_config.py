@@ -313,6 +313,12 @@ def test_bad_category_matrix_fails_at_planning(tmp_path):
         plan_study(load_config(study_file), tmp_path / "s")
 
 
+def test_whole_float_for_integer_suggests_integer(study_file):
+    with pytest.raises(ValueError, match=r"dnn_triplets.n_triplets = 100000.0 is invalid: expected an integer, "
+                       r"got float; write 100000 without a decimal point or exponent \(set with --set\)"):
+        plan_study(load_config(study_file, ["dnn_triplets.n_triplets=1e5"]), study_file.parent / "s")
+
+
 def test_study_file_with_byte_order_mark_loads(tmp_path):
     study_file = write_study(tmp_path)
     study_file.write_bytes(b"\xef\xbb\xbf" + study_file.read_bytes())

@@ -65,9 +65,13 @@ class Setting:
         if isinstance(value, bool) and bool not in types:
             raise ValueError(f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}")
         if not isinstance(value, types):
+            hint = ""
+            if int in types and isinstance(value, float) and value.is_integer():
+                # TOML reads 1e5 and 3.0 as floats.
+                hint = f"; write {int(value)} without a decimal point or exponent"
             raise ValueError(
                 f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}, "
-                f"got {type(value).__name__}"
+                f"got {type(value).__name__}{hint}"
             )
         if self.choices and isinstance(value, str) and value not in self.choices:
             allowed = ", ".join(repr(choice) for choice in self.choices)
