@@ -307,3 +307,23 @@ def test_truncated_image_names_file(tiny_study, tmp_path):
     results = StudyResults(tiny_study, images=images)
     with pytest.raises(ValueError, match=rf"{broken} cannot be read as an image \(.*\); replace or remove it"):
         figures.plot_dimension(results, "human", 0, tmp_path / "figures", top_k=N_OBJECTS)
+
+
+def test_disagreements_without_jackknife_name_setting(tiny_study, tmp_path):
+    import json
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study / "compare", study / "compare")
+    (study / "compare" / "disagreements.csv").unlink()
+    results = StudyResults(study)
+    with pytest.raises(FileNotFoundError, match=r"disagreements.csv not found: it is written by the compare stage"):
+        figures.plot_disagreements(results, tmp_path)
+
+    # As written by a compare stage that ran with relevance_triplets = 0.
+    manifest = json.loads((study / "compare" / "manifest.json").read_text())
+    manifest["pipeline"]["settings"]["relevance_triplets"] = 0
+    (study / "compare" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"the compare stage ran with relevance_triplets = 0, which "
+                       r"explains no triplet; set compare.relevance_triplets to 'all' or a number"):
+        figures.plot_disagreements(StudyResults(study), tmp_path)

@@ -324,7 +324,22 @@ class StudyResults:
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
+        self._check_relevance_ran("disagreements.csv")
         return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
+
+    def _check_relevance_ran(self, name: str) -> None:
+        """Name ``relevance_triplets = 0`` as the reason when a jackknife file of the compare stage is missing."""
+        from dimalign.report.pipeline import read_stage_record
+
+        if "compare" not in self.stage_dirs or self.has("compare", name):
+            return
+        record = read_stage_record(self.stage_dirs["compare"]) or {}
+        if record.get("settings", {}).get("relevance_triplets") == 0:
+            raise FileNotFoundError(
+                f"{self.stage_dirs['compare'] / name} not found: the compare stage ran with "
+                "relevance_triplets = 0, which explains no triplet; set compare.relevance_triplets "
+                "to 'all' or a number"
+            )
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
