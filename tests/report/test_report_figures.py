@@ -323,7 +323,13 @@ def test_disagreements_without_jackknife_name_setting(tiny_study, tmp_path):
     # As written by a compare stage that ran with relevance_triplets = 0.
     manifest = json.loads((study / "compare" / "manifest.json").read_text())
     manifest["pipeline"]["settings"]["relevance_triplets"] = 0
+    manifest["pipeline"]["settings"]["matrix_objects"] = 0
     (study / "compare" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(FileNotFoundError, match=r"the compare stage ran with relevance_triplets = 0, which "
                        r"explains no triplet; set compare.relevance_triplets to 'all' or a number"):
         figures.plot_disagreements(StudyResults(study), tmp_path)
+    for side in ("human", "dnn"):
+        (study / "compare" / f"{side}_similarity.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"human_similarity.npy not found: the compare stage ran with "
+                       r"matrix_objects = 0, which saves no similarity matrix"):
+        figures.plot_similarity_matrices(StudyResults(study), tmp_path)

@@ -324,21 +324,29 @@ class StudyResults:
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
-        self._check_relevance_ran("disagreements.csv")
+        self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
         return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
 
-    def _check_relevance_ran(self, name: str) -> None:
-        """Name ``relevance_triplets = 0`` as the reason when a jackknife file of the compare stage is missing."""
+    def check_compare_wrote(self, name: str, key: str, effect: str) -> None:
+        """Name a compare setting of 0 as the reason when ``compare/<name>`` is missing.
+
+        Args:
+            name (str): The missing file.
+            key (str): The count setting that skips the file at 0.
+            effect (str): What the 0 does, for the message.
+
+        Raises:
+            FileNotFoundError: If the file is missing and the compare stage ran with ``key = 0``.
+        """
         from dimalign.report.pipeline import read_stage_record
 
         if "compare" not in self.stage_dirs or self.has("compare", name):
             return
         record = read_stage_record(self.stage_dirs["compare"]) or {}
-        if record.get("settings", {}).get("relevance_triplets") == 0:
+        if record.get("settings", {}).get(key) == 0:
             raise FileNotFoundError(
-                f"{self.stage_dirs['compare'] / name} not found: the compare stage ran with "
-                "relevance_triplets = 0, which explains no triplet; set compare.relevance_triplets "
-                "to 'all' or a number"
+                f"{self.stage_dirs['compare'] / name} not found: the compare stage ran with {key} = 0, "
+                f"which {effect}; set compare.{key} to 'all' or a number"
             )
 
     def ridge_table(self) -> pd.DataFrame:
