@@ -120,6 +120,14 @@ def test_summary_rows_mark_missing_values():
     assert rows["Noise ceiling"] == ("n/a", "n/a (no triplet judged twice)")
 
 
+def test_ridge_row_follows_map_target():
+    name = "Ridge map from features, median cross-validated R²"
+    rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "human"}))
+    assert rows[name] == ("0.250", "")
+    rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "dnn"}))
+    assert rows[name] == ("", "0.250")
+
+
 def test_script_json_cannot_close_script():
     text = script_json({"label": "</script><script>alert(1)</script>", "value": float("nan")})
     assert "<" not in text

@@ -214,12 +214,8 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
 def _ridge_by_dim(results: StudyResults) -> dict[str, dict[int, float]]:
     if not results.has("map", "ridge_map.csv"):
         return {}
-    target = "dnn"
-    if results.has("map", "manifest.json"):
-        record = results.manifest("map").get("pipeline", {})
-        target = record.get("settings", {}).get("target", target)
     table = results.ridge_table()
-    return {target: {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
+    return {results.ridge_target(): {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
 
 
 def _data_uri(path: Path) -> str:
@@ -319,7 +315,10 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         value = numbers["n_dnn_dims_for_95_percent"]
         rows.append(("DNN dimensions for 95% of the RSA", "", "not reached" if value is None else _format(value)))
     if "ridge_cv_r2_median" in numbers:
-        rows.append(("Ridge map from features, median cross-validated R²", "", _format(numbers["ridge_cv_r2_median"])))
+        value = _format(numbers["ridge_cv_r2_median"])
+        # The map predicts the dimensions of one side, set by map.target.
+        human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
+        rows.append(("Ridge map from features, median cross-validated R²", human, dnn))
     return rows
 
 

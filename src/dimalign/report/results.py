@@ -353,6 +353,13 @@ class StudyResults:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
         return _read_csv(self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"))
 
+    def ridge_target(self) -> str:
+        """Return the side (``human`` or ``dnn``) whose dimensions the map stage predicted; ``dnn`` without a record."""
+        if not self.has("map", "manifest.json"):
+            return "dnn"
+        record = self.manifest("map").get("pipeline", {})
+        return record.get("settings", {}).get("target", "dnn")
+
     def best_match(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the best match of a dimension on the other side, from ``matching.csv``.
 
@@ -489,6 +496,7 @@ class StudyResults:
             numbers["similarity_objects"] = rsa.get("similarity_objects")
         if self.has("map", "ridge_map.csv"):
             numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
+            numbers["ridge_target"] = self.ridge_target()
         return numbers
 
     def setting_changes(self) -> list[dict[str, Any]]:
