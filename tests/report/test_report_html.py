@@ -222,6 +222,7 @@ def test_report_skips_unplanned_stages(tiny_study, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("options", "message"),
     [(["--top-k", "0"], "--top-k 0 is invalid"), (["--dpi", "-1"], "--dpi -1 is invalid"),
+     (["--dpi", "11000"], "--dpi 11000 is invalid: use at most 600"),
      (["--categories", "missing.tsv"], "--categories missing.tsv: file not found"),
      (["--labels", "FILE"], "--labels .*FILE is a file: give a folder")],
 )

@@ -313,6 +313,12 @@ def test_bad_category_matrix_fails_at_planning(tmp_path):
         plan_study(load_config(study_file), tmp_path / "s")
 
 
+def test_report_dpi_has_a_maximum(tmp_path):
+    study_file = write_study(tmp_path)
+    with pytest.raises(ValueError, match=r"report.dpi = 11000 is invalid: use a value at most 600"):
+        plan_study(load_config(study_file, ["report.dpi=11000"]), tmp_path / "s")
+
+
 def test_whole_float_for_integer_suggests_integer(study_file):
     with pytest.raises(ValueError, match=r"dnn_triplets.n_triplets = 100000.0 is invalid: expected an integer, "
                        r"got float; write 100000 without a decimal point or exponent \(set with --set\)"):

@@ -95,7 +95,9 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
     parser.add_argument("--title", help="report title (default: the study name)")
     parser.add_argument("--top-k", type=int, default=8, help="top objects per dimension (default 8)")
-    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG figures (default 110)")
+    parser.add_argument(
+        "--dpi", type=int, default=110, help="resolution of the PNG figures in dots per inch, 1 to 600 (default 110)"
+    )
     parser.set_defaults(handler=report_command)
 
 
@@ -144,9 +146,13 @@ def _check_report_options(args: argparse.Namespace) -> None:
     """Check the options of ``dimalign report`` before anything is read or written."""
     from dimalign.report.stages import STAGE_ORDER
 
+    from dimalign.report.html import MAX_DPI
+
     for name in ("top_k", "dpi"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: use 1 or more")
+    if args.dpi > MAX_DPI:
+        raise ValueError(f"--dpi {args.dpi} is invalid: use at most {MAX_DPI}")
     for option, path, kind in (("--categories", args.categories, "file"), ("--labels", args.labels, "folder"),
                                ("--images", args.images, "folder")):
         if path is None:

@@ -50,6 +50,11 @@ class ReportResult:
     n_dimensions: int = 0
 
 
+#: Largest resolution of the PNG figures. 600 dpi is print quality, and the
+#: similarity figure, 12.4 inches wide, is then already 7,440 pixels wide. A
+#: typo such as 11000 for 110 would ask matplotlib for an image of gigabytes.
+MAX_DPI = 600
+
 #: Figures of the report: (stem, heading, caption, drawing function).
 FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
     ("similarity_matrices", "Similarity matrices",
@@ -101,12 +106,14 @@ def write_report(
         ReportResult: Files, figures and the figures left out.
 
     Raises:
-        ValueError: If a count is below 1.
+        ValueError: If a count is below 1 or ``dpi`` is above :data:`MAX_DPI`.
         IsADirectoryError: If ``path`` is a folder.
     """
     for name, value in (("top_k", top_k), ("n_disagreements", n_disagreements), ("dpi", dpi)):
         if value < 1:
             raise ValueError(f"{name} = {value} is invalid: use 1 or more")
+    if dpi > MAX_DPI:
+        raise ValueError(f"dpi = {dpi} is invalid: use at most {MAX_DPI}")
     if not isinstance(results, StudyResults):
         results = StudyResults(results)
     path = Path(path)

@@ -251,7 +251,8 @@ REPORT_SETTINGS: dict[str, Setting] = {
     "title": Setting("", "report title (default: study.name)"),
     "top_k": Setting(8, "top objects shown per dimension", minimum=1),
     "n_disagreements": Setting(6, "triplets shown in the disagreement figure", minimum=1),
-    "dpi": Setting(110, "resolution of the PNG figures in dots per inch", minimum=1),
+    # The maximum is dimalign.report.html.MAX_DPI, which explains it.
+    "dpi": Setting(110, "resolution of the PNG figures in dots per inch", minimum=1, maximum=600),
     "labels_human": Setting("human_fit", "name of the human embedding in the labels summary"),
     "labels_dnn": Setting("dnn_fit", "name of the DNN embedding in the labels summary"),
 }
