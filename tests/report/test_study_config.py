@@ -313,6 +313,30 @@ def test_bad_category_matrix_fails_at_planning(tmp_path):
         plan_study(load_config(study_file), tmp_path / "s")
 
 
+def test_feature_rows_checked_at_planning_without_map(tmp_path):
+    import numpy as np
+
+    study_file = write_study(tmp_path)
+    text = study_file.read_text()
+    study_file.write_text(text.replace("[map]\nn_alphas = 5\n", ""))
+    features = np.load(tmp_path / "data" / "features.npy")
+    np.save(tmp_path / "data" / "short.npy", features[:23])
+    with pytest.raises(ValueError, match=r"short.npy have 23 rows but inputs.objects lists 24 objects; .* "
+                       r"\(stage dnn_triplets of .*study.toml\)"):
+        plan_study(load_config(study_file, [f"inputs.dnn_features={str(tmp_path / 'data' / 'short.npy')!r}"]),
+                   tmp_path / "s")
+
+    layers = tmp_path / "data" / "layers"
+    layers.mkdir()
+    np.save(layers / "features_conv.npy", features)
+    np.save(layers / "features_fc.npy", features)
+    overrides = [f"inputs.dnn_features={str(layers)!r}"]
+    with pytest.raises(FileNotFoundError, match=r"name the layer \(--layer\): conv, fc \(stage dnn_triplets of"):
+        plan_study(load_config(study_file, overrides), tmp_path / "s")
+    plan = plan_study(load_config(study_file, [*overrides, 'dnn_triplets.layer="fc"']), tmp_path / "s")
+    assert plan.stage("dnn_triplets").settings["layer"] == "fc"
+
+
 def test_report_dpi_has_a_maximum(tmp_path):
     study_file = write_study(tmp_path)
     with pytest.raises(ValueError, match=r"report.dpi = 11000 is invalid: use a value at most 600"):

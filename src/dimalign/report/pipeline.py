@@ -321,8 +321,10 @@ def _plan_stage(
         check_inputs["objects"] = objects
     try:
         stage.check(settings, check_inputs)
-    except ValueError as error:
-        raise ValueError(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
+    except (ValueError, FileNotFoundError) as error:
+        # The library's messages name command-line options such as --layer;
+        # the stage and study file say which table of the file to change.
+        raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
     input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}

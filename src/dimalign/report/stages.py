@@ -26,11 +26,12 @@ Stage folders:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,14 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
     from dimalign.io.features import load_features
 
     features, table = load_features(path, layer=layer or None)
+    _check_feature_rows(path, features.shape[0], table, objects)
+    if table is not None:
+        return np.asarray(features)[table.index_of(objects.object_ids)]
+    return np.asarray(features)
+
+
+def _check_feature_rows(path: Path, n_rows: int, table, objects) -> None:
+    """Check that the feature rows can be matched to ``objects`` (see :func:`load_aligned_features`)."""
     if table is not None:
         missing = sorted(set(objects.object_ids) - set(table.object_ids))
         if missing:
@@ -318,25 +327,31 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
                 f"{len(missing)} objects have no row in the features {path}: {missing[:20]}; "
                 "the feature table's object ids must include every object of inputs.objects"
             )
-        return np.asarray(features)[table.index_of(objects.object_ids)]
-    if features.shape[0] != len(objects):
+    elif n_rows != len(objects):
         raise ValueError(
-            f"the features {path} have {features.shape[0]} rows but inputs.objects lists {len(objects)} "
+            f"the features {path} have {n_rows} rows but inputs.objects lists {len(objects)} "
             "objects; without an objects.tsv next to the features the rows must be the objects in order"
         )
-    return np.asarray(features)
 
 
 def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check that the objects form at least ``n_triplets`` distinct triplets, and the layer choice."""
-    from dimalign.io.features import check_layer_choice
+    """Check the layer choice, the feature rows, the held-out size and ``n_triplets`` against the objects."""
+    from dimalign.io.features import check_layer_choice, load_features
     from dimalign.io.objects import read_object_table
     from dimalign.triplets.sampling import count_triplets
 
-    if "dnn_features" in inputs:
-        check_layer_choice(inputs["dnn_features"], settings["layer"] or None)
+    objects = read_object_table(inputs["objects"])
+    features = inputs.get("dnn_features")
+    if features is not None:
+        check_layer_choice(features, settings["layer"] or None)
+        if _memory_mapped(features):
+            # Reading a .npy header is cheap (the data stay on disk), so the stage's own loading
+            # errors (a layer to name, rows that do not match) show at planning.
+            with _quiet_loading():
+                loaded, table = load_features(features, layer=settings["layer"] or None)
+            _check_feature_rows(features, loaded.shape[0], table, objects)
     _check_held_out_size("dnn_triplets", settings["val_fraction"], settings["n_triplets"])
-    n_objects = len(read_object_table(inputs["objects"]))
+    n_objects = len(objects)
     n_sets = count_triplets(n_objects)
     if settings["n_triplets"] > n_sets:
         raise ValueError(
@@ -591,12 +606,25 @@ def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
         )
     features = inputs.get("dnn_features")
     if features is not None and _memory_mapped(features):
-        n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
+        with _quiet_loading():
+            n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
         if settings["folds"] > n_objects:
             raise ValueError(
                 f"map.folds = {settings['folds']} is invalid: the features have {n_objects} objects, "
                 f"so use at most {n_objects} folds"
             )
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide the INFO line of load_features while planning reads only a file's header."""
+    feature_logger = logging.getLogger("dimalign.io.features")
+    previous = feature_logger.level
+    feature_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        feature_logger.setLevel(previous)
 
 
 def _memory_mapped(features: Path) -> bool:
