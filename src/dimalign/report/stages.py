@@ -404,6 +404,15 @@ def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
     return load_triplets(path, n_objects)
 
 
+def check_evaluate(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Read the 48-object files of ``things_dir`` (a few kilobytes), so that a wrong folder fails before the fits."""
+    from dimalign.analysis.things48 import load_things48
+
+    _check_device(settings)
+    if "things_dir" in inputs:
+        load_things48(inputs["things_dir"])
+
+
 def run_evaluate(context: StageContext) -> dict[str, Any]:
     """Score each fitted embedding on its held-out triplets, with the human noise ceiling."""
     from dimalign.analysis.evaluate import evaluate_embedding
@@ -775,7 +784,8 @@ STAGES: dict[str, Stage] = {
               lambda raw: specs.fit_settings("dnn_fit", raw, load_triplets=False), _after("dnn_triplets"),
               _fixed([]), resumable=True, check=check_fit),
         Stage("evaluate", "held-out accuracy, noise ceiling and 48-object correlation", run_evaluate,
-              _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"])),
+              _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"]),
+              check=check_evaluate),
         Stage("compare", "RSA, dimension matching, cumulative RSA and jackknife relevance", run_compare,
               _table(specs.COMPARE_SETTINGS), _after("human_fit", "dnn_fit"), _fixed([], ["images"]),
               check=check_compare),
