@@ -48,3 +48,36 @@ def test_features_stage_feeds_simulation(shared_data, tmp_path):
     assert record["upstream"] == {"features": read_stage_record(study_dir / "features")["hash"]}
     assert len(np.load(study_dir / "dnn_triplets" / "train.npy")) == 40
     assert len(np.load(study_dir / "dnn_triplets" / "val.npy")) == 10
+
+
+def test_weights_file_resolves_from_study_folder(shared_data, tmp_path, monkeypatch):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    (tmp_path / "objects.txt").write_text("bird\ncat\nowl\n")
+    (tmp_path / "models").mkdir()
+    weights = tmp_path / "models" / "effnet.pt"
+    weights.write_bytes(b"first")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n'
+        '[features]\nweights = "models/effnet.pt"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    stage = plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study").stage("features")
+    assert stage.inputs["weights"] == weights
+    assert stage.settings["weights"] == "models/effnet.pt"
+    # New weights under the same name give the features stage another hash.
+    weights.write_bytes(b"second")
+    assert plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study").stage("features").hash != stage.hash
+    # Weights names are no files.
+    overrides = ['features.weights="pretrained"']
+    assert "weights" not in plan_study(load_config(tmp_path / "study.toml", overrides), tmp_path / "s").stage(
+        "features").inputs
+
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"weights file {weights} not found: features.weights = "
+                       rf"'models/effnet.pt' \(in .*study.toml; relative paths start at {tmp_path}\)"):
+        plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")

@@ -69,8 +69,26 @@ def test_category_rows_must_match_objects(tmp_path):
     with pytest.raises(ValueError, match=r"has 2 rows but the study has 3 objects"):
         read_category_matrix(path, 3)
     path.write_text("a\tb\n1\t0\n0\t2\n")
-    with pytest.raises(ValueError, match=r"line 3: category memberships must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"line 3, column 'b': category membership '2' is invalid; use 0 or 1"):
         read_category_matrix(path, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # One word in a numeric column used to turn the whole column into text
+        # and blame the first line.
+        ("a\tb\n1\t0\n0\t1\n1\tyes\n", r"line 4, column 'b': category membership 'yes' is invalid"),
+        ("a\tb\n1\t0\n0\t\n1\t0\n", r"line 3, column 'b': category membership '' is invalid"),
+        ("a\tb\n1\t0\n0\t1\t1\n1\t0\n", r"cannot be read as a category matrix \(Error tokenizing data"),
+        ("", r"cannot be read as a category matrix \(No columns to parse from file\)"),
+    ],
+)
+def test_category_matrix_errors_name_line(tmp_path, text, message):
+    path = tmp_path / "categories.tsv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_category_matrix(path, 3)
 
 
 # -- the figures ------------------------------------------------------------------------
@@ -239,3 +257,79 @@ def test_unlisted_stage_counts_as_absent(tiny_study, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"matching.csv not found: the study has no compare stage"):
         figures.plot_matching(results, tmp_path)
     assert results.sides() == ["human", "dnn"]
+
+
+def test_dollar_signs_drawn_as_written(tiny_study, tmp_path):
+    import shutil
+
+    from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
+
+    study = tmp_path / "study"
+    for name in ("human_fit", "dnn_fit", "compare"):
+        shutil.copytree(tiny_study / name, study / name)
+    table = read_object_table(study / "human_fit" / "objects.tsv")
+    names = list(table.object_ids)
+    names[:2] = ["$\\frac$", "price $5 or $10"]
+    for name in ("human_fit", "dnn_fit"):
+        write_object_table(ObjectTable(tuple(names), table.sources), study / name / "objects.tsv")
+    results = StudyResults(study)
+
+    figure = figures.plot_dimension(results, "human", 0, tmp_path / "figures", top_k=N_OBJECTS)
+    (axis,) = figure.get_axes()
+    labels = axis.get_yticklabels()
+    assert sorted(label.get_text() for label in labels) == sorted(names)
+    assert not any(label.get_parse_math() for label in labels)
+    assert written(tmp_path / "figures", "dimension_human_000")
+    figures.plot_disagreements(results, tmp_path / "figures", n_triplets=20)
+    assert written(tmp_path / "figures", "disagreements")
+
+
+def test_labels_without_resolved_kind(tiny_study, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    pd.DataFrame([
+        {"embedding": "human_fit", "dimension": 0, "top_labels": "round (2)", "resolved_kind": None},
+        {"embedding": "human_fit", "dimension": 1, "top_labels": None, "resolved_kind": "visual"},
+    ]).to_csv(labels / "dimensions.csv", index=False)
+    results = StudyResults(tiny_study, labels=labels)
+    assert results.labels_of("human", 0) == {"top_labels": "round (2)", "kind": "", "wordcloud": None}
+    assert results.labels_of("human", 1) == {"top_labels": "", "kind": "visual", "wordcloud": None}
+    assert results.labels_of("dnn", 0) is None
+
+
+def test_truncated_image_names_file(tiny_study, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_study.parent / "data" / "images", images)
+    broken = images / "object03.png"
+    broken.write_bytes(broken.read_bytes()[:60])
+    results = StudyResults(tiny_study, images=images)
+    with pytest.raises(ValueError, match=rf"{broken} cannot be read as an image \(.*\); replace or remove it"):
+        figures.plot_dimension(results, "human", 0, tmp_path / "figures", top_k=N_OBJECTS)
+
+
+def test_disagreements_without_jackknife_name_setting(tiny_study, tmp_path):
+    import json
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study / "compare", study / "compare")
+    (study / "compare" / "disagreements.csv").unlink()
+    results = StudyResults(study)
+    with pytest.raises(FileNotFoundError, match=r"disagreements.csv not found: it is written by the compare stage"):
+        figures.plot_disagreements(results, tmp_path)
+
+    # As written by a compare stage that ran with relevance_triplets = 0.
+    manifest = json.loads((study / "compare" / "manifest.json").read_text())
+    manifest["pipeline"]["settings"]["relevance_triplets"] = 0
+    manifest["pipeline"]["settings"]["matrix_objects"] = 0
+    (study / "compare" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError, match=r"the compare stage ran with relevance_triplets = 0, which "
+                       r"explains no triplet; set compare.relevance_triplets to 'all' or a number"):
+        figures.plot_disagreements(StudyResults(study), tmp_path)
+    for side in ("human", "dnn"):
+        (study / "compare" / f"{side}_similarity.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"human_similarity.npy not found: the compare stage ran with "
+                       r"matrix_objects = 0, which saves no similarity matrix"):
+        figures.plot_similarity_matrices(StudyResults(study), tmp_path)

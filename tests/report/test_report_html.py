@@ -113,7 +113,19 @@ def test_summary_rows_mark_missing_values():
     rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"human_n_dims": 12}))
     assert rows["Dimensions kept"] == ("12", "n/a")
     assert rows["Held-out odd-one-out accuracy"] == ("n/a", "n/a")
+    assert rows["Noise ceiling"] == ("n/a", "n/a")
     assert "Human-DNN RSA (Pearson r)" not in rows
+
+    rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"dnn_n_triplets": 160}))
+    assert rows["Noise ceiling"] == ("n/a", "n/a (no triplet judged twice)")
+
+
+def test_ridge_row_follows_map_target():
+    name = "Ridge map from features, median cross-validated R²"
+    rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "human"}))
+    assert rows[name] == ("0.250", "")
+    rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "dnn"}))
+    assert rows[name] == ("", "0.250")
 
 
 def test_script_json_cannot_close_script():
@@ -210,6 +222,7 @@ def test_report_skips_unplanned_stages(tiny_study, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("options", "message"),
     [(["--top-k", "0"], "--top-k 0 is invalid"), (["--dpi", "-1"], "--dpi -1 is invalid"),
+     (["--dpi", "11000"], "--dpi 11000 is invalid: use at most 600"),
      (["--categories", "missing.tsv"], "--categories missing.tsv: file not found"),
      (["--labels", "FILE"], "--labels .*FILE is a file: give a folder")],
 )
@@ -276,3 +289,94 @@ def test_report_names_an_empty_result_table(tiny_study, tmp_path, capsys):
     (study / "compare" / "matching.csv").write_text("")
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert f"{study / 'compare' / 'matching.csv'} cannot be read as a table" in capsys.readouterr().err
+
+
+def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    record = (study / "pipeline.json").read_text()
+    assert main(["report", str(study), "-o", str(study / "pipeline.json")]) == 1
+    assert "is an existing file that is not an HTML report" in capsys.readouterr().err
+    assert (study / "pipeline.json").read_text() == record
+    assert not (study / "pipeline_figures").exists()
+
+    (tmp_path / "old.html").write_text("old report")
+    assert main(["report", str(study), "-o", str(tmp_path / "old.html")]) == 0
+    assert (tmp_path / "old.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("compare/rsa.json", "{", "compare/rsa.json cannot be read as JSON"),
+        ("evaluate/summary.json", "[1, 2]", "evaluate/summary.json is not a JSON object"),
+        ("compare/matching.csv", "rank,method\n0,greedy\n", "compare/matching.csv has no column human_dim, dnn_dim, r"),
+        ("human_fit/history.csv", "epoch,foo\n1,2\n", "human_fit/history.csv has no column loss, train_accuracy"),
+        ("map/ridge_map.csv", "dimension,alpha\n0,1.0\n", "map/ridge_map.csv has no column cv_r2"),
+    ],
+)
+def test_report_names_a_damaged_result_file(tiny_study, tmp_path, capsys, name, content, message):
+    study = copy_study(tiny_study, tmp_path)
+    (study / name).write_text(content)
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("pipeline.json", '{"stages": 5}', "'stages' must be a JSON array"),
+        ("pipeline.json", '{"inputs": [1]}', "'inputs' must be a JSON object"),
+        # An unreadable fit record makes the fit count as missing for the stages that read it.
+        ("dnn_fit/manifest.json", "[1]", "compare was computed from dnn_fit, but"),
+    ],
+)
+def test_report_rejects_damaged_records(tiny_study, tmp_path, capsys, name, content, message):
+    study = copy_study(tiny_study, tmp_path)
+    (study / name).write_text(content)
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_report_of_fit_without_dimensions(tiny_study, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study / "human_fit", study / "human_fit")
+    path = study / "human_fit" / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    # What a fit writes when pruning removed every dimension.
+    arrays.update(embedding=arrays["embedding"][:, :0], scales=arrays["scales"][:, :0], kept_dims=np.zeros(0, int))
+    np.savez(path, **arrays)
+
+    written = write_report(StudyResults(study), tmp_path / "r.html")
+    assert written.n_dimensions == 0
+    document = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "The human fit kept no dimension: pruning removed them all." in document
+    assert "No fitted embedding" not in document
+
+
+def test_run_without_report_stage_names_no_report(tiny_study, tmp_path, capsys):
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study)
+    text = (tiny_study.parent / "study.toml").read_text()
+    text = text[: text.index("[report]")].replace('data_dir = "data"', f'data_dir = "{tiny_study.parent / "data"}"')
+    (tmp_path / "no_report.toml").write_text(text)
+
+    assert main(["run", str(tmp_path / "no_report.toml"), "-o", str(study)]) == 0
+    output = capsys.readouterr().out
+    assert "report  " not in output
+    assert output.rstrip().endswith(f"study written to {study}")
+
+
+def test_report_of_stage_folder_or_file_names_study(tiny_study, tmp_path, capsys):
+    assert main(["report", str(tiny_study / "human_fit"), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"is the human_fit stage folder of a study: give the study directory {tiny_study}" in capsys.readouterr().err
+    assert main(["report", str(tiny_study / "pipeline.json"), "-o", str(tmp_path / "r.html")]) == 1
+    assert "pipeline.json is a file: give the folder" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

@@ -294,13 +294,85 @@ def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
      ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
      ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
      ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
-     ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen")],
+     ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen"),
+     ("compare.top_k=25", "compare.top_k = 25 is invalid: inputs.objects lists 24 objects, so use at most 24"),
+     ('study.data_dir="${data_dir}/x"', r"study.data_dir = '\$\{data_dir\}/x' \(set with --set\) is invalid: it "
+      r"cannot contain \$\{data_dir\} itself")],
 )
 def test_cross_checks_fail_at_planning(tmp_path, monkeypatch, override, message):
     study_file = write_study(tmp_path)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
         plan_study(load_config(study_file, [override]), tmp_path / "s")
+
+
+def test_bad_category_matrix_fails_at_planning(tmp_path):
+    study_file = write_study(tmp_path)
+    (tmp_path / "data" / "categories.tsv").write_text("a\tb\n" + "1\t0\n" * 23)
+    with pytest.raises(ValueError, match=r"categories.tsv has 23 rows but the study has 24 objects"):
+        plan_study(load_config(study_file), tmp_path / "s")
+
+
+def test_feature_rows_checked_at_planning_without_map(tmp_path):
+    import numpy as np
+
+    study_file = write_study(tmp_path)
+    text = study_file.read_text()
+    study_file.write_text(text.replace("[map]\nn_alphas = 5\n", ""))
+    features = np.load(tmp_path / "data" / "features.npy")
+    np.save(tmp_path / "data" / "short.npy", features[:23])
+    with pytest.raises(ValueError, match=r"short.npy have 23 rows but inputs.objects lists 24 objects; .* "
+                       r"\(stage dnn_triplets of .*study.toml\)"):
+        plan_study(load_config(study_file, [f"inputs.dnn_features={str(tmp_path / 'data' / 'short.npy')!r}"]),
+                   tmp_path / "s")
+
+    layers = tmp_path / "data" / "layers"
+    layers.mkdir()
+    np.save(layers / "features_conv.npy", features)
+    np.save(layers / "features_fc.npy", features)
+    overrides = [f"inputs.dnn_features={str(layers)!r}"]
+    with pytest.raises(FileNotFoundError, match=r"name the layer \(--layer\): conv, fc \(stage dnn_triplets of"):
+        plan_study(load_config(study_file, overrides), tmp_path / "s")
+    plan = plan_study(load_config(study_file, [*overrides, 'dnn_triplets.layer="fc"']), tmp_path / "s")
+    assert plan.stage("dnn_triplets").settings["layer"] == "fc"
+
+
+def test_things_dir_without_48_object_files_fails_at_planning(tmp_path):
+    study_file = write_study(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"RDM48_triplet.mat not found \(stage evaluate of .*study.toml\)"):
+        plan_study(load_config(study_file, [f"inputs.things_dir={str(tmp_path / 'data')!r}"]), tmp_path / "s")
+
+
+def test_report_dpi_has_a_maximum(tmp_path):
+    study_file = write_study(tmp_path)
+    with pytest.raises(ValueError, match=r"report.dpi = 11000 is invalid: use a value at most 600"):
+        plan_study(load_config(study_file, ["report.dpi=11000"]), tmp_path / "s")
+
+
+def test_whole_float_for_integer_suggests_integer(study_file):
+    with pytest.raises(ValueError, match=r"dnn_triplets.n_triplets = 100000.0 is invalid: expected an integer, "
+                       r"got float; write 100000 without a decimal point or exponent \(set with --set\)"):
+        plan_study(load_config(study_file, ["dnn_triplets.n_triplets=1e5"]), study_file.parent / "s")
+
+
+def test_study_file_with_byte_order_mark_loads(tmp_path):
+    study_file = write_study(tmp_path)
+    study_file.write_bytes(b"\xef\xbb\xbf" + study_file.read_bytes())
+    assert load_config(study_file).study["name"] == "Tiny study"
+
+
+def test_study_file_not_utf8_names_file(tmp_path):
+    study_file = tmp_path / "latin1.toml"
+    study_file.write_bytes(b'[study]\nname = "caf\xe9"\n')
+    with pytest.raises(ValueError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at offset 19\)"):
+        load_config(study_file)
+
+
+def test_study_file_that_is_a_folder(tmp_path):
+    folder = tmp_path / "study.toml"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"study file .*study.toml is a folder"):
+        load_config(folder)
 
 
 def test_more_folds_than_objects_fail_at_planning(tmp_path):

@@ -165,6 +165,83 @@ def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
     assert not partial[0].exists()
 
 
+def test_removed_upstream_stage_is_named(study, tmp_path):
+    config, study_dir = study
+    # The study file without the DNN side: evaluate then reads human_fit alone.
+    text = config.read_text()
+    for table in ("dnn_triplets", "dnn_fit", "compare", "map"):
+        start = text.index(f"[{table}]")
+        end = text.find("\n[", start + 1)
+        text = text[:start] + (text[end + 1:] if end >= 0 else "")
+    human_only = config.with_name("human_only.toml")
+    human_only.write_text(text)
+    plan = run_study(human_only, study_dir, dry_run=True)
+    assert plan.to_run == ["evaluate"]
+    assert plan.stage("evaluate").reasons == ["upstream removed: dnn_fit"]
+
+
+def test_record_keeps_hash_of_study_file_as_read(study):
+    import hashlib
+
+    from dimalign.report.config import load_config
+
+    config_path, study_dir = study
+    original = config_path.read_bytes()
+    config = load_config(config_path)
+    # The user edits the study file for the next run while this one runs.
+    config_path.write_bytes(original + b"\n# next: more epochs\n")
+    try:
+        run_study(config, study_dir)
+    finally:
+        config_path.write_bytes(original)
+    record = json.loads((study_dir / "pipeline.json").read_text())
+    assert record["config_sha256"] == hashlib.sha256(original).hexdigest()
+
+
+def test_run_with_other_study_file_warns_before_replacing(study, caplog):
+    config_path, study_dir = study
+    other = config_path.with_name("other_study.toml")
+    other.write_text(config_path.read_text().replace("n_bootstrap = 20", "n_bootstrap = 10"))
+    try:
+        with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+            run_study(other, study_dir)
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert warnings == [
+            f"{study_dir} was last run with the study file {config_path}, and this run with {other} "
+            "replaces its stages compare as each finishes; to keep them, stop this run and pass another -o"
+        ]
+    finally:
+        # Put the module's study back as the tests after this one expect it.
+        run_study(config_path, study_dir)
+
+
+def test_fit_failing_before_checkpoint_leaves_nothing(study, monkeypatch):
+    config, study_dir = study
+
+    def failed(context):
+        (context.out_dir / "train.npy").write_bytes(b"")
+        raise ValueError("bad triplets")
+
+    monkeypatch.setitem(stages.STAGES, "human_fit", dataclasses.replace(stages.STAGES["human_fit"], run=failed))
+    with pytest.raises(ValueError, match="bad triplets"):
+        run_study(config, study_dir, overrides=["human_fit.max_epochs=4"])
+    assert [entry.name for entry in study_dir.iterdir() if ".partial-" in entry.name] == []
+
+
+def test_tiny_val_fraction_holding_out_nothing_is_rejected(tmp_path):
+    config = write_study(tmp_path, report=False)
+    with pytest.raises(ValueError, match=r"dnn_triplets.val_fraction = 0.001 is invalid: it holds out no triplet, since "
+                       r"round\(0.001 x 300 triplets\) = 0; use at least 0.0033"):
+        run_study(config, tmp_path / "study", overrides=["dnn_triplets.n_triplets=300",
+                                                         "dnn_triplets.val_fraction=0.001"], dry_run=True)
+    # The human triplets are counted when the fit stage reads them, before it fits.
+    with pytest.raises(ValueError, match=r"human_fit.val_fraction = 0.0001 is invalid: it holds out no triplet, since "
+                       r"round\(0.0001 x 1,510 triplets\) = 0"):
+        run_study(config, tmp_path / "study", overrides=["human_fit.val_fraction=0.0001"])
+    assert [entry.name for entry in (tmp_path / "study").iterdir() if entry.name != ".pipeline.lock"] == [
+        "pipeline.json"]
+
+
 def test_lock_rejects_second_run(study):
     config, study_dir = study
     with open(study_dir / ".pipeline.lock", "a+") as handle:
@@ -213,6 +290,14 @@ def test_foreign_study_dir_rejected(tmp_path):
     with pytest.raises(ValueError, match="lies inside inputs.images"):
         run_study(config, folder_input / "study", overrides=[f"inputs.images={str(folder_input)!r}"])
     assert not (folder_input / "study").exists()
+
+
+def test_pipeline_json_of_another_tool_is_no_study(tmp_path):
+    config = write_study(tmp_path, report=False)
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "pipeline.json").write_text('{"name": "my CI pipeline"}')
+    plan = run_study(config, tmp_path / "project" / "study", dry_run=True)
+    assert plan.to_run == STAGES
 
 
 def test_nested_study_and_stage_file_rejected(study, tmp_path):

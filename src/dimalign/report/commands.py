@@ -13,6 +13,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Suffixes of an existing file that ``dimalign report -o`` may replace.
+REPORT_SUFFIXES = (".html", ".htm")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``run`` and ``report`` subcommands."""
     _register_run(subparsers)
@@ -62,7 +66,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"dry run: nothing was written to {study_dir}")
         return 0
     report = study_dir / "report" / "report.html"
-    print(f"study written to {study_dir}" + (f"; report: {report}" if report.is_file() else ""))
+    # A report folder left by an earlier run of a study that has since dropped [report] is not current.
+    current = report.is_file() and any(stage.name == "report" for stage in plan.stages)
+    print(f"study written to {study_dir}" + (f"; report: {report}" if current else ""))
     return 0
 
 
@@ -79,13 +85,19 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("study_dir", type=Path, help="study directory (from 'dimalign run')")
     parser.add_argument("-o", "--out", type=Path, required=True, help="HTML file to write")
-    parser.add_argument("--figures-dir", type=Path, help="folder for the PNG and SVG figures (default: <out>_figures)")
+    parser.add_argument(
+        "--figures-dir", type=Path,
+        help="folder for the PNG and SVG figures (default: <out stem>_figures next to the HTML file, "
+        "such as report_figures for -o report.html)",
+    )
     parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
     parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
     parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
     parser.add_argument("--title", help="report title (default: the study name)")
     parser.add_argument("--top-k", type=int, default=8, help="top objects per dimension (default 8)")
-    parser.add_argument("--dpi", type=int, default=110, help="resolution of the PNG figures (default 110)")
+    parser.add_argument(
+        "--dpi", type=int, default=110, help="resolution of the PNG figures in dots per inch, 1 to 600 (default 110)"
+    )
     parser.set_defaults(handler=report_command)
 
 
@@ -93,9 +105,17 @@ def report_command(args: argparse.Namespace) -> int:
     """Handle ``dimalign report``."""
     from dimalign.report.html import write_report
     from dimalign.report.results import StudyResults, check_reportable
+    from dimalign.report.stages import STAGES
 
+    if args.study_dir.is_file():
+        raise NotADirectoryError(f"study directory {args.study_dir} is a file: give the folder that 'dimalign run' wrote")
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study directory {args.study_dir} not found")
+    if args.study_dir.name in STAGES and (args.study_dir.parent / "pipeline.json").is_file():
+        raise ValueError(
+            f"{args.study_dir} is the {args.study_dir.name} stage folder of a study: give the study "
+            f"directory {args.study_dir.parent}"
+        )
     _check_report_options(args)
     record = _read_study_record(args.study_dir)
     recorded = record.get("inputs", {})
@@ -126,9 +146,13 @@ def _check_report_options(args: argparse.Namespace) -> None:
     """Check the options of ``dimalign report`` before anything is read or written."""
     from dimalign.report.stages import STAGE_ORDER
 
+    from dimalign.report.html import MAX_DPI
+
     for name in ("top_k", "dpi"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} is invalid: use 1 or more")
+    if args.dpi > MAX_DPI:
+        raise ValueError(f"--dpi {args.dpi} is invalid: use at most {MAX_DPI}")
     for option, path, kind in (("--categories", args.categories, "file"), ("--labels", args.labels, "folder"),
                                ("--images", args.images, "folder")):
         if path is None:
@@ -150,6 +174,14 @@ def _check_report_options(args: argparse.Namespace) -> None:
                     "results it could replace, or which the next dimalign run replaces; write the "
                     f"report elsewhere, such as {args.study_dir / 'report.html'}"
                 )
+    if args.out.is_file() and args.out.suffix.lower() not in REPORT_SUFFIXES:
+        # -o replaces the file, so a slip such as -o STUDY/pipeline.json would
+        # lose the study record and -o study.toml the study file.
+        raise FileExistsError(
+            f"-o {args.out} is an existing file that is not an HTML report, and writing the report "
+            "would replace it; give a new file or an .html file, such as "
+            f"{args.out.with_suffix('.html')}"
+        )
     if figures_dir.exists() and not figures_dir.is_dir():
         raise FileExistsError(f"the figures folder {figures_dir} is a file: remove it or pass --figures-dir")
 
@@ -168,6 +200,12 @@ def _read_study_record(study_dir: Path) -> dict:
         ) from error
     if not isinstance(record, dict):
         raise ValueError(f"{path} is not a study record: expected a JSON object")
+    for key, kind in (("stages", list), ("inputs", dict), ("study", dict), ("changes", list)):
+        if not isinstance(record.get(key, kind()), kind):
+            raise ValueError(
+                f"{path} is not a study record: {key!r} must be a JSON {'array' if kind is list else 'object'}; "
+                "rerun 'dimalign run' to rewrite it, or remove it to report the stage folders as they are"
+            )
     return record
 
 

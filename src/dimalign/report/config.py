@@ -16,6 +16,7 @@ the command line resolves from the current directory instead, as shells do.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import tomllib
@@ -86,6 +87,8 @@ class StudyConfig:
         original (dict[str, Any]): The file's content before overrides.
         cli_values (set[tuple[str, str]]): ``(section, key)`` pairs set on the
             command line (their paths resolve from the current directory).
+        sha256 (str): SHA-256 of the file's bytes as read, so that an edit
+            during a long run does not change what the run records.
     """
 
     path: Path
@@ -96,6 +99,7 @@ class StudyConfig:
     overrides: list[Override] = field(default_factory=list)
     original: dict[str, Any] = field(default_factory=dict)
     cli_values: set[tuple[str, str]] = field(default_factory=set)
+    sha256: str = ""
 
     def resolve_path(self, value: str, section: str, key: str) -> Path:
         """Resolve a path value of ``section.key`` (see the module docstring)."""
@@ -177,15 +181,28 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: On invalid TOML, a table of the wrong type, an unknown
-            ``[study]`` or ``[inputs]`` key, or an override of a table that the
-            file does not have.
+        IsADirectoryError: If the path is a folder.
+        ValueError: On text that is not UTF-8, invalid TOML, a table of the wrong type, an unknown
+            ``[study]`` or ``[inputs]`` key, a ``data_dir`` that contains
+            ``${data_dir}``, or an override of a table that the file does not have.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"study file {path} is a folder: give the TOML file, such as {path / 'study.toml'}")
     if not path.is_file():
         raise FileNotFoundError(f"study file {path} not found")
     try:
-        content = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig drops the byte order mark that some Windows editors write
+        # before UTF-8 text, which tomllib would reject as an invalid statement.
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save the study file as UTF-8"
+        ) from error
+    try:
+        content = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from error
 
@@ -201,7 +218,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     stages = {name: dict(settings) for name, settings in content.items()}
     config = StudyConfig(
         path=path.resolve(), base_dir=path.resolve().parent, study=study, inputs=inputs,
-        stages=stages, original=original,
+        stages=stages, original=original, sha256=hashlib.sha256(data).hexdigest(),
     )
     for text in overrides:
         _apply_override(config, parse_override(text))
@@ -253,6 +270,12 @@ def _check_study_types(config: StudyConfig) -> None:
                 f"study.{key} = {value!r} ({config.origin(STUDY_TABLE, key)}) is invalid: "
                 f"expected {_TYPE_NAMES[type(default)]}"
             )
+    if _DATA_DIR_PATTERN.search(config.study["data_dir"]):
+        # resolve_path would substitute data_dir into itself without end.
+        raise ValueError(
+            f"study.data_dir = {config.study['data_dir']!r} ({config.origin(STUDY_TABLE, 'data_dir')}) is "
+            "invalid: it cannot contain ${data_dir} itself; give the folder's path"
+        )
     if config.study["seed"] < 0:
         raise ValueError(
             f"study.seed = {config.study['seed']} ({config.origin(STUDY_TABLE, 'seed')}) is invalid: "

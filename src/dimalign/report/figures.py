@@ -11,11 +11,13 @@ file and the stage that writes it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -39,6 +41,26 @@ MATCHING_LABELS = {
     "greedy": "without replacement (greedy)",
     "optimal": "without replacement (optimal)",
 }
+
+
+_Plot = TypeVar("_Plot", bound=Callable[..., Figure])
+
+
+def _plain_text(plot: _Plot) -> _Plot:
+    """Draw the text of ``plot``'s figure as written, without matplotlib's mathtext.
+
+    Object names, labels and category names come from the study's files.
+    Matplotlib reads text between two ``$`` signs as a formula, so a name such
+    as ``$5 or $10`` would be drawn in math italics, and ``$\\frac$`` raises a
+    parse error when the figure is saved.
+    """
+
+    @functools.wraps(plot)
+    def draw(*args: Any, **kwargs: Any) -> Figure:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return draw  # type: ignore[return-value]
 
 
 def _results(results: StudyResults | str | os.PathLike) -> StudyResults:
@@ -65,6 +87,7 @@ def _metadata(suffix: str) -> dict[str, Any]:
 # -- similarity matrices -------------------------------------------------------------
 
 
+@_plain_text
 def plot_similarity_matrices(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "similarity_matrices",
@@ -83,6 +106,7 @@ def plot_similarity_matrices(
     results = _results(results)
     sides = [side for side in SIDES if results.has("compare", f"{side}_similarity.npy")]
     if not sides:
+        results.check_compare_wrote("human_similarity.npy", "matrix_objects", "saves no similarity matrix")
         results.path("compare", "human_similarity.npy")  # raises FileNotFoundError
     matrices = {side: results.similarity(side) for side in sides}
     rows = matrices[sides[0]][1]
@@ -125,6 +149,7 @@ def _mark_blocks(axis, blocks) -> None:
 # -- matching and cumulative RSA ------------------------------------------------------
 
 
+@_plain_text
 def plot_matching(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "matching",
@@ -180,6 +205,7 @@ def plot_matching(
 # -- training curves ---------------------------------------------------------------------
 
 
+@_plain_text
 def plot_training_curves(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "training_curves",
@@ -222,6 +248,7 @@ def plot_training_curves(
 # -- one dimension -------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_dimension(
     results: StudyResults | str | os.PathLike, side: str, dim: int, out_dir: str | os.PathLike, *,
     top_k: int = 8, dpi: int = 110, stem: str | None = None,
@@ -301,9 +328,14 @@ def dimension_title(results: StudyResults, side: str, dim: int, labels: dict[str
 def _show_image(axis, path: Path) -> None:
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.thumbnail((256, 256))
-        axis.imshow(np.asarray(image.convert("RGB")))
+    try:
+        with Image.open(path) as image:
+            image.thumbnail((256, 256))
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        # PIL's messages for a damaged file ("image file is truncated") name no file.
+        raise ValueError(f"{path} cannot be read as an image ({error}); replace or remove it") from error
+    axis.imshow(pixels)
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -311,6 +343,7 @@ def _show_image(axis, path: Path) -> None:
 # -- kinds of dimensions ------------------------------------------------------------------
 
 
+@_plain_text
 def plot_kind_shares(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, dpi: int = 110,
     stem: str = "kind_shares",
@@ -356,6 +389,7 @@ def plot_kind_shares(
 # -- disagreements -------------------------------------------------------------------------
 
 
+@_plain_text
 def plot_disagreements(
     results: StudyResults | str | os.PathLike, out_dir: str | os.PathLike, *, n_triplets: int = 6,
     dpi: int = 110, stem: str = "disagreements",

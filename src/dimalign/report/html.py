@@ -50,6 +50,11 @@ class ReportResult:
     n_dimensions: int = 0
 
 
+#: Largest resolution of the PNG figures. 600 dpi is print quality, and the
+#: similarity figure, 12.4 inches wide, is then already 7,440 pixels wide. A
+#: typo such as 11000 for 110 would ask matplotlib for an image of gigabytes.
+MAX_DPI = 600
+
 #: Figures of the report: (stem, heading, caption, drawing function).
 FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
     ("similarity_matrices", "Similarity matrices",
@@ -101,12 +106,14 @@ def write_report(
         ReportResult: Files, figures and the figures left out.
 
     Raises:
-        ValueError: If a count is below 1.
+        ValueError: If a count is below 1 or ``dpi`` is above :data:`MAX_DPI`.
         IsADirectoryError: If ``path`` is a folder.
     """
     for name, value in (("top_k", top_k), ("n_disagreements", n_disagreements), ("dpi", dpi)):
         if value < 1:
             raise ValueError(f"{name} = {value} is invalid: use 1 or more")
+    if dpi > MAX_DPI:
+        raise ValueError(f"dpi = {dpi} is invalid: use at most {MAX_DPI}")
     if not isinstance(results, StudyResults):
         results = StudyResults(results)
     path = Path(path)
@@ -214,12 +221,8 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
 def _ridge_by_dim(results: StudyResults) -> dict[str, dict[int, float]]:
     if not results.has("map", "ridge_map.csv"):
         return {}
-    target = "dnn"
-    if results.has("map", "manifest.json"):
-        record = results.manifest("map").get("pipeline", {})
-        target = record.get("settings", {}).get("target", target)
     table = results.ridge_table()
-    return {target: {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
+    return {results.ridge_target(): {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
 
 
 def _data_uri(path: Path) -> str:
@@ -289,6 +292,12 @@ def _ceiling(value: Any) -> str:
 
 def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Return the rows of the summary table: (quantity, human, DNN) as text."""
+    dnn_ceiling = "n/a"
+    if numbers.get("dnn_noise_ceiling"):
+        dnn_ceiling = _ceiling(numbers["dnn_noise_ceiling"])
+    elif "dnn_n_triplets" in numbers:
+        # The simulated triplets are unique, so only an evaluated DNN side gets this reason.
+        dnn_ceiling = "n/a (no triplet judged twice)"
     rows = [
         ("Dimensions kept", _format(numbers.get("human_n_dims")), _format(numbers.get("dnn_n_dims"))),
         ("Epochs trained", _format(numbers.get("human_n_epochs")), _format(numbers.get("dnn_n_epochs"))),
@@ -296,9 +305,7 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("Held-out triplets", _format(numbers.get("human_n_triplets")), _format(numbers.get("dnn_n_triplets"))),
         ("Held-out odd-one-out accuracy", _format(numbers.get("human_accuracy")),
          _format(numbers.get("dnn_accuracy"))),
-        ("Noise ceiling", _ceiling(numbers.get("human_noise_ceiling")),
-         _ceiling(numbers.get("dnn_noise_ceiling")) if numbers.get("dnn_noise_ceiling")
-         else "n/a (no triplet judged twice)"),
+        ("Noise ceiling", _ceiling(numbers.get("human_noise_ceiling")), dnn_ceiling),
         ("48-object correlation (Pearson r)", _format(numbers.get("human_things48_r")),
          _format(numbers.get("dnn_things48_r"))),
     ]
@@ -315,7 +322,10 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         value = numbers["n_dnn_dims_for_95_percent"]
         rows.append(("DNN dimensions for 95% of the RSA", "", "not reached" if value is None else _format(value)))
     if "ridge_cv_r2_median" in numbers:
-        rows.append(("Ridge map from features, median cross-validated R²", "", _format(numbers["ridge_cv_r2_median"])))
+        value = _format(numbers["ridge_cv_r2_median"])
+        # The map predicts the dimensions of one side, set by map.target.
+        human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
+        rows.append(("Ridge map from features, median cross-validated R²", human, dnn))
     return rows
 
 
@@ -361,7 +371,7 @@ def render_document(
         )
         skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
 
-    browser = _browser_section(dimensions)
+    browser = _browser_section(dimensions, fitted_sides=results.sides())
     config = results.record.get("config")
     meta = f"Study directory {html.escape(str(results.study_dir.resolve()))}"
     if config:
@@ -392,9 +402,17 @@ def render_document(
     )
 
 
-def _browser_section(dimensions: list[dict[str, Any]]) -> str:
+def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) -> str:
     if not dimensions:
-        return '<section id="dimensions"><h2>Dimensions</h2><p>No fitted embedding in this study.</p></section>'
+        if fitted_sides:
+            names = " and the ".join(SIDE_NAMES[side] for side in fitted_sides)
+            text = (
+                f"The {names} fit{'s' if len(fitted_sides) > 1 else ''} kept no dimension: pruning removed "
+                "them all. Refit with more triplets or epochs, or a lower min_objects."
+            )
+        else:
+            text = "No fitted embedding in this study."
+        return f'<section id="dimensions"><h2>Dimensions</h2><p>{html.escape(text)}</p></section>'
     groups = []
     for side in (SIDE_NAMES[name] for name in SIDES):
         options = "".join(

@@ -53,7 +53,7 @@ from dimalign.report.config import (
     load_config,
 )
 from dimalign.report.settings import check_settings
-from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext
+from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -300,10 +300,31 @@ def _plan_stage(
             )
         inputs[key] = path
 
+    if name == "features":
+        # A weights file is an input too: its content, not only its name, decides the features.
+        try:
+            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
+                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
+            ) from error
+        if weights is not None:
+            inputs["weights"] = weights
+
+    # The checks also see the object table where the stage itself reads it
+    # only through its upstream stages, so that a count can be compared with
+    # the number of objects. It stays out of the stage's fingerprints.
+    check_inputs = dict(inputs)
+    objects = config.input_path("objects")
+    if "objects" not in check_inputs and objects is not None and objects.is_file():
+        check_inputs["objects"] = objects
     try:
-        stage.check(settings, inputs)
-    except ValueError as error:
-        raise ValueError(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
+        stage.check(settings, check_inputs)
+    except (ValueError, FileNotFoundError) as error:
+        # The library's messages name command-line options such as --layer;
+        # the stage and study file say which table of the file to change.
+        raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
     input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
@@ -432,10 +453,19 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
         reasons.append(f"input changed: {', '.join(sorted(set(changed_inputs)))}")
     old_upstream = record.get("upstream", {})
     changed_upstream = [
-        name for name in stage.upstream if old_upstream.get(name) != stage.upstream_hashes[name]
+        name for name in stage.upstream
+        if name in old_upstream and old_upstream[name] != stage.upstream_hashes[name]
     ]
     if changed_upstream:
         reasons.append(f"upstream changed: {', '.join(changed_upstream)}")
+    # A stage added to or removed from the study file changes what the
+    # report (or evaluate) reads, although no hash it read before differs.
+    added = [name for name in stage.upstream if name not in old_upstream]
+    if added:
+        reasons.append(f"upstream added: {', '.join(added)}")
+    removed = [name for name in old_upstream if name not in stage.upstream]
+    if removed:
+        reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
 
 
@@ -449,7 +479,7 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         logger.warning("%s is unreadable; the stage reruns", path)
         return None
-    record = manifest.get("pipeline")
+    record = manifest.get("pipeline") if isinstance(manifest, dict) else None
     return record if isinstance(record, dict) else None
 
 
@@ -559,6 +589,7 @@ def run_study(
         # written stages that the first plan saw missing or outdated.
         plan = plan_study(config, study_dir, from_stage=from_stage)
         check_study_dir(plan)
+        _warn_other_study_file(plan)
         _remove_stale_folders(study_dir, plan)
         record = _study_record(plan, started=now_iso())
         write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
@@ -585,6 +616,26 @@ def run_study(
     return plan
 
 
+def _warn_other_study_file(plan: StudyPlan) -> None:
+    """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``."""
+    path = plan.study_dir / STUDY_RECORD_NAME
+    if not _is_study_record(path):
+        return
+    previous = json.loads(path.read_text(encoding="utf-8")).get("config")
+    if previous == str(plan.config.path):
+        return
+    replaced = [
+        stage.name for stage in plan.stages
+        if stage.action == "run" and read_stage_record(plan.study_dir / stage.name) is not None
+    ]
+    if replaced:
+        logger.warning(
+            "%s was last run with the study file %s, and this run with %s replaces its stages %s "
+            "as each finishes; to keep them, stop this run and pass another -o",
+            plan.study_dir, previous, plan.config.path, ", ".join(replaced),
+        )
+
+
 def check_study_dir(plan: StudyPlan) -> None:
     """Check that ``dimalign run`` may write the study directory, before anything is written.
 
@@ -602,7 +653,7 @@ def check_study_dir(plan: StudyPlan) -> None:
     check_output_dir(study_dir, "run")
     resolved = study_dir.resolve()
     for parent in resolved.parents:
-        if (parent / STUDY_RECORD_NAME).is_file():
+        if _is_study_record(parent / STUDY_RECORD_NAME):
             raise ValueError(
                 f"the study directory {study_dir} lies inside the study {parent}, whose next run "
                 "may replace it with a stage folder; choose an output folder outside it"
@@ -628,7 +679,20 @@ def check_study_dir(plan: StudyPlan) -> None:
             )
 
 
+def _is_study_record(path: Path) -> bool:
+    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name."""
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("stages"), list) and "config" in record
+
+
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
     work_dir = study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
@@ -645,7 +709,9 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
     try:
         outputs = definition.run(context)
     except BaseException:
-        if not definition.resumable:
+        # Only a checkpoint lets the next run resume; a fit that failed before
+        # its first one leaves nothing worth keeping.
+        if not (definition.resumable and (work_dir / CHECKPOINT_NAME).is_file()):
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
@@ -716,7 +782,7 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
 def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
     return {
         "config": str(plan.config.path),
-        "config_sha256": sha256_file(plan.config.path),
+        "config_sha256": plan.config.sha256 or sha256_file(plan.config.path),
         "study": plan.config.study,
         "inputs": {key: str(plan.config.input_path(key)) for key in plan.config.inputs},
         "changes": [change.to_dict() for change in plan.changes],

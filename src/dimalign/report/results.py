@@ -40,6 +40,13 @@ DEFAULT_STAGE_DIRS = {
 }
 
 
+#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
+DISAGREEMENT_COLUMNS = (
+    "object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out", "human_dim", "dnn_dim",
+    "human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice",
+)
+
+
 @dataclass(frozen=True)
 class CategoryBlocks:
     """Objects ordered by category, for similarity matrix figures.
@@ -73,17 +80,28 @@ def read_category_matrix(path: str | os.PathLike, n_objects: int) -> tuple[list[
         ValueError: If the row count differs from ``n_objects`` or a value is not 0 or 1.
     """
     path = Path(path)
-    table = pd.read_csv(path, sep="\t")
-    values = table.to_numpy()
-    if values.shape[0] != n_objects:
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(
-            f"{path} has {values.shape[0]} rows but the study has {n_objects} objects; the category "
+            f"{path} cannot be read as a category matrix ({str(error).strip()}); it needs a tab-separated header of "
+            "category names, then one row of 0/1 per object"
+        ) from error
+    if table.shape[0] != n_objects:
+        raise ValueError(
+            f"{path} has {table.shape[0]} rows but the study has {n_objects} objects; the category "
             "matrix needs one row per object in the order of the object table"
         )
-    if not np.isin(values, (0, 1)).all():
-        row = int(np.flatnonzero(~np.isin(values, (0, 1)).all(axis=1))[0])
-        raise ValueError(f"{path}, line {row + 2}: category memberships must be 0 or 1")
-    return [str(name) for name in table.columns], values.astype(bool)
+    # Cells are read as text, so that one bad cell points to its own line
+    # instead of turning its whole column into strings.
+    valid = table.isin(("0", "1")).to_numpy()
+    if not valid.all():
+        row, column = (int(index) for index in np.argwhere(~valid)[0])
+        raise ValueError(
+            f"{path}, line {row + 2}, column {table.columns[column]!r}: category membership "
+            f"{table.iat[row, column]!r} is invalid; use 0 or 1"
+        )
+    return [str(name) for name in table.columns], table.to_numpy() == "1"
 
 
 def assign_categories(membership: np.ndarray) -> np.ndarray:
@@ -124,12 +142,30 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
     return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Read a result table, naming the file when it is empty or malformed."""
+def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``."""
     try:
-        return pd.read_csv(path)
+        table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} cannot be read as a table ({error}); rerun the stage that writes it") from error
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path} has no column {', '.join(missing)} (its columns: {', '.join(map(str, table.columns))}); "
+            "rerun the stage that writes it"
+        )
+    return table
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Read a result record, naming the file when it is not a JSON object."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}); rerun the stage that writes it") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a JSON object; rerun the stage that writes it")
+    return record
 
 
 class StudyResults:
@@ -241,17 +277,17 @@ class StudyResults:
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
-        return _read_csv(self.path(f"{side}_fit", "history.csv"))
+        return _read_csv(self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"))
 
     def manifest(self, stage: str) -> dict[str, Any]:
         """Return a stage's ``manifest.json``."""
-        return json.loads(self.path(stage, "manifest.json").read_text(encoding="utf-8"))
+        return _read_json(self.path(stage, "manifest.json"))
 
     # -- evaluation and comparison ------------------------------------------------------
 
     def evaluation(self) -> dict[str, Any]:
         """Return ``evaluate/summary.json``."""
-        return json.loads(self.path("evaluate", "summary.json").read_text(encoding="utf-8"))
+        return _read_json(self.path("evaluate", "summary.json"))
 
     def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the saved similarity matrix of ``side`` and the object of each row."""
@@ -271,28 +307,58 @@ class StudyResults:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
         key = ("matching",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.path("compare", "matching.csv"))
+            self._cache[key] = _read_csv(self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"))
         return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
-        return _read_csv(self.path("compare", "cumulative_rsa.csv"))
+        return _read_csv(self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"))
 
     def rsa(self) -> dict[str, Any]:
         """Return ``compare/rsa.json``."""
-        return json.loads(self.path("compare", "rsa.json").read_text(encoding="utf-8"))
+        return _read_json(self.path("compare", "rsa.json"))
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
-        return _read_csv(self.path("compare", f"relevance_{side}.csv"))
+        return _read_csv(self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"))
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
-        return _read_csv(self.path("compare", "disagreements.csv"))
+        self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
+        return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
+
+    def check_compare_wrote(self, name: str, key: str, effect: str) -> None:
+        """Name a compare setting of 0 as the reason when ``compare/<name>`` is missing.
+
+        Args:
+            name (str): The missing file.
+            key (str): The count setting that skips the file at 0.
+            effect (str): What the 0 does, for the message.
+
+        Raises:
+            FileNotFoundError: If the file is missing and the compare stage ran with ``key = 0``.
+        """
+        from dimalign.report.pipeline import read_stage_record
+
+        if "compare" not in self.stage_dirs or self.has("compare", name):
+            return
+        record = read_stage_record(self.stage_dirs["compare"]) or {}
+        if record.get("settings", {}).get(key) == 0:
+            raise FileNotFoundError(
+                f"{self.stage_dirs['compare'] / name} not found: the compare stage ran with {key} = 0, "
+                f"which {effect}; set compare.{key} to 'all' or a number"
+            )
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
-        return _read_csv(self.path("map", "ridge_map.csv"))
+        return _read_csv(self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"))
+
+    def ridge_target(self) -> str:
+        """Return the side (``human`` or ``dnn``) whose dimensions the map stage predicted; ``dnn`` without a record."""
+        if not self.has("map", "manifest.json"):
+            return "dnn"
+        record = self.manifest("map").get("pipeline", {})
+        return record.get("settings", {}).get("target", "dnn")
 
     def best_match(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the best match of a dimension on the other side, from ``matching.csv``.
@@ -328,7 +394,7 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv")
+            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv", ("embedding", "dimension"))
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -343,9 +409,10 @@ class StudyResults:
         cloud = str(row.get("wordcloud", "") or "")
         cloud_path = self.labels_dir / cloud if cloud and cloud != "nan" else None
         top_labels = row.get("top_labels", "")
+        kind = row.get("resolved_kind", "")
         return {
             "top_labels": "" if pd.isna(top_labels) else str(top_labels),
-            "kind": str(row.get("resolved_kind", "")),
+            "kind": "" if pd.isna(kind) else str(kind),
             "wordcloud": cloud_path if cloud_path is not None and cloud_path.is_file() else None,
         }
 
@@ -356,7 +423,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(_read_csv(path))
+        return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -370,7 +437,7 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (inputs.labels)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(_read_csv(path))
+            return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
@@ -429,6 +496,7 @@ class StudyResults:
             numbers["similarity_objects"] = rsa.get("similarity_objects")
         if self.has("map", "ridge_map.csv"):
             numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
+            numbers["ridge_target"] = self.ridge_target()
         return numbers
 
     def setting_changes(self) -> list[dict[str, Any]]:

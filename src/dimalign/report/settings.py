@@ -65,9 +65,13 @@ class Setting:
         if isinstance(value, bool) and bool not in types:
             raise ValueError(f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}")
         if not isinstance(value, types):
+            hint = ""
+            if int in types and isinstance(value, float) and value.is_integer():
+                # TOML reads 1e5 and 3.0 as floats.
+                hint = f"; write {int(value)} without a decimal point or exponent"
             raise ValueError(
                 f"{stage}.{key} = {value!r} is invalid: expected {_type_names(types)}, "
-                f"got {type(value).__name__}"
+                f"got {type(value).__name__}{hint}"
             )
         if self.choices and isinstance(value, str) and value not in self.choices:
             allowed = ", ".join(repr(choice) for choice in self.choices)
@@ -247,7 +251,8 @@ REPORT_SETTINGS: dict[str, Setting] = {
     "title": Setting("", "report title (default: study.name)"),
     "top_k": Setting(8, "top objects shown per dimension", minimum=1),
     "n_disagreements": Setting(6, "triplets shown in the disagreement figure", minimum=1),
-    "dpi": Setting(110, "resolution of the PNG figures in dots per inch", minimum=1),
+    # The maximum is dimalign.report.html.MAX_DPI, which explains it.
+    "dpi": Setting(110, "resolution of the PNG figures in dots per inch", minimum=1, maximum=600),
     "labels_human": Setting("human_fit", "name of the human embedding in the labels summary"),
     "labels_dnn": Setting("dnn_fit", "name of the DNN embedding in the labels summary"),
 }

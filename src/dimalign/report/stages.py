@@ -26,10 +26,12 @@ Stage folders:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,9 +124,11 @@ def run_features(context: StageContext) -> dict[str, Any]:
     settings = context.settings
     objects = read_object_table(context.inputs["objects"])
     extract_dir = context.out_dir / "extract"
+    # A weights file comes resolved from the study file's folder, with its fingerprint in the stage hash.
+    weights = context.inputs.get("weights") or settings["weights"] or None
     extract_features(
         context.inputs["images"], extract_dir, model=settings["model"],
-        weights=settings["weights"] or None, layers=[settings["layer"]] if settings["layer"] else None,
+        weights=weights, layers=[settings["layer"]] if settings["layer"] else None,
         pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
         overwrite=True,
     )
@@ -140,6 +144,34 @@ def run_features(context: StageContext) -> dict[str, Any]:
         sum(counts), len(objects), min(counts), max(counts),
     )
     return {"n_objects": len(objects), "n_images": sum(counts), "n_features": int(features.shape[1])}
+
+
+#: Suffixes that make ``load_model`` read a ``weights`` value as a file.
+WEIGHTS_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
+
+
+def weights_file(value: str, resolve: Callable[[str], Path]) -> Path | None:
+    """Return the weights file that ``features.weights`` names, or None for a weights name.
+
+    The value names a file as :func:`dimalign.features.load_model` decides:
+    a path with a folder part or a weights suffix, or an existing file. A
+    relative path resolves like an input path (``resolve``), from the study
+    file's folder, where ``load_model`` alone would start at the current
+    directory.
+
+    Raises:
+        FileNotFoundError: If the value names a file that does not exist.
+    """
+    from dimalign.features.models import PRETRAINED, RANDOM
+
+    if not value or value.lower() in PRETRAINED + RANDOM:
+        return None
+    path = resolve(value)
+    if not ("/" in value or os.sep in value or Path(value).suffix in WEIGHTS_SUFFIXES or path.exists()):
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found: features.weights = {value!r}")
+    return path
 
 
 def images_per_object(object_ids: tuple[str, ...], image_ids: tuple[str, ...]) -> list[list[int]]:
@@ -232,8 +264,22 @@ def run_human_fit(context: StageContext) -> dict[str, Any]:
         context.inputs["human_triplets"], len(objects),
         one_based=settings["one_based"], odd_column=settings["odd_column"],
     )
+    _check_held_out_size("human_fit", settings["val_fraction"], len(triplets))
     train, val = split_triplets(triplets, settings["val_fraction"], random_state=settings["seed"])
     return _fit(context, train, val, objects, {"triplets": context.inputs["human_triplets"]})
+
+
+def _check_held_out_size(stage: str, val_fraction: float, n_triplets: int) -> None:
+    """Reject a val_fraction above 0 that holds out no triplet.
+
+    split_triplets holds out round(val_fraction * n_triplets) rows, which is
+    0 for a small fraction of few triplets.
+    """
+    if val_fraction > 0 and round(val_fraction * n_triplets) == 0:
+        raise ValueError(
+            f"{stage}.val_fraction = {val_fraction} is invalid: it holds out no triplet, since round({val_fraction} x "
+            f"{n_triplets:,} triplets) = 0; use at least {1 / n_triplets:.2g}, or 0 for no held-out part"
+        )
 
 
 def run_dnn_fit(context: StageContext) -> dict[str, Any]:
@@ -270,6 +316,14 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
     from dimalign.io.features import load_features
 
     features, table = load_features(path, layer=layer or None)
+    _check_feature_rows(path, features.shape[0], table, objects)
+    if table is not None:
+        return np.asarray(features)[table.index_of(objects.object_ids)]
+    return np.asarray(features)
+
+
+def _check_feature_rows(path: Path, n_rows: int, table, objects) -> None:
+    """Check that the feature rows can be matched to ``objects`` (see :func:`load_aligned_features`)."""
     if table is not None:
         missing = sorted(set(objects.object_ids) - set(table.object_ids))
         if missing:
@@ -277,24 +331,31 @@ def load_aligned_features(path: Path, objects, layer: str) -> np.ndarray:
                 f"{len(missing)} objects have no row in the features {path}: {missing[:20]}; "
                 "the feature table's object ids must include every object of inputs.objects"
             )
-        return np.asarray(features)[table.index_of(objects.object_ids)]
-    if features.shape[0] != len(objects):
+    elif n_rows != len(objects):
         raise ValueError(
-            f"the features {path} have {features.shape[0]} rows but inputs.objects lists {len(objects)} "
+            f"the features {path} have {n_rows} rows but inputs.objects lists {len(objects)} "
             "objects; without an objects.tsv next to the features the rows must be the objects in order"
         )
-    return np.asarray(features)
 
 
 def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check that the objects form at least ``n_triplets`` distinct triplets, and the layer choice."""
-    from dimalign.io.features import check_layer_choice
+    """Check the layer choice, the feature rows, the held-out size and ``n_triplets`` against the objects."""
+    from dimalign.io.features import check_layer_choice, load_features
     from dimalign.io.objects import read_object_table
     from dimalign.triplets.sampling import count_triplets
 
-    if "dnn_features" in inputs:
-        check_layer_choice(inputs["dnn_features"], settings["layer"] or None)
-    n_objects = len(read_object_table(inputs["objects"]))
+    objects = read_object_table(inputs["objects"])
+    features = inputs.get("dnn_features")
+    if features is not None:
+        check_layer_choice(features, settings["layer"] or None)
+        if _memory_mapped(features):
+            # Reading a .npy header is cheap (the data stay on disk), so the stage's own loading
+            # errors (a layer to name, rows that do not match) show at planning.
+            with _quiet_loading():
+                loaded, table = load_features(features, layer=settings["layer"] or None)
+            _check_feature_rows(features, loaded.shape[0], table, objects)
+    _check_held_out_size("dnn_triplets", settings["val_fraction"], settings["n_triplets"])
+    n_objects = len(objects)
     n_sets = count_triplets(n_objects)
     if settings["n_triplets"] > n_sets:
         raise ValueError(
@@ -345,6 +406,15 @@ def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
     if len(triplets) == 0:
         raise ValueError(f"{path} contains no triplets: set val_fraction > 0 to evaluate on held-out triplets")
     return load_triplets(path, n_objects)
+
+
+def check_evaluate(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Read the 48-object files of ``things_dir`` (a few kilobytes), so that a wrong folder fails before the fits."""
+    from dimalign.analysis.things48 import load_things48
+
+    _check_device(settings)
+    if "things_dir" in inputs:
+        load_things48(inputs["things_dir"])
 
 
 def run_evaluate(context: StageContext) -> dict[str, Any]:
@@ -436,7 +506,16 @@ class CachedSimilarity:
 
 def check_compare(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
     """Check the object and triplet counts of the compare stage."""
+    from dimalign.io.objects import read_object_table
+
     _check_device(settings)
+    if "objects" in inputs:
+        n_objects = len(read_object_table(inputs["objects"]))
+        if settings["top_k"] > n_objects:
+            raise ValueError(
+                f"compare.top_k = {settings['top_k']} is invalid: inputs.objects lists {n_objects} objects, "
+                f"so use at most {n_objects}"
+            )
     similarity_objects = specs.check_count(
         "compare", "similarity_objects", settings["similarity_objects"], allow_zero=False
     )
@@ -540,13 +619,26 @@ def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
         )
     features = inputs.get("dnn_features")
     if features is not None and _memory_mapped(features):
-        n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
+        with _quiet_loading():
+            n_objects = load_features(features, layer=settings["layer"] or None)[0].shape[0]
         # RidgeMap needs at least 2 held-out objects per fold, as R² of one object is undefined.
         if settings["folds"] > n_objects // 2:
             raise ValueError(
                 f"map.folds = {settings['folds']} is invalid: the features have {n_objects} objects, "
                 f"so use at most {n_objects // 2} folds (each held-out fold needs 2 objects)"
             )
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide the INFO line of load_features while planning reads only a file's header."""
+    feature_logger = logging.getLogger("dimalign.io.features")
+    previous = feature_logger.level
+    feature_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        feature_logger.setLevel(previous)
 
 
 def _memory_mapped(features: Path) -> bool:
@@ -580,6 +672,15 @@ def run_map(context: StageContext) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------
+
+
+def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Read the category matrix against the object table, so that a bad one fails before the fits run."""
+    from dimalign.io.objects import read_object_table
+    from dimalign.report.results import read_category_matrix
+
+    if "categories" in inputs and "objects" in inputs:
+        read_category_matrix(inputs["categories"], len(read_object_table(inputs["objects"])))
 
 
 def run_report(context: StageContext) -> dict[str, Any]:
@@ -688,14 +789,16 @@ STAGES: dict[str, Stage] = {
               lambda raw: specs.fit_settings("dnn_fit", raw, load_triplets=False), _after("dnn_triplets"),
               _fixed([]), resumable=True, check=check_fit),
         Stage("evaluate", "held-out accuracy, noise ceiling and 48-object correlation", run_evaluate,
-              _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"])),
+              _table(specs.EVALUATE_SETTINGS), _evaluate_upstream, _fixed([], ["things_dir"]),
+              check=check_evaluate),
         Stage("compare", "RSA, dimension matching, cumulative RSA and jackknife relevance", run_compare,
               _table(specs.COMPARE_SETTINGS), _after("human_fit", "dnn_fit"), _fixed([], ["images"]),
               check=check_compare),
         Stage("map", "ridge maps from the DNN features to embedding dimensions", run_map,
               _table(specs.MAP_SETTINGS), _map_upstream, _map_inputs, check=check_map),
         Stage("report", "figures and the self-contained HTML report", run_report,
-              _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"])),
+              _table(specs.REPORT_SETTINGS), _report_upstream, _fixed([], ["categories", "labels", "images"]),
+              check=check_report),
     )
 }
 
