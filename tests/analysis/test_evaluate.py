@@ -369,3 +369,25 @@ def test_cli_evaluate_rejects_split_folder(tmp_path, capsys):
 
     assert status == 1
     assert f"pass the file to score, such as {split / 'val.npy'} for the held-out triplets" in capsys.readouterr().err
+
+
+def test_cli_evaluate_writes_nan_metric_as_null(tmp_path, capsys):
+    """Dot products of weights near 1e200 overflow, so the NLL is NaN, which JSON cannot hold."""
+    embedding_file = tmp_path / "embedding.npy"
+    np.save(embedding_file, np.full((4, 2), 1e200))
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n1 2 3\n")
+    out_dir = tmp_path / "out"
+
+    status = main(
+        ["-q", "evaluate", str(embedding_file), "--triplets", str(triplet_file), "-o", str(out_dir)]
+    )
+
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "NaN" not in printed
+    assert json.loads(printed)["nll"] is None
+    assert json.loads(printed)["accuracy"] == pytest.approx(1 / 3)
+    stored = (out_dir / "metrics.json").read_text()
+    assert "NaN" not in stored
+    assert json.loads(stored)["nll"] is None

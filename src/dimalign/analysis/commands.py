@@ -101,7 +101,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Handle ``dimalign evaluate``."""
     from dimalign.analysis.evaluate import evaluate_embedding, format_metrics
     from dimalign.device import resolve_device
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest, write_text_atomic
+    from dimalign.io.files import (
+        check_output_dir,
+        now_iso,
+        replace_non_finite,
+        write_json_atomic,
+        write_manifest,
+    )
     from dimalign.io.objects import read_object_table
     from dimalign.io.runs import load_embedding
     from dimalign.io.triplets import load_triplets
@@ -142,13 +148,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
     # The result also goes to standard output, so that -q (which hides the log
-    # line above) still shows it and a script can read it.
-    print(json.dumps(metrics))
+    # line above) still shows it and a script can read it. JSON has no NaN, so
+    # a metric that is not finite (an NLL whose dot products overflowed) is null.
+    print(json.dumps(replace_non_finite(metrics), allow_nan=False))
 
     if args.out:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_json_atomic(out_dir / "metrics.json", metrics)
         inputs = {"embedding": result.path, "triplets": args.triplets}
         if table_path is not None:
             inputs["objects"] = table_path
