@@ -80,6 +80,8 @@ def test_category_rows_must_match_objects(tmp_path):
         # and blame the first line.
         ("a\tb\n1\t0\n0\t1\n1\tyes\n", r"line 4, column 'b': category membership 'yes' is invalid"),
         ("a\tb\n1\t0\n0\t\n1\t0\n", r"line 3, column 'b': category membership '' is invalid"),
+        ("a\tb\n1\t0\n0\t0.5\n1\t0\n", r"line 3, column 'b': category membership '0.5' is invalid"),
+        ("a\tb\n1\t0\n0\tnan\n1\t0\n", r"line 3, column 'b': category membership 'nan' is invalid"),
         ("a\tb\n1\t0\n0\t1\t1\n1\t0\n", r"cannot be read as a category matrix \(Error tokenizing data"),
         ("", r"cannot be read as a category matrix \(No columns to parse from file\)"),
     ],
@@ -89,6 +91,27 @@ def test_category_matrix_errors_name_line(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=message):
         read_category_matrix(path, 3)
+
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a\tb\n1\t0\n0\t1\n1\t1\n",
+        # numpy.savetxt's default format, and pandas' output of float and bool columns.
+        "a\tb\n1.000000000000000000e+00\t0.000000000000000000e+00\n0.000000000000000000e+00\t"
+        "1.000000000000000000e+00\n1.000000000000000000e+00\t1.000000000000000000e+00\n",
+        "a\tb\n1.0\t0.0\n0.0\t1.0\n1.0\t1.0\n",
+        "a\tb\nTrue\tFalse\nFalse\tTrue\nTrue\tTrue\n",
+    ],
+)
+def test_category_matrix_reads_numbers_and_bools(tmp_path, text):
+    path = tmp_path / "categories.tsv"
+    path.write_text(text)
+    names, membership = read_category_matrix(path, 3)
+    assert names == ["a", "b"]
+    assert membership.dtype == bool
+    assert membership.tolist() == [[True, False], [False, True], [True, True]]
 
 
 # -- the figures ------------------------------------------------------------------------

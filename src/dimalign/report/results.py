@@ -93,15 +93,20 @@ def read_category_matrix(path: str | os.PathLike, n_objects: int) -> tuple[list[
             "matrix needs one row per object in the order of the object table"
         )
     # Cells are read as text, so that one bad cell points to its own line
-    # instead of turning its whole column into strings.
-    valid = table.isin(("0", "1")).to_numpy()
+    # instead of turning its whole column into strings. Each cell is then read
+    # as a number, so that 1.0 and numpy.savetxt's default 1.000000000000000000e+00
+    # count as 1. True and False, as pandas writes bool columns, count as 1 and 0.
+    text = table.apply(lambda column: column.str.strip())
+    values = text.apply(pd.to_numeric, errors="coerce")
+    values = values.mask(text == "True", 1.0).mask(text == "False", 0.0)
+    valid = values.isin((0, 1)).to_numpy()
     if not valid.all():
         row, column = (int(index) for index in np.argwhere(~valid)[0])
         raise ValueError(
             f"{path}, line {row + 2}, column {table.columns[column]!r}: category membership "
             f"{table.iat[row, column]!r} is invalid; use 0 or 1"
         )
-    return [str(name) for name in table.columns], table.to_numpy() == "1"
+    return [str(name) for name in table.columns], values.to_numpy() == 1
 
 
 def assign_categories(membership: np.ndarray) -> np.ndarray:
