@@ -404,3 +404,21 @@ def test_import_val_fraction_is_split(tmp_path):
 
     assert np.array_equal(np.load(by_split / "val.npy"), np.load(by_val_fraction / "val.npy"))
     assert read_manifest(by_val_fraction)["settings"]["split"] == 0.2
+
+
+@pytest.mark.parametrize("fraction", ["0", "0.004"])
+def test_import_split_holding_out_nothing_fails(tmp_path, capsys, fraction):
+    """round(fraction x 100) = 0 would write an empty val.npy, which fit then rejects."""
+    source = tmp_path / "raw.txt"
+    rng = np.random.default_rng(1)
+    source.write_text("".join(f"{a} {b} {c}\n" for a, b, c in (rng.choice(12, 3, replace=False) for _ in range(100))))
+    out = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "--n-objects", "12", "-o", str(out), "--val-fraction", fraction])
+
+    assert status == 1
+    assert (
+        f"--split/--val-fraction {float(fraction)} holds out no triplet, since round({float(fraction)} x 100 "
+        "triplets) = 0: use at least 0.01, or leave out --split to write triplets.npy"
+    ) in capsys.readouterr().err
+    assert not out.exists()

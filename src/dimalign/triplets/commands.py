@@ -223,6 +223,13 @@ def run_import(args: argparse.Namespace) -> int:
     for line in summary.lines():
         logger.info("%s", line)
 
+    if args.split is not None and len(triplets) and round(args.split * len(triplets)) == 0:
+        # split_triplets holds out round(fraction x n) rows, and fit rejects an empty val.npy.
+        raise ValueError(
+            f"--split/--val-fraction {args.split} holds out no triplet, since round({args.split} x "
+            f"{len(triplets):,} triplets) = 0: use at least {1 / len(triplets):.2g}, or leave "
+            "out --split to write triplets.npy"
+        )
     written = {}
     if args.split is not None:
         train, val = split_triplets(triplets, args.split, random_state=seed)
