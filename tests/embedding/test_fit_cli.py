@@ -243,6 +243,7 @@ def test_fit_cli_torch_threads(tmp_path, monkeypatch, options, expected):
 
     import dimalign.embedding
 
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
     seen = []
     monkeypatch.setattr(dimalign.embedding, "fit_run", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
     write_triplets(tmp_path / "train.npy")
@@ -260,3 +261,17 @@ def test_fit_cli_rejects_zero_threads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"), "--threads", "0"])
     assert "argument --threads: 0 is invalid: use 1 or more" in capsys.readouterr().err
+
+
+def test_fit_cli_rejects_more_threads_than_cpus(tmp_path, monkeypatch, capsys):
+    """Threads beyond the CPUs slow a fit down, and a count such as 100000 crashes the process."""
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    write_triplets(tmp_path / "train.npy")
+    with pytest.raises(SystemExit):
+        main([
+            "fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+            "--threads", "5",
+        ])
+    error = capsys.readouterr().err
+    assert "argument --threads: 5 is invalid: this machine has 4 CPUs, so use 1 to 4" in error
+    assert not (tmp_path / "run").exists()
