@@ -140,6 +140,10 @@ def test_help_texts_have_no_rst_markup():
         (["-v", "fit", "train.npy", "-o", "run"], False, 1),
         (["fit", "train.npy", "-o", "run", "-vv"], False, 2),
         (["labels", "names", "labels.txt", "-q"], True, 0),
+        # The counts before and after the command add up, as -vv.
+        (["-v", "fit", "train.npy", "-o", "run", "-v"], False, 2),
+        (["-q", "fit", "train.npy", "-o", "run", "-v"], True, 1),
+        (["-v", "labels", "names", "labels.txt", "-v"], False, 2),
     ],
 )
 def test_logging_options_before_or_after_command(argv, quiet, verbose):
@@ -149,6 +153,8 @@ def test_logging_options_before_or_after_command(argv, quiet, verbose):
 
     assert args.quiet is quiet
     assert args.verbose == verbose
+    assert not hasattr(args, "verbose_after_command")
+    assert not hasattr(args, "quiet_after_command")
 
 
 @pytest.mark.parametrize("command", [["extract", "images", "--model", "vgg16"], ["simulate", "features.npy", "--n-triplets", "10"]])

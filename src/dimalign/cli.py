@@ -36,15 +36,32 @@ COMMAND_MODULES = (
 )
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """The top-level parser, which adds ``-v`` and ``-q`` after a subcommand to those before it.
+
+    A subcommand's parser fills a namespace of its own, whose values replace
+    the top-level ones, so its ``-v`` is stored apart and added here: ``-v fit
+    ... -v`` counts 2, as ``-vv`` does.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        namespace.verbose += vars(namespace).pop("verbose_after_command", 0)
+        namespace.quiet = namespace.quiet or vars(namespace).pop("quiet_after_command", False)
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _CommandParser(
         prog="dimalign",
         description="Interpretable dimensions of object similarity in humans and DNNs.",
     )
     parser.add_argument("--version", action="version", version=f"dimalign {__version__}")
     add_logging_options(parser, default_verbose=0, default_quiet=False)
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
+    )
     for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -59,19 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_logging_options(parser: argparse.ArgumentParser, default_verbose: Any, default_quiet: Any) -> None:
-    """Add ``-v/--verbose`` and ``-q/--quiet`` to ``parser``."""
+def add_logging_options(
+    parser: argparse.ArgumentParser, default_verbose: Any, default_quiet: Any, dest_suffix: str = ""
+) -> None:
+    """Add ``-v/--verbose`` and ``-q/--quiet``, stored as ``verbose`` and ``quiet`` + suffix."""
     parser.add_argument(
-        "-v", "--verbose", action="count", default=default_verbose, help="more log output (-vv for debug)"
+        "-v", "--verbose", action="count", default=default_verbose, dest=f"verbose{dest_suffix}",
+        help="more log output (-vv for debug)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", default=default_quiet, help="only warnings and errors")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default_quiet, dest=f"quiet{dest_suffix}",
+        help="only warnings and errors",
+    )
 
 
 def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> None:
     """Let ``-v`` and ``-q`` also follow a subcommand, as in ``dimalign fit ... -q``.
 
-    The defaults are suppressed, so an option given only before the
-    subcommand is not reset by the subcommand's parser. ``label-app`` passes
+    They are stored as ``verbose_after_command`` and ``quiet_after_command``
+    without defaults, and :class:`_CommandParser` adds them to the options
+    given before the subcommand. ``label-app`` passes
     everything after its first argument to its own parsers, so it keeps the
     options before the subcommand only.
     """
@@ -82,7 +106,9 @@ def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> 
         if nested:
             _add_logging_options_to_commands(nested[0])
         else:
-            add_logging_options(command_parser, argparse.SUPPRESS, argparse.SUPPRESS)
+            add_logging_options(
+                command_parser, argparse.SUPPRESS, argparse.SUPPRESS, dest_suffix="_after_command"
+            )
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
