@@ -385,7 +385,10 @@ def test_sweep_cli_rejects_options_of_other_method(tmp_path, tiny_triplets, caps
         "--seeds", "1", "--l1", "0.01",
     ])
     assert code == 1
-    assert "do not apply to --method vice" in capsys.readouterr().err
+    assert (
+        "--l1 applies only to --method spose, but --method is vice: drop --l1 or pass --method spose"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
 
 
 def snapshot(directory):
@@ -625,4 +628,6 @@ def test_sweep_cli_rejects_prior_options_for_spose(tmp_path, tiny_triplets, caps
     ])
 
     assert code == 1
-    assert "['beta'] do not apply to --method spose" in capsys.readouterr().err
+    assert (
+        "--beta applies only to --method vice, but --method is spose: drop --beta or pass --method vice"
+    ) in capsys.readouterr().err

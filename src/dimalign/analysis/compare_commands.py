@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.embedding.commands import add_training_data_arguments, load_training_data
+from dimalign.embedding.commands import (
+    add_training_data_arguments,
+    check_method_options,
+    load_training_data,
+)
 
 if TYPE_CHECKING:
     from dimalign.io.objects import ObjectTable
@@ -82,9 +86,6 @@ def _estimator_settings(args: argparse.Namespace) -> dict:
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
-    ignored = [name for name in (["l1"] if args.method == "vice" else vice_only) if getattr(args, name) is not None]
-    if ignored:
-        raise ValueError(f"options {ignored} do not apply to --method {args.method}: remove them")
     return settings
 
 
@@ -93,6 +94,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.analysis.sweep import sweep
 
+    # Before the triplets are read, and with the option names that dimalign fit uses.
+    check_method_options(args)
     # sweep() rejects an empty training or validation file with an error that names it.
     with empty_triplets_rejected_later():
         train, val, n_objects, table, inputs, _ = load_training_data(args)
