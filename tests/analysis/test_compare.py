@@ -1060,6 +1060,17 @@ def test_compare_rejects_unfitted_estimator_and_negative_array(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_rejects_complex_and_text_arrays(tmp_path):
+    """numpy drops the imaginary part when it casts to float, so a complex array would lose data."""
+    human, dnn = surrogate_pair(n_objects=12)
+    message = r"embedding: an embedding must contain real numbers, got dtype"
+    with pytest.raises(ValueError, match=rf"^the DNN {message} complex128; pass a float array"):
+        compare(human, dnn + 1j, tmp_path / "out", n_bootstrap=0)
+    with pytest.raises(ValueError, match=rf"^the human {message} <U1; pass a float array"):
+        compare(np.full((12, 2), "x"), dnn, tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
     embedding = gamma_embedding(12, 1, seed=5)
 

@@ -150,9 +150,18 @@ def check_embedding(
             are set to 0 with a warning; lower ones are an error.
 
     Raises:
-        ValueError: If the array is not 2-D, contains NaN or inf, or has a
-            weight below ``-negative_tolerance``.
+        ValueError: If the array does not contain real numbers, is not 2-D,
+            contains NaN or inf, or has a weight below ``-negative_tolerance``.
     """
+    embedding = np.asarray(embedding)
+    # A cast to float drops the imaginary part of complex numbers (with only a
+    # ComplexWarning), and fails on text without naming the source.
+    # Object arrays, such as nested lists of mixed numbers, are left to the cast.
+    if embedding.dtype.kind not in "biufO":
+        raise ValueError(
+            f"{source}: an embedding must contain real numbers, got dtype {embedding.dtype}; "
+            "pass a float array"
+        )
     embedding = np.asarray(embedding, dtype=np.float64)
     if embedding.ndim != 2:
         raise ValueError(f"{source}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
