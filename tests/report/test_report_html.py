@@ -380,3 +380,18 @@ def test_report_of_stage_folder_or_file_names_study(tiny_study, tmp_path, capsys
     assert main(["report", str(tiny_study / "pipeline.json"), "-o", str(tmp_path / "r.html")]) == 1
     assert "pipeline.json is a file: give the folder" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_of_study_named_like_stage_beside_other_pipeline_json(tiny_study, tmp_path, capsys):
+    """Only a dimalign study record makes a folder named 'map' a stage folder, as for dimalign run."""
+    import shutil
+
+    projects = tmp_path / "projects"
+    study = projects / "map"
+    shutil.copytree(tiny_study, study)
+    (projects / "pipeline.json").write_text(json.dumps({"name": "ci", "steps": ["build"]}))
+
+    status = main(["report", str(study), "-o", str(tmp_path / "r.html")])
+
+    assert status == 0, capsys.readouterr().err
+    assert (tmp_path / "r.html").is_file()

@@ -104,6 +104,7 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
 def report_command(args: argparse.Namespace) -> int:
     """Handle ``dimalign report``."""
     from dimalign.report.html import write_report
+    from dimalign.report.pipeline import STUDY_RECORD_NAME, is_study_record
     from dimalign.report.results import StudyResults, check_reportable
     from dimalign.report.stages import STAGES
 
@@ -111,7 +112,8 @@ def report_command(args: argparse.Namespace) -> int:
         raise NotADirectoryError(f"study directory {args.study_dir} is a file: give the folder that 'dimalign run' wrote")
     if not args.study_dir.is_dir():
         raise FileNotFoundError(f"study directory {args.study_dir} not found")
-    if args.study_dir.name in STAGES and (args.study_dir.parent / "pipeline.json").is_file():
+    # Another tool's pipeline.json in the parent folder does not make this a stage folder.
+    if args.study_dir.name in STAGES and is_study_record(args.study_dir.parent / STUDY_RECORD_NAME):
         raise ValueError(
             f"{args.study_dir} is the {args.study_dir.name} stage folder of a study: give the study "
             f"directory {args.study_dir.parent}"

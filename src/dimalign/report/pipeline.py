@@ -619,7 +619,7 @@ def run_study(
 def _warn_other_study_file(plan: StudyPlan) -> None:
     """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``."""
     path = plan.study_dir / STUDY_RECORD_NAME
-    if not _is_study_record(path):
+    if not is_study_record(path):
         return
     previous = json.loads(path.read_text(encoding="utf-8")).get("config")
     if previous == str(plan.config.path):
@@ -653,7 +653,7 @@ def check_study_dir(plan: StudyPlan) -> None:
     check_output_dir(study_dir, "run")
     resolved = study_dir.resolve()
     for parent in resolved.parents:
-        if _is_study_record(parent / STUDY_RECORD_NAME):
+        if is_study_record(parent / STUDY_RECORD_NAME):
             raise ValueError(
                 f"the study directory {study_dir} lies inside the study {parent}, whose next run "
                 "may replace it with a stage folder; choose an output folder outside it"
@@ -679,7 +679,7 @@ def check_study_dir(plan: StudyPlan) -> None:
             )
 
 
-def _is_study_record(path: Path) -> bool:
+def is_study_record(path: Path) -> bool:
     """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name."""
     if not path.is_file():
         return False
@@ -809,6 +809,7 @@ __all__ = [
     "StudyPlan",
     "default_study_dir",
     "fingerprint",
+    "is_study_record",
     "plan_study",
     "read_stage_record",
     "run_study",
