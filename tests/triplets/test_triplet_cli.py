@@ -422,3 +422,19 @@ def test_import_split_holding_out_nothing_fails(tmp_path, capsys, fraction):
         "triplets) = 0: use at least 0.01, or leave out --split to write triplets.npy"
     ) in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_import_split_into_file_names_both_spellings(tmp_path, capsys):
+    """The option may have been typed as --val-fraction, so the error names both spellings."""
+    np.save(tmp_path / "t.npy", np.array([[0, 1, 2], [1, 2, 3]]))
+
+    status = main([
+        "import-triplets", str(tmp_path / "t.npy"), "--n-objects", "4", "-o", str(tmp_path / "out.npy"),
+        "--val-fraction", "0.5",
+    ])
+
+    assert status == 1
+    assert (
+        f"--split/--val-fraction writes train.npy and val.npy: give an output folder, not {tmp_path / 'out.npy'}"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "out.npy").exists()

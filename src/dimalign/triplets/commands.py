@@ -185,7 +185,9 @@ def run_import(args: argparse.Namespace) -> int:
     out = Path(args.out)
     as_file = out.suffix.lower() in TRIPLET_SUFFIXES
     if as_file and args.split is not None:
-        raise ValueError(f"--split writes train.npy and val.npy: give an output folder, not {out}")
+        raise ValueError(
+            f"--split/--val-fraction writes train.npy and val.npy: give an output folder, not {out}"
+        )
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
     if args.split is not None:
