@@ -218,6 +218,19 @@ def test_fit_cli_min_objects_reaches_estimator(tmp_path):
     assert config["settings"]["min_objects"] == 1
 
 
+def test_fit_cli_rejects_min_objects_of_every_object(tmp_path, capsys):
+    """With --min-objects at the number of objects no dimension can be kept: an error before fitting."""
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "3", "--max-epochs", "1", "--min-objects", "12"])
+
+    assert status == 1
+    assert ("min_objects is 12, but there are only 12 objects, so no dimension could be kept: use at most 11 "
+            "(CLI: --min-objects)") in capsys.readouterr().err
+    assert not (tmp_path / "run" / "embedding.npy").exists()
+
+
 def test_fit_cli_reads_import_triplets_folder(tmp_path):
     """The README fits the folder that import-triplets --split writes, objects.tsv included."""
     source = tmp_path / "raw.txt"

@@ -223,6 +223,11 @@ class TripletEmbedding(BaseEstimator):
             )
         check_integer("n_objects", n_objects, 1)
         device = resolve_device(self.device)
+        if self.min_objects >= n_objects:
+            raise ValueError(
+                f"min_objects is {self.min_objects}, but there are only {n_objects} objects, so no "
+                f"dimension could be kept: use at most {n_objects - 1} (CLI: --min-objects)"
+            )
         dtype = self._dtype()
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
