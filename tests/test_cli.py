@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -166,3 +168,23 @@ def test_output_folder_option_spellings(command, spelling):
     args = build_parser().parse_args([*command, spelling, "result"])
 
     assert args.out_dir == "result"
+
+
+def test_closed_standard_output_ends_quietly(tmp_path):
+    """``dimalign evaluate ... | head`` whose reader has gone exits 141 without an error line."""
+    np.save(tmp_path / "embedding.npy", np.random.default_rng(0).random((6, 2)))
+    np.save(tmp_path / "triplets.npy", np.array([[0, 1, 2], [3, 4, 5]]))
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        finished = subprocess.run(
+            [sys.executable, "-m", "dimalign", "-q", "evaluate", str(tmp_path / "embedding.npy"),
+             "--triplets", str(tmp_path / "triplets.npy"), "--n-objects", "6"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+
+    assert finished.returncode == 141
+    assert "Broken pipe" not in finished.stderr
+    assert "Exception ignored" not in finished.stderr

@@ -12,6 +12,8 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -176,6 +178,22 @@ def warnings_to_log() -> Iterator[None]:
         warnings.showwarning = previous
 
 
+def _stdout_closed() -> bool:
+    """Return whether standard output is a pipe whose reader has gone.
+
+    A failed write may already have dropped the buffered text, so the pipe
+    itself is asked: its write end reports POLLERR once the read end closed.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (AttributeError, OSError, ValueError):
+        # No poll() (Windows) or no file descriptor behind sys.stdout.
+        return False
+    return any(event & select.POLLERR for _, event in events)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dimalign`` command line and return its exit status."""
     parser = build_parser()
@@ -194,6 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
+    except BrokenPipeError as error:
+        if not _stdout_closed():
+            print(f"dimalign {args.command}: error: {error}", file=sys.stderr)
+            return 1
+        # The reader of standard output went away (``dimalign evaluate ... | head``).
+        # Point stdout at /dev/null so that the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (
         # OSError covers the file system's refusals (permissions, a full or
         # read-only disk, a file where a folder belongs), which the user fixes.
