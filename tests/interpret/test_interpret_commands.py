@@ -191,6 +191,26 @@ def test_collect_images_rejects_image_given_twice(tmp_path):
         collect_images([tmp_path / "photos", photo])
 
 
+def test_collect_images_keeps_two_links_to_one_photo(tmp_path):
+    photo = write_photo(tmp_path / "a.png", (200, 30, 30))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "b.png").symlink_to(photo)
+    (tmp_path / "photos" / "c.png").symlink_to(photo)
+
+    paths = collect_images([tmp_path / "photos"])
+
+    assert paths == [tmp_path / "photos" / "b.png", tmp_path / "photos" / "c.png"]
+    assert unique_names(paths) == ["b", "c"]
+
+
+def test_collect_images_rejects_folder_given_through_link(tmp_path):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    (tmp_path / "linked").symlink_to(tmp_path / "photos")
+
+    with pytest.raises(ValueError, match="is given twice"):
+        collect_images([tmp_path / "photos", tmp_path / "linked"])
+
+
 def test_manipulate_mask_folder_without_matching_masks(tiny_predictor, tmp_path, capsys):
     photo = write_photo(tmp_path / "photos" / "a.jpg", (200, 30, 30))
     write_photo(tmp_path / "masks" / "a.jpg", (255, 255, 255))

@@ -170,12 +170,15 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
             raise FileNotFoundError(f"image {source} not found")
     seen: dict[Path, Path] = {}
     for path in paths:
-        resolved = path.resolve()
-        if resolved in seen:
+        # Only the folder is resolved: two linked files with their own names
+        # are two images, as in dimalign extract, while one file reached
+        # through two spellings or a linked folder is the same image.
+        location = path.absolute().parent.resolve() / path.name
+        if location in seen:
             raise ValueError(
-                f"image {path} is given twice (also as {seen[resolved]}); list each image or folder once"
+                f"image {path} is given twice (also as {seen[location]}); list each image or folder once"
             )
-        seen[resolved] = path
+        seen[location] = path
     return paths
 
 
