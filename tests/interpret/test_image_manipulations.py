@@ -233,6 +233,18 @@ def test_parse_edit_errors(text, message):
         parse_edit(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("grayscale:", "edit 'grayscale:' has no value after the colon: write 'grayscale', which takes no value"),
+     ("hue:", "edit 'hue:' has no value after the colon: write 'hue' (default 90) or hue:VALUE")],
+)
+def test_parse_edit_empty_value_message(text, message):
+    with pytest.raises(ValueError) as error:
+        parse_edit(text)
+
+    assert str(error.value) == message
+
+
 @pytest.mark.filterwarnings("ignore:image .* no foreground found")
 def test_manipulation_table_contents(predictor, colour_image):
     image_b = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(9))

@@ -389,8 +389,11 @@ def parse_edit(text: str) -> Edit:
         raise ValueError(f"unknown edit {text!r}: use one of {', '.join(EDIT_SPECS)}")
     kind = EDIT_SPECS[name]
     if colon and not value.strip():
-        default = "" if kind.default is None else f" (default {kind.default:g})"
-        raise ValueError(f"edit {text!r} has no value after the colon: write {name!r}{default} or {name}:VALUE")
+        if kind.default is None:
+            raise ValueError(f"edit {text!r} has no value after the colon: write {name!r}, which takes no value")
+        raise ValueError(
+            f"edit {text!r} has no value after the colon: write {name!r} (default {kind.default:g}) or {name}:VALUE"
+        )
     if not value:
         return Edit(name, kind.default)
     if kind.default is None:
