@@ -91,6 +91,34 @@ def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, op
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [("missing", "mask folder {masks} is not found"),
+     ("empty", "the mask folder {masks} has no mask for any of the 1 images"),
+     ("shared", "mask {masks}/a.png matches 2 images with the stem 'a'")],
+)
+def test_manipulate_checks_mask_folder_first(monkeypatch, tmp_path, capsys, masks, message):
+    def fail(*args, **kwargs):
+        raise AssertionError("the map was loaded before the mask folder was checked")
+
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", fail)
+    photos = [write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))]
+    mask_dir = tmp_path / masks
+    if masks != "missing":
+        mask_dir.mkdir()
+    if masks == "shared":
+        photos.append(write_photo(tmp_path / "more" / "a.png", (30, 200, 30)))
+        write_photo(mask_dir / "a.png", (255, 255, 255))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", *map(str, photos), "--map", str(tmp_path), "--masks", str(mask_dir),
+                   "-o", str(out)])
+
+    assert status == 1
+    assert message.format(masks=mask_dir) in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_maximize_command_writes_images(tiny_predictor, tmp_path):
     out = tmp_path / "maximize"
 
