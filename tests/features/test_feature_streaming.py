@@ -358,3 +358,23 @@ def test_names_equal_after_normalisation_fail_before_the_model(tmp_path):
         pytest.skip("this file system stores only one normalisation of a name")
     with pytest.raises(ValueError, match="get the same object id 'café.png'"):
         find_images(folder)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"background": "nocolour"}, "invalid background colour 'nocolour'"),
+     ({"fmt": "zarr"}, "invalid format 'zarr': use npy or h5")],
+)
+def test_invalid_options_fail_before_the_model(twenty_images, tmp_path, monkeypatch, options, message):
+    import dimalign.features.extract as extract_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(extract_module, "load_model", fail)
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError, match=message):
+        extract_features(twenty_images, out, "efficientnet_lite0", **options)
+
+    assert not out.exists()

@@ -45,6 +45,7 @@ from dimalign.features.layers import LayerReader, LayerRequest, check_single_cal
 from dimalign.features.models import LoadedModel, load_model
 from dimalign.features.storage import (
     DTYPES,
+    FORMATS,
     WORK_DIR_NAME,
     FeatureArrays,
     Progress,
@@ -228,6 +229,9 @@ def extract_features(
     if num_workers < 0:
         raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
                          "process) or more")
+    if fmt not in FORMATS:
+        raise ValueError(f"invalid format {fmt!r}: use {' or '.join(FORMATS)}")
+    colour = parse_color(background)
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
@@ -239,7 +243,6 @@ def extract_features(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
-    colour = parse_color(background)
     fingerprint = {
         "model": loaded.name,
         "weights_id": loaded.weights_id,
