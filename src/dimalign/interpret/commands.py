@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -306,7 +307,14 @@ def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float
         value = getattr(args, name)
         if value is None:
             continue
-        if not (math.isfinite(value) and low <= value <= high):
+        if isinstance(value, int):
+            # math.isfinite converts an int to float and overflows above about 1e308, and torch
+            # and Pillow take counts and sizes as C integers, so sys.maxsize bounds every count.
+            high = min(high, sys.maxsize)
+            valid = low <= value <= high
+        else:
+            valid = math.isfinite(value) and low <= value <= high
+        if not valid:
             raise ValueError(
                 f"--{name.replace('_', '-')} {value} is invalid: use a number in [{low:g}, {high:g}]"
             )
