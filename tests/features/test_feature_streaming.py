@@ -378,3 +378,12 @@ def test_invalid_options_fail_before_the_model(twenty_images, tmp_path, monkeypa
         extract_features(twenty_images, out, "efficientnet_lite0", **options)
 
     assert not out.exists()
+
+
+def test_huge_batch_size_rejected(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError, match=f"invalid batch size {10**30}: use 1 or more, up to sys.maxsize"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], batch_size=10**30)
+
+    assert not out.exists()

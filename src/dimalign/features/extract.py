@@ -22,6 +22,7 @@ import csv
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -128,8 +129,7 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
-    if batch_size < 1:
-        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
+    _check_batch_size(batch_size)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
@@ -224,9 +224,8 @@ def extract_features(
         raise ValueError(f"invalid dtype {dtype!r}: use {' or '.join(DTYPES)}")
     if on_error not in ON_ERROR:
         raise ValueError(f"invalid on_error {on_error!r}: use {' or '.join(ON_ERROR)}")
-    if batch_size < 1:
-        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
-    if num_workers < 0:
+    _check_batch_size(batch_size)
+    if not 0 <= num_workers <= sys.maxsize:
         raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
                          "process) or more")
     if fmt not in FORMATS:
@@ -300,6 +299,12 @@ def extract_features(
 
         return _finish(out_dir, work_dir, image_list, loaded, requests, arrays, progress, fingerprint,
                        batch_size, num_workers, on_error, extensions, skipped)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    """Reject a batch size below 1, or above sys.maxsize, which torch's DataLoader cannot slice."""
+    if not 1 <= batch_size <= sys.maxsize:
+        raise ValueError(f"invalid batch size {batch_size}: use 1 or more, up to sys.maxsize")
 
 
 @contextlib.contextmanager
