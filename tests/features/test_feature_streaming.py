@@ -387,3 +387,16 @@ def test_huge_batch_size_rejected(twenty_images, tmp_path, tiny_model):
         extract_features(twenty_images, out, tiny_model, layers=["0"], batch_size=10**30)
 
     assert not out.exists()
+
+
+def test_overwrite_keeps_files_the_manifest_does_not_list(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"])
+    backup = np.load(out / "features_0.npy")
+    np.save(out / "features_backup.npy", backup)
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == [
+        "features.npy", "features_backup.npy", "manifest.json", "objects.tsv"]
+    np.testing.assert_array_equal(np.load(out / "features_backup.npy"), backup)

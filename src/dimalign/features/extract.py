@@ -506,12 +506,26 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
 
 
 def _previous_outputs(out_dir: Path) -> list[Path]:
-    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``."""
+    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``.
+
+    A finished extraction's manifest lists its feature files, so other files
+    such as a user's ``features_backup.npy`` are not taken for old layers. A
+    folder without such a list (no manifest, or one of an older version) falls
+    back to every file named like a feature file.
+    """
     if not out_dir.is_dir():
         return []
-    candidates = [out_dir / "features.npy", out_dir / "features.h5", out_dir / SKIPPED_NAME,
-                  *out_dir.glob("features_*.npy")]
-    return [path for path in candidates if path.is_file()]
+    listed = None
+    if (out_dir / MANIFEST_NAME).is_file():
+        with contextlib.suppress(ValueError, OSError):
+            listed = read_manifest(out_dir).get("outputs", {}).get("files")
+    if isinstance(listed, dict):
+        # Only names inside out_dir, whatever the manifest says.
+        candidates = [out_dir / Path(str(name)).name for name in listed.values()]
+    else:
+        candidates = [out_dir / "features.npy", out_dir / "features.h5", *out_dir.glob("features_*.npy")]
+    candidates.append(out_dir / SKIPPED_NAME)
+    return [path for path in dict.fromkeys(candidates) if path.is_file()]
 
 
 def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:
