@@ -520,7 +520,7 @@ def _previous_outputs(out_dir: Path) -> list[Path]:
         with contextlib.suppress(ValueError, OSError):
             listed = read_manifest(out_dir).get("outputs", {}).get("files")
     if isinstance(listed, dict):
-        # Only names inside out_dir, whatever the manifest says.
+        # Only the file name is used, so a damaged manifest cannot point outside out_dir.
         candidates = [out_dir / Path(str(name)).name for name in listed.values()]
     else:
         candidates = [out_dir / "features.npy", out_dir / "features.h5", *out_dir.glob("features_*.npy")]
