@@ -400,3 +400,16 @@ def test_overwrite_keeps_files_the_manifest_does_not_list(twenty_images, tmp_pat
     assert sorted(path.name for path in out.iterdir()) == [
         "features.npy", "features_backup.npy", "manifest.json", "objects.tsv"]
     np.testing.assert_array_equal(np.load(out / "features_backup.npy"), backup)
+
+
+def test_overwrite_without_manifest_keeps_other_files(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "features_mine.npy", np.arange(3))
+    (out / "skipped.tsv").write_text("my notes\n")
+
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"],
+                     overwrite=True)
+
+    np.testing.assert_array_equal(np.load(out / "features_mine.npy"), np.arange(3))
+    assert (out / "skipped.tsv").read_text() == "my notes\n"

@@ -510,15 +510,17 @@ def _previous_outputs(out_dir: Path) -> list[Path]:
 
     A finished extraction's manifest lists its feature files, so other files
     such as a user's ``features_backup.npy`` are not taken for old layers. A
-    folder without such a list (no manifest, or one of an older version) falls
-    back to every file named like a feature file.
+    manifest without that list (of an older version) falls back to every file
+    named like a feature file. Without a manifest there is no finished
+    extraction, and only ``features.npy`` and ``features.h5`` count as old
+    features.
     """
-    if not out_dir.is_dir():
-        return []
+    if not (out_dir / MANIFEST_NAME).is_file():
+        candidates = [out_dir / "features.npy", out_dir / "features.h5"]
+        return [path for path in candidates if path.is_file()]
     listed = None
-    if (out_dir / MANIFEST_NAME).is_file():
-        with contextlib.suppress(ValueError, OSError):
-            listed = read_manifest(out_dir).get("outputs", {}).get("files")
+    with contextlib.suppress(ValueError, OSError):
+        listed = read_manifest(out_dir).get("outputs", {}).get("files")
     if isinstance(listed, dict):
         # Only the file name is used, so a damaged manifest cannot point outside out_dir.
         candidates = [out_dir / Path(str(name)).name for name in listed.values()]
