@@ -413,3 +413,13 @@ def test_overwrite_without_manifest_keeps_other_files(twenty_images, tmp_path, t
 
     np.testing.assert_array_equal(np.load(out / "features_mine.npy"), np.arange(3))
     assert (out / "skipped.tsv").read_text() == "my notes\n"
+
+
+def test_failure_removes_created_parent_folders(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "new" / "nested" / "out"
+
+    # Layer 4 (Linear) gives vectors, so gap fails on the first batch.
+    with pytest.raises(ValueError, match="layer 4: gap needs an output"):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], pools="gap")
+
+    assert not (tmp_path / "new").exists()

@@ -234,7 +234,9 @@ def extract_features(
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
-    created_out_dir = not out_dir.exists()
+    # The first folder on the path that this call creates, to remove again if it stays empty.
+    first_created = next((folder for folder in (*reversed(out_dir.parents), out_dir)
+                          if not folder.exists()), None)
 
     image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
     if len(image_list) == 0:
@@ -257,7 +259,7 @@ def extract_features(
         "image_list_sha256": image_list.checksum(),
     }
 
-    with _locked_out_dir(out_dir, created_out_dir):
+    with _locked_out_dir(out_dir, first_created):
         progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
                                     started)
         if progress is None:
@@ -308,13 +310,14 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 @contextlib.contextmanager
-def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
+def _locked_out_dir(out_dir: Path, first_created: Path | None) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` (creating it) for one extraction.
 
     A second extraction into the same folder (a job started twice, or a
     resume while the first run still writes) would write the same working
-    arrays and progress file, so it fails at once instead. A folder that this
-    call created and that is empty afterwards is removed.
+    arrays and progress file, so it fails at once instead. The folders from
+    ``first_created`` down to ``out_dir``, which this extraction created, are
+    removed afterwards where they are empty.
 
     Raises:
         RuntimeError: If another extraction holds the lock.
@@ -327,8 +330,19 @@ def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
         with exclusive_lock(out_dir / LOCK_NAME, busy):
             yield
     finally:
-        if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        _remove_empty_folders(out_dir, first_created)
+
+
+def _remove_empty_folders(out_dir: Path, first_created: Path | None) -> None:
+    """Remove ``out_dir`` and its parents up to ``first_created`` while they are empty."""
+    if first_created is None:
+        return
+    for folder in (out_dir, *out_dir.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == first_created:
+            return
 
 
 def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
