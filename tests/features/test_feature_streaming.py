@@ -231,9 +231,10 @@ def test_compute_features_rejects_batch_size_zero(twenty_images, tiny_model, as_
         compute_features(tiny_model, images, batch_size=0)
 
 
-def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
-    with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
-        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)
+@pytest.mark.parametrize("num_workers", [-1, 10**30])
+def test_invalid_workers_rejected(twenty_images, tmp_path, tiny_model, num_workers):
+    with pytest.raises(ValueError, match=f"invalid number of workers {num_workers}: use 0 .* up to sys.maxsize"):
+        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=num_workers)
     assert not (tmp_path / "out").exists()
 
 

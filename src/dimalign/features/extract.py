@@ -227,7 +227,7 @@ def extract_features(
     _check_batch_size(batch_size)
     if not 0 <= num_workers <= sys.maxsize:
         raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
-                         "process) or more")
+                         "process) or more, up to sys.maxsize")
     if fmt not in FORMATS:
         raise ValueError(f"invalid format {fmt!r}: use {' or '.join(FORMATS)}")
     colour = parse_color(background)
