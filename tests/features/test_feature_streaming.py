@@ -231,9 +231,10 @@ def test_compute_features_rejects_batch_size_zero(twenty_images, tiny_model, as_
         compute_features(tiny_model, images, batch_size=0)
 
 
-def test_negative_workers_rejected(twenty_images, tmp_path, tiny_model):
-    with pytest.raises(ValueError, match="invalid number of workers -1: use 0"):
-        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=-1)
+@pytest.mark.parametrize("num_workers", [-1, 10**30])
+def test_invalid_workers_rejected(twenty_images, tmp_path, tiny_model, num_workers):
+    with pytest.raises(ValueError, match=f"invalid number of workers {num_workers}: use 0 .* up to sys.maxsize"):
+        extract_features(twenty_images, tmp_path / "out", tiny_model, num_workers=num_workers)
     assert not (tmp_path / "out").exists()
 
 
@@ -358,3 +359,68 @@ def test_names_equal_after_normalisation_fail_before_the_model(tmp_path):
         pytest.skip("this file system stores only one normalisation of a name")
     with pytest.raises(ValueError, match="get the same object id 'café.png'"):
         find_images(folder)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"background": "nocolour"}, "invalid background colour 'nocolour'"),
+     ({"fmt": "zarr"}, "invalid format 'zarr': use npy or h5")],
+)
+def test_invalid_options_fail_before_the_model(twenty_images, tmp_path, monkeypatch, options, message):
+    import dimalign.features.extract as extract_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(extract_module, "load_model", fail)
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError, match=message):
+        extract_features(twenty_images, out, "efficientnet_lite0", **options)
+
+    assert not out.exists()
+
+
+def test_huge_batch_size_rejected(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+
+    with pytest.raises(ValueError, match=f"invalid batch size {10**30}: use 1 or more, up to sys.maxsize"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], batch_size=10**30)
+
+    assert not out.exists()
+
+
+def test_overwrite_keeps_files_the_manifest_does_not_list(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"])
+    backup = np.load(out / "features_0.npy")
+    np.save(out / "features_backup.npy", backup)
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True)
+
+    assert sorted(path.name for path in out.iterdir()) == [
+        "features.npy", "features_backup.npy", "manifest.json", "objects.tsv"]
+    np.testing.assert_array_equal(np.load(out / "features_backup.npy"), backup)
+
+
+def test_overwrite_without_manifest_keeps_other_files(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "features_mine.npy", np.arange(3))
+    (out / "skipped.tsv").write_text("my notes\n")
+
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"],
+                     overwrite=True)
+
+    np.testing.assert_array_equal(np.load(out / "features_mine.npy"), np.arange(3))
+    assert (out / "skipped.tsv").read_text() == "my notes\n"
+
+
+def test_failure_removes_created_parent_folders(twenty_images, tmp_path, tiny_model):
+    out = tmp_path / "new" / "nested" / "out"
+
+    # Layer 4 (Linear) gives vectors, so gap fails on the first batch.
+    with pytest.raises(ValueError, match="layer 4: gap needs an output"):
+        extract_features(twenty_images, out, tiny_model, layers=["4"], pools="gap")
+
+    assert not (tmp_path / "new").exists()

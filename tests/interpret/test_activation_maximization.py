@@ -182,6 +182,24 @@ def test_maximize_rejects_images_outside_unit_range(predictor, scale, offset, me
         maximize_dimension(predictor, 0, generator=ShiftedGenerator(scale, offset), steps=1, n_init=2, n_images=1)
 
 
+class SaturatedGenerator(ShiftedGenerator):
+    """A generator whose pixels sit at 0 or 1, overshot by ``offset`` as resampling may do."""
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.sigmoid(100.0 * latent.view(-1, 3, 8, 8)) + self.offset
+
+
+def test_maximize_accepts_rounding_overshoot(predictor):
+    # The pixels lie in [-1e-6, 1 + 1e-6], within the predictor's tolerance of 1e-3.
+    generator = SaturatedGenerator(1.0 + 2e-6, -1e-6)
+
+    result = maximize_dimension(predictor, 0, generator=generator, steps=1, n_init=2, n_images=1,
+                                random_state=0)
+
+    assert result.images.shape == (1, 3, 8, 8)
+    assert float(result.images.max()) > 1.0
+
+
 def test_maximize_divergence_is_an_error(predictor):
     with pytest.raises(ValueError, match="diverged at step 1"):
         maximize_dimension(predictor, 0, steps=3, n_init=2, n_images=1, image_size=8, alpha=1e308, beta=1e308)

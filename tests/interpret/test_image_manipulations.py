@@ -233,6 +233,25 @@ def test_parse_edit_errors(text, message):
         parse_edit(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("grayscale:", "edit 'grayscale:' has no value after the colon: write 'grayscale', which takes no value"),
+     ("hue:", "edit 'hue:' has no value after the colon: write 'hue' (default 90) or hue:VALUE")],
+)
+def test_parse_edit_empty_value_message(text, message):
+    with pytest.raises(ValueError) as error:
+        parse_edit(text)
+
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("name", ["saturation", "brightness", "contrast"])
+def test_parse_edit_factor_beyond_float32(name):
+    assert parse_edit(f"{name}:3e38") == Edit(name, 3e38)
+    with pytest.raises(ValueError, match=rf"edit '{name}:1e39': the .* must be in \[0, 3.40282e\+38\]"):
+        parse_edit(f"{name}:1e39")
+
+
 @pytest.mark.filterwarnings("ignore:image .* no foreground found")
 def test_manipulation_table_contents(predictor, colour_image):
     image_b = torch.rand(3, 10, 14, generator=torch.Generator().manual_seed(9))

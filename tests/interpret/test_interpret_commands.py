@@ -75,6 +75,8 @@ def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, 
         (["--n-init", "2", "--n-images", "3"], "--n-images 3 is invalid: use a number in [1, 2]"),
         (["--image-size", "1"], "--image-size 1 is invalid"),
         (["--seed", str(2**64)], f"--seed {2**64} is invalid"),
+        (["--steps", str(10**400)], "is invalid: use a number in [0, 9.22337e+18]"),
+        (["--image-size", str(2**63)], "is invalid: use a number in [2, 9.22337e+18]"),
     ],
 )
 def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, options, message):
@@ -85,6 +87,49 @@ def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, op
     out = tmp_path / "maximize"
 
     status = main(["maximize", "--map", str(tmp_path), "--dim", "0", "-o", str(out), *options])
+
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("masks", "message"),
+    [("missing", "mask folder {masks} is not found"),
+     ("empty", "the mask folder {masks} has no mask for any of the 1 images"),
+     ("shared", "mask {masks}/a.png matches 2 images with the stem 'a'")],
+)
+def test_manipulate_checks_mask_folder_first(monkeypatch, tmp_path, capsys, masks, message):
+    def fail(*args, **kwargs):
+        raise AssertionError("the map was loaded before the mask folder was checked")
+
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", fail)
+    photos = [write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))]
+    mask_dir = tmp_path / masks
+    if masks != "missing":
+        mask_dir.mkdir()
+    if masks == "shared":
+        photos.append(write_photo(tmp_path / "more" / "a.png", (30, 200, 30)))
+        write_photo(mask_dir / "a.png", (255, 255, 255))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", *map(str, photos), "--map", str(tmp_path), "--masks", str(mask_dir),
+                   "-o", str(out)])
+
+    assert status == 1
+    assert message.format(masks=mask_dir) in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["grid", "embedding.txt", "--cell-size", str(10**400)], "--cell-size 1000"),
+     (["manipulate", "photo.png", "--map", "map", "--figure-rows", str(10**400)], "--figure-rows 1000")],
+)
+def test_huge_integer_options_rejected(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+
+    status = main([*argv, "-o", str(out)])
 
     assert status == 1
     assert message in capsys.readouterr().err
@@ -189,6 +234,26 @@ def test_collect_images_rejects_image_given_twice(tmp_path):
 
     with pytest.raises(ValueError, match=f"image {photo} is given twice"):
         collect_images([tmp_path / "photos", photo])
+
+
+def test_collect_images_keeps_two_links_to_one_photo(tmp_path):
+    photo = write_photo(tmp_path / "a.png", (200, 30, 30))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "b.png").symlink_to(photo)
+    (tmp_path / "photos" / "c.png").symlink_to(photo)
+
+    paths = collect_images([tmp_path / "photos"])
+
+    assert paths == [tmp_path / "photos" / "b.png", tmp_path / "photos" / "c.png"]
+    assert unique_names(paths) == ["b", "c"]
+
+
+def test_collect_images_rejects_folder_given_through_link(tmp_path):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    (tmp_path / "linked").symlink_to(tmp_path / "photos")
+
+    with pytest.raises(ValueError, match="is given twice"):
+        collect_images([tmp_path / "photos", tmp_path / "linked"])
 
 
 def test_manipulate_mask_folder_without_matching_masks(tiny_predictor, tmp_path, capsys):

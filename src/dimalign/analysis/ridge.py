@@ -540,7 +540,9 @@ class _SpectralRidge:
         # features do not span (centring alone removes one). Their targets
         # U^T y are rounding noise too, and a tiny alpha would multiply that
         # noise by up to 1 / alpha, so they are left out, as a pseudo-inverse
-        # does. The tolerance is numpy.linalg.matrix_rank's, squared for s^2.
+        # does. The tolerance has the form of numpy.linalg.matrix_rank's,
+        # max * max(n, p) * eps, but applied to s^2 itself: eigh of the Gram
+        # matrix leaves its eigenvalues with absolute errors of about that size.
         tolerance = float(self.eigenvalues.max()) * max(Z.shape) * np.finfo(np.float64).eps
         self.kept = self.eigenvalues > tolerance
         self.vectors = vectors

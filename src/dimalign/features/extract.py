@@ -22,6 +22,7 @@ import csv
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from dimalign.features.layers import LayerReader, LayerRequest, check_single_cal
 from dimalign.features.models import LoadedModel, load_model
 from dimalign.features.storage import (
     DTYPES,
+    FORMATS,
     WORK_DIR_NAME,
     FeatureArrays,
     Progress,
@@ -127,8 +129,7 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
-    if batch_size < 1:
-        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
+    _check_batch_size(batch_size)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
@@ -223,15 +224,19 @@ def extract_features(
         raise ValueError(f"invalid dtype {dtype!r}: use {' or '.join(DTYPES)}")
     if on_error not in ON_ERROR:
         raise ValueError(f"invalid on_error {on_error!r}: use {' or '.join(ON_ERROR)}")
-    if batch_size < 1:
-        raise ValueError(f"invalid batch size {batch_size}: use 1 or more")
-    if num_workers < 0:
+    _check_batch_size(batch_size)
+    if not 0 <= num_workers <= sys.maxsize:
         raise ValueError(f"invalid number of workers {num_workers}: use 0 (decode in this "
-                         "process) or more")
+                         "process) or more, up to sys.maxsize")
+    if fmt not in FORMATS:
+        raise ValueError(f"invalid format {fmt!r}: use {' or '.join(FORMATS)}")
+    colour = parse_color(background)
     started = now_iso()
     out_dir = Path(out_dir)
     work_dir = out_dir / WORK_DIR_NAME
-    created_out_dir = not out_dir.exists()
+    # The first folder on the path that this call creates, to remove again if it stays empty.
+    first_created = next((folder for folder in (*reversed(out_dir.parents), out_dir)
+                          if not folder.exists()), None)
 
     image_list = images if isinstance(images, ImageList) else list_images(images, extensions)
     if len(image_list) == 0:
@@ -239,7 +244,6 @@ def extract_features(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
     requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
-    colour = parse_color(background)
     fingerprint = {
         "model": loaded.name,
         "weights_id": loaded.weights_id,
@@ -255,7 +259,7 @@ def extract_features(
         "image_list_sha256": image_list.checksum(),
     }
 
-    with _locked_out_dir(out_dir, created_out_dir):
+    with _locked_out_dir(out_dir, first_created):
         progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
                                     started)
         if progress is None:
@@ -299,14 +303,21 @@ def extract_features(
                        batch_size, num_workers, on_error, extensions, skipped)
 
 
+def _check_batch_size(batch_size: int) -> None:
+    """Reject a batch size below 1, or above sys.maxsize, which torch's DataLoader cannot slice."""
+    if not 1 <= batch_size <= sys.maxsize:
+        raise ValueError(f"invalid batch size {batch_size}: use 1 or more, up to sys.maxsize")
+
+
 @contextlib.contextmanager
-def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
+def _locked_out_dir(out_dir: Path, first_created: Path | None) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` (creating it) for one extraction.
 
     A second extraction into the same folder (a job started twice, or a
     resume while the first run still writes) would write the same working
-    arrays and progress file, so it fails at once instead. A folder that this
-    call created and that is empty afterwards is removed.
+    arrays and progress file, so it fails at once instead. The folders from
+    ``first_created`` down to ``out_dir``, which this extraction created, are
+    removed afterwards where they are empty.
 
     Raises:
         RuntimeError: If another extraction holds the lock.
@@ -319,8 +330,19 @@ def _locked_out_dir(out_dir: Path, created_out_dir: bool) -> Iterator[None]:
         with exclusive_lock(out_dir / LOCK_NAME, busy):
             yield
     finally:
-        if created_out_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        _remove_empty_folders(out_dir, first_created)
+
+
+def _remove_empty_folders(out_dir: Path, first_created: Path | None) -> None:
+    """Remove ``out_dir`` and its parents up to ``first_created`` while they are empty."""
+    if first_created is None:
+        return
+    for folder in (out_dir, *out_dir.parents):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        if folder == first_created:
+            return
 
 
 def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images: int,
@@ -498,12 +520,28 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
 
 
 def _previous_outputs(out_dir: Path) -> list[Path]:
-    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``."""
-    if not out_dir.is_dir():
-        return []
-    candidates = [out_dir / "features.npy", out_dir / "features.h5", out_dir / SKIPPED_NAME,
-                  *out_dir.glob("features_*.npy")]
-    return [path for path in candidates if path.is_file()]
+    """Return the feature files and ``skipped.tsv`` of an earlier extraction in ``out_dir``.
+
+    A finished extraction's manifest lists its feature files, so other files
+    such as a user's ``features_backup.npy`` are not taken for old layers. A
+    manifest without that list (of an older version) falls back to every file
+    named like a feature file. Without a manifest there is no finished
+    extraction, and only ``features.npy`` and ``features.h5`` count as old
+    features.
+    """
+    if not (out_dir / MANIFEST_NAME).is_file():
+        candidates = [out_dir / "features.npy", out_dir / "features.h5"]
+        return [path for path in candidates if path.is_file()]
+    listed = None
+    with contextlib.suppress(ValueError, OSError):
+        listed = read_manifest(out_dir).get("outputs", {}).get("files")
+    if isinstance(listed, dict):
+        # Only the file name is used, so a damaged manifest cannot point outside out_dir.
+        candidates = [out_dir / Path(str(name)).name for name in listed.values()]
+    else:
+        candidates = [out_dir / "features.npy", out_dir / "features.h5", *out_dir.glob("features_*.npy")]
+    candidates.append(out_dir / SKIPPED_NAME)
+    return [path for path in dict.fromkeys(candidates) if path.is_file()]
 
 
 def _write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> None:

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -170,12 +171,15 @@ def collect_images(sources: Sequence[Path]) -> list[Path]:
             raise FileNotFoundError(f"image {source} not found")
     seen: dict[Path, Path] = {}
     for path in paths:
-        resolved = path.resolve()
-        if resolved in seen:
+        # Only the folder is resolved: two linked files with their own names
+        # are two images, as in dimalign extract, while one file reached
+        # through two spellings or a linked folder is the same image.
+        location = path.absolute().parent.resolve() / path.name
+        if location in seen:
             raise ValueError(
-                f"image {path} is given twice (also as {seen[resolved]}); list each image or folder once"
+                f"image {path} is given twice (also as {seen[location]}); list each image or folder once"
             )
-        seen[resolved] = path
+        seen[location] = path
     return paths
 
 
@@ -303,7 +307,14 @@ def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float
         value = getattr(args, name)
         if value is None:
             continue
-        if not (math.isfinite(value) and low <= value <= high):
+        if isinstance(value, int):
+            # math.isfinite converts an int to float and overflows above about 1e308, and torch
+            # and Pillow take counts and sizes as C integers, so sys.maxsize bounds every count.
+            high = min(high, sys.maxsize)
+            valid = low <= value <= high
+        else:
+            valid = math.isfinite(value) and low <= value <= high
+        if not valid:
             raise ValueError(
                 f"--{name.replace('_', '-')} {value} is invalid: use a number in [{low:g}, {high:g}]"
             )
@@ -495,6 +506,50 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
     return foreground
 
 
+def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> dict[str, Path]:
+    """Return the mask file ``mask_dir/STEM.png`` of each image that has one, keyed by the image's name.
+
+    Only file names are checked here, so that a wrong ``--masks`` fails before the model loads.
+
+    Raises:
+        FileNotFoundError: If ``mask_dir`` is not a folder or has a mask for none of the images.
+        ValueError: If a mask's stem belongs to several of the images.
+    """
+    if not mask_dir.is_dir():
+        kind = "a file, not a folder" if mask_dir.exists() else "not found"
+        raise FileNotFoundError(f"mask folder {mask_dir} is {kind}: pass a folder of STEM.png masks")
+    photos_of_stem: dict[str, list[Path]] = {}
+    for path in paths:
+        photos_of_stem.setdefault(path.stem, []).append(path)
+
+    mask_files: dict[str, Path] = {}
+    for name, path in zip(names, paths):
+        mask_path = mask_dir / f"{path.stem}.png"
+        if not mask_path.is_file():
+            logger.info("no mask %s for %s: estimating one", mask_path, path)
+            continue
+        if len(photos_of_stem[path.stem]) > 1:
+            raise ValueError(
+                f"mask {mask_path} matches {len(photos_of_stem[path.stem])} images with the stem "
+                f"{path.stem!r} ({', '.join(map(str, photos_of_stem[path.stem][:5]))}), so it is "
+                "unclear which one it belongs to; give the images distinct file names"
+            )
+        mask_files[name] = mask_path
+
+    if not mask_files:
+        raise FileNotFoundError(
+            f"the mask folder {mask_dir} has no mask for any of the {len(paths)} images (looked for "
+            f"{mask_dir / (paths[0].stem + '.png')} and the like); masks must be PNG files named "
+            "like the photos"
+        )
+    if len(mask_files) < len(paths):
+        logger.warning(
+            "%d of %d images have no mask in %s and get an estimated one",
+            len(paths) - len(mask_files), len(paths), mask_dir,
+        )
+    return mask_files
+
+
 def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
     import pandas as pd
@@ -516,45 +571,17 @@ def run_manipulate(args: argparse.Namespace) -> int:
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
     paths = collect_images(args.images)
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     names = unique_names(paths)
+    mask_files = _find_masks(args.masks, paths, names) if args.masks is not None else {}
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
     for path in paths:
         predictor.preprocessing.load(path)
-    masks = {}
-    mask_files: dict[str, Path] = {}
-    if args.masks is not None:
-        if not args.masks.is_dir():
-            kind = "a file, not a folder" if args.masks.exists() else "not found"
-            raise FileNotFoundError(f"mask folder {args.masks} is {kind}: pass a folder of STEM.png masks")
-        photos_of_stem: dict[str, list[Path]] = {}
-        for path in paths:
-            photos_of_stem.setdefault(path.stem, []).append(path)
-        for name, path in zip(names, paths):
-            mask_path = args.masks / f"{path.stem}.png"
-            if mask_path.is_file() and len(photos_of_stem[path.stem]) > 1:
-                raise ValueError(
-                    f"mask {mask_path} matches {len(photos_of_stem[path.stem])} images with the stem "
-                    f"{path.stem!r} ({', '.join(map(str, photos_of_stem[path.stem][:5]))}), so it is "
-                    "unclear which one it belongs to; give the images distinct file names"
-                )
-            if mask_path.is_file():
-                masks[name] = _read_mask(mask_path, path, predictor.preprocessing)
-                mask_files[name] = mask_path
-            else:
-                logger.info("no mask %s for %s: estimating one", mask_path, path)
-        if not masks:
-            raise FileNotFoundError(
-                f"the mask folder {args.masks} has no mask for any of the {len(paths)} images (looked for "
-                f"{args.masks / (paths[0].stem + '.png')} and the like); masks must be PNG files named "
-                "like the photos"
-            )
-        if len(masks) < len(paths):
-            logger.warning(
-                "%d of %d images have no mask in %s and get an estimated one",
-                len(paths) - len(masks), len(paths), args.masks,
-            )
+    masks = {
+        name: _read_mask(mask_files[name], path, predictor.preprocessing)
+        for name, path in zip(names, paths) if name in mask_files
+    }
 
     with _output_folder(args.out):
         figure_images = _FigureImages(args.figure_rows)

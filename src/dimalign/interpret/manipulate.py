@@ -389,8 +389,11 @@ def parse_edit(text: str) -> Edit:
         raise ValueError(f"unknown edit {text!r}: use one of {', '.join(EDIT_SPECS)}")
     kind = EDIT_SPECS[name]
     if colon and not value.strip():
-        default = "" if kind.default is None else f" (default {kind.default:g})"
-        raise ValueError(f"edit {text!r} has no value after the colon: write {name!r}{default} or {name}:VALUE")
+        if kind.default is None:
+            raise ValueError(f"edit {text!r} has no value after the colon: write {name!r}, which takes no value")
+        raise ValueError(
+            f"edit {text!r} has no value after the colon: write {name!r} (default {kind.default:g}) or {name}:VALUE"
+        )
     if not value:
         return Edit(name, kind.default)
     if kind.default is None:
@@ -407,10 +410,14 @@ def parse_edit(text: str) -> Edit:
     return Edit(name, parameter)
 
 
-# Allowed parameters of the edits whose functions reject others.
+# Allowed parameters of the edits whose functions reject others. A factor above
+# float32's maximum (3.4e38) becomes inf in float32 images, and inf * 0 is NaN at every
+# pixel where the factor multiplies 0 (black pixels for brightness, gray ones for
+# saturation), so factors stop there.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _EDIT_RANGES = {
     "background": (0.0, 1.0), "occlude": (0.0, 1.0), "blur": (0.0, math.inf),
-    "saturation": (0.0, math.inf), "brightness": (0.0, math.inf), "contrast": (0.0, math.inf),
+    "saturation": (0.0, _FLOAT32_MAX), "brightness": (0.0, _FLOAT32_MAX), "contrast": (0.0, _FLOAT32_MAX),
 }
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from dimalign.interpret.generators import FourierGenerator, augment, sample_latent, total_variation
 from dimalign.interpret.gradcam import check_dimension
-from dimalign.interpret.predictor import DimensionPredictor
+from dimalign.interpret.predictor import RANGE_TOLERANCE, DimensionPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def maximize_dimension(
 
 
 def _check_generated(images: torch.Tensor) -> torch.Tensor:
-    """Return the generator's images if they are finite and within ``[0, 1]``.
+    """Return the generator's images if they are finite and within ``[0, 1]`` (up to :data:`RANGE_TOLERANCE`).
 
     The predictor normalises as for photos in ``[0, 1]``. Images in another
     range, such as ``[-1, 1]`` from a GAN with a tanh output, would give
@@ -185,8 +185,10 @@ def _check_generated(images: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             "the generator returned images with NaN or inf values; it must return finite values in [0, 1]"
         )
+    # The predictor's own tolerance, so that a generator whose resampling
+    # overshoots [0, 1] by a rounding error passes here as in every step.
     low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise ValueError(
             f"the generator returned images with values in [{low:.3g}, {high:.3g}], but they must be "
             "in [0, 1]; rescale its output, for example (x + 1) / 2 for a tanh output in [-1, 1]"
