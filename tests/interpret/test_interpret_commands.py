@@ -76,7 +76,8 @@ def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, 
         (["--image-size", "1"], "--image-size 1 is invalid"),
         (["--seed", str(2**64)], f"--seed {2**64} is invalid"),
         (["--steps", str(10**400)], "is invalid: use a number in [0, 9.22337e+18]"),
-        (["--image-size", str(2**63)], "is invalid: use a number in [2, 9.22337e+18]"),
+        (["--image-size", "100000"], "--image-size 100000 is invalid: use a number in [2, 4096]"),
+        (["--n-init", "5000"], "--n-init 5000 is invalid: use a number in [1, 1024]"),
     ],
 )
 def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, options, message):
@@ -124,6 +125,7 @@ def test_manipulate_checks_mask_folder_first(monkeypatch, tmp_path, capsys, mask
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["grid", "embedding.txt", "--cell-size", str(10**400)], "--cell-size 1000"),
+     (["grid", "embedding.txt", "--cell-size", "100000"], "--cell-size 100000 is invalid: use a number in [1, 4096]"),
      (["manipulate", "photo.png", "--map", "map", "--figure-rows", str(10**400)], "--figure-rows 1000")],
 )
 def test_huge_integer_options_rejected(tmp_path, capsys, argv, message):

@@ -21,6 +21,12 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+# Upper limits of image sizes and counts, so that a typing error is an error
+# instead of an allocation of many gigabytes: one float32 RGB image of side
+# 4096 takes 200 MB, and maximize holds n_init of them with their gradients.
+MAX_IMAGE_SIDE = 4096
+MAX_N_INIT = 1024
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``gradcam``, ``maximize``, ``manipulate`` and ``grid`` subcommands."""
@@ -414,8 +420,8 @@ def run_maximize(args: argparse.Namespace) -> int:
     _check_no_earlier_run(args.out, "maximize")
     _check_options(args, {
         "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
-        "lr": (1e-12, math.inf), "image_size": (2, math.inf), "steps": (0, math.inf),
-        "n_init": (1, math.inf), "n_images": (1, args.n_init),
+        "lr": (1e-12, math.inf), "image_size": (2, MAX_IMAGE_SIDE), "steps": (0, math.inf),
+        "n_init": (1, MAX_N_INIT), "n_images": (1, args.n_init),
     })
     # torch.Generator.manual_seed (torch 2.14) accepts this range and raises a bare
     # overflow error outside it.
@@ -666,7 +672,7 @@ def run_grid(args: argparse.Namespace) -> int:
     started = now_iso()
     check_output_dir(args.out, "grid")
     _check_no_earlier_run(args.out, "grid")
-    _check_options(args, {"cell_size": (1, math.inf)})
+    _check_options(args, {"cell_size": (1, MAX_IMAGE_SIDE)})
     if args.dims:
         _distinct(args.dims, "--dims")
     result = load_embedding(args.embedding)
