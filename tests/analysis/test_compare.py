@@ -1092,5 +1092,6 @@ def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
                    "--triplets", str(split), "--bootstrap", "0"])
 
     assert status == 1
-    assert f"pass the file to explain, such as {split / 'val.npy'}" in capsys.readouterr().err
+    assert (f"--triplets {split} is a folder, which loads train.npy, the training triplets of a split, not the "
+            f"held-out {split / 'val.npy'}: pass the triplet file to explain itself") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -368,7 +368,22 @@ def test_cli_evaluate_rejects_split_folder(tmp_path, capsys):
     status = main(["evaluate", str(run_dir), "--triplets", str(split)])
 
     assert status == 1
-    assert f"pass the file to score, such as {split / 'val.npy'} for the held-out triplets" in capsys.readouterr().err
+    assert f"pass the triplet file to score itself, such as {split / 'val.npy'}" in capsys.readouterr().err
+
+
+def test_cli_evaluate_takes_folder_of_validation_file_alone(tmp_path, capsys):
+    """A folder with val.npy but no training file is no split: the loader's own error applies."""
+    run_dir, triplet_file = _cli_run(tmp_path)
+    folder = tmp_path / "held_out"
+    folder.mkdir()
+    np.save(folder / "val.npy", np.loadtxt(triplet_file, dtype=np.int64))
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(folder)])
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert f"no triplet file in {folder}" in error
+    assert "training triplets" not in error
 
 
 def test_cli_evaluate_writes_nan_metric_as_null(tmp_path, capsys):

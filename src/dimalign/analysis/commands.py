@@ -177,20 +177,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def reject_split_folder(path: Path, purpose: str) -> None:
-    """Reject a ``--triplets`` folder with ``train.npy`` and ``val.npy``.
+    """Reject a ``--triplets`` folder that holds ``val.npy`` next to the file a folder loads.
 
-    Such a folder loads its training file, as ``dimalign fit`` needs, so a
-    command meant for held-out triplets would silently use the training ones.
+    A folder loads its one ``train*`` or ``triplets`` file, as ``dimalign fit``
+    needs, so a command meant for held-out triplets would silently use the
+    training ones. A folder without such a file gets the loader's own error.
 
     Raises:
-        ValueError: Naming the folder's ``val.npy``.
+        ValueError: Naming the file the folder would load and its ``val.npy``.
     """
-    if path.is_dir() and (path / "val.npy").is_file():
-        raise ValueError(
-            f"--triplets {path} is a folder with training and validation triplets, and a "
-            f"folder loads its training file: pass the file to {purpose}, such as {path / 'val.npy'} "
-            "for the held-out triplets"
-        )
+    from dimalign.io.triplets import find_triplet_file
+
+    if not (path.is_dir() and (path / "val.npy").is_file()):
+        return
+    try:
+        loaded = find_triplet_file(path)
+    except (FileNotFoundError, ValueError):
+        return
+    raise ValueError(
+        f"--triplets {path} is a folder, which loads {loaded.name}, the training triplets of a split, "
+        f"not the held-out {path / 'val.npy'}: pass the triplet file to {purpose} itself, such as "
+        f"{path / 'val.npy'}"
+    )
 
 
 @contextlib.contextmanager
