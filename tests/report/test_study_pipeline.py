@@ -238,8 +238,17 @@ def test_tiny_val_fraction_holding_out_nothing_is_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"human_fit.val_fraction = 0.0001 is invalid: it holds out no triplet, since "
                        r"round\(0.0001 x 1,510 triplets\) = 0"):
         run_study(config, tmp_path / "study", overrides=["human_fit.val_fraction=0.0001"])
-    assert [entry.name for entry in (tmp_path / "study").iterdir() if entry.name != ".pipeline.lock"] == [
-        "pipeline.json"]
+    # The run created the study folder and no stage finished, so nothing is left.
+    assert not (tmp_path / "study").exists()
+
+
+def test_failed_run_keeps_study_folder_it_did_not_create(tmp_path):
+    config = write_study(tmp_path, report=False)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "notes.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="holds out no triplet"):
+        run_study(config, tmp_path / "study", overrides=["human_fit.val_fraction=0.0001"])
+    assert sorted(entry.name for entry in (tmp_path / "study").iterdir()) == ["notes.txt", "pipeline.json"]
 
 
 def test_lock_rejects_second_run(study):

@@ -583,37 +583,58 @@ def run_study(
     if dry_run:
         return plan
 
+    created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
-    with _study_lock(study_dir):
-        # Plan again under the lock: a run that finished meanwhile may have
-        # written stages that the first plan saw missing or outdated.
-        plan = plan_study(config, study_dir, from_stage=from_stage)
-        check_study_dir(plan)
-        _warn_other_study_file(plan)
-        _remove_stale_folders(study_dir, plan)
-        record = _study_record(plan, started=now_iso())
-        write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
-        for stage in plan.stages:
-            if stage.action == "skip":
-                logger.info("stage %s: unchanged, skipped", stage.name)
-                continue
-            logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
-            started = time.perf_counter()
-            try:
-                _run_stage(plan, stage, record)
-            except Exception:
-                logger.error(
-                    "stage %s failed; the stages before it are kept, and the next run starts there. "
-                    "Where the message below suggests command-line options, change the matching "
-                    "setting of [%s] or [inputs] in %s instead",
-                    stage.name, stage.name, plan.config.path,
-                )
-                raise
-            stage.seconds = time.perf_counter() - started
-            logger.info("stage %s: finished in %.1f s", stage.name, stage.seconds)
-        record = _study_record(plan, started=record["started"], finished=now_iso())
-        write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+    try:
+        with _study_lock(study_dir):
+            # Plan again under the lock: a run that finished meanwhile may have
+            # written stages that the first plan saw missing or outdated.
+            plan = plan_study(config, study_dir, from_stage=from_stage)
+            check_study_dir(plan)
+            _warn_other_study_file(plan)
+            _remove_stale_folders(study_dir, plan)
+            record = _study_record(plan, started=now_iso())
+            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+            for stage in plan.stages:
+                if stage.action == "skip":
+                    logger.info("stage %s: unchanged, skipped", stage.name)
+                    continue
+                logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
+                started = time.perf_counter()
+                try:
+                    _run_stage(plan, stage, record)
+                except Exception:
+                    logger.error(
+                        "stage %s failed; the stages before it are kept, and the next run starts there. "
+                        "Where the message below suggests command-line options, change the matching "
+                        "setting of [%s] or [inputs] in %s instead",
+                        stage.name, stage.name, plan.config.path,
+                    )
+                    raise
+                stage.seconds = time.perf_counter() - started
+                logger.info("stage %s: finished in %.1f s", stage.name, stage.seconds)
+            record = _study_record(plan, started=record["started"], finished=now_iso())
+            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+    except BaseException:
+        if created:
+            _remove_empty_study(study_dir)
+        raise
     return plan
+
+
+def _remove_empty_study(study_dir: Path) -> None:
+    """Remove a study directory that this run created when nothing but its record is in it.
+
+    A run whose first stage fails would otherwise leave a folder with only
+    ``pipeline.json``, which later looks like a study to ``dimalign run``.
+    """
+    try:
+        entries = {entry.name for entry in study_dir.iterdir()}
+        if entries <= {STUDY_RECORD_NAME}:
+            (study_dir / STUDY_RECORD_NAME).unlink(missing_ok=True)
+            study_dir.rmdir()
+    except OSError as error:
+        logger.warning("could not remove the empty study folder %s: %s", study_dir, error)
 
 
 def _warn_other_study_file(plan: StudyPlan) -> None:
