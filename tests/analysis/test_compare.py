@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 
 import numpy as np
@@ -1095,3 +1096,11 @@ def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
     assert (f"--triplets {split} is a folder, which loads train.npy, the training triplets of a split, not the "
             f"held-out {split / 'val.npy'}: pass the triplet file to explain itself") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_similarity_subset_above_object_count_says_all(caplog):
+    from dimalign.analysis.compare import _similarity_subset
+
+    with caplog.at_level(logging.INFO, logger="dimalign"):
+        assert _similarity_subset(10, 50, 0) is None
+    assert "similarity_objects=50 covers all 10 objects: using every object" in caplog.text

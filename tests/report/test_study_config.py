@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -385,3 +386,11 @@ def test_folds_of_one_object_fail_at_planning(tmp_path):
     study_file = write_study(tmp_path)
     with pytest.raises(ValueError, match=r"map.folds = 13 is invalid: .* use at most 12 folds"):
         plan_study(load_config(study_file, ["map.folds=13"]), tmp_path / "s")
+
+
+def test_matrix_objects_above_object_count_says_all(caplog):
+    from dimalign.report.stages import _subset
+
+    with caplog.at_level(logging.INFO, logger="dimalign"):
+        assert _subset(10, 50, 0) is None
+    assert "compare.matrix_objects = 50 covers all 10 objects: using every object" in caplog.text

@@ -1004,6 +1004,8 @@ def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
 
 
 def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> np.ndarray | None:
+    if size is not None and size >= n_objects:
+        logger.info("similarity_objects=%d covers all %d objects: using every object", size, n_objects)
     if size is None or size >= n_objects:
         return None
     if size < 3:

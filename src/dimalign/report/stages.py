@@ -561,6 +561,11 @@ def run_compare(context: StageContext) -> dict[str, Any]:
         triplets = _load_val(human_dir, n_objects)
         if n_relevance is not None and n_relevance < len(triplets):
             triplets = triplets[:n_relevance]
+        elif n_relevance is not None and n_relevance > len(triplets):
+            logger.info(
+                "compare.relevance_triplets = %d exceeds the %d held-out triplets: using every one",
+                n_relevance, len(triplets),
+            )
     similarity_objects = specs.check_count(
         context.name, "similarity_objects", settings["similarity_objects"], allow_zero=False
     )
@@ -598,6 +603,8 @@ def _check_same_objects(human_dir: Path, dnn_dir: Path) -> None:
 
 
 def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
+    if size is not None and size >= n_objects:
+        logger.info("compare.matrix_objects = %d covers all %d objects: using every object", size, n_objects)
     if size is None or size >= n_objects:
         return None
     if size < 3:
