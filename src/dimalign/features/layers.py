@@ -20,7 +20,7 @@ Pooling per layer:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -213,23 +213,31 @@ class LayerReader:
 def count_calls(model: nn.Module, pixels: torch.Tensor) -> dict[str, int]:
     """Run a full forward pass and return how often each named module is called."""
     counts: dict[str, int] = {}
-    handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args) -> None:
             counts[name] = counts.get(name, 0) + 1
         return hook
 
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_pre_hook(make_hook(name)))
+    _forward_with_hooks(model, pixels, lambda name, module: module.register_forward_pre_hook(make_hook(name)))
+    return counts
+
+
+def _forward_with_hooks(
+    model: nn.Module, pixels: torch.Tensor, add_hook: Callable[[str, nn.Module], object]
+) -> None:
+    """Run one forward pass with ``add_hook(name, module)`` applied to every named module.
+
+    ``add_hook`` returns the hook's handle; every handle is removed after the
+    pass, also when it fails.
+    """
+    handles = [add_hook(name, module) for name, module in model.named_modules() if name]
     try:
         with torch.inference_mode():
             model(pixels)
     finally:
         for handle in handles:
             handle.remove()
-    return counts
 
 
 def check_single_calls(model: nn.Module, requests: Sequence[LayerRequest],
@@ -273,7 +281,6 @@ def layer_shapes(model: nn.Module, pixels: torch.Tensor) -> dict[str, tuple[int,
     Modules whose output is not a tensor are left out.
     """
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args, output) -> None:
@@ -281,13 +288,5 @@ def layer_shapes(model: nn.Module, pixels: torch.Tensor) -> dict[str, tuple[int,
                 shapes[name] = tuple(output.shape[1:])
         return hook
 
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(make_hook(name)))
-    try:
-        with torch.inference_mode():
-            model(pixels)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_with_hooks(model, pixels, lambda name, module: module.register_forward_hook(make_hook(name)))
     return shapes
