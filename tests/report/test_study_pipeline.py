@@ -204,6 +204,14 @@ def test_run_with_other_study_file_warns_before_replacing(study, caplog):
     other.write_text(config_path.read_text().replace("n_bootstrap = 20", "n_bootstrap = 10"))
     try:
         with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+            run_study(other, study_dir, dry_run=True)
+        warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+        assert warnings == [
+            f"{study_dir} was last run with the study file {config_path}, and a run with {other} "
+            "would replace its stages compare; to keep them, pass another -o"
+        ]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
             run_study(other, study_dir)
         warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
         assert warnings == [

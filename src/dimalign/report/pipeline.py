@@ -581,6 +581,7 @@ def run_study(
     plan = plan_study(config, study_dir, from_stage=from_stage)
     check_study_dir(plan)
     if dry_run:
+        _warn_other_study_file(plan, dry_run=True)
         return plan
 
     created = not study_dir.exists()
@@ -637,8 +638,11 @@ def _remove_empty_study(study_dir: Path) -> None:
         logger.warning("could not remove the empty study folder %s: %s", study_dir, error)
 
 
-def _warn_other_study_file(plan: StudyPlan) -> None:
-    """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``."""
+def _warn_other_study_file(plan: StudyPlan, *, dry_run: bool = False) -> None:
+    """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``.
+
+    With ``dry_run`` the warning says what a run would replace.
+    """
     path = plan.study_dir / STUDY_RECORD_NAME
     if not is_study_record(path):
         return
@@ -649,7 +653,13 @@ def _warn_other_study_file(plan: StudyPlan) -> None:
         stage.name for stage in plan.stages
         if stage.action == "run" and read_stage_record(plan.study_dir / stage.name) is not None
     ]
-    if replaced:
+    if replaced and dry_run:
+        logger.warning(
+            "%s was last run with the study file %s, and a run with %s would replace its stages %s; "
+            "to keep them, pass another -o",
+            plan.study_dir, previous, plan.config.path, ", ".join(replaced),
+        )
+    elif replaced:
         logger.warning(
             "%s was last run with the study file %s, and this run with %s replaces its stages %s "
             "as each finishes; to keep them, stop this run and pass another -o",
