@@ -324,7 +324,8 @@ def _fit_side(train, val, run_dir, n_objects, objects, settings, paths, side, se
         device=settings.device, eval_every=10, verbose=True, **settings.vice,
     )
     inputs = {"triplets": paths["human_triplets"]} if side == "human" else {"features": paths["features"]}
-    # One torch thread, as in dimalign fit: faster on a CPU for these small per-batch operations.
+    # One torch thread, as in dimalign fit: extra threads gain little on these
+    # small per-batch operations and lose much on busy cores.
     with limit_torch_threads(1):
         return fit_run(model, train, val, run_dir, n_objects=n_objects, object_table=objects, inputs=inputs)
 

@@ -237,8 +237,9 @@ def _fit(context: StageContext, train: np.ndarray, val: np.ndarray, objects, inp
     save_triplets(train, context.out_dir / TRAIN_NAME)
     save_triplets(val, context.out_dir / VAL_NAME)
     estimator = build_estimator(context.settings, context.out_dir)
-    # One torch thread, as in dimalign fit and every sweep worker: faster on a
-    # CPU for these small per-batch operations, and the same embedding per seed.
+    # One torch thread, as in dimalign fit and every sweep worker: extra threads
+    # gain little on these small per-batch operations and lose much on busy
+    # cores, and one thread gives the same embedding per seed.
     with limit_torch_threads(1):
         fit_run(
             estimator, train, val if len(val) else None, context.out_dir,
