@@ -384,3 +384,19 @@ def test_report_of_study_named_like_stage_beside_other_pipeline_json(tiny_study,
 
     assert status == 0, capsys.readouterr().err
     assert (tmp_path / "r.html").is_file()
+
+
+def test_report_removes_its_stale_figures_only(tiny_study, tmp_path):
+    """A dimension figure of an earlier, larger fit goes; files the report never writes stay."""
+    study = copy_study(tiny_study, tmp_path)
+    figures_dir = tmp_path / "figures"
+    figures_dir.mkdir()
+    for name in ("dimension_human_149.png", "dimension_human_149.svg", "notes.png", "dimension_other.png"):
+        (figures_dir / name).write_bytes(b"old")
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html"), "--figures-dir", str(figures_dir)]) == 0
+
+    names = {entry.name for entry in figures_dir.iterdir()}
+    assert "dimension_human_149.png" not in names
+    assert "dimension_human_149.svg" not in names
+    assert {"notes.png", "dimension_other.png", "dimension_human_000.png", "similarity_matrices.png"} <= names

@@ -19,6 +19,7 @@ import html
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,8 @@ def _write_report(
 
     dimensions = dimension_entries(results, figures_dir, top_k=top_k, dpi=dpi)
     report.n_dimensions = len(dimensions)
+    written = {*report.figures, *(_dimension_stem(entry["id"]) for entry in dimensions)}
+    _remove_stale_figures(figures_dir, written)
     document = render_document(
         title=title, results=results, figure_sections=sections, skipped=report.skipped, dimensions=dimensions,
     )
@@ -159,6 +162,33 @@ def _write_report(
         path, len(report.figures), len(report.skipped), len(dimensions),
     )
     return report
+
+
+def _dimension_stem(entry_id: str) -> str:
+    side, dim = entry_id.split("-")
+    return f"dimension_{side}_{int(dim):03d}"
+
+
+# The file stems a report writes into its figures folder. Only these are
+# removed as stale, so other files in a --figures-dir are left alone.
+_REPORT_STEM = re.compile(r"dimension_(?:human|dnn)_\d{3,}|" + "|".join(re.escape(stem) for stem, *_ in FIGURES))
+
+
+def _remove_stale_figures(figures_dir: Path, written: set[str]) -> None:
+    """Remove figure files of an earlier report that this report did not write again.
+
+    A refit with fewer dimensions, or a figure left out this time, would
+    otherwise leave its old PNG and SVG next to the new ones.
+    """
+    stale = sorted(
+        entry for entry in figures_dir.iterdir()
+        if entry.is_file() and entry.suffix in {".png", ".svg"}
+        and _REPORT_STEM.fullmatch(entry.stem) and entry.stem not in written
+    )
+    for entry in stale:
+        entry.unlink()
+    if stale:
+        logger.info("removed %d figure files of an earlier report from %s", len(stale), figures_dir)
 
 
 # -- data of the dimension browser -------------------------------------------------------
