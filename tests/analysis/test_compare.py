@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from scipy.stats import spearmanr
 
 from dimalign.labeling.analysis import read_relevance
 from dimalign.analysis import compare as compare_module
@@ -1104,3 +1105,17 @@ def test_similarity_subset_above_object_count_says_all(caplog):
     with caplog.at_level(logging.INFO, logger="dimalign"):
         assert _similarity_subset(10, 50, 0) is None
     assert "similarity_objects=50 covers all 10 objects: using every object" in caplog.text
+
+
+def test_bootstrap_spearman_constant_samples_are_nan():
+    a = similarity_matrix(gamma_embedding(3, 2, seed=14))
+    b = similarity_matrix(gamma_embedding(3, 2, seed=15))
+    # As for Pearson, a sample without all 3 objects has no correlation and is NaN, not an error.
+    indices = bootstrap_indices(3, 50, 0)
+    complete = np.array([len(set(row.tolist())) == 3 for row in indices])
+    with pytest.warns(UserWarning, match=f"{50 - complete.sum()} of 50 bootstrap samples had a constant"):
+        result = bootstrap_rsa(a, b, n_bootstrap=50, random_state=0, method="spearman")
+    assert np.array_equal(np.isnan(result.samples), ~complete)
+    upper = np.triu_indices(3, k=1)
+    expected = spearmanr(a[upper], b[upper])[0]
+    np.testing.assert_allclose(result.samples[complete], expected, atol=1e-12)

@@ -80,6 +80,36 @@ def test_zero_variance_dimension_scores_zero():
     assert scores[-1] == 0.0
 
 
+def test_dimension_constant_on_first_half_scores_zero():
+    # Column 1 is zero on the even objects (the first half) but varies on the
+    # odd ones, so it has no partner and must not borrow dimension 0's.
+    rng = np.random.default_rng(0)
+    run = rng.random((12, 2))
+    run[0::2, 1] = 0.0
+    other = rng.random((12, 2))
+    with pytest.warns(UserWarning, match="zero variance"):
+        result = reproducibility([run, other])
+    assert result.pair_correlations[0][1, 1] == 0.0
+    assert result.pair_correlations[0][0, 1] != 0.0
+
+
+def test_partner_constant_on_first_half_not_chosen():
+    # The other run's column 1 is constant on the first half and equals the
+    # reference on the second half. Column 0 correlates negatively on both
+    # halves. The partner must be column 0, chosen on the first half, so the
+    # held-out score is column 0's negative correlation, not r = 1.
+    rng = np.random.default_rng(1)
+    reference = rng.random((20, 1))
+    other = np.column_stack([-reference[:, 0] + 0.3 * rng.random(20), reference[:, 0]])
+    other[0::2, 1] = 0.5
+    with pytest.warns(UserWarning, match="zero variance"):
+        result = reproducibility([reference, other])
+    odd = np.arange(1, 20, 2)
+    expected = pearsonr(reference[odd, 0], other[odd, 0])[0]
+    assert expected < 0
+    assert result.pair_correlations[0][0, 1] == pytest.approx(expected, abs=1e-12)
+
+
 def test_random_split_is_recorded_and_seeded():
     first, second = split_halves(11, "random", random_state=3)
     again_first, _ = split_halves(11, "random", random_state=3)

@@ -165,3 +165,15 @@ def test_correlate_vectors_extreme_scale(scale):
         warnings.simplefilter("error")
         r = correlate_vectors([0.0, 0.0, scale], [1, 2, 3])
     assert r == pytest.approx(np.sqrt(3) / 2, abs=1e-15)
+
+
+@pytest.mark.parametrize("offset", [2.0**27, 2.0**33])
+def test_pearson_large_offset_matches_scipy(offset):
+    # offset + x is exact for these x (multiples of 1/64 below 1024), so the
+    # shifted values are the same data and r must agree with scipy on x alone.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 1024 * 64, size=200) / 64
+    y = x + 300 * rng.random(200)
+    assert np.array_equal((offset + x) - offset, x)
+    expected = pearsonr(x, y)[0]
+    assert correlate_vectors(offset + x, y) == pytest.approx(expected, abs=1e-13)

@@ -521,3 +521,19 @@ def test_inline_comment_and_object_npy(tmp_path):
     np.save(tmp_path / "objects.npy", np.array([[0, 1, "a"]], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"objects.npy is not a plain .npy array of integers"):
         load_triplets(tmp_path / "objects.npy", 20)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint32, np.uint64])
+def test_validate_unsigned_triplets_without_object_count(dtype):
+    # An initial value of -1 for np.max does not fit an unsigned dtype.
+    triplets = np.array([[0, 1, 2], [2, 1, 0]], dtype=dtype)
+    result = validate_triplets(triplets, None)
+    assert result.dtype == np.int64
+    assert result.tolist() == [[0, 1, 2], [2, 1, 0]]
+    assert validate_triplets(np.zeros((0, 3), dtype=dtype), None).shape == (0, 3)
+
+
+def test_validate_rejects_unsigned_index_beyond_int64():
+    triplets = np.array([[0, 1, 2**63]], dtype=np.uint64)
+    with pytest.raises(ValueError, match="row 0: object index 9223372036854775808 is out of range"):
+        validate_triplets(triplets, None)

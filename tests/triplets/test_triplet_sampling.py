@@ -150,3 +150,21 @@ def test_unrank_round_trip_at_limit():
     assert np.array_equal(rank_triplets(triplets), ranks)
     assert triplets[5].tolist() == [1_999_997, 1_999_998, 1_999_999]
     assert np.all(np.diff(triplets, axis=1) > 0)
+
+
+def test_rank_largest_index_is_exact():
+    from dimalign.triplets.sampling import MAX_OBJECTS
+
+    last = MAX_OBJECTS - 1
+    rank = rank_triplets(np.array([[last - 2, last - 1, last]]))
+    assert int(rank[0]) == math.comb(MAX_OBJECTS, 3) - 1
+
+
+def test_rank_rejects_index_that_would_overflow():
+    from dimalign.triplets.sampling import MAX_OBJECTS
+
+    # k (k - 1) (k - 2) exceeds 2^63 for k = 3,000,000, so the int64 product would wrap around.
+    with pytest.raises(ValueError, match="triplet row 1 has object index 3,000,000"):
+        rank_triplets(np.array([[0, 1, 2], [0, 1, 3_000_000]]))
+    with pytest.raises(ValueError, match="below 2,000,000"):
+        rank_triplets(np.array([[0, 1, MAX_OBJECTS]]))

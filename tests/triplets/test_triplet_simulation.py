@@ -280,6 +280,25 @@ def test_euclidean_gram_matches_gather_for_far_off_features():
     assert gram.n_ties == 0
 
 
+def test_euclidean_gram_matches_gather_for_far_clusters():
+    """Centring cannot remove two offsets, so within each cluster the Gram distances cancel."""
+    rng = np.random.default_rng(0)
+    centres = np.repeat([[100.0], [-100.0]], 20, axis=0)
+    features = (centres + 1e-3 * rng.normal(size=(40, 8))).astype(np.float32)
+    triplets = sample_triplets(40, 2_000, random_state=1)
+    gram = simulate_choices(features, triplets, similarity="euclidean", method="gram", random_state=0)
+    gather = simulate_choices(features, triplets, similarity="euclidean", method="gather", random_state=0)
+
+    exact = features.astype(np.float64)
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    distances = np.stack(
+        [np.linalg.norm(exact[triplets[:, a]] - exact[triplets[:, b]], axis=1) for a, b in pairs], axis=1
+    )
+    odd_one_out = triplets[np.arange(len(triplets)), 2 - np.argmin(distances, axis=1)]
+    assert np.array_equal(gram.triplets, gather.triplets)
+    assert np.array_equal(gram.triplets[:, 2], odd_one_out)
+
+
 @pytest.mark.parametrize("method", ["gram", "gather"])
 def test_overflowing_similarity_is_an_error(method):
     features = np.full((6, 4), 3e19, dtype=np.float32)

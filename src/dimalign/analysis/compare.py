@@ -486,6 +486,23 @@ def resampled_rsa(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str
     return correlate_vectors(a[first, second], b[first, second], method=method)
 
 
+def _resampled_rsa_or_nan(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str) -> float:
+    """Return :func:`resampled_rsa`, or NaN for a sample whose similarities are constant.
+
+    With fewer than 3 distinct objects a sample has at most one distinct
+    pair, so its values are constant or too few, as :func:`_weighted_pearson`
+    finds for Pearson's r.
+    """
+    from dimalign.analysis.rsa import ConstantInputError
+
+    if np.unique(indices).size < 3:
+        return math.nan
+    try:
+        return resampled_rsa(a, b, indices, method)
+    except ConstantInputError:
+        return math.nan
+
+
 # Relative size below which a difference of two pair sums counts as rounding noise.
 _CANCELLATION_TOLERANCE = 1e-10
 
@@ -574,7 +591,7 @@ def bootstrap_rsa(
             counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])
             samples[start : start + batch.shape[0]] = _weighted_pearson(a, b, counts)
         else:
-            samples[start : start + batch.shape[0]] = [resampled_rsa(a, b, row, method) for row in batch]
+            samples[start : start + batch.shape[0]] = [_resampled_rsa_or_nan(a, b, row, method) for row in batch]
     valid = samples[~np.isnan(samples)]
     if valid.size < n_bootstrap:
         warnings.warn(

@@ -160,12 +160,20 @@ def reproducibility(
                 reference[first_half], other[first_half],
                 name_a=f"run {run} (first half)", name_b=f"run {other_run} (first half)",
             )
+            # A dimension constant on the first half has no defined correlation
+            # there, so it can neither choose a partner nor be chosen. Without
+            # this, argmax over a row of zeros would pick dimension 0 as partner.
+            reference_constant = np.ptp(reference[first_half], axis=0) == 0
+            other_constant = np.ptp(other[first_half], axis=0) == 0
+            choosing[:, other_constant] = -np.inf
             partners = np.argmax(choosing, axis=1)
             scoring = correlate_columns(
                 reference[second_half], other[second_half],
                 name_a=f"run {run} (second half)", name_b=f"run {other_run} (second half)",
             )
-            held_out[:, other_run] = scoring[np.arange(reference.shape[1]), partners]
+            scores = scoring[np.arange(reference.shape[1]), partners]
+            scores[reference_constant | other_constant.all()] = 0.0
+            held_out[:, other_run] = scores
         others = np.delete(held_out, run, axis=1)
         dim_scores.append(fisher_mean(others, axis=1))
         pair_correlations.append(held_out)

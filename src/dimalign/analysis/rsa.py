@@ -119,15 +119,29 @@ def _handle_missing(
     return a[~missing_a], b[~missing_b]
 
 
+def _centre_and_scale(values: np.ndarray) -> np.ndarray:
+    """Subtract the mean, then divide by the largest absolute deviation.
+
+    r does not change with a shift or a positive scale. Centring first keeps
+    the deviations of values with a large offset (1e10 + x) at the precision
+    of the data, while dividing by the maximum first rounds each value once
+    more, by about eps times the offset. The final scale keeps the squared deviations of tiny (1e-300)
+    or huge (1e300) inputs from underflowing to 0 or overflowing to inf.
+    The input is non-constant here, so no maximum is 0.
+    """
+    scale = np.max(np.abs(values))
+    mean = np.mean(values / scale) * scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        centred = values - mean
+    if not np.isfinite(centred).all():
+        # Values near the float maximum with both signs: centre in scaled units.
+        centred = values / scale - mean / scale
+    return centred / np.max(np.abs(centred))
+
+
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    # r does not change with a positive scale. Dividing by the largest absolute
-    # value keeps the squared deviations of tiny (1e-300) or huge (1e300)
-    # inputs from underflowing to 0 or overflowing to inf. Both inputs are
-    # non-constant here, so neither maximum is 0.
-    a = a / np.max(np.abs(a))
-    b = b / np.max(np.abs(b))
-    centered_a = a - a.mean()
-    centered_b = b - b.mean()
+    centered_a = _centre_and_scale(a)
+    centered_b = _centre_and_scale(b)
     value = float(centered_a @ centered_b / np.sqrt((centered_a @ centered_a) * (centered_b @ centered_b)))
     return float(np.clip(value, -1.0, 1.0))
 

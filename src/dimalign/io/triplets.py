@@ -640,7 +640,11 @@ def validate_triplets(
     elif array.dtype.kind not in "iu":
         raise ValueError(f"{source}: triplets must be integers, got dtype {array.dtype}")
     if n_objects is None:
-        n_objects = int(array.max(initial=-1)) + 1
+        # Without a bound, only int64 limits the indices. An initial value of
+        # -1 would not fit an unsigned dtype, so empty arrays are handled apart.
+        n_objects = int(array.max()) + 1 if array.size else 0
+        if array.dtype.kind == "u":
+            n_objects = min(n_objects, int(np.iinfo(np.int64).max))
     _check_range(array, int(n_objects), 0, source, row_label)
     _check_distinct(array, source, row_label)
     return np.ascontiguousarray(array, dtype=np.int64)

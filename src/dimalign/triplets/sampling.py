@@ -143,14 +143,22 @@ def rank_triplets(triplets: np.ndarray) -> np.ndarray:
         np.ndarray: int64 ranks of shape ``(n,)``; equal ranks mean equal sets.
 
     Raises:
-        ValueError: On a negative or non-integer index or a row that repeats
-            an object (see :func:`dimalign.io.triplets.validate_triplets`).
+        ValueError: On a negative or non-integer index, an index of
+            :data:`MAX_OBJECTS` or more (its rank would overflow int64), or a
+            row that repeats an object (see :func:`dimalign.io.triplets.validate_triplets`).
 
     Example:
         >>> rank_triplets(np.array([[0, 1, 2], [2, 1, 0], [0, 1, 3]])).tolist()
         [0, 0, 1]
     """
     ordered = np.sort(validate_triplets(triplets, None, "triplets to rank"), axis=1)
+    too_large = np.flatnonzero(ordered[:, 2] >= MAX_OBJECTS)
+    if too_large.size:
+        row = int(too_large[0])
+        raise ValueError(
+            f"triplet row {row} has object index {int(ordered[row, 2]):,}, but ranks are "
+            f"computed in int64 only for indices below {MAX_OBJECTS:,}"
+        )
     i, j, k = ordered[:, 0], ordered[:, 1], ordered[:, 2]
     return k * (k - 1) * (k - 2) // 6 + j * (j - 1) // 2 + i
 

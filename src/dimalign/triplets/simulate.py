@@ -28,7 +28,10 @@ Two ways to get the pair similarities, chosen by memory and cost:
   (transformed) features once, in row blocks with BLAS, then look up three
   entries per triplet. For 24,102 objects the float32 matrix takes
   24102^2 * 4 bytes = 2.3 GB, and with 4,096-d features it costs about
-  2.4e12 multiply-adds.
+  2.4e12 multiply-adds. Euclidean distances from the Gram matrix lose
+  digits to cancellation, so a triplet whose choice lies within that
+  rounding error is recomputed from its feature rows as ``gather``
+  computes it.
 - ``gather``: copy the three feature rows of each triplet from the (possibly
   memory-mapped) matrix into reused buffers and take row-wise dot products
   with ``np.einsum``. Nothing grows with the number of objects, but each
@@ -359,6 +362,15 @@ class _GramLookup:
         self.flat = self.gram.reshape(-1)
         if similarity == "euclidean":
             self.squared_norms = np.diagonal(self.gram).astype(np.float64)
+            # Centring does not help when the objects form clusters far apart:
+            # within a cluster, |x|^2 + |y|^2 - 2 x.y still cancels. Each Gram
+            # entry is off by at most about n_features * eps * |x| |y| (the
+            # worst-case error of a sum of n_features products), so a squared
+            # distance is off by at most (n_features + 1) * eps * (|x|^2 + |y|^2).
+            # Triplets whose two smallest squared distances are closer than
+            # twice that are recomputed from the feature rows, as gather does.
+            self.close_call_tolerance = 2 * (features.shape[1] + 2) * float(np.finfo(self.dtype).eps)
+            self.exact = _GatherLookup(features, similarity, relu, norms)
 
     def finite_norms(self) -> bool:
         """Return whether the squared norms that euclidean lookups use are finite."""
@@ -374,6 +386,18 @@ class _GramLookup:
                 squared = self.squared_norms[low] + self.squared_norms[high] - 2.0 * products
                 products = -np.sqrt(np.maximum(squared, 0.0))
             similarities[:, pair] = products
+        if self.similarity == "euclidean":
+            similarities = self._recompute_close_calls(batch, similarities)
+        return similarities
+
+    def _recompute_close_calls(self, batch: np.ndarray, similarities: np.ndarray) -> np.ndarray:
+        """Replace the distances of triplets whose choice is within the Gram rounding error."""
+        squared = np.sort(similarities**2, axis=1)
+        norms = self.squared_norms[batch]
+        scale = np.max(norms + np.roll(norms, 1, axis=1), axis=1)
+        close = np.flatnonzero(squared[:, 1] - squared[:, 0] <= self.close_call_tolerance * scale)
+        if close.size:
+            similarities[close] = self.exact(batch[close])
         return similarities
 
 
