@@ -166,6 +166,17 @@ def test_evaluate_skips_things48_for_other_objects(things_dir):
     assert "things48_r" not in metrics
 
 
+def test_evaluate_skips_things48_for_constant_embedding(things_dir):
+    """Equal rows give equal similarities: the 48-object r is undefined, but accuracy and NLL are not."""
+    with pytest.warns(UserWarning, match="skipped the 48-object check: the embedding's similarities of the 48 "
+                      "objects are all equal within rounding"):
+        metrics = evaluate_embedding(np.ones((1854, 3)), [[0, 1, 2]], things_dir=things_dir)
+
+    assert "things48_r" not in metrics
+    assert metrics["accuracy"] == pytest.approx(1 / 3)
+    assert metrics["nll"] == pytest.approx(np.log(3))
+
+
 @pytest.fixture(scope="module")
 def shuffled_vice(things_dir):
     """The published VICE 42-d embedding with shuffled rows, its ids and the matching triplets."""
