@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,9 +111,11 @@ def test_evaluate_hand_computed():
     p_miss = 1 / (math.e + 2)
     expected_nll = -(math.log(p_hit) + math.log(1 / 3) + math.log(p_hit) + math.log(p_miss)) / 4
 
-    with pytest.warns(UserWarning, match="rests on 2 responses in 1 repeated object sets"):
+    with pytest.warns(UserWarning, match="rests on 2 responses in 1 repeated object sets") as caught:
         metrics = evaluate_embedding(embedding, triplets)
 
+    # The warning points at this line, not into the library.
+    assert [Path(warning.filename).name for warning in caught] == ["test_evaluate.py"]
     assert metrics["n_objects"] == 4
     assert metrics["n_dims"] == 2
     assert metrics["n_triplets"] == 4

@@ -113,10 +113,15 @@ def evaluate_embedding(
         if reason is not None:
             warnings.warn(f"skipped the 48-object check: {reason}", UserWarning, stacklevel=2)
 
-    # Most triplet files repeat no object set, so a missing ceiling is logged, not warned.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # Most triplet files repeat no object set, so a missing ceiling (a RuntimeWarning) is
+    # logged, not warned. A ceiling from too few responses is warned again from here, so
+    # that the warning names the caller's line instead of this one.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ceiling = triplet_noise_ceiling(triplets)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            warnings.warn(warning.message, warning.category, stacklevel=2)
     if ceiling is None:
         logger.info("no object set was judged twice, so there is no noise ceiling")
     else:
