@@ -835,11 +835,16 @@ def write_extract_folder(folder, features, ids, layers=("avgpool",)):
     (folder / "manifest.json").write_text(json.dumps({"step": "extract", "settings": settings}))
 
 
-def test_map_cli_rejects_layer_not_extracted(tmp_path, capsys):
+def write_map_inputs(tmp_path):
+    """An extract folder of 12 objects (layer avgpool) and a run of the same objects."""
     rng = np.random.default_rng(0)
     ids = [f"o{i}" for i in range(12)]
     write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
     write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+
+
+def test_map_cli_rejects_layer_not_extracted(tmp_path, capsys):
+    write_map_inputs(tmp_path)
 
     code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
                  "-o", str(tmp_path / "map"), "--layer", "blocks.3"])
@@ -852,10 +857,7 @@ def test_map_cli_rejects_layer_not_extracted(tmp_path, capsys):
 
 
 def test_map_cli_records_extracted_layer(tmp_path):
-    rng = np.random.default_rng(0)
-    ids = [f"o{i}" for i in range(12)]
-    write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
-    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+    write_map_inputs(tmp_path)
 
     code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
                  "-o", str(tmp_path / "map"), "--layer", "avgpool"])
