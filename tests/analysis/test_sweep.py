@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +48,17 @@ def fit_alone(tmp_path, name, seed, train, val):
 
 def add_one(value):
     return value + 1
+
+
+def wait_until_stopped(marker_dir, index):
+    """Mark the task as started, wait up to 60 s, and mark it as stopped when the pool stops it."""
+    (Path(marker_dir) / f"started_{index}").touch()
+    try:
+        time.sleep(60)
+    except BaseException:
+        (Path(marker_dir) / f"stopped_{index}").touch()
+        raise
+    return index
 
 
 @pytest.mark.slow
@@ -339,6 +355,25 @@ def test_run_tasks_keeps_order():
 def test_run_tasks_names_failed_task():
     with pytest.raises(RuntimeError, match="seed 7 failed"):
         run_tasks(add_one, [{"value": "x"}], names=["seed 7"])
+
+
+def test_run_tasks_interrupt_stops_pool(tmp_path):
+    def interrupt_when_two_started():
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("started_*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    tasks = [{"marker_dir": str(tmp_path), "index": index} for index in range(4)]
+    threading.Thread(target=interrupt_when_two_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(wait_until_stopped, tasks, n_jobs=2)
+
+    # Without the stop, the pool waited 60 s for each task, the queued ones included.
+    assert time.monotonic() - started < 50
+    assert sorted(path.name for path in tmp_path.glob("started_*")) == ["started_0", "started_1"]
+    assert sorted(path.name for path in tmp_path.glob("stopped_*")) == ["stopped_0", "stopped_1"]
 
 
 def test_run_tasks_rejects_unknown_engine():
