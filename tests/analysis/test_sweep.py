@@ -142,6 +142,32 @@ def test_sweep_reuses_runs_on_another_device(tmp_path, tiny_triplets):
     assert (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns == before
 
 
+def test_sweep_failed_seed_keeps_other_runs(tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.embedding.runs as runs_module
+
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    real_fit_and_save = runs_module._fit_and_save
+
+    def finish_seed_1_then_fail(estimator, train_array, val_array, out_dir, *args):
+        if out_dir.name != "seed_0":
+            return real_fit_and_save(estimator, train_array, val_array, out_dir, *args)
+        # Seed 1 finishes while seed 0 still runs, as in a pool of two workers.
+        fit_seed(
+            method="vice", settings=SETTINGS, seed=1, train_path=str(out / "train.npy"),
+            val_path=str(out / "val.npy"), out_dir=str(out / "runs" / "seed_1"), n_objects=N_OBJECTS,
+        )
+        raise RuntimeError("seed 0 diverged")
+
+    monkeypatch.setattr(runs_module, "_fit_and_save", finish_seed_1_then_fail)
+    with pytest.raises(RuntimeError, match="seed 0 failed: seed 0 diverged"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    assert not (out / "runs" / "seed_0").exists()
+    assert (out / "runs" / "seed_1" / "embedding.npz").is_file()
+    assert (out / "runs" / "seed_1" / "manifest.json").is_file()
+
+
 def test_sweep_rejects_reserved_setting(tmp_path, tiny_triplets):
     train, val = tiny_triplets
     with pytest.raises(ValueError, match="random_state"):

@@ -261,6 +261,9 @@ def sweep(
     objects_path = None
     if object_table is not None:
         objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+    # A fit removes the folders it created when it fails or is stopped. If the
+    # first worker created runs/, its cleanup would remove the runs of the others.
+    (out_dir / RUNS_FOLDER).mkdir(exist_ok=True)
 
     tasks = [
         {
