@@ -326,3 +326,38 @@ def test_whole_floats_are_triplets_and_fractions_are_not():
     assert model.score(triplets.astype(float)) == model.score(triplets)
     with pytest.raises(ValueError, match=r"scored triplets, row 0, column 0: value 0.5 is not an integer"):
         model.score(np.array([[0.5, 1, 2]]))
+
+
+def tensorboard_losses(directory):
+    """Return (step, loss) of every loss event that TensorBoard shows for ``directory``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars("loss")]
+
+
+def test_resume_logs_each_epoch_once_to_tensorboard(tmp_path):
+    triplets = random_triplets(15, 200)
+    settings = {"n_dims": 5, "checkpoint_dir": str(tmp_path), "tensorboard": True}
+    VICE(max_epochs=2, **settings).fit(triplets, n_objects=15)
+    checkpoint_of_epoch_2 = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    VICE(max_epochs=3, resume=True, **settings).fit(triplets, n_objects=15)
+    # A run killed after logging epoch 3 and before its checkpoint.
+    (tmp_path / CHECKPOINT_NAME).write_bytes(checkpoint_of_epoch_2)
+
+    resumed = VICE(max_epochs=4, resume=True, **settings).fit(triplets, n_objects=15)
+
+    logged = tensorboard_losses(tmp_path / "tensorboard")
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    expected = [np.float32(row["loss"]) for row in resumed.history_]
+    assert [np.float32(loss) for _, loss in logged] == expected
+
+
+def test_tensorboard_missing_is_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    model = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path), tensorboard=True)
+    with pytest.raises(RuntimeError, match="needs the tensorboard package, which is not installed"):
+        model.fit(random_triplets(15, 200), n_objects=15)

@@ -261,7 +261,7 @@ class TripletEmbedding(BaseEstimator):
                     "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
                 )
 
-        writer = self._tensorboard_writer(directory)
+        writer = self._tensorboard_writer(directory, start_epoch)
         converged = stable_epochs >= self.stability_epochs and start_epoch > 0
         epoch = start_epoch
         progress = tqdm(
@@ -395,14 +395,23 @@ class TripletEmbedding(BaseEstimator):
                 if key != "epoch":
                     writer.add_scalar(key, value, row["epoch"])
 
-    def _tensorboard_writer(self, directory: Path | None):
+    def _tensorboard_writer(self, directory: Path | None, start_epoch: int):
         if not self.tensorboard:
             return None
         if directory is None:
             raise ValueError("tensorboard=True needs checkpoint_dir, where the event files go")
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ModuleNotFoundError as error:
+            raise RuntimeError(
+                f"tensorboard=True (--tensorboard) needs the tensorboard package, which is not "
+                f"installed ({error}): pip install tensorboard, or fit without it"
+            ) from error
 
-        return SummaryWriter(log_dir=str(directory / "tensorboard"))
+        # A run stopped after its last checkpoint has logged epochs that the
+        # resumed run computes again. purge_step makes TensorBoard drop the
+        # events of earlier files from this epoch on, so each epoch shows once.
+        return SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=start_epoch + 1)
 
     # ---- checkpoints ----------------------------------------------------------
 
