@@ -288,3 +288,44 @@ def test_fit_cli_rejects_more_threads_than_cpus(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "argument --threads: 5 is invalid: this machine has 4 CPUs, so use 1 to 4" in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_fit_cli_keeps_result_without_checkpoint(tmp_path, capsys, resume):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    assert main(arguments) == 0
+    (out / "checkpoint.pt").unlink()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    assert main(arguments + resume) == 1
+
+    assert "contains a fitted embedding (embedding.npz) but no checkpoint.pt" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys):
+    import dimalign.embedding.runs
+
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                 "-o", str(out), "--n-dims", "3", "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    real_write_object_table = dimalign.embedding.runs.write_object_table
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dimalign.embedding.runs, "write_object_table", disk_full)
+    assert main(arguments + ["2"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    # embedding.npz is from epoch 2 now, so the manifest of epoch 1 must not stay next to it.
+    assert not (out / "manifest.json").exists()
+
+    monkeypatch.setattr(dimalign.embedding.runs, "write_object_table", real_write_object_table)
+    assert main(arguments + ["2"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["n_epochs"] == 2

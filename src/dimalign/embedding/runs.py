@@ -12,8 +12,9 @@ import numpy as np
 
 from dimalign.embedding.base import TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import now_iso, output_dir, write_manifest
+from dimalign.io.files import MANIFEST_NAME, now_iso, output_dir, write_manifest
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
+from dimalign.io.runs import EMBEDDING_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,37 @@ def fit_run(
 
     Returns:
         TripletEmbedding: The fitted estimator.
+
+    Raises:
+        FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
+            ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
     """
     started = now_iso()
     out_dir = Path(out_dir)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    _reject_result_without_checkpoint(out_dir)
     # A folder created here is removed if the fit fails, unless a checkpoint
     # was written that a rerun with resume=True can continue from.
     with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME,)):
         _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
+
+
+def _reject_result_without_checkpoint(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``out_dir`` contains a fitted embedding that no checkpoint can resume.
+
+    With ``checkpoint.pt`` present, :meth:`TripletEmbedding.fit` decides:
+    it resumes when asked and raises otherwise. Without one, a new fit
+    would start from scratch and replace the earlier result.
+    """
+    embedding = out_dir / EMBEDDING_NAME
+    if embedding.is_file() and not (out_dir / CHECKPOINT_NAME).is_file():
+        raise FileExistsError(
+            f"{out_dir} contains a fitted embedding ({EMBEDDING_NAME}) but no {CHECKPOINT_NAME} to "
+            f"resume it from, so a new fit would replace that result: choose another run "
+            f"directory, or remove {embedding} to fit there from scratch"
+        )
 
 
 def _fit_and_save(
@@ -77,6 +99,11 @@ def _fit_and_save(
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
     estimator.fit(train, val, n_objects=n_objects)
+    # A folder with embedding.npz and manifest.json counts as finished (a sweep
+    # reuses it), so the manifest of an earlier fit goes before the new files
+    # replace the old ones. If writing fails halfway, the run is unfinished
+    # and resumes from its checkpoint.
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     estimator.save(out_dir)
     if object_table is not None:
         write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
