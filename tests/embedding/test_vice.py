@@ -361,3 +361,30 @@ def test_tensorboard_missing_is_clear_error(tmp_path, monkeypatch):
     model = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path), tensorboard=True)
     with pytest.raises(RuntimeError, match="needs the tensorboard package, which is not installed"):
         model.fit(random_triplets(15, 200), n_objects=15)
+
+
+@pytest.mark.parametrize(
+    ("first_val", "resumed_val", "message"),
+    [
+        ("a", "b", "was validated on other triplets than this fit"),
+        ("a", None, "was fitted with validation triplets, but this fit has none"),
+        (None, "a", "was fitted without validation triplets, but this fit has some"),
+    ],
+)
+def test_resume_on_other_validation_rejected(tmp_path, first_val, resumed_val, message):
+    triplets = random_triplets(15, 200)
+    validation = {"a": random_triplets(15, 40, seed=1), "b": random_triplets(15, 40, seed=2), None: None}
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(
+        triplets, validation[first_val], n_objects=15
+    )
+    resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=message):
+        resumed.fit(triplets, validation[resumed_val], n_objects=15)
+
+
+def test_resume_with_same_validation_accepted(tmp_path):
+    triplets, validation = random_triplets(15, 200), random_triplets(15, 40, seed=1)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, validation, n_objects=15)
+    resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    resumed.fit(triplets, validation, n_objects=15)
+    assert [("val_accuracy" in row) for row in resumed.history_] == [True, True]

@@ -245,9 +245,10 @@ class TripletEmbedding(BaseEstimator):
         start_epoch, stable_epochs, last_n_kept = 0, 0, -1
         directory = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         data_digest = triplet_digest(train_t)
+        val_digest = triplet_digest(val_t) if val_t is not None else None
         state = load_checkpoint(directory) if directory is not None else None
         if state is not None:
-            self._check_resumable(state, directory, n_objects, data_digest)
+            self._check_resumable(state, directory, n_objects, data_digest, val_digest)
             self._restore(state, params, optimizer, generator)
             history = list(state["history"])
             start_epoch = int(state["epoch"])
@@ -288,11 +289,11 @@ class TripletEmbedding(BaseEstimator):
             converged = stable_epochs >= self.stability_epochs
             if directory is not None and (epoch % self.checkpoint_every == 0 or converged):
                 self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                                 stable_epochs, last_n_kept, n_objects, data_digest)
+                                 stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
         progress.close()
         if directory is not None:
             self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                             stable_epochs, last_n_kept, n_objects, data_digest)
+                             stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
         if writer is not None:
             writer.close()
 
@@ -416,13 +417,14 @@ class TripletEmbedding(BaseEstimator):
     # ---- checkpoints ----------------------------------------------------------
 
     def _checkpoint(self, directory, params, optimizer, generator, history, epoch,
-                    stable_epochs, last_n_kept, n_objects, data_digest) -> None:
+                    stable_epochs, last_n_kept, n_objects, data_digest, val_digest) -> None:
         save_checkpoint(
             {
                 "estimator": self._estimator_name,
                 "config": self._training_config(),
                 "n_objects": n_objects,
                 "data_sha256": data_digest,
+                "val_sha256": val_digest,
                 "epoch": epoch,
                 "stable_epochs": stable_epochs,
                 "last_n_kept": last_n_kept,
@@ -435,7 +437,9 @@ class TripletEmbedding(BaseEstimator):
             directory,
         )
 
-    def _check_resumable(self, state, directory: Path, n_objects: int, data_digest: str) -> None:
+    def _check_resumable(
+        self, state, directory: Path, n_objects: int, data_digest: str, val_digest: str | None
+    ) -> None:
         where = directory / "checkpoint.pt"
         if not self.resume:
             raise FileExistsError(
@@ -457,6 +461,18 @@ class TripletEmbedding(BaseEstimator):
             raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
         if state["data_sha256"] != data_digest:
             raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+        # Checkpoints written before val_sha256 was recorded lack the key and are not compared.
+        if "val_sha256" in state and state["val_sha256"] != val_digest:
+            if state["val_sha256"] is None:
+                problem = "was fitted without validation triplets, but this fit has some"
+            elif val_digest is None:
+                problem = "was fitted with validation triplets, but this fit has none"
+            else:
+                problem = "was validated on other triplets than this fit"
+            raise ValueError(
+                f"{where} {problem}; resume with the same validation triplets, so that the "
+                "held-out accuracy in the history is of one set"
+            )
 
     def _restore(self, state, params, optimizer, generator: torch.Generator) -> None:
         """Copy parameters, optimiser state and RNG state from a checkpoint."""
