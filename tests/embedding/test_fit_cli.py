@@ -329,3 +329,19 @@ def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(dimalign.embedding.runs, "write_object_table", real_write_object_table)
     assert main(arguments + ["2"]) == 0
     assert json.loads((out / "manifest.json").read_text())["outputs"]["n_epochs"] == 2
+
+
+def test_fit_cli_rejects_folder_of_running_fit(tmp_path, capsys):
+    from dimalign.io.files import exclusive_lock
+
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    with exclusive_lock(out / ".fit.lock", "held by this test"):
+        assert main(arguments) == 1
+        assert "is in use by another fit" in capsys.readouterr().err
+        assert sorted(path.name for path in out.iterdir()) == [".fit.lock"]
+    assert main(arguments) == 0
+    assert not (out / ".fit.lock").exists()

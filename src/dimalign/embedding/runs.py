@@ -12,11 +12,14 @@ import numpy as np
 
 from dimalign.embedding.base import TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import MANIFEST_NAME, now_iso, output_dir, write_manifest
+from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME
 
 logger = logging.getLogger(__name__)
+
+#: Lock file that a running fit holds in its run directory.
+FIT_LOCK_NAME = ".fit.lock"
 
 
 def fit_run(
@@ -57,16 +60,25 @@ def fit_run(
     Raises:
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
             ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
+        RuntimeError: If another fit is writing to ``out_dir``.
     """
     started = now_iso()
     out_dir = Path(out_dir)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
     _reject_result_without_checkpoint(out_dir)
+    busy = (
+        f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
+        "to finish (then pass --resume to continue it) or choose another run directory"
+    )
     # A folder created here is removed if the fit fails, unless a checkpoint
-    # was written that a rerun with resume=True can continue from.
-    with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME,)):
-        _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
+    # was written that a rerun with resume=True can continue from. A fit
+    # removes its lock file when it ends (unless killed by SIGKILL), so a fit
+    # that finds the folder busy leaves it to the other, even where both
+    # created it.
+    with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME, FIT_LOCK_NAME)):
+        with exclusive_lock(out_dir / FIT_LOCK_NAME, busy):
+            _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
 
 
