@@ -21,6 +21,8 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
@@ -28,6 +30,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+
+# The logger that dimalign.cli configures, parent of every module's logger.
+_PACKAGE_LOGGER = "dimalign"
 
 
 @contextlib.contextmanager
@@ -115,16 +120,41 @@ _stop_requested = False
 _task_running = False
 
 
-def _start_worker() -> None:
-    """Set up the signals of a pool worker.
+def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> None:
+    """Set up the signals and the log output of a pool worker.
 
     Ctrl-C is ignored: in a terminal it reaches every process of the
     foreground group, and the parent stops the workers itself. SIGTERM from
     the parent stops the running task and every task that the worker would
     take from the queue after it.
+
+    A spawned worker starts without the parent's logging setup. When the
+    parent's ``dimalign`` logger has a handler (the command line sets one),
+    the worker logs to standard error at the same level and format, and shows
+    warnings as log lines, as the parent does.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _request_stop)
+    if log_formatter is None:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter)
+    package_logger = logging.getLogger(_PACKAGE_LOGGER)
+    package_logger.handlers[:] = [handler]
+    package_logger.setLevel(log_level)
+    package_logger.propagate = False
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger(_PACKAGE_LOGGER).warning("%s", message)
+
+
+def _parent_log_setup() -> tuple[int, logging.Formatter | None]:
+    """Return the level and formatter of this process's ``dimalign`` log handler, for the workers."""
+    package_logger = logging.getLogger(_PACKAGE_LOGGER)
+    formatter = package_logger.handlers[0].formatter if package_logger.handlers else None
+    return package_logger.getEffectiveLevel(), formatter
 
 
 def _request_stop(signum: int, frame: Any) -> None:
@@ -163,19 +193,19 @@ def _run_process_pool(
 ) -> list[Any]:
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(
-        max_workers=min(n_jobs, len(tasks)), mp_context=context, initializer=_start_worker
+        max_workers=min(n_jobs, len(tasks)), mp_context=context, initializer=_start_worker,
+        initargs=_parent_log_setup(),
     )
     futures = []
     try:
         futures = [executor.submit(_call_in_worker, function, task) for task in tasks]
         results = _collect_results(futures, names)
     except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C or SIGTERM (dimalign.cli turns it into SystemExit) reaches
-        # only this process: the queued tasks are cancelled and the running
-        # ones stopped, so that each removes what it wrote unless it can be
-        # resumed. Without this, shutdown would wait for every queued task.
-        running = sum(future.running() for future in futures)
-        logger.warning("interrupted: cancelling the queued tasks and stopping %d running ones", running)
+        # Ctrl-C or SIGTERM (which dimalign.cli turns into SystemExit) arrives
+        # here, since workers ignore Ctrl-C. The queued tasks are cancelled and
+        # the running ones stopped, so that each removes what it wrote unless
+        # it can be resumed. Without this, shutdown would wait for every queued task.
+        logger.warning("interrupted: cancelling the queued tasks and stopping the running ones")
         for future in futures:
             future.cancel()
         _stop_workers(executor)

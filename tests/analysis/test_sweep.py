@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -48,6 +49,12 @@ def fit_alone(tmp_path, name, seed, train, val):
 
 def add_one(value):
     return value + 1
+
+
+def warn_and_log(value):
+    logging.getLogger("dimalign.analysis.sweep").info("task %d logs", value)
+    warnings.warn(f"task {value} warns", UserWarning)
+    return value
 
 
 def wait_until_stopped(marker_dir, index):
@@ -400,6 +407,23 @@ def test_run_tasks_interrupt_stops_pool(tmp_path):
     assert time.monotonic() - started < 50
     assert sorted(path.name for path in tmp_path.glob("started_*")) == ["started_0", "started_1"]
     assert sorted(path.name for path in tmp_path.glob("stopped_*")) == ["stopped_0", "stopped_1"]
+
+
+def test_run_tasks_workers_log_like_parent(capfd):
+    from dimalign.cli import configure_logging
+
+    package_logger = logging.getLogger("dimalign")
+    saved = (package_logger.handlers[:], package_logger.level, package_logger.propagate)
+    configure_logging()
+    try:
+        assert run_tasks(warn_and_log, [{"value": 1}, {"value": 2}], n_jobs=2) == [1, 2]
+    finally:
+        package_logger.handlers[:], package_logger.level, package_logger.propagate = saved
+    err = capfd.readouterr().err
+    for value in (1, 2):
+        assert f"INFO dimalign.analysis.sweep: task {value} logs" in err
+        assert f"WARNING dimalign: task {value} warns" in err
+    assert "UserWarning" not in err
 
 
 def test_run_tasks_rejects_unknown_engine():
