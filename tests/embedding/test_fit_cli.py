@@ -307,26 +307,27 @@ def test_fit_cli_keeps_result_without_checkpoint(tmp_path, capsys, resume):
 
 
 def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys):
-    import dimalign.embedding.runs
+    import dimalign.embedding.base
 
     write_triplets(tmp_path / "train.npy")
-    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
     out = tmp_path / "run"
-    arguments = ["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
-                 "-o", str(out), "--n-dims", "3", "--resume", "--max-epochs"]
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--resume", "--max-epochs"]
     assert main(arguments + ["1"]) == 0
-    real_write_object_table = dimalign.embedding.runs.write_object_table
+    real_write_text_atomic = dimalign.embedding.base.write_text_atomic
 
-    def disk_full(*args):
-        raise OSError(28, "No space left on device")
+    def disk_full_at_history(path, text):
+        if str(path).endswith("history.csv"):
+            raise OSError(28, "No space left on device")
+        return real_write_text_atomic(path, text)
 
-    monkeypatch.setattr(dimalign.embedding.runs, "write_object_table", disk_full)
+    monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", disk_full_at_history)
     assert main(arguments + ["2"]) == 1
     assert "No space left on device" in capsys.readouterr().err
     # embedding.npz is from epoch 2 now, so the manifest of epoch 1 must not stay next to it.
     assert not (out / "manifest.json").exists()
 
-    monkeypatch.setattr(dimalign.embedding.runs, "write_object_table", real_write_object_table)
+    monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", real_write_text_atomic)
     assert main(arguments + ["2"]) == 0
     assert json.loads((out / "manifest.json").read_text())["outputs"]["n_epochs"] == 2
 
@@ -345,3 +346,19 @@ def test_fit_cli_rejects_folder_of_running_fit(tmp_path, capsys):
         assert sorted(path.name for path in out.iterdir()) == [".fit.lock"]
     assert main(arguments) == 0
     assert not (out / ".fit.lock").exists()
+
+
+def test_fit_cli_resume_with_other_objects_rejected(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    for name, prefix in (("objects.txt", "object"), ("other.txt", "item")):
+        (tmp_path / name).write_text("".join(f"{prefix}{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "-o", str(out), "--n-dims", "3", "--max-epochs"]
+    assert main(arguments + ["1", "--objects", str(tmp_path / "objects.txt")]) == 0
+    saved = (out / "objects.tsv").read_bytes()
+
+    assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "other.txt")]) == 1
+
+    assert "names row 0 'object0', this fit's object table 'item0'" in capsys.readouterr().err
+    assert (out / "objects.tsv").read_bytes() == saved
+    assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "objects.txt")]) == 0

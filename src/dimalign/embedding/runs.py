@@ -13,7 +13,7 @@ import numpy as np
 from dimalign.embedding.base import TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,10 @@ def fit_run(
 ) -> TripletEmbedding:
     """Fit ``estimator`` with checkpoints in ``out_dir`` and write the run directory.
 
-    The directory receives ``checkpoint.pt`` during training, then
-    ``embedding.npz``, ``config.toml``, ``history.csv``, ``objects.tsv`` (when
-    an object table is given) and ``manifest.json`` with the held-out
-    accuracy. If the fit fails, a run directory that this call created is
+    The directory receives ``objects.tsv`` (when an object table is given)
+    before training, ``checkpoint.pt`` during training, then
+    ``embedding.npz``, ``config.toml``, ``history.csv`` and ``manifest.json``
+    with the held-out accuracy. If the fit fails, a run directory that this call created is
     removed again, unless it already contains ``checkpoint.pt``.
 
     Args:
@@ -61,6 +61,8 @@ def fit_run(
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
             ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
         RuntimeError: If another fit is writing to ``out_dir``.
+        ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
+            objects than ``object_table``.
     """
     started = now_iso()
     out_dir = Path(out_dir)
@@ -98,6 +100,28 @@ def _reject_result_without_checkpoint(out_dir: Path) -> None:
         )
 
 
+def _raise_if_other_objects(path: Path, object_table: ObjectTable) -> None:
+    """Raise ``ValueError`` if the run's saved object table names other objects than ``object_table``.
+
+    The checkpoint ties the embedding's rows to the triplets' indices, and the
+    table names those rows, so a resume with another table would relabel them.
+    """
+    if not path.is_file():
+        return
+    saved = read_object_table(path).object_ids
+    if saved == object_table.object_ids:
+        return
+    if len(saved) != len(object_table):
+        difference = f"lists {len(saved)} objects, this fit's object table {len(object_table)}"
+    else:
+        row = next(row for row, (old, new) in enumerate(zip(saved, object_table.object_ids)) if old != new)
+        difference = f"names row {row} {saved[row]!r}, this fit's object table {object_table.object_ids[row]!r}"
+    raise ValueError(
+        f"{path} {difference}: the run was fitted with other objects; resume with the object table "
+        "it was fitted with, or choose another run directory"
+    )
+
+
 def _fit_and_save(
     estimator: TripletEmbedding,
     train: np.ndarray,
@@ -110,6 +134,10 @@ def _fit_and_save(
     started: str,
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
+    if object_table is not None:
+        # Written before the fit, so that a resume can check its objects against it.
+        _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
+        write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
     estimator.fit(train, val, n_objects=n_objects)
     # A folder with embedding.npz and manifest.json counts as finished (a sweep
     # reuses it), so the manifest of an earlier fit goes before the new files
@@ -117,8 +145,6 @@ def _fit_and_save(
     # and resumes from its checkpoint.
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     estimator.save(out_dir)
-    if object_table is not None:
-        write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
 
     outputs: dict[str, Any] = {
         "n_dims": estimator.n_dims_,
