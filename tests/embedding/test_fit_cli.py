@@ -362,3 +362,16 @@ def test_fit_cli_resume_with_other_objects_rejected(tmp_path, capsys):
     assert "names row 0 'object0', this fit's object table 'item0'" in capsys.readouterr().err
     assert (out / "objects.tsv").read_bytes() == saved
     assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "objects.txt")]) == 0
+
+
+def test_fit_cli_replaces_objects_of_run_without_checkpoint(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    # What a fit with another table, stopped before its first checkpoint, leaves in an existing folder.
+    (out / "objects.tsv").write_text("".join(f"item{index}\n" for index in range(12)))
+
+    assert main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                 "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]) == 0
+    assert "\tobject0\t" in (out / "objects.tsv").read_text()

@@ -135,8 +135,11 @@ def _fit_and_save(
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
     if object_table is not None:
-        # Written before the fit, so that a resume can check its objects against it.
-        _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
+        # Written before the fit, so that a resume can check its objects
+        # against it. Without a checkpoint there is no run to relabel, and an
+        # objects.tsv is what a fit stopped before its first checkpoint left.
+        if (out_dir / CHECKPOINT_NAME).is_file():
+            _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
         write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
     estimator.fit(train, val, n_objects=n_objects)
     # A folder with embedding.npz and manifest.json counts as finished (a sweep
