@@ -388,3 +388,10 @@ def test_resume_with_same_validation_accepted(tmp_path):
     resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
     resumed.fit(triplets, validation, n_objects=15)
     assert [("val_accuracy" in row) for row in resumed.history_] == [True, True]
+
+
+def test_resume_without_checkpoint_logs_new_fit(tmp_path, caplog):
+    model = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path / "run"), resume=True)
+    with caplog.at_level("INFO", logger="dimalign"):
+        model.fit(random_triplets(15, 200), n_objects=15)
+    assert f"no checkpoint in {tmp_path / 'run'} to resume from: starting a new fit" in caplog.text

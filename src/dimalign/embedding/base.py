@@ -247,6 +247,10 @@ class TripletEmbedding(BaseEstimator):
         data_digest = triplet_digest(train_t)
         val_digest = triplet_digest(val_t) if val_t is not None else None
         state = load_checkpoint(directory) if directory is not None else None
+        if state is None and self.resume:
+            # No error: 'dimalign run' passes resume=True to every fit. The log
+            # line shows a mistyped run directory, which would pass unnoticed.
+            logger.info("no checkpoint in %s to resume from: starting a new fit", directory)
         if state is not None:
             self._check_resumable(state, directory, n_objects, data_digest, val_digest)
             self._restore(state, params, optimizer, generator)
