@@ -375,3 +375,19 @@ def test_fit_cli_replaces_objects_of_run_without_checkpoint(tmp_path):
     assert main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
                  "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]) == 0
     assert "\tobject0\t" in (out / "objects.tsv").read_text()
+
+
+def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    # What SIGKILL during the writes of checkpoint.pt and manifest.json leaves behind.
+    (out / ".checkpoint.k2j3x9.tmp.pt").write_bytes(b"half a checkpoint")
+    (out / ".manifest.a8f1q0.tmp.json").write_text("{")
+    (out / ".notes.txt").write_text("mine")
+
+    assert main(arguments + ["2"]) == 0
+
+    assert sorted(path.name for path in out.glob(".*")) == [".notes.txt"]

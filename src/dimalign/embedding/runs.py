@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.embedding.base import TripletEmbedding
+from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
@@ -80,8 +80,32 @@ def fit_run(
     # created it.
     with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME, FIT_LOCK_NAME)):
         with exclusive_lock(out_dir / FIT_LOCK_NAME, busy):
+            _remove_temporary_files(out_dir)
             _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
+
+
+def _remove_temporary_files(out_dir: Path) -> None:
+    """Remove the temporary files of atomic writes that a killed fit left in ``out_dir``.
+
+    :func:`dimalign.io.files.atomic_path` writes ``.<stem>.<random>.tmp<suffix>``
+    next to each file and removes it unless the process is killed (SIGKILL,
+    a power cut). The caller holds the run's lock, so no other fit is writing them.
+    """
+    names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME)
+    leftovers = [
+        path
+        for name in names
+        for path in out_dir.glob(f".{Path(name).stem}.*.tmp{Path(name).suffix}")
+        if path.is_file()
+    ]
+    for path in leftovers:
+        path.unlink()
+    if leftovers:
+        logger.info(
+            "removed %d temporary files that an interrupted fit left in %s: %s",
+            len(leftovers), out_dir, ", ".join(sorted(path.name for path in leftovers)),
+        )
 
 
 def _reject_result_without_checkpoint(out_dir: Path) -> None:
