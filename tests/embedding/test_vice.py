@@ -395,3 +395,32 @@ def test_resume_without_checkpoint_logs_new_fit(tmp_path, caplog):
     with caplog.at_level("INFO", logger="dimalign"):
         model.fit(random_triplets(15, 200), n_objects=15)
     assert f"no checkpoint in {tmp_path / 'run'} to resume from: starting a new fit" in caplog.text
+
+
+def test_checkpoint_write_on_full_disk_names_file(tmp_path):
+    """A file size limit fails writes with EFBIG, as a full disk fails them with ENOSPC."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        # Without SIGXFSZ ignored, the write would kill the process instead of failing.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    script = (
+        "import sys, torch\n"
+        "from dimalign.embedding.checkpoint import save_checkpoint\n"
+        "try:\n"
+        "    save_checkpoint({'params': {'loc': torch.zeros(100, 100)}}, sys.argv[1])\n"
+        "except OSError as error:\n"
+        "    print(error)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+        preexec_fn=limit_file_size, timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == f"[Errno 27] File too large: '{tmp_path / CHECKPOINT_NAME}'"
+    assert list(tmp_path.iterdir()) == []
