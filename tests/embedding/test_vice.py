@@ -424,3 +424,13 @@ def test_checkpoint_write_on_full_disk_names_file(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.strip() == f"[Errno 27] File too large: '{tmp_path / CHECKPOINT_NAME}'"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_of_converged_run_warns(tmp_path):
+    triplets = random_triplets(15, 200)
+    settings = {"n_dims": 5, "min_objects": 0, "stability_epochs": 2, "checkpoint_dir": str(tmp_path)}
+    first = VICE(max_epochs=10, **settings).fit(triplets, n_objects=15)
+    assert first.converged_
+    with pytest.warns(UserWarning, match="has converged: its kept dimensions did not change for 2 epochs"):
+        resumed = VICE(max_epochs=20, resume=True, **settings).fit(triplets, n_objects=15)
+    assert resumed.n_epochs_ == first.n_epochs_

@@ -265,6 +265,13 @@ class TripletEmbedding(BaseEstimator):
                     f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
                     "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
                 )
+            elif stable_epochs >= self.stability_epochs:
+                warnings.warn(
+                    f"the checkpoint in {directory} has converged: its kept dimensions did not "
+                    f"change for {stable_epochs} epochs, at least stability_epochs="
+                    f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
+                    "raise stability_epochs to train on", UserWarning, stacklevel=2,
+                )
 
         writer = self._tensorboard_writer(directory, start_epoch)
         converged = stable_epochs >= self.stability_epochs and start_epoch > 0
