@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import warnings
@@ -126,7 +127,7 @@ def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> No
     Ctrl-C is ignored: in a terminal it reaches every process of the
     foreground group, and the parent stops the workers itself. SIGTERM from
     the parent stops the running task and every task that the worker would
-    take from the queue after it.
+    take from the queue after it, and ends an idle worker.
 
     A spawned worker starts without the parent's logging setup. When the
     parent's ``dimalign`` logger has a handler (the command line sets one),
@@ -162,6 +163,8 @@ def _request_stop(signum: int, frame: Any) -> None:
     _stop_requested = True
     if _task_running:
         raise WorkerStopped(f"stopped by signal {signum}")
+    # An idle worker has nothing to clean up, so it ends as SIGTERM ends a process by default.
+    os._exit(128 + signum)
 
 
 def _call_in_worker(function: Callable[..., Any], task: Mapping[str, Any]) -> Any:

@@ -57,6 +57,15 @@ def warn_and_log(value):
     return value
 
 
+def idle_pool_worker(marker):
+    """Set up like a pool worker, then wait idle for up to 60 s."""
+    from dimalign.parallel import _start_worker
+
+    _start_worker(logging.INFO, None)
+    Path(marker).touch()
+    time.sleep(60)
+
+
 def wait_until_stopped(marker_dir, index):
     """Mark the task as started, wait up to 60 s, and mark it as stopped when the pool stops it."""
     (Path(marker_dir) / f"started_{index}").touch()
@@ -424,6 +433,24 @@ def test_run_tasks_workers_log_like_parent(capfd):
         assert f"INFO dimalign.analysis.sweep: task {value} logs" in err
         assert f"WARNING dimalign: task {value} warns" in err
     assert "UserWarning" not in err
+
+
+def test_idle_pool_worker_ends_on_sigterm(tmp_path):
+    import multiprocessing
+
+    marker = tmp_path / "ready"
+    worker = multiprocessing.get_context("spawn").Process(target=idle_pool_worker, args=(str(marker),))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.terminate()
+    worker.join(timeout=20)
+    if worker.exitcode is None:
+        worker.kill()
+        worker.join()
+    # 128 + SIGTERM, as a shell reports a process ended by SIGTERM.
+    assert worker.exitcode == 143
 
 
 def test_run_tasks_rejects_unknown_engine():
