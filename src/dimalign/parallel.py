@@ -20,6 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import signal
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
@@ -27,6 +31,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
+
+# The logger that dimalign.cli configures, parent of every module's logger.
+_PACKAGE_LOGGER = "dimalign"
 
 
 @contextlib.contextmanager
@@ -100,29 +107,139 @@ def _call(function: Callable[..., Any], task: Mapping[str, Any], name: str) -> A
         raise RuntimeError(f"{name} failed: {error}") from error
 
 
+class WorkerStopped(BaseException):
+    """Raised inside a worker's task when the parent stops the pool (SIGTERM to the worker).
+
+    It derives from ``BaseException``, like ``KeyboardInterrupt``, so that
+    ``except Exception`` clauses in a task let it through and cleanup such as
+    :func:`dimalign.io.files.output_dir` runs.
+    """
+
+
+# Whether this worker process was asked to stop, and whether a task runs in it now.
+_stop_requested = False
+_task_running = False
+
+
+def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> None:
+    """Set up the signals and the log output of a pool worker.
+
+    Ctrl-C is ignored: in a terminal it reaches every process of the
+    foreground group, and the parent stops the workers itself. SIGTERM from
+    the parent stops the running task and every task that the worker would
+    take from the queue after it, and ends an idle worker.
+
+    A spawned worker starts without the parent's logging setup. When the
+    parent's ``dimalign`` logger has a handler (the command line sets one),
+    the worker logs to standard error at the same level and format, and shows
+    warnings as log lines, as the parent does.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _request_stop)
+    if log_formatter is None:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter)
+    package_logger = logging.getLogger(_PACKAGE_LOGGER)
+    package_logger.handlers[:] = [handler]
+    package_logger.setLevel(log_level)
+    package_logger.propagate = False
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger(_PACKAGE_LOGGER).warning("%s", message)
+
+
+def _parent_log_setup() -> tuple[int, logging.Formatter | None]:
+    """Return the level and formatter of this process's ``dimalign`` log handler, for the workers."""
+    package_logger = logging.getLogger(_PACKAGE_LOGGER)
+    formatter = package_logger.handlers[0].formatter if package_logger.handlers else None
+    return package_logger.getEffectiveLevel(), formatter
+
+
+def _request_stop(signum: int, frame: Any) -> None:
+    global _stop_requested
+    _stop_requested = True
+    if _task_running:
+        raise WorkerStopped(f"stopped by signal {signum}")
+    # An idle worker has nothing to clean up, so it ends as SIGTERM ends a process by default.
+    os._exit(128 + signum)
+
+
+def _call_in_worker(function: Callable[..., Any], task: Mapping[str, Any]) -> Any:
+    """Call ``function(**task)`` unless the worker was stopped, which raises :class:`WorkerStopped`."""
+    global _task_running
+    if _stop_requested:
+        raise WorkerStopped("the pool was stopped before this task started")
+    _task_running = True
+    try:
+        return function(**task)
+    finally:
+        _task_running = False
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Send SIGTERM to every live worker of ``executor``.
+
+    NOTE: ``ProcessPoolExecutor`` of Python 3.11 has no public method that
+    reaches its workers, so this reads the private ``_processes`` mapping of
+    process id to process.
+    """
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
 def _run_process_pool(
     function: Callable[..., Any], tasks: Sequence[Mapping[str, Any]], names: list[str], n_jobs: int
 ) -> list[Any]:
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=context) as executor:
-        futures = [executor.submit(function, **task) for task in tasks]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        for future, name in zip(futures, names):
-            if future in done and future.exception() is not None:
-                for pending in futures:
-                    pending.cancel()
-                error = future.exception()
-                logger.error("%s failed: %s", name, error)
-                raise RuntimeError(f"{name} failed: {error}") from error
-        results = []
-        for future, name in zip(futures, names):
-            try:
-                results.append(future.result())
-            except Exception as error:
-                logger.error("%s failed: %s", name, error)
-                raise RuntimeError(f"{name} failed: {error}") from error
-            logger.info("%s finished", name)
-        return results
+    executor = ProcessPoolExecutor(
+        max_workers=min(n_jobs, len(tasks)), mp_context=context, initializer=_start_worker,
+        initargs=_parent_log_setup(),
+    )
+    futures = []
+    try:
+        futures = [executor.submit(_call_in_worker, function, task) for task in tasks]
+        results = _collect_results(futures, names)
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or SIGTERM (which dimalign.cli turns into SystemExit) arrives
+        # here, since workers ignore Ctrl-C. The queued tasks are cancelled and
+        # the running ones stopped, so that each removes what it wrote unless
+        # it can be resumed. Without this, shutdown would wait for every queued task.
+        logger.warning("interrupted: cancelling the queued tasks and stopping the running ones")
+        for future in futures:
+            future.cancel()
+        _stop_workers(executor)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+    return results
+
+
+def _collect_results(futures: Sequence[Any], names: list[str]) -> list[Any]:
+    """Wait for ``futures`` and return their results, raising on the first failed task."""
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    for future, name in zip(futures, names):
+        if future in done and future.exception() is not None:
+            for pending in futures:
+                pending.cancel()
+            error = future.exception()
+            logger.error("%s failed: %s", name, error)
+            raise RuntimeError(f"{name} failed: {error}") from error
+    results = []
+    for future, name in zip(futures, names):
+        try:
+            results.append(future.result())
+        except Exception as error:
+            logger.error("%s failed: %s", name, error)
+            raise RuntimeError(f"{name} failed: {error}") from error
+        logger.info("%s finished", name)
+    return results
 
 
 def _run_ray(

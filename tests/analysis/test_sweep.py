@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import threading
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,6 +49,32 @@ def fit_alone(tmp_path, name, seed, train, val):
 
 def add_one(value):
     return value + 1
+
+
+def warn_and_log(value):
+    logging.getLogger("dimalign.analysis.sweep").info("task %d logs", value)
+    warnings.warn(f"task {value} warns", UserWarning)
+    return value
+
+
+def idle_pool_worker(marker):
+    """Set up like a pool worker, then wait idle for up to 60 s."""
+    from dimalign.parallel import _start_worker
+
+    _start_worker(logging.INFO, None)
+    Path(marker).touch()
+    time.sleep(60)
+
+
+def wait_until_stopped(marker_dir, index):
+    """Mark the task as started, wait up to 60 s, and mark it as stopped when the pool stops it."""
+    (Path(marker_dir) / f"started_{index}").touch()
+    try:
+        time.sleep(60)
+    except BaseException:
+        (Path(marker_dir) / f"stopped_{index}").touch()
+        raise
+    return index
 
 
 @pytest.mark.slow
@@ -124,6 +156,32 @@ def test_sweep_reuses_runs_on_another_device(tmp_path, tiny_triplets):
         settings={**SETTINGS, "device": "cpu", "verbose": False, "checkpoint_every": 2},
     )
     assert (tmp_path / "runs" / "seed_5" / "embedding.npz").stat().st_mtime_ns == before
+
+
+def test_sweep_failed_seed_keeps_other_runs(tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.embedding.runs as runs_module
+
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    real_fit_and_save = runs_module._fit_and_save
+
+    def finish_seed_1_then_fail(estimator, train_array, val_array, out_dir, *args):
+        if out_dir.name != "seed_0":
+            return real_fit_and_save(estimator, train_array, val_array, out_dir, *args)
+        # Seed 1 finishes while seed 0 still runs, as in a pool of two workers.
+        fit_seed(
+            method="vice", settings=SETTINGS, seed=1, train_path=str(out / "train.npy"),
+            val_path=str(out / "val.npy"), out_dir=str(out / "runs" / "seed_1"), n_objects=N_OBJECTS,
+        )
+        raise RuntimeError("seed 0 diverged")
+
+    monkeypatch.setattr(runs_module, "_fit_and_save", finish_seed_1_then_fail)
+    with pytest.raises(RuntimeError, match="seed 0 failed: seed 0 diverged"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    assert not (out / "runs" / "seed_0").exists()
+    assert (out / "runs" / "seed_1" / "embedding.npz").is_file()
+    assert (out / "runs" / "seed_1" / "manifest.json").is_file()
 
 
 def test_sweep_rejects_reserved_setting(tmp_path, tiny_triplets):
@@ -339,6 +397,60 @@ def test_run_tasks_keeps_order():
 def test_run_tasks_names_failed_task():
     with pytest.raises(RuntimeError, match="seed 7 failed"):
         run_tasks(add_one, [{"value": "x"}], names=["seed 7"])
+
+
+def test_run_tasks_interrupt_stops_pool(tmp_path):
+    def interrupt_when_two_started():
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("started_*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    tasks = [{"marker_dir": str(tmp_path), "index": index} for index in range(4)]
+    threading.Thread(target=interrupt_when_two_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(wait_until_stopped, tasks, n_jobs=2)
+
+    # Without the stop, the pool waited 60 s for each task, the queued ones included.
+    assert time.monotonic() - started < 50
+    assert sorted(path.name for path in tmp_path.glob("started_*")) == ["started_0", "started_1"]
+    assert sorted(path.name for path in tmp_path.glob("stopped_*")) == ["stopped_0", "stopped_1"]
+
+
+def test_run_tasks_workers_log_like_parent(capfd):
+    from dimalign.cli import configure_logging
+
+    package_logger = logging.getLogger("dimalign")
+    saved = (package_logger.handlers[:], package_logger.level, package_logger.propagate)
+    configure_logging()
+    try:
+        assert run_tasks(warn_and_log, [{"value": 1}, {"value": 2}], n_jobs=2) == [1, 2]
+    finally:
+        package_logger.handlers[:], package_logger.level, package_logger.propagate = saved
+    err = capfd.readouterr().err
+    for value in (1, 2):
+        assert f"INFO dimalign.analysis.sweep: task {value} logs" in err
+        assert f"WARNING dimalign: task {value} warns" in err
+    assert "UserWarning" not in err
+
+
+def test_idle_pool_worker_ends_on_sigterm(tmp_path):
+    import multiprocessing
+
+    marker = tmp_path / "ready"
+    worker = multiprocessing.get_context("spawn").Process(target=idle_pool_worker, args=(str(marker),))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.terminate()
+    worker.join(timeout=20)
+    if worker.exitcode is None:
+        worker.kill()
+        worker.join()
+    # 128 + SIGTERM, as a shell reports a process ended by SIGTERM.
+    assert worker.exitcode == 143
 
 
 def test_run_tasks_rejects_unknown_engine():

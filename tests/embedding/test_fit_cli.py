@@ -288,3 +288,106 @@ def test_fit_cli_rejects_more_threads_than_cpus(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "argument --threads: 5 is invalid: this machine has 4 CPUs, so use 1 to 4" in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_fit_cli_keeps_result_without_checkpoint(tmp_path, capsys, resume):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    assert main(arguments) == 0
+    (out / "checkpoint.pt").unlink()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    assert main(arguments + resume) == 1
+
+    assert "contains a fitted embedding (embedding.npz) but no checkpoint.pt" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys):
+    import dimalign.embedding.base
+
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    real_write_text_atomic = dimalign.embedding.base.write_text_atomic
+
+    def disk_full_at_history(path, text):
+        if str(path).endswith("history.csv"):
+            raise OSError(28, "No space left on device")
+        return real_write_text_atomic(path, text)
+
+    monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", disk_full_at_history)
+    assert main(arguments + ["2"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    # embedding.npz is from epoch 2 now, so the manifest of epoch 1 must not stay next to it.
+    assert not (out / "manifest.json").exists()
+
+    monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", real_write_text_atomic)
+    assert main(arguments + ["2"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["n_epochs"] == 2
+
+
+def test_fit_cli_rejects_folder_of_running_fit(tmp_path, capsys):
+    from dimalign.io.files import exclusive_lock
+
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    with exclusive_lock(out / ".fit.lock", "held by this test"):
+        assert main(arguments) == 1
+        assert "is in use by another fit" in capsys.readouterr().err
+        assert sorted(path.name for path in out.iterdir()) == [".fit.lock"]
+    assert main(arguments) == 0
+    assert not (out / ".fit.lock").exists()
+
+
+def test_fit_cli_resume_with_other_objects_rejected(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    for name, prefix in (("objects.txt", "object"), ("other.txt", "item")):
+        (tmp_path / name).write_text("".join(f"{prefix}{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "-o", str(out), "--n-dims", "3", "--max-epochs"]
+    assert main(arguments + ["1", "--objects", str(tmp_path / "objects.txt")]) == 0
+    saved = (out / "objects.tsv").read_bytes()
+
+    assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "other.txt")]) == 1
+
+    assert "names row 0 'object0', this fit's object table 'item0'" in capsys.readouterr().err
+    assert (out / "objects.tsv").read_bytes() == saved
+    assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "objects.txt")]) == 0
+
+
+def test_fit_cli_replaces_objects_of_run_without_checkpoint(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    # What a fit with another table, stopped before its first checkpoint, leaves in an existing folder.
+    (out / "objects.tsv").write_text("".join(f"item{index}\n" for index in range(12)))
+
+    assert main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                 "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]) == 0
+    assert "\tobject0\t" in (out / "objects.tsv").read_text()
+
+
+def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                 "--n-dims", "3", "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    # What SIGKILL during the writes of checkpoint.pt and manifest.json leaves behind.
+    (out / ".checkpoint.k2j3x9.tmp.pt").write_bytes(b"half a checkpoint")
+    (out / ".manifest.a8f1q0.tmp.json").write_text("{")
+    (out / ".notes.txt").write_text("mine")
+
+    assert main(arguments + ["2"]) == 0
+
+    assert sorted(path.name for path in out.glob(".*")) == [".notes.txt"]

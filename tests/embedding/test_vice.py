@@ -326,3 +326,111 @@ def test_whole_floats_are_triplets_and_fractions_are_not():
     assert model.score(triplets.astype(float)) == model.score(triplets)
     with pytest.raises(ValueError, match=r"scored triplets, row 0, column 0: value 0.5 is not an integer"):
         model.score(np.array([[0.5, 1, 2]]))
+
+
+def tensorboard_losses(directory):
+    """Return (step, loss) of every loss event that TensorBoard shows for ``directory``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(directory))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars("loss")]
+
+
+def test_resume_logs_each_epoch_once_to_tensorboard(tmp_path):
+    triplets = random_triplets(15, 200)
+    settings = {"n_dims": 5, "checkpoint_dir": str(tmp_path), "tensorboard": True}
+    VICE(max_epochs=2, **settings).fit(triplets, n_objects=15)
+    checkpoint_of_epoch_2 = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    VICE(max_epochs=3, resume=True, **settings).fit(triplets, n_objects=15)
+    # A run killed after logging epoch 3 and before its checkpoint.
+    (tmp_path / CHECKPOINT_NAME).write_bytes(checkpoint_of_epoch_2)
+
+    resumed = VICE(max_epochs=4, resume=True, **settings).fit(triplets, n_objects=15)
+
+    logged = tensorboard_losses(tmp_path / "tensorboard")
+    assert [step for step, _ in logged] == [1, 2, 3, 4]
+    expected = [np.float32(row["loss"]) for row in resumed.history_]
+    assert [np.float32(loss) for _, loss in logged] == expected
+
+
+def test_tensorboard_missing_is_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    model = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path), tensorboard=True)
+    with pytest.raises(RuntimeError, match="needs the tensorboard package, which is not installed"):
+        model.fit(random_triplets(15, 200), n_objects=15)
+
+
+@pytest.mark.parametrize(
+    ("first_val", "resumed_val", "message"),
+    [
+        ("a", "b", "was validated on other triplets than this fit"),
+        ("a", None, "was fitted with validation triplets, but this fit has none"),
+        (None, "a", "was fitted without validation triplets, but this fit has some"),
+    ],
+)
+def test_resume_on_other_validation_rejected(tmp_path, first_val, resumed_val, message):
+    triplets = random_triplets(15, 200)
+    validation = {"a": random_triplets(15, 40, seed=1), "b": random_triplets(15, 40, seed=2), None: None}
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(
+        triplets, validation[first_val], n_objects=15
+    )
+    resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match=message):
+        resumed.fit(triplets, validation[resumed_val], n_objects=15)
+
+
+def test_resume_with_same_validation_accepted(tmp_path):
+    triplets, validation = random_triplets(15, 200), random_triplets(15, 40, seed=1)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, validation, n_objects=15)
+    resumed = VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    resumed.fit(triplets, validation, n_objects=15)
+    assert [("val_accuracy" in row) for row in resumed.history_] == [True, True]
+
+
+def test_resume_without_checkpoint_logs_new_fit(tmp_path, caplog):
+    model = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path / "run"), resume=True)
+    with caplog.at_level("INFO", logger="dimalign"):
+        model.fit(random_triplets(15, 200), n_objects=15)
+    assert f"no checkpoint in {tmp_path / 'run'} to resume from: starting a new fit" in caplog.text
+
+
+def test_checkpoint_write_on_full_disk_names_file(tmp_path):
+    """A file size limit fails writes with EFBIG, as a full disk fails them with ENOSPC."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        # Without SIGXFSZ ignored, the write would kill the process instead of failing.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+
+    script = (
+        "import sys, torch\n"
+        "from dimalign.embedding.checkpoint import save_checkpoint\n"
+        "try:\n"
+        "    save_checkpoint({'params': {'loc': torch.zeros(100, 100)}}, sys.argv[1])\n"
+        "except OSError as error:\n"
+        "    print(error)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+        preexec_fn=limit_file_size, timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == f"[Errno 27] File too large: '{tmp_path / CHECKPOINT_NAME}'"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_of_converged_run_warns(tmp_path):
+    triplets = random_triplets(15, 200)
+    settings = {"n_dims": 5, "min_objects": 0, "stability_epochs": 2, "checkpoint_dir": str(tmp_path)}
+    first = VICE(max_epochs=10, **settings).fit(triplets, n_objects=15)
+    assert first.converged_
+    with pytest.warns(UserWarning, match="has converged: its kept dimensions did not change for 2 epochs"):
+        resumed = VICE(max_epochs=20, resume=True, **settings).fit(triplets, n_objects=15)
+    assert resumed.n_epochs_ == first.n_epochs_

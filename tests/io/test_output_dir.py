@@ -53,6 +53,16 @@ def test_atomic_write_error_names_final_file(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["table.csv"]
 
 
+def test_atomic_write_to_full_disk_names_final_file(tmp_path):
+    """A failed write raises an OSError without a file name, so the final file is named."""
+    from dimalign.io.files import atomic_path
+
+    with pytest.raises(OSError, match=r"\[Errno 28\] No space left on device: '.*table.csv'$"):
+        with atomic_path(tmp_path / "table.csv"):
+            raise OSError(28, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_atomic_write_under_a_file_names_that_file(tmp_path):
     """The cause is the file in the way, so the message must name it, not the target."""
     from dimalign.io.files import write_text_atomic

@@ -261,6 +261,9 @@ def sweep(
     objects_path = None
     if object_table is not None:
         objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+    # A fit removes the folders it created when it fails or is stopped. If the
+    # first worker created runs/, its cleanup would remove the runs of the others.
+    (out_dir / RUNS_FOLDER).mkdir(exist_ok=True)
 
     tasks = [
         {
@@ -462,8 +465,9 @@ def _checkpoint_difference(
 
     The checkpoint records only the settings that change what a fit computes,
     so settings such as ``max_epochs`` may differ and the run resumes with the
-    new value. It records no validation triplets, which
-    :func:`_saved_triplets_difference` compares instead.
+    new value. The validation triplets are compared through the saved
+    ``val.npy`` by :func:`_saved_triplets_difference`, because checkpoints of
+    older versions record no checksum of them.
 
     Args:
         train_digest (str): :func:`_checkpoint_digest` of the training triplets.

@@ -245,9 +245,14 @@ class TripletEmbedding(BaseEstimator):
         start_epoch, stable_epochs, last_n_kept = 0, 0, -1
         directory = Path(self.checkpoint_dir) if self.checkpoint_dir else None
         data_digest = triplet_digest(train_t)
+        val_digest = triplet_digest(val_t) if val_t is not None else None
         state = load_checkpoint(directory) if directory is not None else None
+        if state is None and self.resume:
+            # No error: 'dimalign run' passes resume=True to every fit. The log
+            # line shows a mistyped run directory, which would pass unnoticed.
+            logger.info("no checkpoint in %s to resume from: starting a new fit", directory)
         if state is not None:
-            self._check_resumable(state, directory, n_objects, data_digest)
+            self._check_resumable(state, directory, n_objects, data_digest, val_digest)
             self._restore(state, params, optimizer, generator)
             history = list(state["history"])
             start_epoch = int(state["epoch"])
@@ -260,8 +265,15 @@ class TripletEmbedding(BaseEstimator):
                     f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
                     "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
                 )
+            elif stable_epochs >= self.stability_epochs:
+                warnings.warn(
+                    f"the checkpoint in {directory} has converged: its kept dimensions did not "
+                    f"change for {stable_epochs} epochs, at least stability_epochs="
+                    f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
+                    "raise stability_epochs to train on", UserWarning, stacklevel=2,
+                )
 
-        writer = self._tensorboard_writer(directory)
+        writer = self._tensorboard_writer(directory, start_epoch)
         converged = stable_epochs >= self.stability_epochs and start_epoch > 0
         epoch = start_epoch
         progress = tqdm(
@@ -288,11 +300,11 @@ class TripletEmbedding(BaseEstimator):
             converged = stable_epochs >= self.stability_epochs
             if directory is not None and (epoch % self.checkpoint_every == 0 or converged):
                 self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                                 stable_epochs, last_n_kept, n_objects, data_digest)
+                                 stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
         progress.close()
         if directory is not None:
             self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                             stable_epochs, last_n_kept, n_objects, data_digest)
+                             stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
         if writer is not None:
             writer.close()
 
@@ -395,25 +407,35 @@ class TripletEmbedding(BaseEstimator):
                 if key != "epoch":
                     writer.add_scalar(key, value, row["epoch"])
 
-    def _tensorboard_writer(self, directory: Path | None):
+    def _tensorboard_writer(self, directory: Path | None, start_epoch: int):
         if not self.tensorboard:
             return None
         if directory is None:
             raise ValueError("tensorboard=True needs checkpoint_dir, where the event files go")
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ModuleNotFoundError as error:
+            raise RuntimeError(
+                f"tensorboard=True (--tensorboard) needs the tensorboard package, which is not "
+                f"installed ({error}): pip install tensorboard, or fit without it"
+            ) from error
 
-        return SummaryWriter(log_dir=str(directory / "tensorboard"))
+        # A run stopped after its last checkpoint has logged epochs that the
+        # resumed run computes again. purge_step makes TensorBoard drop the
+        # events of earlier files from this epoch on, so each epoch shows once.
+        return SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=start_epoch + 1)
 
     # ---- checkpoints ----------------------------------------------------------
 
     def _checkpoint(self, directory, params, optimizer, generator, history, epoch,
-                    stable_epochs, last_n_kept, n_objects, data_digest) -> None:
+                    stable_epochs, last_n_kept, n_objects, data_digest, val_digest) -> None:
         save_checkpoint(
             {
                 "estimator": self._estimator_name,
                 "config": self._training_config(),
                 "n_objects": n_objects,
                 "data_sha256": data_digest,
+                "val_sha256": val_digest,
                 "epoch": epoch,
                 "stable_epochs": stable_epochs,
                 "last_n_kept": last_n_kept,
@@ -426,7 +448,9 @@ class TripletEmbedding(BaseEstimator):
             directory,
         )
 
-    def _check_resumable(self, state, directory: Path, n_objects: int, data_digest: str) -> None:
+    def _check_resumable(
+        self, state, directory: Path, n_objects: int, data_digest: str, val_digest: str | None
+    ) -> None:
         where = directory / "checkpoint.pt"
         if not self.resume:
             raise FileExistsError(
@@ -448,6 +472,18 @@ class TripletEmbedding(BaseEstimator):
             raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
         if state["data_sha256"] != data_digest:
             raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+        # Checkpoints written before val_sha256 was recorded lack the key and are not compared.
+        if "val_sha256" in state and state["val_sha256"] != val_digest:
+            if state["val_sha256"] is None:
+                problem = "was fitted without validation triplets, but this fit has some"
+            elif val_digest is None:
+                problem = "was fitted with validation triplets, but this fit has none"
+            else:
+                problem = "was validated on other triplets than this fit"
+            raise ValueError(
+                f"{where} {problem}; resume with the same validation triplets, so that the "
+                "held-out accuracy in the history is of one set"
+            )
 
     def _restore(self, state, params, optimizer, generator: torch.Generator) -> None:
         """Copy parameters, optimiser state and RNG state from a checkpoint."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from pathlib import Path
@@ -18,10 +19,20 @@ CHECKPOINT_FORMAT = 1
 
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike) -> Path:
-    """Write ``state`` to ``directory/checkpoint.pt`` through a temporary file."""
+    """Write ``state`` to ``directory/checkpoint.pt`` through a temporary file.
+
+    Raises:
+        OSError: If the file cannot be written (a full disk, no permission),
+            naming ``checkpoint.pt``.
+    """
     target = Path(directory) / CHECKPOINT_NAME
+    # torch.save into a file reports a failed write as a RuntimeError without
+    # the file or the cause ("basic_ios::clear: iostream error" on a full
+    # disk), so the bytes are built in memory and written by Python.
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     with atomic_path(target) as temporary:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, temporary)
+        temporary.write_bytes(buffer.getbuffer())
     return target
 
 

@@ -10,12 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.embedding.base import TripletEmbedding
+from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import now_iso, output_dir, write_manifest
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, write_object_table
+from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
+from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
+from dimalign.io.runs import EMBEDDING_NAME
 
 logger = logging.getLogger(__name__)
+
+#: Lock file that a running fit holds in its run directory.
+FIT_LOCK_NAME = ".fit.lock"
 
 
 def fit_run(
@@ -31,10 +35,10 @@ def fit_run(
 ) -> TripletEmbedding:
     """Fit ``estimator`` with checkpoints in ``out_dir`` and write the run directory.
 
-    The directory receives ``checkpoint.pt`` during training, then
-    ``embedding.npz``, ``config.toml``, ``history.csv``, ``objects.tsv`` (when
-    an object table is given) and ``manifest.json`` with the held-out
-    accuracy. If the fit fails, a run directory that this call created is
+    The directory receives ``objects.tsv`` (when an object table is given)
+    before training, ``checkpoint.pt`` during training, then
+    ``embedding.npz``, ``config.toml``, ``history.csv`` and ``manifest.json``
+    with the held-out accuracy. If the fit fails, a run directory that this call created is
     removed again, unless it already contains ``checkpoint.pt``.
 
     Args:
@@ -52,16 +56,94 @@ def fit_run(
 
     Returns:
         TripletEmbedding: The fitted estimator.
+
+    Raises:
+        FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
+            ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
+        RuntimeError: If another fit is writing to ``out_dir``.
+        ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
+            objects than ``object_table``.
     """
     started = now_iso()
     out_dir = Path(out_dir)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    _reject_result_without_checkpoint(out_dir)
+    busy = (
+        f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
+        "to finish (then pass --resume to continue it) or choose another run directory"
+    )
     # A folder created here is removed if the fit fails, unless a checkpoint
-    # was written that a rerun with resume=True can continue from.
-    with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME,)):
-        _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
+    # was written that a rerun with resume=True can continue from. A fit
+    # removes its lock file when it ends (unless killed by SIGKILL), so a fit
+    # that finds the folder busy leaves it to the other, even where both
+    # created it.
+    with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME, FIT_LOCK_NAME)):
+        with exclusive_lock(out_dir / FIT_LOCK_NAME, busy):
+            _remove_temporary_files(out_dir)
+            _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
+
+
+def _remove_temporary_files(out_dir: Path) -> None:
+    """Remove the temporary files of atomic writes that a killed fit left in ``out_dir``.
+
+    :func:`dimalign.io.files.atomic_path` writes ``.<stem>.<random>.tmp<suffix>``
+    next to each file and removes it unless the process is killed (SIGKILL,
+    a power cut). The caller holds the run's lock, so no other fit is writing them.
+    """
+    names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME)
+    leftovers = [
+        path
+        for name in names
+        for path in out_dir.glob(f".{Path(name).stem}.*.tmp{Path(name).suffix}")
+        if path.is_file()
+    ]
+    for path in leftovers:
+        path.unlink()
+    if leftovers:
+        logger.info(
+            "removed %d temporary files that an interrupted fit left in %s: %s",
+            len(leftovers), out_dir, ", ".join(sorted(path.name for path in leftovers)),
+        )
+
+
+def _reject_result_without_checkpoint(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``out_dir`` contains a fitted embedding that no checkpoint can resume.
+
+    With ``checkpoint.pt`` present, :meth:`TripletEmbedding.fit` decides:
+    it resumes when asked and raises otherwise. Without one, a new fit
+    would start from scratch and replace the earlier result.
+    """
+    embedding = out_dir / EMBEDDING_NAME
+    if embedding.is_file() and not (out_dir / CHECKPOINT_NAME).is_file():
+        raise FileExistsError(
+            f"{out_dir} contains a fitted embedding ({EMBEDDING_NAME}) but no {CHECKPOINT_NAME} to "
+            f"resume it from, so a new fit would replace that result: choose another run "
+            f"directory, or remove {embedding} to fit there from scratch"
+        )
+
+
+def _raise_if_other_objects(path: Path, object_table: ObjectTable) -> None:
+    """Raise ``ValueError`` if the run's saved object table names other objects than ``object_table``.
+
+    The checkpoint ties the embedding's rows to the triplets' indices, and the
+    table names those rows, so a resume with another table would relabel them.
+    """
+    if not path.is_file():
+        return
+    saved = read_object_table(path).object_ids
+    if saved == object_table.object_ids:
+        return
+    if len(saved) != len(object_table):
+        difference = f"lists {len(saved)} objects, this fit's object table {len(object_table)}"
+    else:
+        row = next(row for row, (old, new) in enumerate(zip(saved, object_table.object_ids)) if old != new)
+        difference = f"names row {row} {saved[row]!r}, this fit's object table {object_table.object_ids[row]!r}"
+    raise ValueError(
+        f"{path} {difference}: the run was fitted with other objects; resume with the object table "
+        "it was fitted with, or choose another run directory"
+    )
 
 
 def _fit_and_save(
@@ -76,10 +158,20 @@ def _fit_and_save(
     started: str,
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
-    estimator.fit(train, val, n_objects=n_objects)
-    estimator.save(out_dir)
     if object_table is not None:
+        # Written before the fit, so that a resume can check its objects
+        # against it. Without a checkpoint there is no run to relabel, and an
+        # objects.tsv is what a fit stopped before its first checkpoint left.
+        if (out_dir / CHECKPOINT_NAME).is_file():
+            _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
         write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+    estimator.fit(train, val, n_objects=n_objects)
+    # A folder with embedding.npz and manifest.json counts as finished (a sweep
+    # reuses it), so the manifest of an earlier fit goes before the new files
+    # replace the old ones. If writing fails halfway, the run is unfinished
+    # and resumes from its checkpoint.
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    estimator.save(out_dir)
 
     outputs: dict[str, Any] = {
         "n_dims": estimator.n_dims_,

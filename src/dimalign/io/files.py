@@ -85,7 +85,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     # the permissions an ordinary open() would (0o666 minus the umask).
     os.chmod(temporary_path, without_umask(0o666))
     try:
-        yield temporary_path
+        try:
+            yield temporary_path
+        except OSError as error:
+            # The temporary file that the error may name is removed below.
+            renamed = _naming(error, final)
+            if renamed is error:
+                raise
+            raise renamed from error
         try:
             os.replace(temporary_path, final)
         except OSError as error:
@@ -96,9 +103,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _naming(error: OSError, final: Path) -> OSError:
-    """Return ``error`` naming the file the user asked for where it named the temporary one."""
+    """Return ``error`` naming the file the user asked for where it named the temporary one or none.
+
+    A failed ``write`` (a full disk) raises an ``OSError`` without a file name.
+    """
     temporary_prefix = f".{final.stem}."
-    if error.errno is None or not Path(str(error.filename)).name.startswith(temporary_prefix):
+    if error.errno is None:
+        return error
+    if error.filename is not None and not Path(str(error.filename)).name.startswith(temporary_prefix):
         return error
     return type(error)(error.errno, error.strerror, str(final))
 
