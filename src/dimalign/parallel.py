@@ -119,15 +119,18 @@ class WorkerStopped(BaseException):
 # Whether this worker process was asked to stop, and whether a task runs in it now.
 _stop_requested = False
 _task_running = False
+_parent_pid: int | None = None
 
 
-def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> None:
+def _start_worker(log_level: int, log_formatter: logging.Formatter | None, parent_pid: int | None = None) -> None:
     """Set up the signals and the log output of a pool worker.
 
     Ctrl-C is ignored: in a terminal it reaches every process of the
     foreground group, and the parent stops the workers itself. SIGTERM from
     the parent stops the running task and every task that the worker would
-    take from the queue after it, and ends an idle worker.
+    take from the queue after it, and ends an idle worker. On Linux the
+    worker also gets SIGTERM when its parent dies, even by SIGKILL, which
+    would otherwise leave it idle for ever.
 
     A spawned worker starts without the parent's logging setup. When the
     parent's ``dimalign`` logger has a handler (the command line sets one),
@@ -136,6 +139,10 @@ def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> No
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _request_stop)
+    global _parent_pid
+    if parent_pid is not None:
+        _parent_pid = parent_pid
+        _stop_with_parent(parent_pid)
     if log_formatter is None:
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -145,6 +152,29 @@ def _start_worker(log_level: int, log_formatter: logging.Formatter | None) -> No
     package_logger.setLevel(log_level)
     package_logger.propagate = False
     warnings.showwarning = _log_warning
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send SIGTERM to this process when its parent dies (``PR_SET_PDEATHSIG``).
+
+    Elsewhere this does nothing. The signal follows the death of the parent's
+    thread that started the worker: ``ProcessPoolExecutor`` of Python 3.11
+    starts every worker from the thread that submits the tasks, here the
+    main thread of the parent.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # from <linux/prctl.h>
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        # The parent died before the request took effect.
+        os._exit(128 + signal.SIGTERM)
 
 
 def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -177,6 +207,9 @@ def _call_in_worker(function: Callable[..., Any], task: Mapping[str, Any]) -> An
         return function(**task)
     finally:
         _task_running = False
+        if _stop_requested and _parent_pid is not None and os.getppid() != _parent_pid:
+            # Stopped because the parent died: nobody reads a result or sends another task.
+            os._exit(128 + signal.SIGTERM)
 
 
 def _stop_workers(executor: ProcessPoolExecutor) -> None:
@@ -197,7 +230,7 @@ def _run_process_pool(
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(
         max_workers=min(n_jobs, len(tasks)), mp_context=context, initializer=_start_worker,
-        initargs=_parent_log_setup(),
+        initargs=(*_parent_log_setup(), os.getpid()),
     )
     futures = []
     try:

@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -451,6 +453,59 @@ def test_idle_pool_worker_ends_on_sigterm(tmp_path):
         worker.join()
     # 128 + SIGTERM, as a shell reports a process ended by SIGTERM.
     assert worker.exitcode == 143
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid``, read from /proc."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG exists on Linux only")
+def test_pool_workers_end_when_parent_is_killed():
+    """SIGKILL of the process running the pool must not leave its workers idle for ever."""
+    script = (
+        "import functools, time\n"
+        "from dimalign.parallel import run_tasks\n"
+        "run_tasks(functools.partial(time.sleep, 120), [{}, {}], n_jobs=2)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            # The spawned workers; the resource tracker is a child too, and ends with them.
+            workers = [pid for pid in _children(parent.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+        time.sleep(1.0)  # let the workers run their initializer and take a task
+    finally:
+        parent.kill()
+        parent.wait()
+
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
 
 
 def test_run_tasks_rejects_unknown_engine():
