@@ -208,7 +208,7 @@ def _call_in_worker(function: Callable[..., Any], task: Mapping[str, Any]) -> An
     finally:
         _task_running = False
         if _stop_requested and _parent_pid is not None and os.getppid() != _parent_pid:
-            # Stopped because the parent died: nobody reads a result or sends another task.
+            # The parent died, so no process reads the result or sends another task.
             os._exit(128 + signal.SIGTERM)
 
 

@@ -371,7 +371,7 @@ def test_report_of_stage_folder_or_file_names_study(tiny_study, tmp_path, capsys
     assert not (tmp_path / "r.html").exists()
 
 
-def test_report_of_study_named_like_stage_beside_other_pipeline_json(tiny_study, tmp_path, capsys):
+def test_report_ignores_foreign_pipeline_record(tiny_study, tmp_path, capsys):
     """Only a dimalign study record makes a folder named 'map' a stage folder, as for dimalign run."""
     import shutil
 

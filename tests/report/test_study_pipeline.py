@@ -250,7 +250,7 @@ def test_tiny_val_fraction_holding_out_nothing_is_rejected(tmp_path):
     assert not (tmp_path / "study").exists()
 
 
-def test_failed_run_keeps_study_folder_it_did_not_create(tmp_path):
+def test_failed_run_keeps_existing_folder(tmp_path):
     config = write_study(tmp_path, report=False)
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "notes.txt").write_text("mine\n")

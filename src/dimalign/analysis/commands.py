@@ -177,7 +177,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def reject_split_folder(path: Path, purpose: str) -> None:
-    """Reject a ``--triplets`` folder that holds ``val.npy`` next to the file a folder loads.
+    """Reject a ``--triplets`` folder that contains ``val.npy`` next to the file a folder loads.
 
     A folder loads its one ``train*`` or ``triplets`` file, as ``dimalign fit``
     needs, so a command meant for held-out triplets would silently use the

@@ -377,7 +377,7 @@ def _load_strictly(image: Image.Image) -> None:
     Training code often sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``
     for the whole process, and then Pillow fills the missing part of a
     truncated file with gray. The flag is cleared for this load and restored.
-    NOTE: another thread that decodes images at the same moment sees it cleared.
+    NOTE: another thread that decodes images at the same moment also finds the flag cleared.
     """
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Upper limits of image sizes and counts, so that a typing error is an error
 # instead of an allocation of many gigabytes: one float32 RGB image of side
-# 4096 takes 200 MB, and maximize holds n_init of them with their gradients.
+# 4096 takes 200 MB, and maximize keeps n_init of them with their gradients.
 MAX_IMAGE_SIDE = 4096
 MAX_N_INIT = 1024
 

@@ -322,8 +322,8 @@ def _plan_stage(
     try:
         stage.check(settings, check_inputs)
     except (ValueError, FileNotFoundError) as error:
-        # The library's messages name command-line options such as --layer;
-        # the stage and study file say which table of the file to change.
+        # The library's messages name command-line options such as --layer, so the
+        # note adds the stage and the study file, which identify the table to change.
         raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
     input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
@@ -641,7 +641,7 @@ def _remove_empty_study(study_dir: Path) -> None:
 def _warn_other_study_file(plan: StudyPlan, *, dry_run: bool = False) -> None:
     """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``.
 
-    With ``dry_run`` the warning says what a run would replace.
+    With ``dry_run``, the warning names the stages that a run would replace.
     """
     path = plan.study_dir / STUDY_RECORD_NAME
     if not is_study_record(path):
