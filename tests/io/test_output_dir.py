@@ -86,3 +86,17 @@ def test_output_folder_under_a_file_is_rejected(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FileExistsError, match=r"afile is a file, so the output folder .*afile/sub/run cannot be created"):
         check_output_dir(tmp_path / "afile" / "sub" / "run", "fit")
+
+
+def test_output_dir_removes_added_files_on_error(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "earlier.txt").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with output_dir(folder, remove_added=True):
+            (folder / "earlier.txt").write_text("rewritten")
+            (folder / "new").mkdir()
+            (folder / "new" / "picture.png").write_bytes(b"x")
+            raise RuntimeError("stopped")
+    assert sorted(entry.name for entry in folder.rglob("*")) == ["earlier.txt"]
+    assert (folder / "earlier.txt").read_text() == "rewritten"

@@ -10,12 +10,11 @@ CSV table and ``manifest.json`` into its output folder. Dimensions are
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -247,35 +246,6 @@ def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str
 # -- handlers --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _output_folder(out_dir: Path) -> Iterator[Path]:
-    """Create ``out_dir`` for a block and remove what the block wrote if it raises.
-
-    :func:`dimalign.io.files.output_dir` removes a folder that it created. In a
-    folder that existed before, this also deletes the files and folders that
-    the block added, so an interrupted run leaves no pictures that a rerun
-    with other images or dimensions would not replace. Files that existed
-    before stay, also when the block rewrote them.
-    """
-    from dimalign.io.files import output_dir
-
-    existing = set(out_dir.rglob("*")) if out_dir.is_dir() else None
-    with output_dir(out_dir) as folder:
-        try:
-            yield folder
-        except BaseException:
-            if existing is not None:
-                # Reverse order puts files before the folders that contain them.
-                for path in sorted(set(out_dir.rglob("*")) - existing, reverse=True):
-                    with contextlib.suppress(OSError):
-                        if path.is_dir():
-                            path.rmdir()
-                        else:
-                            path.unlink()
-                logger.info("removed the files this command wrote into %s after the error", out_dir)
-            raise
-
-
 def _check_no_earlier_run(out_dir: Path, step: str) -> None:
     """Reject a folder with an earlier run of ``step``, whose pictures this run would not all replace."""
     if (out_dir / "manifest.json").is_file():
@@ -347,7 +317,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
@@ -369,7 +339,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(paths), dims)
 
     rows = []
-    with _output_folder(args.out):
+    with output_dir(args.out, remove_added=True):
         for path, name in zip(paths, unique_names(paths)):
             image = predictor.preprocessing.load(path)
             save_png(image, args.out / f"{name}_input.png")
@@ -413,7 +383,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
@@ -430,7 +400,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    with _output_folder(args.out):
+    with output_dir(args.out, remove_added=True):
 
         rows = []
         for dim in dims:
@@ -568,7 +538,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         plot_largest_changes,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import atomic_path, check_output_dir, now_iso, output_dir, write_manifest
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
@@ -589,7 +559,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         for name, path in zip(names, paths) if name in mask_files
     }
 
-    with _output_folder(args.out):
+    with output_dir(args.out, remove_added=True):
         figure_images = _FigureImages(args.figure_rows)
         tables, estimated = [], []
         for name, path in zip(names, paths):
@@ -665,7 +635,7 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, load_grid_images, needed_rows
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
@@ -702,7 +672,7 @@ def run_grid(args: argparse.Namespace) -> int:
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
     pictures = load_grid_images(paths, args.cell_size)
 
-    with _output_folder(args.out):
+    with output_dir(args.out, remove_added=True):
         rows = []
         for dim in dims:
             grid, grid_rows = dimension_grid(
