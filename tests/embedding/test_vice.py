@@ -112,8 +112,23 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 def test_checkpoint_of_other_n_dims_rejected(tmp_path):
     triplets = random_triplets(15, 200)
     VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
-    with pytest.raises(ValueError, match="n_dims: checkpoint 5, now 6"):
+    with pytest.raises(ValueError, match=r"n_dims \(--n-dims\): checkpoint 5, now 6"):
         VICE(n_dims=6, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
+
+
+def test_checkpoint_mismatch_names_the_command_line_option(tmp_path):
+    # The seed is random_state in Python and --seed on the command line; a
+    # setting without an option (init_scale) is named once.
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    with pytest.raises(ValueError, match=r"random_state \(--seed\): checkpoint 0, now 1"):
+        VICE(n_dims=5, max_epochs=2, random_state=1, checkpoint_dir=str(tmp_path), resume=True).fit(
+            triplets, n_objects=15
+        )
+    with pytest.raises(ValueError, match=r"\(init_scale: checkpoint None, now 0.2\)"):
+        VICE(n_dims=5, max_epochs=2, init_scale=0.2, checkpoint_dir=str(tmp_path), resume=True).fit(
+            triplets, n_objects=15
+        )
 
 
 def test_checkpoint_not_resumed_unless_asked(tmp_path):

@@ -46,6 +46,15 @@ _RESUMABLE_SETTINGS = frozenset(
      "n_objects"}
 )
 
+# Settings that `dimalign fit` and `dimalign sweep` take as options, so that a
+# resume error names the option a command-line user changed.
+_COMMAND_LINE_OPTIONS = {
+    "random_state": "--seed",
+    **{key: "--" + key.replace("_", "-")
+       for key in ("n_dims", "batch_size", "lr", "beta", "prior", "pi", "spike", "slab",
+                   "mc_samples", "l1", "min_objects")},
+}
+
 #: Upper bound of ``max_epochs``.
 MAX_EPOCHS = 10**9
 
@@ -127,6 +136,11 @@ def check_integer(name: str, value: Any, low: int, high: int | None = None) -> N
         raise ValueError(f"{name} must be at least {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be at most {high}, got {value}")
+
+
+def _setting_name(key: str) -> str:
+    option = _COMMAND_LINE_OPTIONS.get(key)
+    return key if option is None else f"{key} ({option})"
 
 
 class TripletEmbedding(BaseEstimator):
@@ -466,7 +480,9 @@ class TripletEmbedding(BaseEstimator):
             if state["config"].get(key) != value
         }
         if differences:
-            listed = ", ".join(f"{key}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differences.items())
+            listed = ", ".join(
+                f"{_setting_name(key)}: checkpoint {old!r}, now {new!r}" for key, (old, new) in differences.items()
+            )
             raise ValueError(f"{where} was written with other settings ({listed}); resume with the same settings")
         if state["n_objects"] != n_objects:
             raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
