@@ -262,14 +262,18 @@ def _collect_results(futures: Sequence[Any], names: list[str]) -> list[Any]:
             for pending in futures:
                 pending.cancel()
             error = future.exception()
-            logger.error("%s failed: %s", name, error)
+            # Logged now because shutting the pool down waits for the running
+            # tasks, which can take many minutes; the caller reports the error.
+            logger.error(
+                "%s failed: %s; waiting for the running tasks to finish (the queued ones are cancelled)",
+                name, error,
+            )
             raise RuntimeError(f"{name} failed: {error}") from error
     results = []
     for future, name in zip(futures, names):
         try:
             results.append(future.result())
         except Exception as error:
-            logger.error("%s failed: %s", name, error)
             raise RuntimeError(f"{name} failed: {error}") from error
         logger.info("%s finished", name)
     return results

@@ -401,6 +401,17 @@ def test_run_tasks_names_failed_task():
         run_tasks(add_one, [{"value": "x"}], names=["seed 7"])
 
 
+def test_run_tasks_pool_reports_a_failed_task_once(caplog):
+    # The pool logs the failure when it happens, because the running tasks
+    # still finish; the final error is left to the caller, not logged again.
+    with caplog.at_level(logging.INFO, logger="dimalign.parallel"):
+        with pytest.raises(RuntimeError, match="seed 7 failed"):
+            run_tasks(add_one, [{"value": 1}, {"value": "x"}], names=["seed 6", "seed 7"], n_jobs=2)
+    failures = [record.getMessage() for record in caplog.records if "failed" in record.getMessage()]
+    assert len(failures) == 1
+    assert "waiting for the running tasks to finish" in failures[0]
+
+
 def test_run_tasks_interrupt_stops_pool(tmp_path):
     def interrupt_when_two_started():
         deadline = time.monotonic() + 60
