@@ -279,3 +279,20 @@ def test_grid_cli_too_few_objects_names_top_layout(tmp_path, capsys):
     assert status == 1
     assert ("the percentile layout has 30 cells but there are only 8 objects: use the top layout "
             "(CLI: --layout top --top-k 8)") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("existing", ["grid.csv", "dim001_top.png"])
+def test_grid_command_keeps_a_file_of_the_same_name(colour_objects, tmp_path, capsys, existing):
+    # An existing folder without a manifest may hold the user's own files;
+    # a grid or table of the same name must not replace them.
+    image_dir, run_dir, _ = colour_objects
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / existing).write_text("my notes")
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--cell-size", "16"])
+
+    assert status == 1
+    assert f"{out / existing} exists" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == [existing]
+    assert (out / existing).read_text() == "my notes"

@@ -219,6 +219,18 @@ def test_grid_rejects_zero_cell_size_and_repeated_dims(pipeline, tmp_path, capsy
     assert "--dims lists 1 more than once" in capsys.readouterr().err
 
 
+def test_gradcam_keeps_a_file_of_the_same_name(pipeline, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "owl_input.png").write_text("not a picture of this run")
+    status = main(["gradcam", str(pipeline.images / "owl.png"), "--map", str(pipeline.map_dir),
+                   "--dim", "0", "-o", str(out)])
+    assert status == 1
+    assert f"{out / 'owl_input.png'} exists" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["owl_input.png"]
+    assert (out / "owl_input.png").read_text() == "not a picture of this run"
+
+
 def test_rerun_into_earlier_output_is_rejected(pipeline, tmp_path, capsys):
     out = tmp_path / "gradcam"
     run_cli("gradcam", pipeline.images / "owl.png", "--map", pipeline.map_dir, "--dim", 0, "-o", out)

@@ -222,6 +222,7 @@ def save_png(image: Any, path: Path) -> Path:
         image = np.round(array * 255.0).astype(np.uint8)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
+    refuse_to_replace(path)
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")
     return path
@@ -231,9 +232,23 @@ def save_csv(table: Any, path: Path) -> Path:
     """Write a pandas table as CSV, atomically."""
     from dimalign.io.files import atomic_path
 
+    refuse_to_replace(path)
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
     return path
+
+
+def refuse_to_replace(path: Path) -> None:
+    """Raise ``FileExistsError`` if ``path`` exists.
+
+    The output folder may be an existing folder of the user's (one without an
+    earlier run's manifest), so a file there was not written by this run.
+    """
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(
+            f"{path} exists and was not written by this run, and dimalign does not replace "
+            "files it did not write: move it away or choose another output folder"
+        )
 
 
 def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str, Path]:
@@ -246,14 +261,22 @@ def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str
 # -- handlers --------------------------------------------------------------------
 
 
-def _check_no_earlier_run(out_dir: Path, step: str) -> None:
-    """Reject a folder with an earlier run of ``step``, whose pictures this run would not all replace."""
+def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) -> None:
+    """Reject a folder with an earlier run of ``step``, or with a file named like one of its outputs.
+
+    An earlier run's pictures for other images or dimensions would stay beside
+    the new ones. ``fixed_names`` are the outputs named the same in every run
+    (the table); they are checked here, before any work, and the pictures when
+    they are written.
+    """
     if (out_dir / "manifest.json").is_file():
         raise FileExistsError(
             f"{out_dir} contains the output of an earlier dimalign {step} run, whose files for other "
             "images or dimensions would stay beside the new ones; choose a new output folder, or "
             "delete this one first"
         )
+    for name in fixed_names:
+        refuse_to_replace(out_dir / name)
 
 
 def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: str) -> None:
@@ -321,7 +344,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "gradcam")
-    _check_no_earlier_run(args.out, "gradcam")
+    _check_no_earlier_run(args.out, "gradcam", ["gradcam.csv"])
     _check_output_outside_inputs(args.out, args.images, "gradcam")
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
@@ -387,7 +410,7 @@ def run_maximize(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "maximize")
-    _check_no_earlier_run(args.out, "maximize")
+    _check_no_earlier_run(args.out, "maximize", ["maximize.csv"])
     _check_options(args, {
         "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
         "lr": (1e-12, math.inf), "image_size": (2, MAX_IMAGE_SIDE), "steps": (0, math.inf),
@@ -542,7 +565,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "manipulate")
-    _check_no_earlier_run(args.out, "manipulate")
+    _check_no_earlier_run(args.out, "manipulate", ["manipulations.csv", "largest_changes.png"])
     _check_output_outside_inputs(args.out, [*args.images, *([args.masks] if args.masks else [])], "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
@@ -580,6 +603,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         figure = plot_largest_changes(figure_result, figure_images.originals, n_rows=args.figure_rows)
         table["image"] = table["image"].map({name: str(path) for name, path in zip(names, paths)})
         save_csv(table, args.out / "manipulations.csv")
+        refuse_to_replace(args.out / "largest_changes.png")
         with atomic_path(args.out / "largest_changes.png") as temporary:
             figure.savefig(temporary, dpi=100)
         write_manifest(
@@ -641,7 +665,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
     started = now_iso()
     check_output_dir(args.out, "grid")
-    _check_no_earlier_run(args.out, "grid")
+    _check_no_earlier_run(args.out, "grid", ["grid.csv"])
     _check_options(args, {"cell_size": (1, MAX_IMAGE_SIDE)})
     if args.dims:
         _distinct(args.dims, "--dims")
