@@ -56,3 +56,31 @@ def test_table_line_breaks_and_repeats(tmp_path):
     (tmp_path / "ids.txt").write_text("a\nb\na\n")
     with pytest.raises(ValueError, match=r"ids.txt: object id 'a' appears twice \(rows 0 and 2\)"):
         read_object_table(tmp_path / "ids.txt")
+
+
+def test_table_header_without_index_column(tmp_path):
+    # A hand-written table with the columns object_id and source (any order,
+    # extra columns ignored) is read by its header, not as names with tabs.
+    path = tmp_path / "objects.tsv"
+    path.write_text("source\tcategory\tobject_id\nimg0.png\tanimal\towl\nimg1.png\ttool\thammer\n")
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl", "hammer")
+    assert table.sources == ("img0.png", "img1.png")
+
+
+def test_table_row_missing_the_object_id(tmp_path):
+    path = tmp_path / "objects.tsv"
+    path.write_text("source\tobject_id\nimg0.png\towl\nimg1.png\n")
+
+    with pytest.raises(ValueError, match=r"objects.tsv, line 3: no object_id field"):
+        read_object_table(path)
+
+
+def test_tab_in_plain_list_fails(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_text("owl\nhammer\timg1.png\n")
+
+    with pytest.raises(ValueError, match=r"ids.txt, line 2: a tab in a list of object names"):
+        read_object_table(path)

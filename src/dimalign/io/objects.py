@@ -82,15 +82,19 @@ def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
 def read_object_table(path: str | os.PathLike) -> ObjectTable:
     """Read an object table.
 
-    Accepts ``objects.tsv`` as written by :func:`write_object_table`, or a plain
-    text file with one name per line (such as THINGS ``unique_id.txt``).
+    Accepts a tab-separated table whose first line names the columns
+    (``object_id`` required, ``index`` and ``source`` optional, others
+    ignored), such as ``objects.tsv`` written by :func:`write_object_table`,
+    or a plain text file with one name per line (such as THINGS
+    ``unique_id.txt``).
 
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If the path is a folder or another non-file, the file
             lists no object, the index column is not 0, 1, 2, ... in order,
-            or a plain list has a blank line before its last name (every
-            later object would move up one row).
+            a table row has no object_id field, or a plain list has a tab in
+            a line or a blank line before its last name (every later object
+            would move up one row).
     """
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -104,23 +108,16 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
         )
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
-    if lines and lines[0].split("\t")[:2] == list(COLUMNS[:2]):
-        # The csv reader reads the file itself, so that a quoted field with a
-        # line break (written by write_object_table) stays one field.
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
-        next(reader)
-        ids, sources = [], []
-        for row in reader:
-            if not row:
-                continue
-            if row[0] != str(len(ids)):
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: index {row[0]!r}, expected {len(ids)}; "
-                    "the index column must count rows from 0 without gaps"
-                )
-            ids.append(row[1])
-            sources.append(row[2] if len(row) > 2 else "")
-        return _table(path, ids, sources)
+    header = lines[0].split("\t") if lines else []
+    if "object_id" in header:
+        return _read_table_with_header(path, text, header)
+    for number, line in enumerate(lines, start=1):
+        if "\t" in line:
+            raise ValueError(
+                f"{path}, line {number}: a tab in a list of object names. A list names one object "
+                "per line; a table starts with a header line of tab-separated column names, "
+                "such as 'index<TAB>object_id<TAB>source' (index and source are optional)"
+            )
     names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
@@ -133,6 +130,34 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     if not names:
         raise ValueError(f"object table {path} is empty: it must name one object per line")
     return _table(path, names, [""] * len(names))
+
+
+def _read_table_with_header(path: Path, text: str, header: list[str]) -> ObjectTable:
+    """Read a table whose first line names its columns (``object_id`` required)."""
+    columns = {name: header.index(name) for name in COLUMNS if name in header}
+    # The csv reader reads the file itself, so that a quoted field with a
+    # line break (written by write_object_table) stays one field.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    next(reader)
+    ids, sources = [], []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) <= columns["object_id"]:
+            raise ValueError(
+                f"{path}, line {reader.line_num}: no object_id field (the header puts it in column "
+                f"{columns['object_id'] + 1}); give every row one tab-separated field per column"
+            )
+        if "index" in columns and (len(row) <= columns["index"] or row[columns["index"]] != str(len(ids))):
+            found = row[columns["index"]] if len(row) > columns["index"] else ""
+            raise ValueError(
+                f"{path}, line {reader.line_num}: index {found!r}, expected {len(ids)}; "
+                "the index column must count rows from 0 without gaps"
+            )
+        ids.append(row[columns["object_id"]])
+        source_column = columns.get("source")
+        sources.append(row[source_column] if source_column is not None and len(row) > source_column else "")
+    return _table(path, ids, sources)
 
 
 def _table(path: Path, ids: list[str], sources: list[str]) -> ObjectTable:
