@@ -265,9 +265,9 @@ def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) 
     """Reject a folder with an earlier run of ``step``, or with a file named like one of its outputs.
 
     An earlier run's pictures for other images or dimensions would stay beside
-    the new ones. ``fixed_names`` are the outputs named the same in every run
-    (the table); they are checked here, before any work, and the pictures when
-    they are written.
+    the new ones. ``fixed_names`` are the outputs named the same in every run,
+    such as the table. They are checked here, before any work; the pictures
+    are checked when they are written.
     """
     if (out_dir / "manifest.json").is_file():
         raise FileExistsError(
