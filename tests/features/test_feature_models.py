@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -161,18 +163,34 @@ def test_local_state_dict_mismatch_raises(tmp_path):
     assert len(str(caught.value)) < 600
 
 
-def test_fine_tuned_classifier_shape_named(tmp_path):
+def test_fine_tuned_classifier_builds_the_files_class_count(tmp_path, caplog):
+    import torchvision
+
+    source = torchvision.models.resnet18(num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "ten_classes.pth")
+
+    with caplog.at_level(logging.INFO, logger="dimalign.features.models"):
+        loaded = load_model("resnet18", weights=tmp_path / "ten_classes.pth")
+
+    assert loaded.model.fc.out_features == 10
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    assert "has a classifier of 10 classes: building resnet18 with num_classes=10" in caplog.text
+
+
+def test_other_shapes_than_the_classifier_named(tmp_path):
     import torchvision
 
     state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"] = torch.zeros(64, 1, 7, 7)
     state["fc.weight"], state["fc.bias"] = torch.zeros(10, 512), torch.zeros(10)
-    torch.save(state, tmp_path / "ten_classes.pth")
+    torch.save(state, tmp_path / "grey_ten_classes.pth")
 
     with pytest.raises(ValueError) as caught:
-        load_model("resnet18", weights=tmp_path / "ten_classes.pth")
+        load_model("resnet18", weights=tmp_path / "grey_ten_classes.pth")
 
-    assert ("2 tensors have another shape (first: fc.weight is (10, 512) in the file, (1000, 512) in the "
-            "model; fc.bias is (10,) in the file, (1000,) in the model)") in str(caught.value)
+    assert ("3 tensors have another shape (first: conv1.weight is (64, 1, 7, 7) in the file, (64, 3, 7, 7) in "
+            "the model; fc.weight is (10, 512) in the file, (1000, 512) in the model") in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
@@ -282,3 +300,15 @@ def test_cuda_request_without_gpu_raises(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU is available"):
         load_model("timm:test_efficientnet", device="cuda")
+
+
+def test_lite0_file_of_another_class_count(tmp_path):
+    source = efficientnet_lite.EfficientNetLite0(n_classes=5)
+    torch.save(source.state_dict(), tmp_path / "five_classes.pth")
+
+    loaded = load_model("efficientnet_lite0", weights=tmp_path / "five_classes.pth")
+
+    assert loaded.model.classifier.out_features == 5
+    assert not loaded.model.training
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name

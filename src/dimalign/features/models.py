@@ -267,8 +267,75 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _load_file(model: nn.Module, path: str | os.PathLike, name: str) -> None:
-    _load_state(model, read_state_dict(path), path, name)
+def _model_for_file(build: Callable[..., nn.Module], path: str | os.PathLike, name: str,
+                    seed: int, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """Build the model and load the state dict file ``path`` into it.
+
+    A model fine-tuned to another number of classes differs from the
+    ImageNet architecture only in the classifier's first dimension. When that
+    is the only difference, the model is rebuilt with ``num_classes`` set to
+    the file's class count, and a log line says so. Every other mismatch is
+    an error.
+
+    Args:
+        build (Callable[..., nn.Module]): Builds the untrained model; takes
+            ``num_classes`` as a keyword argument.
+        path (str | os.PathLike): The state dict file.
+        name (str): The model name, for messages.
+        seed (int): Seed of the initialisation, which the file then replaces.
+        state (Mapping[str, torch.Tensor] | None): The file's tensors, when
+            the caller has read (and renamed) them already.
+
+    Returns:
+        nn.Module: The model with the file's weights.
+
+    Raises:
+        ValueError: If the file does not fit the model.
+    """
+    if state is None:
+        state = read_state_dict(path)
+    model = _random_model(build, seed)
+    n_classes = _classifier_size(model.state_dict(), state)
+    if n_classes is not None:
+        try:
+            resized = _random_model(lambda: build(num_classes=n_classes), seed)
+        except (TypeError, ValueError):  # a model without num_classes keeps the original error
+            resized = None
+        if resized is not None and _same_shapes(resized.state_dict(), state):
+            logger.info("weights file %s has a classifier of %d classes: building %s with num_classes=%d",
+                        path, n_classes, name, n_classes)
+            model = resized
+    _load_state(model, state, path, name)
+    return model
+
+
+def _same_shapes(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> bool:
+    return set(expected) == set(state) and all(
+        tuple(state[key].shape) == tuple(tensor.shape) for key, tensor in expected.items())
+
+
+def _classifier_size(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> int | None:
+    """Return the file's class count if the tensors differ only in the classifier's number of outputs.
+
+    That is: the same keys, and every tensor of another shape has one common
+    first dimension in the model and another common one in the file, with
+    the same remaining dimensions. Otherwise None.
+    """
+    if set(expected) != set(state):
+        return None
+    reshaped = [key for key, tensor in expected.items() if tuple(state[key].shape) != tuple(tensor.shape)]
+    if not reshaped:
+        return None
+    model_sizes = {expected[key].shape[0] if expected[key].dim() else None for key in reshaped}
+    file_sizes = {state[key].shape[0] if state[key].dim() else None for key in reshaped}
+    same_rest = all(
+        expected[key].dim() and state[key].dim() == expected[key].dim()
+        and tuple(state[key].shape[1:]) == tuple(expected[key].shape[1:])
+        for key in reshaped
+    )
+    if len(model_sizes) != 1 or len(file_sizes) != 1 or not same_rest:
+        return None
+    return int(next(iter(file_sizes)))
 
 
 def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike,
@@ -290,8 +357,7 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str |
     if reshaped:
         raise ValueError(
             f"weights file {path} does not fit model {name}: {len(reshaped)} tensors have another "
-            f"shape (first: {'; '.join(reshaped[:3])}); pass the weights of this model (a model "
-            "fine-tuned to another number of classes does not fit the ImageNet architecture)"
+            f"shape (first: {'; '.join(reshaped[:3])}); pass the weights of this model"
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -332,14 +398,20 @@ def _load_efficientnet_lite0(name: str, weights: str | os.PathLike | None,
         weights_id, checksum = f"random-init(seed={seed})", None
     elif kind == "file":
         state = read_state_dict(weights)
-        model = efficientnet_lite.efficientnet_lite0(None)
         if any(key.startswith("_") for key in state):
-            # efficientnet_pytorch names, as in the packaged file.
+            # efficientnet_pytorch names, as in the packaged file. The names
+            # are converted for the model of the file's class count.
+            classifier = state.get("_fc.weight")
+            n_classes = classifier.shape[0] if classifier is not None and classifier.dim() == 2 else None
+            model = efficientnet_lite.EfficientNetLite0(**({"n_classes": n_classes} if n_classes else {}))
             try:
                 state = efficientnet_lite.convert_state_dict(state, model)
             except ValueError as error:
                 raise ValueError(f"weights file {weights} does not fit {name}: {error}") from error
-        _load_state(model, state, weights, name)
+        model = _model_for_file(
+            lambda num_classes=efficientnet_lite.N_CLASSES: efficientnet_lite.EfficientNetLite0(n_classes=num_classes),
+            weights, name, seed, state=state,
+        ).eval()
         weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
         raise ValueError(
@@ -375,14 +447,15 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
         return LoadedModel(model, chosen.transforms(), name, str(chosen), checksum,
                            _default_layer(bare, model), torch.device("cpu"))
 
-    model = _random_model(lambda: tv_models.get_model(bare, weights=None), seed)
     if kind == "default":
         warnings.warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
                       "(--pretrained) for its published ImageNet weights", UserWarning, stacklevel=3)
     if kind == "file":
-        _load_file(model, weights, name)
+        model = _model_for_file(lambda **options: tv_models.get_model(bare, weights=None, **options),
+                                weights, name, seed)
         weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
+        model = _random_model(lambda: tv_models.get_model(bare, weights=None), seed)
         weights_id, checksum = f"random-init(seed={seed})", None
     # Without published weights the model still gets the preprocessing of its
     # default weights, so that trained and untrained features are comparable.
@@ -436,12 +509,13 @@ def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: in
             ) from error
         weights_id = f"timm:{model.pretrained_cfg.get('hf_hub_id') or bare}"
         checksum = None
-    elif kind in ("default", "random", "file"):
+    elif kind == "file":
+        model = _model_for_file(lambda **options: timm.create_model(bare, pretrained=False, **options),
+                                weights, name, seed)
+        weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
+    elif kind in ("default", "random"):
         model = _random_model(lambda: timm.create_model(bare, pretrained=False), seed)
         weights_id, checksum = f"random-init(seed={seed})", None
-        if kind == "file":
-            _load_file(model, weights, name)
-            weights_id, checksum = f"file:{os.path.abspath(weights)}", sha256_file(weights)
     else:
         raise ValueError(
             f"invalid weights {weights!r} for {name}: use pretrained, random or a file"
