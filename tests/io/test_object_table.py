@@ -84,3 +84,31 @@ def test_tab_in_plain_list_fails(tmp_path):
 
     with pytest.raises(ValueError, match=r"ids.txt, line 2: a tab in a list of object names"):
         read_object_table(path)
+
+
+@pytest.mark.parametrize("text", ["index\tobject_id\tsource\n0\towl\t\n1\thammer\t\n", "owl\nhammer\n"])
+def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path, text):
+    path = tmp_path / "objects.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+
+    assert read_object_table(path).object_ids == ("owl", "hammer")
+
+
+def test_csv_file_without_object_id_column_fails(tmp_path):
+    # THINGS words.csv and similar tables would otherwise give one object per
+    # line of CSV text, header included.
+    path = tmp_path / "words.csv"
+    path.write_text("id,word,category\naardvark,aardvark,animal\n")
+
+    with pytest.raises(ValueError, match=r"words.csv, line 1: a comma-separated table"):
+        read_object_table(path)
+
+
+def test_csv_table_with_object_id_column(tmp_path):
+    path = tmp_path / "objects.csv"
+    path.write_text('object_id,source\n"owl, barn",owl.jpg\nhammer,hammer.jpg\n')
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl, barn", "hammer")
+    assert table.sources == ("owl.jpg", "hammer.jpg")

@@ -82,18 +82,19 @@ def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
 def read_object_table(path: str | os.PathLike) -> ObjectTable:
     """Read an object table.
 
-    Accepts a tab-separated table whose first line names the columns
-    (``object_id`` required, ``index`` and ``source`` optional, others
-    ignored), such as ``objects.tsv`` written by :func:`write_object_table`,
-    or a plain text file with one name per line (such as THINGS
-    ``unique_id.txt``).
+    Accepts a table whose first line names the columns (``object_id``
+    required, ``index`` and ``source`` optional, others ignored), such as
+    ``objects.tsv`` written by :func:`write_object_table`, or a plain text
+    file with one name per line (such as THINGS ``unique_id.txt``). Tables
+    are tab-separated, or comma-separated in a ``.csv`` file.
 
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If the path is a folder or another non-file, the file
             lists no object, the index column is not 0, 1, 2, ... in order,
-            a table row has no object_id field, or a plain list has a tab in
-            a line or a blank line before its last name (every later object
+            a table row has no object_id field, a ``.csv`` file has no
+            object_id column, or a plain list has a tab in a line or a blank
+            line before its last name (every later object
             would move up one row).
     """
     path = Path(path)
@@ -106,12 +107,20 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
         raise FileNotFoundError(
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
         )
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig drops a byte order mark, which would otherwise start the first name.
+    text = path.read_text(encoding="utf-8-sig")
     lines = text.splitlines()
-    header = lines[0].split("\t") if lines else []
+    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+    header = next(csv.reader([lines[0]], delimiter=delimiter)) if lines else []
     if "object_id" in header:
-        return _read_table_with_header(path, text, header)
+        return _read_table_with_header(path, text, header, delimiter)
     for number, line in enumerate(lines, start=1):
+        if delimiter == "," and "," in line:
+            raise ValueError(
+                f"{path}, line {number}: a comma-separated table without an object_id column in "
+                "its header line. Name the column of object names object_id (source, the image "
+                "file, is optional), or pass a list with one name per line"
+            )
         if "\t" in line:
             raise ValueError(
                 f"{path}, line {number}: a tab in a list of object names. A list names one object "
@@ -132,21 +141,22 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     return _table(path, names, [""] * len(names))
 
 
-def _read_table_with_header(path: Path, text: str, header: list[str]) -> ObjectTable:
+def _read_table_with_header(path: Path, text: str, header: list[str], delimiter: str) -> ObjectTable:
     """Read a table whose first line names its columns (``object_id`` required)."""
     columns = {name: header.index(name) for name in COLUMNS if name in header}
     # The csv reader reads the file itself, so that a quoted field with a
     # line break (written by write_object_table) stays one field.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     next(reader)
     ids, sources = [], []
     for row in reader:
         if not row:
             continue
         if len(row) <= columns["object_id"]:
+            separated = "comma" if delimiter == "," else "tab"
             raise ValueError(
                 f"{path}, line {reader.line_num}: no object_id field (the header puts it in column "
-                f"{columns['object_id'] + 1}); give every row one tab-separated field per column"
+                f"{columns['object_id'] + 1}); give every row one {separated}-separated field per column"
             )
         if "index" in columns and (len(row) <= columns["index"] or row[columns["index"]] != str(len(ids))):
             found = row[columns["index"]] if len(row) > columns["index"] else ""
