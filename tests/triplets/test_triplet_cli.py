@@ -438,3 +438,74 @@ def test_import_split_into_file_names_both_spellings(tmp_path, capsys):
         f"--split/--val-fraction writes train.npy and val.npy: give an output folder, not {tmp_path / 'out.npy'}"
     ) in capsys.readouterr().err
     assert not (tmp_path / "out.npy").exists()
+
+
+# --------------------------------------------------------------------------- failed runs
+
+
+def _interrupt_after(monkeypatch, name: str) -> None:
+    """Make save_triplets raise Terminated (as SIGTERM does) right after it wrote ``name``."""
+    import dimalign.io.triplets as triplet_io
+    from dimalign.cli import Terminated
+
+    save = triplet_io.save_triplets
+
+    def save_then_stop(triplets, path):
+        written = save(triplets, path)
+        if Path(path).name == name:
+            raise Terminated(143)
+        return written
+
+    monkeypatch.setattr(triplet_io, "save_triplets", save_then_stop)
+
+
+def test_simulate_interrupted_removes_new_folder(tmp_path, monkeypatch):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    _interrupt_after(monkeypatch, "train.npy")
+    out_dir = tmp_path / "new" / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "50", "--val-fraction", "0.2"])
+
+    assert status == 143
+    assert not (tmp_path / "new").exists()
+
+
+def test_simulate_interrupted_keeps_existing_files(tmp_path, monkeypatch):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine\n", encoding="utf-8")
+    _interrupt_after(monkeypatch, "train.npy")
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "50", "--val-fraction", "0.2"])
+
+    assert status == 143
+    assert sorted(path.name for path in out_dir.iterdir()) == ["notes.txt"]
+
+
+def test_import_failed_write_removes_added_files(tmp_path, capsys):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    (out_dir / "val.npy").mkdir(parents=True)
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "5",
+                   "--split", "0.5"])
+
+    assert status == 1
+    assert "val.npy" in capsys.readouterr().err
+    assert sorted(path.name for path in out_dir.iterdir()) == ["val.npy"]
+
+
+def test_import_interrupted_removes_new_folder(tmp_path, monkeypatch):
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    _interrupt_after(monkeypatch, "triplets.npy")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "5"])
+
+    assert status == 143
+    assert not out_dir.exists()

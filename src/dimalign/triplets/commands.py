@@ -165,7 +165,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Handle ``dimalign import-triplets``."""
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import read_object_table, write_object_table
     from dimalign.io.triplets import (
         TRIPLET_SUFFIXES,
@@ -232,17 +232,6 @@ def run_import(args: argparse.Namespace) -> int:
             f"{len(triplets):,} triplets) = 0: use at least {1 / len(triplets):.2g}, or leave "
             "out --split to write triplets.npy"
         )
-    written = {}
-    if args.split is not None:
-        train, val = split_triplets(triplets, args.split, random_state=seed)
-        written["train"] = save_triplets(train, out_dir / "train.npy")
-        written["val"] = save_triplets(val, out_dir / "val.npy")
-    else:
-        written["triplets"] = save_triplets(triplets, out if as_file else out_dir / "triplets.npy")
-    if not as_file:
-        object_table = table or _generated_table(n_objects)
-        written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
-
     inputs = {"triplets": source}
     if objects_path:
         inputs["objects"] = objects_path
@@ -256,11 +245,25 @@ def run_import(args: argparse.Namespace) -> int:
         "split": args.split,
         "seed": seed,
     }
-    outputs = {"files": {name: path.name for name, path in written.items()}, **summary.to_dict()}
-    if args.split is not None:
-        outputs.update(n_train=len(train), n_val=len(val))
-    write_manifest(out_dir, step="import-triplets", inputs=inputs, settings=settings,
-                   started=started, outputs=outputs)
+
+    # A failed or interrupted run removes what it wrote, so that no folder
+    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    written = {}
+    with output_dir(out_dir, remove_added=True):
+        if args.split is not None:
+            train, val = split_triplets(triplets, args.split, random_state=seed)
+            written["train"] = save_triplets(train, out_dir / "train.npy")
+            written["val"] = save_triplets(val, out_dir / "val.npy")
+        else:
+            written["triplets"] = save_triplets(triplets, out if as_file else out_dir / "triplets.npy")
+        if not as_file:
+            object_table = table or _generated_table(n_objects)
+            written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
+        outputs = {"files": {name: path.name for name, path in written.items()}, **summary.to_dict()}
+        if args.split is not None:
+            outputs.update(n_train=len(train), n_val=len(val))
+        write_manifest(out_dir, step="import-triplets", inputs=inputs, settings=settings,
+                       started=started, outputs=outputs)
     for path in written.values():
         print(path)
     return 0
@@ -287,7 +290,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dimalign.io.features import check_layer_choice, load_features
-    from dimalign.io.files import check_output_dir, now_iso, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import write_object_table
     from dimalign.io.triplets import save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
@@ -330,23 +333,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     del triplets
 
-    written = {}
-    if args.val_fraction:
-        train, val = split_triplets(
-            result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
-        )
-        written["train"] = save_triplets(train, out_dir / "train.npy")
-        written["val"] = save_triplets(val, out_dir / "val.npy")
-    else:
-        written["triplets"] = save_triplets(result.triplets, out_dir / "triplets.npy")
     if table is None:
         table = _generated_table(n_objects)
         logger.info(
             "the features have no object table; named the objects object_0 .. object_%d",
             n_objects - 1,
         )
-    written["objects"] = write_object_table(table, out_dir / "objects.tsv")
-
     inputs = {"features": _features_file(Path(args.features), args.layer)}
     if args.objects:
         inputs["objects"] = Path(args.objects)
@@ -366,14 +358,28 @@ def run_simulate(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
         "method": result.method,
     }
-    outputs = {
-        "files": {name: path.name for name, path in written.items()},
-        "n_ties": result.n_ties,
-    }
-    if args.val_fraction:
-        outputs.update(n_train=len(train), n_val=len(val))
-    write_manifest(out_dir, step="simulate", inputs=inputs, settings=settings,
-                   started=started, outputs=outputs)
+
+    # A failed or interrupted run removes what it wrote, so that no folder
+    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    written = {}
+    with output_dir(out_dir, remove_added=True):
+        if args.val_fraction:
+            train, val = split_triplets(
+                result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
+            )
+            written["train"] = save_triplets(train, out_dir / "train.npy")
+            written["val"] = save_triplets(val, out_dir / "val.npy")
+        else:
+            written["triplets"] = save_triplets(result.triplets, out_dir / "triplets.npy")
+        written["objects"] = write_object_table(table, out_dir / "objects.tsv")
+        outputs = {
+            "files": {name: path.name for name, path in written.items()},
+            "n_ties": result.n_ties,
+        }
+        if args.val_fraction:
+            outputs.update(n_train=len(train), n_val=len(val))
+        write_manifest(out_dir, step="simulate", inputs=inputs, settings=settings,
+                       started=started, outputs=outputs)
     for path in written.values():
         print(path)
     return 0
