@@ -300,6 +300,15 @@ def test_folder_with_one_candidate_loads(tmp_path):
     assert load_triplets(tmp_path).tolist() == ZERO_BASED
 
 
+def test_folder_table_disagreeing_with_n_objects_fails(tmp_path):
+    save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
+    write_object_table(ObjectTable.from_ids(list("abcde")), tmp_path / "objects.tsv")
+
+    assert load_triplets(tmp_path, 5).tolist() == ZERO_BASED
+    with pytest.raises(ValueError, match=f"n_objects is 7 but {tmp_path / 'objects.tsv'} lists 5 objects"):
+        load_triplets(tmp_path, 7)
+
+
 def test_folder_with_two_candidates_lists_both(tmp_path):
     save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
     save_triplets(np.array(ZERO_BASED), tmp_path / "triplets.txt")

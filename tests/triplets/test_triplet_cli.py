@@ -509,3 +509,92 @@ def test_import_interrupted_removes_new_folder(tmp_path, monkeypatch):
 
     assert status == 143
     assert not out_dir.exists()
+
+
+# --------------------------------------------------------------------------- files of the user
+
+
+def _write_named_table(path: Path, names: list[str]) -> None:
+    write_object_table(ObjectTable.from_ids(names), path)
+
+
+def test_import_into_input_folder_keeps_its_objects(tmp_path, capsys):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "triplets.txt").write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    _write_named_table(folder / "objects.tsv", list("abcde"))
+    before = (folder / "objects.tsv").read_bytes()
+
+    status = main(["import-triplets", str(folder / "triplets.txt"), "-o", str(folder),
+                   "--n-objects", "5", "--split", "0.5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{folder / 'objects.tsv'} exists and was not written by an earlier dimalign import-triplets run" in error
+    assert "choose another output folder" in error
+    assert (folder / "objects.tsv").read_bytes() == before
+    assert sorted(path.name for path in folder.iterdir()) == ["objects.tsv", "triplets.txt"]
+
+
+@pytest.mark.parametrize("command", ["import-triplets", "simulate"])
+def test_user_triplets_file_is_not_replaced(tmp_path, capsys, command):
+    out_dir = tmp_path / "mine"
+    out_dir.mkdir()
+    user_triplets = np.array([[5, 6, 7]])
+    np.save(out_dir / "triplets.npy", user_triplets)
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    if command == "simulate":
+        arguments = ["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20"]
+    else:
+        arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "10"]
+
+    status = main([*arguments, "-o", str(out_dir)])
+
+    assert status == 1
+    assert f"{out_dir / 'triplets.npy'} exists and was not written by an earlier dimalign {command} run" in (
+        capsys.readouterr().err
+    )
+    assert np.array_equal(np.load(out_dir / "triplets.npy"), user_triplets)
+    assert sorted(path.name for path in out_dir.iterdir()) == ["triplets.npy"]
+
+
+def test_import_into_file_path_keeps_user_file(tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    target = tmp_path / "out.csv"
+    target.write_text("my notes\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(target)])
+
+    assert status == 1
+    assert f"{target} exists and was not written by an earlier dimalign import-triplets run" in (
+        capsys.readouterr().err
+    )
+    assert target.read_text(encoding="utf-8") == "my notes\n"
+
+
+def test_import_folder_objects_disagree_with_n_objects(tmp_path, capsys):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "triplets.txt").write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    _write_named_table(folder / "objects.tsv", list("abcde"))
+
+    status = main(["import-triplets", str(folder), "-o", str(tmp_path / "out"), "--n-objects", "7"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"--n-objects 7 disagrees with {folder / 'objects.tsv'}, which lists 5 objects" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_folder_objects_agree_with_n_objects(tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "triplets.txt").write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    _write_named_table(folder / "objects.tsv", list("abcde"))
+
+    status = main(["import-triplets", str(folder), "-o", str(tmp_path / "out"), "--n-objects", "5"])
+
+    assert status == 0
+    assert read_object_table(tmp_path / "out" / "objects.tsv").object_ids == tuple("abcde")
+    assert read_manifest(tmp_path / "out")["inputs"]["objects"]["sha256"] == sha256_file(folder / "objects.tsv")

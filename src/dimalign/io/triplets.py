@@ -124,7 +124,9 @@ def load_triplets(
     if path.is_dir():
         folder = path
         path = find_triplet_file(folder)
-        if n_objects is None and object_table is None and (folder / OBJECT_TABLE_NAME).is_file():
+        if object_table is None and (folder / OBJECT_TABLE_NAME).is_file():
+            # Also with n_objects given, so that a count that contradicts the
+            # folder's own table is an error rather than a silent mismatch.
             object_table = folder / OBJECT_TABLE_NAME
             logger.info("using the object table %s for the number of objects", object_table)
     elif not path.is_file():
@@ -241,8 +243,10 @@ def _resolve_n_objects(
     n_objects: int | None, object_table: str | os.PathLike | ObjectTable | None
 ) -> int:
     table_size = None
+    table_name = "the object table"
     if object_table is not None:
         if not isinstance(object_table, ObjectTable):
+            table_name = str(object_table)
             object_table = read_object_table(object_table)
         table_size = len(object_table)
     if n_objects is None and table_size is None:
@@ -252,7 +256,8 @@ def _resolve_n_objects(
         )
     if n_objects is not None and table_size is not None and int(n_objects) != table_size:
         raise ValueError(
-            f"n_objects is {n_objects} but the object table lists {table_size} objects"
+            f"n_objects is {n_objects} but {table_name} lists {table_size} objects; pass "
+            "one of them, or a table with one name per object"
         )
     n_objects = int(n_objects if n_objects is not None else table_size)
     if n_objects < 3:

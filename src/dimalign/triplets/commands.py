@@ -202,14 +202,23 @@ def run_import(args: argparse.Namespace) -> int:
     objects_path = Path(args.objects) if args.objects else None
     if source.is_dir():
         folder, source = source, find_triplet_file(source)
-        if args.n_objects is None and objects_path is None and (folder / "objects.tsv").is_file():
+        if objects_path is None and (folder / "objects.tsv").is_file():
             objects_path = folder / "objects.tsv"
             logger.info("using the object table %s for the number of objects", objects_path)
     if args.delimiter is not None and source.suffix.lower() == ".npy":
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
     targets = [out] if as_file else [out_dir / name for name in planned]
     _reject_overwritten_inputs(targets, {"triplet file": source, "--objects table": objects_path})
+    check_unowned_outputs(out_dir, {target.name for target in targets}, "import-triplets")
     table = read_object_table(objects_path) if objects_path else None
+    if table is not None and args.n_objects is not None and len(table) != args.n_objects:
+        # Only the folder's own objects.tsv meets --n-objects here: argparse
+        # rejects --objects together with --n-objects.
+        raise ValueError(
+            f"--n-objects {args.n_objects} disagrees with {objects_path}, which lists "
+            f"{len(table)} objects: leave out --n-objects to use that table, or import the "
+            f"triplet file {source} itself with --objects naming {args.n_objects} objects"
+        )
     triplets = load_triplets(
         source,
         args.n_objects,
@@ -307,6 +316,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         {"features file": _features_file(Path(args.features), args.layer),
          "--objects table": Path(args.objects) if args.objects else None},
     )
+    check_unowned_outputs(out_dir, planned | {"objects.tsv"}, "simulate")
     features, table = load_features(args.features, layer=args.layer)
     n_objects = int(features.shape[0])
     if args.objects:
@@ -418,21 +428,53 @@ def check_stale_outputs(out_dir: Path, planned: set[str]) -> None:
     Raises:
         FileExistsError: Naming the stale files.
     """
-    from dimalign.io.files import MANIFEST_NAME, read_manifest
-
-    if not (out_dir / MANIFEST_NAME).is_file():
-        return
-    manifest = read_manifest(out_dir)
-    if manifest.get("step") not in _TRIPLET_STEPS:
-        return
-    previous = set(manifest.get("outputs", {}).get("files", {}).values())
+    step, previous = _earlier_outputs(out_dir)
     stale = sorted(name for name in previous - planned if (out_dir / name).is_file())
     if stale:
         raise FileExistsError(
-            f"{out_dir} contains {', '.join(stale)} from an earlier dimalign {manifest['step']} "
+            f"{out_dir} contains {', '.join(stale)} from an earlier dimalign {step} "
             "run, which this run would not replace, so later steps could read the old "
             "triplets; choose another output folder, or remove those files yourself"
         )
+
+
+def check_unowned_outputs(out_dir: Path, planned: set[str], step: str) -> None:
+    """Reject an output file that exists but was not written by an earlier run of ``step``.
+
+    The output folder may be the input folder or any folder of the user's, so a
+    ``triplets.npy`` or ``objects.tsv`` there can be the only copy of the data.
+    A file listed in the folder's ``manifest.json`` by an earlier run of the
+    same step is replaced, which makes a rerun into the same folder work.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+        planned (set[str]): Names of the files this run writes into ``out_dir``.
+        step (str): The running step, for the message.
+
+    Raises:
+        FileExistsError: Naming the first such file.
+    """
+    previous = _earlier_outputs(out_dir)[1]
+    for name in sorted(planned - previous):
+        path = out_dir / name
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(
+                f"{path} exists and was not written by an earlier dimalign {step} run into "
+                f"{out_dir}, so it may be the only copy of its data: move it away, or choose "
+                "another output folder"
+            )
+
+
+def _earlier_outputs(out_dir: Path) -> tuple[str | None, set[str]]:
+    """Return the step of an earlier triplet run into ``out_dir`` and the files it wrote."""
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return None, set()
+    manifest = read_manifest(out_dir)
+    if manifest.get("step") not in _TRIPLET_STEPS:
+        return None, set()
+    return manifest["step"], set(manifest.get("outputs", {}).get("files", {}).values())
 
 
 def _read_simulate_objects(path: Path, n_objects: int, features: str):
