@@ -598,3 +598,41 @@ def test_import_folder_objects_agree_with_n_objects(tmp_path):
     assert status == 0
     assert read_object_table(tmp_path / "out" / "objects.tsv").object_ids == tuple("abcde")
     assert read_manifest(tmp_path / "out")["inputs"]["objects"]["sha256"] == sha256_file(folder / "objects.tsv")
+
+
+# --------------------------------------------------------------------------- validation fractions
+
+
+@pytest.mark.parametrize(
+    ("n_triplets", "fraction", "smallest"), [("10000", "0.00001", "0.0001"), ("5", "0.1", "0.2"), ("5", "0", "0.2")]
+)
+def test_simulate_val_fraction_holding_out_nothing_fails(tmp_path, capsys, n_triplets, fraction, smallest):
+    """An empty val.npy is rejected by fit, so simulate rejects it like import-triplets does."""
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((30, 3)))
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", n_triplets,
+                   "--val-fraction", fraction])
+
+    assert status == 1
+    assert (
+        f"--val-fraction {float(fraction)} holds out no triplet, since round({float(fraction)} x "
+        f"{int(n_triplets):,} triplets) = 0: use at least {smallest}, or leave out --val-fraction to write "
+        "triplets.npy"
+    ) in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
+def test_simulate_val_fraction_leaving_no_training_fails(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((30, 3)))
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "5",
+                   "--val-fraction", "0.95"])
+
+    assert status == 1
+    assert (
+        "--val-fraction 0.95 leaves no training triplet, since round(0.95 x 5 triplets) = 5: use a smaller "
+        "fraction or more triplets"
+    ) in capsys.readouterr().err
+    assert not out_dir.exists()

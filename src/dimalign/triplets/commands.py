@@ -146,7 +146,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--val-fraction", type=_validation_fraction,
-        help="split into train.npy and val.npy with this validation fraction",
+        help="split into train.npy and val.npy with this validation fraction, above 0 and below 1",
     )
 
     parser.add_argument(
@@ -234,13 +234,8 @@ def run_import(args: argparse.Namespace) -> int:
     for line in summary.lines():
         logger.info("%s", line)
 
-    if args.split is not None and len(triplets) and round(args.split * len(triplets)) == 0:
-        # split_triplets holds out round(fraction x n) rows, and fit rejects an empty val.npy.
-        raise ValueError(
-            f"--split/--val-fraction {args.split} holds out no triplet, since round({args.split} x "
-            f"{len(triplets):,} triplets) = 0: use at least {1 / len(triplets):.2g}, or leave "
-            "out --split to write triplets.npy"
-        )
+    if args.split is not None and len(triplets):
+        check_split_sizes("--split/--val-fraction", args.split, len(triplets), "--split")
     inputs = {"triplets": source}
     if objects_path:
         inputs["objects"] = objects_path
@@ -264,11 +259,15 @@ def run_import(args: argparse.Namespace) -> int:
             written["train"] = save_triplets(train, out_dir / "train.npy")
             written["val"] = save_triplets(val, out_dir / "val.npy")
         else:
-            written["triplets"] = save_triplets(triplets, out if as_file else out_dir / "triplets.npy")
+            target = out if as_file else out_dir / "triplets.npy"
+            written["triplets"] = save_triplets(triplets, target)
         if not as_file:
             object_table = table or _generated_table(n_objects)
             written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
-        outputs = {"files": {name: path.name for name, path in written.items()}, **summary.to_dict()}
+        outputs = {
+            "files": {name: path.name for name, path in written.items()},
+            **summary.to_dict(),
+        }
         if args.split is not None:
             outputs.update(n_train=len(train), n_val=len(val))
         write_manifest(out_dir, step="import-triplets", inputs=inputs, settings=settings,
@@ -309,7 +308,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     started = now_iso()
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir, "simulate")
-    planned = {"train.npy", "val.npy"} if args.val_fraction else {"triplets.npy"}
+    planned = {"train.npy", "val.npy"} if args.val_fraction is not None else {"triplets.npy"}
     check_stale_outputs(out_dir, planned | {"objects.tsv"})
     _reject_overwritten_inputs(
         [out_dir / name for name in sorted(planned | {"objects.tsv"})],
@@ -373,7 +372,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     # with train.npy but no val.npy or manifest.json passes for a whole one.
     written = {}
     with output_dir(out_dir, remove_added=True):
-        if args.val_fraction:
+        if args.val_fraction is not None:
             train, val = split_triplets(
                 result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
             )
@@ -386,7 +385,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             "files": {name: path.name for name, path in written.items()},
             "n_ties": result.n_ties,
         }
-        if args.val_fraction:
+        if args.val_fraction is not None:
             outputs.update(n_train=len(train), n_val=len(val))
         write_manifest(out_dir, step="simulate", inputs=inputs, settings=settings,
                        started=started, outputs=outputs)
@@ -410,6 +409,38 @@ def check_simulate_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--temperature {args.temperature} is invalid: use a number above 0")
     if args.n_triplets < 1:
         raise ValueError(f"--n-triplets {args.n_triplets} is invalid: use 1 or more")
+    if args.val_fraction is not None:
+        check_split_sizes("--val-fraction", args.val_fraction, args.n_triplets, "--val-fraction")
+
+
+def check_split_sizes(option: str, fraction: float, n_triplets: int, omit: str) -> None:
+    """Reject a validation fraction that leaves the validation or the training part empty.
+
+    :func:`dimalign.io.triplets.split_triplets` holds out at least
+    ``round(fraction x n_triplets)`` rows, and ``dimalign fit`` rejects an
+    empty ``val.npy`` or ``train.npy``.
+
+    Args:
+        option (str): The option as the user may have typed it, for the message.
+        fraction (float): The validation fraction, in [0, 1).
+        n_triplets (int): Number of triplets to split, at least 1.
+        omit (str): The option to leave out for a single ``triplets.npy``.
+
+    Raises:
+        ValueError: Naming the option, the rounding and a fraction that works.
+    """
+    held_out = round(fraction * n_triplets)
+    if held_out == 0:
+        raise ValueError(
+            f"{option} {fraction} holds out no triplet, since round({fraction} x {n_triplets:,} "
+            f"triplets) = 0: use at least {1 / n_triplets:.2g}, or leave out {omit} to write "
+            "triplets.npy"
+        )
+    if held_out >= n_triplets:
+        raise ValueError(
+            f"{option} {fraction} leaves no training triplet, since round({fraction} x "
+            f"{n_triplets:,} triplets) = {held_out:,}: use a smaller fraction or more triplets"
+        )
 
 
 def check_stale_outputs(out_dir: Path, planned: set[str]) -> None:
