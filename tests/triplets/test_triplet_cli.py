@@ -636,3 +636,19 @@ def test_simulate_val_fraction_leaving_no_training_fails(tmp_path, capsys):
         "fraction or more triplets"
     ) in capsys.readouterr().err
     assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("content", ["", "a,b,c\n", "# no judgements yet\n"])
+def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
+    source = tmp_path / "trials.csv"
+    source.write_text(content, encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "10", "--split", "0.1"])
+
+    assert status == 1
+    assert (
+        f"{source} contains no triplets, so --split/--val-fraction 0.1 holds out none: check that it is the "
+        "file of judgements"
+    ) in capsys.readouterr().err
+    assert not out_dir.exists()

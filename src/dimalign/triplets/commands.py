@@ -234,7 +234,12 @@ def run_import(args: argparse.Namespace) -> int:
     for line in summary.lines():
         logger.info("%s", line)
 
-    if args.split is not None and len(triplets):
+    if args.split is not None and not len(triplets):
+        raise ValueError(
+            f"{source} contains no triplets, so --split/--val-fraction {args.split} holds out "
+            "none: check that it is the file of judgements"
+        )
+    if args.split is not None:
         check_split_sizes("--split/--val-fraction", args.split, len(triplets), "--split")
     inputs = {"triplets": source}
     if objects_path:
