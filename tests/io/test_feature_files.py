@@ -46,3 +46,24 @@ def test_complex_features_rejected(tmp_path):
 
     with pytest.raises(ValueError, match="features must be real numbers, got dtype complex128"):
         load_features(tmp_path / "features.npy")
+
+
+def test_unreadable_features_file_is_not_called_damaged(tmp_path, monkeypatch):
+    path = tmp_path / "features.npy"
+    np.save(path, np.ones((4, 2)))
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", deny)
+    with pytest.raises(PermissionError, match="Permission denied") as caught:
+        load_features(path)
+    assert "damaged" not in str(caught.value)
+
+
+def test_text_named_npy_features_give_no_pickle_advice(tmp_path):
+    (tmp_path / "features.npy").write_text("0.5 1.5\n")
+
+    with pytest.raises(ValueError, match="features.npy cannot be read as a features array: it is not a .npy file") as caught:
+        load_features(tmp_path / "features.npy")
+    assert "allow_pickle" not in str(caught.value)

@@ -528,7 +528,7 @@ def test_inline_comment_and_object_npy(tmp_path):
     with pytest.raises(ValueError, match=r"line 2, column 2: value 'x' is not an integer"):
         load_triplets(tmp_path / "commented.txt", 20)
     np.save(tmp_path / "objects.npy", np.array([[0, 1, "a"]], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match=r"objects.npy is not a plain .npy array of integers"):
+    with pytest.raises(ValueError, match=r"objects.npy cannot be read as a triplet array: it contains Python objects"):
         load_triplets(tmp_path / "objects.npy", 20)
 
 
@@ -546,3 +546,38 @@ def test_validate_rejects_unsigned_index_beyond_int64():
     triplets = np.array([[0, 1, 2**63]], dtype=np.uint64)
     with pytest.raises(ValueError, match="row 0: object index 9223372036854775808 is out of range"):
         validate_triplets(triplets, None)
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+
+def _write_npz_as_npy(path: Path) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, a=np.array([[0, 1, 2]]))
+
+
+def _write_pickle_as_npy(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps([[0, 1, 2]]))
+
+
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        (_write_npz_as_npy, r"it is a \.npz archive \(arrays: a\), not a \.npy file"),
+        (lambda path: path.write_bytes(b""), r"the file is empty \(0 bytes\)"),
+        (lambda path: path.write_text("0 1 2\n"), r"it is not a \.npy file, because it does not start with"),
+        (_write_pickle_as_npy, r"it is not a \.npy file, because it does not start with"),
+    ],
+    ids=["npz", "empty", "text", "pickle"],
+)
+def test_unreadable_npy_names_the_problem(tmp_path, write, reason):
+    path = tmp_path / "triplets.npy"
+    write(path)
+
+    with pytest.raises(ValueError, match=f"triplets.npy cannot be read as a triplet array: {reason}") as caught:
+        load_triplets(path, 5)
+    assert "allow_pickle" not in str(caught.value)
+    assert "unsafely" not in str(caught.value)
+

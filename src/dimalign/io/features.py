@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import text_table_problem
+from dimalign.io.files import load_npy, text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -70,14 +70,12 @@ def load_features(
 
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            features = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            # numpy's own message about pickled data would suggest loading the file unsafely.
-            raise ValueError(
-                f"{path} cannot be read as a features array: it is not a numpy .npy file of numbers, "
-                "or it is damaged; write the features with numpy.save"
-            ) from error
+        features = load_npy(
+            path,
+            description="a features array",
+            advice="write the features with numpy.save",
+            mmap_mode="r" if mmap else None,
+        )
     elif suffix in (".h5", ".hdf5"):
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":

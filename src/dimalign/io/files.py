@@ -409,6 +409,62 @@ def text_table_problem(path: str | os.PathLike) -> str:
     return "it is not a whitespace-separated table of numbers"
 
 
+def load_npy(
+    path: str | os.PathLike, *, description: str, advice: str, mmap_mode: str | None = None
+) -> Any:
+    """Load a ``.npy`` array without pickles, raising an error that names the problem of the file.
+
+    numpy's own messages suggest loading a text file or a pickle "unsafely"
+    with ``allow_pickle=True``, and an empty file raises ``EOFError``. Errors
+    of the file system (permission denied, say) are raised unchanged, because
+    they name the file and the cause already.
+
+    Args:
+        path (str | os.PathLike): The ``.npy`` file.
+        description (str): What the file should contain, such as ``"a features
+            array"``, for the message.
+        advice (str): What to do, such as ``"write the features with numpy.save"``.
+        mmap_mode (str | None): Passed to :func:`numpy.load`.
+
+    Returns:
+        np.ndarray: The array (a ``numpy.memmap`` with ``mmap_mode``).
+
+    Raises:
+        ValueError: If the file is empty, a ``.npz`` archive, no ``.npy`` file,
+            an array of Python objects, or cut short.
+        OSError: If the file cannot be opened or read.
+    """
+    import numpy as np
+
+    def unreadable(reason: str) -> ValueError:
+        return ValueError(f"{path} cannot be read as {description}: {reason}; {advice}")
+
+    try:
+        loaded = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except EOFError as error:
+        raise unreadable("the file is empty (0 bytes)") from error
+    except ValueError as error:
+        magic = np.lib.format.MAGIC_PREFIX
+        with open(path, "rb") as handle:
+            start = handle.read(len(magic))
+        if start != magic:
+            reason = (
+                "it is not a .npy file, because it does not start with the .npy signature "
+                "(it may be text or a pickle)"
+            )
+        elif "object" in str(error).lower():
+            reason = "it contains Python objects, not numbers"
+        else:
+            reason = f"it is damaged or cut short ({error})"
+        raise unreadable(reason) from error
+    if not isinstance(loaded, np.ndarray):
+        # A .npz archive under a .npy name loads as an NpzFile.
+        names = ", ".join(loaded.files)
+        loaded.close()
+        raise unreadable(f"it is a .npz archive (arrays: {names}), not a .npy file")
+    return loaded
+
+
 def is_same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Return whether two paths name the same file, through links, relative paths or hard links.
 

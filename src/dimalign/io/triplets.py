@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import atomic_path
+from dimalign.io.files import atomic_path, load_npy
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -266,13 +266,11 @@ def _resolve_n_objects(
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as error:
-        raise ValueError(
-            f"{path} is not a plain .npy array of integers ({error}); save the triplets with "
-            "numpy.save as an integer array"
-        ) from error
+    array = load_npy(
+        path,
+        description="a triplet array",
+        advice="save the triplets with numpy.save as an integer array",
+    )
     if array.ndim != 2:
         raise ValueError(f"{path}: triplets must be a 2-D array, got shape {array.shape}")
 
