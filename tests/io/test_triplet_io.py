@@ -581,3 +581,18 @@ def test_unreadable_npy_names_the_problem(tmp_path, write, reason):
     assert "allow_pickle" not in str(caught.value)
     assert "unsafely" not in str(caught.value)
 
+
+
+@pytest.mark.parametrize("delimiter", ["ab", "", ";;"])
+def test_delimiter_of_several_characters_fails(tmp_path, delimiter):
+    path = write_lines(tmp_path / "ab.txt", ["0ab1ab2"])
+
+    with pytest.raises(ValueError, match=f"delimiter {delimiter!r} is invalid: use one character"):
+        load_triplets(path, 5, delimiter=delimiter)
+
+
+def test_delimiter_names_still_work(tmp_path):
+    path = write_lines(tmp_path / "t.txt", ["0;1;2", "3;4;0"])
+
+    assert load_triplets(path, 5, delimiter=";").tolist() == [[0, 1, 2], [3, 4, 0]]
+    assert load_triplets(path, 5, delimiter="semicolon").tolist() == [[0, 1, 2], [3, 4, 0]]

@@ -310,9 +310,22 @@ def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.
 
 
 def _normalize_delimiter(delimiter: str | None) -> str | None:
+    """Return the delimiter character of a delimiter or its name, or None for whitespace.
+
+    Raises:
+        ValueError: If ``delimiter`` is empty or longer than one character
+            without being a known name.
+    """
     if delimiter is None:
         return None
-    return _DELIMITER_NAMES.get(delimiter.lower(), delimiter)
+    normalized = _DELIMITER_NAMES.get(delimiter.lower(), delimiter)
+    if normalized is not None and len(normalized) != 1:
+        names = ", ".join(name for name in _DELIMITER_NAMES if name.strip())
+        raise ValueError(
+            f"delimiter {delimiter!r} is invalid: use one character such as ';', or one of the "
+            f"names {names} (CLI: --delimiter)"
+        )
+    return normalized
 
 
 def _split(line: str, delimiter: str | None) -> list[str]:
