@@ -652,3 +652,19 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
         "file of judgements"
     ) in capsys.readouterr().err
     assert not out_dir.exists()
+
+
+def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys):
+    """The per-object counts of 10^13 objects need 80 TB, which no allocation gets."""
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "10000000000000"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "10,000,000,000,000 objects need more memory than is available" in error
+    assert "Unable to allocate" in error
+    assert "check --n-objects" in error
+    assert not out_dir.exists()

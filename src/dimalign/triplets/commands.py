@@ -230,7 +230,16 @@ def run_import(args: argparse.Namespace) -> int:
         object_table=table,
     )
     n_objects = len(table) if table is not None else args.n_objects
-    summary = summarize_triplets(triplets, n_objects)
+    try:
+        # Both hold a value per object: 8-byte counts, and names such as object_123.
+        summary = summarize_triplets(triplets, n_objects)
+        object_table = None if as_file else table or _generated_table(n_objects)
+    except MemoryError as error:
+        raise ValueError(
+            f"{n_objects:,} objects need more memory than is available ({error or 'no details'}); "
+            "check --n-objects, which is the number of objects in the study (the rows of its "
+            "object table)"
+        ) from error
     for line in summary.lines():
         logger.info("%s", line)
 
@@ -267,7 +276,6 @@ def run_import(args: argparse.Namespace) -> int:
             target = out if as_file else out_dir / "triplets.npy"
             written["triplets"] = save_triplets(triplets, target)
         if not as_file:
-            object_table = table or _generated_table(n_objects)
             written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
         outputs = {
             "files": {name: path.name for name, path in written.items()},
