@@ -668,3 +668,19 @@ def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys):
     assert "Unable to allocate" in error
     assert "check --n-objects" in error
     assert not out_dir.exists()
+
+
+def test_simulate_feature_file_records_its_objects(tmp_path):
+    folder = tmp_path / "features"
+    folder.mkdir()
+    np.save(folder / "features_classifier.npy", np.random.default_rng(0).random((8, 3)))
+    _write_named_table(folder / "objects.tsv", [f"img{index}" for index in range(8)])
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(folder / "features_classifier.npy"), "-o", str(out_dir), "--n-triplets", "20"])
+
+    assert status == 0
+    assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "img0"
+    recorded = read_manifest(out_dir)["inputs"]["objects"]
+    assert recorded["path"] == str((folder / "objects.tsv").resolve())
+    assert recorded["sha256"] == sha256_file(folder / "objects.tsv")

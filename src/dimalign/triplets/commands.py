@@ -329,7 +329,8 @@ def run_simulate(args: argparse.Namespace) -> int:
          "--objects table": Path(args.objects) if args.objects else None},
     )
     check_unowned_outputs(out_dir, planned | {"objects.tsv"}, "simulate")
-    features, table = load_features(args.features, layer=args.layer)
+    features, features_table = load_features(args.features, layer=args.layer)
+    table = features_table
     n_objects = int(features.shape[0])
     if args.objects:
         table = _read_simulate_objects(Path(args.objects), n_objects, args.features)
@@ -364,8 +365,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     inputs = {"features": _features_file(Path(args.features), args.layer)}
     if args.objects:
         inputs["objects"] = Path(args.objects)
-    elif Path(args.features).is_dir() and (Path(args.features) / "objects.tsv").is_file():
-        inputs["objects"] = Path(args.features) / "objects.tsv"
+    elif features_table is not None:
+        # load_features reads the objects.tsv next to the features file, also
+        # when it was given as a file rather than as its folder.
+        inputs["objects"] = inputs["features"].parent / "objects.tsv"
     settings = {
         "n_objects": n_objects,
         "n_features": int(features.shape[1]),
