@@ -596,3 +596,27 @@ def test_delimiter_names_still_work(tmp_path):
 
     assert load_triplets(path, 5, delimiter=";").tolist() == [[0, 1, 2], [3, 4, 0]]
     assert load_triplets(path, 5, delimiter="semicolon").tolist() == [[0, 1, 2], [3, 4, 0]]
+
+
+# --------------------------------------------------------------------------- quoted fields
+
+
+def test_quoted_header_names_lose_their_quotes(tmp_path):
+    """R's write.csv quotes every string, header names included."""
+    path = write_lines(tmp_path / "r.csv", ['"subj","i","j","k"', '"s1",0,1,2', '"s2",3,4,0'])
+
+    assert load_triplets(path, 5, columns=["i", "j", "k"]).tolist() == [[0, 1, 2], [3, 4, 0]]
+
+
+def test_all_quoted_fields_load(tmp_path):
+    path = write_lines(tmp_path / "q.csv", ['"i","j","k"', '"0","1","2"', '"3","4","0"'])
+    assert load_triplets(path, 5).tolist() == [[0, 1, 2], [3, 4, 0]]
+
+    path = write_lines(tmp_path / "q.tsv", ['"0"\t"1"\t"2"'])
+    assert load_triplets(path, 5).tolist() == [[0, 1, 2]]
+
+
+def test_quoted_field_with_delimiter_stays_one_field(tmp_path):
+    path = write_lines(tmp_path / "q.csv", ['subject,a,b,c', '"Smith, J.",0,1,2'])
+
+    assert load_triplets(path, 5, columns=["a", "b", "c"]).tolist() == [[0, 1, 2]]

@@ -20,6 +20,7 @@ object more.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -331,7 +332,10 @@ def _normalize_delimiter(delimiter: str | None) -> str | None:
 def _split(line: str, delimiter: str | None) -> list[str]:
     if delimiter is None:
         return line.split()
-    return [token.strip() for token in line.split(delimiter)]
+    # The csv module removes the standard quoting that R and spreadsheet
+    # programs write ("subj","i" or "Smith, J."), keeping a quoted delimiter.
+    fields = next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+    return [field.strip() for field in fields]
 
 
 def _is_number(token: str) -> bool:
