@@ -307,6 +307,18 @@ def test_overflowing_similarity_is_an_error(method):
         simulate_choices(features, np.array([[0, 1, 2], [3, 4, 5]]), method=method)
 
 
+@pytest.mark.parametrize("method", ["gram", "gather"])
+def test_overflow_advice_depends_on_dtype(method):
+    """Saving as float64 helps float32 features only."""
+    triplets = np.array([[0, 1, 2], [3, 4, 5]])
+    with pytest.raises(ValueError, match="or save them as float64"):
+        simulate_choices(np.full((6, 4), 3e19, dtype=np.float32), triplets, method=method)
+
+    with pytest.raises(ValueError, match="overflow float64") as caught:
+        simulate_choices(np.full((6, 4), 1e200), triplets, method=method)
+    assert "float64" not in str(caught.value).split("overflow float64", 1)[1]
+
+
 def test_auto_avoids_gram_when_squared_norms_overflow():
     """Distances within each triplet are small, but |x|^2 of the far group overflows float32."""
     features = np.zeros((6, 4), dtype=np.float32)

@@ -241,11 +241,12 @@ def _check_finite_similarities(
         return
     row = int(np.flatnonzero(~finite)[0])
     largest = float(np.nanmax(np.abs(np.asarray(features[batch[row]], dtype=np.float64))))
+    # Similarities are float64 already for float64 features, so only narrower ones gain from it.
+    wider = "" if np.dtype(dtype) == np.float64 else " or save them as float64"
     raise ValueError(
         f"the similarities of triplet {start + row} (objects {batch[row].tolist()}) are not finite: "
         f"features as large as {largest:.3g} overflow {np.dtype(dtype).name}; divide the features "
-        "by a constant (argmax choices do not change; with softmax, scale the temperature too) "
-        "or save them as float64"
+        f"by a constant (argmax choices do not change; with softmax, scale the temperature too){wider}"
     )
 
 
