@@ -684,3 +684,19 @@ def test_simulate_feature_file_records_its_objects(tmp_path):
     recorded = read_manifest(out_dir)["inputs"]["objects"]
     assert recorded["path"] == str((folder / "objects.tsv").resolve())
     assert recorded["sha256"] == sha256_file(folder / "objects.tsv")
+
+
+@pytest.mark.parametrize("command", ["import-triplets", "simulate"])
+def test_negative_seed_names_the_option(tmp_path, capsys, command):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    (tmp_path / "raw.txt").write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    if command == "simulate":
+        arguments = ["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20"]
+    else:
+        arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "10", "--split", "0.5"]
+
+    with pytest.raises(SystemExit):
+        main([*arguments, "-o", str(tmp_path / "out"), "--seed", "-1"])
+
+    assert "argument --seed: -1 is invalid: use an integer of at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -20,6 +20,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """Parse a command-line seed, which numpy's SeedSequence needs to be at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is invalid: use an integer of at least 0"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: use an integer of at least 0")
+    return value
+
+
 def _validation_fraction(text: str) -> float:
     """Parse a command-line validation fraction, which must lie in [0, 1)."""
     value = float(text)
@@ -91,7 +104,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         "all repeats of an object set on one side (--val-fraction, as in simulate and fit, "
         "is the same option)",
     )
-    parser.add_argument("--seed", type=int, help="seed of --split (default: 0)")
+    parser.add_argument("--seed", type=_seed, help="seed of --split (default: 0)")
     parser.set_defaults(handler=run_import)
 
 
@@ -136,7 +149,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "written to objects.tsv (default: the features' own table, else object_0, object_1, ...)",
     )
 
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, choices and split")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of sampling, choices and split")
     parser.add_argument(
         "--replace", action="store_true",
         help="sample triplets independently, so object sets may repeat",
