@@ -620,3 +620,12 @@ def test_quoted_field_with_delimiter_stays_one_field(tmp_path):
     path = write_lines(tmp_path / "q.csv", ['subject,a,b,c', '"Smith, J.",0,1,2'])
 
     assert load_triplets(path, 5, columns=["a", "b", "c"]).tolist() == [[0, 1, 2]]
+
+
+def test_float16_triplets_load_without_warning(tmp_path):
+    np.save(tmp_path / "half.npy", np.array([[0, 1, 2], [3, 4, 0]], dtype=np.float16))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_triplets(tmp_path / "half.npy", 5).tolist() == [[0, 1, 2], [3, 4, 0]]
+        assert validate_triplets(np.array([[0, 1, 2]], dtype=np.float16), 3).tolist() == [[0, 1, 2]]

@@ -293,8 +293,10 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
 
 def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
     """Convert a float array whose values are all whole numbers to int64."""
-    # Whole numbers beyond the int64 range would wrap around in the cast.
-    limit = float(np.iinfo(np.int64).max)
+    # Whole numbers beyond the int64 range would wrap around in the cast. The
+    # limit is a float64 scalar because numpy casts a Python float to the
+    # array's dtype, which overflows float16 with a warning.
+    limit = np.float64(np.iinfo(np.int64).max)
     bad = ~np.isfinite(array) | (array != np.round(array)) | (np.abs(array) >= limit)
     if bad.any():
         row, column = np.argwhere(bad)[0]
