@@ -629,3 +629,22 @@ def test_float16_triplets_load_without_warning(tmp_path):
         warnings.simplefilter("error")
         assert load_triplets(tmp_path / "half.npy", 5).tolist() == [[0, 1, 2], [3, 4, 0]]
         assert validate_triplets(np.array([[0, 1, 2]], dtype=np.float16), 3).tolist() == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("n_objects", [6, 2_000_000])
+def test_summary_counts_match_brute_force(n_objects):
+    """Counts against Python sets; 2,000,000 objects take the path without arithmetic set codes."""
+    rng = np.random.default_rng(4)
+    objects = rng.choice(n_objects, size=6, replace=False)
+    triplets = np.array([rng.choice(objects, size=3, replace=False) for _ in range(300)])
+
+    summary = summarize_triplets(triplets, n_objects)
+
+    seen_judgements, odd_ones = set(), {}
+    for row in triplets.tolist():
+        key = frozenset(row)
+        seen_judgements.add((key, row[2]))
+        odd_ones.setdefault(key, set()).add(row[2])
+    assert summary.n_unique_sets == len(odd_ones)
+    assert summary.n_duplicates == len(triplets) - len(seen_judgements)
+    assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())

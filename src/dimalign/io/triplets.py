@@ -807,14 +807,18 @@ def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:
     """
     triplets = validate_triplets(triplets, n_objects)
     counts = np.bincount(triplets.ravel(), minlength=n_objects)
-    set_ids, judgement_ids = _set_and_judgement_ids(triplets, n_objects)
+    judgement_ids = _set_and_judgement_ids(triplets, n_objects)[1]
 
-    n_unique_sets = len(np.unique(set_ids))
-    unique_judgements, first = np.unique(judgement_ids, return_index=True)
+    unique_judgements = sorted_unique(judgement_ids)
     n_duplicates = len(triplets) - len(unique_judgements)
-    # Each distinct judgement belongs to one set. A set with two or more
-    # distinct judgements has conflicting choices.
-    judgements_per_set = np.unique(set_ids[first], return_counts=True)[1]
+    # A judgement id is 3 x set id + the odd one's position, so the sorted
+    # distinct judgements list their sets in order, each set once per
+    # distinct odd one. A set listed two or more times has conflicting choices.
+    judged_sets = unique_judgements // 3
+    starts_set = np.ones(len(judged_sets), dtype=bool)
+    starts_set[1:] = judged_sets[1:] != judged_sets[:-1]
+    n_unique_sets = int(starts_set.sum())
+    judgements_per_set = np.diff(np.append(np.flatnonzero(starts_set), len(judged_sets)))
     n_conflicting = int((judgements_per_set > 1).sum())
 
     return TripletSummary(
@@ -861,6 +865,18 @@ def unseen_objects(train: np.ndarray, test: np.ndarray, n_objects: int | None = 
     in_test = np.zeros(size, dtype=bool)
     in_test[test] = True
     return np.flatnonzero(in_test & ~seen).tolist()
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Return the distinct values of a 1-D array in ascending order, like ``np.unique``.
+
+    Sorting and comparing neighbours is several times faster than numpy
+    2.4's ``np.unique`` on millions of int64 values.
+    """
+    ordered = np.sort(values)
+    keep = np.ones(len(ordered), dtype=bool)
+    keep[1:] = ordered[1:] != ordered[:-1]
+    return ordered[keep]
 
 
 def _set_and_judgement_ids(triplets: np.ndarray, n_objects: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from dimalign.io.triplets import validate_triplets
+from dimalign.io.triplets import sorted_unique, validate_triplets
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _draw_unique_ranks(rng: np.random.Generator, n_sets: int, n_triplets: int) -
     ``n_triplets < n_sets / 2`` to finish in a few rounds.
     """
     # Sorting beats np.unique here: numpy 2.4's unique is much slower on 1e7 int64.
-    chosen = _sorted_unique(rng.integers(0, n_sets, size=n_triplets, dtype=np.int64))
+    chosen = sorted_unique(rng.integers(0, n_sets, size=n_triplets, dtype=np.int64))
     n_rounds = 1
 
     while len(chosen) < n_triplets:
@@ -116,7 +116,7 @@ def _draw_unique_ranks(rng: np.random.Generator, n_sets: int, n_triplets: int) -
         acceptance = 1.0 - len(chosen) / n_sets
         extra = rng.integers(0, n_sets, size=int(missing / acceptance * 1.1) + 16, dtype=np.int64)
         position = np.minimum(np.searchsorted(chosen, extra), len(chosen) - 1)
-        extra = _sorted_unique(extra[chosen[position] != extra])
+        extra = sorted_unique(extra[chosen[position] != extra])
         if len(extra) > missing:
             extra = extra[rng.choice(len(extra), size=missing, replace=False)]
         chosen = np.sort(np.concatenate([chosen, extra]))
@@ -124,13 +124,6 @@ def _draw_unique_ranks(rng: np.random.Generator, n_sets: int, n_triplets: int) -
     logger.debug("drew %d unique ranks in %d rounds", n_triplets, n_rounds)
     rng.shuffle(chosen)
     return chosen
-
-
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    ordered = np.sort(values)
-    keep = np.ones(len(ordered), dtype=bool)
-    keep[1:] = ordered[1:] != ordered[:-1]
-    return ordered[keep]
 
 
 def rank_triplets(triplets: np.ndarray) -> np.ndarray:
