@@ -700,3 +700,19 @@ def test_negative_seed_names_the_option(tmp_path, capsys, command):
 
     assert "argument --seed: -1 is invalid: use an integer of at least 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_simulate_interrupted_rerun_keeps_earlier_output(tmp_path, monkeypatch):
+    """A rerun into its own folder replaces the earlier files only once all new ones exist."""
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "out"
+    arguments = ["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "50",
+                 "--val-fraction", "0.2"]
+    assert main([*arguments, "--seed", "1"]) == 0
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    _interrupt_after(monkeypatch, "train.npy")
+
+    status = main([*arguments, "--seed", "2"])
+
+    assert status == 143
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before

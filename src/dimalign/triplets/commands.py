@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -280,27 +284,54 @@ def run_import(args: argparse.Namespace) -> int:
     # A failed or interrupted run removes what it wrote, so that no folder
     # with train.npy but no val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True):
+    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
         if args.split is not None:
             train, val = split_triplets(triplets, args.split, random_state=seed)
-            written["train"] = save_triplets(train, out_dir / "train.npy")
-            written["val"] = save_triplets(val, out_dir / "val.npy")
+            written["train"] = save_triplets(train, stage / "train.npy")
+            written["val"] = save_triplets(val, stage / "val.npy")
         else:
-            target = out if as_file else out_dir / "triplets.npy"
-            written["triplets"] = save_triplets(triplets, target)
+            name = out.name if as_file else "triplets.npy"
+            written["triplets"] = save_triplets(triplets, stage / name)
         if not as_file:
-            written["objects"] = write_object_table(object_table, out_dir / "objects.tsv")
+            written["objects"] = write_object_table(object_table, stage / "objects.tsv")
         outputs = {
             "files": {name: path.name for name, path in written.items()},
             **summary.to_dict(),
         }
         if args.split is not None:
             outputs.update(n_train=len(train), n_val=len(val))
-        write_manifest(out_dir, step="import-triplets", inputs=inputs, settings=settings,
+        write_manifest(stage, step="import-triplets", inputs=inputs, settings=settings,
                        started=started, outputs=outputs)
     for path in written.values():
-        print(path)
+        print(out_dir / path.name)
     return 0
+
+
+@contextlib.contextmanager
+def staged_outputs(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
+
+    The files of an earlier run into the same folder are then replaced only
+    once every new file is written, with ``manifest.json`` last, so an error
+    or SIGTERM on the way leaves the earlier output whole. If the block
+    raises, the hidden folder stays for the caller to remove, so run this
+    inside :func:`dimalign.io.files.output_dir` with ``remove_added=True``.
+
+    Args:
+        out_dir (Path): The output folder, which must exist.
+
+    Yields:
+        Path: The hidden folder.
+    """
+    from dimalign.io.files import MANIFEST_NAME
+
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+    yield stage
+    names = sorted(entry.name for entry in stage.iterdir())
+    names.sort(key=lambda name: name == MANIFEST_NAME)
+    for name in names:
+        os.replace(stage / name, out_dir / name)
+    stage.rmdir()
 
 
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
@@ -400,26 +431,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     # A failed or interrupted run removes what it wrote, so that no folder
     # with train.npy but no val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True):
+    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
         if args.val_fraction is not None:
             train, val = split_triplets(
                 result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
             )
-            written["train"] = save_triplets(train, out_dir / "train.npy")
-            written["val"] = save_triplets(val, out_dir / "val.npy")
+            written["train"] = save_triplets(train, stage / "train.npy")
+            written["val"] = save_triplets(val, stage / "val.npy")
         else:
-            written["triplets"] = save_triplets(result.triplets, out_dir / "triplets.npy")
-        written["objects"] = write_object_table(table, out_dir / "objects.tsv")
+            written["triplets"] = save_triplets(result.triplets, stage / "triplets.npy")
+        written["objects"] = write_object_table(table, stage / "objects.tsv")
         outputs = {
             "files": {name: path.name for name, path in written.items()},
             "n_ties": result.n_ties,
         }
         if args.val_fraction is not None:
             outputs.update(n_train=len(train), n_val=len(val))
-        write_manifest(out_dir, step="simulate", inputs=inputs, settings=settings,
+        write_manifest(stage, step="simulate", inputs=inputs, settings=settings,
                        started=started, outputs=outputs)
     for path in written.values():
-        print(path)
+        print(out_dir / path.name)
     return 0
 
 
