@@ -655,7 +655,7 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
 
 
 def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys):
-    """The per-object counts of 10^13 objects need 80 TB, which no allocation gets."""
+    """The per-object counts of 10^13 objects need 80 TB, more than any machine has."""
     source = tmp_path / "raw.txt"
     source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
     out_dir = tmp_path / "out"
