@@ -186,6 +186,22 @@ def test_sweep_failed_seed_keeps_other_runs(tmp_path, tiny_triplets, monkeypatch
     assert (out / "runs" / "seed_1" / "manifest.json").is_file()
 
 
+def test_sweep_failure_removes_created_folder(tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.embedding.runs as runs_module
+
+    def fail(*args):
+        raise RuntimeError("seed 0 diverged")
+
+    monkeypatch.setattr(runs_module, "_fit_and_save", fail)
+    train, val = tiny_triplets
+    out = tmp_path / "new" / "sweep"
+
+    with pytest.raises(RuntimeError, match="seed 0 failed"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    assert not (tmp_path / "new").exists()
+
+
 def test_sweep_rejects_reserved_setting(tmp_path, tiny_triplets):
     train, val = tiny_triplets
     with pytest.raises(ValueError, match="random_state"):

@@ -362,3 +362,19 @@ def test_human_triplets_published_file_preferred(tmp_path, monkeypatch, source_f
     fetch(HUMAN_TRIPLETS, data_dir=data_dir)
 
     assert find_human_triplets(data_dir, download=False) == data_dir / HUMAN_TRIPLETS
+
+
+def test_human_triplets_local_subset_before_mirror(tmp_path, monkeypatch, source_file):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / HUMAN_TRIPLETS_SUBSET).write_bytes(CONTENT[:12])
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / HUMAN_TRIPLETS).write_bytes(CONTENT)
+    published = entry_for(source_file.as_uri(), name=HUMAN_TRIPLETS)
+    monkeypatch.setitem(THINGS_FILES, HUMAN_TRIPLETS, published)
+
+    found = find_human_triplets(data_dir, mirror=mirror, download=False)
+
+    assert found == data_dir / HUMAN_TRIPLETS_SUBSET
+    assert not (data_dir / HUMAN_TRIPLETS).exists()

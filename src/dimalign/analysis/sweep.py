@@ -254,49 +254,51 @@ def sweep(
         object_table=object_table,
     )
 
-    # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_path = _write_bytes(out_dir / "train.npy", train_bytes)
-    val_path = _write_bytes(out_dir / "val.npy", val_bytes) if val_bytes is not None else None
-    objects_path = None
-    if object_table is not None:
-        objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
-    # A fit removes the folders it created when it fails or is stopped. If the
-    # first worker created runs/, its cleanup would remove the runs of the others.
-    (out_dir / RUNS_FOLDER).mkdir(exist_ok=True)
+    # A failed fit removes its own run folder unless it wrote a checkpoint, so a
+    # sweep folder that this call created is kept only when a run in it remains.
+    with output_dir(out_dir, keep_if_contains=(f"{RUNS_FOLDER}/*",)):
+        # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
+        train_path = _write_bytes(out_dir / "train.npy", train_bytes)
+        val_path = _write_bytes(out_dir / "val.npy", val_bytes) if val_bytes is not None else None
+        objects_path = None
+        if object_table is not None:
+            objects_path = write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+        # A fit removes the folders it created when it fails or is stopped. If the
+        # first worker created runs/, its cleanup would remove the runs of the others.
+        (out_dir / RUNS_FOLDER).mkdir(exist_ok=True)
 
-    tasks = [
-        {
-            "method": method,
-            "settings": settings,
-            "seed": seed,
-            "train_path": str(train_path),
-            "val_path": str(val_path) if val_path else None,
-            "out_dir": str(out_dir / RUNS_FOLDER / run_dir_name(seed)),
-            "n_objects": int(n_objects),
-            "objects_path": str(objects_path) if objects_path else None,
-        }
-        for seed in seeds
-    ]
-    records = run_tasks(
-        fit_seed, tasks, n_jobs=n_jobs, engine=engine, address=address,
-        names=[f"seed {seed}" for seed in seeds],
-    )
+        tasks = [
+            {
+                "method": method,
+                "settings": settings,
+                "seed": seed,
+                "train_path": str(train_path),
+                "val_path": str(val_path) if val_path else None,
+                "out_dir": str(out_dir / RUNS_FOLDER / run_dir_name(seed)),
+                "n_objects": int(n_objects),
+                "objects_path": str(objects_path) if objects_path else None,
+            }
+            for seed in seeds
+        ]
+        records = run_tasks(
+            fit_seed, tasks, n_jobs=n_jobs, engine=engine, address=address,
+            names=[f"seed {seed}" for seed in seeds],
+        )
 
-    table = pd.DataFrame(records)
-    with atomic_path(out_dir / SWEEP_TABLE_NAME) as temporary:
-        table.to_csv(temporary, index=False)
-    write_manifest(
-        out_dir,
-        step="sweep",
-        inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
-        settings={
-            "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
-            "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
-        },
-        started=started,
-        outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
-    )
+        table = pd.DataFrame(records)
+        with atomic_path(out_dir / SWEEP_TABLE_NAME) as temporary:
+            table.to_csv(temporary, index=False)
+        write_manifest(
+            out_dir,
+            step="sweep",
+            inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
+            settings={
+                "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
+                "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
+            },
+            started=started,
+            outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
+        )
     logger.info(
         "sweep of %d seeds done: %s to %s dimensions", len(records),
         int(table["n_dims"].min()), int(table["n_dims"].max()),

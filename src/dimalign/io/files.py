@@ -131,8 +131,9 @@ def output_dir(
 
     Args:
         path (str | os.PathLike): The output folder.
-        keep_if_contains (Sequence[str]): File names inside ``path``. If the
-            block raises after writing one of them, the folder is kept (for
+        keep_if_contains (Sequence[str]): File names or glob patterns
+            relative to ``path``, such as ``"runs/*"``. If the block raises
+            after writing a matching file or folder, the folder is kept (for
             example a training checkpoint that a rerun can resume from).
         remove_added (bool): In a folder that existed before, also delete the
             files and folders that the block added if it raises, so that an
@@ -163,7 +164,7 @@ def output_dir(
                         added.unlink()
             logger.info("removed the files this command wrote into %s after the error", folder)
         if created is not None:
-            found = [name for name in keep_if_contains if (folder / name).exists()]
+            found = [pattern for pattern in keep_if_contains if any(folder.glob(pattern))]
             if found:
                 logger.warning("%s is kept after the error because it contains %s", folder, ", ".join(found))
             else:

@@ -456,14 +456,17 @@ def find_human_triplets(
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if (data_dir / HUMAN_TRIPLETS).is_file():
         return fetch(HUMAN_TRIPLETS, data_dir=data_dir, download=False, verify=verify)
-    candidates = [data_dir / HUMAN_TRIPLETS_SUBSET]
+    if (data_dir / HUMAN_TRIPLETS_SUBSET).is_file():
+        return _use_subset(data_dir / HUMAN_TRIPLETS_SUBSET)
     if mirror is not None:
         mirror = Path(mirror).expanduser()
         if (mirror / HUMAN_TRIPLETS).is_file():
             return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, verify=verify)
-        candidates.append(mirror / HUMAN_TRIPLETS_SUBSET)
-    for subset in candidates:
-        if subset.is_file():
-            logger.info("using %s, a subset of the published %s (no checksum)", subset, HUMAN_TRIPLETS)
-            return subset
+        if (mirror / HUMAN_TRIPLETS_SUBSET).is_file():
+            return _use_subset(mirror / HUMAN_TRIPLETS_SUBSET)
     return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
+
+
+def _use_subset(path: Path) -> Path:
+    logger.info("using %s, a subset of the published %s (no checksum)", path, HUMAN_TRIPLETS)
+    return path
