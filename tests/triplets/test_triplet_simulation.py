@@ -78,6 +78,30 @@ def test_identical_features_all_ties_reproducible():
     assert sorted(map(sorted, first.triplets.tolist())) == sorted(map(sorted, triplets.tolist()))
 
 
+def test_many_ties_warn(caplog):
+    # float32 features near 1e-23 underflow to dot products of 0, so every
+    # choice is a coin flip; the run must say so, not only count the ties.
+    rng = np.random.default_rng(0)
+    features = (rng.random((20, 5)) * 1e-23).astype(np.float32)
+    triplets = sample_triplets(20, 200, random_state=0)
+
+    with caplog.at_level("WARNING", logger="dimalign.triplets.simulate"):
+        result = simulate_choices(features, triplets, random_state=0)
+
+    assert result.n_ties == 200
+    assert "200 of 200 choices (100%) were ties broken at random" in caplog.text
+
+
+def test_few_ties_do_not_warn(caplog):
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.9], [0.9, 0.3]])
+    triplets = sample_triplets(6, 20, random_state=0)
+
+    with caplog.at_level("WARNING", logger="dimalign.triplets.simulate"):
+        simulate_choices(features, triplets, random_state=0)
+
+    assert "broken at random" not in caplog.text
+
+
 def test_ties_broken_uniformly():
     # 30,000 copies of one fully tied triplet: each object should be the odd
     # one out a third of the time (standard deviation of a share about 0.003).
