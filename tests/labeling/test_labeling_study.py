@@ -5,7 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,3 +308,46 @@ def test_setup_over_folder_or_other_database(tmp_path, labeling_run, image_set):
         "['schema_version', 'study']): choose another file name, because setup never overwrites a file"
     )
     assert other.read_bytes() == before
+
+
+def _leave_write_ahead_log(study: Path) -> None:
+    """Save an answer in a process that exits without closing the study, as a killed server does."""
+    script = (
+        "import os, sys\n"
+        "from dimalign.labeling.study import Study, validate_answer\n"
+        "study = Study(sys.argv[1])\n"
+        "participant, _ = study.add_participant(order_seed=1)\n"
+        "answer = validate_answer(study.questions, ['OLD ANSWER'], 'visual', 'one')\n"
+        "study.save_answer(participant.participant_id, 0, answer)\n"
+        "os._exit(0)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", script, str(study)], check=True, env=environment)
+
+
+def test_setup_rejects_leftover_sqlite_files(tmp_path, labeling_run, image_set):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    _leave_write_ahead_log(old)
+    old.unlink()
+    leftovers = [tmp_path / name for name in ("study.db-wal", "study.db-shm")]
+    assert all(path.exists() for path in leftovers)
+    before = {path: path.read_bytes() for path in leftovers}
+
+    with pytest.raises(FileExistsError) as raised:
+        create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+    message = str(raised.value)
+    for path in leftovers:
+        assert str(path) in message
+    assert "choose another file name" in message
+    assert not (tmp_path / "study.db").exists()
+    assert {path: path.read_bytes() for path in leftovers} == before
+
+
+def test_run_study_rejects_leftover_journal(tmp_path, labeling_run, image_set):
+    run = copy_run(tmp_path, labeling_run)
+    journal = run / "labels.db-journal"
+    journal.write_bytes(b"rollback journal of an earlier study")
+    with pytest.raises(FileExistsError, match=re.escape(str(journal))):
+        open_or_create_run_study(run, image_set[0], dims="0")
+    assert not (run / "labels.db").exists()
+    assert journal.read_bytes() == b"rollback journal of an earlier study"

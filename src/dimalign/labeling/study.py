@@ -439,7 +439,8 @@ def create_study(
         Path: The study database.
 
     Raises:
-        FileExistsError: If ``db_path`` exists.
+        FileExistsError: If ``db_path`` exists, or SQLite side files
+            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
@@ -464,6 +465,14 @@ def create_study(
         raise FileExistsError(
             f"{db_path} exists and is {problem}: choose another file name, because setup never "
             "overwrites a file"
+        )
+    side_files = db.existing_side_files(db_path)
+    if side_files:
+        raise FileExistsError(
+            f"SQLite files of an earlier database at {db_path} exist: {', '.join(map(str, side_files))}. "
+            "SQLite would replay their participants and answers into the new study. If you still have "
+            f"that study, put it back at {db_path} and open it once (such as with `dimalign label-app "
+            "export`) to merge them. Otherwise move them away, or choose another file name."
         )
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")
@@ -857,7 +866,7 @@ class Study:
         names = [self.path, Path(os.path.realpath(self.path))]
         files = []
         for name in names:
-            files += [name] + [name.with_name(name.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+            files += [name] + [name.with_name(name.name + suffix) for suffix in db.SIDE_FILE_SUFFIXES]
         return files
 
     def _check_export_path(self, path: Path, *, overwrite: bool) -> None:
