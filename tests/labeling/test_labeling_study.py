@@ -16,7 +16,7 @@ import pytest
 
 from dimalign.interpret.grids import percentile_grid
 from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
-from dimalign.io.runs import load_embedding
+from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 from dimalign.labeling.study import (
     DEFAULT_QUESTIONS,
     Answer,
@@ -136,6 +136,8 @@ def test_parse_dimensions():
         parse_dimensions("x", 4)
     with pytest.raises(ValueError, match="twice"):
         parse_dimensions("1,1", 4)
+    with pytest.raises(ValueError, match="--dims 'all' selects no dimension"):
+        parse_dimensions("all", 0)
 
 
 @pytest.mark.parametrize(
@@ -351,3 +353,16 @@ def test_run_study_rejects_leftover_journal(tmp_path, labeling_run, image_set):
         open_or_create_run_study(run, image_set[0], dims="0")
     assert not (run / "labels.db").exists()
     assert journal.read_bytes() == b"rollback journal of an earlier study"
+
+
+def test_setup_rejects_embedding_without_dimensions(tmp_path, labeling_run, image_set):
+    run = tmp_path / "run"
+    save_embedding(EmbeddingResult(embedding=np.zeros((36, 0))), run)
+    (run / "objects.tsv").write_bytes((labeling_run / "objects.tsv").read_bytes())
+    with pytest.raises(ValueError) as raised:
+        create_study(tmp_path / "study.db", run, image_set[0])
+    assert str(raised.value) == (
+        f"the embedding {run} has 0 dimensions (shape (36, 0)): a study needs an embedding with at "
+        "least one dimension"
+    )
+    assert not (tmp_path / "study.db").exists()

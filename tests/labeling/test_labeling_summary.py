@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import matplotlib
@@ -266,3 +267,22 @@ def test_link_to_empty_folder_written_through(two_studies, tmp_path, labeling_ru
     clouds = sorted(path.name for path in (folder / "wordclouds").iterdir())
     assert clouds == [f"{labeling_run.name}_dim{dimension}.png" for dimension in range(3)]
     assert leftovers(tmp_path) == []
+
+
+def test_study_without_dimensions_rejected(tmp_path, labeling_run, image_set):
+    # Setup rejects an embedding without dimensions, but a study written by an
+    # older dimalign may have none.
+    path = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0")
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE study SET value = '[]' WHERE key = 'dimensions'")
+    connection.execute("DELETE FROM dimensions")
+    connection.commit()
+    connection.close()
+    for semantic in (False, True):
+        with pytest.raises(ValueError) as raised:
+            summarize([path], tmp_path / "out", semantic=semantic, wordcloud_size=SIZE)
+        assert str(raised.value) == (
+            f"the study {path} has no dimensions, so there is nothing to summarise: set up a study "
+            "with at least one dimension"
+        )
+        assert not (tmp_path / "out").exists()

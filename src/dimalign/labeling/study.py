@@ -291,12 +291,14 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
 
     Raises:
         ValueError: If an index or range bound is not an integer in
-            ``0..n_dims-1``, a range runs backwards, or an index appears twice.
+            ``0..n_dims-1``, a range runs backwards, an index appears twice,
+            or no dimension is selected (such as ``"all"`` with ``n_dims`` 0).
     """
+    values: list[int]
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
-        return list(range(n_dims))
-    if isinstance(spec, str):
-        values: list[int] = []
+        values = list(range(n_dims))
+    elif isinstance(spec, str):
+        values = []
         for part in spec.split(","):
             part = part.strip()
             if not part:
@@ -444,8 +446,8 @@ def create_study(
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
-        ValueError: If the object table's length differs from the embedding's
-            rows, a dimension or question set is unknown, or an image path
+        ValueError: If the embedding has no dimensions, the object table's
+            length differs from the embedding's rows, a dimension or question set is unknown, or an image path
             leaves the image folder.
     """
     from dimalign.interpret.grids import percentile_grid, top_objects
@@ -495,6 +497,11 @@ def create_study(
         raise ValueError(
             f"object table {table_path} lists {len(table)} objects but the embedding {run} has "
             f"{embedding.shape[0]} rows: use the table the embedding was trained with"
+        )
+    if embedding.shape[1] == 0:
+        raise ValueError(
+            f"the embedding {run} has 0 dimensions (shape {embedding.shape}): a study needs an "
+            "embedding with at least one dimension"
         )
     dimensions = parse_dimensions(dims, embedding.shape[1])
 

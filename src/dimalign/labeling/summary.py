@@ -265,7 +265,8 @@ def summarize(
         dict: Headline numbers, also written to ``summary.json``.
 
     Raises:
-        ValueError: If an option or input file is invalid, a semantic-check
+        ValueError: If an option or input file is invalid, a study has no
+            dimensions, a semantic-check
             option is given without ``semantic``, a study is given twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
@@ -287,6 +288,11 @@ def summarize(
     try:
         for path in study_paths:
             studies.append(Study(path))
+            if not studies[-1].dimensions:
+                raise ValueError(
+                    f"the study {path} has no dimensions, so there is nothing to summarise: set up a "
+                    "study with at least one dimension"
+                )
         names = _embedding_names(studies, embedding_names)
         relevance_tables = [
             analysis.read_relevance(path, n_dims=_embedding_dimension_count(study))
