@@ -537,3 +537,53 @@ def test_port_in_use_named(study_path):
         f"cannot listen on --host 127.0.0.1 --port {port} (the reason is printed above): choose another --host "
         "or --port, or --port 0 for a free port"
     )
+
+
+@pytest.fixture
+def moved_images_study(tmp_path, labeling_run, image_set):
+    """A study set up from a copy of the images, whose folder is then moved away."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    path = create_study(tmp_path / "study.db", labeling_run, images, dims="0-1")
+    moved = tmp_path / "moved-images"
+    images.rename(moved)
+    return path, images, moved
+
+
+def test_missing_image_folder_rejected_at_start(moved_images_study):
+    path, images, _ = moved_images_study
+    with pytest.raises(FileNotFoundError) as raised:
+        create_app(path, admin_token="secret-admin")
+    message = str(raised.value)
+    assert f"image folder {images.resolve()} of the study {path} not found" in message
+    assert "--images" in message
+
+
+def test_moved_image_folder_given_at_start(moved_images_study):
+    path, _, moved = moved_images_study
+    application = create_app(path, admin_token="secret-admin", images_dir=moved)
+    application.config["TESTING"] = True
+    client = application.test_client()
+    participant_id, order, _ = consent(client)
+    with Study(path) as study:
+        grid_object = int(study.grid(order[0])[0, 0])
+    response = client.get(f"/image/{grid_object}")
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    with Study(path) as study:
+        assert study.settings["images_dir"] != str(moved.resolve())
+
+
+def test_image_folder_missing_images_rejected(moved_images_study):
+    path, _, moved = moved_images_study
+    with Study(path) as study:
+        first_image = study.connection.execute(
+            "SELECT image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchone()[0]
+    (moved / first_image).unlink()
+    with pytest.raises(FileNotFoundError) as raised:
+        create_app(path, admin_token="secret-admin", images_dir=moved)
+    message = str(raised.value)
+    assert f"1 of the study's images are missing from {moved.resolve()}, such as {first_image}" in message

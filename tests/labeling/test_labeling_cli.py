@@ -43,9 +43,12 @@ def test_setup_requires_images(tmp_path, labeling_run):
 
 def test_serve_options_parsed(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(commands, "_serve", lambda study, host, port: calls.append((study, host, port)) or 0)
+    monkeypatch.setattr(
+        commands, "_serve", lambda study, host, port, images=None: calls.append((study, host, port, images)) or 0
+    )
     assert main(["label-app", "serve", str(tmp_path / "s.db"), "--port", "0"]) == 0
-    assert calls == [(tmp_path / "s.db", "127.0.0.1", 0)]
+    assert main(["label-app", "serve", str(tmp_path / "s.db"), "--images", str(tmp_path / "pics")]) == 0
+    assert calls == [(tmp_path / "s.db", "127.0.0.1", 0, None), (tmp_path / "s.db", "127.0.0.1", 8000, tmp_path / "pics")]
 
 
 def test_summarize_command(tmp_path, study_path, capsys):

@@ -76,7 +76,12 @@ _ID = f"int(max={2**63 - 1})"
 _ADMIN_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None) -> Flask:
+def create_app(
+    study_path: str | os.PathLike,
+    *,
+    admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
+) -> Flask:
     """Create the Flask app that serves one study.
 
     Args:
@@ -85,17 +90,24 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
             latest schema here.
         admin_token (str | None): Token that opens the admin pages; when None
             the admin pages return 404. See :func:`check_admin_token`.
+        images_dir (str | os.PathLike | None): Folder the images are served
+            from instead of the one stored at setup, such as after the study
+            moved to another machine. The study database is not changed.
 
     Returns:
-        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path.
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
+        and ``app.config["IMAGES_DIR"]`` the image folder.
 
     Raises:
         ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
+        FileNotFoundError: If the image folder or an image of a grid object is missing.
     """
     study_path = Path(study_path)
     if admin_token is not None:
         check_admin_token(admin_token)
-    with Study(study_path) as study:
+    with Study(study_path, images_dir=images_dir) as study:
+        study.check_images()
+        images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
 
@@ -107,6 +119,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     app.config.update(
         SECRET_KEY=secret_key,
         STUDY_PATH=study_path,
+        IMAGES_DIR=images_dir,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -138,7 +151,7 @@ def _study() -> Study:
         path = Path(_config("STUDY_PATH"))
         state: _StudyState = current_app.extensions[_STATE_KEY]
         try:
-            study = _open_study(path)
+            study = _open_study(path, _config("IMAGES_DIR"))
         except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
             state.report(f"{path} is missing (moved or deleted): restore it to the same path")
@@ -160,10 +173,10 @@ def _study() -> Study:
     return g.study
 
 
-def _open_study(path: Path) -> Study:
+def _open_study(path: Path, images_dir: Path) -> Study:
     connection = db.connect(path)
     try:
-        return Study(path, connection=connection)
+        return Study(path, connection=connection, images_dir=images_dir)
     except BaseException:
         connection.close()
         raise
@@ -680,6 +693,7 @@ def make_study_server(
     port: int = 8000,
     *,
     admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
 ) -> BaseWSGIServer:
     """Create a threaded werkzeug server for a study, bound but not yet serving.
 
@@ -690,6 +704,8 @@ def make_study_server(
             unencrypted unless a HTTPS proxy sits in front.
         port (int): TCP port; 0 picks a free one (see ``server.server_port``).
         admin_token (str | None): Token of the admin pages; a random one when None.
+        images_dir (str | os.PathLike | None): Image folder instead of the one
+            stored at setup (see :func:`create_app`).
 
     Returns:
         BaseWSGIServer: Call ``serve_forever()``; ``server.app.config["ADMIN_TOKEN"]``
@@ -697,11 +713,12 @@ def make_study_server(
 
     Raises:
         ValueError: If ``host`` is neither an IP address nor a name that resolves.
+        FileNotFoundError: If the image folder or an image of a grid object is missing.
         RuntimeError: If the server cannot listen on ``host`` and ``port``,
             for example because the port is in use.
     """
     token = admin_token or secrets.token_urlsafe(24)
-    app = create_app(study_path, admin_token=token)
+    app = create_app(study_path, admin_token=token, images_dir=images_dir)
     # Werkzeug 3.1 prints only the reason of a failed bind (such as "Name or
     # service not known") and calls sys.exit, so the host is resolved here first.
     try:
@@ -732,6 +749,7 @@ def serve(
     port: int = 8000,
     *,
     admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
     on_ready: Callable[[BaseWSGIServer], None] | None = None,
 ) -> None:
     """Serve a study until interrupted (Ctrl-C).
@@ -741,10 +759,12 @@ def serve(
         host (str): Address to bind (loopback by default).
         port (int): TCP port; 0 picks a free one.
         admin_token (str | None): Token of the admin pages; a random one when None.
+        images_dir (str | os.PathLike | None): Image folder instead of the one
+            stored at setup (see :func:`create_app`).
         on_ready (Callable | None): Called with the bound server before serving,
             for example to print the address and the admin token.
     """
-    server = make_study_server(study_path, host, port, admin_token=admin_token)
+    server = make_study_server(study_path, host, port, admin_token=admin_token, images_dir=images_dir)
     logger.info("serving study %s on http://%s:%d/", study_path, host, server.server_port)
     if on_ready is not None:
         on_ready(server)

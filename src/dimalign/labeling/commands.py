@@ -16,7 +16,7 @@ _LABEL_APP_EPILOG = """\
 forms:
   dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv]
                            [--dims all] [--questions default]
-  dimalign label-app serve STUDY.db [--host 127.0.0.1] [--port 8000]
+  dimalign label-app serve STUDY.db [--images DIR] [--host 127.0.0.1] [--port 8000]
   dimalign label-app export STUDY.db -o answers.csv [--overwrite]
   dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
 
@@ -110,6 +110,11 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
     elif action == "serve":
         parser.description = "Serve a study to participants until interrupted (Ctrl-C)."
         parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database from `setup`")
+        parser.add_argument(
+            "--images", type=Path, metavar="DIR",
+            help="folder to serve the images from instead of the one given at setup, such as after "
+            "moving the study to another machine (the study is not changed)",
+        )
         _add_server_options(parser)
     else:
         parser.description = "Write every answer of a study to a CSV file."
@@ -187,7 +192,7 @@ def _run_label_app(args: argparse.Namespace) -> int:
         if args.target == "setup":
             return _setup(options)
         if args.target == "serve":
-            return _serve(options.study, options.host, options.port)
+            return _serve(options.study, options.host, options.port, options.images)
         return _export(options)
 
     parser = argparse.ArgumentParser(
@@ -219,7 +224,7 @@ def _setup(options: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(study: Path, host: str, port: int) -> int:
+def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int:
     from dimalign.labeling.app import check_admin_token, serve
 
     admin_token = os.environ.get(ADMIN_TOKEN_VARIABLE) or None
@@ -237,7 +242,7 @@ def _serve(study: Path, host: str, port: int) -> int:
         print(f"admin page: {address}/admin?token={server.app.config['ADMIN_TOKEN']}", flush=True)
         print("press Ctrl-C to stop", flush=True)
 
-    serve(study, host, port, admin_token=admin_token, on_ready=announce)
+    serve(study, host, port, admin_token=admin_token, images_dir=images, on_ready=announce)
     return 0
 
 

@@ -595,6 +595,9 @@ class Study:
             :func:`dimalign.labeling.db.connect` to use instead of opening one
             (the web app opens one per request). When None, the database is
             opened and migrated to the latest schema.
+        images_dir (str | os.PathLike | None): Folder to read the images from
+            instead of the absolute folder stored at setup, such as after the
+            images were moved to another machine. The database is not changed.
 
     Raises:
         FileNotFoundError: If the database does not exist.
@@ -602,7 +605,11 @@ class Study:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, connection: sqlite3.Connection | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        connection: sqlite3.Connection | None = None,
+        images_dir: str | os.PathLike | None = None,
     ) -> None:
         self.path = Path(path)
         self.connection = connection if connection is not None else db.open_database(self.path)
@@ -615,7 +622,7 @@ class Study:
             )
         self.questions = QuestionSet.from_json(self.settings["questions"])
         self.dimensions: tuple[int, ...] = tuple(json.loads(self.settings["dimensions"]))
-        self.images_dir = Path(self.settings["images_dir"])
+        self.images_dir = Path(images_dir if images_dir is not None else self.settings["images_dir"])
 
     def close(self) -> None:
         """Close the connection."""
@@ -686,6 +693,35 @@ class Study:
                 f"image {row['image_path']!r} of object {object_index} is not in {root}"
             )
         return full
+
+    def check_images(self) -> None:
+        """Check that the image folder exists and contains the image of every grid object.
+
+        Raises:
+            FileNotFoundError: If the folder or any image is missing. The
+                message names the folder, the number of missing images and
+                the first few, and says how to point to a moved folder.
+        """
+        hint = (
+            "if the images were moved, such as to another machine, give their folder with "
+            "`dimalign label-app serve STUDY.db --images DIR`"
+        )
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"image folder {self.images_dir} of the study {self.path} not found: {hint}")
+        rows = self.connection.execute(
+            "SELECT object_index, image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchall()
+        missing = []
+        for row in rows:
+            try:
+                self.image_file(row["object_index"])
+            except NotFoundError:
+                missing.append(row["image_path"])
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of the study's images are missing from {self.images_dir.resolve()}, such "
+                f"as {', '.join(missing[:3])}: {hint}, or restore the missing files"
+            )
 
     # Participants ------------------------------------------------------------
 
