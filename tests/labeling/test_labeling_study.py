@@ -160,6 +160,22 @@ def test_validate_answer_trims_and_keeps_text():
     assert answer == Answer(labels=("Red fruit", "<i>x</i>"), kind="visual", interpretability="several")
 
 
+def test_validate_answer_removes_format_characters():
+    labels = ["\ufeffRed\u200b", "so\u00adft", "word\u2060 joiner"]
+    answer = validate_answer(DEFAULT_QUESTIONS, labels, "visual", "one")
+    assert answer.labels == ("Red", "soft", "word joiner")
+
+
+def test_validate_answer_keeps_rejecting_invisible_labels():
+    # Bidirectional controls are format characters too, but they are
+    # rejected rather than removed, and a label of nothing but format
+    # characters stays invalid.
+    for label in ("\u200b", "\ufeff\u00ad", "red\u202eder"):
+        with pytest.raises(AnswerError) as raised:
+            validate_answer(DEFAULT_QUESTIONS, [label], "visual", "one")
+        assert set(raised.value.errors) == {"labels"}
+
+
 def test_validate_answer_names_every_field():
     with pytest.raises(AnswerError) as raised:
         validate_answer(DEFAULT_QUESTIONS, [], "bad", None)

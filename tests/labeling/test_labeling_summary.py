@@ -286,3 +286,13 @@ def test_study_without_dimensions_rejected(tmp_path, labeling_run, image_set):
             "with at least one dimension"
         )
         assert not (tmp_path / "out").exists()
+
+
+def test_label_counted_once_per_participant(tmp_path, labeling_run, image_set):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0"),
+                labels=("dup", "dup", "Red", "red", "re\u200bd"))
+    summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+    labels = pd.read_csv(tmp_path / "out" / "labels.csv")
+    assert dict(zip(labels["label"], labels["count"])) == {"dup": 3, "red": 3}
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions.loc[0, "top_labels"] == "dup (3); red (3)"

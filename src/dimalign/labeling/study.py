@@ -193,6 +193,24 @@ class Participant:
     consented_at: str
 
 
+def remove_format_characters(text: str) -> str:
+    """Remove the Unicode format characters (category ``Cf``) from a label.
+
+    Format characters such as the zero-width space U+200B, the byte order
+    mark U+FEFF, the soft hyphen U+00AD and the word joiner U+2060 draw
+    nothing, so ``red`` with and without them look the same but would be
+    counted as different labels.
+
+    NOTE: ``Cf`` includes the zero-width joiner U+200D and non-joiner
+    U+200C, so an emoji sequence such as a family emoji shows as its parts,
+    and Persian or Indic words lose a non-joiner that changes their shape.
+
+    >>> remove_format_characters("re\u00add\u200b")
+    'red'
+    """
+    return "".join(character for character in text if unicodedata.category(character) != "Cf")
+
+
 def validate_answer(
     questions: QuestionSet, labels: Sequence[str], kind: str | None, interpretability: str | None
 ) -> Answer:
@@ -200,9 +218,12 @@ def validate_answer(
 
     Empty label fields are ignored. Each remaining label is trimmed of
     surrounding whitespace, brought to Unicode normal form NFC (so that
-    ``café`` typed with a combining accent and with ``é`` is the same label)
-    and otherwise stored as typed, including HTML or SQL characters (the
-    templates escape them and the queries bind them).
+    ``café`` typed with a combining accent and with ``é`` is the same label),
+    stripped of invisible format characters (see
+    :func:`remove_format_characters`) and otherwise stored as typed,
+    including HTML or SQL characters (the templates escape them and the
+    queries bind them). Bidirectional controls are format characters too,
+    but a label with them is rejected rather than changed.
 
     Raises:
         AnswerError: Naming every invalid field: no label, more than
@@ -215,9 +236,10 @@ def validate_answer(
             outside the allowed values.
     """
     errors: dict[str, str] = {}
-    cleaned = [
-        unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()
-    ]
+    typed = [unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()]
+    # A label of format characters only becomes empty here and fails the
+    # visibility check below, instead of being ignored like an empty field.
+    cleaned = [remove_format_characters(label).strip() for label in typed]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
@@ -229,7 +251,7 @@ def validate_answer(
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(_has_forbidden_character(label) for label in cleaned):
+        elif any(_has_forbidden_character(label) for label in typed):
             errors["labels"] = (
                 "labels must not contain control characters (such as line breaks), text-direction "
                 "controls, private-use, unassigned or noncharacter code points"
@@ -700,7 +722,7 @@ class Study:
         Raises:
             FileNotFoundError: If the folder or any image is missing. The
                 message names the folder, the number of missing images and
-                the first few, and says how to point to a moved folder.
+                the first few, and how to point to a moved folder.
         """
         hint = (
             "if the images were moved, such as to another machine, give their folder with "

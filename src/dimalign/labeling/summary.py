@@ -5,7 +5,8 @@ Output directory layout:
 - ``wordclouds/<embedding>_dim<d>.png``: one word cloud per labelled dimension;
 - ``dimensions.csv``: per dimension its answers, top labels, votes per kind,
   the human semantic score, the resolved ratings (and the semantic check);
-- ``labels.csv``: every normalised label with its count per dimension;
+- ``labels.csv``: every normalised label with the number of answers that
+  gave it, per dimension;
 - ``agreement.csv``: percent agreement and Cohen's kappa per rater pair and question;
 - ``shares.csv``: share of visual, semantic, mixed and unclear dimensions per embedding;
 - ``relevance_shares.csv``: with ``--relevance``, the share of triplets
@@ -125,9 +126,7 @@ def summarize_study(
     dimension_rows = []
     for dimension in dimensions:
         dimension_answers = by_dimension[dimension]
-        frequencies = analysis.label_frequencies(
-            label for answer in dimension_answers for label in answer["labels"]
-        )
+        frequencies = analysis.answer_label_counts(answer["labels"] for answer in dimension_answers)
         label_rows += [
             {"embedding": name, "dimension": dimension, "label": label, "count": count}
             for label, count in analysis.top_labels(frequencies, n=len(frequencies))
