@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,9 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     if not path.is_file():
         raise FileNotFoundError(f"object names file {path} not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops a byte order mark, which spreadsheet programs write
+        # and which would otherwise hide the CSV header or start the first name.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"object names file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
@@ -147,6 +150,47 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
             "give one name per object in row order, or a CSV with id and word columns"
         )
     return names
+
+
+def check_object_names(names: Sequence[str], k: int, source: str) -> None:
+    """Check that the object names can tell the top objects of a dimension apart.
+
+    Names derived from ids such as ``obj0`` .. ``obj59`` or
+    ``image_0001.jpg`` all become one name (``obj``, ``image``). Every
+    subset then has the same coherence, so ``semantic_z`` is NaN (or
+    meaningless) for every dimension. A name shared by a few objects, such
+    as ``bat`` for the animal and the baseball bat, is logged as a warning
+    with the number of objects that share names and the most shared names.
+
+    Args:
+        names (Sequence[str]): Name of every object, in row order.
+        k (int): Top objects compared per dimension.
+        source (str): Where the names come from, for the messages, such as
+            ``"derived from the object ids"``.
+
+    Raises:
+        ValueError: If there are fewer than ``k`` distinct names, so every
+            top-``k`` set repeats a name.
+    """
+    counts = Counter(names)
+    shared = [(name, count) for name, count in counts.most_common() if count > 1]
+    if not shared:
+        return
+    examples = ", ".join(f"{name!r} ({count} objects)" for name, count in shared[:3])
+    n_sharing = sum(count for _, count in shared)
+    if len(counts) < k:
+        raise ValueError(
+            f"the {len(names)} objects have {len(counts)} distinct name(s) for the semantic check "
+            f"(names {source}), such as {examples}. That is fewer than the {k} top objects compared, so "
+            "every top set repeats a name and the scores would be meaningless. Give the object names "
+            "with --object-names FILE (a CSV with id and word columns, or one name per line)"
+        )
+    logger.warning(
+        "%d of %d objects share their name with another object (names %s), such as %s; objects with "
+        "the same name count as the same concept in the semantic check. Give distinct names with "
+        "--object-names FILE if that is wrong",
+        n_sharing, len(names), source, examples,
+    )
 
 
 def _mean_pairwise_cosine(unit_vectors: np.ndarray) -> np.ndarray:
@@ -266,7 +310,9 @@ def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> di
     n = int(keep.sum())
     if n < 3 or np.ptp(automatic[keep]) == 0 or np.ptp(human[keep]) == 0:
         warnings.warn(
-            f"Spearman correlation undefined for {n} dimensions with ratings (needs 3 or more, "
+            f"Spearman correlation of automatic semantic scores and human ratings undefined: "
+            f"{int(np.isfinite(automatic).sum())} of {automatic.size} dimensions have an automatic "
+            f"score and {int(np.isfinite(human).sum())} a human rating, {n} both (needs 3 or more, "
             "and both sides must vary); reporting NaN",
             RuntimeWarning,
             stacklevel=2,

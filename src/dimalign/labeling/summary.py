@@ -433,8 +433,11 @@ def _semantic_inputs(
     object_ids = study.object_ids()
     if object_names is not None:
         names = semantic.read_object_names(object_names, object_ids)
+        source = f"from {object_names}"
     else:
         names = [semantic.object_name(object_id) for object_id in object_ids]
+        source = f"derived from the object ids of {study.path}"
+    semantic.check_object_names(names, k, source)
     tops = {dimension: study.top_objects(dimension) for dimension in study.dimensions}
     available = min(len(top) for top in tops.values())
     if k > available:
