@@ -11,6 +11,7 @@ import sqlite3
 import pytest
 from labeling_helpers import csrf_from
 
+from dimalign.labeling import db
 from dimalign.labeling.app import create_app, make_study_server
 from dimalign.labeling.study import Study, create_study
 
@@ -587,3 +588,40 @@ def test_image_folder_missing_images_rejected(moved_images_study):
         create_app(path, admin_token="secret-admin", images_dir=moved)
     message = str(raised.value)
     assert f"1 of the study's images are missing from {moved.resolve()}, such as {first_image}" in message
+
+
+def test_locked_database_answer_not_saved_page(app, study_path, monkeypatch):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.05)
+    blocker = sqlite3.connect(study_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = submit(client, participant_id, order[0], token=token)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert 'class="card"' in response.text
+    assert "Your answer was not saved" in response.text
+    assert answer_rows(study_path) == []
+    assert submit(client, participant_id, order[0], token=token).status_code == 303
+    assert len(answer_rows(study_path)) == 1
+
+
+def test_unexpected_error_shows_styled_page(study_path, monkeypatch):
+    application = create_app(study_path, admin_token="secret-admin")
+    client = application.test_client()
+    participant_id, order, _ = consent(client)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Study, "save_answer", fail)
+    response = submit(client, participant_id, order[0])
+    assert response.status_code == 500
+    assert 'class="card"' in response.text
+    assert "may not have been saved" in response.text
+    assert "disk on fire" not in response.text

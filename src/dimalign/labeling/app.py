@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -136,6 +137,8 @@ def create_app(
     app.after_request(_add_security_headers)
     for status in (400, 401, 403, 404, 405, 413, 503):
         app.register_error_handler(status, _render_error)
+    app.register_error_handler(sqlite3.OperationalError, _render_database_error)
+    app.register_error_handler(500, _render_server_error)
     _add_participant_routes(app)
     _add_admin_routes(app)
     return app
@@ -380,6 +383,48 @@ def _render_error(error: Any) -> tuple[str, int]:
         description=getattr(error, "description", ""),
     )
     return page, code
+
+
+#: Seconds after which a participant may retry when the database was locked (``Retry-After``).
+RETRY_AFTER_S = 5
+
+
+def _render_database_error(error: sqlite3.OperationalError) -> tuple[str, int, dict[str, str]] | tuple[str, int]:
+    """Show an error page for a database error: 503 while another writer holds the lock, 500 otherwise.
+
+    A failed write is rolled back (see :class:`dimalign.labeling.db.transaction`),
+    so the page can tell a participant who submitted a form that it was not saved.
+    """
+    busy = "locked" in str(error) or "busy" in str(error)
+    logger.error("database error on %s %s, so it returns %d: %s",
+                 request.method, request.path, 503 if busy else 500, error)
+    submitted = request.method == "POST"
+    if busy:
+        description = (
+            "The study's database is busy. "
+            + ("Your answer was not saved. Go back and submit it again in a few seconds."
+               if submitted else "Reload this page in a few seconds.")
+        )
+        page = render_template("error.html", code=503, name="Service Unavailable", description=description)
+        return page, 503, {"Retry-After": str(RETRY_AFTER_S)}
+    description = (
+        "The study's database failed. "
+        + ("Your answer was not saved. Go back and submit it again; if this repeats, tell the study team."
+           if submitted else "Reload this page; if this repeats, tell the study team.")
+    )
+    return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
+
+
+def _render_server_error(error: Any) -> tuple[str, int]:
+    """Show the app's error page for an unexpected error (Flask logs the exception itself)."""
+    if request.method == "POST":
+        description = (
+            "The server failed to handle this request, so your answer may not have been saved. Go back, "
+            "check it and submit it again; if this repeats, tell the study team."
+        )
+    else:
+        description = "The server failed to show this page. Reload it; if this repeats, tell the study team."
+    return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
 
 
 # ---------------------------------------------------------------------------
