@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import socket
+import socketserver
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -797,7 +798,7 @@ def serve(
     images_dir: str | os.PathLike | None = None,
     on_ready: Callable[[BaseWSGIServer], None] | None = None,
 ) -> None:
-    """Serve a study until interrupted (Ctrl-C).
+    """Serve a study until interrupted (Ctrl-C), then re-raise the KeyboardInterrupt.
 
     Args:
         study_path (str | os.PathLike): The study database.
@@ -808,14 +809,21 @@ def serve(
             stored at setup (see :func:`create_app`).
         on_ready (Callable | None): Called with the bound server before serving,
             for example to print the address and the admin token.
+
+    Raises:
+        KeyboardInterrupt: On Ctrl-C, after the server has been closed.
     """
     server = make_study_server(study_path, host, port, admin_token=admin_token, images_dir=images_dir)
     logger.info("serving study %s on http://%s:%d/", study_path, host, server.server_port)
     if on_ready is not None:
         on_ready(server)
     try:
-        server.serve_forever()
+        # Werkzeug's serve_forever (3.1) swallows KeyboardInterrupt and returns
+        # as if shut down, so the socketserver loop it wraps runs directly and
+        # Ctrl-C reaches the command, which exits with status 130.
+        socketserver.BaseServer.serve_forever(server)
     except KeyboardInterrupt:
         logger.info("stopped serving %s (interrupted)", study_path)
+        raise
     finally:
         server.server_close()
