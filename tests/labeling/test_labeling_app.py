@@ -12,7 +12,7 @@ import pytest
 from labeling_helpers import csrf_from
 
 from dimalign.labeling import db
-from dimalign.labeling.app import create_app, make_study_server
+from dimalign.labeling.app import create_app, is_loopback_host, make_study_server, server_url
 from dimalign.labeling.study import Study, create_study
 
 
@@ -625,3 +625,29 @@ def test_unexpected_error_shows_styled_page(study_path, monkeypatch):
     assert 'class="card"' in response.text
     assert "may not have been saved" in response.text
     assert "disk on fire" not in response.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost"])
+def test_loopback_host_not_warned(study_path, host, caplog):
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.app"):
+        server = make_study_server(study_path, host, 0)
+    server.server_close()
+    assert "reachable from other machines" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("192.0.2.1", False)],
+)
+def test_loopback_hosts_recognised(host, loopback):
+    # Checked without binding, so that no test listens beyond this machine.
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8000"), ("::1", "http://[::1]:8000"), ("localhost", "http://localhost:8000")],
+)
+def test_server_url_brackets_ipv6(host, url):
+    assert server_url(host, 8000) == url

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -733,6 +734,33 @@ class RedactingRequestHandler(WSGIRequestHandler):
         return super().address_string()
 
 
+def is_loopback_host(host: str) -> bool:
+    """Check whether every address that ``host`` resolves to is a loopback address.
+
+    Loopback addresses are 127.0.0.0/8 and ::1, so ``127.0.0.2`` is reachable
+    from this machine only, while ``0.0.0.0`` and ``::`` listen on every interface.
+    A host that does not resolve is not loopback.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    try:
+        # An IPv6 address may carry a zone such as fe80::1%eth0, which ip_address rejects.
+        return bool(infos) and all(
+            ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+        )
+    except ValueError:
+        return False
+
+
+def server_url(host: str, port: int) -> str:
+    """Return the base URL of a server on ``host`` and ``port``, with an IPv6 address in brackets."""
+    if ":" in host:
+        return f"http://[{host}]:{port}"
+    return f"http://{host}:{port}"
+
+
 def make_study_server(
     study_path: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -745,9 +773,10 @@ def make_study_server(
 
     Args:
         study_path (str | os.PathLike): The study database.
-        host (str): Address to bind; loopback by default. Any other address
-            makes the study reachable from the network, where answers travel
-            unencrypted unless a HTTPS proxy sits in front.
+        host (str): Address to bind; loopback by default. An address outside
+            loopback (127.0.0.0/8, ::1) makes the study reachable from the
+            network, where answers travel unencrypted unless a HTTPS proxy
+            sits in front, and is logged as a warning.
         port (int): TCP port; 0 picks a free one (see ``server.server_port``).
         admin_token (str | None): Token of the admin pages; a random one when None.
         images_dir (str | os.PathLike | None): Image folder instead of the one
@@ -774,7 +803,7 @@ def make_study_server(
             f"invalid --host {host!r} ({error.strerror}): give an IP address or a host name of this "
             "machine, such as 127.0.0.1"
         ) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback_host(host):
         logger.warning(
             "binding to %s makes the study reachable from other machines; answers travel "
             "unencrypted unless a HTTPS proxy sits in front", host,
@@ -814,7 +843,7 @@ def serve(
         KeyboardInterrupt: On Ctrl-C, after the server has been closed.
     """
     server = make_study_server(study_path, host, port, admin_token=admin_token, images_dir=images_dir)
-    logger.info("serving study %s on http://%s:%d/", study_path, host, server.server_port)
+    logger.info("serving study %s on %s/", study_path, server_url(host, server.server_port))
     if on_ready is not None:
         on_ready(server)
     try:

@@ -225,7 +225,7 @@ def _setup(options: argparse.Namespace) -> int:
 
 
 def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int:
-    from dimalign.labeling.app import check_admin_token, serve
+    from dimalign.labeling.app import check_admin_token, serve, server_url
 
     admin_token = os.environ.get(ADMIN_TOKEN_VARIABLE) or None
     if admin_token is not None:
@@ -235,7 +235,7 @@ def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int
             raise ValueError(f"{ADMIN_TOKEN_VARIABLE}: {error}") from None
 
     def announce(server) -> None:
-        address = f"http://{host}:{server.server_port}"
+        address = server_url(host, server.server_port)
         # The operator needs the token to open the admin page; it goes to
         # standard output only, never to the log.
         print(f"serving {study} at {address}/", flush=True)
