@@ -746,10 +746,7 @@ def is_loopback_host(host: str) -> bool:
     except socket.gaierror:
         return False
     try:
-        # An IPv6 address may carry a zone such as fe80::1%eth0, which ip_address rejects.
-        return bool(infos) and all(
-            ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
-        )
+        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
     except ValueError:
         return False
 
