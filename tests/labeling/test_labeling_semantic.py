@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dimalign.cli import main
 from dimalign.labeling import semantic
 from dimalign.labeling.study import Answer, Study, create_study
 from dimalign.labeling.summary import summarize
@@ -184,3 +185,33 @@ def test_object_names_with_byte_order_mark(tmp_path):
     plain = tmp_path / "names.txt"
     plain.write_bytes("\ufeffbat\ndog\n".encode())
     assert semantic.read_object_names(plain, ["a", "b"]) == ["bat", "dog"]
+
+
+def test_n_random_capped(tmp_path, study_path, capsys):
+    too_many = semantic.MAX_N_RANDOM + 1
+    with pytest.raises(ValueError, match=f"n_random={too_many}"):
+        semantic.semantic_scores({0: list(range(10))}, [f"o{i}" for i in range(20)], n_random=too_many,
+                                 model=object())
+    with pytest.raises(ValueError, match=f"invalid --n-random {too_many}: use at most {semantic.MAX_N_RANDOM}"):
+        summarize([study_path], tmp_path / "out", semantic=True, n_random=too_many, sentence_model=object())
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["labels", "summarize", str(study_path), "-o", str(tmp_path / "out"), "--semantic",
+              "--n-random", str(too_many)])
+    assert f"use at most {semantic.MAX_N_RANDOM}" in capsys.readouterr().err
+
+
+def test_baseline_computed_in_chunks_matches_whole():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    subsets = np.stack([rng.choice(30, size=5, replace=False) for _ in range(25)])
+    whole = semantic._mean_pairwise_cosine(vectors[subsets])
+    chunked = semantic._subset_coherence(vectors, subsets, chunk_size=4)
+    np.testing.assert_allclose(chunked, whole)
+
+
+def test_n_random_help_states_cap(capsys):
+    with pytest.raises(SystemExit):
+        main(["labels", "summarize", "--help"])
+    assert f"2 to {semantic.MAX_N_RANDOM}" in " ".join(capsys.readouterr().out.split())

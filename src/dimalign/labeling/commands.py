@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default 10)",
     )
     summarize.add_argument(
-        "--n-random", type=_at_least(2),
-        help="with --semantic: random object subsets in the semantic baseline (default 1000)",
+        "--n-random", type=_n_random,
+        help="with --semantic: random object subsets in the semantic baseline, 2 to 100000 (default 1000)",
     )
     summarize.add_argument(
         "--seed", type=_at_least(0), default=0,
@@ -149,8 +149,8 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
     )
 
 
-def _at_least(minimum: int):
-    """Return an argparse type that parses an integer of at least ``minimum``."""
+def _at_least(minimum: int, maximum: int | None = None):
+    """Return an argparse type that parses an integer of at least ``minimum`` and at most ``maximum``."""
 
     def parse(text: str) -> int:
         try:
@@ -159,9 +159,20 @@ def _at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"invalid value {value}: use {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"invalid value {value}: use at most {maximum}")
         return value
 
     return parse
+
+
+def _n_random(text: str) -> int:
+    """Parse ``--n-random`` for argparse: 2 to ``semantic.MAX_N_RANDOM``."""
+    # Imported here because the semantic module loads pandas, which every
+    # other dimalign command would then pay for at start.
+    from dimalign.labeling.semantic import MAX_N_RANDOM
+
+    return _at_least(2, maximum=MAX_N_RANDOM)(text)
 
 
 def _port(text: str) -> int:

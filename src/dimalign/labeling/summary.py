@@ -45,6 +45,7 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.labeling import analysis
+from dimalign.labeling.semantic import MAX_N_RANDOM
 from dimalign.labeling.study import Study
 
 logger = logging.getLogger(__name__)
@@ -251,8 +252,9 @@ def summarize(
         semantic_k (int | None): Top objects per dimension in the semantic
             check, from 2 to the number of top objects stored per dimension;
             :data:`DEFAULT_SEMANTIC_K` when None. Only with ``semantic``.
-        n_random (int | None): Random subsets in the semantic baseline (at
-            least 2); :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
+        n_random (int | None): Random subsets in the semantic baseline, 2 to
+            :data:`dimalign.labeling.semantic.MAX_N_RANDOM`;
+            :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
         wordcloud_size (tuple[int, int]): Width and height of the word clouds in pixels.
         random_state (int): Seed of the word clouds and the semantic baseline (0 or more).
         sentence_model: A loaded sentence model, to avoid loading it again.
@@ -367,6 +369,11 @@ def _check_options(
         raise ValueError(f"invalid --semantic-k {semantic_k}: compare at least 2 top objects")
     if n_random is not None and n_random < 2:
         raise ValueError(f"invalid --n-random {n_random}: use at least 2 random subsets")
+    if n_random is not None and n_random > MAX_N_RANDOM:
+        raise ValueError(
+            f"invalid --n-random {n_random}: use at most {MAX_N_RANDOM} random subsets, because the time "
+            "grows with their number while the baseline barely changes"
+        )
 
     seen: dict[str, Path] = {}
     for path in map(Path, study_paths):
