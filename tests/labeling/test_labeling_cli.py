@@ -28,6 +28,14 @@ def test_setup_then_export(tmp_path, labeling_run, image_set, capsys):
     assert [(row["dimension"], row["label_1"]) for row in rows] == [("2", "x")]
 
 
+def test_setup_names_one_dimension_in_singular(tmp_path, labeling_run, image_set, capsys):
+    study = tmp_path / "study.db"
+    status = main(["label-app", "setup", str(study), "--run", str(labeling_run), "--images", str(image_set[0]),
+                   "--dims", "3"])
+    assert status == 0
+    assert f"created {study} with 1 dimension; serve it" in capsys.readouterr().out
+
+
 def test_setup_error_reported(tmp_path, labeling_run, image_set, capsys):
     status = main(["label-app", "setup", str(tmp_path / "s.db"), "--run", str(labeling_run),
                    "--images", str(image_set[0]), "--dims", "40"])

@@ -231,7 +231,8 @@ def _setup(options: argparse.Namespace) -> int:
     )
     with Study(path) as study:
         n_dims = len(study.dimensions)
-    print(f"created {path} with {n_dims} dimensions; serve it with: dimalign label-app serve {path}")
+    dimensions = "dimension" if n_dims == 1 else "dimensions"
+    print(f"created {path} with {n_dims} {dimensions}; serve it with: dimalign label-app serve {path}")
     return 0
 
 
