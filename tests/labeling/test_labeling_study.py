@@ -119,6 +119,18 @@ def test_image_found_by_object_id(tmp_path):
         resolve_image(images, "notes", "notes.txt")
 
 
+def test_object_id_too_long_for_file_name(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    object_id = "a" * 300
+    with pytest.raises(FileNotFoundError) as raised:
+        resolve_image(images, object_id, "")
+    message = str(raised.value)
+    assert "is too long for a file name" in message
+    assert "source column" in message
+    assert len(message) < 400
+
+
 def test_existing_database_not_overwritten(study_path, labeling_run, image_set):
     before = study_path.read_bytes()
     with pytest.raises(FileExistsError):

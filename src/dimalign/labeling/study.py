@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -383,8 +384,25 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     Raises:
         ValueError: If the path leaves ``images_dir`` (``..``, an absolute
             path, or a symbolic link pointing outside) or is not an image file.
-        FileNotFoundError: If no image is found.
+        FileNotFoundError: If no image is found, or the path to look up is
+            too long for a file name (such as an object id over 255 bytes).
     """
+    try:
+        return _resolve_image(images_dir, object_id, source)
+    except OSError as error:
+        # FileNotFoundError raised for a missing image has no errno and is re-raised as it is.
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        shown = object_id if len(object_id) <= 60 else object_id[:60] + "..."
+        where = f"source {source[:60]!r}" if source else "object id"
+        raise FileNotFoundError(
+            f"the image of object {shown!r} ({len(object_id.encode())} bytes) cannot be looked up because "
+            f"its {where} is too long for a file name ({error.strerror}): give the image in the object "
+            "table's source column, with a shorter file name"
+        ) from None
+
+
+def _resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     root = images_dir.resolve()
     if source:
         candidates = [Path(source)]
