@@ -296,3 +296,18 @@ def test_label_counted_once_per_participant(tmp_path, labeling_run, image_set):
     assert dict(zip(labels["label"], labels["count"])) == {"dup": 3, "red": 3}
     dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
     assert dimensions.loc[0, "top_labels"] == "dup (3); red (3)"
+
+
+def test_embedding_name_too_long_rejected_before_writing(two_studies, tmp_path):
+    first, _ = two_studies
+    name = "n" * 250
+    with pytest.raises(ValueError) as raised:
+        summarize([first], tmp_path / "out", embedding_names=[name], wordcloud_size=SIZE)
+    message = str(raised.value)
+    assert "invalid embedding name 'nnnn" in message
+    assert "word cloud files NAME_dim<d>.png" in message
+    # 255 bytes minus the temporary name's ".", "_dim2", ".xxxxxxxx", ".tmp" and ".png" (23 bytes).
+    assert "use at most 232 bytes" in message
+    assert str(tmp_path / "out") not in message
+    assert not (tmp_path / "out").exists()
+    assert leftovers(tmp_path) == []

@@ -203,6 +203,9 @@ DEFAULT_SEMANTIC_K = 10
 #: Random object subsets of the semantic baseline unless ``n_random`` is given.
 DEFAULT_N_RANDOM = 1000
 
+#: Longest file name in bytes on common file systems (ext4, XFS, APFS).
+MAX_FILE_NAME_BYTES = 255
+
 #: Characters that an embedding name may not contain, because it becomes part of a file name.
 _FORBIDDEN_NAME_CHARACTERS = ("/", "\\", "\0")
 
@@ -267,7 +270,8 @@ def summarize(
 
     Raises:
         ValueError: If an option or input file is invalid, a study has no
-            dimensions, a semantic-check
+            dimensions, an embedding name is too long for the word cloud file
+            names, a semantic-check
             option is given without ``semantic``, a study is given twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
@@ -407,6 +411,19 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
             raise ValueError(
                 f"invalid embedding name {name!r}: a name must not be empty or contain / or \\ because "
                 "it becomes part of the word cloud file names"
+            )
+    for study, name in zip(studies, chosen):
+        # atomic_path writes each word cloud as .<name>_dim<d>.<8 random characters>.tmp.png first.
+        name_bytes = len(name.encode())
+        longest = f".{name}_dim{max(study.dimensions, default=0)}.xxxxxxxx.tmp.png"
+        allowed = MAX_FILE_NAME_BYTES - (len(longest.encode()) - name_bytes)
+        if name_bytes > allowed:
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            raise ValueError(
+                f"invalid embedding name {shown!r} of {study.path}: it is {name_bytes} bytes, but the word "
+                f"cloud files NAME_dim<d>.png, written under a longer temporary name first, must fit in "
+                f"{MAX_FILE_NAME_BYTES} bytes, so use at most {allowed} bytes: give a shorter name with "
+                "--embedding-names"
             )
     by_name: dict[str, Study] = {}
     for study, name in zip(studies, chosen):
