@@ -841,9 +841,10 @@ def serve(
     """
     server = make_study_server(study_path, host, port, admin_token=admin_token, images_dir=images_dir)
     logger.info("serving study %s on %s/", study_path, server_url(host, server.server_port))
-    if on_ready is not None:
-        on_ready(server)
     try:
+        # Inside the try, so Ctrl-C right after the address is printed also closes the server.
+        if on_ready is not None:
+            on_ready(server)
         # Werkzeug's serve_forever (3.1) swallows KeyboardInterrupt and returns
         # as if shut down, so the socketserver loop it wraps runs directly and
         # Ctrl-C reaches the command, which exits with status 130.
