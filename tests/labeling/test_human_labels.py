@@ -56,3 +56,22 @@ def test_non_utf8_labels_named(tmp_path):
     path.write_bytes(b"red\n\xffblue\n")
     with pytest.raises(ValueError, match=f"{path} is not UTF-8 text \\(byte 0xff at offset 4\\)"):
         load_dimension_labels(path)
+
+
+def test_text_labels_with_byte_order_mark(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffred\nround\n".encode())
+    assert load_dimension_labels(path) == ["red", "round"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "code"),
+    [("red\tblue\nround\n", 1, "U+0009"), ("red\nro\x00und\n", 2, "U+0000"), ("red\x85blue\nround\n", 1, "U+0085")],
+)
+def test_text_labels_with_control_characters_rejected(tmp_path, text, line, code):
+    # A tab or line break inside a label would break the index<TAB>label output of `labels names`.
+    path = tmp_path / "labels.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        load_dimension_labels(path)
+    assert f"{path}: label {line} (1-based) contains the control character {code}" in str(raised.value)

@@ -249,3 +249,18 @@ def test_relevance_missing_or_folder_named(tmp_path):
         analysis.read_relevance(missing)
     with pytest.raises(IsADirectoryError, match=f"relevance file {tmp_path} is a folder: give the --relevance CSV"):
         analysis.read_relevance(tmp_path)
+
+
+def test_label_counted_once_per_answer():
+    counts = analysis.answer_label_counts([["dup"] * 5, ["Red", "red", "round"], ["red"], ["", " "]])
+    assert counts == {"dup": 1, "red": 2, "round": 1}
+
+
+@pytest.mark.parametrize(
+    "label", ["\u200bred", "\ufeffred", "re\u00add", "r\u2060ed", "red\u200b ", "\u200b red"]
+)
+def test_format_characters_removed_from_labels(label):
+    # Zero-width space, byte order mark, soft hyphen and word joiner draw
+    # nothing, so a label with them looks the same as one without.
+    assert analysis.normalize_label(label) == "red"
+    assert analysis.label_frequencies(["red", label]) == {"red": 2}

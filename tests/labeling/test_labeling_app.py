@@ -11,7 +11,8 @@ import sqlite3
 import pytest
 from labeling_helpers import csrf_from
 
-from dimalign.labeling.app import create_app, make_study_server
+from dimalign.labeling import db
+from dimalign.labeling.app import create_app, is_loopback_host, make_study_server, server_url
 from dimalign.labeling.study import Study, create_study
 
 
@@ -537,3 +538,116 @@ def test_port_in_use_named(study_path):
         f"cannot listen on --host 127.0.0.1 --port {port} (the reason is printed above): choose another --host "
         "or --port, or --port 0 for a free port"
     )
+
+
+@pytest.fixture
+def moved_images_study(tmp_path, labeling_run, image_set):
+    """A study set up from a copy of the images, whose folder is then moved away."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    path = create_study(tmp_path / "study.db", labeling_run, images, dims="0-1")
+    moved = tmp_path / "moved-images"
+    images.rename(moved)
+    return path, images, moved
+
+
+def test_missing_image_folder_rejected_at_start(moved_images_study):
+    path, images, _ = moved_images_study
+    with pytest.raises(FileNotFoundError) as raised:
+        create_app(path, admin_token="secret-admin")
+    message = str(raised.value)
+    assert f"image folder {images.resolve()} of the study {path} not found" in message
+    assert "--images" in message
+
+
+def test_moved_image_folder_given_at_start(moved_images_study):
+    path, _, moved = moved_images_study
+    application = create_app(path, admin_token="secret-admin", images_dir=moved)
+    application.config["TESTING"] = True
+    client = application.test_client()
+    participant_id, order, _ = consent(client)
+    with Study(path) as study:
+        grid_object = int(study.grid(order[0])[0, 0])
+    response = client.get(f"/image/{grid_object}")
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    with Study(path) as study:
+        assert study.settings["images_dir"] != str(moved.resolve())
+
+
+def test_image_folder_missing_images_rejected(moved_images_study):
+    path, _, moved = moved_images_study
+    with Study(path) as study:
+        first_image = study.connection.execute(
+            "SELECT image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchone()[0]
+    (moved / first_image).unlink()
+    with pytest.raises(FileNotFoundError) as raised:
+        create_app(path, admin_token="secret-admin", images_dir=moved)
+    message = str(raised.value)
+    assert f"1 of the study's images are missing from {moved.resolve()}, such as {first_image}" in message
+
+
+def test_locked_database_answer_not_saved_page(app, study_path, monkeypatch):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.05)
+    blocker = sqlite3.connect(study_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        response = submit(client, participant_id, order[0], token=token)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert 'class="card"' in response.text
+    assert "Your answer was not saved" in response.text
+    assert answer_rows(study_path) == []
+    assert submit(client, participant_id, order[0], token=token).status_code == 303
+    assert len(answer_rows(study_path)) == 1
+
+
+def test_unexpected_error_shows_styled_page(study_path, monkeypatch):
+    application = create_app(study_path, admin_token="secret-admin")
+    client = application.test_client()
+    participant_id, order, _ = consent(client)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(Study, "save_answer", fail)
+    response = submit(client, participant_id, order[0])
+    assert response.status_code == 500
+    assert 'class="card"' in response.text
+    assert "may not have been saved" in response.text
+    assert "disk on fire" not in response.text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost"])
+def test_loopback_host_not_warned(study_path, host, caplog):
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.app"):
+        server = make_study_server(study_path, host, 0)
+    server.server_close()
+    assert "reachable from other machines" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("192.0.2.1", False)],
+)
+def test_loopback_hosts_recognised(host, loopback):
+    # Checked without binding, so that no test listens beyond this machine.
+    assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8000"), ("::1", "http://[::1]:8000"), ("localhost", "http://localhost:8000")],
+)
+def test_server_url_brackets_ipv6(host, url):
+    assert server_url(host, 8000) == url

@@ -28,6 +28,14 @@ def test_setup_then_export(tmp_path, labeling_run, image_set, capsys):
     assert [(row["dimension"], row["label_1"]) for row in rows] == [("2", "x")]
 
 
+def test_setup_names_one_dimension_in_singular(tmp_path, labeling_run, image_set, capsys):
+    study = tmp_path / "study.db"
+    status = main(["label-app", "setup", str(study), "--run", str(labeling_run), "--images", str(image_set[0]),
+                   "--dims", "3"])
+    assert status == 0
+    assert f"created {study} with 1 dimension; serve it" in capsys.readouterr().out
+
+
 def test_setup_error_reported(tmp_path, labeling_run, image_set, capsys):
     status = main(["label-app", "setup", str(tmp_path / "s.db"), "--run", str(labeling_run),
                    "--images", str(image_set[0]), "--dims", "40"])
@@ -43,9 +51,12 @@ def test_setup_requires_images(tmp_path, labeling_run):
 
 def test_serve_options_parsed(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(commands, "_serve", lambda study, host, port: calls.append((study, host, port)) or 0)
+    monkeypatch.setattr(
+        commands, "_serve", lambda study, host, port, images=None: calls.append((study, host, port, images)) or 0
+    )
     assert main(["label-app", "serve", str(tmp_path / "s.db"), "--port", "0"]) == 0
-    assert calls == [(tmp_path / "s.db", "127.0.0.1", 0)]
+    assert main(["label-app", "serve", str(tmp_path / "s.db"), "--images", str(tmp_path / "pics")]) == 0
+    assert calls == [(tmp_path / "s.db", "127.0.0.1", 0, None), (tmp_path / "s.db", "127.0.0.1", 8000, tmp_path / "pics")]
 
 
 def test_summarize_command(tmp_path, study_path, capsys):

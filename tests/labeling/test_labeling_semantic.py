@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from dimalign.cli import main
 from dimalign.labeling import semantic
 from dimalign.labeling.study import Answer, Study, create_study
 from dimalign.labeling.summary import summarize
@@ -139,3 +141,77 @@ def test_summarize_adds_semantic_scores(tmp_path, labeling_run, image_set, sente
     assert correlation["n"] == 4
     assert -1.0 <= correlation["rho"] <= 1.0
     assert "semantic_z" in pd.read_csv(out / "dimensions.csv").columns
+
+
+def test_collapsed_object_names_rejected():
+    names = [semantic.object_name(f"obj{number}") for number in range(60)]
+    with pytest.raises(ValueError) as raised:
+        semantic.check_object_names(names, k=10, source="derived from the object ids")
+    message = str(raised.value)
+    assert "60 objects have 1 distinct name" in message
+    assert "'obj' (60 objects)" in message
+    assert "--object-names" in message
+
+
+def test_shared_object_names_warned(caplog):
+    names = ["image"] * 5 + [f"name {number}" for number in range(15)]
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.semantic"):
+        semantic.check_object_names(names, k=10, source="derived from the object ids")
+    assert "5 of 20 objects share their name with another object" in caplog.text
+    assert "'image' (5 objects)" in caplog.text
+
+
+def test_summarize_rejects_collapsed_names_before_writing(tmp_path, study_path):
+    (tmp_path / "names.txt").write_text("image\n" * 36)
+    with pytest.raises(ValueError, match="36 objects have 1 distinct name"):
+        summarize([study_path], tmp_path / "out", semantic=True, object_names=tmp_path / "names.txt",
+                  sentence_model=object())
+    assert not (tmp_path / "out").exists()
+
+
+def test_rating_correlation_names_missing_scores():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = semantic.rating_correlation([np.nan] * 4, [0.0, 0.5, 1.0, 1.0])
+    assert result["n"] == 0
+    message = " ".join(str(warning.message) for warning in caught)
+    assert "0 of 4 dimensions have an automatic score and 4 a human rating" in message
+
+
+def test_object_names_with_byte_order_mark(tmp_path):
+    words = tmp_path / "words.csv"
+    words.write_bytes("\ufeffid,word\nbat2,baseball bat\ndog,dog\n".encode())
+    assert semantic.read_object_names(words, ["bat2", "dog"]) == ["baseball bat", "dog"]
+    plain = tmp_path / "names.txt"
+    plain.write_bytes("\ufeffbat\ndog\n".encode())
+    assert semantic.read_object_names(plain, ["a", "b"]) == ["bat", "dog"]
+
+
+def test_n_random_capped(tmp_path, study_path, capsys):
+    too_many = semantic.MAX_N_RANDOM + 1
+    with pytest.raises(ValueError, match=f"n_random={too_many}"):
+        semantic.semantic_scores({0: list(range(10))}, [f"o{i}" for i in range(20)], n_random=too_many,
+                                 model=object())
+    with pytest.raises(ValueError, match=f"invalid --n-random {too_many}: use at most {semantic.MAX_N_RANDOM}"):
+        summarize([study_path], tmp_path / "out", semantic=True, n_random=too_many, sentence_model=object())
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["labels", "summarize", str(study_path), "-o", str(tmp_path / "out"), "--semantic",
+              "--n-random", str(too_many)])
+    assert f"use at most {semantic.MAX_N_RANDOM}" in capsys.readouterr().err
+
+
+def test_baseline_computed_in_chunks_matches_whole():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 8))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    subsets = np.stack([rng.choice(30, size=5, replace=False) for _ in range(25)])
+    whole = semantic._mean_pairwise_cosine(vectors[subsets])
+    chunked = semantic._subset_coherence(vectors, subsets, chunk_size=4)
+    np.testing.assert_allclose(chunked, whole)
+
+
+def test_n_random_help_states_cap(capsys):
+    with pytest.raises(SystemExit):
+        main(["labels", "summarize", "--help"])
+    assert f"2 to {semantic.MAX_N_RANDOM}" in " ".join(capsys.readouterr().out.split())

@@ -319,3 +319,18 @@ def test_chunked_body_limited(study_path, padding, status):
         assert response.status_code == status, response.text[-600:]
     expected = {} if status == 413 else {(1, participant.current_dimension): ["big"]}
     assert stored_answers(study_path) == expected
+
+
+def test_ctrl_c_stops_server_with_status_130(tmp_path, labeling_run, image_set):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("embedding.npz", "objects.tsv"):
+        (run / name).write_bytes((labeling_run / name).read_bytes())
+    log_path = tmp_path / "server.log"
+    process, _ = start_server_process(run, image_set[0], log_path)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    log = log_path.read_text()
+    assert process.returncode == 130
+    assert f"stopped serving {run / 'labels.db'} (interrupted)" in log
+    assert "stopped by Ctrl-C" in log

@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dimalign.interpret.grids import percentile_grid
 from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
-from dimalign.io.runs import load_embedding
+from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 from dimalign.labeling.study import (
     DEFAULT_QUESTIONS,
     Answer,
@@ -115,6 +119,18 @@ def test_image_found_by_object_id(tmp_path):
         resolve_image(images, "notes", "notes.txt")
 
 
+def test_object_id_too_long_for_file_name(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    object_id = "a" * 300
+    with pytest.raises(FileNotFoundError) as raised:
+        resolve_image(images, object_id, "")
+    message = str(raised.value)
+    assert "is too long for a file name" in message
+    assert "source column" in message
+    assert len(message) < 400
+
+
 def test_existing_database_not_overwritten(study_path, labeling_run, image_set):
     before = study_path.read_bytes()
     with pytest.raises(FileExistsError):
@@ -132,6 +148,8 @@ def test_parse_dimensions():
         parse_dimensions("x", 4)
     with pytest.raises(ValueError, match="twice"):
         parse_dimensions("1,1", 4)
+    with pytest.raises(ValueError, match="--dims 'all' selects no dimension"):
+        parse_dimensions("all", 0)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +170,22 @@ def test_dimension_range_bounds_checked(spec, message):
 def test_validate_answer_trims_and_keeps_text():
     answer = validate_answer(DEFAULT_QUESTIONS, ["  Red fruit ", "", "<i>x</i>"], "visual", "several")
     assert answer == Answer(labels=("Red fruit", "<i>x</i>"), kind="visual", interpretability="several")
+
+
+def test_validate_answer_removes_format_characters():
+    labels = ["\ufeffRed\u200b", "so\u00adft", "word\u2060 joiner"]
+    answer = validate_answer(DEFAULT_QUESTIONS, labels, "visual", "one")
+    assert answer.labels == ("Red", "soft", "word joiner")
+
+
+def test_validate_answer_keeps_rejecting_invisible_labels():
+    # Bidirectional controls are format characters too, but they are
+    # rejected rather than removed, and a label of nothing but format
+    # characters stays invalid.
+    for label in ("\u200b", "\ufeff\u00ad", "red\u202eder"):
+        with pytest.raises(AnswerError) as raised:
+            validate_answer(DEFAULT_QUESTIONS, [label], "visual", "one")
+        assert set(raised.value.errors) == {"labels"}
 
 
 def test_validate_answer_names_every_field():
@@ -304,3 +338,59 @@ def test_setup_over_folder_or_other_database(tmp_path, labeling_run, image_set):
         "['schema_version', 'study']): choose another file name, because setup never overwrites a file"
     )
     assert other.read_bytes() == before
+
+
+def _leave_write_ahead_log(study: Path) -> None:
+    """Save an answer in a process that exits without closing the study, as a killed server does."""
+    script = (
+        "import os, sys\n"
+        "from dimalign.labeling.study import Study, validate_answer\n"
+        "study = Study(sys.argv[1])\n"
+        "participant, _ = study.add_participant(order_seed=1)\n"
+        "answer = validate_answer(study.questions, ['OLD ANSWER'], 'visual', 'one')\n"
+        "study.save_answer(participant.participant_id, 0, answer)\n"
+        "os._exit(0)\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", script, str(study)], check=True, env=environment)
+
+
+def test_setup_rejects_leftover_sqlite_files(tmp_path, labeling_run, image_set):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    _leave_write_ahead_log(old)
+    old.unlink()
+    leftovers = [tmp_path / name for name in ("study.db-wal", "study.db-shm")]
+    assert all(path.exists() for path in leftovers)
+    before = {path: path.read_bytes() for path in leftovers}
+
+    with pytest.raises(FileExistsError) as raised:
+        create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+    message = str(raised.value)
+    for path in leftovers:
+        assert str(path) in message
+    assert "choose another file name" in message
+    assert not (tmp_path / "study.db").exists()
+    assert {path: path.read_bytes() for path in leftovers} == before
+
+
+def test_run_study_rejects_leftover_journal(tmp_path, labeling_run, image_set):
+    run = copy_run(tmp_path, labeling_run)
+    journal = run / "labels.db-journal"
+    journal.write_bytes(b"rollback journal of an earlier study")
+    with pytest.raises(FileExistsError, match=re.escape(str(journal))):
+        open_or_create_run_study(run, image_set[0], dims="0")
+    assert not (run / "labels.db").exists()
+    assert journal.read_bytes() == b"rollback journal of an earlier study"
+
+
+def test_setup_rejects_embedding_without_dimensions(tmp_path, labeling_run, image_set):
+    run = tmp_path / "run"
+    save_embedding(EmbeddingResult(embedding=np.zeros((36, 0))), run)
+    (run / "objects.tsv").write_bytes((labeling_run / "objects.tsv").read_bytes())
+    with pytest.raises(ValueError) as raised:
+        create_study(tmp_path / "study.db", run, image_set[0])
+    assert str(raised.value) == (
+        f"the embedding {run} has 0 dimensions (shape (36, 0)): a study needs an embedding with at "
+        "least one dimension"
+    )
+    assert not (tmp_path / "study.db").exists()

@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import sqlite3
 from pathlib import Path
 
 import matplotlib
@@ -265,4 +266,48 @@ def test_link_to_empty_folder_written_through(two_studies, tmp_path, labeling_ru
     assert (folder / "summary.html").is_file()
     clouds = sorted(path.name for path in (folder / "wordclouds").iterdir())
     assert clouds == [f"{labeling_run.name}_dim{dimension}.png" for dimension in range(3)]
+    assert leftovers(tmp_path) == []
+
+
+def test_study_without_dimensions_rejected(tmp_path, labeling_run, image_set):
+    # Setup rejects an embedding without dimensions, but a study written by an
+    # older dimalign may have none.
+    path = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0")
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE study SET value = '[]' WHERE key = 'dimensions'")
+    connection.execute("DELETE FROM dimensions")
+    connection.commit()
+    connection.close()
+    for semantic in (False, True):
+        with pytest.raises(ValueError) as raised:
+            summarize([path], tmp_path / "out", semantic=semantic, wordcloud_size=SIZE)
+        assert str(raised.value) == (
+            f"the study {path} has no dimensions, so there is nothing to summarise: set up a study "
+            "with at least one dimension"
+        )
+        assert not (tmp_path / "out").exists()
+
+
+def test_label_counted_once_per_participant(tmp_path, labeling_run, image_set):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0"),
+                labels=("dup", "dup", "Red", "red", "re\u200bd"))
+    summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+    labels = pd.read_csv(tmp_path / "out" / "labels.csv")
+    assert dict(zip(labels["label"], labels["count"])) == {"dup": 3, "red": 3}
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions.loc[0, "top_labels"] == "dup (3); red (3)"
+
+
+def test_embedding_name_too_long_rejected_before_writing(two_studies, tmp_path):
+    first, _ = two_studies
+    name = "n" * 250
+    with pytest.raises(ValueError) as raised:
+        summarize([first], tmp_path / "out", embedding_names=[name], wordcloud_size=SIZE)
+    message = str(raised.value)
+    assert "invalid embedding name 'nnnn" in message
+    assert "word cloud files NAME_dim<d>.png" in message
+    # 255 bytes minus the temporary name's ".", "_dim2", ".xxxxxxxx", ".tmp" and ".png" (23 bytes).
+    assert "use at most 232 bytes" in message
+    assert str(tmp_path / "out") not in message
+    assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from dimalign.io.files import atomic_path
+from dimalign.labeling.study import remove_format_characters
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +63,21 @@ _WHITESPACE = re.compile(r"\s+")
 
 
 def normalize_label(label: str) -> str:
-    """Bring a label to Unicode NFC, lower-case it, strip it and collapse runs of whitespace.
+    """Normalise a label for counting: NFC, without format characters, lower case, trimmed, single spaces.
 
     NFC makes ``café`` with a combining accent (U+0065 U+0301) and with
-    ``é`` (U+00E9) one label. Answers stored before the app normalised labels
-    may contain either form.
+    ``é`` (U+00E9) one label. Format characters (Unicode category ``Cf``,
+    such as the zero-width space U+200B or the soft hyphen U+00AD) draw
+    nothing, so they are removed (see
+    :func:`dimalign.labeling.study.remove_format_characters`). Answers
+    stored before the app normalised labels may contain either form and
+    such characters.
 
-    >>> normalize_label("  Red   Fruit ")
+    >>> normalize_label("  Red \u200b  Fruit ")
     'red fruit'
     """
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFC", label).strip().lower())
+    text = remove_format_characters(unicodedata.normalize("NFC", label))
+    return _WHITESPACE.sub(" ", text.strip().lower())
 
 
 def label_frequencies(labels: Iterable[str]) -> Counter:
@@ -85,6 +91,27 @@ def label_frequencies(labels: Iterable[str]) -> Counter:
         normalized = normalize_label(label)
         if normalized:
             counts[normalized] += 1
+    return counts
+
+
+def answer_label_counts(answers: Iterable[Iterable[str]]) -> Counter:
+    """Count for each normalised label how many answers gave it.
+
+    A label that one answer repeats, also in another case or spelling that
+    :func:`normalize_label` makes equal (``Red`` and ``red``), counts once
+    for that answer. A participant gives at most one answer per dimension,
+    so for one dimension the count is the number of participants who gave
+    the label.
+
+    Args:
+        answers (Iterable[Iterable[str]]): The labels of each answer.
+
+    >>> answer_label_counts([["dup", "dup"], ["Red", "red"], ["red"]]).most_common()
+    [('red', 2), ('dup', 1)]
+    """
+    counts: Counter = Counter()
+    for labels in answers:
+        counts.update({normalize_label(label) for label in labels} - {""})
     return counts
 
 
@@ -115,7 +142,7 @@ def write_word_cloud(
 
     Args:
         frequencies (Mapping[str, int]): Count per label, such as from
-            :func:`label_frequencies`; must not be empty.
+            :func:`answer_label_counts`; must not be empty.
         path (str | os.PathLike): The PNG file.
         width (int): Image width in pixels.
         height (int): Image height in pixels.

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import ipaddress
 import json
 import logging
 import os
 import re
 import secrets
 import socket
+import socketserver
+import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +79,12 @@ _ID = f"int(max={2**63 - 1})"
 _ADMIN_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None) -> Flask:
+def create_app(
+    study_path: str | os.PathLike,
+    *,
+    admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
+) -> Flask:
     """Create the Flask app that serves one study.
 
     Args:
@@ -85,17 +93,24 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
             latest schema here.
         admin_token (str | None): Token that opens the admin pages; when None
             the admin pages return 404. See :func:`check_admin_token`.
+        images_dir (str | os.PathLike | None): Folder the images are served
+            from instead of the one stored at setup, such as after the study
+            moved to another machine. The study database is not changed.
 
     Returns:
-        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path.
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
+        and ``app.config["IMAGES_DIR"]`` the image folder.
 
     Raises:
         ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
+        FileNotFoundError: If the image folder or an image of a grid object is missing.
     """
     study_path = Path(study_path)
     if admin_token is not None:
         check_admin_token(admin_token)
-    with Study(study_path) as study:
+    with Study(study_path, images_dir=images_dir) as study:
+        study.check_images()
+        images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
 
@@ -107,6 +122,7 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     app.config.update(
         SECRET_KEY=secret_key,
         STUDY_PATH=study_path,
+        IMAGES_DIR=images_dir,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -123,6 +139,8 @@ def create_app(study_path: str | os.PathLike, *, admin_token: str | None = None)
     app.after_request(_add_security_headers)
     for status in (400, 401, 403, 404, 405, 413, 503):
         app.register_error_handler(status, _render_error)
+    app.register_error_handler(sqlite3.OperationalError, _render_database_error)
+    app.register_error_handler(500, _render_server_error)
     _add_participant_routes(app)
     _add_admin_routes(app)
     return app
@@ -138,7 +156,7 @@ def _study() -> Study:
         path = Path(_config("STUDY_PATH"))
         state: _StudyState = current_app.extensions[_STATE_KEY]
         try:
-            study = _open_study(path)
+            study = _open_study(path, _config("IMAGES_DIR"))
         except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
             state.report(f"{path} is missing (moved or deleted): restore it to the same path")
@@ -160,10 +178,10 @@ def _study() -> Study:
     return g.study
 
 
-def _open_study(path: Path) -> Study:
+def _open_study(path: Path, images_dir: Path) -> Study:
     connection = db.connect(path)
     try:
-        return Study(path, connection=connection)
+        return Study(path, connection=connection, images_dir=images_dir)
     except BaseException:
         connection.close()
         raise
@@ -367,6 +385,48 @@ def _render_error(error: Any) -> tuple[str, int]:
         description=getattr(error, "description", ""),
     )
     return page, code
+
+
+#: Seconds after which a participant may retry when the database was locked (``Retry-After``).
+RETRY_AFTER_S = 5
+
+
+def _render_database_error(error: sqlite3.OperationalError) -> tuple[str, int, dict[str, str]] | tuple[str, int]:
+    """Show an error page for a database error: 503 while another writer holds the lock, 500 otherwise.
+
+    A failed write is rolled back (see :class:`dimalign.labeling.db.transaction`),
+    so the page can tell a participant who submitted a form that it was not saved.
+    """
+    busy = "locked" in str(error) or "busy" in str(error)
+    logger.error("database error on %s %s, so it returns %d: %s",
+                 request.method, request.path, 503 if busy else 500, error)
+    submitted = request.method == "POST"
+    if busy:
+        description = (
+            "The study's database is busy. "
+            + ("Your answer was not saved. Go back and submit it again in a few seconds."
+               if submitted else "Reload this page in a few seconds.")
+        )
+        page = render_template("error.html", code=503, name="Service Unavailable", description=description)
+        return page, 503, {"Retry-After": str(RETRY_AFTER_S)}
+    description = (
+        "The study's database failed. "
+        + ("Your answer was not saved. Go back and submit it again; if this repeats, tell the study team."
+           if submitted else "Reload this page; if this repeats, tell the study team.")
+    )
+    return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
+
+
+def _render_server_error(error: Any) -> tuple[str, int]:
+    """Show the app's error page for an unexpected error (Flask logs the exception itself)."""
+    if request.method == "POST":
+        description = (
+            "The server failed to handle this request, so your answer may not have been saved. Go back, "
+            "check it and submit it again; if this repeats, tell the study team."
+        )
+    else:
+        description = "The server failed to show this page. Reload it; if this repeats, tell the study team."
+    return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
 
 
 # ---------------------------------------------------------------------------
@@ -674,22 +734,50 @@ class RedactingRequestHandler(WSGIRequestHandler):
         return super().address_string()
 
 
+def is_loopback_host(host: str) -> bool:
+    """Check whether every address that ``host`` resolves to is a loopback address.
+
+    Loopback addresses are 127.0.0.0/8 and ::1, so ``127.0.0.2`` is reachable
+    from this machine only, while ``0.0.0.0`` and ``::`` listen on every interface.
+    A host that does not resolve is not loopback.
+    """
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    try:
+        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
+    except ValueError:
+        return False
+
+
+def server_url(host: str, port: int) -> str:
+    """Return the base URL of a server on ``host`` and ``port``, with an IPv6 address in brackets."""
+    if ":" in host:
+        return f"http://[{host}]:{port}"
+    return f"http://{host}:{port}"
+
+
 def make_study_server(
     study_path: str | os.PathLike,
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
     admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
 ) -> BaseWSGIServer:
     """Create a threaded werkzeug server for a study, bound but not yet serving.
 
     Args:
         study_path (str | os.PathLike): The study database.
-        host (str): Address to bind; loopback by default. Any other address
-            makes the study reachable from the network, where answers travel
-            unencrypted unless a HTTPS proxy sits in front.
+        host (str): Address to bind; loopback by default. An address outside
+            loopback (127.0.0.0/8, ::1) makes the study reachable from the
+            network, where answers travel unencrypted unless a HTTPS proxy
+            sits in front, and is logged as a warning.
         port (int): TCP port; 0 picks a free one (see ``server.server_port``).
         admin_token (str | None): Token of the admin pages; a random one when None.
+        images_dir (str | os.PathLike | None): Image folder instead of the one
+            stored at setup (see :func:`create_app`).
 
     Returns:
         BaseWSGIServer: Call ``serve_forever()``; ``server.app.config["ADMIN_TOKEN"]``
@@ -697,11 +785,12 @@ def make_study_server(
 
     Raises:
         ValueError: If ``host`` is neither an IP address nor a name that resolves.
+        FileNotFoundError: If the image folder or an image of a grid object is missing.
         RuntimeError: If the server cannot listen on ``host`` and ``port``,
             for example because the port is in use.
     """
     token = admin_token or secrets.token_urlsafe(24)
-    app = create_app(study_path, admin_token=token)
+    app = create_app(study_path, admin_token=token, images_dir=images_dir)
     # Werkzeug 3.1 prints only the reason of a failed bind (such as "Name or
     # service not known") and calls sys.exit, so the host is resolved here first.
     try:
@@ -711,7 +800,7 @@ def make_study_server(
             f"invalid --host {host!r} ({error.strerror}): give an IP address or a host name of this "
             "machine, such as 127.0.0.1"
         ) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback_host(host):
         logger.warning(
             "binding to %s makes the study reachable from other machines; answers travel "
             "unencrypted unless a HTTPS proxy sits in front", host,
@@ -732,25 +821,36 @@ def serve(
     port: int = 8000,
     *,
     admin_token: str | None = None,
+    images_dir: str | os.PathLike | None = None,
     on_ready: Callable[[BaseWSGIServer], None] | None = None,
 ) -> None:
-    """Serve a study until interrupted (Ctrl-C).
+    """Serve a study until interrupted (Ctrl-C), then re-raise the KeyboardInterrupt.
 
     Args:
         study_path (str | os.PathLike): The study database.
         host (str): Address to bind (loopback by default).
         port (int): TCP port; 0 picks a free one.
         admin_token (str | None): Token of the admin pages; a random one when None.
+        images_dir (str | os.PathLike | None): Image folder instead of the one
+            stored at setup (see :func:`create_app`).
         on_ready (Callable | None): Called with the bound server before serving,
             for example to print the address and the admin token.
+
+    Raises:
+        KeyboardInterrupt: On Ctrl-C, after the server has been closed.
     """
-    server = make_study_server(study_path, host, port, admin_token=admin_token)
-    logger.info("serving study %s on http://%s:%d/", study_path, host, server.server_port)
-    if on_ready is not None:
-        on_ready(server)
+    server = make_study_server(study_path, host, port, admin_token=admin_token, images_dir=images_dir)
+    logger.info("serving study %s on %s/", study_path, server_url(host, server.server_port))
     try:
-        server.serve_forever()
+        # Inside the try, so Ctrl-C right after the address is printed also closes the server.
+        if on_ready is not None:
+            on_ready(server)
+        # Werkzeug's serve_forever (3.1) swallows KeyboardInterrupt and returns
+        # as if shut down, so the socketserver loop it wraps runs directly and
+        # Ctrl-C reaches the command, which exits with status 130.
+        socketserver.BaseServer.serve_forever(server)
     except KeyboardInterrupt:
         logger.info("stopped serving %s (interrupted)", study_path)
+        raise
     finally:
         server.server_close()

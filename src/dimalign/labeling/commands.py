@@ -16,7 +16,7 @@ _LABEL_APP_EPILOG = """\
 forms:
   dimalign label-app setup STUDY.db --run RUN --images DIR [--objects objects.tsv]
                            [--dims all] [--questions default]
-  dimalign label-app serve STUDY.db [--host 127.0.0.1] [--port 8000]
+  dimalign label-app serve STUDY.db [--images DIR] [--host 127.0.0.1] [--port 8000]
   dimalign label-app export STUDY.db -o answers.csv [--overwrite]
   dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
 
@@ -75,8 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default 10)",
     )
     summarize.add_argument(
-        "--n-random", type=_at_least(2),
-        help="with --semantic: random object subsets in the semantic baseline (default 1000)",
+        "--n-random", type=_n_random,
+        help="with --semantic: random object subsets in the semantic baseline, 2 to 100000 (default 1000)",
     )
     summarize.add_argument(
         "--seed", type=_at_least(0), default=0,
@@ -110,6 +110,11 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
     elif action == "serve":
         parser.description = "Serve a study to participants until interrupted (Ctrl-C)."
         parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database from `setup`")
+        parser.add_argument(
+            "--images", type=Path, metavar="DIR",
+            help="folder to serve the images from instead of the one given at setup, such as after "
+            "moving the study to another machine (the study is not changed)",
+        )
         _add_server_options(parser)
     else:
         parser.description = "Write every answer of a study to a CSV file."
@@ -144,8 +149,8 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
     )
 
 
-def _at_least(minimum: int):
-    """Return an argparse type that parses an integer of at least ``minimum``."""
+def _at_least(minimum: int, maximum: int | None = None):
+    """Return an argparse type that parses an integer of at least ``minimum`` and at most ``maximum``."""
 
     def parse(text: str) -> int:
         try:
@@ -154,9 +159,20 @@ def _at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"invalid value {value}: use {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"invalid value {value}: use at most {maximum}")
         return value
 
     return parse
+
+
+def _n_random(text: str) -> int:
+    """Parse ``--n-random`` for argparse: 2 to ``semantic.MAX_N_RANDOM``."""
+    # Imported here because the semantic module loads pandas, which every
+    # other dimalign command would then pay for at start.
+    from dimalign.labeling.semantic import MAX_N_RANDOM
+
+    return _at_least(2, maximum=MAX_N_RANDOM)(text)
 
 
 def _port(text: str) -> int:
@@ -187,7 +203,7 @@ def _run_label_app(args: argparse.Namespace) -> int:
         if args.target == "setup":
             return _setup(options)
         if args.target == "serve":
-            return _serve(options.study, options.host, options.port)
+            return _serve(options.study, options.host, options.port, options.images)
         return _export(options)
 
     parser = argparse.ArgumentParser(
@@ -215,12 +231,13 @@ def _setup(options: argparse.Namespace) -> int:
     )
     with Study(path) as study:
         n_dims = len(study.dimensions)
-    print(f"created {path} with {n_dims} dimensions; serve it with: dimalign label-app serve {path}")
+    dimensions = "dimension" if n_dims == 1 else "dimensions"
+    print(f"created {path} with {n_dims} {dimensions}; serve it with: dimalign label-app serve {path}")
     return 0
 
 
-def _serve(study: Path, host: str, port: int) -> int:
-    from dimalign.labeling.app import check_admin_token, serve
+def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int:
+    from dimalign.labeling.app import check_admin_token, serve, server_url
 
     admin_token = os.environ.get(ADMIN_TOKEN_VARIABLE) or None
     if admin_token is not None:
@@ -230,14 +247,14 @@ def _serve(study: Path, host: str, port: int) -> int:
             raise ValueError(f"{ADMIN_TOKEN_VARIABLE}: {error}") from None
 
     def announce(server) -> None:
-        address = f"http://{host}:{server.server_port}"
+        address = server_url(host, server.server_port)
         # The operator needs the token to open the admin page; it goes to
         # standard output only, never to the log.
         print(f"serving {study} at {address}/", flush=True)
         print(f"admin page: {address}/admin?token={server.app.config['ADMIN_TOKEN']}", flush=True)
         print("press Ctrl-C to stop", flush=True)
 
-    serve(study, host, port, admin_token=admin_token, on_ready=announce)
+    serve(study, host, port, admin_token=admin_token, images_dir=images, on_ready=announce)
     return 0
 
 

@@ -219,6 +219,23 @@ def study_file_problem(path: str | os.PathLike) -> str | None:
         connection.close()
 
 
+#: Suffixes of the files SQLite keeps next to a database: the write-ahead log,
+#: its shared-memory index and the rollback journal.
+SIDE_FILE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+def existing_side_files(path: str | os.PathLike) -> list[Path]:
+    """Return the SQLite side files (``-wal``, ``-shm``, ``-journal``) that exist next to ``path``.
+
+    SQLite opens these files by name whenever it opens ``path``, so a
+    write-ahead log that an earlier database at this path left behind is
+    replayed into whatever database is opened there next.
+    """
+    path = Path(path)
+    candidates = [path.with_name(path.name + suffix) for suffix in SIDE_FILE_SUFFIXES]
+    return [candidate for candidate in candidates if os.path.lexists(candidate)]
+
+
 class transaction:
     """Context manager for one write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``).
 

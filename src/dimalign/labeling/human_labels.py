@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
     """Load one label per embedding dimension.
 
     Args:
-        path (str | os.PathLike): A text file with one label per line
-            (trailing blank lines are ignored) or a MATLAB ``.mat`` file with a
+        path (str | os.PathLike): A UTF-8 text file with one label per line
+            (a byte order mark and trailing blank lines are ignored) or a MATLAB ``.mat`` file with a
             cell array of strings (the variable ``labels``, or the only variable).
         n_dims (int | None): The embedding's number of dimensions; when given,
             the number of labels must equal it.
@@ -33,7 +34,8 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a text file is not UTF-8, a label is empty, the MATLAB
+        ValueError: If a text file is not UTF-8, a label is empty or contains
+            a control character (such as a tab or NUL), the MATLAB
             file has no usable variable, or the count differs from ``n_dims``
             (the message names both).
     """
@@ -44,16 +46,28 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
         labels = _labels_from_mat(path)
     else:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            # utf-8-sig drops a byte order mark, which would otherwise start the
+            # first label. Lines end only at \n (with an optional \r before it):
+            # str.splitlines() would also split at NEL, form feed and other
+            # separators and so shift every later label to the wrong dimension.
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as error:
             raise ValueError(
                 f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
                 f"{error.start}): save the labels as UTF-8"
             ) from None
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
         while lines and not lines[-1].strip():
             lines.pop()
         labels = [line.strip() for line in lines]
 
+    for number, label in enumerate(labels, start=1):
+        control = next((character for character in label if unicodedata.category(character) == "Cc"), None)
+        if control is not None:
+            raise ValueError(
+                f"{path}: label {number} (1-based) contains the control character U+{ord(control):04X}, "
+                f"which would break the index<TAB>label output: remove it from {label!r}"
+            )
     empty = [number for number, label in enumerate(labels, start=1) if not label]
     if empty:
         raise ValueError(f"{path}: labels {empty[:10]} (1-based) are empty; every dimension needs a label")

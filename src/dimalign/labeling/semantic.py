@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ DEFAULT_K = 10
 
 #: Default number of random subsets of the baseline.
 DEFAULT_N_RANDOM = 1000
+
+#: Largest number of random subsets of the baseline. The standard error of
+#: the baseline mean is ``random_std / sqrt(n_random)``, already 0.3 % of
+#: ``random_std`` at this cap, while drawing the subsets takes time and
+#: memory linear in ``n_random``.
+MAX_N_RANDOM = 100_000
+
+#: Random subsets whose name vectors are gathered at once, which bounds the
+#: memory of the baseline to ``chunk x k x n_features`` floats (about 60 MB
+#: for k = 20 and the 384 features of all-MiniLM-L6-v2).
+_BASELINE_CHUNK = 1000
 
 
 def model_path() -> Path:
@@ -117,7 +129,9 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     if not path.is_file():
         raise FileNotFoundError(f"object names file {path} not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig drops a byte order mark, which spreadsheet programs write
+        # and which would otherwise hide the CSV header or start the first name.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"object names file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
@@ -149,6 +163,47 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     return names
 
 
+def check_object_names(names: Sequence[str], k: int, source: str) -> None:
+    """Check that the object names can tell the top objects of a dimension apart.
+
+    Names derived from ids such as ``obj0`` .. ``obj59`` or
+    ``image_0001.jpg`` all become one name (``obj``, ``image``). Every
+    subset then has the same coherence, so ``semantic_z`` is NaN (or
+    meaningless) for every dimension. A name shared by a few objects, such
+    as ``bat`` for the animal and the baseball bat, is logged as a warning
+    with the number of objects that share names and the most shared names.
+
+    Args:
+        names (Sequence[str]): Name of every object, in row order.
+        k (int): Top objects compared per dimension.
+        source (str): Where the names come from, for the messages, such as
+            ``"derived from the object ids"``.
+
+    Raises:
+        ValueError: If there are fewer than ``k`` distinct names, so every
+            top-``k`` set repeats a name.
+    """
+    counts = Counter(names)
+    shared = [(name, count) for name, count in counts.most_common() if count > 1]
+    if not shared:
+        return
+    examples = ", ".join(f"{name!r} ({count} objects)" for name, count in shared[:3])
+    n_sharing = sum(count for _, count in shared)
+    if len(counts) < k:
+        raise ValueError(
+            f"the {len(names)} objects have {len(counts)} distinct name(s) for the semantic check "
+            f"(names {source}), such as {examples}. That is fewer than the {k} top objects compared, so "
+            "every top set repeats a name and the scores would be meaningless. Give the object names "
+            "with --object-names FILE (a CSV with id and word columns, or one name per line)"
+        )
+    logger.warning(
+        "%d of %d objects share their name with another object (names %s), such as %s; objects with "
+        "the same name count as the same concept in the semantic check. Give distinct names with "
+        "--object-names FILE if that is wrong",
+        n_sharing, len(names), source, examples,
+    )
+
+
 def _mean_pairwise_cosine(unit_vectors: np.ndarray) -> np.ndarray:
     """Mean cosine over pairs of each subset, for input ``(..., k, d)`` of unit vectors.
 
@@ -158,6 +213,14 @@ def _mean_pairwise_cosine(unit_vectors: np.ndarray) -> np.ndarray:
     k = unit_vectors.shape[-2]
     total = unit_vectors.sum(axis=-2)
     return ((total * total).sum(axis=-1) - k) / (k * (k - 1))
+
+
+def _subset_coherence(vectors: np.ndarray, subsets: np.ndarray, chunk_size: int = _BASELINE_CHUNK) -> np.ndarray:
+    """Mean pairwise cosine of each subset, shape ``(n_subsets,)``, gathered ``chunk_size`` subsets at a time."""
+    return np.concatenate([
+        _mean_pairwise_cosine(vectors[subsets[start:start + chunk_size]])
+        for start in range(0, len(subsets), chunk_size)
+    ])
 
 
 def semantic_scores(
@@ -179,7 +242,8 @@ def semantic_scores(
         labels (Mapping[int, Sequence[str]] | None): Participants' labels per
             dimension, for the column ``label_similarity``.
         k (int): Number of top objects compared (at least 2).
-        n_random (int): Random ``k``-subsets of all objects in the baseline (at least 2).
+        n_random (int): Random ``k``-subsets of all objects in the baseline,
+            2 to :data:`MAX_N_RANDOM`.
         random_state (int): Seed of the random subsets; the same subsets
             serve every dimension.
         model: A loaded sentence model; :func:`load_sentence_model` when None.
@@ -192,11 +256,14 @@ def semantic_scores(
         top name (NaN without labels).
 
     Raises:
-        ValueError: If ``k`` or ``n_random`` is below 2, or there are fewer than ``k`` objects.
+        ValueError: If ``k`` or ``n_random`` is below 2, ``n_random`` is above
+            :data:`MAX_N_RANDOM`, or there are fewer than ``k`` objects.
     """
     n_objects = len(object_names)
     if k < 2 or n_random < 2:
         raise ValueError(f"k={k} and n_random={n_random} must both be at least 2")
+    if n_random > MAX_N_RANDOM:
+        raise ValueError(f"n_random={n_random} is above the maximum of {MAX_N_RANDOM} random subsets")
     if n_objects < k:
         raise ValueError(f"k={k} top objects requested but there are only {n_objects} objects")
     if model is None:
@@ -210,7 +277,7 @@ def semantic_scores(
     # Baseline: the same seeded random subsets for every dimension.
     rng = np.random.default_rng(random_state)
     subsets = np.stack([rng.choice(n_objects, size=k, replace=False) for _ in range(n_random)])
-    random_coherence = _mean_pairwise_cosine(vectors[subsets])
+    random_coherence = _subset_coherence(vectors, subsets)
     random_mean = float(random_coherence.mean())
     random_std = float(random_coherence.std(ddof=1))
 
@@ -266,7 +333,9 @@ def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> di
     n = int(keep.sum())
     if n < 3 or np.ptp(automatic[keep]) == 0 or np.ptp(human[keep]) == 0:
         warnings.warn(
-            f"Spearman correlation undefined for {n} dimensions with ratings (needs 3 or more, "
+            f"Spearman correlation of automatic semantic scores and human ratings undefined: "
+            f"{int(np.isfinite(automatic).sum())} of {automatic.size} dimensions have an automatic "
+            f"score and {int(np.isfinite(human).sum())} a human rating, {n} both (needs 3 or more, "
             "and both sides must vary); reporting NaN",
             RuntimeWarning,
             stacklevel=2,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -193,6 +194,24 @@ class Participant:
     consented_at: str
 
 
+def remove_format_characters(text: str) -> str:
+    """Remove the Unicode format characters (category ``Cf``) from a label.
+
+    Format characters such as the zero-width space U+200B, the byte order
+    mark U+FEFF, the soft hyphen U+00AD and the word joiner U+2060 draw
+    nothing, so ``red`` with and without them look the same but would be
+    counted as different labels.
+
+    NOTE: ``Cf`` includes the zero-width joiner U+200D and non-joiner
+    U+200C, so an emoji sequence such as a family emoji shows as its parts,
+    and Persian or Indic words lose a non-joiner that changes their shape.
+
+    >>> remove_format_characters("re\u00add\u200b")
+    'red'
+    """
+    return "".join(character for character in text if unicodedata.category(character) != "Cf")
+
+
 def validate_answer(
     questions: QuestionSet, labels: Sequence[str], kind: str | None, interpretability: str | None
 ) -> Answer:
@@ -200,9 +219,12 @@ def validate_answer(
 
     Empty label fields are ignored. Each remaining label is trimmed of
     surrounding whitespace, brought to Unicode normal form NFC (so that
-    ``café`` typed with a combining accent and with ``é`` is the same label)
-    and otherwise stored as typed, including HTML or SQL characters (the
-    templates escape them and the queries bind them).
+    ``café`` typed with a combining accent and with ``é`` is the same label),
+    stripped of invisible format characters (see
+    :func:`remove_format_characters`) and otherwise stored as typed,
+    including HTML or SQL characters (the templates escape them and the
+    queries bind them). Bidirectional controls are format characters too,
+    but a label with them is rejected rather than changed.
 
     Raises:
         AnswerError: Naming every invalid field: no label, more than
@@ -215,9 +237,10 @@ def validate_answer(
             outside the allowed values.
     """
     errors: dict[str, str] = {}
-    cleaned = [
-        unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()
-    ]
+    typed = [unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()]
+    # A label of format characters only becomes empty here and fails the
+    # visibility check below, instead of being ignored like an empty field.
+    cleaned = [remove_format_characters(label).strip() for label in typed]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
@@ -229,7 +252,7 @@ def validate_answer(
                 f"each label may have at most {questions.max_label_length} characters; "
                 f"{len(too_long)} label(s) are longer"
             )
-        elif any(_has_forbidden_character(label) for label in cleaned):
+        elif any(_has_forbidden_character(label) for label in typed):
             errors["labels"] = (
                 "labels must not contain control characters (such as line breaks), text-direction "
                 "controls, private-use, unassigned or noncharacter code points"
@@ -291,12 +314,14 @@ def parse_dimensions(spec: str | Sequence[int] | None, n_dims: int) -> list[int]
 
     Raises:
         ValueError: If an index or range bound is not an integer in
-            ``0..n_dims-1``, a range runs backwards, or an index appears twice.
+            ``0..n_dims-1``, a range runs backwards, an index appears twice,
+            or no dimension is selected (such as ``"all"`` with ``n_dims`` 0).
     """
+    values: list[int]
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
-        return list(range(n_dims))
-    if isinstance(spec, str):
-        values: list[int] = []
+        values = list(range(n_dims))
+    elif isinstance(spec, str):
+        values = []
         for part in spec.split(","):
             part = part.strip()
             if not part:
@@ -359,8 +384,25 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     Raises:
         ValueError: If the path leaves ``images_dir`` (``..``, an absolute
             path, or a symbolic link pointing outside) or is not an image file.
-        FileNotFoundError: If no image is found.
+        FileNotFoundError: If no image is found, or the path to look up is
+            too long for a file name (such as an object id over 255 bytes).
     """
+    try:
+        return _resolve_image(images_dir, object_id, source)
+    except OSError as error:
+        # FileNotFoundError raised for a missing image has no errno and is re-raised as it is.
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        shown = object_id if len(object_id) <= 60 else object_id[:60] + "..."
+        where = f"source {source[:60]!r}" if source else "object id"
+        raise FileNotFoundError(
+            f"the image of object {shown!r} ({len(object_id.encode())} bytes) cannot be looked up because "
+            f"its {where} is too long for a file name ({error.strerror}): give the image in the object "
+            "table's source column, with a shorter file name"
+        ) from None
+
+
+def _resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     root = images_dir.resolve()
     if source:
         candidates = [Path(source)]
@@ -439,12 +481,13 @@ def create_study(
         Path: The study database.
 
     Raises:
-        FileExistsError: If ``db_path`` exists.
+        FileExistsError: If ``db_path`` exists, or SQLite side files
+            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
-        ValueError: If the object table's length differs from the embedding's
-            rows, a dimension or question set is unknown, or an image path
+        ValueError: If the embedding has no dimensions, the object table's
+            length differs from the embedding's rows, a dimension or question set is unknown, or an image path
             leaves the image folder.
     """
     from dimalign.interpret.grids import percentile_grid, top_objects
@@ -464,6 +507,14 @@ def create_study(
         raise FileExistsError(
             f"{db_path} exists and is {problem}: choose another file name, because setup never "
             "overwrites a file"
+        )
+    side_files = db.existing_side_files(db_path)
+    if side_files:
+        raise FileExistsError(
+            f"SQLite files of an earlier database at {db_path} exist: {', '.join(map(str, side_files))}. "
+            "SQLite would replay their participants and answers into the new study. If you still have "
+            f"that study, put it back at {db_path} and open it once (such as with `dimalign label-app "
+            "export`) to merge them. Otherwise move them away, or choose another file name."
         )
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder {images_dir} not found")
@@ -486,6 +537,11 @@ def create_study(
         raise ValueError(
             f"object table {table_path} lists {len(table)} objects but the embedding {run} has "
             f"{embedding.shape[0]} rows: use the table the embedding was trained with"
+        )
+    if embedding.shape[1] == 0:
+        raise ValueError(
+            f"the embedding {run} has 0 dimensions (shape {embedding.shape}): a study needs an "
+            "embedding with at least one dimension"
         )
     dimensions = parse_dimensions(dims, embedding.shape[1])
 
@@ -579,6 +635,9 @@ class Study:
             :func:`dimalign.labeling.db.connect` to use instead of opening one
             (the web app opens one per request). When None, the database is
             opened and migrated to the latest schema.
+        images_dir (str | os.PathLike | None): Folder to read the images from
+            instead of the absolute folder stored at setup, such as after the
+            images were moved to another machine. The database is not changed.
 
     Raises:
         FileNotFoundError: If the database does not exist.
@@ -586,7 +645,11 @@ class Study:
     """
 
     def __init__(
-        self, path: str | os.PathLike, *, connection: sqlite3.Connection | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        connection: sqlite3.Connection | None = None,
+        images_dir: str | os.PathLike | None = None,
     ) -> None:
         self.path = Path(path)
         self.connection = connection if connection is not None else db.open_database(self.path)
@@ -599,7 +662,7 @@ class Study:
             )
         self.questions = QuestionSet.from_json(self.settings["questions"])
         self.dimensions: tuple[int, ...] = tuple(json.loads(self.settings["dimensions"]))
-        self.images_dir = Path(self.settings["images_dir"])
+        self.images_dir = Path(images_dir if images_dir is not None else self.settings["images_dir"])
 
     def close(self) -> None:
         """Close the connection."""
@@ -670,6 +733,35 @@ class Study:
                 f"image {row['image_path']!r} of object {object_index} is not in {root}"
             )
         return full
+
+    def check_images(self) -> None:
+        """Check that the image folder exists and contains the image of every grid object.
+
+        Raises:
+            FileNotFoundError: If the folder or any image is missing. The
+                message names the folder, the number of missing images and
+                the first few, and how to point to a moved folder.
+        """
+        hint = (
+            "if the images were moved, such as to another machine, give their folder with "
+            "`dimalign label-app serve STUDY.db --images DIR`"
+        )
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"image folder {self.images_dir} of the study {self.path} not found: {hint}")
+        rows = self.connection.execute(
+            "SELECT object_index, image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchall()
+        missing = []
+        for row in rows:
+            try:
+                self.image_file(row["object_index"])
+            except NotFoundError:
+                missing.append(row["image_path"])
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of the study's images are missing from {self.images_dir.resolve()}, such "
+                f"as {', '.join(missing[:3])}: {hint}, or restore the missing files"
+            )
 
     # Participants ------------------------------------------------------------
 
@@ -857,7 +949,7 @@ class Study:
         names = [self.path, Path(os.path.realpath(self.path))]
         files = []
         for name in names:
-            files += [name] + [name.with_name(name.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+            files += [name] + [name.with_name(name.name + suffix) for suffix in db.SIDE_FILE_SUFFIXES]
         return files
 
     def _check_export_path(self, path: Path, *, overwrite: bool) -> None:

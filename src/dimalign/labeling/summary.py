@@ -5,7 +5,8 @@ Output directory layout:
 - ``wordclouds/<embedding>_dim<d>.png``: one word cloud per labelled dimension;
 - ``dimensions.csv``: per dimension its answers, top labels, votes per kind,
   the human semantic score, the resolved ratings (and the semantic check);
-- ``labels.csv``: every normalised label with its count per dimension;
+- ``labels.csv``: every normalised label with the number of answers that
+  gave it, per dimension;
 - ``agreement.csv``: percent agreement and Cohen's kappa per rater pair and question;
 - ``shares.csv``: share of visual, semantic, mixed and unclear dimensions per embedding;
 - ``relevance_shares.csv``: with ``--relevance``, the share of triplets
@@ -44,6 +45,7 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.labeling import analysis
+from dimalign.labeling.semantic import MAX_N_RANDOM
 from dimalign.labeling.study import Study
 
 logger = logging.getLogger(__name__)
@@ -125,9 +127,7 @@ def summarize_study(
     dimension_rows = []
     for dimension in dimensions:
         dimension_answers = by_dimension[dimension]
-        frequencies = analysis.label_frequencies(
-            label for answer in dimension_answers for label in answer["labels"]
-        )
+        frequencies = analysis.answer_label_counts(answer["labels"] for answer in dimension_answers)
         label_rows += [
             {"embedding": name, "dimension": dimension, "label": label, "count": count}
             for label, count in analysis.top_labels(frequencies, n=len(frequencies))
@@ -203,6 +203,9 @@ DEFAULT_SEMANTIC_K = 10
 #: Random object subsets of the semantic baseline unless ``n_random`` is given.
 DEFAULT_N_RANDOM = 1000
 
+#: Longest file name in bytes on common file systems (ext4, XFS, APFS).
+MAX_FILE_NAME_BYTES = 255
+
 #: Characters that an embedding name may not contain, because it becomes part of a file name.
 _FORBIDDEN_NAME_CHARACTERS = ("/", "\\", "\0")
 
@@ -252,8 +255,9 @@ def summarize(
         semantic_k (int | None): Top objects per dimension in the semantic
             check, from 2 to the number of top objects stored per dimension;
             :data:`DEFAULT_SEMANTIC_K` when None. Only with ``semantic``.
-        n_random (int | None): Random subsets in the semantic baseline (at
-            least 2); :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
+        n_random (int | None): Random subsets in the semantic baseline, 2 to
+            :data:`dimalign.labeling.semantic.MAX_N_RANDOM`;
+            :data:`DEFAULT_N_RANDOM` when None. Only with ``semantic``.
         wordcloud_size (tuple[int, int]): Width and height of the word clouds in pixels.
         random_state (int): Seed of the word clouds and the semantic baseline (0 or more).
         sentence_model: A loaded sentence model, to avoid loading it again.
@@ -265,7 +269,9 @@ def summarize(
         dict: Headline numbers, also written to ``summary.json``.
 
     Raises:
-        ValueError: If an option or input file is invalid, a semantic-check
+        ValueError: If an option or input file is invalid, a study has no
+            dimensions, an embedding name is too long for the word cloud file
+            names, a semantic-check
             option is given without ``semantic``, a study is given twice, two embeddings have the same name, or the number of
             relevance files differs from the number of studies.
         FileExistsError: If ``out_dir`` is neither empty nor an earlier summary.
@@ -287,6 +293,11 @@ def summarize(
     try:
         for path in study_paths:
             studies.append(Study(path))
+            if not studies[-1].dimensions:
+                raise ValueError(
+                    f"the study {path} has no dimensions, so there is nothing to summarise: set up a "
+                    "study with at least one dimension"
+                )
         names = _embedding_names(studies, embedding_names)
         relevance_tables = [
             analysis.read_relevance(path, n_dims=_embedding_dimension_count(study))
@@ -362,6 +373,11 @@ def _check_options(
         raise ValueError(f"invalid --semantic-k {semantic_k}: compare at least 2 top objects")
     if n_random is not None and n_random < 2:
         raise ValueError(f"invalid --n-random {n_random}: use at least 2 random subsets")
+    if n_random is not None and n_random > MAX_N_RANDOM:
+        raise ValueError(
+            f"invalid --n-random {n_random}: use at most {MAX_N_RANDOM} random subsets, because the time "
+            "grows with their number while the baseline barely changes"
+        )
 
     seen: dict[str, Path] = {}
     for path in map(Path, study_paths):
@@ -396,6 +412,19 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
                 f"invalid embedding name {name!r}: a name must not be empty or contain / or \\ because "
                 "it becomes part of the word cloud file names"
             )
+    for study, name in zip(studies, chosen):
+        # atomic_path writes each word cloud as .<name>_dim<d>.<8 random characters>.tmp.png first.
+        name_bytes = len(name.encode())
+        longest = f".{name}_dim{max(study.dimensions, default=0)}.xxxxxxxx.tmp.png"
+        allowed = MAX_FILE_NAME_BYTES - (len(longest.encode()) - name_bytes)
+        if name_bytes > allowed:
+            shown = name if len(name) <= 60 else name[:60] + "..."
+            raise ValueError(
+                f"invalid embedding name {shown!r} of {study.path}: it is {name_bytes} bytes, but the word "
+                f"cloud files NAME_dim<d>.png, written under a longer temporary name first, must fit in "
+                f"{MAX_FILE_NAME_BYTES} bytes, so use at most {allowed} bytes: give a shorter name with "
+                "--embedding-names"
+            )
     by_name: dict[str, Study] = {}
     for study, name in zip(studies, chosen):
         if name in by_name:
@@ -428,8 +457,11 @@ def _semantic_inputs(
     object_ids = study.object_ids()
     if object_names is not None:
         names = semantic.read_object_names(object_names, object_ids)
+        source = f"from {object_names}"
     else:
         names = [semantic.object_name(object_id) for object_id in object_ids]
+        source = f"derived from the object ids of {study.path}"
+    semantic.check_object_names(names, k, source)
     tops = {dimension: study.top_objects(dimension) for dimension in study.dimensions}
     available = min(len(top) for top in tops.values())
     if k > available:
