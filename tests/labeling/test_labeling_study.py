@@ -178,6 +178,16 @@ def test_validate_answer_removes_format_characters():
     assert answer.labels == ("Red", "soft", "word joiner")
 
 
+def test_validate_answer_keeps_joiners_inside_words():
+    # The zero-width non-joiner shapes Persian and Indic words, and the joiner
+    # builds emoji sequences: both stay between two visible characters and go
+    # elsewhere, where they only make look-alike labels differ.
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    answer = validate_answer(DEFAULT_QUESTIONS, [persian, family, "\u200dred\u200c", "red \u200c"], "visual", "one")
+    assert answer.labels == (persian, family, "red", "red")
+
+
 def test_validate_answer_keeps_rejecting_invisible_labels():
     # Bidirectional controls are format characters too, but they are
     # rejected rather than removed, and a label of nothing but format

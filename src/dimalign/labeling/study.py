@@ -200,16 +200,29 @@ def remove_format_characters(text: str) -> str:
     Format characters such as the zero-width space U+200B, the byte order
     mark U+FEFF, the soft hyphen U+00AD and the word joiner U+2060 draw
     nothing, so ``red`` with and without them look the same but would be
-    counted as different labels.
-
-    NOTE: ``Cf`` includes the zero-width joiner U+200D and non-joiner
-    U+200C, so an emoji sequence such as a family emoji shows as its parts,
-    and Persian or Indic words lose a non-joiner that changes their shape.
+    counted as different labels. The zero-width non-joiner U+200C and joiner
+    U+200D stay where they sit between two visible characters: there they
+    shape Persian and Indic words and build emoji sequences. At the ends of
+    a word they draw nothing and are removed.
 
     >>> remove_format_characters("re\u00add\u200b")
     'red'
     """
-    return "".join(character for character in text if unicodedata.category(character) != "Cf")
+    def visible(position: int) -> bool:
+        if not 0 <= position < len(text):
+            return False
+        character = text[position]
+        return not character.isspace() and unicodedata.category(character) != "Cf"
+
+    return "".join(
+        character for position, character in enumerate(text)
+        if unicodedata.category(character) != "Cf"
+        or (character in _JOINERS and visible(position - 1) and visible(position + 1))
+    )
+
+
+# Zero-width non-joiner and joiner.
+_JOINERS = frozenset("\u200c\u200d")
 
 
 def validate_answer(
