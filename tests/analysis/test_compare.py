@@ -1121,3 +1121,22 @@ def test_bootstrap_spearman_constant_samples_are_nan():
     upper = np.triu_indices(3, k=1)
     expected = spearmanr(a[upper], b[upper])[0]
     np.testing.assert_allclose(result.samples[complete], expected, atol=1e-12)
+
+
+def test_compare_leaves_tied_triplets_out_of_relevance(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    # Two equal human dimensions tie in every triplet where they lead.
+    human = np.column_stack([human[:, 0], human[:, 0], 0.01 * human[:, 1]])
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    with pytest.warns(UserWarning, match="no single most relevant dimension"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, triplets=triplets)
+    out = tmp_path / "out"
+    summary = json.loads((out / "relevance_summary.json").read_text())
+    assert summary["n_human_without_most_relevant_dim"] > 0
+    per_triplet = pd.read_csv(out / "most_relevant_human.csv")
+    assert len(per_triplet) == 4 - summary["n_human_without_most_relevant_dim"]
+    assert (per_triplet["most_relevant_dim"] >= 0).all()
+    with np.load(out / "triplet_relevance.npz") as archive:
+        assert np.count_nonzero(archive["human_most_relevant"] == -1) == summary["n_human_without_most_relevant_dim"]

@@ -1245,13 +1245,15 @@ def _write_relevance(
         "disagreements": ("disagreements.csv", relevance.largest_disagreements(comparison, names=names)),
     }
     # Per-triplet most relevant dimension of each side, in the CSV layout that
-    # `dimalign labels summarize --relevance` reads.
+    # `dimalign labels summarize --relevance` reads. That reader accepts
+    # dimensions only, so triplets without a single most relevant one are left out.
     for side, result in (("human", comparison.human), ("dnn", comparison.dnn)):
+        assigned = np.flatnonzero(result.most_relevant != relevance.NO_DIMENSION)
         files[f"most_relevant_{side}"] = (
             f"most_relevant_{side}.csv",
             pd.DataFrame({
-                "triplet_index": np.arange(triplets.shape[0]),
-                "most_relevant_dim": np.asarray(result.most_relevant, dtype=np.int64),
+                "triplet_index": assigned,
+                "most_relevant_dim": np.asarray(result.most_relevant[assigned], dtype=np.int64),
             }),
         )
     for filename, frame in files.values():
@@ -1274,8 +1276,10 @@ def _write_relevance(
             "n_triplets": int(triplets.shape[0]),
             "choice_agreement": agreement,
             "n_agree_on_different_dims": int(
-                np.sum(comparison.agree & (human_to_dnn[comparison.human.most_relevant] != comparison.dnn.most_relevant))
+                np.sum(relevance.agree_on_different_dimensions(comparison, human_to_dnn))
             ),
+            "n_human_without_most_relevant_dim": comparison.human.n_tied,
+            "n_dnn_without_most_relevant_dim": comparison.dnn.n_tied,
             "matching_for_correspondence": "with_replacement",
             "primary_matching": primary.method,
         },
