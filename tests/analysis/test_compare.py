@@ -381,21 +381,112 @@ def test_compare_failure_removes_created_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_failed_rerun_removes_old_manifest(tmp_path, caplog):
+def folder_contents(folder):
+    """Map every file below ``folder`` (relative path) to its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_compare_failed_rerun_keeps_earlier_output(tmp_path, caplog):
     write_surrogate_sides(tmp_path)
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="dimalign"):
-        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, triplets=np.array([[0, 1, 2]]))
     assert "(no bootstrap)" in caplog.text
     assert "nan" not in caplog.text
-    assert (out / "manifest.json").is_file()
+    before = folder_contents(out)
+    assert "manifest.json" in before
 
+    # The rerun fails in a slow step, after the cheap outputs are written.
     with pytest.raises(RuntimeError):
         compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, similarity=failing_similarity)
-    # The new matching.csv no longer belongs to the old manifest, so the
-    # folder must not look finished.
-    assert (out / "matching.csv").is_file()
-    assert not (out / "manifest.json").exists()
+    assert folder_contents(out) == before
+    assert sorted(path.name for path in out.iterdir()) == sorted({name.split("/")[0] for name in before})
+
+
+def test_compare_rerun_replaces_grids(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2, images=shared_data / "images")
+    (out / "top_objects" / "notes.txt").write_text("kept")
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=3, images=shared_data / "images")
+    assert len(list((out / "top_objects").glob("pair_*.png"))) == 3 * 4
+    assert (out / "top_objects" / "notes.txt").read_text() == "kept"
+    assert not list(out.glob(".partial-*"))
+
+
+def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    before = folder_contents(out)
+    empty_images = tmp_path / "no_images"
+    empty_images.mkdir()
+    for target in (out, tmp_path / "new"):
+        with pytest.raises(FileNotFoundError, match=r"objects have no image under .*no_images"):
+            compare(tmp_path / "human", tmp_path / "dnn", target, n_bootstrap=0, images=empty_images,
+                    similarity=failing_similarity)
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_compare_cli_empty_triplets_rejected_first(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    before = folder_contents(out)
+    (tmp_path / "empty.txt").write_text("")
+    for target in (out, tmp_path / "new"):
+        code = main([
+            "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(target),
+            "--bootstrap", "0", "--triplets", str(tmp_path / "empty.txt"),
+        ])
+        assert code == 1
+        assert "empty.txt" in capsys.readouterr().err
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_compare_rejects_empty_triplets(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"no triplets \(shape \(0, 3\)\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.zeros((0, 3), dtype=np.int64), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_tiny_weights_rejected_first(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    human, _ = surrogate_pair(n_objects=20)
+    np.save(tmp_path / "tiny.npy", 1e-7 * human)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    before = folder_contents(out)
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "tiny.npy"), "-o", str(out), "--bootstrap", "0"]) == 1
+    assert f"the DNN embedding {tmp_path / 'tiny.npy'} predicts the same similarity" in capsys.readouterr().err
+    assert folder_contents(out) == before
+
+
+def test_compare_cli_keeps_input_inside_output(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    out = tmp_path / "out"
+    command = ["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]
+    assert main([*command, "--save-similarity"]) == 0
+    write_object_table(ObjectTable.from_ids([str(row) for row in range(20)]), tmp_path / "reference.tsv")
+    before = folder_contents(out)
+    code = main([
+        *command, "--reference-rsm", str(out / "human_similarity.npy"),
+        "--reference-objects", str(tmp_path / "reference.tsv"),
+    ])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"--reference-rsm {out / 'human_similarity.npy'} is an output of compare in {out}" in error
+    assert folder_contents(out) == before
 
 
 def test_compare_rejects_folder_of_other_step(tmp_path):

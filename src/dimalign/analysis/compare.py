@@ -45,7 +45,9 @@ from dimalign.io.files import (
     atomic_path,
     check_output_dir,
     now_iso,
+    is_same_file,
     output_dir,
+    staged_outputs,
     write_json_atomic,
     write_manifest,
     write_text_atomic,
@@ -621,8 +623,9 @@ def bootstrap_rsa(
 # -- the whole comparison -----------------------------------------------------
 
 #: Every file that :func:`compare` may write, besides ``manifest.json`` and the
-#: image grids in ``top_objects/``. A rerun into the same folder removes them
-#: first, so that no result of an earlier comparison stays next to the new ones.
+#: image grids in ``top_objects/``. Once a rerun into the same folder has
+#: written its new files, it removes these, so that no result of an earlier
+#: comparison stays next to the new ones.
 COMPARE_OUTPUTS = (
     "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
     "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
@@ -631,6 +634,54 @@ COMPARE_OUTPUTS = (
     "relevance_summary.json",
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
+
+
+def _output_names(out_dir: Path) -> list[Path]:
+    """Return the files in ``out_dir`` that a comparison writes, replaces or removes, where they exist."""
+    names = [*COMPARE_OUTPUTS, MANIFEST_NAME]
+    for name in SIMILARITY_OUTPUTS:
+        names += [name, similarity_record_path(name).name]
+    return [out_dir / name for name in names] + sorted((out_dir / "top_objects").glob("pair_*.png"))
+
+
+def _reject_inputs_among_outputs(inputs: dict[str, Any], out_dir: Path) -> None:
+    """Raise ``ValueError`` if an input file is one that the comparison replaces or removes in ``out_dir``.
+
+    An input such as ``--reference-rsm OUT/human_similarity.npy`` from an
+    earlier comparison would otherwise be deleted by the rerun.
+    """
+    outputs = [path for path in _output_names(out_dir) if path.is_file()]
+    for label, raw_path in inputs.items():
+        path = Path(raw_path)
+        if not path.is_file():
+            continue
+        for output in outputs:
+            if is_same_file(path, output):
+                sides = {"human": "the human input", "dnn": "the DNN input"}
+                option = sides.get(label, "--" + label.replace("_", "-"))
+                raise ValueError(
+                    f"{option} {path} is an output of compare in {out_dir}, which this comparison "
+                    "replaces or removes: copy it out of that folder and pass the copy, or choose "
+                    "another -o"
+                )
+
+
+def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
+    """Make a saved similarity matrix of an earlier comparison, and its record, available in the stage.
+
+    :func:`similarity_matrix_to_disk` then reuses it when its record matches.
+    A hard link costs nothing, and a recomputation replaces the link in the
+    stage, never the earlier file. Where links are not supported the file is copied.
+    """
+    import shutil
+
+    for source, target in ((earlier, staged), (similarity_record_path(earlier), similarity_record_path(staged))):
+        if not source.is_file():
+            return
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
 
 
 def _remove_earlier_outputs(out_dir: Path, keep_similarity: bool) -> None:
@@ -746,8 +797,10 @@ def compare(
             one side only, triplet indices out of range, a reference matrix
             that is not square, not finite or constant) and for an embedding
             whose similarity is constant (equal off-diagonal dot products).
-            These are checked before an earlier comparison in ``out_dir`` is
-            removed, and the messages name the input.
+            These, missing images, an input file that is one of the outputs
+            in ``out_dir`` and empty triplets are checked before anything is
+            written, and the messages name the input. A failed call leaves an
+            earlier comparison in ``out_dir`` whole.
     """
     from dimalign.analysis import matching as matching_module
 
@@ -778,35 +831,42 @@ def compare(
     if reference is not None:
         _reference_rows(pair, reference)
     # The subsets are drawn now, so a constant similarity on one of them is
-    # found before the earlier outputs in out_dir are removed.
+    # found before anything is written to out_dir.
     for rows, scope in ((None, ""), (subset, " on the --similarity-objects subset"),
                         (cumulative_subset, " on the --cumulative-objects subset")):
         for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
             _check_similarity_varies(embedding if rows is None else embedding[rows], side.name + scope)
+    input_paths = {
+        **dict(inputs or {}),
+        **({"human": human_result.path} if human_result.path else {}),
+        **({"dnn": dnn_result.path} if dnn_result.path else {}),
+    }
+    _reject_inputs_among_outputs(input_paths, out_dir)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
     )
     outputs: dict[str, Any] = {}
 
-    # Every input is valid from here on. A folder without manifest.json is an
-    # incomplete comparison: the manifest and the other outputs of an earlier
-    # comparison in the same folder are removed first, and the new manifest is
-    # written last. A folder that this call creates is removed again if a step fails.
-    with output_dir(out_dir):
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
+    # Matching and the objects behind each pair are cheap, so they run before
+    # anything is written, and the images of those objects are looked up now.
+    matchings = matching_module.match_all(pair.human, pair.dnn)
+    primary = matchings.get("greedy", matchings["with_replacement"])
+    top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
+    image_paths = _find_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
 
-        # Matching and the objects behind each pair (cheap, so errors come early).
-        matchings = matching_module.match_all(pair.human, pair.dnn)
+    # Every input is valid from here on. The outputs are written into a hidden
+    # folder inside out_dir and moved over the earlier comparison only when all
+    # are written, manifest.json last, so a failed or interrupted rerun leaves
+    # the earlier comparison whole and removes what it wrote. A folder that
+    # this call creates is removed again if a step fails.
+    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
-        _write_csv(matching_table, out_dir / "matching.csv")
-        primary = matchings.get("greedy", matchings["with_replacement"])
-        top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-        _write_csv(top_table, out_dir / "top_objects.csv")
+        _write_csv(matching_table, stage / "matching.csv")
+        _write_csv(top_table, stage / "top_objects.csv")
         outputs.update(matching="matching.csv", top_objects="top_objects.csv")
-        if images is not None:
-            outputs["top_object_grids"] = _write_pair_grids(top_table, pair.objects, Path(images), out_dir)
+        if image_paths is not None:
+            outputs["top_object_grids"] = _write_pair_grids(top_table, image_paths, stage)
 
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
         human_similarity = similarity(pair.human, objects=subset, device=device)
@@ -826,7 +886,7 @@ def compare(
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
             full_similarity=dnn_full,
         )
-        _write_csv(cumulative.to_frame(), out_dir / "cumulative_rsa.csv")
+        _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
         outputs["cumulative_rsa"] = "cumulative_rsa.csv"
 
         summary = {
@@ -844,29 +904,27 @@ def compare(
         }
         if reference is not None:
             summary["reference"] = _reference_scores(pair, reference, similarity, device)
-        write_json_atomic(out_dir / "rsa.json", summary)
+        write_json_atomic(stage / "rsa.json", summary)
         outputs["rsa"] = "rsa.json"
 
         if save_similarity:
             for label, embedding in (("human", pair.human), ("dnn", pair.dnn)):
-                similarity_matrix_to_disk(embedding, out_dir / f"{label}_similarity.npy", device=device)
-                outputs[f"{label}_similarity"] = f"{label}_similarity.npy"
+                name = f"{label}_similarity.npy"
+                _link_earlier_similarity(out_dir / name, stage / name)
+                similarity_matrix_to_disk(embedding, stage / name, device=device)
+                outputs[f"{label}_similarity"] = name
 
         from dimalign.analysis import figures_compare
 
-        outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, out_dir)
+        outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, stage)
 
         if triplets is not None:
-            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, out_dir, device))
+            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
 
         write_manifest(
-            out_dir,
+            stage,
             step="compare",
-            inputs={
-                **dict(inputs or {}),
-                **({"human": human_result.path} if human_result.path else {}),
-                **({"dnn": dnn_result.path} if dnn_result.path else {}),
-            },
+            inputs=input_paths,
             settings={
                 "n_bootstrap": n_bootstrap, "random_state": random_state, "top_k": top_k,
                 "similarity_objects": similarity_objects, "cumulative_objects": cumulative_objects,
@@ -878,6 +936,12 @@ def compare(
             started=started,
             outputs={**outputs, "summary": summary},
         )
+
+        # Every new file is written. The earlier manifest goes first, so that
+        # a stop while the files are replaced leaves a folder without one,
+        # which marks an incomplete comparison.
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
@@ -1044,6 +1108,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
     array = np.asarray(triplets)
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"triplets must have shape (n, 3), got {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(
+            f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
+            "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
+        )
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
@@ -1073,12 +1142,16 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     ``S_ij`` depends only on the off-diagonal dot products, so when they are
     all equal (every row the same, all rows zero, or rows with no dimension in
     common) the similarity matrix is constant and its RSA undefined. The
-    tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`.
+    tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`,
+    relative to the largest dot product or to 1, whichever is larger.
     """
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE
 
     low, high = _dot_product_spread(np.asarray(embedding, dtype=np.float64))
-    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(abs(low), abs(high)):
+    # The similarity depends on exp(s_ab), so dot products that differ by less
+    # than a few epsilon in absolute terms (weights of about 1e-7) give exp()
+    # values equal to float64 precision, whatever their relative spread.
+    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(1.0, abs(low), abs(high)):
         raise ValueError(
             f"{name} predicts the same similarity for every pair of objects, because every "
             f"off-diagonal dot product is {high:.6g} (rows all equal, all zero, or without a "
@@ -1180,12 +1253,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
-def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Path, out_dir: Path) -> list[str]:
-    """Draw one image grid per matched pair and group (both, human only, DNN only)."""
-    from PIL import Image
-
-    from dimalign.interpret.grid_images import GridCell, compose_grid
-
+def _find_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Path]:
+    """Return the image of every object in ``top_table`` by its row, or raise if one is missing."""
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
     paths = {
@@ -1198,6 +1267,17 @@ def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Pat
             f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
             "<object_id>.jpg or fill the source column of the object table"
         )
+    return paths
+
+
+def _write_pair_grids(top_table: pd.DataFrame, paths: dict[int, Path], out_dir: Path) -> list[str]:
+    """Draw one image grid per matched pair and group (both, human only, DNN only).
+
+    ``paths`` maps each object row of ``top_table`` to its image (:func:`_find_grid_images`).
+    """
+    from PIL import Image
+
+    from dimalign.interpret.grid_images import GridCell, compose_grid
 
     grid_dir = out_dir / "top_objects"
     grid_dir.mkdir(parents=True, exist_ok=True)

@@ -223,6 +223,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
         reject_split_folder(args.triplets, "explain")
         triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
+        if triplets.shape[0] == 0:
+            raise ValueError(
+                f"--triplets {args.triplets} contains no triplets, so there is no choice to explain: "
+                "pass a file with at least one triplet, or leave out --triplets"
+            )
         inputs["triplets"] = args.triplets
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
