@@ -1231,3 +1231,25 @@ def test_compare_leaves_tied_triplets_out_of_relevance(tmp_path):
     assert (per_triplet["most_relevant_dim"] >= 0).all()
     with np.load(out / "triplet_relevance.npz") as archive:
         assert np.count_nonzero(archive["human_most_relevant"] == -1) == summary["n_human_without_most_relevant_dim"]
+
+
+def test_compare_objects_name_only_side_without_table(tmp_path):
+    """--objects, as the error for a side without ids asks, names that side, not a plain file with its own table."""
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    expected = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "unshuffled", n_bootstrap=0).rsa.r
+    (tmp_path / "h").mkdir()
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "h" / "emb.npy", human)
+    write_object_table(ObjectTable.from_ids(ids), tmp_path / "h" / "objects.tsv")
+    order = np.random.default_rng(5).permutation(12)
+    np.save(tmp_path / "d" / "emb.npy", dnn[order])
+    (tmp_path / "d_ids.txt").write_text("".join(f"{ids[row]}\n" for row in order))
+    command = ["compare", str(tmp_path / "h" / "emb.npy"), str(tmp_path / "d" / "emb.npy"), "--bootstrap", "0"]
+
+    assert main([*command, "-o", str(tmp_path / "first")]) == 1
+    assert main([*command, "-o", str(tmp_path / "out"), "--objects", str(tmp_path / "d_ids.txt")]) == 0
+    assert json.loads((tmp_path / "out" / "rsa.json").read_text())["r"] == pytest.approx(expected, abs=1e-12)
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
+    assert settings["human_objects"] == str(tmp_path / "h" / "objects.tsv")
+    assert settings["dnn_objects"] == "objects argument"

@@ -757,11 +757,12 @@ def compare(
             in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
-            not a run directory with its own ``objects.tsv``. For a plain
-            embedding file it wins over an ``objects.tsv`` in the same folder
-            (with a warning when they differ). An input without any table next
-            to one with a table is an error, because rows are never matched
-            by position when ids exist on one side.
+            not a run directory with its own ``objects.tsv``. When one input
+            has no table at all, it names that input only. Otherwise it wins
+            over the ``objects.tsv`` next to a plain embedding file (with a
+            warning when they differ). An input without any table next to one
+            with a table is an error, because rows are never matched by
+            position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
@@ -1026,10 +1027,12 @@ def _choose_tables(
     """Choose the object table of each side, and where it came from.
 
     A run directory's rows follow its own ``objects.tsv``. So the explicit
-    table (``objects=``, CLI ``--objects``) applies only to the other sides:
-    plain embedding files and inputs without any table. A plain file's
-    neighbouring ``objects.tsv`` may belong to another file, so the explicit
-    table overrides it, with a warning when the two differ.
+    table (``objects=``, CLI ``--objects``) applies only to the other sides.
+    When one side has no table at all, the explicit table names that side
+    alone, and a plain embedding file keeps the ``objects.tsv`` next to it.
+    When both sides have a table, the explicit one overrides the neighbouring
+    ``objects.tsv`` of a plain file, which may belong to another file in the
+    folder, with a warning when the two differ.
 
     Returns:
         list: ``(table, source)`` for the human and the DNN side; ``source`` is
@@ -1041,8 +1044,13 @@ def _choose_tables(
             applies to neither side and differs from both run tables.
     """
     chosen = []
+    # When an input has no table of its own, the explicit table names that
+    # input (as the error below asks), so it must not also rename a plain file
+    # whose own table could name its rows: that file would then be matched to
+    # the other by position.
+    some_side_without_table = human.own is None or dnn.own is None
     for side in (human, dnn):
-        if side.is_run or (objects is None and side.own is not None):
+        if side.is_run or (side.own is not None and (objects is None or some_side_without_table)):
             chosen.append((side.own, str(side.own_file)))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):

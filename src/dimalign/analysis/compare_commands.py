@@ -174,7 +174,8 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--objects", type=Path,
         help="object table naming the rows of each input that is not a run directory with its own "
-        "objects.tsv (wins over an objects.tsv next to a plain embedding file)",
+        "objects.tsv; when one input has no table at all, it names that input only, else it wins "
+        "over an objects.tsv next to a plain embedding file",
     )
     parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
