@@ -1253,3 +1253,26 @@ def test_compare_objects_name_only_side_without_table(tmp_path):
     settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
     assert settings["human_objects"] == str(tmp_path / "h" / "objects.tsv")
     assert settings["dnn_objects"] == "objects argument"
+
+
+def test_compare_share_is_null_when_full_r_may_be_zero(tmp_path):
+    # The DNN side is the human embedding with its rows shuffled: r = 0.04,
+    # 95% interval [-0.08, 0.23], while its first dimension alone has r = 0.25.
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+    with pytest.warns(UserWarning, match=r"interval \[-0.08\d*, 0.23\d*\] of the full DNN model's r contains 0"):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+    assert result.rsa.ci_low < 0 < result.rsa.ci_high
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert pd.read_csv(tmp_path / "out" / "cumulative_rsa.csv")["share_of_full_r2"].isna().all()
+
+
+def test_compare_share_interval_on_cumulative_subset(tmp_path):
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+    with pytest.warns(UserWarning, match="of the full DNN model's r contains 0"):
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100, cumulative_objects=25)
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert summary["cumulative_full_r_ci_low"] < 0

@@ -881,11 +881,15 @@ def compare(
             human_reference, dnn_full = human_similarity, dnn_similarity
         else:
             human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
-            dnn_full = None
+            dnn_full = similarity(pair.dnn, objects=cumulative_subset, device=device)
         cumulative = matching_module.cumulative_rsa(
             human_reference, pair.dnn, order,
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
             full_similarity=dnn_full,
+        )
+        cumulative = _with_full_r_interval(
+            cumulative, rsa_result if cumulative_objects is None else None,
+            (human_reference, dnn_full, n_bootstrap, random_state),
         )
         _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
         outputs["cumulative_rsa"] = "cumulative_rsa.csv"
@@ -898,6 +902,9 @@ def compare(
             "variance_explained_in_human_similarity_by_dnn": rsa_result.r**2,
             "cumulative_matching": primary.method,
             "n_dnn_dims_for_95_percent": cumulative.n_dims_for_share,
+            "cumulative_full_r": cumulative.r_full,
+            "cumulative_full_r_ci_low": (cumulative.r_full_interval or (math.nan, math.nan))[0],
+            "cumulative_full_r_ci_high": (cumulative.r_full_interval or (math.nan, math.nan))[1],
             "n_dnn_dims": int(pair.dnn.shape[1]),
             "n_human_dims": int(pair.human.shape[1]),
             "matched_r_max": float(primary.correlations.max()),
@@ -987,6 +994,46 @@ class _Side:
         """The input as errors name it: ``"the DNN embedding plain.npy"``."""
         kind = "run" if self.location is not None and self.location.is_dir() else "embedding"
         return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
+
+
+def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> Any:
+    """Attach a bootstrap interval of the cumulative curve's full r, and drop the share count if it contains 0.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+        rsa_result (BootstrapRSA | None): The RSA of the same objects, whose
+            interval is reused; None when the curve has its own subset.
+        bootstrap_inputs (tuple): ``(human_similarity, dnn_similarity,
+            n_bootstrap, random_state)`` of the curve's objects, bootstrapped
+            when ``rsa_result`` is None.
+
+    Returns:
+        CumulativeRSA: With ``r_full_interval`` set (None without bootstrap
+        samples) and ``n_dims_for_share`` None when the share is undefined.
+    """
+    import dataclasses
+
+    human_similarity, dnn_similarity, n_bootstrap, random_state = bootstrap_inputs
+    interval = None
+    if n_bootstrap > 0:
+        if rsa_result is None:
+            rsa_result = bootstrap_rsa(
+                human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
+            )
+        interval = (rsa_result.ci_low, rsa_result.ci_high)
+    cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
+    if cumulative.share_defined:
+        return cumulative
+    if cumulative.r_full > 0 and interval is not None:
+        warnings.warn(
+            f"the {100 * rsa_result.ci_level:.0f}% interval "
+            f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
+            f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
+            "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
+            UserWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(cumulative, n_dims_for_share=None)
 
 
 def _named_bootstrap_rsa(
