@@ -825,3 +825,32 @@ def test_sweep_cli_rejects_prior_options_for_spose(tmp_path, tiny_triplets, caps
     assert (
         "--beta applies only to --method vice, but --method is spose: drop --beta or pass --method vice"
     ) in capsys.readouterr().err
+
+
+def test_find_runs_excludes_run_of_other_settings(tmp_path, tiny_triplets):
+    import shutil
+
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path / "a", seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    sweep(train, val, tmp_path / "b", seeds=[7], n_objects=N_OBJECTS, settings={**SETTINGS, "max_epochs": 2})
+    shutil.copytree(tmp_path / "b" / "runs" / "seed_7", tmp_path / "a" / "runs" / "seed_9")
+    sweep(train[:300], val, tmp_path / "c", seeds=[8], n_objects=N_OBJECTS, settings=SETTINGS)
+    shutil.copytree(tmp_path / "c" / "runs" / "seed_8", tmp_path / "a" / "runs" / "seed_8")
+
+    with pytest.warns(UserWarning) as record:
+        runs = find_runs(tmp_path / "a")
+    assert [path.name for path in runs] == ["seed_0", "seed_1", "seed_2"]
+    messages = "\n".join(str(warning.message) for warning in record)
+    assert "excluded 2 runs" in messages
+    assert "seed_9: " in messages and "max_epochs=2" in messages
+    assert "seed_8: " in messages and "other training triplets" in messages
+
+
+def test_find_runs_rejects_repeated_seed(tmp_path, tiny_triplets):
+    import shutil
+
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0, 1], n_objects=N_OBJECTS, settings=SETTINGS)
+    shutil.copytree(tmp_path / "runs" / "seed_0", tmp_path / "runs" / "seed_5")
+    with pytest.raises(ValueError, match=r"runs .*seed_0 and .*seed_5 both record seed 0"):
+        find_runs(tmp_path)

@@ -617,12 +617,20 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     A run is finished when its ``runs/seed_*`` folder has both
     ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes after the fit.
 
+    Runs whose manifest records another estimator, another estimator
+    setting, another number of objects or other triplets than the sweep's
+    ``manifest.json`` and its ``train.npy``/``val.npy`` (the checks of a
+    rerun of ``dimalign sweep``) are excluded, such as a run copied in from
+    another sweep.
+
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
+        ValueError: If two runs record the same seed (naming both).
 
     Warns:
         UserWarning: Naming the ``seed_*`` folders that are skipped because
-            they are unfinished (only a checkpoint) or incomplete.
+            they are unfinished (only a checkpoint) or incomplete, and those
+            excluded with the first difference of each.
     """
     runs_folder = Path(sweep_dir) / RUNS_FOLDER
     candidates = sorted(
@@ -638,6 +646,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             UserWarning,
             stacklevel=2,
         )
+    runs = _runs_of_this_sweep(Path(sweep_dir), runs)
+    _check_distinct_seeds(runs)
     if len(runs) == 1:
         raise FileNotFoundError(
             f"{runs_folder} has 1 finished run ({runs[0].name}), but selection compares runs and needs "
@@ -650,6 +660,65 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             "selection needs at least two; run 'dimalign sweep' first"
         )
     return runs
+
+
+def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
+    """Return the runs whose settings and triplets match the sweep's, warning about the others.
+
+    Without the sweep's ``manifest.json`` (a sweep stopped before its end
+    writes none) the runs cannot be compared and are all returned, with a warning.
+    """
+    manifest_path = sweep_dir / MANIFEST_NAME
+    manifest = read_manifest(sweep_dir) if manifest_path.is_file() else {}
+    recorded = manifest.get("settings", {})
+    if manifest.get("step") != "sweep" or recorded.get("method") not in ESTIMATORS:
+        warnings.warn(
+            f"{sweep_dir} has no manifest.json of dimalign sweep, so the settings and triplets of "
+            f"its {len(runs)} runs are not compared: rerun 'dimalign sweep' into it with the same "
+            "settings to write one",
+            UserWarning,
+            stacklevel=3,
+        )
+        return runs
+    train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
+    recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
+    data = _TripletChecksums(
+        train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
+        val_file=sha256_file(val_path) if val_path.is_file() else None,
+    )
+    kept, excluded = [], []
+    for run_dir in runs:
+        difference = _finished_run_difference(
+            run_dir, recorded["method"], recorded.get("estimator_settings", {}), int(recorded["n_objects"]), data
+        )
+        if difference is None:
+            kept.append(run_dir)
+        else:
+            excluded.append(f"{run_dir.name}: {difference}")
+    if excluded:
+        warnings.warn(
+            f"{sweep_dir / RUNS_FOLDER}: excluded {len(excluded)} runs that differ from the sweep's "
+            f"{MANIFEST_NAME}, so they are not runs of this sweep: {'; '.join(excluded[:20])}. Move "
+            "them out of the sweep, or select among run directories given by path",
+            UserWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def _check_distinct_seeds(runs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` when two runs record the same seed: the same fit twice would reproduce itself."""
+    first_with_seed: dict[int, Path] = {}
+    for run_dir in runs:
+        seed = _recorded_seed(run_dir)
+        if seed is None:
+            continue
+        if seed in first_with_seed:
+            raise ValueError(
+                f"runs {first_with_seed[seed]} and {run_dir} both record seed {seed}, so one is a "
+                "copy or a refit of the other and would count as a perfect reproduction: keep one of them"
+            )
+        first_with_seed[seed] = run_dir
 
 
 def _unfinished_reason(run_dir: Path) -> str:
