@@ -1276,3 +1276,47 @@ def test_compare_share_interval_on_cumulative_subset(tmp_path):
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["n_dnn_dims_for_95_percent"] is None
     assert summary["cumulative_full_r_ci_low"] < 0
+
+
+def test_compare_cumulative_objects_error_names_option(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"cumulative_objects=0 is invalid \(--cumulative-objects\): use at least 3"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, cumulative_objects=0)
+    with pytest.raises(ValueError, match=r"similarity_objects=2 is invalid \(--similarity-objects\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, similarity_objects=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_negative_seed_names_option(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+                 "--seed", "-1"])
+    assert code == 1
+    assert "random_state=-1 is invalid (--seed): use 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_no_dissimilarity_warning_near_zero(tmp_path):
+    import warnings
+
+    write_surrogate_sides(tmp_path)
+    # Symmetric noise that both models' similarities correlate with at r = -0.01 and -0.05.
+    noise = np.random.default_rng(5).random((8, 8))
+    reference = (noise + noise.T, ObjectTable.from_ids([str(row) for row in range(8)]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)
+    scores = json.loads((tmp_path / "out" / "rsa.json").read_text())["reference"]
+    assert -0.1 < scores["human_r"] < 0
+    assert -0.1 < scores["dnn_r"] < 0
+    assert not any("dissimilarity" in str(warning.message) for warning in caught)
+
+
+def test_compare_warns_about_asymmetric_reference(tmp_path):
+    write_surrogate_sides(tmp_path)
+    human, _ = surrogate_pair(n_objects=12)
+    matrix = similarity_matrix(human, objects=range(6))
+    matrix[1, 4] += 0.3
+    reference = (matrix, ObjectTable.from_ids([str(row) for row in range(6)]))
+    with pytest.warns(UserWarning, match=r"the reference matrix \(--reference-rsm\) is not symmetric: the largest difference is 0.3\d* at \(row, column\) \(1, 4\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)

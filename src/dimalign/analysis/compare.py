@@ -809,7 +809,7 @@ def compare(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "compare")
     resolve_device(device)
-    _check_compare_settings(n_bootstrap, top_k, images)
+    _check_compare_settings(n_bootstrap, top_k, images, random_state)
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
@@ -826,7 +826,7 @@ def compare(
     subset = _similarity_subset(n_objects, similarity_objects, random_state)
     cumulative_subset = subset
     if cumulative_objects is not None:
-        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state)
+        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state, "cumulative_objects")
     if triplets is not None:
         _check_triplets(triplets, n_objects)
     if reference is not None:
@@ -1139,20 +1139,28 @@ def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
     return f"row {row} is {first.object_ids[row]!r} in one and {second.object_ids[row]!r} in the other"
 
 
-def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> np.ndarray | None:
+def _similarity_subset(
+    n_objects: int, size: int | None, random_state: int, name: str = "similarity_objects"
+) -> np.ndarray | None:
+    """Draw ``size`` objects, or return None for all; ``name`` is the setting that errors and logs name."""
     if size is not None and size >= n_objects:
-        logger.info("similarity_objects=%d covers all %d objects: using every object", size, n_objects)
+        logger.info("%s=%d covers all %d objects: using every object", name, size, n_objects)
     if size is None or size >= n_objects:
         return None
     if size < 3:
-        raise ValueError(f"similarity_objects={size} is invalid: use at least 3")
+        option = "--" + name.replace("_", "-")
+        raise ValueError(f"{name}={size} is invalid ({option}): use at least 3")
     rng = np.random.default_rng(random_state)
     return np.sort(rng.choice(n_objects, size=size, replace=False))
 
 
-def _check_compare_settings(n_bootstrap: int, top_k: int, images: str | os.PathLike | None) -> None:
+def _check_compare_settings(
+    n_bootstrap: int, top_k: int, images: str | os.PathLike | None, random_state: int
+) -> None:
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
+    if random_state < 0:
+        raise ValueError(f"random_state={random_state} is invalid (--seed): use 0 or more")
     if top_k < 1:
         raise ValueError(f"top_k={top_k} is invalid: use 1 or more")
     if images is not None and not Path(images).is_dir():
@@ -1263,6 +1271,29 @@ def check_reference_matrix(
     return array
 
 
+def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
+    """Warn, naming the largest difference, when a finite square matrix is not symmetric.
+
+    Only the entries above the diagonal enter the RSA, so those below would be ignored.
+    """
+    difference = np.abs(matrix - matrix.T)
+    np.fill_diagonal(difference, 0.0)
+    difference[~np.isfinite(difference)] = 0.0
+    largest = float(difference.max()) if difference.size else 0.0
+    scale = float(np.max(np.abs(matrix[np.isfinite(matrix)]))) if difference.size else 0.0
+    if largest <= _ASYMMETRY_TOLERANCE * scale:
+        return
+    row, column = sorted(int(index) for index in np.unravel_index(np.argmax(difference), difference.shape))
+    warnings.warn(
+        f"{source} is not symmetric: the largest difference is {largest:.6g} at (row, column) "
+        f"({row}, {column}), {matrix[row, column]:.6g} against {matrix[column, row]:.6g} at "
+        f"({column}, {row}). Only the entries above the diagonal are used: check that it is a "
+        "similarity matrix, or pass (M + M.T) / 2",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
     """Return the rows of the reference objects in ``pair`` (the matrix is already checked)."""
     matrix, table = reference
@@ -1274,6 +1305,16 @@ def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]
     return pair.objects.index_of(table.object_ids)
 
 
+# Both models must correlate below this with the reference matrix for the
+# warning that it may be a dissimilarity matrix. Correlations near 0 of either
+# sign are what unrelated matrices give, and a 1 - RDM mix-up gives r well below it.
+_DISSIMILARITY_WARNING_R = -0.1
+
+# Relative asymmetry, of the largest absolute entry, above which a reference
+# matrix is reported as not symmetric. Float32 rounding stays below it.
+_ASYMMETRY_TOLERANCE = 1e-6
+
+
 def _reference_scores(
     pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
 ) -> dict[str, Any]:
@@ -1282,10 +1323,11 @@ def _reference_scores(
 
     matrix, table = reference
     matrix = np.asarray(matrix, dtype=np.float64)
+    _warn_if_asymmetric(matrix, "the reference matrix (--reference-rsm)")
     rows = _reference_rows(pair, reference)
     human_r = float(rsa(similarity(pair.human, objects=rows, device=device), matrix))
     dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
-    if human_r < 0 and dnn_r < 0:
+    if human_r < _DISSIMILARITY_WARNING_R and dnn_r < _DISSIMILARITY_WARNING_R:
         # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
         warnings.warn(
             f"the reference matrix correlates negatively with both models' similarities (human "
