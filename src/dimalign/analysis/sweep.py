@@ -157,7 +157,7 @@ def _run_record(seed: int, run_dir: Path) -> dict[str, Any]:
     accuracy = outputs.get("val_accuracy")
     return {
         "seed": int(seed),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.resolve()),
         "n_dims": int(outputs.get("n_dims", -1)),
         # A manifest writes a non-finite accuracy as null.
         "val_accuracy": math.nan if accuracy is None else float(accuracy),
@@ -780,7 +780,9 @@ def select_run(
     run_dirs = [Path(path) for path in run_dirs]
     _check_distinct_runs(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
-    result = reproducibility(embeddings, split=split, random_state=random_state)
+    result = reproducibility(
+        embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
+    )
 
     rows = []
     for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
@@ -971,11 +973,31 @@ def _recorded_seed(path: Path) -> int | None:
 
 
 def _copy_run(source: Path, target: Path) -> Path:
-    """Copy a run directory through a temporary name, replacing an older copy."""
+    """Copy a run directory through a temporary name, replacing an older copy.
+
+    Raises:
+        OSError: If a file cannot be copied (such as a symbolic link whose
+            target is missing), naming the first such file. The temporary
+            copy is removed, and an older copy stays.
+    """
     temporary = target.with_name(f".{target.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
-    shutil.copytree(source, temporary, symlinks=False)
+    try:
+        shutil.copytree(source, temporary, symlinks=False)
+    except shutil.Error as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        # shutil.Error carries a list of (source, destination, reason) per failed file.
+        failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        first = failures[0] if failures else (str(source), str(temporary), str(error))
+        raise OSError(
+            f"cannot copy the chosen run {source} to {target}: {len(failures) or 1} files failed, "
+            f"the first {first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a "
+            "missing file cannot be copied), or select without --copy"
+        ) from error
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(temporary, target)
