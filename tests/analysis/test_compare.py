@@ -381,21 +381,112 @@ def test_compare_failure_removes_created_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_compare_failed_rerun_removes_old_manifest(tmp_path, caplog):
+def folder_contents(folder):
+    """Map every file below ``folder`` (relative path) to its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_compare_failed_rerun_keeps_earlier_output(tmp_path, caplog):
     write_surrogate_sides(tmp_path)
     out = tmp_path / "out"
     with caplog.at_level("INFO", logger="dimalign"):
-        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, triplets=np.array([[0, 1, 2]]))
     assert "(no bootstrap)" in caplog.text
     assert "nan" not in caplog.text
-    assert (out / "manifest.json").is_file()
+    before = folder_contents(out)
+    assert "manifest.json" in before
 
+    # The rerun fails in a slow step, after the cheap outputs are written.
     with pytest.raises(RuntimeError):
         compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, similarity=failing_similarity)
-    # The new matching.csv no longer belongs to the old manifest, so the
-    # folder must not look finished.
-    assert (out / "matching.csv").is_file()
-    assert not (out / "manifest.json").exists()
+    assert folder_contents(out) == before
+    assert sorted(path.name for path in out.iterdir()) == sorted({name.split("/")[0] for name in before})
+
+
+def test_compare_rerun_replaces_grids(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2, images=shared_data / "images")
+    (out / "top_objects" / "notes.txt").write_text("kept")
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=3, images=shared_data / "images")
+    assert len(list((out / "top_objects").glob("pair_*.png"))) == 3 * 4
+    assert (out / "top_objects" / "notes.txt").read_text() == "kept"
+    assert not list(out.glob(".partial-*"))
+
+
+def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    before = folder_contents(out)
+    empty_images = tmp_path / "no_images"
+    empty_images.mkdir()
+    for target in (out, tmp_path / "new"):
+        with pytest.raises(FileNotFoundError, match=r"objects have no image under .*no_images"):
+            compare(tmp_path / "human", tmp_path / "dnn", target, n_bootstrap=0, images=empty_images,
+                    similarity=failing_similarity)
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_compare_cli_empty_triplets_rejected_first(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    before = folder_contents(out)
+    (tmp_path / "empty.txt").write_text("")
+    for target in (out, tmp_path / "new"):
+        code = main([
+            "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(target),
+            "--bootstrap", "0", "--triplets", str(tmp_path / "empty.txt"),
+        ])
+        assert code == 1
+        assert "empty.txt" in capsys.readouterr().err
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_compare_rejects_empty_triplets(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"no triplets \(shape \(0, 3\)\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.zeros((0, 3), dtype=np.int64), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_tiny_weights_rejected_first(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    human, _ = surrogate_pair(n_objects=20)
+    np.save(tmp_path / "tiny.npy", 1e-7 * human)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]) == 0
+    before = folder_contents(out)
+    assert main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "tiny.npy"), "-o", str(out), "--bootstrap", "0"]) == 1
+    assert f"the DNN embedding {tmp_path / 'tiny.npy'} predicts the same similarity" in capsys.readouterr().err
+    assert folder_contents(out) == before
+
+
+def test_compare_cli_keeps_input_inside_output(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    out = tmp_path / "out"
+    command = ["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out), "--bootstrap", "0"]
+    assert main([*command, "--save-similarity"]) == 0
+    write_object_table(ObjectTable.from_ids([str(row) for row in range(20)]), tmp_path / "reference.tsv")
+    before = folder_contents(out)
+    code = main([
+        *command, "--reference-rsm", str(out / "human_similarity.npy"),
+        "--reference-objects", str(tmp_path / "reference.tsv"),
+    ])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"--reference-rsm {out / 'human_similarity.npy'} is an output of compare in {out}" in error
+    assert folder_contents(out) == before
 
 
 def test_compare_rejects_folder_of_other_step(tmp_path):
@@ -1121,3 +1212,111 @@ def test_bootstrap_spearman_constant_samples_are_nan():
     upper = np.triu_indices(3, k=1)
     expected = spearmanr(a[upper], b[upper])[0]
     np.testing.assert_allclose(result.samples[complete], expected, atol=1e-12)
+
+
+def test_compare_leaves_tied_triplets_out_of_relevance(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    # Two equal human dimensions tie in every triplet where they lead.
+    human = np.column_stack([human[:, 0], human[:, 0], 0.01 * human[:, 1]])
+    write_side(tmp_path / "human", human)
+    write_side(tmp_path / "dnn", dnn)
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]])
+    with pytest.warns(UserWarning, match="no single most relevant dimension"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, triplets=triplets)
+    out = tmp_path / "out"
+    summary = json.loads((out / "relevance_summary.json").read_text())
+    assert summary["n_human_without_most_relevant_dim"] > 0
+    per_triplet = pd.read_csv(out / "most_relevant_human.csv")
+    assert len(per_triplet) == 4 - summary["n_human_without_most_relevant_dim"]
+    assert (per_triplet["most_relevant_dim"] >= 0).all()
+    with np.load(out / "triplet_relevance.npz") as archive:
+        assert np.count_nonzero(archive["human_most_relevant"] == -1) == summary["n_human_without_most_relevant_dim"]
+
+
+def test_compare_objects_name_only_side_without_table(tmp_path):
+    """--objects, as the error for a side without ids asks, names that side, not a plain file with its own table."""
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    expected = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "unshuffled", n_bootstrap=0).rsa.r
+    (tmp_path / "h").mkdir()
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "h" / "emb.npy", human)
+    write_object_table(ObjectTable.from_ids(ids), tmp_path / "h" / "objects.tsv")
+    order = np.random.default_rng(5).permutation(12)
+    np.save(tmp_path / "d" / "emb.npy", dnn[order])
+    (tmp_path / "d_ids.txt").write_text("".join(f"{ids[row]}\n" for row in order))
+    command = ["compare", str(tmp_path / "h" / "emb.npy"), str(tmp_path / "d" / "emb.npy"), "--bootstrap", "0"]
+
+    assert main([*command, "-o", str(tmp_path / "first")]) == 1
+    assert main([*command, "-o", str(tmp_path / "out"), "--objects", str(tmp_path / "d_ids.txt")]) == 0
+    assert json.loads((tmp_path / "out" / "rsa.json").read_text())["r"] == pytest.approx(expected, abs=1e-12)
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
+    assert settings["human_objects"] == str(tmp_path / "h" / "objects.tsv")
+    assert settings["dnn_objects"] == "objects argument"
+
+
+def test_compare_share_is_null_when_full_r_may_be_zero(tmp_path):
+    # The DNN side is the human embedding with its rows shuffled: r = 0.04,
+    # 95% interval [-0.08, 0.23], while its first dimension alone has r = 0.25.
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+    with pytest.warns(UserWarning, match=r"interval \[-0.08\d*, 0.23\d*\] of the full DNN model's r contains 0"):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+    assert result.rsa.ci_low < 0 < result.rsa.ci_high
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert pd.read_csv(tmp_path / "out" / "cumulative_rsa.csv")["share_of_full_r2"].isna().all()
+
+
+def test_compare_share_interval_on_cumulative_subset(tmp_path):
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+    with pytest.warns(UserWarning, match="of the full DNN model's r contains 0"):
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100, cumulative_objects=25)
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert summary["cumulative_full_r_ci_low"] < 0
+
+
+def test_compare_cumulative_objects_error_names_option(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"cumulative_objects=0 is invalid \(--cumulative-objects\): use at least 3"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, cumulative_objects=0)
+    with pytest.raises(ValueError, match=r"similarity_objects=2 is invalid \(--similarity-objects\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, similarity_objects=2)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_negative_seed_names_option(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+                 "--seed", "-1"])
+    assert code == 1
+    assert "random_state=-1 is invalid (--seed): use 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_no_dissimilarity_warning_near_zero(tmp_path):
+    import warnings
+
+    write_surrogate_sides(tmp_path)
+    # Symmetric noise that both models' similarities correlate with at r = -0.01 and -0.05.
+    noise = np.random.default_rng(5).random((8, 8))
+    reference = (noise + noise.T, ObjectTable.from_ids([str(row) for row in range(8)]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)
+    scores = json.loads((tmp_path / "out" / "rsa.json").read_text())["reference"]
+    assert -0.1 < scores["human_r"] < 0
+    assert -0.1 < scores["dnn_r"] < 0
+    assert not any("dissimilarity" in str(warning.message) for warning in caught)
+
+
+def test_compare_warns_about_asymmetric_reference(tmp_path):
+    write_surrogate_sides(tmp_path)
+    human, _ = surrogate_pair(n_objects=12)
+    matrix = similarity_matrix(human, objects=range(6))
+    matrix[1, 4] += 0.3
+    reference = (matrix, ObjectTable.from_ids([str(row) for row in range(6)]))
+    with pytest.warns(UserWarning, match=r"the reference matrix \(--reference-rsm\) is not symmetric: the largest difference is 0.3\d* at \(row, column\) \(1, 4\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)

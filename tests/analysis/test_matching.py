@@ -212,3 +212,23 @@ def test_cumulative_rsa_figure_labels(n_dims, expected):
 
     assert share_label == "95% of the full r² (0.160)"
     assert dims_label == expected
+
+
+def test_dims_for_share_needs_positive_full_r():
+    assert dims_for_share(np.array([0.5, 0.6]), 0.0) is None
+    assert dims_for_share(np.array([0.5, 0.6]), -0.3) is None
+
+
+def test_cumulative_share_undefined_when_interval_holds_zero():
+    from dimalign.analysis.figures_compare import cumulative_rsa_labels
+    from dimalign.analysis.matching import CumulativeRSA
+
+    curve = CumulativeRSA(
+        dnn_dims=np.arange(3), r=np.array([0.25, 0.1, 0.04]), r_full=0.04, share=0.95, n_dims_for_share=None,
+        r_full_interval=(-0.08, 0.23),
+    )
+    assert not curve.share_defined
+    assert curve.to_frame()["share_of_full_r2"].isna().all()
+    share_label, dims_label = cumulative_rsa_labels(curve)
+    assert "its interval [-0.080, 0.230] contains 0" in share_label
+    assert dims_label is None

@@ -165,3 +165,40 @@ def test_jackknife_accepts_whole_floats():
 def test_jackknife_rejects_fractional_index():
     with pytest.raises(ValueError, match=r"row 1, column 0: value 0.5 is not an integer object index"):
         jackknife_relevance(np.ones((3, 2)), np.array([[0.0, 1.0, 2.0], [0.5, 1.0, 2.0]]))
+
+
+def test_saturated_probability_ranks_by_log_drop():
+    # s_01 = 113 with both dimensions, 64 without dimension 0 and 49 without
+    # dimension 1: p(choice) rounds to 1.0 in float64 in all three cases, so
+    # every probability drop is 0, but removing dimension 1 lowers log p most.
+    embedding = np.array([[7.0, 8.0], [7.0, 8.0], [0.0, 0.0]])
+    result = jackknife_relevance(embedding, np.array([[0, 1, 2]]), keep_drops=True)
+    assert result.probabilities[0] == 1.0
+    assert np.all(result.drops == 0.0)
+    assert result.most_relevant.tolist() == [1]
+    assert result.n_tied == 0
+
+
+def test_tied_drops_credit_no_dimension():
+    # Dimensions 0 and 1 are equal for the three objects, so no removal is
+    # more relevant; nor is one for s_34 = 2,500 (900 or 1,600 without a
+    # dimension), where exp(-900) underflows and log p is 0 exactly.
+    embedding = np.array([[1.0, 1.0, 0.2], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [40.0, 30.0, 0.0], [40.0, 30.0, 0.0]])
+    triplets = np.array([[0, 1, 2], [3, 4, 2], [0, 2, 1]])
+    with pytest.warns(UserWarning, match=r"2 of 3 triplets have no single most relevant dimension"):
+        result = jackknife_relevance(embedding, triplets)
+    assert result.most_relevant.tolist()[:2] == [-1, -1]
+    assert result.most_relevant[2] >= 0
+    assert result.n_tied == 2
+    assert result.share_most_relevant.sum() == pytest.approx(1 / 3)
+    assert result.share_most_relevant[0] <= 1 / 3
+
+
+def test_agreement_table_skips_tied_triplets():
+    # Both models see the two objects of triplet 0 as equal on two dimensions.
+    human = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [2.0, 0.0]])
+    dnn = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 2.0]])
+    with pytest.warns(UserWarning, match="no single most relevant dimension"):
+        comparison = compare_decisions(human, dnn, np.array([[0, 1, 2]]))
+    assert comparison.agree.tolist() == [True]
+    assert agreement_on_different_dimensions(comparison, [1, 0]).empty

@@ -352,3 +352,25 @@ def test_similarity_rejects_invalid_options():
         similarity_matrix(np.ones((3, 1)), batch_size=0)
     with pytest.raises(ValueError, match=r"object indices \[3\]"):
         similarity_matrix(np.ones((3, 1)), objects=[0, 3])
+
+
+def test_similarity_subset_above_tenth_uses_full_matrix(monkeypatch):
+    from dimalign.analysis import similarity as similarity_module
+
+    original = similarity_module.similarity_matrix
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("objects"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(similarity_module, "similarity_matrix", recording)
+    embedding = np.random.default_rng(0).gamma(1.0, 1.0, size=(120, 3))
+    # 11 of 120 objects: the subset path took longer than the full matrix from
+    # about a tenth of the objects on.
+    result = original(embedding, objects=np.arange(11))
+    assert calls == [None]
+    np.testing.assert_allclose(result, original(embedding)[:11, :11], atol=1e-14)
+    calls.clear()
+    original(embedding, objects=np.arange(9))
+    assert calls == []

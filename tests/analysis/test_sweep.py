@@ -825,3 +825,81 @@ def test_sweep_cli_rejects_prior_options_for_spose(tmp_path, tiny_triplets, caps
     assert (
         "--beta applies only to --method vice, but --method is spose: drop --beta or pass --method vice"
     ) in capsys.readouterr().err
+
+
+def test_find_runs_excludes_run_of_other_settings(tmp_path, tiny_triplets):
+    import shutil
+
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path / "a", seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    sweep(train, val, tmp_path / "b", seeds=[7], n_objects=N_OBJECTS, settings={**SETTINGS, "max_epochs": 2})
+    shutil.copytree(tmp_path / "b" / "runs" / "seed_7", tmp_path / "a" / "runs" / "seed_9")
+    sweep(train[:300], val, tmp_path / "c", seeds=[8], n_objects=N_OBJECTS, settings=SETTINGS)
+    shutil.copytree(tmp_path / "c" / "runs" / "seed_8", tmp_path / "a" / "runs" / "seed_8")
+
+    with pytest.warns(UserWarning) as record:
+        runs = find_runs(tmp_path / "a")
+    assert [path.name for path in runs] == ["seed_0", "seed_1", "seed_2"]
+    messages = "\n".join(str(warning.message) for warning in record)
+    assert "excluded 2 runs" in messages
+    assert "seed_9: " in messages and "max_epochs=2" in messages
+    assert "seed_8: " in messages and "other training triplets" in messages
+
+
+def test_find_runs_rejects_repeated_seed(tmp_path, tiny_triplets):
+    import shutil
+
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0, 1], n_objects=N_OBJECTS, settings=SETTINGS)
+    shutil.copytree(tmp_path / "runs" / "seed_0", tmp_path / "runs" / "seed_5")
+    with pytest.raises(ValueError, match=r"runs .*seed_0 and .*seed_5 both record seed 0"):
+        find_runs(tmp_path)
+
+
+def test_select_warnings_name_runs_by_path(tmp_path):
+    base = np.maximum(np.random.default_rng(7).normal(size=(12, 2)), 0.0)
+    write_run(tmp_path / "a", base, 0.5)
+    write_run(tmp_path / "b", base[:, ::-1], 0.5)
+    write_run(tmp_path / "empty", np.zeros((12, 0)), 0.5)
+    with pytest.warns(UserWarning, match=r"runs \[.*empty'\] kept 0 dimensions"):
+        select_run([tmp_path / "a", tmp_path / "b", tmp_path / "empty"], tmp_path / "out")
+
+
+def test_select_cli_seed_needs_random_split(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(7).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["select", str(tmp_path), "--seed", "7"]) == 1
+        assert "--seed 7 only seeds --split random" in capsys.readouterr().err
+        assert main(["select", str(tmp_path), "--split", "random", "--seed", "-1"]) == 1
+        assert "--seed -1 is invalid: use 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "selection").exists()
+
+
+def test_select_copy_of_broken_link_fails_cleanly(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(7).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+        (tmp_path / "runs" / f"seed_{seed}" / "notes.txt").symlink_to(tmp_path / "missing.txt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["select", str(tmp_path), "--copy"]) == 1
+    error = capsys.readouterr().err
+    assert "notes.txt" in error
+    assert "[(" not in error
+    assert not (tmp_path / "selection" / ".selected_run.tmp").exists()
+
+
+def test_sweep_table_run_dirs_are_absolute(tmp_path, tiny_triplets, monkeypatch):
+    train, val = tiny_triplets
+    monkeypatch.chdir(tmp_path)
+    table = sweep(train, val, "relative", seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    expected = str((tmp_path / "relative" / "runs" / "seed_0").resolve())
+    assert table["run_dir"].tolist() == [expected]
+    assert pd.read_csv(tmp_path / "relative" / "sweep.csv")["run_dir"].tolist() == [expected]

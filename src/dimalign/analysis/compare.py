@@ -45,7 +45,9 @@ from dimalign.io.files import (
     atomic_path,
     check_output_dir,
     now_iso,
+    is_same_file,
     output_dir,
+    staged_outputs,
     write_json_atomic,
     write_manifest,
     write_text_atomic,
@@ -621,8 +623,9 @@ def bootstrap_rsa(
 # -- the whole comparison -----------------------------------------------------
 
 #: Every file that :func:`compare` may write, besides ``manifest.json`` and the
-#: image grids in ``top_objects/``. A rerun into the same folder removes them
-#: first, so that no result of an earlier comparison stays next to the new ones.
+#: image grids in ``top_objects/``. Once a rerun into the same folder has
+#: written its new files, it removes these, so that no result of an earlier
+#: comparison stays next to the new ones.
 COMPARE_OUTPUTS = (
     "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
     "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
@@ -631,6 +634,54 @@ COMPARE_OUTPUTS = (
     "relevance_summary.json",
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
+
+
+def _output_names(out_dir: Path) -> list[Path]:
+    """Return the files in ``out_dir`` that a comparison writes, replaces or removes, where they exist."""
+    names = [*COMPARE_OUTPUTS, MANIFEST_NAME]
+    for name in SIMILARITY_OUTPUTS:
+        names += [name, similarity_record_path(name).name]
+    return [out_dir / name for name in names] + sorted((out_dir / "top_objects").glob("pair_*.png"))
+
+
+def _reject_inputs_among_outputs(inputs: dict[str, Any], out_dir: Path) -> None:
+    """Raise ``ValueError`` if an input file is one that the comparison replaces or removes in ``out_dir``.
+
+    An input such as ``--reference-rsm OUT/human_similarity.npy`` from an
+    earlier comparison would otherwise be deleted by the rerun.
+    """
+    outputs = [path for path in _output_names(out_dir) if path.is_file()]
+    for label, raw_path in inputs.items():
+        path = Path(raw_path)
+        if not path.is_file():
+            continue
+        for output in outputs:
+            if is_same_file(path, output):
+                sides = {"human": "the human input", "dnn": "the DNN input"}
+                option = sides.get(label, "--" + label.replace("_", "-"))
+                raise ValueError(
+                    f"{option} {path} is an output of compare in {out_dir}, which this comparison "
+                    "replaces or removes: copy it out of that folder and pass the copy, or choose "
+                    "another -o"
+                )
+
+
+def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
+    """Make a saved similarity matrix of an earlier comparison, and its record, available in the stage.
+
+    :func:`similarity_matrix_to_disk` then reuses it when its record matches.
+    A hard link costs nothing, and a recomputation replaces the link in the
+    stage, never the earlier file. Where links are not supported the file is copied.
+    """
+    import shutil
+
+    for source, target in ((earlier, staged), (similarity_record_path(earlier), similarity_record_path(staged))):
+        if not source.is_file():
+            return
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
 
 
 def _remove_earlier_outputs(out_dir: Path, keep_similarity: bool) -> None:
@@ -706,11 +757,12 @@ def compare(
             in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
-            not a run directory with its own ``objects.tsv``. For a plain
-            embedding file it wins over an ``objects.tsv`` in the same folder
-            (with a warning when they differ). An input without any table next
-            to one with a table is an error, because rows are never matched
-            by position when ids exist on one side.
+            not a run directory with its own ``objects.tsv``. When one input
+            has no table at all, it names that input only. Otherwise it wins
+            over the ``objects.tsv`` next to a plain embedding file (with a
+            warning when they differ). An input without any table next to one
+            with a table is an error, because rows are never matched by
+            position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
@@ -746,8 +798,10 @@ def compare(
             one side only, triplet indices out of range, a reference matrix
             that is not square, not finite or constant) and for an embedding
             whose similarity is constant (equal off-diagonal dot products).
-            These are checked before an earlier comparison in ``out_dir`` is
-            removed, and the messages name the input.
+            These, missing images, an input file that is one of the outputs
+            in ``out_dir`` and empty triplets are checked before anything is
+            written, and the messages name the input. A failed call leaves an
+            earlier comparison in ``out_dir`` whole.
     """
     from dimalign.analysis import matching as matching_module
 
@@ -755,7 +809,7 @@ def compare(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "compare")
     resolve_device(device)
-    _check_compare_settings(n_bootstrap, top_k, images)
+    _check_compare_settings(n_bootstrap, top_k, images, random_state)
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
@@ -772,41 +826,48 @@ def compare(
     subset = _similarity_subset(n_objects, similarity_objects, random_state)
     cumulative_subset = subset
     if cumulative_objects is not None:
-        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state)
+        cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state, "cumulative_objects")
     if triplets is not None:
         _check_triplets(triplets, n_objects)
     if reference is not None:
         _reference_rows(pair, reference)
     # The subsets are drawn now, so a constant similarity on one of them is
-    # found before the earlier outputs in out_dir are removed.
+    # found before anything is written to out_dir.
     for rows, scope in ((None, ""), (subset, " on the --similarity-objects subset"),
                         (cumulative_subset, " on the --cumulative-objects subset")):
         for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
             _check_similarity_varies(embedding if rows is None else embedding[rows], side.name + scope)
+    input_paths = {
+        **dict(inputs or {}),
+        **({"human": human_result.path} if human_result.path else {}),
+        **({"dnn": dnn_result.path} if dnn_result.path else {}),
+    }
+    _reject_inputs_among_outputs(input_paths, out_dir)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
     )
     outputs: dict[str, Any] = {}
 
-    # Every input is valid from here on. A folder without manifest.json is an
-    # incomplete comparison: the manifest and the other outputs of an earlier
-    # comparison in the same folder are removed first, and the new manifest is
-    # written last. A folder that this call creates is removed again if a step fails.
-    with output_dir(out_dir):
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
+    # Matching and the objects behind each pair are cheap, so they run before
+    # anything is written, and the images of those objects are looked up now.
+    matchings = matching_module.match_all(pair.human, pair.dnn)
+    primary = matchings.get("greedy", matchings["with_replacement"])
+    top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
+    image_paths = _find_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
 
-        # Matching and the objects behind each pair (cheap, so errors come early).
-        matchings = matching_module.match_all(pair.human, pair.dnn)
+    # Every input is valid from here on. The outputs are written into a hidden
+    # folder inside out_dir and moved over the earlier comparison only when all
+    # are written, manifest.json last, so a failed or interrupted rerun leaves
+    # the earlier comparison whole and removes what it wrote. A folder that
+    # this call creates is removed again if a step fails.
+    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
-        _write_csv(matching_table, out_dir / "matching.csv")
-        primary = matchings.get("greedy", matchings["with_replacement"])
-        top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-        _write_csv(top_table, out_dir / "top_objects.csv")
+        _write_csv(matching_table, stage / "matching.csv")
+        _write_csv(top_table, stage / "top_objects.csv")
         outputs.update(matching="matching.csv", top_objects="top_objects.csv")
-        if images is not None:
-            outputs["top_object_grids"] = _write_pair_grids(top_table, pair.objects, Path(images), out_dir)
+        if image_paths is not None:
+            outputs["top_object_grids"] = _write_pair_grids(top_table, image_paths, stage)
 
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
         human_similarity = similarity(pair.human, objects=subset, device=device)
@@ -820,13 +881,17 @@ def compare(
             human_reference, dnn_full = human_similarity, dnn_similarity
         else:
             human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
-            dnn_full = None
+            dnn_full = similarity(pair.dnn, objects=cumulative_subset, device=device)
         cumulative = matching_module.cumulative_rsa(
             human_reference, pair.dnn, order,
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
             full_similarity=dnn_full,
         )
-        _write_csv(cumulative.to_frame(), out_dir / "cumulative_rsa.csv")
+        cumulative = _with_full_r_interval(
+            cumulative, rsa_result if cumulative_objects is None else None,
+            (human_reference, dnn_full, n_bootstrap, random_state),
+        )
+        _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
         outputs["cumulative_rsa"] = "cumulative_rsa.csv"
 
         summary = {
@@ -837,6 +902,9 @@ def compare(
             "variance_explained_in_human_similarity_by_dnn": rsa_result.r**2,
             "cumulative_matching": primary.method,
             "n_dnn_dims_for_95_percent": cumulative.n_dims_for_share,
+            "cumulative_full_r": cumulative.r_full,
+            "cumulative_full_r_ci_low": (cumulative.r_full_interval or (math.nan, math.nan))[0],
+            "cumulative_full_r_ci_high": (cumulative.r_full_interval or (math.nan, math.nan))[1],
             "n_dnn_dims": int(pair.dnn.shape[1]),
             "n_human_dims": int(pair.human.shape[1]),
             "matched_r_max": float(primary.correlations.max()),
@@ -844,29 +912,27 @@ def compare(
         }
         if reference is not None:
             summary["reference"] = _reference_scores(pair, reference, similarity, device)
-        write_json_atomic(out_dir / "rsa.json", summary)
+        write_json_atomic(stage / "rsa.json", summary)
         outputs["rsa"] = "rsa.json"
 
         if save_similarity:
             for label, embedding in (("human", pair.human), ("dnn", pair.dnn)):
-                similarity_matrix_to_disk(embedding, out_dir / f"{label}_similarity.npy", device=device)
-                outputs[f"{label}_similarity"] = f"{label}_similarity.npy"
+                name = f"{label}_similarity.npy"
+                _link_earlier_similarity(out_dir / name, stage / name)
+                similarity_matrix_to_disk(embedding, stage / name, device=device)
+                outputs[f"{label}_similarity"] = name
 
         from dimalign.analysis import figures_compare
 
-        outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, out_dir)
+        outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, stage)
 
         if triplets is not None:
-            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, out_dir, device))
+            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
 
         write_manifest(
-            out_dir,
+            stage,
             step="compare",
-            inputs={
-                **dict(inputs or {}),
-                **({"human": human_result.path} if human_result.path else {}),
-                **({"dnn": dnn_result.path} if dnn_result.path else {}),
-            },
+            inputs=input_paths,
             settings={
                 "n_bootstrap": n_bootstrap, "random_state": random_state, "top_k": top_k,
                 "similarity_objects": similarity_objects, "cumulative_objects": cumulative_objects,
@@ -878,6 +944,12 @@ def compare(
             started=started,
             outputs={**outputs, "summary": summary},
         )
+
+        # Every new file is written. The earlier manifest goes first, so that
+        # a stop while the files are replaced leaves a folder without one,
+        # which marks an incomplete comparison.
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
@@ -924,6 +996,46 @@ class _Side:
         return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
 
 
+def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> Any:
+    """Attach a bootstrap interval of the cumulative curve's full r, and drop the share count if it contains 0.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+        rsa_result (BootstrapRSA | None): The RSA of the same objects, whose
+            interval is reused; None when the curve has its own subset.
+        bootstrap_inputs (tuple): ``(human_similarity, dnn_similarity,
+            n_bootstrap, random_state)`` of the curve's objects, bootstrapped
+            when ``rsa_result`` is None.
+
+    Returns:
+        CumulativeRSA: With ``r_full_interval`` set (None without bootstrap
+        samples) and ``n_dims_for_share`` None when the share is undefined.
+    """
+    import dataclasses
+
+    human_similarity, dnn_similarity, n_bootstrap, random_state = bootstrap_inputs
+    interval = None
+    if n_bootstrap > 0:
+        if rsa_result is None:
+            rsa_result = bootstrap_rsa(
+                human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
+            )
+        interval = (rsa_result.ci_low, rsa_result.ci_high)
+    cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
+    if cumulative.share_defined:
+        return cumulative
+    if cumulative.r_full > 0 and interval is not None:
+        warnings.warn(
+            f"the {100 * rsa_result.ci_level:.0f}% interval "
+            f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
+            f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
+            "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
+            UserWarning,
+            stacklevel=3,
+        )
+    return dataclasses.replace(cumulative, n_dims_for_share=None)
+
+
 def _named_bootstrap_rsa(
     human_similarity: np.ndarray, dnn_similarity: np.ndarray, names: tuple[str, str], n_bootstrap: int, random_state: int
 ) -> BootstrapRSA:
@@ -962,10 +1074,12 @@ def _choose_tables(
     """Choose the object table of each side, and where it came from.
 
     A run directory's rows follow its own ``objects.tsv``. So the explicit
-    table (``objects=``, CLI ``--objects``) applies only to the other sides:
-    plain embedding files and inputs without any table. A plain file's
-    neighbouring ``objects.tsv`` may belong to another file, so the explicit
-    table overrides it, with a warning when the two differ.
+    table (``objects=``, CLI ``--objects``) applies only to the other sides.
+    When one side has no table at all, the explicit table names that side
+    alone, and a plain embedding file keeps the ``objects.tsv`` next to it.
+    When both sides have a table, the explicit one overrides the neighbouring
+    ``objects.tsv`` of a plain file, which may belong to another file in the
+    folder, with a warning when the two differ.
 
     Returns:
         list: ``(table, source)`` for the human and the DNN side; ``source`` is
@@ -977,8 +1091,13 @@ def _choose_tables(
             applies to neither side and differs from both run tables.
     """
     chosen = []
+    # When an input has no table of its own, the explicit table names that
+    # input (as the error below asks), so it must not also rename a plain file
+    # whose own table could name its rows: that file would then be matched to
+    # the other by position.
+    some_side_without_table = human.own is None or dnn.own is None
     for side in (human, dnn):
-        if side.is_run or (objects is None and side.own is not None):
+        if side.is_run or (side.own is not None and (objects is None or some_side_without_table)):
             chosen.append((side.own, str(side.own_file)))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
@@ -1020,20 +1139,28 @@ def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
     return f"row {row} is {first.object_ids[row]!r} in one and {second.object_ids[row]!r} in the other"
 
 
-def _similarity_subset(n_objects: int, size: int | None, random_state: int) -> np.ndarray | None:
+def _similarity_subset(
+    n_objects: int, size: int | None, random_state: int, name: str = "similarity_objects"
+) -> np.ndarray | None:
+    """Draw ``size`` objects, or return None for all; ``name`` is the setting that errors and logs name."""
     if size is not None and size >= n_objects:
-        logger.info("similarity_objects=%d covers all %d objects: using every object", size, n_objects)
+        logger.info("%s=%d covers all %d objects: using every object", name, size, n_objects)
     if size is None or size >= n_objects:
         return None
     if size < 3:
-        raise ValueError(f"similarity_objects={size} is invalid: use at least 3")
+        option = "--" + name.replace("_", "-")
+        raise ValueError(f"{name}={size} is invalid ({option}): use at least 3")
     rng = np.random.default_rng(random_state)
     return np.sort(rng.choice(n_objects, size=size, replace=False))
 
 
-def _check_compare_settings(n_bootstrap: int, top_k: int, images: str | os.PathLike | None) -> None:
+def _check_compare_settings(
+    n_bootstrap: int, top_k: int, images: str | os.PathLike | None, random_state: int
+) -> None:
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
+    if random_state < 0:
+        raise ValueError(f"random_state={random_state} is invalid (--seed): use 0 or more")
     if top_k < 1:
         raise ValueError(f"top_k={top_k} is invalid: use 1 or more")
     if images is not None and not Path(images).is_dir():
@@ -1044,6 +1171,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
     array = np.asarray(triplets)
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"triplets must have shape (n, 3), got {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError(
+            f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
+            "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
+        )
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
@@ -1073,12 +1205,16 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     ``S_ij`` depends only on the off-diagonal dot products, so when they are
     all equal (every row the same, all rows zero, or rows with no dimension in
     common) the similarity matrix is constant and its RSA undefined. The
-    tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`.
+    tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`,
+    relative to the largest dot product or to 1, whichever is larger.
     """
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE
 
     low, high = _dot_product_spread(np.asarray(embedding, dtype=np.float64))
-    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(abs(low), abs(high)):
+    # The similarity depends on exp(s_ab), so dot products that differ by less
+    # than a few epsilon in absolute terms (weights of about 1e-7) give exp()
+    # values equal to float64 precision, whatever their relative spread.
+    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(1.0, abs(low), abs(high)):
         raise ValueError(
             f"{name} predicts the same similarity for every pair of objects, because every "
             f"off-diagonal dot product is {high:.6g} (rows all equal, all zero, or without a "
@@ -1135,6 +1271,29 @@ def check_reference_matrix(
     return array
 
 
+def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
+    """Warn, naming the largest difference, when a finite square matrix is not symmetric.
+
+    Only the entries above the diagonal enter the RSA, so those below would be ignored.
+    """
+    difference = np.abs(matrix - matrix.T)
+    np.fill_diagonal(difference, 0.0)
+    difference[~np.isfinite(difference)] = 0.0
+    largest = float(difference.max()) if difference.size else 0.0
+    scale = float(np.max(np.abs(matrix[np.isfinite(matrix)]))) if difference.size else 0.0
+    if largest <= _ASYMMETRY_TOLERANCE * scale:
+        return
+    row, column = sorted(int(index) for index in np.unravel_index(np.argmax(difference), difference.shape))
+    warnings.warn(
+        f"{source} is not symmetric: the largest difference is {largest:.6g} at (row, column) "
+        f"({row}, {column}), {matrix[row, column]:.6g} against {matrix[column, row]:.6g} at "
+        f"({column}, {row}). Only the entries above the diagonal are used: check that it is a "
+        "similarity matrix, or pass (M + M.T) / 2",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
     """Return the rows of the reference objects in ``pair`` (the matrix is already checked)."""
     matrix, table = reference
@@ -1146,6 +1305,16 @@ def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]
     return pair.objects.index_of(table.object_ids)
 
 
+# Both models must correlate below this with the reference matrix for the
+# warning that it may be a dissimilarity matrix. Correlations near 0 of either
+# sign are what unrelated matrices give, and a 1 - RDM mix-up gives r well below it.
+_DISSIMILARITY_WARNING_R = -0.1
+
+# Relative asymmetry, of the largest absolute entry, above which a reference
+# matrix is reported as not symmetric. Float32 rounding stays below it.
+_ASYMMETRY_TOLERANCE = 1e-6
+
+
 def _reference_scores(
     pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
 ) -> dict[str, Any]:
@@ -1154,10 +1323,11 @@ def _reference_scores(
 
     matrix, table = reference
     matrix = np.asarray(matrix, dtype=np.float64)
+    _warn_if_asymmetric(matrix, "the reference matrix (--reference-rsm)")
     rows = _reference_rows(pair, reference)
     human_r = float(rsa(similarity(pair.human, objects=rows, device=device), matrix))
     dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
-    if human_r < 0 and dnn_r < 0:
+    if human_r < _DISSIMILARITY_WARNING_R and dnn_r < _DISSIMILARITY_WARNING_R:
         # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
         warnings.warn(
             f"the reference matrix correlates negatively with both models' similarities (human "
@@ -1180,12 +1350,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
-def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Path, out_dir: Path) -> list[str]:
-    """Draw one image grid per matched pair and group (both, human only, DNN only)."""
-    from PIL import Image
-
-    from dimalign.interpret.grid_images import GridCell, compose_grid
-
+def _find_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Path]:
+    """Return the image of every object in ``top_table`` by its row, or raise if one is missing."""
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
     paths = {
@@ -1198,6 +1364,17 @@ def _write_pair_grids(top_table: pd.DataFrame, objects: ObjectTable, images: Pat
             f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
             "<object_id>.jpg or fill the source column of the object table"
         )
+    return paths
+
+
+def _write_pair_grids(top_table: pd.DataFrame, paths: dict[int, Path], out_dir: Path) -> list[str]:
+    """Draw one image grid per matched pair and group (both, human only, DNN only).
+
+    ``paths`` maps each object row of ``top_table`` to its image (:func:`_find_grid_images`).
+    """
+    from PIL import Image
+
+    from dimalign.interpret.grid_images import GridCell, compose_grid
 
     grid_dir = out_dir / "top_objects"
     grid_dir.mkdir(parents=True, exist_ok=True)
@@ -1245,13 +1422,15 @@ def _write_relevance(
         "disagreements": ("disagreements.csv", relevance.largest_disagreements(comparison, names=names)),
     }
     # Per-triplet most relevant dimension of each side, in the CSV layout that
-    # `dimalign labels summarize --relevance` reads.
+    # `dimalign labels summarize --relevance` reads. That reader accepts
+    # dimensions only, so triplets without a single most relevant one are left out.
     for side, result in (("human", comparison.human), ("dnn", comparison.dnn)):
+        assigned = np.flatnonzero(result.most_relevant != relevance.NO_DIMENSION)
         files[f"most_relevant_{side}"] = (
             f"most_relevant_{side}.csv",
             pd.DataFrame({
-                "triplet_index": np.arange(triplets.shape[0]),
-                "most_relevant_dim": np.asarray(result.most_relevant, dtype=np.int64),
+                "triplet_index": assigned,
+                "most_relevant_dim": np.asarray(result.most_relevant[assigned], dtype=np.int64),
             }),
         )
     for filename, frame in files.values():
@@ -1274,8 +1453,10 @@ def _write_relevance(
             "n_triplets": int(triplets.shape[0]),
             "choice_agreement": agreement,
             "n_agree_on_different_dims": int(
-                np.sum(comparison.agree & (human_to_dnn[comparison.human.most_relevant] != comparison.dnn.most_relevant))
+                np.sum(relevance.agree_on_different_dimensions(comparison, human_to_dnn))
             ),
+            "n_human_without_most_relevant_dim": comparison.human.n_tied,
+            "n_dnn_without_most_relevant_dim": comparison.dnn.n_tied,
             "matching_for_correspondence": "with_replacement",
             "primary_matching": primary.method,
         },

@@ -125,7 +125,7 @@ def _register_select(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="a sweep directory, or two or more run directories")
     parser.add_argument("-o", "--out", type=Path, help="output directory (default SWEEP/selection)")
     parser.add_argument("--split", choices=("odd_even", "random"), default="odd_even", help="how to halve the objects (default odd_even)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a random split (default 0)")
+    parser.add_argument("--seed", type=int, help="seed of --split random (default 0)")
     parser.add_argument("--copy", action="store_true", help="also copy the chosen run to OUT/selected_run")
     parser.set_defaults(handler=run_select)
 
@@ -134,6 +134,10 @@ def run_select(args: argparse.Namespace) -> int:
     """Handle ``dimalign select``."""
     from dimalign.analysis.sweep import RUNS_FOLDER, find_runs, select_run
 
+    if args.seed is not None and args.split != "random":
+        raise ValueError(f"--seed {args.seed} only seeds --split random: drop it, or add --split random")
+    if args.seed is not None and args.seed < 0:
+        raise ValueError(f"--seed {args.seed} is invalid: use 0 or more")
     val = None
     if len(args.runs) == 1 and (args.runs[0] / RUNS_FOLDER).is_dir():
         sweep_dir = args.runs[0]
@@ -150,7 +154,9 @@ def run_select(args: argparse.Namespace) -> int:
         if args.out is None:
             raise ValueError("pass -o OUT when selecting among run directories")
         run_dirs, out = args.runs, args.out
-    selection = select_run(run_dirs, out, split=args.split, random_state=args.seed, val=val, copy_selected=args.copy)
+    selection = select_run(
+        run_dirs, out, split=args.split, random_state=args.seed or 0, val=val, copy_selected=args.copy
+    )
     logger.info("selected %s; details in %s", selection.selected_run, out)
     return 0
 
@@ -174,7 +180,8 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--objects", type=Path,
         help="object table naming the rows of each input that is not a run directory with its own "
-        "objects.tsv (wins over an objects.tsv next to a plain embedding file)",
+        "objects.tsv; when one input has no table at all, it names that input only, else it wins "
+        "over an objects.tsv next to a plain embedding file",
     )
     parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
@@ -223,6 +230,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
         reject_split_folder(args.triplets, "explain")
         triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
+        if triplets.shape[0] == 0:
+            raise ValueError(
+                f"--triplets {args.triplets} contains no triplets, so there is no choice to explain: "
+                "pass a file with at least one triplet, or leave out --triplets"
+            )
         inputs["triplets"] = args.triplets
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,

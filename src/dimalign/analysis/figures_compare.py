@@ -68,6 +68,13 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
 
 def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
     """Return the legend labels of the share line and of the dimension mark (None without a mark)."""
+    if not cumulative.share_defined:
+        interval = cumulative.r_full_interval
+        if cumulative.r_full > 0 and interval is not None:
+            reason = f"its interval [{interval[0]:.3f}, {interval[1]:.3f}] contains 0"
+        else:
+            reason = "it is not above 0"
+        return f"full r = {cumulative.r_full:.3f}, no share of its r², because {reason}", None
     share_label = f"{100 * cumulative.share:.0f}% of the full r² ({cumulative.r_full**2:.3f})"
     n_dims = cumulative.n_dims_for_share
     if n_dims is None:
@@ -81,7 +88,8 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     """Plot the explained variance as DNN dimensions are added, with the 95% mark.
 
     The y axis is ``r_k^2 / r_full^2``, the share of the full DNN embedding's
-    explained variance that the first ``k`` matched dimensions reach.
+    explained variance that the first ``k`` matched dimensions reach. When
+    that share is undefined (``cumulative.share_defined``), the y axis is ``r_k``.
 
     Returns:
         list[str]: The files written (PNG and SVG).
@@ -93,17 +101,23 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
 
     r = np.asarray(cumulative.r)
     steps = np.arange(1, r.size + 1)
-    share = r**2 / cumulative.r_full**2 if cumulative.r_full != 0 else np.full(r.size, np.nan)
     figure, axis = plt.subplots(figsize=(6.0, 3.6))
-    axis.plot(steps, share, marker="o", markersize=3, linewidth=1.2, color="C0")
     share_label, dims_label = cumulative_rsa_labels(cumulative)
-    axis.axhline(cumulative.share, color="C3", linestyle="--", linewidth=1.0, label=share_label)
-    if dims_label is not None:
-        axis.axvline(cumulative.n_dims_for_share, color="C3", linestyle=":", linewidth=1.0, label=dims_label)
-    # Keep the share line off the frame when the whole curve lies above it.
-    axis.set_ylim(bottom=min(axis.get_ylim()[0], cumulative.share - 0.1))
+    if cumulative.share_defined:
+        axis.plot(steps, r**2 / cumulative.r_full**2, marker="o", markersize=3, linewidth=1.2, color="C0")
+        axis.axhline(cumulative.share, color="C3", linestyle="--", linewidth=1.0, label=share_label)
+        if dims_label is not None:
+            axis.axvline(cumulative.n_dims_for_share, color="C3", linestyle=":", linewidth=1.0, label=dims_label)
+        # Keep the share line off the frame when the whole curve lies above it.
+        axis.set_ylim(bottom=min(axis.get_ylim()[0], cumulative.share - 0.1))
+        axis.set_ylabel("share of the full model's r²")
+    else:
+        # Without a full r above 0 the share is meaningless, so plot r itself.
+        axis.plot(steps, r, marker="o", markersize=3, linewidth=1.2, color="C0")
+        axis.axhline(cumulative.r_full, color="C3", linestyle="--", linewidth=1.0, label=share_label)
+        axis.axhline(0.0, color="0.6", linewidth=0.8)
+        axis.set_ylabel("r with the human similarity")
     axis.set_xlabel("matched DNN dimensions added")
-    axis.set_ylabel("share of the full model's r²")
     # The curve can pass 100%, so a fixed corner may cover it.
     axis.legend(frameon=False, fontsize=8, loc="best")
     axis.set_title("Cumulative RSA with the human similarity")

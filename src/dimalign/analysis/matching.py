@@ -238,7 +238,10 @@ class CumulativeRSA:
         r_full (float): Correlation with the full DNN embedding.
         share (float): The share of explained variance that defines ``n_dims_for_share``.
         n_dims_for_share (int | None): The fewest dimensions ``k`` with
-            ``r_k^2 >= share * r_full^2`` (and ``r_k > 0``), or None if no prefix reaches it.
+            ``r_k^2 >= share * r_full^2`` (and ``r_k > 0``), or None if no
+            prefix reaches it or the share is undefined (:attr:`share_defined`).
+        r_full_interval (tuple[float, float] | None): A confidence interval of
+            ``r_full``, such as the bootstrap interval of the RSA, or None.
     """
 
     dnn_dims: np.ndarray
@@ -246,9 +249,22 @@ class CumulativeRSA:
     r_full: float
     share: float
     n_dims_for_share: int | None
+    r_full_interval: tuple[float, float] | None = None
+
+    @property
+    def share_defined(self) -> bool:
+        """Whether ``r_full`` is above 0, and so is its interval when one is given.
+
+        A share of the full model's r² means nothing when that r may be 0: any
+        single dimension with a small positive r then "explains" many times
+        the full model's variance.
+        """
+        if not self.r_full > 0:
+            return False
+        return self.r_full_interval is None or self.r_full_interval[0] > 0
 
     def to_frame(self) -> pd.DataFrame:
-        """Return one row per step: n_dims, added dnn_dim, r, r2, share of the full r²."""
+        """Return one row per step: n_dims, added dnn_dim, r, r2, share of the full r² (NaN if undefined)."""
         r2 = self.r**2
         return pd.DataFrame(
             {
@@ -256,7 +272,7 @@ class CumulativeRSA:
                 "dnn_dim": self.dnn_dims,
                 "r": self.r,
                 "r2": r2,
-                "share_of_full_r2": r2 / self.r_full**2 if self.r_full != 0 else np.nan,
+                "share_of_full_r2": r2 / self.r_full**2 if self.share_defined else np.nan,
             }
         )
 
@@ -282,7 +298,13 @@ def matched_order(matching: Matching, n_dnn: int, correlations: np.ndarray | Non
 
 
 def dims_for_share(r: np.ndarray, r_full: float, share: float = 0.95) -> int | None:
-    """Return the fewest steps ``k`` (1-based) with ``r_k^2 >= share * r_full^2`` and ``r_k > 0``."""
+    """Return the fewest steps ``k`` (1-based) with ``r_k^2 >= share * r_full^2`` and ``r_k > 0``.
+
+    None when no step reaches it, or when ``r_full <= 0``, for which a share
+    of the full model's r² has no meaning.
+    """
+    if not r_full > 0:
+        return None
     reached = np.flatnonzero((np.asarray(r) ** 2 >= share * r_full**2) & (np.asarray(r) > 0))
     return int(reached[0]) + 1 if reached.size else None
 

@@ -12,6 +12,17 @@ is the drop ``p - p^(-m)``: positive when the dimension supports the choice.
 A dimension that is zero for all three objects has a drop of exactly 0, and
 removing the only dimension of a 1-d embedding gives ``p = 1/3`` exactly.
 
+The most relevant dimension of a triplet is ranked by the drop in
+log-probability, ``log p - log p^(-m)``, which has the same argmax as
+``p - p^(-m)`` because ``log`` is increasing. A choice the model is sure of
+(dot products differing by more than about 38) has ``p == 1.0`` in float64
+for every removal, so all probability drops are 0, while ``log p``, computed
+as ``-log1p(sum of exp(s_other - s_chosen))``, still separates them. A triplet
+whose log-drops tie at the maximum (say two dimensions equal for its three
+objects, or dot products so far apart that even ``log p`` is 0) has no single
+most relevant dimension. It is marked ``-1`` and counted, never credited to
+the lowest index.
+
 :func:`compare_decisions` applies this to a human and a DNN embedding of the
 same objects. It finds the triplets where both models choose the same odd one
 out for different reasons, because their most relevant dimensions are not a
@@ -21,6 +32,7 @@ matched pair. It also finds the triplets where the models disagree most.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +46,9 @@ from dimalign.device import resolve_device
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 65_536
+
+#: ``most_relevant`` of a triplet whose largest log-drop is shared by several dimensions.
+NO_DIMENSION = -1
 
 
 def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -105,13 +120,17 @@ class JackknifeResult:
     Attributes:
         probabilities (np.ndarray): Probability of the chosen odd one out
             (last column) from the full embedding, shape ``(n,)``.
-        most_relevant (np.ndarray): Dimension with the largest drop per
-            triplet, shape ``(n,)``.
-        max_drop (np.ndarray): That largest drop, shape ``(n,)``.
+        most_relevant (np.ndarray): Dimension with the largest drop in
+            log-probability per triplet, shape ``(n,)``; :data:`NO_DIMENSION`
+            (-1) where several dimensions share that largest drop.
+        max_drop (np.ndarray): The probability drop ``p - p^(-m)`` of that
+            dimension (the largest drop), shape ``(n,)``. 0 for a saturated
+            choice; for a tied triplet, the largest probability drop.
         mean_drop (np.ndarray): Mean drop of each dimension over the
             triplets, shape ``(n_dims,)``.
-        share_most_relevant (np.ndarray): Share of triplets where each
-            dimension is the most relevant, shape ``(n_dims,)``; sums to 1.
+        share_most_relevant (np.ndarray): Share of all triplets where each
+            dimension is the most relevant, shape ``(n_dims,)``. It sums to
+            ``1 - n_tied / n``, because tied triplets count for no dimension.
         drops (np.ndarray | None): All drops ``p - p^(-m)``, shape
             ``(n, n_dims)``, when requested with ``keep_drops=True``.
     """
@@ -122,6 +141,11 @@ class JackknifeResult:
     mean_drop: np.ndarray
     share_most_relevant: np.ndarray
     drops: np.ndarray | None = None
+
+    @property
+    def n_tied(self) -> int:
+        """Number of triplets without a single most relevant dimension."""
+        return int(np.count_nonzero(self.most_relevant == NO_DIMENSION))
 
     def by_dimension(self) -> pd.DataFrame:
         """Return the relevance table: dim, mean_drop, share_most_relevant (by decreasing mean drop)."""
@@ -185,11 +209,20 @@ def jackknife_relevance(
         # softmax over both keeps a removal that changes no logit at a drop of exactly 0.
         full = torch.stack([ij.sum(dim=1), ik.sum(dim=1), jk.sum(dim=1)], dim=1)
         removed = full[:, None, :] - torch.stack([ij, ik, jk], dim=2)
-        chosen = torch.softmax(torch.cat([full[:, None, :], removed], dim=1), dim=2)[:, :, 0]
+        logits = torch.cat([full[:, None, :], removed], dim=1)
+        chosen = torch.softmax(logits, dim=2)[:, :, 0]
         full_probability = chosen[:, 0]
         batch_drops = full_probability[:, None] - chosen[:, 1:]
 
-        best_drop, best_dim = batch_drops.max(dim=1)
+        # Rank by log-probability, which does not round to 0 where p rounds to 1.
+        log_chosen = _log_probability_of_first(logits)
+        log_drops = log_chosen[:, :1] - log_chosen[:, 1:]
+        best_log_drop, best_dim = log_drops.max(dim=1)
+        tied = (log_drops == best_log_drop[:, None]).sum(dim=1) > 1
+        best_dim = torch.where(tied, torch.full_like(best_dim, NO_DIMENSION), best_dim)
+        best_drop = torch.where(
+            tied, batch_drops.max(dim=1).values, batch_drops.gather(1, best_dim.clamp(min=0)[:, None])[:, 0]
+        )
         probabilities[start:stop] = full_probability.cpu().numpy()
         most_relevant[start:stop] = best_dim.cpu().numpy()
         max_drop[start:stop] = best_drop.cpu().numpy()
@@ -197,7 +230,18 @@ def jackknife_relevance(
         if drops is not None:
             drops[start:stop] = batch_drops.cpu().numpy()
 
-    share = np.bincount(most_relevant, minlength=n_dims) / n_triplets
+    assigned = most_relevant[most_relevant != NO_DIMENSION]
+    share = np.bincount(assigned, minlength=n_dims) / n_triplets
+    n_tied = n_triplets - assigned.size
+    if n_tied:
+        warnings.warn(
+            f"{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
+            "several dimensions lower the log-probability of the choice by the same largest amount "
+            "(dimensions equal for the three objects, or a choice so certain that log p is 0 "
+            f"exactly); they are marked {NO_DIMENSION} and count for no dimension",
+            UserWarning,
+            stacklevel=2,
+        )
     logger.info(
         "jackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
         n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
@@ -210,6 +254,20 @@ def jackknife_relevance(
         share_most_relevant=share,
         drops=drops,
     )
+
+
+def _log_probability_of_first(logits: torch.Tensor) -> torch.Tensor:
+    """Return ``log softmax(logits)[..., 0]`` without rounding ``log p`` to 0 where ``p`` rounds to 1.
+
+    ``log p_0 = -logsumexp(t)`` with ``t = logits - logits[..., 0]``, and
+    ``logsumexp(t) = max(t) + log1p(sum of exp(t - max t) over all but one
+    largest entry)``. ``torch.logsumexp`` adds that sum to 1 before the log, so
+    a sum below the float64 epsilon (2.2e-16) would be lost.
+    """
+    shifted = logits - logits[..., :1]
+    largest, position = shifted.max(dim=-1, keepdim=True)
+    others = torch.exp(shifted - largest).scatter(-1, position, 0.0).sum(dim=-1)
+    return -(largest[..., 0] + torch.log1p(others))
 
 
 # -- human versus DNN ---------------------------------------------------------
@@ -333,6 +391,25 @@ def _decision_frame(comparison: DecisionComparison, rows: np.ndarray, names: Seq
     return frame
 
 
+def agree_on_different_dimensions(comparison: DecisionComparison, human_to_dnn: np.ndarray) -> np.ndarray:
+    """Return, per triplet, whether both models choose alike but on dimensions that are not a matched pair.
+
+    A triplet without a single most relevant dimension on either side
+    (:data:`NO_DIMENSION`) is never counted.
+
+    Args:
+        comparison (DecisionComparison): From :func:`compare_decisions`.
+        human_to_dnn (np.ndarray): Matched DNN dimension of each human dimension.
+
+    Returns:
+        np.ndarray: Boolean, shape ``(n,)``.
+    """
+    human_dim, dnn_dim = comparison.human.most_relevant, comparison.dnn.most_relevant
+    assigned = (human_dim != NO_DIMENSION) & (dnn_dim != NO_DIMENSION)
+    matched = np.where(assigned, human_to_dnn[np.maximum(human_dim, 0)], NO_DIMENSION)
+    return comparison.agree & assigned & (matched != dnn_dim)
+
+
 def agreement_on_different_dimensions(
     comparison: DecisionComparison,
     human_to_dnn: Sequence[int] | np.ndarray,
@@ -358,8 +435,7 @@ def agreement_on_different_dimensions(
         raise ValueError(
             f"human_to_dnn has {human_to_dnn.size} entries for {comparison.human.mean_drop.size} human dimensions"
         )
-    matched = human_to_dnn[comparison.human.most_relevant]
-    rows = np.flatnonzero(comparison.agree & (matched != comparison.dnn.most_relevant))
+    rows = np.flatnonzero(agree_on_different_dimensions(comparison, human_to_dnn))
     confidence = np.minimum(comparison.human.probabilities[rows], comparison.dnn.probabilities[rows])
     rows = rows[np.lexsort((rows, -confidence))][:top]
     frame = _decision_frame(comparison, rows, names)
@@ -387,8 +463,10 @@ def largest_disagreements(
 
 
 __all__ = [
+    "NO_DIMENSION",
     "DecisionComparison",
     "JackknifeResult",
+    "agree_on_different_dimensions",
     "agreement_on_different_dimensions",
     "compare_decisions",
     "jackknife_relevance",

@@ -101,6 +101,7 @@ def reproducibility(
     *,
     split: str = "odd_even",
     random_state: int = 0,
+    names: Sequence[str] | None = None,
 ) -> ReproducibilityResult:
     """Score how well other runs reproduce each run's dimensions.
 
@@ -112,6 +113,8 @@ def reproducibility(
             of dimensions may differ.
         split (str): ``"odd_even"`` or ``"random"`` (see :func:`split_halves`).
         random_state (int): Seed of a random split.
+        names (Sequence[str] | None): What errors, warnings and logs call each
+            run. Defaults to the path of a run given by path, else ``run <index>``.
 
     Returns:
         ReproducibilityResult: Scores per run and per dimension.
@@ -126,6 +129,13 @@ def reproducibility(
             partners in other runs score 0).
     """
     arrays = [_as_array(embedding) for embedding in embeddings]
+    if names is None:
+        names = [
+            str(embedding) if isinstance(embedding, (str, os.PathLike)) else f"run {index}"
+            for index, embedding in enumerate(embeddings)
+        ]
+    if len(names) != len(arrays):
+        raise ValueError(f"names has {len(names)} entries for {len(arrays)} runs")
     if len(arrays) < 2:
         raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
     n_objects = {array.shape[0] for array in arrays}
@@ -139,7 +149,7 @@ def reproducibility(
         if bad.any():
             row, column = (int(index) for index in np.argwhere(bad)[0])
             raise ValueError(
-                f"run {run} contains NaN or inf in {int(bad.sum())} weights, the first at object "
+                f"{names[run]} contains NaN or inf in {int(bad.sum())} weights, the first at object "
                 f"{row}, dimension {column}; reproducibility needs finite embeddings"
             )
     first_half, second_half = split_halves(n_objects.pop(), split, random_state)
@@ -158,7 +168,7 @@ def reproducibility(
             # Pick each dimension's partner on one half, then score it on the other.
             choosing = correlate_columns(
                 reference[first_half], other[first_half],
-                name_a=f"run {run} (first half)", name_b=f"run {other_run} (first half)",
+                name_a=f"{names[run]} (first half)", name_b=f"{names[other_run]} (first half)",
             )
             # A dimension constant on the first half has no defined correlation
             # there, so it can neither choose a partner nor be chosen. Without
@@ -169,7 +179,7 @@ def reproducibility(
             partners = np.argmax(choosing, axis=1)
             scoring = correlate_columns(
                 reference[second_half], other[second_half],
-                name_a=f"run {run} (second half)", name_b=f"run {other_run} (second half)",
+                name_a=f"{names[run]} (second half)", name_b=f"{names[other_run]} (second half)",
             )
             scores = scoring[np.arange(reference.shape[1]), partners]
             scores[reference_constant | other_constant.all()] = 0.0
@@ -178,7 +188,7 @@ def reproducibility(
         dim_scores.append(fisher_mean(others, axis=1))
         pair_correlations.append(held_out)
 
-    empty = [run for run, array in enumerate(arrays) if array.shape[1] == 0]
+    empty = [names[run] for run, array in enumerate(arrays) if array.shape[1] == 0]
     if empty:
         warnings.warn(
             f"runs {empty} kept 0 dimensions: their reproducibility is NaN and they cannot be selected",
@@ -188,8 +198,8 @@ def reproducibility(
     run_scores = np.array([scores.mean() if scores.size else np.nan for scores in dim_scores])
     if not np.isnan(run_scores).all():
         logger.info(
-            "reproducibility of %d runs (%s split): best run %d with %.3f, median %.3f",
-            n_runs, split, int(np.nanargmax(run_scores)), np.nanmax(run_scores),
+            "reproducibility of %d runs (%s split): best %s with %.3f, median %.3f",
+            n_runs, split, names[int(np.nanargmax(run_scores))], np.nanmax(run_scores),
             float(np.nanmedian(run_scores)),
         )
     split_record = {

@@ -157,7 +157,7 @@ def _run_record(seed: int, run_dir: Path) -> dict[str, Any]:
     accuracy = outputs.get("val_accuracy")
     return {
         "seed": int(seed),
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.resolve()),
         "n_dims": int(outputs.get("n_dims", -1)),
         # A manifest writes a non-finite accuracy as null.
         "val_accuracy": math.nan if accuracy is None else float(accuracy),
@@ -617,12 +617,20 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     A run is finished when its ``runs/seed_*`` folder has both
     ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes after the fit.
 
+    Runs whose manifest records another estimator, another estimator
+    setting, another number of objects or other triplets than the sweep's
+    ``manifest.json`` and its ``train.npy``/``val.npy`` (the checks of a
+    rerun of ``dimalign sweep``) are excluded, such as a run copied in from
+    another sweep.
+
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
+        ValueError: If two runs record the same seed (naming both).
 
     Warns:
         UserWarning: Naming the ``seed_*`` folders that are skipped because
-            they are unfinished (only a checkpoint) or incomplete.
+            they are unfinished (only a checkpoint) or incomplete, and those
+            excluded with the first difference of each.
     """
     runs_folder = Path(sweep_dir) / RUNS_FOLDER
     candidates = sorted(
@@ -638,6 +646,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             UserWarning,
             stacklevel=2,
         )
+    runs = _runs_of_this_sweep(Path(sweep_dir), runs)
+    _check_distinct_seeds(runs)
     if len(runs) == 1:
         raise FileNotFoundError(
             f"{runs_folder} has 1 finished run ({runs[0].name}), but selection compares runs and needs "
@@ -650,6 +660,65 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             "selection needs at least two; run 'dimalign sweep' first"
         )
     return runs
+
+
+def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
+    """Return the runs whose settings and triplets match the sweep's, warning about the others.
+
+    Without the sweep's ``manifest.json`` (a sweep stopped before its end
+    writes none) the runs cannot be compared and are all returned, with a warning.
+    """
+    manifest_path = sweep_dir / MANIFEST_NAME
+    manifest = read_manifest(sweep_dir) if manifest_path.is_file() else {}
+    recorded = manifest.get("settings", {})
+    if manifest.get("step") != "sweep" or recorded.get("method") not in ESTIMATORS:
+        warnings.warn(
+            f"{sweep_dir} has no manifest.json of dimalign sweep, so the settings and triplets of "
+            f"its {len(runs)} runs are not compared: rerun 'dimalign sweep' into it with the same "
+            "settings to write one",
+            UserWarning,
+            stacklevel=3,
+        )
+        return runs
+    train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
+    recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
+    data = _TripletChecksums(
+        train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
+        val_file=sha256_file(val_path) if val_path.is_file() else None,
+    )
+    kept, excluded = [], []
+    for run_dir in runs:
+        difference = _finished_run_difference(
+            run_dir, recorded["method"], recorded.get("estimator_settings", {}), int(recorded["n_objects"]), data
+        )
+        if difference is None:
+            kept.append(run_dir)
+        else:
+            excluded.append(f"{run_dir.name}: {difference}")
+    if excluded:
+        warnings.warn(
+            f"{sweep_dir / RUNS_FOLDER}: excluded {len(excluded)} runs that differ from the sweep's "
+            f"{MANIFEST_NAME}, so they are not runs of this sweep: {'; '.join(excluded[:20])}. Move "
+            "them out of the sweep, or select among run directories given by path",
+            UserWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def _check_distinct_seeds(runs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` when two runs record the same seed: the same fit twice would reproduce itself."""
+    first_with_seed: dict[int, Path] = {}
+    for run_dir in runs:
+        seed = _recorded_seed(run_dir)
+        if seed is None:
+            continue
+        if seed in first_with_seed:
+            raise ValueError(
+                f"runs {first_with_seed[seed]} and {run_dir} both record seed {seed}, so one is a "
+                "copy or a refit of the other and would count as a perfect reproduction: keep one of them"
+            )
+        first_with_seed[seed] = run_dir
 
 
 def _unfinished_reason(run_dir: Path) -> str:
@@ -711,7 +780,9 @@ def select_run(
     run_dirs = [Path(path) for path in run_dirs]
     _check_distinct_runs(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
-    result = reproducibility(embeddings, split=split, random_state=random_state)
+    result = reproducibility(
+        embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
+    )
 
     rows = []
     for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
@@ -902,11 +973,31 @@ def _recorded_seed(path: Path) -> int | None:
 
 
 def _copy_run(source: Path, target: Path) -> Path:
-    """Copy a run directory through a temporary name, replacing an older copy."""
+    """Copy a run directory through a temporary name, replacing an older copy.
+
+    Raises:
+        OSError: If a file cannot be copied (such as a symbolic link whose
+            target is missing), naming the first such file. The temporary
+            copy is removed, and an older copy stays.
+    """
     temporary = target.with_name(f".{target.name}.tmp")
     if temporary.exists():
         shutil.rmtree(temporary)
-    shutil.copytree(source, temporary, symlinks=False)
+    try:
+        shutil.copytree(source, temporary, symlinks=False)
+    except shutil.Error as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        # shutil.Error carries a list of (source, destination, reason) per failed file.
+        failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        first = failures[0] if failures else (str(source), str(temporary), str(error))
+        raise OSError(
+            f"cannot copy the chosen run {source} to {target}: {len(failures) or 1} files failed, "
+            f"the first {first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a "
+            "missing file cannot be copied), or select without --copy"
+        ) from error
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     if target.exists():
         shutil.rmtree(target)
     os.replace(temporary, target)

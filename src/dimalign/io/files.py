@@ -173,6 +173,46 @@ def output_dir(
         raise
 
 
+@contextlib.contextmanager
+def staged_outputs(out_dir: Path) -> Iterator[Path]:
+    """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
+
+    The files of an earlier run into the same folder are then replaced only
+    once every new file is written, with ``manifest.json`` last, so an error
+    or SIGTERM on the way leaves the earlier output whole. A staged folder
+    whose name exists in ``out_dir`` is merged into it file by file. If the
+    block raises, the hidden folder stays for the caller to remove, so run
+    this inside :func:`output_dir` with ``remove_added=True``.
+
+    Args:
+        out_dir (Path): The output folder, which must exist.
+
+    Yields:
+        Path: The hidden folder.
+    """
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
+    yield stage
+    names = sorted(entry.name for entry in stage.iterdir())
+    names.sort(key=lambda name: name == MANIFEST_NAME)
+    for name in names:
+        _move_merging(stage / name, out_dir / name)
+    stage.rmdir()
+
+
+def _move_merging(source: Path, target: Path) -> None:
+    """Move ``source`` onto ``target``, moving a folder's entries into an existing folder one by one."""
+    if source.is_dir() and not source.is_symlink() and target.is_dir() and not target.is_symlink():
+        for entry in sorted(source.iterdir()):
+            _move_merging(entry, target / entry.name)
+        source.rmdir()
+        return
+    if target.exists() and os.path.samefile(source, target):
+        # rename(2) does nothing when both names are links to one file.
+        source.unlink()
+        return
+    os.replace(source, target)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file.
 

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -182,7 +178,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Handle ``dimalign import-triplets``."""
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, staged_outputs, write_manifest
     from dimalign.io.objects import read_object_table, write_object_table
     from dimalign.io.triplets import (
         TRIPLET_SUFFIXES,
@@ -307,33 +303,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def staged_outputs(out_dir: Path) -> Iterator[Path]:
-    """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
-
-    The files of an earlier run into the same folder are then replaced only
-    once every new file is written, with ``manifest.json`` last, so an error
-    or SIGTERM on the way leaves the earlier output whole. If the block
-    raises, the hidden folder stays for the caller to remove, so run this
-    inside :func:`dimalign.io.files.output_dir` with ``remove_added=True``.
-
-    Args:
-        out_dir (Path): The output folder, which must exist.
-
-    Yields:
-        Path: The hidden folder.
-    """
-    from dimalign.io.files import MANIFEST_NAME
-
-    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
-    yield stage
-    names = sorted(entry.name for entry in stage.iterdir())
-    names.sort(key=lambda name: name == MANIFEST_NAME)
-    for name in names:
-        os.replace(stage / name, out_dir / name)
-    stage.rmdir()
-
-
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
     """Raise ``ValueError`` when an output file would replace an input, whatever the path spelling."""
     from dimalign.io.files import is_same_file
@@ -355,7 +324,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dimalign.io.features import check_layer_choice, load_features
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_output_dir, now_iso, output_dir, staged_outputs, write_manifest
     from dimalign.io.objects import write_object_table
     from dimalign.io.triplets import save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
