@@ -96,6 +96,14 @@ def test_relevance_shares_exact():
                                          "not rated": 0.125, "unresolved": 0.25}
 
 
+def test_relevance_shares_leave_out_triplets_without_a_dimension():
+    # compare marks a triplet whose largest drop several dimensions share
+    # with -1; it belongs to no kind and is not "not rated".
+    shares = analysis.relevance_shares([0, -1, 1, -1], {0: "visual", 1: "semantic"}).set_index("kind")
+    assert shares["n_triplets"].to_dict() == {"visual": 1, "semantic": 1, "mixed": 0, "unclear": 0}
+    assert shares["share"].to_dict() == {"visual": 0.5, "semantic": 0.5, "mixed": 0.0, "unclear": 0.0}
+
+
 def test_read_relevance_checks_columns(tmp_path):
     path = tmp_path / "relevance.csv"
     path.write_text("triplet_index,most_relevant_dim,delta\n0,3,0.5\n1,1,0.1\n")

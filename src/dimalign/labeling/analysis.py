@@ -537,20 +537,24 @@ def relevance_shares(
     """Share of triplet choices driven most by each kind of dimension.
 
     Args:
-        most_relevant_dims (Sequence[int]): The most relevant dimension of each triplet.
+        most_relevant_dims (Sequence[int]): The most relevant dimension of each
+            triplet, or -1 (:data:`dimalign.analysis.relevance.NO_DIMENSION`)
+            where several dimensions share the largest drop; those triplets
+            are left out.
         kind_of_dimension (Mapping[int, str]): Resolved kind per dimension;
             dimensions missing here count as :data:`NOT_RATED`.
         kinds (Sequence[str]): Kinds listed even with a count of 0.
 
     Returns:
         pd.DataFrame: Columns ``kind``, ``n_triplets``, ``share`` (fraction of
-        all triplets; sums to 1).
+        the triplets with a most relevant dimension; sums to 1).
 
     >>> relevance_shares([0, 0, 1, 2], {0: "visual", 1: "semantic"})["share"].tolist()
     [0.5, 0.25, 0.0, 0.0, 0.25]
     """
-    counts = Counter(kind_of_dimension.get(int(dim), NOT_RATED) for dim in most_relevant_dims)
-    total = len(most_relevant_dims)
+    dims = [int(dim) for dim in most_relevant_dims if int(dim) >= 0]
+    counts = Counter(kind_of_dimension.get(dim, NOT_RATED) for dim in dims)
+    total = len(dims)
     listed = list(kinds) + sorted(set(counts) - set(kinds))
     rows = [
         {"kind": kind, "n_triplets": counts.get(kind, 0),
