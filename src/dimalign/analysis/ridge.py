@@ -380,7 +380,9 @@ class RidgeMap(BaseEstimator):
 
     @classmethod
     def _from_archive(cls, archive_path: Path, settings: dict[str, Any]) -> RidgeMap:
-        with np.load(archive_path, allow_pickle=False) as archive:
+        # The file is opened here because np.load leaves its own handle open
+        # when the archive turns out damaged (numpy 2.4, a ResourceWarning).
+        with open(archive_path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             ridge = cls(
                 alphas=archive["alphas"],
                 cv=int(settings.get("cv", archive["fold_scores"].shape[0])),
