@@ -716,3 +716,75 @@ def test_simulate_interrupted_rerun_keeps_earlier_output(tmp_path, monkeypatch):
 
     assert status == 143
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+
+
+def test_interrupted_run_keeps_files_added_by_others(tmp_path, monkeypatch):
+    """A stopped run removes only its own files, not what another program wrote meanwhile."""
+    import dimalign.io.triplets as triplet_io
+    from dimalign.cli import Terminated
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "study"
+    (out_dir / "notes").mkdir(parents=True)
+    save = triplet_io.save_triplets
+
+    def save_while_others_write(triplets, path):
+        written = save(triplets, path)
+        (out_dir / "notes" / "new.txt").write_text("written meanwhile\n", encoding="utf-8")
+        (out_dir / "other.csv").write_text("1,2\n", encoding="utf-8")
+        raise Terminated(143)
+
+    monkeypatch.setattr(triplet_io, "save_triplets", save_while_others_write)
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "50"])
+
+    assert status == 143
+    assert (out_dir / "notes" / "new.txt").read_text(encoding="utf-8") == "written meanwhile\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["notes", "other.csv"]
+
+
+@pytest.mark.parametrize("failing", ["val.npy", "objects.tsv", "manifest.json"])
+def test_rerun_stopped_while_moving_keeps_earlier_output(tmp_path, monkeypatch, failing):
+    """A stop between the moves of the new files puts the earlier files back."""
+    import os
+
+    from dimalign.cli import Terminated
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "out"
+    arguments = ["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "50",
+                 "--val-fraction", "0.2"]
+    assert main([*arguments, "--seed", "1"]) == 0
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    replace = os.replace
+
+    def replace_until(source, target):
+        if Path(target) == out_dir / failing and Path(source).parent.name.startswith(".partial-"):
+            raise Terminated(143)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_until)
+
+    status = main([*arguments, "--seed", "2"])
+
+    assert status == 143
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+
+
+def test_leftover_partial_folder_is_reported(tmp_path, capsys):
+    """A hidden folder that SIGKILL left behind is named in a warning, not deleted."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    leftover = out_dir / ".partial-abc123"
+    leftover.mkdir(parents=True)
+    (leftover / ".train.x1.tmp.npy").write_bytes(b"\0" * 2048)
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3",
+                   "-o", str(out_dir)])
+
+    assert status == 0
+    assert f"WARNING dimalign.triplets.commands: {leftover} (2,048 bytes) is the hidden folder of an " \
+        "interrupted dimalign run" in capsys.readouterr().err
+    assert leftover.is_dir()
+    assert load_triplets(out_dir).tolist() == [[0, 1, 2]]

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,11 @@ logger = logging.getLogger(__name__)
 
 # Steps whose output folders this module writes, and so may check for stale files.
 _TRIPLET_STEPS = ("import-triplets", "simulate")
+
+# The hidden folder that the outputs are written to before they are moved
+# into place, and its subfolder for the files of an earlier run they replace.
+STAGE_PREFIX = ".partial-"
+_EARLIER_FOLDER = ".earlier"
 
 
 def _positive_int(text: str) -> int:
@@ -207,6 +213,7 @@ def run_import(args: argparse.Namespace) -> int:
         )
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
+    report_leftover_stages(out_dir)
     if args.split is not None:
         planned = {"train.npy", "val.npy"}
     else:
@@ -281,10 +288,11 @@ def run_import(args: argparse.Namespace) -> int:
         "seed": seed,
     }
 
-    # A failed or interrupted run removes what it wrote, so that no folder
-    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    # A failed or interrupted run removes what it wrote and puts back the
+    # files of an earlier run, so that no folder with train.npy but no
+    # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
+    with output_dir(out_dir), staged_outputs(out_dir) as stage:
         if args.split is not None:
             train, val = split_triplets(triplets, args.split, random_state=seed)
             written["train"] = save_triplets(train, stage / "train.npy")
@@ -311,11 +319,15 @@ def run_import(args: argparse.Namespace) -> int:
 def staged_outputs(out_dir: Path) -> Iterator[Path]:
     """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
 
-    The files of an earlier run into the same folder are then replaced only
-    once every new file is written, with ``manifest.json`` last, so an error
-    or SIGTERM on the way leaves the earlier output whole. If the block
-    raises, the hidden folder stays for the caller to remove, so run this
-    inside :func:`dimalign.io.files.output_dir` with ``remove_added=True``.
+    The files of an earlier run into the same folder are replaced only once
+    every new file is written. They are moved aside into the hidden folder
+    first, its earlier manifest.json before the other files, and the new
+    manifest.json comes last. If the block or a move raises (an error,
+    Ctrl-C, SIGTERM), the earlier files are put back and the hidden folder
+    is removed, so the folder holds the earlier output whole, and files that
+    other programs added meanwhile stay. Only SIGKILL, or a second signal
+    during that cleanup, leaves the hidden folder (see
+    :func:`report_leftover_stages`).
 
     Args:
         out_dir (Path): The output folder, which must exist.
@@ -325,13 +337,63 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     """
     from dimalign.io.files import MANIFEST_NAME
 
-    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
-    yield stage
-    names = sorted(entry.name for entry in stage.iterdir())
-    names.sort(key=lambda name: name == MANIFEST_NAME)
-    for name in names:
-        os.replace(stage / name, out_dir / name)
-    stage.rmdir()
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
+    earlier = stage / _EARLIER_FOLDER
+    names: list[str] = []
+    try:
+        yield stage
+        names = sorted(entry.name for entry in stage.iterdir())
+        names.sort(key=lambda name: name == MANIFEST_NAME)
+        earlier.mkdir()
+        if (out_dir / MANIFEST_NAME).exists():
+            os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
+        for name in names:
+            if name != MANIFEST_NAME and (out_dir / name).exists():
+                os.replace(out_dir / name, earlier / name)
+            os.replace(stage / name, out_dir / name)
+    except BaseException:
+        _put_back(stage, out_dir, names)
+        raise
+    shutil.rmtree(stage)
+
+
+def _put_back(stage: Path, out_dir: Path, names: list[str]) -> None:
+    """Undo the moves of :func:`staged_outputs` and remove its hidden folder."""
+    from dimalign.io.files import MANIFEST_NAME
+
+    earlier = stage / _EARLIER_FOLDER
+    for name in dict.fromkeys([*names, MANIFEST_NAME]):
+        moved_in = name in names and not (stage / name).exists()
+        if (earlier / name).exists():
+            os.replace(earlier / name, out_dir / name)
+        elif moved_in:
+            (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def report_leftover_stages(out_dir: Path) -> None:
+    """Warn about hidden folders of :func:`staged_outputs` that an earlier run left in ``out_dir``.
+
+    A run killed with SIGKILL (or by the out-of-memory killer) leaves its
+    hidden folder with half-written files, which may be large. They are not
+    deleted here, because another run into the same folder may be writing
+    them right now.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+    """
+    if not out_dir.is_dir():
+        return
+    for stage in sorted(out_dir.glob(f"{STAGE_PREFIX}*")):
+        if not stage.is_dir() or stage.is_symlink():
+            continue
+        size = sum(path.stat().st_size for path in stage.rglob("*") if path.is_file())
+        logger.warning(
+            "%s (%s bytes) is the hidden folder of an interrupted dimalign run into %s. Delete "
+            "it unless such a run is still in progress. If files of an earlier run are missing "
+            "from %s, they are in its %s subfolder",
+            stage, f"{size:,}", out_dir, out_dir, _EARLIER_FOLDER,
+        )
 
 
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
@@ -365,6 +427,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     started = now_iso()
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir, "simulate")
+    report_leftover_stages(out_dir)
     planned = {"train.npy", "val.npy"} if args.val_fraction is not None else {"triplets.npy"}
     check_stale_outputs(out_dir, planned | {"objects.tsv"})
     _reject_overwritten_inputs(
@@ -428,10 +491,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         "method": result.method,
     }
 
-    # A failed or interrupted run removes what it wrote, so that no folder
-    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    # A failed or interrupted run removes what it wrote and puts back the
+    # files of an earlier run, so that no folder with train.npy but no
+    # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
+    with output_dir(out_dir), staged_outputs(out_dir) as stage:
         if args.val_fraction is not None:
             train, val = split_triplets(
                 result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
