@@ -112,3 +112,38 @@ def test_csv_table_with_object_id_column(tmp_path):
 
     assert table.object_ids == ("owl, barn", "hammer")
     assert table.sources == ("owl.jpg", "hammer.jpg")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("object_id\tobject_id\nowl\tbarn owl\n", r"objects.tsv, line 1: the header names the column object_id twice \(columns 1 and 2\)"),
+        ("index\tobject_id\tindex\n0\towl\t0\n", r"objects.tsv, line 1: the header names the column index twice \(columns 1 and 3\)"),
+        ("object_id\tsource\n", r"objects.tsv lists no object: .*one row per object"),
+        ("object_id\tsource\nowl\t\n\nhammer\t\n", r"objects.tsv, line 3: blank line in the table"),
+        ("source\tobject_id\nowl.jpg\towl\nhammer.jpg\t\n", r"objects.tsv, line 3: empty object_id"),
+        ("object_id\tsource\nowl\t\n  \t\n", r"objects.tsv, line 3: empty object_id"),
+        ("object_id\tsource\nNew\tYork\tnew_york.jpg\n", r"objects.tsv, line 2: 3 fields, but the header names 2 columns"),
+        ('object_id\tsource\n"owl\t\nhammer\t\n', r"objects.tsv, line 2: .*quote"),
+    ],
+    ids=["repeated object_id", "repeated index", "header only", "inner blank line", "empty id",
+         "blank id", "extra field", "unclosed quote"],
+)
+def test_table_rows_that_would_be_misread_fail(tmp_path, text, message):
+    path = tmp_path / "objects.tsv"
+    path.write_text(text)
+
+    with pytest.raises(ValueError, match=message):
+        read_object_table(path)
+
+
+def test_table_trailing_empty_fields_accepted(tmp_path):
+    # Spreadsheets end rows with empty fields and files with blank lines;
+    # neither changes which object a row names.
+    path = tmp_path / "objects.tsv"
+    path.write_text("index\tobject_id\tsource\t\r\n0\towl\t\t\r\n1\thammer\t\t\t\r\n\r\n\r\n")
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl", "hammer")
+    assert table.sources == ("", "")
