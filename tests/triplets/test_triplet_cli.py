@@ -788,3 +788,15 @@ def test_leftover_partial_folder_is_reported(tmp_path, capsys):
         "interrupted dimalign run" in capsys.readouterr().err
     assert leftover.is_dir()
     assert load_triplets(out_dir).tolist() == [[0, 1, 2]]
+
+
+def test_import_output_named_objects_tsv_fails(tmp_path, capsys):
+    """A triplet file named objects.tsv would be read as its folder's object table."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    target = tmp_path / "out" / "objects.tsv"
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(target)])
+
+    assert status == 1
+    assert f"-o {target}: objects.tsv is the name of the object table" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

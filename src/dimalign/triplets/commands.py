@@ -189,7 +189,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
 def run_import(args: argparse.Namespace) -> int:
     """Handle ``dimalign import-triplets``."""
     from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
-    from dimalign.io.objects import read_object_table, write_object_table
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
     from dimalign.io.triplets import (
         TRIPLET_SUFFIXES,
         find_triplet_file,
@@ -210,6 +210,12 @@ def run_import(args: argparse.Namespace) -> int:
     if as_file and args.split is not None:
         raise ValueError(
             f"--split/--val-fraction writes train.npy and val.npy: give an output folder, not {out}"
+        )
+    if as_file and out.name == OBJECT_TABLE_NAME:
+        raise ValueError(
+            f"-o {out}: {OBJECT_TABLE_NAME} is the name of the object table, and commands that "
+            f"read the folder {out.parent} would take the triplets for it; choose another name, "
+            "such as triplets.tsv"
         )
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
