@@ -88,6 +88,20 @@ def test_output_folder_under_a_file_is_rejected(tmp_path):
         check_output_dir(tmp_path / "afile" / "sub" / "run", "fit")
 
 
+def test_output_folder_with_foreign_manifest_is_rejected(tmp_path):
+    """A manifest.json of another program names no dimalign step."""
+    from dimalign.io.files import check_output_dir
+
+    (tmp_path / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    with pytest.raises(FileExistsError) as error:
+        check_output_dir(tmp_path, "import-triplets")
+
+    message = str(error.value)
+    assert "dimalign None" not in message
+    assert f"{tmp_path / 'manifest.json'} is not the manifest of a dimalign step" in message
+    assert "choose another output folder" in message
+
+
 def test_output_dir_removes_added_files_on_error(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()

@@ -800,3 +800,23 @@ def test_import_output_named_objects_tsv_fails(tmp_path, capsys):
     assert status == 1
     assert f"-o {target}: objects.tsv is the name of the object table" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [{"files": ["triplets.npy"]}, {"files": {"triplets": 5}}, [], {"files": "triplets.npy"}],
+    ids=["list of files", "number as file", "list as outputs", "text as files"],
+)
+def test_damaged_manifest_of_earlier_run_is_named(tmp_path, capsys, outputs):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    manifest = out_dir / "manifest.json"
+    manifest.write_text(json.dumps({"step": "import-triplets", "outputs": outputs}), encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{manifest} does not list the files of the earlier dimalign import-triplets run" in error
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]

@@ -351,6 +351,12 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
             )
     if (out_dir / MANIFEST_NAME).is_file():
         previous = read_manifest(out_dir).get("step")
+        if not isinstance(previous, str):
+            raise FileExistsError(
+                f"{out_dir / MANIFEST_NAME} is not the manifest of a dimalign step (it names no "
+                f"step), so it may belong to another program; choose another output folder so "
+                "that it is not replaced"
+            )
         if previous != step:
             raise FileExistsError(
                 f"{out_dir} already contains the output of dimalign {previous}; choose another "

@@ -633,9 +633,20 @@ def _earlier_outputs(out_dir: Path) -> tuple[str | None, set[str]]:
     if not (out_dir / MANIFEST_NAME).is_file():
         return None, set()
     manifest = read_manifest(out_dir)
-    if manifest.get("step") not in _TRIPLET_STEPS:
+    step = manifest.get("step")
+    if step not in _TRIPLET_STEPS:
         return None, set()
-    return manifest["step"], set(manifest.get("outputs", {}).get("files", {}).values())
+    outputs = manifest.get("outputs", {})
+    files = outputs.get("files", {}) if isinstance(outputs, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(name, str) for name in files.values()):
+        # Without the list, the files of the folder cannot be told from the user's.
+        raise ValueError(
+            f"{out_dir / MANIFEST_NAME} does not list the files of the earlier dimalign {step} "
+            f"run as outputs.files, a mapping to file names (found {files!r}); the folder's "
+            "record is damaged: choose another output folder, or remove that run's files and "
+            "its manifest.json yourself"
+        )
+    return step, set(files.values())
 
 
 def _read_simulate_objects(path: Path, n_objects: int, features: str):
