@@ -354,7 +354,7 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
         if not isinstance(previous, str):
             raise FileExistsError(
                 f"{out_dir / MANIFEST_NAME} is not the manifest of a dimalign step (it names no "
-                f"step), so it may belong to another program; choose another output folder so "
+                "step), so it may belong to another program; choose another output folder so "
                 "that it is not replaced"
             )
         if previous != step:

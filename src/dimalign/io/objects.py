@@ -172,7 +172,8 @@ def _read_table_with_header(path: Path, text: str, header: list[str], delimiter:
             _check_row(path, reader.line_num, row, header, columns, separated, len(ids))
             ids.append(row[columns["object_id"]])
             source_column = columns.get("source")
-            sources.append(row[source_column] if source_column is not None and len(row) > source_column else "")
+            has_source = source_column is not None and len(row) > source_column
+            sources.append(row[source_column] if has_source else "")
     except csv.Error as error:
         raise ValueError(
             f"{path}, line {last_line + 1}: the quotes of a field are unbalanced ({error}). A "
@@ -208,23 +209,25 @@ def _check_row(
     if len(row) <= columns["object_id"]:
         raise ValueError(
             f"{path}, line {line}: no object_id field (the header puts it in column "
-            f"{columns['object_id'] + 1}); give every row one {separated}-separated field per column"
+            f"{columns['object_id'] + 1}); give every row one {separated}-separated field per "
+            "column"
         )
+    example = '"New, York"' if separated == "comma" else '"New<TAB>York"'
     if any(field.strip() for field in row[len(header):]):
         # A name or source with a tab (or a comma in a .csv file) moves every
         # later field of its row one column to the right.
         raise ValueError(
             f"{path}, line {line}: {len(row)} fields, but the header names {len(header)} "
-            f"columns; a field that contains a {separated} must be quoted (\"New{', ' if separated == 'comma' else ' '}York\")"
+            f"columns; a field that contains a {separated} must be quoted, as in {example}"
         )
     if not row[columns["object_id"]].strip():
         raise ValueError(
             f"{path}, line {line}: empty object_id; every row names its object"
         )
-    if "index" in columns and (len(row) <= columns["index"] or row[columns["index"]] != str(row_index)):
-        found = row[columns["index"]] if len(row) > columns["index"] else ""
+    index = row[columns["index"]] if "index" in columns and len(row) > columns["index"] else ""
+    if "index" in columns and index != str(row_index):
         raise ValueError(
-            f"{path}, line {line}: index {found!r}, expected {row_index}; "
+            f"{path}, line {line}: index {index!r}, expected {row_index}; "
             "the index column must count rows from 0 without gaps"
         )
 
