@@ -820,3 +820,35 @@ def test_damaged_manifest_of_earlier_run_is_named(tmp_path, capsys, outputs):
     error = capsys.readouterr().err
     assert f"{manifest} does not list the files of the earlier dimalign import-triplets run" in error
     assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("command", ["import-triplets", "simulate"])
+def test_read_only_output_folder_fails_before_work(tmp_path, capsys, monkeypatch, command):
+    """A folder that cannot be written is named before the triplets are read or simulated."""
+    import os
+
+    import dimalign.io.triplets as triplet_io
+    import dimalign.triplets as triplets_package
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "locked"
+    out_dir.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != out_dir and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    monkeypatch.setattr(triplet_io, "load_triplets", no_work)
+    monkeypatch.setattr(triplets_package, "sample_triplets", no_work)
+    if command == "simulate":
+        arguments = ["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20"]
+    else:
+        arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "10"]
+
+    status = main([*arguments, "-o", str(out_dir / "run")])
+
+    assert status == 1
+    assert f"cannot write into {out_dir}" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []

@@ -219,6 +219,7 @@ def run_import(args: argparse.Namespace) -> int:
         )
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
+    check_writable(out_dir)
     report_leftover_stages(out_dir)
     if args.split is not None:
         planned = {"train.npy", "val.npy"}
@@ -377,6 +378,27 @@ def _put_back(stage: Path, out_dir: Path, names: list[str]) -> None:
     shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_writable(out_dir: Path) -> None:
+    """Reject an output folder that cannot be written, before the triplets are read or simulated.
+
+    The outputs are written only at the end, so without this check a
+    read-only folder would fail after all the work.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+
+    Raises:
+        PermissionError: Naming the folder, or its nearest existing parent
+            when the folder does not exist yet.
+    """
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write into {existing} (no write permission, or a read-only file system), "
+            f"so the output folder {out_dir} cannot be written; choose another output folder"
+        )
+
+
 def report_leftover_stages(out_dir: Path) -> None:
     """Warn about hidden folders of :func:`staged_outputs` that an earlier run left in ``out_dir``.
 
@@ -433,6 +455,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     started = now_iso()
     out_dir = Path(args.out_dir)
     check_output_dir(out_dir, "simulate")
+    check_writable(out_dir)
     report_leftover_stages(out_dir)
     planned = {"train.npy", "val.npy"} if args.val_fraction is not None else {"triplets.npy"}
     check_stale_outputs(out_dir, planned | {"objects.tsv"})
