@@ -150,3 +150,28 @@ def test_table_trailing_empty_fields_accepted(tmp_path):
 
     assert table.object_ids == ("owl", "hammer")
     assert table.sources == ("", "")
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\x0c", "\u2028", "\x1e"])
+def test_plain_list_splits_only_at_line_feeds(tmp_path, separator):
+    # str.splitlines() also ends a line at NEL, form feed and other separators,
+    # which would make one name two and move every later object down one row.
+    path = tmp_path / "ids.txt"
+    path.write_text(f"owl\nham{separator}mer\r\nbat\n", encoding="utf-8")
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl", f"ham{separator}mer", "bat")
+
+
+def test_table_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"owl\ncaf\xe9\nbat\n")
+
+    with pytest.raises(ValueError) as error:
+        read_object_table(path)
+
+    message = str(error.value)
+    assert f"{path} is not UTF-8 text" in message
+    assert "byte 0xe9 at offset 7" in message
+    assert "save the table as UTF-8" in message

@@ -110,8 +110,17 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
         )
     # utf-8-sig drops a byte order mark, which would otherwise start the first name.
-    text = path.read_text(encoding="utf-8-sig")
-    lines = text.splitlines()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start} cannot be decoded; save the table as UTF-8 (or plain ASCII)"
+        ) from error
+    # Lines end only at \n (read_text turns \r\n and \r into \n). str.splitlines()
+    # would also split at NEL, form feed and other separators inside a name, and
+    # so move every later object down one row.
+    lines = text.split("\n")
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     header = next(csv.reader([lines[0]], delimiter=delimiter)) if lines else []
     if "object_id" in header:
