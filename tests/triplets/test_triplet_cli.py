@@ -852,3 +852,16 @@ def test_read_only_output_folder_fails_before_work(tmp_path, capsys, monkeypatch
     assert status == 1
     assert f"cannot write into {out_dir}" in capsys.readouterr().err
     assert list(out_dir.iterdir()) == []
+
+
+def test_simulate_output_file_name_fails(tmp_path, capsys):
+    """simulate writes a folder, so -o sim.npy would make a folder that np.load cannot read."""
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    target = tmp_path / "sim.npy"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20", "-o", str(target)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"-o {target} looks like a file name, but simulate writes an output folder" in error
+    assert not target.exists()

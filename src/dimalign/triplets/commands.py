@@ -447,13 +447,19 @@ def run_simulate(args: argparse.Namespace) -> int:
     from dimalign.io.features import check_layer_choice, load_features
     from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
     from dimalign.io.objects import write_object_table
-    from dimalign.io.triplets import save_triplets, split_triplets
+    from dimalign.io.triplets import TRIPLET_SUFFIXES, save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
 
     check_simulate_options(args)
     check_layer_choice(args.features, args.layer)
     started = now_iso()
     out_dir = Path(args.out_dir)
+    if out_dir.suffix.lower() in TRIPLET_SUFFIXES and not out_dir.is_dir():
+        raise ValueError(
+            f"-o {out_dir} looks like a file name, but simulate writes an output folder "
+            f"(triplets.npy or train.npy and val.npy, objects.tsv, manifest.json); give a folder "
+            f"such as {out_dir.with_suffix('')}"
+        )
     check_output_dir(out_dir, "simulate")
     check_writable(out_dir)
     report_leftover_stages(out_dir)
