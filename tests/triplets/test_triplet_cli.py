@@ -865,3 +865,19 @@ def test_simulate_output_file_name_fails(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"-o {target} looks like a file name, but simulate writes an output folder" in error
     assert not target.exists()
+
+
+def test_folder_named_manifest_json_is_kept(tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    (out_dir / "manifest.json").mkdir(parents=True)
+    (out_dir / "manifest.json" / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)])
+
+    assert status == 1
+    assert f"{out_dir / 'manifest.json'} is not a file, but dimalign import-triplets writes its record" in (
+        capsys.readouterr().err
+    )
+    assert (out_dir / "manifest.json" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]

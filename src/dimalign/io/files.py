@@ -349,7 +349,13 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
                 f"{parent} is a file, so the output folder {out_dir} cannot be created inside it; "
                 f"choose another folder for dimalign {step}"
             )
-    if (out_dir / MANIFEST_NAME).is_file():
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.exists() and not manifest.is_file():
+        raise FileExistsError(
+            f"{manifest} is not a file, but dimalign {step} writes its record there; move it "
+            "away, or choose another output folder"
+        )
+    if manifest.is_file():
         previous = read_manifest(out_dir).get("step")
         if not isinstance(previous, str):
             raise FileExistsError(

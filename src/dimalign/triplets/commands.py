@@ -352,7 +352,7 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
         names = sorted(entry.name for entry in stage.iterdir())
         names.sort(key=lambda name: name == MANIFEST_NAME)
         earlier.mkdir()
-        if (out_dir / MANIFEST_NAME).exists():
+        if (out_dir / MANIFEST_NAME).is_file():
             os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
         for name in names:
             if name != MANIFEST_NAME and (out_dir / name).exists():
