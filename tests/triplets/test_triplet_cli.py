@@ -881,3 +881,20 @@ def test_folder_named_manifest_json_is_kept(tmp_path, capsys):
     )
     assert (out_dir / "manifest.json" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
     assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]
+
+
+def test_rerun_keeps_folder_in_place_of_earlier_file(tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)]
+    assert main(arguments) == 0
+    (out_dir / "objects.tsv").unlink()
+    (out_dir / "objects.tsv").mkdir()
+    (out_dir / "objects.tsv" / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    status = main(arguments)
+
+    assert status == 1
+    assert "objects.tsv" in capsys.readouterr().err
+    assert (out_dir / "objects.tsv" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "objects.tsv", "triplets.npy"]

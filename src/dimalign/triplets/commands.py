@@ -355,8 +355,11 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
         if (out_dir / MANIFEST_NAME).is_file():
             os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
         for name in names:
-            if name != MANIFEST_NAME and (out_dir / name).exists():
-                os.replace(out_dir / name, earlier / name)
+            # Only files go aside: a folder in the way makes the move below
+            # fail, rather than being deleted with the hidden folder.
+            target = out_dir / name
+            if name != MANIFEST_NAME and (target.is_file() or target.is_symlink()):
+                os.replace(target, earlier / name)
             os.replace(stage / name, out_dir / name)
     except BaseException:
         _put_back(stage, out_dir, names)
