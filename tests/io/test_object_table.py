@@ -175,3 +175,21 @@ def test_table_not_utf8_names_the_file(tmp_path):
     assert f"{path} is not UTF-8 text" in message
     assert "byte 0xe9 at offset 7" in message
     assert "save the table as UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("objects.txt", "object_id,source\nowl,owl.jpg\nbat,bat.jpg\n"),
+        ("objects.tsv", "index;object_id;source\n0;owl;\n1;bat;\n"),
+        ("objects.txt", "index object_id source\n0 owl x\n1 bat y\n"),
+    ],
+    ids=["commas in .txt", "semicolons", "spaces"],
+)
+def test_table_with_other_delimiter_is_not_a_name_list(tmp_path, name, text):
+    # Read as a list, the header line would become the first object.
+    path = tmp_path / name
+    path.write_text(text)
+
+    with pytest.raises(ValueError, match=rf"{name}, line 1: .*header of a table.*object_id"):
+        read_object_table(path)

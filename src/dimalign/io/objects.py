@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,14 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     header = next(csv.reader([lines[0]], delimiter=delimiter)) if lines else []
     if "object_id" in header:
         return _read_table_with_header(path, text, header, delimiter)
+    first_fields = re.split(r"[\s,;|]+", lines[0].strip()) if lines else []
+    if len(first_fields) > 1 and "object_id" in first_fields:
+        raise ValueError(
+            f"{path}, line 1: {lines[0].strip()!r} looks like the header of a table with the "
+            "column object_id, but tables are read tab-separated (comma-separated in a .csv "
+            "file), so it would become the first object's name. Save the table tab-separated, "
+            "or comma-separated with the suffix .csv"
+        )
     for number, line in enumerate(lines, start=1):
         if delimiter == "," and "," in line:
             raise ValueError(
