@@ -193,3 +193,12 @@ def test_table_with_other_delimiter_is_not_a_name_list(tmp_path, name, text):
 
     with pytest.raises(ValueError, match=rf"{name}, line 1: .*header of a table.*object_id"):
         read_object_table(path)
+
+
+def test_semicolon_csv_is_not_a_name_list(things_dir):
+    # THINGS size_fixed.csv separates its columns by semicolons; read as a
+    # list, its header line would become object 0 of 1,855.
+    path = things_dir / "size_fixed.csv"
+
+    with pytest.raises(ValueError, match=r"size_fixed.csv, line 1: a table separated by semicolons"):
+        read_object_table(path)

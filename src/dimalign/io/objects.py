@@ -135,6 +135,13 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             "or comma-separated with the suffix .csv"
         )
     for number, line in enumerate(lines, start=1):
+        if delimiter == "," and ";" in line:
+            # Spreadsheet programs in many locales write .csv files with semicolons.
+            raise ValueError(
+                f"{path}, line {number}: a table separated by semicolons, which would be read "
+                "as a list of names with its header line as the first object. Save it "
+                "comma-separated with an object_id column, or pass a list with one name per line"
+            )
         if delimiter == "," and "," in line:
             raise ValueError(
                 f"{path}, line {number}: a comma-separated table without an object_id column in "
