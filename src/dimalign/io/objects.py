@@ -92,12 +92,14 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If the path is a folder or another non-file, the file
-            lists no object, the index column is not 0, 1, 2, ... in order,
-            a ``.csv`` file has no object_id column, or a plain list has a
-            tab in a line. Also if the header names object_id, index or
+            is not UTF-8 or lists no object, or the index column is not 0,
+            1, 2, ... in order. Also if the header names object_id, index or
             source twice, or a table row has an empty or no object_id field,
             more non-empty fields than the header has columns, or a quote
-            that is not closed. A blank line before the last name or row is
+            that is not closed. A file without an object_id column is an
+            error when it looks like a table: a tab in a line, commas or
+            semicolons in a ``.csv`` file, or object_id among other fields
+            of the first line. A blank line before the last name or row is
             an error too, because every later object would move up one row.
     """
     path = Path(path)
@@ -126,7 +128,28 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     header = next(csv.reader([lines[0]], delimiter=delimiter)) if lines else []
     if "object_id" in header:
         return _read_table_with_header(path, text, header, delimiter)
-    first_fields = re.split(r"[\s,;|]+", lines[0].strip()) if lines else []
+    _reject_other_tables(path, lines, delimiter)
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if "" in names:
+        line_number = names.index("") + 1
+        raise ValueError(
+            f"{path}, line {line_number}: blank line in the object list. Each line names the object "
+            "of one row, in order, so remove the blank line or write the missing name there."
+        )
+    if not names:
+        raise ValueError(f"object table {path} is empty: it must name one object per line")
+    return _table(path, names, [""] * len(names))
+
+
+def _reject_other_tables(path: Path, lines: list[str], delimiter: str) -> None:
+    """Reject a file without an object_id column that is a table rather than a list of names.
+
+    Read as a list, such a table would give one object per line, its header
+    line included, so every object would move down one row.
+    """
+    first_fields = re.split(r"[\s,;|]+", lines[0].strip())
     if len(first_fields) > 1 and "object_id" in first_fields:
         raise ValueError(
             f"{path}, line 1: {lines[0].strip()!r} looks like the header of a table with the "
@@ -154,18 +177,6 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
                 "per line; a table starts with a header line of tab-separated column names, "
                 "such as 'index<TAB>object_id<TAB>source' (index and source are optional)"
             )
-    names = [line.strip() for line in lines]
-    while names and not names[-1]:
-        names.pop()
-    if "" in names:
-        line_number = names.index("") + 1
-        raise ValueError(
-            f"{path}, line {line_number}: blank line in the object list. Each line names the object "
-            "of one row, in order, so remove the blank line or write the missing name there."
-        )
-    if not names:
-        raise ValueError(f"object table {path} is empty: it must name one object per line")
-    return _table(path, names, [""] * len(names))
 
 
 def _read_table_with_header(path: Path, text: str, header: list[str], delimiter: str) -> ObjectTable:
