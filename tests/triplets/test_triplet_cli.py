@@ -898,3 +898,17 @@ def test_rerun_keeps_folder_in_place_of_earlier_file(tmp_path, capsys):
     assert "objects.tsv" in capsys.readouterr().err
     assert (out_dir / "objects.tsv" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
     assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "objects.tsv", "triplets.npy"]
+
+
+def test_import_own_output_folder_names_its_table(tmp_path, capsys):
+    """Importing a folder into itself names the folder's objects.tsv, not an --objects option."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    assert main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)]) == 0
+
+    status = main(["import-triplets", str(out_dir), "-o", str(out_dir)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "--objects" not in error
+    assert f"is the object table of the input folder {out_dir / 'objects.tsv'}" in error

@@ -238,8 +238,9 @@ def run_import(args: argparse.Namespace) -> int:
             logger.info("using the object table %s for the number of objects", objects_path)
     if args.delimiter is not None and source.suffix.lower() == ".npy":
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
-    targets = [out] if as_file else [out_dir / name for name in planned]
-    _reject_overwritten_inputs(targets, {"triplet file": source, "--objects table": objects_path})
+    targets = [out] if as_file else [out_dir / name for name in sorted(planned)]
+    table_label = "--objects table" if args.objects else "object table of the input folder"
+    _reject_overwritten_inputs(targets, {"triplet file": source, table_label: objects_path})
     check_unowned_outputs(out_dir, {target.name for target in targets}, "import-triplets")
     table = read_object_table(objects_path) if objects_path else None
     if table is not None and args.n_objects is not None and len(table) != args.n_objects:
