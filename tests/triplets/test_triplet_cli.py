@@ -912,3 +912,18 @@ def test_import_own_output_folder_names_its_table(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "--objects" not in error
     assert f"is the object table of the input folder {out_dir / 'objects.tsv'}" in error
+
+
+@pytest.mark.parametrize("fraction", ["0.3", "0.5", "0.7"])
+def test_split_of_one_triplet_fails(tmp_path, capsys, fraction):
+    """One triplet cannot be split, so no fraction below 1 is suggested."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o",
+                   str(tmp_path / "out"), "--split", fraction])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "1 triplet cannot be split into a training and a validation part" in error
+    assert "leave out --split to write triplets.npy" in error
+    assert "use at least 1," not in error

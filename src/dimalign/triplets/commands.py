@@ -592,6 +592,11 @@ def check_split_sizes(option: str, fraction: float, n_triplets: int, omit: str) 
     Raises:
         ValueError: Naming the option, the rounding and a fraction that works.
     """
+    if n_triplets == 1:
+        raise ValueError(
+            f"{option} {fraction}: 1 triplet cannot be split into a training and a validation "
+            f"part; leave out {omit} to write triplets.npy"
+        )
     held_out = round(fraction * n_triplets)
     if held_out == 0:
         raise ValueError(
