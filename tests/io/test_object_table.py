@@ -112,3 +112,93 @@ def test_csv_table_with_object_id_column(tmp_path):
 
     assert table.object_ids == ("owl, barn", "hammer")
     assert table.sources == ("owl.jpg", "hammer.jpg")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("object_id\tobject_id\nowl\tbarn owl\n",
+         r"objects.tsv, line 1: the header names the column object_id twice \(columns 1 and 2\)"),
+        ("index\tobject_id\tindex\n0\towl\t0\n",
+         r"objects.tsv, line 1: the header names the column index twice \(columns 1 and 3\)"),
+        ("object_id\tsource\n", r"objects.tsv lists no object: .*one row per object"),
+        ("object_id\tsource\nowl\t\n\nhammer\t\n", r"objects.tsv, line 3: blank line in the table"),
+        ("source\tobject_id\nowl.jpg\towl\nhammer.jpg\t\n", r"objects.tsv, line 3: empty object_id"),
+        ("object_id\tsource\nowl\t\n  \t\n", r"objects.tsv, line 3: empty object_id"),
+        ("object_id\tsource\nNew\tYork\tnew_york.jpg\n",
+         r"objects.tsv, line 2: 3 fields, but the header names 2 columns; .* quoted, as in \"New<TAB>York\""),
+        ('object_id\tsource\n"owl\t\nhammer\t\n', r"objects.tsv, line 2: .*quote"),
+    ],
+    ids=["repeated object_id", "repeated index", "header only", "inner blank line", "empty id",
+         "blank id", "extra field", "unclosed quote"],
+)
+def test_table_rows_that_would_be_misread_fail(tmp_path, text, message):
+    path = tmp_path / "objects.tsv"
+    path.write_text(text)
+
+    with pytest.raises(ValueError, match=message):
+        read_object_table(path)
+
+
+def test_table_trailing_empty_fields_accepted(tmp_path):
+    # Spreadsheets end rows with empty fields and files with blank lines;
+    # neither changes which object a row names.
+    path = tmp_path / "objects.tsv"
+    path.write_text("index\tobject_id\tsource\t\r\n0\towl\t\t\r\n1\thammer\t\t\t\r\n\r\n\r\n")
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl", "hammer")
+    assert table.sources == ("", "")
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\x0c", "\u2028", "\x1e"])
+def test_plain_list_splits_only_at_line_feeds(tmp_path, separator):
+    # str.splitlines() also ends a line at NEL, form feed and other separators,
+    # which would make one name two and move every later object down one row.
+    path = tmp_path / "ids.txt"
+    path.write_text(f"owl\nham{separator}mer\r\nbat\n", encoding="utf-8")
+
+    table = read_object_table(path)
+
+    assert table.object_ids == ("owl", f"ham{separator}mer", "bat")
+
+
+def test_table_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"owl\ncaf\xe9\nbat\n")
+
+    with pytest.raises(ValueError) as error:
+        read_object_table(path)
+
+    message = str(error.value)
+    assert f"{path} is not UTF-8 text" in message
+    assert "byte 0xe9 at offset 7" in message
+    assert "save the table as UTF-8" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("objects.txt", "object_id,source\nowl,owl.jpg\nbat,bat.jpg\n"),
+        ("objects.tsv", "index;object_id;source\n0;owl;\n1;bat;\n"),
+        ("objects.txt", "index object_id source\n0 owl x\n1 bat y\n"),
+    ],
+    ids=["commas in .txt", "semicolons", "spaces"],
+)
+def test_table_with_other_delimiter_is_not_a_name_list(tmp_path, name, text):
+    # Read as a list, the header line would become the first object.
+    path = tmp_path / name
+    path.write_text(text)
+
+    with pytest.raises(ValueError, match=rf"{name}, line 1: .*header of a table.*object_id"):
+        read_object_table(path)
+
+
+def test_semicolon_csv_is_not_a_name_list(things_dir):
+    # THINGS size_fixed.csv separates its columns by semicolons; read as a
+    # list, its header line would become object 0 of 1,855.
+    path = things_dir / "size_fixed.csv"
+
+    with pytest.raises(ValueError, match=r"size_fixed.csv, line 1: a table separated by semicolons"):
+        read_object_table(path)

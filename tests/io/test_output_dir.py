@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from dimalign.io.files import output_dir
@@ -88,6 +90,20 @@ def test_output_folder_under_a_file_is_rejected(tmp_path):
         check_output_dir(tmp_path / "afile" / "sub" / "run", "fit")
 
 
+def test_output_folder_with_foreign_manifest_is_rejected(tmp_path):
+    """A manifest.json of another program names no dimalign step."""
+    from dimalign.io.files import check_output_dir
+
+    (tmp_path / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    with pytest.raises(FileExistsError) as error:
+        check_output_dir(tmp_path, "import-triplets")
+
+    message = str(error.value)
+    assert "dimalign None" not in message
+    assert f"{tmp_path / 'manifest.json'} is not the manifest of a dimalign step" in message
+    assert "choose another output folder" in message
+
+
 def test_output_dir_removes_added_files_on_error(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
@@ -100,3 +116,69 @@ def test_output_dir_removes_added_files_on_error(tmp_path):
             raise RuntimeError("stopped")
     assert sorted(entry.name for entry in folder.rglob("*")) == ["earlier.txt"]
     assert (folder / "earlier.txt").read_text() == "rewritten"
+
+
+def _earlier_output(out):
+    (out / "top_objects").mkdir(parents=True)
+    (out / "top_objects" / "pair0.png").write_text("earlier pair0")
+    (out / "top_objects" / "notes.txt").write_text("the user's notes")
+    (out / "rsa.json").write_text("earlier rsa")
+    (out / "manifest.json").write_text("earlier manifest")
+
+
+def _stage_new_output(stage):
+    (stage / "top_objects").mkdir()
+    (stage / "top_objects" / "pair0.png").write_text("new pair0")
+    (stage / "top_objects" / "pair1.png").write_text("new pair1")
+    (stage / "rsa.json").write_text("new rsa")
+    (stage / "manifest.json").write_text("new manifest")
+
+
+def test_staged_outputs_replace_files_in_subfolders(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+
+    with staged_outputs(out) as stage:
+        _stage_new_output(stage)
+
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == [
+        "manifest.json", "rsa.json", "top_objects", "top_objects/notes.txt",
+        "top_objects/pair0.png", "top_objects/pair1.png",
+    ]
+    assert (out / "top_objects" / "pair0.png").read_text() == "new pair0"
+    assert (out / "top_objects" / "notes.txt").read_text() == "the user's notes"
+    assert (out / "manifest.json").read_text() == "new manifest"
+
+
+@pytest.mark.parametrize("fail_at", ["block", "move"])
+def test_staged_outputs_put_the_earlier_output_back(tmp_path, monkeypatch, fail_at):
+    # A failure in the block or half way through the moves leaves the earlier
+    # output whole, subfolders included, and no hidden folder.
+    import dimalign.io.files as files
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    before = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    if fail_at == "move":
+        real_replace, calls = os.replace, []
+
+        def failing_replace(source, target):
+            calls.append(target)
+            if len(calls) == 4:
+                raise OSError("disk full")
+            real_replace(source, target)
+
+        monkeypatch.setattr(files.os, "replace", failing_replace)
+
+    with pytest.raises((OSError, RuntimeError)):
+        with files.staged_outputs(out) as stage:
+            _stage_new_output(stage)
+            if fail_at == "block":
+                raise RuntimeError("stopped")
+    monkeypatch.undo()
+
+    after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    assert after == before
+    assert not list(out.glob(".partial-*"))

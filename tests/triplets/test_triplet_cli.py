@@ -716,3 +716,214 @@ def test_simulate_interrupted_rerun_keeps_earlier_output(tmp_path, monkeypatch):
 
     assert status == 143
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+
+
+def test_interrupted_run_keeps_files_added_by_others(tmp_path, monkeypatch):
+    """A stopped run removes only its own files, not what another program wrote meanwhile."""
+    import dimalign.io.triplets as triplet_io
+    from dimalign.cli import Terminated
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "study"
+    (out_dir / "notes").mkdir(parents=True)
+    save = triplet_io.save_triplets
+
+    def save_while_others_write(triplets, path):
+        written = save(triplets, path)
+        (out_dir / "notes" / "new.txt").write_text("written meanwhile\n", encoding="utf-8")
+        (out_dir / "other.csv").write_text("1,2\n", encoding="utf-8")
+        raise Terminated(143)
+
+    monkeypatch.setattr(triplet_io, "save_triplets", save_while_others_write)
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "50"])
+
+    assert status == 143
+    assert (out_dir / "notes" / "new.txt").read_text(encoding="utf-8") == "written meanwhile\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["notes", "other.csv"]
+
+
+@pytest.mark.parametrize("failing", ["val.npy", "objects.tsv", "manifest.json"])
+def test_rerun_stopped_while_moving_keeps_earlier_output(tmp_path, monkeypatch, failing):
+    """A stop between the moves of the new files puts the earlier files back."""
+    import os
+
+    from dimalign.cli import Terminated
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    out_dir = tmp_path / "out"
+    arguments = ["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "50",
+                 "--val-fraction", "0.2"]
+    assert main([*arguments, "--seed", "1"]) == 0
+    before = {path.name: path.read_bytes() for path in out_dir.iterdir()}
+    replace = os.replace
+
+    def replace_until(source, target):
+        if Path(target) == out_dir / failing and Path(source).parent.name.startswith(".partial-"):
+            raise Terminated(143)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_until)
+
+    status = main([*arguments, "--seed", "2"])
+
+    assert status == 143
+    assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
+
+
+def test_leftover_partial_folder_is_reported(tmp_path, capsys):
+    """A hidden folder that SIGKILL left behind is named in a warning, not deleted."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    leftover = out_dir / ".partial-abc123"
+    leftover.mkdir(parents=True)
+    (leftover / ".train.x1.tmp.npy").write_bytes(b"\0" * 2048)
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3",
+                   "-o", str(out_dir)])
+
+    assert status == 0
+    assert f"WARNING dimalign.io.files: {leftover} (2,048 bytes) is the hidden folder of an " \
+        "interrupted dimalign run" in capsys.readouterr().err
+    assert leftover.is_dir()
+    assert load_triplets(out_dir).tolist() == [[0, 1, 2]]
+
+
+def test_import_output_named_objects_tsv_fails(tmp_path, capsys):
+    """A triplet file named objects.tsv would be read as its folder's object table."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    target = tmp_path / "out" / "objects.tsv"
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(target)])
+
+    assert status == 1
+    assert f"-o {target}: objects.tsv is the name of the object table" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [{"files": ["triplets.npy"]}, {"files": {"triplets": 5}}, [], {"files": "triplets.npy"}],
+    ids=["list of files", "number as file", "list as outputs", "text as files"],
+)
+def test_damaged_manifest_of_earlier_run_is_named(tmp_path, capsys, outputs):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    manifest = out_dir / "manifest.json"
+    manifest.write_text(json.dumps({"step": "import-triplets", "outputs": outputs}), encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{manifest} does not list the files of the earlier dimalign import-triplets run" in error
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("command", ["import-triplets", "simulate"])
+def test_read_only_output_folder_fails_before_work(tmp_path, capsys, monkeypatch, command):
+    """A folder that cannot be written is named before the triplets are read or simulated."""
+    import os
+
+    import dimalign.io.triplets as triplet_io
+    import dimalign.triplets as triplets_package
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "locked"
+    out_dir.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != out_dir and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    monkeypatch.setattr(triplet_io, "load_triplets", no_work)
+    monkeypatch.setattr(triplets_package, "sample_triplets", no_work)
+    if command == "simulate":
+        arguments = ["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20"]
+    else:
+        arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "10"]
+
+    status = main([*arguments, "-o", str(out_dir / "run")])
+
+    assert status == 1
+    assert f"cannot write into {out_dir}" in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_simulate_output_file_name_fails(tmp_path, capsys):
+    """simulate writes a folder, so -o sim.npy would make a folder that np.load cannot read."""
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
+    target = tmp_path / "sim.npy"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "--n-triplets", "20", "-o", str(target)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"-o {target} looks like a file name, but simulate writes an output folder" in error
+    assert not target.exists()
+
+
+def test_folder_named_manifest_json_is_kept(tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    (out_dir / "manifest.json").mkdir(parents=True)
+    (out_dir / "manifest.json" / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)])
+
+    assert status == 1
+    assert f"{out_dir / 'manifest.json'} is not a file, but dimalign import-triplets writes its record" in (
+        capsys.readouterr().err
+    )
+    assert (out_dir / "manifest.json" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json"]
+
+
+def test_rerun_keeps_folder_in_place_of_earlier_file(tmp_path, capsys):
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    arguments = ["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)]
+    assert main(arguments) == 0
+    (out_dir / "objects.tsv").unlink()
+    (out_dir / "objects.tsv").mkdir()
+    (out_dir / "objects.tsv" / "notes.txt").write_text("mine\n", encoding="utf-8")
+
+    status = main(arguments)
+
+    assert status == 1
+    assert "objects.tsv" in capsys.readouterr().err
+    assert (out_dir / "objects.tsv" / "notes.txt").read_text(encoding="utf-8") == "mine\n"
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "objects.tsv", "triplets.npy"]
+
+
+def test_import_own_output_folder_names_its_table(tmp_path, capsys):
+    """Importing a folder into itself names the folder's objects.tsv, not an --objects option."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    assert main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o", str(out_dir)]) == 0
+
+    status = main(["import-triplets", str(out_dir), "-o", str(out_dir)])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "--objects" not in error
+    assert f"is the object table of the input folder {out_dir / 'objects.tsv'}" in error
+
+
+@pytest.mark.parametrize("fraction", ["0.3", "0.5", "0.7"])
+def test_split_of_one_triplet_fails(tmp_path, capsys, fraction):
+    """One triplet cannot be split, so no fraction below 1 is suggested."""
+    (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(tmp_path / "raw.txt"), "--n-objects", "3", "-o",
+                   str(tmp_path / "out"), "--split", fraction])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "1 triplet cannot be split into a training and a validation part" in error
+    assert "leave out --split to write triplets.npy" in error
+    assert "use at least 1," not in error

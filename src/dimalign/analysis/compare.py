@@ -44,9 +44,11 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     atomic_path,
     check_output_dir,
+    check_writable,
     now_iso,
     is_same_file,
     output_dir,
+    report_leftover_stages,
     staged_outputs,
     write_json_atomic,
     write_manifest,
@@ -808,6 +810,8 @@ def compare(
     started = now_iso()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "compare")
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
     resolve_device(device)
     _check_compare_settings(n_bootstrap, top_k, images, random_state)
     if similarity is None:
@@ -861,7 +865,7 @@ def compare(
     # are written, manifest.json last, so a failed or interrupted rerun leaves
     # the earlier comparison whole and removes what it wrote. A folder that
     # this call creates is removed again if a step fails.
-    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
+    with output_dir(out_dir), staged_outputs(out_dir) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")

@@ -173,16 +173,26 @@ def output_dir(
         raise
 
 
+#: Prefix of the hidden folder that :func:`staged_outputs` writes into.
+STAGE_PREFIX = ".partial-"
+# Subfolder of the hidden folder for the files of an earlier run that the new ones replace.
+_EARLIER_FOLDER = ".earlier"
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: Path) -> Iterator[Path]:
     """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
 
-    The files of an earlier run into the same folder are then replaced only
-    once every new file is written, with ``manifest.json`` last, so an error
-    or SIGTERM on the way leaves the earlier output whole. A staged folder
-    whose name exists in ``out_dir`` is merged into it file by file. If the
-    block raises, the hidden folder stays for the caller to remove, so run
-    this inside :func:`output_dir` with ``remove_added=True``.
+    The files of an earlier run into the same folder are replaced only once
+    every new file is written. They are moved aside into the hidden folder
+    first, the earlier ``manifest.json`` before the other files, and the new
+    ``manifest.json`` comes last. Files in subfolders are moved one by one,
+    so other files in an existing subfolder stay. If the block or a move
+    raises (an error, Ctrl-C, SIGTERM), the earlier files are put back and
+    the hidden folder is removed: the folder holds the earlier output whole,
+    and files that other programs added meanwhile stay. Only SIGKILL, or a
+    second signal during that cleanup, leaves the hidden folder (see
+    :func:`report_leftover_stages`).
 
     Args:
         out_dir (Path): The output folder, which must exist.
@@ -190,27 +200,96 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     Yields:
         Path: The hidden folder.
     """
-    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out_dir))
-    yield stage
-    names = sorted(entry.name for entry in stage.iterdir())
-    names.sort(key=lambda name: name == MANIFEST_NAME)
-    for name in names:
-        _move_merging(stage / name, out_dir / name)
-    stage.rmdir()
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
+    earlier = stage / _EARLIER_FOLDER
+    moved: list[Path] = []
+    created: list[Path] = []
+    try:
+        yield stage
+        names = sorted(
+            (path.relative_to(stage) for path in stage.rglob("*") if not path.is_dir() or path.is_symlink()),
+            key=lambda name: (name == Path(MANIFEST_NAME), name.parts),
+        )
+        earlier.mkdir()
+        if (out_dir / MANIFEST_NAME).is_file():
+            os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
+        for name in names:
+            target = out_dir / name
+            for folder in reversed(target.parents):
+                if folder != out_dir and out_dir in folder.parents and not folder.exists():
+                    folder.mkdir()
+                    created.append(folder)
+            # Only files go aside: a folder in the way makes the move below
+            # fail, rather than being deleted with the hidden folder.
+            if name != Path(MANIFEST_NAME) and (target.is_file() or target.is_symlink()):
+                (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, earlier / name)
+            moved.append(name)
+            os.replace(stage / name, target)
+    except BaseException:
+        _put_back(stage, out_dir, moved, created)
+        raise
+    shutil.rmtree(stage)
 
 
-def _move_merging(source: Path, target: Path) -> None:
-    """Move ``source`` onto ``target``, moving a folder's entries into an existing folder one by one."""
-    if source.is_dir() and not source.is_symlink() and target.is_dir() and not target.is_symlink():
-        for entry in sorted(source.iterdir()):
-            _move_merging(entry, target / entry.name)
-        source.rmdir()
+def _put_back(stage: Path, out_dir: Path, moved: list[Path], created: list[Path]) -> None:
+    """Undo the moves of :func:`staged_outputs` and remove its hidden folder."""
+    earlier = stage / _EARLIER_FOLDER
+    for name in dict.fromkeys([*reversed(moved), Path(MANIFEST_NAME)]):
+        if (earlier / name).exists() or (earlier / name).is_symlink():
+            os.replace(earlier / name, out_dir / name)
+        elif name in moved and not (stage / name).exists():
+            (out_dir / name).unlink(missing_ok=True)
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_writable(out_dir: Path) -> None:
+    """Reject an output folder that cannot be written, before any work.
+
+    Commands that write their outputs only at the end would otherwise fail
+    on a read-only folder after all the work.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+
+    Raises:
+        PermissionError: Naming the folder, or its nearest existing parent
+            when the folder does not exist yet.
+    """
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write into {existing} (no write permission, or a read-only file system), "
+            f"so the output folder {out_dir} cannot be written; choose another output folder"
+        )
+
+
+def report_leftover_stages(out_dir: Path) -> None:
+    """Warn about hidden folders of :func:`staged_outputs` that an earlier run left in ``out_dir``.
+
+    A run killed with SIGKILL (or by the out-of-memory killer) leaves its
+    hidden folder with half-written files, which may be large. They are not
+    deleted here, because another run into the same folder may be writing
+    them right now.
+
+    Args:
+        out_dir (Path): The output folder (it need not exist).
+    """
+    if not out_dir.is_dir():
         return
-    if target.exists() and os.path.samefile(source, target):
-        # rename(2) does nothing when both names are links to one file.
-        source.unlink()
-        return
-    os.replace(source, target)
+    for stage in sorted(out_dir.glob(f"{STAGE_PREFIX}*")):
+        if not stage.is_dir() or stage.is_symlink():
+            continue
+        size = sum(path.stat().st_size for path in stage.rglob("*") if path.is_file())
+        logger.warning(
+            "%s (%s bytes) is the hidden folder of an interrupted dimalign run into %s. Delete "
+            "it unless such a run is still in progress. If files of an earlier run are missing "
+            "from %s, they are in its %s subfolder",
+            stage, f"{size:,}", out_dir, out_dir, _EARLIER_FOLDER,
+        )
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -389,8 +468,20 @@ def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
                 f"{parent} is a file, so the output folder {out_dir} cannot be created inside it; "
                 f"choose another folder for dimalign {step}"
             )
-    if (out_dir / MANIFEST_NAME).is_file():
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.exists() and not manifest.is_file():
+        raise FileExistsError(
+            f"{manifest} is not a file, but dimalign {step} writes its record there; move it "
+            "away, or choose another output folder"
+        )
+    if manifest.is_file():
         previous = read_manifest(out_dir).get("step")
+        if not isinstance(previous, str):
+            raise FileExistsError(
+                f"{out_dir / MANIFEST_NAME} is not the manifest of a dimalign step (it names no "
+                "step), so it may belong to another program; choose another output folder so "
+                "that it is not replaced"
+            )
         if previous != step:
             raise FileExistsError(
                 f"{out_dir} already contains the output of dimalign {previous}; choose another "

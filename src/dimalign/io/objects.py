@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,11 +92,15 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If the path is a folder or another non-file, the file
-            lists no object, the index column is not 0, 1, 2, ... in order,
-            a table row has no object_id field, a ``.csv`` file has no
-            object_id column, or a plain list has a tab in a line or a blank
-            line before its last name (every later object
-            would move up one row).
+            is not UTF-8 or lists no object, or the index column is not 0,
+            1, 2, ... in order. Also if the header names object_id, index or
+            source twice, or a table row has an empty or no object_id field,
+            more non-empty fields than the header has columns, or a quote
+            that is not closed. A file without an object_id column is an
+            error when it looks like a table: a tab in a line, commas or
+            semicolons in a ``.csv`` file, or object_id among other fields
+            of the first line. A blank line before the last name or row is
+            an error too, because every later object would move up one row.
     """
     path = Path(path)
     if path.exists() and not path.is_file():
@@ -108,25 +113,22 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
         )
     # utf-8-sig drops a byte order mark, which would otherwise start the first name.
-    text = path.read_text(encoding="utf-8-sig")
-    lines = text.splitlines()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start} cannot be decoded; save the table as UTF-8 (or plain ASCII)"
+        ) from error
+    # Lines end only at \n (read_text turns \r\n and \r into \n). str.splitlines()
+    # would also split at NEL, form feed and other separators inside a name, and
+    # so move every later object down one row.
+    lines = text.split("\n")
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     header = next(csv.reader([lines[0]], delimiter=delimiter)) if lines else []
     if "object_id" in header:
         return _read_table_with_header(path, text, header, delimiter)
-    for number, line in enumerate(lines, start=1):
-        if delimiter == "," and "," in line:
-            raise ValueError(
-                f"{path}, line {number}: a comma-separated table without an object_id column in "
-                "its header line. Name the column of object names object_id (source, the image "
-                "file, is optional), or pass a list with one name per line"
-            )
-        if "\t" in line:
-            raise ValueError(
-                f"{path}, line {number}: a tab in a list of object names. A list names one object "
-                "per line; a table starts with a header line of tab-separated column names, "
-                "such as 'index<TAB>object_id<TAB>source' (index and source are optional)"
-            )
+    _reject_other_tables(path, lines, delimiter)
     names = [line.strip() for line in lines]
     while names and not names[-1]:
         names.pop()
@@ -141,33 +143,129 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     return _table(path, names, [""] * len(names))
 
 
+def _reject_other_tables(path: Path, lines: list[str], delimiter: str) -> None:
+    """Reject a file without an object_id column that is a table rather than a list of names.
+
+    Read as a list, such a table would give one object per line, its header
+    line included, so every object would move down one row.
+    """
+    first_fields = re.split(r"[\s,;|]+", lines[0].strip())
+    if len(first_fields) > 1 and "object_id" in first_fields:
+        raise ValueError(
+            f"{path}, line 1: {lines[0].strip()!r} looks like the header of a table with the "
+            "column object_id, but tables are read tab-separated (comma-separated in a .csv "
+            "file), so it would become the first object's name. Save the table tab-separated, "
+            "or comma-separated with the suffix .csv"
+        )
+    for number, line in enumerate(lines, start=1):
+        if delimiter == "," and ";" in line:
+            # Spreadsheet programs in many locales write .csv files with semicolons.
+            raise ValueError(
+                f"{path}, line {number}: a table separated by semicolons, which would be read "
+                "as a list of names with its header line as the first object. Save it "
+                "comma-separated with an object_id column, or pass a list with one name per line"
+            )
+        if delimiter == "," and "," in line:
+            raise ValueError(
+                f"{path}, line {number}: a comma-separated table without an object_id column in "
+                "its header line. Name the column of object names object_id (source, the image "
+                "file, is optional), or pass a list with one name per line"
+            )
+        if "\t" in line:
+            raise ValueError(
+                f"{path}, line {number}: a tab in a list of object names. A list names one object "
+                "per line; a table starts with a header line of tab-separated column names, "
+                "such as 'index<TAB>object_id<TAB>source' (index and source are optional)"
+            )
+
+
 def _read_table_with_header(path: Path, text: str, header: list[str], delimiter: str) -> ObjectTable:
     """Read a table whose first line names its columns (``object_id`` required)."""
-    columns = {name: header.index(name) for name in COLUMNS if name in header}
+    columns = _header_columns(path, header)
+    separated = "comma" if delimiter == "," else "tab"
     # The csv reader reads the file itself, so that a quoted field with a
-    # line break (written by write_object_table) stays one field.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    next(reader)
+    # line break (written by write_object_table) stays one field. strict
+    # makes an unclosed quote an error, which would otherwise take every
+    # later line into one name.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+
     ids, sources = [], []
-    for row in reader:
-        if not row:
-            continue
-        if len(row) <= columns["object_id"]:
-            separated = "comma" if delimiter == "," else "tab"
-            raise ValueError(
-                f"{path}, line {reader.line_num}: no object_id field (the header puts it in column "
-                f"{columns['object_id'] + 1}); give every row one {separated}-separated field per column"
-            )
-        if "index" in columns and (len(row) <= columns["index"] or row[columns["index"]] != str(len(ids))):
-            found = row[columns["index"]] if len(row) > columns["index"] else ""
-            raise ValueError(
-                f"{path}, line {reader.line_num}: index {found!r}, expected {len(ids)}; "
-                "the index column must count rows from 0 without gaps"
-            )
-        ids.append(row[columns["object_id"]])
-        source_column = columns.get("source")
-        sources.append(row[source_column] if source_column is not None and len(row) > source_column else "")
+    blank_line = None
+    last_line = 1
+    try:
+        next(reader)
+        for row in reader:
+            last_line = reader.line_num
+            if not row:
+                blank_line = blank_line or reader.line_num
+                continue
+            if blank_line is not None:
+                raise ValueError(
+                    f"{path}, line {blank_line}: blank line in the table. Each line names the "
+                    "object of one row, in order, so remove the blank line or write the missing "
+                    "object there"
+                )
+            _check_row(path, reader.line_num, row, header, columns, separated, len(ids))
+            ids.append(row[columns["object_id"]])
+            source_column = columns.get("source")
+            has_source = source_column is not None and len(row) > source_column
+            sources.append(row[source_column] if has_source else "")
+    except csv.Error as error:
+        raise ValueError(
+            f"{path}, line {last_line + 1}: the quotes of a field are unbalanced ({error}). A "
+            'field that starts with a quote (") must end with the closing quote, and a quote '
+            'inside it is written as two quotes ("")'
+        ) from error
+
+    if not ids:
+        raise ValueError(
+            f"{path} lists no object: below its header line it needs one row per object"
+        )
     return _table(path, ids, sources)
+
+
+def _header_columns(path: Path, header: list[str]) -> dict[str, int]:
+    """Return the position of each known column in ``header``, which may name each only once."""
+    for name in COLUMNS:
+        positions = [position + 1 for position, column in enumerate(header) if column == name]
+        if len(positions) > 1:
+            raise ValueError(
+                f"{path}, line 1: the header names the column {name} twice (columns "
+                f"{positions[0]} and {positions[1]}), so it is unclear which to read; rename or "
+                "remove one of them"
+            )
+    return {name: header.index(name) for name in COLUMNS if name in header}
+
+
+def _check_row(
+    path: Path, line: int, row: list[str], header: list[str], columns: dict[str, int],
+    separated: str, row_index: int,
+) -> None:
+    """Reject a table row whose fields do not line up with the header (``line`` counts from 1)."""
+    if len(row) <= columns["object_id"]:
+        raise ValueError(
+            f"{path}, line {line}: no object_id field (the header puts it in column "
+            f"{columns['object_id'] + 1}); give every row one {separated}-separated field per "
+            "column"
+        )
+    example = '"New, York"' if separated == "comma" else '"New<TAB>York"'
+    if any(field.strip() for field in row[len(header):]):
+        # A name or source with a tab (or a comma in a .csv file) moves every
+        # later field of its row one column to the right.
+        raise ValueError(
+            f"{path}, line {line}: {len(row)} fields, but the header names {len(header)} "
+            f"columns; a field that contains a {separated} must be quoted, as in {example}"
+        )
+    if not row[columns["object_id"]].strip():
+        raise ValueError(
+            f"{path}, line {line}: empty object_id; every row names its object"
+        )
+    index = row[columns["index"]] if "index" in columns and len(row) > columns["index"] else ""
+    if "index" in columns and index != str(row_index):
+        raise ValueError(
+            f"{path}, line {line}: index {index!r}, expected {row_index}; "
+            "the index column must count rows from 0 without gaps"
+        )
 
 
 def _table(path: Path, ids: list[str], sources: list[str]) -> ObjectTable:

@@ -178,8 +178,16 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """Handle ``dimalign import-triplets``."""
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, staged_outputs, write_manifest
-    from dimalign.io.objects import read_object_table, write_object_table
+    from dimalign.io.files import (
+        check_output_dir,
+        check_writable,
+        now_iso,
+        output_dir,
+        report_leftover_stages,
+        staged_outputs,
+        write_manifest,
+    )
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
     from dimalign.io.triplets import (
         TRIPLET_SUFFIXES,
         find_triplet_file,
@@ -201,8 +209,16 @@ def run_import(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--split/--val-fraction writes train.npy and val.npy: give an output folder, not {out}"
         )
+    if as_file and out.name == OBJECT_TABLE_NAME:
+        raise ValueError(
+            f"-o {out}: {OBJECT_TABLE_NAME} is the name of the object table, and commands that "
+            f"read the folder {out.parent} would take the triplets for it; choose another name, "
+            "such as triplets.tsv"
+        )
     out_dir = out.parent if as_file else out
     check_output_dir(out_dir, "import-triplets")
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
     if args.split is not None:
         planned = {"train.npy", "val.npy"}
     else:
@@ -220,8 +236,9 @@ def run_import(args: argparse.Namespace) -> int:
             logger.info("using the object table %s for the number of objects", objects_path)
     if args.delimiter is not None and source.suffix.lower() == ".npy":
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
-    targets = [out] if as_file else [out_dir / name for name in planned]
-    _reject_overwritten_inputs(targets, {"triplet file": source, "--objects table": objects_path})
+    targets = [out] if as_file else [out_dir / name for name in sorted(planned)]
+    table_label = "--objects table" if args.objects else "object table of the input folder"
+    _reject_overwritten_inputs(targets, {"triplet file": source, table_label: objects_path})
     check_unowned_outputs(out_dir, {target.name for target in targets}, "import-triplets")
     table = read_object_table(objects_path) if objects_path else None
     if table is not None and args.n_objects is not None and len(table) != args.n_objects:
@@ -277,10 +294,11 @@ def run_import(args: argparse.Namespace) -> int:
         "seed": seed,
     }
 
-    # A failed or interrupted run removes what it wrote, so that no folder
-    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    # A failed or interrupted run removes what it wrote and puts back the
+    # files of an earlier run, so that no folder with train.npy but no
+    # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
+    with output_dir(out_dir), staged_outputs(out_dir) as stage:
         if args.split is not None:
             train, val = split_triplets(triplets, args.split, random_state=seed)
             written["train"] = save_triplets(train, stage / "train.npy")
@@ -324,16 +342,32 @@ def run_simulate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dimalign.io.features import check_layer_choice, load_features
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, staged_outputs, write_manifest
+    from dimalign.io.files import (
+        check_output_dir,
+        check_writable,
+        now_iso,
+        output_dir,
+        report_leftover_stages,
+        staged_outputs,
+        write_manifest,
+    )
     from dimalign.io.objects import write_object_table
-    from dimalign.io.triplets import save_triplets, split_triplets
+    from dimalign.io.triplets import TRIPLET_SUFFIXES, save_triplets, split_triplets
     from dimalign.triplets import sample_triplets, simulate_choices
 
     check_simulate_options(args)
     check_layer_choice(args.features, args.layer)
     started = now_iso()
     out_dir = Path(args.out_dir)
+    if out_dir.suffix.lower() in TRIPLET_SUFFIXES and not out_dir.is_dir():
+        raise ValueError(
+            f"-o {out_dir} looks like a file name, but simulate writes an output folder "
+            f"(triplets.npy or train.npy and val.npy, objects.tsv, manifest.json); give a folder "
+            f"such as {out_dir.with_suffix('')}"
+        )
     check_output_dir(out_dir, "simulate")
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
     planned = {"train.npy", "val.npy"} if args.val_fraction is not None else {"triplets.npy"}
     check_stale_outputs(out_dir, planned | {"objects.tsv"})
     _reject_overwritten_inputs(
@@ -397,10 +431,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         "method": result.method,
     }
 
-    # A failed or interrupted run removes what it wrote, so that no folder
-    # with train.npy but no val.npy or manifest.json passes for a whole one.
+    # A failed or interrupted run removes what it wrote and puts back the
+    # files of an earlier run, so that no folder with train.npy but no
+    # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir, remove_added=True), staged_outputs(out_dir) as stage:
+    with output_dir(out_dir), staged_outputs(out_dir) as stage:
         if args.val_fraction is not None:
             train, val = split_triplets(
                 result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
@@ -458,6 +493,11 @@ def check_split_sizes(option: str, fraction: float, n_triplets: int, omit: str) 
     Raises:
         ValueError: Naming the option, the rounding and a fraction that works.
     """
+    if n_triplets == 1:
+        raise ValueError(
+            f"{option} {fraction}: 1 triplet cannot be split into a training and a validation "
+            f"part; leave out {omit} to write triplets.npy"
+        )
     held_out = round(fraction * n_triplets)
     if held_out == 0:
         raise ValueError(
@@ -532,9 +572,20 @@ def _earlier_outputs(out_dir: Path) -> tuple[str | None, set[str]]:
     if not (out_dir / MANIFEST_NAME).is_file():
         return None, set()
     manifest = read_manifest(out_dir)
-    if manifest.get("step") not in _TRIPLET_STEPS:
+    step = manifest.get("step")
+    if step not in _TRIPLET_STEPS:
         return None, set()
-    return manifest["step"], set(manifest.get("outputs", {}).get("files", {}).values())
+    outputs = manifest.get("outputs", {})
+    files = outputs.get("files", {}) if isinstance(outputs, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(name, str) for name in files.values()):
+        # Without the list, the files of the folder cannot be told from the user's.
+        raise ValueError(
+            f"{out_dir / MANIFEST_NAME} does not list the files of the earlier dimalign {step} "
+            f"run as outputs.files, a mapping to file names (found {files!r}); the folder's "
+            "record is damaged: choose another output folder, or remove that run's files and "
+            "its manifest.json yourself"
+        )
+    return step, set(files.values())
 
 
 def _read_simulate_objects(path: Path, n_objects: int, features: str):
