@@ -178,6 +178,13 @@ def test_validate_answer_removes_format_characters():
     assert answer.labels == ("Red", "soft", "word joiner")
 
 
+def test_validate_answer_composes_after_format_removal():
+    # A format character between a letter and its combining accent blocks
+    # composition, so the label is composed again once the character is gone.
+    answer = validate_answer(DEFAULT_QUESTIONS, ["cafe\u200b\u0301"], "visual", "one")
+    assert answer.labels == ("caf\u00e9",)
+
+
 def test_validate_answer_keeps_joiners_inside_words():
     # The zero-width non-joiner shapes Persian and Indic words, and the joiner
     # builds emoji sequences: both stay between two visible characters and go

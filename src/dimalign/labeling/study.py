@@ -253,7 +253,9 @@ def validate_answer(
     typed = [unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()]
     # A label of format characters only becomes empty here and fails the
     # visibility check below, instead of being ignored like an empty field.
-    cleaned = [remove_format_characters(label).strip() for label in typed]
+    # NFC runs again because a removed character, such as a soft hyphen
+    # between "e" and U+0301, had kept the accent from composing.
+    cleaned = [unicodedata.normalize("NFC", remove_format_characters(label).strip()) for label in typed]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
