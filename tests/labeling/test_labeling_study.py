@@ -411,3 +411,25 @@ def test_setup_rejects_embedding_without_dimensions(tmp_path, labeling_run, imag
         "least one dimension"
     )
     assert not (tmp_path / "study.db").exists()
+
+
+def test_setup_keeps_study_created_meanwhile(tmp_path, labeling_run, image_set, monkeypatch):
+    # Another setup of the same file, such as a second `label-app RUN`,
+    # finishes while this one computes the grids. Its study may already have
+    # participants, so this setup must fail instead of replacing it.
+    from dimalign.labeling import study as study_module
+
+    target = tmp_path / "study.db"
+    real_load = study_module.load_embedding
+
+    def load_while_other_setup_finishes(run):
+        monkeypatch.setattr(study_module, "load_embedding", real_load)
+        create_study(target, labeling_run, image_set[0], dims="0")
+        return real_load(run)
+
+    monkeypatch.setattr(study_module, "load_embedding", load_while_other_setup_finishes)
+    with pytest.raises(FileExistsError, match=re.escape(f"study database {target} exists")):
+        create_study(target, labeling_run, image_set[0], dims="1-2")
+    with Study(target) as study:
+        assert study.dimensions == (0,)
+    assert [path.name for path in tmp_path.iterdir()] == ["study.db"]

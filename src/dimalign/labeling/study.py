@@ -514,15 +514,7 @@ def create_study(
             f"study database {db_path} is a folder: give a file name, such as {db_path / 'study.db'}"
         )
     if db_path.exists():
-        problem = db.study_file_problem(db_path)
-        if problem is None:
-            raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
-        if not problem.startswith(db.NOT_SQLITE):
-            problem = f"not a study database ({problem})"
-        raise FileExistsError(
-            f"{db_path} exists and is {problem}: choose another file name, because setup never "
-            "overwrites a file"
-        )
+        raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
     if side_files:
         raise FileExistsError(
@@ -588,6 +580,9 @@ def create_study(
     }
     try:
         _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
+    except FileExistsError:
+        # Another process, such as a second setup, created the file while this one ran.
+        raise _existing_file_error(db_path) from None
     except (OSError, sqlite3.OperationalError) as error:
         # The temporary file's name would only confuse, so the message names db_path.
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -600,6 +595,19 @@ def create_study(
     return db_path
 
 
+def _existing_file_error(db_path: Path) -> FileExistsError:
+    """Describe the file that exists where setup would write a study: a study, another database or file."""
+    problem = db.study_file_problem(db_path)
+    if problem is None:
+        return FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+    if not problem.startswith(db.NOT_SQLITE):
+        problem = f"not a study database ({problem})"
+    return FileExistsError(
+        f"{db_path} exists and is {problem}: choose another file name, because setup never "
+        "overwrites a file"
+    )
+
+
 def _write_study(
     db_path: Path,
     settings: dict[str, str],
@@ -608,8 +616,12 @@ def _write_study(
     grids: dict[int, np.ndarray],
     tops: dict[int, np.ndarray],
 ) -> None:
-    """Write a new study database under a temporary name and rename it to ``db_path``."""
-    with atomic_path(db_path) as temporary:
+    """Write a new study database under a temporary name and rename it to ``db_path``.
+
+    Raises:
+        FileExistsError: If ``db_path`` was created while the study was written.
+    """
+    with atomic_path(db_path, overwrite=False) as temporary:
         connection = db.open_database(temporary, create=True)
         try:
             with db.transaction(connection):
