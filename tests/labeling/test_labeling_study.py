@@ -433,3 +433,18 @@ def test_setup_keeps_study_created_meanwhile(tmp_path, labeling_run, image_set, 
     with Study(target) as study:
         assert study.dimensions == (0,)
     assert [path.name for path in tmp_path.iterdir()] == ["study.db"]
+
+
+def test_run_study_moved_images_point_to_serve(tmp_path, labeling_run, image_set):
+    # The short form requires --images, so "drop the differing options" cannot
+    # apply to it. After a move the message must point to serve --images.
+    run = copy_run(tmp_path, labeling_run)
+    open_or_create_run_study(run, image_set[0], dims="0")
+    moved = tmp_path / "moved-images"
+    moved.mkdir()
+    with pytest.raises(ValueError) as raised:
+        open_or_create_run_study(run, moved)
+    assert (
+        f"If the images were moved to {moved.resolve()}, serve the study from there with "
+        f"`dimalign label-app serve {run / 'labels.db'} --images {moved}`"
+    ) in str(raised.value)

@@ -1082,11 +1082,19 @@ def open_or_create_run_study(
         )
     with Study(db_path) as study:
         mismatches = _run_study_mismatches(study, embedding_file, images, objects, dims, questions)
+        images_differ = Path(study.settings["images_dir"]) != Path(images).resolve()
     if mismatches:
+        # --images is required in the short form, so it cannot be dropped
+        # like the other options; serve --images uses a moved folder.
+        moved_hint = (
+            f". If the images were moved to {Path(images).resolve()}, serve the study from there with "
+            f"`dimalign label-app serve {db_path} --images {images}`"
+            if images_differ else ""
+        )
         raise ValueError(
             f"the existing study {db_path} does not match this request ({'; '.join(mismatches)}): "
             "drop the differing options to serve it as it is, move it away to start a new study, "
-            "or set up one with `dimalign label-app setup`"
+            f"or set up one with `dimalign label-app setup`{moved_hint}"
         )
     logger.info("reusing study %s", db_path)
     return db_path
