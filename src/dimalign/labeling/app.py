@@ -228,13 +228,18 @@ def _csrf_token() -> str:
 
 
 def _check_csrf() -> None:
+    if not _csrf_matches():
+        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+
+
+def _csrf_matches() -> bool:
+    """Check the form's CSRF token against the session's, and log a mismatch."""
     sent = request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
-    if not expected or not _same_secret(sent, str(expected)):
-        logger.warning(
-            "rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path
-        )
-        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+    if expected and _same_secret(sent, str(expected)):
+        return True
+    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+    return False
 
 
 def _same_secret(sent: str, expected: str) -> bool:
@@ -506,7 +511,20 @@ def _add_participant_routes(app: Flask) -> None:
 
         # The raw body must be read before request.form consumes the stream.
         form_is_utf8 = _form_is_utf8()
-        _check_csrf()
+        if not _csrf_matches():
+            # The session is this participant's (checked above), but its token
+            # changed, such as after resuming in another tab. Nothing is saved,
+            # and the form comes back filled in with a fresh token, so that the
+            # participant need not type the answer again.
+            values = {"labels": [], "kind": None, "interpretability": None}
+            if form_is_utf8:
+                values = {
+                    "labels": request.form.getlist("label"),
+                    "kind": request.form.get("kind"),
+                    "interpretability": request.form.get("interpretability"),
+                }
+            errors = {"labels": "This form had expired, so your answer was not saved. Check it and submit again."}
+            return _render_dimension(participant, dimension, values, errors=errors), 400
         if not form_is_utf8:
             logger.info("rejected an answer of participant %d for dimension %d: the form is not UTF-8",
                         participant_id, dimension)
