@@ -448,3 +448,16 @@ def test_run_study_moved_images_point_to_serve(tmp_path, labeling_run, image_set
         f"If the images were moved to {moved.resolve()}, serve the study from there with "
         f"`dimalign label-app serve {run / 'labels.db'} --images {moved}`"
     ) in str(raised.value)
+
+
+def test_setup_over_dangling_link_named(tmp_path, labeling_run, image_set):
+    link = tmp_path / "study.db"
+    link.symlink_to(tmp_path / "missing" / "study.db")
+    with pytest.raises(FileExistsError) as raised:
+        create_study(link, labeling_run, image_set[0], dims="0")
+    assert str(raised.value) == (
+        f"{link} is a symbolic link to {tmp_path / 'missing' / 'study.db'}, which does not exist: remove the "
+        "link, or choose another file name"
+    )
+    assert link.is_symlink()
+    assert [path.name for path in tmp_path.iterdir()] == ["study.db"]

@@ -496,7 +496,8 @@ def create_study(
         Path: The study database.
 
     Raises:
-        FileExistsError: If ``db_path`` exists, or SQLite side files
+        FileExistsError: If ``db_path`` exists (also if another process
+            creates it while setup runs), is a symbolic link to nothing, or SQLite side files
             (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
@@ -513,7 +514,7 @@ def create_study(
         raise IsADirectoryError(
             f"study database {db_path} is a folder: give a file name, such as {db_path / 'study.db'}"
         )
-    if db_path.exists():
+    if db_path.exists() or db_path.is_symlink():
         raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
     if side_files:
@@ -597,6 +598,11 @@ def create_study(
 
 def _existing_file_error(db_path: Path) -> FileExistsError:
     """Describe the file that exists where setup would write a study: a study, another database or file."""
+    if not db_path.exists():
+        return FileExistsError(
+            f"{db_path} is a symbolic link to {os.readlink(db_path)}, which does not exist: remove the link, "
+            "or choose another file name"
+        )
     problem = db.study_file_problem(db_path)
     if problem is None:
         return FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
