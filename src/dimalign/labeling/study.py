@@ -581,10 +581,10 @@ def create_study(
     }
     try:
         _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
-    except FileExistsError:
-        # Another process, such as a second setup, created the file while this one ran.
-        raise _existing_file_error(db_path) from None
     except (OSError, sqlite3.OperationalError) as error:
+        if isinstance(error, FileExistsError) and os.path.lexists(db_path):
+            # Another process, such as a second setup, created the file while this one ran.
+            raise _existing_file_error(db_path) from None
         # The temporary file's name would only confuse, so the message names db_path.
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         message = f"cannot write the study database {db_path} ({reason}): choose a folder you can write to"
