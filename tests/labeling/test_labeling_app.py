@@ -639,7 +639,8 @@ def test_loopback_host_not_warned(study_path, host, caplog):
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("localhost", True),
-     ("0.0.0.0", False), ("::", False), ("192.0.2.1", False)],
+     ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+     ("::ffff:192.0.2.1", False)],
 )
 def test_loopback_hosts_recognised(host, loopback):
     # Checked without binding, so that no test listens beyond this machine.

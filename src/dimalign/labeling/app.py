@@ -757,16 +757,25 @@ def is_loopback_host(host: str) -> bool:
 
     Loopback addresses are 127.0.0.0/8 and ::1, so ``127.0.0.2`` is reachable
     from this machine only, while ``0.0.0.0`` and ``::`` listen on every interface.
-    A host that does not resolve is not loopback.
+    An IPv4-mapped IPv6 address such as ``::ffff:127.0.0.1`` counts as its
+    IPv4 address. A host that does not resolve is not loopback.
     """
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return False
     try:
-        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
+        return bool(infos) and all(_is_loopback_address(str(info[4][0])) for info in infos)
     except ValueError:
         return False
+
+
+def _is_loopback_address(text: str) -> bool:
+    address = ipaddress.ip_address(text)
+    # Python 3.11's is_loopback is False for ::ffff:127.0.0.1, although such
+    # a socket takes IPv4 loopback connections only.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def server_url(host: str, port: int) -> str:
