@@ -65,6 +65,25 @@ def test_atomic_write_to_full_disk_names_final_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_without_overwrite_keeps_new_file(tmp_path):
+    """A file created while the block ran stays, and the temporary file is removed."""
+    from dimalign.io.files import atomic_path
+
+    target = tmp_path / "study.db"
+    with pytest.raises(FileExistsError, match=r"File exists: '.*study.db'$"):
+        with atomic_path(target, overwrite=False) as temporary:
+            temporary.write_text("new")
+            target.write_text("created meanwhile")
+    assert target.read_text() == "created meanwhile"
+    assert list(tmp_path.iterdir()) == [target]
+
+    other = tmp_path / "other.db"
+    with atomic_path(other, overwrite=False) as temporary:
+        temporary.write_text("new")
+    assert other.read_text() == "new"
+    assert sorted(tmp_path.iterdir()) == [other, target]
+
+
 def test_atomic_write_under_a_file_names_that_file(tmp_path):
     """The cause is the file in the way, so the message must name it, not the target."""
     from dimalign.io.files import write_text_atomic

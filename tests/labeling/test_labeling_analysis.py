@@ -272,3 +272,10 @@ def test_format_characters_removed_from_labels(label):
     # nothing, so a label with them looks the same as one without.
     assert analysis.normalize_label(label) == "red"
     assert analysis.label_frequencies(["red", label]) == {"red": 2}
+
+
+def test_label_composed_after_format_removal():
+    # A soft hyphen between "e" and a combining acute accent keeps NFC from
+    # composing them, so the label must be composed again after removing it.
+    assert analysis.normalize_label("Cafe\u00ad\u0301") == "caf\u00e9"
+    assert analysis.answer_label_counts([["caf\u00e9"], ["cafe\u00ad\u0301"]]) == {"caf\u00e9": 2}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 
@@ -638,7 +639,8 @@ def test_loopback_host_not_warned(study_path, host, caplog):
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("127.255.0.9", True), ("::1", True), ("localhost", True),
-     ("0.0.0.0", False), ("::", False), ("192.0.2.1", False)],
+     ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("192.0.2.1", False),
+     ("::ffff:192.0.2.1", False)],
 )
 def test_loopback_hosts_recognised(host, loopback):
     # Checked without binding, so that no test listens beyond this machine.
@@ -651,3 +653,30 @@ def test_loopback_hosts_recognised(host, loopback):
 )
 def test_server_url_brackets_ipv6(host, url):
     assert server_url(host, 8000) == url
+
+
+def test_expired_form_keeps_typed_answer(app, study_path):
+    # Resuming in another tab of the same browser starts a new session with a
+    # new CSRF token. The older tab's answer is not saved, but the form comes
+    # back with what the participant typed, so nothing must be typed again.
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    stale_token = csrf_from(client.get(url).text)
+    client.post("/resume", data={"csrf_token": csrf_from(client.get("/").text), "code": code})
+
+    response = submit(client, participant_id, order[0], labels=("my careful label", "second"), kind="mixed",
+                      interpretability="several", token=stale_token)
+    assert response.status_code == 400
+    assert "your answer was not saved" in response.text
+    assert 'value="my careful label"' in response.text
+    assert 'value="second"' in response.text
+    assert re.search(r'id="kind-mixed"\s+checked', response.text)
+    assert re.search(r'id="interpretability-several"\s+checked', response.text)
+    assert answer_rows(study_path) == []
+
+    fresh_token = csrf_from(response.text)
+    assert fresh_token != stale_token
+    resubmitted = submit(client, participant_id, order[0], labels=("my careful label",), token=fresh_token)
+    assert resubmitted.status_code == 303
+    assert len(answer_rows(study_path)) == 1

@@ -65,6 +65,21 @@ def test_failed_transaction_rolled_back(tmp_path):
     connection.close()
 
 
+def test_full_database_error_not_masked(tmp_path):
+    # SQLite rolls the whole transaction back itself when the disk is full,
+    # so a second ROLLBACK would fail and hide the cause from the log.
+    connection = db.open_database(tmp_path / "study.db", create=True)
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        with db.transaction(connection):
+            for number in range(100):
+                connection.execute("INSERT INTO study (key, value) VALUES (?, ?)", (str(number), "x" * 3000))
+    assert not connection.in_transaction
+    assert connection.execute("SELECT COUNT(*) FROM study").fetchone()[0] == 0
+    connection.close()
+
+
 def test_answer_for_unknown_ids_violates_foreign_key(tmp_path):
     connection = db.open_database(tmp_path / "study.db", create=True)
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):

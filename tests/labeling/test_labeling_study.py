@@ -178,6 +178,13 @@ def test_validate_answer_removes_format_characters():
     assert answer.labels == ("Red", "soft", "word joiner")
 
 
+def test_validate_answer_composes_after_format_removal():
+    # A format character between a letter and its combining accent blocks
+    # composition, so the label is composed again once the character is gone.
+    answer = validate_answer(DEFAULT_QUESTIONS, ["cafe\u200b\u0301"], "visual", "one")
+    assert answer.labels == ("caf\u00e9",)
+
+
 def test_validate_answer_keeps_joiners_inside_words():
     # The zero-width non-joiner shapes Persian and Indic words, and the joiner
     # builds emoji sequences: both stay between two visible characters and go
@@ -404,3 +411,53 @@ def test_setup_rejects_embedding_without_dimensions(tmp_path, labeling_run, imag
         "least one dimension"
     )
     assert not (tmp_path / "study.db").exists()
+
+
+def test_setup_keeps_study_created_meanwhile(tmp_path, labeling_run, image_set, monkeypatch):
+    # Another setup of the same file, such as a second `label-app RUN`,
+    # finishes while this one computes the grids. Its study may already have
+    # participants, so this setup must fail instead of replacing it.
+    from dimalign.labeling import study as study_module
+
+    target = tmp_path / "study.db"
+    real_load = study_module.load_embedding
+
+    def load_while_other_setup_finishes(run):
+        monkeypatch.setattr(study_module, "load_embedding", real_load)
+        create_study(target, labeling_run, image_set[0], dims="0")
+        return real_load(run)
+
+    monkeypatch.setattr(study_module, "load_embedding", load_while_other_setup_finishes)
+    with pytest.raises(FileExistsError, match=re.escape(f"study database {target} exists")):
+        create_study(target, labeling_run, image_set[0], dims="1-2")
+    with Study(target) as study:
+        assert study.dimensions == (0,)
+    assert [path.name for path in tmp_path.iterdir()] == ["study.db"]
+
+
+def test_run_study_moved_images_point_to_serve(tmp_path, labeling_run, image_set):
+    # The short form requires --images, so "drop the differing options" cannot
+    # apply to it. After a move the message must point to serve --images.
+    run = copy_run(tmp_path, labeling_run)
+    open_or_create_run_study(run, image_set[0], dims="0")
+    moved = tmp_path / "moved-images"
+    moved.mkdir()
+    with pytest.raises(ValueError) as raised:
+        open_or_create_run_study(run, moved)
+    assert (
+        f"If the images were moved to {moved.resolve()}, serve the study from there with "
+        f"`dimalign label-app serve {run / 'labels.db'} --images {moved}`"
+    ) in str(raised.value)
+
+
+def test_setup_over_dangling_link_named(tmp_path, labeling_run, image_set):
+    link = tmp_path / "study.db"
+    link.symlink_to(tmp_path / "missing" / "study.db")
+    with pytest.raises(FileExistsError) as raised:
+        create_study(link, labeling_run, image_set[0], dims="0")
+    assert str(raised.value) == (
+        f"{link} is a symbolic link to {tmp_path / 'missing' / 'study.db'}, which does not exist: remove the "
+        "link, or choose another file name"
+    )
+    assert link.is_symlink()
+    assert [path.name for path in tmp_path.iterdir()] == ["study.db"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -58,7 +59,7 @@ def without_umask(mode: int) -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` and rename it to ``path`` on success.
 
     A reader never sees a half-written file: the temporary file is removed if
@@ -66,10 +67,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Args:
         path (str | os.PathLike): The final file name.
+        overwrite (bool): Replace a file at ``path``. When False, the
+            temporary file is hard-linked to ``path``, which fails if
+            ``path`` exists, even if another process created it while the
+            block ran.
 
     Yields:
         Path: A temporary name in the same directory, with the same suffix (so
         writers that pick a format by suffix, like ``np.save``, still work).
+
+    Raises:
+        FileExistsError: If ``overwrite`` is False and ``path`` exists at the
+            end of the block; the temporary file is removed.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -94,12 +103,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 raise
             raise renamed from error
         try:
-            os.replace(temporary_path, final)
+            if overwrite:
+                os.replace(temporary_path, final)
+            else:
+                _link_new(temporary_path, final)
         except OSError as error:
             raise _naming(error, final) from error
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+def _link_new(temporary: Path, final: Path) -> None:
+    """Give ``temporary`` the name ``final`` unless ``final`` exists, in one atomic step where possible."""
+    try:
+        os.link(temporary, final)
+    except OSError as error:
+        # Some file systems (such as FAT or some network mounts) have no hard
+        # links. There the check and the rename are two steps.
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.replace(temporary, final)
 
 
 def _naming(error: OSError, final: Path) -> OSError:

@@ -76,7 +76,9 @@ def normalize_label(label: str) -> str:
     >>> normalize_label("  Red \u200b  Fruit ")
     'red fruit'
     """
-    text = remove_format_characters(unicodedata.normalize("NFC", label))
+    # NFC after the removal, because a format character between a letter and
+    # a combining mark keeps them from composing.
+    text = unicodedata.normalize("NFC", remove_format_characters(label))
     return _WHITESPACE.sub(" ", text.strip().lower())
 
 

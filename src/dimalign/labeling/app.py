@@ -228,13 +228,18 @@ def _csrf_token() -> str:
 
 
 def _check_csrf() -> None:
+    if not _csrf_matches():
+        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+
+
+def _csrf_matches() -> bool:
+    """Check the form's CSRF token against the session's, and log a mismatch."""
     sent = request.form.get("csrf_token", "")
     expected = session.get("csrf", "")
-    if not expected or not _same_secret(sent, str(expected)):
-        logger.warning(
-            "rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path
-        )
-        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+    if expected and _same_secret(sent, str(expected)):
+        return True
+    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+    return False
 
 
 def _same_secret(sent: str, expected: str) -> bool:
@@ -506,7 +511,20 @@ def _add_participant_routes(app: Flask) -> None:
 
         # The raw body must be read before request.form consumes the stream.
         form_is_utf8 = _form_is_utf8()
-        _check_csrf()
+        if not _csrf_matches():
+            # The session is this participant's (checked above), but its token
+            # changed, such as after resuming in another tab. Nothing is saved,
+            # and the form comes back filled in with a fresh token, so that the
+            # participant need not type the answer again.
+            values = {"labels": [], "kind": None, "interpretability": None}
+            if form_is_utf8:
+                values = {
+                    "labels": request.form.getlist("label"),
+                    "kind": request.form.get("kind"),
+                    "interpretability": request.form.get("interpretability"),
+                }
+            errors = {"labels": "This form had expired, so your answer was not saved. Check it and submit again."}
+            return _render_dimension(participant, dimension, values, errors=errors), 400
         if not form_is_utf8:
             logger.info("rejected an answer of participant %d for dimension %d: the form is not UTF-8",
                         participant_id, dimension)
@@ -739,16 +757,25 @@ def is_loopback_host(host: str) -> bool:
 
     Loopback addresses are 127.0.0.0/8 and ::1, so ``127.0.0.2`` is reachable
     from this machine only, while ``0.0.0.0`` and ``::`` listen on every interface.
-    A host that does not resolve is not loopback.
+    An IPv4-mapped IPv6 address such as ``::ffff:127.0.0.1`` counts as its
+    IPv4 address. A host that does not resolve is not loopback.
     """
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except socket.gaierror:
         return False
     try:
-        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
+        return bool(infos) and all(_is_loopback_address(str(info[4][0])) for info in infos)
     except ValueError:
         return False
+
+
+def _is_loopback_address(text: str) -> bool:
+    address = ipaddress.ip_address(text)
+    # Python 3.11's is_loopback is False for ::ffff:127.0.0.1, although such
+    # a socket takes IPv4 loopback connections only.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def server_url(host: str, port: int) -> str:

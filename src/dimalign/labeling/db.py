@@ -254,7 +254,10 @@ class transaction:
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is None:
             self.connection.execute("COMMIT")
-        else:
+        elif self.connection.in_transaction:
+            # After some errors, such as a full disk (SQLITE_FULL), SQLite has
+            # already rolled the transaction back, and a ROLLBACK would raise
+            # "no transaction is active" in place of the error that caused it.
             self.connection.execute("ROLLBACK")
 
 

@@ -253,7 +253,9 @@ def validate_answer(
     typed = [unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()]
     # A label of format characters only becomes empty here and fails the
     # visibility check below, instead of being ignored like an empty field.
-    cleaned = [remove_format_characters(label).strip() for label in typed]
+    # NFC runs again because a removed character, such as a soft hyphen
+    # between "e" and U+0301, had kept the accent from composing.
+    cleaned = [unicodedata.normalize("NFC", remove_format_characters(label).strip()) for label in typed]
     if not cleaned:
         errors["labels"] = "enter at least one label"
     elif len(cleaned) > questions.max_labels:
@@ -494,7 +496,8 @@ def create_study(
         Path: The study database.
 
     Raises:
-        FileExistsError: If ``db_path`` exists, or SQLite side files
+        FileExistsError: If ``db_path`` exists (also if another process
+            creates it while setup runs), is a symbolic link to nothing, or SQLite side files
             (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
@@ -511,16 +514,8 @@ def create_study(
         raise IsADirectoryError(
             f"study database {db_path} is a folder: give a file name, such as {db_path / 'study.db'}"
         )
-    if db_path.exists():
-        problem = db.study_file_problem(db_path)
-        if problem is None:
-            raise FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
-        if not problem.startswith(db.NOT_SQLITE):
-            problem = f"not a study database ({problem})"
-        raise FileExistsError(
-            f"{db_path} exists and is {problem}: choose another file name, because setup never "
-            "overwrites a file"
-        )
+    if db_path.exists() or db_path.is_symlink():
+        raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
     if side_files:
         raise FileExistsError(
@@ -587,6 +582,9 @@ def create_study(
     try:
         _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
     except (OSError, sqlite3.OperationalError) as error:
+        if isinstance(error, FileExistsError) and os.path.lexists(db_path):
+            # Another process, such as a second setup, created the file while this one ran.
+            raise _existing_file_error(db_path) from None
         # The temporary file's name would only confuse, so the message names db_path.
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         message = f"cannot write the study database {db_path} ({reason}): choose a folder you can write to"
@@ -598,6 +596,24 @@ def create_study(
     return db_path
 
 
+def _existing_file_error(db_path: Path) -> FileExistsError:
+    """Describe the file that exists where setup would write a study: a study, another database or file."""
+    if not db_path.exists():
+        return FileExistsError(
+            f"{db_path} is a symbolic link to {os.readlink(db_path)}, which does not exist: remove the link, "
+            "or choose another file name"
+        )
+    problem = db.study_file_problem(db_path)
+    if problem is None:
+        return FileExistsError(f"study database {db_path} exists: serve it, or choose another file name")
+    if not problem.startswith(db.NOT_SQLITE):
+        problem = f"not a study database ({problem})"
+    return FileExistsError(
+        f"{db_path} exists and is {problem}: choose another file name, because setup never "
+        "overwrites a file"
+    )
+
+
 def _write_study(
     db_path: Path,
     settings: dict[str, str],
@@ -606,8 +622,12 @@ def _write_study(
     grids: dict[int, np.ndarray],
     tops: dict[int, np.ndarray],
 ) -> None:
-    """Write a new study database under a temporary name and rename it to ``db_path``."""
-    with atomic_path(db_path) as temporary:
+    """Write a new study database under a temporary name and rename it to ``db_path``.
+
+    Raises:
+        FileExistsError: If ``db_path`` was created while the study was written.
+    """
+    with atomic_path(db_path, overwrite=False) as temporary:
         connection = db.open_database(temporary, create=True)
         try:
             with db.transaction(connection):
@@ -1068,11 +1088,19 @@ def open_or_create_run_study(
         )
     with Study(db_path) as study:
         mismatches = _run_study_mismatches(study, embedding_file, images, objects, dims, questions)
+        images_differ = Path(study.settings["images_dir"]) != Path(images).resolve()
     if mismatches:
+        # --images is required in the short form, so it cannot be dropped
+        # like the other options; serve --images uses a moved folder.
+        moved_hint = (
+            f". If the images were moved to {Path(images).resolve()}, serve the study from there with "
+            f"`dimalign label-app serve {db_path} --images {images}`"
+            if images_differ else ""
+        )
         raise ValueError(
             f"the existing study {db_path} does not match this request ({'; '.join(mismatches)}): "
             "drop the differing options to serve it as it is, move it away to start a new study, "
-            "or set up one with `dimalign label-app setup`"
+            f"or set up one with `dimalign label-app setup`{moved_hint}"
         )
     logger.info("reusing study %s", db_path)
     return db_path
