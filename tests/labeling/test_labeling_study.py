@@ -390,6 +390,16 @@ def test_setup_rejects_leftover_sqlite_files(tmp_path, labeling_run, image_set):
     assert {path: path.read_bytes() for path in leftovers} == before
 
 
+def test_setup_names_a_lone_shared_memory_file(tmp_path, labeling_run, image_set):
+    (tmp_path / "study.db-shm").write_bytes(b"\0" * 32)
+
+    with pytest.raises(FileExistsError, match="study.db-shm is the shared-memory index of an earlier") as raised:
+        create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+
+    assert "replay" not in str(raised.value)
+    assert not (tmp_path / "study.db").exists()
+
+
 def test_run_study_rejects_leftover_journal(tmp_path, labeling_run, image_set):
     run = copy_run(tmp_path, labeling_run)
     journal = run / "labels.db-journal"

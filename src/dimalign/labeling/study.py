@@ -517,6 +517,14 @@ def create_study(
     if db_path.exists() or db_path.is_symlink():
         raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
+    if [path.name for path in side_files] == [db_path.name + "-shm"]:
+        # Alone, the shared-memory index holds no answers, but SQLite would
+        # open it for the new study; an unknown file there is refused.
+        raise FileExistsError(
+            f"{side_files[0]} is the shared-memory index of an earlier SQLite database at {db_path}. "
+            "It holds no answers, but SQLite would reuse it for the new study: move it away, or "
+            "choose another file name."
+        )
     if side_files:
         raise FileExistsError(
             f"SQLite files of an earlier database at {db_path} exist: {', '.join(map(str, side_files))}. "
