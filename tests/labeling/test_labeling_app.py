@@ -258,6 +258,10 @@ def test_stop_and_resume_with_code(app, study_path):
     stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
     assert stopped.status_code == 200
     assert code in stopped.text
+    # The page the participant stopped on was not submitted, so the page
+    # must not claim that every answer is saved.
+    assert "You saved your answers to 1 of" in stopped.text
+    assert "not saved" in stopped.text
     assert client.get(f"/participant/{participant_id}/done").status_code == 403
 
     other_browser = app.test_client()
@@ -606,7 +610,7 @@ def test_locked_database_answer_not_saved_page(app, study_path, monkeypatch):
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert 'class="card"' in response.text
-    assert "Your answer was not saved" in response.text
+    assert "What you submitted was not saved" in response.text
     assert answer_rows(study_path) == []
     assert submit(client, participant_id, order[0], token=token).status_code == 303
     assert len(answer_rows(study_path)) == 1

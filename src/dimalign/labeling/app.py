@@ -409,14 +409,14 @@ def _render_database_error(error: sqlite3.OperationalError) -> tuple[str, int, d
     if busy:
         description = (
             "The study's database is busy. "
-            + ("Your answer was not saved. Go back and submit it again in a few seconds."
+            + ("What you submitted was not saved. Go back and submit it again in a few seconds."
                if submitted else "Reload this page in a few seconds.")
         )
         page = render_template("error.html", code=503, name="Service Unavailable", description=description)
         return page, 503, {"Retry-After": str(RETRY_AFTER_S)}
     description = (
         "The study's database failed. "
-        + ("Your answer was not saved. Go back and submit it again; if this repeats, tell the study team."
+        + ("What you submitted was not saved. Go back and submit it again; if this repeats, tell the study team."
            if submitted else "Reload this page; if this repeats, tell the study team.")
     )
     return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
@@ -426,7 +426,7 @@ def _render_server_error(error: Any) -> tuple[str, int]:
     """Show the app's error page for an unexpected error (Flask logs the exception itself)."""
     if request.method == "POST":
         description = (
-            "The server failed to handle this request, so your answer may not have been saved. Go back, "
+            "The server failed to handle this request, so what you submitted may not have been saved. Go back, "
             "check it and submit it again; if this repeats, tell the study team."
         )
     else:
