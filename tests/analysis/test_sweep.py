@@ -402,7 +402,9 @@ def test_sweep_cli_tiny_file_then_no_validation(tmp_path, tiny_triplets, capsys)
     command = ["sweep", str(tmp_path / "tiny.npy"), "--n-objects", str(N_OBJECTS), "-o", str(out),
                "--seeds", "1", "--n-dims", "4", "--max-epochs", "1", "--mc-samples", "2"]
     assert main(command) == 1
-    assert "the validation split is empty (0 of 5 triplets)" in capsys.readouterr().err
+    assert (f"--val-fraction 0.1 (the default) holds out no triplet of {tmp_path / 'tiny.npy'}, since "
+            "round(0.1 x 5 triplets) = 0: use at least 0.2, or --val-fraction 0 to fit without validation"
+            in capsys.readouterr().err)
     assert not out.exists()
     assert main(command + ["--val-fraction", "0"]) == 0
     assert not (out / "val.npy").exists()

@@ -137,6 +137,54 @@ def test_fit_cli_failure_keeps_existing_folder(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_fit_cli_names_empty_training_file(tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3), dtype=np.int64))
+    out = tmp_path / "run"
+    status = main(["fit", str(tmp_path / "empty.npy"), "--n-objects", "12", "-o", str(out), "--max-epochs", "1"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"dimalign fit: error: {tmp_path / 'empty.npy'} contains no triplets: check that it is the file of judgements" in error
+    assert error.count("contains no triplets") == 1
+    assert not out.exists()
+
+
+def test_fit_cli_names_empty_validation_file(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    np.save(tmp_path / "val.npy", np.zeros((0, 3), dtype=np.int64))
+    out = tmp_path / "run"
+    status = main(["fit", str(tmp_path / "train.npy"), "--val", str(tmp_path / "val.npy"), "--n-objects", "12",
+                   "-o", str(out), "--max-epochs", "1"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"the validation file {tmp_path / 'val.npy'} contains no triplets, so no held-out accuracy" in error
+    assert error.count("contains no triplets") == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("n_triplets", "options", "message"),
+    [
+        (4, [], "--val-fraction 0.1 (the default) holds out no triplet of FILE, since round(0.1 x 4 triplets) "
+                "= 0: use at least 0.25, or --val-fraction 0 to fit without validation"),
+        (4, ["--val-fraction", "0.05"], "--val-fraction 0.05 holds out no triplet of FILE, since round(0.05 x 4 "
+                                        "triplets) = 0"),
+        (4, ["--val-fraction", "0.9"], "--val-fraction 0.9 leaves no training triplet of FILE, since round(0.9 x 4 "
+                                       "triplets) = 4: use a smaller fraction or more triplets"),
+        (1, [], "FILE contains 1 triplet, which cannot be split into training and validation triplets: "
+                "pass --val-fraction 0 to fit without validation"),
+    ],
+)
+def test_fit_cli_rejects_split_with_empty_side(tmp_path, capsys, n_triplets, options, message):
+    write_triplets(tmp_path / "few.npy", n_triplets=n_triplets)
+    out = tmp_path / "run"
+    status = main(["fit", str(tmp_path / "few.npy"), "--n-objects", "12", "-o", str(out), "--max-epochs", "1",
+                   *options])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert message.replace("FILE", str(tmp_path / "few.npy")) in error
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -127,8 +127,9 @@ def load_training_data(
 
     Raises:
         ValueError: If ``--val-fraction`` is given together with validation
-            triplets (``--val``, or val.npy in the training folder), or lies
-            outside ``[0, 1)``.
+            triplets (``--val``, or val.npy in the training folder), lies
+            outside ``[0, 1)``, or would leave the training or the validation
+            triplets empty.
     """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
@@ -166,6 +167,7 @@ def load_training_data(
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
     elif (val_fraction := _val_fraction(args)) > 0:
+        check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
         split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
     if args.objects:
@@ -246,6 +248,7 @@ def build_estimator(args: argparse.Namespace):
 
 def run_fit(args: argparse.Namespace) -> int:
     """Handle ``dimalign fit``."""
+    from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.embedding import fit_run
     from dimalign.io.files import check_output_dir
     from dimalign.parallel import limit_torch_threads
@@ -253,10 +256,64 @@ def run_fit(args: argparse.Namespace) -> int:
     check_method_options(args)
     check_validation_options(args)
     check_output_dir(args.out, "fit")
-    train, val, n_objects, table, inputs, split = load_training_data(args)
+    # check_fit_triplets below rejects an empty file with an error that names it.
+    with empty_triplets_rejected_later():
+        train, val, n_objects, table, inputs, split = load_training_data(args)
+    check_fit_triplets(train, val, inputs)
     estimator = build_estimator(args)
     # Intra-op threads slow the small per-batch operations of VICE and SPoSE
     # down on a CPU, and one thread also fixes the order of reductions.
     with limit_torch_threads(args.threads):
         fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs, split=split)
     return 0
+
+
+
+def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict) -> None:
+    """Reject an empty training or validation file of ``dimalign fit``, naming it.
+
+    The estimators reject empty triplets too, but without the file behind them.
+
+    Raises:
+        ValueError: Naming the file, with what to do.
+    """
+    if len(train) == 0:
+        raise ValueError(f"{inputs['train']} contains no triplets: check that it is the file of judgements")
+    if val is not None and len(val) == 0:
+        raise ValueError(
+            f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy can be "
+            "computed: pass a validation file with triplets (--val), or leave out --val and pass "
+            "--val-fraction 0 to fit without validation"
+        )
+
+
+def check_split_fraction(args: argparse.Namespace, fraction: float, n_triplets: int, source: Path) -> None:
+    """Reject a ``--val-fraction`` that leaves the validation or the training triplets empty.
+
+    :func:`dimalign.io.triplets.split_triplets` holds out ``round(fraction x
+    n)`` of the ``n`` triplets, so the rounding can leave either side empty.
+    An empty file (``n = 0``) is left to the caller, which names it.
+
+    Raises:
+        ValueError: Naming the fraction, the file and the rounding, with what to do.
+    """
+    if n_triplets == 0:
+        return
+    option = f"--val-fraction {fraction}" + (" (the default)" if args.val_fraction is None else "")
+    if n_triplets == 1:
+        raise ValueError(
+            f"{source} contains 1 triplet, which cannot be split into training and validation "
+            "triplets: pass --val-fraction 0 to fit without validation"
+        )
+    held_out = round(fraction * n_triplets)
+    if held_out == 0:
+        raise ValueError(
+            f"{option} holds out no triplet of {source}, since round({fraction} x {n_triplets:,} "
+            f"triplets) = 0: use at least {1 / n_triplets:.2g}, or --val-fraction 0 to fit "
+            "without validation"
+        )
+    if held_out >= n_triplets:
+        raise ValueError(
+            f"{option} leaves no training triplet of {source}, since round({fraction} x "
+            f"{n_triplets:,} triplets) = {held_out:,}: use a smaller fraction or more triplets"
+        )
