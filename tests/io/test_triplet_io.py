@@ -300,6 +300,17 @@ def test_folder_with_one_candidate_loads(tmp_path):
     assert load_triplets(tmp_path).tolist() == ZERO_BASED
 
 
+def test_folder_load_log_names_candidate_kind(tmp_path, caplog):
+    save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
+    save_triplets(np.array(ZERO_BASED[:1]), tmp_path / "val.npy")
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        find_triplet_file(tmp_path)
+
+    # val.npy lies next to train.npy, so train.npy is not the folder's one triplet file.
+    assert f"loading train.npy from {tmp_path}, its only train* or triplets.* file" in caplog.text
+
+
 def test_folder_table_disagreeing_with_n_objects_fails(tmp_path):
     save_triplets(np.array(ZERO_BASED), tmp_path / "train.npy")
     write_object_table(ObjectTable.from_ids(list("abcde")), tmp_path / "objects.tsv")

@@ -198,7 +198,7 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
             f"{folder} contains {len(candidates)} candidate triplet files ({names}); "
             "pass the file to load instead of the folder"
         )
-    logger.info("loading %s, the one triplet file in %s", candidates[0].name, folder)
+    logger.info("loading %s from %s, its only train* or triplets.* file", candidates[0].name, folder)
     return candidates[0]
 
 
