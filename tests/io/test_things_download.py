@@ -276,6 +276,11 @@ def test_download_disabled_raises(tmp_path):
         fetch("labels_66.txt", data_dir=tmp_path, download=False)
 
 
+def test_download_disabled_names_the_option(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pass download=True \(CLI: leave out --no-download\)"):
+        fetch("labels_66.txt", data_dir=tmp_path, download=False)
+
+
 def test_download_disabled_names_published_name(tmp_path):
     """A renamed file may sit in a mirror under its published name, but the data folder needs the local one."""
     name = "vgg16_srf_factors_rank200.npy"

@@ -396,7 +396,8 @@ def fetch(
         published = f" (a mirror may also have it as {entry.published_name})" if len(names) > 1 else ""
         raise FileNotFoundError(
             f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
-            f"off. Allow downloads, or copy it from {entry.url} into {data_dir} as "
+            f"off. To download it, pass download=True (CLI: leave out --no-download), or copy it "
+            f"from {entry.url} into {data_dir} as "
             f"{entry.name}{published}."
         )
 
