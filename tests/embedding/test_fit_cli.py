@@ -137,6 +137,18 @@ def test_fit_cli_failure_keeps_existing_folder(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_fit_cli_resume_of_other_method_names_option(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    command = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(run), "--n-dims", "3"]
+    assert main(command + ["--method", "spose", "--max-epochs", "1"]) == 0
+    capsys.readouterr()
+
+    assert main(command + ["--resume", "--max-epochs", "2"]) == 1
+    error = capsys.readouterr().err
+    assert f"{run / 'checkpoint.pt'} belongs to a spose run, not vice: resume it with --method spose" in error
+
+
 def test_fit_cli_names_empty_training_file(tmp_path, capsys):
     np.save(tmp_path / "empty.npy", np.zeros((0, 3), dtype=np.int64))
     out = tmp_path / "run"

@@ -472,7 +472,10 @@ class TripletEmbedding(BaseEstimator):
                 "or choose an empty run directory"
             )
         if state["estimator"] != self._estimator_name:
-            raise ValueError(f"{where} belongs to a {state['estimator']} run, not {self._estimator_name}")
+            raise ValueError(
+                f"{where} belongs to a {state['estimator']} run, not {self._estimator_name}: resume it with "
+                f"--method {state['estimator']} (in Python, with that estimator), or choose another run directory"
+            )
         config = self._training_config()
         differences = {
             key: (state["config"].get(key), value)
