@@ -171,6 +171,23 @@ def test_staged_outputs_replace_files_in_subfolders(tmp_path):
     assert (out / "manifest.json").read_text() == "new manifest"
 
 
+def test_staged_outputs_log_the_move(tmp_path, caplog):
+    # Commands log each file as written into the hidden folder, so the final
+    # place must be logged too.
+    import logging
+
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.files"):
+        with staged_outputs(out) as stage:
+            _stage_new_output(stage)
+
+    assert f"moved the 4 files written in {stage} into {out}" in caplog.text
+
+
 @pytest.mark.parametrize("fail_at", ["block", "move"])
 def test_staged_outputs_put_the_earlier_output_back(tmp_path, monkeypatch, fail_at):
     # A failure in the block or half way through the moves leaves the earlier

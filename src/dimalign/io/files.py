@@ -256,6 +256,7 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
         _put_back(stage, out_dir, moved, created)
         raise
     shutil.rmtree(stage)
+    logger.info("moved the %d files written in %s into %s", len(moved), stage, out_dir)
 
 
 def _put_back(stage: Path, out_dir: Path, moved: list[Path], created: list[Path]) -> None:
