@@ -141,7 +141,7 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert printed.startswith(f"wrote {out}: 4 figures")
-    assert "left out kind_shares: no labels summary given (inputs.labels)" in printed
+    assert "left out kind_shares: no labels summary given (--labels, or inputs.labels in the study file)" in printed
     document = out.read_text(encoding="utf-8")
     # The study recorded its categories, so the matrices are sorted and labelled by them.
     assert (tmp_path / "cli-report_figures" / "similarity_matrices.svg").is_file()
@@ -155,7 +155,7 @@ def test_pipeline_report_stage_writes_report(tiny_study):
     assert (tiny_study / "report" / "figures" / "matching.png").is_file()
     manifest = json.loads((tiny_study / "report" / "manifest.json").read_text())
     assert manifest["pipeline"]["outputs"]["figures"] == 4
-    assert manifest["outputs"]["skipped"] == {"kind_shares": "no labels summary given (inputs.labels)"}
+    assert manifest["outputs"]["skipped"] == {"kind_shares": "no labels summary given (--labels, or inputs.labels in the study file)"}
 
 
 def test_report_of_missing_study(tmp_path, capsys):

@@ -424,7 +424,7 @@ class StudyResults:
     def kind_shares(self) -> pd.DataFrame:
         """Return the share of visual, semantic, mixed ... dimensions per side (``shares.csv``)."""
         if self.labels_dir is None:
-            raise FileNotFoundError("no labels summary given (inputs.labels)")
+            raise FileNotFoundError("no labels summary given (--labels, or inputs.labels in the study file)")
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
@@ -439,7 +439,7 @@ class StudyResults:
         resolved kinds in ``dimensions.csv``.
         """
         if self.labels_dir is None:
-            raise FileNotFoundError("no labels summary given (inputs.labels)")
+            raise FileNotFoundError("no labels summary given (--labels, or inputs.labels in the study file)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
             return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
