@@ -155,7 +155,8 @@ def test_fit_cli_names_empty_training_file(tmp_path, capsys):
     status = main(["fit", str(tmp_path / "empty.npy"), "--n-objects", "12", "-o", str(out), "--max-epochs", "1"])
     assert status == 1
     error = capsys.readouterr().err
-    assert f"dimalign fit: error: {tmp_path / 'empty.npy'} contains no triplets: check that it is the file of judgements" in error
+    assert (f"dimalign fit: error: {tmp_path / 'empty.npy'} contains no triplets: check that it is the file "
+            "of judgements" in error)
     assert error.count("contains no triplets") == 1
     assert not out.exists()
 
@@ -171,6 +172,19 @@ def test_fit_cli_names_empty_validation_file(tmp_path, capsys):
     assert f"the validation file {tmp_path / 'val.npy'} contains no triplets, so no held-out accuracy" in error
     assert error.count("contains no triplets") == 1
     assert not out.exists()
+
+
+def test_fit_cli_names_empty_validation_file_of_folder(tmp_path, capsys):
+    folder = tmp_path / "triplets"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    np.save(folder / "val.npy", np.zeros((0, 3), dtype=np.int64))
+    status = main(["fit", str(folder), "--n-objects", "12", "-o", str(tmp_path / "run"), "--max-epochs", "1"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"the validation file {folder / 'val.npy'} contains no triplets" in error
+    assert (f"or pass the training file {folder / 'train.npy'} with --val-fraction 0 to fit without "
+            "validation" in error)
 
 
 @pytest.mark.parametrize(

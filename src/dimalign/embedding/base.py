@@ -473,8 +473,9 @@ class TripletEmbedding(BaseEstimator):
             )
         if state["estimator"] != self._estimator_name:
             raise ValueError(
-                f"{where} belongs to a {state['estimator']} run, not {self._estimator_name}: resume it with "
-                f"--method {state['estimator']} (in Python, with that estimator), or choose another run directory"
+                f"{where} belongs to a {state['estimator']} run, not {self._estimator_name}: resume it "
+                f"with --method {state['estimator']} (in Python, with that estimator), or choose "
+                "another run directory"
             )
         config = self._training_config()
         differences = {

@@ -257,9 +257,10 @@ def run_fit(args: argparse.Namespace) -> int:
     check_validation_options(args)
     check_output_dir(args.out, "fit")
     # check_fit_triplets below rejects an empty file with an error that names it.
+    val_given = args.val is not None
     with empty_triplets_rejected_later():
         train, val, n_objects, table, inputs, split = load_training_data(args)
-    check_fit_triplets(train, val, inputs)
+    check_fit_triplets(train, val, inputs, val_given)
     estimator = build_estimator(args)
     # Intra-op threads slow the small per-batch operations of VICE and SPoSE
     # down on a CPU, and one thread also fixes the order of reductions.
@@ -269,10 +270,11 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 
-def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict) -> None:
+def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, val_given: bool) -> None:
     """Reject an empty training or validation file of ``dimalign fit``, naming it.
 
     The estimators reject empty triplets too, but without the file behind them.
+    ``val_given`` tells a ``--val`` file from the ``val.npy`` of a training folder.
 
     Raises:
         ValueError: Naming the file, with what to do.
@@ -280,10 +282,14 @@ def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict) 
     if len(train) == 0:
         raise ValueError(f"{inputs['train']} contains no triplets: check that it is the file of judgements")
     if val is not None and len(val) == 0:
+        if val_given:
+            without = "leave out --val and pass --val-fraction 0"
+        else:
+            without = f"pass the training file {inputs['train']} with --val-fraction 0"
         raise ValueError(
             f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy can be "
-            "computed: pass a validation file with triplets (--val), or leave out --val and pass "
-            "--val-fraction 0 to fit without validation"
+            f"computed: pass a validation file with triplets (--val), or {without} to fit without "
+            "validation"
         )
 
 
