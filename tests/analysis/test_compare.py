@@ -875,6 +875,28 @@ def test_map_cli_aligns_objects(tmp_path):
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 
 
+def test_map_cli_keeps_a_users_file_of_an_output_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", rng.normal(size=(30, 4)))
+    write_side(tmp_path / "run", rng.gamma(1.0, 1.0, size=(30, 2)))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "ridge_map.csv").write_text("my own table")
+    argv = ["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(out)]
+
+    assert main(argv) == 1
+    assert f"{out / 'ridge_map.csv'} exists, but {out} holds no earlier dimalign map output" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["ridge_map.csv"]
+    assert (out / "ridge_map.csv").read_text() == "my own table"
+
+    # A rerun of map into its own folder replaces its files.
+    (out / "ridge_map.csv").unlink()
+    assert main(argv) == 0
+    assert main(argv) == 0
+
+
 def test_map_cli_rejects_different_objects(tmp_path, capsys):
     feature_dir = tmp_path / "features"
     feature_dir.mkdir()

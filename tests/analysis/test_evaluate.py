@@ -283,6 +283,24 @@ def _cli_run(tmp_path):
     return run_dir, triplet_file
 
 
+def test_cli_evaluate_keeps_a_users_metrics_file(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "mine"
+    out_dir.mkdir()
+    (out_dir / "metrics.json").write_text("{}")
+    argv = ["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
+
+    assert main(argv) == 1
+    assert f"{out_dir / 'metrics.json'} exists, but {out_dir} holds no earlier dimalign evaluate" in capsys.readouterr().err
+    assert (out_dir / "metrics.json").read_text() == "{}"
+    assert not (out_dir / "manifest.json").exists()
+
+    # A rerun into the folder of an earlier evaluate replaces its metrics.
+    (out_dir / "metrics.json").unlink()
+    assert main(argv) == 0
+    assert main(argv) == 0
+
+
 def test_cli_evaluate_rejects_invalid_device(tmp_path, capsys):
     run_dir, triplet_file = _cli_run(tmp_path)
     out_dir = tmp_path / "out"

@@ -103,6 +103,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dimalign.device import resolve_device
     from dimalign.io.files import (
         check_output_dir,
+        check_unowned_files,
         now_iso,
         replace_non_finite,
         write_json_atomic,
@@ -118,6 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.out:
         check_output_dir(args.out, "evaluate")
+        check_unowned_files(args.out, ["metrics.json"], "evaluate")
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
     table, table_path = _object_table(args)

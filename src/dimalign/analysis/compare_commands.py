@@ -332,15 +332,16 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
 def run_map(args: argparse.Namespace) -> int:
     """Handle ``dimalign map``."""
     from dimalign.analysis.compare import align_objects, find_object_table
-    from dimalign.analysis.ridge import DEFAULT_ALPHAS, RidgeMap, write_ridge_table
+    from dimalign.analysis.ridge import DEFAULT_ALPHAS, RIDGE_MAP_NAME, RidgeMap, write_ridge_table
     from dimalign.io.features import load_features
-    from dimalign.io.files import check_output_dir, now_iso, read_manifest
+    from dimalign.io.files import check_output_dir, check_unowned_files, now_iso, read_manifest
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
     if args.seed is not None and not args.shuffle:
         raise ValueError(f"--seed {args.seed} only seeds --shuffle: drop it, or add --shuffle")
     check_output_dir(args.out, "map")
+    check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
         low, high, count = args.alpha_range

@@ -472,6 +472,34 @@ def write_manifest(
     return write_json_atomic(target, manifest)
 
 
+def check_unowned_files(out_dir: str | os.PathLike, names: Sequence[str], step: str) -> None:
+    """Reject output files that exist in a folder without an earlier output of ``step``.
+
+    A rerun of ``step`` into its own folder replaces its files. In any other
+    folder, a file with the name of an output (a ``metrics.json`` of the
+    user's, say) may be the only copy of its data, so it is not replaced.
+    Call it before any work, together with :func:`check_output_dir`.
+
+    Args:
+        out_dir (str | os.PathLike): The output folder (it need not exist).
+        names (Sequence[str]): The files the step writes, relative to ``out_dir``.
+        step (str): The step that is about to write there.
+
+    Raises:
+        FileExistsError: Naming the first such file.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / MANIFEST_NAME).is_file() and read_manifest(out_dir).get("step") == step:
+        return
+    for name in names:
+        path = out_dir / name
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(
+                f"{path} exists, but {out_dir} holds no earlier dimalign {step} output, so the file "
+                "may be the only copy of its data: move it away, or choose another output folder"
+            )
+
+
 def check_output_dir(out_dir: str | os.PathLike, step: str) -> None:
     """Reject an output folder whose ``manifest.json`` belongs to another step.
 
