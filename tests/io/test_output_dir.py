@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +202,44 @@ def test_staged_outputs_put_the_earlier_output_back(tmp_path, monkeypatch, fail_
     after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
     assert after == before
     assert not list(out.glob(".partial-*"))
+
+
+def test_staged_outputs_retire_stale_files(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    (out / "relevance.csv").write_text("earlier relevance")
+
+    with staged_outputs(out, retire=["relevance.csv", "top_objects/pair*.png"]) as stage:
+        (stage / "rsa.json").write_text("new rsa")
+        (stage / "manifest.json").write_text("new manifest")
+
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == [
+        "manifest.json", "rsa.json", "top_objects", "top_objects/notes.txt",
+    ]
+
+
+def test_staged_outputs_failed_retire_keeps_file(tmp_path, monkeypatch):
+    # A move aside of a stale file that fails leaves that file where it was.
+    import dimalign.io.files as files
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    (out / "relevance.csv").write_text("earlier relevance")
+    before = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if Path(source).name == "relevance.csv":
+            raise OSError("disk full")
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        with files.staged_outputs(out, retire=["relevance.csv"]) as stage:
+            (stage / "rsa.json").write_text("new rsa")
+    monkeypatch.undo()
+
+    after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    assert after == before

@@ -626,8 +626,8 @@ def bootstrap_rsa(
 
 #: Every file that :func:`compare` may write, besides ``manifest.json`` and the
 #: image grids in ``top_objects/``. Once a rerun into the same folder has
-#: written its new files, it removes these, so that no result of an earlier
-#: comparison stays next to the new ones.
+#: written its new files, it removes the earlier ones (see :func:`_retired_outputs`),
+#: so that no result of an earlier comparison stays next to the new ones.
 COMPARE_OUTPUTS = (
     "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
     "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
@@ -686,29 +686,16 @@ def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
             shutil.copy2(source, target)
 
 
-def _remove_earlier_outputs(out_dir: Path, keep_similarity: bool) -> None:
-    """Delete the files of an earlier comparison in ``out_dir``.
+def _retired_outputs() -> list[str]:
+    """Return the glob patterns of the files of an earlier comparison that a rerun must not leave.
 
-    With ``keep_similarity`` the saved similarity matrices stay, because
-    :func:`similarity_matrix_to_disk` reuses them only when their record
-    matches the new embeddings, and recomputes them otherwise.
+    With ``save_similarity`` the saved similarity matrices are new outputs
+    too, so they replace the earlier ones instead of being removed.
     """
     names = list(COMPARE_OUTPUTS)
-    if not keep_similarity:
-        for name in SIMILARITY_OUTPUTS:
-            names += [name, similarity_record_path(name).name]
-    removed = []
-    for name in names:
-        if (out_dir / name).is_file():
-            (out_dir / name).unlink()
-            removed.append(name)
-    grids = sorted((out_dir / "top_objects").glob("pair_*.png"))
-    for grid in grids:
-        grid.unlink()
-    if grids:
-        removed.append(f"{len(grids)} grids in top_objects/")
-    if removed:
-        logger.info("removed the outputs of an earlier comparison in %s: %s", out_dir, ", ".join(removed))
+    for name in SIMILARITY_OUTPUTS:
+        names += [name, similarity_record_path(name).name]
+    return [*names, "top_objects/pair_*.png"]
 
 
 @dataclass
@@ -863,9 +850,12 @@ def compare(
     # Every input is valid from here on. The outputs are written into a hidden
     # folder inside out_dir and moved over the earlier comparison only when all
     # are written, manifest.json last, so a failed or interrupted rerun leaves
-    # the earlier comparison whole and removes what it wrote. A folder that
-    # this call creates is removed again if a step fails.
-    with output_dir(out_dir), staged_outputs(out_dir) as stage:
+    # the earlier comparison whole and removes what it wrote. Earlier files
+    # that the new comparison does not write (relevance files, similarity
+    # matrices, image grids) go aside with the replaced ones, so that no
+    # result of an earlier comparison stays next to the new ones. A folder
+    # that this call creates is removed again if a step fails.
+    with output_dir(out_dir), staged_outputs(out_dir, retire=_retired_outputs()) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")
@@ -949,11 +939,6 @@ def compare(
             outputs={**outputs, "summary": summary},
         )
 
-        # Every new file is written. The earlier manifest goes first, so that
-        # a stop while the files are replaced leaves a folder without one,
-        # which marks an incomplete comparison.
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
