@@ -1356,3 +1356,23 @@ def test_compare_stop_during_moves_keeps_earlier_output(tmp_path, monkeypatch, f
 
     assert folder_contents(out) == before
     assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("blocked", ["top_objects", "rsa.json"])
+def test_compare_output_path_in_the_way_rejected_first(tmp_path, shared_data, blocked):
+    # A file named top_objects, or a folder named like an output file, would
+    # make the final moves fail after all the work.
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocked == "top_objects":
+        (out / blocked).write_text("the user's file")
+    else:
+        (out / blocked).mkdir()
+    with pytest.raises(FileExistsError, match=rf"{blocked} .*move it away, or choose another -o"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2,
+                images=shared_data / "images", similarity=failing_similarity)
+    assert sorted(path.name for path in out.iterdir()) == [blocked]

@@ -668,6 +668,29 @@ def _reject_inputs_among_outputs(inputs: dict[str, Any], out_dir: Path) -> None:
                 )
 
 
+def _reject_paths_in_the_way(out_dir: Path, *, grids: bool) -> None:
+    """Raise ``FileExistsError`` where something in ``out_dir`` would block the final moves.
+
+    A folder named like an output file, or a file named ``top_objects`` when
+    image grids are written (``grids``), would otherwise stop the comparison
+    after all its work.
+    """
+    names = [*COMPARE_OUTPUTS, MANIFEST_NAME, *SIMILARITY_OUTPUTS]
+    names += [similarity_record_path(name).name for name in SIMILARITY_OUTPUTS]
+    for name in names:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but compare writes a file there: move it away, or choose another -o"
+            )
+    grid_dir = out_dir / "top_objects"
+    if grids and grid_dir.exists() and not grid_dir.is_dir():
+        raise FileExistsError(
+            f"{grid_dir} is a file, but compare writes its image grids into a folder there: move it "
+            "away, or choose another -o"
+        )
+
+
 def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
     """Make a saved similarity matrix of an earlier comparison, and its record, available in the stage.
 
@@ -834,6 +857,7 @@ def compare(
         **({"dnn": dnn_result.path} if dnn_result.path else {}),
     }
     _reject_inputs_among_outputs(input_paths, out_dir)
+    _reject_paths_in_the_way(out_dir, grids=images is not None)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
