@@ -243,3 +243,32 @@ def test_staged_outputs_failed_retire_keeps_file(tmp_path, monkeypatch):
 
     after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_staged_outputs_stop_during_cleanup_removes_stage(tmp_path, monkeypatch):
+    # Ctrl-C while the hidden folder is removed, after the new manifest is in
+    # place, leaves the new output whole and no hidden folder.
+    import shutil
+
+    import dimalign.io.files as files
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    real_rmtree, calls = shutil.rmtree, []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            real_rmtree(Path(path) / ".earlier")
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with files.staged_outputs(out) as stage:
+            _stage_new_output(stage)
+    monkeypatch.undo()
+
+    assert (out / "manifest.json").read_text() == "new manifest"
+    assert (out / "top_objects" / "pair1.png").read_text() == "new pair1"
+    assert not list(out.glob(".partial-*"))

@@ -218,8 +218,9 @@ def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Pat
     files in an existing subfolder stay. If the block or a move raises (an
     error, Ctrl-C, SIGTERM), the earlier files are put back and the hidden
     folder is removed: the folder holds the earlier output whole, and files
-    that other programs added meanwhile stay. Only SIGKILL, or a second
-    signal during that cleanup, leaves the hidden folder (see
+    that other programs added meanwhile stay. A signal after the last move
+    stops the caller with the new output in place. Only SIGKILL, or a second
+    signal during a cleanup, leaves the hidden folder (see
     :func:`report_leftover_stages`).
 
     Args:
@@ -273,7 +274,13 @@ def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Pat
     except BaseException:
         _put_back(stage, out_dir, moved, created, set(stale))
         raise
-    shutil.rmtree(stage)
+    # The new output is complete here. A signal during this removal stops the
+    # command, but the hidden folder must not stay with half the earlier files.
+    try:
+        shutil.rmtree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     if stale:
         logger.info(
             "removed %d files of an earlier run from %s that the new output does not replace: %s",
