@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1342,3 +1343,58 @@ def test_compare_warns_about_asymmetric_reference(tmp_path):
     reference = (matrix, ObjectTable.from_ids([str(row) for row in range(6)]))
     with pytest.warns(UserWarning, match=r"the reference matrix \(--reference-rsm\) is not symmetric: the largest difference is 0.3\d* at \(row, column\) \(1, 4\)"):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, reference=reference)
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 8])
+def test_compare_stop_during_moves_keeps_earlier_output(tmp_path, monkeypatch, fail_at):
+    # A stop while the new files are moved in (here an OSError from the
+    # fail_at-th move) puts back every file of the earlier comparison, also
+    # those the rerun does not write (relevance files, similarity matrices).
+    import os
+
+    import dimalign.io.files as files
+
+    write_surrogate_sides(tmp_path)
+    out = tmp_path / "out"
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, triplets=triplets, save_similarity=True)
+    before = folder_contents(out)
+
+    real_replace, calls = os.replace, []
+
+    def failing_replace(source, target):
+        # Count only the moves of new files from the hidden folder into out.
+        if Path(source).parent.name.startswith(".partial-") and Path(target).parent == out:
+            calls.append(target)
+            if len(calls) == fail_at:
+                raise OSError("disk full")
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    assert len(calls) == fail_at
+    monkeypatch.undo()
+
+    assert folder_contents(out) == before
+    assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("blocked", ["top_objects", "rsa.json"])
+def test_compare_output_path_in_the_way_rejected_first(tmp_path, shared_data, blocked):
+    # A file named top_objects, or a folder named like an output file, would
+    # make the final moves fail after all the work.
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    out.mkdir()
+    if blocked == "top_objects":
+        (out / blocked).write_text("the user's file")
+    else:
+        (out / blocked).mkdir()
+    with pytest.raises(FileExistsError, match=rf"{blocked} .*move it away, or choose another -o"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2,
+                images=shared_data / "images", similarity=failing_similarity)
+    assert sorted(path.name for path in out.iterdir()) == [blocked]

@@ -180,10 +180,9 @@ def test_saturated_probability_ranks_by_log_drop():
 
 
 def test_tied_drops_credit_no_dimension():
-    # Dimensions 0 and 1 are equal for the three objects, so no removal is
-    # more relevant; nor is one for s_34 = 2,500 (900 or 1,600 without a
-    # dimension), where exp(-900) underflows and log p is 0 exactly.
-    embedding = np.array([[1.0, 1.0, 0.2], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [40.0, 30.0, 0.0], [40.0, 30.0, 0.0]])
+    # Dimensions 0 and 1 are equal for the three objects of triplet 0, so no
+    # removal is more relevant.
+    embedding = np.array([[1.0, 1.0, 0.2], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [30.0, 30.0, 0.0], [30.0, 30.0, 0.0]])
     triplets = np.array([[0, 1, 2], [3, 4, 2], [0, 2, 1]])
     with pytest.warns(UserWarning, match=r"2 of 3 triplets have no single most relevant dimension"):
         result = jackknife_relevance(embedding, triplets)
@@ -192,6 +191,26 @@ def test_tied_drops_credit_no_dimension():
     assert result.n_tied == 2
     assert result.share_most_relevant.sum() == pytest.approx(1 / 3)
     assert result.share_most_relevant[0] <= 1 / 3
+
+
+def test_choice_beyond_underflow_has_a_dimension():
+    # s_01 = 2,500, and 900 or 1,600 without a dimension: exp(-900) underflows,
+    # so log p is 0 in float64 for every removal. Without dimension 0 the
+    # choice is still less certain (-log p = 2 exp(-900) against 2 exp(-1600)),
+    # so dimension 0 is the most relevant, as for smaller weights.
+    embedding = np.array([[40.0, 30.0], [40.0, 30.0], [0.0, 0.0]])
+    for scale in (0.1, 1.0):
+        result = jackknife_relevance(scale * embedding, np.array([[0, 1, 2]]))
+        assert result.most_relevant.tolist() == [0]
+        assert result.n_tied == 0
+
+
+def test_saturated_ties_need_equal_dimensions():
+    # Two removals that leave equal logits tie also beyond the underflow.
+    embedding = np.array([[30.0, 30.0, 1.0], [30.0, 30.0, 1.0], [0.0, 0.0, 1.0]])
+    with pytest.warns(UserWarning, match=r"1 of 1 triplets have no single most relevant dimension"):
+        result = jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+    assert result.most_relevant.tolist() == [-1]
 
 
 def test_agreement_table_skips_tied_triplets():

@@ -848,6 +848,26 @@ def test_find_runs_excludes_run_of_other_settings(tmp_path, tiny_triplets):
     assert "seed_8: " in messages and "other training triplets" in messages
 
 
+@pytest.mark.parametrize("n_kept", [0, 1])
+def test_find_runs_counts_excluded_runs_in_error(tmp_path, tiny_triplets, n_kept):
+    # Runs that differ from the sweep's manifest are finished, so the error
+    # for too few runs of this sweep names them instead of "no finished run".
+    train, val = tiny_triplets
+    sweep(train, val, tmp_path, seeds=[0, 1], n_objects=N_OBJECTS, settings=SETTINGS)
+    for seed in range(2 - n_kept):
+        manifest_path = tmp_path / "runs" / f"seed_{seed}" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["settings"]["lr"] = 0.5
+        manifest_path.write_text(json.dumps(manifest))
+
+    with pytest.warns(UserWarning, match="excluded"):
+        with pytest.raises(FileNotFoundError) as error:
+            find_runs(tmp_path)
+    message = str(error.value)
+    assert f"{2 - n_kept} finished runs that differ from" in message
+    assert "no finished run (" not in message
+
+
 def test_find_runs_rejects_repeated_seed(tmp_path, tiny_triplets):
     import shutil
 

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -217,4 +218,74 @@ def test_staged_outputs_put_the_earlier_output_back(tmp_path, monkeypatch, fail_
 
     after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
     assert after == before
+    assert not list(out.glob(".partial-*"))
+
+
+def test_staged_outputs_retire_stale_files(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    (out / "relevance.csv").write_text("earlier relevance")
+
+    with staged_outputs(out, retire=["relevance.csv", "top_objects/pair*.png"]) as stage:
+        (stage / "rsa.json").write_text("new rsa")
+        (stage / "manifest.json").write_text("new manifest")
+
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == [
+        "manifest.json", "rsa.json", "top_objects", "top_objects/notes.txt",
+    ]
+
+
+def test_staged_outputs_failed_retire_keeps_file(tmp_path, monkeypatch):
+    # A move aside of a stale file that fails leaves that file where it was.
+    import dimalign.io.files as files
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    (out / "relevance.csv").write_text("earlier relevance")
+    before = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if Path(source).name == "relevance.csv":
+            raise OSError("disk full")
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        with files.staged_outputs(out, retire=["relevance.csv"]) as stage:
+            (stage / "rsa.json").write_text("new rsa")
+    monkeypatch.undo()
+
+    after = {path.relative_to(out).as_posix(): path.read_text() for path in out.rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_staged_outputs_stop_during_cleanup_removes_stage(tmp_path, monkeypatch):
+    # Ctrl-C while the hidden folder is removed, after the new manifest is in
+    # place, leaves the new output whole and no hidden folder.
+    import shutil
+
+    import dimalign.io.files as files
+
+    out = tmp_path / "out"
+    _earlier_output(out)
+    real_rmtree, calls = shutil.rmtree, []
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            real_rmtree(Path(path) / ".earlier")
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with files.staged_outputs(out) as stage:
+            _stage_new_output(stage)
+    monkeypatch.undo()
+
+    assert (out / "manifest.json").read_text() == "new manifest"
+    assert (out / "top_objects" / "pair1.png").read_text() == "new pair1"
     assert not list(out.glob(".partial-*"))

@@ -626,8 +626,8 @@ def bootstrap_rsa(
 
 #: Every file that :func:`compare` may write, besides ``manifest.json`` and the
 #: image grids in ``top_objects/``. Once a rerun into the same folder has
-#: written its new files, it removes these, so that no result of an earlier
-#: comparison stays next to the new ones.
+#: written its new files, it removes the earlier ones (see :func:`_retired_outputs`),
+#: so that no result of an earlier comparison stays next to the new ones.
 COMPARE_OUTPUTS = (
     "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
     "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
@@ -668,6 +668,29 @@ def _reject_inputs_among_outputs(inputs: dict[str, Any], out_dir: Path) -> None:
                 )
 
 
+def _reject_paths_in_the_way(out_dir: Path, *, grids: bool) -> None:
+    """Raise ``FileExistsError`` where something in ``out_dir`` would block the final moves.
+
+    A folder named like an output file, or a file named ``top_objects`` when
+    image grids are written (``grids``), would otherwise stop the comparison
+    after all its work.
+    """
+    names = [*COMPARE_OUTPUTS, MANIFEST_NAME, *SIMILARITY_OUTPUTS]
+    names += [similarity_record_path(name).name for name in SIMILARITY_OUTPUTS]
+    for name in names:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but compare writes a file there: move it away, or choose another -o"
+            )
+    grid_dir = out_dir / "top_objects"
+    if grids and grid_dir.exists() and not grid_dir.is_dir():
+        raise FileExistsError(
+            f"{grid_dir} is a file, but compare writes its image grids into a folder there: move it "
+            "away, or choose another -o"
+        )
+
+
 def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
     """Make a saved similarity matrix of an earlier comparison, and its record, available in the stage.
 
@@ -686,29 +709,16 @@ def _link_earlier_similarity(earlier: Path, staged: Path) -> None:
             shutil.copy2(source, target)
 
 
-def _remove_earlier_outputs(out_dir: Path, keep_similarity: bool) -> None:
-    """Delete the files of an earlier comparison in ``out_dir``.
+def _retired_outputs() -> list[str]:
+    """Return the glob patterns of the files of an earlier comparison that a rerun must not leave.
 
-    With ``keep_similarity`` the saved similarity matrices stay, because
-    :func:`similarity_matrix_to_disk` reuses them only when their record
-    matches the new embeddings, and recomputes them otherwise.
+    With ``save_similarity`` the saved similarity matrices are new outputs
+    too, so they replace the earlier ones instead of being removed.
     """
     names = list(COMPARE_OUTPUTS)
-    if not keep_similarity:
-        for name in SIMILARITY_OUTPUTS:
-            names += [name, similarity_record_path(name).name]
-    removed = []
-    for name in names:
-        if (out_dir / name).is_file():
-            (out_dir / name).unlink()
-            removed.append(name)
-    grids = sorted((out_dir / "top_objects").glob("pair_*.png"))
-    for grid in grids:
-        grid.unlink()
-    if grids:
-        removed.append(f"{len(grids)} grids in top_objects/")
-    if removed:
-        logger.info("removed the outputs of an earlier comparison in %s: %s", out_dir, ", ".join(removed))
+    for name in SIMILARITY_OUTPUTS:
+        names += [name, similarity_record_path(name).name]
+    return [*names, "top_objects/pair_*.png"]
 
 
 @dataclass
@@ -847,6 +857,7 @@ def compare(
         **({"dnn": dnn_result.path} if dnn_result.path else {}),
     }
     _reject_inputs_among_outputs(input_paths, out_dir)
+    _reject_paths_in_the_way(out_dir, grids=images is not None)
     logger.info(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
@@ -863,9 +874,12 @@ def compare(
     # Every input is valid from here on. The outputs are written into a hidden
     # folder inside out_dir and moved over the earlier comparison only when all
     # are written, manifest.json last, so a failed or interrupted rerun leaves
-    # the earlier comparison whole and removes what it wrote. A folder that
-    # this call creates is removed again if a step fails.
-    with output_dir(out_dir), staged_outputs(out_dir) as stage:
+    # the earlier comparison whole and removes what it wrote. Earlier files
+    # that the new comparison does not write (relevance files, similarity
+    # matrices, image grids) go aside with the replaced ones, so that no
+    # result of an earlier comparison stays next to the new ones. A folder
+    # that this call creates is removed again if a step fails.
+    with output_dir(out_dir), staged_outputs(out_dir, retire=_retired_outputs()) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")
@@ -949,11 +963,6 @@ def compare(
             outputs={**outputs, "summary": summary},
         )
 
-        # Every new file is written. The earlier manifest goes first, so that
-        # a stop while the files are replaced leaves a folder without one,
-        # which marks an incomplete comparison.
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-        _remove_earlier_outputs(out_dir, keep_similarity=save_similarity)
     interval = (
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )

@@ -16,12 +16,15 @@ The most relevant dimension of a triplet is ranked by the drop in
 log-probability, ``log p - log p^(-m)``, which has the same argmax as
 ``p - p^(-m)`` because ``log`` is increasing. A choice the model is sure of
 (dot products differing by more than about 38) has ``p == 1.0`` in float64
-for every removal, so all probability drops are 0, while ``log p``, computed
-as ``-log1p(sum of exp(s_other - s_chosen))``, still separates them. A triplet
-whose log-drops tie at the maximum (say two dimensions equal for its three
-objects, or dot products so far apart that even ``log p`` is 0) has no single
-most relevant dimension. It is marked ``-1`` and counted, never credited to
-the lowest index.
+for every removal, so all probability drops are 0, and beyond about 745 even
+``log p`` rounds to 0. The ranking does not round: with ``t_a`` and ``t_b``
+the two other logits minus the chosen one, ``-log p = log1p(exp(t_a) +
+exp(t_b))`` is increasing in ``exp(t_a) + exp(t_b)``, so the removals are
+ranked by that sum scaled by a shared ``exp(-c)``, with ``c`` the largest of
+those logits over all removals of the triplet. A triplet whose largest
+log-drop is shared by several dimensions (say two dimensions equal for its
+three objects) has no single most relevant dimension. It is marked ``-1``
+and counted, never credited to the lowest index.
 
 :func:`compare_decisions` applies this to a human and a DNN embedding of the
 same objects. It finds the triplets where both models choose the same odd one
@@ -214,11 +217,8 @@ def jackknife_relevance(
         full_probability = chosen[:, 0]
         batch_drops = full_probability[:, None] - chosen[:, 1:]
 
-        # Rank by log-probability, which does not round to 0 where p rounds to 1.
-        log_chosen = _log_probability_of_first(logits)
-        log_drops = log_chosen[:, :1] - log_chosen[:, 1:]
-        best_log_drop, best_dim = log_drops.max(dim=1)
-        tied = (log_drops == best_log_drop[:, None]).sum(dim=1) > 1
+        # Rank the removals by the drop in log p (see the module docstring).
+        best_dim, tied = _most_relevant(logits[:, 1:, :])
         best_dim = torch.where(tied, torch.full_like(best_dim, NO_DIMENSION), best_dim)
         best_drop = torch.where(
             tied, batch_drops.max(dim=1).values, batch_drops.gather(1, best_dim.clamp(min=0)[:, None])[:, 0]
@@ -237,8 +237,8 @@ def jackknife_relevance(
         warnings.warn(
             f"{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
             "several dimensions lower the log-probability of the choice by the same largest amount "
-            "(dimensions equal for the three objects, or a choice so certain that log p is 0 "
-            f"exactly); they are marked {NO_DIMENSION} and count for no dimension",
+            f"(such as dimensions equal for the three objects); they are marked {NO_DIMENSION} and "
+            "count for no dimension",
             UserWarning,
             stacklevel=2,
         )
@@ -256,18 +256,26 @@ def jackknife_relevance(
     )
 
 
-def _log_probability_of_first(logits: torch.Tensor) -> torch.Tensor:
-    """Return ``log softmax(logits)[..., 0]`` without rounding ``log p`` to 0 where ``p`` rounds to 1.
+def _most_relevant(removed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Find the removal that lowers the log-probability of the chosen pair most.
 
-    ``log p_0 = -logsumexp(t)`` with ``t = logits - logits[..., 0]``, and
-    ``logsumexp(t) = max(t) + log1p(sum of exp(t - max t) over all but one
-    largest entry)``. ``torch.logsumexp`` adds that sum to 1 before the log, so
-    a sum below the float64 epsilon (2.2e-16) would be lost.
+    Args:
+        removed (torch.Tensor): Logits without each dimension, shape
+            ``(b, d, 3)``, the chosen pair first.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: The dimension with the largest
+        log-drop, shape ``(b,)``, and whether another dimension has the same
+        drop, shape ``(b,)``.
     """
-    shifted = logits - logits[..., :1]
-    largest, position = shifted.max(dim=-1, keepdim=True)
-    others = torch.exp(shifted - largest).scatter(-1, position, 0.0).sum(dim=-1)
-    return -(largest[..., 0] + torch.log1p(others))
+    others = removed[..., 1:] - removed[..., :1]
+    largest = others.amax(dim=(1, 2), keepdim=True)
+    # Each sum is exp(-c) * (1 / p^(-m) - 1), so the largest marks the lowest
+    # log p^(-m). It is at least 1, so it cannot underflow.
+    scaled_sum = torch.exp(others - largest).sum(dim=2)
+    best_sum, best_dim = scaled_sum.max(dim=1)
+    tied = (scaled_sum == best_sum[:, None]).sum(dim=1) > 1
+    return best_dim, tied
 
 
 # -- human versus DNN ---------------------------------------------------------

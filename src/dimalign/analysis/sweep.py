@@ -646,13 +646,25 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             UserWarning,
             stacklevel=2,
         )
-    runs = _runs_of_this_sweep(Path(sweep_dir), runs)
+    finished = runs
+    runs = _runs_of_this_sweep(Path(sweep_dir), finished)
     _check_distinct_seeds(runs)
+    n_excluded = len(finished) - len(runs)
+    excluded = (
+        f" It also has {n_excluded} finished runs that differ from "
+        f"{Path(sweep_dir) / MANIFEST_NAME} (see the warning); move those that belong to "
+        "another sweep out, or select among run directories given by path."
+        if n_excluded else ""
+    )
     if len(runs) == 1:
         raise FileNotFoundError(
-            f"{runs_folder} has 1 finished run ({runs[0].name}), but selection compares runs and needs "
-            "at least two: rerun 'dimalign sweep' into the same folder with more seeds (finished "
-            "runs are reused)"
+            f"{runs_folder} has 1 finished run of this sweep ({runs[0].name}), but selection compares "
+            "runs and needs at least two: rerun 'dimalign sweep' into the same folder with more seeds "
+            f"(finished runs are reused).{excluded}"
+        )
+    if not runs and n_excluded:
+        raise FileNotFoundError(
+            f"{runs_folder} has no finished run of this sweep, but selection needs at least two.{excluded}"
         )
     if not runs:
         raise FileNotFoundError(

@@ -206,22 +206,28 @@ _EARLIER_FOLDER = ".earlier"
 
 
 @contextlib.contextmanager
-def staged_outputs(out_dir: Path) -> Iterator[Path]:
+def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Path]:
     """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
 
     The files of an earlier run into the same folder are replaced only once
     every new file is written. They are moved aside into the hidden folder
     first, the earlier ``manifest.json`` before the other files, and the new
-    ``manifest.json`` comes last. Files in subfolders are moved one by one,
-    so other files in an existing subfolder stay. If the block or a move
-    raises (an error, Ctrl-C, SIGTERM), the earlier files are put back and
-    the hidden folder is removed: the folder holds the earlier output whole,
-    and files that other programs added meanwhile stay. Only SIGKILL, or a
-    second signal during that cleanup, leaves the hidden folder (see
+    ``manifest.json`` comes last. Earlier files that match a ``retire``
+    pattern and have no new counterpart are moved aside too, right after the
+    earlier manifest. Files in subfolders are moved one by one, so other
+    files in an existing subfolder stay. If the block or a move raises (an
+    error, Ctrl-C, SIGTERM), the earlier files are put back and the hidden
+    folder is removed: the folder holds the earlier output whole, and files
+    that other programs added meanwhile stay. A signal after the last move
+    stops the caller with the new output in place. Only SIGKILL, or a second
+    signal during a cleanup, leaves the hidden folder (see
     :func:`report_leftover_stages`).
 
     Args:
         out_dir (Path): The output folder, which must exist.
+        retire (Sequence[str]): Glob patterns, relative to ``out_dir``, of the
+            files that an earlier run may have written and that must not stay
+            next to the new output (for example ``top_objects/pair_*.png``).
 
     Yields:
         Path: The hidden folder.
@@ -230,42 +236,72 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     earlier = stage / _EARLIER_FOLDER
     moved: list[Path] = []
     created: list[Path] = []
+    stale: list[Path] = []
     try:
         yield stage
         names = sorted(
             (path.relative_to(stage) for path in stage.rglob("*") if not path.is_dir() or path.is_symlink()),
             key=lambda name: (name == Path(MANIFEST_NAME), name.parts),
         )
+        stale += sorted(
+            {
+                path.relative_to(out_dir)
+                for pattern in retire
+                for path in out_dir.glob(pattern)
+                if path.is_file() or path.is_symlink()
+            }
+            - {*names, Path(MANIFEST_NAME)}
+        )
         earlier.mkdir()
         if (out_dir / MANIFEST_NAME).is_file():
             os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
-        for name in names:
+        for name in [*stale, *names]:
             target = out_dir / name
             for folder in reversed(target.parents):
                 if folder != out_dir and out_dir in folder.parents and not folder.exists():
                     folder.mkdir()
                     created.append(folder)
+            # A name is listed before its files move, so that a signal between
+            # two moves finds it in the list when the earlier files go back.
+            moved.append(name)
             # Only files go aside: a folder in the way makes the move below
             # fail, rather than being deleted with the hidden folder.
             if name != Path(MANIFEST_NAME) and (target.is_file() or target.is_symlink()):
                 (earlier / name).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(target, earlier / name)
-            moved.append(name)
-            os.replace(stage / name, target)
+            if name not in stale:
+                os.replace(stage / name, target)
     except BaseException:
-        _put_back(stage, out_dir, moved, created)
+        _put_back(stage, out_dir, moved, created, set(stale))
         raise
-    shutil.rmtree(stage)
-    logger.info("moved the %d files written in %s into %s", len(moved), stage, out_dir)
+    # The new output is complete here. A signal during this removal stops the
+    # command, but the hidden folder must not stay with half the earlier files.
+    try:
+        shutil.rmtree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    logger.info("moved the %d files written in %s into %s", len(moved) - len(stale), stage, out_dir)
+    if stale:
+        logger.info(
+            "removed %d files of an earlier run from %s that the new output does not replace: %s",
+            len(stale), out_dir, ", ".join(name.as_posix() for name in stale),
+        )
 
 
-def _put_back(stage: Path, out_dir: Path, moved: list[Path], created: list[Path]) -> None:
-    """Undo the moves of :func:`staged_outputs` and remove its hidden folder."""
+def _put_back(stage: Path, out_dir: Path, moved: list[Path], created: list[Path], stale: set[Path]) -> None:
+    """Undo the moves of :func:`staged_outputs` and remove its hidden folder.
+
+    A name in ``moved`` whose earlier file is not in the hidden folder had no
+    earlier file, or the stop came before its move aside. Its file in
+    ``out_dir`` is new, and removed, only when it is no ``stale`` name and
+    has left the hidden folder.
+    """
     earlier = stage / _EARLIER_FOLDER
     for name in dict.fromkeys([*reversed(moved), Path(MANIFEST_NAME)]):
         if (earlier / name).exists() or (earlier / name).is_symlink():
             os.replace(earlier / name, out_dir / name)
-        elif name in moved and not (stage / name).exists():
+        elif name in moved and name not in stale and not (stage / name).exists():
             (out_dir / name).unlink(missing_ok=True)
     for folder in reversed(created):
         with contextlib.suppress(OSError):
