@@ -1394,7 +1394,25 @@ def test_compare_output_path_in_the_way_rejected_first(tmp_path, shared_data, bl
         (out / blocked).write_text("the user's file")
     else:
         (out / blocked).mkdir()
-    with pytest.raises(FileExistsError, match=rf"{blocked} .*move it away, or choose another -o"):
+    with pytest.raises(FileExistsError, match=rf"{blocked} .*move it away, or choose another"):
         compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2,
                 images=shared_data / "images", similarity=failing_similarity)
     assert sorted(path.name for path in out.iterdir()) == [blocked]
+
+
+def test_compare_keeps_a_users_file_of_an_output_name(tmp_path):
+    # In a folder without an earlier comparison, rsa.json is the user's own
+    # file; a rerun into its own folder still replaces it.
+    write_surrogate_sides(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rsa.json").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"rsa.json exists, but .* holds no earlier dimalign compare"):
+        compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
+    assert sorted(path.name for path in out.iterdir()) == ["rsa.json"]
+    assert (out / "rsa.json").read_text() == "my notes"
+
+    (out / "rsa.json").unlink()
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
+    assert (out / "manifest.json").is_file()

@@ -44,6 +44,7 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     atomic_path,
     check_output_dir,
+    check_unowned_files,
     check_writable,
     now_iso,
     is_same_file,
@@ -822,6 +823,12 @@ def compare(
     check_output_dir(out_dir, "compare")
     check_writable(out_dir)
     report_leftover_stages(out_dir)
+    # A rerun replaces the files of an earlier comparison; in any other folder
+    # a file of the same name is the user's and stays.
+    check_unowned_files(
+        out_dir, [path.relative_to(out_dir) for path in _output_names(out_dir) if path.name != MANIFEST_NAME],
+        "compare",
+    )
     resolve_device(device)
     _check_compare_settings(n_bootstrap, top_k, images, random_state)
     if similarity is None:
