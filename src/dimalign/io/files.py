@@ -632,6 +632,39 @@ def text_table_problem(path: str | os.PathLike) -> str:
     return "it is not a whitespace-separated table of numbers"
 
 
+def read_utf8_text(path: str | os.PathLike, *, advice: str, description: str = "",
+                   translate_newlines: bool = False) -> str:
+    """Read a UTF-8 text file, without a byte order mark, naming the first byte that is not UTF-8.
+
+    Spreadsheet programs and some Windows editors write a byte order mark,
+    which would otherwise start the first name or hide a header.
+
+    Args:
+        path (str | os.PathLike): The file.
+        advice (str): What to do about a file that is not UTF-8, for the message.
+        description (str): What the file is, such as ``"object names file "``,
+            put before its path in the message.
+        translate_newlines (bool): Turn ``\\r\\n`` and ``\\r`` into ``\\n``, as
+            :meth:`pathlib.Path.read_text` does.
+
+    Returns:
+        str: The text.
+
+    Raises:
+        ValueError: If the file is not UTF-8, naming the byte and its offset.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{description}{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}): {advice}"
+        ) from None
+    if translate_newlines:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
 def load_npy(
     path: str | os.PathLike, *, description: str, advice: str, mmap_mode: str | None = None
 ) -> Any:

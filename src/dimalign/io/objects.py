@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dimalign.io.files import write_text_atomic
+from dimalign.io.files import read_utf8_text, write_text_atomic
 
 OBJECT_TABLE_NAME = "objects.tsv"
 COLUMNS = ("index", "object_id", "source")
@@ -112,14 +112,7 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
         raise FileNotFoundError(
             f"object table {path} not found: pass an objects.tsv or a file with one object name per line"
         )
-    # utf-8-sig drops a byte order mark, which would otherwise start the first name.
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset "
-            f"{error.start} cannot be decoded; save the table as UTF-8 (or plain ASCII)"
-        ) from error
+    text = read_utf8_text(path, advice="save the table as UTF-8 (or plain ASCII)", translate_newlines=True)
     # Lines end only at \n (read_text turns \r\n and \r into \n). str.splitlines()
     # would also split at NEL, form feed and other separators inside a name, and
     # so move every later object down one row.

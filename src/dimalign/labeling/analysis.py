@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dimalign.io.files import atomic_path
+from dimalign.io.files import atomic_path, read_utf8_text
 from dimalign.labeling.study import remove_format_characters
 
 logger = logging.getLogger(__name__)
@@ -423,14 +423,8 @@ def read_relevance(path: str | os.PathLike, n_dims: int | None = None) -> pd.Dat
             "`dimalign compare --triplets`"
         )
     # Decoded here rather than by pandas, whose error gives the offset within a read chunk.
-    try:
-        # utf-8-sig drops the byte-order mark that spreadsheet programs write.
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"relevance file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}): give the CSV that `dimalign compare --triplets` wrote"
-        ) from None
+    text = read_utf8_text(path, advice="give the CSV that `dimalign compare --triplets` wrote",
+                          description="relevance file ")
     header, rows, lines = _read_csv_rows(path, text)
     missing = [column for column in RELEVANCE_COLUMNS if column not in header]
     if missing:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dimalign.io.files import read_utf8_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,17 +47,10 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
     if path.suffix.lower() == ".mat":
         labels = _labels_from_mat(path)
     else:
-        try:
-            # utf-8-sig drops a byte order mark, which would otherwise start the
-            # first label. Lines end only at \n (with an optional \r before it):
-            # str.splitlines() would also split at NEL, form feed and other
-            # separators and so shift every later label to the wrong dimension.
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as error:
-            raise ValueError(
-                f"{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-                f"{error.start}): save the labels as UTF-8"
-            ) from None
+        # Lines end only at \n (with an optional \r before it): str.splitlines()
+        # would also split at NEL, form feed and other separators and so shift
+        # every later label to the wrong dimension.
+        text = read_utf8_text(path, advice="save the labels as UTF-8", translate_newlines=True)
         lines = [line.removesuffix("\r") for line in text.split("\n")]
         while lines and not lines[-1].strip():
             lines.pop()

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dimalign.io.files import read_utf8_text
 from dimalign.labeling.study import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -128,15 +129,8 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"object names file {path} not found")
-    try:
-        # utf-8-sig drops a byte order mark, which spreadsheet programs write
-        # and which would otherwise hide the CSV header or start the first name.
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"object names file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
-            f"offset {error.start}): save it as UTF-8"
-        ) from None
+    text = read_utf8_text(path, advice="save it as UTF-8", description="object names file ",
+                          translate_newlines=True)
     first_line = text.splitlines()[0] if text else ""
     header = next(csv.reader([first_line])) if first_line else []
     if "id" in header and "word" in header:
