@@ -650,8 +650,8 @@ def similarity_matrix(
         # The subset costs O(m² n) and the full matrix O(n³) with a smaller
         # constant. With one torch thread on a shared 2-core x86_64 CPU and a
         # 1,854 x 42 gamma embedding, the full matrix took 1.3 s and subsets of
-        # 150, 200 and 300 objects 0.76, 1.43 and 2.03 s, so the subset is
-        # slower from about n/10 objects on; the switch at n/12 leaves a margin.
+        # 150, 200 and 300 objects 0.76, 1.43 and 2.03 s. The subset is slower
+        # from about n/10 objects on, and the switch at n/12 leaves a margin.
         if 144 * subset.size**2 > n_objects**2:
             full = similarity_matrix(weights, batch_size=batch_size, device=device, dtype=dtype)
             return full[np.ix_(subset, subset)]
