@@ -222,7 +222,7 @@ def save_png(image: Any, path: Path) -> Path:
         image = np.round(array * 255.0).astype(np.uint8)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    refuse_to_replace(path)
+    reject_existing_output(path)
     with atomic_path(path) as temporary:
         image.save(temporary, format="PNG")
     return path
@@ -232,13 +232,13 @@ def save_csv(table: Any, path: Path) -> Path:
     """Write a pandas table as CSV, atomically."""
     from dimalign.io.files import atomic_path
 
-    refuse_to_replace(path)
+    reject_existing_output(path)
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False)
     return path
 
 
-def refuse_to_replace(path: Path) -> None:
+def reject_existing_output(path: Path) -> None:
     """Raise ``FileExistsError`` if ``path`` exists.
 
     The output folder may be an existing folder of the user's (one without an
@@ -275,8 +275,10 @@ def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) 
             "images or dimensions would stay beside the new ones; choose a new output folder, or "
             "delete this one first"
         )
-    for name in fixed_names:
-        refuse_to_replace(out_dir / name)
+    from dimalign.io.files import check_unowned_files
+
+    # Without a manifest, the folder contains no earlier output of this step.
+    check_unowned_files(out_dir, fixed_names, step)
 
 
 def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: str) -> None:
@@ -603,7 +605,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         figure = plot_largest_changes(figure_result, figure_images.originals, n_rows=args.figure_rows)
         table["image"] = table["image"].map({name: str(path) for name, path in zip(names, paths)})
         save_csv(table, args.out / "manipulations.csv")
-        refuse_to_replace(args.out / "largest_changes.png")
+        reject_existing_output(args.out / "largest_changes.png")
         with atomic_path(args.out / "largest_changes.png") as temporary:
             figure.savefig(temporary, dpi=100)
         write_manifest(

@@ -194,6 +194,11 @@ class Participant:
     consented_at: str
 
 
+def abbreviate(text: str, limit: int = 60) -> str:
+    """Shorten ``text`` to its first ``limit`` characters and ``...`` for a message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def remove_format_characters(text: str) -> str:
     """Remove the Unicode format characters (category ``Cf``) from a label.
 
@@ -408,10 +413,9 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
         # FileNotFoundError raised for a missing image has no errno and is re-raised as it is.
         if error.errno != errno.ENAMETOOLONG:
             raise
-        shown = object_id if len(object_id) <= 60 else object_id[:60] + "..."
         where = f"source {source[:60]!r}" if source else "object id"
         raise FileNotFoundError(
-            f"the image of object {shown!r} ({len(object_id.encode())} bytes) cannot be looked up because "
+            f"the image of object {abbreviate(object_id)!r} ({len(object_id.encode())} bytes) cannot be looked up because "
             f"its {where} is too long for a file name ({error.strerror}): give the image in the object "
             "table's source column, with a shorter file name"
         ) from None
@@ -518,11 +522,11 @@ def create_study(
         raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
     if [path.name for path in side_files] == [db_path.name + "-shm"]:
-        # Alone, the shared-memory index holds no answers, but SQLite would
+        # Alone, the shared-memory index contains no answers, but SQLite would
         # open it for the new study; an unknown file there is refused.
         raise FileExistsError(
             f"{side_files[0]} is the shared-memory index of an earlier SQLite database at {db_path}. "
-            "It holds no answers, but SQLite would reuse it for the new study: move it away, or "
+            "It contains no answers, but SQLite would reuse it for the new study: move it away, or "
             "choose another file name."
         )
     if side_files:

@@ -46,7 +46,7 @@ from dimalign.io.files import (
 )
 from dimalign.labeling import analysis
 from dimalign.labeling.semantic import MAX_N_RANDOM
-from dimalign.labeling.study import Study
+from dimalign.labeling.study import Study, abbreviate
 
 logger = logging.getLogger(__name__)
 
@@ -418,9 +418,8 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
         longest = f".{name}_dim{max(study.dimensions, default=0)}.xxxxxxxx.tmp.png"
         allowed = MAX_FILE_NAME_BYTES - (len(longest.encode()) - name_bytes)
         if name_bytes > allowed:
-            shown = name if len(name) <= 60 else name[:60] + "..."
             raise ValueError(
-                f"invalid embedding name {shown!r} of {study.path}: it is {name_bytes} bytes, but the word "
+                f"invalid embedding name {abbreviate(name)!r} of {study.path}: it is {name_bytes} bytes, but the word "
                 f"cloud files NAME_dim<d>.png, written under a longer temporary name first, must fit in "
                 f"{MAX_FILE_NAME_BYTES} bytes, so use at most {allowed} bytes: give a shorter name with "
                 "--embedding-names"
