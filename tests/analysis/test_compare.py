@@ -876,7 +876,7 @@ def test_map_cli_aligns_objects(tmp_path):
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 
 
-def test_map_cli_keeps_a_users_file_of_an_output_name(tmp_path, capsys):
+def test_map_keeps_user_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     feature_dir = tmp_path / "features"
     feature_dir.mkdir()
@@ -888,7 +888,7 @@ def test_map_cli_keeps_a_users_file_of_an_output_name(tmp_path, capsys):
     argv = ["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(out)]
 
     assert main(argv) == 1
-    assert f"{out / 'ridge_map.csv'} exists, but {out} holds no earlier dimalign map output" in capsys.readouterr().err
+    assert f"{out / 'ridge_map.csv'} exists, but {out} contains no earlier dimalign map output" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == ["ridge_map.csv"]
     assert (out / "ridge_map.csv").read_text() == "my own table"
 
@@ -1257,7 +1257,7 @@ def test_compare_leaves_tied_triplets_out_of_relevance(tmp_path):
 
 
 def test_compare_objects_name_only_side_without_table(tmp_path):
-    """--objects, as the error for a side without ids asks, names that side, not a plain file with its own table."""
+    """--objects, as the error for a side without ids suggests, names that side, not a plain file with its own table."""
     human, dnn = surrogate_pair(n_objects=12)
     ids = [f"a{i:02d}" for i in range(12)]
     expected = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "unshuffled", n_bootstrap=0).rsa.r
@@ -1278,7 +1278,7 @@ def test_compare_objects_name_only_side_without_table(tmp_path):
     assert settings["dnn_objects"] == "objects argument"
 
 
-def test_compare_share_is_null_when_full_r_may_be_zero(tmp_path):
+def test_compare_share_null_near_zero_r(tmp_path):
     # The DNN side is the human embedding with its rows shuffled: r = 0.04,
     # 95% interval [-0.08, 0.23], while its first dimension alone has r = 0.25.
     human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
@@ -1400,14 +1400,14 @@ def test_compare_output_path_in_the_way_rejected_first(tmp_path, shared_data, bl
     assert sorted(path.name for path in out.iterdir()) == [blocked]
 
 
-def test_compare_keeps_a_users_file_of_an_output_name(tmp_path):
+def test_compare_keeps_user_file(tmp_path):
     # In a folder without an earlier comparison, rsa.json is the user's own
     # file; a rerun into its own folder still replaces it.
     write_surrogate_sides(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "rsa.json").write_text("my notes")
-    with pytest.raises(FileExistsError, match=r"rsa.json exists, but .* holds no earlier dimalign compare"):
+    with pytest.raises(FileExistsError, match=r"rsa.json exists, but .* contains no earlier dimalign compare"):
         compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
     assert sorted(path.name for path in out.iterdir()) == ["rsa.json"]
     assert (out / "rsa.json").read_text() == "my notes"

@@ -283,7 +283,7 @@ def _cli_run(tmp_path):
     return run_dir, triplet_file
 
 
-def test_cli_evaluate_keeps_a_users_metrics_file(tmp_path, capsys):
+def test_evaluate_keeps_user_metrics(tmp_path, capsys):
     run_dir, triplet_file = _cli_run(tmp_path)
     out_dir = tmp_path / "mine"
     out_dir.mkdir()
@@ -291,7 +291,7 @@ def test_cli_evaluate_keeps_a_users_metrics_file(tmp_path, capsys):
     argv = ["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
 
     assert main(argv) == 1
-    assert f"{out_dir / 'metrics.json'} exists, but {out_dir} holds no earlier dimalign evaluate" in capsys.readouterr().err
+    assert f"{out_dir / 'metrics.json'} exists, but {out_dir} contains no earlier dimalign evaluate" in capsys.readouterr().err
     assert (out_dir / "metrics.json").read_text() == "{}"
     assert not (out_dir / "manifest.json").exists()
 

@@ -282,7 +282,7 @@ def test_grid_cli_too_few_objects_names_top_layout(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("existing", ["grid.csv", "dim001_top.png"])
-def test_grid_command_keeps_a_file_of_the_same_name(colour_objects, tmp_path, capsys, existing):
+def test_grid_keeps_user_file(colour_objects, tmp_path, capsys, existing):
     # An existing folder without a manifest may hold the user's own files;
     # a grid or table of the same name must not replace them.
     image_dir, run_dir, _ = colour_objects

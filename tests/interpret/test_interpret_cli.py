@@ -219,7 +219,7 @@ def test_grid_rejects_zero_cell_size_and_repeated_dims(pipeline, tmp_path, capsy
     assert "--dims lists 1 more than once" in capsys.readouterr().err
 
 
-def test_gradcam_keeps_a_file_of_the_same_name(pipeline, tmp_path, capsys):
+def test_gradcam_keeps_user_file(pipeline, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "owl_input.png").write_text("not a picture of this run")

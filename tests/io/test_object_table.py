@@ -87,7 +87,7 @@ def test_tab_in_plain_list_fails(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["index\tobject_id\tsource\n0\towl\t\n1\thammer\t\n", "owl\nhammer\n"])
-def test_byte_order_mark_is_not_part_of_the_first_name(tmp_path, text):
+def test_table_drops_byte_order_mark(tmp_path, text):
     path = tmp_path / "objects.tsv"
     path.write_bytes(b"\xef\xbb\xbf" + text.encode())
 
@@ -186,7 +186,7 @@ def test_table_not_utf8_names_the_file(tmp_path):
     ],
     ids=["commas in .txt", "semicolons", "spaces"],
 )
-def test_table_with_other_delimiter_is_not_a_name_list(tmp_path, name, text):
+def test_table_other_delimiter_rejected(tmp_path, name, text):
     # Read as a list, the header line would become the first object.
     path = tmp_path / name
     path.write_text(text)

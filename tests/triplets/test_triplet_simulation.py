@@ -80,7 +80,7 @@ def test_identical_features_all_ties_reproducible():
 
 def test_many_ties_warn(caplog):
     # float32 features near 1e-23 underflow to dot products of 0, so every
-    # choice is a coin flip; the run must say so, not only count the ties.
+    # choice is a coin flip; the run must warn, not only count the ties.
     rng = np.random.default_rng(0)
     features = (rng.random((20, 5)) * 1e-23).astype(np.float32)
     triplets = sample_triplets(20, 200, random_state=0)

@@ -1112,7 +1112,7 @@ def _choose_tables(
     """
     chosen = []
     # When an input has no table of its own, the explicit table names that
-    # input (as the error below asks), so it must not also rename a plain file
+    # input (as the error below suggests), so it must not also rename a plain file
     # whose own table could name its rows: that file would then be matched to
     # the other by position.
     some_side_without_table = human.own is None or dnn.own is None

@@ -698,13 +698,13 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
         train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
         val_file=sha256_file(val_path) if val_path.is_file() else None,
     )
-    kept, excluded = [], []
+    included, excluded = [], []
     for run_dir in runs:
         difference = _finished_run_difference(
             run_dir, recorded["method"], recorded.get("estimator_settings", {}), int(recorded["n_objects"]), data
         )
         if difference is None:
-            kept.append(run_dir)
+            included.append(run_dir)
         else:
             excluded.append(f"{run_dir.name}: {difference}")
     if excluded:
@@ -715,7 +715,7 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
             UserWarning,
             stacklevel=3,
         )
-    return kept
+    return included
 
 
 def _check_distinct_seeds(runs: Sequence[Path]) -> None:

@@ -274,7 +274,7 @@ def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, 
     """Reject an empty training or validation file of ``dimalign fit``, naming it.
 
     The estimators reject empty triplets too, but without the file behind them.
-    ``val_given`` tells a ``--val`` file from the ``val.npy`` of a training folder.
+    ``val_given`` distinguishes a ``--val`` file from the ``val.npy`` of a training folder.
 
     Raises:
         ValueError: Naming the file, with what to do.

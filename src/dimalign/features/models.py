@@ -274,7 +274,7 @@ def _model_for_file(build: Callable[..., nn.Module], path: str | os.PathLike, na
     A model fine-tuned to another number of classes differs from the
     ImageNet architecture only in the classifier's first dimension. When that
     is the only difference, the model is rebuilt with ``num_classes`` set to
-    the file's class count, and a log line says so. Every other mismatch is
+    the file's class count, and the rebuild is logged. Every other mismatch is
     an error.
 
     Args:

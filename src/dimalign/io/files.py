@@ -531,7 +531,7 @@ def check_unowned_files(out_dir: str | os.PathLike, names: Sequence[str], step: 
         path = out_dir / name
         if path.exists() or path.is_symlink():
             raise FileExistsError(
-                f"{path} exists, but {out_dir} holds no earlier dimalign {step} output, so the file "
+                f"{path} exists, but {out_dir} contains no earlier dimalign {step} output, so the file "
                 "may be the only copy of its data: move it away, or choose another output folder"
             )
 

@@ -578,7 +578,7 @@ def _earlier_outputs(out_dir: Path) -> tuple[str | None, set[str]]:
     outputs = manifest.get("outputs", {})
     files = outputs.get("files", {}) if isinstance(outputs, dict) else None
     if not isinstance(files, dict) or not all(isinstance(name, str) for name in files.values()):
-        # Without the list, the files of the folder cannot be told from the user's.
+        # Without the list, the files of the folder cannot be distinguished from the user's.
         raise ValueError(
             f"{out_dir / MANIFEST_NAME} does not list the files of the earlier dimalign {step} "
             f"run as outputs.files, a mapping to file names (found {files!r}); the folder's "
