@@ -639,11 +639,21 @@ COMPARE_OUTPUTS = (
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
 
 
-def _output_names(out_dir: Path) -> list[Path]:
-    """Return the files in ``out_dir`` that a comparison writes, replaces or removes, where they exist."""
-    names = [*COMPARE_OUTPUTS, MANIFEST_NAME]
+def _fixed_output_names() -> list[str]:
+    """Return the names of the files a comparison may write besides the manifest and the image grids."""
+    names = list(COMPARE_OUTPUTS)
     for name in SIMILARITY_OUTPUTS:
         names += [name, similarity_record_path(name).name]
+    return names
+
+
+def _output_names(out_dir: Path) -> list[Path]:
+    """Return the paths in ``out_dir`` that a comparison writes, replaces or removes.
+
+    These are the fixed names (whether or not they exist), the manifest and
+    the image grids that exist in ``top_objects/``.
+    """
+    names = [*_fixed_output_names(), MANIFEST_NAME]
     return [out_dir / name for name in names] + sorted((out_dir / "top_objects").glob("pair_*.png"))
 
 
@@ -676,9 +686,7 @@ def _reject_paths_in_the_way(out_dir: Path, *, grids: bool) -> None:
     image grids are written (``grids``), would otherwise stop the comparison
     after all its work.
     """
-    names = [*COMPARE_OUTPUTS, MANIFEST_NAME, *SIMILARITY_OUTPUTS]
-    names += [similarity_record_path(name).name for name in SIMILARITY_OUTPUTS]
-    for name in names:
+    for name in [*_fixed_output_names(), MANIFEST_NAME]:
         path = out_dir / name
         if path.is_dir():
             raise FileExistsError(
@@ -716,10 +724,7 @@ def _retired_outputs() -> list[str]:
     With ``save_similarity`` the saved similarity matrices are new outputs
     too, so they replace the earlier ones instead of being removed.
     """
-    names = list(COMPARE_OUTPUTS)
-    for name in SIMILARITY_OUTPUTS:
-        names += [name, similarity_record_path(name).name]
-    return [*names, "top_objects/pair_*.png"]
+    return [*_fixed_output_names(), "top_objects/pair_*.png"]
 
 
 @dataclass
