@@ -289,3 +289,43 @@ def test_staged_outputs_stop_during_cleanup_removes_stage(tmp_path, monkeypatch)
     assert (out / "manifest.json").read_text() == "new manifest"
     assert (out / "top_objects" / "pair1.png").read_text() == "new pair1"
     assert not list(out.glob(".partial-*"))
+
+
+@pytest.mark.parametrize("existing", ["top_objects/pair1.png", "manifest.json", "rsa.json/"])
+def test_staged_outputs_without_overwrite_keep_existing(tmp_path, existing):
+    # A file (or folder) of the user's at the name of a new output stops the
+    # moves, and the new files moved so far are taken out again.
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    (out / existing).parent.mkdir(parents=True)
+    if existing.endswith("/"):
+        (out / existing).mkdir()
+    else:
+        (out / existing).write_text("the user's file")
+    (out / "notes.txt").write_text("the user's notes")
+    before = sorted(path.relative_to(out).as_posix() for path in out.rglob("*"))
+
+    with pytest.raises(FileExistsError, match=f"{out / existing.rstrip('/')} exists"):
+        with staged_outputs(out, overwrite=False) as stage:
+            _stage_new_output(stage)
+
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == before
+    if not existing.endswith("/"):
+        assert (out / existing).read_text() == "the user's file"
+
+
+def test_staged_outputs_without_overwrite_move_new_files(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's notes")
+
+    with staged_outputs(out, overwrite=False) as stage:
+        _stage_new_output(stage)
+
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*")) == [
+        "manifest.json", "notes.txt", "rsa.json", "top_objects", "top_objects/pair0.png",
+        "top_objects/pair1.png",
+    ]

@@ -206,7 +206,9 @@ _EARLIER_FOLDER = ".earlier"
 
 
 @contextlib.contextmanager
-def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Path]:
+def staged_outputs(
+    out_dir: Path, *, retire: Sequence[str] = (), overwrite: bool = True
+) -> Iterator[Path]:
     """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
 
     The files of an earlier run into the same folder are replaced only once
@@ -228,9 +230,19 @@ def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Pat
         retire (Sequence[str]): Glob patterns, relative to ``out_dir``, of the
             files that an earlier run may have written and that must not stay
             next to the new output (for example ``top_objects/pair_*.png``).
+        overwrite (bool): Replace the files of an earlier run. When False, a
+            file or folder at the name of a new output (``manifest.json``
+            included) raises ``FileExistsError`` instead, and the new files
+            moved so far are removed again. Use it for folders that may
+            contain the user's files, after checking the output names
+            before the work: it also keeps a file created meanwhile.
 
     Yields:
         Path: The hidden folder.
+
+    Raises:
+        FileExistsError: If ``overwrite`` is False and a new output's name
+            is taken, naming that path.
     """
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out_dir))
     earlier = stage / _EARLIER_FOLDER
@@ -253,10 +265,17 @@ def staged_outputs(out_dir: Path, *, retire: Sequence[str] = ()) -> Iterator[Pat
             - {*names, Path(MANIFEST_NAME)}
         )
         earlier.mkdir()
-        if (out_dir / MANIFEST_NAME).is_file():
+        if overwrite and (out_dir / MANIFEST_NAME).is_file():
             os.replace(out_dir / MANIFEST_NAME, earlier / MANIFEST_NAME)
         for name in [*stale, *names]:
             target = out_dir / name
+            # NOTE: a file created between this check and the move below is still replaced.
+            if not overwrite and name not in stale and (target.exists() or target.is_symlink()):
+                raise FileExistsError(
+                    f"{target} exists and is not replaced by the new output of that name, because it "
+                    "may be the only copy of its data: move it away or choose another output folder, "
+                    "then run the command again"
+                )
             for folder in reversed(target.parents):
                 if folder != out_dir and out_dir in folder.parents and not folder.exists():
                     folder.mkdir()
