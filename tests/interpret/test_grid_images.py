@@ -296,3 +296,41 @@ def test_grid_keeps_user_file(colour_objects, tmp_path, capsys, existing):
     assert f"{out / existing} exists" in capsys.readouterr().err
     assert sorted(path.name for path in out.iterdir()) == [existing]
     assert (out / existing).read_text() == "my notes"
+
+
+def test_failed_grid_keeps_file_added_meanwhile(colour_objects, tmp_path, monkeypatch, capsys):
+    import dimalign.interpret.grid_images as grid_module
+
+    image_dir, run_dir, _ = colour_objects
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    draw = grid_module.dimension_grid
+    calls = []
+
+    def fail_after_another_program_writes(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            (out / "other.txt").write_text("written by another program during the run")
+            raise RuntimeError("stopped")
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "dimension_grid", fail_after_another_program_writes)
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--cell-size", "16"])
+
+    assert status == 1
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "other.txt"]
+    assert (out / "other.txt").read_text() == "written by another program during the run"
+
+
+def test_grid_last_log_line_names_output(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--cell-size", "16"])
+
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 0
+    assert last_line.endswith(f" to {out}")
+    assert ".partial-" not in last_line

@@ -395,3 +395,161 @@ def test_figure_images_keep_ties_and_drop_smaller():
 
     assert sorted(kept.originals) == ["a", "b"]
     assert kept.edited["b"] == {"blur:1": "b"}
+
+
+def test_failed_gradcam_keeps_file_added_meanwhile(tiny_predictor, tmp_path, monkeypatch):
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photos = [write_photo(tmp_path / "photos" / f"{name}.png", (200, 30, 30)) for name in ("a", "b")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    compute = gradcam_module.dimension_gradcam
+    calls = []
+
+    def fail_after_another_program_writes(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            (out / "other.txt").write_text("written by another program during the run")
+            raise RuntimeError("stopped")
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", fail_after_another_program_writes)
+
+    status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 1
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "other.txt"]
+    assert (out / "other.txt").read_text() == "written by another program during the run"
+
+
+def test_gradcam_output_folder_shows_no_partial_files(tiny_predictor, tmp_path, monkeypatch):
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photos = [write_photo(tmp_path / "photos" / f"{name}.png", (200, 30, 30)) for name in ("a", "b")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    compute = gradcam_module.dimension_gradcam
+    seen_during_run = []
+
+    def record_folder(*args, **kwargs):
+        seen_during_run.append(sorted(path.name for path in out.iterdir()))
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", record_folder)
+
+    status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 0
+    # A run killed with SIGKILL leaves only the hidden folder, which the next run reports.
+    assert len(seen_during_run) == 2
+    for names in seen_during_run:
+        assert names[0].startswith(".partial-")
+        assert names[1:] == ["notes.txt"]
+    assert not list(out.glob(".partial-*"))
+    assert (out / "b_dim0_overlay.png").is_file()
+
+
+def test_output_file_added_meanwhile_is_not_replaced(tiny_predictor, tmp_path, monkeypatch, capsys):
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("kept")
+    compute = gradcam_module.dimension_gradcam
+
+    def another_program_writes_table(*args, **kwargs):
+        (out / "gradcam.csv").write_text("the user's table")
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", another_program_writes_table)
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 1
+    assert f"{out / 'gradcam.csv'} exists" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["gradcam.csv", "notes.txt"]
+    assert (out / "gradcam.csv").read_text() == "the user's table"
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "existing", "work"),
+    [("gradcam", ["PHOTO", "--dim", "0", "--layer", "2"], "a_dim0_heatmap.png",
+      "dimalign.interpret.gradcam.dimension_gradcam"),
+     ("maximize", ["--dim", "1", "--n-init", "2", "--n-images", "2"], "dim1_image1.png",
+      "dimalign.interpret.maximize.maximize_dimension"),
+     ("maximize", ["--dim", "1"], "dim1_images.png", "dimalign.interpret.maximize.maximize_dimension"),
+     ("manipulate", ["PHOTO", "--edits", "blur:2"], "edited/a__blur_2.png",
+      "dimalign.interpret.manipulate.manipulate_images"),
+     ("manipulate", ["PHOTO", "--edits", "silhouette"], "masks/a.png",
+      "dimalign.interpret.manipulate.manipulate_images")],
+)
+def test_user_picture_rejected_before_work(tiny_predictor, tmp_path, monkeypatch, capsys,
+                                           command, options, existing, work):
+    def fail(*args, **kwargs):
+        raise AssertionError("the work started before the output names were checked")
+
+    monkeypatch.setattr(work, fail)
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "out"
+    (out / existing).parent.mkdir(parents=True)
+    (out / existing).write_text("my picture")
+    options = [str(photo) if option == "PHOTO" else option for option in options]
+
+    status = main([command, *options, "--map", str(tmp_path), "-o", str(out)])
+
+    assert status == 1
+    assert f"{out / existing} exists" in capsys.readouterr().err
+    assert (out / existing).read_text() == "my picture"
+    assert sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()) == [existing]
+
+
+def test_manipulate_writes_subfolders_into_output(tiny_predictor, tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "out"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 0
+    assert (out / "edited" / "a__original.png").is_file()
+    assert (out / "edited" / "a__silhouette.png").is_file()
+    assert (out / "masks" / "a.png").is_file()
+    assert not list(out.glob(".partial-*"))
+
+
+def test_interpret_last_log_line_names_output(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    runs = {
+        "gradcam": [str(photo), "--dim", "0", "--layer", "2"],
+        "maximize": ["--dim", "1", "--steps", "1", "--n-init", "1", "--n-images", "1", "--image-size", "8"],
+        "manipulate": [str(photo), "--edits", "blur:2"],
+    }
+    for command, options in runs.items():
+        out = tmp_path / command
+
+        status = main([command, *options, "--map", str(tmp_path), "-o", str(out)])
+
+        last_line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert status == 0
+        assert last_line.endswith(f" to {out}")
+        assert ".partial-" not in last_line
+
+
+def test_leftover_hidden_folder_is_reported(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "out"
+    leftover = out / ".partial-abc123"
+    leftover.mkdir(parents=True)
+    (leftover / "a_input.png").write_bytes(b"\0" * 100)
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 0
+    assert f"{leftover} (100 bytes) is the hidden folder of an interrupted dimalign run" in capsys.readouterr().err
+    assert leftover.is_dir()

@@ -210,7 +210,12 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
 
 
 def save_png(image: Any, path: Path) -> Path:
-    """Write a PIL image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` tensor in [0, 1] as PNG, atomically."""
+    """Write a PIL image, an ``(H, W, 3)`` uint8 array or a ``(3, H, W)`` tensor in [0, 1] as PNG, atomically.
+
+    Raises:
+        FileExistsError: If ``path`` exists, which inside the hidden folder
+            of a run means that the run named two outputs alike.
+    """
     import numpy as np
     import torch
     from PIL import Image
@@ -222,33 +227,18 @@ def save_png(image: Any, path: Path) -> Path:
         image = np.round(array * 255.0).astype(np.uint8)
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    reject_existing_output(path)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite=False) as temporary:
         image.save(temporary, format="PNG")
     return path
 
 
 def save_csv(table: Any, path: Path) -> Path:
-    """Write a pandas table as CSV, atomically."""
+    """Write a pandas table as CSV, atomically, raising ``FileExistsError`` if ``path`` exists."""
     from dimalign.io.files import atomic_path
 
-    reject_existing_output(path)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite=False) as temporary:
         table.to_csv(temporary, index=False)
     return path
-
-
-def reject_existing_output(path: Path) -> None:
-    """Raise ``FileExistsError`` if ``path`` exists.
-
-    The output folder may be an existing folder of the user's (one without an
-    earlier run's manifest), so a file there was not written by this run.
-    """
-    if path.exists() or path.is_symlink():
-        raise FileExistsError(
-            f"{path} exists and was not written by this run, and dimalign does not replace "
-            "files it did not write: move it away or choose another output folder"
-        )
 
 
 def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str, Path]:
@@ -261,13 +251,28 @@ def _map_inputs(map_dir: Path, files: dict[str, Path] | None = None) -> dict[str
 # -- handlers --------------------------------------------------------------------
 
 
+def _check_output_folder(out_dir: Path, step: str, fixed_names: Sequence[str]) -> None:
+    """Run the checks of the output folder that need no input, and report leftover hidden folders.
+
+    Each command writes into a hidden folder inside ``out_dir`` and moves the
+    files into ``out_dir`` at the end (:func:`dimalign.io.files.staged_outputs`).
+    """
+    from dimalign.io.files import check_output_dir, check_writable, report_leftover_stages
+
+    check_output_dir(out_dir, step)
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
+    _check_no_earlier_run(out_dir, step, fixed_names)
+
+
 def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) -> None:
     """Reject a folder with an earlier run of ``step``, or with a file named like one of its outputs.
 
     An earlier run's pictures for other images or dimensions would stay beside
     the new ones. ``fixed_names`` are the outputs named the same in every run,
-    such as the table. They are checked here, before any work; the pictures
-    are checked when they are written.
+    such as the table. They are checked here, before any input is read. Each
+    handler checks the names of its pictures before the work starts, once the
+    images and dimensions are read.
     """
     if (out_dir / "manifest.json").is_file():
         raise FileExistsError(
@@ -342,17 +347,21 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
 
     started = now_iso()
-    check_output_dir(args.out, "gradcam")
-    _check_no_earlier_run(args.out, "gradcam", ["gradcam.csv"])
+    _check_output_folder(args.out, "gradcam", ["gradcam.csv"])
     _check_output_outside_inputs(args.out, args.images, "gradcam")
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
+    names = unique_names(paths)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
+    pictures = [f"{name}_input.png" for name in names]
+    for name in names:
+        pictures += [_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")]
+    check_unowned_files(args.out, pictures, "gradcam")
     # Decoding every image once before the Grad-CAM work stops at a damaged file early. The
     # images are then decoded again one at a time, because all 26,107 THINGS photos as float
     # tensors take 16 GB (224 x 224 x 3 x 4 bytes = 0.6 MB each).
@@ -364,10 +373,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(paths), dims)
 
     rows = []
-    with output_dir(args.out, remove_added=True):
-        for path, name in zip(paths, unique_names(paths)):
+    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
+        for path, name in zip(paths, names):
             image = predictor.preprocessing.load(path)
-            save_png(image, args.out / f"{name}_input.png")
+            save_png(image, stage / f"{name}_input.png")
             with torch.no_grad():
                 prediction = predictor(image).double().cpu().numpy()
             for dim in dims:
@@ -377,26 +386,29 @@ def run_gradcam(args: argparse.Namespace) -> int:
                 for warning in caught:
                     # The library cannot name the file, so the log line does.
                     logger.warning("%s: %s", path, warning.message)
-                heatmap_file = save_png(colorize(cam), args.out / f"{name}_dim{dim}_heatmap.png")
+                heatmap_file = save_png(colorize(cam), stage / _gradcam_file(name, dim, "heatmap"))
                 overlay_file = save_png(
-                    overlay(image, cam, alpha=args.alpha), args.out / f"{name}_dim{dim}_overlay.png"
+                    overlay(image, cam, alpha=args.alpha), stage / _gradcam_file(name, dim, "overlay")
                 )
                 rows.append({
                     "image": str(path), "dimension": dim, "predicted": prediction[dim],
                     "heatmap": heatmap_file.name, "overlay": overlay_file.name,
                 })
-        save_csv(pd.DataFrame(rows), args.out / "gradcam.csv")
+        save_csv(pd.DataFrame(rows), stage / "gradcam.csv")
         write_manifest(
-            args.out, step="gradcam",
-            inputs=_map_inputs(args.map_dir, {
-                f"image {name}": path for name, path in zip(unique_names(paths), paths)
-            }),
+            stage, step="gradcam",
+            inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
             settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
                       "layer": layer, "alpha": args.alpha, "device": args.device},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
-        logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
+    logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
     return 0
+
+
+def _gradcam_file(name: str, dim: int, kind: str) -> str:
+    """Return the name of the ``kind`` (heatmap or overlay) picture of image ``name`` and dimension ``dim``."""
+    return f"{name}_dim{dim}_{kind}.png"
 
 
 def run_maximize(args: argparse.Namespace) -> int:
@@ -408,11 +420,10 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
 
     started = now_iso()
-    check_output_dir(args.out, "maximize")
-    _check_no_earlier_run(args.out, "maximize", ["maximize.csv"])
+    _check_output_folder(args.out, "maximize", ["maximize.csv"])
     _check_options(args, {
         "alpha": (0.0, math.inf), "beta": (0.0, math.inf), "tv_weight": (0.0, math.inf),
         "lr": (1e-12, math.inf), "image_size": (2, MAX_IMAGE_SIDE), "steps": (0, math.inf),
@@ -425,9 +436,13 @@ def run_maximize(args: argparse.Namespace) -> int:
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    with output_dir(args.out, remove_added=True):
+    check_unowned_files(args.out, [
+        *(f"dim{dim}_image{index}.png" for dim in dims for index in range(args.n_images)),
+        *(f"dim{dim}_images.png" for dim in dims),
+    ], "maximize")
 
-        rows = []
+    rows = []
+    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
         for dim in dims:
             generator = load_generator(args.generator) if args.generator else None
             result = maximize_dimension(
@@ -437,7 +452,7 @@ def run_maximize(args: argparse.Namespace) -> int:
             )
             cells = []
             for index, image in enumerate(result.images):
-                file = save_png(image, args.out / f"dim{dim}_image{index}.png")
+                file = save_png(image, stage / f"dim{dim}_image{index}.png")
                 before, after = float(result.before[index]), float(result.after[index])
                 rows.append({"dimension": dim, "image": index, "file": file.name,
                              "before": before, "after": after, "change": after - before})
@@ -446,10 +461,10 @@ def run_maximize(args: argparse.Namespace) -> int:
                 cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)",
                 cell_size=max(result.images.shape[-2:]),
             )
-            save_png(strip, args.out / f"dim{dim}_images.png")
-        save_csv(pd.DataFrame(rows), args.out / "maximize.csv")
+            save_png(strip, stage / f"dim{dim}_images.png")
+        save_csv(pd.DataFrame(rows), stage / "maximize.csv")
         write_manifest(
-            args.out, step="maximize", inputs=_map_inputs(args.map_dir),
+            stage, step="maximize", inputs=_map_inputs(args.map_dir),
             settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
                       "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
                       "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
@@ -458,6 +473,7 @@ def run_maximize(args: argparse.Namespace) -> int:
             outputs={"n_images": len(rows), "table": "maximize.csv",
                      "n_increased": sum(row["change"] > 0 for row in rows)},
         )
+    logger.info("wrote %d images for %d dimensions to %s", len(rows), len(dims), args.out)
     return 0
 
 
@@ -563,17 +579,29 @@ def run_manipulate(args: argparse.Namespace) -> int:
         plot_largest_changes,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import (
+        atomic_path,
+        check_unowned_files,
+        now_iso,
+        output_dir,
+        staged_outputs,
+        write_manifest,
+    )
 
     started = now_iso()
-    check_output_dir(args.out, "manipulate")
-    _check_no_earlier_run(args.out, "manipulate", ["manipulations.csv", "largest_changes.png"])
+    _check_output_folder(args.out, "manipulate", ["manipulations.csv", "largest_changes.png"])
     _check_output_outside_inputs(args.out, [*args.images, *([args.masks] if args.masks else [])], "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
     paths = collect_images(args.images)
     names = unique_names(paths)
     mask_files = _find_masks(args.masks, paths, names) if args.masks is not None else {}
+    labels = ["original", *(edit.label for edit in edits)]
+    pictures = [_edited_file(name, label) for name in names for label in labels]
+    if any(edit.uses_mask for edit in edits):
+        # manipulate_images estimates the masks of the images without one, and they are written.
+        pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
+    check_unowned_files(args.out, pictures, "manipulate")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
@@ -584,19 +612,19 @@ def run_manipulate(args: argparse.Namespace) -> int:
         for name, path in zip(names, paths) if name in mask_files
     }
 
-    with output_dir(args.out, remove_added=True):
+    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
         figure_images = _FigureImages(args.figure_rows)
         tables, estimated = [], []
         for name, path in zip(names, paths):
             image = predictor.preprocessing.load(path)
             given_mask = {name: masks[name]} if name in masks else None
             result = manipulate_images(predictor, {name: image}, edits, masks=given_mask)
-            save_png(image, args.out / "edited" / f"{name}__original.png")
+            save_png(image, stage / _edited_file(name, "original"))
             for label, edited in result.edited[name].items():
-                save_png(edited, args.out / "edited" / f"{name}__{label.replace(':', '_')}.png")
+                save_png(edited, stage / _edited_file(name, label))
             if name in result.masks and name not in masks:
                 mask = result.masks[name]
-                save_png(mask.expand(3, *mask.shape).float(), args.out / "masks" / f"{name}.png")
+                save_png(mask.expand(3, *mask.shape).float(), stage / "masks" / f"{name}.png")
                 estimated.append(name)
             tables.append(result.table)
             figure_images.offer(name, image, result)
@@ -604,12 +632,11 @@ def run_manipulate(args: argparse.Namespace) -> int:
         figure_result = ManipulationResult(table=table, edited=figure_images.edited, masks={})
         figure = plot_largest_changes(figure_result, figure_images.originals, n_rows=args.figure_rows)
         table["image"] = table["image"].map({name: str(path) for name, path in zip(names, paths)})
-        save_csv(table, args.out / "manipulations.csv")
-        reject_existing_output(args.out / "largest_changes.png")
-        with atomic_path(args.out / "largest_changes.png") as temporary:
+        save_csv(table, stage / "manipulations.csv")
+        with atomic_path(stage / "largest_changes.png", overwrite=False) as temporary:
             figure.savefig(temporary, dpi=100)
         write_manifest(
-            args.out, step="manipulate",
+            stage, step="manipulate",
             inputs=_map_inputs(args.map_dir, {
                 **{f"image {name}": path for name, path in zip(names, paths)},
                 **{f"mask {name}": path for name, path in mask_files.items()},
@@ -621,8 +648,16 @@ def run_manipulate(args: argparse.Namespace) -> int:
             outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
                      "max_abs_change": float(table["change"].abs().max())},
         )
-        logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(paths), len(edits), args.out)
+    logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(paths), len(edits), args.out)
     return 0
+
+
+def _edited_file(name: str, label: str) -> str:
+    """Return the path, relative to the output folder, of image ``name`` after edit ``label``.
+
+    The label ``"original"`` names the unedited image.
+    """
+    return f"edited/{name}__{label.replace(':', '_')}.png"
 
 
 class _FigureImages:
@@ -661,13 +696,12 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, load_grid_images, needed_rows
-    from dimalign.io.files import check_output_dir, now_iso, output_dir, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
-    check_output_dir(args.out, "grid")
-    _check_no_earlier_run(args.out, "grid", ["grid.csv"])
+    _check_output_folder(args.out, "grid", ["grid.csv"])
     _check_options(args, {"cell_size": (1, MAX_IMAGE_SIDE)})
     if args.dims:
         _distinct(args.dims, "--dims")
@@ -695,28 +729,29 @@ def run_grid(args: argparse.Namespace) -> int:
             f"--top-k {args.top_k} is invalid: the embedding {args.embedding} has {result.n_objects} "
             f"objects, so use 1..{result.n_objects}"
         )
+    check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
     pictures = load_grid_images(paths, args.cell_size)
 
-    with output_dir(args.out, remove_added=True):
-        rows = []
+    rows = []
+    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
         for dim in dims:
             grid, grid_rows = dimension_grid(
                 result.embedding, dim, pictures, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size
             )
-            file = save_png(grid, args.out / f"dim{dim:03d}_{args.layout}.png")
+            file = save_png(grid, stage / f"dim{dim:03d}_{args.layout}.png")
             for position, row in enumerate(grid_rows):
                 rows.append({"dimension": dim, "position": position, "row": int(row),
                              "object_id": table.object_ids[row], "weight": float(result.embedding[row, dim]),
                              "file": file.name})
-        save_csv(pd.DataFrame(rows), args.out / "grid.csv")
+        save_csv(pd.DataFrame(rows), stage / "grid.csv")
         write_manifest(
-            args.out, step="grid", inputs={"embedding": result.path, "objects": objects_path},
+            stage, step="grid", inputs={"embedding": result.path, "objects": objects_path},
             settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
                       "cell_size": args.cell_size},
             started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
         )
-        logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
+    logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
     return 0
 
 
