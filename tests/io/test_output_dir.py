@@ -124,20 +124,6 @@ def test_output_folder_with_foreign_manifest_is_rejected(tmp_path):
     assert "choose another output folder" in message
 
 
-def test_output_dir_removes_added_files_on_error(tmp_path):
-    folder = tmp_path / "out"
-    folder.mkdir()
-    (folder / "earlier.txt").write_text("kept")
-    with pytest.raises(RuntimeError):
-        with output_dir(folder, remove_added=True):
-            (folder / "earlier.txt").write_text("rewritten")
-            (folder / "new").mkdir()
-            (folder / "new" / "picture.png").write_bytes(b"x")
-            raise RuntimeError("stopped")
-    assert sorted(entry.name for entry in folder.rglob("*")) == ["earlier.txt"]
-    assert (folder / "earlier.txt").read_text() == "rewritten"
-
-
 def _earlier_output(out):
     (out / "top_objects").mkdir(parents=True)
     (out / "top_objects" / "pair0.png").write_text("earlier pair0")

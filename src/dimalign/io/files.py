@@ -142,9 +142,7 @@ def _naming(error: OSError, final: Path) -> OSError:
 
 
 @contextlib.contextmanager
-def output_dir(
-    path: str | os.PathLike, *, keep_if_contains: Sequence[str] = (), remove_added: bool = False
-) -> Iterator[Path]:
+def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ()) -> Iterator[Path]:
     """Create an output folder for a block and remove it again if the block raises.
 
     Only folders that this call creates are removed: the first missing folder
@@ -161,10 +159,6 @@ def output_dir(
             relative to ``path``, such as ``"runs/*"``. If the block raises
             after writing a matching file or folder, the folder is kept (for
             example a training checkpoint that a rerun can resume from).
-        remove_added (bool): In a folder that existed before, also delete the
-            files and folders that the block added if it raises, so that an
-            interrupted run leaves nothing that a rerun would not replace.
-            Files that existed before stay, also when the block rewrote them.
 
     Yields:
         Path: ``path``, which exists inside the block.
@@ -175,20 +169,10 @@ def output_dir(
         if candidate.exists():
             break
         created = candidate
-    existing = set(folder.rglob("*")) if remove_added and created is None else None
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
-        if existing is not None:
-            # Reverse order puts files before the folders that contain them.
-            for added in sorted(set(folder.rglob("*")) - existing, reverse=True):
-                with contextlib.suppress(OSError):
-                    if added.is_dir():
-                        added.rmdir()
-                    else:
-                        added.unlink()
-            logger.info("removed the files this command wrote into %s after the error", folder)
         if created is not None:
             found = [pattern for pattern in keep_if_contains if any(folder.glob(pattern))]
             if found:
