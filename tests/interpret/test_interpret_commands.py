@@ -553,3 +553,43 @@ def test_leftover_hidden_folder_is_reported(tiny_predictor, tmp_path, capsys):
     assert status == 0
     assert f"{leftover} (100 bytes) is the hidden folder of an interrupted dimalign run" in capsys.readouterr().err
     assert leftover.is_dir()
+
+
+def test_failed_run_keeps_new_folder_with_other_files(tiny_predictor, tmp_path, monkeypatch, capsys):
+    # The run created the folder, but another program wrote into it meanwhile.
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "new" / "out"
+
+    def fail_after_another_program_writes(*args, **kwargs):
+        (out / "other.txt").write_text("written by another program during the run")
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", fail_after_another_program_writes)
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 1
+    assert sorted(path.name for path in out.iterdir()) == ["other.txt"]
+    assert (out / "other.txt").read_text() == "written by another program during the run"
+    assert f"{out} is kept after the error because it contains files that this run did not write" \
+        in capsys.readouterr().err
+
+
+def test_failed_run_removes_folder_it_created(tiny_predictor, tmp_path, monkeypatch):
+    import dimalign.interpret.gradcam as gradcam_module
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(gradcam_module, "dimension_gradcam", fail)
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(tmp_path / "new" / "out")])
+
+    assert status == 1
+    assert not (tmp_path / "new").exists()

@@ -315,3 +315,16 @@ def test_staged_outputs_without_overwrite_move_new_files(tmp_path):
         "manifest.json", "notes.txt", "rsa.json", "top_objects", "top_objects/pair0.png",
         "top_objects/pair1.png",
     ]
+
+
+def test_output_dir_keeping_contents_removes_only_empty_folders(tmp_path):
+    with pytest.raises(RuntimeError):
+        with output_dir(tmp_path / "a" / "b", remove_contents=False) as folder:
+            raise RuntimeError("stopped")
+    assert not (tmp_path / "a").exists()
+
+    with pytest.raises(RuntimeError):
+        with output_dir(tmp_path / "c" / "d", remove_contents=False) as folder:
+            (folder / "other.txt").write_text("another program's file")
+            raise RuntimeError("stopped")
+    assert (folder / "other.txt").read_text() == "another program's file"

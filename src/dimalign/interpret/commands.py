@@ -10,11 +10,12 @@ CSV table and ``manifest.json`` into its output folder. Dimensions are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,22 @@ def _check_output_folder(out_dir: Path, step: str, fixed_names: Sequence[str]) -
     _check_no_earlier_run(out_dir, step, fixed_names)
 
 
+@contextlib.contextmanager
+def _staged_output_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield the hidden folder that a command writes into, and move its files into ``out_dir`` after.
+
+    ``out_dir`` is created when missing. If the block raises, the files of
+    this run are removed, and so is ``out_dir`` if this run created it and
+    no other program has written into it meanwhile. A file at the name of an
+    output is not replaced (see :func:`dimalign.io.files.staged_outputs`).
+    """
+    from dimalign.io.files import output_dir, staged_outputs
+
+    with output_dir(out_dir, remove_contents=False):
+        with staged_outputs(out_dir, overwrite=False) as stage:
+            yield stage
+
+
 def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) -> None:
     """Reject a folder with an earlier run of ``step``, or with a file named like one of its outputs.
 
@@ -347,7 +364,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         overlay,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, write_manifest
 
     started = now_iso()
     _check_output_folder(args.out, "gradcam", ["gradcam.csv"])
@@ -373,7 +390,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     logger.info("Grad-CAM at layer %s for %d images and dimensions %s", layer, len(paths), dims)
 
     rows = []
-    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
+    with _staged_output_folder(args.out) as stage:
         for path, name in zip(paths, names):
             image = predictor.preprocessing.load(path)
             save_png(image, stage / f"{name}_input.png")
@@ -420,7 +437,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     from dimalign.interpret.gradcam import check_dimension
     from dimalign.interpret.maximize import maximize_dimension
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, write_manifest
 
     started = now_iso()
     _check_output_folder(args.out, "maximize", ["maximize.csv"])
@@ -442,7 +459,7 @@ def run_maximize(args: argparse.Namespace) -> int:
     ], "maximize")
 
     rows = []
-    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
+    with _staged_output_folder(args.out) as stage:
         for dim in dims:
             generator = load_generator(args.generator) if args.generator else None
             result = maximize_dimension(
@@ -583,8 +600,6 @@ def run_manipulate(args: argparse.Namespace) -> int:
         atomic_path,
         check_unowned_files,
         now_iso,
-        output_dir,
-        staged_outputs,
         write_manifest,
     )
 
@@ -612,7 +627,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         for name, path in zip(names, paths) if name in mask_files
     }
 
-    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
+    with _staged_output_folder(args.out) as stage:
         figure_images = _FigureImages(args.figure_rows)
         tables, estimated = [], []
         for name, path in zip(names, paths):
@@ -696,7 +711,7 @@ def run_grid(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from dimalign.interpret.grid_images import dimension_grid, image_paths, load_grid_images, needed_rows
-    from dimalign.io.files import check_unowned_files, now_iso, output_dir, staged_outputs, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, write_manifest
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
@@ -734,7 +749,7 @@ def run_grid(args: argparse.Namespace) -> int:
     pictures = load_grid_images(paths, args.cell_size)
 
     rows = []
-    with output_dir(args.out), staged_outputs(args.out, overwrite=False) as stage:
+    with _staged_output_folder(args.out) as stage:
         for dim in dims:
             grid, grid_rows = dimension_grid(
                 result.embedding, dim, pictures, layout=args.layout, top_k=args.top_k, cell_size=args.cell_size

@@ -142,7 +142,9 @@ def _naming(error: OSError, final: Path) -> OSError:
 
 
 @contextlib.contextmanager
-def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ()) -> Iterator[Path]:
+def output_dir(
+    path: str | os.PathLike, *, keep_if_contains: Sequence[str] = (), remove_contents: bool = True
+) -> Iterator[Path]:
     """Create an output folder for a block and remove it again if the block raises.
 
     Only folders that this call creates are removed: the first missing folder
@@ -159,6 +161,11 @@ def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ())
             relative to ``path``, such as ``"runs/*"``. If the block raises
             after writing a matching file or folder, the folder is kept (for
             example a training checkpoint that a rerun can resume from).
+        remove_contents (bool): Delete the created folders with everything
+            in them. When False, only created folders that are empty after
+            the block are removed, for blocks that remove their own files
+            (such as :func:`staged_outputs`), so that the files of another
+            program writing there at the same time stay.
 
     Yields:
         Path: ``path``, which exists inside the block.
@@ -173,7 +180,9 @@ def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ())
     try:
         yield folder
     except BaseException:
-        if created is not None:
+        if created is not None and not remove_contents:
+            _remove_empty_folders(folder, created)
+        elif created is not None:
             found = [pattern for pattern in keep_if_contains if any(folder.glob(pattern))]
             if found:
                 logger.warning("%s is kept after the error because it contains %s", folder, ", ".join(found))
@@ -181,6 +190,25 @@ def output_dir(path: str | os.PathLike, *, keep_if_contains: Sequence[str] = ())
                 logger.info("removing %s, which this command created, after the error", created)
                 shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def _remove_empty_folders(folder: Path, created: Path) -> None:
+    """Remove ``folder`` and its parents up to ``created`` while they are empty."""
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                logger.warning(
+                    "%s is kept after the error because it contains files that this run did not write",
+                    candidate,
+                )
+            else:
+                logger.warning("failed to remove %s, which this command created, after the error: %s", candidate, error)
+            return
+        if candidate == created:
+            logger.info("removed %s, which this command created, after the error", created)
+            return
 
 
 #: Prefix of the hidden folder that :func:`staged_outputs` writes into.
