@@ -534,3 +534,43 @@ def test_resume_rejects_changed_moved_file(twenty_images, tmp_path, tiny_model, 
     assert extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
                             overwrite=True).complete
     assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+
+
+def test_resume_reextracts_replaced_image(twenty_images, tmp_path, tiny_model, caplog):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                     max_batches=2)
+    # Another picture under the same name, 16 x 16 instead of 12 x 12, so its size differs.
+    write_random_images(tmp_path / "new", 3, size=16, seed=7)
+    (tmp_path / "new" / "img02.png").replace(twenty_images / "img02.png")
+
+    resumed_rows = []
+    with caplog.at_level("WARNING"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                         resume=True, on_batch=lambda number, rows: resumed_rows.extend(rows))
+
+    assert resumed_rows == [2, *range(8, 20)]
+    assert f"{twenty_images / 'img02.png'}" in caplog.text
+    assert "changed since the stopped run" in caplog.text
+    features, _ = load_features(out)
+    expected = compute_features(tiny_model, find_images(twenty_images), layers=["0"], pools="gap",
+                                batch_size=4)
+    np.testing.assert_allclose(features, expected["0"], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_without_image_stamps_warns(twenty_images, tmp_path, tiny_model, caplog):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                     max_batches=2)
+    # A run of an older version wrote no image stamps.
+    (out / WORK_DIR_NAME / "image_stamps.npy").unlink()
+
+    resumed_rows = []
+    with caplog.at_level("WARNING"):
+        result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                                  batch_size=4, resume=True,
+                                  on_batch=lambda number, rows: resumed_rows.extend(rows))
+
+    assert result.complete
+    assert resumed_rows == list(range(8, 20))
+    assert "records no image sizes and times, so images replaced since are not detected" in caplog.text

@@ -35,9 +35,11 @@ from tqdm.auto import tqdm
 
 from dimalign.features.datasets import (
     DEFAULT_EXTENSIONS,
+    UNKNOWN_STAMP,
     ImageDataset,
     ImageList,
     collate_images,
+    image_stamp,
     list_images,
     parse_color,
     to_rgb,
@@ -52,6 +54,7 @@ from dimalign.features.storage import (
     Progress,
     feature_file_names,
     move_into_place,
+    open_image_stamps,
     plan_moves,
     remove_work_dir,
 )
@@ -271,14 +274,16 @@ def extract_features(
                         "into place", out_dir)
             move_into_place(work_dir, out_dir, progress.finishing, progress.replaces)
             return _completed_result(out_dir, names)
+        stamps, stamps_existed = open_image_stamps(work_dir, len(image_list))
+        _mark_changed_images(image_list, progress, stamps, stamps_existed, work_dir)
         arrays = FeatureArrays(work_dir, names, fmt, dtype)
         if progress.shapes:
             arrays.open(len(image_list), progress.shapes, create=False)
 
         try:
-            complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
-                                    batch_size, num_workers, on_error, colour, exif_transpose,
-                                    max_batches, on_batch)
+            complete = _run_batches(image_list, loaded, requests, arrays, stamps, progress,
+                                    work_dir, batch_size, num_workers, on_error, colour,
+                                    exif_transpose, max_batches, on_batch)
         except BaseException:
             # Every finished batch is flushed and listed in progress.json already.
             arrays.close()
@@ -407,8 +412,51 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
     return progress
 
 
+def _mark_changed_images(image_list: ImageList, progress: Progress, stamps: np.ndarray,
+                         stamps_existed: bool, work_dir: Path) -> None:
+    """Mark finished images whose file changed since it was read as unfinished, so they are read again.
+
+    A file counts as changed when its size or modification time differs from
+    ``stamps`` (or it is gone). That takes one ``stat`` per image, where a
+    checksum would read every finished image again.
+    NOTE: a file replaced by one of the same size within the file system's
+    time resolution (1 or 2 s on some file systems) goes unnoticed.
+    """
+    finished = np.flatnonzero(progress.finished)
+    if not stamps_existed:
+        if len(finished):
+            logger.warning(
+                "%s was started by an older dimalign that records no image sizes and times, so "
+                "images replaced since are not detected; pass --overwrite to read every image again",
+                work_dir)
+            for row in finished:
+                stamps[row] = _current_stamp(image_list.paths[row])
+            stamps.flush()
+        return
+
+    changed = [row for row in finished
+               if _current_stamp(image_list.paths[row]) != tuple(int(value) for value in stamps[row])]
+    if not changed:
+        return
+    shown = [image_list.paths[row] for row in changed[:10]]
+    logger.warning("%d of %d finished images changed since the stopped run (size or modification "
+                   "time differ, or the file is gone), so their features are extracted again: %s%s",
+                   len(changed), len(finished), ", ".join(shown),
+                   ", ..." if len(changed) > len(shown) else "")
+    progress.finished[changed] = False
+    progress.save(work_dir)
+
+
+def _current_stamp(path: str) -> tuple[int, int]:
+    try:
+        return image_stamp(path)
+    except OSError:
+        return UNKNOWN_STAMP
+
+
 def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[LayerRequest],
-                 arrays: FeatureArrays, progress: Progress, work_dir: Path, batch_size: int,
+                 arrays: FeatureArrays, stamps: np.ndarray, progress: Progress, work_dir: Path,
+                 batch_size: int,
                  num_workers: int, on_error: str, colour: tuple[int, int, int],
                  exif_transpose: bool, max_batches: int | None,
                  on_batch: Callable[[int, list[int]], None] | None) -> bool:
@@ -449,7 +497,9 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list,
                                        overflow_warned)
                 arrays.write(batch.rows, values)
+                stamps[batch.rows] = batch.stamps
                 arrays.flush()
+                stamps.flush()
                 progress.finished[batch.rows] = True
             progress.save(work_dir)
 

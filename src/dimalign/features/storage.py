@@ -2,7 +2,8 @@
 
 While running, ``OUT/.partial/`` contains the memory-mapped ``.npy`` files (or the
 HDF5 file) with one row per image in the image list, and ``progress.json`` with
-the rows already written. Each batch is written to the arrays, the arrays are
+the rows already written. ``image_stamps.npy`` contains the size and modification
+time of each image when it was read. Each batch is written to these arrays, they are
 flushed, and only then ``progress.json`` is replaced atomically, so a row listed
 as finished is on disk even if the process is killed right after.
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 WORK_DIR_NAME = ".partial"
 PROGRESS_NAME = "progress.json"
+STAMPS_NAME = "image_stamps.npy"
 FORMATS = ("npy", "h5")
 DTYPES = ("float32", "float16")
 COPY_CHUNK_ROWS = 1024
@@ -125,6 +127,33 @@ class Progress:
             raise ValueError(
                 f"cannot read the progress file {path} ({error}); delete {work_dir} to start over"
             ) from error
+
+
+def open_image_stamps(work_dir: Path, n_images: int) -> tuple[np.ndarray, bool]:
+    """Open the ``(n_images, 2)`` int64 array of image stamps for writing, creating it if missing.
+
+    Row ``i`` contains the size in bytes and the modification time in ns of
+    image ``i`` when it was read (see :func:`dimalign.features.datasets.image_stamp`),
+    so that a resumed run can tell which finished images were replaced since.
+
+    Returns:
+        tuple[np.ndarray, bool]: The memory-mapped array, and whether it existed.
+
+    Raises:
+        ValueError: If the existing file is not such an array.
+    """
+    path = work_dir / STAMPS_NAME
+    if not path.is_file():
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(n_images, 2)), False
+    try:
+        stamps = np.load(path, mmap_mode="r+", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the image stamps {path} ({error}); delete {work_dir} to "
+                         "start over") from error
+    if stamps.shape != (n_images, 2) or stamps.dtype != np.int64:
+        raise ValueError(f"the image stamps {path} have shape {stamps.shape} and type {stamps.dtype}, "
+                         f"expected ({n_images}, 2) and int64; delete {work_dir} to start over")
+    return stamps, True
 
 
 def rows_to_intervals(mask: np.ndarray) -> list[list[int]]:
