@@ -1056,6 +1056,37 @@ def test_map_cli_rejects_features_without_columns(tmp_path, capsys):
     assert f"the features {tmp_path / 'features.npy'} have no column (shape (12, 0))" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("table_side", ["features", "embedding"])
+def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    # The features list their objects in reverse, which only their table records.
+    np.save(feature_dir / "features.npy", rng.normal(size=(12, 4)))
+    embedding_table = None
+    if table_side == "features":
+        write_object_table(ObjectTable.from_ids(ids[::-1]), feature_dir / "objects.tsv")
+    else:
+        embedding_table = ObjectTable.from_ids(ids)
+    write_side(tmp_path / "run", rng.random((12, 2)), embedding_table)
+
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    if table_side == "features":
+        assert (f"the features have an object table ({feature_dir / 'objects.tsv'}) but the embedding "
+                f"{tmp_path / 'run'} has none") in error
+        assert f"put an objects.tsv that names the embedding rows in {tmp_path / 'run'}" in error
+    else:
+        assert (f"the embedding has an object table ({tmp_path / 'run' / 'objects.tsv'}) but the "
+                f"features {feature_dir} have none") in error
+        assert f"put an objects.tsv that names the feature rows in {feature_dir}" in error
+    assert not (tmp_path / "map").exists()
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps

@@ -372,6 +372,7 @@ def run_map(args: argparse.Namespace) -> int:
     features, feature_table = load_features(args.features, layer=layer)
     feature_file = _feature_file(args.features, layer)
     embedding_table = find_object_table(args.embedding)
+    _check_tables_on_both_sides(args.features, feature_table, args.embedding, embedding_table)
     order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
         order = np.asarray(align_objects(
@@ -398,6 +399,33 @@ def run_map(args: argparse.Namespace) -> int:
     ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
     write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
     return 0
+
+
+def _check_tables_on_both_sides(features_path: Path, feature_table: ObjectTable | None,
+                                embedding_path: Path, embedding_table: ObjectTable | None) -> None:
+    """Reject an object table on one side only, as ``compare`` does.
+
+    Rows would then be matched by position, and an order that only the one
+    table records (the sorted image names of ``dimalign extract``, say) would
+    pair features and dimensions of different objects without any error.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME
+
+    def folder(path: Path) -> Path:
+        return path if path.is_dir() else path.parent
+
+    if feature_table is not None and embedding_table is None:
+        raise ValueError(
+            f"the features have an object table ({folder(features_path) / OBJECT_TABLE_NAME}) but the "
+            f"embedding {embedding_path} has none, so its rows cannot be matched to the features by "
+            f"object id: put an objects.tsv that names the embedding rows in {folder(embedding_path)}"
+        )
+    if embedding_table is not None and feature_table is None:
+        raise ValueError(
+            f"the embedding has an object table ({folder(embedding_path) / OBJECT_TABLE_NAME}) but the "
+            f"features {features_path} have none, so their rows cannot be matched to the embedding by "
+            f"object id: put an objects.tsv that names the feature rows in {folder(features_path)}"
+        )
 
 
 def _reject_feature_folder_as_embedding(path: Path) -> None:
