@@ -1087,6 +1087,24 @@ def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
     assert not (tmp_path / "map").exists()
 
 
+
+def test_map_cli_rejects_embedding_table_of_other_length(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
+    # Ten embedding rows under a table of twelve objects.
+    write_side(tmp_path / "run", rng.random((10, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (f"the object table {tmp_path / 'run' / 'objects.tsv'} lists 12 objects, but the embedding "
+            f"{tmp_path / 'run' / 'embedding.npz'} has 10 rows") in error
+    assert not (tmp_path / "map").exists()
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps

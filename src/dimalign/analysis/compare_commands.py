@@ -335,6 +335,7 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.analysis.ridge import DEFAULT_ALPHAS, RIDGE_MAP_NAME, RidgeMap, write_ridge_table
     from dimalign.io.features import load_features
     from dimalign.io.files import check_output_dir, check_unowned_files, now_iso, read_manifest
+    from dimalign.io.objects import OBJECT_TABLE_NAME
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
@@ -361,6 +362,14 @@ def run_map(args: argparse.Namespace) -> int:
             f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
             "nothing to map: pass --embedding with a run that kept at least one dimension"
         )
+    embedding_table = find_object_table(args.embedding)
+    if embedding_table is not None and len(embedding_table) != embedding.n_objects:
+        table_path = (args.embedding if args.embedding.is_dir() else args.embedding.parent) / OBJECT_TABLE_NAME
+        raise ValueError(
+            f"the object table {table_path} lists {len(embedding_table)} objects, but the embedding "
+            f"{embedding.path} has {embedding.n_objects} rows: it must name every row of the "
+            "embedding, in order; copy the objects.tsv of the fit that wrote the embedding"
+        )
     feature_manifest = {}
     feature_dir = args.features if args.features.is_dir() else args.features.parent
     try:
@@ -371,7 +380,6 @@ def run_map(args: argparse.Namespace) -> int:
     layer = _extracted_layer(args.features, feature_manifest, args.layer)
     features, feature_table = load_features(args.features, layer=layer)
     feature_file = _feature_file(args.features, layer)
-    embedding_table = find_object_table(args.embedding)
     _check_tables_on_both_sides(args.features, feature_table, args.embedding, embedding_table)
     order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
