@@ -1105,6 +1105,45 @@ def test_map_cli_rejects_embedding_table_of_other_length(tmp_path, capsys):
     assert not (tmp_path / "map").exists()
 
 
+
+def test_map_cli_failed_save_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from dimalign.analysis import ridge as ridge_module
+
+    write_map_inputs(tmp_path)
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge_module, "write_manifest", full_disk)
+        assert main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+    assert main(argv) == 0
+
+
+def test_map_cli_failed_rerun_keeps_earlier_map(tmp_path, capsys, monkeypatch):
+    from dimalign.analysis import ridge as ridge_module
+
+    write_map_inputs(tmp_path)
+    out = tmp_path / "map"
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(out)]
+    assert main(argv) == 0
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge_module, "write_ridge_table", full_disk)
+        assert main([*argv, "--alphas", "0.1", "1", "10"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps

@@ -334,7 +334,14 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.analysis.compare import align_objects, find_object_table
     from dimalign.analysis.ridge import DEFAULT_ALPHAS, RIDGE_MAP_NAME, RidgeMap, write_ridge_table
     from dimalign.io.features import load_features
-    from dimalign.io.files import check_output_dir, check_unowned_files, now_iso, read_manifest
+    from dimalign.io.files import (
+        check_output_dir,
+        check_unowned_files,
+        now_iso,
+        output_dir,
+        read_manifest,
+        staged_outputs,
+    )
     from dimalign.io.objects import OBJECT_TABLE_NAME
     from dimalign.io.runs import load_embedding
 
@@ -404,8 +411,13 @@ def run_map(args: argparse.Namespace) -> int:
     ).fit(features, embedding.embedding)
 
     inputs = {"features": feature_file, "embedding": embedding.path}
-    ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
-    write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
+    # The three files are written into a hidden folder and moved into place
+    # together, so a failure (or Ctrl-C while the inputs are hashed) leaves
+    # neither a map without a manifest nor a new map under an earlier manifest.
+    with output_dir(args.out), staged_outputs(args.out) as stage:
+        ridge.save(stage, inputs=inputs, started=started,
+                   features_source=source if source["model"] else None)
+        write_ridge_table(ridge, stage / "ridge_map.csv")
     return 0
 
 
