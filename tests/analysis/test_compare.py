@@ -1504,3 +1504,22 @@ def test_compare_keeps_user_file(tmp_path):
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
     assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--alphas", "1", "-5"], "--alphas -5 is invalid"),
+     (["--alphas", "nan"], "--alphas nan is invalid"),
+     (["--alpha-range", "1", "inf", "3"], "--alpha-range 1 inf 3 is invalid"),
+     (["--alpha-range", "inf", "inf", "1"], "--alpha-range inf inf 1 is invalid")],
+)
+def test_map_cli_checks_grid_before_reading_inputs(tmp_path, capsys, options, message):
+    status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
+                   "-o", str(tmp_path / "map"), *options])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert message in error
+    assert "not found" not in error
+    assert "invalid value encountered" not in error
+    assert not (tmp_path / "map").exists()

@@ -353,14 +353,20 @@ def run_map(args: argparse.Namespace) -> int:
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
         low, high, count = args.alpha_range
-        if not (0 < low <= high and 1 <= count <= MAX_ALPHAS and float(count).is_integer()):
+        if not (0 < low <= high < np.inf and 1 <= count <= MAX_ALPHAS and float(count).is_integer()):
             raise ValueError(
                 f"--alpha-range {low:g} {high:g} {count:g} is invalid: use LOW HIGH N with "
-                f"0 < LOW <= HIGH and a whole N from 1 to {MAX_ALPHAS}"
+                f"0 < LOW <= HIGH, both finite, and a whole N from 1 to {MAX_ALPHAS}"
             )
         alphas = np.logspace(np.log10(low), np.log10(high), int(count))
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
+        invalid = alphas[~(np.isfinite(alphas) & (alphas > 0))]
+        if invalid.size:
+            raise ValueError(
+                f"--alphas {float(invalid[0]):g} is invalid: every ridge penalty must be a finite "
+                "positive number, such as --alphas 0.01 0.1 1 10"
+            )
     # The embedding is checked before the features, which may be large.
     _reject_feature_folder_as_embedding(args.embedding)
     embedding = load_embedding(args.embedding)
