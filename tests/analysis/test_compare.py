@@ -1523,3 +1523,13 @@ def test_map_cli_checks_grid_before_reading_inputs(tmp_path, capsys, options, me
     assert "not found" not in error
     assert "invalid value encountered" not in error
     assert not (tmp_path / "map").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_map_cli_rejects_seed_out_of_range(tmp_path, capsys, seed):
+    status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
+                   "-o", str(tmp_path / "map"), "--shuffle", "--seed", seed])
+
+    assert status == 1
+    assert f"--seed {seed} is invalid: use an integer from 0 to 4294967295" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()

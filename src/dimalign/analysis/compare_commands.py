@@ -300,6 +300,7 @@ def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
 # a grid of more penalties than this is a typing error (an N of 1e9 would also
 # allocate 8 GB before any fit).
 MAX_ALPHAS = 1000
+MAX_SEED = 2**32 - 1
 
 
 def _register_map(subparsers: argparse._SubParsersAction) -> None:
@@ -348,6 +349,9 @@ def run_map(args: argparse.Namespace) -> int:
     started = now_iso()
     if args.seed is not None and not args.shuffle:
         raise ValueError(f"--seed {args.seed} only seeds --shuffle: drop it, or add --shuffle")
+    # KFold seeds numpy's RandomState, which takes 0 to 2**32 - 1.
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to {MAX_SEED}")
     check_output_dir(args.out, "map")
     check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
     # The grid is checked before the features and the embedding are read.
