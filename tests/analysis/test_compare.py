@@ -1533,3 +1533,22 @@ def test_map_cli_rejects_seed_out_of_range(tmp_path, capsys, seed):
     assert status == 1
     assert f"--seed {seed} is invalid: use an integer from 0 to 4294967295" in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_missing_layer_file_beside_others(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", rng.normal(size=(12, 4)))
+    np.save(feature_dir / "features_head.npy", rng.normal(size=(12, 3)))
+    write_object_table(ObjectTable.from_ids(ids), feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map"),
+                 "--layer", "haed"])
+
+    assert code == 1
+    assert (f"{feature_dir} has no features_haed.npy for --layer haed, but has features_head.npy") in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "map").exists()

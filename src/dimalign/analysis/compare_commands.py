@@ -395,6 +395,7 @@ def run_map(args: argparse.Namespace) -> int:
         pass
     feature_settings = feature_manifest.get("settings", {})
     layer = _extracted_layer(args.features, feature_manifest, args.layer)
+    _check_layer_file(args.features, layer)
     features, feature_table = load_features(args.features, layer=layer)
     feature_file = _feature_file(args.features, layer)
     _check_tables_on_both_sides(args.features, feature_table, args.embedding, embedding_table)
@@ -515,6 +516,25 @@ def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | Non
             f"extract), not {layer!r}: pass --layer {in_file[0]}, or the folder with --layer {layer}"
         )
     return in_file[0]
+
+
+def _check_layer_file(path: Path, layer: str | None) -> None:
+    """Reject a ``--layer`` without its file in a folder that has the files of other layers.
+
+    :func:`load_features` then falls back to ``features.npy``, which suits a
+    single-layer folder, but here a mistyped layer would map another
+    layer's features and record them under the mistyped name.
+    """
+    if layer is None or not path.is_dir():
+        return
+    wanted = f"features_{layer.replace('/', '_')}.npy"
+    others = sorted(candidate.name for candidate in path.glob("features_*.npy"))
+    if (path / wanted).is_file() or not others:
+        return
+    raise ValueError(
+        f"{path} has no {wanted} for --layer {layer}, but has {', '.join(others)}: pass the layer of "
+        "one of them with --layer"
+    )
 
 
 def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
