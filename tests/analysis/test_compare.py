@@ -1552,3 +1552,19 @@ def test_map_cli_rejects_missing_layer_file_beside_others(tmp_path, capsys):
     assert (f"{feature_dir} has no features_haed.npy for --layer haed, but has features_head.npy") in (
         capsys.readouterr().err)
     assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_warns_about_leftover_stage(tmp_path, capsys):
+    write_map_inputs(tmp_path)
+    out = tmp_path / "map"
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(out)]
+    assert main(argv) == 0
+    # The hidden folder of a map run killed with SIGKILL.
+    (out / ".partial-killed").mkdir()
+    (out / ".partial-killed" / "ridge_map.npz").write_bytes(b"half")
+    capsys.readouterr()
+
+    assert main(argv) == 0
+
+    error = capsys.readouterr().err
+    assert f"{out / '.partial-killed'} (4 bytes) is the hidden folder of an interrupted dimalign run" in error

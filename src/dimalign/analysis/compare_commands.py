@@ -341,6 +341,7 @@ def run_map(args: argparse.Namespace) -> int:
         now_iso,
         output_dir,
         read_manifest,
+        report_leftover_stages,
         staged_outputs,
     )
     from dimalign.io.objects import OBJECT_TABLE_NAME
@@ -354,6 +355,7 @@ def run_map(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to {MAX_SEED}")
     check_output_dir(args.out, "map")
     check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
+    report_leftover_stages(args.out)
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
         low, high, count = args.alpha_range
