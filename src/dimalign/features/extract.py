@@ -434,9 +434,10 @@ def _mark_changed_images(image_list: ImageList, progress: Progress, stamps: np.n
             stamps.flush()
         return
 
-    changed = [row for row in finished
-               if _current_stamp(image_list.paths[row]) != tuple(int(value) for value in stamps[row])]
-    if not changed:
+    current = np.array([_current_stamp(image_list.paths[row]) for row in finished],
+                       dtype=np.int64).reshape(-1, 2)
+    changed = finished[(current != np.asarray(stamps[finished])).any(axis=1)]
+    if not changed.size:
         return
     shown = [image_list.paths[row] for row in changed[:10]]
     logger.warning("%d of %d finished images changed since the stopped run (size or modification "
