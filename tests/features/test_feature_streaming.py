@@ -574,3 +574,18 @@ def test_resume_without_image_stamps_warns(twenty_images, tmp_path, tiny_model, 
     assert result.complete
     assert resumed_rows == list(range(8, 20))
     assert "records no image sizes and times, so images replaced since are not detected" in caplog.text
+
+
+def test_resume_rereads_deleted_listed_image(twenty_images, tmp_path, tiny_model):
+    list_file = tmp_path / "images.txt"
+    list_file.write_text("".join(f"images/img{index:02d}.png\n" for index in range(20)))
+    out = tmp_path / "out"
+    extract_features(list_file, out, tiny_model, layers=["0"], pools="gap", batch_size=4, max_batches=2)
+    (twenty_images / "img05.png").unlink()
+
+    with pytest.raises(ValueError, match=r"cannot read image .*img05\.png: file not found"):
+        extract_features(list_file, out, tiny_model, layers=["0"], pools="gap", batch_size=4, resume=True)
+
+    progress = Progress.load(out / WORK_DIR_NAME)
+    assert not progress.finished[5]
+    assert progress.finished[[0, 1, 2, 3, 4, 6, 7]].all()
