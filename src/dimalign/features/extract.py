@@ -457,8 +457,7 @@ def _current_stamp(path: str) -> tuple[int, int]:
 
 def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[LayerRequest],
                  arrays: FeatureArrays, stamps: np.ndarray, progress: Progress, work_dir: Path,
-                 batch_size: int,
-                 num_workers: int, on_error: str, colour: tuple[int, int, int],
+                 batch_size: int, num_workers: int, on_error: str, colour: tuple[int, int, int],
                  exif_transpose: bool, max_batches: int | None,
                  on_batch: Callable[[int, list[int]], None] | None) -> bool:
     """Extract every unfinished row; return True when all rows are done."""
