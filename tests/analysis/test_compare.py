@@ -1056,6 +1056,94 @@ def test_map_cli_rejects_features_without_columns(tmp_path, capsys):
     assert f"the features {tmp_path / 'features.npy'} have no column (shape (12, 0))" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("table_side", ["features", "embedding"])
+def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    # The features list their objects in reverse, which only their table records.
+    np.save(feature_dir / "features.npy", rng.normal(size=(12, 4)))
+    embedding_table = None
+    if table_side == "features":
+        write_object_table(ObjectTable.from_ids(ids[::-1]), feature_dir / "objects.tsv")
+    else:
+        embedding_table = ObjectTable.from_ids(ids)
+    write_side(tmp_path / "run", rng.random((12, 2)), embedding_table)
+
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    if table_side == "features":
+        assert (f"the features have an object table ({feature_dir / 'objects.tsv'}) but the embedding "
+                f"{tmp_path / 'run'} has none") in error
+        assert f"put an objects.tsv that names the embedding rows in {tmp_path / 'run'}" in error
+    else:
+        assert (f"the embedding has an object table ({tmp_path / 'run' / 'objects.tsv'}) but the "
+                f"features {feature_dir} have none") in error
+        assert f"put an objects.tsv that names the feature rows in {feature_dir}" in error
+    assert not (tmp_path / "map").exists()
+
+
+
+def test_map_cli_rejects_embedding_table_of_other_length(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    write_extract_folder(tmp_path / "features", rng.normal(size=(12, 4)), ids)
+    # Ten embedding rows under a table of twelve objects.
+    write_side(tmp_path / "run", rng.random((10, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (f"the object table {tmp_path / 'run' / 'objects.tsv'} lists 12 objects, but the embedding "
+            f"{tmp_path / 'run' / 'embedding.npz'} has 10 rows") in error
+    assert not (tmp_path / "map").exists()
+
+
+
+def test_map_cli_failed_save_leaves_nothing(tmp_path, capsys, monkeypatch):
+    from dimalign.analysis import ridge as ridge_module
+
+    write_map_inputs(tmp_path)
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge_module, "write_manifest", full_disk)
+        assert main(argv) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+    assert main(argv) == 0
+
+
+def test_map_cli_failed_rerun_keeps_earlier_map(tmp_path, capsys, monkeypatch):
+    from dimalign.analysis import ridge as ridge_module
+
+    write_map_inputs(tmp_path)
+    out = tmp_path / "map"
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(out)]
+    assert main(argv) == 0
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge_module, "write_ridge_table", full_disk)
+        assert main([*argv, "--alphas", "0.1", "1", "10"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
+
+
 # -- real THINGS data -------------------------------------------------------------
 
 # A short VICE fit (about 45 s with one torch thread on a 2-core CPU): it keeps
@@ -1416,3 +1504,67 @@ def test_compare_keeps_user_file(tmp_path):
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2)
     assert (out / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--alphas", "1", "-5"], "--alphas -5 is invalid"),
+     (["--alphas", "nan"], "--alphas nan is invalid"),
+     (["--alpha-range", "1", "inf", "3"], "--alpha-range 1 inf 3 is invalid"),
+     (["--alpha-range", "inf", "inf", "1"], "--alpha-range inf inf 1 is invalid")],
+)
+def test_map_cli_checks_grid_before_reading_inputs(tmp_path, capsys, options, message):
+    status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
+                   "-o", str(tmp_path / "map"), *options])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert message in error
+    assert "not found" not in error
+    assert "invalid value encountered" not in error
+    assert not (tmp_path / "map").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_map_cli_rejects_seed_out_of_range(tmp_path, capsys, seed):
+    status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
+                   "-o", str(tmp_path / "map"), "--shuffle", "--seed", seed])
+
+    assert status == 1
+    assert f"--seed {seed} is invalid: use an integer from 0 to 4294967295" in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_rejects_missing_layer_file_beside_others(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"o{i}" for i in range(12)]
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", rng.normal(size=(12, 4)))
+    np.save(feature_dir / "features_head.npy", rng.normal(size=(12, 3)))
+    write_object_table(ObjectTable.from_ids(ids), feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", rng.random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map"),
+                 "--layer", "haed"])
+
+    assert code == 1
+    assert (f"{feature_dir} has no features_haed.npy for --layer haed, but has features_head.npy") in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_warns_about_leftover_stage(tmp_path, capsys):
+    write_map_inputs(tmp_path)
+    out = tmp_path / "map"
+    argv = ["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"), "-o", str(out)]
+    assert main(argv) == 0
+    # The hidden folder of a map run killed with SIGKILL.
+    (out / ".partial-killed").mkdir()
+    (out / ".partial-killed" / "ridge_map.npz").write_bytes(b"half")
+    capsys.readouterr()
+
+    assert main(argv) == 0
+
+    error = capsys.readouterr().err
+    assert f"{out / '.partial-killed'} (4 bytes) is the hidden folder of an interrupted dimalign run" in error

@@ -424,3 +424,168 @@ def test_failure_removes_created_parent_folders(twenty_images, tmp_path, tiny_mo
         extract_features(twenty_images, out, tiny_model, layers=["4"], pools="gap")
 
     assert not (tmp_path / "new").exists()
+
+
+def test_stop_before_manifest_resumes(twenty_images, tmp_path, tiny_model, monkeypatch):
+    import dimalign.features.extract as extract_module
+
+    reference = tmp_path / "reference"
+    extract_features(twenty_images, reference, tiny_model, layers=["0"], pools="gap", batch_size=4)
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        raise Interrupt("killed before the manifest was written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(extract_module, "write_manifest", killed)
+        with pytest.raises(Interrupt):
+            extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4)
+
+    result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                              batch_size=4, resume=True)
+
+    assert result.complete
+    assert result.n_rows == 20
+    assert (out / "features.npy").read_bytes() == (reference / "features.npy").read_bytes()
+    assert (out / "objects.tsv").read_text() == (reference / "objects.tsv").read_text()
+    assert read_manifest(out)["outputs"]["n_rows"] == 20
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+
+
+def stop_after_renames(monkeypatch, count):
+    """Make the storage module's renames raise Interrupt after ``count`` succeed."""
+    import dimalign.features.storage as storage_module
+
+    done = []
+    rename = storage_module._rename
+
+    def counted(source, target):
+        if len(done) == count:
+            raise Interrupt(f"killed after {count} moves")
+        done.append(target)
+        rename(source, target)
+
+    monkeypatch.setattr(storage_module, "_rename", counted)
+
+
+@pytest.mark.parametrize("moved", [0, 1, 2, 3, 4])
+def test_stop_between_moves_resumes(twenty_images, tmp_path, tiny_model, monkeypatch, moved):
+    import dimalign.features.storage as storage_module
+
+    options = {"layers": ["0", "4"], "pools": ["gap", "flatten"], "batch_size": 4}
+    reference = tmp_path / "reference"
+    extract_features(twenty_images, reference, tiny_model, **options)
+    out = tmp_path / "out"
+
+    with monkeypatch.context() as patch:
+        if moved < 4:
+            stop_after_renames(patch, moved)
+        else:
+            # All four files moved, then the stop comes before .partial is deleted.
+            def killed(work_dir):
+                raise Interrupt("killed before removing the working folder")
+            patch.setattr(storage_module, "remove_work_dir", killed)
+        with pytest.raises(Interrupt):
+            extract_features(twenty_images, out, tiny_model, **options)
+    assert Progress.load(out / WORK_DIR_NAME).finishing is not None
+
+    result = extract_features(twenty_images, out, tiny_model, resume=True, **options)
+
+    assert result.complete
+    assert result.n_rows == 20
+    names = ["features_0.npy", "features_4.npy", "manifest.json", "objects.tsv"]
+    assert sorted(path.name for path in out.iterdir()) == names
+    for name in names[:2] + names[3:]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes()
+    assert read_manifest(out)["outputs"]["files"] == {"0": "features_0.npy", "4": "features_4.npy"}
+
+
+def test_stopped_overwrite_removes_old_layers_on_resume(twenty_images, tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0", "4"], pools=["gap", "flatten"])
+    with monkeypatch.context() as patch:
+        stop_after_renames(patch, 1)
+        with pytest.raises(Interrupt):
+            extract_features(twenty_images, out, tiny_model, layers=["4"], overwrite=True)
+
+    extract_features(twenty_images, out, tiny_model, layers=["4"], resume=True)
+
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+    assert read_manifest(out)["outputs"]["files"] == {"4": "features.npy"}
+    assert np.load(out / "features.npy").shape == (20, 2)
+
+
+def test_resume_rejects_changed_moved_file(twenty_images, tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        stop_after_renames(patch, 1)
+        with pytest.raises(Interrupt):
+            extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap")
+    # The feature file moved first; another program replaces it before the resume.
+    np.save(out / "features.npy", np.zeros((20, 4), dtype=np.float32))
+
+    with pytest.raises(ValueError, match=r"features\.npy is missing or not the file moved there .* "
+                                         "pass --overwrite to extract again"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", resume=True)
+
+    assert not (out / "manifest.json").exists()
+    assert extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                            overwrite=True).complete
+    assert sorted(path.name for path in out.iterdir()) == ["features.npy", "manifest.json", "objects.tsv"]
+
+
+def test_resume_reextracts_replaced_image(twenty_images, tmp_path, tiny_model, caplog):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                     max_batches=2)
+    # Another picture under the same name, 16 x 16 instead of 12 x 12, so its size differs.
+    write_random_images(tmp_path / "new", 3, size=16, seed=7)
+    (tmp_path / "new" / "img02.png").replace(twenty_images / "img02.png")
+
+    resumed_rows = []
+    with caplog.at_level("WARNING"):
+        extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                         resume=True, on_batch=lambda number, rows: resumed_rows.extend(rows))
+
+    assert resumed_rows == [2, *range(8, 20)]
+    assert f"{twenty_images / 'img02.png'}" in caplog.text
+    assert "changed since the stopped run" in caplog.text
+    features, _ = load_features(out)
+    expected = compute_features(tiny_model, find_images(twenty_images), layers=["0"], pools="gap",
+                                batch_size=4)
+    np.testing.assert_allclose(features, expected["0"], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_without_image_stamps_warns(twenty_images, tmp_path, tiny_model, caplog):
+    out = tmp_path / "out"
+    extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap", batch_size=4,
+                     max_batches=2)
+    # A run of an older version wrote no image stamps.
+    (out / WORK_DIR_NAME / "image_stamps.npy").unlink()
+
+    resumed_rows = []
+    with caplog.at_level("WARNING"):
+        result = extract_features(twenty_images, out, tiny_model, layers=["0"], pools="gap",
+                                  batch_size=4, resume=True,
+                                  on_batch=lambda number, rows: resumed_rows.extend(rows))
+
+    assert result.complete
+    assert resumed_rows == list(range(8, 20))
+    assert "records no image sizes and times, so images replaced since are not detected" in caplog.text
+
+
+def test_resume_rereads_deleted_listed_image(twenty_images, tmp_path, tiny_model):
+    list_file = tmp_path / "images.txt"
+    list_file.write_text("".join(f"images/img{index:02d}.png\n" for index in range(20)))
+    out = tmp_path / "out"
+    extract_features(list_file, out, tiny_model, layers=["0"], pools="gap", batch_size=4, max_batches=2)
+    (twenty_images / "img05.png").unlink()
+
+    with pytest.raises(ValueError, match=r"cannot read image .*img05\.png: file not found"):
+        extract_features(list_file, out, tiny_model, layers=["0"], pools="gap", batch_size=4, resume=True)
+
+    progress = Progress.load(out / WORK_DIR_NAME)
+    assert not progress.finished[5]
+    assert progress.finished[[0, 1, 2, 3, 4, 6, 7]].all()

