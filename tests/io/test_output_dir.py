@@ -328,3 +328,28 @@ def test_output_dir_keeping_contents_removes_only_empty_folders(tmp_path):
             (folder / "other.txt").write_text("another program's file")
             raise RuntimeError("stopped")
     assert (folder / "other.txt").read_text() == "another program's file"
+
+
+def test_staged_outputs_create_the_folder(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    out = tmp_path / "new" / "out"
+    with staged_outputs(out) as stage:
+        (stage / "manifest.json").write_text("new manifest")
+
+    assert sorted(path.name for path in out.iterdir()) == ["manifest.json"]
+
+
+def test_failed_staged_outputs_remove_only_empty_new_folders(tmp_path):
+    from dimalign.io.files import staged_outputs
+
+    kept, removed = tmp_path / "kept" / "out", tmp_path / "removed" / "out"
+    for out in (kept, removed):
+        with pytest.raises(RuntimeError), staged_outputs(out) as stage:
+            (stage / "manifest.json").write_text("new manifest")
+            if out == kept:
+                (out / "other.txt").write_text("written by another program")
+            raise RuntimeError("stopped")
+
+    assert sorted(path.name for path in kept.iterdir()) == ["other.txt"]
+    assert not (tmp_path / "removed").exists()

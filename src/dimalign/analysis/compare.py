@@ -48,7 +48,6 @@ from dimalign.io.files import (
     check_writable,
     now_iso,
     is_same_file,
-    output_dir,
     report_leftover_stages,
     staged_outputs,
     write_json_atomic,
@@ -891,7 +890,7 @@ def compare(
     # matrices, image grids) go aside with the replaced ones, so that no
     # result of an earlier comparison stays next to the new ones. A folder
     # that this call creates is removed again if a step fails.
-    with output_dir(out_dir), staged_outputs(out_dir, retire=_retired_outputs()) as stage:
+    with staged_outputs(out_dir, retire=_retired_outputs()) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")

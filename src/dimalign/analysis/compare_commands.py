@@ -339,7 +339,6 @@ def run_map(args: argparse.Namespace) -> int:
         check_output_dir,
         check_unowned_files,
         now_iso,
-        output_dir,
         read_manifest,
         report_leftover_stages,
         staged_outputs,
@@ -427,7 +426,7 @@ def run_map(args: argparse.Namespace) -> int:
     # The three files are written into a hidden folder and moved into place
     # together, so a failure (or Ctrl-C while the inputs are hashed) leaves
     # neither a map without a manifest nor a new map under an earlier manifest.
-    with output_dir(args.out), staged_outputs(args.out) as stage:
+    with staged_outputs(Path(args.out)) as stage:
         ridge.save(stage, inputs=inputs, started=started,
                    features_source=source if source["model"] else None)
         write_ridge_table(ridge, stage / "ridge_map.csv")

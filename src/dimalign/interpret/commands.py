@@ -275,11 +275,10 @@ def _staged_output_folder(out_dir: Path) -> Iterator[Path]:
     no other program has written into it meanwhile. A file at the name of an
     output is not replaced (see :func:`dimalign.io.files.staged_outputs`).
     """
-    from dimalign.io.files import output_dir, staged_outputs
+    from dimalign.io.files import staged_outputs
 
-    with output_dir(out_dir, remove_contents=False):
-        with staged_outputs(out_dir, overwrite=False) as stage:
-            yield stage
+    with staged_outputs(out_dir, overwrite=False) as stage:
+        yield stage
 
 
 def _check_no_earlier_run(out_dir: Path, step: str, fixed_names: Sequence[str]) -> None:

@@ -223,6 +223,29 @@ def staged_outputs(
 ) -> Iterator[Path]:
     """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
 
+    ``out_dir`` is created when missing. If the block raises, the folders
+    created here are removed again when they are empty, so that files that
+    another program wrote there meanwhile stay (see :func:`output_dir`).
+    The files themselves are handled as :func:`_staged_files` describes.
+
+    Args:
+        out_dir (Path): The output folder.
+        retire (Sequence[str]): See :func:`_staged_files`.
+        overwrite (bool): See :func:`_staged_files`.
+
+    Yields:
+        Path: The hidden folder.
+    """
+    with output_dir(out_dir, remove_contents=False), _staged_files(
+        Path(out_dir), retire=retire, overwrite=overwrite
+    ) as stage:
+        yield stage
+
+
+@contextlib.contextmanager
+def _staged_files(out_dir: Path, *, retire: Sequence[str], overwrite: bool) -> Iterator[Path]:
+    """Yield a hidden folder in ``out_dir`` for the outputs, and move them to ``out_dir`` after.
+
     The files of an earlier run into the same folder are replaced only once
     every new file is written. They are moved aside into the hidden folder
     first, the earlier ``manifest.json`` before the other files, and the new

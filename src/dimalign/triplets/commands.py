@@ -182,7 +182,6 @@ def run_import(args: argparse.Namespace) -> int:
         check_output_dir,
         check_writable,
         now_iso,
-        output_dir,
         report_leftover_stages,
         staged_outputs,
         write_manifest,
@@ -298,7 +297,7 @@ def run_import(args: argparse.Namespace) -> int:
     # files of an earlier run, so that no folder with train.npy but no
     # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir), staged_outputs(out_dir) as stage:
+    with staged_outputs(out_dir) as stage:
         if args.split is not None:
             train, val = split_triplets(triplets, args.split, random_state=seed)
             written["train"] = save_triplets(train, stage / "train.npy")
@@ -346,7 +345,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         check_output_dir,
         check_writable,
         now_iso,
-        output_dir,
         report_leftover_stages,
         staged_outputs,
         write_manifest,
@@ -435,7 +433,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     # files of an earlier run, so that no folder with train.npy but no
     # val.npy or manifest.json passes for a whole one.
     written = {}
-    with output_dir(out_dir), staged_outputs(out_dir) as stage:
+    with staged_outputs(out_dir) as stage:
         if args.val_fraction is not None:
             train, val = split_triplets(
                 result.triplets, args.val_fraction, random_state=np.random.default_rng(split_seed)
