@@ -927,3 +927,38 @@ def test_sweep_table_run_dirs_are_absolute(tmp_path, tiny_triplets, monkeypatch)
     expected = str((tmp_path / "relative" / "runs" / "seed_0").resolve())
     assert table["run_dir"].tolist() == [expected]
     assert pd.read_csv(tmp_path / "relative" / "sweep.csv")["run_dir"].tolist() == [expected]
+
+
+def write_two_runs(tmp_path, seed=11):
+    """Write runs ``a`` and ``b`` of 12 objects whose dimensions are a permutation of each other."""
+    base = np.maximum(np.random.default_rng(seed).normal(size=(12, 2)), 0.0)
+    write_run(tmp_path / "a", base, 0.5, seed=0)
+    write_run(tmp_path / "b", base[:, ::-1], 0.5, seed=1)
+    return [tmp_path / "a", tmp_path / "b"]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_select_stopped_rerun_keeps_earlier_output(tmp_path, monkeypatch, stop):
+    import dimalign.analysis.sweep as sweep_module
+
+    runs = write_two_runs(tmp_path)
+    out = tmp_path / "out"
+    select_run(runs, out, copy_selected=True)
+    before = snapshot(out)
+
+    def stopped_copy(source, target):
+        raise stop("stopped while copying the chosen run")
+
+    monkeypatch.setattr(sweep_module, "_copy_run", stopped_copy)
+    with pytest.raises(stop):
+        select_run(runs, out, split="random", random_state=3, copy_selected=True)
+    assert snapshot(out) == before
+    assert not list(out.glob(".partial-*"))
+
+
+def test_select_rejects_folder_named_like_output(tmp_path):
+    runs = write_two_runs(tmp_path)
+    (tmp_path / "out" / "runs.csv").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"out/runs.csv is a folder, but select writes a file there"):
+        select_run(runs, tmp_path / "out")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["runs.csv"]

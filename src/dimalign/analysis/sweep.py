@@ -28,6 +28,7 @@ new request, and raises ``ValueError`` on the first difference.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,12 +49,15 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     atomic_path,
     check_output_dir,
+    check_unowned_files,
+    check_writable,
     now_iso,
     output_dir,
     read_manifest,
+    report_leftover_stages,
     sha256_file,
+    staged_outputs,
     write_manifest,
-    write_text_atomic,
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
@@ -779,7 +783,8 @@ def select_run(
         Selection: The runs table and the chosen run.
 
     Raises:
-        FileExistsError: If ``out_dir`` contains the output of another step.
+        FileExistsError: If ``out_dir`` contains the output of another step,
+            or a folder named like an output file.
         ValueError: If a run is given twice, the runs have different numbers
             of objects, or their object tables list different objects (the
             messages name the runs).
@@ -789,6 +794,9 @@ def select_run(
     started = now_iso()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "select")
+    _reject_select_paths_in_the_way(out_dir)
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
     _check_distinct_runs(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
@@ -821,26 +829,22 @@ def select_run(
         columns=["run_dir", "seed", "dim", "reproducibility"],
     ).astype({"seed": "Int64"})
 
-    # A folder that this call creates is removed again if writing fails, and
-    # an earlier selection's manifest goes first so that the folder never
-    # looks finished with mixed files.
+    # The outputs go into a hidden folder inside out_dir and replace those of
+    # an earlier selection only when all are written, manifest.json last. A
+    # failed or interrupted rerun thus leaves the earlier selection whole. The
+    # files of an earlier copy of the chosen run go aside with the replaced
+    # ones, so no file of another run stays in selected_run/. A folder that
+    # this call creates is removed again if writing fails.
     selected_run = run_dirs[best].resolve()
-    with output_dir(out_dir):
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    copy_target = out_dir / SELECTED_COPY_NAME
+    with output_dir(out_dir), staged_outputs(out_dir, retire=_SELECT_RETIRED) as stage:
         for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
-            with atomic_path(out_dir / name) as temporary:
-                frame.to_csv(temporary, index=False)
-        write_text_atomic(out_dir / "selected.txt", f"{selected_run}\n")
-        copy_target = out_dir / SELECTED_COPY_NAME
+            frame.to_csv(stage / name, index=False)
+        (stage / "selected.txt").write_text(f"{selected_run}\n", encoding="utf-8")
         if copy_selected:
-            copy_path = _copy_run(selected_run, copy_target)
-        else:
-            copy_path = None
-            if copy_target.exists():
-                logger.info("removing %s, the copy of an earlier selection", copy_target)
-                shutil.rmtree(copy_target)
+            _copy_run(selected_run, stage / SELECTED_COPY_NAME)
         write_manifest(
-            out_dir,
+            stage,
             step="select",
             inputs={
                 f"run_{index}": path / EMBEDDING_NAME if path.is_dir() else path
@@ -858,10 +862,12 @@ def select_run(
                 "selected_seed": rows[best]["seed"],
                 "selected_reproducibility": rows[best]["reproducibility"],
                 "selected_n_dims": rows[best]["n_dims"],
-                "selected_copy": copy_path,
+                "selected_copy": copy_target if copy_selected else None,
                 "n_runs": len(rows),
             },
         )
+    if not copy_selected:
+        _remove_empty_folders(copy_target)
     accuracy = rows[best]["point_val_accuracy"]
     logger.info(
         "selected %s: reproducibility %.3f, %d dimensions%s",
@@ -872,6 +878,13 @@ def select_run(
 
 
 SELECTED_COPY_NAME = "selected_run"
+
+#: The files that select writes into its output folder, besides ``manifest.json``.
+SELECT_OUTPUTS = ("runs.csv", "dimensions.csv", "selected.txt")
+
+# An earlier copy of a chosen run is moved aside with the replaced outputs
+# (and so deleted), unless the new copy has a file of the same name.
+_SELECT_RETIRED = (f"{SELECTED_COPY_NAME}/**/*",)
 
 #: Definition of the ``val_accuracy`` column of ``sweep.csv`` and ``runs.csv``.
 RECORDED_ACCURACY_DEFINITION = (
@@ -884,6 +897,26 @@ POINT_ACCURACY_DEFINITION = (
     "odd-one-out accuracy of the posterior means on the sweep's val.npy "
     "(argmax of the dot products, ties split the credit)"
 )
+
+
+def _reject_select_paths_in_the_way(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` where something in ``out_dir`` would block the final moves.
+
+    A folder named like an output file, or a file named ``selected_run``,
+    would otherwise stop the selection after all its work.
+    """
+    for name in [*SELECT_OUTPUTS, MANIFEST_NAME]:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but select writes a file there: move it away, or choose another -o"
+            )
+    copy_target = out_dir / SELECTED_COPY_NAME
+    if copy_target.is_symlink() or (copy_target.exists() and not copy_target.is_dir()):
+        raise FileExistsError(
+            f"{copy_target} is not a folder, but select keeps its copy of the chosen run in a "
+            "folder there: move it away, or choose another -o"
+        )
 
 
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
@@ -984,36 +1017,37 @@ def _recorded_seed(path: Path) -> int | None:
     return seed
 
 
-def _copy_run(source: Path, target: Path) -> Path:
-    """Copy a run directory through a temporary name, replacing an older copy.
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a run directory to ``target``, a new path inside the hidden output folder.
 
     Raises:
         OSError: If a file cannot be copied (such as a symbolic link whose
-            target is missing), naming the first such file. The temporary
-            copy is removed, and an older copy stays.
+            target is missing), naming the first such file. The partial copy
+            is left to the removal of the hidden folder.
     """
-    temporary = target.with_name(f".{target.name}.tmp")
-    if temporary.exists():
-        shutil.rmtree(temporary)
     try:
-        shutil.copytree(source, temporary, symlinks=False)
+        shutil.copytree(source, target, symlinks=False)
     except shutil.Error as error:
-        shutil.rmtree(temporary, ignore_errors=True)
         # shutil.Error carries a list of (source, destination, reason) per failed file.
         failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
-        first = failures[0] if failures else (str(source), str(temporary), str(error))
+        first = failures[0] if failures else (str(source), str(target), str(error))
         raise OSError(
-            f"cannot copy the chosen run {source} to {target}: {len(failures) or 1} files failed, "
-            f"the first {first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a "
-            "missing file cannot be copied), or select without --copy"
+            f"cannot copy the chosen run {source}: {len(failures) or 1} files failed, the first "
+            f"{first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a missing file "
+            "cannot be copied), or select without --copy"
         ) from error
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(temporary, target)
-    return target
+
+
+def _remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders where they contain no file (an earlier copy's tree)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 __all__ = [
