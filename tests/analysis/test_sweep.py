@@ -958,7 +958,23 @@ def test_select_stopped_rerun_keeps_earlier_output(tmp_path, monkeypatch, stop):
 
 def test_select_rejects_folder_named_like_output(tmp_path):
     runs = write_two_runs(tmp_path)
-    (tmp_path / "out" / "runs.csv").mkdir(parents=True)
+    select_run(runs, tmp_path / "out")
+    (tmp_path / "out" / "runs.csv").unlink()
+    (tmp_path / "out" / "runs.csv").mkdir()
+    before = snapshot(tmp_path / "out")
     with pytest.raises(FileExistsError, match=r"out/runs.csv is a folder, but select writes a file there"):
         select_run(runs, tmp_path / "out")
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["runs.csv"]
+    assert snapshot(tmp_path / "out") == before
+    assert (tmp_path / "out" / "runs.csv").is_dir()
+
+
+@pytest.mark.parametrize("name", ["runs.csv", "selected.txt", "selected_run/notes.txt"])
+def test_select_keeps_user_file_of_output_name(tmp_path, name):
+    runs = write_two_runs(tmp_path)
+    user_file = tmp_path / "out" / name
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("the user's own data\n")
+    with pytest.raises(FileExistsError, match="contains no earlier dimalign select output"):
+        select_run(runs, tmp_path / "out")
+    assert user_file.read_text() == "the user's own data\n"
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -784,7 +784,8 @@ def select_run(
 
     Raises:
         FileExistsError: If ``out_dir`` contains the output of another step,
-            or a folder named like an output file.
+            a folder named like an output file, or, without an earlier
+            selection in it, a file or folder of an output name.
         ValueError: If a run is given twice, the runs have different numbers
             of objects, or their object tables list different objects (the
             messages name the runs).
@@ -794,6 +795,8 @@ def select_run(
     started = now_iso()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "select")
+    # Outside an earlier selection, a file of an output name may be the user's only copy.
+    check_unowned_files(out_dir, [*SELECT_OUTPUTS, SELECTED_COPY_NAME], "select")
     _reject_select_paths_in_the_way(out_dir)
     check_writable(out_dir)
     report_leftover_stages(out_dir)
