@@ -978,3 +978,64 @@ def test_select_keeps_user_file_of_output_name(tmp_path, name):
         select_run(runs, tmp_path / "out")
     assert user_file.read_text() == "the user's own data\n"
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tiny_triplets):
+    """A finished sweep of seeds 0, 1 and 2, to copy before changing it."""
+    train, val = tiny_triplets
+    folder = tmp_path_factory.mktemp("finished") / "sweep"
+    sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    return folder
+
+
+def copy_sweep(finished_sweep, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_sweep, tmp_path / "sweep"))
+
+
+def replace_embedding(run_dir):
+    """Overwrite a run's embedding.npz with other valid weights, as an edit after the fit would."""
+    weights = np.random.default_rng(12).random((N_OBJECTS, 3))
+    (run_dir / "embedding.npz").unlink()
+    save_embedding(EmbeddingResult(embedding=weights), run_dir)
+
+
+def test_fit_manifest_records_file_checksums(finished_sweep):
+    from dimalign.io.files import sha256_file
+
+    run_dir = finished_sweep / "runs" / "seed_0"
+    recorded = json.loads((run_dir / "manifest.json").read_text())["outputs"]["file_sha256"]
+    assert recorded == {
+        name: sha256_file(run_dir / name) for name in ("embedding.npz", "config.toml", "objects.tsv")
+        if (run_dir / name).is_file()
+    }
+    assert set(recorded) >= {"embedding.npz", "config.toml"}
+
+
+def test_find_runs_excludes_changed_embedding(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    replace_embedding(folder / "runs" / "seed_2")
+    with pytest.warns(UserWarning, match=r"excluded 1 runs .*seed_2: .*seed_2/embedding.npz does not match the sha256"):
+        runs = find_runs(folder)
+    assert [path.name for path in runs] == ["seed_0", "seed_1"]
+
+
+def test_select_rejects_changed_run_by_path(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / "runs" / "seed_1" / "config.toml").write_text('estimator = "vice"\n')
+    runs = [folder / "runs" / "seed_0", folder / "runs" / "seed_1"]
+    with pytest.raises(ValueError, match=r"seed_1/config.toml does not match the sha256 that .*seed_1/manifest.json records"):
+        select_run(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_rerun_rejects_changed_run(finished_sweep, tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    replace_embedding(folder / "runs" / "seed_1")
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"seed_1/embedding.npz does not match the sha256 .*remove .*seed_1 to fit that seed again"):
+        sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert snapshot(folder) == before

@@ -136,6 +136,7 @@ def fit_seed(
             train_file=sha256_file(train_path),
             val_file=sha256_file(val_path) if val_path else None,
         )
+        _raise_if_changed(run_dir)
         _raise_if_different(_finished_run_difference(run_dir, method, settings, n_objects, data))
         logger.info(
             "seed %d: %s is complete with the same settings and triplets, reusing it", seed, run_dir
@@ -464,6 +465,44 @@ def _finished_run_difference(
     return None
 
 
+def _changed_file(run_dir: Path) -> str | None:
+    """Describe the first result file of a finished run that differs from its manifest's checksum.
+
+    ``fit_run`` records the SHA-256 of ``embedding.npz``, ``config.toml`` and
+    ``objects.tsv`` in ``outputs.file_sha256`` of the run's ``manifest.json``.
+
+    Returns:
+        str | None: A sentence naming the file, or None when every recorded
+        file matches. NOTE: runs whose manifest records no checksums (fitted
+        before they were recorded, or written by hand) are not checked.
+    """
+    manifest_path = run_dir / MANIFEST_NAME
+    recorded = read_manifest(run_dir).get("outputs", {}).get("file_sha256")
+    if not isinstance(recorded, dict):
+        return None
+    for name, expected in recorded.items():
+        # Only the file name is used, so a damaged manifest cannot point outside the run.
+        path = run_dir / Path(str(name)).name
+        if not path.is_file():
+            return f"{path} is missing, but {manifest_path} records its sha256 {expected}"
+        actual = sha256_file(path)
+        if actual != expected:
+            return (
+                f"{path} does not match the sha256 that {manifest_path} records (recorded "
+                f"{expected}, now {actual}), so it was replaced or damaged after the fit"
+            )
+    return None
+
+
+def _raise_if_changed(run_dir: Path) -> None:
+    """Raise ``ValueError`` if a result file of a finished run in a sweep changed after its fit."""
+    changed = _changed_file(run_dir)
+    if changed:
+        raise ValueError(
+            f"{changed}. Restore the file, or remove {run_dir} to fit that seed again"
+        )
+
+
 def _checkpoint_difference(
     run_dir: Path, method: str, settings: Mapping[str, Any], n_objects: int, train_digest: str
 ) -> str | None:
@@ -561,6 +600,7 @@ def _check_existing_sweep(
     n_checked = 0
     for run_dir in run_dirs:
         if _is_finished(run_dir):
+            _raise_if_changed(run_dir)
             difference = _finished_run_difference(run_dir, method, settings, n_objects, data)
         elif (run_dir / _CHECKPOINT_NAME).is_file():
             train_digest = train_digest or _checkpoint_digest(train)
@@ -625,7 +665,9 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     setting, another number of objects or other triplets than the sweep's
     ``manifest.json`` and its ``train.npy``/``val.npy`` (the checks of a
     rerun of ``dimalign sweep``) are excluded, such as a run copied in from
-    another sweep.
+    another sweep. So are runs whose ``embedding.npz``, ``config.toml`` or
+    ``objects.tsv`` no longer matches the checksum that the run's own
+    manifest records.
 
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
@@ -656,8 +698,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     n_excluded = len(finished) - len(runs)
     excluded = (
         f" It also has {n_excluded} finished runs that differ from "
-        f"{Path(sweep_dir) / MANIFEST_NAME} (see the warning); move those that belong to "
-        "another sweep out, or select among run directories given by path."
+        f"{Path(sweep_dir) / MANIFEST_NAME} or whose files changed after the fit (see the "
+        "warning); move those that belong to another sweep out, and restore or remove the changed ones."
         if n_excluded else ""
     )
     if len(runs) == 1:
@@ -679,15 +721,19 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
 
 
 def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
-    """Return the runs whose settings and triplets match the sweep's, warning about the others.
+    """Return the unchanged runs whose settings and triplets match the sweep's, warning about the others.
 
-    Without the sweep's ``manifest.json`` (a sweep stopped before its end
-    writes none) the runs cannot be compared and are all returned, with a warning.
+    A run is excluded when a result file no longer matches the checksum of
+    its own ``manifest.json`` (see :func:`_changed_file`), or when it differs
+    from the sweep's ``manifest.json``. Without the sweep's manifest (a sweep
+    stopped before its end writes none), only the file checksums are checked,
+    with a warning.
     """
     manifest_path = sweep_dir / MANIFEST_NAME
     manifest = read_manifest(sweep_dir) if manifest_path.is_file() else {}
     recorded = manifest.get("settings", {})
-    if manifest.get("step") != "sweep" or recorded.get("method") not in ESTIMATORS:
+    comparable = manifest.get("step") == "sweep" and recorded.get("method") in ESTIMATORS
+    if not comparable:
         warnings.warn(
             f"{sweep_dir} has no manifest.json of dimalign sweep, so the settings and triplets of "
             f"its {len(runs)} runs are not compared: rerun 'dimalign sweep' into it with the same "
@@ -695,18 +741,22 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
             UserWarning,
             stacklevel=3,
         )
-        return runs
-    train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
-    recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
-    data = _TripletChecksums(
-        train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
-        val_file=sha256_file(val_path) if val_path.is_file() else None,
-    )
+    else:
+        train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
+        recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
+        data = _TripletChecksums(
+            train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
+            val_file=sha256_file(val_path) if val_path.is_file() else None,
+        )
+
     included, excluded = [], []
     for run_dir in runs:
-        difference = _finished_run_difference(
-            run_dir, recorded["method"], recorded.get("estimator_settings", {}), int(recorded["n_objects"]), data
-        )
+        difference = _changed_file(run_dir)
+        if difference is None and comparable:
+            difference = _finished_run_difference(
+                run_dir, recorded["method"], recorded.get("estimator_settings", {}),
+                int(recorded["n_objects"]), data,
+            )
         if difference is None:
             included.append(run_dir)
         else:
@@ -714,8 +764,9 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
     if excluded:
         warnings.warn(
             f"{sweep_dir / RUNS_FOLDER}: excluded {len(excluded)} runs that differ from the sweep's "
-            f"{MANIFEST_NAME}, so they are not runs of this sweep: {'; '.join(excluded[:20])}. Move "
-            "them out of the sweep, or select among run directories given by path",
+            f"{MANIFEST_NAME} or whose files changed after the fit, so they are not scored: "
+            f"{'; '.join(excluded[:20])}. Move runs of other sweeps out of it, and restore or "
+            "remove the changed ones (a rerun of 'dimalign sweep' fits a removed seed again)",
             UserWarning,
             stacklevel=3,
         )
@@ -786,7 +837,8 @@ def select_run(
         FileExistsError: If ``out_dir`` contains the output of another step,
             a folder named like an output file, or, without an earlier
             selection in it, a file or folder of an output name.
-        ValueError: If a run is given twice, the runs have different numbers
+        ValueError: If a run is given twice, a result file of a run no
+            longer matches the checksum in its manifest, the runs have different numbers
             of objects, or their object tables list different objects (the
             messages name the runs).
     """
@@ -802,6 +854,7 @@ def select_run(
     report_leftover_stages(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
     _check_distinct_runs(run_dirs)
+    _check_unchanged_runs(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
     result = reproducibility(
         embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
@@ -920,6 +973,29 @@ def _reject_select_paths_in_the_way(out_dir: Path) -> None:
             f"{copy_target} is not a folder, but select keeps its copy of the chosen run in a "
             "folder there: move it away, or choose another -o"
         )
+
+
+def _run_folder(path: Path) -> Path | None:
+    """Return the run directory of a run given by path (a folder, or its ``embedding.npz``), if it has a manifest."""
+    if path.is_dir():
+        folder = path
+    elif path.name == EMBEDDING_NAME:
+        folder = path.parent
+    else:
+        return None
+    return folder if (folder / MANIFEST_NAME).is_file() else None
+
+
+def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` if a result file of a run changed after its fit (see :func:`_changed_file`)."""
+    for path in run_dirs:
+        folder = _run_folder(path)
+        changed = _changed_file(folder) if folder is not None else None
+        if changed:
+            raise ValueError(
+                f"run {path}: {changed}. Its scores would not describe the fitted run: restore the "
+                "file or fit the run again, or leave the run out"
+            )
 
 
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
