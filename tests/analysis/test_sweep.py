@@ -1039,3 +1039,58 @@ def test_sweep_rerun_rejects_changed_run(finished_sweep, tmp_path, tiny_triplets
     with pytest.raises(ValueError, match=r"seed_1/embedding.npz does not match the sha256 .*remove .*seed_1 to fit that seed again"):
         sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
     assert snapshot(folder) == before
+
+
+def fit_beside(finished_sweep, tmp_path, seed, settings=SETTINGS, train=None):
+    """Fit one run outside the sweep, on the sweep's triplets unless ``train`` is given."""
+    train_path = finished_sweep / "train.npy"
+    if train is not None:
+        train_path = tmp_path / "other_train.npy"
+        np.save(train_path, train)
+    out = tmp_path / f"beside_{seed}"
+    fit_seed(
+        method="vice", settings=settings, seed=seed, train_path=str(train_path),
+        val_path=str(finished_sweep / "val.npy"), out_dir=str(out), n_objects=N_OBJECTS,
+    )
+    return out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"settings": {**SETTINGS, "max_epochs": 2}}, r"records max_epochs=3, .*records max_epochs=2"),
+    ({"train_rows": 300}, r"records other training triplets"),
+])
+def test_select_rejects_unlike_runs_by_path(finished_sweep, tmp_path, tiny_triplets, change, message):
+    train, _ = tiny_triplets
+    settings = change.get("settings", SETTINGS)
+    other_train = train[: change["train_rows"]] if "train_rows" in change else None
+    other = fit_beside(finished_sweep, tmp_path, 5, settings=settings, train=other_train)
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", other]
+    with pytest.raises(ValueError, match=message) as error:
+        select_run(runs, tmp_path / "out")
+    assert f"runs {runs[0]} and {other} were fitted differently" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_rejects_repeated_seed_by_path(finished_sweep, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(finished_sweep / "runs" / "seed_1", tmp_path / "copy"))
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", copy]
+    with pytest.raises(ValueError, match=r"runs .*seed_1 and .*copy both record seed 1"):
+        select_run(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_warns_about_uncompared_runs(finished_sweep, tmp_path):
+    plain = tmp_path / "plain.npy"
+    np.save(plain, load_embedding(finished_sweep / "runs" / "seed_2").embedding)
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", plain]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        try:
+            select_run(runs, tmp_path / "out")
+        except ValueError as error:
+            # Three epochs may prune every run to 0 dimensions, which leaves nothing to select.
+            assert "no run has any dimension" in str(error)
+    messages = [str(warning.message) for warning in record]
+    assert any(f"{plain}" in text and "no manifest.json of dimalign fit" in text for text in messages)

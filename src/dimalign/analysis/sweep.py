@@ -837,8 +837,10 @@ def select_run(
         FileExistsError: If ``out_dir`` contains the output of another step,
             a folder named like an output file, or, without an earlier
             selection in it, a file or folder of an output name.
-        ValueError: If a run is given twice, a result file of a run no
-            longer matches the checksum in its manifest, the runs have different numbers
+        ValueError: If a run is given twice, two runs record the same seed,
+            a result file of a run no longer matches the checksum in its
+            manifest, two fit manifests record other settings or triplets,
+            the runs have different numbers
             of objects, or their object tables list different objects (the
             messages name the runs).
     """
@@ -855,6 +857,8 @@ def select_run(
     run_dirs = [Path(path) for path in run_dirs]
     _check_distinct_runs(run_dirs)
     _check_unchanged_runs(run_dirs)
+    _check_runs_fitted_alike(run_dirs)
+    _check_distinct_seeds(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
     result = reproducibility(
         embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
@@ -996,6 +1000,83 @@ def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
                 f"run {path}: {changed}. Its scores would not describe the fitted run: restore the "
                 "file or fit the run again, or leave the run out"
             )
+
+
+def _fit_manifest(path: Path) -> dict[str, Any] | None:
+    """Return the ``manifest.json`` of ``dimalign fit`` (or a sweep's fit) of a run given by path, else None."""
+    folder = _run_folder(path)
+    if folder is None:
+        return None
+    manifest = read_manifest(folder)
+    if manifest.get("step") != "fit" or not isinstance(manifest.get("settings"), dict):
+        return None
+    return manifest
+
+
+def _fit_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Return how two fit manifests differ, as the first manifest's and the other's values, or None.
+
+    Compared are the estimator, every estimator setting except those in
+    ``_UNCOMPARED_SETTINGS`` (the seed, the device, logging, the number of
+    objects), the validation split and the checksums of the triplets. The
+    objects are compared later, through the embeddings and object tables.
+    """
+    first_settings, other_settings = first["settings"], other["settings"]
+    missing = object()
+    names = sorted((set(first_settings) | set(other_settings)) - _UNCOMPARED_SETTINGS)
+    # The estimator goes first, because its settings differ with it.
+    for name in sorted(names, key=lambda name: name != "estimator"):
+        first_value = first_settings.get(name, missing)
+        other_value = other_settings.get(name, missing)
+        if first_value != other_value:
+            return tuple(
+                f"no {name}" if value is missing else f"{name}={value!r}"
+                for value in (first_value, other_value)
+            )
+    for key, label in (("train", "training"), ("val", "validation")):
+        first_sha256 = first.get("inputs", {}).get(key, {}).get("sha256")
+        other_sha256 = other.get("inputs", {}).get(key, {}).get("sha256")
+        if first_sha256 != other_sha256:
+            return (
+                f"{label} triplets {_digest_text(first_sha256)}",
+                f"other {label} triplets ({_digest_text(other_sha256)})",
+            )
+    return None
+
+
+def _check_runs_fitted_alike(run_dirs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` if two runs record other settings or triplets in their fit manifests.
+
+    Reproducibility across seeds is meaningful only among fits that differ
+    in the seed alone. Every run with a ``manifest.json`` of ``dimalign fit``
+    is compared with the first such run. Runs without one (embedding files,
+    runs written by other programs) cannot be compared and are named in a warning.
+    """
+    manifests = [_fit_manifest(path) for path in run_dirs]
+    uncompared = [str(path) for path, manifest in zip(run_dirs, manifests) if manifest is None]
+    if uncompared:
+        warnings.warn(
+            f"runs {uncompared[:20]} have no manifest.json of dimalign fit, so their settings and "
+            "triplets are not compared with those of the other runs: make sure that they differ "
+            "in the seed only",
+            UserWarning,
+            stacklevel=3,
+        )
+    compared = [(path, manifest) for path, manifest in zip(run_dirs, manifests) if manifest is not None]
+    if not compared:
+        return
+    first_path, first_manifest = compared[0]
+    for path, manifest in compared[1:]:
+        difference = _fit_difference(first_manifest, manifest)
+        if difference is None:
+            continue
+        raise ValueError(
+            f"runs {first_path} and {path} were fitted differently: "
+            f"{_run_folder(first_path) / MANIFEST_NAME} records {difference[0]}, "
+            f"{_run_folder(path) / MANIFEST_NAME} records {difference[1]}. Reproducibility "
+            "compares runs that differ in the seed only: select among runs of one sweep, or "
+            "leave out the runs fitted otherwise"
+        )
 
 
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
