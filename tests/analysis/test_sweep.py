@@ -1094,3 +1094,30 @@ def test_select_warns_about_uncompared_runs(finished_sweep, tmp_path):
             assert "no run has any dimension" in str(error)
     messages = [str(warning.message) for warning in record]
     assert any(f"{plain}" in text and "no manifest.json of dimalign fit" in text for text in messages)
+
+
+def test_select_rejects_output_inside_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    with pytest.raises(ValueError, match=r"the output folder .*a/selection is inside the run .*a"):
+        select_run(runs, tmp_path / "a" / "selection", copy_selected=True)
+    assert not (tmp_path / "a" / "selection").exists()
+
+
+def test_select_rejects_run_inside_replaced_copy(tmp_path):
+    runs = write_two_runs(tmp_path)
+    select_run(runs, tmp_path / "out", copy_selected=True)
+    write_run(tmp_path / "c", load_embedding(tmp_path / "a").embedding[:, ::-1], 0.5, seed=2)
+    before = snapshot(tmp_path / "out")
+    copied = tmp_path / "out" / "selected_run"
+    with pytest.raises(ValueError, match=r"run .*out/selected_run is .*the copy of the chosen run that select replaces"):
+        select_run([copied, tmp_path / "c"], tmp_path / "out")
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_select_copy_rejects_embedding_files(tmp_path):
+    base = np.maximum(np.random.default_rng(13).normal(size=(12, 2)), 0.0)
+    np.save(tmp_path / "a.npy", base)
+    np.save(tmp_path / "b.npy", base[:, ::-1])
+    with pytest.raises(ValueError, match=r"--copy copies a run directory, but .*a.npy is a file"):
+        select_run([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out", copy_selected=True)
+    assert not (tmp_path / "out").exists()

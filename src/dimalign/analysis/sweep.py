@@ -837,7 +837,9 @@ def select_run(
         FileExistsError: If ``out_dir`` contains the output of another step,
             a folder named like an output file, or, without an earlier
             selection in it, a file or folder of an output name.
-        ValueError: If a run is given twice, two runs record the same seed,
+        ValueError: If ``out_dir`` is inside a run, a run is inside
+            ``out_dir/selected_run``, ``copy_selected`` is set for an
+            embedding file, a run is given twice, two runs record the same seed,
             a result file of a run no longer matches the checksum in its
             manifest, two fit manifests record other settings or triplets,
             the runs have different numbers
@@ -855,6 +857,7 @@ def select_run(
     check_writable(out_dir)
     report_leftover_stages(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
+    _reject_runs_among_outputs(run_dirs, out_dir, copy_selected=copy_selected)
     _check_distinct_runs(run_dirs)
     _check_unchanged_runs(run_dirs)
     _check_runs_fitted_alike(run_dirs)
@@ -1077,6 +1080,36 @@ def _check_runs_fitted_alike(run_dirs: Sequence[Path]) -> None:
             "compares runs that differ in the seed only: select among runs of one sweep, or "
             "leave out the runs fitted otherwise"
         )
+
+
+def _reject_runs_among_outputs(run_dirs: Sequence[Path], out_dir: Path, *, copy_selected: bool) -> None:
+    """Raise ``ValueError`` where the outputs and the runs overlap, before any work.
+
+    An output folder inside a run would receive a copy of that run, which
+    contains the output folder, and so on until the path is too long. A run
+    inside ``out_dir/selected_run`` would be replaced or removed by the new
+    selection. ``copy_selected`` copies run directories only.
+    """
+    out_resolved = out_dir.resolve()
+    copy_resolved = (out_dir / SELECTED_COPY_NAME).resolve()
+    for path in run_dirs:
+        resolved = path.resolve()
+        if path.is_dir() and (out_resolved == resolved or resolved in out_resolved.parents):
+            raise ValueError(
+                f"the output folder {out_dir} is inside the run {path}: choose an output folder "
+                "outside the runs"
+            )
+        if resolved == copy_resolved or copy_resolved in resolved.parents:
+            raise ValueError(
+                f"run {path} is in {out_dir / SELECTED_COPY_NAME}, the copy of the chosen run that "
+                "select replaces or removes: pass the run it was copied from (see "
+                f"{out_dir / 'selected.txt'}), or copy it elsewhere first"
+            )
+        if copy_selected and not path.is_dir():
+            raise ValueError(
+                f"--copy copies a run directory, but {path} is a file: pass run directories, or "
+                "select without --copy"
+            )
 
 
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
