@@ -1121,3 +1121,24 @@ def test_select_copy_rejects_embedding_files(tmp_path):
     with pytest.raises(ValueError, match=r"--copy copies a run directory, but .*a.npy is a file"):
         select_run([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out", copy_selected=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_select_skips_run_being_fitted(tmp_path):
+    from dimalign.io.files import exclusive_lock
+
+    base = np.maximum(np.random.default_rng(14).normal(size=(12, 3)), 0.0)
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "runs" / f"seed_{seed}", np.roll(base, seed, axis=1), 0.5, seed=seed)
+    busy = tmp_path / "runs" / "seed_2"
+    with exclusive_lock(busy / ".fit.lock", "busy"):
+        with pytest.warns(UserWarning, match=r"skipped 1 runs .*seed_2 \(a fit is writing it, .*\.fit\.lock is locked\)"):
+            runs = find_runs(tmp_path)
+        assert [path.name for path in runs] == ["seed_0", "seed_1"]
+        with pytest.raises(ValueError, match=r"run .*seed_2 is being written by a fit"):
+            select_run([tmp_path / "runs" / "seed_0", busy], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # A lock file left by a killed fit is not held, so the run counts again.
+    (busy / ".fit.lock").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert len(find_runs(tmp_path)) == 3

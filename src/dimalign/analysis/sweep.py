@@ -87,6 +87,9 @@ _CHECKPOINT_NAME = "checkpoint.pt"
 # The settings file that TripletEmbedding.save writes (dimalign.embedding.base.CONFIG_NAME).
 _CONFIG_NAME = "config.toml"
 
+# The lock file that a running fit holds (dimalign.embedding.runs.FIT_LOCK_NAME).
+_FIT_LOCK_NAME = ".fit.lock"
+
 
 def run_dir_name(seed: int) -> str:
     """Return the folder name of a seed's run, ``seed_<seed>``."""
@@ -375,6 +378,38 @@ def _estimator_class(method: str) -> type:
     from dimalign.embedding import SPoSE, VICE
 
     return {"vice": VICE, "spose": SPoSE}[method]
+
+
+def _being_fitted(run_dir: Path) -> bool:
+    """Return whether a fit holds the lock of ``run_dir``, such as a resumed fit of a finished run.
+
+    Such a run keeps its earlier ``embedding.npz`` and ``manifest.json`` until
+    the fit ends and replaces them. A lock file that a killed fit left is not
+    held, so that run counts as not being fitted.
+
+    NOTE: the probe takes the lock for a moment, so a fit that starts in that
+    moment fails as if another fit were running. ``fcntl`` exists on POSIX
+    systems only; elsewhere no run counts as being fitted.
+    """
+    lock_path = run_dir / _FIT_LOCK_NAME
+    if not lock_path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        descriptor = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        # The fit ended and removed its lock file meanwhile.
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def _is_finished(run_dir: Path) -> bool:
@@ -683,8 +718,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
         (path for path in runs_folder.glob("seed_*") if path.is_dir()),
         key=lambda path: (_seed_of(path) is None, _seed_of(path) or 0, path.name),
     )
-    runs = [path for path in candidates if _is_finished(path)]
-    skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if not _is_finished(path)]
+    runs = [path for path in candidates if _is_finished(path) and not _being_fitted(path)]
+    skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if path not in runs]
     if skipped:
         warnings.warn(
             f"{runs_folder}: skipped {len(skipped)} runs that are not finished: {', '.join(skipped[:20])}. "
@@ -789,6 +824,8 @@ def _check_distinct_seeds(runs: Sequence[Path]) -> None:
 
 
 def _unfinished_reason(run_dir: Path) -> str:
+    if _being_fitted(run_dir):
+        return f"a fit is writing it, {_FIT_LOCK_NAME} is locked"
     if (run_dir / EMBEDDING_NAME).is_file():
         return f"{EMBEDDING_NAME} without {MANIFEST_NAME}"
     if (run_dir / _CHECKPOINT_NAME).is_file():
@@ -839,7 +876,8 @@ def select_run(
             selection in it, a file or folder of an output name.
         ValueError: If ``out_dir`` is inside a run, a run is inside
             ``out_dir/selected_run``, ``copy_selected`` is set for an
-            embedding file, a run is given twice, two runs record the same seed,
+            embedding file, a fit is writing a run, a run is given twice,
+            two runs record the same seed,
             a result file of a run no longer matches the checksum in its
             manifest, two fit manifests record other settings or triplets,
             the runs have different numbers
@@ -994,8 +1032,17 @@ def _run_folder(path: Path) -> Path | None:
 
 
 def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
-    """Raise ``ValueError`` if a result file of a run changed after its fit (see :func:`_changed_file`)."""
+    """Raise ``ValueError`` if a fit is writing a run, or a result file changed after its fit.
+
+    The files are compared with the checksums of the run's manifest (see :func:`_changed_file`).
+    """
     for path in run_dirs:
+        folder = path if path.is_dir() else path.parent
+        if _being_fitted(folder):
+            raise ValueError(
+                f"run {path} is being written by a fit, which holds {folder / _FIT_LOCK_NAME} and "
+                "replaces its files when it ends: wait for the fit to finish, or leave the run out"
+            )
         folder = _run_folder(path)
         changed = _changed_file(folder) if folder is not None else None
         if changed:
