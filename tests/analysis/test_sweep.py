@@ -1142,3 +1142,31 @@ def test_select_skips_run_being_fitted(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         assert len(find_runs(tmp_path)) == 3
+
+
+def test_select_cli_names_damaged_val_file(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(15).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+    (tmp_path / "val.npy").write_text("not an array\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["select", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'val.npy'} cannot be read as the sweep's validation triplets" in error
+    assert "allow_pickle" not in error
+    assert not (tmp_path / "selection").exists()
+
+
+def test_select_names_sweep_given_as_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    (tmp_path / "sweep" / "runs").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(ValueError, match=r"sweep is a sweep directory, not a run: select one sweep at a time"):
+            select_run([runs[0], tmp_path / "sweep"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"run .*missing not found"):
+        select_run([runs[0], tmp_path / "missing"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

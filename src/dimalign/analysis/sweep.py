@@ -895,6 +895,7 @@ def select_run(
     check_writable(out_dir)
     report_leftover_stages(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
+    _check_runs_exist(run_dirs)
     _reject_runs_among_outputs(run_dirs, out_dir, copy_selected=copy_selected)
     _check_distinct_runs(run_dirs)
     _check_unchanged_runs(run_dirs)
@@ -1126,6 +1127,30 @@ def _check_runs_fitted_alike(run_dirs: Sequence[Path]) -> None:
             f"{_run_folder(path) / MANIFEST_NAME} records {difference[1]}. Reproducibility "
             "compares runs that differ in the seed only: select among runs of one sweep, or "
             "leave out the runs fitted otherwise"
+        )
+
+
+def _check_runs_exist(run_dirs: Sequence[Path]) -> None:
+    """Raise for a run path that is missing, a sweep directory, or a folder without ``embedding.npz``.
+
+    Raises:
+        FileNotFoundError: If a path does not exist, or names a folder
+            without ``embedding.npz`` (an unfinished run).
+        ValueError: If a path is a sweep directory.
+    """
+    for path in run_dirs:
+        if not path.exists():
+            raise FileNotFoundError(f"run {path} not found: pass run directories or embedding files")
+        if not path.is_dir() or (path / EMBEDDING_NAME).is_file():
+            continue
+        if (path / RUNS_FOLDER).is_dir():
+            raise ValueError(
+                f"{path} is a sweep directory, not a run: select one sweep at a time (dimalign "
+                f"select {path}), or pass run directories such as {path / RUNS_FOLDER / 'seed_0'}"
+            )
+        raise FileNotFoundError(
+            f"run {path} has no {EMBEDDING_NAME} ({_unfinished_reason(path)}): pass finished run "
+            "directories or embedding files"
         )
 
 
