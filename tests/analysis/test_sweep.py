@@ -1170,3 +1170,17 @@ def test_select_names_sweep_given_as_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"run .*missing not found"):
         select_run([runs[0], tmp_path / "missing"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("runs", "file"), ("train.npy", "folder"), ("sweep.csv", "folder")])
+def test_sweep_rejects_path_in_the_way(tmp_path, tiny_triplets, name, kind):
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    out.mkdir()
+    if kind == "file":
+        (out / name).write_text("")
+    else:
+        (out / name).mkdir()
+    with pytest.raises(FileExistsError, match=rf"{out / name} is a {kind}, but sweep"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert [path.name for path in out.iterdir()] == [name]

@@ -251,6 +251,7 @@ def sweep(
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
+    _reject_sweep_paths_in_the_way(out_dir)
     train_bytes = _npy_bytes(train)
     val_bytes = _npy_bytes(val) if val is not None else None
     data = _TripletChecksums(
@@ -312,6 +313,26 @@ def sweep(
         int(table["n_dims"].min()), int(table["n_dims"].max()),
     )
     return table
+
+
+def _reject_sweep_paths_in_the_way(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` for a folder where the sweep writes a file, or a file where it needs ``runs/``.
+
+    Without this check the sweep would fail after writing its triplets, or
+    after every fit when it writes ``sweep.csv``.
+    """
+    for name in ("train.npy", "val.npy", OBJECT_TABLE_NAME, SWEEP_TABLE_NAME):
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but sweep writes a file there: move it away, or choose another -o"
+            )
+    runs_folder = out_dir / RUNS_FOLDER
+    if (runs_folder.exists() or runs_folder.is_symlink()) and not runs_folder.is_dir():
+        raise FileExistsError(
+            f"{runs_folder} is a file, but sweep writes its run directories into a folder there: "
+            "move it away, or choose another -o"
+        )
 
 
 def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str) -> None:
