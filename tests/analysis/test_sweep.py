@@ -1184,3 +1184,11 @@ def test_sweep_rejects_path_in_the_way(tmp_path, tiny_triplets, name, kind):
     with pytest.raises(FileExistsError, match=rf"{out / name} is a {kind}, but sweep"):
         sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
     assert [path.name for path in out.iterdir()] == [name]
+
+
+def test_sweep_rejects_negative_seed_before_fitting(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=r"seed -1 is invalid: random_state must be at least 0"):
+        sweep(train, val, out, seeds=[0, -1], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert not out.exists()

@@ -210,7 +210,8 @@ def sweep(
         pd.DataFrame: One row per seed, as written to ``sweep.csv``.
 
     Raises:
-        ValueError: For an unknown method, repeated seeds, settings the
+        ValueError: For an unknown method, repeated or invalid seeds
+            (such as negative ones), settings the
             sweep sets itself, empty training or validation triplets, and when ``out_dir`` already contains runs or
             triplets that differ from this request in method, an estimator
             setting, the number of objects or the triplets. The message names
@@ -247,7 +248,7 @@ def sweep(
             "can be computed: fit without validation (val=None, CLI: --val-fraction 0) or give "
             "more triplets"
         )
-    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine)
+    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine, seeds=seeds)
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
@@ -335,8 +336,13 @@ def _reject_sweep_paths_in_the_way(out_dir: Path) -> None:
         )
 
 
-def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str) -> None:
-    """Raise ``ValueError`` for settings that would fail only inside the workers, after files are written."""
+def _check_run_settings(
+    method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str, seeds: Sequence[int]
+) -> None:
+    """Raise ``ValueError`` for settings or seeds that would fail only inside the workers.
+
+    There the error would come after the triplets are written and earlier seeds are fitted.
+    """
     from dimalign.device import resolve_device
 
     if engine not in ENGINES:
@@ -347,6 +353,11 @@ def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int
     resolve_device(estimator.device)
     estimator._check_settings()
     estimator._dtype()
+    for seed in seeds:
+        try:
+            estimator.set_params(random_state=seed)._check_settings()
+        except ValueError as error:
+            raise ValueError(f"seed {seed} is invalid: {error}") from error
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
