@@ -1192,3 +1192,13 @@ def test_sweep_rejects_negative_seed_before_fitting(tmp_path, tiny_triplets):
     with pytest.raises(ValueError, match=r"seed -1 is invalid: random_state must be at least 0"):
         sweep(train, val, out, seeds=[0, -1], n_objects=N_OBJECTS, settings=SETTINGS)
     assert not out.exists()
+
+
+def test_select_rejects_unfinished_run_as_output(tmp_path):
+    runs = write_two_runs(tmp_path)
+    unfinished = tmp_path / "runs" / "seed_9"
+    unfinished.mkdir(parents=True)
+    (unfinished / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match=r"seed_9 contains checkpoint.pt, so it is a run directory"):
+        select_run(runs, unfinished)
+    assert [path.name for path in unfinished.iterdir()] == ["checkpoint.pt"]

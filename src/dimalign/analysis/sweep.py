@@ -1037,8 +1037,16 @@ def _reject_select_paths_in_the_way(out_dir: Path) -> None:
     """Raise ``FileExistsError`` where something in ``out_dir`` would block the final moves.
 
     A folder named like an output file, or a file named ``selected_run``,
-    would otherwise stop the selection after all its work.
+    would otherwise stop the selection after all its work. A run directory
+    without a manifest (an unfinished run) is rejected too, because its fit
+    would later replace the selection's manifest when it resumes.
     """
+    for name in (_CHECKPOINT_NAME, EMBEDDING_NAME, _FIT_LOCK_NAME):
+        if (out_dir / name).exists():
+            raise FileExistsError(
+                f"{out_dir} contains {name}, so it is a run directory: choose an output folder "
+                "outside the runs"
+            )
     for name in [*SELECT_OUTPUTS, MANIFEST_NAME]:
         path = out_dir / name
         if path.is_dir():
