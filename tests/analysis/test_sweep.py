@@ -756,10 +756,11 @@ def test_select_reads_recorded_seeds(tmp_path):
     write_run(tmp_path / "runs" / "seed_0", base, 0.5, seed=0)
     # A copied run keeps its recorded seed, whatever its folder is called.
     write_run(tmp_path / "permrun", base[:, ::-1], 0.5, seed=7)
-    save_embedding(EmbeddingResult(embedding=base), tmp_path / "runs" / "seed_2")
+    # Scaled weights, because select rejects runs with identical embeddings as copies.
+    save_embedding(EmbeddingResult(embedding=2 * base), tmp_path / "runs" / "seed_2")
     (tmp_path / "runs" / "seed_2" / "config.toml").write_text('[settings]\nrandom_state = 2\n')
     # config.toml writes an unset random_state as "", so this run has no seed.
-    save_embedding(EmbeddingResult(embedding=base[:, ::-1]), tmp_path / "unseeded")
+    save_embedding(EmbeddingResult(embedding=2 * base[:, ::-1]), tmp_path / "unseeded")
     (tmp_path / "unseeded" / "config.toml").write_text('[settings]\nrandom_state = ""\n')
     runs = [tmp_path / "runs" / "seed_0", tmp_path / "permrun", tmp_path / "runs" / "seed_2", tmp_path / "unseeded"]
 
@@ -1202,3 +1203,18 @@ def test_select_rejects_unfinished_run_as_output(tmp_path):
     with pytest.raises(FileExistsError, match=r"seed_9 contains checkpoint.pt, so it is a run directory"):
         select_run(runs, unfinished)
     assert [path.name for path in unfinished.iterdir()] == ["checkpoint.pt"]
+
+
+def test_select_rejects_run_given_as_folder_and_file(tmp_path):
+    runs = write_two_runs(tmp_path)
+    with pytest.raises(ValueError, match=r"run .*a/embedding.npz is given twice \(also as .*a\)"):
+        select_run([runs[0], runs[1], tmp_path / "a" / "embedding.npz"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_rejects_identical_embeddings(tmp_path):
+    runs = write_two_runs(tmp_path)
+    np.save(tmp_path / "export.npy", load_embedding(runs[1]).embedding)
+    with pytest.raises(ValueError, match=r"runs .*b and .*export.npy have identical embeddings"):
+        select_run([*runs, tmp_path / "export.npy"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

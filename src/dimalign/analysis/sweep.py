@@ -934,6 +934,7 @@ def select_run(
     _check_runs_fitted_alike(run_dirs)
     _check_distinct_seeds(run_dirs)
     embeddings = _aligned_embeddings(run_dirs)
+    _check_distinct_embeddings(run_dirs, embeddings)
     result = reproducibility(
         embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
     )
@@ -1227,7 +1228,8 @@ def _reject_runs_among_outputs(run_dirs: Sequence[Path], out_dir: Path, *, copy_
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
     resolved: dict[Path, Path] = {}
     for path in run_dirs:
-        target = path.resolve()
+        # A run directory and its embedding.npz are the same run.
+        target = (path / EMBEDDING_NAME if path.is_dir() else path).resolve()
         if target in resolved:
             raise ValueError(
                 f"run {path} is given twice (also as {resolved[target]}): a run would reproduce "
@@ -1279,6 +1281,28 @@ def _aligned_embeddings(run_dirs: Sequence[Path]) -> list[np.ndarray]:
         if not np.array_equal(order, np.arange(order.size)):
             logger.info("reordered the rows of %s to the object order of %s", path, run_dirs[0])
     return aligned
+
+
+def _check_distinct_embeddings(run_dirs: Sequence[Path], embeddings: Sequence[np.ndarray]) -> None:
+    """Raise ``ValueError`` if two runs have the same weights, such as a run and an export of it.
+
+    A copy reproduces its run perfectly and would lift the scores of both.
+    Two fits with different seeds practically never give bitwise equal
+    weights. Runs without dimensions are equal to each other and not compared.
+    """
+    first_with_weights: dict[bytes, int] = {}
+    for index, embedding in enumerate(embeddings):
+        if embedding.shape[1] == 0:
+            continue
+        key = hashlib.sha256(np.ascontiguousarray(embedding, dtype=np.float64).tobytes()).digest()
+        key += str(embedding.shape).encode()
+        if key in first_with_weights:
+            raise ValueError(
+                f"runs {run_dirs[first_with_weights[key]]} and {run_dirs[index]} have identical "
+                "embeddings, so one is a copy of the other and would count as a perfect "
+                "reproduction: keep one of them"
+            )
+        first_with_weights[key] = index
 
 
 def _point_estimate_accuracy(embedding: np.ndarray, val: np.ndarray | None) -> float:
