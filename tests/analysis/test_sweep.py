@@ -1218,3 +1218,18 @@ def test_select_rejects_identical_embeddings(tmp_path):
     with pytest.raises(ValueError, match=r"runs .*b and .*export.npy have identical embeddings"):
         select_run([*runs, tmp_path / "export.npy"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_select_rerun_copy_drops_earlier_copy_files(tmp_path):
+    runs = write_two_runs(tmp_path)
+    select_run(runs, tmp_path / "out", copy_selected=True)
+    earlier_only = tmp_path / "out" / "selected_run" / "tensorboard" / "events.txt"
+    earlier_only.parent.mkdir()
+    earlier_only.write_text("from the earlier copy\n")
+    selection = select_run(runs, tmp_path / "out", copy_selected=True)
+    copy = tmp_path / "out" / "selected_run"
+    assert not earlier_only.parent.exists()
+    assert sorted(path.name for path in copy.iterdir()) == sorted(
+        path.name for path in selection.selected_run.iterdir()
+    )
+    assert not list((tmp_path / "out").glob(".partial-*"))

@@ -1001,8 +1001,7 @@ def select_run(
                 "n_runs": len(rows),
             },
         )
-    if not copy_selected:
-        _remove_empty_folders(copy_target)
+    _remove_empty_folders(copy_target, keep_like=selected_run if copy_selected else None)
     accuracy = rows[best]["point_val_accuracy"]
     logger.info(
         "selected %s: reproducibility %.3f, %d dimensions%s",
@@ -1367,16 +1366,26 @@ def _copy_run(source: Path, target: Path) -> None:
         ) from error
 
 
-def _remove_empty_folders(folder: Path) -> None:
-    """Remove ``folder`` and its subfolders where they contain no file (an earlier copy's tree)."""
+def _remove_empty_folders(folder: Path, keep_like: Path | None = None) -> None:
+    """Remove the empty folders that the files of an earlier copy of a run leave in ``folder``.
+
+    Args:
+        folder (Path): The copy, which is removed too when it is left empty.
+        keep_like (Path | None): The run that ``folder`` now copies. Its
+            empty folders stay empty in the copy, and ``folder`` itself stays.
+    """
     if not folder.is_dir() or folder.is_symlink():
         return
     for path in sorted(folder.rglob("*"), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            with contextlib.suppress(OSError):
-                path.rmdir()
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if keep_like is not None and (keep_like / path.relative_to(folder)).is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    if keep_like is None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 __all__ = [
