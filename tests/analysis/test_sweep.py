@@ -1233,3 +1233,16 @@ def test_select_rerun_copy_drops_earlier_copy_files(tmp_path):
         path.name for path in selection.selected_run.iterdir()
     )
     assert not list((tmp_path / "out").glob(".partial-*"))
+
+
+def test_select_compares_runs_of_sweep_without_manifest(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / "manifest.json").unlink()
+    manifest_path = folder / "runs" / "seed_1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"]["lr"] = 0.5
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="has no manifest.json of dimalign sweep"):
+        runs = find_runs(folder)
+    with pytest.raises(ValueError, match=r"seed_0 and .*seed_1 were fitted differently: .*records lr=0.001, .*records lr=0.5"):
+        select_run(runs, tmp_path / "out")
