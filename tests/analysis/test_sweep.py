@@ -1246,3 +1246,22 @@ def test_select_compares_runs_of_sweep_without_manifest(finished_sweep, tmp_path
         runs = find_runs(folder)
     with pytest.raises(ValueError, match=r"seed_0 and .*seed_1 were fitted differently: .*records lr=0.001, .*records lr=0.5"):
         select_run(runs, tmp_path / "out")
+
+
+def test_sweep_failure_empties_existing_folder(tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.embedding.runs as runs_module
+
+    def fail(*args):
+        raise RuntimeError("seed 0 diverged")
+
+    monkeypatch.setattr(runs_module, "_fit_and_save", fail)
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's notes\n")
+
+    with pytest.raises(RuntimeError, match="seed 0 failed"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    # The triplets stay only with a run to resume, so a corrected rerun is not held to them.
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]

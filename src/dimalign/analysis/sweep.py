@@ -37,7 +37,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,7 +266,13 @@ def sweep(
 
     # A failed fit removes its own run folder unless it wrote a checkpoint, so a
     # sweep folder that this call created is kept only when a run in it remains.
-    with output_dir(out_dir, keep_if_contains=(f"{RUNS_FOLDER}/*",)):
+    # In a folder that existed, the triplets and object table that this call
+    # adds are removed on the same condition, so that they do not bind a
+    # corrected rerun to the triplets of a sweep that fitted nothing.
+    with (
+        output_dir(out_dir, keep_if_contains=(f"{RUNS_FOLDER}/*",)),
+        _added_files_removed_on_error(out_dir),
+    ):
         # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
         train_path = _write_bytes(out_dir / "train.npy", train_bytes)
         val_path = _write_bytes(out_dir / "val.npy", val_bytes) if val_bytes is not None else None
@@ -314,6 +320,31 @@ def sweep(
         int(table["n_dims"].min()), int(table["n_dims"].max()),
     )
     return table
+
+
+@contextlib.contextmanager
+def _added_files_removed_on_error(out_dir: Path) -> Iterator[None]:
+    """Remove the shared files and ``runs/`` that the block adds to ``out_dir`` if it raises.
+
+    They stay when a run remains in ``runs/`` (one with a checkpoint), which
+    needs them to resume.
+    """
+    names = ("train.npy", "val.npy", OBJECT_TABLE_NAME, RUNS_FOLDER)
+    added = [out_dir / name for name in names if not (out_dir / name).exists()]
+    try:
+        yield
+    except BaseException:
+        runs_folder = out_dir / RUNS_FOLDER
+        if runs_folder.is_dir() and any(runs_folder.iterdir()):
+            raise
+        for path in added:
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        logger.info("removed the triplets that this sweep wrote into %s, since no run remains", out_dir)
+        raise
 
 
 def _reject_sweep_paths_in_the_way(out_dir: Path) -> None:
