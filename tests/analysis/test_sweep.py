@@ -1265,3 +1265,13 @@ def test_sweep_failure_empties_existing_folder(tmp_path, tiny_triplets, monkeypa
 
     # The triplets stay only with a run to resume, so a corrected rerun is not held to them.
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_select_cli_points_runs_folder_to_sweep(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(16).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+    assert main(["select", str(tmp_path / "runs")]) == 1
+    assert f"{tmp_path / 'runs'} is the runs folder of a sweep: pass the sweep directory {tmp_path}" in capsys.readouterr().err

@@ -152,6 +152,11 @@ def run_select(args: argparse.Namespace) -> int:
                 "manifest.json files record by sha256",
             )
     else:
+        if len(args.runs) < 2 and args.runs[0].name == RUNS_FOLDER and any(args.runs[0].glob("seed_*")):
+            raise ValueError(
+                f"{args.runs[0]} is the runs folder of a sweep: pass the sweep directory "
+                f"{args.runs[0].parent}"
+            )
         if len(args.runs) < 2:
             raise ValueError(
                 f"{args.runs[0]} is not a sweep directory (no {RUNS_FOLDER}/ inside): "
