@@ -934,36 +934,28 @@ def select_run(
         Selection: The runs table and the chosen run.
 
     Raises:
-        FileExistsError: If ``out_dir`` contains the output of another step,
-            a folder named like an output file, or, without an earlier
-            selection in it, a file or folder of an output name.
+        FileExistsError: If ``out_dir`` contains the output of another step
+            or is a run directory, if a folder in it is named like an output
+            file, or if, without an earlier selection in it, a file or folder
+            in it has an output name.
+        FileNotFoundError: If a run is missing or has no ``embedding.npz``.
         ValueError: If ``out_dir`` is inside a run, a run is inside
             ``out_dir/selected_run``, ``copy_selected`` is set for an
-            embedding file, a fit is writing a run, a run is given twice,
-            two runs record the same seed,
-            a result file of a run no longer matches the checksum in its
-            manifest, two fit manifests record other settings or triplets,
-            the runs have different numbers
-            of objects, or their object tables list different objects (the
-            messages name the runs).
+            embedding file, or a run is a sweep directory. Also if a fit is
+            writing a run, a result file of a run no longer matches the
+            checksum in its manifest, two fit manifests record other
+            settings or triplets, a run is given twice, two runs record the
+            same seed or have the same weights, the runs have different
+            numbers of objects, or their object tables list different
+            objects. The messages name the runs.
     """
     from dimalign.analysis.reproducibility import reproducibility
 
     started = now_iso()
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, "select")
-    # Outside an earlier selection, a file of an output name may be the user's only copy.
-    check_unowned_files(out_dir, [*SELECT_OUTPUTS, SELECTED_COPY_NAME], "select")
-    _reject_select_paths_in_the_way(out_dir)
-    check_writable(out_dir)
-    report_leftover_stages(out_dir)
+    _check_select_output(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
-    _check_runs_exist(run_dirs)
-    _reject_runs_among_outputs(run_dirs, out_dir, copy_selected=copy_selected)
-    _check_distinct_runs(run_dirs)
-    _check_unchanged_runs(run_dirs)
-    _check_runs_fitted_alike(run_dirs)
-    _check_distinct_seeds(run_dirs)
+    _check_selectable_runs(run_dirs, out_dir, copy_selected=copy_selected)
     embeddings = _aligned_embeddings(run_dirs)
     _check_distinct_embeddings(run_dirs, embeddings)
     result = reproducibility(
@@ -1043,6 +1035,26 @@ def select_run(
 
 
 SELECTED_COPY_NAME = "selected_run"
+
+
+def _check_select_output(out_dir: Path) -> None:
+    """Reject an output folder that select must not write into, before any work."""
+    check_output_dir(out_dir, "select")
+    # Outside an earlier selection, a file of an output name may be the user's only copy.
+    check_unowned_files(out_dir, [*SELECT_OUTPUTS, SELECTED_COPY_NAME], "select")
+    _reject_select_paths_in_the_way(out_dir)
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
+
+
+def _check_selectable_runs(run_dirs: Sequence[Path], out_dir: Path, *, copy_selected: bool) -> None:
+    """Reject runs that are missing, overlap the outputs, changed, or differ in more than the seed."""
+    _check_runs_exist(run_dirs)
+    _reject_runs_among_outputs(run_dirs, out_dir, copy_selected=copy_selected)
+    _check_distinct_runs(run_dirs)
+    _check_unchanged_runs(run_dirs)
+    _check_runs_fitted_alike(run_dirs)
+    _check_distinct_seeds(run_dirs)
 
 #: The files that select writes into its output folder, besides ``manifest.json``.
 SELECT_OUTPUTS = ("runs.csv", "dimensions.csv", "selected.txt")
