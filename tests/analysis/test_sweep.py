@@ -1275,3 +1275,10 @@ def test_select_cli_points_runs_folder_to_sweep(tmp_path, capsys):
         write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
     assert main(["select", str(tmp_path / "runs")]) == 1
     assert f"{tmp_path / 'runs'} is the runs folder of a sweep: pass the sweep directory {tmp_path}" in capsys.readouterr().err
+
+
+def test_select_reads_seed_of_embedding_file_in_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    selection = select_run([runs[0] / "embedding.npz", runs[1]], tmp_path / "out")
+    assert selection.runs["seed"].tolist() == [0, 1]
+    assert selection.runs["val_accuracy"].tolist() == [0.5, 0.5]

@@ -1106,13 +1106,19 @@ def _reject_select_paths_in_the_way(out_dir: Path) -> None:
 
 def _run_folder(path: Path) -> Path | None:
     """Return the run directory of a run given by path (a folder, or its ``embedding.npz``), if it has a manifest."""
-    if path.is_dir():
-        folder = path
-    elif path.name == EMBEDDING_NAME:
-        folder = path.parent
-    else:
+    folder = _run_directory(path)
+    if folder is None or not (folder / MANIFEST_NAME).is_file():
         return None
-    return folder if (folder / MANIFEST_NAME).is_file() else None
+    return folder
+
+
+def _run_directory(path: Path) -> Path | None:
+    """Return ``path`` if it is a folder, its folder if it is an ``embedding.npz``, else None."""
+    if path.is_dir():
+        return path
+    if path.name == EMBEDDING_NAME:
+        return path.parent
+    return None
 
 
 def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
@@ -1357,8 +1363,9 @@ def _point_estimate_accuracy(embedding: np.ndarray, val: np.ndarray | None) -> f
 
 def _recorded_accuracy(path: Path) -> float:
     """Return the held-out accuracy that the run's manifest records (VICE: posterior predictive), else NaN."""
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        recorded = read_manifest(path).get("outputs", {}).get("val_accuracy")
+    folder = _run_folder(path)
+    if folder is not None:
+        recorded = read_manifest(folder).get("outputs", {}).get("val_accuracy")
         if recorded is not None:
             return float(recorded)
     return math.nan
@@ -1371,12 +1378,13 @@ def _recorded_seed(path: Path) -> int | None:
     """
     import tomllib
 
-    if not path.is_dir():
+    folder = _run_directory(path)
+    if folder is None:
         return None
     seed = None
-    if (path / MANIFEST_NAME).is_file():
-        seed = read_manifest(path).get("settings", {}).get("random_state")
-    config = path / _CONFIG_NAME
+    if (folder / MANIFEST_NAME).is_file():
+        seed = read_manifest(folder).get("settings", {}).get("random_state")
+    config = folder / _CONFIG_NAME
     if seed is None and config.is_file():
         try:
             seed = tomllib.loads(config.read_text(encoding="utf-8")).get("settings", {}).get("random_state")
