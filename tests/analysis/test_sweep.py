@@ -1282,3 +1282,24 @@ def test_select_reads_seed_of_embedding_file_in_run(tmp_path):
     selection = select_run([runs[0] / "embedding.npz", runs[1]], tmp_path / "out")
     assert selection.runs["seed"].tolist() == [0, 1]
     assert selection.runs["val_accuracy"].tolist() == [0.5, 0.5]
+
+
+def test_sweep_stopped_rerun_keeps_table_and_manifest(finished_sweep, tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.analysis.sweep as sweep_module
+
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    table_before = (folder / "sweep.csv").read_bytes()
+    manifest_before = (folder / "manifest.json").read_bytes()
+
+    def stopped_manifest(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "write_manifest", stopped_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(train, val, folder, seeds=[0, 1, 2, 3], n_objects=N_OBJECTS, settings=SETTINGS)
+    # sweep.csv and manifest.json describe the same seeds: the earlier ones.
+    assert (folder / "sweep.csv").read_bytes() == table_before
+    assert (folder / "manifest.json").read_bytes() == manifest_before
+    assert (folder / "runs" / "seed_3" / "manifest.json").is_file()
+    assert not list(folder.glob(".partial-*"))

@@ -301,20 +301,23 @@ def sweep(
             names=[f"seed {seed}" for seed in seeds],
         )
 
+        # sweep.csv and manifest.json move in together, manifest last, so a
+        # stop in between leaves both describing the earlier seeds.
         table = pd.DataFrame(records)
-        with atomic_path(out_dir / SWEEP_TABLE_NAME) as temporary:
-            table.to_csv(temporary, index=False)
-        write_manifest(
-            out_dir,
-            step="sweep",
-            inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
-            settings={
-                "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
-                "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
-            },
-            started=started,
-            outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
-        )
+        with staged_outputs(out_dir) as stage:
+            table.to_csv(stage / SWEEP_TABLE_NAME, index=False)
+            write_manifest(
+                stage,
+                step="sweep",
+                inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
+                settings={
+                    "method": method, "estimator_settings": settings, "seeds": seeds,
+                    "n_objects": n_objects, "n_jobs": n_jobs, "engine": engine,
+                    "torch_threads_per_worker": 1,
+                },
+                started=started,
+                outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
+            )
     logger.info(
         "sweep of %d seeds done: %s to %s dimensions", len(records),
         int(table["n_dims"].min()), int(table["n_dims"].max()),
