@@ -1303,3 +1303,12 @@ def test_sweep_stopped_rerun_keeps_table_and_manifest(finished_sweep, tmp_path, 
     assert (folder / "manifest.json").read_bytes() == manifest_before
     assert (folder / "runs" / "seed_3" / "manifest.json").is_file()
     assert not list(folder.glob(".partial-*"))
+
+
+def test_sweep_reports_leftover_hidden_folder(finished_sweep, tmp_path, tiny_triplets, caplog):
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / ".partial-killed").mkdir()
+    with caplog.at_level(logging.WARNING, logger="dimalign.io.files"):
+        sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert ".partial-killed" in caplog.text

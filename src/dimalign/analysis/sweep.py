@@ -253,6 +253,7 @@ def sweep(
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
     _reject_sweep_paths_in_the_way(out_dir)
+    report_leftover_stages(out_dir)
     train_bytes = _npy_bytes(train)
     val_bytes = _npy_bytes(val) if val is not None else None
     data = _TripletChecksums(
