@@ -946,12 +946,12 @@ def select_run(
         ValueError: If ``out_dir`` is inside a run, a run is inside
             ``out_dir/selected_run``, ``copy_selected`` is set for an
             embedding file, or a run is a sweep directory. Also if a fit is
-            writing a run, a result file of a run no longer matches the
-            checksum in its manifest, two fit manifests record other
-            settings or triplets, a run is given twice, two runs record the
-            same seed or have the same weights, the runs have different
-            numbers of objects, or their object tables list different
-            objects. The messages name the runs.
+            writing a run, or a result file of a run no longer matches the
+            checksum in its manifest. Also if two fit manifests record other
+            settings or triplets, a run is given twice, or two runs record
+            the same seed or have the same weights. Also if the runs have
+            different numbers of objects, or their object tables list
+            different objects. The messages name the runs.
     """
     from dimalign.analysis.reproducibility import reproducibility
 
