@@ -182,3 +182,13 @@ def test_reproducibility_rejects_nan_run():
     second[7, 3] = np.nan
     with pytest.raises(ValueError, match="run 1 contains NaN or inf in 1 weights, the first at object 7, dimension 3"):
         reproducibility([first, second])
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-300])
+def test_reproducibility_ignores_extreme_scale(scale):
+    # Pearson r does not depend on a column's scale, so scaled weights that
+    # overflow or underflow when squared must score as the unscaled ones.
+    first, second = sparse_embedding(seed=5), sparse_embedding(seed=6)
+    expected = reproducibility([first, second, first[:, ::-1]]).run_scores
+    scaled = reproducibility([first * scale, second, first[:, ::-1]]).run_scores
+    np.testing.assert_allclose(scaled, expected, rtol=1e-12, atol=0)

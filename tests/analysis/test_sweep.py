@@ -756,10 +756,11 @@ def test_select_reads_recorded_seeds(tmp_path):
     write_run(tmp_path / "runs" / "seed_0", base, 0.5, seed=0)
     # A copied run keeps its recorded seed, whatever its folder is called.
     write_run(tmp_path / "permrun", base[:, ::-1], 0.5, seed=7)
-    save_embedding(EmbeddingResult(embedding=base), tmp_path / "runs" / "seed_2")
+    # Scaled weights, because select rejects runs with identical embeddings as copies.
+    save_embedding(EmbeddingResult(embedding=2 * base), tmp_path / "runs" / "seed_2")
     (tmp_path / "runs" / "seed_2" / "config.toml").write_text('[settings]\nrandom_state = 2\n')
     # config.toml writes an unset random_state as "", so this run has no seed.
-    save_embedding(EmbeddingResult(embedding=base[:, ::-1]), tmp_path / "unseeded")
+    save_embedding(EmbeddingResult(embedding=2 * base[:, ::-1]), tmp_path / "unseeded")
     (tmp_path / "unseeded" / "config.toml").write_text('[settings]\nrandom_state = ""\n')
     runs = [tmp_path / "runs" / "seed_0", tmp_path / "permrun", tmp_path / "runs" / "seed_2", tmp_path / "unseeded"]
 
@@ -927,3 +928,387 @@ def test_sweep_table_run_dirs_are_absolute(tmp_path, tiny_triplets, monkeypatch)
     expected = str((tmp_path / "relative" / "runs" / "seed_0").resolve())
     assert table["run_dir"].tolist() == [expected]
     assert pd.read_csv(tmp_path / "relative" / "sweep.csv")["run_dir"].tolist() == [expected]
+
+
+def write_two_runs(tmp_path, seed=11):
+    """Write runs ``a`` and ``b`` of 12 objects whose dimensions are a permutation of each other."""
+    base = np.maximum(np.random.default_rng(seed).normal(size=(12, 2)), 0.0)
+    write_run(tmp_path / "a", base, 0.5, seed=0)
+    write_run(tmp_path / "b", base[:, ::-1], 0.5, seed=1)
+    return [tmp_path / "a", tmp_path / "b"]
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
+def test_select_stopped_rerun_keeps_earlier_output(tmp_path, monkeypatch, stop):
+    import dimalign.analysis.sweep as sweep_module
+
+    runs = write_two_runs(tmp_path)
+    out = tmp_path / "out"
+    select_run(runs, out, copy_selected=True)
+    before = snapshot(out)
+
+    def stopped_copy(source, target):
+        raise stop("stopped while copying the chosen run")
+
+    monkeypatch.setattr(sweep_module, "_copy_run", stopped_copy)
+    with pytest.raises(stop):
+        select_run(runs, out, split="random", random_state=3, copy_selected=True)
+    assert snapshot(out) == before
+    assert not list(out.glob(".partial-*"))
+
+
+def test_select_rejects_folder_named_like_output(tmp_path):
+    runs = write_two_runs(tmp_path)
+    select_run(runs, tmp_path / "out")
+    (tmp_path / "out" / "runs.csv").unlink()
+    (tmp_path / "out" / "runs.csv").mkdir()
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(FileExistsError, match=r"out/runs.csv is a folder, but select writes a file there"):
+        select_run(runs, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == before
+    assert (tmp_path / "out" / "runs.csv").is_dir()
+
+
+@pytest.mark.parametrize("name", ["runs.csv", "selected.txt", "selected_run/notes.txt"])
+def test_select_keeps_user_file_of_output_name(tmp_path, name):
+    runs = write_two_runs(tmp_path)
+    user_file = tmp_path / "out" / name
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("the user's own data\n")
+    with pytest.raises(FileExistsError, match="contains no earlier dimalign select output"):
+        select_run(runs, tmp_path / "out")
+    assert user_file.read_text() == "the user's own data\n"
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tiny_triplets):
+    """A finished sweep of seeds 0, 1 and 2, to copy before changing it."""
+    train, val = tiny_triplets
+    folder = tmp_path_factory.mktemp("finished") / "sweep"
+    sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    return folder
+
+
+def copy_sweep(finished_sweep, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(finished_sweep, tmp_path / "sweep"))
+
+
+def replace_embedding(run_dir):
+    """Overwrite a run's embedding.npz with other valid weights, as an edit after the fit would."""
+    weights = np.random.default_rng(12).random((N_OBJECTS, 3))
+    (run_dir / "embedding.npz").unlink()
+    save_embedding(EmbeddingResult(embedding=weights), run_dir)
+
+
+def test_fit_manifest_records_file_checksums(finished_sweep):
+    from dimalign.io.files import sha256_file
+
+    run_dir = finished_sweep / "runs" / "seed_0"
+    recorded = json.loads((run_dir / "manifest.json").read_text())["outputs"]["file_sha256"]
+    assert recorded == {
+        name: sha256_file(run_dir / name) for name in ("embedding.npz", "config.toml", "objects.tsv")
+        if (run_dir / name).is_file()
+    }
+    assert set(recorded) >= {"embedding.npz", "config.toml"}
+
+
+def test_find_runs_excludes_changed_embedding(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    replace_embedding(folder / "runs" / "seed_2")
+    with pytest.warns(UserWarning, match=r"excluded 1 runs .*seed_2: .*seed_2/embedding.npz does not match the sha256"):
+        runs = find_runs(folder)
+    assert [path.name for path in runs] == ["seed_0", "seed_1"]
+
+
+def test_select_rejects_changed_run_by_path(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / "runs" / "seed_1" / "config.toml").write_text('estimator = "vice"\n')
+    runs = [folder / "runs" / "seed_0", folder / "runs" / "seed_1"]
+    with pytest.raises(ValueError, match=r"seed_1/config.toml does not match the sha256 that .*seed_1/manifest.json records"):
+        select_run(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_rerun_rejects_changed_run(finished_sweep, tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    replace_embedding(folder / "runs" / "seed_1")
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=r"seed_1/embedding.npz does not match the sha256 .*remove .*seed_1 to fit that seed again"):
+        sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert snapshot(folder) == before
+
+
+def fit_beside(finished_sweep, tmp_path, seed, settings=SETTINGS, train=None):
+    """Fit one run outside the sweep, on the sweep's triplets unless ``train`` is given."""
+    train_path = finished_sweep / "train.npy"
+    if train is not None:
+        train_path = tmp_path / "other_train.npy"
+        np.save(train_path, train)
+    out = tmp_path / f"beside_{seed}"
+    fit_seed(
+        method="vice", settings=settings, seed=seed, train_path=str(train_path),
+        val_path=str(finished_sweep / "val.npy"), out_dir=str(out), n_objects=N_OBJECTS,
+    )
+    return out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"settings": {**SETTINGS, "max_epochs": 2}}, r"records max_epochs=3, .*records max_epochs=2"),
+    ({"train_rows": 300}, r"records other training triplets"),
+])
+def test_select_rejects_unlike_runs_by_path(finished_sweep, tmp_path, tiny_triplets, change, message):
+    train, _ = tiny_triplets
+    settings = change.get("settings", SETTINGS)
+    other_train = train[: change["train_rows"]] if "train_rows" in change else None
+    other = fit_beside(finished_sweep, tmp_path, 5, settings=settings, train=other_train)
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", other]
+    with pytest.raises(ValueError, match=message) as error:
+        select_run(runs, tmp_path / "out")
+    assert f"runs {runs[0]} and {other} were fitted differently" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_rejects_repeated_seed_by_path(finished_sweep, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(finished_sweep / "runs" / "seed_1", tmp_path / "copy"))
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", copy]
+    with pytest.raises(ValueError, match=r"runs .*seed_1 and .*copy both record seed 1"):
+        select_run(runs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_warns_about_uncompared_runs(finished_sweep, tmp_path):
+    plain = tmp_path / "plain.npy"
+    np.save(plain, load_embedding(finished_sweep / "runs" / "seed_2").embedding)
+    runs = [finished_sweep / "runs" / "seed_0", finished_sweep / "runs" / "seed_1", plain]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        try:
+            select_run(runs, tmp_path / "out")
+        except ValueError as error:
+            # Three epochs may prune every run to 0 dimensions, which leaves nothing to select.
+            assert "no run has any dimension" in str(error)
+    messages = [str(warning.message) for warning in record]
+    assert any(f"{plain}" in text and "no manifest.json of dimalign fit" in text for text in messages)
+
+
+def test_select_rejects_output_inside_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    with pytest.raises(ValueError, match=r"the output folder .*a/selection is inside the run .*a"):
+        select_run(runs, tmp_path / "a" / "selection", copy_selected=True)
+    assert not (tmp_path / "a" / "selection").exists()
+
+
+def test_select_rejects_run_inside_replaced_copy(tmp_path):
+    runs = write_two_runs(tmp_path)
+    select_run(runs, tmp_path / "out", copy_selected=True)
+    write_run(tmp_path / "c", load_embedding(tmp_path / "a").embedding[:, ::-1], 0.5, seed=2)
+    before = snapshot(tmp_path / "out")
+    copied = tmp_path / "out" / "selected_run"
+    with pytest.raises(ValueError, match=r"run .*out/selected_run is .*the copy of the chosen run that select replaces"):
+        select_run([copied, tmp_path / "c"], tmp_path / "out")
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_select_copy_rejects_embedding_files(tmp_path):
+    base = np.maximum(np.random.default_rng(13).normal(size=(12, 2)), 0.0)
+    np.save(tmp_path / "a.npy", base)
+    np.save(tmp_path / "b.npy", base[:, ::-1])
+    with pytest.raises(ValueError, match=r"--copy copies a run directory, but .*a.npy is a file"):
+        select_run([tmp_path / "a.npy", tmp_path / "b.npy"], tmp_path / "out", copy_selected=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_skips_run_being_fitted(tmp_path):
+    from dimalign.io.files import exclusive_lock
+
+    base = np.maximum(np.random.default_rng(14).normal(size=(12, 3)), 0.0)
+    for seed in (0, 1, 2):
+        write_run(tmp_path / "runs" / f"seed_{seed}", np.roll(base, seed, axis=1), 0.5, seed=seed)
+    busy = tmp_path / "runs" / "seed_2"
+    with exclusive_lock(busy / ".fit.lock", "busy"):
+        with pytest.warns(UserWarning, match=r"skipped 1 runs .*seed_2 \(a fit is writing it, .*\.fit\.lock is locked\)"):
+            runs = find_runs(tmp_path)
+        assert [path.name for path in runs] == ["seed_0", "seed_1"]
+        with pytest.raises(ValueError, match=r"run .*seed_2 is being written by a fit"):
+            select_run([tmp_path / "runs" / "seed_0", busy], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # A lock file left by a killed fit is not held, so the run counts again.
+    (busy / ".fit.lock").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert len(find_runs(tmp_path)) == 3
+
+
+def test_select_cli_names_damaged_val_file(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(15).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+    (tmp_path / "val.npy").write_text("not an array\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert main(["select", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'val.npy'} cannot be read as the sweep's validation triplets" in error
+    assert "allow_pickle" not in error
+    assert not (tmp_path / "selection").exists()
+
+
+def test_select_names_sweep_given_as_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    (tmp_path / "sweep" / "runs").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(ValueError, match=r"sweep is a sweep directory, not a run: select one sweep at a time"):
+            select_run([runs[0], tmp_path / "sweep"], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"run .*missing not found"):
+        select_run([runs[0], tmp_path / "missing"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("runs", "file"), ("train.npy", "folder"), ("sweep.csv", "folder")])
+def test_sweep_rejects_path_in_the_way(tmp_path, tiny_triplets, name, kind):
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    out.mkdir()
+    if kind == "file":
+        (out / name).write_text("")
+    else:
+        (out / name).mkdir()
+    with pytest.raises(FileExistsError, match=rf"{out / name} is a {kind}, but sweep"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert [path.name for path in out.iterdir()] == [name]
+
+
+def test_sweep_rejects_negative_seed_before_fitting(tmp_path, tiny_triplets):
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=r"seed -1 is invalid: random_state must be at least 0"):
+        sweep(train, val, out, seeds=[0, -1], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert not out.exists()
+
+
+def test_select_rejects_unfinished_run_as_output(tmp_path):
+    runs = write_two_runs(tmp_path)
+    unfinished = tmp_path / "runs" / "seed_9"
+    unfinished.mkdir(parents=True)
+    (unfinished / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match=r"seed_9 contains checkpoint.pt, so it is a run directory"):
+        select_run(runs, unfinished)
+    assert [path.name for path in unfinished.iterdir()] == ["checkpoint.pt"]
+
+
+def test_select_rejects_run_given_as_folder_and_file(tmp_path):
+    runs = write_two_runs(tmp_path)
+    with pytest.raises(ValueError, match=r"run .*a/embedding.npz is given twice \(also as .*a\)"):
+        select_run([runs[0], runs[1], tmp_path / "a" / "embedding.npz"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_rejects_identical_embeddings(tmp_path):
+    runs = write_two_runs(tmp_path)
+    np.save(tmp_path / "export.npy", load_embedding(runs[1]).embedding)
+    with pytest.raises(ValueError, match=r"runs .*b and .*export.npy have identical embeddings"):
+        select_run([*runs, tmp_path / "export.npy"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_select_rerun_copy_drops_earlier_copy_files(tmp_path):
+    runs = write_two_runs(tmp_path)
+    select_run(runs, tmp_path / "out", copy_selected=True)
+    earlier_only = tmp_path / "out" / "selected_run" / "tensorboard" / "events.txt"
+    earlier_only.parent.mkdir()
+    earlier_only.write_text("from the earlier copy\n")
+    selection = select_run(runs, tmp_path / "out", copy_selected=True)
+    copy = tmp_path / "out" / "selected_run"
+    assert not earlier_only.parent.exists()
+    assert sorted(path.name for path in copy.iterdir()) == sorted(
+        path.name for path in selection.selected_run.iterdir()
+    )
+    assert not list((tmp_path / "out").glob(".partial-*"))
+
+
+def test_select_compares_runs_of_sweep_without_manifest(finished_sweep, tmp_path):
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / "manifest.json").unlink()
+    manifest_path = folder / "runs" / "seed_1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"]["lr"] = 0.5
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="has no manifest.json of dimalign sweep"):
+        runs = find_runs(folder)
+    with pytest.raises(ValueError, match=r"seed_0 and .*seed_1 were fitted differently: .*records lr=0.001, .*records lr=0.5"):
+        select_run(runs, tmp_path / "out")
+
+
+def test_sweep_failure_empties_existing_folder(tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.embedding.runs as runs_module
+
+    def fail(*args):
+        raise RuntimeError("seed 0 diverged")
+
+    monkeypatch.setattr(runs_module, "_fit_and_save", fail)
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's notes\n")
+
+    with pytest.raises(RuntimeError, match="seed 0 failed"):
+        sweep(train, val, out, seeds=[0], n_objects=N_OBJECTS, settings=SETTINGS)
+
+    # The triplets stay only with a run to resume, so a corrected rerun is not held to them.
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_select_cli_points_runs_folder_to_sweep(tmp_path, capsys):
+    from dimalign.cli import main
+
+    base = np.maximum(np.random.default_rng(16).normal(size=(12, 2)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", base[:, ::(-1) ** seed], 0.5, seed=seed)
+    assert main(["select", str(tmp_path / "runs")]) == 1
+    assert f"{tmp_path / 'runs'} is the runs folder of a sweep: pass the sweep directory {tmp_path}" in capsys.readouterr().err
+
+
+def test_select_reads_seed_of_embedding_file_in_run(tmp_path):
+    runs = write_two_runs(tmp_path)
+    selection = select_run([runs[0] / "embedding.npz", runs[1]], tmp_path / "out")
+    assert selection.runs["seed"].tolist() == [0, 1]
+    assert selection.runs["val_accuracy"].tolist() == [0.5, 0.5]
+
+
+def test_sweep_stopped_rerun_keeps_table_and_manifest(finished_sweep, tmp_path, tiny_triplets, monkeypatch):
+    import dimalign.analysis.sweep as sweep_module
+
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    table_before = (folder / "sweep.csv").read_bytes()
+    manifest_before = (folder / "manifest.json").read_bytes()
+
+    def stopped_manifest(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "write_manifest", stopped_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(train, val, folder, seeds=[0, 1, 2, 3], n_objects=N_OBJECTS, settings=SETTINGS)
+    # sweep.csv and manifest.json describe the same seeds: the earlier ones.
+    assert (folder / "sweep.csv").read_bytes() == table_before
+    assert (folder / "manifest.json").read_bytes() == manifest_before
+    assert (folder / "runs" / "seed_3" / "manifest.json").is_file()
+    assert not list(folder.glob(".partial-*"))
+
+
+def test_sweep_reports_leftover_hidden_folder(finished_sweep, tmp_path, tiny_triplets, caplog):
+    train, val = tiny_triplets
+    folder = copy_sweep(finished_sweep, tmp_path)
+    (folder / ".partial-killed").mkdir()
+    with caplog.at_level(logging.WARNING, logger="dimalign.io.files"):
+        sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert ".partial-killed" in caplog.text

@@ -144,8 +144,19 @@ def run_select(args: argparse.Namespace) -> int:
         run_dirs = find_runs(sweep_dir)
         out = args.out or sweep_dir / "selection"
         if (sweep_dir / "val.npy").is_file():
-            val = np.load(sweep_dir / "val.npy", allow_pickle=False)
+            from dimalign.io.files import load_npy
+
+            val = load_npy(
+                sweep_dir / "val.npy", description="the sweep's validation triplets",
+                advice="restore the val.npy that the sweep was fitted to, which its runs' "
+                "manifest.json files record by sha256",
+            )
     else:
+        if len(args.runs) < 2 and args.runs[0].name == RUNS_FOLDER and any(args.runs[0].glob("seed_*")):
+            raise ValueError(
+                f"{args.runs[0]} is the runs folder of a sweep: pass the sweep directory "
+                f"{args.runs[0].parent}"
+            )
         if len(args.runs) < 2:
             raise ValueError(
                 f"{args.runs[0]} is not a sweep directory (no {RUNS_FOLDER}/ inside): "

@@ -152,6 +152,11 @@ def reproducibility(
                 f"{names[run]} contains NaN or inf in {int(bad.sum())} weights, the first at object "
                 f"{row}, dimension {column}; reproducibility needs finite embeddings"
             )
+    # Pearson r does not change when a column is scaled. Dividing each column
+    # by its largest absolute weight keeps the squares in the correlation
+    # finite and nonzero for weights near 1e200 or 1e-300, which would
+    # otherwise make every score NaN.
+    arrays = [_unit_max_columns(array) for array in arrays]
     first_half, second_half = split_halves(n_objects.pop(), split, random_state)
 
     n_runs = len(arrays)
@@ -211,6 +216,13 @@ def reproducibility(
         "correlation_on": "second half",
     }
     return ReproducibilityResult(run_scores, dim_scores, pair_correlations, split_record)
+
+
+def _unit_max_columns(array: np.ndarray) -> np.ndarray:
+    """Divide each column by its largest absolute value, leaving all-zero columns as they are."""
+    largest = np.abs(array).max(axis=0) if array.shape[0] else np.ones(array.shape[1])
+    largest[largest == 0] = 1.0
+    return array / largest
 
 
 def _as_array(embedding: np.ndarray | str | os.PathLike) -> np.ndarray:

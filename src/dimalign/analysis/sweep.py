@@ -28,6 +28,7 @@ new request, and raises ``ValueError`` on the first difference.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,7 +37,7 @@ import math
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,15 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     atomic_path,
     check_output_dir,
+    check_unowned_files,
+    check_writable,
     now_iso,
     output_dir,
     read_manifest,
+    report_leftover_stages,
     sha256_file,
+    staged_outputs,
     write_manifest,
-    write_text_atomic,
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
@@ -82,6 +86,9 @@ _CHECKPOINT_NAME = "checkpoint.pt"
 
 # The settings file that TripletEmbedding.save writes (dimalign.embedding.base.CONFIG_NAME).
 _CONFIG_NAME = "config.toml"
+
+# The lock file that a running fit holds (dimalign.embedding.runs.FIT_LOCK_NAME).
+_FIT_LOCK_NAME = ".fit.lock"
 
 
 def run_dir_name(seed: int) -> str:
@@ -132,6 +139,7 @@ def fit_seed(
             train_file=sha256_file(train_path),
             val_file=sha256_file(val_path) if val_path else None,
         )
+        _raise_if_changed(run_dir)
         _raise_if_different(_finished_run_difference(run_dir, method, settings, n_objects, data))
         logger.info(
             "seed %d: %s is complete with the same settings and triplets, reusing it", seed, run_dir
@@ -202,7 +210,8 @@ def sweep(
         pd.DataFrame: One row per seed, as written to ``sweep.csv``.
 
     Raises:
-        ValueError: For an unknown method, repeated seeds, settings the
+        ValueError: For an unknown method, repeated or invalid seeds
+            (such as negative ones), settings the
             sweep sets itself, empty training or validation triplets, and when ``out_dir`` already contains runs or
             triplets that differ from this request in method, an estimator
             setting, the number of objects or the triplets. The message names
@@ -239,10 +248,12 @@ def sweep(
             "can be computed: fit without validation (val=None, CLI: --val-fraction 0) or give "
             "more triplets"
         )
-    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine)
+    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine, seeds=seeds)
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
+    _reject_sweep_paths_in_the_way(out_dir)
+    report_leftover_stages(out_dir)
     train_bytes = _npy_bytes(train)
     val_bytes = _npy_bytes(val) if val is not None else None
     data = _TripletChecksums(
@@ -256,7 +267,13 @@ def sweep(
 
     # A failed fit removes its own run folder unless it wrote a checkpoint, so a
     # sweep folder that this call created is kept only when a run in it remains.
-    with output_dir(out_dir, keep_if_contains=(f"{RUNS_FOLDER}/*",)):
+    # In a folder that existed, the triplets and object table that this call
+    # adds are removed on the same condition, so that they do not bind a
+    # corrected rerun to the triplets of a sweep that fitted nothing.
+    with (
+        output_dir(out_dir, keep_if_contains=(f"{RUNS_FOLDER}/*",)),
+        _added_files_removed_on_error(out_dir),
+    ):
         # Shared inputs go to disk once, so that tasks carry paths instead of arrays.
         train_path = _write_bytes(out_dir / "train.npy", train_bytes)
         val_path = _write_bytes(out_dir / "val.npy", val_bytes) if val_bytes is not None else None
@@ -285,20 +302,23 @@ def sweep(
             names=[f"seed {seed}" for seed in seeds],
         )
 
+        # sweep.csv and manifest.json move in together, manifest last, so a
+        # stop in between leaves both describing the earlier seeds.
         table = pd.DataFrame(records)
-        with atomic_path(out_dir / SWEEP_TABLE_NAME) as temporary:
-            table.to_csv(temporary, index=False)
-        write_manifest(
-            out_dir,
-            step="sweep",
-            inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
-            settings={
-                "method": method, "estimator_settings": settings, "seeds": seeds, "n_objects": n_objects,
-                "n_jobs": n_jobs, "engine": engine, "torch_threads_per_worker": 1,
-            },
-            started=started,
-            outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
-        )
+        with staged_outputs(out_dir) as stage:
+            table.to_csv(stage / SWEEP_TABLE_NAME, index=False)
+            write_manifest(
+                stage,
+                step="sweep",
+                inputs={**inputs, "train": train_path, **({"val": val_path} if val_path else {})},
+                settings={
+                    "method": method, "estimator_settings": settings, "seeds": seeds,
+                    "n_objects": n_objects, "n_jobs": n_jobs, "engine": engine,
+                    "torch_threads_per_worker": 1,
+                },
+                started=started,
+                outputs={"n_runs": len(records), "table": SWEEP_TABLE_NAME, "runs_folder": RUNS_FOLDER},
+            )
     logger.info(
         "sweep of %d seeds done: %s to %s dimensions", len(records),
         int(table["n_dims"].min()), int(table["n_dims"].max()),
@@ -306,8 +326,58 @@ def sweep(
     return table
 
 
-def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str) -> None:
-    """Raise ``ValueError`` for settings that would fail only inside the workers, after files are written."""
+@contextlib.contextmanager
+def _added_files_removed_on_error(out_dir: Path) -> Iterator[None]:
+    """Remove the shared files and ``runs/`` that the block adds to ``out_dir`` if it raises.
+
+    They stay when a run remains in ``runs/`` (one with a checkpoint), which
+    needs them to resume.
+    """
+    names = ("train.npy", "val.npy", OBJECT_TABLE_NAME, RUNS_FOLDER)
+    added = [out_dir / name for name in names if not (out_dir / name).exists()]
+    try:
+        yield
+    except BaseException:
+        runs_folder = out_dir / RUNS_FOLDER
+        if runs_folder.is_dir() and any(runs_folder.iterdir()):
+            raise
+        for path in added:
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        logger.info("removed the triplets that this sweep wrote into %s, since no run remains", out_dir)
+        raise
+
+
+def _reject_sweep_paths_in_the_way(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` for a folder where the sweep writes a file, or a file where it needs ``runs/``.
+
+    Without this check the sweep would fail after writing its triplets, or
+    after every fit when it writes ``sweep.csv``.
+    """
+    for name in ("train.npy", "val.npy", OBJECT_TABLE_NAME, SWEEP_TABLE_NAME):
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but sweep writes a file there: move it away, or choose another -o"
+            )
+    runs_folder = out_dir / RUNS_FOLDER
+    if (runs_folder.exists() or runs_folder.is_symlink()) and not runs_folder.is_dir():
+        raise FileExistsError(
+            f"{runs_folder} is a file, but sweep writes its run directories into a folder there: "
+            "move it away, or choose another -o"
+        )
+
+
+def _check_run_settings(
+    method: str, settings: Mapping[str, Any], *, n_jobs: int, engine: str, seeds: Sequence[int]
+) -> None:
+    """Raise ``ValueError`` for settings or seeds that would fail only inside the workers.
+
+    There the error would come after the triplets are written and earlier seeds are fitted.
+    """
     from dimalign.device import resolve_device
 
     if engine not in ENGINES:
@@ -318,6 +388,11 @@ def _check_run_settings(method: str, settings: Mapping[str, Any], *, n_jobs: int
     resolve_device(estimator.device)
     estimator._check_settings()
     estimator._dtype()
+    for seed in seeds:
+        try:
+            estimator.set_params(random_state=seed)._check_settings()
+        except ValueError as error:
+            raise ValueError(f"seed {seed} is invalid: {error}") from error
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -370,6 +445,38 @@ def _estimator_class(method: str) -> type:
     from dimalign.embedding import SPoSE, VICE
 
     return {"vice": VICE, "spose": SPoSE}[method]
+
+
+def _being_fitted(run_dir: Path) -> bool:
+    """Return whether a fit holds the lock of ``run_dir``, such as a resumed fit of a finished run.
+
+    Such a run keeps its earlier ``embedding.npz`` and ``manifest.json`` until
+    the fit ends and replaces them. A lock file that a killed fit left is not
+    held, so that run counts as not being fitted.
+
+    NOTE: the probe takes the lock for a moment, so a fit that starts in that
+    moment fails as if another fit were running. ``fcntl`` exists on POSIX
+    systems only; elsewhere no run counts as being fitted.
+    """
+    lock_path = run_dir / _FIT_LOCK_NAME
+    if not lock_path.is_file():
+        return False
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        descriptor = os.open(lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        # The fit ended and removed its lock file meanwhile.
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False
 
 
 def _is_finished(run_dir: Path) -> bool:
@@ -458,6 +565,44 @@ def _finished_run_difference(
             f"this sweep's {_digest_text(data.val_file)})"
         )
     return None
+
+
+def _changed_file(run_dir: Path) -> str | None:
+    """Describe the first result file of a finished run that differs from its manifest's checksum.
+
+    ``fit_run`` records the SHA-256 of ``embedding.npz``, ``config.toml`` and
+    ``objects.tsv`` in ``outputs.file_sha256`` of the run's ``manifest.json``.
+
+    Returns:
+        str | None: A sentence naming the file, or None when every recorded
+        file matches. NOTE: runs whose manifest records no checksums (fitted
+        before they were recorded, or written by hand) are not checked.
+    """
+    manifest_path = run_dir / MANIFEST_NAME
+    recorded = read_manifest(run_dir).get("outputs", {}).get("file_sha256")
+    if not isinstance(recorded, dict):
+        return None
+    for name, expected in recorded.items():
+        # Only the file name is used, so a damaged manifest cannot point outside the run.
+        path = run_dir / Path(str(name)).name
+        if not path.is_file():
+            return f"{path} is missing, but {manifest_path} records its sha256 {expected}"
+        actual = sha256_file(path)
+        if actual != expected:
+            return (
+                f"{path} does not match the sha256 that {manifest_path} records (recorded "
+                f"{expected}, now {actual}), so it was replaced or damaged after the fit"
+            )
+    return None
+
+
+def _raise_if_changed(run_dir: Path) -> None:
+    """Raise ``ValueError`` if a result file of a finished run in a sweep changed after its fit."""
+    changed = _changed_file(run_dir)
+    if changed:
+        raise ValueError(
+            f"{changed}. Restore the file, or remove {run_dir} to fit that seed again"
+        )
 
 
 def _checkpoint_difference(
@@ -557,6 +702,7 @@ def _check_existing_sweep(
     n_checked = 0
     for run_dir in run_dirs:
         if _is_finished(run_dir):
+            _raise_if_changed(run_dir)
             difference = _finished_run_difference(run_dir, method, settings, n_objects, data)
         elif (run_dir / _CHECKPOINT_NAME).is_file():
             train_digest = train_digest or _checkpoint_digest(train)
@@ -621,7 +767,9 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     setting, another number of objects or other triplets than the sweep's
     ``manifest.json`` and its ``train.npy``/``val.npy`` (the checks of a
     rerun of ``dimalign sweep``) are excluded, such as a run copied in from
-    another sweep.
+    another sweep. So are runs whose ``embedding.npz``, ``config.toml`` or
+    ``objects.tsv`` no longer matches the checksum that the run's own
+    manifest records.
 
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
@@ -637,8 +785,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
         (path for path in runs_folder.glob("seed_*") if path.is_dir()),
         key=lambda path: (_seed_of(path) is None, _seed_of(path) or 0, path.name),
     )
-    runs = [path for path in candidates if _is_finished(path)]
-    skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if not _is_finished(path)]
+    runs = [path for path in candidates if _is_finished(path) and not _being_fitted(path)]
+    skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if path not in runs]
     if skipped:
         warnings.warn(
             f"{runs_folder}: skipped {len(skipped)} runs that are not finished: {', '.join(skipped[:20])}. "
@@ -652,8 +800,8 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     n_excluded = len(finished) - len(runs)
     excluded = (
         f" It also has {n_excluded} finished runs that differ from "
-        f"{Path(sweep_dir) / MANIFEST_NAME} (see the warning); move those that belong to "
-        "another sweep out, or select among run directories given by path."
+        f"{Path(sweep_dir) / MANIFEST_NAME} or whose files changed after the fit (see the "
+        "warning); move those that belong to another sweep out, and restore or remove the changed ones."
         if n_excluded else ""
     )
     if len(runs) == 1:
@@ -675,15 +823,19 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
 
 
 def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
-    """Return the runs whose settings and triplets match the sweep's, warning about the others.
+    """Return the unchanged runs whose settings and triplets match the sweep's, warning about the others.
 
-    Without the sweep's ``manifest.json`` (a sweep stopped before its end
-    writes none) the runs cannot be compared and are all returned, with a warning.
+    A run is excluded when a result file no longer matches the checksum of
+    its own ``manifest.json`` (see :func:`_changed_file`), or when it differs
+    from the sweep's ``manifest.json``. Without the sweep's manifest (a sweep
+    stopped before its end writes none), only the file checksums are checked,
+    with a warning.
     """
     manifest_path = sweep_dir / MANIFEST_NAME
     manifest = read_manifest(sweep_dir) if manifest_path.is_file() else {}
     recorded = manifest.get("settings", {})
-    if manifest.get("step") != "sweep" or recorded.get("method") not in ESTIMATORS:
+    comparable = manifest.get("step") == "sweep" and recorded.get("method") in ESTIMATORS
+    if not comparable:
         warnings.warn(
             f"{sweep_dir} has no manifest.json of dimalign sweep, so the settings and triplets of "
             f"its {len(runs)} runs are not compared: rerun 'dimalign sweep' into it with the same "
@@ -691,18 +843,22 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
             UserWarning,
             stacklevel=3,
         )
-        return runs
-    train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
-    recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
-    data = _TripletChecksums(
-        train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
-        val_file=sha256_file(val_path) if val_path.is_file() else None,
-    )
+    else:
+        train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
+        recorded_train = manifest.get("inputs", {}).get("train", {}).get("sha256")
+        data = _TripletChecksums(
+            train_file=sha256_file(train_path) if train_path.is_file() else recorded_train,
+            val_file=sha256_file(val_path) if val_path.is_file() else None,
+        )
+
     included, excluded = [], []
     for run_dir in runs:
-        difference = _finished_run_difference(
-            run_dir, recorded["method"], recorded.get("estimator_settings", {}), int(recorded["n_objects"]), data
-        )
+        difference = _changed_file(run_dir)
+        if difference is None and comparable:
+            difference = _finished_run_difference(
+                run_dir, recorded["method"], recorded.get("estimator_settings", {}),
+                int(recorded["n_objects"]), data,
+            )
         if difference is None:
             included.append(run_dir)
         else:
@@ -710,8 +866,9 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
     if excluded:
         warnings.warn(
             f"{sweep_dir / RUNS_FOLDER}: excluded {len(excluded)} runs that differ from the sweep's "
-            f"{MANIFEST_NAME}, so they are not runs of this sweep: {'; '.join(excluded[:20])}. Move "
-            "them out of the sweep, or select among run directories given by path",
+            f"{MANIFEST_NAME} or whose files changed after the fit, so they are not scored: "
+            f"{'; '.join(excluded[:20])}. Move runs of other sweeps out of it, and restore or "
+            "remove the changed ones (a rerun of 'dimalign sweep' fits a removed seed again)",
             UserWarning,
             stacklevel=3,
         )
@@ -734,6 +891,8 @@ def _check_distinct_seeds(runs: Sequence[Path]) -> None:
 
 
 def _unfinished_reason(run_dir: Path) -> str:
+    if _being_fitted(run_dir):
+        return f"a fit is writing it, {_FIT_LOCK_NAME} is locked"
     if (run_dir / EMBEDDING_NAME).is_file():
         return f"{EMBEDDING_NAME} without {MANIFEST_NAME}"
     if (run_dir / _CHECKPOINT_NAME).is_file():
@@ -779,19 +938,30 @@ def select_run(
         Selection: The runs table and the chosen run.
 
     Raises:
-        FileExistsError: If ``out_dir`` contains the output of another step.
-        ValueError: If a run is given twice, the runs have different numbers
-            of objects, or their object tables list different objects (the
-            messages name the runs).
+        FileExistsError: If ``out_dir`` contains the output of another step
+            or is a run directory, if a folder in it is named like an output
+            file, or if, without an earlier selection in it, a file or folder
+            in it has an output name.
+        FileNotFoundError: If a run is missing or has no ``embedding.npz``.
+        ValueError: If ``out_dir`` is inside a run, a run is inside
+            ``out_dir/selected_run``, ``copy_selected`` is set for an
+            embedding file, or a run is a sweep directory. Also if a fit is
+            writing a run, or a result file of a run no longer matches the
+            checksum in its manifest. Also if two fit manifests record other
+            settings or triplets, a run is given twice, or two runs record
+            the same seed or have the same weights. Also if the runs have
+            different numbers of objects, or their object tables list
+            different objects. The messages name the runs.
     """
     from dimalign.analysis.reproducibility import reproducibility
 
     started = now_iso()
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, "select")
+    _check_select_output(out_dir)
     run_dirs = [Path(path) for path in run_dirs]
-    _check_distinct_runs(run_dirs)
+    _check_selectable_runs(run_dirs, out_dir, copy_selected=copy_selected)
     embeddings = _aligned_embeddings(run_dirs)
+    _check_distinct_embeddings(run_dirs, embeddings)
     result = reproducibility(
         embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
     )
@@ -821,26 +991,22 @@ def select_run(
         columns=["run_dir", "seed", "dim", "reproducibility"],
     ).astype({"seed": "Int64"})
 
-    # A folder that this call creates is removed again if writing fails, and
-    # an earlier selection's manifest goes first so that the folder never
-    # looks finished with mixed files.
+    # The outputs go into a hidden folder inside out_dir and replace those of
+    # an earlier selection only when all are written, manifest.json last. A
+    # failed or interrupted rerun thus leaves the earlier selection whole. The
+    # files of an earlier copy of the chosen run go aside with the replaced
+    # ones, so no file of another run stays in selected_run/. A folder that
+    # this call creates is removed again if writing fails.
     selected_run = run_dirs[best].resolve()
-    with output_dir(out_dir):
-        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    copy_target = out_dir / SELECTED_COPY_NAME
+    with output_dir(out_dir), staged_outputs(out_dir, retire=_SELECT_RETIRED) as stage:
         for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
-            with atomic_path(out_dir / name) as temporary:
-                frame.to_csv(temporary, index=False)
-        write_text_atomic(out_dir / "selected.txt", f"{selected_run}\n")
-        copy_target = out_dir / SELECTED_COPY_NAME
+            frame.to_csv(stage / name, index=False)
+        (stage / "selected.txt").write_text(f"{selected_run}\n", encoding="utf-8")
         if copy_selected:
-            copy_path = _copy_run(selected_run, copy_target)
-        else:
-            copy_path = None
-            if copy_target.exists():
-                logger.info("removing %s, the copy of an earlier selection", copy_target)
-                shutil.rmtree(copy_target)
+            _copy_run(selected_run, stage / SELECTED_COPY_NAME)
         write_manifest(
-            out_dir,
+            stage,
             step="select",
             inputs={
                 f"run_{index}": path / EMBEDDING_NAME if path.is_dir() else path
@@ -858,10 +1024,11 @@ def select_run(
                 "selected_seed": rows[best]["seed"],
                 "selected_reproducibility": rows[best]["reproducibility"],
                 "selected_n_dims": rows[best]["n_dims"],
-                "selected_copy": copy_path,
+                "selected_copy": copy_target if copy_selected else None,
                 "n_runs": len(rows),
             },
         )
+    _remove_empty_folders(copy_target, keep_like=selected_run if copy_selected else None)
     accuracy = rows[best]["point_val_accuracy"]
     logger.info(
         "selected %s: reproducibility %.3f, %d dimensions%s",
@@ -872,6 +1039,33 @@ def select_run(
 
 
 SELECTED_COPY_NAME = "selected_run"
+
+
+def _check_select_output(out_dir: Path) -> None:
+    """Reject an output folder that select must not write into, before any work."""
+    check_output_dir(out_dir, "select")
+    # Outside an earlier selection, a file of an output name may be the user's only copy.
+    check_unowned_files(out_dir, [*SELECT_OUTPUTS, SELECTED_COPY_NAME], "select")
+    _reject_select_paths_in_the_way(out_dir)
+    check_writable(out_dir)
+    report_leftover_stages(out_dir)
+
+
+def _check_selectable_runs(run_dirs: Sequence[Path], out_dir: Path, *, copy_selected: bool) -> None:
+    """Reject runs that are missing, overlap the outputs, changed, or differ in more than the seed."""
+    _check_runs_exist(run_dirs)
+    _reject_runs_among_outputs(run_dirs, out_dir, copy_selected=copy_selected)
+    _check_distinct_runs(run_dirs)
+    _check_unchanged_runs(run_dirs)
+    _check_runs_fitted_alike(run_dirs)
+    _check_distinct_seeds(run_dirs)
+
+#: The files that select writes into its output folder, besides ``manifest.json``.
+SELECT_OUTPUTS = ("runs.csv", "dimensions.csv", "selected.txt")
+
+# An earlier copy of a chosen run is moved aside with the replaced outputs
+# (and so deleted), unless the new copy has a file of the same name.
+_SELECT_RETIRED = (f"{SELECTED_COPY_NAME}/**/*",)
 
 #: Definition of the ``val_accuracy`` column of ``sweep.csv`` and ``runs.csv``.
 RECORDED_ACCURACY_DEFINITION = (
@@ -886,10 +1080,208 @@ POINT_ACCURACY_DEFINITION = (
 )
 
 
+def _reject_select_paths_in_the_way(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` where something in ``out_dir`` would block the final moves.
+
+    A folder named like an output file, or a file named ``selected_run``,
+    would otherwise stop the selection after all its work. A run directory
+    without a manifest (an unfinished run) is rejected too, because its fit
+    would later replace the selection's manifest when it resumes.
+    """
+    for name in (_CHECKPOINT_NAME, EMBEDDING_NAME, _FIT_LOCK_NAME):
+        if (out_dir / name).exists():
+            raise FileExistsError(
+                f"{out_dir} contains {name}, so it is a run directory: choose an output folder "
+                "outside the runs"
+            )
+    for name in [*SELECT_OUTPUTS, MANIFEST_NAME]:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but select writes a file there: move it away, or choose another -o"
+            )
+    copy_target = out_dir / SELECTED_COPY_NAME
+    if copy_target.is_symlink() or (copy_target.exists() and not copy_target.is_dir()):
+        raise FileExistsError(
+            f"{copy_target} is not a folder, but select keeps its copy of the chosen run in a "
+            "folder there: move it away, or choose another -o"
+        )
+
+
+def _run_folder(path: Path) -> Path | None:
+    """Return the run directory of a run given by path (a folder, or its ``embedding.npz``), if it has a manifest."""
+    folder = _run_directory(path)
+    if folder is None or not (folder / MANIFEST_NAME).is_file():
+        return None
+    return folder
+
+
+def _run_directory(path: Path) -> Path | None:
+    """Return ``path`` if it is a folder, its folder if it is an ``embedding.npz``, else None."""
+    if path.is_dir():
+        return path
+    if path.name == EMBEDDING_NAME:
+        return path.parent
+    return None
+
+
+def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` if a fit is writing a run, or a result file changed after its fit.
+
+    The files are compared with the checksums of the run's manifest (see :func:`_changed_file`).
+    """
+    for path in run_dirs:
+        folder = path if path.is_dir() else path.parent
+        if _being_fitted(folder):
+            raise ValueError(
+                f"run {path} is being written by a fit, which holds {folder / _FIT_LOCK_NAME} and "
+                "replaces its files when it ends: wait for the fit to finish, or leave the run out"
+            )
+        folder = _run_folder(path)
+        changed = _changed_file(folder) if folder is not None else None
+        if changed:
+            raise ValueError(
+                f"run {path}: {changed}. Its scores would not describe the fitted run: restore the "
+                "file or fit the run again, or leave the run out"
+            )
+
+
+def _fit_manifest(path: Path) -> dict[str, Any] | None:
+    """Return the ``manifest.json`` of ``dimalign fit`` (or a sweep's fit) of a run given by path, else None."""
+    folder = _run_folder(path)
+    if folder is None:
+        return None
+    manifest = read_manifest(folder)
+    if manifest.get("step") != "fit" or not isinstance(manifest.get("settings"), dict):
+        return None
+    return manifest
+
+
+def _fit_difference(first: Mapping[str, Any], other: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Return how two fit manifests differ, as the first manifest's and the other's values, or None.
+
+    Compared are the estimator, every estimator setting except those in
+    ``_UNCOMPARED_SETTINGS`` (the seed, the device, logging, the number of
+    objects), the validation split and the checksums of the triplets. The
+    objects are compared later, through the embeddings and object tables.
+    """
+    first_settings, other_settings = first["settings"], other["settings"]
+    missing = object()
+    names = sorted((set(first_settings) | set(other_settings)) - _UNCOMPARED_SETTINGS)
+    # The estimator goes first, because its settings differ with it.
+    for name in sorted(names, key=lambda name: name != "estimator"):
+        first_value = first_settings.get(name, missing)
+        other_value = other_settings.get(name, missing)
+        if first_value != other_value:
+            return tuple(
+                f"no {name}" if value is missing else f"{name}={value!r}"
+                for value in (first_value, other_value)
+            )
+    for key, label in (("train", "training"), ("val", "validation")):
+        first_sha256 = first.get("inputs", {}).get(key, {}).get("sha256")
+        other_sha256 = other.get("inputs", {}).get(key, {}).get("sha256")
+        if first_sha256 != other_sha256:
+            return (
+                f"{label} triplets {_digest_text(first_sha256)}",
+                f"other {label} triplets ({_digest_text(other_sha256)})",
+            )
+    return None
+
+
+def _check_runs_fitted_alike(run_dirs: Sequence[Path]) -> None:
+    """Raise ``ValueError`` if two runs record other settings or triplets in their fit manifests.
+
+    Reproducibility across seeds is meaningful only among fits that differ
+    in the seed alone. Every run with a ``manifest.json`` of ``dimalign fit``
+    is compared with the first such run. Runs without one (embedding files,
+    runs written by other programs) cannot be compared and are named in a warning.
+    """
+    manifests = [_fit_manifest(path) for path in run_dirs]
+    uncompared = [str(path) for path, manifest in zip(run_dirs, manifests) if manifest is None]
+    if uncompared:
+        warnings.warn(
+            f"runs {uncompared[:20]} have no manifest.json of dimalign fit, so their settings and "
+            "triplets are not compared with those of the other runs: make sure that they differ "
+            "in the seed only",
+            UserWarning,
+            stacklevel=3,
+        )
+    compared = [(path, manifest) for path, manifest in zip(run_dirs, manifests) if manifest is not None]
+    if not compared:
+        return
+    first_path, first_manifest = compared[0]
+    for path, manifest in compared[1:]:
+        difference = _fit_difference(first_manifest, manifest)
+        if difference is None:
+            continue
+        raise ValueError(
+            f"runs {first_path} and {path} were fitted differently: "
+            f"{_run_folder(first_path) / MANIFEST_NAME} records {difference[0]}, "
+            f"{_run_folder(path) / MANIFEST_NAME} records {difference[1]}. Reproducibility "
+            "compares runs that differ in the seed only: select among runs of one sweep, or "
+            "leave out the runs fitted otherwise"
+        )
+
+
+def _check_runs_exist(run_dirs: Sequence[Path]) -> None:
+    """Raise for a run path that is missing, a sweep directory, or a folder without ``embedding.npz``.
+
+    Raises:
+        FileNotFoundError: If a path does not exist, or names a folder
+            without ``embedding.npz`` (an unfinished run).
+        ValueError: If a path is a sweep directory.
+    """
+    for path in run_dirs:
+        if not path.exists():
+            raise FileNotFoundError(f"run {path} not found: pass run directories or embedding files")
+        if not path.is_dir() or (path / EMBEDDING_NAME).is_file():
+            continue
+        if (path / RUNS_FOLDER).is_dir():
+            raise ValueError(
+                f"{path} is a sweep directory, not a run: select one sweep at a time (dimalign "
+                f"select {path}), or pass run directories such as {path / RUNS_FOLDER / 'seed_0'}"
+            )
+        raise FileNotFoundError(
+            f"run {path} has no {EMBEDDING_NAME} ({_unfinished_reason(path)}): pass finished run "
+            "directories or embedding files"
+        )
+
+
+def _reject_runs_among_outputs(run_dirs: Sequence[Path], out_dir: Path, *, copy_selected: bool) -> None:
+    """Raise ``ValueError`` where the outputs and the runs overlap, before any work.
+
+    An output folder inside a run would receive a copy of that run, which
+    contains the output folder, and so on until the path is too long. A run
+    inside ``out_dir/selected_run`` would be replaced or removed by the new
+    selection. ``copy_selected`` copies run directories only.
+    """
+    out_resolved = out_dir.resolve()
+    copy_resolved = (out_dir / SELECTED_COPY_NAME).resolve()
+    for path in run_dirs:
+        resolved = path.resolve()
+        if path.is_dir() and (out_resolved == resolved or resolved in out_resolved.parents):
+            raise ValueError(
+                f"the output folder {out_dir} is inside the run {path}: choose an output folder "
+                "outside the runs"
+            )
+        if resolved == copy_resolved or copy_resolved in resolved.parents:
+            raise ValueError(
+                f"run {path} is in {out_dir / SELECTED_COPY_NAME}, the copy of the chosen run that "
+                "select replaces or removes: pass the run it was copied from (see "
+                f"{out_dir / 'selected.txt'}), or copy it elsewhere first"
+            )
+        if copy_selected and not path.is_dir():
+            raise ValueError(
+                f"--copy copies a run directory, but {path} is a file: pass run directories, or "
+                "select without --copy"
+            )
+
+
 def _check_distinct_runs(run_dirs: Sequence[Path]) -> None:
     resolved: dict[Path, Path] = {}
     for path in run_dirs:
-        target = path.resolve()
+        # A run directory and its embedding.npz are the same run.
+        target = (path / EMBEDDING_NAME if path.is_dir() else path).resolve()
         if target in resolved:
             raise ValueError(
                 f"run {path} is given twice (also as {resolved[target]}): a run would reproduce "
@@ -943,6 +1335,28 @@ def _aligned_embeddings(run_dirs: Sequence[Path]) -> list[np.ndarray]:
     return aligned
 
 
+def _check_distinct_embeddings(run_dirs: Sequence[Path], embeddings: Sequence[np.ndarray]) -> None:
+    """Raise ``ValueError`` if two runs have the same weights, such as a run and an export of it.
+
+    A copy reproduces its run perfectly and would lift the scores of both.
+    Two fits with different seeds practically never give bitwise equal
+    weights. Runs without dimensions are equal to each other and not compared.
+    """
+    first_with_weights: dict[bytes, int] = {}
+    for index, embedding in enumerate(embeddings):
+        if embedding.shape[1] == 0:
+            continue
+        key = hashlib.sha256(np.ascontiguousarray(embedding, dtype=np.float64).tobytes()).digest()
+        key += str(embedding.shape).encode()
+        if key in first_with_weights:
+            raise ValueError(
+                f"runs {run_dirs[first_with_weights[key]]} and {run_dirs[index]} have identical "
+                "embeddings, so one is a copy of the other and would count as a perfect "
+                "reproduction: keep one of them"
+            )
+        first_with_weights[key] = index
+
+
 def _point_estimate_accuracy(embedding: np.ndarray, val: np.ndarray | None) -> float:
     if val is None:
         return math.nan
@@ -953,8 +1367,9 @@ def _point_estimate_accuracy(embedding: np.ndarray, val: np.ndarray | None) -> f
 
 def _recorded_accuracy(path: Path) -> float:
     """Return the held-out accuracy that the run's manifest records (VICE: posterior predictive), else NaN."""
-    if path.is_dir() and (path / MANIFEST_NAME).is_file():
-        recorded = read_manifest(path).get("outputs", {}).get("val_accuracy")
+    folder = _run_folder(path)
+    if folder is not None:
+        recorded = read_manifest(folder).get("outputs", {}).get("val_accuracy")
         if recorded is not None:
             return float(recorded)
     return math.nan
@@ -967,12 +1382,13 @@ def _recorded_seed(path: Path) -> int | None:
     """
     import tomllib
 
-    if not path.is_dir():
+    folder = _run_directory(path)
+    if folder is None:
         return None
     seed = None
-    if (path / MANIFEST_NAME).is_file():
-        seed = read_manifest(path).get("settings", {}).get("random_state")
-    config = path / _CONFIG_NAME
+    if (folder / MANIFEST_NAME).is_file():
+        seed = read_manifest(folder).get("settings", {}).get("random_state")
+    config = folder / _CONFIG_NAME
     if seed is None and config.is_file():
         try:
             seed = tomllib.loads(config.read_text(encoding="utf-8")).get("settings", {}).get("random_state")
@@ -984,36 +1400,47 @@ def _recorded_seed(path: Path) -> int | None:
     return seed
 
 
-def _copy_run(source: Path, target: Path) -> Path:
-    """Copy a run directory through a temporary name, replacing an older copy.
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a run directory to ``target``, a new path inside the hidden output folder.
 
     Raises:
         OSError: If a file cannot be copied (such as a symbolic link whose
-            target is missing), naming the first such file. The temporary
-            copy is removed, and an older copy stays.
+            target is missing), naming the first such file. The partial copy
+            is left to the removal of the hidden folder.
     """
-    temporary = target.with_name(f".{target.name}.tmp")
-    if temporary.exists():
-        shutil.rmtree(temporary)
     try:
-        shutil.copytree(source, temporary, symlinks=False)
+        shutil.copytree(source, target, symlinks=False)
     except shutil.Error as error:
-        shutil.rmtree(temporary, ignore_errors=True)
         # shutil.Error carries a list of (source, destination, reason) per failed file.
         failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
-        first = failures[0] if failures else (str(source), str(temporary), str(error))
+        first = failures[0] if failures else (str(source), str(target), str(error))
         raise OSError(
-            f"cannot copy the chosen run {source} to {target}: {len(failures) or 1} files failed, "
-            f"the first {first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a "
-            "missing file cannot be copied), or select without --copy"
+            f"cannot copy the chosen run {source}: {len(failures) or 1} files failed, the first "
+            f"{first[0]} ({first[2]}). Fix or remove that file (a symbolic link to a missing file "
+            "cannot be copied), or select without --copy"
         ) from error
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(temporary, target)
-    return target
+
+
+def _remove_empty_folders(folder: Path, keep_like: Path | None = None) -> None:
+    """Remove the empty folders that the files of an earlier copy of a run leave in ``folder``.
+
+    Args:
+        folder (Path): The copy, which is removed too when it is left empty.
+        keep_like (Path | None): The run that ``folder`` now copies. Its
+            empty folders stay empty in the copy, and ``folder`` itself stays.
+    """
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        if keep_like is not None and (keep_like / path.relative_to(folder)).is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    if keep_like is None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 __all__ = [

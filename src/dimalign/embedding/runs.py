@@ -12,7 +12,14 @@ import numpy as np
 
 from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    exclusive_lock,
+    now_iso,
+    output_dir,
+    sha256_file,
+    write_manifest,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME
 
@@ -20,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Lock file that a running fit holds in its run directory.
 FIT_LOCK_NAME = ".fit.lock"
+
+#: The files of a run whose SHA-256 the run's ``manifest.json`` records in
+#: ``outputs.file_sha256`` (``objects.tsv`` only when the run has one).
+RESULT_FILES = (EMBEDDING_NAME, CONFIG_NAME, OBJECT_TABLE_NAME)
 
 
 def fit_run(
@@ -178,6 +189,13 @@ def _fit_and_save(
         "n_epochs": estimator.n_epochs_,
         "converged": estimator.converged_,
         "n_train": int(len(train)),
+        # Checksums of the result files, so that a reader such as dimalign
+        # select can tell a file that was replaced after the fit.
+        "file_sha256": {
+            name: sha256_file(out_dir / name)
+            for name in RESULT_FILES
+            if (out_dir / name).is_file()
+        },
     }
     if val is not None:
         outputs["val_accuracy"] = estimator.score(val)
