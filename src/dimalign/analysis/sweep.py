@@ -996,10 +996,11 @@ def select_run(
     # failed or interrupted rerun thus leaves the earlier selection whole. The
     # files of an earlier copy of the chosen run go aside with the replaced
     # ones, so no file of another run stays in selected_run/. A folder that
-    # this call creates is removed again if writing fails.
+    # this call creates is removed again if writing fails, unless another
+    # program wrote into it meanwhile.
     selected_run = run_dirs[best].resolve()
     copy_target = out_dir / SELECTED_COPY_NAME
-    with output_dir(out_dir), staged_outputs(out_dir, retire=_SELECT_RETIRED) as stage:
+    with staged_outputs(out_dir, retire=_SELECT_RETIRED) as stage:
         for name, frame in (("runs.csv", runs), ("dimensions.csv", dimensions)):
             frame.to_csv(stage / name, index=False)
         (stage / "selected.txt").write_text(f"{selected_run}\n", encoding="utf-8")
