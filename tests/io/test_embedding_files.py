@@ -21,8 +21,9 @@ def test_clearly_negative_weight_rejected(tmp_path):
 def test_nan_row_rejected(tmp_path):
     path = tmp_path / "nan.npy"
     np.save(path, np.array([[0.5, 0.1], [np.nan, 0.3]]))
-    with pytest.raises(ValueError, match=r"rows \[1\] contain NaN"):
+    with pytest.raises(ValueError, match=r"rows \[1\] contain NaN or inf \(1 of 2 rows\)") as error:
         load_embedding(path)
+    assert "fit again with a lower --lr" in str(error.value)
 
 
 def test_run_directory_round_trip(tmp_path):

@@ -167,7 +167,11 @@ def check_embedding(
         raise ValueError(f"{source}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
     if bad_rows.size:
-        raise ValueError(f"{source}: rows {bad_rows[:20].tolist()} contain NaN or inf")
+        raise ValueError(
+            f"{source}: rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} of "
+            f"{embedding.shape[0]} rows), and every score of them would be NaN; if the file comes "
+            "from a fit that diverged, fit again with a lower --lr, otherwise replace the file"
+        )
     negative = embedding < 0
     if negative.any():
         minimum = float(embedding.min())
