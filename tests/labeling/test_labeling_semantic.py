@@ -48,7 +48,7 @@ def test_animal_dimension_scores_above_random(sentence_model, things_objects):
         1: rng.choice(len(names), 10, replace=False),
     }
     scores = semantic.semantic_scores(
-        tops, names, labels={0: ["animals"], 1: ["animals"]}, k=10, n_random=300, model=sentence_model
+        tops, names, labels={0: [["animals"]], 1: [["animals"]]}, k=10, n_random=300, model=sentence_model
     ).set_index("dimension")
     assert scores.loc[0, "semantic_z"] > scores.loc[1, "semantic_z"]
     assert scores.loc[0, "semantic_z"] > 2.0
@@ -215,3 +215,25 @@ def test_n_random_help_states_cap(capsys):
     with pytest.raises(SystemExit):
         main(["labels", "summarize", "--help"])
     assert f"2 to {semantic.MAX_N_RANDOM}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_label_similarity_counts_label_once_per_answer():
+    names = [f"object {number}" for number in range(12)]
+    tops = {0: list(range(5))}
+    model = HashModel()
+    answers = [["red", "red", " Red "], ["red", "round"], ["round\u200b"]]
+    scores = semantic.semantic_scores(tops, names, labels={0: answers}, k=5, n_random=10, model=model)
+
+    # 'red' was given by two answers and 'round' by two, each counted once per answer.
+    top_vectors = model.encode(names[:5])
+    label_vectors = model.encode(["red", "round"])
+    per_label = (label_vectors @ top_vectors.T).mean(axis=1)
+    expected = (2 * per_label[0] + 2 * per_label[1]) / 4
+    assert scores.loc[0, "label_similarity"] == pytest.approx(expected)
+
+
+def test_label_similarity_rejects_flat_labels():
+    names = [f"object {number}" for number in range(12)]
+    with pytest.raises(TypeError, match="dimension 0.*'red'.*list of each answer's labels"):
+        semantic.semantic_scores({0: list(range(5))}, names, labels={0: ["red"]}, k=5, n_random=10,
+                                 model=HashModel())

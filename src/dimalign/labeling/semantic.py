@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from dimalign.io.files import read_utf8_text
+from dimalign.labeling.analysis import answer_label_counts
 from dimalign.labeling.study import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def semantic_scores(
     top_objects: Mapping[int, Sequence[int]],
     object_names: Sequence[str],
     *,
-    labels: Mapping[int, Sequence[str]] | None = None,
+    labels: Mapping[int, Sequence[Sequence[str]]] | None = None,
     k: int = DEFAULT_K,
     n_random: int = DEFAULT_N_RANDOM,
     random_state: int = 0,
@@ -233,8 +234,8 @@ def semantic_scores(
         top_objects (Mapping[int, Sequence[int]]): Object indices per
             dimension, largest weight first; the first ``k`` are used.
         object_names (Sequence[str]): Name of every object, in row order.
-        labels (Mapping[int, Sequence[str]] | None): Participants' labels per
-            dimension, for the column ``label_similarity``.
+        labels (Mapping[int, Sequence[Sequence[str]]] | None): The labels of
+            each answer, per dimension, for the column ``label_similarity``.
         k (int): Number of top objects compared (at least 2).
         n_random (int): Random ``k``-subsets of all objects in the baseline,
             2 to :data:`MAX_N_RANDOM`.
@@ -246,10 +247,15 @@ def semantic_scores(
         pd.DataFrame: One row per dimension with ``dimension``, ``k``,
         ``top_names`` (``"; "``-joined), ``coherence`` (mean pairwise cosine
         of the top names), ``random_mean``, ``random_std``, ``semantic_z``,
-        and ``label_similarity``: the mean cosine between each label and each
-        top name (NaN without labels).
+        and ``label_similarity``: the mean cosine between the labels and the
+        top names (NaN without labels). Each label normalised by
+        :func:`dimalign.labeling.analysis.normalize_label` counts once per
+        answer, as in the word clouds, so its weight is the number of
+        answers that gave it.
 
     Raises:
+        TypeError: If an answer in ``labels`` is a string rather than a
+            sequence of labels.
         ValueError: If ``k`` or ``n_random`` is below 2, ``n_random`` is above
             :data:`MAX_N_RANDOM`, or there are fewer than ``k`` objects.
     """
@@ -281,11 +287,8 @@ def semantic_scores(
         if len(chosen) < k:
             raise ValueError(f"dimension {dimension} has {len(chosen)} top objects, fewer than k={k}")
         coherence = float(_mean_pairwise_cosine(vectors[chosen]))
-        label_similarity = float("nan")
-        dimension_labels = [label for label in (labels or {}).get(dimension, []) if label.strip()]
-        if dimension_labels:
-            label_vectors = embed_texts(dimension_labels, model)
-            label_similarity = float((label_vectors @ vectors[chosen].T).mean())
+        answers = (labels or {}).get(dimension, [])
+        label_similarity = _label_similarity(dimension, answers, vectors[chosen], model)
         rows.append(
             {
                 "dimension": int(dimension),
@@ -303,6 +306,29 @@ def semantic_scores(
         len(rows), k, n_random, random_mean, random_std,
     )
     return pd.DataFrame(rows)
+
+
+def _label_similarity(
+    dimension: int, answers: Sequence[Sequence[str]], name_vectors: np.ndarray, model: Any
+) -> float:
+    """Weighted mean cosine between a dimension's labels and its top names, NaN without labels.
+
+    The weight of a normalised label is the number of answers that gave it.
+    """
+    for answer in answers:
+        if isinstance(answer, str):
+            raise TypeError(
+                f"the labels of dimension {dimension} contain the string {answer!r} where a list of each "
+                "answer's labels is expected: give one list of labels per answer"
+            )
+    counts = answer_label_counts(answers)
+    if not counts:
+        return float("nan")
+    texts = sorted(counts)
+    weights = np.array([counts[text] for text in texts], dtype=np.float64)
+    label_vectors = embed_texts(texts, model)
+    per_label = (label_vectors @ name_vectors.T).mean(axis=1)
+    return float(np.average(per_label, weights=weights))
 
 
 def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> dict[str, float]:

@@ -769,9 +769,9 @@ def _semantic_check(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     from dimalign.labeling import semantic
 
-    labels: dict[int, list[str]] = {}
+    labels: dict[int, list[list[str]]] = {}
     for answer in study.answers():
-        labels.setdefault(answer["dimension"], []).extend(answer["labels"])
+        labels.setdefault(answer["dimension"], []).append(list(answer["labels"]))
     table = semantic.semantic_scores(
         tops, object_names, labels=labels, k=k, n_random=n_random, random_state=random_state, model=model
     )
