@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -390,13 +391,73 @@ def test_setup_rejects_leftover_sqlite_files(tmp_path, labeling_run, image_set):
     assert {path: path.read_bytes() for path in leftovers} == before
 
 
-def test_setup_names_a_lone_shared_memory_file(tmp_path, labeling_run, image_set):
-    (tmp_path / "study.db-shm").write_bytes(b"\0" * 32)
+def test_setup_removes_unused_lone_shm(tmp_path, labeling_run, image_set, caplog):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    _leave_write_ahead_log(old)
+    old.unlink()
+    (tmp_path / "study.db-wal").unlink()
+    shared_memory = tmp_path / "study.db-shm"
+    assert shared_memory.stat().st_size > 0
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.db"):
+        created = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+
+    assert f"removed {shared_memory}" in caplog.text
+    assert not shared_memory.exists()
+    with Study(created) as study:
+        assert study.dimensions == (3, 4)
+        assert study.participants() == []
+
+
+def _hold_database_open(study: Path) -> subprocess.Popen:
+    """Open a study in another process, which keeps it open until its standard input closes."""
+    script = (
+        "import sqlite3, sys\n"
+        "connection = sqlite3.connect(sys.argv[1])\n"
+        "connection.execute('PRAGMA journal_mode = WAL')\n"
+        "connection.execute('SELECT COUNT(*) FROM study').fetchone()\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(study)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "open"
+    return process
+
+
+def test_setup_keeps_lone_shm_in_use(tmp_path, labeling_run, image_set):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    holder = _hold_database_open(old)
+    try:
+        # As when a study is deleted while a server still has it open.
+        old.unlink()
+        (tmp_path / "study.db-wal").unlink()
+        shared_memory = tmp_path / "study.db-shm"
+        before = shared_memory.read_bytes()
+
+        with pytest.raises(FileExistsError) as raised:
+            create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+
+        message = str(raised.value)
+        assert f"{shared_memory} is in use by another process" in message
+        assert "stop that process" in message
+        assert shared_memory.read_bytes() == before
+        assert not (tmp_path / "study.db").exists()
+    finally:
+        holder.communicate(timeout=30)
+
+
+def test_setup_keeps_lone_shm_link(tmp_path, labeling_run, image_set):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"\0" * 32)
+    (tmp_path / "study.db-shm").symlink_to(target)
 
     with pytest.raises(FileExistsError, match="study.db-shm is the shared-memory index of an earlier") as raised:
         create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
 
     assert "replay" not in str(raised.value)
+    assert (tmp_path / "study.db-shm").is_symlink()
+    assert target.read_bytes() == b"\0" * 32
     assert not (tmp_path / "study.db").exists()
 
 

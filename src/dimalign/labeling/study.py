@@ -502,7 +502,9 @@ def create_study(
     Raises:
         FileExistsError: If ``db_path`` exists (also if another process
             creates it while setup runs), is a symbolic link to nothing, or SQLite side files
-            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
+            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it. A lone
+            ``-shm`` file is removed instead, unless another process uses it (see
+            :func:`dimalign.labeling.db.remove_unused_shared_memory_file`).
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
@@ -521,15 +523,10 @@ def create_study(
     if db_path.exists() or db_path.is_symlink():
         raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
-    if [path.name for path in side_files] == [db_path.name + "-shm"]:
-        # Alone, the shared-memory index contains no answers, but SQLite would
-        # open it for the new study; an unknown file there is refused.
-        raise FileExistsError(
-            f"{side_files[0]} is the shared-memory index of an earlier SQLite database at {db_path}. "
-            "It contains no answers, but SQLite would reuse it for the new study: move it away, or "
-            "choose another file name."
-        )
-    if side_files:
+    # Alone, the shared-memory index contains no answers, so it is removed
+    # just before the study is written, unless a process still uses it.
+    lone_shared_memory = [path.name for path in side_files] == [db_path.name + "-shm"]
+    if side_files and not lone_shared_memory:
         raise FileExistsError(
             f"SQLite files of an earlier database at {db_path} exist: {', '.join(map(str, side_files))}. "
             "SQLite would replay their participants and answers into the new study. If you still have "
@@ -591,6 +588,8 @@ def create_study(
         "secret_key": secrets.token_hex(32),
         "created_at": now_iso(),
     }
+    if lone_shared_memory and os.path.lexists(db_path.with_name(db_path.name + "-shm")):
+        db.remove_unused_shared_memory_file(db_path)
     try:
         _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
     except (OSError, sqlite3.OperationalError) as error:
