@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from dimalign.interpret.grids import percentile_grid
+from dimalign.io.files import sha256_file
 from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 from dimalign.labeling.study import (
@@ -226,6 +227,20 @@ def test_participant_order_reproducible_from_seed(study_path):
         assert study.participant_by_code(code_two).participant_id == second.participant_id
         with pytest.raises(NotFoundError):
             study.participant_by_code("not-a-code")
+
+
+def test_setup_stores_image_checksums(study_path, image_set):
+    with Study(study_path) as study:
+        rows = study.connection.execute(
+            "SELECT image_path, image_sha256 FROM objects WHERE image_path IS NOT NULL"
+        ).fetchall()
+        without_image = study.connection.execute(
+            "SELECT COUNT(*) FROM objects WHERE image_path IS NULL AND image_sha256 IS NOT NULL"
+        ).fetchone()[0]
+    assert rows
+    for row in rows:
+        assert row["image_sha256"] == sha256_file(image_set[0] / row["image_path"])
+    assert without_image == 0
 
 
 def test_code_stored_only_as_hash(study_path):

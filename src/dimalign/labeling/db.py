@@ -82,6 +82,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX answer_history_by_participant ON answer_history (participant_id, dimension);
         """,
     ),
+    (
+        3,
+        "SHA-256 checksum of each grid image, so that serving from another image folder is checked",
+        """
+        ALTER TABLE objects ADD COLUMN image_sha256 TEXT;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

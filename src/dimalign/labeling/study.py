@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -574,6 +575,8 @@ def create_study(
         for index in grid_objects
     }
 
+    image_checksums = _image_checksums(images_dir, image_paths)
+
     embedding_file = result.path if result.path is not None else Path(run)
     settings = {
         "embedding_name": _embedding_name(Path(run)),
@@ -591,7 +594,7 @@ def create_study(
     if lone_shared_memory and os.path.lexists(db_path.with_name(db_path.name + "-shm")):
         db.remove_unused_shared_memory_file(db_path)
     try:
-        _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
+        _write_study(db_path, settings, table.object_ids, image_paths, image_checksums, grids, tops)
     except (OSError, sqlite3.OperationalError) as error:
         if isinstance(error, FileExistsError) and os.path.lexists(db_path):
             # Another process, such as a second setup, created the file while this one ran.
@@ -605,6 +608,17 @@ def create_study(
         db_path, len(dimensions), run, len(grid_objects), images_dir,
     )
     return db_path
+
+
+def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
+    """Return the SHA-256 hex digest of each grid image, by object index, and log the time taken."""
+    root = images_dir.resolve()
+    start = time.perf_counter()
+    checksums = {index: sha256_file(root / relative) for index, relative in image_paths.items()}
+    logger.info(
+        "computed the SHA-256 of %d images in %s in %.1f s", len(checksums), root, time.perf_counter() - start
+    )
+    return checksums
 
 
 def _existing_file_error(db_path: Path) -> FileExistsError:
@@ -630,6 +644,7 @@ def _write_study(
     settings: dict[str, str],
     object_ids: Sequence[str],
     image_paths: dict[int, str],
+    image_checksums: dict[int, str],
     grids: dict[int, np.ndarray],
     tops: dict[int, np.ndarray],
 ) -> None:
@@ -644,8 +659,11 @@ def _write_study(
             with db.transaction(connection):
                 connection.executemany("INSERT INTO study (key, value) VALUES (?, ?)", settings.items())
                 connection.executemany(
-                    "INSERT INTO objects (object_index, object_id, image_path) VALUES (?, ?, ?)",
-                    ((index, name, image_paths.get(index)) for index, name in enumerate(object_ids)),
+                    "INSERT INTO objects (object_index, object_id, image_path, image_sha256) VALUES (?, ?, ?, ?)",
+                    (
+                        (index, name, image_paths.get(index), image_checksums.get(index))
+                        for index, name in enumerate(object_ids)
+                    ),
                 )
                 connection.executemany(
                     "INSERT INTO dimensions (dimension, grid_json, top_objects_json) VALUES (?, ?, ?)",
@@ -779,12 +797,20 @@ class Study:
         return full
 
     def check_images(self) -> None:
-        """Check that the image folder exists and contains the image of every grid object.
+        """Check that the image folder contains the image of every grid object, as it was at setup.
+
+        Each image's SHA-256 is compared with the checksum stored at setup,
+        so a folder with other pictures under the same names is rejected.
+        Every grid image is read once, and the time it takes is logged. A
+        study set up by an older dimalign stores no checksums, and its
+        images are only checked to exist, with a warning.
 
         Raises:
             FileNotFoundError: If the folder or any image is missing. The
                 message names the folder, the number of missing images and
                 the first few, and how to point to a moved folder.
+            ValueError: If any image differs from the one at setup. The
+                message names the number of such images and the first few.
         """
         hint = (
             "if the images were moved, such as to another machine, give their folder with "
@@ -793,18 +819,45 @@ class Study:
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.images_dir} of the study {self.path} not found: {hint}")
         rows = self.connection.execute(
-            "SELECT object_index, image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+            "SELECT object_index, image_path, image_sha256 FROM objects WHERE image_path IS NOT NULL "
+            "ORDER BY object_index"
         ).fetchall()
         missing = []
+        files = []
         for row in rows:
             try:
-                self.image_file(row["object_index"])
+                files.append((row, self.image_file(row["object_index"])))
             except NotFoundError:
                 missing.append(row["image_path"])
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of the study's images are missing from {self.images_dir.resolve()}, such "
                 f"as {', '.join(missing[:3])}: {hint}, or restore the missing files"
+            )
+        self._check_image_checksums(files)
+
+    def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
+        """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
+        root = self.images_dir.resolve()
+        stored = [(row, path) for row, path in files if row["image_sha256"]]
+        if len(stored) < len(files):
+            logger.warning(
+                "the study %s stores no checksums of its images (%d of %d lack one), as a study set up by "
+                "an older dimalign, so the images in %s are only checked to exist, not to be the pictures "
+                "of setup: check that its grids show the intended pictures",
+                self.path, len(files) - len(stored), len(files), root,
+            )
+        start = time.perf_counter()
+        changed = [row["image_path"] for row, path in stored if sha256_file(path) != row["image_sha256"]]
+        logger.info(
+            "checked the SHA-256 of %d images in %s in %.1f s", len(stored), root, time.perf_counter() - start
+        )
+        if changed:
+            raise ValueError(
+                f"{len(changed)} of the study's images in {root} differ from the images at setup (their "
+                f"sha256 checksums differ), such as {', '.join(changed[:3])}: the folder holds other "
+                "pictures under the same names, so participants would see grids other than those set up. "
+                "Give the image folder the study was set up with, or set up a new study with these images"
             )
 
     # Participants ------------------------------------------------------------
