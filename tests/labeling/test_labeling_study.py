@@ -547,3 +547,33 @@ def test_setup_over_dangling_link_named(tmp_path, labeling_run, image_set):
     )
     assert link.is_symlink()
     assert [path.name for path in tmp_path.iterdir()] == ["study.db"]
+
+
+def _edit_answer(study_path: Path, labels_sql: str) -> None:
+    """Store one answer, then replace its labels_json by an SQL expression, as an edit by hand would."""
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 2, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE answers SET labels_json = {labels_sql}")
+
+
+@pytest.mark.parametrize(("labels_sql", "problem"), [
+    ("'not json'", "is not valid JSON (Expecting value"),
+    ("'\"red\"'", "is not a JSON list of strings"),
+    ("'{\"red\": 1}'", "is not a JSON list of strings"),
+    ("'[1, null]'", "is not a JSON list of strings"),
+    ("CAST(X'5B22FF225D' AS TEXT)", "is not valid UTF-8"),
+    ("'[\"\\ud800x\"]'", "contains a lone surrogate"),
+])
+def test_edited_answer_labels_named(study_path, labels_sql, problem):
+    _edit_answer(study_path, labels_sql)
+    with Study(study_path) as study:
+        for read in (study.answers, lambda: study.answer(1, 2)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            message = str(raised.value)
+            assert f"the answer of participant 1 to dimension 2 in {study_path}" in message
+            assert f"labels_json {problem}" in message
+            assert "correct or delete that row" in message

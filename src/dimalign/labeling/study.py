@@ -959,13 +959,20 @@ class Study:
             )
 
     def answer(self, participant_id: int, dimension: int) -> Answer | None:
-        """Return a participant's answer for a dimension, or None if not answered."""
+        """Return a participant's answer for a dimension, or None if not answered.
+
+        Raises:
+            ValueError: If the stored answer is invalid (see :meth:`answers`).
+        """
         row = self.connection.execute(
-            "SELECT labels_json, kind, interpretability FROM answers "
-            "WHERE participant_id = ? AND dimension = ?",
+            _SELECT_ANSWERS + " WHERE participant_id = ? AND dimension = ?",
             (int(participant_id), int(dimension)),
         ).fetchone()
-        return None if row is None else _answer_from_row(row)
+        if row is None:
+            return None
+        answer = self._decode_answer(row)
+        return Answer(labels=tuple(answer["labels"]), kind=answer["kind"],
+                      interpretability=answer["interpretability"])
 
     def answers(self, participant_id: int | None = None) -> list[dict[str, Any]]:
         """Return answers as dictionaries, ordered by participant and dimension.
@@ -976,25 +983,58 @@ class Study:
         Returns:
             list[dict]: Keys ``participant_id``, ``dimension``, ``labels``
             (list of str), ``kind``, ``interpretability``, ``answered_at``, ``updated_at``.
+
+        Raises:
+            ValueError: If a stored answer has text that is not UTF-8, or
+                ``labels_json`` that is not a JSON list of strings, as after
+                an edit by hand. The app never stores such an answer. The
+                message names the participant, dimension and value.
         """
-        query = "SELECT * FROM answers"
+        query = _SELECT_ANSWERS
         parameters: tuple[Any, ...] = ()
         if participant_id is not None:
             query += " WHERE participant_id = ?"
             parameters = (int(participant_id),)
         rows = self.connection.execute(query + " ORDER BY participant_id, dimension", parameters).fetchall()
-        return [
-            {
-                "participant_id": row["participant_id"],
-                "dimension": row["dimension"],
-                "labels": json.loads(row["labels_json"]),
-                "kind": row["kind"],
-                "interpretability": row["interpretability"],
-                "answered_at": row["answered_at"],
-                "updated_at": row["updated_at"],
-            }
-            for row in rows
-        ]
+        return [self._decode_answer(row) for row in rows]
+
+    def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
+        """Decode an answer row of :data:`_SELECT_ANSWERS`, whose text columns arrive as bytes."""
+        where = (
+            f"the answer of participant {row['participant_id']} to dimension {row['dimension']} in {self.path}"
+        )
+        advice = "correct or delete that row, because the app stores only JSON lists of valid labels"
+        answer: dict[str, Any] = {"participant_id": row["participant_id"], "dimension": row["dimension"]}
+        for column in _ANSWER_TEXT_COLUMNS:
+            raw = row[column]
+            try:
+                answer[column] = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: its {column} is not valid UTF-8 ({error.reason} at byte {error.start} of "
+                    f"{raw[:60]!r}): {advice}"
+                ) from None
+
+        text = answer.pop("labels_json")
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{where}: its labels_json is not valid JSON ({error}): {abbreviate(text)!r}: {advice}"
+            ) from None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError(
+                f"{where}: its labels_json is not a JSON list of strings: {abbreviate(text)!r}: {advice}"
+            )
+        for label in labels:
+            surrogates = [character for character in label if "\ud800" <= character <= "\udfff"]
+            if surrogates:
+                raise ValueError(
+                    f"{where}: its labels_json contains a lone surrogate (U+{ord(surrogates[0]):04X}), which "
+                    f"UTF-8 cannot encode, in the label {abbreviate(label)!r}: {advice}"
+                )
+        answer["labels"] = labels
+        return answer
 
     def answered_dimensions(self, participant_id: int) -> set[int]:
         """Return the dimensions a participant has answered."""
@@ -1095,12 +1135,14 @@ def _participant_from_row(row: sqlite3.Row) -> Participant:
     )
 
 
-def _answer_from_row(row: sqlite3.Row) -> Answer:
-    return Answer(
-        labels=tuple(json.loads(row["labels_json"])),
-        kind=row["kind"],
-        interpretability=row["interpretability"],
-    )
+#: Text columns of the answers table. :data:`_SELECT_ANSWERS` reads them as
+#: bytes, because SQLite stores whatever bytes an edit by hand wrote, and
+#: Python's sqlite3 raises on non-UTF-8 text without naming the row.
+_ANSWER_TEXT_COLUMNS = ("labels_json", "kind", "interpretability", "answered_at", "updated_at")
+
+_SELECT_ANSWERS = "SELECT participant_id, dimension, " + ", ".join(
+    f"CAST({column} AS BLOB) AS {column}" for column in _ANSWER_TEXT_COLUMNS
+) + " FROM answers"
 
 
 def open_or_create_run_study(
