@@ -577,3 +577,25 @@ def test_edited_answer_labels_named(study_path, labels_sql, problem):
             assert f"the answer of participant 1 to dimension 2 in {study_path}" in message
             assert f"labels_json {problem}" in message
             assert "correct or delete that row" in message
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("dimensions", "abc", "is not valid JSON"),
+    ("dimensions", '[0, "x"]', "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[-1, 0]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, 0]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, true]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, 40]", "lists dimension 40, but the embedding has 12 dimensions"),
+    ("n_embedding_dims", "zero", "is not a whole number of 1 or more"),
+    ("questions", "{}", "is not a question set"),
+    ("questions", "abc", "is not valid JSON"),
+])
+def test_edited_study_settings_named(study_path, key, value, problem):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE study SET value = ? WHERE key = ?", (value, key))
+    with pytest.raises(ValueError) as raised:
+        Study(study_path)
+    message = str(raised.value)
+    assert f"the study setting {key} in {study_path}" in message
+    assert problem in message
+    assert "set up the study again" in message

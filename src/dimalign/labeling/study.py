@@ -703,7 +703,9 @@ class Study:
 
     Raises:
         FileNotFoundError: If the database does not exist.
-        ValueError: If the file is not a study database.
+        ValueError: If the file is not a study database, or its settings
+            ``questions``, ``dimensions`` or ``n_embedding_dims`` are invalid,
+            such as after an edit by hand. The message names the setting and value.
     """
 
     def __init__(
@@ -715,6 +717,14 @@ class Study:
     ) -> None:
         self.path = Path(path)
         self.connection = connection if connection is not None else db.open_database(self.path)
+        try:
+            self._read_settings(images_dir)
+        except BaseException:
+            if connection is None:
+                self.connection.close()
+            raise
+
+    def _read_settings(self, images_dir: str | os.PathLike | None) -> None:
         rows = self.connection.execute("SELECT key, value FROM study").fetchall()
         self.settings: dict[str, str] = {row["key"]: row["value"] for row in rows}
         if "dimensions" not in self.settings:
@@ -722,9 +732,63 @@ class Study:
                 f"{self.path} is not a study database (no study settings): create one with "
                 "`dimalign label-app setup`"
             )
-        self.questions = QuestionSet.from_json(self.settings["questions"])
-        self.dimensions: tuple[int, ...] = tuple(json.loads(self.settings["dimensions"]))
+        self.questions = self._read_question_set()
+        #: Dimensions of the embedding, None for a study set up before it was stored.
+        self.n_embedding_dims = self._read_embedding_dimension_count()
+        self.dimensions: tuple[int, ...] = self._read_dimensions()
         self.images_dir = Path(images_dir if images_dir is not None else self.settings["images_dir"])
+
+    def _setting_error(self, key: str, problem: str) -> ValueError:
+        return ValueError(
+            f"the study setting {key} in {self.path} {problem}: {abbreviate(self.settings.get(key, ''))!r}. "
+            "Setup never writes such a value, so it was changed later, such as by an edit by hand: restore "
+            "it, or set up the study again"
+        )
+
+    def _read_json_setting(self, key: str) -> Any:
+        try:
+            return json.loads(self.settings[key])
+        except json.JSONDecodeError as error:
+            raise self._setting_error(key, f"is not valid JSON ({error})") from None
+
+    def _read_question_set(self) -> QuestionSet:
+        self._read_json_setting("questions")
+        try:
+            return QuestionSet.from_json(self.settings["questions"])
+        except (KeyError, TypeError, ValueError) as error:
+            problem = f"is not a question set ({type(error).__name__}: {error})"
+            raise self._setting_error("questions", problem) from None
+
+    def _read_embedding_dimension_count(self) -> int | None:
+        text = self.settings.get("n_embedding_dims")
+        if text is None:
+            return None
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise self._setting_error("n_embedding_dims", "is not a whole number of 1 or more")
+        return count
+
+    def _read_dimensions(self) -> tuple[int, ...]:
+        dimensions = self._read_json_setting("dimensions")
+        # bool is a subclass of int, but true in the list is no dimension.
+        valid = isinstance(dimensions, list) and all(
+            type(dimension) is int and dimension >= 0 for dimension in dimensions
+        )
+        if not valid or len(set(dimensions)) != len(dimensions):
+            problem = "is not a JSON list of distinct dimension numbers of 0 or more"
+            raise self._setting_error("dimensions", problem)
+        if self.n_embedding_dims is not None:
+            outside = [dimension for dimension in dimensions if dimension >= self.n_embedding_dims]
+            if outside:
+                raise self._setting_error(
+                    "dimensions",
+                    f"lists dimension {outside[0]}, but the embedding has {self.n_embedding_dims} dimensions "
+                    f"(numbered 0 to {self.n_embedding_dims - 1})",
+                )
+        return tuple(dimensions)
 
     def close(self) -> None:
         """Close the connection."""

@@ -437,14 +437,14 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
 
 
 def _embedding_dimension_count(study: Study) -> int | None:
-    recorded = study.settings.get("n_embedding_dims")
+    recorded = study.n_embedding_dims
     if recorded is None:
         logger.warning(
             "%s does not record how many dimensions its embedding has (it was set up by an older "
             "dimalign), so most_relevant_dim is not checked against that count", study.path,
         )
         return None
-    return int(recorded)
+    return recorded
 
 
 def _semantic_inputs(
