@@ -311,3 +311,33 @@ def test_embedding_name_too_long_rejected_before_writing(two_studies, tmp_path):
     assert str(tmp_path / "out") not in message
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ("UPDATE answers SET kind = 'VISUAL' WHERE participant_id = 3 AND dimension = 1",
+     "participant 3, dimension 1: kind 'VISUAL' is not one of ['visual', 'semantic', 'mixed', 'unclear']"),
+    ("UPDATE answers SET interpretability = 'two' WHERE participant_id = 1 AND dimension = 0",
+     "participant 1, dimension 0: interpretability 'two' is not one of ['one', 'several', 'none']"),
+    ("UPDATE answers SET dimension = 7 WHERE participant_id = 2 AND dimension = 1",
+     "participant 2, dimension 7: the study labels dimensions [0, 1] only"),
+    ("UPDATE answers SET participant_id = 77 WHERE participant_id = 2 AND dimension = 0",
+     "participant 77, dimension 0: the study has no participant 77"),
+    ("DELETE FROM dimensions WHERE dimension = 1",
+     "dimension 1: the study has no grid for it in its dimensions table"),
+])
+def test_answers_not_fitting_study_rejected(tmp_path, labeling_run, image_set, edit, problem):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1"))
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA foreign_keys = OFF")
+    connection.execute(edit)
+    connection.commit()
+    connection.close()
+
+    with pytest.raises(ValueError) as raised:
+        summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+
+    message = str(raised.value)
+    assert f"the study {path} does not fit its own answers or settings" in message
+    assert problem in message
+    assert "correct or delete those rows" in message
+    assert not (tmp_path / "out").exists()

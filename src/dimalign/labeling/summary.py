@@ -298,6 +298,7 @@ def summarize(
                     f"the study {path} has no dimensions, so there is nothing to summarise: set up a "
                     "study with at least one dimension"
                 )
+            _check_study_contents(studies[-1])
         names = _embedding_names(studies, embedding_names)
         relevance_tables = [
             analysis.read_relevance(path, n_dims=_embedding_dimension_count(study))
@@ -434,6 +435,47 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
             )
         by_name[name] = study
     return chosen
+
+
+def _check_study_contents(study: Study) -> None:
+    """Raise ValueError if answers or grids of a study contradict its settings.
+
+    The app and its foreign keys prevent all of these, so they come from an
+    edit by hand (with foreign keys off). Each would be summarised silently
+    wrong otherwise: an answer to a dimension outside the study made its
+    participant look complete, and a kind outside the question set was left
+    out of the counts.
+    """
+    dimensions = list(study.dimensions)
+    participants = {participant.participant_id for participant in study.participants()}
+    kinds = study.questions.kind_values
+    interpretability = study.questions.interpretability_values
+    with_grid = {row[0] for row in study.connection.execute("SELECT dimension FROM dimensions").fetchall()}
+
+    problems = [
+        f"dimension {dimension}: the study has no grid for it in its dimensions table"
+        for dimension in dimensions if dimension not in with_grid
+    ]
+    for answer in study.answers():
+        where = f"participant {answer['participant_id']}, dimension {answer['dimension']}"
+        if answer["dimension"] not in dimensions:
+            problems.append(f"{where}: the study labels dimensions {dimensions} only")
+        if answer["participant_id"] not in participants:
+            problems.append(f"{where}: the study has no participant {answer['participant_id']}")
+        if answer["kind"] not in kinds:
+            problems.append(f"{where}: kind {abbreviate(answer['kind'])!r} is not one of {list(kinds)}")
+        if answer["interpretability"] not in interpretability:
+            problems.append(
+                f"{where}: interpretability {abbreviate(answer['interpretability'])!r} is not one of "
+                f"{list(interpretability)}"
+            )
+    if problems:
+        counted = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        raise ValueError(
+            f"the study {study.path} does not fit its own answers or settings ({counted}, such as "
+            f"{'; '.join(problems[:3])}). The app never writes such rows, so they were edited by hand: "
+            "correct or delete those rows, then summarise again"
+        )
 
 
 def _embedding_dimension_count(study: Study) -> int | None:
