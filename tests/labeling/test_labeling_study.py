@@ -599,3 +599,33 @@ def test_edited_study_settings_named(study_path, key, value, problem):
     assert f"the study setting {key} in {study_path}" in message
     assert problem in message
     assert "set up the study again" in message
+
+
+@pytest.mark.parametrize(("order_json", "problem"), [
+    ("abc", "is not valid JSON"),
+    ('["x"]', "is not a JSON list of dimension numbers"),
+    ("[0, true]", "is not a JSON list of dimension numbers"),
+])
+def test_edited_participant_order_named(study_path, order_json, problem):
+    with Study(study_path) as study:
+        study.add_participant(order_seed=1)
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE participants SET order_json = ?", (order_json,))
+    with Study(study_path) as study:
+        for read in (study.participants, lambda: study.participant(1)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            message = str(raised.value)
+            assert f"participant 1 in {study_path}: its order_json {problem}" in message
+            assert "correct that row" in message
+
+
+def test_edited_answer_time_named(study_path):
+    _edit_answer(study_path, "'[\"red\"]'")
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE answers SET answered_at = CAST(X'FF' AS TEXT)")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.answers()
+    message = str(raised.value)
+    assert "its answered_at is not valid UTF-8" in message
+    assert "labels" not in message.split(":")[-1]

@@ -963,7 +963,7 @@ class Study:
         ).fetchone()
         if row is None:
             raise NotFoundError(f"participant {participant_id} not found")
-        return _participant_from_row(row)
+        return self._decode_participant(row)
 
     def participant_by_code(self, code: str) -> Participant:
         """Return the participant with this code.
@@ -976,7 +976,7 @@ class Study:
         ).fetchone()
         if row is None:
             raise NotFoundError("no participant has this code")
-        return _participant_from_row(row)
+        return self._decode_participant(row)
 
     def code_matches(self, participant_id: int, code: str) -> bool:
         """Check whether ``code`` is the code of participant ``participant_id``."""
@@ -988,7 +988,7 @@ class Study:
     def participants(self) -> list[Participant]:
         """Return every participant, in the order they consented."""
         rows = self.connection.execute("SELECT * FROM participants ORDER BY participant_id").fetchall()
-        return [_participant_from_row(row) for row in rows]
+        return [self._decode_participant(row) for row in rows]
 
     # Answers -----------------------------------------------------------------
 
@@ -1062,12 +1062,33 @@ class Study:
         rows = self.connection.execute(query + " ORDER BY participant_id, dimension", parameters).fetchall()
         return [self._decode_answer(row) for row in rows]
 
+    def _decode_participant(self, row: sqlite3.Row) -> Participant:
+        """Build a participant from its row, raising ValueError that names it if ``order_json`` is invalid."""
+        where = f"participant {row['participant_id']} in {self.path}: its order_json"
+        advice = "correct that row, because the app stores the order as a JSON list of the study's dimensions"
+        try:
+            order = json.loads(row["order_json"])
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{where} is not valid JSON ({error}): {abbreviate(row['order_json'])!r}: {advice}"
+            ) from None
+        if not isinstance(order, list) or not all(type(dimension) is int for dimension in order):
+            raise ValueError(
+                f"{where} is not a JSON list of dimension numbers: {abbreviate(row['order_json'])!r}: {advice}"
+            )
+        return Participant(
+            participant_id=int(row["participant_id"]),
+            order=tuple(order),
+            order_seed=int(row["order_seed"]),
+            consented_at=row["consented_at"],
+        )
+
     def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
         """Decode an answer row of :data:`_SELECT_ANSWERS`, whose text columns arrive as bytes."""
         where = (
             f"the answer of participant {row['participant_id']} to dimension {row['dimension']} in {self.path}"
         )
-        advice = "correct or delete that row, because the app stores only JSON lists of valid labels"
+        advice = "correct or delete that row, because the app never stores such a value"
         answer: dict[str, Any] = {"participant_id": row["participant_id"], "dimension": row["dimension"]}
         for column in _ANSWER_TEXT_COLUMNS:
             raw = row[column]
@@ -1188,15 +1209,6 @@ class Study:
                  answer["interpretability"], answer["answered_at"], answer["updated_at"]]
             )
         return buffer.getvalue(), len(answers)
-
-
-def _participant_from_row(row: sqlite3.Row) -> Participant:
-    return Participant(
-        participant_id=int(row["participant_id"]),
-        order=tuple(int(dim) for dim in json.loads(row["order_json"])),
-        order_seed=int(row["order_seed"]),
-        consented_at=row["consented_at"],
-    )
 
 
 #: Text columns of the answers table. :data:`_SELECT_ANSWERS` reads them as
