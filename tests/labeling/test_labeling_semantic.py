@@ -237,3 +237,14 @@ def test_label_similarity_rejects_flat_labels():
     with pytest.raises(TypeError, match="dimension 0.*'red'.*list of each answer's labels"):
         semantic.semantic_scores({0: list(range(5))}, names, labels={0: ["red"]}, k=5, n_random=10,
                                  model=HashModel())
+
+
+def test_object_names_conflicting_ids_rejected(tmp_path):
+    words = tmp_path / "words.csv"
+    words.write_text("id,word\ncat_0,cat\ndog_1,dog\ncat_0,lion\ndog_1,dog\n")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(words, ["cat_0", "dog_1"])
+    message = str(raised.value)
+    assert f"object names file {words} gives the id 'cat_0' two names" in message
+    assert "'cat' on line 2 and 'lion' on line 4" in message
+    assert "dog_1" not in message

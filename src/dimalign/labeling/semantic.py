@@ -125,7 +125,8 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is not UTF-8, a CSV names none of the
-            objects, or a plain list has a different number of names than objects.
+            objects or gives an id two different words, or a plain list has
+            a different number of names than objects.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,8 +136,7 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     first_line = text.splitlines()[0] if text else ""
     header = next(csv.reader([first_line])) if first_line else []
     if "id" in header and "word" in header:
-        rows = list(csv.DictReader(text.splitlines()))
-        words = {row["id"]: row["word"] for row in rows if row.get("word")}
+        words = _words_by_id(path, text)
         unmatched = [object_id for object_id in object_ids if object_id not in words]
         if len(unmatched) == len(object_ids):
             raise ValueError(
@@ -156,6 +156,30 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
             "give one name per object in row order, or a CSV with id and word columns"
         )
     return names
+
+
+def _words_by_id(path: Path, text: str) -> dict[str, str]:
+    """Map each id of a names CSV to its non-empty word.
+
+    Raises:
+        ValueError: If two rows give one id different words, because either
+            could be the intended name.
+    """
+    words: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    reader = csv.DictReader(text.splitlines())
+    for row in reader:
+        object_id, word = row.get("id"), row.get("word")
+        if not word or object_id is None:
+            continue
+        if object_id in words and words[object_id] != word:
+            raise ValueError(
+                f"object names file {path} gives the id {object_id!r} two names, {words[object_id]!r} on line "
+                f"{lines[object_id]} and {word!r} on line {reader.line_num}: keep one row per id"
+            )
+        words[object_id] = word
+        lines.setdefault(object_id, reader.line_num)
+    return words
 
 
 def check_object_names(names: Sequence[str], k: int, source: str) -> None:
