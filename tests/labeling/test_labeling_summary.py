@@ -341,3 +341,17 @@ def test_answers_not_fitting_study_rejected(tmp_path, labeling_run, image_set, e
     assert problem in message
     assert "correct or delete those rows" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_study_without_answers_summarised_with_warning(tmp_path, labeling_run, image_set, caplog):
+    path = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.summary"):
+        headline = summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+    assert f"the study {path} has no answers yet" in caplog.text
+    assert "--raters" not in caplog.text
+    assert headline["raters"] == {labeling_run.name: []}
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions["n_answers"].tolist() == [0, 0]
+    assert dimensions["resolved_kind"].tolist() == ["unresolved", "unresolved"]
+    assert pd.read_csv(tmp_path / "out" / "labels.csv").empty
+    assert not any((tmp_path / "out" / "wordclouds").glob("*.png"))

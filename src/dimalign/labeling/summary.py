@@ -80,6 +80,12 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
             )
         return raters
     counts = Counter(answer["participant_id"] for answer in study.answers())
+    if not counts:
+        logger.warning(
+            "the study %s has no answers yet, so every dimension is summarised with 0 answers and is "
+            "unresolved", study.path,
+        )
+        return []
     complete = [pid for pid in sorted(participants) if counts.get(pid, 0) == len(study.dimensions)]
     if len(complete) < 2:
         logger.warning(
