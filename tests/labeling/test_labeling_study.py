@@ -629,3 +629,29 @@ def test_edited_answer_time_named(study_path):
     message = str(raised.value)
     assert "its answered_at is not valid UTF-8" in message
     assert "labels" not in message.split(":")[-1]
+
+
+@pytest.mark.parametrize(("column", "value", "problem"), [
+    ("top_objects_json", "oops", "is not valid JSON"),
+    ("top_objects_json", "[-1, 0, 1]", "is not a JSON list of object indices from 0 to 35"),
+    ("top_objects_json", "[0, 36]", "is not a JSON list of object indices from 0 to 35"),
+    ("top_objects_json", "[0, 1.5]", "is not a JSON list of object indices from 0 to 35"),
+    ("grid_json", "oops", "is not valid JSON"),
+    ("grid_json", "[[0, 1], [2]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[[0, -1]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[0, 1]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[[]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("top_objects_json", "[]", "is not a JSON list of object indices from 0 to 35"),
+])
+def test_edited_dimension_objects_named(study_path, column, value, problem):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE dimensions SET {column} = ? WHERE dimension = 3", (value,))
+    with Study(study_path) as study:
+        read = study.top_objects if column == "top_objects_json" else study.grid
+        with pytest.raises(ValueError) as raised:
+            read(3)
+        read(2)
+    message = str(raised.value)
+    assert f"dimension 3 in {study_path}: its {column} {problem}" in message
+    assert "set up the study again" in message

@@ -812,22 +812,50 @@ class Study:
 
         Raises:
             NotFoundError: If the dimension is not part of the study.
+            ValueError: If the stored grid is not a list of equally long rows
+                of object indices of the study, such as after an edit by hand.
         """
-        row = self.connection.execute(
-            "SELECT grid_json FROM dimensions WHERE dimension = ?", (int(dimension),)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
-        return np.asarray(json.loads(row["grid_json"]), dtype=np.int64)
+        return self._dimension_objects(dimension, "grid_json", ndim=2)
 
     def top_objects(self, dimension: int) -> np.ndarray:
-        """Return a dimension's top objects, largest weight first, shape ``(n_top,)``."""
+        """Return a dimension's top objects, largest weight first, shape ``(n_top,)``.
+
+        Raises:
+            NotFoundError: If the dimension is not part of the study.
+            ValueError: If the stored list is not a list of object indices of
+                the study, such as after an edit by hand.
+        """
+        return self._dimension_objects(dimension, "top_objects_json", ndim=1)
+
+    def _dimension_objects(self, dimension: int, column: str, *, ndim: int) -> np.ndarray:
+        """Read and check a dimension's object indices from ``column`` of the dimensions table."""
         row = self.connection.execute(
-            "SELECT top_objects_json FROM dimensions WHERE dimension = ?", (int(dimension),)
+            f"SELECT {column} FROM dimensions WHERE dimension = ?", (int(dimension),)
         ).fetchone()
         if row is None:
             raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
-        return np.asarray(json.loads(row["top_objects_json"]), dtype=np.int64)
+        n_objects = self.connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        text = row[column]
+        where = f"dimension {dimension} in {self.path}: its {column}"
+        advice = "setup never writes such a value, so restore it, or set up the study again"
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where} is not valid JSON ({error}): {abbreviate(text)!r}: {advice}") from None
+
+        rows = value if ndim == 2 and isinstance(value, list) else [value]
+        # bool is a subclass of int, but true is no object index.
+        valid = (
+            all(isinstance(items, list) and items for items in rows)
+            and len({len(items) for items in rows}) == 1
+            and all(type(index) is int and 0 <= index < n_objects for items in rows for index in items)
+        )
+        if not valid:
+            shape = "equally long rows of object indices" if ndim == 2 else "object indices"
+            raise ValueError(
+                f"{where} is not a JSON list of {shape} from 0 to {n_objects - 1}: {abbreviate(text)!r}: {advice}"
+            )
+        return np.asarray(value, dtype=np.int64)
 
     def object_ids(self) -> list[str]:
         """Return every object id of the embedding in row order."""
