@@ -355,3 +355,24 @@ def test_study_without_answers_summarised_with_warning(tmp_path, labeling_run, i
     assert dimensions["resolved_kind"].tolist() == ["unresolved", "unresolved"]
     assert pd.read_csv(tmp_path / "out" / "labels.csv").empty
     assert not any((tmp_path / "out" / "wordclouds").glob("*.png"))
+
+
+def test_summary_reads_one_snapshot_while_answers_arrive(tmp_path, labeling_run, image_set, monkeypatch):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1"))
+    read_participants = Study.participants
+
+    def participants_then_new_answer(study):
+        # A participant of a running server consents and answers right after this read.
+        participants = read_participants(study)
+        with Study(path) as other:
+            participant, _ = other.add_participant(order_seed=9)
+            other.save_answer(participant.participant_id, 0, Answer(labels=("late",), kind="visual",
+                                                                     interpretability="one"))
+        return participants
+
+    monkeypatch.setattr(Study, "participants", participants_then_new_answer)
+    summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions["n_answers"].tolist() == [3, 3]
+    assert "late" not in pd.read_csv(tmp_path / "out" / "labels.csv")["label"].tolist()

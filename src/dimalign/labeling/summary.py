@@ -299,6 +299,10 @@ def summarize(
     try:
         for path in study_paths:
             studies.append(Study(path))
+            # One read transaction per study, so every table of the summary
+            # comes from one snapshot, even while a server adds participants
+            # and answers (WAL readers see the database as of their first read).
+            studies[-1].connection.execute("BEGIN")
             if not studies[-1].dimensions:
                 raise ValueError(
                     f"the study {path} has no dimensions, so there is nothing to summarise: set up a "
