@@ -655,3 +655,55 @@ def test_edited_dimension_objects_named(study_path, column, value, problem):
     message = str(raised.value)
     assert f"dimension 3 in {study_path}: its {column} {problem}" in message
     assert "set up the study again" in message
+
+
+def test_export_reads_one_snapshot_while_answers_arrive(study_path, tmp_path, monkeypatch):
+    answer = Answer(labels=("red",), kind="visual", interpretability="one")
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 0, answer)
+    read_participants = Study.participants
+
+    def participants_then_new_answer(study):
+        # A participant of a running server consents and answers right after this read.
+        participants = read_participants(study)
+        with Study(study_path) as other:
+            late, _ = other.add_participant(order_seed=2)
+            other.save_answer(late.participant_id, 1, answer)
+        return participants
+
+    monkeypatch.setattr(Study, "participants", participants_then_new_answer)
+    with Study(study_path) as study:
+        assert study.export_answers(tmp_path / "answers.csv") == 1
+        assert not study.connection.in_transaction
+    rows = list(csv.DictReader((tmp_path / "answers.csv").open(encoding="utf-8")))
+    assert [(row["participant_id"], row["dimension"]) for row in rows] == [("1", "0")]
+
+
+def test_export_names_dimension_missing_from_order(study_path, tmp_path):
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 3, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE participants SET order_json = '[0, 1, 2, 4]'")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.export_answers(tmp_path / "answers.csv")
+    message = str(raised.value)
+    assert f"participant 1 in {study_path} answered dimension 3, which its order_json [0, 1, 2, 4] lacks" in message
+    assert not (tmp_path / "answers.csv").exists()
+
+
+def test_export_names_answer_without_participant(study_path, tmp_path):
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 3, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("PRAGMA foreign_keys = OFF")
+        connection.execute("UPDATE answers SET participant_id = 8")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.export_answers(tmp_path / "answers.csv")
+    assert f"{study_path} has an answer of participant 8 to dimension 3, but no such participant" in str(
+        raised.value
+    )

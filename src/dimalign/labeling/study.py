@@ -1219,7 +1219,26 @@ class Study:
             )
 
     def answers_csv(self) -> tuple[str, int]:
-        """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows."""
+        """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows.
+
+        Participants and answers are read in one read transaction (unless
+        the connection is already in one), so an answer that a running server
+        saves in between cannot name a participant missing from the orders.
+
+        Raises:
+            ValueError: If a stored row is invalid (see :meth:`answers`), or an
+                answer's dimension is missing from its participant's order.
+        """
+        own_transaction = not self.connection.in_transaction
+        if own_transaction:
+            self.connection.execute("BEGIN")
+        try:
+            return self._answers_csv()
+        finally:
+            if own_transaction:
+                self.connection.execute("COMMIT")
+
+    def _answers_csv(self) -> tuple[str, int]:
         orders = {participant.participant_id: participant.order for participant in self.participants()}
         label_columns = [f"label_{number}" for number in range(1, self.questions.max_labels + 1)]
         buffer = io.StringIO()
@@ -1231,7 +1250,19 @@ class Study:
         answers = self.answers()
         for answer in answers:
             labels = list(answer["labels"]) + [""] * (len(label_columns) - len(answer["labels"]))
-            position = orders[answer["participant_id"]].index(answer["dimension"]) + 1
+            order = orders.get(answer["participant_id"])
+            if order is None:
+                raise ValueError(
+                    f"{self.path} has an answer of participant {answer['participant_id']} to dimension "
+                    f"{answer['dimension']}, but no such participant: correct or delete that answer"
+                )
+            if answer["dimension"] not in order:
+                raise ValueError(
+                    f"participant {answer['participant_id']} in {self.path} answered dimension "
+                    f"{answer['dimension']}, which its order_json {json.dumps(list(order))} lacks: correct "
+                    "that row, because the app stores the order as a permutation of the study's dimensions"
+                )
+            position = order.index(answer["dimension"]) + 1
             writer.writerow(
                 [answer["participant_id"], answer["dimension"], position, *labels, answer["kind"],
                  answer["interpretability"], answer["answered_at"], answer["updated_at"]]
