@@ -939,6 +939,8 @@ class Study:
                 "of setup: check that its grids show the intended pictures",
                 self.path, len(files) - len(stored), len(files), root,
             )
+        if not stored:
+            return
         start = time.perf_counter()
         changed = [row["image_path"] for row, path in stored if sha256_file(path) != row["image_sha256"]]
         logger.info(
