@@ -376,3 +376,27 @@ def test_summary_reads_one_snapshot_while_answers_arrive(tmp_path, labeling_run,
     dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
     assert dimensions["n_answers"].tolist() == [3, 3]
     assert "late" not in pd.read_csv(tmp_path / "out" / "labels.csv")["label"].tolist()
+
+
+@pytest.mark.parametrize("outputs", [["summary.json"], {"files": "dimensions.csv"}, {"files": [1, None]},
+                                     {"files": [], "wordclouds": {"a": 1}}])
+def test_earlier_manifest_with_damaged_outputs_rejected(two_studies, tmp_path, outputs):
+    first, _ = two_studies
+    out = tmp_path / "out"
+    summarize([first], out, wordcloud_size=SIZE)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["outputs"] = outputs
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    # Files whose names a misread list would yield: characters of a string, str() of other values.
+    for name in ("d", "1", "None"):
+        (out / name).write_text("keep")
+
+    with pytest.raises(ValueError) as raised:
+        summarize([first], out, wordcloud_size=SIZE)
+
+    message = str(raised.value)
+    assert f"{out / 'manifest.json'} lists its outputs in an unexpected form" in message
+    assert "choose a new output folder" in message
+    for name in ("d", "1", "None"):
+        assert (out / name).read_text() == "keep"
+    assert json.loads((out / "manifest.json").read_text())["outputs"] == outputs

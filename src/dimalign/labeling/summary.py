@@ -565,7 +565,19 @@ def _earlier_summary_files(out_dir: Path, given_dir: Path) -> list[Path]:
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
-    names = [*outputs.get("files", []), *outputs.get("wordclouds", []), MANIFEST_NAME]
+    listed = [outputs.get(key, []) for key in ("files", "wordclouds")] if isinstance(outputs, dict) else None
+    if listed is None or not all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names) for names in listed
+    ):
+        # A string would be read as a list of one-letter file names, and every
+        # listed file that this run does not write again is removed.
+        shown = abbreviate(repr(outputs))
+        raise ValueError(
+            f"{given_dir / MANIFEST_NAME} lists its outputs in an unexpected form ({shown}), not as lists "
+            "of file names, so the earlier summary's files cannot be told from other files: move that "
+            "folder away, or choose a new output folder"
+        )
+    names = [*listed[0], *listed[1], MANIFEST_NAME]
     if "wordclouds" not in outputs:
         # Summaries before the manifest listed word clouds wrote them all to wordclouds/.
         names += [f"wordclouds/{path.name}" for path in (out_dir / "wordclouds").glob("*_dim*.png")]
