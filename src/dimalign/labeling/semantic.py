@@ -338,6 +338,9 @@ def _label_similarity(
     """Weighted mean cosine between a dimension's labels and its top names, NaN without labels.
 
     The weight of a normalised label is the number of answers that gave it.
+    The normalised (lower-case) label is embedded, which changes nothing for
+    all-MiniLM-L6-v2 because its tokenizer lower-cases the input anyway
+    (``do_lower_case`` in the bundled ``tokenizer_config.json``).
     """
     for answer in answers:
         if isinstance(answer, str):
