@@ -707,3 +707,13 @@ def test_export_names_answer_without_participant(study_path, tmp_path):
     assert f"{study_path} has an answer of participant 8 to dimension 3, but no such participant" in str(
         raised.value
     )
+
+
+def test_non_utf8_study_setting_named(study_path):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE study SET value = CAST(X'72756EFF' AS TEXT) WHERE key = 'embedding_name'")
+    with pytest.raises(ValueError) as raised:
+        Study(study_path)
+    message = str(raised.value)
+    assert f"the study setting embedding_name in {study_path} is not valid UTF-8" in message
+    assert "b'run\\xff'" in message

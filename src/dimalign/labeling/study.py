@@ -725,8 +725,18 @@ class Study:
             raise
 
     def _read_settings(self, images_dir: str | os.PathLike | None) -> None:
-        rows = self.connection.execute("SELECT key, value FROM study").fetchall()
-        self.settings: dict[str, str] = {row["key"]: row["value"] for row in rows}
+        # Read as bytes, as the answers are: see _ANSWER_TEXT_COLUMNS.
+        rows = self.connection.execute("SELECT key, CAST(value AS BLOB) AS value FROM study").fetchall()
+        self.settings: dict[str, str] = {}
+        for row in rows:
+            try:
+                self.settings[row["key"]] = row["value"].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"the study setting {row['key']} in {self.path} is not valid UTF-8 ({error.reason} at "
+                    f"byte {error.start} of {row['value'][:60]!r}). Setup never writes such a value, so it was "
+                    "changed later, such as by an edit by hand: restore it, or set up the study again"
+                ) from None
         if "dimensions" not in self.settings:
             raise ValueError(
                 f"{self.path} is not a study database (no study settings): create one with "
