@@ -248,3 +248,22 @@ def test_object_names_conflicting_ids_rejected(tmp_path):
     assert f"object names file {words} gives the id 'cat_0' two names" in message
     assert "'cat' on line 2 and 'lion' on line 4" in message
     assert "dog_1" not in message
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\x1c", "\x0c"])
+def test_object_names_split_only_at_line_feeds(tmp_path, separator):
+    # U+0085 is what a Latin-1 decode makes of the ellipsis byte of Windows-1252.
+    plain = tmp_path / "names.txt"
+    plain.write_text(f"bat\ndog{separator}house\ncat\n", encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(plain, ["a", "b", "c"])
+    message = str(raised.value)
+    name = f"dog{separator}house"
+    assert f"object names file {plain}, line 2: the name {name!r} contains the control or separator " \
+           f"character U+{ord(separator):04X}" in message
+
+    words = tmp_path / "words.csv"
+    words.write_text(f"id,word\na,bat\nb,\"dog{separator}house\"\n", encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(words, ["a", "b"])
+    assert f"object names file {words}, line 3" in str(raised.value)

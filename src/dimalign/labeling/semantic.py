@@ -21,6 +21,7 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,10 @@ from dimalign.labeling.analysis import answer_label_counts
 from dimalign.labeling.study import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
+
+#: Unicode categories that may not appear in an object name: control
+#: characters (Cc, such as tab and NEL) and line and paragraph separators.
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 #: Default number of top objects whose names are compared.
 DEFAULT_K = 10
@@ -124,19 +129,32 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not UTF-8, a CSV names none of the
-            objects or gives an id two different words, or a plain list has
-            a different number of names than objects.
+        ValueError: If the file is not UTF-8, a line contains a control
+            or separator character (such as a tab, or NEL U+0085), a CSV
+            names none of the objects or gives an id two different words, or
+            a plain list has a different number of names than objects.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"object names file {path} not found")
     text = read_utf8_text(path, advice="save it as UTF-8", description="object names file ",
                           translate_newlines=True)
-    first_line = text.splitlines()[0] if text else ""
-    header = next(csv.reader([first_line])) if first_line else []
-    if "id" in header and "word" in header:
-        words = _words_by_id(path, text)
+    # Lines end only at \n: str.splitlines() would also split at NEL (U+0085,
+    # what a Latin-1 decode makes of the Windows-1252 ellipsis), form feed and
+    # other separators, so a name would become two and shift the later ones.
+    lines = text.split("\n")
+    header = next(csv.reader([lines[0]])) if lines[0] else []
+    is_csv = "id" in header and "word" in header
+    for number, line in enumerate(lines, start=1):
+        special = next((char for char in line if unicodedata.category(char) in _LINE_BREAKING), None)
+        if special is not None:
+            subject = f"the row {line!r}" if is_csv else f"the name {line.strip()!r}"
+            raise ValueError(
+                f"object names file {path}, line {number}: {subject} contains the control or separator "
+                f"character U+{ord(special):04X}: remove it, or save the file from the original text as UTF-8"
+            )
+    if is_csv:
+        words = _words_by_id(path, lines)
         unmatched = [object_id for object_id in object_ids if object_id not in words]
         if len(unmatched) == len(object_ids):
             raise ValueError(
@@ -149,7 +167,7 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
                 "from the object ids", path, len(unmatched), len(object_ids), unmatched[:3],
             )
         return [words.get(object_id, object_name(object_id)) for object_id in object_ids]
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = [line.strip() for line in lines if line.strip()]
     if len(names) != len(object_ids):
         raise ValueError(
             f"{path} lists {len(names)} names but the embedding has {len(object_ids)} objects: "
@@ -158,7 +176,7 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
     return names
 
 
-def _words_by_id(path: Path, text: str) -> dict[str, str]:
+def _words_by_id(path: Path, lines: Sequence[str]) -> dict[str, str]:
     """Map each id of a names CSV to its non-empty word.
 
     Raises:
@@ -166,8 +184,8 @@ def _words_by_id(path: Path, text: str) -> dict[str, str]:
             could be the intended name.
     """
     words: dict[str, str] = {}
-    lines: dict[str, int] = {}
-    reader = csv.DictReader(text.splitlines())
+    first_lines: dict[str, int] = {}
+    reader = csv.DictReader(lines)
     for row in reader:
         object_id, word = row.get("id"), row.get("word")
         if not word or object_id is None:
@@ -175,10 +193,10 @@ def _words_by_id(path: Path, text: str) -> dict[str, str]:
         if object_id in words and words[object_id] != word:
             raise ValueError(
                 f"object names file {path} gives the id {object_id!r} two names, {words[object_id]!r} on line "
-                f"{lines[object_id]} and {word!r} on line {reader.line_num}: keep one row per id"
+                f"{first_lines[object_id]} and {word!r} on line {reader.line_num}: keep one row per id"
             )
         words[object_id] = word
-        lines.setdefault(object_id, reader.line_num)
+        first_lines.setdefault(object_id, reader.line_num)
     return words
 
 
