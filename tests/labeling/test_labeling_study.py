@@ -717,3 +717,16 @@ def test_non_utf8_study_setting_named(study_path):
     message = str(raised.value)
     assert f"the study setting embedding_name in {study_path} is not valid UTF-8" in message
     assert "b'run\\xff'" in message
+
+
+@pytest.mark.parametrize("column", ["order_json", "consented_at"])
+def test_non_utf8_participant_column_named(study_path, column):
+    with Study(study_path) as study:
+        study.add_participant(order_seed=1)
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE participants SET {column} = CAST(X'5BFF' AS TEXT)")
+    with Study(study_path) as study:
+        for read in (study.participants, lambda: study.participant(1)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            assert f"participant 1 in {study_path}: its {column} is not valid UTF-8" in str(raised.value)

@@ -999,7 +999,7 @@ class Study:
             NotFoundError: If no participant has this id.
         """
         row = self.connection.execute(
-            "SELECT * FROM participants WHERE participant_id = ?", (int(participant_id),)
+            _SELECT_PARTICIPANTS + " WHERE participant_id = ?", (int(participant_id),)
         ).fetchone()
         if row is None:
             raise NotFoundError(f"participant {participant_id} not found")
@@ -1012,7 +1012,7 @@ class Study:
             NotFoundError: If no participant has this code.
         """
         row = self.connection.execute(
-            "SELECT * FROM participants WHERE code_sha256 = ?", (hash_code(code.strip()),)
+            _SELECT_PARTICIPANTS + " WHERE code_sha256 = ?", (hash_code(code.strip()),)
         ).fetchone()
         if row is None:
             raise NotFoundError("no participant has this code")
@@ -1027,7 +1027,7 @@ class Study:
 
     def participants(self) -> list[Participant]:
         """Return every participant, in the order they consented."""
-        rows = self.connection.execute("SELECT * FROM participants ORDER BY participant_id").fetchall()
+        rows = self.connection.execute(_SELECT_PARTICIPANTS + " ORDER BY participant_id").fetchall()
         return [self._decode_participant(row) for row in rows]
 
     # Answers -----------------------------------------------------------------
@@ -1103,24 +1103,40 @@ class Study:
         return [self._decode_answer(row) for row in rows]
 
     def _decode_participant(self, row: sqlite3.Row) -> Participant:
-        """Build a participant from its row, raising ValueError that names it if ``order_json`` is invalid."""
-        where = f"participant {row['participant_id']} in {self.path}: its order_json"
+        """Build a participant from a row of :data:`_SELECT_PARTICIPANTS` (text columns as bytes).
+
+        Raises:
+            ValueError: If a text column is not UTF-8 or ``order_json`` is
+                not a JSON list of whole numbers, naming the participant.
+        """
+        where = f"participant {row['participant_id']} in {self.path}"
         advice = "correct that row, because the app stores the order as a JSON list of the study's dimensions"
+        text: dict[str, str] = {}
+        for column in _PARTICIPANT_TEXT_COLUMNS:
+            try:
+                text[column] = row[column].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: its {column} is not valid UTF-8 ({error.reason} at byte {error.start} of "
+                    f"{row[column][:60]!r}): {advice}"
+                ) from None
         try:
-            order = json.loads(row["order_json"])
+            order = json.loads(text["order_json"])
         except json.JSONDecodeError as error:
             raise ValueError(
-                f"{where} is not valid JSON ({error}): {abbreviate(row['order_json'])!r}: {advice}"
+                f"{where}: its order_json is not valid JSON ({error}): "
+                f"{abbreviate(text['order_json'])!r}: {advice}"
             ) from None
         if not isinstance(order, list) or not all(type(dimension) is int for dimension in order):
             raise ValueError(
-                f"{where} is not a JSON list of dimension numbers: {abbreviate(row['order_json'])!r}: {advice}"
+                f"{where}: its order_json is not a JSON list of dimension numbers: "
+                f"{abbreviate(text['order_json'])!r}: {advice}"
             )
         return Participant(
             participant_id=int(row["participant_id"]),
             order=tuple(order),
             order_seed=int(row["order_seed"]),
-            consented_at=row["consented_at"],
+            consented_at=text["consented_at"],
         )
 
     def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -1281,6 +1297,14 @@ class Study:
             )
         return buffer.getvalue(), len(answers)
 
+
+#: Text columns of the participants table that :data:`_SELECT_PARTICIPANTS`
+#: reads as bytes, as :data:`_SELECT_ANSWERS` does for the answers.
+_PARTICIPANT_TEXT_COLUMNS = ("order_json", "consented_at")
+
+_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, " + ", ".join(
+    f"CAST({column} AS BLOB) AS {column}" for column in _PARTICIPANT_TEXT_COLUMNS
+) + " FROM participants"
 
 #: Text columns of the answers table. :data:`_SELECT_ANSWERS` reads them as
 #: bytes, because SQLite stores whatever bytes an edit by hand wrote, and
