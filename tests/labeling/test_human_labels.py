@@ -75,3 +75,41 @@ def test_text_labels_with_control_characters_rejected(tmp_path, text, line, code
     with pytest.raises(ValueError) as raised:
         load_dimension_labels(path)
     assert f"{path}: label {line} (1-based) contains the control character {code}" in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff"])
+def test_file_without_labels_rejected(tmp_path, text):
+    path = tmp_path / "labels.txt"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{path} contains no labels: give one label per dimension"):
+        load_dimension_labels(path)
+
+
+@pytest.mark.parametrize("cut", [None, 200])
+def test_damaged_mat_file_named(tmp_path, shared_data, cut):
+    path = tmp_path / "labels.mat"
+    if cut is None:
+        path.write_bytes(b"not a MATLAB file")
+    else:
+        path.write_bytes((shared_data / "things" / "labels_49.mat").read_bytes()[:cut])
+    with pytest.raises(ValueError) as raised:
+        load_dimension_labels(path)
+    assert f"{path} is not a readable MATLAB file" in str(raised.value)
+
+
+def test_mat_file_without_variables_named(tmp_path):
+    path = tmp_path / "labels.mat"
+    savemat(path, {})
+    with pytest.raises(ValueError) as raised:
+        load_dimension_labels(path)
+    assert str(raised.value) == f"{path} contains no variables: save the labels as the variable 'labels'"
+
+
+def test_mat_cell_matrix_rejected(tmp_path):
+    path = tmp_path / "labels.mat"
+    savemat(path, {"labels": np.array([["a", "bb"], ["c", "d"]], dtype=object)})
+    with pytest.raises(ValueError) as raised:
+        load_dimension_labels(path)
+    assert f"{path}: the labels are a 2 x 2 cell array, but one label per dimension needs a vector" in str(
+        raised.value
+    )

@@ -279,3 +279,20 @@ def test_label_composed_after_format_removal():
     # composing them, so the label must be composed again after removing it.
     assert analysis.normalize_label("Cafe\u00ad\u0301") == "caf\u00e9"
     assert analysis.answer_label_counts([["caf\u00e9"], ["cafe\u00ad\u0301"]]) == {"caf\u00e9": 2}
+
+
+def test_word_cloud_draws_more_than_200_labels(tmp_path, caplog):
+    # wordcloud draws at most max_words labels, 200 by default.
+    frequencies = {f"w{number}": 1 for number in range(250)}
+    with caplog.at_level("WARNING", logger="dimalign.labeling.analysis"):
+        analysis.write_word_cloud(frequencies, tmp_path / "many.png", width=800, height=600)
+    assert "not drawn" not in caplog.text
+
+
+def test_word_cloud_warns_about_labels_not_drawn(tmp_path, caplog):
+    frequencies = {"red": 3, "round": 1, "x" * 300: 1}
+    with caplog.at_level("WARNING", logger="dimalign.labeling.analysis"):
+        analysis.write_word_cloud(frequencies, tmp_path / "long.png", width=120, height=60, context="dimension 4")
+    assert "dimension 4: 1 of 3 labels did not fit and are not drawn" in caplog.text
+    assert "'xxxxxxxx" in caplog.text
+    assert "labels.csv lists every label" in caplog.text

@@ -595,6 +595,55 @@ def test_image_folder_missing_images_rejected(moved_images_study):
     assert f"1 of the study's images are missing from {moved.resolve()}, such as {first_image}" in message
 
 
+def _grid_images(path):
+    """Return the relative paths of a study's grid images, in object order."""
+    with Study(path) as study:
+        rows = study.connection.execute(
+            "SELECT image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_image_folder_with_other_pictures_rejected(moved_images_study):
+    path, _, moved = moved_images_study
+    first_image, second_image = _grid_images(path)[:2]
+    # Same file names, other pictures: the first image now shows the second one's picture.
+    (moved / first_image).write_bytes((moved / second_image).read_bytes())
+
+    with pytest.raises(ValueError) as raised:
+        create_app(path, admin_token="secret-admin", images_dir=moved)
+
+    message = str(raised.value)
+    assert f"1 of the study's images in {moved.resolve()} differ from the images at setup" in message
+    assert f"such as {first_image}" in message
+    assert "sha256" in message
+    assert "set up a new study" in message
+
+
+def test_image_checksums_checked_and_timed(moved_images_study, caplog):
+    path, _, moved = moved_images_study
+    n_images = len(_grid_images(path))
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling.study"):
+        create_app(path, admin_token="secret-admin", images_dir=moved)
+    assert re.search(rf"checked the SHA-256 of {n_images} images in {re.escape(str(moved.resolve()))} in "
+                     r"\d+\.\d+ s", caplog.text)
+
+
+def test_study_without_image_checksums_warned(moved_images_study, caplog):
+    path, _, moved = moved_images_study
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE objects SET image_sha256 = NULL")
+    first_image = _grid_images(path)[0]
+    (moved / first_image).write_bytes((moved / _grid_images(path)[1]).read_bytes())
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.study"):
+        application = create_app(path, admin_token="secret-admin", images_dir=moved)
+
+    assert application.config["IMAGES_DIR"] == moved
+    assert f"the study {path} stores no checksums of its images" in caplog.text
+    assert "set up by an older dimalign" in caplog.text
+
+
 def test_locked_database_answer_not_saved_page(app, study_path, monkeypatch):
     client = app.test_client()
     participant_id, order, _ = consent(client)

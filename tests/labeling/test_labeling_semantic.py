@@ -48,7 +48,7 @@ def test_animal_dimension_scores_above_random(sentence_model, things_objects):
         1: rng.choice(len(names), 10, replace=False),
     }
     scores = semantic.semantic_scores(
-        tops, names, labels={0: ["animals"], 1: ["animals"]}, k=10, n_random=300, model=sentence_model
+        tops, names, labels={0: [["animals"]], 1: [["animals"]]}, k=10, n_random=300, model=sentence_model
     ).set_index("dimension")
     assert scores.loc[0, "semantic_z"] > scores.loc[1, "semantic_z"]
     assert scores.loc[0, "semantic_z"] > 2.0
@@ -215,3 +215,55 @@ def test_n_random_help_states_cap(capsys):
     with pytest.raises(SystemExit):
         main(["labels", "summarize", "--help"])
     assert f"2 to {semantic.MAX_N_RANDOM}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_label_similarity_counts_label_once_per_answer():
+    names = [f"object {number}" for number in range(12)]
+    tops = {0: list(range(5))}
+    model = HashModel()
+    answers = [["red", "red", " Red "], ["red", "round"], ["round\u200b"]]
+    scores = semantic.semantic_scores(tops, names, labels={0: answers}, k=5, n_random=10, model=model)
+
+    # 'red' was given by two answers and 'round' by two, each counted once per answer.
+    top_vectors = model.encode(names[:5])
+    label_vectors = model.encode(["red", "round"])
+    per_label = (label_vectors @ top_vectors.T).mean(axis=1)
+    expected = (2 * per_label[0] + 2 * per_label[1]) / 4
+    assert scores.loc[0, "label_similarity"] == pytest.approx(expected)
+
+
+def test_label_similarity_rejects_flat_labels():
+    names = [f"object {number}" for number in range(12)]
+    with pytest.raises(TypeError, match="dimension 0.*'red'.*list of each answer's labels"):
+        semantic.semantic_scores({0: list(range(5))}, names, labels={0: ["red"]}, k=5, n_random=10,
+                                 model=HashModel())
+
+
+def test_object_names_conflicting_ids_rejected(tmp_path):
+    words = tmp_path / "words.csv"
+    words.write_text("id,word\ncat_0,cat\ndog_1,dog\ncat_0,lion\ndog_1,dog\n")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(words, ["cat_0", "dog_1"])
+    message = str(raised.value)
+    assert f"object names file {words} gives the id 'cat_0' two names" in message
+    assert "'cat' on line 2 and 'lion' on line 4" in message
+    assert "dog_1" not in message
+
+
+@pytest.mark.parametrize("separator", ["\x85", "\u2028", "\x1c", "\x0c"])
+def test_object_names_split_only_at_line_feeds(tmp_path, separator):
+    # U+0085 is what a Latin-1 decode makes of the ellipsis byte of Windows-1252.
+    plain = tmp_path / "names.txt"
+    plain.write_text(f"bat\ndog{separator}house\ncat\n", encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(plain, ["a", "b", "c"])
+    message = str(raised.value)
+    name = f"dog{separator}house"
+    assert f"object names file {plain}, line 2: the name {name!r} contains the control or separator " \
+           f"character U+{ord(separator):04X}" in message
+
+    words = tmp_path / "words.csv"
+    words.write_text(f"id,word\na,bat\nb,\"dog{separator}house\"\n", encoding="utf-8")
+    with pytest.raises(ValueError) as raised:
+        semantic.read_object_names(words, ["a", "b"])
+    assert f"object names file {words}, line 3" in str(raised.value)

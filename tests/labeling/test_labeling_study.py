@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from dimalign.interpret.grids import percentile_grid
+from dimalign.io.files import sha256_file
 from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 from dimalign.labeling.study import (
@@ -227,6 +229,20 @@ def test_participant_order_reproducible_from_seed(study_path):
             study.participant_by_code("not-a-code")
 
 
+def test_setup_stores_image_checksums(study_path, image_set):
+    with Study(study_path) as study:
+        rows = study.connection.execute(
+            "SELECT image_path, image_sha256 FROM objects WHERE image_path IS NOT NULL"
+        ).fetchall()
+        without_image = study.connection.execute(
+            "SELECT COUNT(*) FROM objects WHERE image_path IS NULL AND image_sha256 IS NOT NULL"
+        ).fetchone()[0]
+    assert rows
+    for row in rows:
+        assert row["image_sha256"] == sha256_file(image_set[0] / row["image_path"])
+    assert without_image == 0
+
+
 def test_code_stored_only_as_hash(study_path):
     with Study(study_path) as study:
         _, code = study.add_participant()
@@ -390,13 +406,73 @@ def test_setup_rejects_leftover_sqlite_files(tmp_path, labeling_run, image_set):
     assert {path: path.read_bytes() for path in leftovers} == before
 
 
-def test_setup_names_a_lone_shared_memory_file(tmp_path, labeling_run, image_set):
-    (tmp_path / "study.db-shm").write_bytes(b"\0" * 32)
+def test_setup_removes_unused_lone_shm(tmp_path, labeling_run, image_set, caplog):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    _leave_write_ahead_log(old)
+    old.unlink()
+    (tmp_path / "study.db-wal").unlink()
+    shared_memory = tmp_path / "study.db-shm"
+    assert shared_memory.stat().st_size > 0
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.db"):
+        created = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+
+    assert f"removed {shared_memory}" in caplog.text
+    assert not shared_memory.exists()
+    with Study(created) as study:
+        assert study.dimensions == (3, 4)
+        assert study.participants() == []
+
+
+def _hold_database_open(study: Path) -> subprocess.Popen:
+    """Open a study in another process, which keeps it open until its standard input closes."""
+    script = (
+        "import sqlite3, sys\n"
+        "connection = sqlite3.connect(sys.argv[1])\n"
+        "connection.execute('PRAGMA journal_mode = WAL')\n"
+        "connection.execute('SELECT COUNT(*) FROM study').fetchone()\n"
+        "print('open', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(study)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "open"
+    return process
+
+
+def test_setup_keeps_lone_shm_in_use(tmp_path, labeling_run, image_set):
+    old = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    holder = _hold_database_open(old)
+    try:
+        # As when a study is deleted while a server still has it open.
+        old.unlink()
+        (tmp_path / "study.db-wal").unlink()
+        shared_memory = tmp_path / "study.db-shm"
+        before = shared_memory.read_bytes()
+
+        with pytest.raises(FileExistsError) as raised:
+            create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="3-4")
+
+        message = str(raised.value)
+        assert f"{shared_memory} is in use by another process" in message
+        assert "stop that process" in message
+        assert shared_memory.read_bytes() == before
+        assert not (tmp_path / "study.db").exists()
+    finally:
+        holder.communicate(timeout=30)
+
+
+def test_setup_keeps_lone_shm_link(tmp_path, labeling_run, image_set):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"\0" * 32)
+    (tmp_path / "study.db-shm").symlink_to(target)
 
     with pytest.raises(FileExistsError, match="study.db-shm is the shared-memory index of an earlier") as raised:
         create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
 
     assert "replay" not in str(raised.value)
+    assert (tmp_path / "study.db-shm").is_symlink()
+    assert target.read_bytes() == b"\0" * 32
     assert not (tmp_path / "study.db").exists()
 
 
@@ -471,3 +547,186 @@ def test_setup_over_dangling_link_named(tmp_path, labeling_run, image_set):
     )
     assert link.is_symlink()
     assert [path.name for path in tmp_path.iterdir()] == ["study.db"]
+
+
+def _edit_answer(study_path: Path, labels_sql: str) -> None:
+    """Store one answer, then replace its labels_json by an SQL expression, as an edit by hand would."""
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 2, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE answers SET labels_json = {labels_sql}")
+
+
+@pytest.mark.parametrize(("labels_sql", "problem"), [
+    ("'not json'", "is not valid JSON (Expecting value"),
+    ("'\"red\"'", "is not a JSON list of strings"),
+    ("'{\"red\": 1}'", "is not a JSON list of strings"),
+    ("'[1, null]'", "is not a JSON list of strings"),
+    ("CAST(X'5B22FF225D' AS TEXT)", "is not valid UTF-8"),
+    ("'[\"\\ud800x\"]'", "contains a lone surrogate"),
+])
+def test_edited_answer_labels_named(study_path, labels_sql, problem):
+    _edit_answer(study_path, labels_sql)
+    with Study(study_path) as study:
+        for read in (study.answers, lambda: study.answer(1, 2)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            message = str(raised.value)
+            assert f"the answer of participant 1 to dimension 2 in {study_path}" in message
+            assert f"labels_json {problem}" in message
+            assert "correct or delete that row" in message
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), [
+    ("dimensions", "abc", "is not valid JSON"),
+    ("dimensions", '[0, "x"]', "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[-1, 0]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, 0]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, true]", "is not a JSON list of distinct dimension numbers of 0 or more"),
+    ("dimensions", "[0, 40]", "lists dimension 40, but the embedding has 12 dimensions"),
+    ("n_embedding_dims", "zero", "is not a whole number of 1 or more"),
+    ("questions", "{}", "is not a question set"),
+    ("questions", "abc", "is not valid JSON"),
+])
+def test_edited_study_settings_named(study_path, key, value, problem):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE study SET value = ? WHERE key = ?", (value, key))
+    with pytest.raises(ValueError) as raised:
+        Study(study_path)
+    message = str(raised.value)
+    assert f"the study setting {key} in {study_path}" in message
+    assert problem in message
+    assert "set up the study again" in message
+
+
+@pytest.mark.parametrize(("order_json", "problem"), [
+    ("abc", "is not valid JSON"),
+    ('["x"]', "is not a JSON list of dimension numbers"),
+    ("[0, true]", "is not a JSON list of dimension numbers"),
+])
+def test_edited_participant_order_named(study_path, order_json, problem):
+    with Study(study_path) as study:
+        study.add_participant(order_seed=1)
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE participants SET order_json = ?", (order_json,))
+    with Study(study_path) as study:
+        for read in (study.participants, lambda: study.participant(1)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            message = str(raised.value)
+            assert f"participant 1 in {study_path}: its order_json {problem}" in message
+            assert "correct that row" in message
+
+
+def test_edited_answer_time_named(study_path):
+    _edit_answer(study_path, "'[\"red\"]'")
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE answers SET answered_at = CAST(X'FF' AS TEXT)")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.answers()
+    message = str(raised.value)
+    assert "its answered_at is not valid UTF-8" in message
+    assert "labels" not in message.split(":")[-1]
+
+
+@pytest.mark.parametrize(("column", "value", "problem"), [
+    ("top_objects_json", "oops", "is not valid JSON"),
+    ("top_objects_json", "[-1, 0, 1]", "is not a JSON list of object indices from 0 to 35"),
+    ("top_objects_json", "[0, 36]", "is not a JSON list of object indices from 0 to 35"),
+    ("top_objects_json", "[0, 1.5]", "is not a JSON list of object indices from 0 to 35"),
+    ("grid_json", "oops", "is not valid JSON"),
+    ("grid_json", "[[0, 1], [2]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[[0, -1]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[0, 1]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("grid_json", "[[]]", "is not a JSON list of equally long rows of object indices from 0 to 35"),
+    ("top_objects_json", "[]", "is not a JSON list of object indices from 0 to 35"),
+])
+def test_edited_dimension_objects_named(study_path, column, value, problem):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE dimensions SET {column} = ? WHERE dimension = 3", (value,))
+    with Study(study_path) as study:
+        read = study.top_objects if column == "top_objects_json" else study.grid
+        with pytest.raises(ValueError) as raised:
+            read(3)
+        read(2)
+    message = str(raised.value)
+    assert f"dimension 3 in {study_path}: its {column} {problem}" in message
+    assert "set up the study again" in message
+
+
+def test_export_reads_one_snapshot_while_answers_arrive(study_path, tmp_path, monkeypatch):
+    answer = Answer(labels=("red",), kind="visual", interpretability="one")
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 0, answer)
+    read_participants = Study.participants
+
+    def participants_then_new_answer(study):
+        # A participant of a running server consents and answers right after this read.
+        participants = read_participants(study)
+        with Study(study_path) as other:
+            late, _ = other.add_participant(order_seed=2)
+            other.save_answer(late.participant_id, 1, answer)
+        return participants
+
+    monkeypatch.setattr(Study, "participants", participants_then_new_answer)
+    with Study(study_path) as study:
+        assert study.export_answers(tmp_path / "answers.csv") == 1
+        assert not study.connection.in_transaction
+    rows = list(csv.DictReader((tmp_path / "answers.csv").open(encoding="utf-8")))
+    assert [(row["participant_id"], row["dimension"]) for row in rows] == [("1", "0")]
+
+
+def test_export_names_dimension_missing_from_order(study_path, tmp_path):
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 3, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE participants SET order_json = '[0, 1, 2, 4]'")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.export_answers(tmp_path / "answers.csv")
+    message = str(raised.value)
+    assert f"participant 1 in {study_path} answered dimension 3, which its order_json [0, 1, 2, 4] lacks" in message
+    assert not (tmp_path / "answers.csv").exists()
+
+
+def test_export_names_answer_without_participant(study_path, tmp_path):
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=1)
+        study.save_answer(participant.participant_id, 3, Answer(labels=("red",), kind="visual",
+                                                                interpretability="one"))
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("PRAGMA foreign_keys = OFF")
+        connection.execute("UPDATE answers SET participant_id = 8")
+    with Study(study_path) as study, pytest.raises(ValueError) as raised:
+        study.export_answers(tmp_path / "answers.csv")
+    assert f"{study_path} has an answer of participant 8 to dimension 3, but no such participant" in str(
+        raised.value
+    )
+
+
+def test_non_utf8_study_setting_named(study_path):
+    with sqlite3.connect(study_path) as connection:
+        connection.execute("UPDATE study SET value = CAST(X'72756EFF' AS TEXT) WHERE key = 'embedding_name'")
+    with pytest.raises(ValueError) as raised:
+        Study(study_path)
+    message = str(raised.value)
+    assert f"the study setting embedding_name in {study_path} is not valid UTF-8" in message
+    assert "b'run\\xff'" in message
+
+
+@pytest.mark.parametrize("column", ["order_json", "consented_at"])
+def test_non_utf8_participant_column_named(study_path, column):
+    with Study(study_path) as study:
+        study.add_participant(order_seed=1)
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(f"UPDATE participants SET {column} = CAST(X'5BFF' AS TEXT)")
+    with Study(study_path) as study:
+        for read in (study.participants, lambda: study.participant(1)):
+            with pytest.raises(ValueError) as raised:
+                read()
+            assert f"participant 1 in {study_path}: its {column} is not valid UTF-8" in str(raised.value)

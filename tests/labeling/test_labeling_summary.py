@@ -311,3 +311,92 @@ def test_embedding_name_too_long_rejected_before_writing(two_studies, tmp_path):
     assert str(tmp_path / "out") not in message
     assert not (tmp_path / "out").exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    ("UPDATE answers SET kind = 'VISUAL' WHERE participant_id = 3 AND dimension = 1",
+     "participant 3, dimension 1: kind 'VISUAL' is not one of ['visual', 'semantic', 'mixed', 'unclear']"),
+    ("UPDATE answers SET interpretability = 'two' WHERE participant_id = 1 AND dimension = 0",
+     "participant 1, dimension 0: interpretability 'two' is not one of ['one', 'several', 'none']"),
+    ("UPDATE answers SET dimension = 7 WHERE participant_id = 2 AND dimension = 1",
+     "participant 2, dimension 7: the study labels dimensions [0, 1] only"),
+    ("UPDATE answers SET participant_id = 77 WHERE participant_id = 2 AND dimension = 0",
+     "participant 77, dimension 0: the study has no participant 77"),
+    ("DELETE FROM dimensions WHERE dimension = 1",
+     "dimension 1: the study has no grid for it in its dimensions table"),
+])
+def test_answers_not_fitting_study_rejected(tmp_path, labeling_run, image_set, edit, problem):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1"))
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA foreign_keys = OFF")
+    connection.execute(edit)
+    connection.commit()
+    connection.close()
+
+    with pytest.raises(ValueError) as raised:
+        summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+
+    message = str(raised.value)
+    assert f"the study {path} does not fit its own answers or settings" in message
+    assert problem in message
+    assert "correct or delete those rows" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_without_answers_summarised_with_warning(tmp_path, labeling_run, image_set, caplog):
+    path = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1")
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.summary"):
+        headline = summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+    assert f"the study {path} has no answers yet" in caplog.text
+    assert "--raters" not in caplog.text
+    assert headline["raters"] == {labeling_run.name: []}
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions["n_answers"].tolist() == [0, 0]
+    assert dimensions["resolved_kind"].tolist() == ["unresolved", "unresolved"]
+    assert pd.read_csv(tmp_path / "out" / "labels.csv").empty
+    assert not any((tmp_path / "out" / "wordclouds").glob("*.png"))
+
+
+def test_summary_reads_one_snapshot_while_answers_arrive(tmp_path, labeling_run, image_set, monkeypatch):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-1"))
+    read_participants = Study.participants
+
+    def participants_then_new_answer(study):
+        # A participant of a running server consents and answers right after this read.
+        participants = read_participants(study)
+        with Study(path) as other:
+            participant, _ = other.add_participant(order_seed=9)
+            other.save_answer(participant.participant_id, 0, Answer(labels=("late",), kind="visual",
+                                                                     interpretability="one"))
+        return participants
+
+    monkeypatch.setattr(Study, "participants", participants_then_new_answer)
+    summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
+    assert dimensions["n_answers"].tolist() == [3, 3]
+    assert "late" not in pd.read_csv(tmp_path / "out" / "labels.csv")["label"].tolist()
+
+
+@pytest.mark.parametrize("outputs", [["summary.json"], {"files": "dimensions.csv"}, {"files": [1, None]},
+                                     {"files": [], "wordclouds": {"a": 1}}])
+def test_earlier_manifest_with_damaged_outputs_rejected(two_studies, tmp_path, outputs):
+    first, _ = two_studies
+    out = tmp_path / "out"
+    summarize([first], out, wordcloud_size=SIZE)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["outputs"] = outputs
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    # Files whose names a misread list would yield: characters of a string, str() of other values.
+    for name in ("d", "1", "None"):
+        (out / name).write_text("keep")
+
+    with pytest.raises(ValueError) as raised:
+        summarize([first], out, wordcloud_size=SIZE)
+
+    message = str(raised.value)
+    assert f"{out / 'manifest.json'} lists its outputs in an unexpected form" in message
+    assert "choose a new output folder" in message
+    for name in ("d", "1", "None"):
+        assert (out / name).read_text() == "keep"
+    assert json.loads((out / "manifest.json").read_text())["outputs"] == outputs

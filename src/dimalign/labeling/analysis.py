@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from dimalign.io.files import atomic_path, read_utf8_text
-from dimalign.labeling.study import remove_format_characters
+from dimalign.labeling.study import abbreviate, remove_format_characters
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,20 @@ def write_word_cloud(
         random_state=random_state,
         prefer_horizontal=0.9,
         colormap="Dark2",  # dark qualitative colours stay readable on white
+        max_words=len(weights),  # the default, 200, would drop the rarest labels
     ).generate_from_frequencies(weights)
+
+    # wordcloud (1.9.6) places labels from the most frequent down and stops at the
+    # first one that does not fit at its minimum font size, so every label
+    # after it is left out too.
+    drawn = {label for (label, _), *_ in cloud.layout_}
+    left_out = [label for label, _ in top_labels(weights, n=len(weights)) if label not in drawn]
+    if left_out:
+        examples = ", ".join(repr(abbreviate(label)) for label in left_out[:3])
+        logger.warning(
+            "%s: %d of %d labels did not fit and are not drawn, such as %s; labels.csv lists every label",
+            context or path, len(left_out), len(weights), examples,
+        )
     with atomic_path(path) as temporary:
         cloud.to_image().save(temporary, format="PNG")
     return Path(path)

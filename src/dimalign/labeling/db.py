@@ -12,9 +12,11 @@ participant and a dimension that exist.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         CREATE INDEX answers_by_dimension ON answers (dimension);
         CREATE INDEX answer_history_by_participant ON answer_history (participant_id, dimension);
+        """,
+    ),
+    (
+        3,
+        "SHA-256 checksum of each grid image, so that serving from another image folder is checked",
+        """
+        ALTER TABLE objects ADD COLUMN image_sha256 TEXT;
         """,
     ),
 )
@@ -234,6 +243,83 @@ def existing_side_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     candidates = [path.with_name(path.name + suffix) for suffix in SIDE_FILE_SUFFIXES]
     return [candidate for candidate in candidates if os.path.lexists(candidate)]
+
+
+#: Byte of a ``-shm`` file on which every SQLite connection that has the file
+#: open holds a shared POSIX record lock (``fcntl`` F_SETLK). Measured with
+#: SQLite 3.40.1 on Linux: another process cannot take an exclusive lock on
+#: byte 128 while a connection is open, and can on bytes 0 and 120.
+SHM_IN_USE_LOCK_BYTE = 128
+
+
+def remove_unused_shared_memory_file(path: str | os.PathLike) -> None:
+    """Remove the ``-shm`` file next to ``path`` unless a process uses it.
+
+    The ``-shm`` file is the index of the write-ahead log. SQLite rebuilds
+    it from the ``-wal`` file, so without one it contains no answers. But
+    while another process has a database at ``path`` open, such as a server
+    of a study that was deleted while it ran, SQLite would share the index
+    with that process. So the file is removed only while this process holds
+    an exclusive lock on :data:`SHM_IN_USE_LOCK_BYTE`, which fails while any
+    other process has it open through SQLite.
+
+    NOTE: POSIX record locks belong to a process, so a connection that this
+    same process has open is not detected, and closing the descriptor here
+    releases that connection's locks on the file. Call this only for a path
+    that this process does not have open.
+
+    Raises:
+        FileExistsError: If another process uses the file, it is not a
+            regular file (such as a symbolic link), it cannot be opened or
+            locked, or ``fcntl`` is unavailable (Windows). The message says what to do.
+    """
+    path = Path(path)
+    shared_memory = path.with_name(path.name + "-shm")
+    what_it_is = (
+        f"{shared_memory} is the shared-memory index of an earlier SQLite database at {path}. It "
+        "contains no answers, but SQLite would reuse it for the new study"
+    )
+    try:
+        import fcntl
+    except ModuleNotFoundError:
+        raise FileExistsError(
+            f"{what_it_is}, and without fcntl (POSIX only) setup cannot check that no process uses it: "
+            "move it away, or choose another file name"
+        ) from None
+    try:
+        # O_NOFOLLOW keeps a symbolic link and its target as they are, and
+        # O_NONBLOCK keeps a FIFO from blocking the open.
+        descriptor = os.open(shared_memory, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        reason = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+        raise FileExistsError(f"{what_it_is}, and it cannot be removed safely ({reason}): move it away, "
+                              "or choose another file name") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise FileExistsError(f"{what_it_is}, and it is not a regular file: move it away, or choose "
+                                  "another file name")
+        try:
+            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_IN_USE_LOCK_BYTE, os.SEEK_SET)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise FileExistsError(f"{what_it_is}, and it cannot be locked ({error.strerror}): move it "
+                                      "away, or choose another file name") from None
+            raise FileExistsError(
+                f"{shared_memory} is in use by another process that has an SQLite database at {path} open, "
+                "such as a server of a study that was deleted or moved while it ran: stop that process "
+                "and run setup again, or choose another file name"
+            ) from None
+        # Another process may have replaced the file since it was opened.
+        if not os.path.samestat(os.fstat(descriptor), os.stat(shared_memory, follow_symlinks=False)):
+            raise FileExistsError(f"{shared_memory} was replaced while setup checked it: run setup again")
+        os.unlink(shared_memory)
+    finally:
+        # Closing releases the lock, after the file is gone.
+        os.close(descriptor)
+    logger.warning(
+        "removed %s, the shared-memory index of an earlier SQLite database at %s: no process used it "
+        "and, without a -wal file, it contained no answers", shared_memory, path,
+    )
 
 
 class transaction:

@@ -36,10 +36,11 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If a text file is not UTF-8, a label is empty or contains
-            a control character (such as a tab or NUL), the MATLAB
-            file has no usable variable, or the count differs from ``n_dims``
-            (the message names both).
+        ValueError: If the file contains no labels, a text file is not
+            UTF-8, a label is empty or contains a control character (such as
+            a tab or NUL), the MATLAB file cannot be read, has no usable
+            variable or holds a cell matrix rather than a vector, or the count
+            differs from ``n_dims`` (the message names both).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,6 +56,8 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
         while lines and not lines[-1].strip():
             lines.pop()
         labels = [line.strip() for line in lines]
+    if not labels:
+        raise ValueError(f"{path} contains no labels: give one label per dimension, in dimension order")
 
     for number, label in enumerate(labels, start=1):
         control = next((character for character in label if unicodedata.category(character) == "Cc"), None)
@@ -77,18 +80,38 @@ def load_dimension_labels(path: str | os.PathLike, n_dims: int | None = None) ->
 
 def _labels_from_mat(path: Path) -> list[str]:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    contents = {key: value for key, value in loadmat(path).items() if not key.startswith("__")}
+    try:
+        variables = loadmat(path)
+    except PermissionError:
+        raise
+    except (MatReadError, ValueError, OSError) as error:
+        # scipy raises MatReadError for a wrong header and a bare OSError
+        # ("could not read bytes") for a file cut short, without the path.
+        raise ValueError(
+            f"{path} is not a readable MATLAB file ({type(error).__name__}: {error}): save the labels again, "
+            "such as with MATLAB's save or scipy.io.savemat"
+        ) from None
+    contents = {key: value for key, value in variables.items() if not key.startswith("__")}
     if "labels" in contents:
         array = contents["labels"]
     elif len(contents) == 1:
         array = next(iter(contents.values()))
+    elif not contents:
+        raise ValueError(f"{path} contains no variables: save the labels as the variable 'labels'")
     else:
         raise ValueError(
             f"{path} has no variable named 'labels' and several others ({sorted(contents)}): "
             "save the labels as 'labels'"
         )
     array = np.asarray(array)
+    if array.dtype == object and sum(size > 1 for size in array.shape) > 1:
+        # Reading a matrix column by column would assign its cells to dimensions in an arbitrary order.
+        raise ValueError(
+            f"{path}: the labels are a {' x '.join(map(str, array.shape))} cell array, but one label per "
+            "dimension needs a vector (n x 1 or 1 x n): save one label per dimension"
+        )
     if array.dtype.kind == "U":
         # A char matrix: one label per row, padded with spaces.
         rows = array if array.ndim == 1 else ["".join(row) for row in array]

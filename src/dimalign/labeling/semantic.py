@@ -21,6 +21,7 @@ import csv
 import logging
 import os
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,9 +32,14 @@ import numpy as np
 import pandas as pd
 
 from dimalign.io.files import read_utf8_text
+from dimalign.labeling.analysis import answer_label_counts
 from dimalign.labeling.study import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
+
+#: Unicode categories that may not appear in an object name: control
+#: characters (Cc, such as tab and NEL) and line and paragraph separators.
+_LINE_BREAKING = frozenset({"Cc", "Zl", "Zp"})
 
 #: Default number of top objects whose names are compared.
 DEFAULT_K = 10
@@ -123,19 +129,32 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not UTF-8, a CSV names none of the
-            objects, or a plain list has a different number of names than objects.
+        ValueError: If the file is not UTF-8, a line contains a control
+            or separator character (such as a tab, or NEL U+0085), a CSV
+            names none of the objects or gives an id two different words, or
+            a plain list has a different number of names than objects.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"object names file {path} not found")
     text = read_utf8_text(path, advice="save it as UTF-8", description="object names file ",
                           translate_newlines=True)
-    first_line = text.splitlines()[0] if text else ""
-    header = next(csv.reader([first_line])) if first_line else []
-    if "id" in header and "word" in header:
-        rows = list(csv.DictReader(text.splitlines()))
-        words = {row["id"]: row["word"] for row in rows if row.get("word")}
+    # Lines end only at \n: str.splitlines() would also split at NEL (U+0085,
+    # what a Latin-1 decode makes of the Windows-1252 ellipsis), form feed and
+    # other separators, so a name would become two and shift the later ones.
+    lines = text.split("\n")
+    header = next(csv.reader([lines[0]])) if lines[0] else []
+    is_csv = "id" in header and "word" in header
+    for number, line in enumerate(lines, start=1):
+        special = next((char for char in line if unicodedata.category(char) in _LINE_BREAKING), None)
+        if special is not None:
+            subject = f"the row {line!r}" if is_csv else f"the name {line.strip()!r}"
+            raise ValueError(
+                f"object names file {path}, line {number}: {subject} contains the control or separator "
+                f"character U+{ord(special):04X}: remove it, or save the file from the original text as UTF-8"
+            )
+    if is_csv:
+        words = _words_by_id(path, lines)
         unmatched = [object_id for object_id in object_ids if object_id not in words]
         if len(unmatched) == len(object_ids):
             raise ValueError(
@@ -148,13 +167,37 @@ def read_object_names(path: str | os.PathLike, object_ids: Sequence[str]) -> lis
                 "from the object ids", path, len(unmatched), len(object_ids), unmatched[:3],
             )
         return [words.get(object_id, object_name(object_id)) for object_id in object_ids]
-    names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = [line.strip() for line in lines if line.strip()]
     if len(names) != len(object_ids):
         raise ValueError(
             f"{path} lists {len(names)} names but the embedding has {len(object_ids)} objects: "
             "give one name per object in row order, or a CSV with id and word columns"
         )
     return names
+
+
+def _words_by_id(path: Path, lines: Sequence[str]) -> dict[str, str]:
+    """Map each id of a names CSV to its non-empty word.
+
+    Raises:
+        ValueError: If two rows give one id different words, because either
+            could be the intended name.
+    """
+    words: dict[str, str] = {}
+    first_lines: dict[str, int] = {}
+    reader = csv.DictReader(lines)
+    for row in reader:
+        object_id, word = row.get("id"), row.get("word")
+        if not word or object_id is None:
+            continue
+        if object_id in words and words[object_id] != word:
+            raise ValueError(
+                f"object names file {path} gives the id {object_id!r} two names, {words[object_id]!r} on line "
+                f"{first_lines[object_id]} and {word!r} on line {reader.line_num}: keep one row per id"
+            )
+        words[object_id] = word
+        first_lines.setdefault(object_id, reader.line_num)
+    return words
 
 
 def check_object_names(names: Sequence[str], k: int, source: str) -> None:
@@ -221,7 +264,7 @@ def semantic_scores(
     top_objects: Mapping[int, Sequence[int]],
     object_names: Sequence[str],
     *,
-    labels: Mapping[int, Sequence[str]] | None = None,
+    labels: Mapping[int, Sequence[Sequence[str]]] | None = None,
     k: int = DEFAULT_K,
     n_random: int = DEFAULT_N_RANDOM,
     random_state: int = 0,
@@ -233,8 +276,8 @@ def semantic_scores(
         top_objects (Mapping[int, Sequence[int]]): Object indices per
             dimension, largest weight first; the first ``k`` are used.
         object_names (Sequence[str]): Name of every object, in row order.
-        labels (Mapping[int, Sequence[str]] | None): Participants' labels per
-            dimension, for the column ``label_similarity``.
+        labels (Mapping[int, Sequence[Sequence[str]]] | None): The labels of
+            each answer, per dimension, for the column ``label_similarity``.
         k (int): Number of top objects compared (at least 2).
         n_random (int): Random ``k``-subsets of all objects in the baseline,
             2 to :data:`MAX_N_RANDOM`.
@@ -246,10 +289,15 @@ def semantic_scores(
         pd.DataFrame: One row per dimension with ``dimension``, ``k``,
         ``top_names`` (``"; "``-joined), ``coherence`` (mean pairwise cosine
         of the top names), ``random_mean``, ``random_std``, ``semantic_z``,
-        and ``label_similarity``: the mean cosine between each label and each
-        top name (NaN without labels).
+        and ``label_similarity``: the mean cosine between the labels and the
+        top names (NaN without labels). Each label normalised by
+        :func:`dimalign.labeling.analysis.normalize_label` counts once per
+        answer, as in the word clouds, so its weight is the number of
+        answers that gave it.
 
     Raises:
+        TypeError: If an answer in ``labels`` is a string rather than a
+            sequence of labels.
         ValueError: If ``k`` or ``n_random`` is below 2, ``n_random`` is above
             :data:`MAX_N_RANDOM`, or there are fewer than ``k`` objects.
     """
@@ -281,11 +329,8 @@ def semantic_scores(
         if len(chosen) < k:
             raise ValueError(f"dimension {dimension} has {len(chosen)} top objects, fewer than k={k}")
         coherence = float(_mean_pairwise_cosine(vectors[chosen]))
-        label_similarity = float("nan")
-        dimension_labels = [label for label in (labels or {}).get(dimension, []) if label.strip()]
-        if dimension_labels:
-            label_vectors = embed_texts(dimension_labels, model)
-            label_similarity = float((label_vectors @ vectors[chosen].T).mean())
+        answers = (labels or {}).get(dimension, [])
+        label_similarity = _label_similarity(dimension, answers, vectors[chosen], model)
         rows.append(
             {
                 "dimension": int(dimension),
@@ -303,6 +348,32 @@ def semantic_scores(
         len(rows), k, n_random, random_mean, random_std,
     )
     return pd.DataFrame(rows)
+
+
+def _label_similarity(
+    dimension: int, answers: Sequence[Sequence[str]], name_vectors: np.ndarray, model: Any
+) -> float:
+    """Weighted mean cosine between a dimension's labels and its top names, NaN without labels.
+
+    The weight of a normalised label is the number of answers that gave it.
+    The normalised (lower-case) label is embedded, which changes nothing for
+    all-MiniLM-L6-v2 because its tokenizer lower-cases the input anyway
+    (``do_lower_case`` in the bundled ``tokenizer_config.json``).
+    """
+    for answer in answers:
+        if isinstance(answer, str):
+            raise TypeError(
+                f"the labels of dimension {dimension} contain the string {answer!r} where a list of each "
+                "answer's labels is expected: give one list of labels per answer"
+            )
+    counts = answer_label_counts(answers)
+    if not counts:
+        return float("nan")
+    texts = sorted(counts)
+    weights = np.array([counts[text] for text in texts], dtype=np.float64)
+    label_vectors = embed_texts(texts, model)
+    per_label = (label_vectors @ name_vectors.T).mean(axis=1)
+    return float(np.average(per_label, weights=weights))
 
 
 def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> dict[str, float]:

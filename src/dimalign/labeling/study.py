@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -502,7 +503,9 @@ def create_study(
     Raises:
         FileExistsError: If ``db_path`` exists (also if another process
             creates it while setup runs), is a symbolic link to nothing, or SQLite side files
-            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it.
+            (``-wal``, ``-shm``, ``-journal``) of an earlier database exist next to it. A lone
+            ``-shm`` file is removed instead, unless another process uses it (see
+            :func:`dimalign.labeling.db.remove_unused_shared_memory_file`).
         IsADirectoryError: If ``db_path`` is a folder.
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
@@ -521,15 +524,10 @@ def create_study(
     if db_path.exists() or db_path.is_symlink():
         raise _existing_file_error(db_path)
     side_files = db.existing_side_files(db_path)
-    if [path.name for path in side_files] == [db_path.name + "-shm"]:
-        # Alone, the shared-memory index contains no answers, but SQLite would
-        # open it for the new study; an unknown file there is refused.
-        raise FileExistsError(
-            f"{side_files[0]} is the shared-memory index of an earlier SQLite database at {db_path}. "
-            "It contains no answers, but SQLite would reuse it for the new study: move it away, or "
-            "choose another file name."
-        )
-    if side_files:
+    # Alone, the shared-memory index contains no answers, so it is removed
+    # just before the study is written, unless a process still uses it.
+    lone_shared_memory = [path.name for path in side_files] == [db_path.name + "-shm"]
+    if side_files and not lone_shared_memory:
         raise FileExistsError(
             f"SQLite files of an earlier database at {db_path} exist: {', '.join(map(str, side_files))}. "
             "SQLite would replay their participants and answers into the new study. If you still have "
@@ -577,6 +575,8 @@ def create_study(
         for index in grid_objects
     }
 
+    image_checksums = _image_checksums(images_dir, image_paths)
+
     embedding_file = result.path if result.path is not None else Path(run)
     settings = {
         "embedding_name": _embedding_name(Path(run)),
@@ -591,8 +591,10 @@ def create_study(
         "secret_key": secrets.token_hex(32),
         "created_at": now_iso(),
     }
+    if lone_shared_memory and os.path.lexists(db_path.with_name(db_path.name + "-shm")):
+        db.remove_unused_shared_memory_file(db_path)
     try:
-        _write_study(db_path, settings, table.object_ids, image_paths, grids, tops)
+        _write_study(db_path, settings, table.object_ids, image_paths, image_checksums, grids, tops)
     except (OSError, sqlite3.OperationalError) as error:
         if isinstance(error, FileExistsError) and os.path.lexists(db_path):
             # Another process, such as a second setup, created the file while this one ran.
@@ -606,6 +608,17 @@ def create_study(
         db_path, len(dimensions), run, len(grid_objects), images_dir,
     )
     return db_path
+
+
+def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
+    """Return the SHA-256 hex digest of each grid image, by object index, and log the time taken."""
+    root = images_dir.resolve()
+    start = time.perf_counter()
+    checksums = {index: sha256_file(root / relative) for index, relative in image_paths.items()}
+    logger.info(
+        "computed the SHA-256 of %d images in %s in %.1f s", len(checksums), root, time.perf_counter() - start
+    )
+    return checksums
 
 
 def _existing_file_error(db_path: Path) -> FileExistsError:
@@ -631,6 +644,7 @@ def _write_study(
     settings: dict[str, str],
     object_ids: Sequence[str],
     image_paths: dict[int, str],
+    image_checksums: dict[int, str],
     grids: dict[int, np.ndarray],
     tops: dict[int, np.ndarray],
 ) -> None:
@@ -645,8 +659,11 @@ def _write_study(
             with db.transaction(connection):
                 connection.executemany("INSERT INTO study (key, value) VALUES (?, ?)", settings.items())
                 connection.executemany(
-                    "INSERT INTO objects (object_index, object_id, image_path) VALUES (?, ?, ?)",
-                    ((index, name, image_paths.get(index)) for index, name in enumerate(object_ids)),
+                    "INSERT INTO objects (object_index, object_id, image_path, image_sha256) VALUES (?, ?, ?, ?)",
+                    (
+                        (index, name, image_paths.get(index), image_checksums.get(index))
+                        for index, name in enumerate(object_ids)
+                    ),
                 )
                 connection.executemany(
                     "INSERT INTO dimensions (dimension, grid_json, top_objects_json) VALUES (?, ?, ?)",
@@ -686,7 +703,9 @@ class Study:
 
     Raises:
         FileNotFoundError: If the database does not exist.
-        ValueError: If the file is not a study database.
+        ValueError: If the file is not a study database, or its settings
+            ``questions``, ``dimensions`` or ``n_embedding_dims`` are invalid,
+            such as after an edit by hand. The message names the setting and value.
     """
 
     def __init__(
@@ -698,16 +717,88 @@ class Study:
     ) -> None:
         self.path = Path(path)
         self.connection = connection if connection is not None else db.open_database(self.path)
-        rows = self.connection.execute("SELECT key, value FROM study").fetchall()
-        self.settings: dict[str, str] = {row["key"]: row["value"] for row in rows}
+        try:
+            self._read_settings(images_dir)
+        except BaseException:
+            if connection is None:
+                self.connection.close()
+            raise
+
+    def _read_settings(self, images_dir: str | os.PathLike | None) -> None:
+        # Read as bytes, as the answers are: see _ANSWER_TEXT_COLUMNS.
+        rows = self.connection.execute("SELECT key, CAST(value AS BLOB) AS value FROM study").fetchall()
+        self.settings: dict[str, str] = {}
+        for row in rows:
+            try:
+                self.settings[row["key"]] = row["value"].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"the study setting {row['key']} in {self.path} is not valid UTF-8 ({error.reason} at "
+                    f"byte {error.start} of {row['value'][:60]!r}). Setup never writes such a value, so it was "
+                    "changed later, such as by an edit by hand: restore it, or set up the study again"
+                ) from None
         if "dimensions" not in self.settings:
             raise ValueError(
                 f"{self.path} is not a study database (no study settings): create one with "
                 "`dimalign label-app setup`"
             )
-        self.questions = QuestionSet.from_json(self.settings["questions"])
-        self.dimensions: tuple[int, ...] = tuple(json.loads(self.settings["dimensions"]))
+        self.questions = self._read_question_set()
+        #: Dimensions of the embedding, None for a study set up before it was stored.
+        self.n_embedding_dims = self._read_embedding_dimension_count()
+        self.dimensions: tuple[int, ...] = self._read_dimensions()
         self.images_dir = Path(images_dir if images_dir is not None else self.settings["images_dir"])
+
+    def _setting_error(self, key: str, problem: str) -> ValueError:
+        return ValueError(
+            f"the study setting {key} in {self.path} {problem}: {abbreviate(self.settings.get(key, ''))!r}. "
+            "Setup never writes such a value, so it was changed later, such as by an edit by hand: restore "
+            "it, or set up the study again"
+        )
+
+    def _read_json_setting(self, key: str) -> Any:
+        try:
+            return json.loads(self.settings[key])
+        except json.JSONDecodeError as error:
+            raise self._setting_error(key, f"is not valid JSON ({error})") from None
+
+    def _read_question_set(self) -> QuestionSet:
+        self._read_json_setting("questions")
+        try:
+            return QuestionSet.from_json(self.settings["questions"])
+        except (KeyError, TypeError, ValueError) as error:
+            problem = f"is not a question set ({type(error).__name__}: {error})"
+            raise self._setting_error("questions", problem) from None
+
+    def _read_embedding_dimension_count(self) -> int | None:
+        text = self.settings.get("n_embedding_dims")
+        if text is None:
+            return None
+        try:
+            count = int(text)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise self._setting_error("n_embedding_dims", "is not a whole number of 1 or more")
+        return count
+
+    def _read_dimensions(self) -> tuple[int, ...]:
+        dimensions = self._read_json_setting("dimensions")
+        # bool is a subclass of int, but true in the list is no dimension.
+        valid = isinstance(dimensions, list) and all(
+            type(dimension) is int and dimension >= 0 for dimension in dimensions
+        )
+        if not valid or len(set(dimensions)) != len(dimensions):
+            problem = "is not a JSON list of distinct dimension numbers of 0 or more"
+            raise self._setting_error("dimensions", problem)
+        if self.n_embedding_dims is not None:
+            outside = [dimension for dimension in dimensions if dimension >= self.n_embedding_dims]
+            if outside:
+                raise self._setting_error(
+                    "dimensions",
+                    f"lists dimension {outside[0]}, but the embedding has {self.n_embedding_dims} dimensions "
+                    f"(numbered 0 to {self.n_embedding_dims - 1})",
+                )
+        return tuple(dimensions)
 
     def close(self) -> None:
         """Close the connection."""
@@ -731,22 +822,50 @@ class Study:
 
         Raises:
             NotFoundError: If the dimension is not part of the study.
+            ValueError: If the stored grid is not a list of equally long rows
+                of object indices of the study, such as after an edit by hand.
         """
-        row = self.connection.execute(
-            "SELECT grid_json FROM dimensions WHERE dimension = ?", (int(dimension),)
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
-        return np.asarray(json.loads(row["grid_json"]), dtype=np.int64)
+        return self._dimension_objects(dimension, "grid_json", ndim=2)
 
     def top_objects(self, dimension: int) -> np.ndarray:
-        """Return a dimension's top objects, largest weight first, shape ``(n_top,)``."""
+        """Return a dimension's top objects, largest weight first, shape ``(n_top,)``.
+
+        Raises:
+            NotFoundError: If the dimension is not part of the study.
+            ValueError: If the stored list is not a list of object indices of
+                the study, such as after an edit by hand.
+        """
+        return self._dimension_objects(dimension, "top_objects_json", ndim=1)
+
+    def _dimension_objects(self, dimension: int, column: str, *, ndim: int) -> np.ndarray:
+        """Read and check a dimension's object indices from ``column`` of the dimensions table."""
         row = self.connection.execute(
-            "SELECT top_objects_json FROM dimensions WHERE dimension = ?", (int(dimension),)
+            f"SELECT {column} FROM dimensions WHERE dimension = ?", (int(dimension),)
         ).fetchone()
         if row is None:
             raise NotFoundError(f"dimension {dimension} is not part of the study {self.path}")
-        return np.asarray(json.loads(row["top_objects_json"]), dtype=np.int64)
+        n_objects = self.connection.execute("SELECT COUNT(*) FROM objects").fetchone()[0]
+        text = row[column]
+        where = f"dimension {dimension} in {self.path}: its {column}"
+        advice = "setup never writes such a value, so restore it, or set up the study again"
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where} is not valid JSON ({error}): {abbreviate(text)!r}: {advice}") from None
+
+        rows = value if ndim == 2 and isinstance(value, list) else [value]
+        # bool is a subclass of int, but true is no object index.
+        valid = (
+            all(isinstance(items, list) and items for items in rows)
+            and len({len(items) for items in rows}) == 1
+            and all(type(index) is int and 0 <= index < n_objects for items in rows for index in items)
+        )
+        if not valid:
+            shape = "equally long rows of object indices" if ndim == 2 else "object indices"
+            raise ValueError(
+                f"{where} is not a JSON list of {shape} from 0 to {n_objects - 1}: {abbreviate(text)!r}: {advice}"
+            )
+        return np.asarray(value, dtype=np.int64)
 
     def object_ids(self) -> list[str]:
         """Return every object id of the embedding in row order."""
@@ -780,12 +899,20 @@ class Study:
         return full
 
     def check_images(self) -> None:
-        """Check that the image folder exists and contains the image of every grid object.
+        """Check that the image folder contains the image of every grid object, as it was at setup.
+
+        Each image's SHA-256 is compared with the checksum stored at setup,
+        so a folder with other pictures under the same names is rejected.
+        Every grid image is read once, and the time it takes is logged. A
+        study set up by an older dimalign stores no checksums, and its
+        images are only checked to exist, with a warning.
 
         Raises:
             FileNotFoundError: If the folder or any image is missing. The
                 message names the folder, the number of missing images and
                 the first few, and how to point to a moved folder.
+            ValueError: If any image differs from the one at setup. The
+                message names the number of such images and the first few.
         """
         hint = (
             "if the images were moved, such as to another machine, give their folder with "
@@ -794,18 +921,47 @@ class Study:
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.images_dir} of the study {self.path} not found: {hint}")
         rows = self.connection.execute(
-            "SELECT object_index, image_path FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+            "SELECT object_index, image_path, image_sha256 FROM objects WHERE image_path IS NOT NULL "
+            "ORDER BY object_index"
         ).fetchall()
         missing = []
+        files = []
         for row in rows:
             try:
-                self.image_file(row["object_index"])
+                files.append((row, self.image_file(row["object_index"])))
             except NotFoundError:
                 missing.append(row["image_path"])
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of the study's images are missing from {self.images_dir.resolve()}, such "
                 f"as {', '.join(missing[:3])}: {hint}, or restore the missing files"
+            )
+        self._check_image_checksums(files)
+
+    def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
+        """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
+        root = self.images_dir.resolve()
+        stored = [(row, path) for row, path in files if row["image_sha256"]]
+        if len(stored) < len(files):
+            logger.warning(
+                "the study %s stores no checksums of its images (%d of %d lack one), as a study set up by "
+                "an older dimalign, so the images in %s are only checked to exist, not to be the pictures "
+                "of setup: check that its grids show the intended pictures",
+                self.path, len(files) - len(stored), len(files), root,
+            )
+        if not stored:
+            return
+        start = time.perf_counter()
+        changed = [row["image_path"] for row, path in stored if sha256_file(path) != row["image_sha256"]]
+        logger.info(
+            "checked the SHA-256 of %d images in %s in %.1f s", len(stored), root, time.perf_counter() - start
+        )
+        if changed:
+            raise ValueError(
+                f"{len(changed)} of the study's images in {root} differ from the images at setup (their "
+                f"sha256 checksums differ), such as {', '.join(changed[:3])}: the folder holds other "
+                "pictures under the same names, so participants would see grids other than those set up. "
+                "Give the image folder the study was set up with, or set up a new study with these images"
             )
 
     # Participants ------------------------------------------------------------
@@ -843,11 +999,11 @@ class Study:
             NotFoundError: If no participant has this id.
         """
         row = self.connection.execute(
-            "SELECT * FROM participants WHERE participant_id = ?", (int(participant_id),)
+            _SELECT_PARTICIPANTS + " WHERE participant_id = ?", (int(participant_id),)
         ).fetchone()
         if row is None:
             raise NotFoundError(f"participant {participant_id} not found")
-        return _participant_from_row(row)
+        return self._decode_participant(row)
 
     def participant_by_code(self, code: str) -> Participant:
         """Return the participant with this code.
@@ -856,11 +1012,11 @@ class Study:
             NotFoundError: If no participant has this code.
         """
         row = self.connection.execute(
-            "SELECT * FROM participants WHERE code_sha256 = ?", (hash_code(code.strip()),)
+            _SELECT_PARTICIPANTS + " WHERE code_sha256 = ?", (hash_code(code.strip()),)
         ).fetchone()
         if row is None:
             raise NotFoundError("no participant has this code")
-        return _participant_from_row(row)
+        return self._decode_participant(row)
 
     def code_matches(self, participant_id: int, code: str) -> bool:
         """Check whether ``code`` is the code of participant ``participant_id``."""
@@ -871,8 +1027,8 @@ class Study:
 
     def participants(self) -> list[Participant]:
         """Return every participant, in the order they consented."""
-        rows = self.connection.execute("SELECT * FROM participants ORDER BY participant_id").fetchall()
-        return [_participant_from_row(row) for row in rows]
+        rows = self.connection.execute(_SELECT_PARTICIPANTS + " ORDER BY participant_id").fetchall()
+        return [self._decode_participant(row) for row in rows]
 
     # Answers -----------------------------------------------------------------
 
@@ -907,13 +1063,20 @@ class Study:
             )
 
     def answer(self, participant_id: int, dimension: int) -> Answer | None:
-        """Return a participant's answer for a dimension, or None if not answered."""
+        """Return a participant's answer for a dimension, or None if not answered.
+
+        Raises:
+            ValueError: If the stored answer is invalid (see :meth:`answers`).
+        """
         row = self.connection.execute(
-            "SELECT labels_json, kind, interpretability FROM answers "
-            "WHERE participant_id = ? AND dimension = ?",
+            _SELECT_ANSWERS + " WHERE participant_id = ? AND dimension = ?",
             (int(participant_id), int(dimension)),
         ).fetchone()
-        return None if row is None else _answer_from_row(row)
+        if row is None:
+            return None
+        answer = self._decode_answer(row)
+        return Answer(labels=tuple(answer["labels"]), kind=answer["kind"],
+                      interpretability=answer["interpretability"])
 
     def answers(self, participant_id: int | None = None) -> list[dict[str, Any]]:
         """Return answers as dictionaries, ordered by participant and dimension.
@@ -924,25 +1087,95 @@ class Study:
         Returns:
             list[dict]: Keys ``participant_id``, ``dimension``, ``labels``
             (list of str), ``kind``, ``interpretability``, ``answered_at``, ``updated_at``.
+
+        Raises:
+            ValueError: If a stored answer has text that is not UTF-8, or
+                ``labels_json`` that is not a JSON list of strings, as after
+                an edit by hand. The app never stores such an answer. The
+                message names the participant, dimension and value.
         """
-        query = "SELECT * FROM answers"
+        query = _SELECT_ANSWERS
         parameters: tuple[Any, ...] = ()
         if participant_id is not None:
             query += " WHERE participant_id = ?"
             parameters = (int(participant_id),)
         rows = self.connection.execute(query + " ORDER BY participant_id, dimension", parameters).fetchall()
-        return [
-            {
-                "participant_id": row["participant_id"],
-                "dimension": row["dimension"],
-                "labels": json.loads(row["labels_json"]),
-                "kind": row["kind"],
-                "interpretability": row["interpretability"],
-                "answered_at": row["answered_at"],
-                "updated_at": row["updated_at"],
-            }
-            for row in rows
-        ]
+        return [self._decode_answer(row) for row in rows]
+
+    def _decode_participant(self, row: sqlite3.Row) -> Participant:
+        """Build a participant from a row of :data:`_SELECT_PARTICIPANTS` (text columns as bytes).
+
+        Raises:
+            ValueError: If a text column is not UTF-8 or ``order_json`` is
+                not a JSON list of whole numbers, naming the participant.
+        """
+        where = f"participant {row['participant_id']} in {self.path}"
+        advice = "correct that row, because the app stores the order as a JSON list of the study's dimensions"
+        text: dict[str, str] = {}
+        for column in _PARTICIPANT_TEXT_COLUMNS:
+            try:
+                text[column] = row[column].decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: its {column} is not valid UTF-8 ({error.reason} at byte {error.start} of "
+                    f"{row[column][:60]!r}): {advice}"
+                ) from None
+        try:
+            order = json.loads(text["order_json"])
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{where}: its order_json is not valid JSON ({error}): "
+                f"{abbreviate(text['order_json'])!r}: {advice}"
+            ) from None
+        if not isinstance(order, list) or not all(type(dimension) is int for dimension in order):
+            raise ValueError(
+                f"{where}: its order_json is not a JSON list of dimension numbers: "
+                f"{abbreviate(text['order_json'])!r}: {advice}"
+            )
+        return Participant(
+            participant_id=int(row["participant_id"]),
+            order=tuple(order),
+            order_seed=int(row["order_seed"]),
+            consented_at=text["consented_at"],
+        )
+
+    def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
+        """Decode an answer row of :data:`_SELECT_ANSWERS`, whose text columns arrive as bytes."""
+        where = (
+            f"the answer of participant {row['participant_id']} to dimension {row['dimension']} in {self.path}"
+        )
+        advice = "correct or delete that row, because the app never stores such a value"
+        answer: dict[str, Any] = {"participant_id": row["participant_id"], "dimension": row["dimension"]}
+        for column in _ANSWER_TEXT_COLUMNS:
+            raw = row[column]
+            try:
+                answer[column] = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: its {column} is not valid UTF-8 ({error.reason} at byte {error.start} of "
+                    f"{raw[:60]!r}): {advice}"
+                ) from None
+
+        text = answer.pop("labels_json")
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{where}: its labels_json is not valid JSON ({error}): {abbreviate(text)!r}: {advice}"
+            ) from None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ValueError(
+                f"{where}: its labels_json is not a JSON list of strings: {abbreviate(text)!r}: {advice}"
+            )
+        for label in labels:
+            surrogates = [character for character in label if "\ud800" <= character <= "\udfff"]
+            if surrogates:
+                raise ValueError(
+                    f"{where}: its labels_json contains a lone surrogate (U+{ord(surrogates[0]):04X}), which "
+                    f"UTF-8 cannot encode, in the label {abbreviate(label)!r}: {advice}"
+                )
+        answer["labels"] = labels
+        return answer
 
     def answered_dimensions(self, participant_id: int) -> set[int]:
         """Return the dimensions a participant has answered."""
@@ -1014,7 +1247,26 @@ class Study:
             )
 
     def answers_csv(self) -> tuple[str, int]:
-        """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows."""
+        """Return every answer as CSV text (see :meth:`export_answers`) and the number of rows.
+
+        Participants and answers are read in one read transaction (unless
+        the connection is already in one), so an answer that a running server
+        saves in between cannot name a participant missing from the orders.
+
+        Raises:
+            ValueError: If a stored row is invalid (see :meth:`answers`), or an
+                answer's dimension is missing from its participant's order.
+        """
+        own_transaction = not self.connection.in_transaction
+        if own_transaction:
+            self.connection.execute("BEGIN")
+        try:
+            return self._answers_csv()
+        finally:
+            if own_transaction:
+                self.connection.execute("COMMIT")
+
+    def _answers_csv(self) -> tuple[str, int]:
         orders = {participant.participant_id: participant.order for participant in self.participants()}
         label_columns = [f"label_{number}" for number in range(1, self.questions.max_labels + 1)]
         buffer = io.StringIO()
@@ -1026,7 +1278,19 @@ class Study:
         answers = self.answers()
         for answer in answers:
             labels = list(answer["labels"]) + [""] * (len(label_columns) - len(answer["labels"]))
-            position = orders[answer["participant_id"]].index(answer["dimension"]) + 1
+            order = orders.get(answer["participant_id"])
+            if order is None:
+                raise ValueError(
+                    f"{self.path} has an answer of participant {answer['participant_id']} to dimension "
+                    f"{answer['dimension']}, but no such participant: correct or delete that answer"
+                )
+            if answer["dimension"] not in order:
+                raise ValueError(
+                    f"participant {answer['participant_id']} in {self.path} answered dimension "
+                    f"{answer['dimension']}, which its order_json {json.dumps(list(order))} lacks: correct "
+                    "that row, because the app stores the order as a permutation of the study's dimensions"
+                )
+            position = order.index(answer["dimension"]) + 1
             writer.writerow(
                 [answer["participant_id"], answer["dimension"], position, *labels, answer["kind"],
                  answer["interpretability"], answer["answered_at"], answer["updated_at"]]
@@ -1034,21 +1298,22 @@ class Study:
         return buffer.getvalue(), len(answers)
 
 
-def _participant_from_row(row: sqlite3.Row) -> Participant:
-    return Participant(
-        participant_id=int(row["participant_id"]),
-        order=tuple(int(dim) for dim in json.loads(row["order_json"])),
-        order_seed=int(row["order_seed"]),
-        consented_at=row["consented_at"],
-    )
+#: Text columns of the participants table that :data:`_SELECT_PARTICIPANTS`
+#: reads as bytes, as :data:`_SELECT_ANSWERS` does for the answers.
+_PARTICIPANT_TEXT_COLUMNS = ("order_json", "consented_at")
 
+_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, " + ", ".join(
+    f"CAST({column} AS BLOB) AS {column}" for column in _PARTICIPANT_TEXT_COLUMNS
+) + " FROM participants"
 
-def _answer_from_row(row: sqlite3.Row) -> Answer:
-    return Answer(
-        labels=tuple(json.loads(row["labels_json"])),
-        kind=row["kind"],
-        interpretability=row["interpretability"],
-    )
+#: Text columns of the answers table. :data:`_SELECT_ANSWERS` reads them as
+#: bytes, because SQLite stores whatever bytes an edit by hand wrote, and
+#: Python's sqlite3 raises on non-UTF-8 text without naming the row.
+_ANSWER_TEXT_COLUMNS = ("labels_json", "kind", "interpretability", "answered_at", "updated_at")
+
+_SELECT_ANSWERS = "SELECT participant_id, dimension, " + ", ".join(
+    f"CAST({column} AS BLOB) AS {column}" for column in _ANSWER_TEXT_COLUMNS
+) + " FROM answers"
 
 
 def open_or_create_run_study(

@@ -80,6 +80,12 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
             )
         return raters
     counts = Counter(answer["participant_id"] for answer in study.answers())
+    if not counts:
+        logger.warning(
+            "the study %s has no answers yet, so every dimension is summarised with 0 answers and is "
+            "unresolved", study.path,
+        )
+        return []
     complete = [pid for pid in sorted(participants) if counts.get(pid, 0) == len(study.dimensions)]
     if len(complete) < 2:
         logger.warning(
@@ -293,11 +299,16 @@ def summarize(
     try:
         for path in study_paths:
             studies.append(Study(path))
+            # One read transaction per study, so every table of the summary
+            # comes from one snapshot, even while a server adds participants
+            # and answers (WAL readers see the database as of their first read).
+            studies[-1].connection.execute("BEGIN")
             if not studies[-1].dimensions:
                 raise ValueError(
                     f"the study {path} has no dimensions, so there is nothing to summarise: set up a "
                     "study with at least one dimension"
                 )
+            _check_study_contents(studies[-1])
         names = _embedding_names(studies, embedding_names)
         relevance_tables = [
             analysis.read_relevance(path, n_dims=_embedding_dimension_count(study))
@@ -436,15 +447,56 @@ def _embedding_names(studies: Sequence[Study], names: Sequence[str] | None) -> l
     return chosen
 
 
+def _check_study_contents(study: Study) -> None:
+    """Raise ValueError if answers or grids of a study contradict its settings.
+
+    The app and its foreign keys prevent all of these, so they come from an
+    edit by hand (with foreign keys off). Each would be summarised silently
+    wrong otherwise: an answer to a dimension outside the study made its
+    participant look complete, and a kind outside the question set was left
+    out of the counts.
+    """
+    dimensions = list(study.dimensions)
+    participants = {participant.participant_id for participant in study.participants()}
+    kinds = study.questions.kind_values
+    interpretability = study.questions.interpretability_values
+    with_grid = {row[0] for row in study.connection.execute("SELECT dimension FROM dimensions").fetchall()}
+
+    problems = [
+        f"dimension {dimension}: the study has no grid for it in its dimensions table"
+        for dimension in dimensions if dimension not in with_grid
+    ]
+    for answer in study.answers():
+        where = f"participant {answer['participant_id']}, dimension {answer['dimension']}"
+        if answer["dimension"] not in dimensions:
+            problems.append(f"{where}: the study labels dimensions {dimensions} only")
+        if answer["participant_id"] not in participants:
+            problems.append(f"{where}: the study has no participant {answer['participant_id']}")
+        if answer["kind"] not in kinds:
+            problems.append(f"{where}: kind {abbreviate(answer['kind'])!r} is not one of {list(kinds)}")
+        if answer["interpretability"] not in interpretability:
+            problems.append(
+                f"{where}: interpretability {abbreviate(answer['interpretability'])!r} is not one of "
+                f"{list(interpretability)}"
+            )
+    if problems:
+        counted = f"{len(problems)} problem" + ("s" if len(problems) > 1 else "")
+        raise ValueError(
+            f"the study {study.path} does not fit its own answers or settings ({counted}, such as "
+            f"{'; '.join(problems[:3])}). The app never writes such rows, so they were edited by hand: "
+            "correct or delete those rows, then summarise again"
+        )
+
+
 def _embedding_dimension_count(study: Study) -> int | None:
-    recorded = study.settings.get("n_embedding_dims")
+    recorded = study.n_embedding_dims
     if recorded is None:
         logger.warning(
             "%s does not record how many dimensions its embedding has (it was set up by an older "
             "dimalign), so most_relevant_dim is not checked against that count", study.path,
         )
         return None
-    return int(recorded)
+    return recorded
 
 
 def _semantic_inputs(
@@ -513,7 +565,19 @@ def _earlier_summary_files(out_dir: Path, given_dir: Path) -> list[Path]:
             "choose a new or empty folder"
         )
     outputs = read_manifest(out_dir).get("outputs", {})
-    names = [*outputs.get("files", []), *outputs.get("wordclouds", []), MANIFEST_NAME]
+    listed = [outputs.get(key, []) for key in ("files", "wordclouds")] if isinstance(outputs, dict) else None
+    if listed is None or not all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names) for names in listed
+    ):
+        # A string would be read as a list of one-letter file names, and every
+        # listed file that this run does not write again is removed.
+        shown = abbreviate(repr(outputs))
+        raise ValueError(
+            f"{given_dir / MANIFEST_NAME} lists its outputs in an unexpected form ({shown}), not as lists "
+            "of file names, so the earlier summary's files cannot be told from other files: move that "
+            "folder away, or choose a new output folder"
+        )
+    names = [*listed[0], *listed[1], MANIFEST_NAME]
     if "wordclouds" not in outputs:
         # Summaries before the manifest listed word clouds wrote them all to wordclouds/.
         names += [f"wordclouds/{path.name}" for path in (out_dir / "wordclouds").glob("*_dim*.png")]
@@ -769,9 +833,9 @@ def _semantic_check(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     from dimalign.labeling import semantic
 
-    labels: dict[int, list[str]] = {}
+    labels: dict[int, list[list[str]]] = {}
     for answer in study.answers():
-        labels.setdefault(answer["dimension"], []).extend(answer["labels"])
+        labels.setdefault(answer["dimension"], []).append(list(answer["labels"]))
     table = semantic.semantic_scores(
         tops, object_names, labels=labels, k=k, n_random=n_random, random_state=random_state, model=model
     )
