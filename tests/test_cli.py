@@ -188,3 +188,21 @@ def test_closed_standard_output_ends_quietly(tmp_path):
     assert finished.returncode == 141
     assert "Broken pipe" not in finished.stderr
     assert "Exception ignored" not in finished.stderr
+
+
+def test_database_error_is_one_line(monkeypatch, capsys):
+    """A locked or damaged study database is the user's to fix, so no traceback."""
+    import sqlite3
+
+    from dimalign import cli
+    from dimalign.labeling import summary
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(summary, "summarize", locked)
+    status = cli.main(["labels", "summarize", "study.sqlite", "-o", "out"])
+    stderr = capsys.readouterr().err
+    assert status == 1
+    assert "dimalign labels: error: database is locked" in stderr
+    assert "Traceback" not in stderr

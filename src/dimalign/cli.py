@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import signal
+import sqlite3
 import sys
 import threading
 import warnings
@@ -223,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         # OSError covers the file system's refusals (permissions, a full or
         # read-only disk, a file where a folder belongs), which the user fixes.
-        ValueError, OSError, KeyError, RuntimeError,
+        # sqlite3.Error covers a labelling study's database that is locked or damaged.
+        ValueError, OSError, KeyError, RuntimeError, sqlite3.Error,
     ) as error:
         logger.debug("command failed", exc_info=True)
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
