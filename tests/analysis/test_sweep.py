@@ -1132,8 +1132,12 @@ def test_select_skips_run_being_fitted(tmp_path):
         write_run(tmp_path / "runs" / f"seed_{seed}", np.roll(base, seed, axis=1), 0.5, seed=seed)
     busy = tmp_path / "runs" / "seed_2"
     with exclusive_lock(busy / ".fit.lock", "busy"):
-        with pytest.warns(UserWarning, match=r"skipped 1 runs .*seed_2 \(a fit is writing it, .*\.fit\.lock is locked\)"):
+        with pytest.warns(UserWarning, match=r"skipped 1 runs .*seed_2 \(a fit is writing it, .*\.fit\.lock is locked\)") as caught:
             runs = find_runs(tmp_path)
+        # A sweep rerun would stop at the locked run, so the advice is to wait.
+        message = str(caught[0].message)
+        assert "Wait for the fits that are writing 1 of them" in message
+        assert "dimalign sweep" not in message
         assert [path.name for path in runs] == ["seed_0", "seed_1"]
         with pytest.raises(ValueError, match=r"run .*seed_2 is being written by a fit"):
             select_run([tmp_path / "runs" / "seed_0", busy], tmp_path / "out")

@@ -788,9 +788,18 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     runs = [path for path in candidates if _is_finished(path) and not _being_fitted(path)]
     skipped = [f"{path.name} ({_unfinished_reason(path)})" for path in candidates if path not in runs]
     if skipped:
+        # A sweep rerun stops at a run whose .fit.lock is held, so those runs need a wait instead.
+        n_writing = sum(_being_fitted(path) for path in candidates if path not in runs)
+        advice = []
+        if n_writing:
+            advice.append(f"wait for the fits that are writing {n_writing} of them to end")
+        if n_writing < len(skipped):
+            others = "the others" if n_writing else "them"
+            advice.append(f"rerun 'dimalign sweep' with the same settings to finish {others}")
+        advice_text = ", and ".join(advice)
         warnings.warn(
             f"{runs_folder}: skipped {len(skipped)} runs that are not finished: {', '.join(skipped[:20])}. "
-            "Rerun 'dimalign sweep' with the same settings to finish them",
+            f"{advice_text[0].upper()}{advice_text[1:]}",
             UserWarning,
             stacklevel=2,
         )
