@@ -593,3 +593,16 @@ def test_failed_run_removes_folder_it_created(tiny_predictor, tmp_path, monkeypa
 
     assert status == 1
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", ["gradcam", "maximize", "manipulate", "grid"])
+def test_help_says_output_folder_is_new(command):
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    out_option = next(action for action in commands.choices[command]._actions if "--out" in action.option_strings)
+    # A rerun into an earlier run's folder is an error, so the help must not read as "any folder".
+    assert "without an earlier run of this command" in out_option.help

@@ -36,12 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_grid(subparsers)
 
 
+# An earlier run's pictures of other images or dimensions would stay beside the new ones.
+_OUT_HELP = "output folder: a new one, or one without an earlier run of this command"
+
+
 def _add_map_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--map", type=Path, required=True, dest="map_dir",
         help="output folder of 'dimalign map' (ridge_map.npz and manifest.json)",
     )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("-o", "--out", type=Path, required=True, help=_OUT_HELP)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
 
 
@@ -146,7 +150,7 @@ def _register_grid(subparsers: argparse._SubParsersAction) -> None:
         "--images", type=Path, default=Path("."),
         help="folder that the sources are relative to (default: the current folder)",
     )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="output folder")
+    parser.add_argument("-o", "--out", type=Path, required=True, help=_OUT_HELP)
     parser.add_argument("--top-k", type=int, default=12, help="objects in the top layout (default 12)")
     parser.add_argument("--layout", choices=("top", "percentile"), default="top", help="grid layout (default top)")
     parser.add_argument("--dims", type=int, nargs="+", help="0-based dimensions to draw (default: all)")
