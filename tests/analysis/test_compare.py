@@ -1088,6 +1088,19 @@ def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
 
 
 
+def test_map_help_names_object_tables():
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    description = commands.choices["map"].description
+    # map has no --objects option, so the help must say where the tables come from.
+    assert "objects.tsv" in description
+    assert "both inputs or neither" in description
+
+
 def test_map_cli_rejects_embedding_table_of_other_length(tmp_path, capsys):
     rng = np.random.default_rng(0)
     ids = [f"o{i}" for i in range(12)]

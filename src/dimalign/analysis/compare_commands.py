@@ -321,7 +321,10 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fit one ridge regression per embedding dimension from a layer's features, with the "
             "penalty chosen by k-fold cross-validation. Writes ridge_map.npz, ridge_map.csv "
-            "(penalty and cross-validated R² per dimension) and manifest.json."
+            "(penalty and cross-validated R² per dimension) and manifest.json. Feature and "
+            "embedding rows are matched by object id through the objects.tsv of each input (in "
+            "its folder, or beside its file), which both inputs or neither must have. Without "
+            "tables, rows are matched by position."
         ),
     )
     parser.add_argument("features", type=Path, help="feature folder (from 'dimalign extract') or file")
