@@ -1316,3 +1316,16 @@ def test_sweep_reports_leftover_hidden_folder(finished_sweep, tmp_path, tiny_tri
     with caplog.at_level(logging.WARNING, logger="dimalign.io.files"):
         sweep(train, val, folder, seeds=[0, 1, 2], n_objects=N_OBJECTS, settings=SETTINGS)
     assert ".partial-killed" in caplog.text
+
+
+def test_select_help_names_run_inputs():
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    actions = {action.dest: action for action in commands.choices["select"]._actions}
+    # select_run also scores embedding files, and needs -o for runs given by path.
+    assert "embedding files" in actions["runs"].help
+    assert "required for runs given by path" in actions["out"].help

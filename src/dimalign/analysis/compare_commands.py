@@ -122,8 +122,11 @@ def _register_select(subparsers: argparse._SubParsersAction) -> None:
             "and manifest.json."
         ),
     )
-    parser.add_argument("runs", type=Path, nargs="+", help="a sweep directory, or two or more run directories")
-    parser.add_argument("-o", "--out", type=Path, help="output directory (default SWEEP/selection)")
+    parser.add_argument("runs", type=Path, nargs="+", help="a sweep directory, or two or more run directories or embedding files")
+    parser.add_argument(
+        "-o", "--out", type=Path,
+        help="output directory (default SWEEP/selection; required for runs given by path)",
+    )
     parser.add_argument("--split", choices=("odd_even", "random"), default="odd_even", help="how to halve the objects (default odd_even)")
     parser.add_argument("--seed", type=int, help="seed of --split random (default 0)")
     parser.add_argument("--copy", action="store_true", help="also copy the chosen run to OUT/selected_run")
