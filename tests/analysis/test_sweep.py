@@ -1329,3 +1329,17 @@ def test_select_help_names_run_inputs():
     # select_run also scores embedding files, and needs -o for runs given by path.
     assert "embedding files" in actions["runs"].help
     assert "required for runs given by path" in actions["out"].help
+
+
+def test_too_few_runs_names_unfinished(tmp_path):
+    from dimalign.io.files import exclusive_lock
+
+    base = np.maximum(np.random.default_rng(15).normal(size=(12, 3)), 0.0)
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"seed_{seed}", np.roll(base, seed, axis=1), 0.5, seed=seed)
+    busy = tmp_path / "runs" / "seed_1"
+    with exclusive_lock(busy / ".fit.lock", "busy"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        # With only one other run finished, more seeds are not the only way out: the fit may just end.
+        with pytest.raises(FileNotFoundError, match=r"It also has 1 unfinished run \(see the warning\)"):
+            find_runs(tmp_path)

@@ -813,20 +813,26 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
         "warning); move those that belong to another sweep out, and restore or remove the changed ones."
         if n_excluded else ""
     )
+    unfinished = (
+        f" It also has {len(skipped)} unfinished run{'s' if len(skipped) != 1 else ''} (see the warning), "
+        "which count once they are finished."
+        if skipped else ""
+    )
     if len(runs) == 1:
         raise FileNotFoundError(
             f"{runs_folder} has 1 finished run of this sweep ({runs[0].name}), but selection compares "
             "runs and needs at least two: rerun 'dimalign sweep' into the same folder with more seeds "
-            f"(finished runs are reused).{excluded}"
+            f"(finished runs are reused).{excluded}{unfinished}"
         )
     if not runs and n_excluded:
         raise FileNotFoundError(
-            f"{runs_folder} has no finished run of this sweep, but selection needs at least two.{excluded}"
+            f"{runs_folder} has no finished run of this sweep, but selection needs at least two."
+            f"{excluded}{unfinished}"
         )
     if not runs:
         raise FileNotFoundError(
             f"{runs_folder} has no finished run (seed_*/embedding.npz with manifest.json): "
-            "selection needs at least two; run 'dimalign sweep' first"
+            f"selection needs at least two; run 'dimalign sweep' first.{unfinished}"
         )
     return runs
 
