@@ -889,7 +889,8 @@ def compare(
     # that the new comparison does not write (relevance files, similarity
     # matrices, image grids) go aside with the replaced ones, so that no
     # result of an earlier comparison stays next to the new ones. A folder
-    # that this call creates is removed again if a step fails.
+    # that this call creates is removed again if a step fails, unless another
+    # program wrote into it meanwhile.
     with staged_outputs(out_dir, retire=_retired_outputs()) as stage:
         matching_table = pd.concat([matching.to_frame() for matching in matchings.values()], ignore_index=True)
         _write_csv(matching_table, stage / "matching.csv")
