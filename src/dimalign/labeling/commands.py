@@ -113,7 +113,7 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "--images", type=Path, metavar="DIR",
             help="folder to serve the images from instead of the one given at setup, such as after "
-            "moving the study to another machine (the study is not changed)",
+            "moving the study to another machine (the stored folder is not changed)",
         )
         _add_server_options(parser)
     else:
