@@ -113,6 +113,21 @@ def test_failed_summary_writes_nothing(two_studies, tmp_path, case):
     assert leftovers(tmp_path) == []
 
 
+def test_failed_summary_keeps_new_folder_with_other_files(two_studies, tmp_path, monkeypatch):
+    # The run created new/, and another program wrote into it meanwhile.
+    first, _ = two_studies
+    parent = tmp_path / "new"
+
+    def fail_after_another_program_writes(*args, **kwargs):
+        (parent / "other.txt").write_text("written by another program")
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(summary, "_write_summary", fail_after_another_program_writes)
+    with pytest.raises(RuntimeError, match="stopped"):
+        summarize([first], parent / "out", wordcloud_size=SIZE)
+    assert sorted(path.name for path in parent.iterdir()) == ["other.txt"]
+
+
 def test_rerun_removes_earlier_summary_files(two_studies, tmp_path):
     first, second = two_studies
     out = tmp_path / "out"

@@ -324,7 +324,11 @@ def summarize(
 
                 sentence_model = load_sentence_model()
 
-        with output_dir(target.parent), _output_lock(target, out_dir), _staging_dir(target, out_dir) as staging:
+        with (
+            output_dir(target.parent, remove_contents=False),
+            _output_lock(target, out_dir),
+            _staging_dir(target, out_dir) as staging,
+        ):
             # Checked again under the lock: another run may have finished in between.
             earlier_files = _earlier_summary_files(target, out_dir)
             headline = _write_summary(
