@@ -36,3 +36,32 @@ def ridge_coefficients() -> tuple[np.ndarray, np.ndarray]:
     """A map from the 6 pooled features of `make_conv_model` to 5 dimensions."""
     rng = np.random.default_rng(0)
     return rng.normal(size=(6, 5)), rng.normal(size=5)
+
+
+#: What the stand-in for another program writes into an output folder during a run.
+OTHER_PROGRAM_TEXT = "written by another program during the run"
+
+
+@pytest.fixture
+def stop_second_call(monkeypatch):
+    """Return ``patch(module, name, error, other_file=None)``: ``module.name`` raises on its second call.
+
+    With ``other_file``, the second call first writes that file, as another
+    program writing into the output folder during the run would.
+    """
+
+    def patch(module, name: str, error: BaseException, other_file=None) -> None:
+        original = getattr(module, name)
+        calls = []
+
+        def stop(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                if other_file is not None:
+                    other_file.write_text(OTHER_PROGRAM_TEXT)
+                raise error
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, stop)
+
+    return patch

@@ -298,24 +298,14 @@ def test_grid_keeps_user_file(colour_objects, tmp_path, capsys, existing):
     assert (out / existing).read_text() == "my notes"
 
 
-def test_failed_grid_keeps_file_added_meanwhile(colour_objects, tmp_path, monkeypatch, capsys):
+def test_failed_grid_keeps_file_added_meanwhile(colour_objects, tmp_path, stop_second_call):
     import dimalign.interpret.grid_images as grid_module
 
     image_dir, run_dir, _ = colour_objects
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("kept")
-    draw = grid_module.dimension_grid
-    calls = []
-
-    def fail_after_another_program_writes(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            (out / "other.txt").write_text("written by another program during the run")
-            raise RuntimeError("stopped")
-        return draw(*args, **kwargs)
-
-    monkeypatch.setattr(grid_module, "dimension_grid", fail_after_another_program_writes)
+    stop_second_call(grid_module, "dimension_grid", RuntimeError("stopped"), out / "other.txt")
 
     status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--cell-size", "16"])
 

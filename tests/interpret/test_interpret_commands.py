@@ -183,23 +183,14 @@ def test_output_overlapping_inputs_rejected(tiny_predictor, tmp_path, capsys, co
     assert photo.with_name("a_input.png").read_bytes() == before
 
 
-def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, tmp_path, monkeypatch):
+def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, tmp_path, stop_second_call):
     import dimalign.interpret.gradcam as gradcam_module
 
     photos = [write_photo(tmp_path / "photos" / f"{name}.png", (200, 30, 30)) for name in ("a", "b")]
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("kept")
-    compute = gradcam_module.dimension_gradcam
-    calls = []
-
-    def interrupt_second_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(gradcam_module, "dimension_gradcam", interrupt_second_call)
+    stop_second_call(gradcam_module, "dimension_gradcam", KeyboardInterrupt())
 
     status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
                    "-o", str(out)])
@@ -397,24 +388,14 @@ def test_figure_images_keep_ties_and_drop_smaller():
     assert kept.edited["b"] == {"blur:1": "b"}
 
 
-def test_failed_gradcam_keeps_file_added_meanwhile(tiny_predictor, tmp_path, monkeypatch):
+def test_failed_gradcam_keeps_file_added_meanwhile(tiny_predictor, tmp_path, stop_second_call):
     import dimalign.interpret.gradcam as gradcam_module
 
     photos = [write_photo(tmp_path / "photos" / f"{name}.png", (200, 30, 30)) for name in ("a", "b")]
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("kept")
-    compute = gradcam_module.dimension_gradcam
-    calls = []
-
-    def fail_after_another_program_writes(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            (out / "other.txt").write_text("written by another program during the run")
-            raise RuntimeError("stopped")
-        return compute(*args, **kwargs)
-
-    monkeypatch.setattr(gradcam_module, "dimension_gradcam", fail_after_another_program_writes)
+    stop_second_call(gradcam_module, "dimension_gradcam", RuntimeError("stopped"), out / "other.txt")
 
     status = main(["gradcam", *map(str, photos), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
                    "-o", str(out)])
