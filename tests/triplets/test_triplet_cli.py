@@ -718,22 +718,28 @@ def test_simulate_interrupted_rerun_keeps_earlier_output(tmp_path, monkeypatch):
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
 
 
-def test_interrupted_run_keeps_files_added_by_others(tmp_path, monkeypatch):
-    """A stopped run removes only its own files, not what another program wrote meanwhile."""
+@pytest.mark.parametrize("folder", ["existing", "new"])
+def test_interrupted_run_keeps_files_added_by_others(tmp_path, monkeypatch, folder):
+    """A stopped run removes only its own files, not what another program wrote meanwhile.
+
+    This holds in a folder that the run created too: it stays with the other files.
+    """
     import dimalign.io.triplets as triplet_io
     from dimalign.cli import Terminated
 
     np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
-    out_dir = tmp_path / "study"
-    (out_dir / "notes").mkdir(parents=True)
+    out_dir = tmp_path / "study" if folder == "existing" else tmp_path / "new" / "study"
     save = triplet_io.save_triplets
 
     def save_while_others_write(triplets, path):
-        written = save(triplets, path)
+        save(triplets, path)
+        (out_dir / "notes").mkdir(exist_ok=True)
         (out_dir / "notes" / "new.txt").write_text("written meanwhile\n", encoding="utf-8")
         (out_dir / "other.csv").write_text("1,2\n", encoding="utf-8")
         raise Terminated(143)
 
+    if folder == "existing":
+        (out_dir / "notes").mkdir(parents=True)
     monkeypatch.setattr(triplet_io, "save_triplets", save_while_others_write)
 
     status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
@@ -927,26 +933,3 @@ def test_split_of_one_triplet_fails(tmp_path, capsys, fraction):
     assert "1 triplet cannot be split into a training and a validation part" in error
     assert "leave out --split to write triplets.npy" in error
     assert "use at least 1," not in error
-
-
-def test_simulate_interrupted_keeps_new_folder_with_other_files(tmp_path, monkeypatch):
-    # The run created the folder, and another program wrote into it meanwhile.
-    import dimalign.io.triplets as triplet_io
-    from dimalign.cli import Terminated
-
-    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
-    out_dir = tmp_path / "new" / "out"
-    save = triplet_io.save_triplets
-
-    def save_then_stop(triplets, path):
-        save(triplets, path)
-        (out_dir / "other.txt").write_text("written by another program\n", encoding="utf-8")
-        raise Terminated(143)
-
-    monkeypatch.setattr(triplet_io, "save_triplets", save_then_stop)
-
-    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
-                   "--n-triplets", "50"])
-
-    assert status == 143
-    assert sorted(path.name for path in out_dir.iterdir()) == ["other.txt"]
