@@ -465,3 +465,21 @@ def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
     assert main(arguments + ["2"]) == 0
 
     assert sorted(path.name for path in out.glob(".*")) == [".notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["config.toml", "history.csv"])
+def test_fit_cli_keeps_user_file_of_output_name(tmp_path, capsys, name):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("the user's own notes\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / name} exists, but {out} contains no earlier dimalign fit output" in error
+    assert (out / name).read_text() == "the user's own notes\n"
+    assert sorted(path.name for path in out.iterdir()) == [name]
+

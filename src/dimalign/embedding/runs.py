@@ -12,7 +12,14 @@ import numpy as np
 
 from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import MANIFEST_NAME, exclusive_lock, now_iso, output_dir, write_manifest
+from dimalign.io.files import (
+    MANIFEST_NAME,
+    check_unowned_files,
+    exclusive_lock,
+    now_iso,
+    output_dir,
+    write_manifest,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME
 
@@ -59,7 +66,9 @@ def fit_run(
 
     Raises:
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
-            ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
+            ``checkpoint.pt``, or a checkpoint while ``resume`` is False. Also
+            if ``config.toml`` or ``history.csv`` exist in a folder without
+            an earlier fit.
         RuntimeError: If another fit is writing to ``out_dir``.
         ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
             objects than ``object_table``.
@@ -69,6 +78,12 @@ def fit_run(
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
     _reject_result_without_checkpoint(out_dir)
+    if not (out_dir / CHECKPOINT_NAME).is_file():
+        # A fit writes config.toml and history.csv only after its last
+        # checkpoint, so without one they are not a fit's: they may be the
+        # user's only copy. objects.tsv is left out on purpose, because a fit
+        # stopped before its first checkpoint leaves it, and a rerun replaces it.
+        check_unowned_files(out_dir, [CONFIG_NAME, HISTORY_NAME], "fit")
     busy = (
         f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
         "to finish (then pass --resume to continue it) or choose another run directory"
