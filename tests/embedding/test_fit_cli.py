@@ -483,3 +483,20 @@ def test_fit_cli_keeps_user_file_of_output_name(tmp_path, capsys, name):
     assert (out / name).read_text() == "the user's own notes\n"
     assert sorted(path.name for path in out.iterdir()) == [name]
 
+
+@pytest.mark.parametrize(
+    "name", ["checkpoint.pt", "embedding.npz", "config.toml", "history.csv", "objects.tsv", ".fit.lock"]
+)
+def test_fit_cli_rejects_folder_at_output_name(tmp_path, capsys, name):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                   "-o", str(out), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / name} is a folder, but dimalign fit writes a file of that name" in error
+    assert sorted(path.name for path in out.iterdir()) == [name]

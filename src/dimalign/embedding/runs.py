@@ -67,8 +67,8 @@ def fit_run(
     Raises:
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
             ``checkpoint.pt``, or a checkpoint while ``resume`` is False. Also
-            if ``config.toml`` or ``history.csv`` exist in a folder without
-            an earlier fit.
+            if a file name of the run is a folder, or if ``config.toml`` or
+            ``history.csv`` exist in a folder without an earlier fit.
         RuntimeError: If another fit is writing to ``out_dir``.
         ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
             objects than ``object_table``.
@@ -77,6 +77,7 @@ def fit_run(
     out_dir = Path(out_dir)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    _reject_folders_at_file_names(out_dir)
     _reject_result_without_checkpoint(out_dir)
     if not (out_dir / CHECKPOINT_NAME).is_file():
         # A fit writes config.toml and history.csv only after its last
@@ -121,6 +122,22 @@ def _remove_temporary_files(out_dir: Path) -> None:
             "removed %d temporary files that an interrupted fit left in %s: %s",
             len(leftovers), out_dir, ", ".join(sorted(path.name for path in leftovers)),
         )
+
+
+def _reject_folders_at_file_names(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` if a file that the fit writes in ``out_dir`` is a folder.
+
+    Checked before training, because otherwise the write fails only after the
+    epochs up to the first checkpoint, or after the whole fit.
+    """
+    names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, FIT_LOCK_NAME)
+    for name in names:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but dimalign fit writes a file of that name in the run "
+                "directory: move the folder away, or choose another run directory"
+            )
 
 
 def _reject_result_without_checkpoint(out_dir: Path) -> None:
