@@ -84,6 +84,25 @@ def test_fit_cli_without_object_count_fails(tmp_path, capsys):
     assert "--n-objects" in capsys.readouterr().err
 
 
+
+def test_fit_cli_names_missing_triplet_path(tmp_path, capsys):
+    missing = tmp_path / "trainn.npy"
+    assert main(["fit", str(missing), "-o", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert f"triplet file or folder {missing} not found" in error
+    assert "number of objects is unknown" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_names_folder_without_triplet_file(tmp_path, capsys):
+    folder = tmp_path / "triplets"
+    folder.mkdir()
+    assert main(["fit", str(folder), "-o", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert f"no triplet file in {folder}" in error
+    assert "number of objects is unknown" not in error
+    assert not (tmp_path / "run").exists()
+
 def test_fit_cli_existing_checkpoint_needs_resume(tmp_path, capsys):
     write_triplets(tmp_path / "train.npy")
     arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),

@@ -126,6 +126,8 @@ def load_training_data(
         triplets were split off here (None otherwise).
 
     Raises:
+        FileNotFoundError: If the triplet path does not exist, or is a folder
+            without a triplet file.
         ValueError: If ``--val-fraction`` is given together with validation
             triplets (``--val``, or val.npy in the training folder), lies
             outside ``[0, 1)``, or would leave the training or the validation
@@ -134,9 +136,15 @@ def load_training_data(
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
 
+    source = args.triplets
+    # Found first, so that a mistyped path is named as such rather than
+    # reported as an unknown number of objects.
+    if not source.exists():
+        raise FileNotFoundError(f"triplet file or folder {source} not found: check the path")
+    train_path = find_triplet_file(source) if source.is_dir() else source
+
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
-    source = args.triplets
     if table is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
         table_path = source / OBJECT_TABLE_NAME
         table = read_object_table(table_path)
@@ -155,12 +163,8 @@ def load_training_data(
     inputs = {}
     val = None
     split = None
-    if source.is_dir():
-        train_path = find_triplet_file(source)
-        if args.val is None and (source / "val.npy").is_file():
-            args.val = source / "val.npy"
-    else:
-        train_path = source
+    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
+        args.val = source / "val.npy"
     train = load_triplets(train_path, n_objects)
     inputs["train"] = train_path
     if args.val is not None:
