@@ -99,6 +99,47 @@ def test_things48_rejects_wrong_row_count(things48):
         things48_correlation(np.ones((100, 3)), data=things48)
 
 
+
+def copy_things48_files(things_dir, folder, skip=()):
+    folder.mkdir()
+    for name in ("RDM48_triplet.mat", "words48.csv", "unique_id.txt"):
+        if name not in skip:
+            (folder / name).write_bytes((things_dir / name).read_bytes())
+    return folder
+
+
+
+@pytest.mark.parametrize("missing", ["RDM48_triplet.mat", "words48.csv", "unique_id.txt"])
+def test_load_things48_names_missing_file(things_dir, tmp_path, missing):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=(missing,))
+
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(folder)
+
+    message = str(raised.value)
+    assert f"{folder} lacks {missing}" in message
+    assert "(CLI: --things-dir)" in message
+    assert "object table" not in message
+
+
+def test_load_things48_names_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"THINGS data directory .*nowhere not found"):
+        load_things48(tmp_path / "nowhere")
+
+
+
+
+
+def test_evaluate_checks_things_dir_before_scoring(tmp_path, monkeypatch):
+    import dimalign.analysis.evaluate
+
+    def fail(*args, **kwargs):
+        raise AssertionError("scored the triplets before reading the THINGS files")
+
+    monkeypatch.setattr(dimalign.analysis.evaluate, "odd_one_out_accuracy", fail)
+    with pytest.raises(FileNotFoundError, match="THINGS data directory"):
+        evaluate_embedding(np.eye(5), [[0, 1, 2]], things_dir=tmp_path / "nowhere")
+
 # -- evaluate_embedding --------------------------------------------------------
 
 

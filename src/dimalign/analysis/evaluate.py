@@ -60,6 +60,7 @@ def evaluate_embedding(
         when repeated sets exist.
 
     Raises:
+        FileNotFoundError: If ``things_dir`` or one of its three files does not exist.
         ValueError: If a triplet names an object the embedding does not have,
             or ``object_ids`` do not have one id per row.
 
@@ -75,6 +76,9 @@ def evaluate_embedding(
         embedding = as_embedding_result(embedding).embedding
     weights = np.asarray(embedding, dtype=np.float64)
     triplets = np.asarray(triplets)
+    # Read before the triplets are scored, which takes a while on a large
+    # file, so that a wrong THINGS directory fails at once.
+    data = load_things48(things_dir) if things_dir is not None else None
 
     accuracy = odd_one_out_accuracy(weights, triplets, return_ties=True)
     metrics: dict[str, Any] = {
@@ -90,8 +94,7 @@ def evaluate_embedding(
         raise ValueError(
             f"{len(object_ids)} object ids were given for an embedding of {weights.shape[0]} rows"
         )
-    if things_dir is not None:
-        data = load_things48(things_dir)
+    if data is not None:
         if weights.shape[0] != data.n_concepts:
             reason = f"the embedding has {weights.shape[0]} objects, not the {data.n_concepts} THINGS concepts"
         elif object_ids is not None and data.rows_in(object_ids) is None:

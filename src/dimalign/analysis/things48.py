@@ -162,8 +162,15 @@ def match_concept_ids(
 
 
 def load_things48(things_dir: str | os.PathLike) -> Things48:
-    """Load the 48-object RDM, its names and their THINGS rows from a data directory."""
+    """Load the 48-object RDM, its names and their THINGS rows from a data directory.
+
+    Raises:
+        FileNotFoundError: If the directory, or one of its three files, does not exist.
+        ValueError: If a file cannot be read, or the names do not match the
+            RDM or the THINGS concept ids.
+    """
     things_dir = Path(things_dir)
+    _check_things48_files(things_dir)
     rdm = read_rdm48(things_dir / RDM_FILE)
     words, excluded = read_words48(things_dir / WORDS_FILE)
     if len(words) != rdm.shape[0]:
@@ -181,6 +188,22 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
         n_concepts=len(concepts),
         concept_ids=tuple(concepts.object_ids),
     )
+
+
+def _check_things48_files(things_dir: Path) -> None:
+    """Raise ``FileNotFoundError`` naming the directory, or the first of its three files, that is missing."""
+    needed = f"the 48-object check needs {RDM_FILE}, {WORDS_FILE} and {CONCEPTS_FILE} from the THINGS data"
+    if not things_dir.is_dir():
+        raise FileNotFoundError(
+            f"THINGS data directory {things_dir} not found: {needed}; pass the folder that contains "
+            "them (CLI: --things-dir), or leave it out to skip the check"
+        )
+    for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
+        if not (things_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{things_dir} lacks {name}: {needed}; pass the folder that contains them "
+                "(CLI: --things-dir), or leave it out to skip the check"
+            )
 
 
 def things48_correlation(
