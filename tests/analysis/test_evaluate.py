@@ -108,6 +108,13 @@ def copy_things48_files(things_dir, folder, skip=()):
     return folder
 
 
+def test_load_things48_names_damaged_rdm(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("RDM48_triplet.mat",))
+    (folder / "RDM48_triplet.mat").write_text("not a MATLAB file")
+
+    with pytest.raises(ValueError, match=r"RDM48_triplet\.mat cannot be read as a MATLAB file"):
+        load_things48(folder)
+
 
 @pytest.mark.parametrize("missing", ["RDM48_triplet.mat", "words48.csv", "unique_id.txt"])
 def test_load_things48_names_missing_file(things_dir, tmp_path, missing):
@@ -126,6 +133,14 @@ def test_load_things48_names_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"THINGS data directory .*nowhere not found"):
         load_things48(tmp_path / "nowhere")
 
+
+def test_load_things48_names_words_file_not_utf8(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_bytes().replace(b"beaver", b"b\xe9aver")
+    (folder / "words48.csv").write_bytes(text)
+
+    with pytest.raises(ValueError, match=r"words48\.csv is not UTF-8 text \(byte 0xe9"):
+        load_things48(folder)
 
 
 

@@ -19,6 +19,7 @@ Files read from a THINGS data directory:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import scipy.io
 
 from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
+from dimalign.io.files import read_utf8_text
 from dimalign.io.objects import read_object_table
 
 logger = logging.getLogger(__name__)
@@ -89,12 +91,19 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
     """Read the single 48 x 48 matrix of ``RDM48_triplet.mat``.
 
     Raises:
-        ValueError: If the file contains no 48 x 48 matrix or more than one.
+        ValueError: If the file is not a MATLAB file, or contains no 48 x 48
+            matrix or more than one.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object RDM {path} not found")
-    contents = scipy.io.loadmat(path)
+    try:
+        contents = scipy.io.loadmat(path)
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, EOFError) as error:
+        raise ValueError(
+            f"{path} cannot be read as a MATLAB file ({type(error).__name__}: {error}); it may be "
+            "damaged: copy RDM48_triplet.mat from the THINGS data again"
+        ) from error
     matrices = {
         name: value
         for name, value in contents.items()
@@ -114,18 +123,23 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Read ``words48.csv`` and return the names and their ``exclude`` flags."""
+    """Read ``words48.csv`` and return the names and their ``exclude`` flags.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not UTF-8 text or has no ``Word`` column.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object word list {path} not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "Word" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
-        words, flags = [], []
-        for row in reader:
-            words.append(row["Word"].strip())
-            flags.append((row.get("exclude") or "").strip() not in ("", "0"))
+    text = read_utf8_text(path, advice="copy words48.csv from the THINGS data again")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "Word" not in reader.fieldnames:
+        raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
+    words, flags = [], []
+    for row in reader:
+        words.append(row["Word"].strip())
+        flags.append((row.get("exclude") or "").strip() not in ("", "0"))
     return words, np.asarray(flags, dtype=bool)
 
 
