@@ -206,18 +206,15 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
 
 def _check_things48_files(things_dir: Path) -> None:
     """Raise ``FileNotFoundError`` naming the directory, or the first of its three files, that is missing."""
-    needed = f"the 48-object check needs {RDM_FILE}, {WORDS_FILE} and {CONCEPTS_FILE} from the THINGS data"
+    needed = (
+        f"The 48-object check needs {RDM_FILE}, {WORDS_FILE} and {CONCEPTS_FILE} from the THINGS "
+        "data: pass the folder that contains them (CLI: --things-dir), or leave it out to skip the check"
+    )
     if not things_dir.is_dir():
-        raise FileNotFoundError(
-            f"THINGS data directory {things_dir} not found: {needed}; pass the folder that contains "
-            "them (CLI: --things-dir), or leave it out to skip the check"
-        )
+        raise FileNotFoundError(f"THINGS data directory {things_dir} not found. {needed}")
     for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
         if not (things_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{things_dir} lacks {name}: {needed}; pass the folder that contains them "
-                "(CLI: --things-dir), or leave it out to skip the check"
-            )
+            raise FileNotFoundError(f"{things_dir} lacks {name}. {needed}")
 
 
 def things48_correlation(
