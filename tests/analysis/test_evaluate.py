@@ -143,6 +143,27 @@ def test_load_things48_names_words_file_not_utf8(things_dir, tmp_path):
         load_things48(folder)
 
 
+def test_load_things48_rejects_repeated_word(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_text(encoding="utf-8").replace("pizza,", "bucket,")
+    (folder / "words48.csv").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"words48\.csv lists 'bucket' on rows 1 and \d+"):
+        load_things48(folder)
+
+
+def test_load_things48_names_files_of_unknown_word(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_text(encoding="utf-8").replace("beaver,", "beever,")
+    (folder / "words48.csv").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError) as raised:
+        load_things48(folder)
+
+    message = str(raised.value)
+    assert "1 of the 48 objects are not THINGS concept ids: ['beever']" in message
+    assert str(folder / "words48.csv") in message
+    assert str(folder / "unique_id.txt") in message
 
 
 def test_evaluate_checks_things_dir_before_scoring(tmp_path, monkeypatch):

@@ -192,8 +192,15 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
             f"{things_dir / WORDS_FILE} lists {len(words)} names but the RDM has "
             f"{rdm.shape[0]} rows"
         )
+    _reject_repeated_words(words, things_dir / WORDS_FILE)
     concepts = read_object_table(things_dir / CONCEPTS_FILE)
-    indices = match_concept_ids(words, concepts.object_ids)
+    try:
+        indices = match_concept_ids(words, concepts.object_ids)
+    except ValueError as error:
+        raise ValueError(
+            f"{things_dir / WORDS_FILE} does not match {things_dir / CONCEPTS_FILE}: {error} "
+            "If a file was edited, copy both from the THINGS data again."
+        ) from error
     return Things48(
         words=tuple(words),
         indices=indices,
@@ -202,6 +209,18 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
         n_concepts=len(concepts),
         concept_ids=tuple(concepts.object_ids),
     )
+
+
+def _reject_repeated_words(words: Sequence[str], path: Path) -> None:
+    """Raise ``ValueError`` if a name appears twice, which would pair one RDM row with another object's row."""
+    first_row: dict[str, int] = {}
+    for row, word in enumerate(words, start=1):
+        if word in first_row:
+            raise ValueError(
+                f"{path} lists {word!r} on rows {first_row[word]} and {row} (counting data rows "
+                "from 1), but the 48 objects are distinct: copy words48.csv from the THINGS data again"
+            )
+        first_row[word] = row
 
 
 def _check_things48_files(things_dir: Path) -> None:
