@@ -369,6 +369,15 @@ def test_fit_cli_rejects_zero_threads(tmp_path, capsys):
     assert "argument --threads: 0 is invalid: use 1 or more" in capsys.readouterr().err
 
 
+
+def test_fit_cli_rejects_non_integer_threads(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"), "--threads", "x"])
+    error = capsys.readouterr().err
+    assert "argument --threads: 'x' is not an integer: use 1 or more" in error
+    assert "_thread_count" not in error
+
 def test_fit_cli_rejects_more_threads_than_cpus(tmp_path, monkeypatch, capsys):
     """Threads beyond the CPUs slow a fit down, and a count such as 100000 crashes the process."""
     monkeypatch.setattr("os.cpu_count", lambda: 4)

@@ -72,7 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _thread_count(text: str) -> int:
-    value = int(text)
+    # argparse names the type function in its own message about a ValueError.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: use 1 or more") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is invalid: use 1 or more")
     # More threads than CPUs only wait on each other. On a 2-CPU machine, one
