@@ -528,3 +528,18 @@ def test_fit_cli_rejects_folder_at_output_name(tmp_path, capsys, name):
     error = capsys.readouterr().err
     assert f"{out / name} is a folder, but dimalign fit writes a file of that name" in error
     assert sorted(path.name for path in out.iterdir()) == [name]
+
+
+def test_fit_cli_rejects_file_at_tensorboard_folder(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("the user's own notes\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1", "--tensorboard"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / 'tensorboard'} is a file, but --tensorboard writes its event files into a folder" in error
+    assert sorted(path.name for path in out.iterdir()) == ["tensorboard"]

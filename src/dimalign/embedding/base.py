@@ -55,6 +55,9 @@ _COMMAND_LINE_OPTIONS = {
                    "mc_samples", "l1", "min_objects")},
 }
 
+#: Folder of the TensorBoard event files in the run directory.
+TENSORBOARD_DIR_NAME = "tensorboard"
+
 #: Upper bound of ``max_epochs``.
 MAX_EPOCHS = 10**9
 
@@ -437,7 +440,7 @@ class TripletEmbedding(BaseEstimator):
         # A run stopped after its last checkpoint has logged epochs that the
         # resumed run computes again. purge_step makes TensorBoard drop the
         # events of earlier files from this epoch on, so each epoch shows once.
-        return SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=start_epoch + 1)
+        return SummaryWriter(log_dir=str(directory / TENSORBOARD_DIR_NAME), purge_step=start_epoch + 1)
 
     # ---- checkpoints ----------------------------------------------------------
 

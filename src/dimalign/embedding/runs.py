@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
+from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TENSORBOARD_DIR_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 from dimalign.io.files import (
     MANIFEST_NAME,
@@ -67,7 +67,8 @@ def fit_run(
     Raises:
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
             ``checkpoint.pt``, or a checkpoint while ``resume`` is False. Also
-            if a file name of the run is a folder, or if ``config.toml`` or
+            if a file name of the run is a folder (or ``tensorboard`` a file
+            while ``tensorboard`` is True), or if ``config.toml`` or
             ``history.csv`` exist in a folder without an earlier fit.
         RuntimeError: If another fit is writing to ``out_dir``.
         ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
@@ -78,6 +79,12 @@ def fit_run(
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
     _reject_folders_at_file_names(out_dir)
+    tensorboard_dir = out_dir / TENSORBOARD_DIR_NAME
+    if getattr(estimator, "tensorboard", False) and tensorboard_dir.exists() and not tensorboard_dir.is_dir():
+        raise FileExistsError(
+            f"{tensorboard_dir} is a file, but --tensorboard writes its event files into a folder "
+            "of that name: move the file away, or choose another run directory"
+        )
     _reject_result_without_checkpoint(out_dir)
     if not (out_dir / CHECKPOINT_NAME).is_file():
         # A fit writes config.toml and history.csv only after its last
