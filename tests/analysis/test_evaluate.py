@@ -378,6 +378,24 @@ def test_evaluate_keeps_user_metrics(tmp_path, capsys):
     assert main(argv) == 0
 
 
+
+def test_cli_evaluate_rejects_folder_at_metrics_before_scoring(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "evaluation"
+    argv = ["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    manifest = (out_dir / "manifest.json").read_text()
+    (out_dir / "metrics.json").unlink()
+    (out_dir / "metrics.json").mkdir()
+
+    assert main(argv) == 1
+
+    captured = capsys.readouterr()
+    assert f"{out_dir / 'metrics.json'} is a folder, but dimalign evaluate writes a file of that name" in captured.err
+    assert captured.out == ""
+    assert (out_dir / "manifest.json").read_text() == manifest
+
 def test_cli_evaluate_rejects_invalid_device(tmp_path, capsys):
     run_dir, triplet_file = _cli_run(tmp_path)
     out_dir = tmp_path / "out"

@@ -120,6 +120,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.out:
         check_output_dir(args.out, "evaluate")
         check_unowned_files(args.out, ["metrics.json"], "evaluate")
+        metrics_path = Path(args.out) / "metrics.json"
+        if metrics_path.is_dir():
+            # Otherwise the write fails only after scoring, with a bare "Is a directory".
+            raise FileExistsError(
+                f"{metrics_path} is a folder, but dimalign evaluate writes a file of that name: "
+                "move the folder away, or choose another output folder"
+            )
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
     table, table_path = _object_table(args)
