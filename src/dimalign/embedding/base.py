@@ -270,6 +270,7 @@ class TripletEmbedding(BaseEstimator):
             logger.info("no checkpoint in %s to resume from: starting a new fit", directory)
         if state is not None:
             self._check_resumable(state, directory, n_objects, data_digest, val_digest)
+            self._check_parameter_shapes(state, directory, params)
             self._restore(state, params, optimizer, generator)
             history = list(state["history"])
             start_epoch = int(state["epoch"])
@@ -507,6 +508,31 @@ class TripletEmbedding(BaseEstimator):
                 f"{where} {problem}; resume with the same validation triplets, so that the "
                 "held-out accuracy in the history is of one set"
             )
+
+    @staticmethod
+    def _check_parameter_shapes(state, directory: Path, params: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` if the checkpoint's parameters differ from this fit's in name or shape.
+
+        The settings and the data already match at this point, so a difference
+        means that the file is damaged.
+        """
+        where = directory / "checkpoint.pt"
+        saved = state["params"]
+        if not isinstance(saved, dict) or set(saved) != set(params):
+            names = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(
+                f"{where} stores the parameters {names}, but this fit has {sorted(params)}, so the "
+                "file is damaged: remove it to start the fit again, or choose another run directory"
+            )
+        for name, tensor in params.items():
+            stored = saved[name]
+            shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
+            if shape != tuple(tensor.shape):
+                raise ValueError(
+                    f"{where} stores parameter {name!r} of shape {shape}, but this fit "
+                    f"has {tuple(tensor.shape)}, so the file is damaged: remove it to start the fit "
+                    "again, or choose another run directory"
+                )
 
     def _restore(self, state, params, optimizer, generator: torch.Generator) -> None:
         """Copy parameters, optimiser state and RNG state from a checkpoint."""
