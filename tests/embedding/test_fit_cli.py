@@ -543,3 +543,16 @@ def test_fit_cli_rejects_file_at_tensorboard_folder(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{out / 'tensorboard'} is a file, but --tensorboard writes its event files into a folder" in error
     assert sorted(path.name for path in out.iterdir()) == ["tensorboard"]
+
+
+def test_fit_cli_resume_with_other_split_names_split_options(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    assert main(arguments) == 0
+
+    assert main(arguments + ["--resume", "--split-seed", "1"]) == 1
+
+    error = capsys.readouterr().err
+    assert "was trained on other triplets" in error
+    assert "--val-fraction and --split-seed" in error

@@ -495,7 +495,11 @@ class TripletEmbedding(BaseEstimator):
         if state["n_objects"] != n_objects:
             raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
         if state["data_sha256"] != data_digest:
-            raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+            raise ValueError(
+                f"{where} was trained on other triplets: resume with the same training data. A "
+                "validation split made by the fit changes the training triplets too, so also keep "
+                "its fraction and seed (CLI: --val-fraction and --split-seed)"
+            )
         # Checkpoints written before val_sha256 was recorded lack the key and are not compared.
         if "val_sha256" in state and state["val_sha256"] != val_digest:
             if state["val_sha256"] is None:
