@@ -313,6 +313,14 @@ def test_incomplete_checkpoint_is_a_clear_error(tmp_path, damage):
     with pytest.raises(ValueError, match=message):
         VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
 
+
+def test_checkpoint_of_other_object_count_says_what_to_do(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+
+    with pytest.raises(ValueError, match=r"has 15 objects, this fit has 16: resume with the object count"):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=16)
+
 def test_interrupted_refit_leaves_the_model_unfitted(monkeypatch):
     """A refit stopped mid-training must not keep the old embedding beside the new settings."""
     from sklearn.exceptions import NotFittedError

@@ -493,7 +493,11 @@ class TripletEmbedding(BaseEstimator):
             )
             raise ValueError(f"{where} was written with other settings ({listed}); resume with the same settings")
         if state["n_objects"] != n_objects:
-            raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
+            raise ValueError(
+                f"{where} has {state['n_objects']} objects, this fit has {n_objects}: resume with the "
+                "object count the run was fitted with (CLI: --n-objects or --objects), or choose "
+                "another run directory"
+            )
         if state["data_sha256"] != data_digest:
             raise ValueError(
                 f"{where} was trained on other triplets: resume with the same training data. A "
