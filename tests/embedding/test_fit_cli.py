@@ -556,3 +556,30 @@ def test_fit_cli_resume_with_other_split_names_split_options(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "was trained on other triplets" in error
     assert "--val-fraction and --split-seed" in error
+
+
+def test_fit_cli_warns_when_objects_differ_from_folder_table(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"object_{index}\n" for index in range(12)))
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    assert (f"--objects {tmp_path / 'names.txt'} names row 0 'name0', but {folder / 'objects.tsv'} names it "
+            "'object_0'") in capsys.readouterr().err
+    assert "\tname0\t" in (tmp_path / "run" / "objects.tsv").read_text()
+
+
+def test_fit_cli_objects_replace_unreadable_folder_table(tmp_path):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_bytes(b"object\xff\n")
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(12)))
+
+    assert main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                 "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0

@@ -149,9 +149,12 @@ def load_training_data(
 
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
-    if table is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
-        table_path = source / OBJECT_TABLE_NAME
+    folder_table_path = source / OBJECT_TABLE_NAME
+    if table is None and source.is_dir() and folder_table_path.is_file():
+        table_path = folder_table_path
         table = read_object_table(table_path)
+    elif table is not None and source.is_dir() and folder_table_path.is_file():
+        _warn_if_tables_differ(table, args.objects, folder_table_path)
     n_objects = args.n_objects
     if n_objects is not None and table is not None and n_objects != len(table):
         raise ValueError(
@@ -181,6 +184,41 @@ def load_training_data(
     if args.objects:
         inputs["objects"] = args.objects
     return train, val, n_objects, table, inputs, split
+
+
+def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: Path) -> None:
+    """Log a warning when ``--objects`` names the rows otherwise than the triplet folder's objects.tsv.
+
+    ``--objects`` is used, as asked, because it may name rows that the folder
+    only numbers (``object_0``, ...). Where both are real names, a difference
+    relabels the rows of the run, so it is not passed over in silence. A
+    folder table that cannot be read is not compared, since ``--objects``
+    may be given in its place.
+    """
+    from dimalign.io.objects import read_object_table
+
+    try:
+        folder_table = read_object_table(folder_table_path)
+    except ValueError as error:
+        logger.info("not comparing --objects with %s, which cannot be read: %s", folder_table_path, error)
+        return
+    if tuple(requested.object_ids) == tuple(folder_table.object_ids):
+        return
+    if len(requested) != len(folder_table):
+        difference = f"lists {len(requested)} objects, but {folder_table_path} lists {len(folder_table)}"
+    else:
+        row = next(
+            row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+        )
+        difference = (
+            f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
+            f"{folder_table.object_ids[row]!r}"
+        )
+    logger.warning(
+        "--objects %s %s: the run's rows are named by --objects. If the folder's table is right, "
+        "leave out --objects",
+        requested_path, difference,
+    )
 
 
 def check_validation_options(args: argparse.Namespace) -> None:
