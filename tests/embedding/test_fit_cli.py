@@ -583,3 +583,18 @@ def test_fit_cli_objects_replace_unreadable_folder_table(tmp_path):
 
     assert main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
                  "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+
+def test_fit_cli_keeps_extra_columns_of_same_object_table(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_triplets(folder / "triplets.npy")
+    table = "index\tobject_id\tsource\tcategory\n" + "".join(
+        f"{index}\tobj{index}\timages/{index}.jpg\tgroup{index % 3}\n" for index in range(12)
+    )
+    (folder / "objects.tsv").write_text(table)
+
+    assert main(["fit", str(folder), "-o", str(folder), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+    assert (folder / "objects.tsv").read_text() == table
+    assert (folder / "embedding.npz").is_file()

@@ -185,6 +185,16 @@ def _raise_if_other_objects(path: Path, object_table: ObjectTable) -> None:
     )
 
 
+def _lists_objects(path: Path, object_table: ObjectTable) -> bool:
+    """Return whether ``path`` is a readable object table of the same ids, in the same order."""
+    if not path.is_file():
+        return False
+    try:
+        return read_object_table(path).object_ids == object_table.object_ids
+    except ValueError:
+        return False
+
+
 def _fit_and_save(
     estimator: TripletEmbedding,
     train: np.ndarray,
@@ -203,7 +213,11 @@ def _fit_and_save(
         # objects.tsv is what a fit stopped before its first checkpoint left.
         if (out_dir / CHECKPOINT_NAME).is_file():
             _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
-        write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+        # A table of the same objects stays as it is: it may be the input
+        # table itself, whose columns beyond index, object_id and source a
+        # rewrite would drop.
+        if not _lists_objects(out_dir / OBJECT_TABLE_NAME, object_table):
+            write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
     estimator.fit(train, val, n_objects=n_objects)
     # A folder with embedding.npz and manifest.json counts as finished (a sweep
     # reuses it), so the manifest of an earlier fit goes before the new files
