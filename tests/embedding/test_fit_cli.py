@@ -598,3 +598,19 @@ def test_fit_cli_keeps_extra_columns_of_same_object_table(tmp_path):
 
     assert (folder / "objects.tsv").read_text() == table
     assert (folder / "embedding.npz").is_file()
+
+
+def test_fit_cli_rejects_split_folder_as_validation(tmp_path, capsys):
+    folder = tmp_path / "split"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    write_triplets(folder / "val.npy", n_triplets=30, seed=1)
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "12", "--val", str(folder),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"--val {folder} is a folder, which loads train.npy, the training triplets of a split" in error
+    assert f"such as {folder / 'val.npy'}" in error
+    assert not (tmp_path / "run").exists()

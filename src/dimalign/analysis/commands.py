@@ -185,12 +185,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def reject_split_folder(path: Path, purpose: str) -> None:
-    """Reject a ``--triplets`` folder that contains ``val.npy`` next to the file a folder loads.
+def reject_split_folder(path: Path, purpose: str, option: str = "--triplets") -> None:
+    """Reject a triplet folder that contains ``val.npy`` next to the file a folder loads.
 
     A folder loads its one ``train*`` or ``triplets`` file, as ``dimalign fit``
     needs, so a command meant for held-out triplets would silently use the
     training ones. A folder without such a file gets the loader's own error.
+
+    Args:
+        path (Path): The folder (any other path passes).
+        purpose (str): What the command does with the triplets, such as ``"score"``.
+        option (str): The option that named ``path``, for the message.
 
     Raises:
         ValueError: Naming the file the folder would load and its ``val.npy``.
@@ -204,7 +209,7 @@ def reject_split_folder(path: Path, purpose: str) -> None:
     except (FileNotFoundError, ValueError):
         return
     raise ValueError(
-        f"--triplets {path} is a folder, which loads {loaded.name}, the training triplets of a split, "
+        f"{option} {path} is a folder, which loads {loaded.name}, the training triplets of a split, "
         f"not the held-out {path / 'val.npy'}: pass the triplet file to {purpose} itself, such as "
         f"{path / 'val.npy'}"
     )

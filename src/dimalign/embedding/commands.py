@@ -137,6 +137,7 @@ def load_training_data(
             outside ``[0, 1)``, or would leave the training or the validation
             triplets empty.
     """
+    from dimalign.analysis.commands import reject_split_folder
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
 
@@ -175,6 +176,7 @@ def load_training_data(
     train = load_triplets(train_path, n_objects)
     inputs["train"] = train_path
     if args.val is not None:
+        reject_split_folder(args.val, "validate on", option="--val")
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
     elif (val_fraction := _val_fraction(args)) > 0:
