@@ -614,3 +614,16 @@ def test_fit_cli_rejects_split_folder_as_validation(tmp_path, capsys):
     assert f"--val {folder} is a folder, which loads train.npy, the training triplets of a split" in error
     assert f"such as {folder / 'val.npy'}" in error
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_warns_when_validation_is_training_file(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    np.savetxt(tmp_path / "copy.txt", np.load(tmp_path / "train.npy"), fmt="%d")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--val", str(tmp_path / "copy.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    error = capsys.readouterr().err
+    assert (f"the validation triplets of {tmp_path / 'copy.txt'} are the training triplets of "
+            f"{tmp_path / 'train.npy'}") in error

@@ -179,6 +179,13 @@ def load_training_data(
         reject_split_folder(args.val, "validate on", option="--val")
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
+        if np.array_equal(train, val):
+            logger.warning(
+                "the validation triplets of %s are the training triplets of %s, so the held-out "
+                "accuracy that fit records is the training accuracy: pass triplets that the fit "
+                "does not train on, or leave out --val to hold out a share (--val-fraction)",
+                args.val, train_path,
+            )
     elif (val_fraction := _val_fraction(args)) > 0:
         check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
