@@ -533,3 +533,28 @@ def test_cli_evaluate_writes_nan_metric_as_null(tmp_path, capsys):
     stored = (out_dir / "metrics.json").read_text()
     assert "NaN" not in stored
     assert json.loads(stored)["nll"] is None
+
+
+def test_cli_evaluate_read_only_output_fails_before_scoring(tmp_path, capsys, monkeypatch):
+    import os
+
+    import dimalign.analysis.evaluate
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("scored the triplets before the output folder was checked")
+
+    monkeypatch.setattr(dimalign.analysis.evaluate, "odd_one_out_accuracy", no_work)
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(locked / "eval")])
+
+    assert status == 1
+    captured = capsys.readouterr()
+    assert f"cannot write into {locked}" in captured.err
+    assert captured.out == ""
+    assert list(locked.iterdir()) == []

@@ -627,3 +627,28 @@ def test_fit_cli_warns_when_validation_is_training_file(tmp_path, capsys):
     error = capsys.readouterr().err
     assert (f"the validation triplets of {tmp_path / 'copy.txt'} are the training triplets of "
             f"{tmp_path / 'train.npy'}") in error
+
+
+def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import dimalign.embedding
+
+    write_triplets(tmp_path / "train.npy")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the fit started before the run directory was checked")
+
+    monkeypatch.setattr(dimalign.embedding, "fit_run", no_work)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(locked),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert f"cannot write into {locked}" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []

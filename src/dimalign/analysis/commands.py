@@ -104,6 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dimalign.io.files import (
         check_output_dir,
         check_unowned_files,
+        check_writable,
         now_iso,
         replace_non_finite,
         write_json_atomic,
@@ -119,6 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.out:
         check_output_dir(args.out, "evaluate")
+        check_writable(Path(args.out))
         check_unowned_files(args.out, ["metrics.json"], "evaluate")
         metrics_path = Path(args.out) / "metrics.json"
         if metrics_path.is_dir():

@@ -305,12 +305,14 @@ def run_fit(args: argparse.Namespace) -> int:
     """Handle ``dimalign fit``."""
     from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.embedding import fit_run
-    from dimalign.io.files import check_output_dir
+    from dimalign.io.files import check_output_dir, check_writable
     from dimalign.parallel import limit_torch_threads
 
     check_method_options(args)
     check_validation_options(args)
     check_output_dir(args.out, "fit")
+    # Without an object table, nothing is written before the first checkpoint.
+    check_writable(args.out)
     # check_fit_triplets below rejects an empty file with an error that names it.
     val_given = args.val is not None
     with empty_triplets_rejected_later():
