@@ -558,3 +558,17 @@ def test_cli_evaluate_read_only_output_fails_before_scoring(tmp_path, capsys, mo
     assert f"cannot write into {locked}" in captured.err
     assert captured.out == ""
     assert list(locked.iterdir()) == []
+
+
+def test_cli_evaluate_names_unfinished_fit(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"a checkpoint of a fit that was stopped")
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n")
+
+    assert main(["evaluate", str(run_dir), "--triplets", str(triplet_file)]) == 1
+
+    error = capsys.readouterr().err
+    assert f"{run_dir} contains checkpoint.pt but no embedding.npz, so its fit has not finished" in error
+    assert "dimalign fit ... --resume" in error

@@ -129,6 +129,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"{metrics_path} is a folder, but dimalign evaluate writes a file of that name: "
                 "move the folder away, or choose another output folder"
             )
+    _reject_unfinished_run(Path(args.embedding))
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
     table, table_path = _object_table(args)
@@ -185,6 +186,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
     return 0
+
+
+def _reject_unfinished_run(path: Path) -> None:
+    """Raise ``FileNotFoundError`` for a run directory whose fit stopped before writing ``embedding.npz``."""
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+    from dimalign.io.runs import EMBEDDING_NAME
+
+    if path.is_dir() and not (path / EMBEDDING_NAME).exists() and (path / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{path} contains {CHECKPOINT_NAME} but no {EMBEDDING_NAME}, so its fit has not finished: "
+            f"finish it with 'dimalign fit ... --resume -o {path}' and the same triplets and settings, "
+            "then evaluate it"
+        )
 
 
 def reject_split_folder(path: Path, purpose: str, option: str = "--triplets") -> None:
