@@ -652,3 +652,16 @@ def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkey
     assert status == 1
     assert f"cannot write into {locked}" in capsys.readouterr().err
     assert list(locked.iterdir()) == []
+
+
+def test_fit_cli_records_folder_object_table_as_input(tmp_path):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    assert main(["fit", str(folder), "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert inputs["objects"]["path"] == str(folder / "objects.tsv")
+    assert "sha256" in inputs["objects"]

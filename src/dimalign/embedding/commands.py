@@ -190,8 +190,8 @@ def load_training_data(
         check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
         split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
-    if args.objects:
-        inputs["objects"] = args.objects
+    if table_path is not None:
+        inputs["objects"] = table_path
     return train, val, n_objects, table, inputs, split
 
 
