@@ -101,7 +101,7 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
         contents = scipy.io.loadmat(path)
     except (scipy.io.matlab.MatReadError, ValueError, TypeError, EOFError) as error:
         raise ValueError(
-            f"{path} cannot be read as a MATLAB file ({type(error).__name__}: {error}); it may be "
+            f"{path} cannot be read as a MATLAB file ({type(error).__name__}: {error}), so it may be "
             "damaged: copy RDM48_triplet.mat from the THINGS data again"
         ) from error
     matrices = {
