@@ -572,3 +572,12 @@ def test_cli_evaluate_names_unfinished_fit(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{run_dir} contains checkpoint.pt but no embedding.npz, so its fit has not finished" in error
     assert "dimalign fit ... --resume" in error
+
+
+def test_evaluate_warns_when_dot_products_overflow():
+    embedding = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]) * 1e160
+
+    with pytest.warns(UserWarning, match=r"dot products of the embedding overflow float64 \(largest weight 1e\+160\)"):
+        metrics = evaluate_embedding(embedding, [[0, 1, 2]])
+
+    assert not math.isfinite(metrics["nll"])

@@ -81,14 +81,25 @@ def evaluate_embedding(
     data = load_things48(things_dir) if things_dir is not None else None
 
     accuracy = odd_one_out_accuracy(weights, triplets, return_ties=True)
+    # Dot products beyond the float64 range make numpy warn without context.
+    # The warning below names the cause and its effect on the metrics.
+    with np.errstate(over="ignore", invalid="ignore"):
+        nll = triplet_nll(weights, triplets)
     metrics: dict[str, Any] = {
         "n_objects": int(weights.shape[0]),
         "n_dims": int(weights.shape[1]),
         "n_triplets": accuracy.n_triplets,
         "accuracy": accuracy.accuracy,
         "n_ties": accuracy.n_ties,
-        "nll": triplet_nll(weights, triplets),
+        "nll": nll,
     }
+    if not np.isfinite(nll):
+        warnings.warn(
+            f"dot products of the embedding overflow float64 (largest weight {weights.max():.3g}), so "
+            "the NLL is not finite and the accuracy treats infinite dot products as equal, which "
+            "can turn triplets into ties: check that the file holds an embedding of similarity weights",
+            UserWarning, stacklevel=2,
+        )
 
     if object_ids is not None and len(object_ids) != weights.shape[0]:
         raise ValueError(
