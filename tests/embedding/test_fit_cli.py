@@ -545,7 +545,7 @@ def test_fit_cli_rejects_file_at_tensorboard_folder(tmp_path, capsys):
     assert sorted(path.name for path in out.iterdir()) == ["tensorboard"]
 
 
-def test_fit_cli_resume_with_other_split_names_split_options(tmp_path, capsys):
+def test_fit_cli_resume_of_other_split(tmp_path, capsys):
     write_triplets(tmp_path / "train.npy")
     arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
                  "--n-dims", "3", "--max-epochs", "1"]
@@ -558,7 +558,7 @@ def test_fit_cli_resume_with_other_split_names_split_options(tmp_path, capsys):
     assert "--val-fraction and --split-seed" in error
 
 
-def test_fit_cli_warns_when_objects_differ_from_folder_table(tmp_path, capsys):
+def test_fit_cli_objects_differ_from_folder_table(tmp_path, capsys):
     folder = tmp_path / "simulated"
     folder.mkdir()
     write_triplets(folder / "train.npy")
@@ -585,7 +585,7 @@ def test_fit_cli_objects_replace_unreadable_folder_table(tmp_path):
                  "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0
 
 
-def test_fit_cli_keeps_extra_columns_of_same_object_table(tmp_path):
+def test_fit_cli_keeps_object_table_columns(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     write_triplets(folder / "triplets.npy")

@@ -314,7 +314,7 @@ def test_incomplete_checkpoint_is_a_clear_error(tmp_path, damage):
         VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
 
 
-def test_checkpoint_of_other_object_count_says_what_to_do(tmp_path):
+def test_checkpoint_of_other_object_count(tmp_path):
     triplets = random_triplets(15, 200)
     VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
 
