@@ -99,6 +99,83 @@ def test_things48_rejects_wrong_row_count(things48):
         things48_correlation(np.ones((100, 3)), data=things48)
 
 
+
+def copy_things48_files(things_dir, folder, skip=()):
+    folder.mkdir()
+    for name in ("RDM48_triplet.mat", "words48.csv", "unique_id.txt"):
+        if name not in skip:
+            (folder / name).write_bytes((things_dir / name).read_bytes())
+    return folder
+
+
+def test_load_things48_names_damaged_rdm(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("RDM48_triplet.mat",))
+    (folder / "RDM48_triplet.mat").write_text("not a MATLAB file")
+
+    with pytest.raises(ValueError, match=r"RDM48_triplet\.mat cannot be read as a MATLAB file"):
+        load_things48(folder)
+
+
+@pytest.mark.parametrize("missing", ["RDM48_triplet.mat", "words48.csv", "unique_id.txt"])
+def test_load_things48_names_missing_file(things_dir, tmp_path, missing):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=(missing,))
+
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(folder)
+
+    message = str(raised.value)
+    assert f"{folder} lacks {missing}" in message
+    assert "(CLI: --things-dir)" in message
+    assert "object table" not in message
+
+
+def test_load_things48_names_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"THINGS data directory .*nowhere not found"):
+        load_things48(tmp_path / "nowhere")
+
+
+def test_load_things48_names_words_file_not_utf8(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_bytes().replace(b"beaver", b"b\xe9aver")
+    (folder / "words48.csv").write_bytes(text)
+
+    with pytest.raises(ValueError, match=r"words48\.csv is not UTF-8 text \(byte 0xe9"):
+        load_things48(folder)
+
+
+def test_load_things48_rejects_repeated_word(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_text(encoding="utf-8").replace("pizza,", "bucket,")
+    (folder / "words48.csv").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"words48\.csv lists 'bucket' on rows 1 and \d+"):
+        load_things48(folder)
+
+
+def test_load_things48_names_files_of_unknown_word(things_dir, tmp_path):
+    folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
+    text = (things_dir / "words48.csv").read_text(encoding="utf-8").replace("beaver,", "beever,")
+    (folder / "words48.csv").write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError) as raised:
+        load_things48(folder)
+
+    message = str(raised.value)
+    assert "1 of the 48 objects are not THINGS concept ids: ['beever']" in message
+    assert str(folder / "words48.csv") in message
+    assert str(folder / "unique_id.txt") in message
+
+
+def test_evaluate_checks_things_dir_before_scoring(tmp_path, monkeypatch):
+    import dimalign.analysis.evaluate
+
+    def fail(*args, **kwargs):
+        raise AssertionError("scored the triplets before reading the THINGS files")
+
+    monkeypatch.setattr(dimalign.analysis.evaluate, "odd_one_out_accuracy", fail)
+    with pytest.raises(FileNotFoundError, match="THINGS data directory"):
+        evaluate_embedding(np.eye(5), [[0, 1, 2]], things_dir=tmp_path / "nowhere")
+
 # -- evaluate_embedding --------------------------------------------------------
 
 
@@ -301,6 +378,24 @@ def test_evaluate_keeps_user_metrics(tmp_path, capsys):
     assert main(argv) == 0
 
 
+
+def test_cli_evaluate_rejects_folder_at_metrics_before_scoring(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "evaluation"
+    argv = ["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    manifest = (out_dir / "manifest.json").read_text()
+    (out_dir / "metrics.json").unlink()
+    (out_dir / "metrics.json").mkdir()
+
+    assert main(argv) == 1
+
+    captured = capsys.readouterr()
+    assert f"{out_dir / 'metrics.json'} is a folder, but dimalign evaluate writes a file of that name" in captured.err
+    assert captured.out == ""
+    assert (out_dir / "manifest.json").read_text() == manifest
+
 def test_cli_evaluate_rejects_invalid_device(tmp_path, capsys):
     run_dir, triplet_file = _cli_run(tmp_path)
     out_dir = tmp_path / "out"
@@ -438,3 +533,51 @@ def test_cli_evaluate_writes_nan_metric_as_null(tmp_path, capsys):
     stored = (out_dir / "metrics.json").read_text()
     assert "NaN" not in stored
     assert json.loads(stored)["nll"] is None
+
+
+def test_cli_evaluate_read_only_output_fails_before_scoring(tmp_path, capsys, monkeypatch):
+    import os
+
+    import dimalign.analysis.evaluate
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("scored the triplets before the output folder was checked")
+
+    monkeypatch.setattr(dimalign.analysis.evaluate, "odd_one_out_accuracy", no_work)
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(locked / "eval")])
+
+    assert status == 1
+    captured = capsys.readouterr()
+    assert f"cannot write into {locked}" in captured.err
+    assert captured.out == ""
+    assert list(locked.iterdir()) == []
+
+
+def test_cli_evaluate_names_unfinished_fit(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"a checkpoint of a fit that was stopped")
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n")
+
+    assert main(["evaluate", str(run_dir), "--triplets", str(triplet_file)]) == 1
+
+    error = capsys.readouterr().err
+    assert f"{run_dir} contains checkpoint.pt but no embedding.npz, so its fit has not finished" in error
+    assert "dimalign fit ... --resume" in error
+
+
+def test_evaluate_warns_when_dot_products_overflow():
+    embedding = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]) * 1e160
+
+    with pytest.warns(UserWarning, match=r"dot products of the embedding overflow float64 \(largest weight 1e\+160\)"):
+        metrics = evaluate_embedding(embedding, [[0, 1, 2]])
+
+    assert not math.isfinite(metrics["nll"])

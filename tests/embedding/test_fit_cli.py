@@ -84,6 +84,25 @@ def test_fit_cli_without_object_count_fails(tmp_path, capsys):
     assert "--n-objects" in capsys.readouterr().err
 
 
+
+def test_fit_cli_names_missing_triplet_path(tmp_path, capsys):
+    missing = tmp_path / "trainn.npy"
+    assert main(["fit", str(missing), "-o", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert f"triplet file or folder {missing} not found" in error
+    assert "number of objects is unknown" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_names_folder_without_triplet_file(tmp_path, capsys):
+    folder = tmp_path / "triplets"
+    folder.mkdir()
+    assert main(["fit", str(folder), "-o", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert f"no triplet file in {folder}" in error
+    assert "number of objects is unknown" not in error
+    assert not (tmp_path / "run").exists()
+
 def test_fit_cli_existing_checkpoint_needs_resume(tmp_path, capsys):
     write_triplets(tmp_path / "train.npy")
     arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
@@ -350,6 +369,15 @@ def test_fit_cli_rejects_zero_threads(tmp_path, capsys):
     assert "argument --threads: 0 is invalid: use 1 or more" in capsys.readouterr().err
 
 
+
+def test_fit_cli_rejects_non_integer_threads(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    with pytest.raises(SystemExit):
+        main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"), "--threads", "x"])
+    error = capsys.readouterr().err
+    assert "argument --threads: 'x' is not an integer: use 1 or more" in error
+    assert "_thread_count" not in error
+
 def test_fit_cli_rejects_more_threads_than_cpus(tmp_path, monkeypatch, capsys):
     """Threads beyond the CPUs slow a fit down, and a count such as 100000 crashes the process."""
     monkeypatch.setattr("os.cpu_count", lambda: 4)
@@ -465,3 +493,175 @@ def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
     assert main(arguments + ["2"]) == 0
 
     assert sorted(path.name for path in out.glob(".*")) == [".notes.txt"]
+
+
+@pytest.mark.parametrize("name", ["config.toml", "history.csv"])
+def test_fit_cli_keeps_user_file_of_output_name(tmp_path, capsys, name):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_text("the user's own notes\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / name} exists, but {out} contains no earlier dimalign fit output" in error
+    assert (out / name).read_text() == "the user's own notes\n"
+    assert sorted(path.name for path in out.iterdir()) == [name]
+
+
+@pytest.mark.parametrize(
+    "name", ["checkpoint.pt", "embedding.npz", "config.toml", "history.csv", "objects.tsv", ".fit.lock"]
+)
+def test_fit_cli_rejects_folder_at_output_name(tmp_path, capsys, name):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                   "-o", str(out), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / name} is a folder, but dimalign fit writes a file of that name" in error
+    assert sorted(path.name for path in out.iterdir()) == [name]
+
+
+def test_fit_cli_rejects_file_at_tensorboard_folder(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tensorboard").write_text("the user's own notes\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1", "--tensorboard"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{out / 'tensorboard'} is a file, but --tensorboard writes its event files into a folder" in error
+    assert sorted(path.name for path in out.iterdir()) == ["tensorboard"]
+
+
+def test_fit_cli_resume_of_other_split(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                 "--n-dims", "3", "--max-epochs", "1"]
+    assert main(arguments) == 0
+
+    assert main(arguments + ["--resume", "--split-seed", "1"]) == 1
+
+    error = capsys.readouterr().err
+    assert "was trained on other triplets" in error
+    assert "--val-fraction and --split-seed" in error
+
+
+def test_fit_cli_objects_differ_from_folder_table(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"object_{index}\n" for index in range(12)))
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    assert (f"--objects {tmp_path / 'names.txt'} names row 0 'name0', but {folder / 'objects.tsv'} names it "
+            "'object_0'") in capsys.readouterr().err
+    assert "\tname0\t" in (tmp_path / "run" / "objects.tsv").read_text()
+
+
+def test_fit_cli_objects_replace_unreadable_folder_table(tmp_path):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_bytes(b"object\xff\n")
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(12)))
+
+    assert main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                 "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+
+def test_fit_cli_keeps_object_table_columns(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_triplets(folder / "triplets.npy")
+    table = "index\tobject_id\tsource\tcategory\n" + "".join(
+        f"{index}\tobj{index}\timages/{index}.jpg\tgroup{index % 3}\n" for index in range(12)
+    )
+    (folder / "objects.tsv").write_text(table)
+
+    assert main(["fit", str(folder), "-o", str(folder), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+    assert (folder / "objects.tsv").read_text() == table
+    assert (folder / "embedding.npz").is_file()
+
+
+def test_fit_cli_rejects_split_folder_as_validation(tmp_path, capsys):
+    folder = tmp_path / "split"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    write_triplets(folder / "val.npy", n_triplets=30, seed=1)
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "12", "--val", str(folder),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"--val {folder} is a folder, which loads train.npy, the training triplets of a split" in error
+    assert f"such as {folder / 'val.npy'}" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_warns_when_validation_is_training_file(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    np.savetxt(tmp_path / "copy.txt", np.load(tmp_path / "train.npy"), fmt="%d")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--val", str(tmp_path / "copy.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    error = capsys.readouterr().err
+    assert (f"the validation triplets of {tmp_path / 'copy.txt'} are the training triplets of "
+            f"{tmp_path / 'train.npy'}") in error
+
+
+def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkeypatch):
+    import os
+    from pathlib import Path
+
+    import dimalign.embedding
+
+    write_triplets(tmp_path / "train.npy")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the fit started before the run directory was checked")
+
+    monkeypatch.setattr(dimalign.embedding, "fit_run", no_work)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(locked),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert f"cannot write into {locked}" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []
+
+
+def test_fit_cli_records_folder_object_table_as_input(tmp_path):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    assert main(["fit", str(folder), "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"]) == 0
+
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert inputs["objects"]["path"] == str(folder / "objects.tsv")
+    assert "sha256" in inputs["objects"]

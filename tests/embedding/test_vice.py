@@ -293,6 +293,34 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         )
 
 
+
+@pytest.mark.parametrize("damage", ["drop_history", "drop_epoch", "shrink_params"])
+def test_incomplete_checkpoint_is_a_clear_error(tmp_path, damage):
+    """A checkpoint of the right format whose entries are missing or of other shapes names the file."""
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    path = tmp_path / CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    if damage == "shrink_params":
+        state["params"] = {name: tensor[:, :3] for name, tensor in state["params"].items()}
+        message = r"checkpoint\.pt stores parameter '\w+' of shape \(15, 3\), but this fit has \(15, 5\)"
+    else:
+        key = damage.removeprefix("drop_")
+        del state[key]
+        message = rf"checkpoint\.pt lacks the entries \['{key}'\] of a dimalign checkpoint"
+    torch.save(state, path)
+
+    with pytest.raises(ValueError, match=message):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=15)
+
+
+def test_checkpoint_of_other_object_count(tmp_path):
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+
+    with pytest.raises(ValueError, match=r"has 15 objects, this fit has 16: resume with the object count"):
+        VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(triplets, n_objects=16)
+
 def test_interrupted_refit_leaves_the_model_unfitted(monkeypatch):
     """A refit stopped mid-training must not keep the old embedding beside the new settings."""
     from sklearn.exceptions import NotFittedError

@@ -61,3 +61,16 @@ def test_damaged_embedding_and_feature_files_name_the_file(tmp_path):
     (tmp_path / "features.npy").write_text("garbage")
     with pytest.raises(ValueError, match="features.npy cannot be read as a features array"):
         load_features(tmp_path / "features.npy")
+
+
+@pytest.mark.parametrize("name", ["empty.npy", "empty.txt"])
+def test_embedding_without_rows_rejected(tmp_path, recwarn, name):
+    path = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(path, np.zeros((0, 4)))
+    else:
+        path.write_text("# no weights\n")
+
+    with pytest.raises(ValueError, match=f"{name}: the embedding has no rows"):
+        load_embedding(path)
+    assert not [warning for warning in recwarn if "no data" in str(warning.message)]

@@ -104,6 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from dimalign.io.files import (
         check_output_dir,
         check_unowned_files,
+        check_writable,
         now_iso,
         replace_non_finite,
         write_json_atomic,
@@ -119,7 +120,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     if args.out:
         check_output_dir(args.out, "evaluate")
+        check_writable(Path(args.out))
         check_unowned_files(args.out, ["metrics.json"], "evaluate")
+        metrics_path = Path(args.out) / "metrics.json"
+        if metrics_path.is_dir():
+            # Otherwise the write fails only after scoring, with a bare "Is a directory".
+            raise FileExistsError(
+                f"{metrics_path} is a folder, but dimalign evaluate writes a file of that name: "
+                "move the folder away, or choose another output folder"
+            )
+    _reject_unfinished_run(Path(args.embedding))
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
     table, table_path = _object_table(args)
@@ -178,12 +188,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def reject_split_folder(path: Path, purpose: str) -> None:
-    """Reject a ``--triplets`` folder that contains ``val.npy`` next to the file a folder loads.
+def _reject_unfinished_run(path: Path) -> None:
+    """Raise ``FileNotFoundError`` for a run directory whose fit stopped before writing ``embedding.npz``."""
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+    from dimalign.io.runs import EMBEDDING_NAME
+
+    if path.is_dir() and not (path / EMBEDDING_NAME).exists() and (path / CHECKPOINT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{path} contains {CHECKPOINT_NAME} but no {EMBEDDING_NAME}, so its fit has not finished: "
+            f"finish it with 'dimalign fit ... --resume -o {path}' and the same triplets and settings, "
+            "then evaluate it"
+        )
+
+
+def reject_split_folder(path: Path, purpose: str, option: str = "--triplets") -> None:
+    """Reject a triplet folder that contains ``val.npy`` next to the file a folder loads.
 
     A folder loads its one ``train*`` or ``triplets`` file, as ``dimalign fit``
     needs, so a command meant for held-out triplets would silently use the
     training ones. A folder without such a file gets the loader's own error.
+
+    Args:
+        path (Path): The folder (any other path passes).
+        purpose (str): What the command does with the triplets, such as ``"score"``.
+        option (str): The option that named ``path``, for the message.
 
     Raises:
         ValueError: Naming the file the folder would load and its ``val.npy``.
@@ -197,7 +225,7 @@ def reject_split_folder(path: Path, purpose: str) -> None:
     except (FileNotFoundError, ValueError):
         return
     raise ValueError(
-        f"--triplets {path} is a folder, which loads {loaded.name}, the training triplets of a split, "
+        f"{option} {path} is a folder, which loads {loaded.name}, the training triplets of a split, "
         f"not the held-out {path / 'val.npy'}: pass the triplet file to {purpose} itself, such as "
         f"{path / 'val.npy'}"
     )

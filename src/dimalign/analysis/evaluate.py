@@ -60,6 +60,7 @@ def evaluate_embedding(
         when repeated sets exist.
 
     Raises:
+        FileNotFoundError: If ``things_dir`` or one of its three files does not exist.
         ValueError: If a triplet names an object the embedding does not have,
             or ``object_ids`` do not have one id per row.
 
@@ -75,23 +76,36 @@ def evaluate_embedding(
         embedding = as_embedding_result(embedding).embedding
     weights = np.asarray(embedding, dtype=np.float64)
     triplets = np.asarray(triplets)
+    # Read before the triplets are scored, which takes a while on a large
+    # file, so that a wrong THINGS directory fails at once.
+    data = load_things48(things_dir) if things_dir is not None else None
 
     accuracy = odd_one_out_accuracy(weights, triplets, return_ties=True)
+    # Dot products beyond the float64 range make numpy warn without context.
+    # The warning below names the cause and its effect on the metrics.
+    with np.errstate(over="ignore", invalid="ignore"):
+        nll = triplet_nll(weights, triplets)
     metrics: dict[str, Any] = {
         "n_objects": int(weights.shape[0]),
         "n_dims": int(weights.shape[1]),
         "n_triplets": accuracy.n_triplets,
         "accuracy": accuracy.accuracy,
         "n_ties": accuracy.n_ties,
-        "nll": triplet_nll(weights, triplets),
+        "nll": nll,
     }
+    if not np.isfinite(nll):
+        warnings.warn(
+            f"dot products of the embedding overflow float64 (largest weight {weights.max():.3g}), so "
+            "the NLL is not finite and the accuracy treats infinite dot products as equal, which "
+            "can turn triplets into ties: check that the file holds an embedding of similarity weights",
+            UserWarning, stacklevel=2,
+        )
 
     if object_ids is not None and len(object_ids) != weights.shape[0]:
         raise ValueError(
             f"{len(object_ids)} object ids were given for an embedding of {weights.shape[0]} rows"
         )
-    if things_dir is not None:
-        data = load_things48(things_dir)
+    if data is not None:
         if weights.shape[0] != data.n_concepts:
             reason = f"the embedding has {weights.shape[0]} objects, not the {data.n_concepts} THINGS concepts"
         elif object_ids is not None and data.rows_in(object_ids) is None:

@@ -19,6 +19,7 @@ Files read from a THINGS data directory:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import scipy.io
 
 from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
+from dimalign.io.files import read_utf8_text
 from dimalign.io.objects import read_object_table
 
 logger = logging.getLogger(__name__)
@@ -89,12 +91,19 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
     """Read the single 48 x 48 matrix of ``RDM48_triplet.mat``.
 
     Raises:
-        ValueError: If the file contains no 48 x 48 matrix or more than one.
+        ValueError: If the file is not a MATLAB file, or contains no 48 x 48
+            matrix or more than one.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object RDM {path} not found")
-    contents = scipy.io.loadmat(path)
+    try:
+        contents = scipy.io.loadmat(path)
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, EOFError) as error:
+        raise ValueError(
+            f"{path} cannot be read as a MATLAB file ({type(error).__name__}: {error}), so it may be "
+            "damaged: copy RDM48_triplet.mat from the THINGS data again"
+        ) from error
     matrices = {
         name: value
         for name, value in contents.items()
@@ -114,18 +123,23 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Read ``words48.csv`` and return the names and their ``exclude`` flags."""
+    """Read ``words48.csv`` and return the names and their ``exclude`` flags.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is not UTF-8 text or has no ``Word`` column.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object word list {path} not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "Word" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
-        words, flags = [], []
-        for row in reader:
-            words.append(row["Word"].strip())
-            flags.append((row.get("exclude") or "").strip() not in ("", "0"))
+    text = read_utf8_text(path, advice="copy words48.csv from the THINGS data again")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "Word" not in reader.fieldnames:
+        raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
+    words, flags = [], []
+    for row in reader:
+        words.append(row["Word"].strip())
+        flags.append((row.get("exclude") or "").strip() not in ("", "0"))
     return words, np.asarray(flags, dtype=bool)
 
 
@@ -162,8 +176,15 @@ def match_concept_ids(
 
 
 def load_things48(things_dir: str | os.PathLike) -> Things48:
-    """Load the 48-object RDM, its names and their THINGS rows from a data directory."""
+    """Load the 48-object RDM, its names and their THINGS rows from a data directory.
+
+    Raises:
+        FileNotFoundError: If the directory, or one of its three files, does not exist.
+        ValueError: If a file cannot be read, or the names do not match the
+            RDM or the THINGS concept ids.
+    """
     things_dir = Path(things_dir)
+    _check_things48_files(things_dir)
     rdm = read_rdm48(things_dir / RDM_FILE)
     words, excluded = read_words48(things_dir / WORDS_FILE)
     if len(words) != rdm.shape[0]:
@@ -171,8 +192,15 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
             f"{things_dir / WORDS_FILE} lists {len(words)} names but the RDM has "
             f"{rdm.shape[0]} rows"
         )
+    _reject_repeated_words(words, things_dir / WORDS_FILE)
     concepts = read_object_table(things_dir / CONCEPTS_FILE)
-    indices = match_concept_ids(words, concepts.object_ids)
+    try:
+        indices = match_concept_ids(words, concepts.object_ids)
+    except ValueError as error:
+        raise ValueError(
+            f"{things_dir / WORDS_FILE} does not match {things_dir / CONCEPTS_FILE}: {error} "
+            "If a file was edited, copy both from the THINGS data again."
+        ) from error
     return Things48(
         words=tuple(words),
         indices=indices,
@@ -181,6 +209,31 @@ def load_things48(things_dir: str | os.PathLike) -> Things48:
         n_concepts=len(concepts),
         concept_ids=tuple(concepts.object_ids),
     )
+
+
+def _reject_repeated_words(words: Sequence[str], path: Path) -> None:
+    """Raise ``ValueError`` if a name appears twice, which would pair one RDM row with another object's row."""
+    first_row: dict[str, int] = {}
+    for row, word in enumerate(words, start=1):
+        if word in first_row:
+            raise ValueError(
+                f"{path} lists {word!r} on rows {first_row[word]} and {row} (counting data rows "
+                "from 1), but the 48 objects are distinct: copy words48.csv from the THINGS data again"
+            )
+        first_row[word] = row
+
+
+def _check_things48_files(things_dir: Path) -> None:
+    """Raise ``FileNotFoundError`` naming the directory, or the first of its three files, that is missing."""
+    needed = (
+        f"The 48-object check needs {RDM_FILE}, {WORDS_FILE} and {CONCEPTS_FILE} from the THINGS "
+        "data: pass the folder that contains them (CLI: --things-dir), or leave it out to skip the check"
+    )
+    if not things_dir.is_dir():
+        raise FileNotFoundError(f"THINGS data directory {things_dir} not found. {needed}")
+    for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
+        if not (things_dir / name).is_file():
+            raise FileNotFoundError(f"{things_dir} lacks {name}. {needed}")
 
 
 def things48_correlation(

@@ -55,6 +55,9 @@ _COMMAND_LINE_OPTIONS = {
                    "mc_samples", "l1", "min_objects")},
 }
 
+#: Folder of the TensorBoard event files in the run directory.
+TENSORBOARD_DIR_NAME = "tensorboard"
+
 #: Upper bound of ``max_epochs``.
 MAX_EPOCHS = 10**9
 
@@ -267,6 +270,7 @@ class TripletEmbedding(BaseEstimator):
             logger.info("no checkpoint in %s to resume from: starting a new fit", directory)
         if state is not None:
             self._check_resumable(state, directory, n_objects, data_digest, val_digest)
+            self._check_parameter_shapes(state, directory, params)
             self._restore(state, params, optimizer, generator)
             history = list(state["history"])
             start_epoch = int(state["epoch"])
@@ -437,7 +441,7 @@ class TripletEmbedding(BaseEstimator):
         # A run stopped after its last checkpoint has logged epochs that the
         # resumed run computes again. purge_step makes TensorBoard drop the
         # events of earlier files from this epoch on, so each epoch shows once.
-        return SummaryWriter(log_dir=str(directory / "tensorboard"), purge_step=start_epoch + 1)
+        return SummaryWriter(log_dir=str(directory / TENSORBOARD_DIR_NAME), purge_step=start_epoch + 1)
 
     # ---- checkpoints ----------------------------------------------------------
 
@@ -489,9 +493,17 @@ class TripletEmbedding(BaseEstimator):
             )
             raise ValueError(f"{where} was written with other settings ({listed}); resume with the same settings")
         if state["n_objects"] != n_objects:
-            raise ValueError(f"{where} has {state['n_objects']} objects, this fit has {n_objects}")
+            raise ValueError(
+                f"{where} has {state['n_objects']} objects, this fit has {n_objects}: resume with the "
+                "object count the run was fitted with (CLI: --n-objects or --objects), or choose "
+                "another run directory"
+            )
         if state["data_sha256"] != data_digest:
-            raise ValueError(f"{where} was trained on other triplets; resume with the same training data")
+            raise ValueError(
+                f"{where} was trained on other triplets: resume with the same training data. A "
+                "validation split made by the fit changes the training triplets too, so also keep "
+                "its fraction and seed (CLI: --val-fraction and --split-seed)"
+            )
         # Checkpoints written before val_sha256 was recorded lack the key and are not compared.
         if "val_sha256" in state and state["val_sha256"] != val_digest:
             if state["val_sha256"] is None:
@@ -504,6 +516,31 @@ class TripletEmbedding(BaseEstimator):
                 f"{where} {problem}; resume with the same validation triplets, so that the "
                 "held-out accuracy in the history is of one set"
             )
+
+    @staticmethod
+    def _check_parameter_shapes(state, directory: Path, params: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` if the checkpoint's parameters differ from this fit's in name or shape.
+
+        The settings and the data already match at this point, so a difference
+        means that the file is damaged.
+        """
+        where = directory / "checkpoint.pt"
+        saved = state["params"]
+        if not isinstance(saved, dict) or set(saved) != set(params):
+            names = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(
+                f"{where} stores the parameters {names}, but this fit has {sorted(params)}, so the "
+                "file is damaged: remove it to start the fit again, or choose another run directory"
+            )
+        for name, tensor in params.items():
+            stored = saved[name]
+            shape = tuple(stored.shape) if isinstance(stored, torch.Tensor) else type(stored).__name__
+            if shape != tuple(tensor.shape):
+                raise ValueError(
+                    f"{where} stores parameter {name!r} of shape {shape}, but this fit "
+                    f"has {tuple(tensor.shape)}, so the file is damaged: remove it to start the fit "
+                    "again, or choose another run directory"
+                )
 
     def _restore(self, state, params, optimizer, generator: torch.Generator) -> None:
         """Copy parameters, optimiser state and RNG state from a checkpoint."""

@@ -17,6 +17,13 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 
+# Entries that every checkpoint of this format has. val_sha256 is left out,
+# because checkpoints written before it was recorded lack it.
+REQUIRED_ENTRIES = (
+    "estimator", "config", "n_objects", "data_sha256", "epoch", "stable_epochs", "last_n_kept",
+    "params", "optimizer", "generator", "generator_device", "history",
+)
+
 
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike) -> Path:
     """Write ``state`` to ``directory/checkpoint.pt`` through a temporary file.
@@ -43,7 +50,8 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
     device.
 
     Raises:
-        ValueError: If the file is not a dimalign checkpoint of a known format.
+        ValueError: If the file is not a dimalign checkpoint of a known format,
+            or lacks one of its entries.
     """
     path = Path(directory) / CHECKPOINT_NAME
     if not path.is_file():
@@ -61,6 +69,13 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
         raise ValueError(
             f"{path} is not a dimalign checkpoint of format {CHECKPOINT_FORMAT}; "
             "remove it or choose another run directory"
+        )
+    missing = [name for name in REQUIRED_ENTRIES if name not in state]
+    if missing:
+        raise ValueError(
+            f"{path} lacks the entries {missing} of a dimalign checkpoint of format "
+            f"{CHECKPOINT_FORMAT}, so it is damaged or was written by another program: remove it "
+            "to start the fit again, or choose another run directory"
         )
     logger.info("loaded checkpoint %s (epoch %d)", path, state["epoch"])
     return state

@@ -72,7 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _thread_count(text: str) -> int:
-    value = int(text)
+    # argparse names the type function in its own message about a ValueError.
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer: use 1 or more") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is invalid: use 1 or more")
     # More threads than CPUs only wait on each other. On a 2-CPU machine, one
@@ -126,20 +130,32 @@ def load_training_data(
         triplets were split off here (None otherwise).
 
     Raises:
+        FileNotFoundError: If the triplet path does not exist, or is a folder
+            without a triplet file.
         ValueError: If ``--val-fraction`` is given together with validation
             triplets (``--val``, or val.npy in the training folder), lies
             outside ``[0, 1)``, or would leave the training or the validation
             triplets empty.
     """
+    from dimalign.analysis.commands import reject_split_folder
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
 
+    source = args.triplets
+    # Found first, so that a mistyped path is named as such rather than
+    # reported as an unknown number of objects.
+    if not source.exists():
+        raise FileNotFoundError(f"triplet file or folder {source} not found: check the path")
+    train_path = find_triplet_file(source) if source.is_dir() else source
+
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
-    source = args.triplets
-    if table is None and source.is_dir() and (source / OBJECT_TABLE_NAME).is_file():
-        table_path = source / OBJECT_TABLE_NAME
+    folder_table_path = source / OBJECT_TABLE_NAME
+    if table is None and source.is_dir() and folder_table_path.is_file():
+        table_path = folder_table_path
         table = read_object_table(table_path)
+    elif table is not None and source.is_dir() and folder_table_path.is_file():
+        _warn_if_tables_differ(table, args.objects, folder_table_path)
     n_objects = args.n_objects
     if n_objects is not None and table is not None and n_objects != len(table):
         raise ValueError(
@@ -155,24 +171,63 @@ def load_training_data(
     inputs = {}
     val = None
     split = None
-    if source.is_dir():
-        train_path = find_triplet_file(source)
-        if args.val is None and (source / "val.npy").is_file():
-            args.val = source / "val.npy"
-    else:
-        train_path = source
+    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
+        args.val = source / "val.npy"
     train = load_triplets(train_path, n_objects)
     inputs["train"] = train_path
     if args.val is not None:
+        reject_split_folder(args.val, "validate on", option="--val")
         val = load_triplets(args.val, n_objects)
         inputs["val"] = args.val
+        if np.array_equal(train, val):
+            logger.warning(
+                "the validation triplets of %s are the training triplets of %s, so the held-out "
+                "accuracy that fit records is the training accuracy: pass triplets that the fit "
+                "does not train on, or leave out --val to hold out a share (--val-fraction)",
+                args.val, train_path,
+            )
     elif (val_fraction := _val_fraction(args)) > 0:
         check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
         split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
-    if args.objects:
-        inputs["objects"] = args.objects
+    if table_path is not None:
+        inputs["objects"] = table_path
     return train, val, n_objects, table, inputs, split
+
+
+def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: Path) -> None:
+    """Log a warning when ``--objects`` names the rows otherwise than the triplet folder's objects.tsv.
+
+    ``--objects`` is used, as asked, because it may name rows that the folder
+    only numbers (``object_0``, ...). Where both are real names, a difference
+    relabels the rows of the run, so it is not passed over in silence. A
+    folder table that cannot be read is not compared, since ``--objects``
+    may be given in its place.
+    """
+    from dimalign.io.objects import read_object_table
+
+    try:
+        folder_table = read_object_table(folder_table_path)
+    except ValueError as error:
+        logger.info("not comparing --objects with %s, which cannot be read: %s", folder_table_path, error)
+        return
+    if tuple(requested.object_ids) == tuple(folder_table.object_ids):
+        return
+    if len(requested) != len(folder_table):
+        difference = f"lists {len(requested)} objects, but {folder_table_path} lists {len(folder_table)}"
+    else:
+        row = next(
+            row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+        )
+        difference = (
+            f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
+            f"{folder_table.object_ids[row]!r}"
+        )
+    logger.warning(
+        "--objects %s %s: the run's rows are named by --objects. If the folder's table is right, "
+        "leave out --objects",
+        requested_path, difference,
+    )
 
 
 def check_validation_options(args: argparse.Namespace) -> None:
@@ -250,12 +305,14 @@ def run_fit(args: argparse.Namespace) -> int:
     """Handle ``dimalign fit``."""
     from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.embedding import fit_run
-    from dimalign.io.files import check_output_dir
+    from dimalign.io.files import check_output_dir, check_writable
     from dimalign.parallel import limit_torch_threads
 
     check_method_options(args)
     check_validation_options(args)
     check_output_dir(args.out, "fit")
+    # Without an object table, nothing is written before the first checkpoint.
+    check_writable(args.out)
     # check_fit_triplets below rejects an empty file with an error that names it.
     val_given = args.val is not None
     with empty_triplets_rejected_later():

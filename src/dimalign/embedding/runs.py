@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TripletEmbedding
+from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME, TENSORBOARD_DIR_NAME, TripletEmbedding
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 from dimalign.io.files import (
     MANIFEST_NAME,
+    check_unowned_files,
     exclusive_lock,
     now_iso,
     output_dir,
@@ -70,7 +71,10 @@ def fit_run(
 
     Raises:
         FileExistsError: If ``out_dir`` contains ``embedding.npz`` but no
-            ``checkpoint.pt``, or a checkpoint while ``resume`` is False.
+            ``checkpoint.pt``, or a checkpoint while ``resume`` is False. Also
+            if a file name of the run is a folder (or ``tensorboard`` a file
+            while ``tensorboard`` is True), or if ``config.toml`` or
+            ``history.csv`` exist in a folder without an earlier fit.
         RuntimeError: If another fit is writing to ``out_dir``.
         ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
             objects than ``object_table``.
@@ -79,7 +83,20 @@ def fit_run(
     out_dir = Path(out_dir)
     if object_table is not None and len(object_table) != n_objects:
         raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    _reject_folders_at_file_names(out_dir)
+    tensorboard_dir = out_dir / TENSORBOARD_DIR_NAME
+    if getattr(estimator, "tensorboard", False) and tensorboard_dir.exists() and not tensorboard_dir.is_dir():
+        raise FileExistsError(
+            f"{tensorboard_dir} is a file, but --tensorboard writes its event files into a folder "
+            "of that name: move the file away, or choose another run directory"
+        )
     _reject_result_without_checkpoint(out_dir)
+    if not (out_dir / CHECKPOINT_NAME).is_file():
+        # A fit writes config.toml and history.csv only after its last
+        # checkpoint, so without one they are not a fit's: they may be the
+        # user's only copy. objects.tsv is left out on purpose, because a fit
+        # stopped before its first checkpoint leaves it, and a rerun replaces it.
+        check_unowned_files(out_dir, [CONFIG_NAME, HISTORY_NAME], "fit")
     busy = (
         f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
         "to finish (then pass --resume to continue it) or choose another run directory"
@@ -117,6 +134,22 @@ def _remove_temporary_files(out_dir: Path) -> None:
             "removed %d temporary files that an interrupted fit left in %s: %s",
             len(leftovers), out_dir, ", ".join(sorted(path.name for path in leftovers)),
         )
+
+
+def _reject_folders_at_file_names(out_dir: Path) -> None:
+    """Raise ``FileExistsError`` if a file that the fit writes in ``out_dir`` is a folder.
+
+    Checked before training, because otherwise the write fails only after the
+    epochs up to the first checkpoint, or after the whole fit.
+    """
+    names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, FIT_LOCK_NAME)
+    for name in names:
+        path = out_dir / name
+        if path.is_dir():
+            raise FileExistsError(
+                f"{path} is a folder, but dimalign fit writes a file of that name in the run "
+                "directory: move the folder away, or choose another run directory"
+            )
 
 
 def _reject_result_without_checkpoint(out_dir: Path) -> None:
@@ -157,6 +190,16 @@ def _raise_if_other_objects(path: Path, object_table: ObjectTable) -> None:
     )
 
 
+def _lists_objects(path: Path, object_table: ObjectTable) -> bool:
+    """Return whether ``path`` is a readable object table of the same ids, in the same order."""
+    if not path.is_file():
+        return False
+    try:
+        return read_object_table(path).object_ids == object_table.object_ids
+    except ValueError:
+        return False
+
+
 def _fit_and_save(
     estimator: TripletEmbedding,
     train: np.ndarray,
@@ -175,7 +218,11 @@ def _fit_and_save(
         # objects.tsv is what a fit stopped before its first checkpoint left.
         if (out_dir / CHECKPOINT_NAME).is_file():
             _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
-        write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
+        # A table of the same objects stays as it is: it may be the input
+        # table itself, whose columns beyond index, object_id and source a
+        # rewrite would drop.
+        if not _lists_objects(out_dir / OBJECT_TABLE_NAME, object_table):
+            write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
     estimator.fit(train, val, n_objects=n_objects)
     # A folder with embedding.npz and manifest.json counts as finished (a sweep
     # reuses it), so the manifest of an earlier fit goes before the new files

@@ -92,7 +92,10 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), {}
     try:
-        return np.loadtxt(path, dtype=np.float64, ndmin=2), {}
+        with warnings.catch_warnings():
+            # An empty file: check_embedding raises an error that names it.
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+            return np.loadtxt(path, dtype=np.float64, ndmin=2), {}
     except ValueError as error:
         raise ValueError(f"{path} cannot be read as a text embedding: {text_table_problem(path)}") from error
 
@@ -111,7 +114,7 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
 
     Raises:
         FileNotFoundError: If nothing is at ``path``.
-        ValueError: If the array is not 2-D, contains NaN or inf, or has a weight
+        ValueError: If the array is not 2-D, has no rows, contains NaN or inf, or has a weight
             below ``-negative_tolerance`` (embeddings here are non-negative;
             apply ReLU first). Negative weights within the tolerance are set
             to 0 with a warning that gives their number and minimum.
@@ -151,7 +154,8 @@ def check_embedding(
 
     Raises:
         ValueError: If the array does not contain real numbers, is not 2-D,
-            contains NaN or inf, or has a weight below ``-negative_tolerance``.
+            has no rows, contains NaN or inf, or has a weight below
+            ``-negative_tolerance``.
     """
     embedding = np.asarray(embedding)
     # A cast to float drops the imaginary part of complex numbers (with only a
@@ -165,6 +169,11 @@ def check_embedding(
     embedding = np.asarray(embedding, dtype=np.float64)
     if embedding.ndim != 2:
         raise ValueError(f"{source}: an embedding must be 2-D (n_objects, n_dims), got {embedding.shape}")
+    if embedding.shape[0] == 0:
+        raise ValueError(
+            f"{source}: the embedding has no rows (shape {embedding.shape}), but it needs one row "
+            "per object"
+        )
     bad_rows = np.flatnonzero(~np.isfinite(embedding).all(axis=1))
     if bad_rows.size:
         raise ValueError(
