@@ -665,3 +665,19 @@ def test_fit_cli_records_folder_object_table_as_input(tmp_path):
     inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
     assert inputs["objects"]["path"] == str(folder / "objects.tsv")
     assert "sha256" in inputs["objects"]
+
+
+@pytest.mark.parametrize(("options", "warned"), [
+    (["--max-epochs", "3", "--stability-epochs", "3"], True),
+    (["--max-epochs", "3"], True),
+    (["--max-epochs", "3", "--stability-epochs", "2"], False),
+])
+def test_fit_cli_warns_when_stability_rule_cannot_stop(tmp_path, capsys, options, warned):
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "3", *options])
+
+    assert status == 0
+    message = "so the fit cannot stop before epoch 3: lower --stability-epochs below --max-epochs"
+    assert (message in capsys.readouterr().err) == warned

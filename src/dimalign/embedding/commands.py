@@ -319,6 +319,13 @@ def run_fit(args: argparse.Namespace) -> int:
         train, val, n_objects, table, inputs, split = load_training_data(args)
     check_fit_triplets(train, val, inputs, val_given)
     estimator = build_estimator(args)
+    if estimator.stability_epochs >= estimator.max_epochs:
+        # The count of epochs with unchanged dimensions stays below the epoch number.
+        logger.warning(
+            "--stability-epochs %d is not below --max-epochs %d, so the fit cannot stop before epoch "
+            "%d: lower --stability-epochs below --max-epochs to let it stop once the kept dimensions "
+            "stay the same", estimator.stability_epochs, estimator.max_epochs, estimator.max_epochs,
+        )
     # Intra-op threads slow the small per-batch operations of VICE and SPoSE
     # down on a CPU, and one thread also fixes the order of reductions.
     with limit_torch_threads(args.threads):
