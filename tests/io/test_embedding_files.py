@@ -50,6 +50,23 @@ def test_bad_text_embedding_names_the_line(tmp_path, text, message):
         load_embedding(tmp_path / "spose.txt")
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("weights.csv", "0.5,0.25\n0,1.5\n"),
+    ("weights.tsv", "0.5\t0.25\n0\t1.5\n"),
+    ("weights.txt", "0.5 0.25\n0 1.5\n"),
+])
+def test_text_embedding_separators_follow_suffix(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    np.testing.assert_array_equal(load_embedding(tmp_path / name).embedding, [[0.5, 0.25], [0, 1.5]])
+
+
+def test_bad_csv_embedding_names_the_line(tmp_path):
+    (tmp_path / "weights.csv").write_text("0.5,0.25\n0,1.5,2\n")
+    with pytest.raises(ValueError, match="line 2 has 3 values, earlier lines 2; every line needs one "
+                                         "value per column, separated by commas"):
+        load_embedding(tmp_path / "weights.csv")
+
+
 def test_damaged_embedding_and_feature_files_name_the_file(tmp_path):
     from dimalign.io.features import load_features
 

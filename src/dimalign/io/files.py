@@ -659,31 +659,38 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def text_table_problem(path: str | os.PathLike) -> str:
-    """Describe the first line of a whitespace-separated table of numbers that numpy cannot read.
+def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
+    """Describe the first line of a text table of numbers that numpy cannot read.
 
     numpy's messages count rows from 0 or 1 depending on the error and skip
     comment lines, so the line is found again here, counted as an editor does.
+
+    Args:
+        path (str | os.PathLike): The table.
+        delimiter (str | None): The separator given to :func:`numpy.loadtxt`:
+            ``","``, a tab, or None for any whitespace.
     """
+    separators = {None: "spaces", ",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
     n_values = None
     with open(path, encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
-            fields = line.split("#", 1)[0].split()
-            if not fields:
+            content = line.split("#", 1)[0]
+            if not content.strip():
                 continue
+            fields = content.split(delimiter) if delimiter else content.split()
             for field in fields:
                 try:
                     float(field)
                 except ValueError:
-                    return f"line {number} has the value {field!r}, which is not a number"
+                    return f"line {number} has the value {field.strip()!r}, which is not a number"
             if n_values is None:
                 n_values = len(fields)
             elif len(fields) != n_values:
                 return (
                     f"line {number} has {len(fields)} values, earlier lines {n_values}; every "
-                    "line needs one value per column, separated by spaces"
+                    f"line needs one value per column, separated by {separators}"
                 )
-    return "it is not a whitespace-separated table of numbers"
+    return f"it is not a table of numbers separated by {separators}"
 
 
 def read_utf8_text(path: str | os.PathLike, *, advice: str, description: str = "",

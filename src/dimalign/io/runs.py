@@ -91,13 +91,15 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
             return archive["embedding"], extras
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), {}
+    delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
     try:
         with warnings.catch_warnings():
             # An empty file: check_embedding raises an error that names it.
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
-            return np.loadtxt(path, dtype=np.float64, ndmin=2), {}
+            return np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter), {}
     except ValueError as error:
-        raise ValueError(f"{path} cannot be read as a text embedding: {text_table_problem(path)}") from error
+        problem = text_table_problem(path, delimiter)
+        raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
 
 
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:
@@ -105,7 +107,8 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
 
     Args:
         path (str | os.PathLike): A run directory (``embedding.npz`` inside), an
-            ``.npz`` with an ``embedding`` array, a ``.npy`` file, or a
+            ``.npz`` with an ``embedding`` array, a ``.npy`` file, a ``.csv``
+            (commas) or ``.tsv`` (tabs) file without a header, or another
             whitespace-separated text file (such as the published SPoSE
             embeddings), each ``(n_objects, n_dims)``.
 
