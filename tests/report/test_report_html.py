@@ -316,12 +316,17 @@ def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
         ("pipeline.json", '{"inputs": [1]}', "'inputs' must be a JSON object"),
         # An unreadable fit record makes the fit count as missing for the stages that read it.
         ("dnn_fit/manifest.json", "[1]", "compare was computed from dnn_fit, but"),
+        ("dnn_fit/manifest.json", b'{"step": "caf\xe9"}', "dnn_fit/manifest.json is not UTF-8"),
+        ("dnn_fit/manifest.json", "{", "dnn_fit has no readable pipeline record in its manifest.json"),
     ],
 )
 def test_report_names_a_damaged_file(tiny_study, tmp_path, capsys, name, content, message):
     """Damaged result files and records give one error naming the file, and no report."""
     study = copy_study(tiny_study, tmp_path)
-    (study / name).write_text(content)
+    if isinstance(content, bytes):
+        (study / name).write_bytes(content)
+    else:
+        (study / name).write_text(content)
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()

@@ -292,6 +292,19 @@ def test_foreign_folder_with_stage_name_is_not_replaced(tmp_path):
     assert notes.read_text() == "my notes"
 
 
+def test_stage_record_not_utf8_is_not_replaced(study, tmp_path, caplog):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    manifest = copy / "human_fit" / "manifest.json"
+    manifest.write_bytes(b'{"step": "caf\xe9"}')
+
+    assert read_stage_record(copy / "human_fit") is None
+    assert f"{manifest} is not UTF-8" in caplog.text
+    with pytest.raises(FileExistsError, match=r"human_fit has no readable pipeline record"):
+        run_study(config, copy, dry_run=True)
+
+
 def test_foreign_study_dir_rejected(tmp_path):
     config = write_study(tmp_path, report=False)
     fit_dir = tmp_path / "fit"

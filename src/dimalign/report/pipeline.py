@@ -476,8 +476,11 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        logger.warning("%s is unreadable; the stage reruns", path)
+    except UnicodeDecodeError as error:
+        logger.warning("%s is not UTF-8 (%s), so its stage counts as unfinished", path, error)
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("%s is unreadable (%s), so its stage counts as unfinished", path, error)
         return None
     record = manifest.get("pipeline") if isinstance(manifest, dict) else None
     return record if isinstance(record, dict) else None
@@ -505,7 +508,12 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
             continue
         for dependency, expected in record.get("upstream", {}).items():
             found = records.get(dependency) or read_stage_record(study_dir / dependency)
-            if found is None:
+            if found is None and (study_dir / dependency).is_dir():
+                problems.append(
+                    f"{name} was computed from {dependency}, but {study_dir / dependency} has no readable "
+                    f"pipeline record in its {MANIFEST_NAME}"
+                )
+            elif found is None:
                 problems.append(f"{name} was computed from {dependency}, but {study_dir / dependency} is missing")
             elif found.get("hash") != expected:
                 problems.append(
