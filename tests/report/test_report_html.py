@@ -332,6 +332,18 @@ def test_report_names_a_damaged_file(tiny_study, tmp_path, capsys, name, content
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize("name", ["human_similarity.npy", "dnn_similarity.npy", "similarity_objects.npy"])
+def test_report_names_a_truncated_array(tiny_study, tmp_path, capsys, name):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / name
+    path.write_bytes(path.read_bytes()[:150])
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path} cannot be read as an array" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+    assert not (tmp_path / "r_figures").exists()
+
+
 def test_report_of_fit_without_dimensions(tiny_study, tmp_path):
     import shutil
 

@@ -173,6 +173,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     return record
 
 
+def _read_array(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """Read a saved ``.npy`` array, naming the file when it is truncated or not a plain array."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{path} cannot be read as an array ({error}); the file may be damaged, so rerun the stage "
+            "that writes it"
+        ) from error
+
+
 class StudyResults:
     """The saved results of a study directory.
 
@@ -296,9 +307,9 @@ class StudyResults:
 
     def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the saved similarity matrix of ``side`` and the object of each row."""
-        matrix = np.load(self.path("compare", f"{side}_similarity.npy"), mmap_mode="r")
+        matrix = _read_array(self.path("compare", f"{side}_similarity.npy"), mmap=True)
         if self.has("compare", "similarity_objects.npy"):
-            rows = np.load(self.path("compare", "similarity_objects.npy"))
+            rows = _read_array(self.path("compare", "similarity_objects.npy"))
         else:
             rows = np.arange(matrix.shape[0])
         if rows.size != matrix.shape[0]:
