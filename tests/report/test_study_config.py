@@ -295,6 +295,10 @@ def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
      ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
      ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
      ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
+     ('inputs.objects="/dev/null"', r"inputs.objects = '/dev/null' \(set with --set\) must be a file, but "
+      r"/dev/null is neither a regular file nor a folder"),
+     ('inputs.dnn_features="/dev/null"', r"inputs.dnn_features = '/dev/null' \(set with --set\) must be a file "
+      r"or a folder, but /dev/null is neither a regular file nor a folder"),
      ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen"),
      ("compare.top_k=25", "compare.top_k = 25 is invalid: inputs.objects lists 24 objects, so use at most 24"),
      ('study.data_dir="${data_dir}/x"', r"study.data_dir = '\$\{data_dir\}/x' \(set with --set\) is invalid: it "

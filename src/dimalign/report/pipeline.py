@@ -292,10 +292,21 @@ def _plan_stage(
                 f"needed by stage {name}"
             )
         kind = INPUT_KINDS.get(key, "either")
-        if (kind == "file" and not path.is_file()) or (kind == "folder" and not path.is_dir()):
+        wrong_kind = {
+            "file": not path.is_file(), "folder": not path.is_dir(),
+            # A device, pipe or socket could pass as either and then block or read as empty.
+            "either": not (path.is_file() or path.is_dir()),
+        }[kind]
+        if wrong_kind:
+            if path.is_dir():
+                found = "a folder"
+            elif path.is_file():
+                found = "a file"
+            else:
+                found = "neither a regular file nor a folder"
             raise ValueError(
                 f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
-                f"{kind}, but {path} is {'a folder' if path.is_dir() else 'not a folder'}; "
+                f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
                 f"inputs.{key} is the {_input_help(key)}"
             )
         inputs[key] = path
