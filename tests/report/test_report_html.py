@@ -318,6 +318,12 @@ def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
         ("dnn_fit/manifest.json", "[1]", "compare was computed from dnn_fit, but"),
         ("dnn_fit/manifest.json", b'{"step": "caf\xe9"}', "dnn_fit/manifest.json is not UTF-8"),
         ("dnn_fit/manifest.json", "{", "dnn_fit has no readable pipeline record in its manifest.json"),
+        ("pipeline.json", '{"stages": [{"name": ["x"]}]}', "entry 1 of 'stages' must be a JSON object with a string 'name'"),
+        ("pipeline.json", '{"stages": ["human_fit"]}', "entry 1 of 'stages' must be a JSON object with a string 'name'"),
+        ("pipeline.json", '{"study": {"name": 5}}', "'study.name' must be a JSON string"),
+        ("pipeline.json", '{"inputs": {"images": 5}}', "'inputs.images' must be a JSON string"),
+        ("pipeline.json", '{"changes": [5]}', "entry 1 of 'changes' must be a JSON object with the keys key, before, after, kind"),
+        ("pipeline.json", '{"changes": [{"key": "study.name"}]}', "entry 1 of 'changes' must be a JSON object"),
     ],
 )
 def test_report_names_a_damaged_file(tiny_study, tmp_path, capsys, name, content, message):
@@ -330,6 +336,29 @@ def test_report_names_a_damaged_file(tiny_study, tmp_path, capsys, name, content
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value", "message"),
+    [
+        ("compare", "upstream", [1], "'upstream' must be a JSON object of stage hashes"),
+        ("compare", "changes", [5], "entry 1 of 'changes' must be a JSON object with the keys key, before, after, kind"),
+        ("human_fit", "changes", [{"key": "human_fit.n_dims"}], "entry 1 of 'changes' must be a JSON object"),
+        ("human_fit", "hash", 5, "'hash' must be a JSON string"),
+    ],
+)
+def test_report_names_an_invalid_stage_record(tiny_study, tmp_path, capsys, stage, key, value, message):
+    """A stage record of the wrong shape counts as unreadable, and the log names the file and the key."""
+    study = copy_study(tiny_study, tmp_path)
+    manifest_path = study / stage / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"][key] = value
+    manifest_path.write_text(json.dumps(manifest))
+
+    main(["report", str(study), "-o", str(tmp_path / "r.html")])
+    error = capsys.readouterr().err
+    assert f"{manifest_path} has an invalid pipeline record: {message}" in error
+    assert "Traceback" not in error
 
 
 @pytest.mark.parametrize("name", ["human_similarity.npy", "dnn_similarity.npy", "similarity_objects.npy"])

@@ -208,7 +208,29 @@ def _read_study_record(study_dir: Path) -> dict:
                 f"{path} is not a study record: {key!r} must be a JSON {'array' if kind is list else 'object'}; "
                 "rerun 'dimalign run' to rewrite it, or remove it to report the stage folders as they are"
             )
+    problem = _study_record_problem(record)
+    if problem:
+        raise ValueError(
+            f"{path} is not a study record: {problem}; rerun 'dimalign run' to rewrite it, or remove it to "
+            "report the stage folders as they are"
+        )
     return record
+
+
+def _study_record_problem(record: dict) -> str:
+    """Describe the first entry of a study record that the report cannot use, or return ''."""
+    from dimalign.report.pipeline import change_entry_problem
+
+    for number, stage in enumerate(record.get("stages", []), start=1):
+        if not (isinstance(stage, dict) and isinstance(stage.get("name"), str)):
+            return f"entry {number} of 'stages' must be a JSON object with a string 'name'"
+    name = record.get("study", {}).get("name", "")
+    if not isinstance(name, str):
+        return f"'study.name' must be a JSON string, not {name!r}"
+    for key, value in record.get("inputs", {}).items():
+        if not isinstance(value, str):
+            return f"'inputs.{key}' must be a JSON string (a path), not {value!r}"
+    return change_entry_problem(record.get("changes", []))
 
 
 def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | None:

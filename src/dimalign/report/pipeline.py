@@ -494,7 +494,44 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
         logger.warning("%s is unreadable (%s), so its stage counts as unfinished", path, error)
         return None
     record = manifest.get("pipeline") if isinstance(manifest, dict) else None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    problem = _stage_record_problem(record)
+    if problem:
+        logger.warning("%s has an invalid pipeline record: %s, so its stage counts as unfinished", path, problem)
+        return None
+    return record
+
+
+#: Keys of one ``--set`` change in a stage record or ``pipeline.json``.
+CHANGE_KEYS = ("key", "before", "after", "kind")
+
+
+def change_entry_problem(changes: list) -> str:
+    """Describe the first entry of a ``changes`` list that is not a ``--set`` change, or return ''."""
+    for number, change in enumerate(changes, start=1):
+        if not (isinstance(change, dict) and all(key in change for key in CHANGE_KEYS)
+                and isinstance(change["key"], str)):
+            return f"entry {number} of 'changes' must be a JSON object with the keys {', '.join(CHANGE_KEYS)}"
+    return ""
+
+
+def _stage_record_problem(record: dict[str, Any]) -> str:
+    """Describe the first field of a stage's pipeline record that has the wrong type, or return ''."""
+    if not isinstance(record.get("hash"), str):
+        return "'hash' must be a JSON string"
+    for key in ("settings", "inputs"):
+        if not isinstance(record.get(key, {}), dict):
+            return f"{key!r} must be a JSON object"
+    upstream = record.get("upstream", {})
+    if not (isinstance(upstream, dict) and all(isinstance(value, str) for value in upstream.values())):
+        return "'upstream' must be a JSON object of stage hashes"
+    if not all(isinstance(value, dict) for value in record.get("inputs", {}).values()):
+        return "each entry of 'inputs' must be a JSON object with a path and a fingerprint"
+    changes = record.get("changes", [])
+    if not isinstance(changes, list):
+        return "'changes' must be a JSON array"
+    return change_entry_problem(changes)
 
 
 def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
