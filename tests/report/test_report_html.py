@@ -361,6 +361,31 @@ def test_report_names_an_invalid_stage_record(tiny_study, tmp_path, capsys, stag
     assert "Traceback" not in error
 
 
+def test_report_rejects_fit_outputs_not_object(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    manifest_path = study / "human_fit" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["outputs"] = [1]
+    manifest_path.write_text(json.dumps(manifest))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{manifest_path}: 'outputs' must be a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("shape", [(24,), (24, 23), (2, 12, 24)])
+def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, capsys, shape):
+    import numpy as np
+
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "human_similarity.npy"
+    np.save(path, np.zeros(shape))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path} holds an array of shape {shape}, not a square similarity matrix" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.parametrize("name", ["human_similarity.npy", "dnn_similarity.npy", "similarity_objects.npy"])
 def test_report_names_a_truncated_array(tiny_study, tmp_path, capsys, name):
     study = copy_study(tiny_study, tmp_path)

@@ -307,7 +307,13 @@ class StudyResults:
 
     def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the saved similarity matrix of ``side`` and the object of each row."""
-        matrix = _read_array(self.path("compare", f"{side}_similarity.npy"), mmap=True)
+        path = self.path("compare", f"{side}_similarity.npy")
+        matrix = _read_array(path, mmap=True)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(
+                f"{path} holds an array of shape {matrix.shape}, not a square similarity matrix; rerun the "
+                "compare stage"
+            )
         if self.has("compare", "similarity_objects.npy"):
             rows = _read_array(self.path("compare", "similarity_objects.npy"))
         else:
@@ -486,6 +492,11 @@ class StudyResults:
         numbers: dict[str, Any] = {}
         for side in self.sides():
             fit = self.manifest(f"{side}_fit").get("outputs", {})
+            if not isinstance(fit, dict):
+                raise ValueError(
+                    f"{self.path(f'{side}_fit', 'manifest.json')}: 'outputs' must be a JSON object, not "
+                    f"{fit!r}; rerun the {side}_fit stage"
+                )
             numbers[f"{side}_n_dims"] = fit.get("n_dims")
             numbers[f"{side}_n_epochs"] = fit.get("n_epochs")
             numbers[f"{side}_n_train"] = fit.get("n_train")
