@@ -305,6 +305,19 @@ def test_stage_record_not_utf8_is_not_replaced(study, tmp_path, caplog):
         run_study(config, copy, dry_run=True)
 
 
+@pytest.mark.parametrize("name", ["train.npy", "val.npy"])
+def test_truncated_fit_output_is_named(study, tmp_path, name):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    path = copy / "human_fit" / name
+    path.write_bytes(path.read_bytes()[:200])
+
+    with pytest.raises(ValueError, match=f"{path} cannot be read as a triplet array"):
+        run_study(config, copy, from_stage="evaluate")
+    assert read_stage_record(copy / "evaluate") is not None
+
+
 def test_foreign_study_dir_rejected(tmp_path):
     config = write_study(tmp_path, report=False)
     fit_dir = tmp_path / "fit"

@@ -403,10 +403,10 @@ def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
     path = run_dir / VAL_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the fit stage writes the held-out triplets there")
-    triplets = np.load(path)
+    triplets = load_triplets(path, n_objects)
     if len(triplets) == 0:
         raise ValueError(f"{path} contains no triplets: set val_fraction > 0 to evaluate on held-out triplets")
-    return load_triplets(path, n_objects)
+    return triplets
 
 
 def check_evaluate(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
@@ -424,6 +424,7 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
     from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
     from dimalign.analysis.similarity import odd_one_out_accuracy
     from dimalign.io.runs import load_embedding
+    from dimalign.io.triplets import load_triplets
 
     started = now_iso()
     things_dir = context.inputs.get("things_dir")
@@ -443,14 +444,15 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
     if "human" in embeddings:
         # The ceiling of the whole file, not only the held-out part: repeated sets are rare.
         human_dir = context.upstream["human_fit"]
-        every = np.concatenate([np.load(human_dir / TRAIN_NAME), np.load(human_dir / VAL_NAME)])
+        n_objects = embeddings["human"].shape[0]
+        every = np.concatenate([load_triplets(human_dir / name, n_objects) for name in (TRAIN_NAME, VAL_NAME)])
         ceiling = triplet_noise_ceiling(every) if _has_repeats(every) else None
         summary["human_noise_ceiling"] = (
             None if ceiling is None
             else {"value": ceiling.value, "n_sets": ceiling.n_sets, "n_responses": ceiling.n_responses}
         )
     if set(embeddings) == {"human", "dnn"} and embeddings["human"].shape[0] == embeddings["dnn"].shape[0]:
-        human_val = np.load(context.upstream["human_fit"] / VAL_NAME)
+        human_val = load_triplets(context.upstream["human_fit"] / VAL_NAME, embeddings["human"].shape[0])
         summary["dnn_embedding_on_human_val_accuracy"] = float(odd_one_out_accuracy(embeddings["dnn"], human_val))
 
     write_text_atomic(context.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
