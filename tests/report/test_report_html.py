@@ -386,6 +386,23 @@ def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, c
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda path: path.write_bytes(b"garbage"), "cannot be read as an archive of arrays"),
+        (lambda path: __import__("numpy").savez(path, other=[1]), "has no array human_most_relevant"),
+    ],
+)
+def test_report_names_a_damaged_relevance_archive(tiny_study, tiny_labels, tmp_path, capsys, write, message):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "triplet_relevance.npz"
+    write(path)
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html"), "--labels", str(tiny_labels)]) == 1
+    assert f"{path} {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.parametrize("name", ["human_similarity.npy", "dnn_similarity.npy", "similarity_objects.npy"])
 def test_report_names_a_truncated_array(tiny_study, tmp_path, capsys, name):
     study = copy_study(tiny_study, tmp_path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -182,6 +183,26 @@ def _read_array(path: Path, *, mmap: bool = False) -> np.ndarray:
             f"{path} cannot be read as an array ({error}); the file may be damaged, so rerun the stage "
             "that writes it"
         ) from error
+
+
+def _read_archive(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Read the arrays ``names`` of a saved ``.npz`` archive, naming the file when it is damaged or lacks one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        # np.load reads a file that is not a zip archive as a pickle, which allow_pickle=False rejects.
+        raise ValueError(
+            f"{path} cannot be read as an archive of arrays ({error}); the file may be damaged, so rerun the "
+            "stage that writes it"
+        ) from error
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} has no array {', '.join(missing)} (its arrays: {', '.join(arrays) or 'none'}); "
+            "rerun the stage that writes it"
+        )
+    return {name: arrays[name] for name in names}
 
 
 class StudyResults:
@@ -466,15 +487,16 @@ class StudyResults:
         if table is None:
             raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} not found")
         frames = []
-        with np.load(self.path("compare", "triplet_relevance.npz")) as archive:
-            for side in SIDES:
-                rows = table[table["embedding"] == self.labels_names[side]]
-                if not len(rows):
-                    continue
-                kinds = dict(zip(rows["dimension"].astype(int), rows["resolved_kind"].astype(str)))
-                shares = relevance_shares(archive[f"{side}_most_relevant"].tolist(), kinds)
-                shares.insert(0, "embedding", self.labels_names[side])
-                frames.append(shares)
+        path = self.path("compare", "triplet_relevance.npz")
+        most_relevant = _read_archive(path, [f"{side}_most_relevant" for side in SIDES])
+        for side in SIDES:
+            rows = table[table["embedding"] == self.labels_names[side]]
+            if not len(rows):
+                continue
+            kinds = dict(zip(rows["dimension"].astype(int), rows["resolved_kind"].astype(str)))
+            shares = relevance_shares(most_relevant[f"{side}_most_relevant"].tolist(), kinds)
+            shares.insert(0, "embedding", self.labels_names[side])
+            frames.append(shares)
         if not frames:
             raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} rates no dimension of this study")
         return self._with_sides(pd.concat(frames, ignore_index=True))
