@@ -312,6 +312,10 @@ def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
         ("compare/matching.csv", "rank,method\n0,greedy\n", "compare/matching.csv has no column human_dim, dnn_dim, r"),
         ("human_fit/history.csv", "epoch,foo\n1,2\n", "human_fit/history.csv has no column loss, train_accuracy"),
         ("map/ridge_map.csv", "dimension,alpha\n0,1.0\n", "map/ridge_map.csv has no column cv_r2"),
+        ("human_fit/history.csv", "epoch,loss,train_accuracy,n_dims\n1,x,0.5,6\n",
+         "human_fit/history.csv, line 2, column 'loss': 'x' is invalid; use a number"),
+        ("compare/matching.csv", "rank,method,human_dim,dnn_dim,r\n1,greedy,0,1.5,0.2\n",
+         "compare/matching.csv, line 2, column 'dnn_dim': '1.5' is invalid; use an integer"),
         ("pipeline.json", '{"stages": 5}', "'stages' must be a JSON array"),
         ("pipeline.json", '{"inputs": [1]}', "'inputs' must be a JSON object"),
         # An unreadable fit record makes the fit count as missing for the stages that read it.
@@ -400,6 +404,34 @@ def test_report_names_a_damaged_relevance_archive(tiny_study, tiny_labels, tmp_p
 
     assert main(["report", str(study), "-o", str(tmp_path / "r.html"), "--labels", str(tiny_labels)]) == 1
     assert f"{path} {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "value", "message"),
+    [
+        ("dimensions.csv", "dimension", "x", ", line 2, column 'dimension': 'x' is invalid; use an integer"),
+        ("dimensions.csv", "dimension", "0.5", ", line 2, column 'dimension': '0.5' is invalid; use an integer"),
+        ("shares.csv", "share", "lots", ", line 2, column 'share': 'lots' is invalid; use a number"),
+        ("dimensions.csv", "resolved_kind", None, " has no column resolved_kind"),
+    ],
+)
+def test_report_names_an_invalid_labels_table(tiny_study, tiny_labels, tmp_path, capsys, name, column, value, message):
+    import shutil
+
+    import pandas as pd
+
+    labels = tmp_path / "labels"
+    shutil.copytree(tiny_labels, labels)
+    table = pd.read_csv(labels / name, dtype=str)
+    if value is None:
+        table = table.drop(columns=[column])
+    else:
+        table.loc[0, column] = value
+    table.to_csv(labels / name, index=False)
+
+    assert main(["report", str(tiny_study), "-o", str(tmp_path / "r.html"), "--labels", str(labels)]) == 1
+    assert f"{labels / name}{message}" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 

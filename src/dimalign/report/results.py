@@ -148,8 +148,22 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
     return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
 
 
-def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``."""
+def _read_csv(
+    path: Path, columns: tuple[str, ...] = (), *, numbers: tuple[str, ...] = (), integers: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``.
+
+    Args:
+        path (Path): The CSV file.
+        columns (tuple[str, ...]): Columns the table must have.
+        numbers (tuple[str, ...]): Columns (among ``columns``) whose cells must
+            be numbers or empty; they are returned as floats.
+        integers (tuple[str, ...]): Columns (among ``columns``) whose cells must
+            all be whole numbers; they are returned as int64.
+
+    Raises:
+        ValueError: Naming the file, and for a bad cell its line, column and value.
+    """
     try:
         table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -160,6 +174,18 @@ def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
             f"{path} has no column {', '.join(missing)} (its columns: {', '.join(map(str, table.columns))}); "
             "rerun the stage that writes it"
         )
+    for column, integer in [(name, False) for name in numbers] + [(name, True) for name in integers]:
+        # One text cell turns a whole column into strings, which the figures would draw as categories.
+        values = pd.to_numeric(table[column], errors="coerce")
+        valid = values.notna() & (values % 1 == 0) if integer else values.notna() | table[column].isna()
+        if not valid.all():
+            row = int(np.flatnonzero(~valid.to_numpy())[0])
+            cell = table[column].iloc[row]
+            raise ValueError(
+                f"{path}, line {row + 2}, column {column!r}: {'' if pd.isna(cell) else str(cell)!r} is invalid; "
+                f"use {'an integer' if integer else 'a number'} (rerun the step that writes the file)"
+            )
+        table[column] = values.astype(np.int64) if integer else values.astype(np.float64)
     return table
 
 
@@ -314,7 +340,10 @@ class StudyResults:
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
-        return _read_csv(self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"))
+        return _read_csv(
+            self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"),
+            numbers=("loss", "train_accuracy"), integers=("epoch", "n_dims"),
+        )
 
     def manifest(self, stage: str) -> dict[str, Any]:
         """Return a stage's ``manifest.json``."""
@@ -350,12 +379,17 @@ class StudyResults:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
         key = ("matching",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"))
+            self._cache[key] = _read_csv(
+                self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"),
+                numbers=("r",), integers=("human_dim", "dnn_dim"),
+            )
         return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
-        return _read_csv(self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"))
+        return _read_csv(
+            self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"), numbers=("r2",), integers=("n_dims",)
+        )
 
     def rsa(self) -> dict[str, Any]:
         """Return ``compare/rsa.json``."""
@@ -363,7 +397,10 @@ class StudyResults:
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
-        return _read_csv(self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"))
+        return _read_csv(
+            self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"),
+            numbers=("mean_drop", "share_most_relevant"), integers=("dim",),
+        )
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
@@ -394,7 +431,9 @@ class StudyResults:
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
-        return _read_csv(self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"))
+        return _read_csv(
+            self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"), numbers=("cv_r2",), integers=("dimension",)
+        )
 
     def ridge_target(self) -> str:
         """Return the side (``human`` or ``dnn``) whose dimensions the map stage predicted; ``dnn`` without a record."""
@@ -437,7 +476,9 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv", ("embedding", "dimension"))
+            self._cache[key] = _read_csv(
+                self.labels_dir / "dimensions.csv", ("embedding", "dimension"), integers=("dimension",)
+            )
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -466,7 +507,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
+        return self._with_sides(_read_csv(path, ("embedding", "kind", "share"), numbers=("share",)))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -480,12 +521,18 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (--labels, or inputs.labels in the study file)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
+            return self._with_sides(_read_csv(path, ("embedding", "kind", "share"), numbers=("share",)))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
         if table is None:
             raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} not found")
+        if "resolved_kind" not in table.columns:
+            raise ValueError(
+                f"{self.labels_dir / 'dimensions.csv'} has no column resolved_kind (its columns: "
+                f"{', '.join(map(str, table.columns))}), which the share of triplet choices per kind needs; "
+                "rerun 'dimalign labels summarize'"
+            )
         frames = []
         path = self.path("compare", "triplet_relevance.npz")
         most_relevant = _read_archive(path, [f"{side}_most_relevant" for side in SIDES])
