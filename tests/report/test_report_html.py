@@ -373,7 +373,34 @@ def test_report_rejects_fit_outputs_not_object(tiny_study, tmp_path, capsys):
     manifest_path.write_text(json.dumps(manifest))
 
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
-    assert f"{manifest_path}: 'outputs' must be a JSON object" in capsys.readouterr().err
+    assert f"{manifest_path}: outputs = [1] is invalid: expected a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "keys", "value", "message"),
+    [
+        ("evaluate/summary.json", ["human"], 5, "human = 5 is invalid: expected a JSON object"),
+        ("evaluate/summary.json", ["human", "accuracy"], "high", "human.accuracy = 'high' is invalid: expected a number"),
+        ("evaluate/summary.json", ["human_noise_ceiling"], 5, "human_noise_ceiling = 5 is invalid: expected a JSON object"),
+        ("evaluate/summary.json", ["human_noise_ceiling", "n_sets"], None, "human_noise_ceiling.n_sets = None is invalid"),
+        ("compare/rsa.json", ["r"], "high", "r = 'high' is invalid: expected a number"),
+        ("compare/rsa.json", ["similarity_objects"], [1], "similarity_objects = [1] is invalid: expected a number"),
+        ("human_fit/manifest.json", ["outputs", "n_dims"], "six", "outputs.n_dims = 'six' is invalid: expected a number"),
+    ],
+)
+def test_report_names_an_invalid_saved_number(tiny_study, tmp_path, capsys, name, keys, value, message):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / name
+    record = json.loads(path.read_text())
+    parent = record
+    for key in keys[:-1]:
+        parent = parent[key]
+    parent[keys[-1]] = value
+    path.write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path}: {message}" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 

@@ -231,6 +231,23 @@ def _read_archive(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     return {name: arrays[name] for name in names}
 
 
+def _json_object(value: Any, path: Path, key: str) -> dict[str, Any]:
+    """Return ``value`` if it is a JSON object, else raise naming the file and the key."""
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{path}: {key} = {value!r} is invalid: expected a JSON object; rerun the stage that writes it"
+        )
+    return value
+
+
+def _json_number(value: Any, path: Path, key: str, *, required: bool = False) -> float | int | None:
+    """Return ``value`` if it is a number (or null, unless ``required``), else raise naming the file and the key."""
+    if (value is None and not required) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    expected = "a number" if required else "a number or null"
+    raise ValueError(f"{path}: {key} = {value!r} is invalid: expected {expected}; rerun the stage that writes it")
+
+
 class StudyResults:
     """The saved results of a study directory.
 
@@ -392,8 +409,14 @@ class StudyResults:
         )
 
     def rsa(self) -> dict[str, Any]:
-        """Return ``compare/rsa.json``."""
-        return _read_json(self.path("compare", "rsa.json"))
+        """Return ``compare/rsa.json``, after checking the numbers that the figures and the summary read."""
+        path = self.path("compare", "rsa.json")
+        rsa = _read_json(path)
+        for key in ("r", "ci_low", "ci_high", "ci_level", "n_dnn_dims_for_95_percent"):
+            _json_number(rsa.get(key), path, key)
+        if rsa.get("similarity_objects") != "all":
+            _json_number(rsa.get("similarity_objects"), path, "similarity_objects")
+        return rsa
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
@@ -557,34 +580,19 @@ class StudyResults:
     # -- headline numbers ------------------------------------------------------------------
 
     def headline(self) -> dict[str, Any]:
-        """Collect the numbers of the report's summary table; missing results are left out."""
+        """Collect the numbers of the report's summary table; missing results are left out.
+
+        Raises:
+            ValueError: If a saved value has the wrong type, naming the file and the key.
+        """
         numbers: dict[str, Any] = {}
         for side in self.sides():
-            fit = self.manifest(f"{side}_fit").get("outputs", {})
-            if not isinstance(fit, dict):
-                raise ValueError(
-                    f"{self.path(f'{side}_fit', 'manifest.json')}: 'outputs' must be a JSON object, not "
-                    f"{fit!r}; rerun the {side}_fit stage"
-                )
-            numbers[f"{side}_n_dims"] = fit.get("n_dims")
-            numbers[f"{side}_n_epochs"] = fit.get("n_epochs")
-            numbers[f"{side}_n_train"] = fit.get("n_train")
+            path = self.path(f"{side}_fit", "manifest.json")
+            fit = _json_object(_read_json(path).get("outputs", {}), path, "outputs")
+            for key in ("n_dims", "n_epochs", "n_train"):
+                numbers[f"{side}_{key}"] = _json_number(fit.get(key), path, f"outputs.{key}")
         if self.has("evaluate", "summary.json"):
-            evaluation = self.evaluation()
-            for side in SIDES:
-                metrics = evaluation.get(side, {})
-                for key in ("accuracy", "things48_r", "n_triplets"):
-                    if key in metrics:
-                        numbers[f"{side}_{key}"] = metrics[key]
-                if "noise_ceiling" in metrics:
-                    numbers[f"{side}_noise_ceiling"] = {
-                        "value": metrics["noise_ceiling"], "n_sets": metrics["noise_ceiling_sets"],
-                        "n_responses": metrics["noise_ceiling_responses"],
-                    }
-            if evaluation.get("human_noise_ceiling"):
-                numbers["human_noise_ceiling"] = evaluation["human_noise_ceiling"]
-            if "dnn_embedding_on_human_val_accuracy" in evaluation:
-                numbers["dnn_on_human_accuracy"] = evaluation["dnn_embedding_on_human_val_accuracy"]
+            numbers.update(self._evaluation_numbers())
         if self.has("compare", "rsa.json"):
             rsa = self.rsa()
             numbers["rsa"] = {key: rsa.get(key) for key in ("r", "ci_low", "ci_high", "ci_level", "method")}
@@ -593,6 +601,34 @@ class StudyResults:
         if self.has("map", "ridge_map.csv"):
             numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
             numbers["ridge_target"] = self.ridge_target()
+        return numbers
+
+    def _evaluation_numbers(self) -> dict[str, Any]:
+        """Collect the summary table's numbers from ``evaluate/summary.json``."""
+        path = self.path("evaluate", "summary.json")
+        evaluation = self.evaluation()
+        numbers: dict[str, Any] = {}
+        for side in SIDES:
+            metrics = _json_object(evaluation.get(side, {}), path, side)
+            for key in ("accuracy", "things48_r", "n_triplets"):
+                if key in metrics:
+                    numbers[f"{side}_{key}"] = _json_number(metrics[key], path, f"{side}.{key}")
+            if "noise_ceiling" in metrics:
+                numbers[f"{side}_noise_ceiling"] = {
+                    name: _json_number(metrics.get(key), path, f"{side}.{key}", required=True)
+                    for name, key in (("value", "noise_ceiling"), ("n_sets", "noise_ceiling_sets"),
+                                      ("n_responses", "noise_ceiling_responses"))
+                }
+        ceiling = evaluation.get("human_noise_ceiling")
+        if ceiling:
+            ceiling = _json_object(ceiling, path, "human_noise_ceiling")
+            numbers["human_noise_ceiling"] = {
+                key: _json_number(ceiling.get(key), path, f"human_noise_ceiling.{key}", required=True)
+                for key in ("value", "n_sets", "n_responses")
+            }
+        if "dnn_embedding_on_human_val_accuracy" in evaluation:
+            key = "dnn_embedding_on_human_val_accuracy"
+            numbers["dnn_on_human_accuracy"] = _json_number(evaluation[key], path, key)
         return numbers
 
     def setting_changes(self) -> list[dict[str, Any]]:
