@@ -404,6 +404,29 @@ def test_report_names_an_invalid_saved_number(tiny_study, tmp_path, capsys, name
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("human_dim", "x", "column 'human_dim': 'x' is invalid; use an integer"),
+        ("object_1", "99", "column 'object_1': 99 is invalid; use an object index from 0 to 23"),
+        ("dnn_odd_one_out", "-1", "column 'dnn_odd_one_out': -1 is invalid; use an object index from 0 to 23"),
+        ("p_human", "sure", "column 'p_human': 'sure' is invalid; use a number"),
+    ],
+)
+def test_report_names_an_invalid_disagreement(tiny_study, tmp_path, capsys, column, value, message):
+    import pandas as pd
+
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "disagreements.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.loc[0, column] = value
+    table.to_csv(path, index=False)
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path}, line 2, {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
 @pytest.mark.parametrize("shape", [(24,), (24, 23), (2, 12, 24)])
 def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, capsys, shape):
     import numpy as np

@@ -428,7 +428,23 @@ class StudyResults:
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
         self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
-        return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
+        path = self.path("compare", "disagreements.csv")
+        object_columns = ("object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out")
+        table = _read_csv(
+            path, DISAGREEMENT_COLUMNS, integers=(*object_columns, "human_dim", "dnn_dim"),
+            numbers=("human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice"),
+        )
+        n_objects = len(self.objects)
+        for column in object_columns:
+            # A negative index would silently pick an object from the end of the table.
+            outside = np.flatnonzero((table[column] < 0) | (table[column] >= n_objects))
+            if outside.size:
+                row = int(outside[0])
+                raise ValueError(
+                    f"{path}, line {row + 2}, column {column!r}: {table[column].iloc[row]} is invalid; use an "
+                    f"object index from 0 to {n_objects - 1} (rerun the compare stage)"
+                )
+        return table
 
     def check_compare_wrote(self, name: str, key: str, effect: str) -> None:
         """Name a compare setting of 0 as the reason when ``compare/<name>`` is missing.
