@@ -318,6 +318,24 @@ def test_bad_category_matrix_fails_at_planning(tmp_path):
         plan_study(load_config(study_file), tmp_path / "s")
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("dimensions.csv", "embedding,dimension\nhuman_fit,x\n", r"dimensions.csv, line 2, column 'dimension': 'x' is invalid"),
+        ("dimensions.csv", "embedding,kind\nhuman_fit,visual\n", r"dimensions.csv has no column dimension"),
+        ("shares.csv", "embedding,kind,share\nhuman_fit,visual,lots\n", r"shares.csv, line 2, column 'share': 'lots'"),
+        ("relevance_shares.csv", "", r"relevance_shares.csv cannot be read as a table"),
+    ],
+)
+def test_bad_labels_summary_fails_at_planning(tmp_path, name, text, message):
+    study_file = write_study(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        plan_study(load_config(study_file, [f"inputs.labels={str(labels)!r}"]), tmp_path / "s")
+
+
 def test_feature_rows_checked_at_planning_without_map(tmp_path):
     import numpy as np
 

@@ -189,6 +189,32 @@ def _read_csv(
     return table
 
 
+#: Tables of a ``dimalign labels summarize`` folder that the report reads:
+#: name -> (required columns, number columns, integer columns).
+LABELS_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "dimensions.csv": (("embedding", "dimension"), (), ("dimension",)),
+    "shares.csv": (("embedding", "kind", "share"), ("share",), ()),
+    "relevance_shares.csv": (("embedding", "kind", "share"), ("share",), ()),
+}
+
+
+def read_labels_table(labels_dir: Path, name: str) -> pd.DataFrame:
+    """Read one table of a labels summary (see :data:`LABELS_TABLES`), checking its columns.
+
+    Raises:
+        ValueError: If the table is malformed, lacks a column, or has a bad cell.
+    """
+    columns, numbers, integers = LABELS_TABLES[name]
+    return _read_csv(labels_dir / name, columns, numbers=numbers, integers=integers)
+
+
+def check_labels_summary(labels_dir: Path) -> None:
+    """Read the tables of a labels summary that exist, so that a bad one fails before the fits run."""
+    for name in LABELS_TABLES:
+        if (labels_dir / name).is_file():
+            read_labels_table(labels_dir, name)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """Read a result record, naming the file when it is not a JSON object."""
     try:
@@ -515,9 +541,7 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(
-                self.labels_dir / "dimensions.csv", ("embedding", "dimension"), integers=("dimension",)
-            )
+            self._cache[key] = read_labels_table(self.labels_dir, "dimensions.csv")
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -546,7 +570,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(_read_csv(path, ("embedding", "kind", "share"), numbers=("share",)))
+        return self._with_sides(read_labels_table(self.labels_dir, "shares.csv"))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -560,7 +584,7 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (--labels, or inputs.labels in the study file)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(_read_csv(path, ("embedding", "kind", "share"), numbers=("share",)))
+            return self._with_sides(read_labels_table(self.labels_dir, "relevance_shares.csv"))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
@@ -704,7 +728,9 @@ __all__ = [
     "REPORT_SOURCES",
     "StudyResults",
     "assign_categories",
+    "check_labels_summary",
     "check_reportable",
     "category_blocks",
     "read_category_matrix",
+    "read_labels_table",
 ]

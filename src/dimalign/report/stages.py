@@ -685,12 +685,14 @@ def run_map(context: StageContext) -> dict[str, Any]:
 
 
 def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Read the category matrix against the object table, so that a bad one fails before the fits run."""
+    """Read the category matrix and the labels summary's tables, so that a bad one fails before the fits run."""
     from dimalign.io.objects import read_object_table
-    from dimalign.report.results import read_category_matrix
+    from dimalign.report.results import check_labels_summary, read_category_matrix
 
     if "categories" in inputs and "objects" in inputs:
         read_category_matrix(inputs["categories"], len(read_object_table(inputs["objects"])))
+    if "labels" in inputs:
+        check_labels_summary(inputs["labels"])
 
 
 def run_report(context: StageContext) -> dict[str, Any]:
