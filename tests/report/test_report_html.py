@@ -148,6 +148,26 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+@pytest.mark.parametrize(("key", "option", "kind"), [("categories", "--categories", "folder"),
+                                                      ("images", "--images", "file"), ("labels", "--labels", "file")])
+def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsys, key, option, kind):
+    study = copy_study(tiny_study, tmp_path)
+    wrong = tmp_path / "wrong"
+    if kind == "folder":
+        wrong.mkdir()
+    else:
+        wrong.write_text("x")
+    record = json.loads((study / "pipeline.json").read_text())
+    record["inputs"][key] = str(wrong)
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    error = capsys.readouterr().err
+    assert f"{study / 'pipeline.json'} records inputs.{key} = {wrong}, which is now a {kind}" in error
+    assert f"pass {option}" in error
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_pipeline_report_stage_writes_report(tiny_study):
     document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
     assert "<h1>Tiny study</h1>" in document

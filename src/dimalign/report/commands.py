@@ -126,7 +126,17 @@ def report_command(args: argparse.Namespace) -> int:
         if value is not None:
             return value
         path = recorded.get(key)
-        return Path(path) if path and Path(path).exists() else None
+        if not path or not Path(path).exists():
+            return None
+        path = Path(path)
+        wanted = "file" if key == "categories" else "folder"
+        if path.is_file() != (wanted == "file"):
+            raise ValueError(
+                f"{args.study_dir / STUDY_RECORD_NAME} records inputs.{key} = {path}, which is now a "
+                f"{'folder' if path.is_dir() else 'file'}, not a {wanted}; pass --{key} with the right "
+                f"{wanted}, or rerun 'dimalign run' with a corrected study file"
+            )
+        return path
 
     stage_dirs = _recorded_stage_dirs(args.study_dir, record)
     results = StudyResults(
