@@ -165,6 +165,24 @@ def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
     assert not partial[0].exists()
 
 
+def test_cleanup_keeps_user_folders_with_similar_names(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    stale = [copy / ".compare.partial-0123456789abcdef", copy / f".map.old-{12345}"]
+    mine = [copy / ".notes.old-2024", copy / ".backup.partial-copy", copy / ".compare.partial-mine"]
+    for folder in stale + mine:
+        folder.mkdir()
+        (folder / "file.txt").write_text("x")
+
+    run_study(config, copy)
+
+    for folder in stale:
+        assert not folder.exists()
+    for folder in mine:
+        assert (folder / "file.txt").read_text() == "x"
+
+
 def test_removed_upstream_stage_is_named(study, tmp_path):
     config, study_dir = study
     # The study file without the DNN side: evaluate then reads human_fit alone.

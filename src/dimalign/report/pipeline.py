@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -845,11 +846,22 @@ def _replace_folder(work_dir: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+#: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
+#: ``.<stage>.partial-<16 hex digits of the hash>`` and ``.<stage>.old-<process id>``.
+_LEFTOVER_PATTERN = re.compile(
+    rf"\.(?:{'|'.join(re.escape(name) for name in STAGE_ORDER)})\.(?:partial-[0-9a-f]{{16}}|old-\d+)"
+)
+
+
 def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
-    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash."""
+    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash.
+
+    Only names that this module gives its work folders count, so a hidden
+    folder of the user's such as ``.notes.old-2024`` stays.
+    """
     keep = {f".{stage.name}.partial-{stage.hash[:16]}" for stage in plan.stages if STAGES[stage.name].resumable}
     for entry in study_dir.iterdir():
-        stale = entry.name.startswith(".") and (".partial-" in entry.name or ".old-" in entry.name)
+        stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if stale and entry.is_dir() and entry.name not in keep:
             logger.info("removing %s, left by an interrupted run", entry)
             shutil.rmtree(entry, ignore_errors=True)
