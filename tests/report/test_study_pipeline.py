@@ -330,10 +330,11 @@ def test_truncated_fit_output_is_named(study, tmp_path, name):
     shutil.copytree(study_dir, copy)
     path = copy / "human_fit" / name
     path.write_bytes(path.read_bytes()[:200])
+    before = read_stage_record(copy / "evaluate")
 
     with pytest.raises(ValueError, match=f"{path} cannot be read as a triplet array"):
         run_study(config, copy, from_stage="evaluate")
-    assert read_stage_record(copy / "evaluate") is not None
+    assert read_stage_record(copy / "evaluate") == before
 
 
 def test_foreign_study_dir_rejected(tmp_path):
