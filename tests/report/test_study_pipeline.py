@@ -362,6 +362,20 @@ def test_pipeline_json_of_another_tool_is_no_study(tmp_path):
     assert plan.to_run == STAGES
 
 
+@pytest.mark.parametrize("text", ['{"name": "my CI pipeline"}\n', "{broken"])
+def test_foreign_pipeline_json_is_not_replaced(tmp_path, text):
+    config = write_study(tmp_path, report=False)
+    record = tmp_path / "study" / "pipeline.json"
+    record.parent.mkdir()
+    record.write_text(text)
+
+    for dry_run in (True, False):
+        with pytest.raises(FileExistsError, match=f"{record} is not the record of a dimalign run"):
+            run_study(config, tmp_path / "study", dry_run=dry_run)
+    assert record.read_text() == text
+    assert sorted(entry.name for entry in record.parent.iterdir()) == ["pipeline.json"]
+
+
 def test_nested_study_and_stage_file_rejected(study, tmp_path):
     config, study_dir = study
     with pytest.raises(ValueError, match=f"lies inside the study {study_dir}"):

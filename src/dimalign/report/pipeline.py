@@ -739,6 +739,14 @@ def check_study_dir(plan: StudyPlan) -> None:
     if existing is not None and not existing.is_dir():
         raise FileExistsError(f"cannot write the study to {study_dir}: {existing} is a file, not a folder")
     check_output_dir(study_dir, "run")
+    record = study_dir / STUDY_RECORD_NAME
+    if record.exists() and not is_study_record(record):
+        # The run writes its own record there; a file of that name from another
+        # tool, or one that no longer parses, would be lost.
+        raise FileExistsError(
+            f"{record} is not the record of a dimalign run (it is not a JSON object with 'config' and "
+            "'stages'), and the run would replace it; move the file away or choose another study directory"
+        )
     resolved = study_dir.resolve()
     for parent in resolved.parents:
         if is_study_record(parent / STUDY_RECORD_NAME):
