@@ -294,6 +294,8 @@ def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
      ("compare.similarity_objects=2", "compare.similarity_objects = 2 is invalid: use 'all' or at least 3"),
      ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
      ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
+     ("dnn_triplets.val_fraction=0.9999", r"dnn_triplets.val_fraction = 0.9999 is invalid: it holds out every "
+      r"triplet, since round\(0.9999 x 800 triplets\) = 800, and leaves none for training"),
      ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
      ('inputs.objects="/dev/null"', r"inputs.objects = '/dev/null' \(set with --set\) must be a file, but "
       r"/dev/null is neither a regular file nor a folder"),

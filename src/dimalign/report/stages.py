@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -271,15 +272,22 @@ def run_human_fit(context: StageContext) -> dict[str, Any]:
 
 
 def _check_held_out_size(stage: str, val_fraction: float, n_triplets: int) -> None:
-    """Reject a val_fraction above 0 that holds out no triplet.
+    """Reject a val_fraction above 0 that holds out no triplet, or one that holds out all of them.
 
     split_triplets holds out round(val_fraction * n_triplets) rows, which is
-    0 for a small fraction of few triplets.
+    0 for a small fraction of few triplets and every row for a fraction close to 1.
     """
-    if val_fraction > 0 and round(val_fraction * n_triplets) == 0:
+    n_held_out = round(val_fraction * n_triplets)
+    if val_fraction > 0 and n_held_out == 0:
         raise ValueError(
             f"{stage}.val_fraction = {val_fraction} is invalid: it holds out no triplet, since round({val_fraction} x "
             f"{n_triplets:,} triplets) = 0; use at least {1 / n_triplets:.2g}, or 0 for no held-out part"
+        )
+    if n_held_out >= n_triplets:
+        raise ValueError(
+            f"{stage}.val_fraction = {val_fraction} is invalid: it holds out every triplet, since "
+            f"round({val_fraction} x {n_triplets:,} triplets) = {n_held_out:,}, and leaves none for training; "
+            f"use at most {math.floor((n_triplets - 1) / n_triplets * 10_000) / 10_000:g}"
         )
 
 
