@@ -168,6 +168,22 @@ def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsy
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys):
+    from report_helpers import write_labels
+
+    labels = write_labels(tmp_path / "labels", {"people": 6, "vgg16": 6})
+    out = tmp_path / "r.html"
+    assert main(["report", str(tiny_study), "-o", str(out), "--labels", str(labels)]) == 1
+    error = capsys.readouterr().err
+    assert f"{labels / 'dimensions.csv'} labels no embedding named 'human_fit' or 'dnn_fit'" in error
+    assert "its embeddings: people, vgg16" in error
+    assert not out.exists()
+
+    options = ["--labels", str(labels), "--labels-human", "people", "--labels-dnn", "vgg16"]
+    assert main(["report", str(tiny_study), "-o", str(out), *options]) == 0
+    assert "label 0 (2)" in out.read_text(encoding="utf-8")
+
+
 def test_pipeline_report_stage_writes_report(tiny_study):
     document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
     assert "<h1>Tiny study</h1>" in document

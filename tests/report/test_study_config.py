@@ -338,6 +338,17 @@ def test_bad_labels_summary_fails_at_planning(tmp_path, name, text, message):
         plan_study(load_config(study_file, [f"inputs.labels={str(labels)!r}"]), tmp_path / "s")
 
 
+def test_labels_under_other_names_fail_at_planning(tmp_path):
+    from report_helpers import write_labels
+
+    study_file = write_study(tmp_path)
+    labels = write_labels(tmp_path / "labels", {"people": 2})
+    with pytest.raises(ValueError, match=r"labels no embedding named 'human_fit' or 'dnn_fit' \(its embeddings: people\)"):
+        plan_study(load_config(study_file, [f"inputs.labels={str(labels)!r}"]), tmp_path / "s")
+    config = load_config(study_file, [f"inputs.labels={str(labels)!r}", 'report.labels_human="people"'])
+    assert plan_study(config, tmp_path / "s").stage("report").inputs["labels"] == labels
+
+
 def test_feature_rows_checked_at_planning_without_map(tmp_path):
     import numpy as np
 

@@ -208,11 +208,35 @@ def read_labels_table(labels_dir: Path, name: str) -> pd.DataFrame:
     return _read_csv(labels_dir / name, columns, numbers=numbers, integers=integers)
 
 
-def check_labels_summary(labels_dir: Path) -> None:
-    """Read the tables of a labels summary that exist, so that a bad one fails before the fits run."""
+def check_labels_summary(labels_dir: Path, names: dict[str, str] | None = None) -> None:
+    """Read the tables of a labels summary that exist, so that a bad one fails before anything is drawn.
+
+    Args:
+        labels_dir (Path): Output folder of ``dimalign labels summarize``.
+        names (dict[str, str] | None): Name of each side's embedding in the
+            summary; at least one of them must be labelled there.
+
+    Raises:
+        ValueError: If a table is invalid, or ``dimensions.csv`` labels none of ``names``.
+    """
     for name in LABELS_TABLES:
         if (labels_dir / name).is_file():
-            read_labels_table(labels_dir, name)
+            table = read_labels_table(labels_dir, name)
+            if name == "dimensions.csv" and names:
+                _check_labelled_names(labels_dir / name, table, names)
+
+
+def _check_labelled_names(path: Path, table: pd.DataFrame, names: dict[str, str]) -> None:
+    # A name that matches nothing would leave every label out of the report without a word.
+    embeddings = sorted({str(name) for name in table["embedding"]})
+    if any(name in embeddings for name in names.values()):
+        return
+    raise ValueError(
+        f"{path} labels no embedding named {' or '.join(repr(name) for name in names.values())} (its "
+        f"embeddings: {', '.join(embeddings) or 'none'}); give the names that 'dimalign labels summarize' "
+        "used, with report.labels_human and report.labels_dnn in the study file, or --labels-human and "
+        "--labels-dnn of dimalign report"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -700,7 +700,7 @@ def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> Non
     if "categories" in inputs and "objects" in inputs:
         read_category_matrix(inputs["categories"], len(read_object_table(inputs["objects"])))
     if "labels" in inputs:
-        check_labels_summary(inputs["labels"])
+        check_labels_summary(inputs["labels"], {"human": settings["labels_human"], "dnn": settings["labels_dnn"]})
 
 
 def run_report(context: StageContext) -> dict[str, Any]:
