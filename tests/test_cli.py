@@ -57,6 +57,20 @@ def test_interrupt_prints_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "dimalign run: stopped by SIGTERM\n"
 
 
+def test_memory_error_is_one_line(monkeypatch, capsys):
+    from dimalign import cli
+    from dimalign.report import commands
+
+    def too_large(args):
+        np.empty((10**15, 24))
+
+    monkeypatch.setattr(commands, "run_command", too_large)
+    assert cli.main(["run", "study.toml"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("dimalign run: error: out of memory (Unable to allocate")
+    assert "Traceback" not in error
+
+
 def test_library_warnings_become_log_lines(tmp_path, capsys):
     """Warnings meant for notebooks appear on the command line in the log's format, also with -q."""
     import numpy as np

@@ -213,6 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
+    except MemoryError as error:
+        # numpy raises it when one array is too large to allocate (a count setting
+        # far too high, say), so the process still has the memory to report it.
+        logger.debug("command failed", exc_info=True)
+        print(
+            f"dimalign {args.command}: error: out of memory ({error}); lower the settings that size the "
+            "work, such as counts of triplets, samples or dimensions",
+            file=sys.stderr,
+        )
+        return 1
     except BrokenPipeError as error:
         if not _stdout_closed():
             print(f"dimalign {args.command}: error: {error}", file=sys.stderr)

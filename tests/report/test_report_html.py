@@ -148,6 +148,42 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+@pytest.mark.parametrize(("key", "option", "kind"), [("categories", "--categories", "folder"),
+                                                      ("images", "--images", "file"), ("labels", "--labels", "file")])
+def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsys, key, option, kind):
+    study = copy_study(tiny_study, tmp_path)
+    wrong = tmp_path / "wrong"
+    if kind == "folder":
+        wrong.mkdir()
+    else:
+        wrong.write_text("x")
+    record = json.loads((study / "pipeline.json").read_text())
+    record["inputs"][key] = str(wrong)
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    error = capsys.readouterr().err
+    assert f"{study / 'pipeline.json'} records inputs.{key} = {wrong}, which is now a {kind}" in error
+    assert f"pass {option}" in error
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys):
+    from report_helpers import write_labels
+
+    labels = write_labels(tmp_path / "labels", {"people": 6, "vgg16": 6})
+    out = tmp_path / "r.html"
+    assert main(["report", str(tiny_study), "-o", str(out), "--labels", str(labels)]) == 1
+    error = capsys.readouterr().err
+    assert f"{labels / 'dimensions.csv'} labels no embedding named 'human_fit' or 'dnn_fit'" in error
+    assert "its embeddings: people, vgg16" in error
+    assert not out.exists()
+
+    options = ["--labels", str(labels), "--labels-human", "people", "--labels-dnn", "vgg16"]
+    assert main(["report", str(tiny_study), "-o", str(out), *options]) == 0
+    assert "label 0 (2)" in out.read_text(encoding="utf-8")
+
+
 def test_pipeline_report_stage_writes_report(tiny_study):
     document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
     assert "<h1>Tiny study</h1>" in document
@@ -312,19 +348,189 @@ def test_report_keeps_existing_non_html_output(tiny_study, tmp_path, capsys):
         ("compare/matching.csv", "rank,method\n0,greedy\n", "compare/matching.csv has no column human_dim, dnn_dim, r"),
         ("human_fit/history.csv", "epoch,foo\n1,2\n", "human_fit/history.csv has no column loss, train_accuracy"),
         ("map/ridge_map.csv", "dimension,alpha\n0,1.0\n", "map/ridge_map.csv has no column cv_r2"),
+        ("human_fit/history.csv", "epoch,loss,train_accuracy,n_dims\n1,x,0.5,6\n",
+         "human_fit/history.csv, line 2, column 'loss': 'x' is invalid; use a number"),
+        ("compare/matching.csv", "rank,method,human_dim,dnn_dim,r\n1,greedy,0,1.5,0.2\n",
+         "compare/matching.csv, line 2, column 'dnn_dim': '1.5' is invalid; use an integer"),
         ("pipeline.json", '{"stages": 5}', "'stages' must be a JSON array"),
         ("pipeline.json", '{"inputs": [1]}', "'inputs' must be a JSON object"),
         # An unreadable fit record makes the fit count as missing for the stages that read it.
         ("dnn_fit/manifest.json", "[1]", "compare was computed from dnn_fit, but"),
+        ("dnn_fit/manifest.json", b'{"step": "caf\xe9"}', "dnn_fit/manifest.json is not UTF-8"),
+        ("dnn_fit/manifest.json", "{", "dnn_fit has no readable pipeline record in its manifest.json"),
+        ("pipeline.json", '{"stages": [{"name": ["x"]}]}', "entry 1 of 'stages' must be a JSON object with a string 'name'"),
+        ("pipeline.json", '{"stages": ["human_fit"]}', "entry 1 of 'stages' must be a JSON object with a string 'name'"),
+        ("pipeline.json", '{"study": {"name": 5}}', "'study.name' must be a JSON string"),
+        ("pipeline.json", '{"inputs": {"images": 5}}', "'inputs.images' must be a JSON string"),
+        ("pipeline.json", '{"changes": [5]}', "entry 1 of 'changes' must be a JSON object with the keys key, before, after, kind"),
+        ("pipeline.json", '{"changes": [{"key": "study.name"}]}', "entry 1 of 'changes' must be a JSON object"),
     ],
 )
 def test_report_names_a_damaged_file(tiny_study, tmp_path, capsys, name, content, message):
     """Damaged result files and records give one error naming the file, and no report."""
     study = copy_study(tiny_study, tmp_path)
-    (study / name).write_text(content)
+    if isinstance(content, bytes):
+        (study / name).write_bytes(content)
+    else:
+        (study / name).write_text(content)
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "key", "value", "message"),
+    [
+        ("compare", "upstream", [1], "'upstream' must be a JSON object of stage hashes"),
+        ("compare", "changes", [5], "entry 1 of 'changes' must be a JSON object with the keys key, before, after, kind"),
+        ("human_fit", "changes", [{"key": "human_fit.n_dims"}], "entry 1 of 'changes' must be a JSON object"),
+        ("human_fit", "hash", 5, "'hash' must be a JSON string"),
+    ],
+)
+def test_report_names_an_invalid_stage_record(tiny_study, tmp_path, capsys, stage, key, value, message):
+    """A stage record of the wrong shape counts as unreadable, and the log names the file and the key."""
+    study = copy_study(tiny_study, tmp_path)
+    manifest_path = study / stage / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"][key] = value
+    manifest_path.write_text(json.dumps(manifest))
+
+    main(["report", str(study), "-o", str(tmp_path / "r.html")])
+    error = capsys.readouterr().err
+    assert f"{manifest_path} has an invalid pipeline record: {message}" in error
+    assert "Traceback" not in error
+
+
+def test_report_rejects_fit_outputs_not_object(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    manifest_path = study / "human_fit" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["outputs"] = [1]
+    manifest_path.write_text(json.dumps(manifest))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{manifest_path}: outputs = [1] is invalid: expected a JSON object" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "keys", "value", "message"),
+    [
+        ("evaluate/summary.json", ["human"], 5, "human = 5 is invalid: expected a JSON object"),
+        ("evaluate/summary.json", ["human", "accuracy"], "high", "human.accuracy = 'high' is invalid: expected a number"),
+        ("evaluate/summary.json", ["human_noise_ceiling"], 5, "human_noise_ceiling = 5 is invalid: expected a JSON object"),
+        ("evaluate/summary.json", ["human_noise_ceiling", "n_sets"], None, "human_noise_ceiling.n_sets = None is invalid"),
+        ("compare/rsa.json", ["r"], "high", "r = 'high' is invalid: expected a number"),
+        ("compare/rsa.json", ["similarity_objects"], [1], "similarity_objects = [1] is invalid: expected a number"),
+        ("human_fit/manifest.json", ["outputs", "n_dims"], "six", "outputs.n_dims = 'six' is invalid: expected a number"),
+    ],
+)
+def test_report_names_an_invalid_saved_number(tiny_study, tmp_path, capsys, name, keys, value, message):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / name
+    record = json.loads(path.read_text())
+    parent = record
+    for key in keys[:-1]:
+        parent = parent[key]
+    parent[keys[-1]] = value
+    path.write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("human_dim", "x", "column 'human_dim': 'x' is invalid; use an integer"),
+        ("object_1", "99", "column 'object_1': 99 is invalid; use an object index from 0 to 23"),
+        ("dnn_odd_one_out", "-1", "column 'dnn_odd_one_out': -1 is invalid; use an object index from 0 to 23"),
+        ("p_human", "sure", "column 'p_human': 'sure' is invalid; use a number"),
+    ],
+)
+def test_report_names_an_invalid_disagreement(tiny_study, tmp_path, capsys, column, value, message):
+    import pandas as pd
+
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "disagreements.csv"
+    table = pd.read_csv(path, dtype=str)
+    table.loc[0, column] = value
+    table.to_csv(path, index=False)
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path}, line 2, {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("shape", [(24,), (24, 23), (2, 12, 24)])
+def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, capsys, shape):
+    import numpy as np
+
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "human_similarity.npy"
+    np.save(path, np.zeros(shape))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path} holds an array of shape {shape}, not a square similarity matrix" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda path: path.write_bytes(b"garbage"), "cannot be read as an archive of arrays"),
+        (lambda path: __import__("numpy").savez(path, other=[1]), "has no array human_most_relevant"),
+    ],
+)
+def test_report_names_a_damaged_relevance_archive(tiny_study, tiny_labels, tmp_path, capsys, write, message):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / "triplet_relevance.npz"
+    write(path)
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html"), "--labels", str(tiny_labels)]) == 1
+    assert f"{path} {message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "column", "value", "message"),
+    [
+        ("dimensions.csv", "dimension", "x", ", line 2, column 'dimension': 'x' is invalid; use an integer"),
+        ("dimensions.csv", "dimension", "0.5", ", line 2, column 'dimension': '0.5' is invalid; use an integer"),
+        ("shares.csv", "share", "lots", ", line 2, column 'share': 'lots' is invalid; use a number"),
+        ("dimensions.csv", "resolved_kind", None, " has no column resolved_kind"),
+    ],
+)
+def test_report_names_an_invalid_labels_table(tiny_study, tiny_labels, tmp_path, capsys, name, column, value, message):
+    import shutil
+
+    import pandas as pd
+
+    labels = tmp_path / "labels"
+    shutil.copytree(tiny_labels, labels)
+    table = pd.read_csv(labels / name, dtype=str)
+    if value is None:
+        table = table.drop(columns=[column])
+    else:
+        table.loc[0, column] = value
+    table.to_csv(labels / name, index=False)
+
+    assert main(["report", str(tiny_study), "-o", str(tmp_path / "r.html"), "--labels", str(labels)]) == 1
+    assert f"{labels / name}{message}" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("name", ["human_similarity.npy", "dnn_similarity.npy", "similarity_objects.npy"])
+def test_report_names_a_truncated_array(tiny_study, tmp_path, capsys, name):
+    study = copy_study(tiny_study, tmp_path)
+    path = study / "compare" / name
+    path.write_bytes(path.read_bytes()[:150])
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    assert f"{path} cannot be read as an array" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+    assert not (tmp_path / "r_figures").exists()
 
 
 def test_report_of_fit_without_dimensions(tiny_study, tmp_path):

@@ -294,7 +294,13 @@ def test_missing_input_names_set_data_dir(study_file, tmp_path, monkeypatch):
      ("compare.similarity_objects=2", "compare.similarity_objects = 2 is invalid: use 'all' or at least 3"),
      ("human_fit.val_fraction=0", "human_fit.val_fraction = 0 .* leaves no held-out triplets, but stage evaluate"),
      ("dnn_triplets.val_fraction=0", "dnn_triplets.val_fraction = 0 .* stage evaluate scores the held-out triplets of dnn_fit"),
+     ("dnn_triplets.val_fraction=0.9999", r"dnn_triplets.val_fraction = 0.9999 is invalid: it holds out every "
+      r"triplet, since round\(0.9999 x 800 triplets\) = 800, and leaves none for training"),
      ('inputs.categories="data"', r"inputs.categories = 'data' \(set with --set\) must be a file, but .* is a folder"),
+     ('inputs.objects="/dev/null"', r"inputs.objects = '/dev/null' \(set with --set\) must be a file, but "
+      r"/dev/null is neither a regular file nor a folder"),
+     ('inputs.dnn_features="/dev/null"', r"inputs.dnn_features = '/dev/null' \(set with --set\) must be a file "
+      r"or a folder, but /dev/null is neither a regular file nor a folder"),
      ('dnn_triplets.layer="conv5"', "single-layer features file, so layer 'conv5' cannot be chosen"),
      ("compare.top_k=25", "compare.top_k = 25 is invalid: inputs.objects lists 24 objects, so use at most 24"),
      ('study.data_dir="${data_dir}/x"', r"study.data_dir = '\$\{data_dir\}/x' \(set with --set\) is invalid: it "
@@ -312,6 +318,35 @@ def test_bad_category_matrix_fails_at_planning(tmp_path):
     (tmp_path / "data" / "categories.tsv").write_text("a\tb\n" + "1\t0\n" * 23)
     with pytest.raises(ValueError, match=r"categories.tsv has 23 rows but the study has 24 objects"):
         plan_study(load_config(study_file), tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("dimensions.csv", "embedding,dimension\nhuman_fit,x\n", r"dimensions.csv, line 2, column 'dimension': 'x' is invalid"),
+        ("dimensions.csv", "embedding,kind\nhuman_fit,visual\n", r"dimensions.csv has no column dimension"),
+        ("shares.csv", "embedding,kind,share\nhuman_fit,visual,lots\n", r"shares.csv, line 2, column 'share': 'lots'"),
+        ("relevance_shares.csv", "", r"relevance_shares.csv cannot be read as a table"),
+    ],
+)
+def test_bad_labels_summary_fails_at_planning(tmp_path, name, text, message):
+    study_file = write_study(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        plan_study(load_config(study_file, [f"inputs.labels={str(labels)!r}"]), tmp_path / "s")
+
+
+def test_labels_under_other_names_fail_at_planning(tmp_path):
+    from report_helpers import write_labels
+
+    study_file = write_study(tmp_path)
+    labels = write_labels(tmp_path / "labels", {"people": 2})
+    with pytest.raises(ValueError, match=r"labels no embedding named 'human_fit' or 'dnn_fit' \(its embeddings: people\)"):
+        plan_study(load_config(study_file, [f"inputs.labels={str(labels)!r}"]), tmp_path / "s")
+    config = load_config(study_file, [f"inputs.labels={str(labels)!r}", 'report.labels_human="people"'])
+    assert plan_study(config, tmp_path / "s").stage("report").inputs["labels"] == labels
 
 
 def test_feature_rows_checked_at_planning_without_map(tmp_path):

@@ -165,6 +165,24 @@ def test_interrupted_fit_keeps_partial_folder(study, monkeypatch):
     assert not partial[0].exists()
 
 
+def test_cleanup_keeps_user_folders_with_similar_names(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    stale = [copy / ".compare.partial-0123456789abcdef", copy / f".map.old-{12345}"]
+    mine = [copy / ".notes.old-2024", copy / ".backup.partial-copy", copy / ".compare.partial-mine"]
+    for folder in stale + mine:
+        folder.mkdir()
+        (folder / "file.txt").write_text("x")
+
+    run_study(config, copy)
+
+    for folder in stale:
+        assert not folder.exists()
+    for folder in mine:
+        assert (folder / "file.txt").read_text() == "x"
+
+
 def test_removed_upstream_stage_is_named(study, tmp_path):
     config, study_dir = study
     # The study file without the DNN side: evaluate then reads human_fit alone.
@@ -292,6 +310,33 @@ def test_foreign_folder_with_stage_name_is_not_replaced(tmp_path):
     assert notes.read_text() == "my notes"
 
 
+def test_stage_record_not_utf8_is_not_replaced(study, tmp_path, caplog):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    manifest = copy / "human_fit" / "manifest.json"
+    manifest.write_bytes(b'{"step": "caf\xe9"}')
+
+    assert read_stage_record(copy / "human_fit") is None
+    assert f"{manifest} is not UTF-8" in caplog.text
+    with pytest.raises(FileExistsError, match=r"human_fit has no readable pipeline record"):
+        run_study(config, copy, dry_run=True)
+
+
+@pytest.mark.parametrize("name", ["train.npy", "val.npy"])
+def test_truncated_fit_output_is_named(study, tmp_path, name):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    path = copy / "human_fit" / name
+    path.write_bytes(path.read_bytes()[:200])
+    before = read_stage_record(copy / "evaluate")
+
+    with pytest.raises(ValueError, match=f"{path} cannot be read as a triplet array"):
+        run_study(config, copy, from_stage="evaluate")
+    assert read_stage_record(copy / "evaluate") == before
+
+
 def test_foreign_study_dir_rejected(tmp_path):
     config = write_study(tmp_path, report=False)
     fit_dir = tmp_path / "fit"
@@ -315,6 +360,20 @@ def test_pipeline_json_of_another_tool_is_no_study(tmp_path):
     (tmp_path / "project" / "pipeline.json").write_text('{"name": "my CI pipeline"}')
     plan = run_study(config, tmp_path / "project" / "study", dry_run=True)
     assert plan.to_run == STAGES
+
+
+@pytest.mark.parametrize("text", ['{"name": "my CI pipeline"}\n', "{broken"])
+def test_foreign_pipeline_json_is_not_replaced(tmp_path, text):
+    config = write_study(tmp_path, report=False)
+    record = tmp_path / "study" / "pipeline.json"
+    record.parent.mkdir()
+    record.write_text(text)
+
+    for dry_run in (True, False):
+        with pytest.raises(FileExistsError, match=f"{record} is not the record of a dimalign run"):
+            run_study(config, tmp_path / "study", dry_run=dry_run)
+    assert record.read_text() == text
+    assert sorted(entry.name for entry in record.parent.iterdir()) == ["pipeline.json"]
 
 
 def test_nested_study_and_stage_file_rejected(study, tmp_path):

@@ -93,6 +93,16 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
     parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
     parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
+    parser.add_argument(
+        "--labels-human", metavar="NAME",
+        help="name of the human embedding in the labels summary (default: report.labels_human of the "
+        "study's last run, else human_fit)",
+    )
+    parser.add_argument(
+        "--labels-dnn", metavar="NAME",
+        help="name of the DNN embedding in the labels summary (default: report.labels_dnn of the "
+        "study's last run, else dnn_fit)",
+    )
     parser.add_argument("--title", help="report title (default: the study name)")
     parser.add_argument("--top-k", type=int, default=8, help="top objects per dimension (default 8)")
     parser.add_argument(
@@ -105,7 +115,7 @@ def report_command(args: argparse.Namespace) -> int:
     """Handle ``dimalign report``."""
     from dimalign.report.html import write_report
     from dimalign.report.pipeline import STUDY_RECORD_NAME, is_study_record
-    from dimalign.report.results import StudyResults, check_reportable
+    from dimalign.report.results import StudyResults, check_labels_summary, check_reportable
     from dimalign.report.stages import STAGES
 
     if args.study_dir.is_file():
@@ -126,14 +136,27 @@ def report_command(args: argparse.Namespace) -> int:
         if value is not None:
             return value
         path = recorded.get(key)
-        return Path(path) if path and Path(path).exists() else None
+        if not path or not Path(path).exists():
+            return None
+        path = Path(path)
+        wanted = "file" if key == "categories" else "folder"
+        if path.is_file() != (wanted == "file"):
+            raise ValueError(
+                f"{args.study_dir / STUDY_RECORD_NAME} records inputs.{key} = {path}, which is now a "
+                f"{'folder' if path.is_dir() else 'file'}, not a {wanted}; pass --{key} with the right "
+                f"{wanted}, or rerun 'dimalign run' with a corrected study file"
+            )
+        return path
 
     stage_dirs = _recorded_stage_dirs(args.study_dir, record)
     results = StudyResults(
         args.study_dir, stage_dirs=stage_dirs, categories=chosen(args.categories, "categories"),
         labels=chosen(args.labels, "labels"), images=chosen(args.images, "images"), record=record,
+        labels_names=_labels_names(args, stage_dirs),
     )
     check_reportable(results)
+    if results.labels_dir is not None:
+        check_labels_summary(results.labels_dir, results.labels_names)
     title = args.title or record.get("study", {}).get("name") or args.study_dir.name
     report = write_report(
         results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
@@ -142,6 +165,23 @@ def report_command(args: argparse.Namespace) -> int:
     for stem, reason in report.skipped.items():
         print(f"  left out {stem}: {reason}")
     return 0
+
+
+def _labels_names(args: argparse.Namespace, stage_dirs: dict[str, Path] | None) -> dict[str, str]:
+    """Return each side's embedding name in the labels summary.
+
+    An option wins. Without one, the setting that the study's report stage
+    last ran with is used, so this report finds the labels that the pipeline's
+    report found. The name of the fit's folder comes last.
+    """
+    from dimalign.report.pipeline import read_stage_record
+
+    settings = (read_stage_record(args.study_dir / "report") or {}).get("settings", {})
+    names = {}
+    for side, option in (("human", args.labels_human), ("dnn", args.labels_dnn)):
+        folder = (stage_dirs or {}).get(f"{side}_fit", args.study_dir / f"{side}_fit")
+        names[side] = option or settings.get(f"labels_{side}") or folder.name
+    return names
 
 
 def _check_report_options(args: argparse.Namespace) -> None:
@@ -208,7 +248,29 @@ def _read_study_record(study_dir: Path) -> dict:
                 f"{path} is not a study record: {key!r} must be a JSON {'array' if kind is list else 'object'}; "
                 "rerun 'dimalign run' to rewrite it, or remove it to report the stage folders as they are"
             )
+    problem = _study_record_problem(record)
+    if problem:
+        raise ValueError(
+            f"{path} is not a study record: {problem}; rerun 'dimalign run' to rewrite it, or remove it to "
+            "report the stage folders as they are"
+        )
     return record
+
+
+def _study_record_problem(record: dict) -> str:
+    """Describe the first entry of a study record that the report cannot use, or return ''."""
+    from dimalign.report.pipeline import change_entry_problem
+
+    for number, stage in enumerate(record.get("stages", []), start=1):
+        if not (isinstance(stage, dict) and isinstance(stage.get("name"), str)):
+            return f"entry {number} of 'stages' must be a JSON object with a string 'name'"
+    name = record.get("study", {}).get("name", "")
+    if not isinstance(name, str):
+        return f"'study.name' must be a JSON string, not {name!r}"
+    for key, value in record.get("inputs", {}).items():
+        if not isinstance(value, str):
+            return f"'inputs.{key}' must be a JSON string (a path), not {value!r}"
+    return change_entry_problem(record.get("changes", []))
 
 
 def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | None:

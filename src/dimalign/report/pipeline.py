@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -292,10 +293,21 @@ def _plan_stage(
                 f"needed by stage {name}"
             )
         kind = INPUT_KINDS.get(key, "either")
-        if (kind == "file" and not path.is_file()) or (kind == "folder" and not path.is_dir()):
+        wrong_kind = {
+            "file": not path.is_file(), "folder": not path.is_dir(),
+            # A device, pipe or socket could pass as either and then block or read as empty.
+            "either": not (path.is_file() or path.is_dir()),
+        }[kind]
+        if wrong_kind:
+            if path.is_dir():
+                found = "a folder"
+            elif path.is_file():
+                found = "a file"
+            else:
+                found = "neither a regular file nor a folder"
             raise ValueError(
                 f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
-                f"{kind}, but {path} is {'a folder' if path.is_dir() else 'not a folder'}; "
+                f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
                 f"inputs.{key} is the {_input_help(key)}"
             )
         inputs[key] = path
@@ -476,11 +488,51 @@ def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        logger.warning("%s is unreadable; the stage reruns", path)
+    except UnicodeDecodeError as error:
+        logger.warning("%s is not UTF-8 (%s), so its stage counts as unfinished", path, error)
+        return None
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("%s is unreadable (%s), so its stage counts as unfinished", path, error)
         return None
     record = manifest.get("pipeline") if isinstance(manifest, dict) else None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    problem = _stage_record_problem(record)
+    if problem:
+        logger.warning("%s has an invalid pipeline record: %s, so its stage counts as unfinished", path, problem)
+        return None
+    return record
+
+
+#: Keys of one ``--set`` change in a stage record or ``pipeline.json``.
+CHANGE_KEYS = ("key", "before", "after", "kind")
+
+
+def change_entry_problem(changes: list) -> str:
+    """Describe the first entry of a ``changes`` list that is not a ``--set`` change, or return ''."""
+    for number, change in enumerate(changes, start=1):
+        if not (isinstance(change, dict) and all(key in change for key in CHANGE_KEYS)
+                and isinstance(change["key"], str)):
+            return f"entry {number} of 'changes' must be a JSON object with the keys {', '.join(CHANGE_KEYS)}"
+    return ""
+
+
+def _stage_record_problem(record: dict[str, Any]) -> str:
+    """Describe the first field of a stage's pipeline record that has the wrong type, or return ''."""
+    if not isinstance(record.get("hash"), str):
+        return "'hash' must be a JSON string"
+    for key in ("settings", "inputs"):
+        if not isinstance(record.get(key, {}), dict):
+            return f"{key!r} must be a JSON object"
+    upstream = record.get("upstream", {})
+    if not (isinstance(upstream, dict) and all(isinstance(value, str) for value in upstream.values())):
+        return "'upstream' must be a JSON object of stage hashes"
+    if not all(isinstance(value, dict) for value in record.get("inputs", {}).values()):
+        return "each entry of 'inputs' must be a JSON object with a path and a fingerprint"
+    changes = record.get("changes", [])
+    if not isinstance(changes, list):
+        return "'changes' must be a JSON array"
+    return change_entry_problem(changes)
 
 
 def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
@@ -505,7 +557,12 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
             continue
         for dependency, expected in record.get("upstream", {}).items():
             found = records.get(dependency) or read_stage_record(study_dir / dependency)
-            if found is None:
+            if found is None and (study_dir / dependency).is_dir():
+                problems.append(
+                    f"{name} was computed from {dependency}, but {study_dir / dependency} has no readable "
+                    f"pipeline record in its {MANIFEST_NAME}"
+                )
+            elif found is None:
                 problems.append(f"{name} was computed from {dependency}, but {study_dir / dependency} is missing")
             elif found.get("hash") != expected:
                 problems.append(
@@ -682,6 +739,14 @@ def check_study_dir(plan: StudyPlan) -> None:
     if existing is not None and not existing.is_dir():
         raise FileExistsError(f"cannot write the study to {study_dir}: {existing} is a file, not a folder")
     check_output_dir(study_dir, "run")
+    record = study_dir / STUDY_RECORD_NAME
+    if record.exists() and not is_study_record(record):
+        # The run writes its own record there; a file of that name from another
+        # tool, or one that no longer parses, would be lost.
+        raise FileExistsError(
+            f"{record} is not the record of a dimalign run (it is not a JSON object with 'config' and "
+            "'stages'), and the run would replace it; move the file away or choose another study directory"
+        )
     resolved = study_dir.resolve()
     for parent in resolved.parents:
         if is_study_record(parent / STUDY_RECORD_NAME):
@@ -789,11 +854,22 @@ def _replace_folder(work_dir: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+#: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
+#: ``.<stage>.partial-<16 hex digits of the hash>`` and ``.<stage>.old-<process id>``.
+_LEFTOVER_PATTERN = re.compile(
+    rf"\.(?:{'|'.join(re.escape(name) for name in STAGE_ORDER)})\.(?:partial-[0-9a-f]{{16}}|old-\d+)"
+)
+
+
 def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
-    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash."""
+    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash.
+
+    Only names that this module gives its work folders count, so a hidden
+    folder of the user's such as ``.notes.old-2024`` stays.
+    """
     keep = {f".{stage.name}.partial-{stage.hash[:16]}" for stage in plan.stages if STAGES[stage.name].resumable}
     for entry in study_dir.iterdir():
-        stale = entry.name.startswith(".") and (".partial-" in entry.name or ".old-" in entry.name)
+        stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if stale and entry.is_dir() and entry.name not in keep:
             logger.info("removing %s, left by an interrupted run", entry)
             shutil.rmtree(entry, ignore_errors=True)

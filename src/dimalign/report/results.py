@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -147,8 +148,22 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
     return CategoryBlocks(order, block_names, np.array(starts, dtype=np.int64), np.array(stops, dtype=np.int64))
 
 
-def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``."""
+def _read_csv(
+    path: Path, columns: tuple[str, ...] = (), *, numbers: tuple[str, ...] = (), integers: tuple[str, ...] = (),
+) -> pd.DataFrame:
+    """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``.
+
+    Args:
+        path (Path): The CSV file.
+        columns (tuple[str, ...]): Columns the table must have.
+        numbers (tuple[str, ...]): Columns (among ``columns``) whose cells must
+            be numbers or empty; they are returned as floats.
+        integers (tuple[str, ...]): Columns (among ``columns``) whose cells must
+            all be whole numbers; they are returned as int64.
+
+    Raises:
+        ValueError: Naming the file, and for a bad cell its line, column and value.
+    """
     try:
         table = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -159,7 +174,69 @@ def _read_csv(path: Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
             f"{path} has no column {', '.join(missing)} (its columns: {', '.join(map(str, table.columns))}); "
             "rerun the stage that writes it"
         )
+    for column, integer in [(name, False) for name in numbers] + [(name, True) for name in integers]:
+        # One text cell turns a whole column into strings, which the figures would draw as categories.
+        values = pd.to_numeric(table[column], errors="coerce")
+        valid = values.notna() & (values % 1 == 0) if integer else values.notna() | table[column].isna()
+        if not valid.all():
+            row = int(np.flatnonzero(~valid.to_numpy())[0])
+            cell = table[column].iloc[row]
+            raise ValueError(
+                f"{path}, line {row + 2}, column {column!r}: {'' if pd.isna(cell) else str(cell)!r} is invalid; "
+                f"use {'an integer' if integer else 'a number'} (rerun the step that writes the file)"
+            )
+        table[column] = values.astype(np.int64) if integer else values.astype(np.float64)
     return table
+
+
+#: Tables of a ``dimalign labels summarize`` folder that the report reads:
+#: name -> (required columns, number columns, integer columns).
+LABELS_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "dimensions.csv": (("embedding", "dimension"), (), ("dimension",)),
+    "shares.csv": (("embedding", "kind", "share"), ("share",), ()),
+    "relevance_shares.csv": (("embedding", "kind", "share"), ("share",), ()),
+}
+
+
+def read_labels_table(labels_dir: Path, name: str) -> pd.DataFrame:
+    """Read one table of a labels summary (see :data:`LABELS_TABLES`), checking its columns.
+
+    Raises:
+        ValueError: If the table is malformed, lacks a column, or has a bad cell.
+    """
+    columns, numbers, integers = LABELS_TABLES[name]
+    return _read_csv(labels_dir / name, columns, numbers=numbers, integers=integers)
+
+
+def check_labels_summary(labels_dir: Path, names: dict[str, str] | None = None) -> None:
+    """Read the tables of a labels summary that exist, so that a bad one fails before anything is drawn.
+
+    Args:
+        labels_dir (Path): Output folder of ``dimalign labels summarize``.
+        names (dict[str, str] | None): Name of each side's embedding in the
+            summary; at least one of them must be labelled there.
+
+    Raises:
+        ValueError: If a table is invalid, or ``dimensions.csv`` labels none of ``names``.
+    """
+    for name in LABELS_TABLES:
+        if (labels_dir / name).is_file():
+            table = read_labels_table(labels_dir, name)
+            if name == "dimensions.csv" and names:
+                _check_labelled_names(labels_dir / name, table, names)
+
+
+def _check_labelled_names(path: Path, table: pd.DataFrame, names: dict[str, str]) -> None:
+    # A name that matches nothing would leave every label out of the report without a word.
+    embeddings = sorted({str(name) for name in table["embedding"]})
+    if any(name in embeddings for name in names.values()):
+        return
+    raise ValueError(
+        f"{path} labels no embedding named {' or '.join(repr(name) for name in names.values())} (its "
+        f"embeddings: {', '.join(embeddings) or 'none'}); give the names that 'dimalign labels summarize' "
+        "used, with report.labels_human and report.labels_dnn in the study file, or --labels-human and "
+        "--labels-dnn of dimalign report"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -171,6 +248,54 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ValueError(f"{path} is not a JSON object; rerun the stage that writes it")
     return record
+
+
+def _read_array(path: Path, *, mmap: bool = False) -> np.ndarray:
+    """Read a saved ``.npy`` array, naming the file when it is truncated or not a plain array."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"{path} cannot be read as an array ({error}); the file may be damaged, so rerun the stage "
+            "that writes it"
+        ) from error
+
+
+def _read_archive(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Read the arrays ``names`` of a saved ``.npz`` archive, naming the file when it is damaged or lacks one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        # np.load reads a file that is not a zip archive as a pickle, which allow_pickle=False rejects.
+        raise ValueError(
+            f"{path} cannot be read as an archive of arrays ({error}); the file may be damaged, so rerun the "
+            "stage that writes it"
+        ) from error
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} has no array {', '.join(missing)} (its arrays: {', '.join(arrays) or 'none'}); "
+            "rerun the stage that writes it"
+        )
+    return {name: arrays[name] for name in names}
+
+
+def _json_object(value: Any, path: Path, key: str) -> dict[str, Any]:
+    """Return ``value`` if it is a JSON object, else raise naming the file and the key."""
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{path}: {key} = {value!r} is invalid: expected a JSON object; rerun the stage that writes it"
+        )
+    return value
+
+
+def _json_number(value: Any, path: Path, key: str, *, required: bool = False) -> float | int | None:
+    """Return ``value`` if it is a number (or null, unless ``required``), else raise naming the file and the key."""
+    if (value is None and not required) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    expected = "a number" if required else "a number or null"
+    raise ValueError(f"{path}: {key} = {value!r} is invalid: expected {expected}; rerun the stage that writes it")
 
 
 class StudyResults:
@@ -282,7 +407,10 @@ class StudyResults:
 
     def history(self, side: str) -> pd.DataFrame:
         """Return the per-epoch training history of ``side``."""
-        return _read_csv(self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"))
+        return _read_csv(
+            self.path(f"{side}_fit", "history.csv"), ("epoch", "loss", "train_accuracy", "n_dims"),
+            numbers=("loss", "train_accuracy"), integers=("epoch", "n_dims"),
+        )
 
     def manifest(self, stage: str) -> dict[str, Any]:
         """Return a stage's ``manifest.json``."""
@@ -296,9 +424,15 @@ class StudyResults:
 
     def similarity(self, side: str) -> tuple[np.ndarray, np.ndarray]:
         """Return the saved similarity matrix of ``side`` and the object of each row."""
-        matrix = np.load(self.path("compare", f"{side}_similarity.npy"), mmap_mode="r")
+        path = self.path("compare", f"{side}_similarity.npy")
+        matrix = _read_array(path, mmap=True)
+        if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(
+                f"{path} holds an array of shape {matrix.shape}, not a square similarity matrix; rerun the "
+                "compare stage"
+            )
         if self.has("compare", "similarity_objects.npy"):
-            rows = np.load(self.path("compare", "similarity_objects.npy"))
+            rows = _read_array(self.path("compare", "similarity_objects.npy"))
         else:
             rows = np.arange(matrix.shape[0])
         if rows.size != matrix.shape[0]:
@@ -312,25 +446,55 @@ class StudyResults:
         """Return ``compare/matching.csv`` (rank, method, human_dim, dnn_dim, r)."""
         key = ("matching",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"))
+            self._cache[key] = _read_csv(
+                self.path("compare", "matching.csv"), ("method", "human_dim", "dnn_dim", "r"),
+                numbers=("r",), integers=("human_dim", "dnn_dim"),
+            )
         return self._cache[key]
 
     def cumulative(self) -> pd.DataFrame:
         """Return ``compare/cumulative_rsa.csv``."""
-        return _read_csv(self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"))
+        return _read_csv(
+            self.path("compare", "cumulative_rsa.csv"), ("n_dims", "r2"), numbers=("r2",), integers=("n_dims",)
+        )
 
     def rsa(self) -> dict[str, Any]:
-        """Return ``compare/rsa.json``."""
-        return _read_json(self.path("compare", "rsa.json"))
+        """Return ``compare/rsa.json``, after checking the numbers that the figures and the summary read."""
+        path = self.path("compare", "rsa.json")
+        rsa = _read_json(path)
+        for key in ("r", "ci_low", "ci_high", "ci_level", "n_dnn_dims_for_95_percent"):
+            _json_number(rsa.get(key), path, key)
+        if rsa.get("similarity_objects") != "all":
+            _json_number(rsa.get("similarity_objects"), path, "similarity_objects")
+        return rsa
 
     def relevance(self, side: str) -> pd.DataFrame:
         """Return ``compare/relevance_<side>.csv`` (dim, mean_drop, share_most_relevant)."""
-        return _read_csv(self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"))
+        return _read_csv(
+            self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"),
+            numbers=("mean_drop", "share_most_relevant"), integers=("dim",),
+        )
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
         self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
-        return _read_csv(self.path("compare", "disagreements.csv"), DISAGREEMENT_COLUMNS)
+        path = self.path("compare", "disagreements.csv")
+        object_columns = ("object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out")
+        table = _read_csv(
+            path, DISAGREEMENT_COLUMNS, integers=(*object_columns, "human_dim", "dnn_dim"),
+            numbers=("human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice"),
+        )
+        n_objects = len(self.objects)
+        for column in object_columns:
+            # A negative index would silently pick an object from the end of the table.
+            outside = np.flatnonzero((table[column] < 0) | (table[column] >= n_objects))
+            if outside.size:
+                row = int(outside[0])
+                raise ValueError(
+                    f"{path}, line {row + 2}, column {column!r}: {table[column].iloc[row]} is invalid; use an "
+                    f"object index from 0 to {n_objects - 1} (rerun the compare stage)"
+                )
+        return table
 
     def check_compare_wrote(self, name: str, key: str, effect: str) -> None:
         """Name a compare setting of 0 as the reason when ``compare/<name>`` is missing.
@@ -356,7 +520,9 @@ class StudyResults:
 
     def ridge_table(self) -> pd.DataFrame:
         """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
-        return _read_csv(self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"))
+        return _read_csv(
+            self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"), numbers=("cv_r2",), integers=("dimension",)
+        )
 
     def ridge_target(self) -> str:
         """Return the side (``human`` or ``dnn``) whose dimensions the map stage predicted; ``dnn`` without a record."""
@@ -399,7 +565,7 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = _read_csv(self.labels_dir / "dimensions.csv", ("embedding", "dimension"))
+            self._cache[key] = read_labels_table(self.labels_dir, "dimensions.csv")
         return self._cache[key]
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
@@ -428,7 +594,7 @@ class StudyResults:
         path = self.labels_dir / "shares.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: it is written by 'dimalign labels summarize'")
-        return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
+        return self._with_sides(read_labels_table(self.labels_dir, "shares.csv"))
 
     def choice_shares(self) -> pd.DataFrame:
         """Return the share of triplet choices driven most by each kind of dimension, per side.
@@ -442,22 +608,29 @@ class StudyResults:
             raise FileNotFoundError("no labels summary given (--labels, or inputs.labels in the study file)")
         path = self.labels_dir / "relevance_shares.csv"
         if path.is_file():
-            return self._with_sides(_read_csv(path, ("embedding", "kind", "share")))
+            return self._with_sides(read_labels_table(self.labels_dir, "relevance_shares.csv"))
         from dimalign.labeling.analysis import relevance_shares
 
         table = self.label_table()
         if table is None:
             raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} not found")
+        if "resolved_kind" not in table.columns:
+            raise ValueError(
+                f"{self.labels_dir / 'dimensions.csv'} has no column resolved_kind (its columns: "
+                f"{', '.join(map(str, table.columns))}), which the share of triplet choices per kind needs; "
+                "rerun 'dimalign labels summarize'"
+            )
         frames = []
-        with np.load(self.path("compare", "triplet_relevance.npz")) as archive:
-            for side in SIDES:
-                rows = table[table["embedding"] == self.labels_names[side]]
-                if not len(rows):
-                    continue
-                kinds = dict(zip(rows["dimension"].astype(int), rows["resolved_kind"].astype(str)))
-                shares = relevance_shares(archive[f"{side}_most_relevant"].tolist(), kinds)
-                shares.insert(0, "embedding", self.labels_names[side])
-                frames.append(shares)
+        path = self.path("compare", "triplet_relevance.npz")
+        most_relevant = _read_archive(path, [f"{side}_most_relevant" for side in SIDES])
+        for side in SIDES:
+            rows = table[table["embedding"] == self.labels_names[side]]
+            if not len(rows):
+                continue
+            kinds = dict(zip(rows["dimension"].astype(int), rows["resolved_kind"].astype(str)))
+            shares = relevance_shares(most_relevant[f"{side}_most_relevant"].tolist(), kinds)
+            shares.insert(0, "embedding", self.labels_names[side])
+            frames.append(shares)
         if not frames:
             raise FileNotFoundError(f"{self.labels_dir / 'dimensions.csv'} rates no dimension of this study")
         return self._with_sides(pd.concat(frames, ignore_index=True))
@@ -471,29 +644,19 @@ class StudyResults:
     # -- headline numbers ------------------------------------------------------------------
 
     def headline(self) -> dict[str, Any]:
-        """Collect the numbers of the report's summary table; missing results are left out."""
+        """Collect the numbers of the report's summary table; missing results are left out.
+
+        Raises:
+            ValueError: If a saved value has the wrong type, naming the file and the key.
+        """
         numbers: dict[str, Any] = {}
         for side in self.sides():
-            fit = self.manifest(f"{side}_fit").get("outputs", {})
-            numbers[f"{side}_n_dims"] = fit.get("n_dims")
-            numbers[f"{side}_n_epochs"] = fit.get("n_epochs")
-            numbers[f"{side}_n_train"] = fit.get("n_train")
+            path = self.path(f"{side}_fit", "manifest.json")
+            fit = _json_object(_read_json(path).get("outputs", {}), path, "outputs")
+            for key in ("n_dims", "n_epochs", "n_train"):
+                numbers[f"{side}_{key}"] = _json_number(fit.get(key), path, f"outputs.{key}")
         if self.has("evaluate", "summary.json"):
-            evaluation = self.evaluation()
-            for side in SIDES:
-                metrics = evaluation.get(side, {})
-                for key in ("accuracy", "things48_r", "n_triplets"):
-                    if key in metrics:
-                        numbers[f"{side}_{key}"] = metrics[key]
-                if "noise_ceiling" in metrics:
-                    numbers[f"{side}_noise_ceiling"] = {
-                        "value": metrics["noise_ceiling"], "n_sets": metrics["noise_ceiling_sets"],
-                        "n_responses": metrics["noise_ceiling_responses"],
-                    }
-            if evaluation.get("human_noise_ceiling"):
-                numbers["human_noise_ceiling"] = evaluation["human_noise_ceiling"]
-            if "dnn_embedding_on_human_val_accuracy" in evaluation:
-                numbers["dnn_on_human_accuracy"] = evaluation["dnn_embedding_on_human_val_accuracy"]
+            numbers.update(self._evaluation_numbers())
         if self.has("compare", "rsa.json"):
             rsa = self.rsa()
             numbers["rsa"] = {key: rsa.get(key) for key in ("r", "ci_low", "ci_high", "ci_level", "method")}
@@ -502,6 +665,34 @@ class StudyResults:
         if self.has("map", "ridge_map.csv"):
             numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
             numbers["ridge_target"] = self.ridge_target()
+        return numbers
+
+    def _evaluation_numbers(self) -> dict[str, Any]:
+        """Collect the summary table's numbers from ``evaluate/summary.json``."""
+        path = self.path("evaluate", "summary.json")
+        evaluation = self.evaluation()
+        numbers: dict[str, Any] = {}
+        for side in SIDES:
+            metrics = _json_object(evaluation.get(side, {}), path, side)
+            for key in ("accuracy", "things48_r", "n_triplets"):
+                if key in metrics:
+                    numbers[f"{side}_{key}"] = _json_number(metrics[key], path, f"{side}.{key}")
+            if "noise_ceiling" in metrics:
+                numbers[f"{side}_noise_ceiling"] = {
+                    name: _json_number(metrics.get(key), path, f"{side}.{key}", required=True)
+                    for name, key in (("value", "noise_ceiling"), ("n_sets", "noise_ceiling_sets"),
+                                      ("n_responses", "noise_ceiling_responses"))
+                }
+        ceiling = evaluation.get("human_noise_ceiling")
+        if ceiling:
+            ceiling = _json_object(ceiling, path, "human_noise_ceiling")
+            numbers["human_noise_ceiling"] = {
+                key: _json_number(ceiling.get(key), path, f"human_noise_ceiling.{key}", required=True)
+                for key in ("value", "n_sets", "n_responses")
+            }
+        if "dnn_embedding_on_human_val_accuracy" in evaluation:
+            key = "dnn_embedding_on_human_val_accuracy"
+            numbers["dnn_on_human_accuracy"] = _json_number(evaluation[key], path, key)
         return numbers
 
     def setting_changes(self) -> list[dict[str, Any]]:
@@ -561,7 +752,9 @@ __all__ = [
     "REPORT_SOURCES",
     "StudyResults",
     "assign_categories",
+    "check_labels_summary",
     "check_reportable",
     "category_blocks",
     "read_category_matrix",
+    "read_labels_table",
 ]

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -271,15 +272,22 @@ def run_human_fit(context: StageContext) -> dict[str, Any]:
 
 
 def _check_held_out_size(stage: str, val_fraction: float, n_triplets: int) -> None:
-    """Reject a val_fraction above 0 that holds out no triplet.
+    """Reject a val_fraction above 0 that holds out no triplet, or one that holds out all of them.
 
     split_triplets holds out round(val_fraction * n_triplets) rows, which is
-    0 for a small fraction of few triplets.
+    0 for a small fraction of few triplets and every row for a fraction close to 1.
     """
-    if val_fraction > 0 and round(val_fraction * n_triplets) == 0:
+    n_held_out = round(val_fraction * n_triplets)
+    if val_fraction > 0 and n_held_out == 0:
         raise ValueError(
             f"{stage}.val_fraction = {val_fraction} is invalid: it holds out no triplet, since round({val_fraction} x "
             f"{n_triplets:,} triplets) = 0; use at least {1 / n_triplets:.2g}, or 0 for no held-out part"
+        )
+    if n_held_out >= n_triplets:
+        raise ValueError(
+            f"{stage}.val_fraction = {val_fraction} is invalid: it holds out every triplet, since "
+            f"round({val_fraction} x {n_triplets:,} triplets) = {n_held_out:,}, and leaves none for training; "
+            f"use at most {math.floor((n_triplets - 1) / n_triplets * 10_000) / 10_000:g}"
         )
 
 
@@ -403,10 +411,10 @@ def _load_val(run_dir: Path, n_objects: int) -> np.ndarray:
     path = run_dir / VAL_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the fit stage writes the held-out triplets there")
-    triplets = np.load(path)
+    triplets = load_triplets(path, n_objects)
     if len(triplets) == 0:
         raise ValueError(f"{path} contains no triplets: set val_fraction > 0 to evaluate on held-out triplets")
-    return load_triplets(path, n_objects)
+    return triplets
 
 
 def check_evaluate(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
@@ -424,6 +432,7 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
     from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
     from dimalign.analysis.similarity import odd_one_out_accuracy
     from dimalign.io.runs import load_embedding
+    from dimalign.io.triplets import load_triplets
 
     started = now_iso()
     things_dir = context.inputs.get("things_dir")
@@ -443,14 +452,15 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
     if "human" in embeddings:
         # The ceiling of the whole file, not only the held-out part: repeated sets are rare.
         human_dir = context.upstream["human_fit"]
-        every = np.concatenate([np.load(human_dir / TRAIN_NAME), np.load(human_dir / VAL_NAME)])
+        n_objects = embeddings["human"].shape[0]
+        every = np.concatenate([load_triplets(human_dir / name, n_objects) for name in (TRAIN_NAME, VAL_NAME)])
         ceiling = triplet_noise_ceiling(every) if _has_repeats(every) else None
         summary["human_noise_ceiling"] = (
             None if ceiling is None
             else {"value": ceiling.value, "n_sets": ceiling.n_sets, "n_responses": ceiling.n_responses}
         )
     if set(embeddings) == {"human", "dnn"} and embeddings["human"].shape[0] == embeddings["dnn"].shape[0]:
-        human_val = np.load(context.upstream["human_fit"] / VAL_NAME)
+        human_val = load_triplets(context.upstream["human_fit"] / VAL_NAME, embeddings["human"].shape[0])
         summary["dnn_embedding_on_human_val_accuracy"] = float(odd_one_out_accuracy(embeddings["dnn"], human_val))
 
     write_text_atomic(context.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -683,12 +693,14 @@ def run_map(context: StageContext) -> dict[str, Any]:
 
 
 def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Read the category matrix against the object table, so that a bad one fails before the fits run."""
+    """Read the category matrix and the labels summary's tables, so that a bad one fails before the fits run."""
     from dimalign.io.objects import read_object_table
-    from dimalign.report.results import read_category_matrix
+    from dimalign.report.results import check_labels_summary, read_category_matrix
 
     if "categories" in inputs and "objects" in inputs:
         read_category_matrix(inputs["categories"], len(read_object_table(inputs["objects"])))
+    if "labels" in inputs:
+        check_labels_summary(inputs["labels"], {"human": settings["labels_human"], "dnn": settings["labels_dnn"]})
 
 
 def run_report(context: StageContext) -> dict[str, Any]:
