@@ -375,7 +375,7 @@ def test_feature_rows_checked_at_planning_without_map(tmp_path):
 
 def test_planning_rejects_missing_rdm48(tmp_path):
     study_file = write_study(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"RDM48_triplet.mat not found \(stage evaluate of .*study.toml\)"):
+    with pytest.raises(FileNotFoundError, match=r"data lacks RDM48_triplet.mat\..* \(stage evaluate of .*study.toml\)"):
         plan_study(load_config(study_file, [f"inputs.things_dir={str(tmp_path / 'data')!r}"]), tmp_path / "s")
 
 
