@@ -19,6 +19,7 @@ Files read from a THINGS data directory:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import scipy.io
 
 from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
+from dimalign.io.files import read_utf8_text
 from dimalign.io.objects import read_object_table
 
 logger = logging.getLogger(__name__)
@@ -114,18 +116,26 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
-    """Read ``words48.csv`` and return the names and their ``exclude`` flags."""
+    """Read ``words48.csv`` and return the names and their ``exclude`` flags.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is not UTF-8 or has no ``Word`` column.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object word list {path} not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "Word" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
-        words, flags = [], []
-        for row in reader:
-            words.append(row["Word"].strip())
-            flags.append((row.get("exclude") or "").strip() not in ("", "0"))
+    # A byte order mark (which spreadsheet programs write) would hide the Word header.
+    text = read_utf8_text(
+        path, advice="save the word list as UTF-8 (or plain ASCII)", description="48-object word list "
+    )
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if reader.fieldnames is None or "Word" not in reader.fieldnames:
+        raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")
+    words, flags = [], []
+    for row in reader:
+        words.append(row["Word"].strip())
+        flags.append((row.get("exclude") or "").strip() not in ("", "0"))
     return words, np.asarray(flags, dtype=bool)
 
 
