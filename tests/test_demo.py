@@ -110,6 +110,46 @@ def test_demo_rerun_needs_overwrite_and_keeps_foreign_runs(tmp_path):
         run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
 
 
+def fake_fit_side(fail_on: str):
+    """Stand in for ``_fit_side``: write a finished run, or raise Ctrl-C for the side ``fail_on``."""
+    import types
+
+    import numpy as np
+
+    def fit(train, val, run_dir, *args):
+        if run_dir.name == fail_on:
+            run_dir.mkdir()
+            (run_dir / "checkpoint.pt").write_bytes(b"unfinished")
+            raise KeyboardInterrupt
+        run_dir.mkdir()
+        (run_dir / "manifest.json").write_text(json.dumps({"step": "fit"}))
+        embedding = np.random.default_rng(0).random((1854, 3))
+        return types.SimpleNamespace(embedding_=embedding, n_dims_=3, n_epochs_=1, score=lambda triplets: 0.5)
+
+    return fit
+
+
+def test_demo_interrupted_in_existing_folder_leaves_no_partial_output(things_dir, tmp_path, monkeypatch):
+    """Ctrl-C during the DNN fit used to leave human/, which --overwrite then refused to replace."""
+    import dimalign.demo
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    settings = DemoSettings(n_dnn_triplets=200)
+    monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="dnn"))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(out, data_dir=things_dir, settings=settings, download=False)
+
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+
+    monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="none"))
+    summary = run_demo(out, data_dir=things_dir, settings=settings, download=False)
+    assert summary["dnn"]["n_train"] + summary["dnn"]["n_val"] == 200
+
+
 def test_demo_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="the output folder .*out is a file"):

@@ -154,7 +154,8 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
     return earlier
 
 
-def _remove_outputs(out_dir: Path, names: list[str]) -> None:
+def _remove_outputs(out_dir: Path, names: list[str], kind: str = "earlier") -> None:
+    """Remove the demo outputs ``names`` from ``out_dir``; ``kind`` ("earlier", "unfinished") is for the log."""
     for name in names:
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
@@ -162,7 +163,7 @@ def _remove_outputs(out_dir: Path, names: list[str]) -> None:
         else:
             path.unlink()
     if names:
-        logger.info("removed the earlier demo outputs in %s: %s", out_dir, ", ".join(names))
+        logger.info("removed the %s demo outputs in %s: %s", kind, out_dir, ", ".join(names))
 
 
 def run_demo(
@@ -175,7 +176,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write both runs and ``summary.json`` into ``out_dir``.
 
-    If a step fails, ``out_dir`` is removed again when this call created it.
+    If a step fails (Ctrl-C included), ``out_dir`` is removed again when this
+    call created it. In a folder that existed, only the outputs that this call
+    wrote are removed, and other files stay.
 
     Args:
         out_dir (str | os.PathLike): Output folder; receives ``human/`` and
@@ -234,7 +237,15 @@ def run_demo(
     _remove_outputs(out_dir, earlier)
 
     with output_dir(out_dir):
-        return _run_observers(out_dir, paths, objects, things48, settings, started)
+        try:
+            return _run_observers(out_dir, paths, objects, things48, settings, started)
+        except BaseException:
+            # _check_out_dir found none of these names (or overwrite removed
+            # them above), so whatever exists now was written by this call.
+            # Left behind, a finished human/ without the demo's manifest would
+            # make a rerun with --overwrite refuse the folder.
+            _remove_outputs(out_dir, [name for name in DEMO_OUTPUTS if (out_dir / name).exists()], "unfinished")
+            raise
 
 
 def _run_observers(
