@@ -110,6 +110,30 @@ def test_demo_rerun_needs_overwrite_and_keeps_foreign_runs(tmp_path):
         run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
 
 
+def test_demo_overwrite_keeps_files_no_demo_wrote(tmp_path):
+    """--overwrite replaced any human/ folder or summary.json, with the user's files in it."""
+    out = tmp_path / "out"
+    (out / "human").mkdir(parents=True)
+    (out / "human" / "checkpoint.pt").write_bytes(b"unfinished")
+    (out / "human" / "ratings.csv").write_text("the user's own data")
+    with pytest.raises(FileExistsError, match=r"human/ratings.csv was not written by dimalign demo, so --overwrite"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (out / "human" / "ratings.csv").read_text() == "the user's own data"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text('{"mine": 1}')
+    with pytest.raises(FileExistsError, match=r"summary.json exists, but .*other contains no finished demo"):
+        run_demo(other, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (other / "summary.json").read_text() == '{"mine": 1}'
+
+    (other / "summary.json").unlink()
+    (other / "dnn").write_text("a file of the user's")
+    with pytest.raises(FileExistsError, match=r"dnn is a file, but dimalign demo writes a run folder there"):
+        run_demo(other, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (other / "dnn").read_text() == "a file of the user's"
+
+
 def fake_fit_side(fail_on: str):
     """Stand in for ``_fit_side``: write a finished run, or raise Ctrl-C for the side ``fail_on``."""
     import types

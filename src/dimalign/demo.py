@@ -151,7 +151,45 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
                 f"{out_dir / finished[0]} contains a finished run that no demo manifest in {out_dir} "
                 "lists, so --overwrite does not delete it; choose another output folder"
             )
+        # The demo writes summary.json just before its manifest, so without the
+        # manifest the file is most likely the user's.
+        if (out_dir / "summary.json").exists():
+            raise FileExistsError(
+                f"{out_dir / 'summary.json'} exists, but {out_dir} contains no finished demo, so the "
+                "file may be the only copy of its data and --overwrite does not delete it: move it "
+                "away, or choose another output folder"
+            )
+    for side in ("human", "dnn"):
+        _check_run_folder(out_dir / side)
     return earlier
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` unless ``run_dir`` is missing or holds only files that a fit writes."""
+    from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+    from dimalign.embedding.runs import FIT_LOCK_NAME
+    from dimalign.io.objects import OBJECT_TABLE_NAME
+    from dimalign.io.runs import EMBEDDING_NAME
+
+    if run_dir.is_symlink() or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise FileExistsError(
+            f"{run_dir} is a file, but dimalign demo writes a run folder there, so --overwrite "
+            "does not delete it: move it away, or choose another output folder"
+        )
+    fit_names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME)
+    # atomic_path names a temporary file .<stem>.<random>.tmp<suffix>, which a killed fit leaves.
+    temporary = tuple(f".{Path(name).stem}." for name in fit_names)
+    for path in sorted(run_dir.iterdir()):
+        name = path.name
+        if name in fit_names or name == FIT_LOCK_NAME or (name.startswith(temporary) and ".tmp" in name):
+            continue
+        raise FileExistsError(
+            f"{path} was not written by dimalign demo, so --overwrite does not delete {run_dir}: "
+            "move the file away, or choose another output folder"
+        )
 
 
 def _remove_outputs(out_dir: Path, names: list[str], kind: str = "earlier") -> None:
@@ -203,6 +241,8 @@ def run_demo(
             triplet file.
         FileExistsError: If ``out_dir`` is a file, contains another step's
             output, or contains an earlier demo and ``overwrite`` is False.
+            With ``overwrite``, also if a file under a demo output name was
+            not written by a demo (such as the user's ``human/notes.txt``).
     """
     from dimalign.analysis.things48 import load_things48
     from dimalign.io.objects import read_object_table
