@@ -383,3 +383,43 @@ def test_human_triplets_local_subset_before_mirror(tmp_path, monkeypatch, source
 
     assert found == data_dir / HUMAN_TRIPLETS_SUBSET
     assert not (data_dir / HUMAN_TRIPLETS).exists()
+
+
+def test_human_triplets_not_found_names_both_files(tmp_path):
+    """The message listed only the published name, although the subset name is searched too."""
+    data_dir = tmp_path / "data"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+
+    with pytest.raises(FileNotFoundError) as caught:
+        find_human_triplets(data_dir, mirror=mirror, download=False)
+
+    message = str(caught.value)
+    for folder in (data_dir, mirror):
+        assert str(folder / HUMAN_TRIPLETS) in message
+        assert str(folder / HUMAN_TRIPLETS_SUBSET) in message
+    assert "downloading is off" in message
+    assert THINGS_FILES[HUMAN_TRIPLETS].url in message
+
+
+def test_human_triplets_subset_of_wrong_kind_is_named(tmp_path):
+    """A human_triplets.txt that is a folder or a dangling link was skipped without a word."""
+    data_dir = tmp_path / "data"
+    (data_dir / HUMAN_TRIPLETS_SUBSET).mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"{HUMAN_TRIPLETS_SUBSET} is a folder, not a file"):
+        find_human_triplets(data_dir, download=False)
+
+    (data_dir / HUMAN_TRIPLETS_SUBSET).rmdir()
+    (data_dir / HUMAN_TRIPLETS_SUBSET).symlink_to(tmp_path / "moved.txt")
+    with pytest.raises(FileNotFoundError, match=rf"{HUMAN_TRIPLETS_SUBSET} is a link to the missing .*moved.txt"):
+        find_human_triplets(data_dir, download=False)
+
+
+def test_missing_mirror_folder_raises(things_dir, tmp_path):
+    """A mistyped mirror was skipped, and the file was downloaded instead."""
+    for mirror in (tmp_path / "no such folder", things_dir / "words48.csv"):
+        with pytest.raises(FileNotFoundError, match=rf"the mirror folder {mirror} does not exist or is not a folder"):
+            fetch("words48.csv", data_dir=tmp_path / "data", mirror=mirror)
+        with pytest.raises(FileNotFoundError, match="the mirror folder .* does not exist"):
+            find_human_triplets(tmp_path / "data", mirror=mirror)
+    assert not (tmp_path / "data").exists()

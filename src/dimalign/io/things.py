@@ -248,6 +248,33 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
         )
 
 
+def _mirror_folder(mirror: str | os.PathLike | None) -> Path | None:
+    """Return the mirror as a path, raising if it is given but is not a folder.
+
+    A mistyped mirror would otherwise be skipped, and the files downloaded.
+    """
+    if mirror is None:
+        return None
+    folder = Path(mirror).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"the mirror folder {folder} does not exist or is not a folder; pass the folder that "
+            "holds the copies of the THINGS files (demo: --mirror), or leave the mirror out"
+        )
+    return folder
+
+
+def _describe_paths(paths: Iterable[Path]) -> str:
+    """List ``paths`` for a not-found message, marking links whose target is missing."""
+    described = []
+    for path in paths:
+        if path.is_symlink() and not path.exists():
+            described.append(f"{path} (a link to the missing {os.readlink(path)})")
+        else:
+            described.append(str(path))
+    return ", ".join(described)
+
+
 def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: bool) -> Path | None:
     """Copy the entry from a mirror directory, under its local or published name."""
     for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
@@ -371,11 +398,13 @@ def fetch(
     Raises:
         KeyError: For an unknown name.
         ValueError: If a local, mirror or downloaded file fails its checksum.
-        FileNotFoundError: If the file is missing and ``download`` is False.
+        FileNotFoundError: If the file is missing and ``download`` is False,
+            or ``mirror`` is given but is not a folder.
         RuntimeError: If the download fails.
     """
     entry = _resolve_entry(name)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    mirror = _mirror_folder(mirror)
     target = data_dir / entry.name
     if data_dir.exists() and not data_dir.is_dir():
         raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder")
@@ -389,15 +418,15 @@ def fetch(
         return target
 
     names = list(dict.fromkeys((entry.name, entry.published_name)))
-    if not download and (mirror is None or not any((Path(mirror) / name).is_file() for name in names)):
-        looked_in = [str(target)]
+    if not download and (mirror is None or not any((mirror / name).is_file() for name in names)):
+        looked_in = [target]
         if mirror is not None:
-            looked_in += [str(Path(mirror) / name) for name in names]
+            looked_in += [mirror / name for name in names]
         published = f" (a mirror may also have it as {entry.published_name})" if len(names) > 1 else ""
         raise FileNotFoundError(
-            f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
-            f"off. To download it, pass download=True (CLI: leave out --no-download), or copy it "
-            f"from {entry.url} into {data_dir} as "
+            f"THINGS file {entry.name} not found (looked in {_describe_paths(looked_in)}) and "
+            f"downloading is off. To download it, pass download=True (CLI: leave out --no-download), "
+            f"or copy it from {entry.url} into {data_dir} as "
             f"{entry.name}{published}."
         )
 
@@ -410,7 +439,7 @@ def fetch(
         ) from error
     try:
         if mirror is not None:
-            copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
+            copied = _copy_from_mirror(entry, mirror, target, verify)
             if copied is not None:
                 return copied
         return download_file(entry, target, timeout=timeout)
@@ -453,19 +482,52 @@ def find_human_triplets(
     used in place and unverified, because it has no published checksum.
 
     Both files share the format: rows ``i j k``, 0-based, odd one out last.
+
+    Raises:
+        FileNotFoundError: If neither file is found and ``download`` is False
+            (naming every path searched), if ``mirror`` is not a folder, or if a
+            subset file is a link to a missing file.
+        ValueError: If a subset path is a folder or another non-file, or a
+            published file fails its checksum.
+        RuntimeError: If the download fails.
     """
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    mirror = _mirror_folder(mirror)
     if (data_dir / HUMAN_TRIPLETS).is_file():
         return fetch(HUMAN_TRIPLETS, data_dir=data_dir, download=False, verify=verify)
-    if (data_dir / HUMAN_TRIPLETS_SUBSET).is_file():
+    if _is_subset_file(data_dir / HUMAN_TRIPLETS_SUBSET):
         return _use_subset(data_dir / HUMAN_TRIPLETS_SUBSET)
     if mirror is not None:
-        mirror = Path(mirror).expanduser()
         if (mirror / HUMAN_TRIPLETS).is_file():
             return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, verify=verify)
-        if (mirror / HUMAN_TRIPLETS_SUBSET).is_file():
+        if _is_subset_file(mirror / HUMAN_TRIPLETS_SUBSET):
             return _use_subset(mirror / HUMAN_TRIPLETS_SUBSET)
+    if not download:
+        entry = THINGS_FILES[HUMAN_TRIPLETS]
+        folders = [data_dir] if mirror is None else [data_dir, mirror]
+        looked_in = [folder / name for folder in folders for name in (HUMAN_TRIPLETS, HUMAN_TRIPLETS_SUBSET)]
+        raise FileNotFoundError(
+            f"human THINGS triplets not found (looked in {_describe_paths(looked_in)}) and downloading "
+            f"is off. To download {HUMAN_TRIPLETS}, pass download=True (CLI: leave out --no-download), "
+            f"or copy it from {entry.url} into {data_dir} (a subset of its rows may be stored there "
+            f"as {HUMAN_TRIPLETS_SUBSET})."
+        )
     return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
+
+
+def _is_subset_file(path: Path) -> bool:
+    """Return whether ``path`` is a file, raising if something else is there under the subset name."""
+    if path.is_file():
+        return True
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path} is a link to the missing {os.readlink(path)}; restore the link's target, or "
+            "delete the link so that the published triplets are used"
+        )
+    if path.exists():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{path} is {kind}, not a file of triplets; move it away")
+    return False
 
 
 def _use_subset(path: Path) -> Path:
