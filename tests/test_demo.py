@@ -58,6 +58,22 @@ def test_demo_cli_reports_missing_files_without_download(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_without_download_lists_every_missing_file(things_dir, tmp_path):
+    """Only the first missing file was named, so a user copied files one failed run at a time."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "unique_id.txt").symlink_to(things_dir / "unique_id.txt")
+
+    with pytest.raises(FileNotFoundError, match="4 input files of the demo are missing") as caught:
+        run_demo(tmp_path / "out", data_dir=data_dir, download=False)
+
+    message = str(caught.value)
+    for name in ("vgg16_srf_factors_rank200.npy", "RDM48_triplet.mat", "words48.csv", "human_triplets.txt"):
+        assert str(data_dir / name) in message
+    assert str(data_dir / "unique_id.txt") not in message
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_cuda_without_gpu_leaves_no_output_folder(tmp_path, monkeypatch):
     import torch
 

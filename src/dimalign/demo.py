@@ -15,6 +15,7 @@ a laptop CPU; it says so in its output, with the command for a full fit.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -246,7 +247,7 @@ def run_demo(
     """
     from dimalign.analysis.things48 import load_things48
     from dimalign.io.objects import read_object_table
-    from dimalign.io.things import default_data_dir, fetch, find_human_triplets
+    from dimalign.io.things import default_data_dir
     from dimalign.triplets import count_triplets
 
     settings = settings or DemoSettings()
@@ -256,14 +257,7 @@ def run_demo(
     earlier = _check_out_dir(out_dir, Path(data_dir) if data_dir is not None else default_data_dir(), overwrite)
 
     # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
-    paths = {
-        name: fetch(file_name, data_dir, mirror, download=download)
-        for name, file_name in (
-            ("unique_id", "unique_id.txt"), ("features", FEATURES_FILE),
-            ("rdm48", "RDM48_triplet.mat"), ("words48", "words48.csv"),
-        )
-    }
-    paths["human_triplets"] = find_human_triplets(data_dir, mirror, download=download)
+    paths = _fetch_inputs(data_dir, mirror, download)
     things_dir = paths["unique_id"].parent
     objects = read_object_table(paths["unique_id"])
     things48 = load_things48(things_dir)
@@ -286,6 +280,41 @@ def run_demo(
             # make a rerun with --overwrite refuse the folder.
             _remove_outputs(out_dir, [name for name in DEMO_OUTPUTS if (out_dir / name).exists()], "unfinished")
             raise
+
+
+def _fetch_inputs(
+    data_dir: str | os.PathLike | None, mirror: str | os.PathLike | None, download: bool
+) -> dict[str, Path]:
+    """Fetch the demo's THINGS files; without downloads, report every missing one in one error."""
+    from dimalign.io.things import fetch, find_human_triplets
+
+    fetchers = {
+        name: functools.partial(fetch, file_name, data_dir, mirror, download=download)
+        for name, file_name in (
+            ("unique_id", "unique_id.txt"), ("features", FEATURES_FILE),
+            ("rdm48", "RDM48_triplet.mat"), ("words48", "words48.csv"),
+        )
+    }
+    fetchers["human_triplets"] = functools.partial(find_human_triplets, data_dir, mirror, download=download)
+
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for name, fetch_input in fetchers.items():
+        try:
+            paths[name] = fetch_input()
+        except FileNotFoundError as error:
+            if download:
+                raise
+            missing.append(str(error))
+    # A mirror that is not a folder fails every file with one message.
+    missing = list(dict.fromkeys(missing))
+    if len(missing) == 1:
+        raise FileNotFoundError(missing[0])
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} input files of the demo are missing:" + "".join(f"\n- {line}" for line in missing)
+        )
+    return paths
 
 
 def _run_observers(
