@@ -210,6 +210,26 @@ def test_shortened_note_gives_runnable_full_fit():
     )
 
 
+def test_shortened_note_names_user_shortenings():
+    """Fewer dimensions and DNN triplets from the command line went unmentioned."""
+    from pathlib import Path
+
+    from dimalign.demo import shortened_note
+
+    settings = DemoSettings(max_epochs=1, n_dims=5, n_dnn_triplets=200)
+    note = shortened_note(settings, Path("human_triplets.txt"), Path("unique_id.txt"))
+
+    assert "stops after 1 epoch," in note
+    assert "Each fit starts from 5 dimensions." in note
+    assert "uses 200 simulated DNN triplets instead of 131,552." in note
+    assert "A full fit (150 initial dimensions, batch 256, learning rate 0.001) runs up to 1,000 epochs" in note
+
+    default_note = shortened_note(DemoSettings(), Path("human_triplets.txt"), Path("unique_id.txt"))
+    assert "stops after 300 epochs," in default_note
+    assert "starts from" not in default_note
+    assert "DNN triplets instead of" not in default_note
+
+
 def test_demo_fits_with_one_torch_thread(monkeypatch, tmp_path):
     import numpy as np
     import torch

@@ -414,14 +414,30 @@ def shortened_note(settings: DemoSettings, human_triplets: Path, objects: Path) 
     """Say which settings the demo shortened and how to run a full-length fit of ``human_triplets``."""
     import shlex
 
+    from dimalign.embedding import VICE
+
     command = shlex.join([
         "dimalign", "fit", str(human_triplets), "--objects", str(objects), "-o", "runs/human",
         "--max-epochs", "1000", "--stability-epochs", "500",
     ])
+    full = VICE()
+    defaults = DemoSettings()
+    epochs = "1 epoch" if settings.max_epochs == 1 else f"{settings.max_epochs} epochs"
+    # Settings that a user shortened on the command line, beyond the demo's own shortening.
+    user_shortenings = []
+    if settings.n_dims < full.n_dims:
+        user_shortenings.append(f"Each fit starts from {settings.n_dims} dimensions.")
+    if settings.n_dnn_triplets < defaults.n_dnn_triplets:
+        user_shortenings.append(
+            f"The DNN fit uses {settings.n_dnn_triplets:,} simulated DNN triplets instead of "
+            f"{defaults.n_dnn_triplets:,}."
+        )
     return (
-        f"Shortened for the demo: each VICE fit stops after {settings.max_epochs} epochs, with batch "
-        f"{settings.batch_size} and learning rate {settings.lr}; a full fit (batch 256, learning rate "
-        "0.001) runs up to 1,000 epochs and stops once the number of kept dimensions is stable for 500. "
+        f"Shortened for the demo: each VICE fit stops after {epochs}, with batch "
+        f"{settings.batch_size} and learning rate {settings.lr}. {''.join(f'{sentence} ' for sentence in user_shortenings)}A full fit "
+        f"({full.n_dims} initial dimensions, batch {full.batch_size}, learning rate {full.lr}) runs up "
+        f"to {full.max_epochs:,} epochs and stops once the number of kept dimensions is stable for "
+        f"{full.stability_epochs}. "
         f"Full-length fit of the human triplets: {command}"
     )
 
