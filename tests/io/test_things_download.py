@@ -423,3 +423,16 @@ def test_missing_mirror_folder_raises(things_dir, tmp_path):
         with pytest.raises(FileNotFoundError, match="the mirror folder .* does not exist"):
             find_human_triplets(tmp_path / "data", mirror=mirror)
     assert not (tmp_path / "data").exists()
+
+
+def test_unreadable_local_file_is_named(tmp_path, monkeypatch):
+    """An unreadable file gave only '[Errno 13] Permission denied: PATH' without what to do."""
+    local = tmp_path / "labels_66.txt"
+    local.write_bytes(b"x" * THINGS_FILES["labels_66.txt"].size)
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(things, "sha256_file", denied)
+    with pytest.raises(PermissionError, match=r"cannot read .*labels_66.txt to check its checksum \(Permission denied\): make it readable"):
+        fetch("labels_66.txt", data_dir=tmp_path)

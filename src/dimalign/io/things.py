@@ -233,6 +233,7 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
 
     Raises:
         ValueError: Naming the file, the expected and the actual value.
+        PermissionError: If the file cannot be read.
     """
     path = Path(path)
     if entry.size is not None and path.stat().st_size != entry.size:
@@ -240,7 +241,13 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
             f"{path} has {path.stat().st_size} bytes but the published {entry.name} has "
             f"{entry.size} (sha256 {entry.sha256}). {remedy}"
         )
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except PermissionError as error:
+        raise PermissionError(
+            f"cannot read {path} to check its checksum ({error.strerror}): make it readable "
+            "(chmod u+r), or move it away so that the file is fetched from elsewhere"
+        ) from error
     if actual != entry.sha256:
         raise ValueError(
             f"checksum mismatch for {path}: expected sha256 {entry.sha256}, got {actual}. "
