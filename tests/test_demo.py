@@ -126,6 +126,20 @@ def test_demo_rerun_needs_overwrite_and_keeps_foreign_runs(tmp_path):
         run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
 
 
+def test_demo_overwrite_replaces_killed_demo(tmp_path):
+    """A demo killed (SIGKILL, SIGHUP) after its human fit left a run that --overwrite refused."""
+    out = tmp_path / "out"
+    (out / "human").mkdir(parents=True)
+    (out / "human" / "manifest.json").write_text(json.dumps({"step": "fit", "command": "dimalign demo -o out"}))
+    (out / "dnn").mkdir()
+    (out / "dnn" / "checkpoint.pt").write_bytes(b"unfinished")
+
+    # The check of the folder passes, and the missing inputs stop the demo before it deletes anything.
+    with pytest.raises(FileNotFoundError, match="input files of the demo are missing"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (out / "human" / "manifest.json").is_file()
+
+
 def test_demo_overwrite_keeps_files_no_demo_wrote(tmp_path):
     """--overwrite replaced any human/ folder or summary.json, with the user's files in it."""
     out = tmp_path / "out"

@@ -32,6 +32,7 @@ from dimalign.io.files import (
     check_output_dir,
     now_iso,
     output_dir,
+    read_manifest,
     write_manifest,
     write_text_atomic,
 )
@@ -146,7 +147,10 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
             "--overwrite (overwrite=True) to replace it, or choose another output folder"
         )
     if not (out_dir / MANIFEST_NAME).is_file():
-        finished = [side for side in ("human", "dnn") if (out_dir / side / MANIFEST_NAME).is_file()]
+        finished = [
+            side for side in ("human", "dnn")
+            if (out_dir / side / MANIFEST_NAME).is_file() and not _fitted_by_demo(out_dir / side)
+        ]
         if finished:
             raise FileExistsError(
                 f"{out_dir / finished[0]} contains a finished run that no demo manifest in {out_dir} "
@@ -163,6 +167,20 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
     for side in ("human", "dnn"):
         _check_run_folder(out_dir / side)
     return earlier
+
+
+def _fitted_by_demo(run_dir: Path) -> bool:
+    """Return whether the manifest of ``run_dir`` records a ``dimalign demo`` command line.
+
+    A demo killed (SIGKILL, or SIGHUP when its terminal closes) after one fit
+    leaves that run without the demo's own manifest. Library calls record no
+    command, so their runs count as foreign.
+    """
+    try:
+        command = read_manifest(run_dir).get("command")
+    except (OSError, ValueError):
+        return False
+    return isinstance(command, str) and command.split()[:2] == ["dimalign", "demo"]
 
 
 def _check_run_folder(run_dir: Path) -> None:
