@@ -263,7 +263,7 @@ def test_data_folder_that_cannot_be_created(tmp_path):
 
 def test_data_folder_or_target_of_wrong_kind(tmp_path):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(NotADirectoryError, match="the THINGS data folder .*afile is a file"):
+    with pytest.raises(NotADirectoryError, match=r"the THINGS data folder .*afile is a file; pass a folder \(demo: --data-dir\)"):
         fetch("words48.csv", data_dir=tmp_path / "afile")
 
     (tmp_path / "data" / "words48.csv").mkdir(parents=True)

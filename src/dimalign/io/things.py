@@ -414,7 +414,7 @@ def fetch(
     mirror = _mirror_folder(mirror)
     target = data_dir / entry.name
     if data_dir.exists() and not data_dir.is_dir():
-        raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder")
+        raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder (demo: --data-dir)")
     if target.exists() and not target.is_file():
         raise ValueError(f"{target} is not a file; move it away so that {entry.name} can be stored there")
 
