@@ -436,3 +436,15 @@ def test_unreadable_local_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(things, "sha256_file", denied)
     with pytest.raises(PermissionError, match=r"cannot read .*labels_66.txt to check its checksum \(Permission denied\): make it readable"):
         fetch("labels_66.txt", data_dir=tmp_path)
+
+
+def test_download_redirect_loop_in_one_line(raw_server, tmp_path):
+    """urllib's reason for a redirect loop spans three lines, which broke the one-line error."""
+    url, answer = raw_server
+    answer["data"] = b"HTTP/1.0 302 Found\r\nLocation: /triplets.txt\r\n\r\n"
+
+    with pytest.raises(RuntimeError, match="failed: the server returned HTTP 302 .*infinite loop") as caught:
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
+
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -351,9 +351,11 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                             "Retry later, or copy the file into a directory and pass it as mirror"
                         )
         except urllib.error.HTTPError as error:
+            # urllib's reason for a redirect loop spans several lines.
+            reason = " ".join(str(error.reason).split())
             raise RuntimeError(
                 f"download of {entry.name} from {entry.url} failed: the server returned HTTP "
-                f"{error.code} ({error.reason}). Retry later, or copy the file into a directory "
+                f"{error.code} ({reason}). Retry later, or copy the file into a directory "
                 "and pass it as mirror"
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
