@@ -448,3 +448,11 @@ def test_download_redirect_loop_in_one_line(raw_server, tmp_path):
 
     assert "\n" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_disabled_names_missing_data_folder(tmp_path):
+    """A mistyped data folder produced only a list of missing files."""
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*no_such_folder does not exist"):
+        fetch("labels_66.txt", data_dir=tmp_path / "no_such_folder", download=False)
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*no_such_folder does not exist"):
+        find_human_triplets(tmp_path / "no_such_folder", download=False)

@@ -282,6 +282,11 @@ def _describe_paths(paths: Iterable[Path]) -> str:
     return ", ".join(described)
 
 
+def _missing_folder_note(data_dir: Path) -> str:
+    """Return a sentence for a not-found message when ``data_dir`` itself is missing (often a typo)."""
+    return "" if data_dir.exists() else f" Note that the data folder {data_dir} does not exist."
+
+
 def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: bool) -> Path | None:
     """Copy the entry from a mirror directory, under its local or published name."""
     for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
@@ -436,7 +441,7 @@ def fetch(
             f"THINGS file {entry.name} not found (looked in {_describe_paths(looked_in)}) and "
             f"downloading is off. To download it, pass download=True (CLI: leave out --no-download), "
             f"or copy it from {entry.url} into {data_dir} as "
-            f"{entry.name}{published}."
+            f"{entry.name}{published}.{_missing_folder_note(data_dir)}"
         )
 
     try:
@@ -519,7 +524,7 @@ def find_human_triplets(
             f"human THINGS triplets not found (looked in {_describe_paths(looked_in)}) and downloading "
             f"is off. To download {HUMAN_TRIPLETS}, pass download=True (CLI: leave out --no-download), "
             f"or copy it from {entry.url} into {data_dir} (a subset of its rows may be stored there "
-            f"as {HUMAN_TRIPLETS_SUBSET})."
+            f"as {HUMAN_TRIPLETS_SUBSET}).{_missing_folder_note(data_dir)}"
         )
     return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
 
