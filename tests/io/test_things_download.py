@@ -456,3 +456,15 @@ def test_download_disabled_names_missing_data_folder(tmp_path):
         fetch("labels_66.txt", data_dir=tmp_path / "no_such_folder", download=False)
     with pytest.raises(FileNotFoundError, match=r"the data folder .*no_such_folder does not exist"):
         find_human_triplets(tmp_path / "no_such_folder", download=False)
+
+
+def test_read_only_data_folder_is_named(tmp_path, monkeypatch):
+    """A data folder on a read-only file system gave the bare '[Errno 30] Read-only file system'."""
+    import errno
+
+    def read_only(entry, target, timeout):
+        raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+    monkeypatch.setattr(things, "download_file", read_only)
+    with pytest.raises(OSError, match=r"cannot write words48.csv into the THINGS data folder .*data \(Read-only file system\); pass a writable data folder"):
+        fetch("words48.csv", data_dir=tmp_path / "data")

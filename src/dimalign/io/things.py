@@ -23,6 +23,7 @@ is only used by :func:`find_human_triplets`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -415,6 +416,8 @@ def fetch(
         FileNotFoundError: If the file is missing and ``download`` is False,
             or ``mirror`` is given but is not a folder.
         RuntimeError: If the download fails.
+        OSError: If the data directory cannot be written (``PermissionError``
+            where access is denied), naming it.
     """
     entry = _resolve_entry(name)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
@@ -457,10 +460,12 @@ def fetch(
             if copied is not None:
                 return copied
         return download_file(entry, target, timeout=timeout)
-    except PermissionError as error:
-        if error.filename is None or mirror is not None and str(error.filename).startswith(str(mirror)):
+    except OSError as error:
+        unwritable = isinstance(error, PermissionError) or error.errno == errno.EROFS
+        in_mirror = mirror is not None and str(error.filename).startswith(str(mirror))
+        if not unwritable or error.filename is None or in_mirror:
             raise
-        raise PermissionError(
+        raise type(error)(
             f"cannot write {entry.name} into the THINGS data folder {data_dir} "
             f"({error.strerror}); pass a writable data folder (demo: --data-dir)"
         ) from error
