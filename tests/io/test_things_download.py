@@ -468,3 +468,14 @@ def test_read_only_data_folder_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(things, "download_file", read_only)
     with pytest.raises(OSError, match=r"cannot write words48.csv into the THINGS data folder .*data \(Read-only file system\); pass a writable data folder"):
         fetch("words48.csv", data_dir=tmp_path / "data")
+
+
+def test_download_cut_short_says_so(raw_server, tmp_path):
+    """A connection closed early was reported as a checksum mismatch only."""
+    url, answer = raw_server
+    answer["data"] = f"HTTP/1.0 200 OK\r\nContent-Length: {len(CONTENT)}\r\n\r\n".encode() + CONTENT[:300]
+
+    with pytest.raises(ValueError, match=rf"download of triplets.txt .* ended after 300 of {len(CONTENT)} bytes"):
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
+
+    assert list(tmp_path.iterdir()) == []

@@ -372,6 +372,12 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                 "Check the network connection, or copy the file into a directory and pass it as mirror"
             ) from error
 
+        if entry.size is not None and received < entry.size:
+            raise ValueError(
+                f"the download of {entry.name} from {entry.url} ended after {received} of "
+                f"{entry.size} bytes (the server closed the connection early). The partial file was "
+                "removed. Retry, or use a verified mirror copy."
+            )
         actual = digest.hexdigest()
         if actual != entry.sha256 or (entry.size is not None and received != entry.size):
             expected_size = f" ({entry.size} bytes)" if entry.size is not None else ""
