@@ -479,3 +479,15 @@ def test_download_cut_short_says_so(raw_server, tmp_path):
         fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_timeout_names_the_limit(raw_server, tmp_path):
+    """A stalled server gave 'TimeoutError: timed out' without the number of seconds."""
+    url, answer = raw_server
+    answer["data"] = b"HTTP/1.0 200 OK\r\n\r\n" + CONTENT[:10]
+    answer["delay"] = 3.0
+
+    with pytest.raises(RuntimeError, match=r"download of triplets.txt from .* failed: no data for 0.5 s"):
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=0.5)
+
+    assert list(tmp_path.iterdir()) == []

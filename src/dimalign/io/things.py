@@ -365,6 +365,13 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                 "and pass it as mirror"
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            # urlopen wraps a timeout while sending the request in URLError, and raises it bare while reading.
+            if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+                raise RuntimeError(
+                    f"download of {entry.name} from {entry.url} failed: no data for {timeout:g} s "
+                    "(timed out). Check the network connection and retry, or copy the file into a "
+                    "directory and pass it as mirror"
+                ) from error
             # repr() keeps a server's raw bytes (line breaks, escapes) out of the terminal.
             detail = repr(str(error)) if isinstance(error, http.client.HTTPException) else str(error)
             raise RuntimeError(
