@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -202,6 +203,24 @@ def test_demo_interrupted_in_existing_folder_leaves_no_partial_output(things_dir
     monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="none"))
     summary = run_demo(out, data_dir=things_dir, settings=settings, download=False)
     assert summary["dnn"]["n_train"] + summary["dnn"]["n_val"] == 200
+
+
+def test_demo_unwritable_output_folder_fails_first(tmp_path, monkeypatch):
+    """An unwritable -o failed with a bare '[Errno 13] Permission denied' after the inputs were read."""
+    import os
+
+    import dimalign.demo
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        dimalign.demo.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+
+    for out in (locked, locked / "new" / "out"):
+        with pytest.raises(PermissionError, match=rf"cannot write into {locked}, so the demo cannot .*; pass another output folder \(-o\)"):
+            run_demo(out, data_dir=tmp_path / "data", download=False)
 
 
 def test_demo_output_folder_that_is_a_file(tmp_path):
