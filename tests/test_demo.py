@@ -75,6 +75,17 @@ def test_demo_without_download_lists_every_missing_file(things_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_missing_data_folder_noted_once(tmp_path):
+    data_dir = tmp_path / "no_such_folder"
+
+    with pytest.raises(FileNotFoundError, match="5 input files of the demo are missing") as caught:
+        run_demo(tmp_path / "out", data_dir=data_dir, download=False)
+
+    message = str(caught.value)
+    assert message.count(f"the data folder {data_dir} does not exist") == 1
+    assert message.endswith(f"Note that the data folder {data_dir} does not exist.")
+
+
 def test_demo_cuda_without_gpu_leaves_no_output_folder(tmp_path, monkeypatch):
     import torch
 

@@ -320,7 +320,7 @@ def _fetch_inputs(
     data_dir: str | os.PathLike | None, mirror: str | os.PathLike | None, download: bool
 ) -> dict[str, Path]:
     """Fetch the demo's THINGS files; without downloads, report every missing one in one error."""
-    from dimalign.io.things import fetch, find_human_triplets
+    from dimalign.io.things import default_data_dir, fetch, find_human_triplets, missing_folder_note
 
     fetchers = {
         name: functools.partial(fetch, file_name, data_dir, mirror, download=download)
@@ -345,9 +345,10 @@ def _fetch_inputs(
     if len(missing) == 1:
         raise FileNotFoundError(missing[0])
     if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} input files of the demo are missing:" + "".join(f"\n- {line}" for line in missing)
-        )
+        # Each file's message notes a data folder that does not exist; the list notes it once.
+        note = missing_folder_note(Path(data_dir).expanduser() if data_dir is not None else default_data_dir())
+        listed = "".join(f"\n- {line.replace(note, '') if note else line}" for line in missing)
+        raise FileNotFoundError(f"{len(missing)} input files of the demo are missing:{listed}{note}")
     return paths
 
 

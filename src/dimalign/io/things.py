@@ -283,8 +283,12 @@ def _describe_paths(paths: Iterable[Path]) -> str:
     return ", ".join(described)
 
 
-def _missing_folder_note(data_dir: Path) -> str:
-    """Return a sentence for a not-found message when ``data_dir`` itself is missing (often a typo)."""
+def missing_folder_note(data_dir: Path) -> str:
+    """Return the sentence, with a leading space, that a not-found message adds for a missing ``data_dir``.
+
+    A data folder that does not exist is often a typo. The result is empty
+    when the folder exists.
+    """
     return "" if data_dir.exists() else f" Note that the data folder {data_dir} does not exist."
 
 
@@ -457,7 +461,7 @@ def fetch(
             f"THINGS file {entry.name} not found (looked in {_describe_paths(looked_in)}) and "
             f"downloading is off. To download it, pass download=True (CLI: leave out --no-download), "
             f"or copy it from {entry.url} into {data_dir} as "
-            f"{entry.name}{published}.{_missing_folder_note(data_dir)}"
+            f"{entry.name}{published}.{missing_folder_note(data_dir)}"
         )
 
     try:
@@ -542,7 +546,7 @@ def find_human_triplets(
             f"human THINGS triplets not found (looked in {_describe_paths(looked_in)}) and downloading "
             f"is off. To download {HUMAN_TRIPLETS}, pass download=True (CLI: leave out --no-download), "
             f"or copy it from {entry.url} into {data_dir} (a subset of its rows may be stored there "
-            f"as {HUMAN_TRIPLETS_SUBSET}).{_missing_folder_note(data_dir)}"
+            f"as {HUMAN_TRIPLETS_SUBSET}).{missing_folder_note(data_dir)}"
         )
     return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
 
