@@ -216,6 +216,34 @@ def test_demo_interrupted_in_existing_folder_leaves_no_partial_output(things_dir
     assert summary["dnn"]["n_train"] + summary["dnn"]["n_val"] == 200
 
 
+def test_demo_leaves_folder_of_running_demo(things_dir, tmp_path, monkeypatch):
+    """A second demo into the same folder must not delete the outputs of the one that runs."""
+    import dimalign.demo
+    from dimalign.io.files import acquire_lock, release_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".demo.lock"
+    descriptor = acquire_lock(lock, "held by the test")
+    # The running demo writes its human fit after the second demo checked the folder.
+    monkeypatch.setattr(dimalign.demo, "_fetch_inputs", _writing_human_run(out, dimalign.demo._fetch_inputs))
+    try:
+        with pytest.raises(RuntimeError, match=r"out is in use by another dimalign demo, which holds .*\.demo\.lock"):
+            run_demo(out, data_dir=things_dir, settings=DemoSettings(n_dnn_triplets=200), download=False)
+        assert (out / "human" / "checkpoint.pt").read_bytes() == b"running"
+    finally:
+        release_lock(lock, descriptor)
+
+
+def _writing_human_run(out, fetch_inputs):
+    def fetch_and_write(*args):
+        (out / "human").mkdir()
+        (out / "human" / "checkpoint.pt").write_bytes(b"running")
+        return fetch_inputs(*args)
+
+    return fetch_and_write
+
+
 def test_demo_unwritable_output_folder_fails_first(tmp_path, monkeypatch):
     """An unwritable -o failed with a bare '[Errno 13] Permission denied' after the inputs were read."""
     import os

@@ -30,6 +30,7 @@ import numpy as np
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    exclusive_lock,
     now_iso,
     output_dir,
     read_manifest,
@@ -46,6 +47,9 @@ MIN_TRIPLETS = 100
 
 #: Files and folders a demo writes into its output folder, removed by ``overwrite``.
 DEMO_OUTPUTS = ("human", "dnn", "summary.json", MANIFEST_NAME)
+
+#: Lock file that a running demo holds in its output folder, so that a second demo into it stops.
+DEMO_LOCK_NAME = ".demo.lock"
 
 #: Command-line option of each setting, for error messages.
 _OPTIONS = {
@@ -288,7 +292,8 @@ def run_demo(
     started = now_iso()
     out_dir = Path(out_dir)
     check_settings(settings)
-    earlier = _check_out_dir(out_dir, Path(data_dir) if data_dir is not None else default_data_dir(), overwrite)
+    checked_data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    _check_out_dir(out_dir, checked_data_dir, overwrite)
 
     # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
     paths = _fetch_inputs(data_dir, mirror, download)
@@ -301,18 +306,26 @@ def run_demo(
             f"unique triplets of {len(objects)} objects; pass a smaller number"
         )
 
-    # Earlier outputs go only once every input is present.
-    _remove_outputs(out_dir, earlier)
-
-    with output_dir(out_dir):
+    busy = (
+        f"{out_dir} is in use by another dimalign demo, which holds {out_dir / DEMO_LOCK_NAME}: wait "
+        "for it to finish, or choose another output folder"
+    )
+    # A folder that holds another demo's lock stays, even where both demos created it.
+    lock = out_dir / DEMO_LOCK_NAME
+    with output_dir(out_dir, keep_if_contains=(DEMO_LOCK_NAME,)), exclusive_lock(lock, busy):
+        # Checked again under the lock, because another demo may have written here since.
+        earlier = _check_out_dir(out_dir, checked_data_dir, overwrite)
+        # Earlier outputs go only once every input is present.
+        _remove_outputs(out_dir, earlier)
         try:
             return _run_observers(out_dir, paths, objects, things48, settings, started)
         except BaseException:
-            # _check_out_dir found none of these names (or overwrite removed
-            # them above), so whatever exists now was written by this call.
-            # Left behind, a finished human/ without the demo's manifest would
-            # make a rerun with --overwrite refuse the folder.
-            _remove_outputs(out_dir, [name for name in DEMO_OUTPUTS if (out_dir / name).exists()], "unfinished")
+            # Under the lock, none of these names existed after the removal
+            # above, so whatever exists now was written by this call. Left
+            # behind, a finished human/ without the demo's manifest would make
+            # a rerun with --overwrite refuse the folder.
+            written = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()]
+            _remove_outputs(out_dir, written, "unfinished")
             raise
 
 
