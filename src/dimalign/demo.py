@@ -175,7 +175,7 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
 
 
 def _check_writable(out_dir: Path) -> None:
-    """Raise ``PermissionError`` if ``out_dir``, or the folder it would be created in, is not writable.
+    """Raise ``PermissionError`` if ``out_dir``, or the folder to create it in, is not writable.
 
     Without this check the demo reads every input before it fails on the first write.
     NOTE: ``os.access`` can pass where a write still fails (such as on some
@@ -204,7 +204,7 @@ def _fitted_by_demo(run_dir: Path) -> bool:
 
 
 def _check_run_folder(run_dir: Path) -> None:
-    """Raise ``FileExistsError`` unless ``run_dir`` is missing or holds only files that a fit writes."""
+    """Raise ``FileExistsError`` unless ``run_dir`` is missing or holds only a fit's files."""
     from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
     from dimalign.embedding.runs import FIT_LOCK_NAME
@@ -218,12 +218,16 @@ def _check_run_folder(run_dir: Path) -> None:
             f"{run_dir} is a file, but dimalign demo writes a run folder there, so --overwrite "
             "does not delete it: move it away, or choose another output folder"
         )
-    fit_names = (CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME)
+    fit_names = (
+        CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME,
+    )
     # atomic_path names a temporary file .<stem>.<random>.tmp<suffix>, which a killed fit leaves.
     temporary = tuple(f".{Path(name).stem}." for name in fit_names)
     for path in sorted(run_dir.iterdir()):
         name = path.name
-        if name in fit_names or name == FIT_LOCK_NAME or (name.startswith(temporary) and ".tmp" in name):
+        if name in fit_names or name == FIT_LOCK_NAME:
+            continue
+        if name.startswith(temporary) and ".tmp" in name:
             continue
         raise FileExistsError(
             f"{path} was not written by dimalign demo, so --overwrite does not delete {run_dir}: "
@@ -232,7 +236,10 @@ def _check_run_folder(run_dir: Path) -> None:
 
 
 def _remove_outputs(out_dir: Path, names: list[str], kind: str = "earlier") -> None:
-    """Remove the demo outputs ``names`` from ``out_dir``; ``kind`` ("earlier", "unfinished") is for the log."""
+    """Remove the demo outputs ``names`` from ``out_dir``.
+
+    ``kind`` ("earlier" or "unfinished") describes them in the log.
+    """
     for name in names:
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
@@ -342,7 +349,9 @@ def _fetch_inputs(
             ("rdm48", "RDM48_triplet.mat"), ("words48", "words48.csv"),
         )
     }
-    fetchers["human_triplets"] = functools.partial(find_human_triplets, data_dir, mirror, download=download)
+    fetchers["human_triplets"] = functools.partial(
+        find_human_triplets, data_dir, mirror, download=download
+    )
 
     paths: dict[str, Path] = {}
     missing: list[str] = []
@@ -359,7 +368,8 @@ def _fetch_inputs(
         raise FileNotFoundError(missing[0])
     if missing:
         # Each file's message notes a data folder that does not exist; the list notes it once.
-        note = missing_folder_note(Path(data_dir).expanduser() if data_dir is not None else default_data_dir())
+        folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        note = missing_folder_note(folder)
         listed = "".join(f"\n- {line.replace(note, '') if note else line}" for line in missing)
         raise FileNotFoundError(f"{len(missing)} input files of the demo are missing:{listed}{note}")
     return paths
@@ -480,9 +490,10 @@ def shortened_note(settings: DemoSettings, human_triplets: Path, objects: Path) 
             f"The DNN fit uses {settings.n_dnn_triplets:,} simulated DNN triplets instead of "
             f"{defaults.n_dnn_triplets:,}."
         )
+    shortenings = "".join(f"{sentence} " for sentence in user_shortenings)
     return (
         f"Shortened for the demo: each VICE fit stops after {epochs}, with batch "
-        f"{settings.batch_size} and learning rate {settings.lr}. {''.join(f'{sentence} ' for sentence in user_shortenings)}A full fit "
+        f"{settings.batch_size} and learning rate {settings.lr}. {shortenings}A full fit "
         f"({full.n_dims} initial dimensions, batch {full.batch_size}, learning rate {full.lr}) runs up "
         f"to {full.max_epochs:,} epochs and stops once the number of kept dimensions is stable for "
         f"{full.stability_epochs}. "

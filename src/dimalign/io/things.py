@@ -284,7 +284,7 @@ def _describe_paths(paths: Iterable[Path]) -> str:
 
 
 def missing_folder_note(data_dir: Path) -> str:
-    """Return the sentence, with a leading space, that a not-found message adds for a missing ``data_dir``.
+    """Return the sentence (with a leading space) that notes a missing ``data_dir`` in an error.
 
     A data folder that does not exist is often a typo. The result is empty
     when the folder exists.
@@ -369,8 +369,10 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                 "and pass it as mirror"
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
-            # urlopen wraps a timeout while sending the request in URLError, and raises it bare while reading.
-            if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+            # urlopen wraps a timeout while sending the request in URLError,
+            # and raises it bare while reading.
+            reason = getattr(error, "reason", None)
+            if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
                 raise RuntimeError(
                     f"download of {entry.name} from {entry.url} failed: no data for {timeout:g} s "
                     "(timed out). Check the network connection and retry, or copy the file into a "
@@ -441,7 +443,9 @@ def fetch(
     mirror = _mirror_folder(mirror)
     target = data_dir / entry.name
     if data_dir.exists() and not data_dir.is_dir():
-        raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder (demo: --data-dir)")
+        raise NotADirectoryError(
+            f"the THINGS data folder {data_dir} is a file; pass a folder (demo: --data-dir)"
+        )
     if target.exists() and not target.is_file():
         raise ValueError(f"{target} is not a file; move it away so that {entry.name} can be stored there")
 
