@@ -491,3 +491,23 @@ def test_download_timeout_names_the_limit(raw_server, tmp_path):
         fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=0.5)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_download_disabled_marks_mirror_folder_of_file_name(tmp_path):
+    """A folder under the file's name in the mirror was listed as if nothing were there."""
+    mirror = tmp_path / "mirror"
+    (mirror / "words48.csv").mkdir(parents=True)
+
+    with pytest.raises(FileNotFoundError, match=r"mirror/words48.csv \(a folder, not a file\)"):
+        fetch("words48.csv", data_dir=tmp_path / "data", mirror=mirror, download=False)
+
+
+def test_mirror_folder_of_file_name_logged(source_file, tmp_path, caplog):
+    mirror = tmp_path / "mirror"
+    (mirror / "triplets.txt").mkdir(parents=True)
+
+    with caplog.at_level("WARNING", logger="dimalign.io.things"):
+        path = fetch(entry_for(source_file.as_uri()), data_dir=tmp_path / "data", mirror=mirror)
+
+    assert path.read_bytes() == CONTENT
+    assert f"{mirror / 'triplets.txt'} is a folder, not a file, so the mirror copy is skipped" in caplog.text

@@ -273,11 +273,13 @@ def _mirror_folder(mirror: str | os.PathLike | None) -> Path | None:
 
 
 def _describe_paths(paths: Iterable[Path]) -> str:
-    """List ``paths`` for a not-found message, marking links whose target is missing."""
+    """List ``paths`` for a not-found message, marking folders and links whose target is missing."""
     described = []
     for path in paths:
         if path.is_symlink() and not path.exists():
             described.append(f"{path} (a link to the missing {os.readlink(path)})")
+        elif path.is_dir():
+            described.append(f"{path} (a folder, not a file)")
         else:
             described.append(str(path))
     return ", ".join(described)
@@ -296,6 +298,8 @@ def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: boo
     """Copy the entry from a mirror directory, under its local or published name."""
     for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
         candidate = mirror / candidate_name
+        if candidate.is_dir():
+            logger.warning("%s is a folder, not a file, so the mirror copy is skipped", candidate)
         if not candidate.is_file():
             continue
         if verify:
