@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,33 @@ def test_demo_cli_reports_missing_files_without_download(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_demo_without_download_lists_every_missing_file(things_dir, tmp_path):
+    """Only the first missing file was named, so a user copied files one failed run at a time."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "unique_id.txt").symlink_to(things_dir / "unique_id.txt")
+
+    with pytest.raises(FileNotFoundError, match="4 input files of the demo are missing") as caught:
+        run_demo(tmp_path / "out", data_dir=data_dir, download=False)
+
+    message = str(caught.value)
+    for name in ("vgg16_srf_factors_rank200.npy", "RDM48_triplet.mat", "words48.csv", "human_triplets.txt"):
+        assert str(data_dir / name) in message
+    assert str(data_dir / "unique_id.txt") not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_missing_data_folder_noted_once(tmp_path):
+    data_dir = tmp_path / "no_such_folder"
+
+    with pytest.raises(FileNotFoundError, match="5 input files of the demo are missing") as caught:
+        run_demo(tmp_path / "out", data_dir=data_dir, download=False)
+
+    message = str(caught.value)
+    assert message.count(f"the data folder {data_dir} does not exist") == 1
+    assert message.endswith(f"Note that the data folder {data_dir} does not exist.")
+
+
 def test_demo_cuda_without_gpu_leaves_no_output_folder(tmp_path, monkeypatch):
     import torch
 
@@ -110,6 +138,130 @@ def test_demo_rerun_needs_overwrite_and_keeps_foreign_runs(tmp_path):
         run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
 
 
+def test_demo_overwrite_replaces_killed_demo(tmp_path):
+    """A demo killed (SIGKILL, SIGHUP) after its human fit left a run that --overwrite refused."""
+    out = tmp_path / "out"
+    (out / "human").mkdir(parents=True)
+    (out / "human" / "manifest.json").write_text(json.dumps({"step": "fit", "command": "dimalign demo -o out"}))
+    (out / "dnn").mkdir()
+    (out / "dnn" / "checkpoint.pt").write_bytes(b"unfinished")
+
+    # The check of the folder passes, and the missing inputs stop the demo before it deletes anything.
+    with pytest.raises(FileNotFoundError, match="input files of the demo are missing"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (out / "human" / "manifest.json").is_file()
+
+
+def test_demo_overwrite_keeps_files_no_demo_wrote(tmp_path):
+    """--overwrite replaced any human/ folder or summary.json, with the user's files in it."""
+    out = tmp_path / "out"
+    (out / "human").mkdir(parents=True)
+    (out / "human" / "checkpoint.pt").write_bytes(b"unfinished")
+    (out / "human" / "ratings.csv").write_text("the user's own data")
+    with pytest.raises(FileExistsError, match=r"human/ratings.csv was not written by dimalign demo, so --overwrite"):
+        run_demo(out, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (out / "human" / "ratings.csv").read_text() == "the user's own data"
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text('{"mine": 1}')
+    with pytest.raises(FileExistsError, match=r"summary.json exists, but .*other contains no finished demo"):
+        run_demo(other, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (other / "summary.json").read_text() == '{"mine": 1}'
+
+    (other / "summary.json").unlink()
+    (other / "dnn").write_text("a file of the user's")
+    with pytest.raises(FileExistsError, match=r"dnn is a file, but dimalign demo writes a run folder there"):
+        run_demo(other, data_dir=tmp_path / "data", download=False, overwrite=True)
+    assert (other / "dnn").read_text() == "a file of the user's"
+
+
+def fake_fit_side(fail_on: str):
+    """Stand in for ``_fit_side``: write a finished run, or raise Ctrl-C for the side ``fail_on``."""
+    import types
+
+    import numpy as np
+
+    def fit(train, val, run_dir, *args):
+        if run_dir.name == fail_on:
+            run_dir.mkdir()
+            (run_dir / "checkpoint.pt").write_bytes(b"unfinished")
+            raise KeyboardInterrupt
+        run_dir.mkdir()
+        (run_dir / "manifest.json").write_text(json.dumps({"step": "fit"}))
+        embedding = np.random.default_rng(0).random((1854, 3))
+        return types.SimpleNamespace(embedding_=embedding, n_dims_=3, n_epochs_=1, score=lambda triplets: 0.5)
+
+    return fit
+
+
+def test_demo_interrupted_in_existing_folder_leaves_no_partial_output(things_dir, tmp_path, monkeypatch):
+    """Ctrl-C during the DNN fit used to leave human/, which --overwrite then refused to replace."""
+    import dimalign.demo
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    settings = DemoSettings(n_dnn_triplets=200)
+    monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="dnn"))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(out, data_dir=things_dir, settings=settings, download=False)
+
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+
+    monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="none"))
+    summary = run_demo(out, data_dir=things_dir, settings=settings, download=False)
+    assert summary["dnn"]["n_train"] + summary["dnn"]["n_val"] == 200
+
+
+def test_demo_leaves_folder_of_running_demo(things_dir, tmp_path, monkeypatch):
+    """A second demo into the same folder must not delete the outputs of the one that runs."""
+    import dimalign.demo
+    from dimalign.io.files import acquire_lock, release_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".demo.lock"
+    descriptor = acquire_lock(lock, "held by the test")
+    # The running demo writes its human fit after the second demo checked the folder.
+    monkeypatch.setattr(dimalign.demo, "_fetch_inputs", _writing_human_run(out, dimalign.demo._fetch_inputs))
+    try:
+        with pytest.raises(RuntimeError, match=r"out is in use by another dimalign demo, which holds .*\.demo\.lock"):
+            run_demo(out, data_dir=things_dir, settings=DemoSettings(n_dnn_triplets=200), download=False)
+        assert (out / "human" / "checkpoint.pt").read_bytes() == b"running"
+    finally:
+        release_lock(lock, descriptor)
+
+
+def _writing_human_run(out, fetch_inputs):
+    def fetch_and_write(*args):
+        (out / "human").mkdir()
+        (out / "human" / "checkpoint.pt").write_bytes(b"running")
+        return fetch_inputs(*args)
+
+    return fetch_and_write
+
+
+def test_demo_unwritable_output_folder_fails_first(tmp_path, monkeypatch):
+    """An unwritable -o failed with a bare '[Errno 13] Permission denied' after the inputs were read."""
+    import os
+
+    import dimalign.demo
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        dimalign.demo.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
+    )
+
+    for out in (locked, locked / "new" / "out"):
+        with pytest.raises(PermissionError, match=rf"cannot write into {locked}, so the demo cannot .*; pass another output folder \(-o\)"):
+            run_demo(out, data_dir=tmp_path / "data", download=False)
+
+
 def test_demo_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(FileExistsError, match="the output folder .*out is a file"):
@@ -128,6 +280,26 @@ def test_shortened_note_gives_runnable_full_fit():
         "Full-length fit of the human triplets: dimalign fit '/data/my things/human_triplets.txt' "
         "--objects /data/unique_id.txt -o runs/human --max-epochs 1000 --stability-epochs 500"
     )
+
+
+def test_shortened_note_names_user_shortenings():
+    """Fewer dimensions and DNN triplets from the command line went unmentioned."""
+    from pathlib import Path
+
+    from dimalign.demo import shortened_note
+
+    settings = DemoSettings(max_epochs=1, n_dims=5, n_dnn_triplets=200)
+    note = shortened_note(settings, Path("human_triplets.txt"), Path("unique_id.txt"))
+
+    assert "stops after 1 epoch," in note
+    assert "Each fit starts from 5 dimensions." in note
+    assert "uses 200 simulated DNN triplets instead of 131,552." in note
+    assert "A full fit (150 initial dimensions, batch 256, learning rate 0.001) runs up to 1,000 epochs" in note
+
+    default_note = shortened_note(DemoSettings(), Path("human_triplets.txt"), Path("unique_id.txt"))
+    assert "stops after 300 epochs," in default_note
+    assert "starts from" not in default_note
+    assert "DNN triplets instead of" not in default_note
 
 
 def test_demo_fits_with_one_torch_thread(monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ a laptop CPU; it says so in its output, with the command for a full fit.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -29,8 +30,10 @@ import numpy as np
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    exclusive_lock,
     now_iso,
     output_dir,
+    read_manifest,
     write_manifest,
     write_text_atomic,
 )
@@ -44,6 +47,9 @@ MIN_TRIPLETS = 100
 
 #: Files and folders a demo writes into its output folder, removed by ``overwrite``.
 DEMO_OUTPUTS = ("human", "dnn", "summary.json", MANIFEST_NAME)
+
+#: Lock file that a running demo holds in its output folder, so that a second demo into it stops.
+DEMO_LOCK_NAME = ".demo.lock"
 
 #: Command-line option of each setting, for error messages.
 _OPTIONS = {
@@ -135,6 +141,7 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
             "overwritten demo would delete the THINGS files. Pass separate folders"
         )
     check_output_dir(out_dir, "demo")
+    _check_writable(out_dir)
 
     earlier = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()]
     if not earlier:
@@ -145,16 +152,94 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
             "--overwrite (overwrite=True) to replace it, or choose another output folder"
         )
     if not (out_dir / MANIFEST_NAME).is_file():
-        finished = [side for side in ("human", "dnn") if (out_dir / side / MANIFEST_NAME).is_file()]
+        finished = [
+            side for side in ("human", "dnn")
+            if (out_dir / side / MANIFEST_NAME).is_file() and not _fitted_by_demo(out_dir / side)
+        ]
         if finished:
             raise FileExistsError(
                 f"{out_dir / finished[0]} contains a finished run that no demo manifest in {out_dir} "
                 "lists, so --overwrite does not delete it; choose another output folder"
             )
+        # The demo writes summary.json just before its manifest, so without the
+        # manifest the file is most likely the user's.
+        if (out_dir / "summary.json").exists():
+            raise FileExistsError(
+                f"{out_dir / 'summary.json'} exists, but {out_dir} contains no finished demo, so the "
+                "file may be the only copy of its data and --overwrite does not delete it: move it "
+                "away, or choose another output folder"
+            )
+    for side in ("human", "dnn"):
+        _check_run_folder(out_dir / side)
     return earlier
 
 
-def _remove_outputs(out_dir: Path, names: list[str]) -> None:
+def _check_writable(out_dir: Path) -> None:
+    """Raise ``PermissionError`` if ``out_dir``, or the folder to create it in, is not writable.
+
+    Without this check the demo reads every input before it fails on the first write.
+    NOTE: ``os.access`` can pass where a write still fails (such as on some
+    network file systems); the write then raises the system's error.
+    """
+    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot write into {existing}, so the demo cannot write its output folder {out_dir}; "
+            "pass another output folder (-o)"
+        )
+
+
+def _fitted_by_demo(run_dir: Path) -> bool:
+    """Return whether the manifest of ``run_dir`` records a ``dimalign demo`` command line.
+
+    A demo killed (SIGKILL, or SIGHUP when its terminal closes) after one fit
+    leaves that run without the demo's own manifest. Library calls record no
+    command, so their runs count as foreign.
+    """
+    try:
+        command = read_manifest(run_dir).get("command")
+    except (OSError, ValueError):
+        return False
+    return isinstance(command, str) and command.split()[:2] == ["dimalign", "demo"]
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` unless ``run_dir`` is missing or holds only a fit's files."""
+    from dimalign.embedding.base import CONFIG_NAME, HISTORY_NAME
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+    from dimalign.embedding.runs import FIT_LOCK_NAME
+    from dimalign.io.objects import OBJECT_TABLE_NAME
+    from dimalign.io.runs import EMBEDDING_NAME
+
+    if run_dir.is_symlink() or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise FileExistsError(
+            f"{run_dir} is a file, but dimalign demo writes a run folder there, so --overwrite "
+            "does not delete it: move it away, or choose another output folder"
+        )
+    fit_names = (
+        CHECKPOINT_NAME, EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME, OBJECT_TABLE_NAME, MANIFEST_NAME,
+    )
+    # atomic_path names a temporary file .<stem>.<random>.tmp<suffix>, which a killed fit leaves.
+    temporary = tuple(f".{Path(name).stem}." for name in fit_names)
+    for path in sorted(run_dir.iterdir()):
+        name = path.name
+        if name in fit_names or name == FIT_LOCK_NAME:
+            continue
+        if name.startswith(temporary) and ".tmp" in name:
+            continue
+        raise FileExistsError(
+            f"{path} was not written by dimalign demo, so --overwrite does not delete {run_dir}: "
+            "move the file away, or choose another output folder"
+        )
+
+
+def _remove_outputs(out_dir: Path, names: list[str], kind: str = "earlier") -> None:
+    """Remove the demo outputs ``names`` from ``out_dir``.
+
+    ``kind`` ("earlier" or "unfinished") describes them in the log.
+    """
     for name in names:
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
@@ -162,7 +247,7 @@ def _remove_outputs(out_dir: Path, names: list[str]) -> None:
         else:
             path.unlink()
     if names:
-        logger.info("removed the earlier demo outputs in %s: %s", out_dir, ", ".join(names))
+        logger.info("removed the %s demo outputs in %s: %s", kind, out_dir, ", ".join(names))
 
 
 def run_demo(
@@ -175,7 +260,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write both runs and ``summary.json`` into ``out_dir``.
 
-    If a step fails, ``out_dir`` is removed again when this call created it.
+    If a step fails (Ctrl-C included), ``out_dir`` is removed again when this
+    call created it. In a folder that existed, only the outputs that this call
+    wrote are removed, and other files stay.
 
     Args:
         out_dir (str | os.PathLike): Output folder; receives ``human/`` and
@@ -200,27 +287,23 @@ def run_demo(
             triplet file.
         FileExistsError: If ``out_dir`` is a file, contains another step's
             output, or contains an earlier demo and ``overwrite`` is False.
+            With ``overwrite``, also if a file under a demo output name was
+            not written by a demo (such as the user's ``human/notes.txt``).
     """
     from dimalign.analysis.things48 import load_things48
     from dimalign.io.objects import read_object_table
-    from dimalign.io.things import default_data_dir, fetch, find_human_triplets
+    from dimalign.io.things import default_data_dir
     from dimalign.triplets import count_triplets
 
     settings = settings or DemoSettings()
     started = now_iso()
     out_dir = Path(out_dir)
     check_settings(settings)
-    earlier = _check_out_dir(out_dir, Path(data_dir) if data_dir is not None else default_data_dir(), overwrite)
+    checked_data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    _check_out_dir(out_dir, checked_data_dir, overwrite)
 
     # Inputs are fetched before the output folder exists, so a missing file leaves nothing behind.
-    paths = {
-        name: fetch(file_name, data_dir, mirror, download=download)
-        for name, file_name in (
-            ("unique_id", "unique_id.txt"), ("features", FEATURES_FILE),
-            ("rdm48", "RDM48_triplet.mat"), ("words48", "words48.csv"),
-        )
-    }
-    paths["human_triplets"] = find_human_triplets(data_dir, mirror, download=download)
+    paths = _fetch_inputs(data_dir, mirror, download)
     things_dir = paths["unique_id"].parent
     objects = read_object_table(paths["unique_id"])
     things48 = load_things48(things_dir)
@@ -230,11 +313,66 @@ def run_demo(
             f"unique triplets of {len(objects)} objects; pass a smaller number"
         )
 
-    # Earlier outputs go only once every input is present.
-    _remove_outputs(out_dir, earlier)
+    busy = (
+        f"{out_dir} is in use by another dimalign demo, which holds {out_dir / DEMO_LOCK_NAME}: wait "
+        "for it to finish, or choose another output folder"
+    )
+    # A folder that holds another demo's lock stays, even where both demos created it.
+    lock = out_dir / DEMO_LOCK_NAME
+    with output_dir(out_dir, keep_if_contains=(DEMO_LOCK_NAME,)), exclusive_lock(lock, busy):
+        # Checked again under the lock, because another demo may have written here since.
+        earlier = _check_out_dir(out_dir, checked_data_dir, overwrite)
+        # Earlier outputs go only once every input is present.
+        _remove_outputs(out_dir, earlier)
+        try:
+            return _run_observers(out_dir, paths, objects, things48, settings, started)
+        except BaseException:
+            # Under the lock, none of these names existed after the removal
+            # above, so whatever exists now was written by this call. Left
+            # behind, a finished human/ without the demo's manifest would make
+            # a rerun with --overwrite refuse the folder.
+            written = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()]
+            _remove_outputs(out_dir, written, "unfinished")
+            raise
 
-    with output_dir(out_dir):
-        return _run_observers(out_dir, paths, objects, things48, settings, started)
+
+def _fetch_inputs(
+    data_dir: str | os.PathLike | None, mirror: str | os.PathLike | None, download: bool
+) -> dict[str, Path]:
+    """Fetch the demo's THINGS files; without downloads, report every missing one in one error."""
+    from dimalign.io.things import default_data_dir, fetch, find_human_triplets, missing_folder_note
+
+    fetchers = {
+        name: functools.partial(fetch, file_name, data_dir, mirror, download=download)
+        for name, file_name in (
+            ("unique_id", "unique_id.txt"), ("features", FEATURES_FILE),
+            ("rdm48", "RDM48_triplet.mat"), ("words48", "words48.csv"),
+        )
+    }
+    fetchers["human_triplets"] = functools.partial(
+        find_human_triplets, data_dir, mirror, download=download
+    )
+
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for name, fetch_input in fetchers.items():
+        try:
+            paths[name] = fetch_input()
+        except FileNotFoundError as error:
+            if download:
+                raise
+            missing.append(str(error))
+    # A mirror that is not a folder fails every file with one message.
+    missing = list(dict.fromkeys(missing))
+    if len(missing) == 1:
+        raise FileNotFoundError(missing[0])
+    if missing:
+        # Each file's message notes a data folder that does not exist; the list notes it once.
+        folder = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        note = missing_folder_note(folder)
+        listed = "".join(f"\n- {line.replace(note, '') if note else line}" for line in missing)
+        raise FileNotFoundError(f"{len(missing)} input files of the demo are missing:{listed}{note}")
+    return paths
 
 
 def _run_observers(
@@ -334,14 +472,31 @@ def shortened_note(settings: DemoSettings, human_triplets: Path, objects: Path) 
     """Say which settings the demo shortened and how to run a full-length fit of ``human_triplets``."""
     import shlex
 
+    from dimalign.embedding import VICE
+
     command = shlex.join([
         "dimalign", "fit", str(human_triplets), "--objects", str(objects), "-o", "runs/human",
         "--max-epochs", "1000", "--stability-epochs", "500",
     ])
+    full = VICE()
+    defaults = DemoSettings()
+    epochs = "1 epoch" if settings.max_epochs == 1 else f"{settings.max_epochs} epochs"
+    # Settings that a user shortened on the command line, beyond the demo's own shortening.
+    user_shortenings = []
+    if settings.n_dims < full.n_dims:
+        user_shortenings.append(f"Each fit starts from {settings.n_dims} dimensions.")
+    if settings.n_dnn_triplets < defaults.n_dnn_triplets:
+        user_shortenings.append(
+            f"The DNN fit uses {settings.n_dnn_triplets:,} simulated DNN triplets instead of "
+            f"{defaults.n_dnn_triplets:,}."
+        )
+    shortenings = "".join(f"{sentence} " for sentence in user_shortenings)
     return (
-        f"Shortened for the demo: each VICE fit stops after {settings.max_epochs} epochs, with batch "
-        f"{settings.batch_size} and learning rate {settings.lr}; a full fit (batch 256, learning rate "
-        "0.001) runs up to 1,000 epochs and stops once the number of kept dimensions is stable for 500. "
+        f"Shortened for the demo: each VICE fit stops after {epochs}, with batch "
+        f"{settings.batch_size} and learning rate {settings.lr}. {shortenings}A full fit "
+        f"({full.n_dims} initial dimensions, batch {full.batch_size}, learning rate {full.lr}) runs up "
+        f"to {full.max_epochs:,} epochs and stops once the number of kept dimensions is stable for "
+        f"{full.stability_epochs}. "
         f"Full-length fit of the human triplets: {command}"
     )
 

@@ -59,6 +59,30 @@ def test_match_concept_ids_lists_missing_names():
         match_concept_ids(["cat", "unicorn", "dragon"], ["cat", "dog"])
 
 
+def test_words48_with_byte_order_mark(things_dir, tmp_path):
+    """A spreadsheet program saves a CSV with a UTF-8 byte order mark before the header."""
+    from dimalign.analysis.things48 import read_words48
+
+    marked = tmp_path / "words48.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + (things_dir / "words48.csv").read_bytes())
+
+    words, excluded = read_words48(marked)
+
+    assert words == read_words48(things_dir / "words48.csv")[0]
+    assert words[0] == "pizza"
+    assert excluded.sum() == 5
+
+
+def test_words48_not_utf8_names_file(tmp_path):
+    from dimalign.analysis.things48 import read_words48
+
+    latin1 = tmp_path / "words48.csv"
+    latin1.write_bytes(b"Word,exclude\ncaf\xe9,\n")
+
+    with pytest.raises(ValueError, match=r"words48.csv is not UTF-8 text \(byte 0xe9 at offset 16\)"):
+        read_words48(latin1)
+
+
 def test_read_rdm48_needs_one_matrix(tmp_path):
     two = tmp_path / "two.mat"
     scipy.io.savemat(two, {"a": np.zeros((48, 48)), "b": np.ones((48, 48))})

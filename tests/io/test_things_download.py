@@ -263,7 +263,7 @@ def test_data_folder_that_cannot_be_created(tmp_path):
 
 def test_data_folder_or_target_of_wrong_kind(tmp_path):
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(NotADirectoryError, match="the THINGS data folder .*afile is a file"):
+    with pytest.raises(NotADirectoryError, match=r"the THINGS data folder .*afile is a file; pass a folder \(demo: --data-dir\)"):
         fetch("words48.csv", data_dir=tmp_path / "afile")
 
     (tmp_path / "data" / "words48.csv").mkdir(parents=True)
@@ -383,3 +383,131 @@ def test_human_triplets_local_subset_before_mirror(tmp_path, monkeypatch, source
 
     assert found == data_dir / HUMAN_TRIPLETS_SUBSET
     assert not (data_dir / HUMAN_TRIPLETS).exists()
+
+
+def test_human_triplets_not_found_names_both_files(tmp_path):
+    """The message listed only the published name, although the subset name is searched too."""
+    data_dir = tmp_path / "data"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+
+    with pytest.raises(FileNotFoundError) as caught:
+        find_human_triplets(data_dir, mirror=mirror, download=False)
+
+    message = str(caught.value)
+    for folder in (data_dir, mirror):
+        assert str(folder / HUMAN_TRIPLETS) in message
+        assert str(folder / HUMAN_TRIPLETS_SUBSET) in message
+    assert "downloading is off" in message
+    assert THINGS_FILES[HUMAN_TRIPLETS].url in message
+
+
+def test_human_triplets_subset_of_wrong_kind_is_named(tmp_path):
+    """A human_triplets.txt that is a folder or a dangling link was skipped without a word."""
+    data_dir = tmp_path / "data"
+    (data_dir / HUMAN_TRIPLETS_SUBSET).mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"{HUMAN_TRIPLETS_SUBSET} is a folder, not a file"):
+        find_human_triplets(data_dir, download=False)
+
+    (data_dir / HUMAN_TRIPLETS_SUBSET).rmdir()
+    (data_dir / HUMAN_TRIPLETS_SUBSET).symlink_to(tmp_path / "moved.txt")
+    with pytest.raises(FileNotFoundError, match=rf"{HUMAN_TRIPLETS_SUBSET} is a link to the missing .*moved.txt"):
+        find_human_triplets(data_dir, download=False)
+
+
+def test_missing_mirror_folder_raises(things_dir, tmp_path):
+    """A mistyped mirror was skipped, and the file was downloaded instead."""
+    for mirror in (tmp_path / "no such folder", things_dir / "words48.csv"):
+        with pytest.raises(FileNotFoundError, match=rf"the mirror folder {mirror} does not exist or is not a folder"):
+            fetch("words48.csv", data_dir=tmp_path / "data", mirror=mirror)
+        with pytest.raises(FileNotFoundError, match="the mirror folder .* does not exist"):
+            find_human_triplets(tmp_path / "data", mirror=mirror)
+    assert not (tmp_path / "data").exists()
+
+
+def test_unreadable_local_file_is_named(tmp_path, monkeypatch):
+    """An unreadable file gave only '[Errno 13] Permission denied: PATH' without what to do."""
+    local = tmp_path / "labels_66.txt"
+    local.write_bytes(b"x" * THINGS_FILES["labels_66.txt"].size)
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(things, "sha256_file", denied)
+    with pytest.raises(PermissionError, match=r"cannot read .*labels_66.txt to check its checksum \(Permission denied\): make it readable"):
+        fetch("labels_66.txt", data_dir=tmp_path)
+
+
+def test_download_redirect_loop_in_one_line(raw_server, tmp_path):
+    """urllib's reason for a redirect loop spans three lines, which broke the one-line error."""
+    url, answer = raw_server
+    answer["data"] = b"HTTP/1.0 302 Found\r\nLocation: /triplets.txt\r\n\r\n"
+
+    with pytest.raises(RuntimeError, match="failed: the server returned HTTP 302 .*infinite loop") as caught:
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
+
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_disabled_names_missing_data_folder(tmp_path):
+    """A mistyped data folder produced only a list of missing files."""
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*no_such_folder does not exist"):
+        fetch("labels_66.txt", data_dir=tmp_path / "no_such_folder", download=False)
+    with pytest.raises(FileNotFoundError, match=r"the data folder .*no_such_folder does not exist"):
+        find_human_triplets(tmp_path / "no_such_folder", download=False)
+
+
+def test_read_only_data_folder_is_named(tmp_path, monkeypatch):
+    """A data folder on a read-only file system gave the bare '[Errno 30] Read-only file system'."""
+    import errno
+
+    def read_only(entry, target, timeout):
+        raise OSError(errno.EROFS, "Read-only file system", str(target))
+
+    monkeypatch.setattr(things, "download_file", read_only)
+    with pytest.raises(OSError, match=r"cannot write words48.csv into the THINGS data folder .*data \(Read-only file system\); pass a writable data folder"):
+        fetch("words48.csv", data_dir=tmp_path / "data")
+
+
+def test_download_cut_short_says_so(raw_server, tmp_path):
+    """A connection closed early was reported as a checksum mismatch only."""
+    url, answer = raw_server
+    answer["data"] = f"HTTP/1.0 200 OK\r\nContent-Length: {len(CONTENT)}\r\n\r\n".encode() + CONTENT[:300]
+
+    with pytest.raises(ValueError, match=rf"download of triplets.txt .* ended after 300 of {len(CONTENT)} bytes"):
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=5.0)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_timeout_names_the_limit(raw_server, tmp_path):
+    """A stalled server gave 'TimeoutError: timed out' without the number of seconds."""
+    url, answer = raw_server
+    answer["data"] = b"HTTP/1.0 200 OK\r\n\r\n" + CONTENT[:10]
+    answer["delay"] = 3.0
+
+    with pytest.raises(RuntimeError, match=r"download of triplets.txt from .* failed: no data for 0.5 s"):
+        fetch(entry_for(f"{url}/triplets.txt"), data_dir=tmp_path, timeout=0.5)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_disabled_marks_mirror_folder_of_file_name(tmp_path):
+    """A folder under the file's name in the mirror was listed as if nothing were there."""
+    mirror = tmp_path / "mirror"
+    (mirror / "words48.csv").mkdir(parents=True)
+
+    with pytest.raises(FileNotFoundError, match=r"mirror/words48.csv \(a folder, not a file\)"):
+        fetch("words48.csv", data_dir=tmp_path / "data", mirror=mirror, download=False)
+
+
+def test_mirror_folder_of_file_name_logged(source_file, tmp_path, caplog):
+    mirror = tmp_path / "mirror"
+    (mirror / "triplets.txt").mkdir(parents=True)
+
+    with caplog.at_level("WARNING", logger="dimalign.io.things"):
+        path = fetch(entry_for(source_file.as_uri()), data_dir=tmp_path / "data", mirror=mirror)
+
+    assert path.read_bytes() == CONTENT
+    assert f"{mirror / 'triplets.txt'} is a folder, not a file, so the mirror copy is skipped" in caplog.text

@@ -127,12 +127,15 @@ def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it is not UTF-8 text or has no ``Word`` column.
+        ValueError: If the file is not UTF-8 or has no ``Word`` column.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"48-object word list {path} not found")
-    text = read_utf8_text(path, advice="copy words48.csv from the THINGS data again")
+    # A byte order mark (which spreadsheet programs write) would hide the Word header.
+    text = read_utf8_text(
+        path, advice="save the word list as UTF-8 (or plain ASCII)", description="48-object word list "
+    )
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if reader.fieldnames is None or "Word" not in reader.fieldnames:
         raise ValueError(f"{path}: expected a header with a 'Word' column, got {reader.fieldnames}")

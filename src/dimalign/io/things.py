@@ -23,6 +23,7 @@ is only used by :func:`find_human_triplets`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -233,6 +234,7 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
 
     Raises:
         ValueError: Naming the file, the expected and the actual value.
+        PermissionError: If the file cannot be read.
     """
     path = Path(path)
     if entry.size is not None and path.stat().st_size != entry.size:
@@ -240,7 +242,13 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
             f"{path} has {path.stat().st_size} bytes but the published {entry.name} has "
             f"{entry.size} (sha256 {entry.sha256}). {remedy}"
         )
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except PermissionError as error:
+        raise PermissionError(
+            f"cannot read {path} to check its checksum ({error.strerror}): make it readable "
+            "(chmod u+r), or move it away so that the file is fetched from elsewhere"
+        ) from error
     if actual != entry.sha256:
         raise ValueError(
             f"checksum mismatch for {path}: expected sha256 {entry.sha256}, got {actual}. "
@@ -248,10 +256,50 @@ def verify_file(path: str | os.PathLike, entry: ThingsFile, remedy: str = _LOCAL
         )
 
 
+def _mirror_folder(mirror: str | os.PathLike | None) -> Path | None:
+    """Return the mirror as a path, raising if it is given but is not a folder.
+
+    A mistyped mirror would otherwise be skipped, and the files downloaded.
+    """
+    if mirror is None:
+        return None
+    folder = Path(mirror).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"the mirror folder {folder} does not exist or is not a folder; pass the folder that "
+            "holds the copies of the THINGS files (demo: --mirror), or leave the mirror out"
+        )
+    return folder
+
+
+def _describe_paths(paths: Iterable[Path]) -> str:
+    """List ``paths`` for a not-found message, marking folders and links whose target is missing."""
+    described = []
+    for path in paths:
+        if path.is_symlink() and not path.exists():
+            described.append(f"{path} (a link to the missing {os.readlink(path)})")
+        elif path.is_dir():
+            described.append(f"{path} (a folder, not a file)")
+        else:
+            described.append(str(path))
+    return ", ".join(described)
+
+
+def missing_folder_note(data_dir: Path) -> str:
+    """Return the sentence (with a leading space) that notes a missing ``data_dir`` in an error.
+
+    A data folder that does not exist is often a typo. The result is empty
+    when the folder exists.
+    """
+    return "" if data_dir.exists() else f" Note that the data folder {data_dir} does not exist."
+
+
 def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: bool) -> Path | None:
     """Copy the entry from a mirror directory, under its local or published name."""
     for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
         candidate = mirror / candidate_name
+        if candidate.is_dir():
+            logger.warning("%s is a folder, not a file, so the mirror copy is skipped", candidate)
         if not candidate.is_file():
             continue
         if verify:
@@ -317,12 +365,23 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                             "Retry later, or copy the file into a directory and pass it as mirror"
                         )
         except urllib.error.HTTPError as error:
+            # urllib's reason for a redirect loop spans several lines.
+            reason = " ".join(str(error.reason).split())
             raise RuntimeError(
                 f"download of {entry.name} from {entry.url} failed: the server returned HTTP "
-                f"{error.code} ({error.reason}). Retry later, or copy the file into a directory "
+                f"{error.code} ({reason}). Retry later, or copy the file into a directory "
                 "and pass it as mirror"
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            # urlopen wraps a timeout while sending the request in URLError,
+            # and raises it bare while reading.
+            reason = getattr(error, "reason", None)
+            if isinstance(error, TimeoutError) or isinstance(reason, TimeoutError):
+                raise RuntimeError(
+                    f"download of {entry.name} from {entry.url} failed: no data for {timeout:g} s "
+                    "(timed out). Check the network connection and retry, or copy the file into a "
+                    "directory and pass it as mirror"
+                ) from error
             # repr() keeps a server's raw bytes (line breaks, escapes) out of the terminal.
             detail = repr(str(error)) if isinstance(error, http.client.HTTPException) else str(error)
             raise RuntimeError(
@@ -330,6 +389,12 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
                 "Check the network connection, or copy the file into a directory and pass it as mirror"
             ) from error
 
+        if entry.size is not None and received < entry.size:
+            raise ValueError(
+                f"the download of {entry.name} from {entry.url} ended after {received} of "
+                f"{entry.size} bytes (the server closed the connection early). The partial file was "
+                "removed. Retry, or use a verified mirror copy."
+            )
         actual = digest.hexdigest()
         if actual != entry.sha256 or (entry.size is not None and received != entry.size):
             expected_size = f" ({entry.size} bytes)" if entry.size is not None else ""
@@ -371,14 +436,20 @@ def fetch(
     Raises:
         KeyError: For an unknown name.
         ValueError: If a local, mirror or downloaded file fails its checksum.
-        FileNotFoundError: If the file is missing and ``download`` is False.
+        FileNotFoundError: If the file is missing and ``download`` is False,
+            or ``mirror`` is given but is not a folder.
         RuntimeError: If the download fails.
+        OSError: If the data directory cannot be written (``PermissionError``
+            where access is denied), naming it.
     """
     entry = _resolve_entry(name)
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    mirror = _mirror_folder(mirror)
     target = data_dir / entry.name
     if data_dir.exists() and not data_dir.is_dir():
-        raise NotADirectoryError(f"the THINGS data folder {data_dir} is a file; pass a folder")
+        raise NotADirectoryError(
+            f"the THINGS data folder {data_dir} is a file; pass a folder (demo: --data-dir)"
+        )
     if target.exists() and not target.is_file():
         raise ValueError(f"{target} is not a file; move it away so that {entry.name} can be stored there")
 
@@ -389,16 +460,16 @@ def fetch(
         return target
 
     names = list(dict.fromkeys((entry.name, entry.published_name)))
-    if not download and (mirror is None or not any((Path(mirror) / name).is_file() for name in names)):
-        looked_in = [str(target)]
+    if not download and (mirror is None or not any((mirror / name).is_file() for name in names)):
+        looked_in = [target]
         if mirror is not None:
-            looked_in += [str(Path(mirror) / name) for name in names]
+            looked_in += [mirror / name for name in names]
         published = f" (a mirror may also have it as {entry.published_name})" if len(names) > 1 else ""
         raise FileNotFoundError(
-            f"THINGS file {entry.name} not found (looked in {looked_in}) and downloading is "
-            f"off. To download it, pass download=True (CLI: leave out --no-download), or copy it "
-            f"from {entry.url} into {data_dir} as "
-            f"{entry.name}{published}."
+            f"THINGS file {entry.name} not found (looked in {_describe_paths(looked_in)}) and "
+            f"downloading is off. To download it, pass download=True (CLI: leave out --no-download), "
+            f"or copy it from {entry.url} into {data_dir} as "
+            f"{entry.name}{published}.{missing_folder_note(data_dir)}"
         )
 
     try:
@@ -410,14 +481,16 @@ def fetch(
         ) from error
     try:
         if mirror is not None:
-            copied = _copy_from_mirror(entry, Path(mirror).expanduser(), target, verify)
+            copied = _copy_from_mirror(entry, mirror, target, verify)
             if copied is not None:
                 return copied
         return download_file(entry, target, timeout=timeout)
-    except PermissionError as error:
-        if error.filename is None or mirror is not None and str(error.filename).startswith(str(mirror)):
+    except OSError as error:
+        unwritable = isinstance(error, PermissionError) or error.errno == errno.EROFS
+        in_mirror = mirror is not None and str(error.filename).startswith(str(mirror))
+        if not unwritable or error.filename is None or in_mirror:
             raise
-        raise PermissionError(
+        raise type(error)(
             f"cannot write {entry.name} into the THINGS data folder {data_dir} "
             f"({error.strerror}); pass a writable data folder (demo: --data-dir)"
         ) from error
@@ -453,19 +526,52 @@ def find_human_triplets(
     used in place and unverified, because it has no published checksum.
 
     Both files share the format: rows ``i j k``, 0-based, odd one out last.
+
+    Raises:
+        FileNotFoundError: If neither file is found and ``download`` is False
+            (naming every path searched), if ``mirror`` is not a folder, or if a
+            subset file is a link to a missing file.
+        ValueError: If a subset path is a folder or another non-file, or a
+            published file fails its checksum.
+        RuntimeError: If the download fails.
     """
     data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    mirror = _mirror_folder(mirror)
     if (data_dir / HUMAN_TRIPLETS).is_file():
         return fetch(HUMAN_TRIPLETS, data_dir=data_dir, download=False, verify=verify)
-    if (data_dir / HUMAN_TRIPLETS_SUBSET).is_file():
+    if _is_subset_file(data_dir / HUMAN_TRIPLETS_SUBSET):
         return _use_subset(data_dir / HUMAN_TRIPLETS_SUBSET)
     if mirror is not None:
-        mirror = Path(mirror).expanduser()
         if (mirror / HUMAN_TRIPLETS).is_file():
             return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, verify=verify)
-        if (mirror / HUMAN_TRIPLETS_SUBSET).is_file():
+        if _is_subset_file(mirror / HUMAN_TRIPLETS_SUBSET):
             return _use_subset(mirror / HUMAN_TRIPLETS_SUBSET)
+    if not download:
+        entry = THINGS_FILES[HUMAN_TRIPLETS]
+        folders = [data_dir] if mirror is None else [data_dir, mirror]
+        looked_in = [folder / name for folder in folders for name in (HUMAN_TRIPLETS, HUMAN_TRIPLETS_SUBSET)]
+        raise FileNotFoundError(
+            f"human THINGS triplets not found (looked in {_describe_paths(looked_in)}) and downloading "
+            f"is off. To download {HUMAN_TRIPLETS}, pass download=True (CLI: leave out --no-download), "
+            f"or copy it from {entry.url} into {data_dir} (a subset of its rows may be stored there "
+            f"as {HUMAN_TRIPLETS_SUBSET}).{missing_folder_note(data_dir)}"
+        )
     return fetch(HUMAN_TRIPLETS, data_dir=data_dir, mirror=mirror, download=download, verify=verify)
+
+
+def _is_subset_file(path: Path) -> bool:
+    """Return whether ``path`` is a file, raising if something else is there under the subset name."""
+    if path.is_file():
+        return True
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path} is a link to the missing {os.readlink(path)}; restore the link's target, or "
+            "delete the link so that the published triplets are used"
+        )
+    if path.exists():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ValueError(f"{path} is {kind}, not a file of triplets; move it away")
+    return False
 
 
 def _use_subset(path: Path) -> Path:
