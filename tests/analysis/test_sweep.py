@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from dimalign.analysis.reproducibility import R_CLIP
-from dimalign.analysis.sweep import find_runs, fit_seed, select_run, sweep
+from dimalign.analysis.selection import find_runs, select_run
+from dimalign.analysis.sweep import fit_seed, sweep
 from dimalign.io.objects import ObjectTable
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 from dimalign.parallel import run_tasks
@@ -940,7 +941,7 @@ def write_two_runs(tmp_path, seed=11):
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, OSError])
 def test_select_stopped_rerun_keeps_earlier_output(tmp_path, monkeypatch, stop):
-    import dimalign.analysis.sweep as sweep_module
+    import dimalign.analysis.selection as selection_module
 
     runs = write_two_runs(tmp_path)
     out = tmp_path / "out"
@@ -950,7 +951,7 @@ def test_select_stopped_rerun_keeps_earlier_output(tmp_path, monkeypatch, stop):
     def stopped_copy(source, target):
         raise stop("stopped while copying the chosen run")
 
-    monkeypatch.setattr(sweep_module, "_copy_run", stopped_copy)
+    monkeypatch.setattr(selection_module, "_copy_run", stopped_copy)
     with pytest.raises(stop):
         select_run(runs, out, split="random", random_state=3, copy_selected=True)
     assert snapshot(out) == before
@@ -1343,3 +1344,18 @@ def test_too_few_runs_names_unfinished(tmp_path):
         # With only one other run finished, more seeds are not the only way out: the fit may just end.
         with pytest.raises(FileNotFoundError, match=r"It also has 1 unfinished run \(see the warning\)"):
             find_runs(tmp_path)
+
+
+def test_selection_names_import_from_sweep():
+    """Code written before the selection got its own module imports it from the sweep module."""
+    import dimalign.analysis.selection as selection_module
+    import dimalign.analysis.sweep as sweep_module
+    from dimalign.analysis.sweep import Selection as OldSelection
+    from dimalign.analysis.sweep import find_runs as old_find_runs
+    from dimalign.analysis.sweep import select_run as old_select_run
+
+    assert OldSelection is selection_module.Selection
+    assert old_find_runs is selection_module.find_runs
+    assert old_select_run is selection_module.select_run
+    with pytest.raises(AttributeError, match="has no attribute 'missing'"):
+        getattr(sweep_module, "missing")

@@ -12,7 +12,8 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 from dimalign.labeling import analysis
-from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.answers import Answer
+from dimalign.labeling.study import Study, create_study
 from dimalign.labeling.summary import summarize
 
 # Ten dimensions rated by three raters; C breaks the ties of A and B.

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from labeling_helpers import running_server
 
-from dimalign.labeling.study import Answer, Study
+from dimalign.labeling.answers import Answer
+from dimalign.labeling.study import Study
 from dimalign.labeling.summary import summarize
 
 CHROMIUM = "/usr/bin/chromium"

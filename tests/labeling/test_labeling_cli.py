@@ -9,7 +9,8 @@ import pytest
 
 from dimalign.cli import main
 from dimalign.labeling import commands
-from dimalign.labeling.study import Answer, Study
+from dimalign.labeling.answers import Answer
+from dimalign.labeling.study import Study
 
 
 def test_setup_then_export(tmp_path, labeling_run, image_set, capsys):

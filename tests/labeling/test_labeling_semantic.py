@@ -11,7 +11,8 @@ import pytest
 
 from dimalign.cli import main
 from dimalign.labeling import semantic
-from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.answers import Answer
+from dimalign.labeling.study import Study, create_study
 from dimalign.labeling.summary import summarize
 
 

@@ -19,17 +19,15 @@ from dimalign.interpret.grids import percentile_grid
 from dimalign.io.files import sha256_file
 from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
+from dimalign.labeling.answers import Answer, AnswerError, validate_answer
 from dimalign.labeling.study import (
     DEFAULT_QUESTIONS,
-    Answer,
-    AnswerError,
     NotFoundError,
     Study,
     create_study,
     open_or_create_run_study,
     parse_dimensions,
     resolve_image,
-    validate_answer,
 )
 
 
@@ -377,7 +375,8 @@ def _leave_write_ahead_log(study: Path) -> None:
     """Save an answer in a process that exits without closing the study, as a killed server does."""
     script = (
         "import os, sys\n"
-        "from dimalign.labeling.study import Study, validate_answer\n"
+        "from dimalign.labeling.answers import validate_answer\n"
+        "from dimalign.labeling.study import Study\n"
         "study = Study(sys.argv[1])\n"
         "participant, _ = study.add_participant(order_seed=1)\n"
         "answer = validate_answer(study.questions, ['OLD ANSWER'], 'visual', 'one')\n"

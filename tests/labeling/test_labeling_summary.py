@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from dimalign.labeling import analysis, summary
-from dimalign.labeling.study import Answer, Study, create_study
+from dimalign.labeling.answers import Answer
+from dimalign.labeling.study import Study, create_study
 from dimalign.labeling.summary import summarize
 
 SIZE = (120, 60)

@@ -31,7 +31,7 @@ _EXPORTS = {
     "cumulative_rsa": "matching",
     "jackknife_relevance": "relevance",
     "compare_decisions": "relevance",
-    "select_run": "sweep",
+    "select_run": "selection",
     "RidgeMap": "ridge",
 }
 

@@ -1,8 +1,9 @@
 """Subcommands ``sweep``, ``select``, ``compare`` and ``map``.
 
 Each handler parses its options, calls the library in
-:mod:`dimalign.analysis.sweep`, :mod:`dimalign.analysis.compare` or
-:mod:`dimalign.analysis.ridge`, and writes files.
+:mod:`dimalign.analysis.sweep`, :mod:`dimalign.analysis.selection`,
+:mod:`dimalign.analysis.compare` or :mod:`dimalign.analysis.ridge`, and
+writes files.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def _register_select(subparsers: argparse._SubParsersAction) -> None:
 
 def run_select(args: argparse.Namespace) -> int:
     """Handle ``dimalign select``."""
-    from dimalign.analysis.sweep import RUNS_FOLDER, find_runs, select_run
+    from dimalign.analysis.selection import find_runs, select_run
+    from dimalign.analysis.sweep import RUNS_FOLDER
 
     if args.seed is not None and args.split != "random":
         raise ValueError(f"--seed {args.seed} only seeds --split random: drop it, or add --split random")

@@ -1,6 +1,7 @@
 """Labelling and rating dimensions: the web study, its SQLite database and the analyses.
 
 - :mod:`~dimalign.labeling.study`: create a study from an embedding and its images; data access.
+- :mod:`~dimalign.labeling.answers`: validation of a participant's labels and ratings.
 - :mod:`~dimalign.labeling.app`: the Flask app participants use; :func:`~dimalign.labeling.app.serve`.
 - :mod:`~dimalign.labeling.db`: the SQLite schema and its migrations.
 - :mod:`~dimalign.labeling.analysis`: word clouds, rater agreement, shares of kinds of dimension.

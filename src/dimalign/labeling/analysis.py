@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from dimalign.io.files import atomic_path, read_utf8_text
-from dimalign.labeling.study import abbreviate, remove_format_characters
+from dimalign.labeling.answers import remove_format_characters
+from dimalign.labeling.study import abbreviate
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def normalize_label(label: str) -> str:
     ``é`` (U+00E9) one label. Format characters (Unicode category ``Cf``,
     such as the zero-width space U+200B or the soft hyphen U+00AD) draw
     nothing, so they are removed (see
-    :func:`dimalign.labeling.study.remove_format_characters`). Answers
+    :func:`dimalign.labeling.answers.remove_format_characters`). Answers
     stored before the app normalised labels may contain either form and
     such characters.
 

@@ -60,7 +60,8 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
 
 from dimalign.labeling import db
-from dimalign.labeling.study import AnswerError, NotFoundError, Participant, Study, validate_answer
+from dimalign.labeling.answers import AnswerError, validate_answer
+from dimalign.labeling.study import NotFoundError, Participant, Study
 
 logger = logging.getLogger(__name__)
 
