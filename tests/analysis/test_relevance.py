@@ -221,3 +221,15 @@ def test_agreement_table_skips_tied_triplets():
         comparison = compare_decisions(human, dnn, np.array([[0, 1, 2]]))
     assert comparison.agree.tolist() == [True]
     assert agreement_on_different_dimensions(comparison, [1, 0]).empty
+
+
+def test_tie_warning_names_the_model():
+    # Only the DNN embedding ties (its two dimensions are equal on all three
+    # objects), so the warning must name that model.
+    human = np.array([[1.0, 0.0], [1.0, 0.5], [0.0, 1.0]])
+    dnn = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    with pytest.warns(UserWarning) as record:
+        compare_decisions(human, dnn, np.array([[0, 1, 2]]))
+    messages = [str(warning.message) for warning in record]
+    assert len(messages) == 1
+    assert messages[0].startswith("DNN embedding: 1 of 1 triplets have no single most relevant dimension")

@@ -169,6 +169,7 @@ def jackknife_relevance(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     keep_drops: bool = False,
+    name: str | None = None,
 ) -> JackknifeResult:
     """Compute the drop in the chosen odd one out's probability when each dimension is removed.
 
@@ -178,6 +179,9 @@ def jackknife_relevance(
         batch_size (int): Triplets per batch; memory grows as ``batch_size * n_dims``.
         device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
         keep_drops (bool): Also return the full ``(n, n_dims)`` drop matrix.
+        name (str | None): Model named at the start of the warning and log line,
+            such as ``"DNN embedding"``, so that they can be distinguished when
+            several embeddings are explained in one run.
 
     Returns:
         JackknifeResult: Per-triplet and per-dimension relevance.
@@ -233,9 +237,10 @@ def jackknife_relevance(
     assigned = most_relevant[most_relevant != NO_DIMENSION]
     share = np.bincount(assigned, minlength=n_dims) / n_triplets
     n_tied = n_triplets - assigned.size
+    prefix = f"{name}: " if name else ""
     if n_tied:
         warnings.warn(
-            f"{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
+            f"{prefix}{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
             "several dimensions lower the log-probability of the choice by the same largest amount "
             f"(such as dimensions equal for the three objects); they are marked {NO_DIMENSION} and "
             "count for no dimension",
@@ -243,8 +248,8 @@ def jackknife_relevance(
             stacklevel=2,
         )
     logger.info(
-        "jackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
-        n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
+        "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
+        prefix, n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
     )
     return JackknifeResult(
         probabilities=probabilities,
@@ -351,10 +356,12 @@ def compare_decisions(
     human_choice = np.argmax(human_probabilities, axis=1)
     dnn_choice = np.argmax(dnn_probabilities, axis=1)
     human_result = jackknife_relevance(
-        human, _with_choice_last(triplets, human_choice), batch_size=batch_size, device=device
+        human, _with_choice_last(triplets, human_choice), batch_size=batch_size, device=device,
+        name="human embedding",
     )
     dnn_result = jackknife_relevance(
-        dnn, _with_choice_last(triplets, dnn_choice), batch_size=batch_size, device=device
+        dnn, _with_choice_last(triplets, dnn_choice), batch_size=batch_size, device=device,
+        name="DNN embedding",
     )
     logger.info(
         "human and DNN models choose the same odd one out in %.1f%% of %d triplets",
