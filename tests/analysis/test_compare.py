@@ -534,6 +534,21 @@ def test_compare_cli(tmp_path):
     np.testing.assert_allclose(saved, similarity_matrix(human), atol=1e-14)
 
 
+def test_compare_cli_warns_once_per_input(tmp_path, capsys):
+    # --triplets reads the human file for its row count before compare reads
+    # it again, and the warning about its tiny negative weights came twice.
+    human, _ = save_surrogate_files(tmp_path)
+    human[0, 0] = -0.001
+    np.save(tmp_path / "human.npy", human)
+    np.savetxt(tmp_path / "triplets.txt", [[0, 1, 2], [3, 4, 5]], fmt="%d")
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(tmp_path / "triplets.txt"),
+    ])
+    assert code == 0
+    assert capsys.readouterr().err.count("set 1 negative weights") == 1
+
+
 def test_compare_cli_recomputes_saved_similarity(tmp_path):
     human, dnn = save_surrogate_files(tmp_path)
     np.save(tmp_path / "other.npy", dnn[:, ::-1] + 1.0)
