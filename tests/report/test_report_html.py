@@ -120,6 +120,13 @@ def test_summary_rows_mark_missing_values():
     assert rows["Noise ceiling"] == ("n/a", "n/a (no triplet judged twice)")
 
 
+def test_dimension_count_row_names_r2():
+    # The count is the smallest k with r_k^2 >= 0.95 r_full^2, a share of
+    # the explained variance and not of the r shown in the row above it.
+    rows = dict((row[0], row[1:]) for row in summary_rows({"n_dnn_dims_for_95_percent": 12}))
+    assert rows["DNN dimensions for 95% of the RSA's r²"] == ("", "12")
+
+
 def test_ridge_row_follows_map_target():
     name = "Ridge map from features, median cross-validated R²"
     rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "human"}))

@@ -350,7 +350,7 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("Human-DNN RSA (Pearson r)", text, ""))
     if "n_dnn_dims_for_95_percent" in numbers:
         value = numbers["n_dnn_dims_for_95_percent"]
-        rows.append(("DNN dimensions for 95% of the RSA", "", "not reached" if value is None else _format(value)))
+        rows.append(("DNN dimensions for 95% of the RSA's r²", "", "not reached" if value is None else _format(value)))
     if "ridge_cv_r2_median" in numbers:
         value = _format(numbers["ridge_cv_r2_median"])
         # The map predicts the dimensions of one side, set by map.target.
