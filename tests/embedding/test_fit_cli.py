@@ -629,6 +629,34 @@ def test_fit_cli_warns_when_validation_is_training_file(tmp_path, capsys):
             f"{tmp_path / 'train.npy'}") in error
 
 
+def test_fit_cli_warns_about_unread_test_file(tmp_path, capsys):
+    # A folder with train_90.npy and test_10.npy, a layout other than dimalign's.
+    # fit reads only the training file and splits its validation triplets off it.
+    folder = tmp_path / "vice_data"
+    folder.mkdir()
+    write_triplets(folder / "train_90.npy")
+    write_triplets(folder / "test_10.npy", n_triplets=30, seed=1)
+
+    status = main(["fit", str(folder), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 0
+    error = capsys.readouterr().err
+    assert f"{folder} also contains test_10.npy, which fit does not read" in error
+    assert f"--val {folder / 'test_10.npy'}" in error
+
+
+def test_fit_cli_folder_with_val_file_has_no_unread_warning(tmp_path, capsys):
+    folder = tmp_path / "imported"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    write_triplets(folder / "val.npy", n_triplets=30, seed=1)
+
+    assert main(["fit", str(folder), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                 "--n-dims", "3", "--max-epochs", "1"]) == 0
+    assert "which fit does not read" not in capsys.readouterr().err
+
+
 def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkeypatch):
     import os
     from pathlib import Path

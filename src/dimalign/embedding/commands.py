@@ -173,6 +173,8 @@ def load_training_data(
     split = None
     if source.is_dir() and args.val is None and (source / "val.npy").is_file():
         args.val = source / "val.npy"
+    elif source.is_dir() and args.val is None:
+        _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
     train = load_triplets(train_path, n_objects)
     inputs["train"] = train_path
     if args.val is not None:
@@ -193,6 +195,33 @@ def load_training_data(
     if table_path is not None:
         inputs["objects"] = table_path
     return train, val, n_objects, table, inputs, split
+
+
+def _warn_about_unread_held_out_files(folder: Path, train_path: Path, command: str) -> None:
+    """Log a warning naming triplet files of ``folder`` that look held out but are not read.
+
+    A folder supplies its one ``train*`` or ``triplets.*`` file and ``val.npy``.
+    In other layouts, such as ``train_90.npy`` next to ``test_10.npy``, the
+    fit would validate on a split of the training file while the user
+    believes that the test file is used.
+    """
+    from dimalign.io.triplets import TRIPLET_SUFFIXES
+
+    unread = sorted(
+        entry for entry in folder.iterdir()
+        if entry.is_file()
+        and entry.suffix.lower() in TRIPLET_SUFFIXES
+        and entry.name.lower().startswith(("test", "val"))
+        and entry != train_path
+    )
+    if unread:
+        names = ", ".join(entry.name for entry in unread)
+        logger.warning(
+            "%s also contains %s, which %s does not read: a folder supplies only its training file "
+            "(%s) and val.npy. Pass --val %s to validate on that file instead of a split of the "
+            "training file",
+            folder, names, command, train_path.name, unread[0],
+        )
 
 
 def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: Path) -> None:
