@@ -200,7 +200,12 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "objects.tsv; when one input has no table at all, it names that input only, else it wins "
         "over an objects.tsv next to a plain embedding file",
     )
-    parser.add_argument("--triplets", type=Path, help="triplets (indices in the human row order) for the jackknife")
+    parser.add_argument(
+        "--triplets", type=Path,
+        help="triplet file (0-based indices in the human row order), such as held-out human triplets: "
+        "each model's choice on them is explained by the dimension whose removal lowers its "
+        "probability most (jackknife relevance)",
+    )
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and object subset (default 0)")
