@@ -101,7 +101,7 @@ def test_summary_table_shows_saved_numbers(report):
     rsa = json.loads((results.study_dir / "compare" / "rsa.json").read_text())
     expected_rows = [
         ("Held-out odd-one-out accuracy", f"{evaluation['human']['accuracy']:.3f}", f"{evaluation['dnn']['accuracy']:.3f}"),
-        ("Noise ceiling", "1.000 (20 responses in 10 repeated sets)", "n/a (no triplet judged twice)"),
+        ("Noise ceiling", "1.000 (20 responses in 10 repeated sets, too few to compare with accuracies)", "n/a (no triplet judged twice)"),
         ("Human-DNN RSA (Pearson r)", f"{rsa['r']:.3f} [95% CI {rsa['ci_low']:.3f}, {rsa['ci_high']:.3f}]", ""),
     ]
     for name, human, dnn in expected_rows:
@@ -118,6 +118,18 @@ def test_summary_rows_mark_missing_values():
 
     rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"dnn_n_triplets": 160}))
     assert rows["Noise ceiling"] == ("n/a", "n/a (no triplet judged twice)")
+
+
+def test_summary_marks_unreliable_noise_ceiling():
+    # human_triplets.txt repeats 7 object sets (14 responses); the ceiling
+    # then warns in the log, and the table must not show it as a usable bound.
+    few = {"value": 0.5714, "n_responses": 14, "n_sets": 7}
+    rows = dict((row[0], row[1:]) for row in summary_rows({"human_noise_ceiling": few}))
+    assert rows["Noise ceiling"][0] == "0.571 (14 responses in 7 repeated sets, too few to compare with accuracies)"
+
+    enough = {"value": 0.67, "n_responses": 400, "n_sets": 100}
+    rows = dict((row[0], row[1:]) for row in summary_rows({"human_noise_ceiling": enough}))
+    assert rows["Noise ceiling"][0] == "0.670 (400 responses in 100 repeated sets)"
 
 
 def test_dimension_count_row_names_r2():

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign.analysis.noise_ceiling import MIN_RELIABLE_RESPONSES, MIN_RELIABLE_SETS
 from dimalign.io.files import now_iso, output_dir, write_text_atomic
 from dimalign.report import figures
 from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults
@@ -317,7 +318,11 @@ def _format(value: Any, digits: int = 3) -> str:
 def _ceiling(value: Any) -> str:
     if not value:
         return "n/a"
-    return f"{value['value']:.3f} ({value['n_responses']} responses in {value['n_sets']} repeated sets)"
+    counts = f"{value['n_responses']} responses in {value['n_sets']} repeated sets"
+    # The same minimum as the warning of triplet_noise_ceiling, which only the log shows.
+    if value["n_responses"] < MIN_RELIABLE_RESPONSES or value["n_sets"] < MIN_RELIABLE_SETS:
+        counts += ", too few to compare with accuracies"
+    return f"{value['value']:.3f} ({counts})"
 
 
 def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
