@@ -263,6 +263,20 @@ def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, ca
     assert not (tmp_path / "r_figures").exists()
 
 
+def test_report_rejects_stage_replaced_by_other_command(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    # A separate 'dimalign compare' into the study's compare folder replaces
+    # the stage's files with a comparison of other inputs and drops its record.
+    assert main(["compare", str(study / "dnn_fit"), str(study / "human_fit"), "-o", str(study / "compare"),
+                 "--bootstrap", "0"]) == 0
+    capsys.readouterr()
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
+    error = capsys.readouterr().err
+    assert f"{study / 'compare'} has no pipeline record" in error
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_report_skips_unplanned_stages(tiny_study, tmp_path, capsys):
     study = copy_study(tiny_study, tmp_path)
     record = json.loads((study / "pipeline.json").read_text())

@@ -282,9 +282,11 @@ def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | Non
 
     Raises:
         ValueError: If a stage folder was computed from other upstream results
-            than the folders beside it (a later run replaced them and failed).
+            than the folders beside it (a later run replaced them and failed),
+            or, in a study with a record, if a stage folder of the last run has
+            no pipeline record (another command wrote into it).
     """
-    from dimalign.report.pipeline import stage_mismatches
+    from dimalign.report.pipeline import read_stage_record, stage_mismatches
     from dimalign.report.results import DEFAULT_STAGE_DIRS
 
     planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]
@@ -296,6 +298,18 @@ def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | Non
             f"the stage folders of {study_dir} come from different runs: {'; '.join(problems)}. "
             "Rerun 'dimalign run' with the study file to bring every stage up to date"
         )
+    for name in names if planned else ():
+        folder = study_dir / DEFAULT_STAGE_DIRS[name]
+        # The stages of a run all carry a record, so a folder without one holds
+        # another command's output, such as 'dimalign compare -o STUDY/compare'
+        # on other embeddings, which the report would mix with the other stages.
+        if folder.is_dir() and read_stage_record(folder) is None:
+            raise ValueError(
+                f"{folder} has no pipeline record in its manifest.json, so the last "
+                f"'dimalign run' of {study_dir} did not write it, and another command may have "
+                "replaced its files. Move the folder away and rerun 'dimalign run' with the study "
+                "file to write the stage again"
+            )
     if not planned:
         return None
     if record.get("finished") is None:
