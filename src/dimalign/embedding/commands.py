@@ -350,7 +350,10 @@ def run_fit(args: argparse.Namespace) -> int:
     estimator = build_estimator(args)
     if estimator.stability_epochs >= estimator.max_epochs:
         # The count of epochs with unchanged dimensions stays below the epoch number.
-        logger.warning(
+        # A run shortened with --max-epochs alone is common and meant, so it is only noted.
+        level = logging.WARNING if args.stability_epochs is not None else logging.INFO
+        logger.log(
+            level,
             "--stability-epochs %d is not below --max-epochs %d, so the fit cannot stop before epoch "
             "%d: lower --stability-epochs below --max-epochs to let it stop once the kept dimensions "
             "stay the same", estimator.stability_epochs, estimator.max_epochs, estimator.max_epochs,
