@@ -436,6 +436,29 @@ def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
     assert not (tmp_path / "new").exists()
 
 
+def test_compare_damaged_images_rejected_before_writing(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in IMAGE_FILES:
+        # Every image is cut short, so every grid needs a damaged file.
+        (images / name).write_bytes((shared_data / "images" / name).read_bytes()[:300])
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    before = folder_contents(out)
+
+    for target in (out, tmp_path / "new"):
+        with pytest.raises(ValueError, match=r"images of the grids cannot be read.*images/\w+\.(png|jpg)") as error:
+            compare(tmp_path / "human", tmp_path / "dnn", target, n_bootstrap=0, images=images, top_k=2,
+                    similarity=failing_similarity)
+        assert "replace" in str(error.value)
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
 def test_compare_cli_empty_triplets_rejected_first(tmp_path, capsys):
     save_surrogate_files(tmp_path)
     out = tmp_path / "out"

@@ -880,7 +880,7 @@ def compare(
     matchings = matching_module.match_all(pair.human, pair.dnn)
     primary = matchings.get("greedy", matchings["with_replacement"])
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-    image_paths = _find_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
+    pictures = _read_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
 
     # Every input is valid from here on. The outputs are written into a hidden
     # folder inside out_dir and moved over the earlier comparison only when all
@@ -896,8 +896,8 @@ def compare(
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")
         outputs.update(matching="matching.csv", top_objects="top_objects.csv")
-        if image_paths is not None:
-            outputs["top_object_grids"] = _write_pair_grids(top_table, image_paths, stage)
+        if pictures is not None:
+            outputs["top_object_grids"] = _write_pair_grids(top_table, pictures, stage)
 
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
         human_similarity = similarity(pair.human, objects=subset, device=device)
@@ -1375,8 +1375,22 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
-def _find_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Path]:
-    """Return the image of every object in ``top_table`` by its row, or raise if one is missing."""
+# Side of the square each picture of a top-object grid is drawn into, in pixels.
+_GRID_CELL_SIZE = 128
+
+
+def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Any]:
+    """Decode the image of every object in ``top_table``, shrunk to a grid cell, by its row.
+
+    Every file is found and decoded here, before anything is written, so a
+    missing or damaged image stops the comparison before its slow steps.
+
+    Raises:
+        FileNotFoundError: Listing the objects without an image.
+        ValueError: Listing the image files that cannot be decoded.
+    """
+    from dimalign.interpret.grid_images import load_grid_images
+
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
     paths = {
@@ -1389,33 +1403,27 @@ def _find_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Pat
             f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
             "<object_id>.jpg or fill the source column of the object table"
         )
-    return paths
+    return load_grid_images(paths, _GRID_CELL_SIZE)
 
 
-def _write_pair_grids(top_table: pd.DataFrame, paths: dict[int, Path], out_dir: Path) -> list[str]:
+def _write_pair_grids(top_table: pd.DataFrame, pictures: dict[int, Any], out_dir: Path) -> list[str]:
     """Draw one image grid per matched pair and group (both, human only, DNN only).
 
-    ``paths`` maps each object row of ``top_table`` to its image (:func:`_find_grid_images`).
+    ``pictures`` maps each object row of ``top_table`` to its decoded image (:func:`_read_grid_images`).
     """
-    from PIL import Image
-
     from dimalign.interpret.grid_images import GridCell, compose_grid
 
     grid_dir = out_dir / "top_objects"
     grid_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (rank, group), rows in top_table.groupby(["pair_rank", "group"], sort=True):
-        cells = []
-        for row in rows.itertuples():
-            with Image.open(paths[row.object_index]) as image:
-                image.load()
-                cells.append(GridCell(image.convert("RGB"), str(row.object_id)))
+        cells = [GridCell(pictures[row.object_index], str(row.object_id)) for row in rows.itertuples()]
         first = rows.iloc[0]
         title = (
             f"pair {rank}: human dim {first.human_dim}, DNN dim {first.dnn_dim} "
             f"(r = {first.r:.2f}), {group.replace('_', ' ')}"
         )
-        grid = compose_grid(cells, n_cols=min(5, len(cells)), title=title)
+        grid = compose_grid(cells, n_cols=min(5, len(cells)), title=title, cell_size=_GRID_CELL_SIZE)
         name = f"pair_{rank:02d}_{group}.png"
         with atomic_path(grid_dir / name) as temporary:
             grid.save(temporary)
