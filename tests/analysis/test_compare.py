@@ -26,7 +26,7 @@ from dimalign.analysis.compare import (
 )
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.cli import main
-from dimalign.io.objects import ObjectTable, write_object_table
+from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 
 IMAGE_FILES = ["bird.png", "cat.png", "dragonfly.png", "grace_hopper.png", "hot_dog.jpg", "owl.jpg", "parrot.jpg", "sunflower.png"]
@@ -645,6 +645,25 @@ def test_compare_objects_apply_to_plain_side_only(tmp_path):
     settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
     assert settings["human_objects"] == str(tmp_path / "human" / "objects.tsv")
     assert settings["dnn_objects"] == "objects argument"
+
+
+@pytest.mark.parametrize("source", ["neighbour", "explicit"])
+def test_compare_names_table_of_other_length(tmp_path, source):
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    (tmp_path / "dnn").mkdir()
+    np.save(tmp_path / "dnn" / "plain.npy", dnn)
+    short = tmp_path / ("dnn/objects.tsv" if source == "neighbour" else "ids.txt")
+    short.write_text("".join(f"{name}\n" for name in ids[:11]))
+    objects = None if source == "neighbour" else read_object_table(short)
+    expected = str(short) if source == "neighbour" else "the object table passed"
+
+    with pytest.raises(ValueError, match=r"lists 11 objects but the DNN embedding .*plain\.npy has 12 rows") as error:
+        compare(tmp_path / "human", tmp_path / "dnn" / "plain.npy", tmp_path / "out", n_bootstrap=0, objects=objects)
+    assert expected in str(error.value)
+    assert "every row" in str(error.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_cli_objects_for_plain_dnn(tmp_path):

@@ -843,6 +843,7 @@ def compare(
     human_side, dnn_side = _load_side(human, "human"), _load_side(dnn, "DNN")
     (human_table, human_table_source), (dnn_table, dnn_table_source) = _choose_tables(human_side, dnn_side, objects)
     human_result, dnn_result = human_side.result, dnn_side.result
+    _check_table_lengths(((human_side, human_table, human_table_source), (dnn_side, dnn_table, dnn_table_source)))
     pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
     names = list(pair.objects.object_ids)
     n_objects = len(names)
@@ -1152,6 +1153,23 @@ def _choose_tables(
                 f"names the {side.label} rows (objects=, CLI --objects)"
             )
     return chosen
+
+
+def _check_table_lengths(sides: Sequence[tuple[_Side, ObjectTable | None, str | None]]) -> None:
+    """Raise ``ValueError`` if a chosen object table does not list one object per row of its side.
+
+    Args:
+        sides: ``(side, table, source)`` per input, as :func:`_choose_tables`
+            returns the table and its source.
+    """
+    for side, table, source in sides:
+        if table is None or len(table) == side.result.n_objects:
+            continue
+        named = "the object table passed (objects=, CLI --objects)" if source == "objects argument" else source
+        raise ValueError(
+            f"{named} lists {len(table)} objects but {side.name} has {side.result.n_objects} rows: "
+            f"the table must name every row of the {side.label} embedding, in order"
+        )
 
 
 def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
