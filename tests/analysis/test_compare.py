@@ -109,6 +109,21 @@ def test_similarity_on_disk_reuses_recorded_matrix(tmp_path):
     np.testing.assert_allclose(similarity_matrix_to_disk(embedding, path), similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_accepts_reversed_view(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=14)
+    view = embedding[:, ::-1]
+    on_disk = similarity_matrix_to_disk(view, tmp_path / "s.npy")
+    np.testing.assert_allclose(on_disk, similarity_matrix(view.copy()), atol=1e-14, rtol=0)
+
+
+def test_compare_accepts_reversed_view(tmp_path):
+    human = gamma_embedding(20, 4, seed=15)
+    result = compare(human, human[:, ::-1], tmp_path / "out", n_bootstrap=0, triplets=np.array([[0, 1, 2]]))
+    assert result.rsa.r == pytest.approx(1.0, abs=1e-12)
+    matched = result.matchings["greedy"]
+    assert sorted(zip(matched.human_dims.tolist(), matched.dnn_dims.tolist())) == [(0, 3), (1, 2), (2, 1), (3, 0)]
+
+
 def test_similarity_on_disk_rejects_nan(tmp_path):
     embedding = gamma_embedding(12, 3, seed=13)
     embedding[2, 1] = np.nan
@@ -1442,6 +1457,23 @@ def test_compare_share_interval_on_cumulative_subset(tmp_path):
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["n_dnn_dims_for_95_percent"] is None
     assert summary["cumulative_full_r_ci_low"] < 0
+
+
+def test_compare_share_without_valid_interval_says_so(tmp_path):
+    """Three objects give every bootstrap sample fewer than three distinct objects, so no interval."""
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[:, ::-1]
+    with pytest.warns(UserWarning) as records:
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=5, cumulative_objects=3)
+    messages = [str(record.message) for record in records]
+    share = [message for message in messages if "n_dnn_dims_for_95_percent is null" in message]
+    assert len(share) == 1
+    assert "nan" not in share[0]
+    assert "contains 0" not in share[0]
+    assert "none of the 5 bootstrap samples" in share[0]
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert summary["cumulative_full_r_ci_low"] is None
 
 
 def test_compare_cumulative_objects_error_names_option(tmp_path):

@@ -248,6 +248,8 @@ def similarity_matrix_to_disk(
     weights = np.asarray(embedding, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[0] < 3:
         raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
+    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
+    weights = np.ascontiguousarray(weights)
     bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
     if bad_rows.size:
         raise ValueError(
