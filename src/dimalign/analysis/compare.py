@@ -1052,7 +1052,17 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
     cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
     if cumulative.share_defined:
         return cumulative
-    if cumulative.r_full > 0 and interval is not None:
+    if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
+        warnings.warn(
+            f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
+            f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
+            "from 0 and no share of its r² is meaningful: n_dnn_dims_for_95_percent is null and "
+            "share_of_full_r2 is empty. Compare more objects (--cumulative-objects, "
+            "--similarity-objects)",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif cumulative.r_full > 0 and interval is not None:
         warnings.warn(
             f"the {100 * rsa_result.ci_level:.0f}% interval "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
