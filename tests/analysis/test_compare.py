@@ -201,6 +201,15 @@ def test_bootstrap_warns_about_zero_width_interval():
     assert result.ci_low == result.ci_high
 
 
+def test_bootstrap_single_sample_asks_for_more_samples():
+    a = similarity_matrix(gamma_embedding(30, 3, seed=16))
+    b = similarity_matrix(gamma_embedding(30, 3, seed=17))
+    with pytest.warns(UserWarning, match=r"only 1 bootstrap sample.*--bootstrap") as records:
+        result = bootstrap_rsa(a, b, n_bootstrap=1, random_state=0)
+    assert result.ci_low == result.ci_high
+    assert not any("compare more objects" in str(record.message) for record in records)
+
+
 def test_variance_explained_identity():
     a = similarity_matrix(gamma_embedding(10, 2, seed=9))
     assert variance_explained(a, a) == pytest.approx(1.0)

@@ -610,7 +610,15 @@ def bootstrap_rsa(
     tail = 100 * (1 - ci_level) / 2
     low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
     # A perfect correlation (|r| = 1) in every sample is a real result, not a degenerate interval.
-    if valid.size and low == high and abs(low) < 1.0:
+    if n_bootstrap == 1 and valid.size == 1 and abs(low) < 1.0:
+        # One sample has zero width by construction, whatever the number of objects.
+        warnings.warn(
+            f"only 1 bootstrap sample (r = {low:.3f}), so the interval has zero width and says "
+            "nothing about the uncertainty of r: draw more samples (--bootstrap 1000)",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif valid.size and low == high and abs(low) < 1.0:
         warnings.warn(
             f"the bootstrap interval [{low:.3f}, {high:.3f}] has zero width: the {valid.size} "
             "valid samples give the same correlation, so the interval says nothing about its "
