@@ -907,6 +907,20 @@ def test_compare_cli_triplet_range_names_human_rows(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_cli_triplets_warn_once_about_negative_weights(tmp_path, capsys):
+    """The human file is read once to bound the triplet indices, and once more to compare."""
+    human, dnn = save_surrogate_files(tmp_path)
+    human[0, 0] = -1e-4
+    np.savetxt(tmp_path / "human.txt", human)
+    (tmp_path / "t.txt").write_text("0 1 2\n3 4 5\n")
+    code = main([
+        "compare", str(tmp_path / "human.txt"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--triplets", str(tmp_path / "t.txt"), "--bootstrap", "0",
+    ])
+    assert code == 0
+    assert capsys.readouterr().err.count("set 1 negative weights") == 1
+
+
 # -- map CLI ---------------------------------------------------------------------
 
 

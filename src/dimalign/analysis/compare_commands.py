@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -243,7 +244,12 @@ def run_compare(args: argparse.Namespace) -> int:
         from dimalign.analysis.commands import reject_split_folder
 
         reject_split_folder(args.triplets, "explain")
-        triplets = _load_compare_triplets(args.triplets, load_embedding(args.human).n_objects)
+        # Only the number of rows is needed here. compare() reads the file again
+        # and gives its warnings (such as negative weights set to 0) then.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n_human_objects = load_embedding(args.human).n_objects
+        triplets = _load_compare_triplets(args.triplets, n_human_objects)
         if triplets.shape[0] == 0:
             raise ValueError(
                 f"--triplets {args.triplets} contains no triplets, so there is no choice to explain: "
