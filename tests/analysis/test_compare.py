@@ -745,6 +745,21 @@ def test_compare_cli_names_bad_reference_file(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_cli_names_reference_objects_missing_from_embeddings(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    np.save(tmp_path / "reference.npy", similarity_matrix(gamma_embedding(5, 2, seed=18)))
+    (tmp_path / "reference.txt").write_text("0\n1\n2\n98\n99\n")
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--reference-rsm", str(tmp_path / "reference.npy"), "--reference-objects", str(tmp_path / "reference.txt"),
+    ])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "2 of the 5 reference objects are not in the compared embeddings: ['98', '99']" in error
+    assert "--reference-objects" in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_reports_reference_sign(tmp_path):
     write_surrogate_sides(tmp_path)
     human, dnn = surrogate_pair(n_objects=12)

@@ -1363,7 +1363,9 @@ def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]
     missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
     if missing:
         raise ValueError(
-            f"{len(missing)} reference objects are not in the compared embeddings: {missing[:20]}"
+            f"{len(missing)} of the {len(table)} reference objects are not in the compared embeddings: "
+            f"{missing[:20]}; pass a reference matrix (--reference-rsm, --reference-objects) of "
+            "objects that both embeddings contain"
         )
     return pair.objects.index_of(table.object_ids)
 
