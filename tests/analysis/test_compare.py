@@ -345,6 +345,15 @@ def test_compare_rejects_different_objects(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("n_objects", [1, 2])
+def test_compare_rejects_fewer_than_three_objects(tmp_path, recwarn, n_objects):
+    human = gamma_embedding(n_objects, 3, seed=19)
+    with pytest.raises(ValueError, match=rf"comparison needs at least 3 objects, but the embeddings have {n_objects}"):
+        compare(human, human, tmp_path / "out", n_bootstrap=0, top_k=1)
+    assert not [warning for warning in recwarn if "All-NaN" in str(warning.message)]
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_top_k_above_object_count_names_option(tmp_path):
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"top_k=20 is invalid for 12 objects \(--top-k\): use 1..12"):

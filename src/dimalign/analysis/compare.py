@@ -857,6 +857,13 @@ def compare(
     pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
     names = list(pair.objects.object_ids)
     n_objects = len(names)
+    if n_objects < 3:
+        # S_ij averages over a third object k, and a correlation needs at least 3 pairs.
+        raise ValueError(
+            f"the comparison needs at least 3 objects, but the embeddings have {n_objects}: the "
+            "similarity of two objects is their odd-one-out probability against a third one; "
+            "pass embeddings of 3 or more objects"
+        )
     if top_k > n_objects:
         raise ValueError(f"top_k={top_k} is invalid for {n_objects} objects (--top-k): use 1..{n_objects}")
     subset = _similarity_subset(n_objects, similarity_objects, random_state)
