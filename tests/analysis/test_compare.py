@@ -824,6 +824,14 @@ def test_compare_cli_names_constant_dnn_file(tmp_path, capsys):
     assert not (tmp_path / "cz").exists()
 
 
+def test_compare_names_overflowing_dot_products(tmp_path, recwarn):
+    human = gamma_embedding(12, 3, seed=20)
+    with pytest.raises(ValueError, match=r"the DNN embedding has dot products beyond float64 \(largest weight \d\.\d+e\+160\)"):
+        compare(human, human * 1e160, tmp_path / "out", n_bootstrap=0, similarity=failing_similarity)
+    assert not [warning for warning in recwarn if "overflow" in str(warning.message)]
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_rejects_equal_rows_before_slow_steps(tmp_path):
     write_surrogate_sides(tmp_path)
     write_side(tmp_path / "flat", np.tile([[0.5, 2.0]], (12, 1)))

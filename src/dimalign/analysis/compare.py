@@ -1280,7 +1280,16 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     """
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE
 
-    low, high = _dot_product_spread(np.asarray(embedding, dtype=np.float64))
+    embedding = np.asarray(embedding, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        low, high = _dot_product_spread(embedding)
+    if not math.isfinite(high):
+        # A dot product above about 1.8e308 is inf, and every similarity built from it NaN.
+        raise ValueError(
+            f"{name} has dot products beyond float64 (largest weight {float(np.abs(embedding).max()):.3g}), "
+            "so its similarities are undefined: check that it is the right file, or divide its "
+            "weights by a common factor"
+        )
     # The similarity depends on exp(s_ab), so dot products that differ by less
     # than a few epsilon in absolute terms (weights of about 1e-7) give exp()
     # values equal to float64 precision, whatever their relative spread.
