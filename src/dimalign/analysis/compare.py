@@ -1284,7 +1284,7 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     with np.errstate(over="ignore", invalid="ignore"):
         low, high = _dot_product_spread(embedding)
     if not math.isfinite(high):
-        # A dot product above about 1.8e308 is inf, and every similarity built from it NaN.
+        # A dot product above about 1.8e308 is inf, and every similarity built from it is NaN.
         raise ValueError(
             f"{name} has dot products beyond float64 (largest weight {float(np.abs(embedding).max()):.3g}), "
             "so its similarities are undefined: check that it is the right file, or divide its "

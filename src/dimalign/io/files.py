@@ -659,7 +659,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-# Longest part of an unreadable value that an error quotes.
+# Maximum number of characters of an unreadable value that an error quotes.
 _SHOWN_VALUE_LENGTH = 40
 
 
