@@ -149,6 +149,26 @@ def test_bootstrap_matches_naive_resampling():
     assert result.ci_high == np.percentile(result.samples, 97.5)
 
 
+def test_bootstrap_memory_does_not_grow_with_samples():
+    """The resampled objects are drawn per batch, so a large --bootstrap costs time, not memory."""
+    import tracemalloc
+
+    a = similarity_matrix(gamma_embedding(100, 3, seed=8))
+    b = similarity_matrix(gamma_embedding(100, 3, seed=9))
+    n_bootstrap = 20_000
+    tracemalloc.start()
+    try:
+        result = bootstrap_rsa(a, b, n_bootstrap=n_bootstrap, random_state=3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # All indices at once would take n_bootstrap * 100 * 8 bytes = 16 MB.
+    assert peak < 8_000_000
+    np.testing.assert_array_equal(
+        result.samples[:50], bootstrap_rsa(a, b, n_bootstrap=50, random_state=3).samples
+    )
+
+
 def test_bootstrap_leaves_out_same_object_pairs():
     a = similarity_matrix(gamma_embedding(8, 2, seed=4))
     b = similarity_matrix(gamma_embedding(8, 2, seed=5))

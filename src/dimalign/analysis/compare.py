@@ -589,10 +589,14 @@ def bootstrap_rsa(
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 or more")
     value = float(rsa(a, b, method=method))
 
-    indices = bootstrap_indices(a.shape[0], n_bootstrap, random_state)
+    # Each batch is drawn when it is needed, so memory does not grow with
+    # n_bootstrap. The rows are those of bootstrap_indices(n, n_bootstrap,
+    # random_state), which tests check, because numpy's Generator.integers
+    # draws its values one after another (numpy 2.4).
+    rng = np.random.default_rng(random_state)
     samples = np.empty(n_bootstrap)
     for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=None, leave=False):
-        batch = indices[start : start + batch_size]
+        batch = rng.integers(0, a.shape[0], size=(min(batch_size, n_bootstrap - start), a.shape[0]))
         if method == "pearson":
             counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])
             samples[start : start + batch.shape[0]] = _weighted_pearson(a, b, counts)
