@@ -489,6 +489,24 @@ def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
     assert not (tmp_path / "new").exists()
 
 
+def test_compare_finds_images_named_by_relative_path(tmp_path, shared_data):
+    """Object ids of dimalign extract are image paths relative to the image folder, as dimalign grids reads them."""
+    write_surrogate_sides(tmp_path)
+    images = tmp_path / "images"
+    (images / "photos").mkdir(parents=True)
+    for name in IMAGE_FILES:
+        (images / "photos" / name).write_bytes((shared_data / "images" / name).read_bytes())
+    ids = [f"photos/{IMAGE_FILES[i % 8]}" if i < 8 else f"photos/copy{i}/{IMAGE_FILES[i % 8]}" for i in range(12)]
+    for i in range(8, 12):
+        (images / "photos" / f"copy{i}").mkdir()
+        (images / ids[i]).write_bytes((shared_data / "images" / IMAGE_FILES[i % 8]).read_bytes())
+    for side in ("human", "dnn"):
+        write_object_table(ObjectTable.from_ids(ids), tmp_path / side / "objects.tsv")
+
+    compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=2, images=images)
+    assert len(list((tmp_path / "out" / "top_objects").glob("pair_*.png"))) == 3 * 4
+
+
 def test_compare_damaged_images_rejected_before_writing(tmp_path, shared_data):
     write_surrogate_sides(tmp_path)
     images = tmp_path / "images"

@@ -797,8 +797,9 @@ def compare(
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
-            object's image is its table ``source`` relative to this folder,
-            else ``<object_id>.jpg/.jpeg/.png``, else the first image in the
+            object's image is its table ``source`` relative to this folder
+            (the ``object_id`` itself when the source is empty), else
+            ``<object_id>.jpg/.jpeg/.png``, else the first image in the
             subfolder ``<object_id>/``.
         n_bootstrap (int): Bootstrap samples of the RSA.
         random_state (int): Seed of the bootstrap and of the object subset.
@@ -1453,15 +1454,18 @@ def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Pat
 
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
+    # An id without a source is also tried as a path relative to the folder,
+    # because dimalign extract names objects by their relative image paths.
     paths = {
-        row: find_image(images, objects.object_ids[row], objects.sources[row])
+        row: find_image(images, objects.object_ids[row], objects.sources[row] or objects.object_ids[row])
         for row in sorted(set(top_table["object_index"].tolist()))
     }
     missing = [objects.object_ids[row] for row, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
-            "<object_id>.jpg or fill the source column of the object table"
+            "<object_id>.jpg, or fill the source column of the object table with image paths "
+            "relative to the folder"
         )
     return load_grid_images(paths, _GRID_CELL_SIZE)
 
