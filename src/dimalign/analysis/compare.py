@@ -923,6 +923,10 @@ def compare(
             outputs["top_object_grids"] = _write_pair_grids(top_table, pictures, stage)
 
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
+        logger.info(
+            "computing the human and DNN similarity matrices of %d objects",
+            n_objects if subset is None else subset.size,
+        )
         human_similarity = similarity(pair.human, objects=subset, device=device)
         dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
         rsa_result = _named_bootstrap_rsa(
@@ -980,6 +984,7 @@ def compare(
         outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, stage)
 
         if triplets is not None:
+            logger.info("explaining both models' choices on %d triplets by jackknife relevance", len(triplets))
             outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
 
         write_manifest(
