@@ -188,7 +188,7 @@ def rsa_of(first, second):
 
 
 def test_cumulative_rsa_logs_progress(caplog, monkeypatch):
-    """One matrix per step can take minutes in all on THINGS, so the log says how far the curve is."""
+    """One matrix per step can take minutes in all on THINGS, so the log reports how far the curve has come."""
     import dimalign.analysis.matching as matching_module
 
     clock = iter(range(0, 10_000, 20))
