@@ -26,7 +26,7 @@ from dimalign.analysis.compare import (
 )
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.cli import main
-from dimalign.io.objects import ObjectTable, write_object_table
+from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EmbeddingResult, load_embedding, save_embedding
 
 IMAGE_FILES = ["bird.png", "cat.png", "dragonfly.png", "grace_hopper.png", "hot_dog.jpg", "owl.jpg", "parrot.jpg", "sunflower.png"]
@@ -109,6 +109,21 @@ def test_similarity_on_disk_reuses_recorded_matrix(tmp_path):
     np.testing.assert_allclose(similarity_matrix_to_disk(embedding, path), similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_accepts_reversed_view(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=14)
+    view = embedding[:, ::-1]
+    on_disk = similarity_matrix_to_disk(view, tmp_path / "s.npy")
+    np.testing.assert_allclose(on_disk, similarity_matrix(view.copy()), atol=1e-14, rtol=0)
+
+
+def test_compare_accepts_reversed_view(tmp_path):
+    human = gamma_embedding(20, 4, seed=15)
+    result = compare(human, human[:, ::-1], tmp_path / "out", n_bootstrap=0, triplets=np.array([[0, 1, 2]]))
+    assert result.rsa.r == pytest.approx(1.0, abs=1e-12)
+    matched = result.matchings["greedy"]
+    assert sorted(zip(matched.human_dims.tolist(), matched.dnn_dims.tolist())) == [(0, 3), (1, 2), (2, 1), (3, 0)]
+
+
 def test_similarity_on_disk_rejects_nan(tmp_path):
     embedding = gamma_embedding(12, 3, seed=13)
     embedding[2, 1] = np.nan
@@ -132,6 +147,26 @@ def test_bootstrap_matches_naive_resampling():
     assert result.r == rsa(a, b)
     assert result.ci_low == np.percentile(result.samples, 2.5)
     assert result.ci_high == np.percentile(result.samples, 97.5)
+
+
+def test_bootstrap_memory_does_not_grow_with_samples():
+    """The resampled objects are drawn per batch, so a large --bootstrap costs time, not memory."""
+    import tracemalloc
+
+    a = similarity_matrix(gamma_embedding(100, 3, seed=8))
+    b = similarity_matrix(gamma_embedding(100, 3, seed=9))
+    n_bootstrap = 20_000
+    tracemalloc.start()
+    try:
+        result = bootstrap_rsa(a, b, n_bootstrap=n_bootstrap, random_state=3)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # All indices at once would take n_bootstrap * 100 * 8 bytes = 16 MB.
+    assert peak < 8_000_000
+    np.testing.assert_array_equal(
+        result.samples[:50], bootstrap_rsa(a, b, n_bootstrap=50, random_state=3).samples
+    )
 
 
 def test_bootstrap_leaves_out_same_object_pairs():
@@ -184,6 +219,15 @@ def test_bootstrap_warns_about_zero_width_interval():
     with pytest.warns(UserWarning, match="has zero width"):
         result = bootstrap_rsa(a, b, n_bootstrap=50, random_state=0)
     assert result.ci_low == result.ci_high
+
+
+def test_bootstrap_single_sample_asks_for_more_samples():
+    a = similarity_matrix(gamma_embedding(30, 3, seed=16))
+    b = similarity_matrix(gamma_embedding(30, 3, seed=17))
+    with pytest.warns(UserWarning, match=r"only 1 bootstrap sample.*--bootstrap") as records:
+        result = bootstrap_rsa(a, b, n_bootstrap=1, random_state=0)
+    assert result.ci_low == result.ci_high
+    assert not any("compare more objects" in str(record.message) for record in records)
 
 
 def test_variance_explained_identity():
@@ -321,6 +365,15 @@ def test_compare_rejects_different_objects(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("n_objects", [1, 2])
+def test_compare_rejects_fewer_than_three_objects(tmp_path, recwarn, n_objects):
+    human = gamma_embedding(n_objects, 3, seed=19)
+    with pytest.raises(ValueError, match=rf"comparison needs at least 3 objects, but the embeddings have {n_objects}"):
+        compare(human, human, tmp_path / "out", n_bootstrap=0, top_k=1)
+    assert not [warning for warning in recwarn if "All-NaN" in str(warning.message)]
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_top_k_above_object_count_names_option(tmp_path):
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"top_k=20 is invalid for 12 objects \(--top-k\): use 1..12"):
@@ -432,6 +485,47 @@ def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
         with pytest.raises(FileNotFoundError, match=r"objects have no image under .*no_images"):
             compare(tmp_path / "human", tmp_path / "dnn", target, n_bootstrap=0, images=empty_images,
                     similarity=failing_similarity)
+    assert folder_contents(out) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_compare_finds_images_named_by_relative_path(tmp_path, shared_data):
+    """Object ids of dimalign extract are image paths relative to the image folder, as dimalign grids reads them."""
+    write_surrogate_sides(tmp_path)
+    images = tmp_path / "images"
+    (images / "photos").mkdir(parents=True)
+    for name in IMAGE_FILES:
+        (images / "photos" / name).write_bytes((shared_data / "images" / name).read_bytes())
+    ids = [f"photos/{IMAGE_FILES[i % 8]}" if i < 8 else f"photos/copy{i}/{IMAGE_FILES[i % 8]}" for i in range(12)]
+    for i in range(8, 12):
+        (images / "photos" / f"copy{i}").mkdir()
+        (images / ids[i]).write_bytes((shared_data / "images" / IMAGE_FILES[i % 8]).read_bytes())
+    for side in ("human", "dnn"):
+        write_object_table(ObjectTable.from_ids(ids), tmp_path / side / "objects.tsv")
+
+    compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=2, images=images)
+    assert len(list((tmp_path / "out" / "top_objects").glob("pair_*.png"))) == 3 * 4
+
+
+def test_compare_damaged_images_rejected_before_writing(tmp_path, shared_data):
+    write_surrogate_sides(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in IMAGE_FILES:
+        # Every image is cut short, so every grid needs a damaged file.
+        (images / name).write_bytes((shared_data / "images" / name).read_bytes()[:300])
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    out = tmp_path / "out"
+    compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
+    before = folder_contents(out)
+
+    for target in (out, tmp_path / "new"):
+        with pytest.raises(ValueError, match=r"images of the grids cannot be read.*images/\w+\.(png|jpg)") as error:
+            compare(tmp_path / "human", tmp_path / "dnn", target, n_bootstrap=0, images=images, top_k=2,
+                    similarity=failing_similarity)
+        assert "replace" in str(error.value)
     assert folder_contents(out) == before
     assert not (tmp_path / "new").exists()
 
@@ -639,6 +733,25 @@ def test_compare_objects_apply_to_plain_side_only(tmp_path):
     assert settings["dnn_objects"] == "objects argument"
 
 
+@pytest.mark.parametrize("source", ["neighbour", "explicit"])
+def test_compare_names_table_of_other_length(tmp_path, source):
+    human, dnn = surrogate_pair(n_objects=12)
+    ids = [f"a{i:02d}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    (tmp_path / "dnn").mkdir()
+    np.save(tmp_path / "dnn" / "plain.npy", dnn)
+    short = tmp_path / ("dnn/objects.tsv" if source == "neighbour" else "ids.txt")
+    short.write_text("".join(f"{name}\n" for name in ids[:11]))
+    objects = None if source == "neighbour" else read_object_table(short)
+    expected = str(short) if source == "neighbour" else "the object table passed"
+
+    with pytest.raises(ValueError, match=r"lists 11 objects but the DNN embedding .*plain\.npy has 12 rows") as error:
+        compare(tmp_path / "human", tmp_path / "dnn" / "plain.npy", tmp_path / "out", n_bootstrap=0, objects=objects)
+    assert expected in str(error.value)
+    assert "every row" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_cli_objects_for_plain_dnn(tmp_path):
     expected = shuffled_plain_dnn(tmp_path)
     code = main([
@@ -691,6 +804,21 @@ def test_compare_cli_names_bad_reference_file(tmp_path, capsys):
     ])
     assert code == 1
     assert f"{tmp_path / 'reference.npy'} contains NaN or inf at 1 positions, the first (row, column) [(2, 5)]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_names_reference_objects_missing_from_embeddings(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    np.save(tmp_path / "reference.npy", similarity_matrix(gamma_embedding(5, 2, seed=18)))
+    (tmp_path / "reference.txt").write_text("0\n1\n2\n98\n99\n")
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--reference-rsm", str(tmp_path / "reference.npy"), "--reference-objects", str(tmp_path / "reference.txt"),
+    ])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "2 of the 5 reference objects are not in the compared embeddings: ['98', '99']" in error
+    assert "--reference-objects" in error
     assert not (tmp_path / "out").exists()
 
 
@@ -747,6 +875,14 @@ def test_compare_cli_names_constant_dnn_file(tmp_path, capsys):
     assert f"the DNN embedding {tmp_path / 'z' / 'zeros.npy'} predicts the same similarity for every pair" in error
     assert "every off-diagonal dot product is 0 " in error
     assert not (tmp_path / "cz").exists()
+
+
+def test_compare_names_overflowing_dot_products(tmp_path, recwarn):
+    human = gamma_embedding(12, 3, seed=20)
+    with pytest.raises(ValueError, match=r"the DNN embedding has dot products beyond float64 \(largest weight \d\.\d+e\+160\)"):
+        compare(human, human * 1e160, tmp_path / "out", n_bootstrap=0, similarity=failing_similarity)
+    assert not [warning for warning in recwarn if "overflow" in str(warning.message)]
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_rejects_equal_rows_before_slow_steps(tmp_path):
@@ -854,6 +990,20 @@ def test_compare_cli_triplet_range_names_human_rows(tmp_path, capsys):
     ) in error
     assert "--n-objects" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_triplets_warn_once_about_negative_weights(tmp_path, capsys):
+    """The human file is read once to bound the triplet indices, and once more to compare."""
+    human, dnn = save_surrogate_files(tmp_path)
+    human[0, 0] = -1e-4
+    np.savetxt(tmp_path / "human.txt", human)
+    (tmp_path / "t.txt").write_text("0 1 2\n3 4 5\n")
+    code = main([
+        "compare", str(tmp_path / "human.txt"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--triplets", str(tmp_path / "t.txt"), "--bootstrap", "0",
+    ])
+    assert code == 0
+    assert capsys.readouterr().err.count("set 1 negative weights") == 1
 
 
 # -- map CLI ---------------------------------------------------------------------
@@ -1415,6 +1565,23 @@ def test_compare_share_interval_on_cumulative_subset(tmp_path):
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["n_dnn_dims_for_95_percent"] is None
     assert summary["cumulative_full_r_ci_low"] < 0
+
+
+def test_compare_share_without_valid_interval_says_so(tmp_path):
+    """Three objects give every bootstrap sample fewer than three distinct objects, so no interval."""
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[:, ::-1]
+    with pytest.warns(UserWarning) as records:
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=5, cumulative_objects=3)
+    messages = [str(record.message) for record in records]
+    share = [message for message in messages if "n_dnn_dims_for_95_percent is null" in message]
+    assert len(share) == 1
+    assert "nan" not in share[0]
+    assert "contains 0" not in share[0]
+    assert "none of the 5 bootstrap samples" in share[0]
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_dnn_dims_for_95_percent"] is None
+    assert summary["cumulative_full_r_ci_low"] is None
 
 
 def test_compare_cumulative_objects_error_names_option(tmp_path):

@@ -605,3 +605,48 @@ def test_evaluate_warns_when_dot_products_overflow():
         metrics = evaluate_embedding(embedding, [[0, 1, 2]])
 
     assert not math.isfinite(metrics["nll"])
+
+
+def test_cli_evaluate_failed_write_prints_nothing(tmp_path, capsys, monkeypatch):
+    """Standard output carries the metrics only when -o wrote them, so it agrees with the exit status."""
+    import errno
+
+    import dimalign.io.files
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "evaluation"
+    argv = ["-q", "evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "manifest.json"))
+
+    monkeypatch.setattr(dimalign.io.files, "write_manifest", disk_full)
+
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "No space left on device" in captured.err
+    assert not out_dir.exists()
+
+
+def test_cli_evaluate_failed_rerun_keeps_earlier_metrics(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import dimalign.io.files
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    out_dir = tmp_path / "evaluation"
+    argv = ["-q", "evaluate", str(run_dir), "--triplets", str(triplet_file), "-o", str(out_dir)]
+    assert main(argv) == 0
+    earlier = {name: (out_dir / name).read_text() for name in ("metrics.json", "manifest.json")}
+    capsys.readouterr()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "manifest.json"))
+
+    monkeypatch.setattr(dimalign.io.files, "write_manifest", disk_full)
+
+    assert main(argv) == 1
+    assert capsys.readouterr().out == ""
+    assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "metrics.json"]
+    assert {name: (out_dir / name).read_text() for name in earlier} == earlier

@@ -187,6 +187,22 @@ def rsa_of(first, second):
     return rsa(first, second)
 
 
+def test_cumulative_rsa_logs_progress(caplog, monkeypatch):
+    """One matrix per step can take minutes in all on THINGS, so the log reports how far the curve has come."""
+    import dimalign.analysis.matching as matching_module
+
+    clock = iter(range(0, 10_000, 20))
+    monkeypatch.setattr(matching_module.time, "monotonic", lambda: next(clock))
+    rng = np.random.default_rng(8)
+    dnn = rng.gamma(1.0, size=(12, 8))
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.matching"):
+        cumulative_rsa(dot_similarity(dnn), dnn, list(range(8)), similarity=dot_similarity)
+
+    assert "cumulative RSA: rebuilding the DNN similarity matrix for 8 prefixes of DNN dimensions" in caplog.text
+    assert "cumulative RSA: 3 of 8 steps done" in caplog.text
+
+
 def test_cumulative_rsa_logs_share_not_reached(caplog):
     """A DNN whose similarity is the reverse of the human one never reaches the share."""
     rng = np.random.default_rng(7)

@@ -233,3 +233,15 @@ def test_tie_warning_names_the_model():
     messages = [str(warning.message) for warning in record]
     assert len(messages) == 1
     assert messages[0].startswith("DNN embedding: 1 of 1 triplets have no single most relevant dimension")
+
+
+def test_relevance_accepts_reversed_view():
+    """A view with negative strides (emb[:, ::-1], np.flip) is an ordinary array to numpy users."""
+    embedding = np.random.default_rng(4).gamma(1.0, 1.0, size=(8, 3))
+    view = embedding[:, ::-1]
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [7, 6, 0]])
+
+    expected = jackknife_relevance(view.copy(), triplets)
+    result = jackknife_relevance(view, triplets)
+    np.testing.assert_array_equal(result.most_relevant, expected.most_relevant)
+    np.testing.assert_allclose(result.mean_drop, expected.mean_drop, atol=1e-15, rtol=0)

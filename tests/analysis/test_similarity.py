@@ -374,3 +374,11 @@ def test_similarity_subset_above_tenth_uses_full_matrix(monkeypatch):
     calls.clear()
     original(embedding, objects=np.arange(9))
     assert calls == []
+
+
+def test_similarity_accepts_reversed_view():
+    """A view with negative strides (emb[:, ::-1], np.flip) is an ordinary array to numpy users."""
+    embedding = np.random.default_rng(3).gamma(1.0, 1.0, size=(9, 4))
+    view = embedding[::-1, ::-1]
+
+    np.testing.assert_allclose(similarity_matrix(view), similarity_matrix(view.copy()), atol=1e-15, rtol=0)

@@ -91,3 +91,31 @@ def test_embedding_without_rows_rejected(tmp_path, recwarn, name):
     with pytest.raises(ValueError, match=f"{name}: the embedding has no rows"):
         load_embedding(path)
     assert not [warning for warning in recwarn if "no data" in str(warning.message)]
+
+
+@pytest.mark.parametrize(("name", "text", "found", "expected"), [
+    ("weights.csv", "0.5 0.25 0.125\n0 1.5 2\n", "spaces", "commas"),
+    ("weights.csv", "0.5;0.25\n0;1.5\n", "semicolons", "commas"),
+    ("weights.tsv", "0.5,0.25\n0,1.5\n", "commas", "tabs"),
+])
+def test_text_embedding_with_other_separator_says_so(tmp_path, name, text, found, expected):
+    """A whole line read as one value would otherwise be quoted back as 'not a number'."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=f"line 1 separates its values by {found}, but the values of a "
+                                         f"{name[-4:]} file are separated by {expected}") as error:
+        load_embedding(tmp_path / name)
+    assert "not a number" not in str(error.value)
+
+
+def test_text_embedding_error_shortens_long_value(tmp_path):
+    (tmp_path / "weights.txt").write_text("0.5 " + "x" * 500 + "\n")
+    with pytest.raises(ValueError, match=r"line 1 has the value 'x{20,60}\.\.\.', which is not a number") as error:
+        load_embedding(tmp_path / "weights.txt")
+    assert len(str(error.value)) < 300
+
+
+def test_text_embedding_with_commas_in_txt_says_so(tmp_path):
+    (tmp_path / "weights.txt").write_text("0.5,0.25\n0,1.5\n")
+    with pytest.raises(ValueError, match="line 1 separates its values by commas, but the values of this "
+                                         "file are read as separated by spaces"):
+        load_embedding(tmp_path / "weights.txt")

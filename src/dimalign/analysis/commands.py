@@ -107,6 +107,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_writable,
         now_iso,
         replace_non_finite,
+        report_leftover_stages,
+        staged_outputs,
         write_json_atomic,
         write_manifest,
     )
@@ -122,6 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         check_output_dir(args.out, "evaluate")
         check_writable(Path(args.out))
         check_unowned_files(args.out, ["metrics.json"], "evaluate")
+        report_leftover_stages(Path(args.out))
         metrics_path = Path(args.out) / "metrics.json"
         if metrics_path.is_dir():
             # Otherwise the write fails only after scoring, with a bare "Is a directory".
@@ -159,15 +162,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         object_ids=list(table.object_ids) if table is not None else None,
     )
     logger.info("evaluated %s: %s", result.path, format_metrics(metrics))
-    # The result also goes to standard output, so that -q (which hides the log
-    # line above) still shows it and a script can read it. JSON has no NaN, so
-    # a metric that is not finite (an NLL whose dot products overflowed) is null.
-    print(json.dumps(replace_non_finite(metrics), allow_nan=False))
 
     if args.out:
         out_dir = Path(args.out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "metrics.json", metrics)
         inputs = {"embedding": result.path, "triplets": args.triplets}
         if table_path is not None:
             inputs["objects"] = table_path
@@ -176,15 +173,26 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
             for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
                 inputs[name] = Path(args.things_dir) / name
-        write_manifest(
-            out_dir,
-            step="evaluate",
-            inputs=inputs,
-            settings={"n_objects": n_objects, "things_dir": args.things_dir, "device": args.device},
-            started=started,
-            outputs=metrics,
-        )
+        # Both files are written into a hidden folder and moved in together,
+        # so a failed write leaves the folder as it was (or removes it).
+        with staged_outputs(out_dir) as stage:
+            write_json_atomic(stage / "metrics.json", metrics)
+            write_manifest(
+                stage,
+                step="evaluate",
+                inputs=inputs,
+                settings={"n_objects": n_objects, "things_dir": args.things_dir, "device": args.device},
+                started=started,
+                outputs=metrics,
+            )
         logger.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "manifest.json")
+
+    # The result also goes to standard output, so that -q (which hides the log
+    # line above) still shows it and a script can read it. It is printed after
+    # the files are written, so that printed metrics always come with exit
+    # status 0. JSON has no NaN, so a metric that is not finite (an NLL whose
+    # dot products overflowed) is null.
+    print(json.dumps(replace_non_finite(metrics), allow_nan=False))
     return 0
 
 

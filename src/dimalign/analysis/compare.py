@@ -248,6 +248,8 @@ def similarity_matrix_to_disk(
     weights = np.asarray(embedding, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[0] < 3:
         raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
+    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
+    weights = np.ascontiguousarray(weights)
     bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
     if bad_rows.size:
         raise ValueError(
@@ -587,10 +589,14 @@ def bootstrap_rsa(
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 or more")
     value = float(rsa(a, b, method=method))
 
-    indices = bootstrap_indices(a.shape[0], n_bootstrap, random_state)
+    # Each batch is drawn when it is needed, so memory does not grow with
+    # n_bootstrap. The rows are those of bootstrap_indices(n, n_bootstrap,
+    # random_state), which tests check, because numpy's Generator.integers
+    # draws its values one after another (numpy 2.4).
+    rng = np.random.default_rng(random_state)
     samples = np.empty(n_bootstrap)
     for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=None, leave=False):
-        batch = indices[start : start + batch_size]
+        batch = rng.integers(0, a.shape[0], size=(min(batch_size, n_bootstrap - start), a.shape[0]))
         if method == "pearson":
             counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])
             samples[start : start + batch.shape[0]] = _weighted_pearson(a, b, counts)
@@ -608,7 +614,15 @@ def bootstrap_rsa(
     tail = 100 * (1 - ci_level) / 2
     low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
     # A perfect correlation (|r| = 1) in every sample is a real result, not a degenerate interval.
-    if valid.size and low == high and abs(low) < 1.0:
+    if n_bootstrap == 1 and valid.size == 1 and abs(low) < 1.0:
+        # One sample has zero width by construction, whatever the number of objects.
+        warnings.warn(
+            f"only 1 bootstrap sample (r = {low:.3f}), so the interval has zero width and says "
+            "nothing about the uncertainty of r: draw more samples (--bootstrap 1000)",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif valid.size and low == high and abs(low) < 1.0:
         warnings.warn(
             f"the bootstrap interval [{low:.3f}, {high:.3f}] has zero width: the {valid.size} "
             "valid samples give the same correlation, so the interval says nothing about its "
@@ -783,8 +797,9 @@ def compare(
         triplets (np.ndarray | None): Triplets (indices in the human row
             order) for the jackknife relevance; None skips it.
         images (path | None): Image folder for the top-object grids: an
-            object's image is its table ``source`` relative to this folder,
-            else ``<object_id>.jpg/.jpeg/.png``, else the first image in the
+            object's image is its table ``source`` relative to this folder
+            (the ``object_id`` itself when the source is empty), else
+            ``<object_id>.jpg/.jpeg/.png``, else the first image in the
             subfolder ``<object_id>/``.
         n_bootstrap (int): Bootstrap samples of the RSA.
         random_state (int): Seed of the bootstrap and of the object subset.
@@ -843,9 +858,17 @@ def compare(
     human_side, dnn_side = _load_side(human, "human"), _load_side(dnn, "DNN")
     (human_table, human_table_source), (dnn_table, dnn_table_source) = _choose_tables(human_side, dnn_side, objects)
     human_result, dnn_result = human_side.result, dnn_side.result
+    _check_table_lengths(((human_side, human_table, human_table_source), (dnn_side, dnn_table, dnn_table_source)))
     pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
     names = list(pair.objects.object_ids)
     n_objects = len(names)
+    if n_objects < 3:
+        # S_ij averages over a third object k, and a correlation needs at least 3 pairs.
+        raise ValueError(
+            f"the comparison needs at least 3 objects, but the embeddings have {n_objects}: the "
+            "similarity of two objects is their odd-one-out probability against a third one; "
+            "pass embeddings of 3 or more objects"
+        )
     if top_k > n_objects:
         raise ValueError(f"top_k={top_k} is invalid for {n_objects} objects (--top-k): use 1..{n_objects}")
     subset = _similarity_subset(n_objects, similarity_objects, random_state)
@@ -880,7 +903,7 @@ def compare(
     matchings = matching_module.match_all(pair.human, pair.dnn)
     primary = matchings.get("greedy", matchings["with_replacement"])
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-    image_paths = _find_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
+    pictures = _read_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
 
     # Every input is valid from here on. The outputs are written into a hidden
     # folder inside out_dir and moved over the earlier comparison only when all
@@ -896,10 +919,14 @@ def compare(
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")
         outputs.update(matching="matching.csv", top_objects="top_objects.csv")
-        if image_paths is not None:
-            outputs["top_object_grids"] = _write_pair_grids(top_table, image_paths, stage)
+        if pictures is not None:
+            outputs["top_object_grids"] = _write_pair_grids(top_table, pictures, stage)
 
         # Similarity matrices, RSA with bootstrap, and the cumulative RSA.
+        logger.info(
+            "computing the human and DNN similarity matrices of %d objects",
+            n_objects if subset is None else subset.size,
+        )
         human_similarity = similarity(pair.human, objects=subset, device=device)
         dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
         rsa_result = _named_bootstrap_rsa(
@@ -957,6 +984,7 @@ def compare(
         outputs["figures"] = figures_compare.write_comparison_figures(matchings, cumulative, stage)
 
         if triplets is not None:
+            logger.info("explaining both models' choices on %d triplets by jackknife relevance", len(triplets))
             outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
 
         write_manifest(
@@ -1049,7 +1077,17 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
     cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
     if cumulative.share_defined:
         return cumulative
-    if cumulative.r_full > 0 and interval is not None:
+    if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
+        warnings.warn(
+            f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
+            f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
+            "from 0 and no share of its r² is meaningful: n_dnn_dims_for_95_percent is null and "
+            "share_of_full_r2 is empty. Compare more objects (--cumulative-objects, "
+            "--similarity-objects)",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif cumulative.r_full > 0 and interval is not None:
         warnings.warn(
             f"the {100 * rsa_result.ci_level:.0f}% interval "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
@@ -1154,6 +1192,23 @@ def _choose_tables(
     return chosen
 
 
+def _check_table_lengths(sides: Sequence[tuple[_Side, ObjectTable | None, str | None]]) -> None:
+    """Raise ``ValueError`` if a chosen object table does not list one object per row of its side.
+
+    Args:
+        sides: ``(side, table, source)`` per input, as :func:`_choose_tables`
+            returns the table and its source.
+    """
+    for side, table, source in sides:
+        if table is None or len(table) == side.result.n_objects:
+            continue
+        named = "the object table passed (objects=, CLI --objects)" if source == "objects argument" else source
+        raise ValueError(
+            f"{named} lists {len(table)} objects but {side.name} has {side.result.n_objects} rows: "
+            f"the table must name every row of the {side.label} embedding, in order"
+        )
+
+
 def _table_difference(first: ObjectTable, second: ObjectTable) -> str:
     """Describe the first difference of two object tables in a few words."""
     if len(first) != len(second):
@@ -1235,7 +1290,16 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     """
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE
 
-    low, high = _dot_product_spread(np.asarray(embedding, dtype=np.float64))
+    embedding = np.asarray(embedding, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        low, high = _dot_product_spread(embedding)
+    if not math.isfinite(high):
+        # A dot product above about 1.8e308 is inf, and every similarity built from it is NaN.
+        raise ValueError(
+            f"{name} has dot products beyond float64 (largest weight {float(np.abs(embedding).max()):.3g}), "
+            "so its similarities are undefined: check that it is the right file, or divide its "
+            "weights by a common factor"
+        )
     # The similarity depends on exp(s_ab), so dot products that differ by less
     # than a few epsilon in absolute terms (weights of about 1e-7) give exp()
     # values equal to float64 precision, whatever their relative spread.
@@ -1325,7 +1389,9 @@ def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]
     missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
     if missing:
         raise ValueError(
-            f"{len(missing)} reference objects are not in the compared embeddings: {missing[:20]}"
+            f"{len(missing)} of the {len(table)} reference objects are not in the compared embeddings: "
+            f"{missing[:20]}; pass a reference matrix (--reference-rsm, --reference-objects) of "
+            "objects that both embeddings contain"
         )
     return pair.objects.index_of(table.object_ids)
 
@@ -1375,47 +1441,58 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(temporary, index=False)
 
 
-def _find_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Path]:
-    """Return the image of every object in ``top_table`` by its row, or raise if one is missing."""
+# Side of the square each picture of a top-object grid is drawn into, in pixels.
+_GRID_CELL_SIZE = 128
+
+
+def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Any]:
+    """Decode the image of every object in ``top_table``, shrunk to a grid cell, by its row.
+
+    Every file is found and decoded here, before anything is written, so a
+    missing or damaged image stops the comparison before its slow steps.
+
+    Raises:
+        FileNotFoundError: Listing the objects without an image.
+        ValueError: Listing the image files that cannot be decoded.
+    """
+    from dimalign.interpret.grid_images import load_grid_images
+
     if not images.is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
+    # An id without a source is also tried as a path relative to the folder,
+    # because dimalign extract names objects by their relative image paths.
     paths = {
-        row: find_image(images, objects.object_ids[row], objects.sources[row])
+        row: find_image(images, objects.object_ids[row], objects.sources[row] or objects.object_ids[row])
         for row in sorted(set(top_table["object_index"].tolist()))
     }
     missing = [objects.object_ids[row] for row, path in paths.items() if path is None]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} objects have no image under {images}: {missing[:20]}; name images "
-            "<object_id>.jpg or fill the source column of the object table"
+            "<object_id>.jpg, or fill the source column of the object table with image paths "
+            "relative to the folder"
         )
-    return paths
+    return load_grid_images(paths, _GRID_CELL_SIZE)
 
 
-def _write_pair_grids(top_table: pd.DataFrame, paths: dict[int, Path], out_dir: Path) -> list[str]:
+def _write_pair_grids(top_table: pd.DataFrame, pictures: dict[int, Any], out_dir: Path) -> list[str]:
     """Draw one image grid per matched pair and group (both, human only, DNN only).
 
-    ``paths`` maps each object row of ``top_table`` to its image (:func:`_find_grid_images`).
+    ``pictures`` maps each object row of ``top_table`` to its decoded image (:func:`_read_grid_images`).
     """
-    from PIL import Image
-
     from dimalign.interpret.grid_images import GridCell, compose_grid
 
     grid_dir = out_dir / "top_objects"
     grid_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for (rank, group), rows in top_table.groupby(["pair_rank", "group"], sort=True):
-        cells = []
-        for row in rows.itertuples():
-            with Image.open(paths[row.object_index]) as image:
-                image.load()
-                cells.append(GridCell(image.convert("RGB"), str(row.object_id)))
+        cells = [GridCell(pictures[row.object_index], str(row.object_id)) for row in rows.itertuples()]
         first = rows.iloc[0]
         title = (
             f"pair {rank}: human dim {first.human_dim}, DNN dim {first.dnn_dim} "
             f"(r = {first.r:.2f}), {group.replace('_', ' ')}"
         )
-        grid = compose_grid(cells, n_cols=min(5, len(cells)), title=title)
+        grid = compose_grid(cells, n_cols=min(5, len(cells)), title=title, cell_size=_GRID_CELL_SIZE)
         name = f"pair_{rank:02d}_{group}.png"
         with atomic_path(grid_dir / name) as temporary:
             grid.save(temporary)

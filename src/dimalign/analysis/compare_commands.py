@@ -251,9 +251,9 @@ def run_compare(args: argparse.Namespace) -> int:
         from dimalign.analysis.commands import reject_split_folder
 
         reject_split_folder(args.triplets, "explain")
+        # Only the number of rows is needed here. compare() reads the file again
+        # and gives its warnings (such as negative weights set to 0) then.
         with warnings.catch_warnings():
-            # Only the row count is needed here, and compare() reads the file
-            # again and warns about its content (such as tiny negative weights) then.
             warnings.simplefilter("ignore")
             n_human_objects = load_embedding(args.human).n_objects
         triplets = _load_compare_triplets(args.triplets, n_human_objects)

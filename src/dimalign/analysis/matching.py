@@ -22,6 +22,7 @@ dimensions, only on the human one, and only on the DNN one are listed.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -309,6 +310,10 @@ def dims_for_share(r: np.ndarray, r_full: float, share: float = 0.95) -> int | N
     return int(reached[0]) + 1 if reached.size else None
 
 
+# Seconds between two progress lines of the cumulative RSA in the log.
+_PROGRESS_INTERVAL_S = 60.0
+
+
 def cumulative_rsa(
     human_similarity: np.ndarray,
     dnn_embedding: np.ndarray,
@@ -359,6 +364,10 @@ def cumulative_rsa(
     r_full = float(rsa(human_similarity, full, method=method))
     values = np.empty(order.size)
     constant_steps = []
+    logger.info(
+        "cumulative RSA: rebuilding the DNN similarity matrix for %d prefixes of DNN dimensions", order.size
+    )
+    last_report = time.monotonic()
     for step in range(order.size):
         subset = similarity(dnn_embedding[:, order[: step + 1]])
         try:
@@ -368,6 +377,11 @@ def cumulative_rsa(
             values[step] = np.nan
             constant_steps.append(step + 1)
         logger.debug("cumulative RSA: %d DNN dimensions -> r = %.4f", step + 1, values[step])
+        # Each step is a whole similarity matrix (seconds on 1,854 objects), so
+        # the log shows progress about once a minute.
+        if time.monotonic() - last_report >= _PROGRESS_INTERVAL_S and step + 1 < order.size:
+            logger.info("cumulative RSA: %d of %d steps done", step + 1, order.size)
+            last_report = time.monotonic()
     if constant_steps:
         warnings.warn(
             f"the DNN similarity of the first {constant_steps[:20]} added dimensions is constant over "

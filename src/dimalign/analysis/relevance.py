@@ -75,7 +75,8 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
         raise ValueError(
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
         )
-    return weights, validate_triplets(np.asarray(triplets), weights.shape[0])
+    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
+    return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -81,7 +81,8 @@ def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarr
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
             "Fix or remove those objects first."
         )
-    return array
+    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
+    return np.ascontiguousarray(array)
 
 
 def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int) -> np.ndarray:

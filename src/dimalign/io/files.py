@@ -659,6 +659,31 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+# Maximum number of characters of an unreadable value that an error quotes.
+_SHOWN_VALUE_LENGTH = 40
+
+
+def _other_separator(field: str, delimiter: str | None) -> str | None:
+    """Return the name of another separator that splits ``field`` into numbers, or None.
+
+    A ``.csv`` file written with spaces or semicolons has no commas, so each
+    of its lines is read as a single value that is not a number.
+    """
+    candidates = {None: "spaces", ";": "semicolons", ",": "commas", "\t": "tabs"}
+    for separator, name in candidates.items():
+        if separator == delimiter:
+            continue
+        parts = field.split(separator) if separator else field.split()
+        if len(parts) < 2:
+            continue
+        try:
+            [float(part) for part in parts]
+        except ValueError:
+            continue
+        return name
+    return None
+
+
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
@@ -682,7 +707,21 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                 try:
                     float(field)
                 except ValueError:
-                    return f"line {number} has the value {field.strip()!r}, which is not a number"
+                    other = _other_separator(field, delimiter)
+                    if other is not None and delimiter is None:
+                        return (
+                            f"line {number} separates its values by {other}, but the values of this "
+                            "file are read as separated by spaces: save it with spaces between values"
+                        )
+                    if other is not None:
+                        return (
+                            f"line {number} separates its values by {other}, but the values of a "
+                            f"{Path(path).suffix.lower()} file are separated by {separators}: save it "
+                            f"with {separators}, or under a name ending in .txt (values separated by spaces)"
+                        )
+                    value = field.strip()
+                    shown = value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
+                    return f"line {number} has the value {shown!r}, which is not a number"
             if n_values is None:
                 n_values = len(fields)
             elif len(fields) != n_values:
