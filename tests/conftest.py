@@ -43,3 +43,19 @@ def restore_dimalign_logging():
     saved = (logger.handlers[:], logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder that ``os.access`` reports as not writable.
+
+    The tests run as root, for whom a folder's permission bits do not stop
+    writes, so the check that commands make before their work is fooled instead.
+    """
+    import os
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and access(path, mode))
+    return folder

@@ -244,19 +244,9 @@ def _writing_human_run(out, fetch_inputs):
     return fetch_and_write
 
 
-def test_demo_unwritable_output_folder_fails_first(tmp_path, monkeypatch):
+def test_demo_unwritable_output_folder_fails_first(tmp_path, unwritable_folder):
     """An unwritable -o failed with a bare '[Errno 13] Permission denied' after the inputs were read."""
-    import os
-
-    import dimalign.demo
-
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(
-        dimalign.demo.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode)
-    )
-
+    locked = unwritable_folder
     for out in (locked, locked / "new" / "out"):
         with pytest.raises(PermissionError, match=rf"cannot write into {locked}, so the demo cannot .*; pass another output folder \(-o\)"):
             run_demo(out, data_dir=tmp_path / "data", download=False)

@@ -559,16 +559,11 @@ def test_cli_evaluate_writes_nan_metric_as_null(tmp_path, capsys):
     assert json.loads(stored)["nll"] is None
 
 
-def test_cli_evaluate_read_only_output_fails_before_scoring(tmp_path, capsys, monkeypatch):
-    import os
-
+def test_cli_evaluate_read_only_output_fails_before_scoring(tmp_path, capsys, monkeypatch, unwritable_folder):
     import dimalign.analysis.evaluate
 
     run_dir, triplet_file = _cli_run(tmp_path)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+    locked = unwritable_folder
 
     def no_work(*args, **kwargs):
         raise AssertionError("scored the triplets before the output folder was checked")

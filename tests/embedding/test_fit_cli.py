@@ -657,17 +657,11 @@ def test_fit_cli_folder_with_val_file_has_no_unread_warning(tmp_path, capsys):
     assert "which fit does not read" not in capsys.readouterr().err
 
 
-def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkeypatch):
-    import os
-    from pathlib import Path
-
+def test_fit_cli_read_only_output_fails_before_training(tmp_path, capsys, monkeypatch, unwritable_folder):
     import dimalign.embedding
 
     write_triplets(tmp_path / "train.npy")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and access(path, mode))
+    locked = unwritable_folder
 
     def no_work(*args, **kwargs):
         raise AssertionError("the fit started before the run directory was checked")

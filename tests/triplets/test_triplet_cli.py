@@ -829,19 +829,14 @@ def test_damaged_manifest_of_earlier_run_is_named(tmp_path, capsys, outputs):
 
 
 @pytest.mark.parametrize("command", ["import-triplets", "simulate"])
-def test_read_only_output_folder_fails_before_work(tmp_path, capsys, monkeypatch, command):
+def test_read_only_output_folder_fails_before_work(tmp_path, capsys, monkeypatch, command, unwritable_folder):
     """A folder that cannot be written is named before the triplets are read or simulated."""
-    import os
-
     import dimalign.io.triplets as triplet_io
     import dimalign.triplets as triplets_package
 
     np.save(tmp_path / "features.npy", np.random.default_rng(0).random((10, 3)))
     (tmp_path / "raw.txt").write_text("0 1 2\n", encoding="utf-8")
-    out_dir = tmp_path / "locked"
-    out_dir.mkdir()
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != out_dir and access(path, mode))
+    out_dir = unwritable_folder
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output folder was checked")
