@@ -99,6 +99,24 @@ def test_invalid_sizes_rejected():
     assert sample_triplets(10, 0).shape == (0, 3)
 
 
+@pytest.mark.parametrize(
+    ("n_objects", "n_triplets", "message"),
+    [(7.5, 3, "n_objects must be a whole number, got 7.5"),
+     (7, 3.7, "n_triplets must be a whole number, got 3.7"),
+     (7, float("nan"), "n_triplets must be a whole number, got nan")],
+)
+def test_fractional_sizes_rejected(n_objects, n_triplets, message):
+    # int() would truncate 3.7 to 3 triplets without saying so.
+    with pytest.raises(ValueError, match=message):
+        sample_triplets(n_objects, n_triplets)
+
+
+def test_whole_float_sizes_accepted():
+    triplets = sample_triplets(7.0, 1e1, random_state=0)
+
+    assert np.array_equal(triplets, sample_triplets(7, 10, random_state=0))
+
+
 def test_large_object_count_is_fast_and_unique():
     started = time.perf_counter()
 

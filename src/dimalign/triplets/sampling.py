@@ -61,14 +61,15 @@ def sample_triplets(
         np.ndarray: int64 array of shape ``(n_triplets, 3)``.
 
     Raises:
-        ValueError: If ``n_triplets`` exceeds C(m, 3) without ``replace``, or the
-            sizes are out of range.
+        ValueError: If ``n_triplets`` exceeds C(m, 3) without ``replace``, or a
+            size is out of range or not a whole number.
 
     Example:
         >>> sample_triplets(4, 4, random_state=0).tolist()  # all C(4, 3) = 4 sets
         [[0, 2, 3], [0, 1, 2], [0, 1, 3], [1, 2, 3]]
     """
-    n_objects, n_triplets = int(n_objects), int(n_triplets)
+    n_objects = _whole_number(n_objects, "n_objects")
+    n_triplets = _whole_number(n_triplets, "n_triplets")
     if n_triplets < 0:
         raise ValueError(f"n_triplets must be >= 0, got {n_triplets}")
     if not 3 <= n_objects <= MAX_OBJECTS:
@@ -97,6 +98,18 @@ def sample_triplets(
         f"{n_triplets:,}", f"{n_objects:,}", strategy, 100.0 * n_triplets / n_sets, f"{n_sets:,}",
     )
     return triplets
+
+
+def _whole_number(value: float, name: str) -> int:
+    """Return ``value`` as an int, rejecting fractions that ``int()`` would truncate.
+
+    Whole floats such as ``1e6`` are accepted, because callers often write sizes that way.
+    """
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if not (np.isfinite(value) and float(value).is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value}; pass an integer")
+    return int(value)
 
 
 def _draw_unique_ranks(rng: np.random.Generator, n_sets: int, n_triplets: int) -> np.ndarray:
