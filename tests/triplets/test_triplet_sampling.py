@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from dimalign.triplets import count_triplets, rank_triplets, sample_triplets, unrank_triplets
 
@@ -186,3 +187,36 @@ def test_rank_rejects_index_that_would_overflow():
         rank_triplets(np.array([[0, 1, 2], [0, 1, 3_000_000]]))
     with pytest.raises(ValueError, match="below 2,000,000"):
         rank_triplets(np.array([[0, 1, MAX_OBJECTS]]))
+
+
+@pytest.mark.parametrize(("n_triplets", "replace"), [(5, False), (30, False), (70, True)])
+def test_sets_uniform_by_chi_square(n_triplets, replace):
+    # 7 objects form 35 sets. 5 of them take the rejection path, 30 the
+    # permutation path. A chi-square test over all cells catches a bias spread
+    # over many sets that a per-set bound of several standard deviations misses.
+    n_sets = math.comb(7, 3)
+    counts = np.zeros(n_sets, dtype=np.int64)
+    for seed in range(1500):
+        triplets = sample_triplets(7, n_triplets, random_state=seed, replace=replace)
+        assert triplets.min() >= 0
+        assert triplets.max() < 7
+        counts += np.bincount(rank_triplets(triplets), minlength=n_sets)
+
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_first_row_uniform_by_chi_square():
+    # Without replacement the rows come in random order, so the first row
+    # alone must be uniform over the 35 sets as well.
+    first_ranks = [rank_triplets(sample_triplets(7, 5, random_state=seed))[0] for seed in range(3500)]
+
+    counts = np.bincount(first_ranks, minlength=35)
+
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_generator_and_seed_give_same_triplets():
+    from_seed = sample_triplets(50, 100, random_state=5)
+    from_generator = sample_triplets(50, 100, random_state=np.random.default_rng(5))
+
+    assert np.array_equal(from_seed, from_generator)
