@@ -355,3 +355,64 @@ def test_auto_avoids_gram_when_squared_norms_overflow():
     gather = simulate_choices(features, triplets, similarity="euclidean", method="gather")
     assert auto.method == "gather"
     assert np.array_equal(auto.triplets, gather.triplets)
+
+
+def brute_force_similarity(x: np.ndarray, y: np.ndarray, similarity: str) -> float:
+    """Similarity of two feature rows as the module docstring defines it, in float64."""
+    if similarity == "dot":
+        return float(np.maximum(x, 0.0) @ np.maximum(y, 0.0))
+    if similarity == "cosine":
+        return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+    return -float(np.linalg.norm(x - y))
+
+
+@pytest.mark.parametrize("method", ["gram", "gather"])
+@pytest.mark.parametrize("similarity", ["dot", "cosine", "euclidean"])
+def test_argmax_equals_brute_force_loop(similarity, method):
+    # Normal features make many ReLU dot products exactly 0, so "dot" also
+    # has ties. There the odd one out must be one that a tied pair leaves.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 6))
+    triplets = sample_triplets(40, 2000, random_state=3)
+    triplets = rng.permuted(triplets, axis=1)
+
+    result = simulate_choices(features, triplets, similarity, method=method, batch_size=300)
+
+    n_ties = 0
+    for row, (a, b, c) in enumerate(triplets.tolist()):
+        pair_similarities = np.array([
+            brute_force_similarity(features[a], features[b], similarity),
+            brute_force_similarity(features[a], features[c], similarity),
+            brute_force_similarity(features[b], features[c], similarity),
+        ])
+        best = np.flatnonzero(pair_similarities == pair_similarities.max())
+        chosen = result.triplets[row].tolist()
+        if len(best) > 1:
+            n_ties += 1
+            assert chosen[2] in {(c, b, a)[pair] for pair in best}, row
+        else:
+            assert chosen == [[a, b, c], [a, c, b], [b, c, a]][best[0]], row
+    assert result.n_ties == n_ties
+    if similarity == "dot":
+        assert n_ties > 0
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_softmax_frequencies_within_binomial_error(temperature):
+    # In triplet (2, 0, 1) the pairs (2, 0), (2, 1) and (0, 1) have dot
+    # products 0.5, 0 and 1. The odd one out is then 1, 0 or 2 with
+    # probability exp(s / T) / sum(exp(s / T)). At T = 1 a test cannot tell
+    # s / T from s * T, hence other temperatures.
+    n_draws = 100_000
+    triplets = np.tile([[2, 0, 1]], (n_draws, 1))
+    weights = np.exp(np.array([0.5, 0.0, 1.0]) / temperature)
+    expected = weights / weights.sum()
+
+    result = simulate_choices(GRADED, triplets, rule="softmax", temperature=temperature, random_state=7)
+
+    odd = result.triplets[:, 2]
+    shares = np.array([np.mean(odd == 1), np.mean(odd == 0), np.mean(odd == 2)])
+    standard_errors = np.sqrt(expected * (1 - expected) / n_draws)
+    assert np.all(np.abs(shares - expected) < 4.5 * standard_errors), (shares, expected)
+    pairs = {tuple(row) for row in result.triplets[:, :2].tolist()}
+    assert pairs == {(2, 0), (2, 1), (0, 1)}
