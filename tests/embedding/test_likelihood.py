@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -45,3 +47,43 @@ def test_all_zero_embedding_scores_one_third():
 def test_two_way_tie_counts_half():
     probabilities = torch.tensor([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4]])
     assert hits_with_ties(probabilities).tolist() == [0.5, 0.0]
+
+
+def all_ordered_triplets(n_objects):
+    return np.array(list(itertools.permutations(range(n_objects), 3)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3, 1e150])
+def test_log_probabilities_equal_float64_brute_force(scale):
+    # At scale 1e150 the dot products are near 1e300, which exp() and any
+    # unshifted sum of exponentials overflow.
+    embedding = np.random.default_rng(0).random((6, 4)) * scale
+    triplets = all_ordered_triplets(6)
+    expected = np.array([-shifted_reference_nll(embedding, row) for row in triplets])
+
+    log_probabilities = choice_log_probabilities(torch.tensor(embedding), torch.tensor(triplets))
+    nll = triplet_nll(torch.tensor(embedding), torch.tensor(triplets))
+
+    assert torch.isfinite(log_probabilities).all()
+    np.testing.assert_allclose(log_probabilities[:, 0].numpy(), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(nll.numpy(), -expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(log_probabilities.exp().sum(dim=1).numpy(), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 60.0])
+def test_float32_log_probabilities_near_float64(scale):
+    # float32 rounds each dot product s by about n_dims * eps * |s|, and the
+    # log-probability inherits that absolute error. Scale 60 gives dot
+    # products near 10,000, far beyond exp()'s float32 range of about 88.
+    embedding = np.random.default_rng(1).random((6, 3)) * scale
+    embedding32 = embedding.astype(np.float32)
+    triplets = all_ordered_triplets(6)
+    expected = np.array([-shifted_reference_nll(embedding32, row) for row in triplets])
+    largest_dot = float((embedding32.astype(np.float64) @ embedding32.T.astype(np.float64)).max())
+    tolerance = 4 * 3 * float(np.finfo(np.float32).eps) * max(largest_dot, 1.0)
+
+    log_probabilities = choice_log_probabilities(torch.tensor(embedding32), torch.tensor(triplets))
+
+    assert log_probabilities.dtype == torch.float32
+    assert torch.isfinite(log_probabilities).all()
+    np.testing.assert_allclose(log_probabilities[:, 0].double().numpy(), expected, rtol=0, atol=tolerance)
