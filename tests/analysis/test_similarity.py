@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -382,3 +383,42 @@ def test_similarity_accepts_reversed_view():
     view = embedding[::-1, ::-1]
 
     np.testing.assert_allclose(similarity_matrix(view), similarity_matrix(view.copy()), atol=1e-15, rtol=0)
+
+
+def test_accuracy_equals_brute_force_with_ties():
+    # Small integer weights make exact ties of two and three pairs common.
+    rng = np.random.default_rng(5)
+    embedding = rng.integers(0, 2, size=(12, 2)).astype(float)
+    triplets = np.array([rng.choice(12, size=3, replace=False) for _ in range(500)])
+    expected_hits = Fraction(0)
+    expected_ties = 0
+    for i, j, k in triplets.tolist():
+        logits = [embedding[i] @ embedding[j], embedding[i] @ embedding[k], embedding[j] @ embedding[k]]
+        n_max = logits.count(max(logits))
+        expected_ties += n_max > 1
+        if logits[0] == max(logits):
+            expected_hits += Fraction(1, n_max)
+
+    result = odd_one_out_accuracy(embedding, triplets, return_ties=True, batch_size=37)
+
+    assert expected_ties > 100
+    assert result.n_ties == expected_ties
+    assert result.accuracy == float(expected_hits / len(triplets))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e150])
+def test_log_probabilities_equal_brute_force(scale):
+    # Dot products up to 1e300 at the largest scale: only a max shift keeps them finite.
+    embedding = np.random.default_rng(6).random((6, 4)) * scale
+    triplets = np.array([[i, j, k] for i in range(6) for j in range(6) for k in range(6)
+                         if len({i, j, k}) == 3])
+    expected = []
+    for i, j, k in triplets.tolist():
+        logits = np.array([embedding[i] @ embedding[j], embedding[i] @ embedding[k],
+                           embedding[j] @ embedding[k]])
+        peak = logits.max()
+        expected.append(logits[0] - peak - np.log(np.exp(logits - peak).sum()))
+
+    result = choice_log_probabilities(embedding, triplets, batch_size=7)
+
+    np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
