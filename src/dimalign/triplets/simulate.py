@@ -376,12 +376,13 @@ class _GramLookup:
             self.squared_norms = np.diagonal(self.gram).astype(np.float64)
             # Centring does not help when the objects form clusters far apart:
             # within a cluster, |x|^2 + |y|^2 - 2 x.y still cancels. Each Gram
-            # entry is off by at most about n_features * eps * |x| |y| (the
-            # worst-case error of a sum of n_features products), so a squared
-            # distance is off by at most (n_features + 1) * eps * (|x|^2 + |y|^2).
-            # Triplets whose two smallest squared distances are closer than
-            # twice that are recomputed from the feature rows, as gather does.
-            self.close_call_tolerance = 2 * (features.shape[1] + 2) * float(np.finfo(self.dtype).eps)
+            # entry, norms included, is off by at most about n_features * eps
+            # times the sum of its absolute products (the worst case of a sum of
+            # n_features products), so a squared distance is off by at most
+            # about 2 * n_features * eps * (|x|^2 + |y|^2). Triplets whose two
+            # smallest squared distances are closer than twice that (both may
+            # be off) are recomputed from the feature rows, as gather does.
+            self.close_call_tolerance = 4 * (features.shape[1] + 2) * float(np.finfo(self.dtype).eps)
             self.exact = _GatherLookup(features, similarity, relu, norms)
 
     def finite_norms(self) -> bool:
