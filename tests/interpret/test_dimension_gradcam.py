@@ -243,3 +243,33 @@ def test_gradcam_earlier_layer_matches_manual(predictor):
     expected = manual_gradcam(predictor, images, 0, predictor.model[0]).numpy()
 
     np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+class SharedReluBlock(nn.Module):
+    """Two convolutions that share one ReLU module, as the blocks of torchvision's ResNet do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_gradcam_rejects_layer_that_runs_twice(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
+
+    with pytest.raises(ValueError, match=r"layer 'relu' runs more than once in one forward pass"):
+        dimension_gradcam(predictor, torch.rand(2, 3, 8, 8), 3, "relu")
+
+
+def test_default_layer_skips_layer_that_runs_twice(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
+
+    assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "conv2"
