@@ -293,7 +293,10 @@ def test_from_map_dir_rejects_the_archive_file(tmp_path):
 def test_predictor_on_real_photo_matches_manual_pipeline(shared_data, conv_model, ridge_coefficients):
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     transform = T.Compose([
-        T.Resize(20, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.ToTensor(), T.Normalize(mean, std),
+        T.Resize(20, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(16),
+        T.ToTensor(),
+        T.Normalize(mean, std),
     ])
     preprocessing = ImagePreprocessing.from_transform(transform)
     coef, intercept = ridge_coefficients
