@@ -203,3 +203,25 @@ def test_maximize_accepts_rounding_overshoot(predictor):
 def test_maximize_divergence_is_an_error(predictor):
     with pytest.raises(ValueError, match="diverged at step 1"):
         maximize_dimension(predictor, 0, steps=3, n_init=2, n_images=1, image_size=8, alpha=1e308, beta=1e308)
+
+
+class UnboundedGenerator(torch.nn.Module):
+    """A generator whose gray images ``0.5 + 0.01 * sum(latent)`` start in [0, 1] but have no bound."""
+
+    latent_dim = 4
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return (0.5 + 0.01 * latent.sum(dim=1))[:, None, None, None].expand(-1, 3, 8, 8)
+
+
+def test_maximize_generator_leaving_unit_range_is_named(predictor):
+    # Dimension 0 of the tiny map grows with the gray level, so the optimisation
+    # drives the image above 1 within a few steps of size 1.
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, generator=UnboundedGenerator(), steps=200, n_init=2, n_images=1,
+                           learning_rate=1.0)
+
+    message = str(error.value)
+    assert "the generator returned images with values in [1.0" in message
+    assert "at step " in message
+    assert "8-bit" not in message

@@ -199,3 +199,77 @@ def test_gradcam_layer_before_inplace_relu(ridge_coefficients):
 def test_gradcam_rejects_layer_input(predictor):
     with pytest.raises(ValueError, match="output, not its input"):
         dimension_gradcam(predictor, torch.rand(1, 3, 8, 8), 0, "2:input")
+
+
+def test_gradcam_batch_equals_single_images(predictor):
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+
+    maps = dimension_gradcam(predictor, images, 3, "2")
+
+    for index, image in enumerate(images):
+        np.testing.assert_allclose(dimension_gradcam(predictor, image, 3, "2"), maps[index], atol=1e-5)
+
+
+def test_gradcam_negated_dimension_follows_its_gradient(ridge_coefficients, make_conv_model):
+    """A dimension with the opposite sign keeps the locations that raise it, not the original's."""
+    coef, intercept = ridge_coefficients
+    negated = DimensionPredictor(make_conv_model(), "3", -coef, -intercept, pooling="gap")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+
+    maps = dimension_gradcam(negated, images, 3, "2")
+    expected = manual_gradcam(negated, images, 3, negated.model[2]).numpy()
+
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+def test_gradcam_zero_coefficients_zero_map(ridge_coefficients, make_conv_model):
+    coef, intercept = ridge_coefficients
+    coef = coef.copy()
+    coef[:, 4] = 0.0
+    predictor = DimensionPredictor(make_conv_model(), "3", coef, intercept, pooling="gap")
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+
+    with pytest.warns(UserWarning, match=r"dimension 4 .* zero everywhere for images \[0, 1\]"):
+        maps = dimension_gradcam(predictor, images, 4, "2")
+
+    assert maps.shape == (2, 8, 8)
+    assert (maps == 0.0).all()
+
+
+def test_gradcam_earlier_layer_matches_manual(predictor):
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(10))
+
+    maps = dimension_gradcam(predictor, images, 0, "0")
+    expected = manual_gradcam(predictor, images, 0, predictor.model[0]).numpy()
+
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
+class SharedReluBlock(nn.Module):
+    """Two convolutions that share one ReLU module, as the blocks of torchvision's ResNet do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv2(self.relu(self.conv1(x))))
+
+
+def test_gradcam_rejects_layer_that_runs_twice(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
+
+    with pytest.raises(ValueError, match=r"layer 'relu' runs more than once in one forward pass"):
+        dimension_gradcam(predictor, torch.rand(2, 3, 8, 8), 3, "relu")
+
+
+def test_default_layer_skips_layer_that_runs_twice(ridge_coefficients):
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
+
+    assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "conv2"

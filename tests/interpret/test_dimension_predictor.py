@@ -288,3 +288,39 @@ def test_from_map_dir_rejects_the_archive_file(tmp_path):
         DimensionPredictor.from_map_dir(archive)
 
     assert f"is a file; pass the folder that 'dimalign map' wrote ({archive.parent})" in str(error.value)
+
+
+def test_predictor_on_real_photo_matches_manual_pipeline(shared_data, conv_model, ridge_coefficients):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    transform = T.Compose([
+        T.Resize(20, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(16),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+    preprocessing = ImagePreprocessing.from_transform(transform)
+    coef, intercept = ridge_coefficients
+    predictor = DimensionPredictor(conv_model, "3", coef, intercept, pooling="gap", preprocessing=preprocessing)
+    path = shared_data / "images" / "parrot.jpg"
+
+    # By hand: shorter side to 20 (the longer one truncated, as torchvision does),
+    # centre crop 16 x 16, scale to [0, 1], normalise, GAP of layer "3", then the map.
+    photo = Image.open(path).convert("RGB")
+    width, height = photo.size
+    short, long = min(width, height), max(width, height)
+    size = (20, int(20 * long / short)) if width <= height else (int(20 * long / short), 20)
+    photo = photo.resize(size, Image.Resampling.BICUBIC)
+    left, top = round((photo.width - 16) / 2), round((photo.height - 16) / 2)
+    pixels = np.asarray(photo.crop((left, top, left + 16, top + 16)), dtype=np.float32) / 255.0
+    normalised = (pixels - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)
+    with torch.no_grad():
+        activations = conv_model(torch.from_numpy(normalised).permute(2, 0, 1)[None])
+    expected = activations.mean(dim=(2, 3)).double().numpy() @ coef + intercept
+
+    image = preprocessing.load(path)
+    with torch.no_grad():
+        predicted = predictor(image).double().numpy()
+
+    assert tuple(image.shape) == (3, 16, 16)
+    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), pixels, atol=1e-6)
+    np.testing.assert_allclose(predicted, expected[0], rtol=1e-5, atol=1e-5)

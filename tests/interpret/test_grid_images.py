@@ -324,3 +324,37 @@ def test_grid_last_log_line_names_output(colour_objects, tmp_path, capsys):
     assert status == 0
     assert last_line.endswith(f" to {out}")
     assert ".partial-" not in last_line
+
+
+def test_top_objects_match_argsort_with_ties():
+    weights = np.array([0.2, 0.9, 0.5, 0.9, 0.0, 0.5, 0.9])
+
+    top = top_objects(weights, 5)
+
+    # Equal weights keep their row order, so the lower index comes first.
+    np.testing.assert_array_equal(top, [1, 3, 6, 2, 5])
+    np.testing.assert_array_equal(top, np.lexsort((np.arange(weights.size), -weights))[:5])
+
+
+def test_percentile_grid_rows_near_percentiles():
+    weights = np.random.default_rng(3).gamma(1.0, size=200)
+
+    grid = percentile_grid(weights, n_cols=3, percentiles=(90.0, 50.0))
+
+    np.testing.assert_array_equal(grid[0], np.argsort(-weights, kind="stable")[:3])
+    for row, percentile in zip(grid[1:], (90.0, 50.0)):
+        distance = np.abs(weights - np.percentile(weights, percentile))
+        assert set(row) == set(np.argsort(distance, kind="stable")[:3])
+        assert (np.diff(weights[row]) <= 0).all()
+    assert len(set(grid.ravel())) == grid.size
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_grids_reject_non_finite_weights(bad):
+    weights = np.arange(40.0)
+    weights[5] = bad
+
+    with pytest.raises(ValueError, match=r"objects \[5\] have NaN or inf weights"):
+        top_objects(weights, 3)
+    with pytest.raises(ValueError, match=r"objects \[5\] have NaN or inf weights"):
+        percentile_grid(weights)

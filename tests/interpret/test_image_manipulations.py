@@ -324,3 +324,35 @@ def test_manipulation_rejects_mask_of_unknown_image(predictor, colour_image):
 
     with pytest.raises(ValueError, match="masks are given for parot, which are not among the image names"):
         manipulate_images(predictor, {"parrot": colour_image}, ["silhouette"], masks={"parot": mask})
+
+
+def test_manipulation_change_equals_independent_predictions(predictor, colour_image):
+    edits = {
+        "hue:-90": rotate_hue(colour_image, -90.0),
+        "contrast:1.5": scale_contrast(colour_image, 1.5),
+        "blur:2": gaussian_blur(colour_image, 2.0),
+        "occlude:0.25": occlude(colour_image, 0.25),
+    }
+
+    table = manipulate_images(predictor, {"a": colour_image}, list(edits)).table
+
+    with torch.no_grad():
+        before = predictor(colour_image).double().numpy()
+        for label, edited in edits.items():
+            name, parameter = label.split(":")
+            rows = table[(table["edit"] == name) & (table["parameter"] == float(parameter))]
+            expected = predictor(edited).double().numpy() - before
+            assert rows["dimension"].tolist() == list(range(5))
+            np.testing.assert_allclose(rows["change"], expected, atol=1e-6)
+
+
+def test_manipulation_neutral_edits_change_nothing(predictor, colour_image):
+    neutral = ["hue:0", "saturation:1", "brightness:1", "contrast:1", "blur:0", "occlude:0"]
+
+    table = manipulate_images(predictor, {"a": colour_image}, neutral).table
+
+    for label in neutral:
+        name, parameter = label.split(":")
+        rows = table[(table["edit"] == name) & (table["parameter"] == float(parameter))]
+        assert len(rows) == 5, label
+        np.testing.assert_allclose(rows["change"], 0.0, atol=1e-6, err_msg=label)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -82,8 +83,9 @@ def dimension_gradcam(
         ``(H, W)`` for one image), at the resolution of ``images``.
 
     Raises:
-        ValueError: If ``dim`` is out of range, or the layer output is not a
-            spatial map, or the layer does not run before the feature layer.
+        ValueError: If ``dim`` is out of range, the layer output is not a
+            spatial map, or the layer does not run exactly once before the
+            feature layer.
         RuntimeError: If the gradients are not finite (overflow in float16).
 
     Warns:
@@ -107,6 +109,14 @@ def dimension_gradcam(
     reached: list[bool] = []
 
     def start_graph_at_layer(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+        if reached:
+            # pytorch-grad-cam (1.5.7) pairs the first call's activations with the last call's
+            # gradients, so the map would belong to neither call.
+            raise ValueError(
+                f"layer {layer!r} runs more than once in one forward pass (a module used twice, "
+                "like the ReLU of a torchvision ResNet block), so its output is no single map; "
+                "choose a layer that runs once, such as a convolution or the enclosing block"
+            )
         _check_spatial_output(output, layer, reshape_transform)
         reached.append(True)
         # The predictor's parameters are frozen, so the graph starts here: the
@@ -156,7 +166,9 @@ def default_gradcam_layer(predictor: DimensionPredictor, image: torch.Tensor) ->
     """Return the last module with a spatial output ``(B, C, h, w)``, ``h * w > 1``, before the features.
 
     This is the usual Grad-CAM choice: the deepest convolutional map, where
-    the features are most abstract and still have a location.
+    the features are most abstract and still have a location. Modules that
+    run more than once in the forward pass (a shared ReLU) are skipped,
+    because :func:`dimension_gradcam` rejects them.
 
     Args:
         predictor (DimensionPredictor): Image -> embedding chain.
@@ -178,9 +190,13 @@ def default_gradcam_layer(predictor: DimensionPredictor, image: torch.Tensor) ->
     finally:
         for handle in handles:
             handle.remove()
+    calls = Counter(name for name, _ in finished)
     spatial = [
         name for name, output in finished
-        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[2] * output.shape[3] > 1
+        if calls[name] == 1
+        and isinstance(output, torch.Tensor)
+        and output.ndim == 4
+        and output.shape[2] * output.shape[3] > 1
     ]
     if not spatial:
         raise ValueError(

@@ -17,8 +17,30 @@ import numpy as np
 DEFAULT_PERCENTILES = (98.0, 95.0, 90.0, 80.0)
 
 
+def _check_weights(weights: np.ndarray) -> np.ndarray:
+    """Return one dimension's weights as a 1-D float64 array of finite values.
+
+    Raises:
+        ValueError: If the array is not 1-D or contains NaN or inf, naming the
+            objects. A NaN sorts after every number and turns the percentiles
+            into NaN, so the grid would show arbitrary objects.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 1:
+        raise ValueError(f"weights must be 1-D (n_objects,), got shape {weights.shape}")
+    bad = np.flatnonzero(~np.isfinite(weights))
+    if bad.size:
+        raise ValueError(
+            f"objects {bad[:20].tolist()} have NaN or inf weights ({bad.size} of {weights.size}); "
+            "the embedding must be finite, so refit or repair it before drawing grids"
+        )
+    return weights
+
+
 def top_objects(weights: np.ndarray, k: int) -> np.ndarray:
-    """Return the indices of the ``k`` largest weights, largest first (stable for ties).
+    """Return the indices of the ``k`` largest weights, largest first.
+
+    Equal weights keep their row order, so the lower index comes first.
 
     Args:
         weights (np.ndarray): One dimension's weights, shape ``(n_objects,)``.
@@ -26,10 +48,12 @@ def top_objects(weights: np.ndarray, k: int) -> np.ndarray:
 
     Returns:
         np.ndarray: Object indices, shape ``(k,)``.
+
+    Raises:
+        ValueError: If ``k`` is out of range, or the weights are not a 1-D
+            array of finite values.
     """
-    weights = np.asarray(weights, dtype=np.float64)
-    if weights.ndim != 1:
-        raise ValueError(f"weights must be 1-D (n_objects,), got shape {weights.shape}")
+    weights = _check_weights(weights)
     if not 1 <= k <= weights.size:
         raise ValueError(f"k={k} is invalid for {weights.size} objects: use 1..{weights.size}")
     order = np.argsort(-weights, kind="stable")
@@ -58,18 +82,17 @@ def percentile_grid(
         np.ndarray: Object indices, shape ``(1 + len(percentiles), n_cols)``.
 
     Raises:
-        ValueError: If there are fewer objects than grid cells, or the
-            percentiles are not decreasing values in (0, 100).
+        ValueError: If there are fewer objects than grid cells, the
+            percentiles are not decreasing values in (0, 100), or the weights
+            are not a 1-D array of finite values.
 
     Examples:
         >>> percentile_grid(np.arange(100.0), n_cols=2, percentiles=(50.0,)).tolist()
         [[99, 98], [50, 49]]
     """
-    weights = np.asarray(weights, dtype=np.float64)
+    weights = _check_weights(weights)
     percentiles = [float(value) for value in percentiles]
     n_cells = n_cols * (1 + len(percentiles))
-    if weights.ndim != 1:
-        raise ValueError(f"weights must be 1-D (n_objects,), got shape {weights.shape}")
     if weights.size < n_cells:
         raise ValueError(f"a grid of {n_cells} cells needs at least {n_cells} objects, got {weights.size}")
     if any(not 0.0 < value < 100.0 for value in percentiles) or any(

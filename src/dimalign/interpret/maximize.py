@@ -133,7 +133,8 @@ def maximize_dimension(
     loss_history = []
     for _ in tqdm(range(steps), desc=f"maximise dimension {dim}", disable=None, leave=False):
         optimizer.zero_grad()
-        images = generator(latent)
+        # A generator without a bounded output can leave [0, 1] as its latent moves.
+        images = _check_generated(generator(latent), step=len(loss_history) + 1)
         seen = augment(images, random) if use_augmentation else images
         prediction = predictor(seen).float()
         size_term = prediction[:, dim]
@@ -150,7 +151,7 @@ def maximize_dimension(
         loss_history.append(float(loss.detach().mean()))
 
     with torch.no_grad():
-        final_images = generator(latent).float()
+        final_images = _check_generated(generator(latent), step=steps).float()
         embedding_after = predictor(final_images).float().cpu().numpy()
     result = MaximizationResult(
         dim=dim,
@@ -171,26 +172,33 @@ def maximize_dimension(
     return result
 
 
-def _check_generated(images: torch.Tensor) -> torch.Tensor:
+def _check_generated(images: torch.Tensor, step: int | None = None) -> torch.Tensor:
     """Return the generator's images if they are finite and within ``[0, 1]`` (up to :data:`RANGE_TOLERANCE`).
 
     The predictor normalises as for photos in ``[0, 1]``. Images in another
     range, such as ``[-1, 1]`` from a GAN with a tanh output, would give
     predictions for inputs the map never saw, without any error.
 
+    Args:
+        images (torch.Tensor): The generator's output ``(B, 3, H, W)``.
+        step (int | None): The optimisation step that produced them, named in
+            the error; None for the random starts.
+
     Raises:
-        ValueError: Naming the range found.
+        ValueError: Naming the range found and the step.
     """
+    when = "" if step is None else f" at step {step} of the optimisation"
     if not torch.isfinite(images).all():
         raise ValueError(
-            "the generator returned images with NaN or inf values; it must return finite values in [0, 1]"
+            f"the generator returned images with NaN or inf values{when}; it must return finite values in [0, 1]"
         )
     # The predictor's own tolerance, so that a generator whose resampling
     # overshoots [0, 1] by a rounding error passes here as in every step.
-    low, high = float(images.min()), float(images.max())
+    low, high = (float(value) for value in torch.aminmax(images.detach()))
     if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
         raise ValueError(
-            f"the generator returned images with values in [{low:.3g}, {high:.3g}], but they must be "
-            "in [0, 1]; rescale its output, for example (x + 1) / 2 for a tanh output in [-1, 1]"
+            f"the generator returned images with values in [{low:.3g}, {high:.3g}]{when}, but they must be "
+            "in [0, 1]; bound its output, for example with a sigmoid, or (x + 1) / 2 for a tanh "
+            "output in [-1, 1]"
         )
     return images
