@@ -19,8 +19,10 @@ def test_parser_builds_without_torch():
     assert result.stdout.strip() == "False"
 
 
-def test_sigterm_removes_unfinished_output(tmp_path):
-    # timeout and kill send SIGTERM; the folder the command created must go.
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_stop_signal_removes_unfinished_output(tmp_path, stop):
+    # timeout and kill send SIGTERM, and closing the terminal sends SIGHUP;
+    # the folder the command created must go.
     out = tmp_path / "out"
     code = (
         "import sys, time\n"
@@ -33,10 +35,26 @@ def test_sigterm_removes_unfinished_output(tmp_path):
     )
     process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, stop))
 
-    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert process.wait(timeout=30) == 128 + getattr(signal, stop)
     assert not out.exists()
+
+
+def test_ignored_sighup_stays_ignored(tmp_path):
+    """Under nohup, SIGHUP is ignored before the command starts, and the command must keep running."""
+    code = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "from dimalign.cli import sigterm_as_exit\n"
+        "with sigterm_as_exit():\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    print('still running', flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 0
+    assert result.stdout == "still running\n"
 
 
 def test_interrupt_prints_one_line(monkeypatch, capsys):
@@ -55,6 +73,13 @@ def test_interrupt_prints_one_line(monkeypatch, capsys):
     monkeypatch.setattr(commands, "run_command", terminated)
     assert cli.main(["run", "study.toml"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "dimalign run: stopped by SIGTERM\n"
+
+    def hung_up(args):
+        raise cli.Terminated(128 + signal.SIGHUP)
+
+    monkeypatch.setattr(commands, "run_command", hung_up)
+    assert cli.main(["run", "study.toml"]) == 128 + signal.SIGHUP
+    assert capsys.readouterr().err == "dimalign run: stopped by SIGHUP\n"
 
 
 def test_memory_error_is_one_line(monkeypatch, capsys):

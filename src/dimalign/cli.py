@@ -130,7 +130,7 @@ def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 class Terminated(SystemExit):
-    """Raised in the main thread when the process receives SIGTERM."""
+    """Raised in the main thread when the process receives SIGTERM or SIGHUP."""
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
@@ -139,21 +139,27 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into ``SystemExit`` inside the block.
+    """Turn SIGTERM and SIGHUP into ``SystemExit`` inside the block.
 
-    Python ends on SIGTERM (what ``timeout`` and ``kill`` send) without
-    unwinding, so cleanup such as removing an unfinished output folder would
-    not run. Outside the main thread the handler cannot be set, and the block
-    runs unchanged.
+    Python ends on SIGTERM (what ``timeout`` and ``kill`` send) and on SIGHUP
+    (what a closed terminal sends) without unwinding, so cleanup such as
+    removing an unfinished output folder would not run. A SIGHUP that is
+    ignored already, as under ``nohup``, stays ignored. Outside the main
+    thread the handlers cannot be set, and the block runs unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _exit_on_sigterm)}
+    # Windows has no SIGHUP.
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        previous[hangup] = signal.signal(hangup, _exit_on_sigterm)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
@@ -210,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with sigterm_as_exit(), warnings_to_log(), recording_command_line(command_line):
             return int(args.handler(args) or 0)
     except (KeyboardInterrupt, Terminated) as error:
-        signal_name = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+        signal_name = signal.Signals(int(error.code) - 128).name if isinstance(error, Terminated) else "Ctrl-C"
         print(f"dimalign {args.command}: stopped by {signal_name}", file=sys.stderr)
         return int(error.code) if isinstance(error, Terminated) else 130
     except MemoryError as error:

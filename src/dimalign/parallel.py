@@ -125,8 +125,9 @@ _parent_pid: int | None = None
 def _start_worker(log_level: int, log_formatter: logging.Formatter | None, parent_pid: int | None = None) -> None:
     """Set up the signals and the log output of a pool worker.
 
-    Ctrl-C is ignored: in a terminal it reaches every process of the
-    foreground group, and the parent stops the workers itself. SIGTERM from
+    Ctrl-C and SIGHUP are ignored: in a terminal they reach every process of
+    the foreground group (SIGHUP when the terminal closes), and the parent
+    stops the workers itself. SIGTERM from
     the parent stops the running task and every task that the worker would
     take from the queue after it, and ends an idle worker. On Linux the
     worker also gets SIGTERM when its parent dies, even by SIGKILL, which
@@ -138,6 +139,8 @@ def _start_worker(log_level: int, log_formatter: logging.Formatter | None, paren
     warnings as log lines, as the parent does.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _request_stop)
     global _parent_pid
     if parent_pid is not None:

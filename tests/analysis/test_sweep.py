@@ -69,6 +69,12 @@ def idle_pool_worker(marker):
     time.sleep(60)
 
 
+def hang_up_own_worker(value):
+    """Send SIGHUP to the worker running this task, as a closed terminal does to its process group."""
+    os.kill(os.getpid(), signal.SIGHUP)
+    return value
+
+
 def wait_until_stopped(marker_dir, index):
     """Mark the task as started, wait up to 60 s, and mark it as stopped when the pool stops it."""
     (Path(marker_dir) / f"started_{index}").touch()
@@ -429,6 +435,11 @@ def test_run_tasks_pool_reports_a_failed_task_once(caplog):
     failures = [record.getMessage() for record in caplog.records if "failed" in record.getMessage()]
     assert len(failures) == 1
     assert "waiting for the running tasks to finish" in failures[0]
+
+
+def test_pool_workers_ignore_sighup():
+    """A closed terminal sends SIGHUP to the workers too; the parent stops them, so they must not just die."""
+    assert run_tasks(hang_up_own_worker, [{"value": 1}, {"value": 2}], n_jobs=2) == [1, 2]
 
 
 def test_run_tasks_interrupt_stops_pool(tmp_path):

@@ -152,8 +152,9 @@ def output_dir(
     as it is, with whatever the block wrote into it. Any exception counts,
     Ctrl-C (``KeyboardInterrupt``) included. A signal that Python does not
     turn into an exception ends the process without cleanup. The ``dimalign``
-    command line turns SIGTERM (sent by ``timeout`` and ``kill``) into one
-    (:func:`dimalign.cli.sigterm_as_exit`), while SIGKILL leaves the folder.
+    command line turns SIGTERM (sent by ``timeout`` and ``kill``) and SIGHUP
+    (a closed terminal) into one (:func:`dimalign.cli.sigterm_as_exit`), while
+    SIGKILL leaves the folder.
 
     Args:
         path (str | os.PathLike): The output folder.
@@ -253,7 +254,7 @@ def _staged_files(out_dir: Path, *, retire: Sequence[str], overwrite: bool) -> I
     pattern and have no new counterpart are moved aside too, right after the
     earlier manifest. Files in subfolders are moved one by one, so other
     files in an existing subfolder stay. If the block or a move raises (an
-    error, Ctrl-C, SIGTERM), the earlier files are put back and the hidden
+    error, Ctrl-C, SIGTERM, SIGHUP), the earlier files are put back and the hidden
     folder is removed: the folder holds the earlier output whole, and files
     that other programs added meanwhile stay. A signal after the last move
     stops the caller with the new output in place. Only SIGKILL, or a second
