@@ -356,3 +356,20 @@ def test_disagreements_without_jackknife_name_setting(tiny_study, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"human_similarity.npy not found: the compare stage ran with "
                        r"matrix_objects = 0, which saves no similarity matrix"):
         figures.plot_similarity_matrices(StudyResults(study), tmp_path)
+
+
+def test_missing_glyphs_warned_once_per_figure(tmp_path):
+    """matplotlib warns once per glyph and file; object names in Japanese gave dozens of lines."""
+    import warnings
+
+    figure, axis = plt.subplots()
+    axis.set_title("あい あ")
+    axis.plot([0, 1], [0, 1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figures.save_figure(figure, tmp_path, "names")
+    plt.close(figure)
+
+    messages = [str(warning.message) for warning in caught]
+    assert len(messages) == 1
+    assert messages[0].startswith("names: the figure font has no glyph for 'あい', so these characters show as boxes")

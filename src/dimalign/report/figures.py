@@ -14,7 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,15 +69,40 @@ def _results(results: StudyResults | str | os.PathLike) -> StudyResults:
     return results if isinstance(results, StudyResults) else StudyResults(results)
 
 
+# matplotlib's warning about a character that its font cannot draw.
+_MISSING_GLYPH = re.compile(r"^Glyph (\d+) .*missing from font")
+
+
 def save_figure(figure: Figure, out_dir: str | os.PathLike, stem: str, dpi: int = 110) -> list[Path]:
-    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically) and return both paths."""
+    """Write ``figure`` as ``<stem>.png`` and ``<stem>.svg`` (atomically) and return both paths.
+
+    matplotlib warns once per character that its font lacks, in each file;
+    those warnings become one that lists the characters.
+    """
     out_dir = Path(out_dir)
     paths = []
-    for suffix in (".png", ".svg"):
-        target = out_dir / f"{stem}{suffix}"
-        with atomic_path(target) as temporary:
-            figure.savefig(temporary, dpi=dpi, bbox_inches="tight", metadata=_metadata(suffix))
-        paths.append(target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for suffix in (".png", ".svg"):
+            target = out_dir / f"{stem}{suffix}"
+            with atomic_path(target) as temporary:
+                figure.savefig(temporary, dpi=dpi, bbox_inches="tight", metadata=_metadata(suffix))
+            paths.append(target)
+    missing = []
+    for warning in caught:
+        match = _MISSING_GLYPH.match(str(warning.message))
+        if match is None:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif chr(int(match.group(1))) not in missing:
+            missing.append(chr(int(match.group(1))))
+    if missing:
+        warnings.warn(
+            f"{stem}: the figure font has no glyph for {''.join(missing)!r}, so these characters show as "
+            "boxes; install a font that covers them (for example Noto Sans CJK for Chinese, Japanese "
+            "and Korean), add its name to matplotlib's font.sans-serif setting (matplotlibrc), and "
+            "write the report again",
+            UserWarning, stacklevel=2,
+        )
     return paths
 
 
