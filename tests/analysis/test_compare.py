@@ -397,6 +397,14 @@ def write_surrogate_sides(tmp_path):
     write_side(tmp_path / "dnn", dnn)
 
 
+def write_sides_with_images(tmp_path):
+    """Write the surrogate runs with object tables whose sources are the shared photos (used in turn)."""
+    write_surrogate_sides(tmp_path)
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+
+
 def failing_similarity(*args, **kwargs):
     raise RuntimeError("similarity failed")
 
@@ -458,10 +466,7 @@ def test_compare_failed_rerun_keeps_earlier_output(tmp_path, caplog):
 
 
 def test_compare_rerun_replaces_grids(tmp_path, shared_data):
-    write_surrogate_sides(tmp_path)
-    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
-    for side in ("human", "dnn"):
-        write_object_table(table, tmp_path / side / "objects.tsv")
+    write_sides_with_images(tmp_path)
     out = tmp_path / "out"
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0, top_k=2, images=shared_data / "images")
     (out / "top_objects" / "notes.txt").write_text("kept")
@@ -472,10 +477,7 @@ def test_compare_rerun_replaces_grids(tmp_path, shared_data):
 
 
 def test_compare_missing_images_checked_before_writing(tmp_path, shared_data):
-    write_surrogate_sides(tmp_path)
-    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
-    for side in ("human", "dnn"):
-        write_object_table(table, tmp_path / side / "objects.tsv")
+    write_sides_with_images(tmp_path)
     out = tmp_path / "out"
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
     before = folder_contents(out)
@@ -508,15 +510,12 @@ def test_compare_finds_images_named_by_relative_path(tmp_path, shared_data):
 
 
 def test_compare_damaged_images_rejected_before_writing(tmp_path, shared_data):
-    write_surrogate_sides(tmp_path)
+    write_sides_with_images(tmp_path)
     images = tmp_path / "images"
     images.mkdir()
     for name in IMAGE_FILES:
         # Every image is cut short, so every grid needs a damaged file.
         (images / name).write_bytes((shared_data / "images" / name).read_bytes()[:300])
-    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
-    for side in ("human", "dnn"):
-        write_object_table(table, tmp_path / side / "objects.tsv")
     out = tmp_path / "out"
     compare(tmp_path / "human", tmp_path / "dnn", out, n_bootstrap=0)
     before = folder_contents(out)
@@ -1667,10 +1666,7 @@ def test_compare_stop_during_moves_keeps_earlier_output(tmp_path, monkeypatch, f
 def test_compare_output_path_in_the_way_rejected_first(tmp_path, shared_data, blocked):
     # A file named top_objects, or a folder named like an output file, would
     # make the final moves fail after all the work.
-    write_surrogate_sides(tmp_path)
-    table = ObjectTable(tuple(f"o{i}" for i in range(12)), tuple(IMAGE_FILES[i % 8] for i in range(12)))
-    for side in ("human", "dnn"):
-        write_object_table(table, tmp_path / side / "objects.tsv")
+    write_sides_with_images(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     if blocked == "top_objects":
