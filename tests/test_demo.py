@@ -248,7 +248,7 @@ def test_demo_unwritable_output_folder_fails_first(tmp_path, unwritable_folder):
     """An unwritable -o failed with a bare '[Errno 13] Permission denied' after the inputs were read."""
     locked = unwritable_folder
     for out in (locked, locked / "new" / "out"):
-        with pytest.raises(PermissionError, match=rf"cannot write into {locked}, so the demo cannot .*; pass another output folder \(-o\)"):
+        with pytest.raises(PermissionError, match=rf"cannot write into {locked} \(no write permission, or a read-only file system\), so the output folder .* cannot be written; pass another output folder \(-o\)"):
             run_demo(out, data_dir=tmp_path / "data", download=False)
 
 

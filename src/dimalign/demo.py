@@ -30,6 +30,7 @@ import numpy as np
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
+    check_writable,
     exclusive_lock,
     now_iso,
     output_dir,
@@ -141,7 +142,8 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
             "overwritten demo would delete the THINGS files. Pass separate folders"
         )
     check_output_dir(out_dir, "demo")
-    _check_writable(out_dir)
+    # Without this check the demo reads every input before it fails on the first write.
+    check_writable(out_dir, advice="pass another output folder (-o)")
 
     earlier = [name for name in DEMO_OUTPUTS if (out_dir / name).exists()]
     if not earlier:
@@ -172,21 +174,6 @@ def _check_out_dir(out_dir: Path, data_dir: Path, overwrite: bool) -> list[str]:
     for side in ("human", "dnn"):
         _check_run_folder(out_dir / side)
     return earlier
-
-
-def _check_writable(out_dir: Path) -> None:
-    """Raise ``PermissionError`` if ``out_dir``, or the folder to create it in, is not writable.
-
-    Without this check the demo reads every input before it fails on the first write.
-    NOTE: ``os.access`` can pass where a write still fails (such as on some
-    network file systems); the write then raises the system's error.
-    """
-    existing = next(folder for folder in (out_dir, *out_dir.parents) if folder.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"cannot write into {existing}, so the demo cannot write its output folder {out_dir}; "
-            "pass another output folder (-o)"
-        )
 
 
 def _fitted_by_demo(run_dir: Path) -> bool:

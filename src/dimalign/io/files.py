@@ -364,14 +364,17 @@ def _put_back(stage: Path, out_dir: Path, moved: list[Path], created: list[Path]
     shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_writable(out_dir: Path) -> None:
+def check_writable(out_dir: Path, advice: str = "choose another output folder") -> None:
     """Reject an output folder that cannot be written, before any work.
 
     Commands that write their outputs only at the end would otherwise fail
     on a read-only folder after all the work.
+    NOTE: ``os.access`` can pass where a write still fails (such as on some
+    network file systems); the write then raises the system's error.
 
     Args:
         out_dir (Path): The output folder (it need not exist).
+        advice (str): What to do, for the end of the message.
 
     Raises:
         PermissionError: Naming the folder, or its nearest existing parent
@@ -381,7 +384,7 @@ def check_writable(out_dir: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
             f"cannot write into {existing} (no write permission, or a read-only file system), "
-            f"so the output folder {out_dir} cannot be written; choose another output folder"
+            f"so the output folder {out_dir} cannot be written; {advice}"
         )
 
 
