@@ -195,7 +195,7 @@ def fake_fit_side(fail_on: str):
     return fit
 
 
-def test_demo_interrupted_in_existing_folder_leaves_no_partial_output(things_dir, tmp_path, monkeypatch):
+def test_demo_interrupt_in_existing_folder_cleans_up(things_dir, tmp_path, monkeypatch):
     """Ctrl-C during the DNN fit used to leave human/, which --overwrite then refused to replace."""
     import dimalign.demo
 

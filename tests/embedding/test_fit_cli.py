@@ -646,7 +646,7 @@ def test_fit_cli_warns_about_unread_test_file(tmp_path, capsys):
     assert f"--val {folder / 'test_10.npy'}" in error
 
 
-def test_fit_cli_folder_with_val_file_has_no_unread_warning(tmp_path, capsys):
+def test_fit_cli_val_file_no_unread_warning(tmp_path, capsys):
     folder = tmp_path / "imported"
     folder.mkdir()
     write_triplets(folder / "train.npy")

@@ -505,7 +505,7 @@ def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, c
     np.save(path, np.zeros(shape))
 
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
-    assert f"{path} holds an array of shape {shape}, not a square similarity matrix" in capsys.readouterr().err
+    assert f"{path} contains an array of shape {shape}, not a square similarity matrix" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 
 

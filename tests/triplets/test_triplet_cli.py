@@ -722,7 +722,7 @@ def test_simulate_interrupted_rerun_keeps_earlier_output(tmp_path, monkeypatch):
 def test_interrupted_run_keeps_files_added_by_others(tmp_path, monkeypatch, folder):
     """A stopped run removes only its own files, not what another program wrote meanwhile.
 
-    This holds in a folder that the run created too: it stays with the other files.
+    A folder that the run created is kept too, with the other files in it.
     """
     import dimalign.io.triplets as triplet_io
     from dimalign.cli import Terminated

@@ -558,12 +558,12 @@ def _check_layer_file(path: Path, layer: str | None) -> None:
     """
     if layer is None or not path.is_dir():
         return
-    wanted = f"features_{layer.replace('/', '_')}.npy"
+    expected_file = f"features_{layer.replace('/', '_')}.npy"
     others = sorted(candidate.name for candidate in path.glob("features_*.npy"))
-    if (path / wanted).is_file() or not others:
+    if (path / expected_file).is_file() or not others:
         return
     raise ValueError(
-        f"{path} has no {wanted} for --layer {layer}, but has {', '.join(others)}: pass the layer of "
+        f"{path} has no {expected_file} for --layer {layer}, but has {', '.join(others)}: pass the layer of "
         "one of them with --layer"
     )
 

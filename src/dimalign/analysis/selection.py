@@ -88,13 +88,13 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     A run is finished when its ``runs/seed_*`` folder has both
     ``embedding.npz`` and ``manifest.json``, which ``fit_run`` writes after the fit.
 
-    Runs whose manifest records another estimator, another estimator
-    setting, another number of objects or other triplets than the sweep's
-    ``manifest.json`` and its ``train.npy``/``val.npy`` (the checks of a
-    rerun of ``dimalign sweep``) are excluded, such as a run copied in from
-    another sweep. So are runs whose ``embedding.npz``, ``config.toml`` or
-    ``objects.tsv`` no longer matches the checksum that the run's own
-    manifest records.
+    A run is excluded, with a warning, when its manifest records another
+    estimator, estimator setting, number of objects or triplets than the
+    sweep's ``manifest.json`` and its ``train.npy``/``val.npy``. These are
+    the checks of a rerun of ``dimalign sweep``, and they catch a run copied
+    in from another sweep. A run whose ``embedding.npz``, ``config.toml`` or
+    ``objects.tsv`` no longer matches the checksum in its own manifest is
+    excluded too.
 
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.

@@ -139,12 +139,12 @@ def report_command(args: argparse.Namespace) -> int:
         if not path or not Path(path).exists():
             return None
         path = Path(path)
-        wanted = "file" if key == "categories" else "folder"
-        if path.is_file() != (wanted == "file"):
+        expected_kind = "file" if key == "categories" else "folder"
+        if path.is_file() != (expected_kind == "file"):
             raise ValueError(
                 f"{args.study_dir / STUDY_RECORD_NAME} records inputs.{key} = {path}, which is now a "
-                f"{'folder' if path.is_dir() else 'file'}, not a {wanted}; pass --{key} with the right "
-                f"{wanted}, or rerun 'dimalign run' with a corrected study file"
+                f"{'folder' if path.is_dir() else 'file'}, not a {expected_kind}; pass --{key} with the right "
+                f"{expected_kind}, or rerun 'dimalign run' with a corrected study file"
             )
         return path
 
@@ -300,9 +300,9 @@ def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | Non
         )
     for name in names if planned else ():
         folder = study_dir / DEFAULT_STAGE_DIRS[name]
-        # The stages of a run all carry a record, so a folder without one holds
-        # another command's output, such as 'dimalign compare -o STUDY/compare'
-        # on other embeddings, which the report would mix with the other stages.
+        # Every stage of a run writes a record, so a folder without one contains
+        # another command's output (such as 'dimalign compare -o STUDY/compare' on
+        # other embeddings), which the report would mix with the other stages.
         if folder.is_dir() and read_stage_record(folder) is None:
             raise ValueError(
                 f"{folder} has no pipeline record in its manifest.json, so the last "

@@ -428,7 +428,7 @@ class StudyResults:
         matrix = _read_array(path, mmap=True)
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(
-                f"{path} holds an array of shape {matrix.shape}, not a square similarity matrix; rerun the "
+                f"{path} contains an array of shape {matrix.shape}, not a square similarity matrix; rerun the "
                 "compare stage"
             )
         if self.has("compare", "similarity_objects.npy"):
