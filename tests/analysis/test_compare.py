@@ -1702,7 +1702,10 @@ def test_compare_keeps_user_file(tmp_path):
     [(["--alphas", "1", "-5"], "--alphas -5 is invalid"),
      (["--alphas", "nan"], "--alphas nan is invalid"),
      (["--alpha-range", "1", "inf", "3"], "--alpha-range 1 inf 3 is invalid"),
-     (["--alpha-range", "inf", "inf", "1"], "--alpha-range inf inf 1 is invalid")],
+     (["--alpha-range", "inf", "inf", "1"], "--alpha-range inf inf 1 is invalid"),
+     (["--alphas", "1", "1"], "--alphas 1 1 repeats the penalty 1: list each penalty once"),
+     (["--alphas", "0.1", "1", "10", "1"], "--alphas 0.1 1 10 1 repeats the penalty 1: list each penalty once"),
+     (["--alpha-range", "1", "1", "3"], "--alpha-range 1 1 3 repeats the penalty 1: use N = 1 for a single penalty")],
 )
 def test_map_cli_checks_grid_before_reading_inputs(tmp_path, capsys, options, message):
     status = main(["map", str(tmp_path / "missing_features.npy"), "--embedding", str(tmp_path / "missing"),
@@ -1759,3 +1762,14 @@ def test_map_cli_warns_about_leftover_stage(tmp_path, capsys):
 
     error = capsys.readouterr().err
     assert f"{out / '.partial-killed'} (4 bytes) is the hidden folder of an interrupted dimalign run" in error
+
+
+def test_map_cli_single_penalty_no_grid_warnings(tmp_path, capsys):
+    write_map_inputs(tmp_path)
+    status = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                   "-o", str(tmp_path / "map"), "--alphas", "1"])
+
+    assert status == 0
+    error = capsys.readouterr().err
+    assert error.count("a single ridge penalty (1) was given, so no penalty is chosen by cross-validation") == 1
+    assert "value of the grid" not in error

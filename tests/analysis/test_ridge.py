@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -124,6 +125,26 @@ def test_ridge_rejects_invalid_penalty(bad):
 def test_validate_alphas_names_value():
     with pytest.raises(ValueError, match=r"0\.0"):
         validate_alphas([1.0, 0.0])
+
+
+def test_validate_alphas_rejects_repeated_penalty():
+    with pytest.raises(ValueError, match=r"the ridge penalty 1 appears 2 times in the grid: list each penalty once"):
+        validate_alphas([1.0, 10.0, 1.0])
+
+
+def test_ridge_single_penalty_says_so_once(caplog):
+    X, Y = make_linear_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.INFO, logger="dimalign.analysis.ridge"):
+            ridge = RidgeMap(alphas=[1.0]).fit(X, Y)
+
+    notes = [record.getMessage() for record in caplog.records if "single ridge penalty" in record.getMessage()]
+    assert notes == [
+        "a single ridge penalty (1) was given, so no penalty is chosen by cross-validation: "
+        "every dimension uses it"
+    ]
+    assert ridge.alpha_.tolist() == [1.0] * Y.shape[1]
 
 
 def test_ridge_rejects_mismatched_rows():
@@ -344,9 +365,7 @@ def test_ridge_tiny_penalty_matches_sklearn():
     X = rng.normal(size=(30, 100))
     Y = X[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(30, 2))
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the penalty is at the edge of the grid
-        ridge = RidgeMap(alphas=[1e-30], cv=3).fit(X, Y)
+    ridge = RidgeMap(alphas=[1e-30], cv=3).fit(X, Y)
 
     for dim in range(2):
         assert ridge.cv_r2_[dim] == pytest.approx(manual_cv_r2(X, Y, 1e-30, dim), abs=1e-8)

@@ -237,6 +237,7 @@ PLAN_TIME_ERRORS = [
     ("compare.n_bootstrap=-4", "compare.n_bootstrap = -4 is invalid"),
     ("map.alpha_max=inf", "map.alpha_max = inf is invalid: use a finite number"),
     ("map.alpha_max=0.001", "map.alpha_max = 0.001 is below map.alpha_min"),
+    ("map.alpha_max=0.01", "map.alpha_min = map.alpha_max = 0.01 repeats one penalty 5 times"),
 ]
 
 

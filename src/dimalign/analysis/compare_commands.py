@@ -394,6 +394,12 @@ def run_map(args: argparse.Namespace) -> int:
                 f"0 < LOW <= HIGH, both finite, and a whole N from 1 to {MAX_ALPHAS}"
             )
         alphas = np.logspace(np.log10(low), np.log10(high), int(count))
+        repeated = _repeated_penalty(alphas)
+        if repeated is not None:
+            raise ValueError(
+                f"--alpha-range {low:g} {high:g} {count:g} repeats the penalty {repeated:g}: use N = 1 "
+                "for a single penalty, or a HIGH further above LOW"
+            )
     else:
         alphas = np.asarray(args.alphas) if args.alphas else DEFAULT_ALPHAS
         invalid = alphas[~(np.isfinite(alphas) & (alphas > 0))]
@@ -401,6 +407,12 @@ def run_map(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--alphas {float(invalid[0]):g} is invalid: every ridge penalty must be a finite "
                 "positive number, such as --alphas 0.01 0.1 1 10"
+            )
+        repeated = _repeated_penalty(alphas)
+        if repeated is not None:
+            listed = " ".join(f"{value:g}" for value in alphas)
+            raise ValueError(
+                f"--alphas {listed} repeats the penalty {repeated:g}: list each penalty once"
             )
     # The embedding is checked before the features, which may be large.
     _reject_feature_folder_as_embedding(args.embedding)
@@ -461,6 +473,13 @@ def run_map(args: argparse.Namespace) -> int:
                    features_source=source if source["model"] else None)
         write_ridge_table(ridge, stage / "ridge_map.csv")
     return 0
+
+
+def _repeated_penalty(alphas: np.ndarray) -> float | None:
+    """Return the first penalty that appears more than once in ``alphas``, or None."""
+    values, counts = np.unique(alphas, return_counts=True)
+    repeats = values[counts > 1]
+    return float(repeats[0]) if repeats.size else None
 
 
 def _check_tables_on_both_sides(features_path: Path, feature_table: ObjectTable | None,

@@ -51,8 +51,9 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     """Check a penalty grid and return it as a float64 array.
 
     Raises:
-        ValueError: If the grid is empty, not 1-D, or contains a value that is not
-            a finite positive number (the error names the first such value).
+        ValueError: If the grid is empty, not 1-D, contains a value that is not
+            a finite positive number, or contains a value more than once (the
+            error names the first such value).
     """
     grid = np.asarray(alphas, dtype=np.float64)
     if grid.ndim != 1 or grid.size == 0:
@@ -62,6 +63,15 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
         raise ValueError(
             f"ridge penalty {float(invalid[0])} is invalid: every alpha must be a finite "
             "positive number (use a grid such as numpy.logspace(-2, 6, 50))"
+        )
+    # A repeated penalty is both the smallest and the largest value of a grid
+    # such as [1, 1], so both grid-edge warnings would fire for it.
+    values, counts = np.unique(grid, return_counts=True)
+    if (counts > 1).any():
+        repeated = np.flatnonzero(counts > 1)[0]
+        raise ValueError(
+            f"the ridge penalty {float(values[repeated]):g} appears {int(counts[repeated])} times in "
+            "the grid: list each penalty once (numpy.unique removes repeats)"
         )
     return grid
 
@@ -76,8 +86,8 @@ class RidgeMap(BaseEstimator):
     ``sklearn.exceptions.NotFittedError``.
 
     Args:
-        alphas (Sequence[float] | None): Penalty grid; every value must be
-            positive. None uses :data:`DEFAULT_ALPHAS`.
+        alphas (Sequence[float] | None): Penalty grid. Every value must be
+            positive and listed once. None uses :data:`DEFAULT_ALPHAS`.
         cv (int): Number of folds (scikit-learn ``KFold``).
         shuffle (bool): Shuffle the objects before splitting them into folds.
         random_state (int | None): Seed of the shuffle, an integer when
@@ -144,8 +154,9 @@ class RidgeMap(BaseEstimator):
 
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
-                largest of the grid, so the best penalty may lie outside it, or
-                a dimension or every feature is constant over the objects.
+                largest of a grid of at least 2 penalties, so the best penalty
+                may lie outside it, or a dimension or every feature is constant
+                over the objects. A single penalty is logged once instead.
         """
         alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
         target_ndim = np.ndim(Y)
@@ -209,7 +220,13 @@ class RidgeMap(BaseEstimator):
         best = np.argmax(self.cv_scores_, axis=0)
         self.alpha_ = alphas[best]
         self.cv_r2_ = self.cv_scores_[best, np.arange(Y.shape[1])]
-        self._warn_at_grid_edge(alphas, best)
+        if alphas.size == 1:
+            logger.info(
+                "a single ridge penalty (%g) was given, so no penalty is chosen by cross-validation: "
+                "every dimension uses it", float(alphas[0]),
+            )
+        else:
+            self._warn_at_grid_edge(alphas, best)
 
         # Refit on all objects with each dimension's own penalty.
         self.coef_, self.intercept_ = _fit_raw_coefficients(X, Y, self.alpha_)

@@ -627,13 +627,19 @@ def _subset(n_objects: int, size: int | None, seed: int) -> np.ndarray | None:
 
 
 def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check that the ridge penalties form a grid and that each fold gets objects."""
+    """Check that the ridge penalties form a grid without repeats and that each fold gets objects."""
     from dimalign.io.features import load_features
 
     if settings["alpha_max"] < settings["alpha_min"]:
         raise ValueError(
             f"map.alpha_max = {settings['alpha_max']} is below map.alpha_min = {settings['alpha_min']}: "
             "the grid runs from alpha_min up to alpha_max"
+        )
+    if settings["alpha_max"] == settings["alpha_min"] and settings["n_alphas"] > 1:
+        raise ValueError(
+            f"map.alpha_min = map.alpha_max = {settings['alpha_min']} repeats one penalty "
+            f"{settings['n_alphas']} times: set map.n_alphas = 1 for a single penalty, or raise "
+            "map.alpha_max"
         )
     features = inputs.get("dnn_features")
     if features is not None and _memory_mapped(features):
