@@ -680,15 +680,47 @@ def test_compare_rerun_removes_earlier_outputs(tmp_path):
 
 
 def test_compare_explicit_objects_win_over_neighbour_table(tmp_path):
-    human, dnn = save_surrogate_files(tmp_path)
-    write_object_table(ObjectTable.from_ids([f"n{i:02d}" for i in range(20)][::-1]), tmp_path / "objects.tsv")
-    explicit = ObjectTable.from_ids([f"e{i:02d}" for i in range(20)])
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"e{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    (tmp_path / "dnn").mkdir()
+    np.save(tmp_path / "dnn" / "dnn.npy", dnn)
+    write_object_table(ObjectTable.from_ids([f"n{i:02d}" for i in range(20)][::-1]), tmp_path / "dnn" / "objects.tsv")
+    explicit = ObjectTable.from_ids(ids)
     with pytest.warns(UserWarning, match=r"not with .*objects.tsv in the same folder, which differs: row 0 is 'n19'"):
-        compare(tmp_path / "human.npy", tmp_path / "dnn.npy", tmp_path / "out", objects=explicit, n_bootstrap=0, top_k=2)
+        compare(tmp_path / "human", tmp_path / "dnn" / "dnn.npy", tmp_path / "out", objects=explicit,
+                n_bootstrap=0, top_k=2)
     top = pd.read_csv(tmp_path / "out" / "top_objects.csv")
     assert top["object_id"].tolist() == [explicit.object_ids[row] for row in top["object_index"]]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["settings"]["human_objects"] == "objects argument"
+    assert manifest["settings"]["dnn_objects"] == "objects argument"
+
+
+def test_compare_rejects_objects_with_shared_neighbour_table(tmp_path):
+    save_surrogate_files(tmp_path)
+    write_object_table(ObjectTable.from_ids([f"n{i:02d}" for i in range(20)][::-1]), tmp_path / "objects.tsv")
+    explicit = ObjectTable.from_ids([f"e{i:02d}" for i in range(20)])
+
+    with pytest.raises(ValueError) as caught:
+        compare(tmp_path / "human.npy", tmp_path / "dnn.npy", tmp_path / "out", objects=explicit, n_bootstrap=0, top_k=2)
+
+    message = str(caught.value)
+    assert f"share the object table {tmp_path / 'objects.tsv'}" in message
+    assert "row 0 is 'n19' in one and 'e00' in the other" in message
+    assert "put each embedding file in its own folder" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_objects_equal_to_shared_table_accepted(tmp_path):
+    save_surrogate_files(tmp_path)
+    ids = [f"n{i:02d}" for i in range(20)]
+    write_object_table(ObjectTable.from_ids(ids), tmp_path / "objects.tsv")
+    (tmp_path / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+                 "--objects", str(tmp_path / "ids.txt"), "--bootstrap", "0", "--top-k", "2"])
+
+    assert code == 0
 
 
 def test_compare_rejects_objects_differing_from_run_table(tmp_path):

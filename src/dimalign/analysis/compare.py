@@ -791,7 +791,8 @@ def compare(
             not a run directory with its own ``objects.tsv``. When one input
             has no table at all, it names that input only. Otherwise it wins
             over the ``objects.tsv`` next to a plain embedding file (with a
-            warning when they differ). An input without any table next to one
+            warning when they differ), except that a table that differs from
+            one ``objects.tsv`` shared by two plain files is an error. An input without any table next to one
             with a table is an error, because rows are never matched by
             position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
@@ -1150,9 +1151,12 @@ def _choose_tables(
 
     Raises:
         ValueError: If one side has object ids and the other has none, so the
-            rows could only be matched by position, or if the explicit table
-            applies to neither side and differs from both run tables.
+            rows could only be matched by position, if the explicit table
+            applies to neither side and differs from both run tables, or if
+            both sides are plain files that share one ``objects.tsv`` and the
+            explicit table differs from it.
     """
+    _reject_objects_for_shared_table(human, dnn, objects)
     chosen = []
     # When an input has no table of its own, the explicit table names that
     # input (as the error below suggests), so it must not also rename a plain file
@@ -1190,6 +1194,30 @@ def _choose_tables(
                 f"names the {side.label} rows (objects=, CLI --objects)"
             )
     return chosen
+
+
+def _reject_objects_for_shared_table(human: _Side, dnn: _Side, objects: ObjectTable | None) -> None:
+    """Raise ``ValueError`` if an explicit table differs from one ``objects.tsv`` that names both plain files.
+
+    Two plain embedding files in one folder share its ``objects.tsv``. An
+    explicit table could then be meant for one side (to match its rows by id)
+    or for both (to rename them), and renaming both sides with one table
+    matches their rows by position, so the ambiguous call is rejected.
+    """
+    if objects is None or human.is_run or dnn.is_run or human.own is None or dnn.own is None:
+        return
+    if human.own_file.resolve() != dnn.own_file.resolve():
+        return
+    if tuple(human.own.object_ids) == tuple(objects.object_ids):
+        return
+    raise ValueError(
+        f"{human.name} and {dnn.name} share the object table {human.own_file}, and the object table "
+        f"passed (objects=, CLI --objects) differs from it: {_table_difference(human.own, objects)}. "
+        "It is unclear which side the passed table names. To match the rows by object id, put each "
+        "embedding file in its own folder with an objects.tsv that names its rows, and leave out "
+        f"--objects. To rename both sides, replace {human.own_file} with the passed table. To use "
+        "the shared table for both, leave out --objects"
+    )
 
 
 def _check_table_lengths(sides: Sequence[tuple[_Side, ObjectTable | None, str | None]]) -> None:
