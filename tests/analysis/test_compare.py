@@ -593,6 +593,81 @@ def test_compare_rejects_folder_of_other_step(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == ["manifest.json"]
 
 
+def write_study_record(study):
+    """A study folder with the pipeline.json of dimalign run and a finished compare stage."""
+    (study / "compare").mkdir(parents=True)
+    (study / "pipeline.json").write_text(json.dumps({"config": "study.toml", "stages": []}))
+    manifest = {"step": "compare", "pipeline": {"stage": "compare", "hash": "abc"}}
+    (study / "compare" / "manifest.json").write_text(json.dumps(manifest))
+    return study
+
+
+@pytest.mark.parametrize("stage", ["map", "evaluate", "report"])
+def test_compare_rejects_stage_folder_of_other_kind(tmp_path, capsys, stage):
+    write_surrogate_sides(tmp_path)
+    study = write_study_record(tmp_path / "study")
+
+    code = main(["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(study / stage),
+                 "--bootstrap", "0", "--top-k", "2"])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"{study / stage} is the folder of stage {stage} of the study {study}" in error
+    assert "choose an output folder outside the study" in error
+    assert not (study / stage).exists()
+
+
+def test_compare_rejects_study_compare_stage(tmp_path, capsys):
+    write_surrogate_sides(tmp_path)
+    study = write_study_record(tmp_path / "study")
+    before = (study / "compare" / "manifest.json").read_text()
+
+    code = main(["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(study / "compare"),
+                 "--bootstrap", "0", "--top-k", "2"])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"{study / 'compare'} is the folder of stage compare of the study {study}" in error
+    assert "dimalign run" in error
+    assert (study / "compare" / "manifest.json").read_text() == before
+    assert sorted(path.name for path in (study / "compare").iterdir()) == ["manifest.json"]
+
+
+def test_compare_rejects_study_directory(tmp_path):
+    write_surrogate_sides(tmp_path)
+    study = write_study_record(tmp_path / "study")
+
+    with pytest.raises(FileExistsError, match=r"is the directory of a study of dimalign run \(it contains pipeline.json\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", study, n_bootstrap=0, top_k=2)
+
+    assert sorted(path.name for path in study.iterdir()) == ["compare", "pipeline.json"]
+
+
+def test_compare_rejects_folder_with_stage_record(tmp_path):
+    write_surrogate_sides(tmp_path)
+    copied = write_study_record(tmp_path / "study") / "compare"
+    (tmp_path / "study" / "pipeline.json").unlink()
+    before = (copied / "manifest.json").read_text()
+
+    with pytest.raises(FileExistsError) as caught:
+        compare(tmp_path / "human", tmp_path / "dnn", copied, n_bootstrap=0, top_k=2)
+
+    message = str(caught.value)
+    assert f"{copied / 'manifest.json'} contains the stage record of dimalign run" in message
+    assert "choose another output folder" in message
+    assert (copied / "manifest.json").read_text() == before
+
+
+def test_compare_accepts_folder_named_like_stage_outside_study(tmp_path):
+    write_surrogate_sides(tmp_path)
+    (tmp_path / "projects").mkdir()
+    (tmp_path / "projects" / "pipeline.json").write_text(json.dumps({"name": "ci", "steps": ["build"]}))
+
+    compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "projects" / "map", n_bootstrap=0, top_k=2)
+
+    assert (tmp_path / "projects" / "map" / "manifest.json").is_file()
+
+
 def test_compare_cli_missing_embedding_leaves_no_folder(tmp_path, capsys):
     human, _ = surrogate_pair(n_objects=12)
     np.save(tmp_path / "human.npy", human)

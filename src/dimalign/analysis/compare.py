@@ -835,12 +835,19 @@ def compare(
             in ``out_dir`` and empty triplets are checked before anything is
             written, and the messages name the input. A failed call leaves an
             earlier comparison in ``out_dir`` whole.
+        FileExistsError: If ``out_dir`` holds the output of another step, or
+            is a folder that ``dimalign run`` owns (a study directory, a
+            stage folder of a study, or a folder with a stage record).
     """
     from dimalign.analysis import matching as matching_module
 
     started = now_iso()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "compare")
+    # dimalign run compares into a hidden work folder, which this check passes.
+    from dimalign.report.pipeline import check_outside_study_folders
+
+    check_outside_study_folders(out_dir, "compare")
     check_writable(out_dir)
     report_leftover_stages(out_dir)
     # A rerun replaces the files of an earlier comparison; in any other folder

@@ -41,6 +41,7 @@ from dimalign.io.files import (
     check_output_dir,
     exclusive_lock,
     now_iso,
+    read_manifest,
     sha256_file,
     write_manifest,
     write_text_atomic,
@@ -786,6 +787,50 @@ def is_study_record(path: Path) -> bool:
     return isinstance(record, dict) and isinstance(record.get("stages"), list) and "config" in record
 
 
+def check_outside_study_folders(out_dir: str | os.PathLike, step: str) -> None:
+    """Reject an output folder that ``dimalign run`` owns, before a single command writes there.
+
+    ``dimalign run`` writes each stage into a hidden work folder and then
+    replaces ``STUDY/<stage>`` with it, so a single command's output in a
+    stage folder would be lost on the next run. That run would also stop,
+    because the folder then has no stage record. A stage record that a single
+    command replaced would make the study lose track of that stage.
+
+    Args:
+        out_dir (str | os.PathLike): The output folder of ``step`` (it need not exist).
+        step (str): The dimalign command that is about to write there, such as ``"compare"``.
+
+    Raises:
+        FileExistsError: If ``out_dir`` is a study directory, is named like a
+            stage and lies in a study directory, or has a ``manifest.json``
+            with a stage record of ``dimalign run``.
+    """
+    out_dir = Path(out_dir)
+    resolved = out_dir.resolve()
+    if is_study_record(resolved / STUDY_RECORD_NAME):
+        raise FileExistsError(
+            f"{out_dir} is the directory of a study of dimalign run (it contains {STUDY_RECORD_NAME}): "
+            f"choose an output folder for dimalign {step} outside the study"
+        )
+    if resolved.name in STAGES and is_study_record(resolved.parent / STUDY_RECORD_NAME):
+        advice = f"choose an output folder outside the study for dimalign {step}"
+        if resolved.name == step:
+            advice += f", or pass --from {step} to dimalign run to redo the study's stage"
+        raise FileExistsError(
+            f"{out_dir} is the folder of stage {resolved.name} of the study {resolved.parent}, which "
+            f"dimalign run writes and replaces as a whole: {advice}"
+        )
+    manifest = out_dir / MANIFEST_NAME
+    if manifest.is_file():
+        record = read_manifest(out_dir).get("pipeline")
+        if isinstance(record, dict):
+            stage = record.get("stage", "unknown")
+            raise FileExistsError(
+                f"{manifest} contains the stage record of dimalign run (stage {stage}), which dimalign "
+                f"{step} would replace: choose another output folder"
+            )
+
+
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
@@ -914,6 +959,7 @@ __all__ = [
     "PlannedStage",
     "SettingChange",
     "StudyPlan",
+    "check_outside_study_folders",
     "default_study_dir",
     "fingerprint",
     "is_study_record",
