@@ -1880,3 +1880,15 @@ def test_map_cli_single_penalty_no_grid_warnings(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.count("a single ridge penalty (1) was given, so no penalty is chosen by cross-validation") == 1
     assert "value of the grid" not in error
+
+
+def test_map_cli_rejects_study_stage_folder(tmp_path, capsys):
+    write_map_inputs(tmp_path)
+    study = write_study_record(tmp_path / "study")
+
+    status = main(["map", str(tmp_path / "features"), "--embedding", str(tmp_path / "run"),
+                   "-o", str(study / "map")])
+
+    assert status == 1
+    assert f"{study / 'map'} is the folder of stage map of the study {study}" in capsys.readouterr().err
+    assert not (study / "map").exists()

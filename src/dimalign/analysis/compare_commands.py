@@ -384,6 +384,9 @@ def run_map(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to {MAX_SEED}")
     check_output_dir(args.out, "map")
+    from dimalign.report.pipeline import check_outside_study_folders
+
+    check_outside_study_folders(args.out, "map")
     check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
     report_leftover_stages(args.out)
     # The grid is checked before the features and the embedding are read.
