@@ -511,3 +511,82 @@ def test_mirror_folder_of_file_name_logged(source_file, tmp_path, caplog):
 
     assert path.read_bytes() == CONTENT
     assert f"{mirror / 'triplets.txt'} is a folder, not a file, so the mirror copy is skipped" in caplog.text
+
+
+# -- temporary files of interrupted downloads -------------------------------------
+
+
+def test_download_removes_stale_temporary_files(source_file, tmp_path, caplog):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    stale = [data_dir / ".triplets.sg4i_eyi.tmp.txt", data_dir / ".words48.ab_12cd3.tmp.csv"]
+    for path in stale:
+        path.write_bytes(b"half a download")
+
+    with caplog.at_level("INFO", logger="dimalign.io.things"):
+        fetch(entry_for(source_file.as_uri()), data_dir=data_dir)
+
+    assert sorted(p.name for p in data_dir.iterdir()) == ["triplets.txt"]
+    removed = [record.getMessage() for record in caplog.records if record.getMessage().startswith("removed")]
+    assert len(removed) == 2
+    assert any(f"removed {stale[0]}, a temporary file (15 bytes) of an interrupted download" in line for line in removed)
+
+
+def test_download_keeps_other_files(source_file, tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    others = [
+        ".triplets.notes.txt",  # no random part
+        ".triplets.abc.tmp.txt",  # random part of another length
+        "triplets.sg4i_eyi.tmp.txt",  # not hidden
+        ".triplets.SG4I_EYI.tmp.txt",  # mkstemp uses lower case letters only
+        ".mine.sg4i_eyi.tmp.txt",  # not the name of a THINGS file
+        ".triplets.sg4i_eyi.tmp.csv",  # another suffix
+    ]
+    for name in others:
+        (data_dir / name).write_text("the user's")
+    (data_dir / ".triplets.abcd_123.tmp.txt").mkdir()
+    (data_dir / ".triplets.linked00.tmp.txt").symlink_to(data_dir / ".triplets.notes.txt")
+
+    fetch(entry_for(source_file.as_uri()), data_dir=data_dir)
+
+    names = {p.name for p in data_dir.iterdir()}
+    assert names == {*others, ".triplets.abcd_123.tmp.txt", ".triplets.linked00.tmp.txt", "triplets.txt"}
+    assert all((data_dir / name).read_text() == "the user's" for name in others)
+
+
+def test_download_keeps_temporary_file_in_use(source_file, tmp_path, caplog):
+    import fcntl
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    busy = data_dir / ".triplets.busy_123.tmp.txt"
+    busy.write_bytes(b"another process writes here")
+    with open(busy, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with caplog.at_level("INFO", logger="dimalign.io.things"):
+            fetch(entry_for(source_file.as_uri()), data_dir=data_dir)
+
+    assert busy.read_bytes() == b"another process writes here"
+    assert any(f"kept {busy}" in record.getMessage() for record in caplog.records)
+
+
+def test_download_locks_its_temporary_file(source_file, tmp_path, monkeypatch):
+    import fcntl
+
+    data_dir = tmp_path / "data"
+    seen = []
+    original = things.urllib.request.urlopen
+
+    def check_lock(url, *args, **kwargs):
+        (temporary,) = data_dir.glob(".triplets.*.tmp.txt")
+        with open(temporary, "rb") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        seen.append(temporary)
+        return original(url, *args, **kwargs)
+
+    monkeypatch.setattr(things.urllib.request, "urlopen", check_lock)
+    fetch(entry_for(source_file.as_uri()), data_dir=data_dir)
+
+    assert len(seen) == 1
+    assert sorted(p.name for p in data_dir.iterdir()) == ["triplets.txt"]

@@ -11,7 +11,10 @@ looks for a file in this order:
 A file found locally or in the mirror is checked against its SHA-256 unless
 ``verify=False``, and a mismatch raises ``ValueError``. A download goes to a
 temporary file, is checked, and is renamed into place only when the checksum
-matches, so a failed or corrupted download leaves nothing behind.
+matches, so a failed or corrupted download leaves nothing behind. A download
+killed with SIGKILL leaves its temporary file. The next download or mirror
+copy into the folder removes such files, unless another process holds a lock
+on them (see :func:`remove_stale_temporary_files`).
 
 Some files are stored under a more descriptive local name than the published
 one (for example ``vice_embedding_42d.npy`` for VICE's ``final_embedding.npy``).
@@ -23,16 +26,18 @@ is only used by :func:`find_human_triplets`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -294,6 +299,100 @@ def missing_folder_note(data_dir: Path) -> str:
     return "" if data_dir.exists() else f" Note that the data folder {data_dir} does not exist."
 
 
+# -- temporary files ------------------------------------------------------------
+
+
+def _temporary_name_pattern(name: str) -> re.Pattern[str]:
+    """Match the temporary names that :func:`dimalign.io.files.atomic_path` gives ``name``.
+
+    ``atomic_path`` calls ``tempfile.mkstemp(prefix=".<stem>.", suffix=".tmp<suffix>")``,
+    whose random part is 8 characters of ``a-z``, ``0-9`` and ``_`` in CPython.
+    """
+    final = PurePosixPath(name)
+    return re.compile(rf"\.{re.escape(final.stem)}\.[a-z0-9_]{{8}}\.tmp{re.escape(final.suffix)}")
+
+
+@contextlib.contextmanager
+def _locked_temporary(target: Path) -> Iterator[Path]:
+    """Yield the temporary file of ``target`` from ``atomic_path``, locked until it is renamed.
+
+    The ``fcntl.flock`` lock shows :func:`remove_stale_temporary_files` in
+    another process that the file is in use. The system releases it when the
+    process ends, even by SIGKILL. A file that such a cleanup removed between
+    its creation and the lock is created again under the same name.
+    """
+    import fcntl
+
+    descriptor = None
+    try:
+        with atomic_path(target) as temporary:
+            while True:
+                descriptor = os.open(temporary, os.O_RDWR | os.O_CREAT, 0o666)
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                try:
+                    current = os.stat(temporary)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and os.path.samestat(os.fstat(descriptor), current):
+                    break
+                os.close(descriptor)
+                descriptor = None
+            yield temporary
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def remove_stale_temporary_files(data_dir: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the temporary files that interrupted downloads or copies of ``names`` left.
+
+    Only regular files whose name is a temporary name of one of ``names`` (as
+    :func:`dimalign.io.files.atomic_path` forms it) count. Such a file is
+    removed unless another process holds its lock, because a running download
+    or copy of this module locks its temporary file (:func:`_locked_temporary`).
+
+    NOTE: A download of a dimalign version without that lock holds none, so
+    its temporary file counts as stale while it runs. ``fcntl`` locks exist
+    on POSIX systems only.
+
+    Args:
+        data_dir (Path): The THINGS data folder.
+        names (Iterable[str]): Local file names whose temporary files count.
+
+    Returns:
+        list[Path]: The removed files.
+    """
+    import fcntl
+
+    patterns = [_temporary_name_pattern(name) for name in dict.fromkeys(names)]
+    removed = []
+    for path in sorted(data_dir.iterdir()):
+        if not any(pattern.fullmatch(path.name) for pattern in patterns):
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            continue  # renamed or removed by the process that wrote it
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("kept %s: another process holds its lock, so it is still being written", path)
+                continue
+            size = os.fstat(descriptor).st_size
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(descriptor)
+        logger.info(
+            "removed %s, a temporary file (%d bytes) of an interrupted download or copy that no "
+            "running process holds", path, size,
+        )
+        removed.append(path)
+    return removed
+
+
 def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: bool) -> Path | None:
     """Copy the entry from a mirror directory, under its local or published name."""
     for candidate_name in dict.fromkeys((entry.name, entry.published_name)):
@@ -304,7 +403,7 @@ def _copy_from_mirror(entry: ThingsFile, mirror: Path, target: Path, verify: boo
             continue
         if verify:
             verify_file(candidate, entry, remedy=_MIRROR_REMEDY)
-        with atomic_path(target) as temporary:
+        with _locked_temporary(target) as temporary:
             shutil.copyfile(candidate, temporary)
         logger.info("copied %s from the mirror %s to %s", entry.name, candidate, target)
         return target
@@ -341,7 +440,7 @@ def download_file(entry: ThingsFile, target: str | os.PathLike, timeout: float =
     allowed = timeout + entry.size / MIN_DOWNLOAD_RATE if entry.size is not None else 10 * timeout
     deadline = time.monotonic() + allowed
     logger.info("downloading %s from %s", entry.name, entry.url)
-    with atomic_path(target) as temporary:
+    with _locked_temporary(target) as temporary:
         try:
             with urllib.request.urlopen(entry.url, timeout=timeout) as response, open(
                 temporary, "wb"
@@ -480,6 +579,7 @@ def fetch(
             "pass a folder you can write to (demo: --data-dir)"
         ) from error
     try:
+        remove_stale_temporary_files(data_dir, [*THINGS_FILES, entry.name])
         if mirror is not None:
             copied = _copy_from_mirror(entry, mirror, target, verify)
             if copied is not None:
