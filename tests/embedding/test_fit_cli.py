@@ -705,3 +705,25 @@ def test_fit_cli_notes_when_stability_rule_cannot_stop(tmp_path, capsys, options
     message = "so the fit cannot stop before epoch 3: lower --stability-epochs below --max-epochs"
     lines = [line for line in capsys.readouterr().err.splitlines() if message in line]
     assert [level in line for line in lines] == ([True] if level else [])
+
+
+def test_fit_cli_n_dims_beyond_memory(tmp_path, monkeypatch, capsys):
+    from dimalign.embedding import SPoSE, VICE, base
+
+    def fail(self, n_objects, generator):
+        raise AssertionError("the fit allocated its parameters")
+
+    for estimator in (VICE, SPoSE):
+        monkeypatch.setattr(estimator, "_init_parameters", fail)
+    monkeypatch.setattr(base, "available_memory", lambda device: 8 * 2**30)
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--n-dims", "100000000", "--max-epochs", "2"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "n_dims=100000000 needs at least 35.8 GiB" in error
+    assert "8.0 GiB of memory is available" in error
+    assert "--n-dims" in error
+    assert not (tmp_path / "run").exists()

@@ -477,3 +477,55 @@ def test_resume_of_converged_run_warns(tmp_path):
     with pytest.warns(UserWarning, match="has converged: its kept dimensions did not change for 2 epochs"):
         resumed = VICE(max_epochs=20, resume=True, **settings).fit(triplets, n_objects=15)
     assert resumed.n_epochs_ == first.n_epochs_
+
+
+# -- memory estimate ------------------------------------------------------------
+
+
+def test_fit_memory_estimate_counts_adam_state():
+    from dimalign.embedding.base import estimate_fit_memory
+
+    # Parameters, gradients and Adam's two moments: 4 copies of each tensor.
+    assert estimate_fit_memory(1854, 100, 2, torch.float32) == 4 * 2 * 1854 * 100 * 4
+    assert estimate_fit_memory(1854, 100, 1, torch.float64) == 4 * 1 * 1854 * 100 * 8
+
+
+def test_available_memory_of_cpu_is_positive():
+    from dimalign.device import available_memory
+
+    available = available_memory(torch.device("cpu"))
+    assert available is None or available > 0
+
+
+def fail_on_parameter_allocation(monkeypatch):
+    """Make a fit fail at once if it reaches the allocation of its parameters."""
+    def fail(self, n_objects, generator):
+        raise AssertionError("the fit allocated its parameters")
+
+    for estimator in (VICE, SPoSE):
+        monkeypatch.setattr(estimator, "_init_parameters", fail)
+
+
+@pytest.mark.parametrize(("estimator", "tensors"), [(VICE, 2), (SPoSE, 1)])
+def test_fit_too_large_for_memory_fails_first(monkeypatch, estimator, tensors):
+    from dimalign.embedding import base
+
+    fail_on_parameter_allocation(monkeypatch)
+    monkeypatch.setattr(base, "available_memory", lambda device: 2 * 2**30)
+    model = estimator(n_dims=100_000_000)
+
+    with pytest.raises(ValueError) as caught:
+        model.fit(random_triplets(12, 50), n_objects=12)
+
+    message = str(caught.value)
+    expected = 4 * tensors * 12 * 100_000_000 * 4 / 2**30
+    assert f"n_dims=100000000 needs at least {expected:.1f} GiB" in message
+    assert "but 2.0 GiB of memory is available" in message
+    assert "(CLI: --n-dims)" in message
+
+
+def test_fit_within_memory_runs(monkeypatch):
+    from dimalign.embedding import base
+
+    monkeypatch.setattr(base, "available_memory", lambda device: 2 * 2**30)
+    VICE(n_dims=4, max_epochs=1).fit(random_triplets(12, 50), n_objects=12)

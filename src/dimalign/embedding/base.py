@@ -27,7 +27,7 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
-from dimalign.device import resolve_device
+from dimalign.device import available_memory, format_bytes, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
 from dimalign.io.files import write_text_atomic
@@ -141,6 +141,31 @@ def check_integer(name: str, value: Any, low: int, high: int | None = None) -> N
         raise ValueError(f"{name} must be at most {high}, got {value}")
 
 
+def estimate_fit_memory(n_objects: int, n_dims: int, n_tensors: int, dtype: torch.dtype) -> int:
+    """Estimate a lower bound on the memory of a fit's parameters and optimizer state, in bytes.
+
+    Each parameter tensor of shape ``(n_objects, n_dims)`` is held 4 times
+    during training: its values, its gradient and Adam's two moment estimates
+    (``exp_avg``, ``exp_avg_sq``). The per-batch tensors (VICE's noise and
+    sample, the similarities) come on top, so the real peak is higher.
+
+    Args:
+        n_objects (int): Rows of each parameter tensor.
+        n_dims (int): Columns of each parameter tensor.
+        n_tensors (int): Parameter tensors of the model (VICE 2, SPoSE 1).
+        dtype (torch.dtype): Type of the parameters.
+
+    Returns:
+        int: Bytes.
+
+    Example:
+        >>> estimate_fit_memory(1854, 100, 2, torch.float32)
+        5932800
+    """
+    item_size = torch.empty((), dtype=dtype).element_size()
+    return 4 * n_tensors * n_objects * n_dims * item_size
+
+
 def _setting_name(key: str) -> str:
     option = _COMMAND_LINE_OPTIONS.get(key)
     return key if option is None else f"{key} ({option})"
@@ -154,6 +179,8 @@ class TripletEmbedding(BaseEstimator):
     """
 
     _estimator_name = "embedding"
+    # Tensors of shape (n_objects, n_dims) that _init_parameters returns.
+    _n_parameter_tensors = 1
 
     # ---- hooks for subclasses -------------------------------------------------
 
@@ -206,6 +233,24 @@ class TripletEmbedding(BaseEstimator):
         check_integer("random_state", self.random_state, 0, 2**63 - 1)
         check_real("lr", self.lr, 0, low_open=True)
 
+    def _check_memory(self, n_objects: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Raise ``ValueError`` before allocating parameters that cannot fit into memory.
+
+        Without this check a fit with a huge ``n_dims`` on the CPU is ended
+        by the kernel's OOM killer, without an error message.
+        """
+        required = estimate_fit_memory(n_objects, self.n_dims, self._n_parameter_tensors, dtype)
+        available = available_memory(device)
+        if available is None or required <= available:
+            return
+        raise ValueError(
+            f"n_dims={self.n_dims} needs at least {format_bytes(required)} on {device} for the "
+            f"{self._n_parameter_tensors} parameter tensor(s) of {n_objects} objects x {self.n_dims} "
+            f"dimensions in {str(dtype).removeprefix('torch.')}, their gradients and Adam's two "
+            f"moment estimates, but {format_bytes(available)} of memory is available: use a "
+            "smaller n_dims (CLI: --n-dims)"
+        )
+
     def _training_config(self) -> dict[str, Any]:
         return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
 
@@ -246,6 +291,7 @@ class TripletEmbedding(BaseEstimator):
                 f"dimension could be kept: use at most {n_objects - 1} (CLI: --min-objects)"
             )
         dtype = self._dtype()
+        self._check_memory(n_objects, device, dtype)
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
         n_train = train_t.shape[0]

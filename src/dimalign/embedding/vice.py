@@ -91,6 +91,7 @@ class VICE(TripletEmbedding):
     """
 
     _estimator_name = "vice"
+    _n_parameter_tensors = 2  # loc and log_scale
 
     def __init__(
         self,
