@@ -264,11 +264,17 @@ def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, ca
 
 
 def test_report_rejects_stage_replaced_by_other_command(tiny_study, tmp_path, capsys):
+    import shutil
+
     study = copy_study(tiny_study, tmp_path)
-    # A separate 'dimalign compare' into the study's compare folder replaces
-    # the stage's files with a comparison of other inputs and drops its record.
-    assert main(["compare", str(study / "dnn_fit"), str(study / "human_fit"), "-o", str(study / "compare"),
-                 "--bootstrap", "0"]) == 0
+    command = ["compare", str(study / "dnn_fit"), str(study / "human_fit"), "--bootstrap", "0"]
+    # compare rejects the study's stage folder as its output folder.
+    assert main([*command, "-o", str(study / "compare")]) == 1
+    assert f"{study / 'compare'} is the folder of stage compare of the study" in capsys.readouterr().err
+    # A comparison of other inputs moved over the stage folder by hand has no stage record.
+    assert main([*command, "-o", str(tmp_path / "other")]) == 0
+    shutil.rmtree(study / "compare")
+    shutil.move(tmp_path / "other", study / "compare")
     capsys.readouterr()
 
     assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 1
