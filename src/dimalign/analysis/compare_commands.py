@@ -349,7 +349,7 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--layer", help="layer inside a multi-layer feature file or folder")
     alphas = parser.add_mutually_exclusive_group()
-    alphas.add_argument("--alphas", type=float, nargs="+", help="penalty grid (default 50 values from 1e-2 to 1e6)")
+    alphas.add_argument("--alphas", type=float, nargs="+", help="penalty grid, each value once; one value fits every dimension with it (default 50 values from 1e-2 to 1e6)")
     alphas.add_argument(
         "--alpha-range", type=float, nargs=3, metavar=("LOW", "HIGH", "N"),
         help="N penalties from LOW to HIGH, evenly spaced in log10",
