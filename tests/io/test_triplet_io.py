@@ -659,3 +659,105 @@ def test_summary_counts_match_brute_force(n_objects):
     assert summary.n_unique_sets == len(odd_ones)
     assert summary.n_duplicates == len(triplets) - len(seen_judgements)
     assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())
+
+
+# --------------------------------------------------------------------------- spreadsheet and experiment exports
+
+
+def test_excel_sep_line_sets_delimiter(tmp_path, caplog):
+    """Excel reads and writes a first line ``sep=;`` that names the delimiter."""
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2", "3;4;0"])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        assert load_triplets(path, 5).tolist() == [[0, 1, 2], [3, 4, 0]]
+    assert "sep=;" in caplog.text
+    assert load_triplets(path, 5, delimiter=";").tolist() == [[0, 1, 2], [3, 4, 0]]
+    without_header = write_lines(tmp_path / "plain.csv", ["sep=;", "0;1;2"])
+    assert load_triplets(without_header, 5).tolist() == [[0, 1, 2]]
+
+
+def test_excel_sep_line_contradicting_delimiter_fails(tmp_path):
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2"])
+
+    with pytest.raises(ValueError, match=r"excel.csv, line 1: 'sep=;' sets the delimiter ';'"):
+        load_triplets(path, 5, delimiter=",")
+
+
+def test_utf16_file_is_named_as_utf16(tmp_path):
+    """Excel's "Unicode text" export is UTF-16 with a byte order mark."""
+    path = tmp_path / "unicode.tsv"
+    path.write_text("i\tj\tk\r\n0\t1\t2\r\n", encoding="utf-16")
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    assert str(path) in str(error.value)
+    assert "UTF-16" in str(error.value)
+    assert "save the file as UTF-8" in str(error.value)
+
+
+@pytest.mark.parametrize("missing", ["", "NA", "nan", "NaN", "N/A", "null", "None"])
+def test_missing_object_value_names_column(tmp_path, missing):
+    """Experiment exports leave a cell empty or write NA for a trial without an answer."""
+    path = write_lines(
+        tmp_path / "jspsych.csv",
+        ["subject,rt,obj1,obj2,obj3", "S1,812,0,1,2", f"S1,,3,{missing},0"],
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=["obj1", "obj2", "obj3"])
+
+    message = str(error.value)
+    assert f"jspsych.csv, line 3, column 3: value {missing!r} is not an integer object index" in message
+    assert "a missing value in the object column 'obj2'" in message
+    assert "remove the rows" in message
+
+
+def test_missing_choice_names_choice_column(tmp_path):
+    path = write_lines(
+        tmp_path / "trials.csv", ["subject,i,j,k,response", "S1,1,2,3,3", "S1,2,3,4,"]
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, one_based=True, columns=["i", "j", "k"], choice_column="response")
+
+    message = str(error.value)
+    assert "trials.csv, line 3, column 4: value '' is not an integer choice" in message
+    assert "a missing value in the choice column 'response'" in message
+
+
+def test_choice_holding_object_ids_is_named(tmp_path):
+    """Some experiments record the clicked object's id instead of its position."""
+    path = write_lines(tmp_path / "trials.csv", ["i,j,k,odd", "4,5,6,6", "7,8,9,7", "1,2,3,2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 9, one_based=True, choice_column="odd")
+
+    message = str(error.value)
+    assert "line 2: choice 6 is not 1, 2 or 3" in message
+    assert "every choice is one of the row's three objects" in message
+
+
+def test_zero_based_choices_are_named(tmp_path):
+    """jsPsych's button responses count the buttons from 0."""
+    path = write_lines(tmp_path / "trials.csv", ["i,j,k,button", "0,1,2,0", "3,4,0,2", "1,2,3,1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, choice_column="button")
+
+    message = str(error.value)
+    assert "line 2: choice 0 is not 1, 2 or 3" in message
+    assert "every choice is 0, 1 or 2" in message
+
+
+def test_object_names_in_place_of_indices_are_named(tmp_path):
+    """Object names are not read, and the error asks for indices instead."""
+    path = write_lines(tmp_path / "names.csv", ["aardvark,abacus,acorn", "abacus,acorn,aardvark"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+
+    message = str(error.value)
+    assert "names.csv, line 1, column 0: value 'aardvark' is not an integer object index" in message
+    assert "not object names" in message
+    assert "row numbers" in message

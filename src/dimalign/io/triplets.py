@@ -148,6 +148,12 @@ def load_triplets(
     try:
         objects, choices, row_label = _read_columns(path, columns, choice_column, delimiter)
     except UnicodeDecodeError as error:
+        if error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            # Excel's "Unicode text" export writes UTF-16 with this byte order mark.
+            raise ValueError(
+                f"{path} is UTF-16 text, not UTF-8: it starts with a UTF-16 byte order mark; "
+                "save the file as UTF-8 (in Excel: CSV UTF-8) and import it again"
+            ) from error
         raise ValueError(
             f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte offset "
             f"{error.start} cannot be decoded; save the file as UTF-8 (or plain ASCII) and "
@@ -230,7 +236,7 @@ def _read_columns(
                 raise
             raise ValueError(f"{error}. {hint}") from error
         used = object_indices + ([choice_index] if choice_index is not None else [])
-        table = _parse_text(path, layout, used)
+        table = _parse_text(path, layout, used, has_choice=choice_index is not None)
         object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
     else:
         raise ValueError(
@@ -400,12 +406,18 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     data row with one bad value such as ``0,1,NA``: that row fails to parse
     and the error names it. In a file of one content line, the line is a
     header when none of its fields is a number. A UTF-8 byte-order mark, as
-    spreadsheet programs write, is skipped.
+    spreadsheet programs write, is skipped. A first line such as ``sep=;``,
+    which Excel reads and writes to name the delimiter, sets the delimiter and
+    is skipped.
     """
     content: list[tuple[int, str]] = []
     with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             stripped = line.strip()
+            declared = _EXCEL_SEPARATOR.fullmatch(line.rstrip("\r\n"))
+            if line_number == 1 and declared:
+                delimiter = _declared_delimiter(path, declared.group(1), delimiter)
+                continue
             if stripped and not stripped.startswith("#"):
                 content.append((line_number, line.rstrip("\r\n").split("#", 1)[0].rstrip()))
                 if len(content) == 2:
@@ -441,8 +453,30 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     )
 
 
-def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
-    """Read the columns ``used`` of a text file as int64, shape ``(n_rows, len(used))``."""
+# Excel's first line naming the delimiter, such as ``sep=;``.
+_EXCEL_SEPARATOR = re.compile(r"sep=(.)")
+
+
+def _declared_delimiter(path: Path, declared: str, delimiter: str | None) -> str:
+    """Return the delimiter of a ``sep=`` line, checked against the caller's ``delimiter``."""
+    if delimiter is not None and _normalize_delimiter(delimiter) != _normalize_delimiter(declared):
+        raise ValueError(
+            f"{path}, line 1: 'sep={declared}' sets the delimiter {declared!r}, but the delimiter "
+            f"{delimiter!r} was given; leave out the delimiter (CLI: --delimiter) to use "
+            f"{declared!r}"
+        )
+    logger.info("%s: line 1 'sep=%s' sets the delimiter %r", path, declared, declared)
+    return declared
+
+
+def _parse_text(
+    path: Path, layout: _TextLayout, used: list[int], has_choice: bool = False
+) -> np.ndarray:
+    """Read the columns ``used`` of a text file as int64, shape ``(n_rows, len(used))``.
+
+    The first three of ``used`` are object columns. A fourth is the choice
+    column when ``has_choice`` is set. The roles only shape the error messages.
+    """
     if layout.empty:
         return np.zeros((0, len(used)), dtype=np.int64)
 
@@ -481,12 +515,13 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
                     f"{layout.n_columns} like the first line; check the delimiter"
                 )
             values = []
-            for column in used:
+            for position, column in enumerate(used):
                 value, converted = _parse_integer(tokens[column])
                 if value is None:
+                    role = "choice" if has_choice and position == 3 else "object"
                     raise ValueError(
-                        f"{path}, line {line_number}, column {column}: value {tokens[column]!r} is "
-                        "not an integer object index; triplet files contain integer indices only"
+                        f"{path}, line {line_number}, column {column}: "
+                        + _describe_bad_token(tokens[column], role, column, layout.header)
                     )
                 n_converted += converted
                 values.append(value)
@@ -498,6 +533,33 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+# Spellings of an empty cell in exports of R, pandas, jsPsych, PsychoPy and
+# spreadsheets, compared in lower case.
+_MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
+
+
+def _describe_bad_token(token: str, role: str, column: int, header: list[str] | None) -> str:
+    """Describe a value of an object or choice column that is no integer, and the fix."""
+    name = f"the {role} column {header[column]!r}" if header else f"the {role} column"
+    if role == "choice":
+        message = f"value {token!r} is not an integer choice (1, 2 or 3)"
+    else:
+        message = f"value {token!r} is not an integer object index"
+    if token.strip().lower() in _MISSING_TOKENS:
+        return (
+            f"{message}: it is a missing value in {name}. Triplet files cannot contain missing "
+            "values: remove the rows of trials without a complete answer from the file, "
+            "then import it again"
+        )
+    if role == "object" and not _is_number(token):
+        return (
+            f"{message}. Object columns hold indices (the 0-based row numbers of the object "
+            "table, or 1-based with one_based=True), not object names: replace each name by "
+            "its row number, or choose other object columns (CLI: --columns)"
+        )
+    return f"{message}; triplet files contain integer indices only"
 
 
 def _parse_integer(token: str) -> tuple[int | None, int]:
@@ -603,6 +665,7 @@ def _convert(
                 f"{source}, {row_label(row)}: choice {int(choices[row])} is not 1, 2 or 3; "
                 "the choice column gives the odd one's position among the three object "
                 f"columns ({int(bad.sum())} invalid choices in all)"
+                + _choice_layout_hint(objects, choices)
             )
         triplets = np.take_along_axis(triplets, _ODD_LAST[choices - 1], axis=1)
         logger.info(
@@ -616,6 +679,27 @@ def _convert(
 
     _check_distinct(triplets, source, row_label)
     return np.ascontiguousarray(triplets, dtype=np.int64)
+
+
+def _choice_layout_hint(objects: np.ndarray, choices: np.ndarray) -> str:
+    """Name the layout of a choice column without positions 1..3, where it is clear.
+
+    Args:
+        objects (np.ndarray): The object columns as in the file, shape ``(n, 3)``.
+        choices (np.ndarray): The choice column as in the file, shape ``(n,)``.
+    """
+    if np.isin(choices, (0, 1, 2)).all():
+        return (
+            ". But every choice is 0, 1 or 2, so the column seems to count the positions "
+            "from 0 (as jsPsych numbers its buttons): add 1 to the column first"
+        )
+    if (objects == choices[:, None]).any(axis=1).all():
+        return (
+            ". But every choice is one of the row's three objects, so the column seems to name "
+            "the odd object itself: replace it by that object's position 1, 2 or 3 among the "
+            "object columns first"
+        )
+    return ""
 
 
 # Row ``p`` reorders a triplet so that the item at position p comes last and
