@@ -406,6 +406,32 @@ def test_split_keeps_repeats_together():
         assert len(train) + len(val) == len(triplets)
 
 
+def test_split_of_one_repeated_set_names_the_cause():
+    """No fraction can split one object set, so the error must not suggest a smaller one."""
+    triplets = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]] * 4)
+
+    with pytest.raises(ValueError) as error:
+        split_triplets(triplets, 0.1)
+
+    assert "all 12 triplets judge the same object set {0, 1, 2}" in str(error.value)
+    assert "smaller fraction" not in str(error.value)
+
+
+def test_split_repeats_all_land_in_one_part():
+    """A set judged 9 times goes to one side whole, whatever the seed."""
+    triplets = np.array([[0, 1, 2]] * 9 + [[1, 2, 3], [2, 3, 4], [3, 4, 5]])
+
+    sides = set()
+    for seed in range(20):
+        train, val = split_triplets(triplets, 0.25, random_state=seed)
+        in_val = int((np.sort(val, axis=1) == [0, 1, 2]).all(axis=1).sum())
+        in_train = int((np.sort(train, axis=1) == [0, 1, 2]).all(axis=1).sum())
+        assert (in_train, in_val) in {(9, 0), (0, 9)}
+        assert len(val) >= 3
+        sides.add(in_val)
+    assert sides == {0, 9}
+
+
 def test_split_same_seed_same_result():
     triplets = np.array([[i, i + 1, i + 2] for i in range(50)])
 

@@ -1035,6 +1035,14 @@ def split_triplets(
     is_val = is_val_set[inverse.reshape(-1)]
 
     train, val = triplets[~is_val], triplets[is_val]
+    if len(unique_sets) == 1:
+        objects = ", ".join(str(index) for index in sorted(triplets[0].tolist()))
+        raise ValueError(
+            f"all {n_rows} triplets judge the same object set {{{objects}}}, and the rows of a "
+            "set stay on one side, so they cannot be split into training and validation "
+            "triplets; check that this is the whole file, or use it without a split "
+            "(CLI: leave out --split/--val-fraction)"
+        )
     if len(train) == 0:
         raise ValueError(
             f"val_fraction {val_fraction} leaves no training triplets "
