@@ -423,13 +423,30 @@ def test_split_repeats_all_land_in_one_part():
 
     sides = set()
     for seed in range(20):
-        train, val = split_triplets(triplets, 0.25, random_state=seed)
+        with warnings.catch_warnings():
+            # Seeds that move the repeated set hold out 9 of 12 rows, and warn so.
+            warnings.simplefilter("ignore", UserWarning)
+            train, val = split_triplets(triplets, 0.25, random_state=seed)
         in_val = int((np.sort(val, axis=1) == [0, 1, 2]).all(axis=1).sum())
         in_train = int((np.sort(train, axis=1) == [0, 1, 2]).all(axis=1).sum())
         assert (in_train, in_val) in {(9, 0), (0, 9)}
         assert len(val) >= 3
         sides.add(in_val)
     assert sides == {0, 9}
+
+
+def test_split_far_above_fraction_warns():
+    """One set judged 9 times in 10 rows makes a 10% split hold out 90%."""
+    triplets = np.array([[0, 1, 2]] * 9 + [[1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        seed = next(
+            seed for seed in range(20)
+            if len(split_triplets(triplets, 0.1, random_state=seed)[1]) == 9
+        )
+
+    with pytest.warns(UserWarning, match=r"contains 9 of 10 triplets \(90%\) instead of about 1"):
+        split_triplets(triplets, 0.1, random_state=seed)
 
 
 def test_split_same_seed_same_result():

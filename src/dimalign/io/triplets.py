@@ -1048,6 +1048,16 @@ def split_triplets(
             f"val_fraction {val_fraction} leaves no training triplets "
             f"({len(unique_sets)} object sets); use a smaller fraction"
         )
+    if len(val) > 2 * target:
+        # The last set moved may be judged many times, and the split never
+        # breaks a set, so a few heavily repeated sets can overshoot the target.
+        warnings.warn(
+            f"the validation part contains {len(val)} of {n_rows} triplets "
+            f"({100 * len(val) / n_rows:.0f}%) instead of about {target} "
+            f"(val_fraction {val_fraction}), because the rows of an object set stay together "
+            "and some sets are judged many times; try another seed, or a larger fraction",
+            UserWarning, stacklevel=2,
+        )
     logger.info(
         "split %d triplets into %d training and %d validation triplets (%d of %d object sets)",
         n_rows, len(train), len(val), n_val_sets, len(unique_sets),
