@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -928,3 +929,42 @@ def test_split_of_one_triplet_fails(tmp_path, capsys, fraction):
     assert "1 triplet cannot be split into a training and a validation part" in error
     assert "leave out --split to write triplets.npy" in error
     assert "use at least 1," not in error
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_import_summary_matches_brute_force(tmp_path, seed):
+    """The manifest's counts of a small random 1-based file, recounted with Python loops."""
+    rng = np.random.default_rng(seed)
+    n_objects = 9
+    # Few objects and 40 rows make repeats, conflicts and an unseen object likely.
+    pool = rng.choice(n_objects, size=7, replace=False)
+    rows = [rng.choice(pool, size=3, replace=False).tolist() for _ in range(40)]
+    source = tmp_path / "trials.csv"
+    source.write_text(
+        "subject,i,j,odd\n" + "".join(f"s{n % 3},{a + 1},{b + 1},{c + 1}\n" for n, (a, b, c) in enumerate(rows)),
+        encoding="utf-8",
+    )
+
+    assert main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", str(n_objects),
+                 "--one-based", "--columns", "i,j,odd"]) == 0
+    outputs = read_manifest(tmp_path / "out")["outputs"]
+
+    judgements, odd_ones = set(), {}
+    counts = [0] * n_objects
+    for a, b, c in rows:
+        judgements.add((frozenset((a, b, c)), c))
+        odd_ones.setdefault(frozenset((a, b, c)), set()).add(c)
+        for index in (a, b, c):
+            counts[index] += 1
+    assert 40 - len(judgements) > 0, "the file should contain duplicates"
+    assert sum(len(odd) > 1 for odd in odd_ones.values()) > 0, "the file should contain conflicts"
+    assert outputs["n_triplets"] == 40
+    assert outputs["n_unique_sets"] == len(odd_ones)
+    assert outputs["n_duplicates"] == 40 - len(judgements)
+    assert outputs["n_conflicting_sets"] == sum(len(odd) > 1 for odd in odd_ones.values())
+    assert outputs["unseen_objects"] == [index for index in range(n_objects) if counts[index] == 0]
+    assert outputs["n_unseen_objects"] == n_objects - 7
+    assert outputs["min_count"] == min(counts)
+    assert outputs["median_count"] == statistics.median(counts)
+    assert outputs["max_count"] == max(counts)
+    assert np.load(tmp_path / "out" / "triplets.npy").tolist() == rows
