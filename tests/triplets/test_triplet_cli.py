@@ -968,3 +968,56 @@ def test_import_summary_matches_brute_force(tmp_path, seed):
     assert outputs["median_count"] == statistics.median(counts)
     assert outputs["max_count"] == max(counts)
     assert np.load(tmp_path / "out" / "triplets.npy").tolist() == rows
+
+
+def test_simulate_beyond_available_memory_fails_first(tmp_path, capsys, monkeypatch):
+    """A count far beyond the memory fails with an estimate before any array is allocated."""
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((1854, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 2 * 10**9)
+    out_dir = tmp_path / "sim"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "500000000"])
+
+    assert status == 1
+    message = capsys.readouterr().err
+    assert "--n-triplets 500,000,000 needs about 60.0 GB of memory" in message
+    assert "2.0 GB are available" in message
+    assert "lower --n-triplets" in message
+    assert not out_dir.exists()
+
+
+def test_simulate_memory_estimate_counts_gram_matrix(tmp_path, capsys, monkeypatch):
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((100, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**5)
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                   "--n-triplets", "1000", "--method", "gram"])
+
+    assert status == 1
+    assert "the 40.0 kB Gram matrix" in capsys.readouterr().err
+
+
+def test_simulate_with_unknown_memory_runs(tmp_path, monkeypatch):
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((10, 4)))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: None)
+
+    assert main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                 "--n-triplets", "50"]) == 0
+
+
+def test_simulate_memory_estimate_skips_unused_gram_matrix(tmp_path, monkeypatch):
+    """3 triplets of 1,000 objects touch too few pairs for auto to take the 4 MB Gram matrix."""
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((1000, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**6)
+
+    assert main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                 "--n-triplets", "3"]) == 0
