@@ -1021,3 +1021,22 @@ def test_simulate_memory_estimate_skips_unused_gram_matrix(tmp_path, monkeypatch
 
     assert main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
                  "--n-triplets", "3"]) == 0
+
+
+def test_simulate_objects_replaces_mismatched_folder_table(tmp_path):
+    """--objects names the rows, so a stale objects.tsv next to the features is not read."""
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    np.save(features_dir / "features.npy", np.random.default_rng(0).random((6, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b"]), features_dir / "objects.tsv")
+    names = tmp_path / "unique_id.txt"
+    names.write_text("".join(f"thing{index}\n" for index in range(6)), encoding="utf-8")
+
+    for index, source in enumerate((features_dir, features_dir / "features.npy")):
+        out_dir = tmp_path / f"out{index}"
+        status = main(["simulate", str(source), "-o", str(out_dir), "--n-triplets", "5",
+                       "--objects", str(names)])
+
+        assert status == 0
+        assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "thing0"
+        assert read_manifest(out_dir)["inputs"]["objects"]["sha256"] == sha256_file(names)

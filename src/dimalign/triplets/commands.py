@@ -374,7 +374,11 @@ def run_simulate(args: argparse.Namespace) -> int:
          "--objects table": Path(args.objects) if args.objects else None},
     )
     check_unowned_outputs(out_dir, planned | {"objects.tsv"}, "simulate")
-    features, features_table = load_features(args.features, layer=args.layer)
+    # --objects replaces the features' own table, so that table is not read:
+    # one that disagrees with the features must not block the run.
+    features, features_table = load_features(
+        args.features, layer=args.layer, read_table=not args.objects
+    )
     table = features_table
     n_objects = int(features.shape[0])
     if args.objects:
