@@ -655,8 +655,14 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
     assert not out_dir.exists()
 
 
-def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys):
-    """The per-object counts of 10^13 objects need 80 TB, more than any machine has."""
+def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys, monkeypatch):
+    """The per-object counts of 10^13 objects need 80 TB, more than any machine has.
+
+    Where the available memory is unknown, numpy's failed allocation is the error.
+    """
+    import dimalign.triplets.commands as commands
+
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: None)
     source = tmp_path / "raw.txt"
     source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
     out_dir = tmp_path / "out"
@@ -1040,3 +1046,38 @@ def test_simulate_objects_replaces_mismatched_folder_table(tmp_path):
         assert status == 0
         assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "thing0"
         assert read_manifest(out_dir)["inputs"]["objects"]["sha256"] == sha256_file(names)
+
+
+def test_import_object_count_beyond_memory_fails_first(tmp_path, capsys, monkeypatch):
+    """A count whose arrays would each fit, but not together, fails before they are made."""
+    import dimalign.triplets.commands as commands
+
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**8)
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "1000000"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "1,000,000 objects need about 200.0 MB of memory" in error
+    assert "100.0 MB are available" in error
+    assert "check --n-objects" in error
+    assert not out_dir.exists()
+
+
+def test_import_memory_error_without_message_says_so(tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("dimalign.io.triplets.summarize_triplets", fail)
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "(no details)" in error
+    assert "()" not in error
