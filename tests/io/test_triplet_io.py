@@ -804,3 +804,27 @@ def test_object_names_in_place_of_indices_are_named(tmp_path):
     assert "names.csv, line 1, column 0: value 'aardvark' is not an integer object index" in message
     assert "not object names" in message
     assert "row numbers" in message
+
+
+def test_named_columns_mark_header_above_rows_without_numbers(tmp_path, caplog):
+    """PsychoPy writes instruction rows with empty trial columns right below the header."""
+    path = write_lines(tmp_path / "psychopy.csv", [
+        "trials.thisN,obj1,obj2,obj3,key_resp.keys,participant",
+        ",,,,space,p01",
+        "0,1,2,3,left,p01",
+    ])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        with pytest.raises(ValueError) as error:
+            load_triplets(path, 5, columns=["obj1", "obj2", "obj3"])
+
+    assert "line 1 is a header" in caplog.text
+    assert "line 2, column 1: value '' is not an integer object index" in str(error.value)
+    assert "missing value in the object column 'obj1'" in str(error.value)
+
+
+def test_named_choice_column_marks_header(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["a,b,c,odd", "x,y,z,w", "0,1,2,3"])
+
+    with pytest.raises(ValueError, match=r"line 2, column 0: value 'x'"):
+        load_triplets(path, 5, choice_column="odd")

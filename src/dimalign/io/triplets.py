@@ -222,7 +222,12 @@ def _read_columns(
             table.shape[1], None, columns, choice_column, path
         )
     elif suffix in (".txt", ".tsv", ".csv"):
-        layout = _inspect_text(path, delimiter)
+        requested = [*(columns or []), *([] if choice_column is None else [choice_column])]
+        names = [
+            column for column in requested
+            if isinstance(column, str) and not column.strip().isdigit()
+        ]
+        layout = _inspect_text(path, delimiter, names)
         row_label = layout.row_label
         if layout.empty:
             return np.zeros((0, 3), dtype=np.int64), None, row_label
@@ -396,7 +401,7 @@ class _TextLayout:
         return f"row {row}"
 
 
-def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
+def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) -> _TextLayout:
     """Detect the delimiter and a header line from the first two content lines.
 
     Blank lines and lines starting with ``#`` are skipped everywhere. The first
@@ -405,7 +410,10 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     field). So a column of subject names is no header, and neither is a first
     data row with one bad value such as ``0,1,NA``: that row fails to parse
     and the error names it. In a file of one content line, the line is a
-    header when none of its fields is a number. A UTF-8 byte-order mark, as
+    header when none of its fields is a number. The first content line is
+    also a header when it contains every column name in ``names`` (the
+    columns the caller chose by name), as above rows that have no number,
+    such as PsychoPy's instruction rows. A UTF-8 byte-order mark, as
     spreadsheet programs write, is skipped. A first line such as ``sep=;``,
     which Excel reads and writes to name the delimiter, sets the delimiter and
     is skipped.
@@ -442,6 +450,9 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
         is_header = bool(numeric_below) and not any(numeric_below)
     else:
         is_header = not any(first)
+    if not is_header and names and set(names) <= set(_split(line, delimiter)):
+        is_header = True
+        logger.info("%s: line %d contains the column names %s", path, line_number, ", ".join(names))
     if not is_header:
         return _TextLayout(
             path, delimiter, None, len(first), line_number - 1, first_line=line, detected=detected
