@@ -1081,3 +1081,16 @@ def test_import_memory_error_without_message_says_so(tmp_path, capsys, monkeypat
     error = capsys.readouterr().err
     assert "(no details)" in error
     assert "()" not in error
+
+
+@pytest.mark.parametrize("n_rows", [0, 2])
+def test_simulate_too_few_feature_rows_names_file(tmp_path, capsys, n_rows):
+    np.save(tmp_path / "features.npy", np.ones((n_rows, 3)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"features.npy has {n_rows} rows (objects), but a triplet needs 3 objects" in error
+    assert not (tmp_path / "out").exists()

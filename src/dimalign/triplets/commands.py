@@ -383,6 +383,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     table = features_table
     n_objects = int(features.shape[0])
+    if n_objects < 3:
+        raise ValueError(
+            f"{_features_file(Path(args.features), args.layer)} has {n_objects} rows "
+            "(objects), but a triplet needs 3 objects; pass features with one row per object"
+        )
     if args.objects:
         table = _read_simulate_objects(Path(args.objects), n_objects, args.features)
     if args.replace or args.n_triplets <= count_triplets(n_objects):
