@@ -167,6 +167,14 @@ def test_extra_columns_need_columns(tmp_path):
         load_triplets(path, 6)
 
 
+def test_extra_columns_error_lists_header(tmp_path):
+    """pandas' to_csv writes an unnamed index column first."""
+    path = write_lines(tmp_path / "pandas.csv", [",i,j,k", "0,0,1,2"])
+
+    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\); choose"):
+        load_triplets(path, 6)
+
+
 def test_text_column_selected_is_rejected(tmp_path):
     path = write_lines(tmp_path / "trials.tsv", ["s01\t0\t1\t2"])
 

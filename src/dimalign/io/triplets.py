@@ -636,8 +636,9 @@ def _resolve_columns(
         object_indices = [index for index in range(n_columns) if index != choice_index]
         if len(object_indices) != 3:
             hint = "" if choice_index is not None else " (and a choice column with choice_column)"
+            names = f" (header: {', '.join(map(repr, header))})" if header else ""
             raise ValueError(
-                f"{path} has {n_columns} columns; choose the three object columns with "
+                f"{path} has {n_columns} columns{names}; choose the three object columns with "
                 f"columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c){hint}"
             )
     if len(set(object_indices)) != 3 or choice_index in object_indices:
