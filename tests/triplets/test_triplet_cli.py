@@ -1094,3 +1094,59 @@ def test_simulate_too_few_feature_rows_names_file(tmp_path, capsys, n_rows):
     error = capsys.readouterr().err
     assert f"features.npy has {n_rows} rows (objects), but a triplet needs 3 objects" in error
     assert not (tmp_path / "out").exists()
+
+
+def _fake_proc(tmp_path: Path, cgroup: str, available_kb: int) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {available_kb} kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup)
+    return proc
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_respects_cgroup_limit(tmp_path, version):
+    """A Slurm job or container limited to 1 GB on a 20 GB machine has 1 GB minus its usage."""
+    from dimalign.triplets.commands import available_memory_bytes
+
+    sys_root = tmp_path / "cgroup"
+    if version == 2:
+        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
+        folder = sys_root / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.max").write_text("1000000000\n")
+        (folder / "memory.current").write_text("300000000\n")
+    else:
+        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n3:cpu:/\n", 20_000_000)
+        folder = sys_root / "memory" / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.limit_in_bytes").write_text("1000000000\n")
+        (folder / "memory.usage_in_bytes").write_text("300000000\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 700_000_000
+
+
+def test_available_memory_respects_parent_cgroup_limit(tmp_path):
+    """Slurm limits the job's cgroup, and the process runs in a step below it."""
+    from dimalign.triplets.commands import available_memory_bytes
+
+    proc = _fake_proc(tmp_path, "0::/slurm/job_7/step_0\n", 20_000_000)
+    job = tmp_path / "cgroup" / "slurm" / "job_7"
+    (job / "step_0").mkdir(parents=True)
+    (job / "memory.max").write_text("1000000000\n")
+    (job / "memory.current").write_text("400000000\n")
+    (job / "step_0" / "memory.max").write_text("max\n")
+    (job / "step_0" / "memory.current").write_text("100000000\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 600_000_000
+
+
+def test_available_memory_without_cgroup_limit(tmp_path):
+    from dimalign.triplets.commands import available_memory_bytes
+
+    proc = _fake_proc(tmp_path, "0::/\n", 2_000)
+    (tmp_path / "cgroup").mkdir()
+    (tmp_path / "cgroup" / "memory.max").write_text("max\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 2_048_000
+    assert available_memory_bytes(proc_root=tmp_path / "missing", cgroup_root=tmp_path) is None

@@ -498,19 +498,68 @@ def check_simulate_options(args: argparse.Namespace) -> None:
 _SIMULATE_BYTES_PER_TRIPLET = 120
 
 
-def available_memory_bytes() -> int | None:
-    """Return the memory available to new allocations (Linux ``MemAvailable``), or None.
+def available_memory_bytes(
+    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Return the memory available to new allocations on Linux, or None where unknown.
 
-    None means unknown, as on systems without ``/proc/meminfo``.
+    The machine's ``MemAvailable``, lowered to the headroom of this process's
+    memory cgroup where one sets a limit, as in Slurm jobs and containers:
+    their processes are killed at the limit however much the machine has free.
+
+    Args:
+        proc_root (Path): The proc file system (a parameter for tests).
+        cgroup_root (Path): The cgroup file system (a parameter for tests).
+
+    Returns:
+        int | None: Bytes, or None without ``/proc/meminfo`` (macOS, Windows).
     """
+    available = None
     try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
+        with open(proc_root / "meminfo", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the value is in kB
+                    available = int(line.split()[1]) * 1024  # the value is in kB
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+    headroom = _cgroup_headroom(proc_root, cgroup_root)
+    if available is not None and headroom is not None:
+        available = min(available, headroom)
+    return available
+
+
+def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
+    """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
+    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; the files are those of
+    # the kernel's cgroup documentation (memory.max and memory.current for
+    # v2, memory.limit_in_bytes and memory.usage_in_bytes for v1).
+    try:
+        lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    headrooms = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            top, files = cgroup_root, ("memory.max", "memory.current")
+        elif "memory" in parts[1].split(","):
+            top, files = cgroup_root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        # A limit set on a parent (a Slurm job above its steps) binds as well.
+        relative = Path(parts[2].lstrip("/"))
+        for folder in [top / relative, *[top / parent for parent in relative.parents]]:
+            try:
+                limit = (folder / files[0]).read_text(encoding="ascii").strip()
+                usage = (folder / files[1]).read_text(encoding="ascii").strip()
+                # "max" (v2) or a value near 2^63 (v1) means no limit.
+                if limit != "max" and int(limit) < 2**60:
+                    headrooms.append(max(0, int(limit) - int(usage)))
+            except (OSError, ValueError):
+                continue
+    return min(headrooms) if headrooms else None
 
 
 def check_simulate_memory(n_triplets: int, features, method: str) -> None:
