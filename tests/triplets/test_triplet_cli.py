@@ -1150,3 +1150,18 @@ def test_available_memory_without_cgroup_limit(tmp_path):
 
     assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 2_048_000
     assert available_memory_bytes(proc_root=tmp_path / "missing", cgroup_root=tmp_path) is None
+
+
+def test_simulate_folder_table_mismatch_says_what_to_do(tmp_path, capsys):
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    np.save(features_dir / "features.npy", np.ones((6, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b"]), features_dir / "objects.tsv")
+
+    status = main(["simulate", str(features_dir), "-o", str(tmp_path / "out"), "--n-triplets", "5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "features.npy has 6 rows but" in error
+    assert "objects.tsv lists 2 objects" in error
+    assert "--objects" in error

@@ -376,20 +376,22 @@ def run_simulate(args: argparse.Namespace) -> int:
          "--objects table": Path(args.objects) if args.objects else None},
     )
     check_unowned_outputs(out_dir, planned | {"objects.tsv"}, "simulate")
-    # --objects replaces the features' own table, so that table is not read:
-    # one that disagrees with the features must not block the run.
-    features, features_table = load_features(
-        args.features, layer=args.layer, read_table=not args.objects
-    )
-    table = features_table
+    # The features' own table is read here rather than by load_features, so
+    # that --objects replaces one that disagrees with the features.
+    features = load_features(args.features, layer=args.layer, read_table=False)[0]
+    features_file = _features_file(Path(args.features), args.layer)
     n_objects = int(features.shape[0])
     if n_objects < 3:
         raise ValueError(
-            f"{_features_file(Path(args.features), args.layer)} has {n_objects} rows "
-            "(objects), but a triplet needs 3 objects; pass features with one row per object"
+            f"{features_file} has {n_objects} rows (objects), but a triplet needs 3 objects; "
+            "pass features with one row per object"
         )
+    features_table = None
     if args.objects:
         table = _read_simulate_objects(Path(args.objects), n_objects, args.features)
+    else:
+        features_table = _read_features_table(features_file, n_objects)
+        table = features_table
     if args.replace or args.n_triplets <= count_triplets(n_objects):
         # Otherwise sample_triplets names the number of distinct triplets at once.
         check_simulate_memory(args.n_triplets, features, args.method)
@@ -760,6 +762,23 @@ def _read_simulate_objects(path: Path, n_objects: int, features: str):
         raise ValueError(
             f"--objects {path} lists {len(table)} objects but the features {features} have "
             f"{n_objects} rows; pass an object table with one name per feature row, in row order"
+        )
+    return table
+
+
+def _read_features_table(features_file: Path, n_objects: int):
+    """Read the ``objects.tsv`` next to a features file, if any, and check its length."""
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+
+    path = features_file.parent / OBJECT_TABLE_NAME
+    if not path.is_file():
+        return None
+    table = read_object_table(path)
+    if len(table) != n_objects:
+        raise ValueError(
+            f"{features_file} has {n_objects} rows but {path} lists {len(table)} objects; the "
+            "table must name the feature rows in order: correct it, or name the rows with "
+            "another table (--objects)"
         )
     return table
 
