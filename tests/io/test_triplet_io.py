@@ -747,6 +747,17 @@ def test_utf16_file_is_named_as_utf16(tmp_path):
     assert "save the file as UTF-8" in str(error.value)
 
 
+def test_utf16_without_byte_order_mark_is_named(tmp_path):
+    path = tmp_path / "unicode.tsv"
+    path.write_bytes("i\tj\tk\r\n0\t1\t2\r\n".encode("utf-16-le"))
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    assert "unicode.tsv, line 1: contains NUL bytes" in str(error.value)
+    assert "UTF-16" in str(error.value)
+
+
 @pytest.mark.parametrize("missing", ["", "NA", "nan", "NaN", "N/A", "null", "None"])
 def test_missing_object_value_names_column(tmp_path, missing):
     """Experiment exports leave a cell empty or write NA for a trial without an answer."""

@@ -434,6 +434,11 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
         return _TextLayout(path, None, None, 0, 0, empty=True)
 
     line_number, line = content[0]
+    if "\x00" in line:
+        raise ValueError(
+            f"{path}, line {line_number}: contains NUL bytes, as UTF-16 text without a byte "
+            "order mark does; save the file as UTF-8 (in Excel: CSV UTF-8) and import it again"
+        )
     detected = delimiter is None
     if delimiter is None:
         if "\t" in line:
