@@ -684,6 +684,45 @@ def test_quoted_field_with_delimiter_stays_one_field(tmp_path):
     assert load_triplets(path, 5, columns=["a", "b", "c"]).tolist() == [[0, 1, 2]]
 
 
+def test_quoted_line_break_stays_in_its_field(tmp_path):
+    """MTurk batch results quote free-text answers, which may span lines."""
+    path = write_lines(tmp_path / "batch.csv", [
+        '"WorkerId","Input.i","Input.j","Input.k","Answer.odd","Answer.comments"',
+        '"A1","1","2","3","2","fine"',
+        '"A2","2","3","4","1","The images were',
+        'small, hard to see"',
+        '"A3","1","3","4","3",""',
+        '"A4","1","3","4","3","x"',
+    ])
+
+    triplets = load_triplets(path, 4, one_based=True, columns=["Input.i", "Input.j", "Input.k"],
+                             choice_column="Answer.odd")
+
+    assert triplets.tolist() == [[0, 2, 1], [2, 3, 1], [0, 2, 3], [0, 2, 3]]
+
+
+def test_rows_after_quoted_line_break_name_their_lines(tmp_path):
+    path = write_lines(tmp_path / "batch.csv", [
+        "subject,i,j,k,comment",
+        's1,0,1,2,"two',
+        'lines"',
+        "s2,3,4,4,",
+    ])
+
+    with pytest.raises(ValueError, match=r"batch.csv: .*\(line 4: \[3, 4, 4\]\)"):
+        load_triplets(path, 5, columns=["i", "j", "k"])
+
+
+def test_unclosed_quote_names_its_line(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", '"s1,0,1,2', "s2,3,4,0", "s3,1,2,3"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=["i", "j", "k"])
+
+    assert "t.csv, lines 2 to 4" in str(error.value)
+    assert "quote" in str(error.value)
+
+
 def test_float16_triplets_load_without_warning(tmp_path):
     np.save(tmp_path / "half.npy", np.array([[0, 1, 2], [3, 4, 0]], dtype=np.float16))
 

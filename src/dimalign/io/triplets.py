@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,6 +371,8 @@ class _TextLayout:
     empty: bool = False  # no content line at all
     first_line: str = ""  # the first content line, for the delimiter hint
     detected: bool = True  # the delimiter was detected, not given by the caller
+    # The first line of each data record, once the slow path has parsed them.
+    record_lines: list[int] | None = None
 
     def delimiter_hint(self) -> str:
         """Suggest a delimiter when detection left the first line as one column."""
@@ -390,7 +392,9 @@ class _TextLayout:
         return line_number > self.skip_lines and bool(stripped) and not stripped.startswith("#")
 
     def row_label(self, row: int) -> str:
-        """Return ``"line N"`` for data row ``row`` (0-based), reading the file again."""
+        """Return ``"line N"`` for data row ``row`` (0-based), reading the file again if needed."""
+        if self.record_lines is not None and row < len(self.record_lines):
+            return f"line {self.record_lines[row]}"
         seen = -1
         with open(self.path, encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
@@ -516,20 +520,25 @@ def _parse_text(
     except ValueError:
         pass
 
-    # Slow path: parse line by line so that an error can name the line.
+    # Slow path: parse record by record so that an error can name the line.
     rows: list[list[int]] = []
+    record_lines: list[int] = []
     n_converted = 0
     with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not layout.is_data(line_number, line):
-                continue
-            # An inline comment ends the line, as in the fast path.
-            tokens = _split(line.rstrip("\r\n").split("#", 1)[0].rstrip(), layout.delimiter)
+        for line_number, last_line, tokens in _records(handle, layout):
             if len(tokens) != layout.n_columns:
+                where, cause = f"line {line_number}", ""
+                if last_line != line_number:
+                    where = f"lines {line_number} to {last_line}"
+                    cause = (
+                        ", because a quoted field spans these lines; check for a quote that "
+                        "is not closed"
+                    )
                 raise ValueError(
-                    f"{path}, line {line_number}: {len(tokens)} columns, expected "
-                    f"{layout.n_columns} like the first line; check the delimiter"
+                    f"{path}, {where}: {len(tokens)} columns, expected {layout.n_columns} like "
+                    f"the first line{cause}; check the delimiter"
                 )
+            record_lines.append(line_number)
             values = []
             for position, column in enumerate(used):
                 value, converted = _parse_integer(tokens[column])
@@ -542,6 +551,7 @@ def _parse_text(
                 n_converted += converted
                 values.append(value)
             rows.append(values)
+    layout.record_lines = record_lines
     if n_converted:
         logger.info(
             "%s: converted %d whole-number floats (such as 3.0) to integers", path, n_converted
@@ -549,6 +559,41 @@ def _parse_text(
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _records(handle, layout: _TextLayout) -> Iterator[tuple[int, int, list[str]]]:
+    """Yield the first line number, the last line number and the fields of each data record.
+
+    A record is one line, except in a delimited file where a quoted field
+    contains line breaks (free-text answers in MTurk batch results, say), as
+    standard CSV allows. An inline comment ends each line, also inside quotes.
+    """
+    if layout.delimiter is None:
+        for line_number, line in enumerate(handle, start=1):
+            if layout.is_data(line_number, line):
+                yield line_number, line_number, _split(_strip_comment(line), None)
+        return
+
+    consumed: list[int] = []
+
+    def data_lines() -> Iterator[str]:
+        for line_number, line in enumerate(handle, start=1):
+            if layout.is_data(line_number, line):
+                consumed.append(line_number)
+                yield _strip_comment(line) + "\n"
+
+    # The reader pulls only the lines of the record it returns, so the line
+    # numbers consumed since the previous record are this record's.
+    reader = csv.reader(data_lines(), delimiter=layout.delimiter, skipinitialspace=True)
+    n_before = 0
+    for fields in reader:
+        yield consumed[n_before], consumed[-1], [field.strip() for field in fields]
+        n_before = len(consumed)
+
+
+def _strip_comment(line: str) -> str:
+    """Return a line without its line break and without a ``#`` comment."""
+    return line.rstrip("\r\n").split("#", 1)[0].rstrip()
 
 
 # Spellings of an empty cell in exports of R, pandas, jsPsych, PsychoPy and
