@@ -713,14 +713,51 @@ def test_rows_after_quoted_line_break_name_their_lines(tmp_path):
         load_triplets(path, 5, columns=["i", "j", "k"])
 
 
-def test_unclosed_quote_names_its_line(tmp_path):
-    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", '"s1,0,1,2', "s2,3,4,0", "s3,1,2,3"])
+def test_quote_spanning_rows_names_its_lines(tmp_path):
+    """A quote missing on line 2 pairs with a stray one on line 3, joining the rows."""
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", '"s1,0,1,2', 's2,3,4,0"', "s3,1,2,3"])
 
     with pytest.raises(ValueError) as error:
         load_triplets(path, 5, columns=["i", "j", "k"])
 
-    assert "t.csv, lines 2 to 4" in str(error.value)
-    assert "quote" in str(error.value)
+    assert "t.csv, lines 2 to 3: 1 columns, expected 4" in str(error.value)
+    assert "quote that is not closed" in str(error.value)
+
+
+def test_hash_inside_quotes_is_no_comment(tmp_path):
+    """A '#' in a quoted answer must not cut the quote and swallow the next rows."""
+    path = write_lines(tmp_path / "batch.csv", [
+        "WorkerId,i,j,k,comment",
+        'A1,0,1,2,"Image #3 was blurry"',
+        'A2,1,2,3,ok # a comment',
+        '"A#3",2,3,0,',
+    ])
+
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [
+        [0, 1, 2], [1, 2, 3], [2, 3, 0]
+    ]
+
+
+def test_hash_inside_quotes_of_first_line_keeps_columns(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ['"Smith #2, J.",0,1,2', '"Lee, K.",1,2,3'])
+
+    assert load_triplets(path, 4, columns=[1, 2, 3]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_quote_inside_unquoted_field_is_literal(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", 'O"Brien,0,1,2 # note', "Lee,1,2,3"])
+
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_quote_open_at_end_of_file_fails(tmp_path):
+    """A last record whose quote never closes would otherwise swallow the rows below it."""
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k,note", 's1,0,1,2,"open', "s2,1,2,3,", "s3,2,3,0,"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4, columns=["i", "j", "k"])
+
+    assert "t.csv, line 2: a quote opened here is not closed" in str(error.value)
 
 
 def test_float16_triplets_load_without_warning(tmp_path):

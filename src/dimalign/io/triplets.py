@@ -431,30 +431,33 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
                 delimiter = _declared_delimiter(path, declared.group(1), delimiter)
                 continue
             if stripped and not stripped.startswith("#"):
-                content.append((line_number, line.rstrip("\r\n").split("#", 1)[0].rstrip()))
+                content.append((line_number, line))
                 if len(content) == 2:
                     break
     if not content:
         return _TextLayout(path, None, None, 0, 0, empty=True)
 
-    line_number, line = content[0]
-    if "\x00" in line:
+    line_number, raw_line = content[0]
+    if "\x00" in raw_line:
         raise ValueError(
             f"{path}, line {line_number}: contains NUL bytes, as UTF-16 text without a byte "
             "order mark does; save the file as UTF-8 (in Excel: CSV UTF-8) and import it again"
         )
     detected = delimiter is None
     if delimiter is None:
-        if "\t" in line:
-            delimiter = "\t"
-        elif "," in line:
-            delimiter = ","
+        # A candidate counts only outside a comment, and a '#' inside quotes starts none.
+        for candidate in ("\t", ","):
+            if candidate in _strip_comment(raw_line, candidate)[0]:
+                delimiter = candidate
+                break
         logger.debug("%s: detected delimiter %r", path, delimiter or "whitespace")
     else:
         delimiter = _normalize_delimiter(delimiter)
+    line = _strip_comment(raw_line, delimiter)[0]
     first = [_is_number(token) for token in _split(line, delimiter)]
     if len(content) == 2:
-        second = [_is_number(token) for token in _split(content[1][1], delimiter)]
+        second_line = _strip_comment(content[1][1], delimiter)[0]
+        second = [_is_number(token) for token in _split(second_line, delimiter)]
         numeric_below = [a for a, b in zip(first, second) if b]
         is_header = bool(numeric_below) and not any(numeric_below)
     else:
@@ -566,34 +569,90 @@ def _records(handle, layout: _TextLayout) -> Iterator[tuple[int, int, list[str]]
 
     A record is one line, except in a delimited file where a quoted field
     contains line breaks (free-text answers in MTurk batch results, say), as
-    standard CSV allows. An inline comment ends each line, also inside quotes.
+    standard CSV allows. A ``#`` outside quotes starts a comment.
+
+    Raises:
+        ValueError: If a quote is still open at the end of the file, which
+            would join all rows below it into one field.
     """
     if layout.delimiter is None:
         for line_number, line in enumerate(handle, start=1):
             if layout.is_data(line_number, line):
-                yield line_number, line_number, _split(_strip_comment(line), None)
+                yield line_number, line_number, _split(_strip_comment(line, None)[0], None)
         return
 
     consumed: list[int] = []
+    quote_opened = 0  # line of a quoted field that is still open, or 0
 
     def data_lines() -> Iterator[str]:
+        nonlocal quote_opened
         for line_number, line in enumerate(handle, start=1):
+            # A blank or '#' line inside a quoted field is skipped like any other.
             if layout.is_data(line_number, line):
                 consumed.append(line_number)
-                yield _strip_comment(line) + "\n"
+                text, open_after = _strip_comment(line, layout.delimiter, bool(quote_opened))
+                quote_opened = (quote_opened or line_number) if open_after else 0
+                yield text + "\n"
 
     # The reader pulls only the lines of the record it returns, so the line
     # numbers consumed since the previous record are this record's.
     reader = csv.reader(data_lines(), delimiter=layout.delimiter, skipinitialspace=True)
     n_before = 0
     for fields in reader:
+        if quote_opened:
+            raise ValueError(
+                f"{layout.path}, line {quote_opened}: a quote opened here is not closed, so the "
+                "rows below it would be read as one field; close or remove the quote"
+            )
         yield consumed[n_before], consumed[-1], [field.strip() for field in fields]
         n_before = len(consumed)
 
 
-def _strip_comment(line: str) -> str:
-    """Return a line without its line break and without a ``#`` comment."""
-    return line.rstrip("\r\n").split("#", 1)[0].rstrip()
+def _strip_comment(line: str, delimiter: str | None, in_quotes: bool = False) -> tuple[str, bool]:
+    """Remove the line break and a ``#`` comment from a line.
+
+    In a delimited line, a ``#`` inside a quoted field is text. Quotes follow
+    the csv module's rules with ``skipinitialspace``: a quote opens a field
+    only at the field's start, and ``""`` inside quotes is a quote.
+
+    Args:
+        line (str): One line of the file.
+        delimiter (str | None): The delimiter, or None for whitespace, where
+            quotes have no meaning.
+        in_quotes (bool): The line continues a quoted field of the line above.
+
+    Returns:
+        tuple[str, bool]: The text, and whether a quoted field is still open
+        at its end.
+    """
+    text = line.rstrip("\r\n")
+    if delimiter is None or '"' not in text:
+        if in_quotes:
+            return text, True
+        return text.split("#", 1)[0].rstrip(), False
+
+    state = "quoted" if in_quotes else "start"
+    for position, character in enumerate(text):
+        if state == "quoted":
+            if character == '"':
+                state = "quote in quoted"  # closes the field, or starts an escaped ""
+            continue
+        if state == "quote in quoted" and character == '"':
+            state = "quoted"
+            continue
+        if character == "#":
+            return text[:position].rstrip(), False
+        if character == delimiter:
+            state = "start"
+        elif state == "start" and character == '"':
+            state = "quoted"
+        elif state == "start" and character == " ":
+            pass
+        else:
+            state = "unquoted"
+    if state == "quoted":
+        return text, True
+    return text.rstrip(), False
 
 
 # Spellings of an empty cell in exports of R, pandas, jsPsych, PsychoPy and
