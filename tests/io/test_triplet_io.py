@@ -482,6 +482,33 @@ def test_split_fraction_outside_range_rejected():
 # --------------------------------------------------------------------------- writing
 
 
+@pytest.mark.parametrize(
+    ("fraction", "sizes"),
+    [(0.0, (10, 0)), (0.05, (10, 0)), (0.06, (9, 1)), (0.5, (5, 5)), (0.94, (1, 9))],
+)
+def test_split_fraction_edges_round_to_rows(fraction, sizes):
+    """round(0.05 x 10) = 0 holds out nothing; 0.94 x 10 leaves one training row."""
+    triplets = np.array([[index, index + 1, index + 2] for index in range(10)])
+
+    train, val = split_triplets(triplets, fraction, random_state=0)
+
+    assert (len(train), len(val)) == sizes
+
+
+@pytest.mark.parametrize("fraction", [float("nan"), -0.1, float("inf"), 1.0])
+def test_split_fraction_outside_unit_interval_rejected(fraction):
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        split_triplets(np.array(ZERO_BASED), fraction)
+
+
+@pytest.mark.parametrize("fraction", [0.95, 0.99])
+def test_split_of_all_rows_leaves_no_training_rows(fraction):
+    triplets = np.array([[index, index + 1, index + 2] for index in range(10)])
+
+    with pytest.raises(ValueError, match="leaves no training triplets"):
+        split_triplets(triplets, fraction)
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".txt", ".tsv", ".csv"])
 def test_save_load_round_trip(tmp_path, suffix):
     triplets = np.array(ZERO_BASED)
