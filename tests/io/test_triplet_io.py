@@ -479,9 +479,6 @@ def test_split_fraction_outside_range_rejected():
         split_triplets(np.array(ZERO_BASED), 1.0)
 
 
-# --------------------------------------------------------------------------- writing
-
-
 @pytest.mark.parametrize(
     ("fraction", "sizes"),
     [(0.0, (10, 0)), (0.05, (10, 0)), (0.06, (9, 1)), (0.5, (5, 5)), (0.94, (1, 9))],
@@ -507,6 +504,9 @@ def test_split_of_all_rows_leaves_no_training_rows(fraction):
 
     with pytest.raises(ValueError, match="leaves no training triplets"):
         split_triplets(triplets, fraction)
+
+
+# --------------------------------------------------------------------------- writing
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".txt", ".tsv", ".csv"])
