@@ -779,7 +779,9 @@ def test_quote_inside_unquoted_field_is_literal(tmp_path):
 
 def test_quote_open_at_end_of_file_fails(tmp_path):
     """A last record whose quote never closes would otherwise swallow the rows below it."""
-    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k,note", 's1,0,1,2,"open', "s2,1,2,3,", "s3,2,3,0,"])
+    path = write_lines(
+        tmp_path / "t.csv", ["subject,i,j,k,note", 's1,0,1,2,"open', "s2,1,2,3,", "s3,2,3,0,"]
+    )
 
     with pytest.raises(ValueError) as error:
         load_triplets(path, 4, columns=["i", "j", "k"])
@@ -815,7 +817,7 @@ def test_summary_counts_match_brute_force(n_objects):
     assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())
 
 
-# --------------------------------------------------------------------------- spreadsheet and experiment exports
+# ----------------------------------------------------------- spreadsheet and experiment exports
 
 
 def test_excel_sep_line_sets_delimiter(tmp_path, caplog):

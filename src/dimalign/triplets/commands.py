@@ -267,7 +267,8 @@ def run_import(args: argparse.Namespace) -> int:
         object_table = None if as_file else table or _generated_table(n_objects)
     except MemoryError as error:
         raise ValueError(
-            f"{n_objects:,} objects need more memory than is available ({str(error) or 'no details'}); "
+            f"{n_objects:,} objects need more memory than is available "
+            f"({str(error) or 'no details'}); "
             "check --n-objects, which is the number of objects in the study (the rows of its "
             "object table)"
         ) from error
@@ -581,7 +582,9 @@ def check_simulate_memory(n_triplets: int, features, method: str) -> None:
     from dimalign.triplets.simulate import gram_matrix_bytes
 
     needed = _SIMULATE_BYTES_PER_TRIPLET * n_triplets
-    parts = f"about {_SIMULATE_BYTES_PER_TRIPLET} bytes per triplet to sample, choose and split them"
+    parts = (
+        f"about {_SIMULATE_BYTES_PER_TRIPLET} bytes per triplet to sample, choose and split them"
+    )
     gram_bytes = gram_matrix_bytes(features, n_triplets, method)
     if gram_bytes:
         needed += gram_bytes
@@ -610,7 +613,7 @@ _IMPORT_BYTES_PER_OBJECT = 200
 
 
 def check_import_memory(n_objects: int) -> None:
-    """Reject an ``import-triplets`` object count whose estimated memory exceeds the available memory.
+    """Reject an ``import-triplets`` object count whose memory estimate exceeds the free memory.
 
     A mistyped ``--n-objects`` (extra zeros) otherwise fills the memory with
     per-object arrays and lists, until the out-of-memory killer ends this or
