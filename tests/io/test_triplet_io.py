@@ -917,6 +917,19 @@ def test_zero_based_choices_are_named(tmp_path):
     assert "every choice is 0, 1 or 2" in message
 
 
+def test_decimal_comma_is_named(tmp_path):
+    """Spreadsheets in German or French locales write 2.0 as 2,0 and separate by semicolons."""
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2,0"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    message = str(error.value)
+    assert "line 3, column 2: value '2,0' is not an integer object index" in message
+    assert "decimal comma" in message
+    assert "object names" not in message
+
+
 def test_object_names_in_place_of_indices_are_named(tmp_path):
     """Object names are not read, and the error asks for indices instead."""
     path = write_lines(tmp_path / "names.csv", ["aardvark,abacus,acorn", "abacus,acorn,aardvark"])

@@ -673,6 +673,12 @@ def _describe_bad_token(token: str, role: str, column: int, header: list[str] | 
             "values: remove the rows of trials without a complete answer from the file, "
             "then import it again"
         )
+    if re.fullmatch(r"[+-]?\d+,\d+", token.strip()):
+        return (
+            f"{message}: it is written with a decimal comma, as spreadsheets in some locales "
+            "write numbers. Format the column as whole numbers without decimals (or with a "
+            "decimal point) and export the file again"
+        )
     if role == "object" and not _is_number(token):
         return (
             f"{message}. Object columns hold indices (the 0-based row numbers of the object "
