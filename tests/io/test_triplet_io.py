@@ -941,6 +941,7 @@ def test_object_names_in_place_of_indices_are_named(tmp_path):
     assert "names.csv, line 1, column 0: value 'aardvark' is not an integer object index" in message
     assert "not object names" in message
     assert "row numbers" in message
+    assert "header" not in message
 
 
 def test_named_columns_mark_header_above_rows_without_numbers(tmp_path, caplog):
@@ -958,6 +959,23 @@ def test_named_columns_mark_header_above_rows_without_numbers(tmp_path, caplog):
     assert "line 1 is a header" in caplog.text
     assert "line 2, column 1: value '' is not an integer object index" in str(error.value)
     assert "missing value in the object column 'obj1'" in str(error.value)
+
+
+def test_unrecognised_header_suggests_column_names(tmp_path):
+    """Numbered columns cannot mark a header above rows without numbers."""
+    path = write_lines(tmp_path / "psychopy.csv", [
+        "trials.thisN,obj1,obj2,obj3,key_resp.keys",
+        ",,,,space",
+        "0,1,2,3,left",
+    ])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[1, 2, 3])
+
+    message = str(error.value)
+    assert "line 1, column 1: value 'obj1' is not an integer object index" in message
+    assert "If this line is a header" in message
+    assert "columns=['obj1', 'obj2', 'obj3']" in message
 
 
 def test_named_choice_column_marks_header(tmp_path):

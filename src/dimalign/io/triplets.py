@@ -528,7 +528,8 @@ def _parse_text(
     record_lines: list[int] = []
     n_converted = 0
     with open(path, encoding="utf-8-sig") as handle:
-        for line_number, last_line, tokens in _records(handle, layout):
+        records = _records(handle, layout)
+        for line_number, last_line, tokens in records:
             if len(tokens) != layout.n_columns:
                 where, cause = f"line {line_number}", ""
                 if last_line != line_number:
@@ -550,6 +551,7 @@ def _parse_text(
                     raise ValueError(
                         f"{path}, line {line_number}, column {column}: "
                         + _describe_bad_token(tokens[column], role, column, layout.header)
+                        + _header_hint(layout, records, len(record_lines), tokens, used)
                     )
                 n_converted += converted
                 values.append(value)
@@ -562,6 +564,41 @@ def _parse_text(
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _header_hint(
+    layout: _TextLayout,
+    records: Iterator[tuple[int, int, list[str]]],
+    n_records: int,
+    tokens: list[str],
+    used: list[int],
+) -> str:
+    """Suggest naming the columns when the first record, read as data, looks like a header.
+
+    The header rule needs numbers on the line below; rows with empty trial
+    columns (PsychoPy's instruction rows) have none. The first record looks
+    like a header when it has no number and a later record has integers in
+    all ``used`` columns; ``records`` yields the records after it.
+    """
+    if layout.header is not None or n_records != 1 or any(map(_is_number, tokens)):
+        return ""
+    try:
+        later_data = any(
+            len(fields) == layout.n_columns
+            and all(_parse_integer(fields[column])[0] is not None for column in used)
+            for _, _, fields in records
+        )
+    except ValueError:  # a quote open at the end of the file; the first error comes first
+        later_data = False
+    if not later_data:
+        return ""
+    names = [tokens[column] for column in used[:3]]
+    options = f"columns={names!r}"
+    cli = f"--columns {','.join(names)}"
+    if len(used) == 4:
+        options += f", choice_column={tokens[used[3]]!r}"
+        cli += f" --choice-column {tokens[used[3]]}"
+    return f". If this line is a header, choose the columns by name: {options} (CLI: {cli})"
 
 
 def _records(handle, layout: _TextLayout) -> Iterator[tuple[int, int, list[str]]]:
