@@ -931,7 +931,7 @@ def test_decimal_comma_is_named(tmp_path):
 
 
 def test_object_names_in_place_of_indices_are_named(tmp_path):
-    """Object names are not read, and the error asks for indices instead."""
+    """Object names are not read, and the error requests indices instead."""
     path = write_lines(tmp_path / "names.csv", ["aardvark,abacus,acorn", "abacus,acorn,aardvark"])
 
     with pytest.raises(ValueError) as error:

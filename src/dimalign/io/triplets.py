@@ -578,7 +578,7 @@ def _header_hint(
     The header rule needs numbers on the line below; rows with empty trial
     columns (PsychoPy's instruction rows) have none. The first record looks
     like a header when it has no number and a later record has integers in
-    all ``used`` columns; ``records`` yields the records after it.
+    all ``used`` columns. ``records`` yields the records after the first.
     """
     if layout.header is not None or n_records != 1 or any(map(_is_number, tokens)):
         return ""
