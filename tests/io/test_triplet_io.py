@@ -167,6 +167,14 @@ def test_extra_columns_need_columns(tmp_path):
         load_triplets(path, 6)
 
 
+def test_extra_columns_error_lists_header(tmp_path):
+    """pandas' to_csv writes an unnamed index column first."""
+    path = write_lines(tmp_path / "pandas.csv", [",i,j,k", "0,0,1,2"])
+
+    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\); choose"):
+        load_triplets(path, 6)
+
+
 def test_text_column_selected_is_rejected(tmp_path):
     path = write_lines(tmp_path / "trials.tsv", ["s01\t0\t1\t2"])
 
@@ -406,6 +414,49 @@ def test_split_keeps_repeats_together():
         assert len(train) + len(val) == len(triplets)
 
 
+def test_split_of_one_repeated_set_names_the_cause():
+    """No fraction can split one object set, so the error must not suggest a smaller one."""
+    triplets = np.array([[0, 1, 2], [1, 0, 2], [2, 1, 0]] * 4)
+
+    with pytest.raises(ValueError) as error:
+        split_triplets(triplets, 0.1)
+
+    assert "all 12 triplets judge the same object set {0, 1, 2}" in str(error.value)
+    assert "smaller fraction" not in str(error.value)
+
+
+def test_split_repeats_all_land_in_one_part():
+    """A set judged 9 times goes to one side whole, whatever the seed."""
+    triplets = np.array([[0, 1, 2]] * 9 + [[1, 2, 3], [2, 3, 4], [3, 4, 5]])
+
+    sides = set()
+    for seed in range(20):
+        with warnings.catch_warnings():
+            # Seeds that move the repeated set hold out 9 of 12 rows, and warn so.
+            warnings.simplefilter("ignore", UserWarning)
+            train, val = split_triplets(triplets, 0.25, random_state=seed)
+        in_val = int((np.sort(val, axis=1) == [0, 1, 2]).all(axis=1).sum())
+        in_train = int((np.sort(train, axis=1) == [0, 1, 2]).all(axis=1).sum())
+        assert (in_train, in_val) in {(9, 0), (0, 9)}
+        assert len(val) >= 3
+        sides.add(in_val)
+    assert sides == {0, 9}
+
+
+def test_split_far_above_fraction_warns():
+    """One set judged 9 times in 10 rows makes a 10% split hold out 90%."""
+    triplets = np.array([[0, 1, 2]] * 9 + [[1, 2, 3]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        seed = next(
+            seed for seed in range(20)
+            if len(split_triplets(triplets, 0.1, random_state=seed)[1]) == 9
+        )
+
+    with pytest.warns(UserWarning, match=r"contains 9 of 10 triplets \(90%\) instead of about 1"):
+        split_triplets(triplets, 0.1, random_state=seed)
+
+
 def test_split_same_seed_same_result():
     triplets = np.array([[i, i + 1, i + 2] for i in range(50)])
 
@@ -426,6 +477,33 @@ def test_split_rejects_invalid_rows():
 def test_split_fraction_outside_range_rejected():
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         split_triplets(np.array(ZERO_BASED), 1.0)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "sizes"),
+    [(0.0, (10, 0)), (0.05, (10, 0)), (0.06, (9, 1)), (0.5, (5, 5)), (0.94, (1, 9))],
+)
+def test_split_fraction_edges_round_to_rows(fraction, sizes):
+    """round(0.05 x 10) = 0 holds out nothing; 0.94 x 10 leaves one training row."""
+    triplets = np.array([[index, index + 1, index + 2] for index in range(10)])
+
+    train, val = split_triplets(triplets, fraction, random_state=0)
+
+    assert (len(train), len(val)) == sizes
+
+
+@pytest.mark.parametrize("fraction", [float("nan"), -0.1, float("inf"), 1.0])
+def test_split_fraction_outside_unit_interval_rejected(fraction):
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        split_triplets(np.array(ZERO_BASED), fraction)
+
+
+@pytest.mark.parametrize("fraction", [0.95, 0.99])
+def test_split_of_all_rows_leaves_no_training_rows(fraction):
+    triplets = np.array([[index, index + 1, index + 2] for index in range(10)])
+
+    with pytest.raises(ValueError, match="leaves no training triplets"):
+        split_triplets(triplets, fraction)
 
 
 # --------------------------------------------------------------------------- writing
@@ -633,6 +711,84 @@ def test_quoted_field_with_delimiter_stays_one_field(tmp_path):
     assert load_triplets(path, 5, columns=["a", "b", "c"]).tolist() == [[0, 1, 2]]
 
 
+def test_quoted_line_break_stays_in_its_field(tmp_path):
+    """MTurk batch results quote free-text answers, which may span lines."""
+    path = write_lines(tmp_path / "batch.csv", [
+        '"WorkerId","Input.i","Input.j","Input.k","Answer.odd","Answer.comments"',
+        '"A1","1","2","3","2","fine"',
+        '"A2","2","3","4","1","The images were',
+        'small, hard to see"',
+        '"A3","1","3","4","3",""',
+        '"A4","1","3","4","3","x"',
+    ])
+
+    triplets = load_triplets(path, 4, one_based=True, columns=["Input.i", "Input.j", "Input.k"],
+                             choice_column="Answer.odd")
+
+    assert triplets.tolist() == [[0, 2, 1], [2, 3, 1], [0, 2, 3], [0, 2, 3]]
+
+
+def test_rows_after_quoted_line_break_name_their_lines(tmp_path):
+    path = write_lines(tmp_path / "batch.csv", [
+        "subject,i,j,k,comment",
+        's1,0,1,2,"two',
+        'lines"',
+        "s2,3,4,4,",
+    ])
+
+    with pytest.raises(ValueError, match=r"batch.csv: .*\(line 4: \[3, 4, 4\]\)"):
+        load_triplets(path, 5, columns=["i", "j", "k"])
+
+
+def test_quote_spanning_rows_names_its_lines(tmp_path):
+    """A quote missing on line 2 pairs with a stray one on line 3, joining the rows."""
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", '"s1,0,1,2', 's2,3,4,0"', "s3,1,2,3"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=["i", "j", "k"])
+
+    assert "t.csv, lines 2 to 3: 1 columns, expected 4" in str(error.value)
+    assert "quote that is not closed" in str(error.value)
+
+
+def test_hash_inside_quotes_is_no_comment(tmp_path):
+    """A '#' in a quoted answer must not cut the quote and swallow the next rows."""
+    path = write_lines(tmp_path / "batch.csv", [
+        "WorkerId,i,j,k,comment",
+        'A1,0,1,2,"Image #3 was blurry"',
+        'A2,1,2,3,ok # a comment',
+        '"A#3",2,3,0,',
+    ])
+
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [
+        [0, 1, 2], [1, 2, 3], [2, 3, 0]
+    ]
+
+
+def test_hash_inside_quotes_of_first_line_keeps_columns(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ['"Smith #2, J.",0,1,2', '"Lee, K.",1,2,3'])
+
+    assert load_triplets(path, 4, columns=[1, 2, 3]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_quote_inside_unquoted_field_is_literal(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["subject,i,j,k", 'O"Brien,0,1,2 # note', "Lee,1,2,3"])
+
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_quote_open_at_end_of_file_fails(tmp_path):
+    """A last record whose quote never closes would otherwise swallow the rows below it."""
+    path = write_lines(
+        tmp_path / "t.csv", ["subject,i,j,k,note", 's1,0,1,2,"open', "s2,1,2,3,", "s3,2,3,0,"]
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4, columns=["i", "j", "k"])
+
+    assert "t.csv, line 2: a quote opened here is not closed" in str(error.value)
+
+
 def test_float16_triplets_load_without_warning(tmp_path):
     np.save(tmp_path / "half.npy", np.array([[0, 1, 2], [3, 4, 0]], dtype=np.float16))
 
@@ -659,3 +815,171 @@ def test_summary_counts_match_brute_force(n_objects):
     assert summary.n_unique_sets == len(odd_ones)
     assert summary.n_duplicates == len(triplets) - len(seen_judgements)
     assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())
+
+
+# ----------------------------------------------------------- spreadsheet and experiment exports
+
+
+def test_excel_sep_line_sets_delimiter(tmp_path, caplog):
+    """Excel reads and writes a first line ``sep=;`` that names the delimiter."""
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2", "3;4;0"])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        assert load_triplets(path, 5).tolist() == [[0, 1, 2], [3, 4, 0]]
+    assert "sep=;" in caplog.text
+    assert load_triplets(path, 5, delimiter=";").tolist() == [[0, 1, 2], [3, 4, 0]]
+    without_header = write_lines(tmp_path / "plain.csv", ["sep=;", "0;1;2"])
+    assert load_triplets(without_header, 5).tolist() == [[0, 1, 2]]
+
+
+def test_excel_sep_line_contradicting_delimiter_fails(tmp_path):
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2"])
+
+    with pytest.raises(ValueError, match=r"excel.csv, line 1: 'sep=;' sets the delimiter ';'"):
+        load_triplets(path, 5, delimiter=",")
+
+
+def test_utf16_file_is_named_as_utf16(tmp_path):
+    """Excel's "Unicode text" export is UTF-16 with a byte order mark."""
+    path = tmp_path / "unicode.tsv"
+    path.write_text("i\tj\tk\r\n0\t1\t2\r\n", encoding="utf-16")
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    assert str(path) in str(error.value)
+    assert "UTF-16" in str(error.value)
+    assert "save the file as UTF-8" in str(error.value)
+
+
+def test_utf16_without_byte_order_mark_is_named(tmp_path):
+    path = tmp_path / "unicode.tsv"
+    path.write_bytes("i\tj\tk\r\n0\t1\t2\r\n".encode("utf-16-le"))
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    assert "unicode.tsv, line 1: contains NUL bytes" in str(error.value)
+    assert "UTF-16" in str(error.value)
+
+
+@pytest.mark.parametrize("missing", ["", "NA", "nan", "NaN", "N/A", "null", "None"])
+def test_missing_object_value_names_column(tmp_path, missing):
+    """Experiment exports leave a cell empty or write NA for a trial without an answer."""
+    path = write_lines(
+        tmp_path / "jspsych.csv",
+        ["subject,rt,obj1,obj2,obj3", "S1,812,0,1,2", f"S1,,3,{missing},0"],
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=["obj1", "obj2", "obj3"])
+
+    message = str(error.value)
+    assert f"jspsych.csv, line 3, column 3: value {missing!r} is not an integer object index" in message
+    assert "a missing value in the object column 'obj2'" in message
+    assert "remove the rows" in message
+
+
+def test_missing_choice_names_choice_column(tmp_path):
+    path = write_lines(
+        tmp_path / "trials.csv", ["subject,i,j,k,response", "S1,1,2,3,3", "S1,2,3,4,"]
+    )
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, one_based=True, columns=["i", "j", "k"], choice_column="response")
+
+    message = str(error.value)
+    assert "trials.csv, line 3, column 4: value '' is not an integer choice" in message
+    assert "a missing value in the choice column 'response'" in message
+
+
+def test_choice_holding_object_ids_is_named(tmp_path):
+    """Some experiments record the clicked object's id instead of its position."""
+    path = write_lines(tmp_path / "trials.csv", ["i,j,k,odd", "4,5,6,6", "7,8,9,7", "1,2,3,2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 9, one_based=True, choice_column="odd")
+
+    message = str(error.value)
+    assert "line 2: choice 6 is not 1, 2 or 3" in message
+    assert "every choice is one of the row's three objects" in message
+
+
+def test_zero_based_choices_are_named(tmp_path):
+    """jsPsych's button responses count the buttons from 0."""
+    path = write_lines(tmp_path / "trials.csv", ["i,j,k,button", "0,1,2,0", "3,4,0,2", "1,2,3,1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, choice_column="button")
+
+    message = str(error.value)
+    assert "line 2: choice 0 is not 1, 2 or 3" in message
+    assert "every choice is 0, 1 or 2" in message
+
+
+def test_decimal_comma_is_named(tmp_path):
+    """Spreadsheets in German or French locales write 2.0 as 2,0 and separate by semicolons."""
+    path = write_lines(tmp_path / "excel.csv", ["sep=;", "i;j;k", "0;1;2,0"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 3)
+
+    message = str(error.value)
+    assert "line 3, column 2: value '2,0' is not an integer object index" in message
+    assert "decimal comma" in message
+    assert "object names" not in message
+
+
+def test_object_names_in_place_of_indices_are_named(tmp_path):
+    """Object names are not read, and the error requests indices instead."""
+    path = write_lines(tmp_path / "names.csv", ["aardvark,abacus,acorn", "abacus,acorn,aardvark"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+
+    message = str(error.value)
+    assert "names.csv, line 1, column 0: value 'aardvark' is not an integer object index" in message
+    assert "not object names" in message
+    assert "row numbers" in message
+    assert "header" not in message
+
+
+def test_named_columns_mark_header_above_rows_without_numbers(tmp_path, caplog):
+    """PsychoPy writes instruction rows with empty trial columns right below the header."""
+    path = write_lines(tmp_path / "psychopy.csv", [
+        "trials.thisN,obj1,obj2,obj3,key_resp.keys,participant",
+        ",,,,space,p01",
+        "0,1,2,3,left,p01",
+    ])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        with pytest.raises(ValueError) as error:
+            load_triplets(path, 5, columns=["obj1", "obj2", "obj3"])
+
+    assert "line 1 is a header" in caplog.text
+    assert "line 2, column 1: value '' is not an integer object index" in str(error.value)
+    assert "missing value in the object column 'obj1'" in str(error.value)
+
+
+def test_unrecognised_header_suggests_column_names(tmp_path):
+    """Numbered columns cannot mark a header above rows without numbers."""
+    path = write_lines(tmp_path / "psychopy.csv", [
+        "trials.thisN,obj1,obj2,obj3,key_resp.keys",
+        ",,,,space",
+        "0,1,2,3,left",
+    ])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[1, 2, 3])
+
+    message = str(error.value)
+    assert "line 1, column 1: value 'obj1' is not an integer object index" in message
+    assert "If this line is a header" in message
+    assert "columns=['obj1', 'obj2', 'obj3']" in message
+
+
+def test_named_choice_column_marks_header(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["a,b,c,odd", "x,y,z,w", "0,1,2,3"])
+
+    with pytest.raises(ValueError, match=r"line 2, column 0: value 'x'"):
+        load_triplets(path, 5, choice_column="odd")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -654,8 +655,14 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
     assert not out_dir.exists()
 
 
-def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys):
-    """The per-object counts of 10^13 objects need 80 TB, more than any machine has."""
+def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys, monkeypatch):
+    """The per-object counts of 10^13 objects need 80 TB, more than any machine has.
+
+    Where the available memory is unknown, numpy's failed allocation is the error.
+    """
+    import dimalign.triplets.commands as commands
+
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: None)
     source = tmp_path / "raw.txt"
     source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
     out_dir = tmp_path / "out"
@@ -928,3 +935,233 @@ def test_split_of_one_triplet_fails(tmp_path, capsys, fraction):
     assert "1 triplet cannot be split into a training and a validation part" in error
     assert "leave out --split to write triplets.npy" in error
     assert "use at least 1," not in error
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_import_summary_matches_brute_force(tmp_path, seed):
+    """The manifest's counts of a small random 1-based file, recounted with Python loops."""
+    rng = np.random.default_rng(seed)
+    n_objects = 9
+    # Few objects and 40 rows make repeats, conflicts and an unseen object likely.
+    pool = rng.choice(n_objects, size=7, replace=False)
+    rows = [rng.choice(pool, size=3, replace=False).tolist() for _ in range(40)]
+    source = tmp_path / "trials.csv"
+    source.write_text(
+        "subject,i,j,odd\n" + "".join(f"s{n % 3},{a + 1},{b + 1},{c + 1}\n" for n, (a, b, c) in enumerate(rows)),
+        encoding="utf-8",
+    )
+
+    assert main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", str(n_objects),
+                 "--one-based", "--columns", "i,j,odd"]) == 0
+    outputs = read_manifest(tmp_path / "out")["outputs"]
+
+    judgements, odd_ones = set(), {}
+    counts = [0] * n_objects
+    for a, b, c in rows:
+        judgements.add((frozenset((a, b, c)), c))
+        odd_ones.setdefault(frozenset((a, b, c)), set()).add(c)
+        for index in (a, b, c):
+            counts[index] += 1
+    assert 40 - len(judgements) > 0, "the file should contain duplicates"
+    assert sum(len(odd) > 1 for odd in odd_ones.values()) > 0, "the file should contain conflicts"
+    assert outputs["n_triplets"] == 40
+    assert outputs["n_unique_sets"] == len(odd_ones)
+    assert outputs["n_duplicates"] == 40 - len(judgements)
+    assert outputs["n_conflicting_sets"] == sum(len(odd) > 1 for odd in odd_ones.values())
+    assert outputs["unseen_objects"] == [index for index in range(n_objects) if counts[index] == 0]
+    assert outputs["n_unseen_objects"] == n_objects - 7
+    assert outputs["min_count"] == min(counts)
+    assert outputs["median_count"] == statistics.median(counts)
+    assert outputs["max_count"] == max(counts)
+    assert np.load(tmp_path / "out" / "triplets.npy").tolist() == rows
+
+
+def test_simulate_beyond_available_memory_fails_first(tmp_path, capsys, monkeypatch):
+    """A count far beyond the memory fails with an estimate before any array is allocated."""
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((1854, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 2 * 10**9)
+    out_dir = tmp_path / "sim"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir),
+                   "--n-triplets", "500000000"])
+
+    assert status == 1
+    message = capsys.readouterr().err
+    assert "--n-triplets 500,000,000 needs about 60.0 GB of memory" in message
+    assert "2.0 GB are available" in message
+    assert "lower --n-triplets" in message
+    assert not out_dir.exists()
+
+
+def test_simulate_memory_estimate_counts_gram_matrix(tmp_path, capsys, monkeypatch):
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((100, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**5)
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                   "--n-triplets", "1000", "--method", "gram"])
+
+    assert status == 1
+    assert "the 40.0 kB Gram matrix" in capsys.readouterr().err
+
+
+def test_simulate_with_unknown_memory_runs(tmp_path, monkeypatch):
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((10, 4)))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: None)
+
+    assert main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                 "--n-triplets", "50"]) == 0
+
+
+def test_simulate_memory_estimate_skips_unused_gram_matrix(tmp_path, monkeypatch):
+    """3 triplets of 1,000 objects touch too few pairs for auto to take the 4 MB Gram matrix."""
+    import dimalign.triplets.commands as commands
+
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((1000, 4)).astype(np.float32))
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**6)
+
+    assert main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "sim"),
+                 "--n-triplets", "3"]) == 0
+
+
+def test_simulate_objects_replaces_mismatched_folder_table(tmp_path):
+    """--objects names the rows, so a stale objects.tsv next to the features is not read."""
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    np.save(features_dir / "features.npy", np.random.default_rng(0).random((6, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b"]), features_dir / "objects.tsv")
+    names = tmp_path / "unique_id.txt"
+    names.write_text("".join(f"thing{index}\n" for index in range(6)), encoding="utf-8")
+
+    for index, source in enumerate((features_dir, features_dir / "features.npy")):
+        out_dir = tmp_path / f"out{index}"
+        status = main(["simulate", str(source), "-o", str(out_dir), "--n-triplets", "5",
+                       "--objects", str(names)])
+
+        assert status == 0
+        assert read_object_table(out_dir / "objects.tsv").object_ids[0] == "thing0"
+        assert read_manifest(out_dir)["inputs"]["objects"]["sha256"] == sha256_file(names)
+
+
+def test_import_object_count_beyond_memory_fails_first(tmp_path, capsys, monkeypatch):
+    """A count whose arrays would each fit, but not together, fails before they are made."""
+    import dimalign.triplets.commands as commands
+
+    monkeypatch.setattr(commands, "available_memory_bytes", lambda: 10**8)
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "1000000"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "1,000,000 objects need about 200.0 MB of memory" in error
+    assert "100.0 MB are available" in error
+    assert "check --n-objects" in error
+    assert not out_dir.exists()
+
+
+def test_import_memory_error_without_message_says_so(tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("dimalign.io.triplets.summarize_triplets", fail)
+    source = tmp_path / "raw.txt"
+    source.write_text("0 1 2\n", encoding="utf-8")
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "(no details)" in error
+    assert "()" not in error
+
+
+@pytest.mark.parametrize("n_rows", [0, 2])
+def test_simulate_too_few_feature_rows_names_file(tmp_path, capsys, n_rows):
+    np.save(tmp_path / "features.npy", np.ones((n_rows, 3)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"features.npy has {n_rows} rows (objects), but a triplet needs 3 objects" in error
+    assert not (tmp_path / "out").exists()
+
+
+def _fake_proc(tmp_path: Path, cgroup: str, available_kb: int) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: 99999999 kB\nMemAvailable: {available_kb} kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup)
+    return proc
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_respects_cgroup_limit(tmp_path, version):
+    """A Slurm job or container limited to 1 GB on a 20 GB machine has 1 GB minus its usage."""
+    from dimalign.triplets.commands import available_memory_bytes
+
+    sys_root = tmp_path / "cgroup"
+    if version == 2:
+        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
+        folder = sys_root / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.max").write_text("1000000000\n")
+        (folder / "memory.current").write_text("300000000\n")
+    else:
+        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n3:cpu:/\n", 20_000_000)
+        folder = sys_root / "memory" / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.limit_in_bytes").write_text("1000000000\n")
+        (folder / "memory.usage_in_bytes").write_text("300000000\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 700_000_000
+
+
+def test_available_memory_respects_parent_cgroup_limit(tmp_path):
+    """Slurm limits the job's cgroup, and the process runs in a step below it."""
+    from dimalign.triplets.commands import available_memory_bytes
+
+    proc = _fake_proc(tmp_path, "0::/slurm/job_7/step_0\n", 20_000_000)
+    job = tmp_path / "cgroup" / "slurm" / "job_7"
+    (job / "step_0").mkdir(parents=True)
+    (job / "memory.max").write_text("1000000000\n")
+    (job / "memory.current").write_text("400000000\n")
+    (job / "step_0" / "memory.max").write_text("max\n")
+    (job / "step_0" / "memory.current").write_text("100000000\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 600_000_000
+
+
+def test_available_memory_without_cgroup_limit(tmp_path):
+    from dimalign.triplets.commands import available_memory_bytes
+
+    proc = _fake_proc(tmp_path, "0::/\n", 2_000)
+    (tmp_path / "cgroup").mkdir()
+    (tmp_path / "cgroup" / "memory.max").write_text("max\n")
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 2_048_000
+    assert available_memory_bytes(proc_root=tmp_path / "missing", cgroup_root=tmp_path) is None
+
+
+def test_simulate_folder_table_mismatch_says_what_to_do(tmp_path, capsys):
+    features_dir = tmp_path / "features"
+    features_dir.mkdir()
+    np.save(features_dir / "features.npy", np.ones((6, 2)))
+    write_object_table(ObjectTable.from_ids(["a", "b"]), features_dir / "objects.tsv")
+
+    status = main(["simulate", str(features_dir), "-o", str(tmp_path / "out"), "--n-triplets", "5"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "features.npy has 6 rows but" in error
+    assert "objects.tsv lists 2 objects" in error
+    assert "--objects" in error

@@ -21,7 +21,11 @@ FEATURE_SUFFIXES = (".npy", ".h5", ".hdf5", ".txt")
 
 
 def load_features(
-    path: str | os.PathLike, *, layer: str | None = None, mmap: bool = True
+    path: str | os.PathLike,
+    *,
+    layer: str | None = None,
+    mmap: bool = True,
+    read_table: bool = True,
 ) -> tuple[np.ndarray, ObjectTable | None]:
     """Load a feature matrix and its object table.
 
@@ -32,6 +36,9 @@ def load_features(
             file contains more than one), or the layer's ``.npy`` stem in a folder
             (``features_<layer>.npy``).
         mmap (bool): Memory-map ``.npy`` files instead of reading them.
+        read_table (bool): Read and check the ``objects.tsv`` next to the
+            features. False returns None in its place, for a caller that
+            names the objects from another table.
 
     Returns:
         tuple[np.ndarray, ObjectTable | None]: Features of shape
@@ -97,6 +104,8 @@ def load_features(
             f"{path}: features must be real numbers, got dtype {features.dtype}; save a float array"
         )
 
+    if not read_table:
+        table_path = None
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
     if table is not None and len(table) != features.shape[0]:
         raise ValueError(

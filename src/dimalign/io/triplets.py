@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,12 @@ def load_triplets(
     try:
         objects, choices, row_label = _read_columns(path, columns, choice_column, delimiter)
     except UnicodeDecodeError as error:
+        if error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            # Excel's "Unicode text" export writes UTF-16 with this byte order mark.
+            raise ValueError(
+                f"{path} is UTF-16 text, not UTF-8: it starts with a UTF-16 byte order mark; "
+                "save the file as UTF-8 (in Excel: CSV UTF-8) and import it again"
+            ) from error
         raise ValueError(
             f"{path} is not UTF-8 text: byte 0x{error.object[error.start]:02x} at byte offset "
             f"{error.start} cannot be decoded; save the file as UTF-8 (or plain ASCII) and "
@@ -216,7 +222,12 @@ def _read_columns(
             table.shape[1], None, columns, choice_column, path
         )
     elif suffix in (".txt", ".tsv", ".csv"):
-        layout = _inspect_text(path, delimiter)
+        requested = [*(columns or []), *([] if choice_column is None else [choice_column])]
+        names = [
+            column for column in requested
+            if isinstance(column, str) and not column.strip().isdigit()
+        ]
+        layout = _inspect_text(path, delimiter, names)
         row_label = layout.row_label
         if layout.empty:
             return np.zeros((0, 3), dtype=np.int64), None, row_label
@@ -230,7 +241,7 @@ def _read_columns(
                 raise
             raise ValueError(f"{error}. {hint}") from error
         used = object_indices + ([choice_index] if choice_index is not None else [])
-        table = _parse_text(path, layout, used)
+        table = _parse_text(path, layout, used, has_choice=choice_index is not None)
         object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
     else:
         raise ValueError(
@@ -360,6 +371,8 @@ class _TextLayout:
     empty: bool = False  # no content line at all
     first_line: str = ""  # the first content line, for the delimiter hint
     detected: bool = True  # the delimiter was detected, not given by the caller
+    # The first line of each data record, once the slow path has parsed them.
+    record_lines: list[int] | None = None
 
     def delimiter_hint(self) -> str:
         """Suggest a delimiter when detection left the first line as one column."""
@@ -379,7 +392,9 @@ class _TextLayout:
         return line_number > self.skip_lines and bool(stripped) and not stripped.startswith("#")
 
     def row_label(self, row: int) -> str:
-        """Return ``"line N"`` for data row ``row`` (0-based), reading the file again."""
+        """Return ``"line N"`` for data row ``row`` (0-based), reading the file again if needed."""
+        if self.record_lines is not None and row < len(self.record_lines):
+            return f"line {self.record_lines[row]}"
         seen = -1
         with open(self.path, encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
@@ -390,7 +405,7 @@ class _TextLayout:
         return f"row {row}"
 
 
-def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
+def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) -> _TextLayout:
     """Detect the delimiter and a header line from the first two content lines.
 
     Blank lines and lines starting with ``#`` are skipped everywhere. The first
@@ -399,37 +414,57 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     field). So a column of subject names is no header, and neither is a first
     data row with one bad value such as ``0,1,NA``: that row fails to parse
     and the error names it. In a file of one content line, the line is a
-    header when none of its fields is a number. A UTF-8 byte-order mark, as
-    spreadsheet programs write, is skipped.
+    header when none of its fields is a number. The first content line is
+    also a header when it contains every column name in ``names`` (the
+    columns the caller chose by name), as above rows that have no number,
+    such as PsychoPy's instruction rows. A UTF-8 byte-order mark, as
+    spreadsheet programs write, is skipped. A first line such as ``sep=;``,
+    which Excel reads and writes to name the delimiter, sets the delimiter and
+    is skipped.
     """
     content: list[tuple[int, str]] = []
     with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             stripped = line.strip()
+            declared = _EXCEL_SEPARATOR.fullmatch(line.rstrip("\r\n"))
+            if line_number == 1 and declared:
+                delimiter = _declared_delimiter(path, declared.group(1), delimiter)
+                continue
             if stripped and not stripped.startswith("#"):
-                content.append((line_number, line.rstrip("\r\n").split("#", 1)[0].rstrip()))
+                content.append((line_number, line))
                 if len(content) == 2:
                     break
     if not content:
         return _TextLayout(path, None, None, 0, 0, empty=True)
 
-    line_number, line = content[0]
+    line_number, raw_line = content[0]
+    if "\x00" in raw_line:
+        raise ValueError(
+            f"{path}, line {line_number}: contains NUL bytes, as UTF-16 text without a byte "
+            "order mark does; save the file as UTF-8 (in Excel: CSV UTF-8) and import it again"
+        )
     detected = delimiter is None
     if delimiter is None:
-        if "\t" in line:
-            delimiter = "\t"
-        elif "," in line:
-            delimiter = ","
+        # A candidate counts only outside a comment, and a '#' inside quotes starts none.
+        for candidate in ("\t", ","):
+            if candidate in _strip_comment(raw_line, candidate)[0]:
+                delimiter = candidate
+                break
         logger.debug("%s: detected delimiter %r", path, delimiter or "whitespace")
     else:
         delimiter = _normalize_delimiter(delimiter)
+    line = _strip_comment(raw_line, delimiter)[0]
     first = [_is_number(token) for token in _split(line, delimiter)]
     if len(content) == 2:
-        second = [_is_number(token) for token in _split(content[1][1], delimiter)]
+        second_line = _strip_comment(content[1][1], delimiter)[0]
+        second = [_is_number(token) for token in _split(second_line, delimiter)]
         numeric_below = [a for a, b in zip(first, second) if b]
         is_header = bool(numeric_below) and not any(numeric_below)
     else:
         is_header = not any(first)
+    if not is_header and names and set(names) <= set(_split(line, delimiter)):
+        is_header = True
+        logger.info("%s: line %d contains the column names %s", path, line_number, ", ".join(names))
     if not is_header:
         return _TextLayout(
             path, delimiter, None, len(first), line_number - 1, first_line=line, detected=detected
@@ -441,8 +476,30 @@ def _inspect_text(path: Path, delimiter: str | None) -> _TextLayout:
     )
 
 
-def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
-    """Read the columns ``used`` of a text file as int64, shape ``(n_rows, len(used))``."""
+# Excel's first line naming the delimiter, such as ``sep=;``.
+_EXCEL_SEPARATOR = re.compile(r"sep=(.)")
+
+
+def _declared_delimiter(path: Path, declared: str, delimiter: str | None) -> str:
+    """Return the delimiter of a ``sep=`` line, checked against the caller's ``delimiter``."""
+    if delimiter is not None and _normalize_delimiter(delimiter) != _normalize_delimiter(declared):
+        raise ValueError(
+            f"{path}, line 1: 'sep={declared}' sets the delimiter {declared!r}, but the delimiter "
+            f"{delimiter!r} was given; leave out the delimiter (CLI: --delimiter) to use "
+            f"{declared!r}"
+        )
+    logger.info("%s: line 1 'sep=%s' sets the delimiter %r", path, declared, declared)
+    return declared
+
+
+def _parse_text(
+    path: Path, layout: _TextLayout, used: list[int], has_choice: bool = False
+) -> np.ndarray:
+    """Read the columns ``used`` of a text file as int64, shape ``(n_rows, len(used))``.
+
+    The first three of ``used`` are object columns. A fourth is the choice
+    column when ``has_choice`` is set. The roles only shape the error messages.
+    """
     if layout.empty:
         return np.zeros((0, len(used)), dtype=np.int64)
 
@@ -466,31 +523,40 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
     except ValueError:
         pass
 
-    # Slow path: parse line by line so that an error can name the line.
+    # Slow path: parse record by record so that an error can name the line.
     rows: list[list[int]] = []
+    record_lines: list[int] = []
     n_converted = 0
     with open(path, encoding="utf-8-sig") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not layout.is_data(line_number, line):
-                continue
-            # An inline comment ends the line, as in the fast path.
-            tokens = _split(line.rstrip("\r\n").split("#", 1)[0].rstrip(), layout.delimiter)
+        records = _records(handle, layout)
+        for line_number, last_line, tokens in records:
             if len(tokens) != layout.n_columns:
+                where, cause = f"line {line_number}", ""
+                if last_line != line_number:
+                    where = f"lines {line_number} to {last_line}"
+                    cause = (
+                        ", because a quoted field spans these lines; check for a quote that "
+                        "is not closed"
+                    )
                 raise ValueError(
-                    f"{path}, line {line_number}: {len(tokens)} columns, expected "
-                    f"{layout.n_columns} like the first line; check the delimiter"
+                    f"{path}, {where}: {len(tokens)} columns, expected {layout.n_columns} like "
+                    f"the first line{cause}; check the delimiter"
                 )
+            record_lines.append(line_number)
             values = []
-            for column in used:
+            for position, column in enumerate(used):
                 value, converted = _parse_integer(tokens[column])
                 if value is None:
+                    role = "choice" if has_choice and position == 3 else "object"
                     raise ValueError(
-                        f"{path}, line {line_number}, column {column}: value {tokens[column]!r} is "
-                        "not an integer object index; triplet files contain integer indices only"
+                        f"{path}, line {line_number}, column {column}: "
+                        + _describe_bad_token(tokens[column], role, column, layout.header)
+                        + _header_hint(layout, records, len(record_lines), tokens, used)
                     )
                 n_converted += converted
                 values.append(value)
             rows.append(values)
+    layout.record_lines = record_lines
     if n_converted:
         logger.info(
             "%s: converted %d whole-number floats (such as 3.0) to integers", path, n_converted
@@ -498,6 +564,165 @@ def _parse_text(path: Path, layout: _TextLayout, used: list[int]) -> np.ndarray:
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _header_hint(
+    layout: _TextLayout,
+    records: Iterator[tuple[int, int, list[str]]],
+    n_records: int,
+    tokens: list[str],
+    used: list[int],
+) -> str:
+    """Suggest naming the columns when the first record, read as data, looks like a header.
+
+    The header rule needs numbers on the line below; rows with empty trial
+    columns (PsychoPy's instruction rows) have none. The first record looks
+    like a header when it has no number and a later record has integers in
+    all ``used`` columns. ``records`` yields the records after the first.
+    """
+    if layout.header is not None or n_records != 1 or any(map(_is_number, tokens)):
+        return ""
+    try:
+        later_data = any(
+            len(fields) == layout.n_columns
+            and all(_parse_integer(fields[column])[0] is not None for column in used)
+            for _, _, fields in records
+        )
+    except ValueError:  # a quote open at the end of the file; the first error comes first
+        later_data = False
+    if not later_data:
+        return ""
+    names = [tokens[column] for column in used[:3]]
+    options = f"columns={names!r}"
+    cli = f"--columns {','.join(names)}"
+    if len(used) == 4:
+        options += f", choice_column={tokens[used[3]]!r}"
+        cli += f" --choice-column {tokens[used[3]]}"
+    return f". If this line is a header, choose the columns by name: {options} (CLI: {cli})"
+
+
+def _records(handle, layout: _TextLayout) -> Iterator[tuple[int, int, list[str]]]:
+    """Yield the first line number, the last line number and the fields of each data record.
+
+    A record is one line, except in a delimited file where a quoted field
+    contains line breaks (free-text answers in MTurk batch results, say), as
+    standard CSV allows. A ``#`` outside quotes starts a comment.
+
+    Raises:
+        ValueError: If a quote is still open at the end of the file, which
+            would join all rows below it into one field.
+    """
+    if layout.delimiter is None:
+        for line_number, line in enumerate(handle, start=1):
+            if layout.is_data(line_number, line):
+                yield line_number, line_number, _split(_strip_comment(line, None)[0], None)
+        return
+
+    consumed: list[int] = []
+    quote_opened = 0  # line of a quoted field that is still open, or 0
+
+    def data_lines() -> Iterator[str]:
+        nonlocal quote_opened
+        for line_number, line in enumerate(handle, start=1):
+            # A blank or '#' line inside a quoted field is skipped like any other.
+            if layout.is_data(line_number, line):
+                consumed.append(line_number)
+                text, open_after = _strip_comment(line, layout.delimiter, bool(quote_opened))
+                quote_opened = (quote_opened or line_number) if open_after else 0
+                yield text + "\n"
+
+    # The reader pulls only the lines of the record it returns, so the line
+    # numbers consumed since the previous record are this record's.
+    reader = csv.reader(data_lines(), delimiter=layout.delimiter, skipinitialspace=True)
+    n_before = 0
+    for fields in reader:
+        if quote_opened:
+            raise ValueError(
+                f"{layout.path}, line {quote_opened}: a quote opened here is not closed, so the "
+                "rows below it would be read as one field; close or remove the quote"
+            )
+        yield consumed[n_before], consumed[-1], [field.strip() for field in fields]
+        n_before = len(consumed)
+
+
+def _strip_comment(line: str, delimiter: str | None, in_quotes: bool = False) -> tuple[str, bool]:
+    """Remove the line break and a ``#`` comment from a line.
+
+    In a delimited line, a ``#`` inside a quoted field is text. Quotes follow
+    the csv module's rules with ``skipinitialspace``: a quote opens a field
+    only at the field's start, and ``""`` inside quotes is a quote.
+
+    Args:
+        line (str): One line of the file.
+        delimiter (str | None): The delimiter, or None for whitespace, where
+            quotes have no meaning.
+        in_quotes (bool): The line continues a quoted field of the line above.
+
+    Returns:
+        tuple[str, bool]: The text, and whether a quoted field is still open
+        at its end.
+    """
+    text = line.rstrip("\r\n")
+    if delimiter is None or '"' not in text:
+        if in_quotes:
+            return text, True
+        return text.split("#", 1)[0].rstrip(), False
+
+    state = "quoted" if in_quotes else "start"
+    for position, character in enumerate(text):
+        if state == "quoted":
+            if character == '"':
+                state = "quote in quoted"  # closes the field, or starts an escaped ""
+            continue
+        if state == "quote in quoted" and character == '"':
+            state = "quoted"
+            continue
+        if character == "#":
+            return text[:position].rstrip(), False
+        if character == delimiter:
+            state = "start"
+        elif state == "start" and character == '"':
+            state = "quoted"
+        elif state == "start" and character == " ":
+            pass
+        else:
+            state = "unquoted"
+    if state == "quoted":
+        return text, True
+    return text.rstrip(), False
+
+
+# Spellings of an empty cell in exports of R, pandas, jsPsych, PsychoPy and
+# spreadsheets, compared in lower case.
+_MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
+
+
+def _describe_bad_token(token: str, role: str, column: int, header: list[str] | None) -> str:
+    """Describe a value of an object or choice column that is no integer, and the fix."""
+    name = f"the {role} column {header[column]!r}" if header else f"the {role} column"
+    if role == "choice":
+        message = f"value {token!r} is not an integer choice (1, 2 or 3)"
+    else:
+        message = f"value {token!r} is not an integer object index"
+    if token.strip().lower() in _MISSING_TOKENS:
+        return (
+            f"{message}: it is a missing value in {name}. Triplet files cannot contain missing "
+            "values: remove the rows of trials without a complete answer from the file, "
+            "then import it again"
+        )
+    if re.fullmatch(r"[+-]?\d+,\d+", token.strip()):
+        return (
+            f"{message}: it is written with a decimal comma, as spreadsheets in some locales "
+            "write numbers. Format the column as whole numbers without decimals (or with a "
+            "decimal point) and export the file again"
+        )
+    if role == "object" and not _is_number(token):
+        return (
+            f"{message}. Object columns hold indices (the 0-based row numbers of the object "
+            "table, or 1-based with one_based=True), not object names: replace each name by "
+            "its row number, or choose other object columns (CLI: --columns)"
+        )
+    return f"{message}; triplet files contain integer indices only"
 
 
 def _parse_integer(token: str) -> tuple[int | None, int]:
@@ -563,8 +788,9 @@ def _resolve_columns(
         object_indices = [index for index in range(n_columns) if index != choice_index]
         if len(object_indices) != 3:
             hint = "" if choice_index is not None else " (and a choice column with choice_column)"
+            names = f" (header: {', '.join(map(repr, header))})" if header else ""
             raise ValueError(
-                f"{path} has {n_columns} columns; choose the three object columns with "
+                f"{path} has {n_columns} columns{names}; choose the three object columns with "
                 f"columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c){hint}"
             )
     if len(set(object_indices)) != 3 or choice_index in object_indices:
@@ -603,6 +829,7 @@ def _convert(
                 f"{source}, {row_label(row)}: choice {int(choices[row])} is not 1, 2 or 3; "
                 "the choice column gives the odd one's position among the three object "
                 f"columns ({int(bad.sum())} invalid choices in all)"
+                + _choice_layout_hint(objects, choices)
             )
         triplets = np.take_along_axis(triplets, _ODD_LAST[choices - 1], axis=1)
         logger.info(
@@ -616,6 +843,27 @@ def _convert(
 
     _check_distinct(triplets, source, row_label)
     return np.ascontiguousarray(triplets, dtype=np.int64)
+
+
+def _choice_layout_hint(objects: np.ndarray, choices: np.ndarray) -> str:
+    """Name the layout of a choice column without positions 1..3, where it is clear.
+
+    Args:
+        objects (np.ndarray): The object columns as in the file, shape ``(n, 3)``.
+        choices (np.ndarray): The choice column as in the file, shape ``(n,)``.
+    """
+    if np.isin(choices, (0, 1, 2)).all():
+        return (
+            ". But every choice is 0, 1 or 2, so the column seems to count the positions "
+            "from 0 (as jsPsych numbers its buttons): add 1 to the column first"
+        )
+    if (objects == choices[:, None]).any(axis=1).all():
+        return (
+            ". But every choice is one of the row's three objects, so the column seems to name "
+            "the odd object itself: replace it by that object's position 1, 2 or 3 among the "
+            "object columns first"
+        )
+    return ""
 
 
 # Row ``p`` reorders a triplet so that the item at position p comes last and
@@ -951,10 +1199,28 @@ def split_triplets(
     is_val = is_val_set[inverse.reshape(-1)]
 
     train, val = triplets[~is_val], triplets[is_val]
+    if len(unique_sets) == 1:
+        objects = ", ".join(str(index) for index in sorted(triplets[0].tolist()))
+        raise ValueError(
+            f"all {n_rows} triplets judge the same object set {{{objects}}}, and the rows of a "
+            "set stay on one side, so they cannot be split into training and validation "
+            "triplets; check that this is the whole file, or use it without a split "
+            "(CLI: leave out --split/--val-fraction)"
+        )
     if len(train) == 0:
         raise ValueError(
             f"val_fraction {val_fraction} leaves no training triplets "
             f"({len(unique_sets)} object sets); use a smaller fraction"
+        )
+    if len(val) > 2 * target:
+        # The last set moved may be judged many times, and the split never
+        # breaks a set, so a few heavily repeated sets can overshoot the target.
+        warnings.warn(
+            f"the validation part contains {len(val)} of {n_rows} triplets "
+            f"({100 * len(val) / n_rows:.0f}%) instead of about {target} "
+            f"(val_fraction {val_fraction}), because the rows of an object set stay together "
+            "and some sets are judged many times; try another seed, or a larger fraction",
+            UserWarning, stacklevel=2,
         )
     logger.info(
         "split %d triplets into %d training and %d validation triplets (%d of %d object sets)",

@@ -248,6 +248,8 @@ def run_import(args: argparse.Namespace) -> int:
             f"{len(table)} objects: leave out --n-objects to use that table, or import the "
             f"triplet file {source} itself with --objects naming {args.n_objects} objects"
         )
+    if table is None and args.n_objects is not None:
+        check_import_memory(args.n_objects)
     triplets = load_triplets(
         source,
         args.n_objects,
@@ -265,7 +267,8 @@ def run_import(args: argparse.Namespace) -> int:
         object_table = None if as_file else table or _generated_table(n_objects)
     except MemoryError as error:
         raise ValueError(
-            f"{n_objects:,} objects need more memory than is available ({error or 'no details'}); "
+            f"{n_objects:,} objects need more memory than is available "
+            f"({str(error) or 'no details'}); "
             "check --n-objects, which is the number of objects in the study (the rows of its "
             "object table)"
         ) from error
@@ -351,7 +354,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     from dimalign.io.objects import write_object_table
     from dimalign.io.triplets import TRIPLET_SUFFIXES, save_triplets, split_triplets
-    from dimalign.triplets import sample_triplets, simulate_choices
+    from dimalign.triplets import count_triplets, sample_triplets, simulate_choices
 
     check_simulate_options(args)
     check_layer_choice(args.features, args.layer)
@@ -374,11 +377,25 @@ def run_simulate(args: argparse.Namespace) -> int:
          "--objects table": Path(args.objects) if args.objects else None},
     )
     check_unowned_outputs(out_dir, planned | {"objects.tsv"}, "simulate")
-    features, features_table = load_features(args.features, layer=args.layer)
-    table = features_table
+    # The features' own table is read here rather than by load_features, so
+    # that --objects replaces one that disagrees with the features.
+    features = load_features(args.features, layer=args.layer, read_table=False)[0]
+    features_file = _features_file(Path(args.features), args.layer)
     n_objects = int(features.shape[0])
+    if n_objects < 3:
+        raise ValueError(
+            f"{features_file} has {n_objects} rows (objects), but a triplet needs 3 objects; "
+            "pass features with one row per object"
+        )
+    features_table = None
     if args.objects:
         table = _read_simulate_objects(Path(args.objects), n_objects, args.features)
+    else:
+        features_table = _read_features_table(features_file, n_objects)
+        table = features_table
+    if args.replace or args.n_triplets <= count_triplets(n_objects):
+        # Otherwise sample_triplets names the number of distinct triplets at once.
+        check_simulate_memory(args.n_triplets, features, args.method)
 
     # Independent streams for sampling, choices and split, all from --seed.
     sample_seed, choice_seed, split_seed = np.random.SeedSequence(args.seed).spawn(3)
@@ -473,6 +490,159 @@ def check_simulate_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--n-triplets {args.n_triplets} is invalid: use 1 or more")
     if args.val_fraction is not None:
         check_split_sizes("--val-fraction", args.val_fraction, args.n_triplets, "--val-fraction")
+
+
+# Peak memory of simulate per triplet, an estimate. With 4,000,000 triplets of
+# 1,854 objects (numpy 2.4, --val-fraction 0.1), tracemalloc measured about 37
+# bytes to sample (the int64 ranks and the (n, 3) int64 rows). Choosing took 57
+# more while the sampled rows were kept, and splitting 80 more while the
+# chosen rows were kept. The peak resident size of the command was 118 bytes
+# per triplet.
+_SIMULATE_BYTES_PER_TRIPLET = 120
+
+
+def available_memory_bytes(
+    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Return the memory available to new allocations on Linux, or None where unknown.
+
+    The machine's ``MemAvailable``, lowered to the headroom of this process's
+    memory cgroup where one sets a limit, as in Slurm jobs and containers:
+    their processes are killed at the limit however much the machine has free.
+
+    Args:
+        proc_root (Path): The proc file system (a parameter for tests).
+        cgroup_root (Path): The cgroup file system (a parameter for tests).
+
+    Returns:
+        int | None: Bytes, or None without ``/proc/meminfo`` (macOS, Windows).
+    """
+    available = None
+    try:
+        with open(proc_root / "meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    headroom = _cgroup_headroom(proc_root, cgroup_root)
+    if available is not None and headroom is not None:
+        available = min(available, headroom)
+    return available
+
+
+def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
+    """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
+    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; the files are those of
+    # the kernel's cgroup documentation (memory.max and memory.current for
+    # v2, memory.limit_in_bytes and memory.usage_in_bytes for v1).
+    try:
+        lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    headrooms = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            top, files = cgroup_root, ("memory.max", "memory.current")
+        elif "memory" in parts[1].split(","):
+            top, files = cgroup_root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        # A limit set on a parent (a Slurm job above its steps) binds as well.
+        relative = Path(parts[2].lstrip("/"))
+        for folder in [top / relative, *[top / parent for parent in relative.parents]]:
+            try:
+                limit = (folder / files[0]).read_text(encoding="ascii").strip()
+                usage = (folder / files[1]).read_text(encoding="ascii").strip()
+                # "max" (v2) or a value near 2^63 (v1) means no limit.
+                if limit != "max" and int(limit) < 2**60:
+                    headrooms.append(max(0, int(limit) - int(usage)))
+            except (OSError, ValueError):
+                continue
+    return min(headrooms) if headrooms else None
+
+
+def check_simulate_memory(n_triplets: int, features, method: str) -> None:
+    """Reject a ``simulate`` run whose estimated memory exceeds the available memory.
+
+    A count far too high would otherwise fail only after minutes of work, or
+    get the process (or another one) killed by the out-of-memory killer.
+
+    Args:
+        n_triplets (int): The requested number of triplets.
+        features (np.ndarray): The feature matrix, for the size of a Gram matrix.
+        method (str): ``"auto"``, ``"gram"`` or ``"gather"``.
+
+    Raises:
+        ValueError: Giving the estimate, the available memory and what to lower.
+    """
+    from dimalign.triplets.simulate import gram_matrix_bytes
+
+    needed = _SIMULATE_BYTES_PER_TRIPLET * n_triplets
+    parts = (
+        f"about {_SIMULATE_BYTES_PER_TRIPLET} bytes per triplet to sample, choose and split them"
+    )
+    gram_bytes = gram_matrix_bytes(features, n_triplets, method)
+    if gram_bytes:
+        needed += gram_bytes
+        parts += f", plus the {_format_bytes(gram_bytes)} Gram matrix"
+    available = available_memory_bytes()
+    if available is None:
+        logger.debug("available memory unknown; simulate needs about %s", _format_bytes(needed))
+        return
+    if needed > available:
+        raise ValueError(
+            f"--n-triplets {n_triplets:,} needs about {_format_bytes(needed)} of memory (an "
+            f"estimate: {parts}), but {_format_bytes(available)} are available: lower "
+            "--n-triplets, or run on a machine with more free memory"
+        )
+    logger.info(
+        "simulate needs about %s of memory (%s available)",
+        _format_bytes(needed), _format_bytes(available),
+    )
+
+
+# Peak memory of import-triplets per object of --n-objects, an estimate: 2
+# triplets of 10,000,000 objects peaked at 1.87 GB resident (numpy 2.4), that
+# is 182 bytes per object. The counts per object, the list of unseen objects
+# and the generated names object_0, object_1, ... take most of it.
+_IMPORT_BYTES_PER_OBJECT = 200
+
+
+def check_import_memory(n_objects: int) -> None:
+    """Reject an ``import-triplets`` object count whose memory estimate exceeds the free memory.
+
+    A mistyped ``--n-objects`` (extra zeros) otherwise fills the memory with
+    per-object arrays and lists, until the out-of-memory killer ends this or
+    another process.
+
+    Args:
+        n_objects (int): The ``--n-objects`` value.
+
+    Raises:
+        ValueError: Giving the estimate, the available memory and what to check.
+    """
+    needed = _IMPORT_BYTES_PER_OBJECT * n_objects
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        raise ValueError(
+            f"{n_objects:,} objects need about {_format_bytes(needed)} of memory (an estimate: "
+            f"about {_IMPORT_BYTES_PER_OBJECT} bytes per object for the counts, the unseen "
+            f"objects and their names), but {_format_bytes(available)} are available; check "
+            "--n-objects, which is the number of objects in the study (the rows of its object "
+            "table)"
+        )
+
+
+def _format_bytes(n_bytes: float) -> str:
+    """Format a byte count with a decimal unit, such as ``2.3 GB``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
 
 
 def check_split_sizes(option: str, fraction: float, n_triplets: int, omit: str) -> None:
@@ -595,6 +765,23 @@ def _read_simulate_objects(path: Path, n_objects: int, features: str):
         raise ValueError(
             f"--objects {path} lists {len(table)} objects but the features {features} have "
             f"{n_objects} rows; pass an object table with one name per feature row, in row order"
+        )
+    return table
+
+
+def _read_features_table(features_file: Path, n_objects: int):
+    """Read the ``objects.tsv`` next to a features file, if any, and check its length."""
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+
+    path = features_file.parent / OBJECT_TABLE_NAME
+    if not path.is_file():
+        return None
+    table = read_object_table(path)
+    if len(table) != n_objects:
+        raise ValueError(
+            f"{features_file} has {n_objects} rows but {path} lists {len(table)} objects; the "
+            "table must name the feature rows in order: correct it, or name the rows with "
+            "another table (--objects)"
         )
     return table
 

@@ -272,13 +272,45 @@ def _check_options(similarity: str, rule: str, temperature: float, method: str) 
         raise ValueError(f"the softmax temperature must be a positive number, got {temperature}")
 
 
+def gram_matrix_bytes(
+    features: np.ndarray,
+    n_triplets: int,
+    method: str = "auto",
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
+) -> int:
+    """Return the size of the Gram matrix that :func:`simulate_choices` would allocate.
+
+    Args:
+        features (np.ndarray): Feature matrix, shape ``(n_objects, n_features)``.
+        n_triplets (int): Number of triplets to simulate.
+        method (str): ``"auto"``, ``"gram"`` or ``"gather"``, as in :func:`simulate_choices`.
+        max_gram_bytes (int): As in :func:`simulate_choices`.
+
+    Returns:
+        int: Bytes of the ``n_objects x n_objects`` matrix, or 0 when the
+        gather method is used. ``"auto"`` may still switch to gather when the
+        squared norms overflow, so the result is an upper bound.
+    """
+    n_objects = int(features.shape[0])
+    gram_bytes = n_objects * n_objects * _compute_dtype(features).itemsize
+    chosen = method == "auto" and _gram_is_chosen(n_objects, n_triplets, gram_bytes, max_gram_bytes)
+    if method == "gram" or chosen:
+        return gram_bytes
+    return 0
+
+
+def _gram_is_chosen(n_objects: int, n_triplets: int, gram_bytes: int, max_gram_bytes: int) -> bool:
+    n_pairs = n_objects * (n_objects - 1) // 2
+    return gram_bytes <= max_gram_bytes and 3 * n_triplets >= _GRAM_PAIR_FRACTION * n_pairs
+
+
 def _choose_method(
     n_objects: int, n_triplets: int, features: np.ndarray, max_gram_bytes: int
 ) -> str:
     itemsize = _compute_dtype(features).itemsize
     gram_bytes = n_objects * n_objects * itemsize
     n_pairs = n_objects * (n_objects - 1) // 2
-    if gram_bytes <= max_gram_bytes and 3 * n_triplets >= _GRAM_PAIR_FRACTION * n_pairs:
+    if _gram_is_chosen(n_objects, n_triplets, gram_bytes, max_gram_bytes):
         logger.info(
             "using a Gram matrix of %d x %d objects (%.2f GB)",
             n_objects, n_objects, gram_bytes / 1e9,
