@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from dimalign.memory import available_memory_bytes
 
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
@@ -51,34 +51,11 @@ def available_memory(device: torch.device) -> int | None:
     """Return the memory in bytes that a new allocation on ``device`` can use, or None when unknown.
 
     On a CUDA device this is the free memory that ``torch.cuda.mem_get_info``
-    reports. On the CPU it is ``MemAvailable`` of ``/proc/meminfo`` (Linux:
-    free memory plus the page cache that the kernel can drop), else the
-    physical memory from ``os.sysconf``, which is an upper bound.
-
-    NOTE: A memory limit of a container (cgroup) is not read, so inside one
-    the result may exceed what the process can use.
+    reports; on the CPU it is :func:`dimalign.memory.available_memory_bytes`.
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     if device.type != "cpu":
         return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the file gives kB
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def format_bytes(size: int) -> str:
-    """Format a byte count in MiB, GiB or TiB with one decimal: ``35.8 GiB``."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size / 2**20:.1f} MiB"
+    return available_memory_bytes()

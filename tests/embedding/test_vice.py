@@ -497,20 +497,10 @@ def test_available_memory_of_cpu_is_positive():
     assert available is None or available > 0
 
 
-def fail_on_parameter_allocation(monkeypatch):
-    """Make a fit fail at once if it reaches the allocation of its parameters."""
-    def fail(self, n_objects, generator):
-        raise AssertionError("the fit allocated its parameters")
-
-    for estimator in (VICE, SPoSE):
-        monkeypatch.setattr(estimator, "_init_parameters", fail)
-
-
 @pytest.mark.parametrize(("estimator", "tensors"), [(VICE, 2), (SPoSE, 1)])
-def test_fit_too_large_for_memory_fails_first(monkeypatch, estimator, tensors):
+def test_fit_too_large_for_memory_fails_first(monkeypatch, no_parameter_allocation, estimator, tensors):
     from dimalign.embedding import base
 
-    fail_on_parameter_allocation(monkeypatch)
     monkeypatch.setattr(base, "available_memory", lambda device: 2 * 2**30)
     model = estimator(n_dims=100_000_000)
 
@@ -518,9 +508,9 @@ def test_fit_too_large_for_memory_fails_first(monkeypatch, estimator, tensors):
         model.fit(random_triplets(12, 50), n_objects=12)
 
     message = str(caught.value)
-    expected = 4 * tensors * 12 * 100_000_000 * 4 / 2**30
-    assert f"n_dims=100000000 needs at least {expected:.1f} GiB" in message
-    assert "but 2.0 GiB of memory is available" in message
+    expected = 4 * tensors * 12 * 100_000_000 * 4 / 1e9
+    assert f"n_dims=100000000 needs at least {expected:.1f} GB" in message
+    assert "but 2.1 GB of memory is available" in message
     assert "(CLI: --n-dims)" in message
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -1107,7 +1108,7 @@ def _fake_proc(tmp_path: Path, cgroup: str, available_kb: int) -> Path:
 @pytest.mark.parametrize("version", [1, 2])
 def test_available_memory_respects_cgroup_limit(tmp_path, version):
     """A Slurm job or container limited to 1 GB on a 20 GB machine has 1 GB minus its usage."""
-    from dimalign.triplets.commands import available_memory_bytes
+    from dimalign.memory import available_memory_bytes
 
     sys_root = tmp_path / "cgroup"
     if version == 2:
@@ -1128,7 +1129,7 @@ def test_available_memory_respects_cgroup_limit(tmp_path, version):
 
 def test_available_memory_respects_parent_cgroup_limit(tmp_path):
     """Slurm limits the job's cgroup, and the process runs in a step below it."""
-    from dimalign.triplets.commands import available_memory_bytes
+    from dimalign.memory import available_memory_bytes
 
     proc = _fake_proc(tmp_path, "0::/slurm/job_7/step_0\n", 20_000_000)
     job = tmp_path / "cgroup" / "slurm" / "job_7"
@@ -1142,14 +1143,21 @@ def test_available_memory_respects_parent_cgroup_limit(tmp_path):
 
 
 def test_available_memory_without_cgroup_limit(tmp_path):
-    from dimalign.triplets.commands import available_memory_bytes
+    from dimalign.memory import available_memory_bytes
 
     proc = _fake_proc(tmp_path, "0::/\n", 2_000)
     (tmp_path / "cgroup").mkdir()
     (tmp_path / "cgroup" / "memory.max").write_text("max\n")
 
     assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 2_048_000
-    assert available_memory_bytes(proc_root=tmp_path / "missing", cgroup_root=tmp_path) is None
+
+
+def test_available_memory_without_proc_is_physical_memory(tmp_path):
+    """Without /proc (macOS) the physical memory is an upper bound."""
+    from dimalign.memory import available_memory_bytes
+
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert available_memory_bytes(proc_root=tmp_path / "missing", cgroup_root=tmp_path) == physical
 
 
 def test_simulate_folder_table_mismatch_says_what_to_do(tmp_path, capsys):

@@ -27,12 +27,13 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
-from dimalign.device import available_memory, format_bytes, resolve_device
+from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
 from dimalign.io.files import write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
+from dimalign.memory import format_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from dimalign.memory import available_memory_bytes, format_bytes
+
 logger = logging.getLogger(__name__)
 
 # Steps whose output folders this module writes, and so may check for stale files.
@@ -501,70 +503,6 @@ def check_simulate_options(args: argparse.Namespace) -> None:
 _SIMULATE_BYTES_PER_TRIPLET = 120
 
 
-def available_memory_bytes(
-    proc_root: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
-) -> int | None:
-    """Return the memory available to new allocations on Linux, or None where unknown.
-
-    The machine's ``MemAvailable``, lowered to the headroom of this process's
-    memory cgroup where one sets a limit, as in Slurm jobs and containers:
-    their processes are killed at the limit however much the machine has free.
-
-    Args:
-        proc_root (Path): The proc file system (a parameter for tests).
-        cgroup_root (Path): The cgroup file system (a parameter for tests).
-
-    Returns:
-        int | None: Bytes, or None without ``/proc/meminfo`` (macOS, Windows).
-    """
-    available = None
-    try:
-        with open(proc_root / "meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024  # the value is in kB
-    except (OSError, ValueError, IndexError):
-        return None
-    headroom = _cgroup_headroom(proc_root, cgroup_root)
-    if available is not None and headroom is not None:
-        available = min(available, headroom)
-    return available
-
-
-def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
-    """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
-    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; the files are those of
-    # the kernel's cgroup documentation (memory.max and memory.current for
-    # v2, memory.limit_in_bytes and memory.usage_in_bytes for v1).
-    try:
-        lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
-    except OSError:
-        return None
-    headrooms = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        if parts[0] == "0" and parts[1] == "":
-            top, files = cgroup_root, ("memory.max", "memory.current")
-        elif "memory" in parts[1].split(","):
-            top, files = cgroup_root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
-        else:
-            continue
-        # A limit set on a parent (a Slurm job above its steps) binds as well.
-        relative = Path(parts[2].lstrip("/"))
-        for folder in [top / relative, *[top / parent for parent in relative.parents]]:
-            try:
-                limit = (folder / files[0]).read_text(encoding="ascii").strip()
-                usage = (folder / files[1]).read_text(encoding="ascii").strip()
-                # "max" (v2) or a value near 2^63 (v1) means no limit.
-                if limit != "max" and int(limit) < 2**60:
-                    headrooms.append(max(0, int(limit) - int(usage)))
-            except (OSError, ValueError):
-                continue
-    return min(headrooms) if headrooms else None
-
-
 def check_simulate_memory(n_triplets: int, features, method: str) -> None:
     """Reject a ``simulate`` run whose estimated memory exceeds the available memory.
 
@@ -588,20 +526,20 @@ def check_simulate_memory(n_triplets: int, features, method: str) -> None:
     gram_bytes = gram_matrix_bytes(features, n_triplets, method)
     if gram_bytes:
         needed += gram_bytes
-        parts += f", plus the {_format_bytes(gram_bytes)} Gram matrix"
+        parts += f", plus the {format_bytes(gram_bytes)} Gram matrix"
     available = available_memory_bytes()
     if available is None:
-        logger.debug("available memory unknown; simulate needs about %s", _format_bytes(needed))
+        logger.debug("available memory unknown; simulate needs about %s", format_bytes(needed))
         return
     if needed > available:
         raise ValueError(
-            f"--n-triplets {n_triplets:,} needs about {_format_bytes(needed)} of memory (an "
-            f"estimate: {parts}), but {_format_bytes(available)} are available: lower "
+            f"--n-triplets {n_triplets:,} needs about {format_bytes(needed)} of memory (an "
+            f"estimate: {parts}), but {format_bytes(available)} are available: lower "
             "--n-triplets, or run on a machine with more free memory"
         )
     logger.info(
         "simulate needs about %s of memory (%s available)",
-        _format_bytes(needed), _format_bytes(available),
+        format_bytes(needed), format_bytes(available),
     )
 
 
@@ -629,20 +567,12 @@ def check_import_memory(n_objects: int) -> None:
     available = available_memory_bytes()
     if available is not None and needed > available:
         raise ValueError(
-            f"{n_objects:,} objects need about {_format_bytes(needed)} of memory (an estimate: "
+            f"{n_objects:,} objects need about {format_bytes(needed)} of memory (an estimate: "
             f"about {_IMPORT_BYTES_PER_OBJECT} bytes per object for the counts, the unseen "
-            f"objects and their names), but {_format_bytes(available)} are available; check "
+            f"objects and their names), but {format_bytes(available)} are available; check "
             "--n-objects, which is the number of objects in the study (the rows of its object "
             "table)"
         )
-
-
-def _format_bytes(n_bytes: float) -> str:
-    """Format a byte count with a decimal unit, such as ``2.3 GB``."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= size:
-            return f"{n_bytes / size:.1f} {unit}"
-    return f"{int(n_bytes)} bytes"
 
 
 def check_split_sizes(option: str, fraction: float, n_triplets: int, omit: str) -> None:
