@@ -48,9 +48,9 @@ def available_memory_bytes(
 
 def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
     """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
-    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; the files are those of
-    # the kernel's cgroup documentation (memory.max and memory.current for
-    # v2, memory.limit_in_bytes and memory.usage_in_bytes for v1).
+    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; v2 keeps the limit and
+    # the usage in memory.max and memory.current, v1 in memory.limit_in_bytes
+    # and memory.usage_in_bytes.
     try:
         lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
     except OSError:
