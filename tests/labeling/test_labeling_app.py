@@ -733,3 +733,27 @@ def test_expired_form_keeps_typed_answer(app, study_path):
     resubmitted = submit(client, participant_id, order[0], labels=("my careful label",), token=fresh_token)
     assert resubmitted.status_code == 303
     assert len(answer_rows(study_path)) == 1
+
+
+def test_pages_after_stop_say_session_ended(app, study_path):
+    # A participant who stopped and then presses Back, or whose browser lost
+    # the cookie, has a session without a participant. Telling them that the
+    # page "belongs to another participant" would be wrong.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    assert client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token}).status_code == 200
+
+    page = client.get(url)
+    assert page.status_code == 403
+    assert "another participant" not in page.text
+    assert "session has ended" in page.text
+    assert "participant code" in page.text
+
+    response = client.post(url, data={"csrf_token": token, "label": ["late"], "kind": "visual",
+                                      "interpretability": "one"})
+    assert response.status_code == 403
+    assert "another participant" not in response.text
+    assert "was not saved" in response.text
+    assert answer_rows(study_path) == []

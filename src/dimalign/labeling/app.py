@@ -277,6 +277,15 @@ def _current_participant(participant_id: int) -> Participant:
             "rejected %s %s: participant %d not found", request.method, request.path, participant_id
         )
         abort(404, description=f"There is no participant {participant_id}.")
+    if session.get("participant_id") is None:
+        # Stopping clears the session, so Back after "Stop" lands here, as
+        # does a browser that lost or never kept the cookie.
+        logger.info("rejected %s %s: the session has no participant (stopped or cookie lost)",
+                    request.method, request.path)
+        message = "Your session has ended, because you stopped or your browser no longer has its cookie."
+        if request.method == "POST":
+            message += " What you submitted was not saved."
+        abort(403, description=f"{message} Open the start page and continue with your participant code.")
     if session.get("participant_id") != participant_id or not study.code_matches(
         participant_id, str(session.get("code", ""))
     ):
