@@ -757,3 +757,21 @@ def test_pages_after_stop_say_session_ended(app, study_path):
     assert "another participant" not in response.text
     assert "was not saved" in response.text
     assert answer_rows(study_path) == []
+
+
+def test_form_without_cookie_asks_for_cookies(app, study_path):
+    # A browser that blocks cookies sends every form without the session
+    # that holds the CSRF token. "The form has expired, reload" would send
+    # the participant round in circles.
+    client = app.test_client(use_cookies=False)
+    token = csrf_from(client.get("/consent").text)
+    response = client.post("/consent", data={"csrf_token": token, "agree": "yes"})
+    assert response.status_code == 400
+    assert "cookie" in response.text
+    assert "has expired" not in response.text
+    with Study(study_path) as study:
+        assert study.participants() == []
+
+    response = client.post("/resume", data={"csrf_token": token, "code": "some-code"})
+    assert response.status_code == 400
+    assert "cookie" in response.text

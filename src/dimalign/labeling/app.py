@@ -229,8 +229,14 @@ def _csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    if not _csrf_matches():
-        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+    if _csrf_matches():
+        return
+    if "csrf" not in session:
+        # The page with the form stored the token in the session cookie, so a
+        # request without one comes from a browser that blocks cookies or dropped it.
+        abort(400, description="Your browser sent no session cookie with this form, so it could not be "
+              "checked. Allow cookies for this site, then reload the page and submit again.")
+    abort(400, description="The form has expired. Go back, reload the page and submit again.")
 
 
 def _csrf_matches() -> bool:
