@@ -1,4 +1,4 @@
-"""The labelling app in headless Chromium: consent, label, stop, resume, finish; screenshots.
+"""The labelling app in headless Chromium: consent, label, stop, resume, finish, keyboard only, restarts.
 
 Set DIMALIGN_DOC_IMAGES=1 to also copy the screenshots to docs/img/ for the user docs.
 """
@@ -150,3 +150,99 @@ def test_summary_page_in_chromium(study_path, tmp_path):
             keep_screenshot(tmp_path / "summary.png", "labeling_summary.png")
         finally:
             browser.close()
+
+
+def press_until_focused(page, key: str, selector: str, limit: int = 20) -> None:
+    """Press ``key`` until the element matching ``selector`` has the keyboard focus."""
+    for _ in range(limit):
+        if page.evaluate("selector => document.activeElement?.matches(selector) ?? false", selector):
+            return
+        page.keyboard.press(key)
+    raise AssertionError(f"{selector} never got the focus with {key}")
+
+
+def answer_by_keyboard(page, label: str) -> int:
+    """Answer the dimension page shown with the keyboard alone; return its dimension."""
+    dimension = int(page.url.rsplit("/", 1)[1])
+    # The first label field has autofocus.
+    assert page.evaluate("document.activeElement.id") == "label-1"
+    page.keyboard.type(label)
+    press_until_focused(page, "Tab", "#kind-visual")
+    page.keyboard.press("ArrowDown")  # moves to and checks "semantic"
+    press_until_focused(page, "Tab", "input[name=interpretability]")
+    page.keyboard.press("Space")
+    press_until_focused(page, "Tab", "#submit")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    return dimension
+
+
+@pytest.mark.browser
+def test_keyboard_back_reload_and_restart_in_chromium(study_path):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            with running_server(study_path) as base_url:
+                page.goto(base_url + "/")
+                press_until_focused(page, "Tab", "#start-study")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                press_until_focused(page, "Tab", "#agree")
+                page.keyboard.press("Space")
+                press_until_focused(page, "Tab", "#consent-submit")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                press_until_focused(page, "Tab", "#start")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+
+                first = answer_by_keyboard(page, "first label")
+                second_url = page.url
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+
+                # Enter on the link back opens the previous page with its saved answer.
+                press_until_focused(page, "Tab", "a[href$='/dimension/%d']" % first)
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                assert page.input_value("#label-1") == "first label"
+                assert page.is_checked("#kind-semantic")
+                page.go_back()
+                assert page.url == second_url
+                page.reload()
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+                page.fill("#label-1", "typed while the server is down")
+                page.check("#kind-visual")
+                page.check("#interpretability-one")
+                port = int(base_url.rsplit(":", 1)[1])
+
+            # With the server stopped the browser shows its own error page, and nothing is saved.
+            with pytest.raises(PlaywrightError, match="ERR_CONNECTION_REFUSED"), page.expect_navigation():
+                page.click("#submit")
+            page.wait_for_function("location.href.startsWith('chrome-error:')")
+            with sqlite3.connect(study_path) as connection:
+                assert connection.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 1
+
+            # A restarted server accepts the session, because the cookie key is stored in the study.
+            with running_server(study_path, port=port):
+                page.goto(second_url)
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+                second = answer_by_keyboard(page, "second label")
+                press_until_focused(page, "Tab", "#stop")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                assert page.inner_text("h1") == "You stopped"
+
+                page.go_back()
+                assert page.url.rsplit("/", 1)[0].endswith("/dimension")
+                assert "session has ended" in page.inner_text("main")
+                assert "another participant" not in page.inner_text("main")
+        finally:
+            browser.close()
+
+    with sqlite3.connect(study_path) as connection:
+        rows = connection.execute("SELECT dimension, labels_json, kind FROM answers ORDER BY answered_at").fetchall()
+    assert rows == [(first, '["first label"]', "semantic"), (second, '["second label"]', "semantic")]
