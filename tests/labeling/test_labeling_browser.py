@@ -246,3 +246,49 @@ def test_keyboard_back_reload_and_restart_in_chromium(study_path):
     with sqlite3.connect(study_path) as connection:
         rows = connection.execute("SELECT dimension, labels_json, kind FROM answers ORDER BY answered_at").fetchall()
     assert rows == [(first, '["first label"]', "semantic"), (second, '["second label"]', "semantic")]
+
+
+@pytest.mark.browser
+def test_long_labels_wrap_in_chromium(study_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    # The longest valid labels without a space: 100 letters, and 50 emoji
+    # (the field's maxlength counts UTF-16 code units, two per emoji).
+    long_labels = ["x" * 100, "\U0001f600" * 50]
+    with Study(study_path) as study:
+        for seed in range(3):
+            participant, _ = study.add_participant(order_seed=seed)
+            for dimension in study.dimensions:
+                study.save_answer(participant.participant_id, dimension,
+                                  Answer(labels=(f"{long_labels[0]}{seed}",), kind="visual", interpretability="one"))
+    out = tmp_path / "summary"
+    summarize([study_path], out, wordcloud_size=(300, 150))
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(base_url + "/consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            page.click("#start")
+            for field, label in enumerate(long_labels, start=1):
+                page.fill(f"#label-{field}", label)
+            page.check("#kind-visual")
+            page.check("#interpretability-one")
+            page.click("#submit")
+            page.goto(page.url.rsplit("/", 2)[0] + "/done")
+            assert page.inner_text("#summary").count(long_labels[0]) == 1
+
+            # Nothing is pushed beyond the window, so every "change" link stays in view.
+            # The summary page's agreement table needs more than 600 pixels anyway.
+            done_url = page.url
+            for url, width in ((done_url, 1100), (done_url, 600), ((out / "summary.html").as_uri(), 1100)):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.goto(url)
+                scroll_width, client_width = page.evaluate(
+                    "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+                )
+                assert scroll_width <= client_width, (url, width)
+        finally:
+            browser.close()
