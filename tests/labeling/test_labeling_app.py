@@ -775,3 +775,19 @@ def test_form_without_cookie_asks_for_cookies(app, study_path):
     response = client.post("/resume", data={"csrf_token": token, "code": "some-code"})
     assert response.status_code == 400
     assert "cookie" in response.text
+
+
+def test_stop_after_last_answer_promises_no_page(app, study_path):
+    # A participant who answered every page and went back to change one
+    # has no page left to answer when continuing.
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    for dimension in order:
+        assert submit(client, participant_id, dimension).status_code == 303
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    assert stopped.status_code == 200
+    assert f"You saved your answers to {len(order)} of {len(order)} pages" in stopped.text
+    assert "you answer that page when you continue" not in stopped.text
+    assert "change" in stopped.text
+    assert code in stopped.text
