@@ -82,8 +82,8 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
         n_dimensions = len(study.dimensions)
         for rater in raters:
             if counts.get(rater, 0) < n_dimensions:
-                # Agreement is computed over the dimensions both raters rated,
-                # and a dimension without both ratings stays unresolved.
+                # Agreement is computed over the dimensions both raters rated, and a
+                # skipped dimension is resolved only if the tie-breaker matches the other rating.
                 logger.warning(
                     "%s: rater %d rated %d of the %d dimensions, so agreement rests on fewer dimensions "
                     "and the others may stay unresolved", study.path, rater, counts.get(rater, 0), n_dimensions,
