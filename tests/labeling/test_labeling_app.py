@@ -791,3 +791,19 @@ def test_stop_after_last_answer_promises_no_page(app, study_path):
     assert "you answer that page when you continue" not in stopped.text
     assert "change" in stopped.text
     assert code in stopped.text
+
+
+def test_answer_while_study_moved_says_not_saved(app, study_path, tmp_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    study_path.rename(tmp_path / "moved.db")
+    response = client.post(url, data={"csrf_token": token, "label": ["red"], "kind": "visual",
+                                      "interpretability": "one"})
+    assert response.status_code == 503
+    assert "What you submitted was not saved" in response.text
+    assert "not available" in response.text
+    (tmp_path / "moved.db").rename(study_path)
+    assert answer_rows(study_path) == []
+    assert client.get(url).status_code == 200

@@ -39,7 +39,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote_plus
 
 from flask import (
@@ -161,10 +161,10 @@ def _study() -> Study:
         except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
             state.report(f"{path} is missing (moved or deleted): restore it to the same path")
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         except (IsADirectoryError, ValueError) as error:
             state.report(f"{error}")
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         # Each study has its own random secret key, so another study copied
         # over the file has another key, and its participants are not these.
         if not _same_secret(study.settings.get("secret_key", ""), _config("SECRET_KEY")):
@@ -173,10 +173,20 @@ def _study() -> Study:
                 f"{path} is now another study than the one the server started with (its secret key "
                 "differs): restore the original file, or restart the server to serve the new study"
             )
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         state.report(None)
         g.study = study
     return g.study
+
+
+def _abort_unavailable() -> NoReturn:
+    description = "The study is not available right now."
+    if request.method == "POST":
+        # Nothing was written, because the study could not be opened.
+        description += " What you submitted was not saved. Go back and submit it again later."
+    else:
+        description += " Try again later."
+    abort(503, description=description)
 
 
 def _open_study(path: Path, images_dir: Path) -> Study:
