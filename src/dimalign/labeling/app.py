@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from flask import (
     Flask,
@@ -232,6 +232,11 @@ def _close_study(exception: BaseException | None) -> None:
         study.close()
 
 
+def _logged_path() -> str:
+    """Return the request path percent-encoded, so a decoded line feed in it cannot start a forged log line."""
+    return quote(request.path, safe="/")
+
+
 def _csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
@@ -255,7 +260,7 @@ def _csrf_matches() -> bool:
     expected = session.get("csrf", "")
     if expected and _same_secret(sent, str(expected)):
         return True
-    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, _logged_path())
     return False
 
 
@@ -290,14 +295,14 @@ def _current_participant(participant_id: int) -> Participant:
         participant = study.participant(participant_id)
     except NotFoundError:
         logger.info(
-            "rejected %s %s: participant %d not found", request.method, request.path, participant_id
+            "rejected %s %s: participant %d not found", request.method, _logged_path(), participant_id
         )
         abort(404, description=f"There is no participant {participant_id}.")
     if session.get("participant_id") is None:
         # Stopping clears the session, so Back after "Stop" lands here, as
         # does a browser that lost or never kept the cookie.
         logger.info("rejected %s %s: the session has no participant (stopped or cookie lost)",
-                    request.method, request.path)
+                    request.method, _logged_path())
         message = "Your session has ended, because you stopped or your browser no longer has its cookie."
         if request.method == "POST":
             message += " What you submitted was not saved."
@@ -383,7 +388,7 @@ def _limit_streamed_body() -> None:
         body += chunk
     if len(body) > MAX_REQUEST_BYTES:
         logger.info("rejected a %s to %s: the streamed body is larger than %d bytes",
-                    request.method, request.path, MAX_REQUEST_BYTES)
+                    request.method, _logged_path(), MAX_REQUEST_BYTES)
         abort(413)
     environ["wsgi.input"] = io.BytesIO(bytes(body))
 
@@ -430,7 +435,7 @@ def _render_database_error(error: sqlite3.OperationalError) -> tuple[str, int, d
     """
     busy = "locked" in str(error) or "busy" in str(error)
     logger.error("database error on %s %s, so it returns %d: %s",
-                 request.method, request.path, 503 if busy else 500, error)
+                 request.method, _logged_path(), 503 if busy else 500, error)
     submitted = request.method == "POST"
     if busy:
         description = (
