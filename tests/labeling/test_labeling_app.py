@@ -807,3 +807,20 @@ def test_answer_while_study_moved_says_not_saved(app, study_path, tmp_path):
     (tmp_path / "moved.db").rename(study_path)
     assert answer_rows(study_path) == []
     assert client.get(url).status_code == 200
+
+
+def test_rejected_form_escapes_echoed_labels(app, study_path):
+    # A rejected form is shown again with the labels as typed, inside value="...".
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    attack = '"><img src=x onerror=alert(1)>'
+    token = csrf_from(client.get(url).text)
+    for data in ({"csrf_token": token, "label": [attack], "kind": "bogus"},
+                 {"csrf_token": "stale", "label": [attack], "kind": "visual", "interpretability": "one"}):
+        response = client.post(url, data=data)
+        assert response.status_code == 400
+        assert attack not in response.text
+        assert 'value="&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"' in response.text
+        assert "bogus" not in response.text
+    assert answer_rows(study_path) == []
