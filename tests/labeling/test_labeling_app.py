@@ -824,3 +824,21 @@ def test_rejected_form_escapes_echoed_labels(app, study_path):
         assert 'value="&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"' in response.text
         assert "bogus" not in response.text
     assert answer_rows(study_path) == []
+
+
+def test_consent_page_offers_current_session(app, study_path):
+    # Back from the instructions leads to the consent form again. Agreeing
+    # there would start a new participant and leave the answers so far with
+    # the old one, so the page first offers to continue.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0]).status_code == 303
+    page = client.get("/consent")
+    assert page.status_code == 200
+    assert f'href="/participant/{participant_id}/next"' in page.text
+    assert f"1 of {len(order)}" in page.text
+    assert 'id="continue-current"' in page.text
+
+    fresh = app.test_client().get("/consent")
+    assert 'id="continue-current"' not in fresh.text
+    assert "/participant/" not in fresh.text

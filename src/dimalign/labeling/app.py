@@ -400,6 +400,28 @@ def _log_in(participant: Participant, code: str) -> None:
     session["code"] = code
 
 
+def _session_progress() -> dict[str, int] | None:
+    """Return the id and progress of the session's participant, or None without a valid one.
+
+    The consent page offers to continue this participant, because agreeing
+    again (such as after Back from the instructions) starts a new one, and
+    the answers so far stay with the old one.
+    """
+    study = _study()
+    participant_id = session.get("participant_id")
+    if not isinstance(participant_id, int) or not study.code_matches(participant_id, str(session.get("code", ""))):
+        return None
+    try:
+        participant = study.participant(participant_id)
+    except NotFoundError:
+        return None
+    return {
+        "participant_id": participant_id,
+        "answered": len(study.answered_dimensions(participant_id)),
+        "total": len(participant.order),
+    }
+
+
 def _add_security_headers(response: Response) -> Response:
     # No page needs scripts, frames or other origins.
     response.headers.setdefault(
@@ -479,13 +501,12 @@ def _add_participant_routes(app: Flask) -> None:
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
         if request.method == "GET":
-            _study()
-            return render_template("consent.html", error=None)
+            return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
-            return render_template("consent.html", error=message), 400
+            return render_template("consent.html", error=message, current=_session_progress()), 400
         participant, code = _study().add_participant()
         _log_in(participant, code)
         return redirect(url_for("instructions", participant_id=participant.participant_id), code=303)
