@@ -292,3 +292,54 @@ def test_long_labels_wrap_in_chromium(study_path, tmp_path):
                 assert scroll_width <= client_width, (url, width)
         finally:
             browser.close()
+
+
+#: JavaScript returning the x positions of the first and the last character of an element's text.
+_FIRST_AND_LAST_X = """element => {
+    const text = element.firstChild;
+    const range = document.createRange();
+    range.setStart(text, text.length - 1);
+    range.setEnd(text, text.length);
+    const last = range.getBoundingClientRect().x;
+    range.setStart(text, 0);
+    range.setEnd(text, 1);
+    return [range.getBoundingClientRect().x, last];
+}"""
+
+
+@pytest.mark.browser
+def test_right_to_left_labels_keep_punctuation_at_end(study_path):
+    from playwright.sync_api import sync_playwright
+
+    # In a left-to-right page, a Hebrew label's final "!" would be drawn to
+    # the right of the word, which is where a Hebrew reader starts reading.
+    label = "\u05e9\u05dc\u05d5\u05dd!"
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base_url + "/consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            page.click("#start")
+            dimension_url = page.url
+            page.fill("#label-1", label)
+            page.fill("#label-2", "red!")
+            assert page.eval_on_selector("#label-1", "field => getComputedStyle(field).direction") == "rtl"
+            assert page.eval_on_selector("#label-2", "field => getComputedStyle(field).direction") == "ltr"
+            page.check("#kind-visual")
+            page.check("#interpretability-one")
+            page.click("#submit")
+
+            page.goto(dimension_url)
+            assert page.input_value("#label-1") == label
+            assert page.eval_on_selector("#label-1", "field => getComputedStyle(field).direction") == "rtl"
+            page.goto(dimension_url.rsplit("/", 2)[0] + "/done")
+            tags = page.query_selector_all("td.labels .tag")
+            assert [tag.inner_text() for tag in tags] == [label, "red!"]
+            first_x, last_x = tags[0].evaluate(_FIRST_AND_LAST_X)
+            assert last_x < first_x
+            first_x, last_x = tags[1].evaluate(_FIRST_AND_LAST_X)
+            assert last_x > first_x
+        finally:
+            browser.close()
