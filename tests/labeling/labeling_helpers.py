@@ -14,9 +14,9 @@ CSRF_PATTERN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @contextlib.contextmanager
-def running_server(study: Path, admin_token: str = "admin-token") -> Iterator[str]:
-    """Serve a study on a free loopback port in a thread and yield its base URL."""
-    server = make_study_server(study, "127.0.0.1", 0, admin_token=admin_token)
+def running_server(study: Path, admin_token: str = "admin-token", port: int = 0) -> Iterator[str]:
+    """Serve a study on a loopback port (a free one by default) in a thread and yield its base URL."""
+    server = make_study_server(study, "127.0.0.1", port, admin_token=admin_token)
     thread = threading.Thread(target=server.serve_forever, name="study-server", daemon=True)
     thread.start()
     try:

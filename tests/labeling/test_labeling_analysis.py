@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from fractions import Fraction
 
 import numpy as np
@@ -201,6 +202,18 @@ def test_summarize_with_named_raters(rated_study, tmp_path):
     assert list(headline["raters"].values()) == [[2, 1]]
     with pytest.raises(ValueError, match="two or three distinct participant ids"):
         summarize([rated_study], tmp_path / "bad", raters=[1, 77])
+
+
+def test_named_raters_with_missing_ratings_warned(rated_study, tmp_path, caplog):
+    # Participant 4 answered 1 of the 10 dimensions, so its agreement with
+    # rater 1 rests on one dimension and 9 dimensions stay unresolved.
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.summary"):
+        headline = summarize([rated_study], tmp_path / "out", raters=[1, 4], wordcloud_size=(200, 100))
+    assert list(headline["raters"].values()) == [[1, 4]]
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1
+    assert "rater 4 rated 1 of the 10 dimensions" in warnings[0]
+    assert "rater 1" not in warnings[0]
 
 
 def test_summarize_relevance_count_checked(rated_study, tmp_path):

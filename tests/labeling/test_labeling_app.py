@@ -733,3 +733,112 @@ def test_expired_form_keeps_typed_answer(app, study_path):
     resubmitted = submit(client, participant_id, order[0], labels=("my careful label",), token=fresh_token)
     assert resubmitted.status_code == 303
     assert len(answer_rows(study_path)) == 1
+
+
+def test_pages_after_stop_say_session_ended(app, study_path):
+    # A participant who stopped and then presses Back, or whose browser lost
+    # the cookie, has a session without a participant. Telling them that the
+    # page "belongs to another participant" would be wrong.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    assert client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token}).status_code == 200
+
+    page = client.get(url)
+    assert page.status_code == 403
+    assert "another participant" not in page.text
+    assert "session has ended" in page.text
+    assert "participant code" in page.text
+
+    response = client.post(url, data={"csrf_token": token, "label": ["late"], "kind": "visual",
+                                      "interpretability": "one"})
+    assert response.status_code == 403
+    assert "another participant" not in response.text
+    assert "was not saved" in response.text
+    assert answer_rows(study_path) == []
+
+
+def test_form_without_cookie_asks_for_cookies(app, study_path):
+    # A browser that blocks cookies sends every form without the session
+    # that holds the CSRF token. "The form has expired, reload" would send
+    # the participant round in circles.
+    client = app.test_client(use_cookies=False)
+    token = csrf_from(client.get("/consent").text)
+    response = client.post("/consent", data={"csrf_token": token, "agree": "yes"})
+    assert response.status_code == 400
+    assert "cookie" in response.text
+    assert "has expired" not in response.text
+    with Study(study_path) as study:
+        assert study.participants() == []
+
+    response = client.post("/resume", data={"csrf_token": token, "code": "some-code"})
+    assert response.status_code == 400
+    assert "cookie" in response.text
+
+
+def test_stop_after_last_answer_promises_no_page(app, study_path):
+    # A participant who answered every page and went back to change one
+    # has no page left to answer when continuing.
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    for dimension in order:
+        assert submit(client, participant_id, dimension).status_code == 303
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    assert stopped.status_code == 200
+    assert f"You saved your answers to {len(order)} of {len(order)} pages" in stopped.text
+    assert "you answer that page when you continue" not in stopped.text
+    assert "change" in stopped.text
+    assert code in stopped.text
+
+
+def test_answer_while_study_moved_says_not_saved(app, study_path, tmp_path):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    token = csrf_from(client.get(url).text)
+    study_path.rename(tmp_path / "moved.db")
+    response = client.post(url, data={"csrf_token": token, "label": ["red"], "kind": "visual",
+                                      "interpretability": "one"})
+    assert response.status_code == 503
+    assert "What you submitted was not saved" in response.text
+    assert "not available" in response.text
+    (tmp_path / "moved.db").rename(study_path)
+    assert answer_rows(study_path) == []
+    assert client.get(url).status_code == 200
+
+
+def test_rejected_form_escapes_echoed_labels(app, study_path):
+    # A rejected form is shown again with the labels as typed, inside value="...".
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    attack = '"><img src=x onerror=alert(1)>'
+    token = csrf_from(client.get(url).text)
+    for data in ({"csrf_token": token, "label": [attack], "kind": "bogus"},
+                 {"csrf_token": "stale", "label": [attack], "kind": "visual", "interpretability": "one"}):
+        response = client.post(url, data=data)
+        assert response.status_code == 400
+        assert attack not in response.text
+        assert 'value="&#34;&gt;&lt;img src=x onerror=alert(1)&gt;"' in response.text
+        assert "bogus" not in response.text
+    assert answer_rows(study_path) == []
+
+
+def test_consent_page_offers_current_session(app, study_path):
+    # Back from the instructions leads to the consent form again. Agreeing
+    # there would start a new participant and leave the answers so far with
+    # the old one, so the page first offers to continue.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0]).status_code == 303
+    page = client.get("/consent")
+    assert page.status_code == 200
+    assert f'href="/participant/{participant_id}/next"' in page.text
+    assert f"1 of {len(order)}" in page.text
+    assert 'id="continue-current"' in page.text
+
+    fresh = app.test_client().get("/consent")
+    assert 'id="continue-current"' not in fresh.text
+    assert "/participant/" not in fresh.text

@@ -1,4 +1,4 @@
-"""The labelling app in headless Chromium: consent, label, stop, resume, finish; screenshots.
+"""The labelling app in headless Chromium: consent, label, stop, resume, finish, keyboard only, restarts.
 
 Set DIMALIGN_DOC_IMAGES=1 to also copy the screenshots to docs/img/ for the user docs.
 """
@@ -148,5 +148,198 @@ def test_summary_page_in_chromium(study_path, tmp_path):
             assert "semantic" in page.inner_text("#shares")
             page.screenshot(path=str(tmp_path / "summary.png"), full_page=True)
             keep_screenshot(tmp_path / "summary.png", "labeling_summary.png")
+        finally:
+            browser.close()
+
+
+def press_until_focused(page, key: str, selector: str, limit: int = 20) -> None:
+    """Press ``key`` until the element matching ``selector`` has the keyboard focus."""
+    for _ in range(limit):
+        if page.evaluate("selector => document.activeElement?.matches(selector) ?? false", selector):
+            return
+        page.keyboard.press(key)
+    raise AssertionError(f"{selector} never got the focus with {key}")
+
+
+def answer_by_keyboard(page, label: str) -> int:
+    """Answer the dimension page shown with the keyboard alone; return its dimension."""
+    dimension = int(page.url.rsplit("/", 1)[1])
+    # The first label field has autofocus.
+    assert page.evaluate("document.activeElement.id") == "label-1"
+    page.keyboard.type(label)
+    press_until_focused(page, "Tab", "#kind-visual")
+    page.keyboard.press("ArrowDown")  # moves to and checks "semantic"
+    press_until_focused(page, "Tab", "input[name=interpretability]")
+    page.keyboard.press("Space")
+    press_until_focused(page, "Tab", "#submit")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    return dimension
+
+
+@pytest.mark.browser
+def test_keyboard_back_reload_and_restart_in_chromium(study_path):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            with running_server(study_path) as base_url:
+                page.goto(base_url + "/")
+                press_until_focused(page, "Tab", "#start-study")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                press_until_focused(page, "Tab", "#agree")
+                page.keyboard.press("Space")
+                press_until_focused(page, "Tab", "#consent-submit")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                press_until_focused(page, "Tab", "#start")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+
+                first = answer_by_keyboard(page, "first label")
+                second_url = page.url
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+
+                # Enter on the link back opens the previous page with its saved answer.
+                press_until_focused(page, "Tab", "a[href$='/dimension/%d']" % first)
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                assert page.input_value("#label-1") == "first label"
+                assert page.is_checked("#kind-semantic")
+                page.go_back()
+                assert page.url == second_url
+                page.reload()
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+                page.fill("#label-1", "typed while the server is down")
+                page.check("#kind-visual")
+                page.check("#interpretability-one")
+                port = int(base_url.rsplit(":", 1)[1])
+
+            # With the server stopped the browser shows its own error page, and nothing is saved.
+            with pytest.raises(PlaywrightError, match="ERR_CONNECTION_REFUSED"), page.expect_navigation():
+                page.click("#submit")
+            page.wait_for_function("location.href.startsWith('chrome-error:')")
+            with sqlite3.connect(study_path) as connection:
+                assert connection.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 1
+
+            # A restarted server accepts the session, because the cookie key is stored in the study.
+            with running_server(study_path, port=port):
+                page.goto(second_url)
+                assert page.inner_text("#progress") == "dimension 2 of 5"
+                second = answer_by_keyboard(page, "second label")
+                press_until_focused(page, "Tab", "#stop")
+                with page.expect_navigation():
+                    page.keyboard.press("Enter")
+                assert page.inner_text("h1") == "You stopped"
+
+                page.go_back()
+                assert page.url.rsplit("/", 1)[0].endswith("/dimension")
+                assert "session has ended" in page.inner_text("main")
+                assert "another participant" not in page.inner_text("main")
+        finally:
+            browser.close()
+
+    with sqlite3.connect(study_path) as connection:
+        rows = connection.execute("SELECT dimension, labels_json, kind FROM answers ORDER BY answered_at").fetchall()
+    assert rows == [(first, '["first label"]', "semantic"), (second, '["second label"]', "semantic")]
+
+
+@pytest.mark.browser
+def test_long_labels_wrap_in_chromium(study_path, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    # The longest valid labels without a space: 100 letters, and 50 emoji
+    # (the field's maxlength counts UTF-16 code units, two per emoji).
+    long_labels = ["x" * 100, "\U0001f600" * 50]
+    with Study(study_path) as study:
+        for seed in range(3):
+            participant, _ = study.add_participant(order_seed=seed)
+            for dimension in study.dimensions:
+                study.save_answer(participant.participant_id, dimension,
+                                  Answer(labels=(f"{long_labels[0]}{seed}",), kind="visual", interpretability="one"))
+    out = tmp_path / "summary"
+    summarize([study_path], out, wordcloud_size=(300, 150))
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(base_url + "/consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            page.click("#start")
+            for field, label in enumerate(long_labels, start=1):
+                page.fill(f"#label-{field}", label)
+            page.check("#kind-visual")
+            page.check("#interpretability-one")
+            page.click("#submit")
+            page.goto(page.url.rsplit("/", 2)[0] + "/done")
+            assert page.inner_text("#summary").count(long_labels[0]) == 1
+
+            # Nothing is pushed beyond the window, so every "change" link stays in view.
+            # The summary page's agreement table needs more than 600 pixels anyway.
+            done_url = page.url
+            for url, width in ((done_url, 1100), (done_url, 600), ((out / "summary.html").as_uri(), 1100)):
+                page.set_viewport_size({"width": width, "height": 900})
+                page.goto(url)
+                scroll_width, client_width = page.evaluate(
+                    "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+                )
+                assert scroll_width <= client_width, (url, width)
+        finally:
+            browser.close()
+
+
+#: JavaScript returning the x positions of the first and the last character of an element's text.
+_FIRST_AND_LAST_X = """element => {
+    const text = element.firstChild;
+    const range = document.createRange();
+    range.setStart(text, text.length - 1);
+    range.setEnd(text, text.length);
+    const last = range.getBoundingClientRect().x;
+    range.setStart(text, 0);
+    range.setEnd(text, 1);
+    return [range.getBoundingClientRect().x, last];
+}"""
+
+
+@pytest.mark.browser
+def test_right_to_left_labels_keep_punctuation_at_end(study_path):
+    from playwright.sync_api import sync_playwright
+
+    # In a left-to-right page, a Hebrew label's final "!" would be drawn to
+    # the right of the word, which is where a Hebrew reader starts reading.
+    label = "\u05e9\u05dc\u05d5\u05dd!"
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base_url + "/consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            page.click("#start")
+            dimension_url = page.url
+            page.fill("#label-1", label)
+            page.fill("#label-2", "red!")
+            assert page.eval_on_selector("#label-1", "field => getComputedStyle(field).direction") == "rtl"
+            assert page.eval_on_selector("#label-2", "field => getComputedStyle(field).direction") == "ltr"
+            page.check("#kind-visual")
+            page.check("#interpretability-one")
+            page.click("#submit")
+
+            page.goto(dimension_url)
+            assert page.input_value("#label-1") == label
+            assert page.eval_on_selector("#label-1", "field => getComputedStyle(field).direction") == "rtl"
+            page.goto(dimension_url.rsplit("/", 2)[0] + "/done")
+            tags = page.query_selector_all("td.labels .tag")
+            assert [tag.inner_text() for tag in tags] == [label, "red!"]
+            first_x, last_x = tags[0].evaluate(_FIRST_AND_LAST_X)
+            assert last_x < first_x
+            first_x, last_x = tags[1].evaluate(_FIRST_AND_LAST_X)
+            assert last_x > first_x
         finally:
             browser.close()

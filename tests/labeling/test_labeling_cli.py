@@ -212,3 +212,16 @@ def test_summarize_manifest_without_semantic(study_path, tmp_path):
     assert settings["semantic"] is False
     assert settings["semantic_k"] is None
     assert settings["n_random"] is None
+
+
+@pytest.mark.parametrize("raters", ["1_0,2", "\uff11,\uff12", "+1,2", "1,2.0"])
+def test_raters_need_plain_digits(study_path, tmp_path, raters, capsys):
+    # Python's int() reads "1_0" as 10 and full-width digits as ASCII ones,
+    # so a typo for "1,0" could silently pick participant 10.
+    out = tmp_path / "out"
+    assert main(["labels", "summarize", str(study_path), "-o", str(out), "--raters", raters]) == 1
+    assert capsys.readouterr().err == (
+        f"dimalign labels: error: invalid --raters {raters!r}: give two or three participant ids such as "
+        "1,2 or 1,2,3\n"
+    )
+    assert not out.exists()

@@ -334,3 +334,26 @@ def test_ctrl_c_stops_server_with_status_130(tmp_path, labeling_run, image_set):
     assert process.returncode == 130
     assert f"stopped serving {run / 'labels.db'} (interrupted)" in log
     assert "stopped by Ctrl-C" in log
+
+
+def test_logged_paths_cannot_forge_log_lines(study_path, caplog):
+    # A percent-encoded line feed in the URL path would otherwise start a
+    # new, forged line in the log.
+    forged = "%0A13:00:00%20ERROR%20dimalign.labeling.app:%20forged"
+
+    def chunks():
+        for _ in range(2):
+            yield b"x" * 65536
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling.app"), running_server(study_path) as url:
+        http = requests.Session()
+        response = http.post(f"{url}/x{forged}", data=chunks(), timeout=REQUEST_TIMEOUT_S,
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert response.status_code == 413
+        response = http.post(f"{url}/consent{forged}", data={"agree": "yes"}, timeout=REQUEST_TIMEOUT_S)
+        assert response.status_code == 404
+    messages = [record.getMessage() for record in caplog.records if record.name == "dimalign.labeling.app"]
+    rejected = [message for message in messages if message.startswith("rejected a POST to /x")]
+    assert rejected == ["rejected a POST to /x%0A13%3A00%3A00%20ERROR%20dimalign.labeling.app%3A%20forged: "
+                        "the streamed body is larger than 65536 bytes"]
+    assert not any("\n" in message for message in messages)

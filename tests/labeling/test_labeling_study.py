@@ -729,3 +729,23 @@ def test_non_utf8_participant_column_named(study_path, column):
             with pytest.raises(ValueError) as raised:
                 read()
             assert f"participant 1 in {study_path}: its {column} is not valid UTF-8" in str(raised.value)
+
+
+def test_export_round_trips_tricky_labels(study_path, tmp_path):
+    # Labels that CSV must quote, and ones that readers tend to misread.
+    tricky = [("a, b", 'say "hi"', "x;y", "NA", "=SUM(A1)"), ("-5", "null", "\u05e9\u05dc\u05d5\u05dd!", "\U0001f600")]
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=2)
+        for dimension, labels in zip(participant.order, tricky):
+            study.save_answer(participant.participant_id, dimension,
+                              validate_answer(study.questions, labels, "mixed", "several"))
+        assert study.export_answers(tmp_path / "answers.csv") == 2
+    with sqlite3.connect(study_path) as connection:
+        stored = dict(connection.execute("SELECT dimension, labels_json FROM answers"))
+    with open(tmp_path / "answers.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(stored) == 2
+    for row in rows:
+        labels = [row[f"label_{number}"] for number in range(1, 6)]
+        expected = json.loads(stored[int(row["dimension"])])
+        assert labels == expected + [""] * (5 - len(expected))

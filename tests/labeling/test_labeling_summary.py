@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import logging
 import os
+import random
 import sqlite3
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 
 from dimalign.labeling import analysis, summary
-from dimalign.labeling.answers import Answer
+from dimalign.labeling.answers import Answer, validate_answer
 from dimalign.labeling.study import Study, create_study
 from dimalign.labeling.summary import summarize
 
@@ -416,3 +418,80 @@ def test_earlier_manifest_with_damaged_outputs_rejected(two_studies, tmp_path, o
     for name in ("d", "1", "None"):
         assert (out / name).read_text() == "keep"
     assert json.loads((out / "manifest.json").read_text())["outputs"] == outputs
+
+
+#: Labels that CSV must quote or that spreadsheet and pandas readers misread.
+TRICKY_LABELS = ("a, b", 'say "hi"', "x;y", "NA", "null", "=SUM(A1)", "-5", "lab (3)", "Red", "red",
+                 "\u05e9\u05dc\u05d5\u05dd", "\U0001f600", "'quoted'")
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    # The csv module keeps "NA" and "null" as text, where pandas would read NaN.
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_summary_counts_match_sqlite(tmp_path, labeling_run, image_set):
+    path = create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-4")
+    rng = random.Random(3)
+    with Study(path) as study:
+        for seed in range(6):
+            participant, _ = study.add_participant(order_seed=seed)
+            # Three raters answer every dimension; the others stop early or never start.
+            answered = study.dimensions if seed < 3 else study.dimensions[: rng.randint(0, 4)]
+            for dimension in answered:
+                answer = validate_answer(study.questions, rng.sample(TRICKY_LABELS, rng.randint(1, 5)),
+                                         rng.choice(analysis.KINDS), rng.choice(analysis.INTERPRETABILITY))
+                study.save_answer(participant.participant_id, dimension, answer)
+    out = tmp_path / "out"
+    summarize([path], out, wordcloud_size=SIZE)
+
+    connection = sqlite3.connect(path)
+    n_answers = dict(connection.execute("SELECT dimension, COUNT(*) FROM answers GROUP BY dimension"))
+    kinds = {(dimension, kind): count for dimension, kind, count in connection.execute(
+        "SELECT dimension, kind, COUNT(*) FROM answers GROUP BY dimension, kind")}
+    # SQLite's lower() folds ASCII only, which covers every cased letter above.
+    label_counts = {(dimension, label): count for dimension, label, count in connection.execute(
+        "SELECT a.dimension, lower(j.value), COUNT(DISTINCT a.participant_id) "
+        "FROM answers AS a, json_each(a.labels_json) AS j GROUP BY a.dimension, lower(j.value)")}
+    agreement = {field: connection.execute(
+        f"SELECT COUNT(*), 100.0 * SUM(a.{field} = b.{field}) / COUNT(*) FROM answers AS a "
+        "JOIN answers AS b ON a.dimension = b.dimension WHERE a.participant_id = 1 AND b.participant_id = 2"
+    ).fetchone() for field in ("kind", "interpretability")}
+    ratings = {(participant, dimension): kind for participant, dimension, kind in connection.execute(
+        "SELECT participant_id, dimension, kind FROM answers WHERE participant_id <= 3")}
+    connection.close()
+
+    dimensions = {int(row["dimension"]): row for row in read_csv_rows(out / "dimensions.csv")}
+    assert sorted(dimensions) == [0, 1, 2, 3, 4]
+    for dimension, row in dimensions.items():
+        assert int(row["n_answers"]) == n_answers[dimension]
+        for kind in analysis.KINDS:
+            assert int(row[f"n_{kind}"]) == kinds.get((dimension, kind), 0), (dimension, kind)
+
+    labels = {(int(row["dimension"]), row["label"]): int(row["count"]) for row in read_csv_rows(out / "labels.csv")}
+    assert labels == label_counts
+
+    rows = [row for row in read_csv_rows(out / "agreement.csv") if (row["rater_a"], row["rater_b"]) == ("1", "2")]
+    assert len(rows) == 2
+    for row in rows:
+        n, percent = agreement[row["question"]]
+        assert int(row["n"]) == n == 5
+        assert float(row["percent_agreement"]) == pytest.approx(percent)
+
+    # Raters 1 and 2 decide where they agree, and rater 3 breaks their ties.
+    resolved = []
+    for dimension in range(5):
+        a, b, c = (ratings[(rater, dimension)] for rater in (1, 2, 3))
+        if a == b:
+            resolved.append(a)
+        elif c in (a, b):
+            resolved.append(c)
+        else:
+            resolved.append("unresolved")
+        assert dimensions[dimension]["resolved_kind"] == resolved[-1]
+    shares = {row["kind"]: row for row in read_csv_rows(out / "shares.csv")}
+    for kind, row in shares.items():
+        assert int(row["n_dimensions"]) == resolved.count(kind)
+        assert float(row["share"]) == pytest.approx(resolved.count(kind) / 5)
+    assert sum(int(row["n_dimensions"]) for row in shares.values()) == 5

@@ -39,8 +39,8 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from flask import (
     Flask,
@@ -161,10 +161,10 @@ def _study() -> Study:
         except FileNotFoundError:
             # db.connect never creates the file, so nothing is written at the old path.
             state.report(f"{path} is missing (moved or deleted): restore it to the same path")
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         except (IsADirectoryError, ValueError) as error:
             state.report(f"{error}")
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         # Each study has its own random secret key, so another study copied
         # over the file has another key, and its participants are not these.
         if not _same_secret(study.settings.get("secret_key", ""), _config("SECRET_KEY")):
@@ -173,10 +173,20 @@ def _study() -> Study:
                 f"{path} is now another study than the one the server started with (its secret key "
                 "differs): restore the original file, or restart the server to serve the new study"
             )
-            abort(503, description="The study is not available right now. Try again later.")
+            _abort_unavailable()
         state.report(None)
         g.study = study
     return g.study
+
+
+def _abort_unavailable() -> NoReturn:
+    description = "The study is not available right now."
+    if request.method == "POST":
+        # Nothing was written, because the study could not be opened.
+        description += " What you submitted was not saved. Go back and submit it again later."
+    else:
+        description += " Try again later."
+    abort(503, description=description)
 
 
 def _open_study(path: Path, images_dir: Path) -> Study:
@@ -222,6 +232,11 @@ def _close_study(exception: BaseException | None) -> None:
         study.close()
 
 
+def _logged_path() -> str:
+    """Return the request path percent-encoded, so a decoded line feed in it cannot start a forged log line."""
+    return quote(request.path, safe="/")
+
+
 def _csrf_token() -> str:
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
@@ -229,8 +244,14 @@ def _csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    if not _csrf_matches():
-        abort(400, description="The form has expired. Go back, reload the page and submit again.")
+    if _csrf_matches():
+        return
+    if "csrf" not in session:
+        # The page with the form stored the token in the session cookie, so a
+        # request without one comes from a browser that blocks cookies or dropped it.
+        abort(400, description="Your browser sent no session cookie with this form, so it could not be "
+              "checked. Allow cookies for this site, then reload the page and submit again.")
+    abort(400, description="The form has expired. Go back, reload the page and submit again.")
 
 
 def _csrf_matches() -> bool:
@@ -239,7 +260,7 @@ def _csrf_matches() -> bool:
     expected = session.get("csrf", "")
     if expected and _same_secret(sent, str(expected)):
         return True
-    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, request.path)
+    logger.warning("rejected a %s to %s with a missing or wrong CSRF token", request.method, _logged_path())
     return False
 
 
@@ -274,9 +295,18 @@ def _current_participant(participant_id: int) -> Participant:
         participant = study.participant(participant_id)
     except NotFoundError:
         logger.info(
-            "rejected %s %s: participant %d not found", request.method, request.path, participant_id
+            "rejected %s %s: participant %d not found", request.method, _logged_path(), participant_id
         )
         abort(404, description=f"There is no participant {participant_id}.")
+    if session.get("participant_id") is None:
+        # Stopping clears the session, so Back after "Stop" lands here, as
+        # does a browser that lost or never kept the cookie.
+        logger.info("rejected %s %s: the session has no participant (stopped or cookie lost)",
+                    request.method, _logged_path())
+        message = "Your session has ended, because you stopped or your browser no longer has its cookie."
+        if request.method == "POST":
+            message += " What you submitted was not saved."
+        abort(403, description=f"{message} Open the start page and continue with your participant code.")
     if session.get("participant_id") != participant_id or not study.code_matches(
         participant_id, str(session.get("code", ""))
     ):
@@ -358,7 +388,7 @@ def _limit_streamed_body() -> None:
         body += chunk
     if len(body) > MAX_REQUEST_BYTES:
         logger.info("rejected a %s to %s: the streamed body is larger than %d bytes",
-                    request.method, request.path, MAX_REQUEST_BYTES)
+                    request.method, _logged_path(), MAX_REQUEST_BYTES)
         abort(413)
     environ["wsgi.input"] = io.BytesIO(bytes(body))
 
@@ -368,6 +398,28 @@ def _log_in(participant: Participant, code: str) -> None:
     session.permanent = True
     session["participant_id"] = participant.participant_id
     session["code"] = code
+
+
+def _session_progress() -> dict[str, int] | None:
+    """Return the id and progress of the session's participant, or None without a valid one.
+
+    The consent page offers to continue this participant, because agreeing
+    again (such as after Back from the instructions) starts a new one, and
+    the answers so far stay with the old one.
+    """
+    study = _study()
+    participant_id = session.get("participant_id")
+    if not isinstance(participant_id, int) or not study.code_matches(participant_id, str(session.get("code", ""))):
+        return None
+    try:
+        participant = study.participant(participant_id)
+    except NotFoundError:
+        return None
+    return {
+        "participant_id": participant_id,
+        "answered": len(study.answered_dimensions(participant_id)),
+        "total": len(participant.order),
+    }
 
 
 def _add_security_headers(response: Response) -> Response:
@@ -405,7 +457,7 @@ def _render_database_error(error: sqlite3.OperationalError) -> tuple[str, int, d
     """
     busy = "locked" in str(error) or "busy" in str(error)
     logger.error("database error on %s %s, so it returns %d: %s",
-                 request.method, request.path, 503 if busy else 500, error)
+                 request.method, _logged_path(), 503 if busy else 500, error)
     submitted = request.method == "POST"
     if busy:
         description = (
@@ -449,13 +501,12 @@ def _add_participant_routes(app: Flask) -> None:
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
         if request.method == "GET":
-            _study()
-            return render_template("consent.html", error=None)
+            return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
-            return render_template("consent.html", error=message), 400
+            return render_template("consent.html", error=message, current=_session_progress()), 400
         participant, code = _study().add_participant()
         _log_in(participant, code)
         return redirect(url_for("instructions", participant_id=participant.participant_id), code=303)

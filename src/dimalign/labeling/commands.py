@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -274,13 +275,14 @@ def _export(options: argparse.Namespace) -> int:
 def _parse_raters(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    try:
-        # An empty part such as in 1,,2 is an error too: it is likely a lost id.
-        return [int(part) for part in text.split(",")]
-    except ValueError:
+    parts = [part.strip() for part in text.split(",")]
+    # An empty part such as in 1,,2 is an error too, because it is likely a
+    # lost id. int() alone would also read "1_0" as 10 and full-width digits as ASCII ones.
+    if not all(re.fullmatch(r"[0-9]+", part) for part in parts):
         raise ValueError(
             f"invalid --raters {text!r}: give two or three participant ids such as 1,2 or 1,2,3"
-        ) from None
+        )
+    return [int(part) for part in parts]
 
 
 def _run_summarize(args: argparse.Namespace) -> int:

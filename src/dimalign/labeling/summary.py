@@ -78,6 +78,16 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
                 f"raters {raters} of {study.path} are invalid: give two or three distinct participant ids "
                 f"among {sorted(participants)}"
             )
+        counts = Counter(answer["participant_id"] for answer in study.answers())
+        n_dimensions = len(study.dimensions)
+        for rater in raters:
+            if counts.get(rater, 0) < n_dimensions:
+                # Agreement is computed over the dimensions both raters rated, and a
+                # skipped dimension is resolved only if the tie-breaker matches the other rating.
+                logger.warning(
+                    "%s: rater %d rated %d of the %d dimensions, so agreement rests on fewer dimensions "
+                    "and the others may stay unresolved", study.path, rater, counts.get(rater, 0), n_dimensions,
+                )
         return raters
     counts = Counter(answer["participant_id"] for answer in study.answers())
     if not counts:
