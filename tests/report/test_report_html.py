@@ -139,6 +139,48 @@ def test_dimension_count_row_names_r2():
     assert rows["DNN dimensions for 95% of the RSA's r²"] == ("", "12")
 
 
+@pytest.mark.parametrize(("rsa", "expected"), [
+    ({"cumulative_full_r": 0.03, "cumulative_full_r_ci_low": -0.17, "cumulative_full_r_ci_high": 0.23,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: the 95% interval [-0.170, 0.230] of the full DNN model's r contains 0"),
+    ({"cumulative_full_r": -0.2, "cumulative_full_r_ci_low": -0.3, "cumulative_full_r_ci_high": -0.1,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: the full DNN model's r = -0.200 is not above 0"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": None, "cumulative_full_r_ci_high": None,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: no bootstrap sample of the full DNN model's r gave a correlation"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": None, "cumulative_full_r_ci_high": None,
+      "ci_level": 0.95, "n_bootstrap": 0},
+     "not reached"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": 0.2, "cumulative_full_r_ci_high": 0.6,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "not reached"),
+])
+def test_dimension_count_row_says_why_missing(rsa, expected):
+    # compare writes a null count both when no prefix of DNN dimensions
+    # reaches 95% and when that share means nothing (CumulativeRSA.share_defined).
+    from dimalign.report.results import undefined_share_reason
+
+    numbers = {"n_dnn_dims_for_95_percent": None, "share_undefined": undefined_share_reason(rsa)}
+    rows = dict((row[0], row[1:]) for row in summary_rows(numbers))
+    assert rows["DNN dimensions for 95% of the RSA's r²"] == ("", expected)
+
+
+def test_tiny_report_dimension_count_row(report):
+    _, document, results = report
+    rsa = json.loads((results.study_dir / "compare" / "rsa.json").read_text())
+    # The tiny study's fits are far from converged, so the interval of its r contains 0.
+    assert rsa["n_dnn_dims_for_95_percent"] is None
+    assert rsa["cumulative_full_r_ci_low"] <= 0 <= rsa["cumulative_full_r_ci_high"]
+    cell = (
+        f"n/a: the 95% interval [{rsa['cumulative_full_r_ci_low']:.3f}, {rsa['cumulative_full_r_ci_high']:.3f}] "
+        "of the full DNN model's r contains 0"
+    )
+    name = "DNN dimensions for 95% of the RSA's r²"
+    assert f"<tr><th scope=\"row\">{html.escape(name)}</th><td></td><td>{html.escape(cell)}</td></tr>" in document
+    assert "not reached" not in document
+
+
 def test_ridge_row_follows_map_target():
     name = "Ridge map from features, median cross-validated R²"
     rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "human"}))

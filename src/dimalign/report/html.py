@@ -355,7 +355,13 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("Human-DNN RSA (Pearson r)", text, ""))
     if "n_dnn_dims_for_95_percent" in numbers:
         value = numbers["n_dnn_dims_for_95_percent"]
-        rows.append(("DNN dimensions for 95% of the RSA's r²", "", "not reached" if value is None else _format(value)))
+        if value is not None:
+            text = _format(value)
+        elif numbers.get("share_undefined"):
+            text = f"n/a: {numbers['share_undefined']}"
+        else:
+            text = "not reached"
+        rows.append(("DNN dimensions for 95% of the RSA's r²", "", text))
     if "ridge_cv_r2_median" in numbers:
         value = _format(numbers["ridge_cv_r2_median"])
         # The map predicts the dimensions of one side, set by map.target.
