@@ -290,6 +290,36 @@ def copy_study(tiny_study, tmp_path):
     return copy
 
 
+def visible_text(document: str) -> str:
+    """The document without its base64 figures, whose letters could match anything."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]*", "", document)
+
+
+def test_pipeline_report_shows_no_absolute_path(tiny_study):
+    # The report is meant to be sent or zipped, so it names no folder of the machine that wrote it.
+    text = visible_text((tiny_study / "report" / "report.html").read_text(encoding="utf-8"))
+    root = str(tiny_study.parent.resolve())
+    assert root not in text
+    assert "Study directory study, study file study.toml." in text
+
+
+def test_report_writes_paths_of_notes_relative(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    (study / "compare" / "disagreements.csv").unlink()
+    record = json.loads((study / "pipeline.json").read_text())
+    record["changes"] = [{"key": "study.seed", "before": 0, "after": 1, "kind": "changed"}]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study.resolve()), "-o", str(out)]) == 0
+    text = visible_text(out.read_text(encoding="utf-8"))
+    assert str(tmp_path.resolve()) not in text
+    assert str(tiny_study.parent.resolve()) not in text
+    # The note names the missing file inside the study directory, and the study file by its name.
+    assert "<strong>disagreements</strong>: study/compare/disagreements.csv not found" in text
+    assert "instead of the study file study.toml;" in text
+
+
 def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, capsys):
     study = copy_study(tiny_study, tmp_path)
     # As after a run that refitted human_fit and then failed before compare.

@@ -393,7 +393,7 @@ def render_document(
         change_block = (
             '<section class="note" id="changed-settings"><h2>Settings changed for this run</h2>'
             f"<p>These values were set with <code>--set</code> instead of the study file "
-            f"{html.escape(str(results.record.get('config', '')))}; shortened settings give quicker, less "
+            f"{html.escape(Path(str(results.record.get('config', ''))).name)}; shortened settings give quicker, less "
             f"converged results.</p><ul>{items}</ul></section>"
         )
 
@@ -408,15 +408,16 @@ def render_document(
     skipped_block = ""
     if skipped:
         items = "\n".join(
-            f"<li><strong>{html.escape(stem)}</strong>: {html.escape(reason)}</li>" for stem, reason in skipped.items()
+            f"<li><strong>{html.escape(stem)}</strong>: {html.escape(relative_paths(reason, results))}</li>"
+            for stem, reason in skipped.items()
         )
         skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
 
     browser = _browser_section(dimensions, fitted_sides=results.sides())
     config = results.record.get("config")
-    meta = f"Study directory {html.escape(str(results.study_dir.resolve()))}"
+    meta = f"Study directory {html.escape(results.study_dir.resolve().name)}"
     if config:
-        meta += f", study file {html.escape(str(config))}"
+        meta += f", study file {html.escape(Path(str(config)).name)}"
     meta += f". Written {html.escape(now_iso())}."
 
     body = "\n".join(
@@ -441,6 +442,36 @@ def render_document(
         f"<script type=\"application/json\" id=\"dimension-data\">{script_json(dimensions)}</script>\n"
         f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
+
+
+def relative_paths(text: str, results: StudyResults) -> str:
+    """Write the paths in ``text`` from the name of the study's folder that contains them.
+
+    The report is meant to be sent or zipped, so a message such as
+    ``/home/ada/things-study/compare/rsa.json not found`` shows as
+    ``things-study/compare/rsa.json not found``. The folders are the study
+    directory, the labels summary, the image folder and the folder of the
+    category matrix. A path outside them stays as written.
+
+    Examples:
+        >>> relative_paths("/data/study/compare/rsa.json not found", StudyResults("/data/study"))
+        'study/compare/rsa.json not found'
+    """
+    folders = [results.study_dir, results.labels_dir, results.images_dir]
+    if results.categories_path is not None:
+        folders.append(results.categories_path.parent)
+    prefixes: dict[str, str] = {}
+    for folder in folders:
+        if folder is None:
+            continue
+        resolved = folder.resolve()
+        for spelling in {str(resolved), str(folder.absolute())}:
+            if resolved.name:
+                prefixes[spelling + os.sep] = resolved.name + "/"
+    # Longest first, so a labels folder inside the study directory keeps its own name.
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(prefix, prefixes[prefix])
+    return text
 
 
 def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) -> str:
