@@ -229,6 +229,27 @@ def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsy
     assert not (tmp_path / "r.html").exists()
 
 
+def test_report_rejects_labels_of_larger_embedding(tiny_study, tmp_path, capsys):
+    # Labels of a dimension the fit does not have come from another fit, so
+    # those of the dimensions it has would be shown on the wrong dimensions.
+    from report_helpers import write_labels
+
+    from dimalign.io.runs import load_embedding
+
+    n_dims = load_embedding(tiny_study / "human_fit").n_dims
+    labels = write_labels(tmp_path / "labels", {"human_fit": n_dims + 2, "dnn_fit": 1})
+    out = tmp_path / "r.html"
+    assert main(["report", str(tiny_study), "-o", str(out), "--labels", str(labels)]) == 1
+    error = capsys.readouterr().err
+    line = n_dims + 2  # the header, then dimensions 0 .. n_dims - 1 of human_fit
+    assert (
+        f"{labels / 'dimensions.csv'}, line {line}: embedding 'human_fit' dimension {n_dims} does not exist: "
+        f"the human fit has {n_dims} dimensions (0 to {n_dims - 1})"
+    ) in error
+    assert "rerun 'dimalign labels summarize'" in error
+    assert not out.exists()
+
+
 def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys):
     from report_helpers import write_labels
 

@@ -134,6 +134,8 @@ def _write_report(
     import matplotlib.pyplot as plt
 
     report = ReportResult(path)
+    # Labels of another fit fail here, before any figure is drawn.
+    results.label_table()
 
     sections = []
     for stem, heading, caption, draw in FIGURES:

@@ -566,8 +566,37 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = read_labels_table(self.labels_dir, "dimensions.csv")
+            table = read_labels_table(self.labels_dir, "dimensions.csv")
+            self._check_label_dimensions(table)
+            self._cache[key] = table
         return self._cache[key]
+
+    def _check_label_dimensions(self, table: pd.DataFrame) -> None:
+        """Reject labels of a dimension that a fit does not have.
+
+        Such labels come from another fit, whose dimensions are numbered
+        differently, so the labels of the dimensions that do exist would be
+        shown on the wrong ones.
+
+        Raises:
+            ValueError: Naming the file, its line, the embedding, the dimension and the fit's count.
+        """
+        for side in self.sides():
+            n_dims = self.embedding(side).shape[1]
+            rows = np.flatnonzero(
+                (table["embedding"].astype(str) == self.labels_names[side]).to_numpy()
+                & ((table["dimension"] < 0) | (table["dimension"] >= n_dims)).to_numpy()
+            )
+            if rows.size:
+                row = int(rows[0])
+                range_text = f"0 to {n_dims - 1}" if n_dims else "none"
+                raise ValueError(
+                    f"{self.labels_dir / 'dimensions.csv'}, line {row + 2}: embedding "
+                    f"{self.labels_names[side]!r} dimension {int(table['dimension'].iloc[row])} does not exist: "
+                    f"the {SIDE_NAMES[side]} fit has {n_dims} dimensions ({range_text}), so these labels come "
+                    f"from another fit. Label this fit's dimensions and rerun 'dimalign labels summarize', or "
+                    "give the summary of this fit"
+                )
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the label summary of one dimension (top labels, kind, word cloud path), or None."""
