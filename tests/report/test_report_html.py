@@ -209,6 +209,20 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+def test_report_warns_of_missing_recorded_input(tiny_study, tmp_path, capsys):
+    # A study moved to another machine keeps the input paths of the first one.
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    gone = tmp_path / "moved" / "categories.tsv"
+    record["inputs"]["categories"] = str(gone)
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 0
+    error = capsys.readouterr().err
+    assert f"{study / 'pipeline.json'} records inputs.categories = {gone}, which no longer exists" in error
+    assert "pass --categories to use it" in error
+
+
 @pytest.mark.parametrize(("key", "option", "kind"), [("categories", "--categories", "folder"),
                                                       ("images", "--images", "file"), ("labels", "--labels", "file")])
 def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsys, key, option, kind):
