@@ -557,7 +557,9 @@ _SCRIPT = """
     if (!entry) { return; }
     select.value = id;
     text("dimension-title", entry.title);
-    document.getElementById("dimension-figure").src = entry.figure;
+    var figure = document.getElementById("dimension-figure");
+    figure.src = entry.figure;
+    figure.alt = "Top objects of " + entry.title;
     text("dimension-labels", entry.labels ? entry.labels + (entry.kind ? " (" + entry.kind + ")" : "") : "not labelled");
     text("dimension-match", entry.match);
     text("dimension-relevance", entry.relevance);
