@@ -95,6 +95,23 @@ def test_browser_data_covers_every_dimension(report):
     assert len(re.findall(r'<option value="', document)) == len(expected)
 
 
+def test_browser_relevance_names_triplet_count(report):
+    # compare.relevance_triplets may explain only the first held-out triplets,
+    # so the share says how many it counts.
+    import pandas as pd
+
+    _, document, results = report
+    n_triplets = json.loads((results.study_dir / "compare" / "relevance_summary.json").read_text())["n_triplets"]
+    data = {entry["id"]: entry for entry in browser_data(document)}
+    for side in ("human", "dnn"):
+        table = pd.read_csv(results.study_dir / "compare" / f"relevance_{side}.csv")
+        for row in table.itertuples():
+            assert data[f"{side}-{row.dim}"]["relevance"] == (
+                f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
+                f"{100 * row.share_most_relevant:.1f}% of {n_triplets:,} held-out human triplets"
+            )
+
+
 def test_summary_table_shows_saved_numbers(report):
     _, document, results = report
     evaluation = json.loads((results.study_dir / "evaluate" / "summary.json").read_text())

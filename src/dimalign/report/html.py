@@ -242,10 +242,13 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
     if not results.has("compare", f"relevance_{side}.csv"):
         return {}
     table = results.relevance(side)
+    # compare.relevance_triplets may explain only the first held-out triplets.
+    n_triplets = results.relevance_triplet_count()
+    triplets = "the held-out triplets" if n_triplets is None else f"{n_triplets:,} held-out human triplets"
     return {
         int(row.dim): (
             f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
-            f"{100 * row.share_most_relevant:.1f}% of the held-out triplets"
+            f"{100 * row.share_most_relevant:.1f}% of {triplets}"
         )
         for row in table.itertuples()
     }

@@ -476,6 +476,14 @@ class StudyResults:
             numbers=("mean_drop", "share_most_relevant"), integers=("dim",),
         )
 
+    def relevance_triplet_count(self) -> int | None:
+        """Return the number of held-out human triplets the jackknife explained, or None without ``relevance_summary.json``."""
+        if not self.has("compare", "relevance_summary.json"):
+            return None
+        path = self.path("compare", "relevance_summary.json")
+        value = _json_number(_read_json(path).get("n_triplets"), path, "n_triplets")
+        return None if value is None else int(value)
+
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
         self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
