@@ -372,6 +372,25 @@ def test_report_writes_paths_of_notes_relative(tiny_study, tmp_path, capsys):
     assert "instead of the study file study.toml;" in text
 
 
+def test_similarity_caption_names_object_subset(tiny_study, tmp_path):
+    # As after compare.matrix_objects = 10: the matrices cover a random subset of the objects.
+    import numpy as np
+
+    study = copy_study(tiny_study, tmp_path)
+    rows = np.array([3, 0, 7, 12, 5, 9, 20, 1, 15, 22])
+    for side in ("human", "dnn"):
+        path = study / "compare" / f"{side}_similarity.npy"
+        np.save(path, np.load(path)[np.ix_(rows, rows)])
+    np.save(study / "compare" / "similarity_objects.npy", rows)
+
+    out = tmp_path / "r.html"
+    write_report(StudyResults(study), out)
+    document = out.read_text(encoding="utf-8")
+    caption = document.split('id="figure-similarity_matrices"', 1)[1].split("</figcaption>", 1)[0]
+    assert "every pair of objects" not in caption
+    assert "every pair of a subset of 10 of the 24 objects (compare.matrix_objects)" in caption
+
+
 def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, capsys):
     study = copy_study(tiny_study, tmp_path)
     # As after a run that refitted human_fit and then failed before compare.

@@ -150,6 +150,8 @@ def _write_report(
             continue
         plt.close(figure)
         report.figures.append(stem)
+        if stem == "similarity_matrices":
+            caption = _similarity_caption(results, caption)
         sections.append(_figure_section(stem, heading, caption, figures_dir / f"{stem}.png"))
 
     dimensions = dimension_entries(results, figures_dir, top_k=top_k, dpi=dpi)
@@ -165,6 +167,19 @@ def _write_report(
         path, len(report.figures), len(report.skipped), len(dimensions),
     )
     return report
+
+
+def _similarity_caption(results: StudyResults, caption: str) -> str:
+    """Name the subset of objects in the similarity caption when the matrices do not cover them all."""
+    side = next(side for side in SIDES if results.has("compare", f"{side}_similarity.npy"))
+    n_rows = results.similarity(side)[1].size
+    n_objects = len(results.objects)
+    if n_rows >= n_objects:
+        return caption
+    return caption.replace(
+        "every pair of objects",
+        f"every pair of a subset of {n_rows:,} of the {n_objects:,} objects (compare.matrix_objects)",
+    )
 
 
 def _dimension_stem(entry_id: str) -> str:
