@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
 
@@ -51,6 +52,49 @@ def test_report_requests_nothing(report):
     assert "<link" not in document
     assert "@import" not in document
     assert "url(" not in document
+
+
+class _StructureParser(HTMLParser):
+    """Record unclosed and misnested elements, element ids and the attributes of every element."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.misnested: list[tuple[str, list[str]]] = []
+        self.elements: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+        else:
+            self.misnested.append((tag, list(self.open)))
+
+
+def test_report_structure_is_valid(report):
+    _, document, _ = report
+    parser = _StructureParser()
+    parser.feed(document)
+    parser.close()
+    assert parser.misnested == []
+    assert parser.open == []
+    ids = [attributes["id"] for _, attributes in parser.elements if "id" in attributes]
+    assert len(ids) == len(set(ids))
+    # Every label points at an element that exists.
+    targets = [attributes["for"] for tag, attributes in parser.elements if tag == "label"]
+    assert targets and all(target in ids for target in targets)
+    images = [attributes for tag, attributes in parser.elements if tag == "img"]
+    assert images and all(image.get("alt") for image in images)
+    # The browser's image gets its source from the script.
+    assert [image.get("id") for image in images if "src" not in image] == ["dimension-figure"]
+    assert all(image["src"].startswith("data:image/png;base64,") for image in images if "src" in image)
+    assert not [attributes for _, attributes in parser.elements if "href" in attributes]
 
 
 def test_report_escapes_title(report):
