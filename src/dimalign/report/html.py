@@ -66,7 +66,7 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
     ("matching", "Matched dimensions and cumulative RSA",
      "Left: correlation of each human dimension with its matched DNN dimension, sorted. Right: "
      "variance in the human similarity explained by the first k matched DNN dimensions, with the mark "
-     "at 95% of the full DNN model's.",
+     "at 95% of the full DNN model's, or the reason in the legend why that share means nothing.",
      figures.plot_matching),
     ("training_curves", "Training",
      "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch.",
