@@ -43,6 +43,17 @@ def test_report_draws_every_figure(report):
     assert document.count('<img src="data:image/png;base64,') == len(written.figures)
 
 
+def test_kind_caption_names_every_kind(report):
+    # labels summarize rates each dimension visual, semantic, mixed or unclear,
+    # and the figure draws a bar for each kind it finds.
+    from dimalign.labeling.analysis import KINDS
+
+    _, document, _ = report
+    caption = document.split('id="figure-kind_shares"', 1)[1].split("</figcaption>", 1)[0]
+    for kind in KINDS:
+        assert kind in caption
+
+
 def test_report_requests_nothing(report):
     _, document, _ = report
     assert "Content-Security-Policy" in document

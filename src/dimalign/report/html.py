@@ -72,7 +72,7 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
      "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch.",
      figures.plot_training_curves),
     ("kind_shares", "Visual and semantic dimensions",
-     "Share of dimensions rated visual, semantic or mixed by the labelling study, and share of the "
+     "Share of dimensions rated visual, semantic, mixed or unclear by the labelling study, and share of the "
      "triplet choices whose most relevant dimension is of each kind.",
      figures.plot_kind_shares),
     ("disagreements", "Largest disagreements",
