@@ -54,6 +54,21 @@ def test_kind_caption_names_every_kind(report):
         assert kind in caption
 
 
+def test_training_caption_explains_other_accuracy(report):
+    # A VICE fit scores its held-out triplets with the posterior predictive
+    # (choice probabilities averaged over samples), while evaluate scores the
+    # pruned posterior mean, so the curve's last point and the table differ.
+    import pandas as pd
+
+    _, document, results = report
+    history = pd.read_csv(results.study_dir / "human_fit" / "history.csv")
+    evaluation = json.loads((results.study_dir / "evaluate" / "summary.json").read_text())
+    assert history["val_accuracy"].iloc[-1] != pytest.approx(evaluation["human"]["accuracy"])
+    caption = document.split('id="figure-training_curves"', 1)[1].split("</figcaption>", 1)[0]
+    assert "averaged over posterior samples" in caption
+    assert "summary table" in caption
+
+
 def test_report_requests_nothing(report):
     _, document, _ = report
     assert "Content-Security-Policy" in document

@@ -69,7 +69,10 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
      "at 95% of the full DNN model's, or the reason in the legend why that share means nothing.",
      figures.plot_matching),
     ("training_curves", "Training",
-     "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch.",
+     "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch. A VICE "
+     "fit scores its held-out triplets with the choice probabilities averaged over posterior samples, so "
+     "its last held-out point can differ from the summary table's accuracy, which scores the posterior "
+     "means in embedding.npz.",
      figures.plot_training_curves),
     ("kind_shares", "Visual and semantic dimensions",
      "Share of dimensions rated visual, semantic, mixed or unclear by the labelling study, and share of the "
