@@ -17,8 +17,12 @@ def check_dimension_browser(page) -> None:
     assert first_title.startswith("human dimension 0")
     assert first_figure.startswith("data:image/png;base64,")
 
+    # The alternative text describes the dimension shown, not a fixed phrase.
+    assert figure.get_attribute("alt") == f"Top objects of {first_title}"
+
     page.select_option("#dimension-select", "dnn-1")
     assert title.text_content().startswith("DNN dimension 1")
+    assert figure.get_attribute("alt") == f"Top objects of {title.text_content()}"
     assert figure.get_attribute("src") != first_figure
     assert page.locator("#dimension-objects li").count() > 0
 

@@ -169,13 +169,44 @@ def test_matching_and_cumulative_rsa(tiny_results, tmp_path):
     (curve,) = data_lines(right)
     np.testing.assert_allclose(curve.get_ydata(), cumulative["r2"])
     full_r2 = tiny_results.rsa()["r"] ** 2
-    assert right.get_lines()[1].get_ydata()[0] == pytest.approx(0.95 * full_r2)
     # The cumulative curve ends at the full model.
     assert cumulative["r2"].iloc[-1] == pytest.approx(full_r2)
-    n_for_95 = tiny_results.rsa()["n_dnn_dims_for_95_percent"]
-    assert len(right.get_lines()) == 2 + (n_for_95 is not None)
+    # The tiny study's 3-epoch fits leave 0 inside the interval of the full r,
+    # so a share of its r² means nothing: no 95% mark, and the legend gives the reason.
+    rsa = tiny_results.rsa()
+    assert rsa["cumulative_full_r_ci_low"] <= 0
+    assert len(right.get_lines()) == 1
+    legend = [" ".join(text.get_text().split()) for text in right.get_legend().get_texts()]
+    assert legend[1] == (
+        f"no 95% mark: the 95% interval [{rsa['cumulative_full_r_ci_low']:.3f}, "
+        f"{rsa['cumulative_full_r_ci_high']:.3f}] of the full DNN model's r contains 0"
+    )
     assert right.get_title() == "Cumulative RSA with the human similarity"
     assert written(tmp_path, "matching")
+
+
+@pytest.mark.parametrize("n_for_95", [None, 2])
+def test_cumulative_rsa_marks_95_percent(tiny_study, tmp_path, n_for_95):
+    import json
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(tiny_study, study, ignore=shutil.ignore_patterns("report"))
+    path = study / "compare" / "rsa.json"
+    rsa = json.loads(path.read_text())
+    # As for a full r whose interval lies above 0.
+    rsa.update({"r": 0.4, "cumulative_full_r": 0.4, "ci_low": 0.2, "cumulative_full_r_ci_low": 0.2,
+                "n_dnn_dims_for_95_percent": n_for_95})
+    path.write_text(json.dumps(rsa))
+
+    figure = figures.plot_matching(StudyResults(study), tmp_path)
+    right = figure.get_axes()[1]
+    assert right.get_lines()[1].get_ydata()[0] == pytest.approx(0.95 * 0.4**2)
+    assert len(right.get_lines()) == 2 + (n_for_95 is not None)
+    legend = [text.get_text() for text in right.get_legend().get_texts()]
+    assert legend[1] == f"95% of the full model's r² = {0.4**2:.3f}"
+    if n_for_95 is not None:
+        assert right.get_lines()[2].get_xdata()[0] == n_for_95
 
 
 def test_training_curves_per_epoch(tiny_results, tmp_path):

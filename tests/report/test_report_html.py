@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from html.parser import HTMLParser
 
 import pytest
 
@@ -42,6 +43,32 @@ def test_report_draws_every_figure(report):
     assert document.count('<img src="data:image/png;base64,') == len(written.figures)
 
 
+def test_kind_caption_names_every_kind(report):
+    # labels summarize rates each dimension visual, semantic, mixed or unclear,
+    # and the figure draws a bar for each kind it finds.
+    from dimalign.labeling.analysis import KINDS
+
+    _, document, _ = report
+    caption = document.split('id="figure-kind_shares"', 1)[1].split("</figcaption>", 1)[0]
+    for kind in KINDS:
+        assert kind in caption
+
+
+def test_training_caption_explains_other_accuracy(report):
+    # A VICE fit scores its held-out triplets with the posterior predictive
+    # (choice probabilities averaged over samples), while evaluate scores the
+    # pruned posterior mean, so the curve's last point and the table differ.
+    import pandas as pd
+
+    _, document, results = report
+    history = pd.read_csv(results.study_dir / "human_fit" / "history.csv")
+    evaluation = json.loads((results.study_dir / "evaluate" / "summary.json").read_text())
+    assert history["val_accuracy"].iloc[-1] != pytest.approx(evaluation["human"]["accuracy"])
+    caption = document.split('id="figure-training_curves"', 1)[1].split("</figcaption>", 1)[0]
+    assert "averaged over posterior samples" in caption
+    assert "summary table" in caption
+
+
 def test_report_requests_nothing(report):
     _, document, _ = report
     assert "Content-Security-Policy" in document
@@ -51,6 +78,49 @@ def test_report_requests_nothing(report):
     assert "<link" not in document
     assert "@import" not in document
     assert "url(" not in document
+
+
+class _StructureParser(HTMLParser):
+    """Record unclosed and misnested elements, element ids and the attributes of every element."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.misnested: list[tuple[str, list[str]]] = []
+        self.elements: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+        else:
+            self.misnested.append((tag, list(self.open)))
+
+
+def test_report_structure_is_valid(report):
+    _, document, _ = report
+    parser = _StructureParser()
+    parser.feed(document)
+    parser.close()
+    assert parser.misnested == []
+    assert parser.open == []
+    ids = [attributes["id"] for _, attributes in parser.elements if "id" in attributes]
+    assert len(ids) == len(set(ids))
+    # Every label points at an element that exists.
+    targets = [attributes["for"] for tag, attributes in parser.elements if tag == "label"]
+    assert targets and all(target in ids for target in targets)
+    images = [attributes for tag, attributes in parser.elements if tag == "img"]
+    assert images and all(image.get("alt") for image in images)
+    # The browser's image gets its source from the script.
+    assert [image.get("id") for image in images if "src" not in image] == ["dimension-figure"]
+    assert all(image["src"].startswith("data:image/png;base64,") for image in images if "src" in image)
+    assert not [attributes for _, attributes in parser.elements if "href" in attributes]
 
 
 def test_report_escapes_title(report):
@@ -93,6 +163,23 @@ def test_browser_data_covers_every_dimension(report):
     block = document.split('id="dimension-data">', 1)[1].split("</script>", 1)[0]
     assert "</" not in block
     assert len(re.findall(r'<option value="', document)) == len(expected)
+
+
+def test_browser_relevance_names_triplet_count(report):
+    # compare.relevance_triplets may explain only the first held-out triplets,
+    # so the share says how many it counts.
+    import pandas as pd
+
+    _, document, results = report
+    n_triplets = json.loads((results.study_dir / "compare" / "relevance_summary.json").read_text())["n_triplets"]
+    data = {entry["id"]: entry for entry in browser_data(document)}
+    for side in ("human", "dnn"):
+        table = pd.read_csv(results.study_dir / "compare" / f"relevance_{side}.csv")
+        for row in table.itertuples():
+            assert data[f"{side}-{row.dim}"]["relevance"] == (
+                f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
+                f"{100 * row.share_most_relevant:.1f}% of {n_triplets:,} held-out human triplets"
+            )
 
 
 def test_summary_table_shows_saved_numbers(report):
@@ -139,6 +226,48 @@ def test_dimension_count_row_names_r2():
     assert rows["DNN dimensions for 95% of the RSA's r²"] == ("", "12")
 
 
+@pytest.mark.parametrize(("rsa", "expected"), [
+    ({"cumulative_full_r": 0.03, "cumulative_full_r_ci_low": -0.17, "cumulative_full_r_ci_high": 0.23,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: the 95% interval [-0.170, 0.230] of the full DNN model's r contains 0"),
+    ({"cumulative_full_r": -0.2, "cumulative_full_r_ci_low": -0.3, "cumulative_full_r_ci_high": -0.1,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: the full DNN model's r = -0.200 is not above 0"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": None, "cumulative_full_r_ci_high": None,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "n/a: no bootstrap sample of the full DNN model's r gave a correlation"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": None, "cumulative_full_r_ci_high": None,
+      "ci_level": 0.95, "n_bootstrap": 0},
+     "not reached"),
+    ({"cumulative_full_r": 0.4, "cumulative_full_r_ci_low": 0.2, "cumulative_full_r_ci_high": 0.6,
+      "ci_level": 0.95, "n_bootstrap": 20},
+     "not reached"),
+])
+def test_dimension_count_row_says_why_missing(rsa, expected):
+    # compare writes a null count both when no prefix of DNN dimensions
+    # reaches 95% and when that share means nothing (CumulativeRSA.share_defined).
+    from dimalign.report.results import undefined_share_reason
+
+    numbers = {"n_dnn_dims_for_95_percent": None, "share_undefined": undefined_share_reason(rsa)}
+    rows = dict((row[0], row[1:]) for row in summary_rows(numbers))
+    assert rows["DNN dimensions for 95% of the RSA's r²"] == ("", expected)
+
+
+def test_tiny_report_dimension_count_row(report):
+    _, document, results = report
+    rsa = json.loads((results.study_dir / "compare" / "rsa.json").read_text())
+    # The tiny study's fits are far from converged, so the interval of its r contains 0.
+    assert rsa["n_dnn_dims_for_95_percent"] is None
+    assert rsa["cumulative_full_r_ci_low"] <= 0 <= rsa["cumulative_full_r_ci_high"]
+    cell = (
+        f"n/a: the 95% interval [{rsa['cumulative_full_r_ci_low']:.3f}, {rsa['cumulative_full_r_ci_high']:.3f}] "
+        "of the full DNN model's r contains 0"
+    )
+    name = "DNN dimensions for 95% of the RSA's r²"
+    assert f"<tr><th scope=\"row\">{html.escape(name)}</th><td></td><td>{html.escape(cell)}</td></tr>" in document
+    assert "not reached" not in document
+
+
 def test_ridge_row_follows_map_target():
     name = "Ridge map from features, median cross-validated R²"
     rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "human"}))
@@ -167,6 +296,20 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+def test_report_warns_of_missing_recorded_input(tiny_study, tmp_path, capsys):
+    # A study moved to another machine keeps the input paths of the first one.
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    gone = tmp_path / "moved" / "categories.tsv"
+    record["inputs"]["categories"] = str(gone)
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    assert main(["report", str(study), "-o", str(tmp_path / "r.html")]) == 0
+    error = capsys.readouterr().err
+    assert f"{study / 'pipeline.json'} records inputs.categories = {gone}, which no longer exists" in error
+    assert "pass --categories to use it" in error
+
+
 @pytest.mark.parametrize(("key", "option", "kind"), [("categories", "--categories", "folder"),
                                                       ("images", "--images", "file"), ("labels", "--labels", "file")])
 def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsys, key, option, kind):
@@ -185,6 +328,27 @@ def test_report_rejects_recorded_input_of_wrong_kind(tiny_study, tmp_path, capsy
     assert f"{study / 'pipeline.json'} records inputs.{key} = {wrong}, which is now a {kind}" in error
     assert f"pass {option}" in error
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_rejects_labels_of_larger_embedding(tiny_study, tmp_path, capsys):
+    # Labels of a dimension the fit does not have come from another fit, so
+    # those of the dimensions it has would be shown on the wrong dimensions.
+    from report_helpers import write_labels
+
+    from dimalign.io.runs import load_embedding
+
+    n_dims = load_embedding(tiny_study / "human_fit").n_dims
+    labels = write_labels(tmp_path / "labels", {"human_fit": n_dims + 2, "dnn_fit": 1})
+    out = tmp_path / "r.html"
+    assert main(["report", str(tiny_study), "-o", str(out), "--labels", str(labels)]) == 1
+    error = capsys.readouterr().err
+    line = n_dims + 2  # the header, then dimensions 0 .. n_dims - 1 of human_fit
+    assert (
+        f"{labels / 'dimensions.csv'}, line {line}: embedding 'human_fit' dimension {n_dims} does not exist: "
+        f"the human fit has {n_dims} dimensions (0 to {n_dims - 1})"
+    ) in error
+    assert "rerun 'dimalign labels summarize'" in error
+    assert not out.exists()
 
 
 def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys):
@@ -246,6 +410,55 @@ def copy_study(tiny_study, tmp_path):
     copy = tmp_path / "study"
     shutil.copytree(tiny_study, copy, ignore=shutil.ignore_patterns("report"))
     return copy
+
+
+def visible_text(document: str) -> str:
+    """The document without its base64 figures, whose letters could match anything."""
+    return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]*", "", document)
+
+
+def test_pipeline_report_shows_no_absolute_path(tiny_study):
+    # The report is meant to be sent or zipped, so it names no folder of the machine that wrote it.
+    text = visible_text((tiny_study / "report" / "report.html").read_text(encoding="utf-8"))
+    root = str(tiny_study.parent.resolve())
+    assert root not in text
+    assert "Study directory study, study file study.toml." in text
+
+
+def test_report_writes_paths_of_notes_relative(tiny_study, tmp_path, capsys):
+    study = copy_study(tiny_study, tmp_path)
+    (study / "compare" / "disagreements.csv").unlink()
+    record = json.loads((study / "pipeline.json").read_text())
+    record["changes"] = [{"key": "study.seed", "before": 0, "after": 1, "kind": "changed"}]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study.resolve()), "-o", str(out)]) == 0
+    text = visible_text(out.read_text(encoding="utf-8"))
+    assert str(tmp_path.resolve()) not in text
+    assert str(tiny_study.parent.resolve()) not in text
+    # The note names the missing file inside the study directory, and the study file by its name.
+    assert "<strong>disagreements</strong>: study/compare/disagreements.csv not found" in text
+    assert "instead of the study file study.toml;" in text
+
+
+def test_similarity_caption_names_object_subset(tiny_study, tmp_path):
+    # As after compare.matrix_objects = 10: the matrices cover a random subset of the objects.
+    import numpy as np
+
+    study = copy_study(tiny_study, tmp_path)
+    rows = np.array([3, 0, 7, 12, 5, 9, 20, 1, 15, 22])
+    for side in ("human", "dnn"):
+        path = study / "compare" / f"{side}_similarity.npy"
+        np.save(path, np.load(path)[np.ix_(rows, rows)])
+    np.save(study / "compare" / "similarity_objects.npy", rows)
+
+    out = tmp_path / "r.html"
+    write_report(StudyResults(study), out)
+    document = out.read_text(encoding="utf-8")
+    caption = document.split('id="figure-similarity_matrices"', 1)[1].split("</figcaption>", 1)[0]
+    assert "every pair of objects" not in caption
+    assert "every pair of a subset of 10 of the 24 objects (compare.matrix_objects)" in caption
 
 
 def test_report_rejects_stage_folders_of_different_runs(tiny_study, tmp_path, capsys):

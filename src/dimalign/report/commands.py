@@ -136,7 +136,14 @@ def report_command(args: argparse.Namespace) -> int:
         if value is not None:
             return value
         path = recorded.get(key)
-        if not path or not Path(path).exists():
+        if not path:
+            return None
+        if not Path(path).exists():
+            # Documented: the report goes on without it, such as after the study was moved.
+            logger.warning(
+                "%s records inputs.%s = %s, which no longer exists, so the report goes without it; "
+                "pass --%s to use it", args.study_dir / STUDY_RECORD_NAME, key, path, key,
+            )
             return None
         path = Path(path)
         expected_kind = "file" if key == "categories" else "folder"

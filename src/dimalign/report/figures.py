@@ -27,9 +27,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from dimalign.io.files import atomic_path  # noqa: E402
-from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults, category_blocks  # noqa: E402
+from dimalign.report.results import (  # noqa: E402
+    SIDE_NAMES,
+    SIDES,
+    StudyResults,
+    category_blocks,
+    undefined_share_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +195,9 @@ def plot_matching(
     computed). Right: the variance in the human similarity explained
     (``r_k²``) by the first ``k`` matched DNN dimensions, with a line at 95%
     of the full DNN model's ``r²`` and the number of dimensions that reach it.
+    Where that share means nothing (see
+    :func:`~dimalign.report.results.undefined_share_reason`), the legend
+    gives the reason in place of the line.
 
     Reads ``compare/matching.csv``, ``compare/cumulative_rsa.csv`` and ``compare/rsa.json``.
     """
@@ -212,9 +222,12 @@ def plot_matching(
     steps = cumulative["n_dims"].to_numpy()
     right.plot(steps, cumulative["r2"].to_numpy(), marker="o", markersize=3, linewidth=1.2,
                color=SIDE_COLORS["dnn"], label="first k matched DNN dimensions")
-    # rsa.json writes a non-finite r as null, and then there is no line to draw.
-    if rsa.get("r") is not None:
-        full_r2 = float(rsa["r"]) ** 2
+    # A share of the full model's r² means nothing when that r may be 0 or is
+    # negative, because a dimension of the opposite sign would then seem to
+    # reach it. The mark is drawn only where compare's rule defines the share.
+    reason = undefined_share_reason(rsa)
+    if reason is None:
+        full_r2 = float(rsa.get("cumulative_full_r", rsa["r"])) ** 2
         right.axhline(0.95 * full_r2, color="#b22222", linestyle="--", linewidth=1.0,
                       label=f"95% of the full model's r² = {full_r2:.3f}")
     n_for_95 = rsa.get("n_dnn_dims_for_95_percent")
@@ -223,7 +236,12 @@ def plot_matching(
     right.set_xlabel("DNN dimensions added")
     right.set_ylabel("r² with the human similarity")
     right.set_title("Cumulative RSA with the human similarity")
-    right.legend(frameon=False, fontsize=8, loc="best")
+    handles, labels = right.get_legend_handles_labels()
+    if reason is not None:
+        # A legend entry without a line, kept off the axes.
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(textwrap.fill(f"no 95% mark: {reason}", 45))
+    right.legend(handles, labels, frameon=False, fontsize=8, loc="best")
     figure.tight_layout()
     save_figure(figure, out_dir, stem, dpi)
     return figure

@@ -66,13 +66,16 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
     ("matching", "Matched dimensions and cumulative RSA",
      "Left: correlation of each human dimension with its matched DNN dimension, sorted. Right: "
      "variance in the human similarity explained by the first k matched DNN dimensions, with the mark "
-     "at 95% of the full DNN model's.",
+     "at 95% of the full DNN model's, or the reason in the legend why that share means nothing.",
      figures.plot_matching),
     ("training_curves", "Training",
-     "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch.",
+     "Loss, odd-one-out accuracy (training dashed, held out solid) and kept dimensions per epoch. A VICE "
+     "fit scores its held-out triplets with the choice probabilities averaged over posterior samples, so "
+     "its last held-out point can differ from the summary table's accuracy, which scores the posterior "
+     "means in embedding.npz.",
      figures.plot_training_curves),
     ("kind_shares", "Visual and semantic dimensions",
-     "Share of dimensions rated visual, semantic or mixed by the labelling study, and share of the "
+     "Share of dimensions rated visual, semantic, mixed or unclear by the labelling study, and share of the "
      "triplet choices whose most relevant dimension is of each kind.",
      figures.plot_kind_shares),
     ("disagreements", "Largest disagreements",
@@ -134,6 +137,8 @@ def _write_report(
     import matplotlib.pyplot as plt
 
     report = ReportResult(path)
+    # Labels of another fit fail here, before any figure is drawn.
+    results.label_table()
 
     sections = []
     for stem, heading, caption, draw in FIGURES:
@@ -148,6 +153,8 @@ def _write_report(
             continue
         plt.close(figure)
         report.figures.append(stem)
+        if stem == "similarity_matrices":
+            caption = _similarity_caption(results, caption)
         sections.append(_figure_section(stem, heading, caption, figures_dir / f"{stem}.png"))
 
     dimensions = dimension_entries(results, figures_dir, top_k=top_k, dpi=dpi)
@@ -163,6 +170,19 @@ def _write_report(
         path, len(report.figures), len(report.skipped), len(dimensions),
     )
     return report
+
+
+def _similarity_caption(results: StudyResults, caption: str) -> str:
+    """Name the subset of objects in the similarity caption when the matrices do not cover them all."""
+    side = next(side for side in SIDES if results.has("compare", f"{side}_similarity.npy"))
+    n_rows = results.similarity(side)[1].size
+    n_objects = len(results.objects)
+    if n_rows >= n_objects:
+        return caption
+    return caption.replace(
+        "every pair of objects",
+        f"every pair of a subset of {n_rows:,} of the {n_objects:,} objects (compare.matrix_objects)",
+    )
 
 
 def _dimension_stem(entry_id: str) -> str:
@@ -240,10 +260,13 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
     if not results.has("compare", f"relevance_{side}.csv"):
         return {}
     table = results.relevance(side)
+    # compare.relevance_triplets may explain only the first held-out triplets.
+    n_triplets = results.relevance_triplet_count()
+    triplets = "the held-out triplets" if n_triplets is None else f"{n_triplets:,} held-out human triplets"
     return {
         int(row.dim): (
             f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
-            f"{100 * row.share_most_relevant:.1f}% of the held-out triplets"
+            f"{100 * row.share_most_relevant:.1f}% of {triplets}"
         )
         for row in table.itertuples()
     }
@@ -355,7 +378,13 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("Human-DNN RSA (Pearson r)", text, ""))
     if "n_dnn_dims_for_95_percent" in numbers:
         value = numbers["n_dnn_dims_for_95_percent"]
-        rows.append(("DNN dimensions for 95% of the RSA's r²", "", "not reached" if value is None else _format(value)))
+        if value is not None:
+            text = _format(value)
+        elif numbers.get("share_undefined"):
+            text = f"n/a: {numbers['share_undefined']}"
+        else:
+            text = "not reached"
+        rows.append(("DNN dimensions for 95% of the RSA's r²", "", text))
     if "ridge_cv_r2_median" in numbers:
         value = _format(numbers["ridge_cv_r2_median"])
         # The map predicts the dimensions of one side, set by map.target.
@@ -387,7 +416,7 @@ def render_document(
         change_block = (
             '<section class="note" id="changed-settings"><h2>Settings changed for this run</h2>'
             f"<p>These values were set with <code>--set</code> instead of the study file "
-            f"{html.escape(str(results.record.get('config', '')))}; shortened settings give quicker, less "
+            f"{html.escape(Path(str(results.record.get('config', ''))).name)}; shortened settings give quicker, less "
             f"converged results.</p><ul>{items}</ul></section>"
         )
 
@@ -402,15 +431,16 @@ def render_document(
     skipped_block = ""
     if skipped:
         items = "\n".join(
-            f"<li><strong>{html.escape(stem)}</strong>: {html.escape(reason)}</li>" for stem, reason in skipped.items()
+            f"<li><strong>{html.escape(stem)}</strong>: {html.escape(relative_paths(reason, results))}</li>"
+            for stem, reason in skipped.items()
         )
         skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
 
     browser = _browser_section(dimensions, fitted_sides=results.sides())
     config = results.record.get("config")
-    meta = f"Study directory {html.escape(str(results.study_dir.resolve()))}"
+    meta = f"Study directory {html.escape(results.study_dir.resolve().name)}"
     if config:
-        meta += f", study file {html.escape(str(config))}"
+        meta += f", study file {html.escape(Path(str(config)).name)}"
     meta += f". Written {html.escape(now_iso())}."
 
     body = "\n".join(
@@ -435,6 +465,36 @@ def render_document(
         f"<script type=\"application/json\" id=\"dimension-data\">{script_json(dimensions)}</script>\n"
         f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
+
+
+def relative_paths(text: str, results: StudyResults) -> str:
+    """Write the paths in ``text`` from the name of the study's folder that contains them.
+
+    The report is meant to be sent or zipped, so a message such as
+    ``/home/ada/things-study/compare/rsa.json not found`` shows as
+    ``things-study/compare/rsa.json not found``. The folders are the study
+    directory, the labels summary, the image folder and the folder of the
+    category matrix. A path outside them stays as written.
+
+    Examples:
+        >>> relative_paths("/data/study/compare/rsa.json not found", StudyResults("/data/study"))
+        'study/compare/rsa.json not found'
+    """
+    folders = [results.study_dir, results.labels_dir, results.images_dir]
+    if results.categories_path is not None:
+        folders.append(results.categories_path.parent)
+    prefixes: dict[str, str] = {}
+    for folder in folders:
+        if folder is None:
+            continue
+        resolved = folder.resolve()
+        for spelling in {str(resolved), str(folder.absolute())}:
+            if resolved.name:
+                prefixes[spelling + os.sep] = resolved.name + "/"
+    # Longest first, so a labels folder inside the study directory keeps its own name.
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(prefix, prefixes[prefix])
+    return text
 
 
 def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) -> str:
@@ -518,7 +578,9 @@ _SCRIPT = """
     if (!entry) { return; }
     select.value = id;
     text("dimension-title", entry.title);
-    document.getElementById("dimension-figure").src = entry.figure;
+    var figure = document.getElementById("dimension-figure");
+    figure.src = entry.figure;
+    figure.alt = "Top objects of " + entry.title;
     text("dimension-labels", entry.labels ? entry.labels + (entry.kind ? " (" + entry.kind + ")" : "") : "not labelled");
     text("dimension-match", entry.match);
     text("dimension-relevance", entry.relevance);

@@ -462,7 +462,8 @@ class StudyResults:
         """Return ``compare/rsa.json``, after checking the numbers that the figures and the summary read."""
         path = self.path("compare", "rsa.json")
         rsa = _read_json(path)
-        for key in ("r", "ci_low", "ci_high", "ci_level", "n_dnn_dims_for_95_percent"):
+        for key in ("r", "ci_low", "ci_high", "ci_level", "n_dnn_dims_for_95_percent", "n_bootstrap",
+                    "cumulative_full_r", "cumulative_full_r_ci_low", "cumulative_full_r_ci_high"):
             _json_number(rsa.get(key), path, key)
         if rsa.get("similarity_objects") != "all":
             _json_number(rsa.get("similarity_objects"), path, "similarity_objects")
@@ -474,6 +475,14 @@ class StudyResults:
             self.path("compare", f"relevance_{side}.csv"), ("dim", "mean_drop", "share_most_relevant"),
             numbers=("mean_drop", "share_most_relevant"), integers=("dim",),
         )
+
+    def relevance_triplet_count(self) -> int | None:
+        """Return the number of held-out human triplets the jackknife explained, or None without ``relevance_summary.json``."""
+        if not self.has("compare", "relevance_summary.json"):
+            return None
+        path = self.path("compare", "relevance_summary.json")
+        value = _json_number(_read_json(path).get("n_triplets"), path, "n_triplets")
+        return None if value is None else int(value)
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
@@ -565,8 +574,37 @@ class StudyResults:
             return None
         key = ("labels",)
         if key not in self._cache:
-            self._cache[key] = read_labels_table(self.labels_dir, "dimensions.csv")
+            table = read_labels_table(self.labels_dir, "dimensions.csv")
+            self._check_label_dimensions(table)
+            self._cache[key] = table
         return self._cache[key]
+
+    def _check_label_dimensions(self, table: pd.DataFrame) -> None:
+        """Reject labels of a dimension that a fit does not have.
+
+        Such labels come from another fit, whose dimensions are numbered
+        differently, so the labels of the dimensions that do exist would be
+        shown on the wrong ones.
+
+        Raises:
+            ValueError: Naming the file, its line, the embedding, the dimension and the fit's count.
+        """
+        for side in self.sides():
+            n_dims = self.embedding(side).shape[1]
+            rows = np.flatnonzero(
+                (table["embedding"].astype(str) == self.labels_names[side]).to_numpy()
+                & ((table["dimension"] < 0) | (table["dimension"] >= n_dims)).to_numpy()
+            )
+            if rows.size:
+                row = int(rows[0])
+                range_text = f"0 to {n_dims - 1}" if n_dims else "none"
+                raise ValueError(
+                    f"{self.labels_dir / 'dimensions.csv'}, line {row + 2}: embedding "
+                    f"{self.labels_names[side]!r} dimension {int(table['dimension'].iloc[row])} does not exist: "
+                    f"the {SIDE_NAMES[side]} fit has {n_dims} dimensions ({range_text}), so these labels come "
+                    f"from another fit. Label this fit's dimensions and rerun 'dimalign labels summarize', or "
+                    "give the summary of this fit"
+                )
 
     def labels_of(self, side: str, dim: int) -> dict[str, Any] | None:
         """Return the label summary of one dimension (top labels, kind, word cloud path), or None."""
@@ -661,6 +699,7 @@ class StudyResults:
             rsa = self.rsa()
             numbers["rsa"] = {key: rsa.get(key) for key in ("r", "ci_low", "ci_high", "ci_level", "method")}
             numbers["n_dnn_dims_for_95_percent"] = rsa.get("n_dnn_dims_for_95_percent")
+            numbers["share_undefined"] = undefined_share_reason(rsa)
             numbers["similarity_objects"] = rsa.get("similarity_objects")
         if self.has("map", "ridge_map.csv"):
             numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
@@ -722,6 +761,48 @@ class StudyResults:
         return not self.record or self.record.get("finished") is not None
 
 
+def undefined_share_reason(rsa: dict[str, Any]) -> str | None:
+    """Say why the share of the full DNN model's r² is undefined, or return None when it is defined.
+
+    ``compare`` writes ``n_dnn_dims_for_95_percent = null`` when no prefix of
+    DNN dimensions reaches 95% of the full model's r². It also writes null when
+    that share means nothing, because the full model's r is not above 0 or its
+    bootstrap interval contains 0 or could not be computed (the rule of
+    :attr:`dimalign.analysis.matching.CumulativeRSA.share_defined`).
+
+    Args:
+        rsa (dict[str, Any]): The content of ``compare/rsa.json``. Files
+            without the ``cumulative_full_r`` keys fall back to ``r``,
+            ``ci_low`` and ``ci_high``.
+
+    Returns:
+        str | None: The reason, such as ``the full DNN model's r = -0.200 is not above 0``.
+
+    Examples:
+        >>> undefined_share_reason({"r": 0.5, "ci_low": 0.2, "ci_high": 0.7, "n_bootstrap": 100}) is None
+        True
+        >>> undefined_share_reason({"r": 0.1, "ci_low": -0.1, "ci_high": 0.3, "ci_level": 0.9, "n_bootstrap": 100})
+        "the 90% interval [-0.100, 0.300] of the full DNN model's r contains 0"
+    """
+    r = rsa.get("cumulative_full_r", rsa.get("r"))
+    low = rsa.get("cumulative_full_r_ci_low", rsa.get("ci_low"))
+    high = rsa.get("cumulative_full_r_ci_high", rsa.get("ci_high"))
+    if r is None:
+        return "the full DNN model's r is undefined"
+    if r <= 0:
+        return f"the full DNN model's r = {r:.3f} is not above 0"
+    # Without bootstrap samples compare has no interval, and the share is defined.
+    if not rsa.get("n_bootstrap"):
+        return None
+    if low is None:
+        return "no bootstrap sample of the full DNN model's r gave a correlation"
+    if low <= 0:
+        level = f"{100 * rsa['ci_level']:.0f}% " if rsa.get("ci_level") else ""
+        high_text = "n/a" if high is None else f"{high:.3f}"
+        return f"the {level}interval [{low:.3f}, {high_text}] of the full DNN model's r contains 0"
+    return None
+
+
 #: Files (stage, name) that give the report at least one figure or dimension.
 #: The dimension browser draws the fitted embeddings, and the matching figure
 #: needs only the comparison.
@@ -757,4 +838,5 @@ __all__ = [
     "category_blocks",
     "read_category_matrix",
     "read_labels_table",
+    "undefined_share_reason",
 ]
