@@ -367,6 +367,17 @@ def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys)
     assert "label 0 (2)" in out.read_text(encoding="utf-8")
 
 
+def test_report_labels_of_embeddings_named_like_missing_values(tiny_study, tmp_path):
+    # pandas reads NA and None as missing values unless told otherwise.
+    from report_helpers import write_labels
+
+    labels = write_labels(tmp_path / "labels", {"NA": 6, "None": 6})
+    out = tmp_path / "r.html"
+    options = ["--labels", str(labels), "--labels-human", "NA", "--labels-dnn", "None"]
+    assert main(["report", str(tiny_study), "-o", str(out), *options]) == 0
+    assert "label 0 (2)" in out.read_text(encoding="utf-8")
+
+
 def test_pipeline_report_stage_writes_report(tiny_study):
     document = (tiny_study / "report" / "report.html").read_text(encoding="utf-8")
     assert "<h1>Tiny study</h1>" in document

@@ -150,6 +150,7 @@ def category_blocks(assignment: np.ndarray, names: list[str]) -> CategoryBlocks:
 
 def _read_csv(
     path: Path, columns: tuple[str, ...] = (), *, numbers: tuple[str, ...] = (), integers: tuple[str, ...] = (),
+    text: tuple[str, ...] = (),
 ) -> pd.DataFrame:
     """Read a result table, naming the file when it is empty, malformed or lacks one of ``columns``.
 
@@ -160,6 +161,9 @@ def _read_csv(
             be numbers or empty; they are returned as floats.
         integers (tuple[str, ...]): Columns (among ``columns``) whose cells must
             all be whole numbers; they are returned as int64.
+        text (tuple[str, ...]): Columns (among ``columns``) returned as the
+            strings in the file, so that a name such as ``NA`` or ``None``
+            stays a name instead of becoming a missing value.
 
     Raises:
         ValueError: Naming the file, and for a bad cell its line, column and value.
@@ -174,6 +178,10 @@ def _read_csv(
             f"{path} has no column {', '.join(missing)} (its columns: {', '.join(map(str, table.columns))}); "
             "rerun the stage that writes it"
         )
+    if text:
+        strings = pd.read_csv(path, usecols=list(text), dtype=str, keep_default_na=False)
+        for column in text:
+            table[column] = strings[column]
     for column, integer in [(name, False) for name in numbers] + [(name, True) for name in integers]:
         # One text cell turns a whole column into strings, which the figures would draw as categories.
         values = pd.to_numeric(table[column], errors="coerce")
@@ -190,7 +198,8 @@ def _read_csv(
 
 
 #: Tables of a ``dimalign labels summarize`` folder that the report reads:
-#: name -> (required columns, number columns, integer columns).
+#: name -> (required columns, number columns, integer columns). Their
+#: ``embedding`` column is read as text.
 LABELS_TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "dimensions.csv": (("embedding", "dimension"), (), ("dimension",)),
     "shares.csv": (("embedding", "kind", "share"), ("share",), ()),
@@ -205,7 +214,7 @@ def read_labels_table(labels_dir: Path, name: str) -> pd.DataFrame:
         ValueError: If the table is malformed, lacks a column, or has a bad cell.
     """
     columns, numbers, integers = LABELS_TABLES[name]
-    return _read_csv(labels_dir / name, columns, numbers=numbers, integers=integers)
+    return _read_csv(labels_dir / name, columns, numbers=numbers, integers=integers, text=("embedding",))
 
 
 def check_labels_summary(labels_dir: Path, names: dict[str, str] | None = None) -> None:
