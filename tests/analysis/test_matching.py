@@ -248,3 +248,13 @@ def test_cumulative_share_undefined_when_interval_holds_zero():
     share_label, dims_label = cumulative_rsa_labels(curve)
     assert "its interval [-0.080, 0.230] contains 0" in share_label
     assert dims_label is None
+
+
+def test_match_dimensions_warning_names_caller():
+    """A warning raised two calls deep still points at the user's line."""
+    rng = np.random.default_rng(3)
+    dnn = rng.random((20, 4))
+    dnn[:, 1] = 0.5
+    with pytest.warns(UserWarning, match="1 dimension.* of the DNN embedding have zero variance") as caught:
+        match_dimensions(rng.random((20, 3)), dnn, "with_replacement")
+    assert [warning.filename for warning in caught] == [__file__]

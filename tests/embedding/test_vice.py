@@ -477,3 +477,17 @@ def test_resume_of_converged_run_warns(tmp_path):
     with pytest.warns(UserWarning, match="has converged: its kept dimensions did not change for 2 epochs"):
         resumed = VICE(max_epochs=20, resume=True, **settings).fit(triplets, n_objects=15)
     assert resumed.n_epochs_ == first.n_epochs_
+
+
+def test_checkpoint_of_other_device_warning_names_caller(tmp_path):
+    """The warning about a new random stream points at the user's fit, not into the library."""
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=4, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    state["generator_device"] = "cuda"
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+
+    resumed = VICE(n_dims=4, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.warns(UserWarning, match="checkpoint RNG state is from cuda, this run is on cpu") as caught:
+        resumed.fit(triplets, n_objects=15)
+    assert [warning.filename for warning in caught] == [__file__]

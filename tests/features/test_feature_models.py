@@ -312,3 +312,14 @@ def test_lite0_file_of_another_class_count(tmp_path):
     assert not loaded.model.training
     for name, tensor in source.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_random_torchvision_warning_names_caller(tmp_path):
+    """extract_features loads the model itself, so the warning must skip both library frames."""
+    from dimalign.features import extract_features
+
+    for index in range(2):
+        Image.new("RGB", (40, 30), (60 * index, 90, 120)).save(tmp_path / f"image{index}.png")
+    with pytest.warns(UserWarning, match="mobilenet_v3_small is randomly initialised") as caught:
+        extract_features(tmp_path, tmp_path / "features", "mobilenet_v3_small")
+    assert [warning.filename for warning in caught] == [__file__]

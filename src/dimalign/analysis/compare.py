@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.io.files import (
     MANIFEST_NAME,
@@ -604,31 +604,28 @@ def bootstrap_rsa(
             samples[start : start + batch.shape[0]] = [_resampled_rsa_or_nan(a, b, row, method) for row in batch]
     valid = samples[~np.isnan(samples)]
     if valid.size < n_bootstrap:
-        warnings.warn(
+        warn(
             f"{n_bootstrap - valid.size} of {n_bootstrap} bootstrap samples had a constant "
             f"similarity and no correlation; the interval uses the other {valid.size}. With many "
             "invalid samples the objects are too few for a bootstrap interval",
             UserWarning,
-            stacklevel=2,
         )
     tail = 100 * (1 - ci_level) / 2
     low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
     # A perfect correlation (|r| = 1) in every sample is a real result, not a degenerate interval.
     if n_bootstrap == 1 and valid.size == 1 and abs(low) < 1.0:
         # One sample has zero width by construction, whatever the number of objects.
-        warnings.warn(
+        warn(
             f"only 1 bootstrap sample (r = {low:.3f}), so the interval has zero width and says "
             "nothing about the uncertainty of r: draw more samples (--bootstrap 1000)",
             UserWarning,
-            stacklevel=2,
         )
     elif valid.size and low == high and abs(low) < 1.0:
-        warnings.warn(
+        warn(
             f"the bootstrap interval [{low:.3f}, {high:.3f}] has zero width: the {valid.size} "
             "valid samples give the same correlation, so the interval says nothing about its "
             "uncertainty; compare more objects",
             UserWarning,
-            stacklevel=2,
         )
     return BootstrapRSA(
         r=value, ci_low=float(low), ci_high=float(high), ci_level=ci_level, samples=samples,
@@ -1078,23 +1075,21 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
     if cumulative.share_defined:
         return cumulative
     if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
-        warnings.warn(
+        warn(
             f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
             f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
             "from 0 and no share of its r² is meaningful: n_dnn_dims_for_95_percent is null and "
             "share_of_full_r2 is empty. Compare more objects (--cumulative-objects, "
             "--similarity-objects)",
             UserWarning,
-            stacklevel=3,
         )
     elif cumulative.r_full > 0 and interval is not None:
-        warnings.warn(
+        warn(
             f"the {100 * rsa_result.ci_level:.0f}% interval "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
             f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
             "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
             UserWarning,
-            stacklevel=3,
         )
     return dataclasses.replace(cumulative, n_dims_for_share=None)
 
@@ -1164,11 +1159,10 @@ def _choose_tables(
             chosen.append((side.own, str(side.own_file)))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
-            warnings.warn(
+            warn(
                 f"{side.name} is read with the explicit object table (objects=, CLI --objects), not "
                 f"with {side.own_file} in the same folder, which differs: {_table_difference(side.own, objects)}",
                 UserWarning,
-                stacklevel=3,
             )
         chosen.append((objects, "objects argument") if objects is not None else (None, None))
 
@@ -1373,13 +1367,12 @@ def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
     if largest <= _ASYMMETRY_TOLERANCE * scale:
         return
     row, column = sorted(int(index) for index in np.unravel_index(np.argmax(difference), difference.shape))
-    warnings.warn(
+    warn(
         f"{source} is not symmetric: the largest difference is {largest:.6g} at (row, column) "
         f"({row}, {column}), {matrix[row, column]:.6g} against {matrix[column, row]:.6g} at "
         f"({column}, {row}). Only the entries above the diagonal are used: check that it is a "
         "similarity matrix, or pass (M + M.T) / 2",
         UserWarning,
-        stacklevel=3,
     )
 
 
@@ -1420,12 +1413,11 @@ def _reference_scores(
     dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
     if human_r < _DISSIMILARITY_WARNING_R and dnn_r < _DISSIMILARITY_WARNING_R:
         # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
-        warnings.warn(
+        warn(
             f"the reference matrix correlates negatively with both models' similarities (human "
             f"r = {human_r:.3f}, DNN r = {dnn_r:.3f}); it may be a dissimilarity matrix (RDM): "
             "pass 1 - RDM as --reference-rsm",
             UserWarning,
-            stacklevel=3,
         )
     return {
         "n_objects": len(table),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
+
+from dimalign._warnings import warn
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,10 @@ def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
     constant = np.ptp(x, axis=0) == 0
     if constant.any():
         columns = np.flatnonzero(constant)
-        warnings.warn(
+        warn(
             f"{columns.size} dimension(s) of the {name} embedding have zero variance over "
             f"these objects (columns {columns[:20].tolist()}); their correlations are set to 0",
             UserWarning,
-            stacklevel=3,
         )
     centred = x - x.mean(axis=0)
     norms = np.sqrt((centred**2).sum(axis=0))
@@ -215,11 +215,10 @@ def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
         n_human, n_dnn = correlations.shape
-        warnings.warn(
+        warn(
             f"{n_human} human but only {n_dnn} DNN dimensions: only matching with replacement is "
             "possible, so a DNN dimension may serve several human dimensions",
             UserWarning,
-            stacklevel=2,
         )
     return {
         method: match_dimensions(human, dnn, method, correlations=correlations) for method in methods
@@ -383,11 +382,10 @@ def cumulative_rsa(
             logger.info("cumulative RSA: %d of %d steps done", step + 1, order.size)
             last_report = time.monotonic()
     if constant_steps:
-        warnings.warn(
+        warn(
             f"the DNN similarity of the first {constant_steps[:20]} added dimensions is constant over "
             "the objects, so the cumulative RSA at those steps is undefined (NaN)",
             RuntimeWarning,
-            stacklevel=2,
         )
     n_dims = dims_for_share(values, r_full, share)
     if n_dims is None:

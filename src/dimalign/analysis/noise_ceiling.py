@@ -19,11 +19,12 @@ predicted by ``{1, 1}``, a miss. The ceiling is ``(0.5 + 0.5 + 0) / 3 = 1/3``.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from dimalign._warnings import warn
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +101,10 @@ def triplet_noise_ceiling(
     set_ids = set_ids.reshape(-1)
     repeated = set_sizes[set_ids] >= min_responses
     if not repeated.any():
-        warnings.warn(
+        warn(
             f"no object set was judged {min_responses} or more times, so the noise "
             "ceiling cannot be estimated",
             RuntimeWarning,
-            stacklevel=2,
         )
         return None
 
@@ -124,13 +124,12 @@ def triplet_noise_ceiling(
         n_responses=int(choices.size),
     )
     if result.n_responses < MIN_RELIABLE_RESPONSES or result.n_sets < MIN_RELIABLE_SETS:
-        warnings.warn(
+        warn(
             f"the noise ceiling {result.value:.4f} rests on {result.n_responses} responses in "
             f"{result.n_sets} repeated object sets, fewer than the minimum of "
             f"{MIN_RELIABLE_RESPONSES} responses and {MIN_RELIABLE_SETS} sets, so it is too noisy "
             "to compare with model accuracies",
             UserWarning,
-            stacklevel=2,
         )
     logger.info(
         "noise ceiling %.4f from %d responses in %d repeated object sets",

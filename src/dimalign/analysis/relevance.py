@@ -35,7 +35,6 @@ matched pair. It also finds the triplets where the models disagree most.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +43,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -240,13 +240,12 @@ def jackknife_relevance(
     n_tied = n_triplets - assigned.size
     prefix = f"{name}: " if name else ""
     if n_tied:
-        warnings.warn(
+        warn(
             f"{prefix}{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
             "several dimensions lower the log-probability of the choice by the same largest amount "
             f"(such as dimensions equal for the three objects); they are marked {NO_DIMENSION} and "
             "count for no dimension",
             UserWarning,
-            stacklevel=2,
         )
     logger.info(
         "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",

@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
@@ -278,17 +278,17 @@ class TripletEmbedding(BaseEstimator):
             last_n_kept = int(state["last_n_kept"])
             logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
             if start_epoch >= self.max_epochs:
-                warnings.warn(
+                warn(
                     f"the checkpoint in {directory} has {start_epoch} epochs, not fewer than "
                     f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
-                    "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
+                    "checkpoint's; raise max_epochs to train on", UserWarning,
                 )
             elif stable_epochs >= self.stability_epochs:
-                warnings.warn(
+                warn(
                     f"the checkpoint in {directory} has converged: its kept dimensions did not "
                     f"change for {stable_epochs} epochs, at least stability_epochs="
                     f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
-                    "raise stability_epochs to train on", UserWarning, stacklevel=2,
+                    "raise stability_epochs to train on", UserWarning,
                 )
 
         writer = self._tensorboard_writer(directory, start_epoch)
@@ -340,11 +340,11 @@ class TripletEmbedding(BaseEstimator):
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
         if self.n_dims_ == 0:
-            warnings.warn(
+            warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
                 f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
                 f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
-                UserWarning, stacklevel=2,
+                UserWarning,
             )
         return self
 
@@ -555,10 +555,10 @@ class TripletEmbedding(BaseEstimator):
             return
         # CPU and CUDA generators have different state formats, so a run moved
         # between devices continues with a new stream derived from seed and epoch.
-        warnings.warn(
+        warn(
             f"checkpoint RNG state is from {state['generator_device']}, this run is on "
             f"{device.type}: continuing with a new random stream, so results will differ from "
-            "an uninterrupted run", UserWarning, stacklevel=2,
+            "an uninterrupted run", UserWarning,
         )
         generator.manual_seed(int(self.random_state) * 1_000_003 + int(state["epoch"]))
 

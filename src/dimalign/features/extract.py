@@ -23,7 +23,6 @@ import io
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.features.datasets import (
     DEFAULT_EXTENSIONS,
     UNKNOWN_STAMP,
@@ -526,9 +526,9 @@ def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows:
         if too_large.any() and name not in warned:
             warned.add(name)
             row = rows[int(np.flatnonzero(too_large.reshape(len(rows), -1).any(axis=1))[0])]
-            warnings.warn(f"layer {name} of {image_list.paths[row]} has values beyond float16's "
-                          f"range ({limit:g}) that become inf (warned once per layer); use dtype "
-                          "float32", UserWarning, stacklevel=2)
+            warn(f"layer {name} of {image_list.paths[row]} has values beyond float16's "
+                 f"range ({limit:g}) that become inf (warned once per layer); use dtype "
+                 "float32", UserWarning)
 
 
 def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: LoadedModel,

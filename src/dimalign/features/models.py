@@ -31,7 +31,6 @@ import logging
 import os
 import pickle
 import urllib.error
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.features import efficientnet_lite
 from dimalign.io.files import sha256_file
@@ -448,8 +448,8 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
                            _default_layer(bare, model), torch.device("cpu"))
 
     if kind == "default":
-        warnings.warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
-                      "(--pretrained) for its published ImageNet weights", UserWarning, stacklevel=3)
+        warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
+             "(--pretrained) for its published ImageNet weights", UserWarning)
     if kind == "file":
         model = _model_for_file(lambda **options: tv_models.get_model(bare, weights=None, **options),
                                 weights, name, seed)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, text_table_problem
 
 logger = logging.getLogger(__name__)
@@ -194,11 +195,9 @@ def check_embedding(
                 f"dimension {column}; embeddings must be non-negative (apply ReLU, as VICE and SPoSE do, "
                 "before saving)"
             )
-        warnings.warn(
+        warn(
             f"{source}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
             f"tolerance {negative_tolerance}) to 0",
-            # Point at the caller of load_embedding or as_embedding_result.
-            stacklevel=3,
         )
         embedding = np.where(negative, 0.0, embedding)
     return embedding

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, load_npy
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
@@ -155,13 +156,13 @@ def load_triplets(
         ) from error
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
-        warnings.warn(f"{path} contains no triplets", UserWarning, stacklevel=2)
+        warn(f"{path} contains no triplets", UserWarning)
     elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
         # With as many triplets as objects, a 0-based file would almost surely name object 0.
-        warnings.warn(
+        warn(
             f"{path} never names object 0 in {len(triplets)} triplets; if it counts objects "
             "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
-            UserWarning, stacklevel=2,
+            UserWarning,
         )
     logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
     return triplets
