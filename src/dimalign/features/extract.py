@@ -135,7 +135,7 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     if len(images) == 0:
         raise ValueError("no images to compute features of")
     _check_batch_size(batch_size)
-    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
 
@@ -158,6 +158,19 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
             for name, values in read_layers(loaded, pixels, requests, start == 0).items():
                 chunks[name].append(values)
     return {name: np.concatenate(values) for name, values in chunks.items()}
+
+
+def _requested_layers(loaded: LoadedModel, layers: Sequence[str] | None) -> list[str]:
+    """Return the named layers, or the model's default layer when none is named."""
+    if layers:
+        return list(layers)
+    if loaded.default_layer is None:
+        raise ValueError(
+            f"model {loaded.name} has no Linear layer whose input could serve as the default: "
+            f"name the layers (layers=[...], CLI: --layer); dimalign list-layers {loaded.name} "
+            "lists them"
+        )
+    return [loaded.default_layer]
 
 
 def extract_features(
@@ -247,7 +260,7 @@ def extract_features(
     if len(image_list) == 0:
         raise ValueError(f"the image list of {image_list.root} is empty: pass at least one image")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
-    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
     fingerprint = {
         "model": loaded.name,

@@ -82,7 +82,8 @@ class LoadedModel:
         weights_id (str): Which weights: an enum name, ``random-init(seed=0)``,
             ``file:<path>``, or the packaged weights' file name.
         weights_sha256 (str | None): SHA-256 of the weights file where known.
-        default_layer (str): Layer used when none is named.
+        default_layer (str | None): Layer used when none is named; None for
+            a model without a Linear layer, whose layers must be named.
         device (torch.device): Where the model is.
         seed (int): Seed of a random initialisation.
     """
@@ -92,7 +93,7 @@ class LoadedModel:
     name: str
     weights_id: str
     weights_sha256: str | None
-    default_layer: str
+    default_layer: str | None
     device: torch.device
     seed: int = 0
 
@@ -531,10 +532,15 @@ def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: in
                        torch.device("cpu"))
 
 
-def _default_layer(bare: str, model: nn.Module) -> str:
+def _default_layer(bare: str, model: nn.Module) -> str | None:
+    """Return the input of the last Linear layer, or None for a model without one.
+
+    Without a default, extraction needs named layers (see ``_requested_layers``
+    in :mod:`dimalign.features.extract`), but the model still loads.
+    """
     if bare in DEFAULT_LAYERS:
         return DEFAULT_LAYERS[bare]
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linear_names:
-        raise ValueError(f"model {bare} has no Linear layer; name a layer with --layer")
+        return None
     return f"{linear_names[-1]}:input"
