@@ -1759,3 +1759,11 @@ def test_map_cli_warns_about_leftover_stage(tmp_path, capsys):
 
     error = capsys.readouterr().err
     assert f"{out / '.partial-killed'} (4 bytes) is the hidden folder of an interrupted dimalign run" in error
+
+
+def test_compare_rejects_fractional_triplets_before_writing(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"triplets, row 1, column 2: value 2.5 is not an integer object index"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.array([[0, 1, 2], [0, 1, 2.5]]), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()

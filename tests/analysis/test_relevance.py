@@ -245,3 +245,18 @@ def test_relevance_accepts_reversed_view():
     result = jackknife_relevance(view, triplets)
     np.testing.assert_array_equal(result.most_relevant, expected.most_relevant)
     np.testing.assert_allclose(result.mean_drop, expected.mean_drop, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("triplets", "message"),
+    [
+        (np.array([[0, 1, 2.5]]), r"row 0, column 2: value 2.5 is not an integer object index"),
+        (np.array([[0, 1, np.nan]]), r"row 0, column 2: value nan is not an integer object index"),
+        (np.array([[0, 0, 1]]), r"a triplet needs three distinct objects"),
+    ],
+)
+def test_compare_decisions_rejects_invalid_triplets(triplets, message):
+    """A fractional index must not be truncated to another object."""
+    embedding = np.eye(4) + 0.1
+    with pytest.raises(ValueError, match=message):
+        compare_decisions(embedding, embedding, triplets)

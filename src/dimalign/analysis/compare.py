@@ -1250,6 +1250,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
             "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
         )
+    if array.dtype.kind not in "iu":
+        # Whole floats (np.loadtxt) pass. A fractional or NaN value is named, not truncated.
+        from dimalign.io.triplets import validate_triplets
+
+        array = validate_triplets(array, None, source="triplets")
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "

@@ -344,13 +344,19 @@ def compare_decisions(
 
     Returns:
         DecisionComparison: Choices, probabilities and relevance of both models.
+
+    Raises:
+        ValueError: If the embeddings differ in their number of objects, or a
+            triplet has a value that is not a whole number, an index out of
+            range or a repeated object (naming its row).
     """
     if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:
         raise ValueError(
             f"the human embedding has {np.asarray(human).shape[0]} objects and the DNN embedding "
             f"{np.asarray(dnn).shape[0]}: align them by object first"
         )
-    triplets = np.asarray(triplets, dtype=np.int64)
+    # A plain int64 cast would truncate a fractional index to another object.
+    triplets = _check_inputs(human, triplets)[1]
     human_probabilities = option_probabilities(human, triplets, batch_size=batch_size, device=device)
     dnn_probabilities = option_probabilities(dnn, triplets, batch_size=batch_size, device=device)
     human_choice = np.argmax(human_probabilities, axis=1)
