@@ -447,6 +447,18 @@ def test_save_rejects_unknown_suffix(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+
+@pytest.mark.parametrize(
+    ("triplets", "message"),
+    [([[0, 1, 2], [0, -1, 2]], r"out.npy, row 1: negative object index -1"),
+     ([[0, 0, 2]], r"out.npy: a triplet needs three distinct objects, but 1 of 1 rows repeat an object")],
+)
+def test_save_rejects_triplets_that_load_would_reject(tmp_path, triplets, message):
+    """save_triplets must not write a file that load_triplets cannot read back."""
+    with pytest.raises(ValueError, match=message):
+        save_triplets(np.array(triplets), tmp_path / "out.npy")
+    assert list(tmp_path.iterdir()) == []
+
 # --------------------------------------------------------------------------- real data
 
 

@@ -982,7 +982,8 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         Path: The destination.
 
     Raises:
-        ValueError: If the array is not ``(n, 3)`` integers or the suffix is unknown.
+        ValueError: If the array is not ``(n, 3)`` integers, has a negative
+            index or a row that repeats an object, or the suffix is unknown.
     """
     path = Path(path)
     array = np.asarray(triplets)
@@ -995,6 +996,9 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         raise ValueError(
             f"unsupported triplet file {path}: use one of {', '.join(TRIPLET_SUFFIXES)}"
         )
+    # The checks of load_triplets without an object count, so that a file
+    # written here can be read back.
+    validate_triplets(array, None, source=str(path))
     with atomic_path(path) as temporary:
         if suffix == ".npy":
             np.save(temporary, array.astype(np.int64, copy=False))
