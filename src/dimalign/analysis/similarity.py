@@ -280,7 +280,19 @@ def triplet_nll(
     triplets: np.ndarray | Sequence[Sequence[int]],
     batch_size: int = DEFAULT_TRIPLET_BATCH,
 ) -> float:
-    """Compute the mean negative log-likelihood per triplet (chance: ``log 3 ≈ 1.0986``)."""
+    """Compute the mean negative log-likelihood per triplet (chance: ``log 3 ≈ 1.0986``).
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``; the last column is the odd one out.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        float: The mean of ``-log p`` over the triplets (``>= 0``).
+
+    Raises:
+        ValueError: If no triplets are given, or a triplet or the embedding is invalid.
+    """
     return -triplet_log_likelihood(embedding, triplets, reduction="mean", batch_size=batch_size)
 
 
@@ -335,7 +347,14 @@ def odd_one_out_accuracy(
 
 
 def dot_similarity(embedding: np.ndarray) -> np.ndarray:
-    """Compute the plain dot-product similarity ``Y Yᵀ``, shape ``(n, n)``."""
+    """Compute the plain dot-product similarity ``Y Yᵀ``.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``, finite.
+
+    Returns:
+        np.ndarray: Shape ``(n_objects, n_objects)``, float64.
+    """
     weights = _as_embedding(embedding)
     return weights @ weights.T
 

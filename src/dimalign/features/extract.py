@@ -103,6 +103,16 @@ def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[La
     With ``check_calls``, first reject layers that the model calls more than
     once per forward pass (see :func:`check_single_calls`), at the cost of one
     full forward pass of one image. Callers do this for their first batch.
+
+    Args:
+        loaded (LoadedModel): The model and its device.
+        pixels (torch.Tensor): A preprocessed batch ``(n, 3, H, W)``.
+        requests (Sequence[LayerRequest]): The layers to read, from
+            :func:`parse_layers`.
+        check_calls (bool): First reject layers called more than once per pass.
+
+    Returns:
+        dict[str, np.ndarray]: Float32 features of each requested layer, one row per image.
     """
     pixels = pixels.to(loaded.device, non_blocking=True, memory_format=torch.channels_last)
     if check_calls:

@@ -89,6 +89,13 @@ def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
 def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
     """Pool a batch ``(n, ...)`` of layer outputs (see the module docstring).
 
+    Args:
+        tensor (torch.Tensor): Layer outputs, shape ``(n, ...)``.
+        pool (str): ``"raw"``, ``"flatten"`` or ``"gap"``.
+
+    Returns:
+        torch.Tensor: The pooled outputs, one row per input.
+
     Raises:
         ValueError: For ``gap`` on an output without axes after the channel axis.
 
@@ -271,7 +278,14 @@ def check_single_calls(model: nn.Module, requests: Sequence[LayerRequest],
 
 
 def list_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """Return ``(name, module type)`` for every named module, in definition order."""
+    """Return ``(name, module type)`` for every named module, in definition order.
+
+    Args:
+        model (nn.Module): The network.
+
+    Returns:
+        list[tuple[str, str]]: The module names and their class names.
+    """
     return [(name, type(module).__name__) for name, module in model.named_modules() if name]
 
 
@@ -279,6 +293,13 @@ def layer_shapes(model: nn.Module, pixels: torch.Tensor) -> dict[str, tuple[int,
     """Return each module's output shape (without the batch axis) for an input batch.
 
     Modules whose output is not a tensor are left out.
+
+    Args:
+        model (nn.Module): The network.
+        pixels (torch.Tensor): A preprocessed batch ``(n, 3, H, W)``.
+
+    Returns:
+        dict[str, tuple[int, ...]]: Output shape by module name.
     """
     shapes: dict[str, tuple[int, ...]] = {}
 

@@ -118,7 +118,19 @@ def imagenet_transform(resize: int = 256, crop: int = 224,
                        std: tuple[float, float, float] = IMAGENET_STD,
                        interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR,
                        ) -> T.Compose:
-    """Build the resize, centre crop, to-tensor and normalise pipeline."""
+    """Build the resize, centre crop, to-tensor and normalise pipeline.
+
+    Args:
+        resize (int): Length of the shorter image side after resizing, in pixels.
+        crop (int): Side of the square centre crop, in pixels.
+        mean (tuple[float, float, float]): Per-channel mean subtracted after
+            scaling to [0, 1].
+        std (tuple[float, float, float]): Per-channel standard deviation divided by.
+        interpolation (T.InterpolationMode): Resampling filter of the resize.
+
+    Returns:
+        T.Compose: PIL RGB image -> float tensor ``(3, crop, crop)``.
+    """
     return T.Compose([
         T.Resize(resize, interpolation=interpolation),
         T.CenterCrop(crop),

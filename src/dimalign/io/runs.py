@@ -237,11 +237,16 @@ def as_embedding_result(
     """Turn a path, an array or a fitted VICE or SPoSE estimator into an :class:`EmbeddingResult`.
 
     Args:
-        value: A run directory or embedding file (read by
-            :func:`load_embedding`), an :class:`EmbeddingResult` (returned as
-            it is), a fitted estimator with an ``embedding_`` attribute, or an
-            array of shape ``(n_objects, n_dims)``.
+        value (str | os.PathLike | EmbeddingResult | np.ndarray | estimator): A
+            run directory or embedding file (read by :func:`load_embedding`),
+            an :class:`EmbeddingResult` (returned as it is), a fitted
+            estimator with an ``embedding_`` attribute, or an array of shape
+            ``(n_objects, n_dims)``.
         source (str): How errors name an array or estimator, which has no path.
+
+    Returns:
+        EmbeddingResult: ``value`` itself when it is one; otherwise the
+            embedding as float64, checked by :func:`check_embedding`.
 
     Raises:
         NotFittedError: For an estimator before ``fit``.
