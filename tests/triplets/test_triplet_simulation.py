@@ -416,3 +416,14 @@ def test_softmax_frequencies_within_binomial_error(temperature):
     assert np.all(np.abs(shares - expected) < 4.5 * standard_errors), (shares, expected)
     pairs = {tuple(row) for row in result.triplets[:, :2].tolist()}
     assert pairs == {(2, 0), (2, 1), (0, 1)}
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [(np.array([[1.0 + 2j, 0], [0, 1], [1, 1]]), "features must be real numbers, got dtype complex128"),
+     (np.array([["a", "b"], ["c", "d"], ["e", "f"]]), "features must be real numbers, got dtype <U1")],
+)
+def test_non_real_features_rejected(features, message):
+    """A complex feature would lose its imaginary part with only numpy's ComplexWarning."""
+    with pytest.raises(ValueError, match=message):
+        simulate_choices(features, np.array([[0, 1, 2]]))

@@ -163,7 +163,8 @@ def simulate_choices(
         SimulationResult: The reordered triplets and the tie count.
 
     Raises:
-        ValueError: If a feature row contains NaN or inf, a cosine row has zero
+        ValueError: If the features are not real numbers, a feature row
+            contains NaN or inf, a cosine row has zero
             norm, the triplets are invalid for the number of feature rows, or
             an option is unknown. The message names the rows. Rows are never
             dropped because that would renumber the objects.
@@ -176,6 +177,10 @@ def simulate_choices(
     _check_options(similarity, rule, temperature, method)
     if not isinstance(features, np.ndarray):
         features = np.asarray(features, dtype=np.float64)
+    # A memory map stays as it is, so only the dtype is checked here. numpy would
+    # drop an imaginary part with only a ComplexWarning.
+    if features.dtype.kind not in "biuf":
+        raise ValueError(f"features must be real numbers, got dtype {features.dtype}; pass a float array")
     if features.ndim != 2:
         raise ValueError(
             f"features must be 2-D (n_objects, n_features), got shape {features.shape}"
