@@ -21,6 +21,7 @@ import contextlib
 import csv
 import io
 import logging
+import numbers
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -122,7 +123,7 @@ def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[La
 
 
 def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Image],
-                     layers: Sequence[str] | None = None, pools: str | Sequence[str] = "flatten",
+                     layers: str | Sequence[str] | None = None, pools: str | Sequence[str] = "flatten",
                      batch_size: int = 32, background: str | Sequence[int] = "white",
                      exif_transpose: bool = True) -> dict[str, np.ndarray]:
     """Compute features of a few images in memory.
@@ -130,7 +131,8 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     Args:
         loaded (LoadedModel): The model (see :func:`load_model`).
         images (ImageList | Sequence[Image.Image]): Image files or PIL images.
-        layers (Sequence[str] | None): Layers to read; the model's default layer if None.
+        layers (str | Sequence[str] | None): Layers to read (a string is one
+            layer); the model's default layer if None.
         pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
         batch_size (int): Images per forward pass.
         background (str | Sequence[int]): Colour under transparent pixels.
@@ -140,7 +142,9 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
         dict[str, np.ndarray]: Float32 features of each layer, one row per image.
 
     Raises:
-        ValueError: If an image file cannot be read (naming it and the reason).
+        ValueError: If an image file cannot be read (naming it and the reason),
+            or the batch size is not a positive integer.
+        TypeError: If an element of a sequence is not a PIL image.
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
@@ -162,6 +166,12 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
             for name, values in read_layers(loaded, batch.pixels, requests, first).items():
                 chunks[name].append(values)
     else:
+        for position, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(
+                    f"images[{position}] is a {type(image).__name__}, not a PIL image: pass PIL "
+                    "images, or an ImageList of files (list_images)"
+                )
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([loaded.transform(to_rgb(image, colour))
                                   for image in images[start:start + batch_size]])
@@ -170,8 +180,10 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
 
-def _requested_layers(loaded: LoadedModel, layers: Sequence[str] | None) -> list[str]:
+def _requested_layers(loaded: LoadedModel, layers: str | Sequence[str] | None) -> list[str]:
     """Return the named layers, or the model's default layer when none is named."""
+    if isinstance(layers, str):
+        return [layers]
     if layers:
         return list(layers)
     if loaded.default_layer is None:
@@ -189,7 +201,7 @@ def extract_features(
     model: str | LoadedModel = "efficientnet_lite0",
     *,
     weights: str | os.PathLike | None = None,
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
     pools: str | Sequence[str] = "flatten",
     batch_size: int = 32,
     num_workers: int = 0,
@@ -214,8 +226,8 @@ def extract_features(
         out_dir (str | os.PathLike): The feature folder to write.
         model (str | LoadedModel): A model name for :func:`load_model`, or a loaded model.
         weights (str | os.PathLike | None): Weights for :func:`load_model`.
-        layers (Sequence[str] | None): Layers to read; the model's default
-            (penultimate) layer if None.
+        layers (str | Sequence[str] | None): Layers to read (a string is one
+            layer); the model's default (penultimate) layer if None.
         pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
         batch_size (int): Images per forward pass.
         num_workers (int): DataLoader processes decoding images (0: in this process).
@@ -340,6 +352,8 @@ def extract_features(
 
 def _check_batch_size(batch_size: int) -> None:
     """Reject a batch size below 1, or above sys.maxsize, which torch's DataLoader cannot slice."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"invalid batch size {batch_size!r}: use an integer of 1 or more")
     if not 1 <= batch_size <= sys.maxsize:
         raise ValueError(f"invalid batch size {batch_size}: use 1 or more, up to sys.maxsize")
 

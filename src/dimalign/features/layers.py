@@ -41,12 +41,13 @@ class LayerRequest:
     pool: str
 
 
-def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
+def parse_layers(layers: str | Sequence[str], pools: str | Sequence[str],
                  model: nn.Module) -> list[LayerRequest]:
     """Check layer names against ``model`` and pair each with its pooling.
 
     Args:
-        layers (Sequence[str]): Module names, each optionally ending in ``:input``.
+        layers (str | Sequence[str]): Module names, each optionally ending in
+            ``:input``; a string is one name.
         pools (str | Sequence[str]): One pooling for all layers or one per layer.
         model (nn.Module): The model whose modules are named.
 
@@ -57,6 +58,8 @@ def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
         ValueError: For an unknown or repeated layer, an unknown pooling, or a
             number of poolings that is neither 1 nor the number of layers.
     """
+    # A string is one layer name, not a sequence of one-character names.
+    layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("no layer requested: name at least one layer")
     pools = [pools] if isinstance(pools, str) else list(pools)
