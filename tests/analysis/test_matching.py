@@ -258,3 +258,19 @@ def test_match_dimensions_warning_names_caller():
     with pytest.warns(UserWarning, match="1 dimension.* of the DNN embedding have zero variance") as caught:
         match_dimensions(rng.random((20, 3)), dnn, "with_replacement")
     assert [warning.filename for warning in caught] == [__file__]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [([0, 7], r"order names DNN dimension 7 at position 1, but the DNN embedding has 4 dimensions \(0 to 3\)"),
+     ([0, -1], r"order names DNN dimension -1 at position 1"),
+     ([0.5, 1], r"order must be integer DNN dimensions, got 0.5 at position 0"),
+     ([2, 0, 2], r"order names DNN dimension 2 twice \(positions 0 and 2\)"),
+     ([], r"order is empty: name at least one DNN dimension")],
+)
+def test_cumulative_rsa_rejects_invalid_order(order, message):
+    """A fractional dimension was truncated to another one, and one out of range raised IndexError."""
+    rng = np.random.default_rng(3)
+    human = rng.gamma(1.0, size=(10, 3))
+    with pytest.raises(ValueError, match=message):
+        cumulative_rsa(dot_similarity(human), rng.gamma(1.0, size=(10, 4)), order, similarity=dot_similarity)

@@ -346,7 +346,9 @@ def cumulative_rsa(
             A step whose DNN similarity is constant has r = NaN.
 
     Raises:
-        ValueError: If the full DNN similarity or the human one is constant.
+        ValueError: If the full DNN similarity or the human one is constant,
+            or ``order`` is empty, names a dimension twice or one that the
+            DNN embedding does not have.
 
     Warns:
         RuntimeWarning: Naming the steps whose DNN similarity is constant.
@@ -355,7 +357,7 @@ def cumulative_rsa(
 
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
-    order = np.asarray(order, dtype=np.int64)
+    order = _check_order(order, np.shape(dnn_embedding)[-1])
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
 
@@ -404,6 +406,43 @@ def cumulative_rsa(
 
 # -- objects that show agreement and disagreement ----------------------------
 
+
+def _check_order(order: Sequence[int], n_dnn: int) -> np.ndarray:
+    """Return ``order`` as int64, or raise ValueError for a list that is no order of DNN dimensions.
+
+    A plain int64 cast would truncate a fractional dimension to another one.
+    """
+    array = np.asarray(order)
+    if array.ndim != 1:
+        raise ValueError(f"order must be a 1-D list of DNN dimensions, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("order is empty: name at least one DNN dimension")
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array) & (array == np.rint(array))
+        if not whole.all():
+            position = int(np.flatnonzero(~whole)[0])
+            raise ValueError(
+                f"order must be integer DNN dimensions, got {float(array[position])} at position {position}"
+            )
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"order must be integer DNN dimensions, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    outside = np.flatnonzero((array < 0) | (array >= n_dnn))
+    if outside.size:
+        position = int(outside[0])
+        raise ValueError(
+            f"order names DNN dimension {int(array[position])} at position {position}, but the DNN "
+            f"embedding has {n_dnn} dimensions (0 to {n_dnn - 1})"
+        )
+    first_position: dict[int, int] = {}
+    for position, dimension in enumerate(array.tolist()):
+        if dimension in first_position:
+            raise ValueError(
+                f"order names DNN dimension {dimension} twice (positions {first_position[dimension]} "
+                f"and {position}): add each dimension once"
+            )
+        first_position[dimension] = position
+    return array
 
 def _descending_ranks(weights: np.ndarray) -> np.ndarray:
     """Rank 1 = highest weight; ties (such as the many zeros of a sparse dimension) share the mean rank."""
