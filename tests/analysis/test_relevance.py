@@ -260,3 +260,17 @@ def test_compare_decisions_rejects_invalid_triplets(triplets, message):
     embedding = np.eye(4) + 0.1
     with pytest.raises(ValueError, match=message):
         compare_decisions(embedding, embedding, triplets)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "message"),
+    [(-1, "batch_size must be at least 1, got -1"),
+     (0, "batch_size must be at least 1, got 0"),
+     (1.5, "batch_size must be an integer, got 1.5")],
+)
+@pytest.mark.parametrize("function", [option_probabilities, jackknife_relevance])
+def test_batch_size_must_be_positive_integer(function, batch_size, message):
+    """A negative batch size made option_probabilities return uninitialised memory."""
+    embedding = np.eye(6) + 0.1
+    with pytest.raises(ValueError, match=message):
+        function(embedding, np.array([[0, 1, 2], [3, 4, 5]]), batch_size=batch_size)

@@ -35,6 +35,7 @@ matched pair. It also finds the triplets where the models disagree most.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,12 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension products of the three pairs (ij, ik, jk), each ``(batch, d)``."""
     first, second, third = weights[batch[:, 0]], weights[batch[:, 1]], weights[batch[:, 2]]
@@ -105,6 +112,8 @@ def option_probabilities(
         ``triplets[:, c]`` is the odd one out. Rows sum to 1.
     """
     weights_np, rows = _check_inputs(embedding, triplets)
+    # Checked because a negative step makes the loop below run no batch at all.
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     result = np.empty((rows.shape[0], 3))
@@ -196,8 +205,7 @@ def jackknife_relevance(
     weights_np, rows = _check_inputs(embedding, triplets)
     if rows.shape[0] == 0:
         raise ValueError("no triplets given: relevance of an empty set is undefined")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     n_triplets, n_dims = rows.shape[0], weights_np.shape[1]
