@@ -264,6 +264,24 @@ def test_missing_n_objects_rejected(tmp_path):
     assert "--objects" in str(error.value)
 
 
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(6.5, "n_objects must be a whole number, got 6.5"),
+     ("6", "n_objects must be a whole number, got '6'"),
+     (True, "n_objects must be a whole number, got True")],
+)
+def test_fractional_or_text_n_objects_rejected(tmp_path, n_objects, message):
+    """int() truncated 6.5 to 6 and read the string '6' as a number."""
+    path = write_lines(tmp_path / "plain.txt", ["0 1 2"])
+    with pytest.raises(ValueError, match=message):
+        load_triplets(path, n_objects)
+
+
+def test_whole_float_n_objects_accepted(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", ["0 1 2"])
+    assert load_triplets(path, 6.0).tolist() == [[0, 1, 2]]
+
 def test_object_table_sets_n_objects(tmp_path):
     path = write_lines(tmp_path / "plain.txt", ["0 1 4"])
     table = write_lines(tmp_path / "names.txt", ["a", "b", "c", "d", "e"])

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
+import numbers
 import os
 import re
 import warnings
@@ -111,9 +113,10 @@ def load_triplets(
     Raises:
         FileNotFoundError: If ``path`` does not exist or a folder contains no
             candidate file.
-        ValueError: If the number of objects is unknown, or a value is not an
-            integer, out of range, negative, or repeated within a row. The
-            message names the file, line or row, and the value.
+        ValueError: If the number of objects is unknown or not a whole
+            number, or a value is not an integer, out of range, negative, or
+            repeated within a row. The message names the file, line or row,
+            and the value.
 
     Example:
         >>> import tempfile
@@ -244,6 +247,8 @@ def _read_columns(
 def _resolve_n_objects(
     n_objects: int | None, object_table: str | os.PathLike | ObjectTable | None
 ) -> int:
+    if n_objects is not None:
+        n_objects = _whole_count(n_objects)
     table_size = None
     table_name = "the object table"
     if object_table is not None:
@@ -265,6 +270,19 @@ def _resolve_n_objects(
     if n_objects < 3:
         raise ValueError(f"a triplet needs 3 distinct objects, but n_objects is {n_objects}")
     return n_objects
+
+
+def _whole_count(n_objects: Any) -> int:
+    """Return ``n_objects`` as an int, or raise ValueError where ``int()`` would truncate or parse text.
+
+    Whole floats such as ``1854.0`` pass.
+    """
+    whole = isinstance(n_objects, numbers.Integral) or (
+        isinstance(n_objects, numbers.Real) and math.isfinite(n_objects) and float(n_objects).is_integer()
+    )
+    if isinstance(n_objects, bool) or not whole:
+        raise ValueError(f"n_objects must be a whole number, got {n_objects!r}")
+    return int(n_objects)
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
