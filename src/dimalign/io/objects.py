@@ -79,7 +79,16 @@ def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
 
     Returns:
         Path: The destination.
+
+    Raises:
+        ValueError: If the table is empty or an object id is empty, because
+            :func:`read_object_table` would reject the file.
     """
+    if len(table) == 0:
+        raise ValueError(f"{path}: the object table is empty; it must name at least one object")
+    empty = [row for row, name in enumerate(table.object_ids) if not str(name)]
+    if empty:
+        raise ValueError(f"{path}: row {empty[0]} has an empty object id; every row must name its object")
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(COLUMNS)
