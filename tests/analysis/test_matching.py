@@ -274,3 +274,8 @@ def test_cumulative_rsa_rejects_invalid_order(order, message):
     human = rng.gamma(1.0, size=(10, 3))
     with pytest.raises(ValueError, match=message):
         cumulative_rsa(dot_similarity(human), rng.gamma(1.0, size=(10, 4)), order, similarity=dot_similarity)
+
+
+def test_top_objects_rejects_fractional_k():
+    with pytest.raises(ValueError, match="k must be an integer, got 2.5"):
+        top_objects_for_pair(np.arange(5.0), np.arange(5.0), k=2.5)

@@ -274,3 +274,18 @@ def test_batch_size_must_be_positive_integer(function, batch_size, message):
     embedding = np.eye(6) + 0.1
     with pytest.raises(ValueError, match=message):
         function(embedding, np.array([[0, 1, 2], [3, 4, 5]]), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [(-1, "top must be at least 1, got -1"), (0, "top must be at least 1, got 0"), (2.5, "top must be an integer, got 2.5")],
+)
+def test_disagreement_tables_reject_invalid_top(top, message):
+    """top=-1 sliced [:-1] and silently dropped the last row."""
+    human = np.array([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
+    dnn = np.array([[0.0, 3.0], [0.0, 3.0], [3.0, 0.0], [3.0, 0.0]])
+    comparison = compare_decisions(human, dnn, np.array([[0, 1, 2], [0, 2, 3]]))
+    with pytest.raises(ValueError, match=message):
+        largest_disagreements(comparison, top=top)
+    with pytest.raises(ValueError, match=message):
+        agreement_on_different_dimensions(comparison, [0, 1], top=top)

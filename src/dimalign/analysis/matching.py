@@ -22,6 +22,7 @@ dimensions, only on the human one, and only on the DNN one are listed.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -474,6 +475,8 @@ def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: 
         raise ValueError(
             f"both dimensions need one weight per object, got {human_rank.shape} and {dnn_rank.shape}"
         )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k must be an integer, got {k!r}")
     if not 1 <= k <= human_rank.size:
         raise ValueError(f"k={k} is invalid for {human_rank.size} objects: use 1..{human_rank.size}")
     index = np.arange(human_rank.size)

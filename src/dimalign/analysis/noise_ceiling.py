@@ -19,6 +19,7 @@ predicted by ``{1, 1}``, a miss. The ceiling is ``(0.5 + 0.5 + 0) / 3 = 1/3``.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,6 +88,8 @@ def triplet_noise_ceiling(
     """
     from dimalign.io.triplets import validate_triplets
 
+    if isinstance(min_responses, bool) or not isinstance(min_responses, numbers.Integral):
+        raise ValueError(f"min_responses must be an integer, got {min_responses!r}")
     if min_responses < 2:
         raise ValueError(f"min_responses must be at least 2, got {min_responses}")
     rows = validate_triplets(np.asarray(triplets), None)

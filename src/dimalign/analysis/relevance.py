@@ -80,11 +80,15 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
+def _check_positive_integer(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_positive_integer("batch_size", batch_size)
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension products of the three pairs (ij, ik, jk), each ``(batch, d)``."""
@@ -454,10 +458,14 @@ def agreement_on_different_dimensions(
             dimension (for example from matching with replacement).
         names (Sequence[str] | None): Object names for extra columns.
         top (int): Rows to return, by decreasing ``min(p_human, p_dnn)``
-            (the agreements both models are surest of).
+            (the agreements both models are surest of), at least 1.
 
     Returns:
         pd.DataFrame: One row per triplet (see :func:`_decision_frame` columns).
+
+    Raises:
+        ValueError: If ``human_to_dnn`` has not one entry per human dimension,
+            or ``top`` is not a positive integer.
     """
     human_to_dnn = np.asarray(human_to_dnn, dtype=np.int64)
     if human_to_dnn.size != comparison.human.mean_drop.size:
@@ -466,6 +474,8 @@ def agreement_on_different_dimensions(
         )
     rows = np.flatnonzero(agree_on_different_dimensions(comparison, human_to_dnn))
     confidence = np.minimum(comparison.human.probabilities[rows], comparison.dnn.probabilities[rows])
+    # A negative top would slice off rows from the end instead of failing.
+    _check_positive_integer("top", top)
     rows = rows[np.lexsort((rows, -confidence))][:top]
     frame = _decision_frame(comparison, rows, names)
     frame.insert(frame.columns.get_loc("dnn_dim") + 1, "matched_dnn_dim", human_to_dnn[frame["human_dim"]])
@@ -479,7 +489,19 @@ def largest_disagreements(
 
     The difference is ``p_human(c) - p_dnn(c)`` for the human model's choice
     ``c``: how much surer the human model is of its choice than the DNN model.
+
+    Args:
+        comparison (DecisionComparison): From :func:`compare_decisions`.
+        names (Sequence[str] | None): Object names for extra columns.
+        top (int): Rows to return, at least 1.
+
+    Returns:
+        pd.DataFrame: One row per triplet (see :func:`_decision_frame` columns).
+
+    Raises:
+        ValueError: If ``top`` is not a positive integer.
     """
+    _check_positive_integer("top", top)
     rows = np.flatnonzero(~comparison.agree)
     human_choice = comparison.human_choice[rows]
     difference = (
