@@ -689,3 +689,13 @@ def test_summary_counts_match_brute_force(n_objects):
     assert summary.n_unique_sets == len(odd_ones)
     assert summary.n_duplicates == len(triplets) - len(seen_judgements)
     assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())
+
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(None, "n_objects must be a whole number, got None"), (3.5, "n_objects must be a whole number, got 3.5")],
+)
+def test_summary_needs_a_whole_object_count(n_objects, message):
+    """None failed inside numpy.bincount with 'use 0 instead of None for minlength'."""
+    with pytest.raises(ValueError, match=message):
+        summarize_triplets(np.array([[0, 1, 2]]), n_objects)

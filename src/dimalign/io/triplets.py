@@ -819,11 +819,16 @@ def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:
     Returns:
         TripletSummary: The counts.
 
+    Raises:
+        ValueError: If ``n_objects`` is not a whole number, or the triplets
+            are invalid for :func:`validate_triplets`.
+
     Example:
         >>> summary = summarize_triplets(np.array([[0, 1, 2], [1, 0, 2], [0, 2, 1]]), 4)
         >>> summary.n_duplicates, summary.n_conflicting_sets, summary.unseen_objects
         (1, 1, [3])
     """
+    n_objects = _whole_count(n_objects)
     triplets = validate_triplets(triplets, n_objects)
     counts = np.bincount(triplets.ravel(), minlength=n_objects)
     judgement_ids = _set_and_judgement_ids(triplets, n_objects)[1]
