@@ -491,3 +491,22 @@ def test_checkpoint_of_other_device_warning_names_caller(tmp_path):
     with pytest.warns(UserWarning, match="checkpoint RNG state is from cuda, this run is on cpu") as caught:
         resumed.fit(triplets, n_objects=15)
     assert [warning.filename for warning in caught] == [__file__]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({"checkpoint_dir": "PATH"}, {"checkpoint_dir": "PATH"}),
+     ({"n_dims": np.int64(4), "lr": np.float32(0.5)}, {"n_dims": 4, "lr": 0.5})],
+)
+def test_save_writes_path_and_numpy_settings(tmp_path, settings, expected):
+    """A notebook passes pathlib paths and numpy scalars; config.toml stores them as plain values."""
+    import tomllib
+    from pathlib import Path
+
+    settings = {key: (Path(tmp_path / "checkpoints") if value == "PATH" else value) for key, value in settings.items()}
+    expected = {key: (str(tmp_path / "checkpoints") if value == "PATH" else value) for key, value in expected.items()}
+    model = VICE(**{"n_dims": 4, "max_epochs": 1, **settings}).fit(random_triplets(12, 100), n_objects=12)
+    model.save(tmp_path / "run")
+    stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["settings"]
+    for key, value in expected.items():
+        assert stored[key] == value, key

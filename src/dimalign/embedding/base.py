@@ -633,22 +633,40 @@ class TripletEmbedding(BaseEstimator):
         import tomli_w
 
         self._check_fitted()
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_embedding(self._result(), run_dir)
         config = {
             "estimator": self._estimator_name,
-            "settings": {key: ("" if value is None else value) for key, value in self.get_params().items()},
+            "settings": {key: _toml_setting(value) for key, value in self.get_params().items()},
             "fitted": {
-                "n_objects": self.n_objects_,
-                "n_dims": self.n_dims_,
-                "n_epochs": self.n_epochs_,
+                "n_objects": int(self.n_objects_),
+                "n_dims": int(self.n_dims_),
+                "n_epochs": int(self.n_epochs_),
                 "converged": bool(self.converged_),
             },
         }
-        write_text_atomic(run_dir / CONFIG_NAME, tomli_w.dumps(config))
+        # Formatted before anything is written, so that a setting TOML cannot
+        # store leaves no embedding.npz without its config.toml.
+        config_text = tomli_w.dumps(config)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_embedding(self._result(), run_dir)
+        write_text_atomic(run_dir / CONFIG_NAME, config_text)
         write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
+
+
+def _toml_setting(value: Any) -> Any:
+    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
+
+    TOML has no null, and tomli_w rejects paths and numpy scalars, which
+    notebooks pass as settings.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def history_to_csv(history: list[dict[str, float]]) -> str:
