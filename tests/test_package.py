@@ -21,3 +21,11 @@ def test_lazy_exports_resolve_and_are_listed(package):
         assert getattr(value, "__name__", name) == name
     with pytest.raises(AttributeError, match=f"module '{package}' has no attribute 'missing'"):
         getattr(module, "missing")
+
+
+def test_warning_helper_names_first_frame_outside_package():
+    from dimalign._warnings import warn
+
+    with pytest.warns(RuntimeWarning, match="^example$") as caught:
+        warn("example", RuntimeWarning)
+    assert [warning.filename for warning in caught] == [__file__]

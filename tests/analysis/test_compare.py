@@ -1892,3 +1892,37 @@ def test_map_cli_rejects_study_stage_folder(tmp_path, capsys):
     assert status == 1
     assert f"{study / 'map'} is the folder of stage map of the study {study}" in capsys.readouterr().err
     assert not (study / "map").exists()
+
+
+def test_compare_rejects_fractional_triplets_before_writing(tmp_path):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"triplets, row 1, column 2: value 2.5 is not an integer object index"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.array([[0, 1, 2], [0, 1, 2.5]]), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"n_bootstrap": 2.5}, r"n_bootstrap must be an integer, got 2.5"),
+     ({"n_bootstrap": True}, r"n_bootstrap must be an integer, got True"),
+     ({"batch_size": 0}, r"batch_size must be at least 1, got 0"),
+     ({"random_state": None}, r"random_state must be an integer seed, got None")],
+)
+def test_bootstrap_rsa_rejects_invalid_settings(settings, message):
+    a = np.random.default_rng(0).random((6, 6))
+    with pytest.raises(ValueError, match=message):
+        bootstrap_rsa(a + a.T, a @ a.T, **{"n_bootstrap": 5, **settings})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"n_bootstrap": 2.5}, r"n_bootstrap must be an integer, got 2.5"),
+     ({"top_k": 2.5}, r"top_k must be an integer, got 2.5"),
+     ({"random_state": None}, r"random_state must be an integer seed, got None")],
+)
+def test_compare_rejects_non_integer_settings_before_writing(tmp_path, settings, message):
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", similarity=failing_similarity, **settings)
+    assert not (tmp_path / "out").exists()

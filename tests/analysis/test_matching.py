@@ -248,3 +248,34 @@ def test_cumulative_share_undefined_when_interval_holds_zero():
     share_label, dims_label = cumulative_rsa_labels(curve)
     assert "its interval [-0.080, 0.230] contains 0" in share_label
     assert dims_label is None
+
+
+def test_match_dimensions_warning_names_caller():
+    """A warning raised two calls deep still points at the user's line."""
+    rng = np.random.default_rng(3)
+    dnn = rng.random((20, 4))
+    dnn[:, 1] = 0.5
+    with pytest.warns(UserWarning, match="1 dimension.* of the DNN embedding have zero variance") as caught:
+        match_dimensions(rng.random((20, 3)), dnn, "with_replacement")
+    assert [warning.filename for warning in caught] == [__file__]
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [([0, 7], r"order names DNN dimension 7 at position 1, but the DNN embedding has 4 dimensions \(0 to 3\)"),
+     ([0, -1], r"order names DNN dimension -1 at position 1"),
+     ([0.5, 1], r"order must be integer DNN dimensions, got 0.5 at position 0"),
+     ([2, 0, 2], r"order names DNN dimension 2 twice \(positions 0 and 2\)"),
+     ([], r"order is empty: name at least one DNN dimension")],
+)
+def test_cumulative_rsa_rejects_invalid_order(order, message):
+    """A fractional dimension was truncated to another one, and one out of range raised IndexError."""
+    rng = np.random.default_rng(3)
+    human = rng.gamma(1.0, size=(10, 3))
+    with pytest.raises(ValueError, match=message):
+        cumulative_rsa(dot_similarity(human), rng.gamma(1.0, size=(10, 4)), order, similarity=dot_similarity)
+
+
+def test_top_objects_rejects_fractional_k():
+    with pytest.raises(ValueError, match="k must be an integer, got 2.5"):
+        top_objects_for_pair(np.arange(5.0), np.arange(5.0), k=2.5)

@@ -118,3 +118,9 @@ def test_noise_ceiling_accepts_whole_floats():
     with pytest.warns(UserWarning, match="too noisy"):
         result = triplet_noise_ceiling(np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 2.0]]))
     assert result == NoiseCeiling(value=1.0, n_sets=1, n_responses=2)
+
+
+def test_fractional_min_responses_rejected():
+    """2.5 acted as 3 without saying so."""
+    with pytest.raises(ValueError, match="min_responses must be an integer, got 2.5"):
+        triplet_noise_ceiling(np.array([[0, 1, 2], [1, 0, 2]]), min_responses=2.5)

@@ -245,3 +245,47 @@ def test_relevance_accepts_reversed_view():
     result = jackknife_relevance(view, triplets)
     np.testing.assert_array_equal(result.most_relevant, expected.most_relevant)
     np.testing.assert_allclose(result.mean_drop, expected.mean_drop, atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("triplets", "message"),
+    [
+        (np.array([[0, 1, 2.5]]), r"row 0, column 2: value 2.5 is not an integer object index"),
+        (np.array([[0, 1, np.nan]]), r"row 0, column 2: value nan is not an integer object index"),
+        (np.array([[0, 0, 1]]), r"a triplet needs three distinct objects"),
+    ],
+)
+def test_compare_decisions_rejects_invalid_triplets(triplets, message):
+    """A fractional index must not be truncated to another object."""
+    embedding = np.eye(4) + 0.1
+    with pytest.raises(ValueError, match=message):
+        compare_decisions(embedding, embedding, triplets)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "message"),
+    [(-1, "batch_size must be at least 1, got -1"),
+     (0, "batch_size must be at least 1, got 0"),
+     (1.5, "batch_size must be an integer, got 1.5")],
+)
+@pytest.mark.parametrize("function", [option_probabilities, jackknife_relevance])
+def test_batch_size_must_be_positive_integer(function, batch_size, message):
+    """A negative batch size made option_probabilities return uninitialised memory."""
+    embedding = np.eye(6) + 0.1
+    with pytest.raises(ValueError, match=message):
+        function(embedding, np.array([[0, 1, 2], [3, 4, 5]]), batch_size=batch_size)
+
+
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [(-1, "top must be at least 1, got -1"), (0, "top must be at least 1, got 0"), (2.5, "top must be an integer, got 2.5")],
+)
+def test_disagreement_tables_reject_invalid_top(top, message):
+    """top=-1 sliced [:-1] and silently dropped the last row."""
+    human = np.array([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
+    dnn = np.array([[0.0, 3.0], [0.0, 3.0], [3.0, 0.0], [3.0, 0.0]])
+    comparison = compare_decisions(human, dnn, np.array([[0, 1, 2], [0, 2, 3]]))
+    with pytest.raises(ValueError, match=message):
+        largest_disagreements(comparison, top=top)
+    with pytest.raises(ValueError, match=message):
+        agreement_on_different_dimensions(comparison, [0, 1], top=top)

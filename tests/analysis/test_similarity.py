@@ -355,6 +355,48 @@ def test_similarity_rejects_invalid_options():
         similarity_matrix(np.ones((3, 1)), objects=[0, 3])
 
 
+
+@pytest.mark.parametrize(
+    ("objects", "message"),
+    [
+        ([0.5, 1], r"objects must be integer object indices, got the value 0\.5 at position 0"),
+        ([0, float("nan")], r"objects must be integer object indices, got the value nan at position 1"),
+        (np.array([True, False, True, False, True, False]), r"objects must be integer object indices, got dtype bool"),
+        ([], r"objects is empty: pass at least one object index, or None for the whole matrix"),
+        ([[0, 1], [2, 3]], r"objects must be a 1-D sequence of object indices, got shape \(2, 2\)"),
+        (["a"], r"objects must be integer object indices, got dtype <U1"),
+    ],
+)
+def test_similarity_rejects_invalid_object_lists(objects, message):
+    """An index list is used as given or rejected, never rounded or read as a mask."""
+    with pytest.raises(ValueError, match=message):
+        similarity_matrix(np.ones((6, 2)), objects=objects)
+
+
+def test_similarity_accepts_whole_float_object_indices():
+    embedding = np.random.default_rng(4).gamma(1.0, 1.0, size=(30, 2))
+    np.testing.assert_array_equal(
+        similarity_matrix(embedding, objects=[2.0, 5.0]), similarity_matrix(embedding, objects=[2, 5])
+    )
+
+
+@pytest.mark.parametrize("batch_size", [2.5, "64", True])
+def test_similarity_rejects_non_integer_batch_size(batch_size):
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {batch_size!r}"):
+        similarity_matrix(np.ones((3, 1)), batch_size=batch_size)
+
+
+def test_fractional_triplet_value_named():
+    with pytest.raises(ValueError, match=r"triplet row 1, column 2 has the value 2\.5, but object indices must be integers"):
+        odd_one_out_accuracy(np.ones((4, 1)), [[0, 1, 2], [0, 1, 2.5]])
+    with pytest.raises(ValueError, match=r"triplet row 0, column 0 has the value nan"):
+        triplet_nll(np.ones((4, 1)), [[np.nan, 1, 2]])
+
+
+def test_string_triplets_rejected_with_dtype():
+    with pytest.raises(ValueError, match=r"triplets must contain integer object indices, got dtype <U1"):
+        odd_one_out_accuracy(np.ones((4, 1)), [["0", "1", "2"]])
+
 def test_similarity_subset_above_tenth_uses_full_matrix(monkeypatch):
     from dimalign.analysis import similarity as similarity_module
 

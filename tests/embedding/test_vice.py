@@ -479,6 +479,39 @@ def test_resume_of_converged_run_warns(tmp_path):
     assert resumed.n_epochs_ == first.n_epochs_
 
 
+def test_checkpoint_of_other_device_warning_names_caller(tmp_path):
+    """The warning about a new random stream points at the user's fit, not into the library."""
+    triplets = random_triplets(15, 200)
+    VICE(n_dims=4, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(triplets, n_objects=15)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)
+    state["generator_device"] = "cuda"
+    torch.save(state, tmp_path / CHECKPOINT_NAME)
+
+    resumed = VICE(n_dims=4, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True)
+    with pytest.warns(UserWarning, match="checkpoint RNG state is from cuda, this run is on cpu") as caught:
+        resumed.fit(triplets, n_objects=15)
+    assert [warning.filename for warning in caught] == [__file__]
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({"checkpoint_dir": "PATH"}, {"checkpoint_dir": "PATH"}),
+     ({"n_dims": np.int64(4), "lr": np.float32(0.5)}, {"n_dims": 4, "lr": 0.5})],
+)
+def test_save_writes_path_and_numpy_settings(tmp_path, settings, expected):
+    """A notebook passes pathlib paths and numpy scalars; config.toml stores them as plain values."""
+    import tomllib
+    from pathlib import Path
+
+    settings = {key: (Path(tmp_path / "checkpoints") if value == "PATH" else value) for key, value in settings.items()}
+    expected = {key: (str(tmp_path / "checkpoints") if value == "PATH" else value) for key, value in expected.items()}
+    model = VICE(**{"n_dims": 4, "max_epochs": 1, **settings}).fit(random_triplets(12, 100), n_objects=12)
+    model.save(tmp_path / "run")
+    stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["settings"]
+    for key, value in expected.items():
+        assert stored[key] == value, key
+
+
 # -- memory estimate ------------------------------------------------------------
 
 

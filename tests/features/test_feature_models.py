@@ -312,3 +312,26 @@ def test_lite0_file_of_another_class_count(tmp_path):
     assert not loaded.model.training
     for name, tensor in source.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
+
+
+def test_random_torchvision_warning_names_caller(tmp_path):
+    """extract_features loads the model itself, so the warning must skip both library frames."""
+    from dimalign.features import extract_features
+
+    for index in range(2):
+        Image.new("RGB", (40, 30), (60 * index, 90, 120)).save(tmp_path / f"image{index}.png")
+    with pytest.warns(UserWarning, match="mobilenet_v3_small is randomly initialised") as caught:
+        extract_features(tmp_path, tmp_path / "features", "mobilenet_v3_small")
+    assert [warning.filename for warning in caught] == [__file__]
+
+
+def test_model_without_linear_layer_extracts_named_layers(tmp_path):
+    """SqueezeNet ends in a convolution: it has no default layer, but named layers work."""
+    image = Image.new("RGB", (40, 30), (200, 90, 30))
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        loaded = load_model("squeezenet1_0", weights=None)
+    assert loaded.default_layer is None
+    features = compute_features(loaded, [image], layers=["features.12"], pools="gap")["features.12"]
+    assert features.shape == (1, 512)
+    with pytest.raises(ValueError, match=r"model squeezenet1_0 has no Linear layer .* name the layers \(layers=\[\.\.\.\], CLI: --layer\)"):
+        compute_features(loaded, [image])

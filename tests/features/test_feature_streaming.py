@@ -589,3 +589,25 @@ def test_resume_rereads_deleted_listed_image(twenty_images, tmp_path, tiny_model
     progress = Progress.load(out / WORK_DIR_NAME)
     assert not progress.finished[5]
     assert progress.finished[[0, 1, 2, 3, 4, 6, 7]].all()
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [(["photo.png"], r"images\[0\] is a str, not a PIL image: pass PIL images, or an ImageList of files \(list_images\)"),
+     ([np.zeros((4, 4, 3))], r"images\[0\] is a ndarray, not a PIL image")],
+)
+def test_compute_features_names_an_image_of_another_type(images, message):
+    with pytest.raises(TypeError, match=message):
+        compute_features(make_tiny_model(), images)
+
+
+@pytest.mark.parametrize("batch_size", [1.5, "2", True])
+def test_compute_features_rejects_non_integer_batch_size(batch_size):
+    with pytest.raises(ValueError, match=rf"invalid batch size {batch_size!r}: use an integer of 1 or more"):
+        compute_features(make_tiny_model(), [solid_image()], batch_size=batch_size)
+
+
+def solid_image():
+    from PIL import Image
+
+    return Image.new("RGB", (9, 9), (10, 20, 30))

@@ -189,3 +189,9 @@ def test_list_layers_and_shapes():
     assert layer_shapes(model, torch.ones(1, 3, 4, 4)) == {
         "0": (2, 4, 4), "1": (2, 4, 4), "2": (32,), "3": (1,)
     }
+
+
+def test_parse_layers_takes_one_name_as_a_string():
+    """A string is one layer name, as a string is one pooling, not a sequence of characters."""
+    requests = parse_layers("3:input", "raw", known_conv_model())
+    assert [(request.name, request.module_name, request.use_input) for request in requests] == [("3:input", "3", True)]

@@ -119,3 +119,21 @@ def test_text_embedding_with_commas_in_txt_says_so(tmp_path):
     with pytest.raises(ValueError, match="line 1 separates its values by commas, but the values of this "
                                          "file are read as separated by spaces"):
         load_embedding(tmp_path / "weights.txt")
+
+
+def test_run_directory_round_trip_keeps_float64_weights(tmp_path):
+    """Weights of a float64 fit must come back unchanged, not rounded to float32."""
+    embedding = np.array([[0.1, 1 / 3], [2.0 + 1e-12, 0.0]])
+    save_embedding(EmbeddingResult(embedding=embedding), tmp_path)
+    np.testing.assert_array_equal(load_embedding(tmp_path).embedding, embedding)
+
+
+@pytest.mark.parametrize(
+    ("embedding", "message"),
+    [(np.array([[0.5, np.nan], [0.1, 0.2]]), r"embedding.npz: rows \[0\] contain NaN or inf"),
+     (np.array([0.5, 0.1]), r"embedding.npz: an embedding must be 2-D \(n_objects, n_dims\), got \(2,\)")],
+)
+def test_save_rejects_embedding_that_load_would_reject(tmp_path, embedding, message):
+    with pytest.raises(ValueError, match=message):
+        save_embedding(EmbeddingResult(embedding=embedding), tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -202,3 +202,24 @@ def test_semicolon_csv_is_not_a_name_list(things_dir):
 
     with pytest.raises(ValueError, match=r"size_fixed.csv, line 1: a table separated by semicolons"):
         read_object_table(path)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [(("a", ""), r"objects.tsv: row 1 has an empty object id; every row must name its object"),
+     ((), r"objects.tsv: the object table is empty; it must name at least one object")],
+)
+def test_write_rejects_table_that_read_would_reject(tmp_path, table, message):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    with pytest.raises(ValueError, match=message):
+        write_object_table(ObjectTable(table), tmp_path / "objects.tsv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_read_round_trip_keeps_ids_and_sources(tmp_path):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    table = ObjectTable((" leading space", "tab\tinside", "line\nbreak", "comma,id"), ("a.png", "", "c d.jpg", ""))
+    write_object_table(table, tmp_path / "objects.tsv")
+    assert read_object_table(tmp_path / "objects.tsv") == table

@@ -272,6 +272,24 @@ def test_missing_n_objects_rejected(tmp_path):
     assert "--objects" in str(error.value)
 
 
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(6.5, "n_objects must be a whole number, got 6.5"),
+     ("6", "n_objects must be a whole number, got '6'"),
+     (True, "n_objects must be a whole number, got True")],
+)
+def test_fractional_or_text_n_objects_rejected(tmp_path, n_objects, message):
+    """int() truncated 6.5 to 6 and read the string '6' as a number."""
+    path = write_lines(tmp_path / "plain.txt", ["0 1 2"])
+    with pytest.raises(ValueError, match=message):
+        load_triplets(path, n_objects)
+
+
+def test_whole_float_n_objects_accepted(tmp_path):
+    path = write_lines(tmp_path / "plain.txt", ["0 1 2"])
+    assert load_triplets(path, 6.0).tolist() == [[0, 1, 2]]
+
 def test_object_table_sets_n_objects(tmp_path):
     path = write_lines(tmp_path / "plain.txt", ["0 1 4"])
     table = write_lines(tmp_path / "names.txt", ["a", "b", "c", "d", "e"])
@@ -524,6 +542,18 @@ def test_save_rejects_unknown_suffix(tmp_path):
         save_triplets(np.array(ZERO_BASED), tmp_path / "out.json")
     assert list(tmp_path.iterdir()) == []
 
+
+
+@pytest.mark.parametrize(
+    ("triplets", "message"),
+    [([[0, 1, 2], [0, -1, 2]], r"out.npy, row 1: negative object index -1"),
+     ([[0, 0, 2]], r"out.npy: a triplet needs three distinct objects, but 1 of 1 rows repeat an object")],
+)
+def test_save_rejects_triplets_that_load_would_reject(tmp_path, triplets, message):
+    """save_triplets must not write a file that load_triplets cannot read back."""
+    with pytest.raises(ValueError, match=message):
+        save_triplets(np.array(triplets), tmp_path / "out.npy")
+    assert list(tmp_path.iterdir()) == []
 
 # --------------------------------------------------------------------------- real data
 
@@ -815,6 +845,16 @@ def test_summary_counts_match_brute_force(n_objects):
     assert summary.n_unique_sets == len(odd_ones)
     assert summary.n_duplicates == len(triplets) - len(seen_judgements)
     assert summary.n_conflicting_sets == sum(len(odd) > 1 for odd in odd_ones.values())
+
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(None, "n_objects must be a whole number, got None"), (3.5, "n_objects must be a whole number, got 3.5")],
+)
+def test_summary_needs_a_whole_object_count(n_objects, message):
+    """None failed inside numpy.bincount with 'use 0 instead of None for minlength'."""
+    with pytest.raises(ValueError, match=message):
+        summarize_triplets(np.array([[0, 1, 2]]), n_objects)
 
 
 # ----------------------------------------------------------- spreadsheet and experiment exports

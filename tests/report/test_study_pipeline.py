@@ -411,7 +411,7 @@ def test_fit_stage_uses_one_torch_thread(monkeypatch, tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        stages._fit(context, np.zeros((2, 3), dtype=np.int64), np.zeros((0, 3), dtype=np.int64),
+        stages._fit(context, np.array([[0, 1, 2], [1, 2, 0]]), np.zeros((0, 3), dtype=np.int64),
                     ObjectTable.from_ids(["a", "b", "c"]), {})
         assert torch.get_num_threads() == 2
     finally:

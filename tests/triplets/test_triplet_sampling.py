@@ -134,6 +134,35 @@ def test_count_triplets_exact():
     assert count_triplets(24_102) == 24_102 * 24_101 * 24_100 // 6
 
 
+
+@pytest.mark.parametrize(
+    ("n_objects", "message"),
+    [(3.5, "n_objects must be a whole number, got 3.5"),
+     (-1, "n_objects must be >= 0, got -1")],
+)
+def test_count_triplets_rejects_invalid_counts(n_objects, message):
+    """int(3.5) would count the sets of 3 objects without saying so."""
+    with pytest.raises(ValueError, match=message):
+        count_triplets(n_objects)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "message"),
+    [([3, -1], r"ranks must lie in \[0, 1,333,331,333,334,000,000\), got -1 at position 1"),
+     ([2**62], r"ranks must lie in \[0, 1,333,331,333,334,000,000\), got 4611686018427387904 at position 0"),
+     ([1.5], r"ranks must be whole numbers, got 1.5 at position 0"),
+     ([0.0, float("nan")], r"ranks must be whole numbers, got nan at position 1"),
+     (["1"], r"ranks must be integers, got dtype <U1")],
+)
+def test_unrank_rejects_invalid_ranks(ranks, message):
+    """A rank beyond the limit used to loop forever, and a negative one gave index -1."""
+    with pytest.raises(ValueError, match=message):
+        unrank_triplets(np.array(ranks))
+
+
+def test_unrank_accepts_whole_float_ranks():
+    assert unrank_triplets(np.array([0.0, 3.0])).tolist() == [[0, 1, 2], [1, 2, 3]]
+
 def test_rank_is_colex_position():
     combinations = list(itertools.combinations(range(12), 3))
     colex = sorted(combinations, key=lambda triple: triple[::-1])

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from dimalign.io.triplets import load_triplets
 from dimalign.triplets import sample_triplets, simulate_choices
+
+# Many tests tie on purpose; the warning about ties is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:.* were ties broken at random:UserWarning")
 
 # Pair similarities by dot product: (0, 1) -> 1.0, (0, 2) -> 0.5, (1, 2) -> 0.0.
 GRADED = np.array([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -78,27 +83,30 @@ def test_identical_features_all_ties_reproducible():
     assert sorted(map(sorted, first.triplets.tolist())) == sorted(map(sorted, triplets.tolist()))
 
 
-def test_many_ties_warn(caplog):
+def test_many_ties_warn():
     # float32 features near 1e-23 underflow to dot products of 0, so every
-    # choice is a coin flip; the run must warn, not only count the ties.
+    # choice is a coin flip; the run must warn, not only count the ties. A
+    # Python warning, because a notebook shows no log records by default.
     rng = np.random.default_rng(0)
     features = (rng.random((20, 5)) * 1e-23).astype(np.float32)
     triplets = sample_triplets(20, 200, random_state=0)
 
-    with caplog.at_level("WARNING", logger="dimalign.triplets.simulate"):
+    with pytest.warns(UserWarning, match=r"200 of 200 choices \(100%\) were ties broken at random") as caught:
         result = simulate_choices(features, triplets, random_state=0)
 
     assert result.n_ties == 200
-    assert "200 of 200 choices (100%) were ties broken at random" in caplog.text
+    assert [warning.filename for warning in caught] == [__file__]
 
 
 def test_few_ties_do_not_warn(caplog):
     features = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.2, 0.9], [0.9, 0.3]])
     triplets = sample_triplets(6, 20, random_state=0)
 
-    with caplog.at_level("WARNING", logger="dimalign.triplets.simulate"):
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING", logger="dimalign"):
+        warnings.simplefilter("always")
         simulate_choices(features, triplets, random_state=0)
 
+    assert not [str(warning.message) for warning in caught if "broken at random" in str(warning.message)]
     assert "broken at random" not in caplog.text
 
 
@@ -416,3 +424,27 @@ def test_softmax_frequencies_within_binomial_error(temperature):
     assert np.all(np.abs(shares - expected) < 4.5 * standard_errors), (shares, expected)
     pairs = {tuple(row) for row in result.triplets[:, :2].tolist()}
     assert pairs == {(2, 0), (2, 1), (0, 1)}
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [(np.array([[1.0 + 2j, 0], [0, 1], [1, 1]]), "features must be real numbers, got dtype complex128"),
+     (np.array([["a", "b"], ["c", "d"], ["e", "f"]]), "features must be real numbers, got dtype <U1")],
+)
+def test_non_real_features_rejected(features, message):
+    """A complex feature would lose its imaginary part with only numpy's ComplexWarning."""
+    with pytest.raises(ValueError, match=message):
+        simulate_choices(features, np.array([[0, 1, 2]]))
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "message"),
+    [(-1, "batch_size must be at least 1, got -1"),
+     (0, "batch_size must be at least 1, got 0"),
+     (2.7, "batch_size must be an integer, got 2.7")],
+)
+def test_invalid_batch_size_rejected(batch_size, message):
+    """A negative batch size returned an uninitialised array as the simulated triplets."""
+    features = np.random.default_rng(0).random((10, 4))
+    with pytest.raises(ValueError, match=message):
+        simulate_choices(features, sample_triplets(10, 20), batch_size=batch_size)

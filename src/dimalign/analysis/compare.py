@@ -27,8 +27,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.io.files import (
     MANIFEST_NAME,
@@ -578,11 +579,19 @@ def bootstrap_rsa(
 
     Returns:
         BootstrapRSA: The value and its interval (NaN without samples).
+
+    Raises:
+        ValueError: If the matrices are invalid for :func:`dimalign.analysis.rsa.rsa`,
+            ``ci_level`` is outside (0, 1), or ``n_bootstrap``, ``batch_size``
+            or ``random_state`` is not an integer in range.
     """
     from dimalign.analysis.rsa import rsa
 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    _check_integer("n_bootstrap", n_bootstrap)
+    _check_integer("batch_size", batch_size, 1)
+    _check_seed(random_state)
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level={ci_level} is invalid: use a value in (0, 1)")
     if n_bootstrap < 0:
@@ -604,31 +613,28 @@ def bootstrap_rsa(
             samples[start : start + batch.shape[0]] = [_resampled_rsa_or_nan(a, b, row, method) for row in batch]
     valid = samples[~np.isnan(samples)]
     if valid.size < n_bootstrap:
-        warnings.warn(
+        warn(
             f"{n_bootstrap - valid.size} of {n_bootstrap} bootstrap samples had a constant "
             f"similarity and no correlation; the interval uses the other {valid.size}. With many "
             "invalid samples the objects are too few for a bootstrap interval",
             UserWarning,
-            stacklevel=2,
         )
     tail = 100 * (1 - ci_level) / 2
     low, high = (np.percentile(valid, [tail, 100 - tail]) if valid.size else (math.nan, math.nan))
     # A perfect correlation (|r| = 1) in every sample is a real result, not a degenerate interval.
     if n_bootstrap == 1 and valid.size == 1 and abs(low) < 1.0:
         # One sample has zero width by construction, whatever the number of objects.
-        warnings.warn(
+        warn(
             f"only 1 bootstrap sample (r = {low:.3f}), so the interval has zero width and says "
             "nothing about the uncertainty of r: draw more samples (--bootstrap 1000)",
             UserWarning,
-            stacklevel=2,
         )
     elif valid.size and low == high and abs(low) < 1.0:
-        warnings.warn(
+        warn(
             f"the bootstrap interval [{low:.3f}, {high:.3f}] has zero width: the {valid.size} "
             "valid samples give the same correlation, so the interval says nothing about its "
             "uncertainty; compare more objects",
             UserWarning,
-            stacklevel=2,
         )
     return BootstrapRSA(
         r=value, ci_low=float(low), ci_high=float(high), ci_level=ci_level, samples=samples,
@@ -1086,23 +1092,21 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
     if cumulative.share_defined:
         return cumulative
     if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
-        warnings.warn(
+        warn(
             f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
             f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
             "from 0 and no share of its r² is meaningful: n_dnn_dims_for_95_percent is null and "
             "share_of_full_r2 is empty. Compare more objects (--cumulative-objects, "
             "--similarity-objects)",
             UserWarning,
-            stacklevel=3,
         )
     elif cumulative.r_full > 0 and interval is not None:
-        warnings.warn(
+        warn(
             f"the {100 * rsa_result.ci_level:.0f}% interval "
             f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
             f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
             "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
             UserWarning,
-            stacklevel=3,
         )
     return dataclasses.replace(cumulative, n_dims_for_share=None)
 
@@ -1175,11 +1179,10 @@ def _choose_tables(
             chosen.append((side.own, str(side.own_file)))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
-            warnings.warn(
+            warn(
                 f"{side.name} is read with the explicit object table (objects=, CLI --objects), not "
                 f"with {side.own_file} in the same folder, which differs: {_table_difference(side.own, objects)}",
                 UserWarning,
-                stacklevel=3,
             )
         chosen.append((objects, "objects argument") if objects is not None else (None, None))
 
@@ -1269,9 +1272,30 @@ def _similarity_subset(
     return np.sort(rng.choice(n_objects, size=size, replace=False))
 
 
+def _check_integer(name: str, value: Any, minimum: int | None = None) -> None:
+    """Raise ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_seed(random_state: Any) -> None:
+    """Raise ValueError unless ``random_state`` is an integer seed, which the manifest can record."""
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise ValueError(
+            f"random_state must be an integer seed, got {random_state!r}: the bootstrap is "
+            "repeatable only from a fixed seed"
+        )
+
+
 def _check_compare_settings(
     n_bootstrap: int, top_k: int, images: str | os.PathLike | None, random_state: int
 ) -> None:
+    # The types first, so that the range checks below compare numbers.
+    _check_integer("n_bootstrap", n_bootstrap)
+    _check_integer("top_k", top_k)
+    _check_seed(random_state)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
     if random_state < 0:
@@ -1291,6 +1315,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
             "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
         )
+    if array.dtype.kind not in "iu":
+        # Whole floats (np.loadtxt) pass. A fractional or NaN value is named, not truncated.
+        from dimalign.io.triplets import validate_triplets
+
+        array = validate_triplets(array, None, source="triplets")
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
@@ -1408,13 +1437,12 @@ def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
     if largest <= _ASYMMETRY_TOLERANCE * scale:
         return
     row, column = sorted(int(index) for index in np.unravel_index(np.argmax(difference), difference.shape))
-    warnings.warn(
+    warn(
         f"{source} is not symmetric: the largest difference is {largest:.6g} at (row, column) "
         f"({row}, {column}), {matrix[row, column]:.6g} against {matrix[column, row]:.6g} at "
         f"({column}, {row}). Only the entries above the diagonal are used: check that it is a "
         "similarity matrix, or pass (M + M.T) / 2",
         UserWarning,
-        stacklevel=3,
     )
 
 
@@ -1455,12 +1483,11 @@ def _reference_scores(
     dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
     if human_r < _DISSIMILARITY_WARNING_R and dnn_r < _DISSIMILARITY_WARNING_R:
         # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
-        warnings.warn(
+        warn(
             f"the reference matrix correlates negatively with both models' similarities (human "
             f"r = {human_r:.3f}, DNN r = {dnn_r:.3f}); it may be a dissimilarity matrix (RDM): "
             "pass 1 - RDM as --reference-rsm",
             UserWarning,
-            stacklevel=3,
         )
     return {
         "n_objects": len(table),

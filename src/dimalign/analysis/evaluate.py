@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
 from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
 from dimalign.analysis.things48 import load_things48, things48_correlation
@@ -94,11 +95,11 @@ def evaluate_embedding(
         "nll": nll,
     }
     if not np.isfinite(nll):
-        warnings.warn(
+        warn(
             f"dot products of the embedding overflow float64 (largest weight {weights.max():.3g}), so "
             "the NLL is not finite and the accuracy treats infinite dot products as equal, which "
             "can turn triplets into ties: check that the file holds an embedding of similarity weights",
-            UserWarning, stacklevel=2,
+            UserWarning,
         )
 
     if object_ids is not None and len(object_ids) != weights.shape[0]:
@@ -125,17 +126,16 @@ def evaluate_embedding(
                 reason = ("the embedding's similarities of the 48 objects are all equal within rounding, "
                           "so their correlation is undefined")
         if reason is not None:
-            warnings.warn(f"skipped the 48-object check: {reason}", UserWarning, stacklevel=2)
+            warn(f"skipped the 48-object check: {reason}", UserWarning)
 
     # Most triplet files repeat no object set, so a missing ceiling (a RuntimeWarning) is
-    # logged, not warned. A ceiling from too few responses is warned again from here, so
-    # that the warning names the caller's line instead of this one.
+    # logged, not warned. A ceiling from too few responses is warned again, at the caller's line.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ceiling = triplet_noise_ceiling(triplets)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
-            warnings.warn(warning.message, warning.category, stacklevel=2)
+            warn(warning.message, warning.category)
     if ceiling is None:
         logger.info("no object set was judged twice, so there is no noise ceiling")
     else:

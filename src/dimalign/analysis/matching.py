@@ -22,8 +22,8 @@ dimensions, only on the human one, and only on the DNN one are listed.
 from __future__ import annotations
 
 import logging
+import numbers
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
+
+from dimalign._warnings import warn
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +94,10 @@ def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
     constant = np.ptp(x, axis=0) == 0
     if constant.any():
         columns = np.flatnonzero(constant)
-        warnings.warn(
+        warn(
             f"{columns.size} dimension(s) of the {name} embedding have zero variance over "
             f"these objects (columns {columns[:20].tolist()}); their correlations are set to 0",
             UserWarning,
-            stacklevel=3,
         )
     centred = x - x.mean(axis=0)
     norms = np.sqrt((centred**2).sum(axis=0))
@@ -215,11 +216,10 @@ def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
         n_human, n_dnn = correlations.shape
-        warnings.warn(
+        warn(
             f"{n_human} human but only {n_dnn} DNN dimensions: only matching with replacement is "
             "possible, so a DNN dimension may serve several human dimensions",
             UserWarning,
-            stacklevel=2,
         )
     return {
         method: match_dimensions(human, dnn, method, correlations=correlations) for method in methods
@@ -347,7 +347,9 @@ def cumulative_rsa(
             A step whose DNN similarity is constant has r = NaN.
 
     Raises:
-        ValueError: If the full DNN similarity or the human one is constant.
+        ValueError: If the full DNN similarity or the human one is constant,
+            or ``order`` is empty, names a dimension twice or one that the
+            DNN embedding does not have.
 
     Warns:
         RuntimeWarning: Naming the steps whose DNN similarity is constant.
@@ -356,7 +358,7 @@ def cumulative_rsa(
 
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
-    order = np.asarray(order, dtype=np.int64)
+    order = _check_order(order, np.shape(dnn_embedding)[-1])
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
 
@@ -383,11 +385,10 @@ def cumulative_rsa(
             logger.info("cumulative RSA: %d of %d steps done", step + 1, order.size)
             last_report = time.monotonic()
     if constant_steps:
-        warnings.warn(
+        warn(
             f"the DNN similarity of the first {constant_steps[:20]} added dimensions is constant over "
             "the objects, so the cumulative RSA at those steps is undefined (NaN)",
             RuntimeWarning,
-            stacklevel=2,
         )
     n_dims = dims_for_share(values, r_full, share)
     if n_dims is None:
@@ -406,6 +407,43 @@ def cumulative_rsa(
 
 # -- objects that show agreement and disagreement ----------------------------
 
+
+def _check_order(order: Sequence[int], n_dnn: int) -> np.ndarray:
+    """Return ``order`` as int64, or raise ValueError for a list that is no order of DNN dimensions.
+
+    A plain int64 cast would truncate a fractional dimension to another one.
+    """
+    array = np.asarray(order)
+    if array.ndim != 1:
+        raise ValueError(f"order must be a 1-D list of DNN dimensions, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("order is empty: name at least one DNN dimension")
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array) & (array == np.rint(array))
+        if not whole.all():
+            position = int(np.flatnonzero(~whole)[0])
+            raise ValueError(
+                f"order must be integer DNN dimensions, got {float(array[position])} at position {position}"
+            )
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"order must be integer DNN dimensions, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    outside = np.flatnonzero((array < 0) | (array >= n_dnn))
+    if outside.size:
+        position = int(outside[0])
+        raise ValueError(
+            f"order names DNN dimension {int(array[position])} at position {position}, but the DNN "
+            f"embedding has {n_dnn} dimensions (0 to {n_dnn - 1})"
+        )
+    first_position: dict[int, int] = {}
+    for position, dimension in enumerate(array.tolist()):
+        if dimension in first_position:
+            raise ValueError(
+                f"order names DNN dimension {dimension} twice (positions {first_position[dimension]} "
+                f"and {position}): add each dimension once"
+            )
+        first_position[dimension] = position
+    return array
 
 def _descending_ranks(weights: np.ndarray) -> np.ndarray:
     """Rank 1 = highest weight; ties (such as the many zeros of a sparse dimension) share the mean rank."""
@@ -437,6 +475,8 @@ def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: 
         raise ValueError(
             f"both dimensions need one weight per object, got {human_rank.shape} and {dnn_rank.shape}"
         )
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise ValueError(f"k must be an integer, got {k!r}")
     if not 1 <= k <= human_rank.size:
         raise ValueError(f"k={k} is invalid for {human_rank.size} objects: use 1..{human_rank.size}")
     index = np.arange(human_rank.size)

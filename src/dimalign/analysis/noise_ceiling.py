@@ -19,11 +19,13 @@ predicted by ``{1, 1}``, a miss. The ceiling is ``(0.5 + 0.5 + 0) / 3 = 1/3``.
 from __future__ import annotations
 
 import logging
-import warnings
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from dimalign._warnings import warn
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ def triplet_noise_ceiling(
     """
     from dimalign.io.triplets import validate_triplets
 
+    if isinstance(min_responses, bool) or not isinstance(min_responses, numbers.Integral):
+        raise ValueError(f"min_responses must be an integer, got {min_responses!r}")
     if min_responses < 2:
         raise ValueError(f"min_responses must be at least 2, got {min_responses}")
     rows = validate_triplets(np.asarray(triplets), None)
@@ -100,11 +104,10 @@ def triplet_noise_ceiling(
     set_ids = set_ids.reshape(-1)
     repeated = set_sizes[set_ids] >= min_responses
     if not repeated.any():
-        warnings.warn(
+        warn(
             f"no object set was judged {min_responses} or more times, so the noise "
             "ceiling cannot be estimated",
             RuntimeWarning,
-            stacklevel=2,
         )
         return None
 
@@ -124,13 +127,12 @@ def triplet_noise_ceiling(
         n_responses=int(choices.size),
     )
     if result.n_responses < MIN_RELIABLE_RESPONSES or result.n_sets < MIN_RELIABLE_SETS:
-        warnings.warn(
+        warn(
             f"the noise ceiling {result.value:.4f} rests on {result.n_responses} responses in "
             f"{result.n_sets} repeated object sets, fewer than the minimum of "
             f"{MIN_RELIABLE_RESPONSES} responses and {MIN_RELIABLE_SETS} sets, so it is too noisy "
             "to compare with model accuracies",
             UserWarning,
-            stacklevel=2,
         )
     logger.info(
         "noise ceiling %.4f from %d responses in %d repeated object sets",

@@ -35,7 +35,7 @@ matched pair. It also finds the triplets where the models disagree most.
 from __future__ import annotations
 
 import logging
-import warnings
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,16 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
+def _check_positive_integer(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    _check_positive_integer("batch_size", batch_size)
+
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension products of the three pairs (ij, ik, jk), each ``(batch, d)``."""
     first, second, third = weights[batch[:, 0]], weights[batch[:, 1]], weights[batch[:, 2]]
@@ -105,6 +116,8 @@ def option_probabilities(
         ``triplets[:, c]`` is the odd one out. Rows sum to 1.
     """
     weights_np, rows = _check_inputs(embedding, triplets)
+    # Checked because a negative step makes the loop below run no batch at all.
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     result = np.empty((rows.shape[0], 3))
@@ -196,8 +209,7 @@ def jackknife_relevance(
     weights_np, rows = _check_inputs(embedding, triplets)
     if rows.shape[0] == 0:
         raise ValueError("no triplets given: relevance of an empty set is undefined")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     n_triplets, n_dims = rows.shape[0], weights_np.shape[1]
@@ -240,13 +252,12 @@ def jackknife_relevance(
     n_tied = n_triplets - assigned.size
     prefix = f"{name}: " if name else ""
     if n_tied:
-        warnings.warn(
+        warn(
             f"{prefix}{n_tied} of {n_triplets} triplets have no single most relevant dimension, because "
             "several dimensions lower the log-probability of the choice by the same largest amount "
             f"(such as dimensions equal for the three objects); they are marked {NO_DIMENSION} and "
             "count for no dimension",
             UserWarning,
-            stacklevel=2,
         )
     logger.info(
         "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
@@ -345,13 +356,19 @@ def compare_decisions(
 
     Returns:
         DecisionComparison: Choices, probabilities and relevance of both models.
+
+    Raises:
+        ValueError: If the embeddings differ in their number of objects, or a
+            triplet has a value that is not a whole number, an index out of
+            range or a repeated object (naming its row).
     """
     if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:
         raise ValueError(
             f"the human embedding has {np.asarray(human).shape[0]} objects and the DNN embedding "
             f"{np.asarray(dnn).shape[0]}: align them by object first"
         )
-    triplets = np.asarray(triplets, dtype=np.int64)
+    # A plain int64 cast would truncate a fractional index to another object.
+    triplets = _check_inputs(human, triplets)[1]
     human_probabilities = option_probabilities(human, triplets, batch_size=batch_size, device=device)
     dnn_probabilities = option_probabilities(dnn, triplets, batch_size=batch_size, device=device)
     human_choice = np.argmax(human_probabilities, axis=1)
@@ -441,10 +458,14 @@ def agreement_on_different_dimensions(
             dimension (for example from matching with replacement).
         names (Sequence[str] | None): Object names for extra columns.
         top (int): Rows to return, by decreasing ``min(p_human, p_dnn)``
-            (the agreements both models are surest of).
+            (the agreements both models are surest of), at least 1.
 
     Returns:
         pd.DataFrame: One row per triplet (see :func:`_decision_frame` columns).
+
+    Raises:
+        ValueError: If ``human_to_dnn`` has not one entry per human dimension,
+            or ``top`` is not a positive integer.
     """
     human_to_dnn = np.asarray(human_to_dnn, dtype=np.int64)
     if human_to_dnn.size != comparison.human.mean_drop.size:
@@ -453,6 +474,8 @@ def agreement_on_different_dimensions(
         )
     rows = np.flatnonzero(agree_on_different_dimensions(comparison, human_to_dnn))
     confidence = np.minimum(comparison.human.probabilities[rows], comparison.dnn.probabilities[rows])
+    # A negative top would slice off rows from the end instead of failing.
+    _check_positive_integer("top", top)
     rows = rows[np.lexsort((rows, -confidence))][:top]
     frame = _decision_frame(comparison, rows, names)
     frame.insert(frame.columns.get_loc("dnn_dim") + 1, "matched_dnn_dim", human_to_dnn[frame["human_dim"]])
@@ -466,7 +489,19 @@ def largest_disagreements(
 
     The difference is ``p_human(c) - p_dnn(c)`` for the human model's choice
     ``c``: how much surer the human model is of its choice than the DNN model.
+
+    Args:
+        comparison (DecisionComparison): From :func:`compare_decisions`.
+        names (Sequence[str] | None): Object names for extra columns.
+        top (int): Rows to return, at least 1.
+
+    Returns:
+        pd.DataFrame: One row per triplet (see :func:`_decision_frame` columns).
+
+    Raises:
+        ValueError: If ``top`` is not a positive integer.
     """
+    _check_positive_integer("top", top)
     rows = np.flatnonzero(~comparison.agree)
     human_choice = comparison.human_choice[rows]
     difference = (

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import KFold
 
+from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -187,21 +187,19 @@ class RidgeMap(BaseEstimator):
             )
 
         if not np.ptp(X, axis=0).any():
-            warnings.warn(
+            warn(
                 f"every one of the {X.shape[1]} feature columns has the same value for every object, "
                 "so the map predicts each dimension's mean and its R^2 is at most 0; check the "
                 "features (a layer of dead units, or images that failed to load as blank)",
                 UserWarning,
-                stacklevel=2,
             )
         constant = np.flatnonzero(np.ptp(Y, axis=0) == 0)
         if constant.size:
-            warnings.warn(
+            warn(
                 f"dimension(s) {constant.tolist()} have the same value for every object, so their "
                 "cross-validated R^2 follows scikit-learn's convention (1 for an exact fit) and says "
                 "nothing about the features",
                 UserWarning,
-                stacklevel=2,
             )
 
         # Cross-validated R² of every (penalty, dimension) pair, one SVD per fold.
@@ -470,13 +468,12 @@ class RidgeMap(BaseEstimator):
         for edge, label in ((low, "smallest"), (high, "largest")):
             dims = np.flatnonzero(best == edge)
             if dims.size:
-                warnings.warn(
+                warn(
                     f"the chosen ridge penalty of {dims.size} dimension(s) "
                     f"({dims[:20].tolist()}) is the {label} value of the grid "
                     f"({alphas[edge]:g}); the best penalty may lie outside the grid, "
                     "so extend it",
                     UserWarning,
-                    stacklevel=3,
                 )
 
     def _check_fitted(self) -> None:

@@ -22,11 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
+
+from dimalign._warnings import warn
 
 METHODS = ("pearson", "spearman")
 NAN_POLICIES = ("raise", "omit")
@@ -111,10 +112,9 @@ def _handle_missing(
             f"both inputs contain NaN at {describe_positions(both)} ({both.size} values). "
             "Pass nan_policy='omit' to drop those pairs."
         )
-    warnings.warn(
+    warn(
         f"dropped {both.size} of {a.size} value pairs that are NaN in both inputs",
         RuntimeWarning,
-        stacklevel=3,
     )
     return a[~missing_a], b[~missing_b]
 

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,11 +96,17 @@ def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int)
     array = np.asarray(triplets)
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(f"triplets must have shape (n, 3), got {array.shape}")
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        rounded = np.rint(array)
-        if not np.array_equal(rounded, array):
-            raise ValueError("triplets must contain integer object indices")
-        array = rounded
+    if array.dtype.kind == "f":
+        # Floats are accepted when whole, as np.loadtxt returns them.
+        whole = np.isfinite(array) & (array == np.rint(array))
+        if not whole.all():
+            row, column = (int(index) for index in np.argwhere(~whole)[0])
+            raise ValueError(
+                f"triplet row {row}, column {column} has the value {float(array[row, column])}, but "
+                f"object indices must be integers ({int((~whole).sum())} such values in all)"
+            )
+    elif array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"triplets must contain integer object indices, got dtype {array.dtype}")
     array = array.astype(np.int64, copy=False)
 
     outside = (array < 0) | (array >= n_objects)
@@ -124,10 +131,47 @@ def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int)
     return array
 
 
-def _batches(n_rows: int, batch_size: int) -> range:
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+def _batches(n_rows: int, batch_size: int) -> range:
+    _check_batch_size(batch_size)
     return range(0, n_rows, batch_size)
+
+
+def _as_object_indices(objects: Sequence[int] | np.ndarray, n_objects: int) -> np.ndarray:
+    """Return ``objects`` as a 1-D int64 array of indices in ``0 .. n_objects - 1``.
+
+    Floats are accepted when whole. Booleans are rejected rather than read as
+    the indices 0 and 1, because a boolean mask is the likelier intent.
+
+    Raises:
+        ValueError: For an empty or not 1-D list, a value that is not a whole
+            number, or an index out of range.
+    """
+    array = np.asarray(objects)
+    if array.ndim != 1:
+        raise ValueError(f"objects must be a 1-D sequence of object indices, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("objects is empty: pass at least one object index, or None for the whole matrix")
+    if array.dtype.kind == "f":
+        whole = np.isfinite(array) & (array == np.rint(array))
+        if not whole.all():
+            position = int(np.flatnonzero(~whole)[0])
+            raise ValueError(
+                f"objects must be integer object indices, got the value {float(array[position])} "
+                f"at position {position}"
+            )
+    elif array.dtype.kind not in "iu":
+        raise ValueError(f"objects must be integer object indices, got dtype {array.dtype}")
+    outside = array[(array < 0) | (array >= n_objects)]
+    if outside.size:
+        raise ValueError(f"object indices {outside[:20].tolist()} are outside 0..{n_objects - 1}")
+    return array.astype(np.int64)
 
 
 def triplet_logits(
@@ -236,7 +280,19 @@ def triplet_nll(
     triplets: np.ndarray | Sequence[Sequence[int]],
     batch_size: int = DEFAULT_TRIPLET_BATCH,
 ) -> float:
-    """Compute the mean negative log-likelihood per triplet (chance: ``log 3 ≈ 1.0986``)."""
+    """Compute the mean negative log-likelihood per triplet (chance: ``log 3 ≈ 1.0986``).
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
+        triplets (array-like): Shape ``(n, 3)``; the last column is the odd one out.
+        batch_size (int): Triplets per batch.
+
+    Returns:
+        float: The mean of ``-log p`` over the triplets (``>= 0``).
+
+    Raises:
+        ValueError: If no triplets are given, or a triplet or the embedding is invalid.
+    """
     return -triplet_log_likelihood(embedding, triplets, reduction="mean", batch_size=batch_size)
 
 
@@ -291,7 +347,14 @@ def odd_one_out_accuracy(
 
 
 def dot_similarity(embedding: np.ndarray) -> np.ndarray:
-    """Compute the plain dot-product similarity ``Y Yᵀ``, shape ``(n, n)``."""
+    """Compute the plain dot-product similarity ``Y Yᵀ``.
+
+    Args:
+        embedding (np.ndarray): Shape ``(n_objects, n_dims)``, finite.
+
+    Returns:
+        np.ndarray: Shape ``(n_objects, n_objects)``, float64.
+    """
     weights = _as_embedding(embedding)
     return weights @ weights.T
 
@@ -596,8 +659,9 @@ def similarity_matrix(
 
     Args:
         embedding (np.ndarray): Shape ``(n_objects, n_dims)``, at least 3 objects.
-        objects (Sequence[int] | None): Return only the sub-matrix of these
-            objects, in this order. The mean still runs over all ``n_objects``
+        objects (Sequence[int] | np.ndarray | None): Return only the
+            sub-matrix of these objects (a non-empty 1-D list of indices, not
+            a boolean mask), in this order. The mean still runs over all ``n_objects``
             third objects, so the result equals the rows and columns of the
             full matrix. Much faster for a few objects. From ``n_objects / 12``
             objects on, the full matrix is computed and cut instead.
@@ -615,8 +679,8 @@ def similarity_matrix(
         requested objects, in the requested dtype.
 
     Raises:
-        ValueError: With fewer than 3 objects, an invalid object index, or
-            an invalid dtype or batch size.
+        ValueError: With fewer than 3 objects, an empty or invalid list of
+            object indices, or an invalid dtype or batch size.
 
     Example:
         >>> import numpy as np
@@ -635,19 +699,13 @@ def similarity_matrix(
     torch_device = resolve_device(device)
     if batch_size is None:
         batch_size = DEFAULT_BLOCK_SIZE.get(torch_device.type, DEFAULT_BLOCK_SIZE["cpu"])
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
+    subset = _as_object_indices(objects, n_objects) if objects is not None else None
 
     weights_tensor = torch.as_tensor(weights, dtype=torch.float64, device=torch_device)
     logits = weights_tensor @ weights_tensor.T
 
-    if objects is not None:
-        subset = np.asarray(objects, dtype=np.int64).reshape(-1)
-        outside = subset[(subset < 0) | (subset >= n_objects)]
-        if outside.size:
-            raise ValueError(
-                f"object indices {outside[:20].tolist()} are outside 0..{n_objects - 1}"
-            )
+    if subset is not None:
         # The subset costs O(m² n) and the full matrix O(n³) with a smaller
         # constant. With one torch thread on a shared 2-core x86_64 CPU and a
         # 1,854 x 42 gamma embedding, the full matrix took 1.3 s and subsets of

@@ -181,6 +181,13 @@ def match_concept_ids(
 def load_things48(things_dir: str | os.PathLike) -> Things48:
     """Load the 48-object RDM, its names and their THINGS rows from a data directory.
 
+    Args:
+        things_dir (str | os.PathLike): THINGS data directory with
+            ``RDM48_triplet.mat``, ``words48.csv`` and ``unique_id.txt``.
+
+    Returns:
+        Things48: The RDM, the 48 names and their rows in ``unique_id.txt``.
+
     Raises:
         FileNotFoundError: If the directory, or one of its three files, does not exist.
         ValueError: If a file cannot be read, or the names do not match the

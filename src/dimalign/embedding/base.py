@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
@@ -325,17 +325,17 @@ class TripletEmbedding(BaseEstimator):
             last_n_kept = int(state["last_n_kept"])
             logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
             if start_epoch >= self.max_epochs:
-                warnings.warn(
+                warn(
                     f"the checkpoint in {directory} has {start_epoch} epochs, not fewer than "
                     f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
-                    "checkpoint's; raise max_epochs to train on", UserWarning, stacklevel=2,
+                    "checkpoint's; raise max_epochs to train on", UserWarning,
                 )
             elif stable_epochs >= self.stability_epochs:
-                warnings.warn(
+                warn(
                     f"the checkpoint in {directory} has converged: its kept dimensions did not "
                     f"change for {stable_epochs} epochs, at least stability_epochs="
                     f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
-                    "raise stability_epochs to train on", UserWarning, stacklevel=2,
+                    "raise stability_epochs to train on", UserWarning,
                 )
 
         writer = self._tensorboard_writer(directory, start_epoch)
@@ -387,11 +387,11 @@ class TripletEmbedding(BaseEstimator):
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
         if self.n_dims_ == 0:
-            warnings.warn(
+            warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
                 f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
                 f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
-                UserWarning, stacklevel=2,
+                UserWarning,
             )
         return self
 
@@ -602,10 +602,10 @@ class TripletEmbedding(BaseEstimator):
             return
         # CPU and CUDA generators have different state formats, so a run moved
         # between devices continues with a new stream derived from seed and epoch.
-        warnings.warn(
+        warn(
             f"checkpoint RNG state is from {state['generator_device']}, this run is on "
             f"{device.type}: continuing with a new random stream, so results will differ from "
-            "an uninterrupted run", UserWarning, stacklevel=2,
+            "an uninterrupted run", UserWarning,
         )
         generator.manual_seed(int(self.random_state) * 1_000_003 + int(state["epoch"]))
 
@@ -680,22 +680,40 @@ class TripletEmbedding(BaseEstimator):
         import tomli_w
 
         self._check_fitted()
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_embedding(self._result(), run_dir)
         config = {
             "estimator": self._estimator_name,
-            "settings": {key: ("" if value is None else value) for key, value in self.get_params().items()},
+            "settings": {key: _toml_setting(value) for key, value in self.get_params().items()},
             "fitted": {
-                "n_objects": self.n_objects_,
-                "n_dims": self.n_dims_,
-                "n_epochs": self.n_epochs_,
+                "n_objects": int(self.n_objects_),
+                "n_dims": int(self.n_dims_),
+                "n_epochs": int(self.n_epochs_),
                 "converged": bool(self.converged_),
             },
         }
-        write_text_atomic(run_dir / CONFIG_NAME, tomli_w.dumps(config))
+        # Formatted before anything is written, so that a setting TOML cannot
+        # store leaves no embedding.npz without its config.toml.
+        config_text = tomli_w.dumps(config)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_embedding(self._result(), run_dir)
+        write_text_atomic(run_dir / CONFIG_NAME, config_text)
         write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
+
+
+def _toml_setting(value: Any) -> Any:
+    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
+
+    TOML has no null, and tomli_w rejects paths and numpy scalars, which
+    notebooks pass as settings.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def history_to_csv(history: list[dict[str, float]]) -> str:

@@ -39,8 +39,15 @@ class SPoSE(TripletEmbedding):
             objects have a weight above ``prune_threshold``.
         init_mean (float): Mean of the initial weights.
         init_std (float): Standard deviation of the initial weights.
-        random_state, device, dtype, checkpoint_dir, checkpoint_every, resume,
-        eval_every, tensorboard, verbose: as for :class:`~dimalign.embedding.VICE`.
+        random_state (int): Seed of every random draw of the fit.
+        device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        dtype (str): ``"float32"`` or ``"float64"``.
+        checkpoint_dir (str | None): Directory for ``checkpoint.pt``.
+        checkpoint_every (int): Epochs between checkpoints.
+        resume (bool): Continue from the checkpoint in ``checkpoint_dir``.
+        eval_every (int): Epochs between evaluations on the validation set.
+        tensorboard (bool): Write TensorBoard event files into ``checkpoint_dir``.
+        verbose (bool): Log every epoch at INFO level and show a progress bar.
 
     Attributes:
         embedding_ (np.ndarray): Kept columns of W, sorted by decreasing total

@@ -124,7 +124,8 @@ def run_list_layers(args: argparse.Namespace) -> int:
         pixels = torch.stack([loaded.transform(blank)])
         shapes = layer_shapes(loaded.model, pixels)
         calls = count_calls(loaded.model, pixels)
-    print(f"# default layer: {loaded.default_layer}")
+    default = loaded.default_layer or "none (the model has no Linear layer): name one with --layer"
+    print(f"# default layer: {default}")
     for name, type_name in list_layers(loaded.model):
         shape = shapes.get(name)
         columns = [name, type_name] + ([" x ".join(map(str, shape))] if shape else [])

@@ -53,7 +53,12 @@ FLOAT_IMAGE_REASON = (
 
 
 class ImageReadError(Exception):
-    """An image file that cannot be decoded, with its ``path`` and the ``reason``."""
+    """An image file that cannot be decoded, with its ``path`` and the ``reason``.
+
+    Args:
+        path (str): The image file.
+        reason (str): Why it cannot be decoded.
+    """
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -209,6 +214,12 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
     Relative paths are resolved against the list file's folder. Blank lines and
     lines starting with ``#`` are ignored.
 
+    Args:
+        list_file (str | os.PathLike): The text file.
+
+    Returns:
+        ImageList: The image files in the file's order.
+
     Raises:
         FileNotFoundError: If the list file is missing or empty.
         ValueError: If a path appears twice, also spelled differently (rows
@@ -255,6 +266,14 @@ def read_image_list(list_file: str | os.PathLike) -> ImageList:
 def list_images(source: str | os.PathLike,
                 extensions: Sequence[str] = DEFAULT_EXTENSIONS) -> ImageList:
     """List images from a folder (:func:`find_images`) or a list file (:func:`read_image_list`).
+
+    Args:
+        source (str | os.PathLike): A folder, searched recursively, or a text
+            file with one image path per line.
+        extensions (Sequence[str]): File suffixes that count as images in a folder.
+
+    Returns:
+        ImageList: The image files in row order.
 
     Raises:
         FileNotFoundError: If ``source`` does not exist.
@@ -309,6 +328,13 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
 
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Convert a decoded image of any mode to RGB by the module's colour rules.
+
+    Args:
+        image (Image.Image): A decoded image.
+        background (tuple[int, int, int]): RGB colour under transparent pixels.
+
+    Returns:
+        Image.Image: The image in mode ``RGB``.
 
     Raises:
         ValueError: For a 32-bit float image (mode ``F``), whose value range is unknown.

@@ -113,6 +113,10 @@ class EfficientNetLite0(nn.Module):
     to 1,280 channels), ``avgpool`` (global average pool with output
     ``(n, 1280, 1, 1)``, which flattened is the 1,280-d penultimate features),
     ``dropout`` and ``classifier``.
+
+    Args:
+        n_classes (int): Outputs of the classifier.
+        dropout (float): Dropout probability before the classifier.
     """
 
     def __init__(self, n_classes: int = N_CLASSES, dropout: float = 0.2) -> None:
@@ -192,6 +196,13 @@ def efficientnet_lite0(weights: str | Path | None = None) -> EfficientNetLite0:
 
     The file may use efficientnet_pytorch names (converted by
     :func:`convert_state_dict`) or this module's names. Loading is strict.
+
+    Args:
+        weights (str | Path | None): A state dict file, or None for a random
+            initialisation.
+
+    Returns:
+        EfficientNetLite0: The model, in eval mode.
     """
     model = EfficientNetLite0()
     if weights is not None:

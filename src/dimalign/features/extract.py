@@ -21,9 +21,9 @@ import contextlib
 import csv
 import io
 import logging
+import numbers
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.features.datasets import (
     DEFAULT_EXTENSIONS,
     UNKNOWN_STAMP,
@@ -103,6 +104,16 @@ def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[La
     With ``check_calls``, first reject layers that the model calls more than
     once per forward pass (see :func:`check_single_calls`), at the cost of one
     full forward pass of one image. Callers do this for their first batch.
+
+    Args:
+        loaded (LoadedModel): The model and its device.
+        pixels (torch.Tensor): A preprocessed batch ``(n, 3, H, W)``.
+        requests (Sequence[LayerRequest]): The layers to read, from
+            :func:`parse_layers`.
+        check_calls (bool): First reject layers called more than once per pass.
+
+    Returns:
+        dict[str, np.ndarray]: Float32 features of each requested layer, one row per image.
     """
     pixels = pixels.to(loaded.device, non_blocking=True, memory_format=torch.channels_last)
     if check_calls:
@@ -112,7 +123,7 @@ def read_layers(loaded: LoadedModel, pixels: torch.Tensor, requests: Sequence[La
 
 
 def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Image],
-                     layers: Sequence[str] | None = None, pools: str | Sequence[str] = "flatten",
+                     layers: str | Sequence[str] | None = None, pools: str | Sequence[str] = "flatten",
                      batch_size: int = 32, background: str | Sequence[int] = "white",
                      exif_transpose: bool = True) -> dict[str, np.ndarray]:
     """Compute features of a few images in memory.
@@ -120,7 +131,8 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     Args:
         loaded (LoadedModel): The model (see :func:`load_model`).
         images (ImageList | Sequence[Image.Image]): Image files or PIL images.
-        layers (Sequence[str] | None): Layers to read; the model's default layer if None.
+        layers (str | Sequence[str] | None): Layers to read (a string is one
+            layer); the model's default layer if None.
         pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
         batch_size (int): Images per forward pass.
         background (str | Sequence[int]): Colour under transparent pixels.
@@ -130,12 +142,14 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
         dict[str, np.ndarray]: Float32 features of each layer, one row per image.
 
     Raises:
-        ValueError: If an image file cannot be read (naming it and the reason).
+        ValueError: If an image file cannot be read (naming it and the reason),
+            or the batch size is not a positive integer.
+        TypeError: If an element of a sequence is not a PIL image.
     """
     if len(images) == 0:
         raise ValueError("no images to compute features of")
     _check_batch_size(batch_size)
-    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
 
@@ -152,6 +166,12 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
             for name, values in read_layers(loaded, batch.pixels, requests, first).items():
                 chunks[name].append(values)
     else:
+        for position, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise TypeError(
+                    f"images[{position}] is a {type(image).__name__}, not a PIL image: pass PIL "
+                    "images, or an ImageList of files (list_images)"
+                )
         for start in range(0, len(images), batch_size):
             pixels = torch.stack([loaded.transform(to_rgb(image, colour))
                                   for image in images[start:start + batch_size]])
@@ -160,13 +180,28 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     return {name: np.concatenate(values) for name, values in chunks.items()}
 
 
+def _requested_layers(loaded: LoadedModel, layers: str | Sequence[str] | None) -> list[str]:
+    """Return the named layers, or the model's default layer when none is named."""
+    if isinstance(layers, str):
+        return [layers]
+    if layers:
+        return list(layers)
+    if loaded.default_layer is None:
+        raise ValueError(
+            f"model {loaded.name} has no Linear layer whose input could serve as the default: "
+            f"name the layers (layers=[...], CLI: --layer); dimalign list-layers {loaded.name} "
+            "lists them"
+        )
+    return [loaded.default_layer]
+
+
 def extract_features(
     images: str | os.PathLike | ImageList,
     out_dir: str | os.PathLike,
     model: str | LoadedModel = "efficientnet_lite0",
     *,
     weights: str | os.PathLike | None = None,
-    layers: Sequence[str] | None = None,
+    layers: str | Sequence[str] | None = None,
     pools: str | Sequence[str] = "flatten",
     batch_size: int = 32,
     num_workers: int = 0,
@@ -191,8 +226,8 @@ def extract_features(
         out_dir (str | os.PathLike): The feature folder to write.
         model (str | LoadedModel): A model name for :func:`load_model`, or a loaded model.
         weights (str | os.PathLike | None): Weights for :func:`load_model`.
-        layers (Sequence[str] | None): Layers to read; the model's default
-            (penultimate) layer if None.
+        layers (str | Sequence[str] | None): Layers to read (a string is one
+            layer); the model's default (penultimate) layer if None.
         pools (str | Sequence[str]): ``raw``, ``flatten`` or ``gap``, for all or per layer.
         batch_size (int): Images per forward pass.
         num_workers (int): DataLoader processes decoding images (0: in this process).
@@ -247,7 +282,7 @@ def extract_features(
     if len(image_list) == 0:
         raise ValueError(f"the image list of {image_list.root} is empty: pass at least one image")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
-    requests = parse_layers(layers or [loaded.default_layer], pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
     names = feature_file_names([request.name for request in requests], fmt)
     fingerprint = {
         "model": loaded.name,
@@ -317,6 +352,8 @@ def extract_features(
 
 def _check_batch_size(batch_size: int) -> None:
     """Reject a batch size below 1, or above sys.maxsize, which torch's DataLoader cannot slice."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"invalid batch size {batch_size!r}: use an integer of 1 or more")
     if not 1 <= batch_size <= sys.maxsize:
         raise ValueError(f"invalid batch size {batch_size}: use 1 or more, up to sys.maxsize")
 
@@ -526,9 +563,9 @@ def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows:
         if too_large.any() and name not in warned:
             warned.add(name)
             row = rows[int(np.flatnonzero(too_large.reshape(len(rows), -1).any(axis=1))[0])]
-            warnings.warn(f"layer {name} of {image_list.paths[row]} has values beyond float16's "
-                          f"range ({limit:g}) that become inf (warned once per layer); use dtype "
-                          "float32", UserWarning, stacklevel=2)
+            warn(f"layer {name} of {image_list.paths[row]} has values beyond float16's "
+                 f"range ({limit:g}) that become inf (warned once per layer); use dtype "
+                 "float32", UserWarning)
 
 
 def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: LoadedModel,

@@ -41,12 +41,13 @@ class LayerRequest:
     pool: str
 
 
-def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
+def parse_layers(layers: str | Sequence[str], pools: str | Sequence[str],
                  model: nn.Module) -> list[LayerRequest]:
     """Check layer names against ``model`` and pair each with its pooling.
 
     Args:
-        layers (Sequence[str]): Module names, each optionally ending in ``:input``.
+        layers (str | Sequence[str]): Module names, each optionally ending in
+            ``:input``; a string is one name.
         pools (str | Sequence[str]): One pooling for all layers or one per layer.
         model (nn.Module): The model whose modules are named.
 
@@ -57,6 +58,8 @@ def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
         ValueError: For an unknown or repeated layer, an unknown pooling, or a
             number of poolings that is neither 1 nor the number of layers.
     """
+    # A string is one layer name, not a sequence of one-character names.
+    layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("no layer requested: name at least one layer")
     pools = [pools] if isinstance(pools, str) else list(pools)
@@ -88,6 +91,13 @@ def parse_layers(layers: Sequence[str], pools: str | Sequence[str],
 
 def pool_tensor(tensor: torch.Tensor, pool: str) -> torch.Tensor:
     """Pool a batch ``(n, ...)`` of layer outputs (see the module docstring).
+
+    Args:
+        tensor (torch.Tensor): Layer outputs, shape ``(n, ...)``.
+        pool (str): ``"raw"``, ``"flatten"`` or ``"gap"``.
+
+    Returns:
+        torch.Tensor: The pooled outputs, one row per input.
 
     Raises:
         ValueError: For ``gap`` on an output without axes after the channel axis.
@@ -271,7 +281,14 @@ def check_single_calls(model: nn.Module, requests: Sequence[LayerRequest],
 
 
 def list_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """Return ``(name, module type)`` for every named module, in definition order."""
+    """Return ``(name, module type)`` for every named module, in definition order.
+
+    Args:
+        model (nn.Module): The network.
+
+    Returns:
+        list[tuple[str, str]]: The module names and their class names.
+    """
     return [(name, type(module).__name__) for name, module in model.named_modules() if name]
 
 
@@ -279,6 +296,13 @@ def layer_shapes(model: nn.Module, pixels: torch.Tensor) -> dict[str, tuple[int,
     """Return each module's output shape (without the batch axis) for an input batch.
 
     Modules whose output is not a tensor are left out.
+
+    Args:
+        model (nn.Module): The network.
+        pixels (torch.Tensor): A preprocessed batch ``(n, 3, H, W)``.
+
+    Returns:
+        dict[str, tuple[int, ...]]: Output shape by module name.
     """
     shapes: dict[str, tuple[int, ...]] = {}
 

@@ -31,7 +31,6 @@ import logging
 import os
 import pickle
 import urllib.error
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
+from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.features import efficientnet_lite
 from dimalign.io.files import sha256_file
@@ -82,7 +82,8 @@ class LoadedModel:
         weights_id (str): Which weights: an enum name, ``random-init(seed=0)``,
             ``file:<path>``, or the packaged weights' file name.
         weights_sha256 (str | None): SHA-256 of the weights file where known.
-        default_layer (str): Layer used when none is named.
+        default_layer (str | None): Layer used when none is named; None for
+            a model without a Linear layer, whose layers must be named.
         device (torch.device): Where the model is.
         seed (int): Seed of a random initialisation.
     """
@@ -92,7 +93,7 @@ class LoadedModel:
     name: str
     weights_id: str
     weights_sha256: str | None
-    default_layer: str
+    default_layer: str | None
     device: torch.device
     seed: int = 0
 
@@ -117,7 +118,19 @@ def imagenet_transform(resize: int = 256, crop: int = 224,
                        std: tuple[float, float, float] = IMAGENET_STD,
                        interpolation: T.InterpolationMode = T.InterpolationMode.BILINEAR,
                        ) -> T.Compose:
-    """Build the resize, centre crop, to-tensor and normalise pipeline."""
+    """Build the resize, centre crop, to-tensor and normalise pipeline.
+
+    Args:
+        resize (int): Length of the shorter image side after resizing, in pixels.
+        crop (int): Side of the square centre crop, in pixels.
+        mean (tuple[float, float, float]): Per-channel mean subtracted after
+            scaling to [0, 1].
+        std (tuple[float, float, float]): Per-channel standard deviation divided by.
+        interpolation (T.InterpolationMode): Resampling filter of the resize.
+
+    Returns:
+        T.Compose: PIL RGB image -> float tensor ``(3, crop, crop)``.
+    """
     return T.Compose([
         T.Resize(resize, interpolation=interpolation),
         T.CenterCrop(crop),
@@ -448,8 +461,8 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
                            _default_layer(bare, model), torch.device("cpu"))
 
     if kind == "default":
-        warnings.warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
-                      "(--pretrained) for its published ImageNet weights", UserWarning, stacklevel=3)
+        warn(f"{name} is randomly initialised (seed {seed}); pass weights='pretrained' "
+             "(--pretrained) for its published ImageNet weights", UserWarning)
     if kind == "file":
         model = _model_for_file(lambda **options: tv_models.get_model(bare, weights=None, **options),
                                 weights, name, seed)
@@ -531,10 +544,15 @@ def _load_timm(name: str, bare: str, weights: str | os.PathLike | None, seed: in
                        torch.device("cpu"))
 
 
-def _default_layer(bare: str, model: nn.Module) -> str:
+def _default_layer(bare: str, model: nn.Module) -> str | None:
+    """Return the input of the last Linear layer, or None for a model without one.
+
+    Without a default, extraction needs named layers (see ``_requested_layers``
+    in :mod:`dimalign.features.extract`), but the model still loads.
+    """
     if bare in DEFAULT_LAYERS:
         return DEFAULT_LAYERS[bare]
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linear_names:
-        raise ValueError(f"model {bare} has no Linear layer; name a layer with --layer")
+        return None
     return f"{linear_names[-1]}:input"

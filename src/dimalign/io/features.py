@@ -34,7 +34,10 @@ def load_features(
             ``features.npy`` or ``features.h5`` (and ``objects.tsv``).
         layer (str | None): Dataset name inside an HDF5 file (needed when the
             file contains more than one), or the layer's ``.npy`` stem in a folder
-            (``features_<layer>.npy``).
+            (``features_<layer>.npy``). NOTE: it is ignored for a single
+            ``.npy``/``.txt`` file, and a folder without that file falls back
+            to its ``features.npy``; :func:`check_layer_choice` rejects both
+            cases when the layer must match.
         mmap (bool): Memory-map ``.npy`` files instead of reading them.
         read_table (bool): Read and check the ``objects.tsv`` next to the
             features. False returns None in its place, for a caller that

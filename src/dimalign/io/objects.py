@@ -71,7 +71,24 @@ class ObjectTable:
 
 
 def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
-    """Write ``table`` as a TSV file with a header (atomically)."""
+    """Write ``table`` as a TSV file with a header (atomically).
+
+    Args:
+        table (ObjectTable): The object ids and sources.
+        path (str | os.PathLike): Destination file.
+
+    Returns:
+        Path: The destination.
+
+    Raises:
+        ValueError: If the table is empty or an object id is empty, because
+            :func:`read_object_table` would reject the file.
+    """
+    if len(table) == 0:
+        raise ValueError(f"{path}: the object table is empty; it must name at least one object")
+    empty = [row for row, name in enumerate(table.object_ids) if not str(name)]
+    if empty:
+        raise ValueError(f"{path}: row {empty[0]} has an empty object id; every row must name its object")
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -88,6 +105,12 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
     ``objects.tsv`` written by :func:`write_object_table`, or a plain text
     file with one name per line (such as THINGS ``unique_id.txt``). Tables
     are tab-separated, or comma-separated in a ``.csv`` file.
+
+    Args:
+        path (str | os.PathLike): The table or list file.
+
+    Returns:
+        ObjectTable: The object ids, and the sources where the table has them.
 
     Raises:
         FileNotFoundError: If the file does not exist.

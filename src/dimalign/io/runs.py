@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, text_table_problem
 
 logger = logging.getLogger(__name__)
@@ -63,13 +64,33 @@ class EmbeddingResult:
 
 
 def save_embedding(result: EmbeddingResult, run_dir: str | os.PathLike) -> Path:
-    """Write ``embedding.npz`` into ``run_dir`` atomically and return its path."""
-    arrays = {"embedding": np.asarray(result.embedding, dtype=np.float32)}
+    """Write ``embedding.npz`` into ``run_dir`` atomically and return its path.
+
+    The weights keep their float type (float64 for other types), so that
+    :func:`load_embedding` returns them unchanged.
+
+    Args:
+        result (EmbeddingResult): The embedding and its optional arrays.
+        run_dir (str | os.PathLike): An existing folder.
+
+    Returns:
+        Path: The written ``embedding.npz``.
+
+    Raises:
+        ValueError: If the embedding is not a 2-D array of real numbers
+            with at least one row, or contains NaN or inf, because
+            :func:`load_embedding` would reject the file.
+    """
+    target = Path(run_dir) / EMBEDDING_NAME
+    embedding = np.asarray(result.embedding)
+    _check_embedding_values(embedding, str(target))
+    if embedding.dtype.kind != "f":
+        embedding = embedding.astype(np.float64)
+    arrays = {"embedding": embedding}
     for name in ("scales", "kept_dims", "loc", "scale"):
         value = getattr(result, name)
         if value is not None:
             arrays[name] = np.asarray(value)
-    target = Path(run_dir) / EMBEDDING_NAME
     with atomic_path(target) as temporary:
         np.savez(temporary, **arrays)
     return target
@@ -111,6 +132,8 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             (commas) or ``.tsv`` (tabs) file without a header, or another
             whitespace-separated text file (such as the published SPoSE
             embeddings), each ``(n_objects, n_dims)``.
+        negative_tolerance (float): Weights down to ``-negative_tolerance``
+            are set to 0 with a warning; lower ones are an error.
 
     Returns:
         EmbeddingResult: With ``embedding`` as float64.
@@ -160,7 +183,27 @@ def check_embedding(
             has no rows, contains NaN or inf, or has a weight below
             ``-negative_tolerance``.
     """
-    embedding = np.asarray(embedding)
+    embedding = _check_embedding_values(np.asarray(embedding), source)
+    negative = embedding < 0
+    if negative.any():
+        minimum = float(embedding.min())
+        if minimum < -negative_tolerance:
+            row, column = np.argwhere(embedding == minimum)[0]
+            raise ValueError(
+                f"{source}: {int(negative.sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
+                f"dimension {column}; embeddings must be non-negative (apply ReLU, as VICE and SPoSE do, "
+                "before saving)"
+            )
+        warn(
+            f"{source}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
+            f"tolerance {negative_tolerance}) to 0",
+        )
+        embedding = np.where(negative, 0.0, embedding)
+    return embedding
+
+
+def _check_embedding_values(embedding: np.ndarray, source: str) -> np.ndarray:
+    """Return the embedding as float64, or raise ValueError for a wrong type, shape or a non-finite value."""
     # A cast to float drops the imaginary part of complex numbers (with only a
     # ComplexWarning), and fails on text without naming the source.
     # Object arrays, such as nested lists of mixed numbers, are left to the cast.
@@ -184,23 +227,6 @@ def check_embedding(
             f"{embedding.shape[0]} rows), and every score of them would be NaN; if the file comes "
             "from a fit that diverged, fit again with a lower --lr, otherwise replace the file"
         )
-    negative = embedding < 0
-    if negative.any():
-        minimum = float(embedding.min())
-        if minimum < -negative_tolerance:
-            row, column = np.argwhere(embedding == minimum)[0]
-            raise ValueError(
-                f"{source}: {int(negative.sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
-                f"dimension {column}; embeddings must be non-negative (apply ReLU, as VICE and SPoSE do, "
-                "before saving)"
-            )
-        warnings.warn(
-            f"{source}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
-            f"tolerance {negative_tolerance}) to 0",
-            # Point at the caller of load_embedding or as_embedding_result.
-            stacklevel=3,
-        )
-        embedding = np.where(negative, 0.0, embedding)
     return embedding
 
 
@@ -211,11 +237,16 @@ def as_embedding_result(
     """Turn a path, an array or a fitted VICE or SPoSE estimator into an :class:`EmbeddingResult`.
 
     Args:
-        value: A run directory or embedding file (read by
-            :func:`load_embedding`), an :class:`EmbeddingResult` (returned as
-            it is), a fitted estimator with an ``embedding_`` attribute, or an
-            array of shape ``(n_objects, n_dims)``.
+        value (str | os.PathLike | EmbeddingResult | np.ndarray | estimator): A
+            run directory or embedding file (read by :func:`load_embedding`),
+            an :class:`EmbeddingResult` (returned as it is), a fitted
+            estimator with an ``embedding_`` attribute, or an array of shape
+            ``(n_objects, n_dims)``.
         source (str): How errors name an array or estimator, which has no path.
+
+    Returns:
+        EmbeddingResult: ``value`` itself when it is one; otherwise the
+            embedding as float64, checked by :func:`check_embedding`.
 
     Raises:
         NotFittedError: For an estimator before ``fit``.

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
+import numbers
 import os
 import re
 import warnings
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, load_npy
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
@@ -110,9 +113,10 @@ def load_triplets(
     Raises:
         FileNotFoundError: If ``path`` does not exist or a folder contains no
             candidate file.
-        ValueError: If the number of objects is unknown, or a value is not an
-            integer, out of range, negative, or repeated within a row. The
-            message names the file, line or row, and the value.
+        ValueError: If the number of objects is unknown or not a whole
+            number, or a value is not an integer, out of range, negative, or
+            repeated within a row. The message names the file, line or row,
+            and the value.
 
     Example:
         >>> import tempfile
@@ -161,13 +165,13 @@ def load_triplets(
         ) from error
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
-        warnings.warn(f"{path} contains no triplets", UserWarning, stacklevel=2)
+        warn(f"{path} contains no triplets", UserWarning)
     elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
         # With as many triplets as objects, a 0-based file would almost surely name object 0.
-        warnings.warn(
+        warn(
             f"{path} never names object 0 in {len(triplets)} triplets; if it counts objects "
             "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
-            UserWarning, stacklevel=2,
+            UserWarning,
         )
     logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
     return triplets
@@ -254,6 +258,8 @@ def _read_columns(
 def _resolve_n_objects(
     n_objects: int | None, object_table: str | os.PathLike | ObjectTable | None
 ) -> int:
+    if n_objects is not None:
+        n_objects = _whole_count(n_objects)
     table_size = None
     table_name = "the object table"
     if object_table is not None:
@@ -275,6 +281,19 @@ def _resolve_n_objects(
     if n_objects < 3:
         raise ValueError(f"a triplet needs 3 distinct objects, but n_objects is {n_objects}")
     return n_objects
+
+
+def _whole_count(n_objects: Any) -> int:
+    """Return ``n_objects`` as an int, or raise ValueError where ``int()`` would truncate or parse text.
+
+    Whole floats such as ``1854.0`` pass.
+    """
+    whole = isinstance(n_objects, numbers.Integral) or (
+        isinstance(n_objects, numbers.Real) and math.isfinite(n_objects) and float(n_objects).is_integer()
+    )
+    if isinstance(n_objects, bool) or not whole:
+        raise ValueError(f"n_objects must be a whole number, got {n_objects!r}")
+    return int(n_objects)
 
 
 def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
@@ -1048,11 +1067,16 @@ def summarize_triplets(triplets: np.ndarray, n_objects: int) -> TripletSummary:
     Returns:
         TripletSummary: The counts.
 
+    Raises:
+        ValueError: If ``n_objects`` is not a whole number, or the triplets
+            are invalid for :func:`validate_triplets`.
+
     Example:
         >>> summary = summarize_triplets(np.array([[0, 1, 2], [1, 0, 2], [0, 2, 1]]), 4)
         >>> summary.n_duplicates, summary.n_conflicting_sets, summary.unseen_objects
         (1, 1, [3])
     """
+    n_objects = _whole_count(n_objects)
     triplets = validate_triplets(triplets, n_objects)
     counts = np.bincount(triplets.ravel(), minlength=n_objects)
     judgement_ids = _set_and_judgement_ids(triplets, n_objects)[1]
@@ -1247,7 +1271,8 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         Path: The destination.
 
     Raises:
-        ValueError: If the array is not ``(n, 3)`` integers or the suffix is unknown.
+        ValueError: If the array is not ``(n, 3)`` integers, has a negative
+            index or a row that repeats an object, or the suffix is unknown.
     """
     path = Path(path)
     array = np.asarray(triplets)
@@ -1260,6 +1285,9 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         raise ValueError(
             f"unsupported triplet file {path}: use one of {', '.join(TRIPLET_SUFFIXES)}"
         )
+    # The checks of load_triplets without an object count, so that a file
+    # written here can be read back.
+    validate_triplets(array, None, source=str(path))
     with atomic_path(path) as temporary:
         if suffix == ".npy":
             np.save(temporary, array.astype(np.int64, copy=False))

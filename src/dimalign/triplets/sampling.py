@@ -24,8 +24,22 @@ MAX_OBJECTS = 2_000_000  # keeps m^3 below 2^63 in the int64 rank arithmetic
 
 
 def count_triplets(n_objects: int) -> int:
-    """Return the number C(n_objects, 3) of unordered triplets, as a Python int."""
-    return math.comb(int(n_objects), 3) if n_objects >= 3 else 0
+    """Return the number C(n_objects, 3) of unordered triplets, as a Python int.
+
+    Args:
+        n_objects (int): Number of objects, at least 0; a whole float such as
+            ``1e3`` counts as an integer.
+
+    Returns:
+        int: ``C(n_objects, 3)``, 0 for fewer than 3 objects.
+
+    Raises:
+        ValueError: If ``n_objects`` is negative or not a whole number.
+    """
+    n_objects = _whole_number(n_objects, "n_objects")
+    if n_objects < 0:
+        raise ValueError(f"n_objects must be >= 0, got {n_objects}")
+    return math.comb(n_objects, 3)
 
 
 def sample_triplets(
@@ -177,16 +191,21 @@ def unrank_triplets(ranks: np.ndarray) -> np.ndarray:
     roots give first guesses that integer steps then correct.
 
     Args:
-        ranks (np.ndarray): Non-negative integer ranks below C(2,000,000, 3), shape ``(n,)``.
+        ranks (np.ndarray): Non-negative integer ranks below C(2,000,000, 3),
+            shape ``(n,)``; whole floats are accepted.
 
     Returns:
         np.ndarray: int64 array of shape ``(n, 3)`` with ``i < j < k`` in each row.
+
+    Raises:
+        ValueError: On a rank that is not a whole number, is negative or is
+            not below C(2,000,000, 3), naming the first such rank.
 
     Example:
         >>> unrank_triplets(np.array([0, 1, 2])).tolist()
         [[0, 1, 2], [0, 1, 3], [0, 2, 3]]
     """
-    ranks = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    ranks = _check_ranks(np.asarray(ranks).reshape(-1))
     triplets = np.empty((len(ranks), 3), dtype=np.int64)
     # Blocks of 2^18 ranks keep the temporaries in the CPU cache, which makes
     # 2e7 ranks several times faster than whole-array steps.
@@ -194,6 +213,31 @@ def unrank_triplets(ranks: np.ndarray) -> np.ndarray:
         stop = start + _UNRANK_BLOCK
         triplets[start:stop] = _unrank_block(ranks[start:stop])
     return triplets
+
+
+def _check_ranks(ranks: np.ndarray) -> np.ndarray:
+    """Return ``ranks`` as int64, or raise ValueError for a rank that has no triplet.
+
+    Ranks from C(MAX_OBJECTS, 3) on are beyond what :func:`rank_triplets`
+    produces. From about 1.5e18 on, ``6 * rank`` overflows int64, and the
+    search in :func:`_unrank_block` then never ends.
+    """
+    if ranks.dtype.kind == "f":
+        whole = np.isfinite(ranks) & (ranks == np.rint(ranks))
+        if not whole.all():
+            position = int(np.flatnonzero(~whole)[0])
+            raise ValueError(f"ranks must be whole numbers, got {float(ranks[position])} at position {position}")
+    elif ranks.size and ranks.dtype.kind not in "iu":
+        raise ValueError(f"ranks must be integers, got dtype {ranks.dtype}")
+    # C(MAX_OBJECTS, 3) is about 1.3e18, below the int64 maximum of about 9.2e18.
+    n_sets = count_triplets(MAX_OBJECTS)
+    outside = np.flatnonzero((ranks < 0) | (ranks >= n_sets))
+    if outside.size:
+        position = int(outside[0])
+        raise ValueError(
+            f"ranks must lie in [0, {n_sets:,}), got {int(ranks[position])} at position {position}"
+        )
+    return ranks.astype(np.int64)
 
 
 _UNRANK_BLOCK = 1 << 18

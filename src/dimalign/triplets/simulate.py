@@ -49,12 +49,14 @@ widths.
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from dimalign._warnings import warn
 from dimalign.io.triplets import validate_triplets
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,8 @@ def simulate_choices(
         SimulationResult: The reordered triplets and the tie count.
 
     Raises:
-        ValueError: If a feature row contains NaN or inf, a cosine row has zero
+        ValueError: If the features are not real numbers, a feature row
+            contains NaN or inf, a cosine row has zero
             norm, the triplets are invalid for the number of feature rows, or
             an option is unknown. The message names the rows. Rows are never
             dropped because that would renumber the objects.
@@ -176,6 +179,10 @@ def simulate_choices(
     _check_options(similarity, rule, temperature, method)
     if not isinstance(features, np.ndarray):
         features = np.asarray(features, dtype=np.float64)
+    # A memory map stays as it is, so only the dtype is checked here. numpy would
+    # drop an imaginary part with only a ComplexWarning.
+    if features.dtype.kind not in "biuf":
+        raise ValueError(f"features must be real numbers, got dtype {features.dtype}; pass a float array")
     if features.ndim != 2:
         raise ValueError(
             f"features must be 2-D (n_objects, n_features), got shape {features.shape}"
@@ -203,7 +210,14 @@ def simulate_choices(
         lookup = _GatherLookup(features, similarity, apply_relu, norms)
         # Four row buffers of 8 MB in all, small enough for a typical L3 cache.
         default_batch = max(16, (8 << 20) // (4 * features.shape[1] * lookup.dtype.itemsize))
-    batch_size = int(batch_size or default_batch)
+    if batch_size is None:
+        batch_size = default_batch
+    # A batch size below 1 would make the loop below run no batch and return
+    # the uninitialised array of choices.
+    elif isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+    elif batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
 
     rng = np.random.default_rng(random_state)
     chosen = np.empty_like(triplets)
@@ -226,11 +240,13 @@ def simulate_choices(
         " broken at random" if rule == "argmax" and n_ties else "",
     )
     if rule == "argmax" and n_ties > _TIE_WARNING_SHARE * len(triplets):
-        logger.warning(
-            "%d of %d choices (%.0f%%) were ties broken at random, so they say little about the "
-            "features. Rows that are identical or all zero (after ReLU) tie, and so do values "
-            "whose products underflow, such as float32 features near 1e-23: check the features, "
-            "or rescale them", n_ties, len(triplets), 100 * n_ties / len(triplets),
+        # A Python warning, because a notebook shows no log records by default.
+        warn(
+            f"{n_ties} of {len(triplets)} choices ({100 * n_ties / len(triplets):.0f}%) were ties "
+            "broken at random, so they say little about the features. Rows that are identical or "
+            "all zero (after ReLU) tie, and so do values whose products underflow, such as "
+            "float32 features near 1e-23: check the features, or rescale them",
+            UserWarning,
         )
     return SimulationResult(
         triplets=chosen,

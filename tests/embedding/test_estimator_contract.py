@@ -1,0 +1,141 @@
+"""The scikit-learn estimator contract of VICE and SPoSE, as a notebook uses it."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from dimalign.embedding import SPoSE, VICE
+
+# Fits of two epochs keep few or no dimensions; that warning is tested in test_vice.py.
+pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
+
+ESTIMATORS = [VICE, SPoSE]
+N_OBJECTS = 12
+
+
+def random_triplets(n_objects=N_OBJECTS, n_triplets=120, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
+
+
+def tiny(estimator, **settings):
+    return estimator(**{"n_dims": 3, "max_epochs": 2, "min_objects": 0, **settings})
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_clone_and_params_round_trip(estimator):
+    model = tiny(estimator, lr=0.01, batch_size=17, random_state=5)
+    copy = clone(model)
+    assert copy is not model
+    assert copy.get_params() == model.get_params()
+    assert model.set_params(n_dims=4) is model
+    assert model.get_params()["n_dims"] == 4
+    # scikit-learn wraps a long repr; the settings that differ from the defaults are shown.
+    assert " ".join(repr(model).split()) == f"{estimator.__name__}(batch_size=17, lr=0.01, max_epochs=2, min_objects=0, n_dims=4, random_state=5)"
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_init_stores_settings_unchanged(estimator):
+    """Validation and conversion happen in fit, so get_params returns the very objects passed."""
+    odd = {"n_dims": "three", "lr": np.float32(0.5), "random_state": None, "device": "nowhere"}
+    model = estimator(**odd)
+    for name, value in odd.items():
+        assert getattr(model, name) is value
+    with pytest.raises(ValueError, match="n_dims must be an integer, got 'three'"):
+        model.fit(random_triplets(), n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("method", ["score", "predict_proba"])
+def test_use_before_fit_raises_not_fitted_error(estimator, method):
+    model = tiny(estimator)
+    with pytest.raises(NotFittedError, match=f"this {estimator.__name__} is not fitted yet: call fit first"):
+        getattr(model, method)(random_triplets(n_triplets=3))
+    with pytest.raises(NotFittedError):
+        check_is_fitted(model)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fitted_attributes_end_in_underscore(estimator):
+    model = tiny(estimator)
+    settings = set(vars(model))
+    assert model.fit(random_triplets(), n_objects=N_OBJECTS) is model
+    added = set(vars(model)) - settings
+    public = {name for name in added if not name.startswith("_")}
+    assert public and all(name.endswith("_") for name in public), public
+    check_is_fitted(model)
+    assert model.get_params() == tiny(estimator).get_params()
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_refit_replaces_the_earlier_fit(estimator):
+    model = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    model.set_params(n_dims=4, max_epochs=3).fit(random_triplets(20, seed=1), n_objects=20)
+    assert model.n_objects_ == 20
+    assert model.embedding_.shape[0] == 20
+    assert len(model.history_) == 3
+    assert model.n_epochs_ == 3
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fit_depends_only_on_seed(estimator):
+    triplets = random_triplets()
+    first = tiny(estimator, random_state=1).fit(triplets, n_objects=N_OBJECTS)
+    again = tiny(estimator, random_state=1).fit(triplets, n_objects=N_OBJECTS)
+    other = tiny(estimator, random_state=2).fit(triplets, n_objects=N_OBJECTS)
+    attribute = "loc_" if estimator is VICE else "weights_"
+    assert np.array_equal(getattr(first, attribute), getattr(again, attribute))
+    assert not np.array_equal(getattr(first, attribute), getattr(other, attribute))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("random_state", [None, np.random.RandomState(0), np.random.default_rng(0)])
+def test_random_state_must_be_an_integer_seed(estimator, random_state):
+    """A fit is reproducible and resumable from its checkpoint only with a fixed integer seed."""
+    model = tiny(estimator, random_state=random_state)
+    with pytest.raises(ValueError, match="random_state must be an integer seed, got"):
+        model.fit(random_triplets(), n_objects=N_OBJECTS)
+    assert tiny(estimator, random_state=np.int64(3)).fit(random_triplets(), n_objects=N_OBJECTS).n_epochs_ == 2
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(
+    "convert",
+    [lambda t: t.astype(np.int32), lambda t: t.astype(np.uint16), lambda t: t.astype(np.float64),
+     lambda t: t.tolist(), lambda t: pd.DataFrame(t, columns=["i", "j", "k"])],
+    ids=["int32", "uint16", "whole-float64", "list", "DataFrame"],
+)
+def test_triplet_types_fit_like_int64(estimator, convert):
+    triplets = random_triplets()
+    reference = tiny(estimator).fit(triplets, n_objects=N_OBJECTS)
+    model = tiny(estimator).fit(convert(triplets), convert(triplets[:20]), n_objects=N_OBJECTS)
+    np.testing.assert_array_equal(model.embedding_, reference.embedding_)
+    assert model.score(convert(triplets)) == reference.score(triplets)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_pickled_fit_in_new_process(estimator, tmp_path):
+    triplets = random_triplets()
+    model = tiny(estimator).fit(triplets, n_objects=N_OBJECTS)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "triplets.npy", triplets)
+    script = (
+        "import pickle, sys, numpy as np\n"
+        "model = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "print(repr(model.score(np.load(sys.argv[2]))), model.n_dims_)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.pkl"), str(tmp_path / "triplets.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == [repr(model.score(triplets)), str(model.n_dims_)]
