@@ -5,7 +5,7 @@ with ``stacklevel=3`` names the caller of the public function that called it,
 but reached through another public function it names a line of dimalign.
 :func:`warn` walks the stack instead and attributes the warning to the first
 frame outside this package, as ``warnings.warn(..., skip_file_prefixes=...)``
-does from Python 3.12 on (the project supports Python 3.10).
+does from Python 3.12 on (the project supports Python 3.11).
 """
 
 from __future__ import annotations

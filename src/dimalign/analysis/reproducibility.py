@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.analysis.matching import correlate_columns
 
 logger = logging.getLogger(__name__)
@@ -195,10 +195,9 @@ def reproducibility(
 
     empty = [names[run] for run, array in enumerate(arrays) if array.shape[1] == 0]
     if empty:
-        warnings.warn(
+        warn(
             f"runs {empty} kept 0 dimensions: their reproducibility is NaN and they cannot be selected",
             UserWarning,
-            stacklevel=2,
         )
     run_scores = np.array([scores.mean() if scores.size else np.nan for scores in dim_scores])
     if not np.isnan(run_scores).all():

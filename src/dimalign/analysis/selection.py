@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dimalign._warnings import warn
 from dimalign.analysis.sweep import (
     _CHECKPOINT_NAME,
     _FIT_LOCK_NAME,
@@ -122,11 +122,10 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
             others = "the others" if n_writing else "them"
             advice.append(f"rerun 'dimalign sweep' with the same settings to finish {others}")
         advice_text = ", and ".join(advice)
-        warnings.warn(
+        warn(
             f"{runs_folder}: skipped {len(skipped)} runs that are not finished: {', '.join(skipped[:20])}. "
             f"{advice_text[0].upper()}{advice_text[1:]}",
             UserWarning,
-            stacklevel=2,
         )
     finished = runs
     runs = _runs_of_this_sweep(Path(sweep_dir), finished)
@@ -176,12 +175,11 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
     recorded = manifest.get("settings", {})
     comparable = manifest.get("step") == "sweep" and recorded.get("method") in ESTIMATORS
     if not comparable:
-        warnings.warn(
+        warn(
             f"{sweep_dir} has no manifest.json of dimalign sweep, so the settings and triplets of "
             f"its {len(runs)} runs are not compared: rerun 'dimalign sweep' into it with the same "
             "settings to write one",
             UserWarning,
-            stacklevel=3,
         )
     else:
         train_path, val_path = sweep_dir / "train.npy", sweep_dir / "val.npy"
@@ -204,13 +202,12 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
         else:
             excluded.append(f"{run_dir.name}: {difference}")
     if excluded:
-        warnings.warn(
+        warn(
             f"{sweep_dir / RUNS_FOLDER}: excluded {len(excluded)} runs that differ from the sweep's "
             f"{MANIFEST_NAME} or whose files changed after the fit, so they are not scored: "
             f"{'; '.join(excluded[:20])}. Move runs of other sweeps out of it, and restore or "
             "remove the changed ones (a rerun of 'dimalign sweep' fits a removed seed again)",
             UserWarning,
-            stacklevel=3,
         )
     return included
 
@@ -540,12 +537,11 @@ def _check_runs_fitted_alike(run_dirs: Sequence[Path]) -> None:
     manifests = [_fit_manifest(path) for path in run_dirs]
     uncompared = [str(path) for path, manifest in zip(run_dirs, manifests) if manifest is None]
     if uncompared:
-        warnings.warn(
+        warn(
             f"runs {uncompared[:20]} have no manifest.json of dimalign fit, so their settings and "
             "triplets are not compared with those of the other runs: make sure that they differ "
             "in the seed only",
             UserWarning,
-            stacklevel=3,
         )
     compared = [(path, manifest) for path, manifest in zip(run_dirs, manifests) if manifest is not None]
     if not compared:

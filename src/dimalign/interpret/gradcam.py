@@ -14,7 +14,6 @@ image and upsampled to the image size.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dimalign._warnings import warn
 from dimalign.interpret.predictor import DimensionPredictor, find_layer
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def dimension_gradcam(
             f"Grad-CAM of dimension {dim} at layer {layer!r} is zero everywhere{image_positions}: the layer's "
             "activations are constant over space or no location increases the dimension"
         )
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warn(message, UserWarning)
     logger.info("Grad-CAM of dimension %d at layer %s for %d images", dim, layer, len(maps))
     return maps[0] if single else maps
 

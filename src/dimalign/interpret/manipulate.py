@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dimalign._warnings import warn
 from dimalign.interpret.edits import DEFAULT_EDITS, EDIT_SPECS
 from dimalign.interpret.predictor import DimensionPredictor
 
@@ -246,7 +247,7 @@ def estimate_foreground(
     labels, n_regions = ndimage.label(mask)
     if n_regions == 0:
         message = "no foreground found: the image is uniform or the object has the background's colours; pass a mask instead"
-        warnings.warn(message, UserWarning, stacklevel=2)
+        warn(message, UserWarning)
         return torch.zeros(height, width, dtype=torch.bool)
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n_regions + 1))
     return torch.from_numpy(labels == (1 + int(np.argmax(sizes))))
@@ -535,7 +536,7 @@ def _estimate_named_foreground(name: str, image: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("always")
         mask = estimate_foreground(image)
     for warning in caught:
-        warnings.warn(f"image {name}: {warning.message}", warning.category, stacklevel=3)
+        warn(f"image {name}: {warning.message}", warning.category)
     return mask
 
 

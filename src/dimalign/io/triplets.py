@@ -1239,12 +1239,12 @@ def split_triplets(
     if len(val) > 2 * target:
         # The last set moved may be judged many times, and the split never
         # breaks a set, so a few heavily repeated sets can overshoot the target.
-        warnings.warn(
+        warn(
             f"the validation part contains {len(val)} of {n_rows} triplets "
             f"({100 * len(val) / n_rows:.0f}%) instead of about {target} "
             f"(val_fraction {val_fraction}), because the rows of an object set stay together "
             "and some sets are judged many times; try another seed, or a larger fraction",
-            UserWarning, stacklevel=2,
+            UserWarning,
         )
     logger.info(
         "split %d triplets into %d training and %d validation triplets (%d of %d object sets)",

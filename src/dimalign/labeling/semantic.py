@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import unicodedata
-import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dimalign._warnings import warn
 from dimalign.io.files import read_utf8_text
 from dimalign.labeling.analysis import answer_label_counts
 from dimalign.labeling.study import IMAGE_SUFFIXES
@@ -397,13 +397,12 @@ def rating_correlation(automatic: Sequence[float], human: Sequence[float]) -> di
     keep = np.isfinite(automatic) & np.isfinite(human)
     n = int(keep.sum())
     if n < 3 or np.ptp(automatic[keep]) == 0 or np.ptp(human[keep]) == 0:
-        warnings.warn(
+        warn(
             f"Spearman correlation of automatic semantic scores and human ratings undefined: "
             f"{int(np.isfinite(automatic).sum())} of {automatic.size} dimensions have an automatic "
             f"score and {int(np.isfinite(human).sum())} a human rating, {n} both (needs 3 or more, "
             "and both sides must vary); reporting NaN",
             RuntimeWarning,
-            stacklevel=2,
         )
         return {"rho": float("nan"), "p_value": float("nan"), "n": n}
     result = spearmanr(automatic[keep], human[keep])

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from dimalign._warnings import warn  # noqa: E402
 from dimalign.io.files import atomic_path  # noqa: E402
 from dimalign.report.results import (  # noqa: E402
     SIDE_NAMES,
@@ -103,12 +104,12 @@ def save_figure(figure: Figure, out_dir: str | os.PathLike, stem: str, dpi: int 
         elif chr(int(match.group(1))) not in missing:
             missing.append(chr(int(match.group(1))))
     if missing:
-        warnings.warn(
+        warn(
             f"{stem}: the figure font has no glyph for {''.join(missing)!r}, so these characters show as "
             "boxes; install a font that covers them (for example Noto Sans CJK for Chinese, Japanese "
             "and Korean), add its name to matplotlib's font.sans-serif setting (matplotlibrc), and "
             "write the report again",
-            UserWarning, stacklevel=2,
+            UserWarning,
         )
     return paths
 
