@@ -55,6 +55,7 @@ DOCUMENTED_FUNCTIONS = [
 ]
 
 SECTION = re.compile(r"^(?P<indent>\s*)(Args|Arguments|Parameters):\s*$")
+ATTRIBUTES = re.compile(r"^(?P<indent>\s*)Attributes:\s*$")
 # "name (type): text"; "*args (type)" and "**kwargs (type)" too.
 ENTRY = re.compile(r"^\s*\*{0,2}(?P<name>\w+) \((?P<type>[^)]*(\([^)]*\))?[^)]*)\):")
 
@@ -79,11 +80,11 @@ def public_members() -> list[tuple[str, object]]:
     return members
 
 
-def args_section(docstring: str) -> list[str] | None:
-    """Return the entry lines of the Args section, or None when there is none."""
+def args_section(docstring: str, section: re.Pattern = SECTION) -> list[str] | None:
+    """Return the entry lines of the Args section (or another ``section``), or None when there is none."""
     lines = docstring.splitlines()
     for number, line in enumerate(lines):
-        match = SECTION.match(line)
+        match = section.match(line)
         if not match:
             continue
         outer = len(match.group("indent"))
@@ -136,11 +137,16 @@ def test_public_member_has_docstring(name, value):
     assert (inspect.getdoc(value) or "").strip(), f"{name} has no docstring"
 
 
-@pytest.mark.parametrize(("name", "value"), public_members(), ids=lambda item: item if isinstance(item, str) else "")
+def is_dataclass(value: object) -> bool:
+    return getattr(value, "__dataclass_fields__", None) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(name, value) for name, value in public_members() if not is_dataclass(value)],
+    ids=lambda item: item if isinstance(item, str) else "",
+)
 def test_args_section_matches_signature(name, value):
     """An Args section lists every parameter once, in signature order, each with a type."""
-    if getattr(value, "__dataclass_fields__", None) is not None:
-        pytest.skip("a dataclass documents its fields under Attributes")
     entries = args_section(docstring_of(value))
     if entries is None:
         return
@@ -152,6 +158,20 @@ def test_args_section_matches_signature(name, value):
 
 @pytest.mark.parametrize(("name", "value"), documented_objects(), ids=lambda item: item if isinstance(item, str) else "")
 def test_exported_callable_documents_its_arguments(name, value):
-    if getattr(value, "__dataclass_fields__", None) is not None or not parameters(value):
+    if is_dataclass(value) or not parameters(value):
         return
     assert args_section(docstring_of(value)) is not None, f"{name} has parameters but no Args section"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [(name, value) for name, value in public_members() if is_dataclass(value)],
+    ids=lambda item: item if isinstance(item, str) else "",
+)
+def test_dataclass_attributes_match_fields(name, value):
+    """A dataclass documents its fields under Attributes, in field order, each with a type."""
+    entries = args_section(inspect.getdoc(value) or "", ATTRIBUTES)
+    assert entries is not None, f"{name} has no Attributes section"
+    untyped = [entry.strip() for entry in entries if not ENTRY.match(entry)]
+    assert not untyped, f"{name}: Attributes entries without 'name (type):': {untyped}"
+    documented = [ENTRY.match(entry).group("name") for entry in entries]
+    assert documented == list(value.__dataclass_fields__), f"{name}: Attributes {documented}, fields {list(value.__dataclass_fields__)}"

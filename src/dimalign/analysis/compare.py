@@ -427,7 +427,8 @@ class BootstrapRSA:
 
     Attributes:
         r (float): The correlation on all objects.
-        ci_low (float), ci_high (float): The percentile interval.
+        ci_low (float): The lower end of the percentile interval.
+        ci_high (float): The upper end of the percentile interval.
         ci_level (float): Its nominal coverage, such as 0.95.
         samples (np.ndarray): The bootstrap correlations, shape ``(n_bootstrap,)``.
             A sample whose resampled objects give a constant similarity is NaN.

@@ -33,7 +33,14 @@ POOLS = ("raw", "flatten", "gap")
 
 @dataclass(frozen=True)
 class LayerRequest:
-    """One layer to read: the module, whether its input or output, and the pooling."""
+    """One layer to read: the module, whether its input or output, and the pooling.
+
+    Attributes:
+        name (str): The layer as requested, such as ``"classifier.4:input"``.
+        module_name (str): The module's name in ``model.named_modules()``.
+        use_input (bool): Read the module's input instead of its output.
+        pool (str): ``"raw"``, ``"flatten"`` or ``"gap"``.
+    """
 
     name: str
     module_name: str
