@@ -842,3 +842,38 @@ def test_consent_page_offers_current_session(app, study_path):
     fresh = app.test_client().get("/consent")
     assert 'id="continue-current"' not in fresh.text
     assert "/participant/" not in fresh.text
+
+
+def test_double_consent_lands_on_same_participant(app, study_path):
+    # A double click on "Agree" sends the form twice, both times with the
+    # cookie that the consent page set, because neither response has arrived yet.
+    client = app.test_client()
+    page = client.get("/consent")
+    cookie = client.get_cookie("dimalign_labels").value
+    form = {"csrf_token": csrf_from(page.text), "agree": "yes"}
+    first = client.post("/consent", data=form)
+    second_client = app.test_client()
+    second_client.set_cookie("dimalign_labels", cookie)
+    second = second_client.post("/consent", data=form)
+    assert first.status_code == 303
+    assert second.status_code == 303
+    assert second.headers["Location"] == first.headers["Location"]
+    with Study(study_path) as study:
+        assert len(study.participants()) == 1
+    with client.session_transaction() as session:
+        first_session = (session["participant_id"], session["code"])
+    with second_client.session_transaction() as session:
+        second_session = (session["participant_id"], session["code"])
+    assert second_session == first_session
+    instructions = second_client.get(second.headers["Location"])
+    assert first_session[1] in instructions.text
+
+
+def test_consent_after_reload_starts_new_participant(app, study_path):
+    client = app.test_client()
+    first_id, _, first_code = consent(client)
+    second_id, _, second_code = consent(client)
+    assert second_id != first_id
+    assert second_code != first_code
+    with Study(study_path) as study:
+        assert len(study.participants()) == 2

@@ -25,6 +25,7 @@ from dimalign.labeling.study import (
     NotFoundError,
     Study,
     create_study,
+    new_participant_code,
     open_or_create_run_study,
     parse_dimensions,
     resolve_image,
@@ -225,6 +226,18 @@ def test_participant_order_reproducible_from_seed(study_path):
         assert study.participant_by_code(code_two).participant_id == second.participant_id
         with pytest.raises(NotFoundError):
             study.participant_by_code("not-a-code")
+
+
+def test_participant_added_once_per_code(study_path):
+    code = new_participant_code()
+    with Study(study_path) as study:
+        first, first_created = study.add_participant_once(code, order_seed=1)
+        second, second_created = study.add_participant_once(code, order_seed=2)
+        assert first_created
+        assert not second_created
+        assert second == first
+        assert len(study.participants()) == 1
+        assert study.participant_by_code(code) == first
 
 
 def test_setup_stores_image_checksums(study_path, image_set):

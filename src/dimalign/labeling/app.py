@@ -61,7 +61,7 @@ from werkzeug.wsgi import get_content_length
 
 from dimalign.labeling import db
 from dimalign.labeling.answers import AnswerError, validate_answer
-from dimalign.labeling.study import NotFoundError, Participant, Study
+from dimalign.labeling.study import NotFoundError, Participant, Study, new_participant_code
 
 logger = logging.getLogger(__name__)
 
@@ -394,6 +394,8 @@ def _limit_streamed_body() -> None:
 
 
 def _log_in(participant: Participant, code: str) -> None:
+    # Clearing also drops the consent form's code, so agreeing again on a
+    # reloaded consent page registers another participant.
     session.clear()
     session.permanent = True
     session["participant_id"] = participant.participant_id
@@ -501,13 +503,24 @@ def _add_participant_routes(app: Flask) -> None:
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
         if request.method == "GET":
+            # The code of the participant that agreeing registers is drawn
+            # now and kept in the session, so a form submitted twice (a
+            # double click sends the same cookie twice) registers one participant.
+            session["consent_code"] = new_participant_code()
             return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
             return render_template("consent.html", error=message, current=_session_progress()), 400
-        participant, code = _study().add_participant()
+        code = session.get("consent_code")
+        if not isinstance(code, str) or not code:
+            # A consent form shown before the server was updated has no code in its session.
+            code = new_participant_code()
+        participant, created = _study().add_participant_once(code)
+        if not created:
+            logger.info("participant %d submitted the consent form again (such as by a double click); "
+                        "no new participant registered", participant.participant_id)
         _log_in(participant, code)
         return redirect(url_for("instructions", participant_id=participant.participant_id), code=303)
 

@@ -157,6 +157,11 @@ def hash_code(code: str) -> str:
     return hashlib.sha256(code.encode("utf-8")).hexdigest()
 
 
+def new_participant_code() -> str:
+    """Draw a random participant code (22 URL-safe characters, 128 random bits)."""
+    return secrets.token_urlsafe(16)
+
+
 # ---------------------------------------------------------------------------
 # Study setup
 
@@ -808,20 +813,47 @@ class Study:
             tuple[Participant, str]: The participant and the code with which it
             resumes. Only the code's hash is stored, so it cannot be shown again later.
         """
+        code = new_participant_code()
+        participant, _ = self.add_participant_once(code, order_seed)
+        return participant, code
+
+    def add_participant_once(self, code: str, order_seed: int | None = None) -> tuple[Participant, bool]:
+        """Register a participant with a given code, unless one already has that code.
+
+        The web app draws the code when it shows the consent form, so a form
+        submitted twice (a double click) registers one participant, and the
+        second request gets the participant of the first.
+
+        Args:
+            code (str): The participant's secret code, from :func:`new_participant_code`.
+            order_seed (int | None): Seed for the random dimension order of a
+                new participant; a fresh random seed when None.
+
+        Returns:
+            tuple[Participant, bool]: The participant with this code, and
+            whether this call registered it.
+        """
         if order_seed is None:
             order_seed = secrets.randbits(62)
         order = [int(dim) for dim in np.random.default_rng(order_seed).permutation(self.dimensions)]
-        code = secrets.token_urlsafe(16)
         consented_at = now_iso()
+        # BEGIN IMMEDIATE holds the write lock from the look-up to the insert,
+        # so two requests with the same code cannot both insert.
         with db.transaction(self.connection):
-            cursor = self.connection.execute(
-                "INSERT INTO participants (code_sha256, order_seed, order_json, consented_at) "
-                "VALUES (?, ?, ?, ?)",
-                (hash_code(code), int(order_seed), json.dumps(order), consented_at),
-            )
-            participant_id = int(cursor.lastrowid)
+            existing = self.connection.execute(
+                _SELECT_PARTICIPANTS + " WHERE code_sha256 = ?", (hash_code(code),)
+            ).fetchone()
+            if existing is None:
+                cursor = self.connection.execute(
+                    "INSERT INTO participants (code_sha256, order_seed, order_json, consented_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (hash_code(code), int(order_seed), json.dumps(order), consented_at),
+                )
+                participant_id = int(cursor.lastrowid)
+        if existing is not None:
+            return self._decode_participant(existing), False
         logger.info("participant %d consented; %d dimensions in random order", participant_id, len(order))
-        return Participant(participant_id, tuple(order), int(order_seed), consented_at), code
+        return Participant(participant_id, tuple(order), int(order_seed), consented_at), True
 
     def participant(self, participant_id: int) -> Participant:
         """Return a participant by id.
