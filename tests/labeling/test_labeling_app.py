@@ -877,3 +877,36 @@ def test_consent_after_reload_starts_new_participant(app, study_path):
     assert second_code != first_code
     with Study(study_path) as study:
         assert len(study.participants()) == 2
+
+
+def test_pages_with_code_or_answers_not_stored(app, study_path):
+    # On a shared computer, Back after another participant stopped must not
+    # show that participant's code or answers from the browser's cache.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    assert submit(client, participant_id, order[0]).status_code == 303
+    urls = [
+        "/consent",
+        f"/participant/{participant_id}/instructions",
+        f"/participant/{participant_id}/dimension/{order[0]}",
+        f"/participant/{participant_id}/done",
+        "/admin?token=secret-admin",
+        "/admin/answers.csv?token=secret-admin",
+    ]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.headers.get("Cache-Control") == "no-store", url
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    assert stopped.status_code == 200
+    assert stopped.headers.get("Cache-Control") == "no-store"
+
+
+def test_images_cached_by_browser_only(app, study_path):
+    client = app.test_client()
+    consent(client)
+    response = client.get("/image/0")
+    assert response.status_code == 200
+    directives = {part.strip() for part in response.headers["Cache-Control"].split(",")}
+    assert directives == {"private", "max-age=3600"}

@@ -138,6 +138,7 @@ def create_app(
     app.before_request(_limit_streamed_body)
     app.teardown_appcontext(_close_study)
     app.after_request(_add_security_headers)
+    app.after_request(_forbid_storing_pages)
     for status in (400, 401, 403, 404, 405, 413, 503):
         app.register_error_handler(status, _render_error)
     app.register_error_handler(sqlite3.OperationalError, _render_database_error)
@@ -436,6 +437,19 @@ def _add_security_headers(response: Response) -> Response:
     return response
 
 
+def _forbid_storing_pages(response: Response) -> Response:
+    """Send ``Cache-Control: no-store`` unless the view set its own caching.
+
+    Pages show a participant's code and answers, and the admin pages every
+    answer. On a shared computer, Back would otherwise show them to the
+    next person from the browser's cache or its back-forward cache, which
+    Chrome and Firefox skip for ``no-store`` pages. Images and the style
+    sheet set their own ``Cache-Control`` (see the image view).
+    """
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
 def _render_error(error: Any) -> tuple[str, int]:
     code = getattr(error, "code", 500) or 500
     page = render_template(
@@ -656,7 +670,14 @@ def _add_participant_routes(app: Flask) -> None:
         except NotFoundError as error:
             logger.warning("rejected image %d: %s", object_index, error)
             abort(404, description=f"There is no image {object_index}.")
-        return send_file(path, max_age=3600)
+        # Every participant sees the same images, so they reveal nothing about
+        # one, and the browser may keep them for an hour to load the next
+        # grid faster. "private" keeps a shared proxy from storing them and
+        # serving them to requests without a participant session.
+        response = send_file(path, max_age=3600)
+        response.cache_control.public = False
+        response.cache_control.private = True
+        return response
 
 
 def _render_dimension(
