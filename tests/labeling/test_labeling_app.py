@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
 import re
 import socket
 import sqlite3
+import time
 
 import pytest
 from labeling_helpers import csrf_from
 
 from dimalign.labeling import db
-from dimalign.labeling.app import create_app, is_loopback_host, make_study_server, server_url
+from dimalign.labeling.app import (
+    ADMIN_DOWNLOAD_LINK_MAX_AGE_S,
+    create_app,
+    is_loopback_host,
+    make_study_server,
+    server_url,
+)
 from dimalign.labeling.study import Study, create_study
 
 
@@ -910,3 +918,51 @@ def test_images_cached_by_browser_only(app, study_path):
     assert response.status_code == 200
     directives = {part.strip() for part in response.headers["Cache-Control"].split(",")}
     assert directives == {"private", "max-age=3600"}
+
+
+def csv_link(page):
+    """Return the CSV download link of the admin page."""
+    match = re.search(r'href="([^"]*answers\.csv[^"]*)"', page.text)
+    assert match, "admin page has no CSV link"
+    return html.unescape(match.group(1))
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [("/admin", {"Authorization": "Bearer secret-admin"}), ("/admin?token=secret-admin", {})],
+)
+def test_admin_csv_link_works_without_token(app, study_path, url, headers):
+    # A browser or tool that sent the Authorization header for the admin
+    # page need not send it again when following the link.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    submit(client, participant_id, order[0], labels=("red",))
+    link = csv_link(client.get(url, headers=headers))
+    assert "secret-admin" not in link
+    assert "token=" not in link
+    export = app.test_client().get(link)
+    assert export.status_code == 200
+    assert export.text.splitlines()[1].startswith(f"{participant_id},{order[0]},1,red,")
+
+
+def test_admin_csv_link_expires_and_is_checked(app, study_path, monkeypatch):
+    link = csv_link(app.test_client().get("/admin?token=secret-admin"))
+    client = app.test_client()
+    assert client.get(link + "x").status_code == 403
+    assert client.get("/admin/answers.csv?download=").status_code == 401
+    later = time.time() + ADMIN_DOWNLOAD_LINK_MAX_AGE_S + 60
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "time", lambda: later)
+        expired = client.get(link)
+    assert expired.status_code == 403
+    assert "reload the admin page" in expired.text
+    # A server restarted with another admin token rejects the old links.
+    other = create_app(study_path, admin_token="other-admin").test_client()
+    assert other.get(link).status_code == 403
+    assert client.get(link).status_code == 200
+
+
+def test_admin_download_link_only_opens_csv(app):
+    link = csv_link(app.test_client().get("/admin?token=secret-admin"))
+    query = link.split("?", 1)[1]
+    assert app.test_client().get(f"/admin?{query}").status_code == 401

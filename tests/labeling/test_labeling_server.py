@@ -273,6 +273,7 @@ def test_access_log_redacts_admin_token(study_path, caplog):
         ("/admin?token=abc#top", "/admin?token=[redacted]#top"),
         ("/admin?%74oken=abc", "/admin?%74oken=[redacted]"),
         ("/admin?token=", "/admin?token=[redacted]"),
+        ("/admin/answers.csv?download=abc.def", "/admin/answers.csv?download=[redacted]"),
         ("/admin?mytoken=abc&tokens=def", "/admin?mytoken=abc&tokens=def"),
         ("/participant/1/next", "/participant/1/next"),
     ],

@@ -55,6 +55,7 @@ from flask import (
     session,
     url_for,
 )
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
@@ -719,7 +720,31 @@ def _render_dimension(
 # Admin pages
 
 
-def _check_admin() -> None:
+#: Seconds for which the CSV link of the admin page works.
+ADMIN_DOWNLOAD_LINK_MAX_AGE_S = 15 * 60
+
+#: Salt of the signature of a CSV download link, so no other signed value of the app passes as one.
+_DOWNLOAD_LINK_SALT = "dimalign-admin-answers-csv"
+
+
+def _download_link_serializer() -> URLSafeTimedSerializer:
+    # The key includes the admin token, so a server restarted with another
+    # token rejects the links of the old one. The link carries a signature
+    # and a time stamp, never the token or a hash of it.
+    key = f"{_config('SECRET_KEY')}\0{_config('ADMIN_TOKEN')}"
+    return URLSafeTimedSerializer(key, salt=_DOWNLOAD_LINK_SALT)
+
+
+def _check_admin(*, allow_download_link: bool = False) -> None:
+    """Abort unless the request carries the admin token, or a valid download link where allowed.
+
+    Args:
+        allow_download_link (bool): Also accept a ``download`` value signed by
+            the admin page, at most :data:`ADMIN_DOWNLOAD_LINK_MAX_AGE_S` old.
+            The admin page's CSV link carries one, so the link works when the
+            page was opened with the ``Authorization`` header, which a
+            followed link does not repeat.
+    """
     expected = _config("ADMIN_TOKEN")
     if not expected:
         abort(404)
@@ -727,12 +752,29 @@ def _check_admin() -> None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         sent = header[len("Bearer "):]
+    link = request.args.get("download", "")
+    if not sent and link and allow_download_link:
+        _check_download_link(link)
+        return
     if not sent:
         logger.info("rejected an admin request without a token from %s", request.remote_addr)
         abort(401, description="The admin pages need the token printed when the server started.")
     if not _same_secret(sent, expected):
         logger.warning("rejected an admin request with a wrong token from %s", request.remote_addr)
         abort(403, description="Wrong admin token.")
+
+
+def _check_download_link(link: str) -> None:
+    try:
+        _download_link_serializer().loads(link, max_age=ADMIN_DOWNLOAD_LINK_MAX_AGE_S)
+    except SignatureExpired:
+        logger.info("rejected an expired CSV download link from %s", request.remote_addr)
+        abort(403, description="This download link has expired: reload the admin page and use its new "
+              "link.")
+    except BadSignature:
+        logger.warning("rejected an invalid CSV download link from %s", request.remote_addr)
+        abort(403, description="This download link is invalid, or the server was restarted with another "
+              "admin token: open the admin page again and use its link.")
 
 
 def _add_admin_routes(app: Flask) -> None:
@@ -753,12 +795,13 @@ def _add_admin_routes(app: Flask) -> None:
         ]
         return render_template(
             "admin.html", study=study, participants=participants, per_dimension=per_dimension,
-            n_answers=len(answers), token=request.args.get("token", ""),
+            n_answers=len(answers), download_link=_download_link_serializer().dumps("answers.csv"),
+            download_link_minutes=ADMIN_DOWNLOAD_LINK_MAX_AGE_S // 60,
         )
 
     @app.get("/admin/answers.csv")
     def admin_export() -> Response:
-        _check_admin()
+        _check_admin(allow_download_link=True)
         text, n_rows = _study().answers_csv()
         logger.info("admin exported %d answers", n_rows)
         return Response(
@@ -770,8 +813,9 @@ def _add_admin_routes(app: Flask) -> None:
 # ---------------------------------------------------------------------------
 # Serving
 
-#: Query parameters whose values the access log shows as ``[redacted]``.
-SECRET_QUERY_PARAMETERS = frozenset({"token"})
+#: Query parameters whose values the access log shows as ``[redacted]``: the
+#: admin token and the signed CSV download link of the admin page.
+SECRET_QUERY_PARAMETERS = frozenset({"token", "download"})
 
 #: One ``name=value`` pair of a query string. Werkzeug 3.1 logs the query with
 #: ``&``, ``#`` and spaces still percent-encoded, so a value ends at the next
