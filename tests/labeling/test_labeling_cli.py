@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import pytest
@@ -124,6 +125,44 @@ def test_export_into_folder_named(study_path, tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"the export file {folder} is a folder: give a file name, such as {folder / 'answers.csv'}" in error
     assert list(folder.iterdir()) == []
+
+
+def test_export_dash_writes_standard_output(study_path, tmp_path, monkeypatch, capsys):
+    answered_study(study_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["label-app", "export", str(study_path), "-o", "-"]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(captured.out)))
+    assert [(row["participant_id"], row["label_1"]) for row in rows] == [("1", "x")]
+    assert "wrote 1 answers" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def test_export_to_file_named_dash(study_path, tmp_path, monkeypatch, capsys):
+    answered_study(study_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["label-app", "export", str(study_path), "-o", "./-"]) == 0
+    assert (tmp_path / "-").read_text().startswith("participant_id,dimension,position,label_1")
+    assert capsys.readouterr().out == "wrote 1 answers to ./-\n"
+
+
+def test_export_creates_missing_folder_and_logs_it(study_path, tmp_path, capsys):
+    answered_study(study_path)
+    target = tmp_path / "new" / "deeper" / "answers.csv"
+    assert main(["label-app", "export", str(study_path), "-o", str(target)]) == 0
+    assert target.read_text().startswith("participant_id,dimension,position,label_1")
+    assert f"created the folder {target.parent} for the export file" in capsys.readouterr().err
+
+
+def test_export_below_file_named(study_path, tmp_path, capsys):
+    answered_study(study_path)
+    blocker = tmp_path / "results"
+    blocker.write_text("keep me")
+    target = blocker / "answers.csv"
+    assert main(["label-app", "export", str(study_path), "-o", str(target)]) == 1
+    error = capsys.readouterr().err
+    assert f"the export file {target} cannot be created, because {blocker} is a file" in error
+    assert blocker.read_text() == "keep me"
 
 
 @pytest.mark.parametrize("port", ["70000", "-5", "http"])

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 LABEL_APP_ACTIONS = ("setup", "serve", "export")
+
+#: ``-o`` value with which ``label-app export`` writes the CSV to standard output.
+STANDARD_OUTPUT = "-"
 
 #: Environment variable that fixes the admin token instead of a random one per start.
 ADMIN_TOKEN_VARIABLE = "DIMALIGN_ADMIN_TOKEN"
@@ -121,7 +127,9 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
         parser.description = "Write every answer of a study to a CSV file."
         parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
         parser.add_argument(
-            "-o", "--out", required=True, type=Path, metavar="answers.csv", help="CSV file to write"
+            "-o", "--out", required=True, metavar="answers.csv",
+            help="CSV file to write (missing folders are created), or - for standard output; "
+            "write ./- for a file named -",
         )
         parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV file")
     return parser
@@ -263,6 +271,14 @@ def _export(options: argparse.Namespace) -> int:
     from dimalign.labeling.study import Study
 
     with Study(options.study) as study:
+        if options.out == STANDARD_OUTPUT:
+            # The CSV is built in full before the first byte is written, so
+            # an invalid row leaves standard output empty.
+            text, n_rows = study.answers_csv()
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            logger.info("wrote %d answers of %s to standard output", n_rows, options.study)
+            return 0
         n_rows = study.export_answers(options.out, overwrite=options.overwrite)
     print(f"wrote {n_rows} answers to {options.out}")
     return 0

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from dimalign.io.files import atomic_path, is_same_file, now_iso, sha256_file, write_text_atomic
+from dimalign.io.files import (
+    atomic_path,
+    is_same_file,
+    now_iso,
+    output_dir,
+    sha256_file,
+    write_text_atomic,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
@@ -1064,19 +1071,26 @@ class Study:
         Participant codes are not exported.
 
         Args:
-            path (str | os.PathLike): The CSV file.
+            path (str | os.PathLike): The CSV file. Missing folders above it
+                are created, and the creation is logged.
             overwrite (bool): Replace an existing file.
 
         Raises:
             ValueError: If ``path`` is the study database or one of its
                 SQLite side files (``-wal``, ``-shm``, ``-journal``), even with ``overwrite``.
             IsADirectoryError: If ``path`` is a folder.
+            NotADirectoryError: If a folder above ``path`` is a file.
             FileExistsError: If ``path`` exists and ``overwrite`` is False.
         """
         path = Path(path)
         self._check_export_path(path, overwrite=overwrite)
         text, n_rows = self.answers_csv()
-        write_text_atomic(path, text)
+        folder_missing = not path.parent.exists()
+        # output_dir removes the folders it created again if the write fails.
+        with output_dir(path.parent, remove_contents=False):
+            write_text_atomic(path, text)
+        if folder_missing:
+            logger.info("created the folder %s for the export file %s", path.parent, path)
         logger.info("exported %d answers of %s to %s", n_rows, self.path, path)
         return n_rows
 
@@ -1103,6 +1117,12 @@ class Study:
         if path.is_dir():
             raise IsADirectoryError(
                 f"the export file {path} is a folder: give a file name, such as {path / 'answers.csv'}"
+            )
+        existing = next((folder for folder in path.parents if folder.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(
+                f"the export file {path} cannot be created, because {existing} is a file, not a folder: "
+                "choose another path for the export file"
             )
         if path.exists() and not overwrite:
             raise FileExistsError(
