@@ -10,6 +10,7 @@ import re
 import socket
 import sqlite3
 import time
+import unicodedata
 
 import pytest
 from labeling_helpers import csrf_from
@@ -172,6 +173,35 @@ def test_label_of_100_characters_accepted(app, study_path):
     participant_id, order, _ = consent(client)
     assert submit(client, participant_id, order[0], labels=("y" * 100, "a", "b", "c", "d")).status_code == 303
     assert json.loads(answer_rows(study_path)[0][2])[0] == "y" * 100
+
+
+@pytest.mark.parametrize(
+    ("label", "accepted"),
+    [
+        # U+0958 is one UTF-16 unit, so the field's maxlength lets 100 of
+        # them through, but NFC decomposes each into U+0915 U+093C.
+        ("\u0958" * 60, True),
+        ("\u0958" * 100, True),
+        # An emoji outside the Basic Multilingual Plane is two UTF-16 units,
+        # so the field stops at 50 of them.
+        ("\U0001F600" * 50, True),
+        ("\U0001F600" * 51, False),
+        # Surrounding spaces are removed before counting.
+        ("  " + "y" * 100 + "  ", True),
+    ],
+)
+def test_label_length_counted_like_text_field(app, study_path, label, accepted):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    response = submit(client, participant_id, order[0], labels=(label,))
+    if accepted:
+        assert response.status_code == 303
+        stored = json.loads(answer_rows(study_path)[0][2])[0]
+        assert stored == unicodedata.normalize("NFC", label.strip())
+    else:
+        assert response.status_code == 400
+        assert "at most 100 characters as the text field counts them" in html.unescape(response.text)
+        assert answer_rows(study_path) == []
 
 
 def test_html_and_sql_labels_stored_verbatim_and_escaped(app, study_path):

@@ -343,3 +343,32 @@ def test_right_to_left_labels_keep_punctuation_at_end(study_path):
             assert last_x > first_x
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_label_the_field_accepts_is_saved_in_chromium(study_path):
+    from playwright.sync_api import sync_playwright
+
+    # U+0958 is one UTF-16 code unit, so maxlength="100" lets 100 of them
+    # through, but NFC turns each into the two code points U+0915 U+093C.
+    typed = "\u0958" * 101
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(base_url + "/consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            page.click("#start")
+            page.locator("#label-1").press_sequentially(typed)
+            assert page.eval_on_selector("#label-1", "field => field.value.length") == 100
+            page.check("#kind-semantic")
+            page.check("#interpretability-one")
+            page.click("#submit")
+            assert page.inner_text("#progress") == "dimension 2 of 5"
+            assert page.locator("#error-labels").count() == 0
+        finally:
+            browser.close()
+    with sqlite3.connect(study_path) as connection:
+        rows = connection.execute("SELECT labels_json FROM answers").fetchall()
+    assert [json.loads(row[0]) for row in rows] == [["\u0915\u093c" * 100]]

@@ -118,8 +118,9 @@ def validate_answer(
 
     Raises:
         AnswerError: Naming every invalid field: no label, more than
-            ``max_labels`` labels, a label longer than ``max_label_length``
-            characters, a label with control characters, line or paragraph
+            ``max_labels`` labels, a trimmed label longer than
+            ``max_label_length`` UTF-16 code units as submitted (see
+            :func:`text_field_length`), a label with control characters, line or paragraph
             separators, bidirectional controls, private-use, unassigned or
             noncharacter code points, a label without a visible letter,
             digit, punctuation mark or symbol (such as only the zero-width
@@ -127,7 +128,8 @@ def validate_answer(
             outside the allowed values.
     """
     errors: dict[str, str] = {}
-    typed = [unicodedata.normalize("NFC", label.strip()) for label in labels if label and label.strip()]
+    trimmed = [label.strip() for label in labels if label and label.strip()]
+    typed = [unicodedata.normalize("NFC", label) for label in trimmed]
     # A label of format characters only becomes empty here and fails the
     # visibility check below, instead of being ignored like an empty field.
     # NFC runs again because a removed character, such as a soft hyphen
@@ -138,11 +140,11 @@ def validate_answer(
     elif len(cleaned) > questions.max_labels:
         errors["labels"] = f"enter at most {questions.max_labels} labels, got {len(cleaned)}"
     else:
-        too_long = [label for label in cleaned if len(label) > questions.max_label_length]
+        too_long = [label for label in trimmed if text_field_length(label) > questions.max_label_length]
         if too_long:
             errors["labels"] = (
-                f"each label may have at most {questions.max_label_length} characters; "
-                f"{len(too_long)} label(s) are longer"
+                f"each label may have at most {questions.max_label_length} characters as the text field "
+                f"counts them (an emoji counts as 2); {len(too_long)} label(s) are longer"
             )
         elif any(_has_forbidden_character(label) for label in typed):
             errors["labels"] = (
@@ -161,6 +163,21 @@ def validate_answer(
     if errors:
         raise AnswerError(errors)
     return Answer(labels=tuple(cleaned), kind=str(kind), interpretability=str(interpretability))
+
+
+def text_field_length(text: str) -> int:
+    """Count the UTF-16 code units of ``text``, as the ``maxlength`` of an HTML text field does.
+
+    The HTML standard measures ``maxlength`` in UTF-16 code units of the
+    value as typed, so a character outside the Basic Multilingual Plane,
+    such as most emoji, counts as 2. Counting the same units on the server,
+    before NFC (which turns U+0958 into the two code points U+0915 U+093C),
+    accepts every label that the field lets through.
+
+    >>> text_field_length("ok\U0001F600")
+    4
+    """
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def _has_forbidden_character(label: str) -> bool:

@@ -65,7 +65,8 @@ class QuestionSet:
     Attributes:
         name (str): Name used on the command line (``--questions``).
         max_labels (int): Maximum number of labels per dimension.
-        max_label_length (int): Maximum characters per label, after trimming.
+        max_label_length (int): Maximum length of a trimmed label, in the UTF-16
+            code units that the text field's ``maxlength`` counts.
         kinds (tuple[tuple[str, str], ...]): ``(value, text shown)`` for the
             question whether a dimension is visual or semantic.
         interpretability (tuple[tuple[str, str], ...]): ``(value, text shown)``
