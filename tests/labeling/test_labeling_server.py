@@ -358,3 +358,25 @@ def test_logged_paths_cannot_forge_log_lines(study_path, caplog):
     assert rejected == ["rejected a POST to /x%0A13%3A00%3A00%20ERROR%20dimalign.labeling.app%3A%20forged: "
                         "the streamed body is larger than 65536 bytes"]
     assert not any("\n" in message for message in messages)
+
+
+def test_simultaneous_consent_forms_one_participant(study_path):
+    # Several copies of one consent form, sent at the same moment with the
+    # same cookie, as by repeated clicks on "Agree" before any response.
+    copies = 4
+    with running_server(study_path) as base_url:
+        page = requests.get(f"{base_url}/consent", timeout=REQUEST_TIMEOUT_S)
+        form = {"csrf_token": csrf_from(page.text), "agree": "yes"}
+        barrier = threading.Barrier(copies)
+
+        def submit() -> requests.Response:
+            barrier.wait(timeout=REQUEST_TIMEOUT_S)
+            return requests.post(f"{base_url}/consent", data=form, cookies=page.cookies,
+                                 allow_redirects=False, timeout=REQUEST_TIMEOUT_S)
+
+        with ThreadPoolExecutor(max_workers=copies) as pool:
+            responses = list(pool.map(lambda _: submit(), range(copies)))
+    assert [response.status_code for response in responses] == [303] * copies
+    assert {response.headers["Location"] for response in responses} == {"/participant/1/instructions"}
+    with sqlite3.connect(study_path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 1
