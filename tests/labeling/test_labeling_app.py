@@ -996,3 +996,17 @@ def test_admin_download_link_only_opens_csv(app):
     link = csv_link(app.test_client().get("/admin?token=secret-admin"))
     query = link.split("?", 1)[1]
     assert app.test_client().get(f"/admin?{query}").status_code == 401
+
+
+def test_responses_do_not_renew_unchanged_session(app, study_path):
+    # An image of the page a participant stopped on can arrive after the
+    # response of "Stop". Had it set the session cookie again, the next
+    # person at the browser would be logged in as that participant.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    dimension_url = f"/participant/{participant_id}/dimension/{order[0]}"
+    client.get(dimension_url)
+    for url in ["/image/0", dimension_url, f"/participant/{participant_id}/instructions"]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert "Set-Cookie" not in response.headers, url

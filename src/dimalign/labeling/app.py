@@ -132,6 +132,11 @@ def create_app(
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_NAME="dimalign_labels",
         PERMANENT_SESSION_LIFETIME=_dt.timedelta(days=30),
+        # By default Flask sends a permanent session's cookie with every
+        # response. An image response that arrived after "Stop" then set
+        # the stopped participant's cookie again, so only responses that
+        # change the session send it, and it lasts 30 days from the last change.
+        SESSION_REFRESH_EACH_REQUEST=False,
     )
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
