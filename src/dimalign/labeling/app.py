@@ -447,10 +447,10 @@ def _forbid_storing_pages(response: Response) -> Response:
     """Send ``Cache-Control: no-store`` unless the view set its own caching.
 
     Pages show a participant's code and answers, and the admin pages every
-    answer. On a shared computer, Back would otherwise show them to the
-    next person from the browser's cache or its back-forward cache, which
-    Chrome and Firefox skip for ``no-store`` pages. Images and the style
-    sheet set their own ``Cache-Control`` (see the image view).
+    answer. ``no-store`` keeps the browser from storing them, so on a shared
+    computer Back loads such a page from the server again, which returns 403
+    once the participant stopped. Headless Chromium 156 did so in tests. Images
+    and the style sheet set their own ``Cache-Control`` (see the image view).
     """
     response.headers.setdefault("Cache-Control", "no-store")
     return response
