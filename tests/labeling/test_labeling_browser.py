@@ -346,7 +346,7 @@ def test_right_to_left_labels_keep_punctuation_at_end(study_path):
 
 
 @pytest.mark.browser
-def test_label_the_field_accepts_is_saved_in_chromium(study_path):
+def test_longest_label_field_allows_saved_in_chromium(study_path):
     from playwright.sync_api import sync_playwright
 
     # U+0958 is one UTF-16 code unit, so maxlength="100" lets 100 of them
