@@ -296,6 +296,46 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+def copy_whole_study(tiny_study, tmp_path):
+    """Copy the tiny study with its report folder, so that a test may change the report's record."""
+    import shutil
+
+    copy = tmp_path / "whole-study"
+    shutil.copytree(tiny_study, copy)
+    return copy
+
+
+def test_report_command_uses_recorded_report_title(tiny_study, tmp_path):
+    # As after a run whose study file set report.title.
+    study = copy_whole_study(tiny_study, tmp_path)
+    manifest_path = study / "report" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["settings"]["title"] = "Custom <title>"
+    manifest_path.write_text(json.dumps(manifest))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    assert "<title>Custom &lt;title&gt;</title>" in out.read_text(encoding="utf-8")
+
+    assert main(["report", str(study), "-o", str(out), "--title", "Option"]) == 0
+    assert "<title>Option</title>" in out.read_text(encoding="utf-8")
+
+
+def test_report_command_default_title_as_pipeline(tiny_study, tmp_path):
+    # A study without a name and without a report stage: the same default as dimalign run.
+    from dimalign.report.html import DEFAULT_TITLE
+
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    record["study"]["name"] = ""
+    record["stages"] = [stage for stage in record["stages"] if stage["name"] != "report"]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    assert f"<title>{DEFAULT_TITLE}</title>" in out.read_text(encoding="utf-8")
+
+
 def test_report_warns_of_missing_recorded_input(tiny_study, tmp_path, capsys):
     # A study moved to another machine keeps the input paths of the first one.
     study = copy_study(tiny_study, tmp_path)

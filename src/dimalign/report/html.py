@@ -85,12 +85,31 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
 ]
 
 
+#: Title of a report whose study sets neither ``report.title`` nor ``study.name``.
+DEFAULT_TITLE = "dimalign study"
+
+
+def report_title(title: str | None, study_name: str | None) -> str:
+    """Choose the report title as ``dimalign run`` and ``dimalign report`` both do.
+
+    Args:
+        title (str | None): The study file's ``report.title`` (or a title
+            given explicitly); empty or None when unset.
+        study_name (str | None): The study file's ``study.name``; empty or
+            None when unset.
+
+    Returns:
+        str: ``title`` if set, else ``study_name`` if set, else :data:`DEFAULT_TITLE`.
+    """
+    return title or study_name or DEFAULT_TITLE
+
+
 def write_report(
     results: StudyResults | str | os.PathLike,
     path: str | os.PathLike,
     *,
     figures_dir: str | os.PathLike | None = None,
-    title: str = "dimalign study",
+    title: str = DEFAULT_TITLE,
     top_k: int = 8,
     n_disagreements: int = 6,
     dpi: int = 110,
@@ -607,4 +626,7 @@ _SCRIPT = """
 """
 
 
-__all__ = ["FIGURES", "ReportResult", "dimension_entries", "render_document", "script_json", "summary_rows", "write_report"]
+__all__ = [
+    "DEFAULT_TITLE", "FIGURES", "ReportResult", "dimension_entries", "render_document", "report_title",
+    "script_json", "summary_rows", "write_report",
+]

@@ -256,8 +256,10 @@ def _plan_stage(
         if key in settings and settings[key] is None:
             settings[key] = config.study[key]
     if name == "report":
+        from dimalign.report.html import report_title
+
         # The report shows the title and the study file, so a change to either reruns it.
-        settings["title"] = settings["title"] or config.study["name"] or "dimalign study"
+        settings["title"] = report_title(settings["title"], config.study["name"])
         settings["study_file"] = str(config.path)
 
     upstream = stage.upstream(configured, settings)
