@@ -117,10 +117,27 @@ def test_report_structure_is_valid(report):
     assert targets and all(target in ids for target in targets)
     images = [attributes for tag, attributes in parser.elements if tag == "img"]
     assert images and all(image.get("alt") for image in images)
-    # The browser's image gets its source from the script.
-    assert [image.get("id") for image in images if "src" not in image] == ["dimension-figure"]
-    assert all(image["src"].startswith("data:image/png;base64,") for image in images if "src" in image)
+    # An img requires src, the browser's included, before its script runs.
+    assert [image.get("id") for image in images if "src" not in image] == []
+    assert all(image["src"].startswith("data:image/png;base64,") for image in images)
     assert not [attributes for _, attributes in parser.elements if "href" in attributes]
+
+
+def test_browser_shows_first_dimension_without_script(report):
+    _, document, _ = report
+    first = browser_data(document)[0]
+    parser = _StructureParser()
+    parser.feed(document)
+    parser.close()
+    figure = next(attributes for tag, attributes in parser.elements if attributes.get("id") == "dimension-figure")
+    assert figure["src"] == first["figure"]
+    assert figure["alt"] == f"Top objects of {first['title']}"
+    panel = document.split('<article id="dimension-panel">', 1)[1].split("</article>", 1)[0]
+    assert f'<h3 id="dimension-title">{html.escape(first["title"])}</h3>' in panel
+    assert f'<dd id="dimension-labels">{html.escape(first["labels"])} (visual)</dd>' in panel
+    assert f'<dd id="dimension-match">{html.escape(first["match"])}</dd>' in panel
+    first_object = first["top_objects"][0]
+    assert f'<li>{html.escape(first_object["name"])} ({first_object["weight"]:.3f})</li>' in panel
 
 
 def test_report_escapes_title(report):

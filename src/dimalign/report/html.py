@@ -535,21 +535,38 @@ def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) 
         )
         if options:
             groups.append(f'<optgroup label="{html.escape(side)}">{options}</optgroup>')
+    # The panel starts with the first dimension, as the script's show() fills
+    # it, so that the page is valid HTML (an img requires src) and readable
+    # without script.
+    first = dimensions[0]
+    labels = "not labelled"
+    if first.get("labels"):
+        labels = first["labels"] + (f" ({first['kind']})" if first.get("kind") else "")
+    top_objects = "".join(
+        f"<li>{html.escape(str(item['name']))} ({item['weight']:.3f})</li>" for item in first["top_objects"]
+    )
     return (
         '<section id="dimensions"><h2>Dimension browser</h2>'
         '<div class="controls"><button type="button" id="dimension-previous">&larr; previous</button>'
         '<label for="dimension-select">Dimension</label>'
         f'<select id="dimension-select">{"".join(groups)}</select>'
         '<button type="button" id="dimension-next">next &rarr;</button></div>'
-        '<article id="dimension-panel"><h3 id="dimension-title"></h3>'
-        '<img id="dimension-figure" alt="top objects of the selected dimension">'
+        f'<article id="dimension-panel"><h3 id="dimension-title">{html.escape(first["title"])}</h3>'
+        f'<img id="dimension-figure" src="{html.escape(first["figure"])}" '
+        f'alt="{html.escape("Top objects of " + first["title"])}">'
         '<dl>'
-        '<dt>Labels</dt><dd id="dimension-labels"></dd>'
-        '<dt>Best match</dt><dd id="dimension-match"></dd>'
-        '<dt>Relevance</dt><dd id="dimension-relevance"></dd>'
-        '<dt>Predicted from DNN features (ridge, cross-validated R²)</dt><dd id="dimension-ridge"></dd>'
-        '</dl><h4>Top objects</h4><ol id="dimension-objects"></ol></article></section>'
+        f'<dt>Labels</dt><dd id="dimension-labels">{html.escape(labels)}</dd>'
+        f'<dt>Best match</dt><dd id="dimension-match">{_panel_text(first["match"])}</dd>'
+        f'<dt>Relevance</dt><dd id="dimension-relevance">{_panel_text(first["relevance"])}</dd>'
+        '<dt>Predicted from DNN features (ridge, cross-validated R²)</dt>'
+        f'<dd id="dimension-ridge">{_panel_text(first["ridge_cv_r2"])}</dd>'
+        f'</dl><h4>Top objects</h4><ol id="dimension-objects">{top_objects}</ol></article></section>'
     )
+
+
+def _panel_text(value: Any) -> str:
+    """Escape one value of the dimension panel, with ``n/a`` for a missing one as the script writes it."""
+    return "n/a" if value is None or value == "" else html.escape(str(value))
 
 
 def _option_text(entry: dict[str, Any]) -> str:
