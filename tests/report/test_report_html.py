@@ -510,6 +510,28 @@ def test_report_writes_paths_of_notes_relative(tiny_study, tmp_path, capsys):
     assert "instead of the study file study.toml;" in text
 
 
+def test_report_writes_changes_as_toml_values(tiny_study, tmp_path):
+    # The study file is TOML, so the notes write its values as TOML does.
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    record["changes"] = [
+        {"key": "study.device", "before": "cpu", "after": 'cu"da', "kind": "changed"},
+        {"key": "inputs.labels", "before": None, "after": "labels", "kind": "added"},
+    ]
+    (study / "pipeline.json").write_text(json.dumps(record))
+    manifest_path = study / "map" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["changes"] = [{"key": "map.shuffle", "before": False, "after": True, "kind": "changed"}]
+    manifest_path.write_text(json.dumps(manifest))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    notes = out.read_text(encoding="utf-8").split('id="changed-settings"', 1)[1].split("</section>", 1)[0]
+    assert "<code>study.device</code>: &quot;cpu&quot; &rarr; &quot;cu\\&quot;da&quot; (changed)" in notes
+    assert "<code>inputs.labels</code>: not set &rarr; &quot;labels&quot; (added)" in notes
+    assert "<code>map.shuffle</code>: false &rarr; true (changed)" in notes
+
+
 def test_similarity_caption_names_object_subset(tiny_study, tmp_path):
     # As after compare.matrix_objects = 10: the matrices cover a random subset of the objects.
     import numpy as np

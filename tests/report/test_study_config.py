@@ -448,3 +448,17 @@ def test_report_title_rule(tmp_path, overrides, expected):
     title = plan_study(config, tmp_path / "study").stage("report").settings["title"]
     assert title == expected
     assert report_title(config.stages["report"].get("title"), config.study["name"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (False, True, "map.shuffle: false -> true (changed)"),
+        ("cpu", "cuda", 'map.shuffle: "cpu" -> "cuda" (changed)'),
+        (None, [1, 2.5], "map.shuffle: not set -> [1, 2.5] (changed)"),
+    ],
+)
+def test_setting_change_described_as_toml(before, after, expected):
+    from dimalign.report.pipeline import SettingChange
+
+    assert SettingChange("map.shuffle", before, after, "changed").describe() == expected

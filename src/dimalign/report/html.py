@@ -30,6 +30,7 @@ import numpy as np
 from dimalign.analysis.noise_ceiling import MIN_RELIABLE_RESPONSES, MIN_RELIABLE_SETS
 from dimalign.io.files import now_iso, output_dir, write_text_atomic
 from dimalign.report import figures
+from dimalign.report.config import format_toml_value
 from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults
 
 logger = logging.getLogger(__name__)
@@ -428,8 +429,8 @@ def render_document(
     change_block = ""
     if changes:
         items = "\n".join(
-            f"<li><code>{html.escape(str(change['key']))}</code>: {html.escape(repr(change['before']))} &rarr; "
-            f"{html.escape(repr(change['after']))} ({html.escape(str(change['kind']))})</li>"
+            f"<li><code>{html.escape(str(change['key']))}</code>: {html.escape(format_toml_value(change['before']))} "
+            f"&rarr; {html.escape(format_toml_value(change['after']))} ({html.escape(str(change['kind']))})</li>"
             for change in changes
         )
         change_block = (

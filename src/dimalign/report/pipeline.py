@@ -52,6 +52,7 @@ from dimalign.report.config import (
     STUDY_TABLE,
     StudyConfig,
     config_value,
+    format_toml_value,
     load_config,
 )
 from dimalign.report.settings import check_settings
@@ -85,8 +86,8 @@ class SettingChange:
     kind: str
 
     def describe(self) -> str:
-        """Return a line such as ``human_fit.max_epochs: 1000 -> 3 (shortened)``."""
-        return f"{self.key}: {self.before!r} -> {self.after!r} ({self.kind})"
+        """Return a line such as ``human_fit.max_epochs: 1000 -> 3 (shortened)``, with TOML values."""
+        return f"{self.key}: {format_toml_value(self.before)} -> {format_toml_value(self.after)} ({self.kind})"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the change as JSON-ready data."""
