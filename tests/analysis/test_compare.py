@@ -798,6 +798,57 @@ def test_compare_objects_equal_to_shared_table_accepted(tmp_path):
     assert code == 0
 
 
+def save_plain_sides_with_tables(tmp_path, human_ids, dnn_ids):
+    """Save a 20-object surrogate pair as h/emb.npy and d/emb.npy, each with its own objects.tsv."""
+    human, dnn = surrogate_pair(n_objects=20)
+    for folder, embedding, ids in (("h", human, human_ids), ("d", dnn, dnn_ids)):
+        (tmp_path / folder).mkdir()
+        np.save(tmp_path / folder / "emb.npy", embedding)
+        write_object_table(ObjectTable.from_ids(ids), tmp_path / folder / "objects.tsv")
+
+
+def test_compare_rejects_objects_differing_from_own_tables(tmp_path):
+    # Renaming both plain files with one table would match their rows by position.
+    ids = [f"n{i:02d}" for i in range(20)]
+    save_plain_sides_with_tables(tmp_path, ids, ids[::-1])
+    (tmp_path / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+
+    with pytest.raises(ValueError) as caught:
+        compare(tmp_path / "h" / "emb.npy", tmp_path / "d" / "emb.npy", tmp_path / "out",
+                objects=read_object_table(tmp_path / "ids.txt"), n_bootstrap=0, top_k=2)
+
+    message = str(caught.value)
+    assert str(tmp_path / "h" / "objects.tsv") in message
+    assert str(tmp_path / "d" / "objects.tsv") in message
+    assert "row 0 is 'n19' in one and 'n00' in the other" in message
+    assert "leave out --objects" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_cli_rejects_objects_differing_from_own_tables(tmp_path, capsys):
+    ids = [f"n{i:02d}" for i in range(20)]
+    save_plain_sides_with_tables(tmp_path, ids[::-1], ids[::-1])
+    (tmp_path / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+
+    code = main(["compare", str(tmp_path / "h" / "emb.npy"), str(tmp_path / "d" / "emb.npy"), "-o",
+                 str(tmp_path / "out"), "--objects", str(tmp_path / "ids.txt"), "--bootstrap", "0", "--top-k", "2"])
+
+    assert code == 1
+    assert str(tmp_path / "h" / "objects.tsv") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_objects_equal_to_own_tables_accepted(tmp_path):
+    ids = [f"n{i:02d}" for i in range(20)]
+    save_plain_sides_with_tables(tmp_path, ids, ids)
+    (tmp_path / "ids.txt").write_text("".join(f"{name}\n" for name in ids))
+
+    code = main(["compare", str(tmp_path / "h" / "emb.npy"), str(tmp_path / "d" / "emb.npy"), "-o",
+                 str(tmp_path / "out"), "--objects", str(tmp_path / "ids.txt"), "--bootstrap", "0", "--top-k", "2"])
+
+    assert code == 0
+
+
 def test_compare_rejects_objects_differing_from_run_table(tmp_path):
     human, dnn = surrogate_pair(n_objects=12)
     ids = [f"a{i:02d}" for i in range(12)]

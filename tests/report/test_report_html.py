@@ -117,10 +117,27 @@ def test_report_structure_is_valid(report):
     assert targets and all(target in ids for target in targets)
     images = [attributes for tag, attributes in parser.elements if tag == "img"]
     assert images and all(image.get("alt") for image in images)
-    # The browser's image gets its source from the script.
-    assert [image.get("id") for image in images if "src" not in image] == ["dimension-figure"]
-    assert all(image["src"].startswith("data:image/png;base64,") for image in images if "src" in image)
+    # An img requires src, the browser's included, before its script runs.
+    assert [image.get("id") for image in images if "src" not in image] == []
+    assert all(image["src"].startswith("data:image/png;base64,") for image in images)
     assert not [attributes for _, attributes in parser.elements if "href" in attributes]
+
+
+def test_browser_shows_first_dimension_without_script(report):
+    _, document, _ = report
+    first = browser_data(document)[0]
+    parser = _StructureParser()
+    parser.feed(document)
+    parser.close()
+    figure = next(attributes for tag, attributes in parser.elements if attributes.get("id") == "dimension-figure")
+    assert figure["src"] == first["figure"]
+    assert figure["alt"] == f"Top objects of {first['title']}"
+    panel = document.split('<article id="dimension-panel">', 1)[1].split("</article>", 1)[0]
+    assert f'<h3 id="dimension-title">{html.escape(first["title"])}</h3>' in panel
+    assert f'<dd id="dimension-labels">{html.escape(first["labels"])} (visual)</dd>' in panel
+    assert f'<dd id="dimension-match">{html.escape(first["match"])}</dd>' in panel
+    first_object = first["top_objects"][0]
+    assert f'<li>{html.escape(first_object["name"])} ({first_object["weight"]:.3f})</li>' in panel
 
 
 def test_report_escapes_title(report):
@@ -296,6 +313,46 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     assert "<title>Tiny study</title>" in document
 
 
+def copy_whole_study(tiny_study, tmp_path):
+    """Copy the tiny study with its report folder, so that a test may change the report's record."""
+    import shutil
+
+    copy = tmp_path / "whole-study"
+    shutil.copytree(tiny_study, copy)
+    return copy
+
+
+def test_report_command_uses_recorded_report_title(tiny_study, tmp_path):
+    # As after a run whose study file set report.title.
+    study = copy_whole_study(tiny_study, tmp_path)
+    manifest_path = study / "report" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["settings"]["title"] = "Custom <title>"
+    manifest_path.write_text(json.dumps(manifest))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    assert "<title>Custom &lt;title&gt;</title>" in out.read_text(encoding="utf-8")
+
+    assert main(["report", str(study), "-o", str(out), "--title", "Option"]) == 0
+    assert "<title>Option</title>" in out.read_text(encoding="utf-8")
+
+
+def test_report_command_default_title_as_pipeline(tiny_study, tmp_path):
+    # A study without a name and without a report stage: the same default as dimalign run.
+    from dimalign.report.html import DEFAULT_TITLE
+
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    record["study"]["name"] = ""
+    record["stages"] = [stage for stage in record["stages"] if stage["name"] != "report"]
+    (study / "pipeline.json").write_text(json.dumps(record))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    assert f"<title>{DEFAULT_TITLE}</title>" in out.read_text(encoding="utf-8")
+
+
 def test_report_warns_of_missing_recorded_input(tiny_study, tmp_path, capsys):
     # A study moved to another machine keeps the input paths of the first one.
     study = copy_study(tiny_study, tmp_path)
@@ -451,6 +508,28 @@ def test_report_writes_paths_of_notes_relative(tiny_study, tmp_path, capsys):
     # The note names the missing file inside the study directory, and the study file by its name.
     assert "<strong>disagreements</strong>: study/compare/disagreements.csv not found" in text
     assert "instead of the study file study.toml;" in text
+
+
+def test_report_writes_changes_as_toml_values(tiny_study, tmp_path):
+    # The study file is TOML, so the notes write its values as TOML does.
+    study = copy_study(tiny_study, tmp_path)
+    record = json.loads((study / "pipeline.json").read_text())
+    record["changes"] = [
+        {"key": "study.device", "before": "cpu", "after": 'cu"da', "kind": "changed"},
+        {"key": "inputs.labels", "before": None, "after": "labels", "kind": "added"},
+    ]
+    (study / "pipeline.json").write_text(json.dumps(record))
+    manifest_path = study / "map" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pipeline"]["changes"] = [{"key": "map.shuffle", "before": False, "after": True, "kind": "changed"}]
+    manifest_path.write_text(json.dumps(manifest))
+
+    out = tmp_path / "r.html"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    notes = out.read_text(encoding="utf-8").split('id="changed-settings"', 1)[1].split("</section>", 1)[0]
+    assert "<code>study.device</code>: &quot;cpu&quot; &rarr; &quot;cu\\&quot;da&quot; (changed)" in notes
+    assert "<code>inputs.labels</code>: not set &rarr; &quot;labels&quot; (added)" in notes
+    assert "<code>map.shuffle</code>: false &rarr; true (changed)" in notes
 
 
 def test_similarity_caption_names_object_subset(tiny_study, tmp_path):

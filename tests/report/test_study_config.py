@@ -430,3 +430,35 @@ def test_matrix_objects_above_object_count_says_all(caplog):
     with caplog.at_level(logging.INFO, logger="dimalign"):
         assert _subset(10, 50, 0) is None
     assert "compare.matrix_objects = 50 covers all 10 objects: using every object" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (['report.title="Set title"'], "Set title"),
+        ([], "Tiny study"),
+        (['study.name=""'], "dimalign study"),
+    ],
+)
+def test_report_title_rule(tmp_path, overrides, expected):
+    # dimalign report applies the same rule to what the run recorded.
+    from dimalign.report.html import report_title
+
+    config = load_config(write_study(tmp_path), overrides)
+    title = plan_study(config, tmp_path / "study").stage("report").settings["title"]
+    assert title == expected
+    assert report_title(config.stages["report"].get("title"), config.study["name"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (False, True, "map.shuffle: false -> true (changed)"),
+        ("cpu", "cuda", 'map.shuffle: "cpu" -> "cuda" (changed)'),
+        (None, [1, 2.5], "map.shuffle: not set -> [1, 2.5] (changed)"),
+    ],
+)
+def test_setting_change_described_as_toml(before, after, expected):
+    from dimalign.report.pipeline import SettingChange
+
+    assert SettingChange("map.shuffle", before, after, "changed").describe() == expected

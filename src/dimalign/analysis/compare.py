@@ -798,8 +798,9 @@ def compare(
             not a run directory with its own ``objects.tsv``. When one input
             has no table at all, it names that input only. Otherwise it wins
             over the ``objects.tsv`` next to a plain embedding file (with a
-            warning when they differ), except that a table that differs from
-            one ``objects.tsv`` shared by two plain files is an error. An input without any table next to one
+            warning when they differ). When both inputs are plain files
+            with an ``objects.tsv`` next to them, a table that differs from
+            either is an error. An input without any table next to one
             with a table is an error, because rows are never matched by
             position when ids exist on one side.
         triplets (np.ndarray | None): Triplets (indices in the human row
@@ -1165,10 +1166,10 @@ def _choose_tables(
         ValueError: If one side has object ids and the other has none, so the
             rows could only be matched by position, if the explicit table
             applies to neither side and differs from both run tables, or if
-            both sides are plain files that share one ``objects.tsv`` and the
-            explicit table differs from it.
+            both sides are plain files with an ``objects.tsv`` next to them
+            (one shared or one each) and the explicit table differs from one.
     """
-    _reject_objects_for_shared_table(human, dnn, objects)
+    _reject_objects_for_own_tables(human, dnn, objects)
     chosen = []
     # When an input has no table of its own, the explicit table names that
     # input (as the error below suggests), so it must not also rename a plain file
@@ -1207,27 +1208,39 @@ def _choose_tables(
     return chosen
 
 
-def _reject_objects_for_shared_table(human: _Side, dnn: _Side, objects: ObjectTable | None) -> None:
-    """Raise ``ValueError`` if an explicit table differs from one ``objects.tsv`` that names both plain files.
+def _reject_objects_for_own_tables(human: _Side, dnn: _Side, objects: ObjectTable | None) -> None:
+    """Raise ``ValueError`` if an explicit table differs from the ``objects.tsv`` of a plain file when both have one.
 
-    Two plain embedding files in one folder share its ``objects.tsv``. An
-    explicit table could then be meant for one side (to match its rows by id)
-    or for both (to rename them), and renaming both sides with one table
-    matches their rows by position, so the ambiguous call is rejected.
+    When both inputs are plain embedding files with an ``objects.tsv`` next to
+    them, an explicit table would rename both sides and so match their rows
+    by position, or it could be meant for one side only. Either way the call
+    is ambiguous, so it is rejected unless the table equals each side's own.
     """
     if objects is None or human.is_run or dnn.is_run or human.own is None or dnn.own is None:
         return
-    if human.own_file.resolve() != dnn.own_file.resolve():
+    differing = [side for side in (human, dnn) if tuple(side.own.object_ids) != tuple(objects.object_ids)]
+    if not differing:
         return
-    if tuple(human.own.object_ids) == tuple(objects.object_ids):
-        return
+
+    if human.own_file.resolve() == dnn.own_file.resolve():
+        raise ValueError(
+            f"{human.name} and {dnn.name} share the object table {human.own_file}, and the object table "
+            f"passed (objects=, CLI --objects) differs from it: {_table_difference(human.own, objects)}. "
+            "It is unclear which side the passed table names. To match the rows by object id, put each "
+            "embedding file in its own folder with an objects.tsv that names its rows, and leave out "
+            f"--objects. To rename both sides, replace {human.own_file} with the passed table. To use "
+            "the shared table for both, leave out --objects"
+        )
+    differences = "; ".join(
+        f"{side.own_file}: {_table_difference(side.own, objects)}" for side in differing
+    )
     raise ValueError(
-        f"{human.name} and {dnn.name} share the object table {human.own_file}, and the object table "
-        f"passed (objects=, CLI --objects) differs from it: {_table_difference(human.own, objects)}. "
-        "It is unclear which side the passed table names. To match the rows by object id, put each "
-        "embedding file in its own folder with an objects.tsv that names its rows, and leave out "
-        f"--objects. To rename both sides, replace {human.own_file} with the passed table. To use "
-        "the shared table for both, leave out --objects"
+        f"{human.name} and {dnn.name} each have an object table next to them ({human.own_file} and "
+        f"{dnn.own_file}), and the object table passed (objects=, CLI --objects) differs from "
+        f"{'both' if len(differing) == 2 else 'one of them'} ({differences}). Used for both sides, it "
+        "would match their rows by position, not by object id. To match the rows by object id with "
+        "their own tables, leave out --objects. To rename a side, replace its objects.tsv with the "
+        "passed table"
     )
 
 

@@ -198,8 +198,8 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "--objects", type=Path,
         help="object table naming the rows of each input that is not a run directory with its own "
         "objects.tsv; when one input has no table at all, it names that input only, else it wins "
-        "over an objects.tsv next to a plain embedding file (two plain files that share one "
-        "objects.tsv take no other --objects table)",
+        "over an objects.tsv next to a plain embedding file beside a run (two plain files with "
+        "objects.tsv tables take no --objects table that differs from them)",
     )
     parser.add_argument(
         "--triplets", type=Path,

@@ -103,7 +103,11 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
         help="name of the DNN embedding in the labels summary (default: report.labels_dnn of the "
         "study's last run, else dnn_fit)",
     )
-    parser.add_argument("--title", help="report title (default: the study name)")
+    parser.add_argument(
+        "--title",
+        help="report title (default: report.title of the study's last run, else study.name, else "
+        "'dimalign study')",
+    )
     parser.add_argument("--top-k", type=int, default=8, help="top objects per dimension (default 8)")
     parser.add_argument(
         "--dpi", type=int, default=110, help="resolution of the PNG figures in dots per inch, 1 to 600 (default 110)"
@@ -164,7 +168,7 @@ def report_command(args: argparse.Namespace) -> int:
     check_reportable(results)
     if results.labels_dir is not None:
         check_labels_summary(results.labels_dir, results.labels_names)
-    title = args.title or record.get("study", {}).get("name") or args.study_dir.name
+    title = args.title or _recorded_title(args.study_dir, record)
     report = write_report(
         results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
     )
@@ -172,6 +176,26 @@ def report_command(args: argparse.Namespace) -> int:
     for stem, reason in report.skipped.items():
         print(f"  left out {stem}: {reason}")
     return 0
+
+
+def _recorded_title(study_dir: Path, record: dict) -> str:
+    """Return the title that the study's last run gave its report, by the rule that ``dimalign run`` uses.
+
+    The report stage records the title it chose (``report.title``, else
+    ``study.name``, else :data:`dimalign.report.html.DEFAULT_TITLE`). It is
+    used when the last run had a report stage, so that a report stage since
+    removed from the study file does not set the title.
+    """
+    from dimalign.report.html import report_title
+    from dimalign.report.pipeline import read_stage_record
+
+    planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]
+    recorded = None
+    if "report" in planned or not record:
+        recorded = (read_stage_record(study_dir / "report") or {}).get("settings", {}).get("title")
+        recorded = recorded if isinstance(recorded, str) else None
+    study = record.get("study", {})
+    return report_title(recorded, study.get("name") if isinstance(study, dict) else None)
 
 
 def _labels_names(args: argparse.Namespace, stage_dirs: dict[str, Path] | None) -> dict[str, str]:

@@ -297,12 +297,41 @@ def config_value(config: StudyConfig, section: str, key: str) -> Any:
     return config.original.get(section, {}).get(key)
 
 
+def format_toml_value(value: Any) -> str:
+    """Write a setting's value as the study file would, such as ``true``, ``"cuda"`` or ``[1, 2]``.
+
+    TOML has no null, so None (a setting without a value in the file and
+    without a default) is written ``not set``.
+
+    Examples:
+        >>> format_toml_value(False), format_toml_value("cuda"), format_toml_value([1, 0.5])
+        ('false', '"cuda"', '[1, 0.5]')
+    """
+    import tomli_w
+
+    if value is None:
+        return "not set"
+    # tomli_w writes arrays over several lines and a dict as a table, so both are built here.
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (f"{_format_toml_key(key)} = {format_toml_value(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
+    return tomli_w.dumps({"value": value}).removeprefix("value = ").rstrip("\n")
+
+
+def _format_toml_key(key: str) -> str:
+    """Write a key bare when TOML allows it, else as a quoted string."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else format_toml_value(key)
+
+
 __all__ = [
     "INPUT_KEYS",
     "STUDY_SETTINGS",
     "Override",
     "StudyConfig",
     "config_value",
+    "format_toml_value",
     "load_config",
     "parse_override",
 ]

@@ -30,6 +30,7 @@ import numpy as np
 from dimalign.analysis.noise_ceiling import MIN_RELIABLE_RESPONSES, MIN_RELIABLE_SETS
 from dimalign.io.files import now_iso, output_dir, write_text_atomic
 from dimalign.report import figures
+from dimalign.report.config import format_toml_value
 from dimalign.report.results import SIDE_NAMES, SIDES, StudyResults
 
 logger = logging.getLogger(__name__)
@@ -85,12 +86,31 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
 ]
 
 
+#: Title of a report whose study sets neither ``report.title`` nor ``study.name``.
+DEFAULT_TITLE = "dimalign study"
+
+
+def report_title(title: str | None, study_name: str | None) -> str:
+    """Choose the report title as ``dimalign run`` and ``dimalign report`` both do.
+
+    Args:
+        title (str | None): The study file's ``report.title`` (or a title
+            given explicitly); empty or None when unset.
+        study_name (str | None): The study file's ``study.name``; empty or
+            None when unset.
+
+    Returns:
+        str: ``title`` if set, else ``study_name`` if set, else :data:`DEFAULT_TITLE`.
+    """
+    return title or study_name or DEFAULT_TITLE
+
+
 def write_report(
     results: StudyResults | str | os.PathLike,
     path: str | os.PathLike,
     *,
     figures_dir: str | os.PathLike | None = None,
-    title: str = "dimalign study",
+    title: str = DEFAULT_TITLE,
     top_k: int = 8,
     n_disagreements: int = 6,
     dpi: int = 110,
@@ -409,8 +429,8 @@ def render_document(
     change_block = ""
     if changes:
         items = "\n".join(
-            f"<li><code>{html.escape(str(change['key']))}</code>: {html.escape(repr(change['before']))} &rarr; "
-            f"{html.escape(repr(change['after']))} ({html.escape(str(change['kind']))})</li>"
+            f"<li><code>{html.escape(str(change['key']))}</code>: {html.escape(format_toml_value(change['before']))} "
+            f"&rarr; {html.escape(format_toml_value(change['after']))} ({html.escape(str(change['kind']))})</li>"
             for change in changes
         )
         change_block = (
@@ -516,21 +536,38 @@ def _browser_section(dimensions: list[dict[str, Any]], fitted_sides: list[str]) 
         )
         if options:
             groups.append(f'<optgroup label="{html.escape(side)}">{options}</optgroup>')
+    # The panel starts with the first dimension, as the script's show() fills
+    # it, so that the page is valid HTML (an img requires src) and readable
+    # without script.
+    first = dimensions[0]
+    labels = "not labelled"
+    if first.get("labels"):
+        labels = first["labels"] + (f" ({first['kind']})" if first.get("kind") else "")
+    top_objects = "".join(
+        f"<li>{html.escape(str(item['name']))} ({item['weight']:.3f})</li>" for item in first["top_objects"]
+    )
     return (
         '<section id="dimensions"><h2>Dimension browser</h2>'
         '<div class="controls"><button type="button" id="dimension-previous">&larr; previous</button>'
         '<label for="dimension-select">Dimension</label>'
         f'<select id="dimension-select">{"".join(groups)}</select>'
         '<button type="button" id="dimension-next">next &rarr;</button></div>'
-        '<article id="dimension-panel"><h3 id="dimension-title"></h3>'
-        '<img id="dimension-figure" alt="top objects of the selected dimension">'
+        f'<article id="dimension-panel"><h3 id="dimension-title">{html.escape(first["title"])}</h3>'
+        f'<img id="dimension-figure" src="{html.escape(first["figure"])}" '
+        f'alt="{html.escape("Top objects of " + first["title"])}">'
         '<dl>'
-        '<dt>Labels</dt><dd id="dimension-labels"></dd>'
-        '<dt>Best match</dt><dd id="dimension-match"></dd>'
-        '<dt>Relevance</dt><dd id="dimension-relevance"></dd>'
-        '<dt>Predicted from DNN features (ridge, cross-validated R²)</dt><dd id="dimension-ridge"></dd>'
-        '</dl><h4>Top objects</h4><ol id="dimension-objects"></ol></article></section>'
+        f'<dt>Labels</dt><dd id="dimension-labels">{html.escape(labels)}</dd>'
+        f'<dt>Best match</dt><dd id="dimension-match">{_panel_text(first["match"])}</dd>'
+        f'<dt>Relevance</dt><dd id="dimension-relevance">{_panel_text(first["relevance"])}</dd>'
+        '<dt>Predicted from DNN features (ridge, cross-validated R²)</dt>'
+        f'<dd id="dimension-ridge">{_panel_text(first["ridge_cv_r2"])}</dd>'
+        f'</dl><h4>Top objects</h4><ol id="dimension-objects">{top_objects}</ol></article></section>'
     )
+
+
+def _panel_text(value: Any) -> str:
+    """Escape one value of the dimension panel, with ``n/a`` for a missing one as the script writes it."""
+    return "n/a" if value is None or value == "" else html.escape(str(value))
 
 
 def _option_text(entry: dict[str, Any]) -> str:
@@ -607,4 +644,7 @@ _SCRIPT = """
 """
 
 
-__all__ = ["FIGURES", "ReportResult", "dimension_entries", "render_document", "script_json", "summary_rows", "write_report"]
+__all__ = [
+    "DEFAULT_TITLE", "FIGURES", "ReportResult", "dimension_entries", "render_document", "report_title",
+    "script_json", "summary_rows", "write_report",
+]

@@ -52,6 +52,7 @@ from dimalign.report.config import (
     STUDY_TABLE,
     StudyConfig,
     config_value,
+    format_toml_value,
     load_config,
 )
 from dimalign.report.settings import check_settings
@@ -85,8 +86,8 @@ class SettingChange:
     kind: str
 
     def describe(self) -> str:
-        """Return a line such as ``human_fit.max_epochs: 1000 -> 3 (shortened)``."""
-        return f"{self.key}: {self.before!r} -> {self.after!r} ({self.kind})"
+        """Return a line such as ``human_fit.max_epochs: 1000 -> 3 (shortened)``, with TOML values."""
+        return f"{self.key}: {format_toml_value(self.before)} -> {format_toml_value(self.after)} ({self.kind})"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the change as JSON-ready data."""
@@ -256,8 +257,10 @@ def _plan_stage(
         if key in settings and settings[key] is None:
             settings[key] = config.study[key]
     if name == "report":
+        from dimalign.report.html import report_title
+
         # The report shows the title and the study file, so a change to either reruns it.
-        settings["title"] = settings["title"] or config.study["name"] or "dimalign study"
+        settings["title"] = report_title(settings["title"], config.study["name"])
         settings["study_file"] = str(config.path)
 
     upstream = stage.upstream(configured, settings)

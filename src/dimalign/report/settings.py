@@ -248,7 +248,7 @@ MAP_SETTINGS: dict[str, Setting] = {
 }
 
 REPORT_SETTINGS: dict[str, Setting] = {
-    "title": Setting("", "report title (default: study.name)"),
+    "title": Setting("", "report title (default: study.name, else 'dimalign study')"),
     "top_k": Setting(8, "top objects shown per dimension", minimum=1),
     "n_disagreements": Setting(6, "triplets shown in the disagreement figure", minimum=1),
     # The maximum is dimalign.report.html.MAX_DPI, which explains it.
