@@ -5,8 +5,9 @@ not here). Each command in a fenced block other than Python or TOML is
 checked against :func:`dimalign.cli.build_parser`. Its subcommand must
 exist, and so must every long option it names. A literal value given to an
 option with fixed choices must be one of them. Synopsis lines such as
-``dimalign map FEATURES --embedding RUN -o OUT [--layer L]`` are checked the
-same way, so the documentation cannot drift from the command line.
+``dimalign map FEATURES --embedding RUN -o OUT [--layer L]`` and inline code
+spans such as ``dimalign label-app RUN --images DIR`` are checked the same
+way, so the documentation cannot drift from the command line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ DOC_FILES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))
 # "dimalign" as a command: at the start of a line (after a "$ " prompt,
 # environment assignments or a path such as .venv/bin/), or after "&&".
 COMMAND = re.compile(r"(?:^|&&)\s*(?:\$\s+)?(?:[A-Z_]+=\S*\s+)*(?:\S*/)?dimalign\s+(?P<arguments>.*)")
+# An inline code span that starts with "dimalign" and a lower-case subcommand, such as
+# `dimalign label-app RUN --images DIR` (`dimalign COMMAND --help` is a placeholder).
+INLINE_COMMAND = re.compile(r"`(?:\S*/)?dimalign\s+(?P<arguments>[a-z][^`]*)`")
 LONG_OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # A literal choice value: lower-case words, possibly alternatives joined by "|".
 CHOICE_VALUE = re.compile(r"[a-z][a-z0-9_]*(?:\|[a-z][a-z0-9_]*)*")
@@ -94,7 +98,22 @@ def _command(path: Path, start: int, lines: list[str]) -> DocCommand:
     return DocCommand(path, start, " ".join(part for part in parts if part))
 
 
-DOC_COMMANDS = [command for path in DOC_FILES for command in extract_commands(path)]
+def extract_inline_commands(path: Path) -> list[DocCommand]:
+    """Find the ``dimalign`` commands in inline code spans outside fenced blocks."""
+    commands = []
+    in_fence = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.startswith("```"):
+            in_fence = not in_fence
+            continue
+        if not in_fence:
+            commands += [DocCommand(path, number, match.group("arguments")) for match in INLINE_COMMAND.finditer(line)]
+    return commands
+
+
+DOC_COMMANDS = [
+    command for path in DOC_FILES for command in (*extract_commands(path), *extract_inline_commands(path))
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -143,7 +162,7 @@ def resolve_parsers(arguments: list[str]) -> tuple[str, list[argparse.ArgumentPa
 def test_docs_contain_commands():
     names = {command.path.name for command in DOC_COMMANDS}
     assert {"README.md", "compare.md", "embedding.md", "interpret.md", "labeling.md"} <= names
-    assert len(DOC_COMMANDS) >= 50
+    assert len(DOC_COMMANDS) >= 80
 
 
 @pytest.mark.parametrize("command", DOC_COMMANDS, ids=lambda command: command.name)
