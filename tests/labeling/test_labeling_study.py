@@ -96,6 +96,19 @@ def test_source_outside_image_folder_rejected(tmp_path, labeling_run, image_set,
     assert not (tmp_path / "s.db").exists()
 
 
+def test_absolute_source_inside_folder_accepted(tmp_path, labeling_run, image_set):
+    # dimalign extract writes absolute sources into objects.tsv, which simulate and fit copy into the run.
+    folder, names = image_set
+    table = read_object_table(labeling_run / "objects.tsv")
+    sources = tuple(str((folder / name).resolve()) for name in names)
+    write_object_table(ObjectTable(table.object_ids, sources), tmp_path / "objects.tsv")
+    path = create_study(tmp_path / "s.db", labeling_run, folder, objects=tmp_path / "objects.tsv", dims="0")
+    with Study(path) as study:
+        for index in study.grid(0).ravel():
+            assert study.image_file(int(index)) == (folder / names[int(index)]).resolve()
+    assert resolve_image(folder, "plain_bird", str((folder / "plain/bird.png").resolve())) == "plain/bird.png"
+
+
 def test_symlink_out_of_image_folder_rejected(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

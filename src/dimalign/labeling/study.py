@@ -248,7 +248,8 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
 
     Raises:
         ValueError: If the path leaves ``images_dir`` (``..``, an absolute
-            path, or a symbolic link pointing outside) or is not an image file.
+            path outside it, or a symbolic link pointing outside) or is not an
+            image file. An absolute path inside ``images_dir`` is accepted.
         FileNotFoundError: If no image is found, or the path to look up is
             too long for a file name (such as an object id over 255 bytes).
     """
@@ -281,10 +282,13 @@ def _resolve_image(images_dir: Path, object_id: str, source: str) -> str:
             )
 
     for candidate in candidates:
+        # dimalign extract writes absolute sources, so one inside the folder is taken relative to it.
+        if candidate.is_absolute() and _inside(root, candidate):
+            candidate = candidate.resolve().relative_to(root)
         if candidate.is_absolute() or ".." in candidate.parts:
             raise ValueError(
                 f"image path {str(candidate)!r} of object {object_id!r} leaves the image folder: "
-                "sources must be relative paths inside --images"
+                f"sources must be paths inside --images ({root})"
             )
         full = (root / candidate).resolve()
         if not _inside(root, full):
