@@ -70,6 +70,18 @@ def test_import_without_object_count_fails(tmp_path, capsys):
     assert "--n-objects N" in capsys.readouterr().err
 
 
+def test_import_log_names_no_staging_folder(tmp_path, capsys):
+    """The hidden .partial-* folder is gone when the command ends, so no file is said to be written there."""
+    source = tmp_path / "raw.txt"
+    source.write_text("".join(f"{i} {i + 1} {i + 2}\n" for i in range(10)), encoding="utf-8")
+    status = main(["import-triplets", str(source), "--n-objects", "12", "--split", "0.2",
+                   "-o", str(tmp_path / "out")])
+
+    assert status == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [line for line in lines if "wrote" in line and ".partial-" in line] == []
+
+
 def test_import_choice_column_with_split(tmp_path):
     rows = ["subject,a,b,c,choice"]
     rng = np.random.default_rng(0)

@@ -1293,7 +1293,7 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
             np.save(temporary, array.astype(np.int64, copy=False))
         else:
             np.savetxt(temporary, array, fmt="%d", delimiter=TEXT_DELIMITERS[suffix])
-    logger.info("wrote %d triplets to %s", len(array), path)
+    logger.debug("wrote %d triplets to %s", len(array), path)
     return path
 
 
