@@ -372,15 +372,20 @@ def dimension_title(results: StudyResults, side: str, dim: int, labels: dict[str
 
 
 def _show_image(axis, path: Path) -> None:
-    from PIL import Image
+    """Draw an image file on ``axis``, decoded as ``dimalign extract`` decodes it.
+
+    EXIF orientation, transparency on white and 16-bit scaling follow
+    :func:`dimalign.features.datasets.load_rgb`, so the figure shows the
+    picture whose features were extracted.
+    """
+    from dimalign.features.datasets import ImageReadError, load_rgb
 
     try:
-        with Image.open(path) as image:
-            image.thumbnail((256, 256))
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:
-        # PIL's messages for a damaged file ("image file is truncated") name no file.
-        raise ValueError(f"{path} cannot be read as an image ({error}); replace or remove it") from error
+        image = load_rgb(path)
+    except ImageReadError as error:
+        raise ValueError(f"{path} cannot be read as an image ({error.reason}); replace or remove it") from error
+    image.thumbnail((256, 256))
+    pixels = np.asarray(image)
     axis.imshow(pixels)
     axis.set_xticks([])
     axis.set_yticks([])
