@@ -375,10 +375,10 @@ def _show_image(axis, path: Path) -> None:
     """Draw an image file on ``axis``, decoded as ``dimalign extract`` decodes it.
 
     EXIF orientation, transparency on white and 16-bit scaling follow
-    :func:`dimalign.features.datasets.load_rgb`, so the figure shows the
+    :func:`dimalign.features.decode.load_rgb`, so the figure shows the
     picture whose features were extracted.
     """
-    from dimalign.features.datasets import ImageReadError, load_rgb
+    from dimalign.features.decode import ImageReadError, load_rgb
 
     try:
         image = load_rgb(path)
