@@ -775,3 +775,24 @@ def test_export_round_trips_tricky_labels(study_path, tmp_path):
         labels = [row[f"label_{number}"] for number in range(1, 6)]
         expected = json.loads(stored[int(row["dimension"])])
         assert labels == expected + [""] * (5 - len(expected))
+
+
+def test_setup_rejects_undecodable_grid_images(tmp_path, labeling_run, image_set):
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_set[0], folder)
+    names = image_set[1]
+    # Objects 0 and 1 (bird photos) are in the grid of dimension 0.
+    truncated = folder / names[0]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    empty = folder / names[1]
+    empty.write_bytes(b"")
+
+    with pytest.raises(ValueError, match=r"2 grid images cannot be decoded") as raised:
+        create_study(tmp_path / "s.db", labeling_run, folder, dims="0")
+
+    assert str(truncated.resolve()) in str(raised.value)
+    assert str(empty.resolve()) in str(raised.value)
+    assert "empty file" in str(raised.value)
+    assert not (tmp_path / "s.db").exists()

@@ -423,6 +423,7 @@ def create_study(
         for index in grid_objects
     }
 
+    _check_images_decode(images_dir, image_paths)
     image_checksums = _image_checksums(images_dir, image_paths)
 
     embedding_file = result.path if result.path is not None else Path(run)
@@ -456,6 +457,35 @@ def create_study(
         db_path, len(dimensions), run, len(grid_objects), images_dir,
     )
     return db_path
+
+
+def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
+    """Decode every grid image once, so that participants never see a broken image.
+
+    The app serves the files as they are, and the browser shows a truncated,
+    empty or mislabelled file as a broken image. Pillow decoding the file is
+    the check, as ``dimalign extract`` decodes it.
+
+    Raises:
+        ValueError: Naming every file that cannot be decoded and the reason.
+    """
+    from dimalign.features.decode import ImageReadError, load_rgb
+
+    root = images_dir.resolve()
+    start = time.perf_counter()
+    failures = []
+    for relative in image_paths.values():
+        try:
+            load_rgb(root / relative)
+        except ImageReadError as error:
+            failures.append(f"{error.path} ({error.reason})")
+    if failures:
+        raise ValueError(
+            f"{len(failures)} grid images cannot be decoded, so participants would see broken images: "
+            + "; ".join(failures[:10]) + (" ..." if len(failures) > 10 else "")
+            + ". Replace these files, or point their objects to other images in the object table"
+        )
+    logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
 
 
 def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
