@@ -358,8 +358,8 @@ def create_study(
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
         ValueError: If the embedding has no dimensions, the object table's
-            length differs from the embedding's rows, a dimension or question set is unknown, or an image path
-            leaves the image folder.
+            length differs from the embedding's rows, a dimension or question set is unknown, an image path
+            leaves the image folder, or a grid image cannot be decoded.
     """
     from dimalign.interpret.grids import percentile_grid, top_objects
 
