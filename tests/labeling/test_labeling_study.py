@@ -796,3 +796,19 @@ def test_setup_rejects_undecodable_grid_images(tmp_path, labeling_run, image_set
     assert str(empty.resolve()) in str(raised.value)
     assert "empty file" in str(raised.value)
     assert not (tmp_path / "s.db").exists()
+
+
+def test_image_found_by_object_id_upper_case_extension(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "cat.JPG").write_bytes(b"x")
+    assert resolve_image(images, "cat", "") == "cat.JPG"
+
+
+def test_image_found_by_object_id_skips_hidden_files(tmp_path):
+    images = tmp_path / "images"
+    (images / "aardvark").mkdir(parents=True)
+    # macOS writes AppleDouble files (._name) next to copied photos.
+    (images / "aardvark" / "._aardvark_01.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (images / "aardvark" / "aardvark_01.jpg").write_bytes(b"x")
+    assert resolve_image(images, "aardvark", "") == "aardvark/aardvark_01.jpg"

@@ -41,7 +41,7 @@ from dimalign.io.files import (
     sha256_file,
     write_text_atomic,
 )
-from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+from dimalign.io.objects import OBJECT_TABLE_NAME, files_with_suffix_any_case, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
 from dimalign.labeling.answers import Answer
@@ -243,7 +243,8 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     The object table's ``source`` column is used when it is not empty.
     Otherwise the image is looked up by ``object_id``: the file
     ``<images>/<object_id>``, then ``<images>/<object_id>.<suffix>`` for an
-    image suffix, then the first image (by name) in the folder
+    image suffix in lower case and then in any case (``cat.JPG``), then the
+    first image (by name, hidden files left out) in the folder
     ``<images>/<object_id>/``, which is how the THINGS image set is laid out.
 
     Raises:
@@ -273,12 +274,17 @@ def _resolve_image(images_dir: Path, object_id: str, source: str) -> str:
         candidates = [Path(source)]
     else:
         candidates = [Path(object_id)] + [Path(object_id + suffix) for suffix in IMAGE_SUFFIXES]
+        if _inside(root, (root / object_id).parent):
+            candidates += [
+                path.relative_to(root) for path in files_with_suffix_any_case(root / object_id, IMAGE_SUFFIXES)
+            ]
         folder = root / object_id
         if _inside(root, folder) and folder.is_dir():
             candidates += sorted(
                 path.relative_to(root)
                 for path in folder.iterdir()
-                if path.suffix.lower() in IMAGE_SUFFIXES
+                # macOS AppleDouble files (._photo.jpg) sort first and hold no image.
+                if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
             )
 
     for candidate in candidates:
