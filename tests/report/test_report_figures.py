@@ -468,5 +468,5 @@ def test_object_image_over_pixel_limit_names_file(tmp_path, monkeypatch):
     # Pillow raises DecompressionBombError above twice MAX_IMAGE_PIXELS.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
 
-    with pytest.raises(ValueError, match=rf"{path} cannot be read as an image \(.*DecompressionBombError"):
+    with pytest.raises(ValueError, match=rf"{path} cannot be read as an image \(more pixels than Pillow decodes"):
         shown_pixels(path)

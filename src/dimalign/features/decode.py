@@ -21,6 +21,13 @@ FLOAT_IMAGE_REASON = (
     "save it with 8-bit channels, scaled as intended"
 )
 
+# Pillow 13 reads HEIC/HEIF only with the pillow-heif plugin, which dimalign does not install.
+HEIF_SUFFIXES = (".heic", ".heif")
+HEIF_REASON = (
+    "HEIC/HEIF image, which Pillow cannot read without the pillow-heif plugin: convert it to JPEG "
+    "or PNG (for example with heif-convert) and use the converted file"
+)
+
 
 class ImageReadError(Exception):
     """An image file that cannot be decoded, with its ``path`` and the ``reason``.
@@ -126,8 +133,17 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except UnidentifiedImageError:
+        if os.path.splitext(path)[1].lower() in HEIF_SUFFIXES:
+            raise ImageReadError(path, HEIF_REASON) from None
         raise ImageReadError(path, "not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        reason = (
+            f"more pixels than Pillow decodes ({error}); downscale the image. Python callers "
+            f"can raise PIL.Image.MAX_IMAGE_PIXELS (now {Image.MAX_IMAGE_PIXELS}, and Pillow "
+            "rejects images over twice that) for files they trust"
+        )
+        raise ImageReadError(path, reason) from None
+    except (OSError, ValueError, SyntaxError) as error:
         reason = f"cannot decode image ({type(error).__name__}: {error})"
         raise ImageReadError(path, reason) from None
     return to_rgb(image, background)
