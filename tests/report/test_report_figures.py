@@ -470,3 +470,35 @@ def test_object_image_over_pixel_limit_names_file(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match=rf"{path} cannot be read as an image \(more pixels than Pillow decodes"):
         shown_pixels(path)
+
+
+def test_object_image_found_by_relative_path_id(tmp_path):
+    from PIL import Image
+
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    # An object table whose ids are image paths and whose source column is empty.
+    (tmp_path / "study" / "human_fit").mkdir(parents=True)
+    write_object_table(ObjectTable(("photos/IMG_0001.JPG",), ("",)),
+                       tmp_path / "study" / "human_fit" / "objects.tsv")
+    (tmp_path / "images" / "photos").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "photos" / "IMG_0001.JPG", format="JPEG")
+
+    results = StudyResults(tmp_path / "study", images=tmp_path / "images")
+
+    assert results.image(0) == tmp_path / "images" / "photos" / "IMG_0001.JPG"
+
+
+def test_dimension_with_missing_images_warns(tiny_study, tmp_path, caplog):
+    import logging
+
+    empty = tmp_path / "images"
+    empty.mkdir()
+    results = StudyResults(tiny_study, images=empty)
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.report.figures"):
+        figure = figures.plot_dimension(results, "dnn", 1, tmp_path, top_k=5, stem="dnn_one")
+
+    (axis,) = figure.get_axes()
+    assert len(axis.patches) == 5
+    assert f"5 of the 5 top objects of DNN dimension 1 have no image under {empty}" in caplog.text

@@ -322,6 +322,14 @@ def plot_dimension(
     cloud = labels["wordcloud"] if labels else None
 
     show_images = all(path is not None for path in images)
+    if results.images_dir is not None and not show_images:
+        missing = [name for name, path in zip(names, images) if path is None]
+        logger.warning(
+            "%d of the %d top objects of %s dimension %d have no image under %s (%s), so the figure "
+            "shows their weights as bars: name images <object_id>.jpg or fill the object table's "
+            "source column", len(missing), len(names), SIDE_NAMES[side], dim, results.images_dir,
+            ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+        )
     if show_images:
         widths = [1.0] * len(top)
     else:
