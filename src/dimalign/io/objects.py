@@ -330,7 +330,7 @@ def files_with_suffix_any_case(path: Path, suffixes: tuple[str, ...]) -> list[Pa
     """Return the files named ``path`` plus one of ``suffixes`` in any case, sorted by name.
 
     Cameras and Windows tools write upper-case extensions (``IMG_0001.JPG``),
-    which a look-up of ``path.with_suffix(".jpg")`` misses on a case-sensitive
+    which a look-up of ``<path>.jpg`` misses on a case-sensitive
     file system. The part before the extension must match exactly.
 
     Args:
