@@ -812,3 +812,23 @@ def test_image_found_by_object_id_skips_hidden_files(tmp_path):
     (images / "aardvark" / "._aardvark_01.jpg").write_bytes(b"\x00\x05\x16\x07")
     (images / "aardvark" / "aardvark_01.jpg").write_bytes(b"x")
     assert resolve_image(images, "aardvark", "") == "aardvark/aardvark_01.jpg"
+
+
+def test_setup_warns_about_animated_grid_images(tmp_path, labeling_run, image_set, caplog):
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_set[0], folder)
+    table = read_object_table(labeling_run / "objects.tsv")
+    # Object 0 (a bird photo) is in the grid of dimension 0; it becomes a two-frame animated PNG.
+    animated = folder / table.sources[0]
+    first = Image.open(animated).convert("RGB")
+    first.save(animated, save_all=True, append_images=[Image.new("RGB", first.size)])
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.study"):
+        create_study(tmp_path / "s.db", labeling_run, folder, dims="0")
+
+    assert "1 grid images have several frames" in caplog.text
+    assert str(animated.resolve()) in caplog.text

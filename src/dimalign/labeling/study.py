@@ -470,21 +470,37 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
 
     The app serves the files as they are, and the browser shows a truncated,
     empty or mislabelled file as a broken image. Pillow decoding the file is
-    the check, as ``dimalign extract`` decodes it.
+    the check, as ``dimalign extract`` decodes it. Animated images are
+    accepted with a warning, since the browser plays them.
 
     Raises:
         ValueError: Naming every file that cannot be decoded and the reason.
     """
     from dimalign.features.decode import ImageReadError, load_rgb
 
+    from PIL import Image
+
     root = images_dir.resolve()
     start = time.perf_counter()
     failures = []
+    animated = []
     for relative in image_paths.values():
         try:
             load_rgb(root / relative)
         except ImageReadError as error:
             failures.append(f"{error.path} ({error.reason})")
+            continue
+        with Image.open(root / relative) as opened:
+            if getattr(opened, "is_animated", False):
+                animated.append(str(root / relative))
+    if animated:
+        # Browsers play animated GIF, PNG and WebP files, but feature extraction sees only the first frame.
+        logger.warning(
+            "%d grid images have several frames, which the browser plays as an animation while "
+            "dimalign extract used only the first frame: %s%s; save the first frame as a still "
+            "image to show participants what the features saw",
+            len(animated), ", ".join(animated[:10]), " ..." if len(animated) > 10 else "",
+        )
     if failures:
         raise ValueError(
             f"{len(failures)} grid images cannot be decoded, so participants would see broken images: "
