@@ -1348,6 +1348,24 @@ def test_map_cli_takes_layer_of_named_file(tmp_path):
     assert source["pooling"] == "gap"
 
 
+def test_map_cli_records_image_decoding(tmp_path):
+    ids = [f"o{i}" for i in range(12)]
+    write_two_layer_folder(tmp_path / "features", ids)
+    manifest_path = tmp_path / "features" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["settings"].update(background=[0, 0, 0], exif_transpose=False)
+    manifest_path.write_text(json.dumps(manifest))
+    write_side(tmp_path / "run", np.random.default_rng(0).random((12, 2)), ObjectTable.from_ids(ids))
+
+    code = main(["map", str(tmp_path / "features" / "features_head.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 0
+    source = json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["features_source"]
+    assert source["background"] == [0, 0, 0]
+    assert source["exif_transpose"] is False
+
+
 def test_map_cli_names_nonfinite_feature_rows(tmp_path, capsys):
     rng = np.random.default_rng(0)
     ids = [f"o{i}" for i in range(12)]

@@ -261,6 +261,28 @@ def test_truncated_and_fake_images_rejected(tmp_path):
         load_rgb(tmp_path / "missing.png")
 
 
+def test_image_over_pixel_limit_says_what_to_do(tmp_path, monkeypatch):
+    path = save_rgb(tmp_path / "panorama.png", size=(64, 32))
+    # Pillow raises DecompressionBombError above twice MAX_IMAGE_PIXELS.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+
+    with pytest.raises(ImageReadError) as raised:
+        load_rgb(path)
+
+    assert raised.value.path == str(path)
+    assert "2048 pixels" in raised.value.reason
+    assert "downscale the image" in raised.value.reason
+    assert "PIL.Image.MAX_IMAGE_PIXELS" in raised.value.reason
+
+
+def test_heic_image_names_its_format(tmp_path):
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100))
+
+    with pytest.raises(ImageReadError, match=r"HEIC/HEIF .* convert it to JPEG or PNG"):
+        load_rgb(path)
+
+
 def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
     from PIL import ImageFile
 

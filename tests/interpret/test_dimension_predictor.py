@@ -181,6 +181,27 @@ def test_preprocessing_load_missing_file(tmp_path):
         ImagePreprocessing().load(tmp_path / "missing.png")
 
 
+def test_preprocessing_load_uses_extraction_decoding(tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 3] = 0  # fully transparent
+    cutout = tmp_path / "cutout.png"
+    Image.fromarray(rgba, "RGBA").save(cutout)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways = tmp_path / "sideways.png"
+    Image.new("RGB", (6, 4)).save(sideways, exif=exif)
+
+    default = ImagePreprocessing()
+    chosen = ImagePreprocessing(background=(0, 0, 0), exif_transpose=False)
+
+    assert default.load(cutout).min().item() == 1.0
+    assert chosen.load(cutout).max().item() == 0.0
+    assert tuple(default.load(sideways).shape) == (3, 6, 4)
+    assert tuple(chosen.load(sideways).shape) == (3, 4, 6)
+
+
 def test_predictor_raw_pooling_needs_vectors(conv_model):
     predictor = DimensionPredictor(conv_model, "3", np.ones((6, 2)), np.zeros(2), pooling="raw")
 
@@ -250,7 +271,25 @@ def test_map_settings_prefer_the_recorded_features_source(tmp_path):
         "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
         "inputs": {"features": {"path": str(tmp_path / "moved" / "features.npy"), "sha256": "0" * 64}}})
     assert map_settings(map_dir) == {
-        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}
+        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten",
+        "background": (255, 255, 255), "exif_transpose": True}
+
+
+def test_map_settings_carry_image_decoding(tmp_path):
+    from dimalign.interpret.predictor import extraction_settings, map_settings
+
+    extracted = {"model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4",
+                 "pooling": "flatten", "background": [0, 0, 0], "exif_transpose": False}
+    source = extraction_settings(extracted, None)
+    map_dir = tmp_path / "map"
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
+        "inputs": {}})
+
+    settings = map_settings(map_dir)
+
+    assert settings["background"] == (0, 0, 0)
+    assert settings["exif_transpose"] is False
 
 
 def test_map_without_weights_rejected(tmp_path):

@@ -223,3 +223,29 @@ def test_write_read_round_trip_keeps_ids_and_sources(tmp_path):
     table = ObjectTable((" leading space", "tab\tinside", "line\nbreak", "comma,id"), ("a.png", "", "c d.jpg", ""))
     write_object_table(table, tmp_path / "objects.tsv")
     assert read_object_table(tmp_path / "objects.tsv") == table
+
+
+def test_find_image_matches_upper_case_extension(tmp_path):
+    from dimalign.io.objects import find_image
+
+    (tmp_path / "cat.JPG").write_bytes(b"x")
+    (tmp_path / "dog.Png").write_bytes(b"x")
+    (tmp_path / "aardvark").mkdir()
+    (tmp_path / "aardvark" / "aardvark_01.JPEG").write_bytes(b"x")
+
+    assert find_image(tmp_path, "cat") == tmp_path / "cat.JPG"
+    assert find_image(tmp_path, "dog") == tmp_path / "dog.Png"
+    assert find_image(tmp_path, "aardvark") == tmp_path / "aardvark" / "aardvark_01.JPEG"
+    assert find_image(tmp_path, "emu") is None
+
+
+def test_find_image_skips_hidden_files(tmp_path):
+    from dimalign.io.objects import find_image
+
+    # macOS writes AppleDouble files (._name) and .DS_Store next to copied photos.
+    (tmp_path / "aardvark").mkdir()
+    (tmp_path / "aardvark" / "._aardvark_01.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (tmp_path / "aardvark" / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "aardvark" / "aardvark_01.jpg").write_bytes(b"x")
+
+    assert find_image(tmp_path, "aardvark") == tmp_path / "aardvark" / "aardvark_01.jpg"

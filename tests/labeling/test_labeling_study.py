@@ -775,3 +775,60 @@ def test_export_round_trips_tricky_labels(study_path, tmp_path):
         labels = [row[f"label_{number}"] for number in range(1, 6)]
         expected = json.loads(stored[int(row["dimension"])])
         assert labels == expected + [""] * (5 - len(expected))
+
+
+def test_setup_rejects_undecodable_grid_images(tmp_path, labeling_run, image_set):
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_set[0], folder)
+    names = image_set[1]
+    # Objects 0 and 1 (bird photos) are in the grid of dimension 0.
+    truncated = folder / names[0]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    empty = folder / names[1]
+    empty.write_bytes(b"")
+
+    with pytest.raises(ValueError, match=r"2 grid images cannot be decoded") as raised:
+        create_study(tmp_path / "s.db", labeling_run, folder, dims="0")
+
+    assert str(truncated.resolve()) in str(raised.value)
+    assert str(empty.resolve()) in str(raised.value)
+    assert "empty file" in str(raised.value)
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_image_found_by_object_id_upper_case_extension(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "cat.JPG").write_bytes(b"x")
+    assert resolve_image(images, "cat", "") == "cat.JPG"
+
+
+def test_image_found_by_object_id_skips_hidden_files(tmp_path):
+    images = tmp_path / "images"
+    (images / "aardvark").mkdir(parents=True)
+    # macOS writes AppleDouble files (._name) next to copied photos.
+    (images / "aardvark" / "._aardvark_01.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (images / "aardvark" / "aardvark_01.jpg").write_bytes(b"x")
+    assert resolve_image(images, "aardvark", "") == "aardvark/aardvark_01.jpg"
+
+
+def test_setup_warns_about_animated_grid_images(tmp_path, labeling_run, image_set, caplog):
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_set[0], folder)
+    table = read_object_table(labeling_run / "objects.tsv")
+    # Object 0 (a bird photo) is in the grid of dimension 0; it becomes a two-frame animated PNG.
+    animated = folder / table.sources[0]
+    first = Image.open(animated).convert("RGB")
+    first.save(animated, save_all=True, append_images=[Image.new("RGB", first.size)])
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling.study"):
+        create_study(tmp_path / "s.db", labeling_run, folder, dims="0")
+
+    assert "1 grid images have several frames" in caplog.text
+    assert str(animated.resolve()) in caplog.text

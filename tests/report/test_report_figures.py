@@ -404,3 +404,101 @@ def test_missing_glyphs_warned_once_per_figure(tmp_path):
     messages = [str(warning.message) for warning in caught]
     assert len(messages) == 1
     assert messages[0].startswith("names: the figure font has no glyph for 'あい', so these characters show as boxes")
+
+
+# -- object images decoded as dimalign extract decodes them ------------------------------
+
+
+def shown_pixels(path) -> np.ndarray:
+    """Draw an object image on a fresh axis and return the pixels that the axis shows."""
+    _, axis = plt.subplots()
+    figures._show_image(axis, path)
+    (shown,) = axis.get_images()
+    return np.asarray(shown.get_array())
+
+
+def test_object_image_applies_exif_orientation(tmp_path):
+    from PIL import Image
+
+    upright = np.zeros((20, 40, 3), np.uint8)
+    upright[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as phones store portrait photos
+    photo = tmp_path / "phone.png"
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(photo, exif=exif)
+
+    pixels = shown_pixels(photo)
+
+    assert pixels.shape == (20, 40, 3)
+    assert tuple(pixels[10, 5]) == (255, 0, 0)
+    assert tuple(pixels[10, 35]) == (0, 0, 0)
+
+
+def test_object_image_transparency_on_white(tmp_path):
+    from PIL import Image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (0, 0, 255, 255)
+    path = tmp_path / "cutout.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+
+    pixels = shown_pixels(path)
+
+    assert tuple(pixels[0, 0]) == (0, 0, 255)
+    assert tuple(pixels[0, 7]) == (255, 255, 255)
+
+
+def test_object_image_16_bit_gray_scaled(tmp_path):
+    from PIL import Image
+
+    gray = np.array([[0, 257 * 100], [257 * 200, 65535]], np.uint16)
+    path = tmp_path / "scan.png"
+    Image.fromarray(gray).save(path)
+
+    pixels = shown_pixels(path)
+
+    assert pixels[:, :, 0].tolist() == [[0, 100], [200, 255]]
+
+
+def test_object_image_over_pixel_limit_names_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(path)
+    # Pillow raises DecompressionBombError above twice MAX_IMAGE_PIXELS.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+
+    with pytest.raises(ValueError, match=rf"{path} cannot be read as an image \(more pixels than Pillow decodes"):
+        shown_pixels(path)
+
+
+def test_object_image_found_by_relative_path_id(tmp_path):
+    from PIL import Image
+
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    # An object table whose ids are image paths and whose source column is empty.
+    (tmp_path / "study" / "human_fit").mkdir(parents=True)
+    write_object_table(ObjectTable(("photos/IMG_0001.JPG",), ("",)),
+                       tmp_path / "study" / "human_fit" / "objects.tsv")
+    (tmp_path / "images" / "photos").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "photos" / "IMG_0001.JPG", format="JPEG")
+
+    results = StudyResults(tmp_path / "study", images=tmp_path / "images")
+
+    assert results.image(0) == tmp_path / "images" / "photos" / "IMG_0001.JPG"
+
+
+def test_dimension_with_missing_images_warns(tiny_study, tmp_path, caplog):
+    import logging
+
+    empty = tmp_path / "images"
+    empty.mkdir()
+    results = StudyResults(tiny_study, images=empty)
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.report.figures"):
+        figure = figures.plot_dimension(results, "dnn", 1, tmp_path, top_k=5, stem="dnn_one")
+
+    (axis,) = figure.get_axes()
+    assert len(axis.patches) == 5
+    assert f"5 of the 5 top objects of DNN dimension 1 have no image under {empty}" in caplog.text

@@ -35,35 +35,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageColor, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+# The decoding names are re-exported here, where callers have imported them from.
+from dimalign.features.decode import (  # noqa: F401
+    ALPHA_MODES,
+    FLOAT_IMAGE_REASON,
+    SIXTEEN_BIT_MODES,
+    ImageReadError,
+    load_rgb,
+    parse_color,
+    to_rgb,
+)
 from dimalign.io.objects import ObjectTable
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-FLOAT_IMAGE_REASON = (
-    "32-bit float image (mode F) with no fixed value range, so it cannot become 8-bit RGB; "
-    "save it with 8-bit channels, scaled as intended"
-)
-
-
-class ImageReadError(Exception):
-    """An image file that cannot be decoded, with its ``path`` and the ``reason``.
-
-    Args:
-        path (str): The image file.
-        reason (str): Why it cannot be decoded.
-    """
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -299,118 +288,6 @@ def list_images(source: str | os.PathLike,
             "folder of images or a text file that lists one image per line"
         ) from error
 
-
-def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
-    """Parse a background colour: a name (``white``), ``#rrggbb``, ``r,g,b`` or a tuple.
-
-    Raises:
-        ValueError: If the colour is not understood.
-    """
-    if not isinstance(color, str):
-        values = tuple(int(value) for value in color)
-    elif "," in color:
-        try:
-            values = tuple(int(value) for value in color.split(","))
-        except ValueError:
-            values = ()
-    else:
-        try:
-            values = ImageColor.getrgb(color)[:3]
-        except ValueError:
-            values = ()
-    if len(values) != 3 or not all(0 <= value <= 255 for value in values):
-        raise ValueError(
-            f"invalid background colour {color!r}: use a name such as white, #rrggbb or r,g,b "
-            "with values 0-255"
-        )
-    return values  # type: ignore[return-value]
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Convert a decoded image of any mode to RGB by the module's colour rules.
-
-    Args:
-        image (Image.Image): A decoded image.
-        background (tuple[int, int, int]): RGB colour under transparent pixels.
-
-    Returns:
-        Image.Image: The image in mode ``RGB``.
-
-    Raises:
-        ValueError: For a 32-bit float image (mode ``F``), whose value range is unknown.
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode == "F":
-        # Pillow's convert("RGB") truncates floats to 0-255, which turns an
-        # image scaled to [0, 1] black without notice.
-        raise ValueError(FLOAT_IMAGE_REASON)
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif image.mode in ALPHA_MODES:
-        image = image.convert("RGBA")
-    elif image.mode in SIXTEEN_BIT_MODES:
-        # 65535 / 257 = 255, so the full 16-bit range maps onto the 8-bit one.
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "RGBA":
-        canvas = Image.new("RGBA", image.size, background + (255,))
-        return Image.alpha_composite(canvas, image).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 255, 255),
-             exif_transpose: bool = True) -> Image.Image:
-    """Decode an image file completely and convert it to RGB.
-
-    Args:
-        path (str | os.PathLike): The image file.
-        background (tuple[int, int, int]): Colour under transparent pixels.
-        exif_transpose (bool): Rotate or flip by the EXIF orientation tag, as
-            image viewers show the photo.
-
-    Returns:
-        Image.Image: An RGB image.
-
-    Raises:
-        ImageReadError: If the file is missing, empty, truncated or not an image.
-    """
-    path = str(path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise ImageReadError(path, "empty file (0 bytes)")
-        with Image.open(path) as opened:
-            # load() decodes every pixel, so a truncated file fails here and not later.
-            _load_strictly(opened)
-            if opened.mode == "F":
-                raise ImageReadError(path, FLOAT_IMAGE_REASON)
-            image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
-    except ImageReadError:
-        raise
-    except FileNotFoundError:
-        raise ImageReadError(path, "file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = f"cannot decode image ({type(error).__name__}: {error})"
-        raise ImageReadError(path, reason) from None
-    return to_rgb(image, background)
-
-
-def _load_strictly(image: Image.Image) -> None:
-    """Decode every pixel, failing on a truncated file even where that is switched off.
-
-    Training code often sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True``
-    for the whole process, and then Pillow fills the missing part of a
-    truncated file with gray. The flag is cleared for this load and restored.
-    NOTE: another thread that decodes images at the same moment also finds the flag cleared.
-    """
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        image.load()
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
 #: Stamp of an image whose file could not be examined before it was read; it matches no file.

@@ -514,11 +514,13 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
     """
     from PIL import Image, ImageOps
 
-    from dimalign.features.datasets import load_rgb
+    from dimalign.features.decode import load_rgb
 
     try:
         with Image.open(path) as opened:
-            gray = ImageOps.exif_transpose(opened).convert("L")
+            # The mask is oriented as the photo is, by the extraction's EXIF setting.
+            oriented = ImageOps.exif_transpose(opened) if preprocessing.exif_transpose else opened
+            gray = oriented.convert("L")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"mask {path} cannot be read as an image ({error}); save it as a PNG") from error
     if gray.getextrema() == (0, 1):
@@ -528,7 +530,7 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
             "the object, for example Image.fromarray(mask.astype(np.uint8) * 255)"
         )
     mask = gray.convert("RGB")
-    photo_size = load_rgb(photo).size
+    photo_size = load_rgb(photo, exif_transpose=preprocessing.exif_transpose).size
     if mask.size != photo_size:
         raise ValueError(
             f"mask {path} is {mask.size[0]} x {mask.size[1]} pixels but the image {photo} is "

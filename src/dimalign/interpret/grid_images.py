@@ -163,7 +163,7 @@ def read_picture(path: str | os.PathLike) -> Image.Image:
     Raises:
         ValueError: If the file cannot be decoded, naming it and the reason.
     """
-    from dimalign.features.datasets import ImageReadError, load_rgb
+    from dimalign.features.decode import ImageReadError, load_rgb
 
     try:
         return load_rgb(path)

@@ -21,7 +21,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +76,18 @@ class ImagePreprocessing:
         input_size (tuple[int, int] | None): ``(height, width)`` that the model
             was fed in feature extraction; the predictor resizes other sizes
             to it. None keeps every size.
+        background (tuple[int, int, int]): RGB colour under transparent
+            pixels, as ``dimalign extract --background``.
+        exif_transpose (bool): Apply the EXIF orientation tag, unless the
+            features were extracted with ``--no-exif-transpose``.
     """
 
     pil_steps: Callable[[Any], Any] | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     input_size: tuple[int, int] | None = None
+    background: tuple[int, int, int] = (255, 255, 255)
+    exif_transpose: bool = True
 
     def to_tensor(self, image: Any) -> torch.Tensor:
         """Turn a PIL image into an RGB float tensor ``(3, H, W)`` in ``[0, 1]``."""
@@ -95,19 +101,19 @@ class ImagePreprocessing:
     def load(self, path: str | os.PathLike) -> torch.Tensor:
         """Read an image file as feature extraction does, and return :meth:`to_tensor` of it.
 
-        The file is decoded by ``dimalign.features.load_rgb``: EXIF
-        orientation applied, transparent pixels on white.
+        The file is decoded by ``dimalign.features.load_rgb`` with the
+        :attr:`background` and :attr:`exif_transpose` of the extraction.
 
         Raises:
             FileNotFoundError: If the file does not exist.
             ValueError: If it cannot be decoded.
         """
-        from dimalign.features.datasets import ImageReadError, load_rgb
+        from dimalign.features.decode import ImageReadError, load_rgb
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} not found")
         try:
-            image = load_rgb(path)
+            image = load_rgb(path, self.background, self.exif_transpose)
         except ImageReadError as error:
             raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
         return self.to_tensor(image)
@@ -486,13 +492,18 @@ class DimensionPredictor(nn.Module):
             model = load_model(
                 settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
             )
+        # Images are decoded as the features were: same background and EXIF handling.
+        preprocessing = replace(
+            ImagePreprocessing.from_transform(getattr(model, "transform", None)),
+            background=settings["background"], exif_transpose=settings["exif_transpose"],
+        )
         predictor = cls(
             model.model,
             settings["layer"],
             ridge.coef_,
             ridge.intercept_,
             pooling=settings["pooling"],
-            preprocessing=ImagePreprocessing.from_transform(getattr(model, "transform", None)),
+            preprocessing=preprocessing,
             device=device,
             dtype=torch.float32,
         )
@@ -505,7 +516,7 @@ class DimensionPredictor(nn.Module):
 
 
 def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
-    """Return the model, weights, seed, layer and pooling of one layer of a ``dimalign extract`` manifest.
+    """Return the model, weights, seed, layer, pooling and image decoding of one layer of an extract manifest.
 
     A single-layer extraction records ``layer`` and ``pooling``. One of
     several layers records the lists ``layers`` and ``pools``, from which the
@@ -520,6 +531,7 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     return {
         "model": settings.get("model"), "weights": settings.get("weights"), "seed": settings.get("seed"),
         "layer": layer, "pooling": pooling,
+        "background": settings.get("background"), "exif_transpose": settings.get("exif_transpose"),
     }
 
 
@@ -571,8 +583,10 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     (same SHA-256), since it may have been extracted again with other weights.
 
     Returns:
-        dict: Keys ``model``, ``weights``, ``seed``, ``layer`` and ``pooling``
-        (``pooling`` defaults to ``flatten``, ``seed`` to 0).
+        dict: Keys ``model``, ``weights``, ``seed``, ``layer``, ``pooling``,
+        ``background`` and ``exif_transpose`` (``pooling`` defaults to
+        ``flatten``, ``seed`` to 0, ``background`` to white and
+        ``exif_transpose`` to True).
 
     Raises:
         FileNotFoundError: If the map has no manifest.
@@ -622,10 +636,14 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
             "layer; rerun `dimalign map` on a features folder written by `dimalign extract`"
         )
     seed = first("seed")
+    exif_transpose = first("exif_transpose")
     return {
         "model": first("model", "model_name"),
         "weights": first("weights"),
         "seed": 0 if seed is None else int(seed),
         "layer": layer,
         "pooling": first("pooling", "pool") or "flatten",
+        # A map saved before these were recorded gets the defaults of dimalign extract.
+        "background": tuple(first("background") or (255, 255, 255)),
+        "exif_transpose": exif_transpose is not False,
     }

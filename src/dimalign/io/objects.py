@@ -296,8 +296,9 @@ def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
     """Find an object's image file.
 
     The candidates, in order: its ``source`` (relative to ``images`` or
-    absolute), ``<images>/<object_id>.<jpg|jpeg|png>``, and the first image
-    by name in the folder ``<images>/<object_id>/`` (the THINGS layout).
+    absolute), ``<images>/<object_id>.<jpg|jpeg|png>`` with the extension in
+    any case (``cat.JPG``), and the first image by name in the folder
+    ``<images>/<object_id>/`` (the THINGS layout), hidden files left out.
 
     Returns:
         Path | None: The image file, or None when no candidate exists.
@@ -310,9 +311,40 @@ def find_image(images: Path, object_id: str, source: str = "") -> Path | None:
         candidate = images / f"{object_id}{suffix}"
         if candidate.is_file():
             return candidate
+    upper_case = files_with_suffix_any_case(images / object_id, (".jpg", ".jpeg", ".png"))
+    if upper_case:
+        return upper_case[0]
     folder = images / object_id
     if folder.is_dir():
-        found = sorted(path for path in folder.iterdir() if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        # Hidden files are left out: macOS AppleDouble files (._photo.jpg) sort first and hold no image.
+        found = sorted(
+            path for path in folder.iterdir()
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png") and not path.name.startswith(".")
+        )
         if found:
             return found[0]
     return None
+
+
+def files_with_suffix_any_case(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Return the files named ``path`` plus one of ``suffixes`` in any case, sorted by name.
+
+    Cameras and Windows tools write upper-case extensions (``IMG_0001.JPG``),
+    which a look-up of ``<path>.jpg`` misses on a case-sensitive
+    file system. The part before the extension must match exactly.
+
+    Args:
+        path (Path): The file path without the extension.
+        suffixes (tuple[str, ...]): Lower-case extensions with their dot.
+    """
+    folder, stem = path.parent, path.name
+    if not stem or not folder.is_dir():
+        return []
+    matches = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(stem) and name[len(stem):].lower() in suffixes and entry.is_file():
+                matches.append(folder / name)
+    return sorted(matches)
+

@@ -41,7 +41,7 @@ from dimalign.io.files import (
     sha256_file,
     write_text_atomic,
 )
-from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+from dimalign.io.objects import OBJECT_TABLE_NAME, files_with_suffix_any_case, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
 from dimalign.labeling.answers import Answer
@@ -243,7 +243,8 @@ def resolve_image(images_dir: Path, object_id: str, source: str) -> str:
     The object table's ``source`` column is used when it is not empty.
     Otherwise the image is looked up by ``object_id``: the file
     ``<images>/<object_id>``, then ``<images>/<object_id>.<suffix>`` for an
-    image suffix, then the first image (by name) in the folder
+    image suffix in lower case and then in any case (``cat.JPG``), then the
+    first image (by name, hidden files left out) in the folder
     ``<images>/<object_id>/``, which is how the THINGS image set is laid out.
 
     Raises:
@@ -273,12 +274,17 @@ def _resolve_image(images_dir: Path, object_id: str, source: str) -> str:
         candidates = [Path(source)]
     else:
         candidates = [Path(object_id)] + [Path(object_id + suffix) for suffix in IMAGE_SUFFIXES]
+        if _inside(root, (root / object_id).parent):
+            candidates += [
+                path.relative_to(root) for path in files_with_suffix_any_case(root / object_id, IMAGE_SUFFIXES)
+            ]
         folder = root / object_id
         if _inside(root, folder) and folder.is_dir():
             candidates += sorted(
                 path.relative_to(root)
                 for path in folder.iterdir()
-                if path.suffix.lower() in IMAGE_SUFFIXES
+                # macOS AppleDouble files (._photo.jpg) sort first and hold no image.
+                if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
             )
 
     for candidate in candidates:
@@ -358,8 +364,8 @@ def create_study(
         FileNotFoundError: If the run, the image folder, the object table or an
             image of a grid object is missing.
         ValueError: If the embedding has no dimensions, the object table's
-            length differs from the embedding's rows, a dimension or question set is unknown, or an image path
-            leaves the image folder.
+            length differs from the embedding's rows, a dimension or question set is unknown, an image path
+            leaves the image folder, or a grid image cannot be decoded.
     """
     from dimalign.interpret.grids import percentile_grid, top_objects
 
@@ -423,6 +429,7 @@ def create_study(
         for index in grid_objects
     }
 
+    _check_images_decode(images_dir, image_paths)
     image_checksums = _image_checksums(images_dir, image_paths)
 
     embedding_file = result.path if result.path is not None else Path(run)
@@ -456,6 +463,51 @@ def create_study(
         db_path, len(dimensions), run, len(grid_objects), images_dir,
     )
     return db_path
+
+
+def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
+    """Decode every grid image once, so that participants never see a broken image.
+
+    The app serves the files as they are, and the browser shows a truncated,
+    empty or mislabelled file as a broken image. Pillow decoding the file is
+    the check, as ``dimalign extract`` decodes it. Animated images are
+    accepted with a warning, since the browser plays them.
+
+    Raises:
+        ValueError: Naming every file that cannot be decoded and the reason.
+    """
+    from dimalign.features.decode import ImageReadError, load_rgb
+
+    from PIL import Image
+
+    root = images_dir.resolve()
+    start = time.perf_counter()
+    failures = []
+    animated = []
+    for relative in image_paths.values():
+        try:
+            load_rgb(root / relative)
+        except ImageReadError as error:
+            failures.append(f"{error.path} ({error.reason})")
+            continue
+        with Image.open(root / relative) as opened:
+            if getattr(opened, "is_animated", False):
+                animated.append(str(root / relative))
+    if animated:
+        # Browsers play animated GIF, PNG and WebP files, but feature extraction sees only the first frame.
+        logger.warning(
+            "%d grid images have several frames, which the browser plays as an animation while "
+            "dimalign extract used only the first frame: %s%s; save the first frame as a still "
+            "image to show participants what the features saw",
+            len(animated), ", ".join(animated[:10]), " ..." if len(animated) > 10 else "",
+        )
+    if failures:
+        raise ValueError(
+            f"{len(failures)} grid images cannot be decoded, so participants would see broken images: "
+            + "; ".join(failures[:10]) + (" ..." if len(failures) > 10 else "")
+            + ". Replace these files, or point their objects to other images in the object table"
+        )
+    logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
 
 
 def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:

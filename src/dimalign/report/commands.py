@@ -92,7 +92,11 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
     parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
-    parser.add_argument("--images", type=Path, help="image folder (<object_id>.<ext> or <object_id>/)")
+    parser.add_argument(
+        "--images", type=Path,
+        help="image folder: an object's image is its source column, <object_id>, <object_id>.<ext> or "
+             "the first image in <object_id>/",
+    )
     parser.add_argument(
         "--labels-human", metavar="NAME",
         help="name of the human embedding in the labels summary (default: report.labels_human of the "

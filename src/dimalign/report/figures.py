@@ -322,6 +322,14 @@ def plot_dimension(
     cloud = labels["wordcloud"] if labels else None
 
     show_images = all(path is not None for path in images)
+    if results.images_dir is not None and not show_images:
+        missing = [name for name, path in zip(names, images) if path is None]
+        logger.warning(
+            "%d of the %d top objects of %s dimension %d have no image under %s (%s), so the figure "
+            "shows their weights as bars: name images <object_id>.jpg or fill the object table's "
+            "source column", len(missing), len(names), SIDE_NAMES[side], dim, results.images_dir,
+            ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
+        )
     if show_images:
         widths = [1.0] * len(top)
     else:
@@ -372,15 +380,20 @@ def dimension_title(results: StudyResults, side: str, dim: int, labels: dict[str
 
 
 def _show_image(axis, path: Path) -> None:
-    from PIL import Image
+    """Draw an image file on ``axis``, decoded as ``dimalign extract`` decodes it.
+
+    EXIF orientation, transparency on white and 16-bit scaling follow
+    :func:`dimalign.features.decode.load_rgb`, so the figure shows the
+    picture whose features were extracted.
+    """
+    from dimalign.features.decode import ImageReadError, load_rgb
 
     try:
-        with Image.open(path) as image:
-            image.thumbnail((256, 256))
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:
-        # PIL's messages for a damaged file ("image file is truncated") name no file.
-        raise ValueError(f"{path} cannot be read as an image ({error}); replace or remove it") from error
+        image = load_rgb(path)
+    except ImageReadError as error:
+        raise ValueError(f"{path} cannot be read as an image ({error.reason}); replace or remove it") from error
+    image.thumbnail((256, 256))
+    pixels = np.asarray(image)
     axis.imshow(pixels)
     axis.set_xticks([])
     axis.set_yticks([])

@@ -396,12 +396,18 @@ class StudyResults:
         return names, assign_categories(membership)
 
     def image(self, object_index: int) -> Path | None:
-        """Return the image of an object, or None without an image folder or image."""
+        """Return the image of an object, or None without an image folder or image.
+
+        As for ``dimalign grid`` and ``compare``, an object without a source
+        is also looked up at ``<images>/<object_id>``, where ``dimalign
+        extract`` object ids (relative image paths) point.
+        """
         if self.images_dir is None:
             return None
         from dimalign.io.objects import find_image
 
-        return find_image(self.images_dir, self.objects.object_ids[object_index], self.objects.sources[object_index])
+        object_id = self.objects.object_ids[object_index]
+        return find_image(self.images_dir, object_id, self.objects.sources[object_index] or object_id)
 
     # -- fits ------------------------------------------------------------------------
 
