@@ -47,7 +47,7 @@ def available_memory_bytes(
 
 
 def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
-    """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
+    """Return the memory limit minus the usage (less the inactive file cache) of this process's cgroup, or None without a limit."""
     # cgroup v2 lists "0::/path", v1 "N:memory:/path"; v2 keeps the limit and
     # the usage in memory.max and memory.current, v1 in memory.limit_in_bytes
     # and memory.usage_in_bytes. The usage includes the page cache of files
