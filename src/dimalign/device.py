@@ -53,7 +53,7 @@ def available_memory(device: torch.device) -> int | None:
     On a CUDA device this is the free memory that ``torch.cuda.mem_get_info``
     reports, plus the memory that torch's caching allocator holds for this
     process without using it (reserved minus allocated), which it reuses
-    before it asks the device for more. On the CPU it is
+    before it requests more from the device. On the CPU it is
     :func:`dimalign.memory.available_memory_bytes`.
     """
     if device.type == "cuda":
