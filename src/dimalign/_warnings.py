@@ -25,9 +25,10 @@ def warn(message: str | Warning, category: type[Warning] = UserWarning) -> None:
     """Issue a warning attributed to the first caller outside the dimalign package.
 
     The warning's file name and line then point at the user's code, and
-    Python's default filter shows each message once per such line. When every
-    frame lies inside dimalign (``python -m dimalign``), the outermost frame
-    is named.
+    Python's default filter shows each message once per such line. Under
+    ``python -m dimalign`` the first such frame is one of ``runpy``; the
+    command line logs only the message, so that location is never shown.
+    When no frame lies outside dimalign, the outermost frame is named.
 
     Args:
         message (str | Warning): The warning text, or a warning instance

@@ -51,11 +51,16 @@ def available_memory(device: torch.device) -> int | None:
     """Return the memory in bytes that a new allocation on ``device`` can use, or None when unknown.
 
     On a CUDA device this is the free memory that ``torch.cuda.mem_get_info``
-    reports; on the CPU it is :func:`dimalign.memory.available_memory_bytes`.
+    reports, plus the memory that torch's caching allocator holds for this
+    process without using it (reserved minus allocated), which it reuses
+    before it requests more from the device. On the CPU it is
+    :func:`dimalign.memory.available_memory_bytes`.
     """
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # A second fit in one notebook finds the blocks of the first one cached, not free.
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
     if device.type != "cpu":
         return None
     return available_memory_bytes()

@@ -47,10 +47,12 @@ def available_memory_bytes(
 
 
 def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
-    """Return the memory limit minus the usage of this process's cgroup, or None without a limit."""
+    """Return the memory limit minus the usage (less the inactive file cache) of this process's cgroup, or None without a limit."""
     # cgroup v2 lists "0::/path", v1 "N:memory:/path"; v2 keeps the limit and
     # the usage in memory.max and memory.current, v1 in memory.limit_in_bytes
-    # and memory.usage_in_bytes.
+    # and memory.usage_in_bytes. The usage includes the page cache of files
+    # the job read, which the kernel drops before it kills a process, so the
+    # inactive part of that cache counts as free (as MemAvailable counts it).
     try:
         lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
     except OSError:
@@ -62,8 +64,11 @@ def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
             continue
         if parts[0] == "0" and parts[1] == "":
             top, files = cgroup_root, ("memory.max", "memory.current")
+            cache_key = "inactive_file"
         elif "memory" in parts[1].split(","):
             top, files = cgroup_root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            # v1's inactive_file leaves out the child cgroups, which the usage includes.
+            cache_key = "total_inactive_file"
         else:
             continue
         # A limit set on a parent (a Slurm job above its steps) binds as well.
@@ -74,10 +79,24 @@ def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
                 usage = (folder / files[1]).read_text(encoding="ascii").strip()
                 # "max" (v2) or a value near 2^63 (v1) means no limit.
                 if limit != "max" and int(limit) < 2**60:
-                    headrooms.append(max(0, int(limit) - int(usage)))
+                    used = int(usage) - _cgroup_stat(folder, cache_key)
+                    headrooms.append(max(0, int(limit) - used))
             except (OSError, ValueError):
                 continue
     return min(headrooms) if headrooms else None
+
+
+def _cgroup_stat(folder: Path, key: str) -> int:
+    """Return one value of a cgroup's ``memory.stat`` in bytes, or 0 where it is missing."""
+    try:
+        lines = (folder / "memory.stat").read_text(encoding="ascii").splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def format_bytes(n_bytes: float) -> str:

@@ -530,6 +530,17 @@ def test_available_memory_of_cpu_is_positive():
     assert available is None or available > 0
 
 
+def test_available_memory_of_cuda_counts_cached_blocks(monkeypatch):
+    """Memory that torch's caching allocator holds unused, such as after an earlier fit, is reusable."""
+    from dimalign.device import available_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * 2**30)
+
+    assert available_memory(torch.device("cuda", 0)) == 21 * 2**30
+
+
 @pytest.mark.parametrize(("estimator", "tensors"), [(VICE, 2), (SPoSE, 1)])
 def test_fit_too_large_for_memory_fails_first(monkeypatch, no_parameter_allocation, estimator, tensors):
     from dimalign.embedding import base

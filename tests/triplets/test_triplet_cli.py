@@ -1139,6 +1139,32 @@ def test_available_memory_respects_cgroup_limit(tmp_path, version):
     assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 700_000_000
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_counts_cgroup_page_cache(tmp_path, version):
+    """A job that read large files is near its limit in usage, but the kernel can drop that cache."""
+    from dimalign.memory import available_memory_bytes
+
+    sys_root = tmp_path / "cgroup"
+    if version == 2:
+        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
+        folder = sys_root / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.max").write_text("1000000000\n")
+        (folder / "memory.current").write_text("990000000\n")
+        (folder / "memory.stat").write_text("anon 290000000\nfile 700000000\ninactive_file 600000000\n")
+    else:
+        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n", 20_000_000)
+        folder = sys_root / "memory" / "slurm" / "job_7"
+        folder.mkdir(parents=True)
+        (folder / "memory.limit_in_bytes").write_text("1000000000\n")
+        (folder / "memory.usage_in_bytes").write_text("990000000\n")
+        (folder / "memory.stat").write_text(
+            "cache 700000000\ninactive_file 10\ntotal_inactive_file 600000000\n"
+        )
+
+    assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 610_000_000
+
+
 def test_available_memory_respects_parent_cgroup_limit(tmp_path):
     """Slurm limits the job's cgroup, and the process runs in a step below it."""
     from dimalign.memory import available_memory_bytes

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.io.files import (
@@ -590,8 +591,8 @@ def bootstrap_rsa(
 
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    _check_integer("n_bootstrap", n_bootstrap)
-    _check_integer("batch_size", batch_size, 1)
+    check_integer("n_bootstrap", n_bootstrap)
+    check_integer("batch_size", batch_size, 1)
     _check_seed(random_state)
     if not 0.0 < ci_level < 1.0:
         raise ValueError(f"ci_level={ci_level} is invalid: use a value in (0, 1)")
@@ -1286,14 +1287,6 @@ def _similarity_subset(
     return np.sort(rng.choice(n_objects, size=size, replace=False))
 
 
-def _check_integer(name: str, value: Any, minimum: int | None = None) -> None:
-    """Raise ValueError unless ``value`` is an integer (not a bool) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-
 def _check_seed(random_state: Any) -> None:
     """Raise ValueError unless ``random_state`` is an integer seed, which the manifest can record."""
     if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
@@ -1307,8 +1300,8 @@ def _check_compare_settings(
     n_bootstrap: int, top_k: int, images: str | os.PathLike | None, random_state: int
 ) -> None:
     # The types first, so that the range checks below compare numbers.
-    _check_integer("n_bootstrap", n_bootstrap)
-    _check_integer("top_k", top_k)
+    check_integer("n_bootstrap", n_bootstrap)
+    check_integer("top_k", top_k)
     _check_seed(random_state)
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")

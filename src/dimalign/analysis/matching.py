@@ -22,7 +22,6 @@ dimensions, only on the human one, and only on the DNN one are listed.
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 
 logger = logging.getLogger(__name__)
@@ -475,8 +475,7 @@ def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: 
         raise ValueError(
             f"both dimensions need one weight per object, got {human_rank.shape} and {dnn_rank.shape}"
         )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise ValueError(f"k must be an integer, got {k!r}")
+    check_integer("k", k)
     if not 1 <= k <= human_rank.size:
         raise ValueError(f"k={k} is invalid for {human_rank.size} objects: use 1..{human_rank.size}")
     index = np.arange(human_rank.size)

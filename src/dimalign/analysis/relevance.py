@@ -35,7 +35,6 @@ matched pair. It also finds the triplets where the models disagree most.
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +43,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 
@@ -80,16 +80,6 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
-def _check_positive_integer(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-
-
-def _check_batch_size(batch_size: int) -> None:
-    _check_positive_integer("batch_size", batch_size)
-
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension products of the three pairs (ij, ik, jk), each ``(batch, d)``."""
     first, second, third = weights[batch[:, 0]], weights[batch[:, 1]], weights[batch[:, 2]]
@@ -117,7 +107,7 @@ def option_probabilities(
     """
     weights_np, rows = _check_inputs(embedding, triplets)
     # Checked because a negative step makes the loop below run no batch at all.
-    _check_batch_size(batch_size)
+    check_integer("batch_size", batch_size, 1)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     result = np.empty((rows.shape[0], 3))
@@ -209,7 +199,7 @@ def jackknife_relevance(
     weights_np, rows = _check_inputs(embedding, triplets)
     if rows.shape[0] == 0:
         raise ValueError("no triplets given: relevance of an empty set is undefined")
-    _check_batch_size(batch_size)
+    check_integer("batch_size", batch_size, 1)
     torch_device = resolve_device(device)
     weights = torch.as_tensor(weights_np, device=torch_device)
     n_triplets, n_dims = rows.shape[0], weights_np.shape[1]
@@ -475,7 +465,7 @@ def agreement_on_different_dimensions(
     rows = np.flatnonzero(agree_on_different_dimensions(comparison, human_to_dnn))
     confidence = np.minimum(comparison.human.probabilities[rows], comparison.dnn.probabilities[rows])
     # A negative top would slice off rows from the end instead of failing.
-    _check_positive_integer("top", top)
+    check_integer("top", top, 1)
     rows = rows[np.lexsort((rows, -confidence))][:top]
     frame = _decision_frame(comparison, rows, names)
     frame.insert(frame.columns.get_loc("dnn_dim") + 1, "matched_dnn_dim", human_to_dnn[frame["human_dim"]])
@@ -501,7 +491,7 @@ def largest_disagreements(
     Raises:
         ValueError: If ``top`` is not a positive integer.
     """
-    _check_positive_integer("top", top)
+    check_integer("top", top, 1)
     rows = np.flatnonzero(~comparison.agree)
     human_choice = comparison.human_choice[rows]
     difference = (

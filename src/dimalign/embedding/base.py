@@ -26,6 +26,7 @@ import torch
 from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
@@ -123,23 +124,6 @@ def check_real(
     too_high = high is not None and (value > high or (high_open and value == high))
     if too_low or too_high:
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
-
-
-def check_integer(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer (not a bool) in ``[low, high]``.
-
-    Example:
-        >>> check_integer("n_dims", 2.5, 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: n_dims must be an integer, got 2.5
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}, got {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be at most {high}, got {value}")
 
 
 def estimate_fit_memory(n_objects: int, n_dims: int, n_tensors: int, dtype: torch.dtype) -> int:

@@ -70,6 +70,7 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
         ValueError: If ``raters`` does not hold two or three existing, distinct participants.
     """
     participants = {participant.participant_id for participant in study.participants()}
+    counts = Counter(answer["participant_id"] for answer in study.answers())
     if raters is not None:
         raters = [int(rater) for rater in raters]
         unknown = [rater for rater in raters if rater not in participants]
@@ -78,7 +79,6 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
                 f"raters {raters} of {study.path} are invalid: give two or three distinct participant ids "
                 f"among {sorted(participants)}"
             )
-        counts = Counter(answer["participant_id"] for answer in study.answers())
         n_dimensions = len(study.dimensions)
         for rater in raters:
             if counts.get(rater, 0) < n_dimensions:
@@ -89,7 +89,6 @@ def choose_raters(study: Study, raters: Sequence[int] | None = None) -> list[int
                     "and the others may stay unresolved", study.path, rater, counts.get(rater, 0), n_dimensions,
                 )
         return raters
-    counts = Counter(answer["participant_id"] for answer in study.answers())
     if not counts:
         logger.warning(
             "the study %s has no answers yet, so every dimension is summarised with 0 answers and is "

@@ -49,13 +49,13 @@ widths.
 from __future__ import annotations
 
 import logging
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 from dimalign.io.triplets import validate_triplets
 
@@ -214,10 +214,8 @@ def simulate_choices(
         batch_size = default_batch
     # A batch size below 1 would make the loop below run no batch and return
     # the uninitialised array of choices.
-    elif isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
-    elif batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    else:
+        check_integer("batch_size", batch_size, 1)
 
     rng = np.random.default_rng(random_state)
     chosen = np.empty_like(triplets)
