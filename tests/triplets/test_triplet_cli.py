@@ -1003,7 +1003,7 @@ def test_simulate_beyond_available_memory_fails_first(tmp_path, capsys, monkeypa
     assert status == 1
     message = capsys.readouterr().err
     assert "--n-triplets 500,000,000 needs about 60.0 GB of memory" in message
-    assert "2.0 GB are available" in message
+    assert "2.0 GB is available" in message
     assert "lower --n-triplets" in message
     assert not out_dir.exists()
 
@@ -1075,7 +1075,7 @@ def test_import_object_count_beyond_memory_fails_first(tmp_path, capsys, monkeyp
     assert status == 1
     error = capsys.readouterr().err
     assert "1,000,000 objects need about 200.0 MB of memory" in error
-    assert "100.0 MB are available" in error
+    assert "100.0 MB is available" in error
     assert "check --n-objects" in error
     assert not out_dir.exists()
 

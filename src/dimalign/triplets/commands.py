@@ -534,7 +534,7 @@ def check_simulate_memory(n_triplets: int, features, method: str) -> None:
     if needed > available:
         raise ValueError(
             f"--n-triplets {n_triplets:,} needs about {format_bytes(needed)} of memory (an "
-            f"estimate: {parts}), but {format_bytes(available)} are available: lower "
+            f"estimate: {parts}), but {format_bytes(available)} is available: lower "
             "--n-triplets, or run on a machine with more free memory"
         )
     logger.info(
@@ -569,7 +569,7 @@ def check_import_memory(n_objects: int) -> None:
         raise ValueError(
             f"{n_objects:,} objects need about {format_bytes(needed)} of memory (an estimate: "
             f"about {_IMPORT_BYTES_PER_OBJECT} bytes per object for the counts, the unseen "
-            f"objects and their names), but {format_bytes(available)} are available; check "
+            f"objects and their names), but {format_bytes(available)} is available: check "
             "--n-objects, which is the number of objects in the study (the rows of its object "
             "table)"
         )
