@@ -23,6 +23,7 @@ from dimalign.labeling.app import (
     make_study_server,
     server_url,
 )
+from dimalign.labeling.answers import Answer
 from dimalign.labeling.study import Study, create_study
 
 
@@ -202,6 +203,30 @@ def test_label_length_counted_like_text_field(app, study_path, label, accepted):
         assert response.status_code == 400
         assert "at most 100 characters as the text field counts them" in html.unescape(response.text)
         assert answer_rows(study_path) == []
+
+
+def test_label_over_limit_from_earlier_version_kept(app, study_path):
+    # Versions that counted code points stored 100 emoji (200 UTF-16 units).
+    # Such an answer stays in the study and its export, but sending it again
+    # asks for a shorter label and leaves the stored answer as it is.
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    long_label = "\U0001F600" * 100
+    with Study(study_path) as study:
+        study.save_answer(participant_id, order[0], Answer((long_label,), "visual", "one"))
+
+    page = client.get(f"/participant/{participant_id}/dimension/{order[0]}")
+    assert page.status_code == 200
+    assert long_label in html.unescape(page.text)
+    with Study(study_path) as study:
+        text, n_rows = study.answers_csv()
+    assert n_rows == 1
+    assert long_label in text
+
+    response = submit(client, participant_id, order[0], labels=(long_label,), kind="semantic")
+    assert response.status_code == 400
+    assert "at most 100 characters as the text field counts them" in html.unescape(response.text)
+    assert answer_rows(study_path) == [(participant_id, order[0], json.dumps([long_label], ensure_ascii=False), "visual", "one")]
 
 
 def test_html_and_sql_labels_stored_verbatim_and_escaped(app, study_path):
