@@ -54,6 +54,14 @@ def answer_page(page, number: int) -> int:
 
 
 @pytest.mark.browser
+def open_first_dimension(page, base_url: str) -> None:
+    """Agree on the consent page as a new participant and open the first dimension."""
+    page.goto(base_url + "/consent")
+    page.check("#agree")
+    page.click("#consent-submit")
+    page.click("#start")
+
+
 def test_participant_flow_in_chromium(study_path, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -268,10 +276,7 @@ def test_long_labels_wrap_in_chromium(study_path, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.goto(base_url + "/consent")
-            page.check("#agree")
-            page.click("#consent-submit")
-            page.click("#start")
+            open_first_dimension(page, base_url)
             for field, label in enumerate(long_labels, start=1):
                 page.fill(f"#label-{field}", label)
             page.check("#kind-visual")
@@ -318,10 +323,7 @@ def test_right_to_left_labels_keep_punctuation_at_end(study_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(base_url + "/consent")
-            page.check("#agree")
-            page.click("#consent-submit")
-            page.click("#start")
+            open_first_dimension(page, base_url)
             dimension_url = page.url
             page.fill("#label-1", label)
             page.fill("#label-2", "red!")
@@ -356,10 +358,7 @@ def test_longest_label_field_allows_saved_in_chromium(study_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
-            page.goto(base_url + "/consent")
-            page.check("#agree")
-            page.click("#consent-submit")
-            page.click("#start")
+            open_first_dimension(page, base_url)
             page.locator("#label-1").press_sequentially(typed)
             assert page.eval_on_selector("#label-1", "field => field.value.length") == 100
             page.check("#kind-semantic")

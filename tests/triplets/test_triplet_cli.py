@@ -1117,52 +1117,46 @@ def _fake_proc(tmp_path: Path, cgroup: str, available_kb: int) -> Path:
     return proc
 
 
+def _fake_cgroup(tmp_path: Path, version: int, limit: int, usage: int, stat: str | None = None) -> Path:
+    """Write the proc and cgroup files of a process in the Slurm job cgroup slurm/job_7 on a 20 GB machine."""
+    if version == 2:
+        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
+        folder = tmp_path / "cgroup" / "slurm" / "job_7"
+        names = ("memory.max", "memory.current")
+    else:
+        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n3:cpu:/\n", 20_000_000)
+        folder = tmp_path / "cgroup" / "memory" / "slurm" / "job_7"
+        names = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    folder.mkdir(parents=True)
+    (folder / names[0]).write_text(f"{limit}\n")
+    (folder / names[1]).write_text(f"{usage}\n")
+    if stat is not None:
+        (folder / "memory.stat").write_text(stat)
+    return proc
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_available_memory_respects_cgroup_limit(tmp_path, version):
     """A Slurm job or container limited to 1 GB on a 20 GB machine has 1 GB minus its usage."""
     from dimalign.memory import available_memory_bytes
 
-    sys_root = tmp_path / "cgroup"
-    if version == 2:
-        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
-        folder = sys_root / "slurm" / "job_7"
-        folder.mkdir(parents=True)
-        (folder / "memory.max").write_text("1000000000\n")
-        (folder / "memory.current").write_text("300000000\n")
-    else:
-        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n3:cpu:/\n", 20_000_000)
-        folder = sys_root / "memory" / "slurm" / "job_7"
-        folder.mkdir(parents=True)
-        (folder / "memory.limit_in_bytes").write_text("1000000000\n")
-        (folder / "memory.usage_in_bytes").write_text("300000000\n")
+    proc = _fake_cgroup(tmp_path, version, limit=1_000_000_000, usage=300_000_000)
 
-    assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 700_000_000
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 700_000_000
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_available_memory_counts_cgroup_page_cache(tmp_path, version):
+@pytest.mark.parametrize(
+    ("version", "stat"),
+    [(2, "anon 290000000\nfile 700000000\ninactive_file 600000000\n"),
+     (1, "cache 700000000\ninactive_file 10\ntotal_inactive_file 600000000\n")],
+)
+def test_available_memory_counts_cgroup_page_cache(tmp_path, version, stat):
     """A job that read large files is near its limit in usage, but the kernel can drop that cache."""
     from dimalign.memory import available_memory_bytes
 
-    sys_root = tmp_path / "cgroup"
-    if version == 2:
-        proc = _fake_proc(tmp_path, "0::/slurm/job_7\n", 20_000_000)
-        folder = sys_root / "slurm" / "job_7"
-        folder.mkdir(parents=True)
-        (folder / "memory.max").write_text("1000000000\n")
-        (folder / "memory.current").write_text("990000000\n")
-        (folder / "memory.stat").write_text("anon 290000000\nfile 700000000\ninactive_file 600000000\n")
-    else:
-        proc = _fake_proc(tmp_path, "4:memory:/slurm/job_7\n", 20_000_000)
-        folder = sys_root / "memory" / "slurm" / "job_7"
-        folder.mkdir(parents=True)
-        (folder / "memory.limit_in_bytes").write_text("1000000000\n")
-        (folder / "memory.usage_in_bytes").write_text("990000000\n")
-        (folder / "memory.stat").write_text(
-            "cache 700000000\ninactive_file 10\ntotal_inactive_file 600000000\n"
-        )
+    proc = _fake_cgroup(tmp_path, version, limit=1_000_000_000, usage=990_000_000, stat=stat)
 
-    assert available_memory_bytes(proc_root=proc, cgroup_root=sys_root) == 610_000_000
+    assert available_memory_bytes(proc_root=proc, cgroup_root=tmp_path / "cgroup") == 610_000_000
 
 
 def test_available_memory_respects_parent_cgroup_limit(tmp_path):
