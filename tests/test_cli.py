@@ -33,7 +33,9 @@ def test_stop_signal_removes_unfinished_output(tmp_path, stop):
         "    print('ready', flush=True)\n"
         "    time.sleep(60)\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    # A test run under nohup ignores SIGHUP, and the child would inherit that.
+    process = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(getattr(signal, stop), signal.SIG_DFL))
     assert process.stdout.readline().strip() == "ready"
     process.send_signal(getattr(signal, stop))
 

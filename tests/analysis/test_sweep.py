@@ -450,10 +450,16 @@ def test_run_tasks_interrupt_stops_pool(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
 
     tasks = [{"marker_dir": str(tmp_path), "index": index} for index in range(4)]
-    threading.Thread(target=interrupt_when_two_started, daemon=True).start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        run_tasks(wait_until_stopped, tasks, n_jobs=2)
+    # A test run started in the background ignores SIGINT; Ctrl-C in a
+    # terminal raises KeyboardInterrupt, as Python's default handler does.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_when_two_started, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_tasks(wait_until_stopped, tasks, n_jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     # Without the stop, the pool waited 60 s for each task, the queued ones included.
     assert time.monotonic() - started < 50

@@ -122,6 +122,9 @@ def start_server_process(run: Path, images: Path, log_path: Path) -> tuple[subpr
         [sys.executable, "-m", "dimalign.cli", "label-app", str(run), "--images", str(images),
          "--dims", "0-3", "--port", "0"],
         stdout=subprocess.PIPE, stderr=log, env=environment, text=True,
+        # A test run started in the background ignores SIGINT, and the server
+        # would inherit that; Ctrl-C reaches a server started from a terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     log.close()
     lines: queue.Queue[str] = queue.Queue()
