@@ -297,6 +297,25 @@ def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
+def test_dataset_skips_extreme_aspect_ratio_before_resizing(tmp_path):
+    # A 1 KB PNG of 20000 x 4 pixels becomes 1,280,000 x 256 pixels when its
+    # shorter side is resized to 256: gigabytes for one image.
+    Image.new("L", (20000, 4), 128).save(tmp_path / "strip.png")
+    Image.new("L", (300, 200), 128).save(tmp_path / "photo.png")
+
+    def refuse_strip(image):
+        assert max(image.size) < 20000, "the strip reached the model's transform"
+        return T.ToTensor()(image)
+
+    dataset = ImageDataset(find_images(tmp_path), refuse_strip)
+    batch = collate_images([dataset[index] for index in range(len(dataset))])
+    assert batch.rows == [0]
+    [(row, reason)] = batch.failures
+    assert row == 1
+    assert reason.startswith("20000 x 4 pixels, an aspect ratio of 5000:1")
+    assert "crop or pad the image" in reason
+
+
 def test_dataset_reports_failures_instead_of_raising(mixed_folder):
     images = find_images(mixed_folder)
     dataset = ImageDataset(images, T.ToTensor())
