@@ -181,6 +181,16 @@ def test_preprocessing_load_missing_file(tmp_path):
         ImagePreprocessing().load(tmp_path / "missing.png")
 
 
+def test_preprocessing_load_rejects_extreme_aspect_ratio(tmp_path):
+    from PIL import Image
+
+    strip = tmp_path / "strip.png"
+    Image.new("L", (20000, 4)).save(strip)
+
+    with pytest.raises(ValueError, match=r"cannot read image .*strip.png: 20000 x 4 pixels, an aspect ratio of 5000:1"):
+        ImagePreprocessing().load(strip)
+
+
 def test_preprocessing_load_uses_extraction_decoding(tmp_path):
     from PIL import Image
 

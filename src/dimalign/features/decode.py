@@ -102,6 +102,44 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     return image.convert("RGB")
 
 
+# The shorter side that model preprocessing typically resizes to (224 to 256
+# for ImageNet models), used to estimate the size of a resized image.
+TYPICAL_RESIZE_SIDE = 256
+
+
+def elongation_reason(image: Image.Image) -> str | None:
+    """Return why an image is too elongated to resize, or None when it is not.
+
+    Preprocessing resizes the shorter side to about 256 pixels, so a strip of
+    20000 x 4 pixels (a 1 KB PNG) would become 1,280,000 x 256 pixels. Such an
+    image is refused when the resized one would exceed Pillow's
+    ``PIL.Image.MAX_IMAGE_PIXELS``, the limit it sets on decoded images.
+
+    NOTE: The model's own resize is not read: a model that resizes to more
+    than 256 pixels needs more memory for an accepted strip than estimated.
+
+    Args:
+        image (Image.Image): A decoded image.
+
+    Returns:
+        str | None: The reason, naming the size and what to do.
+    """
+    width, height = image.size
+    shorter, longer = min(width, height), max(width, height)
+    limit = Image.MAX_IMAGE_PIXELS
+    if shorter == 0 or limit is None:
+        return None
+    resized = longer / shorter * TYPICAL_RESIZE_SIDE**2
+    if resized <= limit:
+        return None
+    return (
+        f"{width} x {height} pixels, an aspect ratio of {longer / shorter:.0f}:1: resizing its shorter "
+        f"side to about {TYPICAL_RESIZE_SIDE} pixels would make an image of about {resized:,.0f} pixels, "
+        f"more than Pillow's limit for one image (PIL.Image.MAX_IMAGE_PIXELS, {limit:,}); crop or pad "
+        "the image to a less elongated shape"
+    )
+
+
 def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 255, 255),
              exif_transpose: bool = True) -> Image.Image:
     """Decode an image file completely and convert it to RGB.

@@ -108,7 +108,7 @@ class ImagePreprocessing:
             FileNotFoundError: If the file does not exist.
             ValueError: If it cannot be decoded.
         """
-        from dimalign.features.decode import ImageReadError, load_rgb
+        from dimalign.features.decode import ImageReadError, elongation_reason, load_rgb
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} not found")
@@ -116,6 +116,9 @@ class ImagePreprocessing:
             image = load_rgb(path, self.background, self.exif_transpose)
         except ImageReadError as error:
             raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
+        reason = elongation_reason(image)
+        if reason is not None:
+            raise ValueError(f"cannot read image {path}: {reason}")
         return self.to_tensor(image)
 
     @classmethod
