@@ -247,3 +247,98 @@ def test_database_error_is_one_line(monkeypatch, capsys):
     assert status == 1
     assert "dimalign labels: error: database is locked" in stderr
     assert "Traceback" not in stderr
+
+
+# Every command that writes an output folder, with inputs that do not exist:
+# the study check runs before a command reads its inputs, loads a model or fits.
+OUTPUT_COMMANDS = {
+    "fit": ["fit", "triplets.npy", "--n-objects", "12"],
+    "evaluate": ["evaluate", "embedding.npy", "--triplets", "triplets.npy", "--n-objects", "12"],
+    "extract": ["extract", "images", "--model", "vgg16"],
+    "select": ["select", "sweep"],
+    "sweep": ["sweep", "triplets.npy", "--n-objects", "12"],
+    "simulate": ["simulate", "features.npy", "--n-triplets", "10"],
+    "import-triplets": ["import-triplets", "triplets.txt", "--n-objects", "12"],
+    "gradcam": ["gradcam", "image.jpg", "--map", "map", "--dim", "0"],
+    "maximize": ["maximize", "--map", "map", "--dim", "0"],
+    "manipulate": ["manipulate", "image.jpg", "--map", "map"],
+    "grid": ["grid", "embedding.npy"],
+    "compare": ["compare", "human.npy", "dnn.npy"],
+    "map": ["map", "features", "--embedding", "run"],
+    "labels summarize": ["labels", "summarize", "study.db"],
+}
+
+
+def write_study_with_fit(study):
+    """Write a study directory of dimalign run with a finished human_fit stage; return the stage folder."""
+    import json
+
+    (study / "human_fit").mkdir(parents=True)
+    (study / "pipeline.json").write_text(json.dumps({"config": "study.toml", "stages": []}))
+    manifest = {"step": "fit", "pipeline": {"stage": "human_fit", "hash": "abc"}}
+    (study / "human_fit" / "manifest.json").write_text(json.dumps(manifest))
+    return study / "human_fit"
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_command_rejects_study_stage_folder(tmp_path, monkeypatch, capsys, command):
+    from dimalign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    stage = write_study_with_fit(tmp_path / "study")
+    before = (stage / "manifest.json").read_text()
+
+    code = main([*OUTPUT_COMMANDS[command], "-o", str(stage)])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"dimalign {command.split()[0]}: error: " in error
+    assert f"{stage} is the folder of stage human_fit of the study {tmp_path / 'study'}" in error
+    assert f"choose an output folder outside the study for dimalign {command}" in error
+    assert (stage / "manifest.json").read_text() == before
+    assert sorted(path.name for path in stage.iterdir()) == ["manifest.json"]
+
+
+@pytest.mark.parametrize("command", ["fit", "compare"])
+def test_command_rejects_study_directory(tmp_path, monkeypatch, capsys, command):
+    from dimalign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    study = write_study_with_fit(tmp_path / "study").parent
+
+    code = main([*OUTPUT_COMMANDS[command], "-o", str(study)])
+
+    assert code == 1
+    assert f"{study} is the directory of a study of dimalign run" in capsys.readouterr().err
+    assert sorted(path.name for path in study.iterdir()) == ["human_fit", "pipeline.json"]
+
+
+def test_import_triplets_rejects_file_in_stage_folder(tmp_path, monkeypatch, capsys):
+    """-o FILE writes manifest.json into the file's folder, so that folder is checked."""
+    from dimalign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    stage = write_study_with_fit(tmp_path / "study")
+
+    code = main([*OUTPUT_COMMANDS["import-triplets"], "-o", str(stage / "triplets.npy")])
+
+    assert code == 1
+    assert f"{stage} is the folder of stage human_fit of the study" in capsys.readouterr().err
+    assert sorted(path.name for path in stage.iterdir()) == ["manifest.json"]
+
+
+def test_select_checks_default_output_folder(tmp_path, monkeypatch, capsys):
+    """select without -o writes SWEEP/selection, which is checked like an -o folder."""
+    import json
+
+    from dimalign.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    copied = tmp_path / "sweep" / "selection"
+    copied.mkdir(parents=True)
+    (copied / "manifest.json").write_text(json.dumps({"step": "select", "pipeline": {"stage": "map"}}))
+
+    code = main(["select", str(tmp_path / "sweep")])
+
+    assert code == 1
+    assert f"{copied / 'manifest.json'} contains the stage record of dimalign run" in capsys.readouterr().err

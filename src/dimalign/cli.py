@@ -3,7 +3,9 @@
 The CLI is thin. Each step's module under ``dimalign.<stage>.commands`` (or
 similar) defines ``register(subparsers)``, which adds its subcommands with a
 ``handler(args) -> int`` set through ``set_defaults``. The handlers parse
-options, call the library and write files.
+options, call the library and write files. A command that writes an output
+folder names it with :func:`declare_output_folder`, and :func:`main` checks
+that folder before the handler runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sqlite3
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter
 from typing import Any
 
 from dimalign import __version__
@@ -112,6 +115,49 @@ def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> 
             add_logging_options(
                 command_parser, argparse.SUPPRESS, argparse.SUPPRESS, dest_suffix="_after_command"
             )
+
+
+def declare_output_folder(
+    parser: argparse.ArgumentParser,
+    step: str,
+    folder: Callable[[argparse.Namespace], str | os.PathLike | None] = attrgetter("out"),
+) -> None:
+    """Mark a command as one that writes an output folder, which :func:`main` checks before the command runs.
+
+    :func:`main` rejects a folder that ``dimalign run`` owns (see
+    :func:`dimalign.report.pipeline.check_outside_study_folders`) before the
+    handler reads an input, loads a model or fits. The stages of
+    ``dimalign run`` call the library, not these handlers, so their hidden
+    work folders are not checked here.
+
+    Args:
+        parser (argparse.ArgumentParser): The command's parser.
+        step (str): The command as typed, for messages, such as ``"labels summarize"``.
+        folder (Callable[[argparse.Namespace], str | os.PathLike | None]): Returns
+            the folder that the command writes, from its parsed arguments, or
+            None where it writes none (``evaluate`` without ``-o``). The default
+            reads ``args.out``.
+    """
+    parser.set_defaults(output_folder=(step, folder))
+
+
+def check_output_folder(args: argparse.Namespace) -> None:
+    """Reject the output folder of a command marked by :func:`declare_output_folder` if ``dimalign run`` owns it.
+
+    Raises:
+        FileExistsError: If the folder is a study directory, a stage folder
+            of one, or a folder with a stage record of ``dimalign run``.
+    """
+    declared = getattr(args, "output_folder", None)
+    if declared is None:
+        return
+    step, folder = declared
+    out_dir = folder(args)
+    if out_dir is None:
+        return
+    from dimalign.report.pipeline import check_outside_study_folders
+
+    check_outside_study_folders(out_dir, step)
 
 
 def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -214,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command_line = ["dimalign", *(sys.argv[1:] if argv is None else argv)]
     try:
         with sigterm_as_exit(), warnings_to_log(), recording_command_line(command_line):
+            check_output_folder(args)
             return int(args.handler(args) or 0)
     except (KeyboardInterrupt, Terminated) as error:
         signal_name = signal.Signals(int(error.code) - 128).name if isinstance(error, Terminated) else "Ctrl-C"

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dimalign.cli import declare_output_folder
+
 if TYPE_CHECKING:
     from dimalign.io.objects import ObjectTable
 
@@ -95,6 +97,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "always printed to standard output as one JSON object)",
     )
     parser.set_defaults(handler=run_evaluate)
+    declare_output_folder(parser, "evaluate")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -853,7 +853,8 @@ def compare(
     started = now_iso()
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "compare")
-    # dimalign run compares into a hidden work folder, which this check passes.
+    # The compare command runs this check before it loads the inputs; it is repeated here
+    # for callers of the library. dimalign run compares into a hidden work folder, which it passes.
     from dimalign.report.pipeline import check_outside_study_folders
 
     check_outside_study_folders(out_dir, "compare")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dimalign.cli import declare_output_folder
 from dimalign.embedding.commands import (
     add_training_data_arguments,
     check_method_options,
@@ -77,6 +78,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--l1", type=float, help="SPoSE L1 weight")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto, for every worker")
     parser.set_defaults(handler=run_sweep)
+    declare_output_folder(parser, "sweep")
 
 
 def _estimator_settings(args: argparse.Namespace) -> dict:
@@ -133,6 +135,14 @@ def _register_select(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="seed of --split random (default 0)")
     parser.add_argument("--copy", action="store_true", help="also copy the chosen run to OUT/selected_run")
     parser.set_defaults(handler=run_select)
+    declare_output_folder(parser, "select", _selection_folder)
+
+
+def _selection_folder(args: argparse.Namespace) -> Path | None:
+    """Return the folder that ``dimalign select`` writes: ``-o``, else ``SWEEP/selection`` for one sweep directory."""
+    if args.out is not None:
+        return args.out
+    return args.runs[0] / "selection" if len(args.runs) == 1 else None
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -224,6 +234,7 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.set_defaults(handler=run_compare)
+    declare_output_folder(parser, "compare")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -359,6 +370,7 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="seed of --shuffle (default 0)")
     parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
     parser.set_defaults(handler=run_map)
+    declare_output_folder(parser, "map")
 
 
 def run_map(args: argparse.Namespace) -> int:
@@ -384,9 +396,6 @@ def run_map(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to {MAX_SEED}")
     check_output_dir(args.out, "map")
-    from dimalign.report.pipeline import check_outside_study_folders
-
-    check_outside_study_folders(args.out, "map")
     check_unowned_files(args.out, [RIDGE_MAP_NAME, "ridge_map.csv"], "map")
     report_leftover_stages(args.out)
     # The grid is checked before the features and the embedding are read.

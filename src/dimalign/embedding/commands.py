@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dimalign.cli import declare_output_folder
+
 logger = logging.getLogger(__name__)
 
 # Default share of object sets held out when neither --val nor --val-fraction is given.
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the run directory")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files")
     parser.set_defaults(handler=run_fit)
+    declare_output_folder(parser, "fit")
 
 
 def _thread_count(text: str) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from operator import attrgetter
+
+from dimalign.cli import declare_output_folder
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -57,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--overwrite", action="store_true",
                          help="replace features already in OUT_DIR")
     extract.set_defaults(handler=run_extract)
+    declare_output_folder(extract, "extract", attrgetter("out_dir"))
 
     layers = subparsers.add_parser(
         "list-layers",

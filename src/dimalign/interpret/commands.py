@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from dimalign.cli import declare_output_folder
+
 logger = logging.getLogger(__name__)
 
 # Upper limits of image sizes and counts, so that a typing error is an error
@@ -69,6 +71,7 @@ def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in the overlay (default 0.5)")
     parser.set_defaults(handler=run_gradcam)
+    declare_output_folder(parser, "gradcam")
 
 
 def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
@@ -98,6 +101,7 @@ def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, help="side of the built-in generator's images in pixels (default: the model's input size)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(handler=run_maximize)
+    declare_output_folder(parser, "maximize")
 
 
 def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
@@ -129,6 +133,7 @@ def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--figure-rows", type=int, default=6, help="edits shown in the figure (default 6)")
     parser.set_defaults(handler=run_manipulate)
+    declare_output_folder(parser, "manipulate")
 
 
 def _register_grid(subparsers: argparse._SubParsersAction) -> None:
@@ -156,6 +161,7 @@ def _register_grid(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dims", type=int, nargs="+", help="0-based dimensions to draw (default: all)")
     parser.add_argument("--cell-size", type=int, default=128, help="side of each picture in pixels (default 128)")
     parser.set_defaults(handler=run_grid)
+    declare_output_folder(parser, "grid")
 
 
 # -- shared helpers ------------------------------------------------------------

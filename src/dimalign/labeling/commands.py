@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from dimalign.cli import declare_output_folder
+
 logger = logging.getLogger(__name__)
 
 LABEL_APP_ACTIONS = ("setup", "serve", "export")
@@ -95,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run folder or embedding file the study was set up from); needed when two names are equal",
     )
     summarize.set_defaults(handler=_run_summarize)
+    declare_output_folder(summarize, "labels summarize")
 
     names = actions.add_parser(
         "names", help="print published dimension labels (text or MATLAB file), checked against an embedding"

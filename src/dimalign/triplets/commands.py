@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from operator import attrgetter
 from pathlib import Path
 
+from dimalign.cli import declare_output_folder
 from dimalign.memory import available_memory_bytes, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=_seed, help="seed of --split (default: 0)")
     parser.set_defaults(handler=run_import)
+    declare_output_folder(parser, "import-triplets", _import_folder)
 
 
 def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
@@ -173,9 +176,18 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=_positive_int, help="triplets per batch (default: automatic)"
     )
     parser.set_defaults(handler=run_simulate)
+    declare_output_folder(parser, "simulate", attrgetter("out_dir"))
 
 
 # --------------------------------------------------------------------------- import-triplets
+
+
+def _import_folder(args: argparse.Namespace) -> Path:
+    """Return the folder that ``dimalign import-triplets`` writes: ``-o``, or the folder of an ``-o`` file."""
+    from dimalign.io.triplets import TRIPLET_SUFFIXES
+
+    out = Path(args.out)
+    return out.parent if out.suffix.lower() in TRIPLET_SUFFIXES else out
 
 
 def run_import(args: argparse.Namespace) -> int:
