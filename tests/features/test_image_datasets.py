@@ -298,7 +298,7 @@ def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
 
 
 def test_dataset_skips_extreme_aspect_ratio_before_resizing(tmp_path):
-    # A 1 KB PNG of 20000 x 4 pixels becomes 1,280,000 x 256 pixels when its
+    # A PNG of 20000 x 4 pixels (under 1 KB) becomes 1,280,000 x 256 pixels when its
     # shorter side is resized to 256: gigabytes for one image.
     Image.new("L", (20000, 4), 128).save(tmp_path / "strip.png")
     Image.new("L", (300, 200), 128).save(tmp_path / "photo.png")

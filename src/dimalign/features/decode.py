@@ -111,7 +111,7 @@ def elongation_reason(image: Image.Image) -> str | None:
     """Return why an image is too elongated to resize, or None when it is not.
 
     Preprocessing resizes the shorter side to about 256 pixels, so a strip of
-    20000 x 4 pixels (a 1 KB PNG) would become 1,280,000 x 256 pixels. Such an
+    20000 x 4 pixels (a PNG of under 1 KB) would become 1,280,000 x 256 pixels. Such an
     image is refused when the resized one would exceed Pillow's
     ``PIL.Image.MAX_IMAGE_PIXELS``, the limit it sets on decoded images.
 
