@@ -711,7 +711,7 @@ def check_report(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> Non
 
 def run_report(context: StageContext) -> dict[str, Any]:
     """Draw the figures and write the self-contained HTML report."""
-    from dimalign.report.html import report_title, write_report
+    from dimalign.report.html import write_report
     from dimalign.report.results import StudyResults
 
     settings = context.settings
@@ -726,7 +726,8 @@ def run_report(context: StageContext) -> dict[str, Any]:
     )
     report = write_report(
         results, context.out_dir / "report.html", figures_dir=context.out_dir / "figures",
-        title=report_title(settings["title"], context.study.get("name")),
+        # Planning already resolved the title by report_title.
+        title=settings["title"],
         top_k=settings["top_k"], n_disagreements=settings["n_disagreements"], dpi=settings["dpi"],
     )
     write_manifest(
