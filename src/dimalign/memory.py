@@ -48,11 +48,10 @@ def available_memory_bytes(
 
 def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
     """Return the memory limit minus the usage (less the inactive file cache) of this process's cgroup, or None without a limit."""
-    # cgroup v2 lists "0::/path", v1 "N:memory:/path"; v2 keeps the limit and
-    # the usage in memory.max and memory.current, v1 in memory.limit_in_bytes
-    # and memory.usage_in_bytes. The usage includes the page cache of files
-    # the job read, which the kernel drops before it kills a process, so the
-    # inactive part of that cache counts as free (as MemAvailable counts it).
+    # In /proc/self/cgroup, cgroup v2 lists "0::/path" and v1 "N:memory:/path".
+    # The usage includes the page cache of files the job read. The kernel
+    # drops that cache before it kills a process, so its inactive part counts
+    # as free, as it does in MemAvailable.
     try:
         lines = (proc_root / "self" / "cgroup").read_text(encoding="ascii").splitlines()
     except OSError:
@@ -63,6 +62,7 @@ def _cgroup_headroom(proc_root: Path, cgroup_root: Path) -> int | None:
         if len(parts) != 3:
             continue
         if parts[0] == "0" and parts[1] == "":
+            # v2 keeps the limit in memory.max and the usage in memory.current.
             top, files = cgroup_root, ("memory.max", "memory.current")
             cache_key = "inactive_file"
         elif "memory" in parts[1].split(","):

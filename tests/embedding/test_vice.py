@@ -531,7 +531,7 @@ def test_available_memory_of_cpu_is_positive():
 
 
 def test_available_memory_of_cuda_counts_cached_blocks(monkeypatch):
-    """Memory that torch's caching allocator holds unused, such as after an earlier fit, is reusable."""
+    """Memory that torch's caching allocator keeps reserved but unused, such as after an earlier fit, is reusable."""
     from dimalign.device import available_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * 2**30, 80 * 2**30))

@@ -297,17 +297,17 @@ def test_truncated_image_fails_despite_global_flag(tmp_path, monkeypatch):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
 
 
-def test_dataset_skips_extreme_aspect_ratio_before_resizing(tmp_path):
+def test_dataset_skips_elongated_image(tmp_path):
     # A PNG of 20000 x 4 pixels (under 1 KB) becomes 1,280,000 x 256 pixels when its
     # shorter side is resized to 256: gigabytes for one image.
     Image.new("L", (20000, 4), 128).save(tmp_path / "strip.png")
     Image.new("L", (300, 200), 128).save(tmp_path / "photo.png")
 
-    def refuse_strip(image):
+    def reject_strip(image):
         assert max(image.size) < 20000, "the strip reached the model's transform"
         return T.ToTensor()(image)
 
-    dataset = ImageDataset(find_images(tmp_path), refuse_strip)
+    dataset = ImageDataset(find_images(tmp_path), reject_strip)
     batch = collate_images([dataset[index] for index in range(len(dataset))])
     assert batch.rows == [0]
     [(row, reason)] = batch.failures

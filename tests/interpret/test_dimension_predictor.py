@@ -181,7 +181,7 @@ def test_preprocessing_load_missing_file(tmp_path):
         ImagePreprocessing().load(tmp_path / "missing.png")
 
 
-def test_preprocessing_load_rejects_extreme_aspect_ratio(tmp_path):
+def test_load_rejects_elongated_image(tmp_path):
     from PIL import Image
 
     strip = tmp_path / "strip.png"

@@ -184,7 +184,7 @@ def test_browser_data_covers_every_dimension(report):
 
 def test_browser_relevance_names_triplet_count(report):
     # compare.relevance_triplets may explain only the first held-out triplets,
-    # so the share says how many it counts.
+    # so the share names how many it counts.
     import pandas as pd
 
     _, document, results = report
@@ -424,8 +424,8 @@ def test_report_labels_under_other_embedding_names(tiny_study, tmp_path, capsys)
     assert "label 0 (2)" in out.read_text(encoding="utf-8")
 
 
-def test_report_labels_of_embeddings_named_like_missing_values(tiny_study, tmp_path):
-    # pandas reads NA and None as missing values unless told otherwise.
+def test_report_labels_named_like_missing(tiny_study, tmp_path):
+    # By default, pandas reads NA and None as missing values.
     from report_helpers import write_labels
 
     labels = write_labels(tmp_path / "labels", {"NA": 6, "None": 6})

@@ -70,8 +70,8 @@ def test_import_without_object_count_fails(tmp_path, capsys):
     assert "--n-objects N" in capsys.readouterr().err
 
 
-def test_import_log_names_no_staging_folder(tmp_path, capsys):
-    """The hidden .partial-* folder is gone when the command ends, so no file is said to be written there."""
+def test_import_log_hides_staging_folder(tmp_path, capsys):
+    """The hidden .partial-* folder is gone when the command ends, so no log line names a file written there."""
     source = tmp_path / "raw.txt"
     source.write_text("".join(f"{i} {i + 1} {i + 2}\n" for i in range(10)), encoding="utf-8")
     status = main(["import-triplets", str(source), "--n-objects", "12", "--split", "0.2",

@@ -844,7 +844,7 @@ def compare(
             in ``out_dir`` and empty triplets are checked before anything is
             written, and the messages name the input. A failed call leaves an
             earlier comparison in ``out_dir`` whole.
-        FileExistsError: If ``out_dir`` holds the output of another step, or
+        FileExistsError: If ``out_dir`` contains the output of another step, or
             is a folder that ``dimalign run`` owns (a study directory, a
             stage folder of a study, or a folder with a stage record).
     """

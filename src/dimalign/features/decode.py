@@ -112,7 +112,7 @@ def elongation_reason(image: Image.Image) -> str | None:
 
     Preprocessing resizes the shorter side to about 256 pixels, so a strip of
     20000 x 4 pixels (a PNG of under 1 KB) would become 1,280,000 x 256 pixels. Such an
-    image is refused when the resized one would exceed Pillow's
+    image is rejected when the resized one would exceed Pillow's
     ``PIL.Image.MAX_IMAGE_PIXELS``, the limit it sets on decoded images.
 
     NOTE: The model's own resize is not read: a model that resizes to more
