@@ -309,7 +309,7 @@ def test_forged_session_cookie_rejected(app, study_path):
         session["participant_id"] = alice_id
         session["code"] = "guessed-code"
     assert mallory.get(f"/participant/{alice_id}/done").status_code == 403
-    mallory.set_cookie("dimalign_labels", "eyJwYXJ0aWNpcGFudF9pZCI6MX0.forged.signature")
+    mallory.set_cookie(app.config["SESSION_COOKIE_NAME"], "eyJwYXJ0aWNpcGFudF9pZCI6MX0.forged.signature")
     assert mallory.get(f"/participant/{alice_id}/done").status_code == 403
 
 
@@ -912,11 +912,11 @@ def test_double_consent_lands_on_same_participant(app, study_path):
     # cookie that the consent page set, because neither response has arrived yet.
     client = app.test_client()
     page = client.get("/consent")
-    cookie = client.get_cookie("dimalign_labels").value
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value
     form = {"csrf_token": csrf_from(page.text), "agree": "yes"}
     first = client.post("/consent", data=form)
     second_client = app.test_client()
-    second_client.set_cookie("dimalign_labels", cookie)
+    second_client.set_cookie(app.config["SESSION_COOKIE_NAME"], cookie)
     second = second_client.post("/consent", data=form)
     assert first.status_code == 303
     assert second.status_code == 303
@@ -1035,3 +1035,17 @@ def test_responses_do_not_renew_unchanged_session(app, study_path):
         response = client.get(url)
         assert response.status_code == 200, url
         assert "Set-Cookie" not in response.headers, url
+
+
+def test_cookie_name_per_study(study_path, tmp_path, labeling_run, image_set):
+    other_study = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-4")
+    first = create_app(study_path).config["SESSION_COOKIE_NAME"]
+    restarted = create_app(study_path).config["SESSION_COOKIE_NAME"]
+    other = create_app(other_study).config["SESSION_COOKIE_NAME"]
+    with Study(study_path) as study:
+        secret_key = study.settings["secret_key"]
+
+    assert first == restarted
+    assert first != other
+    assert re.fullmatch(r"dimalign_labels_[0-9a-f]{16}", first)
+    assert secret_key[:16] not in first

@@ -383,3 +383,25 @@ def test_simultaneous_consent_forms_one_participant(study_path):
     assert {response.headers["Location"] for response in responses} == {"/participant/1/instructions"}
     with sqlite3.connect(study_path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM participants").fetchone()[0] == 1
+
+
+def test_two_studies_keep_own_sessions(study_path, tmp_path, labeling_run, image_set):
+    other_study = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-4")
+    with running_server(study_path) as first_url, running_server(other_study) as second_url:
+        # Cookies ignore the port, so one browser sends both servers the same cookies.
+        first = Participant(first_url)
+        first.consent()
+        second = Participant(second_url)
+        second.http = first.http
+        second.consent()
+
+        first_page = first.http.get(f"{first_url}/participant/{first.participant_id}/next",
+                                    timeout=REQUEST_TIMEOUT_S)
+        second_page = second.http.get(f"{second_url}/participant/{second.participant_id}/next",
+                                      timeout=REQUEST_TIMEOUT_S)
+
+    assert first_page.status_code == 200
+    assert "/dimension/" in first_page.url
+    assert second_page.status_code == 200
+    assert "/dimension/" in second_page.url
+    assert len(first.http.cookies) == 2

@@ -26,6 +26,7 @@ the server at any point loses no submitted answer.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import io
 import ipaddress
 import json
@@ -130,7 +131,7 @@ def create_app(
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_NAME="dimalign_labels",
+        SESSION_COOKIE_NAME=session_cookie_name(secret_key),
         PERMANENT_SESSION_LIFETIME=_dt.timedelta(days=30),
         # By default Flask sends a permanent session's cookie with every
         # response. An image response that arrived after "Stop" then set
@@ -152,6 +153,20 @@ def create_app(
     _add_participant_routes(app)
     _add_admin_routes(app)
     return app
+
+
+def session_cookie_name(secret_key: str) -> str:
+    """Return the session cookie name of the study with this secret key.
+
+    Browsers send a cookie to every port of a host, so two studies served
+    on one host need cookies of different names, or a participant who opens
+    the second study replaces the session of the first. The name is derived
+    from the study's secret key, so it stays the same when the server is
+    restarted. It carries 64 bits of a SHA-256 hash, which reveals nothing
+    about the key.
+    """
+    digest = hashlib.sha256(f"dimalign session cookie\0{secret_key}".encode()).hexdigest()
+    return f"dimalign_labels_{digest[:16]}"
 
 
 # ---------------------------------------------------------------------------
