@@ -1049,3 +1049,71 @@ def test_cookie_name_per_study(study_path, tmp_path, labeling_run, image_set):
     assert first != other
     assert re.fullmatch(r"dimalign_labels_[0-9a-f]{16}", first)
     assert secret_key[:16] not in first
+
+
+def test_closed_study_rejects_new_participants(app, study_path):
+    client = app.test_client()
+    consent_page = client.get("/consent")
+    with Study(study_path) as study:
+        assert study.set_closed(True) is True
+        closed_at = study.closed_at
+
+    start = client.get("/")
+    page = client.get("/consent")
+    agreed = client.post("/consent", data={"csrf_token": csrf_from(consent_page.text), "agree": "yes"})
+
+    assert closed_at is not None
+    assert start.status_code == 200
+    assert "closed to new participants" in start.text
+    assert 'id="start-study"' not in start.text
+    assert 'id="resume"' in start.text
+    assert page.status_code == 403
+    assert "closed to new participants" in page.text
+    assert 'id="consent-submit"' not in page.text
+    assert agreed.status_code == 403
+    assert "closed to new participants" in agreed.text
+    with Study(study_path) as study:
+        assert study.participants() == []
+
+
+def test_closed_study_lets_participants_finish(app, study_path):
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    with Study(study_path) as study:
+        study.set_closed(True)
+
+    saved = submit(client, participant_id, order[0], labels=("after closing",))
+    consent_page = client.get("/consent")
+    other_browser = app.test_client()
+    start = other_browser.get("/")
+    resumed = other_browser.post("/resume", data={"csrf_token": csrf_from(start.text), "code": code})
+
+    assert saved.status_code == 303
+    assert answer_rows(study_path) == [(participant_id, order[0], json.dumps(["after closing"]), "visual", "one")]
+    assert consent_page.status_code == 403
+    assert f'href="/participant/{participant_id}/next"' in consent_page.text
+    assert resumed.status_code == 303
+    assert resumed.headers["Location"].endswith(f"/participant/{participant_id}/next")
+
+
+def test_reopened_study_accepts_participants(app, study_path):
+    with Study(study_path) as study:
+        study.set_closed(True)
+        assert study.set_closed(True) is False
+    with Study(study_path) as study:
+        assert study.set_closed(False) is True
+        assert study.closed_at is None
+        assert study.set_closed(False) is False
+
+    participant_id, _, _ = consent(app.test_client())
+
+    assert participant_id == 1
+
+
+def test_admin_page_shows_closed_study(app, study_path):
+    client = app.test_client()
+    assert "open to new participants" in client.get("/admin?token=secret-admin").text
+    with Study(study_path) as study:
+        study.set_closed(True)
+        closed_at = study.closed_at
+    assert f"closed to new participants since {closed_at}" in client.get("/admin?token=secret-admin").text

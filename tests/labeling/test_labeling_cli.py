@@ -264,3 +264,24 @@ def test_raters_need_plain_digits(study_path, tmp_path, raters, capsys):
         "1,2 or 1,2,3\n"
     )
     assert not out.exists()
+
+
+def test_close_and_reopen_commands(study_path, capsys):
+    assert main(["label-app", "close", str(study_path)]) == 0
+    closed_output = capsys.readouterr().out
+    with Study(study_path) as study:
+        closed_at = study.closed_at
+    assert main(["label-app", "close", str(study_path)]) == 0
+    again_output = capsys.readouterr().out
+    assert main(["label-app", "reopen", str(study_path)]) == 0
+    reopened_output = capsys.readouterr().out
+
+    assert closed_at is not None
+    assert closed_output == (
+        f"closed {study_path} to new participants, and participants already in it can finish. "
+        f"Reopen it with: dimalign label-app reopen {study_path}\n"
+    )
+    assert again_output == f"{study_path} was already closed to new participants (since {closed_at})\n"
+    assert reopened_output == f"reopened {study_path} to new participants\n"
+    with Study(study_path) as study:
+        assert study.closed_at is None

@@ -63,7 +63,13 @@ from werkzeug.wsgi import get_content_length
 
 from dimalign.labeling import db
 from dimalign.labeling.answers import AnswerError, validate_answer
-from dimalign.labeling.study import NotFoundError, Participant, Study, new_participant_code
+from dimalign.labeling.study import (
+    NotFoundError,
+    Participant,
+    Study,
+    StudyClosedError,
+    new_participant_code,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -524,6 +530,12 @@ def _render_server_error(error: Any) -> tuple[str, int]:
     return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
 
 
+def _render_closed() -> tuple[str, int]:
+    """Show the page that says the study is closed to new participants, with HTTP 403."""
+    logger.info("rejected %s %s: the study is closed to new participants", request.method, _logged_path())
+    return render_template("closed.html", current=_session_progress()), 403
+
+
 # ---------------------------------------------------------------------------
 # Participant pages
 
@@ -531,12 +543,14 @@ def _render_server_error(error: Any) -> tuple[str, int]:
 def _add_participant_routes(app: Flask) -> None:
     @app.get("/")
     def index() -> str:
-        # Opened only so that the start page returns 503 while the study is missing.
-        _study()
-        return render_template("index.html")
+        # The study is opened on every request, so the start page returns
+        # 503 while the study is missing and shows a change of closed_at at once.
+        return render_template("index.html", closed=_study().closed_at is not None)
 
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
+        if _study().closed_at is not None and request.method == "GET":
+            return _render_closed()
         if request.method == "GET":
             # The code of the participant that agreeing registers is drawn
             # now and kept in the session, so a form submitted twice (a
@@ -545,6 +559,8 @@ def _add_participant_routes(app: Flask) -> None:
             return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
+            if _study().closed_at is not None:
+                return _render_closed()
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
             return render_template("consent.html", error=message, current=_session_progress()), 400
@@ -552,7 +568,10 @@ def _add_participant_routes(app: Flask) -> None:
         if not isinstance(code, str) or not code:
             # A consent form shown before the server was updated has no code in its session.
             code = new_participant_code()
-        participant, created = _study().add_participant_once(code)
+        try:
+            participant, created = _study().add_participant_once(code)
+        except StudyClosedError:
+            return _render_closed()
         if not created:
             logger.info("participant %d submitted the consent form again (such as by a double click); "
                         "no new participant registered", participant.participant_id)

@@ -1,4 +1,4 @@
-"""Subcommands ``dimalign label-app`` (set up, serve, export a study) and ``dimalign labels``."""
+"""Subcommands ``dimalign label-app`` (set up, serve, export, close a study) and ``dimalign labels``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dimalign.cli import declare_output_folder
 
 logger = logging.getLogger(__name__)
 
-LABEL_APP_ACTIONS = ("setup", "serve", "export")
+LABEL_APP_ACTIONS = ("setup", "serve", "export", "close", "reopen")
 
 #: ``-o`` value with which ``label-app export`` writes the CSV to standard output.
 STANDARD_OUTPUT = "-"
@@ -27,12 +27,16 @@ forms:
                            [--dims all] [--questions default]
   dimalign label-app serve STUDY.db [--images DIR] [--host 127.0.0.1] [--port 8000]
   dimalign label-app export STUDY.db -o answers.csv [--overwrite]
+  dimalign label-app close STUDY.db
+  dimalign label-app reopen STUDY.db
   dimalign label-app RUN --images DIR [--objects ...] [--dims ...] [--host ...] [--port ...]
 
 The last form keeps the study database in RUN/labels.db (created on first use,
 reused afterwards so participants can resume) and serves it. Run
 `dimalign label-app setup --help` (and so on) for the options of each form.
 The admin page's token is printed at start; set DIMALIGN_ADMIN_TOKEN to fix it.
+`close` stops new participants from joining, also while a server runs, and
+participants already in the study can finish; `reopen` undoes it.
 """
 
 
@@ -42,12 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "label-app",
         help="set up, serve and export a web study that labels and rates dimensions",
         description="A web app in which participants label and rate the dimensions of an embedding.",
-        usage="dimalign label-app {setup,serve,export} ... | dimalign label-app RUN --images DIR ...",
+        usage="dimalign label-app {setup,serve,export,close,reopen} ... | dimalign label-app RUN --images DIR ...",
         epilog=_LABEL_APP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     label_app.add_argument(
-        "target", metavar="setup|serve|export|RUN", help="an action, or a run directory to serve"
+        "target", metavar="setup|serve|export|close|reopen|RUN", help="an action, or a run directory to serve"
     )
     label_app.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     label_app.set_defaults(handler=_run_label_app)
@@ -126,6 +130,15 @@ def _action_parser(action: str) -> argparse.ArgumentParser:
             "moving the study to another machine (the stored folder is not changed)",
         )
         _add_server_options(parser)
+    elif action == "close":
+        parser.description = (
+            "Close a study to new participants. Participants already in it can finish, and a running "
+            "server applies the change at the next request."
+        )
+        parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
+    elif action == "reopen":
+        parser.description = "Reopen a closed study to new participants."
+        parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
     else:
         parser.description = "Write every answer of a study to a CSV file."
         parser.add_argument("study", type=Path, metavar="STUDY.db", help="study database")
@@ -216,6 +229,8 @@ def _run_label_app(args: argparse.Namespace) -> int:
             return _setup(options)
         if args.target == "serve":
             return _serve(options.study, options.host, options.port, options.images)
+        if args.target in ("close", "reopen"):
+            return _set_closed(options.study, closed=args.target == "close")
         return _export(options)
 
     parser = argparse.ArgumentParser(
@@ -267,6 +282,24 @@ def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int
         print("press Ctrl-C to stop", flush=True)
 
     serve(study, host, port, admin_token=admin_token, images_dir=images, on_ready=announce)
+    return 0
+
+
+def _set_closed(path: Path, *, closed: bool) -> int:
+    from dimalign.labeling.study import Study
+
+    with Study(path) as study:
+        closed_before = study.closed_at
+        changed = study.set_closed(closed)
+    if closed and changed:
+        print(f"closed {path} to new participants, and participants already in it can finish. "
+              f"Reopen it with: dimalign label-app reopen {path}")
+    elif closed:
+        print(f"{path} was already closed to new participants (since {closed_before})")
+    elif changed:
+        print(f"reopened {path} to new participants")
+    else:
+        print(f"{path} was already open to new participants")
     return 0
 
 

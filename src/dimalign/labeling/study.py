@@ -133,6 +133,15 @@ class NotFoundError(LookupError):
     """A participant, dimension or object that is not part of the study."""
 
 
+class StudyClosedError(RuntimeError):
+    """A new participant tried to join a study that is closed to new participants."""
+
+
+#: Key of the study setting that records when the study was closed to new
+#: participants. The key is absent while the study is open.
+CLOSED_AT_SETTING = "closed_at"
+
+
 @dataclass(frozen=True)
 class Participant:
     """A participant who consented.
@@ -866,6 +875,57 @@ class Study:
 
     # Participants ------------------------------------------------------------
 
+    @property
+    def closed_at(self) -> str | None:
+        """ISO time at which the study was closed to new participants, or None while it is open.
+
+        The value is read when the study is opened, so the web app, which
+        opens the study for each request, sees a change at the next request.
+        """
+        return self.settings.get(CLOSED_AT_SETTING)
+
+    def set_closed(self, closed: bool) -> bool:
+        """Close the study to new participants, or reopen it, and commit the change.
+
+        Participants who already consented can go on answering, stop and
+        resume while the study is closed. Only :meth:`add_participant_once`
+        checks the setting, so only new participants are rejected.
+
+        Args:
+            closed (bool): True closes the study, False reopens it.
+
+        Returns:
+            bool: Whether this call changed the setting. Closing a closed
+            study keeps its first closing time.
+        """
+        with db.transaction(self.connection):
+            closed_at = self._read_closed_at()
+            if closed and closed_at is None:
+                closed_at = now_iso()
+                self.connection.execute(
+                    "INSERT INTO study (key, value) VALUES (?, ?)", (CLOSED_AT_SETTING, closed_at)
+                )
+                changed = True
+            elif not closed and closed_at is not None:
+                self.connection.execute("DELETE FROM study WHERE key = ?", (CLOSED_AT_SETTING,))
+                closed_at = None
+                changed = True
+            else:
+                changed = False
+        if closed_at is None:
+            self.settings.pop(CLOSED_AT_SETTING, None)
+        else:
+            self.settings[CLOSED_AT_SETTING] = closed_at
+        if changed:
+            logger.info("%s %s to new participants", "closed" if closed else "reopened", self.path)
+        return changed
+
+    def _read_closed_at(self) -> str | None:
+        row = self.connection.execute(
+            "SELECT CAST(value AS BLOB) AS value FROM study WHERE key = ?", (CLOSED_AT_SETTING,)
+        ).fetchone()
+        return None if row is None else row["value"].decode("utf-8", "replace")
+
     def add_participant(self, order_seed: int | None = None) -> tuple[Participant, str]:
         """Register a participant who consented and return it with its secret code.
 
@@ -876,6 +936,9 @@ class Study:
         Returns:
             tuple[Participant, str]: The participant and the code with which it
             resumes. Only the code's hash is stored, so it cannot be shown again later.
+        
+        Raises:
+            StudyClosedError: If the study is closed to new participants.
         """
         code = new_participant_code()
         participant, _ = self.add_participant_once(code, order_seed)
@@ -896,6 +959,11 @@ class Study:
         Returns:
             tuple[Participant, bool]: The participant with this code, and
             whether this call registered it.
+
+        Raises:
+            StudyClosedError: If no participant has this code and the study is
+                closed to new participants (see :meth:`set_closed`). Nothing is
+                written then.
         """
         if order_seed is None:
             order_seed = secrets.randbits(62)
@@ -907,6 +975,10 @@ class Study:
             existing = self.connection.execute(
                 _SELECT_PARTICIPANTS + " WHERE code_sha256 = ?", (hash_code(code),)
             ).fetchone()
+            # The setting is read inside the transaction, so a participant
+            # whose consent arrives after the study was closed is not added.
+            if existing is None and self._read_closed_at() is not None:
+                raise StudyClosedError(f"the study {self.path} is closed to new participants")
             if existing is None:
                 cursor = self.connection.execute(
                     "INSERT INTO participants (code_sha256, order_seed, order_json, consented_at) "
