@@ -180,7 +180,9 @@ def test_summarize_study_exact(rated_study, tmp_path):
     dimensions = pd.read_csv(out / "dimensions.csv").set_index("dimension")
     assert dimensions["resolved_kind"].tolist() == RESOLVED
     assert dimensions.loc[0, "n_answers"] == 4
-    assert dimensions.loc[3, "top_labels"] == "label 3 (3); shared (2)"
+    assert json.loads(dimensions.loc[3, "top_labels"]) == [
+        {"label": "label 3", "count": 3}, {"label": "shared", "count": 2},
+    ]
     assert dimensions.loc[4, "resolved_interpretability"] == "several"
 
     shares = pd.read_csv(out / "shares.csv").set_index("kind")
@@ -310,3 +312,34 @@ def test_word_cloud_warns_about_labels_not_drawn(tmp_path, caplog):
     assert "dimension 4: 1 of 3 labels did not fit and are not drawn" in caplog.text
     assert "'xxxxxxxx" in caplog.text
     assert "labels.csv lists every label" in caplog.text
+
+
+def test_top_labels_json_round_trip():
+    counts = [("a; b (2)", 3), ("\"quoted\"", 2), ("caf\u00e9", 1)]
+    text = analysis.format_top_labels(counts)
+
+    assert text == '[{"label": "a; b (2)", "count": 3}, {"label": "\\"quoted\\"", "count": 2}, ' \
+        '{"label": "caf\u00e9", "count": 1}]'
+    assert analysis.parse_top_labels(text) == counts
+    assert analysis.parse_top_labels("[]") == []
+    assert analysis.format_top_labels([]) == "[]"
+
+
+@pytest.mark.parametrize("text", ["red (3); round (2)", "[x] (2)", ""])
+def test_older_top_labels_text_not_parsed(text):
+    assert analysis.parse_top_labels(text) is None
+    assert analysis.describe_top_labels(text) == text
+
+
+def test_top_labels_display_text():
+    text = analysis.format_top_labels([("red", 3), ("a; b", 2)])
+    assert analysis.describe_top_labels(text) == "red (3); a; b (2)"
+
+
+@pytest.mark.parametrize(
+    "text", ['[{"label": "red"}]', '["red", 3]', '[{"label": "red", "count": "3"}]', "[not json]",
+             '[{"label": "red", "count": true}]'],
+)
+def test_invalid_top_labels_rejected(text):
+    with pytest.raises(ValueError, match="invalid top_labels value"):
+        analysis.parse_top_labels(text)

@@ -313,7 +313,7 @@ def test_label_counted_once_per_participant(tmp_path, labeling_run, image_set):
     labels = pd.read_csv(tmp_path / "out" / "labels.csv")
     assert dict(zip(labels["label"], labels["count"])) == {"dup": 3, "red": 3}
     dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv")
-    assert dimensions.loc[0, "top_labels"] == "dup (3); red (3)"
+    assert json.loads(dimensions.loc[0, "top_labels"]) == [{"label": "dup", "count": 3}, {"label": "red", "count": 3}]
 
 
 def test_embedding_name_too_long_rejected_before_writing(two_studies, tmp_path):
@@ -495,3 +495,19 @@ def test_summary_counts_match_sqlite(tmp_path, labeling_run, image_set):
         assert int(row["n_dimensions"]) == resolved.count(kind)
         assert float(row["share"]) == pytest.approx(resolved.count(kind) / 5)
     assert sum(int(row["n_dimensions"]) for row in shares.values()) == 5
+
+
+def test_top_labels_with_separator_exact(tmp_path, labeling_run, image_set):
+    path = rate(create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0"),
+                labels=("red; round (2)", "NA", "c"))
+    summarize([path], tmp_path / "out", wordcloud_size=SIZE)
+    dimensions = pd.read_csv(tmp_path / "out" / "dimensions.csv", keep_default_na=False, dtype=str)
+    page = (tmp_path / "out" / "summary.html").read_text(encoding="utf-8")
+
+    assert json.loads(dimensions.loc[0, "top_labels"]) == [
+        {"label": "c", "count": 3}, {"label": "na", "count": 3}, {"label": "red; round (2)", "count": 3},
+    ]
+    assert analysis.parse_top_labels(dimensions.loc[0, "top_labels"]) == [
+        ("c", 3), ("na", 3), ("red; round (2)", 3),
+    ]
+    assert '<span class="tag" dir="auto">red; round (2)</span> 3' in page

@@ -138,7 +138,7 @@ def write_labels(folder: Path, dims: dict[str, int]) -> Path:
             analysis.write_word_cloud(frequencies, cloud, width=120, height=60)
             rows.append({
                 "embedding": embedding, "dimension": dim, "n_answers": 2,
-                "top_labels": "; ".join(f"{label} ({count})" for label, count in analysis.top_labels(frequencies)),
+                "top_labels": analysis.format_top_labels(analysis.top_labels(frequencies)),
                 "resolved_kind": kind, "resolved_interpretability": "one",
                 "wordcloud": f"wordclouds/{cloud.name}",
             })

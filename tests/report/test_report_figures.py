@@ -502,3 +502,17 @@ def test_dimension_with_missing_images_warns(tiny_study, tmp_path, caplog):
     (axis,) = figure.get_axes()
     assert len(axis.patches) == 5
     assert f"5 of the 5 top objects of DNN dimension 1 have no image under {empty}" in caplog.text
+
+
+def test_labels_of_reads_json_top_labels(tiny_study, tmp_path):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    pd.DataFrame([
+        {"embedding": "human_fit", "dimension": 0, "resolved_kind": "visual",
+         "top_labels": '[{"label": "red; round", "count": 2}, {"label": "NA", "count": 1}]'},
+        {"embedding": "human_fit", "dimension": 1, "resolved_kind": "visual", "top_labels": "[]"},
+    ]).to_csv(labels / "dimensions.csv", index=False)
+    results = StudyResults(tiny_study, labels=labels)
+
+    assert results.labels_of("human", 0) == {"top_labels": "red; round (2); NA (1)", "kind": "visual", "wordcloud": None}
+    assert results.labels_of("human", 1) == {"top_labels": "", "kind": "visual", "wordcloud": None}

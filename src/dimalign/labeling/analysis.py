@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import logging
 import math
 import os
@@ -125,6 +126,79 @@ def top_labels(frequencies: Mapping[str, int], n: int = 5) -> list[tuple[str, in
     [('a', 2), ('b', 2)]
     """
     return sorted(frequencies.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
+def format_top_labels(counts: Sequence[tuple[str, int]]) -> str:
+    """Encode labels and their counts as the ``top_labels`` cell of ``dimensions.csv``.
+
+    The cell is a JSON list of ``{"label": ..., "count": ...}`` objects, so a
+    label that contains ``; `` or ``(3)`` reads back exactly.
+
+    >>> format_top_labels([("red; round", 2)])
+    '[{"label": "red; round", "count": 2}]'
+    """
+    return json.dumps([{"label": label, "count": int(count)} for label, count in counts], ensure_ascii=False)
+
+
+def parse_top_labels(text: str) -> list[tuple[str, int]] | None:
+    """Decode a ``top_labels`` cell of ``dimensions.csv`` into (label, count) pairs.
+
+    Summaries written before the cell was JSON joined ``label (count)`` with
+    ``; ``, which cannot be split exactly when a label contains ``; ``. Such
+    text never ends with ``]``, so it is told apart from JSON and returned
+    as None instead of being split.
+
+    Args:
+        text (str): The cell.
+
+    Returns:
+        list[tuple[str, int]] | None: The pairs, or None for the older text format.
+
+    Raises:
+        ValueError: If the text starts with ``[`` and ends with ``]`` but is
+            not a JSON list of objects with a string ``label`` and an integer ``count``.
+    """
+    if not (text.startswith("[") and text.endswith("]")):
+        return None
+    problem = None
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        items, problem = None, f"not valid JSON ({error})"
+    if problem is None and not isinstance(items, list):
+        problem = "not a JSON list"
+    pairs = []
+    for item in items if problem is None else []:
+        valid = (
+            isinstance(item, dict)
+            and isinstance(item.get("label"), str)
+            and type(item.get("count")) is int
+        )
+        if not valid:
+            problem = f"the entry {abbreviate(json.dumps(item, ensure_ascii=False))} has no string label and integer count"
+            break
+        pairs.append((item["label"], item["count"]))
+    if problem is not None:
+        raise ValueError(
+            f"invalid top_labels value {abbreviate(text)!r}: {problem}. 'dimalign labels summarize' writes a "
+            'JSON list such as [{"label": "red", "count": 3}]: summarise the study again'
+        )
+    return pairs
+
+
+def describe_top_labels(text: str) -> str:
+    """Return a ``top_labels`` cell as display text such as ``red (3); round (2)``.
+
+    The display text is for titles only, because it joins labels with ``; ``.
+    Text in the older format is returned unchanged.
+
+    Raises:
+        ValueError: If the cell is invalid JSON (see :func:`parse_top_labels`).
+    """
+    pairs = parse_top_labels(text)
+    if pairs is None:
+        return text
+    return "; ".join(f"{label} ({count})" for label, count in pairs)
 
 
 def write_word_cloud(

@@ -160,9 +160,7 @@ def summarize_study(
             "embedding": name,
             "dimension": dimension,
             "n_answers": len(dimension_answers),
-            "top_labels": "; ".join(
-                f"{label} ({count})" for label, count in analysis.top_labels(frequencies)
-            ),
+            "top_labels": analysis.format_top_labels(analysis.top_labels(frequencies)),
             **{f"n_{kind}": kinds.get(kind, 0) for kind in analysis.KINDS},
             "human_semantic_score": analysis.human_semantic_score(
                 answer["kind"] for answer in dimension_answers
@@ -879,6 +877,8 @@ def _render_html(outputs: dict[str, pd.DataFrame], headline: dict[str, Any]) -> 
 
     environment = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html"]))
     dimensions = outputs["dimensions.csv"].replace({np.nan: None}).to_dict(orient="records")
+    for row in dimensions:
+        row["top_label_counts"] = analysis.parse_top_labels(row["top_labels"])
     return environment.get_template("summary.html").render(
         dimensions=dimensions,
         shares=outputs["shares.csv"].to_dict(orient="records"),

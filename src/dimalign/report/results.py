@@ -633,9 +633,19 @@ class StudyResults:
         cloud = str(row.get("wordcloud", "") or "")
         cloud_path = self.labels_dir / cloud if cloud and cloud != "nan" else None
         top_labels = row.get("top_labels", "")
+        top_labels = "" if pd.isna(top_labels) else str(top_labels)
+        from dimalign.labeling.analysis import describe_top_labels
+
+        try:
+            top_labels = describe_top_labels(top_labels)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.labels_dir / 'dimensions.csv'}, embedding {self.labels_names[side]!r} dimension {dim}: "
+                f"{error}"
+            ) from None
         kind = row.get("resolved_kind", "")
         return {
-            "top_labels": "" if pd.isna(top_labels) else str(top_labels),
+            "top_labels": top_labels,
             "kind": "" if pd.isna(kind) else str(kind),
             "wordcloud": cloud_path if cloud_path is not None and cloud_path.is_file() else None,
         }
