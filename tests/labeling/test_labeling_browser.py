@@ -371,3 +371,59 @@ def test_longest_label_field_allows_saved_in_chromium(study_path):
     with sqlite3.connect(study_path) as connection:
         rows = connection.execute("SELECT labels_json FROM answers").fetchall()
     assert [json.loads(row[0]) for row in rows] == [["\u0915\u093c" * 100]]
+
+
+#: JavaScript returning the document's scroll width and the window's inner width.
+_WIDTHS = "[document.documentElement.scrollWidth, window.innerWidth]"
+
+
+@pytest.mark.browser
+def test_pages_fit_phone_width(study_path):
+    from playwright.sync_api import sync_playwright
+
+    widths = {}
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 360, "height": 740})
+
+            def measure(name: str) -> None:
+                page.wait_for_load_state("load")
+                widths[name] = tuple(page.evaluate(_WIDTHS))
+
+            page.goto(base_url + "/")
+            measure("start")
+            page.goto(base_url + "/consent")
+            measure("consent")
+            page.check("#agree")
+            page.click("#consent-submit")
+            measure("instructions")
+            page.click("#start")
+            measure("dimension")
+            page.fill("#label-1", "x" * 100)
+            page.fill("#label-2", "a label with several words in it")
+            page.click("#submit")
+            measure("rejected answer")
+            page.check("#kind-visual")
+            page.check("#interpretability-several")
+            page.click("#submit")
+            page.goto(base_url + "/participant/1/done")
+            measure("summary")
+            page.goto(base_url + "/admin?token=admin-token")
+            measure("admin")
+            page.goto(base_url + "/participant/999/done")
+            measure("error")
+            page.goto(base_url + "/participant/1/next")
+            page.click("#stop")
+            measure("stopped")
+            with Study(study_path) as study:
+                study.set_closed(True)
+            page.goto(base_url + "/consent")
+            measure("closed")
+        finally:
+            browser.close()
+
+    assert len(widths) == 10
+    for name, (scroll_width, window_width) in widths.items():
+        assert window_width == 360, name
+        assert scroll_width <= window_width, name
