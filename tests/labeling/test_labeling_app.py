@@ -1117,3 +1117,25 @@ def test_admin_page_shows_closed_study(app, study_path):
         study.set_closed(True)
         closed_at = study.closed_at
     assert f"closed to new participants since {closed_at}" in client.get("/admin?token=secret-admin").text
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [("kind", ["visual", "semantic"]), ("interpretability", ["one", "none"]), ("kind", ["visual", "visual"])],
+)
+def test_two_values_for_one_choice_rejected(app, study_path, field, values):
+    client = app.test_client()
+    participant_id, order, _ = consent(client)
+    url = f"/participant/{participant_id}/dimension/{order[0]}"
+    data = {"csrf_token": csrf_from(client.get(url).text), "label": ["red"], "kind": "visual",
+            "interpretability": "one"}
+    data[field] = values
+
+    response = client.post(url, data=data)
+
+    assert response.status_code == 400
+    assert f'id="error-{field}"' in response.text
+    assert "choose only one answer" in response.text
+    assert 'value="red"' in response.text
+    assert answer_rows(study_path) == []
+    assert history_count(study_path) == 0

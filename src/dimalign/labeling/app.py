@@ -658,6 +658,23 @@ def _add_participant_routes(app: Flask) -> None:
             "kind": request.form.get("kind"),
             "interpretability": request.form.get("interpretability"),
         }
+        # Each question is a group of radio buttons, so a browser sends one
+        # value. A crafted or merged form with more would otherwise be saved
+        # with its first value.
+        repeated = {
+            field: len(request.form.getlist(field))
+            for field in ("kind", "interpretability")
+            if len(request.form.getlist(field)) > 1
+        }
+        if repeated:
+            logger.info("rejected an answer of participant %d for dimension %d: several values for %s",
+                        participant_id, dimension, ", ".join(repeated))
+            errors = {
+                field: f"the form sent {count} answers to this question: choose only one answer and submit again"
+                for field, count in repeated.items()
+            }
+            values.update({field: None for field in repeated})
+            return _render_dimension(participant, dimension, values, errors=errors), 400
         try:
             answer = validate_answer(
                 study.questions, values["labels"], values["kind"], values["interpretability"]
