@@ -531,7 +531,7 @@ def _render_server_error(error: Any) -> tuple[str, int]:
 
 
 def _render_closed() -> tuple[str, int]:
-    """Show the page that says the study is closed to new participants, with HTTP 403."""
+    """Render the closed-study page with HTTP 403, in place of the consent page."""
     logger.info("rejected %s %s: the study is closed to new participants", request.method, _logged_path())
     return render_template("closed.html", current=_session_progress()), 403
 

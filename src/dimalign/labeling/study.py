@@ -880,7 +880,7 @@ class Study:
         """ISO time at which the study was closed to new participants, or None while it is open.
 
         The value is read when the study is opened, so the web app, which
-        opens the study for each request, sees a change at the next request.
+        opens the study for each request, applies a change at the next request.
         """
         return self.settings.get(CLOSED_AT_SETTING)
 
