@@ -145,7 +145,7 @@ def parse_top_labels(text: str) -> list[tuple[str, int]] | None:
 
     Summaries written before the cell was JSON joined ``label (count)`` with
     ``; ``, which cannot be split exactly when a label contains ``; ``. Such
-    text never ends with ``]``, so it is told apart from JSON and returned
+    text never ends with ``]``, so it is distinguished from JSON and returned
     as None instead of being split.
 
     Args:

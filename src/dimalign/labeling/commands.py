@@ -36,7 +36,7 @@ reused afterwards so participants can resume) and serves it. Run
 `dimalign label-app setup --help` (and so on) for the options of each form.
 The admin page's token is printed at start; set DIMALIGN_ADMIN_TOKEN to fix it.
 `close` stops new participants from joining, also while a server runs, and
-participants already in the study can finish; `reopen` undoes it.
+participants already in the study can finish. `reopen` undoes it.
 """
 
 
