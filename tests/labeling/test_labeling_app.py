@@ -1139,3 +1139,13 @@ def test_two_values_for_one_choice_rejected(app, study_path, field, values):
     assert 'value="red"' in response.text
     assert answer_rows(study_path) == []
     assert history_count(study_path) == 0
+
+
+def test_head_on_consent_page_is_get(app, study_path):
+    client = app.test_client()
+    response = client.head("/consent")
+    assert response.status_code == 200
+    assert response.data == b""
+    with Study(study_path) as study:
+        study.set_closed(True)
+    assert client.head("/consent").status_code == 403

@@ -549,9 +549,11 @@ def _add_participant_routes(app: Flask) -> None:
 
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
-        if _study().closed_at is not None and request.method == "GET":
+        # Flask hands HEAD to this view too, and answers it like GET without a body.
+        showing_form = request.method in ("GET", "HEAD")
+        if showing_form and _study().closed_at is not None:
             return _render_closed()
-        if request.method == "GET":
+        if showing_form:
             # The code of the participant that agreeing registers is drawn
             # now and kept in the session, so a form submitted twice (a
             # double click sends the same cookie twice) registers one participant.

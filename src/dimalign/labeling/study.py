@@ -924,7 +924,7 @@ class Study:
         row = self.connection.execute(
             "SELECT CAST(value AS BLOB) AS value FROM study WHERE key = ?", (CLOSED_AT_SETTING,)
         ).fetchone()
-        return None if row is None else row["value"].decode("utf-8", "replace")
+        return None if row is None else row["value"].decode("utf-8")
 
     def add_participant(self, order_seed: int | None = None) -> tuple[Participant, str]:
         """Register a participant who consented and return it with its secret code.
@@ -936,7 +936,7 @@ class Study:
         Returns:
             tuple[Participant, str]: The participant and the code with which it
             resumes. Only the code's hash is stored, so it cannot be shown again later.
-        
+
         Raises:
             StudyClosedError: If the study is closed to new participants.
         """
