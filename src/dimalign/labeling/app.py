@@ -549,7 +549,7 @@ def _add_participant_routes(app: Flask) -> None:
 
     @app.route("/consent", methods=["GET", "POST"])
     def consent() -> Any:
-        # Flask hands HEAD to this view too, and answers it like GET without a body.
+        # Flask passes HEAD to this view too and sends the GET response without its body.
         showing_form = request.method in ("GET", "HEAD")
         if showing_form and _study().closed_at is not None:
             return _render_closed()
