@@ -358,3 +358,90 @@ def test_grids_reject_non_finite_weights(bad):
         top_objects(weights, 3)
     with pytest.raises(ValueError, match=r"objects \[5\] have NaN or inf weights"):
         percentile_grid(weights)
+
+
+def extraction_chain(tmp_path, run_dir, **extract_settings):
+    """Record run_dir as a fit of triplets simulated from an extraction with ``extract_settings``."""
+    from dimalign.io.files import write_manifest
+
+    extract_dir = tmp_path / "extract"
+    extract_dir.mkdir()
+    np.save(extract_dir / "features.npy", np.zeros((1, 2), dtype=np.float32))
+    write_manifest(extract_dir, step="extract", settings={"model": "tiny", **extract_settings})
+    simulate_dir = tmp_path / "simulate"
+    simulate_dir.mkdir()
+    np.save(simulate_dir / "train.npy", np.zeros((1, 3), dtype=np.int64))
+    write_manifest(simulate_dir, step="simulate", inputs={"features": extract_dir / "features.npy"})
+    write_manifest(run_dir, step="fit", inputs={"train": simulate_dir / "train.npy"})
+    return extract_dir
+
+
+def test_grid_uses_recorded_background(tmp_path):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
+    extraction_chain(tmp_path, run_dir, background=[0, 128, 0], exif_transpose=True)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
+
+    assert status == 0
+    assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (0, 128, 0)
+
+
+def test_grid_background_option(tmp_path):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "clear.png")), "--top-k", "1",
+                   "--cell-size", "32", "-o", str(out), "--background", "0,0,255"])
+
+    assert status == 0
+    assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (0, 0, 255)
+
+
+def test_grid_uses_recorded_exif_setting(tmp_path):
+    halves = np.zeros((32, 32, 3), dtype=np.uint8)
+    halves[:, :16] = (255, 0, 0)
+    halves[:, 16:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    run_dir = one_object_run(tmp_path, tmp_path / "photo.jpg")
+    extraction_chain(tmp_path, run_dir, background=[255, 255, 255], exif_transpose=False)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
+
+    red, green, blue = first_cell_pixel(out / "dim000_top.png", 4, 16)
+    assert status == 0
+    assert red > 200
+    assert blue < 60
+
+
+def test_grid_conflicting_background_rejected(tmp_path, capsys):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
+    extract_dir = extraction_chain(tmp_path, run_dir, background=[0, 0, 0], exif_transpose=True)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(out), "--background", "white"])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--background white (RGB 255,255,255)" in error
+    assert "background 0,0,0" in error
+    assert str((extract_dir / "manifest.json").resolve()) in error
+    assert not out.exists()
+
+
+def test_grid_conflicting_exif_rejected(tmp_path, capsys):
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "photo.png")
+    extraction_chain(tmp_path, run_dir, background=[255, 255, 255], exif_transpose=True)
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(tmp_path / "grids"), "--no-exif-transpose"])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--no-exif-transpose contradicts" in error
+    assert "exif_transpose true" in error

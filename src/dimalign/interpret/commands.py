@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dimalign.cli import declare_output_folder
+from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _register_grid(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layout", choices=("top", "percentile"), default="top", help="grid layout (default top)")
     parser.add_argument("--dims", type=int, nargs="+", help="0-based dimensions to draw (default: all)")
     parser.add_argument("--cell-size", type=int, default=128, help="side of each picture in pixels (default 128)")
+    add_decoding_options(parser, "the extraction behind the embedding")
     parser.set_defaults(handler=run_grid)
     declare_output_folder(parser, "grid")
 
@@ -756,8 +758,9 @@ def run_grid(args: argparse.Namespace) -> int:
             f"objects, so use 1..{result.n_objects}"
         )
     check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
+    decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
-    pictures = load_grid_images(paths, args.cell_size)
+    pictures = load_grid_images(paths, args.cell_size, decoding)
 
     rows = []
     with _staged_output_folder(args.out) as stage:
@@ -774,7 +777,8 @@ def run_grid(args: argparse.Namespace) -> int:
         write_manifest(
             stage, step="grid", inputs={"embedding": result.path, "objects": objects_path},
             settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
-                      "cell_size": args.cell_size},
+                      "cell_size": args.cell_size, **decoding.to_json(),
+                      "decoding_source": decoding.source},
             started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
         )
     logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
