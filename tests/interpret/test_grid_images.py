@@ -360,26 +360,10 @@ def test_grids_reject_non_finite_weights(bad):
         percentile_grid(weights)
 
 
-def extraction_chain(tmp_path, run_dir, **extract_settings):
-    """Record run_dir as a fit of triplets simulated from an extraction with ``extract_settings``."""
-    from dimalign.io.files import write_manifest
-
-    extract_dir = tmp_path / "extract"
-    extract_dir.mkdir()
-    np.save(extract_dir / "features.npy", np.zeros((1, 2), dtype=np.float32))
-    write_manifest(extract_dir, step="extract", settings={"model": "tiny", **extract_settings})
-    simulate_dir = tmp_path / "simulate"
-    simulate_dir.mkdir()
-    np.save(simulate_dir / "train.npy", np.zeros((1, 3), dtype=np.int64))
-    write_manifest(simulate_dir, step="simulate", inputs={"features": extract_dir / "features.npy"})
-    write_manifest(run_dir, step="fit", inputs={"train": simulate_dir / "train.npy"})
-    return extract_dir
-
-
-def test_grid_uses_recorded_background(tmp_path):
+def test_grid_uses_recorded_background(tmp_path, record_extraction):
     Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
-    extraction_chain(tmp_path, run_dir, background=[0, 128, 0], exif_transpose=True)
+    record_extraction(run_dir, background=[0, 128, 0], exif_transpose=True)
     out = tmp_path / "grids"
 
     status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
@@ -399,7 +383,7 @@ def test_grid_background_option(tmp_path):
     assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (0, 0, 255)
 
 
-def test_grid_uses_recorded_exif_setting(tmp_path):
+def test_grid_uses_recorded_exif_setting(tmp_path, record_extraction):
     halves = np.zeros((32, 32, 3), dtype=np.uint8)
     halves[:, :16] = (255, 0, 0)
     halves[:, 16:] = (0, 0, 255)
@@ -407,7 +391,7 @@ def test_grid_uses_recorded_exif_setting(tmp_path):
     exif[0x0112] = 3
     Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
     run_dir = one_object_run(tmp_path, tmp_path / "photo.jpg")
-    extraction_chain(tmp_path, run_dir, background=[255, 255, 255], exif_transpose=False)
+    record_extraction(run_dir, background=[255, 255, 255], exif_transpose=False)
     out = tmp_path / "grids"
 
     status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
@@ -418,10 +402,10 @@ def test_grid_uses_recorded_exif_setting(tmp_path):
     assert blue < 60
 
 
-def test_grid_conflicting_background_rejected(tmp_path, capsys):
+def test_grid_conflicting_background_rejected(tmp_path, capsys, record_extraction):
     Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
     run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
-    extract_dir = extraction_chain(tmp_path, run_dir, background=[0, 0, 0], exif_transpose=True)
+    extract_dir = record_extraction(run_dir, background=[0, 0, 0], exif_transpose=True)
     out = tmp_path / "grids"
 
     status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(out), "--background", "white"])
@@ -434,10 +418,10 @@ def test_grid_conflicting_background_rejected(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_grid_conflicting_exif_rejected(tmp_path, capsys):
+def test_grid_conflicting_exif_rejected(tmp_path, capsys, record_extraction):
     Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
     run_dir = one_object_run(tmp_path, tmp_path / "photo.png")
-    extraction_chain(tmp_path, run_dir, background=[255, 255, 255], exif_transpose=True)
+    record_extraction(run_dir, background=[255, 255, 255], exif_transpose=True)
 
     status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(tmp_path / "grids"), "--no-exif-transpose"])
 
