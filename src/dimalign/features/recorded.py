@@ -5,7 +5,7 @@ and ``exif_transpose`` in its ``manifest.json``, and a map copies them into
 its ``features_source``. Commands that draw images for a person (``grid``,
 ``compare``, ``report``, ``label-app setup``) look for these settings
 through the manifests of their inputs, so that a figure shows the pixels
-that the DNN saw. This module needs neither torch nor Pillow.
+that the DNN saw. This module does not import torch.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 #: The defaults of ``dimalign extract``: white under transparent pixels, EXIF orientation applied.
 DEFAULT_BACKGROUND = (255, 255, 255)
 
-# Manifests followed from the starting folder: a fit reads simulated
-# triplets, which read features, which an extraction wrote (three steps).
+# The most manifests that one search reads. A fit of simulated triplets reaches
+# its extraction in three, so the bound only stops a search through very many inputs.
 _MAX_MANIFESTS = 64
 
 
@@ -138,6 +138,7 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         ValueError: If two extractions behind the paths record different
             settings, naming both manifests.
     """
+    from dimalign.features.decode import parse_color
     from dimalign.io.files import MANIFEST_NAME, read_manifest
 
     queue = deque(Path(path) for path in paths if path is not None)
@@ -157,7 +158,8 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         source = str(folder / MANIFEST_NAME)
         settings = manifest.get("settings", {})
         features_source = settings.get("features_source") or {}
-        if manifest.get("step") == "extract":
+        # "features" is the stage of dimalign run that extracts features from its images.
+        if manifest.get("step") in ("extract", "features"):
             settings = extraction_settings(settings, None)
         elif "background" in features_source:
             # A map copies the extraction's settings into its features_source.
@@ -165,10 +167,11 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         else:
             queue.extend(_input_paths(manifest))
             continue
-        found.append(Decoding(
-            tuple(settings.get("background") or DEFAULT_BACKGROUND),  # type: ignore[arg-type]
-            settings.get("exif_transpose") is not False, source,
-        ))
+        try:
+            background = parse_color(settings.get("background") or DEFAULT_BACKGROUND)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}; rerun the step that wrote it") from error
+        found.append(Decoding(background, settings.get("exif_transpose") is not False, source))
     distinct = {(entry.background, entry.exif_transpose): entry for entry in found}
     if len(distinct) > 1:
         first, second = list(distinct.values())[:2]
