@@ -1035,3 +1035,92 @@ def test_responses_do_not_renew_unchanged_session(app, study_path):
         response = client.get(url)
         assert response.status_code == 200, url
         assert "Set-Cookie" not in response.headers, url
+
+
+@pytest.fixture
+def odd_images_study(tmp_path, labeling_run, image_set):
+    """Return ``set_up(picture, decoding, **save_options)``, which sets up a study whose first grid image is ``picture``.
+
+    ``set_up`` returns the study and the object of that image.
+    """
+    import shutil
+
+    from dimalign.interpret.grids import percentile_grid
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    first = int(percentile_grid(load_embedding(labeling_run).embedding[:, 0])[0, 0])
+    target = images / read_object_table(labeling_run / "objects.tsv").sources[first]
+
+    def set_up(picture, decoding=None, **save_options):
+        picture.save(target, **save_options)
+        return create_study(tmp_path / "study.db", labeling_run, images, dims="0", decoding=decoding), first
+
+    return set_up, target
+
+
+def served_image(path, object_index):
+    """Return the bytes and the decoded image that the app serves for an object."""
+    import io
+
+    from PIL import Image
+
+    application = create_app(path, admin_token="secret-admin")
+    application.config["TESTING"] = True
+    client = application.test_client()
+    consent(client)
+    response = client.get(f"/image/{object_index}")
+    assert response.status_code == 200
+    data = response.data
+    response.close()
+    return data, Image.open(io.BytesIO(data))
+
+
+def test_transparent_image_served_on_background(odd_images_study):
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)), Decoding((0, 128, 0)))
+
+    data, shown = served_image(path, index)
+
+    assert shown.mode == "RGB"
+    assert shown.getpixel((8, 8)) == (0, 128, 0)
+    with Study(path) as study:
+        assert study.decoded_images == frozenset({index})
+
+
+def test_opaque_image_served_as_file(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()
+    with Study(path) as study:
+        assert study.decoded_images == frozenset()
+
+
+def test_exif_orientation_served_unapplied(odd_images_study):
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Viewers rotate by 180 degrees.
+    set_up, target = odd_images_study
+    path, index = set_up(halves, Decoding(exif_transpose=False), exif=exif)
+
+    _, shown = served_image(path, index)
+
+    # The extraction ignored the tag, so the left half stays red; a browser would rotate it.
+    assert shown.getpixel((2, 4)) == (255, 0, 0)
+    assert shown.getpixel((13, 4)) == (0, 0, 255)

@@ -60,9 +60,10 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
 
+from dimalign.features.decode import ImageReadError
 from dimalign.labeling import db
 from dimalign.labeling.answers import AnswerError, validate_answer
-from dimalign.labeling.study import NotFoundError, Participant, Study, new_participant_code
+from dimalign.labeling.study import NotFoundError, Participant, Study, decoded_png, new_participant_code
 
 logger = logging.getLogger(__name__)
 
@@ -680,7 +681,17 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        response = send_file(path, max_age=3600)
+        if object_index in _study().decoded_images:
+            # Transparent pixels or an EXIF orientation that the extraction did not apply:
+            # the browser would show other pixels than the DNN saw.
+            try:
+                data = decoded_png(path, _study().decoding)
+            except ImageReadError as error:
+                logger.warning("cannot decode image %d: %s", object_index, error)
+                abort(404, description=f"There is no image {object_index}.")
+            response = send_file(io.BytesIO(data), mimetype="image/png", max_age=3600)
+        else:
+            response = send_file(path, max_age=3600)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
