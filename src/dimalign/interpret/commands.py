@@ -516,6 +516,9 @@ def _tensor_to_pil(image: Any) -> Any:
 def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
     """Read a mask image of the photo's size and bring it through the same PIL steps as the photo.
 
+    A mask with transparency whose alpha varies (a cut-out object) is its
+    alpha channel. Any other mask is its brightness, white on the object.
+
     Raises:
         ValueError: If the mask cannot be decoded, holds only the values 0
             and 1, or its size (after EXIF orientation) differs from the photo's.
@@ -528,7 +531,7 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
         with Image.open(path) as opened:
             # The mask is oriented as the photo is, by the extraction's EXIF setting.
             oriented = ImageOps.exif_transpose(opened) if preprocessing.exif_transpose else opened
-            gray = oriented.convert("L")
+            gray = _mask_values(oriented)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"mask {path} cannot be read as an image ({error}); save it as a PNG") from error
     if gray.getextrema() == (0, 1):
@@ -551,6 +554,18 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
             "silhouette edits treat the whole image as background", path,
         )
     return foreground
+
+
+def _mask_values(image: Any) -> Any:
+    """Return the mask values of an opened mask as a mode ``L`` image: its varying alpha, else its brightness."""
+    from dimalign.features.decode import ALPHA_MODES
+
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        low, high = alpha.getextrema()
+        if low != high:
+            return alpha
+    return image.convert("L")
 
 
 def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> dict[str, Path]:
