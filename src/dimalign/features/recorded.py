@@ -20,14 +20,14 @@ from typing import Any
 #: The defaults of ``dimalign extract``: white under transparent pixels, EXIF orientation applied.
 DEFAULT_BACKGROUND = (255, 255, 255)
 
-# The most manifests that one search reads. A fit of simulated triplets reaches
+# The maximum number of manifests that one search reads. A fit of simulated triplets reaches
 # its extraction in three, so the bound only stops a search through very many inputs.
 _MAX_MANIFESTS = 64
 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How image files are decoded: the colour under transparent pixels and the EXIF handling.
+    """The decoding of image files: the colour under transparent pixels and the EXIF handling.
 
     Attributes:
         background (tuple[int, int, int]): RGB colour under transparent pixels.

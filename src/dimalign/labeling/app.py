@@ -682,8 +682,8 @@ def _add_participant_routes(app: Flask) -> None:
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
         if object_index in _study().decoded_images:
-            # Transparent pixels or an EXIF orientation that the extraction did not apply:
-            # the browser would show other pixels than the DNN saw.
+            # The file has transparent pixels or an EXIF orientation that the extraction
+            # did not apply, so a browser would show other pixels than the DNN saw.
             try:
                 data = decoded_png(path, _study().decoding)
             except ImageReadError as error:

@@ -458,7 +458,7 @@ def render_document(
 
     browser = _browser_section(dimensions, fitted_sides=results.sides())
     # The panel's img already contains the first figure, and the script reads it
-    # from there, so the data block leaves it out (a figure is often over 50 kB).
+    # from there, so the data block leaves it out.
     script_data = [{**dimensions[0], "figure": None}, *dimensions[1:]] if dimensions else []
     config = results.record.get("config")
     meta = f"Study directory {html.escape(results.study_dir.resolve().name)}"
