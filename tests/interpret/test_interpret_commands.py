@@ -633,3 +633,14 @@ def test_mask_opaque_alpha_uses_brightness(tmp_path):
     expected = np.zeros((16, 16), dtype=bool)
     expected[0:8] = True
     np.testing.assert_array_equal(foreground, expected)
+
+
+def test_mask_sixteen_bit_scaled(tmp_path):
+    values = np.full((16, 16), 20000, dtype=np.uint16)  # 31 % of white: background
+    values[:, 8:] = 50000  # 76 % of white: the object
+
+    foreground = read_test_mask(tmp_path, Image.fromarray(values))
+
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[:, 8:] = True
+    np.testing.assert_array_equal(foreground, expected)

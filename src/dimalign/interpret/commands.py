@@ -558,13 +558,16 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
 
 def _mask_values(image: Any) -> Any:
     """Return the mask values of an opened mask as a mode ``L`` image: its varying alpha, else its brightness."""
-    from dimalign.features.decode import ALPHA_MODES
+    from dimalign.features.decode import ALPHA_MODES, SIXTEEN_BIT_MODES, to_rgb
 
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         alpha = image.convert("RGBA").getchannel("A")
         low, high = alpha.getextrema()
         if low != high:
             return alpha
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them.
+        return to_rgb(image).convert("L")
     return image.convert("L")
 
 
