@@ -12,6 +12,7 @@ import sqlite3
 import time
 import unicodedata
 
+import numpy as np
 import pytest
 from labeling_helpers import csrf_from
 
@@ -1124,3 +1125,49 @@ def test_exif_orientation_served_unapplied(odd_images_study):
     # The extraction ignored the tag, so the left half stays red; a browser would rotate it.
     assert shown.getpixel((2, 4)) == (255, 0, 0)
     assert shown.getpixel((13, 4)) == (0, 0, 255)
+
+
+def test_tiff_image_served_as_png(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    # Browsers other than Safari show no TIFF, so the file's name keeps its suffix but not its format.
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="TIFF")
+
+    data, shown = served_image(path, index)
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown.getpixel((8, 8)) == (10, 20, 30)
+
+
+def test_animated_image_served_first_frame(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    first = Image.new("RGB", (16, 16), (200, 0, 0))
+    path, index = set_up(first, save_all=True, append_images=[Image.new("RGB", (16, 16), (0, 0, 200))])
+
+    data, shown = served_image(path, index)
+
+    assert getattr(shown, "n_frames", 1) == 1
+    assert shown.getpixel((8, 8)) == (200, 0, 0)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_served_applied(odd_images_study, orientation):
+    from PIL import Image, ImageOps
+
+    from dimalign.features.decode import load_rgb
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    set_up, target = odd_images_study
+    path, index = set_up(halves, exif=exif)
+
+    _, shown = served_image(path, index)
+
+    # Browsers differ in reading the orientation of PNG files, so the app rotates them as extract did.
+    assert shown.size == ImageOps.exif_transpose(Image.open(target)).size
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))

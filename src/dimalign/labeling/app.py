@@ -682,8 +682,8 @@ def _add_participant_routes(app: Flask) -> None:
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
         if object_index in _study().decoded_images:
-            # The file has transparent pixels or an EXIF orientation that the extraction
-            # did not apply, so a browser would show other pixels than the DNN saw.
+            # A browser may show this file otherwise than the DNN saw it (see
+            # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
             try:
                 data = decoded_png(path, _study().decoding)
             except ImageReadError as error:

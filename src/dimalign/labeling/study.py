@@ -61,6 +61,11 @@ if TYPE_CHECKING:
 #: The EXIF tag of the orientation (1: stored upright, 2 to 8: flipped or rotated).
 EXIF_ORIENTATION_TAG = 0x0112
 
+#: Image formats (Pillow's names) and modes that the app serves as they are
+#: when they are still, opaque and upright (see :func:`browser_shows_otherwise`).
+BROWSER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+BROWSER_MODES = ("RGB", "L", "P", "1")
+
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
 RUN_STUDY_NAME = "labels.db"
 
@@ -515,14 +520,14 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
         with Image.open(root / relative) as opened:
             if getattr(opened, "is_animated", False):
                 animated.append(str(root / relative))
-            if browser_shows_otherwise(opened, decoding):
+            if browser_shows_otherwise(opened):
                 decoded.append(int(index))
     if animated:
         # Browsers play animated GIF, PNG and WebP files, but feature extraction sees only the first frame.
         logger.warning(
-            "%d grid images have several frames, which the browser plays as an animation while "
-            "dimalign extract used only the first frame: %s%s; save the first frame as a still "
-            "image to show participants what the features saw",
+            "%d grid images have several frames, and the app shows only the first frame, which "
+            "dimalign extract used, as a still PNG: %s%s; save the first frame as a still image "
+            "if participants should see the file itself",
             len(animated), ", ".join(animated[:10]), " ..." if len(animated) > 10 else "",
         )
     if failures:
@@ -534,25 +539,28 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
     logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
     if decoded:
         logger.info(
-            "%d grid images have transparent pixels or an EXIF orientation that the extraction did not "
-            "apply, so the app serves them as PNG files decoded as the DNN saw them", len(decoded),
+            "%d grid images have transparency, several frames, an EXIF orientation, or a format or "
+            "colour mode that browsers show their own way, so the app serves them as PNG files "
+            "decoded as the DNN saw them", len(decoded),
         )
     return sorted(decoded)
 
 
-def browser_shows_otherwise(image: PIL.Image.Image, decoding: Decoding) -> bool:
-    """Return whether a browser shows an opened image file otherwise than ``load_rgb`` with ``decoding``.
+def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
+    """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
 
-    A browser shows transparent pixels on the page's colour, whereas the DNN
-    saw ``decoding.background``. Browsers also apply the EXIF orientation,
-    which an extraction with ``exif_transpose`` False did not.
+    Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
+    palette colours, no transparency and no EXIF rotation shows the same
+    pixels everywhere. A browser puts the page's colour under transparent
+    pixels, plays animations, converts CMYK and 16-bit colours its own way,
+    and may apply an EXIF orientation or not (browsers differ for PNG).
+    Most browsers show no TIFF at all.
     """
-    from dimalign.features.decode import ALPHA_MODES
-
-    if image.mode in ALPHA_MODES or "transparency" in image.info:
+    if image.format not in BROWSER_FORMATS or image.mode not in BROWSER_MODES:
         return True
-    orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
-    return not decoding.exif_transpose and orientation not in (None, 1)
+    if "transparency" in image.info or getattr(image, "n_frames", 1) > 1:
+        return True
+    return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
 
 
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
