@@ -644,3 +644,32 @@ def test_mask_sixteen_bit_scaled(tmp_path):
     expected = np.zeros((16, 16), dtype=bool)
     expected[:, 8:] = True
     np.testing.assert_array_equal(foreground, expected)
+
+
+def test_manipulate_background_option(tiny_predictor, tmp_path):
+    photo = tmp_path / "photos" / "a.png"
+    photo.parent.mkdir()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(photo)
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "grayscale",
+                   "--background", "0,128,0", "-o", str(out)])
+
+    assert status == 0
+    assert Image.open(out / "edited" / "a__original.png").getpixel((8, 8)) == (0, 128, 0)
+
+
+def test_gradcam_conflicting_background_rejected(tiny_predictor, tmp_path, capsys):
+    from dimalign.io.files import write_manifest
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    write_manifest(tmp_path, step="map", settings={"features_source": {"background": [0, 0, 0], "exif_transpose": True}})
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "--background", "white", "-o", str(out)])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "contradicts the background 0,0,0" in error
+    assert not out.exists()

@@ -71,6 +71,7 @@ def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
         "(default: the last such layer before the map's feature layer)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in the overlay (default 0.5)")
+    add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_gradcam)
     declare_output_folder(parser, "gradcam")
 
@@ -133,6 +134,7 @@ def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
         "images without one get an estimated mask",
     )
     parser.add_argument("--figure-rows", type=int, default=6, help="edits shown in the figure (default 6)")
+    add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_manipulate)
     declare_output_folder(parser, "manipulate")
 
@@ -385,6 +387,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     names = unique_names(paths)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     pictures = [f"{name}_input.png" for name in names]
     for name in names:
@@ -503,6 +506,26 @@ def run_maximize(args: argparse.Namespace) -> int:
         )
     logger.info("wrote %d images for %d dimensions to %s", len(rows), len(dims), args.out)
     return 0
+
+
+def _apply_decoding_options(predictor: Any, args: argparse.Namespace) -> None:
+    """Check ``--background`` and ``--no-exif-transpose`` against the map's extraction, or apply them without one.
+
+    ``from_map_dir`` already decodes as the extraction recorded, and with
+    extract's defaults for a map whose extraction recorded nothing. Only then
+    do the options change the decoding.
+
+    Raises:
+        ValueError: If an option contradicts the recorded setting.
+    """
+    from dataclasses import replace
+
+    if args.background is None and args.exif_transpose is None:
+        return
+    decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.map_dir))
+    predictor.preprocessing = replace(
+        predictor.preprocessing, background=decoding.background, exif_transpose=decoding.exif_transpose
+    )
 
 
 def _tensor_to_pil(image: Any) -> Any:
@@ -649,6 +672,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
     check_unowned_files(args.out, pictures, "manipulate")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    _apply_decoding_options(predictor, args)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
     for path in paths:
