@@ -1131,7 +1131,7 @@ def test_tiff_image_served_as_png(odd_images_study):
     from PIL import Image
 
     set_up, target = odd_images_study
-    # Browsers other than Safari show no TIFF, so the file's name keeps its suffix but not its format.
+    # The file keeps its .png name but is a TIFF, which browsers other than Safari do not show.
     path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="TIFF")
 
     data, shown = served_image(path, index)
