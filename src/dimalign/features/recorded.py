@@ -311,6 +311,8 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
         "layer": layer,
         "pooling": first("pooling", "pool") or "flatten",
         # A map saved before these were recorded gets the defaults of dimalign extract.
+        # NOTE: a features_source without them also gets the defaults here, whereas
+        # recorded_decoding then reads the extract folder among the map's inputs.
         "background": tuple(first("background") or (255, 255, 255)),
         "exif_transpose": exif_transpose is not False,
     }
