@@ -59,3 +59,30 @@ def unwritable_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     access = os.access
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and access(path, mode))
     return folder
+
+
+@pytest.fixture
+def record_extraction(tmp_path: Path):
+    """Return ``record(run_dir, **settings)``: record run_dir as a fit of triplets simulated from an extraction.
+
+    The manifests are written by ``write_manifest``, as ``extract``,
+    ``simulate`` and ``fit`` write them, into ``tmp_path/extract``
+    and ``tmp_path/simulate``. ``record`` returns the extraction folder.
+    """
+    import numpy as np
+
+    from dimalign.io.files import write_manifest
+
+    def record(run_dir: Path, **settings) -> Path:
+        extract_dir = tmp_path / "extract"
+        extract_dir.mkdir()
+        np.save(extract_dir / "features.npy", np.zeros((1, 2), dtype=np.float32))
+        write_manifest(extract_dir, step="extract", settings={"model": "tiny", **settings})
+        simulate_dir = tmp_path / "simulate"
+        simulate_dir.mkdir()
+        np.save(simulate_dir / "train.npy", np.zeros((1, 3), dtype=np.int64))
+        write_manifest(simulate_dir, step="simulate", inputs={"features": extract_dir / "features.npy"})
+        write_manifest(run_dir, step="fit", inputs={"train": simulate_dir / "train.npy"})
+        return extract_dir
+
+    return record

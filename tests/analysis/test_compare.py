@@ -1995,3 +1995,33 @@ def test_compare_rejects_non_integer_settings_before_writing(tmp_path, settings,
     with pytest.raises(ValueError, match=message):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", similarity=failing_similarity, **settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_grids_use_recorded_background(tmp_path, record_extraction):
+    write_surrogate_sides(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(images / "clear.png")
+    table = ObjectTable(tuple(f"o{i}" for i in range(12)), ("clear.png",) * 12)
+    for side in ("human", "dnn"):
+        write_object_table(table, tmp_path / side / "objects.tsv")
+    record_extraction(tmp_path / "dnn", background=[0, 128, 0], exif_transpose=True)
+
+    compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=2, images=images)
+
+    grid = Image.open(tmp_path / "out" / "top_objects" / "pair_01_both.png")
+    # Title bar (25 px), padding (4 px) and border (1 px), then the middle of the 128 px cell.
+    assert grid.getpixel((4 + 1 + 64, 25 + 4 + 1 + 64)) == (0, 128, 0)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["background"] == [0, 128, 0]
+
+
+def test_compare_background_needs_images(tmp_path, capsys):
+    write_surrogate_sides(tmp_path)
+
+    status = main(["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+                   "--background", "black"])
+
+    assert status != 0
+    assert "pass --images" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

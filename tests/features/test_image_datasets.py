@@ -213,6 +213,24 @@ def test_palette_transparency_uses_background():
     assert rgb.getpixel((1, 0)) == (0, 255, 0)
 
 
+@pytest.mark.parametrize(
+    ("mode", "pixels", "key", "opaque"),
+    [("RGB", [[(255, 0, 0), (0, 0, 255)]], (255, 0, 0), (0, 0, 255)),
+     ("L", [[200, 50]], 200, (50, 50, 50)),
+     ("I;16", [[40000, 2570]], 40000, (10, 10, 10))],
+)
+def test_transparent_colour_key_uses_background(tmp_path, mode, pixels, key, opaque):
+    # A PNG tRNS chunk marks every pixel of one colour transparent, as browsers show it.
+    dtype = np.uint16 if mode == "I;16" else np.uint8
+    path = tmp_path / "keyed.png"
+    Image.fromarray(np.array(pixels, dtype=dtype)).save(path, transparency=key)
+
+    rgb = load_rgb(path, background=(7, 8, 9))
+
+    assert rgb.getpixel((0, 0)) == (7, 8, 9)
+    assert rgb.getpixel((1, 0)) == opaque
+
+
 def test_sixteen_bit_gray_scaled_to_eight(tmp_path):
     values = np.array([[0, 2570, 65535]], dtype=np.uint16)
     path = tmp_path / "deep.png"

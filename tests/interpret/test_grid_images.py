@@ -358,3 +358,74 @@ def test_grids_reject_non_finite_weights(bad):
         top_objects(weights, 3)
     with pytest.raises(ValueError, match=r"objects \[5\] have NaN or inf weights"):
         percentile_grid(weights)
+
+
+def test_grid_uses_recorded_background(tmp_path, record_extraction):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
+    record_extraction(run_dir, background=[0, 128, 0], exif_transpose=True)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
+
+    assert status == 0
+    assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (0, 128, 0)
+
+
+def test_grid_background_option(tmp_path):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "clear.png")), "--top-k", "1",
+                   "--cell-size", "32", "-o", str(out), "--background", "0,0,255"])
+
+    assert status == 0
+    assert first_cell_pixel(out / "dim000_top.png", 16, 16) == (0, 0, 255)
+
+
+def test_grid_uses_recorded_exif_setting(tmp_path, record_extraction):
+    halves = np.zeros((32, 32, 3), dtype=np.uint8)
+    halves[:, :16] = (255, 0, 0)
+    halves[:, 16:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    run_dir = one_object_run(tmp_path, tmp_path / "photo.jpg")
+    record_extraction(run_dir, background=[255, 255, 255], exif_transpose=False)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "--cell-size", "32", "-o", str(out)])
+
+    red, green, blue = first_cell_pixel(out / "dim000_top.png", 4, 16)
+    assert status == 0
+    assert red > 200
+    assert blue < 60
+
+
+def test_grid_conflicting_background_rejected(tmp_path, capsys, record_extraction):
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
+    extract_dir = record_extraction(run_dir, background=[0, 0, 0], exif_transpose=True)
+    out = tmp_path / "grids"
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(out), "--background", "white"])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--background white (RGB 255,255,255)" in error
+    assert "background 0,0,0" in error
+    assert str((extract_dir / "manifest.json").resolve()) in error
+    assert not out.exists()
+
+
+def test_grid_conflicting_exif_rejected(tmp_path, capsys, record_extraction):
+    Image.new("RGB", (32, 32)).save(tmp_path / "photo.png")
+    run_dir = one_object_run(tmp_path, tmp_path / "photo.png")
+    record_extraction(run_dir, background=[255, 255, 255], exif_transpose=True)
+
+    status = main(["grid", str(run_dir), "--top-k", "1", "-o", str(tmp_path / "grids"), "--no-exif-transpose"])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--no-exif-transpose contradicts" in error
+    assert "exif_transpose true" in error

@@ -587,3 +587,89 @@ def test_help_says_output_folder_is_new(command):
     out_option = next(action for action in commands.choices[command]._actions if "--out" in action.option_strings)
     # A rerun into an earlier run's folder is an error, so the help must not read as "any folder".
     assert "without an earlier run of this command" in out_option.help
+
+
+def read_test_mask(tmp_path, mask_image):
+    """Save ``mask_image`` as the mask of a 16 x 16 photo and read it as manipulate does."""
+    from dimalign.interpret.commands import _read_mask
+
+    photo = write_photo(tmp_path / "photo.png", (200, 30, 30), (16, 16))
+    mask_image.save(tmp_path / "mask.png")
+    return _read_mask(tmp_path / "mask.png", photo, ImagePreprocessing(input_size=(16, 16))).numpy()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_mask_alpha_is_foreground(tmp_path, mode):
+    pixels = np.zeros((16, 16, 4), dtype=np.uint8)
+    pixels[4:12, 2:10, 3] = 255
+    mask = Image.fromarray(pixels, "RGBA").convert(mode)
+
+    foreground = read_test_mask(tmp_path, mask)
+
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[4:12, 2:10] = True
+    np.testing.assert_array_equal(foreground, expected)
+
+
+def test_mask_palette_transparency_is_foreground(tmp_path):
+    pixels = np.zeros((16, 16), dtype=np.uint8)
+    pixels[4:12, 2:10] = 1
+    mask = Image.fromarray(pixels, "L").convert("P")
+    mask.info["transparency"] = 0
+
+    foreground = read_test_mask(tmp_path, mask)
+
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[4:12, 2:10] = True
+    np.testing.assert_array_equal(foreground, expected)
+
+
+def test_mask_opaque_alpha_uses_brightness(tmp_path):
+    pixels = np.zeros((16, 16, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    pixels[0:8, :, :3] = 255
+    foreground = read_test_mask(tmp_path, Image.fromarray(pixels, "RGBA"))
+
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[0:8] = True
+    np.testing.assert_array_equal(foreground, expected)
+
+
+def test_mask_sixteen_bit_scaled(tmp_path):
+    values = np.full((16, 16), 20000, dtype=np.uint16)  # 31 % of white: background
+    values[:, 8:] = 50000  # 76 % of white: the object
+
+    foreground = read_test_mask(tmp_path, Image.fromarray(values))
+
+    expected = np.zeros((16, 16), dtype=bool)
+    expected[:, 8:] = True
+    np.testing.assert_array_equal(foreground, expected)
+
+
+def test_manipulate_background_option(tiny_predictor, tmp_path):
+    photo = tmp_path / "photos" / "a.png"
+    photo.parent.mkdir()
+    Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(photo)
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "grayscale",
+                   "--background", "0,128,0", "-o", str(out)])
+
+    assert status == 0
+    assert Image.open(out / "edited" / "a__original.png").getpixel((8, 8)) == (0, 128, 0)
+
+
+def test_gradcam_conflicting_background_rejected(tiny_predictor, tmp_path, capsys):
+    from dimalign.io.files import write_manifest
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    write_manifest(tmp_path, step="map", settings={"features_source": {"background": [0, 0, 0], "exif_transpose": True}})
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "--background", "white", "-o", str(out)])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "contradicts the background 0,0,0" in error
+    assert not out.exists()

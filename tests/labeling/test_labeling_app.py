@@ -12,6 +12,7 @@ import sqlite3
 import time
 import unicodedata
 
+import numpy as np
 import pytest
 from labeling_helpers import csrf_from
 
@@ -1149,3 +1150,138 @@ def test_head_on_consent_page_is_get(app, study_path):
     with Study(study_path) as study:
         study.set_closed(True)
     assert client.head("/consent").status_code == 403
+
+
+@pytest.fixture
+def odd_images_study(tmp_path, labeling_run, image_set):
+    """Return ``set_up(picture, decoding, **save_options)``, which sets up a study whose first grid image is ``picture``.
+
+    ``set_up`` returns the study and the object of that image.
+    """
+    import shutil
+
+    from dimalign.interpret.grids import percentile_grid
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    first = int(percentile_grid(load_embedding(labeling_run).embedding[:, 0])[0, 0])
+    target = images / read_object_table(labeling_run / "objects.tsv").sources[first]
+
+    def set_up(picture, decoding=None, **save_options):
+        picture.save(target, **save_options)
+        return create_study(tmp_path / "study.db", labeling_run, images, dims="0", decoding=decoding), first
+
+    return set_up, target
+
+
+def served_image(path, object_index):
+    """Return the bytes and the decoded image that the app serves for an object."""
+    import io
+
+    from PIL import Image
+
+    application = create_app(path, admin_token="secret-admin")
+    application.config["TESTING"] = True
+    client = application.test_client()
+    consent(client)
+    response = client.get(f"/image/{object_index}")
+    assert response.status_code == 200
+    data = response.data
+    response.close()
+    return data, Image.open(io.BytesIO(data))
+
+
+def test_transparent_image_served_on_background(odd_images_study):
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)), Decoding((0, 128, 0)))
+
+    data, shown = served_image(path, index)
+
+    assert shown.mode == "RGB"
+    assert shown.getpixel((8, 8)) == (0, 128, 0)
+    with Study(path) as study:
+        assert study.decoded_images == frozenset({index})
+
+
+def test_opaque_image_served_as_file(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()
+    with Study(path) as study:
+        assert study.decoded_images == frozenset()
+
+
+def test_exif_orientation_served_unapplied(odd_images_study):
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # Viewers rotate by 180 degrees.
+    set_up, target = odd_images_study
+    path, index = set_up(halves, Decoding(exif_transpose=False), exif=exif)
+
+    _, shown = served_image(path, index)
+
+    # The extraction ignored the tag, so the left half stays red; a browser would rotate it.
+    assert shown.getpixel((2, 4)) == (255, 0, 0)
+    assert shown.getpixel((13, 4)) == (0, 0, 255)
+
+
+def test_tiff_image_served_as_png(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    # The file keeps its .png name but is a TIFF, which browsers other than Safari do not show.
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="TIFF")
+
+    data, shown = served_image(path, index)
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown.getpixel((8, 8)) == (10, 20, 30)
+
+
+def test_animated_image_served_first_frame(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    first = Image.new("RGB", (16, 16), (200, 0, 0))
+    path, index = set_up(first, save_all=True, append_images=[Image.new("RGB", (16, 16), (0, 0, 200))])
+
+    data, shown = served_image(path, index)
+
+    assert getattr(shown, "n_frames", 1) == 1
+    assert shown.getpixel((8, 8)) == (200, 0, 0)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_served_applied(odd_images_study, orientation):
+    from PIL import Image, ImageOps
+
+    from dimalign.features.decode import load_rgb
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    set_up, target = odd_images_study
+    path, index = set_up(halves, exif=exif)
+
+    _, shown = served_image(path, index)
+
+    # Browsers differ in reading the orientation of PNG files, so the app rotates them as extract did.
+    assert shown.size == ImageOps.exif_transpose(Image.open(target)).size
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))

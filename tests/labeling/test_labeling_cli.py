@@ -285,3 +285,37 @@ def test_close_and_reopen_commands(study_path, capsys):
     assert reopened_output == f"reopened {study_path} to new participants\n"
     with Study(study_path) as study:
         assert study.closed_at is None
+
+
+def test_setup_conflicting_background_rejected(tmp_path, labeling_run, image_set, record_extraction, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(labeling_run, run)
+    extract_dir = record_extraction(run, background=[0, 0, 0], exif_transpose=True)
+
+    status = main(["label-app", "setup", str(tmp_path / "study.db"), "--run", str(run),
+                   "--images", str(image_set[0]), "--background", "white"])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--background white (RGB 255,255,255) contradicts the background 0,0,0" in error
+    assert str((extract_dir / "manifest.json").resolve()) in error
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_setup_stores_recorded_decoding(tmp_path, labeling_run, image_set, record_extraction):
+    import shutil
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import Study
+
+    run = tmp_path / "run"
+    shutil.copytree(labeling_run, run)
+    record_extraction(run, background=[0, 0, 0], exif_transpose=False)
+
+    status = main(["label-app", "setup", str(tmp_path / "study.db"), "--run", str(run), "--images", str(image_set[0])])
+
+    assert status == 0
+    with Study(tmp_path / "study.db") as study:
+        assert study.decoding == Decoding((0, 0, 0), False)

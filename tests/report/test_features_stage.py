@@ -81,3 +81,66 @@ def test_weights_file_resolves_from_study_folder(shared_data, tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match=rf"weights file {weights} not found: features.weights = "
                        rf"'models/effnet.pt' \(in .*study.toml; relative paths start at {tmp_path}\)"):
         plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")
+
+
+def test_features_stage_decoding_reaches_report(shared_data, tmp_path, capsys):
+    from dimalign.cli import main
+    from dimalign.features.recorded import Decoding
+    from dimalign.io.files import read_manifest
+    from dimalign.report.results import StudyResults
+
+    (tmp_path / "objects.txt").write_text("\n".join(OBJECTS) + "\n")
+    (tmp_path / "study.toml").write_text(
+        "[inputs]\n"
+        'objects = "objects.txt"\n'
+        f'images = "{shared_data / "images"}"\n'
+        '[features]\nbatch_size = 8\nbackground = "0,128,0"\nexif_transpose = false\n'
+        "[dnn_triplets]\nn_triplets = 50\nval_fraction = 0.2\n"
+    )
+    study_dir = tmp_path / "study"
+    run_study(tmp_path / "study.toml", study_dir)
+
+    extracted = read_manifest(study_dir / "features" / "extract")["settings"]
+    assert extracted["background"] == [0, 128, 0]
+    assert extracted["exif_transpose"] is False
+    source = str((study_dir / "features" / "manifest.json").resolve())
+    assert StudyResults(study_dir).decoding == Decoding((0, 128, 0), False, source)
+
+    status = main(["report", str(study_dir), "-o", str(tmp_path / "report.html"), "--background", "white",
+                   "--images", str(shared_data / "images")])
+
+    error = capsys.readouterr().err
+    assert status != 0
+    assert "--background white (RGB 255,255,255) contradicts the background 0,128,0" in error
+    assert source in error
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_default_decoding_keeps_stage_hash(shared_data, tmp_path):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    base = f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n[features]\n'
+    (tmp_path / "objects.txt").write_text("bird\ncat\n")
+    (tmp_path / "plain.toml").write_text(base)
+    (tmp_path / "explicit.toml").write_text(base + 'background = "white"\nexif_transpose = true\n')
+    (tmp_path / "black.toml").write_text(base + 'background = "black"\n')
+
+    def features_hash(name):
+        return plan_study(load_config(tmp_path / name), tmp_path / "study").stage("features").hash
+
+    assert features_hash("plain.toml") == features_hash("explicit.toml")
+    assert features_hash("plain.toml") != features_hash("black.toml")
+
+
+def test_features_stage_invalid_background(shared_data, tmp_path):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    (tmp_path / "objects.txt").write_text("bird\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n[features]\nbackground = "mauvish"\n'
+    )
+
+    with pytest.raises(ValueError, match=r"features.background = 'mauvish' is invalid: invalid background colour"):
+        plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")

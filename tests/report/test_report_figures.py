@@ -409,10 +409,10 @@ def test_missing_glyphs_warned_once_per_figure(tmp_path):
 # -- object images decoded as dimalign extract decodes them ------------------------------
 
 
-def shown_pixels(path) -> np.ndarray:
+def shown_pixels(path, decoding=None) -> np.ndarray:
     """Draw an object image on a fresh axis and return the pixels that the axis shows."""
     _, axis = plt.subplots()
-    figures._show_image(axis, path)
+    figures._show_image(axis, path, decoding)
     (shown,) = axis.get_images()
     return np.asarray(shown.get_array())
 
@@ -446,6 +446,19 @@ def test_object_image_transparency_on_white(tmp_path):
 
     assert tuple(pixels[0, 0]) == (0, 0, 255)
     assert tuple(pixels[0, 7]) == (255, 255, 255)
+
+
+def test_object_image_given_background(tmp_path):
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(path)
+
+    pixels = shown_pixels(path, Decoding((0, 128, 0)))
+
+    assert tuple(pixels[0, 0]) == (0, 128, 0)
 
 
 def test_object_image_16_bit_gray_scaled(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
@@ -124,13 +125,14 @@ def test_report_structure_is_valid(report):
 
 
 def test_browser_shows_first_dimension_without_script(report):
-    _, document, _ = report
+    written, document, _ = report
     first = browser_data(document)[0]
     parser = _StructureParser()
     parser.feed(document)
     parser.close()
     figure = next(attributes for tag, attributes in parser.elements if attributes.get("id") == "dimension-figure")
-    assert figure["src"] == first["figure"]
+    png = (written.path.parent / "report_figures" / "dimension_human_000.png").read_bytes()
+    assert figure["src"] == "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     assert figure["alt"] == f"Top objects of {first['title']}"
     panel = document.split('<article id="dimension-panel">', 1)[1].split("</article>", 1)[0]
     assert f'<h3 id="dimension-title">{html.escape(first["title"])}</h3>' in panel
@@ -138,6 +140,15 @@ def test_browser_shows_first_dimension_without_script(report):
     assert f'<dd id="dimension-match">{html.escape(first["match"])}</dd>' in panel
     first_object = first["top_objects"][0]
     assert f'<li>{html.escape(first_object["name"])} ({first_object["weight"]:.3f})</li>' in panel
+
+
+def test_each_dimension_figure_embedded_once(report):
+    written, document, results = report
+    figures_dir = written.path.parent / "report_figures"
+    for side in ("human", "dnn"):
+        for dim in range(results.embedding(side).shape[1]):
+            encoded = base64.b64encode((figures_dir / f"dimension_{side}_{dim:03d}.png").read_bytes()).decode("ascii")
+            assert document.count(encoded) == 1, f"{side} dimension {dim}"
 
 
 def test_report_escapes_title(report):
@@ -169,7 +180,9 @@ def test_browser_data_covers_every_dimension(report):
     assert [entry["id"] for entry in data] == expected
     assert written.n_dimensions == len(expected)
     first = data[0]
-    assert first["figure"].startswith("data:image/png;base64,")
+    # The panel's img contains the first figure (see test_browser_shows_first_dimension_without_script).
+    assert first["figure"] is None
+    assert all(entry["figure"].startswith("data:image/png;base64,") for entry in data[1:])
     assert len(first["top_objects"]) == 4
     assert first["labels"] == "label 0 (2); round </script> (1)"
     assert first["kind"] == "visual"

@@ -56,6 +56,7 @@ from dimalign.io.files import (
     write_manifest,
     write_text_atomic,
 )
+from dimalign.features.recorded import Decoding, recorded_decoding
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
 from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
 
@@ -775,6 +776,7 @@ def compare(
     objects: ObjectTable | None = None,
     triplets: np.ndarray | None = None,
     images: str | os.PathLike | None = None,
+    decoding: Decoding | None = None,
     n_bootstrap: int = 1000,
     random_state: int = 0,
     top_k: int = 10,
@@ -811,6 +813,11 @@ def compare(
             (the ``object_id`` itself when the source is empty), else
             ``<object_id>.jpg/.jpeg/.png``, else the first image in the
             subfolder ``<object_id>/``.
+        decoding (Decoding | None): Background colour and EXIF handling of
+            the images. None uses those recorded by the extraction behind
+            ``human`` or ``dnn`` (see
+            :func:`dimalign.features.recorded.recorded_decoding`), else
+            ``dimalign extract``'s defaults.
         n_bootstrap (int): Bootstrap samples of the RSA.
         random_state (int): Seed of the bootstrap and of the object subset.
         top_k (int): Objects per list of each matched pair.
@@ -921,7 +928,12 @@ def compare(
     matchings = matching_module.match_all(pair.human, pair.dnn)
     primary = matchings.get("greedy", matchings["with_replacement"])
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
-    pictures = _read_grid_images(top_table, pair.objects, Path(images)) if images is not None else None
+    pictures = None
+    if images is not None:
+        if decoding is None:
+            paths = [side for side in (human, dnn) if isinstance(side, (str, os.PathLike))]
+            decoding = recorded_decoding(*paths) or Decoding()
+        pictures = _read_grid_images(top_table, pair.objects, Path(images), decoding)
 
     # Every input is valid from here on. The outputs are written into a hidden
     # folder inside out_dir and moved over the earlier comparison only when all
@@ -1015,6 +1027,8 @@ def compare(
                 "device": device,
                 "matching_for_cumulative_rsa": primary.method, "triplets": triplets is not None,
                 "images": str(images) if images is not None else None,
+                **(decoding.to_json() if decoding is not None else {}),
+                "decoding_source": decoding.source if decoding is not None else None,
                 "human_objects": human_table_source, "dnn_objects": dnn_table_source,
             },
             started=started,
@@ -1515,7 +1529,8 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 _GRID_CELL_SIZE = 128
 
 
-def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path) -> dict[int, Any]:
+def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Path,
+                      decoding: Decoding) -> dict[int, Any]:
     """Decode the image of every object in ``top_table``, shrunk to a grid cell, by its row.
 
     Every file is found and decoded here, before anything is written, so a
@@ -1542,7 +1557,7 @@ def _read_grid_images(top_table: pd.DataFrame, objects: ObjectTable, images: Pat
             "<object_id>.jpg, or fill the source column of the object table with image paths "
             "relative to the folder"
         )
-    return load_grid_images(paths, _GRID_CELL_SIZE)
+    return load_grid_images(paths, _GRID_CELL_SIZE, decoding)
 
 
 def _write_pair_grids(top_table: pd.DataFrame, pictures: dict[int, Any], out_dir: Path) -> list[str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dimalign.cli import declare_output_folder
+from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 from dimalign.embedding.commands import (
     add_training_data_arguments,
     check_method_options,
@@ -218,6 +219,7 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "probability most (jackknife relevance)",
     )
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
+    add_decoding_options(parser, "the extraction behind the embeddings")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and object subset (default 0)")
     parser.add_argument("--top-k", type=int, default=10, help="objects per list of each matched pair (default 10)")
@@ -243,6 +245,15 @@ def run_compare(args: argparse.Namespace) -> int:
     from dimalign.io.objects import read_object_table
     from dimalign.io.runs import load_embedding
 
+    # The image settings are checked first, because they fail fast and the embeddings may be large.
+    decoding = None
+    if args.images is not None:
+        decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.human, args.dnn))
+    elif args.background is not None or args.exif_transpose is not None:
+        raise ValueError(
+            "--background and --no-exif-transpose set how the images of the top-object grids are "
+            "decoded, and there are no grids without --images: pass --images or leave them out"
+        )
     objects = read_object_table(args.objects) if args.objects else None
     inputs = {"objects": args.objects} if args.objects else {}
     reference = None
@@ -277,6 +288,7 @@ def run_compare(args: argparse.Namespace) -> int:
         inputs["triplets"] = args.triplets
     compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
+        decoding=decoding,
         n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
         reference=reference,

@@ -82,6 +82,11 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     Raises:
         ValueError: For a 32-bit float image (mode ``F``), whose value range is unknown.
     """
+    transparent = _colour_key_pixels(image)
+    if transparent is not None:
+        pixels = np.array(to_rgb(_without_colour_key(image)))
+        pixels[transparent] = background
+        return Image.fromarray(pixels, mode="RGB")
     if image.mode == "RGB":
         return image
     if image.mode == "F":
@@ -100,6 +105,29 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         canvas = Image.new("RGBA", image.size, background + (255,))
         return Image.alpha_composite(canvas, image).convert("RGB")
     return image.convert("RGB")
+
+
+def _colour_key_pixels(image: Image.Image) -> np.ndarray | None:
+    """Return the pixels of the transparent colour (a PNG ``tRNS`` key), or None for an image without one.
+
+    An RGB, grayscale or 16-bit grayscale PNG can name one colour as
+    transparent, which Pillow stores as ``info["transparency"]``. Palette
+    images keep theirs in the palette and are converted to RGBA instead.
+    """
+    key = image.info.get("transparency")
+    if key is None or image.mode not in ("RGB", "L", *SIXTEEN_BIT_MODES) or isinstance(key, bytes):
+        return None
+    values = np.asarray(image)
+    if image.mode == "RGB":
+        return np.all(values == np.asarray(key), axis=-1)
+    return values == key
+
+
+def _without_colour_key(image: Image.Image) -> Image.Image:
+    """Return a copy of ``image`` without its transparent colour, so that it converts as an opaque image."""
+    opaque = image.copy()
+    opaque.info.pop("transparency", None)
+    return opaque
 
 
 # The shorter side that model preprocessing typically resizes to (224 to 256

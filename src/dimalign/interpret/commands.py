@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dimalign.cli import declare_output_folder
+from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
         "(default: the last such layer before the map's feature layer)",
     )
     parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in the overlay (default 0.5)")
+    add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_gradcam)
     declare_output_folder(parser, "gradcam")
 
@@ -132,6 +134,7 @@ def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
         "images without one get an estimated mask",
     )
     parser.add_argument("--figure-rows", type=int, default=6, help="edits shown in the figure (default 6)")
+    add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_manipulate)
     declare_output_folder(parser, "manipulate")
 
@@ -160,6 +163,7 @@ def _register_grid(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layout", choices=("top", "percentile"), default="top", help="grid layout (default top)")
     parser.add_argument("--dims", type=int, nargs="+", help="0-based dimensions to draw (default: all)")
     parser.add_argument("--cell-size", type=int, default=128, help="side of each picture in pixels (default 128)")
+    add_decoding_options(parser, "the extraction behind the embedding")
     parser.set_defaults(handler=run_grid)
     declare_output_folder(parser, "grid")
 
@@ -383,6 +387,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     names = unique_names(paths)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     pictures = [f"{name}_input.png" for name in names]
     for name in names:
@@ -503,6 +508,26 @@ def run_maximize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_decoding_options(predictor: Any, args: argparse.Namespace) -> None:
+    """Check ``--background`` and ``--no-exif-transpose`` against the map's extraction, or apply them without one.
+
+    ``from_map_dir`` already decodes as the extraction recorded, and with
+    extract's defaults for a map whose extraction recorded nothing. Only then
+    do the options change the decoding.
+
+    Raises:
+        ValueError: If an option contradicts the recorded setting.
+    """
+    from dataclasses import replace
+
+    if args.background is None and args.exif_transpose is None:
+        return
+    decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.map_dir))
+    predictor.preprocessing = replace(
+        predictor.preprocessing, background=decoding.background, exif_transpose=decoding.exif_transpose
+    )
+
+
 def _tensor_to_pil(image: Any) -> Any:
     import numpy as np
     from PIL import Image
@@ -513,6 +538,9 @@ def _tensor_to_pil(image: Any) -> Any:
 
 def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
     """Read a mask image of the photo's size and bring it through the same PIL steps as the photo.
+
+    A mask with transparency whose alpha varies (a cut-out object) is its
+    alpha channel. Any other mask is its brightness, white on the object.
 
     Raises:
         ValueError: If the mask cannot be decoded, holds only the values 0
@@ -526,7 +554,7 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
         with Image.open(path) as opened:
             # The mask is oriented as the photo is, by the extraction's EXIF setting.
             oriented = ImageOps.exif_transpose(opened) if preprocessing.exif_transpose else opened
-            gray = oriented.convert("L")
+            gray = _mask_values(oriented)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"mask {path} cannot be read as an image ({error}); save it as a PNG") from error
     if gray.getextrema() == (0, 1):
@@ -549,6 +577,21 @@ def _read_mask(path: Path, photo: Path, preprocessing: Any) -> Any:
             "silhouette edits treat the whole image as background", path,
         )
     return foreground
+
+
+def _mask_values(image: Any) -> Any:
+    """Return the mask values of an opened mask as a mode ``L`` image: its varying alpha, else its brightness."""
+    from dimalign.features.decode import ALPHA_MODES, SIXTEEN_BIT_MODES, to_rgb
+
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
+        alpha = image.convert("RGBA").getchannel("A")
+        low, high = alpha.getextrema()
+        if low != high:
+            return alpha
+    if image.mode in SIXTEEN_BIT_MODES:
+        # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them.
+        return to_rgb(image).convert("L")
+    return image.convert("L")
 
 
 def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> dict[str, Path]:
@@ -629,6 +672,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
     check_unowned_files(args.out, pictures, "manipulate")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    _apply_decoding_options(predictor, args)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
     for path in paths:
@@ -756,8 +800,9 @@ def run_grid(args: argparse.Namespace) -> int:
             f"objects, so use 1..{result.n_objects}"
         )
     check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
+    decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
-    pictures = load_grid_images(paths, args.cell_size)
+    pictures = load_grid_images(paths, args.cell_size, decoding)
 
     rows = []
     with _staged_output_folder(args.out) as stage:
@@ -774,7 +819,8 @@ def run_grid(args: argparse.Namespace) -> int:
         write_manifest(
             stage, step="grid", inputs={"embedding": result.path, "objects": objects_path},
             settings={"layout": args.layout, "top_k": args.top_k, "dims": dims, "images": args.images,
-                      "cell_size": args.cell_size},
+                      "cell_size": args.cell_size, **decoding.to_json(),
+                      "decoding_source": decoding.source},
             started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
         )
     logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)

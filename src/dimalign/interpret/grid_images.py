@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from dimalign.features.recorded import Decoding
 from dimalign.interpret.grids import DEFAULT_PERCENTILES, percentile_grid, top_objects
 from dimalign.io.objects import ObjectTable, find_image
 
@@ -157,22 +158,31 @@ def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence
     return paths
 
 
-def read_picture(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file as ``dimalign extract`` does: EXIF orientation applied, transparency on white.
+def read_picture(path: str | os.PathLike, decoding: Decoding | None = None) -> Image.Image:
+    """Decode an image file as ``dimalign extract`` does with the settings ``decoding``.
+
+    Args:
+        path (str | os.PathLike): The image file.
+        decoding (Decoding | None): Background colour and EXIF handling
+            (None: extract's defaults, white and EXIF orientation applied).
 
     Raises:
         ValueError: If the file cannot be decoded, naming it and the reason.
     """
     from dimalign.features.decode import ImageReadError, load_rgb
 
+    decoding = decoding or Decoding()
     try:
-        return load_rgb(path)
+        return load_rgb(path, decoding.background, decoding.exif_transpose)
     except ImageReadError as error:
         raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
 
 
-def load_grid_images(paths: dict[int, Path], cell_size: int) -> dict[int, Image.Image]:
+def load_grid_images(paths: dict[int, Path], cell_size: int,
+                     decoding: Decoding | None = None) -> dict[int, Image.Image]:
     """Decode every image that the grids need, shrunk to fit a ``cell_size`` square.
+
+    ``decoding`` sets the background colour and EXIF handling, as for :func:`read_picture`.
 
     All files are read before any grid is drawn, so a damaged file stops the
     command before it writes anything. Shrinking keeps the memory of many
@@ -185,7 +195,7 @@ def load_grid_images(paths: dict[int, Path], cell_size: int) -> dict[int, Image.
     failures: list[str] = []
     for row, path in paths.items():
         try:
-            picture = read_picture(path)
+            picture = read_picture(path, decoding)
         except ValueError as error:
             failures.append(str(error).removeprefix("cannot read image "))
             continue

@@ -61,6 +61,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
 
+from dimalign.features.decode import ImageReadError
 from dimalign.labeling import db
 from dimalign.labeling.answers import AnswerError, validate_answer
 from dimalign.labeling.study import (
@@ -68,6 +69,7 @@ from dimalign.labeling.study import (
     Participant,
     Study,
     StudyClosedError,
+    decoded_png,
     new_participant_code,
 )
 
@@ -733,7 +735,17 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        response = send_file(path, max_age=3600)
+        if object_index in _study().decoded_images:
+            # A browser may show this file otherwise than the DNN saw it (see
+            # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
+            try:
+                data = decoded_png(path, _study().decoding)
+            except ImageReadError as error:
+                logger.warning("cannot decode image %d: %s", object_index, error)
+                abort(404, description=f"There is no image {object_index}.")
+            response = send_file(io.BytesIO(data), mimetype="image/png", max_age=3600)
+        else:
+            response = send_file(path, max_age=3600)
         response.cache_control.public = False
         response.cache_control.private = True
         return response

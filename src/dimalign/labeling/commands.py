@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from dimalign.cli import declare_output_folder
+from dimalign.features.recorded import Decoding, add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
     parser.add_argument(
         "--questions", default="default" if run_required else None, help="question set (default: default)"
     )
+    add_decoding_options(parser, "the extraction behind the run")
 
 
 def _at_least(minimum: int, maximum: int | None = None):
@@ -245,6 +247,7 @@ def _run_label_app(args: argparse.Namespace) -> int:
 
     study = open_or_create_run_study(
         options.run, options.images, objects=options.objects, dims=options.dims, questions=options.questions,
+        decoding=_decoding(options) if options.background is not None or options.exif_transpose is not None else None,
     )
     return _serve(study, options.host, options.port)
 
@@ -254,13 +257,18 @@ def _setup(options: argparse.Namespace) -> int:
 
     path = create_study(
         options.study, options.run, options.images, objects=options.objects, dims=options.dims,
-        questions=options.questions,
+        questions=options.questions, decoding=_decoding(options),
     )
     with Study(path) as study:
         n_dims = len(study.dimensions)
     dimensions = "dimension" if n_dims == 1 else "dimensions"
     print(f"created {path} with {n_dims} {dimensions}; serve it with: dimalign label-app serve {path}")
     return 0
+
+
+def _decoding(options: argparse.Namespace) -> Decoding:
+    """Return the image decoding of ``--background`` and ``--no-exif-transpose`` and the run's extraction."""
+    return resolve_decoding(options.background, options.exif_transpose, recorded_decoding(options.run))
 
 
 def _serve(study: Path, host: str, port: int, images: Path | None = None) -> int:

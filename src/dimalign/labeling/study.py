@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,7 @@ from dimalign.io.files import (
     sha256_file,
     write_text_atomic,
 )
+from dimalign.features.recorded import Decoding, recorded_decoding
 from dimalign.io.objects import OBJECT_TABLE_NAME, files_with_suffix_any_case, read_object_table
 from dimalign.io.runs import EMBEDDING_NAME, load_embedding
 from dimalign.labeling import db
@@ -53,6 +54,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 
 #: Number of top objects per dimension stored for the semantic check.
 N_TOP_OBJECTS = 20
+
+if TYPE_CHECKING:
+    import PIL.Image
+
+#: The EXIF tag of the orientation (1: stored upright, 2 to 8: flipped or rotated).
+EXIF_ORIENTATION_TAG = 0x0112
+
+#: Image formats (Pillow's names) and modes that the app serves as they are
+#: when they are still, opaque and upright (see :func:`browser_shows_otherwise`).
+BROWSER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
+BROWSER_MODES = ("RGB", "L", "P", "1")
 
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
 RUN_STUDY_NAME = "labels.db"
@@ -341,6 +353,7 @@ def create_study(
     questions: str = "default",
     n_cols: int = 6,
     percentiles: Sequence[float] = (98.0, 95.0, 90.0, 80.0),
+    decoding: Decoding | None = None,
 ) -> Path:
     """Create a study database for labelling the dimensions of an embedding.
 
@@ -359,6 +372,10 @@ def create_study(
         questions (str): Name of a question set in :data:`QUESTION_SETS`.
         n_cols (int): Images per grid row.
         percentiles (Sequence[float]): Percentiles of grid rows 1, 2, ...
+        decoding (Decoding | None): Background colour and EXIF handling of
+            the images. None uses those recorded by the extraction behind
+            ``run`` (see :func:`dimalign.features.recorded.recorded_decoding`),
+            else ``dimalign extract``'s defaults.
 
     Returns:
         Path: The study database.
@@ -438,7 +455,9 @@ def create_study(
         for index in grid_objects
     }
 
-    _check_images_decode(images_dir, image_paths)
+    if decoding is None:
+        decoding = recorded_decoding(run) or Decoding()
+    decoded = _check_images_decode(images_dir, image_paths, decoding)
     image_checksums = _image_checksums(images_dir, image_paths)
 
     embedding_file = result.path if result.path is not None else Path(run)
@@ -452,6 +471,8 @@ def create_study(
         "dimensions": json.dumps(dimensions),
         "n_embedding_dims": str(embedding.shape[1]),
         "grid_percentiles": json.dumps([float(value) for value in percentiles]),
+        "image_decoding": json.dumps(decoding.to_json()),
+        "decoded_images": json.dumps(decoded),
         "secret_key": secrets.token_hex(32),
         "created_at": now_iso(),
     }
@@ -474,13 +495,18 @@ def create_study(
     return db_path
 
 
-def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
+def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding: Decoding) -> list[int]:
     """Decode every grid image once, so that participants never see a broken image.
 
-    The app serves the files as they are, and the browser shows a truncated,
+    The app serves most files as they are, and the browser shows a truncated,
     empty or mislabelled file as a broken image. Pillow decoding the file is
-    the check, as ``dimalign extract`` decodes it. Animated images are
-    accepted with a warning, since the browser plays them.
+    the check, as ``dimalign extract`` decodes it with ``decoding``. Animated
+    images are accepted with a warning, since the browser plays them.
+
+    Returns:
+        list[int]: The objects whose files the browser would show otherwise
+        than the DNN saw them (see :func:`browser_shows_otherwise`), which
+        the app serves decoded.
 
     Raises:
         ValueError: Naming every file that cannot be decoded and the reason.
@@ -493,21 +519,24 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
     start = time.perf_counter()
     failures = []
     animated = []
-    for relative in image_paths.values():
+    decoded = []
+    for index, relative in image_paths.items():
         try:
-            load_rgb(root / relative)
+            load_rgb(root / relative, decoding.background, decoding.exif_transpose)
         except ImageReadError as error:
             failures.append(f"{error.path} ({error.reason})")
             continue
         with Image.open(root / relative) as opened:
             if getattr(opened, "is_animated", False):
                 animated.append(str(root / relative))
+            if browser_shows_otherwise(opened):
+                decoded.append(int(index))
     if animated:
         # Browsers play animated GIF, PNG and WebP files, but feature extraction sees only the first frame.
         logger.warning(
-            "%d grid images have several frames, which the browser plays as an animation while "
-            "dimalign extract used only the first frame: %s%s; save the first frame as a still "
-            "image to show participants what the features saw",
+            "%d grid images have several frames, and the app shows only the first frame, which "
+            "dimalign extract used, as a still PNG: %s%s; save the first frame as a still image "
+            "if participants should see the file itself",
             len(animated), ", ".join(animated[:10]), " ..." if len(animated) > 10 else "",
         )
     if failures:
@@ -517,6 +546,39 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str]) -> None:
             + ". Replace these files, or point their objects to other images in the object table"
         )
     logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
+    if decoded:
+        logger.info(
+            "%d grid images have transparency, several frames, an EXIF orientation, or a format or "
+            "colour mode that browsers show their own way, so the app serves them as PNG files "
+            "decoded as the DNN saw them", len(decoded),
+        )
+    return sorted(decoded)
+
+
+def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
+    """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
+
+    Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
+    palette colours, no transparency and no EXIF rotation shows the same
+    pixels everywhere. A browser puts the page's colour under transparent
+    pixels, plays animations, converts CMYK and 16-bit colours its own way,
+    and may apply an EXIF orientation or not (browsers differ for PNG).
+    Most browsers show no TIFF at all.
+    """
+    if image.format not in BROWSER_FORMATS or image.mode not in BROWSER_MODES:
+        return True
+    if "transparency" in image.info or getattr(image, "n_frames", 1) > 1:
+        return True
+    return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
+
+
+def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
+    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG."""
+    from dimalign.features.decode import load_rgb
+
+    buffer = io.BytesIO()
+    load_rgb(path, decoding.background, decoding.exif_transpose).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
@@ -656,6 +718,20 @@ class Study:
         self.n_embedding_dims = self._read_embedding_dimension_count()
         self.dimensions: tuple[int, ...] = self._read_dimensions()
         self.images_dir = Path(images_dir if images_dir is not None else self.settings["images_dir"])
+        self.decoding, self.decoded_images = self._read_image_decoding()
+
+    def _read_image_decoding(self) -> tuple[Decoding, frozenset[int]]:
+        """Return the image decoding and the objects served decoded (a study set up before they were stored: none)."""
+        if "image_decoding" not in self.settings:
+            return Decoding(), frozenset()
+        recorded = self._read_json_setting("image_decoding")
+        decoded = self._read_json_setting("decoded_images")
+        try:
+            decoding = Decoding(tuple(int(value) for value in recorded["background"]),  # type: ignore[arg-type]
+                                bool(recorded["exif_transpose"]))
+            return decoding, frozenset(int(index) for index in decoded)
+        except (KeyError, TypeError, ValueError):
+            raise self._setting_error("image_decoding", "is not valid") from None
 
     def _setting_error(self, key: str, problem: str) -> ValueError:
         return ValueError(
@@ -1335,6 +1411,7 @@ def open_or_create_run_study(
     objects: str | os.PathLike | None = None,
     dims: str | Sequence[int] | None = None,
     questions: str | None = None,
+    decoding: Decoding | None = None,
 ) -> Path:
     """Return the study database kept in a run directory, creating it on first use.
 
@@ -1350,6 +1427,8 @@ def open_or_create_run_study(
         dims (str | Sequence[int] | None): Dimensions to label; all when None
             and the study is new.
         questions (str | None): Question set; ``"default"`` when None and the study is new.
+        decoding (Decoding | None): Image decoding; as :func:`create_study`
+            finds it when None and the study is new.
 
     Raises:
         ValueError: If ``run`` is not a directory, or the existing study was
@@ -1366,7 +1445,8 @@ def open_or_create_run_study(
     db_path = run / RUN_STUDY_NAME
     if not db_path.exists():
         return create_study(
-            db_path, run, images, objects=objects, dims=dims, questions=questions or DEFAULT_QUESTIONS.name
+            db_path, run, images, objects=objects, dims=dims, questions=questions or DEFAULT_QUESTIONS.name,
+            decoding=decoding,
         )
 
     embedding_file = run / EMBEDDING_NAME
@@ -1377,6 +1457,10 @@ def open_or_create_run_study(
         )
     with Study(db_path) as study:
         mismatches = _run_study_mismatches(study, embedding_file, images, objects, dims, questions)
+        if decoding is not None and decoding.to_json() != study.decoding.to_json():
+            mismatches.append(
+                f"the study decodes images with {study.decoding.describe()}, the request with {decoding.describe()}"
+            )
         images_differ = Path(study.settings["images_dir"]) != Path(images).resolve()
     if mismatches:
         # --images is required in the short form, so it cannot be dropped

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dimalign.features.recorded import add_decoding_options, resolve_decoding
+
 if TYPE_CHECKING:
     from dimalign.report.results import StudyResults
 
@@ -97,6 +99,7 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
         help="image folder: an object's image is its source column, <object_id>, <object_id>.<ext> or "
              "the first image in <object_id>/",
     )
+    add_decoding_options(parser, "the study's extraction")
     parser.add_argument(
         "--labels-human", metavar="NAME",
         help="name of the human embedding in the labels summary (default: report.labels_human of the "
@@ -169,6 +172,13 @@ def report_command(args: argparse.Namespace) -> int:
         labels=chosen(args.labels, "labels"), images=chosen(args.images, "images"), record=record,
         labels_names=_labels_names(args, stage_dirs),
     )
+    if args.background is not None or args.exif_transpose is not None:
+        if results.images_dir is None:
+            raise ValueError(
+                "--background and --no-exif-transpose set how the report decodes images, and this "
+                "report has none: pass --images or leave them out"
+            )
+        results.decoding = resolve_decoding(args.background, args.exif_transpose, results.decoding_recorded())
     check_reportable(results)
     if results.labels_dir is not None:
         check_labels_summary(results.labels_dir, results.labels_names)

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from dimalign._warnings import warn  # noqa: E402
+from dimalign.features.recorded import Decoding  # noqa: E402
 from dimalign.io.files import atomic_path  # noqa: E402
 from dimalign.report.results import (  # noqa: E402
     SIDE_NAMES,
@@ -344,7 +345,7 @@ def plot_dimension(
     axes = list(axes[0])
     if show_images:
         for axis, path, name, weight in zip(axes, images, names, weights[top]):
-            _show_image(axis, path)
+            _show_image(axis, path, results.decoding)
             axis.set_title(textwrap.shorten(name, 18), fontsize=7)
             axis.set_xlabel(f"{weight:.2f}", fontsize=7)
     else:
@@ -379,17 +380,19 @@ def dimension_title(results: StudyResults, side: str, dim: int, labels: dict[str
     return title
 
 
-def _show_image(axis, path: Path) -> None:
+def _show_image(axis, path: Path, decoding: Decoding | None = None) -> None:
     """Draw an image file on ``axis``, decoded as ``dimalign extract`` decodes it.
 
-    EXIF orientation, transparency on white and 16-bit scaling follow
-    :func:`dimalign.features.decode.load_rgb`, so the figure shows the
-    picture whose features were extracted.
+    The background under transparent pixels and the EXIF orientation follow
+    ``decoding`` (None: extract's defaults, white and EXIF applied), and
+    16-bit scaling follows :func:`dimalign.features.decode.load_rgb`, so the
+    figure shows the picture whose features were extracted.
     """
     from dimalign.features.decode import ImageReadError, load_rgb
 
+    decoding = decoding or Decoding()
     try:
-        image = load_rgb(path)
+        image = load_rgb(path, decoding.background, decoding.exif_transpose)
     except ImageReadError as error:
         raise ValueError(f"{path} cannot be read as an image ({error.reason}); replace or remove it") from error
     image.thumbnail((256, 256))
@@ -496,7 +499,7 @@ def _draw_object(results: StudyResults, axis, obj: int) -> None:
     name = results.objects.object_ids[obj]
     path = results.image(obj)
     if path is not None:
-        _show_image(axis, path)
+        _show_image(axis, path, results.decoding)
         axis.set_title(textwrap.shorten(name, 18), fontsize=7)
         return
     axis.set_xticks([])

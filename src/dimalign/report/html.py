@@ -457,6 +457,9 @@ def render_document(
         skipped_block = f'<section class="note" id="skipped"><h2>Figures left out</h2><ul>{items}</ul></section>'
 
     browser = _browser_section(dimensions, fitted_sides=results.sides())
+    # The panel's img already contains the first figure, and the script reads it
+    # from there, so the data block leaves it out.
+    script_data = [{**dimensions[0], "figure": None}, *dimensions[1:]] if dimensions else []
     config = results.record.get("config")
     meta = f"Study directory {html.escape(results.study_dir.resolve().name)}"
     if config:
@@ -482,7 +485,7 @@ def render_document(
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
         f"{body}\n</main>\n"
-        f"<script type=\"application/json\" id=\"dimension-data\">{script_json(dimensions)}</script>\n"
+        f"<script type=\"application/json\" id=\"dimension-data\">{script_json(script_data)}</script>\n"
         f"<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
@@ -605,6 +608,8 @@ _SCRIPT = """
   var data = JSON.parse(document.getElementById("dimension-data").textContent);
   var select = document.getElementById("dimension-select");
   if (!select || data.length === 0) { return; }
+  // The first figure is only in the panel's img, which the HTML shows without script.
+  data[0].figure = document.getElementById("dimension-figure").getAttribute("src");
   var byId = {};
   data.forEach(function (entry) { byId[entry.id] = entry; });
   function text(id, value) {

@@ -359,9 +359,17 @@ def _set_note(config: StudyConfig, section: str) -> str:
 #: change to them alone does not rerun the stage.
 UNHASHED_SETTINGS = frozenset({"device", "checkpoint_every"})
 
+#: Settings that studies recorded before they existed, with their defaults. At
+#: the default they are left out of the hash, so that an older study does not rerun.
+ADDED_SETTING_DEFAULTS = {"background": "white", "exif_transpose": True}
+
 
 def _hashed(settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in settings.items() if key not in UNHASHED_SETTINGS}
+    return {
+        key: value for key, value in settings.items()
+        if key not in UNHASHED_SETTINGS
+        and not (key in ADDED_SETTING_DEFAULTS and value == ADDED_SETTING_DEFAULTS[key])
+    }
 
 
 def stage_hash(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dimalign.features.recorded import Decoding, recorded_decoding
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ DEFAULT_STAGE_DIRS = {
 
 
 #: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
+#: Stages whose manifests lead to the extraction of the DNN's features.
+RECORDED_DECODING_STAGES = ("features", "dnn_triplets", "dnn_fit", "map")
+
 DISAGREEMENT_COLUMNS = (
     "object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out", "human_dim", "dnn_dim",
     "human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice",
@@ -324,6 +328,9 @@ class StudyResults:
             the labels summary (default: the fit folders' names).
         record (dict | None): The pipeline's record of the study; read from
             ``pipeline.json`` when None.
+        decoding (Decoding | None): Background colour and EXIF handling of
+            the images. None uses those recorded by the extraction behind the
+            stages (see :attr:`decoding`).
     """
 
     def __init__(
@@ -336,6 +343,7 @@ class StudyResults:
         images: str | os.PathLike | None = None,
         labels_names: dict[str, str] | None = None,
         record: dict[str, Any] | None = None,
+        decoding: Decoding | None = None,
     ) -> None:
         self.study_dir = Path(study_dir)
         if stage_dirs is None:
@@ -352,6 +360,8 @@ class StudyResults:
             record_path = self.study_dir / "pipeline.json"
             record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
         self.record = record
+        if decoding is not None:
+            self.decoding = decoding
         # Files read by many figures (embeddings, matching, labels), read once.
         self._cache: dict[tuple[str, ...], Any] = {}
 
@@ -408,6 +418,21 @@ class StudyResults:
 
         object_id = self.objects.object_ids[object_index]
         return find_image(self.images_dir, object_id, self.objects.sources[object_index] or object_id)
+
+    @cached_property
+    def decoding(self) -> Decoding:
+        """The image decoding of the DNN's features, as the study's extraction recorded it.
+
+        The manifests of the DNN stages lead to the ``features`` stage or to
+        the ``dimalign extract`` folder of ``inputs.dnn_features``. Without
+        an extraction the images are decoded with extract's defaults.
+        """
+        return self.decoding_recorded() or Decoding()
+
+    def decoding_recorded(self) -> Decoding | None:
+        """Return the image decoding that the study's extraction recorded, or None without one."""
+        stages = [self.stage_dirs[name] for name in RECORDED_DECODING_STAGES if name in self.stage_dirs]
+        return recorded_decoding(*stages)
 
     # -- fits ------------------------------------------------------------------------
 

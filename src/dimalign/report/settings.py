@@ -210,6 +210,10 @@ FEATURES_SETTINGS: dict[str, Setting] = {
     "layer": Setting("", "layer to read (empty: the model's penultimate layer)"),
     "pool": Setting("gap", "pooling of the layer output: raw, flatten or gap", choices=("raw", "flatten", "gap")),
     "batch_size": Setting(32, "images per forward pass", minimum=1),
+    "background": Setting("white", "colour under transparent pixels, as dimalign extract --background: "
+                          "a name, #rrggbb or r,g,b"),
+    "exif_transpose": Setting(True, "apply the EXIF orientation tag of photos (false: dimalign extract "
+                              "--no-exif-transpose)"),
     "device": DEVICE,
 }
 

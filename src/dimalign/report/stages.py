@@ -131,7 +131,7 @@ def run_features(context: StageContext) -> dict[str, Any]:
         context.inputs["images"], extract_dir, model=settings["model"],
         weights=weights, layers=[settings["layer"]] if settings["layer"] else None,
         pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
-        overwrite=True,
+        background=settings["background"], exif_transpose=settings["exif_transpose"], overwrite=True,
     )
     image_features, image_table = load_features(extract_dir, mmap=False)
     rows_per_object = images_per_object(objects.object_ids, image_table.object_ids)
@@ -145,6 +145,17 @@ def run_features(context: StageContext) -> dict[str, Any]:
         sum(counts), len(objects), min(counts), max(counts),
     )
     return {"n_objects": len(objects), "n_images": sum(counts), "n_features": int(features.shape[1])}
+
+
+def check_features(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Check the device and the background colour, so that a bad one fails before any stage runs."""
+    from dimalign.features.decode import parse_color
+
+    _check_device(settings)
+    try:
+        parse_color(settings["background"])
+    except ValueError as error:
+        raise ValueError(f"features.background = {settings['background']!r} is invalid: {error}") from None
 
 
 #: Suffixes that make ``load_model`` read a ``weights`` value as a file.
@@ -805,7 +816,7 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         Stage("features", "extract DNN features of the images and average them per object", run_features,
-              _table(specs.FEATURES_SETTINGS), _none, _fixed(["images", "objects"])),
+              _table(specs.FEATURES_SETTINGS), _none, _fixed(["images", "objects"]), check=check_features),
         Stage("human_fit", "fit VICE or SPoSE to the human triplets", run_human_fit,
               lambda raw: specs.fit_settings("human_fit", raw, load_triplets=True), _none,
               _fixed(["human_triplets", "objects"]), resumable=True, check=check_fit),

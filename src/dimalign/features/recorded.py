@@ -1,0 +1,318 @@
+"""Image decoding settings that ``dimalign extract`` and ``dimalign map`` record, and the search for them.
+
+An extraction records its ``background`` (colour under transparent pixels)
+and ``exif_transpose`` in its ``manifest.json``, and a map copies them into
+its ``features_source``. Commands that draw images for a person (``grid``,
+``compare``, ``report``, ``label-app setup``) look for these settings
+through the manifests of their inputs, so that a figure shows the pixels
+that the DNN saw. This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The defaults of ``dimalign extract``: white under transparent pixels, EXIF orientation applied.
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+# The maximum number of manifests that one search reads. A fit of simulated triplets reaches
+# its extraction in three, so the bound only stops a search through very many inputs.
+_MAX_MANIFESTS = 64
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding of image files: the colour under transparent pixels and the EXIF handling.
+
+    Attributes:
+        background (tuple[int, int, int]): RGB colour under transparent pixels.
+        exif_transpose (bool): Whether the EXIF orientation tag is applied.
+        source (str | None): The manifest that recorded these settings, or
+            None for settings that no extraction recorded.
+    """
+
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND
+    exif_transpose: bool = True
+    source: str | None = None
+
+    def describe(self) -> str:
+        """Return the settings as extract's options, such as ``--background 0,0,0 --no-exif-transpose``."""
+        words = [f"--background {','.join(str(value) for value in self.background)}"]
+        if not self.exif_transpose:
+            words.append("--no-exif-transpose")
+        return " ".join(words)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the settings for a manifest: ``background`` as a list and ``exif_transpose``."""
+        return {"background": list(self.background), "exif_transpose": self.exif_transpose}
+
+
+def add_decoding_options(parser: argparse.ArgumentParser, recorded: str) -> None:
+    """Add ``--background`` and ``--no-exif-transpose``, with the meaning of ``dimalign extract``'s.
+
+    Both default to None, so that :func:`resolve_decoding` can tell an
+    explicit option from the recorded setting.
+
+    Args:
+        parser (argparse.ArgumentParser): The command's parser.
+        recorded (str): Where the command finds the extraction's settings,
+            for the help text (such as "the extraction behind the embedding").
+    """
+    parser.add_argument(
+        "--background", default=None,
+        help="colour under transparent pixels, as in 'dimalign extract': a name, #rrggbb or r,g,b "
+        f"(default: the setting recorded by {recorded}, else white)",
+    )
+    parser.add_argument(
+        "--no-exif-transpose", dest="exif_transpose", action="store_const", const=False, default=None,
+        help="ignore the EXIF orientation tag of photos, as in 'dimalign extract' (default: the "
+        f"setting recorded by {recorded}, else apply it)",
+    )
+
+
+def resolve_decoding(background: str | None, exif_transpose: bool | None,
+                     recorded: Decoding | None) -> Decoding:
+    """Combine the options of a command with the settings an extraction recorded.
+
+    Args:
+        background (str | None): ``--background``, or None when not given.
+        exif_transpose (bool | None): False for ``--no-exif-transpose``, None when not given.
+        recorded (Decoding | None): The recorded settings, or None when no
+            extraction recorded any.
+
+    Returns:
+        Decoding: The recorded settings, changed by the options only where
+        nothing was recorded.
+
+    Raises:
+        ValueError: If an option contradicts the recorded setting, naming both
+            values and the manifest, or the colour is invalid.
+    """
+    from dimalign.features.decode import parse_color
+
+    colour = parse_color(background) if background is not None else None
+    if recorded is None:
+        return Decoding(
+            colour if colour is not None else DEFAULT_BACKGROUND,
+            exif_transpose if exif_transpose is not None else True,
+        )
+    if colour is not None and colour != recorded.background:
+        raise ValueError(
+            f"--background {background} (RGB {','.join(map(str, colour))}) contradicts the background "
+            f"{','.join(map(str, recorded.background))} that {recorded.source} records for the "
+            "extraction, so the images would not show what the DNN saw; omit --background to use "
+            "the recorded colour"
+        )
+    if exif_transpose is not None and exif_transpose != recorded.exif_transpose:
+        raise ValueError(
+            f"--no-exif-transpose contradicts {recorded.source}, which records that the extraction "
+            "applied the EXIF orientation (exif_transpose true), so the images would not show what "
+            "the DNN saw; omit --no-exif-transpose"
+        )
+    return recorded
+
+
+def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
+    """Find the decoding settings of the extraction behind dimalign outputs.
+
+    Starting from the folder of each path, the inputs listed in each
+    ``manifest.json`` are followed until a ``dimalign extract`` folder or a
+    ``dimalign map`` folder that copied its settings is found. A fit of
+    simulated triplets leads there through the simulation's features input.
+    An extraction written before the settings were recorded gets extract's
+    defaults.
+
+    Args:
+        *paths (path | None): Output files or folders (None is skipped).
+
+    Returns:
+        Decoding | None: The settings with the manifest that recorded them,
+        or None when no extraction is found.
+
+    Raises:
+        ValueError: If two extractions behind the paths record different
+            settings, naming both manifests.
+    """
+    from dimalign.features.decode import parse_color
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    queue = deque(Path(path) for path in paths if path is not None)
+    seen: set[Path] = set()
+    found: list[Decoding] = []
+    while queue and len(seen) < _MAX_MANIFESTS:
+        path = queue.popleft()
+        folder = path if path.is_dir() else path.parent
+        try:
+            folder = folder.resolve()
+        except OSError:
+            continue
+        if folder in seen or not (folder / MANIFEST_NAME).is_file():
+            continue
+        seen.add(folder)
+        manifest = read_manifest(folder)
+        source = str(folder / MANIFEST_NAME)
+        settings = manifest.get("settings", {})
+        features_source = settings.get("features_source") or {}
+        # "features" is the stage of dimalign run that extracts features from its images.
+        if manifest.get("step") in ("extract", "features"):
+            settings = extraction_settings(settings, None)
+        elif "background" in features_source:
+            # A map copies the extraction's settings into its features_source.
+            settings = features_source
+        else:
+            queue.extend(_input_paths(manifest))
+            continue
+        try:
+            background = parse_color(settings.get("background") or DEFAULT_BACKGROUND)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}; rerun the step that wrote it") from error
+        found.append(Decoding(background, settings.get("exif_transpose") is not False, source))
+    distinct = {(entry.background, entry.exif_transpose): entry for entry in found}
+    if len(distinct) > 1:
+        first, second = list(distinct.values())[:2]
+        raise ValueError(
+            f"the inputs come from extractions with different image decoding: {first.source} records "
+            f"{first.describe()} and {second.source} records {second.describe()}; use inputs of one extraction"
+        )
+    return found[0] if found else None
+
+
+def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
+    """Return the model, weights, seed, layer, pooling and image decoding of one layer of an extract manifest.
+
+    A single-layer extraction records ``layer`` and ``pooling``. One of
+    several layers records the lists ``layers`` and ``pools``, from which the
+    pooling of ``layer`` is taken.
+    """
+    layers = list(settings.get("layers") or [])
+    pools = list(settings.get("pools") or [])
+    layer = layer or settings.get("layer") or (layers[0] if len(layers) == 1 else None)
+    pooling = settings.get("pooling")
+    if layer in layers and len(pools) == len(layers):
+        pooling = pools[layers.index(layer)]
+    return {
+        "model": settings.get("model"), "weights": settings.get("weights"), "seed": settings.get("seed"),
+        "layer": layer, "pooling": pooling,
+        "background": settings.get("background"), "exif_transpose": settings.get("exif_transpose"),
+    }
+
+
+def _input_paths(manifest: dict[str, Any]) -> list[Path]:
+    """Return the paths of a manifest's inputs, in the order of ``manifest["inputs"]``."""
+    return [
+        Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
+        for entry in manifest.get("inputs", {}).values()
+    ]
+
+
+def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the model settings of the ``dimalign extract`` folders among a map's inputs.
+
+    Raises:
+        ValueError: If such a folder's features no longer have the SHA-256
+            that the map recorded.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest, sha256_file
+
+    layer = manifest.get("settings", {}).get("layer")
+    sources = []
+    for entry, path in zip(manifest.get("inputs", {}).values(), _input_paths(manifest)):
+        folder = path if path.is_dir() else path.parent
+        if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
+            continue
+        upstream = read_manifest(folder)
+        if upstream.get("step") != "extract":
+            continue
+        recorded = entry.get("sha256") if isinstance(entry, dict) else None
+        if recorded and path.is_file() and sha256_file(path) != recorded:
+            raise ValueError(
+                f"the features {path} changed since the map {map_dir} was fitted on them "
+                f"(sha256 {recorded} then, another now), so the model settings in "
+                f"{folder / MANIFEST_NAME} may not be those of the map; rerun 'dimalign map'"
+            )
+        sources.append(extraction_settings(upstream.get("settings", {}), layer))
+    return sources
+
+
+def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
+    """Find the model, weights, seed, layer and pooling behind a ridge map.
+
+    ``dimalign map`` records them in its ``manifest.json`` (``features_source``,
+    with ``model_name`` and ``layer``). A map written without them, from
+    features of no ``dimalign extract`` folder or by an older version, falls
+    back to the manifest of the feature folder that the map lists among its
+    inputs. That folder must still hold the features the map was fitted on
+    (same SHA-256), since it may have been extracted again with other weights.
+
+    Returns:
+        dict: Keys ``model``, ``weights``, ``seed``, ``layer``, ``pooling``,
+        ``background`` and ``exif_transpose`` (``pooling`` defaults to
+        ``flatten``, ``seed`` to 0, ``background`` to white and
+        ``exif_transpose`` to True).
+
+    Raises:
+        FileNotFoundError: If the map has no manifest.
+        ValueError: If no manifest names the layer, the map records no
+            weights and no extract folder of its features, or the features
+            behind a fallback changed since the map was fitted.
+    """
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    manifest = read_manifest(map_dir)
+    own = manifest.get("settings", {})
+    sources = [own]
+    if own.get("features_source"):
+        sources.append(own["features_source"])
+    else:
+        extracted = _extraction_sources(map_dir, manifest)
+        if not extracted:
+            missing = [path for path in _input_paths(manifest) if not path.exists()]
+            if missing:
+                raise ValueError(
+                    f"{Path(map_dir) / MANIFEST_NAME} records no features_source, and its features "
+                    f"input {missing[0]} no longer exists, so the model behind the map is unknown; "
+                    "move the feature folder back or rerun 'dimalign map'"
+                )
+            # Guessing would be silent and wrong: torchvision's default is
+            # random weights, so the predictor would explain another network.
+            raise ValueError(
+                f"{Path(map_dir) / MANIFEST_NAME} records neither the weights of the model behind its "
+                "features (features_source) nor a dimalign extract folder of them; save the map "
+                "with RidgeMap.save(..., features_source={'model': ..., 'weights': ..., "
+                "'seed': ..., 'layer': ..., 'pooling': ...}) or rerun 'dimalign map' on a "
+                "folder written by 'dimalign extract'"
+            )
+        sources += extracted
+
+    def first(*keys: str) -> Any:
+        for source in sources:
+            for key in keys:
+                if source.get(key) not in (None, ""):
+                    return source[key]
+        return None
+
+    layer = first("layer")
+    if not layer:
+        raise ValueError(
+            f"neither {Path(map_dir) / MANIFEST_NAME} nor its features input names the feature "
+            "layer; rerun `dimalign map` on a features folder written by `dimalign extract`"
+        )
+    seed = first("seed")
+    exif_transpose = first("exif_transpose")
+    return {
+        "model": first("model", "model_name"),
+        "weights": first("weights"),
+        "seed": 0 if seed is None else int(seed),
+        "layer": layer,
+        "pooling": first("pooling", "pool") or "flatten",
+        # A map saved before these were recorded gets the defaults of dimalign extract.
+        # NOTE: a features_source without them also gets the defaults here, whereas
+        # recorded_decoding then reads the extract folder among the map's inputs.
+        "background": tuple(first("background") or (255, 255, 255)),
+        "exif_transpose": exif_transpose is not False,
+    }
