@@ -171,7 +171,7 @@ def test_extra_columns_error_lists_header(tmp_path):
     """pandas' to_csv writes an unnamed index column first."""
     path = write_lines(tmp_path / "pandas.csv", [",i,j,k", "0,0,1,2"])
 
-    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\); choose"):
+    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\), not 3. Choose"):
         load_triplets(path, 6)
 
 
@@ -1023,3 +1023,54 @@ def test_named_choice_column_marks_header(tmp_path):
 
     with pytest.raises(ValueError, match=r"line 2, column 0: value 'x'"):
         load_triplets(path, 5, choice_column="odd")
+
+
+# --------------------------------------------------------------------------- trailing delimiters
+
+
+def test_trailing_comma_on_every_row(tmp_path, caplog):
+    """Spreadsheets and some scripts end every row with a delimiter."""
+    plain = write_lines(tmp_path / "plain.csv", ["0,1,2,", "1,2,3,", "2,3,0,"])
+    tabs = write_lines(tmp_path / "tabs.tsv", ["0\t1\t2\t", "1\t2\t3\t"])
+    header = write_lines(tmp_path / "header.csv", ["i,j,k,", "0,1,2,", "1,2,3,"])
+    choice = write_lines(tmp_path / "choice.csv", ["1,2,3,1,", "2,3,4,3,"])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        assert load_triplets(plain, 4).tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 0]]
+    assert "the final column 3 is empty on every line" in caplog.text
+    assert load_triplets(tabs, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_triplets(header, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_triplets(choice, 4, one_based=True, choice_column=3).tolist() == [
+        [1, 2, 0], [1, 2, 3],
+    ]
+
+
+def test_final_column_empty_on_some_rows(tmp_path):
+    first_empty = write_lines(tmp_path / "first.csv", ["0,1,2,", "1,2,3,s2", "2,3,0,"])
+    later_empty = write_lines(tmp_path / "later.csv", ["0,1,2,s1", "1,2,3,", "2,3,0,s1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(first_empty, 4)
+    message = str(error.value)
+    assert f"{first_empty}: the final column 3 is empty on line 1 but contains 's2' on line 2" in message
+    assert "--columns 0,1,2" in message
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(later_empty, 4)
+    assert f"{later_empty}: the final column 3 is empty on line 2 but contains 's1' on line 1" in str(
+        error.value
+    )
+
+
+def test_extra_column_message_is_sentence(tmp_path):
+    path = write_lines(tmp_path / "subjects.csv", ["0,1,2,s1", "1,2,3,s2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+
+    assert str(error.value) == (
+        f"{path} has 4 columns, not 3. Choose the three object columns by position or header "
+        "name with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c). If a "
+        "column gives the odd one's position 1, 2 or 3, name it with choice_column "
+        "(CLI: --choice-column)."
+    )

@@ -235,9 +235,12 @@ def _read_columns(
         row_label = layout.row_label
         if layout.empty:
             return np.zeros((0, 3), dtype=np.int64), None, row_label
+        n_columns = layout.n_columns
+        if columns is None and n_columns == 4 + (choice_column is not None):
+            n_columns -= _empty_final_column(layout, choice_column is not None)
         try:
             object_indices, choice_index = _resolve_columns(
-                layout.n_columns, layout.header, columns, choice_column, path
+                n_columns, layout.header, columns, choice_column, path
             )
         except ValueError as error:
             hint = layout.delimiter_hint()
@@ -585,6 +588,52 @@ def _parse_text(
     return np.asarray(rows, dtype=np.int64)
 
 
+def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
+    """Return whether the final column of a delimited file is empty on every data line.
+
+    A delimiter at the end of every line, as spreadsheets and some scripts
+    write it, adds such a column. It contains no data, so leaving it out loses
+    nothing. A column with a header name is no such column. ``has_choice``
+    only shapes the error message.
+
+    Raises:
+        ValueError: If the final column is empty on some lines but not on
+            others. The message names the first line of each kind.
+    """
+    if layout.delimiter is None or (layout.header is not None and layout.header[-1] != ""):
+        return False
+    last = layout.n_columns - 1
+    first_empty = first_filled = None
+    with open(layout.path, encoding="utf-8-sig") as handle:
+        for line_number, _, tokens in _records(handle, layout):
+            # Lines with another number of columns get their own error when parsed.
+            if len(tokens) != layout.n_columns:
+                continue
+            if tokens[last] == "":
+                first_empty = first_empty or line_number
+            elif first_filled is None:
+                first_filled = (line_number, tokens[last])
+            if first_empty and first_filled:
+                break
+    if first_empty is None:
+        return False
+    if first_filled is not None:
+        filled_line, value = first_filled
+        chosen = "a, b, c" if has_choice else "0, 1, 2"
+        raise ValueError(
+            f"{layout.path}: the final column {last} is empty on line {first_empty} but contains "
+            f"{value!r} on line {filled_line}, so it is a column of data, not a delimiter at the "
+            f"end of each line. Choose the three object columns with columns=[{chosen}] "
+            f"(CLI: dimalign import-triplets --columns {chosen.replace(', ', ',')}), or fill in "
+            "the missing values"
+        )
+    logger.info(
+        "%s: the final column %d is empty on every line (each line ends with a delimiter), "
+        "so it is left out", layout.path, last,
+    )
+    return True
+
+
 def _header_hint(
     layout: _TextLayout,
     records: Iterator[tuple[int, int, list[str]]],
@@ -811,11 +860,18 @@ def _resolve_columns(
     else:
         object_indices = [index for index in range(n_columns) if index != choice_index]
         if len(object_indices) != 3:
-            hint = "" if choice_index is not None else " (and a choice column with choice_column)"
             names = f" (header: {', '.join(map(repr, header))})" if header else ""
+            expected = "3" if choice_index is None else "4 with the choice column"
+            hint = (
+                ""
+                if choice_index is not None
+                else " If a column gives the odd one's position 1, 2 or 3, name it with "
+                "choice_column (CLI: --choice-column)."
+            )
             raise ValueError(
-                f"{path} has {n_columns} columns{names}; choose the three object columns with "
-                f"columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c){hint}"
+                f"{path} has {n_columns} columns{names}, not {expected}. Choose the three object "
+                "columns by position or header name with columns=[a, b, c] "
+                f"(CLI: dimalign import-triplets --columns a,b,c).{hint}"
             )
     if len(set(object_indices)) != 3 or choice_index in object_indices:
         raise ValueError(
