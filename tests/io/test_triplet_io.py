@@ -635,11 +635,13 @@ def test_file_without_object_zero_warns(tmp_path):
     np.save(tmp_path / "zero.npy", np.array(rows[:4] + [[0, 1, 2]]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_triplets(tmp_path / "short.npy", 5)  # fewer triplets than objects: no warning
         load_triplets(tmp_path / "zero.npy", 5)
 
     with pytest.warns(UserWarning, match=r"no_zero.npy never names object 0 in 5 triplets.*--one-based"):
         load_triplets(tmp_path / "no_zero.npy", 5)
+    # Fewer triplets than objects, but every object except 0 is named.
+    with pytest.warns(UserWarning, match=r"short.npy names all 4 objects from 1 to 4 in 4 triplets"):
+        load_triplets(tmp_path / "short.npy", 5)
 
 
 def test_inline_comment_and_object_npy(tmp_path):
@@ -1074,3 +1076,37 @@ def test_extra_column_message_is_sentence(tmp_path):
         "column gives the odd one's position 1, 2 or 3, name it with choice_column "
         "(CLI: --choice-column)."
     )
+
+
+# --------------------------------------------------------------------------- object 0 never named
+
+
+def test_covering_file_without_zero_warns(tmp_path):
+    """A 1-based file that names every object but its last one loads as 0-based."""
+    np.save(tmp_path / "covering.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+
+    with pytest.warns(UserWarning) as record:
+        triplets = load_triplets(tmp_path / "covering.npy", 7)
+
+    assert triplets.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{tmp_path / 'covering.npy'} names all 6 objects from 1 to 6 in 2 triplets but never "
+        "object 0; if it counts objects from 1, load it as 1-based "
+        "(CLI: dimalign import-triplets --one-based)"
+    )
+
+
+def test_sparse_zero_based_files_do_not_warn(tmp_path, caplog):
+    np.save(tmp_path / "with_zero.npy", np.array([[0, 1, 2], [3, 4, 5]]))
+    np.save(tmp_path / "sparse.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+    np.save(tmp_path / "gaps.npy", np.array([[1, 2, 3], [4, 5, 7]]))
+
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        warnings.simplefilter("error")
+        load_triplets(tmp_path / "with_zero.npy", 7)
+        load_triplets(tmp_path / "sparse.npy", 20)
+        load_triplets(tmp_path / "gaps.npy", 8)
+
+    assert "with_zero.npy never names object 0" not in caplog.text
+    assert f"{tmp_path / 'sparse.npy'} never names object 0; it is read as 0-based" in caplog.text

@@ -166,15 +166,47 @@ def load_triplets(
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
         warn(f"{path} contains no triplets", UserWarning)
-    elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
-        # With as many triplets as objects, a 0-based file would almost surely name object 0.
+    elif not one_based and triplets.min() > 0:
+        _warn_if_one_based(path, triplets, n_objects)
+    logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
+    return triplets
+
+
+def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None:
+    """Warn when a 0-based load that never names object 0 looks like a 1-based file.
+
+    A 1-based file that never names its last object loads as 0-based without
+    an error. Which objects a sparse file names says little about its base:
+    shifted by one, the indices are as likely under either. So the warning
+    needs a file where object 0 stands out. That is a file with at least as
+    many triplets as objects, or one that names nearly every other object (all
+    but 1 in 100 of them). Other files only get an INFO line.
+    """
+    used = np.zeros(n_objects, dtype=bool)
+    used[triplets.ravel()] = True
+    n_named = int(used[1:].sum())
+    if len(triplets) >= n_objects:
+        # Sampled uniformly, a 0-based file leaves object 0 out with
+        # probability (1 - 3/n)^n_triplets, below 5% here.
         warn(
             f"{path} never names object 0 in {len(triplets)} triplets; if it counts objects "
             "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
             UserWarning,
         )
-    logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
-    return triplets
+    elif n_objects - 1 - n_named <= (n_objects - 1) // 100:
+        named = f"all {n_named}" if n_named == n_objects - 1 else f"{n_named} of the {n_objects - 1}"
+        warn(
+            f"{path} names {named} objects from 1 to {n_objects - 1} in {len(triplets)} triplets "
+            "but never object 0; if it counts objects from 1, load it as 1-based "
+            "(CLI: dimalign import-triplets --one-based)",
+            UserWarning,
+        )
+    else:
+        logger.info(
+            "%s never names object 0; it is read as 0-based, as asked. If it counts objects "
+            "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
+            path,
+        )
 
 
 def find_triplet_file(folder: str | os.PathLike) -> Path:
