@@ -722,3 +722,37 @@ def test_fit_cli_n_dims_beyond_memory(tmp_path, monkeypatch, capsys, no_paramete
     assert "8.6 GB of memory is available" in error
     assert "--n-dims" in error
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_reads_table_next_to_file(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder / "train.npy"), "-o", str(tmp_path / "run"), "--n-dims", "3",
+                   "--max-epochs", "1"])
+
+    assert status == 0
+    assert f"using the object table {folder / 'objects.tsv'}, which lies next to the triplets" in (
+        capsys.readouterr().err
+    )
+    assert "\tobj0\t" in (tmp_path / "run" / "objects.tsv").read_text()
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert inputs["objects"]["path"] == str(folder / "objects.tsv")
+
+
+def test_fit_cli_file_table_count_mismatch(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "20", "-o", str(tmp_path / "run"),
+                   "--max-epochs", "1"])
+
+    assert status == 1
+    assert f"--n-objects 20 disagrees with {folder / 'objects.tsv'}, which lists 12 objects" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()

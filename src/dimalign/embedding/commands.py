@@ -153,11 +153,16 @@ def load_training_data(
 
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
-    folder_table_path = source / OBJECT_TABLE_NAME
-    if table is None and source.is_dir() and folder_table_path.is_file():
+    # A triplet file reads the objects.tsv next to it, as a folder reads its own.
+    folder_table_path = (source if source.is_dir() else source.parent) / OBJECT_TABLE_NAME
+    if table is None and folder_table_path.is_file():
         table_path = folder_table_path
         table = read_object_table(table_path)
-    elif table is not None and source.is_dir() and folder_table_path.is_file():
+        logger.info(
+            "using the object table %s, which lies next to the triplets, for the objects; pass "
+            "--objects to use another table", table_path,
+        )
+    elif table is not None and folder_table_path.is_file():
         _warn_if_tables_differ(table, args.objects, folder_table_path)
     n_objects = args.n_objects
     if n_objects is not None and table is not None and n_objects != len(table):
