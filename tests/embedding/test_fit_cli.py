@@ -466,19 +466,6 @@ def test_fit_cli_resume_with_other_objects_rejected(tmp_path, capsys):
     assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "objects.txt")]) == 0
 
 
-def test_fit_cli_replaces_objects_of_run_without_checkpoint(tmp_path):
-    write_triplets(tmp_path / "train.npy")
-    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
-    out = tmp_path / "run"
-    out.mkdir()
-    # What a fit with another table, stopped before its first checkpoint, leaves in an existing folder.
-    (out / "objects.tsv").write_text("".join(f"item{index}\n" for index in range(12)))
-
-    assert main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
-                 "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]) == 0
-    assert "\tobject0\t" in (out / "objects.tsv").read_text()
-
-
 def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
     write_triplets(tmp_path / "train.npy")
     out = tmp_path / "run"
@@ -756,3 +743,45 @@ def test_fit_cli_file_table_count_mismatch(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_keeps_other_table_without_checkpoint(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    users_table = "".join(f"item{index}\n" for index in range(12))
+    (out / "objects.tsv").write_text(users_table)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                   "-o", str(out), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"{out / 'objects.tsv'} names row 0 'item0', this fit's object table 'object0', and no "
+            "checkpoint.pt of a fit lies next to it") in capsys.readouterr().err
+    assert (out / "objects.tsv").read_text() == users_table
+    assert sorted(path.name for path in out.iterdir()) == ["objects.tsv"]
+
+
+def test_fit_cli_failed_fit_removes_its_table(tmp_path, monkeypatch, capsys):
+    from dimalign.embedding import VICE
+
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    (tmp_path / "other.txt").write_text("".join(f"item{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    arguments = ["fit", str(tmp_path / "train.npy"), "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]
+
+    def out_of_memory(self, n_objects, generator):
+        raise MemoryError("no memory for the parameters")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VICE, "_init_parameters", out_of_memory)
+        assert main(arguments + ["--objects", str(tmp_path / "other.txt")]) == 1
+    assert "no memory for the parameters" in capsys.readouterr().err
+    # The failed fit wrote no checkpoint, so the table it wrote goes too.
+    assert list(out.iterdir()) == []
+
+    assert main(arguments + ["--objects", str(tmp_path / "objects.txt")]) == 0
+    assert "\tobject0\t" in (out / "objects.tsv").read_text()

@@ -100,7 +100,8 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="training triplets: a file (.npy/.txt/.tsv/.csv, 0-based, odd one out last) or a "
         "folder from 'dimalign import-triplets' or 'dimalign simulate' (train.npy and val.npy, "
-        "or one triplet file; its objects.tsv gives the number of objects)",
+        "or one triplet file). An objects.tsv in the folder or next to the file gives the "
+        "number of objects",
     )
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument("--n-objects", type=int, help="number of objects")
