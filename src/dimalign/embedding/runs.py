@@ -247,8 +247,8 @@ def _fit_and_save(
     if object_table is not None:
         # Written before the fit, so that a resume can check its objects
         # against it. A fit that fails before its first checkpoint removes
-        # the table again (below), so a table of other objects without a
-        # checkpoint is no fit's: it may be the user's only copy.
+        # the table again (below). So a table of other objects without a
+        # checkpoint was not written by a fit, and it may be the user's only copy.
         _raise_if_other_objects(
             table_path, object_table, resumable=(out_dir / CHECKPOINT_NAME).is_file()
         )
