@@ -1110,3 +1110,14 @@ def test_sparse_zero_based_files_do_not_warn(tmp_path, caplog):
 
     assert "with_zero.npy never names object 0" not in caplog.text
     assert f"{tmp_path / 'sparse.npy'} never names object 0; it is read as 0-based" in caplog.text
+
+
+def test_zero_check_with_huge_object_count(tmp_path):
+    """The check must not allocate per object: 10^12 flags would not fit into memory."""
+    np.save(tmp_path / "sparse.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        triplets = load_triplets(tmp_path / "sparse.npy", 10**12)
+
+    assert triplets.tolist() == [[1, 2, 3], [4, 5, 6]]

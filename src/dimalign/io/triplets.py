@@ -182,9 +182,9 @@ def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None
     many triplets as objects, or one that names nearly every other object (all
     but 1 in 100 of them). Other files only get an INFO line.
     """
-    used = np.zeros(n_objects, dtype=bool)
-    used[triplets.ravel()] = True
-    n_named = int(used[1:].sum())
+    # Every index lies in 1 .. n_objects - 1 here. The count avoids an array
+    # of n_objects flags, which a mistyped huge n_objects would not fit.
+    n_named = len(sorted_unique(triplets.ravel()))
     if len(triplets) >= n_objects:
         # Sampled uniformly, a 0-based file leaves object 0 out with
         # probability (1 - 3/n)^n_triplets, below 5% here.
