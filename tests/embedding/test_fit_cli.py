@@ -785,3 +785,20 @@ def test_fit_cli_failed_fit_removes_its_table(tmp_path, monkeypatch, capsys):
 
     assert main(arguments + ["--objects", str(tmp_path / "objects.txt")]) == 0
     assert "\tobject0\t" in (out / "objects.tsv").read_text()
+
+
+def test_fit_cli_object_count_beyond_memory(tmp_path, monkeypatch, capsys, no_parameter_allocation):
+    from dimalign.embedding import base
+
+    monkeypatch.setattr(base, "available_memory", lambda device: 8 * 2**30)
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "100000000000", "-o",
+                   str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "2"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert ("even 1 dimension needs at least 3.2 TB, so check the number of objects, "
+            "100000000000 (CLI: --n-objects or --objects)") in error
+    assert "smaller n_dims" not in error
+    assert not (tmp_path / "run").exists()
