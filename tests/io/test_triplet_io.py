@@ -1121,3 +1121,29 @@ def test_zero_check_with_huge_object_count(tmp_path):
         triplets = load_triplets(tmp_path / "sparse.npy", 10**12)
 
     assert triplets.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_npy_of_wrong_shape_says_fix(tmp_path):
+    np.save(tmp_path / "flat.npy", np.array([0, 1, 2, 1, 2, 3]))
+    np.save(tmp_path / "fields.npy", np.array([(0, 1, 2)], dtype=[("i", int), ("j", int), ("k", int)]))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 1), dtype=int))
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "flat.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'flat.npy'}: triplets must be a 2-D array, got shape (6,); save one triplet "
+        "per row, as an integer array of shape (n, 3) (numpy: triplets.reshape(-1, 3))"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "fields.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'fields.npy'}: triplets must be a 2-D array, got a structured array with "
+        "the fields i, j, k; save one triplet per row, as an integer array of shape (n, 3) "
+        "(numpy: numpy.column_stack([triplets[name] for name in triplets.dtype.names]))"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "cube.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'cube.npy'}: triplets must be a 2-D array, got shape (2, 3, 1); save one "
+        "triplet per row, as an integer array of shape (n, 3)"
+    )

@@ -337,8 +337,8 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
         description="a triplet array",
         advice="save the triplets with numpy.save as an integer array",
     )
-    if array.ndim != 2:
-        raise ValueError(f"{path}: triplets must be a 2-D array, got shape {array.shape}")
+    if array.ndim != 2 or array.dtype.names:
+        raise ValueError(f"{path}: triplets must be a 2-D array, {_describe_shape(array)}")
 
     def row_label(row: int) -> str:
         return f"row {row}"
@@ -354,6 +354,19 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
     if array.dtype.kind == "f":
         return _integral_floats(array, str(path), row_label), row_label
     raise ValueError(f"{path}: triplets must be integers, got dtype {array.dtype}")
+
+
+def _describe_shape(array: np.ndarray) -> str:
+    """Describe the shape of an array that is no ``(n, 3)`` table, and how to save one."""
+    advice = "save one triplet per row, as an integer array of shape (n, 3)"
+    if array.dtype.names:
+        return (
+            f"got a structured array with the fields {', '.join(array.dtype.names)}; {advice} "
+            "(numpy: numpy.column_stack([triplets[name] for name in triplets.dtype.names]))"
+        )
+    if array.ndim == 1 and array.size % 3 == 0:
+        return f"got shape {array.shape}; {advice} (numpy: triplets.reshape(-1, 3))"
+    return f"got shape {array.shape}; {advice}"
 
 
 def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
