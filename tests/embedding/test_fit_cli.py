@@ -802,3 +802,19 @@ def test_fit_cli_object_count_beyond_memory(tmp_path, monkeypatch, capsys, no_pa
             "100000000000 (CLI: --n-objects or --objects)") in error
     assert "smaller n_dims" not in error
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_without_table_keeps_users_table(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "objects.tsv").write_text("a\nb\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"{out / 'objects.tsv'} exists, but this fit has no object table, so readers of the run "
+            "would take that file for the names of its 12 rows") in capsys.readouterr().err
+    assert (out / "objects.tsv").read_text() == "a\nb\n"
+    assert sorted(path.name for path in out.iterdir()) == ["objects.tsv"]

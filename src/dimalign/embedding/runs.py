@@ -77,7 +77,8 @@ def fit_run(
             while ``tensorboard`` is True), or if ``config.toml`` or
             ``history.csv`` exist in a folder without an earlier fit, or an
             ``objects.tsv`` of other objects than ``object_table`` exists
-            without a checkpoint.
+            without a checkpoint, or any ``objects.tsv`` exists without a
+            checkpoint while ``object_table`` is None.
         RuntimeError: If another fit is writing to ``out_dir``.
         ValueError: If ``out_dir`` contains a checkpoint and an
             ``objects.tsv`` of other objects than ``object_table``.
@@ -100,6 +101,13 @@ def fit_run(
         # user's only copy. objects.tsv is checked once the fit's own table
         # is known, because a table of the same objects may stay.
         check_unowned_files(out_dir, [CONFIG_NAME, HISTORY_NAME], "fit")
+        if object_table is None and (out_dir / OBJECT_TABLE_NAME).exists():
+            raise FileExistsError(
+                f"{out_dir / OBJECT_TABLE_NAME} exists, but this fit has no object table, so "
+                f"readers of the run would take that file for the names of its {n_objects} rows: "
+                "pass it with --objects if it names the objects the triplets index, or move it "
+                "away, or choose another run directory"
+            )
     busy = (
         f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
         "to finish (then pass --resume to continue it) or choose another run directory"
