@@ -1113,7 +1113,7 @@ def test_sparse_zero_based_files_do_not_warn(tmp_path, caplog):
 
 
 def test_zero_check_with_huge_object_count(tmp_path):
-    """The check must not allocate per object: 10^12 flags would not fit into memory."""
+    """The check must not allocate per object, because 10^12 flags would not fit into memory."""
     np.save(tmp_path / "sparse.npy", np.array([[1, 2, 3], [4, 5, 6]]))
 
     with warnings.catch_warnings():
