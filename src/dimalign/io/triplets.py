@@ -177,10 +177,11 @@ def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None
 
     A 1-based file that never names its last object loads as 0-based without
     an error. In a sparse file, the objects named carry little evidence of
-    the base, because the indices shifted by one are about as likely. So the warning
-    needs a file where a 0-based reading is unlikely to leave out object 0. That is a file with at least as
-    many triplets as objects, or one that names nearly every other object (all
-    but 1 in 100 of them). Other files only get an INFO line.
+    the base, because the indices shifted by one are about as likely. So the
+    warning needs a file where a 0-based reading is unlikely to leave out
+    object 0. That is a file with at least as many triplets as objects, or
+    one that names nearly every other object (all but 1 in 100 of them).
+    Other files only get an INFO line.
     """
     # Every index lies in 1 .. n_objects - 1 here. The count avoids an array
     # of n_objects flags, which a mistyped huge n_objects would not fit.
