@@ -1147,3 +1147,11 @@ def test_npy_of_wrong_shape_says_fix(tmp_path):
         f"{tmp_path / 'cube.npy'}: triplets must be a 2-D array, got shape (2, 3, 1); save one "
         "triplet per row, as an integer array of shape (n, 3)"
     )
+
+
+def test_trailing_comma_with_longer_line(tmp_path):
+    """A line with one more empty field must not pass with the final column left out."""
+    path = write_lines(tmp_path / "t.csv", ["0,1,2,", "1,2,3,,", "2,3,0,"])
+
+    with pytest.raises(ValueError, match=r"t.csv, line 2: 5 columns, expected 4 like the first line"):
+        load_triplets(path, 4)

@@ -441,6 +441,9 @@ class _TextLayout:
     detected: bool = True  # the delimiter was detected, not given by the caller
     # The first line of each data record, once the slow path has parsed them.
     record_lines: list[int] | None = None
+    # Every record has n_columns fields, the final one empty (a delimiter at
+    # the end of each line), so the fast path may read the others alone.
+    empty_final_column: bool = False
 
     def delimiter_hint(self) -> str:
         """Suggest a delimiter when detection left the first line as one column."""
@@ -577,6 +580,7 @@ def _parse_text(
         with warnings.catch_warnings():
             # A header without data rows is an empty file, not worth a warning.
             warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
+            n_read = layout.n_columns - layout.empty_final_column
             table = np.loadtxt(
                 path,
                 dtype=np.int64,
@@ -585,9 +589,11 @@ def _parse_text(
                 comments="#",
                 ndmin=2,
                 encoding="utf-8-sig",
+                # The final column is empty on every line, which int64 cannot parse.
+                usecols=range(n_read) if layout.empty_final_column else None,
             )
-        if table.shape[1] == layout.n_columns or len(table) == 0:
-            return table.reshape(-1, layout.n_columns)[:, used]
+        if table.shape[1] == n_read or len(table) == 0:
+            return table.reshape(-1, n_read)[:, used]
     except ValueError:
         pass
 
@@ -650,10 +656,12 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
         return False
     last = layout.n_columns - 1
     first_empty = first_filled = None
+    regular = True
     with open(layout.path, encoding="utf-8-sig") as handle:
         for line_number, _, tokens in _records(handle, layout):
             # Lines with another number of columns get their own error when parsed.
             if len(tokens) != layout.n_columns:
+                regular = False
                 continue
             if tokens[last] == "":
                 first_empty = first_empty or line_number
@@ -677,6 +685,7 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
         "%s: the final column %d is empty on every line (each line ends with a delimiter), "
         "so it is left out", layout.path, last,
     )
+    layout.empty_final_column = regular
     return True
 
 
