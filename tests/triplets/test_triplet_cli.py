@@ -1205,3 +1205,18 @@ def test_simulate_folder_table_mismatch_says_what_to_do(tmp_path, capsys):
     assert "features.npy has 6 rows but" in error
     assert "objects.tsv lists 2 objects" in error
     assert "--objects" in error
+
+
+def test_simulate_nan_features_name_file(tmp_path, capsys):
+    features = np.random.default_rng(0).random((6, 3))
+    features[4, 1] = np.nan
+    np.save(tmp_path / "features.npy", features)
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "5"])
+
+    assert status == 1
+    assert f"{tmp_path / 'features.npy'}: feature rows 4 contain NaN or inf (1 of 6 rows)" in (
+        capsys.readouterr().err
+    )
+    assert not out_dir.exists()

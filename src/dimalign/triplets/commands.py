@@ -419,17 +419,22 @@ def run_simulate(args: argparse.Namespace) -> int:
         random_state=np.random.default_rng(sample_seed),
         replace=args.replace,
     )
-    result = simulate_choices(
-        features,
-        triplets,
-        similarity=args.similarity,
-        rule=args.rule,
-        temperature=1.0 if args.temperature is None else args.temperature,
-        random_state=np.random.default_rng(choice_seed),
-        batch_size=args.batch_size,
-        relu=args.relu,
-        method=args.method,
-    )
+    try:
+        result = simulate_choices(
+            features,
+            triplets,
+            similarity=args.similarity,
+            rule=args.rule,
+            temperature=1.0 if args.temperature is None else args.temperature,
+            random_state=np.random.default_rng(choice_seed),
+            batch_size=args.batch_size,
+            relu=args.relu,
+            method=args.method,
+        )
+    except ValueError as error:
+        # The options were checked above, so the error is about the feature
+        # values (NaN, inf or a zero norm), whose message lacks the file.
+        raise ValueError(f"{features_file}: {error}") from error
     del triplets
 
     if table is None:
