@@ -1220,3 +1220,14 @@ def test_simulate_nan_features_name_file(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not out_dir.exists()
+
+
+def test_simulate_infinite_temperature_rejected(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((6, 3)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "5", "--rule", "softmax", "--temperature", "inf"])
+
+    assert status == 1
+    assert "error: --temperature inf is invalid: use a finite number above 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

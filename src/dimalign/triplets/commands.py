@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from operator import attrgetter
 from pathlib import Path
 
@@ -503,8 +504,8 @@ def check_simulate_options(args: argparse.Namespace) -> None:
             f"--temperature {args.temperature} has no effect with --rule {args.rule}: "
             "drop --temperature, or pass --rule softmax"
         )
-    if args.temperature is not None and not args.temperature > 0:
-        raise ValueError(f"--temperature {args.temperature} is invalid: use a number above 0")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature {args.temperature} is invalid: use a finite number above 0")
     if args.n_triplets < 1:
         raise ValueError(f"--n-triplets {args.n_triplets} is invalid: use 1 or more")
     if args.val_fraction is not None:
