@@ -1155,3 +1155,20 @@ def test_trailing_comma_with_longer_line(tmp_path):
 
     with pytest.raises(ValueError, match=r"t.csv, line 2: 5 columns, expected 4 like the first line"):
         load_triplets(path, 4)
+
+
+def test_repeated_column_choice_message(tmp_path):
+    path = write_lines(tmp_path / "h.csv", ["i,j,k,c", "1,2,3,1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[0, 0, 1])
+    assert str(error.value) == (
+        f"{path}: the object columns [0, 0, 1] repeat a column; name three different columns "
+        "(CLI: --columns a,b,c)"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[0, 1, 2], choice_column=2)
+    assert str(error.value) == (
+        f"{path}: the choice column 2 is also an object column (object columns [0, 1, 2]); "
+        "name a choice column apart from the three object columns (CLI: --choice-column)"
+    )

@@ -928,10 +928,16 @@ def _resolve_columns(
                 "columns by position or header name with columns=[a, b, c] "
                 f"(CLI: dimalign import-triplets --columns a,b,c).{hint}"
             )
-    if len(set(object_indices)) != 3 or choice_index in object_indices:
+    if len(set(object_indices)) != 3:
         raise ValueError(
-            f"{path}: the object columns {object_indices} and the choice column {choice_index} "
-            "must all differ"
+            f"{path}: the object columns {object_indices} repeat a column; name three different "
+            "columns (CLI: --columns a,b,c)"
+        )
+    if choice_index in object_indices:
+        raise ValueError(
+            f"{path}: the choice column {choice_index} is also an object column (object columns "
+            f"{object_indices}); name a choice column apart from the three object columns "
+            "(CLI: --choice-column)"
         )
     if n_columns != 3 + (choice_index is not None) or object_indices != sorted(object_indices):
         logger.info(
