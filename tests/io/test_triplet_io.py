@@ -1172,3 +1172,29 @@ def test_repeated_column_choice_message(tmp_path):
         f"{path}: the choice column 2 is also an object column (object columns [0, 1, 2]); "
         "name a choice column apart from the three object columns (CLI: --choice-column)"
     )
+
+
+@pytest.mark.parametrize(("name", "lines", "first", "second"), [
+    ("semicolons.csv", ["i,j,k", "0;1;2", "1;2;3"], "','", "';'"),
+    ("commas.tsv", ["i\tj\tk", "0,1,2"], "tab", "','"),
+])
+def test_header_and_rows_with_other_delimiters(tmp_path, name, lines, first, second):
+    path = write_lines(tmp_path / name, lines)
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert str(error.value) == (
+        f"{path}: line 1 separates its fields by {first}, but line 2 by {second}. Use one "
+        "delimiter in the whole file, then import it again"
+    )
+
+
+def test_one_column_message_has_single_period(tmp_path):
+    path = write_lines(tmp_path / "semi.csv", ["i;j;k", "0;1;2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert ".." not in str(error.value)
+    assert "pass delimiter=';' (CLI: --delimiter ';')" in str(error.value)

@@ -279,7 +279,7 @@ def _read_columns(
             hint = layout.delimiter_hint()
             if not hint:
                 raise
-            raise ValueError(f"{error}. {hint}") from error
+            raise ValueError(f"{str(error).rstrip('.')}. {hint}") from error
         used = object_indices + ([choice_index] if choice_index is not None else [])
         table = _parse_text(path, layout, used, has_choice=choice_index is not None)
         object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
@@ -528,6 +528,8 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     first = [_is_number(token) for token in _split(line, delimiter)]
     if len(content) == 2:
         second_line = _strip_comment(content[1][1], delimiter)[0]
+        if detected:
+            _check_same_delimiter(path, (line_number, line), (content[1][0], second_line), delimiter)
         second = [_is_number(token) for token in _split(second_line, delimiter)]
         numeric_below = [a for a, b in zip(first, second) if b]
         is_header = bool(numeric_below) and not any(numeric_below)
@@ -545,6 +547,36 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     return _TextLayout(
         path, delimiter, header, len(header), line_number, first_line=line, detected=detected
     )
+
+
+def _check_same_delimiter(
+    path: Path, first: tuple[int, str], second: tuple[int, str], delimiter: str | None
+) -> None:
+    """Raise ``ValueError`` if the second content line uses another delimiter than the first.
+
+    A header written by one program above rows written by another (``i,j,k``
+    above ``0;1;2``) would otherwise be read as data, and the error would
+    name the header's first field instead of the delimiters. ``first`` and
+    ``second`` are the line numbers and texts of the first two content lines.
+    """
+    (first_number, first_line), (second_number, second_line) = first, second
+    n_fields = len(_split(first_line, delimiter))
+    if len(_split(second_line, delimiter)) == n_fields:
+        return
+    for candidate in ("\t", ",", ";", "|"):
+        if candidate != delimiter and candidate in second_line and candidate not in first_line:
+            raise ValueError(
+                f"{path}: line {first_number} separates its fields by "
+                f"{_delimiter_name(delimiter)}, but line {second_number} by "
+                f"{_delimiter_name(candidate)}. Use one delimiter in the whole file, then import "
+                "it again"
+            )
+
+
+def _delimiter_name(delimiter: str | None) -> str:
+    if delimiter is None:
+        return "whitespace"
+    return "tab" if delimiter == "\t" else repr(delimiter)
 
 
 # Excel's first line naming the delimiter, such as ``sep=;``.
