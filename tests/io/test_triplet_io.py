@@ -1197,4 +1197,5 @@ def test_one_column_message_has_single_period(tmp_path):
         load_triplets(path, 5)
 
     assert ".." not in str(error.value)
+    assert "semi.csv has 1 column, not 3." in str(error.value)
     assert "pass delimiter=';' (CLI: --delimiter ';')" in str(error.value)

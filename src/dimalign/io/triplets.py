@@ -956,9 +956,9 @@ def _resolve_columns(
                 "choice_column (CLI: --choice-column)."
             )
             raise ValueError(
-                f"{path} has {n_columns} columns{names}, not {expected}. Choose the three object "
-                "columns by position or header name with columns=[a, b, c] "
-                f"(CLI: dimalign import-triplets --columns a,b,c).{hint}"
+                f"{path} has {n_columns} column{'' if n_columns == 1 else 's'}{names}, "
+                f"not {expected}. Choose the three object columns by position or header name "
+                f"with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c).{hint}"
             )
     if len(set(object_indices)) != 3:
         raise ValueError(
