@@ -674,3 +674,14 @@ def test_cli_evaluate_warns_other_triplet_ids(tmp_path, capsys):
     error = capsys.readouterr().err
     assert (f"{tmp_path / 'objects.tsv'}, the object table of the triplets {triplet_file}, names row 0 "
             f"'p0', but {run_dir / 'objects.tsv'} names the embedding's row 0 'o0'") in error
+
+
+def test_cli_evaluate_unreadable_triplet_table(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    (tmp_path / "objects.tsv").write_text("a\n\nb\n")
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    assert status == 1
+    assert (f"dimalign evaluate reads {tmp_path / 'objects.tsv'} because it lies next to the "
+            "triplets: fix it, or move it away if it does not belong to them") in capsys.readouterr().err

@@ -818,3 +818,19 @@ def test_fit_cli_without_table_keeps_users_table(tmp_path, capsys):
             "would take that file for the names of its 12 rows") in capsys.readouterr().err
     assert (out / "objects.tsv").read_text() == "a\nb\n"
     assert sorted(path.name for path in out.iterdir()) == ["objects.tsv"]
+
+
+def test_fit_cli_unreadable_neighbour_table_explained(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("a\n\nb\n")
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{folder / 'objects.tsv'}, line 2: blank line in the object list" in error
+    assert (f"dimalign fit reads {folder / 'objects.tsv'} because it lies next to the triplets: "
+            "fix it, or pass the right table with --objects") in error

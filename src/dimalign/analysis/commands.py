@@ -222,7 +222,13 @@ def _check_triplet_table(
         return
     if table_path is not None and is_same_file(triplet_table_path, table_path):
         return
-    triplet_table = read_object_table(triplet_table_path)
+    try:
+        triplet_table = read_object_table(triplet_table_path)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (dimalign evaluate reads {triplet_table_path} because it lies next to the "
+            "triplets: fix it, or move it away if it does not belong to them)"
+        ) from error
     described = f"{triplet_table_path}, the object table of the triplets {triplets},"
     if len(triplet_table) != n_rows:
         raise ValueError(

@@ -158,7 +158,13 @@ def load_training_data(
     folder_table_path = (source if source.is_dir() else source.parent) / OBJECT_TABLE_NAME
     if table is None and folder_table_path.is_file():
         table_path = folder_table_path
-        table = read_object_table(table_path)
+        try:
+            table = read_object_table(table_path)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (dimalign fit reads {table_path} because it lies next to the triplets: "
+                "fix it, or pass the right table with --objects)"
+            ) from error
         logger.info(
             "using the object table %s, which lies next to the triplets, for the objects; pass "
             "--objects to use another table", table_path,
