@@ -834,3 +834,19 @@ def test_fit_cli_unreadable_neighbour_table_explained(tmp_path, capsys):
     assert f"{folder / 'objects.tsv'}, line 2: blank line in the object list" in error
     assert (f"dimalign fit reads {folder / 'objects.tsv'} because it lies next to the triplets: "
             "fix it, or pass the right table with --objects") in error
+
+
+def test_fit_cli_objects_count_differs_from_folder(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"object_{index}\n" for index in range(12)))
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(13)))
+
+    status = main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"--objects {tmp_path / 'names.txt'} lists 13 objects, but {folder / 'objects.tsv'} "
+            "lists 12, so the triplets index another object set") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

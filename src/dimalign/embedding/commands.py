@@ -240,13 +240,16 @@ def _warn_about_unread_held_out_files(folder: Path, train_path: Path, command: s
 
 
 def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: Path) -> None:
-    """Log a warning when ``--objects`` names the rows otherwise than the triplet folder's objects.tsv.
+    """Log a warning when ``--objects`` names the rows otherwise than the triplets' objects.tsv.
 
     ``--objects`` is used, as asked, because it may name rows that the folder
     only numbers (``object_0``, ...). Where both are real names, a difference
     relabels the rows of the run, so it is not passed over in silence. A
     folder table that cannot be read is not compared, since ``--objects``
     may be given in its place.
+
+    Raises:
+        ValueError: If the two tables list different numbers of objects.
     """
     from dimalign.io.objects import read_object_table
 
@@ -258,15 +261,19 @@ def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: P
     if tuple(requested.object_ids) == tuple(folder_table.object_ids):
         return
     if len(requested) != len(folder_table):
-        difference = f"lists {len(requested)} objects, but {folder_table_path} lists {len(folder_table)}"
-    else:
-        row = next(
-            row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+        # Tables of other lengths cannot name the same rows.
+        raise ValueError(
+            f"--objects {requested_path} lists {len(requested)} objects, but {folder_table_path} "
+            f"lists {len(folder_table)}, so the triplets index another object set: leave out "
+            "--objects to use the table next to the triplets, or pass a table of the same objects"
         )
-        difference = (
-            f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
-            f"{folder_table.object_ids[row]!r}"
-        )
+    row = next(
+        row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+    )
+    difference = (
+        f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
+        f"{folder_table.object_ids[row]!r}"
+    )
     logger.warning(
         "--objects %s %s: the run's rows are named by --objects. If the folder's table is right, "
         "leave out --objects",
