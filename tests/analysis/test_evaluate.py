@@ -645,3 +645,43 @@ def test_cli_evaluate_failed_rerun_keeps_earlier_metrics(tmp_path, capsys, monke
     assert capsys.readouterr().out == ""
     assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "metrics.json"]
     assert {name: (out_dir / name).read_text() for name in earlier} == earlier
+
+
+@pytest.mark.parametrize("as_folder", [False, True])
+def test_cli_evaluate_checks_triplet_table(tmp_path, capsys, as_folder):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    table = tmp_path / "objects.tsv"
+    table.write_text("".join(f"p{index}\n" for index in range(8)))
+    triplets = tmp_path if as_folder else triplet_file
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplets)])
+
+    assert status == 1
+    assert (f"{table}, the object table of the triplets {triplets}, lists 8 objects, but the "
+            f"embedding {run_dir / 'embedding.npz'} has 10 rows") in capsys.readouterr().err
+
+
+def test_cli_evaluate_warns_other_triplet_ids(tmp_path, capsys):
+    from dimalign.io.objects import ObjectTable, write_object_table
+
+    run_dir, triplet_file = _cli_run(tmp_path)
+    write_object_table(ObjectTable.from_ids([f"o{i}" for i in range(10)]), run_dir / "objects.tsv")
+    (tmp_path / "objects.tsv").write_text("".join(f"p{index}\n" for index in range(10)))
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    assert status == 0
+    error = capsys.readouterr().err
+    assert (f"{tmp_path / 'objects.tsv'}, the object table of the triplets {triplet_file}, names row 0 "
+            f"'p0', but {run_dir / 'objects.tsv'} names the embedding's row 0 'o0'") in error
+
+
+def test_cli_evaluate_unreadable_triplet_table(tmp_path, capsys):
+    run_dir, triplet_file = _cli_run(tmp_path)
+    (tmp_path / "objects.tsv").write_text("a\n\nb\n")
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    assert status == 1
+    assert (f"dimalign evaluate reads {tmp_path / 'objects.tsv'} because it lies next to the "
+            "triplets: fix it, or move it away if it does not belong to them") in capsys.readouterr().err

@@ -466,19 +466,6 @@ def test_fit_cli_resume_with_other_objects_rejected(tmp_path, capsys):
     assert main(arguments + ["2", "--resume", "--objects", str(tmp_path / "objects.txt")]) == 0
 
 
-def test_fit_cli_replaces_objects_of_run_without_checkpoint(tmp_path):
-    write_triplets(tmp_path / "train.npy")
-    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
-    out = tmp_path / "run"
-    out.mkdir()
-    # What a fit with another table, stopped before its first checkpoint, leaves in an existing folder.
-    (out / "objects.tsv").write_text("".join(f"item{index}\n" for index in range(12)))
-
-    assert main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
-                 "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]) == 0
-    assert "\tobject0\t" in (out / "objects.tsv").read_text()
-
-
 def test_fit_cli_removes_temporary_files_of_killed_fit(tmp_path):
     write_triplets(tmp_path / "train.npy")
     out = tmp_path / "run"
@@ -721,4 +708,145 @@ def test_fit_cli_n_dims_beyond_memory(tmp_path, monkeypatch, capsys, no_paramete
     assert "n_dims=100000000 needs at least 38.4 GB" in error
     assert "8.6 GB of memory is available" in error
     assert "--n-dims" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_reads_table_next_to_file(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder / "train.npy"), "-o", str(tmp_path / "run"), "--n-dims", "3",
+                   "--max-epochs", "1"])
+
+    assert status == 0
+    assert f"using the object table {folder / 'objects.tsv'}, which lies next to the triplets" in (
+        capsys.readouterr().err
+    )
+    assert "\tobj0\t" in (tmp_path / "run" / "objects.tsv").read_text()
+    inputs = json.loads((tmp_path / "run" / "manifest.json").read_text())["inputs"]
+    assert inputs["objects"]["path"] == str(folder / "objects.tsv")
+
+
+def test_fit_cli_file_table_count_mismatch(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(12)))
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "20", "-o", str(tmp_path / "run"),
+                   "--max-epochs", "1"])
+
+    assert status == 1
+    assert f"--n-objects 20 disagrees with {folder / 'objects.tsv'}, which lists 12 objects" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_keeps_other_table_without_checkpoint(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    users_table = "".join(f"item{index}\n" for index in range(12))
+    (out / "objects.tsv").write_text(users_table)
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--objects", str(tmp_path / "objects.txt"),
+                   "-o", str(out), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"{out / 'objects.tsv'} names row 0 'item0', this fit's object table 'object0', and no "
+            "checkpoint.pt of a fit lies next to it") in capsys.readouterr().err
+    assert (out / "objects.tsv").read_text() == users_table
+    assert sorted(path.name for path in out.iterdir()) == ["objects.tsv"]
+
+
+def test_fit_cli_failed_fit_removes_its_table(tmp_path, monkeypatch, capsys):
+    from dimalign.embedding import VICE
+
+    write_triplets(tmp_path / "train.npy")
+    (tmp_path / "objects.txt").write_text("".join(f"object{index}\n" for index in range(12)))
+    (tmp_path / "other.txt").write_text("".join(f"item{index}\n" for index in range(12)))
+    out = tmp_path / "run"
+    out.mkdir()
+    arguments = ["fit", str(tmp_path / "train.npy"), "-o", str(out), "--n-dims", "3", "--max-epochs", "1"]
+
+    def out_of_memory(self, n_objects, generator):
+        raise MemoryError("no memory for the parameters")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(VICE, "_init_parameters", out_of_memory)
+        assert main(arguments + ["--objects", str(tmp_path / "other.txt")]) == 1
+    assert "no memory for the parameters" in capsys.readouterr().err
+    # The failed fit wrote no checkpoint, so the table it wrote goes too.
+    assert list(out.iterdir()) == []
+
+    assert main(arguments + ["--objects", str(tmp_path / "objects.txt")]) == 0
+    assert "\tobject0\t" in (out / "objects.tsv").read_text()
+
+
+def test_fit_cli_object_count_beyond_memory(tmp_path, monkeypatch, capsys, no_parameter_allocation):
+    from dimalign.embedding import base
+
+    monkeypatch.setattr(base, "available_memory", lambda device: 8 * 2**30)
+    write_triplets(tmp_path / "train.npy")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "100000000000", "-o",
+                   str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "2"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert ("even 1 dimension needs at least 3.2 TB, so check the number of objects, "
+            "100000000000 (CLI: --n-objects or --objects)") in error
+    assert "smaller n_dims" not in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_without_table_keeps_users_table(tmp_path, capsys):
+    write_triplets(tmp_path / "train.npy")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "objects.tsv").write_text("a\nb\n")
+
+    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
+                   "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"{out / 'objects.tsv'} exists, but this fit has no object table, so readers of the run "
+            "would take that file for the names of its 12 rows") in capsys.readouterr().err
+    assert (out / "objects.tsv").read_text() == "a\nb\n"
+    assert sorted(path.name for path in out.iterdir()) == ["objects.tsv"]
+
+
+def test_fit_cli_unreadable_neighbour_table_explained(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("a\n\nb\n")
+
+    status = main(["fit", str(folder / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+                   "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert f"{folder / 'objects.tsv'}, line 2: blank line in the object list" in error
+    assert (f"dimalign fit reads {folder / 'objects.tsv'} because it lies next to the triplets: "
+            "fix it, or pass the right table with --objects") in error
+
+
+def test_fit_cli_objects_count_differs_from_folder(tmp_path, capsys):
+    folder = tmp_path / "simulated"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"object_{index}\n" for index in range(12)))
+    (tmp_path / "names.txt").write_text("".join(f"name{index}\n" for index in range(13)))
+
+    status = main(["fit", str(folder), "--objects", str(tmp_path / "names.txt"),
+                   "-o", str(tmp_path / "run"), "--n-dims", "3", "--max-epochs", "1"])
+
+    assert status == 1
+    assert (f"--objects {tmp_path / 'names.txt'} lists 13 objects, but {folder / 'objects.tsv'} "
+            "lists 12, so the triplets index another object set") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

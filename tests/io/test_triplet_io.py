@@ -171,7 +171,7 @@ def test_extra_columns_error_lists_header(tmp_path):
     """pandas' to_csv writes an unnamed index column first."""
     path = write_lines(tmp_path / "pandas.csv", [",i,j,k", "0,0,1,2"])
 
-    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\); choose"):
+    with pytest.raises(ValueError, match=r"4 columns \(header: '', 'i', 'j', 'k'\), not 3. Choose"):
         load_triplets(path, 6)
 
 
@@ -635,11 +635,13 @@ def test_file_without_object_zero_warns(tmp_path):
     np.save(tmp_path / "zero.npy", np.array(rows[:4] + [[0, 1, 2]]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_triplets(tmp_path / "short.npy", 5)  # fewer triplets than objects: no warning
         load_triplets(tmp_path / "zero.npy", 5)
 
     with pytest.warns(UserWarning, match=r"no_zero.npy never names object 0 in 5 triplets.*--one-based"):
         load_triplets(tmp_path / "no_zero.npy", 5)
+    # Fewer triplets than objects, but every object except 0 is named.
+    with pytest.warns(UserWarning, match=r"short.npy names all 4 objects from 1 to 4 in 4 triplets"):
+        load_triplets(tmp_path / "short.npy", 5)
 
 
 def test_inline_comment_and_object_npy(tmp_path):
@@ -1023,3 +1025,177 @@ def test_named_choice_column_marks_header(tmp_path):
 
     with pytest.raises(ValueError, match=r"line 2, column 0: value 'x'"):
         load_triplets(path, 5, choice_column="odd")
+
+
+# --------------------------------------------------------------------------- trailing delimiters
+
+
+def test_trailing_comma_on_every_row(tmp_path, caplog):
+    """Spreadsheets and some scripts end every row with a delimiter."""
+    plain = write_lines(tmp_path / "plain.csv", ["0,1,2,", "1,2,3,", "2,3,0,"])
+    tabs = write_lines(tmp_path / "tabs.tsv", ["0\t1\t2\t", "1\t2\t3\t"])
+    header = write_lines(tmp_path / "header.csv", ["i,j,k,", "0,1,2,", "1,2,3,"])
+    choice = write_lines(tmp_path / "choice.csv", ["1,2,3,1,", "2,3,4,3,"])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        assert load_triplets(plain, 4).tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 0]]
+    assert "the final column 3 is empty on every line" in caplog.text
+    assert load_triplets(tabs, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_triplets(header, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_triplets(choice, 4, one_based=True, choice_column=3).tolist() == [
+        [1, 2, 0], [1, 2, 3],
+    ]
+
+
+def test_final_column_empty_on_some_rows(tmp_path):
+    first_empty = write_lines(tmp_path / "first.csv", ["0,1,2,", "1,2,3,s2", "2,3,0,"])
+    later_empty = write_lines(tmp_path / "later.csv", ["0,1,2,s1", "1,2,3,", "2,3,0,s1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(first_empty, 4)
+    message = str(error.value)
+    assert f"{first_empty}: the final column 3 is empty on line 1 but contains 's2' on line 2" in message
+    assert "--columns 0,1,2" in message
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(later_empty, 4)
+    assert f"{later_empty}: the final column 3 is empty on line 2 but contains 's1' on line 1" in str(
+        error.value
+    )
+
+
+def test_extra_column_message_is_sentence(tmp_path):
+    path = write_lines(tmp_path / "subjects.csv", ["0,1,2,s1", "1,2,3,s2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+
+    assert str(error.value) == (
+        f"{path} has 4 columns, not 3. Choose the three object columns by position or header "
+        "name with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c). If a "
+        "column gives the odd one's position 1, 2 or 3, name it with choice_column "
+        "(CLI: --choice-column)."
+    )
+
+
+# --------------------------------------------------------------------------- object 0 never named
+
+
+def test_covering_file_without_zero_warns(tmp_path):
+    """A 1-based file that names every object but its last one loads as 0-based."""
+    np.save(tmp_path / "covering.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+
+    with pytest.warns(UserWarning) as record:
+        triplets = load_triplets(tmp_path / "covering.npy", 7)
+
+    assert triplets.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert len(record) == 1
+    assert str(record[0].message) == (
+        f"{tmp_path / 'covering.npy'} names all 6 objects from 1 to 6 in 2 triplets but never "
+        "object 0; if it counts objects from 1, load it as 1-based "
+        "(CLI: dimalign import-triplets --one-based)"
+    )
+
+
+def test_sparse_zero_based_files_do_not_warn(tmp_path, caplog):
+    np.save(tmp_path / "with_zero.npy", np.array([[0, 1, 2], [3, 4, 5]]))
+    np.save(tmp_path / "sparse.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+    np.save(tmp_path / "gaps.npy", np.array([[1, 2, 3], [4, 5, 7]]))
+
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        warnings.simplefilter("error")
+        load_triplets(tmp_path / "with_zero.npy", 7)
+        load_triplets(tmp_path / "sparse.npy", 20)
+        load_triplets(tmp_path / "gaps.npy", 8)
+
+    assert "with_zero.npy never names object 0" not in caplog.text
+    assert f"{tmp_path / 'sparse.npy'} never names object 0; it is read as 0-based" in caplog.text
+
+
+def test_zero_check_with_huge_object_count(tmp_path):
+    """The check must not allocate per object, because 10^12 flags would not fit into memory."""
+    np.save(tmp_path / "sparse.npy", np.array([[1, 2, 3], [4, 5, 6]]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        triplets = load_triplets(tmp_path / "sparse.npy", 10**12)
+
+    assert triplets.tolist() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_npy_of_wrong_shape_says_fix(tmp_path):
+    np.save(tmp_path / "flat.npy", np.array([0, 1, 2, 1, 2, 3]))
+    np.save(tmp_path / "fields.npy", np.array([(0, 1, 2)], dtype=[("i", int), ("j", int), ("k", int)]))
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 1), dtype=int))
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "flat.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'flat.npy'}: triplets must be a 2-D array, got shape (6,); save one triplet "
+        "per row, as an integer array of shape (n, 3) (numpy: triplets.reshape(-1, 3))"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "fields.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'fields.npy'}: triplets must be a 2-D array, got a structured array with "
+        "the fields i, j, k; save one triplet per row, as an integer array of shape (n, 3) "
+        "(numpy: numpy.column_stack([triplets[name] for name in triplets.dtype.names]))"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(tmp_path / "cube.npy", 5)
+    assert str(error.value) == (
+        f"{tmp_path / 'cube.npy'}: triplets must be a 2-D array, got shape (2, 3, 1); save one "
+        "triplet per row, as an integer array of shape (n, 3)"
+    )
+
+
+def test_trailing_comma_with_longer_line(tmp_path):
+    """A line with one more empty field must not pass with the final column left out."""
+    path = write_lines(tmp_path / "t.csv", ["0,1,2,", "1,2,3,,", "2,3,0,"])
+
+    with pytest.raises(ValueError, match=r"t.csv, line 2: 5 columns, expected 4 like the first line"):
+        load_triplets(path, 4)
+
+
+def test_repeated_column_choice_message(tmp_path):
+    path = write_lines(tmp_path / "h.csv", ["i,j,k,c", "1,2,3,1"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[0, 0, 1])
+    assert str(error.value) == (
+        f"{path}: the object columns [0, 0, 1] repeat a column; name three different columns "
+        "(CLI: --columns a,b,c)"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5, columns=[0, 1, 2], choice_column=2)
+    assert str(error.value) == (
+        f"{path}: the choice column 2 is also an object column (object columns [0, 1, 2]); "
+        "name a choice column apart from the three object columns (CLI: --choice-column)"
+    )
+
+
+@pytest.mark.parametrize(("name", "lines", "first", "second"), [
+    ("semicolons.csv", ["i,j,k", "0;1;2", "1;2;3"], "','", "';'"),
+    ("commas.tsv", ["i\tj\tk", "0,1,2"], "tab", "','"),
+])
+def test_header_and_rows_with_other_delimiters(tmp_path, name, lines, first, second):
+    path = write_lines(tmp_path / name, lines)
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert str(error.value) == (
+        f"{path}: line 1 separates its fields by {first}, but line 2 by {second}. Use one "
+        "delimiter in the whole file, then import it again"
+    )
+
+
+def test_one_column_message_has_single_period(tmp_path):
+    path = write_lines(tmp_path / "semi.csv", ["i;j;k", "0;1;2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 5)
+
+    assert ".." not in str(error.value)
+    assert "semi.csv has 1 column, not 3." in str(error.value)
+    assert "pass delimiter=';' (CLI: --delimiter ';')" in str(error.value)

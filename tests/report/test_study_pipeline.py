@@ -418,3 +418,47 @@ def test_fit_stage_uses_one_torch_thread(monkeypatch, tmp_path):
         torch.set_num_threads(before)
 
     assert seen == [1]
+
+
+def test_user_file_in_stage_folder_is_kept(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "notes" / "NOTES.txt"
+    notes.parent.mkdir()
+    notes.write_text("my notes")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} contains 1 file that stage compare did not write (notes/NOTES.txt), "
+        "and the stage replaces its folder as a whole when it runs again: move the file out of "
+        "the folder, then run the study again"
+    )
+    assert notes.read_text() == "my notes"
+    # Stages that do not run keep such files without an error.
+    assert run_study(config, copy).to_run == []
+
+
+def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "NOTES.txt"
+    real_run = stages.STAGES["compare"].run
+
+    def run_while_user_writes(context):
+        notes.write_text("written during the run")
+        return real_run(context)
+
+    monkeypatch.setitem(
+        stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=run_while_user_writes)
+    )
+    with pytest.raises(FileExistsError, match=r"compare contains 1 file that stage compare did not write \(NOTES.txt\)"):
+        run_study(config, copy, from_stage="compare")
+
+    assert notes.read_text() == "written during the run"
+    assert read_stage_record(copy / "compare") is not None

@@ -1205,3 +1205,29 @@ def test_simulate_folder_table_mismatch_says_what_to_do(tmp_path, capsys):
     assert "features.npy has 6 rows but" in error
     assert "objects.tsv lists 2 objects" in error
     assert "--objects" in error
+
+
+def test_simulate_nan_features_name_file(tmp_path, capsys):
+    features = np.random.default_rng(0).random((6, 3))
+    features[4, 1] = np.nan
+    np.save(tmp_path / "features.npy", features)
+    out_dir = tmp_path / "out"
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(out_dir), "--n-triplets", "5"])
+
+    assert status == 1
+    assert f"{tmp_path / 'features.npy'}: feature rows 4 contain NaN or inf (1 of 6 rows)" in (
+        capsys.readouterr().err
+    )
+    assert not out_dir.exists()
+
+
+def test_simulate_infinite_temperature_rejected(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((6, 3)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "5", "--rule", "softmax", "--temperature", "inf"])
+
+    assert status == 1
+    assert "error: --temperature inf is invalid: use a finite number above 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

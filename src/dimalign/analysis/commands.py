@@ -153,6 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
 
     reject_split_folder(Path(args.triplets), "score")
+    _check_triplet_table(Path(args.triplets), result.path, n_rows, table, table_path)
     with empty_triplets_rejected_later():
         triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
@@ -197,6 +198,56 @@ def run_evaluate(args: argparse.Namespace) -> int:
     # dot products overflowed) is null.
     print(json.dumps(replace_non_finite(metrics), allow_nan=False))
     return 0
+
+
+def _check_triplet_table(
+    triplets: Path, embedding: Path, n_rows: int, table: ObjectTable | None, table_path: Path | None
+) -> None:
+    """Check the ``objects.tsv`` next to the triplets (or in their folder) against the embedding.
+
+    ``dimalign fit`` reads that table for the objects that the triplets index,
+    so ``evaluate`` reads it too. A table of another length is an error,
+    because the triplets then index other objects than the embedding's rows.
+    Other ids in the same number are only logged as a warning, since one of
+    the two tables may only number the objects (``object_0``, ...).
+
+    Raises:
+        ValueError: Naming the table, its length and the embedding's rows.
+    """
+    from dimalign.io.files import is_same_file
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+
+    triplet_table_path = (triplets if triplets.is_dir() else triplets.parent) / OBJECT_TABLE_NAME
+    if not triplet_table_path.is_file():
+        return
+    if table_path is not None and is_same_file(triplet_table_path, table_path):
+        return
+    try:
+        triplet_table = read_object_table(triplet_table_path)
+    except ValueError as error:
+        raise ValueError(
+            f"{error} (dimalign evaluate reads {triplet_table_path} because it lies next to the "
+            "triplets: fix it, or move it away if it does not belong to them)"
+        ) from error
+    described = f"{triplet_table_path}, the object table of the triplets {triplets},"
+    if len(triplet_table) != n_rows:
+        raise ValueError(
+            f"{described} lists {len(triplet_table)} objects, but the embedding {embedding} has "
+            f"{n_rows} rows, so the triplets index other objects: score the embedding on triplets "
+            "of its own objects, or move the table away if it does not belong to the triplets"
+        )
+    logger.info("checked %s against the embedding's rows", triplet_table_path)
+    if table is None or tuple(table.object_ids) == tuple(triplet_table.object_ids):
+        return
+    row = next(
+        row for row, (ours, theirs) in enumerate(zip(triplet_table.object_ids, table.object_ids))
+        if ours != theirs
+    )
+    logger.warning(
+        "%s names row %d %r, but %s names the embedding's row %d %r: if both tables are right, the "
+        "triplets index other objects than the embedding's rows",
+        described, row, triplet_table.object_ids[row], table_path, row, table.object_ids[row],
+    )
 
 
 def _reject_unfinished_run(path: Path) -> None:

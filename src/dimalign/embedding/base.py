@@ -228,12 +228,20 @@ class TripletEmbedding(BaseEstimator):
         available = available_memory(device)
         if available is None or required <= available:
             return
+        one_dimension = estimate_fit_memory(n_objects, 1, self._n_parameter_tensors, dtype)
+        if one_dimension > available:
+            # No n_dims helps, so the object count is the likely mistake.
+            advice = (
+                f"even 1 dimension needs at least {format_bytes(one_dimension)}, so check the "
+                f"number of objects, {n_objects} (CLI: --n-objects or --objects)"
+            )
+        else:
+            advice = "use a smaller n_dims (CLI: --n-dims)"
         raise ValueError(
             f"n_dims={self.n_dims} needs at least {format_bytes(required)} on {device} for the "
             f"{self._n_parameter_tensors} parameter tensor(s) of {n_objects} objects x {self.n_dims} "
             f"dimensions in {str(dtype).removeprefix('torch.')}, their gradients and Adam's two "
-            f"moment estimates, but {format_bytes(available)} of memory is available: use a "
-            "smaller n_dims (CLI: --n-dims)"
+            f"moment estimates, but {format_bytes(available)} of memory is available: {advice}"
         )
 
     def _training_config(self) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="training triplets: a file (.npy/.txt/.tsv/.csv, 0-based, odd one out last) or a "
         "folder from 'dimalign import-triplets' or 'dimalign simulate' (train.npy and val.npy, "
-        "or one triplet file; its objects.tsv gives the number of objects)",
+        "or one triplet file). An objects.tsv in the folder or next to the file gives the "
+        "number of objects",
     )
     objects = parser.add_mutually_exclusive_group()
     objects.add_argument("--n-objects", type=int, help="number of objects")
@@ -153,11 +154,22 @@ def load_training_data(
 
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
-    folder_table_path = source / OBJECT_TABLE_NAME
-    if table is None and source.is_dir() and folder_table_path.is_file():
+    # A triplet file reads the objects.tsv next to it, as a folder reads its own.
+    folder_table_path = (source if source.is_dir() else source.parent) / OBJECT_TABLE_NAME
+    if table is None and folder_table_path.is_file():
         table_path = folder_table_path
-        table = read_object_table(table_path)
-    elif table is not None and source.is_dir() and folder_table_path.is_file():
+        try:
+            table = read_object_table(table_path)
+        except ValueError as error:
+            raise ValueError(
+                f"{error} (dimalign fit reads {table_path} because it lies next to the triplets: "
+                "fix it, or pass the right table with --objects)"
+            ) from error
+        logger.info(
+            "using the object table %s, which lies next to the triplets, for the objects; pass "
+            "--objects to use another table", table_path,
+        )
+    elif table is not None and folder_table_path.is_file():
         _warn_if_tables_differ(table, args.objects, folder_table_path)
     n_objects = args.n_objects
     if n_objects is not None and table is not None and n_objects != len(table):
@@ -228,13 +240,16 @@ def _warn_about_unread_held_out_files(folder: Path, train_path: Path, command: s
 
 
 def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: Path) -> None:
-    """Log a warning when ``--objects`` names the rows otherwise than the triplet folder's objects.tsv.
+    """Log a warning when ``--objects`` names the rows otherwise than the triplets' objects.tsv.
 
     ``--objects`` is used, as asked, because it may name rows that the folder
     only numbers (``object_0``, ...). Where both are real names, a difference
     relabels the rows of the run, so it is not passed over in silence. A
     folder table that cannot be read is not compared, since ``--objects``
     may be given in its place.
+
+    Raises:
+        ValueError: If the two tables list different numbers of objects.
     """
     from dimalign.io.objects import read_object_table
 
@@ -246,15 +261,19 @@ def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: P
     if tuple(requested.object_ids) == tuple(folder_table.object_ids):
         return
     if len(requested) != len(folder_table):
-        difference = f"lists {len(requested)} objects, but {folder_table_path} lists {len(folder_table)}"
-    else:
-        row = next(
-            row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+        # Tables of other lengths cannot name the same rows.
+        raise ValueError(
+            f"--objects {requested_path} lists {len(requested)} objects, but {folder_table_path} "
+            f"lists {len(folder_table)}, so the triplets index another object set: leave out "
+            "--objects to use the table next to the triplets, or pass a table of the same objects"
         )
-        difference = (
-            f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
-            f"{folder_table.object_ids[row]!r}"
-        )
+    row = next(
+        row for row, (new, old) in enumerate(zip(requested.object_ids, folder_table.object_ids)) if new != old
+    )
+    difference = (
+        f"names row {row} {requested.object_ids[row]!r}, but {folder_table_path} names it "
+        f"{folder_table.object_ids[row]!r}"
+    )
     logger.warning(
         "--objects %s %s: the run's rows are named by --objects. If the folder's table is right, "
         "leave out --objects",

@@ -51,7 +51,8 @@ def fit_run(
     before training, ``checkpoint.pt`` during training, then
     ``embedding.npz``, ``config.toml``, ``history.csv`` and ``manifest.json``
     with the held-out accuracy. If the fit fails, a run directory that this call created is
-    removed again, unless it already contains ``checkpoint.pt``.
+    removed again, unless it already contains ``checkpoint.pt``. Without a
+    checkpoint, an ``objects.tsv`` that this call wrote is removed too.
 
     Args:
         estimator (TripletEmbedding): A VICE or SPoSE instance. Its
@@ -74,10 +75,13 @@ def fit_run(
             ``checkpoint.pt``, or a checkpoint while ``resume`` is False. Also
             if a file name of the run is a folder (or ``tensorboard`` a file
             while ``tensorboard`` is True), or if ``config.toml`` or
-            ``history.csv`` exist in a folder without an earlier fit.
+            ``history.csv`` exist in a folder without an earlier fit, or an
+            ``objects.tsv`` of other objects than ``object_table`` exists
+            without a checkpoint, or any ``objects.tsv`` exists without a
+            checkpoint while ``object_table`` is None.
         RuntimeError: If another fit is writing to ``out_dir``.
-        ValueError: If ``out_dir`` contains an ``objects.tsv`` of other
-            objects than ``object_table``.
+        ValueError: If ``out_dir`` contains a checkpoint and an
+            ``objects.tsv`` of other objects than ``object_table``.
     """
     started = now_iso()
     out_dir = Path(out_dir)
@@ -94,9 +98,16 @@ def fit_run(
     if not (out_dir / CHECKPOINT_NAME).is_file():
         # A fit writes config.toml and history.csv only after its last
         # checkpoint, so without one they are not a fit's: they may be the
-        # user's only copy. objects.tsv is left out on purpose, because a fit
-        # stopped before its first checkpoint leaves it, and a rerun replaces it.
+        # user's only copy. objects.tsv is checked once the fit's own table
+        # is known, because a table of the same objects may stay.
         check_unowned_files(out_dir, [CONFIG_NAME, HISTORY_NAME], "fit")
+        if object_table is None and (out_dir / OBJECT_TABLE_NAME).exists():
+            raise FileExistsError(
+                f"{out_dir / OBJECT_TABLE_NAME} exists, but this fit has no object table, so "
+                f"readers of the run would take that file for the names of its {n_objects} rows: "
+                "pass it with --objects if it names the objects the triplets index, or move it "
+                "away, or choose another run directory"
+            )
     busy = (
         f"{out_dir} is in use by another fit, which holds {out_dir / FIT_LOCK_NAME}: wait for it "
         "to finish (then pass --resume to continue it) or choose another run directory"
@@ -168,26 +179,53 @@ def _reject_result_without_checkpoint(out_dir: Path) -> None:
         )
 
 
-def _raise_if_other_objects(path: Path, object_table: ObjectTable) -> None:
-    """Raise ``ValueError`` if the run's saved object table names other objects than ``object_table``.
+def _raise_if_other_objects(path: Path, object_table: ObjectTable, *, resumable: bool) -> None:
+    """Raise if the object table at ``path`` names other objects than ``object_table``.
 
-    The checkpoint ties the embedding's rows to the triplets' indices, and the
-    table names those rows, so a resume with another table would relabel them.
+    With a checkpoint (``resumable``), the checkpoint ties the embedding's
+    rows to the triplets' indices, and the table names those rows, so a
+    resume with another table would relabel them. Without one, the table is
+    not from a fit, which removes its table when it fails before its first
+    checkpoint, so writing this fit's table would replace the user's file.
+
+    Raises:
+        ValueError: With a checkpoint, if the saved table names other objects.
+        FileExistsError: Without one, if ``path`` exists and is not a
+            readable table of the same objects.
     """
-    if not path.is_file():
+    if not path.exists():
         return
+    if not resumable:
+        try:
+            saved = read_object_table(path).object_ids
+        except ValueError as error:
+            raise FileExistsError(
+                f"{path} is not an object table that dimalign fit can read ({error}), and no "
+                f"{CHECKPOINT_NAME} of a fit lies next to it, so the fit would replace a file it "
+                "did not write: move the file away, or choose another run directory"
+            ) from error
+        if saved == object_table.object_ids:
+            return
+        raise FileExistsError(
+            f"{path} {_table_difference(saved, object_table)}, and no {CHECKPOINT_NAME} of a fit "
+            "lies next to it, so the fit would replace a table it did not write: move the file "
+            "away, or choose another run directory"
+        )
     saved = read_object_table(path).object_ids
     if saved == object_table.object_ids:
         return
-    if len(saved) != len(object_table):
-        difference = f"lists {len(saved)} objects, this fit's object table {len(object_table)}"
-    else:
-        row = next(row for row, (old, new) in enumerate(zip(saved, object_table.object_ids)) if old != new)
-        difference = f"names row {row} {saved[row]!r}, this fit's object table {object_table.object_ids[row]!r}"
     raise ValueError(
-        f"{path} {difference}: the run was fitted with other objects; resume with the object table "
-        "it was fitted with, or choose another run directory"
+        f"{path} {_table_difference(saved, object_table)}: the run was fitted with other objects; "
+        "resume with the object table it was fitted with, or choose another run directory"
     )
+
+
+def _table_difference(saved: list[str], object_table: ObjectTable) -> str:
+    """Describe the first difference between saved object ids and ``object_table``."""
+    if len(saved) != len(object_table):
+        return f"lists {len(saved)} objects, this fit's object table {len(object_table)}"
+    row = next(row for row, (old, new) in enumerate(zip(saved, object_table.object_ids)) if old != new)
+    return f"names row {row} {saved[row]!r}, this fit's object table {object_table.object_ids[row]!r}"
 
 
 def _lists_objects(path: Path, object_table: ObjectTable) -> bool:
@@ -212,18 +250,28 @@ def _fit_and_save(
     started: str,
 ) -> None:
     estimator.set_params(checkpoint_dir=str(out_dir))
+    table_path = out_dir / OBJECT_TABLE_NAME
+    wrote_table = False
     if object_table is not None:
         # Written before the fit, so that a resume can check its objects
-        # against it. Without a checkpoint there is no run to relabel, and an
-        # objects.tsv is what a fit stopped before its first checkpoint left.
-        if (out_dir / CHECKPOINT_NAME).is_file():
-            _raise_if_other_objects(out_dir / OBJECT_TABLE_NAME, object_table)
+        # against it. A fit that fails before its first checkpoint removes
+        # the table again (below). So a table of other objects without a
+        # checkpoint was not written by a fit, and it may be the user's only copy.
+        _raise_if_other_objects(
+            table_path, object_table, resumable=(out_dir / CHECKPOINT_NAME).is_file()
+        )
         # A table of the same objects stays as it is: it may be the input
         # table itself, whose columns beyond index, object_id and source a
         # rewrite would drop.
-        if not _lists_objects(out_dir / OBJECT_TABLE_NAME, object_table):
-            write_object_table(object_table, out_dir / OBJECT_TABLE_NAME)
-    estimator.fit(train, val, n_objects=n_objects)
+        if not _lists_objects(table_path, object_table):
+            write_object_table(object_table, table_path)
+            wrote_table = True
+    try:
+        estimator.fit(train, val, n_objects=n_objects)
+    except BaseException:
+        if wrote_table and not (out_dir / CHECKPOINT_NAME).is_file():
+            table_path.unlink(missing_ok=True)
+        raise
     # A folder with embedding.npz and manifest.json counts as finished (a sweep
     # reuses it), so the manifest of an earlier fit goes before the new files
     # replace the old ones. If writing fails halfway, the run is unfinished

@@ -166,15 +166,48 @@ def load_triplets(
     triplets = _convert(objects, choices, n_objects, one_based, odd_column, str(path), row_label)
     if len(triplets) == 0:
         warn(f"{path} contains no triplets", UserWarning)
-    elif not one_based and len(triplets) >= n_objects and triplets.min() > 0:
-        # With as many triplets as objects, a 0-based file would almost surely name object 0.
+    elif not one_based and triplets.min() > 0:
+        _warn_if_one_based(path, triplets, n_objects)
+    logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
+    return triplets
+
+
+def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None:
+    """Warn when a 0-based load that never names object 0 looks like a 1-based file.
+
+    A 1-based file that never names its last object loads as 0-based without
+    an error. In a sparse file, the objects named carry little evidence of
+    the base, because the indices shifted by one are about as likely. So the
+    warning needs a file where a 0-based reading is unlikely to leave out
+    object 0. That is a file with at least as many triplets as objects, or
+    one that names nearly every other object (all but 1 in 100 of them).
+    Other files only get an INFO line.
+    """
+    # Every index lies in 1 .. n_objects - 1 here. The count avoids an array
+    # of n_objects flags, which a mistyped huge n_objects would not fit.
+    n_named = len(sorted_unique(triplets.ravel()))
+    if len(triplets) >= n_objects:
+        # Sampled uniformly, a 0-based file leaves object 0 out with
+        # probability (1 - 3/n)^n_triplets, below 5% here.
         warn(
             f"{path} never names object 0 in {len(triplets)} triplets; if it counts objects "
             "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
             UserWarning,
         )
-    logger.info("loaded %d triplets over %d objects from %s", len(triplets), n_objects, path)
-    return triplets
+    elif n_objects - 1 - n_named <= (n_objects - 1) // 100:
+        named = f"all {n_named}" if n_named == n_objects - 1 else f"{n_named} of the {n_objects - 1}"
+        warn(
+            f"{path} names {named} objects from 1 to {n_objects - 1} in {len(triplets)} triplets "
+            "but never object 0; if it counts objects from 1, load it as 1-based "
+            "(CLI: dimalign import-triplets --one-based)",
+            UserWarning,
+        )
+    else:
+        logger.info(
+            "%s never names object 0; it is read as 0-based, as asked. If it counts objects "
+            "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
+            path,
+        )
 
 
 def find_triplet_file(folder: str | os.PathLike) -> Path:
@@ -235,15 +268,18 @@ def _read_columns(
         row_label = layout.row_label
         if layout.empty:
             return np.zeros((0, 3), dtype=np.int64), None, row_label
+        n_columns = layout.n_columns
+        if columns is None and n_columns == 4 + (choice_column is not None):
+            n_columns -= _empty_final_column(layout, choice_column is not None)
         try:
             object_indices, choice_index = _resolve_columns(
-                layout.n_columns, layout.header, columns, choice_column, path
+                n_columns, layout.header, columns, choice_column, path
             )
         except ValueError as error:
             hint = layout.delimiter_hint()
             if not hint:
                 raise
-            raise ValueError(f"{error}. {hint}") from error
+            raise ValueError(f"{str(error).rstrip('.')}. {hint}") from error
         used = object_indices + ([choice_index] if choice_index is not None else [])
         table = _parse_text(path, layout, used, has_choice=choice_index is not None)
         object_indices, choice_index = [0, 1, 2], (3 if choice_index is not None else None)
@@ -302,8 +338,8 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
         description="a triplet array",
         advice="save the triplets with numpy.save as an integer array",
     )
-    if array.ndim != 2:
-        raise ValueError(f"{path}: triplets must be a 2-D array, got shape {array.shape}")
+    if array.ndim != 2 or array.dtype.names:
+        raise ValueError(f"{path}: triplets must be a 2-D array, {_describe_shape(array)}")
 
     def row_label(row: int) -> str:
         return f"row {row}"
@@ -319,6 +355,19 @@ def _read_npy(path: Path) -> tuple[np.ndarray, RowLabel]:
     if array.dtype.kind == "f":
         return _integral_floats(array, str(path), row_label), row_label
     raise ValueError(f"{path}: triplets must be integers, got dtype {array.dtype}")
+
+
+def _describe_shape(array: np.ndarray) -> str:
+    """Describe the shape of an array that is no ``(n, 3)`` table, and how to save one."""
+    advice = "save one triplet per row, as an integer array of shape (n, 3)"
+    if array.dtype.names:
+        return (
+            f"got a structured array with the fields {', '.join(array.dtype.names)}; {advice} "
+            "(numpy: numpy.column_stack([triplets[name] for name in triplets.dtype.names]))"
+        )
+    if array.ndim == 1 and array.size % 3 == 0:
+        return f"got shape {array.shape}; {advice} (numpy: triplets.reshape(-1, 3))"
+    return f"got shape {array.shape}; {advice}"
 
 
 def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
@@ -392,6 +441,9 @@ class _TextLayout:
     detected: bool = True  # the delimiter was detected, not given by the caller
     # The first line of each data record, once the slow path has parsed them.
     record_lines: list[int] | None = None
+    # Every record has n_columns fields, the final one empty (a delimiter at
+    # the end of each line), so the fast path may read the others alone.
+    empty_final_column: bool = False
 
     def delimiter_hint(self) -> str:
         """Suggest a delimiter when detection left the first line as one column."""
@@ -476,6 +528,8 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     first = [_is_number(token) for token in _split(line, delimiter)]
     if len(content) == 2:
         second_line = _strip_comment(content[1][1], delimiter)[0]
+        if detected:
+            _check_same_delimiter(path, (line_number, line), (content[1][0], second_line), delimiter)
         second = [_is_number(token) for token in _split(second_line, delimiter)]
         numeric_below = [a for a, b in zip(first, second) if b]
         is_header = bool(numeric_below) and not any(numeric_below)
@@ -493,6 +547,36 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     return _TextLayout(
         path, delimiter, header, len(header), line_number, first_line=line, detected=detected
     )
+
+
+def _check_same_delimiter(
+    path: Path, first: tuple[int, str], second: tuple[int, str], delimiter: str | None
+) -> None:
+    """Raise ``ValueError`` if the second content line uses another delimiter than the first.
+
+    A header written by one program above rows written by another (``i,j,k``
+    above ``0;1;2``) would otherwise be read as data, and the error would
+    name the header's first field instead of the delimiters. ``first`` and
+    ``second`` are the line numbers and texts of the first two content lines.
+    """
+    (first_number, first_line), (second_number, second_line) = first, second
+    n_fields = len(_split(first_line, delimiter))
+    if len(_split(second_line, delimiter)) == n_fields:
+        return
+    for candidate in ("\t", ",", ";", "|"):
+        if candidate != delimiter and candidate in second_line and candidate not in first_line:
+            raise ValueError(
+                f"{path}: line {first_number} separates its fields by "
+                f"{_delimiter_name(delimiter)}, but line {second_number} by "
+                f"{_delimiter_name(candidate)}. Use one delimiter in the whole file, then import "
+                "it again"
+            )
+
+
+def _delimiter_name(delimiter: str | None) -> str:
+    if delimiter is None:
+        return "whitespace"
+    return "tab" if delimiter == "\t" else repr(delimiter)
 
 
 # Excel's first line naming the delimiter, such as ``sep=;``.
@@ -528,6 +612,7 @@ def _parse_text(
         with warnings.catch_warnings():
             # A header without data rows is an empty file, not worth a warning.
             warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
+            n_read = layout.n_columns - layout.empty_final_column
             table = np.loadtxt(
                 path,
                 dtype=np.int64,
@@ -536,9 +621,11 @@ def _parse_text(
                 comments="#",
                 ndmin=2,
                 encoding="utf-8-sig",
+                # The final column is empty on every line, which int64 cannot parse.
+                usecols=range(n_read) if layout.empty_final_column else None,
             )
-        if table.shape[1] == layout.n_columns or len(table) == 0:
-            return table.reshape(-1, layout.n_columns)[:, used]
+        if table.shape[1] == n_read or len(table) == 0:
+            return table.reshape(-1, n_read)[:, used]
     except ValueError:
         pass
 
@@ -583,6 +670,55 @@ def _parse_text(
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
+    """Return whether the final column of a delimited file is empty on every data line.
+
+    A delimiter at the end of every line, as spreadsheets and some scripts
+    write it, adds such a column. It contains no data, so leaving it out loses
+    nothing. A column with a header name is no such column. ``has_choice``
+    only shapes the error message.
+
+    Raises:
+        ValueError: If the final column is empty on some lines but not on
+            others. The message names the first line of each kind.
+    """
+    if layout.delimiter is None or (layout.header is not None and layout.header[-1] != ""):
+        return False
+    last = layout.n_columns - 1
+    first_empty = first_filled = None
+    regular = True
+    with open(layout.path, encoding="utf-8-sig") as handle:
+        for line_number, _, tokens in _records(handle, layout):
+            # Lines with another number of columns get their own error when parsed.
+            if len(tokens) != layout.n_columns:
+                regular = False
+                continue
+            if tokens[last] == "":
+                first_empty = first_empty or line_number
+            elif first_filled is None:
+                first_filled = (line_number, tokens[last])
+            if first_empty and first_filled:
+                break
+    if first_empty is None:
+        return False
+    if first_filled is not None:
+        filled_line, value = first_filled
+        chosen = "a, b, c" if has_choice else "0, 1, 2"
+        raise ValueError(
+            f"{layout.path}: the final column {last} is empty on line {first_empty} but contains "
+            f"{value!r} on line {filled_line}, so it is a column of data, not a delimiter at the "
+            f"end of each line. Choose the three object columns with columns=[{chosen}] "
+            f"(CLI: dimalign import-triplets --columns {chosen.replace(', ', ',')}), or fill in "
+            "the missing values"
+        )
+    logger.info(
+        "%s: the final column %d is empty on every line (each line ends with a delimiter), "
+        "so it is left out", layout.path, last,
+    )
+    layout.empty_final_column = regular
+    return True
 
 
 def _header_hint(
@@ -811,16 +947,29 @@ def _resolve_columns(
     else:
         object_indices = [index for index in range(n_columns) if index != choice_index]
         if len(object_indices) != 3:
-            hint = "" if choice_index is not None else " (and a choice column with choice_column)"
             names = f" (header: {', '.join(map(repr, header))})" if header else ""
-            raise ValueError(
-                f"{path} has {n_columns} columns{names}; choose the three object columns with "
-                f"columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c){hint}"
+            expected = "3" if choice_index is None else "4 with the choice column"
+            hint = (
+                ""
+                if choice_index is not None
+                else " If a column gives the odd one's position 1, 2 or 3, name it with "
+                "choice_column (CLI: --choice-column)."
             )
-    if len(set(object_indices)) != 3 or choice_index in object_indices:
+            raise ValueError(
+                f"{path} has {n_columns} column{'' if n_columns == 1 else 's'}{names}, "
+                f"not {expected}. Choose the three object columns by position or header name "
+                f"with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c).{hint}"
+            )
+    if len(set(object_indices)) != 3:
         raise ValueError(
-            f"{path}: the object columns {object_indices} and the choice column {choice_index} "
-            "must all differ"
+            f"{path}: the object columns {object_indices} repeat a column; name three different "
+            "columns (CLI: --columns a,b,c)"
+        )
+    if choice_index in object_indices:
+        raise ValueError(
+            f"{path}: the choice column {choice_index} is also an object column (object columns "
+            f"{object_indices}); name a choice column apart from the three object columns "
+            "(CLI: --choice-column)"
         )
     if n_columns != 3 + (choice_index is not None) or object_indices != sorted(object_indices):
         logger.info(

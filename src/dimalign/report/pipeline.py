@@ -785,6 +785,39 @@ def check_study_dir(plan: StudyPlan) -> None:
                 f"not write it (or its record is damaged), and stage {stage.name} would replace it; "
                 "move the folder away or choose another study directory"
             )
+        if stage.action == "run" and folder.is_dir():
+            _reject_unwritten_files(folder, stage.name)
+
+
+def _stage_files(folder: Path) -> list[str]:
+    """List the files below a stage folder as sorted POSIX paths relative to it."""
+    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+
+
+def _reject_unwritten_files(folder: Path, stage_name: str) -> None:
+    """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write.
+
+    A rerun replaces the stage folder as a whole, so such files (notes or
+    plots of the user's) would be lost. The stage record lists the files that
+    the stage wrote.
+
+    NOTE: Records written before the list existed have no ``files`` entry, and
+    their folders are not checked.
+    """
+    record = read_stage_record(folder)
+    written = record.get("files") if record is not None else None
+    if not isinstance(written, list):
+        return
+    unknown = sorted(set(_stage_files(folder)) - set(written))
+    if not unknown:
+        return
+    listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
+    raise FileExistsError(
+        f"{folder} contains {len(unknown)} {noun} that stage {stage_name} did not write ({listed}), "
+        "and the stage replaces its folder as a whole when it runs again: move "
+        f"{pronoun} out of the folder, then run the study again"
+    )
 
 
 def is_study_record(path: Path) -> bool:
@@ -867,6 +900,9 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
             shutil.rmtree(work_dir, ignore_errors=True)
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
+    # Checked again, because files may have been added while the stage ran.
+    if (study_dir / stage.name).is_dir():
+        _reject_unwritten_files(study_dir / stage.name, stage.name)
     _replace_folder(work_dir, study_dir / stage.name)
 
 
@@ -893,6 +929,8 @@ def _write_stage_record(
         "started": started,
         "finished": now_iso(),
         "seconds": round(seconds, 3),
+        # The files of the stage, so that a rerun can tell files added later.
+        "files": _stage_files(work_dir),
     }
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from operator import attrgetter
 from pathlib import Path
 
@@ -419,17 +420,22 @@ def run_simulate(args: argparse.Namespace) -> int:
         random_state=np.random.default_rng(sample_seed),
         replace=args.replace,
     )
-    result = simulate_choices(
-        features,
-        triplets,
-        similarity=args.similarity,
-        rule=args.rule,
-        temperature=1.0 if args.temperature is None else args.temperature,
-        random_state=np.random.default_rng(choice_seed),
-        batch_size=args.batch_size,
-        relu=args.relu,
-        method=args.method,
-    )
+    try:
+        result = simulate_choices(
+            features,
+            triplets,
+            similarity=args.similarity,
+            rule=args.rule,
+            temperature=1.0 if args.temperature is None else args.temperature,
+            random_state=np.random.default_rng(choice_seed),
+            batch_size=args.batch_size,
+            relu=args.relu,
+            method=args.method,
+        )
+    except ValueError as error:
+        # The options were checked above, so the error is about the feature
+        # values (NaN, inf or a zero norm), whose message lacks the file.
+        raise ValueError(f"{features_file}: {error}") from error
     del triplets
 
     if table is None:
@@ -498,8 +504,8 @@ def check_simulate_options(args: argparse.Namespace) -> None:
             f"--temperature {args.temperature} has no effect with --rule {args.rule}: "
             "drop --temperature, or pass --rule softmax"
         )
-    if args.temperature is not None and not args.temperature > 0:
-        raise ValueError(f"--temperature {args.temperature} is invalid: use a number above 0")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature {args.temperature} is invalid: use a finite number above 0")
     if args.n_triplets < 1:
         raise ValueError(f"--n-triplets {args.n_triplets} is invalid: use 1 or more")
     if args.val_fraction is not None:
