@@ -668,6 +668,22 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
     assert not out_dir.exists()
 
 
+@pytest.mark.parametrize("content", ["", "a,b,c\n"])
+def test_import_empty_file_fails(tmp_path, capsys, content):
+    source = tmp_path / "trials.csv"
+    source.write_text(content, encoding="utf-8")
+    out_dir = tmp_path / "out"
+
+    status = main(["import-triplets", str(source), "-o", str(out_dir), "--n-objects", "10"])
+
+    assert status == 1
+    assert (
+        f"{source} contains no triplets, so there is nothing to import: check that it is the file of "
+        "judgements"
+    ) in capsys.readouterr().err
+    assert not out_dir.exists()
+
+
 def test_import_absurd_object_count_fails_cleanly(tmp_path, capsys, monkeypatch):
     """The per-object counts of 10^13 objects need 80 TB, more than any machine has.
 

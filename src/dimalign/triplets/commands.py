@@ -295,6 +295,12 @@ def run_import(args: argparse.Namespace) -> int:
             f"{source} contains no triplets, so --split/--val-fraction {args.split} holds out "
             "none: check that it is the file of judgements"
         )
+    if not len(triplets):
+        # Every command that reads triplets rejects an empty file, so writing one only moves the error.
+        raise ValueError(
+            f"{source} contains no triplets, so there is nothing to import: check that it is the file of "
+            "judgements"
+        )
     if args.split is not None:
         check_split_sizes("--split/--val-fraction", args.split, len(triplets), "--split")
     inputs = {"triplets": source}
