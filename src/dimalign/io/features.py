@@ -107,6 +107,8 @@ def load_features(
             f"{path}: features must be real numbers, got dtype {features.dtype}; save a float array"
         )
 
+    _reject_triplet_file(path, features)
+
     if not read_table:
         table_path = None
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
@@ -116,6 +118,37 @@ def load_features(
         )
     logger.info("loaded features %s of shape %s", path, features.shape)
     return features, table
+
+
+def _reject_triplet_file(path: Path, features: np.ndarray) -> None:
+    """Raise ``ValueError`` for a file that looks like odd-one-out triplets rather than features.
+
+    Passing the human triplets where features belong (``dimalign simulate
+    human_triplets.txt``) would otherwise run, with one "object" per triplet.
+    A triplet file has three columns of distinct non-negative whole numbers in
+    every row: an integer ``.npy`` array, as ``import-triplets`` writes, or a
+    text file. Float ``.npy`` features are never rejected, so real features of
+    that shape can be loaded once saved as a float array.
+    """
+    if features.shape[1] != 3 or features.shape[0] == 0:
+        return
+    if path.suffix.lower() == ".npy" and features.dtype.kind not in "iu":
+        return
+    values = np.asarray(features)
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        return
+    if values.min() < 0:
+        return
+    distinct = (values[:, 0] != values[:, 1]) & (values[:, 0] != values[:, 2]) & (values[:, 1] != values[:, 2])
+    if not distinct.all():
+        return
+    raise ValueError(
+        f"{path} looks like a triplet file, not features: its {features.shape[0]} rows of 3 distinct whole "
+        "numbers each are object indices of odd-one-out triplets. Features have one row per object and "
+        "one column per feature, as 'dimalign extract' writes them. Fit triplets with 'dimalign fit' "
+        "(convert other layouts with 'dimalign import-triplets' first). If these are features, save "
+        "them as a float array with numpy.save"
+    )
 
 
 def check_layer_choice(path: str | os.PathLike, layer: str | None) -> None:
