@@ -688,6 +688,18 @@ def _other_separator(field: str, delimiter: str | None) -> str | None:
     return None
 
 
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _shorten(value: str) -> str:
+    return value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
+
+
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
@@ -707,6 +719,14 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             if not content.strip():
                 continue
             fields = content.split(delimiter) if delimiter else content.split()
+            header = not any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
+            if n_values is None and header:
+                names = ", ".join(repr(_shorten(field.strip())) for field in fields[:5])
+                more = ", ..." if len(fields) > 5 else ""
+                return (
+                    f"line {number} is a header ({names}{more}), but the file must contain numbers "
+                    "only: delete that line"
+                )
             for field in fields:
                 try:
                     float(field)
@@ -723,9 +743,7 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                             f"{Path(path).suffix.lower()} file are separated by {separators}: save it "
                             f"with {separators}, or under a name ending in .txt (values separated by spaces)"
                         )
-                    value = field.strip()
-                    shown = value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
-                    return f"line {number} has the value {shown!r}, which is not a number"
+                    return f"line {number} has the value {_shorten(field.strip())!r}, which is not a number"
             if n_values is None:
                 n_values = len(fields)
             elif len(fields) != n_values:
