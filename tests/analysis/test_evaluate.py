@@ -158,6 +158,30 @@ def test_load_things48_names_missing_folder(tmp_path):
         load_things48(tmp_path / "nowhere")
 
 
+def test_load_things48_file_names_its_folder(things_dir):
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(things_dir / "unique_id.txt")
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"THINGS data directory {things_dir / 'unique_id.txt'} is a file, not a folder: "
+        f"pass the folder that contains it, {things_dir}. "
+    )
+
+
+def test_load_things48_parent_names_subfolder(things_dir, tmp_path):
+    copy_things48_files(things_dir, tmp_path / "things")
+
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(tmp_path)
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"{tmp_path} lacks RDM48_triplet.mat, but its subfolder {tmp_path / 'things'} has all three "
+        "files: pass that folder. "
+    )
+
+
 def test_load_things48_names_words_file_not_utf8(things_dir, tmp_path):
     folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
     text = (things_dir / "words48.csv").read_bytes().replace(b"beaver", b"b\xe9aver")
