@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1730,6 +1731,23 @@ def test_compare_share_null_near_zero_r(tmp_path):
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["n_dnn_dims_for_95_percent"] is None
     assert pd.read_csv(tmp_path / "out" / "cumulative_rsa.csv")["share_of_full_r2"].isna().all()
+
+
+def test_compare_log_gives_null_share_reason(tmp_path, caplog):
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"), pytest.warns(UserWarning):
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+
+    summary = [record.getMessage() for record in caplog.records if "human-DNN RSA r =" in record.getMessage()]
+    assert len(summary) == 1
+    assert "not reached" not in summary[0]
+    assert re.search(
+        r"; no share of the full r² is meaningful, because the 95% interval \[-0\.08\d, 0\.23\d\] of the "
+        r"full DNN model's r contains 0$",
+        summary[0],
+    )
 
 
 def test_compare_share_interval_on_cumulative_subset(tmp_path):
