@@ -1199,6 +1199,45 @@ def test_map_cli_aligns_objects(tmp_path):
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 
 
+def test_map_cli_objects_name_feature_rows(tmp_path):
+    """--objects names the rows of a feature file without a table, such as the shared VGG-16 factors."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 12))
+    embedding = features[:, :3] @ rng.random((3, 2)) + 10.0 + 0.3 * rng.normal(size=(30, 2))
+    ids = [f"object{i:02d}" for i in range(30)]
+    np.save(tmp_path / "features.npy", features[::-1])
+    (tmp_path / "feature_ids.txt").write_text("".join(f"{name}\n" for name in ids[::-1]))
+    write_side(tmp_path / "run", embedding, ObjectTable.from_ids(ids))
+    command = ["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+               "--alpha-range", "0.001", "1000", "13"]
+
+    assert main([*command, "-o", str(tmp_path / "without")]) == 1
+    assert main([*command, "-o", str(tmp_path / "map"), "--objects", str(tmp_path / "feature_ids.txt")]) == 0
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    ridge = RidgeMap.load(tmp_path / "map")
+    direct = RidgeMap(alphas=np.logspace(-3, 3, 13)).fit(features, embedding)
+    np.testing.assert_allclose(ridge.alpha_, direct.alpha_, rtol=1e-9)
+    np.testing.assert_allclose(ridge.predict(features), direct.predict(features), rtol=1e-6)
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert manifest["inputs"]["objects"]["path"] == str(tmp_path / "feature_ids.txt")
+
+
+def test_map_cli_objects_must_fit_features(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((3, 2)))
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    write_side(tmp_path / "run", np.ones((3, 1)), ObjectTable.from_ids(["a", "b", "c"]))
+
+    code = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map"), "--objects", str(tmp_path / "ids.txt")])
+
+    assert code == 1
+    assert (f"--objects {tmp_path / 'ids.txt'} lists 2 objects but the features {tmp_path / 'features.npy'} "
+            "have 3 rows; pass an object table with one name per feature row, in row order") in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
 def test_map_keeps_user_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     feature_dir = tmp_path / "features"
@@ -1424,7 +1463,8 @@ def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
     else:
         assert (f"the embedding has an object table ({tmp_path / 'run' / 'objects.tsv'}) but the "
                 f"features {feature_dir} have none") in error
-        assert f"put an objects.tsv that names the feature rows in {feature_dir}" in error
+        assert (f"pass the table that names the feature rows with --objects, or put it as objects.tsv in "
+                f"{feature_dir}") in error
     assert not (tmp_path / "map").exists()
 
 
