@@ -669,3 +669,71 @@ def test_cli_evaluate_failed_rerun_keeps_earlier_metrics(tmp_path, capsys, monke
     assert capsys.readouterr().out == ""
     assert sorted(path.name for path in out_dir.iterdir()) == ["manifest.json", "metrics.json"]
     assert {name: (out_dir / name).read_text() for name in earlier} == earlier
+
+
+def _simulated_triplet_file(path: Path, n_objects: int = 30, n_triplets: int = 400) -> None:
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    embedding = np.random.default_rng(3).gamma(0.5, 1.0, size=(n_objects, 3))
+    triplets = sample_triplets(n_objects=n_objects, n_triplets=n_triplets, random_state=0)
+    result = simulate_choices(embedding, triplets, random_state=0)
+    np.savetxt(path, result.triplets, fmt="%d")
+
+
+FIT_ARGS = ["--n-objects", "30", "--max-epochs", "2", "--n-dims", "4", "--min-objects", "1"]
+
+
+def _held_out_warnings(error_output: str) -> list[str]:
+    return [line.split("WARNING dimalign: ", 1)[1] for line in error_output.splitlines() if "not held out" in line]
+
+
+def test_cli_evaluate_warns_about_fitted_file(tmp_path, capsys):
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "fit", str(triplet_file), "-o", str(tmp_path / "run"), *FIT_ARGS]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(triplet_file)]) == 0
+
+    assert _held_out_warnings(capsys.readouterr().err) == [
+        f"--triplets {triplet_file} is the file that {tmp_path / 'run'} was fitted to, and the fit "
+        "trained on all but 10% of its object sets, so the accuracy is not held out. To score the "
+        f"held-out triplets, write them with 'dimalign import-triplets {triplet_file} --split 0.1 "
+        "--seed 0 -o FOLDER' and pass FOLDER/val.npy"
+    ]
+
+
+def test_cli_evaluate_held_out_split_matches_fit(tmp_path, capsys):
+    """The import-triplets command that the warning suggests writes the fit's own validation triplets."""
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "fit", str(triplet_file), "-o", str(tmp_path / "run"), *FIT_ARGS]) == 0
+    assert main(["-q", "import-triplets", str(triplet_file), "--n-objects", "30", "--split", "0.1",
+                 "--seed", "0", "-o", str(tmp_path / "split")]) == 0
+
+    _, fit_val = split_triplets(load_triplets(triplet_file, 30), val_fraction=0.1, random_state=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "split" / "val.npy"), fit_val)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["outputs"]["n_val"] == len(fit_val)
+
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(tmp_path / "split" / "val.npy")]) == 0
+    assert _held_out_warnings(capsys.readouterr().err) == []
+
+
+def test_cli_evaluate_warns_about_training_file(tmp_path, capsys):
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "import-triplets", str(triplet_file), "--n-objects", "30", "--split", "0.1",
+                 "-o", str(tmp_path / "split")]) == 0
+    assert main(["-q", "fit", str(tmp_path / "split"), "-o", str(tmp_path / "run"), *FIT_ARGS[2:]]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(tmp_path / "split" / "train.npy")]) == 0
+
+    assert _held_out_warnings(capsys.readouterr().err) == [
+        f"--triplets {tmp_path / 'split' / 'train.npy'} contains the training triplets of {tmp_path / 'run'}, "
+        f"so the accuracy is not held out: pass the held-out triplets, {tmp_path / 'split' / 'val.npy'}"
+    ]
