@@ -236,9 +236,14 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
             f"--seed {seed} -o FOLDER' and pass FOLDER/val.npy"
         )
         return
-    val = inputs.get("val")
-    held_out = run / "val.npy" if (run / "val.npy").is_file() else (val.get("path") if isinstance(val, dict) else None)
-    advice = f"pass the held-out triplets, {held_out}" if held_out else "pass triplets that the fit did not train on"
+    held_out = None
+    if (run / "val.npy").is_file():
+        held_out = run / "val.npy"
+    elif isinstance(inputs.get("val"), dict):
+        held_out = inputs["val"].get("path")
+    advice = "pass triplets that the fit did not train on"
+    if held_out:
+        advice = f"pass the held-out triplets, {held_out}"
     warn(
         f"--triplets {triplet_path} contains the training triplets of {run}, so the accuracy is not held "
         f"out: {advice}"
