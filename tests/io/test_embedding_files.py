@@ -181,3 +181,21 @@ def test_triplet_folder_as_embedding_named(tmp_path):
 def test_missing_embedding_file_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"^embedding .*missing.npy not found$"):
         load_embedding(tmp_path / "missing.npy")
+
+
+def test_human_triplets_rejected_as_embedding(things_dir):
+    with pytest.raises(ValueError) as error:
+        load_embedding(things_dir / "human_triplets.txt")
+
+    assert str(error.value) == (
+        f"{things_dir / 'human_triplets.txt'} looks like a triplet file, not an embedding: its 131552 rows "
+        "of 3 distinct whole numbers each are object indices of odd-one-out triplets. An embedding has one "
+        "row per object and one column per dimension, as 'dimalign fit' writes it. If these are embedding "
+        "weights, save them as a float array with numpy.save"
+    )
+
+
+def test_float_embedding_of_whole_numbers_loads(tmp_path):
+    np.save(tmp_path / "weights.npy", np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]]))
+
+    np.testing.assert_array_equal(load_embedding(tmp_path / "weights.npy").embedding, [[0, 1, 2], [3, 1, 0]])

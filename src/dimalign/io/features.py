@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import load_npy, text_table_problem
+from dimalign.io.files import load_npy, looks_like_triplet_file, text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -125,22 +125,8 @@ def _reject_triplet_file(path: Path, features: np.ndarray) -> None:
 
     Passing the human triplets where features belong (``dimalign simulate
     human_triplets.txt``) would otherwise run, with one "object" per triplet.
-    A triplet file has three columns of distinct non-negative whole numbers in
-    every row: an integer ``.npy`` array, as ``import-triplets`` writes, or a
-    text file. Float ``.npy`` features are never rejected, so real features of
-    that shape can be loaded once saved as a float array.
     """
-    if features.shape[1] != 3 or features.shape[0] == 0:
-        return
-    if path.suffix.lower() == ".npy" and features.dtype.kind not in "iu":
-        return
-    values = np.asarray(features)
-    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-        return
-    if values.min() < 0:
-        return
-    distinct = (values[:, 0] != values[:, 1]) & (values[:, 0] != values[:, 2]) & (values[:, 1] != values[:, 2])
-    if not distinct.all():
+    if not looks_like_triplet_file(path, features):
         return
     raise ValueError(
         f"{path} looks like a triplet file, not features: its {features.shape[0]} rows of 3 distinct whole "

@@ -688,6 +688,31 @@ def _other_separator(field: str, delimiter: str | None) -> str | None:
     return None
 
 
+def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
+    """Return whether an array read from ``path`` looks like odd-one-out triplets.
+
+    A triplet file has three columns of distinct non-negative whole numbers in
+    every row: an integer ``.npy`` array, as ``import-triplets`` writes, or a
+    text file. Float ``.npy`` arrays never count, so real features or
+    embeddings of that shape can be loaded once saved as a float array.
+    """
+    import numpy as np
+
+    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
+        return False
+    if Path(path).suffix.lower() in (".npy", ".npz") and array.dtype.kind not in "iu":
+        return False
+    if array.dtype.kind not in "iuf":
+        return False
+    values = np.asarray(array)
+    if values.dtype.kind == "f" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+        return False
+    if values.min() < 0:
+        return False
+    distinct = (values[:, 0] != values[:, 1]) & (values[:, 0] != values[:, 2]) & (values[:, 1] != values[:, 2])
+    return bool(distinct.all())
+
+
 def _is_number(field: str) -> bool:
     try:
         float(field)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, text_table_problem
+from dimalign.io.files import atomic_path, looks_like_triplet_file, text_table_problem
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,14 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             f"{path} cannot be read as an embedding: it is not a numpy .npy/.npz file of numbers, "
             "or it is damaged"
         ) from error
+    if looks_like_triplet_file(path, embedding):
+        # Such a file would pass as an embedding of one "object" per triplet.
+        raise ValueError(
+            f"{path} looks like a triplet file, not an embedding: its {embedding.shape[0]} rows of 3 distinct "
+            "whole numbers each are object indices of odd-one-out triplets. An embedding has one row per "
+            "object and one column per dimension, as 'dimalign fit' writes it. If these are embedding "
+            "weights, save them as a float array with numpy.save"
+        )
     embedding = check_embedding(embedding, str(path), negative_tolerance)
     logger.info("loaded embedding %s: %d objects x %d dimensions", path, *embedding.shape)
     return EmbeddingResult(embedding=embedding, path=path, **extras)
