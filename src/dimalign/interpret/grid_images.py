@@ -149,7 +149,7 @@ def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence
     }
     missing = [table.sources[row] or table.object_ids[row] for row, path in paths.items() if path is None]
     if missing:
-        # "." is the default of dimalign grid --images, so a user who left it out sees why.
+        # "." is the default of dimalign grid --images, so the message names the option a user left out.
         where = str(image_dir)
         if image_dir == Path("."):
             where = (
