@@ -697,8 +697,8 @@ def test_cli_evaluate_warns_about_fitted_file(tmp_path, capsys):
 
     assert _held_out_warnings(capsys.readouterr().err) == [
         f"--triplets {triplet_file} is the file that {tmp_path / 'run'} was fitted to, and the fit "
-        "trained on all but 10% of its object sets, so the accuracy is not held out. To score the "
-        f"held-out triplets, write them with 'dimalign import-triplets {triplet_file} --split 0.1 "
+        "held out only 10% of its triplets and trained on the rest, so the accuracy is not held out. "
+        f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_file} --split 0.1 "
         "--seed 0 -o FOLDER' and pass FOLDER/val.npy"
     ]
 

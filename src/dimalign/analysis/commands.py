@@ -230,10 +230,10 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
     if training and isinstance(split, dict):
         fraction, seed = split.get("val_fraction"), split.get("split_seed")
         warn(
-            f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit trained on all "
-            f"but {fraction:.0%} of its object sets, so the accuracy is not held out. To score the held-out "
-            f"triplets, write them with 'dimalign import-triplets {triplet_path} --split {fraction:g} "
-            f"--seed {seed} -o FOLDER' and pass FOLDER/val.npy"
+            f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit held out only "
+            f"{fraction:.0%} of its triplets and trained on the rest, so the accuracy is not held out. "
+            f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_path} "
+            f"--split {fraction:g} --seed {seed} -o FOLDER' and pass FOLDER/val.npy"
         )
         return
     held_out = None
