@@ -147,7 +147,7 @@ def test_pickled_fit_in_new_process(estimator, tmp_path):
     (SPoSE, {"l1": 0.01}, "0.01 x "),
 ])
 def test_epoch_log_shows_loss_terms(estimator, settings, weight, caplog):
-    """The logged loss is the NLL plus the weighted complexity, and the line says so."""
+    """The logged loss is the NLL plus the weighted complexity, and the line shows that sum."""
     model = tiny(estimator, verbose=True, random_state=0, **settings)
 
     with caplog.at_level("INFO", logger="dimalign.embedding.base"):
