@@ -493,7 +493,7 @@ def run_maximize(args: argparse.Namespace) -> int:
                              "before": before, "after": after, "change": after - before})
                 cells.append(GridCell(_tensor_to_pil(image), value_change_caption(before, after)))
             strip = compose_grid(
-                cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after)",
+                cells, len(cells), title=f"dimension {dim}: maximised images (value before -> after, change)",
                 cell_size=max(result.images.shape[-2:]),
             )
             save_png(strip, stage / f"dim{dim}_images.png")
