@@ -557,7 +557,11 @@ def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) ->
 
     layer = manifest.get("settings", {}).get("layer")
     sources = []
-    for entry, path in zip(manifest.get("inputs", {}).values(), _input_paths(manifest)):
+    for name, entry, path in zip(manifest.get("inputs", {}), manifest.get("inputs", {}).values(),
+                                 _input_paths(manifest)):
+        # An object table (map --objects) may lie in an extract folder of other features.
+        if name == "objects":
+            continue
         folder = path if path.is_dir() else path.parent
         if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
             continue
