@@ -199,3 +199,16 @@ def test_float_embedding_of_whole_numbers_loads(tmp_path):
     np.save(tmp_path / "weights.npy", np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]]))
 
     np.testing.assert_array_equal(load_embedding(tmp_path / "weights.npy").embedding, [[0, 1, 2], [3, 1, 0]])
+
+
+def test_unfinished_run_as_embedding_named(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path} is a folder without embedding.npz, so it is not a run directory of 'dimalign fit': "
+        "it contains checkpoint.pt, so its fit has not finished. Finish it with 'dimalign fit ... --resume' "
+        "and the same triplets and settings"
+    )

@@ -126,6 +126,11 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
 def _folder_without_embedding(folder: Path) -> str:
     """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead."""
     problem = f"{folder} is a folder without {EMBEDDING_NAME}, so it is not a run directory of 'dimalign fit'"
+    if (folder / "checkpoint.pt").is_file():
+        return (
+            f"{problem}: it contains checkpoint.pt, so its fit has not finished. Finish it with "
+            "'dimalign fit ... --resume' and the same triplets and settings"
+        )
     runs = [name for name in ("human_fit", "dnn_fit") if (folder / name / EMBEDDING_NAME).is_file()]
     if runs:
         return f"{problem}: it is a study directory, so pass one of its runs, {' or '.join(str(folder / run) for run in runs)}"
