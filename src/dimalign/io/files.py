@@ -692,15 +692,17 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
     """Return whether an array read from ``path`` looks like odd-one-out triplets.
 
     A triplet file has three columns of distinct non-negative whole numbers in
-    every row: an integer ``.npy`` array, as ``import-triplets`` writes, or a
-    text file. Float ``.npy`` arrays never count, so real features or
+    every row: an integer array (such as the ``.npy`` that ``import-triplets``
+    writes), or a text file, which is read as floats. Float arrays of binary
+    files (``.npy``, ``.npz``, HDF5) never count, so real features or
     embeddings of that shape can be loaded once saved as a float array.
     """
     import numpy as np
 
     if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
         return False
-    if Path(path).suffix.lower() in (".npy", ".npz") and array.dtype.kind not in "iu":
+    text = Path(path).suffix.lower() in (".txt", ".tsv", ".csv")
+    if not text and array.dtype.kind not in "iu":
         return False
     if array.dtype.kind not in "iuf":
         return False
