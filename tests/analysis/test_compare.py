@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1198,6 +1199,45 @@ def test_map_cli_aligns_objects(tmp_path):
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 
 
+def test_map_cli_objects_name_feature_rows(tmp_path):
+    """--objects names the rows of a feature file without a table, such as the shared VGG-16 factors."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 12))
+    embedding = features[:, :3] @ rng.random((3, 2)) + 10.0 + 0.3 * rng.normal(size=(30, 2))
+    ids = [f"object{i:02d}" for i in range(30)]
+    np.save(tmp_path / "features.npy", features[::-1])
+    (tmp_path / "feature_ids.txt").write_text("".join(f"{name}\n" for name in ids[::-1]))
+    write_side(tmp_path / "run", embedding, ObjectTable.from_ids(ids))
+    command = ["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+               "--alpha-range", "0.001", "1000", "13"]
+
+    assert main([*command, "-o", str(tmp_path / "without")]) == 1
+    assert main([*command, "-o", str(tmp_path / "map"), "--objects", str(tmp_path / "feature_ids.txt")]) == 0
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    ridge = RidgeMap.load(tmp_path / "map")
+    direct = RidgeMap(alphas=np.logspace(-3, 3, 13)).fit(features, embedding)
+    np.testing.assert_allclose(ridge.alpha_, direct.alpha_, rtol=1e-9)
+    np.testing.assert_allclose(ridge.predict(features), direct.predict(features), rtol=1e-6)
+    manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
+    assert manifest["inputs"]["objects"]["path"] == str(tmp_path / "feature_ids.txt")
+
+
+def test_map_cli_objects_must_fit_features(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((3, 2)))
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    write_side(tmp_path / "run", np.ones((3, 1)), ObjectTable.from_ids(["a", "b", "c"]))
+
+    code = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                 "-o", str(tmp_path / "map"), "--objects", str(tmp_path / "ids.txt")])
+
+    assert code == 1
+    assert (f"--objects {tmp_path / 'ids.txt'} lists 2 objects but the features {tmp_path / 'features.npy'} "
+            "have 3 rows; pass an object table with one name per feature row, in row order") in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()
+
+
 def test_map_keeps_user_file(tmp_path, capsys):
     rng = np.random.default_rng(0)
     feature_dir = tmp_path / "features"
@@ -1423,7 +1463,8 @@ def test_map_cli_rejects_table_on_one_side(tmp_path, capsys, table_side):
     else:
         assert (f"the embedding has an object table ({tmp_path / 'run' / 'objects.tsv'}) but the "
                 f"features {feature_dir} have none") in error
-        assert f"put an objects.tsv that names the feature rows in {feature_dir}" in error
+        assert (f"pass the table that names the feature rows with --objects, or put it as objects.tsv in "
+                f"{feature_dir}") in error
     assert not (tmp_path / "map").exists()
 
 
@@ -1730,6 +1771,23 @@ def test_compare_share_null_near_zero_r(tmp_path):
     summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
     assert summary["n_dnn_dims_for_95_percent"] is None
     assert pd.read_csv(tmp_path / "out" / "cumulative_rsa.csv")["share_of_full_r2"].isna().all()
+
+
+def test_compare_log_gives_null_share_reason(tmp_path, caplog):
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"), pytest.warns(UserWarning):
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+
+    summary = [record.getMessage() for record in caplog.records if "human-DNN RSA r =" in record.getMessage()]
+    assert len(summary) == 1
+    assert "not reached" not in summary[0]
+    assert re.search(
+        r"; no share of the full r² is meaningful, because the 95% interval \[-0\.08\d, 0\.23\d\] of the "
+        r"full DNN model's r contains 0$",
+        summary[0],
+    )
 
 
 def test_compare_share_interval_on_cumulative_subset(tmp_path):

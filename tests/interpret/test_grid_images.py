@@ -51,6 +51,19 @@ def test_image_paths_lists_every_missing_file(tmp_path):
     assert str(caught.value).endswith(": gone1.png, gone2.png")
 
 
+def test_grid_without_images_names_current_folder(colour_objects, tmp_path, capsys, monkeypatch):
+    _, run_dir, _ = colour_objects
+    monkeypatch.chdir(tmp_path)
+
+    status = main(["grid", str(run_dir), "-o", str(tmp_path / "grids"), "--dims", "0"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert (f"objects have no image under the current folder {tmp_path}, where images are looked for "
+            "without --images: pass the image folder with --images DIR (looked for the source column") in error
+    assert not (tmp_path / "grids").exists()
+
+
 def test_image_paths_finds_images_like_compare(tmp_path):
     # A source, a file named after the object id, <id>.<ext>, and the first image of <id>/.
     solid((1, 2, 3)).save(tmp_path / "source.png")

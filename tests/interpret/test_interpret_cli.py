@@ -104,6 +104,15 @@ def test_maximize_cli_raises_dimension(pipeline, tmp_path):
     assert (out / "dim0_images.png").is_file()
 
 
+def test_maximize_caption_shows_small_change():
+    """A change of 0.0012 must not read as '0.10 -> 0.10' under the image."""
+    from dimalign.interpret.commands import value_change_caption
+
+    assert value_change_caption(0.101313, 0.102539) == "0.1013 -> 0.1025 (+0.0012)"
+    assert value_change_caption(12.5, 9.3) == "12.5 -> 9.3 (-3.2)"
+    assert value_change_caption(0.5, 0.5) == "0.5 -> 0.5 (+0)"
+
+
 def test_manipulate_cli_table(pipeline, tmp_path):
     out = tmp_path / "manipulate"
     masks = tmp_path / "masks"

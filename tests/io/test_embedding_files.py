@@ -137,3 +137,78 @@ def test_save_rejects_embedding_that_load_would_reject(tmp_path, embedding, mess
     with pytest.raises(ValueError, match=message):
         save_embedding(EmbeddingResult(embedding=embedding), tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "text", "line"), [
+    ("weights.csv", "dim_0,dim_1\n0.5,0.25\n0,1.5\n", 1),
+    ("weights.txt", "# fitted weights\ndim_0 dim_1\n0.5 0.25\n", 2),
+])
+def test_text_embedding_header_line_named(tmp_path, name, text, line):
+    (tmp_path / name).write_text(text)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / name)
+
+    assert str(error.value) == (
+        f"{tmp_path / name} cannot be read as a text embedding: line {line} is a header "
+        "('dim_0', 'dim_1'), but the file must contain numbers only: delete that line"
+    )
+
+
+def test_folder_without_embedding_named(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path} is a folder without embedding.npz, so it is not a run directory of 'dimalign fit': "
+        "pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+    )
+
+
+def test_triplet_folder_as_embedding_named(tmp_path):
+    np.save(tmp_path / "train.npy", np.array([[0, 1, 2]]))
+    np.save(tmp_path / "val.npy", np.array([[2, 1, 0]]))
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path} is a folder without embedding.npz, so it is not a run directory of 'dimalign fit': "
+        "it contains triplets (train.npy), which 'dimalign fit' turns into an embedding"
+    )
+
+
+def test_missing_embedding_file_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^embedding .*missing.npy not found$"):
+        load_embedding(tmp_path / "missing.npy")
+
+
+def test_human_triplets_rejected_as_embedding(things_dir):
+    with pytest.raises(ValueError) as error:
+        load_embedding(things_dir / "human_triplets.txt")
+
+    assert str(error.value) == (
+        f"{things_dir / 'human_triplets.txt'} looks like a triplet file, not an embedding: its 131552 rows "
+        "of 3 distinct whole numbers each are object indices of odd-one-out triplets. An embedding has one "
+        "row per object and one column per dimension, as 'dimalign fit' writes it. If these are embedding "
+        "weights, save them as a float array with numpy.save"
+    )
+
+
+def test_float_embedding_of_whole_numbers_loads(tmp_path):
+    np.save(tmp_path / "weights.npy", np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]]))
+
+    np.testing.assert_array_equal(load_embedding(tmp_path / "weights.npy").embedding, [[0, 1, 2], [3, 1, 0]])
+
+
+def test_unfinished_run_as_embedding_named(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path} is a folder without embedding.npz, so it is not a run directory of 'dimalign fit': "
+        "it contains checkpoint.pt, so its fit has not finished. Finish it with 'dimalign fit ... --resume' "
+        "and the same triplets and settings"
+    )

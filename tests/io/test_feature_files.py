@@ -67,3 +67,48 @@ def test_text_named_npy_features_give_no_pickle_advice(tmp_path):
     with pytest.raises(ValueError, match="features.npy cannot be read as a features array: it is not a .npy file") as caught:
         load_features(tmp_path / "features.npy")
     assert "allow_pickle" not in str(caught.value)
+
+
+def test_human_triplets_rejected_as_features(things_dir):
+    with pytest.raises(ValueError) as caught:
+        load_features(things_dir / "human_triplets.txt")
+    message = str(caught.value)
+    assert "human_triplets.txt looks like a triplet file, not features" in message
+    assert "131552 rows of 3 distinct whole numbers" in message
+    assert "'dimalign fit'" in message
+    assert "dimalign import-triplets" in message
+
+
+def test_triplet_npy_rejected_as_features(tmp_path):
+    np.save(tmp_path / "train.npy", np.array([[0, 1, 2], [3, 1, 0]], dtype=np.int64))
+
+    with pytest.raises(ValueError, match=r"train.npy looks like a triplet file, not features: its 2 rows"):
+        load_features(tmp_path / "train.npy")
+
+
+def test_whole_number_features_as_float_npy_load(tmp_path):
+    features = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 0.0]])
+    np.save(tmp_path / "features.npy", features)
+
+    loaded, table = load_features(tmp_path / "features.npy")
+
+    np.testing.assert_array_equal(loaded, features)
+    assert table is None
+
+
+def test_feature_text_with_repeated_values_loads(tmp_path):
+    # Rows with a repeated value cannot be triplets, so the file is features.
+    (tmp_path / "features.txt").write_text("0 1 2\n3 3 0\n", encoding="utf-8")
+
+    loaded, _ = load_features(tmp_path / "features.txt")
+
+    np.testing.assert_array_equal(loaded, [[0, 1, 2], [3, 3, 0]])
+
+
+def test_simulate_rejects_human_triplets(tmp_path, things_dir):
+    from dimalign.cli import main
+
+    status = main(["simulate", str(things_dir / "human_triplets.txt"), "-o", str(tmp_path / "out"), "--n-triplets", "100"])
+
+    assert status == 1
+    assert not (tmp_path / "out").exists()

@@ -119,7 +119,7 @@ def test_category_matrix_reads_numbers_and_bools(tmp_path, text):
 
 def test_similarity_matrices_sorted_by_category(tiny_results, tmp_path):
     figure = figures.plot_similarity_matrices(tiny_results, tmp_path)
-    axes = figure.get_axes()
+    axes = [axis for axis in figure.get_axes() if axis.get_label() != "<colorbar>"]
     assert len(axes) == 2
     assert [axis.get_title() for axis in axes] == [
         f"human similarity ({N_OBJECTS} objects)", f"DNN similarity ({N_OBJECTS} objects)",
@@ -135,6 +135,18 @@ def test_similarity_matrices_sorted_by_category(tiny_results, tmp_path):
     assert written(tmp_path, "similarity_matrices")
 
 
+def test_similarity_matrices_have_colour_bars(tiny_results, tmp_path):
+    figure = figures.plot_similarity_matrices(tiny_results, tmp_path)
+
+    bars = [axis for axis in figure.get_axes() if axis.get_label() == "<colorbar>"]
+    images = [axis.get_images()[0] for axis in figure.get_axes() if axis.get_images()]
+    assert len(bars) == 2
+    for bar, image in zip(bars, images):
+        assert bar.get_ylabel() == "p(pair chosen as most similar)"
+        low, high = bar.get_ylim()
+        assert (low, high) == pytest.approx(image.get_clim())
+
+
 def test_similarity_matrix_rows_follow_blocks(tiny_results, tmp_path):
     figure = figures.plot_similarity_matrices(tiny_results, tmp_path)
     shown = figure.get_axes()[0].get_images()[0].get_array()
@@ -147,7 +159,7 @@ def test_similarity_matrix_rows_follow_blocks(tiny_results, tmp_path):
 
 def test_similarity_without_categories_keeps_order(tiny_study, tmp_path):
     figure = figures.plot_similarity_matrices(StudyResults(tiny_study), tmp_path)
-    for axis in figure.get_axes():
+    for axis in [axis for axis in figure.get_axes() if axis.get_label() != "<colorbar>"]:
         assert axis.get_yticks().tolist() == []
         assert axis.get_lines() == []
 

@@ -350,6 +350,19 @@ def test_labels_under_other_names_fail_at_planning(tmp_path):
     assert plan_study(config, tmp_path / "s").stage("report").inputs["labels"] == labels
 
 
+def test_triplets_as_dnn_features_fail_at_planning(tmp_path):
+    """Human triplets given as the DNN features fail before the human fit runs, for text and .npy files."""
+    import numpy as np
+
+    study_file = write_study(tmp_path)
+    human = tmp_path / "data" / "human_triplets.txt"
+    np.save(tmp_path / "data" / "train.npy", np.loadtxt(human, dtype=np.int64))
+    for path in (human, tmp_path / "data" / "train.npy"):
+        with pytest.raises(ValueError, match=rf"{path.name} looks like a triplet file, not features"):
+            plan_study(load_config(study_file, [f"inputs.dnn_features={str(path)!r}"]), tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
 def test_feature_rows_checked_at_planning_without_map(tmp_path):
     import numpy as np
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dimalign._warnings import warn
 from dimalign.cli import declare_output_folder
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     reject_split_folder(Path(args.triplets), "score")
     _check_triplet_table(Path(args.triplets), result.path, n_rows, table, table_path)
+    _warn_about_training_triplets(Path(args.embedding), Path(args.triplets))
     with empty_triplets_rejected_later():
         triplets = load_triplets(args.triplets, n_objects)
     if len(triplets) == 0:
@@ -247,6 +249,55 @@ def _check_triplet_table(
         "%s names row %d %r, but %s names the embedding's row %d %r: if both tables are right, the "
         "triplets index other objects than the embedding's rows",
         described, row, triplet_table.object_ids[row], table_path, row, table.object_ids[row],
+    )
+
+
+def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
+    """Warn when ``--triplets`` is the file that a run of ``dimalign fit`` trained on.
+
+    Scoring the training triplets (or the whole file that the fit split)
+    gives an accuracy well above the held-out one. The file is recognised by
+    the SHA-256 that the run's manifest records for its training input, or of
+    the ``train.npy`` in the run folder (which ``dimalign run`` writes).
+    """
+    from dimalign.io.files import read_manifest, sha256_file
+
+    if not (run.is_dir() and triplet_path.is_file()):
+        return
+    try:
+        manifest = read_manifest(run)
+    except (FileNotFoundError, ValueError):
+        return
+    if manifest.get("step") != "fit":
+        return
+    digest = sha256_file(triplet_path)
+    inputs = manifest.get("inputs", {})
+    training = [inputs.get("train"), inputs.get("triplets")]
+    if not any(isinstance(entry, dict) and entry.get("sha256") == digest for entry in training):
+        if not ((run / "train.npy").is_file() and sha256_file(run / "train.npy") == digest):
+            return
+        training = []
+    split = manifest.get("settings", {}).get("validation_split")
+    if training and isinstance(split, dict):
+        fraction, seed = split.get("val_fraction"), split.get("split_seed")
+        warn(
+            f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit held out only "
+            f"{fraction:.0%} of its triplets and trained on the rest, so the accuracy is not held out. "
+            f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_path} "
+            f"--split {fraction:g} --seed {seed} -o FOLDER' and pass FOLDER/val.npy"
+        )
+        return
+    held_out = None
+    if (run / "val.npy").is_file():
+        held_out = run / "val.npy"
+    elif isinstance(inputs.get("val"), dict):
+        held_out = inputs["val"].get("path")
+    advice = "pass triplets that the fit did not train on"
+    if held_out:
+        advice = f"pass the held-out triplets, {held_out}"
+    warn(
+        f"--triplets {triplet_path} contains the training triplets of {run}, so the accuracy is not held "
+        f"out: {advice}"
     )
 
 

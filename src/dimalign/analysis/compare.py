@@ -1039,7 +1039,9 @@ def compare(
         f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
     )
     n_for_share = cumulative.n_dims_for_share
-    if n_for_share is None:
+    if not cumulative.share_defined:
+        share_text = f"no share of the full r² is meaningful, because {_undefined_share_reason(cumulative, rsa_result)}"
+    elif n_for_share is None:
         share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
     else:
         share_text = f"{n_for_share} DNN dimension{'' if n_for_share == 1 else 's'} for 95% of the full r²"
@@ -1048,6 +1050,19 @@ def compare(
         rsa_result.r, interval, primary.correlations.max(), share_text,
     )
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
+
+
+def _undefined_share_reason(cumulative: Any, rsa_result: BootstrapRSA) -> str:
+    """Say why the share of the full DNN model's r² means nothing, as the warning of the cumulative RSA does."""
+    if not cumulative.r_full > 0:
+        return f"the full DNN model's r = {cumulative.r_full:.3f} is not above 0"
+    low, high = cumulative.r_full_interval
+    if math.isnan(low):
+        return "no bootstrap sample of the full DNN model's r gave a correlation"
+    return (
+        f"the {100 * rsa_result.ci_level:.0f}% interval [{low:.3f}, {high:.3f}] of the full DNN model's r "
+        "contains 0"
+    )
 
 
 @dataclass

@@ -371,6 +371,11 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embedding", type=Path, required=True, help="run directory or embedding file")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--layer", help="layer inside a multi-layer feature file or folder")
+    parser.add_argument(
+        "--objects", type=Path, metavar="TABLE",
+        help="object table naming the feature rows in order (objects.tsv, or one name per line like THINGS "
+             "unique_id.txt), in place of an objects.tsv next to the features",
+    )
     alphas = parser.add_mutually_exclusive_group()
     alphas.add_argument("--alphas", type=float, nargs="+", help="penalty grid, each value once; one value fits every dimension with it (default 50 values from 1e-2 to 1e6)")
     alphas.add_argument(
@@ -398,7 +403,7 @@ def run_map(args: argparse.Namespace) -> int:
         report_leftover_stages,
         staged_outputs,
     )
-    from dimalign.io.objects import OBJECT_TABLE_NAME
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import load_embedding
 
     started = now_iso()
@@ -439,6 +444,7 @@ def run_map(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--alphas {listed} repeats the penalty {repeated:g}: list each penalty once"
             )
+    objects_table = read_object_table(args.objects) if args.objects is not None else None
     # The embedding is checked before the features, which may be large.
     _reject_feature_folder_as_embedding(args.embedding)
     embedding = load_embedding(args.embedding)
@@ -464,8 +470,16 @@ def run_map(args: argparse.Namespace) -> int:
     feature_settings = feature_manifest.get("settings", {})
     layer = _extracted_layer(args.features, feature_manifest, args.layer)
     _check_layer_file(args.features, layer)
-    features, feature_table = load_features(args.features, layer=layer)
+    features, feature_table = load_features(args.features, layer=layer, read_table=objects_table is None)
     feature_file = _feature_file(args.features, layer)
+    if objects_table is not None:
+        if len(objects_table) != features.shape[0]:
+            raise ValueError(
+                f"--objects {args.objects} lists {len(objects_table)} objects but the features {feature_file} "
+                f"have {features.shape[0]} rows; pass an object table with one name per feature row, in row order"
+            )
+        logger.info("the feature rows are named by --objects %s", args.objects)
+        feature_table = objects_table
     _check_tables_on_both_sides(args.features, feature_table, args.embedding, embedding_table)
     order = np.arange(features.shape[0])
     if feature_table is not None and embedding_table is not None:
@@ -490,6 +504,8 @@ def run_map(args: argparse.Namespace) -> int:
     ).fit(features, embedding.embedding)
 
     inputs = {"features": feature_file, "embedding": embedding.path}
+    if args.objects is not None:
+        inputs["objects"] = args.objects
     # The three files are written into a hidden folder and moved into place
     # together, so a failure (or Ctrl-C while the inputs are hashed) leaves
     # neither a map without a manifest nor a new map under an earlier manifest.
@@ -530,7 +546,8 @@ def _check_tables_on_both_sides(features_path: Path, feature_table: ObjectTable 
         raise ValueError(
             f"the embedding has an object table ({folder(embedding_path) / OBJECT_TABLE_NAME}) but the "
             f"features {features_path} have none, so their rows cannot be matched to the embedding by "
-            f"object id: put an objects.tsv that names the feature rows in {folder(features_path)}"
+            f"object id: pass the table that names the feature rows with --objects, or put it as "
+            f"objects.tsv in {folder(features_path)}"
         )
 
 

@@ -239,10 +239,27 @@ def _check_things48_files(things_dir: Path) -> None:
         f"The 48-object check needs {RDM_FILE}, {WORDS_FILE} and {CONCEPTS_FILE} from the THINGS "
         "data: pass the folder that contains them (CLI: --things-dir), or leave it out to skip the check"
     )
+    names = (RDM_FILE, WORDS_FILE, CONCEPTS_FILE)
+    if things_dir.is_file():
+        raise FileNotFoundError(
+            f"THINGS data directory {things_dir} is a file, not a folder: pass the folder that contains "
+            f"it, {things_dir.parent}. {needed}"
+        )
     if not things_dir.is_dir():
         raise FileNotFoundError(f"THINGS data directory {things_dir} not found. {needed}")
-    for name in (RDM_FILE, WORDS_FILE, CONCEPTS_FILE):
+    for name in names:
         if not (things_dir / name).is_file():
+            # Users often pass the data folder one level up (data/ instead of data/things/).
+            try:
+                subfolders = sorted(entry for entry in things_dir.iterdir() if entry.is_dir())
+            except OSError:
+                subfolders = []
+            complete = [folder for folder in subfolders if all((folder / file).is_file() for file in names)]
+            if complete:
+                raise FileNotFoundError(
+                    f"{things_dir} lacks {name}, but its subfolder {complete[0]} has all three files: "
+                    f"pass that folder. {needed}"
+                )
             raise FileNotFoundError(f"{things_dir} lacks {name}. {needed}")
 
 

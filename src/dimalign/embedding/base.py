@@ -451,8 +451,11 @@ class TripletEmbedding(BaseEstimator):
         return {f"{prefix}accuracy": accuracy, f"{prefix}nll": nll}
 
     def _log_epoch(self, row: dict[str, float], writer) -> None:
+        # The loss is nll + weight x complexity (beta for VICE, l1 for SPoSE), so the weight is shown.
+        weight = self._complexity_weight()
+        weighted = "" if weight == 1 else f"{weight:g} x "
         message = (
-            f"epoch {row['epoch']}: loss {row['loss']:.4f} (nll {row['nll']:.4f}, "
+            f"epoch {row['epoch']}: loss {row['loss']:.4f} (nll {row['nll']:.4f} + {weighted}"
             f"complexity {row['complexity']:.4f}), train accuracy {row['train_accuracy']:.4f}"
         )
         if "val_accuracy" in row:

@@ -440,7 +440,7 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
 
     available = tv_models.list_models(module=tv_models)
     if bare not in available:
-        close = difflib.get_close_matches(bare, available, n=3)
+        close = difflib.get_close_matches(bare, [*BUILTIN_MODELS, *available], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown model {name!r}: not a torchvision classification model, not "

@@ -202,12 +202,22 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     }
 
 
-def _input_paths(manifest: dict[str, Any]) -> list[Path]:
-    """Return the paths of a manifest's inputs, in the order of ``manifest["inputs"]``."""
+def _input_entries(manifest: dict[str, Any]) -> list[tuple[Any, Path]]:
+    """Return a manifest's data inputs as (entry, path) pairs, in the order of ``manifest["inputs"]``.
+
+    The object table (``objects``) is left out: it names rows only, and it may
+    lie in the folder of another step, such as an extraction of other features.
+    """
     return [
-        Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry))
-        for entry in manifest.get("inputs", {}).values()
+        (entry, Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry)))
+        for name, entry in manifest.get("inputs", {}).items()
+        if name != "objects"
     ]
+
+
+def _input_paths(manifest: dict[str, Any]) -> list[Path]:
+    """Return the paths of a manifest's data inputs (see :func:`_input_entries`)."""
+    return [path for _, path in _input_entries(manifest)]
 
 
 def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -221,7 +231,7 @@ def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) ->
 
     layer = manifest.get("settings", {}).get("layer")
     sources = []
-    for entry, path in zip(manifest.get("inputs", {}).values(), _input_paths(manifest)):
+    for entry, path in _input_entries(manifest):
         folder = path if path.is_dir() else path.parent
         if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
             continue

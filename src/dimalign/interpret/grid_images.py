@@ -150,8 +150,15 @@ def image_paths(table: ObjectTable, image_dir: str | os.PathLike, rows: Sequence
     }
     missing = [table.sources[row] or table.object_ids[row] for row, path in paths.items() if path is None]
     if missing:
+        # "." is the default of dimalign grid --images, so the message names the option a user left out.
+        where = str(image_dir)
+        if image_dir == Path("."):
+            where = (
+                f"the current folder {Path.cwd()}, where images are looked for without --images: pass the "
+                "image folder with --images DIR"
+            )
         raise FileNotFoundError(
-            f"{len(missing)} objects have no image under {image_dir} (looked for the source column, "
+            f"{len(missing)} objects have no image under {where} (looked for the source column, "
             f"<object_id>.jpg/.jpeg/.png and <object_id>/): {', '.join(missing[:50])}"
             + (" ..." if len(missing) > 50 else "")
         )

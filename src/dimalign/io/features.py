@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import load_npy, text_table_problem
+from dimalign.io.files import load_npy, looks_like_triplet_file, text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -107,6 +107,8 @@ def load_features(
             f"{path}: features must be real numbers, got dtype {features.dtype}; save a float array"
         )
 
+    _reject_triplet_file(path, features)
+
     if not read_table:
         table_path = None
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
@@ -116,6 +118,23 @@ def load_features(
         )
     logger.info("loaded features %s of shape %s", path, features.shape)
     return features, table
+
+
+def _reject_triplet_file(path: Path, features: np.ndarray) -> None:
+    """Raise ``ValueError`` for a file that looks like odd-one-out triplets rather than features.
+
+    Passing the human triplets where features belong (``dimalign simulate
+    human_triplets.txt``) would otherwise run, with one "object" per triplet.
+    """
+    if not looks_like_triplet_file(path, features):
+        return
+    raise ValueError(
+        f"{path} looks like a triplet file, not features: its {features.shape[0]} rows of 3 distinct whole "
+        "numbers each are object indices of odd-one-out triplets. Features have one row per object and "
+        "one column per feature, as 'dimalign extract' writes them. Fit triplets with 'dimalign fit' "
+        "(convert other layouts with 'dimalign import-triplets' first). If these are features, save "
+        "them as a float array with numpy.save"
+    )
 
 
 def check_layer_choice(path: str | os.PathLike, layer: str | None) -> None:

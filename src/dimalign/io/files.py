@@ -688,6 +688,45 @@ def _other_separator(field: str, delimiter: str | None) -> str | None:
     return None
 
 
+def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
+    """Return whether an array read from ``path`` looks like odd-one-out triplets.
+
+    A triplet file has three columns of distinct non-negative whole numbers in
+    every row: an integer array (such as the ``.npy`` that ``import-triplets``
+    writes), or a text file, which is read as floats. Float arrays of binary
+    files (``.npy``, ``.npz``, HDF5) never count, so real features or
+    embeddings of that shape can be loaded once saved as a float array.
+    """
+    import numpy as np
+
+    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] == 0:
+        return False
+    text = Path(path).suffix.lower() in (".txt", ".tsv", ".csv")
+    if not text and array.dtype.kind not in "iu":
+        return False
+    if array.dtype.kind not in "iuf":
+        return False
+    values = np.asarray(array)
+    if values.dtype.kind == "f" and not (np.isfinite(values).all() and np.array_equal(values, np.round(values))):
+        return False
+    if values.min() < 0:
+        return False
+    distinct = (values[:, 0] != values[:, 1]) & (values[:, 0] != values[:, 2]) & (values[:, 1] != values[:, 2])
+    return bool(distinct.all())
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _shorten(value: str) -> str:
+    return value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
+
+
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
@@ -707,6 +746,14 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             if not content.strip():
                 continue
             fields = content.split(delimiter) if delimiter else content.split()
+            header = not any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
+            if n_values is None and header:
+                names = ", ".join(repr(_shorten(field.strip())) for field in fields[:5])
+                more = ", ..." if len(fields) > 5 else ""
+                return (
+                    f"line {number} is a header ({names}{more}), but the file must contain numbers "
+                    "only: delete that line"
+                )
             for field in fields:
                 try:
                     float(field)
@@ -723,9 +770,7 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                             f"{Path(path).suffix.lower()} file are separated by {separators}: save it "
                             f"with {separators}, or under a name ending in .txt (values separated by spaces)"
                         )
-                    value = field.strip()
-                    shown = value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
-                    return f"line {number} has the value {shown!r}, which is not a number"
+                    return f"line {number} has the value {_shorten(field.strip())!r}, which is not a number"
             if n_values is None:
                 n_values = len(fields)
             elif len(fields) != n_values:

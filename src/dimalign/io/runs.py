@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, text_table_problem
+from dimalign.io.files import atomic_path, looks_like_triplet_file, text_table_problem
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,38 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
 
 
+def _folder_without_embedding(folder: Path) -> str:
+    """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead."""
+    problem = f"{folder} is a folder without {EMBEDDING_NAME}, so it is not a run directory of 'dimalign fit'"
+    if (folder / "checkpoint.pt").is_file():
+        return (
+            f"{problem}: it contains checkpoint.pt, so its fit has not finished. Finish it with "
+            "'dimalign fit ... --resume' and the same triplets and settings"
+        )
+    runs = [name for name in ("human_fit", "dnn_fit") if (folder / name / EMBEDDING_NAME).is_file()]
+    if runs:
+        return f"{problem}: it is a study directory, so pass one of its runs, {' or '.join(str(folder / run) for run in runs)}"
+    seeds = sorted((folder / "runs").glob(f"seed_*/{EMBEDDING_NAME}"))
+    if seeds:
+        return (
+            f"{problem}: it is a sweep, so pass one of its runs, such as {seeds[0].parent}, or the run "
+            "that 'dimalign select' chose"
+        )
+    triplet_files = sorted(
+        entry.name for entry in folder.iterdir()
+        if entry.suffix.lower() in (".npy", ".txt", ".tsv", ".csv")
+        and (entry.name.startswith("train") or entry.stem == "triplets")
+    )
+    if triplet_files:
+        return f"{problem}: it contains triplets ({triplet_files[0]}), which 'dimalign fit' turns into an embedding"
+    if any(folder.glob("features*.npy")) or (folder / "features.h5").is_file():
+        return (
+            f"{problem}: it contains the features of 'dimalign extract', which 'dimalign simulate' "
+            "and 'dimalign fit' turn into an embedding"
+        )
+    return f"{problem}: pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+
+
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:
     """Load an embedding from a run directory or a file.
 
@@ -147,6 +179,8 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
     """
     path = Path(path)
     if path.is_dir():
+        if not (path / EMBEDDING_NAME).is_file():
+            raise FileNotFoundError(_folder_without_embedding(path))
         path = path / EMBEDDING_NAME
     if not path.is_file():
         raise FileNotFoundError(f"embedding {path} not found")
@@ -162,6 +196,14 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             f"{path} cannot be read as an embedding: it is not a numpy .npy/.npz file of numbers, "
             "or it is damaged"
         ) from error
+    if looks_like_triplet_file(path, embedding):
+        # Such a file would pass as an embedding of one "object" per triplet.
+        raise ValueError(
+            f"{path} looks like a triplet file, not an embedding: its {embedding.shape[0]} rows of 3 distinct "
+            "whole numbers each are object indices of odd-one-out triplets. An embedding has one row per "
+            "object and one column per dimension, as 'dimalign fit' writes it. If these are embedding "
+            "weights, save them as a float array with numpy.save"
+        )
     embedding = check_embedding(embedding, str(path), negative_tolerance)
     logger.info("loaded embedding %s: %d objects x %d dimensions", path, *embedding.shape)
     return EmbeddingResult(embedding=embedding, path=path, **extras)

@@ -135,7 +135,9 @@ def plot_similarity_matrices(
     object, ``other`` last); white lines mark the block boundaries and the
     tick labels name the blocks. Without a category matrix the objects keep
     their order. Each matrix is coloured from its 1st to its 99th percentile
-    off the diagonal, so both use their full colour range.
+    off the diagonal, so both use their full colour range, and a colour bar
+    beside each gives its scale: the probability that a pair is chosen as
+    the most similar pair of a triplet, averaged over the third object.
 
     Reads ``compare/<side>_similarity.npy`` and ``compare/similarity_objects.npy``.
     """
@@ -158,8 +160,11 @@ def plot_similarity_matrices(
         matrix = np.array(matrices[side][0][np.ix_(order, order)], dtype=np.float64)
         np.fill_diagonal(matrix, np.nan)
         low, high = np.nanpercentile(matrix, [1, 99])
-        axis.imshow(matrix, cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+        image = axis.imshow(matrix, cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
         axis.set_title(f"{SIDE_NAMES[side]} similarity ({rows.size} objects)")
+        # extend="both": values beyond the percentiles take the end colours.
+        bar = figure.colorbar(image, ax=axis, fraction=0.046, pad=0.02, extend="both")
+        bar.set_label("p(pair chosen as most similar)")
         if blocks is not None:
             _mark_blocks(axis, blocks)
         else:

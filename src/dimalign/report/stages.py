@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -374,6 +375,8 @@ def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) 
             with _quiet_loading():
                 loaded, table = load_features(features, layer=settings["layer"] or None)
             _check_feature_rows(features, loaded.shape[0], table, objects)
+        elif features.is_file() and features.suffix.lower() == ".txt":
+            _reject_triplet_text(features)
     _check_held_out_size("dnn_triplets", settings["val_fraction"], settings["n_triplets"])
     n_objects = len(objects)
     n_sets = count_triplets(n_objects)
@@ -381,6 +384,28 @@ def check_dnn_triplets(settings: Mapping[str, Any], inputs: Mapping[str, Path]) 
         raise ValueError(
             f"dnn_triplets.n_triplets = {settings['n_triplets']:,} is invalid: the {n_objects:,} objects of "
             f"inputs.objects form only {n_sets:,} distinct triplets; use at most {n_sets:,}"
+        )
+
+
+def _reject_triplet_text(path: Path, n_rows: int = 1000) -> None:
+    """Reject a text feature input whose first rows look like triplets, as loading it would.
+
+    The whole file is read only by the stage, which may run after a long
+    human fit, so the first ``n_rows`` rows are checked at planning.
+    """
+    from dimalign.io.files import looks_like_triplet_file
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = np.loadtxt(path, dtype=np.float64, ndmin=2, max_rows=n_rows)
+    except (ValueError, OSError):
+        return  # the stage's own loading names the problem
+    if looks_like_triplet_file(path, head):
+        raise ValueError(
+            f"{path} looks like a triplet file, not features: its first {head.shape[0]} rows are 3 distinct "
+            "whole numbers each, object indices of odd-one-out triplets. Give human triplets as "
+            "inputs.human_triplets, and features (one row per object) as inputs.dnn_features"
         )
 
 
