@@ -1199,3 +1199,47 @@ def test_one_column_message_has_single_period(tmp_path):
     assert ".." not in str(error.value)
     assert "semi.csv has 1 column, not 3." in str(error.value)
     assert "pass delimiter=';' (CLI: --delimiter ';')" in str(error.value)
+
+
+# --------------------------------------------------------------------------- matrices passed as triplets
+
+
+def test_feature_npy_named_as_matrix(tmp_path):
+    path = tmp_path / "features.npy"
+    np.save(path, np.random.default_rng(0).random((20, 12)))
+
+    with pytest.raises(ValueError) as raised:
+        load_triplets(path, n_objects=20)
+
+    message = str(raised.value)
+    assert "is not an integer object index (240 such values in all)" in message
+    assert (
+        "Its 12 columns of many non-integer numbers look like an embedding or a feature matrix, "
+        "not triplets: a triplet file has three integer object indices per row (four with a choice column)"
+    ) in message
+
+
+def test_embedding_text_named_as_matrix(tmp_path):
+    path = tmp_path / "embedding.txt"
+    rows = np.random.default_rng(0).random((5, 12))
+    path.write_text("\n".join(" ".join(f"{value:.4f}" for value in row) for row in rows) + "\n", encoding="utf-8")
+
+    with pytest.raises(ValueError) as raised:
+        load_triplets(path, n_objects=5)
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"{path} has 12 columns, not 3. 12 columns without a header look like an embedding or a feature "
+        "matrix, not triplets: a triplet file has three integer object indices per row (four with a choice "
+        "column). Otherwise, choose the three object columns by position or header name"
+    )
+
+
+def test_few_float_columns_get_no_matrix_hint(tmp_path):
+    path = tmp_path / "triplets.npy"
+    np.save(path, np.array([[0.0, 1.0, 2.5]]))
+
+    with pytest.raises(ValueError) as raised:
+        load_triplets(path, n_objects=3)
+
+    assert "embedding or a feature matrix" not in str(raised.value)

@@ -370,6 +370,12 @@ def _describe_shape(array: np.ndarray) -> str:
     return f"got shape {array.shape}; {advice}"
 
 
+# A triplet file has three object columns and at most a choice column. Wider
+# arrays of mostly non-integer numbers are most likely an embedding or features.
+_MAX_TRIPLET_COLUMNS = 4
+_TRIPLET_LAYOUT = "a triplet file has three integer object indices per row (four with a choice column)"
+
+
 def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
     """Convert a float array whose values are all whole numbers to int64."""
     # Whole numbers beyond the int64 range would wrap around in the cast. The
@@ -379,10 +385,17 @@ def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.
     bad = ~np.isfinite(array) | (array != np.round(array)) | (np.abs(array) >= limit)
     if bad.any():
         row, column = np.argwhere(bad)[0]
+        hint = ""
+        # A quarter: features after ReLU are half zeros, and one column of times in six is fewer.
+        if array.ndim == 2 and array.shape[1] > _MAX_TRIPLET_COLUMNS and bad.mean() > 0.25:
+            hint = (
+                f". Its {array.shape[1]} columns of many non-integer numbers look like an embedding or a "
+                f"feature matrix, not triplets: {_TRIPLET_LAYOUT}"
+            )
         raise ValueError(
             f"{source}, {row_label(int(row))}, column {int(column)}: value "
             f"{float(array[row, column])} is not an integer object index "
-            f"({int(bad.sum())} such values in all)"
+            f"({int(bad.sum())} such values in all){hint}"
         )
     logger.info("%s: converted whole-number floats to integers", source)
     return array.astype(np.int64)
@@ -955,9 +968,17 @@ def _resolve_columns(
                 else " If a column gives the odd one's position 1, 2 or 3, name it with "
                 "choice_column (CLI: --choice-column)."
             )
+            matrix_hint = ""
+            # Raw trial files without a header have a few extra columns (subject, time), not ten.
+            if header is None and n_columns >= 10:
+                matrix_hint = (
+                    f" {n_columns} columns without a header look like an embedding or a feature matrix, "
+                    f"not triplets: {_TRIPLET_LAYOUT}. Otherwise, choose"
+                )
+            choose = matrix_hint or " Choose"
             raise ValueError(
                 f"{path} has {n_columns} column{'' if n_columns == 1 else 's'}{names}, "
-                f"not {expected}. Choose the three object columns by position or header name "
+                f"not {expected}.{choose} the three object columns by position or header name "
                 f"with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c).{hint}"
             )
     if len(set(object_indices)) != 3:
