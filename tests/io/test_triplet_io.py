@@ -364,6 +364,36 @@ def test_folder_without_candidate_not_found(tmp_path):
         load_triplets(tmp_path, 5)
 
 
+def test_extract_folder_named_as_features(tmp_path):
+    from dimalign.io.files import write_manifest
+
+    np.save(tmp_path / "features.npy", np.zeros((5, 4), dtype=np.float32))
+    write_manifest(tmp_path, step="extract", settings={"model": "vgg16"})
+
+    with pytest.raises(FileNotFoundError) as raised:
+        find_triplet_file(tmp_path)
+
+    assert str(raised.value) == (
+        f"no triplet file in {tmp_path}: it was written by 'dimalign extract' and contains DNN features, "
+        f"not triplets. Simulate triplets from them with 'dimalign simulate {tmp_path} -o FOLDER' and pass "
+        "FOLDER instead"
+    )
+
+
+def test_fit_folder_named_as_run(tmp_path):
+    from dimalign.io.files import write_manifest
+
+    write_manifest(tmp_path, step="fit")
+
+    with pytest.raises(FileNotFoundError) as raised:
+        find_triplet_file(tmp_path)
+
+    assert str(raised.value) == (
+        f"no triplet file in {tmp_path}: it was written by 'dimalign fit' and contains no triplets. Pass a "
+        "triplet file, or a folder written by 'dimalign simulate' or 'dimalign import-triplets', instead"
+    )
+
+
 # --------------------------------------------------------------------------- summaries
 
 

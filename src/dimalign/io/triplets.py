@@ -210,6 +210,19 @@ def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None
         )
 
 
+def _step_of_folder(folder: Path) -> str | None:
+    """Return the step that a folder's ``manifest.json`` records, or None without a readable one."""
+    from dimalign.io.files import MANIFEST_NAME, read_manifest
+
+    if not (folder / MANIFEST_NAME).is_file():
+        return None
+    try:
+        step = read_manifest(folder).get("step")
+    except (OSError, ValueError):
+        return None
+    return step if isinstance(step, str) else None
+
+
 def find_triplet_file(folder: str | os.PathLike) -> Path:
     """Find the one triplet file in a folder.
 
@@ -231,6 +244,19 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
         and (entry.stem == "triplets" or entry.name.startswith("train"))
     )
     if not candidates:
+        step = _step_of_folder(folder)
+        if step in ("extract", "features"):
+            raise FileNotFoundError(
+                f"no triplet file in {folder}: it was written by 'dimalign {step}' and contains DNN features, "
+                f"not triplets. Simulate triplets from them with 'dimalign simulate {folder} -o FOLDER' and "
+                "pass FOLDER instead"
+            )
+        if step is not None and step not in ("simulate", "import-triplets"):
+            raise FileNotFoundError(
+                f"no triplet file in {folder}: it was written by 'dimalign {step}' and contains no triplets. "
+                "Pass a triplet file, or a folder written by 'dimalign simulate' or 'dimalign "
+                "import-triplets', instead"
+            )
         raise FileNotFoundError(
             f"no triplet file in {folder}: expected one file named train*.npy/.txt/.tsv/.csv "
             "or triplets.npy/.txt/.tsv/.csv; pass the file itself instead"
