@@ -397,7 +397,7 @@ def _describe_shape(array: np.ndarray) -> str:
 
 
 # A triplet file has three object columns and at most a choice column. Wider
-# arrays of mostly non-integer numbers are most likely an embedding or features.
+# arrays with many non-integer numbers are most likely an embedding or features.
 _MAX_TRIPLET_COLUMNS = 4
 _TRIPLET_LAYOUT = "a triplet file has three integer object indices per row (four with a choice column)"
 
@@ -412,7 +412,8 @@ def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.
     if bad.any():
         row, column = np.argwhere(bad)[0]
         hint = ""
-        # A quarter: features after ReLU are half zeros, and one column of times in six is fewer.
+        # The threshold is a quarter of the values, because features after ReLU are about half
+        # zeros, while one column of response times among six columns is a sixth.
         if array.ndim == 2 and array.shape[1] > _MAX_TRIPLET_COLUMNS and bad.mean() > 0.25:
             hint = (
                 f". Its {array.shape[1]} columns of many non-integer numbers look like an embedding or a "
