@@ -229,13 +229,17 @@ def test_run_with_other_study_file_warns_before_replacing(study, caplog):
             "would replace its stages compare; to keep them, pass another -o"
         ]
         caplog.clear()
-        with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        with caplog.at_level("INFO", logger="dimalign.report.pipeline"):
             run_study(other, study_dir)
         warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
         assert warnings == [
             f"{study_dir} was last run with the study file {config_path}, and this run with {other} "
             "replaces its stages compare as each finishes; to keep them, stop this run and pass another -o"
         ]
+        finished = [record.getMessage() for record in caplog.records if "finished in" in record.getMessage()]
+        assert len(finished) == 1
+        assert finished[0].startswith("stage compare: finished in ")
+        assert finished[0].endswith(f" s, output in {study_dir / 'compare'}")
     finally:
         # Put the module's study back as the tests after this one expect it.
         run_study(config_path, study_dir)

@@ -682,7 +682,9 @@ def run_study(
                     )
                     raise
                 stage.seconds = time.perf_counter() - started
-                logger.info("stage %s: finished in %.1f s", stage.name, stage.seconds)
+                # The stage's own log lines name its temporary folder, so the final one is named here.
+                logger.info("stage %s: finished in %.1f s, output in %s", stage.name, stage.seconds,
+                            study_dir / stage.name)
             record = _study_record(plan, started=record["started"], finished=now_iso())
             write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
     except BaseException:
