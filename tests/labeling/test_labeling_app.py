@@ -1285,3 +1285,24 @@ def test_exif_orientation_served_applied(odd_images_study, orientation):
     # Browsers differ in reading the orientation of PNG files, so the app rotates them as extract did.
     assert shown.size == ImageOps.exif_transpose(Image.open(target)).size
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+def test_large_decoded_image_served_shrunk(odd_images_study):
+    """A grid cell is at most 128 CSS pixels wide, so a decoded photo is sent at most 512 pixels wide."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.labeling.study import SERVED_IMAGE_SIDE
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(900, 1200, 4), dtype=np.uint8)
+    set_up, target = odd_images_study
+    path, index = set_up(Image.fromarray(pixels, mode="RGBA"))
+
+    data, shown = served_image(path, index)
+    expected = load_rgb(target)
+    expected.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+
+    assert SERVED_IMAGE_SIDE == 512
+    assert shown.size == (512, 384)
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(expected))
