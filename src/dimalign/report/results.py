@@ -42,10 +42,10 @@ DEFAULT_STAGE_DIRS = {
 }
 
 
-#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
 #: Stages whose manifests lead to the extraction of the DNN's features.
 RECORDED_DECODING_STAGES = ("features", "dnn_triplets", "dnn_fit", "map")
 
+#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
 DISAGREEMENT_COLUMNS = (
     "object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out", "human_dim", "dnn_dim",
     "human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice",
