@@ -66,8 +66,8 @@ EXIF_ORIENTATION_TAG = 0x0112
 BROWSER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 BROWSER_MODES = ("RGB", "L", "P", "1")
 
-#: The longest side, in pixels, of an image that the app serves decoded as a
-#: PNG. A grid cell is at most 128 CSS pixels wide, which is 384 pixels on a
+#: The maximum length, in pixels, of the longer side of an image that the
+#: app serves decoded as a PNG. A grid cell is at most 128 CSS pixels wide, which is 384 pixels on a
 #: screen of 3 device pixels per CSS pixel. On one CPU core, a noisy
 #: 4000 x 3000 test photo took 27 MB and 2.3 s as a full-size PNG, and
 #: 0.24 MB and 0.4 s at this side.
@@ -508,7 +508,8 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
     The app serves most files as they are, and the browser shows a truncated,
     empty or mislabelled file as a broken image. Pillow decoding the file is
     the check, as ``dimalign extract`` decodes it with ``decoding``. Animated
-    images are accepted with a warning, since the browser plays them.
+    images are accepted with a warning, because the app shows only their
+    first frame, as a still PNG.
 
     Returns:
         list[int]: The objects whose files the browser would show otherwise
