@@ -540,7 +540,7 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
             if browser_shows_otherwise(opened):
                 decoded.append(int(index))
     if animated:
-        # Browsers play animated GIF, PNG and WebP files, but feature extraction sees only the first frame.
+        # Feature extraction and the app use only the first frame, but a person who opens the file sees all.
         logger.warning(
             "%d grid images have several frames, and the app shows only the first frame, which "
             "dimalign extract used, as a still PNG: %s%s; save the first frame as a still image "
