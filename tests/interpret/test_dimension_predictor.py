@@ -399,3 +399,27 @@ def test_map_settings_ignore_object_table_folder(tmp_path):
 
     with pytest.raises(ValueError, match="records neither the weights of the model behind its features"):
         map_settings(tmp_path / "map")
+
+
+def test_map_settings_old_source_reads_extraction(tmp_path):
+    """A features_source written before it recorded the decoding leaves it to the extraction."""
+    from dimalign.features.recorded import recorded_decoding
+    from dimalign.interpret.predictor import map_settings
+
+    features = tmp_path / "extract" / "features.npy"
+    write_manifest_json(features.parent, {"step": "extract", "settings": {
+        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten",
+        "background": [0, 0, 0], "exif_transpose": False}})
+    np.save(features, np.ones((3, 2)))
+    source = {"model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten"}
+    map_dir = tmp_path / "map"
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
+        "inputs": {"features": {"path": str(features), "sha256": "0" * 64}}})
+
+    settings = map_settings(map_dir)
+    recorded = recorded_decoding(map_dir)
+
+    assert settings["background"] == (0, 0, 0)
+    assert settings["exif_transpose"] is False
+    assert (recorded.background, recorded.exif_transpose) == ((0, 0, 0), False)

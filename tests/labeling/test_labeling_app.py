@@ -1285,3 +1285,78 @@ def test_exif_orientation_served_applied(odd_images_study, orientation):
     # Browsers differ in reading the orientation of PNG files, so the app rotates them as extract did.
     assert shown.size == ImageOps.exif_transpose(Image.open(target)).size
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+def test_large_decoded_image_served_shrunk(odd_images_study):
+    """A grid cell is at most 128 CSS pixels wide, so a decoded photo is sent at most 512 pixels wide."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.labeling.study import SERVED_IMAGE_SIDE
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(900, 1200, 4), dtype=np.uint8)
+    set_up, target = odd_images_study
+    path, index = set_up(Image.fromarray(pixels, mode="RGBA"))
+
+    data, shown = served_image(path, index)
+    expected = load_rgb(target)
+    expected.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+
+    assert SERVED_IMAGE_SIDE == 512
+    assert shown.size == (512, 384)
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(expected))
+
+
+def legacy_cookie_client(app):
+    """Return a browser whose session of a consented participant has the cookie name of earlier versions."""
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    name = app.config["SESSION_COOKIE_NAME"]
+    value = client.get_cookie(name).value
+    updated = app.test_client()
+    # Earlier versions signed the same session with the same key under this one name.
+    updated.set_cookie("dimalign_labels", value)
+    return updated, participant_id, order
+
+
+def test_legacy_session_cookie_continues(app, study_path):
+    client, participant_id, order = legacy_cookie_client(app)
+
+    next_page = client.get(f"/participant/{participant_id}/next")
+    saved = submit(client, participant_id, order[0])
+    name = app.config["SESSION_COOKIE_NAME"]
+
+    assert next_page.status_code == 303
+    assert next_page.headers["Location"].endswith(f"/dimension/{order[0]}")
+    assert saved.status_code == 303
+    assert answer_rows(study_path)[0][:2] == (participant_id, order[0])
+    # The first response that changes the session moves it to the new name.
+    assert client.get_cookie(name) is not None
+    assert client.get_cookie("dimalign_labels") is None
+
+
+def test_legacy_session_cookie_ends_on_stop(app, study_path):
+    client, participant_id, order = legacy_cookie_client(app)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+
+    stopped = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+
+    assert stopped.status_code == 200
+    assert client.get_cookie("dimalign_labels") is None
+    assert client.get(f"/participant/{participant_id}/next").status_code == 403
+
+
+def test_legacy_cookie_of_other_study_ignored(app, tmp_path, labeling_run, image_set):
+    other_path = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-4")
+    other = create_app(other_path, admin_token="secret-admin")
+    other.config["TESTING"] = True
+    client, participant_id, _ = legacy_cookie_client(app)
+    other_id, _, _ = consent(other.test_client())
+    value = client.get_cookie("dimalign_labels").value
+    stranger = other.test_client()
+    stranger.set_cookie("dimalign_labels", value)
+
+    # The other study has a participant of the same id, but its key does not verify the cookie.
+    assert other_id == participant_id
+    assert stranger.get(f"/participant/{participant_id}/next").status_code == 403

@@ -541,3 +541,22 @@ def test_labels_of_reads_json_top_labels(tiny_study, tmp_path):
 
     assert results.labels_of("human", 0) == {"top_labels": "red; round (2); NA (1)", "kind": "visual", "wordcloud": None}
     assert results.labels_of("human", 1) == {"top_labels": "", "kind": "visual", "wordcloud": None}
+
+
+def test_invalid_top_labels_fail_check(tmp_path):
+    """A bad top_labels cell stops the report before it draws, not at the dimension's figure."""
+    from dimalign.report.results import check_labels_summary
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    pd.DataFrame([
+        {"embedding": "human_fit", "dimension": 0, "top_labels": "red (3); round (2)"},
+        {"embedding": "human_fit", "dimension": 1, "top_labels": '[{"label": "red"}]'},
+    ]).to_csv(labels / "dimensions.csv", index=False)
+
+    with pytest.raises(ValueError) as error:
+        check_labels_summary(labels, {"human": "human_fit"})
+
+    assert str(error.value).startswith(
+        f"{labels / 'dimensions.csv'}, line 3: invalid top_labels value '[{{\"label\": \"red\"}}]': the entry "
+    )

@@ -313,16 +313,20 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
             "layer; rerun `dimalign map` on a features folder written by `dimalign extract`"
         )
     seed = first("seed")
-    exif_transpose = first("exif_transpose")
+    background, exif_transpose = first("background"), first("exif_transpose")
+    if own.get("features_source") and "background" not in own["features_source"]:
+        # Maps written before features_source recorded the decoding: the
+        # extraction among the map's inputs records it, as recorded_decoding
+        # finds it for the grid and the report.
+        decoding = recorded_decoding(map_dir) or Decoding()
+        background, exif_transpose = decoding.background, decoding.exif_transpose
     return {
         "model": first("model", "model_name"),
         "weights": first("weights"),
         "seed": 0 if seed is None else int(seed),
         "layer": layer,
         "pooling": first("pooling", "pool") or "flatten",
-        # A map saved before these were recorded gets the defaults of dimalign extract.
-        # NOTE: a features_source without them also gets the defaults here, whereas
-        # recorded_decoding then reads the extract folder among the map's inputs.
-        "background": tuple(first("background") or (255, 255, 255)),
+        # Without a recorded setting, the defaults of dimalign extract.
+        "background": tuple(background or DEFAULT_BACKGROUND),
         "exif_transpose": exif_transpose is not False,
     }

@@ -204,7 +204,7 @@ def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None
         )
     else:
         logger.info(
-            "%s never names object 0; it is read as 0-based, as asked. If it counts objects "
+            "%s never names object 0; it is read as 0-based, the default. If it counts objects "
             "from 1, load it as 1-based (CLI: dimalign import-triplets --one-based)",
             path,
         )

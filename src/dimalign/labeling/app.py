@@ -56,6 +56,7 @@ from flask import (
     session,
     url_for,
 )
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -147,6 +148,7 @@ def create_app(
         # change the session send it, and it lasts 30 days from the last change.
         SESSION_REFRESH_EACH_REQUEST=False,
     )
+    app.session_interface = _StudySessionInterface()
     app.jinja_env.globals["csrf_token"] = _csrf_token
 
     app.extensions[_STATE_KEY] = _StudyState(study_path)
@@ -175,6 +177,44 @@ def session_cookie_name(secret_key: str) -> str:
     """
     digest = hashlib.sha256(f"dimalign session cookie\0{secret_key}".encode()).hexdigest()
     return f"dimalign_labels_{digest[:16]}"
+
+
+#: The session cookie name of versions before names were derived from the secret key.
+LEGACY_SESSION_COOKIE_NAME = "dimalign_labels"
+
+
+class _StudySessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie sessions, which also read the cookie name of earlier versions.
+
+    A participant who was in the middle of the study when the server was
+    updated has only a cookie of the old name. It is read while the cookie
+    of the study's own name is missing. Its signature holds only for the
+    study whose secret key signed it, so a cookie of another study on the
+    same host gives an empty session. The first response that changes the
+    session writes the new cookie (or deletes it, as *Stop* does) and deletes
+    the old one. Other responses, such as images, leave both cookies alone.
+    """
+
+    def open_session(self, app: Flask, request: Any) -> SecureCookieSession | None:
+        if self.get_cookie_name(app) in request.cookies or LEGACY_SESSION_COOKIE_NAME not in request.cookies:
+            return super().open_session(app, request)
+        serializer = self.get_signing_serializer(app)
+        if serializer is None:
+            return None
+        max_age = int(app.permanent_session_lifetime.total_seconds())
+        try:
+            return self.session_class(serializer.loads(request.cookies[LEGACY_SESSION_COOKIE_NAME], max_age=max_age))
+        except BadSignature:
+            return self.session_class()
+
+    def save_session(self, app: Flask, session: Any, response: Response) -> None:
+        super().save_session(app, session, response)
+        if session.modified and LEGACY_SESSION_COOKIE_NAME in request.cookies:
+            response.delete_cookie(
+                LEGACY_SESSION_COOKIE_NAME, domain=self.get_cookie_domain(app), path=self.get_cookie_path(app),
+                secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app),
+                httponly=self.get_cookie_httponly(app),
+            )
 
 
 # ---------------------------------------------------------------------------

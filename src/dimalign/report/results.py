@@ -42,10 +42,10 @@ DEFAULT_STAGE_DIRS = {
 }
 
 
-#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
 #: Stages whose manifests lead to the extraction of the DNN's features.
 RECORDED_DECODING_STAGES = ("features", "dnn_triplets", "dnn_fit", "map")
 
+#: Columns of ``compare/disagreements.csv`` that the disagreement figure reads.
 DISAGREEMENT_COLUMNS = (
     "object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out", "human_dim", "dnn_dim",
     "human_drop", "dnn_drop", "p_human", "p_dnn_of_human_choice",
@@ -235,8 +235,25 @@ def check_labels_summary(labels_dir: Path, names: dict[str, str] | None = None) 
     for name in LABELS_TABLES:
         if (labels_dir / name).is_file():
             table = read_labels_table(labels_dir, name)
+            if name == "dimensions.csv":
+                _check_top_labels(labels_dir / name, table)
             if name == "dimensions.csv" and names:
                 _check_labelled_names(labels_dir / name, table, names)
+
+
+def _check_top_labels(path: Path, table: pd.DataFrame) -> None:
+    """Raise ``ValueError`` for a ``top_labels`` cell that looks like JSON but is not valid, naming its line."""
+    from dimalign.labeling.analysis import parse_top_labels
+
+    if "top_labels" not in table.columns:
+        return
+    for row, cell in enumerate(table["top_labels"]):
+        if pd.isna(cell):
+            continue
+        try:
+            parse_top_labels(str(cell))
+        except ValueError as error:
+            raise ValueError(f"{path}, line {row + 2}: {error}") from None
 
 
 def _check_labelled_names(path: Path, table: pd.DataFrame, names: dict[str, str]) -> None:
