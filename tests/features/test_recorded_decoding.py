@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dimalign.features.recorded import Decoding, recorded_decoding
 from dimalign.io.files import write_manifest
@@ -57,3 +58,27 @@ def test_object_table_kept_out_of_conflict(tmp_path):
     decoding = recorded_decoding(run_dir)
 
     assert decoding == Decoding((255, 255, 255), True, str((ours / "manifest.json").resolve()))
+
+
+def test_search_bound_warns(tmp_path):
+    """A chain longer than the search bound ends with a warning, not a silent default."""
+    from dimalign.features import recorded
+
+    previous = _extraction(tmp_path / "extract", background=[0, 0, 0], exif_transpose=False) / "features.npy"
+    for step in range(recorded._MAX_MANIFESTS + 1):
+        folder = tmp_path / f"step{step}"
+        folder.mkdir()
+        np.save(folder / "train.npy", np.zeros((1, 3), dtype=np.int64))
+        write_manifest(folder, step="simulate", inputs={"features": previous})
+        previous = folder / "train.npy"
+
+    with pytest.warns(UserWarning) as caught:
+        decoding = recorded_decoding(previous)
+
+    assert decoding is None
+    assert str(caught[0].message) == (
+        f"stopped looking for the extraction behind {previous} after {recorded._MAX_MANIFESTS} manifests, so "
+        "images are decoded with extract's defaults (white background, EXIF orientation applied): pass "
+        "--background and --no-exif-transpose as the extraction used them"
+    )
+    assert caught[0].filename == __file__

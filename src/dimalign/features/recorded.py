@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dimalign._warnings import warn
+
 #: The defaults of ``dimalign extract``: white under transparent pixels, EXIF orientation applied.
 DEFAULT_BACKGROUND = (255, 255, 255)
 
 # The maximum number of manifests that one search reads. A fit of simulated triplets reaches
-# its extraction in three, so the bound only stops a search through very many inputs.
+# its extraction in three, so the bound only stops a search through very many inputs, with a warning.
 _MAX_MANIFESTS = 64
 
 
@@ -178,6 +180,13 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         raise ValueError(
             f"the inputs come from extractions with different image decoding: {first.source} records "
             f"{first.describe()} and {second.source} records {second.describe()}; use inputs of one extraction"
+        )
+    if not found and queue and len(seen) >= _MAX_MANIFESTS:
+        named = ", ".join(str(path) for path in paths if path is not None)
+        warn(
+            f"stopped looking for the extraction behind {named} after {_MAX_MANIFESTS} manifests, so images "
+            "are decoded with extract's defaults (white background, EXIF orientation applied): pass "
+            "--background and --no-exif-transpose as the extraction used them"
         )
     return found[0] if found else None
 
