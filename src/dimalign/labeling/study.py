@@ -49,8 +49,9 @@ from dimalign.labeling.answers import Answer
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes served as images (lower case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+#: File suffixes served as images (lower case). The app serves TIFF files as
+#: decoded PNG files, because most browsers do not show TIFF.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 #: Number of top objects per dimension stored for the semantic check.
 N_TOP_OBJECTS = 20
