@@ -789,9 +789,29 @@ def check_study_dir(plan: StudyPlan) -> None:
             _reject_unwritten_files(folder, stage.name)
 
 
+#: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
+#: They contain no data of the user's, so a rerun may delete them.
+FILE_MANAGER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
 def _stage_files(folder: Path) -> list[str]:
-    """List the files below a stage folder as sorted POSIX paths relative to it."""
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+    """List the entries below a stage folder as sorted POSIX paths relative to it.
+
+    The entries are files, symbolic links (not followed) and empty folders,
+    which get a final ``/``. File manager files (:data:`FILE_MANAGER_FILES`
+    and macOS ``._`` files) are left out.
+    """
+    entries = []
+    for directory, folders, files in os.walk(folder):
+        base = Path(directory)
+        # os.walk lists a symbolic link to a folder among the folders without entering it.
+        links = [name for name in folders if (base / name).is_symlink()]
+        for name in files + links:
+            if name not in FILE_MANAGER_FILES and not name.startswith("._"):
+                entries.append((base / name).relative_to(folder).as_posix())
+        if not folders and not files and base != folder:
+            entries.append(base.relative_to(folder).as_posix() + "/")
+    return sorted(entries)
 
 
 def _reject_unwritten_files(folder: Path, stage_name: str) -> None:
