@@ -143,6 +143,17 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
         )
     try:
         _check_study_tables(connection, path, allow_empty=create)
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if str(error) != "unable to open database file":
+            raise
+        # A study in WAL mode whose -shm file is missing cannot be read
+        # without creating that file, so a read-only folder fails here.
+        raise PermissionError(
+            f"cannot open the study database {path} ({error}): SQLite writes the files {path.name}-wal "
+            f"and {path.name}-shm next to it, so make the folder {path.parent} writable, or copy the "
+            "study into a writable folder"
+        ) from error
     except BaseException:
         connection.close()
         raise

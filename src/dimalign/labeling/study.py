@@ -974,7 +974,29 @@ class Study:
         Returns:
             bool: Whether this call changed the setting. Closing a closed
             study keeps its first closing time.
+
+        Raises:
+            PermissionError: If the database file is read-only, naming it.
         """
+        try:
+            changed, closed_at = self._write_closed(closed)
+        except sqlite3.OperationalError as error:
+            if "readonly" not in str(error):
+                raise
+            raise PermissionError(
+                f"cannot write the study database {self.path} ({error}): make the file writable, then "
+                "run the command again"
+            ) from error
+        if closed_at is None:
+            self.settings.pop(CLOSED_AT_SETTING, None)
+        else:
+            self.settings[CLOSED_AT_SETTING] = closed_at
+        if changed:
+            logger.info("%s %s to new participants", "closed" if closed else "reopened", self.path)
+        return changed
+
+    def _write_closed(self, closed: bool) -> tuple[bool, str | None]:
+        """Write or delete the closing time; return whether it changed and the time now stored."""
         with db.transaction(self.connection):
             closed_at = self._read_closed_at()
             if closed and closed_at is None:
@@ -989,13 +1011,7 @@ class Study:
                 changed = True
             else:
                 changed = False
-        if closed_at is None:
-            self.settings.pop(CLOSED_AT_SETTING, None)
-        else:
-            self.settings[CLOSED_AT_SETTING] = closed_at
-        if changed:
-            logger.info("%s %s to new participants", "closed" if closed else "reopened", self.path)
-        return changed
+        return changed, closed_at
 
     def _read_closed_at(self) -> str | None:
         row = self.connection.execute(
