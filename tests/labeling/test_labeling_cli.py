@@ -367,3 +367,19 @@ def test_study_in_read_only_folder_named(study_path, capsys):
         f"file): SQLite writes the files study.db-wal and study.db-shm next to it, so make the folder "
         f"{study_path.parent} writable, or copy the study into a writable folder\n"
     )
+
+
+def test_close_run_folder_names_labels_db(tmp_path, study_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(study_path, run / "labels.db")
+
+    status = main(["label-app", "close", str(run)])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"dimalign label-app: error: study database {run} is a folder, not a file: the short form "
+        f"`dimalign label-app RUN` keeps its study in {run / 'labels.db'}, so give that file\n"
+    )

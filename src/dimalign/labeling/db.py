@@ -122,6 +122,11 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
             database is accepted if ``create`` is True).
     """
     path = Path(path)
+    if path.is_dir() and (path / RUN_STUDY_NAME).is_file():
+        raise IsADirectoryError(
+            f"study database {path} is a folder, not a file: the short form `dimalign label-app RUN` "
+            f"keeps its study in {path / RUN_STUDY_NAME}, so give that file"
+        )
     if path.is_dir():
         raise IsADirectoryError(
             f"study database {path} is a folder, not a file: give the study database file that "
@@ -167,6 +172,9 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
     connection.execute("PRAGMA synchronous = FULL")
     return connection
 
+
+#: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
+RUN_STUDY_NAME = "labels.db"
 
 #: Tables that every study has, from the first schema version on.
 STUDY_TABLES = ("schema_version", "study")

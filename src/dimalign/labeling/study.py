@@ -68,7 +68,7 @@ BROWSER_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
 BROWSER_MODES = ("RGB", "L", "P", "1")
 
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
-RUN_STUDY_NAME = "labels.db"
+RUN_STUDY_NAME = db.RUN_STUDY_NAME
 
 
 @dataclass(frozen=True)
