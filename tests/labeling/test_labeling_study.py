@@ -832,3 +832,25 @@ def test_setup_warns_about_animated_grid_images(tmp_path, labeling_run, image_se
 
     assert "1 grid images have several frames" in caplog.text
     assert str(animated.resolve()) in caplog.text
+
+
+def test_close_locked_study_named(study_path):
+    holder = sqlite3.connect(study_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    connection = sqlite3.connect(study_path, timeout=0.1, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    try:
+        with pytest.raises(sqlite3.OperationalError) as error:
+            Study(study_path, connection=connection).set_closed(True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        connection.close()
+
+    assert str(error.value) == (
+        f"cannot write the study database {study_path}, because another program holds its write lock "
+        "(database is locked): close programs that have the study open with unsaved changes, such as an "
+        "SQLite browser, then run the command again"
+    )
+    with Study(study_path) as study:
+        assert study.closed_at is None

@@ -977,10 +977,18 @@ class Study:
 
         Raises:
             PermissionError: If the database file is read-only, naming it.
+            sqlite3.OperationalError: If another connection holds the write
+                lock for longer than the connection's busy timeout, naming the file.
         """
         try:
             changed, closed_at = self._write_closed(closed)
         except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise sqlite3.OperationalError(
+                    f"cannot write the study database {self.path}, because another program holds its write "
+                    f"lock ({error}): close programs that have the study open with unsaved changes, such as "
+                    "an SQLite browser, then run the command again"
+                ) from error
             if "readonly" not in str(error):
                 raise
             raise PermissionError(
