@@ -67,8 +67,7 @@ def test_missing_input_logged(tmp_path, caplog):
         assert recorded_decoding(tmp_path / "fit") is None
 
     assert caplog.messages == [
-        f"no image decoding settings found behind {tmp_path / 'fit'}, and the input {gone} listed in "
-        f"{path.resolve()} no longer exists, so the defaults of dimalign extract apply unless the "
-        "command's --background and --no-exif-transpose say otherwise; move the input back if its "
-        "extraction used other settings"
+        f"no image decoding settings found behind {tmp_path / 'fit'}: the input {gone} listed in "
+        f"{path.resolve()} no longer exists. The defaults of dimalign extract apply unless --background "
+        "or --no-exif-transpose is given, so move the input back if its extraction used other settings"
     ]

@@ -182,9 +182,9 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         # A folder moved or deleted since the output was written breaks the search silently otherwise.
         gone, listed_in = missing[0]
         logger.warning(
-            "no image decoding settings found behind %s, and the input %s listed in %s no longer exists, "
-            "so the defaults of dimalign extract apply unless the command's --background and "
-            "--no-exif-transpose say otherwise; move the input back if its extraction used other settings",
+            "no image decoding settings found behind %s: the input %s listed in %s no longer exists. "
+            "The defaults of dimalign extract apply unless --background or --no-exif-transpose is given, "
+            "so move the input back if its extraction used other settings",
             ", ".join(str(path) for path in paths if path is not None), gone, listed_in,
         )
     distinct = {(entry.background, entry.exif_transpose): entry for entry in found}
