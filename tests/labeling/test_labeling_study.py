@@ -854,3 +854,26 @@ def test_close_locked_study_named(study_path):
     )
     with Study(study_path) as study:
         assert study.closed_at is None
+
+
+def test_decoded_png_cached_until_file_changes(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_png
+
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
+    first = decoded_png(path, Decoding((0, 0, 255)))
+    again = decoded_png(path, Decoding((0, 0, 255)))
+    other_background = decoded_png(path, Decoding((0, 255, 0)))
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(path)
+    os.utime(path, ns=(1, 1))
+    changed = decoded_png(path, Decoding((0, 0, 255)))
+
+    assert again is first
+    assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (0, 0, 255)
+    assert Image.open(io.BytesIO(other_background)).getpixel((4, 4)) == (0, 255, 0)
+    assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)

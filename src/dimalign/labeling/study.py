@@ -15,6 +15,7 @@ the call returns.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import errno
@@ -25,6 +26,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -573,12 +575,49 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
 
 
+#: Bytes of decoded PNG files that :func:`decoded_png` keeps in memory. Decoding
+#: a 12-megapixel phone photo and encoding it as PNG takes seconds, and every
+#: participant's browser asks for each grid image once.
+DECODED_CACHE_BYTES = 256 * 2**20
+
+_decoded_cache: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
+_decoded_cache_lock = threading.Lock()
+
+
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG."""
+    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG.
+
+    The result is cached by path, file size, modification time and
+    decoding, up to :data:`DECODED_CACHE_BYTES`, the least recently used
+    leaving first. A file that changes on disk is decoded again.
+    """
     from dimalign.features.decode import load_rgb
 
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    if stat is None:
+        # load_rgb raises the ImageReadError that describes a missing or unreadable file.
+        return _encode_png(load_rgb(path, decoding.background, decoding.exif_transpose))
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, decoding.background, decoding.exif_transpose)
+    with _decoded_cache_lock:
+        if key in _decoded_cache:
+            _decoded_cache.move_to_end(key)
+            return _decoded_cache[key]
+    data = _encode_png(load_rgb(path, decoding.background, decoding.exif_transpose))
+    with _decoded_cache_lock:
+        _decoded_cache[key] = data
+        total = sum(len(value) for value in _decoded_cache.values())
+        while total > DECODED_CACHE_BYTES and len(_decoded_cache) > 1:
+            _, dropped = _decoded_cache.popitem(last=False)
+            total -= len(dropped)
+    return data
+
+
+def _encode_png(image: PIL.Image.Image) -> bytes:
     buffer = io.BytesIO()
-    load_rgb(path, decoding.background, decoding.exif_transpose).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
