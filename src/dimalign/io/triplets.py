@@ -721,8 +721,10 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     last = layout.n_columns - 1
     first_empty = first_filled = None
     regular = True
+    n_records = 0
     with open(layout.path, encoding="utf-8-sig") as handle:
         for line_number, _, tokens in _records(handle, layout):
+            n_records += 1
             # Lines with another number of columns get their own error when parsed.
             if len(tokens) != layout.n_columns:
                 regular = False
@@ -733,6 +735,9 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
                 first_filled = (line_number, tokens[last])
             if first_empty and first_filled:
                 break
+    if n_records == 0:
+        # A header such as "i,j,k," above no rows: the caller reports the file as empty.
+        return True
     if first_empty is None:
         return False
     if first_filled is not None:
