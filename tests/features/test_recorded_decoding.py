@@ -71,3 +71,23 @@ def test_missing_input_logged(tmp_path, caplog):
         f"{path.resolve()} no longer exists. The defaults of dimalign extract apply unless --background "
         "or --no-exif-transpose is given, so move the input back if its extraction used other settings"
     ]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "key"),
+    [
+        ({"step": "map", "settings": "ridge"}, "settings"),
+        ({"step": "map", "settings": {"features_source": "vgg16"}}, "settings.features_source"),
+        ({"step": "map", "settings": {"layer": "fc7"}, "inputs": ["features.npy"]}, "inputs"),
+    ],
+)
+def test_damaged_map_manifest_named(tmp_path, manifest, key):
+    from dimalign.features.recorded import map_settings
+
+    path = write_manifest(tmp_path / "map", manifest)
+
+    with pytest.raises(ValueError) as error:
+        map_settings(tmp_path / "map")
+
+    assert str(error.value).startswith(f"{path}: {key} ")
+    assert str(error.value).endswith(" is invalid; rerun the step that wrote it")

@@ -322,7 +322,10 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     from dimalign.io.files import MANIFEST_NAME, read_manifest
 
     manifest = read_manifest(map_dir)
-    own = manifest.get("settings", {})
+    source = str(Path(map_dir) / MANIFEST_NAME)
+    own = _checked(manifest.get("settings", {}), dict, source, "settings")
+    _checked(own.get("features_source") or {}, dict, source, "settings.features_source")
+    _checked(manifest.get("inputs", {}), dict, source, "inputs")
     sources = [own]
     if own.get("features_source"):
         sources.append(own["features_source"])
