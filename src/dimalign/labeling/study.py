@@ -575,9 +575,10 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
 
 
-#: Bytes of decoded PNG files that :func:`decoded_png` keeps in memory. Decoding
-#: a 12-megapixel phone photo and encoding it as PNG takes seconds, and every
-#: participant's browser asks for each grid image once.
+#: Bytes of decoded PNG files that :func:`decoded_png` keeps in memory. Every
+#: participant's browser asks for each grid image, and decoding a 12-megapixel
+#: JPEG with an EXIF orientation and encoding it as PNG took 3.3 s on one core
+#: of a 2-core development machine (an estimate for other hardware).
 DECODED_CACHE_BYTES = 256 * 2**20
 
 _decoded_cache: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
