@@ -91,3 +91,15 @@ def test_damaged_map_manifest_named(tmp_path, manifest, key):
 
     assert str(error.value).startswith(f"{path}: {key} ")
     assert str(error.value).endswith(" is invalid; rerun the step that wrote it")
+
+
+def test_symlink_loop_input_logged(tmp_path, caplog):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    looped = tmp_path / "a" / "features.npy"
+    write_manifest(tmp_path / "fit", {"step": "fit", "inputs": {"features": str(looped)}})
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.features.recorded"):
+        assert recorded_decoding(tmp_path / "fit") is None
+
+    assert f"the input {looped} listed in" in caplog.text

@@ -153,7 +153,8 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         folder = path if path.is_dir() else path.parent
         try:
             folder = folder.resolve()
-        except OSError:
+        except (OSError, RuntimeError):
+            # Python before 3.13 raises RuntimeError for a symbolic link loop.
             continue
         if folder in seen or not (folder / MANIFEST_NAME).is_file():
             continue
