@@ -850,3 +850,23 @@ def test_fit_cli_objects_count_differs_from_folder(tmp_path, capsys):
     assert (f"--objects {tmp_path / 'names.txt'} lists 13 objects, but {folder / 'objects.tsv'} "
             "lists 12, so the triplets index another object set") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_cli_short_neighbour_table_named(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_triplets(folder / "train.npy")
+    (folder / "objects.tsv").write_text("".join(f"obj{index}\n" for index in range(5)))
+
+    status = main(["fit", str(folder / "train.npy"), "-o", str(tmp_path / "run"), "--n-dims", "3",
+                   "--max-epochs", "1"])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "is out of range for 5 objects" in error
+    assert error.rstrip().endswith(
+        f"The 5 objects come from {folder / 'objects.tsv'}, which dimalign fit reads because it lies "
+        "next to the triplets: pass the table that the triplets index with --objects, or move this "
+        "one away"
+    )
+    assert not (tmp_path / "run").exists()

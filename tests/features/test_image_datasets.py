@@ -359,6 +359,17 @@ def test_parse_color_rejects_invalid(text):
         parse_color(text)
 
 
+@pytest.mark.parametrize("text", ["#ffffff80", "#fff0", "1,2,3,128"])
+def test_parse_color_rejects_alpha(text):
+    with pytest.raises(ValueError) as error:
+        parse_color(text)
+
+    assert str(error.value) == (
+        f"invalid background colour {text!r}: the colour under transparent pixels must be opaque, "
+        "so give it without alpha, such as a name, #rrggbb or r,g,b"
+    )
+
+
 def test_broken_link_is_reported(tmp_path, caplog):
     from PIL import Image
 

@@ -1,5 +1,9 @@
-"""Tests of ``dimalign.features.recorded``: finding the decoding settings behind outputs."""
+"""Tests of the search for the decoding settings that an extraction recorded."""
 
+from __future__ import annotations
+
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +11,101 @@ import pytest
 
 from dimalign.features.recorded import Decoding, recorded_decoding
 from dimalign.io.files import write_manifest
+
+
+def write_manifest_json(folder, manifest):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder / "manifest.json"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "key"),
+    [
+        ({"step": "extract", "settings": "white"}, "settings"),
+        ({"step": "fit", "settings": [1, 2]}, "settings"),
+        ({"step": "map", "settings": {"features_source": "vgg16"}}, "settings.features_source"),
+        ({"step": "fit", "inputs": ["features.npy"]}, "inputs"),
+        ({"step": "fit", "inputs": {"triplets": {"sha256": "ab"}}}, "inputs.triplets"),
+        ({"step": "fit", "inputs": {"triplets": 5}}, "inputs.triplets"),
+        ({"step": "extract", "settings": {"background": 5}}, "settings.background"),
+        ({"step": "extract", "settings": {"background": True}}, "settings.background"),
+        ({"step": "extract", "settings": {"background": [1.5, 2, 3]}}, "settings.background"),
+        ({"step": "extract", "settings": {"exif_transpose": "false"}}, "settings.exif_transpose"),
+    ],
+)
+def test_damaged_manifest_named(tmp_path, manifest, key):
+    path = write_manifest_json(tmp_path / "out", manifest)
+
+    with pytest.raises(ValueError) as error:
+        recorded_decoding(tmp_path / "out")
+
+    message = str(error.value)
+    assert message.startswith(f"{path.resolve()}: {key} ")
+    assert message.endswith(" is invalid; rerun the step that wrote it")
+
+
+def test_relative_input_read_from_manifest_folder(tmp_path, monkeypatch):
+    write_manifest_json(tmp_path / "study" / "extract", {"step": "extract", "settings": {"background": [0, 0, 0]}})
+    write_manifest_json(tmp_path / "study" / "fit", {"step": "fit", "inputs": {"features": "../extract/features.npy"}})
+    monkeypatch.chdir(tmp_path)
+
+    decoding = recorded_decoding(tmp_path / "study" / "fit")
+
+    assert decoding == Decoding((0, 0, 0), True, str((tmp_path / "study" / "extract" / "manifest.json").resolve()))
+
+
+def test_cyclic_inputs_end_search(tmp_path):
+    write_manifest_json(tmp_path / "a", {"step": "fit", "inputs": {"b": str(tmp_path / "b" / "x.npy")}})
+    write_manifest_json(tmp_path / "b", {"step": "fit", "inputs": {"a": str(tmp_path / "a" / "x.npy")}})
+
+    assert recorded_decoding(tmp_path / "a") is None
+
+
+def test_missing_input_logged(tmp_path, caplog):
+    gone = tmp_path / "moved" / "features.npy"
+    path = write_manifest_json(tmp_path / "fit", {"step": "fit", "inputs": {"features": str(gone)}})
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.features.recorded"):
+        assert recorded_decoding(tmp_path / "fit") is None
+
+    assert caplog.messages == [
+        f"no image decoding settings found behind {tmp_path / 'fit'}: the input {gone} listed in "
+        f"{path.resolve()} no longer exists. The defaults of dimalign extract apply unless --background "
+        "or --no-exif-transpose is given, so move the input back if its extraction used other settings"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "key"),
+    [
+        ({"step": "map", "settings": "ridge"}, "settings"),
+        ({"step": "map", "settings": {"features_source": "vgg16"}}, "settings.features_source"),
+        ({"step": "map", "settings": {"layer": "fc7"}, "inputs": ["features.npy"]}, "inputs"),
+    ],
+)
+def test_damaged_map_manifest_named(tmp_path, manifest, key):
+    from dimalign.features.recorded import map_settings
+
+    path = write_manifest_json(tmp_path / "map", manifest)
+
+    with pytest.raises(ValueError) as error:
+        map_settings(tmp_path / "map")
+
+    assert str(error.value).startswith(f"{path}: {key} ")
+    assert str(error.value).endswith(" is invalid; rerun the step that wrote it")
+
+
+def test_symlink_loop_input_logged(tmp_path, caplog):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    looped = tmp_path / "a" / "features.npy"
+    write_manifest_json(tmp_path / "fit", {"step": "fit", "inputs": {"features": str(looped)}})
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.features.recorded"):
+        assert recorded_decoding(tmp_path / "fit") is None
+
+    assert f"the input {looped} listed in" in caplog.text
 
 
 def _extraction(folder: Path, **settings) -> Path:

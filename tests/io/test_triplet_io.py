@@ -1094,6 +1094,28 @@ def test_final_column_empty_on_some_rows(tmp_path):
     )
 
 
+def test_trailing_comma_on_header_only(tmp_path, caplog):
+    path = write_lines(tmp_path / "h.csv", ["i,j,k,", "0,1,2", "1,2,3"])
+
+    with caplog.at_level(logging.INFO, logger="dimalign.io.triplets"):
+        assert load_triplets(path, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert f"{path}: the header ends with a delimiter and the first row does not" in caplog.text
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_trailing_comma_on_rows_only(tmp_path):
+    path = write_lines(tmp_path / "r.csv", ["i,j,k", "0,1,2,", "1,2,3,"])
+    mixed = write_lines(tmp_path / "m.csv", ["i,j,k", "0,1,2,", "1,2,3"])
+    filled = write_lines(tmp_path / "f.csv", ["i,j,k", "0,1,2,", "1,2,3,s1"])
+
+    assert load_triplets(path, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+    assert load_triplets(path, 4, columns=["i", "j", "k"]).tolist() == [[0, 1, 2], [1, 2, 3]]
+    with pytest.raises(ValueError, match=r"m.csv, line 3: 3 columns, expected 4 like line 2"):
+        load_triplets(mixed, 4)
+    with pytest.raises(ValueError, match=r"the final column 3 is empty on line 2 but contains 's1' on line 3"):
+        load_triplets(filled, 4)
+
+
 def test_extra_column_message_is_sentence(tmp_path):
     path = write_lines(tmp_path / "subjects.csv", ["0,1,2,s1", "1,2,3,s2"])
 

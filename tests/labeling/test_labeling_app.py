@@ -1360,3 +1360,33 @@ def test_legacy_cookie_of_other_study_ignored(app, tmp_path, labeling_run, image
     # The other study has a participant of the same id, but its key does not verify the cookie.
     assert other_id == participant_id
     assert stranger.get(f"/participant/{participant_id}/next").status_code == 403
+
+
+def test_tif_suffix_image_served_as_png(tmp_path, labeling_run, image_set):
+    import shutil
+
+    from PIL import Image
+
+    from dimalign.interpret.grids import percentile_grid
+    from dimalign.io.objects import ObjectTable, read_object_table, write_object_table
+    from dimalign.io.runs import load_embedding
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    run = tmp_path / "run"
+    shutil.copytree(labeling_run, run)
+    table = read_object_table(run / "objects.tsv")
+    first = int(percentile_grid(load_embedding(run).embedding[:, 0])[0, 0])
+    sources = list(table.sources)
+    # dimalign extract --extensions .tif writes such a source into the object table.
+    sources[first] = "photo.tif"
+    write_object_table(ObjectTable(table.object_ids, tuple(sources)), run / "objects.tsv")
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(images / "photo.tif")
+    path = create_study(tmp_path / "study.db", run, images, dims="0")
+
+    data, shown = served_image(path, first)
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert shown.getpixel((8, 8)) == (10, 20, 30)
+    with Study(path) as study:
+        assert first in study.decoded_images

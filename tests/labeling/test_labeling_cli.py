@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -319,3 +320,66 @@ def test_setup_stores_recorded_decoding(tmp_path, labeling_run, image_set, recor
     assert status == 0
     with Study(tmp_path / "study.db") as study:
         assert study.decoding == Decoding((0, 0, 0), False)
+
+
+@contextlib.contextmanager
+def write_protected(path):
+    """Make a file or folder read-only, also for root (through the immutable attribute), or skip."""
+    import os
+    import subprocess
+
+    mode = path.stat().st_mode
+    path.chmod(0o555 if path.is_dir() else 0o444)
+    immutable = False
+    try:
+        if os.geteuid() == 0:
+            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"cannot make {path} read-only for root: {result.stderr.decode().strip()}")
+            immutable = True
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)
+
+
+def test_close_read_only_study_named(study_path, capsys):
+    with write_protected(study_path):
+        status = main(["label-app", "close", str(study_path)])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"dimalign label-app: error: cannot write the study database {study_path} (attempt to write a "
+        "readonly database): make the file writable, then run the command again\n"
+    )
+    with Study(study_path) as study:
+        assert study.closed_at is None
+
+
+def test_study_in_read_only_folder_named(study_path, capsys):
+    with write_protected(study_path.parent):
+        status = main(["label-app", "export", str(study_path), "-o", "-"])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"dimalign label-app: error: cannot open the study database {study_path} (unable to open database "
+        f"file): SQLite writes the files study.db-wal and study.db-shm next to it, so make the folder "
+        f"{study_path.parent} writable, or copy the study into a writable folder\n"
+    )
+
+
+def test_close_run_folder_names_labels_db(tmp_path, study_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(study_path, run / "labels.db")
+
+    status = main(["label-app", "close", str(run)])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"dimalign label-app: error: study database {run} is a folder, not a file: the short form "
+        f"`dimalign label-app RUN` keeps its study in {run / 'labels.db'}, so give that file\n"
+    )

@@ -832,3 +832,48 @@ def test_setup_warns_about_animated_grid_images(tmp_path, labeling_run, image_se
 
     assert "1 grid images have several frames" in caplog.text
     assert str(animated.resolve()) in caplog.text
+
+
+def test_close_locked_study_named(study_path):
+    holder = sqlite3.connect(study_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    connection = sqlite3.connect(study_path, timeout=0.1, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    try:
+        with pytest.raises(sqlite3.OperationalError) as error:
+            Study(study_path, connection=connection).set_closed(True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        connection.close()
+
+    assert str(error.value) == (
+        f"cannot write the study database {study_path}, because another program holds its write lock "
+        "(database is locked): close programs that have the study open with unsaved changes, such as an "
+        "SQLite browser, then run the command again"
+    )
+    with Study(study_path) as study:
+        assert study.closed_at is None
+
+
+def test_decoded_png_cached_until_file_changes(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_png
+
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
+    first = decoded_png(path, Decoding((0, 0, 255)))
+    again = decoded_png(path, Decoding((0, 0, 255)))
+    other_background = decoded_png(path, Decoding((0, 255, 0)))
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(path)
+    os.utime(path, ns=(1, 1))
+    changed = decoded_png(path, Decoding((0, 0, 255)))
+
+    assert again is first
+    assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (0, 0, 255)
+    assert Image.open(io.BytesIO(other_background)).getpixel((4, 4)) == (0, 255, 0)
+    assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)

@@ -466,3 +466,81 @@ def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
 
     assert notes.read_text() == "written during the run"
     assert read_stage_record(copy / "compare") is not None
+
+
+def test_symlink_in_stage_folder_is_kept(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    target = tmp_path / "plots"
+    target.mkdir()
+    (copy / "compare" / "plots").symlink_to(target, target_is_directory=True)
+    (copy / "compare" / "drafts").mkdir()
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} contains 2 files that stage compare did not write (drafts/, plots), "
+        "and the stage replaces its folder as a whole when it runs again: move these files out of "
+        "the folder, then run the study again"
+    )
+    assert (copy / "compare" / "plots").is_symlink()
+    assert (copy / "compare" / "drafts").is_dir()
+
+
+def test_finder_files_do_not_block_rerun(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    for name in (".DS_Store", "Thumbs.db", "desktop.ini", "._summary.json"):
+        (copy / "compare" / name).write_bytes(b"\0\1")
+
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert not (copy / "compare" / ".DS_Store").exists()
+    assert read_stage_record(copy / "compare") is not None
+
+
+def drop_file_list(stage_dir: Path) -> None:
+    """Make a stage record look like one written before records listed their files."""
+    manifest = json.loads((stage_dir / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["pipeline"]["files"]
+    (stage_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def test_old_record_keeps_user_file(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    drop_file_list(copy / "compare")
+    notes = copy / "compare" / "NOTES.txt"
+    notes.write_text("my notes")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} contains 1 file that the new run of stage compare did not write "
+        "(NOTES.txt), and its record, from an older dimalign, lists no files, and the stage "
+        "replaces its folder as a whole when it runs again: move the file out of the folder, "
+        "then run the study again"
+    )
+    assert notes.read_text() == "my notes"
+
+
+def test_old_record_without_user_files_reruns(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    drop_file_list(copy / "compare")
+
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert "compare" in plan.to_run
+    assert isinstance(read_stage_record(copy / "compare")["files"], list)

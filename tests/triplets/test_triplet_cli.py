@@ -668,7 +668,7 @@ def test_import_split_of_empty_file_fails(tmp_path, capsys, content):
     assert not out_dir.exists()
 
 
-@pytest.mark.parametrize("content", ["", "a,b,c\n"])
+@pytest.mark.parametrize("content", ["", "a,b,c\n", "a,b,c,\n"])
 def test_import_empty_file_fails(tmp_path, capsys, content):
     source = tmp_path / "trials.csv"
     source.write_text(content, encoding="utf-8")

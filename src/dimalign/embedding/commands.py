@@ -156,7 +156,8 @@ def load_training_data(
     table_path = args.objects
     # A triplet file reads the objects.tsv next to it, as a folder reads its own.
     folder_table_path = (source if source.is_dir() else source.parent) / OBJECT_TABLE_NAME
-    if table is None and folder_table_path.is_file():
+    neighbour_table = table is None and folder_table_path.is_file()
+    if neighbour_table:
         table_path = folder_table_path
         try:
             table = read_object_table(table_path)
@@ -190,7 +191,16 @@ def load_training_data(
         args.val = source / "val.npy"
     elif source.is_dir() and args.val is None:
         _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
-    train = load_triplets(train_path, n_objects)
+    try:
+        train = load_triplets(train_path, n_objects)
+    except ValueError as error:
+        if not neighbour_table or "out of range" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. The {n_objects} objects come from {table_path}, which dimalign fit reads because it "
+            "lies next to the triplets: pass the table that the triplets index with --objects, or move "
+            "this one away"
+        ) from error
     inputs["train"] = train_path
     if args.val is not None:
         reject_split_folder(args.val, "validate on", option="--val")

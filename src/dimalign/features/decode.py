@@ -46,8 +46,10 @@ class ImageReadError(Exception):
 def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
     """Parse a background colour: a name (``white``), ``#rrggbb``, ``r,g,b`` or a tuple.
 
+    An alpha value (``#rrggbbaa``, ``r,g,b,a``) is accepted only when it is 255.
+
     Raises:
-        ValueError: If the colour is not understood.
+        ValueError: If the colour is not understood or is not opaque.
     """
     if not isinstance(color, str):
         values = tuple(int(value) for value in color)
@@ -58,9 +60,15 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
             values = ()
     else:
         try:
-            values = ImageColor.getrgb(color)[:3]
+            values = ImageColor.getrgb(color)
         except ValueError:
             values = ()
+    if len(values) == 4 and values[3] != 255:
+        raise ValueError(
+            f"invalid background colour {color!r}: the colour under transparent pixels must be opaque, "
+            "so give it without alpha, such as a name, #rrggbb or r,g,b"
+        )
+    values = tuple(values)[:3] if len(values) == 4 else values
     if len(values) != 3 or not all(0 <= value <= 255 for value in values):
         raise ValueError(
             f"invalid background colour {color!r}: use a name such as white, #rrggbb or r,g,b "

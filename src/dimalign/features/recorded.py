@@ -11,6 +11,8 @@ that the DNN saw. This module does not import torch.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from dimalign._warnings import warn
+
+logger = logging.getLogger(__name__)
 
 #: The defaults of ``dimalign extract``: white under transparent pixels, EXIF orientation applied.
 DEFAULT_BACKGROUND = (255, 255, 255)
@@ -140,40 +144,52 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
         ValueError: If two extractions behind the paths record different
             settings, naming both manifests.
     """
-    from dimalign.features.decode import parse_color
     from dimalign.io.files import MANIFEST_NAME, read_manifest
 
     queue = deque(Path(path) for path in paths if path is not None)
     seen: set[Path] = set()
     found: list[Decoding] = []
+    missing: list[tuple[Path, str]] = []
     while queue and len(seen) < _MAX_MANIFESTS:
         path = queue.popleft()
         folder = path if path.is_dir() else path.parent
         try:
             folder = folder.resolve()
-        except OSError:
+        except (OSError, RuntimeError):
+            # Python before 3.13 raises RuntimeError for a symbolic link loop.
             continue
         if folder in seen or not (folder / MANIFEST_NAME).is_file():
             continue
         seen.add(folder)
         manifest = read_manifest(folder)
         source = str(folder / MANIFEST_NAME)
-        settings = manifest.get("settings", {})
-        features_source = settings.get("features_source") or {}
+        settings = _checked(manifest.get("settings", {}), dict, source, "settings")
+        key = "settings"
+        features_source = _checked(settings.get("features_source") or {}, dict, source, "settings.features_source")
         # "features" is the stage of dimalign run that extracts features from its images.
         if manifest.get("step") in ("extract", "features"):
             settings = extraction_settings(settings, None)
         elif "background" in features_source:
             # A map copies the extraction's settings into its features_source.
-            settings = features_source
+            settings, key = features_source, "settings.features_source"
         else:
-            queue.extend(_input_paths(manifest))
+            for input_path in _followed_inputs(manifest, folder, source):
+                queue.append(input_path)
+                if not input_path.exists():
+                    missing.append((input_path, source))
             continue
-        try:
-            background = parse_color(settings.get("background") or DEFAULT_BACKGROUND)
-        except ValueError as error:
-            raise ValueError(f"{source}: {error}; rerun the step that wrote it") from error
-        found.append(Decoding(background, settings.get("exif_transpose") is not False, source))
+        background = _recorded_colour(settings.get("background"), source, f"{key}.background")
+        exif_transpose = _checked(settings.get("exif_transpose"), (bool, type(None)), source, f"{key}.exif_transpose")
+        found.append(Decoding(background, exif_transpose is not False, source))
+    if not found and missing:
+        # A folder moved or deleted since the output was written breaks the search silently otherwise.
+        gone, listed_in = missing[0]
+        logger.warning(
+            "no image decoding settings found behind %s: the input %s listed in %s no longer exists. "
+            "The defaults of dimalign extract apply unless --background or --no-exif-transpose is given, "
+            "so move the input back if its extraction used other settings",
+            ", ".join(str(path) for path in paths if path is not None), gone, listed_in,
+        )
     distinct = {(entry.background, entry.exif_transpose): entry for entry in found}
     if len(distinct) > 1:
         first, second = list(distinct.values())[:2]
@@ -227,6 +243,52 @@ def _input_entries(manifest: dict[str, Any]) -> list[tuple[Any, Path]]:
 def _input_paths(manifest: dict[str, Any]) -> list[Path]:
     """Return the paths of a manifest's data inputs (see :func:`_input_entries`)."""
     return [path for _, path in _input_entries(manifest)]
+
+
+def _followed_inputs(manifest: dict[str, Any], folder: Path, source: str) -> list[Path]:
+    """Return the input paths of the manifest ``source`` in ``folder``, a relative one read from ``folder``.
+
+    Raises:
+        ValueError: If ``inputs`` is not a JSON object or an entry has no path.
+    """
+    paths = []
+    for name, entry in _checked(manifest.get("inputs", {}), dict, source, "inputs").items():
+        # The object table names rows only, and it may lie in the folder of another extraction.
+        if name == "objects":
+            continue
+        path = entry.get("path") if isinstance(entry, dict) else entry
+        if not isinstance(path, str) or not path:
+            raise _damaged(source, f"inputs.{name}", entry)
+        paths.append(folder / path)
+    return paths
+
+
+def _recorded_colour(value: Any, source: str, key: str) -> tuple[int, int, int]:
+    """Parse a recorded background: a list of three integers or a colour string, white when absent."""
+    from dimalign.features.decode import parse_color
+
+    if value is None or value == "":
+        return DEFAULT_BACKGROUND
+    integers = isinstance(value, list) and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    if not (isinstance(value, str) or integers):
+        raise _damaged(source, key, value)
+    try:
+        return parse_color(value)
+    except ValueError:
+        raise _damaged(source, key, value) from None
+
+
+def _checked(value: Any, kind: type | tuple[type, ...], source: str, key: str) -> Any:
+    """Return ``value`` if it is of ``kind``, else raise the error of a damaged manifest."""
+    if not isinstance(value, kind):
+        raise _damaged(source, key, value)
+    return value
+
+
+def _damaged(source: str, key: str, value: Any) -> ValueError:
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ValueError(f"{source}: {key} = {shown} is invalid; rerun the step that wrote it")
 
 
 def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -283,7 +345,10 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     from dimalign.io.files import MANIFEST_NAME, read_manifest
 
     manifest = read_manifest(map_dir)
-    own = manifest.get("settings", {})
+    source = str(Path(map_dir) / MANIFEST_NAME)
+    own = _checked(manifest.get("settings", {}), dict, source, "settings")
+    _checked(own.get("features_source") or {}, dict, source, "settings.features_source")
+    _checked(manifest.get("inputs", {}), dict, source, "inputs")
     sources = [own]
     if own.get("features_source"):
         sources.append(own["features_source"])

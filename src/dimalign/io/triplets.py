@@ -484,6 +484,8 @@ class _TextLayout:
     # Every record has n_columns fields, the final one empty (a delimiter at
     # the end of each line), so the fast path may read the others alone.
     empty_final_column: bool = False
+    # The line whose number of fields n_columns is, for the error about another number.
+    columns_source: str = "the first line"
 
     def delimiter_hint(self) -> str:
         """Suggest a delimiter when detection left the first line as one column."""
@@ -584,9 +586,39 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
         )
     header = _split(line, delimiter)
     logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(header))
+    columns_source = "the first line"
+    if len(content) == 2 and delimiter is not None:
+        header, columns_source = _match_trailing_delimiter(path, header, content[1][0], second_line, delimiter)
     return _TextLayout(
-        path, delimiter, header, len(header), line_number, first_line=line, detected=detected
+        path, delimiter, header, len(header), line_number, first_line=line, detected=detected,
+        columns_source=columns_source,
     )
+
+
+def _match_trailing_delimiter(
+    path: Path, header: list[str], row_number: int, row: str, delimiter: str
+) -> tuple[list[str], str]:
+    """Match a header to the first data row where only one of them ends with a delimiter.
+
+    A header that ends with a delimiter above rows that do not loses its
+    empty final name. A header without one above a row that ends with one
+    gets an empty final name, so that the empty final column is checked and
+    left out as for a delimiter at the end of every line.
+
+    Returns:
+        tuple[list[str], str]: The header names, and the line whose number of
+        fields they match, for error messages.
+    """
+    fields = _split(row, delimiter)
+    if header[-1] == "" and len(fields) == len(header) - 1:
+        logger.info(
+            "%s: the header ends with a delimiter and the first row does not, so its empty final "
+            "name is left out", path,
+        )
+        return header[:-1], f"line {row_number}"
+    if header[-1] != "" and len(fields) == len(header) + 1 and fields[-1] == "":
+        return [*header, ""], f"line {row_number}"
+    return header, "the first line"
 
 
 def _check_same_delimiter(
@@ -686,7 +718,7 @@ def _parse_text(
                     )
                 raise ValueError(
                     f"{path}, {where}: {len(tokens)} columns, expected {layout.n_columns} like "
-                    f"the first line{cause}; check the delimiter"
+                    f"{layout.columns_source}{cause}; check the delimiter"
                 )
             record_lines.append(line_number)
             values = []
@@ -729,8 +761,10 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     last = layout.n_columns - 1
     first_empty = first_filled = None
     regular = True
+    n_records = 0
     with open(layout.path, encoding="utf-8-sig") as handle:
         for line_number, _, tokens in _records(handle, layout):
+            n_records += 1
             # Lines with another number of columns get their own error when parsed.
             if len(tokens) != layout.n_columns:
                 regular = False
@@ -741,6 +775,9 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
                 first_filled = (line_number, tokens[last])
             if first_empty and first_filled:
                 break
+    if n_records == 0:
+        # A header such as "i,j,k," above no rows: the caller reports the file as empty.
+        return True
     if first_empty is None:
         return False
     if first_filled is not None:

@@ -122,6 +122,11 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
             database is accepted if ``create`` is True).
     """
     path = Path(path)
+    if path.is_dir() and (path / RUN_STUDY_NAME).is_file():
+        raise IsADirectoryError(
+            f"study database {path} is a folder, not a file: the short form `dimalign label-app RUN` "
+            f"keeps its study in {path / RUN_STUDY_NAME}, so give that file"
+        )
     if path.is_dir():
         raise IsADirectoryError(
             f"study database {path} is a folder, not a file: give the study database file that "
@@ -143,6 +148,17 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
         )
     try:
         _check_study_tables(connection, path, allow_empty=create)
+    except sqlite3.OperationalError as error:
+        connection.close()
+        if str(error) != "unable to open database file":
+            raise
+        # A study in WAL mode whose -shm file is missing cannot be read
+        # without creating that file, so a read-only folder fails here.
+        raise PermissionError(
+            f"cannot open the study database {path} ({error}): SQLite writes the files {path.name}-wal "
+            f"and {path.name}-shm next to it, so make the folder {path.parent} writable, or copy the "
+            "study into a writable folder"
+        ) from error
     except BaseException:
         connection.close()
         raise
@@ -156,6 +172,9 @@ def connect(path: str | os.PathLike, *, create: bool = False) -> sqlite3.Connect
     connection.execute("PRAGMA synchronous = FULL")
     return connection
 
+
+#: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
+RUN_STUDY_NAME = "labels.db"
 
 #: Tables that every study has, from the first schema version on.
 STUDY_TABLES = ("schema_version", "study")

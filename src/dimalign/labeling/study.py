@@ -15,6 +15,7 @@ the call returns.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import errno
@@ -25,6 +26,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -49,8 +51,9 @@ from dimalign.labeling.answers import Answer
 
 logger = logging.getLogger(__name__)
 
-#: File suffixes served as images (lower case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+#: File suffixes served as images (lower case). The app serves TIFF files as
+#: decoded PNG files, because most browsers do not show TIFF.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 #: Number of top objects per dimension stored for the semantic check.
 N_TOP_OBJECTS = 20
@@ -74,7 +77,7 @@ BROWSER_MODES = ("RGB", "L", "P", "1")
 SERVED_IMAGE_SIDE = 512
 
 #: Name of the study database that the short form ``dimalign label-app RUN`` keeps in the run directory.
-RUN_STUDY_NAME = "labels.db"
+RUN_STUDY_NAME = db.RUN_STUDY_NAME
 
 
 @dataclass(frozen=True)
@@ -580,12 +583,49 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
 
 
+#: Bytes of decoded PNG files that :func:`decoded_png` keeps in memory. Every
+#: participant's browser asks for each grid image, and decoding a 12-megapixel
+#: JPEG with an EXIF orientation and encoding it as PNG took 3.3 s on one core
+#: of a 2-core development machine (an estimate for other hardware).
+DECODED_CACHE_BYTES = 256 * 2**20
+
+_decoded_cache: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
+_decoded_cache_lock = threading.Lock()
+
+
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Decode an image file by ``load_rgb`` with ``decoding`` and encode it as PNG.
+    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG.
 
     An image larger than :data:`SERVED_IMAGE_SIDE` is shrunk to fit a square
-    of that side, keeping its aspect ratio.
+    of that side, keeping its aspect ratio. The result is cached by path,
+    file size, modification time and decoding, up to
+    :data:`DECODED_CACHE_BYTES`, the least recently used leaving first. A
+    file that changes on disk is decoded again.
     """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        stat = None
+    if stat is None:
+        # load_rgb raises the ImageReadError that describes a missing or unreadable file.
+        return _decode_and_encode(path, decoding)
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, decoding.background, decoding.exif_transpose)
+    with _decoded_cache_lock:
+        if key in _decoded_cache:
+            _decoded_cache.move_to_end(key)
+            return _decoded_cache[key]
+    data = _decode_and_encode(path, decoding)
+    with _decoded_cache_lock:
+        _decoded_cache[key] = data
+        total = sum(len(value) for value in _decoded_cache.values())
+        while total > DECODED_CACHE_BYTES and len(_decoded_cache) > 1:
+            _, dropped = _decoded_cache.popitem(last=False)
+            total -= len(dropped)
+    return data
+
+
+def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> bytes:
+    """Decode an image file by ``load_rgb``, shrink it to :data:`SERVED_IMAGE_SIDE` and encode it as PNG."""
     from dimalign.features.decode import load_rgb
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
@@ -987,7 +1027,37 @@ class Study:
         Returns:
             bool: Whether this call changed the setting. Closing a closed
             study keeps its first closing time.
+
+        Raises:
+            PermissionError: If the database file is read-only, naming it.
+            sqlite3.OperationalError: If another connection holds the write
+                lock for longer than the connection's busy timeout, naming the file.
         """
+        try:
+            changed, closed_at = self._write_closed(closed)
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise sqlite3.OperationalError(
+                    f"cannot write the study database {self.path}, because another program holds its write "
+                    f"lock ({error}): close programs that have the study open with unsaved changes, such as "
+                    "an SQLite browser, then run the command again"
+                ) from error
+            if "readonly" not in str(error):
+                raise
+            raise PermissionError(
+                f"cannot write the study database {self.path} ({error}): make the file writable, then "
+                "run the command again"
+            ) from error
+        if closed_at is None:
+            self.settings.pop(CLOSED_AT_SETTING, None)
+        else:
+            self.settings[CLOSED_AT_SETTING] = closed_at
+        if changed:
+            logger.info("%s %s to new participants", "closed" if closed else "reopened", self.path)
+        return changed
+
+    def _write_closed(self, closed: bool) -> tuple[bool, str | None]:
+        """Write or delete the closing time; return whether it changed and the time now stored."""
         with db.transaction(self.connection):
             closed_at = self._read_closed_at()
             if closed and closed_at is None:
@@ -1002,13 +1072,7 @@ class Study:
                 changed = True
             else:
                 changed = False
-        if closed_at is None:
-            self.settings.pop(CLOSED_AT_SETTING, None)
-        else:
-            self.settings[CLOSED_AT_SETTING] = closed_at
-        if changed:
-            logger.info("%s %s to new participants", "closed" if closed else "reopened", self.path)
-        return changed
+        return changed, closed_at
 
     def _read_closed_at(self) -> str | None:
         row = self.connection.execute(

@@ -791,32 +791,61 @@ def check_study_dir(plan: StudyPlan) -> None:
             _reject_unwritten_files(folder, stage.name)
 
 
+#: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
+#: They contain no data of the user's, so a rerun may delete them.
+FILE_MANAGER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
 def _stage_files(folder: Path) -> list[str]:
-    """List the files below a stage folder as sorted POSIX paths relative to it."""
-    return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+    """List the entries below a stage folder as sorted POSIX paths relative to it.
+
+    The entries are files, symbolic links (not followed) and empty folders,
+    which get a final ``/``. File manager files (:data:`FILE_MANAGER_FILES`
+    and macOS ``._`` files) are left out.
+    """
+    entries = []
+    for directory, folders, files in os.walk(folder):
+        base = Path(directory)
+        # os.walk lists a symbolic link to a folder among the folders without entering it.
+        links = [name for name in folders if (base / name).is_symlink()]
+        for name in files + links:
+            if name not in FILE_MANAGER_FILES and not name.startswith("._"):
+                entries.append((base / name).relative_to(folder).as_posix())
+        if not folders and not files and base != folder:
+            entries.append(base.relative_to(folder).as_posix() + "/")
+    return sorted(entries)
 
 
-def _reject_unwritten_files(folder: Path, stage_name: str) -> None:
+def _reject_unwritten_files(folder: Path, stage_name: str, rewritten: Path | None = None) -> None:
     """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write.
 
     A rerun replaces the stage folder as a whole, so such files (notes or
     plots of the user's) would be lost. The stage record lists the files that
-    the stage wrote.
-
-    NOTE: Records written before the list existed have no ``files`` entry, and
-    their folders are not checked.
+    the stage wrote. A record written before the list existed has none, so
+    its folder is compared with ``rewritten``, the stage's new folder, once
+    the stage has run again. Before that, such a folder passes.
     """
     record = read_stage_record(folder)
     written = record.get("files") if record is not None else None
-    if not isinstance(written, list):
-        return
+    old_record = not isinstance(written, list)
+    if old_record:
+        if rewritten is None:
+            return
+        written = _stage_files(rewritten)
     unknown = sorted(set(_stage_files(folder)) - set(written))
     if not unknown:
         return
     listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
     noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
+    if old_record:
+        written_by = (
+            f"that the new run of stage {stage_name} did not write ({listed}), and its record, from "
+            "an older dimalign, lists no files"
+        )
+    else:
+        written_by = f"that stage {stage_name} did not write ({listed})"
     raise FileExistsError(
-        f"{folder} contains {len(unknown)} {noun} that stage {stage_name} did not write ({listed}), "
+        f"{folder} contains {len(unknown)} {noun} {written_by}, "
         "and the stage replaces its folder as a whole when it runs again: move "
         f"{pronoun} out of the folder, then run the study again"
     )
@@ -904,7 +933,7 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
     # Checked again, because files may have been added while the stage ran.
     if (study_dir / stage.name).is_dir():
-        _reject_unwritten_files(study_dir / stage.name, stage.name)
+        _reject_unwritten_files(study_dir / stage.name, stage.name, rewritten=work_dir)
     _replace_folder(work_dir, study_dir / stage.name)
 
 
