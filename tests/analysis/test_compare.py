@@ -1067,6 +1067,8 @@ def test_compare_constant_rerun_keeps_earlier_results(tmp_path):
 @pytest.mark.parametrize("option", ["--similarity-objects", "--cumulative-objects"])
 def test_compare_constant_subset_keeps_earlier_results(tmp_path, capsys, option):
     """Two non-zero rows make the whole set vary, but a 4-object subset without them is constant."""
+    # Seed 0 draws the objects 5, 9, 11 and 14, all zero rows.
+    assert np.sort(np.random.default_rng(0).choice(20, size=4, replace=False)).tolist() == [5, 9, 11, 14]
     save_surrogate_files(tmp_path)
     sparse = np.zeros((20, 3))
     sparse[0], sparse[1] = [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]
@@ -1076,10 +1078,39 @@ def test_compare_constant_subset_keeps_earlier_results(tmp_path, capsys, option)
     rsa_text = (out / "rsa.json").read_text()
 
     status = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "sparse.npy"), "-o", str(out),
-                   "--bootstrap", "0", option, "4", "--seed", "3"])
+                   "--bootstrap", "0", option, "4", "--seed", "0"])
     assert status == 1
     assert f"sparse.npy on the {option} subset predicts the same similarity" in capsys.readouterr().err
     assert (out / "rsa.json").read_text() == rsa_text
+
+
+def test_compare_subset_of_orthogonal_rows(tmp_path):
+    """A subset whose dot products are all 0 still varies through the third objects outside it."""
+    rng = np.random.default_rng(0)
+    n_objects = 12
+    # The objects that _similarity_subset draws for 3 objects and seed 0.
+    subset = np.sort(np.random.default_rng(0).choice(n_objects, size=3, replace=False))
+    assert subset.tolist() == [6, 7, 8]
+    human = rng.gamma(1.0, 1.0, size=(n_objects, 6))
+    human[subset] = 0.0
+    human[6, 0], human[7, 1], human[8, 2] = 1.0, 1.0, 2.0
+    dnn = human + 0.1 * rng.random(human.shape)
+
+    result = compare(human, dnn, tmp_path / "out", similarity_objects=3, n_bootstrap=0)
+
+    # S_ij by a plain loop over the third objects k, as in the module docstring.
+    def subset_similarity(embedding):
+        dots = embedding @ embedding.T
+        values = []
+        for a, b in ((6, 7), (6, 8), (7, 8)):
+            others = [k for k in range(n_objects) if k not in (a, b)]
+            logits = np.stack([np.full(len(others), dots[a, b]), dots[a, others], dots[b, others]])
+            values.append(np.mean(np.exp(logits[0]) / np.exp(logits).sum(axis=0)))
+        return np.array(values)
+
+    expected = np.corrcoef(subset_similarity(human), subset_similarity(dnn))[0, 1]
+    assert result.rsa.r == pytest.approx(expected, abs=1e-12)
+    assert result.rsa.r == pytest.approx(0.6333365126355952, abs=1e-12)
 
 
 def test_compare_names_side_of_constant_similarity(tmp_path):

@@ -909,7 +909,7 @@ def compare(
     for rows, scope in ((None, ""), (subset, " on the --similarity-objects subset"),
                         (cumulative_subset, " on the --cumulative-objects subset")):
         for side, embedding in ((human_side, pair.human), (dnn_side, pair.dnn)):
-            _check_similarity_varies(embedding if rows is None else embedding[rows], side.name + scope)
+            _check_similarity_varies(embedding, side.name + scope, rows)
     input_paths = {
         **dict(inputs or {}),
         **({"human": human_result.path} if human_result.path else {}),
@@ -1380,7 +1380,23 @@ def _dot_product_spread(embedding: np.ndarray, block_size: int = 1024) -> tuple[
     return low, high
 
 
-def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
+def _outside_spread(embedding: np.ndarray, rows: np.ndarray, block_size: int = 1024) -> tuple[float, float]:
+    """Compare the dot products of the ``rows`` objects with every object outside them.
+
+    Returns:
+        tuple[float, float]: The largest spread over ``rows`` of ``y_i · y_k``
+        for one outside object ``k``, and the largest absolute ``y_i · y_k``.
+    """
+    outside = np.setdiff1d(np.arange(embedding.shape[0]), rows)
+    spread, largest = 0.0, 0.0
+    for start in range(0, outside.size, block_size):
+        block = embedding[rows] @ embedding[outside[start : start + block_size]].T
+        spread = max(spread, float(np.ptp(block, axis=0).max()))
+        largest = max(largest, float(np.abs(block).max()))
+    return spread, largest
+
+
+def _check_similarity_varies(embedding: np.ndarray, name: str, rows: np.ndarray | None = None) -> None:
     """Raise if an embedding predicts the same similarity for every pair of objects.
 
     ``S_ij`` depends only on the off-diagonal dot products, so when they are
@@ -1388,12 +1404,17 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     common) the similarity matrix is constant and its RSA undefined. The
     tolerance is that of :func:`dimalign.analysis.rsa.correlate_vectors`,
     relative to the largest dot product or to 1, whichever is larger.
+
+    For a subset ``rows`` the third object ``k`` still runs over all objects.
+    Equal dot products within the subset then make its similarity constant
+    only when every subset object also has the same dot product with each
+    object outside it. Otherwise ``S_ij`` varies through those third objects.
     """
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE
 
     embedding = np.asarray(embedding, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        low, high = _dot_product_spread(embedding)
+        low, high = _dot_product_spread(embedding if rows is None else embedding[rows])
     if not math.isfinite(high):
         # A dot product above about 1.8e308 is inf, and every similarity built from it is NaN.
         raise ValueError(
@@ -1404,11 +1425,23 @@ def _check_similarity_varies(embedding: np.ndarray, name: str) -> None:
     # The similarity depends on exp(s_ab), so dot products that differ by less
     # than a few epsilon in absolute terms (weights of about 1e-7) give exp()
     # values equal to float64 precision, whatever their relative spread.
-    if high - low <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * max(1.0, abs(low), abs(high)):
+    epsilon = CONSTANT_TOLERANCE * np.finfo(np.float64).eps
+    if high - low > epsilon * max(1.0, abs(low), abs(high)):
+        return
+    if rows is None:
         raise ValueError(
             f"{name} predicts the same similarity for every pair of objects, because every "
             f"off-diagonal dot product is {high:.6g} (rows all equal, all zero, or without a "
             "shared dimension), so no RSA can be computed: check that it is the right file"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread, largest = _outside_spread(embedding, rows)
+    if spread <= epsilon * max(1.0, abs(high), largest):
+        raise ValueError(
+            f"{name} predicts the same similarity for every pair of objects, because every "
+            f"off-diagonal dot product among them is {high:.6g} and each of them has the same dot "
+            "product with every other object (rows all equal, all zero, or without a shared "
+            "dimension), so no RSA can be computed: check that it is the right file"
         )
 
 

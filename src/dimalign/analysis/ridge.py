@@ -217,6 +217,8 @@ class RidgeMap(BaseEstimator):
         # The first maximum in grid order wins ties, as in GridSearchCV.
         best = np.argmax(self.cv_scores_, axis=0)
         self.alpha_ = alphas[best]
+        # NOTE: the folds that choose the penalty also score it, as GridSearchCV's
+        # best_score_ does, so cv_r2_ is slightly optimistic (no nested cross-validation).
         self.cv_r2_ = self.cv_scores_[best, np.arange(Y.shape[1])]
         if alphas.size == 1:
             logger.info(
