@@ -363,7 +363,9 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
 
     Each migration runs in its own transaction together with its
     ``schema_version`` row, so a failed migration leaves the previous version
-    intact.
+    intact. The version is read again inside that transaction, so when two
+    processes open an older study at the same time, each migration is
+    applied once.
 
     Args:
         connection (sqlite3.Connection): From :func:`connect`.
@@ -395,6 +397,12 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
         if version <= current or version > target:
             continue
         with transaction(connection):
+            # Another process that opened the study at the same time may have
+            # applied this migration after the version was read above. The
+            # write lock of this transaction keeps it from doing so now.
+            if schema_version(connection) >= version:
+                current = version
+                continue
             # executescript() would commit the open transaction first, so the
             # statements run one by one inside it.
             for statement in _split_statements(script):
