@@ -9,9 +9,11 @@ in any browser.
 
 Access rules:
 
-- The signed session cookie holds the participant id and code. Every
-  participant page checks both against the database, so a participant sees
-  and changes only its own answers. Another participant's pages return 403.
+- The signed session cookie holds the participant id, code and session
+  version. Every participant page checks all three against the database, so
+  a participant sees and changes only its own answers. Another participant's
+  pages return 403. *Stop* increments the participant's session version,
+  which ends every copy of the cookie, such as one in another browser.
 - An unknown participant or dimension returns 404 and writes nothing.
 - Every form carries a CSRF token bound to the session.
 - Images are served by object index, only from the study's image folder,
@@ -68,6 +70,7 @@ from dimalign.labeling.answers import AnswerError, validate_answer
 from dimalign.labeling.study import (
     NotFoundError,
     Participant,
+    SessionEndedError,
     Study,
     StudyClosedError,
     decoded_png,
@@ -381,8 +384,47 @@ def _current_participant(participant_id: int) -> Participant:
         participant_id, str(session.get("code", ""))
     ):
         logger.warning("rejected access to participant %d from another session", participant_id)
-        abort(403, description="This page belongs to another participant. Resume with your own code.")
+        message = "This page belongs to another participant."
+        if request.method == "POST":
+            message += " What you submitted was not saved."
+        abort(403, description=f"{message} Resume with your own code.")
+    if _session_version() != participant.session_version:
+        # The participant pressed Stop in this or another browser after this
+        # cookie was issued, such as a copy left on a shared computer.
+        logger.info("rejected %s %s: participant %d stopped after this session began",
+                    request.method, _logged_path(), participant_id)
+        _abort_session_ended()
     return participant
+
+
+def _abort_session_ended() -> NoReturn:
+    message = "Your session has ended, because you pressed Stop in this or another browser."
+    if request.method == "POST":
+        message += " What you submitted was not saved."
+    abort(403, description=f"{message} Open the start page and continue with your participant code.")
+
+
+def _session_version() -> int | None:
+    """Return the session version in the cookie, 0 for a cookie of a version without one, or None if invalid.
+
+    Cookies that dimalign set before participants had a session version
+    carry none. They stay valid until the participant's first *Stop*,
+    because the migration starts every participant at version 0.
+    """
+    version = session.get("session_version", 0)
+    # bool is a subclass of int, but true is no version.
+    return version if type(version) is int else None
+
+
+def _session_participant_id() -> int | None:
+    """Return the id of the session's participant if code and session version are valid, else None."""
+    participant_id = session.get("participant_id")
+    version = _session_version()
+    if type(participant_id) is not int or version is None:
+        return None
+    if not _study().session_matches(participant_id, str(session.get("code", "")), version):
+        return None
+    return participant_id
 
 
 def _form_is_utf8() -> bool:
@@ -470,6 +512,7 @@ def _log_in(participant: Participant, code: str) -> None:
     session.permanent = True
     session["participant_id"] = participant.participant_id
     session["code"] = code
+    session["session_version"] = participant.session_version
 
 
 def _session_progress() -> dict[str, int] | None:
@@ -480,8 +523,8 @@ def _session_progress() -> dict[str, int] | None:
     the answers so far stay with the old one.
     """
     study = _study()
-    participant_id = session.get("participant_id")
-    if not isinstance(participant_id, int) or not study.code_matches(participant_id, str(session.get("code", ""))):
+    participant_id = _session_participant_id()
+    if participant_id is None:
         return None
     try:
         participant = study.participant(participant_id)
@@ -727,7 +770,13 @@ def _add_participant_routes(app: Flask) -> None:
             logger.info("rejected an invalid answer of participant %d for dimension %d: %s",
                         participant_id, dimension, error)
             return _render_dimension(participant, dimension, values, errors=error.errors), 400
-        study.save_answer(participant_id, dimension, answer)
+        try:
+            study.save_answer(participant_id, dimension, answer, session_version=participant.session_version)
+        except SessionEndedError:
+            # Stop committed after this request passed the session check.
+            logger.info("rejected an answer of participant %d for dimension %d: the participant stopped "
+                        "meanwhile", participant_id, dimension)
+            _abort_session_ended()
         logger.debug("participant %d answered dimension %d", participant_id, dimension)
         return redirect(url_for("next_dimension", participant_id=participant_id), code=303)
 
@@ -737,6 +786,8 @@ def _add_participant_routes(app: Flask) -> None:
         _check_csrf()
         code = session["code"]
         answered = len(_study().answered_dimensions(participant_id))
+        # The new version ends this session in every browser that has a copy of its cookie.
+        _study().end_sessions(participant_id)
         session.clear()
         logger.info("participant %d stopped after %d answers", participant_id, answered)
         return render_template(
@@ -760,11 +811,8 @@ def _add_participant_routes(app: Flask) -> None:
 
     @app.get(f"/image/<{_ID}:object_index>")
     def image(object_index: int) -> Response:
-        participant_id = session.get("participant_id")
-        if not isinstance(participant_id, int) or not _study().code_matches(
-            participant_id, str(session.get("code", ""))
-        ):
-            logger.info("rejected image %d for a request without a participant session", object_index)
+        if _session_participant_id() is None:
+            logger.info("rejected image %d for a request without a valid participant session", object_index)
             abort(403, description="Images are shown to participants only.")
         try:
             path = _study().image_file(object_index)

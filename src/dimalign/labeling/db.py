@@ -89,6 +89,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE objects ADD COLUMN image_sha256 TEXT;
         """,
     ),
+    (
+        4,
+        "session version of each participant, so that Stop ends every copy of the session cookie",
+        """
+        ALTER TABLE participants ADD COLUMN session_version INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

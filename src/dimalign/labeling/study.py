@@ -156,6 +156,10 @@ class StudyClosedError(RuntimeError):
     """A new participant tried to join a study that is closed to new participants."""
 
 
+class SessionEndedError(RuntimeError):
+    """A request of a participant session that *Stop* has ended (see :meth:`Study.end_sessions`)."""
+
+
 #: Key of the study setting that records when the study was closed to new
 #: participants. The key is absent while the study is open.
 CLOSED_AT_SETTING = "closed_at"
@@ -171,12 +175,16 @@ class Participant:
         order (tuple[int, ...]): The dimensions in the order this participant sees them.
         order_seed (int): Seed of ``np.random.default_rng`` that produced ``order``.
         consented_at (str): ISO time of consent.
+        session_version (int): Version of the participant's sessions. A
+            session cookie is valid only with this version, and *Stop*
+            increments it (see :meth:`Study.end_sessions`).
     """
 
     participant_id: int
     order: tuple[int, ...]
     order_seed: int
     consented_at: str
+    session_version: int = 0
 
 
 def abbreviate(text: str, limit: int = 60) -> str:
@@ -1114,6 +1122,41 @@ class Study:
         ).fetchone()
         return row is not None and secrets.compare_digest(row["code_sha256"], hash_code(code))
 
+    def session_matches(self, participant_id: int, code: str, session_version: int) -> bool:
+        """Check a session: ``code`` is the participant's code and ``session_version`` its current version."""
+        row = self.connection.execute(
+            "SELECT code_sha256, session_version FROM participants WHERE participant_id = ?",
+            (int(participant_id),),
+        ).fetchone()
+        if row is None or not secrets.compare_digest(row["code_sha256"], hash_code(code)):
+            return False
+        return int(row["session_version"]) == int(session_version)
+
+    def end_sessions(self, participant_id: int) -> int:
+        """End every session of a participant by incrementing its session version, and commit.
+
+        Sessions that carry an older version, such as a copy of the session
+        cookie in another browser, are then rejected. Resuming with the
+        participant code starts a session with the new version.
+
+        Returns:
+            int: The new session version.
+
+        Raises:
+            NotFoundError: If no participant has this id.
+        """
+        with db.transaction(self.connection):
+            self.connection.execute(
+                "UPDATE participants SET session_version = session_version + 1 WHERE participant_id = ?",
+                (int(participant_id),),
+            )
+            row = self.connection.execute(
+                "SELECT session_version FROM participants WHERE participant_id = ?", (int(participant_id),)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"participant {participant_id} not found")
+        return int(row["session_version"])
+
     def participants(self) -> list[Participant]:
         """Return every participant, in the order they consented."""
         rows = self.connection.execute(_SELECT_PARTICIPANTS + " ORDER BY participant_id").fetchall()
@@ -1121,15 +1164,28 @@ class Study:
 
     # Answers -----------------------------------------------------------------
 
-    def save_answer(self, participant_id: int, dimension: int, answer: Answer) -> None:
+    def save_answer(
+        self, participant_id: int, dimension: int, answer: Answer, *, session_version: int | None = None
+    ) -> None:
         """Store (or replace) a participant's answer for a dimension and commit it.
 
         The answer and a row in the append-only history are written in one
         transaction, committed before this returns.
 
+        Args:
+            participant_id (int): The participant.
+            dimension (int): A dimension in the participant's order.
+            answer (Answer): The validated answer.
+            session_version (int | None): The session version of the request
+                that sent the answer. It is compared with the participant's
+                inside the write transaction, so an answer that arrives while
+                *Stop* ends the session is not saved. None skips the check.
+
         Raises:
             NotFoundError: If the participant or the dimension does not exist;
                 nothing is written then.
+            SessionEndedError: If ``session_version`` is not the participant's
+                current one; nothing is written then.
         """
         participant = self.participant(participant_id)
         if int(dimension) not in participant.order:
@@ -1137,6 +1193,15 @@ class Study:
         labels_json = json.dumps(list(answer.labels), ensure_ascii=False)
         now = now_iso()
         with db.transaction(self.connection):
+            if session_version is not None:
+                current = self.connection.execute(
+                    "SELECT session_version FROM participants WHERE participant_id = ?", (int(participant_id),)
+                ).fetchone()["session_version"]
+                if int(current) != int(session_version):
+                    raise SessionEndedError(
+                        f"the session of participant {participant_id} has ended (session version "
+                        f"{session_version}, current {current}): the answer to dimension {dimension} was not saved"
+                    )
             self.connection.execute(
                 "INSERT INTO answers (participant_id, dimension, labels_json, kind, interpretability, "
                 "answered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -1226,6 +1291,7 @@ class Study:
             order=tuple(order),
             order_seed=int(row["order_seed"]),
             consented_at=text["consented_at"],
+            session_version=int(row["session_version"]),
         )
 
     def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -1404,7 +1470,7 @@ class Study:
 #: reads as bytes, as :data:`_SELECT_ANSWERS` does for the answers.
 _PARTICIPANT_TEXT_COLUMNS = ("order_json", "consented_at")
 
-_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, " + ", ".join(
+_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, session_version, " + ", ".join(
     f"CAST({column} AS BLOB) AS {column}" for column in _PARTICIPANT_TEXT_COLUMNS
 ) + " FROM participants"
 
