@@ -1360,3 +1360,104 @@ def test_legacy_cookie_of_other_study_ignored(app, tmp_path, labeling_run, image
     # The other study has a participant of the same id, but its key does not verify the cookie.
     assert other_id == participant_id
     assert stranger.get(f"/participant/{participant_id}/next").status_code == 403
+
+
+def display_p3_profile():
+    """Return an ICC profile with the primaries of Display P3, made from Pillow's sRGB profile.
+
+    The red, green and blue colorant tags (D50 XYZ, s15Fixed16 numbers) are
+    replaced by those of Display P3, as phone cameras embed it.
+    """
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    colorants = {
+        b"rXYZ": (0.5151, 0.2412, -0.0011),
+        b"gXYZ": (0.2920, 0.6922, 0.0419),
+        b"bXYZ": (0.1571, 0.0666, 0.7841),
+    }
+    n_tags = struct.unpack(">I", data[128:132])[0]
+    replaced = 0
+    for entry in range(n_tags):
+        signature, offset, _ = struct.unpack(">4sII", data[132 + 12 * entry:144 + 12 * entry])
+        if signature in colorants:
+            values = [round(value * 65536) for value in colorants[signature]]
+            data[offset + 8:offset + 20] = struct.pack(">3i", *values)
+            replaced += 1
+    assert replaced == 3
+    # A profile ID of zeros means "not computed", which the ICC format allows.
+    data[84:100] = bytes(16)
+    return bytes(data)
+
+
+def colour_managed(picture, profile):
+    """Return the picture converted from ``profile`` to sRGB, as a colour-managing browser shows it."""
+    import io
+
+    from PIL import ImageCms
+
+    return ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                     ImageCms.createProfile("sRGB"))
+
+
+@pytest.mark.parametrize("file_format", ["PNG", "JPEG", "WEBP"])
+def test_icc_profile_image_served_decoded(odd_images_study, file_format):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    profile = display_p3_profile()
+    picture = Image.new("RGB", (16, 16), (200, 100, 50))
+    set_up, target = odd_images_study
+    path, index = set_up(picture, format=file_format, icc_profile=profile)
+
+    data, shown = served_image(path, index)
+
+    # A browser would apply the profile and show other colours than extract decoded.
+    assert colour_managed(picture, profile).getpixel((8, 8)) != (200, 100, 50)
+    assert Image.open(target).info["icc_profile"] == profile
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"iCCP" not in data
+    assert "icc_profile" not in shown.info
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    with Study(path) as study:
+        assert study.decoded_images == frozenset({index})
+
+
+def test_decoded_png_drops_icc_profile(odd_images_study):
+    from PIL import Image
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    set_up, target = odd_images_study
+    path, index = set_up(halves, format="JPEG", exif=exif, icc_profile=display_p3_profile())
+
+    data, shown = served_image(path, index)
+
+    assert shown.size == (8, 16)
+    assert b"iCCP" not in data
+    assert b"eXIf" not in data
+
+
+def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), icc_profile=display_p3_profile())
+    # Setup of earlier versions did not count a colour profile as a reason to serve a file decoded.
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE study SET value = '[]' WHERE key = 'decoded_images'")
+    connection.close()
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling.study"):
+        data, shown = served_image(path, index)
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    assert "1 grid images that the study lists to serve as files are served decoded" in caplog.text

@@ -113,8 +113,10 @@ def create_app(
             moved to another machine. The study database is not changed.
 
     Returns:
-        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
-        and ``app.config["IMAGES_DIR"]`` the image folder.
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path,
+        ``app.config["IMAGES_DIR"]`` the image folder and
+        ``app.config["DECODED_IMAGES"]`` the objects whose images are served
+        decoded (see :meth:`dimalign.labeling.study.Study.images_to_decode`).
 
     Raises:
         ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
@@ -125,6 +127,7 @@ def create_app(
         check_admin_token(admin_token)
     with Study(study_path, images_dir=images_dir) as study:
         study.check_images()
+        images_to_decode = study.images_to_decode()
         images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
@@ -138,6 +141,7 @@ def create_app(
         SECRET_KEY=secret_key,
         STUDY_PATH=study_path,
         IMAGES_DIR=images_dir,
+        DECODED_IMAGES=images_to_decode,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -823,7 +827,7 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        if object_index in _study().decoded_images:
+        if object_index in _config("DECODED_IMAGES"):
             # A browser may show this file otherwise than the DNN saw it (see
             # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
             try:

@@ -575,21 +575,28 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
 
     Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
-    palette colours, no transparency and no EXIF rotation shows the same
-    pixels everywhere. A browser puts the page's colour under transparent
-    pixels, plays animations, converts CMYK and 16-bit colours its own way,
-    and may apply an EXIF orientation or not (browsers differ for PNG).
-    Most browsers show no TIFF at all.
+    palette colours, no transparency, no EXIF rotation and no embedded ICC
+    colour profile shows the same pixels everywhere. A browser puts the
+    page's colour under transparent pixels, plays animations, converts CMYK
+    and 16-bit colours its own way, and may apply an EXIF orientation or not
+    (browsers differ for PNG). Most browsers show no TIFF at all. A browser
+    also converts the colours of a file with an ICC profile, such as Display
+    P3 or Adobe RGB, from that profile to the screen's colours, while
+    ``load_rgb`` ignores the profile.
     """
     if image.format not in BROWSER_FORMATS or image.mode not in BROWSER_MODES:
         return True
     if "transparency" in image.info or getattr(image, "n_frames", 1) > 1:
         return True
+    # Any profile counts, also an sRGB one, because telling an sRGB profile
+    # from others needs its colorant tags.
+    if image.info.get("icc_profile"):
+        return True
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
 
 
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Decode an image file by ``load_rgb`` with ``decoding`` and encode it as PNG.
+    """Decode an image file by ``load_rgb`` with ``decoding`` and encode it as PNG without a colour profile.
 
     An image larger than :data:`SERVED_IMAGE_SIDE` is shrunk to fit a square
     of that side, keeping its aspect ratio.
@@ -598,6 +605,9 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
     image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+    # Pillow writes the ICC profile and EXIF data of image.info into the PNG,
+    # and a browser would apply the profile that load_rgb ignored.
+    image.info = {}
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -944,6 +954,45 @@ class Study:
                 f"as {', '.join(missing[:3])}: {hint}, or restore the missing files"
             )
         self._check_image_checksums(files)
+
+    def images_to_decode(self) -> frozenset[int]:
+        """Return the objects whose images the app serves decoded as PNG files.
+
+        These are the objects that setup stored in the setting
+        ``decoded_images``, and the objects whose files
+        :func:`browser_shows_otherwise` finds now. The rules may have grown
+        since setup, such as by embedded ICC colour profiles. Only file
+        headers are read. A study set up before the decoding settings were
+        stored returns no object, because it does not know how the DNN decoded the images.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        if "image_decoding" not in self.settings:
+            return frozenset()
+        rows = self.connection.execute(
+            "SELECT object_index FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchall()
+        found = set()
+        for row in rows:
+            index = int(row["object_index"])
+            if index in self.decoded_images:
+                continue
+            try:
+                path = self.image_file(index)
+                with Image.open(path) as opened:
+                    shown_otherwise = browser_shows_otherwise(opened)
+            except (NotFoundError, OSError, UnidentifiedImageError):
+                # The image route reports a file that is missing or cannot be read.
+                continue
+            if shown_otherwise:
+                found.add(index)
+        if found:
+            logger.info(
+                "%d grid images that the study lists to serve as files are served decoded, because a "
+                "browser may show them otherwise than the DNN saw them, such as by an embedded ICC colour "
+                "profile: objects %s", len(found), ", ".join(map(str, sorted(found)[:10])),
+            )
+        return self.decoded_images | frozenset(found)
 
     def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
         """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
