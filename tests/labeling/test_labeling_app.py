@@ -1461,3 +1461,18 @@ def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
     assert "1 grid images that the study lists to serve as files are served decoded" in caplog.text
+
+
+def test_form_of_replaced_participant_not_saved(app, study_path):
+    browser = app.test_client()
+    first_id, first_order, _ = consent(browser)
+    token = csrf_from(browser.get(f"/participant/{first_id}/dimension/{first_order[0]}").text)
+    # Another tab of the same browser registers a new participant, whose session replaces the first.
+    consent(browser)
+
+    response = submit(browser, first_id, first_order[0], labels=("typed",), token=token)
+
+    assert response.status_code == 403
+    assert "another participant" in response.text
+    assert "What you submitted was not saved." in response.text
+    assert answer_rows(study_path) == []
