@@ -1476,3 +1476,65 @@ def test_form_of_replaced_participant_not_saved(app, study_path):
     assert "another participant" in response.text
     assert "What you submitted was not saved." in response.text
     assert answer_rows(study_path) == []
+
+
+def png_chunks(**chunks):
+    """Return a PngInfo that writes the given raw chunks (name: data) before the image data."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for name, data in chunks.items():
+        info.add(name.encode("ascii"), data)
+    return info
+
+
+#: cHRM of the sRGB primaries and D65 white point, in units of 1/100000.
+SRGB_CHROMATICITY = (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        {"gAMA": (100000).to_bytes(4, "big")},
+        {"cHRM": b"".join(value.to_bytes(4, "big") for value in (31270, 32900, 68000, 32000, 26500, 69000,
+                                                                   15000, 6000))},
+    ],
+    ids=["linear gamma", "display p3 primaries"],
+)
+def test_png_gamma_or_primaries_served_decoded(odd_images_study, chunks):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), pnginfo=png_chunks(**chunks))
+
+    data, shown = served_image(path, index)
+
+    # Browsers convert colours by a PNG's gAMA and cHRM chunks, which Pillow ignores.
+    assert data != target.read_bytes()
+    assert b"gAMA" not in data
+    assert b"cHRM" not in data
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        {"gAMA": (45455).to_bytes(4, "big")},
+        {"gAMA": (45455).to_bytes(4, "big"),
+         "cHRM": b"".join(value.to_bytes(4, "big") for value in SRGB_CHROMATICITY)},
+        # A browser uses sRGB when the sRGB chunk is present, whatever gAMA says.
+        {"sRGB": b"\x00", "gAMA": (100000).to_bytes(4, "big")},
+    ],
+    ids=["srgb gamma", "srgb gamma and primaries", "srgb chunk"],
+)
+def test_png_with_srgb_chunks_served_as_file(odd_images_study, chunks):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), pnginfo=png_chunks(**chunks))
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()

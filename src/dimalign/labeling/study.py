@@ -575,8 +575,9 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
 
     Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
-    palette colours, no transparency, no EXIF rotation and no embedded ICC
-    colour profile shows the same pixels everywhere. A browser puts the
+    palette colours, no transparency, no EXIF rotation, no embedded ICC
+    colour profile and, for PNG, no gAMA or cHRM chunk other than sRGB's
+    shows the same pixels everywhere. A browser puts the
     page's colour under transparent pixels, plays animations, converts CMYK
     and 16-bit colours its own way, and may apply an EXIF orientation or not
     (browsers differ for PNG). Most browsers show no TIFF at all. A browser
@@ -592,7 +593,34 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     # from others needs its colorant tags.
     if image.info.get("icc_profile"):
         return True
+    if image.format == "PNG" and _png_colour_space_differs(image.info):
+        return True
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
+
+
+#: The PNG gAMA value of sRGB (about 1 / 2.2, stored as 45455) and its cHRM
+#: values: the x and y of the D65 white point and of the BT.709 red, green and blue.
+SRGB_PNG_GAMMA = 0.45455
+SRGB_PNG_CHROMATICITY = (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+
+
+def _png_colour_space_differs(info: dict[str, Any]) -> bool:
+    """Check whether a PNG's gAMA or cHRM chunk (Pillow's ``gamma`` and ``chromaticity``) differs from sRGB.
+
+    Browsers convert a PNG's colours by these chunks, and Pillow ignores
+    them. An sRGB chunk (``srgb``) takes precedence over both, so a PNG with
+    one shows as sRGB.
+    """
+    if "srgb" in info:
+        return False
+    gamma = info.get("gamma")
+    if gamma is not None and abs(float(gamma) - SRGB_PNG_GAMMA) > 0.0005:
+        return True
+    chromaticity = info.get("chromaticity")
+    if chromaticity is not None:
+        values = [float(value) for value in chromaticity]
+        return any(abs(value - srgb) > 0.0005 for value, srgb in zip(values, SRGB_PNG_CHROMATICITY))
+    return False
 
 
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
