@@ -1538,3 +1538,32 @@ def test_png_with_srgb_chunks_served_as_file(odd_images_study, chunks):
     data, _ = served_image(path, index)
 
     assert data == target.read_bytes()
+
+
+IMAGE_SOURCE = re.compile(r'<img src="([^"]+)"')
+
+
+def grid_image_urls(application):
+    """Return the image URLs on the page of dimension 0 of a new participant, and its browser."""
+    client = application.test_client()
+    participant_id, _, _ = consent(client)
+    page = client.get(f"/participant/{participant_id}/dimension/0").text
+    return [html.unescape(url) for url in IMAGE_SOURCE.findall(page)], client
+
+
+def test_image_urls_differ_between_studies(study_path, tmp_path, labeling_run, image_set):
+    # Browsers keep images for an hour by URL. A study served after another
+    # one on the same host and port must not show the other's cached images.
+    other_path = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-4")
+    first_urls, client = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+    restarted_urls, _ = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+    other_urls, _ = grid_image_urls(create_app(other_path, admin_token="secret-admin"))
+
+    assert len(first_urls) == 30
+    assert all(url.startswith("/image/") and "?v=" in url for url in first_urls)
+    assert set(first_urls).isdisjoint(other_urls)
+    # A restart of the same study keeps the URLs, so the browser's copies stay useful.
+    assert restarted_urls == first_urls
+    response = client.get(first_urls[0])
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "max-age=3600, private"

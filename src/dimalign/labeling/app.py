@@ -130,6 +130,7 @@ def create_app(
         images_to_decode = study.images_to_decode()
         images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
+        image_versions = _image_versions(study, images_to_decode, secret_key)
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
 
     app = Flask(
@@ -142,6 +143,7 @@ def create_app(
         STUDY_PATH=study_path,
         IMAGES_DIR=images_dir,
         DECODED_IMAGES=images_to_decode,
+        IMAGE_VERSIONS=image_versions,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -157,6 +159,7 @@ def create_app(
     )
     app.session_interface = _StudySessionInterface()
     app.jinja_env.globals["csrf_token"] = _csrf_token
+    app.jinja_env.globals["image_url"] = _image_url
 
     app.extensions[_STATE_KEY] = _StudyState(study_path)
     app.before_request(_limit_streamed_body)
@@ -170,6 +173,33 @@ def create_app(
     _add_participant_routes(app)
     _add_admin_routes(app)
     return app
+
+
+def _image_versions(study: Study, decoded: frozenset[int], secret_key: str) -> dict[int, str]:
+    """Return the ``v`` query value of each image URL: 16 hex digits of a SHA-256 hash.
+
+    Browsers keep images for an hour by URL (see the image view). The hash
+    covers the study's secret key, the object, the image file's checksum
+    (or its path, in a study without checksums) and whether the file is
+    served decoded. So a study served after another one on the same host
+    and port, or a file that a new dimalign serves decoded, gets new URLs,
+    while a restart of the same study keeps them.
+    """
+    versions = {}
+    for index, checksum in study.image_checksums().items():
+        served = "decoded" if index in decoded else "file"
+        identity = checksum or str(study.image_file(index))
+        text = f"dimalign image version\0{secret_key}\0{index}\0{identity}\0{served}"
+        versions[index] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return versions
+
+
+def _image_url(object_index: int) -> str:
+    """Return the URL of an object's image, with the version that keeps browsers from showing a stale copy."""
+    version = _config("IMAGE_VERSIONS").get(int(object_index))
+    if version is None:
+        return url_for("image", object_index=object_index)
+    return url_for("image", object_index=object_index, v=version)
 
 
 def session_cookie_name(secret_key: str) -> str:

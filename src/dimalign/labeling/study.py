@@ -983,6 +983,13 @@ class Study:
             )
         self._check_image_checksums(files)
 
+    def image_checksums(self) -> dict[int, str | None]:
+        """Return the SHA-256 stored at setup of each object with an image, None where setup stored none."""
+        rows = self.connection.execute(
+            "SELECT object_index, image_sha256 FROM objects WHERE image_path IS NOT NULL"
+        ).fetchall()
+        return {int(row["object_index"]): row["image_sha256"] for row in rows}
+
     def images_to_decode(self) -> frozenset[int]:
         """Return the objects whose images the app serves decoded as PNG files.
 
