@@ -225,7 +225,11 @@ OLD_CODE = "code-of-version-3-participant"
 def old_study(tmp_path, labeling_run, image_set):
     """A study of schema version 3 with one participant (id 1, order 0-4) who answered dimension 0."""
     current = create_study(tmp_path / "current.db", labeling_run, image_set[0], dims="0-4")
-    path = tmp_path / "old.db"
+    return write_version_3_study(tmp_path / "old.db", current)
+
+
+def write_version_3_study(path, current):
+    """Write the settings, objects and grids of the study ``current`` into a new study of schema version 3."""
     connection = sqlite3.connect(path)
     connection.executescript(SCHEMA_VERSION_3)
     # The settings, objects and grids are the same in both versions.
@@ -300,3 +304,22 @@ def test_old_cookie_works_until_stop(old_study, cookie_name):
     assert stopped.status_code == 200
     assert copy.get("/participant/1/next").status_code == 403
     assert [row[:3] for row in answer_rows(old_study)] == [(1, 0, '["old"]'), (1, 1, '["kept"]')]
+
+
+def test_study_restored_from_old_backup_is_503(app, study_path, tmp_path, caplog):
+    # A copy of the study made before the server migrated it lacks the
+    # session versions, so it cannot check a session until a restart migrates it.
+    client = app.test_client()
+    consent(client)
+    backup = write_version_3_study(tmp_path / "backup.db", study_path)
+    backup.replace(study_path)
+
+    with caplog.at_level("ERROR", logger="dimalign.labeling.app"):
+        page = client.get("/")
+
+    assert page.status_code == 503
+    assert f"{study_path} has schema version 3" in caplog.text
+    assert "restart the server" in caplog.text
+    with sqlite3.connect(study_path) as connection:
+        assert connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    connection.close()

@@ -299,6 +299,21 @@ def _abort_unavailable() -> NoReturn:
 def _open_study(path: Path, images_dir: Path) -> Study:
     connection = db.connect(path)
     try:
+        # The server migrated the study when it started, so an older schema
+        # means that the file was replaced, such as by a backup made before.
+        # Requests would fail on the missing columns, so none is answered.
+        version = db.schema_version(connection)
+        if version < db.LATEST_VERSION:
+            raise ValueError(
+                f"{path} has schema version {version}, but the server needs version {db.LATEST_VERSION}, "
+                "such as after a backup from before an update was restored: restart the server, which "
+                "migrates the study"
+            )
+        if version > db.LATEST_VERSION:
+            raise ValueError(
+                f"{path} has schema version {version}, written by a newer dimalign than the server's "
+                f"(version {db.LATEST_VERSION}): upgrade dimalign and restart the server"
+            )
         return Study(path, connection=connection, images_dir=images_dir)
     except BaseException:
         connection.close()
