@@ -54,11 +54,17 @@ def consent(client):
     response = client.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"})
     assert response.status_code == 303
     participant_id = int(response.headers["Location"].split("/")[2])
-    with client.session_transaction() as session:
-        code = session["code"]
+    code = shown_code(client.get(response.headers["Location"]).text)
     with Study(client.application.config["STUDY_PATH"]) as study:
         order = study.participant(participant_id).order
     return participant_id, order, code
+
+
+def shown_code(page):
+    """Return the participant code that the instructions or the stopped page shows."""
+    match = re.search(r'<code id="participant-code">([^<]+)</code>', page)
+    assert match, "page shows no participant code"
+    return html.unescape(match.group(1))
 
 
 def submit(client, participant_id, dimension, labels=("red",), kind="visual", interpretability="one", token=None):
@@ -925,12 +931,13 @@ def test_double_consent_lands_on_same_participant(app, study_path):
     with Study(study_path) as study:
         assert len(study.participants()) == 1
     with client.session_transaction() as session:
-        first_session = (session["participant_id"], session["code"])
+        first_id = session["participant_id"]
     with second_client.session_transaction() as session:
-        second_session = (session["participant_id"], session["code"])
-    assert second_session == first_session
-    instructions = second_client.get(second.headers["Location"])
-    assert first_session[1] in instructions.text
+        second_id = session["participant_id"]
+    assert second_id == first_id
+    first_code = shown_code(client.get(first.headers["Location"]).text)
+    second_code = shown_code(second_client.get(second.headers["Location"]).text)
+    assert second_code == first_code
 
 
 def test_consent_after_reload_starts_new_participant(app, study_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -12,7 +13,7 @@ from dimalign.labeling.answers import Answer
 from dimalign.labeling.app import create_app
 from dimalign.labeling.study import SessionEndedError, Study, create_study, hash_code
 
-from test_labeling_app import answer_rows, consent, submit
+from test_labeling_app import answer_rows, consent, shown_code, submit
 
 
 @pytest.fixture
@@ -71,6 +72,23 @@ def test_stop_ends_copied_cookie(app, study_path):
     assert answer_rows(study_path) == []
     assert copy.get(f"/participant/{participant_id}/done").status_code == 403
     assert copy.get(f"/image/{image}").status_code == 403
+
+
+def test_cookie_does_not_reveal_code(app, study_path):
+    # Whoever copies the cookie must not learn the code, with which they
+    # could resume after Stop.
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    client.get(f"/participant/{participant_id}/dimension/{order[0]}")
+    value = client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value
+
+    # The cookie is signed, not encrypted, so anyone can read its content.
+    content = app.session_interface.get_signing_serializer(app).loads(value)
+
+    assert content["participant_id"] == participant_id
+    assert code not in json.dumps(content)
+    stopped = stop(client, participant_id, order[0])
+    assert shown_code(stopped.text) == code
 
 
 def test_consent_page_forgets_stopped_session(app, study_path):
@@ -323,3 +341,34 @@ def test_study_restored_from_old_backup_is_503(app, study_path, tmp_path, caplog
     with sqlite3.connect(study_path) as connection:
         assert connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
     connection.close()
+
+
+def test_old_cookie_code_sealed_on_first_page(old_study):
+    application = create_app(old_study, admin_token="secret-admin")
+    application.config["TESTING"] = True
+    name = application.config["SESSION_COOKIE_NAME"]
+    client = old_cookie_client(application, name)
+    serializer = application.session_interface.get_signing_serializer(application)
+
+    first = client.get("/participant/1/next")
+    content = serializer.loads(client.get_cookie(name).value)
+    second = client.get("/participant/1/instructions")
+
+    assert first.status_code == 303
+    assert OLD_CODE not in json.dumps(content)
+    assert content["participant_id"] == 1
+    assert second.status_code == 200
+    assert shown_code(second.text) == OLD_CODE
+
+
+def test_consent_cookie_does_not_reveal_code(app, study_path):
+    client = app.test_client()
+    page = client.get("/consent")
+    serializer = app.session_interface.get_signing_serializer(app)
+    content = serializer.loads(client.get_cookie(app.config["SESSION_COOKIE_NAME"]).value)
+
+    response = client.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"})
+    code = shown_code(client.get(response.headers["Location"]).text)
+
+    assert code not in json.dumps(content)
+    assert "sealed_consent_code" in content

@@ -9,8 +9,8 @@ in any browser.
 
 Access rules:
 
-- The signed session cookie holds the participant id, code and session
-  version. Every participant page checks all three against the database, so
+- The signed session cookie holds the participant id, the code (encrypted,
+  see :func:`_seal_code`) and the session version. Every participant page checks all three against the database, so
   a participant sees and changes only its own answers. Another participant's
   pages return 403. *Stop* increments the participant's session version,
   which ends every copy of the cookie, such as one in another browser.
@@ -27,8 +27,11 @@ the server at any point loses no submitted answer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import hashlib
+import hmac
 import io
 import ipaddress
 import json
@@ -430,7 +433,7 @@ def _current_participant(participant_id: int) -> Participant:
             message += " What you submitted was not saved."
         abort(403, description=f"{message} Open the start page and continue with your participant code.")
     if session.get("participant_id") != participant_id or not study.code_matches(
-        participant_id, str(session.get("code", ""))
+        participant_id, _session_code("code")
     ):
         logger.warning("rejected access to participant %d from another session", participant_id)
         message = "This page belongs to another participant."
@@ -443,6 +446,9 @@ def _current_participant(participant_id: int) -> Participant:
         logger.info("rejected %s %s: participant %d stopped after this session began",
                     request.method, _logged_path(), participant_id)
         _abort_session_ended()
+    if "code" in session:
+        # A cookie of an earlier version contains the code in clear text.
+        session["sealed_code"] = _seal_code(session.pop("code"))
     return participant
 
 
@@ -471,7 +477,7 @@ def _session_participant_id() -> int | None:
     version = _session_version()
     if type(participant_id) is not int or version is None:
         return None
-    if not _study().session_matches(participant_id, str(session.get("code", "")), version):
+    if not _study().session_matches(participant_id, _session_code("code"), version):
         return None
     return participant_id
 
@@ -560,8 +566,64 @@ def _log_in(participant: Participant, code: str) -> None:
     session.clear()
     session.permanent = True
     session["participant_id"] = participant.participant_id
-    session["code"] = code
+    session["sealed_code"] = _seal_code(code)
     session["session_version"] = participant.session_version
+
+
+#: Length of the random nonce of a sealed participant code, in bytes.
+_SEAL_NONCE_BYTES = 16
+
+
+def _seal_code(code: str) -> str:
+    """Encrypt a participant code for the session cookie, and return it in URL-safe base64.
+
+    Flask signs the cookie but does not encrypt it, so anyone who copies it
+    can read it, and the code would let them resume after *Stop*. The code
+    is XORed with a keystream of HMAC-SHA256 in counter mode, keyed by the
+    study's secret key, under a random nonce. The cookie's signature
+    protects the result from changes.
+    """
+    nonce = secrets.token_bytes(_SEAL_NONCE_BYTES)
+    data = code.encode("utf-8")
+    sealed = bytes(a ^ b for a, b in zip(data, _keystream(nonce, len(data))))
+    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def _unseal_code(value: str) -> str:
+    """Decrypt a code sealed by :func:`_seal_code`, or return "" for a value that is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return ""
+    if len(raw) < _SEAL_NONCE_BYTES:
+        return ""
+    nonce, sealed = raw[:_SEAL_NONCE_BYTES], raw[_SEAL_NONCE_BYTES:]
+    data = bytes(a ^ b for a, b in zip(sealed, _keystream(nonce, len(sealed))))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _keystream(nonce: bytes, length: int) -> bytes:
+    key = hashlib.sha256(f"dimalign participant code\0{_config('SECRET_KEY')}".encode()).digest()
+    blocks = []
+    for counter in range(-(-length // hashlib.sha256().digest_size)):
+        blocks.append(hmac.new(key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest())
+    return b"".join(blocks)[:length]
+
+
+def _session_code(name: str) -> str:
+    """Return the code that the session keeps under ``name``, or "" without one.
+
+    The session keeps it sealed (see :func:`_seal_code`) under
+    ``sealed_<name>``. Cookies of earlier versions keep it in clear text under ``name``.
+    """
+    sealed = session.get(f"sealed_{name}")
+    if isinstance(sealed, str):
+        return _unseal_code(sealed)
+    plain = session.get(name)
+    return plain if isinstance(plain, str) else ""
 
 
 def _session_progress() -> dict[str, int] | None:
@@ -691,7 +753,7 @@ def _add_participant_routes(app: Flask) -> None:
             # The code of the participant that agreeing registers is drawn
             # now and kept in the session, so a form submitted twice (a
             # double click sends the same cookie twice) registers one participant.
-            session["consent_code"] = new_participant_code()
+            session["sealed_consent_code"] = _seal_code(new_participant_code())
             return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
@@ -700,8 +762,8 @@ def _add_participant_routes(app: Flask) -> None:
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
             return render_template("consent.html", error=message, current=_session_progress()), 400
-        code = session.get("consent_code")
-        if not isinstance(code, str) or not code:
+        code = _session_code("consent_code")
+        if not code:
             # A consent form shown before the server was updated has no code in its session.
             code = new_participant_code()
         try:
@@ -733,7 +795,7 @@ def _add_participant_routes(app: Flask) -> None:
     def instructions(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         return render_template(
-            "instructions.html", participant=participant, code=session["code"],
+            "instructions.html", participant=participant, code=_session_code("code"),
             questions=_study().questions, n_rows=1 + len(_config("GRID_PERCENTILES")),
         )
 
@@ -833,7 +895,7 @@ def _add_participant_routes(app: Flask) -> None:
     def stop(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         _check_csrf()
-        code = session["code"]
+        code = _session_code("code")
         answered = len(_study().answered_dimensions(participant_id))
         # The new version ends this session in every browser that has a copy of its cookie.
         _study().end_sessions(participant_id)
