@@ -1531,7 +1531,7 @@ def test_png_gamma_or_primaries_served_decoded(odd_images_study, chunks):
         {"gAMA": (45455).to_bytes(4, "big")},
         {"gAMA": (45455).to_bytes(4, "big"),
          "cHRM": b"".join(value.to_bytes(4, "big") for value in SRGB_CHROMATICITY)},
-        # A browser uses sRGB when the sRGB chunk is present, whatever gAMA says.
+        # A browser uses sRGB when the sRGB chunk is present, whatever the gAMA value is.
         {"sRGB": b"\x00", "gAMA": (100000).to_bytes(4, "big")},
     ],
     ids=["srgb gamma", "srgb gamma and primaries", "srgb chunk"],

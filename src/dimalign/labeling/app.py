@@ -304,7 +304,7 @@ def _open_study(path: Path, images_dir: Path) -> Study:
     try:
         # The server migrated the study when it started, so an older schema
         # means that the file was replaced, such as by a backup made before.
-        # Requests would fail on the missing columns, so none is answered.
+        # Requests would fail on the missing columns, so each gets 503.
         version = db.schema_version(connection)
         if version < db.LATEST_VERSION:
             raise ValueError(

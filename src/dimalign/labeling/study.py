@@ -575,9 +575,9 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
 
     Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
-    palette colours, no transparency, no EXIF rotation, no embedded ICC
-    colour profile and, for PNG, no gAMA or cHRM chunk other than sRGB's
-    shows the same pixels everywhere. A browser puts the
+    palette colours shows the same pixels everywhere. It must also have no
+    transparency, no EXIF rotation, no embedded ICC colour profile and, for
+    PNG, no gAMA or cHRM chunk other than sRGB's. A browser puts the
     page's colour under transparent pixels, plays animations, converts CMYK
     and 16-bit colours its own way, and may apply an EXIF orientation or not
     (browsers differ for PNG). Most browsers show no TIFF at all. A browser
