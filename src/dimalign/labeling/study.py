@@ -564,9 +564,9 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
     logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
     if decoded:
         logger.info(
-            "%d grid images have transparency, several frames, an EXIF orientation, or a format or "
-            "colour mode that browsers show their own way, so the app serves them as PNG files "
-            "decoded as the DNN saw them", len(decoded),
+            "%d grid images have transparency, several frames, an EXIF orientation, a colour profile "
+            "(ICC, or PNG gamma or primaries), or a format or colour mode that browsers show their own "
+            "way, so the app serves them as PNG files decoded as the DNN saw them", len(decoded),
         )
     return sorted(decoded)
 
