@@ -151,8 +151,10 @@ def test_session_version_stored_per_participant(study_path):
         second, _ = study.add_participant(order_seed=2)
 
         assert first.session_version == 0
+        assert study.seconds_since_sessions_ended(first.participant_id) is None
         assert study.session_matches(first.participant_id, code, 0)
         assert study.end_sessions(first.participant_id) == 1
+        assert 0 <= study.seconds_since_sessions_ended(first.participant_id) < 5
         assert study.end_sessions(first.participant_id) == 2
 
         assert study.participant(first.participant_id).session_version == 2
@@ -372,3 +374,44 @@ def test_consent_cookie_does_not_reveal_code(app, study_path):
 
     assert code not in json.dumps(content)
     assert "sealed_consent_code" in content
+
+
+def test_double_click_on_stop_shows_code(app, study_path):
+    # A browser that gets a second click on Stop sends the form again with
+    # the same cookie and shows only the second response.
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    second_click = copy_of(client)
+
+    first = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    second = second_click.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+
+    assert first.status_code == 200
+    assert second.status_code == 200
+    assert shown_code(second.text) == code
+    assert second_click.get_cookie(app.config["SESSION_COOKIE_NAME"]) is None
+    assert second_click.get(f"/participant/{participant_id}/next").status_code == 403
+    with Study(study_path) as study:
+        assert study.participant(participant_id).session_version == 1
+
+
+def test_late_stop_of_copy_shows_no_code(app, study_path):
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    copy = copy_of(client)
+    client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+    # The copy is used a minute after Stop, long after any repeated click.
+    with sqlite3.connect(study_path) as connection:
+        connection.execute(
+            "UPDATE participants SET sessions_ended_at = datetime('now', '-60 seconds') WHERE participant_id = ?",
+            (participant_id,),
+        )
+    connection.close()
+
+    late = copy.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+
+    assert late.status_code == 403
+    assert code not in late.text
+    assert "session has ended" in late.text

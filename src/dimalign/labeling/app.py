@@ -726,6 +726,53 @@ def _render_server_error(error: Any) -> tuple[str, int]:
     return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
 
 
+#: Seconds after *Stop* in which the same Stop form, sent again with the same
+#: cookie, shows the stopped page again. A browser shows only the response to
+#: the last click, so a double click would otherwise show a 403 page in place
+#: of the participant code.
+REPEATED_STOP_WINDOW_S = 10.0
+
+
+def _repeated_stop(participant_id: int) -> Participant | None:
+    """Return the participant if this Stop form repeats one that ended this very session moments ago, else None.
+
+    The session must name the participant and its code, carry the version
+    just before the current one and send the session's CSRF token. The last
+    *Stop* must be at most :data:`REPEATED_STOP_WINDOW_S` old, so a copy of
+    the cookie used later gets no code.
+    """
+    version = _session_version()
+    sent = request.form.get("csrf_token", "")
+    expected = session.get("csrf", "")
+    if session.get("participant_id") != participant_id or version is None:
+        return None
+    if not isinstance(expected, str) or not expected or not _same_secret(sent, expected):
+        return None
+    study = _study()
+    try:
+        participant = study.participant(participant_id)
+    except NotFoundError:
+        return None
+    if participant.session_version != version + 1 or not study.code_matches(participant_id, _session_code("code")):
+        return None
+    elapsed = study.seconds_since_sessions_ended(participant_id)
+    if elapsed is None or abs(elapsed) > REPEATED_STOP_WINDOW_S:
+        return None
+    return participant
+
+
+def _render_stopped(participant: Participant, code: str, *, repeated: bool) -> str:
+    """Clear the session and render the page after *Stop*, with the code and the progress."""
+    answered = len(_study().answered_dimensions(participant.participant_id))
+    session.clear()
+    if repeated:
+        logger.info("participant %d sent Stop again (such as by a double click) after %d answers",
+                    participant.participant_id, answered)
+    else:
+        logger.info("participant %d stopped after %d answers", participant.participant_id, answered)
+    return render_template("stopped.html", code=code, answered=answered, total=len(participant.order))
+
+
 def _render_closed() -> tuple[str, int]:
     """Render the closed-study page with HTTP 403, in place of the consent page."""
     logger.info("rejected %s %s: the study is closed to new participants", request.method, _logged_path())
@@ -893,17 +940,15 @@ def _add_participant_routes(app: Flask) -> None:
 
     @app.post(f"/participant/<{_ID}:participant_id>/stop")
     def stop(participant_id: int) -> str:
+        repeated = _repeated_stop(participant_id)
+        if repeated is not None:
+            return _render_stopped(repeated, _session_code("code"), repeated=True)
         participant = _current_participant(participant_id)
         _check_csrf()
         code = _session_code("code")
-        answered = len(_study().answered_dimensions(participant_id))
         # The new version ends this session in every browser that has a copy of its cookie.
         _study().end_sessions(participant_id)
-        session.clear()
-        logger.info("participant %d stopped after %d answers", participant_id, answered)
-        return render_template(
-            "stopped.html", code=code, answered=answered, total=len(participant.order)
-        )
+        return _render_stopped(participant, code, repeated=False)
 
     @app.get(f"/participant/<{_ID}:participant_id>/done")
     def done(participant_id: int) -> str:

@@ -94,6 +94,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         "session version of each participant, so that Stop ends every copy of the session cookie",
         """
         ALTER TABLE participants ADD COLUMN session_version INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE participants ADD COLUMN sessions_ended_at TEXT;
         """,
     ),
 )

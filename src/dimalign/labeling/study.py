@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as _dt
 import errno
 import hashlib
 import io
@@ -1231,8 +1232,9 @@ class Study:
         """
         with db.transaction(self.connection):
             self.connection.execute(
-                "UPDATE participants SET session_version = session_version + 1 WHERE participant_id = ?",
-                (int(participant_id),),
+                "UPDATE participants SET session_version = session_version + 1, sessions_ended_at = ? "
+                "WHERE participant_id = ?",
+                (now_iso(), int(participant_id)),
             )
             row = self.connection.execute(
                 "SELECT session_version FROM participants WHERE participant_id = ?", (int(participant_id),)
@@ -1247,6 +1249,30 @@ class Study:
         return [self._decode_participant(row) for row in rows]
 
     # Answers -----------------------------------------------------------------
+
+    def seconds_since_sessions_ended(self, participant_id: int) -> float | None:
+        """Return the seconds since :meth:`end_sessions` last ran for a participant, or None if it never ran.
+
+        Raises:
+            ValueError: If the stored time is not an ISO 8601 time, such as after an edit by hand.
+        """
+        row = self.connection.execute(
+            "SELECT sessions_ended_at FROM participants WHERE participant_id = ?", (int(participant_id),)
+        ).fetchone()
+        if row is None or row["sessions_ended_at"] is None:
+            return None
+        text = str(row["sessions_ended_at"])
+        try:
+            ended = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"participant {participant_id} in {self.path}: its sessions_ended_at {abbreviate(text)!r} is "
+                "not an ISO 8601 time: correct that row, because the app stores the time of the last Stop there"
+            ) from None
+        if ended.tzinfo is None:
+            # SQLite's datetime() writes UTC without an offset.
+            ended = ended.replace(tzinfo=_dt.timezone.utc)
+        return (_dt.datetime.now(_dt.timezone.utc) - ended).total_seconds()
 
     def save_answer(
         self, participant_id: int, dimension: int, answer: Answer, *, session_version: int | None = None
