@@ -1017,7 +1017,7 @@ class Study:
                 path = self.image_file(index)
                 with Image.open(path) as opened:
                     shown_otherwise = browser_shows_otherwise(opened)
-            except (NotFoundError, OSError, UnidentifiedImageError):
+            except (NotFoundError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
                 # The image route reports a file that is missing or cannot be read.
                 continue
             if shown_otherwise:
