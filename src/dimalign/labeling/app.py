@@ -10,10 +10,11 @@ in any browser.
 Access rules:
 
 - The signed session cookie holds the participant id, the code (encrypted,
-  see :func:`_seal_code`) and the session version. Every participant page checks all three against the database, so
-  a participant sees and changes only its own answers. Another participant's
-  pages return 403. *Stop* increments the participant's session version,
-  which ends every copy of the cookie, such as one in another browser.
+  see :func:`_seal_code`) and the session version. Every participant page
+  checks all three against the database, so a participant sees and changes
+  only its own answers. Another participant's pages return 403. *Stop*
+  increments the participant's session version, which ends every copy of
+  the cookie, such as one in another browser.
 - An unknown participant or dimension returns 404 and writes nothing.
 - Every form carries a CSRF token bound to the session.
 - Images are served by object index, only from the study's image folder,
