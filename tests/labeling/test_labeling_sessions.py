@@ -376,9 +376,9 @@ def test_consent_cookie_does_not_reveal_code(app, study_path):
     assert "sealed_consent_code" in content
 
 
-def test_double_click_on_stop_shows_code(app, study_path):
-    # A browser that gets a second click on Stop sends the form again with
-    # the same cookie and shows only the second response.
+def test_repeated_stop_shows_code(app, study_path):
+    # A second click on Stop before the first response arrived can send the
+    # form again with the same cookie, and the browser shows only the second response.
     client = app.test_client()
     participant_id, order, code = consent(client)
     token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)

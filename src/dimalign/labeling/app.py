@@ -729,8 +729,8 @@ def _render_server_error(error: Any) -> tuple[str, int]:
 
 #: Seconds after *Stop* in which the same Stop form, sent again with the same
 #: cookie, shows the stopped page again. A browser shows only the response to
-#: the last click, so a double click would otherwise show a 403 page in place
-#: of the participant code.
+#: the last request, so a second click before the first response arrived
+#: would otherwise show a 403 page in place of the participant code.
 REPEATED_STOP_WINDOW_S = 10.0
 
 
@@ -767,7 +767,7 @@ def _render_stopped(participant: Participant, code: str, *, repeated: bool) -> s
     answered = len(_study().answered_dimensions(participant.participant_id))
     session.clear()
     if repeated:
-        logger.info("participant %d sent Stop again (such as by a double click) after %d answers",
+        logger.info("participant %d sent Stop again (such as by a second click) after %d answers",
                     participant.participant_id, answered)
     else:
         logger.info("participant %d stopped after %d answers", participant.participant_id, answered)
