@@ -1433,6 +1433,36 @@ def test_icc_profile_image_served_decoded(odd_images_study, file_format):
         assert study.decoded_images == frozenset({index})
 
 
+def srgb_profiles(shared_data):
+    """Return Pillow's sRGB ICC profile and the sRGB IEC61966-2.1 profile that cameras embed (from a shared photo)."""
+    from PIL import Image, ImageCms
+
+    with Image.open(shared_data / "images" / "owl.jpg") as photo:
+        camera_profile = photo.info["icc_profile"]
+    return {
+        "pillow": ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+        "camera": camera_profile,
+    }
+
+
+@pytest.mark.parametrize("file_format", ["PNG", "JPEG"])
+@pytest.mark.parametrize("profile_name", ["pillow", "camera"])
+def test_srgb_profile_image_served_as_file(odd_images_study, shared_data, file_format, profile_name):
+    from PIL import Image
+
+    profile = srgb_profiles(shared_data)[profile_name]
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), format=file_format, icc_profile=profile)
+
+    data, _ = served_image(path, index)
+
+    # Browsers show an image with an sRGB profile as one without a profile.
+    assert Image.open(target).info["icc_profile"] == profile
+    assert data == target.read_bytes()
+    with Study(path) as study:
+        assert study.decoded_images == frozenset()
+
+
 def test_decoded_png_drops_icc_profile(odd_images_study):
     from PIL import Image
 
