@@ -672,8 +672,9 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
     image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
-    # Pillow writes the ICC profile and EXIF data of image.info into the PNG,
-    # and a browser would apply the profile that load_rgb ignored.
+    # Pillow 13 writes the ICC profile and the transparent colour that
+    # image.info names into the PNG, and a browser would apply the profile
+    # that load_rgb ignored.
     image.info = {}
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
