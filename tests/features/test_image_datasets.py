@@ -413,3 +413,36 @@ def test_image_list_checks_its_rows():
         ImageList(("a", "b"), ("/x/a.png",), "x")
     with pytest.raises(ValueError, match=r"ImageList object id 'a' appears twice \(rows 0 and 2\)"):
         ImageList(("a", "b", "a"), ("/x/a.png", "/x/b.png", "/y/a.png"), "x")
+
+
+def wide_gamut_profile():
+    """Return Pillow's sRGB ICC profile with the red, green and blue colorants of Display P3 (D50 XYZ)."""
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    colorants = {b"rXYZ": (0.5151, 0.2412, -0.0011), b"gXYZ": (0.2920, 0.6922, 0.0419),
+                 b"bXYZ": (0.1571, 0.0666, 0.7841)}
+    for entry in range(struct.unpack(">I", data[128:132])[0]):
+        signature, offset, _ = struct.unpack(">4sII", data[132 + 12 * entry:144 + 12 * entry])
+        if signature in colorants:
+            data[offset + 8:offset + 20] = struct.pack(">3i", *(round(v * 65536) for v in colorants[signature]))
+    data[84:100] = bytes(16)  # A profile ID of zeros means "not computed".
+    return bytes(data)
+
+
+def test_icc_profile_ignored(tmp_path):
+    import io
+
+    from PIL import ImageCms
+
+    profile = wide_gamut_profile()
+    path = tmp_path / "p3.png"
+    Image.new("RGB", (4, 4), (200, 100, 50)).save(path, icc_profile=profile)
+    managed = ImageCms.profileToProfile(Image.open(path), ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                        ImageCms.createProfile("sRGB"))
+
+    # Applying the profile, as a browser does, changes the colour; extraction keeps the stored values.
+    assert managed.getpixel((1, 1)) != (200, 100, 50)
+    assert load_rgb(path).getpixel((1, 1)) == (200, 100, 50)

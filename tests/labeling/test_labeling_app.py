@@ -54,11 +54,17 @@ def consent(client):
     response = client.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"})
     assert response.status_code == 303
     participant_id = int(response.headers["Location"].split("/")[2])
-    with client.session_transaction() as session:
-        code = session["code"]
+    code = shown_code(client.get(response.headers["Location"]).text)
     with Study(client.application.config["STUDY_PATH"]) as study:
         order = study.participant(participant_id).order
     return participant_id, order, code
+
+
+def shown_code(page):
+    """Return the participant code that the instructions or the stopped page shows."""
+    match = re.search(r'<code id="participant-code">([^<]+)</code>', page)
+    assert match, "page shows no participant code"
+    return html.unescape(match.group(1))
 
 
 def submit(client, participant_id, dimension, labels=("red",), kind="visual", interpretability="one", token=None):
@@ -925,12 +931,13 @@ def test_double_consent_lands_on_same_participant(app, study_path):
     with Study(study_path) as study:
         assert len(study.participants()) == 1
     with client.session_transaction() as session:
-        first_session = (session["participant_id"], session["code"])
+        first_id = session["participant_id"]
     with second_client.session_transaction() as session:
-        second_session = (session["participant_id"], session["code"])
-    assert second_session == first_session
-    instructions = second_client.get(second.headers["Location"])
-    assert first_session[1] in instructions.text
+        second_id = session["participant_id"]
+    assert second_id == first_id
+    first_code = shown_code(client.get(first.headers["Location"]).text)
+    second_code = shown_code(second_client.get(second.headers["Location"]).text)
+    assert second_code == first_code
 
 
 def test_consent_after_reload_starts_new_participant(app, study_path):
@@ -1390,3 +1397,240 @@ def test_tif_suffix_image_served_as_png(tmp_path, labeling_run, image_set):
     assert shown.getpixel((8, 8)) == (10, 20, 30)
     with Study(path) as study:
         assert first in study.decoded_images
+
+
+def display_p3_profile():
+    """Return an ICC profile with the primaries of Display P3, made from Pillow's sRGB profile.
+
+    The red, green and blue colorant tags (D50 XYZ, s15Fixed16 numbers) are
+    replaced by those of Display P3, as phone cameras embed it.
+    """
+    import struct
+
+    from PIL import ImageCms
+
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    colorants = {
+        b"rXYZ": (0.5151, 0.2412, -0.0011),
+        b"gXYZ": (0.2920, 0.6922, 0.0419),
+        b"bXYZ": (0.1571, 0.0666, 0.7841),
+    }
+    n_tags = struct.unpack(">I", data[128:132])[0]
+    replaced = 0
+    for entry in range(n_tags):
+        signature, offset, _ = struct.unpack(">4sII", data[132 + 12 * entry:144 + 12 * entry])
+        if signature in colorants:
+            values = [round(value * 65536) for value in colorants[signature]]
+            data[offset + 8:offset + 20] = struct.pack(">3i", *values)
+            replaced += 1
+    assert replaced == 3
+    # A profile ID of zeros means "not computed", which the ICC format allows.
+    data[84:100] = bytes(16)
+    return bytes(data)
+
+
+def colour_managed(picture, profile):
+    """Return the picture converted from ``profile`` to sRGB, as a colour-managing browser shows it."""
+    import io
+
+    from PIL import ImageCms
+
+    return ImageCms.profileToProfile(picture, ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                     ImageCms.createProfile("sRGB"))
+
+
+@pytest.mark.parametrize("file_format", ["PNG", "JPEG", "WEBP"])
+def test_icc_profile_image_served_decoded(odd_images_study, file_format):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    profile = display_p3_profile()
+    picture = Image.new("RGB", (16, 16), (200, 100, 50))
+    set_up, target = odd_images_study
+    path, index = set_up(picture, format=file_format, icc_profile=profile)
+
+    data, shown = served_image(path, index)
+
+    # A browser would apply the profile and show other colours than extract decoded.
+    assert colour_managed(picture, profile).getpixel((8, 8)) != (200, 100, 50)
+    assert Image.open(target).info["icc_profile"] == profile
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"iCCP" not in data
+    assert "icc_profile" not in shown.info
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    with Study(path) as study:
+        assert study.decoded_images == frozenset({index})
+
+
+def srgb_profiles(shared_data):
+    """Return Pillow's sRGB ICC profile and the sRGB IEC61966-2.1 profile that cameras embed (from a shared photo)."""
+    from PIL import Image, ImageCms
+
+    with Image.open(shared_data / "images" / "owl.jpg") as photo:
+        camera_profile = photo.info["icc_profile"]
+    return {
+        "pillow": ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+        "camera": camera_profile,
+    }
+
+
+@pytest.mark.parametrize("file_format", ["PNG", "JPEG"])
+@pytest.mark.parametrize("profile_name", ["pillow", "camera"])
+def test_srgb_profile_image_served_as_file(odd_images_study, shared_data, file_format, profile_name):
+    from PIL import Image
+
+    profile = srgb_profiles(shared_data)[profile_name]
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), format=file_format, icc_profile=profile)
+
+    data, _ = served_image(path, index)
+
+    # Browsers show an image with an sRGB profile as one without a profile.
+    assert Image.open(target).info["icc_profile"] == profile
+    assert data == target.read_bytes()
+    with Study(path) as study:
+        assert study.decoded_images == frozenset()
+
+
+def test_decoded_png_drops_icc_profile(odd_images_study):
+    from PIL import Image
+
+    halves = Image.new("RGB", (16, 8), (255, 0, 0))
+    halves.paste((0, 0, 255), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    set_up, target = odd_images_study
+    path, index = set_up(halves, format="JPEG", exif=exif, icc_profile=display_p3_profile())
+
+    data, shown = served_image(path, index)
+
+    assert shown.size == (8, 16)
+    assert b"iCCP" not in data
+    assert b"eXIf" not in data
+
+
+def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), icc_profile=display_p3_profile())
+    # Setup of earlier versions did not count a colour profile as a reason to serve a file decoded.
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE study SET value = '[]' WHERE key = 'decoded_images'")
+    connection.close()
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling.study"):
+        data, shown = served_image(path, index)
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    assert "1 grid images that the study lists to serve as files are served decoded" in caplog.text
+
+
+def test_form_of_replaced_participant_not_saved(app, study_path):
+    browser = app.test_client()
+    first_id, first_order, _ = consent(browser)
+    token = csrf_from(browser.get(f"/participant/{first_id}/dimension/{first_order[0]}").text)
+    # Another tab of the same browser registers a new participant, whose session replaces the first.
+    consent(browser)
+
+    response = submit(browser, first_id, first_order[0], labels=("typed",), token=token)
+
+    assert response.status_code == 403
+    assert "another participant" in response.text
+    assert "What you submitted was not saved." in response.text
+    assert answer_rows(study_path) == []
+
+
+def png_chunks(**chunks):
+    """Return a PngInfo that writes the given raw chunks (name: data) before the image data."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for name, data in chunks.items():
+        info.add(name.encode("ascii"), data)
+    return info
+
+
+#: cHRM of the sRGB primaries and D65 white point, in units of 1/100000.
+SRGB_CHROMATICITY = (31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        {"gAMA": (100000).to_bytes(4, "big")},
+        {"cHRM": b"".join(value.to_bytes(4, "big") for value in (31270, 32900, 68000, 32000, 26500, 69000,
+                                                                   15000, 6000))},
+    ],
+    ids=["linear gamma", "display p3 primaries"],
+)
+def test_png_gamma_or_primaries_served_decoded(odd_images_study, chunks):
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), pnginfo=png_chunks(**chunks))
+
+    data, shown = served_image(path, index)
+
+    # Browsers convert colours by a PNG's gAMA and cHRM chunks, which Pillow ignores.
+    assert data != target.read_bytes()
+    assert b"gAMA" not in data
+    assert b"cHRM" not in data
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        {"gAMA": (45455).to_bytes(4, "big")},
+        {"gAMA": (45455).to_bytes(4, "big"),
+         "cHRM": b"".join(value.to_bytes(4, "big") for value in SRGB_CHROMATICITY)},
+        # A browser uses sRGB when the sRGB chunk is present, whatever the gAMA value is.
+        {"sRGB": b"\x00", "gAMA": (100000).to_bytes(4, "big")},
+    ],
+    ids=["srgb gamma", "srgb gamma and primaries", "srgb chunk"],
+)
+def test_png_with_srgb_chunks_served_as_file(odd_images_study, chunks):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (200, 100, 50)), pnginfo=png_chunks(**chunks))
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()
+
+
+IMAGE_SOURCE = re.compile(r'<img src="([^"]+)"')
+
+
+def grid_image_urls(application):
+    """Return the image URLs on the page of dimension 0 of a new participant, and its browser."""
+    client = application.test_client()
+    participant_id, _, _ = consent(client)
+    page = client.get(f"/participant/{participant_id}/dimension/0").text
+    return [html.unescape(url) for url in IMAGE_SOURCE.findall(page)], client
+
+
+def test_image_urls_differ_between_studies(study_path, tmp_path, labeling_run, image_set):
+    # Browsers keep images for an hour by URL. A study served after another
+    # one on the same host and port must not show the other's cached images.
+    other_path = create_study(tmp_path / "other.db", labeling_run, image_set[0], dims="0-4")
+    first_urls, client = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+    restarted_urls, _ = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+    other_urls, _ = grid_image_urls(create_app(other_path, admin_token="secret-admin"))
+
+    assert len(first_urls) == 30
+    assert all(url.startswith("/image/") and "?v=" in url for url in first_urls)
+    assert set(first_urls).isdisjoint(other_urls)
+    # A restart of the same study keeps the URLs, so the browser's copies stay useful.
+    assert restarted_urls == first_urls
+    response = client.get(first_urls[0])
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "max-age=3600, private"

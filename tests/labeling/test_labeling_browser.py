@@ -427,3 +427,41 @@ def test_pages_fit_phone_width(study_path):
     for name, (scroll_width, window_width) in widths.items():
         assert window_width == 360, name
         assert scroll_width <= window_width, name
+
+
+@pytest.mark.browser
+def test_stop_ends_copied_session_in_chromium(study_path):
+    """A second browser with a copy of the cookie (browser sync, a shared computer) is logged out by Stop."""
+    from playwright.sync_api import sync_playwright
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            own = browser.new_context()
+            page = own.new_page()
+            open_first_dimension(page, base_url)
+            dimension_url = page.url
+            copy = browser.new_context()
+            copy.add_cookies(own.cookies())
+            other = copy.new_page()
+            other.goto(dimension_url)
+            other.fill("#label-1", "typed in the copy")
+            other.check("#kind-visual")
+            other.check("#interpretability-one")
+
+            page.click("#stop")
+            page.wait_for_selector("#participant-code")
+            stopped_heading = page.inner_text("h1")
+            other.click("#submit")
+            copy_heading = other.inner_text("h1")
+            copy_text = other.inner_text("main") if other.query_selector("main") else other.content()
+        finally:
+            browser.close()
+
+    assert stopped_heading == "You stopped"
+    assert copy_heading == "403 Forbidden"
+    assert "What you submitted was not saved." in copy_text
+    with sqlite3.connect(study_path) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 0
+        assert connection.execute("SELECT session_version FROM participants").fetchall() == [(1,)]
+    connection.close()

@@ -168,3 +168,34 @@ def test_folder_named_as_folder(tmp_path):
         f"study database {folder} is a folder, not a file: give the study database file that "
         "`dimalign label-app setup` created"
     )
+
+
+def test_concurrent_migration_applies_once(tmp_path):
+    # Two servers started together both find the study at the previous
+    # version. The second must not apply a migration that the first applied
+    # after the second read the version.
+    path = tmp_path / "study.db"
+    connection = db.connect(path, create=True)
+    db.migrate(connection, target=db.LATEST_VERSION - 1)
+    connection.close()
+    first = db.connect(path)
+    second = db.connect(path)
+    begins = []
+
+    def migrate_first_in_between(statement):
+        # SQLite calls this before the statement takes its lock, so the
+        # first connection migrates after the second read the version.
+        if statement == "BEGIN IMMEDIATE":
+            begins.append(statement)
+            if len(begins) == 2:
+                db.migrate(first)
+
+    second.set_trace_callback(migrate_first_in_between)
+    assert db.migrate(second) == db.LATEST_VERSION
+    second.set_trace_callback(None)
+
+    assert len(begins) >= 2
+    versions = [row[0] for row in second.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == [version for version, _, _ in db.MIGRATIONS]
+    first.close()
+    second.close()

@@ -180,6 +180,12 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
              exif_transpose: bool = True) -> Image.Image:
     """Decode an image file completely and convert it to RGB.
 
+    An embedded ICC colour profile is ignored, as torchvision's default
+    image loader ignores it: the stored colour values are returned as they
+    are. The returned image may still carry the profile in
+    ``image.info["icc_profile"]``, so a caller that saves it for display
+    should drop the profile.
+
     Args:
         path (str | os.PathLike): The image file.
         background (tuple[int, int, int]): Colour under transparent pixels.

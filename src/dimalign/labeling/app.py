@@ -9,9 +9,12 @@ in any browser.
 
 Access rules:
 
-- The signed session cookie holds the participant id and code. Every
-  participant page checks both against the database, so a participant sees
-  and changes only its own answers. Another participant's pages return 403.
+- The signed session cookie holds the participant id, the code (encrypted,
+  see :func:`_seal_code`) and the session version. Every participant page
+  checks all three against the database, so a participant sees and changes
+  only its own answers. Another participant's pages return 403. *Stop*
+  increments the participant's session version, which ends every copy of
+  the cookie, such as one in another browser.
 - An unknown participant or dimension returns 404 and writes nothing.
 - Every form carries a CSRF token bound to the session.
 - Images are served by object index, only from the study's image folder,
@@ -25,8 +28,11 @@ the server at any point loses no submitted answer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import hashlib
+import hmac
 import io
 import ipaddress
 import json
@@ -68,6 +74,7 @@ from dimalign.labeling.answers import AnswerError, validate_answer
 from dimalign.labeling.study import (
     NotFoundError,
     Participant,
+    SessionEndedError,
     Study,
     StudyClosedError,
     decoded_png,
@@ -110,8 +117,10 @@ def create_app(
             moved to another machine. The study database is not changed.
 
     Returns:
-        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
-        and ``app.config["IMAGES_DIR"]`` the image folder.
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path,
+        ``app.config["IMAGES_DIR"]`` the image folder and
+        ``app.config["DECODED_IMAGES"]`` the objects whose images are served
+        decoded (see :meth:`dimalign.labeling.study.Study.images_to_decode`).
 
     Raises:
         ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
@@ -122,8 +131,10 @@ def create_app(
         check_admin_token(admin_token)
     with Study(study_path, images_dir=images_dir) as study:
         study.check_images()
+        images_to_decode = study.images_to_decode()
         images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
+        image_versions = _image_versions(study, images_to_decode, secret_key)
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
 
     app = Flask(
@@ -135,6 +146,8 @@ def create_app(
         SECRET_KEY=secret_key,
         STUDY_PATH=study_path,
         IMAGES_DIR=images_dir,
+        DECODED_IMAGES=images_to_decode,
+        IMAGE_VERSIONS=image_versions,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
@@ -150,6 +163,7 @@ def create_app(
     )
     app.session_interface = _StudySessionInterface()
     app.jinja_env.globals["csrf_token"] = _csrf_token
+    app.jinja_env.globals["image_url"] = _image_url
 
     app.extensions[_STATE_KEY] = _StudyState(study_path)
     app.before_request(_limit_streamed_body)
@@ -163,6 +177,33 @@ def create_app(
     _add_participant_routes(app)
     _add_admin_routes(app)
     return app
+
+
+def _image_versions(study: Study, decoded: frozenset[int], secret_key: str) -> dict[int, str]:
+    """Return the ``v`` query value of each image URL: 16 hex digits of a SHA-256 hash.
+
+    Browsers keep images for an hour by URL (see the image view). The hash
+    covers the study's secret key, the object, the image file's checksum
+    (or its path, in a study without checksums) and whether the file is
+    served decoded. So a study served after another one on the same host
+    and port, or a file that a new dimalign serves decoded, gets new URLs,
+    while a restart of the same study keeps them.
+    """
+    versions = {}
+    for index, checksum in study.image_checksums().items():
+        served = "decoded" if index in decoded else "file"
+        identity = checksum or str(study.image_file(index))
+        text = f"dimalign image version\0{secret_key}\0{index}\0{identity}\0{served}"
+        versions[index] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return versions
+
+
+def _image_url(object_index: int) -> str:
+    """Return the URL of an object's image, with the version that keeps browsers from showing a stale copy."""
+    version = _config("IMAGE_VERSIONS").get(int(object_index))
+    if version is None:
+        return url_for("image", object_index=object_index)
+    return url_for("image", object_index=object_index, v=version)
 
 
 def session_cookie_name(secret_key: str) -> str:
@@ -262,6 +303,21 @@ def _abort_unavailable() -> NoReturn:
 def _open_study(path: Path, images_dir: Path) -> Study:
     connection = db.connect(path)
     try:
+        # The server migrated the study when it started, so an older schema
+        # means that the file was replaced, such as by a backup made before.
+        # Requests would fail on the missing columns, so each gets 503.
+        version = db.schema_version(connection)
+        if version < db.LATEST_VERSION:
+            raise ValueError(
+                f"{path} has schema version {version}, but the server needs version {db.LATEST_VERSION}, "
+                "such as after a backup from before an update was restored: restart the server, which "
+                "migrates the study"
+            )
+        if version > db.LATEST_VERSION:
+            raise ValueError(
+                f"{path} has schema version {version}, written by a newer dimalign than the server's "
+                f"(version {db.LATEST_VERSION}): upgrade dimalign and restart the server"
+            )
         return Study(path, connection=connection, images_dir=images_dir)
     except BaseException:
         connection.close()
@@ -378,11 +434,53 @@ def _current_participant(participant_id: int) -> Participant:
             message += " What you submitted was not saved."
         abort(403, description=f"{message} Open the start page and continue with your participant code.")
     if session.get("participant_id") != participant_id or not study.code_matches(
-        participant_id, str(session.get("code", ""))
+        participant_id, _session_code("code")
     ):
         logger.warning("rejected access to participant %d from another session", participant_id)
-        abort(403, description="This page belongs to another participant. Resume with your own code.")
+        message = "This page belongs to another participant."
+        if request.method == "POST":
+            message += " What you submitted was not saved."
+        abort(403, description=f"{message} Resume with your own code.")
+    if _session_version() != participant.session_version:
+        # The participant pressed Stop in this or another browser after this
+        # cookie was issued, such as a copy left on a shared computer.
+        logger.info("rejected %s %s: participant %d stopped after this session began",
+                    request.method, _logged_path(), participant_id)
+        _abort_session_ended()
+    if "code" in session:
+        # A cookie of an earlier version contains the code in clear text.
+        session["sealed_code"] = _seal_code(session.pop("code"))
     return participant
+
+
+def _abort_session_ended() -> NoReturn:
+    message = "Your session has ended, because you pressed Stop in this or another browser."
+    if request.method == "POST":
+        message += " What you submitted was not saved."
+    abort(403, description=f"{message} Open the start page and continue with your participant code.")
+
+
+def _session_version() -> int | None:
+    """Return the session version in the cookie, 0 for a cookie of a version without one, or None if invalid.
+
+    Cookies that dimalign set before participants had a session version
+    carry none. They stay valid until the participant's first *Stop*,
+    because the migration starts every participant at version 0.
+    """
+    version = session.get("session_version", 0)
+    # bool is a subclass of int, but true is no version.
+    return version if type(version) is int else None
+
+
+def _session_participant_id() -> int | None:
+    """Return the id of the session's participant if code and session version are valid, else None."""
+    participant_id = session.get("participant_id")
+    version = _session_version()
+    if type(participant_id) is not int or version is None:
+        return None
+    if not _study().session_matches(participant_id, _session_code("code"), version):
+        return None
+    return participant_id
 
 
 def _form_is_utf8() -> bool:
@@ -469,7 +567,64 @@ def _log_in(participant: Participant, code: str) -> None:
     session.clear()
     session.permanent = True
     session["participant_id"] = participant.participant_id
-    session["code"] = code
+    session["sealed_code"] = _seal_code(code)
+    session["session_version"] = participant.session_version
+
+
+#: Length of the random nonce of a sealed participant code, in bytes.
+_SEAL_NONCE_BYTES = 16
+
+
+def _seal_code(code: str) -> str:
+    """Encrypt a participant code for the session cookie, and return it in URL-safe base64.
+
+    Flask signs the cookie but does not encrypt it, so anyone who copies it
+    can read it, and the code would let them resume after *Stop*. The code
+    is XORed with a keystream of HMAC-SHA256 in counter mode, keyed by the
+    study's secret key, under a random nonce. The cookie's signature
+    protects the result from changes.
+    """
+    nonce = secrets.token_bytes(_SEAL_NONCE_BYTES)
+    data = code.encode("utf-8")
+    sealed = bytes(a ^ b for a, b in zip(data, _keystream(nonce, len(data))))
+    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def _unseal_code(value: str) -> str:
+    """Decrypt a code sealed by :func:`_seal_code`, or return "" for a value that is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return ""
+    if len(raw) < _SEAL_NONCE_BYTES:
+        return ""
+    nonce, sealed = raw[:_SEAL_NONCE_BYTES], raw[_SEAL_NONCE_BYTES:]
+    data = bytes(a ^ b for a, b in zip(sealed, _keystream(nonce, len(sealed))))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+
+
+def _keystream(nonce: bytes, length: int) -> bytes:
+    key = hashlib.sha256(f"dimalign participant code\0{_config('SECRET_KEY')}".encode()).digest()
+    blocks = []
+    for counter in range(-(-length // hashlib.sha256().digest_size)):
+        blocks.append(hmac.new(key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest())
+    return b"".join(blocks)[:length]
+
+
+def _session_code(name: str) -> str:
+    """Return the code that the session keeps under ``name``, or "" without one.
+
+    The session keeps it sealed (see :func:`_seal_code`) under
+    ``sealed_<name>``. Cookies of earlier versions keep it in clear text under ``name``.
+    """
+    sealed = session.get(f"sealed_{name}")
+    if isinstance(sealed, str):
+        return _unseal_code(sealed)
+    plain = session.get(name)
+    return plain if isinstance(plain, str) else ""
 
 
 def _session_progress() -> dict[str, int] | None:
@@ -480,8 +635,8 @@ def _session_progress() -> dict[str, int] | None:
     the answers so far stay with the old one.
     """
     study = _study()
-    participant_id = session.get("participant_id")
-    if not isinstance(participant_id, int) or not study.code_matches(participant_id, str(session.get("code", ""))):
+    participant_id = _session_participant_id()
+    if participant_id is None:
         return None
     try:
         participant = study.participant(participant_id)
@@ -572,6 +727,53 @@ def _render_server_error(error: Any) -> tuple[str, int]:
     return render_template("error.html", code=500, name="Internal Server Error", description=description), 500
 
 
+#: Seconds after *Stop* in which the same Stop form, sent again with the same
+#: cookie, shows the stopped page again. A browser shows only the response to
+#: the last request, so a second click before the first response arrived
+#: would otherwise show a 403 page in place of the participant code.
+REPEATED_STOP_WINDOW_S = 10.0
+
+
+def _repeated_stop(participant_id: int) -> Participant | None:
+    """Return the participant if this Stop form repeats one that ended this very session moments ago, else None.
+
+    The session must name the participant and its code, carry the version
+    just before the current one and send the session's CSRF token. The last
+    *Stop* must be at most :data:`REPEATED_STOP_WINDOW_S` old, so a copy of
+    the cookie used later gets no code.
+    """
+    version = _session_version()
+    sent = request.form.get("csrf_token", "")
+    expected = session.get("csrf", "")
+    if session.get("participant_id") != participant_id or version is None:
+        return None
+    if not isinstance(expected, str) or not expected or not _same_secret(sent, expected):
+        return None
+    study = _study()
+    try:
+        participant = study.participant(participant_id)
+    except NotFoundError:
+        return None
+    if participant.session_version != version + 1 or not study.code_matches(participant_id, _session_code("code")):
+        return None
+    elapsed = study.seconds_since_sessions_ended(participant_id)
+    if elapsed is None or abs(elapsed) > REPEATED_STOP_WINDOW_S:
+        return None
+    return participant
+
+
+def _render_stopped(participant: Participant, code: str, *, repeated: bool) -> str:
+    """Clear the session and render the page after *Stop*, with the code and the progress."""
+    answered = len(_study().answered_dimensions(participant.participant_id))
+    session.clear()
+    if repeated:
+        logger.info("participant %d sent Stop again (such as by a second click) after %d answers",
+                    participant.participant_id, answered)
+    else:
+        logger.info("participant %d stopped after %d answers", participant.participant_id, answered)
+    return render_template("stopped.html", code=code, answered=answered, total=len(participant.order))
+
+
 def _render_closed() -> tuple[str, int]:
     """Render the closed-study page with HTTP 403, in place of the consent page."""
     logger.info("rejected %s %s: the study is closed to new participants", request.method, _logged_path())
@@ -599,7 +801,7 @@ def _add_participant_routes(app: Flask) -> None:
             # The code of the participant that agreeing registers is drawn
             # now and kept in the session, so a form submitted twice (a
             # double click sends the same cookie twice) registers one participant.
-            session["consent_code"] = new_participant_code()
+            session["sealed_consent_code"] = _seal_code(new_participant_code())
             return render_template("consent.html", error=None, current=_session_progress())
         _check_csrf()
         if request.form.get("agree") != "yes":
@@ -608,8 +810,8 @@ def _add_participant_routes(app: Flask) -> None:
             logger.info("rejected a consent form without the agreement ticked")
             message = "Tick the box to agree, or close this page."
             return render_template("consent.html", error=message, current=_session_progress()), 400
-        code = session.get("consent_code")
-        if not isinstance(code, str) or not code:
+        code = _session_code("consent_code")
+        if not code:
             # A consent form shown before the server was updated has no code in its session.
             code = new_participant_code()
         try:
@@ -641,7 +843,7 @@ def _add_participant_routes(app: Flask) -> None:
     def instructions(participant_id: int) -> str:
         participant = _current_participant(participant_id)
         return render_template(
-            "instructions.html", participant=participant, code=session["code"],
+            "instructions.html", participant=participant, code=_session_code("code"),
             questions=_study().questions, n_rows=1 + len(_config("GRID_PERCENTILES")),
         )
 
@@ -727,21 +929,27 @@ def _add_participant_routes(app: Flask) -> None:
             logger.info("rejected an invalid answer of participant %d for dimension %d: %s",
                         participant_id, dimension, error)
             return _render_dimension(participant, dimension, values, errors=error.errors), 400
-        study.save_answer(participant_id, dimension, answer)
+        try:
+            study.save_answer(participant_id, dimension, answer, session_version=participant.session_version)
+        except SessionEndedError:
+            # Stop committed after this request passed the session check.
+            logger.info("rejected an answer of participant %d for dimension %d: the participant stopped "
+                        "meanwhile", participant_id, dimension)
+            _abort_session_ended()
         logger.debug("participant %d answered dimension %d", participant_id, dimension)
         return redirect(url_for("next_dimension", participant_id=participant_id), code=303)
 
     @app.post(f"/participant/<{_ID}:participant_id>/stop")
     def stop(participant_id: int) -> str:
+        repeated = _repeated_stop(participant_id)
+        if repeated is not None:
+            return _render_stopped(repeated, _session_code("code"), repeated=True)
         participant = _current_participant(participant_id)
         _check_csrf()
-        code = session["code"]
-        answered = len(_study().answered_dimensions(participant_id))
-        session.clear()
-        logger.info("participant %d stopped after %d answers", participant_id, answered)
-        return render_template(
-            "stopped.html", code=code, answered=answered, total=len(participant.order)
-        )
+        code = _session_code("code")
+        # The new version ends this session in every browser that has a copy of its cookie.
+        _study().end_sessions(participant_id)
+        return _render_stopped(participant, code, repeated=False)
 
     @app.get(f"/participant/<{_ID}:participant_id>/done")
     def done(participant_id: int) -> str:
@@ -760,11 +968,8 @@ def _add_participant_routes(app: Flask) -> None:
 
     @app.get(f"/image/<{_ID}:object_index>")
     def image(object_index: int) -> Response:
-        participant_id = session.get("participant_id")
-        if not isinstance(participant_id, int) or not _study().code_matches(
-            participant_id, str(session.get("code", ""))
-        ):
-            logger.info("rejected image %d for a request without a participant session", object_index)
+        if _session_participant_id() is None:
+            logger.info("rejected image %d for a request without a valid participant session", object_index)
             abort(403, description="Images are shown to participants only.")
         try:
             path = _study().image_file(object_index)
@@ -775,7 +980,7 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        if object_index in _study().decoded_images:
+        if object_index in _config("DECODED_IMAGES"):
             # A browser may show this file otherwise than the DNN saw it (see
             # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
             try:

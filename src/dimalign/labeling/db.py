@@ -89,6 +89,14 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE objects ADD COLUMN image_sha256 TEXT;
         """,
     ),
+    (
+        4,
+        "session version of each participant, so that Stop ends every copy of the session cookie",
+        """
+        ALTER TABLE participants ADD COLUMN session_version INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE participants ADD COLUMN sessions_ended_at TEXT;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
@@ -382,7 +390,9 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
 
     Each migration runs in its own transaction together with its
     ``schema_version`` row, so a failed migration leaves the previous version
-    intact.
+    intact. The version is read again inside that transaction, so when two
+    processes open an older study at the same time, each migration is
+    applied once.
 
     Args:
         connection (sqlite3.Connection): From :func:`connect`.
@@ -414,6 +424,12 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
         if version <= current or version > target:
             continue
         with transaction(connection):
+            # Another process that opened the study at the same time may have
+            # applied this migration after the version was read above. The
+            # write lock of this transaction keeps it from doing so now.
+            if schema_version(connection) >= version:
+                current = version
+                continue
             # executescript() would commit the open transaction first, so the
             # statements run one by one inside it.
             for statement in _split_statements(script):

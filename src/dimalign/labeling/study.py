@@ -18,7 +18,9 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import datetime as _dt
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -159,6 +161,10 @@ class StudyClosedError(RuntimeError):
     """A new participant tried to join a study that is closed to new participants."""
 
 
+class SessionEndedError(RuntimeError):
+    """A request of a participant session that *Stop* has ended (see :meth:`Study.end_sessions`)."""
+
+
 #: Key of the study setting that records when the study was closed to new
 #: participants. The key is absent while the study is open.
 CLOSED_AT_SETTING = "closed_at"
@@ -174,12 +180,16 @@ class Participant:
         order (tuple[int, ...]): The dimensions in the order this participant sees them.
         order_seed (int): Seed of ``np.random.default_rng`` that produced ``order``.
         consented_at (str): ISO time of consent.
+        session_version (int): Version of the participant's sessions. A
+            session cookie is valid only with this version, and *Stop*
+            increments it (see :meth:`Study.end_sessions`).
     """
 
     participant_id: int
     order: tuple[int, ...]
     order_seed: int
     consented_at: str
+    session_version: int = 0
 
 
 def abbreviate(text: str, limit: int = 60) -> str:
@@ -559,9 +569,9 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
     logger.info("decoded %d grid images in %s in %.1f s", len(image_paths), root, time.perf_counter() - start)
     if decoded:
         logger.info(
-            "%d grid images have transparency, several frames, an EXIF orientation, or a format or "
-            "colour mode that browsers show their own way, so the app serves them as PNG files "
-            "decoded as the DNN saw them", len(decoded),
+            "%d grid images have transparency, several frames, an EXIF orientation, a colour profile "
+            "(ICC, or PNG gamma or primaries), or a format or colour mode that browsers show their own "
+            "way, so the app serves them as PNG files decoded as the DNN saw them", len(decoded),
         )
     return sorted(decoded)
 
@@ -570,17 +580,89 @@ def browser_shows_otherwise(image: PIL.Image.Image) -> bool:
     """Return whether a browser may show an opened image file otherwise than ``load_rgb`` decodes it.
 
     Only a still JPEG, PNG, GIF, WebP or BMP file with 8-bit RGB, gray or
-    palette colours, no transparency and no EXIF rotation shows the same
-    pixels everywhere. A browser puts the page's colour under transparent
-    pixels, plays animations, converts CMYK and 16-bit colours its own way,
-    and may apply an EXIF orientation or not (browsers differ for PNG).
-    Most browsers show no TIFF at all.
+    palette colours shows the same pixels everywhere. It must also have no
+    transparency, no EXIF rotation, no embedded ICC colour profile and, for
+    PNG, no gAMA or cHRM chunk other than sRGB's. A browser puts the
+    page's colour under transparent pixels, plays animations, converts CMYK
+    and 16-bit colours its own way, and may apply an EXIF orientation or not
+    (browsers differ for PNG). Most browsers show no TIFF at all. A browser
+    also converts the colours of a file with an ICC profile, such as Display
+    P3 or Adobe RGB, from that profile to the screen's colours, while
+    ``load_rgb`` ignores the profile. A profile that maps colours as sRGB
+    does (see :func:`icc_profile_is_srgb`) shows the file as without one.
     """
     if image.format not in BROWSER_FORMATS or image.mode not in BROWSER_MODES:
         return True
     if "transparency" in image.info or getattr(image, "n_frames", 1) > 1:
         return True
+    profile = image.info.get("icc_profile")
+    if profile and not icc_profile_is_srgb(bytes(profile)):
+        return True
+    if image.format == "PNG" and _png_colour_space_differs(image.info):
+        return True
     return image.getexif().get(EXIF_ORIENTATION_TAG) not in (None, 1)
+
+
+#: The largest difference, in 8-bit levels, between a test colour and the same
+#: colour converted from an ICC profile to sRGB, for which the profile counts as
+#: sRGB. On these colours, the sRGB IEC61966-2.1 profile that cameras embed
+#: differs from Pillow's sRGB profile by at most 1 level (measured with Pillow 13.0).
+SRGB_PROFILE_TOLERANCE = 2
+
+#: Levels of each channel of the test colours of :func:`icc_profile_is_srgb` (6 x 6 x 6 colours).
+_PROFILE_TEST_LEVELS = (0, 51, 102, 153, 204, 255)
+
+
+@functools.lru_cache(maxsize=64)
+def icc_profile_is_srgb(profile: bytes) -> bool:
+    """Check whether an RGB ICC profile maps colours as sRGB does, so a browser shows its image as without it.
+
+    216 test colours are converted from ``profile`` to Pillow's sRGB profile
+    with relative colorimetric intent. The profile counts as sRGB when no
+    channel changes by more than :data:`SRGB_PROFILE_TOLERANCE` levels. A
+    profile that LittleCMS cannot read or apply to RGB colours, such as a gray
+    or CMYK profile, does not count. Results are cached by the profile's bytes,
+    because most photos of a folder embed the same profile.
+    """
+    from PIL import Image, ImageCms
+
+    levels = np.asarray(_PROFILE_TEST_LEVELS, dtype=np.uint8)
+    colours = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(len(levels), -1, 3)
+    try:
+        converted = ImageCms.profileToProfile(
+            Image.fromarray(colours, mode="RGB"), ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+            ImageCms.createProfile("sRGB"), renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            outputMode="RGB",
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return False
+    difference = np.abs(np.asarray(converted, dtype=np.int16) - colours.astype(np.int16))
+    return int(difference.max()) <= SRGB_PROFILE_TOLERANCE
+
+
+#: The PNG gAMA value of sRGB (about 1 / 2.2, stored as 45455) and its cHRM
+#: values: the x and y of the D65 white point and of the BT.709 red, green and blue.
+SRGB_PNG_GAMMA = 0.45455
+SRGB_PNG_CHROMATICITY = (0.3127, 0.329, 0.64, 0.33, 0.3, 0.6, 0.15, 0.06)
+
+
+def _png_colour_space_differs(info: dict[str, Any]) -> bool:
+    """Check whether a PNG's gAMA or cHRM chunk (Pillow's ``gamma`` and ``chromaticity``) differs from sRGB.
+
+    Browsers convert a PNG's colours by these chunks, and Pillow ignores
+    them. An sRGB chunk (``srgb``) takes precedence over both, so a PNG with
+    one shows as sRGB.
+    """
+    if "srgb" in info:
+        return False
+    gamma = info.get("gamma")
+    if gamma is not None and abs(float(gamma) - SRGB_PNG_GAMMA) > 0.0005:
+        return True
+    chromaticity = info.get("chromaticity")
+    if chromaticity is not None:
+        values = [float(value) for value in chromaticity]
+        return any(abs(value - srgb) > 0.0005 for value, srgb in zip(values, SRGB_PNG_CHROMATICITY))
+    return False
 
 
 #: Bytes of decoded PNG files that :func:`decoded_png` keeps in memory. Every
@@ -594,7 +676,7 @@ _decoded_cache_lock = threading.Lock()
 
 
 def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG.
+    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as PNG without a colour profile.
 
     An image larger than :data:`SERVED_IMAGE_SIDE` is shrunk to fit a square
     of that side, keeping its aspect ratio. The result is cached by path,
@@ -630,6 +712,10 @@ def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> bytes:
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
     image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+    # Pillow 13 writes the ICC profile and the transparent colour that
+    # image.info names into the PNG, and a browser would apply the profile
+    # that load_rgb ignored.
+    image.info = {}
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -977,6 +1063,52 @@ class Study:
             )
         self._check_image_checksums(files)
 
+    def image_checksums(self) -> dict[int, str | None]:
+        """Return the SHA-256 stored at setup of each object with an image, None where setup stored none."""
+        rows = self.connection.execute(
+            "SELECT object_index, image_sha256 FROM objects WHERE image_path IS NOT NULL"
+        ).fetchall()
+        return {int(row["object_index"]): row["image_sha256"] for row in rows}
+
+    def images_to_decode(self) -> frozenset[int]:
+        """Return the objects whose images the app serves decoded as PNG files.
+
+        These are the objects that setup stored in the setting
+        ``decoded_images``, and the objects whose files
+        :func:`browser_shows_otherwise` finds now. The rules may have grown
+        since setup, such as by embedded ICC colour profiles. Only file
+        headers are read. A study set up before the decoding settings were
+        stored returns no object, because it does not know how the DNN decoded the images.
+        """
+        from PIL import Image, UnidentifiedImageError
+
+        if "image_decoding" not in self.settings:
+            return frozenset()
+        rows = self.connection.execute(
+            "SELECT object_index FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
+        ).fetchall()
+        found = set()
+        for row in rows:
+            index = int(row["object_index"])
+            if index in self.decoded_images:
+                continue
+            try:
+                path = self.image_file(index)
+                with Image.open(path) as opened:
+                    shown_otherwise = browser_shows_otherwise(opened)
+            except (NotFoundError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
+                # The image route reports a file that is missing or cannot be read.
+                continue
+            if shown_otherwise:
+                found.add(index)
+        if found:
+            logger.info(
+                "%d grid images that the study lists to serve as files are served decoded, because a "
+                "browser may show them otherwise than the DNN saw them, such as by an embedded ICC colour "
+                "profile: objects %s", len(found), ", ".join(map(str, sorted(found)[:10])),
+            )
+        return self.decoded_images | frozenset(found)
+
     def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
         """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
         root = self.images_dir.resolve()
@@ -1178,6 +1310,42 @@ class Study:
         ).fetchone()
         return row is not None and secrets.compare_digest(row["code_sha256"], hash_code(code))
 
+    def session_matches(self, participant_id: int, code: str, session_version: int) -> bool:
+        """Check a session: ``code`` is the participant's code and ``session_version`` its current version."""
+        row = self.connection.execute(
+            "SELECT code_sha256, session_version FROM participants WHERE participant_id = ?",
+            (int(participant_id),),
+        ).fetchone()
+        if row is None or not secrets.compare_digest(row["code_sha256"], hash_code(code)):
+            return False
+        return int(row["session_version"]) == int(session_version)
+
+    def end_sessions(self, participant_id: int) -> int:
+        """End every session of a participant by incrementing its session version, and commit.
+
+        Sessions that carry an older version, such as a copy of the session
+        cookie in another browser, are then rejected. Resuming with the
+        participant code starts a session with the new version.
+
+        Returns:
+            int: The new session version.
+
+        Raises:
+            NotFoundError: If no participant has this id.
+        """
+        with db.transaction(self.connection):
+            self.connection.execute(
+                "UPDATE participants SET session_version = session_version + 1, sessions_ended_at = ? "
+                "WHERE participant_id = ?",
+                (now_iso(), int(participant_id)),
+            )
+            row = self.connection.execute(
+                "SELECT session_version FROM participants WHERE participant_id = ?", (int(participant_id),)
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"participant {participant_id} not found")
+        return int(row["session_version"])
+
     def participants(self) -> list[Participant]:
         """Return every participant, in the order they consented."""
         rows = self.connection.execute(_SELECT_PARTICIPANTS + " ORDER BY participant_id").fetchall()
@@ -1185,15 +1353,52 @@ class Study:
 
     # Answers -----------------------------------------------------------------
 
-    def save_answer(self, participant_id: int, dimension: int, answer: Answer) -> None:
+    def seconds_since_sessions_ended(self, participant_id: int) -> float | None:
+        """Return the seconds since :meth:`end_sessions` last ran for a participant, or None if it never ran.
+
+        Raises:
+            ValueError: If the stored time is not an ISO 8601 time, such as after an edit by hand.
+        """
+        row = self.connection.execute(
+            "SELECT sessions_ended_at FROM participants WHERE participant_id = ?", (int(participant_id),)
+        ).fetchone()
+        if row is None or row["sessions_ended_at"] is None:
+            return None
+        text = str(row["sessions_ended_at"])
+        try:
+            ended = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"participant {participant_id} in {self.path}: its sessions_ended_at {abbreviate(text)!r} is "
+                "not an ISO 8601 time: correct that row, because the app stores the time of the last Stop there"
+            ) from None
+        if ended.tzinfo is None:
+            # SQLite's datetime() writes UTC without an offset.
+            ended = ended.replace(tzinfo=_dt.timezone.utc)
+        return (_dt.datetime.now(_dt.timezone.utc) - ended).total_seconds()
+
+    def save_answer(
+        self, participant_id: int, dimension: int, answer: Answer, *, session_version: int | None = None
+    ) -> None:
         """Store (or replace) a participant's answer for a dimension and commit it.
 
         The answer and a row in the append-only history are written in one
         transaction, committed before this returns.
 
+        Args:
+            participant_id (int): The participant.
+            dimension (int): A dimension in the participant's order.
+            answer (Answer): The validated answer.
+            session_version (int | None): The session version of the request
+                that sent the answer. It is compared with the participant's
+                inside the write transaction, so an answer that arrives while
+                *Stop* ends the session is not saved. None skips the check.
+
         Raises:
             NotFoundError: If the participant or the dimension does not exist;
                 nothing is written then.
+            SessionEndedError: If ``session_version`` is not the participant's
+                current one; nothing is written then.
         """
         participant = self.participant(participant_id)
         if int(dimension) not in participant.order:
@@ -1201,6 +1406,15 @@ class Study:
         labels_json = json.dumps(list(answer.labels), ensure_ascii=False)
         now = now_iso()
         with db.transaction(self.connection):
+            if session_version is not None:
+                current = self.connection.execute(
+                    "SELECT session_version FROM participants WHERE participant_id = ?", (int(participant_id),)
+                ).fetchone()["session_version"]
+                if int(current) != int(session_version):
+                    raise SessionEndedError(
+                        f"the session of participant {participant_id} has ended (session version "
+                        f"{session_version}, current {current}): the answer to dimension {dimension} was not saved"
+                    )
             self.connection.execute(
                 "INSERT INTO answers (participant_id, dimension, labels_json, kind, interpretability, "
                 "answered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -1290,6 +1504,7 @@ class Study:
             order=tuple(order),
             order_seed=int(row["order_seed"]),
             consented_at=text["consented_at"],
+            session_version=int(row["session_version"]),
         )
 
     def _decode_answer(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -1468,7 +1683,7 @@ class Study:
 #: reads as bytes, as :data:`_SELECT_ANSWERS` does for the answers.
 _PARTICIPANT_TEXT_COLUMNS = ("order_json", "consented_at")
 
-_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, " + ", ".join(
+_SELECT_PARTICIPANTS = "SELECT participant_id, order_seed, session_version, " + ", ".join(
     f"CAST({column} AS BLOB) AS {column}" for column in _PARTICIPANT_TEXT_COLUMNS
 ) + " FROM participants"
 
