@@ -29,10 +29,8 @@ the server at any point loses no submitted answer.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as _dt
 import hashlib
-import hmac
 import io
 import ipaddress
 import json
@@ -571,47 +569,32 @@ def _log_in(participant: Participant, code: str) -> None:
     session["session_version"] = participant.session_version
 
 
-#: Length of the random nonce of a sealed participant code, in bytes.
-_SEAL_NONCE_BYTES = 16
-
-
 def _seal_code(code: str) -> str:
-    """Encrypt a participant code for the session cookie, and return it in URL-safe base64.
+    """Encrypt a participant code for the session cookie as a Fernet token (AES-128-CBC with HMAC-SHA256).
 
     Flask signs the cookie but does not encrypt it, so anyone who copies it
-    can read it, and the code would let them resume after *Stop*. The code
-    is XORed with a keystream of HMAC-SHA256 in counter mode, keyed by the
-    study's secret key, under a random nonce. The cookie's signature
-    protects the result from changes.
+    could read the code, and the code would let them resume after *Stop*.
+    The Fernet key is derived from the study's secret key.
     """
-    nonce = secrets.token_bytes(_SEAL_NONCE_BYTES)
-    data = code.encode("utf-8")
-    sealed = bytes(a ^ b for a, b in zip(data, _keystream(nonce, len(data))))
-    return base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+    return _code_cipher().encrypt(code.encode("utf-8")).decode("ascii")
 
 
 def _unseal_code(value: str) -> str:
     """Decrypt a code sealed by :func:`_seal_code`, or return "" for a value that is not one."""
+    from cryptography.fernet import InvalidToken
+
     try:
-        raw = base64.urlsafe_b64decode(value.encode("ascii"))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return ""
-    if len(raw) < _SEAL_NONCE_BYTES:
-        return ""
-    nonce, sealed = raw[:_SEAL_NONCE_BYTES], raw[_SEAL_NONCE_BYTES:]
-    data = bytes(a ^ b for a, b in zip(sealed, _keystream(nonce, len(sealed))))
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
+        return _code_cipher().decrypt(value.encode("ascii")).decode("utf-8")
+    except (InvalidToken, UnicodeError):
         return ""
 
 
-def _keystream(nonce: bytes, length: int) -> bytes:
-    key = hashlib.sha256(f"dimalign participant code\0{_config('SECRET_KEY')}".encode()).digest()
-    blocks = []
-    for counter in range(-(-length // hashlib.sha256().digest_size)):
-        blocks.append(hmac.new(key, nonce + counter.to_bytes(4, "big"), hashlib.sha256).digest())
-    return b"".join(blocks)[:length]
+def _code_cipher():
+    from cryptography.fernet import Fernet
+
+    # The secret key has 256 random bits, so one SHA-256 with a purpose label is a sufficient key derivation.
+    digest = hashlib.sha256(f"dimalign participant code\0{_config('SECRET_KEY')}".encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(digest))
 
 
 def _session_code(name: str) -> str:
