@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.io.files import (
@@ -293,7 +294,7 @@ def similarity_matrix_to_disk(
     progress_file = partial.with_suffix(".json")
     output, done = _open_partial(partial, progress_file, weights, n_objects, dtype)
     starts = list(range(0, n_objects, block_size))
-    for start in tqdm(starts, desc="similarity rows", unit="block", disable=None):
+    for start in tqdm(starts, desc="similarity rows", unit="block", disable=progress_disabled()):
         if start in done:
             continue
         stop = min(start + block_size, n_objects)
@@ -607,7 +608,7 @@ def bootstrap_rsa(
     # draws its values one after another (numpy 2.4).
     rng = np.random.default_rng(random_state)
     samples = np.empty(n_bootstrap)
-    for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=None, leave=False):
+    for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=progress_disabled(), leave=False):
         batch = rng.integers(0, a.shape[0], size=(min(batch_size, n_bootstrap - start), a.shape[0]))
         if method == "pearson":
             counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])

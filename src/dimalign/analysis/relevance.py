@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 
@@ -210,7 +211,7 @@ def jackknife_relevance(
     drop_sum = torch.zeros(n_dims, dtype=torch.float64, device=torch_device)
     drops = np.empty((n_triplets, n_dims)) if keep_drops else None
     starts = range(0, n_triplets, batch_size)
-    for start in tqdm(starts, desc="jackknife", unit="batch", disable=None, leave=False):
+    for start in tqdm(starts, desc="jackknife", unit="batch", disable=progress_disabled(), leave=False):
         batch = torch.as_tensor(rows[start : start + batch_size], device=torch_device)
         stop = start + batch.shape[0]
         ij, ik, jk = _pair_products(weights, batch)  # (b, d) each

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._progress import progress_disabled
 from dimalign.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -721,7 +722,7 @@ def similarity_matrix(
 
     n_blocks = len(_block_starts(n_objects, batch_size))
     n_steps = n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6
-    progress = tqdm(total=n_steps, desc="similarity matrix", unit="block", disable=None)
+    progress = tqdm(total=n_steps, desc="similarity matrix", unit="block", disable=progress_disabled())
     with progress:
         totals, n_per_triple = _accumulate_triples(logits, torch_dtype, batch_size, progress)
 

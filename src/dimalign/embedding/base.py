@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
@@ -335,7 +336,7 @@ class TripletEmbedding(BaseEstimator):
         epoch = start_epoch
         progress = tqdm(
             range(start_epoch, self.max_epochs), desc=f"fit {self._estimator_name}",
-            disable=None if self.verbose else True, unit="epoch",
+            disable=progress_disabled() if self.verbose else True, unit="epoch",
         )
         for epoch_index in progress:
             if converged:
