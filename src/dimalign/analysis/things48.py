@@ -23,7 +23,7 @@ import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,8 @@ class Things48:
     rdm: np.ndarray
     excluded: np.ndarray
     n_concepts: int
-    concept_ids: tuple[str, ...] = ()
+    # Left out of the repr, which a notebook shows: 1,854 ids are about 22,000 characters.
+    concept_ids: tuple[str, ...] = field(default=(), repr=False)
 
     def rows_in(self, object_ids: Sequence[str]) -> np.ndarray | None:
         """Find the rows of the 48 objects in an embedding whose rows are ``object_ids``.

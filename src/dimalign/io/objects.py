@@ -52,6 +52,14 @@ class ObjectTable:
     def __len__(self) -> int:
         return len(self.object_ids)
 
+    def __repr__(self) -> str:
+        # A notebook shows the repr, and a table of all THINGS objects would
+        # fill tens of thousands of characters.
+        parts = [f"n_objects={len(self)}", f"object_ids={_abbreviate(self.object_ids)}"]
+        if any(self.sources):
+            parts.append(f"sources={_abbreviate(self.sources)}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def index_of(self, names: Sequence[str]) -> list[int]:
         """Return the row of each name.
 
@@ -68,6 +76,14 @@ class ObjectTable:
     def from_ids(cls, object_ids: Sequence[str]) -> ObjectTable:
         """Build a table from names alone."""
         return cls(tuple(str(name) for name in object_ids))
+
+
+def _abbreviate(values: tuple[str, ...], edge: int = 3) -> str:
+    """Format a tuple as its repr, with only the first and last ``edge`` items when it is longer than ``2 * edge``."""
+    if len(values) <= 2 * edge:
+        return repr(values)
+    shown = [repr(value) for value in values[:edge]] + ["..."] + [repr(value) for value in values[-edge:]]
+    return f"({', '.join(shown)})"
 
 
 def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:
