@@ -55,9 +55,9 @@ class ObjectTable:
     def __repr__(self) -> str:
         # A notebook shows the repr, and a table of all THINGS objects would
         # fill tens of thousands of characters.
-        parts = [f"n_objects={len(self)}", f"object_ids={_abbreviate(self.object_ids)}"]
+        parts = [f"n_objects={len(self)}", f"object_ids={abbreviate_tuple(self.object_ids)}"]
         if any(self.sources):
-            parts.append(f"sources={_abbreviate(self.sources)}")
+            parts.append(f"sources={abbreviate_tuple(self.sources)}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def index_of(self, names: Sequence[str]) -> list[int]:
@@ -78,8 +78,16 @@ class ObjectTable:
         return cls(tuple(str(name) for name in object_ids))
 
 
-def _abbreviate(values: tuple[str, ...], edge: int = 3) -> str:
-    """Format a tuple as its repr, with only the first and last ``edge`` items when it is longer than ``2 * edge``."""
+def abbreviate_tuple(values: tuple[str, ...], edge: int = 3) -> str:
+    """Format a tuple like its repr, with only the first and last ``edge`` items when it is longer.
+
+    Args:
+        values (tuple[str, ...]): The items.
+        edge (int): Items shown at each end of a tuple longer than ``2 * edge``.
+
+    Returns:
+        str: Such as ``('a', 'b', 'c', ..., 'x', 'y', 'z')``.
+    """
     if len(values) <= 2 * edge:
         return repr(values)
     shown = [repr(value) for value in values[:edge]] + ["..."] + [repr(value) for value in values[-edge:]]
