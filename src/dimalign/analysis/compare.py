@@ -661,6 +661,9 @@ COMPARE_OUTPUTS = (
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
 
+#: How the manifest names the object table of a pandas DataFrame input: its index.
+INDEX_SOURCE = "DataFrame index"
+
 
 def _fixed_output_names() -> list[str]:
     """Return the names of the files a comparison may write besides the manifest and the image grids."""
@@ -792,14 +795,18 @@ def compare(
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
     Args:
-        human (path | EmbeddingResult | np.ndarray | estimator): Human run
-            directory or embedding file, an array ``(n_objects, n_dims)``, or
-            a fitted VICE or SPoSE.
+        human (path | EmbeddingResult | np.ndarray | pd.DataFrame | estimator):
+            Human run directory or embedding file, an array
+            ``(n_objects, n_dims)``, or a fitted VICE or SPoSE. A DataFrame
+            whose index is not the default ``0 .. n - 1`` has its index as
+            object table, so its rows are matched to the other input's by
+            that index, like a run's ``objects.tsv``.
         dnn (path | EmbeddingResult | np.ndarray | estimator): The DNN side,
             in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
-            not a run directory with its own ``objects.tsv``. When one input
+            neither a run directory with its own ``objects.tsv`` nor a
+            DataFrame with a labelled index. When one input
             has no table at all, it names that input only. Otherwise it wins
             over the ``objects.tsv`` next to a plain embedding file (with a
             warning when they differ). When both inputs are plain files
@@ -1074,9 +1081,11 @@ class _Side:
         label (str): ``"human"`` or ``"DNN"``.
         result (EmbeddingResult): The embedding.
         location (Path | None): Where it was loaded from.
-        own (ObjectTable | None): The ``objects.tsv`` of a run directory, or
-            the one lying next to a plain embedding file.
-        own_file (Path | None): The path of ``own``.
+        own (ObjectTable | None): The ``objects.tsv`` of a run directory, the
+            one lying next to a plain embedding file, or the index of a
+            DataFrame.
+        own_file (Path | None): The path of ``own``; None for a DataFrame index.
+        from_index (bool): Whether ``own`` is the index of a DataFrame.
     """
 
     label: str
@@ -1084,11 +1093,22 @@ class _Side:
     location: Path | None
     own: ObjectTable | None
     own_file: Path | None
+    from_index: bool = False
 
     @property
     def is_run(self) -> bool:
         """Whether the input is a run directory with its own ``objects.tsv``."""
         return self.own is not None and self.location is not None and self.location.is_dir()
+
+    @property
+    def names_own_rows(self) -> bool:
+        """Whether the input's own table names its rows for sure: a run directory or a DataFrame index."""
+        return self.is_run or self.from_index
+
+    @property
+    def own_source(self) -> str:
+        """Where ``own`` came from, as the manifest records it."""
+        return INDEX_SOURCE if self.from_index else str(self.own_file)
 
     @property
     def name(self) -> str:
@@ -1166,6 +1186,10 @@ def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, lab
     if isinstance(side, (str, os.PathLike)):
         result = load_embedding(side)
         location = Path(side)
+    elif _has_labelled_index(side):
+        result = as_embedding_result(side, f"the {label} embedding")
+        table = ObjectTable.from_ids([str(name) for name in side.index])
+        return _Side(label, result, None, table, None, from_index=True)
     else:
         result = as_embedding_result(side, f"the {label} embedding")
         location = Path(result.path) if result.path is not None else None
@@ -1175,6 +1199,19 @@ def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, lab
     if not own_file.is_file():
         return _Side(label, result, location, None, None)
     return _Side(label, result, location, read_object_table(own_file), own_file)
+
+
+def _has_labelled_index(side: Any) -> bool:
+    """Return whether ``side`` is a pandas DataFrame whose index names its rows.
+
+    The default index ``0 .. n - 1`` of a DataFrame built from an array
+    names nothing, so such a DataFrame is used like the array.
+    """
+    import pandas as pd
+
+    if not isinstance(side, pd.DataFrame):
+        return False
+    return not side.index.equals(pd.RangeIndex(len(side)))
 
 
 def _choose_tables(
@@ -1209,8 +1246,8 @@ def _choose_tables(
     # the other by position.
     some_side_without_table = human.own is None or dnn.own is None
     for side in (human, dnn):
-        if side.is_run or (side.own is not None and (objects is None or some_side_without_table)):
-            chosen.append((side.own, str(side.own_file)))
+        if side.names_own_rows or (side.own is not None and (objects is None or some_side_without_table)):
+            chosen.append((side.own, side.own_source))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
             warn(
@@ -1220,15 +1257,19 @@ def _choose_tables(
             )
         chosen.append((objects, "objects argument") if objects is not None else (None, None))
 
-    if objects is not None and human.is_run and dnn.is_run:
+    if objects is not None and human.names_own_rows and dnn.names_own_rows:
         own_ids = {tuple(human.own.object_ids), tuple(dnn.own.object_ids)}
+        tables = (
+            "objects.tsv" if human.is_run and dnn.is_run
+            else "object table (a run's objects.tsv or a DataFrame index)"
+        )
         if tuple(objects.object_ids) not in own_ids:
             raise ValueError(
-                f"{human.name} and {dnn.name} both have their own objects.tsv, so the object table "
-                "passed (objects=, CLI --objects) applies to neither, and it differs from both: "
+                f"{human.name} and {dnn.name} both have their own {tables}, so the object table passed "
+                "(objects=, CLI --objects) applies to neither, and it differs from both: "
                 f"{_table_difference(human.own, objects)}. Leave out --objects"
             )
-        logger.info("both inputs are runs with their own objects.tsv; the explicit object table is not used")
+        logger.info("both inputs have their own %s; the explicit object table is not used", tables)
 
     for (table, _), (other_table, other_source), side in ((chosen[0], chosen[1], human), (chosen[1], chosen[0], dnn)):
         if table is None and other_table is not None:
@@ -1248,7 +1289,9 @@ def _reject_objects_for_own_tables(human: _Side, dnn: _Side, objects: ObjectTabl
     by position, or it could be meant for one side only. Either way the call
     is ambiguous, so it is rejected unless the table equals each side's own.
     """
-    if objects is None or human.is_run or dnn.is_run or human.own is None or dnn.own is None:
+    if objects is None or human.names_own_rows or dnn.names_own_rows:
+        return
+    if human.own is None or dnn.own is None:
         return
     differing = [side for side in (human, dnn) if tuple(side.own.object_ids) != tuple(objects.object_ids)]
     if not differing:
