@@ -2113,7 +2113,7 @@ def test_compare_dataframe_index_against_array(tmp_path):
 
 
 def test_compare_default_index_is_positional(tmp_path):
-    """A DataFrame built from an array without an index has no row names, as before."""
+    """A DataFrame built from an array without an index has no row names, so its rows match by position."""
     human, dnn = surrogate_pair(n_objects=12)
     framed = compare(pd.DataFrame(human), pd.DataFrame(dnn), tmp_path / "frames", n_bootstrap=20)
     assert framed.rsa.r == compare(human, dnn, tmp_path / "arrays", n_bootstrap=20).rsa.r

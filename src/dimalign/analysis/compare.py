@@ -661,7 +661,7 @@ COMPARE_OUTPUTS = (
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
 
-#: How the manifest names the object table of a pandas DataFrame input: its index.
+#: The source that the manifest records for the object table of a DataFrame input, its index.
 INDEX_SOURCE = "DataFrame index"
 
 
