@@ -573,6 +573,23 @@ def test_save_rejects_unknown_suffix(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_save_accepts_whole_floats(tmp_path):
+    """np.loadtxt returns floats, which fit and split_triplets accept when every value is whole."""
+    triplets = np.array(ZERO_BASED, dtype=np.float64)
+
+    path = save_triplets(triplets, tmp_path / "out.npy")
+
+    saved = np.load(path)
+    assert saved.dtype == np.int64
+    assert saved.tolist() == ZERO_BASED
+
+
+def test_save_rejects_fractional_floats(tmp_path):
+    triplets = np.array([[0.0, 1.0, 2.0], [0.0, 1.5, 2.0]])
+    with pytest.raises(ValueError, match=r"out.npy, row 1, column 1: value 1.5 is not an integer object index"):
+        save_triplets(triplets, tmp_path / "out.npy")
+    assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.parametrize(
     ("triplets", "message"),

@@ -1466,7 +1466,9 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
     (``.csv``).
 
     Args:
-        triplets (np.ndarray): Integer array of shape ``(n_triplets, 3)``.
+        triplets (array-like): Integer array of shape ``(n_triplets, 3)``.
+            Floats are accepted when every value is a whole number, as
+            ``np.loadtxt`` returns them.
         path (str | os.PathLike): Destination file.
 
     Returns:
@@ -1477,11 +1479,6 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
             index or a row that repeats an object, or the suffix is unknown.
     """
     path = Path(path)
-    array = np.asarray(triplets)
-    if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "iu":
-        raise ValueError(
-            f"triplets must be an integer array of shape (n, 3), got {array.dtype} {array.shape}"
-        )
     suffix = path.suffix.lower()
     if suffix not in TRIPLET_SUFFIXES:
         raise ValueError(
@@ -1489,10 +1486,10 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         )
     # The checks of load_triplets without an object count, so that a file
     # written here can be read back.
-    validate_triplets(array, None, source=str(path))
+    array = validate_triplets(triplets, None, source=str(path))
     with atomic_path(path) as temporary:
         if suffix == ".npy":
-            np.save(temporary, array.astype(np.int64, copy=False))
+            np.save(temporary, array)
         else:
             np.savetxt(temporary, array, fmt="%d", delimiter=TEXT_DELIMITERS[suffix])
     logger.debug("wrote %d triplets to %s", len(array), path)
