@@ -96,3 +96,21 @@ def test_progress_bars_follow_tqdm_disable(setting, shown):
     output = run_on_terminal(PROGRESS_SCRIPT, environment)
     for description in PROGRESS_BARS:
         assert (f"{description}:" in output) is shown, (description, output)
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["dimalign.embedding", "dimalign.analysis", "dimalign.triplets", "dimalign.io", "dimalign.features",
+     "dimalign.interpret", "dimalign.labeling", "dimalign.report"],
+)
+def test_subpackage_docstring_lists_modules(package):
+    """help(package) in a notebook must say where the functions are, for the packages that export none."""
+    import pkgutil
+
+    module = importlib.import_module(package)
+    assert module.__doc__
+    if getattr(module, "__all__", None):
+        return
+    for info in pkgutil.iter_modules(module.__path__):
+        if not info.name.startswith("_") and info.name != "commands":
+            assert f"{package}.{info.name}" in module.__doc__, info.name
