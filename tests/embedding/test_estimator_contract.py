@@ -160,3 +160,17 @@ def test_epoch_log_shows_loss_terms(estimator, settings, weight, caplog):
         f"train accuracy {row['train_accuracy']:.4f}"
     )
     assert any(record.getMessage().startswith(expected) for record in caplog.records)
+
+
+@pytest.mark.parametrize(("method", "errors"), [
+    ("fit", ["ValueError", "FileExistsError", "RuntimeError"]),
+    ("predict_proba", ["NotFittedError", "ValueError"]),
+    ("score", ["NotFittedError", "ValueError"]),
+])
+def test_methods_document_raised_errors(method, errors):
+    """help() in a notebook lists what each method raises, including a diverged fit."""
+    docstring = getattr(VICE, method).__doc__
+    assert "Raises:" in docstring
+    raises = docstring.split("Raises:")[1]
+    for error in errors:
+        assert f"{error}:" in raises, error

@@ -253,9 +253,12 @@ class TripletEmbedding(BaseEstimator):
 
         Args:
             train (array-like): Training triplets, shape ``(n_train, 3)``, 0-based,
-                odd one out in the last column.
+                odd one out in the last column. Integer arrays, whole floats,
+                lists, DataFrames and tensors are accepted.
             val (array-like | None): Validation triplets; when given, held-out
-                accuracy and NLL are recorded after each evaluation.
+                accuracy and NLL are recorded after each evaluation. It takes
+                the place of scikit-learn's ``y``, so ``cross_val_score`` and
+                ``GridSearchCV`` called without ``y`` pass None here.
             n_objects (int | None): Number of objects. Overrides the
                 ``n_objects`` setting; one of the two is required, because the
                 largest index in the triplets may miss objects never sampled.
@@ -264,10 +267,14 @@ class TripletEmbedding(BaseEstimator):
             TripletEmbedding: self, fitted.
 
         Raises:
-            ValueError: On invalid triplets or settings, or when a checkpoint
-                in ``checkpoint_dir`` belongs to other settings or data.
+            ValueError: On invalid triplets or settings, when the parameters
+                would not fit into memory, or when a checkpoint in
+                ``checkpoint_dir`` belongs to other settings or data.
             FileExistsError: When ``checkpoint_dir`` has a checkpoint and
                 ``resume`` is False.
+            RuntimeError: When the fit diverges (the loss or a parameter is
+                no longer finite), or ``tensorboard=True`` without the
+                tensorboard package.
         """
         self._check_settings()
         self._clear_fitted()
@@ -617,12 +624,19 @@ class TripletEmbedding(BaseEstimator):
         """Return the probability that each pair is the most similar.
 
         Args:
-            triplets (array-like): Shape ``(n, 3)``.
+            triplets (array-like): Shape ``(n, 3)``, 0-based object indices.
 
         Returns:
-            np.ndarray: Shape ``(n, 3)``, with columns for the pairs (0, 1),
-            (0, 2) and (1, 2) of each row. Column 0 is the probability that
-            the last object is the odd one out.
+            np.ndarray: Shape ``(n, 3)``, in the estimator's ``dtype``, with
+            columns for the pairs (0, 1), (0, 2) and (1, 2) of each row.
+            Column 0 is the probability that the last object is the odd one
+            out. VICE averages the probabilities over ``mc_samples`` draws
+            from the posterior.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+            ValueError: On invalid or empty triplets, or an index outside
+                ``0 .. n_objects_ - 1``.
         """
         self._check_fitted()
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
