@@ -68,8 +68,10 @@ def correlate_columns(
         >>> correlate_columns(a, np.hstack([a, -a])).tolist()
         [[1.0, -1.0]]
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    from dimalign.io.runs import embedding_weights
+
+    a = np.asarray(embedding_weights(a, f"the {name_a} embedding"), dtype=np.float64)
+    b = np.asarray(embedding_weights(b, f"the {name_b} embedding"), dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"both arrays must be 2-D with the same number of rows (objects), "

@@ -63,9 +63,10 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     (shape, whole-number indices in range, three distinct objects per row),
     which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
+    from dimalign.io.runs import embedding_weights
     from dimalign.io.triplets import validate_triplets
 
-    weights = np.asarray(embedding, dtype=np.float64)
+    weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if weights.ndim != 2:
         raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
     if weights.shape[1] == 0:
@@ -353,6 +354,10 @@ def compare_decisions(
             triplet has a value that is not a whole number, an index out of
             range or a repeated object (naming its row).
     """
+    from dimalign.io.runs import embedding_weights
+
+    human = embedding_weights(human, "the human embedding")
+    dnn = embedding_weights(dnn, "the DNN embedding")
     if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:
         raise ValueError(
             f"the human embedding has {np.asarray(human).shape[0]} objects and the DNN embedding "

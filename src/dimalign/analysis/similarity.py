@@ -71,8 +71,14 @@ class AccuracyResult:
 
 
 def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """Return the embedding as a finite 2-D float64 array or raise ValueError."""
-    array = np.asarray(embedding, dtype=np.float64)
+    """Return the embedding as a finite 2-D float64 array or raise ValueError.
+
+    A fitted estimator or an :class:`~dimalign.io.runs.EmbeddingResult` gives
+    its weights (:func:`~dimalign.io.runs.embedding_weights`).
+    """
+    from dimalign.io.runs import embedding_weights
+
+    array = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(
             f"an embedding must be 2-D (n_objects, n_dims), got shape {array.shape}"

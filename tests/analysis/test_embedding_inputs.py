@@ -1,0 +1,63 @@
+"""The analysis functions take what a notebook holds: arrays, fitted estimators and loaded runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from dimalign.analysis.matching import match_dimensions
+from dimalign.analysis.relevance import compare_decisions, jackknife_relevance
+from dimalign.analysis.similarity import (
+    choice_probabilities,
+    odd_one_out_accuracy,
+    similarity_matrix,
+    triplet_nll,
+)
+from dimalign.embedding import SPoSE
+from dimalign.io.runs import EmbeddingResult
+from dimalign.triplets import sample_triplets
+
+N_OBJECTS = 15
+TRIPLETS = sample_triplets(N_OBJECTS, 200, random_state=0)
+
+# Each function with the embedding as its first argument, and how to compare two results.
+CALLS = {
+    "odd_one_out_accuracy": (lambda e: odd_one_out_accuracy(e, TRIPLETS), lambda r: r),
+    "triplet_nll": (lambda e: triplet_nll(e, TRIPLETS), lambda r: r),
+    "choice_probabilities": (lambda e: choice_probabilities(e, TRIPLETS), lambda r: r.tolist()),
+    "similarity_matrix": (lambda e: similarity_matrix(e), lambda r: r.tolist()),
+    "jackknife_relevance": (lambda e: jackknife_relevance(e, TRIPLETS), lambda r: r.most_relevant.tolist()),
+    "compare_decisions": (lambda e: compare_decisions(e, e, TRIPLETS), lambda r: r.human_choice.tolist()),
+    "match_dimensions": (lambda e: match_dimensions(e, e), lambda r: r.dnn_dims.tolist()),
+}
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return SPoSE(n_dims=3, max_epochs=3, min_objects=0, random_state=0).fit(TRIPLETS, n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_estimator_scores_like_its_embedding(name, fitted):
+    call, comparable = CALLS[name]
+    expected = comparable(call(fitted.embedding_))
+
+    assert comparable(call(fitted)) == expected
+    assert comparable(call(EmbeddingResult(fitted.embedding_))) == expected
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_unfitted_estimator_raises(name):
+    call, _ = CALLS[name]
+    with pytest.raises(NotFittedError, match="a SPoSE, is not fitted yet: call fit first"):
+        call(SPoSE())
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_path_names_loader(name, tmp_path):
+    """A file name is not read here: the error says how to load it."""
+    call, _ = CALLS[name]
+    path = tmp_path / "embedding.npy"
+    with pytest.raises(ValueError, match=rf"got the path '{path}'.*dimalign.io.runs.load_embedding"):
+        call(str(path))
