@@ -56,8 +56,20 @@ def test_unfitted_estimator_raises(name):
 
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_path_names_loader(name, tmp_path):
-    """A file name is not read here: the error says how to load it."""
+    """A file name is not read here: the error names the function that loads it."""
     call, _ = CALLS[name]
     path = tmp_path / "embedding.npy"
     with pytest.raises(ValueError, match=rf"got the path '{path}'.*dimalign.io.runs.load_embedding"):
         call(str(path))
+
+
+def test_things48_takes_fitted_estimator(things_dir):
+    from dimalign.analysis.things48 import load_things48, things48_correlation
+
+    things48 = load_things48(things_dir)
+    triplets = sample_triplets(1854, 300, random_state=0)
+    model = SPoSE(n_dims=3, max_epochs=1, min_objects=0, random_state=0).fit(triplets, n_objects=1854)
+
+    assert things48_correlation(model, data=things48) == things48_correlation(model.embedding_, data=things48)
+    with pytest.raises(NotFittedError, match="a SPoSE, is not fitted yet"):
+        things48_correlation(SPoSE(), data=things48)

@@ -33,6 +33,7 @@ from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.io.files import read_utf8_text
 from dimalign.io.objects import read_object_table
+from dimalign.io.runs import embedding_weights
 
 logger = logging.getLogger(__name__)
 
@@ -280,8 +281,10 @@ def things48_correlation(
     human similarity is ``1 - RDM``.
 
     Args:
-        embedding (np.ndarray): Shape ``(1854, n_dims)``, in the order of
-            ``object_ids`` or, without them, of ``unique_id.txt``.
+        embedding (np.ndarray | estimator | EmbeddingResult): Shape
+            ``(1854, n_dims)``, in the order of ``object_ids`` or, without
+            them, of ``unique_id.txt``. A fitted VICE or SPoSE gives its
+            ``embedding_``.
         things_dir (path | None): Directory with the three files. It is ignored
             when ``data`` is given.
         data (Things48 | None): Already loaded data.
@@ -304,7 +307,7 @@ def things48_correlation(
         if things_dir is None:
             raise ValueError("things48_correlation needs things_dir or data, but both are None")
         data = load_things48(things_dir)
-    embedding = np.asarray(embedding, dtype=np.float64)
+    embedding = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:
         raise ValueError(
             f"the 48-object check needs an embedding of all THINGS concepts in the order of "
