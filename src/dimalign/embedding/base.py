@@ -81,7 +81,9 @@ def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
     """
     array = validate_triplets(triplets, n_objects, source=f"{name} triplets")
     if array.shape[0] == 0:
-        raise ValueError(f"{name} triplets are empty")
+        # split_triplets with val_fraction=0 returns an empty validation part.
+        advice = ": pass val=None to fit without validation triplets" if name == "validation" else ""
+        raise ValueError(f"{name} triplets are empty{advice}")
     if not array.flags.writeable:
         # A read-only memory map: torch would share it and warn.
         array = array.copy()
