@@ -73,3 +73,18 @@ def test_things48_takes_fitted_estimator(things_dir):
     assert things48_correlation(model, data=things48) == things48_correlation(model.embedding_, data=things48)
     with pytest.raises(NotFittedError, match="a SPoSE, is not fitted yet"):
         things48_correlation(SPoSE(), data=things48)
+
+
+@pytest.mark.parametrize("name", [
+    "triplet_logits", "choice_log_probabilities", "choice_probabilities", "dot_similarity",
+    "triplet_nll", "odd_one_out_accuracy", "similarity_matrix", "jackknife_relevance",
+])
+def test_functions_document_raised_errors(name):
+    """help() in a notebook names the errors, such as an index outside the embedding."""
+    from dimalign import analysis
+    from dimalign.analysis import similarity
+
+    function = getattr(similarity, name, None) or getattr(analysis, name)
+    docstring = function.__doc__
+    assert "Raises:" in docstring
+    assert "ValueError:" in docstring.split("Raises:")[1]

@@ -192,6 +192,12 @@ def jackknife_relevance(
     Returns:
         JackknifeResult: Per-triplet and per-dimension relevance.
 
+    Raises:
+        ValueError: If the embedding is not 2-D, has no dimension or has
+            NaN or inf, the triplets are empty, not of shape ``(n, 3)``, name an index outside
+            the embedding or repeat an object, or ``batch_size`` or
+            ``device`` is invalid.
+
     Examples:
         >>> embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
         >>> result = jackknife_relevance(embedding, np.array([[0, 1, 2]]))

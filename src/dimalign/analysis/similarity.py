@@ -193,6 +193,11 @@ def triplet_logits(
     Returns:
         np.ndarray: Shape ``(n, 3)``, float64, columns ``y_i·y_j``, ``y_i·y_k``
         and ``y_j·y_k``. Column 0 is the logit of the recorded choice.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -225,6 +230,12 @@ def choice_log_probabilities(
 
     Returns:
         np.ndarray: Shape ``(n,)``, float64, each value ``<= 0``.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object,
+            or ``batch_size`` is not a positive integer.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -251,6 +262,12 @@ def choice_probabilities(
 
     Returns:
         np.ndarray: Shape ``(n,)``, float64 values in ``[0, 1]``.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object,
+            or ``batch_size`` is not a positive integer.
     """
     return np.exp(choice_log_probabilities(embedding, triplets, batch_size=batch_size))
 
@@ -361,6 +378,9 @@ def dot_similarity(embedding: np.ndarray) -> np.ndarray:
 
     Returns:
         np.ndarray: Shape ``(n_objects, n_objects)``, float64.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf.
     """
     weights = _as_embedding(embedding)
     return weights @ weights.T
