@@ -88,3 +88,29 @@ def test_functions_document_raised_errors(name):
     docstring = function.__doc__
     assert "Raises:" in docstring
     assert "ValueError:" in docstring.split("Raises:")[1]
+
+
+def test_reproducibility_takes_fitted_models():
+    """The runs of a seed sweep in a notebook are fitted models, not folders."""
+    from dimalign.analysis.reproducibility import reproducibility
+
+    models = [
+        SPoSE(n_dims=3, max_epochs=2, min_objects=0, random_state=seed).fit(TRIPLETS, n_objects=N_OBJECTS)
+        for seed in range(3)
+    ]
+    expected = reproducibility([model.embedding_ for model in models]).run_scores
+
+    np.testing.assert_array_equal(reproducibility(models).run_scores, expected)
+    results = [EmbeddingResult(model.embedding_) for model in models]
+    np.testing.assert_array_equal(reproducibility(results).run_scores, expected)
+    with pytest.raises(NotFittedError, match="run 1, a SPoSE, is not fitted yet"):
+        reproducibility([models[0], SPoSE()])
+
+
+def test_cumulative_rsa_takes_fitted_model(fitted):
+    from dimalign.analysis.matching import cumulative_rsa
+
+    human = similarity_matrix(fitted.embedding_ + 0.1)
+    expected = cumulative_rsa(human, fitted.embedding_, order=[0, 1]).r
+
+    np.testing.assert_array_equal(cumulative_rsa(human, fitted, order=[0, 1]).r, expected)

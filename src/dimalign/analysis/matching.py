@@ -358,9 +358,14 @@ def cumulative_rsa(
     """
     from dimalign.analysis.rsa import ConstantInputError, rsa
 
+    from dimalign.io.runs import embedding_weights
+
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
-    order = _check_order(order, np.shape(dnn_embedding)[-1])
+    dnn_embedding = np.asarray(embedding_weights(dnn_embedding, "the DNN embedding"), dtype=np.float64)
+    if dnn_embedding.ndim != 2:
+        raise ValueError(f"the DNN embedding must be 2-D (n_objects, n_dnn), got shape {dnn_embedding.shape}")
+    order = _check_order(order, dnn_embedding.shape[1])
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
 
