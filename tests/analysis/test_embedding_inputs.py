@@ -114,3 +114,20 @@ def test_cumulative_rsa_takes_fitted_model(fitted):
     expected = cumulative_rsa(human, fitted.embedding_, order=[0, 1]).r
 
     np.testing.assert_array_equal(cumulative_rsa(human, fitted, order=[0, 1]).r, expected)
+
+
+def test_bootstrap_rsa_embedding_names_fix(fitted):
+    """bootstrap_rsa compares similarity matrices, so an embedding gets a hint to build one."""
+    from dimalign.analysis.compare import bootstrap_rsa
+
+    square = similarity_matrix(fitted.embedding_)
+    with pytest.raises(ValueError, match=(
+        r"^bootstrap_rsa compares similarity matrices \(n, n\), but the first input is an embedding "
+        r"of shape \(15, 3\): pass similarity_matrix\(embedding\)$"
+    )):
+        bootstrap_rsa(fitted.embedding_, square, n_bootstrap=0)
+    with pytest.raises(ValueError, match=(
+        r"^bootstrap_rsa compares similarity matrices \(n, n\), but the second input is a fitted SPoSE: "
+        r"pass similarity_matrix\(model\)$"
+    )):
+        bootstrap_rsa(square, fitted, n_bootstrap=0)

@@ -555,6 +555,27 @@ def _weighted_pearson(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.nd
     return np.clip(r, -1.0, 1.0)
 
 
+def _similarity_input(matrix: Any, position: str) -> np.ndarray:
+    """Return a similarity matrix as float64, or raise ``ValueError`` for a model or an embedding."""
+    if isinstance(matrix, EmbeddingResult):
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is an "
+            "EmbeddingResult: pass similarity_matrix(result.embedding)"
+        )
+    if hasattr(matrix, "get_params"):
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is a fitted "
+            f"{type(matrix).__name__}: pass similarity_matrix(model)"
+        )
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.ndim == 2 and array.shape[0] != array.shape[1]:
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is an "
+            f"embedding of shape {array.shape}: pass similarity_matrix(embedding)"
+        )
+    return array
+
+
 def bootstrap_rsa(
     a: np.ndarray,
     b: np.ndarray,
@@ -591,8 +612,8 @@ def bootstrap_rsa(
     """
     from dimalign.analysis.rsa import rsa
 
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a = _similarity_input(a, "first")
+    b = _similarity_input(b, "second")
     check_integer("n_bootstrap", n_bootstrap)
     check_integer("batch_size", batch_size, 1)
     _check_seed(random_state)
