@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -543,6 +544,13 @@ def test_split_fraction_edges_round_to_rows(fraction, sizes):
 @pytest.mark.parametrize("fraction", [float("nan"), -0.1, float("inf"), 1.0])
 def test_split_fraction_outside_unit_interval_rejected(fraction):
     with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\)"):
+        split_triplets(np.array(ZERO_BASED), fraction)
+
+
+@pytest.mark.parametrize("fraction", ["0.1", None, True, [0.1]])
+def test_split_fraction_not_a_number_rejected(fraction):
+    """A string from a config file or widget gets a ValueError that names it, not a TypeError."""
+    with pytest.raises(ValueError, match=rf"^val_fraction must be a number in \[0, 1\), got {re.escape(repr(fraction))}$"):
         split_triplets(np.array(ZERO_BASED), fraction)
 
 

@@ -1395,7 +1395,7 @@ def split_triplets(
         tuple[np.ndarray, np.ndarray]: ``(train, val)``.
 
     Raises:
-        ValueError: If ``val_fraction`` is outside ``[0, 1)``, the triplets are
+        ValueError: If ``val_fraction`` is not a number in ``[0, 1)``, the triplets are
             not valid (see :func:`validate_triplets`), or the split would
             leave no training rows.
 
@@ -1405,6 +1405,8 @@ def split_triplets(
         >>> len(train), len(val)
         (3, 1)
     """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     triplets = validate_triplets(triplets, None, "triplets to split")
