@@ -131,3 +131,21 @@ def test_bootstrap_rsa_embedding_names_fix(fitted):
         r"pass similarity_matrix\(model\)$"
     )):
         bootstrap_rsa(square, fitted, n_bootstrap=0)
+
+
+def test_things48_uses_dataframe_index(things_dir):
+    """Rows labelled by THINGS id in another order are found by id, as with object_ids."""
+    import pandas as pd
+
+    from dimalign.analysis.evaluate import evaluate_embedding
+    from dimalign.analysis.things48 import load_things48, things48_correlation
+
+    things48 = load_things48(things_dir)
+    embedding = np.loadtxt(things_dir / "spose_embedding_49d_sorted.txt")
+    expected = things48_correlation(embedding, data=things48)
+    # Python's sorted() order differs from the THINGS order for some ids.
+    frame = pd.DataFrame(embedding, index=list(things48.concept_ids)).sort_index()
+
+    assert things48_correlation(frame, data=things48) == pytest.approx(expected, abs=1e-12)
+    metrics = evaluate_embedding(frame, TRIPLETS, things_dir=things_dir)
+    assert metrics["things48_r"] == pytest.approx(expected, abs=1e-12)

@@ -58,7 +58,13 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.features.recorded import Decoding, recorded_decoding
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
+from dimalign.io.objects import (
+    OBJECT_TABLE_NAME,
+    ObjectTable,
+    find_image,
+    index_object_ids,
+    read_object_table,
+)
 from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
 
 logger = logging.getLogger(__name__)
@@ -1207,10 +1213,9 @@ def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, lab
     if isinstance(side, (str, os.PathLike)):
         result = load_embedding(side)
         location = Path(side)
-    elif _has_labelled_index(side):
+    elif index_object_ids(side) is not None:
         result = as_embedding_result(side, f"the {label} embedding")
-        table = ObjectTable.from_ids([str(name) for name in side.index])
-        return _Side(label, result, None, table, None, from_index=True)
+        return _Side(label, result, None, ObjectTable(index_object_ids(side)), None, from_index=True)
     else:
         result = as_embedding_result(side, f"the {label} embedding")
         location = Path(result.path) if result.path is not None else None
@@ -1220,19 +1225,6 @@ def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, lab
     if not own_file.is_file():
         return _Side(label, result, location, None, None)
     return _Side(label, result, location, read_object_table(own_file), own_file)
-
-
-def _has_labelled_index(side: Any) -> bool:
-    """Return whether ``side`` is a pandas DataFrame whose index names its rows.
-
-    The default index ``0 .. n - 1`` of a DataFrame built from an array
-    names nothing, so such a DataFrame is used like the array.
-    """
-    import pandas as pd
-
-    if not isinstance(side, pd.DataFrame):
-        return False
-    return not side.index.equals(pd.RangeIndex(len(side)))
 
 
 def _choose_tables(

@@ -32,7 +32,7 @@ import scipy.io
 from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.io.files import read_utf8_text
-from dimalign.io.objects import read_object_table
+from dimalign.io.objects import index_object_ids, read_object_table
 from dimalign.io.runs import embedding_weights
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,9 @@ def things48_correlation(
         device (str): Torch device for the similarity computation.
         object_ids (Sequence[str] | None): The THINGS concept id of each
             embedding row, such as the run's ``objects.tsv``. The 48 objects
-            are found by id. None means the order of ``unique_id.txt``.
+            are found by id. None takes the index of a DataFrame embedding
+            (unless it is the default ``0 .. n - 1``), else the order of
+            ``unique_id.txt``.
 
     Returns:
         float: The correlation over the upper triangle.
@@ -307,6 +309,8 @@ def things48_correlation(
         if things_dir is None:
             raise ValueError("things48_correlation needs things_dir or data, but both are None")
         data = load_things48(things_dir)
+    if object_ids is None:
+        object_ids = index_object_ids(embedding)
     embedding = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:
         raise ValueError(

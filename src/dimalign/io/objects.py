@@ -78,6 +78,25 @@ class ObjectTable:
         return cls(tuple(str(name) for name in object_ids))
 
 
+def index_object_ids(value: object) -> tuple[str, ...] | None:
+    """Return the index of a pandas DataFrame as object ids, or None where it names no rows.
+
+    The default index ``0 .. n - 1`` of a DataFrame built from an array names
+    nothing, and neither does any value that is not a DataFrame.
+
+    Args:
+        value (object): An embedding or feature matrix in any form.
+
+    Returns:
+        tuple[str, ...] | None: One id per row, as strings.
+    """
+    import pandas as pd
+
+    if not isinstance(value, pd.DataFrame) or value.index.equals(pd.RangeIndex(len(value))):
+        return None
+    return tuple(str(name) for name in value.index)
+
+
 def abbreviate_tuple(values: tuple[str, ...], edge: int = 3) -> str:
     """Format a tuple like its repr, with only the first and last ``edge`` items when it is longer.
 
