@@ -149,3 +149,18 @@ def test_things48_uses_dataframe_index(things_dir):
     assert things48_correlation(frame, data=things48) == pytest.approx(expected, abs=1e-12)
     metrics = evaluate_embedding(frame, TRIPLETS, things_dir=things_dir)
     assert metrics["things48_r"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_matching_rejects_dataframes_in_other_order(fitted):
+    """Dimensions are correlated over objects by position, so two row orders would match wrong dimensions."""
+    import pandas as pd
+
+    names = [f"object{row:02d}" for row in range(N_OBJECTS)]
+    human = pd.DataFrame(fitted.embedding_, index=names)
+    dnn = human.iloc[::-1]
+    with pytest.raises(ValueError, match=r"^human and dnn are DataFrames whose indexes list the same 15 "
+                                         r"objects in another order: align them first, for example "
+                                         r"dnn.loc\[human.index\]$"):
+        match_dimensions(human, dnn)
+    assert match_dimensions(human, dnn.loc[human.index]).dnn_dims.tolist() == \
+        match_dimensions(fitted.embedding_, fitted.embedding_).dnn_dims.tolist()

@@ -68,8 +68,10 @@ def correlate_columns(
         >>> correlate_columns(a, np.hstack([a, -a])).tolist()
         [[1.0, -1.0]]
     """
+    from dimalign.io.objects import check_same_index
     from dimalign.io.runs import embedding_weights
 
+    check_same_index(a, b, "a", "b")
     a = np.asarray(embedding_weights(a, f"the {name_a} embedding"), dtype=np.float64)
     b = np.asarray(embedding_weights(b, f"the {name_b} embedding"), dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
@@ -161,16 +163,20 @@ def match_dimensions(
         Matching: One pair per human dimension, sorted by decreasing correlation.
 
     Raises:
-        ValueError: For an unknown method, or when a method without
-            replacement gets more human than DNN dimensions.
+        ValueError: For an unknown method, when a method without
+            replacement gets more human than DNN dimensions, or for two
+            DataFrames whose indexes list their objects differently.
 
     Examples:
         >>> human = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
         >>> match_dimensions(human, human[:, ::-1], "greedy").dnn_dims.tolist()
         [1, 0]
     """
+    from dimalign.io.objects import check_same_index
+
     if method not in MATCHING_METHODS:
         raise ValueError(f"unknown matching method {method!r}: use one of {', '.join(MATCHING_METHODS)}")
+    check_same_index(human, dnn, "human", "dnn")
     if correlations is None:
         correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     n_human, n_dnn = correlations.shape

@@ -38,7 +38,7 @@ from sklearn.model_selection import KFold
 
 from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
-from dimalign.io.objects import index_object_ids
+from dimalign.io.objects import check_same_index
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +293,7 @@ class RidgeMap(BaseEstimator):
         """
         from sklearn.metrics import r2_score
 
-        _check_same_index(X, Y)
+        check_same_index(X, Y, "X", "Y")
         return float(r2_score(Y, self.predict(X), sample_weight=sample_weight))
 
     # -- saving --------------------------------------------------------------
@@ -438,7 +438,7 @@ class RidgeMap(BaseEstimator):
     # -- helpers -------------------------------------------------------------
 
     def _check_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _check_same_index(X, Y)
+        check_same_index(X, Y, "X", "Y")
         X = _as_real_array(X, "X")
         Y = _as_real_array(Y, "Y")
         if Y.ndim == 1:
@@ -503,32 +503,6 @@ def _as_real_array(values: Any, name: str) -> np.ndarray:
 
 
 # -- the linear algebra -------------------------------------------------------
-
-
-def _check_same_index(X: Any, Y: Any) -> None:
-    """Raise ``ValueError`` if ``X`` and ``Y`` are DataFrames whose indexes name their rows differently.
-
-    Rows are paired by position, as in scikit-learn. Two labelled indexes in
-    different orders would pair the features of one object with the embedding
-    of another, so they are rejected rather than reordered.
-    """
-    x_ids, y_ids = index_object_ids(X), index_object_ids(Y)
-    if x_ids is None or y_ids is None or x_ids == y_ids:
-        return
-    if sorted(x_ids) == sorted(y_ids):
-        raise ValueError(
-            f"X and Y are DataFrames whose indexes list the same {len(x_ids)} objects in another order: "
-            "align them first, for example Y.loc[X.index]"
-        )
-    x_set, y_set = set(x_ids), set(y_ids)
-    only_x = [name for name in x_ids if name not in y_set]
-    only_y = [name for name in y_ids if name not in x_set]
-    parts = [f"{len(only_x)} only in X" + (f" (first {only_x[0]!r})" if only_x else ""),
-             f"{len(only_y)} only in Y" + (f" (first {only_y[0]!r})" if only_y else "")]
-    raise ValueError(
-        f"X and Y are DataFrames whose indexes name other objects: {', '.join(parts)}; "
-        "pass the features and the embedding of the same objects, for example Y.loc[X.index]"
-    )
 
 
 def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -97,6 +97,46 @@ def index_object_ids(value: object) -> tuple[str, ...] | None:
     return tuple(str(name) for name in value.index)
 
 
+def check_same_index(first: object, second: object, first_name: str, second_name: str) -> None:
+    """Raise ``ValueError`` if two DataFrames have indexes that name their rows differently.
+
+    Functions that pair rows by position (as scikit-learn does) call this.
+    Two labelled indexes in different orders would pair one object's row with
+    another's, so they are rejected rather than reordered. Arrays and the
+    default index ``0 .. n - 1`` name no rows and always pass.
+
+    Args:
+        first (object): The first input, such as features.
+        second (object): The second input, such as an embedding.
+        first_name (str): How the message names ``first``, a Python name.
+        second_name (str): How the message names ``second``.
+
+    Raises:
+        ValueError: Naming the count of objects in another order, or the
+            objects found in only one index.
+    """
+    first_ids, second_ids = index_object_ids(first), index_object_ids(second)
+    if first_ids is None or second_ids is None or first_ids == second_ids:
+        return
+    fix = f"for example {second_name}.loc[{first_name}.index]"
+    if sorted(first_ids) == sorted(second_ids):
+        raise ValueError(
+            f"{first_name} and {second_name} are DataFrames whose indexes list the same "
+            f"{len(first_ids)} objects in another order: align them first, {fix}"
+        )
+    first_set, second_set = set(first_ids), set(second_ids)
+    only_first = [name for name in first_ids if name not in second_set]
+    only_second = [name for name in second_ids if name not in first_set]
+    parts = [
+        f"{len(only_first)} only in {first_name}" + (f" (first {only_first[0]!r})" if only_first else ""),
+        f"{len(only_second)} only in {second_name}" + (f" (first {only_second[0]!r})" if only_second else ""),
+    ]
+    raise ValueError(
+        f"{first_name} and {second_name} are DataFrames whose indexes name other objects: "
+        f"{', '.join(parts)}; pass two tables of the same objects, {fix}"
+    )
+
+
 def abbreviate_tuple(values: tuple[str, ...], edge: int = 3) -> str:
     """Format a tuple like its repr, with only the first and last ``edge`` items when it is longer.
 
