@@ -164,3 +164,18 @@ def test_matching_rejects_dataframes_in_other_order(fitted):
         match_dimensions(human, dnn)
     assert match_dimensions(human, dnn.loc[human.index]).dnn_dims.tolist() == \
         match_dimensions(fitted.embedding_, fitted.embedding_).dnn_dims.tolist()
+
+
+def test_decisions_and_runs_reject_other_order(fitted):
+    import pandas as pd
+
+    from dimalign.analysis.reproducibility import reproducibility
+
+    names = [f"object{row:02d}" for row in range(N_OBJECTS)]
+    human = pd.DataFrame(fitted.embedding_, index=names)
+    with pytest.raises(ValueError, match=r"^human and dnn are DataFrames whose indexes list the same 15 objects"):
+        compare_decisions(human, human.iloc[::-1], TRIPLETS)
+    with pytest.raises(ValueError, match=r"^run 0 and run 2 are DataFrames whose indexes list the same 15 objects "
+                                         r"in another order: align them first, for example by reordering the rows "
+                                         r"of run 2 to the index of run 0$"):
+        reproducibility([human, human, human.iloc[::-1]])

@@ -356,12 +356,15 @@ def compare_decisions(
         DecisionComparison: Choices, probabilities and relevance of both models.
 
     Raises:
-        ValueError: If the embeddings differ in their number of objects, or a
+        ValueError: If the embeddings differ in their number of objects, are
+            DataFrames whose indexes list their objects differently, or a
             triplet has a value that is not a whole number, an index out of
             range or a repeated object (naming its row).
     """
+    from dimalign.io.objects import check_same_index
     from dimalign.io.runs import embedding_weights
 
+    check_same_index(human, dnn, "human", "dnn")
     human = embedding_weights(human, "the human embedding")
     dnn = embedding_weights(dnn, "the DNN embedding")
     if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from dimalign._warnings import warn
 from dimalign.analysis.matching import correlate_columns
+from dimalign.io.objects import check_same_index
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def reproducibility(
         ReproducibilityResult: Scores per run and per dimension.
 
     Raises:
-        ValueError: With fewer than two runs, runs of different object counts,
+        ValueError: With fewer than two runs, runs of different object counts
+            or DataFrames whose indexes list their objects differently,
             or a run with NaN or inf weights (naming the run, object and dimension).
         NotFittedError: For a VICE or SPoSE before ``fit``.
 
@@ -139,6 +141,8 @@ def reproducibility(
         ]
     if len(names) != len(embeddings):
         raise ValueError(f"names has {len(names)} entries for {len(embeddings)} runs")
+    for embedding, name in zip(embeddings[1:], names[1:]):
+        check_same_index(embeddings[0], embedding, names[0], name)
     arrays = [_as_array(embedding, name) for embedding, name in zip(embeddings, names)]
     if len(arrays) < 2:
         raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")

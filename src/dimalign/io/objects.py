@@ -108,7 +108,9 @@ def check_same_index(first: object, second: object, first_name: str, second_name
     Args:
         first (object): The first input, such as features.
         second (object): The second input, such as an embedding.
-        first_name (str): How the message names ``first``, a Python name.
+        first_name (str): How the message names ``first``, best the
+            caller's argument name, so that the suggested ``.loc`` fix reads
+            as code.
         second_name (str): How the message names ``second``.
 
     Raises:
@@ -118,7 +120,10 @@ def check_same_index(first: object, second: object, first_name: str, second_name
     first_ids, second_ids = index_object_ids(first), index_object_ids(second)
     if first_ids is None or second_ids is None or first_ids == second_ids:
         return
-    fix = f"for example {second_name}.loc[{first_name}.index]"
+    if first_name.isidentifier() and second_name.isidentifier():
+        fix = f"for example {second_name}.loc[{first_name}.index]"
+    else:
+        fix = f"for example by reordering the rows of {second_name} to the index of {first_name}"
     if sorted(first_ids) == sorted(second_ids):
         raise ValueError(
             f"{first_name} and {second_name} are DataFrames whose indexes list the same "
