@@ -179,3 +179,17 @@ def test_decisions_and_runs_reject_other_order(fitted):
                                          r"in another order: align them first, for example by reordering the rows "
                                          r"of run 2 to the index of run 0$"):
         reproducibility([human, human, human.iloc[::-1]])
+
+
+def test_things48_index_not_ids_names_fix(things_dir):
+    """A 1-based integer index is a label too, and the error says how to use the row order instead."""
+    import pandas as pd
+
+    from dimalign.analysis.things48 import load_things48, things48_correlation
+
+    embedding = np.loadtxt(things_dir / "spose_embedding_49d_sorted.txt")
+    frame = pd.DataFrame(embedding, index=range(1, 1855))
+    with pytest.raises(ValueError, match=r"the DataFrame index of the embedding is not the THINGS concept ids "
+                                         r"of unique_id.txt: pass object_ids, or frame.reset_index\(drop=True\) "
+                                         r"when the rows follow unique_id.txt"):
+        things48_correlation(frame, data=load_things48(things_dir))

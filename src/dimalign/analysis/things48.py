@@ -309,7 +309,8 @@ def things48_correlation(
         if things_dir is None:
             raise ValueError("things48_correlation needs things_dir or data, but both are None")
         data = load_things48(things_dir)
-    if object_ids is None:
+    from_index = object_ids is None and index_object_ids(embedding) is not None
+    if from_index:
         object_ids = index_object_ids(embedding)
     embedding = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:
@@ -325,6 +326,11 @@ def things48_correlation(
                 f"{len(object_ids)} object ids were given for an embedding of {embedding.shape[0]} rows"
             )
         rows = data.rows_in(object_ids)
+        if rows is None and from_index:
+            raise ValueError(
+                "the DataFrame index of the embedding is not the THINGS concept ids of unique_id.txt: "
+                "pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
+            )
         if rows is None:
             raise ValueError(
                 "the object ids of the embedding are not the THINGS concept ids of unique_id.txt, "
