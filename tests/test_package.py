@@ -114,3 +114,30 @@ def test_subpackage_docstring_lists_modules(package):
     for info in pkgutil.iter_modules(module.__path__):
         if not info.name.startswith("_") and info.name != "commands":
             assert f"{package}.{info.name}" in module.__doc__, info.name
+
+
+def visible_lines(output: str) -> list[str]:
+    """Return the lines a terminal shows at the end: on each line, the text after its last carriage return."""
+    return [line.rsplit("\r", 1)[-1] for line in output.replace("\r\n", "\n").split("\n")]
+
+
+def test_cumulative_rsa_leaves_no_bars():
+    """cumulative_rsa builds one similarity matrix per step, and each finished bar would stay on screen."""
+    import os
+
+    script = (
+        "import numpy as np\n"
+        "from dimalign.analysis.matching import cumulative_rsa\n"
+        "from dimalign.analysis.similarity import similarity_matrix\n"
+        "embedding = np.random.default_rng(0).random((20, 6))\n"
+        "cumulative_rsa(similarity_matrix(embedding), embedding, order=range(6))\n"
+        "print('finished')\n"
+    )
+    environment = {"PYTHONPATH": os.pathsep.join(filter(None, ["src", os.environ.get("PYTHONPATH")])),
+                   "TQDM_DISABLE": ""}
+    output = run_on_terminal(script, environment)
+
+    assert "similarity matrix:" in output
+    shown = [line for line in visible_lines(output) if "similarity matrix" in line]
+    assert shown == []
+    assert "finished" in visible_lines(output)

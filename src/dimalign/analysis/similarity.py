@@ -748,7 +748,11 @@ def similarity_matrix(
 
     n_blocks = len(_block_starts(n_objects, batch_size))
     n_steps = n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6
-    progress = tqdm(total=n_steps, desc="similarity matrix", unit="block", disable=progress_disabled())
+    # leave=False: cumulative_rsa builds one matrix per step, and every finished
+    # bar would otherwise stay in the notebook or terminal.
+    progress = tqdm(
+        total=n_steps, desc="similarity matrix", unit="block", disable=progress_disabled(), leave=False
+    )
     with progress:
         totals, n_per_triple = _accumulate_triples(logits, torch_dtype, batch_size, progress)
 
