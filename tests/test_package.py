@@ -104,7 +104,7 @@ def test_progress_bars_follow_tqdm_disable(setting, shown):
      "dimalign.interpret", "dimalign.labeling", "dimalign.report"],
 )
 def test_subpackage_docstring_lists_modules(package):
-    """help(package) in a notebook must say where the functions are, for the packages that export none."""
+    """help(package) in a notebook names the modules of the functions, for the packages that export none."""
     import pkgutil
 
     module = importlib.import_module(package)
