@@ -2114,3 +2114,37 @@ def test_compare_background_needs_images(tmp_path, capsys):
     assert status != 0
     assert "pass --images" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_matches_dataframes_by_index(tmp_path):
+    """A DataFrame's index names its rows, so rows in another order are matched by that name."""
+    human, dnn = surrogate_pair(n_objects=12)
+    names = [f"object{row:02d}" for row in range(12)]
+    by_position = compare(human, dnn, tmp_path / "arrays", n_bootstrap=20)
+
+    reversed_dnn = pd.DataFrame(dnn, index=names).iloc[::-1]
+    by_index = compare(pd.DataFrame(human, index=names), reversed_dnn, tmp_path / "frames", n_bootstrap=20)
+
+    assert by_index.rsa.r == pytest.approx(by_position.rsa.r, abs=1e-12)
+    manifest = json.loads((tmp_path / "frames" / "manifest.json").read_text())
+    assert manifest["settings"]["human_objects"] == "DataFrame index"
+    assert manifest["settings"]["dnn_objects"] == "DataFrame index"
+
+
+def test_compare_dataframe_index_against_array(tmp_path):
+    """An array has no row names, so matching it to a labelled DataFrame would go by position."""
+    human, dnn = surrogate_pair(n_objects=12)
+    names = [f"object{row:02d}" for row in range(12)]
+    with pytest.raises(ValueError, match=r"the DNN embedding has no object table, but the other input "
+                                         r"has one \(DataFrame index\)"):
+        compare(pd.DataFrame(human, index=names), dnn, tmp_path / "out", n_bootstrap=0)
+    table = ObjectTable(tuple(names[::-1]))
+    result = compare(pd.DataFrame(human, index=names), dnn[::-1], tmp_path / "out", objects=table, n_bootstrap=20)
+    assert result.rsa.r == pytest.approx(compare(human, dnn, tmp_path / "plain", n_bootstrap=20).rsa.r, abs=1e-12)
+
+
+def test_compare_default_index_is_positional(tmp_path):
+    """A DataFrame built from an array without an index has no row names, so its rows match by position."""
+    human, dnn = surrogate_pair(n_objects=12)
+    framed = compare(pd.DataFrame(human), pd.DataFrame(dnn), tmp_path / "frames", n_bootstrap=20)
+    assert framed.rsa.r == compare(human, dnn, tmp_path / "arrays", n_bootstrap=20).rsa.r

@@ -45,6 +45,17 @@ def test_things48_loads_and_matches_names(things48):
     np.testing.assert_array_equal(things48.rdm, things48.rdm.T)
 
 
+def test_things48_repr_omits_concept_ids(things48):
+    """A notebook shows the repr, and the 1,854 concept ids would fill about 22,000 characters."""
+    text = repr(things48)
+    assert text.startswith("Things48(words=('pizza', 'beaver', ")
+    assert "n_concepts=1854" in text
+    assert "concept_ids" not in text
+    assert "zucchini" not in text
+    assert len(text) < 5000
+    assert len(things48.concept_ids) == 1854
+
+
 def test_things48_aliases_and_spaces(things_dir, things48):
     concept_ids = (things_dir / "unique_id.txt").read_text().split()
     position = {word: row for row, word in enumerate(things48.words)}

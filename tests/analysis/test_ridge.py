@@ -394,3 +394,25 @@ def test_ridge_rejects_complex_and_sparse_input():
     ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
     with pytest.raises(ValueError, match="X has complex values"):
         ridge.predict(X + 1j)
+
+
+def test_ridge_rejects_dataframes_in_other_order():
+    """scikit-learn pairs rows by position, so labelled rows in two orders would pair wrong objects."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    names = [f"object{row}" for row in range(12)]
+    X = pd.DataFrame(rng.random((12, 3)), index=names)
+    Y = pd.DataFrame(rng.random((12, 2)), index=names)
+    ridge = RidgeMap(alphas=[1.0, 10.0], cv=2)
+
+    with pytest.raises(ValueError, match=r"^X and Y are DataFrames whose indexes list the same 12 objects in "
+                                         r"another order: align them first, for example Y.loc\[X.index\]$"):
+        ridge.fit(X, Y.iloc[::-1])
+    with pytest.raises(ValueError, match=r"^X and Y are DataFrames whose indexes name other objects: 1 only in "
+                                         r"X \(first 'object0'\), 1 only in Y \(first 'other'\)"):
+        ridge.fit(X, Y.rename(index={"object0": "other"}))
+    fitted = ridge.fit(X, Y)
+    with pytest.raises(ValueError, match="same 12 objects in another order"):
+        fitted.score(X, Y.iloc[::-1])
+    np.testing.assert_array_equal(fitted.cv_r2_, RidgeMap(alphas=[1.0, 10.0], cv=2).fit(X.values, Y.values).cv_r2_)

@@ -160,3 +160,30 @@ def test_epoch_log_shows_loss_terms(estimator, settings, weight, caplog):
         f"train accuracy {row['train_accuracy']:.4f}"
     )
     assert any(record.getMessage().startswith(expected) for record in caplog.records)
+
+
+@pytest.mark.parametrize(("method", "errors"), [
+    ("fit", ["ValueError", "FileExistsError", "RuntimeError"]),
+    ("predict_proba", ["NotFittedError", "ValueError"]),
+    ("score", ["NotFittedError", "ValueError"]),
+])
+def test_methods_document_raised_errors(method, errors):
+    """help() in a notebook lists what each method raises, including a diverged fit."""
+    docstring = getattr(VICE, method).__doc__
+    assert "Raises:" in docstring
+    raises = docstring.split("Raises:")[1]
+    for error in errors:
+        assert f"{error}:" in raises, error
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_empty_validation_split_names_fix(estimator):
+    """split_triplets with val_fraction=0 returns an empty validation part, which fit rejects."""
+    from dimalign.io.triplets import split_triplets
+
+    train, val = split_triplets(random_triplets(), val_fraction=0.0)
+    with pytest.raises(ValueError, match=r"^validation triplets are empty: pass val=None to fit without "
+                                         r"validation triplets$"):
+        tiny(estimator).fit(train, val, n_objects=N_OBJECTS)
+    with pytest.raises(ValueError, match=r"^training triplets are empty$"):
+        tiny(estimator).fit(train[:0], n_objects=N_OBJECTS)

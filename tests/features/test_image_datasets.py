@@ -14,6 +14,7 @@ from torchvision import transforms as T
 
 from dimalign.features.datasets import (
     ImageDataset,
+    ImageList,
     ImageReadError,
     collate_images,
     find_images,
@@ -446,3 +447,15 @@ def test_icc_profile_ignored(tmp_path):
     # Applying the profile, as a browser does, changes the colour; extraction keeps the stored values.
     assert managed.getpixel((1, 1)) != (200, 100, 50)
     assert load_rgb(path).getpixel((1, 1)) == (200, 100, 50)
+
+
+def test_image_list_repr_abbreviates():
+    """A notebook shows the repr, which lists the first and last three rows of a long list."""
+    names = tuple(f"img{row:02d}.png" for row in range(10))
+    images = ImageList(names, tuple(f"/photos/{name}" for name in names), "/photos")
+    assert repr(images) == (
+        "ImageList(n_images=10, object_ids=('img00.png', 'img01.png', 'img02.png', ..., "
+        "'img07.png', 'img08.png', 'img09.png'), paths=('/photos/img00.png', '/photos/img01.png', "
+        "'/photos/img02.png', ..., '/photos/img07.png', '/photos/img08.png', '/photos/img09.png'), "
+        "root='/photos')"
+    )

@@ -1,6 +1,6 @@
 import pytest
 
-from dimalign.io.objects import read_object_table
+from dimalign.io.objects import ObjectTable, read_object_table
 
 
 def test_plain_list_trailing_blank_lines(tmp_path):
@@ -249,3 +249,20 @@ def test_find_image_skips_hidden_files(tmp_path):
     (tmp_path / "aardvark" / "aardvark_01.jpg").write_bytes(b"x")
 
     assert find_image(tmp_path, "aardvark") == tmp_path / "aardvark" / "aardvark_01.jpg"
+
+
+def test_repr_abbreviates_long_table(things_dir):
+    """A notebook shows the repr, which lists the first and last three ids of a long table."""
+    table = read_object_table(things_dir / "unique_id.txt")
+    assert repr(table) == (
+        "ObjectTable(n_objects=1854, object_ids=('aardvark', 'abacus', 'accordion', ..., "
+        "'zebra', 'zipper', 'zucchini'))"
+    )
+
+
+def test_repr_lists_short_table():
+    assert repr(ObjectTable(("cat", "dog"))) == "ObjectTable(n_objects=2, object_ids=('cat', 'dog'))"
+    with_sources = ObjectTable(("cat", "dog"), ("cat.jpg", ""))
+    assert repr(with_sources) == (
+        "ObjectTable(n_objects=2, object_ids=('cat', 'dog'), sources=('cat.jpg', ''))"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -546,6 +547,13 @@ def test_split_fraction_outside_unit_interval_rejected(fraction):
         split_triplets(np.array(ZERO_BASED), fraction)
 
 
+@pytest.mark.parametrize("fraction", ["0.1", None, True, [0.1]])
+def test_split_fraction_not_a_number_rejected(fraction):
+    """A string from a config file or widget gets a ValueError that names it, not a TypeError."""
+    with pytest.raises(ValueError, match=rf"^val_fraction must be a number in \[0, 1\), got {re.escape(repr(fraction))}$"):
+        split_triplets(np.array(ZERO_BASED), fraction)
+
+
 @pytest.mark.parametrize("fraction", [0.95, 0.99])
 def test_split_of_all_rows_leaves_no_training_rows(fraction):
     triplets = np.array([[index, index + 1, index + 2] for index in range(10)])
@@ -572,6 +580,23 @@ def test_save_rejects_unknown_suffix(tmp_path):
         save_triplets(np.array(ZERO_BASED), tmp_path / "out.json")
     assert list(tmp_path.iterdir()) == []
 
+
+def test_save_accepts_whole_floats(tmp_path):
+    """np.loadtxt returns floats, which fit and split_triplets accept when every value is whole."""
+    triplets = np.array(ZERO_BASED, dtype=np.float64)
+
+    path = save_triplets(triplets, tmp_path / "out.npy")
+
+    saved = np.load(path)
+    assert saved.dtype == np.int64
+    assert saved.tolist() == ZERO_BASED
+
+
+def test_save_rejects_fractional_floats(tmp_path):
+    triplets = np.array([[0.0, 1.0, 2.0], [0.0, 1.5, 2.0]])
+    with pytest.raises(ValueError, match=r"out.npy, row 1, column 1: value 1.5 is not an integer object index"):
+        save_triplets(triplets, tmp_path / "out.npy")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

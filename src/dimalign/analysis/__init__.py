@@ -5,6 +5,11 @@
 >>> float(odd_one_out_accuracy(np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), [[0, 1, 2]]))
 1.0
 
+The functions that take an embedding array ``(n_objects, n_dims)`` also
+take a fitted ``VICE`` or ``SPoSE`` (its ``embedding_``, for VICE the
+posterior means) or an :class:`~dimalign.io.runs.EmbeddingResult`. They read
+no files: load one with :func:`dimalign.io.runs.load_embedding`.
+
 The names below are imported on first use from their modules, so that
 ``import dimalign.analysis`` (done by every ``dimalign`` command) stays cheap.
 Functions named like their module (``compare``, ``rsa``, ``reproducibility``,

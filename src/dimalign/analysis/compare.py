@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 from dimalign.io.files import (
@@ -57,7 +58,13 @@ from dimalign.io.files import (
     write_text_atomic,
 )
 from dimalign.features.recorded import Decoding, recorded_decoding
-from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, find_image, read_object_table
+from dimalign.io.objects import (
+    OBJECT_TABLE_NAME,
+    ObjectTable,
+    find_image,
+    index_object_ids,
+    read_object_table,
+)
 from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
 
 logger = logging.getLogger(__name__)
@@ -293,7 +300,7 @@ def similarity_matrix_to_disk(
     progress_file = partial.with_suffix(".json")
     output, done = _open_partial(partial, progress_file, weights, n_objects, dtype)
     starts = list(range(0, n_objects, block_size))
-    for start in tqdm(starts, desc="similarity rows", unit="block", disable=None):
+    for start in tqdm(starts, desc="similarity rows", unit="block", disable=progress_disabled()):
         if start in done:
             continue
         stop = min(start + block_size, n_objects)
@@ -554,6 +561,27 @@ def _weighted_pearson(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> np.nd
     return np.clip(r, -1.0, 1.0)
 
 
+def _similarity_input(matrix: Any, position: str) -> np.ndarray:
+    """Return a similarity matrix as float64, or raise ``ValueError`` for a model or an embedding."""
+    if isinstance(matrix, EmbeddingResult):
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is an "
+            "EmbeddingResult: pass similarity_matrix(result.embedding)"
+        )
+    if hasattr(matrix, "get_params"):
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is a fitted "
+            f"{type(matrix).__name__}: pass similarity_matrix(model)"
+        )
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.ndim == 2 and array.shape[0] != array.shape[1]:
+        raise ValueError(
+            f"bootstrap_rsa compares similarity matrices (n, n), but the {position} input is an "
+            f"embedding of shape {array.shape}: pass similarity_matrix(embedding)"
+        )
+    return array
+
+
 def bootstrap_rsa(
     a: np.ndarray,
     b: np.ndarray,
@@ -590,8 +618,8 @@ def bootstrap_rsa(
     """
     from dimalign.analysis.rsa import rsa
 
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a = _similarity_input(a, "first")
+    b = _similarity_input(b, "second")
     check_integer("n_bootstrap", n_bootstrap)
     check_integer("batch_size", batch_size, 1)
     _check_seed(random_state)
@@ -607,7 +635,7 @@ def bootstrap_rsa(
     # draws its values one after another (numpy 2.4).
     rng = np.random.default_rng(random_state)
     samples = np.empty(n_bootstrap)
-    for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=None, leave=False):
+    for start in tqdm(range(0, n_bootstrap, batch_size), desc="bootstrap", unit="batch", disable=progress_disabled(), leave=False):
         batch = rng.integers(0, a.shape[0], size=(min(batch_size, n_bootstrap - start), a.shape[0]))
         if method == "pearson":
             counts = np.stack([np.bincount(row, minlength=a.shape[0]) for row in batch])
@@ -659,6 +687,9 @@ COMPARE_OUTPUTS = (
     "relevance_summary.json",
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
+
+#: The source that the manifest records for the object table of a DataFrame input, its index.
+INDEX_SOURCE = "DataFrame index"
 
 
 def _fixed_output_names() -> list[str]:
@@ -791,14 +822,18 @@ def compare(
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
     Args:
-        human (path | EmbeddingResult | np.ndarray | estimator): Human run
-            directory or embedding file, an array ``(n_objects, n_dims)``, or
-            a fitted VICE or SPoSE.
+        human (path | EmbeddingResult | np.ndarray | pd.DataFrame | estimator):
+            Human run directory or embedding file, an array
+            ``(n_objects, n_dims)``, or a fitted VICE or SPoSE. A DataFrame
+            whose index is not the default ``0 .. n - 1`` has its index as
+            object table, so its rows are matched to the other input's by
+            that index, like a run's ``objects.tsv``.
         dnn (path | EmbeddingResult | np.ndarray | estimator): The DNN side,
             in the same forms.
         out_dir (str | os.PathLike): Output directory.
         objects (ObjectTable | None): Object table for each input that is
-            not a run directory with its own ``objects.tsv``. When one input
+            neither a run directory with its own ``objects.tsv`` nor a
+            DataFrame with a labelled index. When one input
             has no table at all, it names that input only. Otherwise it wins
             over the ``objects.tsv`` next to a plain embedding file (with a
             warning when they differ). When both inputs are plain files
@@ -1073,9 +1108,11 @@ class _Side:
         label (str): ``"human"`` or ``"DNN"``.
         result (EmbeddingResult): The embedding.
         location (Path | None): Where it was loaded from.
-        own (ObjectTable | None): The ``objects.tsv`` of a run directory, or
-            the one lying next to a plain embedding file.
-        own_file (Path | None): The path of ``own``.
+        own (ObjectTable | None): The ``objects.tsv`` of a run directory, the
+            one lying next to a plain embedding file, or the index of a
+            DataFrame.
+        own_file (Path | None): The path of ``own``; None for a DataFrame index.
+        from_index (bool): Whether ``own`` is the index of a DataFrame.
     """
 
     label: str
@@ -1083,11 +1120,22 @@ class _Side:
     location: Path | None
     own: ObjectTable | None
     own_file: Path | None
+    from_index: bool = False
 
     @property
     def is_run(self) -> bool:
         """Whether the input is a run directory with its own ``objects.tsv``."""
         return self.own is not None and self.location is not None and self.location.is_dir()
+
+    @property
+    def names_own_rows(self) -> bool:
+        """Whether the input's own table names its rows for sure: a run directory or a DataFrame index."""
+        return self.is_run or self.from_index
+
+    @property
+    def own_source(self) -> str:
+        """Where ``own`` came from, as the manifest records it."""
+        return INDEX_SOURCE if self.from_index else str(self.own_file)
 
     @property
     def name(self) -> str:
@@ -1165,6 +1213,9 @@ def _load_side(side: str | os.PathLike | EmbeddingResult | np.ndarray | Any, lab
     if isinstance(side, (str, os.PathLike)):
         result = load_embedding(side)
         location = Path(side)
+    elif index_object_ids(side) is not None:
+        result = as_embedding_result(side, f"the {label} embedding")
+        return _Side(label, result, None, ObjectTable(index_object_ids(side)), None, from_index=True)
     else:
         result = as_embedding_result(side, f"the {label} embedding")
         location = Path(result.path) if result.path is not None else None
@@ -1208,8 +1259,8 @@ def _choose_tables(
     # the other by position.
     some_side_without_table = human.own is None or dnn.own is None
     for side in (human, dnn):
-        if side.is_run or (side.own is not None and (objects is None or some_side_without_table)):
-            chosen.append((side.own, str(side.own_file)))
+        if side.names_own_rows or (side.own is not None and (objects is None or some_side_without_table)):
+            chosen.append((side.own, side.own_source))
             continue
         if objects is not None and side.own is not None and tuple(side.own.object_ids) != tuple(objects.object_ids):
             warn(
@@ -1219,15 +1270,19 @@ def _choose_tables(
             )
         chosen.append((objects, "objects argument") if objects is not None else (None, None))
 
-    if objects is not None and human.is_run and dnn.is_run:
+    if objects is not None and human.names_own_rows and dnn.names_own_rows:
         own_ids = {tuple(human.own.object_ids), tuple(dnn.own.object_ids)}
+        tables = (
+            "objects.tsv" if human.is_run and dnn.is_run
+            else "object table (a run's objects.tsv or a DataFrame index)"
+        )
         if tuple(objects.object_ids) not in own_ids:
             raise ValueError(
-                f"{human.name} and {dnn.name} both have their own objects.tsv, so the object table "
-                "passed (objects=, CLI --objects) applies to neither, and it differs from both: "
+                f"{human.name} and {dnn.name} both have their own {tables}, so the object table passed "
+                "(objects=, CLI --objects) applies to neither, and it differs from both: "
                 f"{_table_difference(human.own, objects)}. Leave out --objects"
             )
-        logger.info("both inputs are runs with their own objects.tsv; the explicit object table is not used")
+        logger.info("both inputs have their own %s; the explicit object table is not used", tables)
 
     for (table, _), (other_table, other_source), side in ((chosen[0], chosen[1], human), (chosen[1], chosen[0], dnn)):
         if table is None and other_table is not None:
@@ -1247,7 +1302,9 @@ def _reject_objects_for_own_tables(human: _Side, dnn: _Side, objects: ObjectTabl
     by position, or it could be meant for one side only. Either way the call
     is ambiguous, so it is rejected unless the table equals each side's own.
     """
-    if objects is None or human.is_run or dnn.is_run or human.own is None or dnn.own is None:
+    if objects is None or human.names_own_rows or dnn.names_own_rows:
+        return
+    if human.own is None or dnn.own is None:
         return
     differing = [side for side in (human, dnn) if tuple(side.own.object_ids) != tuple(objects.object_ids)]
     if not differing:

@@ -24,6 +24,7 @@ from dimalign._warnings import warn
 from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
 from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
 from dimalign.analysis.things48 import load_things48, things48_correlation
+from dimalign.io.objects import index_object_ids
 from dimalign.io.runs import EmbeddingResult, as_embedding_result
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ def evaluate_embedding(
         device (str): Torch device for the 48-object similarities.
         object_ids (Sequence[str] | None): The object id of each embedding
             row (from its object table). The 48 objects are then found by id,
-            in any row order. None means the rows follow ``unique_id.txt``.
+            in any row order. None takes the index of a DataFrame embedding
+            (unless it is the default ``0 .. n - 1``), else the rows follow
+            ``unique_id.txt``.
 
     Returns:
         dict[str, Any]: ``n_objects``, ``n_dims``, ``n_triplets``, ``accuracy``,
@@ -70,6 +73,8 @@ def evaluate_embedding(
             not the THINGS concepts, and when the noise ceiling rests on few
             responses (see :func:`triplet_noise_ceiling`).
     """
+    if object_ids is None:
+        object_ids = index_object_ids(embedding)
     if isinstance(embedding, EmbeddingResult):
         embedding = embedding.embedding
     elif hasattr(embedding, "get_params"):

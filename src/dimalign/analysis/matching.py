@@ -68,8 +68,12 @@ def correlate_columns(
         >>> correlate_columns(a, np.hstack([a, -a])).tolist()
         [[1.0, -1.0]]
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    from dimalign.io.objects import check_same_index
+    from dimalign.io.runs import embedding_weights
+
+    check_same_index(a, b, "a", "b")
+    a = np.asarray(embedding_weights(a, f"the {name_a} embedding"), dtype=np.float64)
+    b = np.asarray(embedding_weights(b, f"the {name_b} embedding"), dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
         raise ValueError(
             f"both arrays must be 2-D with the same number of rows (objects), "
@@ -159,16 +163,20 @@ def match_dimensions(
         Matching: One pair per human dimension, sorted by decreasing correlation.
 
     Raises:
-        ValueError: For an unknown method, or when a method without
-            replacement gets more human than DNN dimensions.
+        ValueError: For an unknown method, when a method without
+            replacement gets more human than DNN dimensions, or for two
+            DataFrames whose indexes list their objects differently.
 
     Examples:
         >>> human = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
         >>> match_dimensions(human, human[:, ::-1], "greedy").dnn_dims.tolist()
         [1, 0]
     """
+    from dimalign.io.objects import check_same_index
+
     if method not in MATCHING_METHODS:
         raise ValueError(f"unknown matching method {method!r}: use one of {', '.join(MATCHING_METHODS)}")
+    check_same_index(human, dnn, "human", "dnn")
     if correlations is None:
         correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     n_human, n_dnn = correlations.shape
@@ -356,9 +364,14 @@ def cumulative_rsa(
     """
     from dimalign.analysis.rsa import ConstantInputError, rsa
 
+    from dimalign.io.runs import embedding_weights
+
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
-    order = _check_order(order, np.shape(dnn_embedding)[-1])
+    dnn_embedding = np.asarray(embedding_weights(dnn_embedding, "the DNN embedding"), dtype=np.float64)
+    if dnn_embedding.ndim != 2:
+        raise ValueError(f"the DNN embedding must be 2-D (n_objects, n_dnn), got shape {dnn_embedding.shape}")
+    order = _check_order(order, dnn_embedding.shape[1])
     if not 0.0 < share <= 1.0:
         raise ValueError(f"share={share} is invalid: use a value in (0, 1]")
 

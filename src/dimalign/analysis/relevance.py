@@ -44,6 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import resolve_device
 
@@ -62,9 +63,10 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     (shape, whole-number indices in range, three distinct objects per row),
     which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
+    from dimalign.io.runs import embedding_weights
     from dimalign.io.triplets import validate_triplets
 
-    weights = np.asarray(embedding, dtype=np.float64)
+    weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if weights.ndim != 2:
         raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
     if weights.shape[1] == 0:
@@ -190,6 +192,12 @@ def jackknife_relevance(
     Returns:
         JackknifeResult: Per-triplet and per-dimension relevance.
 
+    Raises:
+        ValueError: If the embedding is not 2-D, has no dimension or has
+            NaN or inf, the triplets are empty, not of shape ``(n, 3)``, name an index outside
+            the embedding or repeat an object, or ``batch_size`` or
+            ``device`` is invalid.
+
     Examples:
         >>> embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
         >>> result = jackknife_relevance(embedding, np.array([[0, 1, 2]]))
@@ -210,7 +218,7 @@ def jackknife_relevance(
     drop_sum = torch.zeros(n_dims, dtype=torch.float64, device=torch_device)
     drops = np.empty((n_triplets, n_dims)) if keep_drops else None
     starts = range(0, n_triplets, batch_size)
-    for start in tqdm(starts, desc="jackknife", unit="batch", disable=None, leave=False):
+    for start in tqdm(starts, desc="jackknife", unit="batch", disable=progress_disabled(), leave=False):
         batch = torch.as_tensor(rows[start : start + batch_size], device=torch_device)
         stop = start + batch.shape[0]
         ij, ik, jk = _pair_products(weights, batch)  # (b, d) each
@@ -348,10 +356,17 @@ def compare_decisions(
         DecisionComparison: Choices, probabilities and relevance of both models.
 
     Raises:
-        ValueError: If the embeddings differ in their number of objects, or a
+        ValueError: If the embeddings differ in their number of objects, are
+            DataFrames whose indexes list their objects differently, or a
             triplet has a value that is not a whole number, an index out of
             range or a repeated object (naming its row).
     """
+    from dimalign.io.objects import check_same_index
+    from dimalign.io.runs import embedding_weights
+
+    check_same_index(human, dnn, "human", "dnn")
+    human = embedding_weights(human, "the human embedding")
+    dnn = embedding_weights(dnn, "the DNN embedding")
     if np.asarray(human).shape[0] != np.asarray(dnn).shape[0]:
         raise ValueError(
             f"the human embedding has {np.asarray(human).shape[0]} objects and the DNN embedding "

@@ -18,11 +18,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from dimalign._warnings import warn
 from dimalign.analysis.matching import correlate_columns
+from dimalign.io.objects import check_same_index
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +108,12 @@ def reproducibility(
     """Score how well other runs reproduce each run's dimensions.
 
     Args:
-        embeddings (Sequence[np.ndarray | str | os.PathLike]): At least two
-            embeddings of the same objects in the same row order, each
-            ``(n_objects, n_dims_r)``, or their run folders or embedding files
-            (read with :func:`dimalign.io.runs.load_embedding`). The numbers
+        embeddings (Sequence[np.ndarray | str | os.PathLike | estimator]): At
+            least two embeddings of the same objects in the same row order,
+            each ``(n_objects, n_dims_r)``, or their run folders or embedding
+            files (read with :func:`dimalign.io.runs.load_embedding`), fitted
+            VICE or SPoSE models (their ``embedding_``) or
+            :class:`~dimalign.io.runs.EmbeddingResult` objects. The numbers
             of dimensions may differ.
         split (str): ``"odd_even"`` or ``"random"`` (see :func:`split_halves`).
         random_state (int): Seed of a random split.
@@ -120,22 +124,26 @@ def reproducibility(
         ReproducibilityResult: Scores per run and per dimension.
 
     Raises:
-        ValueError: With fewer than two runs, runs of different object counts,
+        ValueError: With fewer than two runs, runs of different object counts
+            or DataFrames whose indexes list their objects differently,
             or a run with NaN or inf weights (naming the run, object and dimension).
+        NotFittedError: For a VICE or SPoSE before ``fit``.
 
     Warns:
         UserWarning: When a dimension is constant on one half (its correlations
             are 0), or a run kept no dimension (its score is NaN, and its
             partners in other runs score 0).
     """
-    arrays = [_as_array(embedding) for embedding in embeddings]
     if names is None:
         names = [
             str(embedding) if isinstance(embedding, (str, os.PathLike)) else f"run {index}"
             for index, embedding in enumerate(embeddings)
         ]
-    if len(names) != len(arrays):
-        raise ValueError(f"names has {len(names)} entries for {len(arrays)} runs")
+    if len(names) != len(embeddings):
+        raise ValueError(f"names has {len(names)} entries for {len(embeddings)} runs")
+    for embedding, name in zip(embeddings[1:], names[1:]):
+        check_same_index(embeddings[0], embedding, names[0], name)
+    arrays = [_as_array(embedding, name) for embedding, name in zip(embeddings, names)]
     if len(arrays) < 2:
         raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
     n_objects = {array.shape[0] for array in arrays}
@@ -224,12 +232,13 @@ def _unit_max_columns(array: np.ndarray) -> np.ndarray:
     return array / largest
 
 
-def _as_array(embedding: np.ndarray | str | os.PathLike) -> np.ndarray:
-    if isinstance(embedding, (str, os.PathLike)):
-        from dimalign.io.runs import load_embedding
+def _as_array(embedding: Any, name: str) -> np.ndarray:
+    """Return a path's embedding, a fitted estimator's ``embedding_`` or an array, as float64."""
+    from dimalign.io.runs import embedding_weights, load_embedding
 
+    if isinstance(embedding, (str, os.PathLike)):
         return np.asarray(load_embedding(embedding).embedding, dtype=np.float64)
-    return np.asarray(embedding, dtype=np.float64)
+    return np.asarray(embedding_weights(embedding, name), dtype=np.float64)
 
 
 __all__ = [

@@ -38,6 +38,7 @@ from sklearn.model_selection import KFold
 
 from dimalign._warnings import warn
 from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
+from dimalign.io.objects import check_same_index
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ class RidgeMap(BaseEstimator):
 
         Raises:
             ValueError: If the shapes disagree, ``X`` has no column, the data
-                contain NaN or inf, a penalty is not positive, or a held-out
-                fold would have fewer than 2 objects (``cv > n_objects // 2``).
+                contain NaN or inf, a penalty is not positive, a held-out
+                fold would have fewer than 2 objects (``cv > n_objects // 2``),
+                or ``X`` and ``Y`` are DataFrames whose indexes differ (rows
+                are paired by position, so they must be aligned first).
 
         Warns:
             UserWarning: If a dimension's chosen penalty is the smallest or the
@@ -292,6 +295,7 @@ class RidgeMap(BaseEstimator):
         """
         from sklearn.metrics import r2_score
 
+        check_same_index(X, Y, "X", "Y")
         return float(r2_score(Y, self.predict(X), sample_weight=sample_weight))
 
     # -- saving --------------------------------------------------------------
@@ -436,6 +440,7 @@ class RidgeMap(BaseEstimator):
     # -- helpers -------------------------------------------------------------
 
     def _check_data(self, X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        check_same_index(X, Y, "X", "Y")
         X = _as_real_array(X, "X")
         Y = _as_real_array(Y, "Y")
         if Y.ndim == 1:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dimalign._progress import progress_disabled
 from dimalign.device import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,14 @@ class AccuracyResult:
 
 
 def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """Return the embedding as a finite 2-D float64 array or raise ValueError."""
-    array = np.asarray(embedding, dtype=np.float64)
+    """Return the embedding as a finite 2-D float64 array or raise ValueError.
+
+    A fitted estimator or an :class:`~dimalign.io.runs.EmbeddingResult` gives
+    its weights (:func:`~dimalign.io.runs.embedding_weights`).
+    """
+    from dimalign.io.runs import embedding_weights
+
+    array = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if array.ndim != 2:
         raise ValueError(
             f"an embedding must be 2-D (n_objects, n_dims), got shape {array.shape}"
@@ -186,6 +193,11 @@ def triplet_logits(
     Returns:
         np.ndarray: Shape ``(n, 3)``, float64, columns ``y_i·y_j``, ``y_i·y_k``
         and ``y_j·y_k``. Column 0 is the logit of the recorded choice.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -218,6 +230,12 @@ def choice_log_probabilities(
 
     Returns:
         np.ndarray: Shape ``(n,)``, float64, each value ``<= 0``.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object,
+            or ``batch_size`` is not a positive integer.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -244,6 +262,12 @@ def choice_probabilities(
 
     Returns:
         np.ndarray: Shape ``(n,)``, float64 values in ``[0, 1]``.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf, or a
+            triplet is not of shape ``(n, 3)``, names an index outside
+            ``0 .. n_objects - 1`` or repeats an object,
+            or ``batch_size`` is not a positive integer.
     """
     return np.exp(choice_log_probabilities(embedding, triplets, batch_size=batch_size))
 
@@ -354,6 +378,9 @@ def dot_similarity(embedding: np.ndarray) -> np.ndarray:
 
     Returns:
         np.ndarray: Shape ``(n_objects, n_objects)``, float64.
+
+    Raises:
+        ValueError: If the embedding is not 2-D or has NaN or inf.
     """
     weights = _as_embedding(embedding)
     return weights @ weights.T
@@ -721,7 +748,11 @@ def similarity_matrix(
 
     n_blocks = len(_block_starts(n_objects, batch_size))
     n_steps = n_blocks * (n_blocks + 1) * (n_blocks + 2) // 6
-    progress = tqdm(total=n_steps, desc="similarity matrix", unit="block", disable=None)
+    # leave=False: cumulative_rsa builds one matrix per step, and every finished
+    # bar would otherwise stay in the notebook or terminal.
+    progress = tqdm(
+        total=n_steps, desc="similarity matrix", unit="block", disable=progress_disabled(), leave=False
+    )
     with progress:
         totals, n_per_triple = _accumulate_triples(logits, torch_dtype, batch_size, progress)
 

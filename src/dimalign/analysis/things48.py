@@ -23,7 +23,7 @@ import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,8 @@ import scipy.io
 from dimalign.analysis.rsa import rsa
 from dimalign.analysis.similarity import similarity_matrix
 from dimalign.io.files import read_utf8_text
-from dimalign.io.objects import read_object_table
+from dimalign.io.objects import index_object_ids, read_object_table
+from dimalign.io.runs import embedding_weights
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class Things48:
     rdm: np.ndarray
     excluded: np.ndarray
     n_concepts: int
-    concept_ids: tuple[str, ...] = ()
+    # Left out of the repr, which a notebook shows: 1,854 ids are about 22,000 characters.
+    concept_ids: tuple[str, ...] = field(default=(), repr=False)
 
     def rows_in(self, object_ids: Sequence[str]) -> np.ndarray | None:
         """Find the rows of the 48 objects in an embedding whose rows are ``object_ids``.
@@ -279,8 +281,10 @@ def things48_correlation(
     human similarity is ``1 - RDM``.
 
     Args:
-        embedding (np.ndarray): Shape ``(1854, n_dims)``, in the order of
-            ``object_ids`` or, without them, of ``unique_id.txt``.
+        embedding (np.ndarray | estimator | EmbeddingResult): Shape
+            ``(1854, n_dims)``, in the order of ``object_ids`` or, without
+            them, of ``unique_id.txt``. A fitted VICE or SPoSE gives its
+            ``embedding_``.
         things_dir (path | None): Directory with the three files. It is ignored
             when ``data`` is given.
         data (Things48 | None): Already loaded data.
@@ -290,7 +294,9 @@ def things48_correlation(
         device (str): Torch device for the similarity computation.
         object_ids (Sequence[str] | None): The THINGS concept id of each
             embedding row, such as the run's ``objects.tsv``. The 48 objects
-            are found by id. None means the order of ``unique_id.txt``.
+            are found by id. None takes the index of a DataFrame embedding
+            (unless it is the default ``0 .. n - 1``), else the order of
+            ``unique_id.txt``.
 
     Returns:
         float: The correlation over the upper triangle.
@@ -303,7 +309,10 @@ def things48_correlation(
         if things_dir is None:
             raise ValueError("things48_correlation needs things_dir or data, but both are None")
         data = load_things48(things_dir)
-    embedding = np.asarray(embedding, dtype=np.float64)
+    from_index = object_ids is None and index_object_ids(embedding) is not None
+    if from_index:
+        object_ids = index_object_ids(embedding)
+    embedding = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if embedding.ndim != 2 or embedding.shape[0] != data.n_concepts:
         raise ValueError(
             f"the 48-object check needs an embedding of all THINGS concepts in the order of "
@@ -317,6 +326,11 @@ def things48_correlation(
                 f"{len(object_ids)} object ids were given for an embedding of {embedding.shape[0]} rows"
             )
         rows = data.rows_in(object_ids)
+        if rows is None and from_index:
+            raise ValueError(
+                "the DataFrame index of the embedding is not the THINGS concept ids of unique_id.txt: "
+                "pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
+            )
         if rows is None:
             raise ValueError(
                 "the object ids of the embedding are not the THINGS concept ids of unique_id.txt, "

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
@@ -80,7 +81,9 @@ def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
     """
     array = validate_triplets(triplets, n_objects, source=f"{name} triplets")
     if array.shape[0] == 0:
-        raise ValueError(f"{name} triplets are empty")
+        # split_triplets with val_fraction=0 returns an empty validation part.
+        advice = ": pass val=None to fit without validation triplets" if name == "validation" else ""
+        raise ValueError(f"{name} triplets are empty{advice}")
     if not array.flags.writeable:
         # A read-only memory map: torch would share it and warn.
         array = array.copy()
@@ -252,9 +255,12 @@ class TripletEmbedding(BaseEstimator):
 
         Args:
             train (array-like): Training triplets, shape ``(n_train, 3)``, 0-based,
-                odd one out in the last column.
+                odd one out in the last column. Integer arrays, whole floats,
+                lists, DataFrames and tensors are accepted.
             val (array-like | None): Validation triplets; when given, held-out
-                accuracy and NLL are recorded after each evaluation.
+                accuracy and NLL are recorded after each evaluation. It takes
+                the place of scikit-learn's ``y``, so ``cross_val_score`` and
+                ``GridSearchCV`` called without ``y`` pass None here.
             n_objects (int | None): Number of objects. Overrides the
                 ``n_objects`` setting; one of the two is required, because the
                 largest index in the triplets may miss objects never sampled.
@@ -263,10 +269,14 @@ class TripletEmbedding(BaseEstimator):
             TripletEmbedding: self, fitted.
 
         Raises:
-            ValueError: On invalid triplets or settings, or when a checkpoint
-                in ``checkpoint_dir`` belongs to other settings or data.
+            ValueError: On invalid triplets or settings, when the parameters
+                would not fit into memory, or when a checkpoint in
+                ``checkpoint_dir`` belongs to other settings or data.
             FileExistsError: When ``checkpoint_dir`` has a checkpoint and
                 ``resume`` is False.
+            RuntimeError: When the fit diverges (the loss or a parameter is
+                no longer finite), or ``tensorboard=True`` without the
+                tensorboard package.
         """
         self._check_settings()
         self._clear_fitted()
@@ -335,7 +345,7 @@ class TripletEmbedding(BaseEstimator):
         epoch = start_epoch
         progress = tqdm(
             range(start_epoch, self.max_epochs), desc=f"fit {self._estimator_name}",
-            disable=None if self.verbose else True, unit="epoch",
+            disable=progress_disabled() if self.verbose else True, unit="epoch",
         )
         for epoch_index in progress:
             if converged:
@@ -616,12 +626,19 @@ class TripletEmbedding(BaseEstimator):
         """Return the probability that each pair is the most similar.
 
         Args:
-            triplets (array-like): Shape ``(n, 3)``.
+            triplets (array-like): Shape ``(n, 3)``, 0-based object indices.
 
         Returns:
-            np.ndarray: Shape ``(n, 3)``, with columns for the pairs (0, 1),
-            (0, 2) and (1, 2) of each row. Column 0 is the probability that
-            the last object is the odd one out.
+            np.ndarray: Shape ``(n, 3)``, in the estimator's ``dtype``, with
+            columns for the pairs (0, 1), (0, 2) and (1, 2) of each row.
+            Column 0 is the probability that the last object is the odd one
+            out. VICE averages the probabilities over ``mc_samples`` draws
+            from the posterior.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+            ValueError: On invalid or empty triplets, or an index outside
+                ``0 .. n_objects_ - 1``.
         """
         self._check_fitted()
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)

@@ -64,7 +64,8 @@ class VICE(TripletEmbedding):
         resume (bool): Continue from the checkpoint in ``checkpoint_dir``.
         eval_every (int): Epochs between evaluations on the validation set.
         tensorboard (bool): Write TensorBoard event files into ``checkpoint_dir``.
-        verbose (bool): Log every epoch at INFO level and show a progress bar.
+        verbose (bool): Log every epoch at INFO level and show a progress bar
+            (hidden when the environment variable ``TQDM_DISABLE`` is set).
 
     Attributes:
         embedding_ (np.ndarray): ReLU of the posterior means of the kept

@@ -49,7 +49,7 @@ from dimalign.features.decode import (  # noqa: F401
     parse_color,
     to_rgb,
 )
-from dimalign.io.objects import ObjectTable
+from dimalign.io.objects import ObjectTable, abbreviate_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.object_ids)
+
+    def __repr__(self) -> str:
+        # A notebook shows the repr, and a folder of thousands of images would fill a screen.
+        return (
+            f"{type(self).__name__}(n_images={len(self)}, object_ids={abbreviate_tuple(self.object_ids)}, "
+            f"paths={abbreviate_tuple(self.paths)}, root={self.root!r})"
+        )
 
     def checksum(self) -> str:
         """Return the SHA-256 of the object ids in row order, one per line in UTF-8.

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.features.datasets import (
     DEFAULT_EXTENSIONS,
@@ -507,7 +508,7 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
         pin_memory=loaded.device.type == "cuda",
     )
     bar = tqdm(total=len(image_list), initial=int(done.sum()), unit="img",
-               desc="extract", disable=None)
+               desc="extract", disable=progress_disabled())
     n_batches = 0
     n_processed = 0
     overflow_warned: set[str] = set()

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dimalign._progress import progress_disabled
 from dimalign.interpret.generators import FourierGenerator, augment, sample_latent, total_variation
 from dimalign.interpret.gradcam import check_dimension
 from dimalign.interpret.predictor import RANGE_TOLERANCE, DimensionPredictor
@@ -131,7 +132,7 @@ def maximize_dimension(
 
     optimizer = torch.optim.Adam([latent], lr=learning_rate)
     loss_history = []
-    for _ in tqdm(range(steps), desc=f"maximise dimension {dim}", disable=None, leave=False):
+    for _ in tqdm(range(steps), desc=f"maximise dimension {dim}", disable=progress_disabled(), leave=False):
         optimizer.zero_grad()
         # A generator without a bounded output can leave [0, 1] as its latent moves.
         images = _check_generated(generator(latent), step=len(loss_history) + 1)

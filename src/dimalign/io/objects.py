@@ -52,6 +52,14 @@ class ObjectTable:
     def __len__(self) -> int:
         return len(self.object_ids)
 
+    def __repr__(self) -> str:
+        # A notebook shows the repr, and a table of all THINGS objects would
+        # fill tens of thousands of characters.
+        parts = [f"n_objects={len(self)}", f"object_ids={abbreviate_tuple(self.object_ids)}"]
+        if any(self.sources):
+            parts.append(f"sources={abbreviate_tuple(self.sources)}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def index_of(self, names: Sequence[str]) -> list[int]:
         """Return the row of each name.
 
@@ -68,6 +76,86 @@ class ObjectTable:
     def from_ids(cls, object_ids: Sequence[str]) -> ObjectTable:
         """Build a table from names alone."""
         return cls(tuple(str(name) for name in object_ids))
+
+
+def index_object_ids(value: object) -> tuple[str, ...] | None:
+    """Return the index of a pandas DataFrame as object ids, or None where it names no rows.
+
+    The default index ``0 .. n - 1`` of a DataFrame built from an array names
+    nothing, and neither does any value that is not a DataFrame.
+
+    Args:
+        value (object): An embedding or feature matrix in any form.
+
+    Returns:
+        tuple[str, ...] | None: One id per row, as strings.
+    """
+    import pandas as pd
+
+    if not isinstance(value, pd.DataFrame) or value.index.equals(pd.RangeIndex(len(value))):
+        return None
+    return tuple(str(name) for name in value.index)
+
+
+def check_same_index(first: object, second: object, first_name: str, second_name: str) -> None:
+    """Raise ``ValueError`` if two DataFrames have indexes that name their rows differently.
+
+    Functions that pair rows by position (as scikit-learn does) call this.
+    Two labelled indexes in different orders would pair one object's row with
+    another's, so they are rejected rather than reordered. Arrays and the
+    default index ``0 .. n - 1`` name no rows and always pass.
+
+    Args:
+        first (object): The first input, such as features.
+        second (object): The second input, such as an embedding.
+        first_name (str): How the message names ``first``, best the
+            caller's argument name, so that the suggested ``.loc`` fix reads
+            as code.
+        second_name (str): How the message names ``second``.
+
+    Raises:
+        ValueError: Naming the count of objects in another order, or the
+            objects found in only one index.
+    """
+    first_ids, second_ids = index_object_ids(first), index_object_ids(second)
+    if first_ids is None or second_ids is None or first_ids == second_ids:
+        return
+    if first_name.isidentifier() and second_name.isidentifier():
+        fix = f"for example {second_name}.loc[{first_name}.index]"
+    else:
+        fix = f"for example by reordering the rows of {second_name} to the index of {first_name}"
+    if sorted(first_ids) == sorted(second_ids):
+        raise ValueError(
+            f"{first_name} and {second_name} are DataFrames whose indexes list the same "
+            f"{len(first_ids)} objects in another order: align them first, {fix}"
+        )
+    first_set, second_set = set(first_ids), set(second_ids)
+    only_first = [name for name in first_ids if name not in second_set]
+    only_second = [name for name in second_ids if name not in first_set]
+    parts = [
+        f"{len(only_first)} only in {first_name}" + (f" (first {only_first[0]!r})" if only_first else ""),
+        f"{len(only_second)} only in {second_name}" + (f" (first {only_second[0]!r})" if only_second else ""),
+    ]
+    raise ValueError(
+        f"{first_name} and {second_name} are DataFrames whose indexes name other objects: "
+        f"{', '.join(parts)}; pass two tables of the same objects, {fix}"
+    )
+
+
+def abbreviate_tuple(values: tuple[str, ...], edge: int = 3) -> str:
+    """Format a tuple like its repr, with only the first and last ``edge`` items when it is longer.
+
+    Args:
+        values (tuple[str, ...]): The items.
+        edge (int): Items shown at each end of a tuple longer than ``2 * edge``.
+
+    Returns:
+        str: Such as ``('a', 'b', 'c', ..., 'x', 'y', 'z')``.
+    """
+    if len(values) <= 2 * edge:
+        return repr(values)
+    shown = [repr(value) for value in values[:edge]] + ["..."] + [repr(value) for value in values[-edge:]]
+    return f"({', '.join(shown)})"
 
 
 def write_object_table(table: ObjectTable, path: str | os.PathLike) -> Path:

@@ -63,6 +63,42 @@ class EmbeddingResult:
         return int(self.embedding.shape[1])
 
 
+def embedding_weights(value: Any, source: str = "the embedding") -> Any:
+    """Return the weights of a fitted VICE or SPoSE or of an :class:`EmbeddingResult`.
+
+    The analysis functions take these as well as arrays. A fitted estimator
+    gives its ``embedding_``: for VICE the posterior means, whose accuracy
+    differs from the posterior predictive of ``VICE.score``.
+
+    Args:
+        value (Any): An estimator, an :class:`EmbeddingResult`, or anything
+            else, such as an array, a DataFrame or a tensor.
+        source (str): How errors name ``value``.
+
+    Returns:
+        Any: ``embedding_`` of an estimator, ``embedding`` of a result, and
+        any other value unchanged, for the caller to convert and check.
+
+    Raises:
+        NotFittedError: For an estimator before ``fit``.
+        ValueError: For a path, because the analysis functions read no files.
+    """
+    if isinstance(value, EmbeddingResult):
+        return value.embedding
+    if isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"{source} must be an array of shape (n_objects, n_dims), got the path {str(value)!r}: "
+            "load it first, with dimalign.io.runs.load_embedding(path).embedding"
+        )
+    if hasattr(value, "get_params"):
+        if not hasattr(value, "embedding_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"{source}, a {type(value).__name__}, is not fitted yet: call fit first")
+        return value.embedding_
+    return value
+
+
 def save_embedding(result: EmbeddingResult, run_dir: str | os.PathLike) -> Path:
     """Write ``embedding.npz`` into ``run_dir`` atomically and return its path.
 

@@ -1432,7 +1432,7 @@ def split_triplets(
         tuple[np.ndarray, np.ndarray]: ``(train, val)``.
 
     Raises:
-        ValueError: If ``val_fraction`` is outside ``[0, 1)``, the triplets are
+        ValueError: If ``val_fraction`` is not a number in ``[0, 1)``, the triplets are
             not valid (see :func:`validate_triplets`), or the split would
             leave no training rows.
 
@@ -1442,6 +1442,8 @@ def split_triplets(
         >>> len(train), len(val)
         (3, 1)
     """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real):
+        raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     triplets = validate_triplets(triplets, None, "triplets to split")
@@ -1503,7 +1505,9 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
     (``.csv``).
 
     Args:
-        triplets (np.ndarray): Integer array of shape ``(n_triplets, 3)``.
+        triplets (array-like): Integer array of shape ``(n_triplets, 3)``.
+            Floats are accepted when every value is a whole number, as
+            ``np.loadtxt`` returns them.
         path (str | os.PathLike): Destination file.
 
     Returns:
@@ -1514,11 +1518,6 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
             index or a row that repeats an object, or the suffix is unknown.
     """
     path = Path(path)
-    array = np.asarray(triplets)
-    if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "iu":
-        raise ValueError(
-            f"triplets must be an integer array of shape (n, 3), got {array.dtype} {array.shape}"
-        )
     suffix = path.suffix.lower()
     if suffix not in TRIPLET_SUFFIXES:
         raise ValueError(
@@ -1526,10 +1525,10 @@ def save_triplets(triplets: np.ndarray, path: str | os.PathLike) -> Path:
         )
     # The checks of load_triplets without an object count, so that a file
     # written here can be read back.
-    validate_triplets(array, None, source=str(path))
+    array = validate_triplets(triplets, None, source=str(path))
     with atomic_path(path) as temporary:
         if suffix == ".npy":
-            np.save(temporary, array.astype(np.int64, copy=False))
+            np.save(temporary, array)
         else:
             np.savetxt(temporary, array, fmt="%d", delimiter=TEXT_DELIMITERS[suffix])
     logger.debug("wrote %d triplets to %s", len(array), path)

@@ -56,6 +56,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.io.triplets import validate_triplets
 
@@ -221,7 +222,7 @@ def simulate_choices(
     chosen = np.empty_like(triplets)
     n_ties = 0
     starts = range(0, len(triplets), batch_size)
-    for start in tqdm(starts, desc="simulating choices", unit="batch", disable=None):
+    for start in tqdm(starts, desc="simulating choices", unit="batch", disable=progress_disabled()):
         batch = triplets[start : start + batch_size]
         with np.errstate(over="ignore", invalid="ignore"):
             pair_similarities = lookup(batch)
@@ -480,7 +481,7 @@ def _upper_gram(
         transformed = transformed - transformed.mean(axis=0, dtype=np.float64).astype(dtype)
     gram = np.empty((n_objects, n_objects), dtype=dtype)
     block = 1024
-    for start in tqdm(range(0, n_objects, block), desc="Gram matrix", unit="block", disable=None):
+    for start in tqdm(range(0, n_objects, block), desc="Gram matrix", unit="block", disable=progress_disabled()):
         stop = min(start + block, n_objects)
         # Overflow shows as inf and is reported with the triplet that meets it.
         with np.errstate(over="ignore", invalid="ignore"):
