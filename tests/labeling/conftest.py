@@ -10,6 +10,7 @@ from PIL import Image, ImageOps
 
 from dimalign.io.objects import ObjectTable, write_object_table
 from dimalign.io.runs import EmbeddingResult, save_embedding
+from dimalign.labeling.app import create_app
 from dimalign.labeling.study import create_study
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,3 +88,11 @@ def labeling_run(tmp_path_factory, image_set) -> Path:
 def study_path(tmp_path, labeling_run, image_set) -> Path:
     """A fresh study of the first five dimensions."""
     return create_study(tmp_path / "study.db", labeling_run, image_set[0], dims="0-4")
+
+
+@pytest.fixture
+def app(study_path):
+    """The Flask app of ``study_path`` in testing mode, with the admin token ``secret-admin``."""
+    application = create_app(study_path, admin_token="secret-admin")
+    application.config["TESTING"] = True
+    return application

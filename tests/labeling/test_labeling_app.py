@@ -14,7 +14,7 @@ import unicodedata
 
 import numpy as np
 import pytest
-from labeling_helpers import csrf_from
+from labeling_helpers import answer_rows, consent, csrf_from, shown_code, submit
 
 from dimalign.labeling import db
 from dimalign.labeling.app import (
@@ -28,51 +28,9 @@ from dimalign.labeling.answers import Answer
 from dimalign.labeling.study import Study, create_study
 
 
-def answer_rows(path):
-    with sqlite3.connect(path) as connection:
-        return connection.execute(
-            "SELECT participant_id, dimension, labels_json, kind, interpretability FROM answers "
-            "ORDER BY participant_id, dimension"
-        ).fetchall()
-
-
 def history_count(path):
     with sqlite3.connect(path) as connection:
         return connection.execute("SELECT COUNT(*) FROM answer_history").fetchone()[0]
-
-
-@pytest.fixture
-def app(study_path):
-    application = create_app(study_path, admin_token="secret-admin")
-    application.config["TESTING"] = True
-    return application
-
-
-def consent(client):
-    """Consent as a new participant; return (participant id, its order, the code)."""
-    page = client.get("/consent")
-    response = client.post("/consent", data={"csrf_token": csrf_from(page.text), "agree": "yes"})
-    assert response.status_code == 303
-    participant_id = int(response.headers["Location"].split("/")[2])
-    code = shown_code(client.get(response.headers["Location"]).text)
-    with Study(client.application.config["STUDY_PATH"]) as study:
-        order = study.participant(participant_id).order
-    return participant_id, order, code
-
-
-def shown_code(page):
-    """Return the participant code that the instructions or the stopped page shows."""
-    match = re.search(r'<code id="participant-code">([^<]+)</code>', page)
-    assert match, "page shows no participant code"
-    return html.unescape(match.group(1))
-
-
-def submit(client, participant_id, dimension, labels=("red",), kind="visual", interpretability="one", token=None):
-    url = f"/participant/{participant_id}/dimension/{dimension}"
-    if token is None:
-        token = csrf_from(client.get(url).text)
-    data = {"csrf_token": token, "label": list(labels), "kind": kind, "interpretability": interpretability}
-    return client.post(url, data=data)
 
 
 def test_consent_creates_participant(app, study_path):

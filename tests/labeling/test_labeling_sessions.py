@@ -6,21 +6,12 @@ import json
 import sqlite3
 
 import pytest
-from labeling_helpers import csrf_from
+from labeling_helpers import answer_rows, consent, csrf_from, shown_code, submit
 
 from dimalign.labeling import db
 from dimalign.labeling.answers import Answer
 from dimalign.labeling.app import create_app
 from dimalign.labeling.study import SessionEndedError, Study, create_study, hash_code
-
-from test_labeling_app import answer_rows, consent, shown_code, submit
-
-
-@pytest.fixture
-def app(study_path):
-    application = create_app(study_path, admin_token="secret-admin")
-    application.config["TESTING"] = True
-    return application
 
 
 def copy_of(client):
