@@ -1,4 +1,4 @@
-"""Helpers shared by the labelling tests: a server in a thread, CSRF tokens and a participant's steps."""
+"""Helpers shared by the labelling tests: a server in a thread, CSRF tokens, a participant's steps and read-only files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dimalign.labeling.app import make_study_server
 from dimalign.labeling.study import Study
@@ -70,3 +72,25 @@ def submit(client, participant_id, dimension, labels=("red",), kind="visual", in
         token = csrf_from(client.get(url).text)
     data = {"csrf_token": token, "label": list(labels), "kind": kind, "interpretability": interpretability}
     return client.post(url, data=data)
+
+
+@contextlib.contextmanager
+def write_protected(path):
+    """Make a file or folder read-only, also for root (through the immutable attribute), or skip."""
+    import os
+    import subprocess
+
+    mode = path.stat().st_mode
+    path.chmod(0o555 if path.is_dir() else 0o444)
+    immutable = False
+    try:
+        if os.geteuid() == 0:
+            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"cannot make {path} read-only for root: {result.stderr.decode().strip()}")
+            immutable = True
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(mode)

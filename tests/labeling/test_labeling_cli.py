@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 
 import pytest
+from labeling_helpers import write_protected
 
 from dimalign.cli import main
 from dimalign.labeling import commands
@@ -320,28 +320,6 @@ def test_setup_stores_recorded_decoding(tmp_path, labeling_run, image_set, recor
     assert status == 0
     with Study(tmp_path / "study.db") as study:
         assert study.decoding == Decoding((0, 0, 0), False)
-
-
-@contextlib.contextmanager
-def write_protected(path):
-    """Make a file or folder read-only, also for root (through the immutable attribute), or skip."""
-    import os
-    import subprocess
-
-    mode = path.stat().st_mode
-    path.chmod(0o555 if path.is_dir() else 0o444)
-    immutable = False
-    try:
-        if os.geteuid() == 0:
-            result = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
-            if result.returncode != 0:
-                pytest.skip(f"cannot make {path} read-only for root: {result.stderr.decode().strip()}")
-            immutable = True
-        yield path
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(path)], check=True)
-        path.chmod(mode)
 
 
 def test_close_read_only_study_named(study_path, capsys):

@@ -6,7 +6,9 @@ import json
 import sqlite3
 
 import pytest
-from labeling_helpers import answer_rows, consent, csrf_from, shown_code, submit
+from labeling_helpers import answer_rows, consent, csrf_from, shown_code, submit, write_protected
+
+from dimalign.cli import main
 
 from dimalign.labeling import db
 from dimalign.labeling.answers import Answer
@@ -315,6 +317,26 @@ def test_old_cookie_works_until_stop(old_study, cookie_name):
     assert stopped.status_code == 200
     assert copy.get("/participant/1/next").status_code == 403
     assert [row[:3] for row in answer_rows(old_study)] == [(1, 0, '["old"]'), (1, 1, '["kept"]')]
+
+
+def test_read_only_old_study_named(old_study, capsys):
+    # A study of the previous schema must be migrated before any command can
+    # read it, and a read-only file cannot be. dimalign keeps studies in WAL mode.
+    connection = sqlite3.connect(old_study)
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.close()
+    with write_protected(old_study):
+        status = main(["label-app", "export", str(old_study), "-o", "-"])
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"dimalign label-app: error: cannot update the study database {old_study} from schema version 3 "
+        f"to {db.LATEST_VERSION} (attempt to write a readonly database): it was written by an older "
+        "dimalign, so make the file writable, or work on a writable copy, then run the command again\n"
+    )
+    with sqlite3.connect(old_study) as connection:
+        assert connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+    connection.close()
 
 
 def test_study_restored_from_old_backup_is_503(app, study_path, tmp_path, caplog):

@@ -404,6 +404,8 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
     Raises:
         ValueError: If the database was written by a newer dimalign (its version
             is above every known migration) or ``target`` is unknown.
+        PermissionError: If a migration is needed but the file is read-only,
+            naming the file and both versions.
     """
     known = {version for version, _, _ in MIGRATIONS}
     if target not in known:
@@ -420,12 +422,28 @@ def migrate(connection: sqlite3.Connection, target: int = LATEST_VERSION) -> int
             f"this dimalign knows versions up to {LATEST_VERSION}: upgrade dimalign to open it"
         )
 
+    try:
+        return _apply_migrations(connection, current, target)
+    except sqlite3.OperationalError as error:
+        if "readonly" not in str(error):
+            raise
+        # Every command opens a study through here, also export, which writes
+        # nothing else. So a read-only study of an older dimalign cannot be read.
+        raise PermissionError(
+            f"cannot update the study database {_database_file(connection)} from schema version {current} "
+            f"to {target} ({error}): it was written by an older dimalign, so make the file writable, or "
+            "work on a writable copy, then run the command again"
+        ) from error
+
+
+def _apply_migrations(connection: sqlite3.Connection, current: int, target: int) -> int:
+    """Apply the migrations after version ``current`` up to ``target`` (see :func:`migrate`)."""
     for version, description, script in MIGRATIONS:
         if version <= current or version > target:
             continue
         with transaction(connection):
             # Another process that opened the study at the same time may have
-            # applied this migration after the version was read above. The
+            # applied this migration after migrate() read the version. The
             # write lock of this transaction keeps it from doing so now.
             if schema_version(connection) >= version:
                 current = version
