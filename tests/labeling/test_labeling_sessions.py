@@ -299,6 +299,33 @@ def test_old_schema_migrated_once_by_two(old_study):
     assert columns.count("session_version") == 1
 
 
+def test_migration_race_applies_once(old_study, monkeypatch):
+    # The other process migrates the study after this one read version 3 and
+    # before it takes the write lock, the window that opening one after the
+    # other never reaches.
+    first = db.connect(old_study)
+    read_version = db.schema_version
+    others = []
+
+    def version_then_other_process(connection):
+        version = read_version(connection)
+        if connection is first and not others:
+            monkeypatch.setattr(db, "schema_version", read_version)
+            others.append(db.open_database(old_study))
+            monkeypatch.setattr(db, "schema_version", version_then_other_process)
+        return version
+
+    monkeypatch.setattr(db, "schema_version", version_then_other_process)
+    reached = db.migrate(first)
+    monkeypatch.undo()
+    versions = [row[0] for row in first.execute("SELECT version FROM schema_version ORDER BY version")]
+    first.close()
+    others[0].close()
+
+    assert reached == db.LATEST_VERSION
+    assert versions == [version for version, _, _ in db.MIGRATIONS]
+
+
 @pytest.mark.parametrize("cookie_name", ["own", "dimalign_labels"])
 def test_old_cookie_works_until_stop(old_study, cookie_name):
     application = create_app(old_study, admin_token="secret-admin")
