@@ -2148,3 +2148,20 @@ def test_compare_default_index_is_positional(tmp_path):
     human, dnn = surrogate_pair(n_objects=12)
     framed = compare(pd.DataFrame(human), pd.DataFrame(dnn), tmp_path / "frames", n_bootstrap=20)
     assert framed.rsa.r == compare(human, dnn, tmp_path / "arrays", n_bootstrap=20).rsa.r
+
+
+def test_compare_filtered_dataframe_names_fix(tmp_path):
+    """A filtered DataFrame keeps its integer index, which then names its rows, unlike the array it is paired with."""
+    human, dnn = surrogate_pair(n_objects=12)
+    kept = pd.DataFrame(human).iloc[2:]
+
+    with pytest.raises(ValueError) as caught:
+        compare(kept, dnn[2:], tmp_path / "out", n_bootstrap=0)
+
+    assert str(caught.value) == (
+        "the DNN embedding has no object table, but the other input has one (DataFrame index), so the "
+        "DNN rows cannot be matched to it by object id: pass the table that names the DNN rows "
+        "(objects=, CLI --objects), pass the DNN embedding as a DataFrame with such an index, or "
+        "call reset_index(drop=True) on the human DataFrame to pair the rows by position"
+    )
+    assert not (tmp_path / "out").exists()

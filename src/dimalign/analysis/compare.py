@@ -1286,10 +1286,17 @@ def _choose_tables(
 
     for (table, _), (other_table, other_source), side in ((chosen[0], chosen[1], human), (chosen[1], chosen[0], dnn)):
         if table is None and other_table is not None:
+            fix = f"pass the table that names the {side.label} rows (objects=, CLI --objects)"
+            if other_source == INDEX_SOURCE:
+                # A DataFrame filtered or sorted in pandas keeps its integer index, which then names its rows.
+                other_label = "DNN" if side is human else "human"
+                fix += (
+                    f", pass the {side.label} embedding as a DataFrame with such an index, or call "
+                    f"reset_index(drop=True) on the {other_label} DataFrame to pair the rows by position"
+                )
             raise ValueError(
                 f"{side.name} has no object table, but the other input has one ({other_source}), so "
-                f"the {side.label} rows cannot be matched to it by object id: pass the table that "
-                f"names the {side.label} rows (objects=, CLI --objects)"
+                f"the {side.label} rows cannot be matched to it by object id: {fix}"
             )
     return chosen
 
