@@ -193,3 +193,22 @@ def test_things48_index_not_ids_names_fix(things_dir):
                                          r"of unique_id.txt: pass object_ids, or frame.reset_index\(drop=True\) "
                                          r"when the rows follow unique_id.txt"):
         things48_correlation(frame, data=load_things48(things_dir))
+
+
+def test_evaluate_index_not_ids_names_fix(things_dir):
+    """evaluate_embedding skips the 48-object check with a warning that names the DataFrame index and the fix."""
+    import pandas as pd
+
+    from dimalign.analysis.evaluate import evaluate_embedding
+
+    embedding = np.loadtxt(things_dir / "spose_embedding_49d_sorted.txt")
+    frame = pd.DataFrame(embedding, index=range(1, 1855))
+    with pytest.warns(UserWarning) as caught:
+        metrics = evaluate_embedding(frame, TRIPLETS, things_dir=things_dir)
+
+    skipped = [str(warning.message) for warning in caught if "48-object check" in str(warning.message)]
+    assert skipped == [
+        "skipped the 48-object check: the DataFrame index of the embedding is not the THINGS concept ids "
+        "of unique_id.txt: pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
+    ]
+    assert "things48_r" not in metrics

@@ -23,7 +23,7 @@ import numpy as np
 from dimalign._warnings import warn
 from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
 from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
-from dimalign.analysis.things48 import load_things48, things48_correlation
+from dimalign.analysis.things48 import INDEX_NOT_THINGS_IDS, load_things48, things48_correlation
 from dimalign.io.objects import index_object_ids
 from dimalign.io.runs import EmbeddingResult, as_embedding_result
 
@@ -73,7 +73,8 @@ def evaluate_embedding(
             not the THINGS concepts, and when the noise ceiling rests on few
             responses (see :func:`triplet_noise_ceiling`).
     """
-    if object_ids is None:
+    from_index = object_ids is None and index_object_ids(embedding) is not None
+    if from_index:
         object_ids = index_object_ids(embedding)
     if isinstance(embedding, EmbeddingResult):
         embedding = embedding.embedding
@@ -114,6 +115,8 @@ def evaluate_embedding(
     if data is not None:
         if weights.shape[0] != data.n_concepts:
             reason = f"the embedding has {weights.shape[0]} objects, not the {data.n_concepts} THINGS concepts"
+        elif object_ids is not None and data.rows_in(object_ids) is None and from_index:
+            reason = INDEX_NOT_THINGS_IDS
         elif object_ids is not None and data.rows_in(object_ids) is None:
             reason = "the object table of the embedding does not list the THINGS concept ids of unique_id.txt"
         else:

@@ -37,6 +37,12 @@ from dimalign.io.runs import embedding_weights
 
 logger = logging.getLogger(__name__)
 
+#: The error for a DataFrame embedding whose index is not the THINGS concept ids.
+INDEX_NOT_THINGS_IDS = (
+    "the DataFrame index of the embedding is not the THINGS concept ids of unique_id.txt: "
+    "pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
+)
+
 RDM_FILE = "RDM48_triplet.mat"
 WORDS_FILE = "words48.csv"
 CONCEPTS_FILE = "unique_id.txt"
@@ -327,10 +333,7 @@ def things48_correlation(
             )
         rows = data.rows_in(object_ids)
         if rows is None and from_index:
-            raise ValueError(
-                "the DataFrame index of the embedding is not the THINGS concept ids of unique_id.txt: "
-                "pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
-            )
+            raise ValueError(INDEX_NOT_THINGS_IDS)
         if rows is None:
             raise ValueError(
                 "the object ids of the embedding are not the THINGS concept ids of unique_id.txt, "
