@@ -877,3 +877,31 @@ def test_decoded_png_cached_until_file_changes(tmp_path):
     assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (0, 0, 255)
     assert Image.open(io.BytesIO(other_background)).getpixel((4, 4)) == (0, 255, 0)
     assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_decoded_png_cache_sees_copy_with_same_time(tmp_path):
+    # cp -p and rsync -a keep the modification time, and BMP files of one size have one length.
+    import io
+    import shutil
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_png
+
+    path = tmp_path / "a.bmp"
+    replacement = tmp_path / "b.bmp"
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(path)
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(replacement)
+    os.utime(path, ns=(10**18, 10**18))
+    os.utime(replacement, ns=(10**18, 10**18))
+    first = decoded_png(path, Decoding((0, 0, 255)))
+    shutil.copy2(replacement, tmp_path / "b-copy.bmp")
+    os.replace(tmp_path / "b-copy.bmp", path)
+    assert path.stat().st_size == replacement.stat().st_size
+    assert path.stat().st_mtime_ns == 10**18
+
+    replaced = decoded_png(path, Decoding((0, 0, 255)))
+
+    assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (255, 0, 0)
+    assert Image.open(io.BytesIO(replaced)).getpixel((4, 4)) == (0, 255, 0)

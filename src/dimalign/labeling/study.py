@@ -680,7 +680,7 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
 
     An image larger than :data:`SERVED_IMAGE_SIDE` is shrunk to fit a square
     of that side, keeping its aspect ratio. The result is cached by path,
-    file size, modification time and decoding, up to
+    file size, modification and change time, inode and decoding, up to
     :data:`DECODED_CACHE_BYTES`, the least recently used leaving first. A
     file that changes on disk is decoded again.
     """
@@ -691,7 +691,10 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
     if stat is None:
         # load_rgb raises the ImageReadError that describes a missing or unreadable file.
         return _decode_and_encode(path, decoding)
-    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns, decoding.background, decoding.exif_transpose)
+    # A copy that keeps the modification time (cp -p, rsync -a) may also keep the size, as BMP
+    # files of one size do. The inode and the change time, which no copy keeps, tell it apart.
+    file_version = (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    key = (os.fspath(path), *file_version, decoding.background, decoding.exif_transpose)
     with _decoded_cache_lock:
         if key in _decoded_cache:
             _decoded_cache.move_to_end(key)
