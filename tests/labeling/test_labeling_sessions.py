@@ -455,3 +455,31 @@ def test_late_stop_of_copy_shows_no_code(app, study_path):
     assert late.status_code == 403
     assert code not in late.text
     assert "session has ended" in late.text
+
+
+def test_concurrent_repeated_stop_shows_code(app, study_path, monkeypatch):
+    # The first click's Stop commits while the second click's request runs,
+    # after its check for a repeated Stop and before its session check.
+    from dimalign.labeling import app as app_module
+
+    client = app.test_client()
+    participant_id, order, code = consent(client)
+    token = csrf_from(client.get(f"/participant/{participant_id}/dimension/{order[0]}").text)
+    check_repeated = app_module._repeated_stop
+    first_click = []
+
+    def first_click_commits_meanwhile(participant):
+        found = check_repeated(participant)
+        if not first_click:
+            with Study(study_path) as study:
+                first_click.append(study.end_sessions(participant))
+        return found
+
+    monkeypatch.setattr(app_module, "_repeated_stop", first_click_commits_meanwhile)
+    second = client.post(f"/participant/{participant_id}/stop", data={"csrf_token": token})
+
+    assert first_click == [1]
+    assert second.status_code == 200
+    assert shown_code(second.text) == code
+    with Study(study_path) as study:
+        assert study.participant(participant_id).session_version == 1

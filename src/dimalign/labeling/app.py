@@ -62,6 +62,7 @@ from flask import (
 )
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.exceptions import Forbidden
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
@@ -927,7 +928,15 @@ def _add_participant_routes(app: Flask) -> None:
         repeated = _repeated_stop(participant_id)
         if repeated is not None:
             return _render_stopped(repeated, _session_code("code"), repeated=True)
-        participant = _current_participant(participant_id)
+        try:
+            participant = _current_participant(participant_id)
+        except Forbidden:
+            # A first click's Stop that ran at the same time may have committed
+            # after the check above, so this request repeats it after all.
+            repeated = _repeated_stop(participant_id)
+            if repeated is None:
+                raise
+            return _render_stopped(repeated, _session_code("code"), repeated=True)
         _check_csrf()
         code = _session_code("code")
         # The new version ends this session in every browser that has a copy of its cookie.
