@@ -691,8 +691,8 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
     if stat is None:
         # load_rgb raises the ImageReadError that describes a missing or unreadable file.
         return _decode_and_encode(path, decoding)
-    # A copy that keeps the modification time (cp -p, rsync -a) may also keep the size, as BMP
-    # files of one size do. The inode and the change time, which no copy keeps, tell it apart.
+    # A copy that keeps the modification time (cp -p, rsync -a) may also have the same length, as BMP
+    # files of equal pixel size do. The inode and the change time, which no copy keeps, tell it apart.
     file_version = (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
     key = (os.fspath(path), *file_version, decoding.background, decoding.exif_transpose)
     with _decoded_cache_lock:
