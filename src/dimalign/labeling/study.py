@@ -1079,9 +1079,14 @@ class Study:
         These are the objects that setup stored in the setting
         ``decoded_images``, and the objects whose files
         :func:`browser_shows_otherwise` finds now. The rules may have grown
-        since setup, such as by embedded ICC colour profiles. Only file
-        headers are read. A study set up before the decoding settings were
-        stored returns no object, because it does not know how the DNN decoded the images.
+        since setup, such as by embedded ICC colour profiles. A study set up
+        before the decoding settings were stored returns no object, because
+        it does not know how the DNN decoded the images.
+
+        NOTE: JPEG files are read to their headers only (0.3 ms each here),
+        but Pillow 13 decodes a whole PNG file to look for an ``eXIf`` chunk
+        after the pixel data (about 10 ms for a 300 KB photo). So a server
+        start decodes every PNG grid image that is served as a file.
         """
         from PIL import Image, UnidentifiedImageError
 
