@@ -300,9 +300,9 @@ def test_old_schema_migrated_once_by_two(old_study):
 
 
 def test_migration_race_applies_once(old_study, monkeypatch):
-    # The other process migrates the study after this one read version 3 and
-    # before it takes the write lock, the window that opening one after the
-    # other never reaches.
+    # Another process migrates the study after this one read version 3 and
+    # before this one takes the write lock. Opening the study twice in a row
+    # never reaches this case.
     first = db.connect(old_study)
     read_version = db.schema_version
     others = []

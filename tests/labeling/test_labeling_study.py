@@ -880,7 +880,7 @@ def test_decoded_png_cached_until_file_changes(tmp_path):
 
 
 def test_decoded_png_cache_sees_copy_with_same_time(tmp_path):
-    # cp -p and rsync -a keep the modification time, and BMP files of one size have one length.
+    # cp -p and rsync -a keep the modification time, and BMP files of equal pixel size have equal length.
     import io
     import shutil
 
