@@ -176,8 +176,11 @@ def test_demo_overwrite_keeps_files_no_demo_wrote(tmp_path):
     assert (other / "dnn").read_text() == "a file of the user's"
 
 
-def fake_fit_side(fail_on: str):
-    """Stand in for ``_fit_side``: write a finished run, or raise Ctrl-C for the side ``fail_on``."""
+def fake_fit_side(fail_on: str, empty: str = "none"):
+    """Stand in for ``_fit_side``: write a finished run, or raise Ctrl-C for the side ``fail_on``.
+
+    The side ``empty`` gets a fit that kept no dimension.
+    """
     import types
 
     import numpy as np
@@ -189,8 +192,9 @@ def fake_fit_side(fail_on: str):
             raise KeyboardInterrupt
         run_dir.mkdir()
         (run_dir / "manifest.json").write_text(json.dumps({"step": "fit"}))
-        embedding = np.random.default_rng(0).random((1854, 3))
-        return types.SimpleNamespace(embedding_=embedding, n_dims_=3, n_epochs_=1, score=lambda triplets: 0.5)
+        n_dims = 0 if run_dir.name == empty else 3
+        embedding = np.random.default_rng(0).random((1854, n_dims))
+        return types.SimpleNamespace(embedding_=embedding, n_dims_=n_dims, n_epochs_=300, score=lambda triplets: 0.5)
 
     return fit
 
@@ -310,3 +314,22 @@ def test_demo_fits_with_one_torch_thread(monkeypatch, tmp_path):
         torch.set_num_threads(before)
 
     assert seen == [1]
+
+
+def test_demo_fit_without_dimensions_explained(things_dir, tmp_path, monkeypatch):
+    """Too few DNN triplets prune every dimension, and the RSA of a constant matrix is undefined."""
+    import dimalign.demo
+
+    out = tmp_path / "out"
+    settings = DemoSettings(n_dnn_triplets=200)
+    monkeypatch.setattr(dimalign.demo, "_fit_side", fake_fit_side(fail_on="none", empty="dnn"))
+
+    with pytest.raises(ValueError) as raised:
+        run_demo(out, data_dir=things_dir, settings=settings, download=False)
+
+    assert str(raised.value) == (
+        "the dnn fit kept no dimension after 300 epochs on 180 triplets, so its predicted similarities are "
+        "constant and the comparison with the human fit is undefined: simulate more DNN triplets "
+        "(--dnn-triplets, default 131552) or fit longer (--max-epochs)"
+    )
+    assert not out.exists()

@@ -397,6 +397,8 @@ def _run_observers(
         logger.info("fitting VICE to %d %s triplets (%d held out)", len(train), side, len(val))
         side_started = time.perf_counter()
         model = _fit_side(train, val, out_dir / side, n_objects, objects, settings, paths, side, seeds[side])
+        if model.n_dims_ == 0:
+            _raise_no_dimensions(side, model.n_epochs_, len(train))
         embeddings[side] = model.embedding_
         results[side] = SideResult(
             n_train=len(train), n_val=len(val), n_dims=model.n_dims_, n_epochs=model.n_epochs_,
@@ -420,6 +422,21 @@ def _run_observers(
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_manifest(out_dir, step="demo", inputs=paths, settings=asdict(settings), started=started, outputs=summary)
     return summary
+
+
+def _raise_no_dimensions(side: str, n_epochs: int, n_train: int) -> None:
+    """Raise ``ValueError`` for a fit that pruned every dimension, with the option that helps."""
+    advice = (
+        f"simulate more DNN triplets (--dnn-triplets, default {DemoSettings().n_dnn_triplets}) or fit longer "
+        "(--max-epochs)"
+        if side == "dnn"
+        else "fit longer (--max-epochs)"
+    )
+    other = "human" if side == "dnn" else "DNN"
+    raise ValueError(
+        f"the {side} fit kept no dimension after {n_epochs} epochs on {n_train} triplets, so its predicted "
+        f"similarities are constant and the comparison with the {other} fit is undefined: {advice}"
+    )
 
 
 def fit_seeds(seed: int) -> dict[str, int]:
