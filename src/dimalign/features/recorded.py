@@ -173,7 +173,7 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
             # A map copies the extraction's settings into its features_source.
             settings, key = features_source, "settings.features_source"
         else:
-            for input_path in _followed_inputs(manifest, folder, source):
+            for input_path in _input_paths(manifest, folder, source):
                 queue.append(input_path)
                 if not input_path.exists():
                     missing.append((input_path, source))
@@ -227,40 +227,30 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     }
 
 
-def _input_entries(manifest: dict[str, Any]) -> list[tuple[Any, Path]]:
-    """Return a manifest's data inputs as (entry, path) pairs, in the order of ``manifest["inputs"]``.
+def _input_entries(manifest: dict[str, Any], folder: Path, source: str) -> list[tuple[Any, Path]]:
+    """Return the data inputs of the manifest ``source`` in ``folder`` as (entry, path) pairs.
 
-    The object table (``objects``) is left out: it names rows only, and it may
-    lie in the folder of another step, such as an extraction of other features.
-    """
-    return [
-        (entry, Path(entry.get("path", "")) if isinstance(entry, dict) else Path(str(entry)))
-        for name, entry in manifest.get("inputs", {}).items()
-        if name != "objects"
-    ]
-
-
-def _input_paths(manifest: dict[str, Any]) -> list[Path]:
-    """Return the paths of a manifest's data inputs (see :func:`_input_entries`)."""
-    return [path for _, path in _input_entries(manifest)]
-
-
-def _followed_inputs(manifest: dict[str, Any], folder: Path, source: str) -> list[Path]:
-    """Return the input paths of the manifest ``source`` in ``folder``, a relative one read from ``folder``.
+    A relative path is read from ``folder``. The object table (``objects``) is
+    left out: it names rows only, and it may lie in the folder of another
+    step, such as an extraction of other features.
 
     Raises:
         ValueError: If ``inputs`` is not a JSON object or an entry has no path.
     """
-    paths = []
+    entries = []
     for name, entry in _checked(manifest.get("inputs", {}), dict, source, "inputs").items():
-        # The object table names rows only, and it may lie in the folder of another extraction.
         if name == "objects":
             continue
         path = entry.get("path") if isinstance(entry, dict) else entry
         if not isinstance(path, str) or not path:
             raise _damaged(source, f"inputs.{name}", entry)
-        paths.append(folder / path)
-    return paths
+        entries.append((entry, folder / path))
+    return entries
+
+
+def _input_paths(manifest: dict[str, Any], folder: Path, source: str) -> list[Path]:
+    """Return the paths of a manifest's data inputs (see :func:`_input_entries`)."""
+    return [path for _, path in _input_entries(manifest, folder, source)]
 
 
 def _recorded_colour(value: Any, source: str, key: str) -> tuple[int, int, int]:
@@ -302,7 +292,7 @@ def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) ->
 
     layer = manifest.get("settings", {}).get("layer")
     sources = []
-    for entry, path in _input_entries(manifest):
+    for entry, path in _input_entries(manifest, Path(map_dir), str(Path(map_dir) / MANIFEST_NAME)):
         folder = path if path.is_dir() else path.parent
         if not (folder / MANIFEST_NAME).is_file() or folder == Path(map_dir):
             continue
@@ -355,7 +345,7 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     else:
         extracted = _extraction_sources(map_dir, manifest)
         if not extracted:
-            missing = [path for path in _input_paths(manifest) if not path.exists()]
+            missing = [path for path in _input_paths(manifest, Path(map_dir), source) if not path.exists()]
             if missing:
                 raise ValueError(
                     f"{Path(map_dir) / MANIFEST_NAME} records no features_source, and its features "
