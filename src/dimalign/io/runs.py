@@ -176,11 +176,9 @@ def _folder_without_embedding(folder: Path) -> str:
             f"{problem}: it is a sweep, so pass one of its runs, such as {seeds[0].parent}, or the run "
             "that 'dimalign select' chose"
         )
-    triplet_files = sorted(
-        entry.name for entry in folder.iterdir()
-        if entry.suffix.lower() in (".npy", ".txt", ".tsv", ".csv")
-        and (entry.name.startswith("train") or entry.stem == "triplets")
-    )
+    from dimalign.io.triplets import is_triplet_candidate
+
+    triplet_files = sorted(entry.name for entry in folder.iterdir() if is_triplet_candidate(entry))
     if triplet_files:
         return f"{problem}: it contains triplets ({triplet_files[0]}), which 'dimalign fit' turns into an embedding"
     if any(folder.glob("features*.npy")) or (folder / "features.h5").is_file():

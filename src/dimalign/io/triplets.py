@@ -223,6 +223,15 @@ def _step_of_folder(folder: Path) -> str | None:
     return step if isinstance(step, str) else None
 
 
+def is_triplet_candidate(path: Path) -> bool:
+    """Check whether a path is a file that :func:`find_triplet_file` would load from its folder."""
+    return (
+        path.is_file()
+        and path.suffix.lower() in TRIPLET_SUFFIXES
+        and (path.stem == "triplets" or path.name.startswith("train"))
+    )
+
+
 def find_triplet_file(folder: str | os.PathLike) -> Path:
     """Find the one triplet file in a folder.
 
@@ -236,13 +245,7 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
         ValueError: If it contains more than one (the message lists them).
     """
     folder = Path(folder)
-    candidates = sorted(
-        entry
-        for entry in folder.iterdir()
-        if entry.is_file()
-        and entry.suffix.lower() in TRIPLET_SUFFIXES
-        and (entry.stem == "triplets" or entry.name.startswith("train"))
-    )
+    candidates = sorted(entry for entry in folder.iterdir() if is_triplet_candidate(entry))
     if not candidates:
         step = _step_of_folder(folder)
         if step in ("extract", "features"):
