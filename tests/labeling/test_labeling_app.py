@@ -1485,7 +1485,59 @@ def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
 
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
-    assert "1 grid images that the study lists to serve as files are served decoded" in caplog.text
+    assert f"object {index}, which the study lists to serve as a file, is served decoded" in caplog.text
+
+
+def test_app_start_opens_no_image(odd_images_study, monkeypatch):
+    """Setup decided which images to decode, so a start opens none of them (a PNG photo took about 10 ms)."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    opened = []
+    original_open = Image.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(file)
+        return original_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    application = create_app(path, admin_token="secret-admin")
+
+    assert opened == []
+    client = application.test_client()
+    consent(client)
+    response = client.get(f"/image/{index}")
+    assert response.status_code == 200
+    assert [os.fspath(file) for file in opened] == [os.fspath(target)]
+
+
+def test_image_changed_after_start_served_decoded(odd_images_study):
+    import io
+
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    original = target.read_bytes()
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}").data
+    # A file copied over the old one has a new inode and change time.
+    replacement = target.with_name("replacement.png")
+    Image.new("RGBA", (16, 16), (200, 0, 0, 0)).save(replacement)
+    os.replace(replacement, target)
+
+    second = client.get(f"/image/{index}").data
+    shown = Image.open(io.BytesIO(second))
+
+    assert first == original
+    assert second != target.read_bytes()
+    assert shown.mode == "RGB"
+    assert shown.getpixel((8, 8)) == (255, 255, 255)
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
 
 
 def test_form_of_replaced_participant_not_saved(app, study_path):

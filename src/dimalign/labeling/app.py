@@ -67,6 +67,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wsgi import get_content_length
 
+import dimalign
 from dimalign.features.decode import ImageReadError
 from dimalign.labeling import db
 from dimalign.labeling.answers import AnswerError, validate_answer
@@ -116,10 +117,11 @@ def create_app(
             moved to another machine. The study database is not changed.
 
     Returns:
-        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path,
-        ``app.config["IMAGES_DIR"]`` the image folder and
-        ``app.config["DECODED_IMAGES"]`` the objects whose images are served
-        decoded (see :meth:`dimalign.labeling.study.Study.images_to_decode`).
+        Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
+        and ``app.config["IMAGES_DIR"]`` the image folder. Which images are
+        served decoded is decided on each image's first request (see
+        :meth:`dimalign.labeling.study.Study.serves_decoded`), so the start
+        opens no image.
 
     Raises:
         ValueError: If ``admin_token`` is invalid, or ``study_path`` is not a study database.
@@ -130,10 +132,9 @@ def create_app(
         check_admin_token(admin_token)
     with Study(study_path, images_dir=images_dir) as study:
         study.check_images()
-        images_to_decode = study.images_to_decode()
         images_dir = study.images_dir
         secret_key = study.settings["secret_key"]
-        image_versions = _image_versions(study, images_to_decode, secret_key)
+        image_versions = _image_versions(study, secret_key)
         percentiles = [float(value) for value in json.loads(study.settings["grid_percentiles"])]
 
     app = Flask(
@@ -145,7 +146,6 @@ def create_app(
         SECRET_KEY=secret_key,
         STUDY_PATH=study_path,
         IMAGES_DIR=images_dir,
-        DECODED_IMAGES=images_to_decode,
         IMAGE_VERSIONS=image_versions,
         ADMIN_TOKEN=admin_token,
         GRID_PERCENTILES=percentiles,
@@ -178,21 +178,22 @@ def create_app(
     return app
 
 
-def _image_versions(study: Study, decoded: frozenset[int], secret_key: str) -> dict[int, str]:
+def _image_versions(study: Study, secret_key: str) -> dict[int, str]:
     """Return the ``v`` query value of each image URL: 16 hex digits of a SHA-256 hash.
 
     Browsers keep images for an hour by URL (see the image view). The hash
     covers the study's secret key, the object, the image file's checksum
-    (or its path, in a study without checksums) and whether the file is
-    served decoded. So a study served after another one on the same host
-    and port, or a file that a new dimalign serves decoded, gets new URLs,
-    while a restart of the same study keeps them.
+    (or its path, in a study without checksums), whether setup listed the
+    file to serve decoded, and the dimalign version. So a study served
+    after another one on the same host and port gets new URLs, and so does
+    every image after an update, which may serve more files decoded. A
+    restart of the same study keeps them.
     """
     versions = {}
     for index, checksum in study.image_checksums().items():
-        served = "decoded" if index in decoded else "file"
+        served = "decoded" if index in study.decoded_images else "file"
         identity = checksum or str(study.image_file(index))
-        text = f"dimalign image version\0{secret_key}\0{index}\0{identity}\0{served}"
+        text = f"dimalign image version\0{secret_key}\0{index}\0{identity}\0{served}\0{dimalign.__version__}"
         versions[index] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return versions
 
@@ -972,7 +973,7 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        if object_index in _config("DECODED_IMAGES"):
+        if _study().serves_decoded(object_index, path):
             # A browser may show this file otherwise than the DNN saw it (see
             # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
             try:

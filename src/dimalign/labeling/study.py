@@ -691,10 +691,7 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
     if stat is None:
         # load_rgb raises the ImageReadError that describes a missing or unreadable file.
         return _decode_and_encode(path, decoding)
-    # A copy that keeps the modification time (cp -p, rsync -a) may also have the same length, as BMP
-    # files of equal pixel size do. The inode and the change time, which no copy keeps, tell it apart.
-    file_version = (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
-    key = (os.fspath(path), *file_version, decoding.background, decoding.exif_transpose)
+    key = (os.fspath(path), *_file_version(stat), decoding.background, decoding.exif_transpose)
     with _decoded_cache_lock:
         if key in _decoded_cache:
             _decoded_cache.move_to_end(key)
@@ -707,6 +704,58 @@ def decoded_png(path: str | os.PathLike, decoding: Decoding) -> bytes:
             _, dropped = _decoded_cache.popitem(last=False)
             total -= len(dropped)
     return data
+
+
+def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """Return the size, modification time, inode and change time of a file, which tell apart its versions.
+
+    A copy that keeps the modification time (cp -p, rsync -a) may also have
+    the same length, as BMP files of equal pixel size do. The inode and the
+    change time, which no copy keeps, tell it apart.
+    """
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+#: Results of :func:`browser_shows_file_otherwise` by path: the file version and the result.
+_shown_otherwise_cache: dict[str, tuple[tuple[int, int, int, int], bool]] = {}
+_shown_otherwise_lock = threading.Lock()
+
+
+def browser_shows_file_otherwise(path: str | os.PathLike) -> bool:
+    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it.
+
+    This is :func:`browser_shows_otherwise` for a file, cached by path and
+    file version (size, modification and change time, inode), so a file
+    that changes is checked again. Pillow 13 reads a whole PNG file to look
+    for an ``eXIf`` chunk after the pixel data, which took about 10 ms for a
+    300 KB PNG photo on a 2-core development machine. A file that Pillow
+    cannot open counts as shown otherwise, so the app decodes it, which
+    reports the error.
+    """
+    return _check_browser_shows_file_otherwise(path)[0]
+
+
+def _check_browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
+    """Return :func:`browser_shows_file_otherwise` and whether the file was opened now (False: cached)."""
+    from PIL import Image, UnidentifiedImageError
+
+    key = os.fspath(path)
+    try:
+        version = _file_version(os.stat(path))
+    except OSError:
+        return True, True
+    with _shown_otherwise_lock:
+        cached = _shown_otherwise_cache.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1], False
+    try:
+        with Image.open(path) as opened:
+            shown_otherwise = browser_shows_otherwise(opened)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+        shown_otherwise = True
+    with _shown_otherwise_lock:
+        _shown_otherwise_cache[key] = (version, shown_otherwise)
+    return shown_otherwise, True
 
 
 def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> bytes:
@@ -1073,50 +1122,31 @@ class Study:
         ).fetchall()
         return {int(row["object_index"]): row["image_sha256"] for row in rows}
 
-    def images_to_decode(self) -> frozenset[int]:
-        """Return the objects whose images the app serves decoded as PNG files.
+    def serves_decoded(self, object_index: int, path: Path) -> bool:
+        """Check whether the app serves an object's image file ``path`` decoded.
 
-        These are the objects that setup stored in the setting
-        ``decoded_images``, and the objects whose files
-        :func:`browser_shows_otherwise` finds now. The rules may have grown
-        since setup, such as by embedded ICC colour profiles. A study set up
-        before the decoding settings were stored returns no object, because
-        it does not know how the DNN decoded the images.
-
-        NOTE: JPEG files are read to their headers only, but Pillow 13
-        decodes a whole PNG file to look for an ``eXIf`` chunk after the
-        pixel data. So a server start decodes every PNG grid image that is
-        served as a file. On a 2-core development machine that took about
-        10 ms for a 300 KB PNG photo, and 0.3 ms for a JPEG photo.
+        True for the objects that setup stored in the setting
+        ``decoded_images``, and for a file that :func:`browser_shows_otherwise`
+        finds now. The rules may have grown since setup, such as by embedded
+        ICC colour profiles, and a file may have been replaced after the
+        server started. The check of a file is cached by its version (see
+        :func:`browser_shows_file_otherwise`), so it runs on the first request
+        of each file, not at start-up. A study set up before the decoding
+        settings were stored serves every file as it is, because it does not
+        know how the DNN decoded the images.
         """
-        from PIL import Image, UnidentifiedImageError
-
         if "image_decoding" not in self.settings:
-            return frozenset()
-        rows = self.connection.execute(
-            "SELECT object_index FROM objects WHERE image_path IS NOT NULL ORDER BY object_index"
-        ).fetchall()
-        found = set()
-        for row in rows:
-            index = int(row["object_index"])
-            if index in self.decoded_images:
-                continue
-            try:
-                path = self.image_file(index)
-                with Image.open(path) as opened:
-                    shown_otherwise = browser_shows_otherwise(opened)
-            except (NotFoundError, OSError, UnidentifiedImageError, Image.DecompressionBombError):
-                # The image route reports a file that is missing or cannot be read.
-                continue
-            if shown_otherwise:
-                found.add(index)
-        if found:
+            return False
+        if int(object_index) in self.decoded_images:
+            return True
+        shown_otherwise, checked_now = _check_browser_shows_file_otherwise(path)
+        if shown_otherwise and checked_now:
             logger.info(
-                "%d grid images that the study lists to serve as files are served decoded, because a "
-                "browser may show them otherwise than the DNN saw them, such as by an embedded ICC colour "
-                "profile: objects %s", len(found), ", ".join(map(str, sorted(found)[:10])),
+                "the image %s of object %d, which the study lists to serve as a file, is served decoded, "
+                "because a browser may show it otherwise than the DNN saw it, such as by an embedded ICC "
+                "colour profile or a change of the file after setup", path, object_index,
             )
-        return self.decoded_images | frozenset(found)
+        return shown_otherwise
 
     def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
         """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
