@@ -856,22 +856,22 @@ def test_close_locked_study_named(study_path):
         assert study.closed_at is None
 
 
-def test_decoded_png_cached_until_file_changes(tmp_path):
+def test_decoded_webp_cached_until_file_changes(tmp_path):
     import io
 
     from PIL import Image
 
     from dimalign.features.recorded import Decoding
-    from dimalign.labeling.study import decoded_png
+    from dimalign.labeling.study import decoded_webp
 
     path = tmp_path / "a.png"
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
-    first = decoded_png(path, Decoding((0, 0, 255)))
-    again = decoded_png(path, Decoding((0, 0, 255)))
-    other_background = decoded_png(path, Decoding((0, 255, 0)))
+    first = decoded_webp(path, Decoding((0, 0, 255)))
+    again = decoded_webp(path, Decoding((0, 0, 255)))
+    other_background = decoded_webp(path, Decoding((0, 255, 0)))
     Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(path)
     os.utime(path, ns=(1, 1))
-    changed = decoded_png(path, Decoding((0, 0, 255)))
+    changed = decoded_webp(path, Decoding((0, 0, 255)))
 
     assert again is first
     assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (0, 0, 255)
@@ -879,7 +879,7 @@ def test_decoded_png_cached_until_file_changes(tmp_path):
     assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)
 
 
-def test_decoded_png_cache_sees_copy_with_same_time(tmp_path):
+def test_decoded_webp_cache_sees_copy_with_same_time(tmp_path):
     # cp -p and rsync -a keep the modification time, and BMP files of equal pixel size have equal length.
     import io
     import shutil
@@ -887,7 +887,7 @@ def test_decoded_png_cache_sees_copy_with_same_time(tmp_path):
     from PIL import Image
 
     from dimalign.features.recorded import Decoding
-    from dimalign.labeling.study import decoded_png
+    from dimalign.labeling.study import decoded_webp
 
     path = tmp_path / "a.bmp"
     replacement = tmp_path / "b.bmp"
@@ -895,13 +895,13 @@ def test_decoded_png_cache_sees_copy_with_same_time(tmp_path):
     Image.new("RGB", (8, 8), (0, 255, 0)).save(replacement)
     os.utime(path, ns=(10**18, 10**18))
     os.utime(replacement, ns=(10**18, 10**18))
-    first = decoded_png(path, Decoding((0, 0, 255)))
+    first = decoded_webp(path, Decoding((0, 0, 255)))
     shutil.copy2(replacement, tmp_path / "b-copy.bmp")
     os.replace(tmp_path / "b-copy.bmp", path)
     assert path.stat().st_size == replacement.stat().st_size
     assert path.stat().st_mtime_ns == 10**18
 
-    replaced = decoded_png(path, Decoding((0, 0, 255)))
+    replaced = decoded_webp(path, Decoding((0, 0, 255)))
 
     assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (255, 0, 0)
     assert Image.open(io.BytesIO(replaced)).getpixel((4, 4)) == (0, 255, 0)

@@ -77,7 +77,7 @@ from dimalign.labeling.study import (
     SessionEndedError,
     Study,
     StudyClosedError,
-    decoded_png,
+    decoded_webp,
     new_participant_code,
 )
 
@@ -975,13 +975,13 @@ def _add_participant_routes(app: Flask) -> None:
         # serving them to requests without a participant session.
         if _study().serves_decoded(object_index, path):
             # A browser may show this file otherwise than the DNN saw it (see
-            # browser_shows_otherwise), so it gets the decoded pixels as a PNG.
+            # browser_shows_otherwise), so it gets the decoded pixels as a lossless WebP file.
             try:
-                data = decoded_png(path, _study().decoding)
+                data = decoded_webp(path, _study().decoding)
             except ImageReadError as error:
                 logger.warning("cannot decode image %d: %s", object_index, error)
                 abort(404, description=f"There is no image {object_index}.")
-            response = send_file(io.BytesIO(data), mimetype="image/png", max_age=3600)
+            response = send_file(io.BytesIO(data), mimetype="image/webp", max_age=3600)
         else:
             response = send_file(path, max_age=3600)
         response.cache_control.public = False
