@@ -465,3 +465,56 @@ def test_stop_ends_copied_session_in_chromium(study_path):
         assert connection.execute("SELECT COUNT(*) FROM answers").fetchone()[0] == 0
         assert connection.execute("SELECT session_version FROM participants").fetchall() == [(1,)]
     connection.close()
+
+
+@pytest.mark.browser
+def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_set):
+    """Chromium shows a decoded image, served as lossless WebP, with the pixels that load_rgb returns."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.interpret.grids import percentile_grid
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+    from dimalign.labeling.study import create_study
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    first = int(percentile_grid(load_embedding(labeling_run).embedding[:, 0])[0, 0])
+    target = images / read_object_table(labeling_run / "objects.tsv").sources[first]
+    pixels = np.random.default_rng(3).integers(0, 256, size=(40, 60, 4), dtype=np.uint8)
+    Image.fromarray(pixels, mode="RGBA").save(target)
+    study_path = create_study(tmp_path / "study.db", labeling_run, images, dims="0")
+    expected = np.asarray(load_rgb(target))
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            open_first_dimension(page, base_url)
+            page.wait_for_function(
+                "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+            )
+            shown = page.evaluate(
+                """(index) => {
+                    const image = Array.from(document.images).find(
+                        candidate => new URL(candidate.src).pathname === `/image/${index}`);
+                    const canvas = document.createElement("canvas");
+                    canvas.width = image.naturalWidth;
+                    canvas.height = image.naturalHeight;
+                    const context = canvas.getContext("2d");
+                    context.drawImage(image, 0, 0);
+                    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                    return {width: canvas.width, height: canvas.height, rgba: Array.from(data)};
+                }""",
+                first,
+            )
+        finally:
+            browser.close()
+
+    rgba = np.asarray(shown["rgba"], dtype=np.uint8).reshape(shown["height"], shown["width"], 4)
+    assert (shown["width"], shown["height"]) == (60, 40)
+    assert (rgba[:, :, 3] == 255).all()
+    np.testing.assert_array_equal(rgba[:, :, :3], expected)
