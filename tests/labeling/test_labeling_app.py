@@ -1546,6 +1546,29 @@ def test_app_start_opens_no_image(odd_images_study, monkeypatch):
     assert [os.fspath(file) for file in opened] == [os.fspath(target)]
 
 
+def test_image_file_checked_once(odd_images_study, monkeypatch):
+    """The check whether a file is served decoded opens it once, not on every request."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    opened = []
+    original_open = Image.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(file)
+        return original_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    responses = [client.get(f"/image/{index}") for _ in range(3)]
+
+    assert [response.status_code for response in responses] == [200, 200, 200]
+    assert all(response.data == target.read_bytes() for response in responses)
+    assert [os.fspath(file) for file in opened] == [os.fspath(target)]
+
+
 def test_image_changed_after_start_served_decoded(odd_images_study):
     import io
 
