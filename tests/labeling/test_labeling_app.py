@@ -1546,6 +1546,27 @@ def test_app_start_opens_no_image(odd_images_study, monkeypatch):
     assert [os.fspath(file) for file in opened] == [os.fspath(target)]
 
 
+def test_app_start_reads_objects_twice(study_path, monkeypatch):
+    """The start reads the object table in two queries, not one query per grid image."""
+    opened = []
+    original_open_database = db.open_database
+
+    def traced_open_database(*args, **kwargs):
+        connection = original_open_database(*args, **kwargs)
+        connection.set_trace_callback(opened.append)
+        return connection
+
+    monkeypatch.setattr(db, "open_database", traced_open_database)
+    create_app(study_path, admin_token="secret-admin")
+    with sqlite3.connect(study_path) as connection:
+        n_images = connection.execute("SELECT COUNT(*) FROM objects WHERE image_path IS NOT NULL").fetchone()[0]
+    connection.close()
+
+    object_queries = [statement for statement in opened if "FROM objects" in statement]
+    assert n_images == 36
+    assert len(object_queries) == 2
+
+
 def test_image_file_checked_once(odd_images_study, monkeypatch):
     """The check whether a file is served decoded opens it once, not on every request."""
     from PIL import Image

@@ -1075,14 +1075,16 @@ class Study:
         ).fetchone()
         if row is None or not row["image_path"]:
             raise NotFoundError(f"object {object_index} has no image in the study")
-        relative = Path(row["image_path"])
-        root = self.images_dir.resolve()
+        return self._resolve_image_path(object_index, row["image_path"], self.images_dir.resolve())
+
+    @staticmethod
+    def _resolve_image_path(object_index: int, stored: str, root: Path) -> Path:
+        """Resolve an object's stored image path inside the resolved image folder ``root`` (see :meth:`image_file`)."""
+        relative = Path(stored)
         full = (root / relative).resolve()
-        escapes = relative.is_absolute() or ".." in relative.parts or not _inside(root, full)
+        escapes = relative.is_absolute() or ".." in relative.parts or not full.is_relative_to(root)
         if escapes or not full.is_file():
-            raise NotFoundError(
-                f"image {row['image_path']!r} of object {object_index} is not in {root}"
-            )
+            raise NotFoundError(f"image {stored!r} of object {object_index} is not in {root}")
         return full
 
     def check_images(self) -> None:
@@ -1113,9 +1115,10 @@ class Study:
         ).fetchall()
         missing = []
         files = []
+        root = self.images_dir.resolve()
         for row in rows:
             try:
-                files.append((row, self.image_file(row["object_index"])))
+                files.append((row, self._resolve_image_path(row["object_index"], row["image_path"], root)))
             except NotFoundError:
                 missing.append(row["image_path"])
         if missing:
