@@ -1722,3 +1722,16 @@ def test_image_urls_differ_between_studies(study_path, tmp_path, labeling_run, i
     response = client.get(first_urls[0])
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "max-age=3600, private"
+
+
+def test_image_urls_change_with_version(study_path, monkeypatch):
+    # A new dimalign may serve more files decoded, so browsers must not show their cached copies.
+    import dimalign
+
+    first_urls, _ = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+    monkeypatch.setattr(dimalign, "__version__", dimalign.__version__ + ".post1")
+    updated_urls, _ = grid_image_urls(create_app(study_path, admin_token="secret-admin"))
+
+    assert len(first_urls) == 30
+    assert [url.split("?")[0] for url in updated_urls] == [url.split("?")[0] for url in first_urls]
+    assert set(first_urls).isdisjoint(updated_urls)
