@@ -716,12 +716,12 @@ def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
     return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
-#: Results of :func:`browser_shows_file_otherwise` by path: the file version and the result.
+#: Results of :func:`_browser_shows_file_otherwise` by path: the file version and the result.
 _shown_otherwise_cache: dict[str, tuple[tuple[int, int, int, int], bool]] = {}
 _shown_otherwise_lock = threading.Lock()
 
 
-def browser_shows_file_otherwise(path: str | os.PathLike) -> bool:
+def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
     """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it.
 
     This is :func:`browser_shows_otherwise` for a file, cached by path and
@@ -731,19 +731,19 @@ def browser_shows_file_otherwise(path: str | os.PathLike) -> bool:
     300 KB PNG photo on a 2-core development machine. A file that Pillow
     cannot open counts as shown otherwise, so the app decodes it, which
     reports the error.
+
+    Returns:
+        tuple[bool, bool]: The result, and whether the file was opened now
+        (False where the result came from the cache).
     """
-    return _check_browser_shows_file_otherwise(path)[0]
-
-
-def _check_browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
-    """Return :func:`browser_shows_file_otherwise` and whether the file was opened now (False: cached)."""
     from PIL import Image, UnidentifiedImageError
 
     key = os.fspath(path)
     try:
         version = _file_version(os.stat(path))
     except OSError:
-        return True, True
+        # Decoding reports the missing or unreadable file.
+        return True, False
     with _shown_otherwise_lock:
         cached = _shown_otherwise_cache.get(key)
     if cached is not None and cached[0] == version:
@@ -1143,7 +1143,7 @@ class Study:
         finds now. The rules may have grown since setup, such as by embedded
         ICC colour profiles, and a file may have been replaced after the
         server started. The check of a file is cached by its version (see
-        :func:`browser_shows_file_otherwise`), so it runs on the first request
+        :func:`_browser_shows_file_otherwise`), so it runs on the first request
         of each file, not at start-up. A study set up before the decoding
         settings were stored serves every file as it is, because it does not
         know how the DNN decoded the images.
@@ -1152,7 +1152,7 @@ class Study:
             return False
         if int(object_index) in self.decoded_images:
             return True
-        shown_otherwise, checked_now = _check_browser_shows_file_otherwise(path)
+        shown_otherwise, checked_now = _browser_shows_file_otherwise(path)
         if shown_otherwise and checked_now:
             logger.info(
                 "the image %s of object %d, which the study lists to serve as a file, is served decoded, "
