@@ -1523,7 +1523,7 @@ def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
 
 
 def test_app_start_opens_no_image(odd_images_study, monkeypatch):
-    """Setup decided which images to decode, so a start opens none of them (a PNG photo took about 10 ms)."""
+    """Setup decided which images to decode, so a start opens none of them."""
     from PIL import Image
 
     set_up, target = odd_images_study

@@ -666,9 +666,10 @@ def _png_colour_space_differs(info: dict[str, Any]) -> bool:
 
 
 #: Bytes of decoded WebP files that :func:`decoded_webp` keeps in memory. Every
-#: participant's browser asks for each grid image, and decoding a 12-megapixel
-#: JPEG with an EXIF orientation and encoding it as PNG took 3.3 s on one core
-#: of a 2-core development machine (an estimate for other hardware).
+#: participant's browser asks for each grid image. Decoding a synthetic
+#: 12-megapixel JPEG with an EXIF orientation, shrinking it and encoding it
+#: took 0.6 s on one core of a 2-core development machine (an estimate for
+#: other hardware).
 DECODED_CACHE_BYTES = 256 * 2**20
 
 _decoded_cache: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
