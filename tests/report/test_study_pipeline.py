@@ -466,6 +466,9 @@ def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
 
     assert notes.read_text() == "written during the run"
     assert read_stage_record(copy / "compare") is not None
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    assert read_stage_record(partial[0]) is not None
 
 
 def test_symlink_in_stage_folder_is_kept(study, tmp_path):
@@ -524,11 +527,14 @@ def test_old_record_keeps_user_file(study, tmp_path):
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, from_stage="compare")
 
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
     assert str(error.value) == (
         f"{copy / 'compare'} contains 1 file that the new run of stage compare did not write "
         "(NOTES.txt), and its record, from an older dimalign, lists no files, and the stage "
         "replaces its folder as a whole when it runs again: move the file out of the folder, "
-        "then run the study again"
+        f"then run the study again. The finished output of this run is kept in {partial[0]}, "
+        "and the next run moves it into place without running stage compare again"
     )
     assert notes.read_text() == "my notes"
 
@@ -544,3 +550,96 @@ def test_old_record_without_user_files_reruns(study, tmp_path):
 
     assert "compare" in plan.to_run
     assert isinstance(read_stage_record(copy / "compare")["files"], list)
+
+
+def test_file_added_before_move_is_kept(study, tmp_path, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "NOTES.txt"
+    real_replace = pipeline._replace_folder
+
+    def replace_while_user_writes(*args, **kwargs):
+        # The user writes after the stage's own check and before the move.
+        notes.write_text("written before the move")
+        return real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_replace_folder", replace_while_user_writes)
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+    monkeypatch.undo()
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    assert str(error.value) == (
+        f"{copy / 'compare'} contains 1 file that stage compare did not write (NOTES.txt), "
+        "and the stage replaces its folder as a whole when it runs again: move the file out of "
+        f"the folder, then run the study again. The finished output of this run is kept in {partial[0]}, "
+        "and the next run moves it into place without running stage compare again"
+    )
+    assert notes.read_text() == "written before the move"
+    assert read_stage_record(copy / "compare")["settings"]["n_bootstrap"] == 20
+    finished = read_stage_record(partial[0])
+    assert finished["settings"]["n_bootstrap"] == 5
+
+    # Once the file is moved out, the next run moves the kept output into place.
+    notes.rename(tmp_path / "NOTES.txt")
+    calls = []
+
+    def counted(context):
+        calls.append(context.name)
+        raise RuntimeError("compare ran again")
+
+    monkeypatch.setitem(stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=counted))
+    plan = run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+
+    assert plan.to_run == ["compare"]
+    assert calls == []
+    assert read_stage_record(copy / "compare") == finished
+    assert not partial[0].exists()
+    assert (tmp_path / "NOTES.txt").read_text() == "written before the move"
+
+
+def test_folder_created_during_move_is_kept(study, tmp_path, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "NOTES.txt"
+    real_check = pipeline._unwritten_files
+
+    def check_while_user_writes(folder, *args, **kwargs):
+        found = real_check(folder, *args, **kwargs)
+        if ".compare.old-" in folder.name:
+            # The old folder has its hidden name now, and the user creates a new one.
+            notes.parent.mkdir()
+            notes.write_text("written during the move")
+        return found
+
+    monkeypatch.setattr(pipeline, "_unwritten_files", check_while_user_writes)
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+    monkeypatch.undo()
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    message = str(error.value)
+    assert message.startswith(f"cannot move the finished output of stage compare from {partial[0]} to {copy / 'compare'} (")
+    assert message.endswith(
+        f"if you created {copy / 'compare'} during the run, move it out of the study, then run the study "
+        "again. The next run moves the finished output into place without running stage compare again"
+    )
+    assert notes.read_text() == "written during the move"
+
+    shutil.move(copy / "compare", tmp_path / "mine")
+    plan = run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+
+    assert plan.stage("compare").reasons == ["new"]
+    assert read_stage_record(copy / "compare")["settings"]["n_bootstrap"] == 5
+    assert (tmp_path / "mine" / "NOTES.txt").read_text() == "written during the move"
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name or ".partial-" in entry.name] == []
