@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -643,3 +646,67 @@ def test_folder_created_during_move_is_kept(study, tmp_path, monkeypatch):
     assert read_stage_record(copy / "compare")["settings"]["n_bootstrap"] == 5
     assert (tmp_path / "mine" / "NOTES.txt").read_text() == "written during the move"
     assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name or ".partial-" in entry.name] == []
+
+
+#: Capabilities that let root read and enter folders without read permission.
+READ_OVERRIDES = "-dac_override,-dac_read_search"
+
+
+def run_without_read_override(arguments: list[str]) -> subprocess.CompletedProcess:
+    """Run ``dimalign`` in a child process that, even as root, cannot read a folder without read permission."""
+    command = [sys.executable, "-m", "dimalign", *arguments]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads every folder, and setpriv (util-linux), which drops that right, is missing")
+        command = [setpriv, "--bounding-set", READ_OVERRIDES, "--inh-caps", READ_OVERRIDES, *command]
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("place", ["stage", "leftover", "input"])
+def test_unreadable_folder_is_named(study, tmp_path, place):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    arguments = ["run", str(config), "-o", str(copy)]
+    if place == "stage":
+        locked = copy / "compare" / "notes"
+        arguments += ["--from", "compare"]
+    elif place == "leftover":
+        locked = copy / ".compare.partial-0123456789abcdef" / "notes"
+    else:
+        locked = tmp_path / "images" / "notes"
+        arguments += ["--set", f"inputs.images={str(tmp_path / 'images')!r}", "--dry-run"]
+    locked.mkdir(parents=True)
+    (locked / "NOTES.txt").write_text("my notes")
+    locked.chmod(0)
+    try:
+        result = run_without_read_override(arguments)
+    finally:
+        locked.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    expected = {
+        "stage": (
+            f"dimalign run: error: cannot read {locked}, a folder inside {copy / 'compare'} "
+            f"(Permission denied): make it readable (chmod -R u+rwX {locked}) or move it out of the "
+            "study, then run the study again"
+        ),
+        "leftover": (
+            f"dimalign run: error: could not remove {locked.parent}, left by an interrupted run "
+            f"(Permission denied: {locked}): make it writable (chmod -R u+rwX {locked.parent}) "
+            "or delete it, then run the study again"
+        ),
+        "input": (
+            f"dimalign run: error: cannot read {locked}, a folder inside {tmp_path / 'images'} "
+            f"(Permission denied): make it readable (chmod -R u+rwX {locked}) or move it out of the "
+            "input folder, then run the study again"
+        ),
+    }[place]
+    assert error == expected
+    assert (locked / "NOTES.txt").read_text() == "my notes"
+    assert read_stage_record(copy / "compare")["finished"] == read_stage_record(study_dir / "compare")["finished"]

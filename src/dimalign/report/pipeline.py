@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -606,7 +606,7 @@ def fingerprint(path: Path) -> str:
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for folder, subfolders, files in os.walk(path):
+    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -805,7 +805,7 @@ def _stage_files(folder: Path) -> list[str]:
     and macOS ``._`` files) are left out.
     """
     entries = []
-    for directory, folders, files in os.walk(folder):
+    for directory, folders, files in os.walk(folder, onerror=_unreadable(folder, "the study")):
         base = Path(directory)
         # os.walk lists a symbolic link to a folder among the folders without entering it.
         links = [name for name in folders if (base / name).is_symlink()]
@@ -868,6 +868,23 @@ def _unwritten_files_error(
             f"place without running stage {stage_name} again"
         )
     return FileExistsError(message)
+
+
+def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
+    """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
+
+    ``os.walk`` skips such a folder by default, so a check would miss the
+    files in it, and a rerun could delete them.
+    """
+
+    def fail(error: OSError) -> None:
+        where = "" if Path(error.filename) == top else f", a folder inside {top}"
+        raise PermissionError(
+            f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
+            f"(chmod -R u+rwX {error.filename}) or move it out of {owner}, then run the study again",
+        ) from error
+
+    return fail
 
 
 def _reject_unwritten_files(folder: Path, stage_name: str, kept: Path | None = None) -> None:
@@ -1082,13 +1099,16 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
 
 def _remove_tree(path: Path, why: str) -> None:
     """Delete a work folder of the pipeline, raising an error that names what could not be removed."""
-    try:
-        shutil.rmtree(path)
-    except OSError as error:
+
+    def fail(function: Any, failed: str, exc_info: Any) -> None:
+        error = exc_info[1]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise OSError(
-            f"could not remove {path}, {why}: {error}; make it writable (chmod -R u+rwX {path}) "
-            "or delete it, then run the study again"
+            f"could not remove {path}, {why} ({reason}: {failed}): make it writable "
+            f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
+
+    shutil.rmtree(path, onerror=fail)
 
 
 #: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
