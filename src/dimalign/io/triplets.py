@@ -704,6 +704,24 @@ def _parse_text(
     except ValueError:
         pass
 
+    # A whitespace delimiter, such as a tab, at the end of a line is removed
+    # with the line's final whitespace. numpy reads it as one more empty
+    # column, so the columns are chosen once every line has the right number.
+    if (
+        layout.delimiter is not None
+        and layout.delimiter.isspace()
+        and not layout.empty_final_column
+        and _every_line_has_columns_before_whitespace(layout)
+    ):
+        try:
+            table = np.loadtxt(
+                path, dtype=np.int64, delimiter=layout.delimiter, skiprows=layout.skip_lines,
+                comments="#", ndmin=2, encoding="utf-8-sig", usecols=range(layout.n_columns),
+            )
+            return table.reshape(-1, layout.n_columns)[:, used]
+        except ValueError:
+            pass
+
     # Slow path: parse record by record so that an error can name the line.
     rows: list[list[int]] = []
     record_lines: list[int] = []
@@ -762,6 +780,13 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     if layout.delimiter is None or (layout.header is not None and layout.header[-1] != ""):
         return False
     last = layout.n_columns - 1
+    if _every_line_ends_with_delimiter(layout):
+        logger.info(
+            "%s: the final column %d is empty on every line (each line ends with a delimiter), "
+            "so it is left out", layout.path, last,
+        )
+        layout.empty_final_column = True
+        return True
     first_empty = first_filled = None
     regular = True
     n_records = 0
@@ -799,6 +824,59 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     )
     layout.empty_final_column = regular
     return True
+
+
+#: Characters read by the text file quick scan at a time (about 4 MB of ASCII).
+_SCAN_CHUNK = 1 << 22
+
+
+def _every_line_matches(layout: _TextLayout, line_pattern: str) -> bool:
+    """Return whether a quick scan shows that every data line of a delimited file matches ``line_pattern``.
+
+    The scan matches each line against one regular expression, so a file of
+    many rows takes far less time than :func:`_records`. It decides only
+    files without quotes, ``#`` and NUL characters, and returns False where
+    it cannot decide, where a line does not match, and for a file without
+    data lines. The record scan then checks the file and names the lines.
+    """
+    # A line that is neither of the pattern nor blank.
+    other_line = re.compile(rf"^(?!{line_pattern}$|[^\S\n]*+$)", re.MULTILINE)
+    data_line = re.compile(r"^[^\S\n]*\S", re.MULTILINE)
+    found_data = False
+    with open(layout.path, encoding="utf-8-sig") as handle:
+        for _ in range(layout.skip_lines):
+            handle.readline()
+        while chunk := handle.read(_SCAN_CHUNK):
+            chunk += handle.readline()
+            if '"' in chunk or "#" in chunk or "\x00" in chunk or other_line.search(chunk):
+                return False
+            found_data = found_data or data_line.search(chunk) is not None
+    return found_data
+
+
+def _every_line_ends_with_delimiter(layout: _TextLayout) -> bool:
+    """Return whether a quick scan shows ``n_columns`` fields on every data line, the final one empty."""
+    # A space delimiter merges with the spaces that skipinitialspace skips.
+    if layout.delimiter is None or layout.delimiter == " " or layout.n_columns < 2:
+        return False
+    delimiter = re.escape(layout.delimiter)
+    # Written out field by field with possessive quantifiers, which the regex engine matches fastest.
+    fields = f"[^{delimiter}\\n]*+{delimiter}" * (layout.n_columns - 1)
+    return _every_line_matches(layout, f"{fields}[^\\S\\n{delimiter}]*+")
+
+
+def _every_line_has_columns_before_whitespace(layout: _TextLayout) -> bool:
+    """Return whether a quick scan shows ``n_columns`` fields on every data line once its final whitespace is removed.
+
+    :func:`_strip_comment` removes the whitespace at the end of a line, so a
+    tab there, as at the end of every line of some TSV exports, adds no field.
+    """
+    if layout.delimiter is None or layout.delimiter == " " or layout.n_columns < 2:
+        return False
+    delimiter = re.escape(layout.delimiter)
+    fields = f"[^{delimiter}\\n]*+{delimiter}" * (layout.n_columns - 1)
+    # The final field needs a character other than whitespace, or removing the whitespace removes it too.
+    return _every_line_matches(layout, f"{fields}[^{delimiter}\\n]*\\S[^\\S\\n]*+")
 
 
 def _header_hint(
