@@ -632,7 +632,9 @@ def test_folder_created_during_move_is_kept(study, tmp_path, monkeypatch):
     partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
     assert len(partial) == 1
     message = str(error.value)
-    assert message.startswith(f"cannot move the finished output of stage compare from {partial[0]} to {copy / 'compare'} (")
+    assert message.startswith(
+        f"cannot move the finished output of stage compare from {partial[0]} to {copy / 'compare'} ("
+    )
     assert message.endswith(
         f"if you created {copy / 'compare'} during the run, move it out of the study, then run the study "
         "again. The next run moves the finished output into place without running stage compare again"

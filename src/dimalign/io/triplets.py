@@ -860,13 +860,13 @@ def _every_line_ends_with_delimiter(layout: _TextLayout) -> bool:
     if layout.delimiter is None or layout.delimiter == " " or layout.n_columns < 2:
         return False
     delimiter = re.escape(layout.delimiter)
-    # Written out field by field with possessive quantifiers, which the regex engine matches fastest.
+    # Written out field by field with possessive quantifiers, which never backtrack.
     fields = f"[^{delimiter}\\n]*+{delimiter}" * (layout.n_columns - 1)
     return _every_line_matches(layout, f"{fields}[^\\S\\n{delimiter}]*+")
 
 
 def _every_line_has_columns_before_whitespace(layout: _TextLayout) -> bool:
-    """Return whether a quick scan shows ``n_columns`` fields on every data line once its final whitespace is removed.
+    """Return whether a quick scan shows ``n_columns`` fields on every data line without its final whitespace.
 
     :func:`_strip_comment` removes the whitespace at the end of a line, so a
     tab there, as at the end of every line of some TSV exports, adds no field.

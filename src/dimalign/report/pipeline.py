@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -789,7 +790,8 @@ def check_study_dir(plan: StudyPlan) -> None:
             )
         if stage.action == "run" and folder.is_dir():
             work_dir = _work_dir(study_dir, stage)
-            _reject_unwritten_files(folder, stage.name, kept=work_dir if _finished_work(work_dir, stage) else None)
+            kept = work_dir if _finished_work(work_dir, stage) else None
+            _reject_unwritten_files(folder, stage.name, kept=kept)
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
@@ -1100,15 +1102,18 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
 def _remove_tree(path: Path, why: str) -> None:
     """Delete a work folder of the pipeline, raising an error that names what could not be removed."""
 
-    def fail(function: Any, failed: str, exc_info: Any) -> None:
-        error = exc_info[1]
+    def fail(function: Any, failed: str, error: BaseException) -> None:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise OSError(
             f"could not remove {path}, {why} ({reason}: {failed}): make it writable "
             f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
 
-    shutil.rmtree(path, onerror=fail)
+    # Python 3.12 replaced onerror, which passes sys.exc_info(), by onexc.
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fail)
+    else:
+        shutil.rmtree(path, onerror=lambda function, failed, exc_info: fail(function, failed, exc_info[1]))
 
 
 #: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:

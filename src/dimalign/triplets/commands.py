@@ -265,11 +265,12 @@ def run_import(args: argparse.Namespace) -> int:
         table_label = "object table next to the triplet file"
     # A user's own objects.tsv in the output folder is named as such by
     # check_unowned_outputs, so the table next to a triplet file is checked after it.
+    table_beside_file = beside and not input_is_folder
     _reject_overwritten_inputs(
-        targets, {"triplet file": source, table_label: None if beside and not input_is_folder else objects_path}
+        targets, {"triplet file": source, table_label: None if table_beside_file else objects_path}
     )
     check_unowned_outputs(out_dir, {target.name for target in targets}, "import-triplets")
-    if beside and not input_is_folder:
+    if table_beside_file:
         _reject_overwritten_inputs(targets, {table_label: objects_path})
     if beside:
         logger.info(
@@ -378,7 +379,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def _read_import_table(path: Path, beside: bool):
-    """Read the object table of ``import-triplets``, naming why it is read when it lies next to the triplets."""
+    """Read the object table of ``import-triplets``, saying why it is read when it lies next to the triplets."""
     from dimalign.io.objects import read_object_table
 
     try:
