@@ -712,3 +712,24 @@ def test_unreadable_folder_is_named(study, tmp_path, place):
     assert error == expected
     assert (locked / "NOTES.txt").read_text() == "my notes"
     assert read_stage_record(copy / "compare")["finished"] == read_stage_record(study_dir / "compare")["finished"]
+
+
+def test_unreadable_study_record_is_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    record = copy / "pipeline.json"
+    before = record.read_bytes()
+    record.chmod(0)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--dry-run"])
+    finally:
+        record.chmod(0o644)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot read {record} (Permission denied), so it is unknown whether "
+        f"{copy} is a study of dimalign run: make the file readable (chmod u+r {record}), then "
+        "run the command again"
+    )
+    assert record.read_bytes() == before

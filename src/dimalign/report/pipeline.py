@@ -897,12 +897,24 @@ def _reject_unwritten_files(folder: Path, stage_name: str, kept: Path | None = N
 
 
 def is_study_record(path: Path) -> bool:
-    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name."""
+    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name.
+
+    Raises:
+        OSError: If ``path`` is a file that cannot be read, since the
+            folder might then be a study that a command would overwrite.
+    """
     if not path.is_file():
         return False
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        text = path.read_bytes()
+    except OSError as error:
+        raise OSError(
+            f"cannot read {path} ({error.strerror}), so it is unknown whether {path.parent} is a study "
+            f"of dimalign run: make the file readable (chmod u+r {path}), then run the command again"
+        ) from error
+    try:
+        record = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(record, dict) and isinstance(record.get("stages"), list) and "config" in record
 
