@@ -1091,6 +1091,8 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             f"The next run moves the finished output into place without running stage {stage_name} again"
         ) from error
     if old is not None:
+        # NOTE: a program whose working directory lies in the old folder can
+        # still write there after the check, and such a file is deleted here.
         try:
             shutil.rmtree(old)
         except OSError as error:
@@ -1121,7 +1123,7 @@ def _remove_tree(path: Path, why: str) -> None:
             f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
 
-    # Python 3.12 replaced onerror, which passes sys.exc_info(), by onexc.
+    # Python 3.12 deprecated onerror, which passes sys.exc_info(), in favour of onexc.
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=fail)
     else:
