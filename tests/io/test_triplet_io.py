@@ -1102,6 +1102,36 @@ def test_trailing_comma_on_every_row(tmp_path, caplog):
     ]
 
 
+def test_trailing_delimiters_skip_record_scan(tmp_path, monkeypatch):
+    """A file whose every line ends with the delimiter is checked without the per-record parser."""
+    from dimalign.io import triplets as triplet_io
+
+    rows = [f"{i % 7},{(i + 1) % 7},{(i + 2) % 7}," for i in range(500)]
+    plain = write_lines(tmp_path / "plain.csv", rows)
+    header = write_lines(tmp_path / "header.csv", ["# exported", "i,j,k,", "", *rows])
+    tabs = write_lines(tmp_path / "tabs.tsv", [row.replace(",", "\t") + " " for row in rows])
+    scanned = []
+    real_records = triplet_io._records
+
+    def counted_records(handle, layout):
+        scanned.append(layout.path)
+        return real_records(handle, layout)
+
+    monkeypatch.setattr(triplet_io, "_records", counted_records)
+    expected = [[i % 7, (i + 1) % 7, (i + 2) % 7] for i in range(500)]
+    for path in (plain, header, tabs):
+        assert load_triplets(path, 7).tolist() == expected
+    assert scanned == []
+
+
+def test_trailing_tab_with_longer_line(tmp_path):
+    """A tab at the end of a line adds no column, but a fourth value does."""
+    path = write_lines(tmp_path / "t.tsv", ["0\t1\t2\t", "1\t2\t3\t0\t", "2\t3\t0\t"])
+
+    with pytest.raises(ValueError, match=r"t.tsv, line 2: 4 columns, expected 3 like the first line"):
+        load_triplets(path, 4)
+
+
 def test_final_column_empty_on_some_rows(tmp_path):
     first_empty = write_lines(tmp_path / "first.csv", ["0,1,2,", "1,2,3,s2", "2,3,0,"])
     later_empty = write_lines(tmp_path / "later.csv", ["0,1,2,s1", "1,2,3,", "2,3,0,s1"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -466,6 +469,9 @@ def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
 
     assert notes.read_text() == "written during the run"
     assert read_stage_record(copy / "compare") is not None
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    assert read_stage_record(partial[0]) is not None
 
 
 def test_symlink_in_stage_folder_is_kept(study, tmp_path):
@@ -524,11 +530,14 @@ def test_old_record_keeps_user_file(study, tmp_path):
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, from_stage="compare")
 
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
     assert str(error.value) == (
         f"{copy / 'compare'} contains 1 file that the new run of stage compare did not write "
         "(NOTES.txt), and its record, from an older dimalign, lists no files, and the stage "
         "replaces its folder as a whole when it runs again: move the file out of the folder, "
-        "then run the study again"
+        f"then run the study again. The finished output of this run is kept in {partial[0]}, "
+        "and the next run moves it into place without running stage compare again"
     )
     assert notes.read_text() == "my notes"
 
@@ -544,3 +553,183 @@ def test_old_record_without_user_files_reruns(study, tmp_path):
 
     assert "compare" in plan.to_run
     assert isinstance(read_stage_record(copy / "compare")["files"], list)
+
+
+def test_file_added_before_move_is_kept(study, tmp_path, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "NOTES.txt"
+    real_replace = pipeline._replace_folder
+
+    def replace_while_user_writes(*args, **kwargs):
+        # The user writes after the stage's own check and before the move.
+        notes.write_text("written before the move")
+        return real_replace(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_replace_folder", replace_while_user_writes)
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+    monkeypatch.undo()
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    assert str(error.value) == (
+        f"{copy / 'compare'} contains 1 file that stage compare did not write (NOTES.txt), "
+        "and the stage replaces its folder as a whole when it runs again: move the file out of "
+        f"the folder, then run the study again. The finished output of this run is kept in {partial[0]}, "
+        "and the next run moves it into place without running stage compare again"
+    )
+    assert notes.read_text() == "written before the move"
+    assert read_stage_record(copy / "compare")["settings"]["n_bootstrap"] == 20
+    finished = read_stage_record(partial[0])
+    assert finished["settings"]["n_bootstrap"] == 5
+
+    # Once the file is moved out, the next run moves the kept output into place.
+    notes.rename(tmp_path / "NOTES.txt")
+    calls = []
+
+    def counted(context):
+        calls.append(context.name)
+        raise RuntimeError("compare ran again")
+
+    monkeypatch.setitem(stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=counted))
+    plan = run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+
+    assert plan.to_run == ["compare"]
+    assert calls == []
+    assert read_stage_record(copy / "compare") == finished
+    assert not partial[0].exists()
+    assert (tmp_path / "NOTES.txt").read_text() == "written before the move"
+
+
+def test_folder_created_during_move_is_kept(study, tmp_path, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    notes = copy / "compare" / "NOTES.txt"
+    real_check = pipeline._unwritten_files
+
+    def check_while_user_writes(folder, *args, **kwargs):
+        found = real_check(folder, *args, **kwargs)
+        if ".compare.old-" in folder.name:
+            # The old folder has its hidden name now, and the user creates a new one.
+            notes.parent.mkdir()
+            notes.write_text("written during the move")
+        return found
+
+    monkeypatch.setattr(pipeline, "_unwritten_files", check_while_user_writes)
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+    monkeypatch.undo()
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    message = str(error.value)
+    assert message.startswith(
+        f"cannot move the finished output of stage compare from {partial[0]} to {copy / 'compare'} ("
+    )
+    assert message.endswith(
+        f"if you created {copy / 'compare'} during the run, move it out of the study, then run the study "
+        "again. The next run moves the finished output into place without running stage compare again"
+    )
+    assert notes.read_text() == "written during the move"
+
+    shutil.move(copy / "compare", tmp_path / "mine")
+    plan = run_study(config, copy, overrides=["compare.n_bootstrap=5"])
+
+    assert plan.stage("compare").reasons == ["new"]
+    assert read_stage_record(copy / "compare")["settings"]["n_bootstrap"] == 5
+    assert (tmp_path / "mine" / "NOTES.txt").read_text() == "written during the move"
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name or ".partial-" in entry.name] == []
+
+
+#: Capabilities that let root read and enter folders without read permission.
+READ_OVERRIDES = "-dac_override,-dac_read_search"
+
+
+def run_without_read_override(arguments: list[str]) -> subprocess.CompletedProcess:
+    """Run ``dimalign`` in a child process that, even as root, cannot read a folder without read permission."""
+    command = [sys.executable, "-m", "dimalign", *arguments]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root reads every folder, and setpriv (util-linux), which drops that right, is missing")
+        command = [setpriv, "--bounding-set", READ_OVERRIDES, "--inh-caps", READ_OVERRIDES, *command]
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(source), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("place", ["stage", "leftover", "input"])
+def test_unreadable_folder_is_named(study, tmp_path, place):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    arguments = ["run", str(config), "-o", str(copy)]
+    if place == "stage":
+        locked = copy / "compare" / "notes"
+        arguments += ["--from", "compare"]
+    elif place == "leftover":
+        locked = copy / ".compare.partial-0123456789abcdef" / "notes"
+    else:
+        locked = tmp_path / "images" / "notes"
+        arguments += ["--set", f"inputs.images={str(tmp_path / 'images')!r}", "--dry-run"]
+    locked.mkdir(parents=True)
+    (locked / "NOTES.txt").write_text("my notes")
+    locked.chmod(0)
+    try:
+        result = run_without_read_override(arguments)
+    finally:
+        locked.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    expected = {
+        "stage": (
+            f"dimalign run: error: cannot read {locked}, a folder inside {copy / 'compare'} "
+            f"(Permission denied): make it readable (chmod -R u+rwX {locked}) or move it out of the "
+            "study, then run the study again"
+        ),
+        "leftover": (
+            f"dimalign run: error: could not remove {locked.parent}, left by an interrupted run "
+            f"(Permission denied: {locked}): make it writable (chmod -R u+rwX {locked.parent}) "
+            "or delete it, then run the study again"
+        ),
+        "input": (
+            f"dimalign run: error: cannot read {locked}, a folder inside {tmp_path / 'images'} "
+            f"(Permission denied): make it readable (chmod -R u+rwX {locked}) or move it out of the "
+            "input folder, then run the study again"
+        ),
+    }[place]
+    assert error == expected
+    assert (locked / "NOTES.txt").read_text() == "my notes"
+    assert read_stage_record(copy / "compare")["finished"] == read_stage_record(study_dir / "compare")["finished"]
+
+
+def test_unreadable_study_record_is_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    record = copy / "pipeline.json"
+    before = record.read_bytes()
+    record.chmod(0)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--dry-run"])
+    finally:
+        record.chmod(0o644)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot read {record} (Permission denied), so it is unknown whether "
+        f"{copy} is a study of dimalign run: make the file readable (chmod u+r {record}), then "
+        "run the command again"
+    )
+    assert record.read_bytes() == before

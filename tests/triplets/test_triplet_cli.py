@@ -614,6 +614,74 @@ def test_import_folder_objects_agree_with_n_objects(tmp_path):
     assert read_manifest(tmp_path / "out")["inputs"]["objects"]["sha256"] == sha256_file(folder / "objects.tsv")
 
 
+def _write_file_with_table(folder: Path, names: list[str]) -> Path:
+    """Write ``raw.txt`` (two triplets of objects 0 to 4) with an objects.tsv next to it."""
+    folder.mkdir()
+    source = folder / "raw.txt"
+    source.write_text("0 1 2\n3 4 0\n", encoding="utf-8")
+    _write_named_table(folder / "objects.tsv", names)
+    return source
+
+
+def test_import_file_reads_table_beside_it(tmp_path, capsys):
+    source = _write_file_with_table(tmp_path / "data", list("abcde"))
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out")])
+
+    assert status == 0
+    table = tmp_path / "data" / "objects.tsv"
+    assert (
+        f"using the object table {table}, which lies next to the triplets, for the objects; "
+        "pass --objects to use another table"
+    ) in capsys.readouterr().err
+    assert read_object_table(tmp_path / "out" / "objects.tsv").object_ids == tuple("abcde")
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["settings"]["n_objects"] == 5
+    assert manifest["inputs"]["objects"]["sha256"] == sha256_file(table)
+    assert np.load(tmp_path / "out" / "triplets.npy").tolist() == [[0, 1, 2], [3, 4, 0]]
+
+
+def test_import_file_table_beside_too_short(tmp_path, capsys):
+    source = _write_file_with_table(tmp_path / "data", list("abcd"))
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out")])
+
+    assert status == 1
+    error = capsys.readouterr().err
+    assert "out of range" in error
+    assert (
+        f"The 4 objects come from {tmp_path / 'data' / 'objects.tsv'}, which dimalign import-triplets "
+        "reads because it lies next to the triplets: pass the table that the triplets index with "
+        "--objects, or move this one away"
+    ) in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_file_table_beside_disagrees(tmp_path, capsys):
+    source = _write_file_with_table(tmp_path / "data", list("abcde"))
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--n-objects", "7"])
+
+    assert status == 1
+    assert (
+        f"--n-objects 7 disagrees with {tmp_path / 'data' / 'objects.tsv'}, which lists 5 objects"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_objects_option_beats_table_beside(tmp_path, capsys):
+    source = _write_file_with_table(tmp_path / "data", list("abcde"))
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"object{index}\n" for index in range(6)), encoding="utf-8")
+
+    status = main(["import-triplets", str(source), "-o", str(tmp_path / "out"), "--objects", str(names)])
+
+    assert status == 0
+    assert f"using the object table {names} (--objects) for the objects" in capsys.readouterr().err
+    assert read_object_table(tmp_path / "out" / "objects.tsv").object_ids == tuple(f"object{i}" for i in range(6))
+    assert read_manifest(tmp_path / "out")["inputs"]["objects"]["sha256"] == sha256_file(names)
+
+
 # --------------------------------------------------------------------------- validation fractions
 
 

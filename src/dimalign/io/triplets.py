@@ -487,6 +487,8 @@ class _TextLayout:
     # Every record has n_columns fields, the final one empty (a delimiter at
     # the end of each line), so the fast path may read the others alone.
     empty_final_column: bool = False
+    # The columns before the empty final one, once numpy has read them while checking it.
+    leading_columns: np.ndarray | None = None
     # The line whose number of fields n_columns is, for the error about another number.
     columns_source: str = "the first line"
 
@@ -680,6 +682,8 @@ def _parse_text(
     """
     if layout.empty:
         return np.zeros((0, len(used)), dtype=np.int64)
+    if layout.leading_columns is not None:
+        return layout.leading_columns[:, used]
 
     # Fast path: numpy's C parser for files of integers only. It reads every
     # column, so that it also rejects lines with a different number of columns.
@@ -703,6 +707,13 @@ def _parse_text(
             return table.reshape(-1, n_read)[:, used]
     except ValueError:
         pass
+
+    # A whitespace delimiter, such as a tab, at the end of a line is removed
+    # with the line's final whitespace, but numpy reads one more empty column.
+    if layout.delimiter is not None and layout.delimiter.isspace() and not layout.empty_final_column:
+        table = _read_before_empty_column(layout, layout.n_columns + 1)
+        if table is not None:
+            return table[:, used]
 
     # Slow path: parse record by record so that an error can name the line.
     rows: list[list[int]] = []
@@ -762,6 +773,15 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     if layout.delimiter is None or (layout.header is not None and layout.header[-1] != ""):
         return False
     last = layout.n_columns - 1
+    leading_columns = _read_before_empty_column(layout, layout.n_columns)
+    if leading_columns is not None:
+        logger.info(
+            "%s: the final column %d is empty on every line (each line ends with a delimiter), "
+            "so it is left out", layout.path, last,
+        )
+        layout.empty_final_column = True
+        layout.leading_columns = leading_columns
+        return True
     first_empty = first_filled = None
     regular = True
     n_records = 0
@@ -799,6 +819,49 @@ def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
     )
     layout.empty_final_column = regular
     return True
+
+
+def _empty_field(text: str) -> int:
+    """Convert a field of an empty final column for numpy, raising ``ValueError`` for one with a value."""
+    if text.strip():
+        raise ValueError(f"the final column contains {text!r}")
+    return 0
+
+
+def _read_before_empty_column(layout: _TextLayout, n_fields: int) -> np.ndarray | None:
+    """Read the integer columns of a file whose lines all have ``n_fields`` fields, the final one empty.
+
+    numpy's C parser checks the number of fields on every line, and a
+    converter checks that the final field is empty or whitespace. One pass
+    thus confirms what the record scan of :func:`_records` would, in a
+    fraction of its time.
+
+    Returns:
+        np.ndarray | None: The first ``n_fields - 1`` columns as int64. None
+        for any other file and for one without data lines, which the record
+        scan then checks, naming the lines in its errors.
+    """
+    # A space delimiter merges with the spaces that skipinitialspace skips in the record scan.
+    if layout.delimiter is None or layout.delimiter == " " or n_fields < 2:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
+            table = np.loadtxt(
+                layout.path,
+                dtype=np.int64,
+                delimiter=layout.delimiter,
+                skiprows=layout.skip_lines,
+                comments="#",
+                ndmin=2,
+                encoding="utf-8-sig",
+                converters={n_fields - 1: _empty_field},
+            )
+    except ValueError:
+        return None
+    if table.shape[1] != n_fields or len(table) == 0:
+        return None
+    return table[:, :-1]
 
 
 def _header_hint(

@@ -30,8 +30,9 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -606,7 +607,7 @@ def fingerprint(path: Path) -> str:
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for folder, subfolders, files in os.walk(path):
+    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -788,7 +789,9 @@ def check_study_dir(plan: StudyPlan) -> None:
                 "move the folder away or choose another study directory"
             )
         if stage.action == "run" and folder.is_dir():
-            _reject_unwritten_files(folder, stage.name)
+            work_dir = _work_dir(study_dir, stage)
+            kept = work_dir if _finished_work(work_dir, stage) else None
+            _reject_unwritten_files(folder, stage.name, kept=kept)
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
@@ -804,7 +807,7 @@ def _stage_files(folder: Path) -> list[str]:
     and macOS ``._`` files) are left out.
     """
     entries = []
-    for directory, folders, files in os.walk(folder):
+    for directory, folders, files in os.walk(folder, onerror=_unreadable(folder, "the study")):
         base = Path(directory)
         # os.walk lists a symbolic link to a folder among the folders without entering it.
         links = [name for name in folders if (base / name).is_symlink()]
@@ -816,25 +819,37 @@ def _stage_files(folder: Path) -> list[str]:
     return sorted(entries)
 
 
-def _reject_unwritten_files(folder: Path, stage_name: str, rewritten: Path | None = None) -> None:
-    """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write.
+def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
+    """List the files of a stage folder that its stage did not write.
 
     A rerun replaces the stage folder as a whole, so such files (notes or
     plots of the user's) would be lost. The stage record lists the files that
     the stage wrote. A record written before the list existed has none, so
     its folder is compared with ``rewritten``, the stage's new folder, once
     the stage has run again. Before that, such a folder passes.
+
+    Returns:
+        tuple[list[str], bool]: The files as from :func:`_stage_files`, and
+        whether the record is one without a list of files.
     """
     record = read_stage_record(folder)
     written = record.get("files") if record is not None else None
     old_record = not isinstance(written, list)
     if old_record:
         if rewritten is None:
-            return
+            return [], True
         written = _stage_files(rewritten)
-    unknown = sorted(set(_stage_files(folder)) - set(written))
-    if not unknown:
-        return
+    return sorted(set(_stage_files(folder)) - set(written)), old_record
+
+
+def _unwritten_files_error(
+    folder: Path, stage_name: str, unknown: list[str], old_record: bool, kept: Path | None = None
+) -> FileExistsError:
+    """Build the error for files in ``folder`` that stage ``stage_name`` did not write.
+
+    ``kept`` is the partial folder with the stage's finished output, which
+    the next run moves into place without running the stage again.
+    """
     listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
     noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
     if old_record:
@@ -844,20 +859,62 @@ def _reject_unwritten_files(folder: Path, stage_name: str, rewritten: Path | Non
         )
     else:
         written_by = f"that stage {stage_name} did not write ({listed})"
-    raise FileExistsError(
+    message = (
         f"{folder} contains {len(unknown)} {noun} {written_by}, "
         "and the stage replaces its folder as a whole when it runs again: move "
         f"{pronoun} out of the folder, then run the study again"
     )
+    if kept is not None:
+        message += (
+            f". The finished output of this run is kept in {kept}, and the next run moves it into "
+            f"place without running stage {stage_name} again"
+        )
+    return FileExistsError(message)
+
+
+def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
+    """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
+
+    ``os.walk`` skips such a folder by default, so a check would miss the
+    files in it, and a rerun could delete them.
+    """
+
+    def fail(error: OSError) -> None:
+        where = "" if Path(error.filename) == top else f", a folder inside {top}"
+        raise PermissionError(
+            f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
+            f"(chmod -R u+rwX {error.filename}) or move it out of {owner}, then run the study again",
+        ) from error
+
+    return fail
+
+
+def _reject_unwritten_files(folder: Path, stage_name: str, kept: Path | None = None) -> None:
+    """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write."""
+    unknown, old_record = _unwritten_files(folder)
+    if unknown:
+        raise _unwritten_files_error(folder, stage_name, unknown, old_record, kept)
 
 
 def is_study_record(path: Path) -> bool:
-    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name."""
+    """Return whether ``path`` is the ``pipeline.json`` of a study, not a file of another tool of that name.
+
+    Raises:
+        OSError: If ``path`` is a file that cannot be read, since the
+            folder might then be a study that a command would overwrite.
+    """
     if not path.is_file():
         return False
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        text = path.read_bytes()
+    except OSError as error:
+        raise OSError(
+            f"cannot read {path} ({error.strerror}), so it is unknown whether {path.parent} is a study "
+            f"of dimalign run: make the file readable (chmod u+r {path}), then run the command again"
+        ) from error
+    try:
+        record = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(record, dict) and isinstance(record.get("stages"), list) and "config" in record
 
@@ -906,14 +963,41 @@ def check_outside_study_folders(out_dir: str | os.PathLike, step: str) -> None:
             )
 
 
+def _work_dir(study_dir: Path, stage: PlannedStage) -> Path:
+    """Return the partial folder that ``stage`` writes before it is moved into place."""
+    return study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
+
+
+def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
+    """Return whether ``work_dir`` contains the finished output of ``stage`` that was never moved into place.
+
+    That is a partial folder whose stage record has the stage's current hash
+    and lists exactly the files in the folder.
+    """
+    if not work_dir.is_dir():
+        return False
+    record = read_stage_record(work_dir)
+    if record is None or record["hash"] != stage.hash:
+        return False
+    files = record.get("files")
+    return isinstance(files, list) and sorted(files) == _stage_files(work_dir)
+
+
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
-    work_dir = study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
+    work_dir = _work_dir(study_dir, stage)
+    if _finished_work(work_dir, stage):
+        logger.info(
+            "stage %s: moving the finished output in %s into place, which an earlier run could not move",
+            stage.name, work_dir,
+        )
+        _replace_folder(work_dir, study_dir / stage.name, stage.name)
+        return
     if work_dir.exists() and not definition.resumable:
-        shutil.rmtree(work_dir)
+        _remove_tree(work_dir, "left by an interrupted run")
     work_dir.mkdir(parents=True, exist_ok=True)
     context = StageContext(
         name=stage.name, settings=dict(stage.settings), inputs=dict(stage.inputs),
@@ -928,13 +1012,16 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
         # Only a checkpoint lets the next run resume; a fit that failed before
         # its first one leaves nothing worth keeping.
         if not (definition.resumable and (work_dir / CHECKPOINT_NAME).is_file()):
-            shutil.rmtree(work_dir, ignore_errors=True)
+            try:
+                shutil.rmtree(work_dir)
+            except OSError as error:
+                logger.warning(
+                    "could not remove %s of the failed stage %s (%s); the next run removes it", work_dir,
+                    stage.name, error,
+                )
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
-    # Checked again, because files may have been added while the stage ran.
-    if (study_dir / stage.name).is_dir():
-        _reject_unwritten_files(study_dir / stage.name, stage.name, rewritten=work_dir)
-    _replace_folder(work_dir, study_dir / stage.name)
+    _replace_folder(work_dir, study_dir / stage.name, stage.name)
 
 
 def _write_stage_record(
@@ -966,17 +1053,81 @@ def _write_stage_record(
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
 
-def _replace_folder(work_dir: Path, final: Path) -> None:
-    """Move a finished stage folder into place; the old folder goes only after the rename."""
+def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
+    """Move a finished stage folder into place; the old folder goes only after the rename.
+
+    The old folder is checked for files that its stage did not write after
+    it has been renamed to a hidden name. A file that a user adds to it while
+    the stage runs is thus found and never deleted with the old folder.
+
+    Raises:
+        FileExistsError: If the old folder contains files that the stage did
+            not write, or if the new folder cannot be moved into place. The
+            old folder is then back in place, and ``work_dir`` keeps the
+            finished output for the next run.
+    """
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
-            shutil.rmtree(old)
+            _remove_tree(old, "left by an interrupted run")
         os.rename(final, old)
-    os.rename(work_dir, final)
+        try:
+            unknown, old_record = _unwritten_files(old, rewritten=work_dir)
+        except BaseException:
+            _move_back(old, final, stage_name)
+            raise
+        if unknown:
+            _move_back(old, final, stage_name)
+            raise _unwritten_files_error(final, stage_name, unknown, old_record, kept=work_dir)
+    try:
+        os.rename(work_dir, final)
+    except OSError as error:
+        if old is not None and not final.exists():
+            _move_back(old, final, stage_name)
+        raise FileExistsError(
+            f"cannot move the finished output of stage {stage_name} from {work_dir} to {final} ({error}): "
+            f"if you created {final} during the run, move it out of the study, then run the study again. "
+            f"The next run moves the finished output into place without running stage {stage_name} again"
+        ) from error
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        # NOTE: a program whose working directory lies in the old folder can
+        # still write there after the check, and such a file is deleted here.
+        try:
+            shutil.rmtree(old)
+        except OSError as error:
+            logger.warning(
+                "could not remove %s, the previous output of stage %s (%s); the next run removes it",
+                old, stage_name, error,
+            )
+
+
+def _move_back(old: Path, final: Path, stage_name: str) -> None:
+    """Rename the previous output of a stage from its hidden name back to ``final``."""
+    try:
+        os.rename(old, final)
+    except OSError as error:
+        raise FileExistsError(
+            f"could not move the previous output of stage {stage_name} back from {old} to {final} ({error}): "
+            f"move {final} out of the study and {old} to {final}, then run the study again"
+        ) from error
+
+
+def _remove_tree(path: Path, why: str) -> None:
+    """Delete a work folder of the pipeline, raising an error that names what could not be removed."""
+
+    def fail(function: Any, failed: str, error: BaseException) -> None:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise OSError(
+            f"could not remove {path}, {why} ({reason}: {failed}): make it writable "
+            f"(chmod -R u+rwX {path}) or delete it, then run the study again"
+        ) from error
+
+    # Python 3.12 deprecated onerror, which passes sys.exc_info(), in favour of onexc.
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=fail)
+    else:
+        shutil.rmtree(path, onerror=lambda function, failed, exc_info: fail(function, failed, exc_info[1]))
 
 
 #: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
@@ -987,17 +1138,33 @@ _LEFTOVER_PATTERN = re.compile(
 
 
 def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
-    """Delete leftovers of interrupted runs, except a fit's partial folder with the current hash.
+    """Delete leftovers of interrupted runs, except partial folders with the current hash that the run reuses.
 
-    Only names that this module gives its work folders count, so a hidden
-    folder of the user's such as ``.notes.old-2024`` stays.
+    The run reuses a fit's partial folder to resume from its checkpoint, and
+    the partial folder of any stage that runs when it contains that stage's
+    finished output. Only names that this module gives its work folders
+    count, so a hidden folder of the user's such as ``.notes.old-2024`` stays.
+
+    Raises:
+        FileExistsError: If a leftover contains files that its stage did not
+            write, such as an old folder that could not be moved back.
+        OSError: If a leftover cannot be removed.
     """
-    keep = {f".{stage.name}.partial-{stage.hash[:16]}" for stage in plan.stages if STAGES[stage.name].resumable}
+    keep = set()
+    for stage in plan.stages:
+        work_dir = _work_dir(study_dir, stage)
+        if STAGES[stage.name].resumable or (stage.action == "run" and _finished_work(work_dir, stage)):
+            keep.add(work_dir.name)
     for entry in study_dir.iterdir():
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
-        if stale and entry.is_dir() and entry.name not in keep:
-            logger.info("removing %s, left by an interrupted run", entry)
-            shutil.rmtree(entry, ignore_errors=True)
+        if not stale or not entry.is_dir() or entry.name in keep:
+            continue
+        stage_name = entry.name[1:].split(".")[0]
+        unknown, old_record = _unwritten_files(entry)
+        if unknown:
+            raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+        logger.info("removing %s, left by an interrupted run", entry)
+        _remove_tree(entry, "left by an interrupted run")
 
 
 @contextlib.contextmanager

@@ -63,7 +63,9 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
         "summary, and write the canonical file(s) with manifest.json.",
     )
     parser.add_argument(
-        "input", metavar="INPUT", help="triplet file, or a folder with one triplet file"
+        "input", metavar="INPUT",
+        help="triplet file, or a folder with one triplet file. An objects.tsv next to the file or "
+        "in the folder gives the objects, unless --objects is given",
     )
     parser.add_argument(
         "-o", "--out", required=True,
@@ -243,21 +245,44 @@ def run_import(args: argparse.Namespace) -> int:
 
     source = Path(args.input)
     objects_path = Path(args.objects) if args.objects else None
-    if source.is_dir():
-        folder, source = source, find_triplet_file(source)
-        if objects_path is None and (folder / "objects.tsv").is_file():
-            objects_path = folder / "objects.tsv"
-            logger.info("using the object table %s for the number of objects", objects_path)
+    input_is_folder = source.is_dir()
+    if input_is_folder:
+        source = find_triplet_file(source)
+    # As in dimalign fit, a triplet file reads the objects.tsv next to it,
+    # and a folder reads its own, unless --objects names a table.
+    beside_path = source.parent / OBJECT_TABLE_NAME
+    beside = objects_path is None and beside_path.is_file()
+    if beside:
+        objects_path = beside_path
     if args.delimiter is not None and source.suffix.lower() == ".npy":
         raise ValueError(f"--delimiter applies to text files, but {source} is a .npy file: leave it out")
     targets = [out] if as_file else [out_dir / name for name in sorted(planned)]
-    table_label = "--objects table" if args.objects else "object table of the input folder"
-    _reject_overwritten_inputs(targets, {"triplet file": source, table_label: objects_path})
+    if not beside:
+        table_label = "--objects table"
+    elif input_is_folder:
+        table_label = "object table of the input folder"
+    else:
+        table_label = "object table next to the triplet file"
+    # A user's own objects.tsv in the output folder is named as such by
+    # check_unowned_outputs, so the table next to a triplet file is checked after it.
+    table_beside_file = beside and not input_is_folder
+    _reject_overwritten_inputs(
+        targets, {"triplet file": source, table_label: None if table_beside_file else objects_path}
+    )
     check_unowned_outputs(out_dir, {target.name for target in targets}, "import-triplets")
-    table = read_object_table(objects_path) if objects_path else None
+    if table_beside_file:
+        _reject_overwritten_inputs(targets, {table_label: objects_path})
+    if beside:
+        logger.info(
+            "using the object table %s, which lies next to the triplets, for the objects; pass "
+            "--objects to use another table", objects_path,
+        )
+    elif objects_path is not None:
+        logger.info("using the object table %s (--objects) for the objects", objects_path)
+    table = _read_import_table(objects_path, beside) if objects_path else None
     if table is not None and args.n_objects is not None and len(table) != args.n_objects:
-        # Only the folder's own objects.tsv meets --n-objects here: argparse
-        # rejects --objects together with --n-objects.
+        # Only the objects.tsv next to the triplets meets --n-objects here:
+        # argparse rejects --objects together with --n-objects.
         raise ValueError(
             f"--n-objects {args.n_objects} disagrees with {objects_path}, which lists "
             f"{len(table)} objects: leave out --n-objects to use that table, or import the "
@@ -265,16 +290,25 @@ def run_import(args: argparse.Namespace) -> int:
         )
     if table is None and args.n_objects is not None:
         check_import_memory(args.n_objects)
-    triplets = load_triplets(
-        source,
-        args.n_objects,
-        one_based=args.one_based,
-        odd_column=odd_column,
-        choice_column=args.choice_column,
-        columns=parse_columns(args.columns) if args.columns else None,
-        delimiter=args.delimiter,
-        object_table=table,
-    )
+    try:
+        triplets = load_triplets(
+            source,
+            args.n_objects,
+            one_based=args.one_based,
+            odd_column=odd_column,
+            choice_column=args.choice_column,
+            columns=parse_columns(args.columns) if args.columns else None,
+            delimiter=args.delimiter,
+            object_table=table,
+        )
+    except ValueError as error:
+        if not beside or "out of range" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. The {len(table)} objects come from {objects_path}, which dimalign import-triplets "
+            "reads because it lies next to the triplets: pass the table that the triplets index with "
+            "--objects, or move this one away"
+        ) from error
     n_objects = len(table) if table is not None else args.n_objects
     try:
         # Both hold a value per object: 8-byte counts, and names such as object_123.
@@ -342,6 +376,21 @@ def run_import(args: argparse.Namespace) -> int:
     for path in written.values():
         print(out_dir / path.name)
     return 0
+
+
+def _read_import_table(path: Path, beside: bool):
+    """Read the object table of ``import-triplets``, saying why it is read when it lies next to the triplets."""
+    from dimalign.io.objects import read_object_table
+
+    try:
+        return read_object_table(path)
+    except ValueError as error:
+        if not beside:
+            raise
+        raise ValueError(
+            f"{error} (dimalign import-triplets reads {path} because it lies next to the triplets: "
+            "fix it, or pass the right table with --objects)"
+        ) from error
 
 
 def _reject_overwritten_inputs(targets: list[Path], inputs: dict[str, Path | None]) -> None:
