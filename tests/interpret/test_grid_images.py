@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from dimalign.cli import main
-from dimalign.interpret.grid_images import BORDER_COLOUR, GridCell, compose_grid, image_paths
+from dimalign.interpret.grid_images import BORDER_COLOUR, GridCell, _font, compose_grid, image_paths
 from dimalign.interpret.grids import percentile_grid, top_objects
 from dimalign.io.objects import ObjectTable, write_object_table
 from dimalign.io.runs import EmbeddingResult, save_embedding
@@ -442,3 +442,28 @@ def test_grid_conflicting_exif_rejected(tmp_path, capsys, record_extraction):
     assert status != 0
     assert "--no-exif-transpose contradicts" in error
     assert "exif_transpose true" in error
+
+
+def test_compose_grid_captions_do_not_overlap():
+    caption = "0.2176 -> 0.2200 (+0.0023)"
+    cells = [GridCell(solid((0, 0, 0)), caption), GridCell(solid((0, 0, 0)), caption)]
+
+    grid = compose_grid(cells, 2, cell_size=32, border=1, padding=4, font_size=11)
+
+    text_width = ImageDraw.Draw(grid).textlength(caption, font=_font(11))
+    assert grid.size[0] >= 4 + 2 * (text_width + 4)
+    # The gap between the two columns stays white over the caption band too.
+    gap_left = 4 + (grid.size[0] - 4) // 2 - 4
+    band = grid.crop((gap_left, 4 + 34, gap_left + 4, 4 + 34 + 17))
+    assert set(band.getdata()) == {(255, 255, 255)}
+
+
+def test_grid_rejects_output_in_image_folder(colour_objects, capsys):
+    image_dir, run_dir, _ = colour_objects
+    before = sorted(path.name for path in image_dir.iterdir())
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(image_dir), "--dims", "0"])
+
+    assert status == 1
+    assert "overlaps the input" in capsys.readouterr().err
+    assert sorted(path.name for path in image_dir.iterdir()) == before

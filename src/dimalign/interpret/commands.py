@@ -811,6 +811,8 @@ def run_grid(args: argparse.Namespace) -> int:
     check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
     decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
+    # A later dimalign extract of the image folder would read the grids as photos.
+    _check_output_outside_inputs(args.out, sorted(set(paths.values())), "grid")
     pictures = load_grid_images(paths, args.cell_size, decoding)
 
     rows = []

@@ -67,7 +67,8 @@ def compose_grid(
         n_cols (int): Cells per row.
         title (str): Text of the title bar ("" for none).
         cell_size (int): Side of each picture's square in pixels; pictures
-            keep their aspect ratio and are padded with white.
+            keep their aspect ratio and are padded with white. A column is
+            wider where its longest caption needs the space.
         border (int): Border width in pixels.
         padding (int): Space between cells in pixels.
         font_size (int): Caption font size in pixels.
@@ -84,13 +85,18 @@ def compose_grid(
     caption_height = font_size + 6
     title_height = font_size + 14 if title else 0
     n_rows = -(-len(cells) // n_cols)
-    cell_width = cell_size + 2 * border
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    picture_width = cell_size + 2 * border
+    # Columns are widened to the longest caption, which small pictures would
+    # otherwise let run into the captions of the neighbouring cells.
+    caption_width = max(measure.textlength(cell.caption, font=font) for cell in cells)
+    cell_width = max(picture_width, int(np.ceil(caption_width)))
     cell_height = cell_size + 2 * border + caption_height
     width = padding + n_cols * (cell_width + padding)
     height = title_height + padding + n_rows * (cell_height + padding)
     if title:
         # A grid of few cells is widened so that the title is not cut off.
-        title_width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=title_font)
+        title_width = measure.textlength(title, font=title_font)
         width = max(width, int(np.ceil(title_width)) + 2 * padding)
 
     canvas = Image.new("RGB", (width, height), BACKGROUND_COLOUR)
@@ -99,15 +105,16 @@ def compose_grid(
         draw.text((padding, padding), title, fill=TEXT_COLOUR, font=title_font)
     for index, cell in enumerate(cells):
         row, col = divmod(index, n_cols)
-        left = padding + col * (cell_width + padding)
+        column_left = padding + col * (cell_width + padding)
+        left = column_left + (cell_width - picture_width) // 2
         top = title_height + padding + row * (cell_height + padding)
         picture = ImageOps.pad(cell.image.convert("RGB"), (cell_size, cell_size), color=BACKGROUND_COLOUR)
         draw.rectangle(
-            (left, top, left + cell_width - 1, top + cell_size + 2 * border - 1), fill=BORDER_COLOUR
+            (left, top, left + picture_width - 1, top + cell_size + 2 * border - 1), fill=BORDER_COLOUR
         )
         canvas.paste(picture, (left + border, top + border))
         draw.text(
-            (left + cell_width / 2, top + cell_size + 2 * border + caption_height / 2),
+            (column_left + cell_width / 2, top + cell_size + 2 * border + caption_height / 2),
             cell.caption, fill=TEXT_COLOUR, font=font, anchor="mm",
         )
     return canvas
