@@ -423,3 +423,24 @@ def test_map_settings_old_source_reads_extraction(tmp_path):
     assert settings["background"] == (0, 0, 0)
     assert settings["exif_transpose"] is False
     assert (recorded.background, recorded.exif_transpose) == ((0, 0, 0), False)
+
+
+def test_predictor_rejects_map_without_dimensions(conv_model):
+    with pytest.raises(ValueError, match=r"coef has shape \(6, 0\): the map predicts no dimension"):
+        DimensionPredictor(conv_model, "3", np.ones((6, 0)), np.zeros(0), pooling="gap")
+
+
+def test_from_map_dir_rejects_map_without_dimensions(tmp_path):
+    map_dir = tmp_path / "map"
+    map_dir.mkdir()
+    alphas = np.logspace(-2, 6, 5)
+    np.savez(
+        map_dir / "ridge_map.npz", coef=np.ones((6, 0)), intercept=np.zeros(0), alpha=np.zeros(0),
+        cv_r2=np.zeros(0), cv_scores=np.zeros((5, 0)), fold_scores=np.zeros((3, 5, 0)), alphas=alphas,
+        target_ndim=np.int64(2),
+    )
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir)
+
+    assert str(error.value).startswith(f"{map_dir / 'ridge_map.npz'} maps 6 features to no dimension")

@@ -303,6 +303,11 @@ class DimensionPredictor(nn.Module):
         intercept = torch.as_tensor(np.asarray(intercept), dtype=dtype)
         if coef.ndim != 2:
             raise ValueError(f"coef must be 2-D (n_features, n_dims), got shape {tuple(coef.shape)}")
+        if coef.shape[1] == 0:
+            raise ValueError(
+                f"coef has shape {tuple(coef.shape)}: the map predicts no dimension, so there is "
+                "nothing to explain; fit the map on an embedding with at least one dimension"
+            )
         if intercept.shape != (coef.shape[1],):
             raise ValueError(
                 f"intercept has shape {tuple(intercept.shape)} but coef has {coef.shape[1]} "
@@ -485,6 +490,13 @@ class DimensionPredictor(nn.Module):
                 f"{map_dir} is a file; pass the folder that 'dimalign map' wrote ({map_dir.parent})"
             )
         ridge = RidgeMap.load(map_dir)
+        coef = np.reshape(ridge.coef_, (ridge.n_features_in_, -1))
+        if coef.shape[1] == 0:
+            # Checked here so that the error comes before the model loads.
+            raise ValueError(
+                f"{map_dir / 'ridge_map.npz'} maps {coef.shape[0]} features to no dimension, so there is "
+                "nothing to explain; rerun dimalign map with an embedding that kept at least one dimension"
+            )
         settings = map_settings(map_dir)
         if model is None:
             from dimalign.features import load_model
