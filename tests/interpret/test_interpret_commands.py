@@ -673,3 +673,18 @@ def test_gradcam_conflicting_background_rejected(tiny_predictor, tmp_path, capsy
     assert status != 0
     assert "contradicts the background 0,0,0" in error
     assert not out.exists()
+
+
+def test_manifests_record_image_decoding(tiny_predictor, tmp_path):
+    import json
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    argv = [str(photo), "--map", str(tmp_path), "--background", "0,128,0", "--no-exif-transpose"]
+
+    main(["gradcam", *argv, "--dim", "0", "--layer", "2", "-o", str(tmp_path / "gradcam")])
+    main(["manipulate", *argv, "--edits", "grayscale", "-o", str(tmp_path / "manipulate")])
+
+    for command in ("gradcam", "manipulate"):
+        settings = json.loads((tmp_path / command / "manifest.json").read_text())["settings"]
+        assert settings["background"] == [0, 128, 0]
+        assert settings["exif_transpose"] is False

@@ -430,7 +430,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
             stage, step="gradcam",
             inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
             settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
-                      "layer": layer, "alpha": args.alpha, "device": args.device},
+                      "layer": layer, "alpha": args.alpha, "device": args.device,
+                      **_decoding_settings(predictor)},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
     logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
@@ -535,6 +536,12 @@ def _apply_decoding_options(predictor: Any, args: argparse.Namespace) -> None:
     predictor.preprocessing = replace(
         predictor.preprocessing, background=decoding.background, exif_transpose=decoding.exif_transpose
     )
+
+
+def _decoding_settings(predictor: Any) -> dict[str, Any]:
+    """Return the image decoding that the predictor used, for the manifest: ``background`` and ``exif_transpose``."""
+    preprocessing = predictor.preprocessing
+    return {"background": list(preprocessing.background), "exif_transpose": preprocessing.exif_transpose}
 
 
 def _tensor_to_pil(image: Any) -> Any:
@@ -722,7 +729,8 @@ def run_manipulate(args: argparse.Namespace) -> int:
             }),
             settings={"map": args.map_dir, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
-                      "estimated_masks": sorted(estimated), "device": args.device},
+                      "estimated_masks": sorted(estimated), "device": args.device,
+                      **_decoding_settings(predictor)},
             started=started,
             outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
                      "max_abs_change": float(table["change"].abs().max())},
