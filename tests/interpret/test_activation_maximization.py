@@ -225,3 +225,9 @@ def test_maximize_generator_leaving_unit_range_is_named(predictor):
     assert "the generator returned images with values in [1.0" in message
     assert "at step " in message
     assert "8-bit" not in message
+
+
+def test_maximize_rejects_size_with_generator(predictor):
+    with pytest.raises(ValueError, match="image_size=32 sets the size of the built-in generator"):
+        maximize_dimension(predictor, 0, generator=FourierGenerator(16), steps=0, n_init=1, n_images=1,
+                           image_size=32)

@@ -78,6 +78,8 @@ def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, 
         (["--steps", str(10**400)], "is invalid: use a number in [0, 9.22337e+18]"),
         (["--image-size", "100000"], "--image-size 100000 is invalid: use a number in [2, 4096]"),
         (["--n-init", "5000"], "--n-init 5000 is invalid: use a number in [1, 1024]"),
+        (["--generator", "my_gan:build", "--image-size", "32"],
+         "--image-size 32 sets the size of the built-in generator's images"),
     ],
 )
 def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, options, message):

@@ -474,6 +474,11 @@ def run_maximize(args: argparse.Namespace) -> int:
     # overflow error outside it.
     if not -(2**63) <= args.seed < 2**64:
         raise ValueError(f"--seed {args.seed} is invalid: use an integer from -2**63 to 2**64 - 1")
+    if args.generator and args.image_size is not None:
+        raise ValueError(
+            f"--image-size {args.image_size} sets the size of the built-in generator's images, but "
+            f"--generator {args.generator} sets its own size; leave --image-size out"
+        )
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]

@@ -91,7 +91,8 @@ def maximize_dimension(
         tv_weight (float): Weight of the total variation of the image.
         learning_rate (float): Adam step size.
         image_size (int | None): Side of the built-in generator's images;
-            default the predictor's input size, else 224.
+            default the predictor's input size, else 224. Must be None when
+            ``generator`` is given.
         use_augmentation (bool): Randomly shift and scale the images at each
             step before the predictor sees them.
         batch_size (int): Latents per forward pass when ranking the random starts.
@@ -101,7 +102,8 @@ def maximize_dimension(
         MaximizationResult: The images and the dimension's values.
 
     Raises:
-        ValueError: If ``dim`` is out of range, the counts are invalid, the
+        ValueError: If ``dim`` is out of range, the counts are invalid,
+            ``image_size`` comes with a ``generator``, the
             generator's images are not finite values in ``[0, 1]``, or the
             loss becomes NaN or inf (the optimisation diverged).
     """
@@ -110,6 +112,11 @@ def maximize_dimension(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 1 <= n_images <= n_init:
         raise ValueError(f"n_images must be between 1 and n_init={n_init}, got {n_images}")
+    if generator is not None and image_size is not None:
+        raise ValueError(
+            f"image_size={image_size} sets the size of the built-in generator's images, but a generator "
+            "was given, which sets its own size; leave image_size out"
+        )
     if generator is None:
         size = image_size or (predictor.input_size[0] if predictor.input_size else DEFAULT_IMAGE_SIZE)
         generator = FourierGenerator(size)
