@@ -356,3 +356,15 @@ def test_manipulation_neutral_edits_change_nothing(predictor, colour_image):
         rows = table[(table["edit"] == name) & (table["parameter"] == float(parameter))]
         assert len(rows) == 5, label
         np.testing.assert_allclose(rows["change"], 0.0, atol=1e-6, err_msg=label)
+
+
+def test_manipulation_mask_size_names_image(predictor, colour_image):
+    masks = {"photo": torch.ones(5, 4, dtype=torch.bool)}
+
+    with pytest.raises(ValueError) as error:
+        manipulate_images(predictor, {"photo": colour_image}, ["background"], masks=masks)
+
+    height, width = colour_image.shape[-2:]
+    assert str(error.value).startswith(
+        f"the mask of image photo has shape (5, 4), but the image is {height} x {width} pixels"
+    )

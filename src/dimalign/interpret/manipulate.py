@@ -480,7 +480,7 @@ def manipulate_images(
 
     Raises:
         ValueError: If an edit is unknown or repeated, or a mask's name is
-            not among the images.
+            not among the images or its shape is not the image's ``(H, W)``.
     """
     edits = check_distinct_edits([edit if isinstance(edit, Edit) else parse_edit(edit) for edit in edits])
     if not edits:
@@ -492,6 +492,14 @@ def manipulate_images(
             f"masks are given for {', '.join(map(str, unknown[:10]))}, which are not among the image "
             f"names ({', '.join(map(str, list(images)[:10]))}); key each mask by its image's name"
         )
+    for name, mask in masks.items():
+        # Checked for every image first, so that no edit runs before a wrong mask stops the call.
+        height, width = images[name].shape[-2:]
+        if tuple(np.shape(mask)) != (height, width):
+            raise ValueError(
+                f"the mask of image {name} has shape {tuple(np.shape(mask))}, but the image is {height} x "
+                f"{width} pixels; give a mask of shape ({height}, {width}), True or 1 on the object"
+            )
     rows: list[dict[str, Any]] = []
     edited: dict[str, dict[str, torch.Tensor]] = {}
     used_masks: dict[str, torch.Tensor] = {}
