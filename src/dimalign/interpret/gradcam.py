@@ -7,8 +7,9 @@ part of the weighted sum, ``relu(sum_c w_c A_c)``. Here
 the target is one predicted embedding dimension of
 :class:`~dimalign.interpret.predictor.DimensionPredictor`, treated as a
 regression output. The computation is pytorch-grad-cam's ``GradCAM`` with a
-target that selects the dimension. Each map is scaled to ``[0, 1]`` per
-image and upsampled to the image size.
+target that selects the dimension. Each map is min-max scaled to ``[0, 1]``
+per image, so 0 is the location with the least evidence, and upsampled to
+the image size.
 """
 
 from __future__ import annotations
