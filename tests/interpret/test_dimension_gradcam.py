@@ -273,3 +273,19 @@ def test_default_layer_skips_layer_that_runs_twice(ridge_coefficients):
     predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
 
     assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "conv2"
+
+
+def test_plot_gradcam_labels_panels_and_colour_bar():
+    from dimalign.interpret.gradcam import plot_gradcam
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = {0: np.zeros((8, 8), np.float32), 3: np.ones((8, 8), np.float32)}
+
+    figure = plot_gradcam(image, maps, {0: 0.25, 3: -1.5}, layer="head", title="parrot.png")
+
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    bar_labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
+    assert titles == ["input", "dimension 0\npredicted 0.25", "dimension 3\npredicted -1.5"]
+    assert bar_labels == ["Grad-CAM at layer head\n(per map: 0 least, 1 most evidence)"]
+    assert figure.get_suptitle() == "parrot.png"
+

@@ -690,3 +690,16 @@ def test_manifests_record_image_decoding(tiny_predictor, tmp_path):
         settings = json.loads((tmp_path / command / "manifest.json").read_text())["settings"]
         assert settings["background"] == [0, 128, 0]
         assert settings["exif_transpose"] is False
+
+
+def test_gradcam_command_writes_figure(tiny_predictor, tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "2", "--layer", "2",
+                   "-o", str(out)])
+
+    table = pd.read_csv(out / "gradcam.csv")
+    assert status == 0
+    assert table["figure"].tolist() == ["a_gradcam.png", "a_gradcam.png"]
+    assert Image.open(out / "a_gradcam.png").size[0] > 0

@@ -375,9 +375,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
         default_gradcam_layer,
         dimension_gradcam,
         overlay,
+        plot_gradcam,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import check_unowned_files, now_iso, write_manifest
+    from dimalign.io.files import atomic_path, check_unowned_files, now_iso, write_manifest
 
     started = now_iso()
     _check_output_folder(args.out, "gradcam", ["gradcam.csv"])
@@ -389,7 +390,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    pictures = [f"{name}_input.png" for name in names]
+    pictures = [f"{name}_input.png" for name in names] + [_gradcam_figure_file(name) for name in names]
     for name in names:
         pictures += [_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")]
     check_unowned_files(args.out, pictures, "gradcam")
@@ -410,6 +411,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
             save_png(image, stage / f"{name}_input.png")
             with torch.no_grad():
                 prediction = predictor(image).double().cpu().numpy()
+            figure_file = _gradcam_figure_file(name)
+            maps = {}
             for dim in dims:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -421,10 +424,17 @@ def run_gradcam(args: argparse.Namespace) -> int:
                 overlay_file = save_png(
                     overlay(image, cam, alpha=args.alpha), stage / _gradcam_file(name, dim, "overlay")
                 )
+                maps[dim] = cam
                 rows.append({
                     "image": str(path), "dimension": dim, "predicted": prediction[dim],
-                    "heatmap": heatmap_file.name, "overlay": overlay_file.name,
+                    "heatmap": heatmap_file.name, "overlay": overlay_file.name, "figure": figure_file,
                 })
+            figure = plot_gradcam(
+                image, maps, {dim: float(prediction[dim]) for dim in dims},
+                layer=layer, title=str(path), alpha=args.alpha,
+            )
+            with atomic_path(stage / figure_file, overwrite=False) as temporary:
+                figure.savefig(temporary, dpi=100, format="png")
         save_csv(pd.DataFrame(rows), stage / "gradcam.csv")
         write_manifest(
             stage, step="gradcam",
@@ -436,6 +446,11 @@ def run_gradcam(args: argparse.Namespace) -> int:
         )
     logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
     return 0
+
+
+def _gradcam_figure_file(name: str) -> str:
+    """Return the name of the figure of image ``name`` with the overlays of every dimension."""
+    return f"{name}_gradcam.png"
 
 
 def _gradcam_file(name: str, dim: int, kind: str) -> str:

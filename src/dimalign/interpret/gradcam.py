@@ -257,3 +257,55 @@ def overlay(image: torch.Tensor | np.ndarray, cam: np.ndarray, *, alpha: float =
     heat = colorize(cam, colormap).astype(np.float32) / 255.0
     blended = (1.0 - alpha) * np.clip(image, 0.0, 1.0) + alpha * heat
     return np.round(blended * 255.0).astype(np.uint8)
+
+
+def plot_gradcam(
+    image: torch.Tensor | np.ndarray,
+    maps: dict[int, np.ndarray],
+    predictions: dict[int, float],
+    *,
+    layer: str,
+    title: str = "",
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    n_cols: int = 6,
+) -> Any:
+    """Draw an image beside the Grad-CAM overlay of each dimension, with a labelled colour bar.
+
+    Args:
+        image: RGB in ``[0, 1]``, a tensor ``(3, H, W)`` or an array ``(H, W, 3)``.
+        maps (dict[int, np.ndarray]): Dimension -> its map ``(H, W)`` in ``[0, 1]``.
+        predictions (dict[int, float]): Dimension -> its predicted value for the image.
+        layer (str): The Grad-CAM layer, named on the colour bar.
+        title (str): Figure title, such as the image's file name.
+        alpha (float): Weight of the heat map in the overlays.
+        colormap (str): A matplotlib colormap name.
+        n_cols (int): Panels per row.
+
+    Returns:
+        matplotlib.figure.Figure: Not attached to pyplot, so nothing global changes.
+    """
+    from matplotlib import cm, colors
+    from matplotlib.figure import Figure
+
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().permute(1, 2, 0).numpy()
+    panels = [("input", np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0))]
+    for dim, cam in maps.items():
+        label = f"dimension {dim}\npredicted {predictions[dim]:.4g}"
+        panels.append((label, overlay(image, cam, alpha=alpha, colormap=colormap)))
+    n_cols = min(n_cols, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    figure = Figure(figsize=(2.4 * n_cols + 1.2, 2.6 * n_rows + 0.4), layout="constrained")
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (label, picture) in zip(axes.ravel(), panels):
+        axis.imshow(picture)
+        axis.set_title(label, fontsize=9)
+    scale = cm.ScalarMappable(norm=colors.Normalize(0.0, 1.0), cmap=colormap)
+    bar = figure.colorbar(scale, ax=axes, fraction=0.05, shrink=0.9)
+    bar.set_label(f"Grad-CAM at layer {layer}\n(per map: 0 least, 1 most evidence)", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
