@@ -467,3 +467,17 @@ def test_grid_rejects_output_in_image_folder(colour_objects, capsys):
     assert status == 1
     assert "overlaps the input" in capsys.readouterr().err
     assert sorted(path.name for path in image_dir.iterdir()) == before
+
+
+def test_grid_captions_name_percentile_rows():
+    from dimalign.interpret.grid_images import grid_captions
+
+    weights = np.linspace(0.0, 2.9, 30)
+    chosen = percentile_grid(weights)
+
+    captions = grid_captions(weights, chosen)
+
+    assert captions[:6] == [f"{weights[row]:.3f}" for row in chosen[0]]
+    assert captions[6] == f"p98 {weights[chosen[1, 0]]:.3f}"
+    assert captions[29] == f"p80 {weights[chosen[4, 5]]:.3f}"
+    assert grid_captions(weights, top_objects(weights, 3)) == ["2.900", "2.800", "2.700"]

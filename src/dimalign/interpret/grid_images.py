@@ -5,7 +5,8 @@ choice of objects):
 
 - ``top``: the ``top_k`` objects with the largest weights, in rows of six.
 - ``percentile``: the 5 x 6 labelling layout, the top six objects followed
-  by rows of objects near the 98th, 95th, 90th and 80th percentile.
+  by rows of objects near the 98th, 95th, 90th and 80th percentile, whose
+  captions name the percentile (``p98 0.418``).
 
 Each cell shows the object's image scaled to fit a square with a thin
 border, and a caption with the object's weight; a title bar names the
@@ -260,13 +261,29 @@ def dimension_grid(
     columns = chosen.shape[1] if chosen.ndim == 2 else min(n_cols, chosen.size)
     rows = chosen.ravel()
     cells = []
-    for row in rows:
+    for row, caption in zip(rows, grid_captions(weights, chosen)):
         picture = paths[int(row)]
         if not isinstance(picture, Image.Image):
             picture = read_picture(picture)
-        cells.append(GridCell(picture, f"{weights[row]:.3f}"))
+        cells.append(GridCell(picture, caption))
     title = f"dimension {dim} ({layout}): max weight {weights.max():.3f}"
     return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
+
+
+def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
+    """Return the caption of each cell of a grid, in reading order: the object's weight.
+
+    In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
+    cells after the top row also name the percentile their row stands for,
+    such as ``p98 0.418``, because nothing else in the picture says so.
+    """
+    captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
+    if chosen.ndim == 2:
+        n_cols = chosen.shape[1]
+        for index in range(n_cols, len(captions)):
+            percentile = DEFAULT_PERCENTILES[index // n_cols - 1]
+            captions[index] = f"p{percentile:g} {captions[index]}"
+    return captions
 
 
 def needed_rows(embedding: np.ndarray, dims: Sequence[int], layout: str, top_k: int) -> list[int]:
