@@ -275,7 +275,7 @@ def test_default_layer_skips_layer_that_runs_twice(ridge_coefficients):
     assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "conv2"
 
 
-def test_plot_gradcam_labels_panels_and_colour_bar():
+def test_plot_gradcam_labels_colour_bar():
     from dimalign.interpret.gradcam import plot_gradcam
 
     image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -275,7 +275,7 @@ def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
 
     In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
     cells after the top row also name the percentile their row stands for,
-    such as ``p98 0.418``, because nothing else in the picture says so.
+    such as ``p98 0.418``, because nothing else in the picture shows it.
     """
     captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
     if chosen.ndim == 2:
