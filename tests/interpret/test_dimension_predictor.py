@@ -281,8 +281,8 @@ def test_map_settings_prefer_the_recorded_features_source(tmp_path):
         "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
         "inputs": {"features": {"path": str(tmp_path / "moved" / "features.npy"), "sha256": "0" * 64}}})
     assert map_settings(map_dir) == {
-        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten",
-        "background": (255, 255, 255), "exif_transpose": True}
+        "model": "vgg16", "weights": "random", "weights_sha256": None, "seed": 7, "layer": "classifier.4",
+        "pooling": "flatten", "background": (255, 255, 255), "exif_transpose": True}
 
 
 def test_map_settings_carry_image_decoding(tmp_path):
@@ -444,3 +444,39 @@ def test_from_map_dir_rejects_map_without_dimensions(tmp_path):
         DimensionPredictor.from_map_dir(map_dir)
 
     assert str(error.value).startswith(f"{map_dir / 'ridge_map.npz'} maps 6 features to no dimension")
+
+
+def test_from_map_dir_rejects_changed_weights(tmp_path):
+    import hashlib
+
+    import torchvision
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    weights = tmp_path / "squeezenet.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    extracted_sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": str(weights), "seed": 0, "layer": "features.12",
+              "pooling": "gap", "weights_sha256": extracted_sha256}
+    ridge.save(tmp_path / "map", features_source=source)
+    assert DimensionPredictor.from_map_dir(tmp_path / "map").n_dims == 2
+
+    torch.manual_seed(1)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(tmp_path / "map")
+
+    assert f"the weights {weights} have changed since the features of the map" in str(error.value)
+    assert f"(SHA-256 {extracted_sha256} then" in str(error.value)
+
+
+def test_extraction_settings_keep_weights_checksum():
+    from dimalign.features.recorded import extraction_settings
+
+    settings = {"model": "vgg16", "weights": "w.pt", "weights_sha256": "ab" * 32, "layer": "x"}
+
+    assert extraction_settings(settings, None)["weights_sha256"] == "ab" * 32

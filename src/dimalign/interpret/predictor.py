@@ -214,6 +214,24 @@ def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
     return None
 
 
+def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path) -> None:
+    """Reject weights whose SHA-256 differs from the one recorded when the map's features were extracted.
+
+    A weights file replaced since then (a retrained model saved at the same
+    path) gives a network that the map was never fitted on.
+
+    Raises:
+        ValueError: Naming the weights and both checksums.
+    """
+    recorded, loaded = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
+    if recorded and loaded and recorded != loaded:
+        raise ValueError(
+            f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
+            f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+            "another network; restore those weights, or extract the features and fit the map again"
+        )
+
+
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
 RANGE_TOLERANCE = 1e-3
 
@@ -509,6 +527,7 @@ class DimensionPredictor(nn.Module):
             model = load_model(
                 settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
             )
+            _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
             ImagePreprocessing.from_transform(getattr(model, "transform", None)),
