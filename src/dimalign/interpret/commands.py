@@ -378,7 +378,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         plot_gradcam,
     )
     from dimalign.interpret.predictor import DimensionPredictor
-    from dimalign.io.files import atomic_path, check_unowned_files, now_iso, write_manifest
+    from dimalign.io.files import check_unowned_files, now_iso, write_manifest
 
     started = now_iso()
     _check_output_folder(args.out, "gradcam", ["gradcam.csv"])
@@ -431,10 +431,9 @@ def run_gradcam(args: argparse.Namespace) -> int:
                 })
             figure = plot_gradcam(
                 image, maps, {dim: float(prediction[dim]) for dim in dims},
-                layer=layer, title=str(path), alpha=args.alpha,
+                layer=layer, title=path.name, alpha=args.alpha,
             )
-            with atomic_path(stage / figure_file, overwrite=False) as temporary:
-                figure.savefig(temporary, dpi=100, format="png")
+            save_png(figure, stage / figure_file)
         save_csv(pd.DataFrame(rows), stage / "gradcam.csv")
         write_manifest(
             stage, step="gradcam",
