@@ -703,3 +703,15 @@ def test_gradcam_command_writes_figure(tiny_predictor, tmp_path):
     assert status == 0
     assert table["figure"].tolist() == ["a_gradcam.png", "a_gradcam.png"]
     assert Image.open(out / "a_gradcam.png").size[0] > 0
+
+
+def test_manipulate_rejects_photo_as_own_mask(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--masks", str(photo.parent),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert f"mask {photo} is the image {photo} itself" in capsys.readouterr().err
+    assert not out.exists()

@@ -636,7 +636,8 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
 
     Raises:
         FileNotFoundError: If ``mask_dir`` is not a folder or has a mask for none of the images.
-        ValueError: If a mask's stem belongs to several of the images.
+        ValueError: If a mask's stem belongs to several of the images, or a
+            mask file is one of the images.
     """
     if not mask_dir.is_dir():
         kind = "a file, not a folder" if mask_dir.exists() else "not found"
@@ -645,12 +646,19 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
     for path in paths:
         photos_of_stem.setdefault(path.stem, []).append(path)
 
+    photo_files = {path.resolve(): path for path in paths}
     mask_files: dict[str, Path] = {}
     for name, path in zip(names, paths):
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             logger.info("no mask %s for %s: estimating one", mask_path, path)
             continue
+        if mask_path.resolve() in photo_files:
+            # A photo read as a mask gives the thresholded photo, with no error later.
+            raise ValueError(
+                f"mask {mask_path} is the image {photo_files[mask_path.resolve()]} itself, so --masks "
+                f"{mask_dir} is a folder of photos; pass a folder that contains only the masks"
+            )
         if len(photos_of_stem[path.stem]) > 1:
             raise ValueError(
                 f"mask {mask_path} matches {len(photos_of_stem[path.stem])} images with the stem "
