@@ -231,3 +231,17 @@ def test_maximize_rejects_size_with_generator(predictor):
     with pytest.raises(ValueError, match="image_size=32 sets the size of the built-in generator"):
         maximize_dimension(predictor, 0, generator=FourierGenerator(16), steps=0, n_init=1, n_images=1,
                            image_size=32)
+
+
+def test_maximize_rejects_oversized_starting_latents(predictor, monkeypatch):
+    import dimalign.interpret.maximize as maximize_module
+
+    # 4 latents of the 16-pixel Fourier generator take 4 * 3 * 16 * 9 * 2 * 4 = 13,824 bytes.
+    monkeypatch.setattr(maximize_module, "MAX_LATENT_BYTES", 10_000)
+
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, steps=0, n_init=4, n_images=1, image_size=16)
+
+    assert str(error.value).startswith(
+        "4 starting latents of 864 values need 13,824 bytes, more than the limit of 10,000"
+    )

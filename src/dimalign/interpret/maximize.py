@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 
+# The n_init starting latents are drawn at once, as float32. The limit turns
+# a typing error such as n_init=1000 with 2240-pixel images (60 GB of
+# Fourier latents) into an error instead of a process that the operating
+# system kills. Raise it for a machine with more memory.
+MAX_LATENT_BYTES = 4 * 2**30
+
 
 @dataclass
 class MaximizationResult:
@@ -103,7 +109,8 @@ def maximize_dimension(
 
     Raises:
         ValueError: If ``dim`` is out of range, the counts are invalid,
-            ``image_size`` comes with a ``generator``, the
+            ``image_size`` comes with a ``generator``, the starting latents
+            would take more than :data:`MAX_LATENT_BYTES`, the
             generator's images are not finite values in ``[0, 1]``, or the
             loss becomes NaN or inf (the optimisation diverged).
     """
@@ -120,6 +127,13 @@ def maximize_dimension(
     if generator is None:
         size = image_size or (predictor.input_size[0] if predictor.input_size else DEFAULT_IMAGE_SIZE)
         generator = FourierGenerator(size)
+    latent_bytes = n_init * int(generator.latent_dim) * 4
+    if latent_bytes > MAX_LATENT_BYTES:
+        raise ValueError(
+            f"{n_init} starting latents of {int(generator.latent_dim)} values need {latent_bytes:,} bytes, "
+            f"more than the limit of {MAX_LATENT_BYTES:,} (dimalign.interpret.maximize.MAX_LATENT_BYTES); "
+            "lower n_init (CLI: --n-init) or the image size (CLI: --image-size)"
+        )
     for parameter in generator.parameters():
         parameter.requires_grad_(False)
     generator = generator.to(predictor.device).eval()
