@@ -573,6 +573,7 @@ def plot_largest_changes(
         matplotlib.figure.Figure: Not attached to pyplot, so nothing global changes.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     table = result.table.assign(label=[edit_label(row) for _, row in result.table.iterrows()])
     table["magnitude"] = table["change"].abs()
@@ -593,6 +594,8 @@ def plot_largest_changes(
         colours = ["tab:red" if value < 0 else "tab:blue" for value in changes["change"]]
         row_axes[2].barh([f"dim {dim}" for dim in changes["dimension"]], changes["change"], color=colours)
         row_axes[2].axvline(0.0, color="black", linewidth=0.8)
-        row_axes[2].set_xlabel("predicted change", fontsize=8)
+        row_axes[2].set_xlabel("predicted change (edited - original)", fontsize=8)
+        # Changes such as -0.00075 give long labels, which the default nine ticks run together.
+        row_axes[2].xaxis.set_major_locator(MaxNLocator(nbins=4))
         row_axes[2].tick_params(labelsize=8)
     return figure
