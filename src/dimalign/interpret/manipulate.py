@@ -595,7 +595,7 @@ def plot_largest_changes(
         row_axes[2].barh([f"dim {dim}" for dim in changes["dimension"]], changes["change"], color=colours)
         row_axes[2].axvline(0.0, color="black", linewidth=0.8)
         row_axes[2].set_xlabel("predicted change (edited - original)", fontsize=8)
-        # Changes such as -0.00075 give long labels, which the default nine ticks run together.
+        # Changes such as -0.00075 give long tick labels, which run together at the default spacing.
         row_axes[2].xaxis.set_major_locator(MaxNLocator(nbins=4))
         row_axes[2].tick_params(labelsize=8)
     return figure
