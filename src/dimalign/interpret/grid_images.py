@@ -274,7 +274,7 @@ def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
     """Return the caption of each cell of a grid, in reading order: the object's weight.
 
     In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
-    cells after the top row also name the percentile their row stands for,
+    cells after the top row also name the percentile of their row,
     such as ``p98 0.418``, because nothing else in the picture shows it.
     """
     captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
