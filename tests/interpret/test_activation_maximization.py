@@ -245,3 +245,21 @@ def test_maximize_rejects_oversized_starting_latents(predictor, monkeypatch):
     assert str(error.value).startswith(
         "4 starting latents of 864 values need 13,824 bytes, more than the limit of 10,000"
     )
+
+
+class GrayGenerator(torch.nn.Module):
+    """A generator of one-channel images, which the predictor cannot take."""
+
+    latent_dim = 64
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(latent.view(-1, 1, 8, 8))
+
+
+def test_maximize_names_generator_image_shape(predictor):
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, generator=GrayGenerator(), steps=1, n_init=2, n_images=1)
+
+    assert str(error.value).startswith(
+        "the generator returned images of shape (2, 1, 8, 8), but they must have shape (batch, 3, H, W)"
+    )

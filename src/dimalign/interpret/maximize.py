@@ -207,9 +207,18 @@ def _check_generated(images: torch.Tensor, step: int | None = None) -> torch.Ten
             the error; None for the random starts.
 
     Raises:
-        ValueError: Naming the range found and the step.
+        ValueError: Naming the shape or range found and the step.
     """
     when = "" if step is None else f" at step {step} of the optimisation"
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        if isinstance(images, torch.Tensor):
+            found = f"images of shape {tuple(images.shape)}"
+        else:
+            found = f"a {type(images).__name__}"
+        raise ValueError(
+            f"the generator returned {found}{when}, but they must have shape (batch, 3, H, W): "
+            "RGB images, for example with a gray channel repeated three times"
+        )
     if not torch.isfinite(images).all():
         raise ValueError(
             f"the generator returned images with NaN or inf values{when}; it must return finite values in [0, 1]"
