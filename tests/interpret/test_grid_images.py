@@ -455,7 +455,7 @@ def test_compose_grid_captions_do_not_overlap():
     # The gap between the two columns stays white over the caption band too.
     gap_left = 4 + (grid.size[0] - 4) // 2 - 4
     band = grid.crop((gap_left, 4 + 34, gap_left + 4, 4 + 34 + 17))
-    assert set(band.getdata()) == {(255, 255, 255)}
+    assert {tuple(pixel) for pixel in np.asarray(band).reshape(-1, 3)} == {(255, 255, 255)}
 
 
 def test_grid_rejects_output_in_image_folder(colour_objects, capsys):
