@@ -225,3 +225,41 @@ def test_maximize_generator_leaving_unit_range_is_named(predictor):
     assert "the generator returned images with values in [1.0" in message
     assert "at step " in message
     assert "8-bit" not in message
+
+
+def test_maximize_rejects_size_with_generator(predictor):
+    with pytest.raises(ValueError, match="image_size=32 sets the size of the built-in generator"):
+        maximize_dimension(predictor, 0, generator=FourierGenerator(16), steps=0, n_init=1, n_images=1,
+                           image_size=32)
+
+
+def test_maximize_rejects_oversized_starting_latents(predictor, monkeypatch):
+    import dimalign.interpret.maximize as maximize_module
+
+    # 4 latents of the 16-pixel Fourier generator take 4 * 3 * 16 * 9 * 2 * 4 = 13,824 bytes.
+    monkeypatch.setattr(maximize_module, "MAX_LATENT_BYTES", 10_000)
+
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, steps=0, n_init=4, n_images=1, image_size=16)
+
+    assert str(error.value).startswith(
+        "4 starting latents of 864 values need 13,824 bytes, more than the limit of 10,000"
+    )
+
+
+class GrayGenerator(torch.nn.Module):
+    """A generator of one-channel images, which the predictor cannot take."""
+
+    latent_dim = 64
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(latent.view(-1, 1, 8, 8))
+
+
+def test_maximize_names_generator_image_shape(predictor):
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, generator=GrayGenerator(), steps=1, n_init=2, n_images=1)
+
+    assert str(error.value).startswith(
+        "the generator returned images of shape (2, 1, 8, 8), but they must have shape (batch, 3, H, W)"
+    )

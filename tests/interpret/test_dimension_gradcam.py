@@ -273,3 +273,25 @@ def test_default_layer_skips_layer_that_runs_twice(ridge_coefficients):
     predictor = DimensionPredictor(SharedReluBlock(), None, coef, intercept, pooling="gap")
 
     assert default_gradcam_layer(predictor, torch.rand(3, 8, 8)) == "conv2"
+
+
+def test_plot_gradcam_panels_and_colour_bar():
+    from dimalign.interpret.grid_images import BACKGROUND_COLOUR
+    from dimalign.interpret.gradcam import plot_gradcam
+
+    image = torch.zeros(3, 8, 8)
+    maps = {0: np.zeros((8, 8), np.float32), 3: np.ones((8, 8), np.float32)}
+
+    figure = plot_gradcam(image, maps, {0: 0.25, 3: -1.5}, layer="head", title="parrot.png", alpha=1.0)
+
+    pixels = np.asarray(figure)
+    # Overlays with alpha 1 show the colormap's ends: dark blue for 0 and dark red for 1.
+    blue, red = (tuple(colorize(np.array([[value]]))[0, 0]) for value in (0.0, 1.0))
+    colours = {tuple(pixel) for pixel in pixels.reshape(-1, 3)}
+    assert blue in colours
+    assert red in colours
+    # The colour bar spans the width under the grid and runs from blue to red.
+    bar_row = next(row for row in range(pixels.shape[0] - 1, 0, -1)
+                   if tuple(pixels[row, 4]) == blue and tuple(pixels[row, -5]) == red)
+    assert bar_row > pixels.shape[0] - 40
+    assert tuple(pixels[-1, 0]) == BACKGROUND_COLOUR

@@ -281,8 +281,8 @@ def test_map_settings_prefer_the_recorded_features_source(tmp_path):
         "step": "map", "settings": {"model_name": "vgg16", "layer": "classifier.4", "features_source": source},
         "inputs": {"features": {"path": str(tmp_path / "moved" / "features.npy"), "sha256": "0" * 64}}})
     assert map_settings(map_dir) == {
-        "model": "vgg16", "weights": "random", "seed": 7, "layer": "classifier.4", "pooling": "flatten",
-        "background": (255, 255, 255), "exif_transpose": True}
+        "model": "vgg16", "weights": "random", "weights_sha256": None, "seed": 7, "layer": "classifier.4",
+        "pooling": "flatten", "background": (255, 255, 255), "exif_transpose": True}
 
 
 def test_map_settings_carry_image_decoding(tmp_path):
@@ -423,3 +423,60 @@ def test_map_settings_old_source_reads_extraction(tmp_path):
     assert settings["background"] == (0, 0, 0)
     assert settings["exif_transpose"] is False
     assert (recorded.background, recorded.exif_transpose) == ((0, 0, 0), False)
+
+
+def test_predictor_rejects_map_without_dimensions(conv_model):
+    with pytest.raises(ValueError, match=r"coef has shape \(6, 0\): the map predicts no dimension"):
+        DimensionPredictor(conv_model, "3", np.ones((6, 0)), np.zeros(0), pooling="gap")
+
+
+def test_from_map_dir_rejects_map_without_dimensions(tmp_path):
+    map_dir = tmp_path / "map"
+    map_dir.mkdir()
+    alphas = np.logspace(-2, 6, 5)
+    np.savez(
+        map_dir / "ridge_map.npz", coef=np.ones((6, 0)), intercept=np.zeros(0), alpha=np.zeros(0),
+        cv_r2=np.zeros(0), cv_scores=np.zeros((5, 0)), fold_scores=np.zeros((3, 5, 0)), alphas=alphas,
+        target_ndim=np.int64(2),
+    )
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir)
+
+    assert str(error.value).startswith(f"{map_dir / 'ridge_map.npz'} maps 6 features to no dimension")
+
+
+def test_from_map_dir_rejects_changed_weights(tmp_path):
+    import hashlib
+
+    import torchvision
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    weights = tmp_path / "squeezenet.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    extracted_sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": str(weights), "seed": 0, "layer": "features.12",
+              "pooling": "gap", "weights_sha256": extracted_sha256}
+    ridge.save(tmp_path / "map", features_source=source)
+    assert DimensionPredictor.from_map_dir(tmp_path / "map").n_dims == 2
+
+    torch.manual_seed(1)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(tmp_path / "map")
+
+    assert f"the weights {weights} have changed since the features of the map" in str(error.value)
+    assert f"(SHA-256 {extracted_sha256} then" in str(error.value)
+
+
+def test_extraction_settings_keep_weights_checksum():
+    from dimalign.features.recorded import extraction_settings
+
+    settings = {"model": "vgg16", "weights": "w.pt", "weights_sha256": "ab" * 32, "layer": "x"}
+
+    assert extraction_settings(settings, None)["weights_sha256"] == "ab" * 32

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from dimalign.cli import main
-from dimalign.interpret.grid_images import BORDER_COLOUR, GridCell, compose_grid, image_paths
+from dimalign.interpret.grid_images import BORDER_COLOUR, GridCell, _font, compose_grid, image_paths
 from dimalign.interpret.grids import percentile_grid, top_objects
 from dimalign.io.objects import ObjectTable, write_object_table
 from dimalign.io.runs import EmbeddingResult, save_embedding
@@ -442,3 +442,42 @@ def test_grid_conflicting_exif_rejected(tmp_path, capsys, record_extraction):
     assert status != 0
     assert "--no-exif-transpose contradicts" in error
     assert "exif_transpose true" in error
+
+
+def test_compose_grid_captions_do_not_overlap():
+    caption = "0.2176 -> 0.2200 (+0.0023)"
+    cells = [GridCell(solid((0, 0, 0)), caption), GridCell(solid((0, 0, 0)), caption)]
+
+    grid = compose_grid(cells, 2, cell_size=32, border=1, padding=4, font_size=11)
+
+    text_width = ImageDraw.Draw(grid).textlength(caption, font=_font(11))
+    assert grid.size[0] >= 4 + 2 * (text_width + 4)
+    # The gap between the two columns stays white over the caption band too.
+    gap_left = 4 + (grid.size[0] - 4) // 2 - 4
+    band = grid.crop((gap_left, 4 + 34, gap_left + 4, 4 + 34 + 17))
+    assert {tuple(pixel) for pixel in np.asarray(band).reshape(-1, 3)} == {(255, 255, 255)}
+
+
+def test_grid_rejects_output_in_image_folder(colour_objects, capsys):
+    image_dir, run_dir, _ = colour_objects
+    before = sorted(path.name for path in image_dir.iterdir())
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(image_dir), "--dims", "0"])
+
+    assert status == 1
+    assert "overlaps the input" in capsys.readouterr().err
+    assert sorted(path.name for path in image_dir.iterdir()) == before
+
+
+def test_grid_captions_name_percentile_rows():
+    from dimalign.interpret.grid_images import grid_captions
+
+    weights = np.linspace(0.0, 2.9, 30)
+    chosen = percentile_grid(weights)
+
+    captions = grid_captions(weights, chosen)
+
+    assert captions[:6] == [f"{weights[row]:.3f}" for row in chosen[0]]
+    assert captions[6] == f"p98 {weights[chosen[1, 0]]:.3f}"
+    assert captions[29] == f"p80 {weights[chosen[4, 5]]:.3f}"
+    assert grid_captions(weights, top_objects(weights, 3)) == ["2.900", "2.800", "2.700"]

@@ -356,3 +356,47 @@ def test_manipulation_neutral_edits_change_nothing(predictor, colour_image):
         rows = table[(table["edit"] == name) & (table["parameter"] == float(parameter))]
         assert len(rows) == 5, label
         np.testing.assert_allclose(rows["change"], 0.0, atol=1e-6, err_msg=label)
+
+
+def test_manipulation_mask_size_names_image(predictor, colour_image):
+    masks = {"photo": torch.ones(5, 4, dtype=torch.bool)}
+
+    with pytest.raises(ValueError) as error:
+        manipulate_images(predictor, {"photo": colour_image}, ["background"], masks=masks)
+
+    height, width = colour_image.shape[-2:]
+    assert str(error.value).startswith(
+        f"the mask of image photo has shape (5, 4), but the image is {height} x {width} pixels"
+    )
+
+
+def test_plot_change_tick_labels_do_not_overlap(colour_image):
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from dimalign.interpret.manipulate import ManipulationResult
+
+    changes = [-0.00085, -0.0006, -0.0001, 0.0002, 0.00105]
+    table = pd.DataFrame({
+        "image": "a", "edit": "blur", "parameter": 3.0, "dimension": range(5),
+        "before": 0.5, "after": [0.5 + change for change in changes], "change": changes,
+    })
+    result = ManipulationResult(table=table, edited={"a": {"blur:3": colour_image}}, masks={})
+
+    figure = plot_largest_changes(result, {"a": colour_image}, n_rows=1, n_dims=5)
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    labels = [label for label in figure.axes[2].get_xticklabels() if label.get_text()]
+    boxes = sorted((label.get_window_extent(renderer) for label in labels), key=lambda box: box.x0)
+    assert len(boxes) >= 2
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, [label.get_text() for label in labels]
+
+
+def test_plot_change_axis_names_difference(predictor, colour_image):
+    result = manipulate_images(predictor, {"a": colour_image}, ["grayscale"])
+
+    figure = plot_largest_changes(result, {"a": colour_image}, n_rows=1, n_dims=2)
+
+    assert figure.axes[2].get_xlabel() == "predicted change (edited - original)"

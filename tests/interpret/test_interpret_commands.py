@@ -78,6 +78,8 @@ def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, 
         (["--steps", str(10**400)], "is invalid: use a number in [0, 9.22337e+18]"),
         (["--image-size", "100000"], "--image-size 100000 is invalid: use a number in [2, 4096]"),
         (["--n-init", "5000"], "--n-init 5000 is invalid: use a number in [1, 1024]"),
+        (["--generator", "my_gan:build", "--image-size", "32"],
+         "--image-size 32 sets the size of the built-in generator's images"),
     ],
 )
 def test_maximize_checks_counts_and_seed_first(monkeypatch, tmp_path, capsys, options, message):
@@ -672,4 +674,44 @@ def test_gradcam_conflicting_background_rejected(tiny_predictor, tmp_path, capsy
     error = capsys.readouterr().err
     assert status != 0
     assert "contradicts the background 0,0,0" in error
+    assert not out.exists()
+
+
+def test_manifests_record_image_decoding(tiny_predictor, tmp_path):
+    import json
+
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    argv = [str(photo), "--map", str(tmp_path), "--background", "0,128,0", "--no-exif-transpose"]
+
+    main(["gradcam", *argv, "--dim", "0", "--layer", "2", "-o", str(tmp_path / "gradcam")])
+    main(["manipulate", *argv, "--edits", "grayscale", "-o", str(tmp_path / "manipulate")])
+
+    for command in ("gradcam", "manipulate"):
+        settings = json.loads((tmp_path / command / "manifest.json").read_text())["settings"]
+        assert settings["background"] == [0, 128, 0]
+        assert settings["exif_transpose"] is False
+
+
+def test_gradcam_command_writes_figure(tiny_predictor, tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "2", "--layer", "2",
+                   "-o", str(out)])
+
+    table = pd.read_csv(out / "gradcam.csv")
+    assert status == 0
+    assert table["figure"].tolist() == ["a_gradcam.png", "a_gradcam.png"]
+    assert Image.open(out / "a_gradcam.png").size[0] > 0
+
+
+def test_manipulate_rejects_photo_as_own_mask(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    out = tmp_path / "manipulate"
+
+    status = main(["manipulate", str(photo), "--map", str(tmp_path), "--masks", str(photo.parent),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert f"mask {photo} is the image {photo} itself" in capsys.readouterr().err
     assert not out.exists()

@@ -208,7 +208,7 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
 
 
 def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
-    """Return the model, weights, seed, layer, pooling and image decoding of one layer of an extract manifest.
+    """Return the model, weights and their checksum, seed, layer, pooling and decoding of an extracted layer.
 
     A single-layer extraction records ``layer`` and ``pooling``. One of
     several layers records the lists ``layers`` and ``pools``, from which the
@@ -222,7 +222,7 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
         pooling = pools[layers.index(layer)]
     return {
         "model": settings.get("model"), "weights": settings.get("weights"), "seed": settings.get("seed"),
-        "layer": layer, "pooling": pooling,
+        "weights_sha256": settings.get("weights_sha256"), "layer": layer, "pooling": pooling,
         "background": settings.get("background"), "exif_transpose": settings.get("exif_transpose"),
     }
 
@@ -321,10 +321,11 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     (same SHA-256), since it may have been extracted again with other weights.
 
     Returns:
-        dict: Keys ``model``, ``weights``, ``seed``, ``layer``, ``pooling``,
-        ``background`` and ``exif_transpose`` (``pooling`` defaults to
-        ``flatten``, ``seed`` to 0, ``background`` to white and
-        ``exif_transpose`` to True).
+        dict: Keys ``model``, ``weights``, ``weights_sha256``, ``seed``,
+        ``layer``, ``pooling``, ``background`` and ``exif_transpose``
+        (``weights_sha256`` is None where no checksum was recorded,
+        ``pooling`` defaults to ``flatten``, ``seed`` to 0, ``background``
+        to white and ``exif_transpose`` to True).
 
     Raises:
         FileNotFoundError: If the map has no manifest.
@@ -387,6 +388,7 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     return {
         "model": first("model", "model_name"),
         "weights": first("weights"),
+        "weights_sha256": first("weights_sha256"),
         "seed": 0 if seed is None else int(seed),
         "layer": layer,
         "pooling": first("pooling", "pool") or "flatten",

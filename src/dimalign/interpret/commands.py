@@ -375,6 +375,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
         default_gradcam_layer,
         dimension_gradcam,
         overlay,
+        plot_gradcam,
     )
     from dimalign.interpret.predictor import DimensionPredictor
     from dimalign.io.files import check_unowned_files, now_iso, write_manifest
@@ -389,7 +390,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
-    pictures = [f"{name}_input.png" for name in names]
+    pictures = [f"{name}_input.png" for name in names] + [_gradcam_figure_file(name) for name in names]
     for name in names:
         pictures += [_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")]
     check_unowned_files(args.out, pictures, "gradcam")
@@ -410,6 +411,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
             save_png(image, stage / f"{name}_input.png")
             with torch.no_grad():
                 prediction = predictor(image).double().cpu().numpy()
+            figure_file = _gradcam_figure_file(name)
+            maps = {}
             for dim in dims:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -421,20 +424,32 @@ def run_gradcam(args: argparse.Namespace) -> int:
                 overlay_file = save_png(
                     overlay(image, cam, alpha=args.alpha), stage / _gradcam_file(name, dim, "overlay")
                 )
+                maps[dim] = cam
                 rows.append({
                     "image": str(path), "dimension": dim, "predicted": prediction[dim],
-                    "heatmap": heatmap_file.name, "overlay": overlay_file.name,
+                    "heatmap": heatmap_file.name, "overlay": overlay_file.name, "figure": figure_file,
                 })
+            figure = plot_gradcam(
+                image, maps, {dim: float(prediction[dim]) for dim in dims},
+                layer=layer, title=path.name, alpha=args.alpha,
+            )
+            save_png(figure, stage / figure_file)
         save_csv(pd.DataFrame(rows), stage / "gradcam.csv")
         write_manifest(
             stage, step="gradcam",
             inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
             settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
-                      "layer": layer, "alpha": args.alpha, "device": args.device},
+                      "layer": layer, "alpha": args.alpha, "device": args.device,
+                      **_decoding_settings(predictor)},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
     logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
     return 0
+
+
+def _gradcam_figure_file(name: str) -> str:
+    """Return the name of the figure of image ``name`` with the overlays of every dimension."""
+    return f"{name}_gradcam.png"
 
 
 def _gradcam_file(name: str, dim: int, kind: str) -> str:
@@ -473,6 +488,11 @@ def run_maximize(args: argparse.Namespace) -> int:
     # overflow error outside it.
     if not -(2**63) <= args.seed < 2**64:
         raise ValueError(f"--seed {args.seed} is invalid: use an integer from -2**63 to 2**64 - 1")
+    if args.generator and args.image_size is not None:
+        raise ValueError(
+            f"--image-size {args.image_size} sets the size of the built-in generator's images, but "
+            f"--generator {args.generator} sets its own size; leave --image-size out"
+        )
     _distinct(args.dim, "--dim")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
@@ -535,6 +555,12 @@ def _apply_decoding_options(predictor: Any, args: argparse.Namespace) -> None:
     predictor.preprocessing = replace(
         predictor.preprocessing, background=decoding.background, exif_transpose=decoding.exif_transpose
     )
+
+
+def _decoding_settings(predictor: Any) -> dict[str, Any]:
+    """Return the image decoding that the predictor used, for the manifest: ``background`` and ``exif_transpose``."""
+    preprocessing = predictor.preprocessing
+    return {"background": list(preprocessing.background), "exif_transpose": preprocessing.exif_transpose}
 
 
 def _tensor_to_pil(image: Any) -> Any:
@@ -610,7 +636,8 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
 
     Raises:
         FileNotFoundError: If ``mask_dir`` is not a folder or has a mask for none of the images.
-        ValueError: If a mask's stem belongs to several of the images.
+        ValueError: If a mask's stem belongs to several of the images, or a
+            mask file is one of the images.
     """
     if not mask_dir.is_dir():
         kind = "a file, not a folder" if mask_dir.exists() else "not found"
@@ -619,12 +646,19 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
     for path in paths:
         photos_of_stem.setdefault(path.stem, []).append(path)
 
+    photo_files = {path.resolve(): path for path in paths}
     mask_files: dict[str, Path] = {}
     for name, path in zip(names, paths):
         mask_path = mask_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             logger.info("no mask %s for %s: estimating one", mask_path, path)
             continue
+        if mask_path.resolve() in photo_files:
+            # A photo read as a mask gives the thresholded photo, with no error later.
+            raise ValueError(
+                f"mask {mask_path} is the image {photo_files[mask_path.resolve()]} itself, so --masks "
+                f"{mask_dir} is a folder of photos; pass a folder that contains only the masks"
+            )
         if len(photos_of_stem[path.stem]) > 1:
             raise ValueError(
                 f"mask {mask_path} matches {len(photos_of_stem[path.stem])} images with the stem "
@@ -722,7 +756,8 @@ def run_manipulate(args: argparse.Namespace) -> int:
             }),
             settings={"map": args.map_dir, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
-                      "estimated_masks": sorted(estimated), "device": args.device},
+                      "estimated_masks": sorted(estimated), "device": args.device,
+                      **_decoding_settings(predictor)},
             started=started,
             outputs={"table": "manipulations.csv", "figure": "largest_changes.png",
                      "max_abs_change": float(table["change"].abs().max())},
@@ -811,6 +846,8 @@ def run_grid(args: argparse.Namespace) -> int:
     check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
     decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
+    # A later dimalign extract of the image folder would read the grids as photos.
+    _check_output_outside_inputs(args.out, sorted(set(paths.values())), "grid")
     pictures = load_grid_images(paths, args.cell_size, decoding)
 
     rows = []

@@ -5,7 +5,8 @@ choice of objects):
 
 - ``top``: the ``top_k`` objects with the largest weights, in rows of six.
 - ``percentile``: the 5 x 6 labelling layout, the top six objects followed
-  by rows of objects near the 98th, 95th, 90th and 80th percentile.
+  by rows of objects near the 98th, 95th, 90th and 80th percentile, whose
+  captions name the percentile (``p98 0.418``).
 
 Each cell shows the object's image scaled to fit a square with a thin
 border, and a caption with the object's weight; a title bar names the
@@ -67,7 +68,8 @@ def compose_grid(
         n_cols (int): Cells per row.
         title (str): Text of the title bar ("" for none).
         cell_size (int): Side of each picture's square in pixels; pictures
-            keep their aspect ratio and are padded with white.
+            keep their aspect ratio and are padded with white. A column is
+            wider where its longest caption needs the space.
         border (int): Border width in pixels.
         padding (int): Space between cells in pixels.
         font_size (int): Caption font size in pixels.
@@ -84,13 +86,18 @@ def compose_grid(
     caption_height = font_size + 6
     title_height = font_size + 14 if title else 0
     n_rows = -(-len(cells) // n_cols)
-    cell_width = cell_size + 2 * border
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    picture_width = cell_size + 2 * border
+    # Columns are widened to the longest caption, which small pictures would
+    # otherwise let run into the captions of the neighbouring cells.
+    caption_width = max(measure.textlength(cell.caption, font=font) for cell in cells)
+    cell_width = max(picture_width, int(np.ceil(caption_width)))
     cell_height = cell_size + 2 * border + caption_height
     width = padding + n_cols * (cell_width + padding)
     height = title_height + padding + n_rows * (cell_height + padding)
     if title:
         # A grid of few cells is widened so that the title is not cut off.
-        title_width = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=title_font)
+        title_width = measure.textlength(title, font=title_font)
         width = max(width, int(np.ceil(title_width)) + 2 * padding)
 
     canvas = Image.new("RGB", (width, height), BACKGROUND_COLOUR)
@@ -99,15 +106,16 @@ def compose_grid(
         draw.text((padding, padding), title, fill=TEXT_COLOUR, font=title_font)
     for index, cell in enumerate(cells):
         row, col = divmod(index, n_cols)
-        left = padding + col * (cell_width + padding)
+        column_left = padding + col * (cell_width + padding)
+        left = column_left + (cell_width - picture_width) // 2
         top = title_height + padding + row * (cell_height + padding)
         picture = ImageOps.pad(cell.image.convert("RGB"), (cell_size, cell_size), color=BACKGROUND_COLOUR)
         draw.rectangle(
-            (left, top, left + cell_width - 1, top + cell_size + 2 * border - 1), fill=BORDER_COLOUR
+            (left, top, left + picture_width - 1, top + cell_size + 2 * border - 1), fill=BORDER_COLOUR
         )
         canvas.paste(picture, (left + border, top + border))
         draw.text(
-            (left + cell_width / 2, top + cell_size + 2 * border + caption_height / 2),
+            (column_left + cell_width / 2, top + cell_size + 2 * border + caption_height / 2),
             cell.caption, fill=TEXT_COLOUR, font=font, anchor="mm",
         )
     return canvas
@@ -253,13 +261,29 @@ def dimension_grid(
     columns = chosen.shape[1] if chosen.ndim == 2 else min(n_cols, chosen.size)
     rows = chosen.ravel()
     cells = []
-    for row in rows:
+    for row, caption in zip(rows, grid_captions(weights, chosen)):
         picture = paths[int(row)]
         if not isinstance(picture, Image.Image):
             picture = read_picture(picture)
-        cells.append(GridCell(picture, f"{weights[row]:.3f}"))
+        cells.append(GridCell(picture, caption))
     title = f"dimension {dim} ({layout}): max weight {weights.max():.3f}"
     return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
+
+
+def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
+    """Return the caption of each cell of a grid, in reading order: the object's weight.
+
+    In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
+    cells after the top row also name the percentile of their row,
+    such as ``p98 0.418``, because nothing else in the picture shows it.
+    """
+    captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
+    if chosen.ndim == 2:
+        n_cols = chosen.shape[1]
+        for index in range(n_cols, len(captions)):
+            percentile = DEFAULT_PERCENTILES[index // n_cols - 1]
+            captions[index] = f"p{percentile:g} {captions[index]}"
+    return captions
 
 
 def needed_rows(embedding: np.ndarray, dims: Sequence[int], layout: str, top_k: int) -> list[int]:

@@ -480,7 +480,7 @@ def manipulate_images(
 
     Raises:
         ValueError: If an edit is unknown or repeated, or a mask's name is
-            not among the images.
+            not among the images or its shape is not the image's ``(H, W)``.
     """
     edits = check_distinct_edits([edit if isinstance(edit, Edit) else parse_edit(edit) for edit in edits])
     if not edits:
@@ -492,6 +492,14 @@ def manipulate_images(
             f"masks are given for {', '.join(map(str, unknown[:10]))}, which are not among the image "
             f"names ({', '.join(map(str, list(images)[:10]))}); key each mask by its image's name"
         )
+    for name, mask in masks.items():
+        # Checked for every image first, so that no edit runs before a wrong mask stops the call.
+        height, width = images[name].shape[-2:]
+        if tuple(np.shape(mask)) != (height, width):
+            raise ValueError(
+                f"the mask of image {name} has shape {tuple(np.shape(mask))}, but the image is {height} x "
+                f"{width} pixels; give a mask of shape ({height}, {width}), True or 1 on the object"
+            )
     rows: list[dict[str, Any]] = []
     edited: dict[str, dict[str, torch.Tensor]] = {}
     used_masks: dict[str, torch.Tensor] = {}
@@ -565,6 +573,7 @@ def plot_largest_changes(
         matplotlib.figure.Figure: Not attached to pyplot, so nothing global changes.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     table = result.table.assign(label=[edit_label(row) for _, row in result.table.iterrows()])
     table["magnitude"] = table["change"].abs()
@@ -585,6 +594,8 @@ def plot_largest_changes(
         colours = ["tab:red" if value < 0 else "tab:blue" for value in changes["change"]]
         row_axes[2].barh([f"dim {dim}" for dim in changes["dimension"]], changes["change"], color=colours)
         row_axes[2].axvline(0.0, color="black", linewidth=0.8)
-        row_axes[2].set_xlabel("predicted change", fontsize=8)
+        row_axes[2].set_xlabel("predicted change (edited - original)", fontsize=8)
+        # Changes such as -0.00075 give long tick labels, which run together at the default spacing.
+        row_axes[2].xaxis.set_major_locator(MaxNLocator(nbins=4))
         row_axes[2].tick_params(labelsize=8)
     return figure

@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 224
 
+# The n_init starting latents are drawn at once, as float32. The limit turns
+# a typing error such as n_init=1000 with 2240-pixel images (60 GB of
+# Fourier latents) into an error instead of a process that the operating
+# system kills. Raise it for a machine with more memory.
+MAX_LATENT_BYTES = 4 * 2**30
+
 
 @dataclass
 class MaximizationResult:
@@ -91,7 +97,8 @@ def maximize_dimension(
         tv_weight (float): Weight of the total variation of the image.
         learning_rate (float): Adam step size.
         image_size (int | None): Side of the built-in generator's images;
-            default the predictor's input size, else 224.
+            default the predictor's input size, else 224. Must be None when
+            ``generator`` is given.
         use_augmentation (bool): Randomly shift and scale the images at each
             step before the predictor sees them.
         batch_size (int): Latents per forward pass when ranking the random starts.
@@ -101,7 +108,9 @@ def maximize_dimension(
         MaximizationResult: The images and the dimension's values.
 
     Raises:
-        ValueError: If ``dim`` is out of range, the counts are invalid, the
+        ValueError: If ``dim`` is out of range, the counts are invalid,
+            ``image_size`` comes with a ``generator``, the starting latents
+            would take more than :data:`MAX_LATENT_BYTES`, the
             generator's images are not finite values in ``[0, 1]``, or the
             loss becomes NaN or inf (the optimisation diverged).
     """
@@ -110,9 +119,21 @@ def maximize_dimension(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if not 1 <= n_images <= n_init:
         raise ValueError(f"n_images must be between 1 and n_init={n_init}, got {n_images}")
+    if generator is not None and image_size is not None:
+        raise ValueError(
+            f"image_size={image_size} sets the size of the built-in generator's images, but a generator "
+            "was given, which sets its own size; leave image_size out"
+        )
     if generator is None:
         size = image_size or (predictor.input_size[0] if predictor.input_size else DEFAULT_IMAGE_SIZE)
         generator = FourierGenerator(size)
+    latent_bytes = n_init * int(generator.latent_dim) * 4
+    if latent_bytes > MAX_LATENT_BYTES:
+        raise ValueError(
+            f"{n_init} starting latents of {int(generator.latent_dim)} values need {latent_bytes:,} bytes, "
+            f"more than the limit of {MAX_LATENT_BYTES:,} (dimalign.interpret.maximize.MAX_LATENT_BYTES); "
+            "lower n_init (CLI: --n-init) or the image size (CLI: --image-size)"
+        )
     for parameter in generator.parameters():
         parameter.requires_grad_(False)
     generator = generator.to(predictor.device).eval()
@@ -186,9 +207,18 @@ def _check_generated(images: torch.Tensor, step: int | None = None) -> torch.Ten
             the error; None for the random starts.
 
     Raises:
-        ValueError: Naming the range found and the step.
+        ValueError: Naming the shape or range found and the step.
     """
     when = "" if step is None else f" at step {step} of the optimisation"
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        if isinstance(images, torch.Tensor):
+            found = f"images of shape {tuple(images.shape)}"
+        else:
+            found = f"a {type(images).__name__}"
+        raise ValueError(
+            f"the generator returned {found}{when}, but they must have shape (batch, 3, H, W): "
+            "RGB images, for example with a gray channel repeated three times"
+        )
     if not torch.isfinite(images).all():
         raise ValueError(
             f"the generator returned images with NaN or inf values{when}; it must return finite values in [0, 1]"

@@ -214,6 +214,24 @@ def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
     return None
 
 
+def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path) -> None:
+    """Reject weights whose SHA-256 differs from the one recorded when the map's features were extracted.
+
+    A weights file replaced since then (a retrained model saved at the same
+    path) gives a network that the map was never fitted on.
+
+    Raises:
+        ValueError: Naming the weights and both checksums.
+    """
+    recorded, loaded = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
+    if recorded and loaded and recorded != loaded:
+        raise ValueError(
+            f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
+            f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+            "another network; restore those weights, or extract the features and fit the map again"
+        )
+
+
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
 RANGE_TOLERANCE = 1e-3
 
@@ -303,6 +321,11 @@ class DimensionPredictor(nn.Module):
         intercept = torch.as_tensor(np.asarray(intercept), dtype=dtype)
         if coef.ndim != 2:
             raise ValueError(f"coef must be 2-D (n_features, n_dims), got shape {tuple(coef.shape)}")
+        if coef.shape[1] == 0:
+            raise ValueError(
+                f"coef has shape {tuple(coef.shape)}: the map predicts no dimension, so there is "
+                "nothing to explain; fit the map on an embedding with at least one dimension"
+            )
         if intercept.shape != (coef.shape[1],):
             raise ValueError(
                 f"intercept has shape {tuple(intercept.shape)} but coef has {coef.shape[1]} "
@@ -485,6 +508,13 @@ class DimensionPredictor(nn.Module):
                 f"{map_dir} is a file; pass the folder that 'dimalign map' wrote ({map_dir.parent})"
             )
         ridge = RidgeMap.load(map_dir)
+        coef = np.reshape(ridge.coef_, (ridge.n_features_in_, -1))
+        if coef.shape[1] == 0:
+            # Checked here so that the error comes before the model loads.
+            raise ValueError(
+                f"{map_dir / 'ridge_map.npz'} maps {coef.shape[0]} features to no dimension, so there is "
+                "nothing to explain; rerun dimalign map with an embedding that kept at least one dimension"
+            )
         settings = map_settings(map_dir)
         if model is None:
             from dimalign.features import load_model
@@ -497,6 +527,7 @@ class DimensionPredictor(nn.Module):
             model = load_model(
                 settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
             )
+            _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
             ImagePreprocessing.from_transform(getattr(model, "transform", None)),
