@@ -640,17 +640,49 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        self._check_fitted()
-        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
-        kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
-        with torch.no_grad():
-            return self._predict_log_proba(self._params, kept_t, triplets_t).exp().cpu().numpy()
+        return self._log_proba(triplets).exp().cpu().numpy()
+
+    def predict(self, triplets: Any) -> np.ndarray:
+        """Predict the odd one out of each triplet.
+
+        The prediction is the object outside the pair of highest probability
+        in :meth:`predict_proba`. With the canonical triplet format, where the
+        last column is the recorded odd one out, a row is predicted correctly
+        when the result is 2. When two or three pairs tie for the highest
+        probability, the lowest of the tied positions is returned. An
+        embedding without kept dimensions ties every pair, so it predicts 0
+        for every row.
+
+        :meth:`score` equals ``numpy.mean(model.predict(triplets) == 2)`` on
+        rows without ties. :meth:`score` counts a tie of m pairs that includes
+        the recorded pair as 1/m of a hit, while ``predict`` picks one object.
+
+        Args:
+            triplets (array-like): Shape ``(n, 3)``, 0-based object indices.
+
+        Returns:
+            np.ndarray: Shape ``(n,)``, int64, the column (0, 1 or 2) of the
+            predicted odd one out in each row. The object index itself is
+            ``triplets[numpy.arange(n), model.predict(triplets)]``.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+            ValueError: On invalid or empty triplets, or an index outside
+                ``0 .. n_objects_ - 1``.
+        """
+        log_proba = self._log_proba(triplets).cpu().numpy()
+        # Pairs (0, 1), (0, 2) and (1, 2) leave out the objects in columns 2, 1 and 0.
+        # Reversed, column c is the log-probability that object c is the odd one out,
+        # and numpy.argmax returns the first of tied maxima.
+        return np.argmax(log_proba[:, ::-1], axis=1).astype(np.int64)
 
     def score(self, triplets: Any, y: Any = None) -> float:
         """Return the odd-one-out accuracy on ``triplets``.
 
         A triplet is a hit when the pair of its first two objects has the
-        highest predicted probability; tied maxima share the hit. VICE
+        highest predicted probability, so that :meth:`predict` returns 2 for
+        it. When m pairs tie for the highest probability and the first pair
+        is among them, the triplet counts 1/m of a hit. VICE
         predicts with the posterior predictive, the choice probabilities
         averaged over ``mc_samples`` draws from the posterior (seeded, so the
         score is repeatable). That differs from the accuracy of the
@@ -673,6 +705,14 @@ class TripletEmbedding(BaseEstimator):
         self._check_fitted()
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
         return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
+
+    def _log_proba(self, triplets: Any) -> torch.Tensor:
+        """Return the log-probabilities of :meth:`predict_proba`, shape ``(n, 3)``, on the fit's device."""
+        self._check_fitted()
+        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
+        kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
+        with torch.no_grad():
+            return self._predict_log_proba(self._params, kept_t, triplets_t)
 
     # ---- saving ----------------------------------------------------------------
 
