@@ -719,6 +719,12 @@ class TripletEmbedding(BaseEstimator):
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``.
 
+        :func:`dimalign.io.runs.load_embedding` reads the returned folder back
+        as an ``EmbeddingResult`` (the embedding and its kept dimensions, not
+        a fitted estimator), and the commands that take a run directory, such
+        as ``dimalign compare``, accept it. ``RidgeMap.save`` returns its
+        folder in the same way.
+
         Args:
             run_dir (str | os.PathLike): Output folder, created when missing;
                 files of the same names in it are replaced.
