@@ -389,10 +389,15 @@ class TripletEmbedding(BaseEstimator):
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
         if self.n_dims_ == 0:
+            # min_objects cannot go below 0, so the advice to lower it is given only above 0.
+            lower_min_objects = (
+                f" lower min_objects (now {self.min_objects}; CLI: --min-objects),"
+                if self.min_objects > 0 else ""
+            )
             warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
-                f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
-                f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
+                f"embedding will fail. Use more triplets or epochs,{lower_min_objects} or, for SPoSE, "
+                "a smaller l1 penalty",
                 UserWarning,
             )
         return self
