@@ -248,6 +248,13 @@ class RidgeMap(RegressorMixin, BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predict the embedding of new objects.
 
+        The predictions are the raw output of the linear map and can be below
+        0, although VICE and SPoSE embeddings are non-negative. :meth:`score`
+        uses them as they are. The functions that take dot products of an
+        embedding, such as ``odd_one_out_accuracy`` and ``similarity_matrix``,
+        reject weights below -0.01, so apply ReLU first, as VICE and SPoSE do:
+        ``numpy.maximum(ridge.predict(X), 0)``.
+
         Args:
             X (np.ndarray): Features, shape ``(n_objects, n_features)``, raw (unscaled).
 
