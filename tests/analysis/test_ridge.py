@@ -443,5 +443,5 @@ def test_ridge_save_returns_folder(tmp_path):
     assert saved == tmp_path / "map"
     assert saved.is_dir()
     np.testing.assert_array_equal(RidgeMap.load(saved).predict(X), ridge.predict(X))
-    # Paths to the archive itself, which save returned before, still load.
+    # The path of the archive itself loads too.
     np.testing.assert_array_equal(RidgeMap.load(saved / "ridge_map.npz").predict(X), ridge.predict(X))

@@ -220,7 +220,7 @@ def test_predict_picks_least_similar_object(estimator):
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_predict_ties_take_first_position(estimator):
-    """A fit without kept dimensions ties all three pairs: predict returns 0, score counts 1/3."""
+    """A fit without kept dimensions ties all three pairs, so predict returns 0 and score is 1/3."""
     triplets = random_triplets()
     model = tiny(estimator, max_epochs=1, min_objects=N_OBJECTS - 1).fit(triplets, n_objects=N_OBJECTS)
     assert model.n_dims_ == 0
