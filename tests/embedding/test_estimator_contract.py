@@ -233,3 +233,33 @@ def test_predict_ties_take_first_position(estimator):
 def test_predict_before_fit_raises(estimator):
     with pytest.raises(NotFittedError, match=f"this {estimator.__name__} is not fitted yet: call fit first"):
         tiny(estimator).predict(random_triplets(n_triplets=3))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_save_rejects_recorded_folder(estimator, tmp_path):
+    """save writes no manifest.json, so the record of an earlier step would describe other files."""
+    from dimalign.io.files import write_manifest
+
+    model = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    write_manifest(tmp_path, step="fit", outputs={"n_dims": 7})
+    before = sorted(path.name for path in tmp_path.iterdir())
+
+    with pytest.raises(FileExistsError, match=(
+        rf"^{tmp_path / 'manifest.json'} is the record of a 'dimalign fit' output, and save writes no "
+        r"record, so it would describe other files: save into another folder, or write a run with "
+        r"its record by dimalign.embedding.fit_run$"
+    )):
+        model.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_save_twice_replaces_files(estimator, tmp_path):
+    first = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    second = tiny(estimator, n_dims=4, random_state=3).fit(random_triplets(), n_objects=N_OBJECTS)
+    first.save(tmp_path)
+
+    assert second.save(tmp_path) == tmp_path
+
+    from dimalign.io.runs import load_embedding
+    np.testing.assert_array_equal(load_embedding(tmp_path).embedding, second.embedding_)

@@ -32,7 +32,7 @@ from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
-from dimalign.io.files import write_text_atomic
+from dimalign.io.files import MANIFEST_NAME, read_manifest, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -740,6 +740,9 @@ class TripletEmbedding(BaseEstimator):
 
         Raises:
             NotFittedError: Before ``fit``.
+            FileExistsError: If ``run_dir`` contains the ``manifest.json`` of
+                a dimalign step, such as a run of ``dimalign fit``, which
+                ``save`` would leave describing other files.
         """
         import tomli_w
 
@@ -758,11 +761,34 @@ class TripletEmbedding(BaseEstimator):
         # store leaves no embedding.npz without its config.toml.
         config_text = tomli_w.dumps(config)
         run_dir = Path(run_dir)
+        _reject_recorded_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_embedding(self._result(), run_dir)
         write_text_atomic(run_dir / CONFIG_NAME, config_text)
         write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
+
+
+def _reject_recorded_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``run_dir`` contains the ``manifest.json`` of a dimalign step.
+
+    ``save`` writes no manifest, so the manifest of an earlier step would
+    stay and list the checksums and object table of other files.
+    ``fit_run`` removes the manifest of its run before it calls ``save``.
+    """
+    manifest = run_dir / MANIFEST_NAME
+    if not manifest.exists():
+        return
+    try:
+        step = read_manifest(run_dir).get("step")
+    except (ValueError, OSError):
+        step = None
+    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
+    raise FileExistsError(
+        f"{manifest} is the record of {kind}, and save writes no record, so it would describe "
+        "other files: save into another folder, or write a run with its record by "
+        "dimalign.embedding.fit_run"
+    )
 
 
 def _toml_setting(value: Any) -> Any:
