@@ -236,8 +236,8 @@ def test_predict_before_fit_raises(estimator):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
-def test_save_rejects_recorded_folder(estimator, tmp_path):
-    """save writes no manifest.json, so the record of an earlier step would describe other files."""
+def test_save_rejects_folder_with_manifest(estimator, tmp_path):
+    """save writes no manifest.json, so the manifest of an earlier step would describe other files."""
     from dimalign.io.files import write_manifest
 
     model = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
@@ -245,9 +245,9 @@ def test_save_rejects_recorded_folder(estimator, tmp_path):
     before = sorted(path.name for path in tmp_path.iterdir())
 
     with pytest.raises(FileExistsError, match=(
-        rf"^{tmp_path / 'manifest.json'} is the record of a 'dimalign fit' output, and save writes no "
-        r"record, so it would describe other files: save into another folder, or write a run with "
-        r"its record by dimalign.embedding.fit_run$"
+        rf"^{tmp_path / 'manifest.json'} belongs to a 'dimalign fit' output\. save writes no manifest, "
+        r"so this one would describe other files: save into another folder, or use "
+        r"dimalign.embedding.fit_run, which writes a run with its manifest$"
     )):
         model.save(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == before

@@ -785,9 +785,9 @@ def _reject_recorded_folder(run_dir: Path) -> None:
         step = None
     kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
     raise FileExistsError(
-        f"{manifest} is the record of {kind}, and save writes no record, so it would describe "
-        "other files: save into another folder, or write a run with its record by "
-        "dimalign.embedding.fit_run"
+        f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
+        "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
+        "a run with its manifest"
     )
 
 
