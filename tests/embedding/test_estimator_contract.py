@@ -263,3 +263,13 @@ def test_save_twice_replaces_files(estimator, tmp_path):
 
     from dimalign.io.runs import load_embedding
     np.testing.assert_array_equal(load_embedding(tmp_path).embedding, second.embedding_)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+def test_prediction_errors_name_method(method):
+    model = tiny(SPoSE).fit(random_triplets(), n_objects=N_OBJECTS)
+
+    with pytest.raises(ValueError, match=(
+        rf"^the triplets passed to {method}, row 0: object index 12 is out of range for 12 objects"
+    )):
+        getattr(model, method)([[0, 1, 12]])

@@ -68,22 +68,30 @@ HISTORY_NAME = "history.csv"
 CONFIG_NAME = "config.toml"
 
 
-def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
+def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | None = None) -> torch.Tensor:
     """Check a triplet array against ``n_objects`` and return it as int64 tensor.
 
     Non-emptiness is checked here. Integer values (floats only when whole),
     shape, index range and three distinct objects per row are checked by
     :func:`dimalign.io.triplets.validate_triplets`.
 
+    Args:
+        triplets (array-like): Shape ``(n, 3)``.
+        n_objects (int): Number of objects.
+        name (str): Role of the triplets, such as ``"training"``.
+        source (str | None): How errors name the triplets; None uses
+            ``"<name> triplets"``.
+
     Raises:
         ValueError: On a wrong shape, an empty or non-integer array, an index
             out of range or a row that repeats an object.
     """
-    array = validate_triplets(triplets, n_objects, source=f"{name} triplets")
+    source = source if source is not None else f"{name} triplets"
+    array = validate_triplets(triplets, n_objects, source=source)
     if array.shape[0] == 0:
         # split_triplets with val_fraction=0 returns an empty validation part.
         advice = ": pass val=None to fit without validation triplets" if name == "validation" else ""
-        raise ValueError(f"{name} triplets are empty{advice}")
+        raise ValueError(f"{source} are empty{advice}")
     if not array.flags.writeable:
         # A read-only memory map: torch would share it and warn.
         array = array.copy()
@@ -646,7 +654,7 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        return self._log_proba(triplets).exp().cpu().numpy()
+        return self._log_proba(triplets, "the triplets passed to predict_proba").exp().cpu().numpy()
 
     def predict(self, triplets: Any) -> np.ndarray:
         """Predict the odd one out of each triplet.
@@ -676,7 +684,7 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        log_proba = self._log_proba(triplets).cpu().numpy()
+        log_proba = self._log_proba(triplets, "the triplets passed to predict").cpu().numpy()
         # Pairs (0, 1), (0, 2) and (1, 2) leave out the objects in columns 2, 1 and 0.
         # Reversed, column c is the log-probability that object c is the odd one out,
         # and numpy.argmax returns the first of tied maxima.
@@ -712,10 +720,13 @@ class TripletEmbedding(BaseEstimator):
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
         return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
 
-    def _log_proba(self, triplets: Any) -> torch.Tensor:
-        """Return the log-probabilities of :meth:`predict_proba`, shape ``(n, 3)``, on the fit's device."""
+    def _log_proba(self, triplets: Any, source: str) -> torch.Tensor:
+        """Return the log-probabilities of :meth:`predict_proba`, shape ``(n, 3)``, on the fit's device.
+
+        ``source`` names the triplets in errors.
+        """
         self._check_fitted()
-        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
+        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored", source).to(self._device)
         kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
         with torch.no_grad():
             return self._predict_log_proba(self._params, kept_t, triplets_t)
