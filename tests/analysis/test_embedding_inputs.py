@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.exceptions import NotFittedError
@@ -61,6 +63,50 @@ def test_path_names_loader(name, tmp_path):
     path = tmp_path / "embedding.npy"
     with pytest.raises(ValueError, match=rf"got the path '{path}'.*dimalign.io.runs.load_embedding"):
         call(str(path))
+
+
+# The functions that take dot products of embedding rows.
+DOT_PRODUCT_CALLS = sorted(set(CALLS) - {"match_dimensions"})
+
+
+@pytest.mark.parametrize("name", DOT_PRODUCT_CALLS)
+def test_negative_weights_raise(name):
+    """Ridge predictions can be negative, and their dot products would not be those of a non-negative embedding."""
+    call, _ = CALLS[name]
+    embedding = np.random.default_rng(0).gamma(1.0, 1.0, size=(N_OBJECTS, 3))
+    embedding[4, 2] = -0.15
+    embedding[7, 0] = -0.005
+
+    # compare_decisions names the first of its two embeddings, which is the human one.
+    source = "the human embedding" if name == "compare_decisions" else "the embedding"
+    with pytest.raises(ValueError, match=(
+        rf"^{source}: 2 negative weights, the lowest -0.15 at row 4, dimension 2; embeddings "
+        r"must be non-negative: apply ReLU first, as VICE and SPoSE do \(numpy.maximum\(weights, 0\)\)$"
+    )):
+        call(embedding)
+
+
+@pytest.mark.parametrize("name", DOT_PRODUCT_CALLS)
+def test_rounding_negatives_used_unchanged(name):
+    """Weights down to -0.01, such as those of the published SPoSE files, are accepted as given."""
+    call, _ = CALLS[name]
+    embedding = np.random.default_rng(0).gamma(1.0, 1.0, size=(N_OBJECTS, 3))
+    embedding[7, 0] = -0.005
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        call(embedding)
+
+
+def test_compare_decisions_names_dnn_side():
+    from dimalign.analysis.relevance import compare_decisions
+
+    human = np.random.default_rng(0).gamma(1.0, 1.0, size=(N_OBJECTS, 3))
+    dnn = human.copy()
+    dnn[2, 1] = -0.5
+
+    with pytest.raises(ValueError, match=r"^the DNN embedding: 1 negative weights, the lowest -0.5 at row 2"):
+        compare_decisions(human, dnn, TRIPLETS)
 
 
 def test_things48_takes_fitted_estimator(things_dir):

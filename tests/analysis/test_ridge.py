@@ -416,3 +416,32 @@ def test_ridge_rejects_dataframes_in_other_order():
     with pytest.raises(ValueError, match="same 12 objects in another order"):
         fitted.score(X, Y.iloc[::-1])
     np.testing.assert_array_equal(fitted.cv_r2_, RidgeMap(alphas=[1.0, 10.0], cv=2).fit(X.values, Y.values).cv_r2_)
+
+
+def test_ridge_is_fitted_regressor():
+    from sklearn.base import is_regressor
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    ridge = RidgeMap(alphas=ALPHAS)
+    assert is_regressor(ridge)
+    assert ridge.__sklearn_tags__().target_tags.required
+    with pytest.raises(NotFittedError):
+        check_is_fitted(ridge)
+
+    X, Y = make_linear_data()
+    check_is_fitted(ridge.fit(X, Y))
+
+
+def test_ridge_save_returns_folder(tmp_path):
+    """save returns the folder, as VICE.save does, which load and DimensionPredictor.from_map_dir take."""
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    saved = ridge.save(tmp_path / "map")
+
+    assert saved == tmp_path / "map"
+    assert saved.is_dir()
+    np.testing.assert_array_equal(RidgeMap.load(saved).predict(X), ridge.predict(X))
+    # The path of the archive itself loads too.
+    np.testing.assert_array_equal(RidgeMap.load(saved / "ridge_map.npz").predict(X), ridge.predict(X))

@@ -165,6 +165,7 @@ def test_epoch_log_shows_loss_terms(estimator, settings, weight, caplog):
 @pytest.mark.parametrize(("method", "errors"), [
     ("fit", ["ValueError", "FileExistsError", "RuntimeError"]),
     ("predict_proba", ["NotFittedError", "ValueError"]),
+    ("predict", ["NotFittedError", "ValueError"]),
     ("score", ["NotFittedError", "ValueError"]),
 ])
 def test_methods_document_raised_errors(method, errors):
@@ -187,3 +188,88 @@ def test_empty_validation_split_names_fix(estimator):
         tiny(estimator).fit(train, val, n_objects=N_OBJECTS)
     with pytest.raises(ValueError, match=r"^training triplets are empty$"):
         tiny(estimator).fit(train[:0], n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_predict_agrees_with_score(estimator):
+    """Without tied probabilities, score is the share of rows whose predicted odd one out is column 2."""
+    triplets = random_triplets()
+    model = tiny(estimator, n_dims=6, max_epochs=5).fit(triplets, n_objects=N_OBJECTS)
+    log_proba = np.log(model.predict_proba(triplets))
+    tied = (log_proba == log_proba.max(axis=1, keepdims=True)).sum(axis=1) > 1
+    assert not tied.any()
+
+    predicted = model.predict(triplets)
+
+    assert predicted.shape == (len(triplets),)
+    assert predicted.dtype == np.int64
+    assert set(predicted.tolist()) <= {0, 1, 2}
+    assert model.score(triplets) == np.mean(predicted == 2)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_predict_picks_least_similar_object(estimator):
+    """The predicted odd one out is the object outside the pair of highest probability."""
+    triplets = random_triplets()
+    model = tiny(estimator, n_dims=6, max_epochs=5).fit(triplets, n_objects=N_OBJECTS)
+    # Columns of predict_proba: pairs (0, 1), (0, 2), (1, 2), whose odd ones out are 2, 1, 0.
+    expected = 2 - np.argmax(model.predict_proba(triplets), axis=1)
+
+    np.testing.assert_array_equal(model.predict(triplets), expected)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_predict_ties_take_first_position(estimator):
+    """A fit without kept dimensions ties all three pairs, so predict returns 0 and score is 1/3."""
+    triplets = random_triplets()
+    model = tiny(estimator, max_epochs=1, min_objects=N_OBJECTS - 1).fit(triplets, n_objects=N_OBJECTS)
+    assert model.n_dims_ == 0
+
+    np.testing.assert_array_equal(model.predict(triplets), np.zeros(len(triplets), dtype=np.int64))
+    assert model.score(triplets) == 1 / 3
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_predict_before_fit_raises(estimator):
+    with pytest.raises(NotFittedError, match=f"this {estimator.__name__} is not fitted yet: call fit first"):
+        tiny(estimator).predict(random_triplets(n_triplets=3))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_save_rejects_folder_with_manifest(estimator, tmp_path):
+    """save writes no manifest.json, so the manifest of an earlier step would describe other files."""
+    from dimalign.io.files import write_manifest
+
+    model = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    write_manifest(tmp_path, step="fit", outputs={"n_dims": 7})
+    before = sorted(path.name for path in tmp_path.iterdir())
+
+    with pytest.raises(FileExistsError, match=(
+        rf"^{tmp_path / 'manifest.json'} belongs to a 'dimalign fit' output\. save writes no manifest, "
+        r"so this one would describe other files: save into another folder, or use "
+        r"dimalign.embedding.fit_run, which writes a run with its manifest$"
+    )):
+        model.save(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_save_twice_replaces_files(estimator, tmp_path):
+    first = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    second = tiny(estimator, n_dims=4, random_state=3).fit(random_triplets(), n_objects=N_OBJECTS)
+    first.save(tmp_path)
+
+    assert second.save(tmp_path) == tmp_path
+
+    from dimalign.io.runs import load_embedding
+    np.testing.assert_array_equal(load_embedding(tmp_path).embedding, second.embedding_)
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+def test_prediction_errors_name_method(method):
+    model = tiny(SPoSE).fit(random_triplets(), n_objects=N_OBJECTS)
+
+    with pytest.raises(ValueError, match=(
+        rf"^the triplets passed to {method}, row 0: object index 12 is out of range for 12 objects"
+    )):
+        getattr(model, method)([[0, 1, 12]])

@@ -198,6 +198,19 @@ def test_fit_without_dimensions_warns():
     assert model.n_dims_ == 0
 
 
+def test_no_dimension_warning_at_min_objects_zero():
+    """With min_objects already 0, the warning does not advise lowering it."""
+    train = planted_triplets(500)
+    with pytest.warns(UserWarning) as caught:
+        model = SPoSE(n_dims=4, max_epochs=5, lr=0.05, l1=1000.0, min_objects=0).fit(train, n_objects=30)
+    assert model.n_dims_ == 0
+    messages = [str(item.message) for item in caught if "kept no dimension" in str(item.message)]
+    assert messages == [
+        "the fit kept no dimension: every object scores the same, and comparisons of this embedding will "
+        "fail. Use more triplets or epochs, or, for SPoSE, a smaller l1 penalty"
+    ]
+
+
 def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
     """A checkpoint whose tensors are tagged as CUDA storage loads on a CPU-only machine."""
     triplets = random_triplets(15, 200)

@@ -263,3 +263,27 @@ def test_maximize_names_generator_image_shape(predictor):
     assert str(error.value).startswith(
         "the generator returned images of shape (2, 1, 8, 8), but they must have shape (batch, 3, H, W)"
     )
+
+
+def test_specificity_ignores_negative_predictions():
+    """A dimension predicted below 0 is absent from the non-negative embedding, as one predicted at 0."""
+    from dimalign.interpret.maximize import dimension_objective
+
+    negative = torch.tensor([[2.0, -5.0, -5.0]], dtype=torch.float64)
+    zero = torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64)
+    expected = -0.5 * 2.0 - 3.0 * (2.0 - np.log(np.exp(2.0) + 2.0))
+
+    assert dimension_objective(negative, 0, alpha=0.5, beta=3.0).item() == pytest.approx(expected, abs=1e-12)
+    assert dimension_objective(zero, 0, alpha=0.5, beta=3.0).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_size_term_keeps_negative_target():
+    """The target dimension's own value still counts below 0, so the loss keeps pushing it up."""
+    from dimalign.interpret.maximize import dimension_objective
+
+    prediction = torch.tensor([[-1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    loss = dimension_objective(prediction, 0, alpha=1.0, beta=1.0)
+    loss.sum().backward()
+
+    assert loss.item() == pytest.approx(1.0 - (0.0 - np.log(1.0 + np.exp(0.5))), abs=1e-12)
+    assert prediction.grad[0, 0].item() == pytest.approx(-1.0, abs=1e-12)

@@ -114,6 +114,23 @@ def test_text_embedding_error_shortens_long_value(tmp_path):
     assert len(str(error.value)) < 300
 
 
+def test_abbreviate_shared_by_messages(tmp_path):
+    """One function shortens the quoted values of file and study messages, with the same texts as before."""
+    from dimalign.io.files import abbreviate
+    from dimalign.labeling import analysis, study, summary
+
+    assert abbreviate("x" * 60) == "x" * 60
+    assert abbreviate("x" * 61) == "x" * 60 + "..."
+    assert abbreviate("abcdef", 3) == "abc..."
+    assert study.abbreviate is abbreviate
+    assert summary.abbreviate is abbreviate
+    assert analysis.abbreviate is abbreviate
+    (tmp_path / "weights.txt").write_text("0.5 " + "y" * 41 + "\n")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'weights.txt'} cannot be read as a text embedding: line 1 "
+                                         f"has the value '{'y' * 40}\\.\\.\\.', which is not a number"):
+        load_embedding(tmp_path / "weights.txt")
+
+
 def test_text_embedding_with_commas_in_txt_says_so(tmp_path):
     (tmp_path / "weights.txt").write_text("0.5,0.25\n0,1.5\n")
     with pytest.raises(ValueError, match="line 1 separates its values by commas, but the values of this "

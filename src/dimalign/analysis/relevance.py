@@ -56,14 +56,16 @@ DEFAULT_BATCH_SIZE = 65_536
 NO_DIMENSION = -1
 
 
-def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_inputs(
+    embedding: np.ndarray, triplets: np.ndarray, source: str = "the embedding"
+) -> tuple[np.ndarray, np.ndarray]:
     """Return the embedding as float64 and the triplets as int64, or raise ValueError.
 
     The triplets are checked by :func:`dimalign.io.triplets.validate_triplets`
     (shape, whole-number indices in range, three distinct objects per row),
     which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
-    from dimalign.io.runs import embedding_weights
+    from dimalign.io.runs import embedding_weights, reject_negative_weights
     from dimalign.io.triplets import validate_triplets
 
     weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
@@ -78,6 +80,7 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
         raise ValueError(
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
         )
+    reject_negative_weights(weights, source)
     # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
     return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
 
@@ -373,7 +376,8 @@ def compare_decisions(
             f"{np.asarray(dnn).shape[0]}: align them by object first"
         )
     # A plain int64 cast would truncate a fractional index to another object.
-    triplets = _check_inputs(human, triplets)[1]
+    triplets = _check_inputs(human, triplets, "the human embedding")[1]
+    _check_inputs(dnn, triplets, "the DNN embedding")
     human_probabilities = option_probabilities(human, triplets, batch_size=batch_size, device=device)
     dnn_probabilities = option_probabilities(dnn, triplets, batch_size=batch_size, device=device)
     human_choice = np.argmax(human_probabilities, axis=1)

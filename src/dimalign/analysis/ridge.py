@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import KFold
 
@@ -77,14 +77,15 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     return grid
 
 
-class RidgeMap(BaseEstimator):
+class RidgeMap(RegressorMixin, BaseEstimator):
     """Cross-validated ridge regression from features to every embedding dimension.
 
     The class follows the scikit-learn estimator contract: ``__init__`` only
     stores its arguments, ``get_params``/``set_params`` come from
     ``sklearn.base.BaseEstimator`` (so ``sklearn.base.clone`` works), ``fit``
     returns ``self``, and ``predict`` before ``fit`` raises
-    ``sklearn.exceptions.NotFittedError``.
+    ``sklearn.exceptions.NotFittedError``. ``sklearn.base.is_regressor``
+    returns True for it.
 
     Args:
         alphas (Sequence[float] | None): Penalty grid. Every value must be
@@ -247,6 +248,13 @@ class RidgeMap(BaseEstimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predict the embedding of new objects.
 
+        The predictions are the raw output of the linear map and can be below
+        0, although VICE and SPoSE embeddings are non-negative. :meth:`score`
+        uses them as they are. The functions that take dot products of an
+        embedding, such as ``odd_one_out_accuracy`` and ``similarity_matrix``,
+        reject weights below -0.01, so apply ReLU first, as VICE and SPoSE do:
+        ``numpy.maximum(ridge.predict(X), 0)``.
+
         Args:
             X (np.ndarray): Features, shape ``(n_objects, n_features)``, raw (unscaled).
 
@@ -310,6 +318,11 @@ class RidgeMap(BaseEstimator):
     ) -> Path:
         """Write ``ridge_map.npz`` and ``manifest.json`` into ``out_dir``.
 
+        It returns the folder, as ``VICE.save`` and ``SPoSE.save`` do. The
+        folder is what :meth:`load` and
+        :meth:`dimalign.interpret.predictor.DimensionPredictor.from_map_dir`
+        take. :meth:`load` also accepts the path of ``ridge_map.npz`` itself.
+
         Args:
             out_dir (str | os.PathLike): Output directory (created if missing).
             inputs (Mapping[str, path] | None): Input files to record with their
@@ -320,7 +333,12 @@ class RidgeMap(BaseEstimator):
                 that the map alone rebuilds its image-to-dimension predictor.
 
         Returns:
-            Path: The ``.npz`` file.
+            Path: ``out_dir``.
+
+        Raises:
+            NotFittedError: Before :meth:`fit`.
+            FileExistsError: If ``out_dir`` contains the output of another
+                dimalign step, or it or a parent folder is a file.
         """
         self._check_fitted()
         # The settings are built before anything is written, so that an
@@ -358,7 +376,7 @@ class RidgeMap(BaseEstimator):
                 "files": [RIDGE_MAP_NAME],
             },
         )
-        return target
+        return out_dir
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RidgeMap:

@@ -76,7 +76,7 @@ def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarr
     A fitted estimator or an :class:`~dimalign.io.runs.EmbeddingResult` gives
     its weights (:func:`~dimalign.io.runs.embedding_weights`).
     """
-    from dimalign.io.runs import embedding_weights
+    from dimalign.io.runs import embedding_weights, reject_negative_weights
 
     array = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if array.ndim != 2:
@@ -89,6 +89,7 @@ def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarr
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
             "Fix or remove those objects first."
         )
+    reject_negative_weights(array, "the embedding")
     # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
     return np.ascontiguousarray(array)
 

@@ -32,7 +32,7 @@ from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
-from dimalign.io.files import write_text_atomic
+from dimalign.io.files import MANIFEST_NAME, read_manifest, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -68,22 +68,30 @@ HISTORY_NAME = "history.csv"
 CONFIG_NAME = "config.toml"
 
 
-def as_triplet_tensor(triplets: Any, n_objects: int, name: str) -> torch.Tensor:
+def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | None = None) -> torch.Tensor:
     """Check a triplet array against ``n_objects`` and return it as int64 tensor.
 
     Non-emptiness is checked here. Integer values (floats only when whole),
     shape, index range and three distinct objects per row are checked by
     :func:`dimalign.io.triplets.validate_triplets`.
 
+    Args:
+        triplets (array-like): Shape ``(n, 3)``.
+        n_objects (int): Number of objects.
+        name (str): Role of the triplets, such as ``"training"``.
+        source (str | None): How errors name the triplets; None uses
+            ``"<name> triplets"``.
+
     Raises:
         ValueError: On a wrong shape, an empty or non-integer array, an index
             out of range or a row that repeats an object.
     """
-    array = validate_triplets(triplets, n_objects, source=f"{name} triplets")
+    source = source if source is not None else f"{name} triplets"
+    array = validate_triplets(triplets, n_objects, source=source)
     if array.shape[0] == 0:
         # split_triplets with val_fraction=0 returns an empty validation part.
         advice = ": pass val=None to fit without validation triplets" if name == "validation" else ""
-        raise ValueError(f"{name} triplets are empty{advice}")
+        raise ValueError(f"{source} are empty{advice}")
     if not array.flags.writeable:
         # A read-only memory map: torch would share it and warn.
         array = array.copy()
@@ -389,10 +397,15 @@ class TripletEmbedding(BaseEstimator):
             "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
         )
         if self.n_dims_ == 0:
+            # min_objects cannot go below 0, so the advice to lower it is given only above 0.
+            lower_min_objects = (
+                f" lower min_objects (now {self.min_objects}; CLI: --min-objects),"
+                if self.min_objects > 0 else ""
+            )
             warn(
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
-                f"embedding will fail. Use more triplets or epochs, lower min_objects (now "
-                f"{self.min_objects}; CLI: --min-objects), or, for SPoSE, a smaller l1 penalty",
+                f"embedding will fail. Use more triplets or epochs,{lower_min_objects} or, for SPoSE, "
+                "a smaller l1 penalty",
                 UserWarning,
             )
         return self
@@ -456,7 +469,8 @@ class TripletEmbedding(BaseEstimator):
     def _evaluate(self, params, kept: np.ndarray, triplets: torch.Tensor, prefix: str = "") -> dict[str, float]:
         kept_t = torch.as_tensor(kept, dtype=torch.int64, device=triplets.device)
         log_proba = self._predict_log_proba(params, kept_t, triplets)
-        accuracy = float(hits_with_ties(log_proba).double().mean())
+        # Shares of tied hits such as 1/3 are exact in float64, not in float32.
+        accuracy = float(hits_with_ties(log_proba.double()).mean())
         nll = float(-log_proba[:, 0].mean())
         return {f"{prefix}accuracy": accuracy, f"{prefix}nll": nll}
 
@@ -640,17 +654,49 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        self._check_fitted()
-        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
-        kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
-        with torch.no_grad():
-            return self._predict_log_proba(self._params, kept_t, triplets_t).exp().cpu().numpy()
+        return self._log_proba(triplets, "the triplets passed to predict_proba").exp().cpu().numpy()
+
+    def predict(self, triplets: Any) -> np.ndarray:
+        """Predict the odd one out of each triplet.
+
+        The prediction is the object outside the pair of highest probability
+        in :meth:`predict_proba`. With the canonical triplet format, where the
+        last column is the recorded odd one out, a row is predicted correctly
+        when the result is 2. When two or three pairs tie for the highest
+        probability, the lowest of the tied positions is returned. An
+        embedding without kept dimensions ties every pair, so it predicts 0
+        for every row.
+
+        :meth:`score` equals ``numpy.mean(model.predict(triplets) == 2)`` on
+        rows without ties. :meth:`score` counts a tie of m pairs that includes
+        the recorded pair as 1/m of a hit, while ``predict`` picks one object.
+
+        Args:
+            triplets (array-like): Shape ``(n, 3)``, 0-based object indices.
+
+        Returns:
+            np.ndarray: Shape ``(n,)``, int64, the column (0, 1 or 2) of the
+            predicted odd one out in each row. The object index itself is
+            ``triplets[numpy.arange(n), model.predict(triplets)]``.
+
+        Raises:
+            NotFittedError: Before ``fit``.
+            ValueError: On invalid or empty triplets, or an index outside
+                ``0 .. n_objects_ - 1``.
+        """
+        log_proba = self._log_proba(triplets, "the triplets passed to predict").cpu().numpy()
+        # Pairs (0, 1), (0, 2) and (1, 2) leave out the objects in columns 2, 1 and 0.
+        # Reversed, column c is the log-probability that object c is the odd one out,
+        # and numpy.argmax returns the first of tied maxima.
+        return np.argmax(log_proba[:, ::-1], axis=1).astype(np.int64)
 
     def score(self, triplets: Any, y: Any = None) -> float:
         """Return the odd-one-out accuracy on ``triplets``.
 
         A triplet is a hit when the pair of its first two objects has the
-        highest predicted probability; tied maxima share the hit. VICE
+        highest predicted probability, so that :meth:`predict` returns 2 for
+        it. When m pairs tie for the highest probability and the first pair
+        is among them, the triplet counts 1/m of a hit. VICE
         predicts with the posterior predictive, the choice probabilities
         averaged over ``mc_samples`` draws from the posterior (seeded, so the
         score is repeatable). That differs from the accuracy of the
@@ -674,10 +720,27 @@ class TripletEmbedding(BaseEstimator):
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
         return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
 
+    def _log_proba(self, triplets: Any, source: str) -> torch.Tensor:
+        """Return the log-probabilities of :meth:`predict_proba`, shape ``(n, 3)``, on the fit's device.
+
+        ``source`` names the triplets in errors.
+        """
+        self._check_fitted()
+        triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored", source).to(self._device)
+        kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
+        with torch.no_grad():
+            return self._predict_log_proba(self._params, kept_t, triplets_t)
+
     # ---- saving ----------------------------------------------------------------
 
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``.
+
+        :func:`dimalign.io.runs.load_embedding` reads the returned folder back
+        as an ``EmbeddingResult`` (the embedding and its kept dimensions, not
+        a fitted estimator), and the commands that take a run directory, such
+        as ``dimalign compare``, accept it. ``RidgeMap.save`` returns its
+        folder in the same way.
 
         Args:
             run_dir (str | os.PathLike): Output folder, created when missing;
@@ -688,6 +751,9 @@ class TripletEmbedding(BaseEstimator):
 
         Raises:
             NotFittedError: Before ``fit``.
+            FileExistsError: If ``run_dir`` contains the ``manifest.json`` of
+                a dimalign step, such as a run of ``dimalign fit``, which
+                ``save`` would leave describing other files.
         """
         import tomli_w
 
@@ -706,11 +772,34 @@ class TripletEmbedding(BaseEstimator):
         # store leaves no embedding.npz without its config.toml.
         config_text = tomli_w.dumps(config)
         run_dir = Path(run_dir)
+        _reject_recorded_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_embedding(self._result(), run_dir)
         write_text_atomic(run_dir / CONFIG_NAME, config_text)
         write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
+
+
+def _reject_recorded_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``run_dir`` contains the ``manifest.json`` of a dimalign step.
+
+    ``save`` writes no manifest, so the manifest of an earlier step would
+    stay and list the checksums and object table of other files.
+    ``fit_run`` removes the manifest of its run before it calls ``save``.
+    """
+    manifest = run_dir / MANIFEST_NAME
+    if not manifest.exists():
+        return
+    try:
+        step = read_manifest(run_dir).get("step")
+    except (ValueError, OSError):
+        step = None
+    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
+    raise FileExistsError(
+        f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
+        "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
+        "a run with its manifest"
+    )
 
 
 def _toml_setting(value: Any) -> Any:

@@ -97,7 +97,7 @@ def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-init", type=int, default=16, help="random starting latents (default 16)")
     parser.add_argument("--n-images", type=int, default=4, help="images per dimension (default 4)")
     parser.add_argument("--alpha", type=float, default=1.0, help="weight of the dimension's value (default 1)")
-    parser.add_argument("--beta", type=float, default=1.0, help="weight of its log-softmax (default 1)")
+    parser.add_argument("--beta", type=float, default=1.0, help="weight of its log-softmax over the ReLU of all dimensions (default 1)")
     parser.add_argument("--tv-weight", type=float, default=0.1, help="weight of total variation (default 0.1)")
     parser.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     parser.add_argument("--image-size", type=int, help="side of the built-in generator's images in pixels (default: the model's input size)")

@@ -3,13 +3,19 @@
 Only the generator's latent code is optimised (Adam); the generator and the
 predictor stay fixed. Per image the loss is::
 
-    loss = -alpha * y_j - beta * log_softmax(y)_j + tv_weight * TV(image)
+    loss = -alpha * y_j - beta * log_softmax(relu(y))_j + tv_weight * TV(image)
 
 where ``y`` is the predicted embedding of the augmented image. The first
 term asks for a large value of dimension ``j`` (size), the second for
 dimension ``j`` to stand out against the other dimensions (specificity),
 and the total variation ``TV`` keeps the image smooth. Each image starts
 from one of the best of ``n_init`` random latents.
+
+The ridge map can predict values below 0, but the embedding is non-negative
+(VICE and SPoSE use it after ReLU). The specificity term therefore takes the
+ReLU of the prediction, so that pushing other dimensions below 0 does not
+make ``j`` look more specific. The size term keeps the raw value, so a
+dimension predicted below 0 is still pushed up.
 """
 
 from __future__ import annotations
@@ -63,6 +69,23 @@ class MaximizationResult:
     loss_history: list[float] = field(default_factory=list)
 
 
+def dimension_objective(prediction: torch.Tensor, dim: int, alpha: float, beta: float) -> torch.Tensor:
+    """Compute the size and specificity part of the maximisation loss, per image.
+
+    Args:
+        prediction (torch.Tensor): Predicted embedding, shape ``(n_images, n_dims)``.
+        dim (int): The dimension to maximise.
+        alpha (float): Weight of the dimension's raw predicted value.
+        beta (float): Weight of its log-softmax over the ReLU of all dimensions.
+
+    Returns:
+        torch.Tensor: ``-alpha * y_j - beta * log_softmax(relu(y))_j``, shape ``(n_images,)``.
+    """
+    size_term = prediction[:, dim]
+    specificity_term = torch.log_softmax(torch.relu(prediction), dim=1)[:, dim]
+    return -alpha * size_term - beta * specificity_term
+
+
 def maximize_dimension(
     predictor: DimensionPredictor,
     dim: int,
@@ -93,7 +116,7 @@ def maximize_dimension(
             the highest value of ``dim`` are optimised.
         n_images (int): Images to return; at most ``n_init``.
         alpha (float): Weight of the dimension's value.
-        beta (float): Weight of its log-softmax over all dimensions.
+        beta (float): Weight of its log-softmax over the ReLU of all dimensions.
         tv_weight (float): Weight of the total variation of the image.
         learning_rate (float): Adam step size.
         image_size (int | None): Side of the built-in generator's images;
@@ -159,9 +182,7 @@ def maximize_dimension(
         images = _check_generated(generator(latent), step=len(loss_history) + 1)
         seen = augment(images, random) if use_augmentation else images
         prediction = predictor(seen).float()
-        size_term = prediction[:, dim]
-        specificity_term = torch.log_softmax(prediction, dim=1)[:, dim]
-        loss = -alpha * size_term - beta * specificity_term + tv_weight * total_variation(images.float())
+        loss = dimension_objective(prediction, dim, alpha, beta) + tv_weight * total_variation(images.float())
         if not torch.isfinite(loss).all():
             raise ValueError(
                 f"maximisation of dimension {dim} diverged at step {len(loss_history) + 1}: the loss is "

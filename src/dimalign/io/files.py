@@ -723,8 +723,14 @@ def _is_number(field: str) -> bool:
     return True
 
 
-def _shorten(value: str) -> str:
-    return value if len(value) <= _SHOWN_VALUE_LENGTH else value[:_SHOWN_VALUE_LENGTH] + "..."
+def abbreviate(text: str, limit: int = 60) -> str:
+    """Shorten ``text`` to its first ``limit`` characters and ``...`` for a message.
+
+    Example:
+        >>> abbreviate("abcdef", 3)
+        'abc...'
+    """
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
@@ -748,7 +754,7 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             fields = content.split(delimiter) if delimiter else content.split()
             header = not any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
             if n_values is None and header:
-                names = ", ".join(repr(_shorten(field.strip())) for field in fields[:5])
+                names = ", ".join(repr(abbreviate(field.strip(), _SHOWN_VALUE_LENGTH)) for field in fields[:5])
                 more = ", ..." if len(fields) > 5 else ""
                 return (
                     f"line {number} is a header ({names}{more}), but the file must contain numbers "
@@ -770,7 +776,7 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                             f"{Path(path).suffix.lower()} file are separated by {separators}: save it "
                             f"with {separators}, or under a name ending in .txt (values separated by spaces)"
                         )
-                    return f"line {number} has the value {_shorten(field.strip())!r}, which is not a number"
+                    return f"line {number} has the value {abbreviate(field.strip(), _SHOWN_VALUE_LENGTH)!r}, which is not a number"
             if n_values is None:
                 n_values = len(fields)
             elif len(fields) != n_values:

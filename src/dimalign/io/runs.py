@@ -260,22 +260,49 @@ def check_embedding(
             ``-negative_tolerance``.
     """
     embedding = _check_embedding_values(np.asarray(embedding), source)
+    reject_negative_weights(embedding, source, negative_tolerance)
     negative = embedding < 0
     if negative.any():
         minimum = float(embedding.min())
-        if minimum < -negative_tolerance:
-            row, column = np.argwhere(embedding == minimum)[0]
-            raise ValueError(
-                f"{source}: {int(negative.sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
-                f"dimension {column}; embeddings must be non-negative (apply ReLU, as VICE and SPoSE do, "
-                "before saving)"
-            )
         warn(
             f"{source}: set {int(negative.sum())} negative weights (lowest {minimum:.3g}, within the "
             f"tolerance {negative_tolerance}) to 0",
         )
         embedding = np.where(negative, 0.0, embedding)
     return embedding
+
+
+def reject_negative_weights(
+    embedding: np.ndarray, source: str, negative_tolerance: float = NEGATIVE_TOLERANCE
+) -> None:
+    """Raise ``ValueError`` if a weight of ``embedding`` is below ``-negative_tolerance``.
+
+    The embeddings of VICE and SPoSE are non-negative, and similarities are
+    dot products of their rows. Negative weights, such as ridge predictions
+    below 0, would change those dot products, so they are rejected instead
+    of being used. Weights down to ``-negative_tolerance`` are rounding noise
+    of published files and are left to the caller.
+
+    Args:
+        embedding (np.ndarray): A finite float array ``(n_objects, n_dims)``.
+        source (str): How the error names the embedding.
+        negative_tolerance (float): The lowest weight that is accepted is
+            ``-negative_tolerance``.
+
+    Raises:
+        ValueError: Naming the number of negative weights and the position of the lowest.
+    """
+    if embedding.size == 0:
+        return
+    minimum = float(embedding.min())
+    if minimum >= -negative_tolerance:
+        return
+    row, column = np.argwhere(embedding == minimum)[0]
+    raise ValueError(
+        f"{source}: {int((embedding < 0).sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
+        f"dimension {column}; embeddings must be non-negative: apply ReLU first, as VICE and SPoSE do "
+        "(numpy.maximum(weights, 0))"
+    )
 
 
 def _check_embedding_values(embedding: np.ndarray, source: str) -> np.ndarray:

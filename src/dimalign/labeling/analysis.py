@@ -36,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dimalign.io.files import atomic_path, read_utf8_text
+from dimalign.io.files import abbreviate, atomic_path, read_utf8_text
 from dimalign.labeling.answers import remove_format_characters
-from dimalign.labeling.study import abbreviate
 
 logger = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dimalign.io.files import (
+    abbreviate,
     atomic_path,
     is_same_file,
     now_iso,
@@ -190,11 +191,6 @@ class Participant:
     order_seed: int
     consented_at: str
     session_version: int = 0
-
-
-def abbreviate(text: str, limit: int = 60) -> str:
-    """Shorten ``text`` to its first ``limit`` characters and ``...`` for a message."""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def hash_code(code: str) -> str:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from dimalign.io.files import (
     MANIFEST_NAME,
+    abbreviate,
     acquire_lock,
     check_output_dir,
     now_iso,
@@ -46,7 +47,7 @@ from dimalign.io.files import (
 )
 from dimalign.labeling import analysis
 from dimalign.labeling.semantic import MAX_N_RANDOM
-from dimalign.labeling.study import Study, abbreviate
+from dimalign.labeling.study import Study
 
 logger = logging.getLogger(__name__)
 
