@@ -227,7 +227,7 @@ def test_summary_table_shows_saved_numbers(report):
 
 
 def test_summary_names_scored_triplets(report):
-    """The summary says which triplets each held-out accuracy scores, since the two sides differ."""
+    """The summary names the triplets that each held-out accuracy scores, because the two sides differ."""
     _, document, _ = report
     summary = document.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
     assert (

@@ -430,8 +430,8 @@ def compare_decisions(
     )
     tied = comparison.n_tied_choices
     logger.info(
-        "human and DNN models choose the same odd one out in %.1f%% of %d triplets (ties split; "
-        "the human model ties on %d triplets, the DNN model on %d)",
+        "human and DNN models choose the same odd one out in %.1f%% of %d triplets, with ties split. "
+        "The human model ties on %d triplets, the DNN model on %d",
         100 * comparison.choice_agreement, triplets.shape[0], tied["human"], tied["dnn"],
     )
     return comparison

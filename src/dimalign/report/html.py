@@ -414,7 +414,7 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _accuracy_note(numbers: dict[str, Any]) -> str:
-    """Return the note under the summary table that says which triplets each accuracy scores."""
+    """Return the note under the summary table that names the triplets each accuracy scores."""
     if numbers.get("human_accuracy") is None or numbers.get("dnn_accuracy") is None:
         return ""
     return (
