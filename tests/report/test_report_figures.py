@@ -244,6 +244,7 @@ def test_dimension_with_images_and_word_cloud(tiny_results, tmp_path):
     weights = tiny_results.embedding("human")[:, 0]
     top = np.argsort(-weights, kind="stable")[:4]
     assert [axis.get_title() for axis in axes[:4]] == [tiny_results.objects.object_ids[row][:18] for row in top]
+    assert [axis.get_xlabel() for axis in axes[:4]] == [f"weight {weights[row]:.2f}" for row in top]
     assert axes[4].get_title() == "labels"
     title = figure._suptitle.get_text()
     assert title.startswith("human dimension 0 (label 0 (2); round </script> (1))")

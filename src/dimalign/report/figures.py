@@ -352,7 +352,7 @@ def plot_dimension(
         for axis, path, name, weight in zip(axes, images, names, weights[top]):
             _show_image(axis, path, results.decoding)
             axis.set_title(textwrap.shorten(name, 18), fontsize=7)
-            axis.set_xlabel(f"{weight:.2f}", fontsize=7)
+            axis.set_xlabel(f"weight {weight:.2f}", fontsize=7)
     else:
         axis = axes[0]
         positions = np.arange(len(top))[::-1]
