@@ -233,6 +233,11 @@ def test_training_curves_per_epoch(tiny_results, tmp_path):
     history = tiny_results.history("human")
     np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), history["loss"])
     assert loss.get_lines()[0].get_xdata().tolist() == [1, 2, 3]
+    # Epochs and kept dimensions are counts, so their ticks are whole numbers.
+    figure.canvas.draw()
+    for axis in (loss, accuracy, dims):
+        assert all(float(tick).is_integer() for tick in axis.get_xticks())
+    assert all(float(tick).is_integer() for tick in dims.get_yticks())
     assert written(tmp_path, "training_curves")
 
 
