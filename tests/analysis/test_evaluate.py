@@ -749,8 +749,8 @@ def test_cli_evaluate_warns_about_fitted_file(tmp_path, capsys):
     assert _held_out_warnings(capsys.readouterr().err) == [
         f"--triplets {triplet_file} is the file that {tmp_path / 'run'} was fitted to, and the fit "
         "held out only 10% of its triplets and trained on the rest, so the accuracy is not held out. "
-        f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_file} --split 0.1 "
-        "--seed 0 -o FOLDER' and pass FOLDER/val.npy"
+        f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_file} --n-objects 30 "
+        "--split 0.1 --seed 0 -o FOLDER' and pass FOLDER/val.npy"
     ]
 
 
@@ -772,6 +772,34 @@ def test_cli_evaluate_held_out_split_matches_fit(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(tmp_path / "split" / "val.npy")]) == 0
     assert _held_out_warnings(capsys.readouterr().err) == []
+
+
+def test_suggested_split_command_runs(tmp_path, capsys):
+    """The warning's import-triplets command runs as written for a fit of a simulate folder."""
+    import shlex
+
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    features = np.random.default_rng(3).gamma(0.5, 1.0, size=(30, 3))
+    np.save(tmp_path / "features.npy", features)
+    (tmp_path / "names.txt").write_text("".join(f"object_{index}\n" for index in range(30)))
+    assert main(["-q", "simulate", str(tmp_path / "features.npy"), "--objects", str(tmp_path / "names.txt"),
+                 "--n-triplets", "400",
+                 "-o", str(tmp_path / "simulated")]) == 0
+    assert main(["-q", "fit", str(tmp_path / "simulated"), "-o", str(tmp_path / "run"), *FIT_ARGS[2:]]) == 0
+    triplet_file = tmp_path / "simulated" / "triplets.npy"
+    capsys.readouterr()
+
+    assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(triplet_file)]) == 0
+
+    warnings_seen = _held_out_warnings(capsys.readouterr().err)
+    assert len(warnings_seen) == 1
+    assert (f"'dimalign import-triplets {triplet_file} --objects {tmp_path / 'simulated' / 'objects.tsv'} "
+            "--split 0.1 --seed 0 -o FOLDER'") in warnings_seen[0]
+    command = warnings_seen[0].split("'")[1].replace("FOLDER", str(tmp_path / "split"))
+    assert main(["-q", *shlex.split(command)[1:]]) == 0
+    _, fit_val = split_triplets(load_triplets(triplet_file, 30), val_fraction=0.1, random_state=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "split" / "val.npy"), fit_val)
 
 
 def test_cli_evaluate_warns_about_training_file(tmp_path, capsys):

@@ -289,3 +289,40 @@ def test_disagreement_tables_reject_invalid_top(top, message):
         largest_disagreements(comparison, top=top)
     with pytest.raises(ValueError, match=message):
         agreement_on_different_dimensions(comparison, [0, 1], top=top)
+
+
+def test_choice_agreement_splits_ties():
+    # Objects 3, 4 and 5 are zero in both models, so both models rate the
+    # three choices of triplet (3, 4, 5) equally: 1/3 of the choices agree
+    # when each tie is broken at random, whatever the column order.
+    human = np.array([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    dnn = np.array([[0.0, 3.0], [0.0, 3.0], [3.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    triplets = np.array([[0, 1, 2], [3, 4, 5]])
+
+    comparison = compare_decisions(human, dnn, triplets)
+
+    assert comparison.choice_agreement == pytest.approx((1 + 1 / 3) / 2, abs=1e-12)
+    reordered = compare_decisions(human, dnn, triplets[:, [2, 0, 1]])
+    assert reordered.choice_agreement == pytest.approx((1 + 1 / 3) / 2, abs=1e-12)
+    assert comparison.n_tied_choices == {"human": 1, "dnn": 1}
+
+
+def test_compare_agreement_splits_ties(tmp_path):
+    """relevance_summary.json counts a triplet that both models tie as 1/3 of an agreement."""
+    import json
+
+    from dimalign.analysis.compare import compare
+
+    rng = np.random.default_rng(0)
+    human = rng.gamma(1.0, 1.0, size=(8, 2))
+    dnn = rng.gamma(1.0, 1.0, size=(8, 3))
+    human[5:] = 0.0
+    dnn[5:] = 0.0
+    triplets = np.array([[5, 6, 7], [7, 5, 6]])
+
+    compare(human, dnn, tmp_path / "out", triplets=triplets, n_bootstrap=0, top_k=3)
+
+    summary = json.loads((tmp_path / "out" / "relevance_summary.json").read_text())
+    assert summary["choice_agreement"] == pytest.approx(1 / 3, abs=1e-12)
+    assert summary["n_human_tied_choices"] == 2
+    assert summary["n_dnn_tied_choices"] == 2

@@ -233,6 +233,11 @@ def test_training_curves_per_epoch(tiny_results, tmp_path):
     history = tiny_results.history("human")
     np.testing.assert_allclose(loss.get_lines()[0].get_ydata(), history["loss"])
     assert loss.get_lines()[0].get_xdata().tolist() == [1, 2, 3]
+    # Epochs and kept dimensions are counts, so their ticks are whole numbers.
+    figure.canvas.draw()
+    for axis in (loss, accuracy, dims):
+        assert all(float(tick).is_integer() for tick in axis.get_xticks())
+    assert all(float(tick).is_integer() for tick in dims.get_yticks())
     assert written(tmp_path, "training_curves")
 
 
@@ -244,6 +249,7 @@ def test_dimension_with_images_and_word_cloud(tiny_results, tmp_path):
     weights = tiny_results.embedding("human")[:, 0]
     top = np.argsort(-weights, kind="stable")[:4]
     assert [axis.get_title() for axis in axes[:4]] == [tiny_results.objects.object_ids[row][:18] for row in top]
+    assert [axis.get_xlabel() for axis in axes[:4]] == [f"weight {weights[row]:.2f}" for row in top]
     assert axes[4].get_title() == "labels"
     title = figure._suptitle.get_text()
     assert title.startswith("human dimension 0 (label 0 (2); round </script> (1))")

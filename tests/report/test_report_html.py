@@ -226,6 +226,19 @@ def test_summary_table_shows_saved_numbers(report):
         assert row in document
 
 
+def test_summary_names_scored_triplets(report):
+    """The summary names the triplets that each held-out accuracy scores, because the two sides differ."""
+    _, document, _ = report
+    summary = document.split('<section id="summary">', 1)[1].split("</section>", 1)[0]
+    assert (
+        "<p class=\"meta\">Each fit is scored on its own held-out triplets: human judgements for the "
+        "human embedding, choices simulated from the DNN features for the DNN embedding. So the two "
+        "held-out accuracies are not comparable, and the row of the DNN embedding on held-out human "
+        "triplets compares the DNN with humans. Accuracies score the posterior means in "
+        "embedding.npz. Chance is 1/3.</p>"
+    ) in summary
+
+
 def test_summary_rows_mark_missing_values():
     rows = dict((name, (human, dnn)) for name, human, dnn in summary_rows({"human_n_dims": 12}))
     assert rows["Dimensions kept"] == ("12", "n/a")

@@ -14,7 +14,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dimalign._warnings import warn
 from dimalign.cli import declare_output_folder
@@ -252,6 +252,21 @@ def _check_triplet_table(
     )
 
 
+def _object_count_option(inputs: dict[str, Any], settings: dict[str, Any]) -> str:
+    """Return the import-triplets option that gives the fit's number of objects.
+
+    import-triplets never takes the count from the largest index, so the
+    suggested command needs the object table that the fit read or its count.
+    """
+    table = inputs.get("objects")
+    if isinstance(table, dict) and table.get("path"):
+        return f" --objects {table['path']}"
+    n_objects = settings.get("n_objects")
+    if isinstance(n_objects, int):
+        return f" --n-objects {n_objects}"
+    return " --n-objects N"
+
+
 def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
     """Warn when ``--triplets`` is the file that a run of ``dimalign fit`` trained on.
 
@@ -277,14 +292,16 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
         if not ((run / "train.npy").is_file() and sha256_file(run / "train.npy") == digest):
             return
         training = []
-    split = manifest.get("settings", {}).get("validation_split")
+    settings = manifest.get("settings", {})
+    split = settings.get("validation_split")
     if training and isinstance(split, dict):
         fraction, seed = split.get("val_fraction"), split.get("split_seed")
         warn(
             f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit held out only "
             f"{fraction:.0%} of its triplets and trained on the rest, so the accuracy is not held out. "
-            f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_path} "
-            f"--split {fraction:g} --seed {seed} -o FOLDER' and pass FOLDER/val.npy"
+            f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_path}"
+            f"{_object_count_option(inputs, settings)} --split {fraction:g} --seed {seed} -o FOLDER' and "
+            "pass FOLDER/val.npy"
         )
         return
     held_out = None

@@ -1745,12 +1745,14 @@ def _write_relevance(
             human_most_relevant=comparison.human.most_relevant,
             dnn_most_relevant=comparison.dnn.most_relevant,
         )
-    agreement = float(np.mean(comparison.agree))
+    tied = comparison.n_tied_choices
     write_json_atomic(
         out_dir / "relevance_summary.json",
         {
             "n_triplets": int(triplets.shape[0]),
-            "choice_agreement": agreement,
+            "choice_agreement": comparison.choice_agreement,
+            "n_human_tied_choices": tied["human"],
+            "n_dnn_tied_choices": tied["dnn"],
             "n_agree_on_different_dims": int(
                 np.sum(relevance.agree_on_different_dimensions(comparison, human_to_dnn))
             ),

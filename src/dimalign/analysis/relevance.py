@@ -324,8 +324,41 @@ class DecisionComparison:
 
     @property
     def agree(self) -> np.ndarray:
-        """Whether both models choose the same odd one out, shape ``(n,)``."""
+        """Whether both models choose the same odd one out, shape ``(n,)``.
+
+        A tie goes to the earliest column, as in ``human_choice``, so use
+        :attr:`choice_agreement` for the share of agreeing choices.
+        """
         return self.human_choice == self.dnn_choice
+
+    @property
+    def choice_agreement(self) -> float:
+        """Share of triplets where both models choose the same odd one out, ties split.
+
+        When ``m_h`` options share the human model's largest probability and
+        ``m_d`` the DNN model's, a triplet counts ``c / (m_h m_d)``, where
+        ``c`` is the number of options maximal for both. That is the expected
+        agreement when each model breaks its ties at random, as the
+        odd-one-out accuracy counts ties, so the share does not depend on the
+        column order of the triplets.
+        """
+        human_best = _maximal_options(self.human_probabilities)
+        dnn_best = _maximal_options(self.dnn_probabilities)
+        shared = (human_best & dnn_best).sum(axis=1)
+        return float(np.mean(shared / (human_best.sum(axis=1) * dnn_best.sum(axis=1))))
+
+    @property
+    def n_tied_choices(self) -> dict[str, int]:
+        """Number of triplets whose largest probability two or three options share, per model."""
+        return {
+            "human": int(np.sum(_maximal_options(self.human_probabilities).sum(axis=1) > 1)),
+            "dnn": int(np.sum(_maximal_options(self.dnn_probabilities).sum(axis=1) > 1)),
+        }
+
+
+def _maximal_options(probabilities: np.ndarray) -> np.ndarray:
+    """Mark the options whose probability equals the largest of their triplet, shape ``(n, 3)``."""
+    return probabilities == probabilities.max(axis=1, keepdims=True)
 
 
 def _with_choice_last(triplets: np.ndarray, choice: np.ndarray) -> np.ndarray:
@@ -390,11 +423,7 @@ def compare_decisions(
         dnn, _with_choice_last(triplets, dnn_choice), batch_size=batch_size, device=device,
         name="DNN embedding",
     )
-    logger.info(
-        "human and DNN models choose the same odd one out in %.1f%% of %d triplets",
-        100 * float(np.mean(human_choice == dnn_choice)), triplets.shape[0],
-    )
-    return DecisionComparison(
+    comparison = DecisionComparison(
         triplets=triplets,
         human_choice=human_choice,
         dnn_choice=dnn_choice,
@@ -403,6 +432,13 @@ def compare_decisions(
         human=human_result,
         dnn=dnn_result,
     )
+    tied = comparison.n_tied_choices
+    logger.info(
+        "human and DNN models choose the same odd one out in %.1f%% of %d triplets, with ties split. "
+        "The human model ties on %d triplets, the DNN model on %d",
+        100 * comparison.choice_agreement, triplets.shape[0], tied["human"], tied["dnn"],
+    )
+    return comparison
 
 
 def _decision_frame(comparison: DecisionComparison, rows: np.ndarray, names: Sequence[str] | None) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import textwrap
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from dimalign._warnings import warn  # noqa: E402
 from dimalign.features.recorded import Decoding  # noqa: E402
@@ -291,7 +293,14 @@ def plot_training_curves(
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend(frameon=False, fontsize=8)
+    # A count that changes by one dimension or less gets limits at whole
+    # numbers, so that the axis marks them instead of fractions in between.
+    low, high = dims_axis.get_ylim()
+    if high - low < 2:
+        dims_axis.set_ylim(math.floor(low), math.ceil(high))
+    dims_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     save_figure(figure, out_dir, stem, dpi)
     return figure
@@ -352,7 +361,7 @@ def plot_dimension(
         for axis, path, name, weight in zip(axes, images, names, weights[top]):
             _show_image(axis, path, results.decoding)
             axis.set_title(textwrap.shorten(name, 18), fontsize=7)
-            axis.set_xlabel(f"{weight:.2f}", fontsize=7)
+            axis.set_xlabel(f"weight {weight:.2f}", fontsize=7)
     else:
         axis = axes[0]
         positions = np.arange(len(top))[::-1]

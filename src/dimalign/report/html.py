@@ -413,6 +413,19 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _accuracy_note(numbers: dict[str, Any]) -> str:
+    """Return the note under the summary table that names the triplets each accuracy scores."""
+    if numbers.get("human_accuracy") is None or numbers.get("dnn_accuracy") is None:
+        return ""
+    return (
+        '<p class="meta">Each fit is scored on its own held-out triplets: human judgements for the human '
+        "embedding, choices simulated from the DNN features for the DNN embedding. So the two held-out "
+        "accuracies are not comparable, and the row of the DNN embedding on held-out human triplets "
+        "compares the DNN with humans. Accuracies score the posterior means in embedding.npz. Chance "
+        "is 1/3.</p>"
+    )
+
+
 def render_document(
     *, title: str, results: StudyResults, figure_sections: list[str], skipped: dict[str, str],
     dimensions: list[dict[str, Any]],
@@ -472,7 +485,7 @@ def render_document(
             change_block,
             '<section id="summary"><h2>Summary</h2><table class="summary"><thead><tr><th></th>'
             "<th scope=\"col\">Human</th><th scope=\"col\">DNN</th></tr></thead><tbody>"
-            f"{table_rows}</tbody></table></section>",
+            f"{table_rows}</tbody></table>{_accuracy_note(numbers)}</section>",
             *figure_sections,
             browser,
             skipped_block,
