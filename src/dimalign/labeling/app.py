@@ -77,7 +77,8 @@ from dimalign.labeling.study import (
     SessionEndedError,
     Study,
     StudyClosedError,
-    decoded_webp,
+    decoded_image,
+    decoded_image_etag,
     new_participant_code,
 )
 
@@ -974,19 +975,40 @@ def _add_participant_routes(app: Flask) -> None:
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
         if _study().serves_decoded(object_index, path):
-            # A browser may show this file otherwise than the DNN saw it (see
-            # browser_shows_otherwise), so it gets the decoded pixels as a lossless WebP file.
-            try:
-                data = decoded_webp(path, _study().decoding)
-            except ImageReadError as error:
-                logger.warning("cannot decode image %d: %s", object_index, error)
-                abort(404, description=f"There is no image {object_index}.")
-            response = send_file(io.BytesIO(data), mimetype="image/webp", max_age=3600)
+            response = _decoded_image_response(object_index, path)
         else:
+            # send_file sets an ETag and Last-Modified from the file and answers conditional requests.
             response = send_file(path, max_age=3600)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
+
+
+def _decoded_image_response(object_index: int, path: Path) -> Response:
+    """Send an image file decoded, shrunk and encoded by :func:`decoded_image`, or 304 if the browser has it.
+
+    The file is decoded as the DNN saw it where a browser may show it
+    otherwise, or shrunk where it is larger than a grid cell needs. Its ETag
+    comes from the file's metadata, so a request whose ``If-None-Match``
+    names the current version is answered with 304 Not Modified without
+    decoding the file.
+    """
+    decoding = _study().decoding
+    etag = decoded_image_etag(path, decoding)
+    if etag is not None and request.if_none_match.contains_weak(etag):
+        response = current_app.response_class(status=304)
+        response.set_etag(etag)
+        response.cache_control.max_age = 3600
+        return response
+    try:
+        served = decoded_image(path, decoding)
+    except ImageReadError as error:
+        logger.warning("cannot decode image %d: %s", object_index, error)
+        abort(404, description=f"There is no image {object_index}.")
+    return send_file(
+        io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
+        etag=served.etag if served.etag is not None else False,
+    )
 
 
 def _render_dimension(
