@@ -56,7 +56,7 @@ from dimalign.labeling.answers import Answer
 logger = logging.getLogger(__name__)
 
 #: File suffixes served as images (lower case). The app serves TIFF files
-#: decoded, as lossless WebP files, because most browsers do not show TIFF.
+#: decoded, because most browsers do not show TIFF.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 #: Number of top objects per dimension stored for the semantic check.
@@ -573,7 +573,7 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
         logger.info(
             "%d grid images have transparency, several frames, an EXIF orientation, a colour profile "
             "(ICC, or PNG gamma or primaries), or a format or colour mode that browsers show their own "
-            "way, so the app serves them decoded as the DNN saw them, as lossless WebP files", len(decoded),
+            "way, so the app serves them decoded as the DNN saw them", len(decoded),
         )
     return sorted(decoded)
 
