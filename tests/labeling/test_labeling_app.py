@@ -1776,7 +1776,7 @@ def test_large_jpeg_served_shrunk_as_jpeg(odd_images_study, shared_data):
     assert shown.format == "JPEG"
     assert shown.size == (512, 384)
     assert len(data) < 150_000
-    # Full-resolution colour (4:4:4), and no colour profile or EXIF that a browser would apply.
+    # The JPEG stores colour at full resolution (4:4:4), and has no colour profile or EXIF for a browser to apply.
     assert JpegImagePlugin.get_sampling(shown) == 0
     assert "icc_profile" not in shown.info
     assert b"ICC_PROFILE" not in data
@@ -1813,7 +1813,7 @@ def test_jpeg_of_served_side_sent_as_file(odd_images_study, shared_data, size):
 
 
 def counted_decodes(monkeypatch):
-    """Count the calls of the study module's decoder, which still decodes; return the list of decoded paths."""
+    """Count the calls of the study module's decoder, which still decodes, and return the list of decoded paths."""
     from dimalign.labeling import study as study_module
 
     decoded = []

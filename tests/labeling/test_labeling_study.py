@@ -909,7 +909,7 @@ def test_decoded_image_cache_sees_copy_with_same_time(tmp_path):
 
 
 def slow_counted_decodes(monkeypatch, started, release):
-    """Make the study module's decoder wait for ``release`` after setting ``started``; return the decoded paths."""
+    """Make the study module's decoder wait for ``release`` after setting ``started``, and return the decoded paths."""
     from dimalign.labeling import study as study_module
 
     decoded = []

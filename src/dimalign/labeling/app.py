@@ -977,7 +977,7 @@ def _add_participant_routes(app: Flask) -> None:
         if _study().serves_decoded(object_index, path):
             response = _decoded_image_response(object_index, path)
         else:
-            # send_file sets an ETag and Last-Modified from the file and answers conditional requests.
+            # send_file sets an ETag and Last-Modified from the file, and returns 304 when a request names them.
             response = send_file(path, max_age=3600)
         response.cache_control.public = False
         response.cache_control.private = True
@@ -990,8 +990,8 @@ def _decoded_image_response(object_index: int, path: Path) -> Response:
     The file is decoded as the DNN saw it where a browser may show it
     otherwise, or shrunk where it is larger than a grid cell needs. Its ETag
     comes from the file's metadata, so a request whose ``If-None-Match``
-    names the current version is answered with 304 Not Modified without
-    decoding the file.
+    names the current version gets 304 Not Modified, and the file is not
+    decoded.
     """
     decoding = _study().decoding
     etag = decoded_image_etag(path, decoding)

@@ -761,8 +761,8 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
 def decoded_image_etag(path: str | os.PathLike, decoding: Decoding) -> str | None:
     """Return the ETag that :func:`decoded_image` gives the file now, without opening it, or None if it is missing.
 
-    The tag is computed from the file's metadata alone, so the app answers
-    a request that already has this version with 304 Not Modified and
+    The tag is computed from the file's metadata alone, so the app returns
+    304 Not Modified to a request that already has this version, and
     decodes nothing.
     """
     try:
@@ -800,7 +800,7 @@ def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
 
 @dataclass(frozen=True)
 class _FileCheck:
-    """What the app needs to know of an image file to decide how to serve it.
+    """Facts about an image file that decide how the app serves it.
 
     Attributes:
         shown_otherwise (bool): Whether a browser may show the file otherwise
@@ -866,7 +866,7 @@ WEBP_OPTIONS = {"lossless": True, "quality": 25, "method": 1}
 
 #: Pillow's options of the JPEG files that the app serves for JPEG files
 #: larger than :data:`SERVED_IMAGE_SIDE`. Quality 95 without chroma
-#: subsampling (4:4:4) keeps the colour of every pixel. On the 8 shared
+#: subsampling (4:4:4) stores colour at full resolution. On the 8 shared
 #: photos and 4 synthetic 12-megapixel camera JPEGs, all shrunk to 512
 #: pixels, it took 1.21 MB against 3.04 MB as lossless WebP. It changed
 #: 1.3 levels per channel on average, 22 at most and 11 at the 99.9th
