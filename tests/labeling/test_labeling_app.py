@@ -1914,3 +1914,38 @@ def test_image_file_answers_if_none_match(odd_images_study):
     assert first.data == target.read_bytes()
     assert again.status_code == 304
     assert {part.strip() for part in again.headers["Cache-Control"].split(",")} == {"private", "max-age=3600"}
+
+
+def test_large_jpeg_of_older_study_shrunk(odd_images_study, shared_data):
+    """An opaque, upright JPEG decodes alike with any decoding settings, so an older study shrinks it too."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (1200, 900)), format="JPEG", quality=92)
+    # Setup of earlier versions stored no decoding settings and no list of files to serve decoded.
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+    data, shown = served_image(path, index)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - np.asarray(shrunk_like_served(target), dtype=np.int16))
+
+    assert shown.format == "JPEG"
+    assert shown.size == (512, 384)
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32
+
+
+def test_transparent_image_of_older_study_sent_as_file(odd_images_study):
+    """An older study does not know the background that the DNN saw, so it sends such a file as it is."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (1200, 900), (255, 0, 0, 0)))
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()

@@ -1285,13 +1285,17 @@ class Study:
         grown since setup, such as by embedded ICC colour profiles, and a
         file may have been replaced after the server started. The check of a
         file is cached by its version (see :func:`_check_image_file`), so it
-        runs on the first request of each file, not at start-up. A study set
-        up before the decoding settings were stored serves every file as it
-        is, even a large one, because it does not know how the DNN decoded
-        the images.
+        runs on the first request of each file, not at start-up.
+
+        A study set up before the decoding settings were stored does not know
+        how the DNN decoded the images, so it serves a file that a browser may
+        show otherwise as it is. It still shrinks a large file that a browser
+        shows as ``load_rgb`` decodes it. Such a file has no transparency and
+        no EXIF rotation, so every decoding setting gives the same pixels.
         """
         if "image_decoding" not in self.settings:
-            return False
+            check, _ = _check_image_file(path)
+            return not check.shown_otherwise and check.longer_side > SERVED_IMAGE_SIDE
         if int(object_index) in self.decoded_images:
             return True
         check, checked_now = _check_image_file(path)
