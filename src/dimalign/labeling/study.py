@@ -869,10 +869,10 @@ WEBP_OPTIONS = {"lossless": True, "quality": 25, "method": 1}
 #: subsampling (4:4:4) stores colour at full resolution. On the 8 shared
 #: photos and 4 synthetic 12-megapixel camera JPEGs, all shrunk to 512
 #: pixels, it took 1.21 MB against 3.04 MB as lossless WebP. It changed
-#: 1.3 levels per channel on average, 22 at most and 11 at the 99.9th
-#: percentile. Quality 90 took 0.84 MB but changed up to 40 levels, and
-#: quality 90 with 4:2:0 subsampling changed up to 106 levels at colour edges
-#: (Pillow 13.0, libjpeg-turbo).
+#: 1.3 levels per channel on average and 22 at most, and a photo's 99.9th
+#: percentile was at most 11 levels. Quality 90 took 0.84 MB but changed up
+#: to 40 levels, and quality 90 with 4:2:0 subsampling up to 106 levels
+#: (Pillow 13.0 with libjpeg-turbo).
 JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 
 #: The first bytes of every JPEG file (the SOI marker and the start of the next marker).
