@@ -1949,3 +1949,50 @@ def test_transparent_image_of_older_study_sent_as_file(odd_images_study):
     data, _ = served_image(path, index)
 
     assert data == target.read_bytes()
+
+
+def test_large_rotated_jpeg_served_upright(odd_images_study, shared_data):
+    """The shrunk JPEG carries no EXIF orientation, so a browser does not rotate it a second time."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (1200, 900)), format="JPEG", quality=92, exif=exif)
+
+    data, shown = served_image(path, index)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - np.asarray(shrunk_like_served(target), dtype=np.int16))
+
+    assert shown.format == "JPEG"
+    assert shown.size == (384, 512)
+    assert b"Exif" not in data
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32
+
+
+def test_file_copied_with_same_time_not_304(odd_images_study):
+    """cp -p keeps the modification time, and BMP files of equal pixel size have equal length."""
+    import shutil
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (255, 0, 0)), format="BMP")
+    os.utime(target, ns=(10**18, 10**18))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    replacement = target.with_name("replacement.bmp")
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(replacement, format="BMP")
+    os.utime(replacement, ns=(10**18, 10**18))
+    shutil.copy2(replacement, target.with_name("copy.bmp"))
+    os.replace(target.with_name("copy.bmp"), target)
+
+    # Browsers send both validators, and If-None-Match takes precedence.
+    validators = {"If-None-Match": first.headers["ETag"], "If-Modified-Since": first.headers["Last-Modified"]}
+    again = client.get(f"/image/{index}", headers=validators)
+
+    assert target.stat().st_mtime_ns == 10**18
+    assert first.data != target.read_bytes()
+    assert again.status_code == 200
+    assert again.data == target.read_bytes()

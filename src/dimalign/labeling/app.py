@@ -79,6 +79,7 @@ from dimalign.labeling.study import (
     StudyClosedError,
     decoded_image,
     decoded_image_etag,
+    image_file_etag,
     new_participant_code,
 )
 
@@ -977,8 +978,9 @@ def _add_participant_routes(app: Flask) -> None:
         if _study().serves_decoded(object_index, path):
             response = _decoded_image_response(object_index, path)
         else:
-            # send_file sets an ETag and Last-Modified from the file, and returns 304 when a request names them.
-            response = send_file(path, max_age=3600)
+            # send_file sets Last-Modified and returns 304 when a request names the ETag or the time.
+            etag = image_file_etag(path)
+            response = send_file(path, max_age=3600, etag=etag if etag is not None else True)
         response.cache_control.public = False
         response.cache_control.private = True
         return response

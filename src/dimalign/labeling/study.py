@@ -772,6 +772,21 @@ def decoded_image_etag(path: str | os.PathLike, decoding: Decoding) -> str | Non
     return _etag_of_key(_decoded_key(path, stat, decoding))
 
 
+def image_file_etag(path: str | os.PathLike) -> str | None:
+    """Return the ETag of an image file sent as it is, or None if the file is missing.
+
+    Werkzeug's own tag covers only the modification time, size and path, so
+    a copy that keeps the time and length (cp -p of a BMP of equal pixel
+    size) would get the old tag. This one also covers the inode and change
+    time (see :func:`_file_version`).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
+
+
 def _decoded_key(path: str | os.PathLike, stat: os.stat_result, decoding: Decoding) -> tuple[Any, ...]:
     """Return the cache key of a decoded file: its path, version (see :func:`_file_version`) and decoding."""
     return (os.fspath(path), *_file_version(stat), decoding.background, decoding.exif_transpose)
