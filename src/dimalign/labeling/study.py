@@ -775,7 +775,7 @@ def decoded_image_etag(path: str | os.PathLike, decoding: Decoding) -> str | Non
 def image_file_etag(path: str | os.PathLike) -> str | None:
     """Return the ETag of an image file sent as it is, or None if the file is missing.
 
-    Werkzeug's own tag covers only the modification time, size and path, so
+    Werkzeug's own tag (version 3.1) covers only the modification time, size and path, so
     a copy that keeps the time and length (cp -p of a BMP of equal pixel
     size) would get the old tag. This one also covers the inode and change
     time (see :func:`_file_version`).
