@@ -1744,7 +1744,8 @@ def noisy_photo(shared_data, size):
     from dimalign.features.decode import load_rgb
 
     rng = np.random.default_rng(3)
-    enlarged = np.asarray(load_rgb(shared_data / "images" / "owl.jpg").resize(size, Image.BICUBIC), dtype=np.int16)
+    photo = load_rgb(shared_data / "images" / "owl.jpg")
+    enlarged = np.asarray(photo.resize(size, Image.BICUBIC), dtype=np.int16)
     noise = rng.normal(0.0, 4.0, size=enlarged.shape).round().astype(np.int16)
     return Image.fromarray((enlarged + noise).clip(0, 255).astype(np.uint8), mode="RGB")
 

@@ -978,7 +978,7 @@ def _add_participant_routes(app: Flask) -> None:
         if _study().serves_decoded(object_index, path):
             response = _decoded_image_response(object_index, path)
         else:
-            # send_file sets Last-Modified and returns 304 when a request names the ETag or the time.
+            # send_file sets Last-Modified, and returns 304 when a request names the ETag or time.
             etag = image_file_etag(path)
             response = send_file(path, max_age=3600, etag=etag if etag is not None else True)
         response.cache_control.public = False

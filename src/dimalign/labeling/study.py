@@ -787,7 +787,9 @@ def image_file_etag(path: str | os.PathLike) -> str | None:
     return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
 
 
-def _decoded_key(path: str | os.PathLike, stat: os.stat_result, decoding: Decoding) -> tuple[Any, ...]:
+def _decoded_key(
+    path: str | os.PathLike, stat: os.stat_result, decoding: Decoding
+) -> tuple[Any, ...]:
     """Return the cache key of a decoded file: its path, version (see :func:`_file_version`) and decoding."""
     return (os.fspath(path), *_file_version(stat), decoding.background, decoding.exif_transpose)
 
