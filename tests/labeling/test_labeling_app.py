@@ -1997,3 +1997,23 @@ def test_file_copied_with_same_time_not_304(odd_images_study):
     assert first.data != target.read_bytes()
     assert again.status_code == 200
     assert again.data == target.read_bytes()
+
+
+def test_jpeg_smaller_than_shrunk_sent_as_file(odd_images_study, shared_data):
+    """A 640 x 480 JPEG of quality 75 (49 kB) is smaller than its 512-pixel JPEG of quality 95 (about 100 kB)."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    photo = load_rgb(shared_data / "images" / "owl.jpg").resize((640, 480), Image.BICUBIC)
+    path, index = set_up(photo, format="JPEG", quality=75)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    first = client.get(f"/image/{index}")
+    again = client.get(f"/image/{index}", headers={"If-None-Match": first.headers["ETag"]})
+
+    assert first.status_code == 200
+    assert first.data == target.read_bytes()
+    assert again.status_code == 304

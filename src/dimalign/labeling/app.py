@@ -74,6 +74,7 @@ from dimalign.labeling.answers import AnswerError, validate_answer
 from dimalign.labeling.study import (
     NotFoundError,
     Participant,
+    ServedForm,
     SessionEndedError,
     Study,
     StudyClosedError,
@@ -122,7 +123,7 @@ def create_app(
         Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
         and ``app.config["IMAGES_DIR"]`` the image folder. Which images are
         served decoded is decided on each image's first request (see
-        :meth:`dimalign.labeling.study.Study.serves_decoded`), so the start
+        :meth:`dimalign.labeling.study.Study.served_form`), so the start
         opens no image.
 
     Raises:
@@ -975,25 +976,32 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        if _study().serves_decoded(object_index, path):
-            response = _decoded_image_response(object_index, path)
+        form = _study().served_form(object_index, path)
+        if form is ServedForm.FILE:
+            response = _image_file_response(path)
         else:
-            # send_file sets Last-Modified, and returns 304 when a request names the ETag or time.
-            etag = image_file_etag(path)
-            response = send_file(path, max_age=3600, etag=etag if etag is not None else True)
+            response = _decoded_image_response(object_index, path, form)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
 
 
-def _decoded_image_response(object_index: int, path: Path) -> Response:
+def _image_file_response(path: Path) -> Response:
+    """Send an image file as it is, or 304 where the request names its ETag or modification time."""
+    etag = image_file_etag(path)
+    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+
+
+def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> Response:
     """Send an image file decoded, shrunk and encoded by :func:`decoded_image`, or 304 if the browser has it.
 
     The file is decoded as the DNN saw it where a browser may show it
-    otherwise, or shrunk where it is larger than a grid cell needs. Its ETag
-    comes from the file's metadata, so a request whose ``If-None-Match``
-    names the current version gets 304 Not Modified, and the file is not
-    decoded.
+    otherwise (``form`` DECODED), or shrunk where it is larger than a grid
+    cell needs (SHRUNK). Its ETag comes from the file's metadata, so a
+    request whose ``If-None-Match`` names the current version gets 304 Not
+    Modified, and the file is not decoded. A SHRUNK file is sent as it is
+    where the file takes no more bytes than its shrunk encoding, such as a
+    640 x 480 JPEG of quality 75.
     """
     decoding = _study().decoding
     etag = decoded_image_etag(path, decoding)
@@ -1007,10 +1015,21 @@ def _decoded_image_response(object_index: int, path: Path) -> Response:
     except ImageReadError as error:
         logger.warning("cannot decode image %d: %s", object_index, error)
         abort(404, description=f"There is no image {object_index}.")
+    if form is ServedForm.SHRUNK and _file_is_no_larger(path, len(served.data)):
+        # The browser shows this file's own pixels as load_rgb decodes them, at full size.
+        return _image_file_response(path)
     return send_file(
         io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
         etag=served.etag if served.etag is not None else False,
     )
+
+
+def _file_is_no_larger(path: Path, size: int) -> bool:
+    """Check whether a file takes at most ``size`` bytes. A file that cannot be read does not."""
+    try:
+        return path.stat().st_size <= size
+    except OSError:
+        return False
 
 
 def _render_dimension(

@@ -20,6 +20,7 @@ import concurrent.futures
 import csv
 import dataclasses
 import datetime as _dt
+import enum
 import errno
 import functools
 import hashlib
@@ -675,6 +676,23 @@ def _png_colour_space_differs(info: dict[str, Any]) -> bool:
 DECODED_CACHE_BYTES = 256 * 2**20
 
 
+class ServedForm(enum.Enum):
+    """How the app sends an image file (see :meth:`Study.served_form`).
+
+    Attributes:
+        FILE: The file as it is.
+        DECODED: Decoded by ``load_rgb``, because a browser may show the file
+            otherwise, and shrunk where it is large.
+        SHRUNK: Decoded and shrunk, because the file is larger than
+            :data:`SERVED_IMAGE_SIDE`. Its decoding gives the pixels that a
+            browser shows, so the file itself is sent where it is no larger.
+    """
+
+    FILE = "file"
+    DECODED = "decoded"
+    SHRUNK = "shrunk"
+
+
 @dataclass(frozen=True)
 class ServedImage:
     """An image file decoded by ``load_rgb``, shrunk and encoded, as the app sends it.
@@ -1292,13 +1310,14 @@ class Study:
         ).fetchall()
         return {int(row["object_index"]): row["image_sha256"] for row in rows}
 
-    def serves_decoded(self, object_index: int, path: Path) -> bool:
-        """Check whether the app serves an object's image file ``path`` decoded.
+    def served_form(self, object_index: int, path: Path) -> ServedForm:
+        """Decide how the app sends an object's image file ``path``.
 
-        True for the objects that setup stored in the setting
-        ``decoded_images``, for a file that :func:`browser_shows_otherwise`
-        finds now, and for a file whose longer side exceeds
-        :data:`SERVED_IMAGE_SIDE`, which is sent shrunk. The rules may have
+        The form is :attr:`ServedForm.DECODED` for the objects that setup
+        stored in the setting ``decoded_images`` and for a file that
+        :func:`browser_shows_otherwise` finds now. It is
+        :attr:`ServedForm.SHRUNK` for any other file whose longer side exceeds
+        :data:`SERVED_IMAGE_SIDE`, and :attr:`ServedForm.FILE` for the rest. The rules may have
         grown since setup, such as by embedded ICC colour profiles, and a
         file may have been replaced after the server started. The check of a
         file is cached by its version (see :func:`_check_image_file`), so it
@@ -1312,9 +1331,11 @@ class Study:
         """
         if "image_decoding" not in self.settings:
             check, _ = _check_image_file(path)
-            return not check.shown_otherwise and check.longer_side > SERVED_IMAGE_SIDE
+            if not check.shown_otherwise and check.longer_side > SERVED_IMAGE_SIDE:
+                return ServedForm.SHRUNK
+            return ServedForm.FILE
         if int(object_index) in self.decoded_images:
-            return True
+            return ServedForm.DECODED
         check, checked_now = _check_image_file(path)
         if check.shown_otherwise and checked_now:
             logger.info(
@@ -1322,7 +1343,11 @@ class Study:
                 "because a browser may show it otherwise than the DNN saw it, such as by an embedded ICC "
                 "colour profile or a change of the file after setup", path, object_index,
             )
-        return check.shown_otherwise or check.longer_side > SERVED_IMAGE_SIDE
+        if check.shown_otherwise:
+            return ServedForm.DECODED
+        if check.longer_side > SERVED_IMAGE_SIDE:
+            return ServedForm.SHRUNK
+        return ServedForm.FILE
 
     def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
         """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
