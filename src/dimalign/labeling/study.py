@@ -677,7 +677,7 @@ DECODED_CACHE_BYTES = 256 * 2**20
 
 
 class ServedForm(enum.Enum):
-    """How the app sends an image file (see :meth:`Study.served_form`).
+    """The form in which the app sends an image file (see :meth:`Study.served_form`).
 
     Attributes:
         FILE: The file as it is.
