@@ -1007,3 +1007,40 @@ def test_concurrent_decode_error_shared(tmp_path, monkeypatch):
 
     assert all(isinstance(error, ImageReadError) for error in errors)
     assert decoded == [os.fspath(path)] * 2
+
+
+def test_concurrent_decodes_limited(tmp_path, monkeypatch):
+    """Decoding a 12-megapixel photo takes about 90 MB, so requests for many files decode a few at a time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    paths = []
+    for number in range(6):
+        paths.append(tmp_path / f"{number}.png")
+        Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
+    monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
+    running, most_running = [0], [0]
+    lock = threading.Lock()
+    original = study_module._decode_and_encode
+
+    def tracked_decode(path, decoding):
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", tracked_decode)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
+
+    assert most_running[0] == 2
+    assert len({result.data for result in results}) == 6
+    assert study_module.MAX_CONCURRENT_DECODES == min(8, os.cpu_count() or 1)
