@@ -1735,3 +1735,285 @@ def test_image_urls_change_with_version(study_path, monkeypatch):
     assert len(first_urls) == 30
     assert [url.split("?")[0] for url in updated_urls] == [url.split("?")[0] for url in first_urls]
     assert set(first_urls).isdisjoint(updated_urls)
+
+
+def noisy_photo(shared_data, size):
+    """Return a photo-like RGB image of ``size``: a shared photo enlarged, with sensor-like noise of 4 levels."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    rng = np.random.default_rng(3)
+    photo = load_rgb(shared_data / "images" / "owl.jpg")
+    enlarged = np.asarray(photo.resize(size, Image.BICUBIC), dtype=np.int16)
+    noise = rng.normal(0.0, 4.0, size=enlarged.shape).round().astype(np.int16)
+    return Image.fromarray((enlarged + noise).clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def shrunk_like_served(path):
+    """Return ``load_rgb`` of an image file, shrunk as the app shrinks the images that it serves."""
+    from dimalign.features.decode import load_rgb
+    from dimalign.labeling.study import SERVED_IMAGE_SIDE
+
+    expected = load_rgb(path)
+    expected.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+    return expected
+
+
+def test_large_jpeg_served_shrunk_as_jpeg(odd_images_study, shared_data):
+    """A 12-megapixel camera JPEG is sent as a 512-pixel JPEG of quality 95, not as the original file."""
+    from PIL import Image, JpegImagePlugin
+
+    camera_profile = srgb_profiles(shared_data)["camera"]
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (4000, 3000)), format="JPEG", quality=92,
+                         icc_profile=camera_profile)
+
+    data, shown = served_image(path, index)
+    expected = np.asarray(shrunk_like_served(target), dtype=np.int16)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - expected)
+
+    assert target.stat().st_size > 2_000_000
+    assert shown.format == "JPEG"
+    assert shown.size == (512, 384)
+    assert len(data) < 150_000
+    # The JPEG stores colour at full resolution (4:4:4), and has no colour profile or EXIF for a browser to apply.
+    assert JpegImagePlugin.get_sampling(shown) == 0
+    assert "icc_profile" not in shown.info
+    assert b"ICC_PROFILE" not in data
+    assert b"Exif" not in data
+    # Quality 95 changed 12 photos shrunk to 512 pixels by 1.3 levels on average and 22 at most.
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32
+    with Image.open(target) as original:
+        assert original.info["icc_profile"] == camera_profile
+
+
+def test_large_png_served_shrunk_losslessly(odd_images_study, shared_data):
+    """A PNG may be a drawing, where JPEG artefacts show, so a large one is sent as lossless WebP."""
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (1200, 900)), format="PNG")
+
+    data, shown = served_image(path, index)
+
+    assert data[8:16] == b"WEBPVP8L"
+    assert shown.size == (512, 384)
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(shrunk_like_served(target)))
+    with Study(path) as study:
+        assert study.decoded_images == frozenset()
+
+
+@pytest.mark.parametrize("size", [(512, 300), (300, 512)])
+def test_jpeg_of_served_side_sent_as_file(odd_images_study, shared_data, size):
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, size), format="JPEG", quality=92)
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()
+
+
+def counted_decodes(monkeypatch):
+    """Count the calls of the study module's decoder, which still decodes, and return the list of decoded paths."""
+    from dimalign.labeling import study as study_module
+
+    decoded = []
+    original = study_module._decode_and_encode
+
+    def counting_decode(path, decoding):
+        decoded.append(os.fspath(path))
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", counting_decode)
+    return decoded
+
+
+def test_decoded_image_answers_if_none_match(odd_images_study, monkeypatch):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    decoded = counted_decodes(monkeypatch)
+
+    first = client.get(f"/image/{index}")
+    etag = first.headers["ETag"]
+    again = client.get(f"/image/{index}", headers={"If-None-Match": etag})
+    other = client.get(f"/image/{index}", headers={"If-None-Match": '"other"'})
+
+    assert first.status_code == 200
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
+    assert again.status_code == 304
+    assert again.data == b""
+    assert again.headers["ETag"] == etag
+    assert {part.strip() for part in again.headers["Cache-Control"].split(",")} == {"private", "max-age=3600"}
+    assert {part.strip() for part in first.headers["Cache-Control"].split(",")} == {"private", "max-age=3600"}
+    assert other.status_code == 200
+    assert other.data == first.data
+    assert decoded == [os.fspath(target)]
+
+
+def test_conditional_request_decodes_nothing(odd_images_study, monkeypatch):
+    """A browser whose copy is current gets 304 even after the server restarted with an empty cache."""
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    etag = client.get(f"/image/{index}").headers["ETag"]
+    monkeypatch.setattr(study_module, "_decoded_cache", type(study_module._decoded_cache)())
+    decoded = counted_decodes(monkeypatch)
+
+    response = client.get(f"/image/{index}", headers={"If-None-Match": etag})
+
+    assert response.status_code == 304
+    assert decoded == []
+
+
+def test_decoded_image_etag_changes_with_file(odd_images_study, monkeypatch):
+    from PIL import Image
+
+    import dimalign
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    etag = client.get(f"/image/{index}").headers["ETag"]
+    replacement = target.with_name("replacement.png")
+    Image.new("RGBA", (16, 16), (0, 0, 200, 0)).save(replacement)
+    os.replace(replacement, target)
+
+    changed = client.get(f"/image/{index}", headers={"If-None-Match": etag})
+    # An update of dimalign restarts the server, which empties the cache.
+    monkeypatch.setattr(dimalign, "__version__", "999.0")
+    monkeypatch.setattr(study_module, "_decoded_cache", type(study_module._decoded_cache)())
+    updated = client.get(f"/image/{index}", headers={"If-None-Match": changed.headers["ETag"]})
+
+    assert changed.status_code == 200
+    assert changed.headers["ETag"] != etag
+    assert updated.status_code == 200
+    assert updated.headers["ETag"] not in (etag, changed.headers["ETag"])
+
+
+def test_image_file_answers_if_none_match(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    first = client.get(f"/image/{index}")
+    again = client.get(f"/image/{index}", headers={"If-None-Match": first.headers["ETag"]})
+
+    assert first.data == target.read_bytes()
+    assert again.status_code == 304
+    assert {part.strip() for part in again.headers["Cache-Control"].split(",")} == {"private", "max-age=3600"}
+
+
+def test_large_jpeg_of_older_study_shrunk(odd_images_study, shared_data):
+    """An opaque, upright JPEG decodes alike with any decoding settings, so an older study shrinks it too."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (1200, 900)), format="JPEG", quality=92)
+    # Setup of earlier versions stored no decoding settings and no list of files to serve decoded.
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+    data, shown = served_image(path, index)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - np.asarray(shrunk_like_served(target), dtype=np.int16))
+
+    assert shown.format == "JPEG"
+    assert shown.size == (512, 384)
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32
+
+
+def test_transparent_image_of_older_study_sent_as_file(odd_images_study):
+    """An older study does not know the background that the DNN saw, so it sends such a file as it is."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (1200, 900), (255, 0, 0, 0)))
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+    data, _ = served_image(path, index)
+
+    assert data == target.read_bytes()
+
+
+def test_large_rotated_jpeg_served_upright(odd_images_study, shared_data):
+    """The shrunk JPEG carries no EXIF orientation, so a browser does not rotate it a second time."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    set_up, target = odd_images_study
+    path, index = set_up(noisy_photo(shared_data, (1200, 900)), format="JPEG", quality=92, exif=exif)
+
+    data, shown = served_image(path, index)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - np.asarray(shrunk_like_served(target), dtype=np.int16))
+
+    assert shown.format == "JPEG"
+    assert shown.size == (384, 512)
+    assert b"Exif" not in data
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32
+
+
+def test_file_copied_with_same_time_not_304(odd_images_study):
+    """cp -p keeps the modification time, and BMP files of equal pixel size have equal length."""
+    import shutil
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (255, 0, 0)), format="BMP")
+    os.utime(target, ns=(10**18, 10**18))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    replacement = target.with_name("replacement.bmp")
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(replacement, format="BMP")
+    os.utime(replacement, ns=(10**18, 10**18))
+    shutil.copy2(replacement, target.with_name("copy.bmp"))
+    os.replace(target.with_name("copy.bmp"), target)
+
+    # Browsers send both validators, and If-None-Match takes precedence.
+    validators = {"If-None-Match": first.headers["ETag"], "If-Modified-Since": first.headers["Last-Modified"]}
+    again = client.get(f"/image/{index}", headers=validators)
+
+    assert target.stat().st_mtime_ns == 10**18
+    assert first.data != target.read_bytes()
+    assert again.status_code == 200
+    assert again.data == target.read_bytes()
+
+
+def test_jpeg_smaller_than_shrunk_sent_as_file(odd_images_study, shared_data):
+    """A 640 x 480 JPEG of quality 75 (49 kB) is smaller than its 512-pixel JPEG of quality 95 (about 100 kB)."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    photo = load_rgb(shared_data / "images" / "owl.jpg").resize((640, 480), Image.BICUBIC)
+    path, index = set_up(photo, format="JPEG", quality=75)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    first = client.get(f"/image/{index}")
+    again = client.get(f"/image/{index}", headers={"If-None-Match": first.headers["ETag"]})
+
+    assert first.status_code == 200
+    assert first.data == target.read_bytes()
+    assert again.status_code == 304

@@ -518,3 +518,60 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
     assert (shown["width"], shown["height"]) == (60, 40)
     assert (rgba[:, :, 3] == 255).all()
     np.testing.assert_array_equal(rgba[:, :, :3], expected)
+
+
+def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared_data):
+    """Chromium shows a large camera JPEG, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.interpret.grids import percentile_grid
+    from dimalign.io.objects import read_object_table
+    from dimalign.io.runs import load_embedding
+    from dimalign.labeling.study import SERVED_IMAGE_SIDE, create_study
+
+    images = tmp_path / "images"
+    shutil.copytree(image_set[0], images)
+    first = int(percentile_grid(load_embedding(labeling_run).embedding[:, 0])[0, 0])
+    target = images / read_object_table(labeling_run / "objects.tsv").sources[first]
+    with Image.open(shared_data / "images" / "owl.jpg") as photo:
+        camera_profile = photo.info["icc_profile"]
+        photo.resize((1600, 1200), Image.BICUBIC).save(target, format="JPEG", quality=92, icc_profile=camera_profile)
+    study_path = create_study(tmp_path / "study.db", labeling_run, images, dims="0")
+    expected_image = load_rgb(target)
+    expected_image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
+    expected = np.asarray(expected_image, dtype=np.int16)
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            open_first_dimension(page, base_url)
+            page.wait_for_function(
+                "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+            )
+            shown = page.evaluate(
+                """(index) => {
+                    const image = Array.from(document.images).find(
+                        candidate => new URL(candidate.src).pathname === `/image/${index}`);
+                    const canvas = document.createElement("canvas");
+                    canvas.width = image.naturalWidth;
+                    canvas.height = image.naturalHeight;
+                    const context = canvas.getContext("2d");
+                    context.drawImage(image, 0, 0);
+                    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                    return {width: canvas.width, height: canvas.height, rgba: Array.from(data)};
+                }""",
+                first,
+            )
+        finally:
+            browser.close()
+
+    rgba = np.asarray(shown["rgba"], dtype=np.int16).reshape(shown["height"], shown["width"], 4)
+    difference = np.abs(rgba[:, :, :3] - expected)
+    assert (shown["width"], shown["height"]) == (512, 384)
+    # Quality 95 JPEG changed shrunk photos by 1.3 levels on average and 22 at most.
+    assert float(difference.mean()) < 2.0
+    assert int(difference.max()) <= 32

@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -856,22 +857,22 @@ def test_close_locked_study_named(study_path):
         assert study.closed_at is None
 
 
-def test_decoded_webp_cached_until_file_changes(tmp_path):
+def test_decoded_image_cached_until_file_changes(tmp_path):
     import io
 
     from PIL import Image
 
     from dimalign.features.recorded import Decoding
-    from dimalign.labeling.study import decoded_webp
+    from dimalign.labeling.study import decoded_image
 
     path = tmp_path / "a.png"
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
-    first = decoded_webp(path, Decoding((0, 0, 255)))
-    again = decoded_webp(path, Decoding((0, 0, 255)))
-    other_background = decoded_webp(path, Decoding((0, 255, 0)))
+    first = decoded_image(path, Decoding((0, 0, 255))).data
+    again = decoded_image(path, Decoding((0, 0, 255))).data
+    other_background = decoded_image(path, Decoding((0, 255, 0))).data
     Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(path)
     os.utime(path, ns=(1, 1))
-    changed = decoded_webp(path, Decoding((0, 0, 255)))
+    changed = decoded_image(path, Decoding((0, 0, 255))).data
 
     assert again is first
     assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (0, 0, 255)
@@ -879,7 +880,7 @@ def test_decoded_webp_cached_until_file_changes(tmp_path):
     assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)
 
 
-def test_decoded_webp_cache_sees_copy_with_same_time(tmp_path):
+def test_decoded_image_cache_sees_copy_with_same_time(tmp_path):
     # cp -p and rsync -a keep the modification time, and BMP files of equal pixel size have equal length.
     import io
     import shutil
@@ -887,7 +888,7 @@ def test_decoded_webp_cache_sees_copy_with_same_time(tmp_path):
     from PIL import Image
 
     from dimalign.features.recorded import Decoding
-    from dimalign.labeling.study import decoded_webp
+    from dimalign.labeling.study import decoded_image
 
     path = tmp_path / "a.bmp"
     replacement = tmp_path / "b.bmp"
@@ -895,13 +896,151 @@ def test_decoded_webp_cache_sees_copy_with_same_time(tmp_path):
     Image.new("RGB", (8, 8), (0, 255, 0)).save(replacement)
     os.utime(path, ns=(10**18, 10**18))
     os.utime(replacement, ns=(10**18, 10**18))
-    first = decoded_webp(path, Decoding((0, 0, 255)))
+    first = decoded_image(path, Decoding((0, 0, 255))).data
     shutil.copy2(replacement, tmp_path / "b-copy.bmp")
     os.replace(tmp_path / "b-copy.bmp", path)
     assert path.stat().st_size == replacement.stat().st_size
     assert path.stat().st_mtime_ns == 10**18
 
-    replaced = decoded_webp(path, Decoding((0, 0, 255)))
+    replaced = decoded_image(path, Decoding((0, 0, 255))).data
 
     assert Image.open(io.BytesIO(first)).getpixel((4, 4)) == (255, 0, 0)
     assert Image.open(io.BytesIO(replaced)).getpixel((4, 4)) == (0, 255, 0)
+
+
+def slow_counted_decodes(monkeypatch, started, release):
+    """Make the study module's decoder wait for ``release`` after setting ``started``, and return the decoded paths."""
+    from dimalign.labeling import study as study_module
+
+    decoded = []
+    original = study_module._decode_and_encode
+
+    def waiting_decode(path, decoding):
+        decoded.append(os.fspath(path))
+        started.set()
+        assert release.wait(timeout=30)
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", waiting_decode)
+    return decoded
+
+
+def test_concurrent_requests_decode_once(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_image
+
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
+    started, release = threading.Event(), threading.Event()
+    decoded = slow_counted_decodes(monkeypatch, started, release)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(decoded_image, path, Decoding((0, 0, 255)))
+        assert started.wait(timeout=30)
+        others = [pool.submit(decoded_image, path, Decoding((0, 0, 255))) for _ in range(5)]
+        time.sleep(0.3)
+        release.set()
+        results = [first.result(timeout=30)] + [future.result(timeout=30) for future in others]
+
+    assert decoded == [os.fspath(path)]
+    assert all(result is results[0] for result in results)
+    assert results[0].mimetype == "image/webp"
+
+
+def test_decoding_keeps_cache_available(tmp_path, monkeypatch):
+    """While one file is decoded, a cached file is returned at once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_image
+
+    cached_path, slow_path = tmp_path / "cached.png", tmp_path / "slow.png"
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(cached_path)
+    Image.new("RGBA", (8, 8), (0, 255, 0, 0)).save(slow_path)
+    cached = decoded_image(cached_path, Decoding((0, 0, 255)))
+    started, release = threading.Event(), threading.Event()
+    decoded = slow_counted_decodes(monkeypatch, started, release)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        slow = pool.submit(decoded_image, slow_path, Decoding((0, 0, 255)))
+        assert started.wait(timeout=30)
+        again = pool.submit(decoded_image, cached_path, Decoding((0, 0, 255)))
+        returned = again.result(timeout=5)
+        release.set()
+        slow.result(timeout=30)
+
+    assert returned is cached
+    assert decoded == [os.fspath(slow_path)]
+
+
+def test_concurrent_decode_error_shared(tmp_path, monkeypatch):
+    """Every request waiting for a file that cannot be decoded gets the error, which is not cached."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dimalign.features.decode import ImageReadError
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling.study import decoded_image
+
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"not an image")
+    started, release = threading.Event(), threading.Event()
+    decoded = slow_counted_decodes(monkeypatch, started, release)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        first = pool.submit(decoded_image, path, Decoding())
+        assert started.wait(timeout=30)
+        second = pool.submit(decoded_image, path, Decoding())
+        time.sleep(0.3)
+        release.set()
+        errors = [future.exception(timeout=30) for future in (first, second)]
+    with pytest.raises(ImageReadError, match="not an image file Pillow can read"):
+        decoded_image(path, Decoding())
+
+    assert all(isinstance(error, ImageReadError) for error in errors)
+    assert decoded == [os.fspath(path)] * 2
+
+
+def test_concurrent_decodes_limited(tmp_path, monkeypatch):
+    """Decoding a 12-megapixel photo takes about 90 MB, so requests for many files decode a few at a time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    paths = []
+    for number in range(6):
+        paths.append(tmp_path / f"{number}.png")
+        Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
+    monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
+    running, most_running = [0], [0]
+    lock = threading.Lock()
+    original = study_module._decode_and_encode
+
+    def tracked_decode(path, decoding):
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", tracked_decode)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
+
+    assert most_running[0] == 2
+    assert len({result.data for result in results}) == 6
+    assert study_module.MAX_CONCURRENT_DECODES == min(8, os.cpu_count() or 1)

@@ -74,10 +74,13 @@ from dimalign.labeling.answers import AnswerError, validate_answer
 from dimalign.labeling.study import (
     NotFoundError,
     Participant,
+    ServedForm,
     SessionEndedError,
     Study,
     StudyClosedError,
-    decoded_webp,
+    decoded_image,
+    decoded_image_etag,
+    image_file_etag,
     new_participant_code,
 )
 
@@ -120,7 +123,7 @@ def create_app(
         Flask: The WSGI app. ``app.config["STUDY_PATH"]`` is the database path
         and ``app.config["IMAGES_DIR"]`` the image folder. Which images are
         served decoded is decided on each image's first request (see
-        :meth:`dimalign.labeling.study.Study.serves_decoded`), so the start
+        :meth:`dimalign.labeling.study.Study.served_form`), so the start
         opens no image.
 
     Raises:
@@ -973,20 +976,60 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        if _study().serves_decoded(object_index, path):
-            # A browser may show this file otherwise than the DNN saw it (see
-            # browser_shows_otherwise), so it gets the decoded pixels as a lossless WebP file.
-            try:
-                data = decoded_webp(path, _study().decoding)
-            except ImageReadError as error:
-                logger.warning("cannot decode image %d: %s", object_index, error)
-                abort(404, description=f"There is no image {object_index}.")
-            response = send_file(io.BytesIO(data), mimetype="image/webp", max_age=3600)
+        form = _study().served_form(object_index, path)
+        if form is ServedForm.FILE:
+            response = _image_file_response(path)
         else:
-            response = send_file(path, max_age=3600)
+            response = _decoded_image_response(object_index, path, form)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
+
+
+def _image_file_response(path: Path) -> Response:
+    """Send an image file as it is, or 304 where the request names its ETag or modification time."""
+    etag = image_file_etag(path)
+    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+
+
+def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> Response:
+    """Send an image file decoded, shrunk and encoded by :func:`decoded_image`, or 304 if the browser has it.
+
+    The file is decoded as the DNN saw it where a browser may show it
+    otherwise (``form`` DECODED), or shrunk where it is larger than a grid
+    cell needs (SHRUNK). Its ETag comes from the file's metadata, so a
+    request whose ``If-None-Match`` names the current version gets 304 Not
+    Modified, and the file is not decoded. A SHRUNK file is sent as it is
+    where the file takes no more bytes than its shrunk encoding, such as a
+    640 x 480 JPEG of quality 75.
+    """
+    decoding = _study().decoding
+    etag = decoded_image_etag(path, decoding)
+    if etag is not None and request.if_none_match.contains_weak(etag):
+        response = current_app.response_class(status=304)
+        response.set_etag(etag)
+        response.cache_control.max_age = 3600
+        return response
+    try:
+        served = decoded_image(path, decoding)
+    except ImageReadError as error:
+        logger.warning("cannot decode image %d: %s", object_index, error)
+        abort(404, description=f"There is no image {object_index}.")
+    if form is ServedForm.SHRUNK and _file_is_no_larger(path, len(served.data)):
+        # The browser shows this file's own pixels as load_rgb decodes them, at full size.
+        return _image_file_response(path)
+    return send_file(
+        io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
+        etag=served.etag if served.etag is not None else False,
+    )
+
+
+def _file_is_no_larger(path: Path, size: int) -> bool:
+    """Check whether a file takes at most ``size`` bytes. A file that cannot be read does not."""
+    try:
+        return path.stat().st_size <= size
+    except OSError:
+        return False
 
 
 def _render_dimension(

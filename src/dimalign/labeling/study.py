@@ -16,9 +16,11 @@ the call returns.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import datetime as _dt
+import enum
 import errno
 import functools
 import hashlib
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+import dimalign
 from dimalign.io.files import (
     abbreviate,
     atomic_path,
@@ -55,7 +58,7 @@ from dimalign.labeling.answers import Answer
 logger = logging.getLogger(__name__)
 
 #: File suffixes served as images (lower case). The app serves TIFF files
-#: decoded, as lossless WebP files, because most browsers do not show TIFF.
+#: decoded, because most browsers do not show TIFF.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 #: Number of top objects per dimension stored for the semantic check.
@@ -567,7 +570,7 @@ def _check_images_decode(images_dir: Path, image_paths: dict[int, str], decoding
         logger.info(
             "%d grid images have transparency, several frames, an EXIF orientation, a colour profile "
             "(ICC, or PNG gamma or primaries), or a format or colour mode that browsers show their own "
-            "way, so the app serves them decoded as the DNN saw them, as lossless WebP files", len(decoded),
+            "way, so the app serves them decoded as the DNN saw them", len(decoded),
         )
     return sorted(decoded)
 
@@ -661,25 +664,81 @@ def _png_colour_space_differs(info: dict[str, Any]) -> bool:
     return False
 
 
-#: Bytes of decoded WebP files that :func:`decoded_webp` keeps in memory. Every
-#: participant's browser asks for each grid image. Decoding a synthetic
+#: Bytes of encoded images that :func:`decoded_image` keeps in memory. Every
+#: participant's browser requests each grid image. Decoding a synthetic
 #: 12-megapixel JPEG with an EXIF orientation, shrinking it and encoding it
 #: took 0.6 s on one core of a 2-core development machine (an estimate for
 #: other hardware).
 DECODED_CACHE_BYTES = 256 * 2**20
 
-_decoded_cache: collections.OrderedDict[tuple[Any, ...], bytes] = collections.OrderedDict()
+
+class ServedForm(enum.Enum):
+    """The form in which the app sends an image file (see :meth:`Study.served_form`).
+
+    Attributes:
+        FILE: The file as it is.
+        DECODED: Decoded by ``load_rgb``, because a browser may show the file
+            otherwise, and shrunk where it is large.
+        SHRUNK: Decoded and shrunk, because the file is larger than
+            :data:`SERVED_IMAGE_SIDE`. Its decoding gives the pixels that a
+            browser shows, so the file itself is sent where it is no larger.
+    """
+
+    FILE = "file"
+    DECODED = "decoded"
+    SHRUNK = "shrunk"
+
+
+@dataclass(frozen=True)
+class ServedImage:
+    """An image file decoded by ``load_rgb``, shrunk and encoded, as the app sends it.
+
+    Attributes:
+        data (bytes): The encoded file, without ICC profile or EXIF data.
+        mimetype (str): ``image/webp`` or ``image/jpeg``.
+        etag (str | None): HTTP entity tag of this version of the file, the
+            same as :func:`decoded_image_etag` returns for it. None where the
+            file could not be read before decoding.
+    """
+
+    data: bytes
+    mimetype: str
+    etag: str | None
+
+
+_decoded_cache: collections.OrderedDict[tuple[Any, ...], ServedImage] = collections.OrderedDict()
+#: Decodings in progress by cache key. Requests for a key that is being
+#: decoded wait for its result, so each version of a file is decoded once.
+_decodings_in_progress: dict[tuple[Any, ...], concurrent.futures.Future[ServedImage]] = {}
 _decoded_cache_lock = threading.Lock()
 
+#: The maximum number of files that :func:`decoded_image` decodes at once.
+#: Decoding, shrinking and encoding a synthetic 12-megapixel JPEG raised the
+#: peak memory of the process by 93 MB (Pillow 13.0). A study that starts with
+#: 50 participants, whose browsers request 30 grid images each over several
+#: connections, would otherwise decode hundreds of files at once. More decodes
+#: than CPU cores do not finish sooner.
+MAX_CONCURRENT_DECODES = min(8, os.cpu_count() or 1)
+_decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
-def decoded_webp(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Return an image file decoded by ``load_rgb`` with ``decoding``, encoded as lossless WebP without metadata.
+
+def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
+    """Decode an image file by ``load_rgb`` with ``decoding``, shrink it and encode it for the app.
 
     An image larger than :data:`SERVED_IMAGE_SIDE` is shrunk to fit a square
-    of that side, keeping its aspect ratio. The result is cached by path,
-    file size, modification and change time, inode and decoding, up to
-    :data:`DECODED_CACHE_BYTES`, the least recently used leaving first. A
-    file that changes on disk is decoded again.
+    of that side, keeping its aspect ratio (see :func:`_decode_and_encode`
+    for the format). The result is cached by path, file size, modification
+    and change time, inode and decoding, up to :data:`DECODED_CACHE_BYTES`,
+    the least recently used leaving first. A file that changes on disk is
+    decoded again. Concurrent calls for the same key decode the file once
+    and all return that result or raise its error. The cache lock is not
+    held while decoding, so other images are served meanwhile. At most
+    :data:`MAX_CONCURRENT_DECODES` files are decoded at once, and the
+    other calls wait.
+
+    Raises:
+        ImageReadError: If the file is missing or cannot be decoded. The
+            error is not cached, so the next call tries again.
     """
     try:
         stat = os.stat(path)
@@ -687,20 +746,89 @@ def decoded_webp(path: str | os.PathLike, decoding: Decoding) -> bytes:
         stat = None
     if stat is None:
         # load_rgb raises the ImageReadError that describes a missing or unreadable file.
-        return _decode_and_encode(path, decoding)
-    key = (os.fspath(path), *_file_version(stat), decoding.background, decoding.exif_transpose)
+        data, mimetype = _decode_and_encode(path, decoding)
+        return ServedImage(data, mimetype, None)
+    key = _decoded_key(path, stat, decoding)
+
     with _decoded_cache_lock:
-        if key in _decoded_cache:
+        cached = _decoded_cache.get(key)
+        if cached is not None:
             _decoded_cache.move_to_end(key)
-            return _decoded_cache[key]
-    data = _decode_and_encode(path, decoding)
+            return cached
+        pending = _decodings_in_progress.get(key)
+        decodes_here = pending is None
+        if decodes_here:
+            pending = concurrent.futures.Future()
+            _decodings_in_progress[key] = pending
+    if not decodes_here:
+        return pending.result()
+
+    try:
+        with _decode_slots:
+            data, mimetype = _decode_and_encode(path, decoding)
+    except BaseException as error:
+        with _decoded_cache_lock:
+            del _decodings_in_progress[key]
+        pending.set_exception(error)
+        raise
+    served = ServedImage(data, mimetype, _etag_of_key(key))
+
     with _decoded_cache_lock:
-        _decoded_cache[key] = data
-        total = sum(len(value) for value in _decoded_cache.values())
+        del _decodings_in_progress[key]
+        _decoded_cache[key] = served
+        total = sum(len(value.data) for value in _decoded_cache.values())
         while total > DECODED_CACHE_BYTES and len(_decoded_cache) > 1:
             _, dropped = _decoded_cache.popitem(last=False)
-            total -= len(dropped)
-    return data
+            total -= len(dropped.data)
+    pending.set_result(served)
+    return served
+
+
+def decoded_image_etag(path: str | os.PathLike, decoding: Decoding) -> str | None:
+    """Return the ETag that :func:`decoded_image` gives the file now, without opening it, or None if it is missing.
+
+    The tag is computed from the file's metadata alone, so the app returns
+    304 Not Modified to a request that already has this version, and
+    decodes nothing.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _etag_of_key(_decoded_key(path, stat, decoding))
+
+
+def image_file_etag(path: str | os.PathLike) -> str | None:
+    """Return the ETag of an image file sent as it is, or None if the file is missing.
+
+    Werkzeug's own tag (version 3.1) covers only the modification time, size and path, so
+    a copy that keeps the time and length (cp -p of a BMP of equal pixel
+    size) would get the old tag. This one also covers the inode and change
+    time (see :func:`_file_version`).
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
+
+
+def _decoded_key(
+    path: str | os.PathLike, stat: os.stat_result, decoding: Decoding
+) -> tuple[Any, ...]:
+    """Return the cache key of a decoded file: its path, version (see :func:`_file_version`) and decoding."""
+    return (os.fspath(path), *_file_version(stat), decoding.background, decoding.exif_transpose)
+
+
+def _etag_of_key(key: tuple[Any, ...]) -> str:
+    """Return 32 hex digits of a SHA-256 hash of a cache key, the dimalign version and the encoding settings.
+
+    A new dimalign version may decode or encode otherwise, so it changes
+    every tag. The hash keeps the path and inode out of the response.
+    """
+    settings = (SERVED_IMAGE_SIDE, sorted(WEBP_OPTIONS.items()), sorted(JPEG_OPTIONS.items()))
+    text = f"dimalign decoded image\0{dimalign.__version__}\0{key!r}\0{settings!r}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
@@ -713,13 +841,28 @@ def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
     return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
-#: Results of :func:`_browser_shows_file_otherwise` by path: the file version and the result.
-_shown_otherwise_cache: dict[str, tuple[tuple[int, int, int, int], bool]] = {}
-_shown_otherwise_lock = threading.Lock()
+@dataclass(frozen=True)
+class _FileCheck:
+    """Facts about an image file that decide how the app serves it.
+
+    Attributes:
+        shown_otherwise (bool): Whether a browser may show the file otherwise
+            than ``load_rgb`` decodes it (see :func:`browser_shows_otherwise`).
+        longer_side (int): Length of the image's longer side in pixels, or 0
+            where Pillow cannot open the file.
+    """
+
+    shown_otherwise: bool
+    longer_side: int
 
 
-def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
-    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it.
+#: Results of :func:`_check_image_file` by path: the file version and the result.
+_file_check_cache: dict[str, tuple[tuple[int, int, int, int], _FileCheck]] = {}
+_file_check_lock = threading.Lock()
+
+
+def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
+    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it, and read its size.
 
     This is :func:`browser_shows_otherwise` for a file, cached by path and
     file version (size, modification and change time, inode), so a file
@@ -730,8 +873,8 @@ def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
     reports the error.
 
     Returns:
-        tuple[bool, bool]: The result, and whether the file was opened now
-        (False where the result came from the cache).
+        tuple[_FileCheck, bool]: The result, and whether the file was opened
+        now (False where the result came from the cache).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -740,19 +883,19 @@ def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
         version = _file_version(os.stat(path))
     except OSError:
         # Decoding reports the missing or unreadable file.
-        return True, False
-    with _shown_otherwise_lock:
-        cached = _shown_otherwise_cache.get(key)
+        return _FileCheck(shown_otherwise=True, longer_side=0), False
+    with _file_check_lock:
+        cached = _file_check_cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1], False
     try:
         with Image.open(path) as opened:
-            shown_otherwise = browser_shows_otherwise(opened)
+            result = _FileCheck(browser_shows_otherwise(opened), max(opened.size))
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
-        shown_otherwise = True
-    with _shown_otherwise_lock:
-        _shown_otherwise_cache[key] = (version, shown_otherwise)
-    return shown_otherwise, True
+        result = _FileCheck(shown_otherwise=True, longer_side=0)
+    with _file_check_lock:
+        _file_check_cache[key] = (version, result)
+    return result, True
 
 
 #: Pillow's options of the WebP files that the app serves decoded. Lossless
@@ -764,20 +907,63 @@ def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
 #: development machine).
 WEBP_OPTIONS = {"lossless": True, "quality": 25, "method": 1}
 
+#: Pillow's options of the JPEG files that the app serves for JPEG files
+#: larger than :data:`SERVED_IMAGE_SIDE`. Quality 95 without chroma
+#: subsampling (4:4:4) stores colour at full resolution. On the 8 shared
+#: photos and 4 synthetic 12-megapixel camera JPEGs, all shrunk to 512
+#: pixels, it took 1.21 MB against 3.04 MB as lossless WebP. It changed
+#: 1.3 levels per channel on average and 22 at most, and a photo's 99.9th
+#: percentile was at most 11 levels. Quality 90 took 0.84 MB but changed up
+#: to 40 levels, and quality 90 with 4:2:0 subsampling up to 106 levels
+#: (Pillow 13.0 with libjpeg-turbo).
+JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 
-def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> bytes:
-    """Decode an image file by ``load_rgb``, shrink it to :data:`SERVED_IMAGE_SIDE` and encode it as lossless WebP."""
+#: The first bytes of every JPEG file (the SOI marker and the start of the next marker).
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+
+def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> tuple[bytes, str]:
+    """Decode an image file by ``load_rgb``, shrink it to :data:`SERVED_IMAGE_SIDE` and encode it.
+
+    The file is encoded as a JPEG (see :data:`JPEG_OPTIONS`) if it is a JPEG
+    larger than :data:`SERVED_IMAGE_SIDE`, and as lossless WebP (see
+    :data:`WEBP_OPTIONS`) otherwise. A large JPEG is a photo whose pixels
+    are already lossy, and shrinking averages them. Its JPEG is about 2.5
+    times smaller than lossless WebP and differs from the shrunk pixels by
+    about 1 level. A PNG, GIF, BMP or TIFF may be a drawing with sharp
+    edges, where JPEG artefacts show, and a small image is sent at its own
+    size, so both keep every pixel.
+
+    Returns:
+        tuple[bytes, str]: The encoded file and its MIME type.
+
+    Raises:
+        ImageReadError: If ``load_rgb`` cannot decode the file.
+    """
     from dimalign.features.decode import load_rgb
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
+    as_jpeg = max(image.size) > SERVED_IMAGE_SIDE and _starts_with(path, JPEG_SIGNATURE)
     image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
     # Pillow 13 writes the ICC profile, EXIF and XMP data that image.info
-    # names into the WebP file, and a browser would apply the profile that
-    # load_rgb ignored.
+    # names into the new file, and a browser would apply the profile that
+    # load_rgb ignored. Without a profile, browsers show the values as sRGB.
     image.info = {}
     buffer = io.BytesIO()
+    if as_jpeg:
+        image.save(buffer, format="JPEG", **JPEG_OPTIONS)
+        return buffer.getvalue(), "image/jpeg"
     image.save(buffer, format="WEBP", **WEBP_OPTIONS)
-    return buffer.getvalue()
+    return buffer.getvalue(), "image/webp"
+
+
+def _starts_with(path: str | os.PathLike, signature: bytes) -> bool:
+    """Check whether a file starts with ``signature``. A file that cannot be read does not."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(signature)) == signature
+    except OSError:
+        return False
 
 
 def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
@@ -1132,31 +1318,44 @@ class Study:
         ).fetchall()
         return {int(row["object_index"]): row["image_sha256"] for row in rows}
 
-    def serves_decoded(self, object_index: int, path: Path) -> bool:
-        """Check whether the app serves an object's image file ``path`` decoded.
+    def served_form(self, object_index: int, path: Path) -> ServedForm:
+        """Decide how the app sends an object's image file ``path``.
 
-        True for the objects that setup stored in the setting
-        ``decoded_images``, and for a file that :func:`browser_shows_otherwise`
-        finds now. The rules may have grown since setup, such as by embedded
-        ICC colour profiles, and a file may have been replaced after the
-        server started. The check of a file is cached by its version (see
-        :func:`_browser_shows_file_otherwise`), so it runs on the first request
-        of each file, not at start-up. A study set up before the decoding
-        settings were stored serves every file as it is, because it does not
-        know how the DNN decoded the images.
+        The form is :attr:`ServedForm.DECODED` for the objects that setup
+        stored in the setting ``decoded_images`` and for a file that
+        :func:`browser_shows_otherwise` finds now. It is
+        :attr:`ServedForm.SHRUNK` for any other file whose longer side exceeds
+        :data:`SERVED_IMAGE_SIDE`, and :attr:`ServedForm.FILE` for the rest. The rules may have
+        grown since setup, such as by embedded ICC colour profiles, and a
+        file may have been replaced after the server started. The check of a
+        file is cached by its version (see :func:`_check_image_file`), so it
+        runs on the first request of each file, not at start-up.
+
+        A study set up before the decoding settings were stored does not know
+        how the DNN decoded the images, so it serves a file that a browser may
+        show otherwise as it is. It still shrinks a large file that a browser
+        shows as ``load_rgb`` decodes it. Such a file has no transparency and
+        no EXIF rotation, so every decoding setting gives the same pixels.
         """
         if "image_decoding" not in self.settings:
-            return False
+            check, _ = _check_image_file(path)
+            if not check.shown_otherwise and check.longer_side > SERVED_IMAGE_SIDE:
+                return ServedForm.SHRUNK
+            return ServedForm.FILE
         if int(object_index) in self.decoded_images:
-            return True
-        shown_otherwise, checked_now = _browser_shows_file_otherwise(path)
-        if shown_otherwise and checked_now:
+            return ServedForm.DECODED
+        check, checked_now = _check_image_file(path)
+        if check.shown_otherwise and checked_now:
             logger.info(
                 "the image %s of object %d, which the study lists to serve as a file, is served decoded, "
                 "because a browser may show it otherwise than the DNN saw it, such as by an embedded ICC "
                 "colour profile or a change of the file after setup", path, object_index,
             )
-        return shown_otherwise
+        if check.shown_otherwise:
+            return ServedForm.DECODED
+        if check.longer_side > SERVED_IMAGE_SIDE:
+            return ServedForm.SHRUNK
+        return ServedForm.FILE
 
     def _check_image_checksums(self, files: list[tuple[sqlite3.Row, Path]]) -> None:
         """Compare each image file with the SHA-256 stored at setup (see :meth:`check_images`)."""
