@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dimalign._checks import check_integer
 from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
+from dimalign.analysis.similarity import _as_embedding, _largest_safe_range
 from dimalign.device import resolve_device
 from dimalign.io.files import (
     MANIFEST_NAME,
@@ -193,11 +194,6 @@ def align_embeddings(
 # -- similarity matrices at scale ---------------------------------------------
 
 
-def _largest_safe_range(dtype: torch.dtype) -> float:
-    """Largest logit range for which ``exp(s - max s)`` of every pair stays a normal float (margin e^8)."""
-    return -math.log(torch.finfo(dtype).tiny) - 8.0
-
-
 def similarity_matrix_to_disk(
     embedding: np.ndarray,
     path: str | os.PathLike,
@@ -258,14 +254,7 @@ def similarity_matrix_to_disk(
     weights = np.asarray(embedding, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[0] < 3:
         raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
-    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
-    weights = np.ascontiguousarray(weights)
-    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
-            "Fix or remove those objects first."
-        )
+    weights = _as_embedding(weights)
     if dtype not in ("float64", "float32"):
         raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
     record_file = similarity_record_path(path)

@@ -63,23 +63,15 @@ def _check_inputs(embedding: np.ndarray, triplets: np.ndarray) -> tuple[np.ndarr
     (shape, whole-number indices in range, three distinct objects per row),
     which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
-    from dimalign.io.runs import embedding_weights
+    from dimalign.analysis.similarity import _as_embedding
     from dimalign.io.triplets import validate_triplets
 
-    weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
-    if weights.ndim != 2:
-        raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
+    weights = _as_embedding(embedding)
     if weights.shape[1] == 0:
         raise ValueError(
             f"the embedding has no dimension (shape {weights.shape}), so no dimension can be relevant"
         )
-    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
-        )
-    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
-    return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
+    return weights, validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
