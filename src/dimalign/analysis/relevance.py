@@ -98,6 +98,10 @@ def option_probabilities(
     Returns:
         np.ndarray: Shape ``(n, 3)``; column ``c`` is the probability that
         ``triplets[:, c]`` is the odd one out. Rows sum to 1.
+
+    Raises:
+        ValueError: If the embedding is not 2-D, has no dimension or has NaN
+            or inf, a triplet is invalid, or ``batch_size`` is below 1.
     """
     weights_np, rows = _check_inputs(embedding, triplets)
     # Checked because a negative step makes the loop below run no batch at all.

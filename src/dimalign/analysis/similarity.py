@@ -34,6 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+from scipy.special import log_softmax
 from tqdm.auto import tqdm
 
 from dimalign._progress import progress_disabled
@@ -219,9 +220,10 @@ def choice_log_probabilities(
 ) -> np.ndarray:
     """Compute the log-probability of each recorded choice under the softmax model.
 
-    ``log p = s_ij - logsumexp(s_ij, s_ik, s_jk)``, with the maximum of the
-    three logits subtracted before exponentiating, so large dot products do
-    not overflow.
+    ``log p = (s_ij - m) - log(exp(s_ij - m) + exp(s_ik - m) + exp(s_jk - m))``
+    with ``m`` the largest of the three logits (``scipy.special.log_softmax``).
+    The shift keeps large dot products from overflowing. Subtracting ``m``
+    before adding the logarithm keeps its digits when the logits are large.
 
     Args:
         embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
@@ -242,9 +244,7 @@ def choice_log_probabilities(
     result = np.empty(rows.shape[0], dtype=np.float64)
     for start in _batches(rows.shape[0], batch_size):
         logits = triplet_logits(weights, rows[start : start + batch_size])
-        peak = logits.max(axis=1, keepdims=True)
-        log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-        result[start : start + batch_size] = logits[:, 0] - log_normalizer
+        result[start : start + batch_size] = log_softmax(logits, axis=1)[:, 0]
     return result
 
 
@@ -288,6 +288,10 @@ def triplet_log_likelihood(
 
     Returns:
         float: The mean or summed log-probability (``<= 0``).
+
+    Raises:
+        ValueError: If ``reduction`` is invalid, no triplets are given, or a
+            triplet, the embedding or ``batch_size`` is invalid.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"invalid reduction {reduction!r}: use 'mean' or 'sum'")
