@@ -87,6 +87,8 @@ def correlate_columns(
                 f"the {name} embedding contains NaN or inf in {int(bad.sum())} entries, the first "
                 f"at row {int(rows[0])}, column {int(columns[0])}; correlations need finite weights"
             )
+    # One product of unit-norm centred columns, r_pq = sum_n a_np * b_nq, instead of
+    # np.corrcoef, which computes all (n_a + n_b)^2 pairs and gives NaN for constant columns.
     standardised_a = _standardise_columns(a, name_a)
     standardised_b = _standardise_columns(b, name_b)
     correlations = standardised_a.T @ standardised_b

@@ -140,6 +140,11 @@ def _centre_and_scale(values: np.ndarray) -> np.ndarray:
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Return ``r = sum(a_c * b_c) / sqrt(sum(a_c^2) * sum(b_c^2))`` of the centred values ``a_c``, ``b_c``.
+
+    Hand-written instead of ``scipy.stats.pearsonr`` so that inputs near 1e-300
+    or 1e300 neither underflow nor overflow (see :func:`_centre_and_scale`).
+    """
     centered_a = _centre_and_scale(a)
     centered_b = _centre_and_scale(b)
     value = float(centered_a @ centered_b / np.sqrt((centered_a @ centered_a) * (centered_b @ centered_b)))
