@@ -142,8 +142,9 @@ def _centre_and_scale(values: np.ndarray) -> np.ndarray:
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Return ``r = sum(a_c * b_c) / sqrt(sum(a_c^2) * sum(b_c^2))`` of the centred values ``a_c``, ``b_c``.
 
-    Hand-written instead of ``scipy.stats.pearsonr`` so that inputs near 1e-300
-    or 1e300 neither underflow nor overflow (see :func:`_centre_and_scale`).
+    Hand-written instead of ``scipy.stats.pearsonr``, which returns NaN for
+    values near the float maximum with both signs (scipy 1.17 overflows in
+    ``x - mean``), while :func:`_centre_and_scale` handles them.
     """
     centered_a = _centre_and_scale(a)
     centered_b = _centre_and_scale(b)
