@@ -170,7 +170,9 @@ def _correlate_checked(
             "Use matrices of at least 3 objects."
         )
     for index, (name, values, eps) in enumerate((("first", a, epsilons[0]), ("second", b, epsilons[1]))):
-        spread = float(np.ptp(values))
+        # Values near the float maximum with both signs have an infinite spread, which is not constant.
+        with np.errstate(over="ignore"):
+            spread = float(np.ptp(values))
         if spread <= CONSTANT_TOLERANCE * eps * float(np.max(np.abs(values))):
             raise ConstantInputError(
                 f"the {name} input is constant (every value is {values[0]:.6g}, the spread "
