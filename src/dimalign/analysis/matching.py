@@ -221,7 +221,18 @@ def _greedy_pairs(correlations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
-    """Run every matching method that applies (the ones without replacement need n_dnn >= n_human)."""
+    """Run every matching method that applies (the ones without replacement need n_dnn >= n_human).
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+
+    Returns:
+        dict[str, Matching]: One matching per method, keyed by method name.
+
+    Warns:
+        UserWarning: When ``n_human > n_dnn``, so only matching with replacement runs.
+    """
     correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
@@ -296,6 +307,15 @@ def matched_order(matching: Matching, n_dnn: int, correlations: np.ndarray | Non
     its best pair). The unmatched DNN dimensions follow, by their highest
     correlation with any human dimension when ``correlations`` is given,
     else by index.
+
+    Args:
+        matching (Matching): The matched pairs.
+        n_dnn (int): Number of DNN dimensions.
+        correlations (np.ndarray | None): ``correlate_columns(human, dnn)``,
+            shape ``(n_human, n_dnn)``.
+
+    Returns:
+        np.ndarray: Every DNN dimension once, int64, shape ``(n_dnn,)``.
     """
     order: list[int] = []
     for dim in matching.dnn_dims.tolist():
@@ -313,6 +333,15 @@ def dims_for_share(r: np.ndarray, r_full: float, share: float = 0.95) -> int | N
 
     None when no step reaches it, or when ``r_full <= 0``, for which a share
     of the full model's r² has no meaning.
+
+    Args:
+        r (np.ndarray): The correlation after each step, shape ``(n_steps,)``.
+            NaN steps never reach the share.
+        r_full (float): The correlation of the full model.
+        share (float): The share of ``r_full^2`` to reach.
+
+    Returns:
+        int | None: The 1-based step, or None.
     """
     if not r_full > 0:
         return None
@@ -482,7 +511,12 @@ def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: 
         k (int): Objects per list.
 
     Returns:
-        dict[str, np.ndarray]: Object indices for ``"both"``, ``"human_only"``, ``"dnn_only"``.
+        dict[str, np.ndarray]: Object indices for ``"both"``, ``"human_only"``
+        and ``"dnn_only"``, each shape ``(k,)``.
+
+    Raises:
+        ValueError: If the two weight vectors differ in length, or ``k`` is
+            not an integer in ``1 .. n_objects``.
     """
     human_rank = _descending_ranks(human_weights)
     dnn_rank = _descending_ranks(dnn_weights)
@@ -512,6 +546,20 @@ def top_objects_table(
     Columns: pair_rank, human_dim, dnn_dim, r, group (``both``, ``human_only``,
     ``dnn_only``), position (1..k), object_index, object_id, human_weight,
     dnn_weight.
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        matching (Matching): The pairs to list, in their order.
+        names (Sequence[str]): The object id of each row.
+        k (int): Objects per group and pair.
+
+    Returns:
+        pd.DataFrame: ``3 * k`` rows per pair.
+
+    Raises:
+        ValueError: If ``names`` does not have one entry per object, or ``k``
+            is invalid (see :func:`top_objects_for_pair`).
     """
     if len(names) != human.shape[0]:
         raise ValueError(f"{len(names)} object names for {human.shape[0]} objects")
