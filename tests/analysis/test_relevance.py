@@ -289,3 +289,13 @@ def test_disagreement_tables_reject_invalid_top(top, message):
         largest_disagreements(comparison, top=top)
     with pytest.raises(ValueError, match=message):
         agreement_on_different_dimensions(comparison, [0, 1], top=top)
+
+
+def test_all_tied_log_names_no_dimension(caplog):
+    # Every triplet ties, so no dimension is most relevant and the log must not name dimension 0.
+    embedding = np.array([[30.0, 30.0, 1.0], [30.0, 30.0, 1.0], [0.0, 0.0, 1.0]])
+    with caplog.at_level("INFO", logger="dimalign.analysis.relevance"), pytest.warns(UserWarning):
+        jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+
+    assert "most often relevant: none (every triplet is tied)" in caplog.text
+    assert "dim 0" not in caplog.text

@@ -253,9 +253,13 @@ def jackknife_relevance(
             "count for no dimension",
             UserWarning,
         )
+    if assigned.size:
+        most_often = f"dim {int(np.argmax(share))} ({100 * share.max():.1f}%)"
+    else:
+        most_often = "none (every triplet is tied)"
     logger.info(
-        "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
-        prefix, n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
+        "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: %s",
+        prefix, n_triplets, n_dims, probabilities.mean(), most_often,
     )
     return JackknifeResult(
         probabilities=probabilities,
