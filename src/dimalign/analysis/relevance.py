@@ -402,6 +402,14 @@ def compare_decisions(
 
 
 def _decision_frame(comparison: DecisionComparison, rows: np.ndarray, names: Sequence[str] | None) -> pd.DataFrame:
+    """Return one row per triplet in ``rows`` with both models' choices and most relevant dimensions.
+
+    Columns: triplet, object_1, object_2, object_3, human_odd_one_out,
+    dnn_odd_one_out, p_human and p_dnn (each model's probability of its own
+    choice), p_dnn_of_human_choice, human_dim, human_drop, dnn_dim and
+    dnn_drop. With ``names``, each object column is followed by its
+    ``<column>_id`` column.
+    """
     triplets = comparison.triplets[rows]
     index = np.arange(rows.size)
     human_choice = comparison.human_choice[rows]
