@@ -1572,7 +1572,8 @@ def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
 def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
     """Return the rows of the reference objects in ``pair`` (the matrix is already checked)."""
     matrix, table = reference
-    missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
+    compared = set(pair.objects.object_ids)
+    missing = [name for name in table.object_ids if name not in compared]
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(table)} reference objects are not in the compared embeddings: "
