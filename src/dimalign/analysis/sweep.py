@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ def sweep(
 
     Raises:
         ValueError: For an unknown method, repeated or invalid seeds
-            (such as negative ones), settings the
+            (such as negative ones, or 1.5), settings the
             sweep sets itself, empty training or validation triplets, and when ``out_dir`` already contains runs or
             triplets that differ from this request in method, an estimator
             setting, the number of objects or the triplets. The message names
@@ -211,6 +212,10 @@ def sweep(
     """
     started = now_iso()
     settings = dict(settings or {})
+    for seed in seeds:
+        # int() would quietly turn a seed of 1.5 into 1.
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seeds must be integers, got {seed!r}")
     seeds = [int(seed) for seed in seeds]
     if method not in ESTIMATORS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(ESTIMATORS)}")
