@@ -1,7 +1,7 @@
 """Figures of the human-DNN comparison: matched correlations and the cumulative RSA.
 
-Each figure is written as PNG and SVG with matplotlib's Agg backend, so no
-display is needed.
+Each figure is written as PNG and SVG by a ``matplotlib.figure.Figure``
+made without pyplot, so no display is needed and the caller's backend stays.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,19 @@ METHOD_LABELS = {
     "optimal": "optimal assignment",
     "with_replacement": "with replacement",
 }
+
+
+def _new_figure() -> tuple[Any, Any]:
+    """Return a 6 x 3.6 inch figure and its axes, made without pyplot.
+
+    ``Figure.savefig`` picks the canvas of each file format (Agg for PNG), so
+    the caller's backend, such as a notebook's inline one, stays as it is,
+    and pyplot never keeps the figure open.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 3.6))
+    return figure, figure.subplots()
 
 
 def _save(figure, out_dir: Path, stem: str) -> list[str]:
@@ -43,12 +57,7 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
     Returns:
         list[str]: The files written (PNG and SVG).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    figure, axis = _new_figure()
     for method, matching in matchings.items():
         correlations = np.asarray(matching.correlations)
         axis.plot(
@@ -61,9 +70,7 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
     axis.axhline(0.0, color="0.6", linewidth=0.8)
     axis.legend(frameon=False, fontsize=8)
     axis.set_title("Human-DNN dimension matching")
-    names = _save(figure, Path(out_dir), stem)
-    plt.close(figure)
-    return names
+    return _save(figure, Path(out_dir), stem)
 
 
 def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
@@ -94,14 +101,9 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     Returns:
         list[str]: The files written (PNG and SVG).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = np.asarray(cumulative.r)
     steps = np.arange(1, r.size + 1)
-    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    figure, axis = _new_figure()
     share_label, dims_label = cumulative_rsa_labels(cumulative)
     if cumulative.share_defined:
         axis.plot(steps, r**2 / cumulative.r_full**2, marker="o", markersize=3, linewidth=1.2, color="C0")
@@ -121,9 +123,7 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     # The curve can pass 100%, so a fixed corner may cover it.
     axis.legend(frameon=False, fontsize=8, loc="best")
     axis.set_title("Cumulative RSA with the human similarity")
-    names = _save(figure, Path(out_dir), stem)
-    plt.close(figure)
-    return names
+    return _save(figure, Path(out_dir), stem)
 
 
 def write_comparison_figures(matchings: Mapping[str, object], cumulative, out_dir: str | Path) -> list[str]:
