@@ -109,7 +109,15 @@ def align_objects(
 
 
 def find_object_table(path: str | os.PathLike) -> ObjectTable | None:
-    """Return the object table of a run directory or next to an embedding file, if there is one."""
+    """Return the object table of a run directory or next to an embedding file, if there is one.
+
+    Args:
+        path (str | os.PathLike): A run directory, or an embedding file whose
+            folder may contain an ``objects.tsv``.
+
+    Returns:
+        ObjectTable | None: The table, or None when there is no ``objects.tsv``.
+    """
     path = Path(path)
     candidate = path / OBJECT_TABLE_NAME if path.is_dir() else path.parent / OBJECT_TABLE_NAME
     return read_object_table(candidate) if candidate.is_file() else None
@@ -321,6 +329,12 @@ def similarity_record_path(path: str | os.PathLike) -> Path:
     """Return the record file of a similarity matrix written by :func:`similarity_matrix_to_disk`.
 
     ``human_similarity.npy`` has its record in ``human_similarity.json``.
+
+    Args:
+        path (str | os.PathLike): The ``.npy`` file of the matrix.
+
+    Returns:
+        Path: The ``.json`` record next to it.
     """
     path = Path(path)
     return path.with_name(path.name.removesuffix(".npy") + ".json")
@@ -413,6 +427,16 @@ def variance_explained(model_similarity: np.ndarray, reference_similarity: np.nd
 
     Both matrices cover the same objects in the same order. The upper
     triangle (without the diagonal) is correlated by Pearson's r.
+
+    Args:
+        model_similarity (np.ndarray): Shape ``(n, n)``.
+        reference_similarity (np.ndarray): Shape ``(n, n)``.
+
+    Returns:
+        float: ``r**2`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: If the matrices are invalid for :func:`dimalign.analysis.rsa.rsa`.
     """
     from dimalign.analysis.rsa import rsa
 
@@ -472,7 +496,17 @@ class BootstrapRSA:
 
 
 def bootstrap_indices(n_objects: int, n_bootstrap: int, random_state: int = 0) -> np.ndarray:
-    """Draw the resampled objects of every bootstrap sample, shape ``(n_bootstrap, n_objects)``."""
+    """Draw the resampled objects of every bootstrap sample.
+
+    Args:
+        n_objects (int): Number of objects to resample.
+        n_bootstrap (int): Number of samples.
+        random_state (int): Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        np.ndarray: Object indices drawn with replacement, int64, shape
+        ``(n_bootstrap, n_objects)``.
+    """
     rng = np.random.default_rng(random_state)
     return rng.integers(0, n_objects, size=(n_bootstrap, n_objects))
 
@@ -483,6 +517,19 @@ def resampled_rsa(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str
     Every pair of positions ``p < q`` of the resampled list enters once,
     except pairs of the same object (``indices[p] == indices[q]``), which
     would be diagonal entries.
+
+    Args:
+        a (np.ndarray): Similarity matrix, shape ``(n, n)``.
+        b (np.ndarray): Similarity matrix of the same objects, shape ``(n, n)``.
+        indices (np.ndarray): Resampled object indices, shape ``(m,)``.
+        method (str): ``"pearson"`` or ``"spearman"``.
+
+    Returns:
+        float: The correlation in ``[-1, 1]``.
+
+    Raises:
+        ValueError: If fewer than two pairs remain, or the values of a side
+            are constant (:class:`dimalign.analysis.rsa.ConstantInputError`).
     """
     from dimalign.analysis.rsa import correlate_vectors
 
@@ -1507,6 +1554,9 @@ def check_reference_matrix(
         matrix (np.ndarray): Shape ``(n, n)``, similarities (not dissimilarities).
         table (ObjectTable): Its ``n`` objects in row order.
         source (str | os.PathLike): Name of the matrix in errors, such as its file.
+
+    Returns:
+        np.ndarray: The matrix as float64, shape ``(n, n)``.
 
     Raises:
         ValueError: If the matrix is not square, does not fit the table,

@@ -74,7 +74,15 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
 
 
 def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
-    """Return the legend labels of the share line and of the dimension mark (None without a mark)."""
+    """Return the legend labels of the share line and of the dimension mark.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+
+    Returns:
+        tuple[str, str | None]: The share line's label, and the mark's label
+        or None when no prefix reaches the share or the share is undefined.
+    """
     if not cumulative.share_defined:
         interval = cumulative.r_full_interval
         if cumulative.r_full > 0 and interval is not None:
@@ -97,6 +105,11 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     The y axis is ``r_k^2 / r_full^2``, the share of the full DNN embedding's
     explained variance that the first ``k`` matched dimensions reach. When
     that share is undefined (``cumulative.share_defined``), the y axis is ``r_k``.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+        out_dir (str | Path): Output folder.
+        stem (str): File name without suffix.
 
     Returns:
         list[str]: The files written (PNG and SVG).
@@ -127,7 +140,16 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
 
 
 def write_comparison_figures(matchings: Mapping[str, object], cumulative, out_dir: str | Path) -> list[str]:
-    """Write the matching and cumulative RSA figures and return their file names."""
+    """Write the matching and cumulative RSA figures and return their file names.
+
+    Args:
+        matchings (Mapping[str, Matching]): By method name.
+        cumulative (CumulativeRSA): The cumulative RSA curve.
+        out_dir (str | Path): Output folder.
+
+    Returns:
+        list[str]: The four files written (PNG and SVG of each figure).
+    """
     names = plot_matching(matchings, out_dir) + plot_cumulative_rsa(cumulative, out_dir)
     logger.info("wrote figures %s to %s", ", ".join(names), out_dir)
     return names

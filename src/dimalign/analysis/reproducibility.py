@@ -47,6 +47,9 @@ def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0
     Returns:
         tuple[np.ndarray, np.ndarray]: Sorted indices of the two halves.
 
+    Raises:
+        ValueError: For fewer than 6 objects or an unknown ``method``.
+
     Examples:
         >>> [half.tolist() for half in split_halves(7)]
         [[0, 2, 4, 6], [1, 3, 5]]

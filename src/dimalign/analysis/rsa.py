@@ -61,6 +61,9 @@ def upper_triangle(matrix: np.ndarray | Sequence[Sequence[float]], k: int = 1) -
 
     Returns:
         np.ndarray: Shape ``(n*(n-1)/2,)`` for ``k=1``, float64.
+
+    Raises:
+        ValueError: If the matrix is not square.
     """
     array = np.asarray(matrix, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:

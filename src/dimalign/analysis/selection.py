@@ -96,6 +96,13 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     ``objects.tsv`` no longer matches the checksum in its own manifest is
     excluded too.
 
+    Args:
+        sweep_dir (str | os.PathLike): The sweep directory, with ``runs/seed_*``.
+
+    Returns:
+        list[Path]: The run folders, by seed (folders without a seed in
+        their name last, by name).
+
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
         ValueError: If two runs record the same seed (naming both).
