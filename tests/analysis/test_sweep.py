@@ -223,7 +223,7 @@ def test_sweep_rejects_repeated_seeds(tmp_path, tiny_triplets):
 
 @pytest.mark.parametrize("seed", [1.5, "3", True])
 def test_sweep_rejects_non_integer_seed(tmp_path, tiny_triplets, seed):
-    # int() would turn 1.5 into seed 1 and fit a run that nobody asked for.
+    # int() would turn 1.5 into seed 1 and fit a run that was not requested.
     train, val = tiny_triplets
     out = tmp_path / "sweep"
     with pytest.raises(ValueError, match=f"seeds must be integers, got {seed!r}"):

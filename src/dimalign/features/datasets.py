@@ -408,7 +408,7 @@ def collate_images(
     Args:
         items (Sequence[tuple]): ``(row, pixels, reason, stamp)`` per image, as
             :class:`ImageDataset` yields them. ``pixels`` is None and
-            ``reason`` says why for an image that could not be read.
+            ``reason`` gives the cause for an image that could not be read.
 
     Returns:
         ImageBatch: The rows, pixels ``(n_readable, 3, H, W)`` (None when no
