@@ -80,6 +80,39 @@ def test_similarity_on_disk_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_resume_other_block_size(tmp_path, monkeypatch):
+    # Row block 0 of size 4 is finished. Blocks of 8 would skip rows 4 to 7 as
+    # done and leave zeros there, so the rows must be computed again.
+    embedding = gamma_embedding(12, 3, seed=3)
+    original = compare_module._similarity_block
+    calls = {"n": 0}
+
+    def failing_block(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # row block 0 takes 3 column blocks
+            raise RuntimeError("interrupted")
+        return original(*args)
+
+    monkeypatch.setattr(compare_module, "_similarity_block", failing_block)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
+    monkeypatch.setattr(compare_module, "_similarity_block", original)
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=8)
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
+def test_similarity_on_disk_damaged_progress_restarts(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=4)
+    np.save(tmp_path / "s.partial.npy", np.zeros((12, 12)))
+    (tmp_path / "s.partial.json").write_text("{not json", encoding="utf-8")
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
 def test_similarity_on_disk_recomputes_for_other_embedding(tmp_path):
     first = gamma_embedding(12, 3, seed=10)
     second = gamma_embedding(12, 3, seed=11)

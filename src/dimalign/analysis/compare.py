@@ -221,7 +221,8 @@ def similarity_matrix_to_disk(
 
     An interrupted run resumes: the file is written as ``<path>.partial.npy``
     with the finished row blocks listed in ``<path>.partial.json``, and renamed
-    to ``path`` when every row is done. The SHA-256 of the embedding, its
+    to ``path`` when every row is done. It resumes only with the same
+    embedding, ``dtype`` and ``block_size``, and starts over otherwise. The SHA-256 of the embedding, its
     shape and ``dtype`` are then kept in ``<path>.json`` (``<stem>.json`` next
     to ``<stem>.npy``). A finished ``path`` is reused only when that record
     matches this call. Otherwise it is computed again and replaced.
@@ -295,7 +296,7 @@ def similarity_matrix_to_disk(
 
     partial = path.with_name(path.name.removesuffix(".npy") + ".partial.npy")
     progress_file = partial.with_suffix(".json")
-    output, done = _open_partial(partial, progress_file, weights, n_objects, dtype)
+    output, done = _open_partial(partial, progress_file, weights, dtype, block_size)
     starts = list(range(0, n_objects, block_size))
     for start in tqdm(starts, desc="similarity rows", unit="block", disable=progress_disabled()):
         if start in done:
@@ -312,7 +313,7 @@ def similarity_matrix_to_disk(
             output[column:column_stop, start:stop] = block_np.T
         output.flush()
         done.add(start)
-        write_text_atomic(progress_file, json.dumps(_progress_record(weights, n_objects, dtype, done)))
+        write_text_atomic(progress_file, json.dumps(_partial_record(weights, dtype, block_size, done)))
 
     del output
     # The old record goes before the rename, so a matrix without a matching
@@ -400,19 +401,38 @@ def _progress_record(weights: np.ndarray, n_objects: int, dtype: str, done: set[
     }
 
 
+def _partial_record(weights: np.ndarray, dtype: str, block_size: int, done: set[int]) -> dict[str, Any]:
+    """Return the progress record of a partial matrix.
+
+    The finished row blocks are named by their first row, so they mark the
+    right rows only for the ``block_size`` that wrote them.
+    """
+    return {**_progress_record(weights, weights.shape[0], dtype, done), "block_size": block_size}
+
+
 def _open_partial(
-    partial: Path, progress_file: Path, weights: np.ndarray, n_objects: int, dtype: str
+    partial: Path, progress_file: Path, weights: np.ndarray, dtype: str, block_size: int
 ) -> tuple[np.memmap, set[int]]:
     """Open the partial file to resume it, or create a new one."""
-    expected = _progress_record(weights, n_objects, dtype, set())
+    expected = _partial_record(weights, dtype, block_size, set())
     if partial.is_file() and progress_file.is_file():
-        record = json.loads(progress_file.read_text(encoding="utf-8"))
-        same = all(record.get(key) == expected[key] for key in ("embedding_sha256", "n_objects", "dtype"))
-        if same:
+        try:
+            record = json.loads(progress_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            record = None
+            logger.warning("cannot read the progress record %s (%s); starting over", progress_file, error)
+        keys = ("embedding_sha256", "n_objects", "dtype", "block_size")
+        if isinstance(record, dict) and all(record.get(key) == expected[key] for key in keys):
             done = set(record.get("finished_row_blocks", []))
-            logger.info("resuming %s: %d row blocks already done", partial, len(done))
+            logger.info("resuming %s: %d row blocks of %d rows already done", partial, len(done), block_size)
             return np.load(partial, mmap_mode="r+"), done
-        logger.warning("%s belongs to another embedding or dtype; starting over", partial)
+        if record is not None:
+            recorded_block_size = record.get("block_size") if isinstance(record, dict) else None
+            logger.warning(
+                "%s belongs to another embedding, dtype or block size (recorded %s, now %d); starting over",
+                partial, recorded_block_size, block_size,
+            )
+    n_objects = weights.shape[0]
     partial.parent.mkdir(parents=True, exist_ok=True)
     output = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=(n_objects, n_objects))
     write_text_atomic(progress_file, json.dumps(expected))
