@@ -654,6 +654,9 @@ def bootstrap_rsa(
     uses every pair of distinct resampled objects (:func:`resampled_rsa`).
     For Pearson's r this is computed exactly with pair weights
     (:func:`_weighted_pearson`), for Spearman by resampling the values.
+    ``scipy.stats.bootstrap`` is not used because it resamples the
+    observations (here the object pairs) independently, while pairs that
+    share an object are not independent, so the resampling unit is the object.
 
     Args:
         a (np.ndarray): Shape ``(n, n)``.
