@@ -2085,6 +2085,16 @@ def test_map_cli_rejects_study_stage_folder(tmp_path, capsys):
     assert not (study / "map").exists()
 
 
+def test_compare_rejects_repeated_object_before_writing(tmp_path):
+    # Integer triplets skipped the row checks, so this failed only in the jackknife, after the similarity matrices.
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"triplets: a triplet needs three distinct objects, but 1 of 2 rows repeat "
+                                         r"an object \(row 1: \[3, 3, 2\]\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.array([[0, 1, 2], [3, 3, 2]]), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_rejects_fractional_triplets_before_writing(tmp_path):
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"triplets, row 1, column 2: value 2.5 is not an integer object index"):

@@ -938,7 +938,8 @@ def compare(
 
     Raises:
         ValueError: For inputs that do not fit (different objects, tables on
-            one side only, triplet indices out of range, a reference matrix
+            one side only, triplet indices out of range or a triplet that
+            repeats an object, a reference matrix
             that is not square, not finite or constant) and for an embedding
             whose similarity is constant (equal off-diagonal dot products).
             These, missing images, an input file that is one of the outputs
@@ -1475,11 +1476,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
             "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
         )
-    if array.dtype.kind not in "iu":
-        # Whole floats (np.loadtxt) pass. A fractional or NaN value is named, not truncated.
-        from dimalign.io.triplets import validate_triplets
+    # Whole floats (np.loadtxt) pass. A fractional or NaN value, a negative
+    # index and a row that repeats an object are named, before any slow step.
+    from dimalign.io.triplets import validate_triplets
 
-        array = validate_triplets(array, None, source="triplets")
+    array = validate_triplets(array, None, source="triplets")
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
