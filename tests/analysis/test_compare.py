@@ -166,6 +166,18 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("block_size", "message"),
+    [(2.5, "block_size must be an integer, got 2.5"), (True, "block_size must be an integer, got True"),
+     (0, "block_size must be at least 1, got 0")],
+)
+def test_similarity_on_disk_rejects_invalid_block_size(tmp_path, block_size, message):
+    # range() raised a TypeError without the option's name for 2.5, and True ran as blocks of 1.
+    with pytest.raises(ValueError, match=message):
+        similarity_matrix_to_disk(gamma_embedding(12, 3, seed=14), tmp_path / "s.npy", block_size=block_size)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- bootstrap RSA -------------------------------------------------------------
 
 

@@ -257,7 +257,8 @@ def similarity_matrix_to_disk(
 
     Raises:
         ValueError: If the embedding is not 2-D with at least 3 objects, or
-            contains NaN or inf (naming the rows), or ``dtype`` is invalid.
+            contains NaN or inf (naming the rows), ``dtype`` is invalid, or
+            ``block_size`` is not an integer of 1 or more.
     """
     path = Path(path)
     weights = np.asarray(embedding, dtype=np.float64)
@@ -282,8 +283,7 @@ def similarity_matrix_to_disk(
     n_objects = weights.shape[0]
     if block_size is None:
         block_size = 256 if torch_device.type == "cuda" else 64
-    if block_size < 1:
-        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    check_integer("block_size", block_size, 1)
 
     y = torch.as_tensor(weights, device=torch_device)
     logits = y @ y.T
