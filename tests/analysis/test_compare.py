@@ -2107,6 +2107,17 @@ def test_compare_rejects_repeated_object_before_writing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option", ["similarity_objects", "cumulative_objects"])
+@pytest.mark.parametrize("size", [5.5, 100.5])
+def test_compare_rejects_fractional_subset_size(tmp_path, option, size):
+    # 5.5 failed inside numpy without the option's name, and 100.5 quietly meant every object.
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=f"{option} must be an integer, got {size}"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                similarity=failing_similarity, **{option: size})
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_rejects_fractional_triplets_before_writing(tmp_path):
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"triplets, row 1, column 2: value 2.5 is not an integer object index"):

@@ -1430,6 +1430,8 @@ def _similarity_subset(
     n_objects: int, size: int | None, random_state: int, name: str = "similarity_objects"
 ) -> np.ndarray | None:
     """Draw ``size`` objects, or return None for all; ``name`` is the setting that errors and logs name."""
+    if size is not None:
+        check_integer(name, size)
     if size is not None and size >= n_objects:
         logger.info("%s=%d covers all %d objects: using every object", name, size, n_objects)
     if size is None or size >= n_objects:
