@@ -172,7 +172,7 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
      (0, "block_size must be at least 1, got 0")],
 )
 def test_similarity_on_disk_rejects_invalid_block_size(tmp_path, block_size, message):
-    # range() raised a TypeError without the option's name for 2.5, and True ran as blocks of 1.
+    # range() alone would raise a TypeError without the option's name for 2.5, and run True as blocks of 1.
     with pytest.raises(ValueError, match=message):
         similarity_matrix_to_disk(gamma_embedding(12, 3, seed=14), tmp_path / "s.npy", block_size=block_size)
     assert list(tmp_path.iterdir()) == []
@@ -2098,7 +2098,7 @@ def test_map_cli_rejects_study_stage_folder(tmp_path, capsys):
 
 
 def test_compare_rejects_repeated_object_before_writing(tmp_path):
-    # Integer triplets skipped the row checks, so this failed only in the jackknife, after the similarity matrices.
+    # The row checks cover integer triplets too, so the error comes before the similarity matrices.
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"triplets: a triplet needs three distinct objects, but 1 of 2 rows repeat "
                                          r"an object \(row 1: \[3, 3, 2\]\)"):
@@ -2110,7 +2110,7 @@ def test_compare_rejects_repeated_object_before_writing(tmp_path):
 @pytest.mark.parametrize("option", ["similarity_objects", "cumulative_objects"])
 @pytest.mark.parametrize("size", [5.5, 100.5])
 def test_compare_rejects_fractional_subset_size(tmp_path, option, size):
-    # 5.5 failed inside numpy without the option's name, and 100.5 quietly meant every object.
+    # numpy's choice() would reject 5.5 without the option's name, and 100.5 would quietly mean every object.
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=f"{option} must be an integer, got {size}"):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
