@@ -27,6 +27,16 @@ def test_correlate_columns_matches_corrcoef():
     np.testing.assert_allclose(correlate_columns(a, b), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-300])
+def test_correlate_columns_extreme_scale(scale):
+    # Squared deviations of 1e200 overflow and those of 1e-300 underflow, but r does not depend on the scale.
+    rng = np.random.default_rng(1)
+    a, b = rng.random((30, 3)), rng.random((30, 4))
+    expected = np.corrcoef(a.T, b.T)[:3, 3:]
+
+    np.testing.assert_allclose(correlate_columns(scale * a, scale * b), expected, atol=1e-12)
+
+
 def test_correlate_columns_constant_is_zero():
     a = np.column_stack([np.arange(5.0), np.full(5, 2.0)])
     with pytest.warns(UserWarning, match="zero variance"):

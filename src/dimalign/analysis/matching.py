@@ -105,7 +105,13 @@ def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
             f"these objects (columns {columns[:20].tolist()}); their correlations are set to 0",
             UserWarning,
         )
-    centred = x - x.mean(axis=0)
+    # r does not change with a positive column scale. Dividing by the largest
+    # absolute weight first keeps the squares below finite and nonzero for
+    # weights near 1e200 or 1e-300, which would otherwise give NaN.
+    largest = np.abs(x).max(axis=0)
+    largest[largest == 0] = 1.0
+    scaled = x / largest
+    centred = scaled - scaled.mean(axis=0)
     norms = np.sqrt((centred**2).sum(axis=0))
     norms[constant] = 1.0
     centred[:, constant] = 0.0

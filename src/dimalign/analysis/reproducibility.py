@@ -158,12 +158,9 @@ def reproducibility(
             str(embedding) if isinstance(embedding, (str, os.PathLike)) else f"run {index}"
             for index, embedding in enumerate(embeddings)
         ]
+    # correlate_columns scales each column by its largest weight, so weights
+    # near 1e200 or 1e-300 score like any others.
     arrays = _checked_runs(embeddings, names)
-    # Pearson r does not change when a column is scaled. Dividing each column
-    # by its largest absolute weight keeps the squares in the correlation
-    # finite and nonzero for weights near 1e200 or 1e-300, which would
-    # otherwise make every score NaN.
-    arrays = [_unit_max_columns(array) for array in arrays]
     first_half, second_half = split_halves(arrays[0].shape[0], split, random_state)
 
     n_runs = len(arrays)
@@ -281,13 +278,6 @@ def _partner_scores(
     scores = scoring[np.arange(reference.shape[1]), partners]
     scores[reference_constant | other_constant.all()] = 0.0
     return scores
-
-
-def _unit_max_columns(array: np.ndarray) -> np.ndarray:
-    """Divide each column by its largest absolute value, leaving all-zero columns as they are."""
-    largest = np.abs(array).max(axis=0) if array.shape[0] else np.ones(array.shape[1])
-    largest[largest == 0] = 1.0
-    return array / largest
 
 
 def _as_array(embedding: Any, name: str) -> np.ndarray:
