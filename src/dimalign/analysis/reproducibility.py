@@ -158,7 +158,7 @@ def reproducibility(
             str(embedding) if isinstance(embedding, (str, os.PathLike)) else f"run {index}"
             for index, embedding in enumerate(embeddings)
         ]
-    # correlate_columns scales each column by its largest weight, so weights
+    # correlate_columns scales each column by its largest absolute weight, so weights
     # near 1e200 or 1e-300 score like any others.
     arrays = _checked_runs(embeddings, names)
     first_half, second_half = split_halves(arrays[0].shape[0], split, random_state)
