@@ -178,6 +178,18 @@ def test_similarity_on_disk_rejects_invalid_block_size(tmp_path, block_size, mes
     assert list(tmp_path.iterdir()) == []
 
 
+def test_reference_matrix_near_float_maximum():
+    # The spread of values near the float maximum with both signs overflows to inf, which is not constant.
+    import warnings
+
+    matrix = np.array([[0.0, 1.7e308, -1.7e308], [1.7e308, 0.0, 1e308], [-1.7e308, 1e308, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checked = compare_module.check_reference_matrix(matrix, ObjectTable(("a", "b", "c")))
+
+    np.testing.assert_array_equal(checked, matrix)
+
+
 # -- bootstrap RSA -------------------------------------------------------------
 
 

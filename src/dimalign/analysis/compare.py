@@ -1612,7 +1612,9 @@ def check_reference_matrix(
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE, upper_triangle
 
     values = upper_triangle(array)
-    spread = float(np.ptp(values)) if values.size else 0.0
+    # Values near the float maximum with both signs have an infinite spread, which is not constant.
+    with np.errstate(over="ignore"):
+        spread = float(np.ptp(values)) if values.size else 0.0
     largest = float(np.max(np.abs(values))) if values.size else 0.0
     if spread <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * largest:
         first = float(values[0]) if values.size else math.nan
