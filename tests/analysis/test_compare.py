@@ -80,6 +80,39 @@ def test_similarity_on_disk_resumes(tmp_path, monkeypatch):
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_resume_other_block_size(tmp_path, monkeypatch):
+    # Row block 0 of size 4 is finished. Blocks of 8 would skip rows 4 to 7 as
+    # done and leave zeros there, so the rows must be computed again.
+    embedding = gamma_embedding(12, 3, seed=3)
+    original = compare_module._similarity_block
+    calls = {"n": 0}
+
+    def failing_block(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # row block 0 takes 3 column blocks
+            raise RuntimeError("interrupted")
+        return original(*args)
+
+    monkeypatch.setattr(compare_module, "_similarity_block", failing_block)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
+    monkeypatch.setattr(compare_module, "_similarity_block", original)
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=8)
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
+def test_similarity_on_disk_damaged_progress_restarts(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=4)
+    np.save(tmp_path / "s.partial.npy", np.zeros((12, 12)))
+    (tmp_path / "s.partial.json").write_text("{not json", encoding="utf-8")
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
 def test_similarity_on_disk_recomputes_for_other_embedding(tmp_path):
     first = gamma_embedding(12, 3, seed=10)
     second = gamma_embedding(12, 3, seed=11)
@@ -131,6 +164,30 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
     with pytest.raises(ValueError, match=r"embedding rows \[2\] contain NaN or inf"):
         similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("block_size", "message"),
+    [(2.5, "block_size must be an integer, got 2.5"), (True, "block_size must be an integer, got True"),
+     (0, "block_size must be at least 1, got 0")],
+)
+def test_similarity_on_disk_rejects_invalid_block_size(tmp_path, block_size, message):
+    # range() alone would raise a TypeError without the option's name for 2.5, and run True as blocks of 1.
+    with pytest.raises(ValueError, match=message):
+        similarity_matrix_to_disk(gamma_embedding(12, 3, seed=14), tmp_path / "s.npy", block_size=block_size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reference_matrix_near_float_maximum():
+    # The spread of values near the float maximum with both signs overflows to inf, which is not constant.
+    import warnings
+
+    matrix = np.array([[0.0, 1.7e308, -1.7e308], [1.7e308, 0.0, 1e308], [-1.7e308, 1e308, 0.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checked = compare_module.check_reference_matrix(matrix, ObjectTable(("a", "b", "c")))
+
+    np.testing.assert_array_equal(checked, matrix)
 
 
 # -- bootstrap RSA -------------------------------------------------------------
@@ -2050,6 +2107,27 @@ def test_map_cli_rejects_study_stage_folder(tmp_path, capsys):
     assert status == 1
     assert f"{study / 'map'} is the folder of stage map of the study {study}" in capsys.readouterr().err
     assert not (study / "map").exists()
+
+
+def test_compare_rejects_repeated_object_before_writing(tmp_path):
+    # The row checks cover integer triplets too, so the error comes before the similarity matrices.
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"triplets: a triplet needs three distinct objects, but 1 of 2 rows repeat "
+                                         r"an object \(row 1: \[3, 3, 2\]\)"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                triplets=np.array([[0, 1, 2], [3, 3, 2]]), similarity=failing_similarity)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option", ["similarity_objects", "cumulative_objects"])
+@pytest.mark.parametrize("size", [5.5, 100.5])
+def test_compare_rejects_fractional_subset_size(tmp_path, option, size):
+    # numpy's choice() would reject 5.5 without the option's name, and 100.5 would quietly mean every object.
+    write_surrogate_sides(tmp_path)
+    with pytest.raises(ValueError, match=f"{option} must be an integer, got {size}"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0,
+                similarity=failing_similarity, **{option: size})
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_rejects_fractional_triplets_before_writing(tmp_path):

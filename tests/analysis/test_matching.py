@@ -27,6 +27,16 @@ def test_correlate_columns_matches_corrcoef():
     np.testing.assert_allclose(correlate_columns(a, b), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-300])
+def test_correlate_columns_extreme_scale(scale):
+    # Squared deviations of 1e200 overflow and those of 1e-300 underflow, but r does not depend on the scale.
+    rng = np.random.default_rng(1)
+    a, b = rng.random((30, 3)), rng.random((30, 4))
+    expected = np.corrcoef(a.T, b.T)[:3, 3:]
+
+    np.testing.assert_allclose(correlate_columns(scale * a, scale * b), expected, atol=1e-12)
+
+
 def test_correlate_columns_constant_is_zero():
     a = np.column_stack([np.arange(5.0), np.full(5, 2.0)])
     with pytest.warns(UserWarning, match="zero variance"):
@@ -279,3 +289,31 @@ def test_cumulative_rsa_rejects_invalid_order(order, message):
 def test_top_objects_rejects_fractional_k():
     with pytest.raises(ValueError, match="k must be an integer, got 2.5"):
         top_objects_for_pair(np.arange(5.0), np.arange(5.0), k=2.5)
+
+
+def test_comparison_figures_keep_caller_backend(tmp_path):
+    # A notebook's inline backend must survive a comparison, so the figures may not call matplotlib.use.
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import matplotlib
+matplotlib.use("pdf")
+import numpy as np
+from dimalign.analysis.figures_compare import write_comparison_figures
+from dimalign.analysis.matching import CumulativeRSA, match_all
+
+rng = np.random.default_rng(0)
+curve = CumulativeRSA(dnn_dims=np.arange(3), r=np.array([0.3, 0.5, 0.6]), r_full=0.6, share=0.95,
+                      n_dims_for_share=3)
+names = write_comparison_figures(match_all(rng.random((10, 2)), rng.random((10, 3))), curve, sys.argv[1])
+print(matplotlib.get_backend(), sorted(names))
+"""
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                            check=True)
+
+    assert result.stdout.split()[0] == "pdf"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "cumulative_rsa.png", "cumulative_rsa.svg", "matching.png", "matching.svg",
+    ]

@@ -326,3 +326,13 @@ def test_compare_agreement_splits_ties(tmp_path):
     assert summary["choice_agreement"] == pytest.approx(1 / 3, abs=1e-12)
     assert summary["n_human_tied_choices"] == 2
     assert summary["n_dnn_tied_choices"] == 2
+
+
+def test_all_tied_log_names_no_dimension(caplog):
+    # Every triplet ties, so no dimension is most relevant and the log must not name dimension 0.
+    embedding = np.array([[30.0, 30.0, 1.0], [30.0, 30.0, 1.0], [0.0, 0.0, 1.0]])
+    with caplog.at_level("INFO", logger="dimalign.analysis.relevance"), pytest.warns(UserWarning):
+        jackknife_relevance(embedding, np.array([[0, 1, 2]]))
+
+    assert "most often relevant: none (every triplet is tied)" in caplog.text
+    assert "dim 0" not in caplog.text

@@ -177,3 +177,15 @@ def test_pearson_large_offset_matches_scipy(offset):
     assert np.array_equal((offset + x) - offset, x)
     expected = pearsonr(x, y)[0]
     assert correlate_vectors(offset + x, y) == pytest.approx(expected, abs=1e-13)
+
+
+def test_pearson_near_float_maximum_both_signs():
+    # x - mean overflows here, so scipy.stats.pearsonr returns NaN for these values.
+    values = np.array([1.7e308, -1.7e308, 1e308, 0.5e308])
+    expected = pearsonr(values / 1e308, np.arange(4.0))[0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = correlate_vectors(values, np.arange(4.0))
+
+    assert r == pytest.approx(expected, abs=1e-15)

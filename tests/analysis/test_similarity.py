@@ -464,3 +464,26 @@ def test_log_probabilities_equal_brute_force(scale):
     result = choice_log_probabilities(embedding, triplets, batch_size=7)
 
     np.testing.assert_allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_log_probability_of_large_equal_logits():
+    # Three equal dot products of 1e16, where float64 values are 2 apart: the
+    # shift by the maximum must come before adding log(3), or log(3) rounds to 2.
+    embedding = np.full((3, 1), 1e8)
+
+    result = choice_log_probabilities(embedding, [[0, 1, 2]])
+
+    np.testing.assert_allclose(result, [-math.log(3)], rtol=1e-15)
+
+
+def test_log_probabilities_match_scipy_log_softmax():
+    from scipy.special import log_softmax
+
+    embedding = np.random.default_rng(11).random((9, 5)) * 4
+    triplets = np.array([[i, j, k] for i in range(9) for j in range(9) for k in range(9)
+                         if len({i, j, k}) == 3])
+    logits = triplet_logits(embedding, triplets)
+
+    result = choice_log_probabilities(embedding, triplets, batch_size=50)
+
+    np.testing.assert_allclose(result, log_softmax(logits, axis=1)[:, 0], rtol=1e-13, atol=1e-15)

@@ -221,6 +221,16 @@ def test_sweep_rejects_repeated_seeds(tmp_path, tiny_triplets):
         sweep(train, val, tmp_path, seeds=[0, 0], n_objects=N_OBJECTS)
 
 
+@pytest.mark.parametrize("seed", [1.5, "3", True])
+def test_sweep_rejects_non_integer_seed(tmp_path, tiny_triplets, seed):
+    # int() would turn 1.5 into seed 1 and fit a run that was not requested.
+    train, val = tiny_triplets
+    out = tmp_path / "sweep"
+    with pytest.raises(ValueError, match=f"seeds must be integers, got {seed!r}"):
+        sweep(train, val, out, seeds=[0, seed], n_objects=N_OBJECTS, settings=SETTINGS)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"n_jobs": 0}, "n_jobs"), ({"engine": "slurm"}, "unknown engine"),

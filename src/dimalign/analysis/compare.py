@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from dimalign._checks import check_integer
 from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
+from dimalign.analysis.similarity import _as_embedding, _largest_safe_range
 from dimalign.device import resolve_device
 from dimalign.io.files import (
     MANIFEST_NAME,
@@ -108,7 +109,15 @@ def align_objects(
 
 
 def find_object_table(path: str | os.PathLike) -> ObjectTable | None:
-    """Return the object table of a run directory or next to an embedding file, if there is one."""
+    """Return the object table of a run directory or next to an embedding file, if there is one.
+
+    Args:
+        path (str | os.PathLike): A run directory, or an embedding file whose
+            folder may contain an ``objects.tsv``.
+
+    Returns:
+        ObjectTable | None: The table, or None when there is no ``objects.tsv``.
+    """
     path = Path(path)
     candidate = path / OBJECT_TABLE_NAME if path.is_dir() else path.parent / OBJECT_TABLE_NAME
     return read_object_table(candidate) if candidate.is_file() else None
@@ -193,11 +202,6 @@ def align_embeddings(
 # -- similarity matrices at scale ---------------------------------------------
 
 
-def _largest_safe_range(dtype: torch.dtype) -> float:
-    """Largest logit range for which ``exp(s - max s)`` of every pair stays a normal float (margin e^8)."""
-    return -math.log(torch.finfo(dtype).tiny) - 8.0
-
-
 def similarity_matrix_to_disk(
     embedding: np.ndarray,
     path: str | os.PathLike,
@@ -217,7 +221,8 @@ def similarity_matrix_to_disk(
 
     An interrupted run resumes: the file is written as ``<path>.partial.npy``
     with the finished row blocks listed in ``<path>.partial.json``, and renamed
-    to ``path`` when every row is done. The SHA-256 of the embedding, its
+    to ``path`` when every row is done. It resumes only with the same
+    embedding, ``dtype`` and ``block_size``, and starts over otherwise. The SHA-256 of the embedding, its
     shape and ``dtype`` are then kept in ``<path>.json`` (``<stem>.json`` next
     to ``<stem>.npy``). A finished ``path`` is reused only when that record
     matches this call. Otherwise it is computed again and replaced.
@@ -252,20 +257,14 @@ def similarity_matrix_to_disk(
 
     Raises:
         ValueError: If the embedding is not 2-D with at least 3 objects, or
-            contains NaN or inf (naming the rows), or ``dtype`` is invalid.
+            contains NaN or inf (naming the rows), ``dtype`` is invalid, or
+            ``block_size`` is not an integer of 1 or more.
     """
     path = Path(path)
     weights = np.asarray(embedding, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[0] < 3:
         raise ValueError(f"need a 2-D embedding of at least 3 objects, got shape {weights.shape}")
-    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
-    weights = np.ascontiguousarray(weights)
-    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
-            "Fix or remove those objects first."
-        )
+    weights = _as_embedding(weights)
     if dtype not in ("float64", "float32"):
         raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
     record_file = similarity_record_path(path)
@@ -284,8 +283,7 @@ def similarity_matrix_to_disk(
     n_objects = weights.shape[0]
     if block_size is None:
         block_size = 256 if torch_device.type == "cuda" else 64
-    if block_size < 1:
-        raise ValueError(f"block_size must be at least 1, got {block_size}")
+    check_integer("block_size", block_size, 1)
 
     y = torch.as_tensor(weights, device=torch_device)
     logits = y @ y.T
@@ -298,7 +296,7 @@ def similarity_matrix_to_disk(
 
     partial = path.with_name(path.name.removesuffix(".npy") + ".partial.npy")
     progress_file = partial.with_suffix(".json")
-    output, done = _open_partial(partial, progress_file, weights, n_objects, dtype)
+    output, done = _open_partial(partial, progress_file, weights, dtype, block_size)
     starts = list(range(0, n_objects, block_size))
     for start in tqdm(starts, desc="similarity rows", unit="block", disable=progress_disabled()):
         if start in done:
@@ -315,7 +313,7 @@ def similarity_matrix_to_disk(
             output[column:column_stop, start:stop] = block_np.T
         output.flush()
         done.add(start)
-        write_text_atomic(progress_file, json.dumps(_progress_record(weights, n_objects, dtype, done)))
+        write_text_atomic(progress_file, json.dumps(_partial_record(weights, dtype, block_size, done)))
 
     del output
     # The old record goes before the rename, so a matrix without a matching
@@ -332,6 +330,12 @@ def similarity_record_path(path: str | os.PathLike) -> Path:
     """Return the record file of a similarity matrix written by :func:`similarity_matrix_to_disk`.
 
     ``human_similarity.npy`` has its record in ``human_similarity.json``.
+
+    Args:
+        path (str | os.PathLike): The ``.npy`` file of the matrix.
+
+    Returns:
+        Path: The ``.json`` record next to it.
     """
     path = Path(path)
     return path.with_name(path.name.removesuffix(".npy") + ".json")
@@ -397,19 +401,38 @@ def _progress_record(weights: np.ndarray, n_objects: int, dtype: str, done: set[
     }
 
 
+def _partial_record(weights: np.ndarray, dtype: str, block_size: int, done: set[int]) -> dict[str, Any]:
+    """Return the progress record of a partial matrix.
+
+    The finished row blocks are named by their first row, so they mark the
+    right rows only for the ``block_size`` that wrote them.
+    """
+    return {**_progress_record(weights, weights.shape[0], dtype, done), "block_size": block_size}
+
+
 def _open_partial(
-    partial: Path, progress_file: Path, weights: np.ndarray, n_objects: int, dtype: str
+    partial: Path, progress_file: Path, weights: np.ndarray, dtype: str, block_size: int
 ) -> tuple[np.memmap, set[int]]:
     """Open the partial file to resume it, or create a new one."""
-    expected = _progress_record(weights, n_objects, dtype, set())
+    expected = _partial_record(weights, dtype, block_size, set())
     if partial.is_file() and progress_file.is_file():
-        record = json.loads(progress_file.read_text(encoding="utf-8"))
-        same = all(record.get(key) == expected[key] for key in ("embedding_sha256", "n_objects", "dtype"))
-        if same:
+        try:
+            record = json.loads(progress_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            record = None
+            logger.warning("cannot read the progress record %s (%s); starting over", progress_file, error)
+        keys = ("embedding_sha256", "n_objects", "dtype", "block_size")
+        if isinstance(record, dict) and all(record.get(key) == expected[key] for key in keys):
             done = set(record.get("finished_row_blocks", []))
-            logger.info("resuming %s: %d row blocks already done", partial, len(done))
+            logger.info("resuming %s: %d row blocks of %d rows already done", partial, len(done), block_size)
             return np.load(partial, mmap_mode="r+"), done
-        logger.warning("%s belongs to another embedding or dtype; starting over", partial)
+        if record is not None:
+            recorded_block_size = record.get("block_size") if isinstance(record, dict) else None
+            logger.warning(
+                "%s belongs to another embedding, dtype or block size (recorded %s, now %d); starting over",
+                partial, recorded_block_size, block_size,
+            )
+    n_objects = weights.shape[0]
     partial.parent.mkdir(parents=True, exist_ok=True)
     output = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(dtype), shape=(n_objects, n_objects))
     write_text_atomic(progress_file, json.dumps(expected))
@@ -424,6 +447,16 @@ def variance_explained(model_similarity: np.ndarray, reference_similarity: np.nd
 
     Both matrices cover the same objects in the same order. The upper
     triangle (without the diagonal) is correlated by Pearson's r.
+
+    Args:
+        model_similarity (np.ndarray): Shape ``(n, n)``.
+        reference_similarity (np.ndarray): Shape ``(n, n)``.
+
+    Returns:
+        float: ``r**2`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: If the matrices are invalid for :func:`dimalign.analysis.rsa.rsa`.
     """
     from dimalign.analysis.rsa import rsa
 
@@ -483,7 +516,17 @@ class BootstrapRSA:
 
 
 def bootstrap_indices(n_objects: int, n_bootstrap: int, random_state: int = 0) -> np.ndarray:
-    """Draw the resampled objects of every bootstrap sample, shape ``(n_bootstrap, n_objects)``."""
+    """Draw the resampled objects of every bootstrap sample.
+
+    Args:
+        n_objects (int): Number of objects to resample.
+        n_bootstrap (int): Number of samples.
+        random_state (int): Seed of ``numpy.random.default_rng``.
+
+    Returns:
+        np.ndarray: Object indices drawn with replacement, int64, shape
+        ``(n_bootstrap, n_objects)``.
+    """
     rng = np.random.default_rng(random_state)
     return rng.integers(0, n_objects, size=(n_bootstrap, n_objects))
 
@@ -494,6 +537,19 @@ def resampled_rsa(a: np.ndarray, b: np.ndarray, indices: np.ndarray, method: str
     Every pair of positions ``p < q`` of the resampled list enters once,
     except pairs of the same object (``indices[p] == indices[q]``), which
     would be diagonal entries.
+
+    Args:
+        a (np.ndarray): Similarity matrix, shape ``(n, n)``.
+        b (np.ndarray): Similarity matrix of the same objects, shape ``(n, n)``.
+        indices (np.ndarray): Resampled object indices, shape ``(m,)``.
+        method (str): ``"pearson"`` or ``"spearman"``.
+
+    Returns:
+        float: The correlation in ``[-1, 1]``.
+
+    Raises:
+        ValueError: If fewer than two pairs remain, or the values of a side
+            are constant (:class:`dimalign.analysis.rsa.ConstantInputError`).
     """
     from dimalign.analysis.rsa import correlate_vectors
 
@@ -598,6 +654,9 @@ def bootstrap_rsa(
     uses every pair of distinct resampled objects (:func:`resampled_rsa`).
     For Pearson's r this is computed exactly with pair weights
     (:func:`_weighted_pearson`), for Spearman by resampling the values.
+    ``scipy.stats.bootstrap`` is not used because it resamples the
+    observations (here the object pairs) independently, while pairs that
+    share an object are not independent, so the resampling unit is the object.
 
     Args:
         a (np.ndarray): Shape ``(n, n)``.
@@ -879,7 +938,8 @@ def compare(
 
     Raises:
         ValueError: For inputs that do not fit (different objects, tables on
-            one side only, triplet indices out of range, a reference matrix
+            one side only, triplet indices out of range or a triplet that
+            repeats an object, a reference matrix
             that is not square, not finite or constant) and for an embedding
             whose similarity is constant (equal off-diagonal dot products).
             These, missing images, an input file that is one of the outputs
@@ -1370,6 +1430,8 @@ def _similarity_subset(
     n_objects: int, size: int | None, random_state: int, name: str = "similarity_objects"
 ) -> np.ndarray | None:
     """Draw ``size`` objects, or return None for all; ``name`` is the setting that errors and logs name."""
+    if size is not None:
+        check_integer(name, size)
     if size is not None and size >= n_objects:
         logger.info("%s=%d covers all %d objects: using every object", name, size, n_objects)
     if size is None or size >= n_objects:
@@ -1416,11 +1478,11 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"no triplets (shape {array.shape}), so there is no choice to explain: pass at least "
             "one triplet, or leave out the triplets (--triplets) to skip the jackknife relevance"
         )
-    if array.dtype.kind not in "iu":
-        # Whole floats (np.loadtxt) pass. A fractional or NaN value is named, not truncated.
-        from dimalign.io.triplets import validate_triplets
+    # Whole floats (np.loadtxt) pass. A fractional or NaN value, a negative
+    # index and a row that repeats an object are named, before any slow step.
+    from dimalign.io.triplets import validate_triplets
 
-        array = validate_triplets(array, None, source="triplets")
+    array = validate_triplets(array, None, source="triplets")
     if array.size and (array.min() < 0 or array.max() >= n_objects):
         raise ValueError(
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
@@ -1519,6 +1581,9 @@ def check_reference_matrix(
         table (ObjectTable): Its ``n`` objects in row order.
         source (str | os.PathLike): Name of the matrix in errors, such as its file.
 
+    Returns:
+        np.ndarray: The matrix as float64, shape ``(n, n)``.
+
     Raises:
         ValueError: If the matrix is not square, does not fit the table,
             has NaN or inf off the diagonal (the message lists the first
@@ -1547,7 +1612,9 @@ def check_reference_matrix(
     from dimalign.analysis.rsa import CONSTANT_TOLERANCE, upper_triangle
 
     values = upper_triangle(array)
-    spread = float(np.ptp(values)) if values.size else 0.0
+    # Values near the float maximum with both signs have an infinite spread, which is not constant.
+    with np.errstate(over="ignore"):
+        spread = float(np.ptp(values)) if values.size else 0.0
     largest = float(np.max(np.abs(values))) if values.size else 0.0
     if spread <= CONSTANT_TOLERANCE * np.finfo(np.float64).eps * largest:
         first = float(values[0]) if values.size else math.nan
@@ -1583,7 +1650,8 @@ def _warn_if_asymmetric(matrix: np.ndarray, source: str | os.PathLike) -> None:
 def _reference_rows(pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable]) -> np.ndarray:
     """Return the rows of the reference objects in ``pair`` (the matrix is already checked)."""
     matrix, table = reference
-    missing = [name for name in table.object_ids if name not in set(pair.objects.object_ids)]
+    compared = set(pair.objects.object_ids)
+    missing = [name for name in table.object_ids if name not in compared]
     if missing:
         raise ValueError(
             f"{len(missing)} of the {len(table)} reference objects are not in the compared embeddings: "

@@ -1,7 +1,7 @@
 """Figures of the human-DNN comparison: matched correlations and the cumulative RSA.
 
-Each figure is written as PNG and SVG with matplotlib's Agg backend, so no
-display is needed.
+Each figure is written as PNG and SVG by a ``matplotlib.figure.Figure``
+made without pyplot, so no display is needed and the caller's backend stays.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,19 @@ METHOD_LABELS = {
     "optimal": "optimal assignment",
     "with_replacement": "with replacement",
 }
+
+
+def _new_figure() -> tuple[Any, Any]:
+    """Return a 6 x 3.6 inch figure and its axes, made without pyplot.
+
+    ``Figure.savefig`` picks the canvas of each file format (Agg for PNG), so
+    the caller's backend, such as a notebook's inline one, stays as it is,
+    and pyplot never keeps the figure open.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0, 3.6))
+    return figure, figure.subplots()
 
 
 def _save(figure, out_dir: Path, stem: str) -> list[str]:
@@ -43,12 +57,7 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
     Returns:
         list[str]: The files written (PNG and SVG).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    figure, axis = _new_figure()
     for method, matching in matchings.items():
         correlations = np.asarray(matching.correlations)
         axis.plot(
@@ -61,13 +70,19 @@ def plot_matching(matchings: Mapping[str, object], out_dir: str | Path, stem: st
     axis.axhline(0.0, color="0.6", linewidth=0.8)
     axis.legend(frameon=False, fontsize=8)
     axis.set_title("Human-DNN dimension matching")
-    names = _save(figure, Path(out_dir), stem)
-    plt.close(figure)
-    return names
+    return _save(figure, Path(out_dir), stem)
 
 
 def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
-    """Return the legend labels of the share line and of the dimension mark (None without a mark)."""
+    """Return the legend labels of the share line and of the dimension mark.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+
+    Returns:
+        tuple[str, str | None]: The share line's label, and the mark's label
+        or None when no prefix reaches the share or the share is undefined.
+    """
     if not cumulative.share_defined:
         interval = cumulative.r_full_interval
         if cumulative.r_full > 0 and interval is not None:
@@ -91,17 +106,17 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     explained variance that the first ``k`` matched dimensions reach. When
     that share is undefined (``cumulative.share_defined``), the y axis is ``r_k``.
 
+    Args:
+        cumulative (CumulativeRSA): The curve.
+        out_dir (str | Path): Output folder.
+        stem (str): File name without suffix.
+
     Returns:
         list[str]: The files written (PNG and SVG).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = np.asarray(cumulative.r)
     steps = np.arange(1, r.size + 1)
-    figure, axis = plt.subplots(figsize=(6.0, 3.6))
+    figure, axis = _new_figure()
     share_label, dims_label = cumulative_rsa_labels(cumulative)
     if cumulative.share_defined:
         axis.plot(steps, r**2 / cumulative.r_full**2, marker="o", markersize=3, linewidth=1.2, color="C0")
@@ -121,13 +136,20 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
     # The curve can pass 100%, so a fixed corner may cover it.
     axis.legend(frameon=False, fontsize=8, loc="best")
     axis.set_title("Cumulative RSA with the human similarity")
-    names = _save(figure, Path(out_dir), stem)
-    plt.close(figure)
-    return names
+    return _save(figure, Path(out_dir), stem)
 
 
 def write_comparison_figures(matchings: Mapping[str, object], cumulative, out_dir: str | Path) -> list[str]:
-    """Write the matching and cumulative RSA figures and return their file names."""
+    """Write the matching and cumulative RSA figures and return their file names.
+
+    Args:
+        matchings (Mapping[str, Matching]): By method name.
+        cumulative (CumulativeRSA): The cumulative RSA curve.
+        out_dir (str | Path): Output folder.
+
+    Returns:
+        list[str]: The four files written (PNG and SVG of each figure).
+    """
     names = plot_matching(matchings, out_dir) + plot_cumulative_rsa(cumulative, out_dir)
     logger.info("wrote figures %s to %s", ", ".join(names), out_dir)
     return names

@@ -87,6 +87,8 @@ def correlate_columns(
                 f"the {name} embedding contains NaN or inf in {int(bad.sum())} entries, the first "
                 f"at row {int(rows[0])}, column {int(columns[0])}; correlations need finite weights"
             )
+    # One product of unit-norm centred columns, r_pq = sum_n a_np * b_nq, instead of
+    # np.corrcoef, which computes all (n_a + n_b)^2 pairs and gives NaN for constant columns.
     standardised_a = _standardise_columns(a, name_a)
     standardised_b = _standardise_columns(b, name_b)
     correlations = standardised_a.T @ standardised_b
@@ -103,7 +105,13 @@ def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
             f"these objects (columns {columns[:20].tolist()}); their correlations are set to 0",
             UserWarning,
         )
-    centred = x - x.mean(axis=0)
+    # r does not change with a positive column scale. Dividing by the largest
+    # absolute weight first keeps the squares below finite and nonzero for
+    # weights near 1e200 or 1e-300, which would otherwise give NaN.
+    largest = np.abs(x).max(axis=0)
+    largest[largest == 0] = 1.0
+    scaled = x / largest
+    centred = scaled - scaled.mean(axis=0)
     norms = np.sqrt((centred**2).sum(axis=0))
     norms[constant] = 1.0
     centred[:, constant] = 0.0
@@ -219,7 +227,18 @@ def _greedy_pairs(correlations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
-    """Run every matching method that applies (the ones without replacement need n_dnn >= n_human)."""
+    """Run every matching method that applies (the ones without replacement need n_dnn >= n_human).
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+
+    Returns:
+        dict[str, Matching]: One matching per method, keyed by method name.
+
+    Warns:
+        UserWarning: When ``n_human > n_dnn``, so only matching with replacement runs.
+    """
     correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
@@ -294,6 +313,15 @@ def matched_order(matching: Matching, n_dnn: int, correlations: np.ndarray | Non
     its best pair). The unmatched DNN dimensions follow, by their highest
     correlation with any human dimension when ``correlations`` is given,
     else by index.
+
+    Args:
+        matching (Matching): The matched pairs.
+        n_dnn (int): Number of DNN dimensions.
+        correlations (np.ndarray | None): ``correlate_columns(human, dnn)``,
+            shape ``(n_human, n_dnn)``.
+
+    Returns:
+        np.ndarray: Every DNN dimension once, int64, shape ``(n_dnn,)``.
     """
     order: list[int] = []
     for dim in matching.dnn_dims.tolist():
@@ -311,6 +339,15 @@ def dims_for_share(r: np.ndarray, r_full: float, share: float = 0.95) -> int | N
 
     None when no step reaches it, or when ``r_full <= 0``, for which a share
     of the full model's r² has no meaning.
+
+    Args:
+        r (np.ndarray): The correlation after each step, shape ``(n_steps,)``.
+            NaN steps never reach the share.
+        r_full (float): The correlation of the full model.
+        share (float): The share of ``r_full^2`` to reach.
+
+    Returns:
+        int | None: The 1-based step, or None.
     """
     if not r_full > 0:
         return None
@@ -480,7 +517,12 @@ def top_objects_for_pair(human_weights: np.ndarray, dnn_weights: np.ndarray, k: 
         k (int): Objects per list.
 
     Returns:
-        dict[str, np.ndarray]: Object indices for ``"both"``, ``"human_only"``, ``"dnn_only"``.
+        dict[str, np.ndarray]: Object indices for ``"both"``, ``"human_only"``
+        and ``"dnn_only"``, each shape ``(k,)``.
+
+    Raises:
+        ValueError: If the two weight vectors differ in length, or ``k`` is
+            not an integer in ``1 .. n_objects``.
     """
     human_rank = _descending_ranks(human_weights)
     dnn_rank = _descending_ranks(dnn_weights)
@@ -510,6 +552,20 @@ def top_objects_table(
     Columns: pair_rank, human_dim, dnn_dim, r, group (``both``, ``human_only``,
     ``dnn_only``), position (1..k), object_index, object_id, human_weight,
     dnn_weight.
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        matching (Matching): The pairs to list, in their order.
+        names (Sequence[str]): The object id of each row.
+        k (int): Objects per group and pair.
+
+    Returns:
+        pd.DataFrame: ``3 * k`` rows per pair.
+
+    Raises:
+        ValueError: If ``names`` does not have one entry per object, or ``k``
+            is invalid (see :func:`top_objects_for_pair`).
     """
     if len(names) != human.shape[0]:
         raise ValueError(f"{len(names)} object names for {human.shape[0]} objects")

@@ -65,24 +65,15 @@ def _check_inputs(
     (shape, whole-number indices in range, three distinct objects per row),
     which accepts floats such as those of ``np.loadtxt`` when every value is whole.
     """
-    from dimalign.io.runs import embedding_weights, reject_negative_weights
+    from dimalign.analysis.similarity import _as_embedding
     from dimalign.io.triplets import validate_triplets
 
-    weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
-    if weights.ndim != 2:
-        raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
+    weights = _as_embedding(embedding, source)
     if weights.shape[1] == 0:
         raise ValueError(
             f"the embedding has no dimension (shape {weights.shape}), so no dimension can be relevant"
         )
-    bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
-    if bad_rows.size:
-        raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
-        )
-    reject_negative_weights(weights, source)
-    # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
-    return np.ascontiguousarray(weights), validate_triplets(np.asarray(triplets), weights.shape[0])
+    return weights, validate_triplets(np.asarray(triplets), weights.shape[0])
 
 
 def _pair_products(weights: torch.Tensor, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,6 +100,10 @@ def option_probabilities(
     Returns:
         np.ndarray: Shape ``(n, 3)``; column ``c`` is the probability that
         ``triplets[:, c]`` is the odd one out. Rows sum to 1.
+
+    Raises:
+        ValueError: If the embedding is not 2-D, has no dimension or has NaN
+            or inf, a triplet is invalid, or ``batch_size`` is below 1.
     """
     weights_np, rows = _check_inputs(embedding, triplets)
     # Checked because a negative step makes the loop below run no batch at all.
@@ -260,9 +255,13 @@ def jackknife_relevance(
             "count for no dimension",
             UserWarning,
         )
+    if assigned.size:
+        most_often = f"dim {int(np.argmax(share))} ({100 * share.max():.1f}%)"
+    else:
+        most_often = "none (every triplet is tied)"
     logger.info(
-        "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: dim %d (%.1f%%)",
-        prefix, n_triplets, n_dims, probabilities.mean(), int(np.argmax(share)), 100 * share.max(),
+        "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: %s",
+        prefix, n_triplets, n_dims, probabilities.mean(), most_often,
     )
     return JackknifeResult(
         probabilities=probabilities,
@@ -442,6 +441,14 @@ def compare_decisions(
 
 
 def _decision_frame(comparison: DecisionComparison, rows: np.ndarray, names: Sequence[str] | None) -> pd.DataFrame:
+    """Return one row per triplet in ``rows`` with both models' choices and most relevant dimensions.
+
+    Columns: triplet, object_1, object_2, object_3, human_odd_one_out,
+    dnn_odd_one_out, p_human and p_dnn (each model's probability of its own
+    choice), p_dnn_of_human_choice, human_dim, human_drop, dnn_dim and
+    dnn_drop. With ``names``, each object column is followed by its
+    ``<column>_id`` column.
+    """
     triplets = comparison.triplets[rows]
     index = np.arange(rows.size)
     human_choice = comparison.human_choice[rows]

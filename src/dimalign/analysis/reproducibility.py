@@ -47,6 +47,9 @@ def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0
     Returns:
         tuple[np.ndarray, np.ndarray]: Sorted indices of the two halves.
 
+    Raises:
+        ValueError: For fewer than 6 objects or an unknown ``method``.
+
     Examples:
         >>> [half.tolist() for half in split_halves(7)]
         [[0, 2, 4, 6], [1, 3, 5]]
@@ -63,7 +66,23 @@ def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0
 
 
 def fisher_mean(correlations: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """Average correlations through the Fisher z-transform (clipped to ±:data:`R_CLIP`)."""
+    """Average correlations through the Fisher z-transform.
+
+    ``tanh(mean(arctanh(clip(r, -R_CLIP, R_CLIP))))``. The clip keeps r = ±1
+    from becoming an infinite z, which would swamp every other value.
+
+    Args:
+        correlations (np.ndarray): Pearson correlations in ``[-1, 1]``, any shape.
+        axis (int | None): The axis to average over, None for all values.
+
+    Returns:
+        np.ndarray: The averaged correlations, the shape of ``correlations``
+        without ``axis`` (a 0-d array for ``axis=None``).
+
+    Examples:
+        >>> round(float(fisher_mean(np.array([0.5, 0.9]))), 4)
+        0.7661
+    """
     z = np.arctanh(np.clip(np.asarray(correlations, dtype=np.float64), -R_CLIP, R_CLIP))
     return np.tanh(z.mean(axis=axis))
 
@@ -139,33 +158,10 @@ def reproducibility(
             str(embedding) if isinstance(embedding, (str, os.PathLike)) else f"run {index}"
             for index, embedding in enumerate(embeddings)
         ]
-    if len(names) != len(embeddings):
-        raise ValueError(f"names has {len(names)} entries for {len(embeddings)} runs")
-    for embedding, name in zip(embeddings[1:], names[1:]):
-        check_same_index(embeddings[0], embedding, names[0], name)
-    arrays = [_as_array(embedding, name) for embedding, name in zip(embeddings, names)]
-    if len(arrays) < 2:
-        raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
-    n_objects = {array.shape[0] for array in arrays}
-    if len(n_objects) != 1 or any(array.ndim != 2 for array in arrays):
-        raise ValueError(
-            "every run must be a 2-D embedding of the same objects, got shapes "
-            f"{[array.shape for array in arrays]}"
-        )
-    for run, array in enumerate(arrays):
-        bad = ~np.isfinite(array)
-        if bad.any():
-            row, column = (int(index) for index in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{names[run]} contains NaN or inf in {int(bad.sum())} weights, the first at object "
-                f"{row}, dimension {column}; reproducibility needs finite embeddings"
-            )
-    # Pearson r does not change when a column is scaled. Dividing each column
-    # by its largest absolute weight keeps the squares in the correlation
-    # finite and nonzero for weights near 1e200 or 1e-300, which would
-    # otherwise make every score NaN.
-    arrays = [_unit_max_columns(array) for array in arrays]
-    first_half, second_half = split_halves(n_objects.pop(), split, random_state)
+    # correlate_columns scales each column by its largest absolute weight, so weights
+    # near 1e200 or 1e-300 score like any others.
+    arrays = _checked_runs(embeddings, names)
+    first_half, second_half = split_halves(arrays[0].shape[0], split, random_state)
 
     n_runs = len(arrays)
     dim_scores, pair_correlations = [], []
@@ -174,29 +170,9 @@ def reproducibility(
         for other_run, other in enumerate(arrays):
             if other_run == run:
                 continue
-            if other.shape[1] == 0 or reference.shape[1] == 0:
-                # A run without dimensions reproduces nothing.
-                held_out[:, other_run] = 0.0
-                continue
-            # Pick each dimension's partner on one half, then score it on the other.
-            choosing = correlate_columns(
-                reference[first_half], other[first_half],
-                name_a=f"{names[run]} (first half)", name_b=f"{names[other_run]} (first half)",
+            held_out[:, other_run] = _partner_scores(
+                reference, other, (first_half, second_half), (names[run], names[other_run])
             )
-            # A dimension constant on the first half has no defined correlation
-            # there, so it can neither choose a partner nor be chosen. Without
-            # this, argmax over a row of zeros would pick dimension 0 as partner.
-            reference_constant = np.ptp(reference[first_half], axis=0) == 0
-            other_constant = np.ptp(other[first_half], axis=0) == 0
-            choosing[:, other_constant] = -np.inf
-            partners = np.argmax(choosing, axis=1)
-            scoring = correlate_columns(
-                reference[second_half], other[second_half],
-                name_a=f"{names[run]} (second half)", name_b=f"{names[other_run]} (second half)",
-            )
-            scores = scoring[np.arange(reference.shape[1]), partners]
-            scores[reference_constant | other_constant.all()] = 0.0
-            held_out[:, other_run] = scores
         others = np.delete(held_out, run, axis=1)
         dim_scores.append(fisher_mean(others, axis=1))
         pair_correlations.append(held_out)
@@ -225,11 +201,83 @@ def reproducibility(
     return ReproducibilityResult(run_scores, dim_scores, pair_correlations, split_record)
 
 
-def _unit_max_columns(array: np.ndarray) -> np.ndarray:
-    """Divide each column by its largest absolute value, leaving all-zero columns as they are."""
-    largest = np.abs(array).max(axis=0) if array.shape[0] else np.ones(array.shape[1])
-    largest[largest == 0] = 1.0
-    return array / largest
+def _checked_runs(embeddings: Sequence[Any], names: Sequence[str]) -> list[np.ndarray]:
+    """Return every run as a float64 array, or raise ``ValueError`` naming the run that does not fit.
+
+    Returns:
+        list[np.ndarray]: One array per run, shape ``(n_objects, n_dims_r)``.
+    """
+    if len(names) != len(embeddings):
+        raise ValueError(f"names has {len(names)} entries for {len(embeddings)} runs")
+    for embedding, name in zip(embeddings[1:], names[1:]):
+        check_same_index(embeddings[0], embedding, names[0], name)
+    arrays = [_as_array(embedding, name) for embedding, name in zip(embeddings, names)]
+    if len(arrays) < 2:
+        raise ValueError(f"reproducibility needs at least two runs, got {len(arrays)}")
+    n_objects = {array.shape[0] for array in arrays}
+    if len(n_objects) != 1 or any(array.ndim != 2 for array in arrays):
+        raise ValueError(
+            "every run must be a 2-D embedding of the same objects, got shapes "
+            f"{[array.shape for array in arrays]}"
+        )
+    for run, array in enumerate(arrays):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            row, column = (int(index) for index in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{names[run]} contains NaN or inf in {int(bad.sum())} weights, the first at object "
+                f"{row}, dimension {column}; reproducibility needs finite embeddings"
+            )
+    return arrays
+
+
+def _partner_scores(
+    reference: np.ndarray,
+    other: np.ndarray,
+    halves: tuple[np.ndarray, np.ndarray],
+    names: tuple[str, str],
+) -> np.ndarray:
+    """Score each dimension of ``reference`` by how well a dimension of ``other`` reproduces it.
+
+    The partner is the dimension of ``other`` with the highest correlation on
+    the first half of the objects, and the score is their correlation on the
+    second half, so the choice does not inflate the score.
+
+    Args:
+        reference (np.ndarray): Shape ``(n_objects, n_dims_reference)``.
+        other (np.ndarray): Shape ``(n_objects, n_dims_other)``.
+        halves (tuple[np.ndarray, np.ndarray]): Object indices of the two halves.
+        names (tuple[str, str]): Names of the two runs in warnings.
+
+    Returns:
+        np.ndarray: Shape ``(n_dims_reference,)``. 0 where either run has no
+        dimension, or a dimension is constant on the first half.
+    """
+    first_half, second_half = halves
+    if other.shape[1] == 0 or reference.shape[1] == 0:
+        # A run without dimensions reproduces nothing.
+        return np.zeros(reference.shape[1])
+
+    # Pick each dimension's partner on one half, then score it on the other.
+    choosing = correlate_columns(
+        reference[first_half], other[first_half],
+        name_a=f"{names[0]} (first half)", name_b=f"{names[1]} (first half)",
+    )
+    # A dimension constant on the first half has no defined correlation
+    # there, so it can neither choose a partner nor be chosen. Without
+    # this, argmax over a row of zeros would pick dimension 0 as partner.
+    reference_constant = np.ptp(reference[first_half], axis=0) == 0
+    other_constant = np.ptp(other[first_half], axis=0) == 0
+    choosing[:, other_constant] = -np.inf
+    partners = np.argmax(choosing, axis=1)
+
+    scoring = correlate_columns(
+        reference[second_half], other[second_half],
+        name_a=f"{names[0]} (second half)", name_b=f"{names[1]} (second half)",
+    )
+    scores = scoring[np.arange(reference.shape[1]), partners]
+    scores[reference_constant | other_constant.all()] = 0.0
+    return scores
 
 
 def _as_array(embedding: Any, name: str) -> np.ndarray:

@@ -61,6 +61,9 @@ def upper_triangle(matrix: np.ndarray | Sequence[Sequence[float]], k: int = 1) -
 
     Returns:
         np.ndarray: Shape ``(n*(n-1)/2,)`` for ``k=1``, float64.
+
+    Raises:
+        ValueError: If the matrix is not square.
     """
     array = np.asarray(matrix, dtype=np.float64)
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
@@ -140,6 +143,12 @@ def _centre_and_scale(values: np.ndarray) -> np.ndarray:
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Return ``r = sum(a_c * b_c) / sqrt(sum(a_c^2) * sum(b_c^2))`` of the centred values ``a_c``, ``b_c``.
+
+    Hand-written instead of ``scipy.stats.pearsonr``, which returns NaN for
+    values near the float maximum with both signs (scipy 1.17 overflows in
+    ``x - mean``), while :func:`_centre_and_scale` handles them.
+    """
     centered_a = _centre_and_scale(a)
     centered_b = _centre_and_scale(b)
     value = float(centered_a @ centered_b / np.sqrt((centered_a @ centered_a) * (centered_b @ centered_b)))
@@ -164,7 +173,9 @@ def _correlate_checked(
             "Use matrices of at least 3 objects."
         )
     for index, (name, values, eps) in enumerate((("first", a, epsilons[0]), ("second", b, epsilons[1]))):
-        spread = float(np.ptp(values))
+        # Values near the float maximum with both signs have an infinite spread, which is not constant.
+        with np.errstate(over="ignore"):
+            spread = float(np.ptp(values))
         if spread <= CONSTANT_TOLERANCE * eps * float(np.max(np.abs(values))):
             raise ConstantInputError(
                 f"the {name} input is constant (every value is {values[0]:.6g}, the spread "

@@ -96,6 +96,13 @@ def find_runs(sweep_dir: str | os.PathLike) -> list[Path]:
     ``objects.tsv`` no longer matches the checksum in its own manifest is
     excluded too.
 
+    Args:
+        sweep_dir (str | os.PathLike): The sweep directory, with ``runs/seed_*``.
+
+    Returns:
+        list[Path]: The run folders, by seed (folders without a seed in
+        their name last, by name).
+
     Raises:
         FileNotFoundError: If the sweep has fewer than two finished runs.
         ValueError: If two runs record the same seed (naming both).
@@ -303,30 +310,8 @@ def select_run(
         embeddings, split=split, random_state=random_state, names=[str(path) for path in run_dirs]
     )
 
-    rows = []
-    for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
-        rows.append(
-            {
-                "seed": _recorded_seed(path),
-                "run_dir": str(path.resolve()),
-                "n_dims": int(embedding.shape[1]),
-                "val_accuracy": _recorded_accuracy(path),
-                "point_val_accuracy": _point_estimate_accuracy(embedding, val),
-                "reproducibility": float(result.run_scores[index]),
-            }
-        )
-    # Int64 keeps whole seeds (0, not 0.0) next to an unknown one, written as an empty field.
-    runs = pd.DataFrame(rows).astype({"seed": "Int64"})
+    rows, runs, dimensions = _selection_tables(run_dirs, embeddings, result, val)
     best = result.best_run
-    runs["selected"] = np.arange(len(rows)) == best
-    dimensions = pd.DataFrame(
-        [
-            {"run_dir": rows[run]["run_dir"], "seed": rows[run]["seed"], "dim": dim, "reproducibility": float(score)}
-            for run, scores in enumerate(result.dim_scores)
-            for dim, score in enumerate(scores)
-        ],
-        columns=["run_dir", "seed", "dim", "reproducibility"],
-    ).astype({"seed": "Int64"})
 
     # The outputs go into a hidden folder inside out_dir and replace those of
     # an earlier selection only when all are written, manifest.json last. A
@@ -377,6 +362,49 @@ def select_run(
 
 
 SELECTED_COPY_NAME = "selected_run"
+
+
+def _selection_tables(
+    run_dirs: Sequence[Path], embeddings: Sequence[np.ndarray], result: Any, val: np.ndarray | None
+) -> tuple[list[dict[str, Any]], pd.DataFrame, pd.DataFrame]:
+    """Build the rows of ``runs.csv`` and ``dimensions.csv``.
+
+    Args:
+        run_dirs (Sequence[Path]): The runs, in the order of ``embeddings``.
+        embeddings (Sequence[np.ndarray]): Each run's weights, shape ``(n_objects, n_dims_r)``.
+        result (ReproducibilityResult): The scores of the runs.
+        val (np.ndarray | None): Validation triplets for ``point_val_accuracy``.
+
+    Returns:
+        tuple[list[dict], pd.DataFrame, pd.DataFrame]: One dict per run, the
+        runs table with its ``selected`` column, and one row per dimension.
+    """
+    rows = []
+    for index, (path, embedding) in enumerate(zip(run_dirs, embeddings)):
+        rows.append(
+            {
+                "seed": _recorded_seed(path),
+                "run_dir": str(path.resolve()),
+                "n_dims": int(embedding.shape[1]),
+                "val_accuracy": _recorded_accuracy(path),
+                "point_val_accuracy": _point_estimate_accuracy(embedding, val),
+                "reproducibility": float(result.run_scores[index]),
+            }
+        )
+    # Int64 keeps whole seeds (0, not 0.0) next to an unknown one, written as an empty field.
+    runs = pd.DataFrame(rows).astype({"seed": "Int64"})
+    runs["selected"] = np.arange(len(rows)) == result.best_run
+    dimensions = pd.DataFrame(
+        [
+            {"run_dir": rows[run]["run_dir"], "seed": rows[run]["seed"], "dim": dim, "reproducibility": float(score)}
+            for run, scores in enumerate(result.dim_scores)
+            for dim, score in enumerate(scores)
+        ],
+        columns=["run_dir", "seed", "dim", "reproducibility"],
+    ).astype({"seed": "Int64"})
+    return rows, runs, dimensions
+
+
 
 
 def _check_select_output(out_dir: Path) -> None:

@@ -34,6 +34,7 @@ from fractions import Fraction
 
 import numpy as np
 import torch
+from scipy.special import log_softmax
 from tqdm.auto import tqdm
 
 from dimalign._progress import progress_disabled
@@ -70,11 +71,14 @@ class AccuracyResult:
         return self.accuracy
 
 
-def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+def _as_embedding(
+    embedding: np.ndarray | Sequence[Sequence[float]], source: str = "the embedding"
+) -> np.ndarray:
     """Return the embedding as a finite 2-D float64 array or raise ValueError.
 
     A fitted estimator or an :class:`~dimalign.io.runs.EmbeddingResult` gives
-    its weights (:func:`~dimalign.io.runs.embedding_weights`).
+    its weights (:func:`~dimalign.io.runs.embedding_weights`). ``source``
+    names the embedding in the error about negative weights.
     """
     from dimalign.io.runs import embedding_weights, reject_negative_weights
 
@@ -89,7 +93,7 @@ def _as_embedding(embedding: np.ndarray | Sequence[Sequence[float]]) -> np.ndarr
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
             "Fix or remove those objects first."
         )
-    reject_negative_weights(array, "the embedding")
+    reject_negative_weights(array, source)
     # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
     return np.ascontiguousarray(array)
 
@@ -220,9 +224,10 @@ def choice_log_probabilities(
 ) -> np.ndarray:
     """Compute the log-probability of each recorded choice under the softmax model.
 
-    ``log p = s_ij - logsumexp(s_ij, s_ik, s_jk)``, with the maximum of the
-    three logits subtracted before exponentiating, so large dot products do
-    not overflow.
+    ``log p = (s_ij - m) - log(exp(s_ij - m) + exp(s_ik - m) + exp(s_jk - m))``
+    with ``m`` the largest of the three logits (``scipy.special.log_softmax``).
+    The shift keeps large dot products from overflowing. Subtracting ``m``
+    before adding the logarithm keeps its digits when the logits are large.
 
     Args:
         embedding (np.ndarray): Shape ``(n_objects, n_dims)``.
@@ -243,9 +248,7 @@ def choice_log_probabilities(
     result = np.empty(rows.shape[0], dtype=np.float64)
     for start in _batches(rows.shape[0], batch_size):
         logits = triplet_logits(weights, rows[start : start + batch_size])
-        peak = logits.max(axis=1, keepdims=True)
-        log_normalizer = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-        result[start : start + batch_size] = logits[:, 0] - log_normalizer
+        result[start : start + batch_size] = log_softmax(logits, axis=1)[:, 0]
     return result
 
 
@@ -289,6 +292,10 @@ def triplet_log_likelihood(
 
     Returns:
         float: The mean or summed log-probability (``<= 0``).
+
+    Raises:
+        ValueError: If ``reduction`` is invalid, no triplets are given, or a
+            triplet, the embedding or ``batch_size`` is invalid.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"invalid reduction {reduction!r}: use 'mean' or 'sum'")

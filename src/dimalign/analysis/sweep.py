@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ def sweep(
 
     Raises:
         ValueError: For an unknown method, repeated or invalid seeds
-            (such as negative ones), settings the
+            (such as negative ones, or 1.5), settings the
             sweep sets itself, empty training or validation triplets, and when ``out_dir`` already contains runs or
             triplets that differ from this request in method, an estimator
             setting, the number of objects or the triplets. The message names
@@ -210,35 +211,10 @@ def sweep(
         RuntimeError: When a seed's fit fails (the message names the seed).
     """
     started = now_iso()
-    settings = dict(settings or {})
-    seeds = [int(seed) for seed in seeds]
-    if method not in ESTIMATORS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(ESTIMATORS)}")
-    if not seeds:
-        raise ValueError("no seeds given: pass at least one")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct, got {seeds}")
-    reserved = sorted(set(settings) & set(_PER_RUN_SETTINGS))
-    if reserved:
-        raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
-    if object_table is not None and len(object_table) != n_objects:
-        raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
-    inputs = dict(inputs or {})
-    if len(train) == 0:
-        source = f" in {inputs['train']}" if "train" in inputs else ""
-        raise ValueError(f"the training triplets{source} are empty: pass a file with triplets")
-    if val is not None and len(val) == 0 and "val" in inputs:
-        raise ValueError(
-            f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy "
-            "can be computed: pass a file with triplets (CLI: --val), or leave out --val"
-        )
-    if val is not None and len(val) == 0:
-        raise ValueError(
-            f"the validation split is empty (0 of {len(train)} triplets), so no held-out accuracy "
-            "can be computed: fit without validation (val=None, CLI: --val-fraction 0) or give "
-            "more triplets"
-        )
-    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine, seeds=seeds)
+    seeds, settings, inputs = _checked_request(
+        train, val, seeds=seeds, n_objects=n_objects, method=method, settings=settings,
+        object_table=object_table, n_jobs=n_jobs, engine=engine, inputs=inputs,
+    )
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, "sweep")
@@ -314,6 +290,65 @@ def sweep(
         int(table["n_dims"].min()), int(table["n_dims"].max()),
     )
     return table
+
+
+def _checked_request(
+    train: np.ndarray,
+    val: np.ndarray | None,
+    *,
+    seeds: Sequence[int],
+    n_objects: int,
+    method: str,
+    settings: Mapping[str, Any] | None,
+    object_table: ObjectTable | None,
+    n_jobs: int,
+    engine: str,
+    inputs: Mapping[str, str | os.PathLike] | None,
+) -> tuple[list[int], dict[str, Any], dict[str, str | os.PathLike]]:
+    """Check the arguments of :func:`sweep` before anything touches ``out_dir``.
+
+    Returns:
+        tuple[list[int], dict, dict]: The seeds as ints, and copies of
+        ``settings`` and ``inputs`` (empty for None).
+
+    Raises:
+        ValueError: As listed in :func:`sweep`, except the checks against
+            ``out_dir``.
+    """
+    settings = dict(settings or {})
+    for seed in seeds:
+        # int() would quietly turn a seed of 1.5 into 1.
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seeds must be integers, got {seed!r}")
+    seeds = [int(seed) for seed in seeds]
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(ESTIMATORS)}")
+    if not seeds:
+        raise ValueError("no seeds given: pass at least one")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    reserved = sorted(set(settings) & set(_PER_RUN_SETTINGS))
+    if reserved:
+        raise ValueError(f"settings {reserved} are set per run by the sweep: remove them")
+    if object_table is not None and len(object_table) != n_objects:
+        raise ValueError(f"the object table lists {len(object_table)} objects, but n_objects={n_objects}")
+    inputs = dict(inputs or {})
+    if len(train) == 0:
+        source = f" in {inputs['train']}" if "train" in inputs else ""
+        raise ValueError(f"the training triplets{source} are empty: pass a file with triplets")
+    if val is not None and len(val) == 0 and "val" in inputs:
+        raise ValueError(
+            f"the validation file {inputs['val']} contains no triplets, so no held-out accuracy "
+            "can be computed: pass a file with triplets (CLI: --val), or leave out --val"
+        )
+    if val is not None and len(val) == 0:
+        raise ValueError(
+            f"the validation split is empty (0 of {len(train)} triplets), so no held-out accuracy "
+            "can be computed: fit without validation (val=None, CLI: --val-fraction 0) or give "
+            "more triplets"
+        )
+    _check_run_settings(method, settings, n_jobs=n_jobs, engine=engine, seeds=seeds)
+    return seeds, settings, inputs
 
 
 @contextlib.contextmanager

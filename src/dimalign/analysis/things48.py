@@ -83,6 +83,9 @@ class Things48:
     def rows_in(self, object_ids: Sequence[str]) -> np.ndarray | None:
         """Find the rows of the 48 objects in an embedding whose rows are ``object_ids``.
 
+        Args:
+            object_ids (Sequence[str]): The THINGS concept id of each embedding row.
+
         Returns:
             np.ndarray | None: int64 rows, shape ``(48,)``, or None when
             ``object_ids`` are not the THINGS concepts (in any order), so that
@@ -98,9 +101,16 @@ class Things48:
 def read_rdm48(path: str | os.PathLike) -> np.ndarray:
     """Read the single 48 x 48 matrix of ``RDM48_triplet.mat``.
 
+    Args:
+        path (str | os.PathLike): The MATLAB file.
+
+    Returns:
+        np.ndarray: The dissimilarities, float64, shape ``(48, 48)``.
+
     Raises:
-        ValueError: If the file is not a MATLAB file, or contains no 48 x 48
-            matrix or more than one.
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is not a MATLAB file, contains no 48 x 48
+            matrix or more than one, or the matrix contains NaN or inf.
     """
     path = Path(path)
     if not path.is_file():
@@ -133,6 +143,14 @@ def read_rdm48(path: str | os.PathLike) -> np.ndarray:
 def read_words48(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
     """Read ``words48.csv`` and return the names and their ``exclude`` flags.
 
+    Args:
+        path (str | os.PathLike): The CSV file, header ``Word,exclude``.
+
+    Returns:
+        tuple[list[str], np.ndarray]: The names without surrounding spaces, in
+        file order, and a bool flag per name, shape ``(n_words,)``. A flag is
+        True unless the ``exclude`` cell is empty or ``0``.
+
     Raises:
         FileNotFoundError: If the file does not exist.
         ValueError: If the file is not UTF-8 or has no ``Word`` column.
@@ -164,8 +182,13 @@ def match_concept_ids(
     A word is looked up through ``aliases`` first, then with spaces replaced by
     underscores (``music box`` -> ``music_box``).
 
+    Args:
+        words (Sequence[str]): The object names of ``words48.csv``.
+        concept_ids (Sequence[str]): The THINGS concept ids of ``unique_id.txt``.
+        aliases (Mapping[str, str]): Concept id of each word that differs beyond spaces.
+
     Returns:
-        np.ndarray: int64 rows into ``concept_ids``, one per word.
+        np.ndarray: int64 rows into ``concept_ids``, one per word, shape ``(n_words,)``.
 
     Raises:
         ValueError: Listing every word that is not found.

@@ -117,7 +117,17 @@ def sort_key(relative_path: str) -> tuple[tuple[str, str], ...]:
 
 
 def normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
-    """Lower-case extensions and give each a leading dot (``"JPG"`` -> ``".jpg"``)."""
+    """Lower-case extensions and give each a leading dot (``"JPG"`` -> ``".jpg"``).
+
+    Args:
+        extensions (Sequence[str]): Extensions with or without the dot.
+
+    Returns:
+        tuple[str, ...]: Each extension once, in the given order.
+
+    Raises:
+        ValueError: For an empty extension or a lone dot.
+    """
     normalised = []
     for extension in extensions:
         extension = extension.strip().lower()
@@ -305,6 +315,12 @@ UNKNOWN_STAMP = (-1, -1)
 def image_stamp(path: str | os.PathLike) -> tuple[int, int]:
     """Return the size in bytes and the modification time in ns of a file.
 
+    Args:
+        path (str | os.PathLike): The file.
+
+    Returns:
+        tuple[int, int]: ``(st_size, st_mtime_ns)``.
+
     Raises:
         OSError: If the file cannot be examined.
     """
@@ -387,7 +403,18 @@ class ImageBatch:
 def collate_images(
     items: Sequence[tuple[int, torch.Tensor | None, str | None, tuple[int, int]]],
 ) -> ImageBatch:
-    """Stack the readable items of a batch and set the unreadable ones aside."""
+    """Stack the readable items of a batch and set the unreadable ones aside.
+
+    Args:
+        items (Sequence[tuple]): ``(row, pixels, reason, stamp)`` per image, as
+            :class:`ImageDataset` yields them. ``pixels`` is None and
+            ``reason`` gives the cause for an image that could not be read.
+
+    Returns:
+        ImageBatch: The rows, pixels ``(n_readable, 3, H, W)`` (None when no
+        image was readable) and stamps of the readable images, and
+        ``(row, reason)`` per unreadable one.
+    """
     readable = [item for item in items if item[1] is not None]
     rows = [row for row, _, _, _ in readable]
     pixels = torch.stack([tensor for _, tensor, _, _ in readable]) if readable else None

@@ -48,6 +48,12 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
 
     An alpha value (``#rrggbbaa``, ``r,g,b,a``) is accepted only when it is 255.
 
+    Args:
+        color (str | Sequence[int]): The colour as the CLI or a caller gives it.
+
+    Returns:
+        tuple[int, int, int]: Red, green and blue in ``0 .. 255``.
+
     Raises:
         ValueError: If the colour is not understood or is not opaque.
     """

@@ -228,7 +228,15 @@ class LayerReader:
 
 
 def count_calls(model: nn.Module, pixels: torch.Tensor) -> dict[str, int]:
-    """Run a full forward pass and return how often each named module is called."""
+    """Run a full forward pass and return how often each named module is called.
+
+    Args:
+        model (nn.Module): The network.
+        pixels (torch.Tensor): A preprocessed batch ``(n, 3, H, W)``.
+
+    Returns:
+        dict[str, int]: Calls by module name. Modules never called are left out.
+    """
     counts: dict[str, int] = {}
 
     def make_hook(name: str):

@@ -157,6 +157,13 @@ def efficientnet_lite0_transform() -> T.Compose:
 def split_model_name(name: str) -> tuple[str, str]:
     """Split ``"timm:resnet18"`` into ``("timm", "resnet18")``; plain names get their library.
 
+    Args:
+        name (str): A model name, optionally prefixed ``torchvision:`` or ``timm:``.
+
+    Returns:
+        tuple[str, str]: The library (``builtin``, ``torchvision`` or
+        ``timm``) and the bare model name.
+
     Raises:
         ValueError: If the prefix is neither ``torchvision`` nor ``timm``.
     """
@@ -243,6 +250,12 @@ def _random_model(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict file, unwrapping ``{"state_dict": ...}`` and ``module.`` prefixes.
+
+    Args:
+        path (str | os.PathLike): A file written by ``torch.save(model.state_dict(), path)``.
+
+    Returns:
+        dict[str, torch.Tensor]: Parameter and buffer tensors by name, on the CPU.
 
     Raises:
         ValueError: If the file cannot be read with ``torch.load(weights_only=True)``

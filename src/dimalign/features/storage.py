@@ -48,6 +48,16 @@ def feature_file_names(layers: Sequence[str], fmt: str) -> dict[str, str]:
     ``features.npy`` for one layer, ``features_<layer>.npy`` for several (the
     names :func:`dimalign.io.features.load_features` looks for), or one
     ``features.h5`` with a dataset per layer.
+
+    Args:
+        layers (Sequence[str]): The requested layer names.
+        fmt (str): ``npy`` or ``h5``.
+
+    Returns:
+        dict[str, str]: File name by layer.
+
+    Raises:
+        ValueError: For another format.
     """
     if fmt == "h5":
         return {layer: "features.h5" for layer in layers}
@@ -158,6 +168,12 @@ def open_image_stamps(work_dir: Path, n_images: int) -> tuple[np.ndarray, bool]:
 
 def rows_to_intervals(mask: np.ndarray) -> list[list[int]]:
     """Turn a boolean row mask into sorted ``[start, stop)`` intervals of True rows.
+
+    Args:
+        mask (np.ndarray): Boolean, shape ``(n_rows,)``.
+
+    Returns:
+        list[list[int]]: ``[start, stop)`` per run of True rows.
 
     Example:
         >>> rows_to_intervals(np.array([True, True, False, True]))
@@ -314,6 +330,12 @@ def file_stamp(path: Path) -> dict[str, int]:
 
     A rename keeps all three, while rewriting the file changes its
     modification time and a different file has another inode.
+
+    Args:
+        path (Path): The file.
+
+    Returns:
+        dict[str, int]: ``inode``, ``bytes`` and ``mtime_ns``.
     """
     stat = path.stat()
     return {"inode": stat.st_ino, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
