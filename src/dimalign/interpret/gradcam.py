@@ -259,7 +259,6 @@ def overlay(image: torch.Tensor | np.ndarray, cam: np.ndarray, *, alpha: float =
     return np.round(blended * 255.0).astype(np.uint8)
 
 
-
 def plot_gradcam(
     image: torch.Tensor | np.ndarray,
     maps: dict[int, np.ndarray],
