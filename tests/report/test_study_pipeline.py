@@ -733,3 +733,111 @@ def test_unreadable_study_record_is_named(study, tmp_path):
         "run the command again"
     )
     assert record.read_bytes() == before
+
+
+def keep_finished_output(config: Path, study_dir: Path, name: str) -> Path:
+    """Copy a finished stage folder to the partial folder that a run whose move failed leaves."""
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    stage_hash = plan_study(load_config(config), study_dir).stage(name).hash
+    kept = study_dir / f".{name}.partial-{stage_hash[:16]}"
+    shutil.copytree(study_dir / name, kept)
+    return kept
+
+
+def count_runs(monkeypatch, name: str) -> list[str]:
+    """Record each run of stage ``name``, which still writes its output."""
+    calls: list[str] = []
+    real_run = stages.STAGES[name].run
+
+    def counted(context):
+        calls.append(context.name)
+        return real_run(context)
+
+    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], run=counted))
+    return calls
+
+
+def test_from_stage_ignores_kept_output(study, tmp_path, monkeypatch):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert calls == ["compare"]
+    assert not kept.exists()
+
+
+def test_rerun_upstream_ignores_kept_output(study, tmp_path, monkeypatch):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "human_fit")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy)
+
+    assert "human_fit" in plan.to_run
+    assert calls == ["compare"]
+    assert not kept.exists()
+
+
+def test_old_folder_of_old_record_keeps_file(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    # A run killed after it renamed the old folder, whose record lists no files.
+    drop_file_list(copy / "compare")
+    (copy / "compare" / "NOTES.txt").write_text("my notes")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} contains 1 file that the new run of stage compare did not write (NOTES.txt), "
+        "and its record, from an older dimalign, lists no files, and the stage replaces its folder "
+        "as a whole when it runs again: move the file out of the folder, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+    assert kept.is_dir()
+
+    (old / "NOTES.txt").rename(tmp_path / "NOTES.txt")
+    plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert not old.exists()
+    assert not kept.exists()
+    assert read_stage_record(copy / "compare") is not None
+
+
+def test_old_folder_without_basis_is_kept(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    drop_file_list(copy / "compare")
+    (copy / "compare" / "NOTES.txt").write_text("my notes")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} contains the previous output of stage compare, left by an interrupted run, and its "
+        "record, from an older dimalign, lists no files, so files of yours in it cannot be told apart: "
+        "move any files of yours out of it, delete it, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"

@@ -111,6 +111,7 @@ class PlannedStage:
         reasons (list[str]): Why it runs, or ``unchanged``.
         changes (list[SettingChange]): ``--set`` values of this stage.
         seconds (float | None): Time the stage took, once run.
+        forced (bool): ``--from`` names the stage or a stage that it reads.
     """
 
     name: str
@@ -124,6 +125,7 @@ class PlannedStage:
     reasons: list[str] = field(default_factory=list)
     changes: list[SettingChange] = field(default_factory=list)
     seconds: float | None = None
+    forced: bool = False
 
 
 @dataclass
@@ -456,6 +458,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("pipeline format changed")
         stage.action = "run" if reasons else "skip"
         stage.reasons = reasons or ["unchanged"]
+        stage.forced = name in forced
 
 
 def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
@@ -789,9 +792,7 @@ def check_study_dir(plan: StudyPlan) -> None:
                 "move the folder away or choose another study directory"
             )
         if stage.action == "run" and folder.is_dir():
-            work_dir = _work_dir(study_dir, stage)
-            kept = work_dir if _finished_work(work_dir, stage) else None
-            _reject_unwritten_files(folder, stage.name, kept=kept)
+            _reject_unwritten_files(folder, stage.name, kept=_reusable_work(plan, stage))
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
@@ -983,13 +984,28 @@ def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
     return isinstance(files, list) and sorted(files) == _stage_files(work_dir)
 
 
+def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
+    """Return the partial folder whose finished output a run of ``stage`` moves into place, or None.
+
+    The output is reused only when it is what the stage would write again.
+    So a stage forced by ``--from``, or one whose upstream stage runs in
+    this run and may write other output under the same hash, runs again.
+    """
+    if stage.action != "run" or stage.forced:
+        return None
+    if any(plan.stage(name).action == "run" for name in stage.upstream):
+        return None
+    work_dir = _work_dir(plan.study_dir, stage)
+    return work_dir if _finished_work(work_dir, stage) else None
+
+
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
     work_dir = _work_dir(study_dir, stage)
-    if _finished_work(work_dir, stage):
+    if _reusable_work(plan, stage) is not None:
         logger.info(
             "stage %s: moving the finished output in %s into place, which an earlier run could not move",
             stage.name, work_dir,
@@ -1152,19 +1168,39 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     """
     keep = set()
     for stage in plan.stages:
-        work_dir = _work_dir(study_dir, stage)
-        if STAGES[stage.name].resumable or (stage.action == "run" and _finished_work(work_dir, stage)):
-            keep.add(work_dir.name)
+        if STAGES[stage.name].resumable or _reusable_work(plan, stage) is not None:
+            keep.add(_work_dir(study_dir, stage).name)
     for entry in study_dir.iterdir():
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if not stale or not entry.is_dir() or entry.name in keep:
             continue
         stage_name = entry.name[1:].split(".")[0]
-        unknown, old_record = _unwritten_files(entry)
-        if unknown:
-            raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+        _reject_files_in_leftover(entry, stage_name, plan)
         logger.info("removing %s, left by an interrupted run", entry)
         _remove_tree(entry, "left by an interrupted run")
+
+
+def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> None:
+    """Raise ``FileExistsError`` if a leftover folder contains files that its stage did not write.
+
+    An old folder whose record lists no files (from an older dimalign) is
+    compared with the stage's finished partial folder, the output that
+    replaced it. Without one, its files cannot be told apart, so it stays.
+    An old folder without any record is removed.
+    """
+    rewritten = None
+    if ".old-" in entry.name and stage_name in {stage.name for stage in plan.stages}:
+        work_dir = _work_dir(plan.study_dir, plan.stage(stage_name))
+        rewritten = work_dir if _finished_work(work_dir, plan.stage(stage_name)) else None
+    unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
+    if unknown:
+        raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+    if old_record and rewritten is None and ".old-" in entry.name and read_stage_record(entry) is not None:
+        raise FileExistsError(
+            f"{entry} contains the previous output of stage {stage_name}, left by an interrupted run, and "
+            "its record, from an older dimalign, lists no files, so files of yours in it cannot be told "
+            "apart: move any files of yours out of it, delete it, then run the study again"
+        )
 
 
 @contextlib.contextmanager
