@@ -837,7 +837,7 @@ def test_old_folder_without_basis_is_kept(study, tmp_path):
 
     assert str(error.value) == (
         f"{old} contains the previous output of stage compare, left by an interrupted run, and its "
-        "record, from an older dimalign, lists no files, so files of yours in it cannot be told apart: "
-        "move any files of yours out of it, delete it, then run the study again"
+        "record, from an older dimalign, lists no files, so files of yours in it cannot be distinguished from "
+        "the stage's: move any files of yours out of it, delete it, then run the study again"
     )
     assert (old / "NOTES.txt").read_text() == "my notes"
