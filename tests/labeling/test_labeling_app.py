@@ -1735,3 +1735,39 @@ def test_image_urls_change_with_version(study_path, monkeypatch):
     assert len(first_urls) == 30
     assert [url.split("?")[0] for url in updated_urls] == [url.split("?")[0] for url in first_urls]
     assert set(first_urls).isdisjoint(updated_urls)
+
+
+def test_image_rewritten_in_place_served_decoded(odd_images_study):
+    """A file rewritten in place with the same size and modification time is checked again."""
+    import io
+
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path, index = set_up(Image.fromarray(noise), format="PNG")
+    before = os.stat(target)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}").data
+    buffer = io.BytesIO()
+    Image.new("RGBA", (16, 16), (200, 0, 0, 0)).save(buffer, format="PNG")
+    # Bytes after the IEND chunk are ignored by PNG readers, so padding keeps the size.
+    replacement = buffer.getvalue().ljust(before.st_size, b"\0")
+    with open(target, "r+b") as handle:
+        handle.write(replacement)
+        handle.truncate()
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    second = client.get(f"/image/{index}").data
+    shown = Image.open(io.BytesIO(second))
+
+    assert os.stat(target).st_ino == before.st_ino
+    assert os.stat(target).st_size == before.st_size
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(first))), noise)
+    assert first != second
+    assert shown.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
