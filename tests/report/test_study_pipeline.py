@@ -841,3 +841,25 @@ def test_old_folder_without_basis_is_kept(study, tmp_path):
         "the stage's: move any files of yours out of it, delete it, then run the study again"
     )
     assert (old / "NOTES.txt").read_text() == "my notes"
+
+
+def test_read_only_study_is_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    before = read_stage_record(copy / "compare")["finished"]
+    copy.chmod(0o555)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        copy.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot create the lock file {copy / '.pipeline.lock'} (Permission denied): "
+        f"make the study directory writable (chmod u+rwx {copy}) or choose another one with -o, then run "
+        "the study again"
+    )
+    assert read_stage_record(copy / "compare")["finished"] == before
+    assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, "pipeline.json"])

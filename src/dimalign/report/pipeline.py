@@ -39,10 +39,11 @@ from typing import Any
 
 from dimalign.io.files import (
     MANIFEST_NAME,
+    acquire_lock,
     check_output_dir,
-    exclusive_lock,
     now_iso,
     read_manifest,
+    release_lock,
     sha256_file,
     write_manifest,
     write_text_atomic,
@@ -1208,10 +1209,25 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the study directory; the system releases it if the process dies.
 
     NOTE: ``fcntl`` locks exist on POSIX systems only, so ``dimalign run`` does not run on Windows.
+
+    Raises:
+        RuntimeError: If another ``dimalign run`` holds the lock.
+        OSError: If the lock file cannot be created, such as in a read-only
+            study directory. The message says how to fix that.
     """
     busy = f"another dimalign run is using {study_dir}; wait for it to finish"
-    with exclusive_lock(study_dir / _LOCK_NAME, busy):
+    lock_path = study_dir / _LOCK_NAME
+    try:
+        descriptor = acquire_lock(lock_path, busy)
+    except OSError as error:
+        raise OSError(
+            f"cannot create the lock file {lock_path} ({error.strerror}): make the study directory writable "
+            f"(chmod u+rwx {study_dir}) or choose another one with -o, then run the study again"
+        ) from error
+    try:
         yield
+    finally:
+        release_lock(lock_path, descriptor)
 
 
 def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
