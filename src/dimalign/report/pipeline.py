@@ -1213,7 +1213,7 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
     Raises:
         RuntimeError: If another ``dimalign run`` holds the lock.
         OSError: If the lock file cannot be created, such as in a read-only
-            study directory. The message says how to fix that.
+            study directory. The message names the fix.
     """
     busy = f"another dimalign run is using {study_dir}; wait for it to finish"
     lock_path = study_dir / _LOCK_NAME
