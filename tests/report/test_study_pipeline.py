@@ -863,3 +863,30 @@ def test_read_only_study_is_named(study, tmp_path):
     )
     assert read_stage_record(copy / "compare")["finished"] == before
     assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, "pipeline.json"])
+
+
+def test_folder_renamed_by_running_study(study, tmp_path, monkeypatch):
+    """A stage folder that the run holding the lock renames during the check is no unreadable folder."""
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    old = copy / ".compare.old-99999"
+    real_stage_files = pipeline._stage_files
+
+    def stage_files_while_other_run_moves(folder):
+        if folder == copy / "compare" and not old.exists():
+            # The run that holds the lock replaces the folder now.
+            (copy / "compare").rename(old)
+        return real_stage_files(folder)
+
+    monkeypatch.setattr(pipeline, "_stage_files", stage_files_while_other_run_moves)
+    with open(copy / ".pipeline.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError) as error:
+            run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == f"another dimalign run is using {copy}; wait for it to finish"
+    assert read_stage_record(old) is not None

@@ -878,10 +878,14 @@ def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
     """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
 
     ``os.walk`` skips such a folder by default, so a check would miss the
-    files in it, and a rerun could delete them.
+    files in it, and a rerun could delete them. A folder that no longer
+    exists, such as one that the run holding the study's lock renamed during
+    the check, is skipped, because it has no files to miss.
     """
 
     def fail(error: OSError) -> None:
+        if isinstance(error, FileNotFoundError):
+            return
         where = "" if Path(error.filename) == top else f", a folder inside {top}"
         raise PermissionError(
             f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
