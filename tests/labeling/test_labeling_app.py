@@ -1771,3 +1771,21 @@ def test_image_rewritten_in_place_served_decoded(odd_images_study):
     assert first != second
     assert shown.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+def test_image_broken_after_start_logged(odd_images_study, caplog):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    target.write_bytes(b"not an image")
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"cannot decode image {index}: {target}: not an image file Pillow can read"]
+    assert "is served decoded" not in caplog.text

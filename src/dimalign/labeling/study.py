@@ -734,8 +734,8 @@ def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
     reports the error.
 
     Returns:
-        tuple[bool, bool]: The result, and whether the file was opened now
-        (False where the result came from the cache).
+        tuple[bool, bool]: The result, and whether the file was checked now
+        (False where the result came from the cache or the file cannot be opened).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -749,14 +749,15 @@ def _browser_shows_file_otherwise(path: str | os.PathLike) -> tuple[bool, bool]:
         cached = _shown_otherwise_cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1], False
+    checked_now = True
     try:
         with Image.open(path) as opened:
             shown_otherwise = browser_shows_otherwise(opened)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
-        shown_otherwise = True
+        shown_otherwise, checked_now = True, False
     with _shown_otherwise_lock:
         _shown_otherwise_cache[key] = (version, shown_otherwise)
-    return shown_otherwise, True
+    return shown_otherwise, checked_now
 
 
 #: Pillow's options of the WebP files that the app serves decoded. Lossless
