@@ -973,6 +973,13 @@ def _add_participant_routes(app: Flask) -> None:
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
+        if _study().image_differs_from_setup(object_index, path):
+            logger.warning(
+                "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
+                "participants would see another picture; put back the image that the study was set up with",
+                object_index, path,
+            )
+            abort(404, description=f"There is no image {object_index}.")
         if _study().serves_decoded(object_index, path):
             # A browser may show this file otherwise than the DNN saw it (see
             # browser_shows_otherwise), so it gets the decoded pixels as a lossless WebP file.
