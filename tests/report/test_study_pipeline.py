@@ -890,3 +890,43 @@ def test_folder_renamed_by_running_study(study, tmp_path, monkeypatch):
 
     assert str(error.value) == f"another dimalign run is using {copy}; wait for it to finish"
     assert read_stage_record(old) is not None
+
+
+def test_stage_folder_symlink_rejected(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    elsewhere = tmp_path / "other_disk" / "compare"
+    elsewhere.parent.mkdir()
+    (copy / "compare").rename(elsewhere)
+    (copy / "compare").symlink_to(elsewhere, target_is_directory=True)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} is a symbolic link to {elsewhere}, and stage compare replaces its folder as a "
+        "whole when it runs again, so the new output would not go there: move the folder to "
+        f"{copy / 'compare'} in place of the link, then run the study again"
+    )
+    assert (copy / "compare").is_symlink()
+    assert read_stage_record(elsewhere) is not None
+    # A stage that does not run keeps the link.
+    assert run_study(config, copy).to_run == []
+
+
+def test_leftover_symlink_removed_not_target(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    elsewhere = tmp_path / "other_disk" / "compare"
+    shutil.copytree(copy / "compare", elsewhere)
+    old = copy / ".compare.old-99999"
+    old.symlink_to(elsewhere, target_is_directory=True)
+
+    assert run_study(config, copy).to_run == []
+
+    assert not old.is_symlink()
+    assert read_stage_record(elsewhere) is not None

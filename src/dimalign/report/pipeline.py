@@ -781,6 +781,12 @@ def check_study_dir(plan: StudyPlan) -> None:
                     "would count as changed input on every run; choose an output folder outside it"
                 )
         folder = study_dir / stage.name
+        if stage.action == "run" and folder.is_symlink():
+            raise FileExistsError(
+                f"{folder} is a symbolic link to {os.readlink(folder)}, and stage {stage.name} replaces its "
+                "folder as a whole when it runs again, so the new output would not go there: move the folder "
+                f"to {folder} in place of the link, then run the study again"
+            )
         if folder.exists() and not folder.is_dir():
             raise FileExistsError(
                 f"{folder} is a file, but stage {stage.name} writes a folder of that name; move the "
@@ -1178,6 +1184,11 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     for entry in study_dir.iterdir():
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if not stale or not entry.is_dir() or entry.name in keep:
+            continue
+        if entry.is_symlink():
+            # Removing the link leaves the folder that it points to, and the files in it, in place.
+            logger.info("removing the symbolic link %s, left by an interrupted run", entry)
+            entry.unlink()
             continue
         stage_name = entry.name[1:].split(".")[0]
         _reject_files_in_leftover(entry, stage_name, plan)
