@@ -1201,8 +1201,9 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
 
     An old folder whose record lists no files (from an older dimalign) is
     compared with the stage's finished partial folder, the output that
-    replaced it. Without one, files of the user cannot be distinguished from the stage's, so it stays.
-    An old folder without any record is removed.
+    replaced it. Without one, the user's files cannot be distinguished from
+    the stage's, so the folder stays and an error names it. An old folder
+    without any record passes.
     """
     rewritten = None
     if ".old-" in entry.name and stage_name in {stage.name for stage in plan.stages}:
@@ -1214,8 +1215,9 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
     if old_record and rewritten is None and ".old-" in entry.name and read_stage_record(entry) is not None:
         raise FileExistsError(
             f"{entry} contains the previous output of stage {stage_name}, left by an interrupted run, and "
-            "its record, from an older dimalign, lists no files, so files of yours in it cannot be distinguished "
-            "from the stage's: move any files of yours out of it, delete it, then run the study again"
+            "its record, from an older dimalign, lists no files, so files of yours in it cannot be "
+            "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
+            "study again"
         )
 
 
