@@ -930,3 +930,22 @@ def test_leftover_symlink_removed_not_target(study, tmp_path):
 
     assert not old.is_symlink()
     assert read_stage_record(elsewhere) is not None
+
+
+def test_old_folder_checked_before_partial_removed(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    drop_file_list(copy / "compare")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    # --from makes the kept output stale, so the run removes it after it compared the old folder with it.
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert not old.exists()
+    assert not kept.exists()
+    assert read_stage_record(copy / "compare") is not None

@@ -1181,7 +1181,10 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     for stage in plan.stages:
         if STAGES[stage.name].resumable or _reusable_work(plan, stage) is not None:
             keep.add(_work_dir(study_dir, stage).name)
-    for entry in study_dir.iterdir():
+    # Old folders come first, because one whose record lists no files is compared with the
+    # partial folder of its stage, which this loop may remove.
+    entries = sorted(study_dir.iterdir(), key=lambda entry: (".partial-" in entry.name, entry.name))
+    for entry in entries:
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if not stale or not entry.is_dir() or entry.name in keep:
             continue
