@@ -949,3 +949,26 @@ def test_old_folder_checked_before_partial_removed(study, tmp_path):
     assert not old.exists()
     assert not kept.exists()
     assert read_stage_record(copy / "compare") is not None
+
+
+def test_read_only_stage_folder_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    (copy / "compare").chmod(0o555)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        for folder in [copy / "compare", *copy.glob(".compare.old-*")]:
+            folder.chmod(0o755)
+
+    assert result.returncode == 0, result.stderr
+    old = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.old-")]
+    assert len(old) == 1
+    warnings = [line for line in result.stderr.splitlines() if "could not remove" in line]
+    assert len(warnings) == 1
+    assert f"could not remove {old[0]}, the previous output of stage compare ([Errno 13] Permission denied: " in warnings[0]
+    assert warnings[0].endswith(
+        f"make it writable (chmod -R u+rwX {old[0]}) or delete it, because the next run stops until it is removed"
+    )

@@ -1043,8 +1043,8 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
                 shutil.rmtree(work_dir)
             except OSError as error:
                 logger.warning(
-                    "could not remove %s of the failed stage %s (%s); the next run removes it", work_dir,
-                    stage.name, error,
+                    "could not remove %s of the failed stage %s (%s): make it writable (chmod -R u+rwX %s) "
+                    "or delete it before the next run", work_dir, stage.name, error, work_dir,
                 )
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
@@ -1124,8 +1124,9 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             shutil.rmtree(old)
         except OSError as error:
             logger.warning(
-                "could not remove %s, the previous output of stage %s (%s); the next run removes it",
-                old, stage_name, error,
+                "could not remove %s, the previous output of stage %s (%s): make it writable "
+                "(chmod -R u+rwX %s) or delete it, because the next run stops until it is removed",
+                old, stage_name, error, old,
             )
 
 
