@@ -1590,6 +1590,13 @@ def test_image_file_checked_once(odd_images_study, monkeypatch):
     assert [os.fspath(file) for file in opened] == [os.fspath(target)]
 
 
+def drop_image_checksums(path: Path) -> None:
+    """Make a study look like one set up before image checksums were stored."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE objects SET image_sha256 = NULL")
+    connection.close()
+
+
 def test_image_changed_after_start_served_decoded(odd_images_study):
     import io
 
@@ -1599,6 +1606,8 @@ def test_image_changed_after_start_served_decoded(odd_images_study):
 
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    # Without checksums, the app cannot tell that the file changed, so it decodes the new file.
+    drop_image_checksums(path)
     original = target.read_bytes()
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
@@ -1882,6 +1891,8 @@ def test_decoded_image_etag_changes_with_file(odd_images_study, monkeypatch):
 
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    # A study with checksums rejects the changed file (404), so only one without them serves it.
+    drop_image_checksums(path)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
     etag = client.get(f"/image/{index}").headers["ETag"]
@@ -1979,6 +1990,8 @@ def test_file_copied_with_same_time_not_304(odd_images_study):
 
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGB", (16, 16), (255, 0, 0)), format="BMP")
+    # A study with checksums rejects the changed file (404), so only one without them serves it.
+    drop_image_checksums(path)
     os.utime(target, ns=(10**18, 10**18))
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
@@ -2017,3 +2030,94 @@ def test_jpeg_smaller_than_shrunk_sent_as_file(odd_images_study, shared_data):
     assert first.status_code == 200
     assert first.data == target.read_bytes()
     assert again.status_code == 304
+
+
+def test_image_rewritten_in_place_served_decoded(odd_images_study):
+    """A file rewritten in place with the same size and modification time is checked again."""
+    import io
+
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    noise = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    path, index = set_up(Image.fromarray(noise), format="PNG")
+    drop_image_checksums(path)
+    before = os.stat(target)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}").data
+    buffer = io.BytesIO()
+    Image.new("RGBA", (16, 16), (200, 0, 0, 0)).save(buffer, format="PNG")
+    # Bytes after the IEND chunk are ignored by PNG readers, so padding keeps the size.
+    replacement = buffer.getvalue().ljust(before.st_size, b"\0")
+    with open(target, "r+b") as handle:
+        handle.write(replacement)
+        handle.truncate()
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    second = client.get(f"/image/{index}").data
+    shown = Image.open(io.BytesIO(second))
+
+    assert os.stat(target).st_ino == before.st_ino
+    assert os.stat(target).st_size == before.st_size
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(first))), noise)
+    assert first != second
+    assert shown.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+
+
+def test_image_broken_after_start_logged(odd_images_study, caplog):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    # With checksums, the changed file is rejected before it is decoded.
+    drop_image_checksums(path)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    target.write_bytes(b"not an image")
+    caplog.clear()
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"cannot decode image {index}: {target}: not an image file Pillow can read"]
+    assert "is served decoded" not in caplog.text
+
+
+@pytest.mark.parametrize("replacement", ["other photo", "transparent png", "symlink"])
+def test_image_changed_after_start_rejected(odd_images_study, caplog, replacement):
+    """A file that differs from setup is never served, as the start rejects such a file."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="JPEG")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    assert client.get(f"/image/{index}").status_code == 200
+    before = os.stat(target)
+    if replacement == "other photo":
+        Image.new("RGB", (16, 16), (200, 20, 30)).save(target, format="JPEG")
+        os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    elif replacement == "transparent png":
+        Image.new("RGBA", (16, 16), (200, 0, 0, 0)).save(target, format="PNG")
+    else:
+        other = target.with_name("other.jpg")
+        Image.new("RGB", (16, 16), (0, 0, 255)).save(other, format="JPEG")
+        target.unlink()
+        target.symlink_to(other.name)
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"rejected image {index}: {target.resolve()} differs from the image at setup (its sha256 checksum "
+        "differs), so participants would see another picture; put back the image that the study was set up with"
+    ]

@@ -733,3 +733,242 @@ def test_unreadable_study_record_is_named(study, tmp_path):
         "run the command again"
     )
     assert record.read_bytes() == before
+
+
+def keep_finished_output(config: Path, study_dir: Path, name: str) -> Path:
+    """Copy a finished stage folder to the partial folder that a run whose move failed leaves."""
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    stage_hash = plan_study(load_config(config), study_dir).stage(name).hash
+    kept = study_dir / f".{name}.partial-{stage_hash[:16]}"
+    shutil.copytree(study_dir / name, kept)
+    return kept
+
+
+def count_runs(monkeypatch, name: str) -> list[str]:
+    """Record each run of stage ``name``, which still writes its output."""
+    calls: list[str] = []
+    real_run = stages.STAGES[name].run
+
+    def counted(context):
+        calls.append(context.name)
+        return real_run(context)
+
+    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], run=counted))
+    return calls
+
+
+def test_from_stage_ignores_kept_output(study, tmp_path, monkeypatch):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert calls == ["compare"]
+    assert not kept.exists()
+
+
+def test_rerun_upstream_ignores_kept_output(study, tmp_path, monkeypatch):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "human_fit")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy)
+
+    assert "human_fit" in plan.to_run
+    assert calls == ["compare"]
+    assert not kept.exists()
+
+
+def test_old_folder_of_old_record_keeps_file(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    # A run killed after it renamed the old folder, whose record lists no files.
+    drop_file_list(copy / "compare")
+    (copy / "compare" / "NOTES.txt").write_text("my notes")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} contains 1 file that the new run of stage compare did not write (NOTES.txt), "
+        "and its record, from an older dimalign, lists no files, and the stage replaces its folder "
+        "as a whole when it runs again: move the file out of the folder, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+    assert kept.is_dir()
+
+    (old / "NOTES.txt").rename(tmp_path / "NOTES.txt")
+    plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert not old.exists()
+    assert not kept.exists()
+    assert read_stage_record(copy / "compare") is not None
+
+
+def test_old_folder_without_basis_is_kept(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    drop_file_list(copy / "compare")
+    (copy / "compare" / "NOTES.txt").write_text("my notes")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} contains the previous output of stage compare, left by an interrupted run, and its "
+        "record, from an older dimalign, lists no files, so files of yours in it cannot be distinguished from "
+        "the stage's: move any files of yours out of it, delete it, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+
+
+def test_read_only_study_is_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    before = read_stage_record(copy / "compare")["finished"]
+    copy.chmod(0o555)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        copy.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot create the lock file {copy / '.pipeline.lock'} (Permission denied): "
+        f"make the study directory writable (chmod u+rwx {copy}) or choose another one with -o, then run "
+        "the study again"
+    )
+    assert read_stage_record(copy / "compare")["finished"] == before
+    assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, "pipeline.json"])
+
+
+def test_folder_renamed_by_running_study(study, tmp_path, monkeypatch):
+    """A stage folder that the run holding the lock renames during the check is no unreadable folder."""
+    from dimalign.report import pipeline
+
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    old = copy / ".compare.old-99999"
+    real_stage_files = pipeline._stage_files
+
+    def stage_files_while_other_run_moves(folder):
+        if folder == copy / "compare" and not old.exists():
+            # The run that holds the lock replaces the folder now.
+            (copy / "compare").rename(old)
+        return real_stage_files(folder)
+
+    monkeypatch.setattr(pipeline, "_stage_files", stage_files_while_other_run_moves)
+    with open(copy / ".pipeline.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError) as error:
+            run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == f"another dimalign run is using {copy}; wait for it to finish"
+    assert read_stage_record(old) is not None
+
+
+def test_stage_folder_symlink_rejected(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    elsewhere = tmp_path / "other_disk" / "compare"
+    elsewhere.parent.mkdir()
+    (copy / "compare").rename(elsewhere)
+    (copy / "compare").symlink_to(elsewhere, target_is_directory=True)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} is a symbolic link to {elsewhere}, and stage compare replaces its folder as a "
+        "whole when it runs again, so the new output would not go there: move the folder to "
+        f"{copy / 'compare'} in place of the link, then run the study again"
+    )
+    assert (copy / "compare").is_symlink()
+    assert read_stage_record(elsewhere) is not None
+    # A stage that does not run keeps the link.
+    assert run_study(config, copy).to_run == []
+
+
+def test_leftover_symlink_removed_not_target(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    elsewhere = tmp_path / "other_disk" / "compare"
+    shutil.copytree(copy / "compare", elsewhere)
+    old = copy / ".compare.old-99999"
+    old.symlink_to(elsewhere, target_is_directory=True)
+
+    assert run_study(config, copy).to_run == []
+
+    assert not old.is_symlink()
+    assert read_stage_record(elsewhere) is not None
+
+
+def test_old_folder_checked_before_partial_removed(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    kept = keep_finished_output(config, copy, "compare")
+    drop_file_list(copy / "compare")
+    old = copy / ".compare.old-99999"
+    (copy / "compare").rename(old)
+
+    # --from makes the kept output stale, so the run removes it after it compared the old folder with it.
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert not old.exists()
+    assert not kept.exists()
+    assert read_stage_record(copy / "compare") is not None
+
+
+def test_read_only_stage_folder_named(study, tmp_path):
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    (copy / "compare").chmod(0o555)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        for folder in [copy / "compare", *copy.glob(".compare.old-*")]:
+            folder.chmod(0o755)
+
+    assert result.returncode == 0, result.stderr
+    old = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.old-")]
+    assert len(old) == 1
+    warnings = [line for line in result.stderr.splitlines() if "could not remove" in line]
+    assert len(warnings) == 1
+    assert f"could not remove {old[0]}, the previous output of stage compare ([Errno 13] Permission denied: " in warnings[0]
+    assert warnings[0].endswith(
+        f"make it writable (chmod -R u+rwX {old[0]}) or delete it, because the next run stops until it is removed"
+    )

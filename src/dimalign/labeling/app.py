@@ -972,6 +972,13 @@ def _add_participant_routes(app: Flask) -> None:
         except NotFoundError as error:
             logger.warning("rejected image %d: %s", object_index, error)
             abort(404, description=f"There is no image {object_index}.")
+        if _study().image_differs_from_setup(object_index, path):
+            logger.warning(
+                "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
+                "participants would see another picture; put back the image that the study was set up with",
+                object_index, path,
+            )
+            abort(404, description=f"There is no image {object_index}.")
         # Every participant sees the same images, so they reveal nothing about
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and

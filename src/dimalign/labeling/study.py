@@ -841,6 +841,31 @@ def _file_version(stat: os.stat_result) -> tuple[int, int, int, int]:
     return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
+#: SHA-256 checksums of image files by path: the file version and the checksum.
+_checksum_cache: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+_checksum_lock = threading.Lock()
+
+
+def _file_checksum(path: str | os.PathLike) -> str | None:
+    """Return the SHA-256 of a file, computed once per file version, or None for a file that cannot be read."""
+    key = os.fspath(path)
+    try:
+        version = _file_version(os.stat(path))
+    except OSError:
+        return None
+    with _checksum_lock:
+        cached = _checksum_cache.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    try:
+        checksum = sha256_file(path)
+    except OSError:
+        return None
+    with _checksum_lock:
+        _checksum_cache[key] = (version, checksum)
+    return checksum
+
+
 @dataclass(frozen=True)
 class _FileCheck:
     """Facts about an image file that decide how the app serves it.
@@ -873,8 +898,9 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     reports the error.
 
     Returns:
-        tuple[_FileCheck, bool]: The result, and whether the file was opened
-        now (False where the result came from the cache).
+        tuple[_FileCheck, bool]: The result, and whether the file was checked
+        now (False where the result came from the cache or the file cannot
+        be opened).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -888,14 +914,16 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
         cached = _file_check_cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1], False
+    checked_now = True
     try:
         with Image.open(path) as opened:
             result = _FileCheck(browser_shows_otherwise(opened), max(opened.size))
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         result = _FileCheck(shown_otherwise=True, longer_side=0)
+        checked_now = False
     with _file_check_lock:
         _file_check_cache[key] = (version, result)
-    return result, True
+    return result, checked_now
 
 
 #: Pillow's options of the WebP files that the app serves decoded. Lossless
@@ -1317,6 +1345,24 @@ class Study:
             "SELECT object_index, image_sha256 FROM objects WHERE image_path IS NOT NULL"
         ).fetchall()
         return {int(row["object_index"]): row["image_sha256"] for row in rows}
+
+    def image_differs_from_setup(self, object_index: int, path: Path) -> bool:
+        """Check whether an object's image file differs from the file at setup, by the SHA-256 stored then.
+
+        The start checks every file (see :meth:`check_images`), and this check
+        finds a file replaced while the app runs, or a symbolic link pointed
+        at another file. The checksum is computed once per file version (see
+        :func:`_file_version`). False in a study without checksums, and for a
+        file that cannot be read, whose decoding then reports the error.
+        """
+        row = self.connection.execute(
+            "SELECT image_sha256 FROM objects WHERE object_index = ?", (int(object_index),)
+        ).fetchone()
+        stored = row["image_sha256"] if row is not None else None
+        if not stored:
+            return False
+        checksum = _file_checksum(path)
+        return checksum is not None and checksum != stored
 
     def served_form(self, object_index: int, path: Path) -> ServedForm:
         """Decide how the app sends an object's image file ``path``.

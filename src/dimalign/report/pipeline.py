@@ -39,10 +39,11 @@ from typing import Any
 
 from dimalign.io.files import (
     MANIFEST_NAME,
+    acquire_lock,
     check_output_dir,
-    exclusive_lock,
     now_iso,
     read_manifest,
+    release_lock,
     sha256_file,
     write_manifest,
     write_text_atomic,
@@ -111,6 +112,7 @@ class PlannedStage:
         reasons (list[str]): Why it runs, or ``unchanged``.
         changes (list[SettingChange]): ``--set`` values of this stage.
         seconds (float | None): Time the stage took, once run.
+        forced (bool): ``--from`` names the stage or a stage that it reads.
     """
 
     name: str
@@ -124,6 +126,7 @@ class PlannedStage:
     reasons: list[str] = field(default_factory=list)
     changes: list[SettingChange] = field(default_factory=list)
     seconds: float | None = None
+    forced: bool = False
 
 
 @dataclass
@@ -456,6 +459,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("pipeline format changed")
         stage.action = "run" if reasons else "skip"
         stage.reasons = reasons or ["unchanged"]
+        stage.forced = name in forced
 
 
 def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
@@ -777,6 +781,12 @@ def check_study_dir(plan: StudyPlan) -> None:
                     "would count as changed input on every run; choose an output folder outside it"
                 )
         folder = study_dir / stage.name
+        if stage.action == "run" and folder.is_symlink():
+            raise FileExistsError(
+                f"{folder} is a symbolic link to {os.readlink(folder)}, and stage {stage.name} replaces its "
+                "folder as a whole when it runs again, so the new output would not go there: move the folder "
+                f"to {folder} in place of the link, then run the study again"
+            )
         if folder.exists() and not folder.is_dir():
             raise FileExistsError(
                 f"{folder} is a file, but stage {stage.name} writes a folder of that name; move the "
@@ -789,9 +799,7 @@ def check_study_dir(plan: StudyPlan) -> None:
                 "move the folder away or choose another study directory"
             )
         if stage.action == "run" and folder.is_dir():
-            work_dir = _work_dir(study_dir, stage)
-            kept = work_dir if _finished_work(work_dir, stage) else None
-            _reject_unwritten_files(folder, stage.name, kept=kept)
+            _reject_unwritten_files(folder, stage.name, kept=_reusable_work(plan, stage))
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
@@ -876,10 +884,14 @@ def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
     """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
 
     ``os.walk`` skips such a folder by default, so a check would miss the
-    files in it, and a rerun could delete them.
+    files in it, and a rerun could delete them. A folder that no longer
+    exists, such as one that the run holding the study's lock renamed during
+    the check, is skipped, because it has no files to miss.
     """
 
     def fail(error: OSError) -> None:
+        if isinstance(error, FileNotFoundError):
+            return
         where = "" if Path(error.filename) == top else f", a folder inside {top}"
         raise PermissionError(
             f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
@@ -983,13 +995,28 @@ def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
     return isinstance(files, list) and sorted(files) == _stage_files(work_dir)
 
 
+def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
+    """Return the partial folder whose finished output a run of ``stage`` moves into place, or None.
+
+    The output is reused only when it is what the stage would write again.
+    So a stage forced by ``--from``, or one whose upstream stage runs in
+    this run and may write other output under the same hash, runs again.
+    """
+    if stage.action != "run" or stage.forced:
+        return None
+    if any(plan.stage(name).action == "run" for name in stage.upstream):
+        return None
+    work_dir = _work_dir(plan.study_dir, stage)
+    return work_dir if _finished_work(work_dir, stage) else None
+
+
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
     work_dir = _work_dir(study_dir, stage)
-    if _finished_work(work_dir, stage):
+    if _reusable_work(plan, stage) is not None:
         logger.info(
             "stage %s: moving the finished output in %s into place, which an earlier run could not move",
             stage.name, work_dir,
@@ -1016,8 +1043,8 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
                 shutil.rmtree(work_dir)
             except OSError as error:
                 logger.warning(
-                    "could not remove %s of the failed stage %s (%s); the next run removes it", work_dir,
-                    stage.name, error,
+                    "could not remove %s of the failed stage %s (%s): make it writable (chmod -R u+rwX %s) "
+                    "or delete it before the next run", work_dir, stage.name, error, work_dir,
                 )
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
@@ -1097,8 +1124,9 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             shutil.rmtree(old)
         except OSError as error:
             logger.warning(
-                "could not remove %s, the previous output of stage %s (%s); the next run removes it",
-                old, stage_name, error,
+                "could not remove %s, the previous output of stage %s (%s): make it writable "
+                "(chmod -R u+rwX %s) or delete it, because the next run stops until it is removed",
+                old, stage_name, error, old,
             )
 
 
@@ -1152,19 +1180,49 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     """
     keep = set()
     for stage in plan.stages:
-        work_dir = _work_dir(study_dir, stage)
-        if STAGES[stage.name].resumable or (stage.action == "run" and _finished_work(work_dir, stage)):
-            keep.add(work_dir.name)
-    for entry in study_dir.iterdir():
+        if STAGES[stage.name].resumable or _reusable_work(plan, stage) is not None:
+            keep.add(_work_dir(study_dir, stage).name)
+    # Old folders come first, because one whose record lists no files is compared with the
+    # partial folder of its stage, which this loop may remove.
+    entries = sorted(study_dir.iterdir(), key=lambda entry: (".partial-" in entry.name, entry.name))
+    for entry in entries:
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
         if not stale or not entry.is_dir() or entry.name in keep:
             continue
+        if entry.is_symlink():
+            # Removing the link leaves the folder that it points to, and the files in it, in place.
+            logger.info("removing the symbolic link %s, left by an interrupted run", entry)
+            entry.unlink()
+            continue
         stage_name = entry.name[1:].split(".")[0]
-        unknown, old_record = _unwritten_files(entry)
-        if unknown:
-            raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+        _reject_files_in_leftover(entry, stage_name, plan)
         logger.info("removing %s, left by an interrupted run", entry)
         _remove_tree(entry, "left by an interrupted run")
+
+
+def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> None:
+    """Raise ``FileExistsError`` if a leftover folder contains files that its stage did not write.
+
+    An old folder whose record lists no files (from an older dimalign) is
+    compared with the stage's finished partial folder, the output that
+    replaced it. Without one, the user's files cannot be distinguished from
+    the stage's, so the folder stays and an error names it. An old folder
+    without any record passes.
+    """
+    rewritten = None
+    if ".old-" in entry.name and stage_name in {stage.name for stage in plan.stages}:
+        work_dir = _work_dir(plan.study_dir, plan.stage(stage_name))
+        rewritten = work_dir if _finished_work(work_dir, plan.stage(stage_name)) else None
+    unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
+    if unknown:
+        raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+    if old_record and rewritten is None and ".old-" in entry.name and read_stage_record(entry) is not None:
+        raise FileExistsError(
+            f"{entry} contains the previous output of stage {stage_name}, left by an interrupted run, and "
+            "its record, from an older dimalign, lists no files, so files of yours in it cannot be "
+            "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
+            "study again"
+        )
 
 
 @contextlib.contextmanager
@@ -1172,10 +1230,25 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the study directory; the system releases it if the process dies.
 
     NOTE: ``fcntl`` locks exist on POSIX systems only, so ``dimalign run`` does not run on Windows.
+
+    Raises:
+        RuntimeError: If another ``dimalign run`` holds the lock.
+        OSError: If the lock file cannot be created, such as in a read-only
+            study directory. The message names the fix.
     """
     busy = f"another dimalign run is using {study_dir}; wait for it to finish"
-    with exclusive_lock(study_dir / _LOCK_NAME, busy):
+    lock_path = study_dir / _LOCK_NAME
+    try:
+        descriptor = acquire_lock(lock_path, busy)
+    except OSError as error:
+        raise OSError(
+            f"cannot create the lock file {lock_path} ({error.strerror}): make the study directory writable "
+            f"(chmod u+rwx {study_dir}) or choose another one with -o, then run the study again"
+        ) from error
+    try:
         yield
+    finally:
+        release_lock(lock_path, descriptor)
 
 
 def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None) -> dict[str, Any]:
