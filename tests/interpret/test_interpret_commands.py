@@ -715,3 +715,17 @@ def test_manipulate_rejects_photo_as_own_mask(tiny_predictor, tmp_path, capsys):
     assert status == 1
     assert f"mask {photo} is the image {photo} itself" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_output_beside_symlinked_photo_rejected(tiny_predictor, tmp_path, capsys):
+    target = write_photo(tmp_path / "elsewhere" / "a.png", (200, 30, 30))
+    link = tmp_path / "photos" / "a.png"
+    link.parent.mkdir()
+    link.symlink_to(target)
+
+    status = main(["gradcam", str(link), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(link.parent)])
+
+    assert status == 1
+    assert f"the output folder {link.parent} overlaps the input {link}" in capsys.readouterr().err
+    assert sorted(path.name for path in link.parent.iterdir()) == ["a.png"]

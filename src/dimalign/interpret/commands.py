@@ -328,9 +328,12 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
     """
     out = out_dir.resolve()
     for source in inputs:
-        resolved = source.resolve()
-        inside_input = source.is_dir() and (out == resolved or resolved in out.parents)
-        if inside_input or out in resolved.parents:
+        locations = {source.resolve()}
+        if source.is_symlink():
+            # A link to a photo is an input both where the link lies and where its target lies.
+            locations.add(source.absolute().parent.resolve() / source.name)
+        inside_input = source.is_dir() and any(out == place or place in out.parents for place in locations)
+        if inside_input or any(out in place.parents for place in locations):
             raise ValueError(
                 f"the output folder {out_dir} overlaps the input {source}, so dimalign {step} could "
                 "replace inputs with its pictures; choose an output folder outside the inputs"
