@@ -481,3 +481,14 @@ def test_grid_captions_name_percentile_rows():
     assert captions[6] == f"p98 {weights[chosen[1, 0]]:.3f}"
     assert captions[29] == f"p80 {weights[chosen[4, 5]]:.3f}"
     assert grid_captions(weights, top_objects(weights, 3)) == ["2.900", "2.800", "2.700"]
+
+
+def test_grid_rejects_output_below_images(colour_objects, capsys):
+    image_dir, run_dir, _ = colour_objects
+    out = image_dir / "grids"
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--dims", "0"])
+
+    assert status == 1
+    assert f"the output folder {out} overlaps the input {image_dir}" in capsys.readouterr().err
+    assert not out.exists()
