@@ -480,3 +480,62 @@ def test_extraction_settings_keep_weights_checksum():
     settings = {"model": "vgg16", "weights": "w.pt", "weights_sha256": "ab" * 32, "layer": "x"}
 
     assert extraction_settings(settings, None)["weights_sha256"] == "ab" * 32
+
+
+def squeezenet_map(tmp_path, weights, record_checksum):
+    """Save squeezenet weights (seed 0) and a ridge map whose features name them, with their SHA-256 or none."""
+    import hashlib
+
+    import torchvision
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": str(weights), "seed": 0, "layer": "features.12",
+              "pooling": "gap"}
+    if record_checksum:
+        source["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    ridge.save(tmp_path / "map", features_source=source)
+    return tmp_path / "map"
+
+
+def test_from_map_dir_checks_given_model(tmp_path):
+    import hashlib
+    import shutil
+
+    import torchvision
+
+    from dimalign.features import load_model
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    moved = tmp_path / "moved" / "squeezenet.pt"
+    moved.parent.mkdir()
+    shutil.copy(weights, moved)
+    other = tmp_path / "retrained.pt"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), other)
+
+    same = DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=moved))
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=other))
+
+    assert same.n_dims == 2
+    assert f"the weights {other} differ from the weights {weights} of the features" in str(error.value)
+    assert f"(SHA-256 {sha256} then" in str(error.value)
+
+
+def test_from_map_dir_notes_unrecorded_checksum(tmp_path, caplog):
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=False)
+
+    with caplog.at_level("WARNING", logger="dimalign.interpret.predictor"):
+        predictor = DimensionPredictor.from_map_dir(map_dir)
+
+    assert predictor.n_dims == 2
+    assert (f"the map {map_dir} does not record the SHA-256 of the weights {weights}, so weights that "
+            "changed since its features were extracted cannot be detected") in caplog.text

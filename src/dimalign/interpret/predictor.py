@@ -218,18 +218,36 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
     """Reject weights whose SHA-256 differs from the one recorded when the map's features were extracted.
 
     A weights file replaced since then (a retrained model saved at the same
-    path) gives a network that the map was never fitted on.
+    path), or a model loaded from another file, gives a network that the map
+    was never fitted on. A copy of the same file elsewhere is accepted. A map
+    written before the checksum was recorded is accepted with a warning.
 
     Raises:
         ValueError: Naming the weights and both checksums.
     """
     recorded, loaded = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
-    if recorded and loaded and recorded != loaded:
-        raise ValueError(
-            f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
-            f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
-            "another network; restore those weights, or extract the features and fit the map again"
+    if loaded and not recorded:
+        logger.warning(
+            "the map %s does not record the SHA-256 of the weights %s, so weights that changed since its "
+            "features were extracted cannot be detected; extract the features and fit the map again to "
+            "record it", map_dir, settings["weights"],
         )
+        return
+    if not (recorded and loaded and recorded != loaded):
+        return
+    given = getattr(model, "weights", settings["weights"])
+    if str(given) != str(settings["weights"]):
+        raise ValueError(
+            f"the weights {given} differ from the weights {settings['weights']} of the features of the "
+            f"map {map_dir} (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+            "another network; pass a model with the weights of the features, or extract the features "
+            "and fit the map again"
+        )
+    raise ValueError(
+        f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
+        f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+        "another network; restore those weights, or extract the features and fit the map again"
+    )
 
 
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
@@ -497,7 +515,9 @@ class DimensionPredictor(nn.Module):
 
         Raises:
             FileNotFoundError: If the folder or its files are missing.
-            ValueError: If the manifests do not name the model or the layer.
+            ValueError: If the manifests do not name the model or the layer,
+                or the model's weights differ from those of the features (by
+                the SHA-256 that the extraction recorded).
         """
         from dimalign.analysis.ridge import RidgeMap
 
@@ -527,7 +547,7 @@ class DimensionPredictor(nn.Module):
             model = load_model(
                 settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
             )
-            _check_weights_unchanged(model, settings, map_dir)
+        _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
             ImagePreprocessing.from_transform(getattr(model, "transform", None)),
