@@ -537,5 +537,5 @@ def test_from_map_dir_notes_unrecorded_checksum(tmp_path, caplog):
         predictor = DimensionPredictor.from_map_dir(map_dir)
 
     assert predictor.n_dims == 2
-    assert (f"the map {map_dir} does not record the SHA-256 of the weights {weights}, so weights that "
+    assert (f"the map {map_dir} does not record the SHA-256 of its weights ({weights}), so weights that "
             "changed since its features were extracted cannot be detected") in caplog.text

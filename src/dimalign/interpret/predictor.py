@@ -228,7 +228,7 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
     recorded, loaded = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
     if loaded and not recorded:
         logger.warning(
-            "the map %s does not record the SHA-256 of the weights %s, so weights that changed since its "
+            "the map %s does not record the SHA-256 of its weights (%s), so weights that changed since its "
             "features were extracted cannot be detected; extract the features and fit the map again to "
             "record it", map_dir, settings["weights"],
         )
