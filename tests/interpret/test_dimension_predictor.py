@@ -539,3 +539,30 @@ def test_from_map_dir_notes_unrecorded_checksum(tmp_path, caplog):
     assert predictor.n_dims == 2
     assert (f"the map {map_dir} does not record the SHA-256 of its weights ({weights}), so weights that "
             "changed since its features were extracted cannot be detected") in caplog.text
+
+
+def test_gradcam_loads_moved_weights(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from dimalign.cli import main
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
+    moved = tmp_path / "moved.pt"
+    weights.rename(moved)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
+    argv = ["gradcam", str(tmp_path / "a.png"), "--map", str(map_dir), "--dim", "0"]
+
+    missing = main([*argv, "-o", str(tmp_path / "missing")])
+    missing_error = capsys.readouterr().err
+    status = main([*argv, "--weights", str(moved), "-o", str(tmp_path / "out")])
+
+    assert missing == 1
+    assert f"weights file {weights} not found" in missing_error
+    assert f"the map {map_dir} was fitted on features of these weights" in missing_error
+    assert "pass their new place with --weights FILE" in missing_error
+    assert status == 0
+    assert (tmp_path / "out" / "a_gradcam.png").is_file()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]["weights"] == str(moved)

@@ -50,6 +50,11 @@ def _add_map_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help=_OUT_HELP)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument(
+        "--weights", type=Path,
+        help="weights file to load in place of the one the map's extraction names, such as that file "
+        "moved elsewhere; its SHA-256 must match the recorded one",
+    )
 
 
 def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
@@ -390,7 +395,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
     names = unique_names(paths)
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     pictures = [f"{name}_input.png" for name in names] + [_gradcam_figure_file(name) for name in names]
@@ -441,8 +446,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
         write_manifest(
             stage, step="gradcam",
             inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
-            settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
-                      "layer": layer, "alpha": args.alpha, "device": args.device,
+            settings={"map": args.map_dir, "weights": args.weights,
+                      "images": [str(path) for path in paths], "dims": dims, "layer": layer, "alpha": args.alpha, "device": args.device,
                       **_decoding_settings(predictor)},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
@@ -497,7 +502,7 @@ def run_maximize(args: argparse.Namespace) -> int:
             f"--generator {args.generator} sets its own size; leave --image-size out"
         )
     _distinct(args.dim, "--dim")
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     check_unowned_files(args.out, [
         *(f"dim{dim}_image{index}.png" for dim in dims for index in range(args.n_images)),
@@ -528,7 +533,8 @@ def run_maximize(args: argparse.Namespace) -> int:
         save_csv(pd.DataFrame(rows), stage / "maximize.csv")
         write_manifest(
             stage, step="maximize", inputs=_map_inputs(args.map_dir),
-            settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
+            settings={"map": args.map_dir, "weights": args.weights, "dims": dims,
+                      "generator": args.generator or "builtin:fourier",
                       "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
                       "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
                       "lr": args.lr, "image_size": args.image_size, "seed": args.seed, "device": args.device},
@@ -717,7 +723,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
         # manipulate_images estimates the masks of the images without one, and they are written.
         pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
     check_unowned_files(args.out, pictures, "manipulate")
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
@@ -757,7 +763,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
                 **{f"image {name}": path for name, path in zip(names, paths)},
                 **{f"mask {name}": path for name, path in mask_files.items()},
             }),
-            settings={"map": args.map_dir, "images": [str(path) for path in paths],
+            settings={"map": args.map_dir, "weights": args.weights, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
                       "estimated_masks": sorted(estimated), "device": args.device,
                       **_decoding_settings(predictor)},

@@ -240,8 +240,8 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
         raise ValueError(
             f"the weights {given} differ from the weights {settings['weights']} of the features of the "
             f"map {map_dir} (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
-            "another network; pass a model with the weights of the features, or extract the features "
-            "and fit the map again"
+            "another network; pass the weights of the features (CLI: --weights FILE), or extract the "
+            "features and fit the map again"
         )
     raise ValueError(
         f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
@@ -500,6 +500,7 @@ class DimensionPredictor(nn.Module):
         model: Any = None,
         *,
         device: str | torch.device = "cpu",
+        weights: str | os.PathLike | None = None,
     ) -> DimensionPredictor:
         """Build the predictor from the output directory of ``dimalign map``.
 
@@ -512,9 +513,13 @@ class DimensionPredictor(nn.Module):
                 ``dimalign.features.load_model``); None loads the one the
                 manifest names, with the same weights.
             device (str | torch.device): Where to run.
+            weights (str | os.PathLike | None): A weights file to load in
+                place of the one the manifest names, such as the same file
+                moved elsewhere. Its SHA-256 must match the recorded one.
 
         Raises:
-            FileNotFoundError: If the folder or its files are missing.
+            FileNotFoundError: If the folder or its files are missing, or
+                the weights file that the manifest names.
             ValueError: If the manifests do not name the model or the layer,
                 or the model's weights differ from those of the features (by
                 the SHA-256 that the extraction recorded).
@@ -544,9 +549,20 @@ class DimensionPredictor(nn.Module):
                     f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
-            model = load_model(
-                settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
-            )
+            try:
+                model = load_model(
+                    settings["model"], weights=weights if weights is not None else settings["weights"],
+                    device=device, seed=settings["seed"],
+                )
+            except FileNotFoundError as error:
+                if weights is not None:
+                    raise
+                raise FileNotFoundError(
+                    f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
+                    "place with --weights FILE (Python: weights=)"
+                ) from error
+        elif weights is not None:
+            raise ValueError("pass either a loaded model or weights to load, not both")
         _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
