@@ -447,7 +447,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
             stage, step="gradcam",
             inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
             settings={"map": args.map_dir, "weights": args.weights,
-                      "images": [str(path) for path in paths], "dims": dims, "layer": layer, "alpha": args.alpha, "device": args.device,
+                      "images": [str(path) for path in paths], "dims": dims, "layer": layer,
+                      "alpha": args.alpha, "device": args.device,
                       **_decoding_settings(predictor)},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
