@@ -235,10 +235,10 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
         return
     if not (recorded and loaded and recorded != loaded):
         return
-    given = getattr(model, "weights", settings["weights"])
-    if str(given) != str(settings["weights"]):
+    loaded_weights = getattr(model, "weights", settings["weights"])
+    if str(loaded_weights) != str(settings["weights"]):
         raise ValueError(
-            f"the weights {given} differ from the weights {settings['weights']} of the features of the "
+            f"the weights {loaded_weights} differ from the weights {settings['weights']} of the features of the "
             f"map {map_dir} (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
             "another network; pass the weights of the features (CLI: --weights FILE), or extract the "
             "features and fit the map again"
