@@ -492,3 +492,15 @@ def test_grid_rejects_output_below_images(colour_objects, capsys):
     assert status == 1
     assert f"the output folder {out} overlaps the input {image_dir}" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_grid_output_in_current_folder(colour_objects, tmp_path, monkeypatch):
+    image_dir, run_dir, _ = colour_objects
+    table = ObjectTable(tuple(f"object{i}" for i in range(32)), tuple(f"images/object{i:02d}.png" for i in range(32)))
+    write_object_table(table, run_dir / "objects.tsv")
+    monkeypatch.chdir(tmp_path)
+
+    status = main(["grid", "run", "--top-k", "1", "--dims", "0", "-o", "grids"])
+
+    assert status == 0
+    assert (tmp_path / "grids" / "dim000_top.png").is_file()

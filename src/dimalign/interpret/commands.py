@@ -857,12 +857,11 @@ def run_grid(args: argparse.Namespace) -> int:
     decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
     # A later dimalign extract of the image folder, which searches subfolders too, would read the
-    # grids as photos. The --images folder counts as an input only where it contains the images,
-    # because its default, the current folder, need not.
+    # grids as photos. The current folder, the default of --images, does not count, because the
+    # images may lie in one of its subfolders and the grids in another.
     inputs = sorted(set(paths.values()))
     image_dir = args.images.resolve()
-    folders = {path.absolute().parent.resolve() for path in inputs} | {path.resolve().parent for path in inputs}
-    if any(folder == image_dir or image_dir in folder.parents for folder in folders):
+    if image_dir != Path.cwd().resolve():
         inputs.append(args.images)
     _check_output_outside_inputs(args.out, inputs, "grid")
     pictures = load_grid_images(paths, args.cell_size, decoding)
