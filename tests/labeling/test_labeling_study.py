@@ -1047,7 +1047,7 @@ def test_concurrent_decodes_limited(tmp_path, monkeypatch):
 
 
 def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
-    """A 120-megapixel image takes about 800 MB to decode, so large images decode fewer at a time."""
+    """A 121-megapixel image took about 930 MB to decode, so large images decode fewer at a time."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
