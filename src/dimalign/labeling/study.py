@@ -722,16 +722,13 @@ _decoded_cache_lock = threading.Lock()
 MAX_CONCURRENT_DECODES = min(8, os.cpu_count() or 1)
 _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
-#: Pixels of a camera photo, which a decode of unknown size is taken to have.
-TYPICAL_DECODE_PIXELS = 12_000_000
-
 #: The maximum number of pixels, summed over files, that :func:`decoded_image`
-#: decodes at once: :data:`TYPICAL_DECODE_PIXELS` per decode of
+#: decodes at once: 12 megapixels (a camera photo) per decode of
 #: :data:`MAX_CONCURRENT_DECODES`. Setup accepts a 121-megapixel PNG, which
 #: is below twice Pillow's decompression bomb limit. Decoding and shrinking
 #: one took 3.1 s and raised the peak memory of the process by 930 MB
 #: (Pillow 13.0, one core of a 2-core development machine).
-MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * TYPICAL_DECODE_PIXELS
+MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * 12_000_000
 
 
 class PixelBudget:
@@ -908,18 +905,18 @@ _file_check_lock = threading.Lock()
 
 
 def _known_pixels(path: str | os.PathLike, stat: os.stat_result) -> int:
-    """Return the pixels of a file version that :func:`_check_image_file` has opened, else 12 megapixels.
+    """Return the pixels of a file version that :func:`_check_image_file` has opened, else 0.
 
     The app checks a file on its first request, unless setup listed it to
     serve decoded. NOTE: such a listed file is not opened for its size, so
-    that a first request opens it once, and it counts as 12 megapixels
-    however large it is.
+    that a first request opens it once. It is limited only by
+    :data:`MAX_CONCURRENT_DECODES`, however large it is.
     """
     with _file_check_lock:
         cached = _file_check_cache.get(os.fspath(path))
     if cached is not None and cached[0] == _file_version(stat) and cached[1].pixels > 0:
         return cached[1].pixels
-    return TYPICAL_DECODE_PIXELS
+    return 0
 
 
 def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
