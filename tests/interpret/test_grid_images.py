@@ -504,3 +504,21 @@ def test_grid_output_in_current_folder(colour_objects, tmp_path, monkeypatch):
 
     assert status == 0
     assert (tmp_path / "grids" / "dim000_top.png").is_file()
+
+
+def test_grid_captions_own_percentiles():
+    from dimalign.interpret.grid_images import grid_captions
+
+    weights = np.linspace(0.0, 2.9, 30)
+    chosen = percentile_grid(weights, percentiles=(99, 50))
+
+    captions = grid_captions(weights, chosen, percentiles=(99, 50))
+    with pytest.raises(ValueError) as error:
+        grid_captions(weights, chosen)
+
+    assert captions[6] == f"p99 {weights[chosen[1, 0]]:.3f}"
+    assert captions[17] == f"p50 {weights[chosen[2, 5]]:.3f}"
+    assert str(error.value) == (
+        "the grid has 2 percentile rows but 4 percentiles are given (98, 95, 90, 80); "
+        "pass the percentiles that chose the grid"
+    )

@@ -270,18 +270,37 @@ def dimension_grid(
     return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
 
 
-def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
+def grid_captions(
+    weights: np.ndarray, chosen: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+) -> list[str]:
     """Return the caption of each cell of a grid, in reading order: the object's weight.
 
     In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
     cells after the top row also name the percentile of their row,
     such as ``p98 0.418``, because nothing else in the picture shows it.
+
+    Args:
+        weights (np.ndarray): The dimension's weight of every object.
+        chosen (np.ndarray): Object rows of the grid, 1-D for the top layout.
+        percentiles (Sequence[float]): The percentiles that
+            :func:`~dimalign.interpret.grids.percentile_grid` chose the rows
+            after the first by.
+
+    Raises:
+        ValueError: If a 2-D ``chosen`` has another number of rows after the
+            first than ``percentiles`` has values.
     """
     captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
     if chosen.ndim == 2:
-        n_cols = chosen.shape[1]
+        n_rows, n_cols = chosen.shape
+        if n_rows - 1 != len(percentiles):
+            listed = ", ".join(f"{percentile:g}" for percentile in percentiles)
+            raise ValueError(
+                f"the grid has {n_rows - 1} percentile rows but {len(percentiles)} percentiles are given "
+                f"({listed}); pass the percentiles that chose the grid"
+            )
         for index in range(n_cols, len(captions)):
-            percentile = DEFAULT_PERCENTILES[index // n_cols - 1]
+            percentile = percentiles[index // n_cols - 1]
             captions[index] = f"p{percentile:g} {captions[index]}"
     return captions
 
