@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,35 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
             )
 
 
+#: The maximum length in bytes of a file name on common file systems (ext4, APFS, NTFS).
+MAX_FILE_NAME_BYTES = 255
+
+
+def _check_file_name_lengths(
+    paths: Sequence[Path], names: Sequence[str], files_of: Callable[[str], list[str]]
+) -> None:
+    """Reject an image whose output files would have names longer than :data:`MAX_FILE_NAME_BYTES`.
+
+    Args:
+        paths (Sequence[Path]): The images.
+        names (Sequence[str]): Their unique names (see :func:`unique_names`).
+        files_of (Callable[[str], list[str]]): The names of the files written for the image of a name.
+
+    Raises:
+        ValueError: Naming the longest such file, its image and the length to rename the image to.
+    """
+    for path, name in zip(paths, names):
+        longest = max(files_of(name), key=lambda file: len(file.encode("utf-8")))
+        length = len(longest.encode("utf-8"))
+        if length > MAX_FILE_NAME_BYTES:
+            suffix = length - len(name.encode("utf-8"))
+            raise ValueError(
+                f"the output file {longest} for the image {path} would have a name of {length} bytes, "
+                f"more than the {MAX_FILE_NAME_BYTES} that file systems allow; rename the image to at "
+                f"most {MAX_FILE_NAME_BYTES - suffix} bytes before its suffix"
+            )
+
+
 def _check_options(args: argparse.Namespace, rules: dict[str, tuple[float, float]]) -> None:
     """Reject option values outside ``[low, high]`` (NaN included), naming the option."""
     for name, (low, high) in rules.items():
@@ -401,6 +430,10 @@ def run_gradcam(args: argparse.Namespace) -> int:
     pictures = [f"{name}_input.png" for name in names] + [_gradcam_figure_file(name) for name in names]
     for name in names:
         pictures += [_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")]
+    _check_file_name_lengths(paths, names, lambda name: [
+        f"{name}_input.png", _gradcam_figure_file(name),
+        *(_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")),
+    ])
     check_unowned_files(args.out, pictures, "gradcam")
     # Decoding every image once before the Grad-CAM work stops at a damaged file early. The
     # images are then decoded again one at a time, because all 26,107 THINGS photos as float
@@ -723,6 +756,9 @@ def run_manipulate(args: argparse.Namespace) -> int:
     if any(edit.uses_mask for edit in edits):
         # manipulate_images estimates the masks of the images without one, and they are written.
         pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
+    _check_file_name_lengths(paths, names, lambda name: [
+        f"{name}.png", *(Path(_edited_file(name, label)).name for label in labels),
+    ])
     check_unowned_files(args.out, pictures, "manipulate")
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
