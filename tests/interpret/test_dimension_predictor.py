@@ -566,3 +566,24 @@ def test_gradcam_loads_moved_weights(tmp_path, capsys):
     assert status == 0
     assert (tmp_path / "out" / "a_gradcam.png").is_file()
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]["weights"] == str(moved)
+
+
+def test_weights_rejected_for_random_map(tmp_path):
+    from dimalign.analysis.ridge import RidgeMap
+
+    weights = tmp_path / "squeezenet.pt"
+    squeezenet_map(tmp_path, weights, record_checksum=False)
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": "random", "seed": 3, "layer": "features.12",
+              "pooling": "gap"}
+    ridge.save(tmp_path / "random_map", features_source=source)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(tmp_path / "random_map", weights=weights)
+
+    assert str(error.value) == (
+        f"the map {tmp_path / 'random_map'} was fitted on features of the weights random (seed 3), "
+        f"not of a weights file, so the weights {weights} cannot take their place; leave out --weights "
+        "(Python: weights=)"
+    )

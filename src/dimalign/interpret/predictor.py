@@ -250,6 +250,29 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
     )
 
 
+def _check_weights_file_recorded(
+    settings: dict[str, Any], map_dir: Path, weights: str | os.PathLike
+) -> None:
+    """Reject a weights file for a map whose features came from random or packaged weights.
+
+    Such a file would replace a network that no file stored, and no recorded
+    checksum could show whether it is the same.
+
+    Raises:
+        ValueError: Naming the map's weights and the file.
+    """
+    from dimalign.features.models import PRETRAINED, RANDOM
+
+    recorded = str(settings["weights"]).lower() if settings["weights"] is not None else ""
+    if recorded in RANDOM or recorded in PRETRAINED or "_weights." in recorded:
+        seed = f" (seed {settings['seed']})" if recorded in RANDOM else ""
+        raise ValueError(
+            f"the map {map_dir} was fitted on features of the weights {settings['weights']}{seed}, not of "
+            f"a weights file, so the weights {weights} cannot take their place; leave out --weights "
+            "(Python: weights=)"
+        )
+
+
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
 RANGE_TOLERANCE = 1e-3
 
@@ -549,6 +572,8 @@ class DimensionPredictor(nn.Module):
                     f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
+            if weights is not None:
+                _check_weights_file_recorded(settings, map_dir, weights)
             try:
                 model = load_model(
                     settings["model"], weights=weights if weights is not None else settings["weights"],
