@@ -524,6 +524,9 @@ def test_from_map_dir_checks_given_model(tmp_path):
     with pytest.raises(ValueError) as error:
         DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=other))
 
+    with pytest.raises(ValueError, match="both a loaded model and weights="):
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=moved), weights=moved)
+
     assert same.n_dims == 2
     assert f"the weights {other} differ from the weights {weights} of the features" in str(error.value)
     assert f"(SHA-256 {sha256} then" in str(error.value)

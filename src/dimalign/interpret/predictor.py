@@ -587,7 +587,9 @@ class DimensionPredictor(nn.Module):
                     "place with --weights FILE (Python: weights=)"
                 ) from error
         elif weights is not None:
-            raise ValueError("pass either a loaded model or weights to load, not both")
+            raise ValueError(
+                f"both a loaded model and weights={weights} were given; pass the model or the weights to load"
+            )
         _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
