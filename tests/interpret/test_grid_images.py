@@ -522,3 +522,17 @@ def test_grid_captions_own_percentiles():
         "the grid has 2 percentile rows but 4 percentiles are given (98, 95, 90, 80); "
         "pass the percentiles that chose the grid"
     )
+
+
+def test_grid_title_draws_cyrillic(caplog):
+    from dimalign.interpret.grid_images import _missing_glyphs, _title_font
+
+    with caplog.at_level("WARNING", logger="dimalign.interpret.grid_images"):
+        cyrillic = _title_font("фото.png", 14)
+        chinese = _title_font("猫.png", 14)
+
+    assert _missing_glyphs("фото.png", _font(14)) == "отф"
+    assert _missing_glyphs("фото.png", cyrillic) == ""
+    assert _missing_glyphs("猫.png", chinese) == "猫"
+    assert "the title '猫.png' contains characters that no available font draws (猫)" in caplog.text
+    assert "фото" not in caplog.text

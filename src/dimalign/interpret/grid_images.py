@@ -51,6 +51,52 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: A private-use code point that no font draws. A font draws it as its
+#: missing-glyph box, which shows how that font draws other missing characters.
+_NO_GLYPH = "\U0010fffd"
+
+
+def _missing_glyphs(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """Return the distinct characters of ``text`` that ``font`` draws as its missing-glyph box, sorted.
+
+    A character counts as missing where its bounding box and advance equal
+    those of :data:`_NO_GLYPH`.
+    """
+    box = (font.getbbox(_NO_GLYPH), font.getlength(_NO_GLYPH))
+    missing = {
+        character for character in text
+        if not character.isspace() and (font.getbbox(character), font.getlength(character)) == box
+    }
+    return "".join(sorted(missing))
+
+
+def _title_font(title: str, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Return a font of ``size`` pixels that draws every character of ``title``, where one is available.
+
+    Pillow's default font draws Latin letters only. A title with other
+    letters, such as a file name in Cyrillic or Greek, gets matplotlib's
+    DejaVu Sans, which draws those too. Characters that neither font draws,
+    such as Chinese, show as boxes, and a warning names them.
+    """
+    from matplotlib import font_manager
+
+    font = _font(size)
+    missing = _missing_glyphs(title, font)
+    if not missing:
+        return font
+    dejavu_path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+    dejavu = ImageFont.truetype(dejavu_path, size)
+    if len(_missing_glyphs(title, dejavu)) < len(missing):
+        font = dejavu
+        missing = _missing_glyphs(title, dejavu)
+    if missing:
+        logger.warning(
+            "the title %r contains characters that no available font draws (%s), so they show as boxes",
+            title, missing,
+        )
+    return font
+
+
 def compose_grid(
     cells: Sequence[GridCell],
     n_cols: int,
@@ -82,7 +128,7 @@ def compose_grid(
     if n_cols < 1:
         raise ValueError(f"n_cols must be >= 1, got {n_cols}")
     font = _font(font_size)
-    title_font = _font(font_size + 3)
+    title_font = _title_font(title, font_size + 3)
     caption_height = font_size + 6
     title_height = font_size + 14 if title else 0
     n_rows = -(-len(cells) // n_cols)
