@@ -51,7 +51,7 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-#: A private-use code point that no font draws. A font draws it as its
+#: A private-use code point that standard fonts do not draw. A font draws it as its
 #: missing-glyph box, which shows how that font draws other missing characters.
 _NO_GLYPH = "\U0010fffd"
 
