@@ -287,3 +287,18 @@ def test_size_term_keeps_negative_target():
 
     assert loss.item() == pytest.approx(1.0 - (0.0 - np.log(1.0 + np.exp(0.5))), abs=1e-12)
     assert prediction.grad[0, 0].item() == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_oversized_latents_of_own_generator(predictor, monkeypatch):
+    import dimalign.interpret.maximize as maximize_module
+
+    # 4 latents of GrayGenerator's 64 values take 1,024 bytes.
+    monkeypatch.setattr(maximize_module, "MAX_LATENT_BYTES", 1_000)
+
+    with pytest.raises(ValueError) as error:
+        maximize_dimension(predictor, 0, generator=GrayGenerator(), steps=0, n_init=4, n_images=1)
+
+    assert str(error.value).endswith(
+        "lower n_init (CLI: --n-init) or the generator's latent_dim, because --image-size sets only "
+        "the built-in generator's size"
+    )

@@ -295,3 +295,24 @@ def test_plot_gradcam_panels_and_colour_bar():
                    if tuple(pixels[row, 4]) == blue and tuple(pixels[row, -5]) == red)
     assert bar_row > pixels.shape[0] - 40
     assert tuple(pixels[-1, 0]) == BACKGROUND_COLOUR
+
+
+def test_gradcam_figure_labels_apart():
+    from PIL import ImageDraw
+
+    from dimalign.interpret.gradcam import plot_gradcam
+    from dimalign.interpret.grid_images import _font
+
+    image = np.full((16, 16, 3), 0.5, dtype=np.float32)
+    cam = np.zeros((16, 16), dtype=np.float32)
+
+    figure = plot_gradcam(image, {0: cam}, {0: 0.5}, layer="3")
+
+    measure = ImageDraw.Draw(figure)
+    left = measure.textlength("0: least evidence in the map", font=_font(11))
+    right = measure.textlength("1: most evidence in the map", font=_font(11))
+    gap = figure.size[0] - 4 - right - (4 + left)
+    assert gap >= 8
+    # The band between the two labels stays white.
+    band = np.asarray(figure)[-15:, int(np.ceil(4 + left)):int(figure.size[0] - 4 - right)]
+    assert {tuple(pixel) for pixel in band.reshape(-1, 3)} == {(255, 255, 255)}

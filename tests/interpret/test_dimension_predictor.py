@@ -480,3 +480,113 @@ def test_extraction_settings_keep_weights_checksum():
     settings = {"model": "vgg16", "weights": "w.pt", "weights_sha256": "ab" * 32, "layer": "x"}
 
     assert extraction_settings(settings, None)["weights_sha256"] == "ab" * 32
+
+
+def squeezenet_map(tmp_path, weights, record_checksum):
+    """Save squeezenet weights (seed 0) and a ridge map whose features name them, with their SHA-256 or none."""
+    import hashlib
+
+    import torchvision
+
+    from dimalign.analysis.ridge import RidgeMap
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), weights)
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": str(weights), "seed": 0, "layer": "features.12",
+              "pooling": "gap"}
+    if record_checksum:
+        source["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    ridge.save(tmp_path / "map", features_source=source)
+    return tmp_path / "map"
+
+
+def test_from_map_dir_checks_given_model(tmp_path):
+    import hashlib
+    import shutil
+
+    import torchvision
+
+    from dimalign.features import load_model
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
+    sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+    moved = tmp_path / "moved" / "squeezenet.pt"
+    moved.parent.mkdir()
+    shutil.copy(weights, moved)
+    other = tmp_path / "retrained.pt"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.squeezenet1_1(weights=None).state_dict(), other)
+
+    same = DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=moved))
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=other))
+
+    with pytest.raises(ValueError, match="both a loaded model and weights="):
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights=moved), weights=moved)
+
+    assert same.n_dims == 2
+    assert f"the weights {other} differ from the weights {weights} of the features" in str(error.value)
+    assert f"(SHA-256 {sha256} then" in str(error.value)
+
+
+def test_from_map_dir_notes_unrecorded_checksum(tmp_path, caplog):
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=False)
+
+    with caplog.at_level("WARNING", logger="dimalign.interpret.predictor"):
+        predictor = DimensionPredictor.from_map_dir(map_dir)
+
+    assert predictor.n_dims == 2
+    assert (f"the map {map_dir} does not record the SHA-256 of its weights ({weights}), so weights that "
+            "changed since its features were extracted cannot be detected") in caplog.text
+
+
+def test_gradcam_loads_moved_weights(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from dimalign.cli import main
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
+    moved = tmp_path / "moved.pt"
+    weights.rename(moved)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
+    argv = ["gradcam", str(tmp_path / "a.png"), "--map", str(map_dir), "--dim", "0"]
+
+    missing = main([*argv, "-o", str(tmp_path / "missing")])
+    missing_error = capsys.readouterr().err
+    status = main([*argv, "--weights", str(moved), "-o", str(tmp_path / "out")])
+
+    assert missing == 1
+    assert f"weights file {weights} not found" in missing_error
+    assert f"the map {map_dir} was fitted on features of these weights" in missing_error
+    assert "pass their new place with --weights FILE" in missing_error
+    assert status == 0
+    assert (tmp_path / "out" / "a_gradcam.png").is_file()
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]["weights"] == str(moved)
+
+
+def test_weights_rejected_for_random_map(tmp_path):
+    from dimalign.analysis.ridge import RidgeMap
+
+    weights = tmp_path / "squeezenet.pt"
+    squeezenet_map(tmp_path, weights, record_checksum=False)
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": "random", "seed": 3, "layer": "features.12",
+              "pooling": "gap"}
+    ridge.save(tmp_path / "random_map", features_source=source)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(tmp_path / "random_map", weights=weights)
+
+    assert str(error.value) == (
+        f"the map {tmp_path / 'random_map'} was fitted on features of the weights random (seed 3), "
+        f"not of a weights file, so the weights {weights} cannot take their place; leave out --weights "
+        "(Python: weights=)"
+    )

@@ -481,3 +481,58 @@ def test_grid_captions_name_percentile_rows():
     assert captions[6] == f"p98 {weights[chosen[1, 0]]:.3f}"
     assert captions[29] == f"p80 {weights[chosen[4, 5]]:.3f}"
     assert grid_captions(weights, top_objects(weights, 3)) == ["2.900", "2.800", "2.700"]
+
+
+def test_grid_rejects_output_below_images(colour_objects, capsys):
+    image_dir, run_dir, _ = colour_objects
+    out = image_dir / "grids"
+
+    status = main(["grid", str(run_dir), "--images", str(image_dir), "-o", str(out), "--dims", "0"])
+
+    assert status == 1
+    assert f"the output folder {out} overlaps the input {image_dir}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_grid_output_in_current_folder(colour_objects, tmp_path, monkeypatch):
+    image_dir, run_dir, _ = colour_objects
+    table = ObjectTable(tuple(f"object{i}" for i in range(32)), tuple(f"images/object{i:02d}.png" for i in range(32)))
+    write_object_table(table, run_dir / "objects.tsv")
+    monkeypatch.chdir(tmp_path)
+
+    status = main(["grid", "run", "--top-k", "1", "--dims", "0", "-o", "grids"])
+
+    assert status == 0
+    assert (tmp_path / "grids" / "dim000_top.png").is_file()
+
+
+def test_grid_captions_own_percentiles():
+    from dimalign.interpret.grid_images import grid_captions
+
+    weights = np.linspace(0.0, 2.9, 30)
+    chosen = percentile_grid(weights, percentiles=(99, 50))
+
+    captions = grid_captions(weights, chosen, percentiles=(99, 50))
+    with pytest.raises(ValueError) as error:
+        grid_captions(weights, chosen)
+
+    assert captions[6] == f"p99 {weights[chosen[1, 0]]:.3f}"
+    assert captions[17] == f"p50 {weights[chosen[2, 5]]:.3f}"
+    assert str(error.value) == (
+        "the grid has 2 percentile rows but 4 percentiles are given (98, 95, 90, 80); "
+        "pass the percentiles that chose the grid"
+    )
+
+
+def test_grid_title_draws_cyrillic(caplog):
+    from dimalign.interpret.grid_images import _missing_glyphs, _title_font
+
+    with caplog.at_level("WARNING", logger="dimalign.interpret.grid_images"):
+        cyrillic = _title_font("фото.png", 14)
+        chinese = _title_font("猫.png", 14)
+
+    assert _missing_glyphs("фото.png", _font(14)) == "отф"
+    assert _missing_glyphs("фото.png", cyrillic) == ""
+    assert _missing_glyphs("猫.png", chinese) == "猫"
+    assert "the title '猫.png' contains characters that no available font draws (猫)" in caplog.text
+    assert "фото" not in caplog.text

@@ -715,3 +715,31 @@ def test_manipulate_rejects_photo_as_own_mask(tiny_predictor, tmp_path, capsys):
     assert status == 1
     assert f"mask {photo} is the image {photo} itself" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_output_beside_symlinked_photo_rejected(tiny_predictor, tmp_path, capsys):
+    target = write_photo(tmp_path / "elsewhere" / "a.png", (200, 30, 30))
+    link = tmp_path / "photos" / "a.png"
+    link.parent.mkdir()
+    link.symlink_to(target)
+
+    status = main(["gradcam", str(link), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(link.parent)])
+
+    assert status == 1
+    assert f"the output folder {link.parent} overlaps the input {link}" in capsys.readouterr().err
+    assert sorted(path.name for path in link.parent.iterdir()) == ["a.png"]
+
+
+def test_gradcam_rejects_overlong_image_name(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / f"{'a' * 240}.png", (200, 30, 30))
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(out)])
+
+    assert status == 1
+    assert (f"the output file {'a' * 240}_dim0_heatmap.png for the image {photo} would have a name of "
+            "257 bytes, more than the 255 that file systems allow; rename the image to at most 238 "
+            "bytes before its suffix") in capsys.readouterr().err
+    assert not out.exists()

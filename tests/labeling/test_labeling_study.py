@@ -1044,3 +1044,50 @@ def test_concurrent_decodes_limited(tmp_path, monkeypatch):
     assert most_running[0] == 2
     assert len({result.data for result in results}) == 6
     assert study_module.MAX_CONCURRENT_DECODES == min(8, os.cpu_count() or 1)
+
+
+def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
+    """A 121-megapixel image took about 930 MB to decode, so large images decode fewer at a time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    paths = []
+    for number in range(4):
+        paths.append(tmp_path / f"{number}.png")
+        Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
+    paths.append(tmp_path / "large.png")
+    Image.new("RGBA", (20, 20), (0, 0, 255, 255)).save(paths[-1])
+    # The app checks each file on its first request, which records its size.
+    for path in paths:
+        study_module._check_image_file(path)
+    monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(4))
+    # Two 8 x 8 images fit in 150 pixels at once, and the 20 x 20 image takes all of them.
+    monkeypatch.setattr(study_module, "_decode_pixels", study_module.PixelBudget(150))
+    running, most_running, large_beside = [0], [0], [False]
+    lock = threading.Lock()
+    original = study_module._decode_and_encode
+
+    def tracked_decode(path, decoding):
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+            if running[0] > 1 and path.name == "large.png":
+                large_beside[0] = True
+        time.sleep(0.2)
+        with lock:
+            running[0] -= 1
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", tracked_decode)
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
+
+    assert most_running[0] == 2
+    assert large_beside[0] is False
+    assert len({result.data for result in results}) == 5
+    assert study_module.MAX_DECODE_PIXELS == study_module.MAX_CONCURRENT_DECODES * 12_000_000

@@ -15,7 +15,7 @@ import logging
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,11 @@ def _add_map_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help=_OUT_HELP)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument(
+        "--weights", type=Path,
+        help="weights file to load in place of the one the map's extraction names, such as that file "
+        "moved elsewhere; its SHA-256 must match the recorded one",
+    )
 
 
 def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
@@ -328,12 +333,44 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
     """
     out = out_dir.resolve()
     for source in inputs:
-        resolved = source.resolve()
-        inside_input = source.is_dir() and (out == resolved or resolved in out.parents)
-        if inside_input or out in resolved.parents:
+        locations = {source.resolve()}
+        if source.is_symlink():
+            # A link to a photo is an input both where the link lies and where its target lies.
+            locations.add(source.absolute().parent.resolve() / source.name)
+        inside_input = source.is_dir() and any(out == place or place in out.parents for place in locations)
+        if inside_input or any(out in place.parents for place in locations):
             raise ValueError(
                 f"the output folder {out_dir} overlaps the input {source}, so dimalign {step} could "
                 "replace inputs with its pictures; choose an output folder outside the inputs"
+            )
+
+
+#: The maximum length in bytes of a file name on common file systems (ext4, APFS, NTFS).
+MAX_FILE_NAME_BYTES = 255
+
+
+def _check_file_name_lengths(
+    paths: Sequence[Path], names: Sequence[str], files_of: Callable[[str], list[str]]
+) -> None:
+    """Reject an image whose output files would have names longer than :data:`MAX_FILE_NAME_BYTES`.
+
+    Args:
+        paths (Sequence[Path]): The images.
+        names (Sequence[str]): Their unique names (see :func:`unique_names`).
+        files_of (Callable[[str], list[str]]): The names of the files written for the image of a name.
+
+    Raises:
+        ValueError: Naming the longest such file, its image and the length to rename the image to.
+    """
+    for path, name in zip(paths, names):
+        longest = max(files_of(name), key=lambda file: len(file.encode("utf-8")))
+        length = len(longest.encode("utf-8"))
+        if length > MAX_FILE_NAME_BYTES:
+            suffix = length - len(name.encode("utf-8"))
+            raise ValueError(
+                f"the output file {longest} for the image {path} would have a name of {length} bytes, "
+                f"more than the {MAX_FILE_NAME_BYTES} that file systems allow; rename the image to at "
+                f"most {MAX_FILE_NAME_BYTES - suffix} bytes before its suffix"
             )
 
 
@@ -387,12 +424,16 @@ def run_gradcam(args: argparse.Namespace) -> int:
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
     names = unique_names(paths)
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     pictures = [f"{name}_input.png" for name in names] + [_gradcam_figure_file(name) for name in names]
     for name in names:
         pictures += [_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")]
+    _check_file_name_lengths(paths, names, lambda name: [
+        f"{name}_input.png", _gradcam_figure_file(name),
+        *(_gradcam_file(name, dim, kind) for dim in dims for kind in ("heatmap", "overlay")),
+    ])
     check_unowned_files(args.out, pictures, "gradcam")
     # Decoding every image once before the Grad-CAM work stops at a damaged file early. The
     # images are then decoded again one at a time, because all 26,107 THINGS photos as float
@@ -438,8 +479,9 @@ def run_gradcam(args: argparse.Namespace) -> int:
         write_manifest(
             stage, step="gradcam",
             inputs=_map_inputs(args.map_dir, {f"image {name}": path for name, path in zip(names, paths)}),
-            settings={"map": args.map_dir, "images": [str(path) for path in paths], "dims": dims,
-                      "layer": layer, "alpha": args.alpha, "device": args.device,
+            settings={"map": args.map_dir, "weights": args.weights,
+                      "images": [str(path) for path in paths], "dims": dims, "layer": layer,
+                      "alpha": args.alpha, "device": args.device,
                       **_decoding_settings(predictor)},
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
@@ -494,7 +536,7 @@ def run_maximize(args: argparse.Namespace) -> int:
             f"--generator {args.generator} sets its own size; leave --image-size out"
         )
     _distinct(args.dim, "--dim")
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     dims = [check_dimension(dim, predictor.n_dims) for dim in args.dim]
     check_unowned_files(args.out, [
         *(f"dim{dim}_image{index}.png" for dim in dims for index in range(args.n_images)),
@@ -525,7 +567,8 @@ def run_maximize(args: argparse.Namespace) -> int:
         save_csv(pd.DataFrame(rows), stage / "maximize.csv")
         write_manifest(
             stage, step="maximize", inputs=_map_inputs(args.map_dir),
-            settings={"map": args.map_dir, "dims": dims, "generator": args.generator or "builtin:fourier",
+            settings={"map": args.map_dir, "weights": args.weights, "dims": dims,
+                      "generator": args.generator or "builtin:fourier",
                       "steps": args.steps, "n_init": args.n_init, "n_images": args.n_images,
                       "alpha": args.alpha, "beta": args.beta, "tv_weight": args.tv_weight,
                       "lr": args.lr, "image_size": args.image_size, "seed": args.seed, "device": args.device},
@@ -713,8 +756,11 @@ def run_manipulate(args: argparse.Namespace) -> int:
     if any(edit.uses_mask for edit in edits):
         # manipulate_images estimates the masks of the images without one, and they are written.
         pictures += [f"masks/{name}.png" for name in names if name not in mask_files]
+    _check_file_name_lengths(paths, names, lambda name: [
+        f"{name}.png", *(Path(_edited_file(name, label)).name for label in labels),
+    ])
     check_unowned_files(args.out, pictures, "manipulate")
-    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device)
+    predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
     # Decode every image once so that a damaged file stops the run before any work. The
     # loop below decodes them again one at a time, so memory does not grow with their number.
@@ -754,7 +800,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
                 **{f"image {name}": path for name, path in zip(names, paths)},
                 **{f"mask {name}": path for name, path in mask_files.items()},
             }),
-            settings={"map": args.map_dir, "images": [str(path) for path in paths],
+            settings={"map": args.map_dir, "weights": args.weights, "images": [str(path) for path in paths],
                       "edits": [edit.label for edit in edits], "masks": args.masks,
                       "estimated_masks": sorted(estimated), "device": args.device,
                       **_decoding_settings(predictor)},
@@ -846,8 +892,14 @@ def run_grid(args: argparse.Namespace) -> int:
     check_unowned_files(args.out, [f"dim{dim:03d}_{args.layout}.png" for dim in dims], "grid")
     decoding = resolve_decoding(args.background, args.exif_transpose, recorded_decoding(args.embedding))
     paths = image_paths(table, args.images, needed_rows(result.embedding, dims, args.layout, args.top_k))
-    # A later dimalign extract of the image folder would read the grids as photos.
-    _check_output_outside_inputs(args.out, sorted(set(paths.values())), "grid")
+    # A later dimalign extract of the image folder, which searches subfolders too, would read the
+    # grids as photos. The current folder, the default of --images, does not count, because the
+    # images may lie in one of its subfolders and the grids in another.
+    inputs = sorted(set(paths.values()))
+    image_dir = args.images.resolve()
+    if image_dir != Path.cwd().resolve():
+        inputs.append(args.images)
+    _check_output_outside_inputs(args.out, inputs, "grid")
     pictures = load_grid_images(paths, args.cell_size, decoding)
 
     rows = []

@@ -306,13 +306,17 @@ def plot_gradcam(
     # The colour bar runs under the grid, with the meaning of both ends.
     padding, bar_height, font = 4, 12, _font(11)
     labels = ("0: least evidence in the map", "1: most evidence in the map")
-    bar_width = grid.size[0] - 2 * padding
+    # A grid of one small image and one overlay is narrower than the two labels, which would overlap.
+    measure = ImageDraw.Draw(grid)
+    labels_width = sum(measure.textlength(label, font=font) for label in labels) + 4 * padding
+    width = max(grid.size[0], int(np.ceil(labels_width)) + 2 * padding)
+    bar_width = width - 2 * padding
     ramp = colorize(np.broadcast_to(np.linspace(0.0, 1.0, bar_width), (bar_height, bar_width)), colormap)
-    figure = Image.new("RGB", (grid.size[0], grid.size[1] + bar_height + 11 + 3 * padding), BACKGROUND_COLOUR)
+    figure = Image.new("RGB", (width, grid.size[1] + bar_height + 11 + 3 * padding), BACKGROUND_COLOUR)
     figure.paste(grid, (0, 0))
     figure.paste(Image.fromarray(ramp), (padding, grid.size[1]))
     draw = ImageDraw.Draw(figure)
     text_top = grid.size[1] + bar_height + padding
     draw.text((padding, text_top), labels[0], fill=TEXT_COLOUR, font=font)
-    draw.text((grid.size[0] - padding, text_top), labels[1], fill=TEXT_COLOUR, font=font, anchor="ra")
+    draw.text((width - padding, text_top), labels[1], fill=TEXT_COLOUR, font=font, anchor="ra")
     return figure

@@ -51,6 +51,52 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: A private-use code point that standard fonts do not draw. A font draws it as its
+#: missing-glyph box, which shows how that font draws other missing characters.
+_NO_GLYPH = "\U0010fffd"
+
+
+def _missing_glyphs(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> str:
+    """Return the distinct characters of ``text`` that ``font`` draws as its missing-glyph box, sorted.
+
+    A character counts as missing where its bounding box and advance equal
+    those of :data:`_NO_GLYPH`.
+    """
+    box = (font.getbbox(_NO_GLYPH), font.getlength(_NO_GLYPH))
+    missing = {
+        character for character in text
+        if not character.isspace() and (font.getbbox(character), font.getlength(character)) == box
+    }
+    return "".join(sorted(missing))
+
+
+def _title_font(title: str, size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Return a font of ``size`` pixels that draws every character of ``title``, where one is available.
+
+    Pillow's default font draws Latin letters only. A title with other
+    letters, such as a file name in Cyrillic or Greek, gets matplotlib's
+    DejaVu Sans, which draws those too. Characters that neither font draws,
+    such as Chinese, show as boxes, and a warning names them.
+    """
+    from matplotlib import font_manager
+
+    font = _font(size)
+    missing = _missing_glyphs(title, font)
+    if not missing:
+        return font
+    dejavu_path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+    dejavu = ImageFont.truetype(dejavu_path, size)
+    if len(_missing_glyphs(title, dejavu)) < len(missing):
+        font = dejavu
+        missing = _missing_glyphs(title, dejavu)
+    if missing:
+        logger.warning(
+            "the title %r contains characters that no available font draws (%s), so they show as boxes",
+            title, missing,
+        )
+    return font
+
+
 def compose_grid(
     cells: Sequence[GridCell],
     n_cols: int,
@@ -82,7 +128,7 @@ def compose_grid(
     if n_cols < 1:
         raise ValueError(f"n_cols must be >= 1, got {n_cols}")
     font = _font(font_size)
-    title_font = _font(font_size + 3)
+    title_font = _title_font(title, font_size + 3)
     caption_height = font_size + 6
     title_height = font_size + 14 if title else 0
     n_rows = -(-len(cells) // n_cols)
@@ -270,18 +316,37 @@ def dimension_grid(
     return compose_grid(cells, columns, title=title, cell_size=cell_size), rows
 
 
-def grid_captions(weights: np.ndarray, chosen: np.ndarray) -> list[str]:
+def grid_captions(
+    weights: np.ndarray, chosen: np.ndarray, percentiles: Sequence[float] = DEFAULT_PERCENTILES
+) -> list[str]:
     """Return the caption of each cell of a grid, in reading order: the object's weight.
 
     In the percentile layout (``chosen`` of shape ``(rows, columns)``), the
     cells after the top row also name the percentile of their row,
     such as ``p98 0.418``, because nothing else in the picture shows it.
+
+    Args:
+        weights (np.ndarray): The dimension's weight of every object.
+        chosen (np.ndarray): Object rows of the grid, 1-D for the top layout.
+        percentiles (Sequence[float]): The percentiles that
+            :func:`~dimalign.interpret.grids.percentile_grid` chose the rows
+            after the first by.
+
+    Raises:
+        ValueError: If a 2-D ``chosen`` has another number of rows after the
+            first than ``percentiles`` has values.
     """
     captions = [f"{weights[row]:.3f}" for row in chosen.ravel()]
     if chosen.ndim == 2:
-        n_cols = chosen.shape[1]
+        n_rows, n_cols = chosen.shape
+        if n_rows - 1 != len(percentiles):
+            listed = ", ".join(f"{percentile:g}" for percentile in percentiles)
+            raise ValueError(
+                f"the grid has {n_rows - 1} percentile rows but {len(percentiles)} percentiles are given "
+                f"({listed}); pass the percentiles that chose the grid"
+            )
         for index in range(n_cols, len(captions)):
-            percentile = DEFAULT_PERCENTILES[index // n_cols - 1]
+            percentile = percentiles[index // n_cols - 1]
             captions[index] = f"p{percentile:g} {captions[index]}"
     return captions
 

