@@ -38,6 +38,16 @@ def study(tmp_path_factory) -> tuple[Path, Path]:
     return config, study_dir
 
 
+@pytest.fixture
+def study_copy(study, tmp_path) -> tuple[Path, Path]:
+    """A copy of the tiny study, run again so that every stage is done before the test changes it."""
+    config, study_dir = study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy)
+    run_study(config, copy)  # earlier tests may leave stages to rerun
+    return config, copy
+
+
 def test_first_run_writes_every_stage(study):
     config, study_dir = study
     for name in STAGES:
@@ -427,11 +437,8 @@ def test_fit_stage_uses_one_torch_thread(monkeypatch, tmp_path):
     assert seen == [1]
 
 
-def test_user_file_in_stage_folder_is_kept(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_user_file_in_stage_folder_is_kept(study_copy):
+    config, copy = study_copy
     notes = copy / "compare" / "notes" / "NOTES.txt"
     notes.parent.mkdir()
     notes.write_text("my notes")
@@ -449,11 +456,8 @@ def test_user_file_in_stage_folder_is_kept(study, tmp_path):
     assert run_study(config, copy).to_run == []
 
 
-def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_file_added_during_stage_is_kept(study_copy, monkeypatch):
+    config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
     real_run = stages.STAGES["compare"].run
 
@@ -474,11 +478,8 @@ def test_file_added_during_stage_is_kept(study, tmp_path, monkeypatch):
     assert read_stage_record(partial[0]) is not None
 
 
-def test_symlink_in_stage_folder_is_kept(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_symlink_in_stage_folder_is_kept(study_copy, tmp_path):
+    config, copy = study_copy
     target = tmp_path / "plots"
     target.mkdir()
     (copy / "compare" / "plots").symlink_to(target, target_is_directory=True)
@@ -496,11 +497,8 @@ def test_symlink_in_stage_folder_is_kept(study, tmp_path):
     assert (copy / "compare" / "drafts").is_dir()
 
 
-def test_finder_files_do_not_block_rerun(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_finder_files_do_not_block_rerun(study_copy):
+    config, copy = study_copy
     for name in (".DS_Store", "Thumbs.db", "desktop.ini", "._summary.json"):
         (copy / "compare" / name).write_bytes(b"\0\1")
 
@@ -518,11 +516,8 @@ def drop_file_list(stage_dir: Path) -> None:
     (stage_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
 
 
-def test_old_record_keeps_user_file(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_old_record_keeps_user_file(study_copy):
+    config, copy = study_copy
     drop_file_list(copy / "compare")
     notes = copy / "compare" / "NOTES.txt"
     notes.write_text("my notes")
@@ -542,11 +537,8 @@ def test_old_record_keeps_user_file(study, tmp_path):
     assert notes.read_text() == "my notes"
 
 
-def test_old_record_without_user_files_reruns(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_old_record_without_user_files_reruns(study_copy):
+    config, copy = study_copy
     drop_file_list(copy / "compare")
 
     plan = run_study(config, copy, from_stage="compare")
@@ -555,13 +547,10 @@ def test_old_record_without_user_files_reruns(study, tmp_path):
     assert isinstance(read_stage_record(copy / "compare")["files"], list)
 
 
-def test_file_added_before_move_is_kept(study, tmp_path, monkeypatch):
+def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
     from dimalign.report import pipeline
 
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+    config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
     real_replace = pipeline._replace_folder
 
@@ -606,13 +595,10 @@ def test_file_added_before_move_is_kept(study, tmp_path, monkeypatch):
     assert (tmp_path / "NOTES.txt").read_text() == "written before the move"
 
 
-def test_folder_created_during_move_is_kept(study, tmp_path, monkeypatch):
+def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
     from dimalign.report import pipeline
 
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+    config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
     real_check = pipeline._unwritten_files
 
@@ -759,11 +745,8 @@ def count_runs(monkeypatch, name: str) -> list[str]:
     return calls
 
 
-def test_from_stage_ignores_kept_output(study, tmp_path, monkeypatch):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_from_stage_ignores_kept_output(study_copy, monkeypatch):
+    config, copy = study_copy
     kept = keep_finished_output(config, copy, "compare")
     calls = count_runs(monkeypatch, "compare")
 
@@ -774,11 +757,8 @@ def test_from_stage_ignores_kept_output(study, tmp_path, monkeypatch):
     assert not kept.exists()
 
 
-def test_rerun_upstream_ignores_kept_output(study, tmp_path, monkeypatch):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_rerun_upstream_ignores_kept_output(study_copy, monkeypatch):
+    config, copy = study_copy
     kept = keep_finished_output(config, copy, "compare")
     shutil.rmtree(copy / "human_fit")
     calls = count_runs(monkeypatch, "compare")
@@ -790,11 +770,8 @@ def test_rerun_upstream_ignores_kept_output(study, tmp_path, monkeypatch):
     assert not kept.exists()
 
 
-def test_old_folder_of_old_record_keeps_file(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
+    config, copy = study_copy
     kept = keep_finished_output(config, copy, "compare")
     # A run killed after it renamed the old folder, whose record lists no files.
     drop_file_list(copy / "compare")
@@ -822,11 +799,8 @@ def test_old_folder_of_old_record_keeps_file(study, tmp_path):
     assert read_stage_record(copy / "compare") is not None
 
 
-def test_old_folder_without_basis_is_kept(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_old_folder_without_basis_is_kept(study_copy):
+    config, copy = study_copy
     drop_file_list(copy / "compare")
     (copy / "compare" / "NOTES.txt").write_text("my notes")
     old = copy / ".compare.old-99999"
@@ -843,11 +817,8 @@ def test_old_folder_without_basis_is_kept(study, tmp_path):
     assert (old / "NOTES.txt").read_text() == "my notes"
 
 
-def test_read_only_study_is_named(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_read_only_study_is_named(study_copy):
+    config, copy = study_copy
     before = read_stage_record(copy / "compare")["finished"]
     copy.chmod(0o555)
     try:
@@ -865,14 +836,11 @@ def test_read_only_study_is_named(study, tmp_path):
     assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, "pipeline.json"])
 
 
-def test_folder_renamed_by_running_study(study, tmp_path, monkeypatch):
+def test_folder_renamed_by_running_study(study_copy, monkeypatch):
     """A stage folder that the run holding the lock renames during the check is no unreadable folder."""
     from dimalign.report import pipeline
 
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+    config, copy = study_copy
     old = copy / ".compare.old-99999"
     real_stage_files = pipeline._stage_files
 
@@ -892,11 +860,8 @@ def test_folder_renamed_by_running_study(study, tmp_path, monkeypatch):
     assert read_stage_record(old) is not None
 
 
-def test_stage_folder_symlink_rejected(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_stage_folder_symlink_rejected(study_copy, tmp_path):
+    config, copy = study_copy
     elsewhere = tmp_path / "other_disk" / "compare"
     elsewhere.parent.mkdir()
     (copy / "compare").rename(elsewhere)
@@ -916,11 +881,8 @@ def test_stage_folder_symlink_rejected(study, tmp_path):
     assert run_study(config, copy).to_run == []
 
 
-def test_leftover_symlink_removed_not_target(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_leftover_symlink_removed_not_target(study_copy, tmp_path):
+    config, copy = study_copy
     elsewhere = tmp_path / "other_disk" / "compare"
     shutil.copytree(copy / "compare", elsewhere)
     old = copy / ".compare.old-99999"
@@ -932,11 +894,8 @@ def test_leftover_symlink_removed_not_target(study, tmp_path):
     assert read_stage_record(elsewhere) is not None
 
 
-def test_old_folder_checked_before_partial_removed(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_old_folder_checked_before_partial_removed(study_copy):
+    config, copy = study_copy
     kept = keep_finished_output(config, copy, "compare")
     drop_file_list(copy / "compare")
     old = copy / ".compare.old-99999"
@@ -951,11 +910,8 @@ def test_old_folder_checked_before_partial_removed(study, tmp_path):
     assert read_stage_record(copy / "compare") is not None
 
 
-def test_read_only_stage_folder_named(study, tmp_path):
-    config, study_dir = study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy)
-    run_study(config, copy)  # earlier tests may leave stages to rerun
+def test_read_only_stage_folder_named(study_copy):
+    config, copy = study_copy
     (copy / "compare").chmod(0o555)
     try:
         result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
