@@ -467,12 +467,46 @@ def test_stop_ends_copied_session_in_chromium(study_path):
     connection.close()
 
 
+def pixels_shown_in_chromium(study_path: Path, index: int) -> dict:
+    """Serve a study, open its first dimension in Chromium and read back the pixels of image ``index``.
+
+    Returns:
+        dict: ``width``, ``height`` and ``rgba``, the image's pixels as Chromium
+        drew them on a canvas, row by row.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with running_server(study_path) as base_url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            open_first_dimension(page, base_url)
+            page.wait_for_function(
+                "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
+            )
+            return page.evaluate(
+                """(index) => {
+                    const image = Array.from(document.images).find(
+                        candidate => new URL(candidate.src).pathname === `/image/${index}`);
+                    const canvas = document.createElement("canvas");
+                    canvas.width = image.naturalWidth;
+                    canvas.height = image.naturalHeight;
+                    const context = canvas.getContext("2d");
+                    context.drawImage(image, 0, 0);
+                    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                    return {width: canvas.width, height: canvas.height, rgba: Array.from(data)};
+                }""",
+                index,
+            )
+        finally:
+            browser.close()
+
+
 @pytest.mark.browser
 def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_set):
     """Chromium shows a decoded image, served as lossless WebP, with the pixels that load_rgb returns."""
     import numpy as np
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     from dimalign.features.decode import load_rgb
     from dimalign.interpret.grids import percentile_grid
@@ -489,30 +523,7 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
     study_path = create_study(tmp_path / "study.db", labeling_run, images, dims="0")
     expected = np.asarray(load_rgb(target))
 
-    with running_server(study_path) as base_url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            open_first_dimension(page, base_url)
-            page.wait_for_function(
-                "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
-            )
-            shown = page.evaluate(
-                """(index) => {
-                    const image = Array.from(document.images).find(
-                        candidate => new URL(candidate.src).pathname === `/image/${index}`);
-                    const canvas = document.createElement("canvas");
-                    canvas.width = image.naturalWidth;
-                    canvas.height = image.naturalHeight;
-                    const context = canvas.getContext("2d");
-                    context.drawImage(image, 0, 0);
-                    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-                    return {width: canvas.width, height: canvas.height, rgba: Array.from(data)};
-                }""",
-                first,
-            )
-        finally:
-            browser.close()
+    shown = pixels_shown_in_chromium(study_path, first)
 
     rgba = np.asarray(shown["rgba"], dtype=np.uint8).reshape(shown["height"], shown["width"], 4)
     assert (shown["width"], shown["height"]) == (60, 40)
@@ -520,11 +531,11 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
     np.testing.assert_array_equal(rgba[:, :, :3], expected)
 
 
+@pytest.mark.browser
 def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared_data):
     """Chromium shows a large camera JPEG, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
     import numpy as np
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     from dimalign.features.decode import load_rgb
     from dimalign.interpret.grids import percentile_grid
@@ -544,30 +555,7 @@ def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared
     expected_image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
     expected = np.asarray(expected_image, dtype=np.int16)
 
-    with running_server(study_path) as base_url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            open_first_dimension(page, base_url)
-            page.wait_for_function(
-                "() => Array.from(document.images).every(image => image.complete && image.naturalWidth > 0)"
-            )
-            shown = page.evaluate(
-                """(index) => {
-                    const image = Array.from(document.images).find(
-                        candidate => new URL(candidate.src).pathname === `/image/${index}`);
-                    const canvas = document.createElement("canvas");
-                    canvas.width = image.naturalWidth;
-                    canvas.height = image.naturalHeight;
-                    const context = canvas.getContext("2d");
-                    context.drawImage(image, 0, 0);
-                    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-                    return {width: canvas.width, height: canvas.height, rgba: Array.from(data)};
-                }""",
-                first,
-            )
-        finally:
-            browser.close()
+    shown = pixels_shown_in_chromium(study_path, first)
 
     rgba = np.asarray(shown["rgba"], dtype=np.int16).reshape(shown["height"], shown["width"], 4)
     difference = np.abs(rgba[:, :, :3] - expected)
