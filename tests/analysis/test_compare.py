@@ -166,6 +166,15 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_similarity_on_disk_rejects_negative_weights(tmp_path):
+    # Checked like similarity_matrix, whose matrix this one must equal.
+    embedding = gamma_embedding(12, 3, seed=13)
+    embedding[2, 1] = -0.5
+    with pytest.raises(ValueError, match=r"1 negative weights, the lowest -0.5 at row 2, dimension 1"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("block_size", "message"),
     [(2.5, "block_size must be an integer, got 2.5"), (True, "block_size must be an integer, got True"),

@@ -256,8 +256,9 @@ def similarity_matrix_to_disk(
         np.ndarray: The matrix, memory-mapped read-only from ``path``.
 
     Raises:
-        ValueError: If the embedding is not 2-D with at least 3 objects, or
-            contains NaN or inf (naming the rows), ``dtype`` is invalid, or
+        ValueError: If the embedding is not 2-D with at least 3 objects,
+            contains NaN or inf (naming the rows) or negative weights (as in
+            :func:`similarity_matrix`), ``dtype`` is invalid, or
             ``block_size`` is not an integer of 1 or more.
     """
     path = Path(path)
