@@ -166,6 +166,16 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_similarity_on_disk_numpy_block_size(tmp_path):
+    # The progress record stores block_size as JSON, which has no numpy integers.
+    embedding = gamma_embedding(12, 3, seed=5)
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=np.int64(4))
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.json", "s.npy"]
+
+
 def test_similarity_on_disk_rejects_negative_weights(tmp_path):
     # Checked like similarity_matrix, whose matrix this one must equal.
     embedding = gamma_embedding(12, 3, seed=13)

@@ -285,6 +285,8 @@ def similarity_matrix_to_disk(
     if block_size is None:
         block_size = 256 if torch_device.type == "cuda" else 64
     check_integer("block_size", block_size, 1)
+    # A Python int, because the progress record stores it as JSON.
+    block_size = int(block_size)
 
     y = torch.as_tensor(weights, device=torch_device)
     logits = y @ y.T
