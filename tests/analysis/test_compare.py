@@ -113,6 +113,18 @@ def test_similarity_on_disk_damaged_progress_restarts(tmp_path):
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_invalid_block_list_restarts(tmp_path):
+    # The record matches this call, but its list of finished row blocks is damaged.
+    embedding = gamma_embedding(12, 3, seed=4)
+    record = compare_module._partial_record(embedding, "float64", 4, set())
+    np.save(tmp_path / "s.partial.npy", np.zeros((12, 12)))
+    (tmp_path / "s.partial.json").write_text(json.dumps({**record, "finished_row_blocks": None}), encoding="utf-8")
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=4)
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
 def test_similarity_on_disk_recomputes_for_other_embedding(tmp_path):
     first = gamma_embedding(12, 3, seed=10)
     second = gamma_embedding(12, 3, seed=11)
@@ -162,6 +174,25 @@ def test_similarity_on_disk_rejects_nan(tmp_path):
     embedding = gamma_embedding(12, 3, seed=13)
     embedding[2, 1] = np.nan
     with pytest.raises(ValueError, match=r"embedding rows \[2\] contain NaN or inf"):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_similarity_on_disk_numpy_block_size(tmp_path):
+    # The progress record stores block_size as JSON, which has no numpy integers.
+    embedding = gamma_embedding(12, 3, seed=5)
+
+    finished = similarity_matrix_to_disk(embedding, tmp_path / "s.npy", block_size=np.int64(4))
+
+    np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.json", "s.npy"]
+
+
+def test_similarity_on_disk_rejects_negative_weights(tmp_path):
+    # Checked like similarity_matrix, whose matrix this one must equal.
+    embedding = gamma_embedding(12, 3, seed=13)
+    embedding[2, 1] = -0.5
+    with pytest.raises(ValueError, match=r"1 negative weights, the lowest -0.5 at row 2, dimension 1"):
         similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
     assert list(tmp_path.iterdir()) == []
 

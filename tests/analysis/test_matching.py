@@ -37,6 +37,21 @@ def test_correlate_columns_extreme_scale(scale):
     np.testing.assert_allclose(correlate_columns(scale * a, scale * b), expected, atol=1e-12)
 
 
+def test_correlate_columns_near_float_maximum():
+    # Columns of both signs near the float maximum have an infinite range, which must not warn.
+    import warnings
+
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(-1.0, 1.0, (30, 3)), rng.uniform(-1.0, 1.0, (30, 4))
+    expected = np.corrcoef(a.T, b.T)[:3, 3:]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        correlations = correlate_columns(1.7e308 * a, 1.7e308 * b)
+
+    np.testing.assert_allclose(correlations, expected, atol=1e-12)
+
+
 def test_correlate_columns_constant_is_zero():
     a = np.column_stack([np.arange(5.0), np.full(5, 2.0)])
     with pytest.warns(UserWarning, match="zero variance"):

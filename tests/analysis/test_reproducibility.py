@@ -184,6 +184,21 @@ def test_reproducibility_rejects_nan_run():
         reproducibility([first, second])
 
 
+def test_reproducibility_near_float_maximum():
+    # Weights of both signs near the float maximum have an infinite range,
+    # which is not constant and must not raise a numpy overflow warning.
+    rng = np.random.default_rng(7)
+    first = rng.uniform(-1.0, 1.0, (12, 3))
+    second = np.clip(first + 0.1 * rng.standard_normal((12, 3)), -1.0, 1.0)
+    expected = reproducibility([first, second]).run_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = reproducibility([1.7e308 * first, 1.7e308 * second]).run_scores
+
+    np.testing.assert_allclose(scaled, expected, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("scale", [1e200, 1e-300])
 def test_reproducibility_ignores_extreme_scale(scale):
     # Pearson r does not depend on a column's scale, so scaled weights that

@@ -221,6 +221,15 @@ def test_sweep_rejects_repeated_seeds(tmp_path, tiny_triplets):
         sweep(train, val, tmp_path, seeds=[0, 0], n_objects=N_OBJECTS)
 
 
+def test_sweep_accepts_seed_generator(tmp_path, tiny_triplets):
+    # The integer check must not use up a one-pass iterable before the seeds are read.
+    train, val = tiny_triplets
+    table = sweep(train, val, tmp_path, seeds=(seed for seed in [4, 2]), n_objects=N_OBJECTS, settings=SETTINGS)
+
+    assert table["seed"].tolist() == [4, 2]
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["seed_2", "seed_4"]
+
+
 @pytest.mark.parametrize("seed", [1.5, "3", True])
 def test_sweep_rejects_non_integer_seed(tmp_path, tiny_triplets, seed):
     # int() would turn 1.5 into seed 1 and fit a run that was not requested.

@@ -256,8 +256,9 @@ def similarity_matrix_to_disk(
         np.ndarray: The matrix, memory-mapped read-only from ``path``.
 
     Raises:
-        ValueError: If the embedding is not 2-D with at least 3 objects, or
-            contains NaN or inf (naming the rows), ``dtype`` is invalid, or
+        ValueError: If the embedding is not 2-D with at least 3 objects,
+            contains NaN or inf (naming the rows) or negative weights (as in
+            :func:`similarity_matrix`), ``dtype`` is invalid, or
             ``block_size`` is not an integer of 1 or more.
     """
     path = Path(path)
@@ -284,6 +285,8 @@ def similarity_matrix_to_disk(
     if block_size is None:
         block_size = 256 if torch_device.type == "cuda" else 64
     check_integer("block_size", block_size, 1)
+    # A Python int, because the progress record stores it as JSON.
+    block_size = int(block_size)
 
     y = torch.as_tensor(weights, device=torch_device)
     logits = y @ y.T
@@ -410,6 +413,13 @@ def _partial_record(weights: np.ndarray, dtype: str, block_size: int, done: set[
     return {**_progress_record(weights, weights.shape[0], dtype, done), "block_size": block_size}
 
 
+def _is_block_list(blocks: Any) -> bool:
+    """Return whether ``blocks`` is a list of row indices, as the progress record stores them."""
+    return isinstance(blocks, list) and all(
+        isinstance(start, int) and not isinstance(start, bool) and start >= 0 for start in blocks
+    )
+
+
 def _open_partial(
     partial: Path, progress_file: Path, weights: np.ndarray, dtype: str, block_size: int
 ) -> tuple[np.memmap, set[int]]:
@@ -421,9 +431,16 @@ def _open_partial(
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             record = None
             logger.warning("cannot read the progress record %s (%s); starting over", progress_file, error)
+        blocks = record.get("finished_row_blocks", []) if isinstance(record, dict) else None
+        if isinstance(record, dict) and not _is_block_list(blocks):
+            logger.warning(
+                "the progress record %s lists invalid finished row blocks (%s), so the matrix starts over",
+                progress_file, repr(blocks)[:100],
+            )
+            record = None
         keys = ("embedding_sha256", "n_objects", "dtype", "block_size")
         if isinstance(record, dict) and all(record.get(key) == expected[key] for key in keys):
-            done = set(record.get("finished_row_blocks", []))
+            done = set(blocks)
             logger.info("resuming %s: %d row blocks of %d rows already done", partial, len(done), block_size)
             return np.load(partial, mmap_mode="r+"), done
         if record is not None:

@@ -97,7 +97,9 @@ def correlate_columns(
 
 def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
     """Centre each column and scale it to unit norm; constant columns become 0."""
-    constant = np.ptp(x, axis=0) == 0
+    # max == min instead of np.ptp == 0, because the subtraction in np.ptp
+    # overflows for weights of both signs near the float maximum.
+    constant = x.max(axis=0) == x.min(axis=0)
     if constant.any():
         columns = np.flatnonzero(constant)
         warn(

@@ -266,8 +266,10 @@ def _partner_scores(
     # A dimension constant on the first half has no defined correlation
     # there, so it can neither choose a partner nor be chosen. Without
     # this, argmax over a row of zeros would pick dimension 0 as partner.
-    reference_constant = np.ptp(reference[first_half], axis=0) == 0
-    other_constant = np.ptp(other[first_half], axis=0) == 0
+    # max == min instead of np.ptp == 0, because the subtraction in np.ptp
+    # overflows for weights of both signs near the float maximum.
+    reference_constant = reference[first_half].max(axis=0) == reference[first_half].min(axis=0)
+    other_constant = other[first_half].max(axis=0) == other[first_half].min(axis=0)
     choosing[:, other_constant] = -np.inf
     partners = np.argmax(choosing, axis=1)
 

@@ -405,8 +405,6 @@ def _selection_tables(
     return rows, runs, dimensions
 
 
-
-
 def _check_select_output(out_dir: Path) -> None:
     """Reject an output folder that select must not write into, before any work."""
     check_output_dir(out_dir, "select")

@@ -316,6 +316,8 @@ def _checked_request(
             ``out_dir``.
     """
     settings = dict(settings or {})
+    # A list, so that a one-pass iterable of seeds is still there after the check.
+    seeds = list(seeds)
     for seed in seeds:
         # int() would quietly turn a seed of 1.5 into 1.
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
