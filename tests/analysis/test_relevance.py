@@ -326,3 +326,25 @@ def test_compare_agreement_splits_ties(tmp_path):
     assert summary["choice_agreement"] == pytest.approx(1 / 3, abs=1e-12)
     assert summary["n_human_tied_choices"] == 2
     assert summary["n_dnn_tied_choices"] == 2
+
+
+def test_choice_agreement_partial_ties():
+    """A two-way tie against one choice counts 1/2 or 0, and two two-way ties sharing one option 1/4."""
+    # In each triplet (a, b, c) with rows [1, 0], [1, 1], [0, 1], the pairs bc and ab
+    # both have similarity 1 and ac has 0, so the human model ties columns 0 and 2.
+    human = np.tile([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], (3, 1))
+    dnn = np.array([
+        [1.0, 0.0], [1.0, 0.0], [0.0, 1.0],  # pair ab alone: column 2, one of the human's two
+        [1.0, 1.0], [1.0, 0.0], [0.0, 1.0],  # pairs ab and ac: columns 1 and 2
+        [1.0, 0.0], [0.0, 1.0], [1.0, 0.0],  # pair ac alone: column 1, not one of the human's
+    ])
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+
+    comparison = compare_decisions(human, dnn, triplets)
+
+    assert comparison.choice_agreement == (1 / 2 + 1 / 4 + 0) / 3
+    assert comparison.n_tied_choices == {"human": 3, "dnn": 1}
+    np.testing.assert_array_equal(comparison.human_choice, [0, 0, 0])
+    np.testing.assert_array_equal(comparison.dnn_choice, [2, 1, 1])
+    reversed_columns = compare_decisions(human, dnn, triplets[:, ::-1])
+    assert reversed_columns.choice_agreement == (1 / 2 + 1 / 4 + 0) / 3

@@ -65,7 +65,12 @@ from dimalign.io.objects import (
     index_object_ids,
     read_object_table,
 )
-from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
+from dimalign.io.runs import (
+    EmbeddingResult,
+    as_embedding_result,
+    load_embedding,
+    reject_negative_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +256,9 @@ def similarity_matrix_to_disk(
         np.ndarray: The matrix, memory-mapped read-only from ``path``.
 
     Raises:
-        ValueError: If the embedding is not 2-D with at least 3 objects, or
-            contains NaN or inf (naming the rows), or ``dtype`` is invalid.
+        ValueError: If the embedding is not 2-D with at least 3 objects,
+            contains NaN or inf (naming the rows) or a weight below -0.01,
+            or ``dtype`` is invalid.
     """
     path = Path(path)
     weights = np.asarray(embedding, dtype=np.float64)
@@ -266,6 +272,7 @@ def similarity_matrix_to_disk(
             f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
             "Fix or remove those objects first."
         )
+    reject_negative_weights(weights, "the embedding")
     if dtype not in ("float64", "float32"):
         raise ValueError(f"invalid dtype {dtype!r}: use 'float64' or 'float32'")
     record_file = similarity_record_path(path)

@@ -353,9 +353,12 @@ def as_embedding_result(
 
     Raises:
         NotFittedError: For an estimator before ``fit``.
-        ValueError: For an array that :func:`check_embedding` rejects.
+        ValueError: For an array that :func:`check_embedding` rejects, or
+            an :class:`EmbeddingResult` with a weight below ``-NEGATIVE_TOLERANCE``.
     """
     if isinstance(value, EmbeddingResult):
+        # A result built in code has not passed load_embedding's check.
+        reject_negative_weights(np.asarray(value.embedding), source)
         return value
     if isinstance(value, (str, os.PathLike)):
         return load_embedding(value)
