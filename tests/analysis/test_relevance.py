@@ -153,6 +153,21 @@ def test_jackknife_rejects_nan_embedding():
         jackknife_relevance(embedding, np.array([[0, 1, 2]]))
 
 
+@pytest.mark.parametrize(("bad", "label"), [(0, "human"), (1, "DNN")])
+def test_compare_decisions_names_invalid_side(bad, label):
+    """Both embeddings are checked alike, so each error names the embedding that fails."""
+    triplets = np.array([[0, 1, 2]])
+    with_nan = [np.ones((3, 2)), np.ones((3, 2))]
+    with_nan[bad][1, 0] = np.nan
+    without_dimensions = [np.ones((3, 2)), np.ones((3, 2))]
+    without_dimensions[bad] = np.ones((3, 0))
+
+    with pytest.raises(ValueError, match=rf"^the {label} embedding rows \[1\] contain NaN or inf\. "):
+        compare_decisions(*with_nan, triplets)
+    with pytest.raises(ValueError, match=rf"^the {label} embedding has no dimension \(shape \(3, 0\)\)"):
+        compare_decisions(*without_dimensions, triplets)
+
+
 def test_jackknife_accepts_whole_floats():
     # np.loadtxt reads triplet files as float64; whole numbers give the same result as integers.
     embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])

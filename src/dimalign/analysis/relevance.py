@@ -70,15 +70,15 @@ def _check_inputs(
 
     weights = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if weights.ndim != 2:
-        raise ValueError(f"an embedding must be 2-D (n_objects, n_dims), got shape {weights.shape}")
+        raise ValueError(f"{source} must be 2-D (n_objects, n_dims), got shape {weights.shape}")
     if weights.shape[1] == 0:
         raise ValueError(
-            f"the embedding has no dimension (shape {weights.shape}), so no dimension can be relevant"
+            f"{source} has no dimension (shape {weights.shape}), so no dimension can be relevant"
         )
     bad_rows = np.flatnonzero(~np.isfinite(weights).all(axis=1))
     if bad_rows.size:
         raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
+            f"{source} rows {bad_rows[:20].tolist()} contain NaN or inf. Fix or remove those objects first."
         )
     reject_negative_weights(weights, source)
     # Contiguous, because torch.as_tensor rejects numpy views with negative strides (emb[:, ::-1]).
