@@ -80,13 +80,14 @@ def hits_with_ties(probabilities: torch.Tensor) -> torch.Tensor:
 def accuracy_with_ties(probabilities: torch.Tensor) -> float:
     """Return the mean of :func:`hits_with_ties`, rounded once from the exact fraction.
 
-    A float mean of n shares of 1/3 misses 1/3 for most n (such as 9). Each
-    share m of a hit is a whole number of sixths (6, 3 or 2), so the shares
+    A float mean of n shares of 1/3 misses 1/3 for most n (such as 9). A
+    share 1/m of a hit is 6, 3 or 2 sixths for m = 1, 2 or 3, so the shares
     are summed as integers and divided once, as ``odd_one_out_accuracy`` does.
 
     Args:
         probabilities (torch.Tensor): Shape ``(n, 3)`` with n > 0, column 0
-            the recorded pair. Log-probabilities give the same result.
+            the recorded pair. Only comparisons of values are used, so
+            log-probabilities work as well.
 
     Returns:
         float: The accuracy; an all-tied set gives exactly ``1 / 3``.
