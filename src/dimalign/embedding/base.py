@@ -670,6 +670,10 @@ class TripletEmbedding(BaseEstimator):
         rows without ties. :meth:`score` counts a tie of m pairs that includes
         the recorded pair as 1/m of a hit, while ``predict`` picks one object.
 
+        NOTE: ``predict`` and ``score`` compare log-probabilities. In float32,
+        ``exp`` can round two log-probabilities one step apart to the same
+        value, so :meth:`predict_proba` may show a tie that they do not see.
+
         Args:
             triplets (array-like): Shape ``(n, 3)``, 0-based object indices.
 
