@@ -425,6 +425,18 @@ def test_compare_names_negative_result_side(tmp_path, side, label):
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_names_nan_in_given_result(tmp_path):
+    """NaN is not a negative weight, so the negative check leaves it to the NaN check."""
+    human = gamma_embedding(12, 3, seed=5)
+    human[2, 1] = np.nan
+
+    with pytest.raises(ValueError, match=r"^the human embedding contains NaN or inf in 1 entries, the first at row 2, "
+                                         r"column 1"):
+        compare(EmbeddingResult(human), EmbeddingResult(gamma_embedding(12, 3, seed=6)), tmp_path / "out",
+                n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
 def write_surrogate_sides(tmp_path):
     """Write a 12-object surrogate human and DNN run into tmp_path/human and tmp_path/dnn."""
     human, dnn = surrogate_pair(n_objects=12)
