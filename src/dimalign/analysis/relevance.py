@@ -477,6 +477,10 @@ def agree_on_different_dimensions(comparison: DecisionComparison, human_to_dnn: 
     A triplet without a single most relevant dimension on either side
     (:data:`NO_DIMENSION`) is never counted.
 
+    NOTE: It uses :attr:`DecisionComparison.agree`, where a tied choice goes
+    to the first tied column, so for tied choices the result depends on the
+    column order of the triplets, unlike ``choice_agreement``.
+
     Args:
         comparison (DecisionComparison): From :func:`compare_decisions`.
         human_to_dnn (np.ndarray): Matched DNN dimension of each human dimension.
