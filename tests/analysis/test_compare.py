@@ -125,6 +125,28 @@ def test_similarity_on_disk_invalid_block_list_restarts(tmp_path):
     np.testing.assert_allclose(finished, similarity_matrix(embedding), atol=1e-14, rtol=0)
 
 
+def test_similarity_on_disk_rejects_negatives(tmp_path):
+    """Its dot products are those of similarity_matrix, which rejects weights below -0.01."""
+    embedding = gamma_embedding(12, 3, seed=2)
+    embedding[4, 2] = -0.5
+
+    with pytest.raises(ValueError, match=(
+        r"^the embedding: 1 negative weights, the lowest -0.5 at row 4, dimension 2; embeddings must be "
+        r"non-negative: apply ReLU first, as VICE and SPoSE do \(numpy.maximum\(weights, 0\)\)$"
+    )):
+        similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_similarity_on_disk_keeps_rounding_negatives(tmp_path):
+    embedding = gamma_embedding(12, 3, seed=2)
+    embedding[4, 2] = -0.005
+
+    on_disk = similarity_matrix_to_disk(embedding, tmp_path / "s.npy")
+
+    np.testing.assert_allclose(on_disk, similarity_matrix(embedding), atol=1e-14, rtol=0)
+
+
 def test_similarity_on_disk_recomputes_for_other_embedding(tmp_path):
     first = gamma_embedding(12, 3, seed=10)
     second = gamma_embedding(12, 3, seed=11)
@@ -476,6 +498,30 @@ def test_compare_rejects_embedding_without_dimensions(tmp_path):
     write_side(tmp_path / "dnn", np.zeros((12, 0)))
     with pytest.raises(ValueError, match=r"the DNN embedding .*dnn.* has no dimension \(the fit pruned them all\)"):
         compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("side", "label"), [(0, "human"), (1, "DNN")])
+def test_compare_names_negative_result_side(tmp_path, side, label):
+    """An EmbeddingResult built in code is checked as an array is, before any output is written."""
+    embeddings = [gamma_embedding(12, 3, seed=5), gamma_embedding(12, 3, seed=6)]
+    embeddings[side][4, 2] = -0.5
+
+    with pytest.raises(ValueError, match=rf"^the {label} embedding: 1 negative weights, the lowest -0.5 at row 4, "
+                                         r"dimension 2; embeddings must be non-negative"):
+        compare(EmbeddingResult(embeddings[0]), EmbeddingResult(embeddings[1]), tmp_path / "out", n_bootstrap=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_names_nan_in_given_result(tmp_path):
+    """NaN is not a negative weight, so the negative check leaves it to the NaN check."""
+    human = gamma_embedding(12, 3, seed=5)
+    human[2, 1] = np.nan
+
+    with pytest.raises(ValueError, match=r"^the human embedding contains NaN or inf in 1 entries, the first at row 2, "
+                                         r"column 1"):
+        compare(EmbeddingResult(human), EmbeddingResult(gamma_embedding(12, 3, seed=6)), tmp_path / "out",
+                n_bootstrap=0)
     assert not (tmp_path / "out").exists()
 
 

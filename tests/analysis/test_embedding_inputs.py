@@ -258,3 +258,39 @@ def test_evaluate_index_not_ids_names_fix(things_dir):
         "of unique_id.txt: pass object_ids, or frame.reset_index(drop=True) when the rows follow unique_id.txt"
     ]
     assert "things48_r" not in metrics
+
+
+def _more_dot_product_calls():
+    from dimalign.analysis.relevance import option_probabilities
+    from dimalign.analysis.similarity import choice_log_probabilities, dot_similarity, triplet_logits
+
+    return {
+        "dot_similarity": dot_similarity,
+        "triplet_logits": lambda e: triplet_logits(e, [[0, 1, 2]]),
+        "choice_log_probabilities": lambda e: choice_log_probabilities(e, [[0, 1, 2]]),
+        "option_probabilities": lambda e: option_probabilities(e, [[0, 1, 2]]),
+        "odd_one_out_accuracy": lambda e: odd_one_out_accuracy(e, [[0, 1, 2]]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_more_dot_product_calls()))
+def test_negative_limit_is_inclusive(name):
+    """-0.01 itself is accepted and the next lower float64 is rejected."""
+    call = _more_dot_product_calls()[name]
+    at_limit = np.array([[1.0, 0.0], [1.0, -0.01], [0.0, 1.0]])
+    below_limit = at_limit.copy()
+    below_limit[1, 1] = np.nextafter(-0.01, -1.0)
+
+    call(at_limit)
+    with pytest.raises(ValueError, match=r"^the embedding: 1 negative weights, the lowest -0\.01 at row 1, dimension 1"):
+        call(below_limit)
+
+
+def test_accuracy_with_rounding_negative():
+    """A weight of -0.01 enters the dot products as it is: s_01 = 1, s_02 = 0, s_12 = -0.01."""
+    from dimalign.analysis.similarity import triplet_logits
+
+    embedding = np.array([[1.0, 0.0], [1.0, -0.01], [0.0, 1.0]])
+
+    np.testing.assert_array_equal(triplet_logits(embedding, [[0, 1, 2]]), [[1.0, 0.0, -0.01]])
+    assert float(odd_one_out_accuracy(embedding, [[0, 1, 2], [0, 2, 1], [1, 2, 0]])) == 1 / 3

@@ -774,20 +774,25 @@ def test_cli_evaluate_held_out_split_matches_fit(tmp_path, capsys):
     assert _held_out_warnings(capsys.readouterr().err) == []
 
 
+def _fit_simulated_run(folder):
+    """Simulate 400 triplets of 30 named objects in ``folder`` and fit ``folder/run`` to them."""
+    features = np.random.default_rng(3).gamma(0.5, 1.0, size=(30, 3))
+    np.save(folder / "features.npy", features)
+    (folder / "names.txt").write_text("".join(f"object_{index}\n" for index in range(30)))
+    assert main(["-q", "simulate", str(folder / "features.npy"), "--objects", str(folder / "names.txt"),
+                 "--n-triplets", "400",
+                 "-o", str(folder / "simulated")]) == 0
+    assert main(["-q", "fit", str(folder / "simulated"), "-o", str(folder / "run"), *FIT_ARGS[2:]]) == 0
+    return folder / "simulated" / "triplets.npy"
+
+
 def test_suggested_split_command_runs(tmp_path, capsys):
     """The warning's import-triplets command runs as written for a fit of a simulate folder."""
     import shlex
 
     from dimalign.io.triplets import load_triplets, split_triplets
 
-    features = np.random.default_rng(3).gamma(0.5, 1.0, size=(30, 3))
-    np.save(tmp_path / "features.npy", features)
-    (tmp_path / "names.txt").write_text("".join(f"object_{index}\n" for index in range(30)))
-    assert main(["-q", "simulate", str(tmp_path / "features.npy"), "--objects", str(tmp_path / "names.txt"),
-                 "--n-triplets", "400",
-                 "-o", str(tmp_path / "simulated")]) == 0
-    assert main(["-q", "fit", str(tmp_path / "simulated"), "-o", str(tmp_path / "run"), *FIT_ARGS[2:]]) == 0
-    triplet_file = tmp_path / "simulated" / "triplets.npy"
+    triplet_file = _fit_simulated_run(tmp_path)
     capsys.readouterr()
 
     assert main(["evaluate", str(tmp_path / "run"), "--triplets", str(triplet_file)]) == 0
@@ -798,6 +803,32 @@ def test_suggested_split_command_runs(tmp_path, capsys):
             "--split 0.1 --seed 0 -o FOLDER'") in warnings_seen[0]
     command = warnings_seen[0].split("'")[1].replace("FOLDER", str(tmp_path / "split"))
     assert main(["-q", *shlex.split(command)[1:]]) == 0
+    _, fit_val = split_triplets(load_triplets(triplet_file, 30), val_fraction=0.1, random_state=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "split" / "val.npy"), fit_val)
+
+
+def test_suggested_split_command_quotes_paths(tmp_path, capsys):
+    """A path with a space is quoted, so that the command still runs as written in a shell."""
+    import shlex
+
+    from dimalign.io.triplets import load_triplets, split_triplets
+
+    folder = tmp_path / "my study"
+    folder.mkdir()
+    triplet_file = _fit_simulated_run(folder)
+    capsys.readouterr()
+
+    assert main(["evaluate", str(folder / "run"), "--triplets", str(triplet_file)]) == 0
+
+    warnings_seen = _held_out_warnings(capsys.readouterr().err)
+    assert len(warnings_seen) == 1
+    command = warnings_seen[0].split("write them with '", 1)[1].rsplit("' and pass", 1)[0]
+    assert shlex.split(command) == [
+        "dimalign", "import-triplets", str(triplet_file), "--objects", str(folder / "simulated" / "objects.tsv"),
+        "--split", "0.1", "--seed", "0", "-o", "FOLDER",
+    ]
+    arguments = [str(tmp_path / "split") if part == "FOLDER" else part for part in shlex.split(command)]
+    assert main(["-q", *arguments[1:]]) == 0
     _, fit_val = split_triplets(load_triplets(triplet_file, 30), val_fraction=0.1, random_state=0)
     np.testing.assert_array_equal(np.load(tmp_path / "split" / "val.npy"), fit_val)
 

@@ -153,6 +153,21 @@ def test_jackknife_rejects_nan_embedding():
         jackknife_relevance(embedding, np.array([[0, 1, 2]]))
 
 
+@pytest.mark.parametrize(("bad", "label"), [(0, "human"), (1, "DNN")])
+def test_compare_decisions_names_invalid_side(bad, label):
+    """Both embeddings are checked alike, so each error names the embedding that fails."""
+    triplets = np.array([[0, 1, 2]])
+    with_nan = [np.ones((3, 2)), np.ones((3, 2))]
+    with_nan[bad][1, 0] = np.nan
+    without_dimensions = [np.ones((3, 2)), np.ones((3, 2))]
+    without_dimensions[bad] = np.ones((3, 0))
+
+    with pytest.raises(ValueError, match=rf"^the {label} embedding rows \[1\] contain NaN or inf\. "):
+        compare_decisions(*with_nan, triplets)
+    with pytest.raises(ValueError, match=rf"^the {label} embedding has no dimension \(shape \(3, 0\)\)"):
+        compare_decisions(*without_dimensions, triplets)
+
+
 def test_jackknife_accepts_whole_floats():
     # np.loadtxt reads triplet files as float64; whole numbers give the same result as integers.
     embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
@@ -336,3 +351,25 @@ def test_all_tied_log_names_no_dimension(caplog):
 
     assert "most often relevant: none (every triplet is tied)" in caplog.text
     assert "dim 0" not in caplog.text
+
+
+def test_choice_agreement_partial_ties():
+    """A two-way tie against one choice counts 1/2 or 0, and two two-way ties sharing one option 1/4."""
+    # In each triplet (a, b, c) with rows [1, 0], [1, 1], [0, 1], the pairs bc and ab
+    # both have similarity 1 and ac has 0, so the human model ties columns 0 and 2.
+    human = np.tile([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], (3, 1))
+    dnn = np.array([
+        [1.0, 0.0], [1.0, 0.0], [0.0, 1.0],  # pair ab alone: column 2, one of the human's two
+        [1.0, 1.0], [1.0, 0.0], [0.0, 1.0],  # pairs ab and ac: columns 1 and 2
+        [1.0, 0.0], [0.0, 1.0], [1.0, 0.0],  # pair ac alone: column 1, not one of the human's
+    ])
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+
+    comparison = compare_decisions(human, dnn, triplets)
+
+    assert comparison.choice_agreement == (1 / 2 + 1 / 4 + 0) / 3
+    assert comparison.n_tied_choices == {"human": 3, "dnn": 1}
+    np.testing.assert_array_equal(comparison.human_choice, [0, 0, 0])
+    np.testing.assert_array_equal(comparison.dnn_choice, [2, 1, 1])
+    reversed_columns = compare_decisions(human, dnn, triplets[:, ::-1])
+    assert reversed_columns.choice_agreement == (1 / 2 + 1 / 4 + 0) / 3

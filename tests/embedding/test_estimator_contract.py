@@ -230,6 +230,16 @@ def test_predict_ties_take_first_position(estimator):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("n_triplets", [9, 11, 18, 120])
+def test_all_tied_score_is_one_third(estimator, n_triplets):
+    """A float mean of n copies of 1/3 misses 1/3 for most n, such as 9, so the shares are summed exactly."""
+    model = tiny(estimator, max_epochs=1, min_objects=N_OBJECTS - 1).fit(random_triplets(), n_objects=N_OBJECTS)
+    assert model.n_dims_ == 0
+
+    assert model.score(random_triplets(n_triplets=n_triplets)) == 1 / 3
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_predict_before_fit_raises(estimator):
     with pytest.raises(NotFittedError, match=f"this {estimator.__name__} is not fitted yet: call fit first"):
         tiny(estimator).predict(random_triplets(n_triplets=3))

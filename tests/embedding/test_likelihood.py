@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from dimalign.embedding.likelihood import choice_log_probabilities, hits_with_ties, triplet_nll
+from dimalign.embedding.likelihood import (
+    accuracy_with_ties,
+    choice_log_probabilities,
+    hits_with_ties,
+    triplet_nll,
+)
 
 
 def shifted_reference_nll(embedding, triplet):
@@ -87,3 +92,15 @@ def test_float32_log_probabilities_near_float64(scale):
     assert log_probabilities.dtype == torch.float32
     assert torch.isfinite(log_probabilities).all()
     np.testing.assert_allclose(log_probabilities[:, 0].double().numpy(), expected, rtol=0, atol=tolerance)
+
+
+def test_accuracy_with_ties_exact():
+    from fractions import Fraction
+
+    third = 1 / 3
+    # Hits: 1/2 (two tied pairs, the recorded one among them), 0, 1/3 and 1.
+    probabilities = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [third, third, third], [0.6, 0.3, 0.1]])
+
+    assert accuracy_with_ties(probabilities) == float(Fraction(11, 24))
+    assert accuracy_with_ties(probabilities.log()) == float(Fraction(11, 24))
+    assert accuracy_with_ties(torch.zeros((9, 3))) == 1 / 3

@@ -234,9 +234,11 @@ def test_summary_names_scored_triplets(report):
         "<p class=\"meta\">Each fit is scored on its own held-out triplets: human judgements for the "
         "human embedding, choices simulated from the DNN features for the DNN embedding. So the two "
         "held-out accuracies are not comparable, and the row of the DNN embedding on held-out human "
-        "triplets compares the DNN with humans. Accuracies score the posterior means in "
-        "embedding.npz. Chance is 1/3.</p>"
+        "triplets compares the DNN with humans. Accuracies score the weights in embedding.npz, "
+        "which are the posterior means for a VICE fit. Chance is 1/3.</p>"
     ) in summary
+    # A study may fit SPoSE, which has no posterior.
+    assert "Accuracies score the posterior means" not in document
 
 
 def test_summary_rows_mark_missing_values():

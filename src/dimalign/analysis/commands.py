@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shlex
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,14 +254,14 @@ def _check_triplet_table(
 
 
 def _object_count_option(inputs: dict[str, Any], settings: dict[str, Any]) -> str:
-    """Return the import-triplets option that gives the fit's number of objects.
+    """Return the import-triplets option that gives the fit's number of objects, quoted for a shell.
 
     import-triplets never takes the count from the largest index, so the
     suggested command needs the object table that the fit read or its count.
     """
     table = inputs.get("objects")
     if isinstance(table, dict) and table.get("path"):
-        return f" --objects {table['path']}"
+        return f" --objects {shlex.quote(str(table['path']))}"
     n_objects = settings.get("n_objects")
     if isinstance(n_objects, int):
         return f" --n-objects {n_objects}"
@@ -299,7 +300,8 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
         warn(
             f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit held out only "
             f"{fraction:.0%} of its triplets and trained on the rest, so the accuracy is not held out. "
-            f"To score the held-out triplets, write them with 'dimalign import-triplets {triplet_path}"
+            f"To score the held-out triplets, write them with 'dimalign import-triplets "
+            f"{shlex.quote(str(triplet_path))}"
             f"{_object_count_option(inputs, settings)} --split {fraction:g} --seed {seed} -o FOLDER' and "
             "pass FOLDER/val.npy"
         )

@@ -66,7 +66,11 @@ from dimalign.io.objects import (
     index_object_ids,
     read_object_table,
 )
-from dimalign.io.runs import EmbeddingResult, as_embedding_result, load_embedding
+from dimalign.io.runs import (
+    EmbeddingResult,
+    as_embedding_result,
+    load_embedding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +261,8 @@ def similarity_matrix_to_disk(
 
     Raises:
         ValueError: If the embedding is not 2-D with at least 3 objects,
-            contains NaN or inf (naming the rows) or negative weights (as in
-            :func:`similarity_matrix`), ``dtype`` is invalid, or
+            contains NaN or inf (naming the rows) or a weight below -0.01 (as
+            in :func:`similarity_matrix`), ``dtype`` is invalid, or
             ``block_size`` is not an integer of 1 or more.
     """
     path = Path(path)

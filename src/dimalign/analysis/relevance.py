@@ -71,7 +71,7 @@ def _check_inputs(
     weights = _as_embedding(embedding, source)
     if weights.shape[1] == 0:
         raise ValueError(
-            f"the embedding has no dimension (shape {weights.shape}), so no dimension can be relevant"
+            f"{source} has no dimension (shape {weights.shape}), so no dimension can be relevant"
         )
     return weights, validate_triplets(np.asarray(triplets), weights.shape[0])
 
@@ -191,8 +191,8 @@ def jackknife_relevance(
         JackknifeResult: Per-triplet and per-dimension relevance.
 
     Raises:
-        ValueError: If the embedding is not 2-D, has no dimension or has
-            NaN or inf, the triplets are empty, not of shape ``(n, 3)``, name an index outside
+        ValueError: If the embedding is not 2-D, has no dimension, has
+            NaN or inf or a weight below -0.01, the triplets are empty, not of shape ``(n, 3)``, name an index outside
             the embedding or repeat an object, or ``batch_size`` or
             ``device`` is invalid.
 
@@ -383,7 +383,8 @@ def compare_decisions(
     Args:
         human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
         dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
-        triplets (np.ndarray): Shape ``(n, 3)``; the column order does not matter here.
+        triplets (np.ndarray): Shape ``(n, 3)``. The column order matters only for
+            tied choices, which go to the earliest column.
         batch_size (int): Triplets per batch.
         device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
@@ -392,9 +393,10 @@ def compare_decisions(
 
     Raises:
         ValueError: If the embeddings differ in their number of objects, are
-            DataFrames whose indexes list their objects differently, or a
-            triplet has a value that is not a whole number, an index out of
-            range or a repeated object (naming its row).
+            DataFrames whose indexes list their objects differently, or have
+            a weight below -0.01, or a triplet has a value that is not a
+            whole number, an index out of range or a repeated object (naming
+            its row).
     """
     from dimalign.io.objects import check_same_index
     from dimalign.io.runs import embedding_weights
@@ -481,6 +483,10 @@ def agree_on_different_dimensions(comparison: DecisionComparison, human_to_dnn: 
 
     A triplet without a single most relevant dimension on either side
     (:data:`NO_DIMENSION`) is never counted.
+
+    NOTE: It uses :attr:`DecisionComparison.agree`, where a tied choice goes
+    to the first tied column, so for tied choices the result depends on the
+    column order of the triplets, unlike ``choice_agreement``.
 
     Args:
         comparison (DecisionComparison): From :func:`compare_decisions`.

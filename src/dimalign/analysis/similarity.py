@@ -78,19 +78,17 @@ def _as_embedding(
 
     A fitted estimator or an :class:`~dimalign.io.runs.EmbeddingResult` gives
     its weights (:func:`~dimalign.io.runs.embedding_weights`). ``source``
-    names the embedding in the error about negative weights.
+    names the embedding in the errors, such as "the human embedding".
     """
     from dimalign.io.runs import embedding_weights, reject_negative_weights
 
     array = np.asarray(embedding_weights(embedding), dtype=np.float64)
     if array.ndim != 2:
-        raise ValueError(
-            f"an embedding must be 2-D (n_objects, n_dims), got shape {array.shape}"
-        )
+        raise ValueError(f"{source} must be 2-D (n_objects, n_dims), got shape {array.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad_rows.size:
         raise ValueError(
-            f"embedding rows {bad_rows[:20].tolist()} contain NaN or inf. "
+            f"{source} rows {bad_rows[:20].tolist()} contain NaN or inf. "
             "Fix or remove those objects first."
         )
     reject_negative_weights(array, source)
@@ -200,9 +198,9 @@ def triplet_logits(
         and ``y_j·y_k``. Column 0 is the logit of the recorded choice.
 
     Raises:
-        ValueError: If the embedding is not 2-D or has NaN or inf, or a
-            triplet is not of shape ``(n, 3)``, names an index outside
-            ``0 .. n_objects - 1`` or repeats an object.
+        ValueError: If the embedding is not 2-D, has NaN or inf or a weight
+            below -0.01, or a triplet is not of shape ``(n, 3)``, names an
+            index outside ``0 .. n_objects - 1`` or repeats an object.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -238,10 +236,10 @@ def choice_log_probabilities(
         np.ndarray: Shape ``(n,)``, float64, each value ``<= 0``.
 
     Raises:
-        ValueError: If the embedding is not 2-D or has NaN or inf, or a
-            triplet is not of shape ``(n, 3)``, names an index outside
-            ``0 .. n_objects - 1`` or repeats an object,
-            or ``batch_size`` is not a positive integer.
+        ValueError: If the embedding is not 2-D, has NaN or inf or a weight
+            below -0.01, a triplet is not of shape ``(n, 3)``, names an
+            index outside ``0 .. n_objects - 1`` or repeats an object, or
+            ``batch_size`` is not a positive integer.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -268,10 +266,10 @@ def choice_probabilities(
         np.ndarray: Shape ``(n,)``, float64 values in ``[0, 1]``.
 
     Raises:
-        ValueError: If the embedding is not 2-D or has NaN or inf, or a
-            triplet is not of shape ``(n, 3)``, names an index outside
-            ``0 .. n_objects - 1`` or repeats an object,
-            or ``batch_size`` is not a positive integer.
+        ValueError: If the embedding is not 2-D, has NaN or inf or a weight
+            below -0.01, a triplet is not of shape ``(n, 3)``, names an
+            index outside ``0 .. n_objects - 1`` or repeats an object, or
+            ``batch_size`` is not a positive integer.
     """
     return np.exp(choice_log_probabilities(embedding, triplets, batch_size=batch_size))
 
@@ -352,7 +350,8 @@ def odd_one_out_accuracy(
         float | AccuracyResult: The accuracy in ``[0, 1]``, or the full result.
 
     Raises:
-        ValueError: If no triplets are given or an index is out of range.
+        ValueError: If no triplets are given, an index is out of range, or
+            the embedding has a weight below -0.01.
     """
     weights = _as_embedding(embedding)
     rows = _as_triplets(triplets, weights.shape[0])
@@ -388,7 +387,8 @@ def dot_similarity(embedding: np.ndarray) -> np.ndarray:
         np.ndarray: Shape ``(n_objects, n_objects)``, float64.
 
     Raises:
-        ValueError: If the embedding is not 2-D or has NaN or inf.
+        ValueError: If the embedding is not 2-D, has NaN or inf or a weight
+            below -0.01.
     """
     weights = _as_embedding(embedding)
     return weights @ weights.T
@@ -714,8 +714,8 @@ def similarity_matrix(
         requested objects, in the requested dtype.
 
     Raises:
-        ValueError: With fewer than 3 objects, an empty or invalid list of
-            object indices, or an invalid dtype or batch size.
+        ValueError: With fewer than 3 objects, a weight below -0.01, an empty
+            or invalid list of object indices, or an invalid dtype or batch size.
 
     Example:
         >>> import numpy as np

@@ -31,7 +31,7 @@ from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
-from dimalign.embedding.likelihood import hits_with_ties, pair_similarities
+from dimalign.embedding.likelihood import accuracy_with_ties, hits_with_ties
 from dimalign.io.files import MANIFEST_NAME, read_manifest, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
@@ -469,8 +469,7 @@ class TripletEmbedding(BaseEstimator):
     def _evaluate(self, params, kept: np.ndarray, triplets: torch.Tensor, prefix: str = "") -> dict[str, float]:
         kept_t = torch.as_tensor(kept, dtype=torch.int64, device=triplets.device)
         log_proba = self._predict_log_proba(params, kept_t, triplets)
-        # Shares of tied hits such as 1/3 are exact in float64, not in float32.
-        accuracy = float(hits_with_ties(log_proba.double()).mean())
+        accuracy = accuracy_with_ties(log_proba)
         nll = float(-log_proba[:, 0].mean())
         return {f"{prefix}accuracy": accuracy, f"{prefix}nll": nll}
 
@@ -670,6 +669,10 @@ class TripletEmbedding(BaseEstimator):
         :meth:`score` equals ``numpy.mean(model.predict(triplets) == 2)`` on
         rows without ties. :meth:`score` counts a tie of m pairs that includes
         the recorded pair as 1/m of a hit, while ``predict`` picks one object.
+
+        NOTE: ``predict`` and ``score`` compare log-probabilities. In float32,
+        ``exp`` can round two log-probabilities one step apart to the same
+        value, so :meth:`predict_proba` may show a tie that they do not see.
 
         Args:
             triplets (array-like): Shape ``(n, 3)``, 0-based object indices.

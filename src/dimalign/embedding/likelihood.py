@@ -14,6 +14,8 @@ the thousands in float64.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 
 
@@ -73,3 +75,24 @@ def hits_with_ties(probabilities: torch.Tensor) -> torch.Tensor:
     at_max = probabilities == best
     n_max = at_max.sum(dim=-1).to(probabilities.dtype)
     return at_max[:, 0].to(probabilities.dtype) / n_max
+
+
+def accuracy_with_ties(probabilities: torch.Tensor) -> float:
+    """Return the mean of :func:`hits_with_ties`, rounded once from the exact fraction.
+
+    A float mean of n shares of 1/3 misses 1/3 for most n (such as 9). A
+    share 1/m of a hit is 6, 3 or 2 sixths for m = 1, 2 or 3, so the shares
+    are summed as integers and divided once, as ``odd_one_out_accuracy`` does.
+
+    Args:
+        probabilities (torch.Tensor): Shape ``(n, 3)`` with n > 0, column 0
+            the recorded pair. Only comparisons of values are used, so
+            log-probabilities work as well.
+
+    Returns:
+        float: The accuracy; an all-tied set gives exactly ``1 / 3``.
+    """
+    best = probabilities.max(dim=-1, keepdim=True).values
+    at_max = probabilities == best
+    sixths = at_max[:, 0].long() * (6 // at_max.sum(dim=-1))
+    return float(Fraction(int(sixths.sum()), 6 * probabilities.shape[0]))

@@ -284,7 +284,8 @@ def reject_negative_weights(
     of published files and are left to the caller.
 
     Args:
-        embedding (np.ndarray): A finite float array ``(n_objects, n_dims)``.
+        embedding (np.ndarray): A float array ``(n_objects, n_dims)``. NaN
+            counts as no negative weight.
         source (str): How the error names the embedding.
         negative_tolerance (float): The lowest weight that is accepted is
             ``-negative_tolerance``.
@@ -292,11 +293,10 @@ def reject_negative_weights(
     Raises:
         ValueError: Naming the number of negative weights and the position of the lowest.
     """
-    if embedding.size == 0:
+    # NaN compares False here, so it is left to the callers' NaN checks.
+    if not (embedding < -negative_tolerance).any():
         return
-    minimum = float(embedding.min())
-    if minimum >= -negative_tolerance:
-        return
+    minimum = float(np.nanmin(embedding))
     row, column = np.argwhere(embedding == minimum)[0]
     raise ValueError(
         f"{source}: {int((embedding < 0).sum())} negative weights, the lowest {minimum:.6g} at row {row}, "
@@ -353,9 +353,12 @@ def as_embedding_result(
 
     Raises:
         NotFittedError: For an estimator before ``fit``.
-        ValueError: For an array that :func:`check_embedding` rejects.
+        ValueError: For an array that :func:`check_embedding` rejects, or
+            an :class:`EmbeddingResult` with a weight below ``-NEGATIVE_TOLERANCE``.
     """
     if isinstance(value, EmbeddingResult):
+        # A result built in code has not passed load_embedding's check.
+        reject_negative_weights(np.asarray(value.embedding), source)
         return value
     if isinstance(value, (str, os.PathLike)):
         return load_embedding(value)

@@ -421,8 +421,8 @@ def _accuracy_note(numbers: dict[str, Any]) -> str:
         '<p class="meta">Each fit is scored on its own held-out triplets: human judgements for the human '
         "embedding, choices simulated from the DNN features for the DNN embedding. So the two held-out "
         "accuracies are not comparable, and the row of the DNN embedding on held-out human triplets "
-        "compares the DNN with humans. Accuracies score the posterior means in embedding.npz. Chance "
-        "is 1/3.</p>"
+        "compares the DNN with humans. Accuracies score the weights in embedding.npz, which are the "
+        "posterior means for a VICE fit. Chance is 1/3.</p>"
     )
 
 
