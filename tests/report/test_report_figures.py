@@ -566,3 +566,25 @@ def test_invalid_top_labels_fail_check(tmp_path):
     assert str(error.value).startswith(
         f"{labels / 'dimensions.csv'}, line 3: invalid top_labels value '[{{\"label\": \"red\"}}]': the entry "
     )
+
+
+def test_report_figures_keep_caller_backend(tiny_study, tmp_path):
+    # A notebook's inline backend must survive the report figures, so they may not call matplotlib.use.
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import matplotlib
+matplotlib.use("pdf")
+import matplotlib.pyplot as plt
+from dimalign.report import figures
+figure = figures.plot_training_curves(sys.argv[1], sys.argv[2])
+print(matplotlib.get_backend(), len(plt.get_fignums()))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_study), str(tmp_path)], capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.split() == ["pdf", "0"]
+    assert (tmp_path / "training_curves.png").is_file()

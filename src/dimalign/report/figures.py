@@ -1,9 +1,10 @@
-"""Figures of a study, drawn from its saved results (matplotlib, Agg backend).
+"""Figures of a study, drawn from its saved results with matplotlib.
 
 Every ``plot_*`` function takes a :class:`~dimalign.report.results.StudyResults`
 (or a study directory), writes ``<out_dir>/<stem>.png`` and ``.svg``, and
-returns the matplotlib Figure, still open, so that callers and tests can
-inspect it. Close it with ``matplotlib.pyplot.close(figure)``.
+returns the matplotlib Figure, so that callers and tests can inspect it. The
+figures are made without pyplot, so the caller's backend (a notebook's inline
+one, for example) stays as it is and pyplot keeps no figure open.
 
 A function whose inputs are missing raises ``FileNotFoundError`` naming the
 file and the stage that writes it.
@@ -23,18 +24,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from dimalign._warnings import warn  # noqa: E402
-from dimalign.features.recorded import Decoding  # noqa: E402
-from dimalign.io.files import atomic_path  # noqa: E402
-from dimalign.report.results import (  # noqa: E402
+from dimalign._warnings import warn
+from dimalign.features.recorded import Decoding
+from dimalign.io.files import atomic_path
+from dimalign.report.results import (
     SIDE_NAMES,
     SIDES,
     StudyResults,
@@ -54,6 +52,16 @@ MATCHING_LABELS = {
     "greedy": "without replacement (greedy)",
     "optimal": "without replacement (optimal)",
 }
+
+
+def _subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    """Return a new figure of ``figsize`` inches and its axes, as ``pyplot.subplots`` would, without pyplot.
+
+    ``Figure.savefig`` picks the canvas of each file format (Agg for PNG), so
+    no backend has to be set, and pyplot does not keep the figure open.
+    """
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **options)
 
 
 _Plot = TypeVar("_Plot", bound=Callable[..., Figure])
@@ -157,7 +165,7 @@ def plot_similarity_matrices(
         blocks = category_blocks(assignment[rows], names)
     order = blocks.order if blocks is not None else np.arange(rows.size)
 
-    figure, axes = plt.subplots(1, len(sides), figsize=(6.2 * len(sides), 6.4), squeeze=False)
+    figure, axes = _subplots(1, len(sides), figsize=(6.2 * len(sides), 6.4), squeeze=False)
     for axis, side in zip(axes[0], sides):
         matrix = np.array(matrices[side][0][np.ix_(order, order)], dtype=np.float64)
         np.fill_diagonal(matrix, np.nan)
@@ -215,7 +223,7 @@ def plot_matching(
     cumulative = results.cumulative()
     rsa = results.rsa()
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    figure, (left, right) = _subplots(1, 2, figsize=(11.0, 3.8))
     for method, rows in matching.groupby("method", sort=False):
         values = np.sort(rows["r"].to_numpy())[::-1]
         left.plot(np.arange(1, values.size + 1), values, marker="o", markersize=3, linewidth=1.2,
@@ -273,7 +281,7 @@ def plot_training_curves(
     sides = [side for side in SIDES if results.has(f"{side}_fit", "history.csv")]
     if not sides:
         results.path("human_fit", "history.csv")  # raises FileNotFoundError
-    figure, (loss_axis, accuracy_axis, dims_axis) = plt.subplots(1, 3, figsize=(12.0, 3.4))
+    figure, (loss_axis, accuracy_axis, dims_axis) = _subplots(1, 3, figsize=(12.0, 3.4))
     for side in sides:
         history = results.history(side)
         color, name = SIDE_COLORS[side], SIDE_NAMES[side]
@@ -352,7 +360,7 @@ def plot_dimension(
     if cloud is not None:
         widths.append(2.4)
     n_columns = len(widths)
-    figure, axes = plt.subplots(
+    figure, axes = _subplots(
         1, n_columns, figsize=(sum(widths) * 1.25 + 0.5, 2.9 if not show_images else 2.2),
         gridspec_kw={"width_ratios": widths}, squeeze=False,
     )
@@ -437,7 +445,7 @@ def plot_kind_shares(
     except FileNotFoundError as error:
         logger.info("no triplet-choice shares: %s", error)
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 2.6), squeeze=False)
+    figure, axes = _subplots(1, len(panels), figsize=(5.5 * len(panels), 2.6), squeeze=False)
     for axis, (what, table) in zip(axes[0], panels):
         sides = [side for side in SIDES if side in set(table["side"])]
         sides += sorted(set(table["side"]) - set(sides))
@@ -484,7 +492,7 @@ def plot_disagreements(
         raise FileNotFoundError(
             f"{results.path('compare', 'disagreements.csv')} lists no triplet: the models agree on every one"
         )
-    figure, axes = plt.subplots(
+    figure, axes = _subplots(
         len(table), 4, figsize=(10.0, 1.55 * len(table) + 0.4), squeeze=False,
         gridspec_kw={"width_ratios": [1, 1, 1, 2.6]},
     )

@@ -154,8 +154,6 @@ def write_report(
 def _write_report(
     results: StudyResults, path: Path, figures_dir: Path, *, title: str, top_k: int, n_disagreements: int, dpi: int
 ) -> ReportResult:
-    import matplotlib.pyplot as plt
-
     report = ReportResult(path)
     # Labels of another fit fail here, before any figure is drawn.
     results.label_table()
@@ -166,12 +164,11 @@ def _write_report(
         if stem == "disagreements":
             options["n_triplets"] = n_disagreements
         try:
-            figure = draw(results, figures_dir, **options)
+            draw(results, figures_dir, **options)
         except FileNotFoundError as error:
             report.skipped[stem] = str(error)
             logger.info("figure %s left out: %s", stem, error)
             continue
-        plt.close(figure)
         report.figures.append(stem)
         if stem == "similarity_matrices":
             caption = _similarity_caption(results, caption)
@@ -239,8 +236,6 @@ def dimension_entries(
     results: StudyResults, figures_dir: Path, *, top_k: int = 8, dpi: int = 110
 ) -> list[dict[str, Any]]:
     """Collect the browser's data for every dimension of both sides, drawing each dimension's figure."""
-    import matplotlib.pyplot as plt
-
     entries = []
     relevance = {side: _relevance_by_dim(results, side) for side in SIDES}
     ridge = _ridge_by_dim(results)
@@ -250,8 +245,7 @@ def dimension_entries(
             weights = embedding[:, dim]
             top = np.argsort(-weights, kind="stable")[:top_k]
             labels = results.labels_of(side, dim)
-            figure = figures.plot_dimension(results, side, dim, figures_dir, top_k=top_k, dpi=dpi)
-            plt.close(figure)
+            figures.plot_dimension(results, side, dim, figures_dir, top_k=top_k, dpi=dpi)
             match = results.best_match(side, dim) if results.has("compare", "matching.csv") else None
             entry = {
                 "id": f"{side}-{dim}",
