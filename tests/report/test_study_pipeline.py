@@ -928,3 +928,23 @@ def test_read_only_stage_folder_named(study_copy):
     assert warnings[0].endswith(
         f"make it writable (chmod -R u+rwX {old[0]}) or delete it, because the next run stops until it is removed"
     )
+
+
+def test_from_fit_ignores_kept_checkpoint(study_copy, monkeypatch):
+    config, copy = study_copy
+    kept = keep_finished_output(config, copy, "dnn_fit")
+    assert (kept / "checkpoint.pt").is_file()
+    real_run = stages.STAGES["dnn_fit"].run
+    started_with_checkpoint = []
+
+    def checked(context):
+        started_with_checkpoint.append((context.out_dir / "checkpoint.pt").exists())
+        return real_run(context)
+
+    monkeypatch.setitem(stages.STAGES, "dnn_fit", dataclasses.replace(stages.STAGES["dnn_fit"], run=checked))
+    plan = run_study(config, copy, from_stage="dnn_fit")
+
+    assert plan.to_run == ["dnn_fit", "evaluate", "compare", "map"]
+    # A forced fit starts anew instead of resuming from the kept output's final checkpoint.
+    assert started_with_checkpoint == [False]
+    assert not kept.exists()

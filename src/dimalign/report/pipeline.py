@@ -1168,9 +1168,9 @@ _LEFTOVER_PATTERN = re.compile(
 def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     """Delete leftovers of interrupted runs, except partial folders with the current hash that the run reuses.
 
-    The run reuses a fit's partial folder to resume from its checkpoint, and
-    the partial folder of any stage that runs when it contains that stage's
-    finished output. Only names that this module gives its work folders
+    The run reuses a fit's unfinished partial folder to resume from its
+    checkpoint, and the partial folder of any stage that runs when it
+    contains that stage's finished output (see :func:`_reusable_work`). Only names that this module gives its work folders
     count, so a hidden folder of the user's such as ``.notes.old-2024`` stays.
 
     Raises:
@@ -1180,8 +1180,13 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     """
     keep = set()
     for stage in plan.stages:
-        if STAGES[stage.name].resumable or _reusable_work(plan, stage) is not None:
-            keep.add(_work_dir(study_dir, stage).name)
+        work_dir = _work_dir(study_dir, stage)
+        if _reusable_work(plan, stage) is not None:
+            keep.add(work_dir.name)
+        elif STAGES[stage.name].resumable and not _finished_work(work_dir, stage):
+            # A fit would resume from the last checkpoint of finished output and
+            # return that output again, although the run does not reuse it.
+            keep.add(work_dir.name)
     # Old folders come first, because one whose record lists no files is compared with the
     # partial folder of its stage, which this loop may remove.
     entries = sorted(study_dir.iterdir(), key=lambda entry: (".partial-" in entry.name, entry.name))
