@@ -948,3 +948,42 @@ def test_from_fit_ignores_kept_checkpoint(study_copy, monkeypatch):
     # A forced fit starts anew instead of resuming from the kept output's final checkpoint.
     assert started_with_checkpoint == [False]
     assert not kept.exists()
+
+
+def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
+    config, copy = study_copy
+    drop_file_list(copy / "compare")
+    real_rmtree = shutil.rmtree
+
+    def killed_before_old_removed(path, *args, **kwargs):
+        if ".compare.old-" in Path(path).name:
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    # The run is killed after the new folder is in place, before the old one is deleted.
+    monkeypatch.setattr(shutil, "rmtree", killed_before_old_removed)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, copy, from_stage="compare")
+    monkeypatch.undo()
+    old = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.old-")]
+    assert len(old) == 1
+    finished = read_stage_record(copy / "compare")
+    assert isinstance(finished["files"], list)
+
+    # The old record lists no files, so the run compares the old folder with the new one in place.
+    shutil.copytree(old[0], tmp_path / "old")
+    assert run_study(config, copy).to_run == []
+    assert not old[0].exists()
+    assert read_stage_record(copy / "compare") == finished
+
+    # A file of the user's in it stops the run and stays.
+    shutil.copytree(tmp_path / "old", old[0])
+    (old[0] / "NOTES.txt").write_text("my notes")
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+    assert str(error.value) == (
+        f"{old[0]} contains 1 file that the new run of stage compare did not write (NOTES.txt), "
+        "and its record, from an older dimalign, lists no files, and the stage replaces its folder "
+        "as a whole when it runs again: move the file out of the folder, then run the study again"
+    )
+    assert (old[0] / "NOTES.txt").read_text() == "my notes"

@@ -827,26 +827,33 @@ def _stage_files(folder: Path) -> list[str]:
     return sorted(entries)
 
 
+def _listed_files(folder: Path) -> list[str] | None:
+    """Return the files that the stage record of ``folder`` lists, or None without such a list."""
+    record = read_stage_record(folder)
+    files = record.get("files") if record is not None else None
+    return files if isinstance(files, list) else None
+
+
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
     """List the files of a stage folder that its stage did not write.
 
     A rerun replaces the stage folder as a whole, so such files (notes or
     plots of the user's) would be lost. The stage record lists the files that
     the stage wrote. A record written before the list existed has none, so
-    its folder is compared with ``rewritten``, the stage's new folder, once
-    the stage has run again. Before that, such a folder passes.
+    its folder is compared with the list in the record of ``rewritten``, the
+    stage's new folder, once the stage has run again. Before that, such a
+    folder passes.
 
     Returns:
         tuple[list[str], bool]: The files as from :func:`_stage_files`, and
         whether the record is one without a list of files.
     """
-    record = read_stage_record(folder)
-    written = record.get("files") if record is not None else None
-    old_record = not isinstance(written, list)
+    written = _listed_files(folder)
+    old_record = written is None
     if old_record:
-        if rewritten is None:
+        written = _listed_files(rewritten) if rewritten is not None else None
+        if written is None:
             return [], True
-        written = _stage_files(rewritten)
     return sorted(set(_stage_files(folder)) - set(written)), old_record
 
 
@@ -991,8 +998,8 @@ def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
     record = read_stage_record(work_dir)
     if record is None or record["hash"] != stage.hash:
         return False
-    files = record.get("files")
-    return isinstance(files, list) and sorted(files) == _stage_files(work_dir)
+    files = _listed_files(work_dir)
+    return files is not None and sorted(files) == _stage_files(work_dir)
 
 
 def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
@@ -1209,15 +1216,16 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
     """Raise ``FileExistsError`` if a leftover folder contains files that its stage did not write.
 
     An old folder whose record lists no files (from an older dimalign) is
-    compared with the stage's finished partial folder, the output that
-    replaced it. Without one, the user's files cannot be distinguished from
-    the stage's, so the folder stays and an error names it. An old folder
+    compared with the output that replaced it (see :func:`_replacement`).
+    Without that output, the user's files cannot be distinguished from the
+    stage's, so the folder stays and an error names it. An old folder
     without any record passes.
     """
-    rewritten = None
-    if ".old-" in entry.name and stage_name in {stage.name for stage in plan.stages}:
-        work_dir = _work_dir(plan.study_dir, plan.stage(stage_name))
-        rewritten = work_dir if _finished_work(work_dir, plan.stage(stage_name)) else None
+    rewritten = _replacement(plan, stage_name) if ".old-" in entry.name else None
+    if rewritten == plan.study_dir / stage_name and read_stage_record(entry) is None:
+        # The run checked the old folder before it moved the new output into place,
+        # so an old folder without a record is one whose deletion was interrupted.
+        rewritten = None
     unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
     if unknown:
         raise _unwritten_files_error(entry, stage_name, unknown, old_record)
@@ -1228,6 +1236,21 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
             "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
             "study again"
         )
+
+
+def _replacement(plan: StudyPlan, stage_name: str) -> Path | None:
+    """Return the folder with the output that replaced an old folder of ``stage_name``, or None.
+
+    A run killed before it moved the new output into place leaves it in the
+    stage's finished partial folder. A run killed after the move leaves it
+    in the stage folder, whose record lists its files.
+    """
+    if stage_name in {stage.name for stage in plan.stages}:
+        work_dir = _work_dir(plan.study_dir, plan.stage(stage_name))
+        if _finished_work(work_dir, plan.stage(stage_name)):
+            return work_dir
+    final = plan.study_dir / stage_name
+    return final if _listed_files(final) is not None else None
 
 
 @contextlib.contextmanager
