@@ -987,3 +987,23 @@ def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
         "as a whole when it runs again: move the file out of the folder, then run the study again"
     )
     assert (old[0] / "NOTES.txt").read_text() == "my notes"
+
+
+def test_read_only_study_with_old_lock(study_copy):
+    config, copy = study_copy
+    before = read_stage_record(copy / "compare")["finished"]
+    # A killed run leaves its lock file, which opens in a read-only study directory too.
+    (copy / ".pipeline.lock").touch()
+    copy.chmod(0o555)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        copy.chmod(0o755)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot write the study directory {copy} (Permission denied): make it "
+        f"writable (chmod u+rwx {copy}) or choose another one with -o, then run the study again"
+    )
+    assert read_stage_record(copy / "compare")["finished"] == before
+    assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, ".pipeline.lock", "pipeline.json"])

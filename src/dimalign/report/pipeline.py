@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1261,8 +1262,9 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
 
     Raises:
         RuntimeError: If another ``dimalign run`` holds the lock.
-        OSError: If the lock file cannot be created, such as in a read-only
-            study directory. The message names the fix.
+        OSError: If the lock file cannot be created or the study directory
+            cannot be written, such as a read-only one. The message names
+            the fix.
     """
     busy = f"another dimalign run is using {study_dir}; wait for it to finish"
     lock_path = study_dir / _LOCK_NAME
@@ -1271,6 +1273,18 @@ def _study_lock(study_dir: Path) -> Iterator[None]:
     except OSError as error:
         raise OSError(
             f"cannot create the lock file {lock_path} ({error.strerror}): make the study directory writable "
+            f"(chmod u+rwx {study_dir}) or choose another one with -o, then run the study again"
+        ) from error
+    # A killed run leaves its lock file behind, and that file opens in a read-only
+    # study directory too. The run would then fail on its first write, and the
+    # removal of the lock file would fail after it and hide that error.
+    try:
+        with tempfile.TemporaryFile(dir=study_dir):
+            pass
+    except OSError as error:
+        os.close(descriptor)
+        raise OSError(
+            f"cannot write the study directory {study_dir} ({error.strerror}): make it writable "
             f"(chmod u+rwx {study_dir}) or choose another one with -o, then run the study again"
         ) from error
     try:
