@@ -1014,6 +1014,10 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
         return None
     if any(plan.stage(name).action == "run" for name in stage.upstream):
         return None
+    # NOTE: the hash covers the content of input files, but of input folders only their
+    # listing with sizes and modification times, and of upstream stages only their hashes.
+    # So kept output is reused after an edit that keeps these, such as a hand edit of an
+    # upstream stage folder, just as a skipped stage is kept.
     work_dir = _work_dir(plan.study_dir, stage)
     return work_dir if _finished_work(work_dir, stage) else None
 
