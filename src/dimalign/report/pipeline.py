@@ -1051,13 +1051,7 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
         # Only a checkpoint lets the next run resume; a fit that failed before
         # its first one leaves nothing worth keeping.
         if not (definition.resumable and (work_dir / CHECKPOINT_NAME).is_file()):
-            try:
-                shutil.rmtree(work_dir)
-            except OSError as error:
-                logger.warning(
-                    "could not remove %s of the failed stage %s (%s): make it writable (chmod -R u+rwX %s) "
-                    "or delete it before the next run", work_dir, stage.name, error, work_dir,
-                )
+            _remove_tree_or_warn(work_dir, f"the output of the failed stage {stage.name}")
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
     _replace_folder(work_dir, study_dir / stage.name, stage.name)
@@ -1132,14 +1126,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
     if old is not None:
         # NOTE: a program whose working directory lies in the old folder can
         # still write there after the check, and such a file is deleted here.
-        try:
-            shutil.rmtree(old)
-        except OSError as error:
-            logger.warning(
-                "could not remove %s, the previous output of stage %s (%s): make it writable "
-                "(chmod -R u+rwX %s) or delete it, because the next run stops until it is removed",
-                old, stage_name, error, old,
-            )
+        _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
 
 
 def _move_back(old: Path, final: Path, stage_name: str) -> None:
@@ -1151,6 +1138,17 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
             f"could not move the previous output of stage {stage_name} back from {old} to {final} ({error}): "
             f"move {final} out of the study and {old} to {final}, then run the study again"
         ) from error
+
+
+def _remove_tree_or_warn(path: Path, description: str) -> None:
+    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed."""
+    try:
+        shutil.rmtree(path)
+    except OSError as error:
+        logger.warning(
+            "could not remove %s, %s (%s): make it writable (chmod -R u+rwX %s) or delete it, "
+            "because the next run stops until it is removed", path, description, error, path,
+        )
 
 
 def _remove_tree(path: Path, why: str) -> None:
