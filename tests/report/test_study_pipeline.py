@@ -770,23 +770,33 @@ def test_rerun_upstream_ignores_kept_output(study_copy, monkeypatch):
     assert not kept.exists()
 
 
-def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
-    config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
-    # A run killed after it renamed the old folder, whose record lists no files.
+def leave_old_folder_with_notes(copy: Path) -> Path:
+    """Leave the old compare folder of a run killed after the rename, with a record that lists no files and a user file."""
     drop_file_list(copy / "compare")
     (copy / "compare" / "NOTES.txt").write_text("my notes")
     old = copy / ".compare.old-99999"
     (copy / "compare").rename(old)
+    return old
 
-    with pytest.raises(FileExistsError) as error:
-        run_study(config, copy)
 
-    assert str(error.value) == (
+def notes_in_old_folder_error(old: Path) -> str:
+    """Return the error about ``NOTES.txt`` in an old compare folder whose record lists no files."""
+    return (
         f"{old} contains 1 file that the new run of stage compare did not write (NOTES.txt), "
         "and its record, from an older dimalign, lists no files, and the stage replaces its folder "
         "as a whole when it runs again: move the file out of the folder, then run the study again"
     )
+
+
+def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
+    config, copy = study_copy
+    kept = keep_finished_output(config, copy, "compare")
+    old = leave_old_folder_with_notes(copy)
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == notes_in_old_folder_error(old)
     assert (old / "NOTES.txt").read_text() == "my notes"
     assert kept.is_dir()
 
@@ -801,10 +811,7 @@ def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
 
 def test_old_folder_without_basis_is_kept(study_copy):
     config, copy = study_copy
-    drop_file_list(copy / "compare")
-    (copy / "compare" / "NOTES.txt").write_text("my notes")
-    old = copy / ".compare.old-99999"
-    (copy / "compare").rename(old)
+    old = leave_old_folder_with_notes(copy)
 
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy)
@@ -817,9 +824,13 @@ def test_old_folder_without_basis_is_kept(study_copy):
     assert (old / "NOTES.txt").read_text() == "my notes"
 
 
-def test_read_only_study_is_named(study_copy):
+@pytest.mark.parametrize("old_lock", [False, True])
+def test_read_only_study_is_named(study_copy, old_lock):
     config, copy = study_copy
     before = read_stage_record(copy / "compare")["finished"]
+    if old_lock:
+        # A killed run leaves its lock file, which opens in a read-only study directory too.
+        (copy / ".pipeline.lock").touch()
     copy.chmod(0o555)
     try:
         result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
@@ -827,13 +838,21 @@ def test_read_only_study_is_named(study_copy):
         copy.chmod(0o755)
 
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"dimalign run: error: cannot create the lock file {copy / '.pipeline.lock'} (Permission denied): "
-        f"make the study directory writable (chmod u+rwx {copy}) or choose another one with -o, then run "
-        "the study again"
-    )
+    if old_lock:
+        expected = (
+            f"dimalign run: error: cannot write the study directory {copy} (Permission denied): make it "
+            f"writable (chmod u+rwx {copy}) or choose another one with -o, then run the study again"
+        )
+    else:
+        expected = (
+            f"dimalign run: error: cannot create the lock file {copy / '.pipeline.lock'} (Permission denied): "
+            f"make the study directory writable (chmod u+rwx {copy}) or choose another one with -o, then run "
+            "the study again"
+        )
+    assert result.stderr.strip().splitlines()[-1] == expected
     assert read_stage_record(copy / "compare")["finished"] == before
-    assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, "pipeline.json"])
+    entries = [*STAGES, "pipeline.json", *([".pipeline.lock"] if old_lock else [])]
+    assert sorted(entry.name for entry in copy.iterdir()) == sorted(entries)
 
 
 def test_folder_renamed_by_running_study(study_copy, monkeypatch):
@@ -981,29 +1000,5 @@ def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
     (old[0] / "NOTES.txt").write_text("my notes")
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy)
-    assert str(error.value) == (
-        f"{old[0]} contains 1 file that the new run of stage compare did not write (NOTES.txt), "
-        "and its record, from an older dimalign, lists no files, and the stage replaces its folder "
-        "as a whole when it runs again: move the file out of the folder, then run the study again"
-    )
+    assert str(error.value) == notes_in_old_folder_error(old[0])
     assert (old[0] / "NOTES.txt").read_text() == "my notes"
-
-
-def test_read_only_study_with_old_lock(study_copy):
-    config, copy = study_copy
-    before = read_stage_record(copy / "compare")["finished"]
-    # A killed run leaves its lock file, which opens in a read-only study directory too.
-    (copy / ".pipeline.lock").touch()
-    copy.chmod(0o555)
-    try:
-        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
-    finally:
-        copy.chmod(0o755)
-
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"dimalign run: error: cannot write the study directory {copy} (Permission denied): make it "
-        f"writable (chmod u+rwx {copy}) or choose another one with -o, then run the study again"
-    )
-    assert read_stage_record(copy / "compare")["finished"] == before
-    assert sorted(entry.name for entry in copy.iterdir()) == sorted([*STAGES, ".pipeline.lock", "pipeline.json"])
