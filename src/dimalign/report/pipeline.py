@@ -781,26 +781,31 @@ def check_study_dir(plan: StudyPlan) -> None:
                     f"the study directory {study_dir} lies inside inputs.{key} = {path}: its own files "
                     "would count as changed input on every run; choose an output folder outside it"
                 )
-        folder = study_dir / stage.name
-        if stage.action == "run" and folder.is_symlink():
-            raise FileExistsError(
-                f"{folder} is a symbolic link to {os.readlink(folder)}, and stage {stage.name} replaces its "
-                "folder as a whole when it runs again, so the new output would not go there: move the folder "
-                f"to {folder} in place of the link, then run the study again"
-            )
-        if folder.exists() and not folder.is_dir():
-            raise FileExistsError(
-                f"{folder} is a file, but stage {stage.name} writes a folder of that name; move the "
-                "file away or choose another study directory"
-            )
-        if stage.action == "run" and folder.is_dir() and read_stage_record(folder) is None and any(folder.iterdir()):
-            raise FileExistsError(
-                f"{folder} has no readable pipeline record in its manifest.json, so dimalign run did "
-                f"not write it (or its record is damaged), and stage {stage.name} would replace it; "
-                "move the folder away or choose another study directory"
-            )
-        if stage.action == "run" and folder.is_dir():
-            _reject_unwritten_files(folder, stage.name, kept=_reusable_work(plan, stage))
+        _check_stage_folder(plan, stage)
+
+
+def _check_stage_folder(plan: StudyPlan, stage: PlannedStage) -> None:
+    """Raise ``FileExistsError`` for a stage folder that is a file or that a run must not replace."""
+    folder = plan.study_dir / stage.name
+    if stage.action == "run" and folder.is_symlink():
+        raise FileExistsError(
+            f"{folder} is a symbolic link to {os.readlink(folder)}, and stage {stage.name} replaces its "
+            "folder as a whole when it runs again, so the new output would not go there: move the folder "
+            f"to {folder} in place of the link, then run the study again"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(
+            f"{folder} is a file, but stage {stage.name} writes a folder of that name; move the "
+            "file away or choose another study directory"
+        )
+    if stage.action == "run" and folder.is_dir() and read_stage_record(folder) is None and any(folder.iterdir()):
+        raise FileExistsError(
+            f"{folder} has no readable pipeline record in its manifest.json, so dimalign run did "
+            f"not write it (or its record is damaged), and stage {stage.name} would replace it; "
+            "move the folder away or choose another study directory"
+        )
+    if stage.action == "run" and folder.is_dir():
+        _reject_unwritten_files(folder, stage.name, kept=_reusable_work(plan, stage))
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
