@@ -1002,3 +1002,21 @@ def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
         run_study(config, copy)
     assert str(error.value) == notes_in_old_folder_error(old[0])
     assert (old[0] / "NOTES.txt").read_text() == "my notes"
+
+
+def test_partial_symlink_not_reused(study_copy, tmp_path):
+    config, copy = study_copy
+    kept = keep_finished_output(config, copy, "compare")
+    elsewhere = tmp_path / "other_disk" / "compare"
+    elsewhere.parent.mkdir()
+    kept.rename(elsewhere)
+    kept.symlink_to(elsewhere, target_is_directory=True)
+    shutil.rmtree(copy / "compare")
+
+    plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert not (copy / "compare").is_symlink()
+    assert read_stage_record(copy / "compare") is not None
+    assert not kept.is_symlink()
+    assert read_stage_record(elsewhere) is not None

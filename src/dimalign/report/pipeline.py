@@ -999,7 +999,7 @@ def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
     That is a partial folder whose stage record has the stage's current hash
     and lists exactly the files in the folder.
     """
-    if not work_dir.is_dir():
+    if work_dir.is_symlink() or not work_dir.is_dir():
         return False
     record = read_stage_record(work_dir)
     if record is None or record["hash"] != stage.hash:
@@ -1207,12 +1207,15 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
     entries = sorted(study_dir.iterdir(), key=lambda entry: (".partial-" in entry.name, entry.name))
     for entry in entries:
         stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
-        if not stale or not entry.is_dir() or entry.name in keep:
+        if not stale or not entry.is_dir():
             continue
         if entry.is_symlink():
-            # Removing the link leaves the folder that it points to, and the files in it, in place.
+            # The run never writes a link, and reusing one would put a link in place of the stage
+            # folder. Removing the link leaves the folder that it points to, and its files, in place.
             logger.info("removing the symbolic link %s, left by an interrupted run", entry)
             entry.unlink()
+            continue
+        if entry.name in keep:
             continue
         stage_name = entry.name[1:].split(".")[0]
         _reject_files_in_leftover(entry, stage_name, plan)
