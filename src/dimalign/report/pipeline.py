@@ -1227,12 +1227,12 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
     """Raise ``FileExistsError`` if a leftover folder contains files that its stage did not write.
 
     An old folder whose record lists no files (from an older dimalign) is
-    compared with the output that replaced it (see :func:`_replacement`).
+    compared with the output that replaced it (see :func:`_find_replacement`).
     Without that output, the user's files cannot be distinguished from the
     stage's, so the folder stays and an error names it. An old folder
     without any record passes.
     """
-    rewritten = _replacement(plan, stage_name) if ".old-" in entry.name else None
+    rewritten = _find_replacement(plan, stage_name) if ".old-" in entry.name else None
     if rewritten == plan.study_dir / stage_name and read_stage_record(entry) is None:
         # The run checked the old folder before it moved the new output into place,
         # so an old folder without a record is one whose deletion was interrupted.
@@ -1249,7 +1249,7 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
         )
 
 
-def _replacement(plan: StudyPlan, stage_name: str) -> Path | None:
+def _find_replacement(plan: StudyPlan, stage_name: str) -> Path | None:
     """Return the folder with the output that replaced an old folder of ``stage_name``, or None.
 
     A run killed before it moved the new output into place leaves it in the
