@@ -81,6 +81,7 @@ from dimalign.labeling.study import (
     decoded_image,
     decoded_image_etag,
     image_file_etag,
+    image_file_version,
     new_participant_code,
 )
 
@@ -972,25 +973,48 @@ def _add_participant_routes(app: Flask) -> None:
         except NotFoundError as error:
             logger.warning("rejected image %d: %s", object_index, error)
             abort(404, description=f"There is no image {object_index}.")
-        if _study().image_differs_from_setup(object_index, path):
+        for _ in range(_IMAGE_ATTEMPTS):
+            # The file must keep the version whose checksum was checked until the
+            # response has opened or decoded it, so a file replaced in between is
+            # checked again and not sent unchecked.
+            version = image_file_version(path)
+            response = _checked_image_response(object_index, path)
+            if image_file_version(path) == version:
+                break
+            response.close()
+        else:
             logger.warning(
-                "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
-                "participants would see another picture; put back the image that the study was set up with",
-                object_index, path,
+                "rejected image %d: %s changed on disk during each of %d attempts to serve it; "
+                "stop writing to the image folder while the study runs",
+                object_index, path, _IMAGE_ATTEMPTS,
             )
-            abort(404, description=f"There is no image {object_index}.")
+            abort(503, description=f"Image {object_index} is being replaced. Please try again later.")
         # Every participant sees the same images, so they reveal nothing about
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        form = _study().served_form(object_index, path)
-        if form is ServedForm.FILE:
-            response = _image_file_response(path)
-        else:
-            response = _decoded_image_response(object_index, path, form)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
+
+
+#: Times the image view checks and reads an image file that changes on disk meanwhile.
+_IMAGE_ATTEMPTS = 3
+
+
+def _checked_image_response(object_index: int, path: Path) -> Response:
+    """Send an object's image file in its served form, or answer 404 where it differs from the file at setup."""
+    if _study().image_differs_from_setup(object_index, path):
+        logger.warning(
+            "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
+            "participants would see another picture; put back the image that the study was set up with",
+            object_index, path,
+        )
+        abort(404, description=f"There is no image {object_index}.")
+    form = _study().served_form(object_index, path)
+    if form is ServedForm.FILE:
+        return _image_file_response(path)
+    return _decoded_image_response(object_index, path, form)
 
 
 def _image_file_response(path: Path) -> Response:
