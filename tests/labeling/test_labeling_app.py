@@ -2187,3 +2187,40 @@ def test_start_and_request_hash_image_once(odd_images_study, monkeypatch):
 
     assert response.status_code == 200
     assert hashed.count(os.fspath(target.resolve())) == 1
+
+
+def test_image_changing_each_attempt_is_503(odd_images_study, caplog, monkeypatch):
+    """A file replaced during every attempt to serve it is answered 503, not sent unchecked."""
+    import shutil
+
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="JPEG")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    real_checksum = study_module._file_checksum
+    calls = []
+
+    def checksum_then_copy(file_path):
+        checksum = real_checksum(file_path)
+        calls.append(file_path)
+        # A copy of the same picture under a new inode is a new file version.
+        shutil.copy2(target, target.with_name("copy.tmp"))
+        os.replace(target.with_name("copy.tmp"), target)
+        return checksum
+
+    monkeypatch.setattr(study_module, "_file_checksum", checksum_then_copy)
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 503
+    assert len(calls) == 3
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"rejected image {index}: {target.resolve()} changed on disk during each of 3 attempts to serve it, so it "
+        "was not sent. Stop writing to the image folder while the study runs"
+    ]

@@ -984,8 +984,8 @@ def _add_participant_routes(app: Flask) -> None:
             response.close()
         else:
             logger.warning(
-                "rejected image %d: %s changed on disk during each of %d attempts to serve it; "
-                "stop writing to the image folder while the study runs",
+                "rejected image %d: %s changed on disk during each of %d attempts to serve it, so it "
+                "was not sent. Stop writing to the image folder while the study runs",
                 object_index, path, _IMAGE_ATTEMPTS,
             )
             abort(503, description=f"Image {object_index} is being replaced. Please try again later.")
