@@ -2224,3 +2224,35 @@ def test_image_changing_each_attempt_is_503(odd_images_study, caplog, monkeypatc
         f"rejected image {index}: {target.resolve()} changed on disk during each of 3 attempts to serve it, so it "
         "was not sent. Stop writing to the image folder while the study runs"
     ]
+
+
+def test_file_sent_for_shrunk_revalidates_undecoded(odd_images_study, shared_data, monkeypatch):
+    """A large file sent as it is answers its own ETag with 304 without being decoded again."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    photo = load_rgb(shared_data / "images" / "owl.jpg").resize((640, 480), Image.BICUBIC)
+    path, index = set_up(photo, format="JPEG", quality=75)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    # The decoded copy left the cache, such as after other images filled it.
+    monkeypatch.setattr(study_module, "_decoded_cache", type(study_module._decoded_cache)())
+    decoded = []
+    real_decode_and_encode = study_module._decode_and_encode
+
+    def counting_decode_and_encode(file_path, decoding):
+        decoded.append(os.fspath(file_path))
+        return real_decode_and_encode(file_path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", counting_decode_and_encode)
+
+    again = client.get(f"/image/{index}", headers={"If-None-Match": first.headers["ETag"]})
+
+    assert first.data == target.read_bytes()
+    assert again.status_code == 304
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert decoded == []

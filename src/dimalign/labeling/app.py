@@ -1032,15 +1032,17 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
     request whose ``If-None-Match`` names the current version gets 304 Not
     Modified, and the file is not decoded. A SHRUNK file is sent as it is
     where the file takes no more bytes than its shrunk encoding, such as a
-    640 x 480 JPEG of quality 75.
+    640 x 480 JPEG of quality 75. A request that names the ETag of that
+    file gets 304 without a decoding, too.
     """
     decoding = _study().decoding
     etag = decoded_image_etag(path, decoding)
     if etag is not None and request.if_none_match.contains_weak(etag):
-        response = current_app.response_class(status=304)
-        response.set_etag(etag)
-        response.cache_control.max_age = 3600
-        return response
+        return _not_modified_response(etag)
+    file_etag = image_file_etag(path)
+    if form is ServedForm.SHRUNK and file_etag is not None and request.if_none_match.contains_weak(file_etag):
+        # This version of the file was sent as it is, because it is no larger than its shrunk copy.
+        return _not_modified_response(file_etag)
     try:
         served = decoded_image(path, decoding)
     except ImageReadError as error:
@@ -1053,6 +1055,14 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
         io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
         etag=served.etag if served.etag is not None else False,
     )
+
+
+def _not_modified_response(etag: str) -> Response:
+    """Return 304 Not Modified with an image's ETag, which the browser keeps for another hour."""
+    response = current_app.response_class(status=304)
+    response.set_etag(etag)
+    response.cache_control.max_age = 3600
+    return response
 
 
 def _file_is_no_larger(path: Path, size: int) -> bool:
