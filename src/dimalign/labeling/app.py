@@ -984,11 +984,12 @@ def _add_participant_routes(app: Flask) -> None:
             response.close()
         else:
             logger.warning(
-                "rejected image %d: %s changed on disk during each of %d attempts to serve it, so it "
-                "was not sent. Stop writing to the image folder while the study runs",
+                "rejected image %d: %s changed on disk during each of %d attempts to serve "
+                "it, so it was not sent. Stop writing to the image folder while the study runs",
                 object_index, path, _IMAGE_ATTEMPTS,
             )
-            abort(503, description=f"Image {object_index} is being replaced. Please try again later.")
+            description = f"Image {object_index} is being replaced. Please try again later."
+            abort(503, description=description)
         # Every participant sees the same images, so they reveal nothing about
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
@@ -998,12 +999,13 @@ def _add_participant_routes(app: Flask) -> None:
         return response
 
 
-#: Times the image view checks and reads an image file that changes on disk meanwhile.
+#: Maximum number of attempts of the image view to check and send a file that
+#: changes on disk meanwhile.
 _IMAGE_ATTEMPTS = 3
 
 
 def _checked_image_response(object_index: int, path: Path) -> Response:
-    """Send an object's image file in its served form, or answer 404 where it differs from the file at setup."""
+    """Send an object's image file in its served form, or abort with 404 if it differs from setup."""
     if _study().image_differs_from_setup(object_index, path):
         logger.warning(
             "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
@@ -1040,7 +1042,8 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
     if etag is not None and request.if_none_match.contains_weak(etag):
         return _not_modified_response(etag)
     file_etag = image_file_etag(path)
-    if form is ServedForm.SHRUNK and file_etag is not None and request.if_none_match.contains_weak(file_etag):
+    sent_as_file = file_etag is not None and request.if_none_match.contains_weak(file_etag)
+    if form is ServedForm.SHRUNK and sent_as_file:
         # This version of the file was sent as it is, because it is no larger than its shrunk copy.
         return _not_modified_response(file_etag)
     try:
