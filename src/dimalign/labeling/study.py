@@ -806,14 +806,15 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     try:
         with _decode_slots, _decode_pixels.reserve(_known_pixels(path, stat)):
             data, mimetype = _decode_and_encode(path, decoding)
+        served = ServedImage(data, mimetype, _etag_of_key(key))
+        # A file that changed while it was decoded may have given the pixels of its new version.
+        unchanged = image_file_version(path) == _file_version(stat)
     except BaseException as error:
+        # Requests that wait for this key, and later ones, must not wait for a result that never comes.
         with _decoded_cache_lock:
             del _decodings_in_progress[key]
         pending.set_exception(error)
         raise
-    served = ServedImage(data, mimetype, _etag_of_key(key))
-    # A file that changed while it was decoded may have given the pixels of its new version.
-    unchanged = image_file_version(path) == _file_version(stat)
 
     with _decoded_cache_lock:
         del _decodings_in_progress[key]
