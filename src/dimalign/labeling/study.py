@@ -770,9 +770,10 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     for the format). The result is cached by path, file size, modification
     and change time, inode and decoding, up to :data:`DECODED_CACHE_BYTES`,
     the least recently used leaving first. A file that changes on disk is
-    decoded again. Concurrent calls for the same key decode the file once
-    and all return that result or raise its error. The cache lock is not
-    held while decoding, so other images are served meanwhile. At most
+    decoded again, and a decoding during which it changed is not cached.
+    Concurrent calls for the same key decode the file once and all return
+    that result or raise its error. The cache lock is not held while
+    decoding, so other images are served meanwhile. At most
     :data:`MAX_CONCURRENT_DECODES` files and :data:`MAX_DECODE_PIXELS`
     pixels are decoded at once, and the other calls wait.
 
