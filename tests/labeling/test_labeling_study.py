@@ -1093,7 +1093,7 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     assert study_module.MAX_DECODE_PIXELS == study_module.MAX_CONCURRENT_DECODES * 12_000_000
 
 
-def test_error_after_decode_releases_waiters(tmp_path, monkeypatch):
+def test_error_after_decode_leaves_none_pending(tmp_path, monkeypatch):
     """An error after the decoding itself is raised and leaves no decoding pending for later requests."""
     import threading
 
@@ -1113,7 +1113,7 @@ def test_error_after_decode_releases_waiters(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="cannot stat"):
         study_module.decoded_image(path, Decoding())
     monkeypatch.setattr(study_module, "image_file_version", real_version)
-    # A daemon thread, because a request that waits for a decoding left pending never returns.
+    # The request runs in a daemon thread, because one that waits for a pending decoding never returns.
     results = []
     thread = threading.Thread(
         target=lambda: results.append(study_module.decoded_image(path, Decoding())), daemon=True
