@@ -2121,3 +2121,138 @@ def test_image_changed_after_start_rejected(odd_images_study, caplog, replacemen
         f"rejected image {index}: {target.resolve()} differs from the image at setup (its sha256 checksum "
         "differs), so participants would see another picture; put back the image that the study was set up with"
     ]
+
+
+@pytest.mark.parametrize("form", ["file", "decoded"])
+def test_image_replaced_after_checksum_rejected(odd_images_study, caplog, monkeypatch, form):
+    """A file replaced after its checksum was checked is not sent, but checked again and rejected."""
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    if form == "file":
+        path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="JPEG")
+        other = Image.new("RGB", (16, 16), (200, 20, 30))
+    else:
+        path, index = set_up(Image.new("RGBA", (16, 16), (10, 20, 30, 0)), format="PNG")
+        other = Image.new("RGBA", (16, 16), (200, 20, 30, 0))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    real_checksum = study_module._file_checksum
+    replaced = []
+
+    def checksum_then_replace(file_path):
+        checksum = real_checksum(file_path)
+        if not replaced:
+            replaced.append(file_path)
+            other.save(target.with_name("new.tmp"), format="JPEG" if form == "file" else "PNG")
+            os.replace(target.with_name("new.tmp"), target)
+        return checksum
+
+    monkeypatch.setattr(study_module, "_file_checksum", checksum_then_replace)
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert replaced == [target.resolve()]
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"rejected image {index}: {target.resolve()} differs from the image at setup (its sha256 checksum "
+        "differs), so participants would see another picture; put back the image that the study was set up with"
+    ]
+
+
+def test_start_and_request_hash_image_once(odd_images_study, monkeypatch):
+    """The checksum that the start computes serves the first request of the same file version."""
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="JPEG")
+    hashed = []
+    real_sha256_file = study_module.sha256_file
+
+    def counting_sha256_file(file_path, *args, **kwargs):
+        hashed.append(os.fspath(file_path))
+        return real_sha256_file(file_path, *args, **kwargs)
+
+    monkeypatch.setattr(study_module, "sha256_file", counting_sha256_file)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+
+    assert response.status_code == 200
+    assert hashed.count(os.fspath(target.resolve())) == 1
+
+
+def test_image_changing_each_attempt_is_503(odd_images_study, caplog, monkeypatch):
+    """A file replaced during every attempt to serve it is answered 503, not sent unchecked."""
+    import shutil
+
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="JPEG")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    real_checksum = study_module._file_checksum
+    calls = []
+
+    def checksum_then_copy(file_path):
+        checksum = real_checksum(file_path)
+        calls.append(file_path)
+        # A copy of the same picture under a new inode is a new file version.
+        shutil.copy2(target, target.with_name("copy.tmp"))
+        os.replace(target.with_name("copy.tmp"), target)
+        return checksum
+
+    monkeypatch.setattr(study_module, "_file_checksum", checksum_then_copy)
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 503
+    assert len(calls) == 3
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"rejected image {index}: {target.resolve()} changed on disk during each of 3 attempts to serve it, so it "
+        "was not sent. Stop writing to the image folder while the study runs"
+    ]
+
+
+def test_file_sent_for_shrunk_revalidates_undecoded(odd_images_study, shared_data, monkeypatch):
+    """A large file sent as it is answers its own ETag with 304 without being decoded again."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+    from dimalign.labeling import study as study_module
+
+    set_up, target = odd_images_study
+    photo = load_rgb(shared_data / "images" / "owl.jpg").resize((640, 480), Image.BICUBIC)
+    path, index = set_up(photo, format="JPEG", quality=75)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    # The decoded copy left the cache, such as after other images filled it.
+    monkeypatch.setattr(study_module, "_decoded_cache", type(study_module._decoded_cache)())
+    decoded = []
+    real_decode_and_encode = study_module._decode_and_encode
+
+    def counting_decode_and_encode(file_path, decoding):
+        decoded.append(os.fspath(file_path))
+        return real_decode_and_encode(file_path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", counting_decode_and_encode)
+
+    again = client.get(f"/image/{index}", headers={"If-None-Match": first.headers["ETag"]})
+
+    assert first.data == target.read_bytes()
+    assert again.status_code == 304
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert decoded == []

@@ -1091,3 +1091,66 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     assert large_beside[0] is False
     assert len({result.data for result in results}) == 5
     assert study_module.MAX_DECODE_PIXELS == study_module.MAX_CONCURRENT_DECODES * 12_000_000
+
+
+def test_error_after_decode_leaves_none_pending(tmp_path, monkeypatch):
+    """An error after the decoding itself is raised and leaves no decoding pending for later requests."""
+    import threading
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+    real_version = study_module.image_file_version
+
+    def failing_version(file_path):
+        raise RuntimeError(f"cannot stat {file_path}")
+
+    monkeypatch.setattr(study_module, "image_file_version", failing_version)
+    with pytest.raises(RuntimeError, match="cannot stat"):
+        study_module.decoded_image(path, Decoding())
+    monkeypatch.setattr(study_module, "image_file_version", real_version)
+    # The request runs in a daemon thread, because one that waits for a pending decoding never returns.
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(study_module.decoded_image(path, Decoding())), daemon=True
+    )
+    thread.start()
+    thread.join(timeout=30)
+
+    assert not thread.is_alive()
+    assert [result.mimetype for result in results] == ["image/webp"]
+    assert study_module._decodings_in_progress == {}
+
+
+def test_decode_of_changing_file_not_cached(tmp_path, monkeypatch):
+    """A file replaced while it is decoded may have given the new pixels, so the result is not cached."""
+    import collections
+    import shutil
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path)
+    monkeypatch.setattr(study_module, "_decoded_cache", collections.OrderedDict())
+    real_decode_and_encode = study_module._decode_and_encode
+
+    def decode_then_replace(file_path, decoding):
+        result = real_decode_and_encode(file_path, decoding)
+        shutil.copy2(path, tmp_path / "copy.tmp")
+        os.replace(tmp_path / "copy.tmp", path)
+        return result
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", decode_then_replace)
+
+    served = study_module.decoded_image(path, Decoding())
+
+    assert served.mimetype == "image/webp"
+    assert list(study_module._decoded_cache) == []
+    assert study_module._decodings_in_progress == {}

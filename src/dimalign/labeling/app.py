@@ -81,6 +81,7 @@ from dimalign.labeling.study import (
     decoded_image,
     decoded_image_etag,
     image_file_etag,
+    image_file_version,
     new_participant_code,
 )
 
@@ -972,25 +973,50 @@ def _add_participant_routes(app: Flask) -> None:
         except NotFoundError as error:
             logger.warning("rejected image %d: %s", object_index, error)
             abort(404, description=f"There is no image {object_index}.")
-        if _study().image_differs_from_setup(object_index, path):
+        for _ in range(_IMAGE_ATTEMPTS):
+            # The file must keep the version whose checksum was checked until the
+            # response has opened or decoded it, so a file replaced in between is
+            # checked again and not sent unchecked.
+            version = image_file_version(path)
+            response = _checked_image_response(object_index, path)
+            if image_file_version(path) == version:
+                break
+            response.close()
+        else:
             logger.warning(
-                "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
-                "participants would see another picture; put back the image that the study was set up with",
-                object_index, path,
+                "rejected image %d: %s changed on disk during each of %d attempts to serve "
+                "it, so it was not sent. Stop writing to the image folder while the study runs",
+                object_index, path, _IMAGE_ATTEMPTS,
             )
-            abort(404, description=f"There is no image {object_index}.")
+            description = f"Image {object_index} is being replaced. Please try again later."
+            abort(503, description=description)
         # Every participant sees the same images, so they reveal nothing about
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
         # serving them to requests without a participant session.
-        form = _study().served_form(object_index, path)
-        if form is ServedForm.FILE:
-            response = _image_file_response(path)
-        else:
-            response = _decoded_image_response(object_index, path, form)
         response.cache_control.public = False
         response.cache_control.private = True
         return response
+
+
+#: Maximum number of attempts of the image view to check and send a file that
+#: changes on disk meanwhile.
+_IMAGE_ATTEMPTS = 3
+
+
+def _checked_image_response(object_index: int, path: Path) -> Response:
+    """Send an object's image file in its served form, or abort with 404 if it differs from setup."""
+    if _study().image_differs_from_setup(object_index, path):
+        logger.warning(
+            "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
+            "participants would see another picture; put back the image that the study was set up with",
+            object_index, path,
+        )
+        abort(404, description=f"There is no image {object_index}.")
+    form = _study().served_form(object_index, path)
+    if form is ServedForm.FILE:
+        return _image_file_response(path)
+    return _decoded_image_response(object_index, path, form)
 
 
 def _image_file_response(path: Path) -> Response:
@@ -1008,15 +1034,18 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
     request whose ``If-None-Match`` names the current version gets 304 Not
     Modified, and the file is not decoded. A SHRUNK file is sent as it is
     where the file takes no more bytes than its shrunk encoding, such as a
-    640 x 480 JPEG of quality 75.
+    640 x 480 JPEG of quality 75. A request that names the ETag of that
+    file gets 304 without a decoding, too.
     """
     decoding = _study().decoding
     etag = decoded_image_etag(path, decoding)
     if etag is not None and request.if_none_match.contains_weak(etag):
-        response = current_app.response_class(status=304)
-        response.set_etag(etag)
-        response.cache_control.max_age = 3600
-        return response
+        return _not_modified_response(etag)
+    file_etag = image_file_etag(path)
+    sent_as_file = file_etag is not None and request.if_none_match.contains_weak(file_etag)
+    if form is ServedForm.SHRUNK and sent_as_file:
+        # This version of the file was sent as it is, because it is no larger than its shrunk copy.
+        return _not_modified_response(file_etag)
     try:
         served = decoded_image(path, decoding)
     except ImageReadError as error:
@@ -1029,6 +1058,14 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
         io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
         etag=served.etag if served.etag is not None else False,
     )
+
+
+def _not_modified_response(etag: str) -> Response:
+    """Return 304 Not Modified with an image's ETag, which the browser keeps for another hour."""
+    response = current_app.response_class(status=304)
+    response.set_etag(etag)
+    response.cache_control.max_age = 3600
+    return response
 
 
 def _file_is_no_larger(path: Path, size: int) -> bool:

@@ -770,9 +770,10 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     for the format). The result is cached by path, file size, modification
     and change time, inode and decoding, up to :data:`DECODED_CACHE_BYTES`,
     the least recently used leaving first. A file that changes on disk is
-    decoded again. Concurrent calls for the same key decode the file once
-    and all return that result or raise its error. The cache lock is not
-    held while decoding, so other images are served meanwhile. At most
+    decoded again, and a decoding during which it changed is not cached.
+    Concurrent calls for the same key decode the file once and all return
+    that result or raise its error. The cache lock is not held while
+    decoding, so other images are served meanwhile. At most
     :data:`MAX_CONCURRENT_DECODES` files and :data:`MAX_DECODE_PIXELS`
     pixels are decoded at once, and the other calls wait.
 
@@ -806,16 +807,20 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
     try:
         with _decode_slots, _decode_pixels.reserve(_known_pixels(path, stat)):
             data, mimetype = _decode_and_encode(path, decoding)
+        served = ServedImage(data, mimetype, _etag_of_key(key))
+        # A file that changed while it was decoded may have given the pixels of its new version.
+        unchanged = image_file_version(path) == _file_version(stat)
     except BaseException as error:
+        # Requests that wait for this key, and later ones, must not wait for a result that never comes.
         with _decoded_cache_lock:
             del _decodings_in_progress[key]
         pending.set_exception(error)
         raise
-    served = ServedImage(data, mimetype, _etag_of_key(key))
 
     with _decoded_cache_lock:
         del _decodings_in_progress[key]
-        _decoded_cache[key] = served
+        if unchanged:
+            _decoded_cache[key] = served
         total = sum(len(value.data) for value in _decoded_cache.values())
         while total > DECODED_CACHE_BYTES and len(_decoded_cache) > 1:
             _, dropped = _decoded_cache.popitem(last=False)
@@ -886,20 +891,40 @@ _checksum_cache: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 _checksum_lock = threading.Lock()
 
 
-def _file_checksum(path: str | os.PathLike) -> str | None:
-    """Return the SHA-256 of a file, computed once per file version, or None for a file that cannot be read."""
-    key = os.fspath(path)
+def image_file_version(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """Return the version of a file (see :func:`_file_version`), or None for a file that cannot be read."""
     try:
-        version = _file_version(os.stat(path))
+        return _file_version(os.stat(path))
     except OSError:
         return None
+
+
+def _file_checksum(path: str | os.PathLike) -> str | None:
+    """Return the SHA-256 of a file, computed once per file version.
+
+    The result is None for a file that cannot be read, and for a file whose
+    version changed while it was read, whose bytes may mix two versions.
+    """
+    try:
+        return _versioned_checksum(path)
+    except OSError:
+        return None
+
+
+def _versioned_checksum(path: str | os.PathLike) -> str | None:
+    """Return the SHA-256 of a file, computed once per file version, or None if the file changed while read.
+
+    Raises:
+        OSError: If the file cannot be read.
+    """
+    key = os.fspath(path)
+    version = _file_version(os.stat(path))
     with _checksum_lock:
         cached = _checksum_cache.get(key)
     if cached is not None and cached[0] == version:
         return cached[1]
-    try:
-        checksum = sha256_file(path)
-    except OSError:
+    checksum = sha256_file(path)
+    if _file_version(os.stat(path)) != version:
         return None
     with _checksum_lock:
         _checksum_cache[key] = (version, checksum)
@@ -1477,7 +1502,8 @@ class Study:
         if not stored:
             return
         start = time.perf_counter()
-        changed = [row["image_path"] for row, path in stored if sha256_file(path) != row["image_sha256"]]
+        # _versioned_checksum keeps each checksum, so the first request of an unchanged file reads it no more.
+        changed = [row["image_path"] for row, path in stored if _versioned_checksum(path) != row["image_sha256"]]
         logger.info(
             "checked the SHA-256 of %d images in %s in %.1f s", len(stored), root, time.perf_counter() - start
         )
