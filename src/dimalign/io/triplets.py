@@ -672,6 +672,23 @@ def _declared_delimiter(path: Path, declared: str, delimiter: str | None) -> str
     return declared
 
 
+def _load_integers(path: Path, layout: _TextLayout, **options: Any) -> np.ndarray:
+    """Read the data lines of a text file with numpy's C parser as int64, shape ``(n_lines, n_fields)``.
+
+    ``options`` go to ``np.loadtxt`` (``usecols``, ``converters``).
+
+    Raises:
+        ValueError: If a field is not an integer or a line has another number of fields.
+    """
+    with warnings.catch_warnings():
+        # A header without data rows is an empty file, not worth a warning.
+        warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
+        return np.loadtxt(
+            path, dtype=np.int64, delimiter=layout.delimiter, skiprows=layout.skip_lines, comments="#",
+            ndmin=2, encoding="utf-8-sig", **options,
+        )
+
+
 def _parse_text(
     path: Path, layout: _TextLayout, used: list[int], has_choice: bool = False
 ) -> np.ndarray:
@@ -687,22 +704,10 @@ def _parse_text(
 
     # Fast path: numpy's C parser for files of integers only. It reads every
     # column, so that it also rejects lines with a different number of columns.
+    n_read = layout.n_columns - layout.empty_final_column
     try:
-        with warnings.catch_warnings():
-            # A header without data rows is an empty file, not worth a warning.
-            warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
-            n_read = layout.n_columns - layout.empty_final_column
-            table = np.loadtxt(
-                path,
-                dtype=np.int64,
-                delimiter=layout.delimiter,
-                skiprows=layout.skip_lines,
-                comments="#",
-                ndmin=2,
-                encoding="utf-8-sig",
-                # The final column is empty on every line, which int64 cannot parse.
-                usecols=range(n_read) if layout.empty_final_column else None,
-            )
+        # The final column is empty on every line, which int64 cannot parse.
+        table = _load_integers(path, layout, usecols=range(n_read) if layout.empty_final_column else None)
         if table.shape[1] == n_read or len(table) == 0:
             return table.reshape(-1, n_read)[:, used]
     except ValueError:
@@ -845,18 +850,7 @@ def _read_before_empty_column(layout: _TextLayout, n_fields: int) -> np.ndarray 
     if layout.delimiter is None or layout.delimiter == " " or n_fields < 2:
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no data", category=UserWarning)
-            table = np.loadtxt(
-                layout.path,
-                dtype=np.int64,
-                delimiter=layout.delimiter,
-                skiprows=layout.skip_lines,
-                comments="#",
-                ndmin=2,
-                encoding="utf-8-sig",
-                converters={n_fields - 1: _empty_field},
-            )
+        table = _load_integers(layout.path, layout, converters={n_fields - 1: _empty_field})
     except ValueError:
         return None
     if table.shape[1] != n_fields or len(table) == 0:
