@@ -1522,12 +1522,10 @@ def test_icc_image_of_older_study_served_decoded(odd_images_study, caplog):
     assert f"object {index}, which the study lists to serve as a file, is served decoded" in caplog.text
 
 
-def test_app_start_opens_no_image(odd_images_study, monkeypatch):
-    """Setup decided which images to decode, so a start opens none of them."""
+def count_image_opens(monkeypatch) -> list:
+    """Record every file that ``PIL.Image.open`` opens from now on, in order."""
     from PIL import Image
 
-    set_up, target = odd_images_study
-    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
     opened = []
     original_open = Image.open
 
@@ -1536,6 +1534,16 @@ def test_app_start_opens_no_image(odd_images_study, monkeypatch):
         return original_open(file, *args, **kwargs)
 
     monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def test_app_start_opens_no_image(odd_images_study, monkeypatch):
+    """Setup decided which images to decode, so a start opens none of them."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGBA", (16, 16), (255, 0, 0, 0)))
+    opened = count_image_opens(monkeypatch)
     application = create_app(path, admin_token="secret-admin")
 
     assert opened == []
@@ -1575,14 +1583,7 @@ def test_image_file_checked_once(odd_images_study, monkeypatch):
     path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
-    opened = []
-    original_open = Image.open
-
-    def counting_open(file, *args, **kwargs):
-        opened.append(file)
-        return original_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", counting_open)
+    opened = count_image_opens(monkeypatch)
     responses = [client.get(f"/image/{index}") for _ in range(3)]
 
     assert [response.status_code for response in responses] == [200, 200, 200]
