@@ -104,7 +104,7 @@ def evaluate_embedding(
         warn(
             f"dot products of the embedding overflow float64 (largest weight {weights.max():.3g}), so "
             "the NLL is not finite and the accuracy treats infinite dot products as equal, which "
-            "can turn triplets into ties: check that the file holds an embedding of similarity weights",
+            "can turn triplets into ties: check that the file contains an embedding of similarity weights",
             UserWarning,
         )
 
