@@ -445,3 +445,76 @@ def test_ridge_save_returns_folder(tmp_path):
     np.testing.assert_array_equal(RidgeMap.load(saved).predict(X), ridge.predict(X))
     # The path of the archive itself loads too.
     np.testing.assert_array_equal(RidgeMap.load(saved / "ridge_map.npz").predict(X), ridge.predict(X))
+
+
+def test_ridge_fit_takes_y_keyword():
+    X, Y = make_linear_data(n_objects=12, n_features=6, seed=5)
+    by_keyword = RidgeMap(alphas=ALPHAS).fit(X, y=Y)
+    by_position = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    np.testing.assert_array_equal(by_keyword.coef_, by_position.coef_)
+    np.testing.assert_array_equal(by_keyword.alpha_, by_position.alpha_)
+
+
+def test_ridge_old_Y_keyword_warns():
+    X, Y = make_linear_data(n_objects=12, n_features=6, seed=5)
+    expected = RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    with pytest.warns(FutureWarning, match=r"RidgeMap\.fit\(Y=\.\.\.\) is deprecated: pass y=") as caught:
+        ridge = RidgeMap(alphas=ALPHAS).fit(X, Y=Y)
+    # The warning names the caller's line, not a line of dimalign.
+    assert [item.filename for item in caught if item.category is FutureWarning] == [__file__]
+    np.testing.assert_array_equal(ridge.coef_, expected.coef_)
+
+    with pytest.warns(FutureWarning, match=r"RidgeMap\.score\(Y=\.\.\.\) is deprecated: pass y="):
+        old_score = expected.score(X, Y=Y)
+    assert old_score == expected.score(X, y=Y)
+    assert old_score == expected.score(X, Y)
+
+
+def test_ridge_rejects_y_and_Y():
+    X, Y = make_linear_data(n_objects=12, n_features=6, seed=5)
+    ridge = RidgeMap(alphas=ALPHAS)
+    with pytest.raises(TypeError, match=r"RidgeMap\.fit\(\) got both y and Y: pass only y"):
+        ridge.fit(X, Y, Y=Y)
+    with pytest.raises(TypeError, match=r"RidgeMap\.fit\(\) got both y and Y: pass only y"):
+        ridge.fit(X, y=Y, Y=Y)
+    assert not hasattr(ridge, "coef_")
+
+    fitted = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    with pytest.raises(TypeError, match=r"RidgeMap\.score\(\) got both y and Y: pass only y"):
+        fitted.score(X, Y, Y=Y)
+
+
+def test_ridge_fit_without_target_raises():
+    X, _ = make_linear_data(n_objects=12, n_features=6, seed=5)
+    with pytest.raises(TypeError, match=r"RidgeMap\.fit\(\) is missing the target y"):
+        RidgeMap(alphas=ALPHAS).fit(X)
+
+
+def test_ridge_signatures_follow_sklearn():
+    import inspect
+
+    for method in (RidgeMap.fit, RidgeMap.score):
+        parameters = list(inspect.signature(method).parameters)
+        assert parameters[:3] == ["self", "X", "y"]
+    # Y is an old name of the target, not metadata that sklearn would route.
+    assert "Y" not in RidgeMap().get_metadata_routing().fit.requests
+    assert "Y" not in RidgeMap().get_metadata_routing().score.requests
+
+
+def test_ridge_clone_in_cross_val_score():
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    X, Y = make_linear_data(n_objects=24, n_features=6, noise=0.5, seed=5)
+    ridge = clone(RidgeMap(alphas=ALPHAS, cv=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        scores = cross_val_score(ridge, X, Y, cv=3)
+
+    expected = []
+    for train, test in KFold(3).split(X):
+        fitted = RidgeMap(alphas=ALPHAS, cv=2).fit(X[train], Y[train])
+        expected.append(fitted.score(X[test], Y[test]))
+    assert scores.shape == (3,)
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)

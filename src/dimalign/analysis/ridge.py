@@ -48,6 +48,29 @@ RIDGE_MAP_NAME = "ridge_map.npz"
 DEFAULT_ALPHAS = np.logspace(-2, 6, 50)
 
 
+def _resolve_target(y: Any, old_y: Any, method: str) -> Any:
+    """Return the target of ``RidgeMap.<method>`` from ``y`` or its deprecated name ``Y``.
+
+    Raises:
+        TypeError: If both are given, or neither is.
+    """
+    if old_y is None:
+        if y is None:
+            raise TypeError(
+                f"RidgeMap.{method}() is missing the target y: pass the embedding as the "
+                f"second argument, as in RidgeMap().{method}(X, y)"
+            )
+        return y
+    if y is not None:
+        raise TypeError(f"RidgeMap.{method}() got both y and Y: pass only y (Y is its deprecated name)")
+    warn(
+        f"RidgeMap.{method}(Y=...) is deprecated: pass y= (the scikit-learn name of the target) "
+        "or pass the target as the second argument",
+        FutureWarning,
+    )
+    return old_y
+
+
 def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
     """Check a penalty grid and return it as a float64 array.
 
@@ -139,12 +162,14 @@ class RidgeMap(RegressorMixin, BaseEstimator):
 
     # -- fitting -------------------------------------------------------------
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> RidgeMap:
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None, *, Y: np.ndarray | None = None) -> RidgeMap:
         """Choose a penalty per dimension by cross-validation, then refit on all objects.
 
         Args:
             X (np.ndarray): Features, shape ``(n_objects, n_features)``.
-            Y (np.ndarray): Embedding, shape ``(n_objects, n_dims)`` (or 1-D for one dimension).
+            y (np.ndarray): Embedding, shape ``(n_objects, n_dims)`` (or 1-D for one dimension).
+            Y (np.ndarray | None): Deprecated name of ``y``, accepted as a
+                keyword only.
 
         Returns:
             RidgeMap: self.
@@ -155,13 +180,16 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                 fold would have fewer than 2 objects (``cv > n_objects // 2``),
                 or ``X`` and ``Y`` are DataFrames whose indexes differ (rows
                 are paired by position, so they must be aligned first).
+            TypeError: If both ``y`` and ``Y`` are given, or neither is.
 
         Warns:
+            FutureWarning: If the target is passed as ``Y=``.
             UserWarning: If a dimension's chosen penalty is the smallest or the
                 largest of a grid of at least 2 penalties, so the best penalty
                 may lie outside it, or a dimension or every feature is constant
                 over the objects. A single penalty is logged once instead.
         """
+        Y = _resolve_target(y, Y, "fit")
         alphas = validate_alphas(DEFAULT_ALPHAS if self.alphas is None else self.alphas)
         target_ndim = np.ndim(Y)
         X, Y = self._check_data(X, Y)
@@ -282,29 +310,45 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         predictions = X @ self.coef_ + self.intercept_
         return predictions[:, 0] if self.target_ndim_ == 1 else predictions
 
-    def score(self, X: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    def score(
+        self,
+        X: np.ndarray,
+        y: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
+        *,
+        Y: np.ndarray | None = None,
+    ) -> float:
         """Return the mean over dimensions of the R² of the predictions for ``X``.
 
-        This is ``sklearn.metrics.r2_score(Y, self.predict(X))`` with uniform
+        This is ``sklearn.metrics.r2_score(y, self.predict(X))`` with uniform
         weights over the dimensions, the score that scikit-learn regressors
         report, so ``cross_val_score`` and ``GridSearchCV`` use it by default.
-        The baseline of each dimension's R² is the mean of ``Y`` itself, not
+        The baseline of each dimension's R² is the mean of ``y`` itself, not
         of the training data.
 
         Args:
             X (np.ndarray): Features, shape ``(n_objects, n_features)``.
-            Y (np.ndarray): True embedding, shape ``(n_objects, n_dims)``, or
+            y (np.ndarray): True embedding, shape ``(n_objects, n_dims)``, or
                 ``(n_objects,)`` for a map fitted to a 1-D target.
             sample_weight (np.ndarray | None): Weight of each object, shape
                 ``(n_objects,)``, as in scikit-learn's ``score``.
+            Y (np.ndarray | None): Deprecated name of ``y``, accepted as a
+                keyword only.
 
         Returns:
             float: Mean R², at most 1 (1 for an exact prediction).
+
+        Raises:
+            TypeError: If both ``y`` and ``Y`` are given, or neither is.
+
+        Warns:
+            FutureWarning: If the target is passed as ``Y=``.
         """
         from sklearn.metrics import r2_score
 
-        check_same_index(X, Y, "X", "Y")
-        return float(r2_score(Y, self.predict(X), sample_weight=sample_weight))
+        y = _resolve_target(y, Y, "score")
+        check_same_index(X, y, "X", "y")
+        return float(r2_score(y, self.predict(X), sample_weight=sample_weight))
 
     # -- saving --------------------------------------------------------------
 
