@@ -1020,3 +1020,41 @@ def test_partial_symlink_not_reused(study_copy, tmp_path):
     assert read_stage_record(copy / "compare") is not None
     assert not kept.is_symlink()
     assert read_stage_record(elsewhere) is not None
+
+
+def test_old_folder_of_own_pid_is_checked(study_copy, monkeypatch):
+    config, copy = study_copy
+    old = copy / f".compare.old-{os.getpid()}"
+    real_run = stages.STAGES["compare"].run
+
+    # The cleanup at the start of the run removes leftovers, so the folder
+    # must appear while the stage runs to reach the rename of the old output.
+    def run_while_user_writes(context):
+        old.mkdir()
+        (old / "NOTES.txt").write_text("my notes")
+        return real_run(context)
+
+    monkeypatch.setitem(
+        stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=run_while_user_writes)
+    )
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(".compare.partial-")]
+    assert len(partial) == 1
+    assert str(error.value) == (
+        f"{old} contains 1 file that stage compare did not write (NOTES.txt), "
+        "and the stage replaces its folder as a whole when it runs again: move the file out of "
+        f"the folder, then run the study again. The finished output of this run is kept in {partial[0]}, "
+        "and the next run moves it into place without running stage compare again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+    assert read_stage_record(copy / "compare") is not None
+
+    monkeypatch.undo()
+    (old / "NOTES.txt").unlink()
+    plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    assert not old.exists()
+    assert not partial[0].exists()

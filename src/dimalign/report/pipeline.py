@@ -1099,15 +1099,17 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
     the stage runs is thus found and never deleted with the old folder.
 
     Raises:
-        FileExistsError: If the old folder contains files that the stage did
-            not write, or if the new folder cannot be moved into place. The
-            old folder is then back in place, and ``work_dir`` keeps the
-            finished output for the next run.
+        FileExistsError: If the old folder, or a hidden folder
+            ``.<stage>.old-<process id>`` that is already there, contains
+            files that the stage did not write, or if the new folder cannot
+            be moved into place. The old folder is then back in place, and
+            ``work_dir`` keeps the finished output for the next run.
     """
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
+            _reject_files_in_old_folder(old, work_dir, stage_name)
             _remove_tree(old, "left by an interrupted run")
         os.rename(final, old)
         try:
@@ -1132,6 +1134,21 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
         # NOTE: a program whose working directory lies in the old folder can
         # still write there after the check, and such a file is deleted here.
         _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
+
+
+def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> None:
+    """Raise ``FileExistsError`` if an old folder with this process's id contains files that its stage did not write.
+
+    The leftover cleanup at the start of the run removed such folders, so
+    this one appeared during the run. Its files are compared with the list
+    in the record of ``work_dir``, the stage's finished output, as the
+    cleanup does for an old folder whose record lists no files.
+    """
+    unknown, old_record = _unwritten_files(old, rewritten=work_dir)
+    if unknown:
+        # A folder without any record is not from an older dimalign, so the error does not say so.
+        old_record = old_record and read_stage_record(old) is not None
+        raise _unwritten_files_error(old, stage_name, unknown, old_record, kept=work_dir)
 
 
 def _move_back(old: Path, final: Path, stage_name: str) -> None:
