@@ -1137,10 +1137,11 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
 
 
 def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> None:
-    """Raise ``FileExistsError`` if an old folder with this process's id contains files that its stage did not write.
+    """Raise ``FileExistsError`` if ``old`` contains files that its stage did not write.
 
-    The leftover cleanup at the start of the run removed such folders, so
-    this one appeared during the run. Its files are compared with the list
+    ``old`` has the name of the old folder of this process. The leftover
+    cleanup at the start of the run removes such folders, so this one
+    appeared during the run. Its files are compared with the list
     in the record of ``work_dir``, the stage's finished output, as the
     cleanup does for an old folder whose record lists no files.
     """
