@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import h5py
 import numpy as np
 import pytest
 from feature_helpers import make_tiny_model, write_random_images
+from PIL import Image
 
 from dimalign.features.datasets import find_images, load_rgb
 from dimalign.features.extract import LOCK_NAME, compute_features, extract_features
@@ -611,3 +613,60 @@ def solid_image():
     from PIL import Image
 
     return Image.new("RGB", (9, 9), (10, 20, 30))
+
+
+def write_animated_gif(path, seed, n_frames=3):
+    """Write a GIF of ``n_frames`` random 12 x 12 frames and return its frames as Pillow decodes them, in RGB."""
+    rng = np.random.default_rng(seed)
+    frames = [Image.fromarray(rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)) for _ in range(n_frames)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    decoded = []
+    with Image.open(path) as saved:
+        assert saved.n_frames == n_frames
+        for index in range(n_frames):
+            saved.seek(index)
+            decoded.append(saved.convert("RGB"))
+    return decoded
+
+
+def test_animated_images_logged_once(tmp_path, tiny_model, caplog):
+    folder = tmp_path / "images"
+    write_random_images(folder, 3)
+    frames_a = write_animated_gif(folder / "anim_a.gif", seed=1)
+    write_animated_gif(folder / "anim_b.gif", seed=2, n_frames=2)
+    write_animated_gif(folder / "still.gif", seed=3, n_frames=1)
+
+    with caplog.at_level(logging.INFO, logger="dimalign"):
+        result = extract_features(folder, tmp_path / "out", tiny_model, layers=["4:input"],
+                                  extensions=[".png", ".gif"], batch_size=2)
+
+    assert result.n_rows == 6
+    messages = [record.getMessage() for record in caplog.records if "several frames" in record.getMessage()]
+    assert messages == [
+        f"2 of 6 image files have several frames (such as an animated GIF, APNG or WebP), and their "
+        f"features come from the first frame only: {folder / 'anim_a.gif'}, {folder / 'anim_b.gif'}"
+    ]
+    assert all(record.levelno == logging.INFO for record in caplog.records if "several frames" in record.getMessage())
+    features, table = load_features(tmp_path / "out", layer="4:input")
+    expected = compute_features(tiny_model, frames_a, layers=["4:input"])["4:input"]
+    row = features[table.object_ids.index("anim_a.gif")]
+    # A batch of another size may change the last digit of float32 sums.
+    np.testing.assert_allclose(row, expected[0], rtol=0, atol=1e-6)
+    assert np.abs(row - expected[1]).max() > 1e-3
+
+
+def test_animated_log_names_five(tmp_path, tiny_model, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(7):
+        write_animated_gif(folder / f"anim{index}.gif", seed=index, n_frames=2)
+
+    with caplog.at_level(logging.INFO, logger="dimalign"):
+        compute_features(tiny_model, find_images(folder, extensions=[".gif"]), layers=["4:input"])
+
+    messages = [record.getMessage() for record in caplog.records if "several frames" in record.getMessage()]
+    named = ", ".join(str(folder / f"anim{index}.gif") for index in range(5))
+    assert messages == [
+        f"7 of 7 image files have several frames (such as an animated GIF, APNG or WebP), and their "
+        f"features come from the first frame only: {named} and 2 more"
+    ]

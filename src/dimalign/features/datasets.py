@@ -45,6 +45,7 @@ from dimalign.features.decode import (  # noqa: F401
     SIXTEEN_BIT_MODES,
     ImageReadError,
     elongation_reason,
+    load_first_frame,
     load_rgb,
     parse_color,
     to_rgb,
@@ -331,10 +332,11 @@ def image_stamp(path: str | os.PathLike) -> tuple[int, int]:
 class ImageDataset(torch.utils.data.Dataset):
     """Decoded, preprocessed images of an :class:`ImageList`.
 
-    An item is ``(row, tensor, None, stamp)`` or, for a file that cannot be
-    read, ``(row, None, reason, stamp)``, where ``stamp`` is the file's
-    :func:`image_stamp` taken before reading it (:data:`UNKNOWN_STAMP` if
-    that failed). Reporting instead of raising lets the caller stop or skip,
+    An item is ``(row, tensor, None, stamp, animated)`` or, for a file that
+    cannot be read, ``(row, None, reason, stamp, False)``, where ``stamp`` is
+    the file's :func:`image_stamp` taken before reading it
+    (:data:`UNKNOWN_STAMP` if that failed). ``animated`` is True for a file
+    with several frames, of which only the first is used. Reporting instead of raising lets the caller stop or skip,
     also across DataLoader worker processes.
 
     Args:
@@ -358,7 +360,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None, tuple[int, int]]:
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, str | None, tuple[int, int], bool]:
         row = self.rows[item]
         path = self.images.paths[row]
         # The stamp comes before the read, so a file replaced between the two
@@ -369,13 +371,13 @@ class ImageDataset(torch.utils.data.Dataset):
         except OSError:
             stamp = UNKNOWN_STAMP
         try:
-            image = load_rgb(path, self.background, self.exif_transpose)
+            image, animated = load_first_frame(path, self.background, self.exif_transpose)
         except ImageReadError as error:
-            return row, None, error.reason, stamp
+            return row, None, error.reason, stamp, False
         reason = elongation_reason(image)
         if reason is not None:
-            return row, None, reason, stamp
-        return row, self.transform(image), None, stamp
+            return row, None, reason, stamp, False
+        return row, self.transform(image), None, stamp, animated
 
 
 @dataclass
@@ -387,37 +389,41 @@ class ImageBatch:
         pixels (torch.Tensor | None): ``(len(rows), 3, H, W)``, None if no image was readable.
         failures (list[tuple[int, str]]): ``(row, reason)`` of each unreadable file.
         stamps (list[tuple[int, int]]): :func:`image_stamp` of each readable image, as ``rows``.
+        animated (list[int]): Rows of the readable images with several
+            frames, whose pixels are those of the first frame.
     """
 
     rows: list[int]
     pixels: torch.Tensor | None
     failures: list[tuple[int, str]]
     stamps: list[tuple[int, int]] = field(default_factory=list)
+    animated: list[int] = field(default_factory=list)
 
     def pin_memory(self) -> ImageBatch:
         """Return the batch with its pixels in page-locked memory (DataLoader ``pin_memory``)."""
         pixels = self.pixels.pin_memory() if self.pixels is not None else None
-        return ImageBatch(self.rows, pixels, self.failures, self.stamps)
+        return ImageBatch(self.rows, pixels, self.failures, self.stamps, self.animated)
 
 
 def collate_images(
-    items: Sequence[tuple[int, torch.Tensor | None, str | None, tuple[int, int]]],
+    items: Sequence[tuple[int, torch.Tensor | None, str | None, tuple[int, int], bool]],
 ) -> ImageBatch:
     """Stack the readable items of a batch and set the unreadable ones aside.
 
     Args:
-        items (Sequence[tuple]): ``(row, pixels, reason, stamp)`` per image, as
-            :class:`ImageDataset` yields them. ``pixels`` is None and
+        items (Sequence[tuple]): ``(row, pixels, reason, stamp, animated)``
+            per image, as :class:`ImageDataset` yields them. ``pixels`` is None and
             ``reason`` gives the cause for an image that could not be read.
 
     Returns:
         ImageBatch: The rows, pixels ``(n_readable, 3, H, W)`` (None when no
-        image was readable) and stamps of the readable images, and
-        ``(row, reason)`` per unreadable one.
+        image was readable), stamps and animated rows of the readable
+        images, and ``(row, reason)`` per unreadable one.
     """
     readable = [item for item in items if item[1] is not None]
-    rows = [row for row, _, _, _ in readable]
-    pixels = torch.stack([tensor for _, tensor, _, _ in readable]) if readable else None
-    failures = [(row, reason) for row, tensor, reason, _ in items if tensor is None]
-    stamps = [stamp for _, _, _, stamp in readable]
-    return ImageBatch(rows, pixels, failures, stamps)
+    rows = [row for row, _, _, _, _ in readable]
+    pixels = torch.stack([tensor for _, tensor, _, _, _ in readable]) if readable else None
+    failures = [(row, reason) for row, tensor, reason, _, _ in items if tensor is None]
+    stamps = [stamp for _, _, _, stamp, _ in readable]
+    animated = [row for row, _, _, _, is_animated in readable if is_animated]
+    return ImageBatch(rows, pixels, failures, stamps, animated)

@@ -186,6 +186,32 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
              exif_transpose: bool = True) -> Image.Image:
     """Decode an image file completely and convert it to RGB.
 
+    A file with several frames gives its first frame, as
+    :func:`load_first_frame` describes.
+
+    Args:
+        path (str | os.PathLike): The image file.
+        background (tuple[int, int, int]): Colour under transparent pixels.
+        exif_transpose (bool): Rotate or flip by the EXIF orientation tag, as
+            image viewers show the photo.
+
+    Returns:
+        Image.Image: An RGB image.
+
+    Raises:
+        ImageReadError: If the file is missing, empty, truncated or not an image.
+    """
+    return load_first_frame(path, background, exif_transpose)[0]
+
+
+def load_first_frame(path: str | os.PathLike, background: tuple[int, int, int] = (255, 255, 255),
+                     exif_transpose: bool = True) -> tuple[Image.Image, bool]:
+    """Decode the first frame of an image file completely, convert it to RGB and report animation.
+
+    An animated GIF, APNG or WebP, or a multi-page TIFF, has several frames.
+    Only the first is decoded, so callers that use the image for features
+    should tell the user (``dimalign extract`` logs such files).
+
     An embedded ICC colour profile is ignored, as torchvision's default
     image loader ignores it: the stored colour values are returned as they
     are. The returned image may still carry the profile in
@@ -199,7 +225,8 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
             image viewers show the photo.
 
     Returns:
-        Image.Image: An RGB image.
+        tuple[Image.Image, bool]: The RGB image of the first frame, and
+        whether the file has more than one frame.
 
     Raises:
         ImageReadError: If the file is missing, empty, truncated or not an image.
@@ -214,6 +241,9 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
             if opened.mode == "F":
                 raise ImageReadError(path, FLOAT_IMAGE_REASON)
             image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
+            # Pillow's is_animated reads the frame count (or, for GIF, seeks to frame 1)
+            # after the copy, so the copy keeps frame 0.
+            animated = bool(getattr(opened, "is_animated", False))
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -232,7 +262,7 @@ def load_rgb(path: str | os.PathLike, background: tuple[int, int, int] = (255, 2
     except (OSError, ValueError, SyntaxError) as error:
         reason = f"cannot decode image ({type(error).__name__}: {error})"
         raise ImageReadError(path, reason) from None
-    return to_rgb(image, background)
+    return to_rgb(image, background), animated
 
 
 def _load_strictly(image: Image.Image) -> None:

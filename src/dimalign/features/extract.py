@@ -159,13 +159,16 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
                                exif_transpose=exif_transpose)
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
                                              collate_fn=collate_images)
+        animated_rows = []
         for batch in loader:
             if batch.failures:
                 row, reason = batch.failures[0]
                 raise ValueError(f"cannot read image {images.paths[row]}: {reason}")
+            animated_rows.extend(batch.animated)
             first = not chunks[requests[0].name]
             for name, values in read_layers(loaded, batch.pixels, requests, first).items():
                 chunks[name].append(values)
+        _log_animated(images, animated_rows, len(dataset))
     else:
         for position, image in enumerate(images):
             if not isinstance(image, Image.Image):
@@ -512,6 +515,7 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
     n_batches = 0
     n_processed = 0
     overflow_warned: set[str] = set()
+    animated_rows: list[int] = []
     try:
         for batch in loader:
             for row, reason in batch.failures:
@@ -536,6 +540,7 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                                        overflow_warned)
                 arrays.write(batch.rows, values)
                 stamps[batch.rows] = batch.stamps
+                animated_rows.extend(batch.animated)
                 arrays.flush()
                 stamps.flush()
                 progress.finished[batch.rows] = True
@@ -550,7 +555,20 @@ def _run_batches(image_list: ImageList, loaded: LoadedModel, requests: Sequence[
                 return n_processed == len(pending)
     finally:
         bar.close()
+        _log_animated(image_list, animated_rows, n_processed)
     return True
+
+
+def _log_animated(image_list: ImageList, rows: Sequence[int], n_read: int) -> None:
+    """Log one INFO line that counts the files with several frames among ``n_read`` and names up to five."""
+    if not rows:
+        return
+    paths = [image_list.paths[row] for row in rows]
+    named = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    logger.info(
+        "%d of %d image files have several frames (such as an animated GIF, APNG or WebP), and their "
+        "features come from the first frame only: %s", len(paths), n_read, named,
+    )
 
 
 def _warn_float16_overflow(values: dict[str, np.ndarray], dtype: np.dtype, rows: list[int],
