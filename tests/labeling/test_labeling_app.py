@@ -2191,7 +2191,7 @@ def test_start_and_request_hash_image_once(odd_images_study, monkeypatch):
 
 
 def test_image_changing_each_attempt_is_503(odd_images_study, caplog, monkeypatch):
-    """A file replaced during every attempt to serve it is answered 503, not sent unchecked."""
+    """The app returns 503 for a file replaced during every attempt to serve it, instead of sending it unchecked."""
     import shutil
 
     from PIL import Image
@@ -2228,7 +2228,7 @@ def test_image_changing_each_attempt_is_503(odd_images_study, caplog, monkeypatc
 
 
 def test_file_sent_for_shrunk_revalidates_undecoded(odd_images_study, shared_data, monkeypatch):
-    """A large file sent as it is answers its own ETag with 304 without being decoded again."""
+    """A large file sent unchanged gets 304 for its own ETag, without a second decode."""
     from PIL import Image
 
     from dimalign.features.decode import load_rgb

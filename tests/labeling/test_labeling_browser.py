@@ -523,10 +523,10 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
     study_path = create_study(tmp_path / "study.db", labeling_run, images, dims="0")
     expected = np.asarray(load_rgb(target))
 
-    shown = pixels_shown_in_chromium(study_path, first)
+    displayed = pixels_shown_in_chromium(study_path, first)
 
-    rgba = np.asarray(shown["rgba"], dtype=np.uint8).reshape(shown["height"], shown["width"], 4)
-    assert (shown["width"], shown["height"]) == (60, 40)
+    rgba = np.asarray(displayed["rgba"], dtype=np.uint8).reshape(displayed["height"], displayed["width"], 4)
+    assert (displayed["width"], displayed["height"]) == (60, 40)
     assert (rgba[:, :, 3] == 255).all()
     np.testing.assert_array_equal(rgba[:, :, :3], expected)
 
@@ -555,11 +555,11 @@ def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared
     expected_image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
     expected = np.asarray(expected_image, dtype=np.int16)
 
-    shown = pixels_shown_in_chromium(study_path, first)
+    displayed = pixels_shown_in_chromium(study_path, first)
 
-    rgba = np.asarray(shown["rgba"], dtype=np.int16).reshape(shown["height"], shown["width"], 4)
+    rgba = np.asarray(displayed["rgba"], dtype=np.int16).reshape(displayed["height"], displayed["width"], 4)
     difference = np.abs(rgba[:, :, :3] - expected)
-    assert (shown["width"], shown["height"]) == (512, 384)
+    assert (displayed["width"], displayed["height"]) == (512, 384)
     # Quality 95 JPEG changed shrunk photos by 1.3 levels on average and 22 at most.
     assert float(difference.mean()) < 2.0
     assert int(difference.max()) <= 32

@@ -1024,14 +1024,14 @@ def test_concurrent_decodes_limited(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{number}.png")
         Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
-    running, most_running = [0], [0]
+    running, max_running = [0], [0]
     lock = threading.Lock()
     original = study_module._decode_and_encode
 
     def tracked_decode(path, decoding):
         with lock:
             running[0] += 1
-            most_running[0] = max(most_running[0], running[0])
+            max_running[0] = max(max_running[0], running[0])
         time.sleep(0.2)
         with lock:
             running[0] -= 1
@@ -1041,7 +1041,7 @@ def test_concurrent_decodes_limited(tmp_path, monkeypatch):
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
 
-    assert most_running[0] == 2
+    assert max_running[0] == 2
     assert len({result.data for result in results}) == 6
     assert study_module.MAX_CONCURRENT_DECODES == min(8, os.cpu_count() or 1)
 
@@ -1068,14 +1068,14 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(4))
     # Two 8 x 8 images fit in 150 pixels at once, and the 20 x 20 image takes all of them.
     monkeypatch.setattr(study_module, "_decode_pixels", study_module.PixelBudget(150))
-    running, most_running, large_beside = [0], [0], [False]
+    running, max_running, large_beside = [0], [0], [False]
     lock = threading.Lock()
     original = study_module._decode_and_encode
 
     def tracked_decode(path, decoding):
         with lock:
             running[0] += 1
-            most_running[0] = max(most_running[0], running[0])
+            max_running[0] = max(max_running[0], running[0])
             if running[0] > 1 and path.name == "large.png":
                 large_beside[0] = True
         time.sleep(0.2)
@@ -1087,7 +1087,7 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     with ThreadPoolExecutor(max_workers=5) as pool:
         results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
 
-    assert most_running[0] == 2
+    assert max_running[0] == 2
     assert large_beside[0] is False
     assert len({result.data for result in results}) == 5
     assert study_module.MAX_DECODE_PIXELS == study_module.MAX_CONCURRENT_DECODES * 12_000_000

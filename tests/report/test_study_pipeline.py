@@ -727,9 +727,9 @@ def keep_finished_output(config: Path, study_dir: Path, name: str) -> Path:
     from dimalign.report.pipeline import plan_study
 
     stage_hash = plan_study(load_config(config), study_dir).stage(name).hash
-    kept = study_dir / f".{name}.partial-{stage_hash[:16]}"
-    shutil.copytree(study_dir / name, kept)
-    return kept
+    finished_partial = study_dir / f".{name}.partial-{stage_hash[:16]}"
+    shutil.copytree(study_dir / name, finished_partial)
+    return finished_partial
 
 
 def count_runs(monkeypatch, name: str) -> list[str]:
@@ -747,19 +747,19 @@ def count_runs(monkeypatch, name: str) -> list[str]:
 
 def test_from_stage_ignores_kept_output(study_copy, monkeypatch):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
+    finished_partial = keep_finished_output(config, copy, "compare")
     calls = count_runs(monkeypatch, "compare")
 
     plan = run_study(config, copy, from_stage="compare")
 
     assert plan.to_run == ["compare"]
     assert calls == ["compare"]
-    assert not kept.exists()
+    assert not finished_partial.exists()
 
 
 def test_rerun_upstream_ignores_kept_output(study_copy, monkeypatch):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
+    finished_partial = keep_finished_output(config, copy, "compare")
     shutil.rmtree(copy / "human_fit")
     calls = count_runs(monkeypatch, "compare")
 
@@ -767,7 +767,7 @@ def test_rerun_upstream_ignores_kept_output(study_copy, monkeypatch):
 
     assert "human_fit" in plan.to_run
     assert calls == ["compare"]
-    assert not kept.exists()
+    assert not finished_partial.exists()
 
 
 def leave_old_folder_with_notes(copy: Path) -> Path:
@@ -790,7 +790,7 @@ def notes_in_old_folder_error(old: Path) -> str:
 
 def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
+    finished_partial = keep_finished_output(config, copy, "compare")
     old = leave_old_folder_with_notes(copy)
 
     with pytest.raises(FileExistsError) as error:
@@ -798,14 +798,14 @@ def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
 
     assert str(error.value) == notes_in_old_folder_error(old)
     assert (old / "NOTES.txt").read_text() == "my notes"
-    assert kept.is_dir()
+    assert finished_partial.is_dir()
 
     (old / "NOTES.txt").rename(tmp_path / "NOTES.txt")
     plan = run_study(config, copy)
 
     assert plan.to_run == ["compare"]
     assert not old.exists()
-    assert not kept.exists()
+    assert not finished_partial.exists()
     assert read_stage_record(copy / "compare") is not None
 
 
@@ -915,7 +915,7 @@ def test_leftover_symlink_removed_not_target(study_copy, tmp_path):
 
 def test_old_folder_checked_before_partial_removed(study_copy):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
+    finished_partial = keep_finished_output(config, copy, "compare")
     drop_file_list(copy / "compare")
     old = copy / ".compare.old-99999"
     (copy / "compare").rename(old)
@@ -925,7 +925,7 @@ def test_old_folder_checked_before_partial_removed(study_copy):
 
     assert plan.to_run == ["compare"]
     assert not old.exists()
-    assert not kept.exists()
+    assert not finished_partial.exists()
     assert read_stage_record(copy / "compare") is not None
 
 
@@ -951,8 +951,8 @@ def test_read_only_stage_folder_named(study_copy):
 
 def test_from_fit_ignores_kept_checkpoint(study_copy, monkeypatch):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "dnn_fit")
-    assert (kept / "checkpoint.pt").is_file()
+    finished_partial = keep_finished_output(config, copy, "dnn_fit")
+    assert (finished_partial / "checkpoint.pt").is_file()
     real_run = stages.STAGES["dnn_fit"].run
     started_with_checkpoint = []
 
@@ -966,7 +966,7 @@ def test_from_fit_ignores_kept_checkpoint(study_copy, monkeypatch):
     assert plan.to_run == ["dnn_fit", "evaluate", "compare", "map"]
     # A forced fit starts anew instead of resuming from the kept output's final checkpoint.
     assert started_with_checkpoint == [False]
-    assert not kept.exists()
+    assert not finished_partial.exists()
 
 
 def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
@@ -1006,11 +1006,11 @@ def test_old_folder_after_move_removed(study_copy, monkeypatch, tmp_path):
 
 def test_partial_symlink_not_reused(study_copy, tmp_path):
     config, copy = study_copy
-    kept = keep_finished_output(config, copy, "compare")
+    finished_partial = keep_finished_output(config, copy, "compare")
     elsewhere = tmp_path / "other_disk" / "compare"
     elsewhere.parent.mkdir()
-    kept.rename(elsewhere)
-    kept.symlink_to(elsewhere, target_is_directory=True)
+    finished_partial.rename(elsewhere)
+    finished_partial.symlink_to(elsewhere, target_is_directory=True)
     shutil.rmtree(copy / "compare")
 
     plan = run_study(config, copy)
@@ -1018,7 +1018,7 @@ def test_partial_symlink_not_reused(study_copy, tmp_path):
     assert plan.to_run == ["compare"]
     assert not (copy / "compare").is_symlink()
     assert read_stage_record(copy / "compare") is not None
-    assert not kept.is_symlink()
+    assert not finished_partial.is_symlink()
     assert read_stage_record(elsewhere) is not None
 
 

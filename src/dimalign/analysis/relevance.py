@@ -256,12 +256,12 @@ def jackknife_relevance(
             UserWarning,
         )
     if assigned.size:
-        most_often = f"dim {int(np.argmax(share))} ({100 * share.max():.1f}%)"
+        most_frequent = f"dim {int(np.argmax(share))} ({100 * share.max():.1f}%)"
     else:
-        most_often = "none (every triplet is tied)"
+        most_frequent = "none (every triplet is tied)"
     logger.info(
         "%sjackknife over %d triplets and %d dimensions: mean p(choice) %.3f; most often relevant: %s",
-        prefix, n_triplets, n_dims, probabilities.mean(), most_often,
+        prefix, n_triplets, n_dims, probabilities.mean(), most_frequent,
     )
     return JackknifeResult(
         probabilities=probabilities,

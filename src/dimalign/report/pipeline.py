@@ -805,7 +805,7 @@ def _check_stage_folder(plan: StudyPlan, stage: PlannedStage) -> None:
             "move the folder away or choose another study directory"
         )
     if stage.action == "run" and folder.is_dir():
-        _reject_unwritten_files(folder, stage.name, kept=_reusable_work(plan, stage))
+        _reject_unwritten_files(folder, stage.name, finished_output=_reusable_work(plan, stage))
 
 
 #: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
@@ -864,11 +864,11 @@ def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[
 
 
 def _unwritten_files_error(
-    folder: Path, stage_name: str, unknown: list[str], old_record: bool, kept: Path | None = None
+    folder: Path, stage_name: str, unknown: list[str], old_record: bool, finished_output: Path | None = None
 ) -> FileExistsError:
     """Build the error for files in ``folder`` that stage ``stage_name`` did not write.
 
-    ``kept`` is the partial folder with the stage's finished output, which
+    ``finished_output`` is the partial folder with the stage's finished output, which
     the next run moves into place without running the stage again.
     """
     listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
@@ -885,9 +885,9 @@ def _unwritten_files_error(
         "and the stage replaces its folder as a whole when it runs again: move "
         f"{pronoun} out of the folder, then run the study again"
     )
-    if kept is not None:
+    if finished_output is not None:
         message += (
-            f". The finished output of this run is kept in {kept}, and the next run moves it into "
+            f". The finished output of this run is kept in {finished_output}, and the next run moves it into "
             f"place without running stage {stage_name} again"
         )
     return FileExistsError(message)
@@ -914,11 +914,11 @@ def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
     return fail
 
 
-def _reject_unwritten_files(folder: Path, stage_name: str, kept: Path | None = None) -> None:
+def _reject_unwritten_files(folder: Path, stage_name: str, finished_output: Path | None = None) -> None:
     """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write."""
     unknown, old_record = _unwritten_files(folder)
     if unknown:
-        raise _unwritten_files_error(folder, stage_name, unknown, old_record, kept)
+        raise _unwritten_files_error(folder, stage_name, unknown, old_record, finished_output)
 
 
 def is_study_record(path: Path) -> bool:
@@ -1119,7 +1119,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             raise
         if unknown:
             _move_back(old, final, stage_name)
-            raise _unwritten_files_error(final, stage_name, unknown, old_record, kept=work_dir)
+            raise _unwritten_files_error(final, stage_name, unknown, old_record, finished_output=work_dir)
     try:
         os.rename(work_dir, final)
     except OSError as error:
@@ -1149,7 +1149,7 @@ def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> N
     if unknown:
         # A folder without any record is not from an older dimalign, so the error does not say so.
         old_record = old_record and read_stage_record(old) is not None
-        raise _unwritten_files_error(old, stage_name, unknown, old_record, kept=work_dir)
+        raise _unwritten_files_error(old, stage_name, unknown, old_record, finished_output=work_dir)
 
 
 def _move_back(old: Path, final: Path, stage_name: str) -> None:
@@ -1174,13 +1174,16 @@ def _remove_tree_or_warn(path: Path, description: str) -> None:
         )
 
 
-def _remove_tree(path: Path, why: str) -> None:
-    """Delete a work folder of the pipeline, raising an error that names what could not be removed."""
+def _remove_tree(path: Path, description: str) -> None:
+    """Delete a work folder of the pipeline, raising an error that names what could not be removed.
+
+    ``description`` says what the folder is, such as "left by an interrupted run".
+    """
 
     def fail(function: Any, failed: str, error: BaseException) -> None:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise OSError(
-            f"could not remove {path}, {why} ({reason}: {failed}): make it writable "
+            f"could not remove {path}, {description} ({reason}: {failed}): make it writable "
             f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
 
