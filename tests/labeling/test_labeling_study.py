@@ -10,6 +10,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -1154,3 +1155,111 @@ def test_decode_of_changing_file_not_cached(tmp_path, monkeypatch):
     assert served.mimetype == "image/webp"
     assert list(study_module._decoded_cache) == []
     assert study_module._decodings_in_progress == {}
+
+
+class SignallingCondition(threading.Condition):
+    """A condition that sets ``waiting`` each time a thread starts to wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def watched_pixel_budget(study_module, pixels):
+    """Return a pixel budget of ``pixels`` whose condition tells when a decode waits for room."""
+    budget = study_module.PixelBudget(pixels)
+    budget._condition = SignallingCondition()
+    return budget
+
+
+def held_decodes(monkeypatch, held_name, started, release):
+    """Make the decoder wait for ``release`` on the file ``held_name``, and return the decoded file names in order."""
+    from dimalign.labeling import study as study_module
+
+    decoded = []
+    original = study_module._decode_and_encode
+
+    def decode(path, decoding):
+        decoded.append(Path(path).name)
+        if Path(path).name == held_name:
+            started.set()
+            assert release.wait(timeout=30)
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", decode)
+    return decoded
+
+
+def test_pixel_wait_frees_decode_slot(tmp_path, monkeypatch):
+    """A large decode that waits for pixel room holds no decode slot, so a small decode runs meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    sizes = {"running.png": (8, 8), "large.png": (10, 10), "small.png": (4, 4)}
+    paths = {}
+    for name, size in sizes.items():
+        paths[name] = tmp_path / name
+        Image.new("RGBA", size, (200, 0, 0, 0)).save(paths[name])
+    monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
+    # The running 64 pixels leave 36 of 100: too few for the large 100, enough for the small 16.
+    budget = watched_pixel_budget(study_module, 100)
+    monkeypatch.setattr(study_module, "_decode_pixels", budget)
+    started, release = threading.Event(), threading.Event()
+    decoded = held_decodes(monkeypatch, "running.png", started, release)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        running = pool.submit(study_module.decoded_image, paths["running.png"], Decoding())
+        assert started.wait(timeout=30)
+        large = pool.submit(study_module.decoded_image, paths["large.png"], Decoding())
+        assert budget._condition.waiting.wait(timeout=30)
+        small = pool.submit(study_module.decoded_image, paths["small.png"], Decoding())
+        wait([small], timeout=10)
+        decoded_before_release = list(decoded)
+        release.set()
+        results = [future.result(timeout=30) for future in (running, large, small)]
+
+    assert decoded_before_release == ["running.png", "small.png"]
+    assert decoded == ["running.png", "small.png", "large.png"]
+    assert [result.mimetype for result in results] == ["image/webp"] * 3
+
+
+def test_unchecked_decode_counts_header_pixels(tmp_path, monkeypatch):
+    """A file that setup listed to decode is never checked first, so its pixels come from its header."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    running_path, large_path = tmp_path / "running.png", tmp_path / "large.png"
+    Image.new("RGBA", (8, 8), (200, 0, 0, 0)).save(running_path)
+    # 400 pixels exceed the whole budget of 100, so the large file decodes alone.
+    Image.new("RGBA", (20, 20), (0, 0, 200, 0)).save(large_path)
+    monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(4))
+    budget = watched_pixel_budget(study_module, 100)
+    monkeypatch.setattr(study_module, "_decode_pixels", budget)
+    started, release = threading.Event(), threading.Event()
+    decoded = held_decodes(monkeypatch, "running.png", started, release)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        running = pool.submit(study_module.decoded_image, running_path, Decoding())
+        assert started.wait(timeout=30)
+        large = pool.submit(study_module.decoded_image, large_path, Decoding())
+        large_waited = budget._condition.waiting.wait(timeout=10)
+        decoded_before_release = list(decoded)
+        release.set()
+        results = [future.result(timeout=30) for future in (running, large)]
+
+    assert large_waited
+    assert decoded_before_release == ["running.png"]
+    assert decoded == ["running.png", "large.png"]
+    assert [result.mimetype for result in results] == ["image/webp"] * 2

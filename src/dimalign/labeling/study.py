@@ -805,7 +805,10 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
         return pending.result()
 
     try:
-        with _decode_slots, _decode_pixels.reserve(_known_pixels(path, stat)):
+        # The size comes from the file's header, read once per file version. A
+        # file that setup listed to serve decoded is read here on its first request.
+        pixels = _check_image_file(path)[0].pixels
+        with _decode_slots, _decode_pixels.reserve(pixels):
             data, mimetype = _decode_and_encode(path, decoding)
         served = ServedImage(data, mimetype, _etag_of_key(key))
         # A file that changed while it was decoded may have given the pixels of its new version.
@@ -952,21 +955,6 @@ class _FileCheck:
 #: Results of :func:`_check_image_file` by path: the file version and the result.
 _file_check_cache: dict[str, tuple[tuple[int, int, int, int], _FileCheck]] = {}
 _file_check_lock = threading.Lock()
-
-
-def _known_pixels(path: str | os.PathLike, stat: os.stat_result) -> int:
-    """Return the pixels of a file version that :func:`_check_image_file` has opened, else 0.
-
-    The app checks a file on its first request, unless setup listed it to
-    serve decoded. NOTE: such a listed file is not opened for its size, so
-    that a first request opens it once. It is limited only by
-    :data:`MAX_CONCURRENT_DECODES`, however large it is.
-    """
-    with _file_check_lock:
-        cached = _file_check_cache.get(os.fspath(path))
-    if cached is not None and cached[0] == _file_version(stat) and cached[1].pixels > 0:
-        return cached[1].pixels
-    return 0
 
 
 def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
