@@ -808,7 +808,10 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
         # The size comes from the file's header, read once per file version. A
         # file that setup listed to serve decoded is read here on its first request.
         pixels = _check_image_file(path)[0].pixels
-        with _decode_slots, _decode_pixels.reserve(pixels):
+        # Pixels come first, so a decode that waits for pixel room holds no slot
+        # that a smaller decode could use. Every decode takes the two limits in
+        # this order and waits for nothing while it holds a slot, so no deadlock.
+        with _decode_pixels.reserve(pixels), _decode_slots:
             data, mimetype = _decode_and_encode(path, decoding)
         served = ServedImage(data, mimetype, _etag_of_key(key))
         # A file that changed while it was decoded may have given the pixels of its new version.
