@@ -1814,6 +1814,39 @@ def test_large_png_served_shrunk_losslessly(odd_images_study, shared_data):
         assert study.decoded_images == frozenset()
 
 
+@pytest.mark.parametrize(("source", "save_options", "served_format"), [
+    ("lossy webp", {"format": "WEBP", "quality": 90}, "JPEG"),
+    ("lossy webp with alpha", {"format": "WEBP", "quality": 90}, "JPEG"),
+    ("jpeg tiff", {"format": "TIFF", "compression": "jpeg"}, "JPEG"),
+    ("lossless webp", {"format": "WEBP", "lossless": True}, "WEBP"),
+    ("lzw tiff", {"format": "TIFF", "compression": "tiff_lzw"}, "WEBP"),
+])
+def test_large_image_shrunk_as_its_source(odd_images_study, shared_data, source, save_options, served_format):
+    """A large lossy source is sent shrunk as JPEG of quality 95, and a lossless one as lossless WebP."""
+    from PIL import JpegImagePlugin
+
+    picture = noisy_photo(shared_data, (1200, 900))
+    if source.endswith("with alpha"):
+        picture.putalpha(200)
+    set_up, target = odd_images_study
+    path, index = set_up(picture, **save_options)
+
+    data, shown = served_image(path, index)
+    expected = np.asarray(shrunk_like_served(target), dtype=np.int16)
+    difference = np.abs(np.asarray(shown, dtype=np.int16) - expected)
+
+    assert shown.format == served_format
+    assert shown.size == (512, 384)
+    assert len(data) < target.stat().st_size
+    if served_format == "JPEG":
+        assert JpegImagePlugin.get_sampling(shown) == 0
+        assert float(difference.mean()) < 2.0
+        assert int(difference.max()) <= 32
+    else:
+        assert data[8:16] == b"WEBPVP8L"
+        assert int(difference.max()) == 0
+
+
 @pytest.mark.parametrize("size", [(512, 300), (300, 512)])
 def test_jpeg_of_served_side_sent_as_file(odd_images_study, shared_data, size):
     set_up, target = odd_images_study

@@ -948,11 +948,14 @@ class _FileCheck:
             where Pillow cannot open the file.
         pixels (int): Width times height of the image, or 0 where Pillow
             cannot open the file.
+        lossy (bool): Whether the file stores its pixels with lossy
+            compression (see :func:`_is_lossy_encoding`).
     """
 
     shown_otherwise: bool
     longer_side: int
     pixels: int = 0
+    lossy: bool = False
 
 
 #: Results of :func:`_check_image_file` by path: the file version and the result.
@@ -961,7 +964,9 @@ _file_check_lock = threading.Lock()
 
 
 def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
-    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it, and read its size.
+    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it, and read its header.
+
+    The header gives the file's size and whether its encoding is lossy.
 
     This is :func:`browser_shows_otherwise` for a file, cached by path and
     file version (size, modification and change time, inode), so a file
@@ -992,7 +997,8 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     try:
         with Image.open(path) as opened:
             result = _FileCheck(
-                browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1]
+                browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
+                _is_lossy_encoding(opened, path),
             )
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         result = _FileCheck(shown_otherwise=True, longer_side=0)
@@ -1011,32 +1017,74 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
 #: development machine).
 WEBP_OPTIONS = {"lossless": True, "quality": 25, "method": 1}
 
-#: Pillow's options of the JPEG files that the app serves for JPEG files
-#: larger than :data:`SERVED_IMAGE_SIDE`. Quality 95 without chroma
+#: Pillow's options of the JPEG files that the app serves for lossy files
+#: (see :func:`_is_lossy_encoding`) larger than :data:`SERVED_IMAGE_SIDE`. Quality 95 without chroma
 #: subsampling (4:4:4) stores colour at full resolution. On the 8 shared
 #: photos and 4 synthetic 12-megapixel camera JPEGs, all shrunk to 512
 #: pixels, it took 1.21 MB against 3.04 MB as lossless WebP. It changed
 #: 1.3 levels per channel on average and 22 at most, and a photo's 99.9th
 #: percentile was at most 11 levels. Quality 90 took 0.84 MB but changed up
 #: to 40 levels, and quality 90 with 4:2:0 subsampling up to 106 levels
-#: (Pillow 13.0 with libjpeg-turbo).
+#: (Pillow 13.0 with libjpeg-turbo). The 8 shared photos, enlarged to 2000
+#: pixels with noise and saved as lossy WebP of quality 85, took 0.78 MB
+#: shrunk to 512 pixels, against 1.95 MB as lossless WebP and 0.49 MB as
+#: lossy WebP of quality 95. Lossy WebP stores colour at half resolution
+#: (4:2:0), which changed up to 65 levels, against 19 for this JPEG (libwebp 1.6).
 JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 
-#: The first bytes of every JPEG file (the SOI marker and the start of the next marker).
-JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+def _is_lossy_encoding(image: PIL.Image.Image, path: str | os.PathLike) -> bool:
+    """Check whether an opened image file stores its pixels lossily: JPEG, lossy WebP or JPEG-compressed TIFF."""
+    if image.format in ("JPEG", "MPO"):
+        return True
+    if image.format == "TIFF":
+        return image.info.get("compression") in ("jpeg", "tiff_jpeg")
+    if image.format == "WEBP":
+        return _webp_image_chunk(path) == b"VP8 "
+    return False
+
+
+def _webp_image_chunk(path: str | os.PathLike) -> bytes | None:
+    """Return the type of the first image chunk of a WebP file: ``VP8 `` (lossy) or ``VP8L`` (lossless).
+
+    The chunks follow the RIFF header. An extended file (``VP8X``) may put
+    an ``ALPH`` or other chunks first, and an animation nests the chunks of
+    each frame in an ``ANMF`` chunk after a 16-byte frame header. The result
+    is None for a file that cannot be read or has no image chunk.
+    """
+    try:
+        with open(path, "rb") as file:
+            header = file.read(12)
+            if header[:4] != b"RIFF" or header[8:12] != b"WEBP":
+                return None
+            while len(chunk_header := file.read(8)) == 8:
+                kind, size = chunk_header[:4], int.from_bytes(chunk_header[4:], "little")
+                if kind in (b"VP8 ", b"VP8L"):
+                    return kind
+                if kind == b"ANMF":
+                    file.seek(16, os.SEEK_CUR)
+                else:
+                    # RIFF pads a chunk of odd size with one byte.
+                    file.seek(size + size % 2, os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
 
 
 def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> tuple[bytes, str]:
     """Decode an image file by ``load_rgb``, shrink it to :data:`SERVED_IMAGE_SIDE` and encode it.
 
-    The file is encoded as a JPEG (see :data:`JPEG_OPTIONS`) if it is a JPEG
-    larger than :data:`SERVED_IMAGE_SIDE`, and as lossless WebP (see
-    :data:`WEBP_OPTIONS`) otherwise. A large JPEG is a photo whose pixels
-    are already lossy, and shrinking averages them. Its JPEG is about 2.5
-    times smaller than lossless WebP and differs from the shrunk pixels by
-    about 1 level. A PNG, GIF, BMP or TIFF may be a drawing with sharp
-    edges, where JPEG artefacts show, and a small image is sent at its own
-    size, so both keep every pixel.
+    The file is encoded as a JPEG (see :data:`JPEG_OPTIONS`) if it is larger
+    than :data:`SERVED_IMAGE_SIDE` and lossy (a JPEG, lossy WebP or
+    JPEG-compressed TIFF, see :func:`_is_lossy_encoding`), and as lossless
+    WebP (see :data:`WEBP_OPTIONS`) otherwise. A large lossy file is
+    usually a photo whose pixels lost detail already, and shrinking averages
+    them. Its JPEG is about 2.5 times smaller than lossless WebP and differs
+    from the shrunk pixels by about 1 level. ``load_rgb`` puts transparent
+    pixels on the background colour, so no alpha is lost. A PNG, GIF, BMP,
+    lossless WebP or TIFF may be a drawing with sharp edges, where JPEG
+    artefacts show, and a small image is sent at its own size, so both keep
+    every pixel.
 
     Returns:
         tuple[bytes, str]: The encoded file and its MIME type.
@@ -1047,7 +1095,7 @@ def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> tuple[byt
     from dimalign.features.decode import load_rgb
 
     image = load_rgb(path, decoding.background, decoding.exif_transpose)
-    as_jpeg = max(image.size) > SERVED_IMAGE_SIDE and _starts_with(path, JPEG_SIGNATURE)
+    as_jpeg = max(image.size) > SERVED_IMAGE_SIDE and _check_image_file(path)[0].lossy
     image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
     # Pillow 13 writes the ICC profile, EXIF and XMP data that image.info
     # names into the new file, and a browser would apply the profile that
@@ -1059,15 +1107,6 @@ def _decode_and_encode(path: str | os.PathLike, decoding: Decoding) -> tuple[byt
         return buffer.getvalue(), "image/jpeg"
     image.save(buffer, format="WEBP", **WEBP_OPTIONS)
     return buffer.getvalue(), "image/webp"
-
-
-def _starts_with(path: str | os.PathLike, signature: bytes) -> bool:
-    """Check whether a file starts with ``signature``. A file that cannot be read does not."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(len(signature)) == signature
-    except OSError:
-        return False
 
 
 def _image_checksums(images_dir: Path, image_paths: dict[int, str]) -> dict[int, str]:
