@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 import os
@@ -2291,3 +2292,68 @@ def test_file_sent_for_shrunk_revalidates_undecoded(odd_images_study, shared_dat
     assert again.status_code == 304
     assert again.headers["ETag"] == first.headers["ETag"]
     assert decoded == []
+
+
+def test_file_rewritten_while_sent_keeps_checked_bytes(odd_images_study):
+    """A file rewritten in place after its check, such as by cp, does not change the bytes being sent."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    # The test client reads the first 8 KiB of a response before it returns, and this BMP takes 12 KiB.
+    path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
+    checked = target.read_bytes()
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 20, 30)).save(other, format="BMP")
+
+    response = client.get(f"/image/{index}", buffered=False)
+    with open(target, "r+b") as handle:
+        handle.write(other.getvalue())
+    sent = response.get_data()
+    response.close()
+
+    assert len(other.getvalue()) == len(checked)
+    assert target.read_bytes() == other.getvalue()
+    assert response.status_code == 200
+    assert sent == checked
+
+
+def test_image_file_answers_range_requests(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="BMP")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+
+    part = client.get(f"/image/{index}", headers={"Range": "bytes=10-19"})
+    if_range = client.get(f"/image/{index}", headers={"Range": "bytes=10-19", "If-Range": first.headers["ETag"]})
+    stale = client.get(f"/image/{index}", headers={"Range": "bytes=10-19", "If-Range": '"other"'})
+    unsatisfiable = client.get(f"/image/{index}", headers={"Range": f"bytes={len(first.data)}-"})
+
+    assert first.headers["Accept-Ranges"] == "bytes"
+    assert part.status_code == 206
+    assert part.data == target.read_bytes()[10:20]
+    assert part.headers["Content-Range"] == f"bytes 10-19/{len(first.data)}"
+    assert if_range.status_code == 206
+    assert if_range.data == target.read_bytes()[10:20]
+    assert stale.status_code == 200
+    assert stale.data == target.read_bytes()
+    assert unsatisfiable.status_code == 416
+
+
+def test_image_file_answers_if_modified_since(odd_images_study):
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format="BMP")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+
+    again = client.get(f"/image/{index}", headers={"If-Modified-Since": first.headers["Last-Modified"]})
+
+    assert first.headers["Content-Type"] == "image/png"
+    assert again.status_code == 304

@@ -1007,22 +1007,51 @@ _IMAGE_ATTEMPTS = 3
 def _checked_image_response(object_index: int, path: Path) -> Response:
     """Send an object's image file in its served form, or abort with 404 if it differs from setup."""
     if _study().image_differs_from_setup(object_index, path):
-        logger.warning(
-            "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
-            "participants would see another picture; put back the image that the study was set up with",
-            object_index, path,
-        )
-        abort(404, description=f"There is no image {object_index}.")
+        _abort_changed_image(object_index, path)
     form = _study().served_form(object_index, path)
     if form is ServedForm.FILE:
-        return _image_file_response(path)
+        return _image_file_response(object_index, path)
     return _decoded_image_response(object_index, path, form)
 
 
-def _image_file_response(path: Path) -> Response:
-    """Send an image file as it is, or 304 where the request names its ETag or modification time."""
-    etag = image_file_etag(path)
-    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+def _abort_changed_image(object_index: int, path: Path) -> NoReturn:
+    """Log an image file that differs from the file at setup, and abort with 404."""
+    logger.warning(
+        "rejected image %d: %s differs from the image at setup (its sha256 checksum differs), so "
+        "participants would see another picture; put back the image that the study was set up with",
+        object_index, path,
+    )
+    abort(404, description=f"There is no image {object_index}.")
+
+
+def _image_file_response(object_index: int, path: Path) -> Response:
+    """Send an image file as it is, or 304 where the request names its ETag or modification time.
+
+    A file with a checksum from setup is read into memory, and the bytes
+    read are checked and sent. So a file rewritten in place while it is
+    sent, as ``cp`` does, cannot put unchecked bytes into the response.
+    Such a file is small: at most 512 pixels long (see
+    :data:`~dimalign.labeling.study.SERVED_IMAGE_SIDE`), or no larger than
+    its shrunk copy. Range requests get parts of these bytes.
+    """
+    stored = _study().image_checksum(object_index)
+    if stored is None:
+        # A study set up without checksums has nothing to check, so the file is sent from disk.
+        etag = image_file_etag(path)
+        return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+    try:
+        with open(path, "rb") as file:
+            stat = os.fstat(file.fileno())
+            data = file.read()
+    except OSError as error:
+        logger.warning("cannot read image %d: %s", object_index, error)
+        abort(404, description=f"There is no image {object_index}.")
+    if hashlib.sha256(data).hexdigest() != stored:
+        _abort_changed_image(object_index, path)
+    return send_file(
+        io.BytesIO(data), download_name=path.name, max_age=3600,
+        etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
+    )
 
 
 def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> Response:
@@ -1053,7 +1082,7 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
         abort(404, description=f"There is no image {object_index}.")
     if form is ServedForm.SHRUNK and _file_is_no_larger(path, len(served.data)):
         # The browser shows this file's own pixels as load_rgb decodes them, at full size.
-        return _image_file_response(path)
+        return _image_file_response(object_index, path)
     return send_file(
         io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
         etag=served.etag if served.etag is not None else False,

@@ -849,18 +849,20 @@ def decoded_image_etag(path: str | os.PathLike, decoding: Decoding) -> str | Non
     return _etag_of_key(_decoded_key(path, stat, decoding))
 
 
-def image_file_etag(path: str | os.PathLike) -> str | None:
+def image_file_etag(path: str | os.PathLike, stat: os.stat_result | None = None) -> str | None:
     """Return the ETag of an image file sent as it is, or None if the file is missing.
 
     Werkzeug's own tag (version 3.1) covers only the modification time, size and path, so
     a copy that keeps the time and length (cp -p of a BMP of equal pixel
     size) would get the old tag. This one also covers the inode and change
-    time (see :func:`_file_version`).
+    time (see :func:`_file_version`). ``stat`` is the file's status where
+    the caller has it, such as from the file it opened.
     """
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
+    if stat is None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
     return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
 
 
@@ -1470,14 +1472,20 @@ class Study:
         :func:`_file_version`). False in a study without checksums, and for a
         file that cannot be read, whose decoding then reports the error.
         """
-        row = self.connection.execute(
-            "SELECT image_sha256 FROM objects WHERE object_index = ?", (int(object_index),)
-        ).fetchone()
-        stored = row["image_sha256"] if row is not None else None
-        if not stored:
+        stored = self.image_checksum(object_index)
+        if stored is None:
             return False
         checksum = _file_checksum(path)
         return checksum is not None and checksum != stored
+
+    def image_checksum(self, object_index: int) -> str | None:
+        """Return the SHA-256 of an object's image stored at setup, or None where setup stored none."""
+        row = self.connection.execute(
+            "SELECT image_sha256 FROM objects WHERE object_index = ?", (int(object_index),)
+        ).fetchone()
+        if row is None or not row["image_sha256"]:
+            return None
+        return row["image_sha256"]
 
     def served_form(self, object_index: int, path: Path) -> ServedForm:
         """Decide how the app sends an object's image file ``path``.
