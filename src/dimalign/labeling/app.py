@@ -968,28 +968,8 @@ def _add_participant_routes(app: Flask) -> None:
         if _session_participant_id() is None:
             logger.info("rejected image %d for a request without a valid participant session", object_index)
             abort(403, description="Images are shown to participants only.")
-        try:
-            path = _study().image_file(object_index)
-        except NotFoundError as error:
-            logger.warning("rejected image %d: %s", object_index, error)
-            abort(404, description=f"There is no image {object_index}.")
-        for _ in range(_IMAGE_ATTEMPTS):
-            # The file must keep the version whose checksum was checked until the
-            # response has opened or decoded it, so a file replaced in between is
-            # checked again and not sent unchecked.
-            version = image_file_version(path)
-            response = _checked_image_response(object_index, path)
-            if image_file_version(path) == version:
-                break
-            response.close()
-        else:
-            logger.warning(
-                "rejected image %d: %s changed on disk during each of %d attempts to serve "
-                "it, so it was not sent. Stop writing to the image folder while the study runs",
-                object_index, path, _IMAGE_ATTEMPTS,
-            )
-            description = f"Image {object_index} is being replaced. Please try again later."
-            abort(503, description=description)
+        path = _image_path(object_index)
+        response = _stable_image_response(object_index, path)
         # Every participant sees the same images, so they reveal nothing about
         # one, and the browser may keep them for an hour to load the next
         # grid faster. "private" keeps a shared proxy from storing them and
@@ -1002,6 +982,36 @@ def _add_participant_routes(app: Flask) -> None:
 #: Maximum number of attempts of the image view to check and send a file that
 #: changes on disk meanwhile.
 _IMAGE_ATTEMPTS = 3
+
+
+def _image_path(object_index: int) -> Path:
+    """Return the image file of an object, or abort with 404 where the study has none inside its image folder."""
+    try:
+        return _study().image_file(object_index)
+    except NotFoundError as error:
+        logger.warning("rejected image %d: %s", object_index, error)
+        abort(404, description=f"There is no image {object_index}.")
+
+
+def _stable_image_response(object_index: int, path: Path) -> Response:
+    """Send an object's image file checked and in its served form, or abort with 503 if it keeps changing.
+
+    The file must keep the version whose checksum was checked until the
+    response has read or decoded it, so a file replaced in between is
+    checked again and not sent unchecked.
+    """
+    for _ in range(_IMAGE_ATTEMPTS):
+        version = image_file_version(path)
+        response = _checked_image_response(object_index, path)
+        if image_file_version(path) == version:
+            return response
+        response.close()
+    logger.warning(
+        "rejected image %d: %s changed on disk during each of %d attempts to serve "
+        "it, so it was not sent. Stop writing to the image folder while the study runs",
+        object_index, path, _IMAGE_ATTEMPTS,
+    )
+    abort(503, description=f"Image {object_index} is being replaced. Please try again later.")
 
 
 def _checked_image_response(object_index: int, path: Path) -> Response:
@@ -1039,6 +1049,15 @@ def _image_file_response(object_index: int, path: Path) -> Response:
         # A study set up without checksums has nothing to check, so the file is sent from disk.
         etag = image_file_etag(path)
         return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+    data, stat = _read_checked_image(object_index, path, stored)
+    return send_file(
+        io.BytesIO(data), download_name=path.name, max_age=3600,
+        etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
+    )
+
+
+def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[bytes, os.stat_result]:
+    """Read an image file and its status, or abort with 404 if it cannot be read or its SHA-256 is not ``checksum``."""
     try:
         with open(path, "rb") as file:
             stat = os.fstat(file.fileno())
@@ -1046,12 +1065,9 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     except OSError as error:
         logger.warning("cannot read image %d: %s", object_index, error)
         abort(404, description=f"There is no image {object_index}.")
-    if hashlib.sha256(data).hexdigest() != stored:
+    if hashlib.sha256(data).hexdigest() != checksum:
         _abort_changed_image(object_index, path)
-    return send_file(
-        io.BytesIO(data), download_name=path.name, max_age=3600,
-        etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
-    )
+    return data, stat
 
 
 def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> Response:
@@ -1066,17 +1082,11 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
     640 x 480 JPEG of quality 75. A request that names the ETag of that
     file gets 304 without a decoding, too.
     """
-    decoding = _study().decoding
-    etag = decoded_image_etag(path, decoding)
-    if etag is not None and request.if_none_match.contains_weak(etag):
-        return _not_modified_response(etag)
-    file_etag = image_file_etag(path)
-    sent_as_file = file_etag is not None and request.if_none_match.contains_weak(file_etag)
-    if form is ServedForm.SHRUNK and sent_as_file:
-        # This version of the file was sent as it is, because it is no larger than its shrunk copy.
-        return _not_modified_response(file_etag)
+    not_modified = _decoded_not_modified_response(path, form)
+    if not_modified is not None:
+        return not_modified
     try:
-        served = decoded_image(path, decoding)
+        served = decoded_image(path, _study().decoding)
     except ImageReadError as error:
         logger.warning("cannot decode image %d: %s", object_index, error)
         abort(404, description=f"There is no image {object_index}.")
@@ -1087,6 +1097,23 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
         io.BytesIO(served.data), mimetype=served.mimetype, max_age=3600,
         etag=served.etag if served.etag is not None else False,
     )
+
+
+def _decoded_not_modified_response(path: Path, form: ServedForm) -> Response | None:
+    """Return 304 if the request names the ETag of the file's decoded copy, or of the file sent as it is, else None.
+
+    A SHRUNK file is sent as it is where it is no larger than its shrunk
+    copy, so the browser may name the ETag of the file itself.
+    """
+    etag = decoded_image_etag(path, _study().decoding)
+    if etag is not None and request.if_none_match.contains_weak(etag):
+        return _not_modified_response(etag)
+    if form is not ServedForm.SHRUNK:
+        return None
+    file_etag = image_file_etag(path)
+    if file_etag is not None and request.if_none_match.contains_weak(file_etag):
+        return _not_modified_response(file_etag)
+    return None
 
 
 def _not_modified_response(etag: str) -> Response:
