@@ -532,8 +532,9 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
 
 
 @pytest.mark.browser
-def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared_data):
-    """Chromium shows a large camera JPEG, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
+@pytest.mark.parametrize("file_format", ["JPEG", "WEBP"])
+def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared_data, file_format):
+    """Chromium shows a large camera JPEG or lossy WebP, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
     import numpy as np
     from PIL import Image
 
@@ -549,7 +550,9 @@ def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared
     target = images / read_object_table(labeling_run / "objects.tsv").sources[first]
     with Image.open(shared_data / "images" / "owl.jpg") as photo:
         camera_profile = photo.info["icc_profile"]
-        photo.resize((1600, 1200), Image.BICUBIC).save(target, format="JPEG", quality=92, icc_profile=camera_profile)
+        photo.resize((1600, 1200), Image.BICUBIC).save(
+            target, format=file_format, quality=92, icc_profile=camera_profile
+        )
     study_path = create_study(tmp_path / "study.db", labeling_run, images, dims="0")
     expected_image = load_rgb(target)
     expected_image.thumbnail((SERVED_IMAGE_SIDE, SERVED_IMAGE_SIDE))
