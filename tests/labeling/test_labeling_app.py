@@ -2329,7 +2329,8 @@ def test_image_file_answers_range_requests(odd_images_study):
     first = client.get(f"/image/{index}")
 
     part = client.get(f"/image/{index}", headers={"Range": "bytes=10-19"})
-    if_range = client.get(f"/image/{index}", headers={"Range": "bytes=10-19", "If-Range": first.headers["ETag"]})
+    current = {"Range": "bytes=10-19", "If-Range": first.headers["ETag"]}
+    if_range = client.get(f"/image/{index}", headers=current)
     stale = client.get(f"/image/{index}", headers={"Range": "bytes=10-19", "If-Range": '"other"'})
     unsatisfiable = client.get(f"/image/{index}", headers={"Range": f"bytes={len(first.data)}-"})
 

@@ -534,7 +534,7 @@ def test_decoded_webp_shown_exactly_in_chromium(tmp_path, labeling_run, image_se
 @pytest.mark.browser
 @pytest.mark.parametrize("file_format", ["JPEG", "WEBP"])
 def test_shrunk_jpeg_shown_in_chromium(tmp_path, labeling_run, image_set, shared_data, file_format):
-    """Chromium shows a large camera JPEG or lossy WebP, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
+    """Chromium shows a large lossy photo, served shrunk as a JPEG, within a few levels of load_rgb's pixels."""
     import numpy as np
     from PIL import Image
 

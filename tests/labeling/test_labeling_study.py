@@ -1170,14 +1170,14 @@ class SignallingCondition(threading.Condition):
 
 
 def watched_pixel_budget(study_module, pixels):
-    """Return a pixel budget of ``pixels`` whose condition tells when a decode waits for room."""
+    """Return a pixel budget of ``pixels`` whose condition sets an event when a decode waits for room."""
     budget = study_module.PixelBudget(pixels)
     budget._condition = SignallingCondition()
     return budget
 
 
 def held_decodes(monkeypatch, held_name, started, release):
-    """Make the decoder wait for ``release`` on the file ``held_name``, and return the decoded file names in order."""
+    """Make the decoder wait for ``release`` on the file ``held_name``, and return the decoded names in order."""
     from dimalign.labeling import study as study_module
 
     decoded = []
@@ -1195,7 +1195,7 @@ def held_decodes(monkeypatch, held_name, started, release):
 
 
 def test_pixel_wait_frees_decode_slot(tmp_path, monkeypatch):
-    """A large decode that waits for pixel room holds no decode slot, so a small decode runs meanwhile."""
+    """A large decode that waits for pixel room takes no decode slot, so a small decode runs meanwhile."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
     from PIL import Image

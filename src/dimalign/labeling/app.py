@@ -985,7 +985,7 @@ _IMAGE_ATTEMPTS = 3
 
 
 def _image_path(object_index: int) -> Path:
-    """Return the image file of an object, or abort with 404 where the study has none inside its image folder."""
+    """Return the image file of an object, or abort with 404 if it has none inside the image folder."""
     try:
         return _study().image_file(object_index)
     except NotFoundError as error:
@@ -1057,7 +1057,7 @@ def _image_file_response(object_index: int, path: Path) -> Response:
 
 
 def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[bytes, os.stat_result]:
-    """Read an image file and its status, or abort with 404 if it cannot be read or its SHA-256 is not ``checksum``."""
+    """Read an image file and its status, or abort with 404 if it is unreadable or differs from ``checksum``."""
     try:
         with open(path, "rb") as file:
             stat = os.fstat(file.fileno())
@@ -1100,7 +1100,7 @@ def _decoded_image_response(object_index: int, path: Path, form: ServedForm) -> 
 
 
 def _decoded_not_modified_response(path: Path, form: ServedForm) -> Response | None:
-    """Return 304 if the request names the ETag of the file's decoded copy, or of the file sent as it is, else None.
+    """Return 304 if the request names the ETag of the file's decoded copy or of the file, else None.
 
     A SHRUNK file is sent as it is where it is no larger than its shrunk
     copy, so the browser may name the ETag of the file itself.

@@ -808,9 +808,9 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
         # The size comes from the file's header, read once per file version. A
         # file that setup listed to serve decoded is read here on its first request.
         pixels = _check_image_file(path)[0].pixels
-        # Pixels come first, so a decode that waits for pixel room holds no slot
+        # Pixels come first, so a decode that waits for pixel room takes no slot
         # that a smaller decode could use. Every decode takes the two limits in
-        # this order and waits for nothing while it holds a slot, so no deadlock.
+        # this order and waits for nothing once it has a slot, so they cannot deadlock.
         with _decode_pixels.reserve(pixels), _decode_slots:
             data, mimetype = _decode_and_encode(path, decoding)
         served = ServedImage(data, mimetype, _etag_of_key(key))
@@ -966,9 +966,10 @@ _file_check_lock = threading.Lock()
 
 
 def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
-    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it, and read its header.
+    """Check whether a browser may show an image file otherwise than ``load_rgb`` decodes it.
 
-    The header gives the file's size and whether its encoding is lossy.
+    The check also reads the file's size and whether its encoding is lossy
+    from its header.
 
     This is :func:`browser_shows_otherwise` for a file, cached by path and
     file version (size, modification and change time, inode), so a file
@@ -1036,7 +1037,7 @@ JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 
 
 def _is_lossy_encoding(image: PIL.Image.Image, path: str | os.PathLike) -> bool:
-    """Check whether an opened image file stores its pixels lossily: JPEG, lossy WebP or JPEG-compressed TIFF."""
+    """Check whether an opened image file is lossy: a JPEG, lossy WebP or JPEG-compressed TIFF."""
     if image.format in ("JPEG", "MPO"):
         return True
     if image.format == "TIFF":
