@@ -2358,3 +2358,27 @@ def test_image_file_answers_if_modified_since(odd_images_study):
 
     assert first.headers["Content-Type"] == "image/png"
     assert again.status_code == 304
+
+
+def test_image_file_over_memory_limit_streamed(odd_images_study, monkeypatch):
+    """A file over the limit for reading into memory, such as a large TIFF of an older study, is sent from disk."""
+    from PIL import Image
+
+    from dimalign.labeling import app as app_module
+
+    assert app_module.MAX_IMAGE_BYTES_IN_MEMORY == 4 * 2**20
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
+    monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 1000)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    whole = client.get(f"/image/{index}")
+    part = client.get(f"/image/{index}", headers={"Range": "bytes=10-19"})
+
+    assert target.stat().st_size > 1000
+    assert whole.status_code == 200
+    assert whole.data == target.read_bytes()
+    assert int(whole.headers["Content-Length"]) == target.stat().st_size
+    assert part.status_code == 206
+    assert part.data == target.read_bytes()[10:20]

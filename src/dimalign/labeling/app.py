@@ -1040,27 +1040,43 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     A file with a checksum from setup is read into memory, and the bytes
     read are checked and sent. So a file rewritten in place while it is
     sent, as ``cp`` does, cannot put unchecked bytes into the response.
-    Such a file is small: at most 512 pixels long (see
-    :data:`~dimalign.labeling.study.SERVED_IMAGE_SIDE`), or no larger than
-    its shrunk copy. Range requests get parts of these bytes.
+    Files served as they are have at most 512 pixels on their longer side
+    (see :data:`~dimalign.labeling.study.SERVED_IMAGE_SIDE`), or take no
+    more bytes than their shrunk copy, so they are small. Range requests
+    get parts of these bytes.
     """
     stored = _study().image_checksum(object_index)
-    if stored is None:
-        # A study set up without checksums has nothing to check, so the file is sent from disk.
-        etag = image_file_etag(path)
-        return send_file(path, max_age=3600, etag=etag if etag is not None else True)
-    data, stat = _read_checked_image(object_index, path, stored)
-    return send_file(
-        io.BytesIO(data), download_name=path.name, max_age=3600,
-        etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
-    )
+    checked = _read_checked_image(object_index, path, stored) if stored is not None else None
+    if checked is not None:
+        data, stat = checked
+        return send_file(
+            io.BytesIO(data), download_name=path.name, max_age=3600,
+            etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
+        )
+    # A study set up without checksums has nothing to check. A file over
+    # MAX_IMAGE_BYTES_IN_MEMORY was checked by its version (see _stable_image_response).
+    # NOTE: such a file, rewritten in place while it is sent, can mix new bytes into the response.
+    etag = image_file_etag(path)
+    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
 
 
-def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[bytes, os.stat_result]:
-    """Read an image file and its status, or abort with 404 if it is unreadable or differs from ``checksum``."""
+#: Largest image file, in bytes, that the app reads into memory to check and send
+#: (see :func:`_image_file_response`). A larger file is sent from disk. A
+#: 512 x 512 BMP takes 0.75 MiB. Studies set up before the decoding settings
+#: were stored send any file as it is, such as a 100 MB TIFF scan.
+MAX_IMAGE_BYTES_IN_MEMORY = 4 * 2**20
+
+
+def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[bytes, os.stat_result] | None:
+    """Read an image file and its status, or return None for a file over :data:`MAX_IMAGE_BYTES_IN_MEMORY`.
+
+    Aborts with 404 if the file cannot be read or its SHA-256 is not ``checksum``.
+    """
     try:
         with open(path, "rb") as file:
             stat = os.fstat(file.fileno())
+            if stat.st_size > MAX_IMAGE_BYTES_IN_MEMORY:
+                return None
             data = file.read()
     except OSError as error:
         logger.warning("cannot read image %d: %s", object_index, error)
