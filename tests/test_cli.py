@@ -342,3 +342,55 @@ def test_select_checks_default_output_folder(tmp_path, monkeypatch, capsys):
 
     assert code == 1
     assert f"{copied / 'manifest.json'} contains the stage record of dimalign run" in capsys.readouterr().err
+
+
+def _command_options():
+    """Yield (command, action, parser) for every option of every subcommand, nested ones included."""
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    def walk(parser, command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, subparser in action.choices.items():
+                    yield from walk(subparser, f"{command} {name}".strip())
+            elif action.option_strings:
+                yield command, action, parser
+
+    yield from walk(build_parser(), "")
+
+
+def test_help_shows_option_defaults():
+    """Each option that takes a value and has a default names it in its help."""
+    import argparse
+
+    missing = []
+    for command, action, parser in _command_options():
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS, []) or action.required:
+            continue
+        # A group of options that share one value names its default once, as extract's --pretrained does.
+        sharing = [other for other in parser._actions if other.dest == action.dest]
+        if not any("default" in (other.help or "") for other in sharing):
+            missing.append(f"{command} {action.option_strings[-1]} (default {action.default!r})")
+
+    assert missing == []
+
+
+def test_sweep_help_names_fit_defaults():
+    """sweep passes its estimator options on to the estimator, so its help gives the defaults that fit's help gives."""
+    import re
+
+    helps = {}
+    for command, action, _ in _command_options():
+        if command in ("fit", "sweep"):
+            helps[command, action.option_strings[-1]] = action.help or ""
+    estimator_options = [
+        "--n-dims", "--max-epochs", "--stability-epochs", "--min-objects", "--batch-size", "--lr",
+        "--mc-samples", "--prior", "--pi", "--spike", "--slab", "--beta", "--l1",
+    ]
+
+    for option in estimator_options:
+        fit_default = re.search(r"default [^);]+", helps["fit", option])
+        assert fit_default is not None, option
+        assert fit_default.group(0) in helps["sweep", option], option
