@@ -394,3 +394,32 @@ def test_sweep_help_names_fit_defaults():
         fit_default = re.search(r"default [^);]+", helps["fit", option])
         assert fit_default is not None, option
         assert fit_default.group(0) in helps["sweep", option], option
+
+
+def test_missing_images_names_greedy_option(capsys):
+    """IMAGES after --layer is read as a layer, and the error says so instead of only that IMAGES is missing."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--model", "vgg16", "-o", "features", "--layer", "classifier.4", "photos/"])
+
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (
+        "dimalign extract: error: the following arguments are required: IMAGES. "
+        "--layer takes all the values that follow it, so it may have read IMAGES as one of its values: "
+        "put IMAGES before --layer, or give --layer one value with = (--layer=LAYER)"
+    )
+
+
+def test_missing_argument_without_greedy_option(capsys):
+    """Without an option that takes several values, the message is argparse's own."""
+    from dimalign.cli import main
+
+    expected = "dimalign extract: error: the following arguments are required: IMAGES"
+    # --layer with one value read nothing else, so IMAGES was left out.
+    for layer_options in (["--layer=classifier.4"], ["--layer", "classifier.4"]):
+        with pytest.raises(SystemExit):
+            main(["extract", "--model", "vgg16", "-o", "features", *layer_options])
+
+        assert capsys.readouterr().err.splitlines()[-1] == expected
