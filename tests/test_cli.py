@@ -397,7 +397,7 @@ def test_sweep_help_names_fit_defaults():
 
 
 def test_missing_images_names_greedy_option(capsys):
-    """IMAGES after --layer is read as a layer, and the error says so instead of only that IMAGES is missing."""
+    """IMAGES after --layer is read as a layer, and the error names --layer as the option that read it."""
     from dimalign.cli import main
 
     with pytest.raises(SystemExit) as exit_info:

@@ -81,6 +81,7 @@ class _SubcommandParser(argparse.ArgumentParser):
             action.metavar or action.dest for action in self._actions if not action.option_strings
         ]
         missing = [name for name in missing_names if name in positionals]
+
         arguments = getattr(self, "_arguments", [])
         # The last occurrence counts, because only the last of repeated options reads the values at the end.
         candidates = [
@@ -92,6 +93,7 @@ class _SubcommandParser(argparse.ArgumentParser):
         ]
         if not missing or not candidates:
             return ""
+
         position, option, action = max(candidates, key=lambda candidate: candidate[0])
         values = 0
         for argument in arguments[position + 1:]:
@@ -101,6 +103,7 @@ class _SubcommandParser(argparse.ArgumentParser):
         # With one value the option read no second one, so the argument was left out instead.
         if values < 2:
             return ""
+
         names = " and ".join(missing)
         value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
         return (
