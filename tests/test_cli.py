@@ -423,3 +423,19 @@ def test_missing_argument_without_greedy_option(capsys):
             main(["extract", "--model", "vgg16", "-o", "features", *layer_options])
 
         assert capsys.readouterr().err.splitlines()[-1] == expected
+
+
+def test_main_help_examples_parse():
+    """The first session that ``dimalign --help`` shows uses real subcommands and options."""
+    import shlex
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    examples = [line.strip() for line in (parser.epilog or "").splitlines() if line.strip().startswith("dimalign ")]
+
+    assert [shlex.split(line)[1] for line in examples] == ["import-triplets", "fit", "evaluate"]
+    for line in examples:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command == shlex.split(line)[1], line
+    assert "dimalign COMMAND --help" in parser.format_help()

@@ -42,6 +42,22 @@ COMMAND_MODULES = (
 )
 
 
+# The end of ``dimalign --help``: a first session with the THINGS files, as in README.md.
+FIRST_SESSION = """\
+A first session: hold out 10% of the human THINGS judgements, fit VICE to the
+rest for 20 epochs (a first look, far from converged), and score the fit on
+the held-out triplets and the 48-object check:
+
+  dimalign import-triplets human_triplets.txt --objects unique_id.txt --split 0.1 -o triplets
+  dimalign fit triplets -o run --max-epochs 20
+  dimalign evaluate run --triplets triplets/val.npy --things-dir THINGS_DIR
+
+THINGS_DIR is the folder with the THINGS files (RDM48_triplet.mat, words48.csv,
+unique_id.txt). Run 'dimalign COMMAND --help' for the options of a command.
+The guides are README.md and docs/ in the dimalign repository.
+"""
+
+
 class _CommandParser(argparse.ArgumentParser):
     """The top-level parser, which adds ``-v`` and ``-q`` after a subcommand to those before it.
 
@@ -118,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _CommandParser(
         prog="dimalign",
         description="Interpretable dimensions of object similarity in humans and DNNs.",
+        epilog=FIRST_SESSION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dimalign {__version__}")
     add_logging_options(parser, default_verbose=0, default_quiet=False)
