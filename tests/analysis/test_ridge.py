@@ -521,7 +521,7 @@ def test_ridge_clone_in_cross_val_score():
 
 
 def test_grid_edge_warning_names_options():
-    """The warning says which end of the grid to move and with which option."""
+    """The warning names the end of the grid to move and the option that moves it."""
     X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
     grid = np.logspace(-4, -1, 4)
 

@@ -534,7 +534,10 @@ class RidgeMap(RegressorMixin, BaseEstimator):
 
     def _warn_at_grid_edge(self, alphas: np.ndarray, best: np.ndarray) -> None:
         low, high = np.argmin(alphas), np.argmax(alphas)
-        edges = ((low, "smallest", "below", "lower", "map.alpha_min"), (high, "largest", "above", "raise", "map.alpha_max"))
+        edges = (
+            (low, "smallest", "below", "lower", "map.alpha_min"),
+            (high, "largest", "above", "raise", "map.alpha_max"),
+        )
         for edge, label, side, verb, study_key in edges:
             dims = np.flatnonzero(best == edge)
             if dims.size:
