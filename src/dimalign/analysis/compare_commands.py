@@ -207,10 +207,10 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--objects", type=Path,
-        help="object table naming the rows of each input that is not a run directory with its own "
-        "objects.tsv; when one input has no table at all, it names that input only, else it wins "
-        "over an objects.tsv next to a plain embedding file beside a run (two plain files with "
-        "objects.tsv tables take no --objects table that differs from them)",
+        help="object table (objects.tsv, or one name per line) naming the rows of each input without "
+        "a table of its own: a run directory without objects.tsv, or an embedding file without an "
+        "objects.tsv next to it. When both inputs have tables, it replaces the objects.tsv next to a "
+        "plain embedding file. A run's own objects.tsv always stays. docs/compare.md lists every case",
     )
     parser.add_argument(
         "--triplets", type=Path,
