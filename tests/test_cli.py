@@ -342,3 +342,100 @@ def test_select_checks_default_output_folder(tmp_path, monkeypatch, capsys):
 
     assert code == 1
     assert f"{copied / 'manifest.json'} contains the stage record of dimalign run" in capsys.readouterr().err
+
+
+def _command_options():
+    """Yield (command, action, parser) for every option of every subcommand, nested ones included."""
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    def walk(parser, command):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, subparser in action.choices.items():
+                    yield from walk(subparser, f"{command} {name}".strip())
+            elif action.option_strings:
+                yield command, action, parser
+
+    yield from walk(build_parser(), "")
+
+
+def test_help_shows_option_defaults():
+    """Each option that takes a value and has a default names it in its help."""
+    import argparse
+
+    missing = []
+    for command, action, parser in _command_options():
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS, []) or action.required:
+            continue
+        # A group of options that share one value names its default once, as extract's --pretrained does.
+        sharing = [other for other in parser._actions if other.dest == action.dest]
+        if not any("default" in (other.help or "") for other in sharing):
+            missing.append(f"{command} {action.option_strings[-1]} (default {action.default!r})")
+
+    assert missing == []
+
+
+def test_sweep_help_names_fit_defaults():
+    """sweep passes its estimator options on to the estimator, so its help gives the defaults that fit's help gives."""
+    import re
+
+    helps = {}
+    for command, action, _ in _command_options():
+        if command in ("fit", "sweep"):
+            helps[command, action.option_strings[-1]] = action.help or ""
+    estimator_options = [
+        "--n-dims", "--max-epochs", "--stability-epochs", "--min-objects", "--batch-size", "--lr",
+        "--mc-samples", "--prior", "--pi", "--spike", "--slab", "--beta", "--l1",
+    ]
+
+    for option in estimator_options:
+        fit_default = re.search(r"default [^);]+", helps["fit", option])
+        assert fit_default is not None, option
+        assert fit_default.group(0) in helps["sweep", option], option
+
+
+def test_missing_images_names_greedy_option(capsys):
+    """IMAGES after --layer is read as a layer, and the error names --layer as the option that read it."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--model", "vgg16", "-o", "features", "--layer", "classifier.4", "photos/"])
+
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (
+        "dimalign extract: error: the following arguments are required: IMAGES. "
+        "--layer takes all the values that follow it, so it may have read IMAGES as one of its values: "
+        "put IMAGES before --layer, or give --layer one value with = (--layer=LAYER)"
+    )
+
+
+def test_missing_argument_without_greedy_option(capsys):
+    """Without an option that takes several values, the message is argparse's own."""
+    from dimalign.cli import main
+
+    expected = "dimalign extract: error: the following arguments are required: IMAGES"
+    # --layer with one value read nothing else, so IMAGES was left out.
+    for layer_options in (["--layer=classifier.4"], ["--layer", "classifier.4"]):
+        with pytest.raises(SystemExit):
+            main(["extract", "--model", "vgg16", "-o", "features", *layer_options])
+
+        assert capsys.readouterr().err.splitlines()[-1] == expected
+
+
+def test_main_help_examples_parse():
+    """The first session that ``dimalign --help`` shows uses real subcommands and options."""
+    import shlex
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    examples = [line.strip() for line in (parser.epilog or "").splitlines() if line.strip().startswith("dimalign ")]
+
+    assert [shlex.split(line)[1] for line in examples] == ["import-triplets", "fit", "evaluate"]
+    for line in examples:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command == shlex.split(line)[1], line
+    assert "dimalign COMMAND --help" in parser.format_help()

@@ -333,3 +333,23 @@ def test_demo_fit_without_dimensions_explained(things_dir, tmp_path, monkeypatch
         "(--dnn-triplets, default 131552) or fit longer (--max-epochs)"
     )
     assert not out.exists()
+
+
+def test_summary_table_matches_readme():
+    """The table is printed as the README shows it, without trailing spaces."""
+    side = {"n_dims": 10, "n_epochs": 300, "val_accuracy": 0.5682, "things48_r": 0.618, "n_train": 118397, "n_val": 13155}
+    summary = {
+        "human": side,
+        "dnn": {**side, "n_dims": 36, "n_train": 18000, "n_val": 2000},
+        "human_dnn_rsa_pearson": 0.35,
+        "human_dnn_rsa_spearman": 0.327,
+        "shortened": "Shortened for the demo.",
+    }
+
+    assert format_summary(summary).splitlines() == [
+        "          dims epochs held-out acc 48-object r       train/val",
+        "human       10    300       0.5682       0.618   118397/13155",
+        "dnn         36    300       0.5682       0.618    18000/2000",
+        "RSA between human and DNN similarity matrices: Pearson r = 0.350, Spearman rho = 0.327",
+        "Shortened for the demo.",
+    ]

@@ -42,6 +42,22 @@ COMMAND_MODULES = (
 )
 
 
+# The end of ``dimalign --help``: a first session with the THINGS files, as in README.md.
+FIRST_SESSION = """\
+A first session: hold out 10% of the human THINGS judgements, fit VICE to the
+rest for 20 epochs (a first look, far from converged), and score the fit on
+the held-out triplets and the 48-object check:
+
+  dimalign import-triplets human_triplets.txt --objects unique_id.txt --split 0.1 -o triplets
+  dimalign fit triplets -o run --max-epochs 20
+  dimalign evaluate run --triplets triplets/val.npy --things-dir THINGS_DIR
+
+THINGS_DIR is the folder with the THINGS files (RDM48_triplet.mat, words48.csv,
+unique_id.txt). Run 'dimalign COMMAND --help' for the options of a command.
+The guides are README.md and docs/ in the dimalign repository.
+"""
+
+
 class _CommandParser(argparse.ArgumentParser):
     """The top-level parser, which adds ``-v`` and ``-q`` after a subcommand to those before it.
 
@@ -57,16 +73,74 @@ class _CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, whose error for a missing positional argument names the option that may have read it.
+
+    An option with several values, such as ``extract --layer``, takes every
+    value that follows it. ``--layer classifier.4 photos/`` therefore reads
+    ``photos/`` as a second layer, and argparse alone reports only that IMAGES
+    is missing.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._arguments = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message):
+        if message.startswith("the following arguments are required: "):
+            message += self._multiple_value_hint(message.split(": ", 1)[1].split(", "))
+        super().error(message)
+
+    def _multiple_value_hint(self, missing_names: list[str]) -> str:
+        """Return the advice for missing positional arguments that the last multiple-value option before them read."""
+        positionals = [
+            action.metavar or action.dest for action in self._actions if not action.option_strings
+        ]
+        missing = [name for name in missing_names if name in positionals]
+
+        arguments = getattr(self, "_arguments", [])
+        # The last occurrence counts, because only the last of repeated options reads the values at the end.
+        candidates = [
+            (len(arguments) - 1 - arguments[::-1].index(option), option, action)
+            for action in self._actions
+            if action.nargs in ("+", "*")
+            for option in action.option_strings
+            if option in arguments
+        ]
+        if not missing or not candidates:
+            return ""
+
+        position, option, action = max(candidates, key=lambda candidate: candidate[0])
+        values = 0
+        for argument in arguments[position + 1:]:
+            if argument.startswith("-"):
+                break
+            values += 1
+        # With one value the option read no second one, so the argument was left out instead.
+        if values < 2:
+            return ""
+
+        names = " and ".join(missing)
+        value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        return (
+            f". {option} takes all the values that follow it, so it may have read {names} as one of "
+            f"its values: put {names} before {option}, or give {option} one value with = "
+            f"({option}={value})"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every available subcommand."""
     parser = _CommandParser(
         prog="dimalign",
         description="Interpretable dimensions of object similarity in humans and DNNs.",
+        epilog=FIRST_SESSION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dimalign {__version__}")
     add_logging_options(parser, default_verbose=0, default_quiet=False)
     subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=argparse.ArgumentParser
+        dest="command", metavar="COMMAND", parser_class=_SubcommandParser
     )
     for module_name in COMMAND_MODULES:
         try:

@@ -514,7 +514,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         result = summary[side]
         lines.append(
             f"{side:8} {result['n_dims']:5d} {result['n_epochs']:6d} {result['val_accuracy']:12.4f} "
-            f"{result['things48_r']:11.3f} {result['n_train']:>8d}/{result['n_val']:<6d}"
+            f"{result['things48_r']:11.3f} {result['n_train']:>8d}/{result['n_val']}"
         )
     lines.append(
         f"RSA between human and DNN similarity matrices: Pearson r = {summary['human_dnn_rsa_pearson']:.3f}, "

@@ -264,6 +264,30 @@ def test_evaluate_hand_computed():
     assert "things48_r" not in metrics
 
 
+def test_evaluate_warns_when_most_triplets_tie():
+    """Ties get the 1/m credit of a guess, so an accuracy made mostly of them is flagged."""
+    import warnings
+
+    # Rows 3 to 5 are all zero, as after a fit that pruned nearly every dimension.
+    embedding = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    triplets = np.array([[0, 1, 2], [3, 4, 5], [0, 3, 4], [2, 3, 5]])
+
+    with pytest.warns(UserWarning) as caught:
+        metrics = evaluate_embedding(embedding, triplets)
+
+    assert metrics["n_ties"] == 3
+    assert [str(warning.message) for warning in caught] == [
+        "3 of 4 triplets (75%) have tied dot products, and each of them counts 1/m of a hit for its "
+        "m tied pairs, as a random guess would, so the accuracy says little about the embedding. "
+        "Such ties come from objects with equal rows, such as the all-zero rows of a fit that pruned "
+        "nearly every dimension: fit for more epochs, or check the embedding"
+    ]
+    # Half of the triplets tied is not yet flagged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_embedding(embedding, triplets[:2])
+
+
 def test_evaluate_without_repeats_has_no_ceiling(recwarn):
     metrics = evaluate_embedding(EmbeddingResult(np.eye(4)), [[0, 1, 2], [1, 2, 3]])
 

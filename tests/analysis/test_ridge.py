@@ -518,3 +518,19 @@ def test_ridge_clone_in_cross_val_score():
         expected.append(fitted.score(X[test], Y[test]))
     assert scores.shape == (3,)
     np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-12)
+
+
+def test_grid_edge_warning_names_options():
+    """The warning names the end of the grid to move and the option that moves it."""
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    grid = np.logspace(-4, -1, 4)
+
+    with pytest.warns(UserWarning) as records:
+        ridge = RidgeMap(alphas=grid).fit(X, Y)
+
+    dims = np.flatnonzero(ridge.alpha_ == 0.1).tolist()
+    assert [str(record.message) for record in records] == [
+        f"the chosen ridge penalty of {len(dims)} dimension(s) ({dims}) is the largest value of the grid "
+        "(0.1), so the best penalty may lie above the grid: raise its largest value (RidgeMap alphas=; "
+        "CLI: dimalign map --alphas or --alpha-range LOW HIGH N; study file: map.alpha_max)"
+    ]

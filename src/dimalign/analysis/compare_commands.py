@@ -64,19 +64,19 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--address", help="Ray cluster address ('auto' or ray://host:port); default starts Ray locally")
 
     parser.add_argument("--method", choices=("vice", "spose"), default="vice", help="estimator (default vice)")
-    parser.add_argument("--n-dims", type=int, help="initial dimensions (estimator default if omitted)")
-    parser.add_argument("--max-epochs", type=int, help="maximum epochs")
-    parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions")
-    parser.add_argument("--min-objects", type=int, help="keep a dimension when more than this many objects weight it")
-    parser.add_argument("--batch-size", type=int, help="triplets per step")
-    parser.add_argument("--lr", type=float, help="Adam learning rate")
-    parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive")
-    parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior")
-    parser.add_argument("--pi", type=float, help="VICE spike weight")
-    parser.add_argument("--spike", type=float, help="VICE spike sd")
-    parser.add_argument("--slab", type=float, help="VICE slab sd")
-    parser.add_argument("--beta", type=float, help="VICE weight of the complexity term in the loss")
-    parser.add_argument("--l1", type=float, help="SPoSE L1 weight")
+    parser.add_argument("--n-dims", type=int, help="initial dimensions (default 150 for VICE, 100 for SPoSE)")
+    parser.add_argument("--max-epochs", type=int, help="maximum epochs (default 1000 VICE, 500 SPoSE)")
+    parser.add_argument("--stability-epochs", type=int, help="stop after this many epochs without a change in kept dimensions (default 500)")
+    parser.add_argument("--min-objects", type=int, help="keep a dimension when more than this many objects weight it (default 5)")
+    parser.add_argument("--batch-size", type=int, help="triplets per step (default 256)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--mc-samples", type=int, help="VICE samples in the posterior predictive (default 20)")
+    parser.add_argument("--prior", choices=("mixture", "authors"), help="VICE prior (default mixture)")
+    parser.add_argument("--pi", type=float, help="VICE spike weight (default 0.5)")
+    parser.add_argument("--spike", type=float, help="VICE spike sd (default 0.25)")
+    parser.add_argument("--slab", type=float, help="VICE slab sd (default 2.0)")
+    parser.add_argument("--beta", type=float, help="VICE weight of the complexity term (log q - log p) in the loss (default 1.0)")
+    parser.add_argument("--l1", type=float, help="SPoSE L1 weight (default 0.008)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto, for every worker")
     parser.set_defaults(handler=run_sweep)
     declare_output_folder(parser, "sweep")
@@ -207,10 +207,10 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--objects", type=Path,
-        help="object table naming the rows of each input that is not a run directory with its own "
-        "objects.tsv; when one input has no table at all, it names that input only, else it wins "
-        "over an objects.tsv next to a plain embedding file beside a run (two plain files with "
-        "objects.tsv tables take no --objects table that differs from them)",
+        help="object table (objects.tsv, or one name per line) naming the rows of each input without "
+        "a table of its own: a run directory without objects.tsv, or an embedding file without an "
+        "objects.tsv next to it. When both inputs have tables, it replaces the objects.tsv next to a "
+        "plain embedding file. A run's own objects.tsv always stays. docs/compare.md lists every case",
     )
     parser.add_argument(
         "--triplets", type=Path,

@@ -29,6 +29,10 @@ from dimalign.io.runs import EmbeddingResult, as_embedding_result
 
 logger = logging.getLogger(__name__)
 
+# Above this share of tied triplets, evaluate_embedding warns that the accuracy
+# is mostly the credit of tie-breaking, which a fit pruned to a few dimensions gives.
+MAX_TIED_SHARE = 0.5
+
 
 def evaluate_embedding(
     embedding: np.ndarray | EmbeddingResult | Any,
@@ -100,6 +104,16 @@ def evaluate_embedding(
         "n_ties": accuracy.n_ties,
         "nll": nll,
     }
+    if accuracy.n_ties > MAX_TIED_SHARE * accuracy.n_triplets:
+        warn(
+            f"{accuracy.n_ties} of {accuracy.n_triplets} triplets "
+            f"({accuracy.n_ties / accuracy.n_triplets:.0%}) have tied dot products, and each of them "
+            "counts 1/m of a hit for its m tied pairs, as a random guess would, so the accuracy says "
+            "little about the embedding. Such ties come from objects with equal rows, such as the "
+            "all-zero rows of a fit that pruned nearly every dimension: fit for more epochs, or check "
+            "the embedding",
+            UserWarning,
+        )
     if not np.isfinite(nll):
         warn(
             f"dot products of the embedding overflow float64 (largest weight {weights.max():.3g}), so "

@@ -534,14 +534,19 @@ class RidgeMap(RegressorMixin, BaseEstimator):
 
     def _warn_at_grid_edge(self, alphas: np.ndarray, best: np.ndarray) -> None:
         low, high = np.argmin(alphas), np.argmax(alphas)
-        for edge, label in ((low, "smallest"), (high, "largest")):
+        edges = (
+            (low, "smallest", "below", "lower", "map.alpha_min"),
+            (high, "largest", "above", "raise", "map.alpha_max"),
+        )
+        for edge, label, side, verb, study_key in edges:
             dims = np.flatnonzero(best == edge)
             if dims.size:
                 warn(
                     f"the chosen ridge penalty of {dims.size} dimension(s) "
                     f"({dims[:20].tolist()}) is the {label} value of the grid "
-                    f"({alphas[edge]:g}); the best penalty may lie outside the grid, "
-                    "so extend it",
+                    f"({alphas[edge]:g}), so the best penalty may lie {side} the grid: {verb} its "
+                    f"{label} value (RidgeMap alphas=; CLI: dimalign map --alphas or --alpha-range "
+                    f"LOW HIGH N; study file: {study_key})",
                     UserWarning,
                 )
 

@@ -35,26 +35,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="pooling, one for all layers or one per layer: raw keeps the "
                               "output shape, flatten gives one row per image, gap averages "
                               "over spatial positions (default: flatten)")
-    extract.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    extract.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     extract.add_argument("--num-workers", type=int, default=0,
-                         help="processes decoding images (0: decode in the main process)")
-    extract.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+                         help="processes decoding images (default 0: decode in the main process)")
+    extract.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     extract.add_argument("--dtype", choices=("float32", "float16"), default="float32",
-                         help="float type of the feature files")
+                         help="float type of the feature files (default float32)")
     extract.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                          help="for an unreadable image: stop with an error naming it, or skip "
-                              "it and list it in skipped.tsv")
+                              "it and list it in skipped.tsv (default stop)")
     extract.add_argument("--extensions", nargs="+", default=list(DEFAULT_EXTENSIONS),
                          metavar="EXT",
                          help="image file extensions in a folder, case-insensitive "
                               f"(default: {' '.join(DEFAULT_EXTENSIONS)})")
     extract.add_argument("--background", default="white",
-                         help="colour under transparent pixels: a name, #rrggbb or r,g,b")
+                         help="colour under transparent pixels: a name, #rrggbb or r,g,b (default white)")
     extract.add_argument("--no-exif-transpose", dest="exif_transpose", action="store_false",
                          help="ignore the EXIF orientation tag of photos")
     extract.add_argument("--format", choices=("npy", "h5"), default="npy", dest="fmt",
                          help="npy: memory-mapped features.npy (features_<layer>.npy for "
-                              "several layers); h5: features.h5 with one dataset per layer")
+                              "several layers; the default); h5: features.h5 with one dataset per layer")
     extract.add_argument("--resume", action="store_true",
                          help="continue an interrupted extraction in OUT_DIR")
     extract.add_argument("--overwrite", action="store_true",

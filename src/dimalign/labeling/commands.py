@@ -171,7 +171,9 @@ def _add_study_options(parser: argparse.ArgumentParser, *, run_required: bool) -
         + ("" if run_required else "; an existing study keeps its dimensions") + ")",
     )
     parser.add_argument(
-        "--questions", default="default" if run_required else None, help="question set (default: default)"
+        "--questions", default="default" if run_required else None,
+        help="question set (default: default, the only set: up to five labels, whether the "
+        "dimension is visual, semantic, mixed or unclear, and how many concepts it expresses)",
     )
     add_decoding_options(parser, "the extraction behind the run")
 

@@ -92,12 +92,14 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
         help="folder for the PNG and SVG figures (default: <out stem>_figures next to the HTML file, "
         "such as report_figures for -o report.html)",
     )
-    parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv)")
-    parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize'")
+    parser.add_argument("--categories", type=Path, help="category matrix (THINGS category_mat_manual.tsv; default: the study's "
+                        "inputs.categories, where it still exists)")
+    parser.add_argument("--labels", type=Path, help="output folder of 'dimalign labels summarize' (default: the study's "
+                        "inputs.labels, where it still exists)")
     parser.add_argument(
         "--images", type=Path,
         help="image folder: an object's image is its source column, <object_id>, <object_id>.<ext> or "
-             "the first image in <object_id>/",
+             "the first image in <object_id>/ (default: the study's inputs.images, where it still exists)",
     )
     add_decoding_options(parser, "the study's extraction")
     parser.add_argument(

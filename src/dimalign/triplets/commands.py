@@ -144,7 +144,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--rule", choices=("argmax", "softmax"), default="argmax",
-        help="argmax: the pair with the maximum similarity stays (ties broken at random); "
+        help="argmax (default): the pair with the maximum similarity stays (ties broken at random); "
         "softmax: draw the pair with probability proportional to exp(similarity / temperature)",
     )
     parser.add_argument(
@@ -157,7 +157,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "written to objects.tsv (default: the features' own table, else object_0, object_1, ...)",
     )
 
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of sampling, choices and split")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of sampling, choices and split (default: 0)")
     parser.add_argument(
         "--replace", action="store_true",
         help="sample triplets independently, so object sets may repeat",
@@ -173,7 +173,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method", choices=("auto", "gram", "gather"), default="auto",
         help="gram: precompute all pair similarities (n_objects^2 floats); gather: read "
-        "feature rows per triplet; auto picks by memory and cost",
+        "feature rows per triplet; auto (default) picks by memory and cost",
     )
     parser.add_argument(
         "--batch-size", type=_positive_int, help="triplets per batch (default: automatic)"
