@@ -1058,3 +1058,130 @@ def test_old_folder_of_own_pid_is_checked(study_copy, monkeypatch):
     assert plan.to_run == ["compare"]
     assert not old.exists()
     assert not partial[0].exists()
+
+
+def flip_byte_keep_time(path: Path) -> bytes:
+    """Change one byte of a file, keeping its size and modification time; return the new content."""
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return bytes(data)
+
+
+def test_edited_kept_output_runs_again(study_copy, monkeypatch, caplog):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+    calls = count_runs(monkeypatch, "compare")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert calls == ["compare"]
+    kept = copy / "compare.edited-1"
+    assert (kept / "matching.csv").read_bytes() == edited
+    assert not finished_partial.exists()
+    assert read_stage_record(copy / "compare") is not None
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{finished_partial} contains output of stage compare in which 1 file changed after the stage "
+        "wrote it (matching.csv: its size or SHA-256 differs from the stage record), so the run does "
+        f"not reuse or delete it: the folder is kept as {kept}, and stage compare runs again"
+    ]
+
+
+def test_edited_stage_folder_kept_on_rerun(study_copy, caplog):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    kept = copy / "compare.edited-1"
+    assert (kept / "matching.csv").read_bytes() == edited
+    assert (copy / "compare" / "matching.csv").read_bytes() != edited
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name] == []
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{copy / '.compare.old-'}")
+    assert warnings[0].endswith(
+        "contains output of stage compare in which 1 file changed after the stage wrote it (matching.csv: "
+        "its size or SHA-256 differs from the stage record), so the run does not delete it: "
+        f"the folder is kept as {kept}, and the new output of stage compare is in {copy / 'compare'}"
+    )
+
+
+def test_kept_output_without_digests_reused(study_copy, monkeypatch):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    manifest = json.loads((finished_partial / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["pipeline"]["file_digests"]
+    (finished_partial / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy)
+
+    # A record written before the digests existed lists only file names, as before.
+    assert plan.to_run == ["compare"]
+    assert calls == []
+    assert (copy / "compare" / "matching.csv").read_bytes() == edited
+
+
+def test_old_folder_without_record_kept(study_copy):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    shutil.copy(copy / "compare" / "matching.csv", old / "matching.csv")
+    (old / "NOTES.txt").write_text("my notes")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
+        f"contains 1 file that the stage record in {copy / 'compare'} does not list (NOTES.txt): move "
+        "your files out of it, delete it, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+    assert (old / "matching.csv").is_file()
+
+
+def test_old_folder_without_basis_kept(study_copy, tmp_path):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    shutil.copy(copy / "compare" / "matching.csv", old / "matching.csv")
+    shutil.move(copy / "compare", tmp_path / "compare")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} has no stage record, and no stage record of stage compare lists its files, so dimalign "
+        "run cannot tell whether it left this folder: move your files out of it, delete it, then run "
+        "the study again"
+    )
+    assert (old / "matching.csv").is_file()
+
+
+def test_old_folder_of_stage_files_removed(study_copy):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    # What a run killed while it deleted its old folder leaves: some of the stage's files, no record.
+    for name in ("matching.csv", "rsa.json"):
+        shutil.copy(copy / "compare" / name, old / name)
+    empty = copy / ".dnn_fit.old-99999" / "empty"
+    empty.mkdir(parents=True)
+
+    assert run_study(config, copy).to_run == []
+
+    assert not old.exists()
+    assert not empty.parent.exists()

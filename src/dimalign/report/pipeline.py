@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -550,6 +549,12 @@ def _stage_record_problem(record: dict[str, Any]) -> str:
     changes = record.get("changes", [])
     if not isinstance(changes, list):
         return "'changes' must be a JSON array"
+    digests = record.get("file_digests", {})
+    if not (isinstance(digests, dict) and all(
+        isinstance(value, dict) and isinstance(value.get("size"), int) and isinstance(value.get("sha256"), str)
+        for value in digests.values()
+    )):
+        return "'file_digests' must be a JSON object of {\"size\": integer, \"sha256\": string} objects"
     return change_entry_problem(changes)
 
 
@@ -840,6 +845,63 @@ def _listed_files(folder: Path) -> list[str] | None:
     return files if isinstance(files, list) else None
 
 
+def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
+
+    The top-level ``manifest.json`` is left out, because the stage record
+    that contains these digests is written into it afterwards.
+    """
+    digests = {}
+    for name in _stage_files(folder):
+        path = folder / name
+        if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
+            continue
+        digests[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return digests
+
+
+def _edited_files(folder: Path) -> list[str]:
+    """List the files of a stage folder whose size or SHA-256 differs from its stage record.
+
+    A record written before the digests existed has none, so nothing counts
+    as edited there. Missing files are left to the comparison of file lists.
+    """
+    record = read_stage_record(folder)
+    digests = record.get("file_digests") if record is not None else None
+    if not digests:
+        return []
+    edited = []
+    for name, expected in sorted(digests.items()):
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            edited.append(name)
+    return edited
+
+
+def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
+    """Rename a leftover or replaced stage folder with edited files to ``<stage>.edited-<n>`` and warn.
+
+    The new name is visible and outside the names that the cleanup removes,
+    so the edited files stay until the user deletes them. ``outcome`` ends the
+    warning, such as ", and stage compare runs again".
+    """
+    number = 1
+    while (folder.parent / f"{stage_name}.edited-{number}").exists():
+        number += 1
+    kept = folder.parent / f"{stage_name}.edited-{number}"
+    os.rename(folder, kept)
+    listed = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
+    logger.warning(
+        "%s contains output of stage %s in which %s changed after the stage wrote it (%s: its size or SHA-256 "
+        "differs from the stage record), so the run does not %s it: the folder is kept as %s%s",
+        folder, stage_name, count, listed, "reuse or delete" if reused else "delete", kept, outcome,
+    )
+    return kept
+
+
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
     """List the files of a stage folder that its stage did not write.
 
@@ -1024,7 +1086,9 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
     # So kept output is reused after an edit that keeps these, such as a hand edit of an
     # upstream stage folder, just as a skipped stage is kept.
     work_dir = _work_dir(plan.study_dir, stage)
-    return work_dir if _finished_work(work_dir, stage) else None
+    if not _finished_work(work_dir, stage) or _edited_files(work_dir):
+        return None
+    return work_dir
 
 
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
@@ -1085,8 +1149,9 @@ def _write_stage_record(
         "started": started,
         "finished": now_iso(),
         "seconds": round(seconds, 3),
-        # The files of the stage, so that a rerun can tell files added later.
+        # The files of the stage, so that a rerun can tell files added or edited later.
         "files": _stage_files(work_dir),
+        "file_digests": _file_digests(work_dir),
     }
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
@@ -1130,10 +1195,16 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             f"if you created {final} during the run, move it out of the study, then run the study again. "
             f"The next run moves the finished output into place without running stage {stage_name} again"
         ) from error
-    if old is not None:
-        # NOTE: a program whose working directory lies in the old folder can
-        # still write there after the check, and such a file is deleted here.
-        _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
+    if old is None:
+        return
+    edited = _edited_files(old)
+    if edited:
+        _keep_edited(old, stage_name, edited, reused=False,
+                     outcome=f", and the new output of stage {stage_name} is in {final}")
+        return
+    # NOTE: a program whose working directory lies in the old folder can
+    # still write there after the check, and such a file is deleted here.
+    _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
 
 
 def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> None:
@@ -1163,10 +1234,29 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
         ) from error
 
 
+def _remove_record_last(path: Path) -> None:
+    """Delete a stage folder, its top-level ``manifest.json`` and the folder itself last.
+
+    A run killed during the deletion thus leaves the stage record, and the
+    next run can tell the stage's files from files of the user's.
+
+    Raises:
+        OSError: For the first entry that cannot be removed; ``filename`` names it.
+    """
+    for child in sorted(path.iterdir()):
+        if child.name == MANIFEST_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    shutil.rmtree(path)
+
+
 def _remove_tree_or_warn(path: Path, description: str) -> None:
     """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed."""
     try:
-        shutil.rmtree(path)
+        _remove_record_last(path)
     except OSError as error:
         logger.warning(
             "could not remove %s, %s (%s): make it writable (chmod -R u+rwX %s) or delete it, "
@@ -1180,18 +1270,14 @@ def _remove_tree(path: Path, description: str) -> None:
     ``description`` says what the folder is, such as "left by an interrupted run".
     """
 
-    def fail(function: Any, failed: str, error: BaseException) -> None:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    try:
+        _remove_record_last(path)
+    except OSError as error:
+        reason = error.strerror or str(error)
         raise OSError(
-            f"could not remove {path}, {description} ({reason}: {failed}): make it writable "
+            f"could not remove {path}, {description} ({reason}: {error.filename or path}): make it writable "
             f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
-
-    # Python 3.12 deprecated onerror, which passes sys.exc_info(), in favour of onexc.
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fail)
-    else:
-        shutil.rmtree(path, onerror=lambda function, failed, exc_info: fail(function, failed, exc_info[1]))
 
 
 #: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
@@ -1239,6 +1325,13 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
         if entry.name in keep:
             continue
         stage_name = entry.name[1:].split(".")[0]
+        edited = _edited_files(entry)
+        if edited:
+            partial = ".partial-" in entry.name
+            runs = stage_name in plan.to_run
+            _keep_edited(entry, stage_name, edited, reused=partial,
+                         outcome=f", and stage {stage_name} runs again" if partial and runs else "")
+            continue
         _reject_files_in_leftover(entry, stage_name, plan)
         logger.info("removing %s, left by an interrupted run", entry)
         _remove_tree(entry, "left by an interrupted run")
@@ -1251,13 +1344,12 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
     compared with the output that replaced it (see :func:`_find_replacement`).
     Without that output, the user's files cannot be distinguished from the
     stage's, so the folder stays and an error names it. An old folder
-    without any record passes.
+    without any record is checked by :func:`_reject_unrecorded_old_folder`.
     """
+    if ".old-" in entry.name and read_stage_record(entry) is None:
+        _reject_unrecorded_old_folder(entry, stage_name, plan)
+        return
     rewritten = _find_replacement(plan, stage_name) if ".old-" in entry.name else None
-    if rewritten == plan.study_dir / stage_name and read_stage_record(entry) is None:
-        # The run checked the old folder before it moved the new output into place,
-        # so an old folder without a record is one whose deletion was interrupted.
-        rewritten = None
     unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
     if unknown:
         raise _unwritten_files_error(entry, stage_name, unknown, old_record)
@@ -1267,6 +1359,37 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
             "its record, from an older dimalign, lists no files, so files of yours in it cannot be "
             "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
             "study again"
+        )
+
+
+def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan) -> None:
+    """Raise ``FileExistsError`` unless an old folder without a stage record is provably the stage's output.
+
+    The run deletes an old folder with its ``manifest.json`` last, so a run
+    killed during the deletion leaves the record. A folder without one comes
+    from a dimalign that deleted in another order, or from the user. It is
+    deleted only when it contains no files (empty folders do not count), or
+    when the record of the output that replaced it (see
+    :func:`_find_replacement`) lists every file in it.
+    """
+    files = [name for name in _stage_files(entry) if not name.endswith("/")]
+    if not files:
+        return
+    basis = _find_replacement(plan, stage_name)
+    if basis is None:
+        raise FileExistsError(
+            f"{entry} has no stage record, and no stage record of stage {stage_name} lists its files, so "
+            "dimalign run cannot tell whether it left this folder: move your files out of it, delete it, "
+            "then run the study again"
+        )
+    unknown = sorted(set(files) - set(_listed_files(basis) or []))
+    if unknown:
+        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        noun = "1 file" if len(unknown) == 1 else f"{len(unknown)} files"
+        raise FileExistsError(
+            f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
+            f"contains {noun} that the stage record in {basis} does not list ({listed}): move your files "
+            "out of it, delete it, then run the study again"
         )
 
 
