@@ -1185,3 +1185,64 @@ def test_old_folder_of_stage_files_removed(study_copy):
 
     assert not old.exists()
     assert not empty.parent.exists()
+
+
+def test_folder_fingerprint_reads_content(tmp_path):
+    from dimalign.report.pipeline import fingerprint
+
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "1.png").write_bytes(b"first image")
+    (folder / "dog.png").write_bytes(b"second image")
+    before = fingerprint(folder)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, copy_function=shutil.copy)
+    assert fingerprint(copy) == before
+    flip_byte_keep_time(folder / "cat" / "1.png")
+    assert fingerprint(folder) != before
+
+
+def copy_tiny_study(tiny_study: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Copy the tiny study with images, its data and its study file; return the study file and the copy."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_study.parent, root, ignore=shutil.ignore_patterns("labels"))
+    return root / "study.toml", root / "study"
+
+
+def test_image_edit_keeping_time_reruns(tiny_study, tmp_path):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    assert plan_study(load_config(config), copy).stage("compare").reasons == ["unchanged"]
+
+    flip_byte_keep_time(config.parent / "data" / "images" / "object03.png")
+    plan = plan_study(load_config(config), copy)
+
+    assert plan.stage("compare").reasons == ["input changed: images"]
+    assert "input changed: images" in plan.stage("report").reasons
+    assert plan.stage("human_fit").reasons == ["unchanged"]
+
+
+def test_listing_fingerprint_record_still_skips(tiny_study, tmp_path):
+    from dimalign.report import pipeline
+    from dimalign.report.config import load_config
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+    listing = pipeline.folder_listing(stage.inputs["images"])
+    assert listing.startswith("listing:")
+    # A record of a dimalign that fingerprinted folders by their listing.
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = listing
+    manifest["pipeline"]["hash"] = pipeline.stage_hash(
+        "compare", stage.settings, {**stage.fingerprints, "images": listing}, stage.upstream_hashes
+    )
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+
+    assert stage.reasons == ["unchanged"]
+    assert stage.fingerprints["images"] == listing

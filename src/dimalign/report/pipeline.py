@@ -5,8 +5,8 @@ Each stage writes its own folder of the study directory (``study/human_fit``,
 with the stage's hash: the SHA-256 of
 
 - the stage's checked settings (defaults filled in),
-- a fingerprint of every study input it reads (the SHA-256 of a file; for a
-  folder, of its listing with sizes and modification times),
+- a fingerprint of every study input it reads (the SHA-256 of a file, or
+  of a folder's files with their paths, sizes and SHA-256 digests),
 - the hashes of the stages it reads.
 
 A stage runs when its folder has no record ("new"), or when its settings,
@@ -201,7 +201,12 @@ def plan_study(
         FileNotFoundError: For an input path that does not exist, naming the
             file and its key.
     """
-    study_dir = Path(study_dir)
+    return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
+
+
+def _plan_study(
+    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: _FingerprintCache
+) -> StudyPlan:
     unknown = [name for name in config.stages if name not in STAGES]
     if unknown:
         raise ValueError(
@@ -217,12 +222,11 @@ def plan_study(
             raise ValueError(f"--from {from_stage}: unknown stage; stages of this study: {listed}")
         raise ValueError(f"--from {from_stage}: {config.path} does not configure that stage; its stages: {listed}")
 
-    fingerprints = _FingerprintCache()
     planned: dict[str, PlannedStage] = {}
     for name in STAGE_ORDER:
         if name not in configured:
             continue
-        planned[name] = _plan_stage(config, name, configured, planned, fingerprints)
+        planned[name] = _plan_stage(config, name, configured, planned, fingerprints, study_dir)
 
     _check_held_out_readers(config, planned)
     _decide(planned, study_dir, from_stage)
@@ -251,7 +255,7 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
 
 def _plan_stage(
     config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
-    fingerprints: _FingerprintCache,
+    fingerprints: _FingerprintCache, study_dir: Path,
 ) -> PlannedStage:
     stage = STAGES[name]
     raw = config.stages[name]
@@ -346,7 +350,7 @@ def _plan_stage(
         # note adds the stage and the study file, which identify the table to change.
         raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
-    input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
+    input_fingerprints = _input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
     digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
@@ -595,7 +599,7 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
 
 
 class _FingerprintCache:
-    """Fingerprints of input files and folders, each computed once per plan."""
+    """Fingerprints of input files and folders, each computed once per run."""
 
     def __init__(self) -> None:
         self._values: dict[Path, str] = {}
@@ -606,27 +610,72 @@ class _FingerprintCache:
         return self._values[path]
 
 
-def fingerprint(path: Path) -> str:
-    """Return the SHA-256 of a file, or of a folder's listing.
+def _input_files(path: Path) -> Iterator[tuple[str, Path]]:
+    """Yield the relative POSIX path and the path of every non-hidden file below a folder, sorted."""
+    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                full = Path(folder) / name
+                yield full.relative_to(path).as_posix(), full
 
-    A folder's listing contains every non-hidden file below it with its relative
-    path, size and modification time (nanoseconds), so a change to any file
-    shows without reading all of them. Copying a folder therefore changes its
-    fingerprint even when the content is the same.
+
+def fingerprint(path: Path) -> str:
+    """Return the SHA-256 of a file, or ``content:`` and the SHA-256 of a folder's files.
+
+    A folder's digest covers the relative path, size and SHA-256 of every
+    non-hidden file below it, so any change to a file's content shows, and
+    a copy of the folder has the same fingerprint. Every file is read on
+    each call, because a cache keyed by size and modification time would
+    miss an edit that keeps both.
     """
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            full = Path(folder) / name
-            stat = full.stat()
-            relative = full.relative_to(path).as_posix()
-            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for relative, full in _input_files(path):
+        try:
+            content = sha256_file(full)
+        except OSError as error:
+            raise OSError(
+                f"cannot read {full}, a file inside the input folder {path} ({error.strerror}): make it "
+                f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
+            ) from error
+        digest.update(f"{relative}\0{full.stat().st_size}\0{content}\n".encode())
+    return "content:" + digest.hexdigest()
+
+
+def folder_listing(path: Path) -> str:
+    """Return ``listing:`` and the SHA-256 of a folder's listing, the folder fingerprint of older records.
+
+    The listing contains every non-hidden file below the folder with its
+    relative path, size and modification time in nanoseconds.
+    """
+    digest = hashlib.sha256()
+    for relative, full in _input_files(path):
+        stat = full.stat()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return "listing:" + digest.hexdigest()
+
+
+def _input_fingerprints(
+    inputs: dict[str, Path], previous: dict[str, Any] | None, fingerprints: _FingerprintCache
+) -> dict[str, str]:
+    """Return the fingerprint of each input, keeping a matching folder listing of an older record.
+
+    A stage recorded by a dimalign that fingerprinted folders by their
+    listing keeps that fingerprint while the listing is unchanged, so that
+    its stage hash stays the same and the stage does not rerun. Once the
+    stage runs again, its record gets the content fingerprint.
+    """
+    recorded = previous.get("inputs", {}) if previous is not None else {}
+    values = {}
+    for key, path in inputs.items():
+        old = recorded.get(key, {}).get("fingerprint")
+        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == folder_listing(path):
+            values[key] = old
+        else:
+            values[key] = fingerprints(path)
+    return values
 
 
 # -- running ------------------------------------------------------------------------
@@ -658,7 +707,10 @@ def run_study(
     if not isinstance(config, StudyConfig):
         config = load_config(config, list(overrides))
     study_dir = Path(study_dir)
-    plan = plan_study(config, study_dir, from_stage=from_stage)
+    # The inputs are read once per run: a change after this point is not seen,
+    # as a change while a stage reads them is not.
+    fingerprints = _FingerprintCache()
+    plan = _plan_study(config, study_dir, from_stage, fingerprints)
     check_study_dir(plan)
     if dry_run:
         _warn_other_study_file(plan, dry_run=True)
@@ -670,7 +722,7 @@ def run_study(
         with _study_lock(study_dir):
             # Plan again under the lock: a run that finished meanwhile may have
             # written stages that the first plan saw missing or outdated.
-            plan = plan_study(config, study_dir, from_stage=from_stage)
+            plan = _plan_study(config, study_dir, from_stage, fingerprints)
             check_study_dir(plan)
             _warn_other_study_file(plan)
             _remove_stale_folders(study_dir, plan)
@@ -1478,6 +1530,7 @@ __all__ = [
     "check_outside_study_folders",
     "default_study_dir",
     "fingerprint",
+    "folder_listing",
     "is_study_record",
     "plan_study",
     "read_stage_record",
