@@ -187,6 +187,8 @@ def test_cleanup_keeps_user_folders_with_similar_names(study, tmp_path):
     for folder in stale + mine:
         folder.mkdir()
         (folder / "file.txt").write_text("x")
+    # An old folder without a record is deleted only when the stage record lists its files.
+    (stale[1] / "file.txt").rename(stale[1] / "ridge_map.csv")
 
     run_study(config, copy)
 

@@ -1287,7 +1287,7 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
 
 
 def _remove_record_last(path: Path) -> None:
-    """Delete a stage folder, its top-level ``manifest.json`` and the folder itself last.
+    """Delete a stage folder, removing its top-level ``manifest.json`` only after every other entry.
 
     A run killed during the deletion thus leaves the stage record, and the
     next run can tell the stage's files from files of the user's.
