@@ -1248,3 +1248,33 @@ def test_listing_fingerprint_record_still_skips(tiny_study, tmp_path):
 
     assert stage.reasons == ["unchanged"]
     assert stage.fingerprints["images"] == listing
+
+
+@pytest.mark.parametrize("name", ["compare", "human_fit"])
+def test_interrupted_stage_is_reported(study_copy, monkeypatch, caplog, name):
+    config, copy = study_copy
+
+    def interrupted(context):
+        (context.out_dir / "checkpoint.pt").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], run=interrupted))
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(KeyboardInterrupt):
+        run_study(config, copy, from_stage=name)
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(f".{name}.partial-")]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    expected = (
+        f"stage {name} was stopped before it finished: {copy / name} still contains its previous output, "
+        "and the stages before it are finished. "
+    )
+    if name == "human_fit":
+        assert len(partial) == 1
+        expected += (
+            f"The unfinished fit is kept in {partial[0]}, and the next run with the same settings of stage "
+            f"{name} continues it from its last checkpoint"
+        )
+    else:
+        assert partial == []
+        expected += f"Its partial output is deleted, and the next run with the same options runs stage {name} again"
+    assert warnings == [expected]

@@ -736,6 +736,9 @@ def run_study(
                 started = time.perf_counter()
                 try:
                     _run_stage(plan, stage, record)
+                except (KeyboardInterrupt, SystemExit):
+                    _report_interruption(plan, stage)
+                    raise
                 except Exception:
                     logger.error(
                         "stage %s failed; the stages before it are kept, and the next run starts there. "
@@ -755,6 +758,29 @@ def run_study(
             _remove_empty_study(study_dir)
         raise
     return plan
+
+
+def _report_interruption(plan: StudyPlan, stage: PlannedStage) -> None:
+    """Log what a stage stopped by Ctrl-C or a signal leaves, and what the next run does with it."""
+    final = plan.study_dir / stage.name
+    previous = f"{final} still contains its previous output" if final.is_dir() else f"{final} was not written"
+    work_dir = _work_dir(plan.study_dir, stage)
+    if _finished_work(work_dir, stage):
+        kept = (
+            f"Its finished output is kept in {work_dir}, and the next run moves it into place without running "
+            f"stage {stage.name} again"
+        )
+    elif work_dir.is_dir():
+        kept = (
+            f"The unfinished fit is kept in {work_dir}, and the next run with the same settings of stage "
+            f"{stage.name} continues it from its last checkpoint"
+        )
+    else:
+        kept = f"Its partial output is deleted, and the next run with the same options runs stage {stage.name} again"
+    logger.warning(
+        "stage %s was stopped before it finished: %s, and the stages before it are finished. %s",
+        stage.name, previous, kept,
+    )
 
 
 def _remove_empty_study(study_dir: Path) -> None:
@@ -927,8 +953,12 @@ def _edited_files(folder: Path) -> list[str]:
         path = folder / name
         if path.is_symlink() or not path.is_file():
             continue
-        if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
-            edited.append(name)
+        try:
+            if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+                edited.append(name)
+        except FileNotFoundError:
+            # The run that holds the study's lock can move the folder during a dry run's check.
+            continue
     return edited
 
 
