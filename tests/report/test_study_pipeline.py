@@ -1278,3 +1278,22 @@ def test_interrupted_stage_is_reported(study_copy, monkeypatch, caplog, name):
         assert partial == []
         expected += f"Its partial output is deleted, and the next run with the same options runs stage {name} again"
     assert warnings == [expected]
+
+
+def test_unreadable_stage_file_is_named(study_copy):
+    config, copy = study_copy
+    locked = copy / "compare" / "matching.csv"
+    locked.chmod(0)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        locked.chmod(0o644)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot read {locked} (Permission denied), so it is unknown whether it "
+        f"changed after the stage wrote it: make it readable (chmod u+r {locked}) or move it out of "
+        f"{copy / 'compare'}, then run the study again"
+    )
+    assert read_stage_record(copy / "compare") is not None
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name] == []

@@ -938,11 +938,13 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     return digests
 
 
-def _edited_files(folder: Path) -> list[str]:
+def _edited_files(folder: Path, shown: Path | None = None) -> list[str]:
     """List the files of a stage folder whose size or SHA-256 differs from its stage record.
 
     A record written before the digests existed has none, so nothing counts
     as edited there. Missing files are left to the comparison of file lists.
+    ``shown`` is the path that an error names for ``folder``, such as the
+    stage folder for its old folder, which is moved back after the error.
     """
     record = read_stage_record(folder)
     digests = record.get("file_digests") if record is not None else None
@@ -959,6 +961,13 @@ def _edited_files(folder: Path) -> list[str]:
         except FileNotFoundError:
             # The run that holds the study's lock can move the folder during a dry run's check.
             continue
+        except OSError as error:
+            named = (shown or folder) / name
+            raise OSError(
+                f"cannot read {named} ({error.strerror}), so it is unknown whether it changed after the "
+                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {shown or folder}, "
+                "then run the study again"
+            ) from error
     return edited
 
 
@@ -1253,6 +1262,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             ``work_dir`` keeps the finished output for the next run.
     """
     old = None
+    edited: list[str] = []
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
@@ -1261,6 +1271,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
         os.rename(final, old)
         try:
             unknown, old_record = _unwritten_files(old, rewritten=work_dir)
+            edited = _edited_files(old, shown=final)
         except BaseException:
             _move_back(old, final, stage_name)
             raise
@@ -1279,7 +1290,6 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
         ) from error
     if old is None:
         return
-    edited = _edited_files(old)
     if edited:
         _keep_edited(old, stage_name, edited, reused=False,
                      outcome=f", and the new output of stage {stage_name} is in {final}")
