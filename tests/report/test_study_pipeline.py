@@ -1297,3 +1297,29 @@ def test_unreadable_stage_file_is_named(study_copy):
     )
     assert read_stage_record(copy / "compare") is not None
     assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name] == []
+
+
+def test_study_moved_during_stage_is_named(study_copy, monkeypatch, tmp_path, caplog):
+    config, copy = study_copy
+    moved = tmp_path / "moved"
+    real_run = stages.STAGES["compare"].run
+
+    def run_while_user_moves(context):
+        copy.rename(moved)
+        return real_run(context)
+
+    monkeypatch.setitem(
+        stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=run_while_user_moves)
+    )
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(FileNotFoundError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"the study directory {copy} was moved or deleted while stage compare ran: run the study again "
+        "with -o set to its new path, where the stages that finished before are kept"
+    )
+    assert [record.getMessage() for record in caplog.records if "could not remove" in record.getMessage()] == []
+    monkeypatch.undo()
+    plan = run_study(config, moved)
+    assert plan.to_run == []
+    assert [entry.name for entry in moved.iterdir() if ".partial-" in entry.name] == []

@@ -739,7 +739,14 @@ def run_study(
                 except (KeyboardInterrupt, SystemExit):
                     _report_interruption(plan, stage)
                     raise
-                except Exception:
+                except Exception as error:
+                    if not study_dir.is_dir():
+                        # The stage's own error, such as a missing upstream folder, would hide the cause.
+                        raise FileNotFoundError(
+                            f"the study directory {study_dir} was moved or deleted while stage {stage.name} "
+                            "ran: run the study again with -o set to its new path, where the stages that "
+                            "finished before are kept"
+                        ) from error
                     logger.error(
                         "stage %s failed; the stages before it are kept, and the next run starts there. "
                         "Where the message below suggests command-line options, change the matching "
@@ -1346,7 +1353,13 @@ def _remove_record_last(path: Path) -> None:
 
 
 def _remove_tree_or_warn(path: Path, description: str) -> None:
-    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed."""
+    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed.
+
+    A folder that no longer exists, as when the user moved the study during
+    the run, needs no removal and no warning.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
     try:
         _remove_record_last(path)
     except OSError as error:
