@@ -945,12 +945,12 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     return digests
 
 
-def _edited_files(folder: Path, shown: Path | None = None) -> list[str]:
+def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     """List the files of a stage folder whose size or SHA-256 differs from its stage record.
 
     A record written before the digests existed has none, so nothing counts
     as edited there. Missing files are left to the comparison of file lists.
-    ``shown`` is the path that an error names for ``folder``, such as the
+    ``error_path`` is the path that an error names for ``folder``, such as the
     stage folder for its old folder, which is moved back after the error.
     """
     record = read_stage_record(folder)
@@ -969,10 +969,10 @@ def _edited_files(folder: Path, shown: Path | None = None) -> list[str]:
             # The run that holds the study's lock can move the folder during a dry run's check.
             continue
         except OSError as error:
-            named = (shown or folder) / name
+            named = (error_path or folder) / name
             raise OSError(
                 f"cannot read {named} ({error.strerror}), so it is unknown whether it changed after the "
-                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {shown or folder}, "
+                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {error_path or folder}, "
                 "then run the study again"
             ) from error
     return edited
@@ -1278,7 +1278,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
         os.rename(final, old)
         try:
             unknown, old_record = _unwritten_files(old, rewritten=work_dir)
-            edited = _edited_files(old, shown=final)
+            edited = _edited_files(old, error_path=final)
         except BaseException:
             _move_back(old, final, stage_name)
             raise
