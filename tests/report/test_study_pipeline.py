@@ -1323,3 +1323,16 @@ def test_study_moved_during_stage_is_named(study_copy, monkeypatch, tmp_path, ca
     plan = run_study(config, moved)
     assert plan.to_run == []
     assert [entry.name for entry in moved.iterdir() if ".partial-" in entry.name] == []
+
+
+def test_edited_folder_name_skips_taken(study_copy, tmp_path):
+    config, copy = study_copy
+    (copy / "compare.edited-1").symlink_to(tmp_path / "missing", target_is_directory=True)
+    (copy / "compare.edited-2").write_text("a file of mine")
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    assert run_study(config, copy, from_stage="compare").to_run == ["compare"]
+
+    assert (copy / "compare.edited-3" / "matching.csv").read_bytes() == edited
+    assert (copy / "compare.edited-1").is_symlink()
+    assert (copy / "compare.edited-2").read_text() == "a file of mine"

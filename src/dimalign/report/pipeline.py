@@ -986,7 +986,7 @@ def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bo
     warning, such as ", and stage compare runs again".
     """
     number = 1
-    while (folder.parent / f"{stage_name}.edited-{number}").exists():
+    while os.path.lexists(folder.parent / f"{stage_name}.edited-{number}"):
         number += 1
     kept = folder.parent / f"{stage_name}.edited-{number}"
     os.rename(folder, kept)
