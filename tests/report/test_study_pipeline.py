@@ -1336,3 +1336,19 @@ def test_edited_folder_name_skips_taken(study_copy, tmp_path):
     assert (copy / "compare.edited-3" / "matching.csv").read_bytes() == edited
     assert (copy / "compare.edited-1").is_symlink()
     assert (copy / "compare.edited-2").read_text() == "a file of mine"
+
+
+def test_folder_fingerprint_names_broken_link(tmp_path):
+    from dimalign.report.pipeline import fingerprint
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").symlink_to(tmp_path / "moved.png")
+
+    with pytest.raises(FileNotFoundError) as error:
+        fingerprint(folder)
+
+    assert str(error.value) == (
+        f"{folder / 'cat.png'}, a file inside the input folder {folder}, is a symbolic link to the missing "
+        f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
+    )

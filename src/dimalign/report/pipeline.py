@@ -633,6 +633,11 @@ def fingerprint(path: Path) -> str:
         return sha256_file(path)
     digest = hashlib.sha256()
     for relative, full in _input_files(path):
+        if full.is_symlink() and not full.exists():
+            raise FileNotFoundError(
+                f"{full}, a file inside the input folder {path}, is a symbolic link to the missing "
+                f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
+            )
         try:
             content = sha256_file(full)
         except OSError as error:
