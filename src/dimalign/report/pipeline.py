@@ -1184,10 +1184,10 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
         return None
     if any(plan.stage(name).action == "run" for name in stage.upstream):
         return None
-    # NOTE: the hash covers the content of input files, but of input folders only their
-    # listing with sizes and modification times, and of upstream stages only their hashes.
-    # So kept output is reused after an edit that keeps these, such as a hand edit of an
-    # upstream stage folder, just as a skipped stage is kept.
+    # NOTE: the hash covers the content of the inputs but of upstream stages only their
+    # hashes. So kept output is reused after a hand edit of an upstream stage folder, just
+    # as a skipped stage is kept. A record of an older dimalign that fingerprinted an input
+    # folder by its listing also misses an edit that keeps the sizes and modification times.
     work_dir = _work_dir(plan.study_dir, stage)
     if not _finished_work(work_dir, stage) or _edited_files(work_dir):
         return None
