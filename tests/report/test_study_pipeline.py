@@ -187,6 +187,8 @@ def test_cleanup_keeps_user_folders_with_similar_names(study, tmp_path):
     for folder in stale + mine:
         folder.mkdir()
         (folder / "file.txt").write_text("x")
+    # An old folder without a record is deleted only when the stage record lists its files.
+    (stale[1] / "file.txt").rename(stale[1] / "ridge_map.csv")
 
     run_study(config, copy)
 
@@ -1058,3 +1060,295 @@ def test_old_folder_of_own_pid_is_checked(study_copy, monkeypatch):
     assert plan.to_run == ["compare"]
     assert not old.exists()
     assert not partial[0].exists()
+
+
+def flip_byte_keep_time(path: Path) -> bytes:
+    """Change one byte of a file, keeping its size and modification time; return the new content."""
+    info = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return bytes(data)
+
+
+def test_edited_kept_output_runs_again(study_copy, monkeypatch, caplog):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+    calls = count_runs(monkeypatch, "compare")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert calls == ["compare"]
+    kept = copy / "compare.edited-1"
+    assert (kept / "matching.csv").read_bytes() == edited
+    assert not finished_partial.exists()
+    assert read_stage_record(copy / "compare") is not None
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{finished_partial} contains output of stage compare in which 1 file changed after the stage "
+        "wrote it (matching.csv: its size or SHA-256 differs from the stage record), so the run does "
+        f"not reuse or delete it: the folder is kept as {kept}, and stage compare runs again"
+    ]
+
+
+def test_edited_stage_folder_kept_on_rerun(study_copy, caplog):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, from_stage="compare")
+
+    assert plan.to_run == ["compare"]
+    kept = copy / "compare.edited-1"
+    assert (kept / "matching.csv").read_bytes() == edited
+    assert (copy / "compare" / "matching.csv").read_bytes() != edited
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name] == []
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"{copy / '.compare.old-'}")
+    assert warnings[0].endswith(
+        "contains output of stage compare in which 1 file changed after the stage wrote it (matching.csv: "
+        "its size or SHA-256 differs from the stage record), so the run does not delete it: "
+        f"the folder is kept as {kept}, and the new output of stage compare is in {copy / 'compare'}"
+    )
+
+
+def test_kept_output_without_digests_reused(study_copy, monkeypatch):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    manifest = json.loads((finished_partial / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["pipeline"]["file_digests"]
+    (finished_partial / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+    calls = count_runs(monkeypatch, "compare")
+
+    plan = run_study(config, copy)
+
+    # A record written before the digests existed lists only file names, as before.
+    assert plan.to_run == ["compare"]
+    assert calls == []
+    assert (copy / "compare" / "matching.csv").read_bytes() == edited
+
+
+def test_old_folder_without_record_kept(study_copy):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    shutil.copy(copy / "compare" / "matching.csv", old / "matching.csv")
+    (old / "NOTES.txt").write_text("my notes")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
+        f"contains 1 file that the stage record in {copy / 'compare'} does not list (NOTES.txt): move "
+        "your files out of it, delete it, then run the study again"
+    )
+    assert (old / "NOTES.txt").read_text() == "my notes"
+    assert (old / "matching.csv").is_file()
+
+
+def test_old_folder_without_basis_kept(study_copy, tmp_path):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    shutil.copy(copy / "compare" / "matching.csv", old / "matching.csv")
+    shutil.move(copy / "compare", tmp_path / "compare")
+
+    with pytest.raises(FileExistsError) as error:
+        run_study(config, copy)
+
+    assert str(error.value) == (
+        f"{old} has no stage record, and no stage record of stage compare lists its files, so dimalign "
+        "run cannot tell whether it left this folder: move your files out of it, delete it, then run "
+        "the study again"
+    )
+    assert (old / "matching.csv").is_file()
+
+
+def test_old_folder_of_stage_files_removed(study_copy):
+    config, copy = study_copy
+    old = copy / ".compare.old-99999"
+    old.mkdir()
+    # What a run killed while it deleted its old folder leaves: some of the stage's files, no record.
+    for name in ("matching.csv", "rsa.json"):
+        shutil.copy(copy / "compare" / name, old / name)
+    empty = copy / ".dnn_fit.old-99999" / "empty"
+    empty.mkdir(parents=True)
+
+    assert run_study(config, copy).to_run == []
+
+    assert not old.exists()
+    assert not empty.parent.exists()
+
+
+def test_folder_fingerprint_reads_content(tmp_path):
+    from dimalign.report.pipeline import fingerprint
+
+    folder = tmp_path / "images"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "1.png").write_bytes(b"first image")
+    (folder / "dog.png").write_bytes(b"second image")
+    before = fingerprint(folder)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, copy_function=shutil.copy)
+    assert fingerprint(copy) == before
+    flip_byte_keep_time(folder / "cat" / "1.png")
+    assert fingerprint(folder) != before
+
+
+def copy_tiny_study(tiny_study: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """Copy the tiny study with images, its data and its study file; return the study file and the copy."""
+    root = tmp_path / "root"
+    shutil.copytree(tiny_study.parent, root, ignore=shutil.ignore_patterns("labels"))
+    return root / "study.toml", root / "study"
+
+
+def test_image_edit_keeping_time_reruns(tiny_study, tmp_path):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    assert plan_study(load_config(config), copy).stage("compare").reasons == ["unchanged"]
+
+    flip_byte_keep_time(config.parent / "data" / "images" / "object03.png")
+    plan = plan_study(load_config(config), copy)
+
+    assert plan.stage("compare").reasons == ["input changed: images"]
+    assert "input changed: images" in plan.stage("report").reasons
+    assert plan.stage("human_fit").reasons == ["unchanged"]
+
+
+def test_listing_fingerprint_record_still_skips(tiny_study, tmp_path):
+    from dimalign.report import pipeline
+    from dimalign.report.config import load_config
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+    listing = pipeline.folder_listing(stage.inputs["images"])
+    assert listing.startswith("listing:")
+    # A record of a dimalign that fingerprinted folders by their listing.
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = listing
+    manifest["pipeline"]["hash"] = pipeline.stage_hash(
+        "compare", stage.settings, {**stage.fingerprints, "images": listing}, stage.upstream_hashes
+    )
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+
+    assert stage.reasons == ["unchanged"]
+    assert stage.fingerprints["images"] == listing
+
+
+@pytest.mark.parametrize("name", ["compare", "human_fit"])
+def test_interrupted_stage_is_reported(study_copy, monkeypatch, caplog, name):
+    config, copy = study_copy
+
+    def interrupted(context):
+        (context.out_dir / "checkpoint.pt").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stages.STAGES, name, dataclasses.replace(stages.STAGES[name], run=interrupted))
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(KeyboardInterrupt):
+        run_study(config, copy, from_stage=name)
+
+    partial = [entry for entry in copy.iterdir() if entry.name.startswith(f".{name}.partial-")]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    expected = (
+        f"stage {name} was stopped before it finished: {copy / name} still contains its previous output, "
+        "and the stages before it are finished. "
+    )
+    if name == "human_fit":
+        assert len(partial) == 1
+        expected += (
+            f"The unfinished fit is kept in {partial[0]}, and the next run with the same settings of stage "
+            f"{name} continues it from its last checkpoint"
+        )
+    else:
+        assert partial == []
+        expected += f"Its partial output is deleted, and the next run with the same options runs stage {name} again"
+    assert warnings == [expected]
+
+
+def test_unreadable_stage_file_is_named(study_copy):
+    config, copy = study_copy
+    locked = copy / "compare" / "matching.csv"
+    locked.chmod(0)
+    try:
+        result = run_without_read_override(["run", str(config), "-o", str(copy), "--from", "compare"])
+    finally:
+        locked.chmod(0o644)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"dimalign run: error: cannot read {locked} (Permission denied), so it is unknown whether it "
+        f"changed after the stage wrote it: make it readable (chmod u+r {locked}) or move it out of "
+        f"{copy / 'compare'}, then run the study again"
+    )
+    assert read_stage_record(copy / "compare") is not None
+    assert [entry.name for entry in copy.iterdir() if ".old-" in entry.name] == []
+
+
+def test_study_moved_during_stage_is_named(study_copy, monkeypatch, tmp_path, caplog):
+    config, copy = study_copy
+    moved = tmp_path / "moved"
+    real_run = stages.STAGES["compare"].run
+
+    def run_while_user_moves(context):
+        copy.rename(moved)
+        return real_run(context)
+
+    monkeypatch.setitem(
+        stages.STAGES, "compare", dataclasses.replace(stages.STAGES["compare"], run=run_while_user_moves)
+    )
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(FileNotFoundError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"the study directory {copy} was moved or deleted while stage compare ran: run the study again "
+        "with -o set to its new path, where the stages that finished before are kept"
+    )
+    assert [record.getMessage() for record in caplog.records if "could not remove" in record.getMessage()] == []
+    monkeypatch.undo()
+    plan = run_study(config, moved)
+    assert plan.to_run == []
+    assert [entry.name for entry in moved.iterdir() if ".partial-" in entry.name] == []
+
+
+def test_edited_folder_name_skips_taken(study_copy, tmp_path):
+    config, copy = study_copy
+    (copy / "compare.edited-1").symlink_to(tmp_path / "missing", target_is_directory=True)
+    (copy / "compare.edited-2").write_text("a file of mine")
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    assert run_study(config, copy, from_stage="compare").to_run == ["compare"]
+
+    assert (copy / "compare.edited-3" / "matching.csv").read_bytes() == edited
+    assert (copy / "compare.edited-1").is_symlink()
+    assert (copy / "compare.edited-2").read_text() == "a file of mine"
+
+
+def test_folder_fingerprint_names_broken_link(tmp_path):
+    from dimalign.report.pipeline import fingerprint
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").symlink_to(tmp_path / "moved.png")
+
+    with pytest.raises(FileNotFoundError) as error:
+        fingerprint(folder)
+
+    assert str(error.value) == (
+        f"{folder / 'cat.png'}, a file inside the input folder {folder}, is a symbolic link to the missing "
+        f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
+    )

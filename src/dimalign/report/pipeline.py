@@ -5,8 +5,8 @@ Each stage writes its own folder of the study directory (``study/human_fit``,
 with the stage's hash: the SHA-256 of
 
 - the stage's checked settings (defaults filled in),
-- a fingerprint of every study input it reads (the SHA-256 of a file; for a
-  folder, of its listing with sizes and modification times),
+- a fingerprint of every study input it reads (the SHA-256 of a file, or
+  of a folder's files with their paths, sizes and SHA-256 digests),
 - the hashes of the stages it reads.
 
 A stage runs when its folder has no record ("new"), or when its settings,
@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -202,7 +201,12 @@ def plan_study(
         FileNotFoundError: For an input path that does not exist, naming the
             file and its key.
     """
-    study_dir = Path(study_dir)
+    return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
+
+
+def _plan_study(
+    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: _FingerprintCache
+) -> StudyPlan:
     unknown = [name for name in config.stages if name not in STAGES]
     if unknown:
         raise ValueError(
@@ -218,12 +222,11 @@ def plan_study(
             raise ValueError(f"--from {from_stage}: unknown stage; stages of this study: {listed}")
         raise ValueError(f"--from {from_stage}: {config.path} does not configure that stage; its stages: {listed}")
 
-    fingerprints = _FingerprintCache()
     planned: dict[str, PlannedStage] = {}
     for name in STAGE_ORDER:
         if name not in configured:
             continue
-        planned[name] = _plan_stage(config, name, configured, planned, fingerprints)
+        planned[name] = _plan_stage(config, name, configured, planned, fingerprints, study_dir)
 
     _check_held_out_readers(config, planned)
     _decide(planned, study_dir, from_stage)
@@ -252,7 +255,7 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
 
 def _plan_stage(
     config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
-    fingerprints: _FingerprintCache,
+    fingerprints: _FingerprintCache, study_dir: Path,
 ) -> PlannedStage:
     stage = STAGES[name]
     raw = config.stages[name]
@@ -347,7 +350,7 @@ def _plan_stage(
         # note adds the stage and the study file, which identify the table to change.
         raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
-    input_fingerprints = {key: fingerprints(path) for key, path in inputs.items()}
+    input_fingerprints = _input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
     digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
@@ -550,6 +553,12 @@ def _stage_record_problem(record: dict[str, Any]) -> str:
     changes = record.get("changes", [])
     if not isinstance(changes, list):
         return "'changes' must be a JSON array"
+    digests = record.get("file_digests", {})
+    if not (isinstance(digests, dict) and all(
+        isinstance(value, dict) and isinstance(value.get("size"), int) and isinstance(value.get("sha256"), str)
+        for value in digests.values()
+    )):
+        return "'file_digests' must be a JSON object of {\"size\": integer, \"sha256\": string} objects"
     return change_entry_problem(changes)
 
 
@@ -590,7 +599,7 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
 
 
 class _FingerprintCache:
-    """Fingerprints of input files and folders, each computed once per plan."""
+    """Fingerprints of input files and folders, each computed once per run."""
 
     def __init__(self) -> None:
         self._values: dict[Path, str] = {}
@@ -601,27 +610,77 @@ class _FingerprintCache:
         return self._values[path]
 
 
-def fingerprint(path: Path) -> str:
-    """Return the SHA-256 of a file, or of a folder's listing.
+def _input_files(path: Path) -> Iterator[tuple[str, Path]]:
+    """Yield the relative POSIX path and the path of every non-hidden file below a folder, sorted."""
+    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                full = Path(folder) / name
+                yield full.relative_to(path).as_posix(), full
 
-    A folder's listing contains every non-hidden file below it with its relative
-    path, size and modification time (nanoseconds), so a change to any file
-    shows without reading all of them. Copying a folder therefore changes its
-    fingerprint even when the content is the same.
+
+def fingerprint(path: Path) -> str:
+    """Return the SHA-256 of a file, or ``content:`` and the SHA-256 of a folder's files.
+
+    A folder's digest covers the relative path, size and SHA-256 of every
+    non-hidden file below it, so any change to a file's content shows, and
+    a copy of the folder has the same fingerprint. Every file is read on
+    each call, because a cache keyed by size and modification time would
+    miss an edit that keeps both.
     """
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
-    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            full = Path(folder) / name
-            stat = full.stat()
-            relative = full.relative_to(path).as_posix()
-            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for relative, full in _input_files(path):
+        if full.is_symlink() and not full.exists():
+            raise FileNotFoundError(
+                f"{full}, a file inside the input folder {path}, is a symbolic link to the missing "
+                f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
+            )
+        try:
+            content = sha256_file(full)
+        except OSError as error:
+            raise OSError(
+                f"cannot read {full}, a file inside the input folder {path} ({error.strerror}): make it "
+                f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
+            ) from error
+        digest.update(f"{relative}\0{full.stat().st_size}\0{content}\n".encode())
+    return "content:" + digest.hexdigest()
+
+
+def folder_listing(path: Path) -> str:
+    """Return ``listing:`` and the SHA-256 of a folder's listing, the folder fingerprint of older records.
+
+    The listing contains every non-hidden file below the folder with its
+    relative path, size and modification time in nanoseconds.
+    """
+    digest = hashlib.sha256()
+    for relative, full in _input_files(path):
+        stat = full.stat()
+        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return "listing:" + digest.hexdigest()
+
+
+def _input_fingerprints(
+    inputs: dict[str, Path], previous: dict[str, Any] | None, fingerprints: _FingerprintCache
+) -> dict[str, str]:
+    """Return the fingerprint of each input, keeping a matching folder listing of an older record.
+
+    A stage recorded by a dimalign that fingerprinted folders by their
+    listing keeps that fingerprint while the listing is unchanged, so that
+    its stage hash stays the same and the stage does not rerun. Once the
+    stage runs again, its record gets the content fingerprint.
+    """
+    recorded = previous.get("inputs", {}) if previous is not None else {}
+    values = {}
+    for key, path in inputs.items():
+        old = recorded.get(key, {}).get("fingerprint")
+        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == folder_listing(path):
+            values[key] = old
+        else:
+            values[key] = fingerprints(path)
+    return values
 
 
 # -- running ------------------------------------------------------------------------
@@ -653,7 +712,10 @@ def run_study(
     if not isinstance(config, StudyConfig):
         config = load_config(config, list(overrides))
     study_dir = Path(study_dir)
-    plan = plan_study(config, study_dir, from_stage=from_stage)
+    # The inputs are read once per run: a change after this point is not seen,
+    # as a change while a stage reads them is not.
+    fingerprints = _FingerprintCache()
+    plan = _plan_study(config, study_dir, from_stage, fingerprints)
     check_study_dir(plan)
     if dry_run:
         _warn_other_study_file(plan, dry_run=True)
@@ -665,7 +727,7 @@ def run_study(
         with _study_lock(study_dir):
             # Plan again under the lock: a run that finished meanwhile may have
             # written stages that the first plan saw missing or outdated.
-            plan = plan_study(config, study_dir, from_stage=from_stage)
+            plan = _plan_study(config, study_dir, from_stage, fingerprints)
             check_study_dir(plan)
             _warn_other_study_file(plan)
             _remove_stale_folders(study_dir, plan)
@@ -679,7 +741,17 @@ def run_study(
                 started = time.perf_counter()
                 try:
                     _run_stage(plan, stage, record)
-                except Exception:
+                except (KeyboardInterrupt, SystemExit):
+                    _report_interruption(plan, stage)
+                    raise
+                except Exception as error:
+                    if not study_dir.is_dir():
+                        # The stage's own error, such as a missing upstream folder, would hide the cause.
+                        raise FileNotFoundError(
+                            f"the study directory {study_dir} was moved or deleted while stage {stage.name} "
+                            "ran: run the study again with -o set to its new path, where the stages that "
+                            "finished before are kept"
+                        ) from error
                     logger.error(
                         "stage %s failed; the stages before it are kept, and the next run starts there. "
                         "Where the message below suggests command-line options, change the matching "
@@ -698,6 +770,29 @@ def run_study(
             _remove_empty_study(study_dir)
         raise
     return plan
+
+
+def _report_interruption(plan: StudyPlan, stage: PlannedStage) -> None:
+    """Log what a stage stopped by Ctrl-C or a signal leaves, and what the next run does with it."""
+    final = plan.study_dir / stage.name
+    previous = f"{final} still contains its previous output" if final.is_dir() else f"{final} was not written"
+    work_dir = _work_dir(plan.study_dir, stage)
+    if _finished_work(work_dir, stage):
+        kept = (
+            f"Its finished output is kept in {work_dir}, and the next run moves it into place without running "
+            f"stage {stage.name} again"
+        )
+    elif work_dir.is_dir():
+        kept = (
+            f"The unfinished fit is kept in {work_dir}, and the next run with the same settings of stage "
+            f"{stage.name} continues it from its last checkpoint"
+        )
+    else:
+        kept = f"Its partial output is deleted, and the next run with the same options runs stage {stage.name} again"
+    logger.warning(
+        "stage %s was stopped before it finished: %s, and the stages before it are finished. %s",
+        stage.name, previous, kept,
+    )
 
 
 def _remove_empty_study(study_dir: Path) -> None:
@@ -838,6 +933,76 @@ def _listed_files(folder: Path) -> list[str] | None:
     record = read_stage_record(folder)
     files = record.get("files") if record is not None else None
     return files if isinstance(files, list) else None
+
+
+def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
+
+    The top-level ``manifest.json`` is left out, because the stage record
+    that contains these digests is written into it afterwards.
+    """
+    digests = {}
+    for name in _stage_files(folder):
+        path = folder / name
+        if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
+            continue
+        digests[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    return digests
+
+
+def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
+    """List the files of a stage folder whose size or SHA-256 differs from its stage record.
+
+    A record written before the digests existed has none, so nothing counts
+    as edited there. Missing files are left to the comparison of file lists.
+    ``error_path`` is the path that an error names for ``folder``, such as the
+    stage folder for its old folder, which is moved back after the error.
+    """
+    record = read_stage_record(folder)
+    digests = record.get("file_digests") if record is not None else None
+    if not digests:
+        return []
+    edited = []
+    for name, expected in sorted(digests.items()):
+        path = folder / name
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+                edited.append(name)
+        except FileNotFoundError:
+            # The run that holds the study's lock can move the folder during a dry run's check.
+            continue
+        except OSError as error:
+            named = (error_path or folder) / name
+            raise OSError(
+                f"cannot read {named} ({error.strerror}), so it is unknown whether it changed after the "
+                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {error_path or folder}, "
+                "then run the study again"
+            ) from error
+    return edited
+
+
+def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
+    """Rename a leftover or replaced stage folder with edited files to ``<stage>.edited-<n>`` and warn.
+
+    The new name is visible and outside the names that the cleanup removes,
+    so the edited files stay until the user deletes them. ``outcome`` ends the
+    warning, such as ", and stage compare runs again".
+    """
+    number = 1
+    while os.path.lexists(folder.parent / f"{stage_name}.edited-{number}"):
+        number += 1
+    kept = folder.parent / f"{stage_name}.edited-{number}"
+    os.rename(folder, kept)
+    listed = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
+    logger.warning(
+        "%s contains output of stage %s in which %s changed after the stage wrote it (%s: its size or SHA-256 "
+        "differs from the stage record), so the run does not %s it: the folder is kept as %s%s",
+        folder, stage_name, count, listed, "reuse or delete" if reused else "delete", kept, outcome,
+    )
+    return kept
 
 
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
@@ -1019,12 +1184,14 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
         return None
     if any(plan.stage(name).action == "run" for name in stage.upstream):
         return None
-    # NOTE: the hash covers the content of input files, but of input folders only their
-    # listing with sizes and modification times, and of upstream stages only their hashes.
-    # So kept output is reused after an edit that keeps these, such as a hand edit of an
-    # upstream stage folder, just as a skipped stage is kept.
+    # NOTE: the hash covers the content of the inputs but of upstream stages only their
+    # hashes. So kept output is reused after a hand edit of an upstream stage folder, just
+    # as a skipped stage is kept. A record of an older dimalign that fingerprinted an input
+    # folder by its listing also misses an edit that keeps the sizes and modification times.
     work_dir = _work_dir(plan.study_dir, stage)
-    return work_dir if _finished_work(work_dir, stage) else None
+    if not _finished_work(work_dir, stage) or _edited_files(work_dir):
+        return None
+    return work_dir
 
 
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
@@ -1085,8 +1252,9 @@ def _write_stage_record(
         "started": started,
         "finished": now_iso(),
         "seconds": round(seconds, 3),
-        # The files of the stage, so that a rerun can tell files added later.
+        # The files of the stage, so that a rerun can tell files added or edited later.
         "files": _stage_files(work_dir),
+        "file_digests": _file_digests(work_dir),
     }
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
@@ -1106,6 +1274,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             ``work_dir`` keeps the finished output for the next run.
     """
     old = None
+    edited: list[str] = []
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if old.exists():
@@ -1114,6 +1283,7 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
         os.rename(final, old)
         try:
             unknown, old_record = _unwritten_files(old, rewritten=work_dir)
+            edited = _edited_files(old, error_path=final)
         except BaseException:
             _move_back(old, final, stage_name)
             raise
@@ -1130,10 +1300,15 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             f"if you created {final} during the run, move it out of the study, then run the study again. "
             f"The next run moves the finished output into place without running stage {stage_name} again"
         ) from error
-    if old is not None:
-        # NOTE: a program whose working directory lies in the old folder can
-        # still write there after the check, and such a file is deleted here.
-        _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
+    if old is None:
+        return
+    if edited:
+        _keep_edited(old, stage_name, edited, reused=False,
+                     outcome=f", and the new output of stage {stage_name} is in {final}")
+        return
+    # NOTE: a program whose working directory lies in the old folder can
+    # still write there after the check, and such a file is deleted here.
+    _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
 
 
 def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> None:
@@ -1163,10 +1338,35 @@ def _move_back(old: Path, final: Path, stage_name: str) -> None:
         ) from error
 
 
+def _remove_record_last(path: Path) -> None:
+    """Delete a stage folder, removing its top-level ``manifest.json`` only after every other entry.
+
+    A run killed during the deletion thus leaves the stage record, and the
+    next run can tell the stage's files from files of the user's.
+
+    Raises:
+        OSError: For the first entry that cannot be removed; ``filename`` names it.
+    """
+    for child in sorted(path.iterdir()):
+        if child.name == MANIFEST_NAME:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    shutil.rmtree(path)
+
+
 def _remove_tree_or_warn(path: Path, description: str) -> None:
-    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed."""
+    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed.
+
+    A folder that no longer exists, as when the user moved the study during
+    the run, needs no removal and no warning.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
     try:
-        shutil.rmtree(path)
+        _remove_record_last(path)
     except OSError as error:
         logger.warning(
             "could not remove %s, %s (%s): make it writable (chmod -R u+rwX %s) or delete it, "
@@ -1180,18 +1380,14 @@ def _remove_tree(path: Path, description: str) -> None:
     ``description`` says what the folder is, such as "left by an interrupted run".
     """
 
-    def fail(function: Any, failed: str, error: BaseException) -> None:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    try:
+        _remove_record_last(path)
+    except OSError as error:
+        reason = error.strerror or str(error)
         raise OSError(
-            f"could not remove {path}, {description} ({reason}: {failed}): make it writable "
+            f"could not remove {path}, {description} ({reason}: {error.filename or path}): make it writable "
             f"(chmod -R u+rwX {path}) or delete it, then run the study again"
         ) from error
-
-    # Python 3.12 deprecated onerror, which passes sys.exc_info(), in favour of onexc.
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=fail)
-    else:
-        shutil.rmtree(path, onerror=lambda function, failed, exc_info: fail(function, failed, exc_info[1]))
 
 
 #: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
@@ -1239,6 +1435,13 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
         if entry.name in keep:
             continue
         stage_name = entry.name[1:].split(".")[0]
+        edited = _edited_files(entry)
+        if edited:
+            partial = ".partial-" in entry.name
+            runs = stage_name in plan.to_run
+            _keep_edited(entry, stage_name, edited, reused=partial,
+                         outcome=f", and stage {stage_name} runs again" if partial and runs else "")
+            continue
         _reject_files_in_leftover(entry, stage_name, plan)
         logger.info("removing %s, left by an interrupted run", entry)
         _remove_tree(entry, "left by an interrupted run")
@@ -1251,13 +1454,12 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
     compared with the output that replaced it (see :func:`_find_replacement`).
     Without that output, the user's files cannot be distinguished from the
     stage's, so the folder stays and an error names it. An old folder
-    without any record passes.
+    without any record is checked by :func:`_reject_unrecorded_old_folder`.
     """
+    if ".old-" in entry.name and read_stage_record(entry) is None:
+        _reject_unrecorded_old_folder(entry, stage_name, plan)
+        return
     rewritten = _find_replacement(plan, stage_name) if ".old-" in entry.name else None
-    if rewritten == plan.study_dir / stage_name and read_stage_record(entry) is None:
-        # The run checked the old folder before it moved the new output into place,
-        # so an old folder without a record is one whose deletion was interrupted.
-        rewritten = None
     unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
     if unknown:
         raise _unwritten_files_error(entry, stage_name, unknown, old_record)
@@ -1267,6 +1469,37 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
             "its record, from an older dimalign, lists no files, so files of yours in it cannot be "
             "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
             "study again"
+        )
+
+
+def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan) -> None:
+    """Raise ``FileExistsError`` unless an old folder without a stage record is provably the stage's output.
+
+    The run deletes an old folder with its ``manifest.json`` last, so a run
+    killed during the deletion leaves the record. A folder without one comes
+    from a dimalign that deleted in another order, or from the user. It is
+    deleted only when it contains no files (empty folders do not count), or
+    when the record of the output that replaced it (see
+    :func:`_find_replacement`) lists every file in it.
+    """
+    files = [name for name in _stage_files(entry) if not name.endswith("/")]
+    if not files:
+        return
+    basis = _find_replacement(plan, stage_name)
+    if basis is None:
+        raise FileExistsError(
+            f"{entry} has no stage record, and no stage record of stage {stage_name} lists its files, so "
+            "dimalign run cannot tell whether it left this folder: move your files out of it, delete it, "
+            "then run the study again"
+        )
+    unknown = sorted(set(files) - set(_listed_files(basis) or []))
+    if unknown:
+        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        noun = "1 file" if len(unknown) == 1 else f"{len(unknown)} files"
+        raise FileExistsError(
+            f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
+            f"contains {noun} that the stage record in {basis} does not list ({listed}): move your files "
+            "out of it, delete it, then run the study again"
         )
 
 
@@ -1355,6 +1588,7 @@ __all__ = [
     "check_outside_study_folders",
     "default_study_dir",
     "fingerprint",
+    "folder_listing",
     "is_study_record",
     "plan_study",
     "read_stage_record",
