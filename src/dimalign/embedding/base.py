@@ -32,6 +32,7 @@ from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import accuracy_with_ties, hits_with_ties
+from dimalign.embedding.loading import CONFIG_NAME, HISTORY_NAME, SavedFit, check_array_shapes, read_saved_fit
 from dimalign.io.files import MANIFEST_NAME, read_manifest, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
@@ -64,8 +65,6 @@ TENSORBOARD_DIR_NAME = "tensorboard"
 #: Upper bound of ``max_epochs``.
 MAX_EPOCHS = 10**9
 
-HISTORY_NAME = "history.csv"
-CONFIG_NAME = "config.toml"
 
 
 def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | None = None) -> torch.Tensor:
@@ -200,6 +199,21 @@ class TripletEmbedding(BaseEstimator):
         raise NotImplementedError
 
     def _result(self) -> EmbeddingResult:
+        raise NotImplementedError
+
+    # Arrays of embedding.npz that load requires.
+    _saved_arrays: tuple[str, ...] = ("embedding", "kept_dims")
+
+    def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
+        """Set the fitted arrays of this estimator from a saved ``embedding.npz``."""
+        raise NotImplementedError
+
+    def _saved_parameters(self, saved: SavedFit) -> dict[str, np.ndarray]:
+        """Return the parameters that prediction uses, exactly as the fit had them.
+
+        Raises:
+            ValueError: If the folder lacks an array that prediction needs.
+        """
         raise NotImplementedError
 
     # ---- fitting --------------------------------------------------------------
@@ -413,7 +427,7 @@ class TripletEmbedding(BaseEstimator):
     def _clear_fitted(self) -> None:
         """Remove the attributes of an earlier fit, so a new fit starts unfitted."""
         fitted = [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]
-        for name in fitted + ["_params", "_device", "_n_train"]:
+        for name in fitted + ["_params", "_params_source", "_device", "_n_train"]:
             self.__dict__.pop(name, None)
 
     def _check_finite(self, params, totals: dict[str, float], epoch: int) -> None:
@@ -635,6 +649,19 @@ class TripletEmbedding(BaseEstimator):
         if not hasattr(self, "embedding_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit first")
 
+    def _check_predictable(self, method: str) -> None:
+        """Raise unless the estimator is fitted and has the parameters that ``method`` uses.
+
+        An estimator loaded from a folder that lacks some parameters has
+        ``_params`` None (see :meth:`load`).
+        """
+        self._check_fitted()
+        if self._params is None:
+            raise ValueError(self._missing_parameters_message(method))
+
+    def _missing_parameters_message(self, method: str) -> str:
+        raise NotImplementedError
+
     def predict_proba(self, triplets: Any) -> np.ndarray:
         """Return the probability that each pair is the most similar.
 
@@ -653,7 +680,7 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        return self._log_proba(triplets, "the triplets passed to predict_proba").exp().cpu().numpy()
+        return self._log_proba(triplets, "predict_proba").exp().cpu().numpy()
 
     def predict(self, triplets: Any) -> np.ndarray:
         """Predict the odd one out of each triplet.
@@ -687,7 +714,7 @@ class TripletEmbedding(BaseEstimator):
             ValueError: On invalid or empty triplets, or an index outside
                 ``0 .. n_objects_ - 1``.
         """
-        log_proba = self._log_proba(triplets, "the triplets passed to predict").cpu().numpy()
+        log_proba = self._log_proba(triplets, "predict").cpu().numpy()
         # Pairs (0, 1), (0, 2) and (1, 2) leave out the objects in columns 2, 1 and 0.
         # Reversed, column c is the log-probability that object c is the odd one out,
         # and numpy.argmax returns the first of tied maxima.
@@ -719,22 +746,95 @@ class TripletEmbedding(BaseEstimator):
             NotFittedError: Before ``fit``.
             ValueError: On invalid or empty triplets.
         """
-        self._check_fitted()
+        self._check_predictable("score")
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
         return self._evaluate(self._params, self.kept_dims_, triplets_t)["accuracy"]
 
-    def _log_proba(self, triplets: Any, source: str) -> torch.Tensor:
+    def _log_proba(self, triplets: Any, method: str) -> torch.Tensor:
         """Return the log-probabilities of :meth:`predict_proba`, shape ``(n, 3)``, on the fit's device.
 
-        ``source`` names the triplets in errors.
+        ``method`` is the public method that asks, which errors name.
         """
-        self._check_fitted()
+        self._check_predictable(method)
+        source = f"the triplets passed to {method}"
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored", source).to(self._device)
         kept_t = torch.as_tensor(self.kept_dims_, dtype=torch.int64, device=self._device)
         with torch.no_grad():
             return self._predict_log_proba(self._params, kept_t, triplets_t)
 
-    # ---- saving ----------------------------------------------------------------
+    # ---- saving and loading ----------------------------------------------------
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, *, device: str | None = None) -> TripletEmbedding:
+        """Load a fitted estimator from a folder that :meth:`save` or ``dimalign fit`` wrote.
+
+        The estimator has the saved settings and fitted attributes, and its
+        :meth:`predict`, :meth:`predict_proba` and :meth:`score` return
+        exactly what the saved estimator returned on the same device. A
+        setting that an older ``config.toml`` lacks takes its default.
+
+        The loaded estimator is for prediction. :meth:`fit` on it starts a
+        new fit from the seed, as on any estimator. To train a
+        ``dimalign fit`` run further, resume its ``checkpoint.pt`` with
+        ``checkpoint_dir`` set to the run folder, ``resume=True``, a higher
+        ``max_epochs`` and the same triplets.
+
+        Args:
+            run_dir (str | os.PathLike): The folder with ``config.toml``,
+                ``embedding.npz`` and ``history.csv``.
+            device (str | None): Device to predict on, replacing the saved
+                ``device`` setting; None keeps the saved one. Pass ``"cpu"``
+                to load a fit saved on a GPU on a machine without one.
+
+        Returns:
+            TripletEmbedding: A fitted estimator of this class.
+
+        Raises:
+            FileNotFoundError: If ``run_dir`` or one of its three files is missing.
+            ValueError: If ``run_dir`` is a file, the output of another
+                dimalign step or a fit of the other estimator, if a file is
+                damaged or a setting invalid, or if the files do not belong
+                together.
+
+        Example:
+            >>> import tempfile
+            >>> from dimalign.embedding import SPoSE
+            >>> rng = np.random.default_rng(0)
+            >>> triplets = np.array([rng.choice(12, 3, replace=False) for _ in range(300)])
+            >>> model = SPoSE(n_dims=5, max_epochs=2, min_objects=0).fit(triplets, n_objects=12)
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     loaded = SPoSE.load(model.save(folder))
+            >>> loaded.score(triplets) == model.score(triplets)
+            True
+        """
+        saved = read_saved_fit(run_dir, cls)
+        settings = saved.settings if device is None else {**saved.settings, "device": device}
+        model = cls(**settings)
+        try:
+            model._check_settings()
+            dtype = model._dtype()
+            torch_device = resolve_device(model.device)
+        except ValueError as error:
+            raise ValueError(f"{saved.config_path}: {error}") from error
+        check_array_shapes(saved, model.n_dims)
+
+        parameters = model._saved_parameters(saved)
+        model._params = None if parameters is None else {
+            name: torch.as_tensor(array).to(device=torch_device, dtype=dtype) for name, array in parameters.items()
+        }
+        model._params_source = saved.embedding_path
+        model._device = torch_device
+        model.n_objects_ = saved.fitted["n_objects"]
+        model.n_epochs_ = saved.fitted["n_epochs"]
+        model.converged_ = saved.fitted["converged"]
+        model.history_ = saved.history
+        model._set_loaded(saved.arrays)
+        logger.info(
+            "loaded %s from %s: %d objects, %d of %d dimensions kept, %d epochs",
+            cls.__name__, saved.folder, model.n_objects_, model.n_dims_, model.n_dims, model.n_epochs_,
+        )
+        return model
+
 
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``.

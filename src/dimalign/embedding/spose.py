@@ -160,3 +160,17 @@ class SPoSE(TripletEmbedding):
 
     def _result(self) -> EmbeddingResult:
         return EmbeddingResult(embedding=self.embedding_, kept_dims=self.kept_dims_, loc=self.weights_)
+
+    # save stores weights_ as "loc", the name VICE uses for its unpruned parameters.
+    _saved_arrays = ("embedding", "kept_dims", "loc")
+
+    def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
+        self.kept_dims_ = arrays["kept_dims"]
+        self.embedding_ = arrays["embedding"]
+        self.weights_ = arrays["loc"]
+        self.n_dims_ = int(self.kept_dims_.size)
+
+    def _saved_parameters(self, saved) -> dict[str, np.ndarray]:
+        # weights_ is the float64 copy of the fit's weights, so casting it
+        # back to the fit's float type gives them exactly.
+        return {"weights": saved.arrays["loc"]}

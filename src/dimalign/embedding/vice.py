@@ -289,7 +289,34 @@ class VICE(TripletEmbedding):
         self.n_dims_ = int(self.kept_dims_.size)
 
     def _result(self) -> EmbeddingResult:
+        # log_scale in the fit's float type: the posterior predictive takes
+        # exp of it, and the log of scale_ need not give it back exactly. An
+        # estimator loaded from an older folder has no parameters to save.
+        log_scale = None if self._params is None else self._params["log_scale"].cpu().numpy()
         return EmbeddingResult(
             embedding=self.embedding_, scales=self.scales_, kept_dims=self.kept_dims_,
-            loc=self.loc_, scale=self.scale_,
+            loc=self.loc_, scale=self.scale_, log_scale=log_scale,
+        )
+
+    _saved_arrays = ("embedding", "scales", "kept_dims", "loc", "scale")
+
+    def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
+        self.kept_dims_ = arrays["kept_dims"]
+        self.embedding_ = arrays["embedding"]
+        self.scales_ = arrays["scales"]
+        self.loc_ = arrays["loc"]
+        self.scale_ = arrays["scale"]
+        self.n_dims_ = int(self.kept_dims_.size)
+
+    def _saved_parameters(self, saved) -> dict[str, np.ndarray] | None:
+        # Folders saved before log_scale was stored load without parameters.
+        if "log_scale" not in saved.arrays:
+            return None
+        return {"loc": saved.arrays["loc"], "log_scale": saved.arrays["log_scale"]}
+
+    def _missing_parameters_message(self, method: str) -> str:
+        return (
+            f"{self._params_source} has no 'log_scale', the exact posterior scales that {method} "
+            "samples from, because an older dimalign saved it: fit again and save, or score the "
+            "posterior means with dimalign.analysis.similarity.odd_one_out_accuracy(model.embedding_, triplets)"
         )
