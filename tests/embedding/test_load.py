@@ -278,3 +278,23 @@ def test_load_on_other_device(tmp_path):
 
     assert loaded.device == "cpu"
     np.testing.assert_array_equal(loaded.predict_proba(triplets), model.predict_proba(triplets))
+
+
+def test_loaded_fit_run_resumes_checkpoint(tmp_path):
+    """A dimalign fit run names its folder as checkpoint_dir, so resume=True trains the loaded fit on."""
+    from dimalign.embedding import fit_run
+
+    train, val = random_triplets(), random_triplets(seed=1)
+    settings = {"n_dims": 6, "min_objects": 0, "lr": 0.05}
+    fit_run(VICE(max_epochs=3, **settings), train, val, tmp_path / "run", n_objects=N_OBJECTS)
+    uninterrupted = VICE(max_epochs=5, **settings).fit(train, val, n_objects=N_OBJECTS)
+    loaded = VICE.load(tmp_path / "run")
+
+    with pytest.raises(FileExistsError, match="checkpoint.pt exists: pass resume=True"):
+        loaded.fit(train, val, n_objects=N_OBJECTS)
+    loaded = VICE.load(tmp_path / "run").set_params(resume=True, max_epochs=5)
+    loaded.fit(train, val, n_objects=N_OBJECTS)
+
+    assert loaded.n_epochs_ == 5
+    np.testing.assert_array_equal(loaded.loc_, uninterrupted.loc_)
+    assert loaded.score(val) == uninterrupted.score(val)

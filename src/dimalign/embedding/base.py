@@ -773,11 +773,11 @@ class TripletEmbedding(BaseEstimator):
         exactly what the saved estimator returned on the same device. A
         setting that an older ``config.toml`` lacks takes its default.
 
-        The loaded estimator is for prediction. :meth:`fit` on it starts a
-        new fit from the seed, as on any estimator. To train a
-        ``dimalign fit`` run further, resume its ``checkpoint.pt`` with
-        ``checkpoint_dir`` set to the run folder, ``resume=True``, a higher
-        ``max_epochs`` and the same triplets.
+        The loaded estimator is for prediction: :meth:`fit` on it starts a
+        new fit from the seed, as on any estimator. A ``dimalign fit`` run
+        has ``checkpoint_dir`` set to its folder, so with
+        ``set_params(resume=True, max_epochs=...)`` and the same triplets,
+        :meth:`fit` trains on from the run's ``checkpoint.pt``.
 
         Args:
             run_dir (str | os.PathLike): The folder with ``config.toml``,
@@ -839,9 +839,9 @@ class TripletEmbedding(BaseEstimator):
     def save(self, run_dir: str | os.PathLike) -> Path:
         """Write ``embedding.npz``, ``config.toml`` and ``history.csv`` into ``run_dir``.
 
-        :func:`dimalign.io.runs.load_embedding` reads the returned folder back
-        as an ``EmbeddingResult`` (the embedding and its kept dimensions, not
-        a fitted estimator), and the commands that take a run directory, such
+        :meth:`load` reads the returned folder back as a fitted estimator,
+        :func:`dimalign.io.runs.load_embedding` as an ``EmbeddingResult``
+        (the arrays alone), and the commands that take a run directory, such
         as ``dimalign compare``, accept it. ``RidgeMap.save`` returns its
         folder in the same way.
 
