@@ -12,7 +12,7 @@ from sklearn.utils.validation import check_is_fitted
 from dimalign.embedding import SPoSE, VICE
 from dimalign.io.files import write_manifest
 
-# Short fits keep few dimensions; that warning is tested in test_vice.py.
+# Short fits keep few dimensions. That warning is tested in test_vice.py.
 pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
 
 ESTIMATORS = [VICE, SPoSE]

@@ -106,7 +106,7 @@ def _check_run_folder(folder: Path, class_name: str) -> None:
         try:
             step = read_manifest(folder).get("step")
         except (ValueError, OSError):
-            # A damaged manifest says nothing about the files. They are checked below.
+            # A damaged manifest gives no step. The files themselves are checked below.
             step = None
         if isinstance(step, str) and step != "fit":
             raise ValueError(
@@ -185,7 +185,7 @@ def _settings_for(estimator: type, stored: dict[str, Any], path: Path) -> dict[s
 
 
 def _read_arrays(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read every array of ``embedding.npz``; raise if one of ``required`` is missing."""
+    """Read every array of ``embedding.npz``, and raise if one of ``required`` is missing."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -241,7 +241,7 @@ def _read_history(path: Path) -> list[dict[str, float]]:
         for line, record in enumerate(csv.DictReader(file), start=2):
             try:
                 if None in record or None in record.values():
-                    raise ValueError("the row has another number of cells than the header")
+                    raise ValueError("the row has a different number of cells than the header")
                 rows.append({key: _parse_number(value) for key, value in record.items() if value != ""})
             except ValueError as error:
                 raise ValueError(
