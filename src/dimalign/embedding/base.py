@@ -18,6 +18,7 @@ import math
 import numbers
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,23 @@ def _setting_name(key: str) -> str:
     return key if option is None else f"{key} ({option})"
 
 
+@dataclass
+class _FitState:
+    """The state of one call of ``fit`` that its steps share and a checkpoint saves."""
+
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    directory: Path | None  # checkpoint_dir, or None for a fit without checkpoints
+    n_objects: int
+    data_digest: str
+    val_digest: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0  # epochs trained so far
+    stable_epochs: int = 0  # epochs since the number of kept dimensions last changed
+    last_n_kept: int = -1
+
+
 class TripletEmbedding(BaseEstimator):
     """Base class: a non-negative embedding fitted to odd-one-out triplets.
 
@@ -302,13 +320,7 @@ class TripletEmbedding(BaseEstimator):
         """
         self._check_settings()
         self._clear_fitted()
-        n_objects = n_objects if n_objects is not None else self.n_objects
-        if n_objects is None:
-            raise ValueError(
-                "the number of objects is unknown: pass n_objects (the length of the "
-                "object table), not the largest index in the triplets"
-            )
-        check_integer("n_objects", n_objects, 1)
+        n_objects = self._fit_object_count(n_objects)
         device = resolve_device(self.device)
         if self.min_objects >= n_objects:
             raise ValueError(
@@ -319,52 +331,90 @@ class TripletEmbedding(BaseEstimator):
         self._check_memory(n_objects, device, dtype)
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
-        n_train = train_t.shape[0]
-        self._n_train = n_train
+        self._n_train = train_t.shape[0]
 
+        state = self._start_fit(n_objects, device, dtype, train_t, val_t)
+        self._resume_from_checkpoint(state)
+        converged = self._train_epochs(state, train_t, val_t)
+        self._store_fit(state, device, converged)
+        return self
+
+    def _fit_object_count(self, n_objects: int | None) -> int:
+        """Return the number of objects of a fit: the argument of ``fit``, else the setting."""
+        n_objects = n_objects if n_objects is not None else self.n_objects
+        if n_objects is None:
+            raise ValueError(
+                "the number of objects is unknown: pass n_objects (the length of the "
+                "object table), not the largest index in the triplets"
+            )
+        check_integer("n_objects", n_objects, 1)
+        return n_objects
+
+    def _start_fit(
+        self, n_objects: int, device: torch.device, dtype: torch.dtype,
+        train_t: torch.Tensor, val_t: torch.Tensor | None,
+    ) -> _FitState:
+        """Draw the initial parameters and create the optimizer of a new fit."""
         generator = torch.Generator(device=device).manual_seed(int(self.random_state))
         params = self._init_parameters(n_objects, generator)
         params = {name: tensor.to(device=device, dtype=dtype).requires_grad_(True) for name, tensor in params.items()}
         # The fused implementation updates all parameters in one kernel. On the CPU
         # it needs torch 2.4 or newer, the lower bound in pyproject.toml.
         optimizer = torch.optim.Adam(params.values(), lr=self.lr, fused=True)
+        return _FitState(
+            params=params, optimizer=optimizer, generator=generator,
+            directory=Path(self.checkpoint_dir) if self.checkpoint_dir else None,
+            n_objects=n_objects, data_digest=triplet_digest(train_t),
+            val_digest=triplet_digest(val_t) if val_t is not None else None,
+        )
 
-        history: list[dict[str, float]] = []
-        start_epoch, stable_epochs, last_n_kept = 0, 0, -1
-        directory = Path(self.checkpoint_dir) if self.checkpoint_dir else None
-        data_digest = triplet_digest(train_t)
-        val_digest = triplet_digest(val_t) if val_t is not None else None
-        state = load_checkpoint(directory) if directory is not None else None
-        if state is None and self.resume:
+    def _resume_from_checkpoint(self, state: _FitState) -> None:
+        """Continue ``state`` from the checkpoint in ``checkpoint_dir``, if there is one.
+
+        Raises:
+            FileExistsError: If there is a checkpoint and ``resume`` is False.
+            ValueError: If the checkpoint belongs to other settings or data,
+                or is damaged.
+        """
+        directory = state.directory
+        checkpoint = load_checkpoint(directory) if directory is not None else None
+        if checkpoint is None and self.resume:
             # No error: 'dimalign run' passes resume=True to every fit. The log
             # line shows a mistyped run directory, which would pass unnoticed.
             logger.info("no checkpoint in %s to resume from: starting a new fit", directory)
-        if state is not None:
-            self._check_resumable(state, directory, n_objects, data_digest, val_digest)
-            self._check_parameter_shapes(state, directory, params)
-            self._restore(state, params, optimizer, generator)
-            history = list(state["history"])
-            start_epoch = int(state["epoch"])
-            stable_epochs = int(state["stable_epochs"])
-            last_n_kept = int(state["last_n_kept"])
-            logger.info("resuming %s from epoch %d in %s", self._estimator_name, start_epoch, directory)
-            if start_epoch >= self.max_epochs:
-                warn(
-                    f"the checkpoint in {directory} has {start_epoch} epochs, not fewer than "
-                    f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
-                    "checkpoint's; raise max_epochs to train on", UserWarning,
-                )
-            elif stable_epochs >= self.stability_epochs:
-                warn(
-                    f"the checkpoint in {directory} has converged: its kept dimensions did not "
-                    f"change for {stable_epochs} epochs, at least stability_epochs="
-                    f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
-                    "raise stability_epochs to train on", UserWarning,
-                )
+        if checkpoint is None:
+            return
+        self._check_resumable(checkpoint, directory, state.n_objects, state.data_digest, state.val_digest)
+        self._check_parameter_shapes(checkpoint, directory, state.params)
+        self._restore(checkpoint, state.params, state.optimizer, state.generator)
+        state.history = list(checkpoint["history"])
+        state.epoch = int(checkpoint["epoch"])
+        state.stable_epochs = int(checkpoint["stable_epochs"])
+        state.last_n_kept = int(checkpoint["last_n_kept"])
+        logger.info("resuming %s from epoch %d in %s", self._estimator_name, state.epoch, directory)
+        if state.epoch >= self.max_epochs:
+            warn(
+                f"the checkpoint in {directory} has {state.epoch} epochs, not fewer than "
+                f"max_epochs={self.max_epochs}: nothing is trained, and the fit is the "
+                "checkpoint's; raise max_epochs to train on", UserWarning,
+            )
+        elif state.stable_epochs >= self.stability_epochs:
+            warn(
+                f"the checkpoint in {directory} has converged: its kept dimensions did not "
+                f"change for {state.stable_epochs} epochs, at least stability_epochs="
+                f"{self.stability_epochs}. Nothing is trained, and the fit is the checkpoint's; "
+                "raise stability_epochs to train on", UserWarning,
+            )
 
-        writer = self._tensorboard_writer(directory, start_epoch)
-        converged = stable_epochs >= self.stability_epochs and start_epoch > 0
-        epoch = start_epoch
+    def _train_epochs(self, state: _FitState, train_t: torch.Tensor, val_t: torch.Tensor | None) -> bool:
+        """Train from ``state.epoch`` until convergence or ``max_epochs``, and return whether it converged.
+
+        A checkpoint is written every ``checkpoint_every`` epochs, when the
+        fit converges and at the end.
+        """
+        start_epoch = state.epoch
+        writer = self._tensorboard_writer(state.directory, start_epoch)
+        converged = state.stable_epochs >= self.stability_epochs and start_epoch > 0
         progress = tqdm(
             range(start_epoch, self.max_epochs), desc=f"fit {self._estimator_name}",
             disable=progress_disabled() if self.verbose else True, unit="epoch",
@@ -372,43 +422,53 @@ class TripletEmbedding(BaseEstimator):
         for epoch_index in progress:
             if converged:
                 break
-            epoch = epoch_index + 1
-            started = time.perf_counter()
-            totals = self._train_epoch(params, optimizer, train_t, generator)
-            self._check_finite(params, totals, epoch)
-            kept = self._kept(params)
-            n_kept = int(kept.size)
-            stable_epochs = stable_epochs + 1 if n_kept == last_n_kept else 0
-            last_n_kept = n_kept
-            row = {"epoch": epoch, **totals, "n_dims": n_kept, "seconds": time.perf_counter() - started}
-            if val_t is not None and (epoch % self.eval_every == 0 or epoch == self.max_epochs):
-                row.update(self._evaluate(params, kept, val_t, prefix="val_"))
-            history.append(row)
+            state.epoch = epoch_index + 1
+            row = self._train_one_epoch(state, train_t, val_t)
             self._log_epoch(row, writer)
-            progress.set_postfix(loss=f"{row['loss']:.4f}", dims=n_kept)
-            converged = stable_epochs >= self.stability_epochs
-            if directory is not None and (epoch % self.checkpoint_every == 0 or converged):
-                self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                                 stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", dims=row["n_dims"])
+            converged = state.stable_epochs >= self.stability_epochs
+            if state.directory is not None and (state.epoch % self.checkpoint_every == 0 or converged):
+                self._checkpoint(state)
         progress.close()
-        if directory is not None:
-            self._checkpoint(directory, params, optimizer, generator, history, epoch,
-                             stable_epochs, last_n_kept, n_objects, data_digest, val_digest)
+        if state.directory is not None:
+            self._checkpoint(state)
         if writer is not None:
             writer.close()
+        return converged
 
+    def _train_one_epoch(
+        self, state: _FitState, train_t: torch.Tensor, val_t: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Train epoch ``state.epoch``, count it towards convergence and return its history row."""
+        epoch = state.epoch
+        started = time.perf_counter()
+        totals = self._train_epoch(state.params, state.optimizer, train_t, state.generator)
+        self._check_finite(state.params, totals, epoch)
+        kept = self._kept(state.params)
+        n_kept = int(kept.size)
+        state.stable_epochs = state.stable_epochs + 1 if n_kept == state.last_n_kept else 0
+        state.last_n_kept = n_kept
+        row = {"epoch": epoch, **totals, "n_dims": n_kept, "seconds": time.perf_counter() - started}
+        if val_t is not None and (epoch % self.eval_every == 0 or epoch == self.max_epochs):
+            row.update(self._evaluate(state.params, kept, val_t, prefix="val_"))
+        state.history.append(row)
+        return row
+
+    def _store_fit(self, state: _FitState, device: torch.device, converged: bool) -> None:
+        """Set the fitted attributes from a finished fit and log or warn about its outcome."""
         # The fitted attributes are set together here, so an interrupted or
         # failed fit leaves the estimator unfitted instead of half updated.
+        params = state.params
         self._params = {name: tensor.detach() for name, tensor in params.items()}
         self._device = device
-        self.n_objects_ = n_objects
+        self.n_objects_ = state.n_objects
         self.converged_ = converged
-        self.history_ = history
-        self.n_epochs_ = epoch
+        self.history_ = state.history
+        self.n_epochs_ = state.epoch
         self._set_fitted(params)
         reason = "converged" if self.converged_ else "reached max_epochs"
         logger.info(
-            "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, epoch, reason
+            "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, state.epoch, reason
         )
         if self.n_dims_ == 0:
             # min_objects cannot go below 0, so the advice to lower it is given only above 0.
@@ -422,7 +482,6 @@ class TripletEmbedding(BaseEstimator):
                 "a smaller l1 penalty",
                 UserWarning,
             )
-        return self
 
     def _clear_fitted(self) -> None:
         """Remove the attributes of an earlier fit, so a new fit starts unfitted."""
@@ -527,25 +586,24 @@ class TripletEmbedding(BaseEstimator):
 
     # ---- checkpoints ----------------------------------------------------------
 
-    def _checkpoint(self, directory, params, optimizer, generator, history, epoch,
-                    stable_epochs, last_n_kept, n_objects, data_digest, val_digest) -> None:
+    def _checkpoint(self, state: _FitState) -> None:
         save_checkpoint(
             {
                 "estimator": self._estimator_name,
                 "config": self._training_config(),
-                "n_objects": n_objects,
-                "data_sha256": data_digest,
-                "val_sha256": val_digest,
-                "epoch": epoch,
-                "stable_epochs": stable_epochs,
-                "last_n_kept": last_n_kept,
-                "params": {name: tensor.detach().cpu() for name, tensor in params.items()},
-                "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(),
-                "generator_device": generator.device.type,
-                "history": history,
+                "n_objects": state.n_objects,
+                "data_sha256": state.data_digest,
+                "val_sha256": state.val_digest,
+                "epoch": state.epoch,
+                "stable_epochs": state.stable_epochs,
+                "last_n_kept": state.last_n_kept,
+                "params": {name: tensor.detach().cpu() for name, tensor in state.params.items()},
+                "optimizer": state.optimizer.state_dict(),
+                "generator": state.generator.get_state(),
+                "generator_device": state.generator.device.type,
+                "history": state.history,
             },
-            directory,
+            state.directory,
         )
 
     def _check_resumable(
