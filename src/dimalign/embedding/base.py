@@ -82,6 +82,9 @@ def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | No
         source (str | None): How errors name the triplets; None uses
             ``"<name> triplets"``.
 
+    Returns:
+        torch.Tensor: The triplets as int64, shape ``(n, 3)``, on the CPU.
+
     Raises:
         ValueError: On a wrong shape, an empty or non-integer array, an index
             out of range or a row that repeats an object.
@@ -99,7 +102,14 @@ def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | No
 
 
 def triplet_digest(triplets: torch.Tensor) -> str:
-    """Return a SHA-256 of the triplet array, to tie a checkpoint to its data."""
+    """Return a SHA-256 of the triplet array, to tie a checkpoint to its data.
+
+    Args:
+        triplets (torch.Tensor): Shape ``(n, 3)``, on any device.
+
+    Returns:
+        str: The hex digest of the triplets as C-ordered int64 bytes.
+    """
     return hashlib.sha256(triplets.cpu().numpy().astype(np.int64).tobytes()).hexdigest()
 
 
@@ -982,7 +992,16 @@ def _toml_setting(value: Any) -> Any:
 
 
 def history_to_csv(history: list[dict[str, float]]) -> str:
-    """Format per-epoch records as CSV (columns: the union of keys, in first-seen order)."""
+    """Format per-epoch records as CSV.
+
+    Args:
+        history (list[dict[str, float]]): Rows such as ``history_``.
+
+    Returns:
+        str: CSV text whose columns are the union of the keys, in first-seen
+        order. A missing key or a NaN becomes an empty cell, and floats are
+        written with ``repr`` so that they read back exactly.
+    """
     columns: list[str] = []
     for row in history:
         columns += [key for key in row if key not in columns]

@@ -6,10 +6,15 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dimalign.cli import declare_output_folder
+
+if TYPE_CHECKING:
+    # Imported for the annotation only: the CLI imports torch when a command runs.
+    from dimalign.embedding.base import TripletEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,11 @@ SPOSE_ONLY_OPTIONS = (("--l1", "l1"),)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``fit`` subcommand."""
+    """Add the ``fit`` subcommand.
+
+    Args:
+        subparsers (argparse._SubParsersAction): The subcommands of ``dimalign``.
+    """
     parser = subparsers.add_parser(
         "fit",
         help="fit a sparse non-negative embedding (VICE or SPoSE) to triplets",
@@ -94,7 +103,11 @@ def _thread_count(text: str) -> int:
 
 
 def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training-data options shared by ``fit`` and ``sweep``."""
+    """Add the training-data options shared by ``fit`` and ``sweep``.
+
+    Args:
+        parser (argparse.ArgumentParser): The parser of the subcommand.
+    """
     parser.add_argument(
         "triplets",
         type=Path,
@@ -294,6 +307,9 @@ def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: P
 def check_validation_options(args: argparse.Namespace) -> None:
     """Reject a ``--val-fraction`` that would be ignored or is out of range.
 
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
     Raises:
         ValueError: Naming both options, or the invalid fraction.
     """
@@ -325,6 +341,9 @@ def _val_fraction(args: argparse.Namespace) -> float:
 def check_method_options(args: argparse.Namespace) -> None:
     """Reject estimator options that the chosen ``--method`` ignores.
 
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
     Raises:
         ValueError: Naming the option and the method.
     """
@@ -339,8 +358,16 @@ def check_method_options(args: argparse.Namespace) -> None:
         )
 
 
-def build_estimator(args: argparse.Namespace):
-    """Build the VICE or SPoSE estimator from command-line options."""
+def build_estimator(args: argparse.Namespace) -> TripletEmbedding:
+    """Build the VICE or SPoSE estimator from command-line options.
+
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
+    Returns:
+        TripletEmbedding: An unfitted estimator. Options left at None take
+        the estimator's defaults.
+    """
     from dimalign.embedding import SPoSE, VICE
 
     common = {
@@ -363,7 +390,14 @@ def build_estimator(args: argparse.Namespace):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    """Handle ``dimalign fit``."""
+    """Handle ``dimalign fit``.
+
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit``.
+
+    Returns:
+        int: The exit status, 0.
+    """
     from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.embedding import fit_run
     from dimalign.io.files import check_output_dir, check_writable
@@ -402,7 +436,13 @@ def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, 
     """Reject an empty training or validation file of ``dimalign fit``, naming it.
 
     The estimators reject empty triplets too, but without the file behind them.
-    ``val_given`` distinguishes a ``--val`` file from the ``val.npy`` of a training folder.
+    Args:
+        train (np.ndarray): The training triplets.
+        val (np.ndarray | None): The validation triplets, if any.
+        inputs (dict): The input files, with ``"train"`` and, with validation
+            triplets, ``"val"``.
+        val_given (bool): Whether the validation triplets come from
+            ``--val``, not from the ``val.npy`` of a training folder.
 
     Raises:
         ValueError: Naming the file, with what to do.
@@ -427,6 +467,12 @@ def check_split_fraction(args: argparse.Namespace, fraction: float, n_triplets: 
     :func:`dimalign.io.triplets.split_triplets` holds out ``round(fraction x
     n)`` of the ``n`` triplets, so the rounding can leave either side empty.
     An empty file (``n = 0``) is left to the caller, which names it.
+
+    Args:
+        args (argparse.Namespace): The parsed options, for the option names.
+        fraction (float): The validation fraction.
+        n_triplets (int): The number of triplets to split.
+        source (Path): The file that errors name.
 
     Raises:
         ValueError: Naming the fraction, the file and the rounding, with what to do.
