@@ -146,6 +146,17 @@ def test_load_file_instead_of_folder(tmp_path):
         SPoSE.load(tmp_path / "embedding.npz")
 
 
+def test_load_embedding_file_names_reader(tmp_path):
+    """A plain embedding file, such as a published SPoSE embedding, is no saved fit."""
+    path = tmp_path / "spose_embedding_49d_sorted.txt"
+    np.savetxt(path, np.ones((4, 2)))
+    with pytest.raises(ValueError, match=(
+        rf"^{path} is a file, not the folder of a saved fit: read an embedding file with "
+        r"dimalign\.io\.runs\.load_embedding, which returns its array without an estimator$"
+    )):
+        SPoSE.load(path)
+
+
 def test_load_folder_without_config_named(tmp_path):
     from dimalign.io.runs import EmbeddingResult, save_embedding
 

@@ -101,7 +101,14 @@ def _check_run_folder(folder: Path, class_name: str) -> None:
     if not folder.exists():
         raise FileNotFoundError(f"{folder} not found: pass a folder that {writers} wrote")
     if not folder.is_dir():
-        raise ValueError(f"{folder} is a file, not a run folder: pass the folder that contains it, {folder.parent}")
+        if folder.name in (EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME):
+            raise ValueError(
+                f"{folder} is a file, not a run folder: pass the folder that contains it, {folder.parent}"
+            )
+        raise ValueError(
+            f"{folder} is a file, not the folder of a saved fit: read an embedding file with "
+            "dimalign.io.runs.load_embedding, which returns its array without an estimator"
+        )
     if (folder / MANIFEST_NAME).is_file():
         try:
             step = read_manifest(folder).get("step")
