@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -836,7 +836,7 @@ class TripletEmbedding(BaseEstimator):
     # ---- saving and loading ----------------------------------------------------
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, *, device: str | None = None) -> TripletEmbedding:
+    def load(cls, run_dir: str | os.PathLike, *, device: str | None = None) -> Self:
         """Load a fitted estimator from a folder that :meth:`save` or ``dimalign fit`` wrote.
 
         The estimator has the saved settings and fitted attributes, and its
@@ -858,7 +858,7 @@ class TripletEmbedding(BaseEstimator):
                 to load a fit saved on a GPU on a machine without one.
 
         Returns:
-            TripletEmbedding: A fitted estimator of this class.
+            Self: A fitted estimator of the class that ``load`` is called on.
 
         Raises:
             FileNotFoundError: If ``run_dir`` or one of its three files is missing.
