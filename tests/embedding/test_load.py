@@ -169,7 +169,11 @@ def test_load_folder_without_config_named(tmp_path):
 
 
 def test_load_empty_folder_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path} is a folder without embedding\.npz"):
+    """The advice names what load takes: a folder of a saved fit, not an embedding file."""
+    with pytest.raises(FileNotFoundError, match=(
+        rf"^{tmp_path} is a folder without embedding\.npz, so it is not a run directory of 'dimalign fit': "
+        r"pass a folder that VICE\.save or 'dimalign fit' wrote$"
+    )):
         VICE.load(tmp_path)
 
 

@@ -121,7 +121,7 @@ def _check_run_folder(folder: Path, class_name: str) -> None:
                 f"that {writers} wrote"
             )
     if not (folder / EMBEDDING_NAME).is_file():
-        raise FileNotFoundError(_folder_without_embedding(folder))
+        raise FileNotFoundError(_folder_without_embedding(folder, advice=f"pass a folder that {writers} wrote"))
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"{folder} has {EMBEDDING_NAME} but no {CONFIG_NAME}, so the settings of its fit are "

@@ -168,8 +168,12 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
 
 
-def _folder_without_embedding(folder: Path) -> str:
-    """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead."""
+def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:
+    """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead.
+
+    ``advice`` replaces the closing advice for a folder that is none of the
+    known kinds. None advises a run directory or an embedding file.
+    """
     problem = f"{folder} is a folder without {EMBEDDING_NAME}, so it is not a run directory of 'dimalign fit'"
     if (folder / "checkpoint.pt").is_file():
         return (
@@ -195,7 +199,9 @@ def _folder_without_embedding(folder: Path) -> str:
             f"{problem}: it contains the features of 'dimalign extract', which 'dimalign simulate' "
             "and 'dimalign fit' turn into an embedding"
         )
-    return f"{problem}: pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+    if advice is None:
+        advice = "pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+    return f"{problem}: {advice}"
 
 
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:
