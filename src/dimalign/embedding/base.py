@@ -236,11 +236,11 @@ class TripletEmbedding(BaseEstimator):
         """Set the fitted arrays of this estimator from a saved ``embedding.npz``."""
         raise NotImplementedError
 
-    def _saved_parameters(self, saved: SavedFit) -> dict[str, np.ndarray]:
+    def _saved_parameters(self, saved: SavedFit) -> dict[str, np.ndarray] | None:
         """Return the parameters that prediction uses, exactly as the fit had them.
 
-        Raises:
-            ValueError: If the folder lacks an array that prediction needs.
+        None means that the folder lacks them. The loaded estimator then
+        raises :meth:`_missing_parameters_message` from its prediction methods.
         """
         raise NotImplementedError
 

@@ -171,8 +171,8 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
 def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:
     """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead.
 
-    ``advice`` replaces the closing advice for a folder that is none of the
-    known kinds. None advises a run directory or an embedding file.
+    ``advice`` replaces the closing advice for a folder that matches none of
+    the known kinds. None advises a run directory or an embedding file.
     """
     problem = f"{folder} is a folder without {EMBEDDING_NAME}, so it is not a run directory of 'dimalign fit'"
     if (folder / "checkpoint.pt").is_file():
