@@ -154,9 +154,7 @@ def load_training_data(
             outside ``[0, 1)``, or would leave the training or the validation
             triplets empty.
     """
-    from dimalign.analysis.commands import reject_split_folder
-    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
-    from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
+    from dimalign.io.triplets import find_triplet_file, load_triplets
 
     source = args.triplets
     # Found first, so that a mistyped path is named as such rather than
@@ -164,6 +162,45 @@ def load_training_data(
     if not source.exists():
         raise FileNotFoundError(f"triplet file or folder {source} not found: check the path")
     train_path = find_triplet_file(source) if source.is_dir() else source
+
+    table, table_path, neighbour_table, n_objects = _objects_of_training_data(args, source)
+
+    check_validation_options(args)
+    inputs = {}
+    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
+        args.val = source / "val.npy"
+    elif source.is_dir() and args.val is None:
+        _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
+    try:
+        train = load_triplets(train_path, n_objects)
+    except ValueError as error:
+        if not neighbour_table or "out of range" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. The {n_objects} objects come from {table_path}, which dimalign fit reads because it "
+            "lies next to the triplets: pass the table that the triplets index with --objects, or move "
+            "this one away"
+        ) from error
+    inputs["train"] = train_path
+    train, val, split = _validation_triplets(args, train, train_path, n_objects, inputs)
+    if table_path is not None:
+        inputs["objects"] = table_path
+    return train, val, n_objects, table, inputs, split
+
+
+def _objects_of_training_data(args: argparse.Namespace, source: Path) -> tuple[object, Path | None, bool, int]:
+    """Return the object table, its path, whether it lies next to the triplets, and the object count.
+
+    The table is ``--objects``, else the ``objects.tsv`` next to the
+    triplets (or in their folder). The count is ``--n-objects``, else the
+    length of the table.
+
+    Raises:
+        ValueError: If the table next to the triplets cannot be read, if
+            ``--n-objects`` disagrees with the table, or if neither gives
+            the number of objects.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
 
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
@@ -195,26 +232,22 @@ def load_training_data(
         n_objects = len(table)
     if n_objects is None:
         raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
+    return table, table_path, neighbour_table, n_objects
 
-    check_validation_options(args)
-    inputs = {}
+
+def _validation_triplets(
+    args: argparse.Namespace, train: np.ndarray, train_path: Path, n_objects: int, inputs: dict
+) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """Return the training triplets, the validation triplets and the split, adding ``--val`` to ``inputs``.
+
+    The validation triplets come from ``--val``, else from a seeded split of
+    ``--val-fraction`` of the training triplets, else there are none.
+    """
+    from dimalign.analysis.commands import reject_split_folder
+    from dimalign.io.triplets import load_triplets, split_triplets
+
     val = None
     split = None
-    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
-        args.val = source / "val.npy"
-    elif source.is_dir() and args.val is None:
-        _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
-    try:
-        train = load_triplets(train_path, n_objects)
-    except ValueError as error:
-        if not neighbour_table or "out of range" not in str(error):
-            raise
-        raise ValueError(
-            f"{error}. The {n_objects} objects come from {table_path}, which dimalign fit reads because it "
-            "lies next to the triplets: pass the table that the triplets index with --objects, or move "
-            "this one away"
-        ) from error
-    inputs["train"] = train_path
     if args.val is not None:
         reject_split_folder(args.val, "validate on", option="--val")
         val = load_triplets(args.val, n_objects)
@@ -230,9 +263,7 @@ def load_training_data(
         check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
         split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
-    if table_path is not None:
-        inputs["objects"] = table_path
-    return train, val, n_objects, table, inputs, split
+    return train, val, split
 
 
 def _warn_about_unread_held_out_files(folder: Path, train_path: Path, command: str) -> None:
