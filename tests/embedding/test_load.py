@@ -242,6 +242,18 @@ def test_load_missing_history_named(tmp_path):
         SPoSE.load(tmp_path)
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"epoch,loss\n1,0.5\x00\n", b"epoch,loss\n1,fast\n"])
+def test_load_damaged_history_named(content, tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    path = tmp_path / "history.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} cannot be read as the history\.csv of a saved fit \(.+\), so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
 def test_old_vice_folder_loads_without_prediction(tmp_path):
     """Folders saved before log_scale was written load, but cannot reproduce the posterior predictive."""
     model = fitted(VICE, lr=0.05)

@@ -244,16 +244,20 @@ def check_array_shapes(saved: SavedFit, n_dims: int) -> None:
 def _read_history(path: Path) -> list[dict[str, float]]:
     """Read ``history.csv`` as ``history_`` rows: whole numbers as int, others as float, empty cells left out."""
     rows = []
-    with path.open(encoding="utf-8", newline="") as file:
-        for line, record in enumerate(csv.DictReader(file), start=2):
-            try:
+    try:
+        with path.open(encoding="utf-8", newline="") as file:
+            for line, record in enumerate(csv.DictReader(file), start=2):
                 if None in record or None in record.values():
-                    raise ValueError("the row has a different number of cells than the header")
-                rows.append({key: _parse_number(value) for key, value in record.items() if value != ""})
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}, line {line}: {error}, so the file is damaged: save the estimator again"
-                ) from error
+                    raise ValueError(f"line {line} has a different number of cells than the header")
+                try:
+                    rows.append({key: _parse_number(value) for key, value in record.items() if value != ""})
+                except ValueError as error:
+                    raise ValueError(f"line {line}: {error}") from error
+    except (UnicodeDecodeError, csv.Error, ValueError) as error:
+        raise ValueError(
+            f"{path} cannot be read as the {HISTORY_NAME} of a saved fit ({error}), so the file is "
+            "damaged: save the estimator again"
+        ) from error
     return rows
 
 
