@@ -277,6 +277,24 @@ def test_old_vice_folder_loads_without_prediction(tmp_path):
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_float32_embedding_of_older_build(estimator, tmp_path):
+    """Older builds rounded the embedding in embedding.npz to float32. load derives it from the unpruned parameters."""
+    model = fitted(estimator, lr=0.05, dtype="float64")
+    model.save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["embedding"] = arrays["embedding"].astype(np.float32)
+    assert not np.array_equal(arrays["embedding"], model.embedding_)
+    np.savez(path, **arrays)
+
+    loaded = estimator.load(tmp_path)
+
+    assert loaded.embedding_.dtype == np.float64
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_loaded_fit_starts_over(estimator, tmp_path):
     """fit on a loaded estimator starts a new fit from the seed, as on any estimator."""
     model = fitted(estimator, lr=0.05)

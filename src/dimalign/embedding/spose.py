@@ -165,9 +165,11 @@ class SPoSE(TripletEmbedding):
     _saved_arrays = ("embedding", "kept_dims", "loc")
 
     def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
-        self.kept_dims_ = arrays["kept_dims"]
-        self.embedding_ = arrays["embedding"]
-        self.weights_ = arrays["loc"]
+        self.kept_dims_ = arrays["kept_dims"].astype(np.int64)
+        self.weights_ = arrays["loc"].astype(np.float64)
+        # Derived as _set_fitted derives it, because older builds rounded
+        # the embedding in embedding.npz to float32.
+        self.embedding_ = self.weights_[:, self.kept_dims_]
         self.n_dims_ = int(self.kept_dims_.size)
 
     def _saved_parameters(self, saved) -> dict[str, np.ndarray]:

@@ -298,14 +298,16 @@ class VICE(TripletEmbedding):
             loc=self.loc_, scale=self.scale_, log_scale=log_scale,
         )
 
-    _saved_arrays = ("embedding", "scales", "kept_dims", "loc", "scale")
+    _saved_arrays = ("embedding", "kept_dims", "loc", "scale")
 
     def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
-        self.kept_dims_ = arrays["kept_dims"]
-        self.embedding_ = arrays["embedding"]
-        self.scales_ = arrays["scales"]
-        self.loc_ = arrays["loc"]
-        self.scale_ = arrays["scale"]
+        self.kept_dims_ = arrays["kept_dims"].astype(np.int64)
+        self.loc_ = arrays["loc"].astype(np.float64)
+        self.scale_ = arrays["scale"].astype(np.float64)
+        # Derived as _set_fitted derives them, because older builds rounded
+        # the embedding in embedding.npz to float32.
+        self.embedding_ = np.maximum(self.loc_[:, self.kept_dims_], 0.0)
+        self.scales_ = self.scale_[:, self.kept_dims_]
         self.n_dims_ = int(self.kept_dims_.size)
 
     def _saved_parameters(self, saved) -> dict[str, np.ndarray] | None:
