@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.utils.validation import check_is_fitted
 
 from dimalign.embedding import SPoSE, VICE
@@ -318,6 +319,12 @@ def test_load_on_other_device(tmp_path):
     config = tmp_path / "config.toml"
     config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"'))
     triplets = random_triplets(seed=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=(
+            rf"^{config}: the fit was saved with device 'cuda', which this machine cannot use \(.+\): "
+            r"pass device='cpu' to load$"
+        )):
+            SPoSE.load(tmp_path)
 
     loaded = SPoSE.load(tmp_path, device="cpu")
 

@@ -884,9 +884,18 @@ class TripletEmbedding(BaseEstimator):
         try:
             model._check_settings()
             dtype = model._dtype()
-            torch_device = resolve_device(model.device)
         except ValueError as error:
             raise ValueError(f"{saved.config_path}: {error}") from error
+        try:
+            torch_device = resolve_device(model.device)
+        except ValueError as error:
+            # The message of resolve_device advises a setting or CLI option, but load takes device=.
+            if device is not None:
+                raise ValueError(f"device={device!r} cannot be used ({error}): pass device='cpu' to load") from error
+            raise ValueError(
+                f"{saved.config_path}: the fit was saved with device {model.device!r}, which this machine "
+                f"cannot use ({error}): pass device='cpu' to load"
+            ) from error
         check_array_shapes(saved, model.n_dims)
 
         parameters = model._saved_parameters(saved)
