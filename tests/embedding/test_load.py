@@ -131,6 +131,17 @@ def test_load_other_step_rejected(step, tmp_path):
         VICE.load(tmp_path)
 
 
+def test_load_sweep_folder_names_run(tmp_path):
+    """A sweep or study folder contains runs, and the error names one to load."""
+    fitted(VICE).save(tmp_path / "runs" / "seed_0")
+    write_manifest(tmp_path, step="sweep", outputs={})
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path} is the output of 'dimalign sweep', not a fitted embedding: pass one of the "
+        rf"runs inside it, such as {tmp_path / 'runs' / 'seed_0'}$"
+    )):
+        VICE.load(tmp_path)
+
+
 def test_load_missing_folder_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=(
         rf"^{tmp_path / 'nowhere'} not found: pass a folder that SPoSE\.save or 'dimalign fit' wrote$"

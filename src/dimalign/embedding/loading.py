@@ -116,10 +116,10 @@ def _check_run_folder(folder: Path, class_name: str) -> None:
             # A damaged manifest gives no step. The files themselves are checked below.
             step = None
         if isinstance(step, str) and step != "fit":
-            raise ValueError(
-                f"{folder} is the output of 'dimalign {step}', not a fitted embedding: pass a folder "
-                f"that {writers} wrote"
-            )
+            # Sweeps keep their runs in runs/seed_*, studies in human_fit and dnn_fit.
+            runs = sorted(path.parent for pattern in ("*", "runs/*") for path in folder.glob(f"{pattern}/{EMBEDDING_NAME}"))
+            advice = f"pass one of the runs inside it, such as {runs[0]}" if runs else f"pass a folder that {writers} wrote"
+            raise ValueError(f"{folder} is the output of 'dimalign {step}', not a fitted embedding: {advice}")
     if not (folder / EMBEDDING_NAME).is_file():
         raise FileNotFoundError(_folder_without_embedding(folder, advice=f"pass a folder that {writers} wrote"))
     if not (folder / CONFIG_NAME).is_file():
