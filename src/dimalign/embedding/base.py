@@ -748,8 +748,9 @@ class TripletEmbedding(BaseEstimator):
 
         Raises:
             NotFittedError: Before ``fit``.
-            ValueError: On invalid or empty triplets, or an index outside
-                ``0 .. n_objects_ - 1``.
+            ValueError: On invalid or empty triplets, an index outside
+                ``0 .. n_objects_ - 1``, or a VICE loaded from a folder
+                without ``log_scale`` (see :meth:`load`).
         """
         return self._log_proba(triplets, "predict_proba").exp().cpu().numpy()
 
@@ -782,8 +783,9 @@ class TripletEmbedding(BaseEstimator):
 
         Raises:
             NotFittedError: Before ``fit``.
-            ValueError: On invalid or empty triplets, or an index outside
-                ``0 .. n_objects_ - 1``.
+            ValueError: On invalid or empty triplets, an index outside
+                ``0 .. n_objects_ - 1``, or a VICE loaded from a folder
+                without ``log_scale`` (see :meth:`load`).
         """
         proba = self._log_proba(triplets, "predict").exp().cpu().numpy()
         # Pairs (0, 1), (0, 2) and (1, 2) leave out the objects in columns 2, 1 and 0.
@@ -815,7 +817,8 @@ class TripletEmbedding(BaseEstimator):
 
         Raises:
             NotFittedError: Before ``fit``.
-            ValueError: On invalid or empty triplets.
+            ValueError: On invalid or empty triplets, or a VICE loaded from
+                a folder without ``log_scale`` (see :meth:`load`).
         """
         self._check_predictable("score")
         triplets_t = as_triplet_tensor(triplets, self.n_objects_, "scored").to(self._device)
@@ -859,6 +862,11 @@ class TripletEmbedding(BaseEstimator):
 
         Returns:
             Self: A fitted estimator of the class that ``load`` is called on.
+
+        A VICE folder saved by an older build lacks ``log_scale``, the
+        parameter that the posterior predictive takes ``exp`` of. It loads
+        with every fitted attribute, but :meth:`predict`,
+        :meth:`predict_proba` and :meth:`score` raise ``ValueError``.
 
         Raises:
             FileNotFoundError: If ``run_dir`` or one of its three files is missing.
