@@ -853,6 +853,11 @@ class TripletEmbedding(BaseEstimator):
         ``set_params(resume=True, max_epochs=...)`` and the same triplets,
         :meth:`fit` trains on from the run's ``checkpoint.pt``.
 
+        A VICE folder saved by an older build lacks ``log_scale``, the
+        parameter that the posterior predictive takes ``exp`` of. It loads
+        with every fitted attribute, but :meth:`predict`,
+        :meth:`predict_proba` and :meth:`score` raise ``ValueError``.
+
         Args:
             run_dir (str | os.PathLike): The folder with ``config.toml``,
                 ``embedding.npz`` and ``history.csv``.
@@ -862,11 +867,6 @@ class TripletEmbedding(BaseEstimator):
 
         Returns:
             Self: A fitted estimator of the class that ``load`` is called on.
-
-        A VICE folder saved by an older build lacks ``log_scale``, the
-        parameter that the posterior predictive takes ``exp`` of. It loads
-        with every fitted attribute, but :meth:`predict`,
-        :meth:`predict_proba` and :meth:`score` raise ``ValueError``.
 
         Raises:
             FileNotFoundError: If ``run_dir`` or one of its three files is missing.
