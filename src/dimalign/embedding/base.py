@@ -10,9 +10,7 @@ created anew for every evaluation, so evaluating never changes training.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import logging
 import math
 import numbers
@@ -33,8 +31,17 @@ from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
 from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import accuracy_with_ties, hits_with_ties
-from dimalign.embedding.loading import CONFIG_NAME, HISTORY_NAME, SavedFit, check_array_shapes, read_saved_fit
-from dimalign.io.files import MANIFEST_NAME, read_manifest, write_text_atomic
+from dimalign.embedding.run_files import (
+    CONFIG_NAME,
+    HISTORY_NAME,
+    SavedFit,
+    check_array_shapes,
+    history_to_csv,
+    read_saved_fit,
+    reject_recorded_folder,
+    toml_setting,
+)
+from dimalign.io.files import write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -951,7 +958,7 @@ class TripletEmbedding(BaseEstimator):
         self._check_fitted()
         config = {
             "estimator": self._estimator_name,
-            "settings": {key: _toml_setting(value) for key, value in self.get_params().items()},
+            "settings": {key: toml_setting(value) for key, value in self.get_params().items()},
             "fitted": {
                 "n_objects": int(self.n_objects_),
                 "n_dims": int(self.n_dims_),
@@ -963,74 +970,10 @@ class TripletEmbedding(BaseEstimator):
         # store leaves no embedding.npz without its config.toml.
         config_text = tomli_w.dumps(config)
         run_dir = Path(run_dir)
-        _reject_recorded_folder(run_dir)
+        reject_recorded_folder(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_embedding(self._result(), run_dir)
         write_text_atomic(run_dir / CONFIG_NAME, config_text)
         write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
 
-
-def _reject_recorded_folder(run_dir: Path) -> None:
-    """Raise ``FileExistsError`` if ``run_dir`` contains the ``manifest.json`` of a dimalign step.
-
-    ``save`` writes no manifest, so the manifest of an earlier step would
-    stay and list the checksums and object table of other files.
-    ``fit_run`` removes the manifest of its run before it calls ``save``.
-    """
-    manifest = run_dir / MANIFEST_NAME
-    if not manifest.exists():
-        return
-    try:
-        step = read_manifest(run_dir).get("step")
-    except (ValueError, OSError):
-        step = None
-    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
-    raise FileExistsError(
-        f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
-        "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
-        "a run with its manifest"
-    )
-
-
-def _toml_setting(value: Any) -> Any:
-    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
-
-    TOML has no null, and tomli_w rejects paths and numpy scalars, which
-    notebooks pass as settings.
-    """
-    if value is None:
-        return ""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def history_to_csv(history: list[dict[str, float]]) -> str:
-    """Format per-epoch records as CSV.
-
-    Args:
-        history (list[dict[str, float]]): Rows such as ``history_``.
-
-    Returns:
-        str: CSV text whose columns are the union of the keys, in first-seen
-        order. A missing key or a NaN becomes an empty cell, and floats are
-        written with ``repr`` so that they read back exactly.
-    """
-    columns: list[str] = []
-    for row in history:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({key: _format_number(row.get(key)) for key in columns})
-    return buffer.getvalue()
-
-
-def _format_number(value: Any) -> Any:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    return "" if value is None else value

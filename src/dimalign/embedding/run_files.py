@@ -1,18 +1,20 @@
-"""Read the folder of a saved fit: what ``VICE.load`` and ``SPoSE.load`` need.
+"""The files of a saved fit: what ``save`` writes and ``VICE.load`` and ``SPoSE.load`` read.
 
 A saved fit is a folder with ``config.toml`` (the estimator's name, every
 setting and the fitted numbers), ``embedding.npz`` (the arrays of
 :mod:`dimalign.io.runs`) and ``history.csv``. ``TripletEmbedding.save`` and
-``dimalign fit`` write it. This module checks that the three files exist,
-can be read and belong together, and returns their contents. It never
-repairs a file.
+``dimalign fit`` write it with the helpers at the top of this module. The
+reading functions below check that the three files exist, can be read and
+belong together, and return their contents. They never repair a file.
 """
 
 from __future__ import annotations
 
 import csv
 import inspect
+import io
 import math
+import os
 import tomllib
 import zipfile
 from dataclasses import dataclass
@@ -32,6 +34,86 @@ ESTIMATOR_CLASSES = {"vice": "VICE", "spose": "SPoSE"}
 
 _FITTED_NUMBERS = {"n_objects": int, "n_dims": int, "n_epochs": int, "converged": bool}
 _LOAD_ELSEWHERE = "read the embedding alone with dimalign.io.runs.load_embedding"
+
+# ---- writing ----------------------------------------------------------------
+def reject_recorded_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``run_dir`` contains the ``manifest.json`` of a dimalign step.
+
+    ``save`` writes no manifest, so the manifest of an earlier step would
+    stay and list the checksums and object table of other files.
+    ``fit_run`` removes the manifest of its run before it calls ``save``.
+
+    Args:
+        run_dir (Path): The folder that ``save`` is about to write into.
+
+    Raises:
+        FileExistsError: Naming the manifest and the step that wrote it.
+    """
+    manifest = run_dir / MANIFEST_NAME
+    if not manifest.exists():
+        return
+    try:
+        step = read_manifest(run_dir).get("step")
+    except (ValueError, OSError):
+        step = None
+    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
+    raise FileExistsError(
+        f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
+        "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
+        "a run with its manifest"
+    )
+
+
+def toml_setting(value: Any) -> Any:
+    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
+
+    TOML has no null, and tomli_w rejects paths and numpy scalars, which
+    notebooks pass as settings.
+
+    Args:
+        value (Any): A value of ``get_params()``.
+
+    Returns:
+        Any: A value that ``tomli_w`` can write.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def history_to_csv(history: list[dict[str, float]]) -> str:
+    """Format per-epoch records as CSV.
+
+    Args:
+        history (list[dict[str, float]]): Rows such as ``history_``.
+
+    Returns:
+        str: CSV text whose columns are the union of the keys, in first-seen
+        order. A missing key or a NaN becomes an empty cell, and floats are
+        written with ``repr`` so that they read back exactly.
+    """
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: _format_number(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _format_number(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value
+
+
+# ---- reading ----------------------------------------------------------------
 
 
 @dataclass
