@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dimalign.embedding.base import TripletEmbedding, check_integer, check_real
+from dimalign.embedding.base import TripletEmbedding, check_real
 from dimalign.embedding.likelihood import choice_log_probabilities, nll_from_similarities, pair_similarities
 from dimalign.embedding.pruning import spose_kept_dimensions
 from dimalign.io.runs import EmbeddingResult

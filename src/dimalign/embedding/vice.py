@@ -16,7 +16,6 @@ Benjamini-Hochberg rule of :mod:`dimalign.embedding.pruning`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
