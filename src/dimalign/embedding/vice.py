@@ -278,14 +278,17 @@ class VICE(TripletEmbedding):
         loc = params["loc"].detach().cpu().numpy().astype(np.float64)
         scale = params["log_scale"].detach().exp().cpu().numpy().astype(np.float64)
         kept = vice_kept_dimensions(loc, scale, alpha=self.alpha, min_objects=self.min_objects)
-        weights = np.maximum(loc[:, kept], 0.0)
-        order = np.argsort(-weights.sum(axis=0), kind="stable")
-        self.kept_dims_ = kept[order]
-        self.embedding_ = weights[:, order]
-        self.scales_ = scale[:, self.kept_dims_]
+        order = np.argsort(-np.maximum(loc[:, kept], 0.0).sum(axis=0), kind="stable")
+        self._set_posterior(loc, scale, kept[order])
+
+    def _set_posterior(self, loc: np.ndarray, scale: np.ndarray, kept_dims: np.ndarray) -> None:
+        """Set the fitted arrays from the float64 posterior and the kept columns, strongest first."""
+        self.kept_dims_ = kept_dims
+        self.embedding_ = np.maximum(loc[:, kept_dims], 0.0)
+        self.scales_ = scale[:, kept_dims]
         self.loc_ = loc
         self.scale_ = scale
-        self.n_dims_ = int(self.kept_dims_.size)
+        self.n_dims_ = int(kept_dims.size)
 
     def _result(self) -> EmbeddingResult:
         # log_scale in the fit's float type: the posterior predictive takes
@@ -300,14 +303,12 @@ class VICE(TripletEmbedding):
     _saved_arrays = ("embedding", "kept_dims", "loc", "scale")
 
     def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
-        self.kept_dims_ = arrays["kept_dims"].astype(np.int64)
-        self.loc_ = arrays["loc"].astype(np.float64)
-        self.scale_ = arrays["scale"].astype(np.float64)
-        # Derived as _set_fitted derives them, because older builds rounded
-        # the embedding in embedding.npz to float32.
-        self.embedding_ = np.maximum(self.loc_[:, self.kept_dims_], 0.0)
-        self.scales_ = self.scale_[:, self.kept_dims_]
-        self.n_dims_ = int(self.kept_dims_.size)
+        # embedding_ is derived as fit derives it, because older builds
+        # rounded the embedding in embedding.npz to float32.
+        self._set_posterior(
+            arrays["loc"].astype(np.float64), arrays["scale"].astype(np.float64),
+            arrays["kept_dims"].astype(np.int64),
+        )
 
     def _saved_parameters(self, saved) -> dict[str, np.ndarray] | None:
         # Folders saved before log_scale was stored load without parameters.
