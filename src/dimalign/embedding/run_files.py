@@ -343,7 +343,7 @@ def _read_history(path: Path) -> list[dict[str, float]]:
     return rows
 
 
-def _parse_number(text: str) -> float:
+def _parse_number(text: str) -> int | float:
     # history_to_csv writes integers without a point and floats with repr, so
     # "3" was the int 3 and "3.0" the float 3.0.
     if text.lstrip("-").isdigit():

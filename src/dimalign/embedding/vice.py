@@ -291,9 +291,10 @@ class VICE(TripletEmbedding):
         self.n_dims_ = int(kept_dims.size)
 
     def _result(self) -> EmbeddingResult:
-        # log_scale in the fit's float type: the posterior predictive takes
-        # exp of it, and the log of scale_ need not give it back exactly. An
-        # estimator loaded from an older folder has no parameters to save.
+        # The posterior predictive takes exp of log_scale in the fit's float
+        # type, and the log of scale_ need not give it back exactly, so
+        # log_scale is saved too. An estimator loaded from an older folder
+        # has none to save.
         log_scale = None if self._params is None else self._params["log_scale"].cpu().numpy()
         return EmbeddingResult(
             embedding=self.embedding_, scales=self.scales_, kept_dims=self.kept_dims_,
