@@ -283,3 +283,37 @@ def test_prediction_errors_name_method(method):
         rf"^the triplets passed to {method}, row 0: object index 12 is out of range for 12 objects"
     )):
         getattr(model, method)([[0, 1, 12]])
+
+
+def write_spose_folder(folder, weights):
+    """Write a saved SPoSE fit of the given float32 weights, all of whose dimensions are kept."""
+    import tomli_w
+
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    n_objects, n_dims = weights.shape
+    settings = SPoSE(n_dims=n_dims, min_objects=0).get_params()
+    config = {
+        "estimator": "spose",
+        "settings": {key: "" if value is None else value for key, value in settings.items()},
+        "fitted": {"n_objects": n_objects, "n_dims": n_dims, "n_epochs": 1, "converged": False},
+    }
+    (folder / "config.toml").write_text(tomli_w.dumps(config))
+    (folder / "history.csv").write_text("epoch\n1\n")
+    save_embedding(EmbeddingResult(embedding=weights, kept_dims=np.arange(n_dims), loc=weights), folder)
+    return folder
+
+
+def test_predict_sees_ties_of_predict_proba(tmp_path):
+    """Log-probabilities one float32 step apart can round to one probability, and predict and score see that tie."""
+    weights = np.array([[3.421503782272339], [0.21808841824531555], [0.21808840334415436]])
+    model = SPoSE.load(write_spose_folder(tmp_path, weights))
+    triplets = np.array([[0, 1, 2]])
+
+    proba = model.predict_proba(triplets)
+
+    assert proba[0, 0] == proba[0, 1]
+    assert proba[0, 1] > proba[0, 2]
+    # Pairs (0, 1) and (0, 2) tie, leaving out columns 2 and 1: predict returns the lower.
+    assert model.predict(triplets).tolist() == [1]
+    assert model.score(triplets) == 0.5

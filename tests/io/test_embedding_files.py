@@ -38,6 +38,17 @@ def test_run_directory_round_trip(tmp_path):
     assert loaded.scale.shape == (2, 4)
 
 
+def test_log_scale_round_trip_keeps_float32(tmp_path):
+    """VICE.load needs log_scale exactly as the fit had it, in the fit's float type."""
+    log_scale = np.array([[-3.1, -0.2], [-1.7, -5.9]], dtype=np.float32)
+    save_embedding(EmbeddingResult(embedding=np.ones((2, 1)), log_scale=log_scale), tmp_path)
+
+    loaded = load_embedding(tmp_path)
+
+    assert loaded.log_scale.dtype == np.float32
+    np.testing.assert_array_equal(loaded.log_scale, log_scale)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("# weights\n1 2 3\n4 5\n", "line 3 has 2 values, earlier lines 3"),

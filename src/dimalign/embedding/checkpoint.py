@@ -28,6 +28,14 @@ REQUIRED_ENTRIES = (
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike) -> Path:
     """Write ``state`` to ``directory/checkpoint.pt`` through a temporary file.
 
+    Args:
+        state (dict[str, Any]): Tensors, numbers, strings and containers,
+            with the entries of :data:`REQUIRED_ENTRIES`.
+        directory (str | os.PathLike): An existing folder.
+
+    Returns:
+        Path: The written ``checkpoint.pt``.
+
     Raises:
         OSError: If the file cannot be written (a full disk, no permission),
             naming ``checkpoint.pt``.
@@ -46,8 +54,14 @@ def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike) -> Path
 def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
     """Load ``directory/checkpoint.pt`` onto the CPU, or return None if there is none.
 
-    Tensors saved on a GPU are mapped to the CPU; the caller moves them to its
-    device.
+    Tensors saved on a GPU are mapped to the CPU, and the caller moves them
+    to its device.
+
+    Args:
+        directory (str | os.PathLike): The folder of the checkpoint.
+
+    Returns:
+        dict[str, Any] | None: The saved state, or None without a ``checkpoint.pt``.
 
     Raises:
         ValueError: If the file is not a dimalign checkpoint of a known format,

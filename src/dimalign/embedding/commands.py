@@ -6,10 +6,15 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dimalign.cli import declare_output_folder
+
+if TYPE_CHECKING:
+    # Imported for the annotation only: the CLI imports torch when a command runs.
+    from dimalign.embedding.base import TripletEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,11 @@ SPOSE_ONLY_OPTIONS = (("--l1", "l1"),)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``fit`` subcommand."""
+    """Add the ``fit`` subcommand.
+
+    Args:
+        subparsers (argparse._SubParsersAction): The subcommands of ``dimalign``.
+    """
     parser = subparsers.add_parser(
         "fit",
         help="fit a sparse non-negative embedding (VICE or SPoSE) to triplets",
@@ -94,7 +103,11 @@ def _thread_count(text: str) -> int:
 
 
 def add_training_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training-data options shared by ``fit`` and ``sweep``."""
+    """Add the training-data options shared by ``fit`` and ``sweep``.
+
+    Args:
+        parser (argparse.ArgumentParser): The parser of the subcommand.
+    """
     parser.add_argument(
         "triplets",
         type=Path,
@@ -141,9 +154,7 @@ def load_training_data(
             outside ``[0, 1)``, or would leave the training or the validation
             triplets empty.
     """
-    from dimalign.analysis.commands import reject_split_folder
-    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
-    from dimalign.io.triplets import find_triplet_file, load_triplets, split_triplets
+    from dimalign.io.triplets import find_triplet_file, load_triplets
 
     source = args.triplets
     # Found first, so that a mistyped path is named as such rather than
@@ -151,6 +162,45 @@ def load_training_data(
     if not source.exists():
         raise FileNotFoundError(f"triplet file or folder {source} not found: check the path")
     train_path = find_triplet_file(source) if source.is_dir() else source
+
+    table, table_path, neighbour_table, n_objects = _objects_of_training_data(args, source)
+
+    check_validation_options(args)
+    inputs = {}
+    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
+        args.val = source / "val.npy"
+    elif source.is_dir() and args.val is None:
+        _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
+    try:
+        train = load_triplets(train_path, n_objects)
+    except ValueError as error:
+        if not neighbour_table or "out of range" not in str(error):
+            raise
+        raise ValueError(
+            f"{error}. The {n_objects} objects come from {table_path}, which dimalign fit reads because it "
+            "lies next to the triplets: pass the table that the triplets index with --objects, or move "
+            "this one away"
+        ) from error
+    inputs["train"] = train_path
+    train, val, split = _validation_triplets(args, train, train_path, n_objects, inputs)
+    if table_path is not None:
+        inputs["objects"] = table_path
+    return train, val, n_objects, table, inputs, split
+
+
+def _objects_of_training_data(args: argparse.Namespace, source: Path) -> tuple[object, Path | None, bool, int]:
+    """Return the object table, its path, whether it lies next to the triplets, and the object count.
+
+    The table is ``--objects``, else the ``objects.tsv`` next to the
+    triplets (or in their folder). The count is ``--n-objects``, else the
+    length of the table.
+
+    Raises:
+        ValueError: If the table next to the triplets cannot be read, if
+            ``--n-objects`` disagrees with the table, or if neither gives
+            the number of objects.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
 
     table = read_object_table(args.objects) if args.objects else None
     table_path = args.objects
@@ -182,26 +232,22 @@ def load_training_data(
         n_objects = len(table)
     if n_objects is None:
         raise ValueError("the number of objects is unknown: pass --n-objects N or --objects objects.tsv")
+    return table, table_path, neighbour_table, n_objects
 
-    check_validation_options(args)
-    inputs = {}
+
+def _validation_triplets(
+    args: argparse.Namespace, train: np.ndarray, train_path: Path, n_objects: int, inputs: dict
+) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """Return the training triplets, the validation triplets and the split, adding ``--val`` to ``inputs``.
+
+    The validation triplets come from ``--val``, else from a seeded split of
+    ``--val-fraction`` of the training triplets, else there are none.
+    """
+    from dimalign.analysis.commands import reject_split_folder
+    from dimalign.io.triplets import load_triplets, split_triplets
+
     val = None
     split = None
-    if source.is_dir() and args.val is None and (source / "val.npy").is_file():
-        args.val = source / "val.npy"
-    elif source.is_dir() and args.val is None:
-        _warn_about_unread_held_out_files(source, train_path, getattr(args, "command", None) or "the fit")
-    try:
-        train = load_triplets(train_path, n_objects)
-    except ValueError as error:
-        if not neighbour_table or "out of range" not in str(error):
-            raise
-        raise ValueError(
-            f"{error}. The {n_objects} objects come from {table_path}, which dimalign fit reads because it "
-            "lies next to the triplets: pass the table that the triplets index with --objects, or move "
-            "this one away"
-        ) from error
-    inputs["train"] = train_path
     if args.val is not None:
         reject_split_folder(args.val, "validate on", option="--val")
         val = load_triplets(args.val, n_objects)
@@ -217,9 +263,7 @@ def load_training_data(
         check_split_fraction(args, val_fraction, len(train), train_path)
         train, val = split_triplets(train, val_fraction=val_fraction, random_state=args.split_seed)
         split = {"val_fraction": val_fraction, "split_seed": args.split_seed}
-    if table_path is not None:
-        inputs["objects"] = table_path
-    return train, val, n_objects, table, inputs, split
+    return train, val, split
 
 
 def _warn_about_unread_held_out_files(folder: Path, train_path: Path, command: str) -> None:
@@ -294,6 +338,9 @@ def _warn_if_tables_differ(requested, requested_path: Path, folder_table_path: P
 def check_validation_options(args: argparse.Namespace) -> None:
     """Reject a ``--val-fraction`` that would be ignored or is out of range.
 
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
     Raises:
         ValueError: Naming both options, or the invalid fraction.
     """
@@ -325,6 +372,9 @@ def _val_fraction(args: argparse.Namespace) -> float:
 def check_method_options(args: argparse.Namespace) -> None:
     """Reject estimator options that the chosen ``--method`` ignores.
 
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
     Raises:
         ValueError: Naming the option and the method.
     """
@@ -339,8 +389,16 @@ def check_method_options(args: argparse.Namespace) -> None:
         )
 
 
-def build_estimator(args: argparse.Namespace):
-    """Build the VICE or SPoSE estimator from command-line options."""
+def build_estimator(args: argparse.Namespace) -> TripletEmbedding:
+    """Build the VICE or SPoSE estimator from command-line options.
+
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit`` or ``sweep``.
+
+    Returns:
+        TripletEmbedding: An unfitted estimator. Options left at None take
+        the estimator's defaults.
+    """
     from dimalign.embedding import SPoSE, VICE
 
     common = {
@@ -363,7 +421,14 @@ def build_estimator(args: argparse.Namespace):
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    """Handle ``dimalign fit``."""
+    """Handle ``dimalign fit``.
+
+    Args:
+        args (argparse.Namespace): The parsed options of ``fit``.
+
+    Returns:
+        int: The exit status, 0.
+    """
     from dimalign.analysis.commands import empty_triplets_rejected_later
     from dimalign.embedding import fit_run
     from dimalign.io.files import check_output_dir, check_writable
@@ -402,7 +467,13 @@ def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, 
     """Reject an empty training or validation file of ``dimalign fit``, naming it.
 
     The estimators reject empty triplets too, but without the file behind them.
-    ``val_given`` distinguishes a ``--val`` file from the ``val.npy`` of a training folder.
+    Args:
+        train (np.ndarray): The training triplets.
+        val (np.ndarray | None): The validation triplets, if any.
+        inputs (dict): The input files, with ``"train"`` and, with validation
+            triplets, ``"val"``.
+        val_given (bool): Whether the validation triplets come from
+            ``--val``, not from the ``val.npy`` of a training folder.
 
     Raises:
         ValueError: Naming the file, with what to do.
@@ -427,6 +498,12 @@ def check_split_fraction(args: argparse.Namespace, fraction: float, n_triplets: 
     :func:`dimalign.io.triplets.split_triplets` holds out ``round(fraction x
     n)`` of the ``n`` triplets, so the rounding can leave either side empty.
     An empty file (``n = 0``) is left to the caller, which names it.
+
+    Args:
+        args (argparse.Namespace): The parsed options, for the option names.
+        fraction (float): The validation fraction.
+        n_triplets (int): The number of triplets to split.
+        source (Path): The file that errors name.
 
     Raises:
         ValueError: Naming the fraction, the file and the rounding, with what to do.

@@ -39,20 +39,41 @@ def pair_similarities(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.
 
 
 def nll_from_similarities(similarities: torch.Tensor) -> torch.Tensor:
-    """Return the negative log-likelihood of each recorded choice from :func:`pair_similarities`."""
+    """Return the negative log-likelihood of each recorded choice from :func:`pair_similarities`.
+
+    Args:
+        similarities (torch.Tensor): Shape ``(n, 3)``, column 0 the recorded pair.
+
+    Returns:
+        torch.Tensor: Shape ``(n,)``, ``logsumexp`` of the row minus column 0.
+    """
     return torch.logsumexp(similarities, dim=-1) - similarities[:, 0]
 
 
 def triplet_nll(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
-    """Return the negative log-likelihood of each recorded choice, shape ``(n,)``."""
+    """Return the negative log-likelihood of each recorded choice.
+
+    Args:
+        embedding (torch.Tensor): Non-negative embedding, shape ``(n_objects, n_dims)``.
+        triplets (torch.Tensor): Object indices, shape ``(n, 3)``, odd one out last.
+
+    Returns:
+        torch.Tensor: Shape ``(n,)``.
+    """
     return nll_from_similarities(pair_similarities(embedding, triplets))
 
 
 def choice_log_probabilities(embedding: torch.Tensor, triplets: torch.Tensor) -> torch.Tensor:
-    """Return log-probabilities that each pair is the most similar, shape ``(n, 3)``.
+    """Return log-probabilities that each pair is the most similar.
 
-    Column 0 belongs to the recorded pair (i, j), so ``exp(column 0)`` is the
-    probability of the recorded odd one out.
+    Args:
+        embedding (torch.Tensor): Non-negative embedding, shape ``(n_objects, n_dims)``.
+        triplets (torch.Tensor): Object indices, shape ``(n, 3)``, odd one out last.
+
+    Returns:
+        torch.Tensor: Shape ``(n, 3)``, columns for the pairs (i, j), (i, k)
+        and (j, k). Column 0 belongs to the recorded pair, so
+        ``exp(column 0)`` is the probability of the recorded odd one out.
     """
     return torch.log_softmax(pair_similarities(embedding, triplets), dim=-1)
 

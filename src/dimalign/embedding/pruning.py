@@ -48,7 +48,15 @@ def benjamini_hochberg(p_values: np.ndarray, alpha: float = 0.05, axis: int = 0)
 
 
 def probability_non_positive(loc: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Return P(w <= 0) under N(loc, scale^2) elementwise, computed with ``ndtr``."""
+    """Return P(w <= 0) under N(loc, scale^2) elementwise, computed with ``ndtr``.
+
+    Args:
+        loc (np.ndarray): Posterior means.
+        scale (np.ndarray): Posterior standard deviations, same shape, positive.
+
+    Returns:
+        np.ndarray: float64 probabilities ``Phi(-loc / scale)``, same shape.
+    """
     return special.ndtr(-np.asarray(loc, dtype=np.float64) / np.asarray(scale, dtype=np.float64))
 
 
@@ -73,6 +81,16 @@ def vice_kept_dimensions(
 
 
 def spose_kept_dimensions(weights: np.ndarray, threshold: float = 0.1, min_objects: int = 5) -> np.ndarray:
-    """Return the dimensions of a SPoSE embedding with more than ``min_objects`` weights above ``threshold``."""
+    """Return the dimensions of a SPoSE embedding with more than ``min_objects`` weights above ``threshold``.
+
+    Args:
+        weights (np.ndarray): Non-negative weights, shape ``(n_objects, n_dims)``.
+        threshold (float): A weight above this counts towards keeping its dimension.
+        min_objects (int): A dimension is kept when more than this many
+            objects have a weight above ``threshold``.
+
+    Returns:
+        np.ndarray: Kept dimension indices, increasing.
+    """
     weights = np.asarray(weights)
     return np.flatnonzero((weights > threshold).sum(axis=0) > min_objects)

@@ -278,7 +278,20 @@ def _fit_and_save(
     # and resumes from its checkpoint.
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     estimator.save(out_dir)
+    _write_fit_manifest(estimator, train, val, out_dir, n_objects, inputs, split, started)
 
+
+def _write_fit_manifest(
+    estimator: TripletEmbedding,
+    train: np.ndarray,
+    val: np.ndarray | None,
+    out_dir: Path,
+    n_objects: int,
+    inputs: Mapping[str, str | os.PathLike] | None,
+    split: Mapping[str, Any] | None,
+    started: str,
+) -> None:
+    """Write the ``manifest.json`` of a saved fit, with its held-out accuracy and file checksums."""
     outputs: dict[str, Any] = {
         "n_dims": estimator.n_dims_,
         "n_epochs": estimator.n_epochs_,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dimalign.embedding.base import TripletEmbedding, check_integer, check_real
+from dimalign.embedding.base import TripletEmbedding, check_real
 from dimalign.embedding.likelihood import choice_log_probabilities, nll_from_similarities, pair_similarities
 from dimalign.embedding.pruning import spose_kept_dimensions
 from dimalign.io.runs import EmbeddingResult
@@ -153,10 +153,27 @@ class SPoSE(TripletEmbedding):
         weights = params["weights"].detach().cpu().numpy().astype(np.float64)
         kept = spose_kept_dimensions(weights, self.prune_threshold, self.min_objects)
         order = np.argsort(-weights[:, kept].sum(axis=0), kind="stable")
-        self.kept_dims_ = kept[order]
-        self.embedding_ = weights[:, self.kept_dims_]
+        self._set_weights(weights, kept[order])
+
+    def _set_weights(self, weights: np.ndarray, kept_dims: np.ndarray) -> None:
+        """Set the fitted arrays from the float64 weights and the kept columns, strongest first."""
+        self.kept_dims_ = kept_dims
+        self.embedding_ = weights[:, kept_dims]
         self.weights_ = weights
-        self.n_dims_ = int(self.kept_dims_.size)
+        self.n_dims_ = int(kept_dims.size)
 
     def _result(self) -> EmbeddingResult:
         return EmbeddingResult(embedding=self.embedding_, kept_dims=self.kept_dims_, loc=self.weights_)
+
+    # save stores weights_ as "loc", the name VICE uses for its unpruned parameters.
+    _saved_arrays = ("embedding", "kept_dims", "loc")
+
+    def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
+        # embedding_ is derived as fit derives it, because older builds
+        # rounded the embedding in embedding.npz to float32.
+        self._set_weights(arrays["loc"].astype(np.float64), arrays["kept_dims"].astype(np.int64))
+
+    def _saved_parameters(self, saved) -> dict[str, np.ndarray]:
+        # weights_ is the float64 copy of the fit's weights, so casting it
+        # back to the fit's float type gives them exactly.
+        return {"weights": saved.arrays["loc"]}

@@ -16,7 +16,6 @@ Benjamini-Hochberg rule of :mod:`dimalign.embedding.pruning`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -279,17 +278,48 @@ class VICE(TripletEmbedding):
         loc = params["loc"].detach().cpu().numpy().astype(np.float64)
         scale = params["log_scale"].detach().exp().cpu().numpy().astype(np.float64)
         kept = vice_kept_dimensions(loc, scale, alpha=self.alpha, min_objects=self.min_objects)
-        weights = np.maximum(loc[:, kept], 0.0)
-        order = np.argsort(-weights.sum(axis=0), kind="stable")
-        self.kept_dims_ = kept[order]
-        self.embedding_ = weights[:, order]
-        self.scales_ = scale[:, self.kept_dims_]
+        order = np.argsort(-np.maximum(loc[:, kept], 0.0).sum(axis=0), kind="stable")
+        self._set_posterior(loc, scale, kept[order])
+
+    def _set_posterior(self, loc: np.ndarray, scale: np.ndarray, kept_dims: np.ndarray) -> None:
+        """Set the fitted arrays from the float64 posterior and the kept columns, strongest first."""
+        self.kept_dims_ = kept_dims
+        self.embedding_ = np.maximum(loc[:, kept_dims], 0.0)
+        self.scales_ = scale[:, kept_dims]
         self.loc_ = loc
         self.scale_ = scale
-        self.n_dims_ = int(self.kept_dims_.size)
+        self.n_dims_ = int(kept_dims.size)
 
     def _result(self) -> EmbeddingResult:
+        # The posterior predictive takes exp of log_scale in the fit's float
+        # type, and the log of scale_ need not give it back exactly, so
+        # log_scale is saved too. An estimator loaded from an older folder
+        # has none to save.
+        log_scale = None if self._params is None else self._params["log_scale"].cpu().numpy()
         return EmbeddingResult(
             embedding=self.embedding_, scales=self.scales_, kept_dims=self.kept_dims_,
-            loc=self.loc_, scale=self.scale_,
+            loc=self.loc_, scale=self.scale_, log_scale=log_scale,
+        )
+
+    _saved_arrays = ("embedding", "kept_dims", "loc", "scale")
+
+    def _set_loaded(self, arrays: dict[str, np.ndarray]) -> None:
+        # embedding_ is derived as fit derives it, because older builds
+        # rounded the embedding in embedding.npz to float32.
+        self._set_posterior(
+            arrays["loc"].astype(np.float64), arrays["scale"].astype(np.float64),
+            arrays["kept_dims"].astype(np.int64),
+        )
+
+    def _saved_parameters(self, saved) -> dict[str, np.ndarray] | None:
+        # Folders saved before log_scale was stored load without parameters.
+        if "log_scale" not in saved.arrays:
+            return None
+        return {"loc": saved.arrays["loc"], "log_scale": saved.arrays["log_scale"]}
+
+    def _missing_parameters_message(self, method: str) -> str:
+        return (
+            f"{self._params_source} has no 'log_scale', the exact posterior scales that {method} "
+            "samples from, because an older dimalign saved it: fit again and save, or score the "
+            "posterior means with dimalign.analysis.similarity.odd_one_out_accuracy(model.embedding_, triplets)"
         )

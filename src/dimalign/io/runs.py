@@ -7,7 +7,9 @@ A run directory written by ``dimalign fit`` holds:
   same shape; absent for SPoSE), ``kept_dims`` (indices of the kept dimensions
   in the unpruned parameters, sorted by decreasing mean weight so column 0 is
   the strongest), ``loc`` and ``scale`` (the unpruned parameters,
-  ``(n_objects, n_dims)``);
+  ``(n_objects, n_dims)``) and, for VICE, ``log_scale`` (the parameter whose
+  ``exp`` is ``scale``, in the fit's float type, which ``VICE.load`` needs to
+  reproduce the posterior predictive exactly);
 - ``config.toml`` (every setting), ``history.csv``, ``checkpoint.pt``,
   ``manifest.json`` and optional TensorBoard event files.
 """
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 EMBEDDING_NAME = "embedding.npz"
 
+#: Arrays of ``embedding.npz`` besides ``embedding``, each stored when present.
+OPTIONAL_ARRAYS = ("scales", "kept_dims", "loc", "scale", "log_scale")
+
 
 @dataclass
 class EmbeddingResult:
@@ -43,6 +48,9 @@ class EmbeddingResult:
         loc (np.ndarray | None): Unpruned posterior means (before ReLU).
         scale (np.ndarray | None): Unpruned posterior standard deviations.
         path (Path | None): Where it was loaded from.
+        log_scale (np.ndarray | None): The VICE parameter behind ``scale``,
+            in the fit's float type. ``exp`` of it in that type equals
+            ``scale``, but the log of ``scale`` need not equal it.
     """
 
     embedding: np.ndarray
@@ -51,6 +59,7 @@ class EmbeddingResult:
     loc: np.ndarray | None = None
     scale: np.ndarray | None = None
     path: Path | None = None
+    log_scale: np.ndarray | None = None
 
     @property
     def n_objects(self) -> int:
@@ -123,7 +132,7 @@ def save_embedding(result: EmbeddingResult, run_dir: str | os.PathLike) -> Path:
     if embedding.dtype.kind != "f":
         embedding = embedding.astype(np.float64)
     arrays = {"embedding": embedding}
-    for name in ("scales", "kept_dims", "loc", "scale"):
+    for name in OPTIONAL_ARRAYS:
         value = getattr(result, name)
         if value is not None:
             arrays[name] = np.asarray(value)
@@ -144,7 +153,7 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
         with np.load(path, allow_pickle=False) as archive:
             if "embedding" not in archive:
                 raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
-            extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
+            extras = {name: archive[name] for name in OPTIONAL_ARRAYS if name in archive}
             return archive["embedding"], extras
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), {}
@@ -159,8 +168,12 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
 
 
-def _folder_without_embedding(folder: Path) -> str:
-    """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead."""
+def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:
+    """Describe a folder given as an embedding that has no ``embedding.npz``, and what to pass instead.
+
+    ``advice`` replaces the closing advice for a folder that matches none of
+    the known kinds. None advises a run directory or an embedding file.
+    """
     problem = f"{folder} is a folder without {EMBEDDING_NAME}, so it is not a run directory of 'dimalign fit'"
     if (folder / "checkpoint.pt").is_file():
         return (
@@ -186,7 +199,9 @@ def _folder_without_embedding(folder: Path) -> str:
             f"{problem}: it contains the features of 'dimalign extract', which 'dimalign simulate' "
             "and 'dimalign fit' turn into an embedding"
         )
-    return f"{problem}: pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+    if advice is None:
+        advice = "pass a run directory or an embedding file (.npz, .npy, .txt, .csv or .tsv)"
+    return f"{problem}: {advice}"
 
 
 def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE_TOLERANCE) -> EmbeddingResult:

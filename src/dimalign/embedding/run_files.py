@@ -1,0 +1,355 @@
+"""The files of a saved fit: what ``save`` writes and ``VICE.load`` and ``SPoSE.load`` read.
+
+A saved fit is a folder with ``config.toml`` (the estimator's name, every
+setting and the fitted numbers), ``embedding.npz`` (the arrays of
+:mod:`dimalign.io.runs`) and ``history.csv``. ``TripletEmbedding.save`` and
+``dimalign fit`` write it with the helpers at the top of this module. The
+reading functions below check that the three files exist, can be read and
+belong together, and return their contents. They never repair a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import io
+import math
+import os
+import tomllib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dimalign.io.files import MANIFEST_NAME, read_manifest
+from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
+
+CONFIG_NAME = "config.toml"
+HISTORY_NAME = "history.csv"
+
+#: Class names of the estimators, by the name that ``config.toml`` records.
+ESTIMATOR_CLASSES = {"vice": "VICE", "spose": "SPoSE"}
+
+_FITTED_NUMBERS = {"n_objects": int, "n_dims": int, "n_epochs": int, "converged": bool}
+_LOAD_ELSEWHERE = "read the embedding alone with dimalign.io.runs.load_embedding"
+
+# ---- writing ----------------------------------------------------------------
+def reject_recorded_folder(run_dir: Path) -> None:
+    """Raise ``FileExistsError`` if ``run_dir`` contains the ``manifest.json`` of a dimalign step.
+
+    ``save`` writes no manifest, so the manifest of an earlier step would
+    stay and list the checksums and object table of other files.
+    ``fit_run`` removes the manifest of its run before it calls ``save``.
+
+    Args:
+        run_dir (Path): The folder that ``save`` is about to write into.
+
+    Raises:
+        FileExistsError: Naming the manifest and the step that wrote it.
+    """
+    manifest = run_dir / MANIFEST_NAME
+    if not manifest.exists():
+        return
+    try:
+        step = read_manifest(run_dir).get("step")
+    except (ValueError, OSError):
+        step = None
+    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
+    raise FileExistsError(
+        f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
+        "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
+        "a run with its manifest"
+    )
+
+
+def toml_setting(value: Any) -> Any:
+    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
+
+    TOML has no null, and tomli_w rejects paths and numpy scalars, which
+    notebooks pass as settings.
+
+    Args:
+        value (Any): A value of ``get_params()``.
+
+    Returns:
+        Any: A value that ``tomli_w`` can write.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def history_to_csv(history: list[dict[str, float]]) -> str:
+    """Format per-epoch records as CSV.
+
+    Args:
+        history (list[dict[str, float]]): Rows such as ``history_``.
+
+    Returns:
+        str: CSV text whose columns are the union of the keys, in first-seen
+        order. A missing key or a NaN becomes an empty cell, and floats are
+        written with ``repr`` so that they read back exactly.
+    """
+    columns: list[str] = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: _format_number(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _format_number(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value
+
+
+# ---- reading ----------------------------------------------------------------
+
+
+@dataclass
+class SavedFit:
+    """The contents of a saved fit's folder.
+
+    Attributes:
+        folder (Path): The folder.
+        settings (dict[str, Any]): Constructor arguments, with ``None``
+            where ``config.toml`` stores an empty string for a setting whose
+            default is ``None``. A setting that the file lacks is left out.
+        fitted (dict[str, Any]): ``n_objects``, ``n_dims`` (kept
+            dimensions), ``n_epochs`` and ``converged``.
+        arrays (dict[str, np.ndarray]): The arrays of ``embedding.npz``.
+        history (list[dict[str, float]]): The rows of ``history.csv``; an
+            empty cell leaves its key out of the row.
+    """
+
+    folder: Path
+    settings: dict[str, Any]
+    fitted: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    history: list[dict[str, float]]
+
+    @property
+    def embedding_path(self) -> Path:
+        """Path of ``embedding.npz``."""
+        return self.folder / EMBEDDING_NAME
+
+    @property
+    def config_path(self) -> Path:
+        """Path of ``config.toml``."""
+        return self.folder / CONFIG_NAME
+
+
+def read_saved_fit(folder: str | Path, estimator: type) -> SavedFit:
+    """Read the folder of a fit of ``estimator``, checking each file.
+
+    Args:
+        folder (str | Path): A folder written by ``save`` or ``dimalign fit``.
+        estimator (type): The class that will load the fit, ``VICE`` or
+            ``SPoSE``. Its ``_estimator_name`` must match ``config.toml``
+            and its ``_saved_arrays`` name the arrays that must be present.
+
+    Returns:
+        SavedFit: The settings, fitted numbers, arrays and history.
+
+    Raises:
+        FileNotFoundError: If the folder, or one of its three files, is missing.
+        ValueError: If ``folder`` is a file or the output of another step,
+            if a file is damaged, or if the fit belongs to the other
+            estimator. :func:`check_array_shapes` compares the arrays with
+            the settings once those are checked.
+    """
+    folder = Path(folder)
+    _check_run_folder(folder, estimator.__name__)
+    config = _read_config(folder / CONFIG_NAME, estimator)
+    history = _read_history(folder / HISTORY_NAME)
+    settings = _settings_for(estimator, config["settings"], folder / CONFIG_NAME)
+    arrays = _read_arrays(folder / EMBEDDING_NAME, estimator._saved_arrays)
+    return SavedFit(folder=folder, settings=settings, fitted=config["fitted"], arrays=arrays, history=history)
+
+
+def _check_run_folder(folder: Path, class_name: str) -> None:
+    """Raise if ``folder`` is not a folder with the three files of a saved fit."""
+    writers = f"{class_name}.save or 'dimalign fit'"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder} not found: pass a folder that {writers} wrote")
+    if not folder.is_dir():
+        if folder.name in (EMBEDDING_NAME, CONFIG_NAME, HISTORY_NAME):
+            raise ValueError(
+                f"{folder} is a file, not a run folder: pass the folder that contains it, {folder.parent}"
+            )
+        raise ValueError(
+            f"{folder} is a file, not the folder of a saved fit: read an embedding file with "
+            "dimalign.io.runs.load_embedding, which returns its array without an estimator"
+        )
+    if (folder / MANIFEST_NAME).is_file():
+        try:
+            step = read_manifest(folder).get("step")
+        except (ValueError, OSError):
+            # A damaged manifest gives no step. The files themselves are checked below.
+            step = None
+        if isinstance(step, str) and step != "fit":
+            # Sweeps keep their runs in runs/seed_*, studies in human_fit and dnn_fit.
+            runs = sorted(path.parent for pattern in ("*", "runs/*") for path in folder.glob(f"{pattern}/{EMBEDDING_NAME}"))
+            advice = f"pass one of the runs inside it, such as {runs[0]}" if runs else f"pass a folder that {writers} wrote"
+            raise ValueError(f"{folder} is the output of 'dimalign {step}', not a fitted embedding: {advice}")
+    if not (folder / EMBEDDING_NAME).is_file():
+        raise FileNotFoundError(_folder_without_embedding(folder, advice=f"pass a folder that {writers} wrote"))
+    if not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} has {EMBEDDING_NAME} but no {CONFIG_NAME}, so the settings of its fit are "
+            f"unknown: {_LOAD_ELSEWHERE}"
+        )
+    if not (folder / HISTORY_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder / HISTORY_NAME} not found: the folder is incomplete, so save the estimator again"
+        )
+
+
+def _read_config(path: Path, estimator: type) -> dict[str, Any]:
+    """Parse ``config.toml`` and check its three parts and the estimator's name."""
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+        problem = _config_problem(config)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        problem = str(error)
+    if problem is not None:
+        raise ValueError(
+            f"{path} cannot be read as the {CONFIG_NAME} of a saved fit ({problem}), so the file is "
+            f"damaged: save the estimator again, or {_LOAD_ELSEWHERE}"
+        )
+    saved = ESTIMATOR_CLASSES[config["estimator"]]
+    if config["estimator"] != estimator._estimator_name:
+        raise ValueError(
+            f"{path} contains a {saved} fit, not a {estimator.__name__} fit: load the folder with {saved}.load"
+        )
+    return config
+
+
+def _config_problem(config: dict[str, Any]) -> str | None:
+    """Describe what is missing or of the wrong type in a parsed ``config.toml``, or return None."""
+    if config.get("estimator") not in ESTIMATOR_CLASSES:
+        return f"estimator is {config.get('estimator')!r}, not one of {sorted(ESTIMATOR_CLASSES)}"
+    for table in ("settings", "fitted"):
+        if not isinstance(config.get(table), dict):
+            return f"no [{table}] table"
+    for name, kind in _FITTED_NUMBERS.items():
+        value = config["fitted"].get(name)
+        # bool is a subclass of int, so an integer entry must not be a bool.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"fitted.{name} is {value!r}, not {'an integer' if kind is int else 'true or false'}"
+    return None
+
+
+def _settings_for(estimator: type, stored: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Turn the ``[settings]`` table into constructor arguments of ``estimator``.
+
+    TOML has no null, so ``save`` writes ``None`` as an empty string. An
+    empty string becomes ``None`` again where the setting's default is
+    ``None``.
+    """
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(estimator.__init__).parameters.items()
+        if name != "self"
+    }
+    settings = {}
+    for name, value in stored.items():
+        if name not in defaults:
+            raise ValueError(
+                f"{path} has the setting {name!r}, which {estimator.__name__} does not take: the file "
+                "was written by another version of dimalign or edited; remove the setting"
+            )
+        settings[name] = None if value == "" and defaults[name] is None else value
+    return settings
+
+
+def _read_arrays(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read every array of ``embedding.npz``, and raise if one of ``required`` is missing."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"{path} cannot be read as the {EMBEDDING_NAME} of a saved fit ({error}), so the file is "
+            "damaged: save the estimator again"
+        ) from error
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} lacks the arrays {missing} of a saved fit (found {sorted(arrays)}), so the file "
+            f"is damaged or was written by another program: save the estimator again, or {_LOAD_ELSEWHERE}"
+        )
+    return arrays
+
+
+def check_array_shapes(saved: SavedFit, n_dims: int) -> None:
+    """Raise ``ValueError`` if an array's shape differs from the counts of ``config.toml``.
+
+    Args:
+        saved (SavedFit): The folder's contents.
+        n_dims (int): The checked ``n_dims`` setting, the columns of the
+            unpruned parameters.
+    """
+    arrays, path = saved.arrays, saved.embedding_path
+    n_objects, n_kept = saved.fitted["n_objects"], saved.fitted["n_dims"]
+    full = (n_objects, n_dims)
+    kept = (n_objects, n_kept)
+    expected = {"embedding": kept, "scales": kept, "kept_dims": (n_kept,), "loc": full, "scale": full, "log_scale": full}
+    for name, array in arrays.items():
+        shape = expected.get(name)
+        if shape is not None and array.shape != shape:
+            raise ValueError(
+                f"{path} stores {name!r} of shape {array.shape}, but {CONFIG_NAME} describes a fit of "
+                f"{n_objects} objects and {n_dims} dimensions, {n_kept} of them kept, so the files do "
+                "not belong together: save the estimator again"
+            )
+    kept_dims = arrays.get("kept_dims")
+    if kept_dims is not None and kept_dims.size and (
+        kept_dims.dtype.kind not in "iu" or kept_dims.min() < 0 or kept_dims.max() >= n_dims
+    ):
+        raise ValueError(
+            f"{path} stores 'kept_dims' {kept_dims.tolist()}, which are not columns of a fit of "
+            f"{n_dims} dimensions, so the file is damaged: save the estimator again"
+        )
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    """Read ``history.csv`` as ``history_`` rows: whole numbers as int, others as float, empty cells left out."""
+    rows = []
+    try:
+        with path.open(encoding="utf-8", newline="") as file:
+            for line, record in enumerate(csv.DictReader(file), start=2):
+                if None in record or None in record.values():
+                    raise ValueError(f"line {line} has a different number of cells than the header")
+                try:
+                    rows.append({key: _parse_number(value) for key, value in record.items() if value != ""})
+                except ValueError as error:
+                    raise ValueError(f"line {line}: {error}") from error
+    except (UnicodeDecodeError, csv.Error, ValueError) as error:
+        raise ValueError(
+            f"{path} cannot be read as the {HISTORY_NAME} of a saved fit ({error}), so the file is "
+            "damaged: save the estimator again"
+        ) from error
+    return rows
+
+
+def _parse_number(text: str) -> int | float:
+    # history_to_csv writes integers without a point and floats with repr, so
+    # "3" was the int 3 and "3.0" the float 3.0.
+    if text.lstrip("-").isdigit():
+        return int(text)
+    value = float(text)
+    if math.isnan(value):
+        # history_to_csv writes NaN as an empty cell.
+        raise ValueError(f"invalid value {text!r}")
+    return value

@@ -1,0 +1,363 @@
+"""Loading a saved VICE or SPoSE back as a fitted estimator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from dimalign.embedding import SPoSE, VICE
+from dimalign.io.files import write_manifest
+
+# Short fits keep few dimensions. That warning is tested in test_vice.py.
+pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
+
+ESTIMATORS = [VICE, SPoSE]
+N_OBJECTS = 12
+
+
+def random_triplets(n_objects=N_OBJECTS, n_triplets=120, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
+
+
+def fitted(estimator, **settings):
+    settings = {"n_dims": 6, "max_epochs": 5, "min_objects": 0, "random_state": 3, **settings}
+    train, val = random_triplets(), random_triplets(seed=1)
+    return estimator(**settings).fit(train, val, n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_loaded_predictions_match_saved(estimator, dtype, tmp_path):
+    model = fitted(estimator, dtype=dtype, lr=0.05)
+    assert model.n_dims_ > 0
+    triplets = random_triplets(seed=2)
+    model.save(tmp_path)
+
+    loaded = estimator.load(tmp_path)
+
+    check_is_fitted(loaded)
+    assert loaded.get_params() == model.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(triplets), model.predict_proba(triplets))
+    np.testing.assert_array_equal(loaded.predict(triplets), model.predict(triplets))
+    assert loaded.score(triplets) == model.score(triplets)
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+    np.testing.assert_array_equal(loaded.kept_dims_, model.kept_dims_)
+    assert loaded.n_dims_ == model.n_dims_
+    assert loaded.n_objects_ == model.n_objects_
+    assert loaded.n_epochs_ == model.n_epochs_
+    assert loaded.converged_ == model.converged_
+    assert loaded.history_ == model.history_
+
+
+def test_loaded_vice_keeps_posterior(tmp_path):
+    model = fitted(VICE, lr=0.05)
+    model.save(tmp_path)
+
+    loaded = VICE.load(tmp_path)
+
+    np.testing.assert_array_equal(loaded.loc_, model.loc_)
+    np.testing.assert_array_equal(loaded.scale_, model.scale_)
+    np.testing.assert_array_equal(loaded.scales_, model.scales_)
+
+
+def test_loaded_spose_keeps_weights(tmp_path):
+    model = fitted(SPoSE, lr=0.05)
+    model.save(tmp_path)
+
+    np.testing.assert_array_equal(SPoSE.load(tmp_path).weights_, model.weights_)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_load_in_new_process(estimator, tmp_path):
+    model = fitted(estimator, lr=0.05)
+    triplets = random_triplets(seed=2)
+    model.save(tmp_path / "run")
+    np.save(tmp_path / "triplets.npy", triplets)
+    script = (
+        "import sys, numpy as np\n"
+        f"from dimalign.embedding import {estimator.__name__} as Estimator\n"
+        "model = Estimator.load(sys.argv[1])\n"
+        "print(repr(model.score(np.load(sys.argv[2]))), model.n_dims_)\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run"), str(tmp_path / "triplets.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == [repr(model.score(triplets)), str(model.n_dims_)]
+
+
+def test_load_fit_run_folder(tmp_path):
+    """A run of dimalign fit has a manifest.json of step fit, which load accepts."""
+    from dimalign.embedding import fit_run
+
+    train, val = random_triplets(), random_triplets(seed=1)
+    model = fit_run(
+        VICE(n_dims=6, max_epochs=3, min_objects=0, lr=0.05), train, val, tmp_path / "run",
+        n_objects=N_OBJECTS,
+    )
+
+    loaded = VICE.load(tmp_path / "run")
+
+    assert loaded.get_params() == model.get_params()
+    assert loaded.score(val) == model.score(val)
+
+
+@pytest.mark.parametrize(("saved", "loader"), [(SPoSE, VICE), (VICE, SPoSE)])
+def test_load_other_estimator_rejected(saved, loader, tmp_path):
+    fitted(saved).save(tmp_path)
+    name, other = loader.__name__, saved.__name__
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'config.toml'} contains a {other} fit, not a {name} fit: load the folder "
+        rf"with {other}\.load$"
+    )):
+        loader.load(tmp_path)
+
+
+@pytest.mark.parametrize("step", ["extract", "map", "simulate"])
+def test_load_other_step_rejected(step, tmp_path):
+    np.save(tmp_path / "features.npy", np.zeros((3, 2)))
+    write_manifest(tmp_path, step=step, outputs={})
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path} is the output of 'dimalign {step}', not a fitted embedding: pass a folder "
+        r"that VICE\.save or 'dimalign fit' wrote$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_sweep_folder_names_run(tmp_path):
+    """A sweep or study folder contains runs, and the error names one to load."""
+    fitted(VICE).save(tmp_path / "runs" / "seed_0")
+    write_manifest(tmp_path, step="sweep", outputs={})
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path} is the output of 'dimalign sweep', not a fitted embedding: pass one of the "
+        rf"runs inside it, such as {tmp_path / 'runs' / 'seed_0'}$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_missing_folder_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=(
+        rf"^{tmp_path / 'nowhere'} not found: pass a folder that SPoSE\.save or 'dimalign fit' wrote$"
+    )):
+        SPoSE.load(tmp_path / "nowhere")
+
+
+def test_load_file_instead_of_folder(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} is a file, not a run folder: pass the folder that "
+        rf"contains it, {tmp_path}$"
+    )):
+        SPoSE.load(tmp_path / "embedding.npz")
+
+
+def test_load_embedding_file_names_reader(tmp_path):
+    """A plain embedding file, such as a published SPoSE embedding, is no saved fit."""
+    path = tmp_path / "spose_embedding_49d_sorted.txt"
+    np.savetxt(path, np.ones((4, 2)))
+    with pytest.raises(ValueError, match=(
+        rf"^{path} is a file, not the folder of a saved fit: read an embedding file with "
+        r"dimalign\.io\.runs\.load_embedding, which returns its array without an estimator$"
+    )):
+        SPoSE.load(path)
+
+
+def test_load_folder_without_config_named(tmp_path):
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    save_embedding(EmbeddingResult(embedding=np.ones((4, 2))), tmp_path)
+    with pytest.raises(FileNotFoundError, match=(
+        rf"^{tmp_path} has embedding\.npz but no config\.toml, so the settings of its fit are "
+        r"unknown: read the embedding alone with dimalign\.io\.runs\.load_embedding$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_empty_folder_named(tmp_path):
+    """The advice names what load takes: a folder of a saved fit, not an embedding file."""
+    with pytest.raises(FileNotFoundError, match=(
+        rf"^{tmp_path} is a folder without embedding\.npz, so it is not a run directory of 'dimalign fit': "
+        r"pass a folder that VICE\.save or 'dimalign fit' wrote$"
+    )):
+        VICE.load(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["estimator = \n", "not toml at all [", "estimator = 'vice'\n"])
+def test_load_damaged_config_named(text, tmp_path):
+    fitted(VICE).save(tmp_path)
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'config.toml'} cannot be read as the config\.toml of a saved fit \(.+\), "
+        r"so the file is damaged: save the estimator again, or read the embedding alone with "
+        r"dimalign\.io\.runs\.load_embedding$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_invalid_setting_named(tmp_path):
+    fitted(VICE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("mc_samples = 20", "mc_samples = 0"))
+    with pytest.raises(ValueError, match=rf"^{config}: mc_samples must be at least 1, got 0"):
+        VICE.load(tmp_path)
+
+
+def test_load_unknown_setting_named(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("[settings]\n", "[settings]\nwarp = 9\n"))
+    with pytest.raises(ValueError, match=(
+        rf"^{config} has the setting 'warp', which SPoSE does not take: the file was written by "
+        r"another version of dimalign or edited; remove the setting$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_load_damaged_embedding_named(tmp_path):
+    fitted(VICE).save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=(
+        rf"^{path} cannot be read as the embedding\.npz of a saved fit \(.+\), so the file is "
+        r"damaged: save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_embedding_of_other_shape_named(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["loc"] = arrays["loc"][:5]
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'loc' of shape \(5, 6\), but config\.toml describes a fit of 12 objects "
+        r"and 6 dimensions, \d+ of them kept, so the files do not belong together: save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_load_missing_history_named(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    (tmp_path / "history.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=(
+        rf"^{tmp_path / 'history.csv'} not found: the folder is incomplete, so save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b"epoch,loss\n1,0.5\x00\n", b"epoch,loss\n1,fast\n"])
+def test_load_damaged_history_named(content, tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    path = tmp_path / "history.csv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} cannot be read as the history\.csv of a saved fit \(.+\), so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_old_vice_folder_loads_without_prediction(tmp_path):
+    """Folders saved before log_scale was written load, but cannot reproduce the posterior predictive."""
+    model = fitted(VICE, lr=0.05)
+    model.save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "log_scale"}
+    np.savez(path, **arrays)
+
+    loaded = VICE.load(tmp_path)
+
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+    np.testing.assert_array_equal(loaded.scale_, model.scale_)
+    for method in ("predict_proba", "predict", "score"):
+        with pytest.raises(ValueError, match=(
+            rf"^{path} has no 'log_scale', the exact posterior scales that {method} samples from, "
+            r"because an older dimalign saved it: fit again and save, or score the posterior means "
+            r"with dimalign\.analysis\.similarity\.odd_one_out_accuracy\(model\.embedding_, triplets\)$"
+        )):
+            getattr(loaded, method)(random_triplets(n_triplets=4))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_float32_embedding_of_older_build(estimator, tmp_path):
+    """Older builds rounded the embedding in embedding.npz to float32. load derives it from the unpruned parameters."""
+    model = fitted(estimator, lr=0.05, dtype="float64")
+    model.save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["embedding"] = arrays["embedding"].astype(np.float32)
+    assert not np.array_equal(arrays["embedding"], model.embedding_)
+    np.savez(path, **arrays)
+
+    loaded = estimator.load(tmp_path)
+
+    assert loaded.embedding_.dtype == np.float64
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_loaded_fit_starts_over(estimator, tmp_path):
+    """fit on a loaded estimator starts a new fit from the seed, as on any estimator."""
+    model = fitted(estimator, lr=0.05)
+    model.save(tmp_path)
+    loaded = estimator.load(tmp_path)
+
+    loaded.fit(random_triplets(), random_triplets(seed=1), n_objects=N_OBJECTS)
+
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+    # Each row also records the epoch's duration, which differs between the fits.
+    untimed = [[{key: value for key, value in row.items() if key != "seconds"} for row in fit.history_]
+               for fit in (loaded, model)]
+    assert untimed[0] == untimed[1]
+    assert loaded.n_epochs_ == 5
+
+
+def test_load_on_other_device(tmp_path):
+    """device= replaces the saved device, for a fit saved on a GPU and loaded without one."""
+    model = fitted(SPoSE, lr=0.05)
+    model.save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    triplets = random_triplets(seed=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=(
+            rf"^{config}: the fit was saved with device 'cuda', which this machine cannot use \(.+\): "
+            r"pass device='cpu' to load$"
+        )):
+            SPoSE.load(tmp_path)
+
+    loaded = SPoSE.load(tmp_path, device="cpu")
+
+    assert loaded.device == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(triplets), model.predict_proba(triplets))
+
+
+def test_loaded_fit_run_resumes_checkpoint(tmp_path):
+    """A dimalign fit run names its folder as checkpoint_dir, so resume=True trains the loaded fit on."""
+    from dimalign.embedding import fit_run
+
+    train, val = random_triplets(), random_triplets(seed=1)
+    settings = {"n_dims": 6, "min_objects": 0, "lr": 0.05}
+    fit_run(VICE(max_epochs=3, **settings), train, val, tmp_path / "run", n_objects=N_OBJECTS)
+    uninterrupted = VICE(max_epochs=5, **settings).fit(train, val, n_objects=N_OBJECTS)
+    loaded = VICE.load(tmp_path / "run")
+
+    with pytest.raises(FileExistsError, match="checkpoint.pt exists: pass resume=True"):
+        loaded.fit(train, val, n_objects=N_OBJECTS)
+    loaded = VICE.load(tmp_path / "run").set_params(resume=True, max_epochs=5)
+    loaded.fit(train, val, n_objects=N_OBJECTS)
+
+    assert loaded.n_epochs_ == 5
+    np.testing.assert_array_equal(loaded.loc_, uninterrupted.loc_)
+    assert loaded.score(val) == uninterrupted.score(val)
