@@ -1955,6 +1955,25 @@ def test_compare_log_gives_null_share_reason(tmp_path, caplog):
     )
 
 
+def test_compare_log_no_share_count(tmp_path, caplog):
+    """No log line counts DNN dimensions for 95% when the interval of the full r contains 0."""
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+
+    with caplog.at_level("INFO", logger="dimalign"), pytest.warns(UserWarning):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+
+    assert result.cumulative.n_dims_for_share is None
+    assert result.cumulative.r_full_interval == (result.rsa.ci_low, result.rsa.ci_high)
+    assert "reach" not in caplog.text
+    curve_lines = [record.getMessage() for record in caplog.records if "cumulative RSA: full r" in record.getMessage()]
+    assert curve_lines == [
+        f"cumulative RSA: full r = {result.cumulative.r_full:.3f}, but its bootstrap interval "
+        f"[{result.rsa.ci_low:.3f}, {result.rsa.ci_high:.3f}] contains 0, so no share of its r² is "
+        "meaningful and no number of DNN dimensions for 95% is given"
+    ]
+
+
 def test_compare_share_interval_on_cumulative_subset(tmp_path):
     human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
     dnn = human[np.random.default_rng(11).permutation(30)]

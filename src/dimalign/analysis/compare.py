@@ -1085,15 +1085,18 @@ def compare(
         else:
             human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
             dnn_full = similarity(pair.dnn, objects=cumulative_subset, device=device)
+        # The interval comes first, so that the curve's log line states the
+        # number of dimensions for 95% only when the full r differs from 0.
+        full_r_interval = _full_r_interval(
+            rsa_result if cumulative_objects is None else None,
+            (human_reference, dnn_full, n_bootstrap, random_state),
+        )
         cumulative = matching_module.cumulative_rsa(
             human_reference, pair.dnn, order,
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
-            full_similarity=dnn_full,
+            full_similarity=dnn_full, r_full_interval=full_r_interval,
         )
-        cumulative = _with_full_r_interval(
-            cumulative, rsa_result if cumulative_objects is None else None,
-            (human_reference, dnn_full, n_bootstrap, random_state),
-        )
+        _warn_undefined_share(cumulative, n_bootstrap, rsa_result.ci_level)
         _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
         outputs["cumulative_rsa"] = "cumulative_rsa.csv"
 
@@ -1225,11 +1228,10 @@ class _Side:
         return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
 
 
-def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> Any:
-    """Attach a bootstrap interval of the cumulative curve's full r, and drop the share count if it contains 0.
+def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> tuple[float, float] | None:
+    """Return the bootstrap interval of the cumulative curve's full r.
 
     Args:
-        cumulative (CumulativeRSA): The curve.
         rsa_result (BootstrapRSA | None): The RSA of the same objects, whose
             interval is reused; None when the curve has its own subset.
         bootstrap_inputs (tuple): ``(human_similarity, dnn_similarity,
@@ -1237,23 +1239,23 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
             when ``rsa_result`` is None.
 
     Returns:
-        CumulativeRSA: With ``r_full_interval`` set (None without bootstrap
-        samples) and ``n_dims_for_share`` None when the share is undefined.
+        tuple[float, float] | None: The interval (NaN when no sample gave a
+        correlation), or None with ``n_bootstrap`` 0.
     """
-    import dataclasses
-
     human_similarity, dnn_similarity, n_bootstrap, random_state = bootstrap_inputs
-    interval = None
-    if n_bootstrap > 0:
-        if rsa_result is None:
-            rsa_result = bootstrap_rsa(
-                human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
-            )
-        interval = (rsa_result.ci_low, rsa_result.ci_high)
-    cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
-    if cumulative.share_defined:
-        return cumulative
-    if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
+    if n_bootstrap == 0:
+        return None
+    if rsa_result is None:
+        rsa_result = bootstrap_rsa(human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state)
+    return (rsa_result.ci_low, rsa_result.ci_high)
+
+
+def _warn_undefined_share(cumulative: Any, n_bootstrap: int, ci_level: float) -> None:
+    """Warn when the interval of the full r shows no share of its r² to be meaningful, naming the outputs."""
+    interval = cumulative.r_full_interval
+    if cumulative.share_defined or not cumulative.r_full > 0 or interval is None:
+        return
+    if math.isnan(interval[0]):
         warn(
             f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
             f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
@@ -1262,15 +1264,14 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
             "--similarity-objects)",
             UserWarning,
         )
-    elif cumulative.r_full > 0 and interval is not None:
-        warn(
-            f"the {100 * rsa_result.ci_level:.0f}% interval "
-            f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
-            f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
-            "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
-            UserWarning,
-        )
-    return dataclasses.replace(cumulative, n_dims_for_share=None)
+        return
+    warn(
+        f"the {100 * ci_level:.0f}% interval "
+        f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
+        f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
+        "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
+        UserWarning,
+    )
 
 
 def _named_bootstrap_rsa(
