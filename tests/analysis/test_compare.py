@@ -467,6 +467,36 @@ def test_compare_writes_outputs(tmp_path, shared_data):
     assert "sha256" in manifest["inputs"]["human"]
 
 
+def test_compare_outputs_all_documented(tmp_path):
+    """Every column and key that compare writes is named in docs/compare.md."""
+    human, dnn = surrogate_pair(n_objects=20)
+    triplets = np.array([np.random.default_rng(row).choice(20, 3, replace=False) for row in range(50)])
+    # Without object tables the rows are named by their index.
+    reference = (similarity_matrix(human)[:10, :10], ObjectTable.from_ids([str(row) for row in range(10)]))
+    compare(
+        EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", triplets=triplets, n_bootstrap=20,
+        reference=reference,
+    )
+    out = tmp_path / "out"
+    docs = (Path(__file__).parents[2] / "docs" / "compare.md").read_text(encoding="utf-8")
+
+    names = set()
+    for csv_file in sorted(out.glob("*.csv")):
+        names.update(f"{csv_file.name}:{column}" for column in pd.read_csv(csv_file).columns)
+    for json_file in ("rsa.json", "relevance_summary.json"):
+        content = json.loads((out / json_file).read_text())
+        names.update(f"{json_file}:{key}" for key in content)
+        names.update(f"{json_file}:reference.{key}" for key in content.get("reference", {}))
+    with np.load(out / "triplet_relevance.npz") as archive:
+        names.update(f"triplet_relevance.npz:{key}" for key in archive.files)
+    def documented(name):
+        key = name.split(":")[1].split(".")[-1]
+        # The docs list the object columns with "(each with `_id`)" for their id columns.
+        return f"`{key}`" in docs or (key.endswith("_id") and f"`{key.removesuffix('_id')}`" in docs)
+
+    assert sorted(name for name in names if not documented(name)) == []
+
+
 def test_compare_rejects_different_objects(tmp_path):
     human, dnn = surrogate_pair(n_objects=12)
     write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i}" for i in range(12)]))

@@ -379,3 +379,16 @@ def test_cumulative_rsa_interval_with_zero(caplog):
         f"cumulative RSA: full r = {curve.r_full:.3f}, but its bootstrap interval [-0.100, 0.990] contains 0, "
         "so no share of its r² is meaningful and no number of DNN dimensions for 95% is given"
     ) in caplog.text
+
+
+def test_cumulative_figure_axis_names_order():
+    """The curve adds the unmatched DNN dimensions after the matched ones, and the x axis says so."""
+    from dimalign.analysis.figures_compare import cumulative_rsa_figure
+    from dimalign.analysis.matching import CumulativeRSA
+
+    curve = CumulativeRSA(dnn_dims=np.arange(4), r=np.full(4, 0.5), r_full=0.5, share=0.95, n_dims_for_share=1)
+
+    axis = cumulative_rsa_figure(curve).axes[0]
+
+    assert axis.get_xlabel() == "DNN dimensions added (matched ones first, then the unmatched)"
+    assert axis.get_ylabel() == "share of the full model's r²"
