@@ -382,7 +382,7 @@ def test_cumulative_rsa_interval_with_zero(caplog):
 
 
 def test_cumulative_figure_axis_names_order():
-    """The curve adds the unmatched DNN dimensions after the matched ones, and the x axis says so."""
+    """The curve adds the unmatched DNN dimensions after the matched ones, and the x axis label states it."""
     from dimalign.analysis.figures_compare import cumulative_rsa_figure
     from dimalign.analysis.matching import CumulativeRSA
 

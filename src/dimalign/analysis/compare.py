@@ -1251,7 +1251,7 @@ def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -
 
 
 def _warn_undefined_share(cumulative: Any, n_bootstrap: int, ci_level: float) -> None:
-    """Warn when the interval of the full r shows no share of its r² to be meaningful, naming the outputs."""
+    """Warn, naming the outputs, when the interval of the full r contains 0 or could not be computed."""
     interval = cumulative.r_full_interval
     if cumulative.share_defined or not cumulative.r_full > 0 or interval is None:
         return
