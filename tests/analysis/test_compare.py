@@ -711,6 +711,58 @@ def test_compare_cli_empty_triplets_rejected_first(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+def write_triplet_folder(folder, triplets, ids):
+    folder.mkdir()
+    np.save(folder / "triplets.npy", triplets)
+    write_object_table(ObjectTable.from_ids(ids), folder / "objects.tsv")
+    return folder
+
+
+def test_compare_triplet_folder_matched_by_id(tmp_path):
+    """The indices of a triplet folder refer to its own objects.tsv, not to the human row order."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    in_human_order = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 19]])
+    # The folder lists the objects in reverse, so human row r is its row 19 - r.
+    folder = write_triplet_folder(tmp_path / "triplets", 19 - in_human_order, ids[::-1])
+    command = ["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "--bootstrap", "0"]
+
+    assert main([*command, "-o", str(tmp_path / "folder"), "--triplets", str(folder)]) == 0
+    np.savetxt(tmp_path / "human_order.txt", in_human_order, fmt="%d")
+    assert main([*command, "-o", str(tmp_path / "file"), "--triplets", str(tmp_path / "human_order.txt")]) == 0
+
+    with np.load(tmp_path / "folder" / "triplet_relevance.npz") as archive:
+        assert archive["triplets"].tolist() == in_human_order.tolist()
+    for name in ("relevance_summary.json",):
+        assert (tmp_path / "folder" / name).read_text() == (tmp_path / "file" / name).read_text()
+    for name in ("relevance_human.csv", "relevance_dnn.csv", "disagreements.csv"):
+        assert (tmp_path / "folder" / name).read_bytes() == (tmp_path / "file" / name).read_bytes()
+
+
+def test_compare_triplet_folder_other_objects(tmp_path, capsys):
+    """A triplet folder whose objects.tsv lists objects that are not compared is an error naming it."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    other_ids = [f"b{i}" for i in range(30)]
+    folder = write_triplet_folder(tmp_path / "triplets", np.array([[0, 1, 2], [3, 4, 25]]), other_ids)
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(folder),
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"{folder / 'objects.tsv'} names 6 objects of the triplets that the compared embeddings do not contain" in error
+    assert "['b0', 'b1', 'b2', 'b25', 'b3', 'b4']" in error
+    assert "n_objects" not in error
+    assert not (tmp_path / "out").exists()
+
+
 def test_compare_rejects_empty_triplets(tmp_path):
     write_surrogate_sides(tmp_path)
     with pytest.raises(ValueError, match=r"no triplets \(shape \(0, 3\)\)"):

@@ -886,6 +886,7 @@ def compare(
     *,
     objects: ObjectTable | None = None,
     triplets: np.ndarray | None = None,
+    triplet_objects: ObjectTable | str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
     decoding: Decoding | None = None,
     n_bootstrap: int = 1000,
@@ -921,8 +922,13 @@ def compare(
             either is an error. An input without any table next to one
             with a table is an error, because rows are never matched by
             position when ids exist on one side.
-        triplets (np.ndarray | None): Triplets (indices in the human row
-            order) for the jackknife relevance; None skips it.
+        triplets (np.ndarray | None): Triplets for the jackknife relevance;
+            None skips it. Their indices are rows of the human embedding
+            unless ``triplet_objects`` names them.
+        triplet_objects (ObjectTable | path | None): The object table (or its
+            file) whose rows the triplet indices refer to, such as the
+            ``objects.tsv`` of a ``dimalign simulate`` folder. The triplets
+            are then matched to the human rows by object id.
         images (path | None): Image folder for the top-object grids: an
             object's image is its table ``source`` relative to this folder
             (the ``object_id`` itself when the source is empty), else
@@ -1017,6 +1023,8 @@ def compare(
     if cumulative_objects is not None:
         cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state, "cumulative_objects")
     if triplets is not None:
+        if triplet_objects is not None:
+            triplets = _triplets_in_human_order(triplets, triplet_objects, pair.objects, human_table is not None)
         _check_triplets(triplets, n_objects)
     if reference is not None:
         _reference_rows(pair, reference)
@@ -1510,6 +1518,54 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
             f"embeddings have {n_objects} objects (valid indices 0 to {n_objects - 1})"
         )
+
+
+def _triplets_in_human_order(
+    triplets: np.ndarray, triplet_objects: ObjectTable | str | os.PathLike, objects: ObjectTable, has_ids: bool
+) -> np.ndarray:
+    """Convert triplet indices from the rows of ``triplet_objects`` to the human rows, by object id.
+
+    Args:
+        triplets (np.ndarray): Shape ``(n, 3)``, indices into ``triplet_objects``.
+        triplet_objects (ObjectTable | path): The table the indices refer to.
+        objects (ObjectTable): The compared objects in the human row order.
+        has_ids (bool): Whether ``objects`` comes from object tables. Without
+            tables the rows are named by position, so the triplet rows are
+            taken as the same objects when the counts agree.
+
+    Raises:
+        ValueError: If the triplets name objects that are not compared, or,
+            without object tables, the counts differ. The message names the table.
+    """
+    from dimalign.io.triplets import validate_triplets
+
+    source = "the triplet object table"
+    if not isinstance(triplet_objects, ObjectTable):
+        source = str(triplet_objects)
+        triplet_objects = read_object_table(triplet_objects)
+    array = validate_triplets(np.asarray(triplets), len(triplet_objects), source="triplets")
+    if not has_ids:
+        if len(triplet_objects) != len(objects):
+            raise ValueError(
+                f"{source} lists {len(triplet_objects)} objects, but the compared embeddings have "
+                f"{len(objects)} rows and no object tables, so the triplet indices cannot be matched to "
+                "their rows: put an objects.tsv that names the rows next to each embedding, or pass --objects"
+            )
+        return array
+    lookup = {name: row for row, name in enumerate(objects.object_ids)}
+    used_ids = {triplet_objects.object_ids[index] for index in np.unique(array).tolist()}
+    missing = sorted(name for name in used_ids if name not in lookup)
+    if missing:
+        raise ValueError(
+            f"{source} names {len(missing)} objects of the triplets that the compared embeddings do not "
+            f"contain: {missing[:20]}; pass triplets of the compared objects, or compare embeddings that "
+            "contain these objects"
+        )
+    rows = np.array([lookup.get(name, -1) for name in triplet_objects.object_ids], dtype=np.int64)
+    converted = rows[array]
+    if not np.array_equal(converted, array):
+        logger.info("matched the %d triplets of %s to the human rows by object id", len(array), source)
+    return converted
 
 
 def _dot_product_spread(embedding: np.ndarray, block_size: int = 1024) -> tuple[float, float]:

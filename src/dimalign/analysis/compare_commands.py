@@ -270,16 +270,28 @@ def run_compare(args: argparse.Namespace) -> int:
         reference = (matrix, reference_table)
         inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
+    triplet_objects = None
     if args.triplets is not None:
         from dimalign.analysis.commands import reject_split_folder
+        from dimalign.io.objects import OBJECT_TABLE_NAME
 
         reject_split_folder(args.triplets, "explain")
-        # Only the number of rows is needed here. compare() reads the file again
-        # and gives its warnings (such as negative weights set to 0) then.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            n_human_objects = load_embedding(args.human).n_objects
-        triplets = _load_compare_triplets(args.triplets, n_human_objects)
+        if args.triplets.is_dir() and (args.triplets / OBJECT_TABLE_NAME).is_file():
+            # The indices of such a folder (from simulate or import-triplets) are rows of its
+            # own table, which compare matches to the human rows by object id.
+            triplet_objects = args.triplets / OBJECT_TABLE_NAME
+            inputs["triplet_objects"] = triplet_objects
+        if triplet_objects is not None:
+            from dimalign.io.triplets import load_triplets
+
+            triplets = load_triplets(args.triplets)
+        else:
+            # Only the number of rows is needed here. compare() reads the file again
+            # and gives its warnings (such as negative weights set to 0) then.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                n_human_objects = load_embedding(args.human).n_objects
+            triplets = _load_compare_triplets(args.triplets, n_human_objects)
         if triplets.shape[0] == 0:
             raise ValueError(
                 f"--triplets {args.triplets} contains no triplets, so there is no choice to explain: "
@@ -287,7 +299,8 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         inputs["triplets"] = args.triplets
     compare(
-        args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
+        args.human, args.dnn, args.out, objects=objects, triplets=triplets, triplet_objects=triplet_objects,
+        images=args.images,
         decoding=decoding,
         n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
