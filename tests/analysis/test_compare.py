@@ -2421,3 +2421,50 @@ def test_compare_filtered_dataframe_names_fix(tmp_path):
         "call reset_index(drop=True) on the human DataFrame to pair the rows by position"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_row_count_error_names_files(tmp_path, capsys):
+    human, dnn = save_surrogate_files(tmp_path)
+    np.save(tmp_path / "dnn19.npy", dnn[:19])
+
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn19.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0",
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (
+        f"the human embedding {tmp_path / 'human.npy'} has 20 rows and the DNN embedding "
+        f"{tmp_path / 'dnn19.npy'} has 19"
+    ) in error
+    assert "objects.tsv" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_one_out_of_range_row(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    np.savetxt(tmp_path / "triplets.txt", np.array([[0, 1, 2], [3, 4, 25]]), fmt="%d")
+
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(tmp_path / "triplets.txt"),
+    ])
+
+    assert code == 1
+    assert "1 row has such indices" in capsys.readouterr().err
+
+
+def test_compare_zero_dimension_warned_once(tmp_path):
+    human, dnn = surrogate_pair(n_objects=20)
+    dnn[:, 1] = 0.0
+    triplets = np.array([[0, 1, 2], [3, 4, 5]])
+
+    with pytest.warns(UserWarning) as records:
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", triplets=triplets, n_bootstrap=0)
+
+    zero_variance = [str(record.message) for record in records if "zero variance" in str(record.message)]
+    assert zero_variance == [
+        "1 dimension(s) of the DNN embedding have zero variance over these objects (columns [1]); their "
+        "correlations are set to 0"
+    ]

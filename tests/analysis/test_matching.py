@@ -392,3 +392,11 @@ def test_cumulative_figure_axis_names_order():
 
     assert axis.get_xlabel() == "DNN dimensions added (matched ones first, then the unmatched)"
     assert axis.get_ylabel() == "share of the full model's r²"
+
+
+def test_match_all_one_dnn_dimension():
+    rng = np.random.default_rng(3)
+    with pytest.warns(UserWarning, match="3 human but only 1 DNN dimension: only matching with replacement"):
+        matchings = match_all(rng.random((10, 3)), rng.random((10, 1)))
+    assert list(matchings) == ["with_replacement"]
+    assert matchings["with_replacement"].dnn_dims.tolist() == [0, 0, 0]

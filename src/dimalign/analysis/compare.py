@@ -185,9 +185,12 @@ def align_embeddings(
             )
     if human_objects is None and dnn_objects is None:
         if human.n_objects != dnn.n_objects:
+            human_name = "the human embedding" + (f" {human.path}" if human.path is not None else "")
+            dnn_name = "the DNN embedding" + (f" {dnn.path}" if dnn.path is not None else "")
             raise ValueError(
-                f"the human embedding has {human.n_objects} objects and the DNN embedding "
-                f"{dnn.n_objects}; pass object tables to match them by id"
+                f"{human_name} has {human.n_objects} rows and {dnn_name} has {dnn.n_objects}, and neither "
+                "has an object table, so their rows cannot be matched: pass object tables to match them by "
+                "id, an objects.tsv that names the rows in the folder of each embedding"
             )
         table = ObjectTable.from_ids([str(row) for row in range(human.n_objects)])
         return AlignedPair(human.embedding, dnn.embedding, table, np.arange(human.n_objects))
@@ -1049,7 +1052,9 @@ def compare(
 
     # Matching and the objects behind each pair are cheap, so they run before
     # anything is written, and the images of those objects are looked up now.
-    matchings = matching_module.match_all(pair.human, pair.dnn)
+    # The correlations are computed once, so a constant dimension is warned about once.
+    correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
+    matchings = matching_module.match_all(pair.human, pair.dnn, correlations=correlations)
     primary = matchings.get("greedy", matchings["with_replacement"])
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
     pictures = None
@@ -1086,7 +1091,6 @@ def compare(
         rsa_result = _named_bootstrap_rsa(
             human_similarity, dnn_similarity, (human_side.name, dnn_side.name), n_bootstrap, random_state
         )
-        correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
         order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
         if cumulative_objects is None:
             human_reference, dnn_full = human_similarity, dnn_similarity
@@ -1142,7 +1146,9 @@ def compare(
 
         if triplets is not None:
             logger.info("explaining both models' choices on %d triplets by jackknife relevance", len(triplets))
-            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
+            outputs.update(_write_relevance(
+                pair, np.asarray(triplets), primary, matchings["with_replacement"], names, stage, device
+            ))
 
         write_manifest(
             stage,
@@ -1845,15 +1851,14 @@ def _write_pair_grids(top_table: pd.DataFrame, pictures: dict[int, Any], out_dir
 
 
 def _write_relevance(
-    pair: AlignedPair, triplets: np.ndarray, primary: Any, names: Sequence[str], out_dir: Path, device: str
+    pair: AlignedPair, triplets: np.ndarray, primary: Any, best: Any, names: Sequence[str], out_dir: Path,
+    device: str,
 ) -> dict[str, str]:
     from dimalign.analysis import relevance
 
     comparison = relevance.compare_decisions(pair.human, pair.dnn, triplets, device=device)
-    # Each human dimension's best DNN dimension (with replacement) decides whether two dimensions correspond.
-    from dimalign.analysis.matching import match_dimensions
-
-    best = match_dimensions(pair.human, pair.dnn, "with_replacement")
+    # Each human dimension's best DNN dimension (``best``, the matching with
+    # replacement) decides whether two dimensions correspond.
     human_to_dnn = np.empty(pair.human.shape[1], dtype=np.int64)
     human_to_dnn[best.human_dims] = best.dnn_dims
 

@@ -353,8 +353,8 @@ def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
         raise ValueError(
             f"--triplets {path}, row {int(rows[0])}: object index {int(unbounded[rows[0]].max())} is out "
             f"of range for the {n_objects} objects of the human embedding (indices 0 to "
-            f"{n_objects - 1}); {rows.size} rows have such indices. The triplets must index the "
-            "rows of the human input"
+            f"{n_objects - 1}); {rows.size} {'row has' if rows.size == 1 else 'rows have'} such "
+            "indices. The triplets must index the rows of the human input"
         ) from error
 
 

@@ -230,12 +230,14 @@ def _greedy_pairs(correlations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(human_dims, dtype=np.int64), np.array(dnn_dims, dtype=np.int64)
 
 
-def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
+def match_all(human: np.ndarray, dnn: np.ndarray, *, correlations: np.ndarray | None = None) -> dict[str, Matching]:
     """Run every matching method that applies (the ones without replacement need n_dnn >= n_human).
 
     Args:
         human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
         dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        correlations (np.ndarray | None): ``correlate_columns(human, dnn)``,
+            if already computed (its warnings then come only once).
 
     Returns:
         dict[str, Matching]: One matching per method, keyed by method name.
@@ -243,12 +245,13 @@ def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
     Warns:
         UserWarning: When ``n_human > n_dnn``, so only matching with replacement runs.
     """
-    correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
+    if correlations is None:
+        correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
         n_human, n_dnn = correlations.shape
         warn(
-            f"{n_human} human but only {n_dnn} DNN dimensions: only matching with replacement is "
+            f"{n_human} human but only {n_dnn} DNN dimension{'' if n_dnn == 1 else 's'}: only matching with replacement is "
             "possible, so a DNN dimension may serve several human dimensions",
             UserWarning,
         )
