@@ -1927,6 +1927,19 @@ def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
     assert "; 1 DNN dimension for 95% of the full r²" in caplog.text
 
 
+def test_compare_summary_labels_interval(tmp_path, caplog):
+    human, dnn = surrogate_pair(n_objects=20)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=20)
+
+    expected = (
+        f"human-DNN RSA r = {result.rsa.r:.3f}, 95% interval [{result.rsa.ci_low:.3f}, "
+        f"{result.rsa.ci_high:.3f}]; matched r up to"
+    )
+    assert expected in caplog.text
+
+
 def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
     """A folder would load train.npy, so the jackknife would explain training triplets."""
     write_surrogate_sides(tmp_path)

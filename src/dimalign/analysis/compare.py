@@ -1168,9 +1168,14 @@ def compare(
             outputs={**outputs, "summary": summary},
         )
 
-    interval = (
-        f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
-    )
+    if n_bootstrap == 0:
+        interval = " (no bootstrap)"
+    elif math.isnan(rsa_result.ci_low):
+        interval = " (no bootstrap sample gave a correlation)"
+    else:
+        interval = (
+            f", {100 * rsa_result.ci_level:.0f}% interval [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]"
+        )
     n_for_share = cumulative.n_dims_for_share
     if not cumulative.share_defined:
         share_text = f"no share of the full r² is meaningful, because {_undefined_share_reason(cumulative, rsa_result)}"
