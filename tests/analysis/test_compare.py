@@ -2481,3 +2481,21 @@ def test_compare_zero_dimension_warned_once(tmp_path):
         "1 dimension(s) of the DNN embedding have zero variance over these objects (columns [1]); their "
         "correlations are set to 0"
     ]
+
+
+def test_compare_different_objects_names_tables(tmp_path, capsys):
+    human, dnn = surrogate_pair(n_objects=20)
+    write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i:02d}" for i in range(20)]))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids([f"b{i:02d}" for i in range(20)]))
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"), "--bootstrap", "0",
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "the human and DNN object tables list different objects" in error
+    assert (
+        f"The human objects are named by {tmp_path / 'human' / 'objects.tsv'} and the DNN objects by "
+        f"{tmp_path / 'dnn' / 'objects.tsv'}"
+    ) in error

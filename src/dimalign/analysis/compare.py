@@ -150,6 +150,7 @@ def align_embeddings(
     *,
     human_objects: ObjectTable | None = None,
     dnn_objects: ObjectTable | None = None,
+    table_sources: tuple[str | None, str | None] = (None, None),
 ) -> AlignedPair:
     """Put the DNN embedding in the human row order.
 
@@ -163,6 +164,9 @@ def align_embeddings(
         dnn (EmbeddingResult): Shape ``(n_objects, n_dnn)``.
         human_objects (ObjectTable | None): Names of the human rows.
         dnn_objects (ObjectTable | None): Names of the DNN rows.
+        table_sources (tuple[str | None, str | None]): Where each table came
+            from (a file, or how it was passed), named in the error for
+            different object sets.
 
     Returns:
         AlignedPair: Both embeddings in the human row order.
@@ -200,7 +204,15 @@ def align_embeddings(
             f"only the {'DNN' if missing == 'human' else 'human'} embedding has an object table, so the "
             f"{missing} rows cannot be matched to it by object id: pass an object table for both"
         )
-    order = align_objects(human_objects, dnn_objects)
+    advice = "compare embeddings of the same objects, or pass matching object tables"
+    if None not in table_sources:
+        named = {
+            "objects argument": "the object table passed (objects=, CLI --objects)",
+            INDEX_SOURCE: "the DataFrame index",
+        }
+        human_source, dnn_source = (named.get(source, source) for source in table_sources)
+        advice += f". The human objects are named by {human_source} and the DNN objects by {dnn_source}"
+    order = align_objects(human_objects, dnn_objects, advice=advice)
     if not np.array_equal(order, np.arange(order.size)):
         logger.info("reordered the DNN embedding's rows to the human object order")
     return AlignedPair(human.embedding, dnn.embedding[order], human_objects, order)
@@ -1009,7 +1021,10 @@ def compare(
     (human_table, human_table_source), (dnn_table, dnn_table_source) = _choose_tables(human_side, dnn_side, objects)
     human_result, dnn_result = human_side.result, dnn_side.result
     _check_table_lengths(((human_side, human_table, human_table_source), (dnn_side, dnn_table, dnn_table_source)))
-    pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
+    pair = align_embeddings(
+        human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table,
+        table_sources=(human_table_source, dnn_table_source),
+    )
     names = list(pair.objects.object_ids)
     n_objects = len(names)
     if n_objects < 3:
