@@ -741,6 +741,29 @@ def test_compare_triplet_folder_matched_by_id(tmp_path):
         assert (tmp_path / "folder" / name).read_bytes() == (tmp_path / "file" / name).read_bytes()
 
 
+def test_compare_val_file_uses_folder_table(tmp_path):
+    """FOLDER/val.npy, which the error for a split folder asks for, keeps the folder's objects.tsv."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    in_human_order = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 19]])
+    folder = write_triplet_folder(tmp_path / "split", 19 - in_human_order, ids[::-1])
+    (folder / "triplets.npy").rename(folder / "val.npy")
+    np.save(folder / "train.npy", np.array([[0, 1, 2]]))
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(folder / "val.npy"),
+    ])
+
+    assert code == 0
+    with np.load(tmp_path / "out" / "triplet_relevance.npz") as archive:
+        assert archive["triplets"].tolist() == in_human_order.tolist()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"]["triplet_objects"]["path"] == str(folder / "objects.tsv")
+
+
 def test_compare_triplet_folder_other_objects(tmp_path, capsys):
     """A triplet folder whose objects.tsv lists objects that are not compared is an error naming it."""
     human, dnn = surrogate_pair(n_objects=20)

@@ -276,15 +276,17 @@ def run_compare(args: argparse.Namespace) -> int:
         from dimalign.io.objects import OBJECT_TABLE_NAME
 
         reject_split_folder(args.triplets, "explain")
-        if args.triplets.is_dir() and (args.triplets / OBJECT_TABLE_NAME).is_file():
-            # The indices of such a folder (from simulate or import-triplets) are rows of its
-            # own table, which compare matches to the human rows by object id.
-            triplet_objects = args.triplets / OBJECT_TABLE_NAME
+        # The triplets of a folder from simulate or import-triplets, and its val.npy, index
+        # the rows of the folder's own table, which compare matches to the human rows by id.
+        folder = args.triplets if args.triplets.is_dir() else args.triplets.parent
+        if (folder / OBJECT_TABLE_NAME).is_file():
+            triplet_objects = folder / OBJECT_TABLE_NAME
             inputs["triplet_objects"] = triplet_objects
+            logger.info("the indices of --triplets %s are rows of %s", args.triplets, triplet_objects)
         if triplet_objects is not None:
             from dimalign.io.triplets import load_triplets
 
-            triplets = load_triplets(args.triplets)
+            triplets = load_triplets(args.triplets, object_table=triplet_objects)
         else:
             # Only the number of rows is needed here. compare() reads the file again
             # and gives its warnings (such as negative weights set to 0) then.
