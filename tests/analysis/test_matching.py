@@ -359,7 +359,7 @@ def test_cumulative_rsa_log_states_interval(caplog):
     assert curve.n_dims_for_share == 3
     assert (
         f"cumulative RSA: full r = {curve.r_full:.3f}, bootstrap interval [0.600, 0.990]; the first 3 of 4 "
-        "matched DNN dimensions together reach 95% of the full r²"
+        "DNN dimensions in matched order together reach 95% of the full r²"
     ) in caplog.text
 
 

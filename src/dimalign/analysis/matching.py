@@ -472,7 +472,7 @@ def describe_share(curve: CumulativeRSA) -> str:
 
     Returns:
         str: Such as ``full r = 0.411, bootstrap interval [0.396, 0.427]; the
-        first 9 of 36 matched DNN dimensions together reach 95% of the full
+        first 9 of 36 DNN dimensions in matched order together reach 95% of the full
         r²``, or the reason why no share is meaningful.
     """
     interval = curve.r_full_interval
@@ -502,9 +502,9 @@ def describe_share(curve: CumulativeRSA) -> str:
             "full r² with a positive r"
         )
     if curve.n_dims_for_share == 1:
-        added = f"the first of {n_steps} matched DNN dimensions alone reaches"
+        added = f"the first of {n_steps} DNN dimensions in matched order alone reaches"
     else:
-        added = f"the first {curve.n_dims_for_share} of {n_steps} matched DNN dimensions together reach"
+        added = f"the first {curve.n_dims_for_share} of {n_steps} DNN dimensions in matched order together reach"
     return f"{full}; {added} {100 * curve.share:.0f}% of the full r²"
 
 
