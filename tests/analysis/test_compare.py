@@ -2522,3 +2522,17 @@ def test_compare_different_objects_names_tables(tmp_path, capsys):
         f"The human objects are named by {tmp_path / 'human' / 'objects.tsv'} and the DNN objects by "
         f"{tmp_path / 'dnn' / 'objects.tsv'}"
     ) in error
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--bootstrap", "-5"], "n_bootstrap=-5 is invalid (--bootstrap): use 0 (no interval) or more"),
+     (["--top-k", "0"], "top_k=0 is invalid (--top-k): use 1 or more")],
+)
+def test_compare_cli_setting_errors_name_option(tmp_path, capsys, option, message):
+    save_surrogate_files(tmp_path)
+
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"), *option])
+
+    assert code == 1
+    assert message in capsys.readouterr().err

@@ -1516,11 +1516,11 @@ def _check_compare_settings(
     check_integer("top_k", top_k)
     _check_seed(random_state)
     if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
+        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid (--bootstrap): use 0 (no interval) or more")
     if random_state < 0:
         raise ValueError(f"random_state={random_state} is invalid (--seed): use 0 or more")
     if top_k < 1:
-        raise ValueError(f"top_k={top_k} is invalid: use 1 or more")
+        raise ValueError(f"top_k={top_k} is invalid (--top-k): use 1 or more")
     if images is not None and not Path(images).is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
 
