@@ -2536,3 +2536,13 @@ def test_compare_cli_setting_errors_name_option(tmp_path, capsys, option, messag
 
     assert code == 1
     assert message in capsys.readouterr().err
+
+
+def test_compare_triplet_objects_without_triplets(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    with pytest.raises(ValueError, match="triplet_objects names the rows of triplets, but no triplets are given"):
+        compare(
+            EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=0,
+            triplet_objects=ObjectTable.from_ids([str(row) for row in range(12)]),
+        )
+    assert not (tmp_path / "out").exists()

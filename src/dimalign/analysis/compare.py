@@ -1012,6 +1012,11 @@ def compare(
     )
     resolve_device(device)
     _check_compare_settings(n_bootstrap, top_k, images, random_state)
+    if triplet_objects is not None and triplets is None:
+        raise ValueError(
+            "triplet_objects names the rows of triplets, but no triplets are given: pass the triplets "
+            "too, or leave out triplet_objects"
+        )
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
