@@ -742,7 +742,7 @@ def test_compare_triplet_folder_matched_by_id(tmp_path):
 
 
 def test_compare_val_file_uses_folder_table(tmp_path):
-    """FOLDER/val.npy, which the error for a split folder asks for, keeps the folder's objects.tsv."""
+    """FOLDER/val.npy, which the error for a split folder recommends, keeps the folder's objects.tsv."""
     human, dnn = surrogate_pair(n_objects=20)
     ids = [f"a{i:02d}" for i in range(20)]
     write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
