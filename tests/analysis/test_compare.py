@@ -467,6 +467,36 @@ def test_compare_writes_outputs(tmp_path, shared_data):
     assert "sha256" in manifest["inputs"]["human"]
 
 
+def test_compare_outputs_all_documented(tmp_path):
+    """Every column and key that compare writes is named in docs/compare.md."""
+    human, dnn = surrogate_pair(n_objects=20)
+    triplets = np.array([np.random.default_rng(row).choice(20, 3, replace=False) for row in range(50)])
+    # Without object tables the rows are named by their index.
+    reference = (similarity_matrix(human)[:10, :10], ObjectTable.from_ids([str(row) for row in range(10)]))
+    compare(
+        EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", triplets=triplets, n_bootstrap=20,
+        reference=reference,
+    )
+    out = tmp_path / "out"
+    docs = (Path(__file__).parents[2] / "docs" / "compare.md").read_text(encoding="utf-8")
+
+    names = set()
+    for csv_file in sorted(out.glob("*.csv")):
+        names.update(f"{csv_file.name}:{column}" for column in pd.read_csv(csv_file).columns)
+    for json_file in ("rsa.json", "relevance_summary.json"):
+        content = json.loads((out / json_file).read_text())
+        names.update(f"{json_file}:{key}" for key in content)
+        names.update(f"{json_file}:reference.{key}" for key in content.get("reference", {}))
+    with np.load(out / "triplet_relevance.npz") as archive:
+        names.update(f"triplet_relevance.npz:{key}" for key in archive.files)
+    def documented(name):
+        key = name.split(":")[1].split(".")[-1]
+        # The docs list the object columns with "(each with `_id`)" for their id columns.
+        return f"`{key}`" in docs or (key.endswith("_id") and f"`{key.removesuffix('_id')}`" in docs)
+
+    assert sorted(name for name in names if not documented(name)) == []
+
+
 def test_compare_rejects_different_objects(tmp_path):
     human, dnn = surrogate_pair(n_objects=12)
     write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i}" for i in range(12)]))
@@ -679,6 +709,81 @@ def test_compare_cli_empty_triplets_rejected_first(tmp_path, capsys):
         assert "empty.txt" in capsys.readouterr().err
     assert folder_contents(out) == before
     assert not (tmp_path / "new").exists()
+
+
+def write_triplet_folder(folder, triplets, ids):
+    folder.mkdir()
+    np.save(folder / "triplets.npy", triplets)
+    write_object_table(ObjectTable.from_ids(ids), folder / "objects.tsv")
+    return folder
+
+
+def test_compare_triplet_folder_matched_by_id(tmp_path):
+    """The indices of a triplet folder refer to its own objects.tsv, not to the human row order."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    in_human_order = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 19]])
+    # The folder lists the objects in reverse, so human row r is its row 19 - r.
+    folder = write_triplet_folder(tmp_path / "triplets", 19 - in_human_order, ids[::-1])
+    command = ["compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "--bootstrap", "0"]
+
+    assert main([*command, "-o", str(tmp_path / "folder"), "--triplets", str(folder)]) == 0
+    np.savetxt(tmp_path / "human_order.txt", in_human_order, fmt="%d")
+    assert main([*command, "-o", str(tmp_path / "file"), "--triplets", str(tmp_path / "human_order.txt")]) == 0
+
+    with np.load(tmp_path / "folder" / "triplet_relevance.npz") as archive:
+        assert archive["triplets"].tolist() == in_human_order.tolist()
+    for name in ("relevance_summary.json",):
+        assert (tmp_path / "folder" / name).read_text() == (tmp_path / "file" / name).read_text()
+    for name in ("relevance_human.csv", "relevance_dnn.csv", "disagreements.csv"):
+        assert (tmp_path / "folder" / name).read_bytes() == (tmp_path / "file" / name).read_bytes()
+
+
+def test_compare_val_file_uses_folder_table(tmp_path):
+    """FOLDER/val.npy, which the error for a split folder recommends, keeps the folder's objects.tsv."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    in_human_order = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 19]])
+    folder = write_triplet_folder(tmp_path / "split", 19 - in_human_order, ids[::-1])
+    (folder / "triplets.npy").rename(folder / "val.npy")
+    np.save(folder / "train.npy", np.array([[0, 1, 2]]))
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(folder / "val.npy"),
+    ])
+
+    assert code == 0
+    with np.load(tmp_path / "out" / "triplet_relevance.npz") as archive:
+        assert archive["triplets"].tolist() == in_human_order.tolist()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"]["triplet_objects"]["path"] == str(folder / "objects.tsv")
+
+
+def test_compare_triplet_folder_other_objects(tmp_path, capsys):
+    """A triplet folder whose objects.tsv lists objects that are not compared is an error naming it."""
+    human, dnn = surrogate_pair(n_objects=20)
+    ids = [f"a{i:02d}" for i in range(20)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(ids))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids(ids))
+    other_ids = [f"b{i}" for i in range(30)]
+    folder = write_triplet_folder(tmp_path / "triplets", np.array([[0, 1, 2], [3, 4, 25]]), other_ids)
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(folder),
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"{folder / 'objects.tsv'} names 6 objects of the triplets that the compared embeddings do not contain" in error
+    assert "['b0', 'b1', 'b2', 'b25', 'b3', 'b4']" in error
+    assert "n_objects" not in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_compare_rejects_empty_triplets(tmp_path):
@@ -1845,6 +1950,19 @@ def test_compare_logs_dimension_count_for_share(tmp_path, caplog):
     assert "; 1 DNN dimension for 95% of the full r²" in caplog.text
 
 
+def test_compare_summary_labels_interval(tmp_path, caplog):
+    human, dnn = surrogate_pair(n_objects=20)
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.compare"):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=20)
+
+    expected = (
+        f"human-DNN RSA r = {result.rsa.r:.3f}, 95% interval [{result.rsa.ci_low:.3f}, "
+        f"{result.rsa.ci_high:.3f}]; matched r up to"
+    )
+    assert expected in caplog.text
+
+
 def test_compare_cli_rejects_split_folder_as_triplets(tmp_path, capsys):
     """A folder would load train.npy, so the jackknife would explain training triplets."""
     write_surrogate_sides(tmp_path)
@@ -1953,6 +2071,25 @@ def test_compare_log_gives_null_share_reason(tmp_path, caplog):
         r"full DNN model's r contains 0$",
         summary[0],
     )
+
+
+def test_compare_log_no_share_count(tmp_path, caplog):
+    """No log line counts DNN dimensions for 95% when the interval of the full r contains 0."""
+    human = np.random.default_rng(1).gamma(0.5, 1.0, size=(30, 4))
+    dnn = human[np.random.default_rng(11).permutation(30)]
+
+    with caplog.at_level("INFO", logger="dimalign"), pytest.warns(UserWarning):
+        result = compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=100)
+
+    assert result.cumulative.n_dims_for_share is None
+    assert result.cumulative.r_full_interval == (result.rsa.ci_low, result.rsa.ci_high)
+    assert "reach" not in caplog.text
+    curve_lines = [record.getMessage() for record in caplog.records if "cumulative RSA: full r" in record.getMessage()]
+    assert curve_lines == [
+        f"cumulative RSA: full r = {result.cumulative.r_full:.3f}, but its bootstrap interval "
+        f"[{result.rsa.ci_low:.3f}, {result.rsa.ci_high:.3f}] contains 0, so no share of its r² is "
+        "meaningful and no number of DNN dimensions for 95% is given"
+    ]
 
 
 def test_compare_share_interval_on_cumulative_subset(tmp_path):
@@ -2319,4 +2456,93 @@ def test_compare_filtered_dataframe_names_fix(tmp_path):
         "(objects=, CLI --objects), pass the DNN embedding as a DataFrame with such an index, or "
         "call reset_index(drop=True) on the human DataFrame to pair the rows by position"
     )
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_row_count_error_names_files(tmp_path, capsys):
+    human, dnn = save_surrogate_files(tmp_path)
+    np.save(tmp_path / "dnn19.npy", dnn[:19])
+
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn19.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0",
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert (
+        f"the human embedding {tmp_path / 'human.npy'} has 20 rows and the DNN embedding "
+        f"{tmp_path / 'dnn19.npy'} has 19"
+    ) in error
+    assert "objects.tsv" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_one_out_of_range_row(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    np.savetxt(tmp_path / "triplets.txt", np.array([[0, 1, 2], [3, 4, 25]]), fmt="%d")
+
+    code = main([
+        "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"),
+        "--bootstrap", "0", "--triplets", str(tmp_path / "triplets.txt"),
+    ])
+
+    assert code == 1
+    assert "1 row has such indices" in capsys.readouterr().err
+
+
+def test_compare_zero_dimension_warned_once(tmp_path):
+    human, dnn = surrogate_pair(n_objects=20)
+    dnn[:, 1] = 0.0
+    triplets = np.array([[0, 1, 2], [3, 4, 5]])
+
+    with pytest.warns(UserWarning) as records:
+        compare(EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", triplets=triplets, n_bootstrap=0)
+
+    zero_variance = [str(record.message) for record in records if "zero variance" in str(record.message)]
+    assert zero_variance == [
+        "1 dimension(s) of the DNN embedding have zero variance over these objects (columns [1]); their "
+        "correlations are set to 0"
+    ]
+
+
+def test_compare_different_objects_names_tables(tmp_path, capsys):
+    human, dnn = surrogate_pair(n_objects=20)
+    write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i:02d}" for i in range(20)]))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids([f"b{i:02d}" for i in range(20)]))
+
+    code = main([
+        "compare", str(tmp_path / "human"), str(tmp_path / "dnn"), "-o", str(tmp_path / "out"), "--bootstrap", "0",
+    ])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "the human and DNN object tables list different objects" in error
+    assert (
+        f"The human objects are named by {tmp_path / 'human' / 'objects.tsv'} and the DNN objects by "
+        f"{tmp_path / 'dnn' / 'objects.tsv'}"
+    ) in error
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--bootstrap", "-5"], "n_bootstrap=-5 is invalid (--bootstrap): use 0 (no interval) or more"),
+     (["--top-k", "0"], "top_k=0 is invalid (--top-k): use 1 or more")],
+)
+def test_compare_cli_setting_errors_name_option(tmp_path, capsys, option, message):
+    save_surrogate_files(tmp_path)
+
+    code = main(["compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(tmp_path / "out"), *option])
+
+    assert code == 1
+    assert message in capsys.readouterr().err
+
+
+def test_compare_triplet_objects_without_triplets(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    with pytest.raises(ValueError, match="triplet_objects names the rows of triplets, but no triplets are given"):
+        compare(
+            EmbeddingResult(human), EmbeddingResult(dnn), tmp_path / "out", n_bootstrap=0,
+            triplet_objects=ObjectTable.from_ids([str(row) for row in range(12)]),
+        )
     assert not (tmp_path / "out").exists()

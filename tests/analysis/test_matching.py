@@ -228,8 +228,8 @@ def test_cumulative_rsa_logs_progress(caplog, monkeypatch):
     assert "cumulative RSA: 3 of 8 steps done" in caplog.text
 
 
-def test_cumulative_rsa_logs_share_not_reached(caplog):
-    """A DNN whose similarity is the reverse of the human one never reaches the share."""
+def test_cumulative_rsa_logs_negative_full_r(caplog):
+    """A DNN whose similarity is the reverse of the human one has no meaningful share."""
     rng = np.random.default_rng(7)
     dnn = rng.gamma(1.0, size=(10, 2))
     human_similarity = -dot_similarity(dnn)
@@ -238,7 +238,12 @@ def test_cumulative_rsa_logs_share_not_reached(caplog):
         curve = cumulative_rsa(human_similarity, dnn, [0, 1], similarity=dot_similarity)
 
     assert curve.n_dims_for_share is None
-    assert "no prefix of the 2 DNN dimensions reaches 95% of the full r² with a positive r" in caplog.text
+    assert curve.r_full == pytest.approx(-1.0)
+    assert (
+        "cumulative RSA: full r = -1.000 is not above 0, so no share of its r² is meaningful and no number "
+        "of DNN dimensions for 95% is given"
+    ) in caplog.text
+    assert "reach" not in caplog.text
     assert "None" not in caplog.text
 
 
@@ -332,3 +337,66 @@ print(matplotlib.get_backend(), sorted(names))
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "cumulative_rsa.png", "cumulative_rsa.svg", "matching.png", "matching.svg",
     ]
+
+
+def share_curve_inputs():
+    """A human similarity and a DNN whose third dimension alone reproduces it (full r about 0.95)."""
+    rng = np.random.default_rng(3)
+    human = rng.gamma(1.0, size=(25, 3))
+    dnn = np.column_stack([human[:, 1], rng.random(25), human[:, 0], human[:, 2]])
+    return dot_similarity(human), dnn
+
+
+def test_cumulative_rsa_log_states_interval(caplog):
+    human_similarity, dnn = share_curve_inputs()
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.matching"):
+        curve = cumulative_rsa(
+            human_similarity, dnn, [2, 0, 3, 1], similarity=dot_similarity, r_full_interval=(0.6, 0.99)
+        )
+
+    assert curve.r_full_interval == (0.6, 0.99)
+    assert curve.n_dims_for_share == 3
+    assert (
+        f"cumulative RSA: full r = {curve.r_full:.3f}, bootstrap interval [0.600, 0.990]; the first 3 of 4 "
+        "DNN dimensions in matched order together reach 95% of the full r²"
+    ) in caplog.text
+
+
+def test_cumulative_rsa_interval_with_zero(caplog):
+    """A count from the point estimate is never logged when the interval of the full r contains 0."""
+    human_similarity, dnn = share_curve_inputs()
+
+    with caplog.at_level("INFO", logger="dimalign.analysis.matching"):
+        curve = cumulative_rsa(
+            human_similarity, dnn, [2, 0, 3, 1], similarity=dot_similarity, r_full_interval=(-0.1, 0.99)
+        )
+
+    assert curve.n_dims_for_share is None
+    assert not curve.share_defined
+    assert "reach" not in caplog.text
+    assert (
+        f"cumulative RSA: full r = {curve.r_full:.3f}, but its bootstrap interval [-0.100, 0.990] contains 0, "
+        "so no share of its r² is meaningful and no number of DNN dimensions for 95% is given"
+    ) in caplog.text
+
+
+def test_cumulative_figure_axis_names_order():
+    """The curve adds the unmatched DNN dimensions after the matched ones, and the x axis label states it."""
+    from dimalign.analysis.figures_compare import cumulative_rsa_figure
+    from dimalign.analysis.matching import CumulativeRSA
+
+    curve = CumulativeRSA(dnn_dims=np.arange(4), r=np.full(4, 0.5), r_full=0.5, share=0.95, n_dims_for_share=1)
+
+    axis = cumulative_rsa_figure(curve).axes[0]
+
+    assert axis.get_xlabel() == "DNN dimensions added (matched ones first, then the unmatched)"
+    assert axis.get_ylabel() == "share of the full model's r²"
+
+
+def test_match_all_one_dnn_dimension():
+    rng = np.random.default_rng(3)
+    with pytest.warns(UserWarning, match="3 human but only 1 DNN dimension: only matching with replacement"):
+        matchings = match_all(rng.random((10, 3)), rng.random((10, 1)))
+    assert list(matchings) == ["with_replacement"]
+    assert matchings["with_replacement"].dnn_dims.tolist() == [0, 0, 0]

@@ -150,6 +150,7 @@ def align_embeddings(
     *,
     human_objects: ObjectTable | None = None,
     dnn_objects: ObjectTable | None = None,
+    table_sources: tuple[str | None, str | None] = (None, None),
 ) -> AlignedPair:
     """Put the DNN embedding in the human row order.
 
@@ -163,6 +164,9 @@ def align_embeddings(
         dnn (EmbeddingResult): Shape ``(n_objects, n_dnn)``.
         human_objects (ObjectTable | None): Names of the human rows.
         dnn_objects (ObjectTable | None): Names of the DNN rows.
+        table_sources (tuple[str | None, str | None]): Where each table came
+            from (a file, or how it was passed), named in the error for
+            different object sets.
 
     Returns:
         AlignedPair: Both embeddings in the human row order.
@@ -185,9 +189,12 @@ def align_embeddings(
             )
     if human_objects is None and dnn_objects is None:
         if human.n_objects != dnn.n_objects:
+            human_name = "the human embedding" + (f" {human.path}" if human.path is not None else "")
+            dnn_name = "the DNN embedding" + (f" {dnn.path}" if dnn.path is not None else "")
             raise ValueError(
-                f"the human embedding has {human.n_objects} objects and the DNN embedding "
-                f"{dnn.n_objects}; pass object tables to match them by id"
+                f"{human_name} has {human.n_objects} rows and {dnn_name} has {dnn.n_objects}, and neither "
+                "has an object table, so their rows cannot be matched: pass object tables to match them by "
+                "id, an objects.tsv that names the rows in the folder of each embedding"
             )
         table = ObjectTable.from_ids([str(row) for row in range(human.n_objects)])
         return AlignedPair(human.embedding, dnn.embedding, table, np.arange(human.n_objects))
@@ -197,7 +204,15 @@ def align_embeddings(
             f"only the {'DNN' if missing == 'human' else 'human'} embedding has an object table, so the "
             f"{missing} rows cannot be matched to it by object id: pass an object table for both"
         )
-    order = align_objects(human_objects, dnn_objects)
+    advice = "compare embeddings of the same objects, or pass matching object tables"
+    if None not in table_sources:
+        named = {
+            "objects argument": "the object table passed (objects=, CLI --objects)",
+            INDEX_SOURCE: "the DataFrame index",
+        }
+        human_source, dnn_source = (named.get(source, source) for source in table_sources)
+        advice += f". The human objects are named by {human_source} and the DNN objects by {dnn_source}"
+    order = align_objects(human_objects, dnn_objects, advice=advice)
     if not np.array_equal(order, np.arange(order.size)):
         logger.info("reordered the DNN embedding's rows to the human object order")
     return AlignedPair(human.embedding, dnn.embedding[order], human_objects, order)
@@ -886,6 +901,7 @@ def compare(
     *,
     objects: ObjectTable | None = None,
     triplets: np.ndarray | None = None,
+    triplet_objects: ObjectTable | str | os.PathLike | None = None,
     images: str | os.PathLike | None = None,
     decoding: Decoding | None = None,
     n_bootstrap: int = 1000,
@@ -921,8 +937,13 @@ def compare(
             either is an error. An input without any table next to one
             with a table is an error, because rows are never matched by
             position when ids exist on one side.
-        triplets (np.ndarray | None): Triplets (indices in the human row
-            order) for the jackknife relevance; None skips it.
+        triplets (np.ndarray | None): Triplets for the jackknife relevance;
+            None skips it. Their indices are rows of the human embedding
+            unless ``triplet_objects`` names them.
+        triplet_objects (ObjectTable | path | None): The object table (or its
+            file) whose rows the triplet indices refer to, such as the
+            ``objects.tsv`` of a ``dimalign simulate`` folder. The triplets
+            are then matched to the human rows by object id.
         images (path | None): Image folder for the top-object grids: an
             object's image is its table ``source`` relative to this folder
             (the ``object_id`` itself when the source is empty), else
@@ -991,6 +1012,11 @@ def compare(
     )
     resolve_device(device)
     _check_compare_settings(n_bootstrap, top_k, images, random_state)
+    if triplet_objects is not None and triplets is None:
+        raise ValueError(
+            "triplet_objects names the rows of triplets, but no triplets are given: pass the triplets "
+            "too, or leave out triplet_objects"
+        )
     if similarity is None:
         from dimalign.analysis.similarity import similarity_matrix as similarity
 
@@ -1000,7 +1026,10 @@ def compare(
     (human_table, human_table_source), (dnn_table, dnn_table_source) = _choose_tables(human_side, dnn_side, objects)
     human_result, dnn_result = human_side.result, dnn_side.result
     _check_table_lengths(((human_side, human_table, human_table_source), (dnn_side, dnn_table, dnn_table_source)))
-    pair = align_embeddings(human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table)
+    pair = align_embeddings(
+        human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table,
+        table_sources=(human_table_source, dnn_table_source),
+    )
     names = list(pair.objects.object_ids)
     n_objects = len(names)
     if n_objects < 3:
@@ -1017,6 +1046,8 @@ def compare(
     if cumulative_objects is not None:
         cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state, "cumulative_objects")
     if triplets is not None:
+        if triplet_objects is not None:
+            triplets = _triplets_in_human_order(triplets, triplet_objects, pair.objects, human_table is not None)
         _check_triplets(triplets, n_objects)
     if reference is not None:
         _reference_rows(pair, reference)
@@ -1041,7 +1072,9 @@ def compare(
 
     # Matching and the objects behind each pair are cheap, so they run before
     # anything is written, and the images of those objects are looked up now.
-    matchings = matching_module.match_all(pair.human, pair.dnn)
+    # The correlations are computed once, so a constant dimension is warned about once.
+    correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
+    matchings = matching_module.match_all(pair.human, pair.dnn, correlations=correlations)
     primary = matchings.get("greedy", matchings["with_replacement"])
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
     pictures = None
@@ -1078,22 +1111,24 @@ def compare(
         rsa_result = _named_bootstrap_rsa(
             human_similarity, dnn_similarity, (human_side.name, dnn_side.name), n_bootstrap, random_state
         )
-        correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
         order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
         if cumulative_objects is None:
             human_reference, dnn_full = human_similarity, dnn_similarity
         else:
             human_reference = similarity(pair.human, objects=cumulative_subset, device=device)
             dnn_full = similarity(pair.dnn, objects=cumulative_subset, device=device)
+        # The interval comes first, so that the curve's log line states the
+        # number of dimensions for 95% only when the full r differs from 0.
+        full_r_interval = _full_r_interval(
+            rsa_result if cumulative_objects is None else None,
+            (human_reference, dnn_full, n_bootstrap, random_state),
+        )
         cumulative = matching_module.cumulative_rsa(
             human_reference, pair.dnn, order,
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
-            full_similarity=dnn_full,
+            full_similarity=dnn_full, r_full_interval=full_r_interval,
         )
-        cumulative = _with_full_r_interval(
-            cumulative, rsa_result if cumulative_objects is None else None,
-            (human_reference, dnn_full, n_bootstrap, random_state),
-        )
+        _warn_undefined_share(cumulative, n_bootstrap, rsa_result.ci_level)
         _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
         outputs["cumulative_rsa"] = "cumulative_rsa.csv"
 
@@ -1131,7 +1166,9 @@ def compare(
 
         if triplets is not None:
             logger.info("explaining both models' choices on %d triplets by jackknife relevance", len(triplets))
-            outputs.update(_write_relevance(pair, np.asarray(triplets), primary, names, stage, device))
+            outputs.update(_write_relevance(
+                pair, np.asarray(triplets), primary, matchings["with_replacement"], names, stage, device
+            ))
 
         write_manifest(
             stage,
@@ -1151,9 +1188,14 @@ def compare(
             outputs={**outputs, "summary": summary},
         )
 
-    interval = (
-        f" [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]" if n_bootstrap > 0 else " (no bootstrap)"
-    )
+    if n_bootstrap == 0:
+        interval = " (no bootstrap)"
+    elif math.isnan(rsa_result.ci_low):
+        interval = " (no bootstrap sample gave a correlation)"
+    else:
+        interval = (
+            f", {100 * rsa_result.ci_level:.0f}% interval [{rsa_result.ci_low:.3f}, {rsa_result.ci_high:.3f}]"
+        )
     n_for_share = cumulative.n_dims_for_share
     if not cumulative.share_defined:
         share_text = f"no share of the full r² is meaningful, because {_undefined_share_reason(cumulative, rsa_result)}"
@@ -1225,11 +1267,10 @@ class _Side:
         return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
 
 
-def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> Any:
-    """Attach a bootstrap interval of the cumulative curve's full r, and drop the share count if it contains 0.
+def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> tuple[float, float] | None:
+    """Return the bootstrap interval of the cumulative curve's full r.
 
     Args:
-        cumulative (CumulativeRSA): The curve.
         rsa_result (BootstrapRSA | None): The RSA of the same objects, whose
             interval is reused; None when the curve has its own subset.
         bootstrap_inputs (tuple): ``(human_similarity, dnn_similarity,
@@ -1237,23 +1278,23 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
             when ``rsa_result`` is None.
 
     Returns:
-        CumulativeRSA: With ``r_full_interval`` set (None without bootstrap
-        samples) and ``n_dims_for_share`` None when the share is undefined.
+        tuple[float, float] | None: The interval (NaN when no sample gave a
+        correlation), or None with ``n_bootstrap`` 0.
     """
-    import dataclasses
-
     human_similarity, dnn_similarity, n_bootstrap, random_state = bootstrap_inputs
-    interval = None
-    if n_bootstrap > 0:
-        if rsa_result is None:
-            rsa_result = bootstrap_rsa(
-                human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state
-            )
-        interval = (rsa_result.ci_low, rsa_result.ci_high)
-    cumulative = dataclasses.replace(cumulative, r_full_interval=interval)
-    if cumulative.share_defined:
-        return cumulative
-    if cumulative.r_full > 0 and interval is not None and math.isnan(interval[0]):
+    if n_bootstrap == 0:
+        return None
+    if rsa_result is None:
+        rsa_result = bootstrap_rsa(human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state)
+    return (rsa_result.ci_low, rsa_result.ci_high)
+
+
+def _warn_undefined_share(cumulative: Any, n_bootstrap: int, ci_level: float) -> None:
+    """Warn, naming the outputs, when the interval of the full r contains 0 or could not be computed."""
+    interval = cumulative.r_full_interval
+    if cumulative.share_defined or not cumulative.r_full > 0 or interval is None:
+        return
+    if math.isnan(interval[0]):
         warn(
             f"none of the {n_bootstrap} bootstrap samples of the full DNN model's r (r = "
             f"{cumulative.r_full:.3f}) gave a correlation, so it is unknown whether that r differs "
@@ -1262,15 +1303,14 @@ def _with_full_r_interval(cumulative: Any, rsa_result: BootstrapRSA | None, boot
             "--similarity-objects)",
             UserWarning,
         )
-    elif cumulative.r_full > 0 and interval is not None:
-        warn(
-            f"the {100 * rsa_result.ci_level:.0f}% interval "
-            f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
-            f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
-            "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
-            UserWarning,
-        )
-    return dataclasses.replace(cumulative, n_dims_for_share=None)
+        return
+    warn(
+        f"the {100 * ci_level:.0f}% interval "
+        f"[{interval[0]:.3f}, {interval[1]:.3f}] of the full DNN model's r contains 0 (r = "
+        f"{cumulative.r_full:.3f}), so no share of its r² is meaningful: "
+        "n_dnn_dims_for_95_percent is null and share_of_full_r2 is empty",
+        UserWarning,
+    )
 
 
 def _named_bootstrap_rsa(
@@ -1481,11 +1521,11 @@ def _check_compare_settings(
     check_integer("top_k", top_k)
     _check_seed(random_state)
     if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 (no interval) or more")
+        raise ValueError(f"n_bootstrap={n_bootstrap} is invalid (--bootstrap): use 0 (no interval) or more")
     if random_state < 0:
         raise ValueError(f"random_state={random_state} is invalid (--seed): use 0 or more")
     if top_k < 1:
-        raise ValueError(f"top_k={top_k} is invalid: use 1 or more")
+        raise ValueError(f"top_k={top_k} is invalid (--top-k): use 1 or more")
     if images is not None and not Path(images).is_dir():
         raise FileNotFoundError(f"image folder {images} not found")
 
@@ -1509,6 +1549,54 @@ def _check_triplets(triplets: np.ndarray, n_objects: int) -> None:
             f"triplet indices range from {array.min()} to {array.max()}, but the compared "
             f"embeddings have {n_objects} objects (valid indices 0 to {n_objects - 1})"
         )
+
+
+def _triplets_in_human_order(
+    triplets: np.ndarray, triplet_objects: ObjectTable | str | os.PathLike, objects: ObjectTable, has_ids: bool
+) -> np.ndarray:
+    """Convert triplet indices from the rows of ``triplet_objects`` to the human rows, by object id.
+
+    Args:
+        triplets (np.ndarray): Shape ``(n, 3)``, indices into ``triplet_objects``.
+        triplet_objects (ObjectTable | path): The table the indices refer to.
+        objects (ObjectTable): The compared objects in the human row order.
+        has_ids (bool): Whether ``objects`` comes from object tables. Without
+            tables the rows are named by position, so the triplet rows are
+            taken as the same objects when the counts agree.
+
+    Raises:
+        ValueError: If the triplets name objects that are not compared, or,
+            without object tables, the counts differ. The message names the table.
+    """
+    from dimalign.io.triplets import validate_triplets
+
+    source = "the triplet object table"
+    if not isinstance(triplet_objects, ObjectTable):
+        source = str(triplet_objects)
+        triplet_objects = read_object_table(triplet_objects)
+    array = validate_triplets(np.asarray(triplets), len(triplet_objects), source="triplets")
+    if not has_ids:
+        if len(triplet_objects) != len(objects):
+            raise ValueError(
+                f"{source} lists {len(triplet_objects)} objects, but the compared embeddings have "
+                f"{len(objects)} rows and no object tables, so the triplet indices cannot be matched to "
+                "their rows: put an objects.tsv that names the rows next to each embedding, or pass --objects"
+            )
+        return array
+    lookup = {name: row for row, name in enumerate(objects.object_ids)}
+    used_ids = {triplet_objects.object_ids[index] for index in np.unique(array).tolist()}
+    missing = sorted(name for name in used_ids if name not in lookup)
+    if missing:
+        raise ValueError(
+            f"{source} names {len(missing)} objects of the triplets that the compared embeddings do not "
+            f"contain: {missing[:20]}; pass triplets of the compared objects, or compare embeddings that "
+            "contain these objects"
+        )
+    rows = np.array([lookup.get(name, -1) for name in triplet_objects.object_ids], dtype=np.int64)
+    converted = rows[array]
+    if not np.array_equal(converted, array):
+        logger.info("matched the %d triplets of %s to the human rows by object id", len(array), source)
+    return converted
 
 
 def _dot_product_spread(embedding: np.ndarray, block_size: int = 1024) -> tuple[float, float]:
@@ -1788,15 +1876,14 @@ def _write_pair_grids(top_table: pd.DataFrame, pictures: dict[int, Any], out_dir
 
 
 def _write_relevance(
-    pair: AlignedPair, triplets: np.ndarray, primary: Any, names: Sequence[str], out_dir: Path, device: str
+    pair: AlignedPair, triplets: np.ndarray, primary: Any, best: Any, names: Sequence[str], out_dir: Path,
+    device: str,
 ) -> dict[str, str]:
     from dimalign.analysis import relevance
 
     comparison = relevance.compare_decisions(pair.human, pair.dnn, triplets, device=device)
-    # Each human dimension's best DNN dimension (with replacement) decides whether two dimensions correspond.
-    from dimalign.analysis.matching import match_dimensions
-
-    best = match_dimensions(pair.human, pair.dnn, "with_replacement")
+    # Each human dimension's best DNN dimension (``best``, the matching with
+    # replacement) decides whether two dimensions correspond.
     human_to_dnn = np.empty(pair.human.shape[1], dtype=np.int64)
     human_to_dnn[best.human_dims] = best.dnn_dims
 

@@ -270,16 +270,30 @@ def run_compare(args: argparse.Namespace) -> int:
         reference = (matrix, reference_table)
         inputs.update(reference_rsm=args.reference_rsm, reference_objects=args.reference_objects)
     triplets = None
+    triplet_objects = None
     if args.triplets is not None:
         from dimalign.analysis.commands import reject_split_folder
+        from dimalign.io.objects import OBJECT_TABLE_NAME
 
         reject_split_folder(args.triplets, "explain")
-        # Only the number of rows is needed here. compare() reads the file again
-        # and gives its warnings (such as negative weights set to 0) then.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            n_human_objects = load_embedding(args.human).n_objects
-        triplets = _load_compare_triplets(args.triplets, n_human_objects)
+        # The triplets of a folder from simulate or import-triplets, and its val.npy, index
+        # the rows of the folder's own table, which compare matches to the human rows by id.
+        folder = args.triplets if args.triplets.is_dir() else args.triplets.parent
+        if (folder / OBJECT_TABLE_NAME).is_file():
+            triplet_objects = folder / OBJECT_TABLE_NAME
+            inputs["triplet_objects"] = triplet_objects
+            logger.info("the indices of --triplets %s are rows of %s", args.triplets, triplet_objects)
+        if triplet_objects is not None:
+            from dimalign.io.triplets import load_triplets
+
+            triplets = load_triplets(args.triplets, object_table=triplet_objects)
+        else:
+            # Only the number of rows is needed here. compare() reads the file again
+            # and gives its warnings (such as negative weights set to 0) then.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                n_human_objects = load_embedding(args.human).n_objects
+            triplets = _load_compare_triplets(args.triplets, n_human_objects)
         if triplets.shape[0] == 0:
             raise ValueError(
                 f"--triplets {args.triplets} contains no triplets, so there is no choice to explain: "
@@ -287,7 +301,8 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         inputs["triplets"] = args.triplets
     compare(
-        args.human, args.dnn, args.out, objects=objects, triplets=triplets, images=args.images,
+        args.human, args.dnn, args.out, objects=objects, triplets=triplets, triplet_objects=triplet_objects,
+        images=args.images,
         decoding=decoding,
         n_bootstrap=args.bootstrap, random_state=args.seed, top_k=args.top_k,
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
@@ -340,8 +355,8 @@ def _load_compare_triplets(path: Path, n_objects: int) -> np.ndarray:
         raise ValueError(
             f"--triplets {path}, row {int(rows[0])}: object index {int(unbounded[rows[0]].max())} is out "
             f"of range for the {n_objects} objects of the human embedding (indices 0 to "
-            f"{n_objects - 1}); {rows.size} rows have such indices. The triplets must index the "
-            "rows of the human input"
+            f"{n_objects - 1}); {rows.size} {'row has' if rows.size == 1 else 'rows have'} such "
+            "indices. The triplets must index the rows of the human input"
         ) from error
 
 

@@ -102,9 +102,7 @@ def cumulative_rsa_labels(cumulative) -> tuple[str, str | None]:
 def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative_rsa") -> list[str]:
     """Plot the explained variance as DNN dimensions are added, with the 95% mark.
 
-    The y axis is ``r_k^2 / r_full^2``, the share of the full DNN embedding's
-    explained variance that the first ``k`` matched dimensions reach. When
-    that share is undefined (``cumulative.share_defined``), the y axis is ``r_k``.
+    See :func:`cumulative_rsa_figure` for the axes.
 
     Args:
         cumulative (CumulativeRSA): The curve.
@@ -113,6 +111,24 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
 
     Returns:
         list[str]: The files written (PNG and SVG).
+    """
+    return _save(cumulative_rsa_figure(cumulative), Path(out_dir), stem)
+
+
+def cumulative_rsa_figure(cumulative) -> Any:
+    """Draw the cumulative RSA curve.
+
+    The y axis is ``r_k^2 / r_full^2``, the share of the full DNN embedding's
+    explained variance that the first ``k`` DNN dimensions reach. The
+    matched dimensions come first and the unmatched ones follow, as
+    :func:`dimalign.analysis.matching.matched_order` orders them. When that
+    share is undefined (``cumulative.share_defined``), the y axis is ``r_k``.
+
+    Args:
+        cumulative (CumulativeRSA): The curve.
+
+    Returns:
+        matplotlib.figure.Figure: The figure, made without pyplot.
     """
     r = np.asarray(cumulative.r)
     steps = np.arange(1, r.size + 1)
@@ -132,11 +148,11 @@ def plot_cumulative_rsa(cumulative, out_dir: str | Path, stem: str = "cumulative
         axis.axhline(cumulative.r_full, color="C3", linestyle="--", linewidth=1.0, label=share_label)
         axis.axhline(0.0, color="0.6", linewidth=0.8)
         axis.set_ylabel("r with the human similarity")
-    axis.set_xlabel("matched DNN dimensions added")
+    axis.set_xlabel("DNN dimensions added (matched ones first, then the unmatched)")
     # The curve can pass 100%, so a fixed corner may cover it.
     axis.legend(frameon=False, fontsize=8, loc="best")
     axis.set_title("Cumulative RSA with the human similarity")
-    return _save(figure, Path(out_dir), stem)
+    return figure
 
 
 def write_comparison_figures(matchings: Mapping[str, object], cumulative, out_dir: str | Path) -> list[str]:

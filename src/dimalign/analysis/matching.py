@@ -21,7 +21,9 @@ dimensions, only on the human one, and only on the DNN one are listed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -228,12 +230,14 @@ def _greedy_pairs(correlations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(human_dims, dtype=np.int64), np.array(dnn_dims, dtype=np.int64)
 
 
-def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
+def match_all(human: np.ndarray, dnn: np.ndarray, *, correlations: np.ndarray | None = None) -> dict[str, Matching]:
     """Run every matching method that applies (the ones without replacement need n_dnn >= n_human).
 
     Args:
         human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
         dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        correlations (np.ndarray | None): ``correlate_columns(human, dnn)``,
+            if already computed (its warnings then come only once).
 
     Returns:
         dict[str, Matching]: One matching per method, keyed by method name.
@@ -241,12 +245,13 @@ def match_all(human: np.ndarray, dnn: np.ndarray) -> dict[str, Matching]:
     Warns:
         UserWarning: When ``n_human > n_dnn``, so only matching with replacement runs.
     """
-    correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
+    if correlations is None:
+        correlations = correlate_columns(human, dnn, name_a="human", name_b="DNN")
     methods = MATCHING_METHODS if correlations.shape[0] <= correlations.shape[1] else ("with_replacement",)
     if len(methods) == 1:
         n_human, n_dnn = correlations.shape
         warn(
-            f"{n_human} human but only {n_dnn} DNN dimensions: only matching with replacement is "
+            f"{n_human} human but only {n_dnn} DNN dimension{'' if n_dnn == 1 else 's'}: only matching with replacement is "
             "possible, so a DNN dimension may serve several human dimensions",
             UserWarning,
         )
@@ -370,6 +375,7 @@ def cumulative_rsa(
     similarity: Callable[[np.ndarray], np.ndarray] | None = None,
     method: str = "pearson",
     full_similarity: np.ndarray | None = None,
+    r_full_interval: tuple[float, float] | None = None,
 ) -> CumulativeRSA:
     """Correlate the human similarity matrix with DNN subsets of growing size.
 
@@ -388,6 +394,10 @@ def cumulative_rsa(
         method (str): ``"pearson"`` or ``"spearman"``, passed to :func:`dimalign.analysis.rsa.rsa`.
         full_similarity (np.ndarray | None): The DNN similarity matrix of all
             dimensions, if already computed with ``similarity``.
+        r_full_interval (tuple[float, float] | None): A confidence interval of
+            the full model's r, such as the bootstrap interval of the RSA.
+            When it contains 0 (or is NaN) no share is meaningful, and
+            ``n_dims_for_share`` is None.
 
     Returns:
         CumulativeRSA: The curve and the number of dimensions for ``share``.
@@ -442,19 +452,60 @@ def cumulative_rsa(
             "the objects, so the cumulative RSA at those steps is undefined (NaN)",
             RuntimeWarning,
         )
-    n_dims = dims_for_share(values, r_full, share)
-    if n_dims is None:
-        logger.info(
-            "cumulative RSA: full r = %.3f; no prefix of the %d DNN dimensions reaches %.0f%% of "
-            "the full r² with a positive r",
-            r_full, order.size, 100 * share,
+    curve = CumulativeRSA(
+        dnn_dims=order, r=values, r_full=r_full, share=share, n_dims_for_share=None,
+        r_full_interval=None if r_full_interval is None else (float(r_full_interval[0]), float(r_full_interval[1])),
+    )
+    # The count comes from the point estimate of r_full, so it is only given
+    # when the interval shows that r_full is above 0.
+    if curve.share_defined:
+        curve = dataclasses.replace(curve, n_dims_for_share=dims_for_share(values, r_full, share))
+    logger.info("cumulative RSA: %s", describe_share(curve))
+    return curve
+
+
+def describe_share(curve: CumulativeRSA) -> str:
+    """Describe the full model's r, its interval and the dimensions for the share in one sentence.
+
+    Args:
+        curve (CumulativeRSA): The curve.
+
+    Returns:
+        str: Such as ``full r = 0.411, bootstrap interval [0.396, 0.427]; the
+        first 9 of 36 DNN dimensions in matched order together reach 95% of the full
+        r²``, or the reason why no share is meaningful.
+    """
+    interval = curve.r_full_interval
+    no_count = (
+        "so no share of its r² is meaningful and no number of DNN dimensions for "
+        f"{100 * curve.share:.0f}% is given"
+    )
+    if not curve.r_full > 0:
+        return f"full r = {curve.r_full:.3f} is not above 0, {no_count}"
+    if interval is not None and math.isnan(interval[0]):
+        return (
+            f"full r = {curve.r_full:.3f}, but no bootstrap sample gave a correlation, so it is unknown "
+            f"whether that r differs from 0, {no_count}"
         )
+    if not curve.share_defined:
+        return (
+            f"full r = {curve.r_full:.3f}, but its bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}] "
+            f"contains 0, {no_count}"
+        )
+    full = f"full r = {curve.r_full:.3f}"
+    if interval is not None:
+        full += f", bootstrap interval [{interval[0]:.3f}, {interval[1]:.3f}]"
+    n_steps = curve.r.size
+    if curve.n_dims_for_share is None:
+        return (
+            f"{full}; no prefix of the {n_steps} DNN dimensions reaches {100 * curve.share:.0f}% of the "
+            "full r² with a positive r"
+        )
+    if curve.n_dims_for_share == 1:
+        added = f"the first of {n_steps} DNN dimensions in matched order alone reaches"
     else:
-        logger.info(
-            "cumulative RSA: full r = %.3f; %d of %d DNN dimensions reach %.0f%% of the full r²",
-            r_full, n_dims, order.size, 100 * share,
-        )
-    return CumulativeRSA(dnn_dims=order, r=values, r_full=r_full, share=share, n_dims_for_share=n_dims)
+        added = f"the first {curve.n_dims_for_share} of {n_steps} DNN dimensions in matched order together reach"
+    return f"{full}; {added} {100 * curve.share:.0f}% of the full r²"
 
 
 # -- objects that show agreement and disagreement ----------------------------
