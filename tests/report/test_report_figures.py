@@ -189,6 +189,8 @@ def test_matching_and_cumulative_rsa(tiny_results, tmp_path):
     assert rsa["cumulative_full_r_ci_low"] <= 0
     assert len(right.get_lines()) == 1
     legend = [" ".join(text.get_text().split()) for text in right.get_legend().get_texts()]
+    # Unmatched DNN dimensions follow the matched ones on the curve.
+    assert legend[0] == "first k DNN dimensions, in matched order"
     assert legend[1] == (
         f"no 95% mark: the 95% interval [{rsa['cumulative_full_r_ci_low']:.3f}, "
         f"{rsa['cumulative_full_r_ci_high']:.3f}] of the full DNN model's r contains 0"

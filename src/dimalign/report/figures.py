@@ -210,7 +210,8 @@ def plot_matching(
     Left: the Pearson r of every matched human-DNN pair, sorted, one line
     per matching method (with replacement, and without replacement where
     computed). Right: the variance in the human similarity explained
-    (``r_k²``) by the first ``k`` matched DNN dimensions, with a line at 95%
+    (``r_k²``) by the first ``k`` DNN dimensions in matched order (matched ones
+    first, then the unmatched ones), with a line at 95%
     of the full DNN model's ``r²`` and the number of dimensions that reach it.
     Where that share means nothing (see
     :func:`~dimalign.report.results.undefined_share_reason`), the legend
@@ -238,7 +239,7 @@ def plot_matching(
     # is unbounded when the full model explains almost nothing (short runs).
     steps = cumulative["n_dims"].to_numpy()
     right.plot(steps, cumulative["r2"].to_numpy(), marker="o", markersize=3, linewidth=1.2,
-               color=SIDE_COLORS["dnn"], label="first k matched DNN dimensions")
+               color=SIDE_COLORS["dnn"], label="first k DNN dimensions, in matched order")
     # A share of the full model's r² means nothing when that r may be 0 or is
     # negative, because a dimension of the opposite sign would then seem to
     # reach it. The mark is drawn only where compare's rule defines the share.

@@ -66,7 +66,8 @@ FIGURES: list[tuple[str, str, str, Callable[..., Any]]] = [
      figures.plot_similarity_matrices),
     ("matching", "Matched dimensions and cumulative RSA",
      "Left: correlation of each human dimension with its matched DNN dimension, sorted. Right: "
-     "variance in the human similarity explained by the first k matched DNN dimensions, with the mark "
+     "variance in the human similarity explained by the first k DNN dimensions in matched order (matched "
+     "ones first, then the unmatched ones), with the mark "
      "at 95% of the full DNN model's, or the reason in the legend why that share means nothing.",
      figures.plot_matching),
     ("training_curves", "Training",
