@@ -453,6 +453,13 @@ def test_resume_without_checkpoint_logs_new_fit(tmp_path, caplog):
     assert f"no checkpoint in {tmp_path / 'run'} to resume from: starting a new fit" in caplog.text
 
 
+@pytest.mark.parametrize(("max_epochs", "words"), [(1, "after 1 epoch ("), (2, "after 2 epochs (")])
+def test_pruning_log_counts_epochs(caplog, max_epochs, words):
+    with caplog.at_level("INFO", logger="dimalign"):
+        VICE(n_dims=5, max_epochs=max_epochs).fit(random_triplets(15, 200), n_objects=15)
+    assert f"dimensions {words}reached max_epochs)" in caplog.text
+
+
 def test_checkpoint_write_on_full_disk_names_file(tmp_path):
     """A file size limit fails writes with EFBIG, as a full disk fails them with ENOSPC."""
     import resource

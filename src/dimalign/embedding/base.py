@@ -485,7 +485,8 @@ class TripletEmbedding(BaseEstimator):
         self._set_fitted(params)
         reason = "converged" if self.converged_ else "reached max_epochs"
         logger.info(
-            "pruned %d -> %d dimensions after %d epochs (%s)", self.n_dims, self.n_dims_, state.epoch, reason
+            "pruned %d -> %d dimensions after %d epoch%s (%s)",
+            self.n_dims, self.n_dims_, state.epoch, "" if state.epoch == 1 else "s", reason,
         )
         if self.n_dims_ == 0:
             # min_objects cannot go below 0, so the advice to lower it is given only above 0.
