@@ -229,3 +229,67 @@ def test_unfinished_run_as_embedding_named(tmp_path):
         "it contains checkpoint.pt, so its fit has not finished. Finish it with 'dimalign fit ... --resume' "
         "and the same triplets and settings"
     )
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("weights.txt", "0.5 0.25\r\n0 1.5\r\n"),
+    ("weights.csv", "0.5,0.25\n0,1.5\n"),
+])
+def test_text_embedding_with_byte_order_mark(tmp_path, name, text):
+    """Spreadsheet programs and Windows editors start UTF-8 text with a byte order mark."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    np.testing.assert_array_equal(load_embedding(tmp_path / name).embedding, [[0.5, 0.25], [0, 1.5]])
+
+
+def test_gzip_text_embedding_says_compressed(tmp_path):
+    import gzip
+
+    (tmp_path / "weights.txt").write_bytes(gzip.compress(b"0.5 0.25\n0 1.5\n"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it is gzip-compressed, "
+        "not text: decompress it first (gunzip)"
+    )
+
+
+def test_hdf5_embedding_not_called_header(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "weights.h5", "w") as handle:
+        handle["embedding"] = np.ones((3, 2))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.h5")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.h5'} cannot be read as a text embedding: it is an HDF5 file, not "
+        "text: save the array with numpy.save as a .npy file"
+    )
+
+
+def test_latin1_text_embedding_names_byte(tmp_path):
+    (tmp_path / "weights.txt").write_bytes("# Gr\xf6\xdfe\n0.5 0.25\n".encode("latin-1"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it is not UTF-8 text "
+        "(byte 0xf6 at offset 4): save it as UTF-8"
+    )
+
+
+def test_utf16_text_embedding_names_encoding(tmp_path):
+    (tmp_path / "weights.txt").write_bytes("0.5 0.25\n0 1.5\n".encode("utf-16-le"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it contains NUL bytes "
+        "(the first at offset 1), as UTF-16 text and binary files do: save it as UTF-8 text"
+    )

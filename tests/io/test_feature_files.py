@@ -112,3 +112,25 @@ def test_simulate_rejects_human_triplets(tmp_path, things_dir):
 
     assert status == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_text_features_with_byte_order_mark(tmp_path):
+    (tmp_path / "features.txt").write_bytes(b"\xef\xbb\xbf0.5 0.25\r\n0 1.5\r\n")
+
+    loaded, _ = load_features(tmp_path / "features.txt")
+
+    np.testing.assert_array_equal(loaded, [[0.5, 0.25], [0, 1.5]])
+
+
+def test_gzip_text_features_say_compressed(tmp_path):
+    import gzip
+
+    (tmp_path / "features.txt").write_bytes(gzip.compress(b"0.5 0.25\n0 1.5\n"))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.txt'} cannot be read as a features table: it is gzip-compressed, "
+        "not text: decompress it first (gunzip)"
+    )

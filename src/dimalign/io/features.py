@@ -90,7 +90,8 @@ def load_features(
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":
         try:
-            features = np.loadtxt(path, dtype=np.float64, ndmin=2)
+            # utf-8-sig drops the byte order mark that spreadsheet programs write.
+            features = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
         except ValueError as error:
             raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
     else:

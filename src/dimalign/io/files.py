@@ -733,6 +733,51 @@ def abbreviate(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# Start of binary files that are given where a text table belongs, and the advice for each.
+_BINARY_SIGNATURES = (
+    (b"\x1f\x8b", "it is gzip-compressed, not text: decompress it first (gunzip)"),
+    (b"\x89HDF\r\n\x1a\n", "it is an HDF5 file, not text: save the array with numpy.save as a .npy file"),
+    (b"PK\x03\x04", "it is a zip archive (such as a .npz file), not text: give an .npz file a name ending in .npz"),
+    (b"\x93NUMPY", "it is a .npy file, not text: give it a name ending in .npy"),
+)
+
+# Bytes of a text file that are decoded at a time to find the first one that is not UTF-8.
+_DECODE_CHUNK_BYTES = 1 << 20
+
+
+def _binary_file_problem(path: str | os.PathLike) -> str | None:
+    """Describe why the file at ``path`` is not UTF-8 text, or return None when it is.
+
+    A ``.gz`` file is not reported as compressed, because numpy's text
+    readers decompress it by its suffix.
+    """
+    import codecs
+
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        for signature, problem in _BINARY_SIGNATURES:
+            if start.startswith(signature) and not (signature == b"\x1f\x8b" and Path(path).suffix.lower() == ".gz"):
+                return problem
+        handle.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        while chunk := handle.read(_DECODE_CHUNK_BYTES):
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                return (
+                    f"it contains NUL bytes (the first at offset {offset + nul}), as UTF-16 text and "
+                    "binary files do: save it as UTF-8 text"
+                )
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                # The decoder may hold back up to 3 bytes of an unfinished character from the last chunk.
+                position = offset + error.start - len(error.object) + len(chunk)
+                return f"it is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {position}): save it as UTF-8"
+            offset += len(chunk)
+    return None
+
+
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
@@ -745,8 +790,11 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             ``","``, a tab, or None for any whitespace.
     """
     separators = {None: "spaces", ",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
+    not_text = _binary_file_problem(path)
+    if not_text is not None:
+        return not_text
     n_values = None
-    with open(path, encoding="utf-8", errors="replace") as lines:
+    with open(path, encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             content = line.split("#", 1)[0]
             if not content.strip():

@@ -153,7 +153,9 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
         with warnings.catch_warnings():
             # An empty file: check_embedding raises an error that names it.
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
-            return np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter), {}
+            # utf-8-sig drops the byte order mark that spreadsheet programs write.
+            embedding = np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter, encoding="utf-8-sig")
+            return embedding, {}
     except ValueError as error:
         problem = text_table_problem(path, delimiter)
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
