@@ -134,3 +134,61 @@ def test_gzip_text_features_say_compressed(tmp_path):
         f"{tmp_path / 'features.txt'} cannot be read as a features table: it is gzip-compressed, "
         "not text: decompress it first (gunzip)"
     )
+
+
+def test_empty_text_features_without_warning(tmp_path, recwarn):
+    (tmp_path / "features.txt").write_text("# no features\n", encoding="utf-8")
+
+    loaded, _ = load_features(tmp_path / "features.txt")
+
+    assert loaded.shape[0] == 0
+    assert not [warning for warning in recwarn if "no data" in str(warning.message)]
+
+
+def test_hdf5_without_datasets_says_none(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "features.h5", "w") as handle:
+        handle.create_group("empty")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.h5")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.h5'} contains no datasets, so it has no features: write the "
+        "features of each layer as a dataset of shape (n_objects, n_features)"
+    )
+
+
+@pytest.mark.parametrize("content", ["cut", "text"])
+def test_damaged_hdf5_features_named(tmp_path, content):
+    import h5py
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle["fc"] = np.ones((4, 2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "cut" else b"0.5 0.25\n0 1.5\n")
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path} cannot be read as an HDF5 file (")
+    assert message.endswith("): it is damaged or not HDF5; write the features again")
+
+
+def test_hdf5_group_as_layer_rejected(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "features.h5", "w") as handle:
+        handle.create_group("block1")["conv"] = np.ones((4, 2))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.h5", layer="block1")
+
+    assert str(error.value) == (
+        f"'block1' in {tmp_path / 'features.h5'} is a group, not a dataset: choose one of the "
+        "datasets ['block1/conv'] with layer=NAME (CLI: --layer NAME)"
+    )
+    assert load_features(tmp_path / "features.h5", layer="block1/conv")[0].shape == (4, 2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def load_features(
 
     Raises:
         FileNotFoundError: If nothing loadable is at ``path``.
-        ValueError: If the array is not 2-D or the table's length differs.
+        ValueError: If the file cannot be read as its suffix says, the
+            array is not 2-D, or the table's length differs.
     """
     path = Path(path)
     table_path = None
@@ -91,7 +93,10 @@ def load_features(
     elif suffix == ".txt":
         try:
             # utf-8-sig drops the byte order mark that spreadsheet programs write.
-            features = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
+            with warnings.catch_warnings():
+                # An empty file: the caller's check of the row count names it.
+                warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+                features = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
         except ValueError as error:
             raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
     else:
@@ -192,13 +197,33 @@ def _safe_layer(layer: str) -> str:
 def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
     import h5py
 
-    with h5py.File(path, "r") as handle:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        # Errors of the file system carry an errno and name the file already.
+        if error.errno is not None:
+            raise
+        raise ValueError(
+            f"{path} cannot be read as an HDF5 file ({error}): it is damaged or not HDF5; write "
+            "the features again"
+        ) from error
+    with handle:
         names: list[str] = []
         handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        if not names:
+            raise ValueError(
+                f"{path} contains no datasets, so it has no features: write the features of each "
+                "layer as a dataset of shape (n_objects, n_features)"
+            )
         if layer is None:
             if len(names) != 1:
                 raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME (CLI: --layer NAME)")
             layer = names[0]
         if layer not in handle:
             raise ValueError(f"dataset {layer!r} not found in {path}; it contains {names}")
+        if not isinstance(handle[layer], h5py.Dataset):
+            raise ValueError(
+                f"{layer!r} in {path} is a group, not a dataset: choose one of the datasets {names} "
+                "with layer=NAME (CLI: --layer NAME)"
+            )
         return np.asarray(handle[layer])
