@@ -293,3 +293,41 @@ def test_utf16_text_embedding_names_encoding(tmp_path):
         f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it contains NUL bytes "
         "(the first at offset 1), as UTF-16 text and binary files do: save it as UTF-8 text"
     )
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("empty", "the file is empty (0 bytes)"),
+    ("objects", "it contains Python objects, not numbers"),
+    ("cut", "it is damaged or cut short"),
+])
+def test_unreadable_npy_embedding_says_why(tmp_path, content, reason):
+    path = tmp_path / "weights.npy"
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "objects":
+        np.save(path, np.array([[0.5, 0.25], [0, 1.5]], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, np.ones((20, 4)))
+        path.write_bytes(path.read_bytes()[:200])
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path} cannot be read as an embedding: {reason}")
+    assert message.endswith("; save the weights with numpy.save")
+    assert "allow_pickle" not in message
+
+
+@pytest.mark.parametrize("name", ["weights.npy", "weights.npz"])
+def test_unreadable_embedding_not_called_damaged(tmp_path, monkeypatch, name):
+    path = tmp_path / name
+    np.save(path, np.ones((4, 2))) if name.endswith(".npy") else np.savez(path, embedding=np.ones((4, 2)))
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", deny)
+    with pytest.raises(PermissionError, match="Permission denied") as caught:
+        load_embedding(path)
+    assert "damaged" not in str(caught.value)

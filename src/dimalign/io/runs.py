@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, looks_like_triplet_file, text_table_problem
+from dimalign.io.files import atomic_path, load_npy, looks_like_triplet_file, text_table_problem
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
             extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
             return archive["embedding"], extras
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False), {}
+        return load_npy(path, description="an embedding", advice="save the weights with numpy.save"), {}
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
     try:
         with warnings.catch_warnings():
@@ -208,7 +208,9 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
 
     Raises:
         FileNotFoundError: If nothing is at ``path``.
-        ValueError: If the array is not 2-D, has no rows, contains NaN or inf, or has a weight
+        OSError: If the file system rejects the read, such as permission denied.
+        ValueError: If the file cannot be read as its suffix says, is empty or
+            damaged, or if the array is not 2-D, has no rows, contains NaN or inf, or has a weight
             below ``-negative_tolerance`` (embeddings here are non-negative;
             apply ReLU first). Negative weights within the tolerance are set
             to 0 with a warning that gives their number and minimum.
@@ -223,6 +225,9 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
     try:
         embedding, extras = _read_embedding_file(path)
     except (OSError, EOFError, zipfile.BadZipFile) as error:
+        # Errors of the file system (permission denied, say) carry an errno and name the file already.
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
         raise ValueError(f"{path} cannot be read as an embedding ({error}); the file may be damaged") from error
     except ValueError as error:
         if str(path) in str(error):
