@@ -847,3 +847,19 @@ def test_cli_evaluate_warns_about_training_file(tmp_path, capsys):
         f"--triplets {tmp_path / 'split' / 'train.npy'} contains the training triplets of {tmp_path / 'run'}, "
         f"so the accuracy is not held out: pass the held-out triplets, {tmp_path / 'split' / 'val.npy'}"
     ]
+
+
+def test_cli_evaluate_two_row_embedding_named(tmp_path, capsys):
+    embedding_file = tmp_path / "embedding.npy"
+    np.save(embedding_file, np.ones((2, 3)))
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n")
+
+    status = main(["evaluate", str(embedding_file), "--triplets", str(triplet_file), "-o", str(tmp_path / "out")])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"dimalign evaluate: error: the embedding {embedding_file} has 2 rows (objects), but a triplet "
+        "needs 3 distinct objects: pass an embedding with one row per object\n"
+    )
+    assert not (tmp_path / "out").exists()

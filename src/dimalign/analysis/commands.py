@@ -140,6 +140,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _reject_unfinished_run(Path(args.embedding))
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
+    if n_rows < 3:
+        raise ValueError(
+            f"the embedding {result.path} has {n_rows} rows (objects), but a triplet needs 3 distinct "
+            "objects: pass an embedding with one row per object"
+        )
     table, table_path = _object_table(args)
 
     n_objects = n_rows
