@@ -331,3 +331,39 @@ def test_unreadable_embedding_not_called_damaged(tmp_path, monkeypatch, name):
     with pytest.raises(PermissionError, match="Permission denied") as caught:
         load_embedding(path)
     assert "damaged" not in str(caught.value)
+
+
+def test_npz_without_embedding_array_says_how(tmp_path):
+    np.savez(tmp_path / "weights.npz", np.ones((3, 2)))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.npz")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.npz'} has no array named 'embedding' (found ['arr_0']): save the "
+        "weights under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+    )
+
+
+def test_embedding_link_loop_named(tmp_path):
+    (tmp_path / "first.npy").symlink_to(tmp_path / "second.npy")
+    (tmp_path / "second.npy").symlink_to(tmp_path / "first.npy")
+
+    with pytest.raises(OSError) as error:
+        load_embedding(tmp_path / "first.npy")
+
+    assert str(error.value) == (
+        f"embedding {tmp_path / 'first.npy'} cannot be opened: it is a loop of symbolic links"
+    )
+
+
+def test_embedding_dangling_link_named(tmp_path):
+    (tmp_path / "weights.npy").symlink_to(tmp_path / "moved.npy")
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path / "weights.npy")
+
+    assert str(error.value) == (
+        f"embedding {tmp_path / 'weights.npy'} not found: it is a symbolic link to "
+        f"{tmp_path / 'moved.npy'}, which does not exist"
+    )

@@ -192,3 +192,14 @@ def test_hdf5_group_as_layer_rejected(tmp_path):
         "datasets ['block1/conv'] with layer=NAME (CLI: --layer NAME)"
     )
     assert load_features(tmp_path / "features.h5", layer="block1/conv")[0].shape == (4, 2)
+
+
+def test_features_link_loop_named(tmp_path):
+    (tmp_path / "features.npy").symlink_to(tmp_path / "features.npy")
+
+    with pytest.raises(OSError) as error:
+        load_features(tmp_path / "features.npy")
+
+    assert str(error.value) == (
+        f"features file {tmp_path / 'features.npy'} cannot be opened: it is a loop of symbolic links"
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import load_npy, looks_like_triplet_file, text_table_problem
+from dimalign.io.files import load_npy, looks_like_triplet_file, missing_file_error, text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def load_features(
             )
         path = found[0]
     elif not path.is_file():
-        raise FileNotFoundError(f"features file {path} not found")
+        raise missing_file_error(path, "features file")
     else:
         sibling = path.parent / OBJECT_TABLE_NAME
         table_path = sibling if sibling.is_file() else None

@@ -924,6 +924,30 @@ def load_npy(
     return loaded
 
 
+def missing_file_error(path: Path, description: str) -> OSError:
+    """Return the error for a ``path`` that is no file, naming a broken symbolic link as the cause.
+
+    Args:
+        path (Path): The path that ``Path.is_file`` rejected.
+        description (str): What the file is, such as ``"embedding"``, put before the path.
+
+    Returns:
+        OSError: A ``FileNotFoundError``, or an ``OSError`` for a loop of links.
+    """
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return OSError(f"{description} {path} cannot be opened: it is a loop of symbolic links")
+            if error.errno == errno.ENOENT:
+                return FileNotFoundError(
+                    f"{description} {path} not found: it is a symbolic link to {os.readlink(path)}, "
+                    "which does not exist"
+                )
+    return FileNotFoundError(f"{description} {path} not found")
+
+
 def is_same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """Return whether two paths name the same file, through links, relative paths or hard links.
 

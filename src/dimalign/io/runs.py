@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, load_npy, looks_like_triplet_file, text_table_problem
+from dimalign.io.files import (
+    atomic_path,
+    load_npy,
+    looks_like_triplet_file,
+    missing_file_error,
+    text_table_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +149,10 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             if "embedding" not in archive:
-                raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
+                raise ValueError(
+                    f"{path} has no array named 'embedding' (found {archive.files}): save the weights "
+                    "under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+                )
             extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
             return archive["embedding"], extras
     if suffix == ".npy":
@@ -221,7 +230,7 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             raise FileNotFoundError(_folder_without_embedding(path))
         path = path / EMBEDDING_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"embedding {path} not found")
+        raise missing_file_error(path, "embedding")
     try:
         embedding, extras = _read_embedding_file(path)
     except (OSError, EOFError, zipfile.BadZipFile) as error:
