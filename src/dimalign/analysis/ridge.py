@@ -575,7 +575,7 @@ def _as_real_array(values: Any, name: str) -> np.ndarray:
 def feature_overflow_problem(X: np.ndarray) -> str | None:
     """Describe the feature columns whose standardisation overflows float64, or return None.
 
-    Such columns (values near 1e155 and above) would make the scale infinite
+    Such columns (deviations above about 1.3e154 / sqrt(n_objects)) would make the scale infinite
     and the eigendecomposition fail with a message about ill-conditioning.
 
     Args:

@@ -51,7 +51,7 @@ def load_features(
 
     Raises:
         FileNotFoundError: If nothing loadable is at ``path``.
-        ValueError: If the file cannot be read as its suffix says, the
+        ValueError: If the file cannot be read as its suffix indicates, the
             array is not 2-D, or the table's length differs.
     """
     path = Path(path)

@@ -218,7 +218,7 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
     Raises:
         FileNotFoundError: If nothing is at ``path``.
         OSError: If the file system rejects the read, such as permission denied.
-        ValueError: If the file cannot be read as its suffix says, is empty or
+        ValueError: If the file cannot be read as its suffix indicates, is empty or
             damaged, or if the array is not 2-D, has no rows, contains NaN or inf, or has a weight
             below ``-negative_tolerance`` (embeddings here are non-negative;
             apply ReLU first). Negative weights within the tolerance are set
