@@ -863,3 +863,35 @@ def test_cli_evaluate_two_row_embedding_named(tmp_path, capsys):
         "needs 3 distinct objects: pass an embedding with one row per object\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("inputs", "settings", "warned"), [
+    (5, {}, False),
+    ("TRIPLETS", [], True),
+    ("TRIPLETS", {"validation_split": {"val_fraction": None, "split_seed": 0}}, True),
+    ("TRIPLETS", {"validation_split": {"val_fraction": "0.1", "split_seed": 0}}, True),
+])
+def test_cli_evaluate_odd_fit_manifest(tmp_path, capsys, inputs, settings, warned):
+    """A damaged manifest of a run only loses the warning about training triplets."""
+    from dimalign.io.files import sha256_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(embedding=np.random.default_rng(0).random((6, 2))), run_dir)
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n3 4 5\n")
+    if inputs == "TRIPLETS":
+        inputs = {"triplets": {"path": str(triplet_file), "sha256": sha256_file(triplet_file)}}
+    manifest = {"step": "fit", "inputs": inputs, "settings": settings}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert json.loads(captured.out)["n_triplets"] == 2
+    expected = [
+        f"--triplets {triplet_file} contains the training triplets of {run_dir}, so the accuracy is "
+        "not held out: pass triplets that the fit did not train on"
+    ]
+    assert _held_out_warnings(captured.err) == (expected if warned else [])
