@@ -203,3 +203,17 @@ def test_features_link_loop_named(tmp_path):
     assert str(error.value) == (
         f"features file {tmp_path / 'features.npy'} cannot be opened: it is a loop of symbolic links"
     )
+
+
+def test_short_feature_table_says_what_to_do(tmp_path):
+    np.save(tmp_path / "features.npy", np.ones((4, 2)))
+    (tmp_path / "objects.tsv").write_text("a\nb\n", encoding="utf-8")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.npy'} has 4 rows but {tmp_path / 'objects.tsv'} lists 2 objects; "
+        "the table must name the feature rows in order: correct it, or name the rows with another "
+        "table (simulate and map: --objects)"
+    )

@@ -120,7 +120,9 @@ def load_features(
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
     if table is not None and len(table) != features.shape[0]:
         raise ValueError(
-            f"{path} has {features.shape[0]} rows but {table_path} lists {len(table)} objects"
+            f"{path} has {features.shape[0]} rows but {table_path} lists {len(table)} objects; "
+            "the table must name the feature rows in order: correct it, or name the rows with "
+            "another table (simulate and map: --objects)"
         )
     logger.info("loaded features %s of shape %s", path, features.shape)
     return features, table
