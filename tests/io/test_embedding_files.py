@@ -367,3 +367,21 @@ def test_embedding_dangling_link_named(tmp_path):
         f"embedding {tmp_path / 'weights.npy'} not found: it is a symbolic link to "
         f"{tmp_path / 'moved.npy'}, which does not exist"
     )
+
+
+@pytest.mark.parametrize(("name", "text", "value", "separators"), [
+    ("weights.txt", "0,5 0,25\n0 1,5\n", "0,5", "spaces"),
+    ("weights.csv", "0,5;0,25\n0;1,5\n", "0,5", "commas"),
+])
+def test_decimal_commas_not_called_separators(tmp_path, name, text, value, separators):
+    """Replacing decimal commas by separators, as a message about separators suggests, would split each value."""
+    (tmp_path / name).write_text(text)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / name)
+
+    assert str(error.value) == (
+        f"{tmp_path / name} cannot be read as a text embedding: line 1 has the value '{value}', "
+        "whose comma is a decimal comma or separates two values: write numbers with a decimal "
+        f"point (0.5) and separate the values by {separators}"
+    )

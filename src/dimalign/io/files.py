@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -715,6 +716,20 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
     return bool(distinct.all())
 
 
+def _decimal_comma_value(line: str) -> str | None:
+    """Return the first value of ``line`` with one comma, if every value reads as a number with a decimal comma.
+
+    Values are taken as separated by spaces, tabs or semicolons, as spreadsheet
+    programs of locales with a decimal comma write them (``0,5;0,25``).
+    """
+    values = [value for value in re.split(r"[\s;]+", line) if value]
+    if not values or any(value.count(",") > 1 for value in values):
+        return None
+    if not all(_is_number(value.replace(",", ".")) for value in values):
+        return None
+    return next((value for value in values if "," in value), None)
+
+
 def _is_number(field: str) -> bool:
     try:
         float(field)
@@ -812,6 +827,13 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                 try:
                     float(field)
                 except ValueError:
+                    comma_value = _decimal_comma_value(content)
+                    if comma_value is not None:
+                        return (
+                            f"line {number} has the value {comma_value!r}, whose comma is a decimal comma "
+                            "or separates two values: write numbers with a decimal point (0.5) and "
+                            f"separate the values by {separators}"
+                        )
                     other = _other_separator(field, delimiter)
                     if other is not None and delimiter is None:
                         return (
