@@ -717,7 +717,7 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
 
 
 def _decimal_comma_value(line: str) -> str | None:
-    """Return the first value of ``line`` with one comma, if every value reads as a number with a decimal comma.
+    """Return the first value with a comma, or None unless every value of ``line`` has a decimal comma form.
 
     Values are taken as separated by spaces, tabs or semicolons, as spreadsheet
     programs of locales with a decimal comma write them (``0,5;0,25``).
@@ -763,8 +763,8 @@ _DECODE_CHUNK_BYTES = 1 << 20
 def _binary_file_problem(path: str | os.PathLike) -> str | None:
     """Describe why the file at ``path`` is not UTF-8 text, or return None when it is.
 
-    A ``.gz`` file is not reported as compressed, because numpy's text
-    readers decompress it by its suffix.
+    A ``.gz`` file is not reported as compressed, because ``numpy.loadtxt``
+    (numpy 2.4) decompresses a file whose name ends in ``.gz``.
     """
     import codecs
 
