@@ -385,3 +385,29 @@ def test_decimal_commas_not_called_separators(tmp_path, name, text, value, separ
         "whose comma is a decimal comma or separates two values: write numbers with a decimal "
         f"point (0.5) and separate the values by {separators}"
     )
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("npy", "it is a .npy file, not a .npz archive: give it a name ending in .npy"),
+    ("empty", "the file is empty (0 bytes); save the weights with numpy.savez(path, embedding=weights)"),
+    ("text", "it is not a .npz archive, because it does not start with the zip signature; save the "
+             "weights with numpy.savez(path, embedding=weights)"),
+    ("objects", "its array 'embedding' contains Python objects, not numbers; save the weights as a "
+                "float array"),
+])
+def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
+    path = tmp_path / "weights.npz"
+    if content == "npy":
+        with open(path, "wb") as handle:
+            np.save(handle, np.ones((3, 2)))
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "text":
+        path.write_text("0.5 0.25\n")
+    else:
+        np.savez(path, embedding=np.array([[1, 2], [3, 4]], dtype=object))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(path)
+
+    assert str(error.value) == f"{path} cannot be read as an embedding: {reason}"

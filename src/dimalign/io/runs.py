@@ -147,14 +147,7 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     """Read the embedding array of an ``.npz``, ``.npy`` or text file, with the extra ``.npz`` arrays."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "embedding" not in archive:
-                raise ValueError(
-                    f"{path} has no array named 'embedding' (found {archive.files}): save the weights "
-                    "under that name, numpy.savez(path, embedding=weights), or as a .npy file"
-                )
-            extras = {name: archive[name] for name in ("scales", "kept_dims", "loc", "scale") if name in archive}
-            return archive["embedding"], extras
+        return _read_npz(path)
     if suffix == ".npy":
         return load_npy(path, description="an embedding", advice="save the weights with numpy.save"), {}
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
@@ -168,6 +161,43 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     except ValueError as error:
         problem = text_table_problem(path, delimiter)
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read the ``embedding`` array of an ``.npz`` archive and its optional arrays, without pickles."""
+
+    def unreadable(reason: str) -> ValueError:
+        return ValueError(f"{path} cannot be read as an embedding: {reason}")
+
+    advice = "save the weights with numpy.savez(path, embedding=weights)"
+    with open(path, "rb") as handle:
+        start = handle.read(len(np.lib.format.MAGIC_PREFIX))
+    if not start:
+        raise unreadable(f"the file is empty (0 bytes); {advice}")
+    if start == np.lib.format.MAGIC_PREFIX:
+        # numpy.load returns a plain array for it, not an archive.
+        raise unreadable("it is a .npy file, not a .npz archive: give it a name ending in .npy")
+    if not start.startswith(b"PK"):
+        raise unreadable(f"it is not a .npz archive, because it does not start with the zip signature; {advice}")
+    with np.load(path, allow_pickle=False) as archive:
+        if "embedding" not in archive:
+            raise ValueError(
+                f"{path} has no array named 'embedding' (found {archive.files}): save the weights "
+                "under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+            )
+        arrays = {}
+        for name in ("embedding", "scales", "kept_dims", "loc", "scale"):
+            if name not in archive:
+                continue
+            try:
+                arrays[name] = archive[name]
+            except ValueError as error:
+                if "object" not in str(error).lower():
+                    raise
+                raise unreadable(
+                    f"its array {name!r} contains Python objects, not numbers; save the weights as a float array"
+                ) from error
+    return arrays.pop("embedding"), arrays
 
 
 def _folder_without_embedding(folder: Path) -> str:
