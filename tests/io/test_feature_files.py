@@ -217,3 +217,28 @@ def test_short_feature_table_says_what_to_do(tmp_path):
         "the table must name the feature rows in order: correct it, or name the rows with another "
         "table (simulate and map: --objects)"
     )
+
+
+def test_list_of_names_not_called_header(things_dir):
+    with pytest.raises(ValueError) as error:
+        load_features(things_dir / "unique_id.txt")
+
+    assert str(error.value) == (
+        f"{things_dir / 'unique_id.txt'} cannot be read as a features table: line 1 ('aardvark') and "
+        "line 2 ('abacus') contain no numbers, so the file is not a table of numbers: check that it is "
+        "the right file"
+    )
+
+
+def test_mat_file_as_features_named(tmp_path, things_dir):
+    import shutil
+
+    shutil.copy(things_dir / "RDM48_triplet.mat", tmp_path / "features.txt")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.txt'} cannot be read as a features table: it is a MATLAB file, not "
+        "text: read it with scipy.io.loadmat and save the array with numpy.save as a .npy file"
+    )

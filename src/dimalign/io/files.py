@@ -754,6 +754,8 @@ _BINARY_SIGNATURES = (
     (b"\x89HDF\r\n\x1a\n", "it is an HDF5 file, not text: save the array with numpy.save as a .npy file"),
     (b"PK\x03\x04", "it is a zip archive (such as a .npz file), not text: give an .npz file a name ending in .npz"),
     (b"\x93NUMPY", "it is a .npy file, not text: give it a name ending in .npy"),
+    (b"MATLAB", "it is a MATLAB file, not text: read it with scipy.io.loadmat and save the array with "
+                "numpy.save as a .npy file"),
 )
 
 # Bytes of a text file that are decoded at a time to find the first one that is not UTF-8.
@@ -809,20 +811,28 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
     if not_text is not None:
         return not_text
     n_values = None
+    # The first line without numbers, as (line number, its quoted values), until the next line shows
+    # whether it is a header or the file has no numbers at all (a list of names, say).
+    header: tuple[int, str] | None = None
     with open(path, encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             content = line.split("#", 1)[0]
             if not content.strip():
                 continue
             fields = content.split(delimiter) if delimiter else content.split()
-            header = not any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
-            if n_values is None and header:
+            has_numbers = any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
+            if n_values is None and not has_numbers:
                 names = ", ".join(repr(abbreviate(field.strip(), _SHOWN_VALUE_LENGTH)) for field in fields[:5])
-                more = ", ..." if len(fields) > 5 else ""
+                names += ", ..." if len(fields) > 5 else ""
+                if header is None:
+                    header = (number, names)
+                    continue
                 return (
-                    f"line {number} is a header ({names}{more}), but the file must contain numbers "
-                    "only: delete that line"
+                    f"line {header[0]} ({header[1]}) and line {number} ({names}) contain no numbers, so "
+                    "the file is not a table of numbers: check that it is the right file"
                 )
+            if header is not None:
+                break
             for field in fields:
                 try:
                     float(field)
@@ -854,6 +864,11 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                     f"line {number} has {len(fields)} values, earlier lines {n_values}; every "
                     f"line needs one value per column, separated by {separators}"
                 )
+    if header is not None:
+        return (
+            f"line {header[0]} is a header ({header[1]}), but the file must contain numbers only: "
+            "delete that line"
+        )
     return f"it is not a table of numbers separated by {separators}"
 
 
