@@ -895,3 +895,19 @@ def test_cli_evaluate_odd_fit_manifest(tmp_path, capsys, inputs, settings, warne
         "not held out: pass triplets that the fit did not train on"
     ]
     assert _held_out_warnings(captured.err) == (expected if warned else [])
+
+
+@pytest.mark.parametrize(("triplets", "shown"), [
+    (np.array([[0, 1, 2**63]], dtype=np.uint64), "9223372036854775808"),
+    (np.array([[0, 1, 1e20]]), "100000000000000000000"),
+])
+def test_evaluate_names_huge_index_exactly(triplets, shown):
+    embedding = np.random.default_rng(0).random((10, 3))
+
+    with pytest.raises(ValueError) as error:
+        evaluate_embedding(embedding, triplets)
+
+    assert str(error.value) == (
+        f"triplet row 0 has object index {shown}, but the embedding has 10 objects (valid indices "
+        "0..9). 1 rows are affected. Check that the triplets are 0-based and belong to this embedding."
+    )
