@@ -911,3 +911,17 @@ def test_evaluate_names_huge_index_exactly(triplets, shown):
         f"triplet row 0 has object index {shown}, but the embedding has 10 objects (valid indices "
         "0..9). 1 rows are affected. Check that the triplets are 0-based and belong to this embedding."
     )
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "<U32"])
+def test_evaluate_rejects_non_real_embedding(recwarn, dtype):
+    """A cast to float would drop imaginary parts (with only a warning) or parse text."""
+    embedding = np.random.default_rng(0).random((10, 3)).astype(dtype)
+
+    with pytest.raises(ValueError) as error:
+        evaluate_embedding(embedding, np.array([[0, 1, 2], [3, 4, 5]]))
+
+    assert str(error.value) == (
+        f"the embedding must contain real numbers, got dtype {dtype}; pass a float array"
+    )
+    assert not [warning for warning in recwarn if "imaginary" in str(warning.message)]

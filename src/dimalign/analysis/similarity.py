@@ -82,7 +82,11 @@ def _as_embedding(
     """
     from dimalign.io.runs import embedding_weights, reject_negative_weights
 
-    array = np.asarray(embedding_weights(embedding), dtype=np.float64)
+    values = np.asarray(embedding_weights(embedding))
+    # A cast to float drops imaginary parts with only a ComplexWarning, and parses text.
+    if values.dtype.kind not in "biufO":
+        raise ValueError(f"{source} must contain real numbers, got dtype {values.dtype}; pass a float array")
+    array = values.astype(np.float64, copy=False)
     if array.ndim != 2:
         raise ValueError(f"{source} must be 2-D (n_objects, n_dims), got shape {array.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
