@@ -292,7 +292,7 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
     if manifest.get("step") != "fit":
         return
     digest = sha256_file(triplet_path)
-    # A manifest edited by hand or damaged only loses the parts that are not objects.
+    # Parts of a hand-edited or damaged manifest that are not JSON objects are skipped.
     inputs = manifest.get("inputs")
     inputs = inputs if isinstance(inputs, dict) else {}
     training = [inputs.get("train"), inputs.get("triplets")]
