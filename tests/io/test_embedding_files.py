@@ -411,3 +411,22 @@ def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
         load_embedding(path)
 
     assert str(error.value) == f"{path} cannot be read as an embedding: {reason}"
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("weights.csv", "0.5,0.25,\n0,1.5,\n", "line 1 ends with a comma, which leaves its last value "
+                                             "empty: delete the comma at the end of each line"),
+    ("weights.tsv", "0.5\t0.25\t\r\n0\t1.5\t\r\n", "line 1 ends with a tab, which leaves its last value "
+                                                   "empty: delete the tab at the end of each line"),
+    ("weights.csv", "0.5,0.25\n0,,1.5\n", "line 2 has an empty value in column 2, between two commas: "
+                                          "fill in the value"),
+    ("weights.csv", ",0.5,0.25\n", "line 1 starts with a comma, which leaves its first value empty: "
+                                    "delete that comma"),
+])
+def test_empty_text_value_named(tmp_path, name, text, problem):
+    (tmp_path / name).write_text(text)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / name)
+
+    assert str(error.value) == f"{tmp_path / name} cannot be read as a text embedding: {problem}"

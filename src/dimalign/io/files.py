@@ -716,6 +716,19 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
     return bool(distinct.all())
 
 
+def _empty_value_problem(number: int, column: int, n_fields: int, delimiter: str, separators: str) -> str:
+    """Describe the empty value in ``column`` of line ``number``, left by a separator at the end or a doubled one."""
+    separator = {",": "comma", "\t": "tab"}.get(delimiter, repr(delimiter))
+    if column == n_fields:
+        return (
+            f"line {number} ends with a {separator}, which leaves its last value empty: delete the "
+            f"{separator} at the end of each line"
+        )
+    if column == 1:
+        return f"line {number} starts with a {separator}, which leaves its first value empty: delete that {separator}"
+    return f"line {number} has an empty value in column {column}, between two {separators}: fill in the value"
+
+
 def _decimal_comma_value(line: str) -> str | None:
     """Return the first value with a comma, or None unless every value of ``line`` has a decimal comma form.
 
@@ -833,10 +846,12 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                 )
             if header is not None:
                 break
-            for field in fields:
+            for column, field in enumerate(fields, start=1):
                 try:
                     float(field)
                 except ValueError:
+                    if delimiter is not None and not field.strip():
+                        return _empty_value_problem(number, column, len(fields), delimiter, separators)
                     comma_value = _decimal_comma_value(content)
                     if comma_value is not None:
                         return (
