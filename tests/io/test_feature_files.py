@@ -242,3 +242,31 @@ def test_mat_file_as_features_named(tmp_path, things_dir):
         f"{tmp_path / 'features.txt'} cannot be read as a features table: it is a MATLAB file, not "
         "text: read it with scipy.io.loadmat and save the array with numpy.save as a .npy file"
     )
+
+
+def test_run_directory_as_features_named(tmp_path):
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    save_embedding(EmbeddingResult(embedding=np.ones((4, 2))), tmp_path)
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_features(tmp_path)
+
+    assert str(error.value) == (
+        f"no features file in {tmp_path}: expected one of features.npy, features.h5; the folder is a run "
+        "directory of 'dimalign fit', so to use its embedding as features, save it as a .npy file: "
+        "numpy.save('embedding.npy', numpy.load('RUN/embedding.npz')['embedding'])"
+    )
+
+
+def test_npz_features_say_how_to_convert(tmp_path):
+    np.savez(tmp_path / "weights.npz", embedding=np.ones((4, 2)))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "weights.npz")
+
+    assert str(error.value) == (
+        f"unsupported features file {tmp_path / 'weights.npz'}: use one of .npy, .h5, .hdf5, .txt; "
+        "save one array of the .npz archive as a .npy file: "
+        "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
+    )

@@ -69,6 +69,12 @@ def load_features(
                 f"; the folder holds one file per layer, so name the layer (--layer): {', '.join(layers)}"
                 if layers else ""
             )
+            if not layers and (path / "embedding.npz").is_file():
+                hint = (
+                    "; the folder is a run directory of 'dimalign fit', so to use its embedding as "
+                    "features, save it as a .npy file: "
+                    "numpy.save('embedding.npy', numpy.load('RUN/embedding.npz')['embedding'])"
+                )
             raise FileNotFoundError(
                 f"no features file in {path}: expected one of "
                 f"{', '.join(candidate.name for candidate in candidates)}{hint}"
@@ -100,8 +106,14 @@ def load_features(
         except ValueError as error:
             raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
     else:
+        advice = ""
+        if suffix == ".npz":
+            advice = (
+                "; save one array of the .npz archive as a .npy file: "
+                "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
+            )
         raise ValueError(
-            f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}"
+            f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}{advice}"
         )
     if features.ndim != 2:
         raise ValueError(
