@@ -2546,3 +2546,34 @@ def test_compare_triplet_objects_without_triplets(tmp_path):
             triplet_objects=ObjectTable.from_ids([str(row) for row in range(12)]),
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_map_cli_names_overflowing_features(tmp_path, capsys):
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", np.random.default_rng(0).random((8, 3)) * 1e300)
+    write_side(tmp_path / "run", np.random.default_rng(1).random((8, 2)))
+
+    code = main(["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"the features {feature_dir / 'features.npy'}: the squared deviations of feature columns [0, 1, 2] " in error
+    assert "divide the features by a constant" in error
+    assert "eigh" not in error
+    assert not (tmp_path / "map").exists()
+
+
+def test_map_cli_row_mismatch_names_files(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(0).random((5, 3)))
+    np.save(tmp_path / "embedding.npy", np.random.default_rng(1).random((6, 2)))
+
+    code = main(["map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "embedding.npy"),
+                 "-o", str(tmp_path / "map")])
+
+    assert code == 1
+    assert (
+        f"the features {tmp_path / 'features.npy'} have 5 rows and the embedding "
+        f"{tmp_path / 'embedding.npy'} 6; without object tables"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "map").exists()

@@ -871,3 +871,81 @@ def test_cli_evaluate_warns_about_training_file(tmp_path, capsys):
         f"--triplets {tmp_path / 'split' / 'train.npy'} contains the training triplets of {tmp_path / 'run'}, "
         f"so the accuracy is not held out: pass the held-out triplets, {tmp_path / 'split' / 'val.npy'}"
     ]
+
+
+def test_cli_evaluate_two_row_embedding_named(tmp_path, capsys):
+    embedding_file = tmp_path / "embedding.npy"
+    np.save(embedding_file, np.ones((2, 3)))
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n")
+
+    status = main(["evaluate", str(embedding_file), "--triplets", str(triplet_file), "-o", str(tmp_path / "out")])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"dimalign evaluate: error: the embedding {embedding_file} has 2 rows (objects), but a triplet "
+        "needs 3 distinct objects: pass an embedding with one row per object\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("inputs", "settings", "warned"), [
+    (5, {}, False),
+    ("TRIPLETS", [], True),
+    ("TRIPLETS", {"validation_split": {"val_fraction": None, "split_seed": 0}}, True),
+    ("TRIPLETS", {"validation_split": {"val_fraction": "0.1", "split_seed": 0}}, True),
+])
+def test_cli_evaluate_odd_fit_manifest(tmp_path, capsys, inputs, settings, warned):
+    """A damaged manifest of a run only loses the warning about training triplets."""
+    from dimalign.io.files import sha256_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_embedding(EmbeddingResult(embedding=np.random.default_rng(0).random((6, 2))), run_dir)
+    triplet_file = tmp_path / "triplets.txt"
+    triplet_file.write_text("0 1 2\n3 4 5\n")
+    if inputs == "TRIPLETS":
+        inputs = {"triplets": {"path": str(triplet_file), "sha256": sha256_file(triplet_file)}}
+    manifest = {"step": "fit", "inputs": inputs, "settings": settings}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    status = main(["evaluate", str(run_dir), "--triplets", str(triplet_file)])
+
+    captured = capsys.readouterr()
+    assert status == 0
+    assert json.loads(captured.out)["n_triplets"] == 2
+    expected = [
+        f"--triplets {triplet_file} contains the training triplets of {run_dir}, so the accuracy is "
+        "not held out: pass triplets that the fit did not train on"
+    ]
+    assert _held_out_warnings(captured.err) == (expected if warned else [])
+
+
+@pytest.mark.parametrize(("triplets", "shown"), [
+    (np.array([[0, 1, 2**63]], dtype=np.uint64), "9223372036854775808"),
+    (np.array([[0, 1, 1e20]]), "100000000000000000000"),
+])
+def test_evaluate_names_huge_index_exactly(triplets, shown):
+    embedding = np.random.default_rng(0).random((10, 3))
+
+    with pytest.raises(ValueError) as error:
+        evaluate_embedding(embedding, triplets)
+
+    assert str(error.value) == (
+        f"triplet row 0 has object index {shown}, but the embedding has 10 objects (valid indices "
+        "0..9). 1 rows are affected. Check that the triplets are 0-based and belong to this embedding."
+    )
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "<U32"])
+def test_evaluate_rejects_non_real_embedding(recwarn, dtype):
+    """A cast to float would drop imaginary parts (with only a warning) or parse text."""
+    embedding = np.random.default_rng(0).random((10, 3)).astype(dtype)
+
+    with pytest.raises(ValueError) as error:
+        evaluate_embedding(embedding, np.array([[0, 1, 2], [3, 4, 5]]))
+
+    assert str(error.value) == (
+        f"the embedding must contain real numbers, got dtype {dtype}; pass a float array"
+    )
+    assert not [warning for warning in recwarn if "imaginary" in str(warning.message)]

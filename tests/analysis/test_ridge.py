@@ -332,6 +332,20 @@ def test_ridge_nan_message_counts_rows():
     assert "X rows [3, 7] contain NaN or inf (2 rows)" in str(error.value)
 
 
+def test_ridge_rejects_overflowing_features():
+    X, Y = make_linear_data()
+    X[4, 2] = 1e300
+
+    with pytest.raises(ValueError) as error:
+        RidgeMap(alphas=ALPHAS).fit(X, Y)
+
+    assert str(error.value) == (
+        "X: the squared deviations of feature columns [2] overflow float64 (largest absolute value "
+        "1e+300); divide the features by a constant. Each feature is standardised, so the "
+        "cross-validated R² stays the same"
+    )
+
+
 def test_ridge_predict_rejects_nan():
     X, Y = make_linear_data()
     ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)

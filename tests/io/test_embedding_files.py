@@ -240,3 +240,204 @@ def test_unfinished_run_as_embedding_named(tmp_path):
         "it contains checkpoint.pt, so its fit has not finished. Finish it with 'dimalign fit ... --resume' "
         "and the same triplets and settings"
     )
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("weights.txt", "0.5 0.25\r\n0 1.5\r\n"),
+    ("weights.csv", "0.5,0.25\n0,1.5\n"),
+])
+def test_text_embedding_with_byte_order_mark(tmp_path, name, text):
+    """Spreadsheet programs and Windows editors start UTF-8 text with a byte order mark."""
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+
+    np.testing.assert_array_equal(load_embedding(tmp_path / name).embedding, [[0.5, 0.25], [0, 1.5]])
+
+
+def test_gzip_text_embedding_says_compressed(tmp_path):
+    import gzip
+
+    (tmp_path / "weights.txt").write_bytes(gzip.compress(b"0.5 0.25\n0 1.5\n"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it is gzip-compressed, "
+        "not text: decompress it first (gunzip)"
+    )
+
+
+def test_hdf5_embedding_not_called_header(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "weights.h5", "w") as handle:
+        handle["embedding"] = np.ones((3, 2))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.h5")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.h5'} cannot be read as a text embedding: it is an HDF5 file, not "
+        "text: save the array with numpy.save as a .npy file"
+    )
+
+
+def test_latin1_text_embedding_names_byte(tmp_path):
+    (tmp_path / "weights.txt").write_bytes("# Gr\xf6\xdfe\n0.5 0.25\n".encode("latin-1"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it is not UTF-8 text "
+        "(byte 0xf6 at offset 4): save it as UTF-8"
+    )
+
+
+def test_utf16_text_embedding_names_encoding(tmp_path):
+    (tmp_path / "weights.txt").write_bytes("0.5 0.25\n0 1.5\n".encode("utf-16-le"))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it contains NUL bytes "
+        "(the first at offset 1), as UTF-16 text and binary files do: save it as UTF-8 text"
+    )
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("empty", "the file is empty (0 bytes)"),
+    ("objects", "it contains Python objects, not numbers"),
+    ("cut", "it is damaged or cut short"),
+])
+def test_unreadable_npy_embedding_says_why(tmp_path, content, reason):
+    path = tmp_path / "weights.npy"
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "objects":
+        np.save(path, np.array([[0.5, 0.25], [0, 1.5]], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, np.ones((20, 4)))
+        path.write_bytes(path.read_bytes()[:200])
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path} cannot be read as an embedding: {reason}")
+    assert message.endswith("; save the weights with numpy.save")
+    assert "allow_pickle" not in message
+
+
+@pytest.mark.parametrize("name", ["weights.npy", "weights.npz"])
+def test_unreadable_embedding_not_called_damaged(tmp_path, monkeypatch, name):
+    path = tmp_path / name
+    np.save(path, np.ones((4, 2))) if name.endswith(".npy") else np.savez(path, embedding=np.ones((4, 2)))
+
+    def deny(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", deny)
+    with pytest.raises(PermissionError, match="Permission denied") as caught:
+        load_embedding(path)
+    assert "damaged" not in str(caught.value)
+
+
+def test_npz_without_embedding_array_says_how(tmp_path):
+    np.savez(tmp_path / "weights.npz", np.ones((3, 2)))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.npz")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.npz'} has no array named 'embedding' (found ['arr_0']): save the "
+        "weights under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+    )
+
+
+def test_embedding_link_loop_named(tmp_path):
+    (tmp_path / "first.npy").symlink_to(tmp_path / "second.npy")
+    (tmp_path / "second.npy").symlink_to(tmp_path / "first.npy")
+
+    with pytest.raises(OSError) as error:
+        load_embedding(tmp_path / "first.npy")
+
+    assert str(error.value) == (
+        f"embedding {tmp_path / 'first.npy'} cannot be opened: it is a loop of symbolic links"
+    )
+
+
+def test_embedding_dangling_link_named(tmp_path):
+    (tmp_path / "weights.npy").symlink_to(tmp_path / "moved.npy")
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_embedding(tmp_path / "weights.npy")
+
+    assert str(error.value) == (
+        f"embedding {tmp_path / 'weights.npy'} not found: it is a symbolic link to "
+        f"{tmp_path / 'moved.npy'}, which does not exist"
+    )
+
+
+@pytest.mark.parametrize(("name", "text", "value", "separators"), [
+    ("weights.txt", "0,5 0,25\n0 1,5\n", "0,5", "spaces"),
+    ("weights.csv", "0,5;0,25\n0;1,5\n", "0,5", "commas"),
+])
+def test_decimal_commas_not_called_separators(tmp_path, name, text, value, separators):
+    """Replacing decimal commas by separators, as a message about separators suggests, would split each value."""
+    (tmp_path / name).write_text(text)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / name)
+
+    assert str(error.value) == (
+        f"{tmp_path / name} cannot be read as a text embedding: line 1 has the value '{value}', "
+        "whose comma is a decimal comma or separates two values: write numbers with a decimal "
+        f"point (0.5) and separate the values by {separators}"
+    )
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("npy", "it is a .npy file, not a .npz archive: give it a name ending in .npy"),
+    ("empty", "the file is empty (0 bytes); save the weights with numpy.savez(path, embedding=weights)"),
+    ("text", "it is not a .npz archive, because it does not start with the zip signature; save the "
+             "weights with numpy.savez(path, embedding=weights)"),
+    ("objects", "its array 'embedding' contains Python objects, not numbers; save the weights as a "
+                "float array"),
+])
+def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
+    path = tmp_path / "weights.npz"
+    if content == "npy":
+        with open(path, "wb") as handle:
+            np.save(handle, np.ones((3, 2)))
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "text":
+        path.write_text("0.5 0.25\n")
+    else:
+        np.savez(path, embedding=np.array([[1, 2], [3, 4]], dtype=object))
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(path)
+
+    assert str(error.value) == f"{path} cannot be read as an embedding: {reason}"
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("weights.csv", "0.5,0.25,\n0,1.5,\n", "line 1 ends with a comma, which leaves its last value "
+                                             "empty: delete the comma at the end of each line"),
+    ("weights.tsv", "0.5\t0.25\t\r\n0\t1.5\t\r\n", "line 1 ends with a tab, which leaves its last value "
+                                                   "empty: delete the tab at the end of each line"),
+    ("weights.csv", "0.5,0.25\n0,,1.5\n", "line 2 has an empty value in column 2, between two commas: "
+                                          "fill in the value"),
+    ("weights.csv", ",0.5,0.25\n", "line 1 starts with a comma, which leaves its first value empty: "
+                                    "delete that comma"),
+])
+def test_empty_text_value_named(tmp_path, name, text, problem):
+    (tmp_path / name).write_text(text)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / name)
+
+    assert str(error.value) == f"{tmp_path / name} cannot be read as a text embedding: {problem}"

@@ -112,3 +112,161 @@ def test_simulate_rejects_human_triplets(tmp_path, things_dir):
 
     assert status == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_text_features_with_byte_order_mark(tmp_path):
+    (tmp_path / "features.txt").write_bytes(b"\xef\xbb\xbf0.5 0.25\r\n0 1.5\r\n")
+
+    loaded, _ = load_features(tmp_path / "features.txt")
+
+    np.testing.assert_array_equal(loaded, [[0.5, 0.25], [0, 1.5]])
+
+
+def test_gzip_text_features_say_compressed(tmp_path):
+    import gzip
+
+    (tmp_path / "features.txt").write_bytes(gzip.compress(b"0.5 0.25\n0 1.5\n"))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.txt'} cannot be read as a features table: it is gzip-compressed, "
+        "not text: decompress it first (gunzip)"
+    )
+
+
+def test_empty_text_features_without_warning(tmp_path, recwarn):
+    (tmp_path / "features.txt").write_text("# no features\n", encoding="utf-8")
+
+    loaded, _ = load_features(tmp_path / "features.txt")
+
+    assert loaded.shape[0] == 0
+    assert not [warning for warning in recwarn if "no data" in str(warning.message)]
+
+
+def test_hdf5_without_datasets_says_none(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "features.h5", "w") as handle:
+        handle.create_group("empty")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.h5")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.h5'} contains no datasets, so it has no features: write the "
+        "features of each layer as a dataset of shape (n_objects, n_features)"
+    )
+
+
+@pytest.mark.parametrize("content", ["cut", "text"])
+def test_damaged_hdf5_features_named(tmp_path, content):
+    import h5py
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle["fc"] = np.ones((4, 2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if content == "cut" else b"0.5 0.25\n0 1.5\n")
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path} cannot be read as an HDF5 file (")
+    assert message.endswith("): it is damaged or not HDF5; write the features again")
+
+
+def test_hdf5_group_as_layer_rejected(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "features.h5", "w") as handle:
+        handle.create_group("block1")["conv"] = np.ones((4, 2))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.h5", layer="block1")
+
+    assert str(error.value) == (
+        f"'block1' in {tmp_path / 'features.h5'} is a group, not a dataset: choose one of the "
+        "datasets ['block1/conv'] with layer=NAME (CLI: --layer NAME)"
+    )
+    assert load_features(tmp_path / "features.h5", layer="block1/conv")[0].shape == (4, 2)
+
+
+def test_features_link_loop_named(tmp_path):
+    (tmp_path / "features.npy").symlink_to(tmp_path / "features.npy")
+
+    with pytest.raises(OSError) as error:
+        load_features(tmp_path / "features.npy")
+
+    assert str(error.value) == (
+        f"features file {tmp_path / 'features.npy'} cannot be opened: it is a loop of symbolic links"
+    )
+
+
+def test_short_feature_table_says_what_to_do(tmp_path):
+    np.save(tmp_path / "features.npy", np.ones((4, 2)))
+    (tmp_path / "objects.tsv").write_text("a\nb\n", encoding="utf-8")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path)
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.npy'} has 4 rows but {tmp_path / 'objects.tsv'} lists 2 objects; "
+        "the table must name the feature rows in order: correct it, or name the rows with another "
+        "table (simulate and map: --objects)"
+    )
+
+
+def test_list_of_names_not_called_header(things_dir):
+    with pytest.raises(ValueError) as error:
+        load_features(things_dir / "unique_id.txt")
+
+    assert str(error.value) == (
+        f"{things_dir / 'unique_id.txt'} cannot be read as a features table: line 1 ('aardvark') and "
+        "line 2 ('abacus') contain no numbers, so the file is not a table of numbers: check that it is "
+        "the right file"
+    )
+
+
+def test_mat_file_as_features_named(tmp_path, things_dir):
+    import shutil
+
+    shutil.copy(things_dir / "RDM48_triplet.mat", tmp_path / "features.txt")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "features.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'features.txt'} cannot be read as a features table: it is a MATLAB file, not "
+        "text: read it with scipy.io.loadmat and save the array with numpy.save as a .npy file"
+    )
+
+
+def test_run_directory_as_features_named(tmp_path):
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    save_embedding(EmbeddingResult(embedding=np.ones((4, 2))), tmp_path)
+
+    with pytest.raises(FileNotFoundError) as error:
+        load_features(tmp_path)
+
+    assert str(error.value) == (
+        f"no features file in {tmp_path}: expected one of features.npy, features.h5; the folder is a run "
+        "directory of 'dimalign fit', so to use its embedding as features, save it as a .npy file: "
+        "numpy.save('embedding.npy', numpy.load('RUN/embedding.npz')['embedding'])"
+    )
+
+
+def test_npz_features_say_how_to_convert(tmp_path):
+    np.savez(tmp_path / "weights.npz", embedding=np.ones((4, 2)))
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / "weights.npz")
+
+    assert str(error.value) == (
+        f"unsupported features file {tmp_path / 'weights.npz'}: use one of .npy, .h5, .hdf5, .txt; "
+        "save one array of the .npz archive as a .npy file: "
+        "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
+    )

@@ -1350,3 +1350,16 @@ def test_few_float_columns_get_no_matrix_hint(tmp_path):
         load_triplets(path, n_objects=3)
 
     assert "embedding or a feature matrix" not in str(raised.value)
+
+
+def test_triplet_link_loop_named(tmp_path):
+    from dimalign.io.triplets import load_triplets
+
+    (tmp_path / "triplets.txt").symlink_to(tmp_path / "triplets.txt")
+
+    with pytest.raises(OSError) as error:
+        load_triplets(tmp_path / "triplets.txt", n_objects=3)
+
+    assert str(error.value) == (
+        f"triplet file {tmp_path / 'triplets.txt'} cannot be opened: it is a loop of symbolic links"
+    )

@@ -1193,6 +1193,20 @@ def test_simulate_too_few_feature_rows_names_file(tmp_path, capsys, n_rows):
     assert not (tmp_path / "out").exists()
 
 
+def test_simulate_features_without_columns_rejected(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.ones((10, 0)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"),
+                   "--n-triplets", "5"])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"dimalign simulate: error: {tmp_path / 'features.npy'} has no feature columns (shape (10, 0)), "
+        "so every choice would be a tie broken at random: pass features with at least one column\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def _fake_proc(tmp_path: Path, cgroup: str, available_kb: int) -> Path:
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)

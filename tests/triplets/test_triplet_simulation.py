@@ -184,6 +184,20 @@ def test_softmax_tiny_temperature_equals_argmax():
     assert np.array_equal(argmax.triplets, softmax.triplets)
 
 
+def test_softmax_subnormal_temperature_without_warning():
+    """Differences divided by a temperature of 1e-320 overflow to -inf, whose exp() is exactly 0."""
+    rng = np.random.default_rng(4)
+    features = rng.random((30, 4))
+    triplets = sample_triplets(30, 500, random_state=5)
+
+    argmax = simulate_choices(features, triplets, rule="argmax")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        softmax = simulate_choices(features, triplets, rule="softmax", temperature=1e-320)
+
+    assert np.array_equal(argmax.triplets, softmax.triplets)
+
+
 def test_softmax_matches_analytic_probabilities():
     # Pair similarities 1, 0.5 and 0 at T = 1: the pairs are kept with
     # probabilities exp(s) / sum(exp(s)), so the odd one out is 2, 1 or 0.

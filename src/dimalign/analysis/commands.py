@@ -140,6 +140,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _reject_unfinished_run(Path(args.embedding))
     result = load_embedding(args.embedding)
     n_rows = result.n_objects
+    if n_rows < 3:
+        raise ValueError(
+            f"the embedding {result.path} has {n_rows} rows (objects), but a triplet needs 3 distinct "
+            "objects: pass an embedding with one row per object"
+        )
     table, table_path = _object_table(args)
 
     n_objects = n_rows
@@ -287,16 +292,20 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
     if manifest.get("step") != "fit":
         return
     digest = sha256_file(triplet_path)
-    inputs = manifest.get("inputs", {})
+    # Parts of a hand-edited or damaged manifest that are not JSON objects are skipped.
+    inputs = manifest.get("inputs")
+    inputs = inputs if isinstance(inputs, dict) else {}
     training = [inputs.get("train"), inputs.get("triplets")]
     if not any(isinstance(entry, dict) and entry.get("sha256") == digest for entry in training):
         if not ((run / "train.npy").is_file() and sha256_file(run / "train.npy") == digest):
             return
         training = []
-    settings = manifest.get("settings", {})
+    settings = manifest.get("settings")
+    settings = settings if isinstance(settings, dict) else {}
     split = settings.get("validation_split")
-    if training and isinstance(split, dict):
-        fraction, seed = split.get("val_fraction"), split.get("split_seed")
+    fraction = split.get("val_fraction") if isinstance(split, dict) else None
+    seed = split.get("split_seed") if isinstance(split, dict) else None
+    if training and _is_number(fraction) and _is_number(seed):
         warn(
             f"--triplets {triplet_path} is the file that {run} was fitted to, and the fit held out only "
             f"{fraction:.0%} of its triplets and trained on the rest, so the accuracy is not held out. "
@@ -318,6 +327,11 @@ def _warn_about_training_triplets(run: Path, triplet_path: Path) -> None:
         f"--triplets {triplet_path} contains the training triplets of {run}, so the accuracy is not held "
         f"out: {advice}"
     )
+
+
+def _is_number(value: Any) -> bool:
+    """Return whether a manifest value is a number, which JSON ``true`` and ``false`` are not."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _reject_unfinished_run(path: Path) -> None:

@@ -505,7 +505,8 @@ def run_map(args: argparse.Namespace) -> int:
         features = features[order]
     elif features.shape[0] != embedding.n_objects:
         raise ValueError(
-            f"the features have {features.shape[0]} rows and the embedding {embedding.n_objects}; "
+            f"the features {feature_file} have {features.shape[0]} rows and the embedding "
+            f"{embedding.path} {embedding.n_objects}; "
             "without object tables on both sides the rows must be the same objects in the same order"
         )
     features = np.asarray(features, dtype=np.float64)
@@ -646,7 +647,7 @@ def _check_layer_file(path: Path, layer: str | None) -> None:
 
 def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
                           table: ObjectTable | None) -> None:
-    """Reject features without columns or with NaN or inf, naming the rows of ``path`` that have them.
+    """Reject features without columns, with NaN or inf, or too large to standardise, naming ``path``.
 
     Args:
         path (Path): The feature file, for the message.
@@ -660,15 +661,19 @@ def _check_feature_values(path: Path, features: np.ndarray, order: np.ndarray,
             "least one column"
         )
     bad = np.sort(order[~np.isfinite(features).all(axis=1)])
-    if not bad.size:
-        return
-    rows = bad[:10].tolist()
-    named = f" ({', '.join(table.object_ids[row] for row in rows)})" if table is not None else ""
-    raise ValueError(
-        f"the features {path} contain NaN or inf in {bad.size} rows, first rows {rows}{named}: "
-        "extract them again with --dtype float32 if they were float16, or remove those objects "
-        "from the features and the embedding"
-    )
+    if bad.size:
+        rows = bad[:10].tolist()
+        named = f" ({', '.join(table.object_ids[row] for row in rows)})" if table is not None else ""
+        raise ValueError(
+            f"the features {path} contain NaN or inf in {bad.size} rows, first rows {rows}{named}: "
+            "extract them again with --dtype float32 if they were float16, or remove those objects "
+            "from the features and the embedding"
+        )
+    from dimalign.analysis.ridge import feature_overflow_problem
+
+    problem = feature_overflow_problem(features)
+    if problem is not None:
+        raise ValueError(f"the features {path}: {problem}")
 
 
 def _feature_file(path: Path, layer: str | None) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 
 from dimalign._warnings import warn
 from dimalign.analysis.noise_ceiling import triplet_noise_ceiling
-from dimalign.analysis.similarity import odd_one_out_accuracy, triplet_nll
+from dimalign.analysis.similarity import _as_embedding, odd_one_out_accuracy, triplet_nll
 from dimalign.analysis.things48 import INDEX_NOT_THINGS_IDS, load_things48, things48_correlation
 from dimalign.io.objects import index_object_ids
 from dimalign.io.runs import EmbeddingResult, as_embedding_result
@@ -85,7 +85,7 @@ def evaluate_embedding(
     elif hasattr(embedding, "get_params"):
         # A VICE or SPoSE estimator: its posterior means (or weights), as the run's embedding.npz stores them.
         embedding = as_embedding_result(embedding).embedding
-    weights = np.asarray(embedding, dtype=np.float64)
+    weights = _as_embedding(embedding)
     triplets = np.asarray(triplets)
     # Read before the triplets are scored, which takes a while on a large
     # file, so that a wrong THINGS directory fails at once.

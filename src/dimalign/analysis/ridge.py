@@ -530,6 +530,9 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                     f"{name} rows {bad_rows[:20].tolist()} contain NaN or inf ({bad_rows.size} rows): "
                     "remove those objects or replace the values before fitting"
                 )
+        problem = feature_overflow_problem(X)
+        if problem is not None:
+            raise ValueError(f"X: {problem}")
         return X, Y
 
     def _warn_at_grid_edge(self, alphas: np.ndarray, best: np.ndarray) -> None:
@@ -572,6 +575,27 @@ def _as_real_array(values: Any, name: str) -> np.ndarray:
 
 
 # -- the linear algebra -------------------------------------------------------
+
+
+def feature_overflow_problem(X: np.ndarray) -> str | None:
+    """Describe the feature columns whose standardisation overflows float64, or return None.
+
+    Such columns (deviations above about 1.3e154 / sqrt(n_objects)) would make the scale infinite
+    and the eigendecomposition fail with a message about ill-conditioning.
+
+    Args:
+        X (np.ndarray): Finite float64 features, shape ``(n_objects, n_features)``.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = ((X - X.mean(axis=0)) ** 2).sum(axis=0)
+    columns = np.flatnonzero(~np.isfinite(squares))
+    if not columns.size:
+        return None
+    return (
+        f"the squared deviations of feature columns {columns[:20].tolist()} overflow float64 (largest "
+        f"absolute value {float(np.abs(X).max()):.3g}); divide the features by a constant. Each feature is "
+        "standardised, so the cross-validated R² stays the same"
+    )
 
 
 def standardise(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -82,7 +82,11 @@ def _as_embedding(
     """
     from dimalign.io.runs import embedding_weights, reject_negative_weights
 
-    array = np.asarray(embedding_weights(embedding), dtype=np.float64)
+    values = np.asarray(embedding_weights(embedding))
+    # A cast to float drops imaginary parts with only a ComplexWarning, and parses text.
+    if values.dtype.kind not in "biufO":
+        raise ValueError(f"{source} must contain real numbers, got dtype {values.dtype}; pass a float array")
+    array = values.astype(np.float64, copy=False)
     if array.ndim != 2:
         raise ValueError(f"{source} must be 2-D (n_objects, n_dims), got shape {array.shape}")
     bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
@@ -117,17 +121,18 @@ def _as_triplets(triplets: np.ndarray | Sequence[Sequence[int]], n_objects: int)
             )
     elif array.size and array.dtype.kind not in "iu":
         raise ValueError(f"triplets must contain integer object indices, got dtype {array.dtype}")
-    array = array.astype(np.int64, copy=False)
 
+    # Checked before the cast to int64, which would wrap indices of 2**63 and above.
     outside = (array < 0) | (array >= n_objects)
     if outside.any():
         row, column = np.argwhere(outside)[0]
         raise ValueError(
-            f"triplet row {row} has object index {array[row, column]}, but the "
+            f"triplet row {row} has object index {int(array[row, column])}, but the "
             f"embedding has {n_objects} objects (valid indices 0..{n_objects - 1}). "
             f"{int(outside.any(axis=1).sum())} rows are affected. Check that the "
             "triplets are 0-based and belong to this embedding."
         )
+    array = array.astype(np.int64, copy=False)
 
     repeated = (
         (array[:, 0] == array[:, 1]) | (array[:, 0] == array[:, 2]) | (array[:, 1] == array[:, 2])

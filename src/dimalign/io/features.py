@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import load_npy, looks_like_triplet_file, text_table_problem
+from dimalign.io.files import load_npy, looks_like_triplet_file, missing_file_error, text_table_problem
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def load_features(
 
     Raises:
         FileNotFoundError: If nothing loadable is at ``path``.
-        ValueError: If the array is not 2-D or the table's length differs.
+        ValueError: If the file cannot be read as its suffix indicates, the
+            array is not 2-D, or the table's length differs.
     """
     path = Path(path)
     table_path = None
@@ -67,13 +69,19 @@ def load_features(
                 f"; the folder holds one file per layer, so name the layer (--layer): {', '.join(layers)}"
                 if layers else ""
             )
+            if not layers and (path / "embedding.npz").is_file():
+                hint = (
+                    "; the folder is a run directory of 'dimalign fit', so to use its embedding as "
+                    "features, save it as a .npy file: "
+                    "numpy.save('embedding.npy', numpy.load('RUN/embedding.npz')['embedding'])"
+                )
             raise FileNotFoundError(
                 f"no features file in {path}: expected one of "
                 f"{', '.join(candidate.name for candidate in candidates)}{hint}"
             )
         path = found[0]
     elif not path.is_file():
-        raise FileNotFoundError(f"features file {path} not found")
+        raise missing_file_error(path, "features file")
     else:
         sibling = path.parent / OBJECT_TABLE_NAME
         table_path = sibling if sibling.is_file() else None
@@ -90,12 +98,22 @@ def load_features(
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":
         try:
-            features = np.loadtxt(path, dtype=np.float64, ndmin=2)
+            # utf-8-sig drops the byte order mark that spreadsheet programs write.
+            with warnings.catch_warnings():
+                # An empty file: the caller's check of the row count names it.
+                warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+                features = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
         except ValueError as error:
             raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
     else:
+        advice = ""
+        if suffix == ".npz":
+            advice = (
+                "; save one array of the .npz archive as a .npy file: "
+                "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
+            )
         raise ValueError(
-            f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}"
+            f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}{advice}"
         )
     if features.ndim != 2:
         raise ValueError(
@@ -114,7 +132,9 @@ def load_features(
     table = read_object_table(table_path) if table_path and table_path.is_file() else None
     if table is not None and len(table) != features.shape[0]:
         raise ValueError(
-            f"{path} has {features.shape[0]} rows but {table_path} lists {len(table)} objects"
+            f"{path} has {features.shape[0]} rows but {table_path} lists {len(table)} objects; "
+            "the table must name the feature rows in order: correct it, or name the rows with "
+            "another table (simulate and map: --objects)"
         )
     logger.info("loaded features %s of shape %s", path, features.shape)
     return features, table
@@ -191,13 +211,33 @@ def _safe_layer(layer: str) -> str:
 def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
     import h5py
 
-    with h5py.File(path, "r") as handle:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        # Errors of the file system carry an errno and name the file already.
+        if error.errno is not None:
+            raise
+        raise ValueError(
+            f"{path} cannot be read as an HDF5 file ({error}): it is damaged or not HDF5; write "
+            "the features again"
+        ) from error
+    with handle:
         names: list[str] = []
         handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        if not names:
+            raise ValueError(
+                f"{path} contains no datasets, so it has no features: write the features of each "
+                "layer as a dataset of shape (n_objects, n_features)"
+            )
         if layer is None:
             if len(names) != 1:
                 raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME (CLI: --layer NAME)")
             layer = names[0]
         if layer not in handle:
             raise ValueError(f"dataset {layer!r} not found in {path}; it contains {names}")
+        if not isinstance(handle[layer], h5py.Dataset):
+            raise ValueError(
+                f"{layer!r} in {path} is a group, not a dataset: choose one of the datasets {names} "
+                "with layer=NAME (CLI: --layer NAME)"
+            )
         return np.asarray(handle[layer])

@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -715,6 +716,33 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
     return bool(distinct.all())
 
 
+def _empty_value_problem(number: int, column: int, n_fields: int, delimiter: str, separators: str) -> str:
+    """Describe the empty value in ``column`` of line ``number``, left by a separator at the end or a doubled one."""
+    separator = {",": "comma", "\t": "tab"}.get(delimiter, repr(delimiter))
+    if column == n_fields:
+        return (
+            f"line {number} ends with a {separator}, which leaves its last value empty: delete the "
+            f"{separator} at the end of each line"
+        )
+    if column == 1:
+        return f"line {number} starts with a {separator}, which leaves its first value empty: delete that {separator}"
+    return f"line {number} has an empty value in column {column}, between two {separators}: fill in the value"
+
+
+def _decimal_comma_value(line: str) -> str | None:
+    """Return the first value with a comma, or None unless every value of ``line`` has a decimal comma form.
+
+    Values are taken as separated by spaces, tabs or semicolons, as spreadsheet
+    programs of locales with a decimal comma write them (``0,5;0,25``).
+    """
+    values = [value for value in re.split(r"[\s;]+", line) if value]
+    if not values or any(value.count(",") > 1 for value in values):
+        return None
+    if not all(_is_number(value.replace(",", ".")) for value in values):
+        return None
+    return next((value for value in values if "," in value), None)
+
+
 def _is_number(field: str) -> bool:
     try:
         float(field)
@@ -733,6 +761,53 @@ def abbreviate(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# Start of binary files that are given where a text table belongs, and the advice for each.
+_BINARY_SIGNATURES = (
+    (b"\x1f\x8b", "it is gzip-compressed, not text: decompress it first (gunzip)"),
+    (b"\x89HDF\r\n\x1a\n", "it is an HDF5 file, not text: save the array with numpy.save as a .npy file"),
+    (b"PK\x03\x04", "it is a zip archive (such as a .npz file), not text: give an .npz file a name ending in .npz"),
+    (b"\x93NUMPY", "it is a .npy file, not text: give it a name ending in .npy"),
+    (b"MATLAB", "it is a MATLAB file, not text: read it with scipy.io.loadmat and save the array with "
+                "numpy.save as a .npy file"),
+)
+
+# Bytes of a text file that are decoded at a time to find the first one that is not UTF-8.
+_DECODE_CHUNK_BYTES = 1 << 20
+
+
+def _binary_file_problem(path: str | os.PathLike) -> str | None:
+    """Describe why the file at ``path`` is not UTF-8 text, or return None when it is.
+
+    A ``.gz`` file is not reported as compressed, because ``numpy.loadtxt``
+    (numpy 2.4) decompresses a file whose name ends in ``.gz``.
+    """
+    import codecs
+
+    with open(path, "rb") as handle:
+        start = handle.read(8)
+        for signature, problem in _BINARY_SIGNATURES:
+            if start.startswith(signature) and not (signature == b"\x1f\x8b" and Path(path).suffix.lower() == ".gz"):
+                return problem
+        handle.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset = 0
+        while chunk := handle.read(_DECODE_CHUNK_BYTES):
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                return (
+                    f"it contains NUL bytes (the first at offset {offset + nul}), as UTF-16 text and "
+                    "binary files do: save it as UTF-8 text"
+                )
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                # The decoder may hold back up to 3 bytes of an unfinished character from the last chunk.
+                position = offset + error.start - len(error.object) + len(chunk)
+                return f"it is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {position}): save it as UTF-8"
+            offset += len(chunk)
+    return None
+
+
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
@@ -745,25 +820,45 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             ``","``, a tab, or None for any whitespace.
     """
     separators = {None: "spaces", ",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
+    not_text = _binary_file_problem(path)
+    if not_text is not None:
+        return not_text
     n_values = None
-    with open(path, encoding="utf-8", errors="replace") as lines:
+    # The first line without numbers, as (line number, its quoted values), until the next line shows
+    # whether it is a header or the file has no numbers at all (a list of names, say).
+    header: tuple[int, str] | None = None
+    with open(path, encoding="utf-8-sig", errors="replace") as lines:
         for number, line in enumerate(lines, start=1):
             content = line.split("#", 1)[0]
             if not content.strip():
                 continue
             fields = content.split(delimiter) if delimiter else content.split()
-            header = not any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
-            if n_values is None and header:
+            has_numbers = any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
+            if n_values is None and not has_numbers:
                 names = ", ".join(repr(abbreviate(field.strip(), _SHOWN_VALUE_LENGTH)) for field in fields[:5])
-                more = ", ..." if len(fields) > 5 else ""
+                names += ", ..." if len(fields) > 5 else ""
+                if header is None:
+                    header = (number, names)
+                    continue
                 return (
-                    f"line {number} is a header ({names}{more}), but the file must contain numbers "
-                    "only: delete that line"
+                    f"line {header[0]} ({header[1]}) and line {number} ({names}) contain no numbers, so "
+                    "the file is not a table of numbers: check that it is the right file"
                 )
-            for field in fields:
+            if header is not None:
+                break
+            for column, field in enumerate(fields, start=1):
                 try:
                     float(field)
                 except ValueError:
+                    if delimiter is not None and not field.strip():
+                        return _empty_value_problem(number, column, len(fields), delimiter, separators)
+                    comma_value = _decimal_comma_value(content)
+                    if comma_value is not None:
+                        return (
+                            f"line {number} has the value {comma_value!r}, whose comma is a decimal comma "
+                            "or separates two values: write numbers with a decimal point (0.5) and "
+                            f"separate the values by {separators}"
+                        )
                     other = _other_separator(field, delimiter)
                     if other is not None and delimiter is None:
                         return (
@@ -784,6 +879,11 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
                     f"line {number} has {len(fields)} values, earlier lines {n_values}; every "
                     f"line needs one value per column, separated by {separators}"
                 )
+    if header is not None:
+        return (
+            f"line {header[0]} is a header ({header[1]}), but the file must contain numbers only: "
+            "delete that line"
+        )
     return f"it is not a table of numbers separated by {separators}"
 
 
@@ -874,6 +974,30 @@ def load_npy(
         loaded.close()
         raise unreadable(f"it is a .npz archive (arrays: {names}), not a .npy file")
     return loaded
+
+
+def missing_file_error(path: Path, description: str) -> OSError:
+    """Return the error for a ``path`` that is no file, naming a broken symbolic link as the cause.
+
+    Args:
+        path (Path): The path that ``Path.is_file`` rejected.
+        description (str): What the file is, such as ``"embedding"``, put before the path.
+
+    Returns:
+        OSError: A ``FileNotFoundError``, or an ``OSError`` for a loop of links.
+    """
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return OSError(f"{description} {path} cannot be opened: it is a loop of symbolic links")
+            if error.errno == errno.ENOENT:
+                return FileNotFoundError(
+                    f"{description} {path} not found: it is a symbolic link to {os.readlink(path)}, "
+                    "which does not exist"
+                )
+    return FileNotFoundError(f"{description} {path} not found")
 
 
 def is_same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:

@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, looks_like_triplet_file, text_table_problem
+from dimalign.io.files import (
+    atomic_path,
+    load_npy,
+    looks_like_triplet_file,
+    missing_file_error,
+    text_table_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,22 +156,57 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     """Read the embedding array of an ``.npz``, ``.npy`` or text file, with the extra ``.npz`` arrays."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            if "embedding" not in archive:
-                raise ValueError(f"{path} has no array named 'embedding' (found {archive.files})")
-            extras = {name: archive[name] for name in OPTIONAL_ARRAYS if name in archive}
-            return archive["embedding"], extras
+        return _read_npz(path)
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False), {}
+        return load_npy(path, description="an embedding", advice="save the weights with numpy.save"), {}
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
     try:
         with warnings.catch_warnings():
             # An empty file: check_embedding raises an error that names it.
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
-            return np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter), {}
+            # utf-8-sig drops the byte order mark that spreadsheet programs write.
+            embedding = np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter, encoding="utf-8-sig")
+            return embedding, {}
     except ValueError as error:
         problem = text_table_problem(path, delimiter)
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read the ``embedding`` array of an ``.npz`` archive and its optional arrays, without pickles."""
+
+    def unreadable(reason: str) -> ValueError:
+        return ValueError(f"{path} cannot be read as an embedding: {reason}")
+
+    advice = "save the weights with numpy.savez(path, embedding=weights)"
+    with open(path, "rb") as handle:
+        start = handle.read(len(np.lib.format.MAGIC_PREFIX))
+    if not start:
+        raise unreadable(f"the file is empty (0 bytes); {advice}")
+    if start == np.lib.format.MAGIC_PREFIX:
+        # numpy.load returns a plain array for it, not an archive.
+        raise unreadable("it is a .npy file, not a .npz archive: give it a name ending in .npy")
+    if not start.startswith(b"PK"):
+        raise unreadable(f"it is not a .npz archive, because it does not start with the zip signature; {advice}")
+    with np.load(path, allow_pickle=False) as archive:
+        if "embedding" not in archive:
+            raise ValueError(
+                f"{path} has no array named 'embedding' (found {archive.files}): save the weights "
+                "under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+            )
+        arrays = {}
+        for name in ("embedding", *OPTIONAL_ARRAYS):
+            if name not in archive:
+                continue
+            try:
+                arrays[name] = archive[name]
+            except ValueError as error:
+                if "object" not in str(error).lower():
+                    raise
+                raise unreadable(
+                    f"its array {name!r} contains Python objects, not numbers; save the weights as a float array"
+                ) from error
+    return arrays.pop("embedding"), arrays
 
 
 def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:
@@ -221,7 +262,9 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
 
     Raises:
         FileNotFoundError: If nothing is at ``path``.
-        ValueError: If the array is not 2-D, has no rows, contains NaN or inf, or has a weight
+        OSError: If the file system rejects the read, such as permission denied.
+        ValueError: If the file cannot be read as its suffix indicates, is empty or
+            damaged, or if the array is not 2-D, has no rows, contains NaN or inf, or has a weight
             below ``-negative_tolerance`` (embeddings here are non-negative;
             apply ReLU first). Negative weights within the tolerance are set
             to 0 with a warning that gives their number and minimum.
@@ -232,10 +275,13 @@ def load_embedding(path: str | os.PathLike, negative_tolerance: float = NEGATIVE
             raise FileNotFoundError(_folder_without_embedding(path))
         path = path / EMBEDDING_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"embedding {path} not found")
+        raise missing_file_error(path, "embedding")
     try:
         embedding, extras = _read_embedding_file(path)
     except (OSError, EOFError, zipfile.BadZipFile) as error:
+        # Errors of the file system (permission denied, say) carry an errno and name the file already.
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
         raise ValueError(f"{path} cannot be read as an embedding ({error}); the file may be damaged") from error
     except ValueError as error:
         if str(path) in str(error):

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, load_npy
+from dimalign.io.files import atomic_path, load_npy, missing_file_error
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def load_triplets(
             object_table = folder / OBJECT_TABLE_NAME
             logger.info("using the object table %s for the number of objects", object_table)
     elif not path.is_file():
-        raise FileNotFoundError(f"triplet file {path} not found")
+        raise missing_file_error(path, "triplet file")
     n_objects = _resolve_n_objects(n_objects, object_table)
 
     if odd_column not in (0, 1, 2):

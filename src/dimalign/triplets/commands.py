@@ -457,6 +457,11 @@ def run_simulate(args: argparse.Namespace) -> int:
             f"{features_file} has {n_objects} rows (objects), but a triplet needs 3 objects; "
             "pass features with one row per object"
         )
+    if features.shape[1] == 0:
+        raise ValueError(
+            f"{features_file} has no feature columns (shape {features.shape}), so every choice would "
+            "be a tie broken at random: pass features with at least one column"
+        )
     features_table = None
     if args.objects:
         table = _read_simulate_objects(Path(args.objects), n_objects, args.features)

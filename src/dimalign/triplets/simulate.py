@@ -553,8 +553,10 @@ def _choose_pairs(
             pairs[tied] = scores.argmax(axis=1)
         return pairs, len(tied)
 
-    # Subtracting the row maximum keeps exp() finite at small temperatures.
-    weights = np.exp((similarities - largest) / temperature)
+    # Subtracting the row maximum keeps exp() finite at small temperatures. At
+    # tiny ones (1e-320) the division overflows to -inf, whose exp() is the right 0.
+    with np.errstate(over="ignore"):
+        weights = np.exp((similarities - largest) / temperature)
     cumulative = np.cumsum(weights / weights.sum(axis=1, keepdims=True), axis=1)
     draws = rng.random(len(similarities))
     pairs = (draws[:, None] >= cumulative[:, :2]).sum(axis=1)
