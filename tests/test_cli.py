@@ -425,6 +425,49 @@ def test_missing_argument_without_greedy_option(capsys):
         assert capsys.readouterr().err.splitlines()[-1] == expected
 
 
+def test_pool_reads_images_names_option(capsys):
+    """IMAGES after --pool is read as a pooling, and the invalid-choice error says how to write the command."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--model", "vgg16", "-o", "features", "--pool", "gap", "photos/"])
+
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (
+        "dimalign extract: error: argument --pool: invalid choice: 'photos/' "
+        "(choose from 'raw', 'flatten', 'gap'). "
+        "--pool takes all the values that follow it, so it read 'photos/' as one of its values: "
+        "if 'photos/' is IMAGES, put it before --pool, or give --pool one value with = (--pool=gap)"
+    )
+
+
+def test_missing_images_after_pool(capsys):
+    """IMAGES missing after --pool gives the first pooling as the example, not the list of choices."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--model", "vgg16", "-o", "features", "--pool", "gap", "raw"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign extract: error: the following arguments are required: IMAGES. "
+        "--pool takes all the values that follow it, so it may have read IMAGES as one of its values: "
+        "put IMAGES before --pool, or give --pool one value with = (--pool=gap)"
+    )
+
+
+def test_invalid_first_pool_keeps_message(capsys):
+    """A mistyped first value of --pool read nothing else, so the message is argparse's own."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "photos/", "--model", "vgg16", "-o", "features", "--pool", "gapp"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign extract: error: argument --pool: invalid choice: 'gapp' (choose from 'raw', 'flatten', 'gap')"
+    )
+
+
 def test_main_help_examples_parse():
     """The first session that ``dimalign --help`` shows uses real subcommands and options."""
     import shlex

@@ -74,22 +74,53 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 class _SubcommandParser(argparse.ArgumentParser):
-    """A subcommand's parser, whose error for a missing positional argument names the option that may have read it.
+    """A subcommand's parser, whose errors name the multiple-value option that may have read a positional argument.
 
     An option with several values, such as ``extract --layer``, takes every
     value that follows it. ``--layer classifier.4 photos/`` therefore reads
     ``photos/`` as a second layer, and argparse alone reports only that IMAGES
-    is missing.
+    is missing. With choices, as in ``--pool gap photos/``, argparse reports
+    only that ``photos/`` is an invalid choice.
     """
 
     def parse_known_args(self, args=None, namespace=None):
         self._arguments = list(sys.argv[1:] if args is None else args)
+        self._invalid_value = None
         return super().parse_known_args(args, namespace)
+
+    def _check_value(self, action, value):
+        # Kept for error(), which receives only the text of argparse's message.
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError:
+            self._invalid_value = (action, value)
+            raise
 
     def error(self, message):
         if message.startswith("the following arguments are required: "):
             message += self._multiple_value_hint(message.split(": ", 1)[1].split(", "))
+        elif getattr(self, "_invalid_value", None) is not None:
+            message += self._invalid_choice_hint(*self._invalid_value)
         super().error(message)
+
+    def _option_values(self, action: argparse.Action) -> list[tuple[int, str, list[str]]]:
+        """Return ``(position, option, values)`` for each occurrence of ``action``'s options in the arguments.
+
+        The values are the arguments that follow the option up to the next one
+        that starts with ``-``.
+        """
+        arguments = getattr(self, "_arguments", [])
+        occurrences = []
+        for position, argument in enumerate(arguments):
+            if argument not in action.option_strings:
+                continue
+            values = []
+            for value in arguments[position + 1:]:
+                if value.startswith("-"):
+                    break
+                values.append(value)
+            occurrences.append((position, argument, values))
+        return occurrences
 
     def _multiple_value_hint(self, missing_names: list[str]) -> str:
         """Return the advice for missing positional arguments that the last multiple-value option before them read."""
@@ -98,35 +129,52 @@ class _SubcommandParser(argparse.ArgumentParser):
         ]
         missing = [name for name in missing_names if name in positionals]
 
-        arguments = getattr(self, "_arguments", [])
         # The last occurrence counts, because only the last of repeated options reads the values at the end.
         candidates = [
-            (len(arguments) - 1 - arguments[::-1].index(option), option, action)
+            (position, option, action, values)
             for action in self._actions
             if action.nargs in ("+", "*")
-            for option in action.option_strings
-            if option in arguments
+            for position, option, values in self._option_values(action)
         ]
         if not missing or not candidates:
             return ""
 
-        position, option, action = max(candidates, key=lambda candidate: candidate[0])
-        values = 0
-        for argument in arguments[position + 1:]:
-            if argument.startswith("-"):
-                break
-            values += 1
+        _, option, action, values = max(candidates, key=lambda candidate: candidate[0])
         # With one value the option read no second one, so the argument was left out instead.
-        if values < 2:
+        if len(values) < 2:
             return ""
 
         names = " and ".join(missing)
-        value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        # The first value of an option with choices is valid, so it makes a better example than the metavar.
+        if action.choices:
+            value = values[0]
+        else:
+            value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
         return (
             f". {option} takes all the values that follow it, so it may have read {names} as one of "
-            f"its values: put {names} before {option}, or give {option} one value with = "
-            f"({option}={value})"
+            f"its values: {_one_value_advice(option, f'put {names} before {option}', value)}"
         )
+
+    def _invalid_choice_hint(self, action: argparse.Action, invalid: str) -> str:
+        """Return the advice for an invalid value that a multiple-value option read after a valid one."""
+        if action.nargs not in ("+", "*"):
+            return ""
+        positionals = [action.metavar or action.dest for action in self._actions if not action.option_strings]
+        for _, option, values in self._option_values(action):
+            # A first value that is invalid is a typo, not a positional argument read by the option.
+            if invalid not in values[1:] or not positionals:
+                continue
+            reorder = f"if {invalid!r} is {' or '.join(positionals)}, put it before {option}"
+            return (
+                f". {option} takes all the values that follow it, so it read {invalid!r} as one of its "
+                f"values: {_one_value_advice(option, reorder, values[0])}"
+            )
+        return ""
+
+
+def _one_value_advice(option: str, reorder: str, value: str) -> str:
+    """Return the two ways to end a multiple-value option: ``reorder``, or one value given with ``=``."""
+    return f"{reorder}, or give {option} one value with = ({option}={value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
