@@ -426,7 +426,7 @@ def test_missing_argument_without_greedy_option(capsys):
 
 
 def test_pool_reads_images_names_option(capsys):
-    """IMAGES after --pool is read as a pooling, and the invalid-choice error says how to write the command."""
+    """IMAGES after --pool is read as a pooling, and the invalid-choice error shows how to write the command."""
     from dimalign.cli import main
 
     with pytest.raises(SystemExit) as exit_info:

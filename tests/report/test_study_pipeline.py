@@ -119,7 +119,7 @@ def test_changed_fit_setting_reruns_it_and_downstream(study):
 def test_rerun_without_set_warns(study_copy, caplog):
     """A run without the earlier --set values names the settings it changes back and the earlier time."""
     config, copy = study_copy
-    # The values given with --set are not warned about, because this run asks for them.
+    # The values given with --set are not warned about, because this run requests them.
     with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
         run_study(config, copy, overrides=["human_fit.max_epochs=2", "human_fit.n_dims=4"])
     assert [record.getMessage() for record in caplog.records if "earlier run" in record.getMessage()] == []

@@ -863,7 +863,7 @@ def _warn_changed_settings(plan: StudyPlan, *, dry_run: bool = False) -> None:
             continue
         old_settings = _hashed(record.get("settings", {}))
         new_settings = _hashed(stage.settings)
-        # A value given with --set in this run is what the user asks for, so it is not warned about.
+        # A value given with --set in this run is what the user requests, so it is not warned about.
         requested = {key for key, _ in _overrides_of(plan.config, stage.name)}
         changed = [
             key for key, value in new_settings.items() if old_settings.get(key) != value and key not in requested
