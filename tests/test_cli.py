@@ -468,6 +468,48 @@ def test_invalid_first_pool_keeps_message(capsys):
     )
 
 
+def test_every_command_help_has_example():
+    """Each subcommand's --help ends with examples that name the subcommand and parse."""
+    import argparse
+    import shlex
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = sorted({command for command, _, _ in _command_options() if command})
+    without = []
+    for command in commands:
+        if command == "label-app":
+            # Its help lists the forms of its actions, each with its own --help.
+            continue
+        subparser = _subparser(parser, command.split())
+        if any(isinstance(action, argparse._SubParsersAction) for action in subparser._actions):
+            # A group such as "labels" has no work of its own, and its subcommands are checked.
+            continue
+        lines = subparser.format_help().splitlines()
+        if "examples:" not in lines:
+            without.append(command)
+            continue
+        examples = [line.strip() for line in lines[lines.index("examples:") + 1:] if line.strip()]
+        assert examples, command
+        for example in examples:
+            words = shlex.split(example)
+            assert words[: 1 + len(command.split())] == ["dimalign", *command.split()], example
+            args = parser.parse_args(words[1:])
+            assert args.handler is not None, example
+
+    assert without == []
+
+
+def _subparser(parser, names):
+    import argparse
+
+    for name in names:
+        action = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
 def test_main_help_examples_parse():
     """The first session that ``dimalign --help`` shows uses real subcommands and options."""
     import shlex

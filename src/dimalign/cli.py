@@ -88,6 +88,13 @@ class _SubcommandParser(argparse.ArgumentParser):
         self._invalid_value = None
         return super().parse_known_args(args, namespace)
 
+    def format_help(self):
+        # Added after argparse's text, because argparse rewraps an epilog into one paragraph.
+        examples = getattr(self, "examples", ())
+        if not examples:
+            return super().format_help()
+        return super().format_help() + "\nexamples:\n" + "".join(f"  {example}\n" for example in examples)
+
     def _check_value(self, action, value):
         # Kept for error(), which receives only the text of argparse's message.
         try:
@@ -237,6 +244,16 @@ def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> 
             add_logging_options(
                 command_parser, argparse.SUPPRESS, argparse.SUPPRESS, dest_suffix="_after_command"
             )
+
+
+def add_examples(parser: argparse.ArgumentParser, *examples: str) -> None:
+    """Set the command lines that end a subcommand's ``--help``, under ``examples:``.
+
+    Args:
+        parser (argparse.ArgumentParser): The subcommand's parser.
+        *examples (str): Whole command lines, such as ``"dimalign fit triplets -o run"``.
+    """
+    parser.examples = examples
 
 
 def declare_output_folder(

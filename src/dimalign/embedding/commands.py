@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 
 if TYPE_CHECKING:
     # Imported for the annotation only: the CLI imports torch when a command runs.
@@ -80,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the run directory")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files")
     parser.set_defaults(handler=run_fit)
+    add_examples(
+        parser, "dimalign fit triplets -o run --max-epochs 20",
+        "dimalign fit train.npy --val val.npy --n-objects 1854 -o runs/spose --method spose",
+    )
     declare_output_folder(parser, "fit")
 
 
