@@ -456,6 +456,20 @@ def test_missing_images_after_pool(capsys):
     )
 
 
+def test_dim_reads_image_names_option(capsys):
+    """An image after gradcam --dim fails as an integer, and the error says that --dim read it."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["gradcam", "--map", "map", "-o", "out", "--dim", "0", "3", "photo.jpg"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign gradcam: error: argument --dim: invalid int value: 'photo.jpg'. "
+        "--dim takes all the values that follow it, so it read 'photo.jpg' as one of its values: "
+        "if 'photo.jpg' is images, put it before --dim, or end the values of --dim with --"
+    )
+
+
 def test_invalid_first_pool_keeps_message(capsys):
     """A mistyped first value of --pool read nothing else, so the message is argparse's own."""
     from dimalign.cli import main

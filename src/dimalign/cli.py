@@ -95,8 +95,16 @@ class _SubcommandParser(argparse.ArgumentParser):
             return super().format_help()
         return super().format_help() + "\nexamples:\n" + "".join(f"  {example}\n" for example in examples)
 
+    # The two methods below keep the invalid value for error(), which receives only the text of argparse's message.
+
+    def _get_value(self, action, arg_string):
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError:
+            self._invalid_value = (action, arg_string)
+            raise
+
     def _check_value(self, action, value):
-        # Kept for error(), which receives only the text of argparse's message.
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError:
@@ -159,7 +167,7 @@ class _SubcommandParser(argparse.ArgumentParser):
             value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
         return (
             f". {option} takes all the values that follow it, so it may have read {names} as one of "
-            f"its values: {_one_value_advice(option, f'put {names} before {option}', value)}"
+            f"its values: {_one_value_advice(option, action, f'put {names} before {option}', value)}"
         )
 
     def _invalid_choice_hint(self, action: argparse.Action, invalid: str) -> str:
@@ -174,13 +182,20 @@ class _SubcommandParser(argparse.ArgumentParser):
             reorder = f"if {invalid!r} is {' or '.join(positionals)}, put it before {option}"
             return (
                 f". {option} takes all the values that follow it, so it read {invalid!r} as one of its "
-                f"values: {_one_value_advice(option, reorder, values[0])}"
+                f"values: {_one_value_advice(option, action, reorder, values[0])}"
             )
         return ""
 
 
-def _one_value_advice(option: str, reorder: str, value: str) -> str:
-    """Return the two ways to end a multiple-value option: ``reorder``, or one value given with ``=``."""
+def _one_value_advice(option: str, action: argparse.Action, reorder: str, value: str) -> str:
+    """Return the ways to end a multiple-value option: ``reorder``, or one value given with ``=``.
+
+    One value with ``=`` is offered only for an option that collects its
+    repeats (``extend`` or ``append``). A repeated ``--dim=0 --dim=3`` of a
+    plain option keeps only its last value, so its values end with ``--`` instead.
+    """
+    if not isinstance(action, (argparse._ExtendAction, argparse._AppendAction)):
+        return f"{reorder}, or end the values of {option} with --"
     return f"{reorder}, or give {option} one value with = ({option}={value})"
 
 
