@@ -53,7 +53,7 @@ the held-out triplets and the 48-object check:
   dimalign evaluate run --triplets triplets/val.npy --things-dir THINGS_DIR
 
 THINGS_DIR is the folder with the THINGS files (RDM48_triplet.mat, words48.csv,
-unique_id.txt). Run 'dimalign COMMAND --help' for the options of a command.
+unique_id.txt). Run 'dimalign COMMAND --help' for the options and examples of a command.
 The guides are README.md and docs/ in the dimalign repository.
 """
 
