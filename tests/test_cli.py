@@ -457,7 +457,7 @@ def test_missing_images_after_pool(capsys):
 
 
 def test_dim_reads_image_names_option(capsys):
-    """An image after gradcam --dim fails as an integer, and the error says that --dim read it."""
+    """An image after gradcam --dim fails as an integer, and the error names --dim as the option that read it."""
     from dimalign.cli import main
 
     with pytest.raises(SystemExit):
