@@ -908,7 +908,8 @@ def _earlier_cost(record: dict[str, Any], new_settings: dict[str, Any]) -> str:
     if not _is_number(seconds):
         return ""
     cost = f"; it took {_format_duration(seconds)}"
-    n_epochs = record.get("outputs", {}).get("n_epochs")
+    outputs = record.get("outputs")
+    n_epochs = outputs.get("n_epochs") if isinstance(outputs, dict) else None
     max_epochs = new_settings.get("max_epochs")
     if _is_number(n_epochs) and n_epochs > 0 and _is_number(max_epochs) and max_epochs != n_epochs:
         estimate = seconds / n_epochs * max_epochs
