@@ -425,6 +425,105 @@ def test_missing_argument_without_greedy_option(capsys):
         assert capsys.readouterr().err.splitlines()[-1] == expected
 
 
+def test_pool_reads_images_names_option(capsys):
+    """IMAGES after --pool is read as a pooling, and the invalid-choice error shows how to write the command."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--model", "vgg16", "-o", "features", "--pool", "gap", "photos/"])
+
+    assert exit_info.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (
+        "dimalign extract: error: argument --pool: invalid choice: 'photos/' "
+        "(choose from 'raw', 'flatten', 'gap'). "
+        "--pool takes all the values that follow it, so it read 'photos/' as one of its values: "
+        "if 'photos/' is IMAGES, put it before --pool, or give --pool one value with = (--pool=gap)"
+    )
+
+
+def test_missing_images_after_pool(capsys):
+    """IMAGES missing after --pool gives the first pooling as the example, not the list of choices."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--model", "vgg16", "-o", "features", "--pool", "gap", "raw"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign extract: error: the following arguments are required: IMAGES. "
+        "--pool takes all the values that follow it, so it may have read IMAGES as one of its values: "
+        "put IMAGES before --pool, or give --pool one value with = (--pool=gap)"
+    )
+
+
+def test_dim_reads_image_names_option(capsys):
+    """An image after gradcam --dim fails as an integer, and the error names --dim as the option that read it."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["gradcam", "--map", "map", "-o", "out", "--dim", "0", "3", "photo.jpg"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign gradcam: error: argument --dim: invalid int value: 'photo.jpg'. "
+        "--dim takes all the values that follow it, so it read 'photo.jpg' as one of its values: "
+        "if 'photo.jpg' is images, put it before --dim, or end the values of --dim with --"
+    )
+
+
+def test_invalid_first_pool_keeps_message(capsys):
+    """A mistyped first value of --pool read nothing else, so the message is argparse's own."""
+    from dimalign.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["extract", "photos/", "--model", "vgg16", "-o", "features", "--pool", "gapp"])
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "dimalign extract: error: argument --pool: invalid choice: 'gapp' (choose from 'raw', 'flatten', 'gap')"
+    )
+
+
+def test_every_command_help_has_example():
+    """Each subcommand's --help ends with examples that name the subcommand and parse."""
+    import argparse
+    import shlex
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = sorted({command for command, _, _ in _command_options() if command})
+    without = []
+    for command in commands:
+        if command == "label-app":
+            # Its help lists the forms of its actions, each with its own --help.
+            continue
+        subparser = _subparser(parser, command.split())
+        if any(isinstance(action, argparse._SubParsersAction) for action in subparser._actions):
+            # A group such as "labels" has no work of its own, and its subcommands are checked.
+            continue
+        lines = subparser.format_help().splitlines()
+        if "examples:" not in lines:
+            without.append(command)
+            continue
+        examples = [line.strip() for line in lines[lines.index("examples:") + 1:] if line.strip()]
+        assert examples, command
+        for example in examples:
+            words = shlex.split(example)
+            assert words[: 1 + len(command.split())] == ["dimalign", *command.split()], example
+            args = parser.parse_args(words[1:])
+            assert args.handler is not None, example
+
+    assert without == []
+
+
+def _subparser(parser, names):
+    import argparse
+
+    for name in names:
+        action = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
 def test_main_help_examples_parse():
     """The first session that ``dimalign --help`` shows uses real subcommands and options."""
     import shlex

@@ -53,7 +53,7 @@ the held-out triplets and the 48-object check:
   dimalign evaluate run --triplets triplets/val.npy --things-dir THINGS_DIR
 
 THINGS_DIR is the folder with the THINGS files (RDM48_triplet.mat, words48.csv,
-unique_id.txt). Run 'dimalign COMMAND --help' for the options of a command.
+unique_id.txt). Run 'dimalign COMMAND --help' for the options and examples of a command.
 The guides are README.md and docs/ in the dimalign repository.
 """
 
@@ -74,22 +74,68 @@ class _CommandParser(argparse.ArgumentParser):
 
 
 class _SubcommandParser(argparse.ArgumentParser):
-    """A subcommand's parser, whose error for a missing positional argument names the option that may have read it.
+    """A subcommand's parser, whose errors name the multiple-value option that may have read a positional argument.
 
     An option with several values, such as ``extract --layer``, takes every
     value that follows it. ``--layer classifier.4 photos/`` therefore reads
     ``photos/`` as a second layer, and argparse alone reports only that IMAGES
-    is missing.
+    is missing. With choices, as in ``--pool gap photos/``, argparse reports
+    only that ``photos/`` is an invalid choice.
     """
 
     def parse_known_args(self, args=None, namespace=None):
         self._arguments = list(sys.argv[1:] if args is None else args)
+        self._invalid_value = None
         return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        # Added after argparse's text, because argparse rewraps an epilog into one paragraph.
+        examples = getattr(self, "examples", ())
+        if not examples:
+            return super().format_help()
+        return super().format_help() + "\nexamples:\n" + "".join(f"  {example}\n" for example in examples)
+
+    # The two methods below keep the invalid value for error(), which receives only the text of argparse's message.
+
+    def _get_value(self, action, arg_string):
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError:
+            self._invalid_value = (action, arg_string)
+            raise
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError:
+            self._invalid_value = (action, value)
+            raise
 
     def error(self, message):
         if message.startswith("the following arguments are required: "):
             message += self._multiple_value_hint(message.split(": ", 1)[1].split(", "))
+        elif getattr(self, "_invalid_value", None) is not None:
+            message += self._invalid_choice_hint(*self._invalid_value)
         super().error(message)
+
+    def _option_values(self, action: argparse.Action) -> list[tuple[int, str, list[str]]]:
+        """Return ``(position, option, values)`` for each occurrence of ``action``'s options in the arguments.
+
+        The values are the arguments that follow the option up to the next one
+        that starts with ``-``.
+        """
+        arguments = getattr(self, "_arguments", [])
+        occurrences = []
+        for position, argument in enumerate(arguments):
+            if argument not in action.option_strings:
+                continue
+            values = []
+            for value in arguments[position + 1:]:
+                if value.startswith("-"):
+                    break
+                values.append(value)
+            occurrences.append((position, argument, values))
+        return occurrences
 
     def _multiple_value_hint(self, missing_names: list[str]) -> str:
         """Return the advice for missing positional arguments that the last multiple-value option before them read."""
@@ -98,35 +144,59 @@ class _SubcommandParser(argparse.ArgumentParser):
         ]
         missing = [name for name in missing_names if name in positionals]
 
-        arguments = getattr(self, "_arguments", [])
         # The last occurrence counts, because only the last of repeated options reads the values at the end.
         candidates = [
-            (len(arguments) - 1 - arguments[::-1].index(option), option, action)
+            (position, option, action, values)
             for action in self._actions
             if action.nargs in ("+", "*")
-            for option in action.option_strings
-            if option in arguments
+            for position, option, values in self._option_values(action)
         ]
         if not missing or not candidates:
             return ""
 
-        position, option, action = max(candidates, key=lambda candidate: candidate[0])
-        values = 0
-        for argument in arguments[position + 1:]:
-            if argument.startswith("-"):
-                break
-            values += 1
+        _, option, action, values = max(candidates, key=lambda candidate: candidate[0])
         # With one value the option read no second one, so the argument was left out instead.
-        if values < 2:
+        if len(values) < 2:
             return ""
 
         names = " and ".join(missing)
-        value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        # The first value of an option with choices is valid, so it makes a better example than the metavar.
+        if action.choices:
+            value = values[0]
+        else:
+            value = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
         return (
             f". {option} takes all the values that follow it, so it may have read {names} as one of "
-            f"its values: put {names} before {option}, or give {option} one value with = "
-            f"({option}={value})"
+            f"its values: {_one_value_advice(option, action, f'put {names} before {option}', value)}"
         )
+
+    def _invalid_choice_hint(self, action: argparse.Action, invalid: str) -> str:
+        """Return the advice for an invalid value that a multiple-value option read after a valid one."""
+        if action.nargs not in ("+", "*"):
+            return ""
+        positionals = [action.metavar or action.dest for action in self._actions if not action.option_strings]
+        for _, option, values in self._option_values(action):
+            # A first value that is invalid is a typo, not a positional argument read by the option.
+            if invalid not in values[1:] or not positionals:
+                continue
+            reorder = f"if {invalid!r} is {' or '.join(positionals)}, put it before {option}"
+            return (
+                f". {option} takes all the values that follow it, so it read {invalid!r} as one of its "
+                f"values: {_one_value_advice(option, action, reorder, values[0])}"
+            )
+        return ""
+
+
+def _one_value_advice(option: str, action: argparse.Action, reorder: str, value: str) -> str:
+    """Return the ways to end a multiple-value option: ``reorder``, or one value given with ``=``.
+
+    One value with ``=`` is offered only for an option that collects its
+    repeats (``extend`` or ``append``). A repeated ``--dim=0 --dim=3`` of a
+    plain option keeps only its last value, so its values end with ``--`` instead.
+    """
+    if not isinstance(action, (argparse._ExtendAction, argparse._AppendAction)):
+        return f"{reorder}, or end the values of {option} with --"
+    return f"{reorder}, or give {option} one value with = ({option}={value})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +259,16 @@ def _add_logging_options_to_commands(subparsers: argparse._SubParsersAction) -> 
             add_logging_options(
                 command_parser, argparse.SUPPRESS, argparse.SUPPRESS, dest_suffix="_after_command"
             )
+
+
+def add_examples(parser: argparse.ArgumentParser, *examples: str) -> None:
+    """Set the command lines that end a subcommand's ``--help``, under ``examples:``.
+
+    Args:
+        parser (argparse.ArgumentParser): The subcommand's parser.
+        *examples (str): Whole command lines, such as ``"dimalign fit triplets -o run"``.
+    """
+    parser.examples = examples
 
 
 def declare_output_folder(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign.cli import add_examples
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
@@ -559,6 +560,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace the outputs of an earlier or unfinished demo in the output folder",
     )
     parser.set_defaults(handler=_run)
+    add_examples(parser, "dimalign demo --data-dir THINGS_DIR -o demo-out")
 
 
 def _run(args: argparse.Namespace) -> int:

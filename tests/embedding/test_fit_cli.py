@@ -32,6 +32,43 @@ def test_fit_cli_writes_run_directory(tmp_path):
     assert "sha256" in manifest["inputs"]["train"]
 
 
+def test_fit_prints_run_summary(tmp_path, capsys):
+    """fit ends with one line on standard output naming the run and its numbers, also with -q."""
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+
+    status = main([
+        "-q", "fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(run),
+        "--n-dims", "4", "--max-epochs", "2",
+    ])
+
+    assert status == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    fitted = tomllib.loads((run / "config.toml").read_text())["fitted"]
+    outputs = manifest["outputs"]
+    assert capsys.readouterr().out == (
+        f"wrote {run}: {fitted['n_dims']} dimensions kept after 2 epochs (reached max_epochs), "
+        f"held-out accuracy {outputs['val_accuracy']:.4f} on {outputs['n_val']} triplets\n"
+    )
+
+
+def test_fit_without_validation_prints_run(tmp_path, capsys):
+    """Without validation triplets the line leaves out the held-out accuracy."""
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+
+    status = main([
+        "fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(run),
+        "--n-dims", "4", "--max-epochs", "1", "--val-fraction", "0",
+    ])
+
+    assert status == 0
+    n_dims = json.loads((run / "manifest.json").read_text())["outputs"]["n_dims"]
+    assert capsys.readouterr().out == (
+        f"wrote {run}: {n_dims} dimensions kept after 1 epoch (reached max_epochs), no validation triplets\n"
+    )
+
+
 def test_fit_cli_reads_simulate_folder(tmp_path):
     folder = tmp_path / "simulated"
     folder.mkdir()
@@ -351,11 +388,20 @@ def test_fit_cli_torch_threads(tmp_path, monkeypatch, options, expected):
 
     monkeypatch.setattr("os.cpu_count", lambda: 4)
     seen = []
-    monkeypatch.setattr(dimalign.embedding, "fit_run", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    fit_run = dimalign.embedding.fit_run
+
+    def fit_run_counting_threads(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return fit_run(*args, **kwargs)
+
+    monkeypatch.setattr(dimalign.embedding, "fit_run", fit_run_counting_threads)
     write_triplets(tmp_path / "train.npy")
     before = torch.get_num_threads()
 
-    status = main(["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run")] + options)
+    status = main(
+        ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(tmp_path / "run"),
+         "--n-dims", "3", "--max-epochs", "1"] + options
+    )
 
     assert status == 0
     assert seen == [expected]

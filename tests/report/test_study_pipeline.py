@@ -116,6 +116,75 @@ def test_changed_fit_setting_reruns_it_and_downstream(study):
     assert plan.to_run == ["dnn_fit", "evaluate", "compare", "map"]
 
 
+def test_rerun_without_set_warns(study_copy, caplog):
+    """A run without the earlier --set values names the settings it changes back and the earlier time."""
+    config, copy = study_copy
+    # The values given with --set are not warned about, because this run requests them.
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        run_study(config, copy, overrides=["human_fit.max_epochs=2", "human_fit.n_dims=4"])
+    assert [record.getMessage() for record in caplog.records if "earlier run" in record.getMessage()] == []
+    caplog.clear()
+    record = read_stage_record(copy / "human_fit")
+    seconds = record["seconds"]
+    assert record["outputs"]["n_epochs"] == 2
+    estimate = seconds / 2 * 3
+    stage_text = (
+        f"human_fit (n_dims 4 -> 6, max_epochs 2 -> 3; it took {seconds:.1f} s for 2 epochs, "
+        f"so up to about {estimate:.1f} s for 3)"
+    )
+    earlier = "--set human_fit.max_epochs=2 --set human_fit.n_dims=4"
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, dry_run=True)
+
+    assert plan.to_run == ["human_fit", "evaluate", "compare"]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"a run would redo 1 stage that an earlier run finished with other settings: {stage_text}. "
+        f"The earlier values were set with --set: to keep that stage, give them again ({earlier})"
+    ]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        run_study(config, copy)
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings[0] == (
+        f"this run redoes 1 stage that an earlier run finished with other settings: {stage_text}. "
+        f"The earlier values were set with --set: to keep that stage, stop this run and give them "
+        f"again ({earlier})"
+    )
+
+
+def test_edited_file_rerun_warns_without_set(study_copy, caplog):
+    """A stage finished with other values of the study file is named, with no advice about --set."""
+    config, copy = study_copy
+    # Editing the file in place keeps the warning about another study file away.
+    original = config.read_text()
+    config.write_text(original.replace("n_bootstrap = 20", "n_bootstrap = 10"))
+    try:
+        with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+            run_study(config, copy, dry_run=True)
+    finally:
+        config.write_text(original)
+
+    seconds = read_stage_record(copy / "compare")["seconds"]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        "a run would redo 1 stage that an earlier run finished with other settings: "
+        f"compare (n_bootstrap 20 -> 10; it took {seconds:.1f} s)"
+    ]
+
+
+def test_unchanged_rerun_does_not_warn(study_copy, caplog):
+    config, copy = study_copy
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, from_stage="compare", dry_run=True)
+
+    assert plan.to_run == ["compare"]
+    assert [record for record in caplog.records if record.levelname == "WARNING"] == []
+
+
 def test_from_forces_stage_and_dependants(study):
     config, study_dir = study
     plan = run_study(config, study_dir, from_stage="compare", dry_run=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dimalign._warnings import warn
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 
 if TYPE_CHECKING:
     from dimalign.io.objects import ObjectTable
@@ -99,6 +99,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "always printed to standard output as one JSON object)",
     )
     parser.set_defaults(handler=run_evaluate)
+    add_examples(parser, "dimalign evaluate run --triplets triplets/val.npy --things-dir THINGS_DIR")
     declare_output_folder(parser, "evaluate")
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 from dimalign.embedding.commands import (
     add_training_data_arguments,
@@ -79,6 +79,7 @@ def _register_sweep(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--l1", type=float, help="SPoSE L1 weight (default 0.008)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto, for every worker")
     parser.set_defaults(handler=run_sweep)
+    add_examples(parser, "dimalign sweep triplets -o sweep --seed-list 0 1 --max-epochs 100")
     declare_output_folder(parser, "sweep")
 
 
@@ -136,6 +137,7 @@ def _register_select(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="seed of --split random (default 0)")
     parser.add_argument("--copy", action="store_true", help="also copy the chosen run to OUT/selected_run")
     parser.set_defaults(handler=run_select)
+    add_examples(parser, "dimalign select sweep")
     declare_output_folder(parser, "select", _selection_folder)
 
 
@@ -236,6 +238,7 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.set_defaults(handler=run_compare)
+    add_examples(parser, "dimalign compare runs/human runs/dnn -o compare --triplets human_triplets.txt")
     declare_output_folder(parser, "compare")
 
 
@@ -402,6 +405,7 @@ def _register_map(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, help="seed of --shuffle (default 0)")
     parser.add_argument("--model-name", help="DNN name to record (default: from the features' manifest)")
     parser.set_defaults(handler=run_map)
+    add_examples(parser, "dimalign map features/ --embedding run/ -o map/")
     declare_output_folder(parser, "map")
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 
 if TYPE_CHECKING:
     # Imported for the annotation only: the CLI imports torch when a command runs.
@@ -80,6 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in the run directory")
     parser.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files")
     parser.set_defaults(handler=run_fit)
+    add_examples(
+        parser, "dimalign fit triplets -o run --max-epochs 20",
+        "dimalign fit train.npy --val val.npy --n-objects 1854 -o runs/spose --method spose",
+    )
     declare_output_folder(parser, "fit")
 
 
@@ -459,8 +463,33 @@ def run_fit(args: argparse.Namespace) -> int:
     # down on a CPU, and one thread also fixes the order of reductions.
     with limit_torch_threads(args.threads):
         fit_run(estimator, train, val, args.out, n_objects=n_objects, object_table=table, inputs=inputs, split=split)
+    print(fit_summary(args.out))
     return 0
 
+
+def fit_summary(out_dir: Path) -> str:
+    """Return the line that ``dimalign fit`` prints, from the outputs in the run's ``manifest.json``.
+
+    Args:
+        out_dir (Path): A finished run directory.
+
+    Returns:
+        str: The run directory, the kept dimensions, the epochs and the
+        held-out accuracy, such as ``wrote run: 12 dimensions kept after 20
+        epochs (reached max_epochs), held-out accuracy 0.4512 on 300
+        triplets``.
+    """
+    from dimalign.io.files import read_manifest
+
+    outputs = read_manifest(out_dir)["outputs"]
+    n_epochs = outputs["n_epochs"]
+    epochs = f"{n_epochs} epoch{'' if n_epochs == 1 else 's'}"
+    reason = "converged" if outputs["converged"] else "reached max_epochs"
+    if "val_accuracy" in outputs:
+        validation = f"held-out accuracy {outputs['val_accuracy']:.4f} on {outputs['n_val']} triplets"
+    else:
+        validation = "no validation triplets"
+    return f"wrote {out_dir}: {outputs['n_dims']} dimensions kept after {epochs} ({reason}), {validation}"
 
 
 def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, val_given: bool) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from operator import attrgetter
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -60,6 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("--overwrite", action="store_true",
                          help="replace features already in OUT_DIR")
     extract.set_defaults(handler=run_extract)
+    add_examples(
+        extract, "dimalign extract photos/ -o features/ --model efficientnet_lite0",
+        "dimalign extract photos/ -o vgg16_blocks/ --model vgg16 --layer features.16 features.30 --pool gap",
+    )
     declare_output_folder(extract, "extract", attrgetter("out_dir"))
 
     layers = subparsers.add_parser(
@@ -74,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also print each layer's output shape (runs one blank image) and "
                              "mark modules called more than once per forward pass")
     layers.set_defaults(handler=run_list_layers)
+    add_examples(layers, "dimalign list-layers vgg16 --shapes")
 
 
 def _add_weights_options(parser: argparse.ArgumentParser) -> None:

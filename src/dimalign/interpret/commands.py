@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def _register_gradcam(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="heat map weight in the overlay (default 0.5)")
     add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_gradcam)
+    add_examples(parser, "dimalign gradcam photos/parrot.jpg --map map/ --dim 0 3 -o gradcam/")
     declare_output_folder(parser, "gradcam")
 
 
@@ -108,6 +109,7 @@ def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, help="side of the built-in generator's images in pixels (default: the model's input size)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(handler=run_maximize)
+    add_examples(parser, "dimalign maximize --map map/ --dim 0 -o maximize/")
     declare_output_folder(parser, "maximize")
 
 
@@ -141,6 +143,7 @@ def _register_manipulate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--figure-rows", type=int, default=6, help="edits shown in the figure (default 6)")
     add_decoding_options(parser, "the map's extraction")
     parser.set_defaults(handler=run_manipulate)
+    add_examples(parser, "dimalign manipulate photos/ --map map/ -o manipulate/")
     declare_output_folder(parser, "manipulate")
 
 
@@ -170,6 +173,7 @@ def _register_grid(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cell-size", type=int, default=128, help="side of each picture in pixels (default 128)")
     add_decoding_options(parser, "the extraction behind the embedding")
     parser.set_defaults(handler=run_grid)
+    add_examples(parser, "dimalign grid run/ -o grids/ --layout percentile")
     declare_output_folder(parser, "grid")
 
 

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 from dimalign.features.recorded import Decoding, add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run folder or embedding file the study was set up from); needed when two names are equal",
     )
     summarize.set_defaults(handler=_run_summarize)
+    add_examples(summarize, "dimalign labels summarize study.db -o labels-summary")
     declare_output_folder(summarize, "labels summarize")
 
     names = actions.add_parser(
@@ -110,6 +111,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     names.add_argument("labels_file", type=Path, metavar="LABELS", help="labels_66.txt, labels_49.mat, ...")
     names.add_argument("--embedding", type=Path, help="embedding whose dimension count the labels must match")
     names.set_defaults(handler=_run_names)
+    add_examples(names, "dimalign labels names labels_66.txt --embedding runs/human")
 
 
 # ---------------------------------------------------------------------------

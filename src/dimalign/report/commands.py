@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dimalign.cli import add_examples
 from dimalign.features.recorded import add_decoding_options, resolve_decoding
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ def _register_run(subparsers: argparse._SubParsersAction) -> None:
         "such as --set human_fit.max_epochs=3",
     )
     parser.set_defaults(handler=run_command)
+    add_examples(
+        parser, "dimalign run examples/things_study.toml -o things-study --dry-run",
+        "dimalign run examples/things_study.toml -o things-study --set human_fit.max_epochs=3",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -122,6 +127,7 @@ def _register_report(subparsers: argparse._SubParsersAction) -> None:
         "--dpi", type=int, default=110, help="resolution of the PNG figures in dots per inch, 1 to 600 (default 110)"
     )
     parser.set_defaults(handler=report_command)
+    add_examples(parser, "dimalign report things-study -o things-report.html")
 
 
 def report_command(args: argparse.Namespace) -> int:

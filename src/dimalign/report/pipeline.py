@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -718,7 +719,8 @@ def run_study(
     plan = _plan_study(config, study_dir, from_stage, fingerprints)
     check_study_dir(plan)
     if dry_run:
-        _warn_other_study_file(plan, dry_run=True)
+        if not _warn_other_study_file(plan, dry_run=True):
+            _warn_changed_settings(plan, dry_run=True)
         return plan
 
     created = not study_dir.exists()
@@ -729,7 +731,8 @@ def run_study(
             # written stages that the first plan saw missing or outdated.
             plan = _plan_study(config, study_dir, from_stage, fingerprints)
             check_study_dir(plan)
-            _warn_other_study_file(plan)
+            if not _warn_other_study_file(plan):
+                _warn_changed_settings(plan)
             _remove_stale_folders(study_dir, plan)
             record = _study_record(plan, started=now_iso())
             write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
@@ -810,17 +813,20 @@ def _remove_empty_study(study_dir: Path) -> None:
         logger.warning("could not remove the empty study folder %s: %s", study_dir, error)
 
 
-def _warn_other_study_file(plan: StudyPlan, *, dry_run: bool = False) -> None:
+def _warn_other_study_file(plan: StudyPlan, *, dry_run: bool = False) -> bool:
     """Warn before a run replaces stages that another study file wrote, as when two studies share ``-o``.
 
     With ``dry_run``, the warning names the stages that a run would replace.
+
+    Returns:
+        bool: Whether it warned.
     """
     path = plan.study_dir / STUDY_RECORD_NAME
     if not is_study_record(path):
-        return
+        return False
     previous = json.loads(path.read_text(encoding="utf-8")).get("config")
     if previous == str(plan.config.path):
-        return
+        return False
     replaced = [
         stage.name for stage in plan.stages
         if stage.action == "run" and read_stage_record(plan.study_dir / stage.name) is not None
@@ -837,6 +843,87 @@ def _warn_other_study_file(plan: StudyPlan, *, dry_run: bool = False) -> None:
             "as each finishes; to keep them, stop this run and pass another -o",
             plan.study_dir, previous, plan.config.path, ", ".join(replaced),
         )
+    return bool(replaced)
+
+
+def _warn_changed_settings(plan: StudyPlan, *, dry_run: bool = False) -> None:
+    """Warn before a run redoes stages that an earlier run finished with other settings.
+
+    The common case is a run without the ``--set`` values of an earlier quick
+    run, which plans the full fits of the study file. The warning gives each
+    setting as ``old -> new``, the stage's earlier time and, for a fit, an
+    estimate of the new time. Where the old values came from ``--set``, it
+    lists the options that keep the stages. Settings given with ``--set`` in
+    this run are left out.
+    """
+    described, earlier_options = [], []
+    for stage in plan.stages:
+        record = read_stage_record(plan.study_dir / stage.name)
+        if stage.action != "run" or record is None:
+            continue
+        old_settings = _hashed(record.get("settings", {}))
+        new_settings = _hashed(stage.settings)
+        # A value given with --set in this run is what the user requests, so it is not warned about.
+        requested = {key for key, _ in _overrides_of(plan.config, stage.name)}
+        changed = [
+            key for key, value in new_settings.items() if old_settings.get(key) != value and key not in requested
+        ]
+        removed = [key for key in old_settings if key not in new_settings]
+        if not changed and not removed:
+            continue
+        differences = [
+            f"{key} {format_toml_value(old_settings.get(key))} -> {format_toml_value(new_settings[key])}"
+            for key in changed
+        ] + [f"{key} removed" for key in removed]
+        described.append(f"{stage.name} ({', '.join(differences)}{_earlier_cost(record, new_settings)})")
+        for change in record.get("changes", []):
+            section, _, key = change["key"].partition(".")
+            if section == stage.name and key in changed + removed:
+                earlier_options.append(f"--set {shlex.quote(change['key'] + '=' + format_toml_value(change['after']))}")
+
+    if not described:
+        return
+    count = f"{len(described)} stage{'s' if len(described) > 1 else ''}"
+    these = "those stages" if len(described) > 1 else "that stage"
+    message = (
+        f"{'a run would redo' if dry_run else 'this run redoes'} {count} that an earlier run finished with "
+        f"other settings: {', '.join(described)}"
+    )
+    if earlier_options:
+        stop = "" if dry_run else "stop this run and "
+        message += (
+            f". The earlier values were set with --set: to keep {these}, {stop}give them again "
+            f"({' '.join(earlier_options)})"
+        )
+    logger.warning("%s", message)
+
+
+def _earlier_cost(record: dict[str, Any], new_settings: dict[str, Any]) -> str:
+    """Return ``; it took 4.0 s`` from a stage record, with an estimate from the time per epoch for a fit.
+
+    The estimate scales the earlier time by ``max_epochs``, so it ignores
+    other settings, such as ``n_dims``, that change the time of an epoch.
+    """
+    seconds = record.get("seconds")
+    if not _is_number(seconds):
+        return ""
+    cost = f"; it took {_format_duration(seconds)}"
+    outputs = record.get("outputs")
+    n_epochs = outputs.get("n_epochs") if isinstance(outputs, dict) else None
+    max_epochs = new_settings.get("max_epochs")
+    if _is_number(n_epochs) and n_epochs > 0 and _is_number(max_epochs) and max_epochs != n_epochs:
+        estimate = seconds / n_epochs * max_epochs
+        epochs = f"{n_epochs} epoch{'s' if n_epochs != 1 else ''}"
+        cost += f" for {epochs}, so up to about {_format_duration(estimate)} for {max_epochs}"
+    return cost
+
+
+def _format_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def check_study_dir(plan: StudyPlan) -> None:

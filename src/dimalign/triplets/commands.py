@@ -8,7 +8,7 @@ import math
 from operator import attrgetter
 from pathlib import Path
 
-from dimalign.cli import declare_output_folder
+from dimalign.cli import add_examples, declare_output_folder
 from dimalign.memory import available_memory_bytes, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def _register_import(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=_seed, help="seed of --split (default: 0)")
     parser.set_defaults(handler=run_import)
+    add_examples(parser, "dimalign import-triplets human_triplets.txt --objects unique_id.txt --split 0.1 -o triplets")
     declare_output_folder(parser, "import-triplets", _import_folder)
 
 
@@ -179,6 +180,7 @@ def _register_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=_positive_int, help="triplets per batch (default: automatic)"
     )
     parser.set_defaults(handler=run_simulate)
+    add_examples(parser, "dimalign simulate features/ -o dnn_triplets/ --n-triplets 100000 --val-fraction 0.1")
     declare_output_folder(parser, "simulate", attrgetter("out_dir"))
 
 
