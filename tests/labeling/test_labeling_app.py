@@ -2356,7 +2356,8 @@ def test_image_file_answers_if_modified_since(odd_images_study):
 
     again = client.get(f"/image/{index}", headers={"If-Modified-Since": first.headers["Last-Modified"]})
 
-    assert first.headers["Content-Type"] == "image/png"
+    # The file is a BMP under a .png name, and its type comes from its content.
+    assert first.headers["Content-Type"] == "image/bmp"
     assert again.status_code == 304
 
 
@@ -2382,3 +2383,33 @@ def test_image_file_over_memory_limit_streamed(odd_images_study, monkeypatch):
     assert int(whole.headers["Content-Length"]) == target.stat().st_size
     assert part.status_code == 206
     assert part.data == target.read_bytes()[10:20]
+
+
+@pytest.mark.parametrize("study_kind", ["checked", "without checksums", "older"])
+@pytest.mark.parametrize(
+    ("file_format", "content_type"),
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"), ("WEBP", "image/webp"),
+     ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+)
+def test_image_file_typed_by_content(odd_images_study, study_kind, file_format, content_type):
+    """A file sent as it is gets the Content-Type of its format, not of its suffix, which here is .png."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format=file_format)
+    if study_kind == "without checksums":
+        drop_image_checksums(path)
+    if study_kind == "older" or file_format == "TIFF":
+        # Only a study set up before the decoding settings were stored sends a TIFF file as it is.
+        with sqlite3.connect(path) as connection:
+            connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+        connection.close()
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+
+    assert target.suffix == ".png"
+    assert response.status_code == 200
+    assert response.data == target.read_bytes()
+    assert response.headers["Content-Type"] == content_type

@@ -81,6 +81,7 @@ from dimalign.labeling.study import (
     decoded_image,
     decoded_image_etag,
     image_file_etag,
+    image_file_mimetype,
     image_file_version,
     new_participant_code,
 )
@@ -1043,21 +1044,24 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     Files served as they are have at most 512 pixels on their longer side
     (see :data:`~dimalign.labeling.study.SERVED_IMAGE_SIDE`), or take no
     more bytes than their shrunk copy, so they are small. Range requests
-    get parts of these bytes.
+    get parts of these bytes. The Content-Type names the format of the
+    file's content, so a PNG file named ``.jpg`` is sent as ``image/png``.
+    Only a file that Pillow cannot identify gets the type of its suffix.
     """
     stored = _study().image_checksum(object_index)
     checked = _read_checked_image(object_index, path, stored) if stored is not None else None
+    mimetype = image_file_mimetype(path)
     if checked is not None:
         data, stat = checked
         return send_file(
-            io.BytesIO(data), download_name=path.name, max_age=3600,
+            io.BytesIO(data), mimetype=mimetype, download_name=path.name, max_age=3600,
             etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
         )
     # A study set up without checksums has nothing to check. A file over
     # MAX_IMAGE_BYTES_IN_MEMORY was checked by its version (see _stable_image_response).
     # NOTE: such a file, rewritten in place while it is sent, can mix new bytes into the response.
     etag = image_file_etag(path)
-    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+    return send_file(path, mimetype=mimetype, max_age=3600, etag=etag if etag is not None else True)
 
 
 #: Largest image file, in bytes, that the app reads into memory to check and send

@@ -866,6 +866,16 @@ def image_file_etag(path: str | os.PathLike, stat: os.stat_result | None = None)
     return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
 
 
+def image_file_mimetype(path: str | os.PathLike) -> str | None:
+    """Return the MIME type of an image file's format (see :data:`FILE_MIMETYPES`), read once per file version.
+
+    The type comes from the file's content, not its suffix, so a PNG file
+    named ``.jpg`` is ``image/png``. None where Pillow cannot open the file
+    or its format is not one that the app sends as it is.
+    """
+    return _check_image_file(path)[0].mimetype
+
+
 def _decoded_key(
     path: str | os.PathLike, stat: os.stat_result, decoding: Decoding
 ) -> tuple[Any, ...]:
@@ -952,12 +962,30 @@ class _FileCheck:
             cannot open the file.
         lossy (bool): Whether the file stores its pixels with lossy
             compression (see :func:`_is_lossy_encoding`).
+        mimetype (str | None): MIME type of the file's format as Pillow
+            reads it (see :data:`FILE_MIMETYPES`), or None where Pillow
+            cannot open the file or the format has no entry there.
     """
 
     shown_otherwise: bool
     longer_side: int
     pixels: int = 0
     lossy: bool = False
+    mimetype: str | None = None
+
+
+#: MIME types of the image formats that the app may send as they are, by
+#: Pillow's format name. An MPO file, as some cameras write, starts with a
+#: complete JPEG image, which browsers show.
+FILE_MIMETYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 
 #: Results of :func:`_check_image_file` by path: the file version and the result.
@@ -1001,7 +1029,7 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
         with Image.open(path) as opened:
             result = _FileCheck(
                 browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
-                _is_lossy_encoding(opened, path),
+                _is_lossy_encoding(opened, path), FILE_MIMETYPES.get(opened.format or ""),
             )
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
         result = _FileCheck(shown_otherwise=True, longer_side=0)
