@@ -2413,3 +2413,34 @@ def test_image_file_typed_by_content(odd_images_study, study_kind, file_format, 
     assert response.status_code == 200
     assert response.data == target.read_bytes()
     assert response.headers["Content-Type"] == content_type
+
+
+def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
+    """A file that disappears after its form is decided and before it is read gets 404 and a warning."""
+    from PIL import Image
+
+    from dimalign.labeling.study import ServedForm
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    decide_form = Study.served_form
+    forms = []
+
+    def decide_then_remove(study, object_index, file_path):
+        forms.append(decide_form(study, object_index, file_path))
+        file_path.unlink()
+        return forms[-1]
+
+    monkeypatch.setattr(Study, "served_form", decide_then_remove)
+    caplog.clear()
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert forms == [ServedForm.FILE]
+    assert response.status_code == 404
+    assert f"There is no image {index}." in response.text
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'"]
