@@ -2444,3 +2444,33 @@ def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
     assert f"There is no image {index}." in response.text
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert warnings == [f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'"]
+
+
+def test_file_copied_with_same_time_not_304_by_date(odd_images_study):
+    """A request with If-Modified-Since alone gets a copy made by cp -p, although its modification time is old."""
+    import shutil
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (255, 0, 0)), format="BMP")
+    # A study with checksums rejects the changed file (404), so only one without them serves it.
+    drop_image_checksums(path)
+    os.utime(target, ns=(10**18, 10**18))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    # HTTP dates have whole seconds, so the copy must be made in a later second than the file it replaces.
+    time.sleep(1.1)
+    replacement = target.with_name("replacement.bmp")
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(replacement, format="BMP")
+    os.utime(replacement, ns=(10**18, 10**18))
+    shutil.copy2(replacement, target.with_name("copy.bmp"))
+    os.replace(target.with_name("copy.bmp"), target)
+
+    again = client.get(f"/image/{index}", headers={"If-Modified-Since": first.headers["Last-Modified"]})
+
+    assert target.stat().st_mtime_ns == 10**18
+    assert first.data != target.read_bytes()
+    assert again.status_code == 200
+    assert again.data == target.read_bytes()

@@ -1055,13 +1055,30 @@ def _image_file_response(object_index: int, path: Path) -> Response:
         data, stat = checked
         return send_file(
             io.BytesIO(data), mimetype=mimetype, download_name=path.name, max_age=3600,
-            etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
+            etag=image_file_etag(path, stat), last_modified=_last_modified(stat),
         )
     # A study set up without checksums has nothing to check. A file over
     # MAX_IMAGE_BYTES_IN_MEMORY was checked by its version (see _stable_image_response).
     # NOTE: such a file, rewritten in place while it is sent, can mix new bytes into the response.
-    etag = image_file_etag(path)
-    return send_file(path, mimetype=mimetype, max_age=3600, etag=etag if etag is not None else True)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        logger.warning("cannot read image %d: %s", object_index, error)
+        abort(404, description=f"There is no image {object_index}.")
+    return send_file(
+        path, mimetype=mimetype, max_age=3600, etag=image_file_etag(path, stat),
+        last_modified=_last_modified(stat),
+    )
+
+
+def _last_modified(stat: os.stat_result) -> float:
+    """Return the ``Last-Modified`` time of an image file: the later of its modification and change time.
+
+    A copy made by ``cp -p`` or ``rsync -a`` keeps the modification time,
+    so a request whose ``If-Modified-Since`` names that time would get 304
+    for other pixels. The change time of the copy is when it was made.
+    """
+    return max(stat.st_mtime, stat.st_ctime)
 
 
 #: Largest image file, in bytes, that the app reads into memory to check and send
