@@ -2474,3 +2474,25 @@ def test_file_copied_with_same_time_not_304_by_date(odd_images_study):
     assert first.data != target.read_bytes()
     assert again.status_code == 200
     assert again.data == target.read_bytes()
+
+
+@pytest.mark.parametrize("sent_from", ["memory", "disk"])
+def test_image_file_name_not_sent(odd_images_study, monkeypatch, sent_from):
+    """Images are served by object index, so no header names the file, which may name the object."""
+    from PIL import Image
+
+    from dimalign.labeling import app as app_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    if sent_from == "disk":
+        monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 100)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+
+    assert response.status_code == 200
+    assert response.data == target.read_bytes()
+    assert "Content-Disposition" not in response.headers
+    assert not [value for _, value in response.headers if target.stem in value]

@@ -35,6 +35,7 @@ import io
 import ipaddress
 import json
 import logging
+import mimetypes
 import os
 import re
 import secrets
@@ -1047,14 +1048,16 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     get parts of these bytes. The Content-Type names the format of the
     file's content, so a PNG file named ``.jpg`` is sent as ``image/png``.
     Only a file that Pillow cannot identify gets the type of its suffix.
+    No header names the file, because a file name such as ``aardvark.jpg``
+    would tell the participant what the object is.
     """
     stored = _study().image_checksum(object_index)
     checked = _read_checked_image(object_index, path, stored) if stored is not None else None
-    mimetype = image_file_mimetype(path)
+    mimetype = image_file_mimetype(path) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if checked is not None:
         data, stat = checked
         return send_file(
-            io.BytesIO(data), mimetype=mimetype, download_name=path.name, max_age=3600,
+            io.BytesIO(data), mimetype=mimetype, max_age=3600,
             etag=image_file_etag(path, stat), last_modified=_last_modified(stat),
         )
     # A study set up without checksums has nothing to check. A file over
@@ -1065,10 +1068,13 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     except OSError as error:
         logger.warning("cannot read image %d: %s", object_index, error)
         abort(404, description=f"There is no image {object_index}.")
-    return send_file(
+    response = send_file(
         path, mimetype=mimetype, max_age=3600, etag=image_file_etag(path, stat),
         last_modified=_last_modified(stat),
     )
+    # Werkzeug 3.1 names a file sent by path in Content-Disposition.
+    response.headers.pop("Content-Disposition", None)
+    return response
 
 
 def _last_modified(stat: os.stat_result) -> float:
