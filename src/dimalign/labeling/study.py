@@ -1005,7 +1005,8 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     for an ``eXIf`` chunk after the pixel data, which took about 10 ms for a
     300 KB PNG photo on a 2-core development machine. A file that Pillow
     cannot open counts as shown otherwise, so the app decodes it, which
-    reports the error.
+    reports the error. That result is cached only where the content is at
+    fault, not for an error of the system such as too many open files.
 
     Returns:
         tuple[_FileCheck, bool]: The result, and whether the file was checked
@@ -1031,8 +1032,12 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
                 browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
                 _is_lossy_encoding(opened, path), FILE_MIMETYPES.get(opened.format or ""),
             )
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         result = _FileCheck(shown_otherwise=True, longer_side=0)
+        if isinstance(error, OSError) and error.errno is not None:
+            # An error of the system, such as too many open files, may pass, so
+            # the file is checked again on its next request.
+            return result, False
         checked_now = False
     with _file_check_lock:
         _file_check_cache[key] = (version, result)
