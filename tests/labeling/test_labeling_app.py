@@ -1600,6 +1600,13 @@ def drop_image_checksums(path: Path) -> None:
     connection.close()
 
 
+def drop_decoding_settings(path: Path) -> None:
+    """Make a study look like one set up before the decoding settings were stored."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+
 def test_image_changed_after_start_served_decoded(odd_images_study):
     import io
 
@@ -2370,6 +2377,8 @@ def test_image_file_over_memory_limit_streamed(odd_images_study, monkeypatch):
     assert app_module.MAX_IMAGE_BYTES_IN_MEMORY == 4 * 2**20
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
+    # A newer study sends such a file decoded.
+    drop_decoding_settings(path)
     monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 1000)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
@@ -2401,9 +2410,7 @@ def test_image_file_typed_by_content(odd_images_study, study_kind, file_format, 
         drop_image_checksums(path)
     if study_kind == "older" or file_format == "TIFF":
         # Only a study set up before the decoding settings were stored sends a TIFF file as it is.
-        with sqlite3.connect(path) as connection:
-            connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
-        connection.close()
+        drop_decoding_settings(path)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
 
@@ -2484,9 +2491,11 @@ def test_image_file_name_not_sent(odd_images_study, monkeypatch, sent_from):
     from dimalign.labeling import app as app_module
 
     set_up, target = odd_images_study
-    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
     if sent_from == "disk":
-        monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 100)
+        # Only a study set up before the decoding settings were stored sends a file over the limit as it is.
+        drop_decoding_settings(path)
+        monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 1000)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
 
@@ -2496,3 +2505,29 @@ def test_image_file_name_not_sent(odd_images_study, monkeypatch, sent_from):
     assert response.data == target.read_bytes()
     assert "Content-Disposition" not in response.headers
     assert not [value for _, value in response.headers if target.stem in value]
+
+
+def test_small_image_over_memory_limit_decoded(odd_images_study, tmp_path, labeling_run):
+    """A 300 x 200 JPEG followed by 5 MiB of other data, as some phones append, is sent decoded, not from disk."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    _, index = set_up(Image.new("RGB", (300, 200), (10, 20, 30)), format="JPEG")
+    with open(target, "ab") as file:
+        file.write(bytes(5 * 2**20))
+    path = create_study(tmp_path / "trailer.db", labeling_run, tmp_path / "images", dims="0")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+    again = client.get(f"/image/{index}", headers={"If-None-Match": response.headers["ETag"]})
+
+    assert target.stat().st_size > 5 * 2**20
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/webp"
+    assert response.data[8:16] == b"WEBPVP8L"
+    shown = Image.open(io.BytesIO(response.data))
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    assert again.status_code == 304

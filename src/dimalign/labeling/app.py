@@ -1021,9 +1021,18 @@ def _checked_image_response(object_index: int, path: Path) -> Response:
     if _study().image_differs_from_setup(object_index, path):
         _abort_changed_image(object_index, path)
     form = _study().served_form(object_index, path)
+    if form is ServedForm.FILE and "image_decoding" in _study().settings and _file_is_larger(path):
+        # At most 512 pixels long, but followed by other data, such as a video
+        # that a phone appends. Its lossless WebP shows the same pixels, small.
+        form = ServedForm.SHRUNK
     if form is ServedForm.FILE:
         return _image_file_response(object_index, path)
     return _decoded_image_response(object_index, path, form)
+
+
+def _file_is_larger(path: Path) -> bool:
+    """Check whether a file takes more than :data:`MAX_IMAGE_BYTES_IN_MEMORY` bytes."""
+    return not _file_is_no_larger(path, MAX_IMAGE_BYTES_IN_MEMORY)
 
 
 def _abort_changed_image(object_index: int, path: Path) -> NoReturn:
@@ -1088,9 +1097,10 @@ def _last_modified(stat: os.stat_result) -> float:
 
 
 #: Largest image file, in bytes, that the app reads into memory to check and send
-#: (see :func:`_image_file_response`). A larger file is sent from disk. A
-#: 512 x 512 BMP takes 0.75 MiB. Studies set up before the decoding settings
-#: were stored send any file as it is, such as a 100 MB TIFF scan.
+#: (see :func:`_image_file_response`). A 512 x 512 BMP takes 0.75 MiB. A larger
+#: file is sent decoded (see :func:`_checked_image_response`), but studies set
+#: up before the decoding settings were stored send it from disk, such as a
+#: 100 MB TIFF scan.
 MAX_IMAGE_BYTES_IN_MEMORY = 4 * 2**20
 
 
