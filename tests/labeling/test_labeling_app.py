@@ -2453,7 +2453,7 @@ def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
     assert warnings == [f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'"]
 
 
-def test_file_copied_with_same_time_not_304_by_date(odd_images_study):
+def test_if_modified_since_sees_copy(odd_images_study):
     """A request with If-Modified-Since alone gets a copy made by cp -p, although its modification time is old."""
     import shutil
 

@@ -1031,8 +1031,14 @@ def _checked_image_response(object_index: int, path: Path) -> Response:
 
 
 def _file_is_larger(path: Path) -> bool:
-    """Check whether a file takes more than :data:`MAX_IMAGE_BYTES_IN_MEMORY` bytes."""
-    return not _file_is_no_larger(path, MAX_IMAGE_BYTES_IN_MEMORY)
+    """Check whether a file takes more than :data:`MAX_IMAGE_BYTES_IN_MEMORY` bytes.
+
+    A file that cannot be read does not, so reading it reports the error.
+    """
+    try:
+        return path.stat().st_size > MAX_IMAGE_BYTES_IN_MEMORY
+    except OSError:
+        return False
 
 
 def _abort_changed_image(object_index: int, path: Path) -> NoReturn:
