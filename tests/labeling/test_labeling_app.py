@@ -2531,3 +2531,34 @@ def test_small_image_over_memory_limit_decoded(odd_images_study, tmp_path, label
     shown = Image.open(io.BytesIO(response.data))
     np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
     assert again.status_code == 304
+
+
+def test_image_with_oversized_text_chunk_is_404(odd_images_study, caplog):
+    """A PNG whose zTXt chunk inflates past Pillow's limit makes Pillow raise ValueError, which gets 404, not 500."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    # With checksums, the changed file is rejected before it is opened.
+    drop_image_checksums(path)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    data = target.read_bytes()
+    text = b"Comment\0\0" + zlib.compress(b"A" * 3 * 2**20)
+    chunk = struct.pack(">I", len(text)) + b"zTXt" + text + struct.pack(">I", zlib.crc32(b"zTXt" + text))
+    start_of_pixels = data.index(b"IDAT") - 4
+    target.write_bytes(data[:start_of_pixels] + chunk + data[start_of_pixels:])
+    caplog.clear()
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"cannot decode image {index}: {target}: cannot decode image "
+        "(ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"
+    ]

@@ -1013,7 +1013,7 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
         now (False where the result came from the cache or the file cannot
         be opened).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     key = os.fspath(path)
     try:
@@ -1032,7 +1032,10 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
                 browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
                 _is_lossy_encoding(opened, path), FILE_MIMETYPES.get(opened.format or ""),
             )
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # The errors that load_rgb reports as an ImageReadError, such as the
+        # ValueError of a PNG text chunk that inflates past Pillow's limit.
+        # UnidentifiedImageError is an OSError.
         result = _FileCheck(shown_otherwise=True, longer_side=0)
         if isinstance(error, OSError) and error.errno is not None:
             # An error of the system, such as too many open files, may pass, so
