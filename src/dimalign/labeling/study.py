@@ -867,7 +867,7 @@ def image_file_etag(path: str | os.PathLike, stat: os.stat_result | None = None)
 
 
 def image_file_mimetype(path: str | os.PathLike) -> str | None:
-    """Return the MIME type of an image file's format (see :data:`FILE_MIMETYPES`), read once per file version.
+    """Return the MIME type of an image file's format (see :data:`FILE_MIMETYPES`), cached per file version.
 
     The type comes from the file's content, not its suffix, so a PNG file
     named ``.jpg`` is ``image/png``. None where Pillow cannot open the file
