@@ -2450,7 +2450,10 @@ def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
     assert response.status_code == 404
     assert f"There is no image {index}." in response.text
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert warnings == [f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'"]
+    assert warnings == [
+        f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'. Check that the file "
+        "exists and that the server may read it"
+    ]
 
 
 def test_if_modified_since_sees_copy(odd_images_study):

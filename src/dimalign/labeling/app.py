@@ -1081,7 +1081,10 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     try:
         stat = path.stat()
     except OSError as error:
-        logger.warning("cannot read image %d: %s", object_index, error)
+        logger.warning(
+            "cannot read image %d: %s. Check that the file exists and that the server may read it",
+            object_index, error,
+        )
         abort(404, description=f"There is no image {object_index}.")
     response = send_file(
         path, mimetype=mimetype, max_age=3600, etag=image_file_etag(path, stat),
@@ -1122,7 +1125,10 @@ def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[b
                 return None
             data = file.read()
     except OSError as error:
-        logger.warning("cannot read image %d: %s", object_index, error)
+        logger.warning(
+            "cannot read image %d: %s. Check that the file exists and that the server may read it",
+            object_index, error,
+        )
         abort(404, description=f"There is no image {object_index}.")
     if hashlib.sha256(data).hexdigest() != checksum:
         _abort_changed_image(object_index, path)
