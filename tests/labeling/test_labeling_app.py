@@ -2422,7 +2422,8 @@ def test_image_file_typed_by_content(odd_images_study, study_kind, file_format, 
     assert response.headers["Content-Type"] == content_type
 
 
-def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
+@pytest.mark.parametrize("sent_from", ["memory", "disk"])
+def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch, sent_from):
     """A file that disappears after its form is decided and before it is read gets 404 and a warning."""
     from PIL import Image
 
@@ -2430,6 +2431,9 @@ def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch):
 
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    if sent_from == "disk":
+        # A study without checksums sends a file from disk.
+        drop_image_checksums(path)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
     decide_form = Study.served_form
