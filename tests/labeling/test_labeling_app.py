@@ -1600,6 +1600,13 @@ def drop_image_checksums(path: Path) -> None:
     connection.close()
 
 
+def drop_decoding_settings(path: Path) -> None:
+    """Make a study look like one set up before the decoding settings were stored."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("DELETE FROM study WHERE key IN ('image_decoding', 'decoded_images')")
+    connection.close()
+
+
 def test_image_changed_after_start_served_decoded(odd_images_study):
     import io
 
@@ -2356,7 +2363,8 @@ def test_image_file_answers_if_modified_since(odd_images_study):
 
     again = client.get(f"/image/{index}", headers={"If-Modified-Since": first.headers["Last-Modified"]})
 
-    assert first.headers["Content-Type"] == "image/png"
+    # The file is a BMP under a .png name, and its type comes from its content.
+    assert first.headers["Content-Type"] == "image/bmp"
     assert again.status_code == 304
 
 
@@ -2369,6 +2377,8 @@ def test_image_file_over_memory_limit_streamed(odd_images_study, monkeypatch):
     assert app_module.MAX_IMAGE_BYTES_IN_MEMORY == 4 * 2**20
     set_up, target = odd_images_study
     path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
+    # A newer study sends such a file decoded.
+    drop_decoding_settings(path)
     monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 1000)
     client = create_app(path, admin_token="secret-admin").test_client()
     consent(client)
@@ -2382,3 +2392,180 @@ def test_image_file_over_memory_limit_streamed(odd_images_study, monkeypatch):
     assert int(whole.headers["Content-Length"]) == target.stat().st_size
     assert part.status_code == 206
     assert part.data == target.read_bytes()[10:20]
+
+
+@pytest.mark.parametrize("study_kind", ["checked", "without checksums", "older"])
+@pytest.mark.parametrize(
+    ("file_format", "content_type"),
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"), ("WEBP", "image/webp"),
+     ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+)
+def test_image_file_typed_by_content(odd_images_study, study_kind, file_format, content_type):
+    """A file sent as it is gets the Content-Type of its format, not of its suffix, which here is .png."""
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)), format=file_format)
+    if study_kind == "without checksums":
+        drop_image_checksums(path)
+    if study_kind == "older" or file_format == "TIFF":
+        # Only a study set up before the decoding settings were stored sends a TIFF file as it is.
+        drop_decoding_settings(path)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+
+    assert target.suffix == ".png"
+    assert response.status_code == 200
+    assert response.data == target.read_bytes()
+    assert response.headers["Content-Type"] == content_type
+
+
+@pytest.mark.parametrize("sent_from", ["memory", "disk"])
+def test_unreadable_image_file_is_404(odd_images_study, caplog, monkeypatch, sent_from):
+    """A file that disappears after its form is decided and before it is read gets 404 and a warning."""
+    from PIL import Image
+
+    from dimalign.labeling.study import ServedForm
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    if sent_from == "disk":
+        # A study without checksums sends a file from disk.
+        drop_image_checksums(path)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    decide_form = Study.served_form
+    forms = []
+
+    def decide_then_remove(study, object_index, file_path):
+        forms.append(decide_form(study, object_index, file_path))
+        file_path.unlink()
+        return forms[-1]
+
+    monkeypatch.setattr(Study, "served_form", decide_then_remove)
+    caplog.clear()
+
+    with caplog.at_level(logging.WARNING, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert forms == [ServedForm.FILE]
+    assert response.status_code == 404
+    assert f"There is no image {index}." in response.text
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"cannot read image {index}: [Errno 2] No such file or directory: '{target}'. Check that the file "
+        "exists and that the server may read it"
+    ]
+
+
+def test_if_modified_since_sees_copy(odd_images_study):
+    """A request with If-Modified-Since alone gets a copy made by cp -p, although its modification time is old."""
+    import shutil
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (255, 0, 0)), format="BMP")
+    # A study with checksums rejects the changed file (404), so only one without them serves it.
+    drop_image_checksums(path)
+    os.utime(target, ns=(10**18, 10**18))
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    first = client.get(f"/image/{index}")
+    # HTTP dates have whole seconds, so the copy must be made in a later second than the file it replaces.
+    time.sleep(1.1)
+    replacement = target.with_name("replacement.bmp")
+    Image.new("RGB", (16, 16), (0, 255, 0)).save(replacement, format="BMP")
+    os.utime(replacement, ns=(10**18, 10**18))
+    shutil.copy2(replacement, target.with_name("copy.bmp"))
+    os.replace(target.with_name("copy.bmp"), target)
+
+    again = client.get(f"/image/{index}", headers={"If-Modified-Since": first.headers["Last-Modified"]})
+
+    assert target.stat().st_mtime_ns == 10**18
+    assert first.data != target.read_bytes()
+    assert again.status_code == 200
+    assert again.data == target.read_bytes()
+
+
+@pytest.mark.parametrize("sent_from", ["memory", "disk"])
+def test_image_file_name_not_sent(odd_images_study, monkeypatch, sent_from):
+    """Images are served by object index, so no header names the file, which may name the object."""
+    from PIL import Image
+
+    from dimalign.labeling import app as app_module
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (64, 64), (10, 20, 30)), format="BMP")
+    if sent_from == "disk":
+        # Only a study set up before the decoding settings were stored sends a file over the limit as it is.
+        drop_decoding_settings(path)
+        monkeypatch.setattr(app_module, "MAX_IMAGE_BYTES_IN_MEMORY", 1000)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+
+    assert response.status_code == 200
+    assert response.data == target.read_bytes()
+    assert "Content-Disposition" not in response.headers
+    assert not [value for _, value in response.headers if target.stem in value]
+
+
+def test_small_image_over_memory_limit_decoded(odd_images_study, tmp_path, labeling_run):
+    """A 300 x 200 JPEG followed by 5 MiB of other data, as some phones append, is sent decoded, not from disk."""
+    from PIL import Image
+
+    from dimalign.features.decode import load_rgb
+
+    set_up, target = odd_images_study
+    _, index = set_up(Image.new("RGB", (300, 200), (10, 20, 30)), format="JPEG")
+    with open(target, "ab") as file:
+        file.write(bytes(5 * 2**20))
+    path = create_study(tmp_path / "trailer.db", labeling_run, tmp_path / "images", dims="0")
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+
+    response = client.get(f"/image/{index}")
+    again = client.get(f"/image/{index}", headers={"If-None-Match": response.headers["ETag"]})
+
+    assert target.stat().st_size > 5 * 2**20
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/webp"
+    assert response.data[8:16] == b"WEBPVP8L"
+    shown = Image.open(io.BytesIO(response.data))
+    np.testing.assert_array_equal(np.asarray(shown), np.asarray(load_rgb(target)))
+    assert again.status_code == 304
+
+
+def test_image_with_oversized_text_chunk_is_404(odd_images_study, caplog):
+    """A PNG whose zTXt chunk inflates past Pillow's limit makes Pillow raise ValueError, which gets 404, not 500."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    set_up, target = odd_images_study
+    path, index = set_up(Image.new("RGB", (16, 16), (10, 20, 30)))
+    # With checksums, the changed file is rejected before it is opened.
+    drop_image_checksums(path)
+    client = create_app(path, admin_token="secret-admin").test_client()
+    consent(client)
+    data = target.read_bytes()
+    text = b"Comment\0\0" + zlib.compress(b"A" * 3 * 2**20)
+    chunk = struct.pack(">I", len(text)) + b"zTXt" + text + struct.pack(">I", zlib.crc32(b"zTXt" + text))
+    start_of_pixels = data.index(b"IDAT") - 4
+    target.write_bytes(data[:start_of_pixels] + chunk + data[start_of_pixels:])
+    caplog.clear()
+
+    with caplog.at_level(logging.INFO, logger="dimalign.labeling"):
+        response = client.get(f"/image/{index}")
+
+    assert response.status_code == 404
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [
+        f"cannot decode image {index}: {target}: cannot decode image "
+        "(ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"
+    ]

@@ -1263,3 +1263,37 @@ def test_unchecked_decode_counts_header_pixels(tmp_path, monkeypatch):
     assert decoded_before_release == ["running.png"]
     assert decoded == ["running.png", "large.png"]
     assert [result.mimetype for result in results] == ["image/webp"] * 2
+
+
+def test_transient_open_error_not_cached(tmp_path, monkeypatch):
+    """A file that Pillow could not open once, such as with too many open files, is checked again."""
+    import errno
+
+    from PIL import Image
+
+    from dimalign.features.recorded import Decoding
+    from dimalign.labeling import study as study_module
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (1200, 900), (200, 100, 50)).save(path, quality=90)
+    open_image = Image.open
+    failures = [OSError(errno.EMFILE, "Too many open files", str(path))]
+
+    def open_failing_once(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return open_image(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_failing_once)
+
+    failed, failed_checked_now = study_module._check_image_file(path)
+    check, checked_now = study_module._check_image_file(path)
+    served = study_module.decoded_image(path, Decoding())
+
+    assert failures == []
+    assert (failed.shown_otherwise, failed.pixels, failed_checked_now) == (True, 0, False)
+    assert checked_now
+    assert (check.shown_otherwise, check.longer_side, check.pixels) == (False, 1200, 1200 * 900)
+    assert check.lossy
+    assert check.mimetype == "image/jpeg"
+    assert served.mimetype == "image/jpeg"

@@ -35,6 +35,7 @@ import io
 import ipaddress
 import json
 import logging
+import mimetypes
 import os
 import re
 import secrets
@@ -81,6 +82,7 @@ from dimalign.labeling.study import (
     decoded_image,
     decoded_image_etag,
     image_file_etag,
+    image_file_mimetype,
     image_file_version,
     new_participant_code,
 )
@@ -1019,9 +1021,24 @@ def _checked_image_response(object_index: int, path: Path) -> Response:
     if _study().image_differs_from_setup(object_index, path):
         _abort_changed_image(object_index, path)
     form = _study().served_form(object_index, path)
+    if form is ServedForm.FILE and "image_decoding" in _study().settings and _file_is_larger(path):
+        # At most 512 pixels long, but followed by other data, such as a video
+        # that a phone appends. Its lossless WebP shows the same pixels, small.
+        form = ServedForm.SHRUNK
     if form is ServedForm.FILE:
         return _image_file_response(object_index, path)
     return _decoded_image_response(object_index, path, form)
+
+
+def _file_is_larger(path: Path) -> bool:
+    """Check whether a file takes more than :data:`MAX_IMAGE_BYTES_IN_MEMORY` bytes.
+
+    A file that cannot be read does not, so reading it reports the error.
+    """
+    try:
+        return path.stat().st_size > MAX_IMAGE_BYTES_IN_MEMORY
+    except OSError:
+        return False
 
 
 def _abort_changed_image(object_index: int, path: Path) -> NoReturn:
@@ -1043,27 +1060,56 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     Files served as they are have at most 512 pixels on their longer side
     (see :data:`~dimalign.labeling.study.SERVED_IMAGE_SIDE`), or take no
     more bytes than their shrunk copy, so they are small. Range requests
-    get parts of these bytes.
+    get parts of these bytes. The Content-Type names the format of the
+    file's content, so a PNG file named ``.jpg`` is sent as ``image/png``.
+    Only a file that Pillow cannot identify gets the type of its suffix.
+    No header names the file, because a file name such as ``aardvark.jpg``
+    would tell the participant what the object is.
     """
     stored = _study().image_checksum(object_index)
     checked = _read_checked_image(object_index, path, stored) if stored is not None else None
+    mimetype = image_file_mimetype(path) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if checked is not None:
         data, stat = checked
         return send_file(
-            io.BytesIO(data), download_name=path.name, max_age=3600,
-            etag=image_file_etag(path, stat), last_modified=stat.st_mtime,
+            io.BytesIO(data), mimetype=mimetype, max_age=3600,
+            etag=image_file_etag(path, stat), last_modified=_last_modified(stat),
         )
     # A study set up without checksums has nothing to check. A file over
     # MAX_IMAGE_BYTES_IN_MEMORY was checked by its version (see _stable_image_response).
     # NOTE: such a file, rewritten in place while it is sent, can mix new bytes into the response.
-    etag = image_file_etag(path)
-    return send_file(path, max_age=3600, etag=etag if etag is not None else True)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        logger.warning(
+            "cannot read image %d: %s. Check that the file exists and that the server may read it",
+            object_index, error,
+        )
+        abort(404, description=f"There is no image {object_index}.")
+    response = send_file(
+        path, mimetype=mimetype, max_age=3600, etag=image_file_etag(path, stat),
+        last_modified=_last_modified(stat),
+    )
+    # Werkzeug 3.1 names a file sent by path in Content-Disposition.
+    response.headers.pop("Content-Disposition", None)
+    return response
+
+
+def _last_modified(stat: os.stat_result) -> float:
+    """Return the ``Last-Modified`` time of an image file: the later of its modification and change time.
+
+    A copy made by ``cp -p`` or ``rsync -a`` keeps the modification time,
+    so a request whose ``If-Modified-Since`` names that time would get 304
+    for other pixels. The change time of the copy is when it was made.
+    """
+    return max(stat.st_mtime, stat.st_ctime)
 
 
 #: Largest image file, in bytes, that the app reads into memory to check and send
-#: (see :func:`_image_file_response`). A larger file is sent from disk. A
-#: 512 x 512 BMP takes 0.75 MiB. Studies set up before the decoding settings
-#: were stored send any file as it is, such as a 100 MB TIFF scan.
+#: (see :func:`_image_file_response`). A 512 x 512 BMP takes 0.75 MiB. A larger
+#: file is sent decoded (see :func:`_checked_image_response`), but studies set
+#: up before the decoding settings were stored send it from disk, such as a
+#: 100 MB TIFF scan.
 MAX_IMAGE_BYTES_IN_MEMORY = 4 * 2**20
 
 
@@ -1079,7 +1125,10 @@ def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[b
                 return None
             data = file.read()
     except OSError as error:
-        logger.warning("cannot read image %d: %s", object_index, error)
+        logger.warning(
+            "cannot read image %d: %s. Check that the file exists and that the server may read it",
+            object_index, error,
+        )
         abort(404, description=f"There is no image {object_index}.")
     if hashlib.sha256(data).hexdigest() != checksum:
         _abort_changed_image(object_index, path)

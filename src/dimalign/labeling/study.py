@@ -728,6 +728,10 @@ _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 #: is below twice Pillow's decompression bomb limit. Decoding and shrinking
 #: one took 3.1 s and raised the peak memory of the process by 930 MB
 #: (Pillow 13.0, one core of a 2-core development machine).
+#: NOTE: every pixel counts alike, but decoding and shrinking a 4000 x 3000
+#: noise PNG raised the peak memory by about 46 MB in RGB, 275 MB in RGBA
+#: and 321 MB in 16-bit gray (same machine), because ``to_rgb`` converts
+#: alpha and 16-bit values through full-size copies.
 MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * 12_000_000
 
 
@@ -866,6 +870,16 @@ def image_file_etag(path: str | os.PathLike, stat: os.stat_result | None = None)
     return _etag_of_key(("file", os.fspath(path), *_file_version(stat)))
 
 
+def image_file_mimetype(path: str | os.PathLike) -> str | None:
+    """Return the MIME type of an image file's format (see :data:`FILE_MIMETYPES`), cached per file version.
+
+    The type comes from the file's content, not its suffix, so a PNG file
+    named ``.jpg`` is ``image/png``. None where Pillow cannot open the file
+    or its format is not one that the app sends as it is.
+    """
+    return _check_image_file(path)[0].mimetype
+
+
 def _decoded_key(
     path: str | os.PathLike, stat: os.stat_result, decoding: Decoding
 ) -> tuple[Any, ...]:
@@ -952,12 +966,30 @@ class _FileCheck:
             cannot open the file.
         lossy (bool): Whether the file stores its pixels with lossy
             compression (see :func:`_is_lossy_encoding`).
+        mimetype (str | None): MIME type of the file's format as Pillow
+            reads it (see :data:`FILE_MIMETYPES`), or None where Pillow
+            cannot open the file or the format has no entry there.
     """
 
     shown_otherwise: bool
     longer_side: int
     pixels: int = 0
     lossy: bool = False
+    mimetype: str | None = None
+
+
+#: MIME types of the image formats that the app may send as they are, by
+#: Pillow's format name. An MPO file, as some cameras write, starts with a
+#: complete JPEG image, which browsers show.
+FILE_MIMETYPES = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 
 #: Results of :func:`_check_image_file` by path: the file version and the result.
@@ -977,14 +1009,15 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     for an ``eXIf`` chunk after the pixel data, which took about 10 ms for a
     300 KB PNG photo on a 2-core development machine. A file that Pillow
     cannot open counts as shown otherwise, so the app decodes it, which
-    reports the error.
+    reports the error. That result is cached only where the content is at
+    fault, not for an error of the system such as too many open files.
 
     Returns:
         tuple[_FileCheck, bool]: The result, and whether the file was checked
         now (False where the result came from the cache or the file cannot
         be opened).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     key = os.fspath(path)
     try:
@@ -1001,10 +1034,17 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
         with Image.open(path) as opened:
             result = _FileCheck(
                 browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
-                _is_lossy_encoding(opened, path),
+                _is_lossy_encoding(opened, path), FILE_MIMETYPES.get(opened.format or ""),
             )
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # The errors that load_rgb reports as an ImageReadError, such as the
+        # ValueError of a PNG text chunk that inflates past Pillow's limit.
+        # UnidentifiedImageError is an OSError.
         result = _FileCheck(shown_otherwise=True, longer_side=0)
+        if isinstance(error, OSError) and error.errno is not None:
+            # An error of the system, such as too many open files, may pass, so
+            # the file is checked again on its next request.
+            return result, False
         checked_now = False
     with _file_check_lock:
         _file_check_cache[key] = (version, result)
