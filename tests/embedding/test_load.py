@@ -361,3 +361,90 @@ def test_loaded_fit_run_resumes_checkpoint(tmp_path):
     assert loaded.n_epochs_ == 5
     np.testing.assert_array_equal(loaded.loc_, uninterrupted.loc_)
     assert loaded.score(val) == uninterrupted.score(val)
+
+
+def rewrite_arrays(folder, **changes):
+    """Replace arrays of a saved embedding.npz with the results of ``changes[name](array)``."""
+    path = folder / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    for name, change in changes.items():
+        arrays[name] = change(arrays[name])
+    np.savez(path, **arrays)
+    return path
+
+
+def with_nan(array):
+    array = array.copy()
+    array[1, 2] = np.nan
+    return array
+
+
+@pytest.mark.parametrize(("estimator", "name"), [
+    (VICE, "loc"), (VICE, "log_scale"), (VICE, "scale"), (SPoSE, "loc"),
+])
+def test_load_nan_array_named(estimator, name, tmp_path):
+    fitted(estimator, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, **{name: with_nan})
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores '{name}' with 1 NaN or infinite values, the first at row 1, column 2, "
+        r"so the file is damaged: save the estimator again$"
+    )):
+        estimator.load(tmp_path)
+
+
+def test_load_text_array_named(tmp_path):
+    fitted(VICE, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, log_scale=lambda array: array.astype(str))
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'log_scale' of dtype <U\d+, not floating point numbers, so the file is "
+        r"damaged: save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_repeated_kept_dims_named(tmp_path):
+    fitted(SPoSE, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, kept_dims=np.zeros_like)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'kept_dims' \[0(, 0)*\], which repeat a column, so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_load_negative_spose_weights_named(tmp_path):
+    """SPoSE clamps its weights at 0 after every step, so a negative weight is damage."""
+    fitted(SPoSE, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, loc=lambda weights: weights - 1.0)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'loc' with \d+ negative weights, the lowest -?\d\S* at row \d+, column \d+, but "
+        r"SPoSE weights are non-negative, so the file is damaged: save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+@pytest.mark.parametrize("change", ["negate", "shift"])
+def test_load_scale_unlike_log_scale(change, tmp_path):
+    """scale is exp(log_scale), so a scale that differs from it shows damage."""
+    fitted(VICE, lr=0.05).save(tmp_path)
+    edit = {"negate": lambda scale: -scale, "shift": lambda scale: scale * 1.5}[change]
+    path = rewrite_arrays(tmp_path, scale=edit)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores a 'scale' that is not exp\('log_scale'\), so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_log_scale_of_other_dtype(tmp_path):
+    """A dtype setting removed from config.toml would silently predict in float32."""
+    fitted(VICE, lr=0.05, dtype="float64").save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace('dtype = "float64"\n', ""))
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'log_scale' in float64, but the dtype setting in "
+        rf"{config} is 'float32', so the files do not belong together: set dtype = \"float64\" in "
+        r"\[settings\], or save the estimator again$"
+    )):
+        VICE.load(tmp_path)

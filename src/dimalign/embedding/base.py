@@ -35,7 +35,7 @@ from dimalign.embedding.run_files import (
     CONFIG_NAME,
     HISTORY_NAME,
     SavedFit,
-    check_array_shapes,
+    check_arrays,
     history_to_csv,
     read_saved_fit,
     reject_recorded_folder,
@@ -913,7 +913,7 @@ class TripletEmbedding(BaseEstimator):
                 f"{saved.config_path}: the fit was saved with device {model.device!r}, which this machine "
                 f"cannot use ({error}): pass device='cpu' to load"
             ) from error
-        check_array_shapes(saved, model.n_dims)
+        check_arrays(saved, model.n_dims)
 
         parameters = model._saved_parameters(saved)
         model._params = None if parameters is None else {

@@ -33,6 +33,8 @@ HISTORY_NAME = "history.csv"
 ESTIMATOR_CLASSES = {"vice": "VICE", "spose": "SPoSE"}
 
 _FITTED_NUMBERS = {"n_objects": int, "n_dims": int, "n_epochs": int, "converged": bool}
+# Arrays of parameters and their derived values, which a fit writes as finite floats.
+_FLOAT_ARRAYS = ("embedding", "scales", "loc", "scale", "log_scale")
 _LOAD_ELSEWHERE = "read the embedding alone with dimalign.io.runs.load_embedding"
 
 # ---- writing ----------------------------------------------------------------
@@ -165,7 +167,7 @@ def read_saved_fit(folder: str | Path, estimator: type) -> SavedFit:
         FileNotFoundError: If the folder, or one of its three files, is missing.
         ValueError: If ``folder`` is a file or the output of another step,
             if a file is damaged, or if the fit belongs to the other
-            estimator. :func:`check_array_shapes` compares the arrays with
+            estimator. :func:`check_arrays` compares the arrays with
             the settings once those are checked.
     """
     folder = Path(folder)
@@ -292,14 +294,24 @@ def _read_arrays(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]
     return arrays
 
 
-def check_array_shapes(saved: SavedFit, n_dims: int) -> None:
-    """Raise ``ValueError`` if an array's shape differs from the counts of ``config.toml``.
+def check_arrays(saved: SavedFit, n_dims: int) -> None:
+    """Raise ``ValueError`` if an array of ``embedding.npz`` differs from what a fit writes.
+
+    The shapes must match the counts of ``config.toml``, the parameters
+    must be finite floating point numbers, and ``kept_dims`` must name
+    distinct columns of the unpruned parameters.
 
     Args:
         saved (SavedFit): The folder's contents.
         n_dims (int): The checked ``n_dims`` setting, the columns of the
             unpruned parameters.
     """
+    _check_shapes(saved, n_dims)
+    _check_values(saved)
+    _check_kept_dims(saved, n_dims)
+
+
+def _check_shapes(saved: SavedFit, n_dims: int) -> None:
     arrays, path = saved.arrays, saved.embedding_path
     n_objects, n_kept = saved.fitted["n_objects"], saved.fitted["n_dims"]
     full = (n_objects, n_dims)
@@ -313,13 +325,41 @@ def check_array_shapes(saved: SavedFit, n_dims: int) -> None:
                 f"{n_objects} objects and {n_dims} dimensions, {n_kept} of them kept, so the files do "
                 "not belong together: save the estimator again"
             )
-    kept_dims = arrays.get("kept_dims")
-    if kept_dims is not None and kept_dims.size and (
-        kept_dims.dtype.kind not in "iu" or kept_dims.min() < 0 or kept_dims.max() >= n_dims
-    ):
+
+
+def _check_values(saved: SavedFit) -> None:
+    """Raise ``ValueError`` for a float array of another type or with NaN or inf."""
+    path = saved.embedding_path
+    for name in _FLOAT_ARRAYS:
+        array = saved.arrays.get(name)
+        if array is None:
+            continue
+        if array.dtype.kind != "f":
+            raise ValueError(
+                f"{path} stores {name!r} of dtype {array.dtype}, not floating point numbers, so the "
+                "file is damaged: save the estimator again"
+            )
+        invalid = np.argwhere(~np.isfinite(array))
+        if invalid.size:
+            row, column = invalid[0]
+            raise ValueError(
+                f"{path} stores {name!r} with {len(invalid)} NaN or infinite values, the first at row "
+                f"{row}, column {column}, so the file is damaged: save the estimator again"
+            )
+
+
+def _check_kept_dims(saved: SavedFit, n_dims: int) -> None:
+    path = saved.embedding_path
+    kept_dims = saved.arrays["kept_dims"]
+    if kept_dims.size and (kept_dims.dtype.kind not in "iu" or kept_dims.min() < 0 or kept_dims.max() >= n_dims):
         raise ValueError(
             f"{path} stores 'kept_dims' {kept_dims.tolist()}, which are not columns of a fit of "
             f"{n_dims} dimensions, so the file is damaged: save the estimator again"
+        )
+    if np.unique(kept_dims).size != kept_dims.size:
+        raise ValueError(
+            f"{path} stores 'kept_dims' {kept_dims.tolist()}, which repeat a column, so the file is "
+            "damaged: save the estimator again"
         )
 
 
