@@ -442,9 +442,36 @@ def test_load_log_scale_of_other_dtype(tmp_path):
     fitted(VICE, lr=0.05, dtype="float64").save(tmp_path)
     config = tmp_path / "config.toml"
     config.write_text(config.read_text().replace('dtype = "float64"\n', ""))
-    with pytest.raises(ValueError, match=(
+    with pytest.warns(UserWarning, match="lacks the settings"), pytest.raises(ValueError, match=(
         rf"^{tmp_path / 'embedding.npz'} stores 'log_scale' in float64, but the dtype setting in "
         rf"{config} is 'float32', so the files do not belong together: set dtype = \"float64\" in "
         r"\[settings\], or save the estimator again$"
     )):
         VICE.load(tmp_path)
+
+
+def test_load_missing_setting_warns(tmp_path):
+    """A setting that config.toml lacks takes its default, with a warning that names it."""
+    model = fitted(VICE, lr=0.05, mc_samples=7)
+    model.save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("mc_samples = 7\n", "").replace("lr = 0.05\n", ""))
+    with pytest.warns(UserWarning, match=(
+        rf"^{config} lacks the settings \['lr', 'mc_samples'\], so they take their defaults "
+        r"\(lr=0\.001, mc_samples=20\): add them to \[settings\] if the fit used other values$"
+    )):
+        loaded = VICE.load(tmp_path)
+
+    assert loaded.mc_samples == 20
+    assert loaded.lr == 0.001
+
+
+def test_load_missing_n_dims_named(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("n_dims = 6\nn_objects", "n_objects", 1))
+    with pytest.warns(UserWarning, match="lacks the settings"), pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'loc' of shape \(12, 6\), but {config} lacks the "
+        r"n_dims setting, whose default is 100: add n_dims = 6 to \[settings\]$"
+    )):
+        SPoSE.load(tmp_path)

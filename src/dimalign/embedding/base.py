@@ -854,7 +854,8 @@ class TripletEmbedding(BaseEstimator):
         The estimator has the saved settings and fitted attributes, and its
         :meth:`predict`, :meth:`predict_proba` and :meth:`score` return
         exactly what the saved estimator returned on the same device. A
-        setting that an older ``config.toml`` lacks takes its default.
+        setting that an older ``config.toml`` lacks takes its default, with
+        a ``UserWarning`` that names it.
 
         The loaded estimator is for prediction: :meth:`fit` on it starts a
         new fit from the seed, as on any estimator. A ``dimalign fit`` run

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._warnings import warn
 from dimalign.io.files import MANIFEST_NAME, read_manifest
 from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
 
@@ -126,7 +127,8 @@ class SavedFit:
         folder (Path): The folder.
         settings (dict[str, Any]): Constructor arguments, with ``None``
             where ``config.toml`` stores an empty string for a setting whose
-            default is ``None``. A setting that the file lacks is left out.
+            default is ``None``. A setting that the file lacks is left out,
+            with a warning that names it.
         fitted (dict[str, Any]): ``n_objects``, ``n_dims`` (kept
             dimensions), ``n_epochs`` and ``converged``.
         arrays (dict[str, np.ndarray]): The arrays of ``embedding.npz``.
@@ -272,6 +274,13 @@ def _settings_for(estimator: type, stored: dict[str, Any], path: Path) -> dict[s
                 "was written by another version of dimalign or edited; remove the setting"
             )
         settings[name] = None if value == "" and defaults[name] is None else value
+    missing = sorted(name for name in defaults if name not in stored)
+    if missing:
+        values = ", ".join(f"{name}={defaults[name]!r}" for name in missing)
+        warn(
+            f"{path} lacks the settings {missing}, so they take their defaults ({values}): add them "
+            "to [settings] if the fit used other values"
+        )
     return settings
 
 
@@ -319,6 +328,11 @@ def _check_shapes(saved: SavedFit, n_dims: int) -> None:
     expected = {"embedding": kept, "scales": kept, "kept_dims": (n_kept,), "loc": full, "scale": full, "log_scale": full}
     for name, array in arrays.items():
         shape = expected.get(name)
+        if shape is not None and array.shape != shape and shape == full and "n_dims" not in saved.settings:
+            raise ValueError(
+                f"{path} stores {name!r} of shape {array.shape}, but {saved.config_path} lacks the "
+                f"n_dims setting, whose default is {n_dims}: add n_dims = {array.shape[-1]} to [settings]"
+            )
         if shape is not None and array.shape != shape:
             raise ValueError(
                 f"{path} stores {name!r} of shape {array.shape}, but {CONFIG_NAME} describes a fit of "
