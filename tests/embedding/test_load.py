@@ -475,3 +475,23 @@ def test_load_missing_n_dims_named(tmp_path):
         r"n_dims setting, whose default is 100: add n_dims = 6 to \[settings\]$"
     )):
         SPoSE.load(tmp_path)
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ('estimator = "vice"\n', 'estimator = "vice"\nversion = 2\n', r"unknown key 'version'"),
+    ("converged = ", "n_kept = 3\nconverged = ", r"unknown key 'fitted\.n_kept'"),
+    ("n_epochs = 5", "n_epochs = -5", r"fitted\.n_epochs is -5, below 0"),
+    ("n_objects = 12\nn_dims", "n_objects = 0\nn_dims", r"fitted\.n_objects is 0, below 1"),
+], ids=["top-level key", "fitted key", "negative epochs", "no objects"])
+def test_load_edited_config_named(old, new, problem, tmp_path):
+    fitted(VICE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=(
+        rf"^{config} cannot be read as the config\.toml of a saved fit \({problem}\), so the file is "
+        r"damaged: save the estimator again, or read the embedding alone with "
+        r"dimalign\.io\.runs\.load_embedding$"
+    )):
+        VICE.load(tmp_path)

@@ -34,6 +34,8 @@ HISTORY_NAME = "history.csv"
 ESTIMATOR_CLASSES = {"vice": "VICE", "spose": "SPoSE"}
 
 _FITTED_NUMBERS = {"n_objects": int, "n_dims": int, "n_epochs": int, "converged": bool}
+# The lowest value of each count that a fit records. A fit may keep no dimension.
+_FITTED_MINIMUMS = {"n_objects": 1, "n_dims": 0, "n_epochs": 0}
 # Arrays of parameters and their derived values, which a fit writes as finite floats.
 _FLOAT_ARRAYS = ("embedding", "scales", "loc", "scale", "log_scale")
 _LOAD_ELSEWHERE = "read the embedding alone with dimalign.io.runs.load_embedding"
@@ -246,11 +248,17 @@ def _config_problem(config: dict[str, Any]) -> str | None:
     for table in ("settings", "fitted"):
         if not isinstance(config.get(table), dict):
             return f"no [{table}] table"
+    unknown = [key for key in config if key not in ("estimator", "settings", "fitted")]
+    unknown += [f"fitted.{key}" for key in config["fitted"] if key not in _FITTED_NUMBERS]
+    if unknown:
+        return f"unknown key {unknown[0]!r}"
     for name, kind in _FITTED_NUMBERS.items():
         value = config["fitted"].get(name)
         # bool is a subclass of int, so an integer entry must not be a bool.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"fitted.{name} is {value!r}, not {'an integer' if kind is int else 'true or false'}"
+        if kind is int and value < _FITTED_MINIMUMS[name]:
+            return f"fitted.{name} is {value}, below {_FITTED_MINIMUMS[name]}"
     return None
 
 
