@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import MANIFEST_NAME, read_manifest
+from dimalign.io.files import MANIFEST_NAME, recorded_step
 from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
 
 CONFIG_NAME = "config.toml"
@@ -57,11 +57,8 @@ def reject_recorded_folder(run_dir: Path) -> None:
     manifest = run_dir / MANIFEST_NAME
     if not manifest.exists():
         return
-    try:
-        step = read_manifest(run_dir).get("step")
-    except (ValueError, OSError):
-        step = None
-    kind = f"a 'dimalign {step}' output" if isinstance(step, str) else "a dimalign output"
+    step = recorded_step(run_dir)
+    kind = f"a 'dimalign {step}' output" if step is not None else "a dimalign output"
     raise FileExistsError(
         f"{manifest} belongs to {kind}. save writes no manifest, so this one would describe "
         "other files: save into another folder, or use dimalign.embedding.fit_run, which writes "
@@ -197,17 +194,13 @@ def _check_run_folder(folder: Path, class_name: str) -> None:
             f"{folder} is a file, not the folder of a saved fit: read an embedding file with "
             "dimalign.io.runs.load_embedding, which returns its array without an estimator"
         )
-    if (folder / MANIFEST_NAME).is_file():
-        try:
-            step = read_manifest(folder).get("step")
-        except (ValueError, OSError):
-            # A damaged manifest gives no step. The files themselves are checked below.
-            step = None
-        if isinstance(step, str) and step != "fit":
-            # Sweeps keep their runs in runs/seed_*, studies in human_fit and dnn_fit.
-            runs = sorted(path.parent for pattern in ("*", "runs/*") for path in folder.glob(f"{pattern}/{EMBEDDING_NAME}"))
-            advice = f"pass one of the runs inside it, such as {runs[0]}" if runs else f"pass a folder that {writers} wrote"
-            raise ValueError(f"{folder} is the output of 'dimalign {step}', not a fitted embedding: {advice}")
+    # A damaged manifest gives no step. The files themselves are checked below.
+    step = recorded_step(folder)
+    if step is not None and step != "fit":
+        # Sweeps keep their runs in runs/seed_*, studies in human_fit and dnn_fit.
+        runs = sorted(path.parent for pattern in ("*", "runs/*") for path in folder.glob(f"{pattern}/{EMBEDDING_NAME}"))
+        advice = f"pass one of the runs inside it, such as {runs[0]}" if runs else f"pass a folder that {writers} wrote"
+        raise ValueError(f"{folder} is the output of 'dimalign {step}', not a fitted embedding: {advice}")
     if not (folder / EMBEDDING_NAME).is_file():
         raise FileNotFoundError(_folder_without_embedding(folder, advice=f"pass a folder that {writers} wrote"))
     if not (folder / CONFIG_NAME).is_file():
