@@ -495,3 +495,43 @@ def test_load_edited_config_named(old, new, problem, tmp_path):
         r"dimalign\.io\.runs\.load_embedding$"
     )):
         VICE.load(tmp_path)
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("verbose = false", 'verbose = "yes"', r"verbose must be True or False, got 'yes'"),
+    ("resume = false", "resume = 1", r"resume must be True or False, got 1"),
+    ("tensorboard = false", "tensorboard = 0", r"tensorboard must be True or False, got 0"),
+    ('checkpoint_dir = ""', "checkpoint_dir = 5", r"checkpoint_dir must be a folder path or None, got 5"),
+], ids=["verbose", "resume", "tensorboard", "checkpoint_dir"])
+def test_load_wrong_setting_type_named(old, new, problem, tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=rf"^{config}: {problem}$"):
+        SPoSE.load(tmp_path)
+
+
+def test_fit_rejects_flag_of_other_type():
+    with pytest.raises(ValueError, match=r"^verbose must be True or False, got 'yes'$"):
+        SPoSE(verbose="yes").fit(random_triplets(), n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("name", [None, "embedding.npz", "config.toml", "history.csv"])
+def test_load_broken_link_named(name, tmp_path):
+    run = tmp_path / "run"
+    fitted(SPoSE).save(run)
+    link = tmp_path / "linked" if name is None else run / name
+    target = tmp_path / "moved"
+    if name is not None:
+        link.unlink()
+    link.symlink_to(target)
+
+    with pytest.raises(FileNotFoundError) as error:
+        SPoSE.load(link if name is None else run)
+
+    assert str(error.value) == (
+        f"{link} is a symbolic link to the missing {target}: restore the target, or point the link "
+        "to where it moved"
+    )

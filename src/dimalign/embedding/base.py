@@ -277,6 +277,12 @@ class TripletEmbedding(BaseEstimator):
         # torch.Generator.manual_seed takes seeds that fit in 64 bits.
         check_integer("random_state", self.random_state, 0, 2**63 - 1)
         check_real("lr", self.lr, 0, low_open=True)
+        for name in ("verbose", "resume", "tensorboard"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ValueError(f"checkpoint_dir must be a folder path or None, got {self.checkpoint_dir!r}")
 
     def _check_memory(self, n_objects: int, device: torch.device, dtype: torch.dtype) -> None:
         """Raise ``ValueError`` before allocating parameters that cannot fit into memory.

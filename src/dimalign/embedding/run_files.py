@@ -183,6 +183,12 @@ def read_saved_fit(folder: str | Path, estimator: type) -> SavedFit:
 def _check_run_folder(folder: Path, class_name: str) -> None:
     """Raise if ``folder`` is not a folder with the three files of a saved fit."""
     writers = f"{class_name}.save or 'dimalign fit'"
+    for path in (folder, folder / EMBEDDING_NAME, folder / CONFIG_NAME, folder / HISTORY_NAME):
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(
+                f"{path} is a symbolic link to the missing {os.readlink(path)}: restore the target, or "
+                "point the link to where it moved"
+            )
     if not folder.exists():
         raise FileNotFoundError(f"{folder} not found: pass a folder that {writers} wrote")
     if not folder.is_dir():
