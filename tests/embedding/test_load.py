@@ -416,9 +416,16 @@ def test_load_repeated_kept_dims_named(tmp_path):
 def test_load_negative_spose_weights_named(tmp_path):
     """SPoSE clamps its weights at 0 after every step, so a negative weight is damage."""
     fitted(SPoSE, lr=0.05).save(tmp_path)
-    path = rewrite_arrays(tmp_path, loc=lambda weights: weights - 1.0)
+
+    def make_negative(weights):
+        # 10 weights of -0.25 (flat positions 3, 10, ..., 66) and a lowest one at row 2, column 3.
+        position = np.arange(weights.size).reshape(weights.shape)
+        weights = np.where(position % 7 == 3, -0.25, weights)
+        return np.where(position == 15, -0.5, weights)
+
+    path = rewrite_arrays(tmp_path, loc=make_negative)
     with pytest.raises(ValueError, match=(
-        rf"^{path} stores 'loc' with \d+ negative weights, the lowest -?\d\S* at row \d+, column \d+, but "
+        rf"^{path} stores 'loc' with 11 negative weights, the lowest -0\.5 at row 2, column 3, but "
         r"SPoSE weights are non-negative, so the file is damaged: save the estimator again$"
     )):
         SPoSE.load(tmp_path)
@@ -438,7 +445,7 @@ def test_load_scale_unlike_log_scale(change, tmp_path):
 
 
 def test_load_log_scale_of_other_dtype(tmp_path):
-    """A dtype setting removed from config.toml would silently predict in float32."""
+    """A float64 log_scale with the dtype setting removed would predict in float32."""
     fitted(VICE, lr=0.05, dtype="float64").save(tmp_path)
     config = tmp_path / "config.toml"
     config.write_text(config.read_text().replace('dtype = "float64"\n', ""))

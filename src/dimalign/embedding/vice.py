@@ -323,8 +323,9 @@ class VICE(TripletEmbedding):
                 f"{saved.config_path} is {self.dtype!r}, so the files do not belong together: set "
                 f'dtype = "{log_scale.dtype}" in [settings], or save the estimator again'
             )
-        # fit derives scale_ as exp(log_scale). A fit on a GPU may round exp
-        # differently by one unit in the last place, far below this tolerance.
+        # fit derives scale_ as exp(log_scale) on its device. The tolerance,
+        # about 8 units in the last place of float32, allows a GPU to round
+        # exp differently from the CPU. NOTE: not yet checked with a GPU fit.
         scale = torch.as_tensor(log_scale).exp().numpy().astype(np.float64)
         if not np.allclose(saved.arrays["scale"], scale, rtol=1e-6, atol=0.0):
             raise ValueError(
