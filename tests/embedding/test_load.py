@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 import sys
 
 import numpy as np
@@ -542,3 +543,41 @@ def test_load_broken_link_named(name, tmp_path):
         f"{link} is a symbolic link to the missing {target}: restore the target, or point the link "
         "to where it moved"
     )
+
+
+def test_load_moved_run_warns(tmp_path):
+    """A moved run keeps the old checkpoint_dir, where fit with resume=True finds no checkpoint."""
+    from dimalign.embedding import fit_run
+
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, tmp_path / "run",
+            n_objects=N_OBJECTS)
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+
+    with pytest.warns(UserWarning) as record:
+        loaded = SPoSE.load(moved)
+
+    assert [str(warning.message) for warning in record] == [
+        f"{moved / 'config.toml'} sets checkpoint_dir to {tmp_path / 'run'}, not to this folder, so "
+        f"fit with resume=True would not find its checkpoint.pt: call "
+        f"set_params(checkpoint_dir={str(moved)!r}) before fit to train on from it"
+    ]
+    assert loaded.checkpoint_dir == str(tmp_path / "run")
+
+
+def test_load_relative_run_from_elsewhere(tmp_path, monkeypatch):
+    """dimalign fit -o runs/x records a relative checkpoint_dir, which only its working directory resolves."""
+    from dimalign.embedding import fit_run
+
+    monkeypatch.chdir(tmp_path)
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, "run", n_objects=N_OBJECTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SPoSE.load("run")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+
+    with pytest.warns(UserWarning, match=(
+        rf"^{tmp_path / 'run' / 'config.toml'} sets checkpoint_dir to run, not to this folder"
+    )):
+        SPoSE.load(tmp_path / "run")

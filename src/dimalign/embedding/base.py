@@ -40,6 +40,7 @@ from dimalign.embedding.run_files import (
     read_saved_fit,
     reject_recorded_folder,
     toml_setting,
+    warn_moved_checkpoint,
 )
 from dimalign.io.files import write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
@@ -921,6 +922,7 @@ class TripletEmbedding(BaseEstimator):
                 f"cannot use ({error}): pass device='cpu' to load"
             ) from error
         check_arrays(saved, model.n_dims)
+        warn_moved_checkpoint(saved)
 
         parameters = model._saved_parameters(saved)
         model._params = None if parameters is None else {

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
+from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 from dimalign.io.files import MANIFEST_NAME, recorded_step
 from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
 
@@ -382,6 +383,29 @@ def _check_kept_dims(saved: SavedFit, n_dims: int) -> None:
             f"{path} stores 'kept_dims' {kept_dims.tolist()}, which repeat a column, so the file is "
             "damaged: save the estimator again"
         )
+
+
+def warn_moved_checkpoint(saved: SavedFit) -> None:
+    """Warn if the folder has a ``checkpoint.pt`` that its ``checkpoint_dir`` setting does not name.
+
+    ``dimalign fit`` records its output folder as ``checkpoint_dir``, as
+    given on the command line. After the folder is moved, or when a
+    relative path is loaded from another working directory, ``fit`` with
+    ``resume=True`` would find no checkpoint there and start a new fit.
+
+    Args:
+        saved (SavedFit): The folder's contents.
+    """
+    checkpoint_dir = saved.settings.get("checkpoint_dir")
+    if not checkpoint_dir or not (saved.folder / CHECKPOINT_NAME).is_file():
+        return
+    if Path(checkpoint_dir).resolve() == saved.folder.resolve():
+        return
+    warn(
+        f"{saved.config_path} sets checkpoint_dir to {checkpoint_dir}, not to this folder, so fit with "
+        f"resume=True would not find its {CHECKPOINT_NAME}: call "
+        f"set_params(checkpoint_dir={str(saved.folder)!r}) before fit to train on from it"
+    )
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
