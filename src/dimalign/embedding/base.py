@@ -249,6 +249,10 @@ class TripletEmbedding(BaseEstimator):
 
         None means that the folder lacks them. The loaded estimator then
         raises :meth:`_missing_parameters_message` from its prediction methods.
+
+        Raises:
+            ValueError: If the parameters contradict the other arrays or the
+                settings, naming ``embedding.npz``.
         """
         raise NotImplementedError
 
@@ -886,11 +890,17 @@ class TripletEmbedding(BaseEstimator):
             Self: A fitted estimator of the class that ``load`` is called on.
 
         Raises:
-            FileNotFoundError: If ``run_dir`` or one of its three files is missing.
+            FileNotFoundError: If ``run_dir`` or one of its three files is
+                missing or a broken symbolic link.
             ValueError: If ``run_dir`` is a file, the output of another
                 dimalign step or a fit of the other estimator, if a file is
                 damaged or a setting invalid, or if the files do not belong
                 together.
+
+        Warns:
+            UserWarning: If ``config.toml`` lacks a setting, which then takes
+                its default, or if the folder contains a ``checkpoint.pt``
+                that the ``checkpoint_dir`` setting does not name.
 
         Example:
             >>> import tempfile

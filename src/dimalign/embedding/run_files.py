@@ -166,7 +166,8 @@ def read_saved_fit(folder: str | Path, estimator: type) -> SavedFit:
         SavedFit: The settings, fitted numbers, arrays and history.
 
     Raises:
-        FileNotFoundError: If the folder, or one of its three files, is missing.
+        FileNotFoundError: If the folder, or one of its three files, is missing
+            or a broken symbolic link.
         ValueError: If ``folder`` is a file or the output of another step,
             if a file is damaged, or if the fit belongs to the other
             estimator. :func:`check_arrays` compares the arrays with
