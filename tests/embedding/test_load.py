@@ -581,3 +581,16 @@ def test_load_relative_run_from_elsewhere(tmp_path, monkeypatch):
         rf"^{tmp_path / 'run' / 'config.toml'} sets checkpoint_dir to run, not to this folder"
     )):
         SPoSE.load(tmp_path / "run")
+
+
+def test_load_spose_float64_as_float32(tmp_path):
+    """Weights of a float64 fit are no float32 numbers, so a float32 dtype setting contradicts them."""
+    fitted(SPoSE, lr=0.05, dtype="float64").save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace('dtype = "float64"', 'dtype = "float32"'))
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'loc' weights that float32 cannot hold, but the dtype "
+        rf"setting in {config} is 'float32', so the files do not belong together: set "
+        r"dtype = \"float64\" in \[settings\], or save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)

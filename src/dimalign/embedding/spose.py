@@ -186,4 +186,11 @@ class SPoSE(TripletEmbedding):
                 f"{weights[row, column]:.6g} at row {row}, column {column}, but SPoSE weights are "
                 "non-negative, so the file is damaged: save the estimator again"
             )
+        if self.dtype == "float32" and not np.array_equal(weights.astype(np.float32), weights):
+            # A float32 fit stores its weights as float64 copies of float32 numbers.
+            raise ValueError(
+                f"{saved.embedding_path} stores 'loc' weights that float32 cannot hold, but the dtype "
+                f"setting in {saved.config_path} is 'float32', so the files do not belong together: set "
+                'dtype = "float64" in [settings], or save the estimator again'
+            )
         return {"weights": weights}
