@@ -594,3 +594,21 @@ def test_load_spose_float64_as_float32(tmp_path):
         r"dtype = \"float64\" in \[settings\], or save the estimator again$"
     )):
         SPoSE.load(tmp_path)
+
+
+def test_load_edited_run_warns(tmp_path):
+    """A dimalign fit run records checksums of its files, so a hand-edited config.toml is named."""
+    from dimalign.embedding import fit_run
+
+    run = tmp_path / "run"
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, run, n_objects=N_OBJECTS)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("batch_size = 256", "batch_size = 128"))
+
+    with pytest.warns(UserWarning, match=(
+        rf"^{config} does not match the sha256 that {run / 'manifest.json'} records \(recorded \w+, "
+        r"now \w+\), so it was replaced or damaged after the fit: load uses the file as it is now$"
+    )):
+        loaded = SPoSE.load(run)
+
+    assert loaded.batch_size == 128

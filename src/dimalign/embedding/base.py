@@ -40,6 +40,7 @@ from dimalign.embedding.run_files import (
     read_saved_fit,
     reject_recorded_folder,
     toml_setting,
+    warn_edited_run,
     warn_moved_checkpoint,
 )
 from dimalign.io.files import write_text_atomic
@@ -899,8 +900,10 @@ class TripletEmbedding(BaseEstimator):
 
         Warns:
             UserWarning: If ``config.toml`` lacks a setting, which then takes
-                its default, or if the folder contains a ``checkpoint.pt``
-                that the ``checkpoint_dir`` setting does not name.
+                its default, if a file of a ``dimalign fit`` run differs from
+                the checksum of its ``manifest.json``, or if the folder
+                contains a ``checkpoint.pt`` that the ``checkpoint_dir``
+                setting does not name.
 
         Example:
             >>> import tempfile
@@ -932,6 +935,7 @@ class TripletEmbedding(BaseEstimator):
                 f"cannot use ({error}): pass device='cpu' to load"
             ) from error
         check_arrays(saved, model.n_dims)
+        warn_edited_run(saved)
         warn_moved_checkpoint(saved)
 
         parameters = model._saved_parameters(saved)

@@ -25,7 +25,7 @@ import numpy as np
 
 from dimalign._warnings import warn
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import MANIFEST_NAME, recorded_step
+from dimalign.io.files import MANIFEST_NAME, read_manifest, recorded_step, sha256_file
 from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
 
 CONFIG_NAME = "config.toml"
@@ -407,6 +407,48 @@ def warn_moved_checkpoint(saved: SavedFit) -> None:
         f"resume=True would not find its {CHECKPOINT_NAME}: call "
         f"set_params(checkpoint_dir={str(saved.folder)!r}) before fit to train on from it"
     )
+
+
+def warn_edited_run(saved: SavedFit) -> None:
+    """Warn if a file of a ``dimalign fit`` run differs from the checksum that its manifest records.
+
+    Args:
+        saved (SavedFit): The folder's contents.
+    """
+    if recorded_step(saved.folder) != "fit":
+        return
+    changed = changed_run_file(saved.folder)
+    if changed:
+        warn(f"{changed}: load uses the file as it is now")
+
+
+def changed_run_file(run_dir: Path) -> str | None:
+    """Describe the first result file of a finished run that differs from its manifest's checksum.
+
+    ``fit_run`` records the SHA-256 of ``embedding.npz``, ``config.toml`` and
+    ``objects.tsv`` in ``outputs.file_sha256`` of the run's ``manifest.json``.
+
+    Returns:
+        str | None: A sentence naming the file, or None when every recorded
+        file matches. NOTE: runs whose manifest records no checksums (fitted
+        before they were recorded, or written by hand) are not checked.
+    """
+    manifest_path = run_dir / MANIFEST_NAME
+    recorded = read_manifest(run_dir).get("outputs", {}).get("file_sha256")
+    if not isinstance(recorded, dict):
+        return None
+    for name, expected in recorded.items():
+        # Only the file name is used, so a damaged manifest cannot point outside the run.
+        path = run_dir / Path(str(name)).name
+        if not path.is_file():
+            return f"{path} is missing, but {manifest_path} records its sha256 {expected}"
+        actual = sha256_file(path)
+        if actual != expected:
+            return (
+                f"{path} does not match the sha256 that {manifest_path} records (recorded "
+                f"{expected}, now {actual}), so it was replaced or damaged after the fit"
+            )
+    return None
 
 
 def _read_history(path: Path) -> list[dict[str, float]]:
