@@ -612,3 +612,14 @@ def test_load_edited_run_warns(tmp_path):
         loaded = SPoSE.load(run)
 
     assert loaded.batch_size == 128
+
+
+def test_load_device_object_saves(tmp_path):
+    """device= may be a torch.device, which config.toml stores as its name."""
+    model = fitted(SPoSE, lr=0.05)
+    model.save(tmp_path / "first")
+    loaded = SPoSE.load(tmp_path / "first", device=torch.device("cpu"))
+
+    loaded.save(tmp_path / "second")
+
+    assert SPoSE.load(tmp_path / "second").device == "cpu"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dimalign._warnings import warn
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
@@ -68,10 +69,10 @@ def reject_recorded_folder(run_dir: Path) -> None:
 
 
 def toml_setting(value: Any) -> Any:
-    """Return a setting as TOML stores it: None as "", a path as a string, a numpy scalar as a number.
+    """Return a setting as TOML stores it: None as "", a path or device as a string, a numpy scalar as a number.
 
-    TOML has no null, and tomli_w rejects paths and numpy scalars, which
-    notebooks pass as settings.
+    TOML has no null, and tomli_w rejects paths, torch devices and numpy
+    scalars, which notebooks pass as settings.
 
     Args:
         value (Any): A value of ``get_params()``.
@@ -83,6 +84,8 @@ def toml_setting(value: Any) -> Any:
         return ""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, torch.device):
+        return str(value)
     if isinstance(value, np.generic):
         return value.item()
     return value
