@@ -404,6 +404,12 @@ def check_things_entry(namespace: dict[str, Any], values: dict[str, Any]) -> Non
     assert values["entry.size"] == 2273072
 
 
+def check_loaded_run(namespace: dict[str, Any], values: dict[str, Any]) -> None:
+    assert values['model.score(val) == model.history_[-1]["val_accuracy"]'] is True
+    assert values["model.n_epochs_"] == 5
+    assert values['VICE.load("runs/human").n_epochs_'] == 5
+
+
 def check_triplet_metrics(namespace: dict[str, Any], values: dict[str, Any]) -> None:
     assert round(values["odd_one_out_accuracy(embedding, triplets)"], 4) == 0.6587
     result = values["odd_one_out_accuracy(embedding, triplets, return_ties=True)"]
@@ -502,6 +508,7 @@ SETUPS: dict[str, Setup] = {
     "sweep": Setup(prepare_sweep),
     "ridge": Setup(prepare_ridge),
     "things_run": Setup(prepare_things_run),
+    "loaded_run": Setup(prepare_things_run, check_loaded_run),
     "triplet_metrics": Setup(prepare_things_files, check_triplet_metrics),
     "evaluation": Setup(prepare_evaluation),
     "similarity": Setup(prepare_evaluation, check_similarity),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 import sys
 
 import numpy as np
@@ -361,3 +362,264 @@ def test_loaded_fit_run_resumes_checkpoint(tmp_path):
     assert loaded.n_epochs_ == 5
     np.testing.assert_array_equal(loaded.loc_, uninterrupted.loc_)
     assert loaded.score(val) == uninterrupted.score(val)
+
+
+def rewrite_arrays(folder, **changes):
+    """Replace arrays of a saved embedding.npz with the results of ``changes[name](array)``."""
+    path = folder / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    for name, change in changes.items():
+        arrays[name] = change(arrays[name])
+    np.savez(path, **arrays)
+    return path
+
+
+def with_nan(array):
+    array = array.copy()
+    array[1, 2] = np.nan
+    return array
+
+
+@pytest.mark.parametrize(("estimator", "name"), [
+    (VICE, "loc"), (VICE, "log_scale"), (VICE, "scale"), (SPoSE, "loc"),
+])
+def test_load_nan_array_named(estimator, name, tmp_path):
+    fitted(estimator, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, **{name: with_nan})
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores '{name}' with 1 NaN or infinite values, the first at row 1, column 2, "
+        r"so the file is damaged: save the estimator again$"
+    )):
+        estimator.load(tmp_path)
+
+
+def test_load_text_array_named(tmp_path):
+    fitted(VICE, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, log_scale=lambda array: array.astype(str))
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'log_scale' of dtype <U\d+, not floating point numbers, so the file is "
+        r"damaged: save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_repeated_kept_dims_named(tmp_path):
+    fitted(SPoSE, lr=0.05).save(tmp_path)
+    path = rewrite_arrays(tmp_path, kept_dims=np.zeros_like)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'kept_dims' \[0(, 0)*\], which repeat a column, so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_load_negative_spose_weights_named(tmp_path):
+    """SPoSE clamps its weights at 0 after every step, so a negative weight is damage."""
+    fitted(SPoSE, lr=0.05).save(tmp_path)
+
+    def make_negative(weights):
+        # 10 weights of -0.25 (flat positions 3, 10, ..., 66) and a lowest one at row 2, column 3.
+        position = np.arange(weights.size).reshape(weights.shape)
+        weights = np.where(position % 7 == 3, -0.25, weights)
+        return np.where(position == 15, -0.5, weights)
+
+    path = rewrite_arrays(tmp_path, loc=make_negative)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores 'loc' with 11 negative weights, the lowest -0\.5 at row 2, column 3, but "
+        r"SPoSE weights are non-negative, so the file is damaged: save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+@pytest.mark.parametrize("change", ["negate", "shift"])
+def test_load_scale_unlike_log_scale(change, tmp_path):
+    """scale is exp(log_scale), so a scale that differs from it shows damage."""
+    fitted(VICE, lr=0.05).save(tmp_path)
+    edit = {"negate": lambda scale: -scale, "shift": lambda scale: scale * 1.5}[change]
+    path = rewrite_arrays(tmp_path, scale=edit)
+    with pytest.raises(ValueError, match=(
+        rf"^{path} stores a 'scale' that is not exp\('log_scale'\), so the file is damaged: "
+        r"save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_log_scale_of_other_dtype(tmp_path):
+    """A float64 log_scale with the dtype setting removed would predict in float32."""
+    fitted(VICE, lr=0.05, dtype="float64").save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace('dtype = "float64"\n', ""))
+    with pytest.warns(UserWarning, match="lacks the settings"), pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'log_scale' in float64, but the dtype setting in "
+        rf"{config} is 'float32', so the files do not belong together: set dtype = \"float64\" in "
+        r"\[settings\], or save the estimator again$"
+    )):
+        VICE.load(tmp_path)
+
+
+def test_load_missing_setting_warns(tmp_path):
+    """A setting that config.toml lacks takes its default, with a warning that names it."""
+    model = fitted(VICE, lr=0.05, mc_samples=7)
+    model.save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("mc_samples = 7\n", "").replace("lr = 0.05\n", ""))
+    with pytest.warns(UserWarning, match=(
+        rf"^{config} lacks the settings \['lr', 'mc_samples'\], so they take their defaults "
+        r"\(lr=0\.001, mc_samples=20\): add them to \[settings\] if the fit used other values$"
+    )):
+        loaded = VICE.load(tmp_path)
+
+    assert loaded.mc_samples == 20
+    assert loaded.lr == 0.001
+
+
+def test_load_missing_n_dims_named(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace("n_dims = 6\nn_objects", "n_objects", 1))
+    with pytest.warns(UserWarning, match="lacks the settings"), pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'loc' of shape \(12, 6\), but {config} lacks the "
+        r"n_dims setting, whose default is 100: add n_dims = 6 to \[settings\]$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ('estimator = "vice"\n', 'estimator = "vice"\nversion = 2\n', r"unknown key 'version'"),
+    ("converged = ", "n_kept = 3\nconverged = ", r"unknown key 'fitted\.n_kept'"),
+    ("n_epochs = 5", "n_epochs = -5", r"fitted\.n_epochs is -5, below 0"),
+    ("n_objects = 12\nn_dims", "n_objects = 0\nn_dims", r"fitted\.n_objects is 0, below 1"),
+], ids=["top-level key", "fitted key", "negative epochs", "no objects"])
+def test_load_edited_config_named(old, new, problem, tmp_path):
+    fitted(VICE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new, 1))
+    with pytest.raises(ValueError, match=(
+        rf"^{config} cannot be read as the config\.toml of a saved fit \({problem}\), so the file is "
+        r"damaged: save the estimator again, or read the embedding alone with "
+        r"dimalign\.io\.runs\.load_embedding$"
+    )):
+        VICE.load(tmp_path)
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), [
+    ("verbose = false", 'verbose = "yes"', r"verbose must be True or False, got 'yes'"),
+    ("resume = false", "resume = 1", r"resume must be True or False, got 1"),
+    ("tensorboard = false", "tensorboard = 0", r"tensorboard must be True or False, got 0"),
+    ('checkpoint_dir = ""', "checkpoint_dir = 5", r"checkpoint_dir must be a folder path or None, got 5"),
+], ids=["verbose", "resume", "tensorboard", "checkpoint_dir"])
+def test_load_wrong_setting_type_named(old, new, problem, tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    config = tmp_path / "config.toml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=rf"^{config}: {problem}$"):
+        SPoSE.load(tmp_path)
+
+
+def test_fit_rejects_flag_of_other_type():
+    with pytest.raises(ValueError, match=r"^verbose must be True or False, got 'yes'$"):
+        SPoSE(verbose="yes").fit(random_triplets(), n_objects=N_OBJECTS)
+
+
+@pytest.mark.parametrize("name", [None, "embedding.npz", "config.toml", "history.csv"])
+def test_load_broken_link_named(name, tmp_path):
+    run = tmp_path / "run"
+    fitted(SPoSE).save(run)
+    link = tmp_path / "linked" if name is None else run / name
+    target = tmp_path / "moved"
+    if name is not None:
+        link.unlink()
+    link.symlink_to(target)
+
+    with pytest.raises(FileNotFoundError) as error:
+        SPoSE.load(link if name is None else run)
+
+    assert str(error.value) == (
+        f"{link} is a symbolic link to the missing {target}: restore the target, or point the link "
+        "to where it moved"
+    )
+
+
+def test_load_moved_run_warns(tmp_path):
+    """A moved run keeps the old checkpoint_dir, where fit with resume=True finds no checkpoint."""
+    from dimalign.embedding import fit_run
+
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, tmp_path / "run",
+            n_objects=N_OBJECTS)
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+
+    with pytest.warns(UserWarning) as record:
+        loaded = SPoSE.load(moved)
+
+    assert [str(warning.message) for warning in record] == [
+        f"{moved / 'config.toml'} sets checkpoint_dir to {tmp_path / 'run'}, not to this folder, so "
+        f"fit with resume=True would not find its checkpoint.pt: call "
+        f"set_params(checkpoint_dir={str(moved)!r}) before fit to train on from it"
+    ]
+    assert loaded.checkpoint_dir == str(tmp_path / "run")
+
+
+def test_load_relative_run_from_elsewhere(tmp_path, monkeypatch):
+    """dimalign fit -o runs/x records a relative checkpoint_dir, which only its working directory resolves."""
+    from dimalign.embedding import fit_run
+
+    monkeypatch.chdir(tmp_path)
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, "run", n_objects=N_OBJECTS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SPoSE.load("run")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+
+    with pytest.warns(UserWarning, match=(
+        rf"^{tmp_path / 'run' / 'config.toml'} sets checkpoint_dir to run, not to this folder"
+    )):
+        SPoSE.load(tmp_path / "run")
+
+
+def test_load_spose_float64_as_float32(tmp_path):
+    """Weights of a float64 fit are no float32 numbers, so a float32 dtype setting contradicts them."""
+    fitted(SPoSE, lr=0.05, dtype="float64").save(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(config.read_text().replace('dtype = "float64"', 'dtype = "float32"'))
+    with pytest.raises(ValueError, match=(
+        rf"^{tmp_path / 'embedding.npz'} stores 'loc' weights that float32 cannot hold, but the dtype "
+        rf"setting in {config} is 'float32', so the files do not belong together: set "
+        r"dtype = \"float64\" in \[settings\], or save the estimator again$"
+    )):
+        SPoSE.load(tmp_path)
+
+
+def test_load_edited_run_warns(tmp_path):
+    """A dimalign fit run records checksums of its files, so a hand-edited config.toml is named."""
+    from dimalign.embedding import fit_run
+
+    run = tmp_path / "run"
+    fit_run(SPoSE(n_dims=6, max_epochs=2, min_objects=0), random_triplets(), None, run, n_objects=N_OBJECTS)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("batch_size = 256", "batch_size = 128"))
+
+    with pytest.warns(UserWarning, match=(
+        rf"^{config} does not match the sha256 that {run / 'manifest.json'} records \(recorded \w+, "
+        r"now \w+\), so it was replaced or damaged after the fit: load uses the file as it is now$"
+    )):
+        loaded = SPoSE.load(run)
+
+    assert loaded.batch_size == 128
+
+
+def test_load_device_object_saves(tmp_path):
+    """device= may be a torch.device, which config.toml stores as its name."""
+    model = fitted(SPoSE, lr=0.05)
+    model.save(tmp_path / "first")
+    loaded = SPoSE.load(tmp_path / "first", device=torch.device("cpu"))
+
+    loaded.save(tmp_path / "second")
+
+    assert SPoSE.load(tmp_path / "second").device == "cpu"

@@ -39,12 +39,12 @@ from dimalign.analysis.sweep import (
     ESTIMATORS,
     RUNS_FOLDER,
     _being_fitted,
-    _changed_file,
     _digest_text,
     _finished_run_difference,
     _is_finished,
     _TripletChecksums,
 )
+from dimalign.embedding.run_files import changed_run_file
 from dimalign.io.files import (
     MANIFEST_NAME,
     check_output_dir,
@@ -172,7 +172,7 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
     """Return the unchanged runs whose settings and triplets match the sweep's, warning about the others.
 
     A run is excluded when a result file no longer matches the checksum of
-    its own ``manifest.json`` (see :func:`_changed_file`), or when it differs
+    its own ``manifest.json`` (see :func:`changed_run_file`), or when it differs
     from the sweep's ``manifest.json``. Without the sweep's manifest (a sweep
     stopped before its end writes none), only the file checksums are checked,
     with a warning.
@@ -198,7 +198,7 @@ def _runs_of_this_sweep(sweep_dir: Path, runs: list[Path]) -> list[Path]:
 
     included, excluded = [], []
     for run_dir in runs:
-        difference = _changed_file(run_dir)
+        difference = changed_run_file(run_dir)
         if difference is None and comparable:
             difference = _finished_run_difference(
                 run_dir, recorded["method"], recorded.get("estimator_settings", {}),
@@ -492,7 +492,7 @@ def _run_directory(path: Path) -> Path | None:
 def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
     """Raise ``ValueError`` if a fit is writing a run, or a result file changed after its fit.
 
-    The files are compared with the checksums of the run's manifest (see :func:`_changed_file`).
+    The files are compared with the checksums of the run's manifest (see :func:`changed_run_file`).
     """
     for path in run_dirs:
         folder = path if path.is_dir() else path.parent
@@ -502,7 +502,7 @@ def _check_unchanged_runs(run_dirs: Sequence[Path]) -> None:
                 "replaces its files when it ends: wait for the fit to finish, or leave the run out"
             )
         folder = _run_folder(path)
-        changed = _changed_file(folder) if folder is not None else None
+        changed = changed_run_file(folder) if folder is not None else None
         if changed:
             raise ValueError(
                 f"run {path}: {changed}. Its scores would not describe the fitted run: restore the "

@@ -53,6 +53,7 @@ from dimalign.io.files import (
     staged_outputs,
     write_manifest,
 )
+from dimalign.embedding.run_files import changed_run_file
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
 from dimalign.io.runs import EMBEDDING_NAME
 from dimalign.parallel import ENGINES, limit_torch_threads, run_tasks
@@ -594,38 +595,9 @@ def _finished_run_difference(
     return None
 
 
-def _changed_file(run_dir: Path) -> str | None:
-    """Describe the first result file of a finished run that differs from its manifest's checksum.
-
-    ``fit_run`` records the SHA-256 of ``embedding.npz``, ``config.toml`` and
-    ``objects.tsv`` in ``outputs.file_sha256`` of the run's ``manifest.json``.
-
-    Returns:
-        str | None: A sentence naming the file, or None when every recorded
-        file matches. NOTE: runs whose manifest records no checksums (fitted
-        before they were recorded, or written by hand) are not checked.
-    """
-    manifest_path = run_dir / MANIFEST_NAME
-    recorded = read_manifest(run_dir).get("outputs", {}).get("file_sha256")
-    if not isinstance(recorded, dict):
-        return None
-    for name, expected in recorded.items():
-        # Only the file name is used, so a damaged manifest cannot point outside the run.
-        path = run_dir / Path(str(name)).name
-        if not path.is_file():
-            return f"{path} is missing, but {manifest_path} records its sha256 {expected}"
-        actual = sha256_file(path)
-        if actual != expected:
-            return (
-                f"{path} does not match the sha256 that {manifest_path} records (recorded "
-                f"{expected}, now {actual}), so it was replaced or damaged after the fit"
-            )
-    return None
-
-
 def _raise_if_changed(run_dir: Path) -> None:
     """Raise ``ValueError`` if a result file of a finished run in a sweep changed after its fit."""
-    changed = _changed_file(run_dir)
+    changed = changed_run_file(run_dir)
     if changed:
         raise ValueError(
             f"{changed}. Restore the file, or remove {run_dir} to fit that seed again"

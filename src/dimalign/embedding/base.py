@@ -35,11 +35,13 @@ from dimalign.embedding.run_files import (
     CONFIG_NAME,
     HISTORY_NAME,
     SavedFit,
-    check_array_shapes,
+    check_arrays,
     history_to_csv,
     read_saved_fit,
     reject_recorded_folder,
     toml_setting,
+    warn_edited_run,
+    warn_moved_checkpoint,
 )
 from dimalign.io.files import write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
@@ -248,6 +250,10 @@ class TripletEmbedding(BaseEstimator):
 
         None means that the folder lacks them. The loaded estimator then
         raises :meth:`_missing_parameters_message` from its prediction methods.
+
+        Raises:
+            ValueError: If the parameters contradict the other arrays or the
+                settings, naming ``embedding.npz``.
         """
         raise NotImplementedError
 
@@ -277,6 +283,12 @@ class TripletEmbedding(BaseEstimator):
         # torch.Generator.manual_seed takes seeds that fit in 64 bits.
         check_integer("random_state", self.random_state, 0, 2**63 - 1)
         check_real("lr", self.lr, 0, low_open=True)
+        for name in ("verbose", "resume", "tensorboard"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ValueError(f"checkpoint_dir must be a folder path or None, got {self.checkpoint_dir!r}")
 
     def _check_memory(self, n_objects: int, device: torch.device, dtype: torch.dtype) -> None:
         """Raise ``ValueError`` before allocating parameters that cannot fit into memory.
@@ -854,7 +866,8 @@ class TripletEmbedding(BaseEstimator):
         The estimator has the saved settings and fitted attributes, and its
         :meth:`predict`, :meth:`predict_proba` and :meth:`score` return
         exactly what the saved estimator returned on the same device. A
-        setting that an older ``config.toml`` lacks takes its default.
+        setting that an older ``config.toml`` lacks takes its default, with
+        a ``UserWarning`` that names it.
 
         The loaded estimator is for prediction: :meth:`fit` on it starts a
         new fit from the seed, as on any estimator. A ``dimalign fit`` run
@@ -878,11 +891,19 @@ class TripletEmbedding(BaseEstimator):
             Self: A fitted estimator of the class that ``load`` is called on.
 
         Raises:
-            FileNotFoundError: If ``run_dir`` or one of its three files is missing.
+            FileNotFoundError: If ``run_dir`` or one of its three files is
+                missing or a broken symbolic link.
             ValueError: If ``run_dir`` is a file, the output of another
                 dimalign step or a fit of the other estimator, if a file is
                 damaged or a setting invalid, or if the files do not belong
                 together.
+
+        Warns:
+            UserWarning: If ``config.toml`` lacks a setting, which then takes
+                its default, if a file of a ``dimalign fit`` run differs from
+                the checksum of its ``manifest.json``, or if the folder
+                contains a ``checkpoint.pt`` that the ``checkpoint_dir``
+                setting does not name.
 
         Example:
             >>> import tempfile
@@ -913,7 +934,9 @@ class TripletEmbedding(BaseEstimator):
                 f"{saved.config_path}: the fit was saved with device {model.device!r}, which this machine "
                 f"cannot use ({error}): pass device='cpu' to load"
             ) from error
-        check_array_shapes(saved, model.n_dims)
+        check_arrays(saved, model.n_dims)
+        warn_edited_run(saved)
+        warn_moved_checkpoint(saved)
 
         parameters = model._saved_parameters(saved)
         model._params = None if parameters is None else {

@@ -176,4 +176,21 @@ class SPoSE(TripletEmbedding):
     def _saved_parameters(self, saved) -> dict[str, np.ndarray]:
         # weights_ is the float64 copy of the fit's weights, so casting it
         # back to the fit's float type gives them exactly.
-        return {"weights": saved.arrays["loc"]}
+        weights = saved.arrays["loc"]
+        negative = np.argwhere(weights < 0)
+        if negative.size:
+            # _after_step clamps the weights at 0 after every step of a fit.
+            row, column = np.unravel_index(np.argmin(weights), weights.shape)
+            raise ValueError(
+                f"{saved.embedding_path} stores 'loc' with {len(negative)} negative weights, the lowest "
+                f"{weights[row, column]:.6g} at row {row}, column {column}, but SPoSE weights are "
+                "non-negative, so the file is damaged: save the estimator again"
+            )
+        if self.dtype == "float32" and not np.array_equal(weights.astype(np.float32), weights):
+            # A float32 fit stores its weights as float64 copies of float32 numbers.
+            raise ValueError(
+                f"{saved.embedding_path} stores 'loc' weights that float32 cannot hold, but the dtype "
+                f"setting in {saved.config_path} is 'float32', so the files do not belong together: set "
+                'dtype = "float64" in [settings], or save the estimator again'
+            )
+        return {"weights": weights}

@@ -315,7 +315,24 @@ class VICE(TripletEmbedding):
         # Folders saved before log_scale was stored load without parameters.
         if "log_scale" not in saved.arrays:
             return None
-        return {"loc": saved.arrays["loc"], "log_scale": saved.arrays["log_scale"]}
+        log_scale = saved.arrays["log_scale"]
+        if log_scale.dtype != np.dtype(self.dtype):
+            # Predicting in another float type would give other probabilities without an error.
+            raise ValueError(
+                f"{saved.embedding_path} stores 'log_scale' in {log_scale.dtype}, but the dtype setting in "
+                f"{saved.config_path} is {self.dtype!r}, so the files do not belong together: set "
+                f'dtype = "{log_scale.dtype}" in [settings], or save the estimator again'
+            )
+        # fit derives scale_ as exp(log_scale) on its device. The tolerance,
+        # about 8 units in the last place of float32, allows a GPU to round
+        # exp differently from the CPU. NOTE: not yet checked with a GPU fit.
+        scale = torch.as_tensor(log_scale).exp().numpy().astype(np.float64)
+        if not np.allclose(saved.arrays["scale"], scale, rtol=1e-6, atol=0.0):
+            raise ValueError(
+                f"{saved.embedding_path} stores a 'scale' that is not exp('log_scale'), so the file is "
+                "damaged: save the estimator again"
+            )
+        return {"loc": saved.arrays["loc"], "log_scale": log_scale}
 
     def _missing_parameters_message(self, method: str) -> str:
         return (

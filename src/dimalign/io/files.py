@@ -664,6 +664,25 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def recorded_step(folder: str | os.PathLike) -> str | None:
+    """Return the step that a folder's ``manifest.json`` records, or None without a readable one.
+
+    Args:
+        folder (str | os.PathLike): A folder that may contain a manifest.
+
+    Returns:
+        str | None: The ``step`` entry, such as ``"fit"``. None if the
+        folder has no manifest, or the manifest is damaged or names no step.
+    """
+    if not (Path(folder) / MANIFEST_NAME).is_file():
+        return None
+    try:
+        step = read_manifest(folder).get("step")
+    except (OSError, ValueError):
+        return None
+    return step if isinstance(step, str) else None
+
+
 # Maximum number of characters of an unreadable value that an error quotes.
 _SHOWN_VALUE_LENGTH = 40
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, load_npy, missing_file_error
+from dimalign.io.files import atomic_path, load_npy, missing_file_error, recorded_step
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -210,19 +210,6 @@ def _warn_if_one_based(path: Path, triplets: np.ndarray, n_objects: int) -> None
         )
 
 
-def _step_of_folder(folder: Path) -> str | None:
-    """Return the step that a folder's ``manifest.json`` records, or None without a readable one."""
-    from dimalign.io.files import MANIFEST_NAME, read_manifest
-
-    if not (folder / MANIFEST_NAME).is_file():
-        return None
-    try:
-        step = read_manifest(folder).get("step")
-    except (OSError, ValueError):
-        return None
-    return step if isinstance(step, str) else None
-
-
 def is_triplet_candidate(path: Path) -> bool:
     """Check whether a path is a file that :func:`find_triplet_file` would load from its folder."""
     return (
@@ -247,7 +234,7 @@ def find_triplet_file(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     candidates = sorted(entry for entry in folder.iterdir() if is_triplet_candidate(entry))
     if not candidates:
-        step = _step_of_folder(folder)
+        step = recorded_step(folder)
         if step in ("extract", "features"):
             raise FileNotFoundError(
                 f"no triplet file in {folder}: it was written by 'dimalign {step}' and contains DNN features, "
