@@ -349,6 +349,10 @@ def test_truncated_fit_output_is_named(study, tmp_path, name):
     shutil.copytree(study_dir, copy)
     path = copy / "human_fit" / name
     path.write_bytes(path.read_bytes()[:200])
+    # A record with file digests would rerun human_fit, so this one is from an older dimalign.
+    manifest = json.loads((copy / "human_fit" / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["pipeline"]["file_digests"]
+    (copy / "human_fit" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     before = read_stage_record(copy / "evaluate")
 
     with pytest.raises(ValueError, match=f"{path} cannot be read as a triplet array"):
@@ -1352,3 +1356,56 @@ def test_folder_fingerprint_names_broken_link(tmp_path):
         f"{folder / 'cat.png'}, a file inside the input folder {folder}, is a symbolic link to the missing "
         f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
     )
+
+
+def test_edited_skipped_stage_reruns(study_copy, caplog):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "dnn_triplets" / "train.npy")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy)
+
+    assert plan.stage("dnn_triplets").reasons == ["output edited: train.npy"]
+    assert plan.to_run == ["dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
+    assert plan.stage("dnn_fit").reasons == ["upstream reran: dnn_triplets"]
+    kept = copy / "dnn_triplets.edited-1"
+    assert (kept / "train.npy").read_bytes() == edited
+    assert (copy / "dnn_triplets" / "train.npy").read_bytes() != edited
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"the folder is kept as {kept}" in warnings[0]
+    assert run_study(config, copy).to_run == []
+
+
+def test_deleted_stage_file_reruns(study_copy):
+    config, copy = study_copy
+    (copy / "compare" / "rsa.json").unlink()
+
+    plan = run_study(config, copy)
+
+    assert plan.stage("compare").reasons == ["output missing: rsa.json"]
+    assert plan.to_run == ["compare"]
+    assert (copy / "compare" / "rsa.json").is_file()
+    assert [entry.name for entry in copy.iterdir() if ".edited-" in entry.name] == []
+
+
+def test_touched_stage_file_skips(study_copy):
+    config, copy = study_copy
+    os.utime(copy / "compare" / "matching.csv", ns=(10**18, 10**18))
+
+    plan = run_study(config, copy)
+
+    assert plan.to_run == []
+    assert plan.stage("compare").reasons == ["unchanged"]
+
+
+def test_dry_run_names_edited_output(study_copy):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    plan = run_study(config, copy, dry_run=True)
+
+    assert plan.stage("compare").reasons == ["output edited: matching.csv"]
+    assert plan.to_run == ["compare"]
+    assert (copy / "compare" / "matching.csv").read_bytes() == edited
+    assert not (copy / "compare.edited-1").exists()

@@ -456,6 +456,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("new")
         else:
             reasons += _differences(stage, record)
+            reasons += _output_changes(study_dir / name)
         rerunning = [dependency for dependency in stage.upstream if planned[dependency].action == "run"]
         if rerunning and not reasons:
             reasons.append(f"upstream reran: {', '.join(rerunning)}")
@@ -500,6 +501,28 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     if removed:
         reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
+
+
+def _output_changes(folder: Path) -> list[str]:
+    """Name the files of a finished stage folder that differ from its stage record or are missing.
+
+    A stage whose output was edited by hand runs again, so that its readers
+    get what the stage writes. The rerun keeps the edited folder (see
+    :func:`_keep_edited`). A record without file digests yields no reason.
+    """
+    reasons = []
+    edited = _edited_files(folder)
+    if edited:
+        reasons.append(f"output edited: {_list_names(edited)}")
+    missing = _missing_files(folder)
+    if missing:
+        reasons.append(f"output missing: {_list_names(missing)}")
+    return reasons
+
+
+def _list_names(names: list[str]) -> str:
+    """Join up to five file names, counting the rest."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -983,6 +1006,13 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     return edited
 
 
+def _missing_files(folder: Path) -> list[str]:
+    """List the files with a digest in the stage record of ``folder`` that no longer exist there."""
+    record = read_stage_record(folder)
+    digests = record.get("file_digests") if record is not None else None
+    return sorted(name for name in digests or {} if not os.path.lexists(folder / name))
+
+
 def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
     """Rename a leftover or replaced stage folder with edited files to ``<stage>.edited-<n>`` and warn.
 
@@ -995,7 +1025,7 @@ def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bo
         number += 1
     kept = folder.parent / f"{stage_name}.edited-{number}"
     os.rename(folder, kept)
-    listed = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
+    listed = _list_names(edited)
     count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
     logger.warning(
         "%s contains output of stage %s in which %s changed after the stage wrote it (%s: its size or SHA-256 "
@@ -1036,7 +1066,7 @@ def _unwritten_files_error(
     ``finished_output`` is the partial folder with the stage's finished output, which
     the next run moves into place without running the stage again.
     """
-    listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    listed = _list_names(unknown)
     noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
     if old_record:
         written_by = (
@@ -1185,9 +1215,10 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
     if any(plan.stage(name).action == "run" for name in stage.upstream):
         return None
     # NOTE: the hash covers the content of the inputs but of upstream stages only their
-    # hashes. So kept output is reused after a hand edit of an upstream stage folder, just
-    # as a skipped stage is kept. A record of an older dimalign that fingerprinted an input
-    # folder by its listing also misses an edit that keeps the sizes and modification times.
+    # hashes. An upstream stage folder whose record has no file digests (an older dimalign)
+    # is therefore trusted after a hand edit, just as a skipped stage is kept. A record of an
+    # older dimalign that fingerprinted an input folder by its listing also misses an edit
+    # that keeps the sizes and modification times.
     work_dir = _work_dir(plan.study_dir, stage)
     if not _finished_work(work_dir, stage) or _edited_files(work_dir):
         return None
@@ -1494,7 +1525,7 @@ def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan)
         )
     unknown = sorted(set(files) - set(_listed_files(basis) or []))
     if unknown:
-        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        listed = _list_names(unknown)
         noun = "1 file" if len(unknown) == 1 else f"{len(unknown)} files"
         raise FileExistsError(
             f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
