@@ -1409,3 +1409,32 @@ def test_dry_run_names_edited_output(study_copy):
     assert plan.to_run == ["compare"]
     assert (copy / "compare" / "matching.csv").read_bytes() == edited
     assert not (copy / "compare.edited-1").exists()
+
+
+def fingerprint_in_child(folder: Path) -> subprocess.CompletedProcess:
+    """Fingerprint a folder in a child process that a blocking read cannot hang for more than 20 s."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom dimalign.report.pipeline import fingerprint\n"
+        "try:\n    print(fingerprint(Path(sys.argv[1])))\n"
+        "except (OSError, ValueError) as error:\n    print(error)\n    sys.exit(1)\n"
+    )
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          env=env, timeout=20)
+
+
+def test_fifo_in_input_folder_named(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(b"an image")
+    os.mkfifo(folder / "dog.png")
+
+    result = fingerprint_in_child(folder)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip() == (
+        f"{folder / 'dog.png'}, a file inside the input folder {folder}, is not a regular file (a named "
+        "pipe, socket or device), so the run cannot hash it: move it out of the folder, then run the "
+        "study again"
+    )

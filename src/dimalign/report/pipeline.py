@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -656,20 +657,43 @@ def fingerprint(path: Path) -> str:
         return sha256_file(path)
     digest = hashlib.sha256()
     for relative, full in _input_files(path):
-        if full.is_symlink() and not full.exists():
-            raise FileNotFoundError(
-                f"{full}, a file inside the input folder {path}, is a symbolic link to the missing "
-                f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
-            )
-        try:
-            content = sha256_file(full)
-        except OSError as error:
-            raise OSError(
-                f"cannot read {full}, a file inside the input folder {path} ({error.strerror}): make it "
-                f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
-            ) from error
-        digest.update(f"{relative}\0{full.stat().st_size}\0{content}\n".encode())
+        size, content = _hash_input_file(path, full)
+        digest.update(f"{relative}\0{size}\0{content}\n".encode())
     return "content:" + digest.hexdigest()
+
+
+def _hash_input_file(folder: Path, full: Path) -> tuple[int, str]:
+    """Return the size and SHA-256 of a file inside the input folder ``folder``, following a symbolic link.
+
+    Raises:
+        FileNotFoundError: If the file is a broken link or was removed during the walk.
+        ValueError: If it is a named pipe, socket or device, whose read could block forever.
+        OSError: If it cannot be read.
+    """
+    if full.is_symlink() and not full.exists():
+        raise FileNotFoundError(
+            f"{full}, a file inside the input folder {folder}, is a symbolic link to the missing "
+            f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
+        )
+    try:
+        info = full.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(
+                f"{full}, a file inside the input folder {folder}, is not a regular file (a named pipe, "
+                "socket or device), so the run cannot hash it: move it out of the folder, then run the "
+                "study again"
+            )
+        return info.st_size, sha256_file(full)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{full}, a file inside the input folder {folder}, was removed or renamed while the run hashed "
+            "the folder: run the study again once the folder no longer changes"
+        ) from error
+    except OSError as error:
+        raise OSError(
+            f"cannot read {full}, a file inside the input folder {folder} ({error.strerror}): make it "
+            f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
+        ) from error
 
 
 def folder_listing(path: Path) -> str:
@@ -680,8 +704,8 @@ def folder_listing(path: Path) -> str:
     """
     digest = hashlib.sha256()
     for relative, full in _input_files(path):
-        stat = full.stat()
-        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        info = full.stat()
+        digest.update(f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return "listing:" + digest.hexdigest()
 
 
