@@ -1438,3 +1438,37 @@ def test_fifo_in_input_folder_named(tmp_path):
         "pipe, socket or device), so the run cannot hash it: move it out of the folder, then run the "
         "study again"
     )
+
+
+def test_removed_input_file_named(tmp_path):
+    from dimalign.report.pipeline import _hash_input_file
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    with pytest.raises(FileNotFoundError) as error:
+        _hash_input_file(folder, folder / "cat.png")
+
+    assert str(error.value) == (
+        f"{folder / 'cat.png'}, a file inside the input folder {folder}, was removed or renamed while the "
+        "run hashed the folder: run the study again once the folder no longer changes"
+    )
+
+
+def test_stage_files_hashed_once(study_copy, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, copy = study_copy
+    flip_byte_keep_time(copy / "compare" / "matching.csv")
+    hashed: list[Path] = []
+    real_sha256 = pipeline.sha256_file
+
+    def counted(path, *args, **kwargs):
+        hashed.append(Path(path))
+        return real_sha256(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sha256_file", counted)
+    plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert sorted({path for path in hashed if hashed.count(path) > 1}) == []

@@ -982,6 +982,34 @@ def _listed_files(folder: Path) -> list[str] | None:
     return files if isinstance(files, list) else None
 
 
+#: SHA-256 digests of stage files by (device, inode, size, mtime_ns, ctime_ns), see :func:`_stage_file_sha256`.
+_STAGE_FILE_DIGESTS: dict[tuple[int, ...], str] = {}
+_MAX_CACHED_DIGESTS = 100_000
+
+
+def _stage_file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file of a stage folder, read once while the file stays unchanged.
+
+    A run checks a stage folder in each of its two plans and again when it
+    replaces the folder. The cache key is the file's device, inode, size,
+    modification time and status change time (``st_ctime_ns``). Every write,
+    and every ``os.utime`` that sets the old modification time back, sets
+    the status change time to the current time, so the key changes with any
+    edit. A renamed folder keeps the key of its files.
+
+    NOTE: on a file system whose status change time has a coarse resolution,
+    an edit that keeps size and modification time within one tick of it
+    would be missed while this process runs. Ext4, XFS and Btrfs store nanoseconds.
+    """
+    info = path.stat()
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if identity not in _STAGE_FILE_DIGESTS:
+        if len(_STAGE_FILE_DIGESTS) >= _MAX_CACHED_DIGESTS:
+            _STAGE_FILE_DIGESTS.clear()
+        _STAGE_FILE_DIGESTS[identity] = sha256_file(path)
+    return _STAGE_FILE_DIGESTS[identity]
+
+
 def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
 
@@ -993,7 +1021,7 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
         path = folder / name
         if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
             continue
-        digests[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        digests[name] = {"size": path.stat().st_size, "sha256": _stage_file_sha256(path)}
     return digests
 
 
@@ -1015,7 +1043,7 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
         if path.is_symlink() or not path.is_file():
             continue
         try:
-            if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            if path.stat().st_size != expected["size"] or _stage_file_sha256(path) != expected["sha256"]:
                 edited.append(name)
         except FileNotFoundError:
             # The run that holds the study's lock can move the folder during a dry run's check.
