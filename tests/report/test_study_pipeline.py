@@ -1472,3 +1472,23 @@ def test_stage_files_hashed_once(study_copy, monkeypatch):
 
     assert plan.to_run == ["compare"]
     assert sorted({path for path in hashed if hashed.count(path) > 1}) == []
+
+
+def test_dry_run_names_edited_leftover(study_copy, caplog):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, dry_run=True)
+
+    assert plan.to_run == ["compare"]
+    assert (finished_partial / "matching.csv").read_bytes() == edited
+    assert not (copy / "compare.edited-1").exists()
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{finished_partial} contains output of stage compare in which 1 file changed after the stage "
+        "wrote it (matching.csv: its size or SHA-256 differs from the stage record), so a run would "
+        f"keep the folder as {copy / 'compare.edited-1'}"
+    ]

@@ -766,6 +766,7 @@ def run_study(
     check_study_dir(plan)
     if dry_run:
         _warn_other_study_file(plan, dry_run=True)
+        _warn_edited_leftovers(study_dir)
         return plan
 
     created = not study_dir.exists()
@@ -1072,19 +1073,56 @@ def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bo
     so the edited files stay until the user deletes them. ``outcome`` ends the
     warning, such as ", and stage compare runs again".
     """
-    number = 1
-    while os.path.lexists(folder.parent / f"{stage_name}.edited-{number}"):
-        number += 1
-    kept = folder.parent / f"{stage_name}.edited-{number}"
+    kept = _edited_name(folder.parent, stage_name)
     os.rename(folder, kept)
-    listed = _list_names(edited)
-    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
     logger.warning(
-        "%s contains output of stage %s in which %s changed after the stage wrote it (%s: its size or SHA-256 "
-        "differs from the stage record), so the run does not %s it: the folder is kept as %s%s",
-        folder, stage_name, count, listed, "reuse or delete" if reused else "delete", kept, outcome,
+        "%s, so the run does not %s it: the folder is kept as %s%s",
+        _describe_edited(folder, stage_name, edited), "reuse or delete" if reused else "delete", kept, outcome,
     )
     return kept
+
+
+def _edited_name(study_dir: Path, stage_name: str, taken: set[Path] | None = None) -> Path:
+    """Return ``<stage>.edited-<n>`` in the study directory with the first number that no entry uses.
+
+    ``taken`` adds paths that count as used, such as names a dry run has already given.
+    """
+    number = 1
+    while os.path.lexists(study_dir / f"{stage_name}.edited-{number}") or (
+        study_dir / f"{stage_name}.edited-{number}" in (taken or set())
+    ):
+        number += 1
+    return study_dir / f"{stage_name}.edited-{number}"
+
+
+def _describe_edited(folder: Path, stage_name: str, edited: list[str]) -> str:
+    """Start the warning about a stage folder whose files ``edited`` differ from its stage record."""
+    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
+    return (
+        f"{folder} contains output of stage {stage_name} in which {count} changed after the stage wrote it "
+        f"({_list_names(edited)}: its size or SHA-256 differs from the stage record)"
+    )
+
+
+def _warn_edited_leftovers(study_dir: Path) -> None:
+    """Log, for a dry run, each leftover folder with edited files that a run would keep as ``<stage>.edited-<n>``.
+
+    A run keeps every such folder (see :func:`_remove_stale_folders`), because
+    a partial folder with edited files is never reused either.
+    """
+    if not study_dir.is_dir():
+        return
+    taken: set[Path] = set()
+    for entry in sorted(study_dir.iterdir()):
+        if _LEFTOVER_PATTERN.fullmatch(entry.name) is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        stage_name = entry.name[1:].split(".")[0]
+        edited = _edited_files(entry)
+        if edited:
+            kept = _edited_name(study_dir, stage_name, taken)
+            taken.add(kept)
+            description = _describe_edited(entry, stage_name, edited)
+            logger.warning("%s, so a run would keep the folder as %s", description, kept)
 
 
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
