@@ -1000,7 +1000,8 @@ def _stage_file_sha256(path: Path) -> str:
 
     NOTE: on a file system whose status change time has a coarse resolution,
     an edit that keeps size and modification time within one tick of it
-    would be missed while this process runs. Ext4, XFS and Btrfs store nanoseconds.
+    would be missed while this process runs. Ext4 (with 256-byte inodes),
+    XFS and Btrfs store nanoseconds.
     """
     info = path.stat()
     identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
@@ -1030,7 +1031,7 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     """List the files of a stage folder whose size or SHA-256 differs from its stage record.
 
     A record written before the digests existed has none, so nothing counts
-    as edited there. Missing files are left to the comparison of file lists.
+    as edited there. :func:`_missing_files` lists the missing files.
     ``error_path`` is the path that an error names for ``folder``, such as the
     stage folder for its old folder, which is moved back after the error.
     """
