@@ -1492,3 +1492,17 @@ def test_dry_run_names_edited_leftover(study_copy, caplog):
         "wrote it (matching.csv: its size or SHA-256 differs from the stage record), so a run would "
         f"keep the folder as {copy / 'compare.edited-1'}"
     ]
+
+
+def test_stage_file_replaced_by_link_reruns(study_copy, tmp_path):
+    config, copy = study_copy
+    mine = tmp_path / "matching.csv"
+    shutil.move(copy / "compare" / "matching.csv", mine)
+    (copy / "compare" / "matching.csv").symlink_to(mine)
+
+    plan = run_study(config, copy)
+
+    assert plan.stage("compare").reasons == ["output edited: matching.csv"]
+    assert (copy / "compare.edited-1" / "matching.csv").is_symlink()
+    assert mine.is_file()
+    assert not (copy / "compare" / "matching.csv").is_symlink()

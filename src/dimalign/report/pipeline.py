@@ -1042,7 +1042,11 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     edited = []
     for name, expected in sorted(digests.items()):
         path = folder / name
+        if not os.path.lexists(path):
+            continue
         if path.is_symlink() or not path.is_file():
+            # The stage wrote a regular file, so a link or folder in its place is an edit.
+            edited.append(name)
             continue
         try:
             if path.stat().st_size != expected["size"] or _stage_file_sha256(path) != expected["sha256"]:
