@@ -1506,3 +1506,25 @@ def test_stage_file_replaced_by_link_reruns(study_copy, tmp_path):
     assert (copy / "compare.edited-1" / "matching.csv").is_symlink()
     assert mine.is_file()
     assert not (copy / "compare" / "matching.csv").is_symlink()
+
+
+def test_listing_record_names_broken_link(tiny_study, tmp_path):
+    from dimalign.report import pipeline
+    from dimalign.report.config import load_config
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = pipeline.folder_listing(stage.inputs["images"])
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    link = stage.inputs["images"] / "extra.png"
+    link.symlink_to(tmp_path / "moved.png")
+
+    with pytest.raises(FileNotFoundError) as error:
+        pipeline.plan_study(load_config(config), copy)
+
+    assert str(error.value) == (
+        f"{link}, a file inside the input folder {stage.inputs['images']}, is a symbolic link to the missing "
+        f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
+    )

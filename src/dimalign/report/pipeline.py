@@ -723,11 +723,23 @@ def _input_fingerprints(
     values = {}
     for key, path in inputs.items():
         old = recorded.get(key, {}).get("fingerprint")
-        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == folder_listing(path):
+        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == _listing_or_none(path):
             values[key] = old
         else:
             values[key] = fingerprints(path)
     return values
+
+
+def _listing_or_none(path: Path) -> str | None:
+    """Return :func:`folder_listing` of ``path``, or None when a file in it cannot be listed.
+
+    The content fingerprint, computed instead, then raises the error that
+    names the file, such as a broken symbolic link.
+    """
+    try:
+        return folder_listing(path)
+    except FileNotFoundError:
+        return None
 
 
 # -- running ------------------------------------------------------------------------
