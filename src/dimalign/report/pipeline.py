@@ -9,8 +9,9 @@ with the stage's hash: the SHA-256 of
   of a folder's files with their paths, sizes and SHA-256 digests),
 - the hashes of the stages it reads.
 
-A stage runs when its folder has no record ("new"), or when its settings,
-inputs or upstream hashes differ from the record. It also runs when a stage
+A stage runs when its folder has no record ("new"), when its settings,
+inputs or upstream hashes differ from the record, or when a file that the
+record lists with its size and SHA-256 was edited or deleted. It also runs when a stage
 it reads runs in the same call, and when ``--from`` names it or a stage it
 depends on. Otherwise it is skipped.
 
