@@ -198,10 +198,13 @@ def plan_study(
 
     Raises:
         ValueError: For an unknown stage or setting, an invalid value, a stage
-            whose upstream stage is not configured, or a required input that
-            the study file does not name.
+            whose upstream stage is not configured, a required input that
+            the study file does not name, or a named pipe, socket or device
+            inside a folder input.
         FileNotFoundError: For an input path that does not exist, naming the
             file and its key.
+        OSError: For a file of a folder input or of a finished stage folder
+            that cannot be read, since the plan hashes both.
     """
     return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
 
