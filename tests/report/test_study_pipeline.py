@@ -418,6 +418,10 @@ def test_truncated_fit_output_is_named(study, tmp_path, name):
     shutil.copytree(study_dir, copy)
     path = copy / "human_fit" / name
     path.write_bytes(path.read_bytes()[:200])
+    # A record with file digests would rerun human_fit, so this one is from an older dimalign.
+    manifest = json.loads((copy / "human_fit" / "manifest.json").read_text(encoding="utf-8"))
+    del manifest["pipeline"]["file_digests"]
+    (copy / "human_fit" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     before = read_stage_record(copy / "evaluate")
 
     with pytest.raises(ValueError, match=f"{path} cannot be read as a triplet array"):
@@ -1419,5 +1423,189 @@ def test_folder_fingerprint_names_broken_link(tmp_path):
 
     assert str(error.value) == (
         f"{folder / 'cat.png'}, a file inside the input folder {folder}, is a symbolic link to the missing "
+        f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
+    )
+
+
+def test_edited_skipped_stage_reruns(study_copy, caplog):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "dnn_triplets" / "train.npy")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy)
+
+    assert plan.stage("dnn_triplets").reasons == ["output edited: train.npy"]
+    assert plan.to_run == ["dnn_triplets", "dnn_fit", "evaluate", "compare", "map"]
+    assert plan.stage("dnn_fit").reasons == ["upstream reran: dnn_triplets"]
+    kept = copy / "dnn_triplets.edited-1"
+    assert (kept / "train.npy").read_bytes() == edited
+    assert (copy / "dnn_triplets" / "train.npy").read_bytes() != edited
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert f"the folder is kept as {kept}" in warnings[0]
+    assert run_study(config, copy).to_run == []
+
+
+def test_deleted_stage_file_reruns(study_copy):
+    config, copy = study_copy
+    (copy / "compare" / "rsa.json").unlink()
+
+    plan = run_study(config, copy)
+
+    assert plan.stage("compare").reasons == ["output missing: rsa.json"]
+    assert plan.to_run == ["compare"]
+    assert (copy / "compare" / "rsa.json").is_file()
+    assert [entry.name for entry in copy.iterdir() if ".edited-" in entry.name] == []
+
+
+def test_deleted_checkpoint_keeps_fit(study_copy):
+    config, copy = study_copy
+    checkpoint = copy / "human_fit" / "checkpoint.pt"
+    assert checkpoint.is_file()
+    checkpoint.unlink()
+
+    plan = run_study(config, copy)
+
+    assert plan.to_run == []
+    assert plan.stage("human_fit").reasons == ["unchanged"]
+
+
+def test_touched_stage_file_skips(study_copy):
+    config, copy = study_copy
+    os.utime(copy / "compare" / "matching.csv", ns=(10**18, 10**18))
+
+    plan = run_study(config, copy)
+
+    assert plan.to_run == []
+    assert plan.stage("compare").reasons == ["unchanged"]
+
+
+def test_dry_run_names_edited_output(study_copy):
+    config, copy = study_copy
+    edited = flip_byte_keep_time(copy / "compare" / "matching.csv")
+
+    plan = run_study(config, copy, dry_run=True)
+
+    assert plan.stage("compare").reasons == ["output edited: matching.csv"]
+    assert plan.to_run == ["compare"]
+    assert (copy / "compare" / "matching.csv").read_bytes() == edited
+    assert not (copy / "compare.edited-1").exists()
+
+
+def fingerprint_in_child(folder: Path) -> subprocess.CompletedProcess:
+    """Fingerprint a folder in a child process that a blocking read cannot hang for more than 20 s."""
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom dimalign.report.pipeline import fingerprint\n"
+        "try:\n    print(fingerprint(Path(sys.argv[1])))\n"
+        "except (OSError, ValueError) as error:\n    print(error)\n    sys.exit(1)\n"
+    )
+    source = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    return subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          env=env, timeout=20)
+
+
+def test_fifo_in_input_folder_named(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(b"an image")
+    os.mkfifo(folder / "dog.png")
+
+    result = fingerprint_in_child(folder)
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip() == (
+        f"{folder / 'dog.png'}, a file inside the input folder {folder}, is not a regular file (a named "
+        "pipe, socket or device), so the run cannot hash it: move it out of the folder, then run the "
+        "study again"
+    )
+
+
+def test_removed_input_file_named(tmp_path):
+    from dimalign.report.pipeline import _hash_input_file
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    with pytest.raises(FileNotFoundError) as error:
+        _hash_input_file(folder, folder / "cat.png")
+
+    assert str(error.value) == (
+        f"{folder / 'cat.png'}, a file inside the input folder {folder}, was removed or renamed while the "
+        "run hashed the folder: run the study again once the folder no longer changes"
+    )
+
+
+def test_stage_files_hashed_once(study_copy, monkeypatch):
+    from dimalign.report import pipeline
+
+    config, copy = study_copy
+    flip_byte_keep_time(copy / "compare" / "matching.csv")
+    hashed: list[Path] = []
+    real_sha256 = pipeline.sha256_file
+
+    def counted(path, *args, **kwargs):
+        hashed.append(Path(path))
+        return real_sha256(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "sha256_file", counted)
+    plan = run_study(config, copy)
+
+    assert plan.to_run == ["compare"]
+    assert sorted({path for path in hashed if hashed.count(path) > 1}) == []
+
+
+def test_dry_run_names_edited_leftover(study_copy, caplog):
+    config, copy = study_copy
+    finished_partial = keep_finished_output(config, copy, "compare")
+    shutil.rmtree(copy / "compare")
+    edited = flip_byte_keep_time(finished_partial / "matching.csv")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"):
+        plan = run_study(config, copy, dry_run=True)
+
+    assert plan.to_run == ["compare"]
+    assert (finished_partial / "matching.csv").read_bytes() == edited
+    assert not (copy / "compare.edited-1").exists()
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{finished_partial} contains output of stage compare in which 1 file changed after the stage "
+        "wrote it (matching.csv: its size or SHA-256 differs from the stage record), so a run would "
+        f"keep the folder as {copy / 'compare.edited-1'}"
+    ]
+
+
+def test_stage_file_replaced_by_link_reruns(study_copy, tmp_path):
+    config, copy = study_copy
+    mine = tmp_path / "matching.csv"
+    shutil.move(copy / "compare" / "matching.csv", mine)
+    (copy / "compare" / "matching.csv").symlink_to(mine)
+
+    plan = run_study(config, copy)
+
+    assert plan.stage("compare").reasons == ["output edited: matching.csv"]
+    assert (copy / "compare.edited-1" / "matching.csv").is_symlink()
+    assert mine.is_file()
+    assert not (copy / "compare" / "matching.csv").is_symlink()
+
+
+def test_listing_record_names_broken_link(tiny_study, tmp_path):
+    from dimalign.report import pipeline
+    from dimalign.report.config import load_config
+
+    config, copy = copy_tiny_study(tiny_study, tmp_path)
+    stage = pipeline.plan_study(load_config(config), copy).stage("compare")
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = pipeline.folder_listing(stage.inputs["images"])
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+    link = stage.inputs["images"] / "extra.png"
+    link.symlink_to(tmp_path / "moved.png")
+
+    with pytest.raises(FileNotFoundError) as error:
+        pipeline.plan_study(load_config(config), copy)
+
+    assert str(error.value) == (
+        f"{link}, a file inside the input folder {stage.inputs['images']}, is a symbolic link to the missing "
         f"{tmp_path / 'moved.png'}: restore the target or remove the link, then run the study again"
     )

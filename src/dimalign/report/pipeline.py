@@ -9,8 +9,9 @@ with the stage's hash: the SHA-256 of
   of a folder's files with their paths, sizes and SHA-256 digests),
 - the hashes of the stages it reads.
 
-A stage runs when its folder has no record ("new"), or when its settings,
-inputs or upstream hashes differ from the record. It also runs when a stage
+A stage runs when its folder has no record ("new"), when its settings,
+inputs or upstream hashes differ from the record, or when a file that the
+record lists with its size and SHA-256 was edited or deleted. It also runs when a stage
 it reads runs in the same call, and when ``--from`` names it or a stage it
 depends on. Otherwise it is skipped.
 
@@ -31,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -197,10 +199,13 @@ def plan_study(
 
     Raises:
         ValueError: For an unknown stage or setting, an invalid value, a stage
-            whose upstream stage is not configured, or a required input that
-            the study file does not name.
+            whose upstream stage is not configured, a required input that
+            the study file does not name, or a named pipe, socket or device
+            inside a folder input.
         FileNotFoundError: For an input path that does not exist, naming the
             file and its key.
+        OSError: For a file of a folder input or of a finished stage folder
+            that cannot be read, since the plan hashes both.
     """
     return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
 
@@ -457,6 +462,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("new")
         else:
             reasons += _differences(stage, record)
+            reasons += _output_changes(study_dir / name)
         rerunning = [dependency for dependency in stage.upstream if planned[dependency].action == "run"]
         if rerunning and not reasons:
             reasons.append(f"upstream reran: {', '.join(rerunning)}")
@@ -501,6 +507,28 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     if removed:
         reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
+
+
+def _output_changes(folder: Path) -> list[str]:
+    """Name the files of a finished stage folder that differ from its stage record or are missing.
+
+    A stage whose output was edited by hand runs again, so that its readers
+    get what the stage writes. The rerun keeps the edited folder (see
+    :func:`_keep_edited`). A record without file digests yields no reason.
+    """
+    reasons = []
+    edited = _edited_files(folder)
+    if edited:
+        reasons.append(f"output edited: {_list_names(edited)}")
+    missing = _missing_files(folder)
+    if missing:
+        reasons.append(f"output missing: {_list_names(missing)}")
+    return reasons
+
+
+def _list_names(names: list[str]) -> str:
+    """Join up to five file names, counting the rest."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
@@ -634,20 +662,43 @@ def fingerprint(path: Path) -> str:
         return sha256_file(path)
     digest = hashlib.sha256()
     for relative, full in _input_files(path):
-        if full.is_symlink() and not full.exists():
-            raise FileNotFoundError(
-                f"{full}, a file inside the input folder {path}, is a symbolic link to the missing "
-                f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
-            )
-        try:
-            content = sha256_file(full)
-        except OSError as error:
-            raise OSError(
-                f"cannot read {full}, a file inside the input folder {path} ({error.strerror}): make it "
-                f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
-            ) from error
-        digest.update(f"{relative}\0{full.stat().st_size}\0{content}\n".encode())
+        size, content = _hash_input_file(path, full)
+        digest.update(f"{relative}\0{size}\0{content}\n".encode())
     return "content:" + digest.hexdigest()
+
+
+def _hash_input_file(folder: Path, full: Path) -> tuple[int, str]:
+    """Return the size and SHA-256 of a file inside the input folder ``folder``, following a symbolic link.
+
+    Raises:
+        FileNotFoundError: If the file is a broken link or was removed during the walk.
+        ValueError: If it is a named pipe, socket or device, whose read could block forever.
+        OSError: If it cannot be read.
+    """
+    if full.is_symlink() and not full.exists():
+        raise FileNotFoundError(
+            f"{full}, a file inside the input folder {folder}, is a symbolic link to the missing "
+            f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
+        )
+    try:
+        info = full.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(
+                f"{full}, a file inside the input folder {folder}, is not a regular file (a named pipe, "
+                "socket or device), so the run cannot hash it: move it out of the folder, then run the "
+                "study again"
+            )
+        return info.st_size, sha256_file(full)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{full}, a file inside the input folder {folder}, was removed or renamed while the run hashed "
+            "the folder: run the study again once the folder no longer changes"
+        ) from error
+    except OSError as error:
+        raise OSError(
+            f"cannot read {full}, a file inside the input folder {folder} ({error.strerror}): make it "
+            f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
+        ) from error
 
 
 def folder_listing(path: Path) -> str:
@@ -658,8 +709,8 @@ def folder_listing(path: Path) -> str:
     """
     digest = hashlib.sha256()
     for relative, full in _input_files(path):
-        stat = full.stat()
-        digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        info = full.stat()
+        digest.update(f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
     return "listing:" + digest.hexdigest()
 
 
@@ -677,11 +728,23 @@ def _input_fingerprints(
     values = {}
     for key, path in inputs.items():
         old = recorded.get(key, {}).get("fingerprint")
-        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == folder_listing(path):
+        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == _listing_or_none(path):
             values[key] = old
         else:
             values[key] = fingerprints(path)
     return values
+
+
+def _listing_or_none(path: Path) -> str | None:
+    """Return :func:`folder_listing` of ``path``, or None when a file in it cannot be listed.
+
+    The content fingerprint, computed instead, then raises the error that
+    names the file, such as a broken symbolic link.
+    """
+    try:
+        return folder_listing(path)
+    except FileNotFoundError:
+        return None
 
 
 # -- running ------------------------------------------------------------------------
@@ -721,6 +784,7 @@ def run_study(
     if dry_run:
         if not _warn_other_study_file(plan, dry_run=True):
             _warn_changed_settings(plan, dry_run=True)
+        _warn_edited_leftovers(study_dir)
         return plan
 
     created = not study_dir.exists()
@@ -1022,6 +1086,35 @@ def _listed_files(folder: Path) -> list[str] | None:
     return files if isinstance(files, list) else None
 
 
+#: SHA-256 digests of stage files by (device, inode, size, mtime_ns, ctime_ns), see :func:`_stage_file_sha256`.
+_STAGE_FILE_DIGESTS: dict[tuple[int, ...], str] = {}
+_MAX_CACHED_DIGESTS = 100_000
+
+
+def _stage_file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file of a stage folder, read once while the file stays unchanged.
+
+    A run checks a stage folder in each of its two plans and again when it
+    replaces the folder. The cache key is the file's device, inode, size,
+    modification time and status change time (``st_ctime_ns``). Every write,
+    and every ``os.utime`` that sets the old modification time back, sets
+    the status change time to the current time, so the key changes with any
+    edit. A renamed folder keeps the key of its files.
+
+    NOTE: on a file system whose status change time has a coarse resolution,
+    an edit that keeps size and modification time within one tick of it
+    would be missed while this process runs. Ext4 (with 256-byte inodes),
+    XFS and Btrfs store nanoseconds.
+    """
+    info = path.stat()
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    if identity not in _STAGE_FILE_DIGESTS:
+        if len(_STAGE_FILE_DIGESTS) >= _MAX_CACHED_DIGESTS:
+            _STAGE_FILE_DIGESTS.clear()
+        _STAGE_FILE_DIGESTS[identity] = sha256_file(path)
+    return _STAGE_FILE_DIGESTS[identity]
+
+
 def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
     """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
 
@@ -1033,7 +1126,7 @@ def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
         path = folder / name
         if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
             continue
-        digests[name] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        digests[name] = {"size": path.stat().st_size, "sha256": _stage_file_sha256(path)}
     return digests
 
 
@@ -1041,7 +1134,7 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     """List the files of a stage folder whose size or SHA-256 differs from its stage record.
 
     A record written before the digests existed has none, so nothing counts
-    as edited there. Missing files are left to the comparison of file lists.
+    as edited there. :func:`_missing_files` lists the missing files.
     ``error_path`` is the path that an error names for ``folder``, such as the
     stage folder for its old folder, which is moved back after the error.
     """
@@ -1052,10 +1145,14 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     edited = []
     for name, expected in sorted(digests.items()):
         path = folder / name
+        if not os.path.lexists(path):
+            continue
         if path.is_symlink() or not path.is_file():
+            # The stage wrote a regular file, so a link or folder in its place is an edit.
+            edited.append(name)
             continue
         try:
-            if path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
+            if path.stat().st_size != expected["size"] or _stage_file_sha256(path) != expected["sha256"]:
                 edited.append(name)
         except FileNotFoundError:
             # The run that holds the study's lock can move the folder during a dry run's check.
@@ -1070,6 +1167,21 @@ def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
     return edited
 
 
+def _missing_files(folder: Path) -> list[str]:
+    """List the files with a digest in the stage record of ``folder`` that no longer exist there.
+
+    A fit's ``checkpoint.pt`` is left out: no later stage reads it, so a user
+    may delete it to save disk space without making the fit run again.
+    """
+    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+
+    record = read_stage_record(folder)
+    digests = record.get("file_digests") if record is not None else None
+    return sorted(
+        name for name in digests or {} if name != CHECKPOINT_NAME and not os.path.lexists(folder / name)
+    )
+
+
 def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
     """Rename a leftover or replaced stage folder with edited files to ``<stage>.edited-<n>`` and warn.
 
@@ -1077,19 +1189,56 @@ def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bo
     so the edited files stay until the user deletes them. ``outcome`` ends the
     warning, such as ", and stage compare runs again".
     """
-    number = 1
-    while os.path.lexists(folder.parent / f"{stage_name}.edited-{number}"):
-        number += 1
-    kept = folder.parent / f"{stage_name}.edited-{number}"
+    kept = _edited_name(folder.parent, stage_name)
     os.rename(folder, kept)
-    listed = ", ".join(edited[:5]) + (f" and {len(edited) - 5} more" if len(edited) > 5 else "")
-    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
     logger.warning(
-        "%s contains output of stage %s in which %s changed after the stage wrote it (%s: its size or SHA-256 "
-        "differs from the stage record), so the run does not %s it: the folder is kept as %s%s",
-        folder, stage_name, count, listed, "reuse or delete" if reused else "delete", kept, outcome,
+        "%s, so the run does not %s it: the folder is kept as %s%s",
+        _describe_edited(folder, stage_name, edited), "reuse or delete" if reused else "delete", kept, outcome,
     )
     return kept
+
+
+def _edited_name(study_dir: Path, stage_name: str, taken: set[Path] | None = None) -> Path:
+    """Return ``<stage>.edited-<n>`` in the study directory with the first number that no entry uses.
+
+    ``taken`` adds paths that count as used, such as names a dry run has already given.
+    """
+    number = 1
+    while os.path.lexists(study_dir / f"{stage_name}.edited-{number}") or (
+        study_dir / f"{stage_name}.edited-{number}" in (taken or set())
+    ):
+        number += 1
+    return study_dir / f"{stage_name}.edited-{number}"
+
+
+def _describe_edited(folder: Path, stage_name: str, edited: list[str]) -> str:
+    """Start the warning about a stage folder whose files ``edited`` differ from its stage record."""
+    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
+    return (
+        f"{folder} contains output of stage {stage_name} in which {count} changed after the stage wrote it "
+        f"({_list_names(edited)}: its size or SHA-256 differs from the stage record)"
+    )
+
+
+def _warn_edited_leftovers(study_dir: Path) -> None:
+    """Log, for a dry run, each leftover folder with edited files that a run would keep as ``<stage>.edited-<n>``.
+
+    A run keeps every such folder (see :func:`_remove_stale_folders`), because
+    a partial folder with edited files is never reused either.
+    """
+    if not study_dir.is_dir():
+        return
+    taken: set[Path] = set()
+    for entry in sorted(study_dir.iterdir()):
+        if _LEFTOVER_PATTERN.fullmatch(entry.name) is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        stage_name = entry.name[1:].split(".")[0]
+        edited = _edited_files(entry)
+        if edited:
+            kept = _edited_name(study_dir, stage_name, taken)
+            taken.add(kept)
+            description = _describe_edited(entry, stage_name, edited)
+            logger.warning("%s, so a run would keep the folder as %s", description, kept)
 
 
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
@@ -1123,7 +1272,7 @@ def _unwritten_files_error(
     ``finished_output`` is the partial folder with the stage's finished output, which
     the next run moves into place without running the stage again.
     """
-    listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    listed = _list_names(unknown)
     noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
     if old_record:
         written_by = (
@@ -1272,9 +1421,10 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
     if any(plan.stage(name).action == "run" for name in stage.upstream):
         return None
     # NOTE: the hash covers the content of the inputs but of upstream stages only their
-    # hashes. So kept output is reused after a hand edit of an upstream stage folder, just
-    # as a skipped stage is kept. A record of an older dimalign that fingerprinted an input
-    # folder by its listing also misses an edit that keeps the sizes and modification times.
+    # hashes. An upstream stage folder whose record has no file digests (an older dimalign)
+    # is therefore trusted after a hand edit, just as a skipped stage is kept. A record of an
+    # older dimalign that fingerprinted an input folder by its listing also misses an edit
+    # that keeps the sizes and modification times.
     work_dir = _work_dir(plan.study_dir, stage)
     if not _finished_work(work_dir, stage) or _edited_files(work_dir):
         return None
@@ -1581,7 +1731,7 @@ def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan)
         )
     unknown = sorted(set(files) - set(_listed_files(basis) or []))
     if unknown:
-        listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        listed = _list_names(unknown)
         noun = "1 file" if len(unknown) == 1 else f"{len(unknown)} files"
         raise FileExistsError(
             f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
