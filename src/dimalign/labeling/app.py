@@ -1081,11 +1081,7 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     try:
         stat = path.stat()
     except OSError as error:
-        logger.warning(
-            "cannot read image %d: %s. Check that the file exists and that the server may read it",
-            object_index, error,
-        )
-        abort(404, description=f"There is no image {object_index}.")
+        _abort_unreadable_image(object_index, error)
     response = send_file(
         path, mimetype=mimetype, max_age=3600, etag=image_file_etag(path, stat),
         last_modified=_last_modified(stat),
@@ -1093,6 +1089,15 @@ def _image_file_response(object_index: int, path: Path) -> Response:
     # Werkzeug 3.1 names a file sent by path in Content-Disposition.
     response.headers.pop("Content-Disposition", None)
     return response
+
+
+def _abort_unreadable_image(object_index: int, error: OSError) -> NoReturn:
+    """Log an image file that cannot be read, and abort with 404."""
+    logger.warning(
+        "cannot read image %d: %s. Check that the file exists and that the server may read it",
+        object_index, error,
+    )
+    abort(404, description=f"There is no image {object_index}.")
 
 
 def _last_modified(stat: os.stat_result) -> float:
@@ -1125,11 +1130,7 @@ def _read_checked_image(object_index: int, path: Path, checksum: str) -> tuple[b
                 return None
             data = file.read()
     except OSError as error:
-        logger.warning(
-            "cannot read image %d: %s. Check that the file exists and that the server may read it",
-            object_index, error,
-        )
-        abort(404, description=f"There is no image {object_index}.")
+        _abort_unreadable_image(object_index, error)
     if hashlib.sha256(data).hexdigest() != checksum:
         _abort_changed_image(object_index, path)
     return data, stat
