@@ -14,17 +14,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from dimalign.embedding import SPoSE, VICE
+from triplet_helpers import N_OBJECTS, random_triplets
 
 # Fits of two epochs keep few or no dimensions; that warning is tested in test_vice.py.
 pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
 
 ESTIMATORS = [VICE, SPoSE]
-N_OBJECTS = 12
-
-
-def random_triplets(n_objects=N_OBJECTS, n_triplets=120, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
 
 
 def tiny(estimator, **settings):

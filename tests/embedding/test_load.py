@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import warnings
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -13,17 +13,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from dimalign.embedding import SPoSE, VICE
 from dimalign.io.files import write_manifest
+from triplet_helpers import N_OBJECTS, random_triplets
 
 # Short fits keep few dimensions. That warning is tested in test_vice.py.
 pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
 
 ESTIMATORS = [VICE, SPoSE]
-N_OBJECTS = 12
-
-
-def random_triplets(n_objects=N_OBJECTS, n_triplets=120, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
 
 
 def fitted(estimator, **settings):

@@ -4,15 +4,11 @@ import torch
 
 from dimalign.embedding import SPoSE, VICE
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
+from triplet_helpers import random_triplets
 
 # Fits of a few epochs on random triplets often keep no dimension; that
 # warning is tested on its own below.
 pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
-
-
-def random_triplets(n_objects, n_triplets, seed=0):
-    rng = np.random.default_rng(seed)
-    return np.array([rng.choice(n_objects, 3, replace=False) for _ in range(n_triplets)])
 
 
 def planted_triplets(n_triplets=3000, seed=0):
@@ -304,7 +300,6 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
         VICE(n_dims=5, max_epochs=2, checkpoint_dir=str(tmp_path), resume=True).fit(
             random_triplets(15, 200), n_objects=15
         )
-
 
 
 @pytest.mark.parametrize("damage", ["drop_history", "drop_epoch", "shrink_params"])
