@@ -271,6 +271,30 @@ def add_examples(parser: argparse.ArgumentParser, *examples: str) -> None:
     parser.examples = examples
 
 
+def count_of(count: int, noun: str) -> str:
+    """Return ``count`` and ``noun``, with an ``s`` added unless ``count`` is 1, such as ``"3 images"``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def written_line(path: str | os.PathLike, summary: str) -> str:
+    """Return the final line of a command that writes output: ``wrote PATH: SUMMARY``.
+
+    Args:
+        path (str | os.PathLike): The file or folder that the command wrote.
+        summary (str): The main numbers of the result, such as ``"3 Grad-CAM maps for 1 image"``.
+    """
+    return f"wrote {path}: {summary}"
+
+
+def print_written(path: str | os.PathLike, summary: str) -> None:
+    """Print :func:`written_line` on standard output, where scripts read it.
+
+    It bypasses the log, so ``-q`` keeps it. Call it after the output is in
+    place, so that the line always comes with exit status 0.
+    """
+    print(written_line(path, summary), flush=True)
+
+
 def declare_output_folder(
     parser: argparse.ArgumentParser,
     step: str,

@@ -2577,3 +2577,19 @@ def test_map_cli_row_mismatch_names_files(tmp_path, capsys):
         f"{tmp_path / 'embedding.npy'} 6; without object tables"
     ) in capsys.readouterr().err
     assert not (tmp_path / "map").exists()
+
+
+def test_compare_cli_prints_result(tmp_path, capsys):
+    save_surrogate_files(tmp_path)
+    out = tmp_path / "out"
+    for quiet in ([], ["-q"]):
+        code = main([*quiet, "compare", str(tmp_path / "human.npy"), str(tmp_path / "dnn.npy"), "-o", str(out),
+                     "--bootstrap", "0"])
+
+        assert code == 0
+        r = json.loads((out / "rsa.json").read_text())["r"]
+        matching = pd.read_csv(out / "matching.csv")
+        n_pairs = int((matching["method"] == "greedy").sum())
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"wrote {out}: human-DNN RSA r {r:.3f}, {n_pairs} matched dimension pairs"
+        )

@@ -1397,3 +1397,25 @@ def test_selection_names_import_from_sweep():
     assert old_select_run is selection_module.select_run
     with pytest.raises(AttributeError, match="has no attribute 'missing'"):
         getattr(sweep_module, "missing")
+
+
+def test_sweep_and_select_print_result(tmp_path, tiny_triplets, capsys):
+    from dimalign.cli import main
+
+    train, _ = tiny_triplets
+    np.save(tmp_path / "train.npy", train)
+    out = tmp_path / "sweep"
+    for quiet in ([], ["-q"]):
+        assert main([*quiet, "sweep", str(tmp_path / "train.npy"), "--n-objects", str(N_OBJECTS), "-o", str(out),
+                     "--seed-list", "0", "1", "--n-dims", "4", "--max-epochs", "2", "--mc-samples", "2"]) == 0
+        table = pd.read_csv(out / "sweep.csv")
+        low, high = table["n_dims"].min(), table["n_dims"].max()
+        dims = f"{high} dimensions" if low == high else f"{low} to {high} dimensions"
+        assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}: 2 runs, {dims}"
+
+        assert main([*quiet, "select", str(out)]) == 0
+        manifest = json.loads((out / "selection" / "manifest.json").read_text())["outputs"]
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"wrote {out / 'selection'}: selected {manifest['selected_run']}, reproducibility "
+            f"{manifest['selected_reproducibility']:.3f}, {manifest['selected_n_dims']} dimensions"
+        )

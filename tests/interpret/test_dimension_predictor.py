@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -590,3 +592,21 @@ def test_weights_rejected_for_random_map(tmp_path):
         f"not of a weights file, so the weights {weights} cannot take their place; leave out --weights "
         "(Python: weights=)"
     )
+
+
+def test_map_prints_result(tmp_path, capsys):
+    from dimalign.cli import main
+    from dimalign.io.runs import EmbeddingResult, save_embedding
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "features.npy", rng.normal(size=(8, 4)))
+    save_embedding(EmbeddingResult(embedding=rng.gamma(1.0, 1.0, size=(8, 3))), tmp_path / "run")
+    out = tmp_path / "map"
+    for quiet in ([], ["-q"]):
+        assert main([*quiet, "map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
+                     "-o", str(out), "--folds", "2"]) == 0
+
+        median = json.loads((out / "manifest.json").read_text())["outputs"]["cv_r2_median"]
+        assert capsys.readouterr().out.splitlines()[-1] == (
+            f"wrote {out}: 3 dimensions, cross-validated R² median {median:.3f}"
+        )

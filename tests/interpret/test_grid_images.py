@@ -339,6 +339,18 @@ def test_grid_last_log_line_names_output(colour_objects, tmp_path, capsys):
     assert ".partial-" not in last_line
 
 
+def test_grid_prints_result_line(colour_objects, tmp_path, capsys):
+    image_dir, run_dir, _ = colour_objects
+    for quiet in ([], ["-q"]):
+        out = tmp_path / f"grids{''.join(quiet)}"
+
+        status = main([*quiet, "grid", str(run_dir), "--images", str(image_dir), "-o", str(out),
+                       "--cell-size", "16", "--layout", "top", "--dims", "1"])
+
+        assert status == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out}: 1 top grid"
+
+
 def test_top_objects_match_argsort_with_ties():
     weights = np.array([0.2, 0.9, 0.5, 0.9, 0.0, 0.5, 0.9])
 

@@ -523,6 +523,30 @@ def test_interpret_last_log_line_names_output(tiny_predictor, tmp_path, capsys):
         assert ".partial-" not in last_line
 
 
+def test_interpret_prints_result_line(tiny_predictor, tmp_path, capsys):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    runs = {
+        "gradcam": [str(photo), "--dim", "0", "1", "--layer", "2"],
+        "maximize": ["--dim", "1", "--steps", "1", "--n-init", "2", "--n-images", "2", "--image-size", "8"],
+        "manipulate": [str(photo), "--edits", "blur:2"],
+    }
+    for quiet in ([], ["-q"]):
+        for command, options in runs.items():
+            out = tmp_path / f"{command}{''.join(quiet)}"
+
+            status = main([*quiet, command, *options, "--map", str(tmp_path), "-o", str(out)])
+
+            assert status == 0
+            if command == "gradcam":
+                expected = f"wrote {out}: 2 Grad-CAM maps for 1 image"
+            elif command == "maximize":
+                expected = f"wrote {out}: 2 images for 1 dimension"
+            else:
+                n_rows = len(pd.read_csv(out / "manipulations.csv"))
+                expected = f"wrote {out}: {n_rows} rows for 1 image and 1 edit"
+            assert capsys.readouterr().out.splitlines()[-1] == expected
+
+
 def test_leftover_hidden_folder_is_reported(tiny_predictor, tmp_path, capsys):
     photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
     out = tmp_path / "out"

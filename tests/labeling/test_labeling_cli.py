@@ -77,6 +77,22 @@ def test_summarize_command(tmp_path, study_path, capsys):
     assert "invalid --raters" in capsys.readouterr().err
 
 
+def test_summarize_prints_result_line(tmp_path, study_path, capsys):
+    with Study(study_path) as study:
+        participant, _ = study.add_participant(order_seed=0)
+        for dimension in study.dimensions:
+            study.save_answer(participant.participant_id, dimension,
+                              Answer(labels=("red",), kind="visual", interpretability="one"))
+    for quiet in ([], ["-q"]):
+        out = tmp_path / f"out{''.join(quiet)}"
+
+        assert main([*quiet, "labels", "summarize", str(study_path), "-o", str(out)]) == 0
+
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[-1] == f"wrote {out / 'summary.html'}: 1 embedding"
+        assert len(lines) == 2
+
+
 def test_names_command(shared_data, capsys):
     labels = shared_data / "things" / "labels_66.txt"
     assert main(["labels", "names", str(labels)]) == 0

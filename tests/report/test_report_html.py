@@ -333,7 +333,7 @@ def test_report_command_uses_recorded_inputs(tiny_study, tmp_path, capsys):
     status = main(["report", str(tiny_study), "-o", str(out), "--top-k", "3"])
     assert status == 0
     printed = capsys.readouterr().out
-    assert printed.startswith(f"wrote {out}: 4 figures")
+    assert printed.splitlines()[-1].startswith(f"wrote {out}: 4 figures")
     assert "left out kind_shares: no labels summary given (--labels, or inputs.labels in the study file)" in printed
     document = out.read_text(encoding="utf-8")
     # The study recorded its categories, so the matrices are sorted and labelled by them.
@@ -612,6 +612,18 @@ def test_report_rejects_stage_replaced_by_other_command(tiny_study, tmp_path, ca
     error = capsys.readouterr().err
     assert f"{study / 'compare'} has no pipeline record" in error
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_result_line_is_last(tiny_study, tmp_path, capsys):
+    for quiet in ([], ["-q"]):
+        out = tmp_path / f"report{''.join(quiet)}.html"
+
+        assert main([*quiet, "report", str(tiny_study), "-o", str(out), "--top-k", "3"]) == 0
+
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == "  left out kind_shares: no labels summary given (--labels, or inputs.labels in the study file)"
+        assert lines[-1] == f"wrote {out}: 4 figures, 12 dimensions"
+        assert len(lines) == 2
 
 
 def test_report_skips_unplanned_stages(tiny_study, tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import add_examples, declare_output_folder
+from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 from dimalign.embedding.commands import (
     add_training_data_arguments,
@@ -112,6 +112,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         engine=args.engine, address=args.address, inputs=inputs,
     )
     logger.info("wrote %d runs to %s", len(table_out), args.out)
+    low, high = int(table_out["n_dims"].min()), int(table_out["n_dims"].max())
+    dimensions = count_of(high, "dimension") if low == high else f"{low} to {high} dimensions"
+    print_written(args.out, f"{count_of(len(table_out), 'run')}, {dimensions}")
     return 0
 
 
@@ -188,6 +191,11 @@ def run_select(args: argparse.Namespace) -> int:
         run_dirs, out, split=args.split, random_state=args.seed or 0, val=val, copy_selected=args.copy
     )
     logger.info("selected %s; details in %s", selection.selected_run, out)
+    selected = selection.runs[selection.runs["selected"]].iloc[0]
+    print_written(out, (
+        f"selected {selection.selected_run}, reproducibility {selected['reproducibility']:.3f}, "
+        f"{count_of(int(selected['n_dims']), 'dimension')}"
+    ))
     return 0
 
 
@@ -303,7 +311,7 @@ def run_compare(args: argparse.Namespace) -> int:
                 "pass a file with at least one triplet, or leave out --triplets"
             )
         inputs["triplets"] = args.triplets
-    compare(
+    result = compare(
         args.human, args.dnn, args.out, objects=objects, triplets=triplets, triplet_objects=triplet_objects,
         images=args.images,
         decoding=decoding,
@@ -312,6 +320,11 @@ def run_compare(args: argparse.Namespace) -> int:
         reference=reference,
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
     )
+    # The pairs of the matching that compare() reports in its log line.
+    primary = result.matchings.get("greedy", result.matchings["with_replacement"])
+    print_written(args.out, (
+        f"human-DNN RSA r {result.rsa.r:.3f}, {count_of(primary.correlations.size, 'matched dimension pair')}"
+    ))
     return 0
 
 
@@ -533,6 +546,9 @@ def run_map(args: argparse.Namespace) -> int:
         ridge.save(stage, inputs=inputs, started=started,
                    features_source=source if source["model"] else None)
         write_ridge_table(ridge, stage / "ridge_map.csv")
+    print_written(args.out, (
+        f"{count_of(ridge.cv_r2_.size, 'dimension')}, cross-validated R² median {float(np.median(ridge.cv_r2_)):.3f}"
+    ))
     return 0
 
 

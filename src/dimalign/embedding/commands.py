@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import add_examples, declare_output_folder
+from dimalign.cli import add_examples, count_of, declare_output_folder, written_line
 
 if TYPE_CHECKING:
     # Imported for the annotation only: the CLI imports torch when a command runs.
@@ -483,13 +483,13 @@ def fit_summary(out_dir: Path) -> str:
 
     outputs = read_manifest(out_dir)["outputs"]
     n_epochs = outputs["n_epochs"]
-    epochs = f"{n_epochs} epoch{'' if n_epochs == 1 else 's'}"
+    epochs = count_of(n_epochs, "epoch")
     reason = "converged" if outputs["converged"] else "reached max_epochs"
     if "val_accuracy" in outputs:
         validation = f"held-out accuracy {outputs['val_accuracy']:.4f} on {outputs['n_val']} triplets"
     else:
         validation = "no validation triplets"
-    return f"wrote {out_dir}: {outputs['n_dims']} dimensions kept after {epochs} ({reason}), {validation}"
+    return written_line(out_dir, f"{outputs['n_dims']} dimensions kept after {epochs} ({reason}), {validation}")
 
 
 def check_fit_triplets(train: np.ndarray, val: np.ndarray | None, inputs: dict, val_given: bool) -> None:

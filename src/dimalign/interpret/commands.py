@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dimalign.cli import add_examples, declare_output_folder
+from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
@@ -490,6 +490,7 @@ def run_gradcam(args: argparse.Namespace) -> int:
             started=started, outputs={"n_maps": len(rows), "table": "gradcam.csv"},
         )
     logger.info("wrote %d Grad-CAM maps to %s", len(rows), args.out)
+    print_written(args.out, f"{count_of(len(rows), 'Grad-CAM map')} for {count_of(len(paths), 'image')}")
     return 0
 
 
@@ -581,6 +582,7 @@ def run_maximize(args: argparse.Namespace) -> int:
                      "n_increased": sum(row["change"] > 0 for row in rows)},
         )
     logger.info("wrote %d images for %d dimensions to %s", len(rows), len(dims), args.out)
+    print_written(args.out, f"{count_of(len(rows), 'image')} for {count_of(len(dims), 'dimension')}")
     return 0
 
 
@@ -813,6 +815,9 @@ def run_manipulate(args: argparse.Namespace) -> int:
                      "max_abs_change": float(table["change"].abs().max())},
         )
     logger.info("wrote %d rows for %d images and %d edits to %s", len(table), len(paths), len(edits), args.out)
+    print_written(args.out, (
+        f"{count_of(len(table), 'row')} for {count_of(len(paths), 'image')} and {count_of(len(edits), 'edit')}"
+    ))
     return 0
 
 
@@ -926,6 +931,7 @@ def run_grid(args: argparse.Namespace) -> int:
             started=started, outputs={"n_grids": len(dims), "table": "grid.csv"},
         )
     logger.info("wrote %d %s grids to %s", len(dims), args.layout, args.out)
+    print_written(args.out, count_of(len(dims), f"{args.layout} grid"))
     return 0
 
 

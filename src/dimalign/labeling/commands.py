@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from dimalign.cli import add_examples, declare_output_folder
+from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
 from dimalign.features.recorded import Decoding, add_decoding_options, recorded_decoding, resolve_decoding
 
 logger = logging.getLogger(__name__)
@@ -361,7 +361,7 @@ def _run_summarize(args: argparse.Namespace) -> int:
     for embedding, shares in headline["shares"].items():
         described = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in shares.items())
         print(f"{embedding}: {described}")
-    print(f"wrote the summary to {args.out}/summary.html")
+    print_written(Path(args.out) / "summary.html", count_of(len(headline["embeddings"]), "embedding"))
     return 0
 
 

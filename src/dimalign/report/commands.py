@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dimalign.cli import add_examples
+from dimalign.cli import add_examples, count_of, print_written
 from dimalign.features.recorded import add_decoding_options, resolve_decoding
 
 if TYPE_CHECKING:
@@ -194,9 +194,10 @@ def report_command(args: argparse.Namespace) -> int:
     report = write_report(
         results, args.out, figures_dir=args.figures_dir, title=title, top_k=args.top_k, dpi=args.dpi,
     )
-    print(f"wrote {report.path}: {len(report.figures)} figures, {report.n_dimensions} dimensions")
+    # The figures left out come first, so that the last line is the result line, as for every command.
     for stem, reason in report.skipped.items():
         print(f"  left out {stem}: {reason}")
+    print_written(report.path, f"{count_of(len(report.figures), 'figure')}, {count_of(report.n_dimensions, 'dimension')}")
     return 0
 
 
