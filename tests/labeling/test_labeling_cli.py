@@ -151,7 +151,7 @@ def test_export_dash_writes_standard_output(study_path, tmp_path, monkeypatch, c
     captured = capsys.readouterr()
     rows = list(csv.DictReader(io.StringIO(captured.out)))
     assert [(row["participant_id"], row["label_1"]) for row in rows] == [("1", "x")]
-    assert "wrote 1 answers" in captured.err
+    assert f"wrote 1 answer of {study_path} to standard output" in captured.err
     assert not (tmp_path / "-").exists()
 
 
@@ -160,7 +160,7 @@ def test_export_to_file_named_dash(study_path, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["label-app", "export", str(study_path), "-o", "./-"]) == 0
     assert (tmp_path / "-").read_text().startswith("participant_id,dimension,position,label_1")
-    assert capsys.readouterr().out == "wrote 1 answers to ./-\n"
+    assert capsys.readouterr().out == "wrote ./-: 1 answer\n"
 
 
 def test_export_creates_missing_folder_and_logs_it(study_path, tmp_path, capsys):

@@ -325,10 +325,10 @@ def _export(options: argparse.Namespace) -> int:
             text, n_rows = study.answers_csv()
             sys.stdout.write(text)
             sys.stdout.flush()
-            logger.info("wrote %d answers of %s to standard output", n_rows, options.study)
+            logger.info("wrote %s of %s to standard output", count_of(n_rows, "answer"), options.study)
             return 0
         n_rows = study.export_answers(options.out, overwrite=options.overwrite)
-    print(f"wrote {n_rows} answers to {options.out}")
+    print_written(options.out, count_of(n_rows, "answer"))
     return 0
 
 
