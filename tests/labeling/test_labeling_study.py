@@ -1060,9 +1060,9 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     paths = []
     for number in range(4):
         paths.append(tmp_path / f"{number}.png")
-        Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
+        Image.new("RGB", (8, 8), (40 * number, 0, 0)).save(paths[-1])
     paths.append(tmp_path / "large.png")
-    Image.new("RGBA", (20, 20), (0, 0, 255, 255)).save(paths[-1])
+    Image.new("RGB", (20, 20), (0, 0, 255)).save(paths[-1])
     # The app checks each file on its first request, which records its size.
     for path in paths:
         study_module._check_image_file(path)
@@ -1207,7 +1207,7 @@ def test_pixel_wait_frees_decode_slot(tmp_path, monkeypatch):
     paths = {}
     for name, size in sizes.items():
         paths[name] = tmp_path / name
-        Image.new("RGBA", size, (200, 0, 0, 0)).save(paths[name])
+        Image.new("RGB", size, (200, 0, 0)).save(paths[name])
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
     # The running 64 pixels leave 36 of 100: too few for the large 100, enough for the small 16.
     budget = watched_pixel_budget(study_module, 100)
@@ -1231,6 +1231,26 @@ def test_pixel_wait_frees_decode_slot(tmp_path, monkeypatch):
     assert [result.mimetype for result in results] == ["image/webp"] * 3
 
 
+@pytest.mark.parametrize(("mode", "transparency", "pixels"), [
+    ("RGB", None, 100), ("L", None, 100), ("P", None, 100), ("CMYK", None, 100),
+    ("RGBA", None, 700), ("LA", None, 700), ("I;16", None, 700), ("P", 0, 700), ("RGB", (0, 0, 0), 700),
+], ids=["RGB", "L", "P", "CMYK", "RGBA", "LA", "I;16", "P transparent", "RGB colour key"])
+def test_decode_pixels_weigh_alpha(tmp_path, mode, transparency, pixels):
+    """Images with transparency or 16-bit values count seven times their pixels, as their decoding needs."""
+    from PIL import Image
+
+    from dimalign.labeling import study as study_module
+
+    path = tmp_path / ("image.tif" if mode == "CMYK" else "image.png")
+    options = {} if transparency is None else {"transparency": transparency}
+    Image.new(mode, (10, 10)).save(path, **options)
+
+    check, _ = study_module._check_image_file(path)
+
+    assert check.pixels == pixels
+    assert study_module.HEAVY_PIXEL_WEIGHT == 7
+
+
 def test_unchecked_decode_counts_header_pixels(tmp_path, monkeypatch):
     """A file that setup listed to decode is never checked first, so its pixels come from its header."""
     from concurrent.futures import ThreadPoolExecutor
@@ -1241,9 +1261,9 @@ def test_unchecked_decode_counts_header_pixels(tmp_path, monkeypatch):
     from dimalign.labeling import study as study_module
 
     running_path, large_path = tmp_path / "running.png", tmp_path / "large.png"
-    Image.new("RGBA", (8, 8), (200, 0, 0, 0)).save(running_path)
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(running_path)
     # 400 pixels exceed the whole budget of 100, so the large file decodes alone.
-    Image.new("RGBA", (20, 20), (0, 0, 200, 0)).save(large_path)
+    Image.new("RGB", (20, 20), (0, 0, 200)).save(large_path)
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(4))
     budget = watched_pixel_budget(study_module, 100)
     monkeypatch.setattr(study_module, "_decode_pixels", budget)

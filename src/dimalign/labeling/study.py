@@ -728,11 +728,31 @@ _decode_slots = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 #: is below twice Pillow's decompression bomb limit. Decoding and shrinking
 #: one took 3.1 s and raised the peak memory of the process by 930 MB
 #: (Pillow 13.0, one core of a 2-core development machine).
-#: NOTE: every pixel counts alike, but decoding and shrinking a 4000 x 3000
-#: noise PNG raised the peak memory by about 46 MB in RGB, 275 MB in RGBA
-#: and 321 MB in 16-bit gray (same machine), because ``to_rgb`` converts
-#: alpha and 16-bit values through full-size copies.
+#: A pixel of an image with transparency or 16-bit values counts
+#: :data:`HEAVY_PIXEL_WEIGHT` times (see :func:`decode_pixels`).
 MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * 12_000_000
+
+#: How many RGB pixels one pixel of an image with transparency or 16-bit
+#: values counts in :data:`MAX_DECODE_PIXELS`. Decoding and shrinking a
+#: 4000 x 3000 noise PNG raised the peak memory by about 46 MB in RGB, 275 MB
+#: in RGBA and 321 MB in 16-bit gray (Pillow 13.0, same machine), because
+#: ``to_rgb`` converts alpha and 16-bit values through full-size copies.
+HEAVY_PIXEL_WEIGHT = 7
+
+
+def decode_pixels(image: Any) -> int:
+    """Return the pixels that decoding an opened image reserves in :data:`MAX_DECODE_PIXELS`.
+
+    Args:
+        image (PIL.Image.Image): An image opened by Pillow; only its header is read.
+
+    Returns:
+        int: Width times height, times :data:`HEAVY_PIXEL_WEIGHT` for a mode
+        with alpha, 16 or 32 bits per value, or a transparent colour.
+    """
+    pixels = image.size[0] * image.size[1]
+    light = image.mode in ("1", "L", "P", "RGB", "CMYK", "YCbCr") and "transparency" not in image.info
+    return pixels if light else pixels * HEAVY_PIXEL_WEIGHT
 
 
 class PixelBudget:
@@ -962,8 +982,8 @@ class _FileCheck:
             than ``load_rgb`` decodes it (see :func:`browser_shows_otherwise`).
         longer_side (int): Length of the image's longer side in pixels, or 0
             where Pillow cannot open the file.
-        pixels (int): Width times height of the image, or 0 where Pillow
-            cannot open the file.
+        pixels (int): The pixels that decoding the file reserves (see
+            :func:`decode_pixels`), or 0 where Pillow cannot open the file.
         lossy (bool): Whether the file stores its pixels with lossy
             compression (see :func:`_is_lossy_encoding`).
         mimetype (str | None): MIME type of the file's format as Pillow
@@ -1033,7 +1053,7 @@ def _check_image_file(path: str | os.PathLike) -> tuple[_FileCheck, bool]:
     try:
         with Image.open(path) as opened:
             result = _FileCheck(
-                browser_shows_otherwise(opened), max(opened.size), opened.size[0] * opened.size[1],
+                browser_shows_otherwise(opened), max(opened.size), decode_pixels(opened),
                 _is_lossy_encoding(opened, path), FILE_MIMETYPES.get(opened.format or ""),
             )
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
