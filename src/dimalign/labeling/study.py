@@ -735,8 +735,8 @@ MAX_DECODE_PIXELS = MAX_CONCURRENT_DECODES * 12_000_000
 #: How many RGB pixels one pixel of an image with transparency or 16-bit
 #: values counts in :data:`MAX_DECODE_PIXELS`. Decoding and shrinking a
 #: 4000 x 3000 noise PNG raised the peak memory by about 46 MB in RGB, 275 MB
-#: in RGBA and 321 MB in 16-bit gray (Pillow 13.0, same machine), because
-#: ``to_rgb`` converts alpha and 16-bit values through full-size copies.
+#: in RGBA and 321 MB in 16-bit gray (Pillow 13.0, same machine). The reason
+#: is that ``to_rgb`` converts alpha and 16-bit values through full-size copies.
 HEAVY_PIXEL_WEIGHT = 7
 
 
