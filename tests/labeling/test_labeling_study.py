@@ -1010,6 +1010,38 @@ def test_concurrent_decode_error_shared(tmp_path, monkeypatch):
     assert decoded == [os.fspath(path)] * 2
 
 
+class ConcurrentDecodes:
+    """The decodes of :func:`track_concurrent_decodes`: the most at once, and the files decoded beside others."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.max_running = 0
+        self.beside_others: set[str] = set()
+        self.lock = threading.Lock()
+
+
+def track_concurrent_decodes(monkeypatch, seconds=0.2):
+    """Make every decode take ``seconds`` longer, and return the record of how many ran at once."""
+    from dimalign.labeling import study as study_module
+
+    tracked = ConcurrentDecodes()
+    original = study_module._decode_and_encode
+
+    def decode(path, decoding):
+        with tracked.lock:
+            tracked.running += 1
+            tracked.max_running = max(tracked.max_running, tracked.running)
+            if tracked.running > 1:
+                tracked.beside_others.add(Path(path).name)
+        time.sleep(seconds)
+        with tracked.lock:
+            tracked.running -= 1
+        return original(path, decoding)
+
+    monkeypatch.setattr(study_module, "_decode_and_encode", decode)
+    return tracked
+
+
 def test_concurrent_decodes_limited(tmp_path, monkeypatch):
     """Decoding a 12-megapixel photo takes about 90 MB, so requests for many files decode a few at a time."""
     import threading
@@ -1025,24 +1057,11 @@ def test_concurrent_decodes_limited(tmp_path, monkeypatch):
         paths.append(tmp_path / f"{number}.png")
         Image.new("RGBA", (8, 8), (40 * number, 0, 0, 255)).save(paths[-1])
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(2))
-    running, max_running = [0], [0]
-    lock = threading.Lock()
-    original = study_module._decode_and_encode
-
-    def tracked_decode(path, decoding):
-        with lock:
-            running[0] += 1
-            max_running[0] = max(max_running[0], running[0])
-        time.sleep(0.2)
-        with lock:
-            running[0] -= 1
-        return original(path, decoding)
-
-    monkeypatch.setattr(study_module, "_decode_and_encode", tracked_decode)
+    tracked = track_concurrent_decodes(monkeypatch)
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
 
-    assert max_running[0] == 2
+    assert tracked.max_running == 2
     assert len({result.data for result in results}) == 6
     assert study_module.MAX_CONCURRENT_DECODES == min(8, os.cpu_count() or 1)
 
@@ -1069,27 +1088,12 @@ def test_concurrent_decodes_limited_by_pixels(tmp_path, monkeypatch):
     monkeypatch.setattr(study_module, "_decode_slots", threading.BoundedSemaphore(4))
     # Two 8 x 8 images fit in 150 pixels at once, and the 20 x 20 image takes all of them.
     monkeypatch.setattr(study_module, "_decode_pixels", study_module.PixelBudget(150))
-    running, max_running, large_beside = [0], [0], [False]
-    lock = threading.Lock()
-    original = study_module._decode_and_encode
-
-    def tracked_decode(path, decoding):
-        with lock:
-            running[0] += 1
-            max_running[0] = max(max_running[0], running[0])
-            if running[0] > 1 and path.name == "large.png":
-                large_beside[0] = True
-        time.sleep(0.2)
-        with lock:
-            running[0] -= 1
-        return original(path, decoding)
-
-    monkeypatch.setattr(study_module, "_decode_and_encode", tracked_decode)
+    tracked = track_concurrent_decodes(monkeypatch)
     with ThreadPoolExecutor(max_workers=5) as pool:
         results = list(pool.map(lambda path: study_module.decoded_image(path, Decoding()), paths))
 
-    assert max_running[0] == 2
-    assert large_beside[0] is False
+    assert tracked.max_running == 2
+    assert "large.png" not in tracked.beside_others
     assert len({result.data for result in results}) == 5
     assert study_module.MAX_DECODE_PIXELS == study_module.MAX_CONCURRENT_DECODES * 12_000_000
 
