@@ -833,8 +833,8 @@ def decoded_image(path: str | os.PathLike, decoding: Decoding) -> ServedImage:
         # file that setup listed to serve decoded is read here on its first request.
         pixels = _check_image_file(path)[0].pixels
         # Pixels come first, so a decode that waits for pixel room takes no slot
-        # that a smaller decode could use. Every decode takes the two limits in
-        # this order and waits for nothing once it has a slot, so they cannot deadlock.
+        # that a smaller decode could use. This line is the only place that takes
+        # either limit, and a decode holding a slot waits for nothing, so they cannot deadlock.
         with _decode_pixels.reserve(pixels), _decode_slots:
             data, mimetype = _decode_and_encode(path, decoding)
         served = ServedImage(data, mimetype, _etag_of_key(key))
