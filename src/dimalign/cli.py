@@ -271,11 +271,6 @@ def add_examples(parser: argparse.ArgumentParser, *examples: str) -> None:
     parser.examples = examples
 
 
-def count_of(count: int, noun: str) -> str:
-    """Return ``count`` and ``noun``, with an ``s`` added unless ``count`` is 1, such as ``"3 images"``."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def written_line(path: str | os.PathLike, summary: str) -> str:
     """Return the final line of a command that writes output: ``wrote PATH: SUMMARY``.
 

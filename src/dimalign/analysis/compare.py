@@ -50,6 +50,7 @@ from dimalign.io.files import (
     check_output_dir,
     check_unowned_files,
     check_writable,
+    count_of,
     now_iso,
     is_same_file,
     report_leftover_stages,
@@ -1202,7 +1203,7 @@ def compare(
     elif n_for_share is None:
         share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
     else:
-        share_text = f"{n_for_share} DNN dimension{'' if n_for_share == 1 else 's'} for 95% of the full r²"
+        share_text = f"{count_of(n_for_share, 'DNN dimension')} for 95% of the full r²"
     logger.info(
         "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s",
         rsa_result.r, interval, primary.correlations.max(), share_text,

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
+from dimalign.cli import add_examples, declare_output_folder, print_written
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
 from dimalign.embedding.commands import (
     add_training_data_arguments,
     check_method_options,
     load_training_data,
 )
+from dimalign.io.files import count_of
 
 if TYPE_CHECKING:
     from dimalign.io.objects import ObjectTable

@@ -35,6 +35,7 @@ from scipy.stats import rankdata
 
 from dimalign._checks import check_integer
 from dimalign._warnings import warn
+from dimalign.io.files import count_of
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def match_all(human: np.ndarray, dnn: np.ndarray, *, correlations: np.ndarray | 
     if len(methods) == 1:
         n_human, n_dnn = correlations.shape
         warn(
-            f"{n_human} human but only {n_dnn} DNN dimension{'' if n_dnn == 1 else 's'}: only matching with replacement is "
+            f"{n_human} human but only {count_of(n_dnn, 'DNN dimension')}: only matching with replacement is "
             "possible, so a DNN dimension may serve several human dimensions",
             UserWarning,
         )

@@ -43,7 +43,7 @@ from dimalign.embedding.run_files import (
     warn_edited_run,
     warn_moved_checkpoint,
 )
-from dimalign.io.files import write_text_atomic
+from dimalign.io.files import count_of, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -497,8 +497,8 @@ class TripletEmbedding(BaseEstimator):
         self._set_fitted(params)
         reason = "converged" if self.converged_ else "reached max_epochs"
         logger.info(
-            "pruned %d -> %d dimensions after %d epoch%s (%s)",
-            self.n_dims, self.n_dims_, state.epoch, "" if state.epoch == 1 else "s", reason,
+            "pruned %d -> %d dimensions after %s (%s)",
+            self.n_dims, self.n_dims_, count_of(state.epoch, "epoch"), reason,
         )
         if self.n_dims_ == 0:
             # min_objects cannot go below 0, so the advice to lower it is given only above 0.

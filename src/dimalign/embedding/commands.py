@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dimalign.cli import add_examples, count_of, declare_output_folder, written_line
+from dimalign.cli import add_examples, declare_output_folder, written_line
+from dimalign.io.files import count_of
 
 if TYPE_CHECKING:
     # Imported for the annotation only: the CLI imports torch when a command runs.

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
+from dimalign.cli import add_examples, declare_output_folder, print_written
 from dimalign.features.recorded import add_decoding_options, recorded_decoding, resolve_decoding
+from dimalign.io.files import count_of
 
 logger = logging.getLogger(__name__)
 

@@ -770,6 +770,16 @@ def _is_number(field: str) -> bool:
     return True
 
 
+def count_of(count: int, noun: str) -> str:
+    """Return ``count`` and ``noun``, with an ``s`` added unless ``count`` is 1, for a message.
+
+    Example:
+        >>> count_of(3, "image"), count_of(1, "DNN dimension")
+        ('3 images', '1 DNN dimension')
+    """
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def abbreviate(text: str, limit: int = 60) -> str:
     """Shorten ``text`` to its first ``limit`` characters and ``...`` for a message.
 

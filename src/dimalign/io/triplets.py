@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, load_npy, missing_file_error, recorded_step
+from dimalign.io.files import atomic_path, count_of, load_npy, missing_file_error, recorded_step
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -1088,7 +1088,7 @@ def _resolve_columns(
                 )
             choose = matrix_hint or " Choose"
             raise ValueError(
-                f"{path} has {n_columns} column{'' if n_columns == 1 else 's'}{names}, "
+                f"{path} has {count_of(n_columns, 'column')}{names}, "
                 f"not {expected}.{choose} the three object columns by position or header name "
                 f"with columns=[a, b, c] (CLI: dimalign import-triplets --columns a,b,c).{hint}"
             )

@@ -9,8 +9,9 @@ import re
 import sys
 from pathlib import Path
 
-from dimalign.cli import add_examples, count_of, declare_output_folder, print_written
+from dimalign.cli import add_examples, declare_output_folder, print_written
 from dimalign.features.recorded import Decoding, add_decoding_options, recorded_decoding, resolve_decoding
+from dimalign.io.files import count_of
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dimalign.cli import add_examples, count_of, print_written
+from dimalign.cli import add_examples, print_written
 from dimalign.features.recorded import add_decoding_options, resolve_decoding
+from dimalign.io.files import count_of
 
 if TYPE_CHECKING:
     from dimalign.report.results import StudyResults

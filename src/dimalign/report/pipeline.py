@@ -44,6 +44,7 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     acquire_lock,
     check_output_dir,
+    count_of,
     now_iso,
     read_manifest,
     release_lock,
@@ -205,7 +206,7 @@ def plan_study(
         FileNotFoundError: For an input path that does not exist, naming the
             file and its key.
         OSError: For a file of a folder input or of a finished stage folder
-            that cannot be read, since the plan hashes both.
+            that cannot be read, because the plan hashes both.
     """
     return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
 
@@ -1189,33 +1190,34 @@ def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bo
     so the edited files stay until the user deletes them. ``outcome`` ends the
     warning, such as ", and stage compare runs again".
     """
-    kept = _edited_name(folder.parent, stage_name)
-    os.rename(folder, kept)
+    edited_folder = _edited_name(folder.parent, stage_name)
+    os.rename(folder, edited_folder)
     logger.warning(
         "%s, so the run does not %s it: the folder is kept as %s%s",
-        _describe_edited(folder, stage_name, edited), "reuse or delete" if reused else "delete", kept, outcome,
+        _describe_edited(folder, stage_name, edited), "reuse or delete" if reused else "delete",
+        edited_folder, outcome,
     )
-    return kept
+    return edited_folder
 
 
-def _edited_name(study_dir: Path, stage_name: str, taken: set[Path] | None = None) -> Path:
+def _edited_name(study_dir: Path, stage_name: str, used_names: set[Path] | None = None) -> Path:
     """Return ``<stage>.edited-<n>`` in the study directory with the first number that no entry uses.
 
-    ``taken`` adds paths that count as used, such as names a dry run has already given.
+    ``used_names`` adds paths that count as used, such as names a dry run has already given.
     """
+    used_names = used_names or set()
     number = 1
-    while os.path.lexists(study_dir / f"{stage_name}.edited-{number}") or (
-        study_dir / f"{stage_name}.edited-{number}" in (taken or set())
-    ):
+    candidate = study_dir / f"{stage_name}.edited-{number}"
+    while os.path.lexists(candidate) or candidate in used_names:
         number += 1
-    return study_dir / f"{stage_name}.edited-{number}"
+        candidate = study_dir / f"{stage_name}.edited-{number}"
+    return candidate
 
 
 def _describe_edited(folder: Path, stage_name: str, edited: list[str]) -> str:
     """Start the warning about a stage folder whose files ``edited`` differ from its stage record."""
-    count = "1 file" if len(edited) == 1 else f"{len(edited)} files"
     return (
-        f"{folder} contains output of stage {stage_name} in which {count} changed after the stage wrote it "
+        f"{folder} contains output of stage {stage_name} in which {count_of(len(edited), 'file')} changed after the stage wrote it "
         f"({_list_names(edited)}: its size or SHA-256 differs from the stage record)"
     )
 
@@ -1228,17 +1230,17 @@ def _warn_edited_leftovers(study_dir: Path) -> None:
     """
     if not study_dir.is_dir():
         return
-    taken: set[Path] = set()
+    used_names: set[Path] = set()
     for entry in sorted(study_dir.iterdir()):
         if _LEFTOVER_PATTERN.fullmatch(entry.name) is None or entry.is_symlink() or not entry.is_dir():
             continue
         stage_name = entry.name[1:].split(".")[0]
         edited = _edited_files(entry)
         if edited:
-            kept = _edited_name(study_dir, stage_name, taken)
-            taken.add(kept)
+            edited_folder = _edited_name(study_dir, stage_name, used_names)
+            used_names.add(edited_folder)
             description = _describe_edited(entry, stage_name, edited)
-            logger.warning("%s, so a run would keep the folder as %s", description, kept)
+            logger.warning("%s, so a run would keep the folder as %s", description, edited_folder)
 
 
 def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
@@ -1732,10 +1734,9 @@ def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan)
     unknown = sorted(set(files) - set(_listed_files(basis) or []))
     if unknown:
         listed = _list_names(unknown)
-        noun = "1 file" if len(unknown) == 1 else f"{len(unknown)} files"
         raise FileExistsError(
             f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
-            f"contains {noun} that the stage record in {basis} does not list ({listed}): move your files "
+            f"contains {count_of(len(unknown), 'file')} that the stage record in {basis} does not list ({listed}): move your files "
             "out of it, delete it, then run the study again"
         )
 
