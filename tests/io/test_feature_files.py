@@ -205,7 +205,7 @@ def test_features_link_loop_named(tmp_path):
     )
 
 
-def test_short_feature_table_says_what_to_do(tmp_path):
+def test_short_feature_table_gives_advice(tmp_path):
     np.save(tmp_path / "features.npy", np.ones((4, 2)))
     (tmp_path / "objects.tsv").write_text("a\nb\n", encoding="utf-8")
 

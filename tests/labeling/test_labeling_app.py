@@ -1991,7 +1991,7 @@ def test_large_jpeg_of_older_study_shrunk(odd_images_study, shared_data):
     assert int(difference.max()) <= 32
 
 
-def test_transparent_image_of_older_study_sent_as_file(odd_images_study):
+def test_older_study_sends_transparent_file(odd_images_study):
     """An older study does not know the background that the DNN saw, so it sends such a file as it is."""
     from PIL import Image
 
@@ -2055,7 +2055,7 @@ def test_file_copied_with_same_time_not_304(odd_images_study):
     assert again.data == target.read_bytes()
 
 
-def test_jpeg_smaller_than_shrunk_sent_as_file(odd_images_study, shared_data):
+def test_jpeg_below_shrunk_size_sent_whole(odd_images_study, shared_data):
     """A 640 x 480 JPEG of quality 75 (49 kB) is smaller than its 512-pixel JPEG of quality 95 (about 100 kB)."""
     from PIL import Image
 
@@ -2301,7 +2301,7 @@ def test_file_sent_for_shrunk_revalidates_undecoded(odd_images_study, shared_dat
     assert decoded == []
 
 
-def test_file_rewritten_while_sent_keeps_checked_bytes(odd_images_study):
+def test_rewritten_file_sends_checked_bytes(odd_images_study):
     """A file rewritten in place after its check, such as by cp, does not change the bytes being sent."""
     from PIL import Image
 
@@ -2540,7 +2540,7 @@ def test_small_image_over_memory_limit_decoded(odd_images_study, tmp_path, label
     assert again.status_code == 304
 
 
-def test_image_with_oversized_text_chunk_is_404(odd_images_study, caplog):
+def test_oversized_text_chunk_is_404(odd_images_study, caplog):
     """A PNG whose zTXt chunk inflates past Pillow's limit makes Pillow raise ValueError, which gets 404, not 500."""
     import struct
     import zlib

@@ -881,7 +881,7 @@ def test_decoded_image_cached_until_file_changes(tmp_path):
     assert Image.open(io.BytesIO(changed)).getpixel((4, 4)) == (255, 0, 0)
 
 
-def test_decoded_image_cache_sees_copy_with_same_time(tmp_path):
+def test_decoded_cache_sees_same_time_copy(tmp_path):
     # cp -p and rsync -a keep the modification time, and BMP files of equal pixel size have equal length.
     import io
     import shutil

@@ -512,7 +512,7 @@ def test_fit_stage_uses_one_torch_thread(monkeypatch, tmp_path):
     assert seen == [1]
 
 
-def test_user_file_in_stage_folder_is_kept(study_copy):
+def test_user_stage_file_kept(study_copy):
     config, copy = study_copy
     notes = copy / "compare" / "notes" / "NOTES.txt"
     notes.parent.mkdir()
@@ -863,7 +863,7 @@ def notes_in_old_folder_error(old: Path) -> str:
     )
 
 
-def test_old_folder_of_old_record_keeps_file(study_copy, tmp_path):
+def test_old_record_folder_keeps_file(study_copy, tmp_path):
     config, copy = study_copy
     finished_partial = keep_finished_output(config, copy, "compare")
     old = leave_old_folder_with_notes(copy)
@@ -1097,7 +1097,7 @@ def test_partial_symlink_not_reused(study_copy, tmp_path):
     assert read_stage_record(elsewhere) is not None
 
 
-def test_old_folder_of_own_pid_is_checked(study_copy, monkeypatch):
+def test_own_pid_old_folder_checked(study_copy, monkeypatch):
     config, copy = study_copy
     old = copy / f".compare.old-{os.getpid()}"
     real_run = stages.STAGES["compare"].run
