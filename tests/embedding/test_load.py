@@ -227,6 +227,33 @@ def test_load_damaged_embedding_named(tmp_path):
         VICE.load(tmp_path)
 
 
+def test_load_ignores_extra_arrays(tmp_path):
+    """Arrays that a fit does not write, even pickled ones, are not read."""
+    model = fitted(SPoSE)
+    model.save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    np.savez(path, **arrays, notes=np.array([{"by": "hand"}], dtype=object))
+
+    loaded = SPoSE.load(tmp_path)
+
+    np.testing.assert_array_equal(loaded.embedding_, model.embedding_)
+
+
+def test_load_npy_named_npz_says_why(tmp_path):
+    fitted(SPoSE).save(tmp_path)
+    path = tmp_path / "embedding.npz"
+    with open(path, "wb") as handle:
+        np.save(handle, np.ones((3, 2)))
+    with pytest.raises(ValueError) as error:
+        SPoSE.load(tmp_path)
+    assert str(error.value) == (
+        f"{path} cannot be read as the embedding.npz of a saved fit: it is a .npy file, not a .npz "
+        "archive: give it a name ending in .npy"
+    )
+
+
 def test_load_embedding_of_other_shape_named(tmp_path):
     fitted(SPoSE).save(tmp_path)
     path = tmp_path / "embedding.npz"

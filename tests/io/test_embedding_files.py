@@ -400,11 +400,12 @@ def test_decimal_commas_not_called_separators(tmp_path, name, text, value, separ
 
 @pytest.mark.parametrize(("content", "reason"), [
     ("npy", "it is a .npy file, not a .npz archive: give it a name ending in .npy"),
-    ("empty", "the file is empty (0 bytes); save the weights with numpy.savez(path, embedding=weights)"),
+    ("empty", "the file is empty (0 bytes); save the weights as a float array with "
+              "numpy.savez(path, embedding=weights)"),
     ("text", "it is not a .npz archive, because it does not start with the zip signature; save the "
-             "weights with numpy.savez(path, embedding=weights)"),
+             "weights as a float array with numpy.savez(path, embedding=weights)"),
     ("objects", "its array 'embedding' contains Python objects, not numbers; save the weights as a "
-                "float array"),
+                "float array with numpy.savez(path, embedding=weights)"),
 ])
 def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
     path = tmp_path / "weights.npz"
@@ -441,3 +442,4 @@ def test_empty_text_value_named(tmp_path, name, text, problem):
         load_embedding(tmp_path / name)
 
     assert str(error.value) == f"{tmp_path / name} cannot be read as a text embedding: {problem}"
+

@@ -861,8 +861,10 @@ def test_report_names_a_similarity_matrix_of_wrong_shape(tiny_study, tmp_path, c
 @pytest.mark.parametrize(
     ("write", "message"),
     [
-        (lambda path: path.write_bytes(b"garbage"), "cannot be read as an archive of arrays"),
-        (lambda path: __import__("numpy").savez(path, other=[1]), "has no array human_most_relevant"),
+        (lambda path: path.write_bytes(b"garbage"), "cannot be read as an archive of arrays: it is not a .npz "
+                                                    "archive, because it does not start with the zip signature"),
+        (lambda path: __import__("numpy").savez(path, other=[1]), "has no arrays named 'human_most_relevant' "
+                                                                   "and 'dnn_most_relevant' (found ['other'])"),
     ],
 )
 def test_report_names_a_damaged_relevance_archive(tiny_study, tiny_labels, tmp_path, capsys, write, message):

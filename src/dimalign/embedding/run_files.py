@@ -16,7 +16,6 @@ import io
 import math
 import os
 import tomllib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 
 from dimalign._warnings import warn
 from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-from dimalign.io.files import MANIFEST_NAME, read_manifest, recorded_step, sha256_file
+from dimalign.io.files import MANIFEST_NAME, read_manifest, read_npz, recorded_step, sha256_file
 from dimalign.io.runs import EMBEDDING_NAME, _folder_without_embedding
 
 CONFIG_NAME = "config.toml"
@@ -297,22 +296,18 @@ def _settings_for(estimator: type, stored: dict[str, Any], path: Path) -> dict[s
 
 
 def _read_arrays(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read every array of ``embedding.npz``, and raise if one of ``required`` is missing."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path} cannot be read as the {EMBEDDING_NAME} of a saved fit ({error}), so the file is "
-            "damaged: save the estimator again"
-        ) from error
-    missing = [name for name in required if name not in arrays]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the arrays {missing} of a saved fit (found {sorted(arrays)}), so the file "
-            f"is damaged or was written by another program: save the estimator again, or {_LOAD_ELSEWHERE}"
-        )
-    return arrays
+    """Read the arrays of ``embedding.npz`` that a fit writes, and raise if one of ``required`` is missing."""
+    return read_npz(
+        path,
+        required=required,
+        optional=(*_FLOAT_ARRAYS, "kept_dims"),
+        description=f"the {EMBEDDING_NAME} of a saved fit",
+        advice="save the estimator again",
+        missing_advice=(
+            "the file is damaged or was written by another program: save the estimator again, or "
+            f"{_LOAD_ELSEWHERE}"
+        ),
+    )
 
 
 def check_arrays(saved: SavedFit, n_dims: int) -> None:

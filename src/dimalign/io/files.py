@@ -1005,6 +1005,87 @@ def load_npy(
     return loaded
 
 
+def read_npz(
+    path: str | os.PathLike,
+    *,
+    required: Sequence[str],
+    optional: Sequence[str] = (),
+    description: str,
+    advice: str,
+    missing_advice: str | None = None,
+) -> dict[str, Any]:
+    """Read the named arrays of a ``.npz`` archive without pickles, naming the problem of a bad file.
+
+    Only ``required`` and ``optional`` arrays are read, so extra arrays that
+    another program added, even pickled ones, are ignored. Values are not
+    checked here: each caller checks the dtype, shape and NaN of its arrays.
+    Errors of the file system (permission denied, say) are raised unchanged,
+    because they name the file and the cause already.
+
+    Args:
+        path (str | os.PathLike): The ``.npz`` file.
+        required (Sequence[str]): Arrays that must be present.
+        optional (Sequence[str]): Arrays that are read when present.
+        description (str): What the file should be, such as ``"an
+            embedding"``, for the message.
+        advice (str): What to do about a damaged or wrong file, such as
+            ``"rerun the stage that writes it"``.
+        missing_advice (str | None): What to do about a missing array.
+            None uses ``advice``.
+
+    Returns:
+        dict[str, np.ndarray]: The present arrays of ``required`` and
+        ``optional``, by name.
+
+    Raises:
+        ValueError: If the file is empty, a ``.npy`` file, no zip archive,
+            damaged or cut short, lacks a required array, or stores one of
+            the read arrays as Python objects.
+        OSError: If the file cannot be opened or read.
+    """
+    import zipfile
+
+    import numpy as np
+
+    def unreadable(reason: str) -> ValueError:
+        return ValueError(f"{path} cannot be read as {description}: {reason}")
+
+    with open(path, "rb") as handle:
+        start = handle.read(len(np.lib.format.MAGIC_PREFIX))
+    if not start:
+        raise unreadable(f"the file is empty (0 bytes); {advice}")
+    if start == np.lib.format.MAGIC_PREFIX:
+        # numpy.load returns a plain array for it, not an archive.
+        raise unreadable("it is a .npy file, not a .npz archive: give it a name ending in .npy")
+    if not start.startswith(b"PK"):
+        # numpy.load would read it as a pickle, and its message suggests allow_pickle=True.
+        raise unreadable(f"it is not a .npz archive, because it does not start with the zip signature; {advice}")
+    arrays = {}
+    found: list[str] = []
+    name = None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            found = archive.files
+            if all(wanted in found for wanted in required):
+                for name in dict.fromkeys([*required, *optional]):
+                    if name in found:
+                        arrays[name] = archive[name]
+    except ValueError as error:
+        if name is not None and "object" in str(error).lower():
+            raise unreadable(f"its array {name!r} contains Python objects, not numbers; {advice}") from error
+        raise ValueError(f"{path} cannot be read as {description} ({error}), so the file is damaged: {advice}") from error
+    except (OSError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, OSError) and error.errno is not None:
+            raise
+        raise ValueError(f"{path} cannot be read as {description} ({error}), so the file is damaged: {advice}") from error
+    missing = [wanted for wanted in required if wanted not in found]
+    if missing:
+        names = " and ".join(repr(wanted) for wanted in missing)
+        kind = "array" if len(missing) == 1 else "arrays"
+        raise ValueError(f"{path} has no {kind} named {names} (found {found}): {missing_advice or advice}")
+    return arrays
+
+
 def missing_file_error(path: Path, description: str) -> OSError:
     """Return the error for a ``path`` that is no file, naming a broken symbolic link as the cause.
 

@@ -32,6 +32,7 @@ from dimalign.io.files import (
     load_npy,
     looks_like_triplet_file,
     missing_file_error,
+    read_npz,
     text_table_problem,
 )
 
@@ -156,7 +157,17 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     """Read the embedding array of an ``.npz``, ``.npy`` or text file, with the extra ``.npz`` arrays."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _read_npz(path)
+        arrays = read_npz(
+            path,
+            required=("embedding",),
+            optional=OPTIONAL_ARRAYS,
+            description="an embedding",
+            advice="save the weights as a float array with numpy.savez(path, embedding=weights)",
+            missing_advice=(
+                "save the weights under that name, numpy.savez(path, embedding=weights), or as a .npy file"
+            ),
+        )
+        return arrays.pop("embedding"), arrays
     if suffix == ".npy":
         return load_npy(path, description="an embedding", advice="save the weights with numpy.save"), {}
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
@@ -170,43 +181,6 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     except ValueError as error:
         problem = text_table_problem(path, delimiter)
         raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
-
-
-def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Read the ``embedding`` array of an ``.npz`` archive and its optional arrays, without pickles."""
-
-    def unreadable(reason: str) -> ValueError:
-        return ValueError(f"{path} cannot be read as an embedding: {reason}")
-
-    advice = "save the weights with numpy.savez(path, embedding=weights)"
-    with open(path, "rb") as handle:
-        start = handle.read(len(np.lib.format.MAGIC_PREFIX))
-    if not start:
-        raise unreadable(f"the file is empty (0 bytes); {advice}")
-    if start == np.lib.format.MAGIC_PREFIX:
-        # numpy.load returns a plain array for it, not an archive.
-        raise unreadable("it is a .npy file, not a .npz archive: give it a name ending in .npy")
-    if not start.startswith(b"PK"):
-        raise unreadable(f"it is not a .npz archive, because it does not start with the zip signature; {advice}")
-    with np.load(path, allow_pickle=False) as archive:
-        if "embedding" not in archive:
-            raise ValueError(
-                f"{path} has no array named 'embedding' (found {archive.files}): save the weights "
-                "under that name, numpy.savez(path, embedding=weights), or as a .npy file"
-            )
-        arrays = {}
-        for name in ("embedding", *OPTIONAL_ARRAYS):
-            if name not in archive:
-                continue
-            try:
-                arrays[name] = archive[name]
-            except ValueError as error:
-                if "object" not in str(error).lower():
-                    raise
-                raise unreadable(
-                    f"its array {name!r} contains Python objects, not numbers; save the weights as a float array"
-                ) from error
-    return arrays.pop("embedding"), arrays
 
 
 def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dimalign.features.recorded import Decoding, recorded_decoding
+from dimalign.io.files import read_npz
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -293,22 +293,9 @@ def _read_array(path: Path, *, mmap: bool = False) -> np.ndarray:
 
 def _read_archive(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Read the arrays ``names`` of a saved ``.npz`` archive, naming the file when it is damaged or lacks one."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
-        # np.load reads a file that is not a zip archive as a pickle, which allow_pickle=False rejects.
-        raise ValueError(
-            f"{path} cannot be read as an archive of arrays ({error}); the file may be damaged, so rerun the "
-            "stage that writes it"
-        ) from error
-    missing = [name for name in names if name not in arrays]
-    if missing:
-        raise ValueError(
-            f"{path} has no array {', '.join(missing)} (its arrays: {', '.join(arrays) or 'none'}); "
-            "rerun the stage that writes it"
-        )
-    return {name: arrays[name] for name in names}
+    return read_npz(
+        path, required=names, description="an archive of arrays", advice="rerun the stage that writes it"
+    )
 
 
 def _json_object(value: Any, path: Path, key: str) -> dict[str, Any]:
