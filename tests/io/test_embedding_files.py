@@ -426,10 +426,10 @@ def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
 
 
 @pytest.mark.parametrize(("name", "text", "problem"), [
-    ("weights.csv", "0.5,0.25,\n0,1.5,\n", "line 1 ends with a comma, which leaves its last value "
-                                             "empty: delete the comma at the end of each line"),
-    ("weights.tsv", "0.5\t0.25\t\r\n0\t1.5\t\r\n", "line 1 ends with a tab, which leaves its last value "
-                                                   "empty: delete the tab at the end of each line"),
+    ("weights.csv", "0.5,0.25,\n0,1.5\n", "line 2 does not end with a comma, but line 1 does: end "
+                                           "every line with a comma, or none"),
+    ("weights.tsv", "0.5\t0.25\r\n0\t1.5\t\r\n", "line 2 ends with a tab, but line 1 does not: end every "
+                                                 "line with a tab, or none"),
     ("weights.csv", "0.5,0.25\n0,,1.5\n", "line 2 has an empty value in column 2, between two commas: "
                                           "fill in the value"),
     ("weights.csv", ",0.5,0.25\n", "line 1 starts with a comma, which leaves its first value empty: "
@@ -443,3 +443,37 @@ def test_empty_text_value_named(tmp_path, name, text, problem):
 
     assert str(error.value) == f"{tmp_path / name} cannot be read as a text embedding: {problem}"
 
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("weights.csv", "0.5,0.25,\n0,1.5,\n"),
+    ("weights.csv", "0.5,0.25,\r\n0,1.5,\r\n"),
+    ("weights.tsv", "0.5\t0.25\t\r\n0\t1.5\t\r\n"),
+    ("weights.csv", "0.5,0.25,\n0,1.5,"),
+    ("weights.csv", "0.5,0.25\n0,1.5\n\n \n\t\n"),
+    ("weights.csv", "0.5,0.25,\r\n0,1.5,\r\n\r\n"),
+    ("weights.txt", "0.5\t 0.25 \r\n0 \t1.5\t\r\n"),
+])
+def test_text_embedding_export_artefacts_load(tmp_path, name, text):
+    """A separator at the end of every line, Windows line ends and blank final lines lose no value."""
+    (tmp_path / name).write_bytes(text.encode())
+
+    result = load_embedding(tmp_path / name)
+
+    assert result.embedding.tolist() == [[0.5, 0.25], [0.0, 1.5]]
+
+
+def test_text_embedding_beyond_memory_rejected(tmp_path, monkeypatch):
+    from dimalign.io import files
+
+    path = tmp_path / "weights.csv"
+    path.write_text("0.5,0.25\n" * 100)
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 1000)
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(path)
+
+    assert str(error.value) == (
+        f"{path} needs about 1.6 kB of memory as an array of 100 rows and 2 columns of float64 (an "
+        "estimate from the file size and its first line), but 1.0 kB is available: free memory, or "
+        "run on a machine with more"
+    )

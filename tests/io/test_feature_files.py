@@ -270,3 +270,107 @@ def test_npz_features_say_how_to_convert(tmp_path):
         "save one array of the .npz archive as a .npy file: "
         "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
     )
+
+
+@pytest.mark.parametrize("text", [
+    "1 2 \t\r\n3 4 \t\r\n",
+    "1\t2 \n3 \t 4",
+    "1 2\n3 4\n\n \n\t\n",
+])
+def test_text_features_export_artefacts_load(tmp_path, text):
+    (tmp_path / "features.txt").write_bytes(text.encode())
+
+    features, _ = load_features(tmp_path / "features.txt")
+
+    assert features.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_text_features_beyond_memory_rejected(tmp_path, monkeypatch):
+    from dimalign.io import files
+
+    path = tmp_path / "features.txt"
+    path.write_text("1 2 3 4\n" * 1000)
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 10_000)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the file was parsed before the memory check")
+
+    monkeypatch.setattr(np, "loadtxt", never)
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    assert str(error.value) == (
+        f"{path} needs about 32.0 kB of memory as an array of 1000 rows and 4 columns of float64 (an "
+        "estimate from the file size and its first line), but 10.0 kB is available: save the "
+        "features as a .npy file, which is memory-mapped, on a machine with more memory"
+    )
+
+
+def test_hdf5_features_beyond_memory_rejected(tmp_path, monkeypatch):
+    import h5py
+
+    from dimalign.io import files
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle["fc"] = np.ones((1000, 4), dtype=np.float32)
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 10_000)
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    assert str(error.value) == (
+        f"{path}: dataset 'fc' needs 16.0 kB of memory as an array of 1000 rows and 4 columns of "
+        "float32, but 10.0 kB is available: save the features as a .npy file, which is "
+        "memory-mapped, on a machine with more memory"
+    )
+
+
+def test_hdf5_features_within_memory_load(tmp_path, monkeypatch):
+    import h5py
+
+    from dimalign.io import files
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle["fc"] = np.arange(8, dtype=np.float32).reshape(4, 2)
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 10_000)
+
+    features, _ = load_features(path)
+
+    assert features.tolist() == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]
+
+
+def test_hdf5_unknown_layer_says_what_to_do(tmp_path):
+    import h5py
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle["fc6"] = np.ones((3, 2))
+        handle["fc7"] = np.ones((3, 2))
+
+    with pytest.raises(ValueError) as error:
+        load_features(path, layer="fc8")
+
+    assert str(error.value) == (
+        f"dataset 'fc8' not found in {path}; it contains ['fc6', 'fc7']: choose one of them with "
+        "layer=NAME (CLI: --layer NAME)"
+    )
+
+
+def test_npy_read_whole_beyond_memory_rejected(tmp_path, monkeypatch):
+    from dimalign.io import files
+
+    path = tmp_path / "features.npy"
+    np.save(path, np.ones((1000, 4)))
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 10_000)
+
+    with pytest.raises(ValueError) as error:
+        load_features(path, mmap=False)
+
+    assert str(error.value) == (
+        f"{path} needs 32.0 kB of memory as an array of 1000 rows and 4 columns of float64, but 10.0 kB "
+        "is available: pass mmap=True to read it memory-mapped, or run on a machine with more memory"
+    )
+    features, _ = load_features(path)
+    assert features.shape == (1000, 4)

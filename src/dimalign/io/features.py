@@ -7,18 +7,27 @@ A feature folder (as written by ``dimalign extract``) contains ``features.npy``
 from __future__ import annotations
 
 import logging
+import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from dimalign.io.files import load_npy, looks_like_triplet_file, missing_file_error, text_table_problem
+from dimalign.io.files import (
+    check_fits_in_memory,
+    describe_array_size,
+    load_npy,
+    load_text_table,
+    looks_like_triplet_file,
+    missing_file_error,
+)
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
 
 FEATURE_SUFFIXES = (".npy", ".h5", ".hdf5", ".txt")
+
+_MEMORY_ADVICE = "save the features as a .npy file, which is memory-mapped, on a machine with more memory"
 
 
 def load_features(
@@ -88,6 +97,8 @@ def load_features(
 
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if not mmap:
+            _check_npy_memory(path)
         features = load_npy(
             path,
             description="a features array",
@@ -97,14 +108,7 @@ def load_features(
     elif suffix in (".h5", ".hdf5"):
         features = _load_hdf5(path, layer)
     elif suffix == ".txt":
-        try:
-            # utf-8-sig drops the byte order mark that spreadsheet programs write.
-            with warnings.catch_warnings():
-                # An empty file: the caller's check of the row count names it.
-                warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
-                features = np.loadtxt(path, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
-        except ValueError as error:
-            raise ValueError(f"{path} cannot be read as a features table: {text_table_problem(path)}") from error
+        features = load_text_table(path, None, description="a features table", advice=_MEMORY_ADVICE)
     else:
         advice = ""
         if suffix == ".npz":
@@ -234,10 +238,39 @@ def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
                 raise ValueError(f"{path} contains several datasets {names}: choose one with layer=NAME (CLI: --layer NAME)")
             layer = names[0]
         if layer not in handle:
-            raise ValueError(f"dataset {layer!r} not found in {path}; it contains {names}")
-        if not isinstance(handle[layer], h5py.Dataset):
+            raise ValueError(
+                f"dataset {layer!r} not found in {path}; it contains {names}: choose one of them with "
+                "layer=NAME (CLI: --layer NAME)"
+            )
+        dataset = handle[layer]
+        if not isinstance(dataset, h5py.Dataset):
             raise ValueError(
                 f"{layer!r} in {path} is a group, not a dataset: choose one of the datasets {names} "
                 "with layer=NAME (CLI: --layer NAME)"
             )
-        return np.asarray(handle[layer])
+        check_fits_in_memory(
+            dataset.size * dataset.dtype.itemsize,
+            f"{path}: dataset {layer!r} needs {{size}} of memory as {describe_array_size(dataset.shape, dataset.dtype)}",
+            _MEMORY_ADVICE,
+        )
+        return np.asarray(dataset)
+
+
+def _check_npy_memory(path: Path) -> None:
+    """Raise ``ValueError`` if a ``.npy`` file read without memory mapping would not fit into memory.
+
+    The shape and dtype come from the file's header. A header that cannot be
+    read is left to :func:`load_npy`, which names the problem.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+    except (ValueError, OSError, EOFError):
+        return
+    check_fits_in_memory(
+        math.prod(shape) * dtype.itemsize,
+        f"{path} needs {{size}} of memory as {describe_array_size(shape, dtype)}",
+        "pass mmap=True to read it memory-mapped, or run on a machine with more memory",
+    )

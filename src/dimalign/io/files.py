@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dimalign.memory import available_memory_bytes, format_bytes
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
@@ -837,7 +839,7 @@ def _binary_file_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) -> str:
+def text_table_problem(path: str | os.PathLike, delimiter: str | None = None, drop_trailing: bool = False) -> str:
     """Describe the first line of a text table of numbers that numpy cannot read.
 
     numpy's messages count rows from 0 or 1 depending on the error and skip
@@ -847,6 +849,8 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
         path (str | os.PathLike): The table.
         delimiter (str | None): The separator given to :func:`numpy.loadtxt`:
             ``","``, a tab, or None for any whitespace.
+        drop_trailing (bool): Every line ends with ``delimiter``, which is
+            left out before the values are checked.
     """
     separators = {None: "spaces", ",": "commas", "\t": "tabs"}.get(delimiter, repr(delimiter))
     not_text = _binary_file_problem(path)
@@ -861,6 +865,8 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             content = line.split("#", 1)[0]
             if not content.strip():
                 continue
+            if drop_trailing and delimiter is not None:
+                content = _without_trailing_separator(content, delimiter)[0]
             fields = content.split(delimiter) if delimiter else content.split()
             has_numbers = any(_is_number(field) or _other_separator(field, delimiter) for field in fields)
             if n_values is None and not has_numbers:
@@ -914,6 +920,173 @@ def text_table_problem(path: str | os.PathLike, delimiter: str | None = None) ->
             "delete that line"
         )
     return f"it is not a table of numbers separated by {separators}"
+
+
+def load_text_table(path: str | os.PathLike, delimiter: str | None, *, description: str, advice: str) -> Any:
+    """Read a text table of numbers as a float64 array, after checking that it fits into memory.
+
+    Blank lines, lines of whitespace, ``#`` comments, Windows line ends and
+    a final line without a line end are accepted. A separator at the end of
+    every line, as spreadsheet exports write it, is left out. A separator
+    at the end of some lines only is an error that names a line of each
+    kind, because the table would have an empty final column on some lines.
+    The memory is estimated from the file size and the first line before
+    the file is parsed.
+
+    Args:
+        path (str | os.PathLike): The table.
+        delimiter (str | None): ``","``, a tab, or None for any whitespace.
+        description (str): What the file should be, such as ``"a features
+            table"``, for the message.
+        advice (str): What to do when the table does not fit into memory.
+
+    Returns:
+        np.ndarray: The values, 2-D, with no rows for a file without data.
+
+    Raises:
+        ValueError: If the table would not fit into the available memory,
+            or a line cannot be read, naming the line and what to do.
+    """
+    import numpy as np
+
+    _check_text_table_memory(Path(path), delimiter, advice)
+    try:
+        return _loadtxt(path, delimiter)
+    except ValueError as error:
+        first_error = error
+    drop_trailing = False
+    if delimiter is not None:
+        with_separator, without_separator = _trailing_separator_lines(path, delimiter)
+        separator = {",": "comma", "\t": "tab"}.get(delimiter, repr(delimiter))
+        if with_separator is not None and without_separator is not None:
+            if with_separator < without_separator:
+                problem = f"line {without_separator} does not end with a {separator}, but line {with_separator} does"
+            else:
+                problem = f"line {with_separator} ends with a {separator}, but line {without_separator} does not"
+            raise ValueError(
+                f"{path} cannot be read as {description}: {problem}: end every line with a {separator}, or none"
+            ) from first_error
+        drop_trailing = with_separator is not None
+        try:
+            with open(path, encoding="utf-8-sig") as handle:
+                return _loadtxt(_cleaned_lines(handle, delimiter, drop_trailing), delimiter)
+        except ValueError:
+            pass
+    problem = text_table_problem(path, delimiter, drop_trailing)
+    raise ValueError(f"{path} cannot be read as {description}: {problem}") from first_error
+
+
+def _loadtxt(source: Any, delimiter: str | None) -> Any:
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        # An empty file: the caller's check of the row count names it.
+        warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+        # utf-8-sig drops the byte order mark that spreadsheet programs write.
+        return np.loadtxt(source, dtype=np.float64, ndmin=2, delimiter=delimiter, encoding="utf-8-sig")
+
+
+def _without_trailing_separator(content: str, delimiter: str) -> tuple[str, bool]:
+    """Return a line without its line end and a separator at its end, and whether it had one."""
+    # Whitespace other than the separator itself may follow it, such as "0.5, \r\n".
+    trimmed = content.rstrip("".join(character for character in " \t\r\n\f\v" if character != delimiter))
+    if trimmed.endswith(delimiter):
+        return trimmed[: -len(delimiter)], True
+    return trimmed, False
+
+
+def _trailing_separator_lines(path: str | os.PathLike, delimiter: str) -> tuple[int | None, int | None]:
+    """Return the first content line that ends with ``delimiter`` and the first that does not, or None."""
+    with_separator = without_separator = None
+    with open(path, encoding="utf-8-sig", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            content = line.split("#", 1)[0]
+            if not content.strip():
+                continue
+            if _without_trailing_separator(content, delimiter)[1]:
+                with_separator = with_separator or number
+            else:
+                without_separator = without_separator or number
+            if with_separator and without_separator:
+                break
+    return with_separator, without_separator
+
+
+def _cleaned_lines(lines: Iterator[str], delimiter: str, drop_trailing: bool) -> Iterator[str]:
+    """Yield the lines of a text table with blank lines emptied and, if asked, the separator at their end left out."""
+    for line in lines:
+        content, hash_sign, comment = line.partition("#")
+        if not content.strip():
+            # numpy skips empty lines, but reads a line of spaces as one empty value.
+            yield hash_sign + comment.rstrip("\r\n") + "\n"
+            continue
+        content = _without_trailing_separator(content, delimiter)[0] if drop_trailing else content.rstrip("\r\n")
+        yield content + hash_sign + comment.rstrip("\r\n") + "\n"
+
+
+# Lines and bytes of a line that the memory estimate of a text table reads to find its first line of values.
+_MAX_SCANNED_LINES = 1000
+_MAX_SCANNED_LINE_BYTES = 1 << 20
+
+
+def _check_text_table_memory(path: Path, delimiter: str | None, advice: str) -> None:
+    """Raise ``ValueError`` if a text table would not fit into memory as float64, estimated from its first line."""
+    with open(path, "rb") as handle:
+        # A binary file may have no line end for gigabytes, so at most 1 MiB of a line is read.
+        for _ in range(_MAX_SCANNED_LINES):
+            raw_line = handle.readline(_MAX_SCANNED_LINE_BYTES)
+            if not raw_line:
+                return
+            text = raw_line.decode("utf-8", errors="replace").lstrip("\ufeff").split("#", 1)[0]
+            if text.strip():
+                break
+        else:
+            return
+    if delimiter is None:
+        n_columns = len(text.split())
+    else:
+        n_columns = len(_without_trailing_separator(text, delimiter)[0].split(delimiter))
+    n_rows = max(1, path.stat().st_size // len(raw_line))
+    check_fits_in_memory(
+        8 * n_rows * n_columns,
+        f"{path} needs about {{size}} of memory as {describe_array_size((n_rows, n_columns), 'float64')} (an "
+        "estimate from the file size and its first line)",
+        advice,
+    )
+
+
+def describe_array_size(shape: Sequence[int], dtype: Any) -> str:
+    """Describe an array by its shape and dtype for a message, such as ``an array of 3 rows and 2 columns of float32``."""
+    if len(shape) == 2:
+        return f"an array of {shape[0]} rows and {shape[1]} columns of {dtype}"
+    return f"an array of shape {tuple(shape)} of {dtype}"
+
+
+def check_fits_in_memory(n_bytes: int, subject: str, advice: str) -> None:
+    """Raise ``ValueError`` if ``n_bytes`` exceed the memory available to new allocations.
+
+    Nothing is checked where the available memory is unknown (see
+    :func:`dimalign.memory.available_memory_bytes`).
+
+    Args:
+        n_bytes (int): The bytes that the read would allocate.
+        subject (str): The start of the message, with ``{size}`` where
+            ``n_bytes`` goes, such as ``"features.h5 needs {size} of memory"``.
+        advice (str): What to do, for the end of the message.
+
+    Raises:
+        ValueError: Giving the size, the available memory and ``advice``.
+    """
+    available = available_memory_bytes()
+    if available is None:
+        logger.debug("available memory unknown; the read needs %s", format_bytes(n_bytes))
+        return
+    if n_bytes > available:
+        raise ValueError(
+            f"{subject.replace('{size}', format_bytes(n_bytes))}, but {format_bytes(available)} is available: {advice}"
+        )
 
 
 def read_utf8_text(path: str | os.PathLike, *, advice: str, description: str = "",

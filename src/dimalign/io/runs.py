@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,10 @@ from dimalign._warnings import warn
 from dimalign.io.files import (
     atomic_path,
     load_npy,
+    load_text_table,
     looks_like_triplet_file,
     missing_file_error,
     read_npz,
-    text_table_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,16 +170,10 @@ def _read_embedding_file(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]
     if suffix == ".npy":
         return load_npy(path, description="an embedding", advice="save the weights with numpy.save"), {}
     delimiter = {".csv": ",", ".tsv": "\t"}.get(suffix)
-    try:
-        with warnings.catch_warnings():
-            # An empty file: check_embedding raises an error that names it.
-            warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
-            # utf-8-sig drops the byte order mark that spreadsheet programs write.
-            embedding = np.loadtxt(path, dtype=np.float64, ndmin=2, delimiter=delimiter, encoding="utf-8-sig")
-            return embedding, {}
-    except ValueError as error:
-        problem = text_table_problem(path, delimiter)
-        raise ValueError(f"{path} cannot be read as a text embedding: {problem}") from error
+    embedding = load_text_table(
+        path, delimiter, description="a text embedding", advice="free memory, or run on a machine with more"
+    )
+    return embedding, {}
 
 
 def _folder_without_embedding(folder: Path, advice: str | None = None) -> str:
