@@ -428,8 +428,8 @@ def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
 @pytest.mark.parametrize(("name", "text", "problem"), [
     ("weights.csv", "0.5,0.25,\n0,1.5\n", "line 2 does not end with a comma, but line 1 does: end "
                                            "every line with a comma, or none"),
-    ("weights.tsv", "0.5\t0.25\r\n0\t1.5\t\r\n", "line 2 ends with a tab, but line 1 does not: end every "
-                                                 "line with a tab, or none"),
+    ("weights.csv", "0.5,0.25\r\n0,1.5,\r\n", "line 2 ends with a comma, but line 1 does not: end every "
+                                                "line with a comma, or none"),
     ("weights.csv", "0.5,0.25\n0,,1.5\n", "line 2 has an empty value in column 2, between two commas: "
                                           "fill in the value"),
     ("weights.csv", ",0.5,0.25\n", "line 1 starts with a comma, which leaves its first value empty: "
@@ -448,6 +448,7 @@ def test_empty_text_value_named(tmp_path, name, text, problem):
     ("weights.csv", "0.5,0.25,\n0,1.5,\n"),
     ("weights.csv", "0.5,0.25,\r\n0,1.5,\r\n"),
     ("weights.tsv", "0.5\t0.25\t\r\n0\t1.5\t\r\n"),
+    ("weights.tsv", "0.5\t0.25\r\n0\t1.5\t\r\n"),
     ("weights.csv", "0.5,0.25,\n0,1.5,"),
     ("weights.csv", "0.5,0.25\n0,1.5\n\n \n\t\n"),
     ("weights.csv", "0.5,0.25,\r\n0,1.5,\r\n\r\n"),

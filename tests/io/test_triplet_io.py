@@ -1171,6 +1171,49 @@ def test_trailing_comma_on_rows_only(tmp_path):
         load_triplets(filled, 4)
 
 
+def test_trailing_comma_on_some_rows_named(tmp_path):
+    first_only = write_lines(tmp_path / "first.csv", ["0,1,2,", "1,2,3", "2,3,0,"])
+    second_only = write_lines(tmp_path / "second.csv", ["0,1,2", "1,2,3,"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(first_only, 4)
+    assert str(error.value) == (
+        f"{first_only}, line 2: 3 columns, expected 4 like the first line, because the first line "
+        "ends with a comma and line 2 does not: end every line with a comma, or none"
+    )
+    with pytest.raises(ValueError) as error:
+        load_triplets(second_only, 4)
+    assert str(error.value) == (
+        f"{second_only}, line 2: 4 columns, expected 3 like the first line, because line 2 ends "
+        "with a comma and the first line does not: end every line with a comma, or none"
+    )
+
+
+def test_windows_lines_with_trailing_comma(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"i,j,k,\r\n0,1,2,\r\n1,2,3,\r\n\r\n")
+
+    assert load_triplets(path, 4).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("lines", [
+    ["0\t1 2", "1 \t2\t3"],
+    ["0 1\t2", "1 2 3"],
+    ["a\tb c", "0\t1 2", "1 2\t3"],
+])
+def test_tabs_mixed_with_spaces_load(tmp_path, lines):
+    path = write_lines(tmp_path / "t.txt", lines)
+
+    assert load_triplets(path, 4).tolist()[-2:] == [[0, 1, 2], [1, 2, 3]]
+
+
+def test_tab_column_with_spaces_kept(tmp_path):
+    """A tab-separated column of names with spaces stays one column."""
+    path = write_lines(tmp_path / "t.tsv", ["subject a\t0\t1\t2", "subject b\t1\t2\t3"])
+
+    assert load_triplets(path, 4, columns=[1, 2, 3]).tolist() == [[0, 1, 2], [1, 2, 3]]
+
+
 def test_extra_column_message_is_sentence(tmp_path):
     path = write_lines(tmp_path / "subjects.csv", ["0,1,2,s1", "1,2,3,s2"])
 

@@ -927,9 +927,10 @@ def load_text_table(path: str | os.PathLike, delimiter: str | None, *, descripti
 
     Blank lines, lines of whitespace, ``#`` comments, Windows line ends and
     a final line without a line end are accepted. A separator at the end of
-    every line, as spreadsheet exports write it, is left out. A separator
-    at the end of some lines only is an error that names a line of each
-    kind, because the table would have an empty final column on some lines.
+    every line, as spreadsheet exports write it, is left out. A comma at the
+    end of some lines only is an error that names a line of each kind,
+    because the table would have an empty final column on some lines. A tab
+    at the end of a line is whitespace there, so it may end some lines only.
     The memory is estimated from the file size and the first line before
     the file is parsed.
 
@@ -958,7 +959,8 @@ def load_text_table(path: str | os.PathLike, delimiter: str | None, *, descripti
     if delimiter is not None:
         with_separator, without_separator = _trailing_separator_lines(path, delimiter)
         separator = {",": "comma", "\t": "tab"}.get(delimiter, repr(delimiter))
-        if with_separator is not None and without_separator is not None:
+        # A tab at a line's end is whitespace there, as in the triplet reader, so it may end some lines only.
+        if with_separator is not None and without_separator is not None and not delimiter.isspace():
             if with_separator < without_separator:
                 problem = f"line {without_separator} does not end with a {separator}, but line {with_separator} does"
             else:

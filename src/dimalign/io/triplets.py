@@ -555,6 +555,9 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
             if candidate in _strip_comment(raw_line, candidate)[0]:
                 delimiter = candidate
                 break
+        if delimiter == "\t" and any(_mixes_tabs_and_spaces(text) for _, text in content):
+            delimiter = None
+            logger.info("%s: tabs and spaces both separate numbers, so any whitespace is a delimiter", path)
         logger.debug("%s: detected delimiter %r", path, delimiter or "whitespace")
     else:
         delimiter = _normalize_delimiter(delimiter)
@@ -584,6 +587,15 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     return _TextLayout(
         path, delimiter, header, len(header), line_number, first_line=line, detected=detected,
         columns_source=columns_source,
+    )
+
+
+def _mixes_tabs_and_spaces(line: str) -> bool:
+    """Return whether a line of numbers only separates some of them by spaces and others by tabs."""
+    text = _strip_comment(line, None)[0].strip()
+    fields = text.split("\t")
+    return len(fields) > 1 and any(len(field.split()) > 1 for field in fields) and all(
+        _is_number(token) for token in text.split()
     )
 
 
@@ -722,9 +734,10 @@ def _parse_text(
                         ", because a quoted field spans these lines; check for a quote that "
                         "is not closed"
                     )
+                advice = _trailing_delimiter_mismatch(layout, tokens, line_number) or f"{cause}; check the delimiter"
                 raise ValueError(
                     f"{path}, {where}: {len(tokens)} columns, expected {layout.n_columns} like "
-                    f"{layout.columns_source}{cause}; check the delimiter"
+                    f"{layout.columns_source}{advice}"
                 )
             record_lines.append(line_number)
             values = []
@@ -748,6 +761,23 @@ def _parse_text(
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _trailing_delimiter_mismatch(layout: _TextLayout, tokens: list[str], line_number: int) -> str | None:
+    """Describe a record that differs from the line of ``columns_source`` only by a delimiter at its end, or return None."""
+    if layout.delimiter is None or layout.delimiter.isspace() or not tokens:
+        return None
+    reference = layout.header if layout.header is not None else _split(layout.first_line, layout.delimiter)
+    reference_has_one = bool(reference) and reference[-1] == ""
+    separator = "comma" if layout.delimiter == "," else repr(layout.delimiter)
+    source = layout.columns_source
+    if reference_has_one and len(tokens) == layout.n_columns - 1 and tokens[-1] != "":
+        order = f"{source} ends with a {separator} and line {line_number} does not"
+    elif not reference_has_one and len(tokens) == layout.n_columns + 1 and tokens[-1] == "":
+        order = f"line {line_number} ends with a {separator} and {source} does not"
+    else:
+        return None
+    return f", because {order}: end every line with a {separator}, or none"
 
 
 def _empty_final_column(layout: _TextLayout, has_choice: bool) -> bool:
