@@ -374,3 +374,17 @@ def test_npy_read_whole_beyond_memory_rejected(tmp_path, monkeypatch):
     )
     features, _ = load_features(path)
     assert features.shape == (1000, 4)
+
+
+def test_comma_text_features_name_separator(tmp_path):
+    """A .txt file is read as separated by spaces, also when its lines end with a comma."""
+    path = tmp_path / "features.txt"
+    path.write_text("1,2,\n3,4,\n")
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    assert str(error.value) == (
+        f"{path} cannot be read as a features table: line 1 separates its values by commas, but the "
+        "values of this file are read as separated by spaces: save it with spaces between values"
+    )

@@ -700,6 +700,9 @@ def _other_separator(field: str, delimiter: str | None) -> str | None:
         if separator == delimiter:
             continue
         parts = field.split(separator) if separator else field.split()
+        # A separator at the end of the line leaves an empty last part.
+        if separator and len(parts) > 1 and not parts[-1].strip():
+            parts.pop()
         if len(parts) < 2:
             continue
         try:
