@@ -1,4 +1,9 @@
-"""Atomic writes, checksums and the ``manifest.json`` of every output directory."""
+"""Atomic writes, checksums, the ``manifest.json`` of every output directory, and readers of input files.
+
+The readers are shared: :func:`read_npz` reads ``.npz`` archives,
+:func:`load_npy` ``.npy`` files and :func:`load_text_table` text tables of
+numbers.
+"""
 
 from __future__ import annotations
 
