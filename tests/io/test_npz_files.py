@@ -98,3 +98,20 @@ def test_npz_permission_error_unchanged(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="Permission denied") as error:
         read(path)
     assert "damaged" not in str(error.value)
+
+
+def test_npz_bad_compressed_data_named(tmp_path):
+    """A compressed archive damaged inside an array raises zlib's error, which names no file."""
+    path = tmp_path / "arrays.npz"
+    np.savez_compressed(path, a=np.linspace(0, 1, 1000))
+    data = bytearray(path.read_bytes())
+    for position in range(200, 260):
+        data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ValueError) as error:
+        read(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path} cannot be read as an archive of arrays (")
+    assert message.endswith(f"), so the file is damaged: {ADVICE}")

@@ -1227,6 +1227,7 @@ def read_npz(
         OSError: If the file cannot be opened or read.
     """
     import zipfile
+    import zlib
 
     import numpy as np
 
@@ -1257,7 +1258,7 @@ def read_npz(
         if name is not None and "object" in str(error).lower():
             raise unreadable(f"its array {name!r} contains Python objects, not numbers; {advice}") from error
         raise ValueError(f"{path} cannot be read as {description} ({error}), so the file is damaged: {advice}") from error
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         if isinstance(error, OSError) and error.errno is not None:
             raise
         raise ValueError(f"{path} cannot be read as {description} ({error}), so the file is damaged: {advice}") from error
