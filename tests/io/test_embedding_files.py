@@ -430,6 +430,8 @@ def test_unreadable_npz_embedding_says_why(tmp_path, content, reason):
                                            "every line with a comma, or none"),
     ("weights.csv", "0.5,0.25\r\n0,1.5,\r\n", "line 2 ends with a comma, but line 1 does not: end every "
                                                 "line with a comma, or none"),
+    ("weights.csv", "0.5,0.25,,\n0,1.5,,\n", "line 1 ends with more than one comma, which leaves its last "
+                                                "value empty: end each line with one comma at most"),
     ("weights.csv", "0.5,0.25\n0,,1.5\n", "line 2 has an empty value in column 2, between two commas: "
                                           "fill in the value"),
     ("weights.csv", ",0.5,0.25\n", "line 1 starts with a comma, which leaves its first value empty: "

@@ -178,6 +178,27 @@ def test_damaged_hdf5_features_named(tmp_path, content):
     assert message.endswith("): it is damaged or not HDF5; write the features again")
 
 
+def test_damaged_hdf5_dataset_named(tmp_path):
+    """Damaged compressed data fails only when the dataset is read, after the file opened."""
+    import h5py
+
+    path = tmp_path / "features.h5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("fc", data=np.linspace(0, 1, 100_000).reshape(2000, 50), chunks=(100, 50),
+                              compression="gzip")
+    data = bytearray(path.read_bytes())
+    for position in range(len(data) // 2, len(data) // 2 + 2000):
+        data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    message = str(error.value)
+    assert message.startswith(f"{path}: dataset 'fc' cannot be read (")
+    assert message.endswith("), so the file is damaged: write the features again")
+
+
 def test_hdf5_group_as_layer_rejected(tmp_path):
     import h5py
 

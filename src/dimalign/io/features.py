@@ -253,7 +253,16 @@ def _load_hdf5(path: Path, layer: str | None) -> np.ndarray:
             f"{path}: dataset {layer!r} needs {{size}} of memory as {describe_array_size(dataset.shape, dataset.dtype)}",
             _MEMORY_ADVICE,
         )
-        return np.asarray(dataset)
+        try:
+            return np.asarray(dataset)
+        except OSError as error:
+            # h5py raises OSError without an errno for data that fails to decompress or is cut short.
+            if error.errno is not None:
+                raise
+            raise ValueError(
+                f"{path}: dataset {layer!r} cannot be read ({error}), so the file is damaged: write the "
+                "features again"
+            ) from error
 
 
 def _check_npy_memory(path: Path) -> None:

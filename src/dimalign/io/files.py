@@ -746,12 +746,13 @@ def looks_like_triplet_file(path: str | os.PathLike, array: np.ndarray) -> bool:
 
 
 def _empty_value_problem(number: int, column: int, n_fields: int, delimiter: str, separators: str) -> str:
-    """Describe the empty value in ``column`` of line ``number``, left by a separator at the end or a doubled one."""
+    """Describe the empty value in ``column`` of line ``number``, left by separators at the end or a doubled one."""
     separator = {",": "comma", "\t": "tab"}.get(delimiter, repr(delimiter))
     if column == n_fields:
+        # One separator at the end of every line is left out before this check, so this line ends with several.
         return (
-            f"line {number} ends with a {separator}, which leaves its last value empty: delete the "
-            f"{separator} at the end of each line"
+            f"line {number} ends with more than one {separator}, which leaves its last value empty: end "
+            f"each line with one {separator} at most"
         )
     if column == 1:
         return f"line {number} starts with a {separator}, which leaves its first value empty: delete that {separator}"
