@@ -553,12 +553,14 @@ def test_gradcam_loads_moved_weights(tmp_path, capsys):
 
     from dimalign.cli import main
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
     weights = tmp_path / "squeezenet.pt"
     map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
     moved = tmp_path / "moved.pt"
     weights.rename(moved)
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
-    argv = ["gradcam", str(tmp_path / "a.png"), "--map", str(map_dir), "--dim", "0"]
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(photos / "a.png")
+    argv = ["gradcam", str(photos / "a.png"), "--map", str(map_dir), "--dim", "0"]
 
     missing = main([*argv, "-o", str(tmp_path / "missing")])
     missing_error = capsys.readouterr().err

@@ -57,7 +57,7 @@ def test_gradcam_same_stems_keep_every_map(tiny_predictor, tmp_path):
 
 
 def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "a.jpg", (200, 30, 30))
+    photo = write_photo(tmp_path / "photos" / "a.jpg", (200, 30, 30))
     out = tmp_path / "manipulate"
 
     status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "hue", "blur:3", "hue:90",
@@ -203,7 +203,7 @@ def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, 
 
 
 def test_gradcam_zero_map_warning_names_image(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "flat.png", (128, 128, 128), size=(1, 1))
+    photo = write_photo(tmp_path / "photos" / "flat.png", (128, 128, 128), size=(1, 1))
     # A uniform 1 x 2 input gives the same activations at both positions of layer 0, whose
     # padding is symmetric, so the map is zero.
     tiny_predictor.preprocessing.input_size = (1, 2)
@@ -215,7 +215,7 @@ def test_gradcam_zero_map_warning_names_image(tiny_predictor, tmp_path, capsys):
 
 
 def test_gradcam_empty_layer_name_rejected(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "a.png", (200, 30, 30))
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
 
     status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "",
                    "-o", str(tmp_path / "gradcam")])
@@ -767,3 +767,31 @@ def test_gradcam_rejects_overlong_image_name(tiny_predictor, tmp_path, capsys):
             "257 bytes, more than the 255 that file systems allow; rename the image to at most 238 "
             "bytes before its suffix") in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("command", "out_name"), [("gradcam", "photos/gradcam"), ("manipulate", "photos/out"),
+                                                   ("manipulate", "photos/deeper/out")])
+def test_output_inside_photo_folder_rejected(tiny_predictor, tmp_path, capsys, command, out_name):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = tmp_path / out_name
+
+    status = main([command, str(photo), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: the output folder {out} lies inside {photo.parent}, the folder of the input image {photo}, "
+        f"so a later dimalign extract or {command} of that folder would read its pictures as images; "
+        f"choose an output folder outside {photo.parent}\n"
+    )
+    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["a.png"]
+
+
+def test_output_beside_photo_folder_accepted(tiny_predictor, tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(tmp_path / "gradcam")])
+
+    assert status == 0
+    assert (tmp_path / "gradcam" / "a_gradcam.png").is_file()

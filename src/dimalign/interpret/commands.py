@@ -331,12 +331,15 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
 
     Output files such as ``NAME_input.png`` could replace an input of that
     name, and the next run over the input folder would read the pictures of
-    this run as photos.
+    this run as photos. For an image file, the folder that contains it
+    counts as an input folder, because ``dimalign extract`` of that folder
+    searches its subfolders too.
 
     Raises:
         ValueError: Naming the output folder and the input.
     """
     out = out_dir.resolve()
+    image_folders: dict[Path, Path] = {}
     for source in inputs:
         locations = {source.resolve()}
         if source.is_symlink():
@@ -347,6 +350,16 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
             raise ValueError(
                 f"the output folder {out_dir} overlaps the input {source}, so dimalign {step} could "
                 "replace inputs with its pictures; choose an output folder outside the inputs"
+            )
+        if source.is_file():
+            for place in locations:
+                image_folders.setdefault(place.parent, source)
+    for folder, source in sorted(image_folders.items()):
+        if out == folder or folder in out.parents:
+            raise ValueError(
+                f"the output folder {out_dir} lies inside {folder}, the folder of the input image {source}, "
+                f"so a later dimalign extract or {step} of that folder would read its pictures as images; "
+                f"choose an output folder outside {folder}"
             )
 
 
