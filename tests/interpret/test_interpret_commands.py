@@ -795,3 +795,42 @@ def test_output_beside_photo_folder_accepted(tiny_predictor, tmp_path):
 
     assert status == 0
     assert (tmp_path / "gradcam" / "a_gradcam.png").is_file()
+
+
+def test_gradcam_heatmap_on_crop(monkeypatch, tmp_path):
+    from torch import nn
+    from torchvision import transforms as T
+
+    # A 1 x 1 convolution that passes the red channel, so Grad-CAM is the red channel, min-max scaled.
+    model = nn.Sequential(nn.Conv2d(3, 1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1))
+    predictor = DimensionPredictor(
+        model, "0", np.ones((1, 1)), np.zeros(1), pooling="gap",
+        preprocessing=ImagePreprocessing(pil_steps=T.CenterCrop((16, 16)), input_size=(16, 16)),
+    )
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", classmethod(lambda cls, *args, **kwargs: predictor))
+    # 40 x 16 pixels: the centre crop keeps columns 12 to 27. Red lies at columns 0-3, which the
+    # crop drops, and at columns 20-23 of rows 4-7, which are columns 8-11 of the crop.
+    pixels = np.zeros((16, 40, 3), dtype=np.uint8)
+    pixels[:, :4, 0] = 255
+    pixels[4:8, 20:24, 0] = 255
+    pixels[:, 12:28, 1] = 100
+    photo = tmp_path / "photos" / "wide.png"
+    photo.parent.mkdir()
+    Image.fromarray(pixels).save(photo)
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "-o", str(out)])
+
+    seen = np.asarray(Image.open(out / "wide_input.png"))
+    heatmap = np.asarray(Image.open(out / "wide_dim0_heatmap.png"))
+    hot = np.zeros((16, 16), dtype=bool)
+    hot[4:8, 8:12] = True
+    assert status == 0
+    np.testing.assert_array_equal(seen, pixels[:, 12:28])
+    assert heatmap.shape == (16, 16, 3)
+    assert {tuple(pixel) for pixel in heatmap[hot]} == {tuple(heatmap[5, 9])}
+    assert {tuple(pixel) for pixel in heatmap[~hot]} == {tuple(heatmap[0, 0])}
+    assert heatmap[5, 9, 0] > heatmap[5, 9, 2]
+    assert heatmap[0, 0, 2] > heatmap[0, 0, 0]
