@@ -834,3 +834,21 @@ def test_gradcam_heatmap_on_crop(monkeypatch, tmp_path):
     assert {tuple(pixel) for pixel in heatmap[~hot]} == {tuple(heatmap[0, 0])}
     assert heatmap[5, 9, 0] > heatmap[5, 9, 2]
     assert heatmap[0, 0, 2] > heatmap[0, 0, 0]
+
+
+@pytest.mark.parametrize("command", ["gradcam", "manipulate"])
+def test_non_image_file_named(tiny_predictor, tmp_path, capsys, command):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    fake = tmp_path / "photos" / "b.jpg"
+    fake.write_text("not an image")
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = tmp_path / "out"
+
+    status = main([command, str(tmp_path / "photos"), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: cannot read image {fake}: not an image file Pillow can read; replace the file "
+        "or leave it out of the inputs\n"
+    )
+    assert not out.exists()

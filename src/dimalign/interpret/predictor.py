@@ -114,13 +114,14 @@ class ImagePreprocessing:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} not found")
+        advice = "replace the file or leave it out of the inputs"
         try:
             image = load_rgb(path, self.background, self.exif_transpose)
         except ImageReadError as error:
-            raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
+            raise ValueError(f"cannot read image {error.path}: {error.reason}; {advice}") from error
         reason = elongation_reason(image)
         if reason is not None:
-            raise ValueError(f"cannot read image {path}: {reason}")
+            raise ValueError(f"cannot read image {path}: {reason}; {advice}")
         return self.to_tensor(image)
 
     @classmethod
