@@ -241,23 +241,25 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
             f"{map_dir}, so the predictor would explain another network; pass load_model('{recorded_name}') "
             "with the weights of the features, or leave out the model"
         )
-    recorded, given = settings.get("weights"), getattr(model, "weights", None)
-    if recorded is None or given is None:
+    recorded_weights, given_weights = settings.get("weights"), getattr(model, "weights", None)
+    if recorded_weights is None or given_weights is None:
         return
     recorded_sha256, loaded_sha256 = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
     if recorded_sha256 and loaded_sha256:
         return
-    if recorded == "random" or given == "random":
-        same = recorded == given and settings.get("seed") == getattr(model, "seed", None)
+    if recorded_weights == "random" or given_weights == "random":
+        same = recorded_weights == given_weights and settings.get("seed") == getattr(model, "seed", None)
     elif recorded_sha256:
         same = False
     else:
         # Without a recorded checksum any weights file is accepted, and _check_weights_unchanged warns.
-        same = _weights_kind(str(recorded)) == _weights_kind(str(given))
+        same = _weights_kind(str(recorded_weights)) == _weights_kind(str(given_weights))
     if same:
         return
-    recorded_text = f"random (seed {settings.get('seed')})" if recorded == "random" else str(recorded)
-    given_text = model.weights_id if given == "random" else str(given)
+    recorded_text = str(recorded_weights)
+    if recorded_weights == "random":
+        recorded_text = f"random (seed {settings.get('seed')})"
+    given_text = model.weights_id if given_weights == "random" else str(given_weights)
     raise ValueError(
         f"the weights {given_text} differ from the weights {recorded_text} of the features of the map "
         f"{map_dir}, so the predictor would explain another network; pass the model loaded with the "
