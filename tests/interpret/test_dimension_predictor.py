@@ -679,3 +679,23 @@ def test_given_model_packaged_for_file(tmp_path):
     assert str(error.value).startswith(
         f"the weights pretrained differ from the weights {weights} of the features of the map {map_dir}"
     )
+
+
+def test_map_settings_contradicting_model_name(tmp_path):
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    source = {"model": "resnet18", "weights": "random", "seed": 0, "layer": "fc:input", "pooling": "flatten"}
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "efficientnet_lite0", "layer": "fc:input",
+                                    "features_source": source},
+        "inputs": {}})
+
+    with pytest.raises(ValueError) as error:
+        map_settings(map_dir)
+
+    assert str(error.value) == (
+        f"{map_dir / 'manifest.json'} names the model efficientnet_lite0, but its features come from the "
+        "model resnet18, so gradcam, maximize and manipulate would explain another network; rerun "
+        "dimalign map without --model-name (in a study config: model_name), or with the model of the features"
+    )
