@@ -852,3 +852,20 @@ def test_non_image_file_named(tiny_predictor, tmp_path, capsys, command):
         "or leave it out of the inputs\n"
     )
     assert not out.exists()
+
+
+def test_masks_inside_image_folder_rejected(tiny_predictor, tmp_path, capsys):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    masks = tmp_path / "photos" / "masks"
+    write_photo(masks / "a.png", (255, 255, 255))
+    out = tmp_path / "out"
+
+    status = main(["manipulate", str(tmp_path / "photos"), "--map", str(tmp_path), "--masks", str(masks),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: the mask folder {masks} lies inside the image folder {tmp_path / 'photos'}, so its masks "
+        f"would be read as photos too; move the masks out of {tmp_path / 'photos'}\n"
+    )
+    assert not out.exists()

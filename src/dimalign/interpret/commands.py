@@ -744,6 +744,21 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
     return mask_files
 
 
+def _check_masks_outside_images(mask_dir: Path, sources: Sequence[Path]) -> None:
+    """Reject a mask folder inside an image folder, whose search for photos would also find the masks.
+
+    Raises:
+        ValueError: Naming the mask folder and the image folder.
+    """
+    masks = mask_dir.resolve()
+    for source in sources:
+        if source.is_dir() and source.resolve() in masks.parents:
+            raise ValueError(
+                f"the mask folder {mask_dir} lies inside the image folder {source}, so its masks would be "
+                f"read as photos too; move the masks out of {source}"
+            )
+
+
 def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
     import pandas as pd
@@ -768,6 +783,8 @@ def run_manipulate(args: argparse.Namespace) -> int:
     _check_output_outside_inputs(args.out, [*args.images, *([args.masks] if args.masks else [])], "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
+    if args.masks is not None:
+        _check_masks_outside_images(args.masks, args.images)
     paths = collect_images(args.images)
     names = unique_names(paths)
     mask_files = _find_masks(args.masks, paths, names) if args.masks is not None else {}
