@@ -869,3 +869,21 @@ def test_masks_inside_image_folder_rejected(tiny_predictor, tmp_path, capsys):
         f"would be read as photos too; move the masks out of {tmp_path / 'photos'}\n"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["gradcam", "manipulate"])
+def test_output_beside_link_target_rejected(tiny_predictor, tmp_path, capsys, command):
+    target = write_photo(tmp_path / "elsewhere" / "a.png", (200, 30, 30))
+    link = tmp_path / "photos" / "a.png"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = target.parent / "out"
+
+    status = main([command, str(link.parent), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert f"error: the output folder {out} lies inside {target.parent}, the folder of the input image " in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()

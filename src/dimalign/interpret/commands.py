@@ -441,6 +441,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
+    # Links found inside the folders point to images whose folders are inputs too.
+    _check_output_outside_inputs(args.out, paths, "gradcam")
     names = unique_names(paths)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
@@ -786,6 +788,7 @@ def run_manipulate(args: argparse.Namespace) -> int:
     if args.masks is not None:
         _check_masks_outside_images(args.masks, args.images)
     paths = collect_images(args.images)
+    _check_output_outside_inputs(args.out, paths, "manipulate")
     names = unique_names(paths)
     mask_files = _find_masks(args.masks, paths, names) if args.masks is not None else {}
     labels = ["original", *(edit.label for edit in edits)]
