@@ -1437,6 +1437,34 @@ def test_compare_cli_triplets_warn_once_about_negative_weights(tmp_path, capsys)
 # -- map CLI ---------------------------------------------------------------------
 
 
+def test_map_rejects_other_model_name(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", rng.normal(size=(30, 12)))
+    (feature_dir / "manifest.json").write_text(json.dumps({
+        "step": "extract",
+        "settings": {"model": "resnet18", "weights": "random", "seed": 0, "layer": "fc:input", "pooling": "flatten"},
+    }))
+    ids = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)])
+    write_object_table(ids, feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", rng.random((30, 2)), ids)
+    argv = ["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "--alpha-range", "0.1", "10", "3"]
+
+    status = main([*argv, "-o", str(tmp_path / "map"), "--model-name", "efficientnet_lite0"])
+    error = capsys.readouterr().err
+    same = main([*argv, "-o", str(tmp_path / "same"), "--model-name", "resnet18"])
+
+    assert status == 1
+    assert error.endswith(
+        f"error: --model-name efficientnet_lite0 contradicts the model resnet18 that "
+        f"{feature_dir / 'manifest.json'} records for the features, so gradcam, maximize and manipulate "
+        "would explain another network; leave out --model-name, or map features of efficientnet_lite0\n"
+    )
+    assert not (tmp_path / "map").exists()
+    assert same == 0
+
+
 def test_map_cli_aligns_objects(tmp_path):
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 12))

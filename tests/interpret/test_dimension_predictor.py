@@ -553,12 +553,14 @@ def test_gradcam_loads_moved_weights(tmp_path, capsys):
 
     from dimalign.cli import main
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
     weights = tmp_path / "squeezenet.pt"
     map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
     moved = tmp_path / "moved.pt"
     weights.rename(moved)
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "a.png")
-    argv = ["gradcam", str(tmp_path / "a.png"), "--map", str(map_dir), "--dim", "0"]
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(photos / "a.png")
+    argv = ["gradcam", str(photos / "a.png"), "--map", str(map_dir), "--dim", "0"]
 
     missing = main([*argv, "-o", str(tmp_path / "missing")])
     missing_error = capsys.readouterr().err
@@ -610,3 +612,90 @@ def test_map_prints_result(tmp_path, capsys):
         assert capsys.readouterr().out.splitlines()[-1] == (
             f"wrote {out}: 3 dimensions, cross-validated R² median {median:.3f}"
         )
+
+
+def test_given_model_of_other_name(tmp_path):
+    from dimalign.features import load_model
+
+    map_dir = squeezenet_map(tmp_path, tmp_path / "squeezenet.pt", record_checksum=True)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_0", weights="random"))
+
+    assert str(error.value) == (
+        f"the given model squeezenet1_0 is not the model squeezenet1_1 of the features of the map {map_dir}, "
+        "so the predictor would explain another network; pass load_model('squeezenet1_1') with the "
+        "weights of the features, or leave out the model"
+    )
+
+
+def test_given_model_without_checksum(tmp_path):
+    from dimalign.features import load_model
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=True)
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("squeezenet1_1", weights="random"))
+
+    assert str(error.value).startswith(
+        f"the weights random-init(seed=0) differ from the weights {weights} of the features of the map {map_dir}"
+    )
+
+
+def test_given_model_other_random_seed(tmp_path):
+    from dimalign.analysis.ridge import RidgeMap
+    from dimalign.features import load_model
+
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "squeezenet1_1", "weights": "random", "seed": 3, "layer": "features.12",
+              "pooling": "gap"}
+    ridge.save(tmp_path / "map", features_source=source)
+
+    same = DimensionPredictor.from_map_dir(tmp_path / "map", model=load_model("squeezenet1_1", "random", seed=3))
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(tmp_path / "map", model=load_model("squeezenet1_1", "random", seed=4))
+
+    assert same.n_dims == 2
+    assert str(error.value).startswith(
+        "the weights random-init(seed=4) differ from the weights random (seed 3) of the features of the map "
+        f"{tmp_path / 'map'}"
+    )
+
+
+def test_given_model_packaged_for_file(tmp_path):
+    from dimalign.features import load_model
+
+    weights = tmp_path / "squeezenet.pt"
+    map_dir = squeezenet_map(tmp_path, weights, record_checksum=False)
+    source = json.loads((map_dir / "manifest.json").read_text())
+    source["settings"]["features_source"].update(model="efficientnet_lite0", layer="head")
+    (map_dir / "manifest.json").write_text(json.dumps(source))
+
+    with pytest.raises(ValueError) as error:
+        DimensionPredictor.from_map_dir(map_dir, model=load_model("efficientnet_lite0"))
+
+    assert str(error.value).startswith(
+        f"the weights pretrained differ from the weights {weights} of the features of the map {map_dir}"
+    )
+
+
+def test_map_settings_contradicting_model_name(tmp_path):
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    source = {"model": "resnet18", "weights": "random", "seed": 0, "layer": "fc:input", "pooling": "flatten"}
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "efficientnet_lite0", "layer": "fc:input",
+                                    "features_source": source},
+        "inputs": {}})
+
+    with pytest.raises(ValueError) as error:
+        map_settings(map_dir)
+
+    assert str(error.value) == (
+        f"{map_dir / 'manifest.json'} names the model efficientnet_lite0, but its features come from the "
+        "model resnet18, so gradcam, maximize and manipulate would explain another network; rerun "
+        "dimalign map without --model-name (in a study config: model_name), or with the model of the features"
+    )

@@ -190,15 +190,17 @@ def first_cell_pixel(grid_file, x: int, y: int) -> tuple[int, int, int]:
 
 
 def test_grid_command_applies_exif_orientation(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
     halves = np.zeros((32, 32, 3), dtype=np.uint8)
     halves[:, :16] = (255, 0, 0)
     halves[:, 16:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 3  # Stored upside down: viewers rotate by 180 degrees.
-    Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    Image.fromarray(halves).save(photos / "photo.jpg", exif=exif, quality=95)
     out = tmp_path / "grids"
 
-    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "photo.jpg")), "--top-k", "1",
+    status = main(["grid", str(one_object_run(tmp_path, photos / "photo.jpg")), "--top-k", "1",
                    "--cell-size", "32", "-o", str(out)])
 
     red, green, blue = first_cell_pixel(out / "dim000_top.png", 4, 16)
@@ -208,10 +210,12 @@ def test_grid_command_applies_exif_orientation(tmp_path):
 
 
 def test_grid_command_puts_transparency_on_white(tmp_path):
-    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(photos / "clear.png")
     out = tmp_path / "grids"
 
-    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "clear.png")), "--top-k", "1",
+    status = main(["grid", str(one_object_run(tmp_path, photos / "clear.png")), "--top-k", "1",
                    "--cell-size", "32", "-o", str(out)])
 
     assert status == 0
@@ -386,8 +390,10 @@ def test_grids_reject_non_finite_weights(bad):
 
 
 def test_grid_uses_recorded_background(tmp_path, record_extraction):
-    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    run_dir = one_object_run(tmp_path, tmp_path / "clear.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(photos / "clear.png")
+    run_dir = one_object_run(tmp_path, photos / "clear.png")
     record_extraction(run_dir, background=[0, 128, 0], exif_transpose=True)
     out = tmp_path / "grids"
 
@@ -398,10 +404,12 @@ def test_grid_uses_recorded_background(tmp_path, record_extraction):
 
 
 def test_grid_background_option(tmp_path):
-    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(photos / "clear.png")
     out = tmp_path / "grids"
 
-    status = main(["grid", str(one_object_run(tmp_path, tmp_path / "clear.png")), "--top-k", "1",
+    status = main(["grid", str(one_object_run(tmp_path, photos / "clear.png")), "--top-k", "1",
                    "--cell-size", "32", "-o", str(out), "--background", "0,0,255"])
 
     assert status == 0
@@ -409,13 +417,15 @@ def test_grid_background_option(tmp_path):
 
 
 def test_grid_uses_recorded_exif_setting(tmp_path, record_extraction):
+    photos = tmp_path / "photos"
+    photos.mkdir()
     halves = np.zeros((32, 32, 3), dtype=np.uint8)
     halves[:, :16] = (255, 0, 0)
     halves[:, 16:] = (0, 0, 255)
     exif = Image.Exif()
     exif[0x0112] = 3
-    Image.fromarray(halves).save(tmp_path / "photo.jpg", exif=exif, quality=95)
-    run_dir = one_object_run(tmp_path, tmp_path / "photo.jpg")
+    Image.fromarray(halves).save(photos / "photo.jpg", exif=exif, quality=95)
+    run_dir = one_object_run(tmp_path, photos / "photo.jpg")
     record_extraction(run_dir, background=[255, 255, 255], exif_transpose=False)
     out = tmp_path / "grids"
 
@@ -548,3 +558,20 @@ def test_grid_title_draws_cyrillic(caplog):
     assert _missing_glyphs("猫.png", chinese) == "猫"
     assert "the title '猫.png' contains characters that no available font draws (猫)" in caplog.text
     assert "фото" not in caplog.text
+
+
+def test_grid_rejects_output_below_shown_images(colour_objects, tmp_path, capsys, monkeypatch):
+    image_dir, run_dir, _ = colour_objects
+    table = ObjectTable(tuple(f"object{i}" for i in range(32)),
+                        tuple(str(image_dir / f"object{i:02d}.png") for i in range(32)))
+    write_object_table(table, run_dir / "objects.tsv")
+    monkeypatch.chdir(tmp_path)
+    out = image_dir / "grids"
+
+    status = main(["grid", "run", "--top-k", "1", "--dims", "0", "-o", str(out)])
+
+    assert status == 1
+    assert f"error: the output folder {out} lies inside {image_dir}, the folder of the input image" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()

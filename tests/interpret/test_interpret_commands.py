@@ -57,7 +57,7 @@ def test_gradcam_same_stems_keep_every_map(tiny_predictor, tmp_path):
 
 
 def test_manipulate_rejects_default_and_explicit_edit(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "a.jpg", (200, 30, 30))
+    photo = write_photo(tmp_path / "photos" / "a.jpg", (200, 30, 30))
     out = tmp_path / "manipulate"
 
     status = main(["manipulate", str(photo), "--map", str(tmp_path), "--edits", "hue", "blur:3", "hue:90",
@@ -203,7 +203,7 @@ def test_interrupted_run_removes_its_files_from_existing_folder(tiny_predictor, 
 
 
 def test_gradcam_zero_map_warning_names_image(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "flat.png", (128, 128, 128), size=(1, 1))
+    photo = write_photo(tmp_path / "photos" / "flat.png", (128, 128, 128), size=(1, 1))
     # A uniform 1 x 2 input gives the same activations at both positions of layer 0, whose
     # padding is symmetric, so the map is zero.
     tiny_predictor.preprocessing.input_size = (1, 2)
@@ -215,7 +215,7 @@ def test_gradcam_zero_map_warning_names_image(tiny_predictor, tmp_path, capsys):
 
 
 def test_gradcam_empty_layer_name_rejected(tiny_predictor, tmp_path, capsys):
-    photo = write_photo(tmp_path / "a.png", (200, 30, 30))
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
 
     status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "",
                    "-o", str(tmp_path / "gradcam")])
@@ -766,4 +766,124 @@ def test_gradcam_rejects_overlong_image_name(tiny_predictor, tmp_path, capsys):
     assert (f"the output file {'a' * 240}_dim0_heatmap.png for the image {photo} would have a name of "
             "257 bytes, more than the 255 that file systems allow; rename the image to at most 238 "
             "bytes before its suffix") in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("command", "out_name"), [("gradcam", "photos/gradcam"), ("manipulate", "photos/out"),
+                                                   ("manipulate", "photos/deeper/out")])
+def test_output_inside_photo_folder_rejected(tiny_predictor, tmp_path, capsys, command, out_name):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = tmp_path / out_name
+
+    status = main([command, str(photo), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: the output folder {out} lies inside {photo.parent}, the folder of the input image {photo}, "
+        f"so a later dimalign extract or {command} of that folder would read its pictures as images; "
+        f"choose an output folder outside {photo.parent}\n"
+    )
+    assert sorted(path.name for path in (tmp_path / "photos").iterdir()) == ["a.png"]
+
+
+def test_output_beside_photo_folder_accepted(tiny_predictor, tmp_path):
+    photo = write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "--layer", "2",
+                   "-o", str(tmp_path / "gradcam")])
+
+    assert status == 0
+    assert (tmp_path / "gradcam" / "a_gradcam.png").is_file()
+
+
+def test_gradcam_heatmap_on_crop(monkeypatch, tmp_path):
+    from torch import nn
+    from torchvision import transforms as T
+
+    # A 1 x 1 convolution that passes the red channel, so Grad-CAM is the red channel, min-max scaled.
+    model = nn.Sequential(nn.Conv2d(3, 1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 0.0, 0.0]).reshape(1, 3, 1, 1))
+    predictor = DimensionPredictor(
+        model, "0", np.ones((1, 1)), np.zeros(1), pooling="gap",
+        preprocessing=ImagePreprocessing(pil_steps=T.CenterCrop((16, 16)), input_size=(16, 16)),
+    )
+    monkeypatch.setattr(DimensionPredictor, "from_map_dir", classmethod(lambda cls, *args, **kwargs: predictor))
+    # 40 x 16 pixels: the centre crop keeps columns 12 to 27. Red lies at columns 0-3, which the
+    # crop drops, and at columns 20-23 of rows 4-7, which are columns 8-11 of the crop.
+    pixels = np.zeros((16, 40, 3), dtype=np.uint8)
+    pixels[:, :4, 0] = 255
+    pixels[4:8, 20:24, 0] = 255
+    pixels[:, 12:28, 1] = 100
+    photo = tmp_path / "photos" / "wide.png"
+    photo.parent.mkdir()
+    Image.fromarray(pixels).save(photo)
+    out = tmp_path / "gradcam"
+
+    status = main(["gradcam", str(photo), "--map", str(tmp_path), "--dim", "0", "-o", str(out)])
+
+    seen = np.asarray(Image.open(out / "wide_input.png"))
+    heatmap = np.asarray(Image.open(out / "wide_dim0_heatmap.png"))
+    hot = np.zeros((16, 16), dtype=bool)
+    hot[4:8, 8:12] = True
+    assert status == 0
+    np.testing.assert_array_equal(seen, pixels[:, 12:28])
+    assert heatmap.shape == (16, 16, 3)
+    assert {tuple(pixel) for pixel in heatmap[hot]} == {tuple(heatmap[5, 9])}
+    assert {tuple(pixel) for pixel in heatmap[~hot]} == {tuple(heatmap[0, 0])}
+    assert heatmap[5, 9, 0] > heatmap[5, 9, 2]
+    assert heatmap[0, 0, 2] > heatmap[0, 0, 0]
+
+
+@pytest.mark.parametrize("command", ["gradcam", "manipulate"])
+def test_non_image_file_named(tiny_predictor, tmp_path, capsys, command):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    fake = tmp_path / "photos" / "b.jpg"
+    fake.write_text("not an image")
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = tmp_path / "out"
+
+    status = main([command, str(tmp_path / "photos"), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: cannot read image {fake}: not an image file Pillow can read; replace the file "
+        "or leave it out of the inputs\n"
+    )
+    assert not out.exists()
+
+
+def test_masks_inside_image_folder_rejected(tiny_predictor, tmp_path, capsys):
+    write_photo(tmp_path / "photos" / "a.png", (200, 30, 30))
+    masks = tmp_path / "photos" / "masks"
+    write_photo(masks / "a.png", (255, 255, 255))
+    out = tmp_path / "out"
+
+    status = main(["manipulate", str(tmp_path / "photos"), "--map", str(tmp_path), "--masks", str(masks),
+                   "--edits", "silhouette", "-o", str(out)])
+
+    assert status == 1
+    assert capsys.readouterr().err.endswith(
+        f"error: the mask folder {masks} lies inside the image folder {tmp_path / 'photos'}, so its masks "
+        f"would be read as photos too; move the masks out of {tmp_path / 'photos'}\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["gradcam", "manipulate"])
+def test_output_beside_link_target_rejected(tiny_predictor, tmp_path, capsys, command):
+    target = write_photo(tmp_path / "elsewhere" / "a.png", (200, 30, 30))
+    link = tmp_path / "photos" / "a.png"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    options = ["--dim", "0", "--layer", "2"] if command == "gradcam" else ["--edits", "grayscale"]
+    out = target.parent / "out"
+
+    status = main([command, str(link.parent), "--map", str(tmp_path), *options, "-o", str(out)])
+
+    assert status == 1
+    assert f"error: the output folder {out} lies inside {target.parent}, the folder of the input image " in (
+        capsys.readouterr().err
+    )
     assert not out.exists()

@@ -501,6 +501,14 @@ def run_map(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         pass
     feature_settings = feature_manifest.get("settings", {})
+    recorded_model = feature_settings.get("model")
+    if args.model_name and recorded_model and args.model_name != recorded_model:
+        # The interpreters rebuild the network named in the map, so a wrong name explains another network.
+        raise ValueError(
+            f"--model-name {args.model_name} contradicts the model {recorded_model} that "
+            f"{feature_dir / 'manifest.json'} records for the features, so gradcam, maximize and manipulate "
+            f"would explain another network; leave out --model-name, or map features of {args.model_name}"
+        )
     layer = _extracted_layer(args.features, feature_manifest, args.layer)
     _check_layer_file(args.features, layer)
     features, feature_table = load_features(args.features, layer=layer, read_table=objects_table is None)

@@ -364,6 +364,17 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
             )
         sources += extracted
 
+    named_model = own.get("model_name")
+    features_model = next((entry.get("model") for entry in sources[1:] if entry.get("model")), None)
+    if named_model and features_model and named_model != features_model:
+        # The predictor would load the named network and explain features it never produced.
+        raise ValueError(
+            f"{Path(map_dir) / MANIFEST_NAME} names the model {named_model}, but its features come from the "
+            f"model {features_model}, so gradcam, maximize and manipulate would explain another network; "
+            "rerun dimalign map without --model-name (in a study config: model_name), or with the model "
+            "of the features"
+        )
+
     def first(*keys: str) -> Any:
         for source in sources:
             for key in keys:

@@ -331,12 +331,15 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
 
     Output files such as ``NAME_input.png`` could replace an input of that
     name, and the next run over the input folder would read the pictures of
-    this run as photos.
+    this run as photos. For an image file, the folder that contains it
+    counts as an input folder, because ``dimalign extract`` of that folder
+    searches its subfolders too.
 
     Raises:
         ValueError: Naming the output folder and the input.
     """
     out = out_dir.resolve()
+    image_folders: dict[Path, Path] = {}
     for source in inputs:
         locations = {source.resolve()}
         if source.is_symlink():
@@ -347,6 +350,16 @@ def _check_output_outside_inputs(out_dir: Path, inputs: Sequence[Path], step: st
             raise ValueError(
                 f"the output folder {out_dir} overlaps the input {source}, so dimalign {step} could "
                 "replace inputs with its pictures; choose an output folder outside the inputs"
+            )
+        if source.is_file():
+            for place in locations:
+                image_folders.setdefault(place.parent, source)
+    for folder, source in sorted(image_folders.items()):
+        if out == folder or folder in out.parents:
+            raise ValueError(
+                f"the output folder {out_dir} lies inside {folder}, the folder of the input image {source}, "
+                f"so a later dimalign extract or {step} of that folder would read its pictures as images; "
+                f"choose an output folder outside {folder}"
             )
 
 
@@ -428,6 +441,8 @@ def run_gradcam(args: argparse.Namespace) -> int:
     _check_options(args, {"alpha": (0.0, 1.0)})
     _distinct(args.dim, "--dim")
     paths = collect_images(args.images)
+    # Links found inside the folders point to images whose folders are inputs too.
+    _check_output_outside_inputs(args.out, paths, "gradcam")
     names = unique_names(paths)
     predictor = DimensionPredictor.from_map_dir(args.map_dir, device=args.device, weights=args.weights)
     _apply_decoding_options(predictor, args)
@@ -731,6 +746,21 @@ def _find_masks(mask_dir: Path, paths: Sequence[Path], names: Sequence[str]) -> 
     return mask_files
 
 
+def _check_masks_outside_images(mask_dir: Path, sources: Sequence[Path]) -> None:
+    """Reject a mask folder inside an image folder, whose search for photos would also find the masks.
+
+    Raises:
+        ValueError: Naming the mask folder and the image folder.
+    """
+    masks = mask_dir.resolve()
+    for source in sources:
+        if source.is_dir() and source.resolve() in masks.parents:
+            raise ValueError(
+                f"the mask folder {mask_dir} lies inside the image folder {source}, so its masks would be "
+                f"read as photos too; move the masks out of {source}"
+            )
+
+
 def run_manipulate(args: argparse.Namespace) -> int:
     """Handle ``dimalign manipulate``."""
     import pandas as pd
@@ -755,7 +785,10 @@ def run_manipulate(args: argparse.Namespace) -> int:
     _check_output_outside_inputs(args.out, [*args.images, *([args.masks] if args.masks else [])], "manipulate")
     _check_options(args, {"figure_rows": (1, math.inf)})
     edits = check_distinct_edits([parse_edit(text) for text in args.edits])
+    if args.masks is not None:
+        _check_masks_outside_images(args.masks, args.images)
     paths = collect_images(args.images)
+    _check_output_outside_inputs(args.out, paths, "manipulate")
     names = unique_names(paths)
     mask_files = _find_masks(args.masks, paths, names) if args.masks is not None else {}
     labels = ["original", *(edit.label for edit in edits)]

@@ -114,13 +114,14 @@ class ImagePreprocessing:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"image {path} not found")
+        advice = "replace the file or leave it out of the inputs"
         try:
             image = load_rgb(path, self.background, self.exif_transpose)
         except ImageReadError as error:
-            raise ValueError(f"cannot read image {error.path}: {error.reason}") from error
+            raise ValueError(f"cannot read image {error.path}: {error.reason}; {advice}") from error
         reason = elongation_reason(image)
         if reason is not None:
-            raise ValueError(f"cannot read image {path}: {reason}")
+            raise ValueError(f"cannot read image {path}: {reason}; {advice}")
         return self.to_tensor(image)
 
     @classmethod
@@ -212,6 +213,58 @@ def _output_size(pil_steps: Sequence[Any]) -> tuple[int, int] | None:
                 return (int(size[0]), int(size[1]))
             return None
     return None
+
+
+def _weights_kind(weights: str) -> str:
+    """Return ``"file"`` for a weights file, else the ``weights`` value itself (``pretrained`` or an enum name)."""
+    if weights == "pretrained" or "_Weights." in weights:
+        return weights
+    return "file"
+
+
+def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> None:
+    """Reject a loaded model that is not the network whose features the map was fitted on.
+
+    The SHA-256 comparison of :func:`_check_weights_unchanged` needs a
+    checksum on both sides. This check covers the rest: another model name,
+    another random seed, and weights without a checksum (random or packaged)
+    in place of recorded ones. A model without the ``name`` and ``weights``
+    of a ``LoadedModel`` is not checked.
+
+    Raises:
+        ValueError: Naming the given and the recorded model or weights.
+    """
+    recorded_name, given_name = settings.get("model"), getattr(model, "name", None)
+    if recorded_name and given_name and given_name != recorded_name:
+        raise ValueError(
+            f"the given model {given_name} is not the model {recorded_name} of the features of the map "
+            f"{map_dir}, so the predictor would explain another network; pass load_model('{recorded_name}') "
+            "with the weights of the features, or leave out the model"
+        )
+    recorded_weights, given_weights = settings.get("weights"), getattr(model, "weights", None)
+    if recorded_weights is None or given_weights is None:
+        return
+    recorded_sha256, loaded_sha256 = settings.get("weights_sha256"), getattr(model, "weights_sha256", None)
+    if recorded_sha256 and loaded_sha256:
+        return
+    if recorded_weights == "random" or given_weights == "random":
+        same = recorded_weights == given_weights and settings.get("seed") == getattr(model, "seed", None)
+    elif recorded_sha256:
+        same = False
+    else:
+        # Without a recorded checksum any weights file is accepted, and _check_weights_unchanged warns.
+        same = _weights_kind(str(recorded_weights)) == _weights_kind(str(given_weights))
+    if same:
+        return
+    recorded_text = str(recorded_weights)
+    if recorded_weights == "random":
+        recorded_text = f"random (seed {settings.get('seed')})"
+    given_text = model.weights_id if given_weights == "random" else str(given_weights)
+    raise ValueError(
+        f"the weights {given_text} differ from the weights {recorded_text} of the features of the map "
+        f"{map_dir}, so the predictor would explain another network; pass the model loaded with the "
+        "weights of the features, or leave out the model"
+    )
 
 
 def _check_weights_unchanged(model: Any, settings: dict[str, Any], map_dir: Path) -> None:
@@ -590,6 +643,8 @@ class DimensionPredictor(nn.Module):
             raise ValueError(
                 f"both a loaded model and weights={weights} were given; pass the model or the weights to load"
             )
+        else:
+            _check_given_model(model, settings, map_dir)
         _check_weights_unchanged(model, settings, map_dir)
         # Images are decoded as the features were: same background and EXIF handling.
         preprocessing = replace(
