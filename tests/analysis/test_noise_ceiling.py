@@ -87,6 +87,33 @@ def test_ceiling_on_human_triplets(things_dir):
     assert result == NoiseCeiling(value=8 / 14, n_sets=7, n_responses=14)
 
 
+def test_ceiling_counts_duplicate_rows():
+    # Set {0, 1, 2} answered 2, 2 (the same line twice) and 1. Each 2 is
+    # predicted by the others (2, 1), a tie: half a hit. The 1 is predicted by
+    # (2, 2), a miss. The duplicate counts as a second response: (0.5 + 0.5 + 0) / 3.
+    with pytest.warns(UserWarning, match="too noisy"):
+        counted = triplet_noise_ceiling([[0, 1, 2], [0, 1, 2], [0, 2, 1]])
+    # The same choices with the pair in the other order give the same ceiling.
+    with pytest.warns(UserWarning, match="too noisy"):
+        reordered = triplet_noise_ceiling([[0, 1, 2], [1, 0, 2], [0, 2, 1]])
+
+    assert counted == NoiseCeiling(value=1 / 3, n_sets=1, n_responses=3)
+    assert reordered == counted
+
+
+def test_ceiling_human_duplicates_counted(things_dir):
+    triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
+    _, copies = np.unique(triplets, axis=0, return_counts=True)
+
+    with pytest.warns(UserWarning, match="too noisy"):
+        result = triplet_noise_ceiling(triplets)
+
+    # 3 of the 4 agreeing repeated sets are the same line twice. Dropping
+    # those copies would leave 4 sets with 2 hits in 8, a ceiling of 0.25.
+    assert int((copies - 1).sum()) == 3
+    assert result.value == 8 / 14
+
+
 def test_ceiling_warns_below_minimum_responses():
     # 30 sets of 3 responses: 90 responses, below the minimum of 100.
     few = [row for start in range(0, 90, 3) for row in responses((start, start + 1, start + 2), [start] * 3)]
