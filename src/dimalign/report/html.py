@@ -400,11 +400,16 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         else:
             text = "not reached"
         rows.append(("DNN dimensions for 95% of the RSA's r²", "", text))
-    if "ridge_cv_r2_median" in numbers:
-        value = _format(numbers["ridge_cv_r2_median"])
-        # The map predicts the dimensions of one side, set by map.target.
-        human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
-        rows.append(("Ridge map from features, median cross-validated R²", human, dnn))
+    # The map predicts the dimensions of one side, set by map.target.
+    ridge_rows = (
+        ("ridge_nested_cv_r2_median", "Ridge map from features, median nested cross-validated R²"),
+        ("ridge_cv_r2_median", "Ridge map from features, median cross-validated R²"),
+    )
+    for key, name in ridge_rows:
+        if key in numbers:
+            value = _format(numbers[key])
+            human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
+            rows.append((name, human, dnn))
     return rows
 
 
