@@ -83,19 +83,21 @@ def test_ridge_matches_gridsearchcv_shuffled():
     assert ridge.cv_r2_[1] == pytest.approx(search.best_score_, abs=1e-6)
 
 
-def test_nested_r2_matches_sklearn():
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_nested_r2_matches_sklearn(shuffle):
     X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
-    ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3, shuffle=shuffle, random_state=7).fit(X, Y)
+    folds = KFold(3, shuffle=shuffle, random_state=7 if shuffle else None)
 
     for dim in range(Y.shape[1]):
         search = GridSearchCV(
             Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
             {"ridge__alpha": ALPHAS},
-            cv=KFold(3),
+            cv=folds,
             scoring="r2",
         )
         nested = cross_validate(
-            search, X, Y[:, dim], cv=KFold(3), scoring="r2", return_estimator=True
+            search, X, Y[:, dim], cv=folds, scoring="r2", return_estimator=True
         )
         inner_alphas = [fitted.best_params_["ridge__alpha"] for fitted in nested["estimator"]]
         np.testing.assert_array_equal(ridge.nested_alpha_[:, dim], inner_alphas)
