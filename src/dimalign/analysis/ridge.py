@@ -127,8 +127,8 @@ class RidgeMap(RegressorMixin, BaseEstimator):
             folds choose the penalty, so this is optimistic, as
             ``GridSearchCV.best_score_`` is.
         nested_cv_r2_ (np.ndarray): Nested cross-validated R², shape
-            ``(n_dims,)``, the unbiased estimate of held-out R². Each outer
-            fold is scored at the penalty that ``cv`` inner folds of its
+            ``(n_dims,)``: held-out R² that the choice of penalty does not
+            inflate. Each outer fold is scored at the penalty that ``cv`` inner folds of its
             training part choose. It is NaN when an outer training part has
             fewer than ``2 * cv`` objects.
         nested_alpha_ (np.ndarray): Penalty chosen by the inner folds of each
@@ -826,7 +826,7 @@ def write_ridge_table(ridge: RidgeMap, path: str | os.PathLike) -> Path:
     """Write one row per dimension (dimension, alpha, cv_r2, nested_cv_r2) as CSV, atomically.
 
     ``cv_r2`` is the R² at the chosen penalty on the folds that chose it
-    (optimistic), and ``nested_cv_r2`` the unbiased nested score (``nan``
+    (optimistic), and ``nested_cv_r2`` the nested score (``nan``
     when the map has none).
     """
     ridge._check_fitted()
