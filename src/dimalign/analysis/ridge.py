@@ -128,9 +128,9 @@ class RidgeMap(RegressorMixin, BaseEstimator):
             ``GridSearchCV.best_score_`` is.
         nested_cv_r2_ (np.ndarray): Nested cross-validated R², shape
             ``(n_dims,)``: held-out R² that the choice of penalty does not
-            inflate. Each outer fold is scored at the penalty that ``cv`` inner folds of its
-            training part choose. It is NaN when an outer training part has
-            fewer than ``2 * cv`` objects.
+            inflate. Each outer fold is scored at the penalty that ``cv``
+            inner folds of its training part choose. It is NaN when an outer
+            training part has fewer than ``2 * cv`` objects.
         nested_alpha_ (np.ndarray): Penalty chosen by the inner folds of each
             outer fold, shape ``(cv, n_dims)``.
         cv_scores_ (np.ndarray): Cross-validated R² for every penalty, shape
