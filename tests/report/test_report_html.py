@@ -341,6 +341,19 @@ def test_headline_has_nested_ridge_median(tiny_results, tiny_study):
     assert numbers["ridge_nested_cv_r2_median"] == pytest.approx(float(np.median(nested)), abs=1e-9)
 
 
+def test_ridge_panel_shows_nested_first(tiny_results, tiny_study):
+    from dimalign.analysis.ridge import RidgeMap
+    from dimalign.report.html import _ridge_by_dim
+
+    ridge = RidgeMap.load(tiny_study / "map")
+    values = _ridge_by_dim(tiny_results)[tiny_results.ridge_target()]
+
+    assert values[0] == (
+        f"{ridge.nested_cv_r2_[0]:.4f} nested, {ridge.cv_r2_[0]:.4f} at the penalty that the same folds chose"
+    )
+    assert len(values) == ridge.cv_r2_.size
+
+
 def test_script_json_cannot_close_script():
     text = script_json({"label": "</script><script>alert(1)</script>", "value": float("nan")})
     assert "<" not in text
