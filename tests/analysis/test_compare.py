@@ -1492,7 +1492,7 @@ def test_map_cli_aligns_objects(tmp_path):
     np.testing.assert_allclose(ridge.alpha_, direct.alpha_, rtol=1e-9)
     np.testing.assert_allclose(ridge.predict(features), direct.predict(features), rtol=1e-6)
     table = pd.read_csv(tmp_path / "map" / "ridge_map.csv")
-    assert table.columns.tolist() == ["dimension", "alpha", "cv_r2"]
+    assert table.columns.tolist() == ["dimension", "alpha", "cv_r2", "nested_cv_r2"]
     manifest = json.loads((tmp_path / "map" / "manifest.json").read_text())
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
 

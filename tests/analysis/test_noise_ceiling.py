@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -85,6 +86,66 @@ def test_ceiling_on_human_triplets(things_dir):
     # The file repeats 7 object sets, each judged twice; 8 of the 14 responses
     # agree with the other judgement of their set.
     assert result == NoiseCeiling(value=8 / 14, n_sets=7, n_responses=14)
+
+
+def test_ceiling_counts_duplicate_rows():
+    # Set {0, 1, 2} got the odd ones out 2, 2 (the same line twice) and 1. Each 2 is
+    # predicted by the others (2, 1), a tie: half a hit. The 1 is predicted by
+    # (2, 2), a miss. The duplicate counts as a second response: (0.5 + 0.5 + 0) / 3.
+    with pytest.warns(UserWarning, match="too noisy"):
+        counted = triplet_noise_ceiling([[0, 1, 2], [0, 1, 2], [0, 2, 1]])
+    # The same choices with the pair in the other order give the same ceiling.
+    with pytest.warns(UserWarning, match="too noisy"):
+        reordered = triplet_noise_ceiling([[0, 1, 2], [1, 0, 2], [0, 2, 1]])
+
+    assert counted == NoiseCeiling(value=1 / 3, n_sets=1, n_responses=3)
+    assert reordered == counted
+
+
+def test_ceiling_human_duplicates_counted(things_dir):
+    triplets = np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64)
+    _, copies = np.unique(triplets, axis=0, return_counts=True)
+
+    with pytest.warns(UserWarning, match="too noisy"):
+        result = triplet_noise_ceiling(triplets)
+
+    # 3 of the 4 agreeing repeated sets are the same line twice. Dropping
+    # those copies would leave 4 sets with 2 hits in 8, a ceiling of 0.25.
+    assert int((copies - 1).sum()) == 3
+    assert result.value == 8 / 14
+
+
+def loop_ceiling(triplets):
+    """Leave-one-out credit per response, written as a plain loop over object sets."""
+    groups = {}
+    for row in triplets:
+        groups.setdefault(frozenset(row), []).append(row[2])
+    credits = []
+    for odd_ones in groups.values():
+        if len(odd_ones) < 2:
+            continue
+        for position, odd in enumerate(odd_ones):
+            others = Counter(odd_ones[:position] + odd_ones[position + 1 :])
+            top = max(others.values())
+            tied = [choice for choice, count in others.items() if count == top]
+            credits.append(1 / len(tied) if odd in tied else 0.0)
+    return sum(credits) / len(credits), len(credits)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ceiling_matches_plain_loop(seed):
+    rng = np.random.default_rng(seed)
+    sets = [rng.choice(12, size=3, replace=False) for _ in range(40)]
+    rows = []
+    for _ in range(400):
+        objects = rng.permutation(sets[rng.integers(len(sets))])
+        rows.append(objects.tolist())
+
+    expected, n_responses = loop_ceiling(rows)
+    result = triplet_noise_ceiling(rows)
+
+    assert result.n_responses == n_responses
+    assert result.value == pytest.approx(expected, abs=1e-12)
 
 
 def test_ceiling_warns_below_minimum_responses():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -81,6 +81,46 @@ def test_ridge_matches_gridsearchcv_shuffled():
 
     assert ridge.alpha_[1] == search.best_params_["ridge__alpha"]
     assert ridge.cv_r2_[1] == pytest.approx(search.best_score_, abs=1e-6)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_nested_r2_matches_sklearn(shuffle):
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3, shuffle=shuffle, random_state=7).fit(X, Y)
+    folds = KFold(3, shuffle=shuffle, random_state=7 if shuffle else None)
+
+    for dim in range(Y.shape[1]):
+        search = GridSearchCV(
+            Pipeline([("scale", StandardScaler()), ("ridge", Ridge())]),
+            {"ridge__alpha": ALPHAS},
+            cv=folds,
+            scoring="r2",
+        )
+        nested = cross_validate(
+            search, X, Y[:, dim], cv=folds, scoring="r2", return_estimator=True
+        )
+        inner_alphas = [fitted.best_params_["ridge__alpha"] for fitted in nested["estimator"]]
+        np.testing.assert_array_equal(ridge.nested_alpha_[:, dim], inner_alphas)
+        assert ridge.nested_cv_r2_[dim] == pytest.approx(nested["test_score"].mean(), abs=1e-6)
+
+
+def test_nested_r2_not_above_cv_r2():
+    X, Y = make_linear_data(n_objects=60, n_features=40, noise=1.0, seed=3)
+    ridge = RidgeMap(alphas=ALPHAS, cv=3).fit(X, Y)
+
+    # The outer folds' best penalty scores at least as well as any other on them.
+    assert (ridge.nested_cv_r2_ <= ridge.cv_r2_ + 1e-12).all()
+
+
+def test_nested_r2_nan_when_too_few(caplog):
+    X, Y = make_linear_data(n_objects=10)
+    with caplog.at_level(logging.WARNING, logger="dimalign.analysis.ridge"):
+        ridge = RidgeMap(alphas=ALPHAS, cv=5).fit(X, Y)
+
+    assert np.isnan(ridge.nested_cv_r2_).all()
+    assert ridge.nested_alpha_.shape == (5, 3)
+    assert "training part of 8 objects is too small for 5 inner folds" in caplog.text
+    assert np.isfinite(ridge.cv_r2_).all()
 
 
 def test_ridge_coefficients_in_raw_space():
@@ -179,6 +219,33 @@ def test_ridge_save_load_round_trip(tmp_path):
     assert manifest["settings"]["model_name"] == "vgg16"
     assert manifest["settings"]["layer"] == "classifier.4"
     assert len(manifest["inputs"]["features"]["sha256"]) == 64
+
+
+def test_nested_r2_saved_and_loaded(tmp_path):
+    X, Y = make_linear_data()
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    ridge.save(tmp_path / "map")
+
+    loaded = RidgeMap.load(tmp_path / "map")
+    np.testing.assert_array_equal(loaded.nested_cv_r2_, ridge.nested_cv_r2_)
+    np.testing.assert_array_equal(loaded.nested_alpha_, ridge.nested_alpha_)
+    outputs = json.loads((tmp_path / "map" / "manifest.json").read_text())["outputs"]
+    assert outputs["nested_cv_r2_median"] == float(np.median(ridge.nested_cv_r2_))
+
+
+def test_old_map_loads_nan_nested(tmp_path):
+    X, Y = make_linear_data()
+    RidgeMap(alphas=ALPHAS).fit(X, Y).save(tmp_path / "map")
+    archive_path = tmp_path / "map" / "ridge_map.npz"
+    with np.load(archive_path) as archive:
+        arrays = {name: archive[name] for name in archive.files
+                  if name not in ("nested_cv_r2", "nested_alpha")}
+    np.savez(archive_path, **arrays)
+
+    loaded = RidgeMap.load(tmp_path / "map")
+    assert loaded.nested_cv_r2_.shape == (3,)
+    assert np.isnan(loaded.nested_cv_r2_).all()
+    assert loaded.nested_alpha_.shape == (3, 3)
 
 
 def test_ridge_load_truncated_archive(tmp_path):

@@ -608,9 +608,11 @@ def test_map_prints_result(tmp_path, capsys):
         assert main([*quiet, "map", str(tmp_path / "features.npy"), "--embedding", str(tmp_path / "run"),
                      "-o", str(out), "--folds", "2"]) == 0
 
-        median = json.loads((out / "manifest.json").read_text())["outputs"]["cv_r2_median"]
+        outputs = json.loads((out / "manifest.json").read_text())["outputs"]
+        nested, chosen = outputs["nested_cv_r2_median"], outputs["cv_r2_median"]
         assert capsys.readouterr().out.splitlines()[-1] == (
-            f"wrote {out}: 3 dimensions, cross-validated R² median {median:.3f}"
+            f"wrote {out}: 3 dimensions, nested cross-validated R² median {nested:.3f}, "
+            f"R² at the chosen penalties {chosen:.3f}"
         )
 
 

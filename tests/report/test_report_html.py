@@ -8,6 +8,7 @@ import json
 import re
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
 
 from dimalign.cli import main
@@ -319,6 +320,38 @@ def test_ridge_row_follows_map_target():
     assert rows[name] == ("0.250", "")
     rows = dict((row[0], row[1:]) for row in summary_rows({"ridge_cv_r2_median": 0.25, "ridge_target": "dnn"}))
     assert rows[name] == ("", "0.250")
+
+
+def test_nested_ridge_row_comes_first():
+    numbers = {"ridge_nested_cv_r2_median": 0.2, "ridge_cv_r2_median": 0.25, "ridge_target": "dnn"}
+    rows = [row for row in summary_rows(numbers) if row[0].startswith("Ridge map")]
+    assert rows == [
+        ("Ridge map from features, median nested cross-validated R²", "", "0.200"),
+        ("Ridge map from features, median cross-validated R²", "", "0.250"),
+    ]
+
+
+def test_headline_has_nested_ridge_median(tiny_results, tiny_study):
+    from dimalign.analysis.ridge import RidgeMap
+
+    nested = RidgeMap.load(tiny_study / "map").nested_cv_r2_
+    numbers = tiny_results.headline()
+
+    assert np.isfinite(nested).all()
+    assert numbers["ridge_nested_cv_r2_median"] == pytest.approx(float(np.median(nested)), abs=1e-9)
+
+
+def test_ridge_panel_shows_nested_first(tiny_results, tiny_study):
+    from dimalign.analysis.ridge import RidgeMap
+    from dimalign.report.html import _ridge_by_dim
+
+    ridge = RidgeMap.load(tiny_study / "map")
+    values = _ridge_by_dim(tiny_results)[tiny_results.ridge_target()]
+
+    assert values[0] == (
+        f"{ridge.nested_cv_r2_[0]:.4f} nested, {ridge.cv_r2_[0]:.4f} at the penalty that the same folds chose"
+    )
+    assert len(values) == ridge.cv_r2_.size
 
 
 def test_script_json_cannot_close_script():

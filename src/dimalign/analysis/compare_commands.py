@@ -26,6 +26,7 @@ from dimalign.embedding.commands import (
 from dimalign.io.files import count_of
 
 if TYPE_CHECKING:
+    from dimalign.analysis.ridge import RidgeMap
     from dimalign.io.objects import ObjectTable
 
 logger = logging.getLogger(__name__)
@@ -555,10 +556,16 @@ def run_map(args: argparse.Namespace) -> int:
         ridge.save(stage, inputs=inputs, started=started,
                    features_source=source if source["model"] else None)
         write_ridge_table(ridge, stage / "ridge_map.csv")
-    print_written(args.out, (
-        f"{count_of(ridge.cv_r2_.size, 'dimension')}, cross-validated R² median {float(np.median(ridge.cv_r2_)):.3f}"
-    ))
+    print_written(args.out, f"{count_of(ridge.cv_r2_.size, 'dimension')}, {_ridge_summary(ridge)}")
     return 0
+
+
+def _ridge_summary(ridge: RidgeMap) -> str:
+    """Describe the median nested R² first, then the optimistic R² at the chosen penalties."""
+    chosen = f"R² at the chosen penalties {float(np.median(ridge.cv_r2_)):.3f}"
+    if np.isnan(ridge.nested_cv_r2_).any():
+        return f"nested cross-validated R² not computed (too few objects for inner folds), {chosen}"
+    return f"nested cross-validated R² median {float(np.median(ridge.nested_cv_r2_)):.3f}, {chosen}"
 
 
 def _repeated_penalty(alphas: np.ndarray) -> float | None:

@@ -11,6 +11,16 @@ the response gets ``1/m`` of a hit if it is one of the ``m`` tied choices (the
 expected accuracy of picking among them at random). The ceiling is the mean
 over all responses in repeated sets.
 
+Every row counts as one response, including a row that repeats another line
+exactly. A triplet file stores only ``i j k`` per row, with no participant
+or trial, so two people who chose the same odd one out and listed the pair in
+the same order write the same line. Dropping such copies would turn agreeing
+sets into single responses and bias the ceiling down: in the THINGS
+``human_triplets.txt``, 3 of the 4 agreeing repeated sets are one line written
+twice, and dropping the copies lowers the ceiling from 8/14 to 2/8. Remove
+copies before the call when they are known to be repeated records of one
+response.
+
 Example: three responses to one set chose the odd ones out ``1, 1, 2``. Each ``1`` is
 predicted by the others ``{1, 2}``, a tie, which gives half a hit. The ``2`` is
 predicted by ``{1, 1}``, a miss. The ceiling is ``(0.5 + 0.5 + 0) / 3 = 1/3``.

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from dimalign.analysis.noise_ceiling import MIN_RELIABLE_RESPONSES, MIN_RELIABLE_SETS
 from dimalign.io.files import now_iso, output_dir, write_text_atomic
@@ -287,11 +288,20 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
     }
 
 
-def _ridge_by_dim(results: StudyResults) -> dict[str, dict[int, float]]:
+def _ridge_by_dim(results: StudyResults) -> dict[str, dict[int, float | str]]:
+    """Return the ridge R² of each dimension of the mapped side, the nested one first where the table has it."""
     if not results.has("map", "ridge_map.csv"):
         return {}
     table = results.ridge_table()
-    return {results.ridge_target(): {int(row.dimension): round(float(row.cv_r2), 4) for row in table.itertuples()}}
+    nested = (pd.to_numeric(table["nested_cv_r2"], errors="coerce") if "nested_cv_r2" in table.columns
+              else pd.Series(np.nan, index=table.index))
+    values: dict[int, float | str] = {}
+    for dim, chosen, nested_value in zip(table["dimension"], table["cv_r2"], nested):
+        if np.isnan(nested_value):
+            values[int(dim)] = round(float(chosen), 4)
+        else:
+            values[int(dim)] = f"{nested_value:.4f} nested, {chosen:.4f} at the penalty that the same folds chose"
+    return {results.ridge_target(): values}
 
 
 def _data_uri(path: Path) -> str:
@@ -400,11 +410,16 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
         else:
             text = "not reached"
         rows.append(("DNN dimensions for 95% of the RSA's r²", "", text))
-    if "ridge_cv_r2_median" in numbers:
-        value = _format(numbers["ridge_cv_r2_median"])
-        # The map predicts the dimensions of one side, set by map.target.
-        human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
-        rows.append(("Ridge map from features, median cross-validated R²", human, dnn))
+    # The map predicts the dimensions of one side, set by map.target.
+    ridge_rows = (
+        ("ridge_nested_cv_r2_median", "Ridge map from features, median nested cross-validated R²"),
+        ("ridge_cv_r2_median", "Ridge map from features, median cross-validated R²"),
+    )
+    for key, name in ridge_rows:
+        if key in numbers:
+            value = _format(numbers[key])
+            human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
+            rows.append((name, human, dnn))
     return rows
 
 

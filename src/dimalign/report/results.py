@@ -572,7 +572,7 @@ class StudyResults:
             )
 
     def ridge_table(self) -> pd.DataFrame:
-        """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2)."""
+        """Return ``map/ridge_map.csv`` (dimension, alpha, cv_r2, and nested_cv_r2 from newer maps)."""
         return _read_csv(
             self.path("map", "ridge_map.csv"), ("dimension", "cv_r2"), numbers=("cv_r2",), integers=("dimension",)
         )
@@ -756,7 +756,13 @@ class StudyResults:
             numbers["share_undefined"] = undefined_share_reason(rsa)
             numbers["similarity_objects"] = rsa.get("similarity_objects")
         if self.has("map", "ridge_map.csv"):
-            numbers["ridge_cv_r2_median"] = float(self.ridge_table()["cv_r2"].median())
+            table = self.ridge_table()
+            numbers["ridge_cv_r2_median"] = float(table["cv_r2"].median())
+            # Maps written before nested cross-validation, or of too few objects, have none.
+            if "nested_cv_r2" in table.columns:
+                nested = pd.to_numeric(table["nested_cv_r2"], errors="coerce")
+                if nested.notna().all():
+                    numbers["ridge_nested_cv_r2_median"] = float(nested.median())
             numbers["ridge_target"] = self.ridge_target()
         return numbers
 

@@ -728,7 +728,12 @@ def run_map(context: StageContext) -> dict[str, Any]:
     ).fit(np.asarray(features, dtype=np.float64), embedding.embedding)
     ridge.save(context.out_dir, inputs={"features": source, "embedding": embedding.path}, started=started)
     write_ridge_table(ridge, context.out_dir / "ridge_map.csv")
-    return {"cv_r2_median": float(np.median(ridge.cv_r2_)), "n_dims": int(ridge.cv_r2_.size)}
+    nested = ridge.nested_cv_r2_
+    return {
+        "cv_r2_median": float(np.median(ridge.cv_r2_)),
+        "nested_cv_r2_median": None if np.isnan(nested).any() else float(np.median(nested)),
+        "n_dims": int(ridge.cv_r2_.size),
+    }
 
 
 # -- report --------------------------------------------------------------------------
