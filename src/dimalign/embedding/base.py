@@ -362,10 +362,13 @@ class TripletEmbedding(BaseEstimator):
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
         self._n_train = train_t.shape[0]
 
-        state = self._start_fit(n_objects, device, dtype, train_t, val_t)
-        self._resume_from_checkpoint(state)
-        converged = self._train_epochs(state, train_t, val_t)
-        self._store_fit(state, device, converged)
+        # Autograd records nothing inside torch.no_grad() or torch.inference_mode(),
+        # so a fit called in such a block switches both off until it returns.
+        with torch.inference_mode(False), torch.enable_grad():
+            state = self._start_fit(n_objects, device, dtype, train_t, val_t)
+            self._resume_from_checkpoint(state)
+            converged = self._train_epochs(state, train_t, val_t)
+            self._store_fit(state, device, converged)
         return self
 
     def _fit_object_count(self, n_objects: int | None) -> int:

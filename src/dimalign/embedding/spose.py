@@ -120,7 +120,11 @@ class SPoSE(TripletEmbedding):
         check_real("init_std", self.init_std, 0)
 
     def _init_parameters(self, n_objects, generator):
-        weights = torch.randn(n_objects, self.n_dims, generator=generator, device=generator.device)
+        # Drawn in float32 whatever torch's default dtype is, so that a seed gives the
+        # same start in every session. A float64 fit converts the draws.
+        weights = torch.randn(
+            n_objects, self.n_dims, generator=generator, device=generator.device, dtype=torch.float32
+        )
         return {"weights": (weights * self.init_std + self.init_mean).clamp_(min=0.0)}
 
     def _batch_loss(self, params, batch, n_train, generator):

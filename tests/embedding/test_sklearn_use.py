@@ -1,0 +1,152 @@
+"""VICE and SPoSE as a scikit-learn user calls them: global torch state, input forms and model selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
+
+from dimalign.embedding import SPoSE, VICE
+from triplet_helpers import N_OBJECTS, random_triplets
+
+# Fits of two epochs keep few or no dimensions; that warning is tested in test_vice.py.
+pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
+
+ESTIMATORS = [VICE, SPoSE]
+
+
+def tiny(estimator, **settings):
+    return estimator(**{"n_dims": 3, "max_epochs": 2, "min_objects": 0, **settings})
+
+
+def unpruned(model) -> np.ndarray:
+    """Return the unpruned fitted parameters, which every random draw of the fit changes."""
+    return model.loc_ if isinstance(model, VICE) else model.weights_
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fit_ignores_default_dtype(estimator, dtype):
+    """A notebook that calls torch.set_default_dtype gets the fit of the same seed."""
+    triplets = random_triplets()
+    reference = tiny(estimator, dtype=dtype).fit(triplets, n_objects=N_OBJECTS)
+
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = tiny(estimator, dtype=dtype).fit(triplets, n_objects=N_OBJECTS)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+    np.testing.assert_array_equal(unpruned(model), unpruned(reference))
+    assert model.score(triplets) == reference.score(triplets)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+def test_fit_inside_no_grad(estimator, context):
+    """fit computes its own gradients, so a surrounding no_grad or inference_mode block does not matter."""
+    triplets = random_triplets()
+    reference = tiny(estimator).fit(triplets, n_objects=N_OBJECTS)
+
+    with context():
+        model = tiny(estimator).fit(triplets, n_objects=N_OBJECTS)
+        score = model.score(triplets)
+
+    np.testing.assert_array_equal(unpruned(model), unpruned(reference))
+    assert score == reference.score(triplets)
+    assert torch.is_grad_enabled()
+    # A later fit outside the block works on the estimator fitted inside it.
+    assert model.fit(triplets, n_objects=N_OBJECTS).score(triplets) == score
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fit_keeps_global_state(estimator):
+    """fit and predict draw from their own seeded generators and restore what they change."""
+    torch.manual_seed(11)
+    np.random.seed(11)
+    torch_state = torch.get_rng_state()
+    numpy_state = np.random.get_state()
+    threads = torch.get_num_threads()
+
+    model = tiny(estimator).fit(random_triplets(), random_triplets(seed=1), n_objects=N_OBJECTS)
+    model.predict_proba(random_triplets(seed=2))
+    model.score(random_triplets(seed=2))
+
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == numpy_state[0]
+    np.testing.assert_array_equal(after[1], numpy_state[1])
+    assert after[2:] == numpy_state[2:]
+    assert torch.get_num_threads() == threads
+    assert torch.get_default_dtype() == torch.float32
+    assert torch.is_grad_enabled()
+
+
+def as_array(triplets) -> np.ndarray:
+    return triplets.numpy() if isinstance(triplets, torch.Tensor) else np.asarray(triplets)
+
+
+def read_only(triplets: np.ndarray) -> np.ndarray:
+    copy = triplets.copy()
+    copy.setflags(write=False)
+    return copy
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize(
+    "convert",
+    [torch.as_tensor, lambda t: torch.as_tensor(t, dtype=torch.int32), read_only, np.asfortranarray,
+     lambda t: np.ascontiguousarray(t[::-1])[::-1], lambda t: np.ascontiguousarray(t[:, ::-1])[:, ::-1],
+     lambda t: t.astype(">i8")],
+    ids=["tensor", "int32-tensor", "read-only", "Fortran", "negative-row-stride", "negative-column-stride",
+         "big-endian"],
+)
+def test_array_layouts_fit_alike(estimator, convert):
+    triplets = random_triplets()
+    reference = tiny(estimator).fit(triplets, triplets[:20], n_objects=N_OBJECTS)
+    given = convert(triplets)
+    before = as_array(given).copy()
+
+    model = tiny(estimator).fit(given, given[:20], n_objects=N_OBJECTS)
+
+    np.testing.assert_array_equal(unpruned(model), unpruned(reference))
+    assert model.history_[-1]["val_accuracy"] == reference.history_[-1]["val_accuracy"]
+    assert model.score(given) == reference.score(triplets)
+    np.testing.assert_array_equal(model.predict(given), reference.predict(triplets))
+    np.testing.assert_array_equal(model.predict_proba(given), reference.predict_proba(triplets))
+    np.testing.assert_array_equal(as_array(given), before)
+
+
+@pytest.fixture(scope="module")
+def human_triplets(things_dir):
+    """The first 1,500 real human triplets of the THINGS data."""
+    return np.loadtxt(things_dir / "human_triplets.txt", dtype=np.int64, max_rows=1500)
+
+
+def real(estimator, **settings):
+    return estimator(**{"n_dims": 10, "max_epochs": 3, "min_objects": 0, "n_objects": 1854, **settings})
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_cross_val_score_is_held_out(estimator, human_triplets):
+    """cross_val_score passes no y, so fit gets no validation triplets and score is the held-out accuracy."""
+    scores = cross_val_score(real(estimator), human_triplets, cv=3)
+
+    expected = []
+    for train, test in KFold(3).split(human_triplets):
+        model = real(estimator).fit(human_triplets[train])
+        expected.append(model.score(human_triplets[test]))
+    assert scores.tolist() == expected
+    parallel = cross_val_score(real(estimator), human_triplets, cv=3, n_jobs=2)
+    assert parallel.tolist() == expected
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_grid_search_refits_best(estimator, human_triplets):
+    search = GridSearchCV(real(estimator), {"lr": [0.001, 0.01]}, cv=2, n_jobs=2).fit(human_triplets)
+
+    best = real(estimator, **search.best_params_).fit(human_triplets)
+    np.testing.assert_array_equal(unpruned(search.best_estimator_), unpruned(best))
+    assert search.score(human_triplets) == best.score(human_triplets)
+    assert search.cv_results_["mean_test_score"].shape == (2,)
