@@ -571,7 +571,8 @@ def _as_real_array(values: Any, name: str) -> np.ndarray:
     array = np.asarray(values)
     if np.iscomplexobj(array):
         raise ValueError(f"{name} has complex values: pass real numbers")
-    return array.astype(np.float64, copy=False)
+    # C order, because BLAS rounds differently on Fortran-ordered data such as a DataFrame's.
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 # -- the linear algebra -------------------------------------------------------
