@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
 from dimalign.embedding import SPoSE, VICE
 from triplet_helpers import N_OBJECTS, random_triplets
 
-# Fits of two epochs keep few or no dimensions; that warning is tested in test_vice.py.
+# Fits of two epochs keep few or no dimensions. That warning is tested in test_vice.py.
 pytestmark = pytest.mark.filterwarnings("ignore:the fit kept no dimension:UserWarning")
 
 ESTIMATORS = [VICE, SPoSE]
@@ -105,17 +105,17 @@ def read_only(triplets: np.ndarray) -> np.ndarray:
 def test_array_layouts_fit_alike(estimator, convert):
     triplets = random_triplets()
     reference = tiny(estimator).fit(triplets, triplets[:20], n_objects=N_OBJECTS)
-    given = convert(triplets)
-    before = as_array(given).copy()
+    converted = convert(triplets)
+    before = as_array(converted).copy()
 
-    model = tiny(estimator).fit(given, given[:20], n_objects=N_OBJECTS)
+    model = tiny(estimator).fit(converted, converted[:20], n_objects=N_OBJECTS)
 
     np.testing.assert_array_equal(unpruned(model), unpruned(reference))
     assert model.history_[-1]["val_accuracy"] == reference.history_[-1]["val_accuracy"]
-    assert model.score(given) == reference.score(triplets)
-    np.testing.assert_array_equal(model.predict(given), reference.predict(triplets))
-    np.testing.assert_array_equal(model.predict_proba(given), reference.predict_proba(triplets))
-    np.testing.assert_array_equal(as_array(given), before)
+    assert model.score(converted) == reference.score(triplets)
+    np.testing.assert_array_equal(model.predict(converted), reference.predict(triplets))
+    np.testing.assert_array_equal(model.predict_proba(converted), reference.predict_proba(triplets))
+    np.testing.assert_array_equal(as_array(converted), before)
 
 
 @pytest.fixture(scope="module")
