@@ -48,3 +48,13 @@ def test_ridge_layouts_fit_alike(convert):
     assert ridge.score(convert(X), convert(Y)) == r2_score(convert(Y), reference.predict(X))
     np.testing.assert_array_equal(X, X_before)
     np.testing.assert_array_equal(Y, Y_before)
+
+
+def test_ridge_not_fitted_message():
+    """The message names fit's current signature, not the deprecated name Y of the target."""
+    from sklearn.exceptions import NotFittedError
+
+    X, _ = linear_data()
+
+    with pytest.raises(NotFittedError, match=r"^this RidgeMap is not fitted yet: call fit\(X, y\) first$"):
+        RidgeMap().predict(X)

@@ -555,7 +555,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
-            raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, Y) first")
+            raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, y) first")
 
 
 def _as_real_array(values: Any, name: str) -> np.ndarray:
