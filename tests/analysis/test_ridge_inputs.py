@@ -1,4 +1,4 @@
-"""RidgeMap fits the same map from every array layout a scikit-learn user may pass."""
+"""RidgeMap fits the same map from the array layouts that a scikit-learn user may pass."""
 
 from __future__ import annotations
 
