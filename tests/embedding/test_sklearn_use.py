@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +88,29 @@ def test_fit_keeps_global_state(estimator):
 
 def as_array(triplets) -> np.ndarray:
     return triplets.numpy() if isinstance(triplets, torch.Tensor) else np.asarray(triplets)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_seed_repeats_in_new_process(estimator, tmp_path):
+    """A fit in a fresh interpreter, whose torch state starts anew, gives the same bits."""
+    triplets = random_triplets()
+    model = tiny(estimator, random_state=4).fit(triplets, n_objects=N_OBJECTS)
+    np.save(tmp_path / "triplets.npy", triplets)
+    script = (
+        "import sys, numpy as np\n"
+        f"from dimalign.embedding import {estimator.__name__} as Estimator\n"
+        "model = Estimator(n_dims=3, max_epochs=2, min_objects=0, random_state=4)\n"
+        "model.fit(np.load(sys.argv[1]), n_objects=12)\n"
+        "np.save(sys.argv[2], model.loc_ if hasattr(model, 'loc_') else model.weights_)\n"
+    )
+
+    finished = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "triplets.npy"), str(tmp_path / "fitted.npy")],
+        capture_output=True, text=True, timeout=300,
+    )
+
+    assert finished.returncode == 0, finished.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "fitted.npy"), unpruned(model))
 
 
 def read_only(triplets: np.ndarray) -> np.ndarray:
