@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -124,9 +125,9 @@ def read_only(triplets: np.ndarray) -> np.ndarray:
     "convert",
     [torch.as_tensor, lambda t: torch.as_tensor(t, dtype=torch.int32), read_only, np.asfortranarray,
      lambda t: np.ascontiguousarray(t[::-1])[::-1], lambda t: np.ascontiguousarray(t[:, ::-1])[:, ::-1],
-     lambda t: t.astype(">i8")],
+     lambda t: t.astype(">i8"), lambda t: pd.DataFrame(t).astype("Int64")],
     ids=["tensor", "int32-tensor", "read-only", "Fortran", "negative-row-stride", "negative-column-stride",
-         "big-endian"],
+         "big-endian", "nullable-Int64-DataFrame"],
 )
 def test_array_layouts_fit_alike(estimator, convert):
     triplets = random_triplets()
