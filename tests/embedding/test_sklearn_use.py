@@ -87,6 +87,21 @@ def test_fit_keeps_global_state(estimator):
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_numpy_settings_resume(estimator, tmp_path):
+    """A grid such as numpy.logspace sets numpy scalars, which the checkpoint must store loadably."""
+    triplets = random_triplets()
+    settings = {"n_dims": np.int64(3), "lr": np.float64(0.01), "random_state": np.int64(2)}
+    uninterrupted = tiny(estimator, max_epochs=3, n_dims=3, lr=0.01, random_state=2).fit(triplets, n_objects=N_OBJECTS)
+    tiny(estimator, checkpoint_dir=tmp_path, **settings).fit(triplets, n_objects=np.int64(N_OBJECTS))
+
+    resumed = tiny(estimator, max_epochs=3, checkpoint_dir=tmp_path, resume=True, **settings)
+    resumed.fit(triplets, n_objects=np.int64(N_OBJECTS))
+
+    assert resumed.n_epochs_ == 3
+    np.testing.assert_array_equal(unpruned(resumed), unpruned(uninterrupted))
+
+
 def as_array(triplets) -> np.ndarray:
     return triplets.numpy() if isinstance(triplets, torch.Tensor) else np.asarray(triplets)
 

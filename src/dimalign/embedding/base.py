@@ -317,7 +317,13 @@ class TripletEmbedding(BaseEstimator):
         )
 
     def _training_config(self) -> dict[str, Any]:
-        return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
+        # numpy scalars, which a grid such as numpy.logspace sets, become Python
+        # numbers, because torch.load(weights_only=True) cannot read them back.
+        return {
+            key: value.item() if isinstance(value, np.generic) else value
+            for key, value in self.get_params().items()
+            if key not in _RESUMABLE_SETTINGS
+        }
 
     def fit(self, train: Any, val: Any = None, *, n_objects: int | None = None) -> TripletEmbedding:
         """Fit the embedding to training triplets.
@@ -380,7 +386,8 @@ class TripletEmbedding(BaseEstimator):
                 "object table), not the largest index in the triplets"
             )
         check_integer("n_objects", n_objects, 1)
-        return n_objects
+        # A Python int, because the checkpoint stores it and cannot store a numpy scalar.
+        return int(n_objects)
 
     def _start_fit(
         self, n_objects: int, device: torch.device, dtype: torch.dtype,
@@ -392,7 +399,9 @@ class TripletEmbedding(BaseEstimator):
         params = {name: tensor.to(device=device, dtype=dtype).requires_grad_(True) for name, tensor in params.items()}
         # The fused implementation updates all parameters in one kernel. On the CPU
         # it needs torch 2.4 or newer, the lower bound in pyproject.toml.
-        optimizer = torch.optim.Adam(params.values(), lr=self.lr, fused=True)
+        # float(), because the optimizer state goes into the checkpoint, which
+        # torch.load(weights_only=True) cannot read with a numpy scalar in it.
+        optimizer = torch.optim.Adam(params.values(), lr=float(self.lr), fused=True)
         return _FitState(
             params=params, optimizer=optimizer, generator=generator,
             directory=Path(self.checkpoint_dir) if self.checkpoint_dir else None,
