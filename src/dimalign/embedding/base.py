@@ -386,7 +386,7 @@ class TripletEmbedding(BaseEstimator):
                 "object table), not the largest index in the triplets"
             )
         check_integer("n_objects", n_objects, 1)
-        # A Python int, because the checkpoint stores it and cannot store a numpy scalar.
+        # A Python int, because torch.load(weights_only=True) rejects a numpy scalar in the checkpoint.
         return int(n_objects)
 
     def _start_fit(
