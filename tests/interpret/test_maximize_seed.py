@@ -23,6 +23,6 @@ def predictor(conv_model, ridge_coefficients):
     (-1, "random_state must be at least 0, got -1"),
 ])
 def test_maximize_random_state_checked(predictor, random_state, message):
-    """A float seed was cut to an integer, so 1.5 and 1 gave the same images."""
+    """int() would cut a float seed, so that 1.5 and 1 gave the same images."""
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         maximize_dimension(predictor, 1, steps=0, n_init=2, n_images=1, image_size=16, random_state=random_state)
