@@ -36,11 +36,12 @@ def test_fit_ignores_default_dtype(estimator, dtype):
     triplets = random_triplets()
     reference = tiny(estimator, dtype=dtype).fit(triplets, n_objects=N_OBJECTS)
 
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         model = tiny(estimator, dtype=dtype).fit(triplets, n_objects=N_OBJECTS)
     finally:
-        torch.set_default_dtype(torch.float32)
+        torch.set_default_dtype(previous)
 
     np.testing.assert_array_equal(unpruned(model), unpruned(reference))
     assert model.score(triplets) == reference.score(triplets)
@@ -72,6 +73,7 @@ def test_fit_keeps_global_state(estimator):
     torch_state = torch.get_rng_state()
     numpy_state = np.random.get_state()
     threads = torch.get_num_threads()
+    default_dtype = torch.get_default_dtype()
 
     model = tiny(estimator).fit(random_triplets(), random_triplets(seed=1), n_objects=N_OBJECTS)
     model.predict_proba(random_triplets(seed=2))
@@ -83,13 +85,13 @@ def test_fit_keeps_global_state(estimator):
     np.testing.assert_array_equal(after[1], numpy_state[1])
     assert after[2:] == numpy_state[2:]
     assert torch.get_num_threads() == threads
-    assert torch.get_default_dtype() == torch.float32
+    assert torch.get_default_dtype() == default_dtype
     assert torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_numpy_settings_resume(estimator, tmp_path):
-    """A grid such as numpy.logspace sets numpy scalars, which the checkpoint must store loadably."""
+    """A grid such as numpy.logspace sets numpy scalars, and torch.load must read them back from the checkpoint."""
     triplets = random_triplets()
     settings = {"n_dims": np.int64(3), "lr": np.float64(0.01), "random_state": np.int64(2)}
     uninterrupted = tiny(estimator, max_epochs=3, n_dims=3, lr=0.01, random_state=2).fit(triplets, n_objects=N_OBJECTS)
@@ -100,10 +102,6 @@ def test_numpy_settings_resume(estimator, tmp_path):
 
     assert resumed.n_epochs_ == 3
     np.testing.assert_array_equal(unpruned(resumed), unpruned(uninterrupted))
-
-
-def as_array(triplets) -> np.ndarray:
-    return triplets.numpy() if isinstance(triplets, torch.Tensor) else np.asarray(triplets)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -127,6 +125,10 @@ def test_seed_repeats_in_new_process(estimator, tmp_path):
 
     assert finished.returncode == 0, finished.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "fitted.npy"), unpruned(model))
+
+
+def as_array(triplets) -> np.ndarray:
+    return triplets.numpy() if isinstance(triplets, torch.Tensor) else np.asarray(triplets)
 
 
 def read_only(triplets: np.ndarray) -> np.ndarray:
