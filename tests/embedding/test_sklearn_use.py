@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -194,3 +195,17 @@ def test_grid_search_refits_best(estimator, human_triplets):
     np.testing.assert_array_equal(unpruned(search.best_estimator_), unpruned(best))
     assert search.score(human_triplets) == best.score(human_triplets)
     assert search.cv_results_["mean_test_score"].shape == (2,)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_label_vector_as_val_explained(estimator, human_triplets):
+    """cross_val_score(model, X, y) passes y as val, and the error says to leave y out."""
+    labels = np.full(len(human_triplets), 2)
+    expected = (
+        "val has shape (1000,), but it takes validation triplets of shape (n, 3). scikit-learn passes y "
+        "there, but the odd one out is the last column of each triplet: call cross_val_score or "
+        "GridSearchCV without y"
+    )
+
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        cross_val_score(real(estimator), human_triplets, labels, cv=3, error_score="raise")

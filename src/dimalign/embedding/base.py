@@ -363,6 +363,12 @@ class TripletEmbedding(BaseEstimator):
                 f"dimension could be kept: use at most {n_objects - 1} (CLI: --min-objects)"
             )
         dtype = self._dtype()
+        if val is not None and np.ndim(val) == 1:
+            raise ValueError(
+                f"val has shape {np.shape(val)}, but it takes validation triplets of shape (n, 3). "
+                "scikit-learn passes y there, but the odd one out is the last column of each triplet: "
+                "call cross_val_score or GridSearchCV without y"
+            )
         self._check_memory(n_objects, device, dtype)
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
