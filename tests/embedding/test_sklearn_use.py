@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
@@ -209,3 +210,16 @@ def test_label_vector_as_val_explained(estimator, human_triplets):
 
     with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
         cross_val_score(real(estimator), human_triplets, labels, cv=3, error_score="raise")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_fitted_attributes_documented(estimator):
+    """help(model) lists every fitted attribute under Attributes, as name (type): text."""
+    model = tiny(estimator).fit(random_triplets(), n_objects=N_OBJECTS)
+    fitted = sorted(name for name in vars(model) if name.endswith("_") and not name.startswith("_"))
+    docstring = inspect.getdoc(estimator)
+    section = docstring.split("Attributes:")[1].split("\n\n")[0]
+
+    documented = sorted(re.findall(r"^    (\w+) \([^)]+\):", section, flags=re.MULTILINE))
+
+    assert documented == fitted

@@ -55,7 +55,12 @@ class SPoSE(TripletEmbedding):
             weight, shape ``(n_objects, n_dims_)``.
         kept_dims_ (np.ndarray): Columns of ``weights_`` kept, in that order.
         weights_ (np.ndarray): The unpruned W, ``(n_objects, n_dims)``.
-        n_dims_, history_, n_epochs_, converged_, n_objects_: as for VICE.
+        n_dims_ (int): Number of kept dimensions.
+        history_ (list[dict]): Per-epoch loss, accuracy and kept dimensions.
+        n_epochs_ (int): Epochs trained.
+        converged_ (bool): Whether the kept dimensions were stable before
+            ``max_epochs``.
+        n_objects_ (int): Number of objects of the fit.
 
     Examples:
         >>> rng = np.random.default_rng(0)
