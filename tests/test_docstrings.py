@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+from types import FunctionType
 
 import pytest
 
@@ -33,11 +34,19 @@ API_MODULES = [
     "dimalign.features.extract",
     "dimalign.features.datasets",
     "dimalign.features.layers",
+    "dimalign.interpret.predictor",
+    "dimalign.interpret.gradcam",
+    "dimalign.interpret.maximize",
+    "dimalign.interpret.manipulate",
+    "dimalign.interpret.grid_images",
+    "dimalign.interpret.grids",
 ]
 
 # The names that the packages export, and the file functions that docs/ uses:
 # each of these documents every parameter in an Args section.
-DOCUMENTED_PACKAGES = ["dimalign.embedding", "dimalign.analysis", "dimalign.triplets", "dimalign.features"]
+DOCUMENTED_PACKAGES = [
+    "dimalign.embedding", "dimalign.analysis", "dimalign.triplets", "dimalign.features", "dimalign.interpret",
+]
 DOCUMENTED_FUNCTIONS = [
     "dimalign.io.triplets.load_triplets",
     "dimalign.io.triplets.save_triplets",
@@ -124,7 +133,15 @@ def documented_objects() -> list[tuple[str, object]]:
     for dotted in DOCUMENTED_FUNCTIONS:
         module_name, name = dotted.rsplit(".", 1)
         objects.append((dotted, getattr(importlib.import_module(module_name), name)))
-    return [(name, value) for name, value in objects if inspect.isfunction(value) or inspect.isclass(value)]
+    objects = [(name, value) for name, value in objects if inspect.isfunction(value) or inspect.isclass(value)]
+    # The public methods of an exported class, such as fit and predict, are API too.
+    methods = [
+        (f"{name}.{method_name}", getattr(value, method_name))
+        for name, value in objects if inspect.isclass(value)
+        for method_name, method in vars(value).items()
+        if not method_name.startswith("_") and isinstance(method, (FunctionType, classmethod, staticmethod))
+    ]
+    return objects + methods
 
 
 def test_members_are_found():

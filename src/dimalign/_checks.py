@@ -1,7 +1,8 @@
 """Argument checks shared by the estimators and analysis functions.
 
-This module imports neither numpy nor torch, so numpy-only modules such as
-:mod:`dimalign.triplets.simulate` can use it without loading torch.
+This module imports neither numpy nor torch at import time, so numpy-only
+modules such as :mod:`dimalign.triplets.simulate` can use it without loading
+torch.
 """
 
 from __future__ import annotations
@@ -34,3 +35,36 @@ def check_integer(name: str, value: Any, low: int | None = None, high: int | Non
         raise ValueError(f"{name} must be at least {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be at most {high}, got {value}")
+
+
+def check_random_state(random_state: Any, name: str = "random_state") -> Any:
+    """Return a ``numpy.random.Generator`` for a seed, a generator or None.
+
+    ``numpy.random.default_rng`` raises errors that do not name the argument
+    (``expected non-negative integer``) and takes ``True`` as the seed 1, so
+    seeds are checked here first.
+
+    Args:
+        random_state (Any): An integer of at least 0, None for fresh entropy
+            from the operating system, or a ``numpy.random.Generator``,
+            ``BitGenerator``, ``SeedSequence`` or ``RandomState``, which
+            ``numpy.random.default_rng`` accepts.
+        name (str): The argument's name, for the message.
+
+    Returns:
+        numpy.random.Generator: A generator. A Generator passed in is
+        returned as it is, so draws from it advance its state.
+
+    Raises:
+        ValueError: Naming the argument and the value.
+    """
+    import numpy as np
+
+    generators = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence, np.random.RandomState)
+    is_seed = isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0
+    if random_state is not None and not is_seed and not isinstance(random_state, generators):
+        raise ValueError(
+            f"{name} must be a seed (an integer of at least 0), a numpy.random.Generator or None, "
+            f"got {random_state!r}"
+        )
+    return np.random.default_rng(random_state)

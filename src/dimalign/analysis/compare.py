@@ -723,6 +723,8 @@ def bootstrap_rsa(
         raise ValueError(f"ci_level={ci_level} is invalid: use a value in (0, 1)")
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap={n_bootstrap} is invalid: use 0 or more")
+    if random_state < 0:
+        raise ValueError(f"random_state={random_state} is invalid: use 0 or more")
     value = float(rsa(a, b, method=method))
 
     # Each batch is drawn when it is needed, so memory does not grow with

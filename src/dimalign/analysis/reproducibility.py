@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dimalign._checks import check_integer
 from dimalign._warnings import warn
 from dimalign.analysis.matching import correlate_columns
 from dimalign.io.objects import check_same_index
@@ -48,7 +49,8 @@ def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0
         tuple[np.ndarray, np.ndarray]: Sorted indices of the two halves.
 
     Raises:
-        ValueError: For fewer than 6 objects or an unknown ``method``.
+        ValueError: For fewer than 6 objects, an unknown ``method``, or a
+            random split whose ``random_state`` is not an integer of at least 0.
 
     Examples:
         >>> [half.tolist() for half in split_halves(7)]
@@ -59,6 +61,8 @@ def split_halves(n_objects: int, method: str = "odd_even", random_state: int = 0
     if method == "odd_even":
         return np.arange(0, n_objects, 2), np.arange(1, n_objects, 2)
     if method == "random":
+        # The output records the seed, so None (fresh entropy) could not be repeated.
+        check_integer("random_state", random_state, 0)
         permutation = np.random.default_rng(random_state).permutation(n_objects)
         half = n_objects // 2
         return np.sort(permutation[:half]), np.sort(permutation[half:])

@@ -630,7 +630,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
-            raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, Y) first")
+            raise NotFittedError("this RidgeMap is not fitted yet: call fit(X, y) first")
 
 
 def _as_real_array(values: Any, name: str) -> np.ndarray:
@@ -646,7 +646,8 @@ def _as_real_array(values: Any, name: str) -> np.ndarray:
     array = np.asarray(values)
     if np.iscomplexobj(array):
         raise ValueError(f"{name} has complex values: pass real numbers")
-    return array.astype(np.float64, copy=False)
+    # C order, because BLAS rounds differently on Fortran-ordered data such as a DataFrame's.
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 # -- the linear algebra -------------------------------------------------------

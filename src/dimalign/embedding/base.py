@@ -317,7 +317,13 @@ class TripletEmbedding(BaseEstimator):
         )
 
     def _training_config(self) -> dict[str, Any]:
-        return {key: value for key, value in self.get_params().items() if key not in _RESUMABLE_SETTINGS}
+        # numpy scalars, which a grid such as numpy.logspace sets, become Python
+        # numbers, because torch.load(weights_only=True) cannot read them back.
+        return {
+            key: value.item() if isinstance(value, np.generic) else value
+            for key, value in self.get_params().items()
+            if key not in _RESUMABLE_SETTINGS
+        }
 
     def fit(self, train: Any, val: Any = None, *, n_objects: int | None = None) -> TripletEmbedding:
         """Fit the embedding to training triplets.
@@ -357,15 +363,24 @@ class TripletEmbedding(BaseEstimator):
                 f"dimension could be kept: use at most {n_objects - 1} (CLI: --min-objects)"
             )
         dtype = self._dtype()
+        if val is not None and np.ndim(val) == 1:
+            raise ValueError(
+                f"val has shape {np.shape(val)}, but it takes validation triplets of shape (n, 3). "
+                "scikit-learn passes y there, but the odd one out is the last column of each triplet: "
+                "call cross_val_score or GridSearchCV without y"
+            )
         self._check_memory(n_objects, device, dtype)
         train_t = as_triplet_tensor(train, n_objects, "training").to(device)
         val_t = as_triplet_tensor(val, n_objects, "validation").to(device) if val is not None else None
         self._n_train = train_t.shape[0]
 
-        state = self._start_fit(n_objects, device, dtype, train_t, val_t)
-        self._resume_from_checkpoint(state)
-        converged = self._train_epochs(state, train_t, val_t)
-        self._store_fit(state, device, converged)
+        # Autograd records nothing inside torch.no_grad() or torch.inference_mode(),
+        # so a fit called in such a block switches both off until it returns.
+        with torch.inference_mode(False), torch.enable_grad():
+            state = self._start_fit(n_objects, device, dtype, train_t, val_t)
+            self._resume_from_checkpoint(state)
+            converged = self._train_epochs(state, train_t, val_t)
+            self._store_fit(state, device, converged)
         return self
 
     def _fit_object_count(self, n_objects: int | None) -> int:
@@ -377,7 +392,8 @@ class TripletEmbedding(BaseEstimator):
                 "object table), not the largest index in the triplets"
             )
         check_integer("n_objects", n_objects, 1)
-        return n_objects
+        # A Python int, because torch.load(weights_only=True) rejects a numpy scalar in the checkpoint.
+        return int(n_objects)
 
     def _start_fit(
         self, n_objects: int, device: torch.device, dtype: torch.dtype,
@@ -389,7 +405,9 @@ class TripletEmbedding(BaseEstimator):
         params = {name: tensor.to(device=device, dtype=dtype).requires_grad_(True) for name, tensor in params.items()}
         # The fused implementation updates all parameters in one kernel. On the CPU
         # it needs torch 2.4 or newer, the lower bound in pyproject.toml.
-        optimizer = torch.optim.Adam(params.values(), lr=self.lr, fused=True)
+        # float(), because the optimizer state goes into the checkpoint, which
+        # torch.load(weights_only=True) cannot read with a numpy scalar in it.
+        optimizer = torch.optim.Adam(params.values(), lr=float(self.lr), fused=True)
         return _FitState(
             params=params, optimizer=optimizer, generator=generator,
             directory=Path(self.checkpoint_dir) if self.checkpoint_dir else None,

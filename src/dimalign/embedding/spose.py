@@ -55,7 +55,12 @@ class SPoSE(TripletEmbedding):
             weight, shape ``(n_objects, n_dims_)``.
         kept_dims_ (np.ndarray): Columns of ``weights_`` kept, in that order.
         weights_ (np.ndarray): The unpruned W, ``(n_objects, n_dims)``.
-        n_dims_, history_, n_epochs_, converged_, n_objects_: as for VICE.
+        n_dims_ (int): Number of kept dimensions.
+        history_ (list[dict]): Per-epoch loss, accuracy and kept dimensions.
+        n_epochs_ (int): Epochs trained.
+        converged_ (bool): Whether the kept dimensions were stable before
+            ``max_epochs``.
+        n_objects_ (int): Number of objects of the fit.
 
     Examples:
         >>> rng = np.random.default_rng(0)
@@ -120,7 +125,11 @@ class SPoSE(TripletEmbedding):
         check_real("init_std", self.init_std, 0)
 
     def _init_parameters(self, n_objects, generator):
-        weights = torch.randn(n_objects, self.n_dims, generator=generator, device=generator.device)
+        # Drawn in float32 whatever torch's default dtype is, so that a seed gives the
+        # same start in every session. A float64 fit converts the draws.
+        weights = torch.randn(
+            n_objects, self.n_dims, generator=generator, device=generator.device, dtype=torch.float32
+        )
         return {"weights": (weights * self.init_std + self.init_mean).clamp_(min=0.0)}
 
     def _batch_loss(self, params, batch, n_train, generator):

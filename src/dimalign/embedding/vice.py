@@ -163,7 +163,11 @@ class VICE(TripletEmbedding):
 
     def _init_parameters(self, n_objects: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         scale = self.init_scale if self.init_scale is not None else math.sqrt(2.0 / self.n_dims)
-        loc = torch.randn(n_objects, self.n_dims, generator=generator, device=generator.device) * scale
+        # Drawn in float32 whatever torch's default dtype is, so that a seed gives the
+        # same start in every session. A float64 fit converts the draws.
+        loc = torch.randn(
+            n_objects, self.n_dims, generator=generator, device=generator.device, dtype=torch.float32
+        ) * scale
         # The reference code starts every log sigma at -1 / std(mu): small,
         # nearly deterministic weights that the entropy term then widens.
         log_scale = torch.full_like(loc, -1.0 / float(loc.std()))

@@ -105,7 +105,15 @@ class ImageList:
         return digest.hexdigest()
 
     def object_table(self, rows: Sequence[int] | None = None) -> ObjectTable:
-        """Return the object table of ``rows`` (all rows by default)."""
+        """Return the object table of ``rows`` (all rows by default).
+
+        Args:
+            rows (Sequence[int] | None): Image indices, in the order of the
+                table; None takes every image.
+
+        Returns:
+            ObjectTable: The object ids and image paths of those rows.
+        """
         rows = range(len(self)) if rows is None else rows
         return ObjectTable(tuple(self.object_ids[row] for row in rows),
                            tuple(self.paths[row] for row in rows))

@@ -136,6 +136,15 @@ class EfficientNetLite0(nn.Module):
         self.classifier = nn.Linear(HEAD_CHANNELS, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Compute the class logits of a batch of images.
+
+        Args:
+            x (torch.Tensor): Normalised images, shape ``(n, 3, H, W)``, 224 x 224
+                as in ImageNet training.
+
+        Returns:
+            torch.Tensor: Logits, shape ``(n, n_classes)``.
+        """
         features = torch.flatten(self.avgpool(self.head(self.blocks(self.stem(x)))), 1)
         return self.classifier(self.dropout(features))
 

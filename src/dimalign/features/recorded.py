@@ -320,6 +320,9 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     inputs. That folder must still hold the features the map was fitted on
     (same SHA-256), since it may have been extracted again with other weights.
 
+    Args:
+        map_dir (str | os.PathLike): The output folder of ``dimalign map``.
+
     Returns:
         dict: Keys ``model``, ``weights``, ``weights_sha256``, ``seed``,
         ``layer``, ``pooling``, ``background`` and ``exif_transpose``

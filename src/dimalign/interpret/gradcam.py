@@ -241,7 +241,8 @@ def overlay(image: torch.Tensor | np.ndarray, cam: np.ndarray, *, alpha: float =
     """Blend the coloured map over the image.
 
     Args:
-        image: RGB in ``[0, 1]``, a tensor ``(3, H, W)`` or an array ``(H, W, 3)``.
+        image (torch.Tensor | np.ndarray): RGB in ``[0, 1]``, a tensor
+            ``(3, H, W)`` or an array ``(H, W, 3)``.
         cam (np.ndarray): Map ``(H, W)`` in ``[0, 1]``.
         alpha (float): Weight of the heat map (0 shows only the image).
         colormap (str): A matplotlib colormap name.
@@ -277,7 +278,8 @@ def plot_gradcam(
     224-pixel overlays and matplotlib 0.6 s, as long as the Grad-CAM work.
 
     Args:
-        image: RGB in ``[0, 1]``, a tensor ``(3, H, W)`` or an array ``(H, W, 3)``.
+        image (torch.Tensor | np.ndarray): RGB in ``[0, 1]``, a tensor
+            ``(3, H, W)`` or an array ``(H, W, 3)``.
         maps (dict[int, np.ndarray]): Dimension -> its map ``(H, W)`` in ``[0, 1]``.
         predictions (dict[int, float]): Dimension -> its predicted value for the image.
         layer (str): The Grad-CAM layer, named in the title.

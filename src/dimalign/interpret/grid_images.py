@@ -38,7 +38,12 @@ TEXT_COLOUR = (20, 20, 20)
 
 @dataclass
 class GridCell:
-    """One picture of a grid with its caption."""
+    """One picture of a grid with its caption.
+
+    Attributes:
+        image (PIL.Image.Image): The picture.
+        caption (str): The text drawn with it.
+    """
 
     image: Image.Image
     caption: str

@@ -346,7 +346,12 @@ _EDIT_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
 
 @dataclass(frozen=True)
 class Edit:
-    """One edit with its parameter, written ``name`` or ``name:value`` (``hue:90``)."""
+    """One edit with its parameter, written ``name`` or ``name:value`` (``hue:90``).
+
+    Attributes:
+        name (str): The kind of edit, a key of ``EDIT_SPECS``.
+        parameter (float | None): Its value, or None for an edit that takes none.
+    """
 
     name: str
     parameter: float | None = None
@@ -381,6 +386,13 @@ class Edit:
 
 def parse_edit(text: str) -> Edit:
     """Parse ``"name"`` or ``"name:value"`` into an :class:`Edit` (default parameter if omitted).
+
+    Args:
+        text (str): The edit as written on the command line, such as ``"hue:90"``.
+
+    Returns:
+        Edit: The edit, with the default parameter of its kind when ``text``
+        gives no value.
 
     Raises:
         ValueError: For an unknown edit or a value that is not a number.

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dimalign._checks import check_integer
 from dimalign._progress import progress_disabled
 from dimalign.interpret.generators import FourierGenerator, augment, sample_latent, total_variation
 from dimalign.interpret.gradcam import check_dimension
@@ -132,6 +133,7 @@ def maximize_dimension(
 
     Raises:
         ValueError: If ``dim`` is out of range, the counts are invalid,
+            ``random_state`` is not an integer of at least 0,
             ``image_size`` comes with a ``generator``, the starting latents
             would take more than :data:`MAX_LATENT_BYTES`, the
             generator's images are not finite values in ``[0, 1]``, or the
@@ -140,6 +142,7 @@ def maximize_dimension(
     dim = check_dimension(dim, predictor.n_dims)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    check_integer("random_state", random_state, 0)
     if not 1 <= n_images <= n_init:
         raise ValueError(f"n_images must be between 1 and n_init={n_init}, got {n_images}")
     if generator is not None and image_size is not None:

@@ -469,7 +469,15 @@ class DimensionPredictor(nn.Module):
         return self.preprocessing.input_size
 
     def train(self, mode: bool = True) -> DimensionPredictor:
-        """Keep eval mode: the map is only valid for the features of the eval-mode model."""
+        """Keep eval mode: the map is only valid for the features of the eval-mode model.
+
+        Args:
+            mode (bool): Ignored. ``nn.Module.train`` takes it, but the
+                predictor stays in eval mode.
+
+        Returns:
+            DimensionPredictor: self.
+        """
         return super().train(False)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -497,7 +505,18 @@ class DimensionPredictor(nn.Module):
         return (images - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Return the pooled layer output ``(B, n_features)`` for raw images in ``[0, 1]``."""
+        """Return the pooled layer output ``(B, n_features)`` for raw images in ``[0, 1]``.
+
+        Args:
+            images (torch.Tensor): RGB in ``[0, 1]``, shape ``(B, 3, H, W)``.
+
+        Returns:
+            torch.Tensor: The features that the map takes, shape ``(B, n_features)``.
+
+        Raises:
+            ValueError: If the images are not float RGB in ``[0, 1]``, or the
+                layer and pooling do not give the ``n_features`` of the map.
+        """
         inputs = self.normalize(images)
         if self._layer_module is None:
             output = self.model(inputs)

@@ -418,6 +418,33 @@ def _integral_floats(array: np.ndarray, source: str, row_label: RowLabel) -> np.
     return array.astype(np.int64)
 
 
+def _integer_objects(array: np.ndarray, source: str, row_label: RowLabel) -> np.ndarray:
+    """Convert an object array of integers to int64.
+
+    A DataFrame of pandas' nullable ``Int64`` columns gives such an array.
+    A missing value (``pd.NA``, None), a bool, a float or a string is
+    rejected, naming its row and column.
+    """
+    is_integer = np.vectorize(
+        lambda value: isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)), otypes=[bool]
+    )
+    bad = ~is_integer(array)
+    if bad.any():
+        row, column = (int(index) for index in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{source}, {row_label(row)}, column {column}: value {array[row, column]!r} is not an integer "
+            f"object index ({int(bad.sum())} such values in all)"
+        )
+    int64 = np.iinfo(np.int64)
+    outside = np.vectorize(lambda value: not int64.min <= value <= int64.max, otypes=[bool])(array)
+    if outside.any():
+        row, column = (int(index) for index in np.argwhere(outside)[0])
+        raise ValueError(
+            f"{source}, {row_label(row)}, column {column}: object index {array[row, column]} is beyond the int64 range"
+        )
+    return array.astype(np.int64)
+
+
 # --------------------------------------------------------------------------- text files
 
 
@@ -1216,7 +1243,9 @@ def validate_triplets(
 
     Args:
         triplets (np.ndarray): Array of shape ``(n_triplets, 3)``. Floats are
-            accepted when every value is a whole number.
+            accepted when every value is a whole number, and object arrays
+            (such as a DataFrame of nullable ``Int64`` columns gives) when
+            every value is an integer.
         n_objects (int | None): Number of objects; indices must lie in
             ``0 .. n_objects - 1``. None checks only that they are non-negative.
         source (str): Name used in error messages (a file name, for instance).
@@ -1242,6 +1271,8 @@ def validate_triplets(
 
     if array.dtype.kind == "f":
         array = _integral_floats(array, source, row_label)
+    elif array.dtype.kind == "O":
+        array = _integer_objects(array, source, row_label)
     elif array.dtype.kind not in "iu":
         raise ValueError(f"{source}: triplets must be integers, got dtype {array.dtype}")
     if n_objects is None:

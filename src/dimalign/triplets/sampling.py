@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from dimalign._checks import check_random_state
 from dimalign.io.triplets import sorted_unique, validate_triplets
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,9 @@ def sample_triplets(
         np.ndarray: int64 array of shape ``(n_triplets, 3)``.
 
     Raises:
-        ValueError: If ``n_triplets`` exceeds C(m, 3) without ``replace``, or a
-            size is out of range or not a whole number.
+        ValueError: If ``n_triplets`` exceeds C(m, 3) without ``replace``, a
+            size is out of range or not a whole number, or ``random_state``
+            is not a seed, a generator or None.
 
     Example:
         >>> sample_triplets(4, 4, random_state=0).tolist()  # all C(4, 3) = 4 sets
@@ -95,7 +97,7 @@ def sample_triplets(
             f"{n_sets:,} distinct triplets; request at most {n_sets:,} or sample with "
             "replace=True (CLI: --replace)"
         )
-    rng = np.random.default_rng(random_state)
+    rng = check_random_state(random_state)
 
     if replace:
         ranks = rng.integers(0, n_sets, size=n_triplets, dtype=np.int64)

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from dimalign._checks import check_integer
+from dimalign._checks import check_integer, check_random_state
 from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.io.triplets import validate_triplets
@@ -169,7 +169,8 @@ def simulate_choices(
         ValueError: If the features are not real numbers, a feature row
             contains NaN or inf, a cosine row has zero
             norm, the triplets are invalid for the number of feature rows, or
-            an option is unknown. The message names the rows. Rows are never
+            an option is unknown or ``random_state`` is not a seed, a
+            generator or None. The message names the rows. Rows are never
             dropped because that would renumber the objects.
 
     Example:
@@ -218,7 +219,7 @@ def simulate_choices(
     else:
         check_integer("batch_size", batch_size, 1)
 
-    rng = np.random.default_rng(random_state)
+    rng = check_random_state(random_state)
     chosen = np.empty_like(triplets)
     n_ties = 0
     starts = range(0, len(triplets), batch_size)
