@@ -224,6 +224,11 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "plain embedding file. A run's own objects.tsv always stays. docs/compare.md lists every case",
     )
     parser.add_argument(
+        "--shared-objects", action="store_true",
+        help="compare only the objects that both object tables list, such as the THINGS objects among "
+        "a DNN's photos, and leave out the others (default: the two sets must be equal)",
+    )
+    parser.add_argument(
         "--triplets", type=Path,
         help="triplet file (0-based indices in the human row order), such as held-out human triplets: "
         "each model's choice on them is explained by the dimension whose removal lowers its "
@@ -320,6 +325,7 @@ def run_compare(args: argparse.Namespace) -> int:
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
         reference=reference,
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
+        shared_objects=args.shared_objects,
     )
     # The pairs of the matching that compare() reports in its log line.
     primary = result.matchings.get("greedy", result.matchings["with_replacement"])
