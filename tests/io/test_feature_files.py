@@ -270,3 +270,19 @@ def test_npz_features_say_how_to_convert(tmp_path):
         "save one array of the .npz archive as a .npy file: "
         "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
     )
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_torch_features_say_how_to_convert(tmp_path, suffix):
+    import torch
+
+    torch.save(torch.ones(4, 2), tmp_path / f"features{suffix}")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / f"features{suffix}")
+
+    assert str(error.value) == (
+        f"unsupported features file {tmp_path / f'features{suffix}'}: use one of .npy, .h5, .hdf5, .txt; "
+        "save a tensor saved with torch.save as a .npy file: "
+        "numpy.save('features.npy', torch.load('FILE').detach().cpu().numpy())"
+    )
