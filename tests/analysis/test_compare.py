@@ -2683,3 +2683,20 @@ def test_compare_cli_shared_objects(tmp_path, capsys):
     ])
     assert code == 0
     assert json.loads((tmp_path / "out" / "rsa.json").read_text())["n_objects"] == 25
+
+
+def test_compare_shared_objects_warns_few_misses(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    human_ids = [f"a{i}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(human_ids))
+    write_side(tmp_path / "dnn", dnn[:10], ObjectTable.from_ids(human_ids[:9] + ["a_9"]))
+
+    with pytest.warns(UserWarning) as record:
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=2, shared_objects=True)
+
+    messages = [str(warning.message) for warning in record]
+    assert (
+        "left out 1 of the 10 objects of the DNN table because the human table does not list them: "
+        "['a_9']; check their ids against the human table, since ids match only when they are equal"
+    ) in messages
+    assert not [message for message in messages if "of the 12 objects of the human table" in message]

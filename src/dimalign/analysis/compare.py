@@ -272,6 +272,20 @@ def _align_shared_objects(
         "comparing the %s that both object tables list; left out %d human-only and %d DNN-only objects",
         count_of(human_rows.size, "object"), n_human_only, n_dnn_only,
     )
+    # The smaller table is usually the subset that the user named, such as a DNN's photos of
+    # THINGS objects, so an object of it that the other table lacks is likely misnamed.
+    sides = (("human", human_objects, "DNN", dnn_objects), ("DNN", dnn_objects, "human", human_objects))
+    for label, table, other_label, other in sides:
+        if len(table) > len(other):
+            continue
+        other_ids = set(other.object_ids)
+        left_out = [name for name in table.object_ids if name not in other_ids]
+        if left_out:
+            warn(
+                f"left out {len(left_out)} of the {len(table)} objects of the {label} table because the "
+                f"{other_label} table does not list them: {left_out[:20]}; check their ids against the "
+                f"{other_label} table, since ids match only when they are equal"
+            )
     return AlignedPair(
         human.embedding[human_rows], dnn.embedding[dnn_order], kept, dnn_order,
         human_rows=human_rows, n_human_only=n_human_only, n_dnn_only=n_dnn_only,
