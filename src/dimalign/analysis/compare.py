@@ -261,6 +261,7 @@ def _align_shared_objects(
             "object ids must be equal to match, so rename the DNN objects to the human ids (for THINGS, "
             "the ids of unique_id.txt) with --objects when simulating, or pass a table with those ids"
         )
+
     kept = ObjectTable(
         tuple(human_objects.object_ids[row] for row in human_rows),
         tuple(human_objects.sources[row] for row in human_rows),
@@ -272,6 +273,7 @@ def _align_shared_objects(
         "comparing the %s that both object tables list; left out %d human-only and %d DNN-only objects",
         count_of(human_rows.size, "object"), n_human_only, n_dnn_only,
     )
+
     # The smaller table is usually the subset that the user named, such as a DNN's photos of
     # THINGS objects, so an object of it that the other table lacks is likely misnamed.
     sides = (("human", human_objects, "DNN", dnn_objects), ("DNN", dnn_objects, "human", human_objects))
@@ -286,6 +288,7 @@ def _align_shared_objects(
                 f"{other_label} table does not list them: {left_out[:20]}; check their ids against the "
                 f"{other_label} table, since ids match only when they are equal"
             )
+
     return AlignedPair(
         human.embedding[human_rows], dnn.embedding[dnn_order], kept, dnn_order,
         human_rows=human_rows, n_human_only=n_human_only, n_dnn_only=n_dnn_only,
