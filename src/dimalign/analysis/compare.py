@@ -258,8 +258,10 @@ def _align_shared_objects(
         raise ValueError(
             f"the human and DNN object tables share no object id: the human table starts with "
             f"{list(human_objects.object_ids[:5])} and the DNN table with {list(dnn_objects.object_ids[:5])}; "
-            "object ids must be equal to match, so rename the DNN objects to the human ids (for THINGS, "
-            "the ids of unique_id.txt) with --objects when simulating, or pass a table with those ids"
+            "object ids must be equal to match, so name the DNN objects by the human ids (for THINGS, "
+            "the ids of unique_id.txt) with --objects when simulating, or pass a table with those ids. "
+            "Features of several images per object are averaged first, as docs/features.md shows under "
+            "'Your own photos of THINGS objects'"
         )
 
     kept = ObjectTable(
