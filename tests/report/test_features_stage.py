@@ -191,3 +191,18 @@ def test_gap_on_default_layer_fails_in_plan(shared_data, tmp_path, model):
 def test_images_of_no_object_listed():
     with pytest.raises(ValueError, match=r"The images of no object are named \['b'\]$"):
         images_per_object(("a", "c"), ("a.png", "b.png"))
+
+
+def test_features_stage_extracts_only_object_images(shared_data, tmp_path):
+    (tmp_path / "objects.txt").write_text("owl\nbird\nparrot\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n[features]\nbatch_size = 4\n'
+    )
+    study_dir = tmp_path / "study"
+    run_study(tmp_path / "study.toml", study_dir)
+
+    extracted_ids = read_object_table(study_dir / "features" / "extract" / "objects.tsv").object_ids
+    assert extracted_ids == ("bird.png", "owl.jpg", "parrot.jpg")
+    features = np.load(study_dir / "features" / "features.npy")
+    extracted = np.load(study_dir / "features" / "extract" / "features.npy")
+    np.testing.assert_array_equal(features, extracted[[1, 0, 2]])

@@ -120,16 +120,31 @@ def _check_device(settings: Mapping[str, Any]) -> None:
 def run_features(context: StageContext) -> dict[str, Any]:
     """Extract DNN features of every image and average them per object."""
     from dimalign.features import extract_features
+    from dimalign.features.datasets import ImageList, list_images
     from dimalign.io.features import load_features
+    from dimalign.io.files import count_of
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
 
     settings = context.settings
     objects = read_object_table(context.inputs["objects"])
     extract_dir = context.out_dir / "extract"
+    # Only the images of the study's objects are extracted, so a folder of all THINGS images
+    # costs the time of the objects' images alone. The averages do not depend on the others.
+    all_images = list_images(context.inputs["images"])
+    used_rows = sorted(row for rows in images_per_object(objects.object_ids, all_images.object_ids) for row in rows)
+    if len(used_rows) < len(all_images):
+        logger.info(
+            "extracting the %s of the %s; left out %d images of no object",
+            count_of(len(used_rows), "image"), count_of(len(objects), "object"), len(all_images) - len(used_rows),
+        )
+    images = ImageList(
+        tuple(all_images.object_ids[row] for row in used_rows), tuple(all_images.paths[row] for row in used_rows),
+        all_images.root,
+    )
     # A weights file comes resolved from the study file's folder, with its fingerprint in the stage hash.
     weights = context.inputs.get("weights") or settings["weights"] or None
     extract_features(
-        context.inputs["images"], extract_dir, model=settings["model"],
+        images, extract_dir, model=settings["model"],
         weights=weights, layers=[settings["layer"]] if settings["layer"] else None,
         pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
         background=settings["background"], exif_transpose=settings["exif_transpose"], overwrite=True,
