@@ -252,7 +252,12 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.set_defaults(handler=run_compare)
-    add_examples(parser, "dimalign compare runs/human runs/dnn -o compare --triplets human_triplets.txt")
+    add_examples(
+        parser,
+        "dimalign compare runs/human runs/dnn -o compare --triplets human_triplets.txt",
+        "dimalign compare spose_embedding_49d_sorted.txt runs/my_dnn -o compare --objects unique_id.txt "
+        "--shared-objects",
+    )
     declare_output_folder(parser, "compare")
 
 
