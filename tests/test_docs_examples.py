@@ -301,6 +301,44 @@ def prepare_photos(context: Context) -> dict[str, Any]:
     return {}
 
 
+def prepare_own_photos(context: Context) -> dict[str, Any]:
+    """The eight photos, THINGS unique_id.txt, and their features from a randomly initialised ResNet-18."""
+    import torch
+
+    from dimalign.features import extract_features
+    from dimalign.features.models import LoadedModel, imagenet_transform
+
+    link_photos(context)
+    context.link_things("unique_id.txt")
+    loaded = LoadedModel(
+        model=build_resnet18().eval(), transform=imagenet_transform(), name="my_resnet18",
+        weights_id="my_resnet18, random weights", weights_sha256=None, default_layer="fc:input",
+        device=torch.device("cpu"),
+    )
+    extract_features(context.workdir / "photos", context.workdir / "my_features", model=loaded)
+    return {}
+
+
+def build_resnet18() -> Any:
+    import torchvision
+
+    return torchvision.models.resnet18(weights=None)
+
+
+def check_own_network(namespace: dict[str, Any], values: dict[str, Any]) -> None:
+    assert namespace["result"].n_rows == 8
+    assert {name: path.as_posix() for name, path in values["result.files"].items()} == {
+        "fc:input": "my_features/features.npy"
+    }
+
+
+def check_own_photos(namespace: dict[str, Any], values: dict[str, Any]) -> None:
+    assert namespace["ids"] == ["bird", "cat", "dragonfly", "hotdog", "owl", "parrot", "sunflower", "uniform"]
+    assert values["sorted(set(ids) - things_ids)"] == []
+    assert namespace["mean_features"].shape == (8, 512)
+    assert (namespace["mean_features"] >= 0).all()
+
+
 def build_map(context: Context) -> Path:
     """Fit a ``dimalign map`` of EfficientNet-Lite0 features of the photos to a 3-d embedding."""
     from dimalign.cli import main
@@ -522,6 +560,8 @@ SETUPS: dict[str, Setup] = {
     "judgements": Setup(prepare_judgements),
     "vgg16_features": Setup(prepare_vgg16_features, check_vgg16_features),
     "photos": Setup(prepare_photos, check_extraction),
+    "own_network": Setup(prepare_photos, check_own_network),
+    "own_photos": Setup(prepare_own_photos, check_own_photos),
     "map": Setup(prepare_map_only, check_predictor),
     "predictor": Setup(prepare_predictor, check_gradcam),
     "manipulation": Setup(prepare_predictor),

@@ -2621,3 +2621,110 @@ def test_compare_cli_prints_result(tmp_path, capsys):
         assert capsys.readouterr().out.splitlines()[-1] == (
             f"wrote {out}: human-DNN RSA r {r:.3f}, {n_pairs} matched dimension pairs"
         )
+
+
+# -- comparing the objects that both tables list --------------------------------
+
+
+def shared_objects_sides(tmp_path):
+    """A human side of 40 objects and a DNN side of 25 of them, reversed, plus 3 objects of its own."""
+    human, dnn = surrogate_pair(n_objects=40)
+    human_ids = [f"object{i:02d}" for i in range(40)]
+    shared_rows = list(range(5, 30))
+    dnn_ids = [human_ids[row] for row in shared_rows][::-1] + ["extra0", "extra1", "extra2"]
+    dnn_rows = np.vstack([dnn[shared_rows][::-1], gamma_embedding(3, dnn.shape[1], seed=4)])
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(human_ids))
+    write_side(tmp_path / "dnn", dnn_rows, ObjectTable.from_ids(dnn_ids))
+    return human[shared_rows], dnn[shared_rows], [human_ids[row] for row in shared_rows]
+
+
+def test_compare_shared_objects_restricts_both(tmp_path):
+    human, dnn, ids = shared_objects_sides(tmp_path)
+    result = compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, shared_objects=True)
+
+    upper = np.triu_indices(25, k=1)
+    expected = np.corrcoef(similarity_matrix(human)[upper], similarity_matrix(dnn)[upper])[0, 1]
+    assert result.n_objects == 25
+    assert result.rsa.r == pytest.approx(expected, abs=1e-12)
+    summary = json.loads((tmp_path / "out" / "rsa.json").read_text())
+    assert summary["n_objects"] == 25
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]
+    assert settings["shared_objects"] is True
+    assert settings["n_human_only_objects"] == 15
+    assert settings["n_dnn_only_objects"] == 3
+    top = pd.read_csv(tmp_path / "out" / "top_objects.csv")
+    assert set(top["object_id"]) <= set(ids)
+
+
+def test_compare_shared_objects_maps_human_triplets(tmp_path):
+    shared_objects_sides(tmp_path)
+    # Rows of the human embedding: objects 5 to 29 are shared, and they become rows 0 to 24.
+    triplets = np.array([[5, 6, 7], [29, 10, 8]])
+    compare(
+        tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, shared_objects=True,
+        triplets=triplets,
+    )
+    with np.load(tmp_path / "out" / "triplet_relevance.npz") as archive:
+        assert archive["triplets"].tolist() == [[0, 1, 2], [24, 5, 3]]
+
+
+def test_compare_shared_objects_rejects_dropped_triplet(tmp_path):
+    shared_objects_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"\['object00'\]"):
+        compare(
+            tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, shared_objects=True,
+            triplets=np.array([[0, 6, 7]]),
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_shared_objects_needs_tables(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    with pytest.raises(ValueError, match="shared_objects matches the rows by object id"):
+        compare(human, dnn, tmp_path / "out", n_bootstrap=0, shared_objects=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_no_shared_object_shows_ids(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    write_side(tmp_path / "human", human, ObjectTable.from_ids([f"a{i}" for i in range(12)]))
+    write_side(tmp_path / "dnn", dnn, ObjectTable.from_ids([f"a{i}.jpg" for i in range(12)]))
+    with pytest.raises(ValueError, match=r"share no object id.*'a0'.*'a0\.jpg'"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, shared_objects=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_different_objects_suggests_option(tmp_path):
+    shared_objects_sides(tmp_path)
+    with pytest.raises(ValueError, match=r"--shared-objects"):
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0)
+
+
+def test_compare_cli_shared_objects(tmp_path, capsys):
+    human, dnn, ids = shared_objects_sides(tmp_path)
+    (tmp_path / "human.txt").write_text("".join(" ".join(map(str, row)) + "\n" for row in load_embedding(tmp_path / "human").embedding))
+    human_ids = tmp_path / "ids.txt"
+    human_ids.write_text("".join(f"object{i:02d}\n" for i in range(40)))
+    code = main([
+        "compare", str(tmp_path / "human.txt"), str(tmp_path / "dnn"), "--objects", str(human_ids),
+        "--shared-objects", "-o", str(tmp_path / "out"), "--bootstrap", "0",
+    ])
+    assert code == 0
+    assert json.loads((tmp_path / "out" / "rsa.json").read_text())["n_objects"] == 25
+
+
+def test_compare_shared_objects_warns_few_misses(tmp_path):
+    human, dnn = surrogate_pair(n_objects=12)
+    human_ids = [f"a{i}" for i in range(12)]
+    write_side(tmp_path / "human", human, ObjectTable.from_ids(human_ids))
+    write_side(tmp_path / "dnn", dnn[:10], ObjectTable.from_ids(human_ids[:9] + ["a_9"]))
+
+    with pytest.warns(UserWarning) as record:
+        compare(tmp_path / "human", tmp_path / "dnn", tmp_path / "out", n_bootstrap=0, top_k=2, shared_objects=True)
+
+    messages = [str(warning.message) for warning in record]
+    assert (
+        "left out 1 of the 10 objects of the DNN table because the human table does not list them: "
+        "['a_9']; check their ids against the human table, since ids match only when they are equal"
+    ) in messages
+    assert not [message for message in messages if "of the 12 objects of the human table" in message]

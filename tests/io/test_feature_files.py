@@ -409,3 +409,19 @@ def test_comma_text_features_name_separator(tmp_path):
         f"{path} cannot be read as a features table: line 1 separates its values by commas, but the "
         "values of this file are read as separated by spaces: save it with spaces between values"
     )
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth"])
+def test_torch_features_say_how_to_convert(tmp_path, suffix):
+    import torch
+
+    torch.save(torch.ones(4, 2), tmp_path / f"features{suffix}")
+
+    with pytest.raises(ValueError) as error:
+        load_features(tmp_path / f"features{suffix}")
+
+    assert str(error.value) == (
+        f"unsupported features file {tmp_path / f'features{suffix}'}: use one of .npy, .h5, .hdf5, .txt; "
+        "save a tensor saved with torch.save as a .npy file: "
+        "numpy.save('features.npy', torch.load('FILE').detach().cpu().numpy())"
+    )

@@ -144,3 +144,65 @@ def test_features_stage_invalid_background(shared_data, tmp_path):
 
     with pytest.raises(ValueError, match=r"features.background = 'mauvish' is invalid: invalid background colour"):
         plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")
+
+
+def test_object_without_image_fails_in_plan(shared_data, tmp_path):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    (tmp_path / "objects.txt").write_text("bird\nhotdog\ncat\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n[features]\n'
+    )
+
+    with pytest.raises(ValueError) as error:
+        plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")
+
+    assert str(error.value) == (
+        "1 objects have no image: ['hotdog']; name images <object_id>.<ext> or put them in a folder "
+        "<object_id>/. The images of no object are named ['dragonfly', 'grace_hopper', 'hot_dog', 'owl', "
+        f"'parrot', 'sunflower'] (stage features of {tmp_path / 'study.toml'})"
+    )
+    assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("model", ["resnet18", "vgg16", "timm:resnet18"])
+def test_gap_on_default_layer_fails_in_plan(shared_data, tmp_path, model):
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    (tmp_path / "objects.txt").write_text("bird\ncat\nowl\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n'
+        f'[features]\nmodel = "{model}"\nweights = "random"\n'
+    )
+
+    with pytest.raises(ValueError) as error:
+        plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study")
+
+    assert str(error.value) == (
+        f'features.pool = "gap" does not fit the default layer of {model}, the input of its last Linear '
+        "layer (or VGG's classifier.4), which has one value per feature and no spatial axes to average: "
+        'set features.pool = "flatten", or name a convolutional layer with features.layer '
+        f"(stage features of {tmp_path / 'study.toml'})"
+    )
+
+
+def test_images_of_no_object_listed():
+    with pytest.raises(ValueError, match=r"The images of no object are named \['b'\]$"):
+        images_per_object(("a", "c"), ("a.png", "b.png"))
+
+
+def test_features_stage_extracts_only_object_images(shared_data, tmp_path):
+    (tmp_path / "objects.txt").write_text("owl\nbird\nparrot\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n[features]\nbatch_size = 4\n'
+    )
+    study_dir = tmp_path / "study"
+    run_study(tmp_path / "study.toml", study_dir)
+
+    extracted_ids = read_object_table(study_dir / "features" / "extract" / "objects.tsv").object_ids
+    assert extracted_ids == ("bird.png", "owl.jpg", "parrot.jpg")
+    features = np.load(study_dir / "features" / "features.npy")
+    extracted = np.load(study_dir / "features" / "extract" / "features.npy")
+    np.testing.assert_array_equal(features, extracted[[1, 0, 2]])

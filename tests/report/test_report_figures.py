@@ -590,3 +590,27 @@ print(matplotlib.get_backend(), len(plt.get_fignums()))
 
     assert result.stdout.split() == ["pdf", "0"]
     assert (tmp_path / "training_curves.png").is_file()
+
+
+def test_command_compare_names_missing_option(tmp_path):
+    import json
+
+    from dimalign.analysis.compare import compare
+
+    rng = np.random.default_rng(0)
+    study = tmp_path / "study"
+    compare(rng.gamma(1.0, size=(12, 3)), rng.gamma(1.0, size=(12, 4)), study / "compare", n_bootstrap=0, top_k=2)
+    assert json.loads((study / "compare" / "manifest.json").read_text())["step"] == "compare"
+    results = StudyResults(study)
+    with pytest.raises(FileNotFoundError) as error:
+        figures.plot_similarity_matrices(results, tmp_path)
+    assert str(error.value) == (
+        f"{study / 'compare' / 'human_similarity.npy'} not found: dimalign compare writes it only with "
+        "--save-similarity; rerun the comparison with that option"
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        results.disagreements()
+    assert str(error.value) == (
+        f"{study / 'compare' / 'disagreements.csv'} not found: dimalign compare writes it only with "
+        "--triplets; rerun the comparison with that option"
+    )

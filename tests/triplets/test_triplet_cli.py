@@ -1329,3 +1329,16 @@ def test_simulate_infinite_temperature_rejected(tmp_path, capsys):
     assert status == 1
     assert "error: --temperature inf is invalid: use a finite number above 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_simulate_generated_names_suggest_objects(tmp_path, capsys):
+    np.save(tmp_path / "features.npy", np.random.default_rng(1).random((6, 4)))
+
+    status = main(["simulate", str(tmp_path / "features.npy"), "-o", str(tmp_path / "out"), "--n-triplets", "10"])
+
+    assert status == 0
+    assert (
+        "the features have no object table; named the objects object_0 .. object_5. Pass --objects TABLE "
+        "(one id per line in row order) to name them, so that compare can match them to another "
+        "embedding's objects, such as THINGS ids"
+    ) in capsys.readouterr().err

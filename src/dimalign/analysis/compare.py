@@ -137,12 +137,20 @@ class AlignedPair:
         dnn (np.ndarray): Shape ``(n_objects, n_dnn)``, rows reordered to the human order.
         objects (ObjectTable): The shared object table (human order).
         dnn_order (np.ndarray): Row of the original DNN embedding for each object.
+        human_rows (np.ndarray | None): Row of the original human embedding for
+            each object; None when every human row is kept in its order.
+        n_human_only (int): Objects of the human table left out because the
+            DNN table does not list them (only with ``shared_objects``).
+        n_dnn_only (int): Objects of the DNN table left out likewise.
     """
 
     human: np.ndarray
     dnn: np.ndarray
     objects: ObjectTable
     dnn_order: np.ndarray
+    human_rows: np.ndarray | None = None
+    n_human_only: int = 0
+    n_dnn_only: int = 0
 
 
 def align_embeddings(
@@ -152,6 +160,7 @@ def align_embeddings(
     human_objects: ObjectTable | None = None,
     dnn_objects: ObjectTable | None = None,
     table_sources: tuple[str | None, str | None] = (None, None),
+    shared_objects: bool = False,
 ) -> AlignedPair:
     """Put the DNN embedding in the human row order.
 
@@ -159,6 +168,8 @@ def align_embeddings(
     Without any table, both must have the same number of rows, which are
     named by their index. A table on one side only is an error, because the
     rows would be matched by position without any check.
+    With ``shared_objects``, both embeddings keep only the objects that both
+    tables list, in the human order, and the others are left out and logged.
 
     Args:
         human (EmbeddingResult): Shape ``(n_objects, n_human)``; its order is kept.
@@ -168,13 +179,16 @@ def align_embeddings(
         table_sources (tuple[str | None, str | None]): Where each table came
             from (a file, or how it was passed), named in the error for
             different object sets.
+        shared_objects (bool): Keep the objects that both tables list and
+            leave out the rest, instead of requiring the same object set.
 
     Returns:
         AlignedPair: Both embeddings in the human row order.
 
     Raises:
-        ValueError: If the object sets differ, the row counts do not fit,
-            only one side has a table, or an embedding has no dimension.
+        ValueError: If the object sets differ (without ``shared_objects``) or
+            have no id in common, the row counts do not fit, a table is
+            missing, or an embedding has no dimension.
     """
     for label, result, table in (("human", human, human_objects), ("DNN", dnn, dnn_objects)):
         if result.embedding.shape[1] == 0:
@@ -188,6 +202,14 @@ def align_embeddings(
                 f"the {label} object table lists {len(table)} objects but the {label} "
                 f"embedding has {result.n_objects} rows"
             )
+    if shared_objects and (human_objects is None or dnn_objects is None):
+        missing = " and ".join(
+            label for label, table in (("human", human_objects), ("DNN", dnn_objects)) if table is None
+        )
+        raise ValueError(
+            f"shared_objects matches the rows by object id, but the {missing} embedding has no object "
+            "table: put an objects.tsv that names its rows next to it, or pass --objects (objects=)"
+        )
     if human_objects is None and dnn_objects is None:
         if human.n_objects != dnn.n_objects:
             human_name = "the human embedding" + (f" {human.path}" if human.path is not None else "")
@@ -205,7 +227,12 @@ def align_embeddings(
             f"only the {'DNN' if missing == 'human' else 'human'} embedding has an object table, so the "
             f"{missing} rows cannot be matched to it by object id: pass an object table for both"
         )
-    advice = "compare embeddings of the same objects, or pass matching object tables"
+    if shared_objects:
+        return _align_shared_objects(human, dnn, human_objects, dnn_objects)
+    advice = (
+        "compare embeddings of the same objects, pass matching object tables, or pass --shared-objects "
+        "(shared_objects=True) to compare only the objects that both tables list"
+    )
     if None not in table_sources:
         named = {
             "objects argument": "the object table passed (objects=, CLI --objects)",
@@ -217,6 +244,57 @@ def align_embeddings(
     if not np.array_equal(order, np.arange(order.size)):
         logger.info("reordered the DNN embedding's rows to the human object order")
     return AlignedPair(human.embedding, dnn.embedding[order], human_objects, order)
+
+
+def _align_shared_objects(
+    human: EmbeddingResult, dnn: EmbeddingResult, human_objects: ObjectTable, dnn_objects: ObjectTable
+) -> AlignedPair:
+    """Keep the objects that both tables list, in the human order, for :func:`align_embeddings`."""
+    dnn_lookup = {name: row for row, name in enumerate(dnn_objects.object_ids)}
+    human_rows = np.array(
+        [row for row, name in enumerate(human_objects.object_ids) if name in dnn_lookup], dtype=np.int64
+    )
+    if human_rows.size == 0:
+        raise ValueError(
+            f"the human and DNN object tables share no object id: the human table starts with "
+            f"{list(human_objects.object_ids[:5])} and the DNN table with {list(dnn_objects.object_ids[:5])}; "
+            "object ids must be equal to match, so name the DNN objects by the human ids (for THINGS, "
+            "the ids of unique_id.txt) with --objects when simulating, or pass a table with those ids. "
+            "Features of several images per object are averaged first, as docs/features.md shows under "
+            "'Your own photos of THINGS objects'"
+        )
+
+    kept = ObjectTable(
+        tuple(human_objects.object_ids[row] for row in human_rows),
+        tuple(human_objects.sources[row] for row in human_rows),
+    )
+    dnn_order = np.asarray(dnn_objects.index_of(kept.object_ids), dtype=np.int64)
+    n_human_only = len(human_objects) - human_rows.size
+    n_dnn_only = len(dnn_objects) - human_rows.size
+    logger.info(
+        "comparing the %s that both object tables list; left out %d human-only and %d DNN-only objects",
+        count_of(human_rows.size, "object"), n_human_only, n_dnn_only,
+    )
+
+    # The smaller table is usually the subset that the user named, such as a DNN's photos of
+    # THINGS objects, so an object of it that the other table lacks is likely misnamed.
+    sides = (("human", human_objects, "DNN", dnn_objects), ("DNN", dnn_objects, "human", human_objects))
+    for label, table, other_label, other in sides:
+        if len(table) > len(other):
+            continue
+        other_ids = set(other.object_ids)
+        left_out = [name for name in table.object_ids if name not in other_ids]
+        if left_out:
+            warn(
+                f"left out {len(left_out)} of the {len(table)} objects of the {label} table because the "
+                f"{other_label} table does not list them: {left_out[:20]}; check their ids against the "
+                f"{other_label} table, since ids match only when they are equal"
+            )
+
+    return AlignedPair(
+        human.embedding[human_rows], dnn.embedding[dnn_order], kept, dnn_order,
+        human_rows=human_rows, n_human_only=n_human_only, n_dnn_only=n_dnn_only,
+    )
 
 
 # -- similarity matrices at scale ---------------------------------------------
@@ -917,6 +995,7 @@ def compare(
     device: str = "cpu",
     inputs: dict[str, str | os.PathLike] | None = None,
     similarity: Callable[..., np.ndarray] | None = None,
+    shared_objects: bool = False,
 ) -> ComparisonResult:
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
@@ -977,6 +1056,12 @@ def compare(
         inputs (dict | None): Input files to record in the manifest.
         similarity (Callable | None): Replaces
             :func:`dimalign.analysis.similarity.similarity_matrix` (tests).
+        shared_objects (bool): Compare only the objects that both object
+            tables list, such as the THINGS objects among a DNN's photos, and
+            leave out the others (logged and counted in the manifest). The
+            third object of each similarity then runs over these objects only.
+            Both inputs need object tables. Triplet indices without
+            ``triplet_objects`` stay rows of the whole human embedding.
 
     Returns:
         ComparisonResult: Headline numbers.
@@ -1031,7 +1116,7 @@ def compare(
     _check_table_lengths(((human_side, human_table, human_table_source), (dnn_side, dnn_table, dnn_table_source)))
     pair = align_embeddings(
         human_result, dnn_result, human_objects=human_table, dnn_objects=dnn_table,
-        table_sources=(human_table_source, dnn_table_source),
+        table_sources=(human_table_source, dnn_table_source), shared_objects=shared_objects,
     )
     names = list(pair.objects.object_ids)
     n_objects = len(names)
@@ -1049,6 +1134,9 @@ def compare(
     if cumulative_objects is not None:
         cumulative_subset = _similarity_subset(n_objects, cumulative_objects, random_state, "cumulative_objects")
     if triplets is not None:
+        if triplet_objects is None and pair.human_rows is not None:
+            # The indices are rows of the whole human embedding, whose table names them.
+            triplet_objects = human_table
         if triplet_objects is not None:
             triplets = _triplets_in_human_order(triplets, triplet_objects, pair.objects, human_table is not None)
         _check_triplets(triplets, n_objects)
@@ -1186,6 +1274,8 @@ def compare(
                 **(decoding.to_json() if decoding is not None else {}),
                 "decoding_source": decoding.source if decoding is not None else None,
                 "human_objects": human_table_source, "dnn_objects": dnn_table_source,
+                "shared_objects": shared_objects,
+                "n_human_only_objects": pair.n_human_only, "n_dnn_only_objects": pair.n_dnn_only,
             },
             started=started,
             outputs={**outputs, "summary": summary},

@@ -225,6 +225,11 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
         "plain embedding file. A run's own objects.tsv always stays. docs/compare.md lists every case",
     )
     parser.add_argument(
+        "--shared-objects", action="store_true",
+        help="compare only the objects that both object tables list, such as the THINGS objects among "
+        "a DNN's photos, and leave out the others (default: the two sets must be equal)",
+    )
+    parser.add_argument(
         "--triplets", type=Path,
         help="triplet file (0-based indices in the human row order), such as held-out human triplets: "
         "each model's choice on them is explained by the dimension whose removal lowers its "
@@ -248,7 +253,12 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-similarity", action="store_true", help="also write both similarity matrices (.npy)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     parser.set_defaults(handler=run_compare)
-    add_examples(parser, "dimalign compare runs/human runs/dnn -o compare --triplets human_triplets.txt")
+    add_examples(
+        parser,
+        "dimalign compare runs/human runs/dnn -o compare --triplets human_triplets.txt",
+        "dimalign compare spose_embedding_49d_sorted.txt runs/my_dnn -o compare --objects unique_id.txt "
+        "--shared-objects",
+    )
     declare_output_folder(parser, "compare")
 
 
@@ -321,6 +331,7 @@ def run_compare(args: argparse.Namespace) -> int:
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
         reference=reference,
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
+        shared_objects=args.shared_objects,
     )
     # The pairs of the matching that compare() reports in its log line.
     primary = result.matchings.get("greedy", result.matchings["with_replacement"])

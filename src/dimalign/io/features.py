@@ -116,6 +116,12 @@ def load_features(
                 "; save one array of the .npz archive as a .npy file: "
                 "numpy.save('features.npy', numpy.load('FILE.npz')['NAME'])"
             )
+        elif suffix in (".pt", ".pth"):
+            # A .pt file can contain any pickled object, so it is not read as features.
+            advice = (
+                "; save a tensor saved with torch.save as a .npy file: "
+                "numpy.save('features.npy', torch.load('FILE').detach().cpu().numpy())"
+            )
         raise ValueError(
             f"unsupported features file {path}: use one of {', '.join(FEATURE_SUFFIXES)}{advice}"
         )

@@ -154,7 +154,9 @@ def plot_similarity_matrices(
     results = _results(results)
     sides = [side for side in SIDES if results.has("compare", f"{side}_similarity.npy")]
     if not sides:
-        results.check_compare_wrote("human_similarity.npy", "matrix_objects", "saves no similarity matrix")
+        results.check_compare_wrote(
+            "human_similarity.npy", "matrix_objects", "saves no similarity matrix", "--save-similarity"
+        )
         results.path("compare", "human_similarity.npy")  # raises FileNotFoundError
     matrices = {side: results.similarity(side) for side in sides}
     rows = matrices[sides[0]][1]

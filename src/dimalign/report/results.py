@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from dimalign.features.recorded import Decoding, recorded_decoding
-from dimalign.io.files import read_npz
+from dimalign.io.files import MANIFEST_NAME, read_npz
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table
 
 logger = logging.getLogger(__name__)
@@ -530,7 +530,7 @@ class StudyResults:
 
     def disagreements(self) -> pd.DataFrame:
         """Return ``compare/disagreements.csv``."""
-        self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet")
+        self.check_compare_wrote("disagreements.csv", "relevance_triplets", "explains no triplet", "--triplets")
         path = self.path("compare", "disagreements.csv")
         object_columns = ("object_1", "object_2", "object_3", "human_odd_one_out", "dnn_odd_one_out")
         table = _read_csv(
@@ -549,22 +549,32 @@ class StudyResults:
                 )
         return table
 
-    def check_compare_wrote(self, name: str, key: str, effect: str) -> None:
-        """Name a compare setting of 0 as the reason when ``compare/<name>`` is missing.
+    def check_compare_wrote(self, name: str, key: str, effect: str, option: str) -> None:
+        """Name the reason when ``compare/<name>`` is missing: a setting of 0, or an option not given.
 
         Args:
             name (str): The missing file.
-            key (str): The count setting that skips the file at 0.
+            key (str): The count setting of the compare stage that skips the file at 0.
             effect (str): What the 0 does, for the message.
+            option (str): The option of ``dimalign compare`` that writes the file.
 
         Raises:
-            FileNotFoundError: If the file is missing and the compare stage ran with ``key = 0``.
+            FileNotFoundError: If the file is missing and the compare stage ran
+                with ``key = 0``, or ``dimalign compare`` ran without ``option``.
         """
         from dimalign.report.pipeline import read_stage_record
 
         if "compare" not in self.stage_dirs or self.has("compare", name):
             return
-        record = read_stage_record(self.stage_dirs["compare"]) or {}
+        folder = self.stage_dirs["compare"]
+        record = read_stage_record(folder)
+        if record is None and _manifest_step(folder / MANIFEST_NAME) == "compare":
+            # Written by the dimalign compare command, not by a stage of dimalign run.
+            raise FileNotFoundError(
+                f"{folder / name} not found: dimalign compare writes it only with {option}; "
+                "rerun the comparison with that option"
+            )
+        record = record or {}
         if record.get("settings", {}).get(key) == 0:
             raise FileNotFoundError(
                 f"{self.stage_dirs['compare'] / name} not found: the compare stage ran with {key} = 0, "
@@ -888,6 +898,16 @@ def check_reportable(results: StudyResults) -> None:
     )
 
 
+def _manifest_step(path: Path) -> str | None:
+    """Return the ``step`` that a ``manifest.json`` records, or None for a missing or unreadable one."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    step = manifest.get("step") if isinstance(manifest, dict) else None
+    return step if isinstance(step, str) else None
+
+
 __all__ = [
     "CategoryBlocks",
     "REPORT_SOURCES",
@@ -900,3 +920,4 @@ __all__ = [
     "read_labels_table",
     "undefined_share_reason",
 ]
+

@@ -120,16 +120,31 @@ def _check_device(settings: Mapping[str, Any]) -> None:
 def run_features(context: StageContext) -> dict[str, Any]:
     """Extract DNN features of every image and average them per object."""
     from dimalign.features import extract_features
+    from dimalign.features.datasets import ImageList, list_images
     from dimalign.io.features import load_features
+    from dimalign.io.files import count_of
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
 
     settings = context.settings
     objects = read_object_table(context.inputs["objects"])
     extract_dir = context.out_dir / "extract"
+    # Only the images of the study's objects are extracted, so a folder of all THINGS images
+    # costs the time of the objects' images alone. The averages do not depend on the others.
+    all_images = list_images(context.inputs["images"])
+    used_rows = sorted(row for rows in images_per_object(objects.object_ids, all_images.object_ids) for row in rows)
+    if len(used_rows) < len(all_images):
+        logger.info(
+            "extracting the %s of the %s; left out %d images of no object",
+            count_of(len(used_rows), "image"), count_of(len(objects), "object"), len(all_images) - len(used_rows),
+        )
+    images = ImageList(
+        tuple(all_images.object_ids[row] for row in used_rows), tuple(all_images.paths[row] for row in used_rows),
+        all_images.root,
+    )
     # A weights file comes resolved from the study file's folder, with its fingerprint in the stage hash.
     weights = context.inputs.get("weights") or settings["weights"] or None
     extract_features(
-        context.inputs["images"], extract_dir, model=settings["model"],
+        images, extract_dir, model=settings["model"],
         weights=weights, layers=[settings["layer"]] if settings["layer"] else None,
         pools=settings["pool"], batch_size=settings["batch_size"], device=settings["device"],
         background=settings["background"], exif_transpose=settings["exif_transpose"], overwrite=True,
@@ -149,14 +164,32 @@ def run_features(context: StageContext) -> dict[str, Any]:
 
 
 def check_features(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
-    """Check the device and the background colour, so that a bad one fails before any stage runs."""
+    """Check the settings and the images of every object, so that a bad one fails before any stage runs.
+
+    The device, the background colour, the pooling of the default layer and
+    an image for every object are checked. Listing the images costs little
+    next to the extraction, which would otherwise fail only at its end.
+    """
+    from dimalign.features.datasets import list_images
     from dimalign.features.decode import parse_color
+    from dimalign.io.objects import read_object_table
 
     _check_device(settings)
     try:
         parse_color(settings["background"])
     except ValueError as error:
         raise ValueError(f"features.background = {settings['background']!r} is invalid: {error}") from None
+    # The default layer of every model but EfficientNet-Lite0 is a vector per image (the input of
+    # the last Linear layer, or VGG's classifier.4), which gap rejects at the first batch.
+    if not settings["layer"] and settings["pool"] == "gap" and settings["model"] != "efficientnet_lite0":
+        raise ValueError(
+            f'features.pool = "gap" does not fit the default layer of {settings["model"]}, the input of its '
+            "last Linear layer (or VGG's classifier.4), which has one value per feature and no spatial axes "
+            'to average: set features.pool = "flatten", or name a convolutional layer with features.layer'
+        )
+    if "images" in inputs and "objects" in inputs:
+        images = list_images(inputs["images"])
+        images_per_object(read_object_table(inputs["objects"]).object_ids, images.object_ids)
 
 
 #: Suffixes that make ``load_model`` read a ``weights`` value as a file.
@@ -201,16 +234,21 @@ def images_per_object(object_ids: tuple[str, ...], image_ids: tuple[str, ...]) -
         [[0], [1, 2]]
     """
     rows: dict[str, list[int]] = {name: [] for name in object_ids}
+    unused: set[str] = set()
     for row, image_id in enumerate(image_ids):
         parts = image_id.split("/")
         owner = parts[0] if len(parts) > 1 else Path(parts[0]).stem
         if owner in rows:
             rows[owner].append(row)
+        else:
+            unused.add(owner)
     missing = [name for name, found in rows.items() if not found]
     if missing:
+        # The names of the unused images show a near miss, such as hot_dog for the id hotdog.
+        unused_text = f". The images of no object are named {sorted(unused)[:20]}" if unused else ""
         raise ValueError(
             f"{len(missing)} objects have no image: {missing[:20]}; name images <object_id>.<ext> "
-            "or put them in a folder <object_id>/"
+            f"or put them in a folder <object_id>/{unused_text}"
         )
     return [rows[name] for name in object_ids]
 

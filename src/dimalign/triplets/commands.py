@@ -503,7 +503,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     if table is None:
         table = _generated_table(n_objects)
         logger.info(
-            "the features have no object table; named the objects object_0 .. object_%d",
+            "the features have no object table; named the objects object_0 .. object_%d. Pass --objects "
+            "TABLE (one id per line in row order) to name them, so that compare can match them to another "
+            "embedding's objects, such as THINGS ids",
             n_objects - 1,
         )
     inputs = {"features": _features_file(Path(args.features), args.layer)}
