@@ -1263,7 +1263,7 @@ def test_old_folder_of_stage_files_removed(study_copy):
 
 
 def test_folder_fingerprint_reads_content(tmp_path):
-    from dimalign.report.pipeline import fingerprint
+    from dimalign.report.fingerprints import fingerprint
 
     folder = tmp_path / "images"
     (folder / "cat").mkdir(parents=True)
@@ -1303,10 +1303,11 @@ def test_image_edit_keeping_time_reruns(tiny_study, tmp_path):
 def test_listing_fingerprint_record_still_skips(tiny_study, tmp_path):
     from dimalign.report import pipeline
     from dimalign.report.config import load_config
+    from dimalign.report.fingerprints import folder_listing
 
     config, copy = copy_tiny_study(tiny_study, tmp_path)
     stage = pipeline.plan_study(load_config(config), copy).stage("compare")
-    listing = pipeline.folder_listing(stage.inputs["images"])
+    listing = folder_listing(stage.inputs["images"])
     assert listing.startswith("listing:")
     # A record of a dimalign that fingerprinted folders by their listing.
     manifest_path = copy / "compare" / "manifest.json"
@@ -1412,7 +1413,7 @@ def test_edited_folder_name_skips_taken(study_copy, tmp_path):
 
 
 def test_folder_fingerprint_names_broken_link(tmp_path):
-    from dimalign.report.pipeline import fingerprint
+    from dimalign.report.fingerprints import fingerprint
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -1495,7 +1496,7 @@ def test_dry_run_names_edited_output(study_copy):
 def fingerprint_in_child(folder: Path) -> subprocess.CompletedProcess:
     """Fingerprint a folder in a child process that a blocking read cannot hang for more than 20 s."""
     code = (
-        "import sys\nfrom pathlib import Path\nfrom dimalign.report.pipeline import fingerprint\n"
+        "import sys\nfrom pathlib import Path\nfrom dimalign.report.fingerprints import fingerprint\n"
         "try:\n    print(fingerprint(Path(sys.argv[1])))\n"
         "except (OSError, ValueError) as error:\n    print(error)\n    sys.exit(1)\n"
     )
@@ -1522,7 +1523,7 @@ def test_fifo_in_input_folder_named(tmp_path):
 
 
 def test_removed_input_file_named(tmp_path):
-    from dimalign.report.pipeline import _hash_input_file
+    from dimalign.report.fingerprints import _hash_input_file
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -1537,7 +1538,7 @@ def test_removed_input_file_named(tmp_path):
 
 
 def test_stage_files_hashed_once(study_copy, monkeypatch):
-    from dimalign.report import pipeline
+    from dimalign.report import fingerprints, pipeline
 
     config, copy = study_copy
     flip_byte_keep_time(copy / "compare" / "matching.csv")
@@ -1548,7 +1549,8 @@ def test_stage_files_hashed_once(study_copy, monkeypatch):
         hashed.append(Path(path))
         return real_sha256(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "sha256_file", counted)
+    for module in (pipeline, fingerprints):
+        monkeypatch.setattr(module, "sha256_file", counted)
     plan = run_study(config, copy)
 
     assert plan.to_run == ["compare"]
@@ -1592,12 +1594,13 @@ def test_stage_file_replaced_by_link_reruns(study_copy, tmp_path):
 def test_listing_record_names_broken_link(tiny_study, tmp_path):
     from dimalign.report import pipeline
     from dimalign.report.config import load_config
+    from dimalign.report.fingerprints import folder_listing
 
     config, copy = copy_tiny_study(tiny_study, tmp_path)
     stage = pipeline.plan_study(load_config(config), copy).stage("compare")
     manifest_path = copy / "compare" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = pipeline.folder_listing(stage.inputs["images"])
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = folder_listing(stage.inputs["images"])
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     link = stage.inputs["images"] / "extra.png"
     link.symlink_to(tmp_path / "moved.png")

@@ -32,10 +32,9 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,11 @@ from dimalign.report.config import (
     config_value,
     format_toml_value,
     load_config,
+)
+from dimalign.report.fingerprints import (
+    FingerprintCache,
+    input_fingerprints,
+    walk_error_handler,
 )
 from dimalign.report.settings import check_settings
 from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
@@ -208,11 +212,11 @@ def plan_study(
         OSError: For a file of a folder input or of a finished stage folder
             that cannot be read, because the plan hashes both.
     """
-    return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
+    return _plan_study(config, Path(study_dir), from_stage, FingerprintCache())
 
 
 def _plan_study(
-    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: _FingerprintCache
+    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: FingerprintCache
 ) -> StudyPlan:
     unknown = [name for name in config.stages if name not in STAGES]
     if unknown:
@@ -262,7 +266,7 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
 
 def _plan_stage(
     config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
-    fingerprints: _FingerprintCache, study_dir: Path,
+    fingerprints: FingerprintCache, study_dir: Path,
 ) -> PlannedStage:
     stage = STAGES[name]
     raw = config.stages[name]
@@ -357,12 +361,12 @@ def _plan_stage(
         # note adds the stage and the study file, which identify the table to change.
         raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
-    input_fingerprints = _input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
+    stage_fingerprints = input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
-    digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
+    digest = stage_hash(name, settings, stage_fingerprints, upstream_hashes)
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
     changes = [change for change in changes if change.before != change.after]
-    return PlannedStage(name, settings, upstream, upstream_hashes, inputs, input_fingerprints, digest, changes=changes)
+    return PlannedStage(name, settings, upstream, upstream_hashes, inputs, stage_fingerprints, digest, changes=changes)
 
 
 def _set_note(config: StudyConfig, section: str) -> str:
@@ -628,126 +632,6 @@ def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> lis
     return problems
 
 
-class _FingerprintCache:
-    """Fingerprints of input files and folders, each computed once per run."""
-
-    def __init__(self) -> None:
-        self._values: dict[Path, str] = {}
-
-    def __call__(self, path: Path) -> str:
-        if path not in self._values:
-            self._values[path] = fingerprint(path)
-        return self._values[path]
-
-
-def _input_files(path: Path) -> Iterator[tuple[str, Path]]:
-    """Yield the relative POSIX path and the path of every non-hidden file below a folder, sorted."""
-    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                full = Path(folder) / name
-                yield full.relative_to(path).as_posix(), full
-
-
-def fingerprint(path: Path) -> str:
-    """Return the SHA-256 of a file, or ``content:`` and the SHA-256 of a folder's files.
-
-    A folder's digest covers the relative path, size and SHA-256 of every
-    non-hidden file below it, so any change to a file's content shows, and
-    a copy of the folder has the same fingerprint. Every file is read on
-    each call, because a cache keyed by size and modification time would
-    miss an edit that keeps both.
-    """
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for relative, full in _input_files(path):
-        size, content = _hash_input_file(path, full)
-        digest.update(f"{relative}\0{size}\0{content}\n".encode())
-    return "content:" + digest.hexdigest()
-
-
-def _hash_input_file(folder: Path, full: Path) -> tuple[int, str]:
-    """Return the size and SHA-256 of a file inside the input folder ``folder``, following a symbolic link.
-
-    Raises:
-        FileNotFoundError: If the file is a broken link or was removed during the walk.
-        ValueError: If it is a named pipe, socket or device, whose read could block forever.
-        OSError: If it cannot be read.
-    """
-    if full.is_symlink() and not full.exists():
-        raise FileNotFoundError(
-            f"{full}, a file inside the input folder {folder}, is a symbolic link to the missing "
-            f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
-        )
-    try:
-        info = full.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(
-                f"{full}, a file inside the input folder {folder}, is not a regular file (a named pipe, "
-                "socket or device), so the run cannot hash it: move it out of the folder, then run the "
-                "study again"
-            )
-        return info.st_size, sha256_file(full)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{full}, a file inside the input folder {folder}, was removed or renamed while the run hashed "
-            "the folder: run the study again once the folder no longer changes"
-        ) from error
-    except OSError as error:
-        raise OSError(
-            f"cannot read {full}, a file inside the input folder {folder} ({error.strerror}): make it "
-            f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
-        ) from error
-
-
-def folder_listing(path: Path) -> str:
-    """Return ``listing:`` and the SHA-256 of a folder's listing, the folder fingerprint of older records.
-
-    The listing contains every non-hidden file below the folder with its
-    relative path, size and modification time in nanoseconds.
-    """
-    digest = hashlib.sha256()
-    for relative, full in _input_files(path):
-        info = full.stat()
-        digest.update(f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return "listing:" + digest.hexdigest()
-
-
-def _input_fingerprints(
-    inputs: dict[str, Path], previous: dict[str, Any] | None, fingerprints: _FingerprintCache
-) -> dict[str, str]:
-    """Return the fingerprint of each input, keeping a matching folder listing of an older record.
-
-    A stage recorded by a dimalign that fingerprinted folders by their
-    listing keeps that fingerprint while the listing is unchanged, so that
-    its stage hash stays the same and the stage does not rerun. Once the
-    stage runs again, its record gets the content fingerprint.
-    """
-    recorded = previous.get("inputs", {}) if previous is not None else {}
-    values = {}
-    for key, path in inputs.items():
-        old = recorded.get(key, {}).get("fingerprint")
-        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == _listing_or_none(path):
-            values[key] = old
-        else:
-            values[key] = fingerprints(path)
-    return values
-
-
-def _listing_or_none(path: Path) -> str | None:
-    """Return :func:`folder_listing` of ``path``, or None when a file in it cannot be listed.
-
-    The content fingerprint, computed instead, then raises the error that
-    names the file, such as a broken symbolic link.
-    """
-    try:
-        return folder_listing(path)
-    except FileNotFoundError:
-        return None
-
-
 # -- running ------------------------------------------------------------------------
 
 
@@ -779,7 +663,7 @@ def run_study(
     study_dir = Path(study_dir)
     # The inputs are read once per run: a change after this point is not seen,
     # as a change while a stage reads them is not.
-    fingerprints = _FingerprintCache()
+    fingerprints = FingerprintCache()
     plan = _plan_study(config, study_dir, from_stage, fingerprints)
     check_study_dir(plan)
     if dry_run:
@@ -1068,7 +952,7 @@ def _stage_files(folder: Path) -> list[str]:
     and macOS ``._`` files) are left out.
     """
     entries = []
-    for directory, folders, files in os.walk(folder, onerror=_unreadable(folder, "the study")):
+    for directory, folders, files in os.walk(folder, onerror=walk_error_handler(folder, "the study")):
         base = Path(directory)
         # os.walk lists a symbolic link to a folder among the folders without entering it.
         links = [name for name in folders if (base / name).is_symlink()]
@@ -1295,26 +1179,6 @@ def _unwritten_files_error(
         )
     return FileExistsError(message)
 
-
-def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
-    """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
-
-    ``os.walk`` skips such a folder by default, so a check would miss the
-    files in it, and a rerun could delete them. A folder that no longer
-    exists, such as one that the run holding the study's lock renamed during
-    the check, is skipped, because it has no files to miss.
-    """
-
-    def fail(error: OSError) -> None:
-        if isinstance(error, FileNotFoundError):
-            return
-        where = "" if Path(error.filename) == top else f", a folder inside {top}"
-        raise PermissionError(
-            f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
-            f"(chmod -R u+rwX {error.filename}) or move it out of {owner}, then run the study again",
-        ) from error
-
-    return fail
 
 
 def _reject_unwritten_files(folder: Path, stage_name: str, finished_output: Path | None = None) -> None:
@@ -1825,8 +1689,6 @@ __all__ = [
     "StudyPlan",
     "check_outside_study_folders",
     "default_study_dir",
-    "fingerprint",
-    "folder_listing",
     "is_study_record",
     "plan_study",
     "read_stage_record",
