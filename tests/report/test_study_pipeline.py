@@ -16,7 +16,8 @@ import pytest
 from report_helpers import write_study
 
 from dimalign.report import stages
-from dimalign.report.pipeline import read_stage_record, run_study
+from dimalign.report.pipeline import run_study
+from dimalign.report.stage_records import read_stage_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
 
@@ -675,7 +676,7 @@ def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
 
     config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
-    real_check = pipeline._unwritten_files
+    real_check = pipeline.unwritten_files
 
     def check_while_user_writes(folder, *args, **kwargs):
         found = real_check(folder, *args, **kwargs)
@@ -685,7 +686,7 @@ def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
             notes.write_text("written during the move")
         return found
 
-    monkeypatch.setattr(pipeline, "_unwritten_files", check_while_user_writes)
+    monkeypatch.setattr(pipeline, "unwritten_files", check_while_user_writes)
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, overrides=["compare.n_bootstrap=5"])
     monkeypatch.undo()
@@ -932,11 +933,11 @@ def test_read_only_study_is_named(study_copy, old_lock):
 
 def test_folder_renamed_by_running_study(study_copy, monkeypatch):
     """A stage folder that the run holding the lock renames during the check is no unreadable folder."""
-    from dimalign.report import pipeline
+    from dimalign.report import stage_records
 
     config, copy = study_copy
     old = copy / ".compare.old-99999"
-    real_stage_files = pipeline._stage_files
+    real_stage_files = stage_records.stage_files
 
     def stage_files_while_other_run_moves(folder):
         if folder == copy / "compare" and not old.exists():
@@ -944,7 +945,7 @@ def test_folder_renamed_by_running_study(study_copy, monkeypatch):
             (copy / "compare").rename(old)
         return real_stage_files(folder)
 
-    monkeypatch.setattr(pipeline, "_stage_files", stage_files_while_other_run_moves)
+    monkeypatch.setattr(stage_records, "stage_files", stage_files_while_other_run_moves)
     with open(copy / ".pipeline.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError) as error:
@@ -1538,7 +1539,7 @@ def test_removed_input_file_named(tmp_path):
 
 
 def test_stage_files_hashed_once(study_copy, monkeypatch):
-    from dimalign.report import fingerprints, pipeline
+    from dimalign.report import fingerprints, pipeline, stage_records
 
     config, copy = study_copy
     flip_byte_keep_time(copy / "compare" / "matching.csv")
@@ -1549,7 +1550,7 @@ def test_stage_files_hashed_once(study_copy, monkeypatch):
         hashed.append(Path(path))
         return real_sha256(path, *args, **kwargs)
 
-    for module in (pipeline, fingerprints):
+    for module in (pipeline, fingerprints, stage_records):
         monkeypatch.setattr(module, "sha256_file", counted)
     plan = run_study(config, copy)
 

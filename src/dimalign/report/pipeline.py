@@ -63,9 +63,20 @@ from dimalign.report.config import (
 from dimalign.report.fingerprints import (
     FingerprintCache,
     input_fingerprints,
-    walk_error_handler,
 )
 from dimalign.report.settings import check_settings
+from dimalign.report.stage_records import (
+    edited_files,
+    file_digests,
+    list_names,
+    listed_files,
+    output_changes,
+    read_stage_record,
+    reject_unwritten_files,
+    stage_files,
+    unwritten_files,
+    unwritten_files_error,
+)
 from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
 
 logger = logging.getLogger(__name__)
@@ -467,7 +478,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("new")
         else:
             reasons += _differences(stage, record)
-            reasons += _output_changes(study_dir / name)
+            reasons += output_changes(study_dir / name)
         rerunning = [dependency for dependency in stage.upstream if planned[dependency].action == "run"]
         if rerunning and not reasons:
             reasons.append(f"upstream reran: {', '.join(rerunning)}")
@@ -512,124 +523,6 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     if removed:
         reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
-
-
-def _output_changes(folder: Path) -> list[str]:
-    """Name the files of a finished stage folder that differ from its stage record or are missing.
-
-    A stage whose output was edited by hand runs again, so that its readers
-    get what the stage writes. The rerun keeps the edited folder (see
-    :func:`_keep_edited`). A record without file digests yields no reason.
-    """
-    reasons = []
-    edited = _edited_files(folder)
-    if edited:
-        reasons.append(f"output edited: {_list_names(edited)}")
-    missing = _missing_files(folder)
-    if missing:
-        reasons.append(f"output missing: {_list_names(missing)}")
-    return reasons
-
-
-def _list_names(names: list[str]) -> str:
-    """Join up to five file names, counting the rest."""
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
-def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
-    """Return the ``pipeline`` record of a finished stage folder, or None."""
-    path = stage_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        logger.warning("%s is not UTF-8 (%s), so its stage counts as unfinished", path, error)
-        return None
-    except (OSError, json.JSONDecodeError) as error:
-        logger.warning("%s is unreadable (%s), so its stage counts as unfinished", path, error)
-        return None
-    record = manifest.get("pipeline") if isinstance(manifest, dict) else None
-    if not isinstance(record, dict):
-        return None
-    problem = _stage_record_problem(record)
-    if problem:
-        logger.warning("%s has an invalid pipeline record: %s, so its stage counts as unfinished", path, problem)
-        return None
-    return record
-
-
-#: Keys of one ``--set`` change in a stage record or ``pipeline.json``.
-CHANGE_KEYS = ("key", "before", "after", "kind")
-
-
-def change_entry_problem(changes: list) -> str:
-    """Describe the first entry of a ``changes`` list that is not a ``--set`` change, or return ''."""
-    for number, change in enumerate(changes, start=1):
-        if not (isinstance(change, dict) and all(key in change for key in CHANGE_KEYS)
-                and isinstance(change["key"], str)):
-            return f"entry {number} of 'changes' must be a JSON object with the keys {', '.join(CHANGE_KEYS)}"
-    return ""
-
-
-def _stage_record_problem(record: dict[str, Any]) -> str:
-    """Describe the first field of a stage's pipeline record that has the wrong type, or return ''."""
-    if not isinstance(record.get("hash"), str):
-        return "'hash' must be a JSON string"
-    for key in ("settings", "inputs"):
-        if not isinstance(record.get(key, {}), dict):
-            return f"{key!r} must be a JSON object"
-    upstream = record.get("upstream", {})
-    if not (isinstance(upstream, dict) and all(isinstance(value, str) for value in upstream.values())):
-        return "'upstream' must be a JSON object of stage hashes"
-    if not all(isinstance(value, dict) for value in record.get("inputs", {}).values()):
-        return "each entry of 'inputs' must be a JSON object with a path and a fingerprint"
-    changes = record.get("changes", [])
-    if not isinstance(changes, list):
-        return "'changes' must be a JSON array"
-    digests = record.get("file_digests", {})
-    if not (isinstance(digests, dict) and all(
-        isinstance(value, dict) and isinstance(value.get("size"), int) and isinstance(value.get("sha256"), str)
-        for value in digests.values()
-    )):
-        return "'file_digests' must be a JSON object of {\"size\": integer, \"sha256\": string} objects"
-    return change_entry_problem(changes)
-
-
-def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
-    """Find stage folders that were computed from other upstream results than those in the study.
-
-    A stage's record contains the hash of every stage it read. When a later run
-    replaced one of those (and then failed or left the reader out), the
-    reader's results no longer belong to the folder beside it.
-
-    Args:
-        study_dir (str | os.PathLike): The study directory.
-        stages (Sequence[str]): The stage folders to check.
-
-    Returns:
-        list[str]: One sentence per mismatch, empty when the folders agree.
-    """
-    study_dir = Path(study_dir)
-    records = {name: read_stage_record(study_dir / name) for name in stages}
-    problems = []
-    for name, record in records.items():
-        if record is None:
-            continue
-        for dependency, expected in record.get("upstream", {}).items():
-            found = records.get(dependency) or read_stage_record(study_dir / dependency)
-            if found is None and (study_dir / dependency).is_dir():
-                problems.append(
-                    f"{name} was computed from {dependency}, but {study_dir / dependency} has no readable "
-                    f"pipeline record in its {MANIFEST_NAME}"
-                )
-            elif found is None:
-                problems.append(f"{name} was computed from {dependency}, but {study_dir / dependency} is missing")
-            elif found.get("hash") != expected:
-                problems.append(
-                    f"{name} was computed from another {dependency} than the one in {study_dir / dependency}"
-                )
-    return problems
 
 
 # -- running ------------------------------------------------------------------------
@@ -936,135 +829,7 @@ def _check_stage_folder(plan: StudyPlan, stage: PlannedStage) -> None:
             "move the folder away or choose another study directory"
         )
     if stage.action == "run" and folder.is_dir():
-        _reject_unwritten_files(folder, stage.name, finished_output=_reusable_work(plan, stage))
-
-
-#: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
-#: They contain no data of the user's, so a rerun may delete them.
-FILE_MANAGER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
-
-
-def _stage_files(folder: Path) -> list[str]:
-    """List the entries below a stage folder as sorted POSIX paths relative to it.
-
-    The entries are files, symbolic links (not followed) and empty folders,
-    which get a final ``/``. File manager files (:data:`FILE_MANAGER_FILES`
-    and macOS ``._`` files) are left out.
-    """
-    entries = []
-    for directory, folders, files in os.walk(folder, onerror=walk_error_handler(folder, "the study")):
-        base = Path(directory)
-        # os.walk lists a symbolic link to a folder among the folders without entering it.
-        links = [name for name in folders if (base / name).is_symlink()]
-        for name in files + links:
-            if name not in FILE_MANAGER_FILES and not name.startswith("._"):
-                entries.append((base / name).relative_to(folder).as_posix())
-        if not folders and not files and base != folder:
-            entries.append(base.relative_to(folder).as_posix() + "/")
-    return sorted(entries)
-
-
-def _listed_files(folder: Path) -> list[str] | None:
-    """Return the files that the stage record of ``folder`` lists, or None without such a list."""
-    record = read_stage_record(folder)
-    files = record.get("files") if record is not None else None
-    return files if isinstance(files, list) else None
-
-
-#: SHA-256 digests of stage files by (device, inode, size, mtime_ns, ctime_ns), see :func:`_stage_file_sha256`.
-_STAGE_FILE_DIGESTS: dict[tuple[int, ...], str] = {}
-_MAX_CACHED_DIGESTS = 100_000
-
-
-def _stage_file_sha256(path: Path) -> str:
-    """Return the SHA-256 of a file of a stage folder, read once while the file stays unchanged.
-
-    A run checks a stage folder in each of its two plans and again when it
-    replaces the folder. The cache key is the file's device, inode, size,
-    modification time and status change time (``st_ctime_ns``). Every write,
-    and every ``os.utime`` that sets the old modification time back, sets
-    the status change time to the current time, so the key changes with any
-    edit. A renamed folder keeps the key of its files.
-
-    NOTE: on a file system whose status change time has a coarse resolution,
-    an edit that keeps size and modification time within one tick of it
-    would be missed while this process runs. Ext4 (with 256-byte inodes),
-    XFS and Btrfs store nanoseconds.
-    """
-    info = path.stat()
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if identity not in _STAGE_FILE_DIGESTS:
-        if len(_STAGE_FILE_DIGESTS) >= _MAX_CACHED_DIGESTS:
-            _STAGE_FILE_DIGESTS.clear()
-        _STAGE_FILE_DIGESTS[identity] = sha256_file(path)
-    return _STAGE_FILE_DIGESTS[identity]
-
-
-def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
-    """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
-
-    The top-level ``manifest.json`` is left out, because the stage record
-    that contains these digests is written into it afterwards.
-    """
-    digests = {}
-    for name in _stage_files(folder):
-        path = folder / name
-        if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
-            continue
-        digests[name] = {"size": path.stat().st_size, "sha256": _stage_file_sha256(path)}
-    return digests
-
-
-def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
-    """List the files of a stage folder whose size or SHA-256 differs from its stage record.
-
-    A record written before the digests existed has none, so nothing counts
-    as edited there. :func:`_missing_files` lists the missing files.
-    ``error_path`` is the path that an error names for ``folder``, such as the
-    stage folder for its old folder, which is moved back after the error.
-    """
-    record = read_stage_record(folder)
-    digests = record.get("file_digests") if record is not None else None
-    if not digests:
-        return []
-    edited = []
-    for name, expected in sorted(digests.items()):
-        path = folder / name
-        if not os.path.lexists(path):
-            continue
-        if path.is_symlink() or not path.is_file():
-            # The stage wrote a regular file, so a link or folder in its place is an edit.
-            edited.append(name)
-            continue
-        try:
-            if path.stat().st_size != expected["size"] or _stage_file_sha256(path) != expected["sha256"]:
-                edited.append(name)
-        except FileNotFoundError:
-            # The run that holds the study's lock can move the folder during a dry run's check.
-            continue
-        except OSError as error:
-            named = (error_path or folder) / name
-            raise OSError(
-                f"cannot read {named} ({error.strerror}), so it is unknown whether it changed after the "
-                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {error_path or folder}, "
-                "then run the study again"
-            ) from error
-    return edited
-
-
-def _missing_files(folder: Path) -> list[str]:
-    """List the files with a digest in the stage record of ``folder`` that no longer exist there.
-
-    A fit's ``checkpoint.pt`` is left out: no later stage reads it, so a user
-    may delete it to save disk space without making the fit run again.
-    """
-    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-
-    record = read_stage_record(folder)
-    digests = record.get("file_digests") if record is not None else None
-    return sorted(
-        name for name in digests or {} if name != CHECKPOINT_NAME and not os.path.lexists(folder / name)
-    )
+        reject_unwritten_files(folder, stage.name, finished_output=_reusable_work(plan, stage))
 
 
 def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
@@ -1102,7 +867,7 @@ def _describe_edited(folder: Path, stage_name: str, edited: list[str]) -> str:
     """Start the warning about a stage folder whose files ``edited`` differ from its stage record."""
     return (
         f"{folder} contains output of stage {stage_name} in which {count_of(len(edited), 'file')} changed after the stage wrote it "
-        f"({_list_names(edited)}: its size or SHA-256 differs from the stage record)"
+        f"({list_names(edited)}: its size or SHA-256 differs from the stage record)"
     )
 
 
@@ -1119,73 +884,12 @@ def _warn_edited_leftovers(study_dir: Path) -> None:
         if _LEFTOVER_PATTERN.fullmatch(entry.name) is None or entry.is_symlink() or not entry.is_dir():
             continue
         stage_name = entry.name[1:].split(".")[0]
-        edited = _edited_files(entry)
+        edited = edited_files(entry)
         if edited:
             edited_folder = _edited_name(study_dir, stage_name, used_names)
             used_names.add(edited_folder)
             description = _describe_edited(entry, stage_name, edited)
             logger.warning("%s, so a run would keep the folder as %s", description, edited_folder)
-
-
-def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
-    """List the files of a stage folder that its stage did not write.
-
-    A rerun replaces the stage folder as a whole, so such files (notes or
-    plots of the user's) would be lost. The stage record lists the files that
-    the stage wrote. A record written before the list existed has none, so
-    its folder is compared with the list in the record of ``rewritten``, the
-    stage's new folder, once the stage has run again. Before that, such a
-    folder passes.
-
-    Returns:
-        tuple[list[str], bool]: The files as from :func:`_stage_files`, and
-        whether the record is one without a list of files.
-    """
-    written = _listed_files(folder)
-    old_record = written is None
-    if old_record:
-        written = _listed_files(rewritten) if rewritten is not None else None
-        if written is None:
-            return [], True
-    return sorted(set(_stage_files(folder)) - set(written)), old_record
-
-
-def _unwritten_files_error(
-    folder: Path, stage_name: str, unknown: list[str], old_record: bool, finished_output: Path | None = None
-) -> FileExistsError:
-    """Build the error for files in ``folder`` that stage ``stage_name`` did not write.
-
-    ``finished_output`` is the partial folder with the stage's finished output, which
-    the next run moves into place without running the stage again.
-    """
-    listed = _list_names(unknown)
-    noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
-    if old_record:
-        written_by = (
-            f"that the new run of stage {stage_name} did not write ({listed}), and its record, from "
-            "an older dimalign, lists no files"
-        )
-    else:
-        written_by = f"that stage {stage_name} did not write ({listed})"
-    message = (
-        f"{folder} contains {len(unknown)} {noun} {written_by}, "
-        "and the stage replaces its folder as a whole when it runs again: move "
-        f"{pronoun} out of the folder, then run the study again"
-    )
-    if finished_output is not None:
-        message += (
-            f". The finished output of this run is kept in {finished_output}, and the next run moves it into "
-            f"place without running stage {stage_name} again"
-        )
-    return FileExistsError(message)
-
-
-
-def _reject_unwritten_files(folder: Path, stage_name: str, finished_output: Path | None = None) -> None:
-    """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write."""
-    unknown, old_record = _unwritten_files(folder)
-    if unknown:
-        raise _unwritten_files_error(folder, stage_name, unknown, old_record, finished_output)
 
 
 def is_study_record(path: Path) -> bool:
@@ -1271,8 +975,8 @@ def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
     record = read_stage_record(work_dir)
     if record is None or record["hash"] != stage.hash:
         return False
-    files = _listed_files(work_dir)
-    return files is not None and sorted(files) == _stage_files(work_dir)
+    files = listed_files(work_dir)
+    return files is not None and sorted(files) == stage_files(work_dir)
 
 
 def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
@@ -1292,7 +996,7 @@ def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
     # older dimalign that fingerprinted an input folder by its listing also misses an edit
     # that keeps the sizes and modification times.
     work_dir = _work_dir(plan.study_dir, stage)
-    if not _finished_work(work_dir, stage) or _edited_files(work_dir):
+    if not _finished_work(work_dir, stage) or edited_files(work_dir):
         return None
     return work_dir
 
@@ -1356,8 +1060,8 @@ def _write_stage_record(
         "finished": now_iso(),
         "seconds": round(seconds, 3),
         # The files of the stage, so that a rerun can tell files added or edited later.
-        "files": _stage_files(work_dir),
-        "file_digests": _file_digests(work_dir),
+        "files": stage_files(work_dir),
+        "file_digests": file_digests(work_dir),
     }
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
 
@@ -1385,14 +1089,14 @@ def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
             _remove_tree(old, "left by an interrupted run")
         os.rename(final, old)
         try:
-            unknown, old_record = _unwritten_files(old, rewritten=work_dir)
-            edited = _edited_files(old, error_path=final)
+            unknown, old_record = unwritten_files(old, rewritten=work_dir)
+            edited = edited_files(old, error_path=final)
         except BaseException:
             _move_back(old, final, stage_name)
             raise
         if unknown:
             _move_back(old, final, stage_name)
-            raise _unwritten_files_error(final, stage_name, unknown, old_record, finished_output=work_dir)
+            raise unwritten_files_error(final, stage_name, unknown, old_record, finished_output=work_dir)
     try:
         os.rename(work_dir, final)
     except OSError as error:
@@ -1423,11 +1127,11 @@ def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> N
     in the record of ``work_dir``, the stage's finished output, as the
     cleanup does for an old folder whose record lists no files.
     """
-    unknown, old_record = _unwritten_files(old, rewritten=work_dir)
+    unknown, old_record = unwritten_files(old, rewritten=work_dir)
     if unknown:
         # A folder without any record is not from an older dimalign, so the error does not say so.
         old_record = old_record and read_stage_record(old) is not None
-        raise _unwritten_files_error(old, stage_name, unknown, old_record, finished_output=work_dir)
+        raise unwritten_files_error(old, stage_name, unknown, old_record, finished_output=work_dir)
 
 
 def _move_back(old: Path, final: Path, stage_name: str) -> None:
@@ -1538,7 +1242,7 @@ def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
         if entry.name in keep:
             continue
         stage_name = entry.name[1:].split(".")[0]
-        edited = _edited_files(entry)
+        edited = edited_files(entry)
         if edited:
             partial = ".partial-" in entry.name
             runs = stage_name in plan.to_run
@@ -1563,9 +1267,9 @@ def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> 
         _reject_unrecorded_old_folder(entry, stage_name, plan)
         return
     rewritten = _find_replacement(plan, stage_name) if ".old-" in entry.name else None
-    unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
+    unknown, old_record = unwritten_files(entry, rewritten=rewritten)
     if unknown:
-        raise _unwritten_files_error(entry, stage_name, unknown, old_record)
+        raise unwritten_files_error(entry, stage_name, unknown, old_record)
     if old_record and rewritten is None and ".old-" in entry.name and read_stage_record(entry) is not None:
         raise FileExistsError(
             f"{entry} contains the previous output of stage {stage_name}, left by an interrupted run, and "
@@ -1585,7 +1289,7 @@ def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan)
     when the record of the output that replaced it (see
     :func:`_find_replacement`) lists every file in it.
     """
-    files = [name for name in _stage_files(entry) if not name.endswith("/")]
+    files = [name for name in stage_files(entry) if not name.endswith("/")]
     if not files:
         return
     basis = _find_replacement(plan, stage_name)
@@ -1595,9 +1299,9 @@ def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan)
             "dimalign run cannot tell whether it left this folder: move your files out of it, delete it, "
             "then run the study again"
         )
-    unknown = sorted(set(files) - set(_listed_files(basis) or []))
+    unknown = sorted(set(files) - set(listed_files(basis) or []))
     if unknown:
-        listed = _list_names(unknown)
+        listed = list_names(unknown)
         raise FileExistsError(
             f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
             f"contains {count_of(len(unknown), 'file')} that the stage record in {basis} does not list ({listed}): move your files "
@@ -1617,7 +1321,7 @@ def _find_replacement(plan: StudyPlan, stage_name: str) -> Path | None:
         if _finished_work(work_dir, plan.stage(stage_name)):
             return work_dir
     final = plan.study_dir / stage_name
-    return final if _listed_files(final) is not None else None
+    return final if listed_files(final) is not None else None
 
 
 @contextlib.contextmanager
@@ -1691,8 +1395,6 @@ __all__ = [
     "default_study_dir",
     "is_study_record",
     "plan_study",
-    "read_stage_record",
     "run_study",
     "stage_hash",
-    "stage_mismatches",
 ]
