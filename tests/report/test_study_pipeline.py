@@ -628,14 +628,14 @@ def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
 
     config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
-    real_replace = pipeline._replace_folder
+    real_replace = pipeline.replace_folder
 
     def replace_while_user_writes(*args, **kwargs):
         # The user writes after the stage's own check and before the move.
         notes.write_text("written before the move")
         return real_replace(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_replace_folder", replace_while_user_writes)
+    monkeypatch.setattr(pipeline, "replace_folder", replace_while_user_writes)
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, overrides=["compare.n_bootstrap=5"])
     monkeypatch.undo()
@@ -672,11 +672,11 @@ def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
 
 
 def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
-    from dimalign.report import pipeline
+    from dimalign.report import stage_folders
 
     config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
-    real_check = pipeline.unwritten_files
+    real_check = stage_folders.unwritten_files
 
     def check_while_user_writes(folder, *args, **kwargs):
         found = real_check(folder, *args, **kwargs)
@@ -686,7 +686,7 @@ def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
             notes.write_text("written during the move")
         return found
 
-    monkeypatch.setattr(pipeline, "unwritten_files", check_while_user_writes)
+    monkeypatch.setattr(stage_folders, "unwritten_files", check_while_user_writes)
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, overrides=["compare.n_bootstrap=5"])
     monkeypatch.undo()
