@@ -300,62 +300,7 @@ def _plan_stage(
                 f"configure; add a [{dependency}] table"
             )
 
-    required, optional = stage.inputs(configured, settings)
-    inputs: dict[str, Path] = {}
-    for key in required + optional:
-        path = config.input_path(key)
-        if path is None:
-            if key in required:
-                raise ValueError(
-                    f"stage {name} needs inputs.{key} ({_input_help(key)}); add {key} = \"...\" "
-                    f"under [inputs] in {config.path}"
-                )
-            continue
-        if not path.exists():
-            if (INPUTS_TABLE, key) in config.cli_values:
-                origin = "set with --set (relative paths start at the current directory)"
-            elif "${data_dir}" in config.inputs[key] and (STUDY_TABLE, "data_dir") in config.cli_values:
-                origin = (
-                    f"in {config.path}, with study.data_dir = {config.study['data_dir']!r} set with --set "
-                    "(relative to the current directory)"
-                )
-            else:
-                origin = f"in {config.path} (relative paths start at {config.base_dir})"
-            raise FileNotFoundError(
-                f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
-                f"needed by stage {name}"
-            )
-        kind = INPUT_KINDS.get(key, "either")
-        wrong_kind = {
-            "file": not path.is_file(), "folder": not path.is_dir(),
-            # A device, pipe or socket could pass as either and then block or read as empty.
-            "either": not (path.is_file() or path.is_dir()),
-        }[kind]
-        if wrong_kind:
-            if path.is_dir():
-                found = "a folder"
-            elif path.is_file():
-                found = "a file"
-            else:
-                found = "neither a regular file nor a folder"
-            raise ValueError(
-                f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
-                f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
-                f"inputs.{key} is the {_input_help(key)}"
-            )
-        inputs[key] = path
-
-    if name == "features":
-        # A weights file is an input too: its content, not only its name, decides the features.
-        try:
-            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
-                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
-            ) from error
-        if weights is not None:
-            inputs["weights"] = weights
+    inputs = _stage_inputs(config, name, configured, settings)
 
     # The checks also see the object table where the stage itself reads it
     # only through its upstream stages, so that a count can be compared with
@@ -377,6 +322,87 @@ def _plan_stage(
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
     changes = [change for change in changes if change.before != change.after]
     return PlannedStage(name, settings, upstream, upstream_hashes, inputs, stage_fingerprints, digest, changes=changes)
+
+
+def _stage_inputs(
+    config: StudyConfig, name: str, configured: set[str], settings: dict[str, Any]
+) -> dict[str, Path]:
+    """Return the study inputs that stage ``name`` reads, by key, with the weights file of the features stage.
+
+    Raises:
+        ValueError: For a required input that the study file does not name,
+            or an input of the wrong kind (a file for a folder, or a device).
+        FileNotFoundError: For an input path or weights file that does not exist.
+    """
+    stage = STAGES[name]
+    required, optional = stage.inputs(configured, settings)
+    inputs: dict[str, Path] = {}
+    for key in required + optional:
+        path = config.input_path(key)
+        if path is None:
+            if key in required:
+                raise ValueError(
+                    f"stage {name} needs inputs.{key} ({_input_help(key)}); add {key} = \"...\" "
+                    f"under [inputs] in {config.path}"
+                )
+            continue
+        _check_input_path(config, name, key, path)
+        inputs[key] = path
+
+    if name == "features":
+        # A weights file is an input too: its content, not only its name, decides the features.
+        try:
+            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
+                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
+            ) from error
+        if weights is not None:
+            inputs["weights"] = weights
+    return inputs
+
+
+def _check_input_path(config: StudyConfig, name: str, key: str, path: Path) -> None:
+    """Check that the path of ``inputs.<key>`` exists and is the kind of entry that the input needs.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist, naming where the value was set.
+        ValueError: If ``path`` is a file where a folder is expected, or the
+            other way round, or neither a regular file nor a folder.
+    """
+    if not path.exists():
+        if (INPUTS_TABLE, key) in config.cli_values:
+            origin = "set with --set (relative paths start at the current directory)"
+        elif "${data_dir}" in config.inputs[key] and (STUDY_TABLE, "data_dir") in config.cli_values:
+            origin = (
+                f"in {config.path}, with study.data_dir = {config.study['data_dir']!r} set with --set "
+                "(relative to the current directory)"
+            )
+        else:
+            origin = f"in {config.path} (relative paths start at {config.base_dir})"
+        raise FileNotFoundError(
+            f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
+            f"needed by stage {name}"
+        )
+    kind = INPUT_KINDS.get(key, "either")
+    wrong_kind = {
+        "file": not path.is_file(), "folder": not path.is_dir(),
+        # A device, pipe or socket could pass as either and then block or read as empty.
+        "either": not (path.is_file() or path.is_dir()),
+    }[kind]
+    if wrong_kind:
+        if path.is_dir():
+            found = "a folder"
+        elif path.is_file():
+            found = "a file"
+        else:
+            found = "neither a regular file nor a folder"
+        raise ValueError(
+            f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
+            f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
+            f"inputs.{key} is the {_input_help(key)}"
+        )
 
 
 def _set_note(config: StudyConfig, section: str) -> str:
@@ -576,44 +602,49 @@ def run_study(
                 _warn_changed_settings(plan)
             remove_stale_folders(study_dir, plan)
             record = _study_record(plan, started=now_iso())
-            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+            _write_study_record(study_dir, record)
             for stage in plan.stages:
                 if stage.action == "skip":
                     logger.info("stage %s: unchanged, skipped", stage.name)
                     continue
-                logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
-                started = time.perf_counter()
-                try:
-                    _run_stage(plan, stage, record)
-                except (KeyboardInterrupt, SystemExit):
-                    _report_interruption(plan, stage)
-                    raise
-                except Exception as error:
-                    if not study_dir.is_dir():
-                        # The stage's own error, such as a missing upstream folder, would hide the cause.
-                        raise FileNotFoundError(
-                            f"the study directory {study_dir} was moved or deleted while stage {stage.name} "
-                            "ran: run the study again with -o set to its new path, where the stages that "
-                            "finished before are kept"
-                        ) from error
-                    logger.error(
-                        "stage %s failed; the stages before it are kept, and the next run starts there. "
-                        "Where the message below suggests command-line options, change the matching "
-                        "setting of [%s] or [inputs] in %s instead",
-                        stage.name, stage.name, plan.config.path,
-                    )
-                    raise
-                stage.seconds = time.perf_counter() - started
-                # The stage's own log lines name its temporary folder, so the final one is named here.
-                logger.info("stage %s: finished in %.1f s, output in %s", stage.name, stage.seconds,
-                            study_dir / stage.name)
+                _run_planned_stage(plan, stage, record)
             record = _study_record(plan, started=record["started"], finished=now_iso())
-            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+            _write_study_record(study_dir, record)
     except BaseException:
         if created:
             _remove_empty_study(study_dir)
         raise
     return plan
+
+
+def _run_planned_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
+    """Run one stage of the plan, logging its start, its time and, on failure, what the study keeps."""
+    logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
+    started = time.perf_counter()
+    try:
+        _run_stage(plan, stage, record)
+    except (KeyboardInterrupt, SystemExit):
+        _report_interruption(plan, stage)
+        raise
+    except Exception as error:
+        if not plan.study_dir.is_dir():
+            # The stage's own error, such as a missing upstream folder, would hide the cause.
+            raise FileNotFoundError(
+                f"the study directory {plan.study_dir} was moved or deleted while stage {stage.name} "
+                "ran: run the study again with -o set to its new path, where the stages that "
+                "finished before are kept"
+            ) from error
+        logger.error(
+            "stage %s failed; the stages before it are kept, and the next run starts there. "
+            "Where the message below suggests command-line options, change the matching "
+            "setting of [%s] or [inputs] in %s instead",
+            stage.name, stage.name, plan.config.path,
+        )
+        raise
+    stage.seconds = time.perf_counter() - started
+    # The stage's own log lines name its temporary folder, so the final one is named here.
+    logger.info("stage %s: finished in %.1f s, output in %s", stage.name, stage.seconds,
+                plan.study_dir / stage.name)
 
 
 def _report_interruption(plan: StudyPlan, stage: PlannedStage) -> None:
@@ -1017,6 +1048,10 @@ def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None)
             for stage in plan.stages
         ],
     }
+
+
+def _write_study_record(study_dir: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def default_study_dir(config_path: str | os.PathLike) -> Path:
