@@ -32,7 +32,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,13 +516,9 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
 
 def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     reasons = []
-    old_settings = _hashed(record.get("settings", {}))
-    new_settings = _hashed(stage.settings)
-    changed = [
-        f"{key} {old_settings.get(key)!r} -> {value!r}"
-        for key, value in new_settings.items() if old_settings.get(key) != value
-    ]
-    changed += [f"{key} removed" for key in old_settings if key not in new_settings]
+    old_settings, new_settings = _hashed(record.get("settings", {})), _hashed(stage.settings)
+    changed_keys, removed_keys = _setting_differences(old_settings, new_settings)
+    changed = _describe_settings(old_settings, new_settings, changed_keys, removed_keys, repr)
     if changed:
         reasons.append(f"settings changed: {', '.join(changed)}")
     old_inputs = record.get("inputs", {})
@@ -548,6 +544,23 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     if removed:
         reasons.append(f"upstream removed: {', '.join(removed)}")
     return reasons
+
+
+def _setting_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Return the keys of ``new`` whose value differs from ``old``, and the keys of ``old`` missing from ``new``."""
+    changed = [key for key, value in new.items() if old.get(key) != value]
+    removed = [key for key in old if key not in new]
+    return changed, removed
+
+
+def _describe_settings(
+    old: dict[str, Any], new: dict[str, Any], changed: list[str], removed: list[str],
+    format_value: Callable[[Any], str],
+) -> list[str]:
+    """Describe each changed setting as ``key old -> new`` and each removed one as ``key removed``."""
+    return [f"{key} {format_value(old.get(key))} -> {format_value(new[key])}" for key in changed] + [
+        f"{key} removed" for key in removed
+    ]
 
 
 # -- running ------------------------------------------------------------------------
@@ -733,20 +746,14 @@ def _warn_changed_settings(plan: StudyPlan, *, dry_run: bool = False) -> None:
         record = read_stage_record(plan.study_dir / stage.name)
         if stage.action != "run" or record is None:
             continue
-        old_settings = _hashed(record.get("settings", {}))
-        new_settings = _hashed(stage.settings)
+        old_settings, new_settings = _hashed(record.get("settings", {})), _hashed(stage.settings)
+        changed, removed = _setting_differences(old_settings, new_settings)
         # A value given with --set in this run is what the user requests, so it is not warned about.
         requested = {key for key, _ in _overrides_of(plan.config, stage.name)}
-        changed = [
-            key for key, value in new_settings.items() if old_settings.get(key) != value and key not in requested
-        ]
-        removed = [key for key in old_settings if key not in new_settings]
+        changed = [key for key in changed if key not in requested]
         if not changed and not removed:
             continue
-        differences = [
-            f"{key} {format_toml_value(old_settings.get(key))} -> {format_toml_value(new_settings[key])}"
-            for key in changed
-        ] + [f"{key} removed" for key in removed]
+        differences = _describe_settings(old_settings, new_settings, changed, removed, format_toml_value)
         described.append(f"{stage.name} ({', '.join(differences)}{_earlier_cost(record, new_settings)})")
         for change in record.get("changes", []):
             section, _, key = change["key"].partition(".")
