@@ -20,6 +20,11 @@ renamed to ``study/<stage>`` only when the stage has finished, so an
 interrupted stage never looks finished. A fit stage keeps its partial folder
 when interrupted, and the next run with the same hash resumes the fit from
 its checkpoint.
+
+This module plans and runs the stages. The input fingerprints are in
+:mod:`~dimalign.report.fingerprints`, the stage records and the checks of
+stage folders in :mod:`~dimalign.report.stage_records`, and the partial,
+old and edited folders in :mod:`~dimalign.report.stage_folders`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from dimalign.report.stages import STAGE_ORDER, STAGES
 if TYPE_CHECKING:
     from dimalign.report.pipeline import PlannedStage, StudyPlan
 
-# The messages keep the logger name of ``dimalign run``, so filters and log lines stay as before.
+# The messages use the logger of dimalign.report.pipeline, so that all of ``dimalign run`` logs under one name.
 logger = logging.getLogger("dimalign.report.pipeline")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from dimalign.io.files import MANIFEST_NAME, sha256_file
 from dimalign.report.fingerprints import walk_error_handler
 
-# The messages keep the logger name of ``dimalign run``, so filters and log lines stay as before.
+# The messages use the logger of dimalign.report.pipeline, so that all of ``dimalign run`` logs under one name.
 logger = logging.getLogger("dimalign.report.pipeline")
 
 
@@ -28,7 +28,7 @@ def output_changes(folder: Path) -> list[str]:
 
     A stage whose output was edited by hand runs again, so that its readers
     get what the stage writes. The rerun keeps the edited folder (see
-    :func:`dimalign.report.pipeline._keep_edited`). A record without file digests yields no reason.
+    :func:`dimalign.report.stage_folders.keep_edited`). A record without file digests yields no reason.
     """
     reasons = []
     edited = edited_files(folder)
