@@ -623,6 +623,28 @@ def test_old_record_without_user_files_reruns(study_copy):
     assert isinstance(read_stage_record(copy / "compare")["files"], list)
 
 
+def test_damaged_file_list_rejected(study_copy, caplog):
+    """A stage record whose file list contains a non-string counts as damaged, not as a crash."""
+    config, copy = study_copy
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["files"] = [["matching.csv"]]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} has no readable pipeline record in its manifest.json, so dimalign run did "
+        "not write it (or its record is damaged), and stage compare would replace it; "
+        "move the folder away or choose another study directory"
+    )
+    assert (
+        f"{manifest_path} has an invalid pipeline record: 'files' must be a JSON array of strings, "
+        "so its stage counts as unfinished"
+    ) in caplog.text
+
+
 def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
     from dimalign.report import pipeline
 

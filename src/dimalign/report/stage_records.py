@@ -96,6 +96,9 @@ def _stage_record_problem(record: dict[str, Any]) -> str:
     changes = record.get("changes", [])
     if not isinstance(changes, list):
         return "'changes' must be a JSON array"
+    files = record.get("files", [])
+    if not (isinstance(files, list) and all(isinstance(name, str) for name in files)):
+        return "'files' must be a JSON array of strings"
     digests = record.get("file_digests", {})
     if not (isinstance(digests, dict) and all(
         isinstance(value, dict) and isinstance(value.get("size"), int) and isinstance(value.get("sha256"), str)
