@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dimalign.io.objects import read_object_table
-from dimalign.report.pipeline import read_stage_record, run_study
+from dimalign.report.pipeline import run_study
+from dimalign.report.stage_records import read_stage_record
 from dimalign.report.stages import images_per_object
 
 OBJECTS = ("bird", "cat", "dragonfly", "grace_hopper", "sunflower", "hot_dog", "owl", "parrot")

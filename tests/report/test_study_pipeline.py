@@ -16,7 +16,8 @@ import pytest
 from report_helpers import write_study
 
 from dimalign.report import stages
-from dimalign.report.pipeline import read_stage_record, run_study
+from dimalign.report.pipeline import run_study
+from dimalign.report.stage_records import read_stage_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
 
@@ -622,19 +623,41 @@ def test_old_record_without_user_files_reruns(study_copy):
     assert isinstance(read_stage_record(copy / "compare")["files"], list)
 
 
+def test_damaged_file_list_rejected(study_copy, caplog):
+    """A stage record whose file list contains a non-string counts as damaged, not as a crash."""
+    config, copy = study_copy
+    manifest_path = copy / "compare" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest["pipeline"]["files"] = [["matching.csv"]]
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
+
+    with caplog.at_level("WARNING", logger="dimalign.report.pipeline"), pytest.raises(FileExistsError) as error:
+        run_study(config, copy, from_stage="compare")
+
+    assert str(error.value) == (
+        f"{copy / 'compare'} has no readable pipeline record in its manifest.json, so dimalign run did "
+        "not write it (or its record is damaged), and stage compare would replace it; "
+        "move the folder away or choose another study directory"
+    )
+    assert (
+        f"{manifest_path} has an invalid pipeline record: 'files' must be a JSON array of strings, "
+        "so its stage counts as unfinished"
+    ) in caplog.text
+
+
 def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
     from dimalign.report import pipeline
 
     config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
-    real_replace = pipeline._replace_folder
+    real_replace = pipeline.replace_folder
 
     def replace_while_user_writes(*args, **kwargs):
         # The user writes after the stage's own check and before the move.
         notes.write_text("written before the move")
         return real_replace(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_replace_folder", replace_while_user_writes)
+    monkeypatch.setattr(pipeline, "replace_folder", replace_while_user_writes)
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, overrides=["compare.n_bootstrap=5"])
     monkeypatch.undo()
@@ -671,11 +694,11 @@ def test_file_added_before_move_is_kept(study_copy, tmp_path, monkeypatch):
 
 
 def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
-    from dimalign.report import pipeline
+    from dimalign.report import stage_folders
 
     config, copy = study_copy
     notes = copy / "compare" / "NOTES.txt"
-    real_check = pipeline._unwritten_files
+    real_check = stage_folders.unwritten_files
 
     def check_while_user_writes(folder, *args, **kwargs):
         found = real_check(folder, *args, **kwargs)
@@ -685,7 +708,7 @@ def test_folder_created_during_move_is_kept(study_copy, tmp_path, monkeypatch):
             notes.write_text("written during the move")
         return found
 
-    monkeypatch.setattr(pipeline, "_unwritten_files", check_while_user_writes)
+    monkeypatch.setattr(stage_folders, "unwritten_files", check_while_user_writes)
     with pytest.raises(FileExistsError) as error:
         run_study(config, copy, overrides=["compare.n_bootstrap=5"])
     monkeypatch.undo()
@@ -932,11 +955,11 @@ def test_read_only_study_is_named(study_copy, old_lock):
 
 def test_folder_renamed_by_running_study(study_copy, monkeypatch):
     """A stage folder that the run holding the lock renames during the check is no unreadable folder."""
-    from dimalign.report import pipeline
+    from dimalign.report import stage_records
 
     config, copy = study_copy
     old = copy / ".compare.old-99999"
-    real_stage_files = pipeline._stage_files
+    real_stage_files = stage_records.stage_files
 
     def stage_files_while_other_run_moves(folder):
         if folder == copy / "compare" and not old.exists():
@@ -944,7 +967,7 @@ def test_folder_renamed_by_running_study(study_copy, monkeypatch):
             (copy / "compare").rename(old)
         return real_stage_files(folder)
 
-    monkeypatch.setattr(pipeline, "_stage_files", stage_files_while_other_run_moves)
+    monkeypatch.setattr(stage_records, "stage_files", stage_files_while_other_run_moves)
     with open(copy / ".pipeline.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(RuntimeError) as error:
@@ -1263,7 +1286,7 @@ def test_old_folder_of_stage_files_removed(study_copy):
 
 
 def test_folder_fingerprint_reads_content(tmp_path):
-    from dimalign.report.pipeline import fingerprint
+    from dimalign.report.fingerprints import fingerprint
 
     folder = tmp_path / "images"
     (folder / "cat").mkdir(parents=True)
@@ -1303,10 +1326,11 @@ def test_image_edit_keeping_time_reruns(tiny_study, tmp_path):
 def test_listing_fingerprint_record_still_skips(tiny_study, tmp_path):
     from dimalign.report import pipeline
     from dimalign.report.config import load_config
+    from dimalign.report.fingerprints import folder_listing
 
     config, copy = copy_tiny_study(tiny_study, tmp_path)
     stage = pipeline.plan_study(load_config(config), copy).stage("compare")
-    listing = pipeline.folder_listing(stage.inputs["images"])
+    listing = folder_listing(stage.inputs["images"])
     assert listing.startswith("listing:")
     # A record of a dimalign that fingerprinted folders by their listing.
     manifest_path = copy / "compare" / "manifest.json"
@@ -1412,7 +1436,7 @@ def test_edited_folder_name_skips_taken(study_copy, tmp_path):
 
 
 def test_folder_fingerprint_names_broken_link(tmp_path):
-    from dimalign.report.pipeline import fingerprint
+    from dimalign.report.fingerprints import fingerprint
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -1495,7 +1519,7 @@ def test_dry_run_names_edited_output(study_copy):
 def fingerprint_in_child(folder: Path) -> subprocess.CompletedProcess:
     """Fingerprint a folder in a child process that a blocking read cannot hang for more than 20 s."""
     code = (
-        "import sys\nfrom pathlib import Path\nfrom dimalign.report.pipeline import fingerprint\n"
+        "import sys\nfrom pathlib import Path\nfrom dimalign.report.fingerprints import fingerprint\n"
         "try:\n    print(fingerprint(Path(sys.argv[1])))\n"
         "except (OSError, ValueError) as error:\n    print(error)\n    sys.exit(1)\n"
     )
@@ -1522,7 +1546,7 @@ def test_fifo_in_input_folder_named(tmp_path):
 
 
 def test_removed_input_file_named(tmp_path):
-    from dimalign.report.pipeline import _hash_input_file
+    from dimalign.report.fingerprints import _hash_input_file
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -1537,7 +1561,7 @@ def test_removed_input_file_named(tmp_path):
 
 
 def test_stage_files_hashed_once(study_copy, monkeypatch):
-    from dimalign.report import pipeline
+    from dimalign.report import fingerprints, pipeline, stage_records
 
     config, copy = study_copy
     flip_byte_keep_time(copy / "compare" / "matching.csv")
@@ -1548,7 +1572,8 @@ def test_stage_files_hashed_once(study_copy, monkeypatch):
         hashed.append(Path(path))
         return real_sha256(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "sha256_file", counted)
+    for module in (pipeline, fingerprints, stage_records):
+        monkeypatch.setattr(module, "sha256_file", counted)
     plan = run_study(config, copy)
 
     assert plan.to_run == ["compare"]
@@ -1592,12 +1617,13 @@ def test_stage_file_replaced_by_link_reruns(study_copy, tmp_path):
 def test_listing_record_names_broken_link(tiny_study, tmp_path):
     from dimalign.report import pipeline
     from dimalign.report.config import load_config
+    from dimalign.report.fingerprints import folder_listing
 
     config, copy = copy_tiny_study(tiny_study, tmp_path)
     stage = pipeline.plan_study(load_config(config), copy).stage("compare")
     manifest_path = copy / "compare" / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = pipeline.folder_listing(stage.inputs["images"])
+    manifest["pipeline"]["inputs"]["images"]["fingerprint"] = folder_listing(stage.inputs["images"])
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     link = stage.inputs["images"] / "extra.png"
     link.symlink_to(tmp_path / "moved.png")

@@ -15,7 +15,7 @@ from PIL import Image
 from report_helpers import open_report
 
 from dimalign.cli import main
-from dimalign.report.pipeline import read_stage_record
+from dimalign.report.stage_records import read_stage_record
 
 pytestmark = pytest.mark.filterwarnings("ignore:the chosen ridge penalty")
 

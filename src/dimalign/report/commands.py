@@ -211,7 +211,7 @@ def _recorded_title(study_dir: Path, record: dict) -> str:
     removed from the study file does not set the title.
     """
     from dimalign.report.html import report_title
-    from dimalign.report.pipeline import read_stage_record
+    from dimalign.report.stage_records import read_stage_record
 
     planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]
     recorded = None
@@ -229,7 +229,7 @@ def _labels_names(args: argparse.Namespace, stage_dirs: dict[str, Path] | None) 
     last ran with is used, so this report finds the labels that the pipeline's
     report found. The name of the fit's folder comes last.
     """
-    from dimalign.report.pipeline import read_stage_record
+    from dimalign.report.stage_records import read_stage_record
 
     settings = (read_stage_record(args.study_dir / "report") or {}).get("settings", {})
     names = {}
@@ -314,7 +314,7 @@ def _read_study_record(study_dir: Path) -> dict:
 
 def _study_record_problem(record: dict) -> str:
     """Describe the first entry of a study record that the report cannot use, or return ''."""
-    from dimalign.report.pipeline import change_entry_problem
+    from dimalign.report.stage_records import change_entry_problem
 
     for number, stage in enumerate(record.get("stages", []), start=1):
         if not (isinstance(stage, dict) and isinstance(stage.get("name"), str)):
@@ -341,7 +341,7 @@ def _recorded_stage_dirs(study_dir: Path, record: dict) -> dict[str, Path] | Non
             or, in a study with a record, if a stage folder of the last run has
             no pipeline record (another command wrote into it).
     """
-    from dimalign.report.pipeline import read_stage_record, stage_mismatches
+    from dimalign.report.stage_records import read_stage_record, stage_mismatches
     from dimalign.report.results import DEFAULT_STAGE_DIRS
 
     planned = [stage.get("name") for stage in record.get("stages", []) if isinstance(stage, dict)]

@@ -20,6 +20,11 @@ renamed to ``study/<stage>`` only when the stage has finished, so an
 interrupted stage never looks finished. A fit stage keeps its partial folder
 when interrupted, and the next run with the same hash resumes the fit from
 its checkpoint.
+
+This module plans and runs the stages. The input fingerprints are in
+:mod:`~dimalign.report.fingerprints`, the stage records and the checks of
+stage folders in :mod:`~dimalign.report.stage_records`, and the partial,
+old and edited folders in :mod:`~dimalign.report.stage_folders`.
 """
 
 from __future__ import annotations
@@ -29,10 +34,7 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shlex
-import shutil
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +46,6 @@ from dimalign.io.files import (
     MANIFEST_NAME,
     acquire_lock,
     check_output_dir,
-    count_of,
     now_iso,
     read_manifest,
     release_lock,
@@ -61,7 +62,25 @@ from dimalign.report.config import (
     format_toml_value,
     load_config,
 )
+from dimalign.report.fingerprints import FingerprintCache, input_fingerprints
 from dimalign.report.settings import check_settings
+from dimalign.report.stage_folders import (
+    finished_work,
+    partial_folder,
+    remove_stale_folders,
+    remove_tree,
+    remove_tree_or_warn,
+    replace_folder,
+    reusable_work,
+    warn_edited_leftovers,
+)
+from dimalign.report.stage_records import (
+    file_digests,
+    output_changes,
+    read_stage_record,
+    reject_unwritten_files,
+    stage_files,
+)
 from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
 
 logger = logging.getLogger(__name__)
@@ -208,11 +227,11 @@ def plan_study(
         OSError: For a file of a folder input or of a finished stage folder
             that cannot be read, because the plan hashes both.
     """
-    return _plan_study(config, Path(study_dir), from_stage, _FingerprintCache())
+    return _plan_study(config, Path(study_dir), from_stage, FingerprintCache())
 
 
 def _plan_study(
-    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: _FingerprintCache
+    config: StudyConfig, study_dir: Path, from_stage: str | None, fingerprints: FingerprintCache
 ) -> StudyPlan:
     unknown = [name for name in config.stages if name not in STAGES]
     if unknown:
@@ -262,7 +281,7 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
 
 def _plan_stage(
     config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
-    fingerprints: _FingerprintCache, study_dir: Path,
+    fingerprints: FingerprintCache, study_dir: Path,
 ) -> PlannedStage:
     stage = STAGES[name]
     raw = config.stages[name]
@@ -286,62 +305,7 @@ def _plan_stage(
                 f"configure; add a [{dependency}] table"
             )
 
-    required, optional = stage.inputs(configured, settings)
-    inputs: dict[str, Path] = {}
-    for key in required + optional:
-        path = config.input_path(key)
-        if path is None:
-            if key in required:
-                raise ValueError(
-                    f"stage {name} needs inputs.{key} ({_input_help(key)}); add {key} = \"...\" "
-                    f"under [inputs] in {config.path}"
-                )
-            continue
-        if not path.exists():
-            if (INPUTS_TABLE, key) in config.cli_values:
-                origin = "set with --set (relative paths start at the current directory)"
-            elif "${data_dir}" in config.inputs[key] and (STUDY_TABLE, "data_dir") in config.cli_values:
-                origin = (
-                    f"in {config.path}, with study.data_dir = {config.study['data_dir']!r} set with --set "
-                    "(relative to the current directory)"
-                )
-            else:
-                origin = f"in {config.path} (relative paths start at {config.base_dir})"
-            raise FileNotFoundError(
-                f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
-                f"needed by stage {name}"
-            )
-        kind = INPUT_KINDS.get(key, "either")
-        wrong_kind = {
-            "file": not path.is_file(), "folder": not path.is_dir(),
-            # A device, pipe or socket could pass as either and then block or read as empty.
-            "either": not (path.is_file() or path.is_dir()),
-        }[kind]
-        if wrong_kind:
-            if path.is_dir():
-                found = "a folder"
-            elif path.is_file():
-                found = "a file"
-            else:
-                found = "neither a regular file nor a folder"
-            raise ValueError(
-                f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
-                f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
-                f"inputs.{key} is the {_input_help(key)}"
-            )
-        inputs[key] = path
-
-    if name == "features":
-        # A weights file is an input too: its content, not only its name, decides the features.
-        try:
-            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
-                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
-            ) from error
-        if weights is not None:
-            inputs["weights"] = weights
+    inputs = _stage_inputs(config, name, configured, settings)
 
     # The checks also see the object table where the stage itself reads it
     # only through its upstream stages, so that a count can be compared with
@@ -357,12 +321,93 @@ def _plan_stage(
         # note adds the stage and the study file, which identify the table to change.
         raise type(error)(f"{error} (stage {name} of {config.path}{_set_note(config, name)})") from error
 
-    input_fingerprints = _input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
+    stage_fingerprints = input_fingerprints(inputs, read_stage_record(study_dir / name), fingerprints)
     upstream_hashes = {dependency: planned[dependency].hash for dependency in upstream}
-    digest = stage_hash(name, settings, input_fingerprints, upstream_hashes)
+    digest = stage_hash(name, settings, stage_fingerprints, upstream_hashes)
     changes = [_setting_change(config, name, key, value, spec) for key, value in _overrides_of(config, name)]
     changes = [change for change in changes if change.before != change.after]
-    return PlannedStage(name, settings, upstream, upstream_hashes, inputs, input_fingerprints, digest, changes=changes)
+    return PlannedStage(name, settings, upstream, upstream_hashes, inputs, stage_fingerprints, digest, changes=changes)
+
+
+def _stage_inputs(
+    config: StudyConfig, name: str, configured: set[str], settings: dict[str, Any]
+) -> dict[str, Path]:
+    """Return the study inputs that stage ``name`` reads, by key, with the weights file of the features stage.
+
+    Raises:
+        ValueError: For a required input that the study file does not name,
+            or an input of the wrong kind (a file for a folder, or a device).
+        FileNotFoundError: For an input path or weights file that does not exist.
+    """
+    stage = STAGES[name]
+    required, optional = stage.inputs(configured, settings)
+    inputs: dict[str, Path] = {}
+    for key in required + optional:
+        path = config.input_path(key)
+        if path is None:
+            if key in required:
+                raise ValueError(
+                    f"stage {name} needs inputs.{key} ({_input_help(key)}); add {key} = \"...\" "
+                    f"under [inputs] in {config.path}"
+                )
+            continue
+        _check_input_path(config, name, key, path)
+        inputs[key] = path
+
+    if name == "features":
+        # A weights file is an input too: its content, not only its name, decides the features.
+        try:
+            weights = weights_file(settings["weights"], lambda value: config.resolve_path(value, name, "weights"))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"{error} ({config.origin(name, 'weights')}; relative paths start at "
+                f"{Path.cwd() if (name, 'weights') in config.cli_values else config.base_dir})"
+            ) from error
+        if weights is not None:
+            inputs["weights"] = weights
+    return inputs
+
+
+def _check_input_path(config: StudyConfig, name: str, key: str, path: Path) -> None:
+    """Check that the path of ``inputs.<key>`` exists and is the kind of entry that the input needs.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist, naming where the value was set.
+        ValueError: If ``path`` is a file where a folder is expected, or the
+            other way round, or neither a regular file nor a folder.
+    """
+    if not path.exists():
+        if (INPUTS_TABLE, key) in config.cli_values:
+            origin = "set with --set (relative paths start at the current directory)"
+        elif "${data_dir}" in config.inputs[key] and (STUDY_TABLE, "data_dir") in config.cli_values:
+            origin = (
+                f"in {config.path}, with study.data_dir = {config.study['data_dir']!r} set with --set "
+                "(relative to the current directory)"
+            )
+        else:
+            origin = f"in {config.path} (relative paths start at {config.base_dir})"
+        raise FileNotFoundError(
+            f"input file {path} not found: inputs.{key} = {config.inputs[key]!r} {origin}, "
+            f"needed by stage {name}"
+        )
+    kind = INPUT_KINDS.get(key, "either")
+    wrong_kind = {
+        "file": not path.is_file(), "folder": not path.is_dir(),
+        # A device, pipe or socket could pass as either and then block or read as empty.
+        "either": not (path.is_file() or path.is_dir()),
+    }[kind]
+    if wrong_kind:
+        if path.is_dir():
+            found = "a folder"
+        elif path.is_file():
+            found = "a file"
+        else:
+            found = "neither a regular file nor a folder"
+        raise ValueError(
+            f"inputs.{key} = {config.inputs[key]!r} ({config.origin(INPUTS_TABLE, key)}) must be a "
+            f"{'file or a folder' if kind == 'either' else kind}, but {path} is {found}; "
+            f"inputs.{key} is the {_input_help(key)}"
+        )
 
 
 def _set_note(config: StudyConfig, section: str) -> str:
@@ -463,7 +508,7 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
             reasons.append("new")
         else:
             reasons += _differences(stage, record)
-            reasons += _output_changes(study_dir / name)
+            reasons += output_changes(study_dir / name)
         rerunning = [dependency for dependency in stage.upstream if planned[dependency].action == "run"]
         if rerunning and not reasons:
             reasons.append(f"upstream reran: {', '.join(rerunning)}")
@@ -476,13 +521,9 @@ def _decide(planned: dict[str, PlannedStage], study_dir: Path, from_stage: str |
 
 def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     reasons = []
-    old_settings = _hashed(record.get("settings", {}))
-    new_settings = _hashed(stage.settings)
-    changed = [
-        f"{key} {old_settings.get(key)!r} -> {value!r}"
-        for key, value in new_settings.items() if old_settings.get(key) != value
-    ]
-    changed += [f"{key} removed" for key in old_settings if key not in new_settings]
+    old_settings, new_settings = _hashed(record.get("settings", {})), _hashed(stage.settings)
+    changed_keys, removed_keys = _setting_differences(old_settings, new_settings)
+    changed = _describe_settings(old_settings, new_settings, changed_keys, removed_keys, repr)
     if changed:
         reasons.append(f"settings changed: {', '.join(changed)}")
     old_inputs = record.get("inputs", {})
@@ -510,242 +551,21 @@ def _differences(stage: PlannedStage, record: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def _output_changes(folder: Path) -> list[str]:
-    """Name the files of a finished stage folder that differ from its stage record or are missing.
-
-    A stage whose output was edited by hand runs again, so that its readers
-    get what the stage writes. The rerun keeps the edited folder (see
-    :func:`_keep_edited`). A record without file digests yields no reason.
-    """
-    reasons = []
-    edited = _edited_files(folder)
-    if edited:
-        reasons.append(f"output edited: {_list_names(edited)}")
-    missing = _missing_files(folder)
-    if missing:
-        reasons.append(f"output missing: {_list_names(missing)}")
-    return reasons
+def _setting_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Return the keys of ``new`` whose value differs from ``old``, and the keys of ``old`` missing from ``new``."""
+    changed = [key for key, value in new.items() if old.get(key) != value]
+    removed = [key for key in old if key not in new]
+    return changed, removed
 
 
-def _list_names(names: list[str]) -> str:
-    """Join up to five file names, counting the rest."""
-    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
-def read_stage_record(stage_dir: Path) -> dict[str, Any] | None:
-    """Return the ``pipeline`` record of a finished stage folder, or None."""
-    path = stage_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        logger.warning("%s is not UTF-8 (%s), so its stage counts as unfinished", path, error)
-        return None
-    except (OSError, json.JSONDecodeError) as error:
-        logger.warning("%s is unreadable (%s), so its stage counts as unfinished", path, error)
-        return None
-    record = manifest.get("pipeline") if isinstance(manifest, dict) else None
-    if not isinstance(record, dict):
-        return None
-    problem = _stage_record_problem(record)
-    if problem:
-        logger.warning("%s has an invalid pipeline record: %s, so its stage counts as unfinished", path, problem)
-        return None
-    return record
-
-
-#: Keys of one ``--set`` change in a stage record or ``pipeline.json``.
-CHANGE_KEYS = ("key", "before", "after", "kind")
-
-
-def change_entry_problem(changes: list) -> str:
-    """Describe the first entry of a ``changes`` list that is not a ``--set`` change, or return ''."""
-    for number, change in enumerate(changes, start=1):
-        if not (isinstance(change, dict) and all(key in change for key in CHANGE_KEYS)
-                and isinstance(change["key"], str)):
-            return f"entry {number} of 'changes' must be a JSON object with the keys {', '.join(CHANGE_KEYS)}"
-    return ""
-
-
-def _stage_record_problem(record: dict[str, Any]) -> str:
-    """Describe the first field of a stage's pipeline record that has the wrong type, or return ''."""
-    if not isinstance(record.get("hash"), str):
-        return "'hash' must be a JSON string"
-    for key in ("settings", "inputs"):
-        if not isinstance(record.get(key, {}), dict):
-            return f"{key!r} must be a JSON object"
-    upstream = record.get("upstream", {})
-    if not (isinstance(upstream, dict) and all(isinstance(value, str) for value in upstream.values())):
-        return "'upstream' must be a JSON object of stage hashes"
-    if not all(isinstance(value, dict) for value in record.get("inputs", {}).values()):
-        return "each entry of 'inputs' must be a JSON object with a path and a fingerprint"
-    changes = record.get("changes", [])
-    if not isinstance(changes, list):
-        return "'changes' must be a JSON array"
-    digests = record.get("file_digests", {})
-    if not (isinstance(digests, dict) and all(
-        isinstance(value, dict) and isinstance(value.get("size"), int) and isinstance(value.get("sha256"), str)
-        for value in digests.values()
-    )):
-        return "'file_digests' must be a JSON object of {\"size\": integer, \"sha256\": string} objects"
-    return change_entry_problem(changes)
-
-
-def stage_mismatches(study_dir: str | os.PathLike, stages: Sequence[str]) -> list[str]:
-    """Find stage folders that were computed from other upstream results than those in the study.
-
-    A stage's record contains the hash of every stage it read. When a later run
-    replaced one of those (and then failed or left the reader out), the
-    reader's results no longer belong to the folder beside it.
-
-    Args:
-        study_dir (str | os.PathLike): The study directory.
-        stages (Sequence[str]): The stage folders to check.
-
-    Returns:
-        list[str]: One sentence per mismatch, empty when the folders agree.
-    """
-    study_dir = Path(study_dir)
-    records = {name: read_stage_record(study_dir / name) for name in stages}
-    problems = []
-    for name, record in records.items():
-        if record is None:
-            continue
-        for dependency, expected in record.get("upstream", {}).items():
-            found = records.get(dependency) or read_stage_record(study_dir / dependency)
-            if found is None and (study_dir / dependency).is_dir():
-                problems.append(
-                    f"{name} was computed from {dependency}, but {study_dir / dependency} has no readable "
-                    f"pipeline record in its {MANIFEST_NAME}"
-                )
-            elif found is None:
-                problems.append(f"{name} was computed from {dependency}, but {study_dir / dependency} is missing")
-            elif found.get("hash") != expected:
-                problems.append(
-                    f"{name} was computed from another {dependency} than the one in {study_dir / dependency}"
-                )
-    return problems
-
-
-class _FingerprintCache:
-    """Fingerprints of input files and folders, each computed once per run."""
-
-    def __init__(self) -> None:
-        self._values: dict[Path, str] = {}
-
-    def __call__(self, path: Path) -> str:
-        if path not in self._values:
-            self._values[path] = fingerprint(path)
-        return self._values[path]
-
-
-def _input_files(path: Path) -> Iterator[tuple[str, Path]]:
-    """Yield the relative POSIX path and the path of every non-hidden file below a folder, sorted."""
-    for folder, subfolders, files in os.walk(path, onerror=_unreadable(path, "the input folder")):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                full = Path(folder) / name
-                yield full.relative_to(path).as_posix(), full
-
-
-def fingerprint(path: Path) -> str:
-    """Return the SHA-256 of a file, or ``content:`` and the SHA-256 of a folder's files.
-
-    A folder's digest covers the relative path, size and SHA-256 of every
-    non-hidden file below it, so any change to a file's content shows, and
-    a copy of the folder has the same fingerprint. Every file is read on
-    each call, because a cache keyed by size and modification time would
-    miss an edit that keeps both.
-    """
-    if path.is_file():
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    for relative, full in _input_files(path):
-        size, content = _hash_input_file(path, full)
-        digest.update(f"{relative}\0{size}\0{content}\n".encode())
-    return "content:" + digest.hexdigest()
-
-
-def _hash_input_file(folder: Path, full: Path) -> tuple[int, str]:
-    """Return the size and SHA-256 of a file inside the input folder ``folder``, following a symbolic link.
-
-    Raises:
-        FileNotFoundError: If the file is a broken link or was removed during the walk.
-        ValueError: If it is a named pipe, socket or device, whose read could block forever.
-        OSError: If it cannot be read.
-    """
-    if full.is_symlink() and not full.exists():
-        raise FileNotFoundError(
-            f"{full}, a file inside the input folder {folder}, is a symbolic link to the missing "
-            f"{os.readlink(full)}: restore the target or remove the link, then run the study again"
-        )
-    try:
-        info = full.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(
-                f"{full}, a file inside the input folder {folder}, is not a regular file (a named pipe, "
-                "socket or device), so the run cannot hash it: move it out of the folder, then run the "
-                "study again"
-            )
-        return info.st_size, sha256_file(full)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{full}, a file inside the input folder {folder}, was removed or renamed while the run hashed "
-            "the folder: run the study again once the folder no longer changes"
-        ) from error
-    except OSError as error:
-        raise OSError(
-            f"cannot read {full}, a file inside the input folder {folder} ({error.strerror}): make it "
-            f"readable (chmod u+r {full}) or move it out of the folder, then run the study again"
-        ) from error
-
-
-def folder_listing(path: Path) -> str:
-    """Return ``listing:`` and the SHA-256 of a folder's listing, the folder fingerprint of older records.
-
-    The listing contains every non-hidden file below the folder with its
-    relative path, size and modification time in nanoseconds.
-    """
-    digest = hashlib.sha256()
-    for relative, full in _input_files(path):
-        info = full.stat()
-        digest.update(f"{relative}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return "listing:" + digest.hexdigest()
-
-
-def _input_fingerprints(
-    inputs: dict[str, Path], previous: dict[str, Any] | None, fingerprints: _FingerprintCache
-) -> dict[str, str]:
-    """Return the fingerprint of each input, keeping a matching folder listing of an older record.
-
-    A stage recorded by a dimalign that fingerprinted folders by their
-    listing keeps that fingerprint while the listing is unchanged, so that
-    its stage hash stays the same and the stage does not rerun. Once the
-    stage runs again, its record gets the content fingerprint.
-    """
-    recorded = previous.get("inputs", {}) if previous is not None else {}
-    values = {}
-    for key, path in inputs.items():
-        old = recorded.get(key, {}).get("fingerprint")
-        if path.is_dir() and isinstance(old, str) and old.startswith("listing:") and old == _listing_or_none(path):
-            values[key] = old
-        else:
-            values[key] = fingerprints(path)
-    return values
-
-
-def _listing_or_none(path: Path) -> str | None:
-    """Return :func:`folder_listing` of ``path``, or None when a file in it cannot be listed.
-
-    The content fingerprint, computed instead, then raises the error that
-    names the file, such as a broken symbolic link.
-    """
-    try:
-        return folder_listing(path)
-    except FileNotFoundError:
-        return None
+def _describe_settings(
+    old: dict[str, Any], new: dict[str, Any], changed: list[str], removed: list[str],
+    format_value: Callable[[Any], str],
+) -> list[str]:
+    """Describe each changed setting as ``key old -> new`` and each removed one as ``key removed``."""
+    return [f"{key} {format_value(old.get(key))} -> {format_value(new[key])}" for key in changed] + [
+        f"{key} removed" for key in removed
+    ]
 
 
 # -- running ------------------------------------------------------------------------
@@ -779,13 +599,13 @@ def run_study(
     study_dir = Path(study_dir)
     # The inputs are read once per run: a change after this point is not seen,
     # as a change while a stage reads them is not.
-    fingerprints = _FingerprintCache()
+    fingerprints = FingerprintCache()
     plan = _plan_study(config, study_dir, from_stage, fingerprints)
     check_study_dir(plan)
     if dry_run:
         if not _warn_other_study_file(plan, dry_run=True):
             _warn_changed_settings(plan, dry_run=True)
-        _warn_edited_leftovers(study_dir)
+        warn_edited_leftovers(study_dir)
         return plan
 
     created = not study_dir.exists()
@@ -798,41 +618,16 @@ def run_study(
             check_study_dir(plan)
             if not _warn_other_study_file(plan):
                 _warn_changed_settings(plan)
-            _remove_stale_folders(study_dir, plan)
+            remove_stale_folders(study_dir, plan)
             record = _study_record(plan, started=now_iso())
-            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+            _write_study_record(study_dir, record)
             for stage in plan.stages:
                 if stage.action == "skip":
                     logger.info("stage %s: unchanged, skipped", stage.name)
                     continue
-                logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
-                started = time.perf_counter()
-                try:
-                    _run_stage(plan, stage, record)
-                except (KeyboardInterrupt, SystemExit):
-                    _report_interruption(plan, stage)
-                    raise
-                except Exception as error:
-                    if not study_dir.is_dir():
-                        # The stage's own error, such as a missing upstream folder, would hide the cause.
-                        raise FileNotFoundError(
-                            f"the study directory {study_dir} was moved or deleted while stage {stage.name} "
-                            "ran: run the study again with -o set to its new path, where the stages that "
-                            "finished before are kept"
-                        ) from error
-                    logger.error(
-                        "stage %s failed; the stages before it are kept, and the next run starts there. "
-                        "Where the message below suggests command-line options, change the matching "
-                        "setting of [%s] or [inputs] in %s instead",
-                        stage.name, stage.name, plan.config.path,
-                    )
-                    raise
-                stage.seconds = time.perf_counter() - started
-                # The stage's own log lines name its temporary folder, so the final one is named here.
-                logger.info("stage %s: finished in %.1f s, output in %s", stage.name, stage.seconds,
-                            study_dir / stage.name)
+                _run_planned_stage(plan, stage, record)
             record = _study_record(plan, started=record["started"], finished=now_iso())
-            write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+            _write_study_record(study_dir, record)
     except BaseException:
         if created:
             _remove_empty_study(study_dir)
@@ -840,12 +635,42 @@ def run_study(
     return plan
 
 
+def _run_planned_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
+    """Run one stage of the plan, logging its start, its time and, on failure, what the study keeps."""
+    logger.info("stage %s: running (%s)", stage.name, "; ".join(stage.reasons))
+    started = time.perf_counter()
+    try:
+        _run_stage(plan, stage, record)
+    except (KeyboardInterrupt, SystemExit):
+        _report_interruption(plan, stage)
+        raise
+    except Exception as error:
+        if not plan.study_dir.is_dir():
+            # The stage's own error, such as a missing upstream folder, would hide the cause.
+            raise FileNotFoundError(
+                f"the study directory {plan.study_dir} was moved or deleted while stage {stage.name} "
+                "ran: run the study again with -o set to its new path, where the stages that "
+                "finished before are kept"
+            ) from error
+        logger.error(
+            "stage %s failed; the stages before it are kept, and the next run starts there. "
+            "Where the message below suggests command-line options, change the matching "
+            "setting of [%s] or [inputs] in %s instead",
+            stage.name, stage.name, plan.config.path,
+        )
+        raise
+    stage.seconds = time.perf_counter() - started
+    # The stage's own log lines name its temporary folder, so the final one is named here.
+    logger.info("stage %s: finished in %.1f s, output in %s", stage.name, stage.seconds,
+                plan.study_dir / stage.name)
+
+
 def _report_interruption(plan: StudyPlan, stage: PlannedStage) -> None:
     """Log what a stage stopped by Ctrl-C or a signal leaves, and what the next run does with it."""
     final = plan.study_dir / stage.name
     previous = f"{final} still contains its previous output" if final.is_dir() else f"{final} was not written"
-    work_dir = _work_dir(plan.study_dir, stage)
-    if _finished_work(work_dir, stage):
+    work_dir = partial_folder(plan.study_dir, stage)
+    if finished_work(work_dir, stage):
         kept = (
             f"Its finished output is kept in {work_dir}, and the next run moves it into place without running "
             f"stage {stage.name} again"
@@ -926,20 +751,14 @@ def _warn_changed_settings(plan: StudyPlan, *, dry_run: bool = False) -> None:
         record = read_stage_record(plan.study_dir / stage.name)
         if stage.action != "run" or record is None:
             continue
-        old_settings = _hashed(record.get("settings", {}))
-        new_settings = _hashed(stage.settings)
+        old_settings, new_settings = _hashed(record.get("settings", {})), _hashed(stage.settings)
+        changed, removed = _setting_differences(old_settings, new_settings)
         # A value given with --set in this run is what the user requests, so it is not warned about.
         requested = {key for key, _ in _overrides_of(plan.config, stage.name)}
-        changed = [
-            key for key, value in new_settings.items() if old_settings.get(key) != value and key not in requested
-        ]
-        removed = [key for key in old_settings if key not in new_settings]
+        changed = [key for key in changed if key not in requested]
         if not changed and not removed:
             continue
-        differences = [
-            f"{key} {format_toml_value(old_settings.get(key))} -> {format_toml_value(new_settings[key])}"
-            for key in changed
-        ] + [f"{key} removed" for key in removed]
+        differences = _describe_settings(old_settings, new_settings, changed, removed, format_toml_value)
         described.append(f"{stage.name} ({', '.join(differences)}{_earlier_cost(record, new_settings)})")
         for change in record.get("changes", []):
             section, _, key = change["key"].partition(".")
@@ -1052,276 +871,7 @@ def _check_stage_folder(plan: StudyPlan, stage: PlannedStage) -> None:
             "move the folder away or choose another study directory"
         )
     if stage.action == "run" and folder.is_dir():
-        _reject_unwritten_files(folder, stage.name, finished_output=_reusable_work(plan, stage))
-
-
-#: Files that file managers write into folders a user opens (macOS Finder, Windows Explorer).
-#: They contain no data of the user's, so a rerun may delete them.
-FILE_MANAGER_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
-
-
-def _stage_files(folder: Path) -> list[str]:
-    """List the entries below a stage folder as sorted POSIX paths relative to it.
-
-    The entries are files, symbolic links (not followed) and empty folders,
-    which get a final ``/``. File manager files (:data:`FILE_MANAGER_FILES`
-    and macOS ``._`` files) are left out.
-    """
-    entries = []
-    for directory, folders, files in os.walk(folder, onerror=_unreadable(folder, "the study")):
-        base = Path(directory)
-        # os.walk lists a symbolic link to a folder among the folders without entering it.
-        links = [name for name in folders if (base / name).is_symlink()]
-        for name in files + links:
-            if name not in FILE_MANAGER_FILES and not name.startswith("._"):
-                entries.append((base / name).relative_to(folder).as_posix())
-        if not folders and not files and base != folder:
-            entries.append(base.relative_to(folder).as_posix() + "/")
-    return sorted(entries)
-
-
-def _listed_files(folder: Path) -> list[str] | None:
-    """Return the files that the stage record of ``folder`` lists, or None without such a list."""
-    record = read_stage_record(folder)
-    files = record.get("files") if record is not None else None
-    return files if isinstance(files, list) else None
-
-
-#: SHA-256 digests of stage files by (device, inode, size, mtime_ns, ctime_ns), see :func:`_stage_file_sha256`.
-_STAGE_FILE_DIGESTS: dict[tuple[int, ...], str] = {}
-_MAX_CACHED_DIGESTS = 100_000
-
-
-def _stage_file_sha256(path: Path) -> str:
-    """Return the SHA-256 of a file of a stage folder, read once while the file stays unchanged.
-
-    A run checks a stage folder in each of its two plans and again when it
-    replaces the folder. The cache key is the file's device, inode, size,
-    modification time and status change time (``st_ctime_ns``). Every write,
-    and every ``os.utime`` that sets the old modification time back, sets
-    the status change time to the current time, so the key changes with any
-    edit. A renamed folder keeps the key of its files.
-
-    NOTE: on a file system whose status change time has a coarse resolution,
-    an edit that keeps size and modification time within one tick of it
-    would be missed while this process runs. Ext4 (with 256-byte inodes),
-    XFS and Btrfs store nanoseconds.
-    """
-    info = path.stat()
-    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if identity not in _STAGE_FILE_DIGESTS:
-        if len(_STAGE_FILE_DIGESTS) >= _MAX_CACHED_DIGESTS:
-            _STAGE_FILE_DIGESTS.clear()
-        _STAGE_FILE_DIGESTS[identity] = sha256_file(path)
-    return _STAGE_FILE_DIGESTS[identity]
-
-
-def _file_digests(folder: Path) -> dict[str, dict[str, Any]]:
-    """Return the size and SHA-256 of each regular file of a stage folder, by its path relative to the folder.
-
-    The top-level ``manifest.json`` is left out, because the stage record
-    that contains these digests is written into it afterwards.
-    """
-    digests = {}
-    for name in _stage_files(folder):
-        path = folder / name
-        if name == MANIFEST_NAME or name.endswith("/") or path.is_symlink() or not path.is_file():
-            continue
-        digests[name] = {"size": path.stat().st_size, "sha256": _stage_file_sha256(path)}
-    return digests
-
-
-def _edited_files(folder: Path, error_path: Path | None = None) -> list[str]:
-    """List the files of a stage folder whose size or SHA-256 differs from its stage record.
-
-    A record written before the digests existed has none, so nothing counts
-    as edited there. :func:`_missing_files` lists the missing files.
-    ``error_path`` is the path that an error names for ``folder``, such as the
-    stage folder for its old folder, which is moved back after the error.
-    """
-    record = read_stage_record(folder)
-    digests = record.get("file_digests") if record is not None else None
-    if not digests:
-        return []
-    edited = []
-    for name, expected in sorted(digests.items()):
-        path = folder / name
-        if not os.path.lexists(path):
-            continue
-        if path.is_symlink() or not path.is_file():
-            # The stage wrote a regular file, so a link or folder in its place is an edit.
-            edited.append(name)
-            continue
-        try:
-            if path.stat().st_size != expected["size"] or _stage_file_sha256(path) != expected["sha256"]:
-                edited.append(name)
-        except FileNotFoundError:
-            # The run that holds the study's lock can move the folder during a dry run's check.
-            continue
-        except OSError as error:
-            named = (error_path or folder) / name
-            raise OSError(
-                f"cannot read {named} ({error.strerror}), so it is unknown whether it changed after the "
-                f"stage wrote it: make it readable (chmod u+r {named}) or move it out of {error_path or folder}, "
-                "then run the study again"
-            ) from error
-    return edited
-
-
-def _missing_files(folder: Path) -> list[str]:
-    """List the files with a digest in the stage record of ``folder`` that no longer exist there.
-
-    A fit's ``checkpoint.pt`` is left out: no later stage reads it, so a user
-    may delete it to save disk space without making the fit run again.
-    """
-    from dimalign.embedding.checkpoint import CHECKPOINT_NAME
-
-    record = read_stage_record(folder)
-    digests = record.get("file_digests") if record is not None else None
-    return sorted(
-        name for name in digests or {} if name != CHECKPOINT_NAME and not os.path.lexists(folder / name)
-    )
-
-
-def _keep_edited(folder: Path, stage_name: str, edited: list[str], *, reused: bool, outcome: str) -> Path:
-    """Rename a leftover or replaced stage folder with edited files to ``<stage>.edited-<n>`` and warn.
-
-    The new name is visible and outside the names that the cleanup removes,
-    so the edited files stay until the user deletes them. ``outcome`` ends the
-    warning, such as ", and stage compare runs again".
-    """
-    edited_folder = _edited_name(folder.parent, stage_name)
-    os.rename(folder, edited_folder)
-    logger.warning(
-        "%s, so the run does not %s it: the folder is kept as %s%s",
-        _describe_edited(folder, stage_name, edited), "reuse or delete" if reused else "delete",
-        edited_folder, outcome,
-    )
-    return edited_folder
-
-
-def _edited_name(study_dir: Path, stage_name: str, used_names: set[Path] | None = None) -> Path:
-    """Return ``<stage>.edited-<n>`` in the study directory with the first number that no entry uses.
-
-    ``used_names`` adds paths that count as used, such as names a dry run has already given.
-    """
-    used_names = used_names or set()
-    number = 1
-    candidate = study_dir / f"{stage_name}.edited-{number}"
-    while os.path.lexists(candidate) or candidate in used_names:
-        number += 1
-        candidate = study_dir / f"{stage_name}.edited-{number}"
-    return candidate
-
-
-def _describe_edited(folder: Path, stage_name: str, edited: list[str]) -> str:
-    """Start the warning about a stage folder whose files ``edited`` differ from its stage record."""
-    return (
-        f"{folder} contains output of stage {stage_name} in which {count_of(len(edited), 'file')} changed after the stage wrote it "
-        f"({_list_names(edited)}: its size or SHA-256 differs from the stage record)"
-    )
-
-
-def _warn_edited_leftovers(study_dir: Path) -> None:
-    """Log, for a dry run, each leftover folder with edited files that a run would keep as ``<stage>.edited-<n>``.
-
-    A run keeps every such folder (see :func:`_remove_stale_folders`), because
-    a partial folder with edited files is never reused either.
-    """
-    if not study_dir.is_dir():
-        return
-    used_names: set[Path] = set()
-    for entry in sorted(study_dir.iterdir()):
-        if _LEFTOVER_PATTERN.fullmatch(entry.name) is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        stage_name = entry.name[1:].split(".")[0]
-        edited = _edited_files(entry)
-        if edited:
-            edited_folder = _edited_name(study_dir, stage_name, used_names)
-            used_names.add(edited_folder)
-            description = _describe_edited(entry, stage_name, edited)
-            logger.warning("%s, so a run would keep the folder as %s", description, edited_folder)
-
-
-def _unwritten_files(folder: Path, rewritten: Path | None = None) -> tuple[list[str], bool]:
-    """List the files of a stage folder that its stage did not write.
-
-    A rerun replaces the stage folder as a whole, so such files (notes or
-    plots of the user's) would be lost. The stage record lists the files that
-    the stage wrote. A record written before the list existed has none, so
-    its folder is compared with the list in the record of ``rewritten``, the
-    stage's new folder, once the stage has run again. Before that, such a
-    folder passes.
-
-    Returns:
-        tuple[list[str], bool]: The files as from :func:`_stage_files`, and
-        whether the record is one without a list of files.
-    """
-    written = _listed_files(folder)
-    old_record = written is None
-    if old_record:
-        written = _listed_files(rewritten) if rewritten is not None else None
-        if written is None:
-            return [], True
-    return sorted(set(_stage_files(folder)) - set(written)), old_record
-
-
-def _unwritten_files_error(
-    folder: Path, stage_name: str, unknown: list[str], old_record: bool, finished_output: Path | None = None
-) -> FileExistsError:
-    """Build the error for files in ``folder`` that stage ``stage_name`` did not write.
-
-    ``finished_output`` is the partial folder with the stage's finished output, which
-    the next run moves into place without running the stage again.
-    """
-    listed = _list_names(unknown)
-    noun, pronoun = ("file", "the file") if len(unknown) == 1 else ("files", "these files")
-    if old_record:
-        written_by = (
-            f"that the new run of stage {stage_name} did not write ({listed}), and its record, from "
-            "an older dimalign, lists no files"
-        )
-    else:
-        written_by = f"that stage {stage_name} did not write ({listed})"
-    message = (
-        f"{folder} contains {len(unknown)} {noun} {written_by}, "
-        "and the stage replaces its folder as a whole when it runs again: move "
-        f"{pronoun} out of the folder, then run the study again"
-    )
-    if finished_output is not None:
-        message += (
-            f". The finished output of this run is kept in {finished_output}, and the next run moves it into "
-            f"place without running stage {stage_name} again"
-        )
-    return FileExistsError(message)
-
-
-def _unreadable(top: Path, owner: str) -> Callable[[OSError], None]:
-    """Return an ``os.walk`` error handler that raises for ``top`` or a folder below it that cannot be read.
-
-    ``os.walk`` skips such a folder by default, so a check would miss the
-    files in it, and a rerun could delete them. A folder that no longer
-    exists, such as one that the run holding the study's lock renamed during
-    the check, is skipped, because it has no files to miss.
-    """
-
-    def fail(error: OSError) -> None:
-        if isinstance(error, FileNotFoundError):
-            return
-        where = "" if Path(error.filename) == top else f", a folder inside {top}"
-        raise PermissionError(
-            f"cannot read {error.filename}{where} ({error.strerror}): make it readable "
-            f"(chmod -R u+rwX {error.filename}) or move it out of {owner}, then run the study again",
-        ) from error
-
-    return fail
-
-
-def _reject_unwritten_files(folder: Path, stage_name: str, finished_output: Path | None = None) -> None:
-    """Raise ``FileExistsError`` if a stage folder contains files that its stage did not write."""
-    unknown, old_record = _unwritten_files(folder)
-    if unknown:
-        raise _unwritten_files_error(folder, stage_name, unknown, old_record, finished_output)
+        reject_unwritten_files(folder, stage.name, finished_output=reusable_work(plan, stage))
 
 
 def is_study_record(path: Path) -> bool:
@@ -1391,63 +941,21 @@ def check_outside_study_folders(out_dir: str | os.PathLike, step: str) -> None:
             )
 
 
-def _work_dir(study_dir: Path, stage: PlannedStage) -> Path:
-    """Return the partial folder that ``stage`` writes before it is moved into place."""
-    return study_dir / f".{stage.name}.partial-{stage.hash[:16]}"
-
-
-def _finished_work(work_dir: Path, stage: PlannedStage) -> bool:
-    """Return whether ``work_dir`` contains the finished output of ``stage`` that was never moved into place.
-
-    That is a partial folder whose stage record has the stage's current hash
-    and lists exactly the files in the folder.
-    """
-    if work_dir.is_symlink() or not work_dir.is_dir():
-        return False
-    record = read_stage_record(work_dir)
-    if record is None or record["hash"] != stage.hash:
-        return False
-    files = _listed_files(work_dir)
-    return files is not None and sorted(files) == _stage_files(work_dir)
-
-
-def _reusable_work(plan: StudyPlan, stage: PlannedStage) -> Path | None:
-    """Return the partial folder whose finished output a run of ``stage`` moves into place, or None.
-
-    The output is reused only when it is what the stage would write again.
-    So a stage forced by ``--from``, or one whose upstream stage runs in
-    this run and may write other output under the same hash, runs again.
-    """
-    if stage.action != "run" or stage.forced:
-        return None
-    if any(plan.stage(name).action == "run" for name in stage.upstream):
-        return None
-    # NOTE: the hash covers the content of the inputs but of upstream stages only their
-    # hashes. An upstream stage folder whose record has no file digests (an older dimalign)
-    # is therefore trusted after a hand edit, just as a skipped stage is kept. A record of an
-    # older dimalign that fingerprinted an input folder by its listing also misses an edit
-    # that keeps the sizes and modification times.
-    work_dir = _work_dir(plan.study_dir, stage)
-    if not _finished_work(work_dir, stage) or _edited_files(work_dir):
-        return None
-    return work_dir
-
-
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
     definition = STAGES[stage.name]
     study_dir = plan.study_dir
-    work_dir = _work_dir(study_dir, stage)
-    if _reusable_work(plan, stage) is not None:
+    work_dir = partial_folder(study_dir, stage)
+    if reusable_work(plan, stage) is not None:
         logger.info(
             "stage %s: moving the finished output in %s into place, which an earlier run could not move",
             stage.name, work_dir,
         )
-        _replace_folder(work_dir, study_dir / stage.name, stage.name)
+        replace_folder(work_dir, study_dir / stage.name, stage.name)
         return
     if work_dir.exists() and not definition.resumable:
-        _remove_tree(work_dir, "left by an interrupted run")
+        remove_tree(work_dir, "left by an interrupted run")
     work_dir.mkdir(parents=True, exist_ok=True)
     context = StageContext(
         name=stage.name, settings=dict(stage.settings), inputs=dict(stage.inputs),
@@ -1462,10 +970,10 @@ def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> 
         # Only a checkpoint lets the next run resume; a fit that failed before
         # its first one leaves nothing worth keeping.
         if not (definition.resumable and (work_dir / CHECKPOINT_NAME).is_file()):
-            _remove_tree_or_warn(work_dir, f"the output of the failed stage {stage.name}")
+            remove_tree_or_warn(work_dir, f"the output of the failed stage {stage.name}")
         raise
     _write_stage_record(work_dir, stage, outputs, started_iso, time.perf_counter() - started)
-    _replace_folder(work_dir, study_dir / stage.name, stage.name)
+    replace_folder(work_dir, study_dir / stage.name, stage.name)
 
 
 def _write_stage_record(
@@ -1492,268 +1000,10 @@ def _write_stage_record(
         "finished": now_iso(),
         "seconds": round(seconds, 3),
         # The files of the stage, so that a rerun can tell files added or edited later.
-        "files": _stage_files(work_dir),
-        "file_digests": _file_digests(work_dir),
+        "files": stage_files(work_dir),
+        "file_digests": file_digests(work_dir),
     }
     write_text_atomic(path, json.dumps(manifest, indent=2, default=str) + "\n")
-
-
-def _replace_folder(work_dir: Path, final: Path, stage_name: str) -> None:
-    """Move a finished stage folder into place; the old folder goes only after the rename.
-
-    The old folder is checked for files that its stage did not write after
-    it has been renamed to a hidden name. A file that a user adds to it while
-    the stage runs is thus found and never deleted with the old folder.
-
-    Raises:
-        FileExistsError: If the old folder, or a hidden folder
-            ``.<stage>.old-<process id>`` that is already there, contains
-            files that the stage did not write, or if the new folder cannot
-            be moved into place. The old folder is then back in place, and
-            ``work_dir`` keeps the finished output for the next run.
-    """
-    old = None
-    edited: list[str] = []
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if old.exists():
-            _reject_files_in_old_folder(old, work_dir, stage_name)
-            _remove_tree(old, "left by an interrupted run")
-        os.rename(final, old)
-        try:
-            unknown, old_record = _unwritten_files(old, rewritten=work_dir)
-            edited = _edited_files(old, error_path=final)
-        except BaseException:
-            _move_back(old, final, stage_name)
-            raise
-        if unknown:
-            _move_back(old, final, stage_name)
-            raise _unwritten_files_error(final, stage_name, unknown, old_record, finished_output=work_dir)
-    try:
-        os.rename(work_dir, final)
-    except OSError as error:
-        if old is not None and not final.exists():
-            _move_back(old, final, stage_name)
-        raise FileExistsError(
-            f"cannot move the finished output of stage {stage_name} from {work_dir} to {final} ({error}): "
-            f"if you created {final} during the run, move it out of the study, then run the study again. "
-            f"The next run moves the finished output into place without running stage {stage_name} again"
-        ) from error
-    if old is None:
-        return
-    if edited:
-        _keep_edited(old, stage_name, edited, reused=False,
-                     outcome=f", and the new output of stage {stage_name} is in {final}")
-        return
-    # NOTE: a program whose working directory lies in the old folder can
-    # still write there after the check, and such a file is deleted here.
-    _remove_tree_or_warn(old, f"the previous output of stage {stage_name}")
-
-
-def _reject_files_in_old_folder(old: Path, work_dir: Path, stage_name: str) -> None:
-    """Raise ``FileExistsError`` if ``old`` contains files that its stage did not write.
-
-    ``old`` has the name of the old folder of this process. The leftover
-    cleanup at the start of the run removes such folders, so this one
-    appeared during the run. Its files are compared with the list
-    in the record of ``work_dir``, the stage's finished output, as the
-    cleanup does for an old folder whose record lists no files.
-    """
-    unknown, old_record = _unwritten_files(old, rewritten=work_dir)
-    if unknown:
-        # A folder without any record is not from an older dimalign, so the error does not say so.
-        old_record = old_record and read_stage_record(old) is not None
-        raise _unwritten_files_error(old, stage_name, unknown, old_record, finished_output=work_dir)
-
-
-def _move_back(old: Path, final: Path, stage_name: str) -> None:
-    """Rename the previous output of a stage from its hidden name back to ``final``."""
-    try:
-        os.rename(old, final)
-    except OSError as error:
-        raise FileExistsError(
-            f"could not move the previous output of stage {stage_name} back from {old} to {final} ({error}): "
-            f"move {final} out of the study and {old} to {final}, then run the study again"
-        ) from error
-
-
-def _remove_record_last(path: Path) -> None:
-    """Delete a stage folder, removing its top-level ``manifest.json`` only after every other entry.
-
-    A run killed during the deletion thus leaves the stage record, and the
-    next run can tell the stage's files from files of the user's.
-
-    Raises:
-        OSError: For the first entry that cannot be removed; ``filename`` names it.
-    """
-    for child in sorted(path.iterdir()):
-        if child.name == MANIFEST_NAME:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    shutil.rmtree(path)
-
-
-def _remove_tree_or_warn(path: Path, description: str) -> None:
-    """Delete a work folder of the pipeline, logging a warning instead of raising if it cannot be removed.
-
-    A folder that no longer exists, as when the user moved the study during
-    the run, needs no removal and no warning.
-    """
-    if not path.exists() and not path.is_symlink():
-        return
-    try:
-        _remove_record_last(path)
-    except OSError as error:
-        logger.warning(
-            "could not remove %s, %s (%s): make it writable (chmod -R u+rwX %s) or delete it, "
-            "because the next run stops until it is removed", path, description, error, path,
-        )
-
-
-def _remove_tree(path: Path, description: str) -> None:
-    """Delete a work folder of the pipeline, raising an error that names what could not be removed.
-
-    ``description`` says what the folder is, such as "left by an interrupted run".
-    """
-
-    try:
-        _remove_record_last(path)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(
-            f"could not remove {path}, {description} ({reason}: {error.filename or path}): make it writable "
-            f"(chmod -R u+rwX {path}) or delete it, then run the study again"
-        ) from error
-
-
-#: Names of the work folders of :func:`_run_stage` and :func:`_replace_folder`:
-#: ``.<stage>.partial-<16 hex digits of the hash>`` and ``.<stage>.old-<process id>``.
-_LEFTOVER_PATTERN = re.compile(
-    rf"\.(?:{'|'.join(re.escape(name) for name in STAGE_ORDER)})\.(?:partial-[0-9a-f]{{16}}|old-\d+)"
-)
-
-
-def _remove_stale_folders(study_dir: Path, plan: StudyPlan) -> None:
-    """Delete leftovers of interrupted runs, except partial folders with the current hash that the run reuses.
-
-    The run reuses a fit's unfinished partial folder to resume from its
-    checkpoint, and the partial folder of any stage that runs when it
-    contains that stage's finished output (see :func:`_reusable_work`). Only names that this module gives its work folders
-    count, so a hidden folder of the user's such as ``.notes.old-2024`` stays.
-
-    Raises:
-        FileExistsError: If a leftover contains files that its stage did not
-            write, such as an old folder that could not be moved back.
-        OSError: If a leftover cannot be removed.
-    """
-    keep = set()
-    for stage in plan.stages:
-        work_dir = _work_dir(study_dir, stage)
-        if _reusable_work(plan, stage) is not None:
-            keep.add(work_dir.name)
-        elif STAGES[stage.name].resumable and not _finished_work(work_dir, stage):
-            # A fit would resume from the last checkpoint of finished output and
-            # return that output again, although the run does not reuse it.
-            keep.add(work_dir.name)
-    # Old folders come first, because one whose record lists no files is compared with the
-    # partial folder of its stage, which this loop may remove.
-    entries = sorted(study_dir.iterdir(), key=lambda entry: (".partial-" in entry.name, entry.name))
-    for entry in entries:
-        stale = _LEFTOVER_PATTERN.fullmatch(entry.name) is not None
-        if not stale or not entry.is_dir():
-            continue
-        if entry.is_symlink():
-            # The run never writes a link, and reusing one would put a link in place of the stage
-            # folder. Removing the link leaves the folder that it points to, and its files, in place.
-            logger.info("removing the symbolic link %s, left by an interrupted run", entry)
-            entry.unlink()
-            continue
-        if entry.name in keep:
-            continue
-        stage_name = entry.name[1:].split(".")[0]
-        edited = _edited_files(entry)
-        if edited:
-            partial = ".partial-" in entry.name
-            runs = stage_name in plan.to_run
-            _keep_edited(entry, stage_name, edited, reused=partial,
-                         outcome=f", and stage {stage_name} runs again" if partial and runs else "")
-            continue
-        _reject_files_in_leftover(entry, stage_name, plan)
-        logger.info("removing %s, left by an interrupted run", entry)
-        _remove_tree(entry, "left by an interrupted run")
-
-
-def _reject_files_in_leftover(entry: Path, stage_name: str, plan: StudyPlan) -> None:
-    """Raise ``FileExistsError`` if a leftover folder contains files that its stage did not write.
-
-    An old folder whose record lists no files (from an older dimalign) is
-    compared with the output that replaced it (see :func:`_find_replacement`).
-    Without that output, the user's files cannot be distinguished from the
-    stage's, so the folder stays and an error names it. An old folder
-    without any record is checked by :func:`_reject_unrecorded_old_folder`.
-    """
-    if ".old-" in entry.name and read_stage_record(entry) is None:
-        _reject_unrecorded_old_folder(entry, stage_name, plan)
-        return
-    rewritten = _find_replacement(plan, stage_name) if ".old-" in entry.name else None
-    unknown, old_record = _unwritten_files(entry, rewritten=rewritten)
-    if unknown:
-        raise _unwritten_files_error(entry, stage_name, unknown, old_record)
-    if old_record and rewritten is None and ".old-" in entry.name and read_stage_record(entry) is not None:
-        raise FileExistsError(
-            f"{entry} contains the previous output of stage {stage_name}, left by an interrupted run, and "
-            "its record, from an older dimalign, lists no files, so files of yours in it cannot be "
-            "distinguished from the stage's: move any files of yours out of it, delete it, then run the "
-            "study again"
-        )
-
-
-def _reject_unrecorded_old_folder(entry: Path, stage_name: str, plan: StudyPlan) -> None:
-    """Raise ``FileExistsError`` unless an old folder without a stage record is provably the stage's output.
-
-    The run deletes an old folder with its ``manifest.json`` last, so a run
-    killed during the deletion leaves the record. A folder without one comes
-    from a dimalign that deleted in another order, or from the user. It is
-    deleted only when it contains no files (empty folders do not count), or
-    when the record of the output that replaced it (see
-    :func:`_find_replacement`) lists every file in it.
-    """
-    files = [name for name in _stage_files(entry) if not name.endswith("/")]
-    if not files:
-        return
-    basis = _find_replacement(plan, stage_name)
-    if basis is None:
-        raise FileExistsError(
-            f"{entry} has no stage record, and no stage record of stage {stage_name} lists its files, so "
-            "dimalign run cannot tell whether it left this folder: move your files out of it, delete it, "
-            "then run the study again"
-        )
-    unknown = sorted(set(files) - set(_listed_files(basis) or []))
-    if unknown:
-        listed = _list_names(unknown)
-        raise FileExistsError(
-            f"{entry} has no stage record, so dimalign run cannot tell whether it left this folder, and it "
-            f"contains {count_of(len(unknown), 'file')} that the stage record in {basis} does not list ({listed}): move your files "
-            "out of it, delete it, then run the study again"
-        )
-
-
-def _find_replacement(plan: StudyPlan, stage_name: str) -> Path | None:
-    """Return the folder with the output that replaced an old folder of ``stage_name``, or None.
-
-    A run killed before it moved the new output into place leaves it in the
-    stage's finished partial folder. A run killed after the move leaves it
-    in the stage folder, whose record lists its files.
-    """
-    if stage_name in {stage.name for stage in plan.stages}:
-        work_dir = _work_dir(plan.study_dir, plan.stage(stage_name))
-        if _finished_work(work_dir, plan.stage(stage_name)):
-            return work_dir
-    final = plan.study_dir / stage_name
-    return final if _listed_files(final) is not None else None
 
 
 @contextlib.contextmanager
@@ -1812,6 +1062,10 @@ def _study_record(plan: StudyPlan, *, started: str, finished: str | None = None)
     }
 
 
+def _write_study_record(study_dir: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(study_dir / STUDY_RECORD_NAME, json.dumps(record, indent=2, default=str) + "\n")
+
+
 def default_study_dir(config_path: str | os.PathLike) -> Path:
     """Return the default study directory: the config file's stem in the current directory."""
     return Path.cwd() / Path(config_path).stem
@@ -1825,12 +1079,8 @@ __all__ = [
     "StudyPlan",
     "check_outside_study_folders",
     "default_study_dir",
-    "fingerprint",
-    "folder_listing",
     "is_study_record",
     "plan_study",
-    "read_stage_record",
     "run_study",
     "stage_hash",
-    "stage_mismatches",
 ]

@@ -562,7 +562,7 @@ class StudyResults:
             FileNotFoundError: If the file is missing and the compare stage ran
                 with ``key = 0``, or ``dimalign compare`` ran without ``option``.
         """
-        from dimalign.report.pipeline import read_stage_record
+        from dimalign.report.stage_records import read_stage_record
 
         if "compare" not in self.stage_dirs or self.has("compare", name):
             return
@@ -813,7 +813,7 @@ class StudyResults:
         run finished: a failed run's changes may never have been applied.
         """
         from dimalign.report.config import INPUTS_TABLE, STUDY_TABLE
-        from dimalign.report.pipeline import read_stage_record
+        from dimalign.report.stage_records import read_stage_record
 
         changes: dict[str, dict[str, Any]] = {}
         if self.run_finished():
