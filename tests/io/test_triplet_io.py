@@ -1406,3 +1406,44 @@ def test_triplet_link_loop_named(tmp_path):
     assert str(error.value) == (
         f"triplet file {tmp_path / 'triplets.txt'} cannot be opened: it is a loop of symbolic links"
     )
+
+
+def test_comma_mismatch_after_comment_names_line(tmp_path):
+    """The first data line is named by its number when comments or blank lines come before it."""
+    path = write_lines(tmp_path / "t.csv", ["# exported", "", "0,1,2", "", "1,2,3,"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+    assert str(error.value) == (
+        f"{path}, line 5: 4 columns, expected 3 like line 3, because line 5 ends with a comma and "
+        "line 3 does not: end every line with a comma, or none"
+    )
+
+
+def test_header_after_comment_named_by_line(tmp_path):
+    path = write_lines(tmp_path / "t.csv", ["# exported", "i,j,k", "0,1,2", "1,2"])
+
+    with pytest.raises(ValueError) as error:
+        load_triplets(path, 4)
+    assert str(error.value) == f"{path}, line 4: 2 columns, expected 3 like line 2; check the delimiter"
+
+
+@pytest.mark.parametrize("lines", [
+    ["0\t1\t2", "1 2 3"],
+    ["0\t1\t2", "1\t2\t3", "2\t3 0", "3 0\t1"],
+    ["i\tj\tk", "0\t1\t2", "1\t2\t3", "2 3 0"],
+])
+def test_later_space_lines_load(tmp_path, lines):
+    """Lines after the first two that use spaces in a tab-separated file of numbers are read."""
+    path = write_lines(tmp_path / "t.txt", lines)
+
+    assert load_triplets(path, 4).tolist()[:2] == [[0, 1, 2], [1, 2, 3]]
+    assert len(load_triplets(path, 4)) == len(lines) - lines[0].startswith("i")
+
+
+def test_tab_column_with_spaces_mismatch_kept(tmp_path):
+    """A tab-separated column of names with spaces keeps the tab delimiter and its column error."""
+    path = write_lines(tmp_path / "t.tsv", ["subject a\t0\t1\t2", "subject b\t1\t2\t3", "0 1 2 3"])
+
+    with pytest.raises(ValueError, match=r"line 3: 1 columns, expected 4 like the first line"):
+        load_triplets(path, 4, columns=[1, 2, 3])

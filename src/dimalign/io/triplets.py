@@ -28,7 +28,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -602,15 +602,19 @@ def _inspect_text(path: Path, delimiter: str | None, names: Sequence[str] = ()) 
     if not is_header and names and set(names) <= set(_split(line, delimiter)):
         is_header = True
         logger.info("%s: line %d contains the column names %s", path, line_number, ", ".join(names))
+    # Comments or blank lines above the first content line would make "the first line" name another line.
+    columns_source = "the first line" if line_number == 1 else f"line {line_number}"
     if not is_header:
         return _TextLayout(
-            path, delimiter, None, len(first), line_number - 1, first_line=line, detected=detected
+            path, delimiter, None, len(first), line_number - 1, first_line=line, detected=detected,
+            columns_source=columns_source,
         )
     header = _split(line, delimiter)
     logger.info("%s: line %d is a header: %s", path, line_number, ", ".join(header))
-    columns_source = "the first line"
     if len(content) == 2 and delimiter is not None:
-        header, columns_source = _match_trailing_delimiter(path, header, content[1][0], second_line, delimiter)
+        header, columns_source = _match_trailing_delimiter(
+            path, header, content[1][0], second_line, delimiter, columns_source
+        )
     return _TextLayout(
         path, delimiter, header, len(header), line_number, first_line=line, detected=detected,
         columns_source=columns_source,
@@ -627,7 +631,7 @@ def _mixes_tabs_and_spaces(line: str) -> bool:
 
 
 def _match_trailing_delimiter(
-    path: Path, header: list[str], row_number: int, row: str, delimiter: str
+    path: Path, header: list[str], row_number: int, row: str, delimiter: str, header_source: str
 ) -> tuple[list[str], str]:
     """Match a header to the first data row where only one of them ends with a delimiter.
 
@@ -635,6 +639,10 @@ def _match_trailing_delimiter(
     empty final name. A header without one above a row that ends with one
     gets an empty final name, so that the empty final column is checked and
     left out as for a delimiter at the end of every line.
+
+    Args:
+        header_source (str): How error messages name the header line, such
+            as ``"the first line"``.
 
     Returns:
         tuple[list[str], str]: The header names, and the line whose number of
@@ -649,7 +657,7 @@ def _match_trailing_delimiter(
         return header[:-1], f"line {row_number}"
     if header[-1] != "" and len(fields) == len(header) + 1 and fields[-1] == "":
         return [*header, ""], f"line {row_number}"
-    return header, "the first line"
+    return header, header_source
 
 
 def _check_same_delimiter(
@@ -753,6 +761,12 @@ def _parse_text(
     with open(path, encoding="utf-8-sig") as handle:
         records = _records(handle, layout)
         for line_number, last_line, tokens in records:
+            if len(tokens) != layout.n_columns and _spaces_replace_tabs(layout, tokens):
+                logger.info(
+                    "%s: line %d separates numbers by spaces, but earlier lines by tabs, so any "
+                    "whitespace is a delimiter", path, line_number,
+                )
+                return _parse_text(path, replace(layout, delimiter=None), used, has_choice)
             if len(tokens) != layout.n_columns:
                 where, cause = f"line {line_number}", ""
                 if last_line != line_number:
@@ -788,6 +802,21 @@ def _parse_text(
     if not rows:
         return np.zeros((0, len(used)), dtype=np.int64)
     return np.asarray(rows, dtype=np.int64)
+
+
+def _spaces_replace_tabs(layout: _TextLayout, tokens: list[str]) -> bool:
+    """Return whether a line with another number of tab-separated fields reads as the same numbers with whitespace.
+
+    This holds only for a detected tab delimiter whose first content line has
+    no field with spaces, so a tab-separated column of names such as
+    ``subject a`` keeps the tab delimiter.
+    """
+    if not layout.detected or layout.delimiter != "\t":
+        return False
+    if len(layout.first_line.split()) != layout.n_columns:
+        return False
+    words = [word for token in tokens for word in token.split()]
+    return len(words) == layout.n_columns and all(_is_number(word) for word in words)
 
 
 def _trailing_delimiter_mismatch(layout: _TextLayout, tokens: list[str], line_number: int) -> str | None:
