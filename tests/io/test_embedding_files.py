@@ -477,6 +477,6 @@ def test_text_embedding_beyond_memory_rejected(tmp_path, monkeypatch):
 
     assert str(error.value) == (
         f"{path} needs about 1.6 kB of memory as an array of 100 rows and 2 columns of float64 (an "
-        "estimate from the file size and its first line), but 1.0 kB is available: free memory, or "
+        "estimate from the file size and its first lines), but 1.0 kB is available: free memory, or "
         "run on a machine with more"
     )

@@ -322,8 +322,38 @@ def test_text_features_beyond_memory_rejected(tmp_path, monkeypatch):
 
     assert str(error.value) == (
         f"{path} needs about 32.0 kB of memory as an array of 1000 rows and 4 columns of float64 (an "
-        "estimate from the file size and its first line), but 10.0 kB is available: save the "
+        "estimate from the file size and its first lines), but 10.0 kB is available: save the "
         "features as a .npy file, which is memory-mapped, on a machine with more memory"
+    )
+
+
+def test_short_first_line_estimate_loads(tmp_path, monkeypatch):
+    """A first row of zeros, shorter than the others, does not inflate the memory estimate."""
+    from dimalign.io import files
+
+    path = tmp_path / "features.txt"
+    path.write_text("0 0 0 0\n" + "0.123456789 0.123456789 0.123456789 0.123456789\n" * 999)
+    # The array needs 32.0 kB. The first line alone gives 6,000 rows, 192 kB.
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 40_000)
+
+    features, _ = load_features(path)
+
+    assert features.shape == (1000, 4)
+
+
+def test_text_estimate_reads_later_lines(tmp_path, monkeypatch):
+    from dimalign.io import files
+
+    path = tmp_path / "features.txt"
+    path.write_text("# features\n" + "0 0 0 0\n" + "0.123456789 0.123456789 0.123456789 0.123456789\n" * 999)
+    monkeypatch.setattr(files, "available_memory_bytes", lambda: 10_000)
+
+    with pytest.raises(ValueError) as error:
+        load_features(path)
+
+    assert str(error.value).startswith(
+        f"{path} needs about 32.0 kB of memory as an array of 1000 rows and 4 columns of float64 (an "
+        "estimate from the file size and its first lines), but 10.0 kB is available"
     )
 
 

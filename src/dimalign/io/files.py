@@ -940,7 +940,7 @@ def load_text_table(path: str | os.PathLike, delimiter: str | None, *, descripti
     end of some lines only is an error that names a line of each kind,
     because the table would have an empty final column on some lines. A tab
     at the end of a line is whitespace there, so it may end some lines only.
-    The memory is estimated from the file size and the first line before
+    The memory is estimated from the file size and the first lines before
     the file is parsed.
 
     Args:
@@ -1037,35 +1037,58 @@ def _cleaned_lines(lines: Iterator[str], delimiter: str, drop_trailing: bool) ->
         yield content + hash_sign + comment.rstrip("\r\n") + "\n"
 
 
-# Lines and bytes of a line that the memory estimate of a text table reads to find its first line of values.
+# Lines, and bytes of one line, that the memory estimate of a text table reads to find its first
+# line of values, and then lines and bytes in all that it reads to measure the mean line length.
 _MAX_SCANNED_LINES = 1000
 _MAX_SCANNED_LINE_BYTES = 1 << 20
+_MAX_SCANNED_BYTES = 16 << 20
 
 
 def _check_text_table_memory(path: Path, delimiter: str | None, advice: str) -> None:
-    """Raise ``ValueError`` if a text table would not fit into memory as float64, estimated from its first line."""
+    """Raise ``ValueError`` if a text table would not fit into memory as float64, estimated from its first lines.
+
+    The columns come from the first line of values. The rows come from the
+    file size and the mean length of up to 1,000 lines from there, because
+    a short first row (of zeros, say) would inflate a count from it alone.
+    """
+    skipped_bytes = 0
     with open(path, "rb") as handle:
         # A binary file may have no line end for gigabytes, so at most 1 MiB of a line is read.
         for _ in range(_MAX_SCANNED_LINES):
             raw_line = handle.readline(_MAX_SCANNED_LINE_BYTES)
             if not raw_line:
                 return
-            text = raw_line.decode("utf-8", errors="replace").lstrip("\ufeff").split("#", 1)[0]
+            text = _table_content(raw_line)
             if text.strip():
                 break
+            skipped_bytes += len(raw_line)
         else:
             return
+        scanned_bytes, n_scanned = len(raw_line), 1
+        # A line cut at 1 MiB would be counted as several lines, so the scan stops before one.
+        complete = raw_line.endswith(b"\n")
+        while complete and n_scanned < _MAX_SCANNED_LINES and scanned_bytes < _MAX_SCANNED_BYTES:
+            line = handle.readline(_MAX_SCANNED_LINE_BYTES)
+            if not line or len(line) == _MAX_SCANNED_LINE_BYTES and not line.endswith(b"\n"):
+                break
+            scanned_bytes += len(line)
+            n_scanned += bool(_table_content(line).strip())
     if delimiter is None:
         n_columns = len(text.split())
     else:
         n_columns = len(_without_trailing_separator(text, delimiter)[0].split(delimiter))
-    n_rows = max(1, path.stat().st_size // len(raw_line))
+    n_rows = max(1, round((path.stat().st_size - skipped_bytes) * n_scanned / scanned_bytes))
     check_fits_in_memory(
         8 * n_rows * n_columns,
         f"{path} needs about {{size}} of memory as {describe_array_size((n_rows, n_columns), 'float64')} (an "
-        "estimate from the file size and its first line)",
+        "estimate from the file size and its first lines)",
         advice,
     )
+
+
+def _table_content(raw_line: bytes) -> str:
+    """Return a line of a text table without a byte order mark and a ``#`` comment."""
+    return raw_line.decode("utf-8", errors="replace").lstrip("\ufeff").split("#", 1)[0]
 
 
 def describe_array_size(shape: Sequence[int], dtype: Any) -> str:
