@@ -1465,6 +1465,30 @@ def test_map_rejects_other_model_name(tmp_path, capsys):
     assert same == 0
 
 
+def test_map_accepts_prefixed_model_name(tmp_path):
+    """--model-name resnet18 names the network that extract recorded as torchvision:resnet18."""
+    rng = np.random.default_rng(0)
+    feature_dir = tmp_path / "features"
+    feature_dir.mkdir()
+    np.save(feature_dir / "features.npy", rng.normal(size=(30, 12)))
+    (feature_dir / "manifest.json").write_text(json.dumps({
+        "step": "extract",
+        "settings": {"model": "torchvision:resnet18", "weights": "random", "seed": 0, "layer": "fc:input",
+                     "pooling": "flatten"},
+    }))
+    ids = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)])
+    write_object_table(ids, feature_dir / "objects.tsv")
+    write_side(tmp_path / "run", rng.random((30, 2)), ids)
+
+    status = main([
+        "map", str(feature_dir), "--embedding", str(tmp_path / "run"), "--alpha-range", "0.1", "10", "3",
+        "-o", str(tmp_path / "map"), "--model-name", "resnet18",
+    ])
+
+    assert status == 0
+    assert json.loads((tmp_path / "map" / "manifest.json").read_text())["settings"]["model_name"] == "resnet18"
+
+
 def test_map_cli_aligns_objects(tmp_path):
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 12))

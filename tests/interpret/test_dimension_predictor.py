@@ -701,3 +701,32 @@ def test_map_settings_contradicting_model_name(tmp_path):
         "model resnet18, so gradcam, maximize and manipulate would explain another network; rerun "
         "dimalign map without --model-name (in a study config: model_name), or with the model of the features"
     )
+
+
+def test_given_model_prefixed_name_accepted(tmp_path):
+    """torchvision:squeezenet1_1 and squeezenet1_1 name the same network."""
+    from dimalign.analysis.ridge import RidgeMap
+    from dimalign.features import load_model
+
+    ridge = RidgeMap(alphas=[1.0], cv=2).fit(np.random.default_rng(0).normal(size=(6, 512)),
+                                             np.random.default_rng(1).normal(size=(6, 2)))
+    source = {"model": "torchvision:squeezenet1_1", "weights": "random", "seed": 3, "layer": "features.12",
+              "pooling": "gap"}
+    ridge.save(tmp_path / "map", features_source=source)
+
+    predictor = DimensionPredictor.from_map_dir(tmp_path / "map", model=load_model("squeezenet1_1", "random", seed=3))
+
+    assert predictor.n_dims == 2
+
+
+def test_map_settings_prefixed_model_name(tmp_path):
+    from dimalign.interpret.predictor import map_settings
+
+    map_dir = tmp_path / "map"
+    source = {"model": "torchvision:resnet18", "weights": "random", "seed": 0, "layer": "fc:input",
+              "pooling": "flatten"}
+    write_manifest_json(map_dir, {
+        "step": "map", "settings": {"model_name": "resnet18", "layer": "fc:input", "features_source": source},
+        "inputs": {}})
+
+    assert map_settings(map_dir)["model"] == "resnet18"

@@ -439,6 +439,7 @@ def run_map(args: argparse.Namespace) -> int:
     """Handle ``dimalign map``."""
     from dimalign.analysis.compare import align_objects, find_object_table
     from dimalign.analysis.ridge import DEFAULT_ALPHAS, RIDGE_MAP_NAME, RidgeMap, write_ridge_table
+    from dimalign.features.recorded import same_model_name
     from dimalign.io.features import load_features
     from dimalign.io.files import (
         check_output_dir,
@@ -514,7 +515,7 @@ def run_map(args: argparse.Namespace) -> int:
         pass
     feature_settings = feature_manifest.get("settings", {})
     recorded_model = feature_settings.get("model")
-    if args.model_name and recorded_model and args.model_name != recorded_model:
+    if args.model_name and recorded_model and not same_model_name(args.model_name, recorded_model):
         # The interpreters rebuild the network named in the map, so a wrong name explains another network.
         raise ValueError(
             f"--model-name {args.model_name} contradicts the model {recorded_model} that "

@@ -310,6 +310,27 @@ def _extraction_sources(map_dir: str | os.PathLike, manifest: dict[str, Any]) ->
     return sources
 
 
+def same_model_name(first: str, second: str) -> bool:
+    """Return whether two model names name one network, such as ``resnet18`` and ``torchvision:resnet18``.
+
+    Args:
+        first (str): A model name as :func:`dimalign.features.load_model` takes it.
+        second (str): Another one.
+
+    Returns:
+        bool: True when both give the same library and bare model name.
+    """
+    if first == second:
+        return True
+    # The import loads torch, so it waits until the names differ.
+    from dimalign.features.models import split_model_name
+
+    try:
+        return split_model_name(first) == split_model_name(second)
+    except ValueError:
+        return False
+
+
 def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
     """Find the model, weights, seed, layer and pooling behind a ridge map.
 
@@ -369,7 +390,7 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
 
     named_model = own.get("model_name")
     features_model = next((entry.get("model") for entry in sources[1:] if entry.get("model")), None)
-    if named_model and features_model and named_model != features_model:
+    if named_model and features_model and not same_model_name(named_model, features_model):
         # The predictor would load the named network and explain features it never produced.
         raise ValueError(
             f"{Path(map_dir) / MANIFEST_NAME} names the model {named_model}, but its features come from the "

@@ -33,7 +33,7 @@ from torch import nn
 from dimalign.device import resolve_device
 from dimalign.features.layers import POOLS, pool_tensor
 # Re-exported: these lived here before the commands that only draw images needed them without torch.
-from dimalign.features.recorded import extraction_settings, map_settings  # noqa: F401
+from dimalign.features.recorded import extraction_settings, map_settings, same_model_name  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
         ValueError: Naming the given and the recorded model or weights.
     """
     recorded_name, given_name = settings.get("model"), getattr(model, "name", None)
-    if recorded_name and given_name and given_name != recorded_name:
+    if recorded_name and given_name and not same_model_name(given_name, recorded_name):
         raise ValueError(
             f"the given model {given_name} is not the model {recorded_name} of the features of the map "
             f"{map_dir}, so the predictor would explain another network; pass load_model('{recorded_name}') "
