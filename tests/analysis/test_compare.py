@@ -1437,18 +1437,24 @@ def test_compare_cli_triplets_warn_once_about_negative_weights(tmp_path, capsys)
 # -- map CLI ---------------------------------------------------------------------
 
 
-def test_map_rejects_other_model_name(tmp_path, capsys):
+def features_of_model(tmp_path, model):
+    """A feature folder of 30 objects whose extract manifest records ``model``, and a run of them."""
     rng = np.random.default_rng(0)
     feature_dir = tmp_path / "features"
     feature_dir.mkdir()
     np.save(feature_dir / "features.npy", rng.normal(size=(30, 12)))
     (feature_dir / "manifest.json").write_text(json.dumps({
         "step": "extract",
-        "settings": {"model": "resnet18", "weights": "random", "seed": 0, "layer": "fc:input", "pooling": "flatten"},
+        "settings": {"model": model, "weights": "random", "seed": 0, "layer": "fc:input", "pooling": "flatten"},
     }))
     ids = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)])
     write_object_table(ids, feature_dir / "objects.tsv")
     write_side(tmp_path / "run", rng.random((30, 2)), ids)
+    return feature_dir
+
+
+def test_map_rejects_other_model_name(tmp_path, capsys):
+    feature_dir = features_of_model(tmp_path, "resnet18")
     argv = ["map", str(feature_dir), "--embedding", str(tmp_path / "run"), "--alpha-range", "0.1", "10", "3"]
 
     status = main([*argv, "-o", str(tmp_path / "map"), "--model-name", "efficientnet_lite0"])
@@ -1467,18 +1473,7 @@ def test_map_rejects_other_model_name(tmp_path, capsys):
 
 def test_map_accepts_prefixed_model_name(tmp_path):
     """--model-name resnet18 names the network that extract recorded as torchvision:resnet18."""
-    rng = np.random.default_rng(0)
-    feature_dir = tmp_path / "features"
-    feature_dir.mkdir()
-    np.save(feature_dir / "features.npy", rng.normal(size=(30, 12)))
-    (feature_dir / "manifest.json").write_text(json.dumps({
-        "step": "extract",
-        "settings": {"model": "torchvision:resnet18", "weights": "random", "seed": 0, "layer": "fc:input",
-                     "pooling": "flatten"},
-    }))
-    ids = ObjectTable.from_ids([f"object{i:02d}" for i in range(30)])
-    write_object_table(ids, feature_dir / "objects.tsv")
-    write_side(tmp_path / "run", rng.random((30, 2)), ids)
+    feature_dir = features_of_model(tmp_path, "torchvision:resnet18")
 
     status = main([
         "map", str(feature_dir), "--embedding", str(tmp_path / "run"), "--alpha-range", "0.1", "10", "3",
