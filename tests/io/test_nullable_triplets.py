@@ -28,8 +28,18 @@ def test_object_triplet_value_named(value, shown):
 
     with pytest.raises(ValueError, match=(
         rf"^triplets, row 1, column 2: value {shown} is not an integer object index "
-        r"\(1 such values in all\)$"
+        r"\(1 such value in all\): pass whole numbers, and drop the rows with missing values "
+        r"first \(DataFrame\.dropna\(\)\)$"
     )):
+        validate_triplets(objects, 4)
+
+
+def test_object_triplet_values_counted():
+    objects = TRIPLETS.astype(object)
+    objects[0, 1] = pd.NA
+    objects[2, 0] = pd.NA
+
+    with pytest.raises(ValueError, match=r"^triplets, row 0, column 1: value <NA> .* \(2 such values in all\): "):
         validate_triplets(objects, 4)
 
 
@@ -37,5 +47,8 @@ def test_object_triplet_beyond_int64_rejected():
     objects = TRIPLETS.astype(object)
     objects[0, 0] = 2**70
 
-    with pytest.raises(ValueError, match=rf"^triplets, row 0, column 0: object index {2**70} is beyond the int64 range$"):
+    with pytest.raises(ValueError, match=(
+        rf"^triplets, row 0, column 0: object index {2**70} is beyond the int64 range, so it is no row of "
+        r"an object table: check that the column contains object indices$"
+    )):
         validate_triplets(objects, 4)

@@ -433,14 +433,16 @@ def _integer_objects(array: np.ndarray, source: str, row_label: RowLabel) -> np.
         row, column = (int(index) for index in np.argwhere(bad)[0])
         raise ValueError(
             f"{source}, {row_label(row)}, column {column}: value {array[row, column]!r} is not an integer "
-            f"object index ({int(bad.sum())} such values in all)"
+            f"object index ({count_of(int(bad.sum()), 'such value')} in all): pass whole numbers, and drop "
+            "the rows with missing values first (DataFrame.dropna())"
         )
     int64 = np.iinfo(np.int64)
     outside = np.vectorize(lambda value: not int64.min <= value <= int64.max, otypes=[bool])(array)
     if outside.any():
         row, column = (int(index) for index in np.argwhere(outside)[0])
         raise ValueError(
-            f"{source}, {row_label(row)}, column {column}: object index {array[row, column]} is beyond the int64 range"
+            f"{source}, {row_label(row)}, column {column}: object index {array[row, column]} is beyond the int64 "
+            "range, so it is no row of an object table: check that the column contains object indices"
         )
     return array.astype(np.int64)
 
