@@ -547,10 +547,10 @@ def run_maximize(args: argparse.Namespace) -> int:
         "lr": (1e-12, math.inf), "image_size": (2, MAX_IMAGE_SIDE), "steps": (0, math.inf),
         "n_init": (1, MAX_N_INIT), "n_images": (1, args.n_init),
     })
-    # torch.Generator.manual_seed (torch 2.14) accepts this range and raises a bare
-    # overflow error outside it.
-    if not -(2**63) <= args.seed < 2**64:
-        raise ValueError(f"--seed {args.seed} is invalid: use an integer from -2**63 to 2**64 - 1")
+    # torch.Generator.manual_seed (torch 2.14) raises a bare overflow error from 2**64 on, and
+    # maximize_dimension rejects a negative seed, but only after the map has loaded.
+    if not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed {args.seed} is invalid: use an integer from 0 to 2**64 - 1")
     if args.generator and args.image_size is not None:
         raise ValueError(
             f"--image-size {args.image_size} sets the size of the built-in generator's images, but "
