@@ -326,6 +326,26 @@ def _check_weights_file_recorded(
         )
 
 
+def _load_recorded_user_model(settings: dict[str, Any], map_dir: Path, weights: str | os.PathLike | None,
+                              device: str | torch.device) -> Any:
+    """Load the ``module:function`` network of a map's features, checking its module file's SHA-256.
+
+    Raises:
+        ValueError: If ``weights`` is given (the function sets the weights),
+            or :func:`~dimalign.features.user_models.load_user_model` fails.
+    """
+    from dimalign.features.user_models import load_user_model
+
+    spec = settings["model"]
+    if weights is not None:
+        raise ValueError(
+            f"the map {map_dir} was fitted on features of the network of your own {spec}, whose function "
+            f"sets its weights, so --weights {weights} does not apply; leave out --weights (Python: weights=)"
+        )
+    return load_user_model(spec, device, recorded_sha256=settings.get("model_module_sha256"),
+                           recorded_file=settings.get("model_module_file"))
+
+
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
 RANGE_TOLERANCE = 1e-3
 
@@ -638,26 +658,30 @@ class DimensionPredictor(nn.Module):
         settings = map_settings(map_dir)
         if model is None:
             from dimalign.features import load_model
+            from dimalign.features.user_models import is_model_spec
 
             if not settings["model"]:
                 raise ValueError(
                     f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
-            if weights is not None:
-                _check_weights_file_recorded(settings, map_dir, weights)
-            try:
-                model = load_model(
-                    settings["model"], weights=weights if weights is not None else settings["weights"],
-                    device=device, seed=settings["seed"],
-                )
-            except FileNotFoundError as error:
+            if is_model_spec(settings["model"]):
+                model = _load_recorded_user_model(settings, map_dir, weights, device)
+            else:
                 if weights is not None:
-                    raise
-                raise FileNotFoundError(
-                    f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
-                    "place with --weights FILE (Python: weights=)"
-                ) from error
+                    _check_weights_file_recorded(settings, map_dir, weights)
+                try:
+                    model = load_model(
+                        settings["model"], weights=weights if weights is not None else settings["weights"],
+                        device=device, seed=settings["seed"],
+                    )
+                except FileNotFoundError as error:
+                    if weights is not None:
+                        raise
+                    raise FileNotFoundError(
+                        f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
+                        "place with --weights FILE (Python: weights=)"
+                    ) from error
         elif weights is not None:
             raise ValueError(
                 f"both a loaded model and weights={weights} were given; pass the model or the weights to load"
