@@ -154,3 +154,23 @@ def test_weights_option_rejected_for_spec(spec_map, capsys):
         f"your own spec_net:build, whose function sets its weights, so --weights {weights} does not apply; "
         "leave out --weights (Python: weights=)"
     )
+
+
+def test_given_model_of_changed_module(spec_map):
+    from dimalign.features.models import load_model
+    from dimalign.interpret.predictor import DimensionPredictor
+
+    before = hashlib.sha256(spec_map.module.read_bytes()).hexdigest()
+    spec_map.module.write_text(NETWORK_SOURCE + "\n# retrained\n", encoding="utf-8")
+    after = hashlib.sha256(spec_map.module.read_bytes()).hexdigest()
+    loaded = load_model("spec_net:build")
+
+    with pytest.raises(ValueError) as caught:
+        DimensionPredictor.from_map_dir(spec_map.map_dir, model=loaded)
+
+    assert str(caught.value) == (
+        f"the given model spec_net:build comes from the module file {spec_map.module} (SHA-256 {after}), "
+        f"but the features of the map {spec_map.map_dir} were extracted with the module file "
+        f"{spec_map.module} (SHA-256 {before}), so the predictor would explain another network; restore "
+        "that version of the module, or extract the features and fit the map again"
+    )

@@ -227,8 +227,9 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
 
     The SHA-256 comparison of :func:`_check_weights_unchanged` needs a
     checksum on both sides. This check covers the rest: another model name,
-    another random seed, and weights without a checksum (random or packaged)
-    in place of recorded ones. A model without the ``name`` and ``weights``
+    another random seed, weights without a checksum (random or packaged)
+    in place of recorded ones, and a ``module:function`` network whose
+    module file changed since extraction. A model without the ``name`` and ``weights``
     of a ``LoadedModel`` is not checked.
 
     Raises:
@@ -240,6 +241,14 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
             f"the given model {given_name} is not the model {recorded_name} of the features of the map "
             f"{map_dir}, so the predictor would explain another network; pass load_model('{recorded_name}') "
             "with the weights of the features, or leave out the model"
+        )
+    recorded_module, given_module = settings.get("model_module_sha256"), getattr(model, "module_sha256", None)
+    if recorded_module and given_module and recorded_module != given_module:
+        raise ValueError(
+            f"the given model {given_name} comes from the module file {model.module_file} (SHA-256 "
+            f"{given_module}), but the features of the map {map_dir} were extracted with the module file "
+            f"{settings.get('model_module_file')} (SHA-256 {recorded_module}), so the predictor would explain "
+            "another network; restore that version of the module, or extract the features and fit the map again"
         )
     recorded_weights, given_weights = settings.get("weights"), getattr(model, "weights", None)
     if recorded_weights is None or given_weights is None:
