@@ -108,9 +108,9 @@ def test_predictor_features_match_extraction(spec_map):
 
 def test_changed_module_rejected(spec_map, capsys):
     before = hashlib.sha256(spec_map.module.read_bytes()).hexdigest()
-    spec_map.module.write_text(NETWORK_SOURCE.replace("nn.Conv2d(4, 6", "nn.Conv2d(4, 6, bias=False, kernel_size="
-                                                      ).replace("6, 3, padding=1)", "3, padding=1)"),
-                               encoding="utf-8")
+    edited = NETWORK_SOURCE.replace("nn.Conv2d(4, 6, 3, padding=1)", "nn.Conv2d(4, 6, 3, padding=1, bias=False)")
+    assert edited != NETWORK_SOURCE
+    spec_map.module.write_text(edited, encoding="utf-8")
     after = hashlib.sha256(spec_map.module.read_bytes()).hexdigest()
 
     status = main(["gradcam", str(spec_map.images / "img00.png"), "--map", str(spec_map.map_dir), "--dim", "0",

@@ -4,9 +4,10 @@ The function is imported with :func:`importlib.import_module`, so its module
 must be installed or its folder on ``PYTHONPATH``. It is called without
 arguments and returns a :class:`~dimalign.features.models.LoadedModel`: the
 network, its preprocessing (``transform``) and the layer read by default.
-dimalign moves the network to the requested device, puts it in eval mode and
-records the spec with the path and SHA-256 of the module file, so that later
-commands can load the same network again and detect a changed module.
+dimalign moves the network to the requested device and puts it in eval mode.
+The extraction records the spec with the path and SHA-256 of the module
+file, so that later commands can load the same network again and detect a
+changed module.
 """
 
 from __future__ import annotations
