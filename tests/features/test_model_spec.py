@@ -237,3 +237,45 @@ def test_spec_rejects_weights_options(user_module):
         "model tiny_net_j:build is a network of your own, whose function returns it with its "
         "weights, so the weights random do not apply; leave out --weights and --random-init"
     )
+
+
+def test_resume_rejects_changed_module(user_module, tmp_path):
+    from dimalign.features import extract_features
+
+    path = user_module("tiny_net_k")
+    write_random_images(tmp_path / "images", 3)
+    first = extract_features(tmp_path / "images", tmp_path / "out", "tiny_net_k:build", batch_size=1, max_batches=1)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.write_text(NETWORK_SOURCE + "\n# retrained\n", encoding="utf-8")
+    after = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    with pytest.raises(ValueError) as caught:
+        extract_features(tmp_path / "images", tmp_path / "out", "tiny_net_k:build", batch_size=1, resume=True)
+
+    assert not first.complete
+    assert f"model_module_sha256: was '{before}', now '{after}'" in str(caught.value)
+    assert "Rerun with the original settings, or pass --overwrite to start over" in str(caught.value)
+
+
+@pytest.mark.parametrize("spec, recorded_file", [
+    ("gone_user_pkg.nets:build", "/data/code/gone_user_pkg/nets.py"),
+    ("gone_user_pkg:build", "/data/code/gone_user_pkg/__init__.py"),
+    ("gone_user_net:build", "/data/code/gone_user_net.py"),
+])
+def test_moved_module_names_folder(spec, recorded_file):
+    from dimalign.features.user_models import load_user_model
+
+    with pytest.raises(ValueError) as caught:
+        load_user_model(spec, recorded_sha256="ab" * 32, recorded_file=recorded_file)
+
+    assert str(caught.value).endswith(
+        f"the features were extracted with {recorded_file}, so add /data/code to PYTHONPATH "
+        "(PYTHONPATH=/data/code dimalign ...)"
+    )
+
+
+def test_missing_package_named():
+    with pytest.raises(ValueError) as caught:
+        load_model("no_such_user_pkg.nets:build")
+
+    assert "add the folder that contains the package no_such_user_pkg to PYTHONPATH" in str(caught.value)

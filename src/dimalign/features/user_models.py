@@ -149,9 +149,13 @@ def _import_module(spec: str, module_name: str, recorded_file: str | None) -> Mo
 
 
 def _not_found_message(spec: str, module_name: str, recorded_file: str | None) -> str:
-    file_name = module_name.split(".")[0] + ".py"
+    top_level = module_name.split(".")[0]
+    where = f"the package {top_level}" if "." in module_name else f"{top_level}.py"
     if recorded_file is not None:
-        folder = Path(recorded_file).parents[module_name.count(".")]
+        # The folder on the path is above the module file by one level per
+        # dot, and one more for a package's __init__.py.
+        depth = module_name.count(".") + (Path(recorded_file).name == "__init__.py")
+        folder = Path(recorded_file).parents[depth]
         return (
             f"model {spec}: module {module_name!r} not found on the Python path; the features were "
             f"extracted with {recorded_file}, so add {folder} to PYTHONPATH "
@@ -159,7 +163,7 @@ def _not_found_message(spec: str, module_name: str, recorded_file: str | None) -
         )
     return (
         f"invalid model {spec!r}: module {module_name!r} not found. For a library model the prefix must "
-        f"be torchvision: or timm:. For a network of your own, add the folder that contains {file_name} "
+        f"be torchvision: or timm:. For a network of your own, add the folder that contains {where} "
         "to PYTHONPATH (PYTHONPATH=FOLDER dimalign ...)"
     )
 
