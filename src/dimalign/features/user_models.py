@@ -18,12 +18,14 @@ import inspect
 import logging
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from dimalign.device import resolve_device
 from dimalign.io.files import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+    from dimalign.features.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +67,26 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return module_name, function_name
 
 
+def find_module_file(spec: str) -> Path | None:
+    """Return the file of the module of ``module:function`` without running it, or None if it has none.
+
+    A dotted module name imports its parent packages, as :func:`importlib.util.find_spec` does.
+
+    Raises:
+        ValueError: If the spec is malformed or the module is not found.
+    """
+    module_name, _ = parse_model_spec(spec)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        raise ValueError(_not_found_message(spec, module_name, None))
+    return Path(found.origin) if found.origin and Path(found.origin).is_file() else None
+
+
 def load_user_model(spec: str, device: str | torch.device = "cpu", *,
-                    recorded_sha256: str | None = None, recorded_file: str | None = None):
+                    recorded_sha256: str | None = None, recorded_file: str | None = None) -> LoadedModel:
     """Import ``module:function``, call the function and return its network, in eval mode on ``device``.
 
     Args:
@@ -89,6 +109,10 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
             other than a ``LoadedModel``, or the module file changed since
             the extraction that recorded ``recorded_sha256``.
     """
+    # Imported here, so that planning a study with a network of your own does not load torch.
+    from torch import nn
+
+    from dimalign.device import resolve_device
     from dimalign.features.models import LoadedModel
 
     module_name, function_name = parse_model_spec(spec)
