@@ -635,7 +635,9 @@ class DimensionPredictor(nn.Module):
                 :func:`map_settings`).
             model (LoadedModel | None): An already loaded model (from
                 ``dimalign.features.load_model``); None loads the one the
-                manifest names, with the same weights.
+                manifest names, with the same weights. A ``module:function``
+                network is imported from the current Python path, and its
+                module file must have the SHA-256 that the extraction recorded.
             device (str | torch.device): Where to run.
             weights (str | os.PathLike | None): A weights file to load in
                 place of the one the manifest names, such as the same file
@@ -645,8 +647,9 @@ class DimensionPredictor(nn.Module):
             FileNotFoundError: If the folder or its files are missing, or
                 the weights file that the manifest names.
             ValueError: If the manifests do not name the model or the layer,
-                or the model's weights differ from those of the features (by
-                the SHA-256 that the extraction recorded).
+                the model's weights differ from those of the features (by
+                the SHA-256 that the extraction recorded), or the module of a
+                ``module:function`` network is not found or changed.
         """
         from dimalign.analysis.ridge import RidgeMap
 
