@@ -139,8 +139,18 @@ def test_unknown_name_lists_forms(tmp_path, capsys):
     assert status == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "dimalign extract: error: unknown model 'foo': not a torchvision classification model, "
-        "not efficientnet_lite0, and not timm:NAME. A network of your own is written "
-        "module:function (see docs/features.md)"
+        "not efficientnet_lite0, not timm:NAME, and not module:function (a network of your own, "
+        "see docs/features.md)"
+    )
+
+
+def test_unknown_name_hint_last(capsys):
+    with pytest.raises(ValueError) as caught:
+        load_model("vgg61")
+
+    assert str(caught.value).endswith(
+        "and not module:function (a network of your own, see docs/features.md); did you mean vgg19, "
+        "vgg16, vgg13?"
     )
 
 

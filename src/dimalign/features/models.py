@@ -474,8 +474,8 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown model {name!r}: not a torchvision classification model, not "
-            f"{', '.join(BUILTIN_MODELS)}, and not timm:NAME{hint}. A network of your own is "
-            "written module:function (see docs/features.md)"
+            f"{', '.join(BUILTIN_MODELS)}, not timm:NAME, and not module:function (a network of your "
+            f"own, see docs/features.md){hint}"
         )
     weights_enum = tv_models.get_model_weights(bare)
     kind = _weights_kind(weights)
