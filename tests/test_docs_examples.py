@@ -332,6 +332,32 @@ def check_own_network(namespace: dict[str, Any], values: dict[str, Any]) -> None
     }
 
 
+def check_own_module(namespace: dict[str, Any], values: dict[str, Any]) -> None:
+    """Run the command lines under the example with the block saved as my_network.py."""
+    import sys
+
+    from dimalign.cli import main
+    from dimalign.features.models import LoadedModel
+    from dimalign.io.files import read_manifest
+
+    assert isinstance(namespace["build"](), LoadedModel)
+    example = next(example for example in collect_examples() if example.marker == "<!-- test: setup=own_module -->")
+    Path("my_network.py").write_text(example.code, encoding="utf-8")
+    folder = str(Path.cwd())
+    sys.path.insert(0, folder)
+    try:
+        status = main(["-q", "extract", "photos/", "-o", "my_features/", "--model", "my_network:build"])
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop("my_network", None)
+    assert status == 0
+    settings = read_manifest("my_features")["settings"]
+    assert settings["model"] == "my_network:build"
+    assert settings["weights_id"] == "my_resnet18, random weights"
+    assert settings["model_module_file"] == str(Path("my_network.py").resolve())
+    assert read_manifest("my_features")["outputs"]["shapes"] == {"fc:input": [8, 512]}
+
+
 def check_own_photos(namespace: dict[str, Any], values: dict[str, Any]) -> None:
     assert namespace["ids"] == ["bird", "cat", "dragonfly", "hotdog", "owl", "parrot", "sunflower", "uniform"]
     assert values["sorted(set(ids) - things_ids)"] == []
@@ -560,6 +586,7 @@ SETUPS: dict[str, Setup] = {
     "judgements": Setup(prepare_judgements),
     "vgg16_features": Setup(prepare_vgg16_features, check_vgg16_features),
     "photos": Setup(prepare_photos, check_extraction),
+    "own_module": Setup(prepare_photos, check_own_module),
     "own_network": Setup(prepare_photos, check_own_network),
     "own_photos": Setup(prepare_own_photos, check_own_photos),
     "map": Setup(prepare_map_only, check_predictor),

@@ -207,3 +207,51 @@ def test_features_stage_extracts_only_object_images(shared_data, tmp_path):
     features = np.load(study_dir / "features" / "features.npy")
     extracted = np.load(study_dir / "features" / "extract" / "features.npy")
     np.testing.assert_array_equal(features, extracted[[1, 0, 2]])
+
+
+def test_model_module_is_stage_input(shared_data, tmp_path, monkeypatch):
+    import importlib
+
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    code = tmp_path / "code"
+    code.mkdir()
+    module = code / "study_net_a.py"
+    module.write_text("def build():\n    return None\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(code))
+    importlib.invalidate_caches()
+    (tmp_path / "objects.txt").write_text("bird\ncat\nowl\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n'
+        '[features]\nmodel = "study_net_a:build"\npool = "flatten"\n'
+    )
+
+    stage = plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study").stage("features")
+    module.write_text("def build():\n    return 1\n", encoding="utf-8")
+    changed = plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study").stage("features")
+
+    assert stage.inputs["model_module"] == module
+    assert changed.hash != stage.hash
+
+
+def test_model_spec_allows_gap(shared_data, tmp_path, monkeypatch):
+    import importlib
+
+    from dimalign.report.config import load_config
+    from dimalign.report.pipeline import plan_study
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "study_net_b.py").write_text("def build():\n    return None\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(code))
+    importlib.invalidate_caches()
+    (tmp_path / "objects.txt").write_text("bird\ncat\nowl\n")
+    (tmp_path / "study.toml").write_text(
+        f'[inputs]\nobjects = "objects.txt"\nimages = "{shared_data / "images"}"\n'
+        '[features]\nmodel = "study_net_b:build"\n'
+    )
+
+    stage = plan_study(load_config(tmp_path / "study.toml"), tmp_path / "study").stage("features")
+
+    assert stage.settings["pool"] == "gap"

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     extract.add_argument("-o", "--out", "--out-dir", dest="out_dir", required=True, help="feature folder to write")
     extract.add_argument("--model", required=True,
                          help="efficientnet_lite0, a torchvision classification model "
-                              "(vgg16, resnet50, ...) or timm:NAME")
+                              "(vgg16, resnet50, ...), timm:NAME, or module:function for a "
+                              "network of your own (a function that returns a LoadedModel)")
     _add_weights_options(extract)
     extract.add_argument("--layer", action="extend", nargs="+", dest="layers", metavar="LAYER",
                          help="module name to read (repeatable; NAME:input reads the module's "
@@ -73,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "type, and with --shapes its output shape for one image.",
     )
     layers.add_argument("model", metavar="MODEL",
-                        help="efficientnet_lite0, a torchvision model name or timm:NAME")
+                        help="efficientnet_lite0, a torchvision model name, timm:NAME or "
+                             "module:function")
     layers.add_argument("--shapes", action="store_true",
                         help="also print each layer's output shape (runs one blank image) and "
                              "mark modules called more than once per forward pass")
@@ -125,8 +127,11 @@ def run_list_layers(args: argparse.Namespace) -> int:
     from dimalign.features.layers import count_calls, layer_shapes, list_layers
     from dimalign.features.models import load_model
 
-    # Layer names do not depend on the weights, so nothing is downloaded.
-    loaded = load_model(args.model, weights="random")
+    from dimalign.features.user_models import is_model_spec
+
+    # Layer names do not depend on the weights, so nothing is downloaded. A
+    # network of your own comes with the weights that its function sets.
+    loaded = load_model(args.model, weights=None if is_model_spec(args.model) else "random")
     shapes, calls = {}, {}
     if args.shapes:
         blank = Image.new("RGB", (256, 256), (128, 128, 128))

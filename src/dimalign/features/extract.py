@@ -302,6 +302,10 @@ def extract_features(
         "n_images": len(image_list),
         "image_list_sha256": image_list.checksum(),
     }
+    if loaded.module_sha256 is not None or loaded.module_file is not None:
+        # A module:function network: later commands import the module again and compare its checksum.
+        fingerprint["model_module_file"] = loaded.module_file
+        fingerprint["model_module_sha256"] = loaded.module_sha256
 
     with _locked_out_dir(out_dir, first_created):
         progress = _prepare_out_dir(out_dir, work_dir, fingerprint, len(image_list), resume, overwrite,

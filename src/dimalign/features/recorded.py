@@ -207,8 +207,14 @@ def recorded_decoding(*paths: str | os.PathLike | None) -> Decoding | None:
     return found[0] if found else None
 
 
+#: Settings of a ``module:function`` network: the path and SHA-256 of its module file.
+MODULE_KEYS = ("model_module_file", "model_module_sha256")
+
+
 def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str, Any]:
     """Return the model, weights and their checksum, seed, layer, pooling and decoding of an extracted layer.
+
+    For a ``module:function`` network, also the :data:`MODULE_KEYS` that the extraction recorded.
 
     A single-layer extraction records ``layer`` and ``pooling``. One of
     several layers records the lists ``layers`` and ``pools``, from which the
@@ -220,11 +226,16 @@ def extraction_settings(settings: dict[str, Any], layer: str | None) -> dict[str
     pooling = settings.get("pooling")
     if layer in layers and len(pools) == len(layers):
         pooling = pools[layers.index(layer)]
-    return {
+    extracted = {
         "model": settings.get("model"), "weights": settings.get("weights"), "seed": settings.get("seed"),
         "weights_sha256": settings.get("weights_sha256"), "layer": layer, "pooling": pooling,
         "background": settings.get("background"), "exif_transpose": settings.get("exif_transpose"),
     }
+    # Only a module:function network records its module file, which later commands check.
+    for key in MODULE_KEYS:
+        if settings.get(key) is not None:
+            extracted[key] = settings[key]
+    return extracted
 
 
 def _input_entries(manifest: dict[str, Any], folder: Path, source: str) -> list[tuple[Any, Path]]:
@@ -349,7 +360,9 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
         ``layer``, ``pooling``, ``background`` and ``exif_transpose``
         (``weights_sha256`` is None where no checksum was recorded,
         ``pooling`` defaults to ``flatten``, ``seed`` to 0, ``background``
-        to white and ``exif_transpose`` to True).
+        to white and ``exif_transpose`` to True), and for a
+        ``module:function`` network also ``model_module_file`` and
+        ``model_module_sha256``.
 
     Raises:
         FileNotFoundError: If the map has no manifest.
@@ -420,7 +433,7 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
         # finds it for the grid and the report.
         decoding = recorded_decoding(map_dir) or Decoding()
         background, exif_transpose = decoding.background, decoding.exif_transpose
-    return {
+    settings = {
         "model": first("model", "model_name"),
         "weights": first("weights"),
         "weights_sha256": first("weights_sha256"),
@@ -431,3 +444,7 @@ def map_settings(map_dir: str | os.PathLike) -> dict[str, Any]:
         "background": tuple(background or DEFAULT_BACKGROUND),
         "exif_transpose": exif_transpose is not False,
     }
+    for key in MODULE_KEYS:
+        if first(key) is not None:
+            settings[key] = first(key)
+    return settings

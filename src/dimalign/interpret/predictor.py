@@ -227,8 +227,9 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
 
     The SHA-256 comparison of :func:`_check_weights_unchanged` needs a
     checksum on both sides. This check covers the rest: another model name,
-    another random seed, and weights without a checksum (random or packaged)
-    in place of recorded ones. A model without the ``name`` and ``weights``
+    another random seed, weights without a checksum (random or packaged)
+    in place of recorded ones, and a ``module:function`` network whose
+    module file changed since extraction. A model without the ``name`` and ``weights``
     of a ``LoadedModel`` is not checked.
 
     Raises:
@@ -240,6 +241,14 @@ def _check_given_model(model: Any, settings: dict[str, Any], map_dir: Path) -> N
             f"the given model {given_name} is not the model {recorded_name} of the features of the map "
             f"{map_dir}, so the predictor would explain another network; pass load_model('{recorded_name}') "
             "with the weights of the features, or leave out the model"
+        )
+    recorded_module, given_module = settings.get("model_module_sha256"), getattr(model, "module_sha256", None)
+    if recorded_module and given_module and recorded_module != given_module:
+        raise ValueError(
+            f"the given model {given_name} comes from the module file {model.module_file} (SHA-256 "
+            f"{given_module}), but the features of the map {map_dir} were extracted with the module file "
+            f"{settings.get('model_module_file')} (SHA-256 {recorded_module}), so the predictor would explain "
+            "another network; restore that version of the module, or extract the features and fit the map again"
         )
     recorded_weights, given_weights = settings.get("weights"), getattr(model, "weights", None)
     if recorded_weights is None or given_weights is None:
@@ -324,6 +333,26 @@ def _check_weights_file_recorded(
             f"a weights file, so the weights {weights} cannot take their place; leave out --weights "
             "(Python: weights=)"
         )
+
+
+def _load_recorded_user_model(settings: dict[str, Any], map_dir: Path, weights: str | os.PathLike | None,
+                              device: str | torch.device) -> Any:
+    """Load the ``module:function`` network of a map's features, checking its module file's SHA-256.
+
+    Raises:
+        ValueError: If ``weights`` is given (the function sets the weights),
+            or :func:`~dimalign.features.user_models.load_user_model` fails.
+    """
+    from dimalign.features.user_models import load_user_model
+
+    spec = settings["model"]
+    if weights is not None:
+        raise ValueError(
+            f"the map {map_dir} was fitted on features of the network of your own {spec}, whose function "
+            f"sets its weights, so --weights {weights} does not apply; leave out --weights (Python: weights=)"
+        )
+    return load_user_model(spec, device, recorded_sha256=settings.get("model_module_sha256"),
+                           recorded_file=settings.get("model_module_file"))
 
 
 #: How far outside [0, 1] image values may lie, for rounding in resampling.
@@ -606,7 +635,9 @@ class DimensionPredictor(nn.Module):
                 :func:`map_settings`).
             model (LoadedModel | None): An already loaded model (from
                 ``dimalign.features.load_model``); None loads the one the
-                manifest names, with the same weights.
+                manifest names, with the same weights. A ``module:function``
+                network is imported from the current Python path, and its
+                module file must have the SHA-256 that the extraction recorded.
             device (str | torch.device): Where to run.
             weights (str | os.PathLike | None): A weights file to load in
                 place of the one the manifest names, such as the same file
@@ -616,8 +647,9 @@ class DimensionPredictor(nn.Module):
             FileNotFoundError: If the folder or its files are missing, or
                 the weights file that the manifest names.
             ValueError: If the manifests do not name the model or the layer,
-                or the model's weights differ from those of the features (by
-                the SHA-256 that the extraction recorded).
+                the model's weights differ from those of the features (by
+                the SHA-256 that the extraction recorded), or the module of a
+                ``module:function`` network is not found or changed.
         """
         from dimalign.analysis.ridge import RidgeMap
 
@@ -638,26 +670,30 @@ class DimensionPredictor(nn.Module):
         settings = map_settings(map_dir)
         if model is None:
             from dimalign.features import load_model
+            from dimalign.features.user_models import is_model_spec
 
             if not settings["model"]:
                 raise ValueError(
                     f"{map_dir}/manifest.json and its features input name no model; "
                     "pass the loaded model explicitly"
                 )
-            if weights is not None:
-                _check_weights_file_recorded(settings, map_dir, weights)
-            try:
-                model = load_model(
-                    settings["model"], weights=weights if weights is not None else settings["weights"],
-                    device=device, seed=settings["seed"],
-                )
-            except FileNotFoundError as error:
+            if is_model_spec(settings["model"]):
+                model = _load_recorded_user_model(settings, map_dir, weights, device)
+            else:
                 if weights is not None:
-                    raise
-                raise FileNotFoundError(
-                    f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
-                    "place with --weights FILE (Python: weights=)"
-                ) from error
+                    _check_weights_file_recorded(settings, map_dir, weights)
+                try:
+                    model = load_model(
+                        settings["model"], weights=weights if weights is not None else settings["weights"],
+                        device=device, seed=settings["seed"],
+                    )
+                except FileNotFoundError as error:
+                    if weights is not None:
+                        raise
+                    raise FileNotFoundError(
+                        f"{error}: the map {map_dir} was fitted on features of these weights; pass their new "
+                        "place with --weights FILE (Python: weights=)"
+                    ) from error
         elif weights is not None:
             raise ValueError(
                 f"both a loaded model and weights={weights} were given; pass the model or the weights to load"

@@ -365,6 +365,13 @@ def _stage_inputs(
             ) from error
         if weights is not None:
             inputs["weights"] = weights
+        from dimalign.features.user_models import find_module_file, is_model_spec
+
+        if is_model_spec(settings["model"]):
+            # The module of a network of your own builds it, so its content decides the features too.
+            module_file = find_module_file(settings["model"])
+            if module_file is not None:
+                inputs["model_module"] = module_file
     return inputs
 
 

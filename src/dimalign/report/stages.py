@@ -179,9 +179,14 @@ def check_features(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> N
         parse_color(settings["background"])
     except ValueError as error:
         raise ValueError(f"features.background = {settings['background']!r} is invalid: {error}") from None
-    # The default layer of every model but EfficientNet-Lite0 is a vector per image (the input of
-    # the last Linear layer, or VGG's classifier.4), which gap rejects at the first batch.
-    if not settings["layer"] and settings["pool"] == "gap" and settings["model"] != "efficientnet_lite0":
+    # The default layer of every library model but EfficientNet-Lite0 is a vector per image (the input
+    # of the last Linear layer, or VGG's classifier.4), which gap rejects at the first batch. A network
+    # of your own names its default layer only when its function runs, so the first batch checks it.
+    from dimalign.features.user_models import is_model_spec
+
+    library_model = not is_model_spec(settings["model"])
+    if (not settings["layer"] and settings["pool"] == "gap" and settings["model"] != "efficientnet_lite0"
+            and library_model):
         raise ValueError(
             f'features.pool = "gap" does not fit the default layer of {settings["model"]}, the input of its '
             "last Linear layer (or VGG's classifier.4), which has one value per feature and no spatial axes "
