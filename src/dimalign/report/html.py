@@ -279,6 +279,10 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
     # compare.relevance_triplets may explain only the first held-out triplets.
     n_triplets = results.relevance_triplet_count()
     triplets = "the held-out triplets" if n_triplets is None else f"{n_triplets:,} held-out human triplets"
+    if results.human_embedding_given():
+        # The human side is inputs.human_embedding, scored on every human triplet.
+        triplets = "the human triplets" if n_triplets is None else f"{n_triplets:,} human triplets"
+        triplets += " (not held out)"
     return {
         int(row.dim): (
             f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
@@ -425,6 +429,13 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _accuracy_note(numbers: dict[str, Any]) -> str:
     """Return the note under the summary table that names the triplets each accuracy scores."""
+    if numbers.get("human_embedding_given") and numbers.get("human_accuracy") is not None:
+        return (
+            '<p class="meta">The human embedding is the given inputs.human_embedding, not a fit. Its accuracy '
+            "and the row of the DNN embedding on human triplets score all of inputs.human_triplets, which are "
+            "not held out: a published embedding may have been trained on these triplets, so its accuracy "
+            "is optimistic. Chance is 1/3.</p>"
+        )
     if numbers.get("human_accuracy") is None or numbers.get("dnn_accuracy") is None:
         return ""
     return (
