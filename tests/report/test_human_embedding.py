@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -43,14 +44,54 @@ def embedding_study(root: Path, *, triplets: bool = True, human_fit: str = "", c
     return path
 
 
+class ListHandler(logging.Handler):
+    """Collect the messages of a logger, for a fixture shared by several tests."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.levelname} {record.getMessage()}")
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("embedding")
     config = embedding_study(root)
     study_dir = root / "study"
-    plan = run_study(load_config(config), study_dir)
+    handler = ListHandler()
+    stage_logger = logging.getLogger("dimalign.report.stages")
+    previous = stage_logger.level
+    stage_logger.setLevel(logging.INFO)
+    stage_logger.addHandler(handler)
+    try:
+        plan = run_study(load_config(config), study_dir)
+    finally:
+        stage_logger.removeHandler(handler)
+        stage_logger.setLevel(previous)
     assert plan.to_run == ["human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map", "report"]
+    (root / "log.txt").write_text("\n".join(handler.messages) + "\n", encoding="utf-8")
     return config, study_dir
+
+
+def test_logs_say_not_held_out(study):
+    config, study_dir = study
+    data = study_dir.parent / "data"
+    messages = (study_dir.parent / "log.txt").read_text(encoding="utf-8").splitlines()
+    assert (
+        f"WARNING human_fit: the stages that score the human embedding {data / 'embedding.txt'} use all 1510 "
+        f"triplets of {data / 'human_triplets.txt'}, which are not held out: a published embedding may have "
+        "been trained on them"
+    ) in messages
+    assert (
+        "WARNING evaluate: scored the given human embedding on all 1510 human triplets, which are not held out. "
+        "A published embedding may have been trained on them, so its accuracy may be optimistic"
+    ) in messages
+    assert (
+        "WARNING compare: the jackknife explains human triplets that are not held out, because the human "
+        "embedding is the given inputs.human_embedding, which may have been trained on them"
+    ) in messages
 
 
 def test_plan_names_embedding_reason(study):
@@ -199,3 +240,12 @@ def test_fit_folder_of_same_objects_used(tmp_path, study):
     config.write_text(config.read_text().replace("${data_dir}/embedding.txt", "${data_dir}/same_fit"))
     plan = plan_study(load_config(config), tmp_path / "study")
     assert plan.stage("human_fit").inputs["human_embedding"] == run_dir
+
+
+def test_spose49_example_plans(things_dir, tmp_path):
+    example = Path(__file__).resolve().parents[2] / "examples" / "things_spose49_study.toml"
+    plan = plan_study(load_config(example), tmp_path / "study")
+    assert plan.to_run == ["human_fit", "dnn_triplets", "dnn_fit", "evaluate", "compare", "map", "report"]
+    human_fit = plan.stage("human_fit")
+    assert human_fit.reasons == ["new", "uses inputs.human_embedding, no fit"]
+    assert human_fit.inputs["human_embedding"] == things_dir / "spose_embedding_49d_sorted.txt"

@@ -434,7 +434,7 @@ def _accuracy_note(numbers: dict[str, Any]) -> str:
             '<p class="meta">The human embedding is the given inputs.human_embedding, not a fit. Its accuracy '
             "and the row of the DNN embedding on human triplets score all of inputs.human_triplets, which are "
             "not held out: a published embedding may have been trained on these triplets, so its accuracy "
-            "is optimistic. Chance is 1/3.</p>"
+            "may be optimistic. Chance is 1/3.</p>"
         )
     if numbers.get("human_accuracy") is None or numbers.get("dnn_accuracy") is None:
         return ""

@@ -313,13 +313,13 @@ def _check_embedding_readers(config: StudyConfig, planned: dict[str, PlannedStag
     if "evaluate" in planned and "human_fit" in planned["evaluate"].upstream:
         raise ValueError(
             f"stage evaluate scores the human embedding on inputs.human_triplets, which {config.path} does "
-            "not name next to inputs.human_embedding; add human_triplets = \"...\" under [inputs], or remove "
+            "not name next to inputs.human_embedding. Add human_triplets = \"...\" under [inputs], or remove "
             "the [evaluate] table"
         )
     if "compare" in planned and planned["compare"].settings["relevance_triplets"] != 0:
         raise ValueError(
             f"the jackknife of stage compare explains inputs.human_triplets, which {config.path} does not "
-            "name next to inputs.human_embedding; add human_triplets = \"...\" under [inputs], or set "
+            "name next to inputs.human_embedding. Add human_triplets = \"...\" under [inputs], or set "
             "compare.relevance_triplets = 0"
         )
 
@@ -332,7 +332,7 @@ def _check_embedding_settings(config: StudyConfig, definition: Stage) -> None:
         raise ValueError(
             f"inputs.human_embedding ({config.origin(INPUTS_TABLE, 'human_embedding')}) replaces the human "
             f"fit, but [human_fit] sets {', '.join(f'human_fit.{key}' for key in unused)} "
-            f"({config.origin('human_fit', unused[0])}); remove these settings, or remove "
+            f"({config.origin('human_fit', unused[0])}). Remove these settings, or remove "
             f"inputs.human_embedding to fit the human triplets. With a given embedding, [human_fit] may set "
             f"only {' and '.join(sorted(allowed))}, which say how to read inputs.human_triplets"
         )

@@ -390,13 +390,13 @@ def read_human_embedding(path: Path, objects_path: Path, objects, *, quiet: bool
         if bad.size:
             row, column = bad[0]
             raise ValueError(
-                f"{source}: NaN or inf at row {row}, column {column} ({len(bad)} values); an embedding needs "
+                f"{source}: NaN or inf at row {row}, column {column} ({len(bad)} values). An embedding needs "
                 "a finite weight in every cell, so replace the file"
             )
         if raw.shape[0] != len(objects):
             raise ValueError(
                 f"{source} has {raw.shape[0]} rows, but inputs.objects {objects_path} lists {len(objects)} "
-                "objects; the embedding needs one row per object, in the order of inputs.objects"
+                "objects. The embedding needs one row per object, in the order of inputs.objects"
             )
         reject_negative_weights(raw, source)
     if not quiet:
@@ -417,7 +417,7 @@ def _check_same_object_table(table, table_path: Path, objects, objects_path: Pat
             break
     raise ValueError(
         f"inputs.human_embedding: {table_path} lists other objects than inputs.objects {objects_path} "
-        f"({detail}); give an embedding of the study's objects, in their order"
+        f"({detail}). Give an embedding of the study's objects, in their order"
     )
 
 
@@ -664,8 +664,8 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
         if side == "human" and not human_triplets_held_out(run_dir):
             metrics["held_out"] = False
             logger.warning(
-                "evaluate: scored the given human embedding on all %d human triplets, which are not held out; "
-                "a published embedding may have been trained on them, so its accuracy is optimistic",
+                "evaluate: scored the given human embedding on all %d human triplets, which are not held out. "
+                "A published embedding may have been trained on them, so its accuracy may be optimistic",
                 len(val),
             )
         write_text_atomic(context.out_dir / f"{side}.json", json.dumps(metrics, indent=2) + "\n")
