@@ -121,7 +121,8 @@ def test_evaluate_says_not_held_out(study):
     assert human["n_triplets"] == 1510
     summary = json.loads((study_dir / "evaluate" / "summary.json").read_text())
     assert summary["human"]["held_out"] is False
-    assert "dnn" in summary and "held_out" not in summary["dnn"]
+    assert "dnn" in summary
+    assert "held_out" not in summary["dnn"]
 
 
 def test_report_says_not_held_out(study):
@@ -249,3 +250,18 @@ def test_spose49_example_plans(things_dir, tmp_path):
     human_fit = plan.stage("human_fit")
     assert human_fit.reasons == ["new", "uses inputs.human_embedding, no fit"]
     assert human_fit.inputs["human_embedding"] == things_dir / "spose_embedding_49d_sorted.txt"
+
+
+def test_removed_embedding_plans_fit(study, tmp_path):
+    config, study_dir = study
+    copy_root = tmp_path / "copy"
+    shutil.copytree(study_dir.parent, copy_root)
+    study_file = copy_root / "study.toml"
+    text = study_file.read_text().replace('human_embedding = "${data_dir}/embedding.txt"\n', "")
+    study_file.write_text(text.replace("[dnn_triplets]", "[human_fit]\nn_dims = 4\nmax_epochs = 2\n\n[dnn_triplets]"))
+    plan = plan_study(load_config(study_file), copy_root / "study")
+    reasons = plan.stage("human_fit").reasons
+    assert reasons[0].startswith("settings changed: ")
+    assert "input changed: human_embedding" in reasons
+    assert "uses inputs.human_embedding, no fit" not in reasons
+    assert plan.to_run == READERS + ["report"]

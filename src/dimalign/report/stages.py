@@ -1078,7 +1078,7 @@ HUMAN_EMBEDDING_STAGE = Stage(
 
 
 def stage_definition(name: str, uses_embedding: bool) -> Stage:
-    """Return the definition of stage ``name``, where ``uses_embedding`` says the study names inputs.human_embedding."""
+    """Return the definition of stage ``name``, given whether the study names inputs.human_embedding."""
     return HUMAN_EMBEDDING_STAGE if name == "human_fit" and uses_embedding else STAGES[name]
 
 
