@@ -265,3 +265,20 @@ def test_removed_embedding_plans_fit(study, tmp_path):
     assert "input changed: human_embedding" in reasons
     assert "uses inputs.human_embedding, no fit" not in reasons
     assert plan.to_run == READERS + ["report"]
+
+
+def test_embedding_inside_study_rejected(study, tmp_path):
+    config, study_dir = study
+    copy_root = tmp_path / "copy"
+    shutil.copytree(study_dir.parent, copy_root)
+    study_file = copy_root / "study.toml"
+    study_file.write_text(study_file.read_text().replace("${data_dir}/embedding.txt", "study/human_fit"))
+    before = sorted(path.name for path in (copy_root / "study").iterdir())
+    with pytest.raises(ValueError) as error:
+        run_study(load_config(study_file), copy_root / "study")
+    assert str(error.value) == (
+        f"inputs.human_embedding = {copy_root / 'study' / 'human_fit'} lies inside the study directory "
+        f"{copy_root / 'study'}, whose human_fit stage would replace it; copy the embedding out of the study "
+        "and name the copy"
+    )
+    assert sorted(path.name for path in (copy_root / "study").iterdir()) == before

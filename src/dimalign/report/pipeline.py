@@ -879,7 +879,8 @@ def check_study_dir(plan: StudyPlan) -> None:
             another dimalign step, or if a stage that runs would replace a
             folder that no ``dimalign run`` wrote (its files would be lost).
         ValueError: If the study directory lies inside a folder input, whose
-            fingerprint the study's own files would then change on every run.
+            fingerprint the study's own files would then change on every run,
+            or if inputs.human_embedding lies inside the study directory.
     """
     study_dir = plan.study_dir
     existing = next((parent for parent in (study_dir, *study_dir.parents) if parent.exists()), None)
@@ -901,6 +902,13 @@ def check_study_dir(plan: StudyPlan) -> None:
                 f"the study directory {study_dir} lies inside the study {parent}, whose next run "
                 "may replace it with a stage folder; choose an output folder outside it"
             )
+    embedding = plan.config.input_path("human_embedding")
+    if embedding is not None and embedding.resolve().is_relative_to(resolved):
+        # Such as the human_fit folder of an earlier run, which the stage would replace with a copy of itself.
+        raise ValueError(
+            f"inputs.human_embedding = {embedding} lies inside the study directory {study_dir}, whose "
+            "human_fit stage would replace it; copy the embedding out of the study and name the copy"
+        )
     for stage in plan.stages:
         for key, path in stage.inputs.items():
             if path.is_dir() and resolved.is_relative_to(path.resolve()):
