@@ -104,8 +104,8 @@ def test_plan_names_embedding_reason(study):
 
 def test_stages_read_given_embedding(study):
     config, study_dir = study
-    given = np.loadtxt(study_dir.parent / "data" / "embedding.txt")
-    np.testing.assert_array_equal(load_embedding(study_dir / "human_fit").embedding, given)
+    expected = np.loadtxt(study_dir.parent / "data" / "embedding.txt")
+    np.testing.assert_array_equal(load_embedding(study_dir / "human_fit").embedding, expected)
     assert not (study_dir / "human_fit" / "history.csv").exists()
     assert not (study_dir / "human_fit" / "checkpoint.pt").exists()
     every = load_triplets(study_dir.parent / "data" / "human_triplets.txt", N_OBJECTS)
