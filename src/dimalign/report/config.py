@@ -51,8 +51,8 @@ INPUT_KEYS: dict[str, str] = {
 
 #: Kind of each input on disk: a file, a folder, or either.
 INPUT_KINDS: dict[str, str] = {
-    "objects": "file", "human_triplets": "file", "human_embedding": "either", "dnn_features": "either", "images": "folder",
-    "things_dir": "folder", "categories": "file", "labels": "folder",
+    "objects": "file", "human_triplets": "file", "human_embedding": "either", "dnn_features": "either",
+    "images": "folder", "things_dir": "folder", "categories": "file", "labels": "folder",
 }
 
 _DATA_DIR_PATTERN = re.compile(r"\$\{data_dir\}")
