@@ -130,6 +130,13 @@ def test_report_says_not_held_out(study):
     html = (study_dir / "report" / "report.html").read_text(encoding="utf-8")
     assert "not held out" in html
     assert "inputs.human_embedding" in html
+    human = json.loads((study_dir / "evaluate" / "human.json").read_text())
+    summary = json.loads((study_dir / "evaluate" / "summary.json").read_text())
+    assert '<th scope="row">Held-out triplets</th><td>1,510 (all, not held out)</td>' in html
+    accuracy = f"{human['accuracy']:.3f} (not held out)"
+    assert f'<th scope="row">Held-out odd-one-out accuracy</th><td>{accuracy}</td>' in html
+    on_human = f"{summary['dnn_embedding_on_human_val_accuracy']:.3f} (human triplets not held out)"
+    assert f"<td></td><td>{on_human}</td>" in html
 
 
 def test_edited_embedding_reruns_readers(study, tmp_path):

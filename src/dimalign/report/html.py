@@ -398,6 +398,8 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     if "dnn_on_human_accuracy" in numbers:
         rows.append(("DNN embedding on held-out human triplets (accuracy)", "", _format(numbers["dnn_on_human_accuracy"])))
+    if numbers.get("human_embedding_given"):
+        rows = _mark_not_held_out(rows)
     rsa = numbers.get("rsa")
     if rsa:
         level = f"{100 * rsa['ci_level']:.0f}%" if rsa.get("ci_level") else "CI"
@@ -425,6 +427,24 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
             human, dnn = (value, "") if numbers.get("ridge_target") == "human" else ("", value)
             rows.append((name, human, dnn))
     return rows
+
+
+def _mark_not_held_out(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Mark the summary cells that score the human triplets of a given embedding, which are not held out."""
+    marks = {
+        "Held-out triplets": (" (all, not held out)", ""),
+        "Held-out odd-one-out accuracy": (" (not held out)", ""),
+        "DNN embedding on held-out human triplets (accuracy)": ("", " (human triplets not held out)"),
+    }
+    marked = []
+    for name, human, dnn in rows:
+        human_mark, dnn_mark = marks.get(name, ("", ""))
+        if human_mark and human not in ("", "n/a"):
+            human += human_mark
+        if dnn_mark and dnn not in ("", "n/a"):
+            dnn += dnn_mark
+        marked.append((name, human, dnn))
+    return marked
 
 
 def _accuracy_note(numbers: dict[str, Any]) -> str:
