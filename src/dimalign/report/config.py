@@ -40,6 +40,8 @@ STUDY_SETTINGS: dict[str, tuple[Any, str]] = {
 INPUT_KEYS: dict[str, str] = {
     "objects": "object table: objects.tsv or one name per line (THINGS unique_id.txt)",
     "human_triplets": "human odd-one-out triplets (0-based, odd one out last unless human_fit says otherwise)",
+    "human_embedding": "human embedding used in place of a human fit: a .npy/.txt file with one row per object, "
+    "or a run folder of 'dimalign fit'",
     "dnn_features": "DNN features: a .npy/.h5/.txt file or a feature folder from 'dimalign extract'",
     "images": "image folder: <object_id>.<ext> or <object_id>/<first image>",
     "things_dir": "THINGS data folder with RDM48_triplet.mat, words48.csv and unique_id.txt (48-object check)",
@@ -49,8 +51,8 @@ INPUT_KEYS: dict[str, str] = {
 
 #: Kind of each input on disk: a file, a folder, or either.
 INPUT_KINDS: dict[str, str] = {
-    "objects": "file", "human_triplets": "file", "dnn_features": "either", "images": "folder",
-    "things_dir": "folder", "categories": "file", "labels": "folder",
+    "objects": "file", "human_triplets": "file", "human_embedding": "either", "dnn_features": "either",
+    "images": "folder", "things_dir": "folder", "categories": "file", "labels": "folder",
 }
 
 _DATA_DIR_PATTERN = re.compile(r"\$\{data_dir\}")

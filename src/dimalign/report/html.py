@@ -279,6 +279,10 @@ def _relevance_by_dim(results: StudyResults, side: str) -> dict[int, str]:
     # compare.relevance_triplets may explain only the first held-out triplets.
     n_triplets = results.relevance_triplet_count()
     triplets = "the held-out triplets" if n_triplets is None else f"{n_triplets:,} held-out human triplets"
+    if results.human_embedding_given():
+        # The human side is inputs.human_embedding, scored on every human triplet.
+        triplets = "the human triplets" if n_triplets is None else f"{n_triplets:,} human triplets"
+        triplets += " (not held out)"
     return {
         int(row.dim): (
             f"mean drop in choice probability {row.mean_drop:.4f}; most relevant dimension in "
@@ -394,6 +398,8 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
     if "dnn_on_human_accuracy" in numbers:
         rows.append(("DNN embedding on held-out human triplets (accuracy)", "", _format(numbers["dnn_on_human_accuracy"])))
+    if numbers.get("human_embedding_given"):
+        rows = _mark_not_held_out(rows)
     rsa = numbers.get("rsa")
     if rsa:
         level = f"{100 * rsa['ci_level']:.0f}%" if rsa.get("ci_level") else "CI"
@@ -423,8 +429,33 @@ def summary_rows(numbers: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _mark_not_held_out(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Mark the summary cells that score the human triplets of a given embedding, which are not held out."""
+    marks = {
+        "Held-out triplets": (" (all, not held out)", ""),
+        "Held-out odd-one-out accuracy": (" (not held out)", ""),
+        "DNN embedding on held-out human triplets (accuracy)": ("", " (human triplets not held out)"),
+    }
+    marked = []
+    for name, human, dnn in rows:
+        human_mark, dnn_mark = marks.get(name, ("", ""))
+        if human_mark and human not in ("", "n/a"):
+            human += human_mark
+        if dnn_mark and dnn not in ("", "n/a"):
+            dnn += dnn_mark
+        marked.append((name, human, dnn))
+    return marked
+
+
 def _accuracy_note(numbers: dict[str, Any]) -> str:
     """Return the note under the summary table that names the triplets each accuracy scores."""
+    if numbers.get("human_embedding_given") and numbers.get("human_accuracy") is not None:
+        return (
+            '<p class="meta">The human embedding is the given inputs.human_embedding, not a fit. Its accuracy '
+            "and the row of the DNN embedding on human triplets score all of inputs.human_triplets, which are "
+            "not held out: a published embedding may have been trained on these triplets, so its accuracy "
+            "may be optimistic. Chance is 1/3.</p>"
+        )
     if numbers.get("human_accuracy") is None or numbers.get("dnn_accuracy") is None:
         return ""
     return (

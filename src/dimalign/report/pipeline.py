@@ -81,7 +81,15 @@ from dimalign.report.stage_records import (
     reject_unwritten_files,
     stage_files,
 )
-from dimalign.report.stages import STAGE_ORDER, STAGES, StageContext, weights_file
+from dimalign.report.stages import (
+    EMBEDDING_REASON,
+    STAGE_ORDER,
+    STAGES,
+    Stage,
+    StageContext,
+    stage_definition,
+    weights_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +250,10 @@ def _plan_study(
     if not config.stages:
         raise ValueError(f"{config.path} configures no stage; add tables such as [human_fit]")
     configured = set(config.stages)
+    uses_embedding = _uses_embedding(config)
+    if uses_embedding:
+        # The given embedding takes the place of the human fit, with or without a [human_fit] table.
+        configured.add("human_fit")
     if from_stage is not None and from_stage not in configured:
         listed = ", ".join(name for name in STAGE_ORDER if name in configured)
         if from_stage not in STAGES:
@@ -255,7 +267,11 @@ def _plan_study(
         planned[name] = _plan_stage(config, name, configured, planned, fingerprints, study_dir)
 
     _check_held_out_readers(config, planned)
+    if uses_embedding:
+        _check_embedding_readers(config, planned)
     _decide(planned, study_dir, from_stage)
+    if uses_embedding:
+        planned["human_fit"].reasons.append(EMBEDDING_REASON)
     changes = [change for stage in planned.values() for change in stage.changes]
     changes = _study_changes(config) + changes
     return StudyPlan(config, study_dir, list(planned.values()), changes)
@@ -271,7 +287,8 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
         readers.append(("compare (relevance_triplets)", "human_fit"))
     for reader, fit in readers:
         stage, key = sources[fit]
-        if stage in planned and planned[stage].settings[key] == 0:
+        # A given human embedding has no held-out part, so its human_fit has no val_fraction.
+        if stage in planned and planned[stage].settings.get(key) == 0:
             raise ValueError(
                 f"{stage}.{key} = 0 ({config.origin(stage, key)}) leaves no held-out triplets, but stage "
                 f"{reader} scores the held-out triplets of {fit}; set {stage}.{key} above 0"
@@ -279,12 +296,56 @@ def _check_held_out_readers(config: StudyConfig, planned: dict[str, PlannedStage
             )
 
 
+def _uses_embedding(config: StudyConfig) -> bool:
+    """Return whether the study names inputs.human_embedding, which replaces the human fit."""
+    return config.inputs.get("human_embedding") not in (None, "")
+
+
+def _check_embedding_readers(config: StudyConfig, planned: dict[str, PlannedStage]) -> None:
+    """Reject the stages that score a given human embedding on human triplets when the study names none.
+
+    Raises:
+        ValueError: For ``evaluate``, or ``compare`` with a jackknife
+            (``relevance_triplets`` other than 0), without inputs.human_triplets.
+    """
+    if config.input_path("human_triplets") is not None:
+        return
+    if "evaluate" in planned and "human_fit" in planned["evaluate"].upstream:
+        raise ValueError(
+            f"stage evaluate scores the human embedding on inputs.human_triplets, which {config.path} does "
+            "not name next to inputs.human_embedding. Add human_triplets = \"...\" under [inputs], or remove "
+            "the [evaluate] table"
+        )
+    if "compare" in planned and planned["compare"].settings["relevance_triplets"] != 0:
+        raise ValueError(
+            f"the jackknife of stage compare explains inputs.human_triplets, which {config.path} does not "
+            "name next to inputs.human_embedding. Add human_triplets = \"...\" under [inputs], or set "
+            "compare.relevance_triplets = 0"
+        )
+
+
+def _check_embedding_settings(config: StudyConfig, definition: Stage) -> None:
+    """Reject settings of [human_fit] that a given human embedding leaves unused."""
+    allowed = set(definition.spec({}))
+    unused = sorted(set(config.stages.get("human_fit", {})) - allowed)
+    if unused:
+        raise ValueError(
+            f"inputs.human_embedding ({config.origin(INPUTS_TABLE, 'human_embedding')}) replaces the human "
+            f"fit, but [human_fit] sets {', '.join(f'human_fit.{key}' for key in unused)} "
+            f"({config.origin('human_fit', unused[0])}). Remove these settings, or remove "
+            f"inputs.human_embedding to fit the human triplets. With a given embedding, [human_fit] may set "
+            f"only {' and '.join(sorted(allowed))}, which say how to read inputs.human_triplets"
+        )
+
+
 def _plan_stage(
     config: StudyConfig, name: str, configured: set[str], planned: dict[str, PlannedStage],
     fingerprints: FingerprintCache, study_dir: Path,
 ) -> PlannedStage:
-    stage = STAGES[name]
-    raw = config.stages[name]
+    stage = stage_definition(name, _uses_embedding(config))
+    if stage is not STAGES[name]:
+        _check_embedding_settings(config, stage)
+    raw = config.stages.get(name, {})
     spec = stage.spec(raw)
     settings = check_settings(name, raw, spec, origin=lambda key: config.origin(name, key))
     for key in ("seed", "device"):
@@ -305,7 +366,7 @@ def _plan_stage(
                 f"configure; add a [{dependency}] table"
             )
 
-    inputs = _stage_inputs(config, name, configured, settings)
+    inputs = _stage_inputs(config, name, configured, settings, stage)
 
     # The checks also see the object table where the stage itself reads it
     # only through its upstream stages, so that a count can be compared with
@@ -330,7 +391,7 @@ def _plan_stage(
 
 
 def _stage_inputs(
-    config: StudyConfig, name: str, configured: set[str], settings: dict[str, Any]
+    config: StudyConfig, name: str, configured: set[str], settings: dict[str, Any], stage: Stage | None = None,
 ) -> dict[str, Path]:
     """Return the study inputs that stage ``name`` reads, by key, with the weights file of the features stage.
 
@@ -339,7 +400,7 @@ def _stage_inputs(
             or an input of the wrong kind (a file for a folder, or a device).
         FileNotFoundError: For an input path or weights file that does not exist.
     """
-    stage = STAGES[name]
+    stage = stage or STAGES[name]
     required, optional = stage.inputs(configured, settings)
     inputs: dict[str, Path] = {}
     for key in required + optional:
@@ -825,7 +886,8 @@ def check_study_dir(plan: StudyPlan) -> None:
             another dimalign step, or if a stage that runs would replace a
             folder that no ``dimalign run`` wrote (its files would be lost).
         ValueError: If the study directory lies inside a folder input, whose
-            fingerprint the study's own files would then change on every run.
+            fingerprint the study's own files would then change on every run,
+            or if inputs.human_embedding lies inside the study directory.
     """
     study_dir = plan.study_dir
     existing = next((parent for parent in (study_dir, *study_dir.parents) if parent.exists()), None)
@@ -847,6 +909,13 @@ def check_study_dir(plan: StudyPlan) -> None:
                 f"the study directory {study_dir} lies inside the study {parent}, whose next run "
                 "may replace it with a stage folder; choose an output folder outside it"
             )
+    embedding = plan.config.input_path("human_embedding")
+    if embedding is not None and embedding.resolve().is_relative_to(resolved):
+        # Such as the human_fit folder of an earlier run, which the stage would replace with a copy of itself.
+        raise ValueError(
+            f"inputs.human_embedding = {embedding} lies inside the study directory {study_dir}, whose "
+            "human_fit stage would replace it; copy the embedding out of the study and name the copy"
+        )
     for stage in plan.stages:
         for key, path in stage.inputs.items():
             if path.is_dir() and resolved.is_relative_to(path.resolve()):
@@ -951,7 +1020,7 @@ def check_outside_study_folders(out_dir: str | os.PathLike, step: str) -> None:
 def _run_stage(plan: StudyPlan, stage: PlannedStage, record: dict[str, Any]) -> None:
     from dimalign.embedding.checkpoint import CHECKPOINT_NAME
 
-    definition = STAGES[stage.name]
+    definition = stage_definition(stage.name, _uses_embedding(plan.config))
     study_dir = plan.study_dir
     work_dir = partial_folder(study_dir, stage)
     if reusable_work(plan, stage) is not None:

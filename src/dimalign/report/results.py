@@ -520,6 +520,15 @@ class StudyResults:
             numbers=("mean_drop", "share_most_relevant"), integers=("dim",),
         )
 
+    def human_embedding_given(self) -> bool:
+        """Return whether the human_fit folder contains a given embedding (inputs.human_embedding), not a fit.
+
+        Such a folder's ``val.npy`` contains every human triplet, none held out.
+        """
+        if not self.has("human_fit", "manifest.json"):
+            return False
+        return self.manifest("human_fit").get("step") == "human_embedding"
+
     def relevance_triplet_count(self) -> int | None:
         """Return the number of held-out human triplets the jackknife explained, or None without ``relevance_summary.json``."""
         if not self.has("compare", "relevance_summary.json"):
@@ -799,6 +808,8 @@ class StudyResults:
                 key: _json_number(ceiling.get(key), path, f"human_noise_ceiling.{key}", required=True)
                 for key in ("value", "n_sets", "n_responses")
             }
+        if self.human_embedding_given():
+            numbers["human_embedding_given"] = True
         if "dnn_embedding_on_human_val_accuracy" in evaluation:
             key = "dnn_embedding_on_human_val_accuracy"
             numbers["dnn_on_human_accuracy"] = _json_number(evaluation[key], path, key)

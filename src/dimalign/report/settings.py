@@ -165,6 +165,11 @@ TRIPLET_LOADING: dict[str, Setting] = {
     "odd_column": Setting(2, "column (0, 1 or 2) of the odd one out in the triplet file", minimum=0, maximum=2),
 }
 
+#: Settings of human_fit when inputs.human_embedding replaces the fit: only how to read the human triplets.
+EMBEDDING_TRIPLET_LOADING: dict[str, Setting] = {
+    key: TRIPLET_LOADING[key] for key in ("one_based", "odd_column")
+}
+
 
 def estimator_settings(method: str) -> dict[str, Setting]:
     """Return the settings of VICE or SPoSE that a study file may set, with the estimator's defaults."""

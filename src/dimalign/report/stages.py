@@ -346,6 +346,147 @@ def _check_held_out_size(stage: str, val_fraction: float, n_triplets: int) -> No
         )
 
 
+# -- a given human embedding ---------------------------------------------------------
+
+#: Plan reason of human_fit when inputs.human_embedding replaces the fit.
+EMBEDDING_REASON = "uses inputs.human_embedding, no fit"
+
+
+def read_human_embedding(path: Path, objects_path: Path, objects, *, quiet: bool = False):
+    """Read ``inputs.human_embedding`` and check it against the study's objects.
+
+    Args:
+        path (Path): An embedding file (one row per object, in the order of
+            ``objects``) or a run folder of ``dimalign fit``.
+        objects_path (Path): The object table file, for messages.
+        objects (ObjectTable): The study's objects.
+        quiet (bool): Hide the loading log line and the warning about
+            negative weights within the tolerance, which are set to 0.
+
+    Returns:
+        EmbeddingResult: As :func:`dimalign.io.runs.load_embedding` returns it.
+
+    Raises:
+        ValueError: If a run folder's ``objects.tsv`` lists other objects, or
+            if the embedding has another number of rows than there are
+            objects, a NaN or inf value, or a weight below the tolerance of
+            :func:`dimalign.io.runs.load_embedding`.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
+    from dimalign.io.runs import EMBEDDING_NAME, _read_embedding_file, load_embedding, reject_negative_weights
+
+    file = path
+    if path.is_dir():
+        table_path = path / OBJECT_TABLE_NAME
+        if table_path.is_file():
+            _check_same_object_table(read_object_table(table_path), table_path, objects, objects_path)
+        file = path / EMBEDDING_NAME
+    # The raw array gives the positions of bad values. A file that cannot be
+    # read this way is left to load_embedding, whose errors name the problem.
+    raw = None
+    if file.is_file():
+        try:
+            raw = np.asarray(_read_embedding_file(file)[0], dtype=np.float64)
+        except (OSError, EOFError, ValueError, TypeError):
+            raw = None
+    if raw is not None and raw.ndim == 2:
+        source = f"inputs.human_embedding {file}"
+        bad = np.argwhere(~np.isfinite(raw))
+        if bad.size:
+            row, column = bad[0]
+            raise ValueError(
+                f"{source}: NaN or inf at row {row}, column {column} ({len(bad)} values). An embedding needs "
+                "a finite weight in every cell, so replace the file"
+            )
+        if raw.shape[0] != len(objects):
+            raise ValueError(
+                f"{source} has {raw.shape[0]} rows, but inputs.objects {objects_path} lists {len(objects)} "
+                "objects. The embedding needs one row per object, in the order of inputs.objects"
+            )
+        reject_negative_weights(raw, source)
+    if not quiet:
+        return load_embedding(path)
+    with warnings.catch_warnings(), _quiet_loading("dimalign.io.runs"):
+        warnings.simplefilter("ignore")
+        return load_embedding(path)
+
+
+def _check_same_object_table(table, table_path: Path, objects, objects_path: Path) -> None:
+    """Reject the object table of a run folder that differs from the study's objects."""
+    if table.object_ids == objects.object_ids:
+        return
+    detail = f"it lists {len(table)} objects, inputs.objects {len(objects)}"
+    for row, (found, expected) in enumerate(zip(table.object_ids, objects.object_ids)):
+        if found != expected:
+            detail = f"{detail}, and they first differ at row {row}: {found!r} instead of {expected!r}"
+            break
+    raise ValueError(
+        f"inputs.human_embedding: {table_path} lists other objects than inputs.objects {objects_path} "
+        f"({detail}). Give an embedding of the study's objects, in their order"
+    )
+
+
+def check_human_embedding(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
+    """Read the given human embedding, so that a bad one fails before any stage runs."""
+    from dimalign.io.objects import read_object_table
+
+    # The run warns about weights within the tolerance that it sets to 0, so planning keeps quiet about them.
+    read_human_embedding(
+        inputs["human_embedding"], inputs["objects"], read_object_table(inputs["objects"]), quiet=True
+    )
+
+
+def run_human_embedding(context: StageContext) -> dict[str, Any]:
+    """Write the given human embedding as the human fit, with every human triplet to score it on.
+
+    The folder has the layout of a fit (``embedding.npz``, ``objects.tsv``
+    and ``val.npy``), so the stages that read the human fit read it
+    unchanged. ``val.npy`` contains all of ``inputs.human_triplets``, and the
+    manifest records ``held_out: false``, because a published embedding may
+    have been trained on these triplets.
+    """
+    from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table, write_object_table
+    from dimalign.io.runs import save_embedding
+    from dimalign.io.triplets import load_triplets, save_triplets
+
+    settings = context.settings
+    objects = read_object_table(context.inputs["objects"])
+    source = context.inputs["human_embedding"]
+    embedding = read_human_embedding(source, context.inputs["objects"], objects)
+    save_embedding(embedding, context.out_dir)
+    write_object_table(objects, context.out_dir / OBJECT_TABLE_NAME)
+    outputs: dict[str, Any] = {
+        "n_dims": int(embedding.embedding.shape[1]), "n_epochs": None, "n_train": None, "held_out": False,
+    }
+    inputs = {"embedding": source, "objects": context.inputs["objects"]}
+    triplets_path = context.inputs.get("human_triplets")
+    if triplets_path is not None:
+        triplets = load_triplets(
+            triplets_path, len(objects), one_based=settings["one_based"], odd_column=settings["odd_column"],
+        )
+        save_triplets(triplets, context.out_dir / VAL_NAME)
+        outputs["n_val"] = len(triplets)
+        inputs["triplets"] = triplets_path
+        logger.warning(
+            "human_fit: the stages that score the human embedding %s use all %d triplets of %s, which are not "
+            "held out: a published embedding may have been trained on them",
+            source, len(triplets), triplets_path,
+        )
+    logger.info(
+        "human_fit: using the given embedding %s (%d objects x %d dimensions) in place of a fit",
+        source, *embedding.embedding.shape,
+    )
+    write_manifest(context.out_dir, step="human_embedding", inputs=inputs, settings=settings, outputs=outputs)
+    return outputs
+
+
+def human_triplets_held_out(run_dir: Path) -> bool:
+    """Return whether the ``val.npy`` of a human_fit folder is held out, False for a given embedding."""
+    from dimalign.io.files import read_manifest
+
+    return read_manifest(run_dir).get("outputs", {}).get("held_out", True) is not False
+
+
 def run_dnn_fit(context: StageContext) -> dict[str, Any]:
     """Fit an embedding to the simulated DNN triplets."""
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
@@ -525,6 +666,13 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
         embeddings[side] = embedding.embedding
         val = _load_val(run_dir, embedding.n_objects)
         metrics = evaluate_embedding(embedding, val, things_dir=things_dir, device=context.settings["device"])
+        if side == "human" and not human_triplets_held_out(run_dir):
+            metrics["held_out"] = False
+            logger.warning(
+                "evaluate: scored the given human embedding on all %d human triplets, which are not held out. "
+                "A published embedding may have been trained on them, so its accuracy may be optimistic",
+                len(val),
+            )
         write_text_atomic(context.out_dir / f"{side}.json", json.dumps(metrics, indent=2) + "\n")
         summary[side] = metrics
 
@@ -532,7 +680,11 @@ def run_evaluate(context: StageContext) -> dict[str, Any]:
         # The ceiling of the whole file, not only the held-out part: repeated sets are rare.
         human_dir = context.upstream["human_fit"]
         n_objects = embeddings["human"].shape[0]
-        every = np.concatenate([load_triplets(human_dir / name, n_objects) for name in (TRAIN_NAME, VAL_NAME)])
+        # The folder of a given embedding has no train.npy: its val.npy contains every human triplet.
+        every = np.concatenate([
+            load_triplets(human_dir / name, n_objects) for name in (TRAIN_NAME, VAL_NAME)
+            if name == VAL_NAME or (human_dir / name).is_file()
+        ])
         ceiling = triplet_noise_ceiling(every) if _has_repeats(every) else None
         summary["human_noise_ceiling"] = (
             None if ceiling is None
@@ -649,6 +801,11 @@ def run_compare(context: StageContext) -> dict[str, Any]:
     n_relevance = specs.check_count(context.name, "relevance_triplets", settings["relevance_triplets"], allow_zero=True)
     if n_relevance != 0:
         triplets = _load_val(human_dir, n_objects)
+        if not human_triplets_held_out(human_dir):
+            logger.warning(
+                "compare: the jackknife explains human triplets that are not held out, because the human "
+                "embedding is the given inputs.human_embedding, which may have been trained on them"
+            )
         if n_relevance is not None and n_relevance < len(triplets):
             triplets = triplets[:n_relevance]
         elif n_relevance is not None and n_relevance > len(triplets):
@@ -733,9 +890,9 @@ def check_map(settings: Mapping[str, Any], inputs: Mapping[str, Path]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide the INFO line of load_features while planning reads only a file's header."""
-    feature_logger = logging.getLogger("dimalign.io.features")
+def _quiet_loading(name: str = "dimalign.io.features") -> Iterator[None]:
+    """Hide the INFO line of a loader (load_features by default) while planning reads a file."""
+    feature_logger = logging.getLogger(name)
     previous = feature_logger.level
     feature_logger.setLevel(logging.WARNING)
     try:
@@ -916,5 +1073,21 @@ STAGES: dict[str, Stage] = {
 #: Stages in the order they run.
 STAGE_ORDER = tuple(STAGES)
 
+#: The human_fit stage of a study that names inputs.human_embedding: it writes
+#: the given embedding in place of a fit.
+HUMAN_EMBEDDING_STAGE = Stage(
+    "human_fit", "use the given human embedding (inputs.human_embedding) in place of a fit", run_human_embedding,
+    _table(specs.EMBEDDING_TRIPLET_LOADING), _none, _fixed(["human_embedding", "objects"], ["human_triplets"]),
+    check=check_human_embedding,
+)
 
-__all__ = ["STAGES", "STAGE_ORDER", "CachedSimilarity", "Stage", "StageContext", "images_per_object"]
+
+def stage_definition(name: str, uses_embedding: bool) -> Stage:
+    """Return the definition of stage ``name``, given whether the study names inputs.human_embedding."""
+    return HUMAN_EMBEDDING_STAGE if name == "human_fit" and uses_embedding else STAGES[name]
+
+
+__all__ = [
+    "HUMAN_EMBEDDING_STAGE", "STAGES", "STAGE_ORDER", "CachedSimilarity", "Stage", "StageContext",
+    "images_per_object", "stage_definition",
+]
