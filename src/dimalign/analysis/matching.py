@@ -289,9 +289,9 @@ def chance_matchings(
     """
     human = np.asarray(human, dtype=np.float64)
     dnn = np.asarray(dnn, dtype=np.float64)
-    # The correlation does not change when both columns are permuted alike, so the
-    # columns are standardised once and only the rows of the DNN side are permuted.
-    # The real matching has already warned about constant columns.
+    # Centring and scaling a column do not depend on the row order, so the columns
+    # are standardised once and only the rows of the standardised DNN side are
+    # permuted. The real matching has already warned about constant columns.
     standardised_human = _standardise_columns(human, "human", warn_constant=False)
     standardised_dnn = _standardise_columns(dnn, "DNN", warn_constant=False)
     generator = np.random.default_rng(random_state)

@@ -310,7 +310,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                 f"random_state={self.random_state} is invalid with shuffle=True: use an integer from "
                 "0 to 2**32 - 1"
             )
-        # Both are written to the manifest by save() and read back as strings.
+        # save() records both in the manifest as the names of the DNN and its layer.
         for name in ("model_name", "layer"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
