@@ -1337,18 +1337,14 @@ def compare(
     return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
 
 
-# An embedding with more than this many dimensions per object gets a warning,
-# because its dimensions are poorly determined, and with as many dimensions as
-# objects they are linearly dependent.
-_DIMENSIONS_PER_OBJECT_WARNING = 0.5
-
-
 def _warn_many_dimensions(pair: AlignedPair) -> None:
     """Warn for each embedding with more than half as many dimensions as compared objects."""
+    from dimalign.embedding.base import MAX_DIMENSIONS_PER_OBJECT
+
     n_objects = pair.human.shape[0]
     for label, embedding in (("human", pair.human), ("DNN", pair.dnn)):
         n_dims = embedding.shape[1]
-        if n_dims > _DIMENSIONS_PER_OBJECT_WARNING * n_objects:
+        if n_dims > MAX_DIMENSIONS_PER_OBJECT * n_objects:
             warn(
                 f"the {label} embedding has {n_dims} dimensions for {n_objects} compared objects, so its "
                 "dimensions are poorly determined and matching finds high correlations by chance alone: "
