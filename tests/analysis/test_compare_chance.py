@@ -57,9 +57,11 @@ def test_chance_matchings_without_permutations():
 
 def test_compare_writes_chance_level(tmp_path):
     human, dnn = related_pair()
-    compare(human, dnn, tmp_path / "out", n_bootstrap=0, top_k=2, chance_permutations=4, random_state=7)
+    result = compare(human, dnn, tmp_path / "out", n_bootstrap=0, top_k=2, chance_permutations=4, random_state=7)
 
     chance = chance_matchings(human, dnn, ("with_replacement", "greedy", "optimal"), n_permutations=4, random_state=7)
+    assert sorted(result.chance) == ["greedy", "optimal", "with_replacement"]
+    np.testing.assert_array_equal(result.chance["optimal"], chance["optimal"])
     table = pd.read_csv(tmp_path / "out" / "matching_chance.csv")
     assert list(table.columns) == ["rank", "method", "r_chance_mean", "r_chance_max"]
     greedy = table[table["method"] == "greedy"]

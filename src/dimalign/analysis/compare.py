@@ -969,6 +969,9 @@ class ComparisonResult:
         cumulative (CumulativeRSA): The cumulative RSA curve.
         n_objects (int): Objects compared.
         outputs (dict): Output file names by role.
+        chance (dict[str, np.ndarray]): Per matching method, the matched
+            correlations of each row permutation of the DNN embedding, sorted
+            in decreasing order, shape ``(chance_permutations, n_human)``.
     """
 
     rsa: BootstrapRSA
@@ -976,6 +979,7 @@ class ComparisonResult:
     cumulative: Any
     n_objects: int
     outputs: dict[str, Any]
+    chance: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def compare(
@@ -1328,13 +1332,14 @@ def compare(
         share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
     else:
         share_text = f"{count_of(n_for_share, 'DNN dimension')} for 95% of the full r²"
+    statistic = "r" if rsa_method == "pearson" else "Spearman rho"
     logger.info(
         "human-DNN RSA %s = %.3f%s; matched r up to %.3f; %s",
-        "r" if rsa_method == "pearson" else "Spearman rho", rsa_result.r, interval, primary.correlations.max(), share_text,
+        statistic, rsa_result.r, interval, primary.correlations.max(), share_text,
     )
     if chance_permutations:
         _report_chance(primary, chance[primary.method])
-    return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
+    return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs, chance)
 
 
 def _warn_many_dimensions(pair: AlignedPair) -> None:
