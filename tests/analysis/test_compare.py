@@ -990,7 +990,7 @@ def test_compare_rerun_removes_earlier_outputs(tmp_path):
     left = sorted(path.name for path in out.iterdir())
     assert left == sorted([
         "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg", "manifest.json",
-        "matching.csv", "matching.png", "matching.svg", "rsa.json", "top_objects.csv",
+        "matching.csv", "matching_chance.csv", "matching.png", "matching.svg", "rsa.json", "top_objects.csv",
     ])
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,3 +60,46 @@ def test_ridge_not_fitted_message():
 
     with pytest.raises(NotFittedError, match=r"^this RidgeMap is not fitted yet: call fit\(X, y\) first$"):
         RidgeMap().predict(X)
+
+
+@pytest.mark.parametrize("shuffle", ["yes", 1, None])
+def test_ridge_rejects_invalid_shuffle(shuffle):
+    X, Y = linear_data()
+    with pytest.raises(ValueError, match=rf"^shuffle={shuffle!r} is invalid: use True or False$"):
+        RidgeMap(alphas=ALPHAS, shuffle=shuffle).fit(X, Y)
+
+
+def test_ridge_accepts_numpy_bool_shuffle():
+    X, Y = linear_data()
+    ridge = RidgeMap(alphas=ALPHAS, shuffle=np.bool_(True), random_state=7).fit(X, Y)
+    reference = RidgeMap(alphas=ALPHAS, shuffle=True, random_state=7).fit(X, Y)
+    np.testing.assert_array_equal(ridge.fold_scores_, reference.fold_scores_)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_ridge_rejects_seed_out_of_range(seed):
+    X, Y = linear_data()
+    with pytest.raises(ValueError, match=rf"^random_state={seed} is invalid with shuffle=True: use an integer "
+                                         r"from 0 to 2\*\*32 - 1"):
+        RidgeMap(alphas=ALPHAS, shuffle=True, random_state=seed).fit(X, Y)
+
+
+def test_ridge_rejects_non_numeric_alpha():
+    X, Y = linear_data()
+    with pytest.raises(ValueError, match=r"^alphas must be numbers, got \[1, 'a'\]"):
+        RidgeMap(alphas=[1, "a"]).fit(X, Y)
+
+
+@pytest.mark.parametrize(("name", "value"), [("model_name", ["vgg16"]), ("layer", 4)])
+def test_ridge_rejects_non_string_names(tmp_path, name, value):
+    X, Y = linear_data()
+    with pytest.raises(ValueError, match="^" + re.escape(f"{name}={value!r} is invalid: pass a string or None")):
+        RidgeMap(alphas=ALPHAS, **{name: value}).fit(X, Y)
+
+
+def test_ridge_docstring_lists_fitted_attributes():
+    X, Y = linear_data()
+    ridge = RidgeMap(alphas=ALPHAS).fit(X, Y)
+    fitted = sorted(name for name in vars(ridge) if name.endswith("_") and not name.startswith("_"))
+    for name in fitted:
+        assert f"    {name} (" in RidgeMap.__doc__, name

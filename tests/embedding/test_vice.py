@@ -207,6 +207,29 @@ def test_no_dimension_warning_at_min_objects_zero():
     ]
 
 
+def test_fit_warns_many_dimensions_per_object():
+    """VICE's default of 150 dimensions on 12 objects keeps far more than half as many dimensions as objects."""
+    with pytest.warns(UserWarning) as caught:
+        model = VICE(max_epochs=2, random_state=0).fit(random_triplets(), n_objects=12)
+    messages = [str(item.message) for item in caught if "dimensions for 12 objects" in str(item.message)]
+    assert messages == [
+        f"the fit kept {model.n_dims_} of 150 dimensions for 12 objects, so its dimensions are poorly "
+        "determined, and matching them to another embedding finds high correlations by chance alone: fit "
+        "with fewer initial dimensions (n_dims, CLI: --n-dims), at most 6 for these objects, or train longer"
+    ]
+    assert model.n_dims_ > 6
+
+
+def test_fit_few_dimensions_no_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = VICE(n_dims=6, max_epochs=2, random_state=0).fit(random_triplets(), n_objects=12)
+    assert model.n_dims_ <= 6
+    assert not [item for item in caught if "poorly determined" in str(item.message)]
+
+
 def test_checkpoint_saved_on_gpu_resumes_on_cpu(tmp_path):
     """A checkpoint whose tensors are tagged as CUDA storage loads on a CPU-only machine."""
     triplets = random_triplets(15, 200)

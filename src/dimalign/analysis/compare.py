@@ -856,13 +856,16 @@ def bootstrap_rsa(
 #: written its new files, it removes the earlier ones (see :func:`_retired_outputs`),
 #: so that no result of an earlier comparison stays next to the new ones.
 COMPARE_OUTPUTS = (
-    "matching.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
+    "matching.csv", "matching_chance.csv", "matching.png", "matching.svg", "top_objects.csv", "rsa.json",
     "cumulative_rsa.csv", "cumulative_rsa.png", "cumulative_rsa.svg",
     "relevance_human.csv", "relevance_dnn.csv", "most_relevant_human.csv", "most_relevant_dnn.csv",
     "agreement_different_dims.csv", "disagreements.csv", "triplet_relevance.npz",
     "relevance_summary.json",
 )
 SIMILARITY_OUTPUTS = ("human_similarity.npy", "dnn_similarity.npy")
+
+#: Correlations that ``compare`` offers for its RSA (``rsa_method``, CLI ``--rsa-method``).
+RSA_METHODS = ("pearson", "spearman")
 
 #: The source that the manifest records for the object table of a DataFrame input, its index.
 INDEX_SOURCE = "DataFrame index"
@@ -966,6 +969,9 @@ class ComparisonResult:
         cumulative (CumulativeRSA): The cumulative RSA curve.
         n_objects (int): Objects compared.
         outputs (dict): Output file names by role.
+        chance (dict[str, np.ndarray]): Per matching method, the matched
+            correlations of each row permutation of the DNN embedding, sorted
+            in decreasing order, shape ``(chance_permutations, n_human)``.
     """
 
     rsa: BootstrapRSA
@@ -973,6 +979,7 @@ class ComparisonResult:
     cumulative: Any
     n_objects: int
     outputs: dict[str, Any]
+    chance: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def compare(
@@ -996,6 +1003,8 @@ def compare(
     inputs: dict[str, str | os.PathLike] | None = None,
     similarity: Callable[..., np.ndarray] | None = None,
     shared_objects: bool = False,
+    chance_permutations: int = 10,
+    rsa_method: str = "pearson",
 ) -> ComparisonResult:
     """Compare a human and a DNN embedding and write every result into ``out_dir``.
 
@@ -1062,6 +1071,13 @@ def compare(
             third object of each similarity then runs over these objects only.
             Both inputs need object tables. Triplet indices without
             ``triplet_objects`` stay rows of the whole human embedding.
+        chance_permutations (int): Row permutations of the DNN embedding
+            whose matched correlations give the chance level of the matching
+            (``matching_chance.csv``). 0 skips it.
+        rsa_method (str): Correlation of the RSA, its bootstrap, the
+            cumulative RSA and the reference scores: ``"pearson"`` or
+            ``"spearman"`` (average ranks for ties). The Spearman bootstrap
+            ranks each resample anew, so it is much slower.
 
     Returns:
         ComparisonResult: Headline numbers.
@@ -1100,6 +1116,15 @@ def compare(
     )
     resolve_device(device)
     _check_compare_settings(n_bootstrap, top_k, images, random_state)
+    check_integer("chance_permutations", chance_permutations)
+    if rsa_method not in RSA_METHODS:
+        raise ValueError(
+            f"rsa_method={rsa_method!r} is invalid (--rsa-method): use one of {', '.join(RSA_METHODS)}"
+        )
+    if chance_permutations < 0:
+        raise ValueError(
+            f"chance_permutations={chance_permutations} is invalid (--chance-permutations): use 0 or more"
+        )
     if triplet_objects is not None and triplets is None:
         raise ValueError(
             "triplet_objects names the rows of triplets, but no triplets are given: pass the triplets "
@@ -1159,6 +1184,7 @@ def compare(
         "comparing %d objects: human %d dimensions, DNN %d dimensions",
         n_objects, pair.human.shape[1], pair.dnn.shape[1],
     )
+    _warn_many_dimensions(pair)
     outputs: dict[str, Any] = {}
 
     # Matching and the objects behind each pair are cheap, so they run before
@@ -1167,6 +1193,9 @@ def compare(
     correlations = matching_module.correlate_columns(pair.human, pair.dnn, name_a="human", name_b="DNN")
     matchings = matching_module.match_all(pair.human, pair.dnn, correlations=correlations)
     primary = matchings.get("greedy", matchings["with_replacement"])
+    chance = matching_module.chance_matchings(
+        pair.human, pair.dnn, tuple(matchings), n_permutations=chance_permutations, random_state=random_state
+    )
     top_table = matching_module.top_objects_table(pair.human, pair.dnn, primary, names, k=top_k)
     pictures = None
     if images is not None:
@@ -1189,6 +1218,9 @@ def compare(
         _write_csv(matching_table, stage / "matching.csv")
         _write_csv(top_table, stage / "top_objects.csv")
         outputs.update(matching="matching.csv", top_objects="top_objects.csv")
+        if chance_permutations:
+            _write_csv(_chance_table(chance), stage / "matching_chance.csv")
+            outputs["matching_chance"] = "matching_chance.csv"
         if pictures is not None:
             outputs["top_object_grids"] = _write_pair_grids(top_table, pictures, stage)
 
@@ -1200,7 +1232,8 @@ def compare(
         human_similarity = similarity(pair.human, objects=subset, device=device)
         dnn_similarity = similarity(pair.dnn, objects=subset, device=device)
         rsa_result = _named_bootstrap_rsa(
-            human_similarity, dnn_similarity, (human_side.name, dnn_side.name), n_bootstrap, random_state
+            human_similarity, dnn_similarity, (human_side.name, dnn_side.name), n_bootstrap, random_state,
+            rsa_method,
         )
         order = matching_module.matched_order(primary, pair.dnn.shape[1], correlations)
         if cumulative_objects is None:
@@ -1213,11 +1246,12 @@ def compare(
         full_r_interval = _full_r_interval(
             rsa_result if cumulative_objects is None else None,
             (human_reference, dnn_full, n_bootstrap, random_state),
+            rsa_method,
         )
         cumulative = matching_module.cumulative_rsa(
             human_reference, pair.dnn, order,
             similarity=lambda embedding: similarity(embedding, objects=cumulative_subset, device=device),
-            full_similarity=dnn_full, r_full_interval=full_r_interval,
+            full_similarity=dnn_full, r_full_interval=full_r_interval, method=rsa_method,
         )
         _warn_undefined_share(cumulative, n_bootstrap, rsa_result.ci_level)
         _write_csv(cumulative.to_frame(), stage / "cumulative_rsa.csv")
@@ -1238,9 +1272,10 @@ def compare(
             "n_human_dims": int(pair.human.shape[1]),
             "matched_r_max": float(primary.correlations.max()),
             "matched_r_median": float(np.median(primary.correlations)),
+            **_chance_summary(chance[primary.method], chance_permutations),
         }
         if reference is not None:
-            summary["reference"] = _reference_scores(pair, reference, similarity, device)
+            summary["reference"] = _reference_scores(pair, reference, similarity, device, rsa_method)
         write_json_atomic(stage / "rsa.json", summary)
         outputs["rsa"] = "rsa.json"
 
@@ -1274,7 +1309,8 @@ def compare(
                 **(decoding.to_json() if decoding is not None else {}),
                 "decoding_source": decoding.source if decoding is not None else None,
                 "human_objects": human_table_source, "dnn_objects": dnn_table_source,
-                "shared_objects": shared_objects,
+                "shared_objects": shared_objects, "chance_permutations": chance_permutations,
+                "rsa_method": rsa_method,
                 "n_human_only_objects": pair.n_human_only, "n_dnn_only_objects": pair.n_dnn_only,
             },
             started=started,
@@ -1296,11 +1332,76 @@ def compare(
         share_text = "95% of the full r² not reached by any prefix of DNN dimensions"
     else:
         share_text = f"{count_of(n_for_share, 'DNN dimension')} for 95% of the full r²"
+    statistic = "r" if rsa_method == "pearson" else "Spearman rho"
     logger.info(
-        "human-DNN RSA r = %.3f%s; matched r up to %.3f; %s",
-        rsa_result.r, interval, primary.correlations.max(), share_text,
+        "human-DNN RSA %s = %.3f%s; matched r up to %.3f; %s",
+        statistic, rsa_result.r, interval, primary.correlations.max(), share_text,
     )
-    return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs)
+    if chance_permutations:
+        _report_chance(primary, chance[primary.method])
+    return ComparisonResult(rsa_result, matchings, cumulative, n_objects, outputs, chance)
+
+
+def _warn_many_dimensions(pair: AlignedPair) -> None:
+    """Warn for each embedding with more than half as many dimensions as compared objects."""
+    from dimalign.embedding.base import MAX_DIMENSIONS_PER_OBJECT
+
+    n_objects = pair.human.shape[0]
+    for label, embedding in (("human", pair.human), ("DNN", pair.dnn)):
+        n_dims = embedding.shape[1]
+        if n_dims > MAX_DIMENSIONS_PER_OBJECT * n_objects:
+            warn(
+                f"the {label} embedding has {n_dims} dimensions for {n_objects} compared objects, so its "
+                "dimensions are poorly determined and matching finds high correlations by chance alone: "
+                "read the matched correlations against their chance level (matching_chance.csv), and "
+                "compare more objects or an embedding with fewer dimensions (dimalign fit --n-dims)",
+                UserWarning,
+            )
+
+
+def _chance_table(chance: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Return the chance level of each rank and method: the mean and the maximum over the permutations."""
+    frames = [
+        pd.DataFrame({
+            "rank": np.arange(1, values.shape[1] + 1),
+            "method": method,
+            "r_chance_mean": values.mean(axis=0),
+            "r_chance_max": values.max(axis=0),
+        })
+        for method, values in chance.items()
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _chance_summary(values: np.ndarray, n_permutations: int) -> dict[str, Any]:
+    """Return the chance level of ``matched_r_max`` and ``matched_r_median`` for ``rsa.json``."""
+    if not n_permutations:
+        return {"chance_permutations": 0, "matched_r_max_chance": None, "matched_r_median_chance": None}
+    return {
+        "chance_permutations": n_permutations,
+        "matched_r_max_chance": float(values.max(axis=1).mean()),
+        "matched_r_median_chance": float(np.median(values, axis=1).mean()),
+    }
+
+
+def _report_chance(primary: Any, values: np.ndarray) -> None:
+    """Log the chance level of the matched correlations, and warn when the real median does not exceed it."""
+    medians = np.median(values, axis=1)
+    real_median = float(np.median(primary.correlations))
+    logger.info(
+        "%s matching: matched r median %.3f, max %.3f; chance level from %s of the DNN rows: "
+        "median %.3f, max %.3f (means over the permutations)",
+        primary.method, real_median, float(primary.correlations.max()),
+        count_of(values.shape[0], "permutation"), float(medians.mean()), float(values.max(axis=1).mean()),
+    )
+    if real_median <= medians.max():
+        warn(
+            f"the median matched r {real_median:.3f} of the {primary.method} matching is not above the "
+            f"median of every one of {count_of(values.shape[0], 'row permutation')} of the DNN embedding "
+            f"(up to {float(medians.max()):.3f}), so the matched pairs are at chance level as a whole: "
+            "compare more objects, or fit embeddings with fewer dimensions",
+            UserWarning,
+        )
 
 
 def _undefined_share_reason(cumulative: Any, rsa_result: BootstrapRSA) -> str:
@@ -1360,7 +1461,9 @@ class _Side:
         return f"the {self.label} {kind}" + (f" {self.location}" if self.location is not None else "")
 
 
-def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -> tuple[float, float] | None:
+def _full_r_interval(
+    rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple, method: str = "pearson"
+) -> tuple[float, float] | None:
     """Return the bootstrap interval of the cumulative curve's full r.
 
     Args:
@@ -1369,6 +1472,7 @@ def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -
         bootstrap_inputs (tuple): ``(human_similarity, dnn_similarity,
             n_bootstrap, random_state)`` of the curve's objects, bootstrapped
             when ``rsa_result`` is None.
+        method (str): ``"pearson"`` or ``"spearman"``.
 
     Returns:
         tuple[float, float] | None: The interval (NaN when no sample gave a
@@ -1378,7 +1482,9 @@ def _full_r_interval(rsa_result: BootstrapRSA | None, bootstrap_inputs: tuple) -
     if n_bootstrap == 0:
         return None
     if rsa_result is None:
-        rsa_result = bootstrap_rsa(human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state)
+        rsa_result = bootstrap_rsa(
+            human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state, method=method
+        )
     return (rsa_result.ci_low, rsa_result.ci_high)
 
 
@@ -1407,13 +1513,16 @@ def _warn_undefined_share(cumulative: Any, n_bootstrap: int, ci_level: float) ->
 
 
 def _named_bootstrap_rsa(
-    human_similarity: np.ndarray, dnn_similarity: np.ndarray, names: tuple[str, str], n_bootstrap: int, random_state: int
+    human_similarity: np.ndarray, dnn_similarity: np.ndarray, names: tuple[str, str], n_bootstrap: int, random_state: int,
+    method: str = "pearson",
 ) -> BootstrapRSA:
     """Run :func:`bootstrap_rsa`, naming the input whose similarity matrix is constant."""
     from dimalign.analysis.rsa import ConstantInputError
 
     try:
-        return bootstrap_rsa(human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state)
+        return bootstrap_rsa(
+            human_similarity, dnn_similarity, n_bootstrap=n_bootstrap, random_state=random_state, method=method
+        )
     except ConstantInputError as error:
         constant = names[error.input_index or 0]
         raise ValueError(
@@ -1874,7 +1983,8 @@ _ASYMMETRY_TOLERANCE = 1e-6
 
 
 def _reference_scores(
-    pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str
+    pair: AlignedPair, reference: tuple[np.ndarray, ObjectTable], similarity: Callable[..., np.ndarray], device: str,
+    method: str = "pearson",
 ) -> dict[str, Any]:
     """Variance explained by each model's similarity in a ground-truth matrix of a subset of objects."""
     from dimalign.analysis.rsa import rsa
@@ -1883,8 +1993,8 @@ def _reference_scores(
     matrix = np.asarray(matrix, dtype=np.float64)
     _warn_if_asymmetric(matrix, "the reference matrix (--reference-rsm)")
     rows = _reference_rows(pair, reference)
-    human_r = float(rsa(similarity(pair.human, objects=rows, device=device), matrix))
-    dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix))
+    human_r = float(rsa(similarity(pair.human, objects=rows, device=device), matrix, method=method))
+    dnn_r = float(rsa(similarity(pair.dnn, objects=rows, device=device), matrix, method=method))
     if human_r < _DISSIMILARITY_WARNING_R and dnn_r < _DISSIMILARITY_WARNING_R:
         # r² hides the sign, so a dissimilarity matrix would score like a similarity matrix.
         warn(

@@ -238,7 +238,17 @@ def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=Path, help="image folder for top-object grids")
     add_decoding_options(parser, "the extraction behind the embeddings")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples of the RSA (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and object subset (default 0)")
+    parser.add_argument(
+        "--rsa-method", choices=("pearson", "spearman"), default="pearson",
+        help="correlation of the RSA, its bootstrap, the cumulative RSA and --reference-rsm: Pearson's r "
+        "(default) or Spearman's rho, whose bootstrap is much slower",
+    )
+    parser.add_argument(
+        "--chance-permutations", type=int, default=10,
+        help="row permutations of the DNN embedding whose matched correlations give the chance level "
+        "in matching_chance.csv (default 10, 0 to skip)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, object subset and permutations (default 0)")
     parser.add_argument("--top-k", type=int, default=10, help="objects per list of each matched pair (default 10)")
     parser.add_argument(
         "--similarity-objects", type=int,
@@ -331,12 +341,13 @@ def run_compare(args: argparse.Namespace) -> int:
         similarity_objects=args.similarity_objects, cumulative_objects=args.cumulative_objects,
         reference=reference,
         save_similarity=args.save_similarity, device=args.device, inputs=inputs,
-        shared_objects=args.shared_objects,
+        shared_objects=args.shared_objects, chance_permutations=args.chance_permutations,
+        rsa_method=args.rsa_method,
     )
     # The pairs of the matching that compare() reports in its log line.
     primary = result.matchings.get("greedy", result.matchings["with_replacement"])
     print_written(args.out, (
-        f"human-DNN RSA r {result.rsa.r:.3f}, {count_of(primary.correlations.size, 'matched dimension pair')}"
+        f"human-DNN RSA {'r' if args.rsa_method == 'pearson' else 'Spearman rho'} {result.rsa.r:.3f}, {count_of(primary.correlations.size, 'matched dimension pair')}"
     ))
     return 0
 

@@ -98,12 +98,12 @@ def correlate_columns(
     return np.clip(correlations, -1.0, 1.0)
 
 
-def _standardise_columns(x: np.ndarray, name: str) -> np.ndarray:
+def _standardise_columns(x: np.ndarray, name: str, *, warn_constant: bool = True) -> np.ndarray:
     """Centre each column and scale it to unit norm; constant columns become 0."""
     # max == min instead of np.ptp == 0, because the subtraction in np.ptp
     # overflows for weights of both signs near the float maximum.
     constant = x.max(axis=0) == x.min(axis=0)
-    if constant.any():
+    if constant.any() and warn_constant:
         columns = np.flatnonzero(constant)
         warn(
             f"{columns.size} dimension(s) of the {name} embedding have zero variance over "
@@ -259,6 +259,51 @@ def match_all(human: np.ndarray, dnn: np.ndarray, *, correlations: np.ndarray | 
     return {
         method: match_dimensions(human, dnn, method, correlations=correlations) for method in methods
     }
+
+
+def chance_matchings(
+    human: np.ndarray,
+    dnn: np.ndarray,
+    methods: Sequence[str],
+    *,
+    n_permutations: int = 10,
+    random_state: int = 0,
+) -> dict[str, np.ndarray]:
+    """Match the human dimensions to DNN embeddings whose rows are permuted, as a chance level.
+
+    Permuting the rows of the DNN embedding breaks the correspondence of
+    objects but keeps each dimension's distribution of weights. The matched
+    correlations of the permuted embeddings are then what the matching finds
+    by chance with these numbers of objects and dimensions.
+
+    Args:
+        human (np.ndarray): Human embedding, shape ``(n_objects, n_human)``.
+        dnn (np.ndarray): DNN embedding of the same objects, shape ``(n_objects, n_dnn)``.
+        methods (Sequence[str]): Matching methods to run, from :data:`MATCHING_METHODS`.
+        n_permutations (int): Row permutations of the DNN embedding.
+        random_state (int): Seed of the permutations.
+
+    Returns:
+        dict[str, np.ndarray]: Per method, the matched correlations of each
+        permutation sorted in decreasing order, shape ``(n_permutations, n_pairs)``.
+    """
+    human = np.asarray(human, dtype=np.float64)
+    dnn = np.asarray(dnn, dtype=np.float64)
+    # Centring and scaling a column do not depend on the row order, so the columns
+    # are standardised once and only the rows of the standardised DNN side are
+    # permuted. The real matching has already warned about constant columns.
+    standardised_human = _standardise_columns(human, "human", warn_constant=False)
+    standardised_dnn = _standardise_columns(dnn, "DNN", warn_constant=False)
+    generator = np.random.default_rng(random_state)
+    results: dict[str, list[np.ndarray]] = {method: [] for method in methods}
+    for _ in range(n_permutations):
+        rows = generator.permutation(human.shape[0])
+        correlations = np.clip(standardised_human.T @ standardised_dnn[rows], -1.0, 1.0)
+        for method in methods:
+            matching = match_dimensions(human, dnn, method, correlations=correlations)
+            results[method].append(matching.correlations)
+    # Every method matches each human dimension once, so every permutation gives n_human pairs.
+    return {method: np.array(values).reshape(n_permutations, human.shape[1]) for method, values in results.items()}
 
 
 # -- cumulative RSA -----------------------------------------------------------
@@ -651,6 +696,7 @@ __all__ = [
     "MATCHING_METHODS",
     "CumulativeRSA",
     "Matching",
+    "chance_matchings",
     "correlate_columns",
     "cumulative_rsa",
     "dims_for_share",

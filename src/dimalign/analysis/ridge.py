@@ -76,10 +76,16 @@ def validate_alphas(alphas: Sequence[float] | np.ndarray) -> np.ndarray:
 
     Raises:
         ValueError: If the grid is empty, not 1-D, contains a value that is not
-            a finite positive number, or contains a value more than once (the
+            a number or not a finite positive number, or contains a value more than once (the
             error names the first such value).
     """
-    grid = np.asarray(alphas, dtype=np.float64)
+    try:
+        grid = np.asarray(alphas, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"alphas must be numbers, got {alphas!r}: pass a grid of positive penalties such as "
+            "numpy.logspace(-2, 6, 50)"
+        ) from error
     if grid.ndim != 1 or grid.size == 0:
         raise ValueError(f"alphas must be a non-empty 1-D sequence, got shape {grid.shape}")
     invalid = grid[~(np.isfinite(grid) & (grid > 0))]
@@ -134,7 +140,11 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         nested_alpha_ (np.ndarray): Penalty chosen by the inner folds of each
             outer fold, shape ``(cv, n_dims)``.
         cv_scores_ (np.ndarray): Cross-validated R² for every penalty, shape
-            ``(n_alphas, n_dims)``.
+            ``(n_alphas, n_dims)``: the mean of ``fold_scores_`` over folds.
+        fold_scores_ (np.ndarray): Held-out R² of every fold, penalty and
+            dimension, shape ``(cv, n_alphas, n_dims)``.
+        alphas_ (np.ndarray): The penalty grid that was searched, float64,
+            shape ``(n_alphas,)``: ``alphas``, or :data:`DEFAULT_ALPHAS` for None.
         coef_ (np.ndarray): Coefficients in the raw feature space, shape
             ``(n_features, n_dims)``, so that ``Y = X @ coef_ + intercept_``.
         intercept_ (np.ndarray): Shape ``(n_dims,)``.
@@ -188,7 +198,10 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                 contain NaN or inf, a penalty is not positive, a held-out
                 fold would have fewer than 2 objects (``cv > n_objects // 2``),
                 or ``X`` and ``Y`` are DataFrames whose indexes differ (rows
-                are paired by position, so they must be aligned first).
+                are paired by position, so they must be aligned first). Also
+                if ``shuffle`` is not a bool, ``random_state`` is not an
+                integer from 0 to 2**32 - 1 with ``shuffle``, or
+                ``model_name`` or ``layer`` is neither a string nor None.
             TypeError: If both ``y`` and ``Y`` are given, or neither is.
 
         Warns:
@@ -205,14 +218,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         n_objects = X.shape[0]
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)):
             raise ValueError(f"the number of folds cv={self.cv!r} is invalid: use an integer of at least 2")
-        # A shuffle from the global generator (None) or a generator object
-        # cannot be recorded in the manifest or repeated.
-        if self.shuffle and (isinstance(self.random_state, bool)
-                             or not isinstance(self.random_state, (int, np.integer))):
-            raise ValueError(
-                f"random_state={self.random_state!r} is invalid with shuffle=True: pass an integer "
-                "seed, so that the folds can be recorded and repeated"
-            )
+        self._check_settings()
         # R² is undefined on a held-out fold of one object (scikit-learn's
         # r2_score returns NaN), and KFold's smallest fold has n // cv objects.
         if n_objects < 4:
@@ -246,7 +252,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         # Cross-validated R² of every (penalty, dimension) pair, one SVD per fold.
         folds = KFold(
             n_splits=int(self.cv),
-            shuffle=self.shuffle,
+            shuffle=bool(self.shuffle),
             random_state=self.random_state if self.shuffle else None,
         )
         splits = list(folds.split(X))
@@ -286,6 +292,30 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         )
         return self
 
+    def _check_settings(self) -> None:
+        """Raise ValueError for a ``shuffle``, ``random_state``, ``model_name`` or ``layer`` that fit cannot use."""
+        if not isinstance(self.shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle={self.shuffle!r} is invalid: use True or False")
+        # A shuffle from the global generator (None) or a generator object
+        # cannot be recorded in the manifest or repeated.
+        if self.shuffle and (isinstance(self.random_state, bool)
+                             or not isinstance(self.random_state, (int, np.integer))):
+            raise ValueError(
+                f"random_state={self.random_state!r} is invalid with shuffle=True: pass an integer "
+                "seed, so that the folds can be recorded and repeated"
+            )
+        # KFold seeds numpy's legacy RandomState, which accepts 0 to 2**32 - 1.
+        if self.shuffle and not 0 <= self.random_state < 2**32:
+            raise ValueError(
+                f"random_state={self.random_state} is invalid with shuffle=True: use an integer from "
+                "0 to 2**32 - 1"
+            )
+        # save() records both in the manifest as the names of the DNN and its layer.
+        for name in ("model_name", "layer"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}={value!r} is invalid: pass a string or None")
+
     def _nested_scores(
         self,
         X: np.ndarray,
@@ -311,7 +341,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
         n_dims = Y.shape[1]
         inner = KFold(
             n_splits=int(self.cv),
-            shuffle=self.shuffle,
+            shuffle=bool(self.shuffle),
             random_state=self.random_state if self.shuffle else None,
         )
         smallest_train = min(train.size for train, _ in splits)

@@ -75,6 +75,12 @@ TENSORBOARD_DIR_NAME = "tensorboard"
 #: Upper bound of ``max_epochs``.
 MAX_EPOCHS = 10**9
 
+#: A fit or a comparison warns about an embedding with more than this many
+#: dimensions per object, because such dimensions are poorly determined and
+#: matching them finds high correlations by chance (docs/compare.md). With as
+#: many dimensions as objects the dimensions are linearly dependent.
+MAX_DIMENSIONS_PER_OBJECT = 0.5
+
 
 
 def as_triplet_tensor(triplets: Any, n_objects: int, name: str, source: str | None = None) -> torch.Tensor:
@@ -528,6 +534,15 @@ class TripletEmbedding(BaseEstimator):
                 "the fit kept no dimension: every object scores the same, and comparisons of this "
                 f"embedding will fail. Use more triplets or epochs,{lower_min_objects} or, for SPoSE, "
                 "a smaller l1 penalty",
+                UserWarning,
+            )
+        elif self.n_dims_ > MAX_DIMENSIONS_PER_OBJECT * state.n_objects:
+            warn(
+                f"the fit kept {self.n_dims_} of {self.n_dims} dimensions for {state.n_objects} objects, "
+                "so its dimensions are poorly determined, and matching them to another embedding finds "
+                "high correlations by chance alone: fit with fewer initial dimensions (n_dims, CLI: "
+                f"--n-dims), at most {int(MAX_DIMENSIONS_PER_OBJECT * state.n_objects)} for these objects, "
+                "or train longer",
                 UserWarning,
             )
 
