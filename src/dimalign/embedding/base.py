@@ -29,7 +29,7 @@ from dimalign._checks import check_integer
 from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
-from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
+from dimalign.embedding.checkpoint import checkpoint_lock, load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import accuracy_with_ties, hits_with_ties
 from dimalign.embedding.run_files import (
     CONFIG_NAME,
@@ -349,9 +349,10 @@ class TripletEmbedding(BaseEstimator):
                 ``checkpoint_dir`` belongs to other settings or data.
             FileExistsError: When ``checkpoint_dir`` has a checkpoint and
                 ``resume`` is False.
-            RuntimeError: When the fit diverges (the loss or a parameter is
-                no longer finite), or ``tensorboard=True`` without the
-                tensorboard package.
+            RuntimeError: When another fit is running with the same
+                ``checkpoint_dir``, when the fit diverges (the loss or a
+                parameter is no longer finite), or with ``tensorboard=True``
+                without the tensorboard package.
         """
         self._check_settings()
         self._clear_fitted()
@@ -376,7 +377,8 @@ class TripletEmbedding(BaseEstimator):
 
         # Autograd records nothing inside torch.no_grad() or torch.inference_mode(),
         # so a fit called in such a block switches both off until it returns.
-        with torch.inference_mode(False), torch.enable_grad():
+        # Only one fit at a time may read and write the checkpoint in checkpoint_dir.
+        with torch.inference_mode(False), torch.enable_grad(), checkpoint_lock(self.checkpoint_dir or None):
             state = self._start_fit(n_objects, device, dtype, train_t, val_t)
             self._resume_from_checkpoint(state)
             converged = self._train_epochs(state, train_t, val_t)
@@ -660,6 +662,14 @@ class TripletEmbedding(BaseEstimator):
     ) -> None:
         where = directory / "checkpoint.pt"
         if not self.resume:
+            other_fit = self._other_fit_difference(state, n_objects, data_digest, val_digest)
+            if other_fit is not None:
+                raise FileExistsError(
+                    f"{where} belongs to another fit ({other_fit}), which this fit would overwrite: "
+                    "give each fit its own checkpoint_dir (in GridSearchCV and cross_val_score, which "
+                    "fit copies of one estimator, set checkpoint_dir=None), or choose an empty run "
+                    "directory"
+                )
             raise FileExistsError(
                 f"{where} exists: pass resume=True (--resume) to continue that run, "
                 "or choose an empty run directory"
@@ -705,6 +715,24 @@ class TripletEmbedding(BaseEstimator):
                 f"{where} {problem}; resume with the same validation triplets, so that the "
                 "held-out accuracy in the history is of one set"
             )
+
+    def _other_fit_difference(
+        self, state, n_objects: int, data_digest: str, val_digest: str | None
+    ) -> str | None:
+        """Describe how the fit of a checkpoint differs from this fit, or return None if it does not."""
+        if state["estimator"] != self._estimator_name:
+            return f"a {state['estimator']} fit"
+        config = self._training_config()
+        changed = [_setting_name(key) for key, value in config.items() if state["config"].get(key) != value]
+        if changed:
+            return "other settings: " + ", ".join(changed)
+        if state["n_objects"] != n_objects:
+            return f"{state['n_objects']} objects, not {n_objects}"
+        if state["data_sha256"] != data_digest:
+            return "other training triplets"
+        if "val_sha256" in state and state["val_sha256"] != val_digest:
+            return "other validation triplets"
+        return None
 
     @staticmethod
     def _check_parameter_shapes(state, directory: Path, params: dict[str, torch.Tensor]) -> None:
