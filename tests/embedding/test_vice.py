@@ -620,3 +620,33 @@ def test_concurrent_fits_share_checkpoint_dir(tmp_path):
     with pytest.warns(UserWarning, match="nothing is trained"):
         resumed = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(folder), resume=True).fit(triplets, n_objects=15)
     assert resumed.n_epochs_ >= 1
+
+
+def test_cuda_without_gpu_creates_no_checkpoint_dir(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    folder = tmp_path / "new" / "checkpoints"
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        VICE(n_dims=2, max_epochs=1, device="cuda", checkpoint_dir=str(folder)).fit(
+            random_triplets(5, 10), n_objects=5
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_before_checkpoint_removes_new_folder(tmp_path, monkeypatch):
+    """A fit stopped before its first checkpoint removes the checkpoint_dir it created, and its lock."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VICE, "_train_epoch", interrupt)
+    folder = tmp_path / "new" / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(folder)).fit(random_triplets(15, 20), n_objects=15)
+    assert list(tmp_path.iterdir()) == []
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(existing)).fit(random_triplets(15, 20), n_objects=15)
+    assert list(tmp_path.iterdir()) == [existing]
+    assert list(existing.iterdir()) == []
