@@ -355,3 +355,18 @@ def test_maximize_restores_caller_generator(predictor, fail_at_call):
     assert after["training"] == before["training"]
     assert after["devices"] == before["devices"]
     assert after["storage"] == before["storage"]
+
+
+def test_maximize_restores_replaced_parameters(predictor):
+    """With this torch option, nn.Module.to puts new Parameter objects into the module."""
+    generator = MixedStateGenerator()
+    parameters = dict(generator.named_parameters())
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        maximize_dimension(predictor, 0, generator=generator, steps=2, n_init=2, n_images=1)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+
+    for name, parameter in generator.named_parameters():
+        assert parameter is parameters[name], name
+        assert parameter.requires_grad, name

@@ -241,10 +241,15 @@ def _frozen_on(generator: nn.Module, device: torch.device) -> Iterator[None]:
     requires_grad = [(parameter, parameter.requires_grad) for parameter in generator.parameters()]
     training = [(module, module.training) for module in generator.modules()]
     parameter_data = [(parameter, parameter.data) for parameter in generator.parameters()]
-    buffers = [
-        (module, name, buffer)
+    # nn.Module.to replaces buffers, and also parameters under
+    # torch.__future__.set_overwrite_module_params_on_conversion(True), so the
+    # original objects are put back into their modules.
+    tensors = [
+        (module.__dict__[kind], name, tensor)
         for module in generator.modules()
-        for name, buffer in module.named_buffers(recurse=False)
+        for kind in ("_parameters", "_buffers")
+        for name, tensor in module.__dict__[kind].items()
+        if tensor is not None
     ]
     for parameter in generator.parameters():
         parameter.requires_grad_(False)
@@ -254,8 +259,8 @@ def _frozen_on(generator: nn.Module, device: torch.device) -> Iterator[None]:
     finally:
         for parameter, data in parameter_data:
             parameter.data = data
-        for module, name, buffer in buffers:
-            module._buffers[name] = buffer
+        for registry, name, tensor in tensors:
+            registry[name] = tensor
         for module, mode in training:
             module.training = mode
         for parameter, flag in requires_grad:
