@@ -1047,3 +1047,36 @@ def test_fit_cli_signal_in_save_keeps_earlier_run(tmp_path, stop):
         assert (run / name).read_bytes() == content, name
     assert main(arguments + ["4"]) == 0
     assert json.loads((run / "manifest.json").read_text())["outputs"]["n_epochs"] == 4
+
+
+def test_fit_cli_second_process_same_output(tmp_path, capsys):
+    """A fit into the run directory of a fit that runs in another process fails and changes nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "-o", str(run),
+                 "--max-epochs", "4", "--checkpoint-every", "1", "--min-objects", "0", "--resume"]
+    running = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_FIT_SCRIPT, "epoch", "2", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert running.stdout.readline().strip() == "paused", running.stderr.read()
+        checkpoint = (run / "checkpoint.pt").read_bytes()
+
+        assert main(arguments) == 1
+
+        assert "is in use by another fit" in capsys.readouterr().err
+        assert (run / "checkpoint.pt").read_bytes() == checkpoint
+        assert running.poll() is None
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=120) == 143
+    finally:
+        running.kill()
+        running.stdout.close()
+        running.stderr.close()
+    assert main(arguments) == 0
+    assert json.loads((run / "manifest.json").read_text())["outputs"]["n_epochs"] == 4
