@@ -225,7 +225,7 @@ def test_fitted_attributes_documented(estimator):
     assert documented == fitted
 
 
-def test_grid_search_shared_checkpoint_dir(tmp_path):
+def test_grid_search_shared_checkpoint_explained(tmp_path):
     """GridSearchCV fits clones of one estimator, so every fit gets the same checkpoint_dir."""
     model = tiny(VICE, n_objects=N_OBJECTS, checkpoint_dir=str(tmp_path / "checkpoints"))
     search = GridSearchCV(model, {"lr": [0.01, 0.02]}, cv=2, error_score="raise")

@@ -580,7 +580,7 @@ def test_fit_within_memory_runs(monkeypatch):
     VICE(n_dims=4, max_epochs=1).fit(random_triplets(12, 50), n_objects=12)
 
 
-def test_concurrent_fits_share_checkpoint_dir(tmp_path):
+def test_busy_checkpoint_dir_rejected(tmp_path):
     """A second process that fits into the checkpoint_dir of a running fit fails and writes nothing."""
     import subprocess
     import sys
