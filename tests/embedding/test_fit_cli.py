@@ -1080,3 +1080,21 @@ def test_fit_cli_second_process_same_output(tmp_path, capsys):
         running.stderr.close()
     assert main(arguments) == 0
     assert json.loads((run / "manifest.json").read_text())["outputs"]["n_epochs"] == 4
+
+
+def test_fit_cli_reports_stage_of_killed_fit(tmp_path, capsys):
+    """SIGKILL during the final moves can leave the earlier results in the hidden folder, which is kept."""
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "-o", str(run),
+                 "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    stage = run / ".partial-k2j3x9"
+    (stage / ".earlier").mkdir(parents=True)
+    (stage / ".earlier" / "embedding.npz").write_bytes(b"earlier result")
+    capsys.readouterr()
+
+    assert main(arguments + ["2"]) == 0
+
+    assert f"{stage} (14 bytes) is the hidden folder of an interrupted dimalign run" in capsys.readouterr().err
+    assert (stage / ".earlier" / "embedding.npz").read_bytes() == b"earlier result"

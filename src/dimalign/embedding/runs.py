@@ -18,6 +18,7 @@ from dimalign.io.files import (
     exclusive_lock,
     now_iso,
     output_dir,
+    report_leftover_stages,
     sha256_file,
     staged_outputs,
     write_manifest,
@@ -124,6 +125,7 @@ def fit_run(
     with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME, FIT_LOCK_NAME)):
         with exclusive_lock(out_dir / FIT_LOCK_NAME, busy):
             _remove_temporary_files(out_dir)
+            report_leftover_stages(out_dir)
             _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
 
