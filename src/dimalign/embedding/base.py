@@ -43,7 +43,7 @@ from dimalign.embedding.run_files import (
     warn_edited_run,
     warn_moved_checkpoint,
 )
-from dimalign.io.files import count_of, write_text_atomic
+from dimalign.io.files import count_of, staged_outputs, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -1013,7 +1013,10 @@ class TripletEmbedding(BaseEstimator):
 
         Args:
             run_dir (str | os.PathLike): Output folder, created when missing;
-                files of the same names in it are replaced.
+                files of the same names in it are replaced. The three files
+                are written into a hidden folder first and moved into
+                ``run_dir`` together, so that an error or Ctrl-C while they
+                are written leaves the files of an earlier save whole.
 
         Returns:
             Path: ``run_dir``.
@@ -1042,9 +1045,9 @@ class TripletEmbedding(BaseEstimator):
         config_text = tomli_w.dumps(config)
         run_dir = Path(run_dir)
         reject_recorded_folder(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_embedding(self._result(), run_dir)
-        write_text_atomic(run_dir / CONFIG_NAME, config_text)
-        write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
+        with staged_outputs(run_dir) as stage:
+            save_embedding(self._result(), stage)
+            write_text_atomic(stage / CONFIG_NAME, config_text)
+            write_text_atomic(stage / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
 
