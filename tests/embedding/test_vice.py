@@ -650,3 +650,15 @@ def test_interrupt_before_checkpoint_removes_new_folder(tmp_path, monkeypatch):
         VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(existing)).fit(random_triplets(15, 20), n_objects=15)
     assert list(tmp_path.iterdir()) == [existing]
     assert list(existing.iterdir()) == []
+
+
+def test_checkpoint_dir_file_rejected(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(NotADirectoryError) as caught:
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(path)).fit(random_triplets(15, 20), n_objects=15)
+    assert str(caught.value) == (
+        f"checkpoint_dir {path} is a file, but a fit writes its checkpoint.pt into a folder of that "
+        "name: pass the path of a folder, or None for a fit without checkpoints"
+    )
+    assert path.read_text() == "mine"

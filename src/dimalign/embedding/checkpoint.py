@@ -114,6 +114,7 @@ def checkpoint_lock(directory: str | os.PathLike | None) -> Iterator[None]:
             fit. None holds no lock.
 
     Raises:
+        NotADirectoryError: If ``directory`` is a file.
         RuntimeError: If another fit, in this process or another one, holds
             the lock. The message names the folder.
         OSError: If the folder or the lock file cannot be created.
@@ -122,6 +123,11 @@ def checkpoint_lock(directory: str | os.PathLike | None) -> Iterator[None]:
         yield
         return
     folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"checkpoint_dir {folder} is a file, but a fit writes its {CHECKPOINT_NAME} into a folder "
+            "of that name: pass the path of a folder, or None for a fit without checkpoints"
+        )
     created = [candidate for candidate in (folder, *folder.parents) if not candidate.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / CHECKPOINT_LOCK_NAME
