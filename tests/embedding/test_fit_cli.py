@@ -1098,3 +1098,22 @@ def test_fit_cli_reports_stage_of_killed_fit(tmp_path, capsys):
 
     assert f"{stage} (14 bytes) is the hidden folder of an interrupted dimalign run" in capsys.readouterr().err
     assert (stage / ".earlier" / "embedding.npz").read_bytes() == b"earlier result"
+
+
+def test_fit_cli_spose_resume_after_signal(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "--method", "spose",
+                 "--max-epochs", "4", "--checkpoint-every", "2", "--min-objects", "0"]
+    assert main(arguments + ["-o", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "run"
+
+    assert fit_until_signal(arguments + ["-o", str(run)], "epoch", 3, "SIGINT") == 130
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoint.pt"]
+    assert main(arguments + ["-o", str(run), "--resume"]) == 0
+
+    resumed, straight = embedding_arrays(run), embedding_arrays(tmp_path / "straight")
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]
