@@ -462,6 +462,8 @@ def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys
     arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "-o", str(out),
                  "--n-dims", "3", "--resume", "--max-epochs"]
     assert main(arguments + ["1"]) == 0
+    names = ("embedding.npz", "config.toml", "history.csv", "manifest.json")
+    earlier = {name: (out / name).read_bytes() for name in names}
     real_write_text_atomic = dimalign.embedding.base.write_text_atomic
 
     def disk_full_at_history(path, text):
@@ -472,8 +474,10 @@ def test_fit_cli_failed_save_leaves_run_unfinished(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", disk_full_at_history)
     assert main(arguments + ["2"]) == 1
     assert "No space left on device" in capsys.readouterr().err
-    # embedding.npz is from epoch 2 now, so the manifest of epoch 1 must not stay next to it.
-    assert not (out / "manifest.json").exists()
+    # The files of epoch 1 are put back whole, so that no file of epoch 2 stays next to them.
+    for name in names:
+        assert (out / name).read_bytes() == earlier[name], name
+    assert not list(out.glob(".partial-*"))
 
     monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", real_write_text_atomic)
     assert main(arguments + ["2"]) == 0
@@ -916,3 +920,200 @@ def test_fit_cli_short_neighbour_table_named(tmp_path, capsys):
         "one away"
     )
     assert not (tmp_path / "run").exists()
+
+
+# Runs `dimalign fit` with a pause at one point of the fit. At the pause the
+# process prints "paused" and sleeps, so that the test sends its signal there.
+PAUSED_FIT_SCRIPT = """
+import contextlib, sys, time
+import dimalign.embedding.base as base
+import dimalign.embedding.checkpoint as checkpoint
+from dimalign.cli import main
+
+pause, pause_epoch = sys.argv[1], int(sys.argv[2])
+
+def announce_and_wait():
+    print("paused", flush=True)
+    time.sleep(300)
+
+if pause == "epoch":
+    log_epoch = base.TripletEmbedding._log_epoch
+    def log_epoch_and_wait(self, row, writer):
+        log_epoch(self, row, writer)
+        if row["epoch"] == pause_epoch:
+            announce_and_wait()
+    base.TripletEmbedding._log_epoch = log_epoch_and_wait
+elif pause == "checkpoint":
+    atomic_path = checkpoint.atomic_path
+    @contextlib.contextmanager
+    def atomic_path_with_wait(path, **options):
+        with atomic_path(path, **options) as temporary:
+            yield temporary
+            announce_and_wait()
+    checkpoint.atomic_path = atomic_path_with_wait
+elif pause == "save":
+    write_text_atomic = base.write_text_atomic
+    def write_and_wait(path, text):
+        write_text_atomic(path, text)
+        if path.name == "config.toml":
+            announce_and_wait()
+    base.write_text_atomic = write_and_wait
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def fit_until_signal(arguments, pause, pause_epoch, stop):
+    """Run `dimalign fit` in a new process, send ``stop`` at the pause and return the exit status."""
+    import signal
+    import subprocess
+    import sys
+
+    # A test run started in the background ignores SIGINT, and the child would inherit that.
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_FIT_SCRIPT, pause, str(pause_epoch), *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert process.stdout.readline().strip() == "paused", process.stderr.read()
+        process.send_signal(getattr(signal, stop))
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.stdout.close()
+        process.stderr.close()
+    return process.returncode
+
+
+def embedding_arrays(run) -> dict:
+    with np.load(run / "embedding.npz") as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+STOP_STATUS = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    ("pause", "pause_epoch", "kept"),
+    [
+        # Before the first checkpoint, nothing can be resumed, so the folder goes.
+        ("epoch", 1, None),
+        ("checkpoint", 0, None),
+        # After a checkpoint, the folder stays with only what a resume needs.
+        ("epoch", 3, ["checkpoint.pt"]),
+        ("save", 0, ["checkpoint.pt"]),
+    ],
+)
+def test_fit_cli_signal_leaves_resumable_run(tmp_path, stop, pause, pause_epoch, kept):
+    write_triplets(tmp_path / "train.npy")
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3",
+                 "--max-epochs", "4", "--checkpoint-every", "2", "--min-objects", "0"]
+    assert main(arguments + ["-o", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "run"
+
+    assert fit_until_signal(arguments + ["-o", str(run)], pause, pause_epoch, stop) == STOP_STATUS[stop]
+
+    if kept is None:
+        assert not run.exists()
+        return
+    assert sorted(path.name for path in run.iterdir()) == kept
+    with pytest.raises(FileNotFoundError):
+        from dimalign.embedding import VICE
+
+        VICE.load(run)
+    assert main(arguments + ["-o", str(run), "--resume"]) == 0
+    resumed, straight = embedding_arrays(run), embedding_arrays(tmp_path / "straight")
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_fit_cli_signal_in_save_keeps_earlier_run(tmp_path, stop):
+    """A resume stopped while it writes its results leaves the earlier finished run whole."""
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "-o", str(run),
+                 "--min-objects", "0", "--resume", "--max-epochs"]
+    assert main(arguments + ["2"]) == 0
+    earlier = {name: (run / name).read_bytes() for name in ("embedding.npz", "config.toml", "history.csv",
+                                                            "manifest.json")}
+
+    assert fit_until_signal(arguments + ["4"], "save", 0, stop) == STOP_STATUS[stop]
+
+    assert sorted(path.name for path in run.iterdir()) == sorted([*earlier, "checkpoint.pt"])
+    for name, content in earlier.items():
+        assert (run / name).read_bytes() == content, name
+    assert main(arguments + ["4"]) == 0
+    assert json.loads((run / "manifest.json").read_text())["outputs"]["n_epochs"] == 4
+
+
+def test_fit_cli_second_process_same_output(tmp_path, capsys):
+    """A fit into the run directory of a fit that runs in another process fails and changes nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "-o", str(run),
+                 "--max-epochs", "4", "--checkpoint-every", "1", "--min-objects", "0", "--resume"]
+    running = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_FIT_SCRIPT, "epoch", "2", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert running.stdout.readline().strip() == "paused", running.stderr.read()
+        checkpoint = (run / "checkpoint.pt").read_bytes()
+
+        assert main(arguments) == 1
+
+        assert "is in use by another fit" in capsys.readouterr().err
+        assert (run / "checkpoint.pt").read_bytes() == checkpoint
+        assert running.poll() is None
+        running.send_signal(signal.SIGTERM)
+        assert running.wait(timeout=120) == 143
+    finally:
+        running.kill()
+        running.stdout.close()
+        running.stderr.close()
+    assert main(arguments) == 0
+    assert json.loads((run / "manifest.json").read_text())["outputs"]["n_epochs"] == 4
+
+
+def test_fit_cli_reports_stage_of_killed_fit(tmp_path, capsys):
+    """SIGKILL during the final moves can leave the earlier results in the hidden folder, which is kept."""
+    write_triplets(tmp_path / "train.npy")
+    run = tmp_path / "run"
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "-o", str(run),
+                 "--resume", "--max-epochs"]
+    assert main(arguments + ["1"]) == 0
+    stage = run / ".partial-k2j3x9"
+    (stage / ".earlier").mkdir(parents=True)
+    (stage / ".earlier" / "embedding.npz").write_bytes(b"earlier result")
+    capsys.readouterr()
+
+    assert main(arguments + ["2"]) == 0
+
+    assert f"{stage} (14 bytes) is the hidden folder of an interrupted dimalign run" in capsys.readouterr().err
+    assert (stage / ".earlier" / "embedding.npz").read_bytes() == b"earlier result"
+
+
+def test_fit_cli_spose_resume_after_signal(tmp_path):
+    write_triplets(tmp_path / "train.npy")
+    arguments = ["fit", str(tmp_path / "train.npy"), "--n-objects", "12", "--n-dims", "3", "--method", "spose",
+                 "--max-epochs", "4", "--checkpoint-every", "2", "--min-objects", "0"]
+    assert main(arguments + ["-o", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "run"
+
+    assert fit_until_signal(arguments + ["-o", str(run)], "epoch", 3, "SIGINT") == 130
+    assert sorted(path.name for path in run.iterdir()) == ["checkpoint.pt"]
+    assert main(arguments + ["-o", str(run), "--resume"]) == 0
+
+    resumed, straight = embedding_arrays(run), embedding_arrays(tmp_path / "straight")
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        np.testing.assert_array_equal(resumed[name], straight[name], err_msg=name)
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]

@@ -645,3 +645,29 @@ def test_load_device_object_saves(tmp_path):
     loaded.save(tmp_path / "second")
 
     assert SPoSE.load(tmp_path / "second").device == "cpu"
+
+
+def test_interrupted_save_keeps_earlier_files(tmp_path, monkeypatch):
+    """Ctrl-C while save replaces an earlier save leaves the earlier files, not a mix of two fits."""
+    import dimalign.embedding.base
+
+    triplets = random_triplets()
+    VICE(n_dims=3, max_epochs=1, min_objects=0).fit(triplets, n_objects=N_OBJECTS).save(tmp_path / "run")
+    names = ("embedding.npz", "config.toml", "history.csv")
+    earlier = {name: (tmp_path / "run" / name).read_bytes() for name in names}
+    later = VICE(n_dims=3, max_epochs=2, min_objects=0).fit(triplets, n_objects=N_OBJECTS)
+    write_text_atomic = dimalign.embedding.base.write_text_atomic
+
+    def interrupt_at_history(path, text):
+        if path.name == "history.csv":
+            raise KeyboardInterrupt
+        return write_text_atomic(path, text)
+
+    monkeypatch.setattr(dimalign.embedding.base, "write_text_atomic", interrupt_at_history)
+    with pytest.raises(KeyboardInterrupt):
+        later.save(tmp_path / "run")
+
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == sorted(names)
+    for name in names:
+        assert (tmp_path / "run" / name).read_bytes() == earlier[name], name
+    assert VICE.load(tmp_path / "run").n_epochs_ == 1

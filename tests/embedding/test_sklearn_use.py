@@ -223,3 +223,27 @@ def test_fitted_attributes_documented(estimator):
     documented = sorted(re.findall(r"^    (\w+) \([^)]+\):", section, flags=re.MULTILINE))
 
     assert documented == fitted
+
+
+def test_grid_search_shared_checkpoint_explained(tmp_path):
+    """GridSearchCV fits clones of one estimator, so every fit gets the same checkpoint_dir."""
+    model = tiny(VICE, n_objects=N_OBJECTS, checkpoint_dir=str(tmp_path / "checkpoints"))
+    search = GridSearchCV(model, {"lr": [0.01, 0.02]}, cv=2, error_score="raise")
+
+    with pytest.raises(FileExistsError) as caught:
+        search.fit(random_triplets(n_triplets=200))
+
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'checkpoints' / 'checkpoint.pt'} belongs to another fit (")
+    assert "give each fit its own checkpoint_dir" in message
+    assert "checkpoint_dir=None" in message
+
+
+def test_grid_search_without_checkpoint_dir(tmp_path):
+    """The advice of the error above works: checkpoint_dir=None lets the search run."""
+    model = tiny(VICE, n_objects=N_OBJECTS, checkpoint_dir=None)
+    search = GridSearchCV(model, {"lr": [0.01, 0.02]}, cv=2, error_score="raise")
+
+    search.fit(random_triplets(n_triplets=200))
+
+    assert search.best_params_["lr"] in (0.01, 0.02)

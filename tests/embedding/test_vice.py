@@ -601,3 +601,87 @@ def test_fit_within_memory_runs(monkeypatch):
 
     monkeypatch.setattr(base, "available_memory", lambda device: 2 * 2**30)
     VICE(n_dims=4, max_epochs=1).fit(random_triplets(12, 50), n_objects=12)
+
+
+def test_busy_checkpoint_dir_rejected(tmp_path):
+    """A second process that fits into the checkpoint_dir of a running fit fails and writes nothing."""
+    import subprocess
+    import sys
+
+    triplets = random_triplets(15, 200)
+    np.save(tmp_path / "triplets.npy", triplets)
+    folder = tmp_path / "checkpoints"
+    script = (
+        "import logging, sys, numpy as np\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "from dimalign.embedding import VICE\n"
+        "VICE(n_dims=5, max_epochs=int(sys.argv[3]), stability_epochs=10**6, checkpoint_every=1,\n"
+        "     checkpoint_dir=sys.argv[2], resume=True, verbose=True).fit(np.load(sys.argv[1]), n_objects=15)\n"
+    )
+    arguments = [sys.executable, "-c", script, str(tmp_path / "triplets.npy"), str(folder)]
+    running = subprocess.Popen(arguments + [str(10**6)], stdout=subprocess.PIPE, text=True)
+    try:
+        # The log line of epoch 2 comes after the lock is taken and the first checkpoint is written.
+        for line in running.stdout:
+            if line.startswith("epoch 2:"):
+                break
+        second = subprocess.run(arguments + ["3"], capture_output=True, text=True, timeout=300)
+        assert running.poll() is None
+    finally:
+        running.kill()
+        running.wait(timeout=60)
+        running.stdout.close()
+
+    assert second.returncode == 1
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"RuntimeError: {folder} is the checkpoint_dir of another fit that is running, which holds "
+        f"{folder / '.checkpoint.lock'}: give each fit its own checkpoint_dir, or wait for that fit to "
+        "finish and pass resume=True to continue it"
+    )
+    # The killed fit left its checkpoint, and its lock no longer blocks a resume.
+    with pytest.warns(UserWarning, match="nothing is trained"):
+        resumed = VICE(n_dims=5, max_epochs=1, checkpoint_dir=str(folder), resume=True).fit(triplets, n_objects=15)
+    assert resumed.n_epochs_ >= 1
+
+
+def test_cuda_without_gpu_creates_no_checkpoint_dir(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    folder = tmp_path / "new" / "checkpoints"
+    with pytest.raises(ValueError, match="no CUDA GPU is available"):
+        VICE(n_dims=2, max_epochs=1, device="cuda", checkpoint_dir=str(folder)).fit(
+            random_triplets(5, 10), n_objects=5
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_before_checkpoint_removes_new_folder(tmp_path, monkeypatch):
+    """A fit stopped before its first checkpoint removes the checkpoint_dir it created, and its lock."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VICE, "_train_epoch", interrupt)
+    folder = tmp_path / "new" / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(folder)).fit(random_triplets(15, 20), n_objects=15)
+    assert list(tmp_path.iterdir()) == []
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(existing)).fit(random_triplets(15, 20), n_objects=15)
+    assert list(tmp_path.iterdir()) == [existing]
+    assert list(existing.iterdir()) == []
+
+
+def test_checkpoint_dir_file_rejected(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(NotADirectoryError) as caught:
+        VICE(n_dims=2, max_epochs=1, checkpoint_dir=str(path)).fit(random_triplets(15, 20), n_objects=15)
+    assert str(caught.value) == (
+        f"checkpoint_dir {path} is a file, but a fit writes its checkpoint.pt into a folder of that "
+        "name: pass the path of a folder, or None for a fit without checkpoints"
+    )
+    assert path.read_text() == "mine"

@@ -86,7 +86,8 @@ def test_maximize_uses_module_function_generator(predictor, tmp_path, monkeypatc
     assert tiny_generator_module.CALLS["build"] == 1
     assert tiny_generator_module.CALLS["forward"] >= 4
     assert result.images.shape == (2, 3, 8, 8)
-    assert not any(parameter.requires_grad for parameter in generator.parameters())
+    # The caller's generator is handed back trainable, as it came.
+    assert all(parameter.requires_grad for parameter in generator.parameters())
 
 
 @pytest.mark.parametrize(
@@ -302,3 +303,70 @@ def test_oversized_latents_of_own_generator(predictor, monkeypatch):
         "lower n_init (CLI: --n-init) or the generator's latent_dim, because --image-size sets only "
         "the built-in generator's size"
     )
+
+
+class MixedStateGenerator(torch.nn.Module):
+    """A generator whose submodules differ in train/eval mode and requires_grad flags."""
+
+    latent_dim = 4
+
+    def __init__(self, fail_at_call: int | None = None):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3 * 8 * 8)
+        self.norm = torch.nn.BatchNorm1d(3 * 8 * 8)
+        self.calls = 0
+        self.fail_at_call = fail_at_call
+
+    def forward(self, latent):
+        self.calls += 1
+        images = torch.sigmoid(self.norm(self.linear(latent))).view(-1, 3, 8, 8)
+        # Values outside [0, 1] make maximize_dimension raise at that call.
+        return images + 2.0 if self.calls == self.fail_at_call else images
+
+
+def generator_state(generator: torch.nn.Module) -> dict:
+    return {
+        "requires_grad": {name: parameter.requires_grad for name, parameter in generator.named_parameters()},
+        "training": {name: module.training for name, module in generator.named_modules()},
+        "devices": {name: tensor.device for name, tensor in generator.state_dict().items()},
+        "storage": {name: tensor.data_ptr() for name, tensor in generator.state_dict().items()},
+    }
+
+
+@pytest.mark.parametrize("fail_at_call", [None, 4])
+def test_maximize_restores_caller_generator(predictor, fail_at_call):
+    generator = MixedStateGenerator(fail_at_call)
+    generator.train()
+    generator.norm.eval()
+    generator.linear.bias.requires_grad_(False)
+    before = generator_state(generator)
+    assert before["requires_grad"] == {"linear.weight": True, "linear.bias": False, "norm.weight": True,
+                                       "norm.bias": True}
+    assert before["training"] == {"": True, "linear": True, "norm": False}
+
+    if fail_at_call is None:
+        maximize_dimension(predictor, 0, generator=generator, steps=3, n_init=2, n_images=1)
+    else:
+        with pytest.raises(ValueError, match="at step 2 of the optimisation"):
+            maximize_dimension(predictor, 0, generator=generator, steps=3, n_init=2, n_images=1)
+
+    after = generator_state(generator)
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    assert after["devices"] == before["devices"]
+    assert after["storage"] == before["storage"]
+
+
+def test_maximize_restores_replaced_parameters(predictor):
+    """With this torch option, nn.Module.to puts new Parameter objects into the module."""
+    generator = MixedStateGenerator()
+    parameters = dict(generator.named_parameters())
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        maximize_dimension(predictor, 0, generator=generator, steps=2, n_init=2, n_images=1)
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(False)
+
+    for name, parameter in generator.named_parameters():
+        assert parameter is parameters[name], name
+        assert parameter.requires_grad, name

@@ -29,7 +29,7 @@ from dimalign._checks import check_integer
 from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.device import available_memory, resolve_device
-from dimalign.embedding.checkpoint import load_checkpoint, save_checkpoint
+from dimalign.embedding.checkpoint import checkpoint_lock, load_checkpoint, save_checkpoint
 from dimalign.embedding.likelihood import accuracy_with_ties, hits_with_ties
 from dimalign.embedding.run_files import (
     CONFIG_NAME,
@@ -43,7 +43,7 @@ from dimalign.embedding.run_files import (
     warn_edited_run,
     warn_moved_checkpoint,
 )
-from dimalign.io.files import count_of, write_text_atomic
+from dimalign.io.files import count_of, staged_outputs, write_text_atomic
 from dimalign.io.runs import EmbeddingResult, save_embedding
 from dimalign.io.triplets import validate_triplets
 from dimalign.memory import format_bytes
@@ -355,9 +355,10 @@ class TripletEmbedding(BaseEstimator):
                 ``checkpoint_dir`` belongs to other settings or data.
             FileExistsError: When ``checkpoint_dir`` has a checkpoint and
                 ``resume`` is False.
-            RuntimeError: When the fit diverges (the loss or a parameter is
-                no longer finite), or ``tensorboard=True`` without the
-                tensorboard package.
+            RuntimeError: When another fit is running with the same
+                ``checkpoint_dir``, when the fit diverges (the loss or a
+                parameter is no longer finite), or with ``tensorboard=True``
+                without the tensorboard package.
         """
         self._check_settings()
         self._clear_fitted()
@@ -382,7 +383,8 @@ class TripletEmbedding(BaseEstimator):
 
         # Autograd records nothing inside torch.no_grad() or torch.inference_mode(),
         # so a fit called in such a block switches both off until it returns.
-        with torch.inference_mode(False), torch.enable_grad():
+        # Only one fit at a time may read and write the checkpoint in checkpoint_dir.
+        with torch.inference_mode(False), torch.enable_grad(), checkpoint_lock(self.checkpoint_dir or None):
             state = self._start_fit(n_objects, device, dtype, train_t, val_t)
             self._resume_from_checkpoint(state)
             converged = self._train_epochs(state, train_t, val_t)
@@ -675,6 +677,14 @@ class TripletEmbedding(BaseEstimator):
     ) -> None:
         where = directory / "checkpoint.pt"
         if not self.resume:
+            other_fit = self._other_fit_difference(state, n_objects, data_digest, val_digest)
+            if other_fit is not None:
+                raise FileExistsError(
+                    f"{where} belongs to another fit ({other_fit}), which this fit would overwrite: "
+                    "give each fit its own checkpoint_dir (in GridSearchCV and cross_val_score, which "
+                    "fit copies of one estimator, set checkpoint_dir=None), or choose an empty run "
+                    "directory"
+                )
             raise FileExistsError(
                 f"{where} exists: pass resume=True (--resume) to continue that run, "
                 "or choose an empty run directory"
@@ -720,6 +730,24 @@ class TripletEmbedding(BaseEstimator):
                 f"{where} {problem}; resume with the same validation triplets, so that the "
                 "held-out accuracy in the history is of one set"
             )
+
+    def _other_fit_difference(
+        self, state, n_objects: int, data_digest: str, val_digest: str | None
+    ) -> str | None:
+        """Describe how the fit of a checkpoint differs from this fit, or return None if it does not."""
+        if state["estimator"] != self._estimator_name:
+            return f"a {state['estimator']} fit"
+        config = self._training_config()
+        changed = [_setting_name(key) for key, value in config.items() if state["config"].get(key) != value]
+        if changed:
+            return "other settings: " + ", ".join(changed)
+        if state["n_objects"] != n_objects:
+            return f"{state['n_objects']} objects, not {n_objects}"
+        if state["data_sha256"] != data_digest:
+            return "other training triplets"
+        if "val_sha256" in state and state["val_sha256"] != val_digest:
+            return "other validation triplets"
+        return None
 
     @staticmethod
     def _check_parameter_shapes(state, directory: Path, params: dict[str, torch.Tensor]) -> None:
@@ -1000,7 +1028,10 @@ class TripletEmbedding(BaseEstimator):
 
         Args:
             run_dir (str | os.PathLike): Output folder, created when missing;
-                files of the same names in it are replaced.
+                files of the same names in it are replaced. The three files
+                are written into a hidden folder first and moved into
+                ``run_dir`` together, so that an error or Ctrl-C while they
+                are written leaves the files of an earlier save whole.
 
         Returns:
             Path: ``run_dir``.
@@ -1029,9 +1060,9 @@ class TripletEmbedding(BaseEstimator):
         config_text = tomli_w.dumps(config)
         run_dir = Path(run_dir)
         reject_recorded_folder(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_embedding(self._result(), run_dir)
-        write_text_atomic(run_dir / CONFIG_NAME, config_text)
-        write_text_atomic(run_dir / HISTORY_NAME, history_to_csv(self.history_))
+        with staged_outputs(run_dir) as stage:
+            save_embedding(self._result(), stage)
+            write_text_atomic(stage / CONFIG_NAME, config_text)
+            write_text_atomic(stage / HISTORY_NAME, history_to_csv(self.history_))
         return run_dir
 

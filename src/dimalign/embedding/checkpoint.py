@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dimalign.io.files import atomic_path
+from dimalign.io.files import atomic_path, exclusive_lock
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+#: Lock file that a running fit holds in its ``checkpoint_dir``.
+CHECKPOINT_LOCK_NAME = ".checkpoint.lock"
 CHECKPOINT_FORMAT = 1
 
 # Entries that every checkpoint of this format has. val_sha256 is left out,
@@ -93,3 +98,51 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:
         )
     logger.info("loaded checkpoint %s (epoch %d)", path, state["epoch"])
     return state
+
+
+@contextlib.contextmanager
+def checkpoint_lock(directory: str | os.PathLike | None) -> Iterator[None]:
+    """Hold the lock of ``directory`` for the block, so that one fit at a time uses its checkpoint.
+
+    The folder is created when missing. If the block leaves it empty (a fit
+    that failed before its first checkpoint), the folders created here are
+    removed again. The system releases the lock when the process dies, even
+    by SIGKILL, so a stale lock file blocks no later fit.
+
+    Args:
+        directory (str | os.PathLike | None): The ``checkpoint_dir`` of a
+            fit. None holds no lock.
+
+    Raises:
+        NotADirectoryError: If ``directory`` is a file.
+        RuntimeError: If another fit, in this process or another one, holds
+            the lock. The message names the folder.
+        OSError: If the folder or the lock file cannot be created.
+    """
+    if directory is None:
+        yield
+        return
+    folder = Path(directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(
+            f"checkpoint_dir {folder} is a file, but a fit writes its {CHECKPOINT_NAME} into a folder "
+            "of that name: pass the path of a folder, or None for a fit without checkpoints"
+        )
+    created = [candidate for candidate in (folder, *folder.parents) if not candidate.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / CHECKPOINT_LOCK_NAME
+    busy = (
+        f"{folder} is the checkpoint_dir of another fit that is running, which holds {lock_path}: "
+        "give each fit its own checkpoint_dir, or wait for that fit to finish and pass resume=True "
+        "to continue it"
+    )
+    try:
+        with exclusive_lock(lock_path, busy):
+            yield
+    finally:
+        # Created folders are listed from the deepest up, and rmdir removes only empty ones.
+        for candidate in created:
+            try:
+                candidate.rmdir()
+            except OSError:
+                break

@@ -18,7 +18,9 @@ from dimalign.io.files import (
     exclusive_lock,
     now_iso,
     output_dir,
+    report_leftover_stages,
     sha256_file,
+    staged_outputs,
     write_manifest,
 )
 from dimalign.io.objects import OBJECT_TABLE_NAME, ObjectTable, read_object_table, write_object_table
@@ -50,9 +52,12 @@ def fit_run(
     The directory receives ``objects.tsv`` (when an object table is given)
     before training, ``checkpoint.pt`` during training, then
     ``embedding.npz``, ``config.toml``, ``history.csv`` and ``manifest.json``
-    with the held-out accuracy. If the fit fails, a run directory that this call created is
-    removed again, unless it already contains ``checkpoint.pt``. Without a
-    checkpoint, an ``objects.tsv`` that this call wrote is removed too.
+    with the held-out accuracy. The last four files are written into a hidden
+    folder and moved into ``out_dir`` together, so that a failure or a signal
+    while they are written leaves the files of an earlier fit whole. If the
+    fit fails, a run directory that this call created is removed again,
+    unless it already contains ``checkpoint.pt``. Without a checkpoint, an
+    ``objects.tsv`` that this call wrote is removed too.
 
     Args:
         estimator (TripletEmbedding): A VICE or SPoSE instance. Its
@@ -120,6 +125,7 @@ def fit_run(
     with output_dir(out_dir, keep_if_contains=(CHECKPOINT_NAME, FIT_LOCK_NAME)):
         with exclusive_lock(out_dir / FIT_LOCK_NAME, busy):
             _remove_temporary_files(out_dir)
+            report_leftover_stages(out_dir)
             _fit_and_save(estimator, train, val, out_dir, n_objects, object_table, inputs, split, started)
     return estimator
 
@@ -272,13 +278,14 @@ def _fit_and_save(
         if wrote_table and not (out_dir / CHECKPOINT_NAME).is_file():
             table_path.unlink(missing_ok=True)
         raise
-    # A folder with embedding.npz and manifest.json counts as finished (a sweep
-    # reuses it), so the manifest of an earlier fit goes before the new files
-    # replace the old ones. If writing fails halfway, the run is unfinished
-    # and resumes from its checkpoint.
-    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
-    estimator.save(out_dir)
-    _write_fit_manifest(estimator, train, val, out_dir, n_objects, inputs, split, started)
+    # The results are written into a hidden folder and moved into out_dir
+    # when all of them are written, manifest.json last. An error or a signal
+    # (Ctrl-C, SIGTERM) before the last move puts the files of an earlier
+    # fit back, so out_dir never mixes the files of two fits. A run without
+    # an earlier fit then contains only its checkpoint, which a resume continues.
+    with staged_outputs(out_dir) as stage:
+        estimator.save(stage)
+        _write_fit_manifest(estimator, train, val, out_dir, stage, n_objects, inputs, split, started)
 
 
 def _write_fit_manifest(
@@ -286,12 +293,20 @@ def _write_fit_manifest(
     train: np.ndarray,
     val: np.ndarray | None,
     out_dir: Path,
+    stage: Path,
     n_objects: int,
     inputs: Mapping[str, str | os.PathLike] | None,
     split: Mapping[str, Any] | None,
     started: str,
 ) -> None:
-    """Write the ``manifest.json`` of a saved fit, with its held-out accuracy and file checksums."""
+    """Write the ``manifest.json`` of a saved fit into ``stage``, with its held-out accuracy and file checksums.
+
+    The result files are in ``stage``, except ``objects.tsv``, which the fit
+    wrote into ``out_dir`` before training.
+    """
+    result_paths = {
+        name: stage / name if (stage / name).is_file() else out_dir / name for name in RESULT_FILES
+    }
     outputs: dict[str, Any] = {
         "n_dims": estimator.n_dims_,
         "n_epochs": estimator.n_epochs_,
@@ -299,11 +314,7 @@ def _write_fit_manifest(
         "n_train": int(len(train)),
         # Checksums of the result files, so that a reader such as dimalign
         # select can tell a file that was replaced after the fit.
-        "file_sha256": {
-            name: sha256_file(out_dir / name)
-            for name in RESULT_FILES
-            if (out_dir / name).is_file()
-        },
+        "file_sha256": {name: sha256_file(path) for name, path in result_paths.items() if path.is_file()},
     }
     if val is not None:
         outputs["val_accuracy"] = estimator.score(val)
@@ -313,7 +324,7 @@ def _write_fit_manifest(
             out_dir, estimator.n_dims_, outputs["val_accuracy"], len(val),
         )
     write_manifest(
-        out_dir, step="fit", inputs=inputs, started=started,
+        stage, step="fit", inputs=inputs, started=started,
         settings={
             "estimator": type(estimator).__name__, **estimator.get_params(), "n_objects": n_objects,
             **({"validation_split": dict(split)} if split else {}),

@@ -58,7 +58,9 @@ class VICE(TripletEmbedding):
         random_state (int): Seed of every random draw of the fit.
         device (str): ``"cpu"``, ``"cuda"`` or ``"auto"``.
         dtype (str): ``"float32"`` or ``"float64"``.
-        checkpoint_dir (str | None): Directory for ``checkpoint.pt``.
+        checkpoint_dir (str | None): Directory for ``checkpoint.pt``, used by
+            one fit at a time. ``GridSearchCV`` and ``cross_val_score`` fit
+            copies of one estimator, so they need None.
         checkpoint_every (int): Epochs between checkpoints.
         resume (bool): Continue from the checkpoint in ``checkpoint_dir``.
         eval_every (int): Epochs between evaluations on the validation set.

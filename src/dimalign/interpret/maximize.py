@@ -20,7 +20,9 @@ dimension predicted below 0 is still pushed up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +113,10 @@ def maximize_dimension(
         dim (int): 0-based dimension to maximise.
         generator (nn.Module | None): Latent -> image module with a
             ``latent_dim`` attribute (see :mod:`dimalign.interpret.generators`);
-            None uses :class:`FourierGenerator`. Its parameters are frozen.
+            None uses :class:`FourierGenerator`. It is frozen, moved to the
+            predictor's device and set to eval mode while the function
+            runs. Its ``requires_grad`` flags, train/eval modes and devices
+            are restored before the function returns or raises.
         steps (int): Adam steps.
         n_init (int): Random latents drawn at the start; the ``n_images`` with
             the highest value of ``dim`` are optimised.
@@ -167,54 +172,52 @@ def maximize_dimension(
             f"more than the limit of {MAX_LATENT_BYTES:,} (dimalign.interpret.maximize.MAX_LATENT_BYTES); "
             f"{remedy}"
         )
-    for parameter in generator.parameters():
-        parameter.requires_grad_(False)
-    generator = generator.to(predictor.device).eval()
-    random = torch.Generator().manual_seed(int(random_state))
+    with _frozen_on(generator, predictor.device):
+        random = torch.Generator().manual_seed(int(random_state))
 
-    # Start from the n_images best of n_init random latents.
-    candidates = sample_latent(generator, n_init, random).to(predictor.device)
-    with torch.no_grad():
-        values = torch.cat([
-            predictor(_check_generated(generator(chunk)))[:, dim].float()
-            for chunk in candidates.split(batch_size)
-        ])
-    best = torch.argsort(values, descending=True)[:n_images]
-    latent = candidates[best].clone().requires_grad_(True)
-    with torch.no_grad():
-        embedding_before = predictor(generator(latent)).float().cpu().numpy()
+        # Start from the n_images best of n_init random latents.
+        candidates = sample_latent(generator, n_init, random).to(predictor.device)
+        with torch.no_grad():
+            values = torch.cat([
+                predictor(_check_generated(generator(chunk)))[:, dim].float()
+                for chunk in candidates.split(batch_size)
+            ])
+        best = torch.argsort(values, descending=True)[:n_images]
+        latent = candidates[best].clone().requires_grad_(True)
+        with torch.no_grad():
+            embedding_before = predictor(generator(latent)).float().cpu().numpy()
 
-    optimizer = torch.optim.Adam([latent], lr=learning_rate)
-    loss_history = []
-    for _ in tqdm(range(steps), desc=f"maximise dimension {dim}", disable=progress_disabled(), leave=False):
-        optimizer.zero_grad()
-        # A generator without a bounded output can leave [0, 1] as its latent moves.
-        images = _check_generated(generator(latent), step=len(loss_history) + 1)
-        seen = augment(images, random) if use_augmentation else images
-        prediction = predictor(seen).float()
-        loss = dimension_objective(prediction, dim, alpha, beta) + tv_weight * total_variation(images.float())
-        if not torch.isfinite(loss).all():
-            raise ValueError(
-                f"maximisation of dimension {dim} diverged at step {len(loss_history) + 1}: the loss is "
-                f"{float(loss.detach().mean())}; lower the learning rate ({learning_rate:g}), alpha "
-                f"({alpha:g}) or beta ({beta:g})"
-            )
-        loss.sum().backward()
-        optimizer.step()
-        loss_history.append(float(loss.detach().mean()))
+        optimizer = torch.optim.Adam([latent], lr=learning_rate)
+        loss_history = []
+        for _ in tqdm(range(steps), desc=f"maximise dimension {dim}", disable=progress_disabled(), leave=False):
+            optimizer.zero_grad()
+            # A generator without a bounded output can leave [0, 1] as its latent moves.
+            images = _check_generated(generator(latent), step=len(loss_history) + 1)
+            seen = augment(images, random) if use_augmentation else images
+            prediction = predictor(seen).float()
+            loss = dimension_objective(prediction, dim, alpha, beta) + tv_weight * total_variation(images.float())
+            if not torch.isfinite(loss).all():
+                raise ValueError(
+                    f"maximisation of dimension {dim} diverged at step {len(loss_history) + 1}: the loss is "
+                    f"{float(loss.detach().mean())}; lower the learning rate ({learning_rate:g}), alpha "
+                    f"({alpha:g}) or beta ({beta:g})"
+                )
+            loss.sum().backward()
+            optimizer.step()
+            loss_history.append(float(loss.detach().mean()))
 
-    with torch.no_grad():
-        final_images = _check_generated(generator(latent), step=steps).float()
-        embedding_after = predictor(final_images).float().cpu().numpy()
-    result = MaximizationResult(
-        dim=dim,
-        images=final_images.cpu(),
-        before=embedding_before[:, dim].copy(),
-        after=embedding_after[:, dim].copy(),
-        embedding_before=embedding_before,
-        embedding_after=embedding_after,
-        loss_history=loss_history,
-    )
+        with torch.no_grad():
+            final_images = _check_generated(generator(latent), step=steps).float()
+            embedding_after = predictor(final_images).float().cpu().numpy()
+        result = MaximizationResult(
+            dim=dim,
+            images=final_images.cpu(),
+            before=embedding_before[:, dim].copy(),
+            after=embedding_after[:, dim].copy(),
+            embedding_before=embedding_before,
+            embedding_after=embedding_after,
+            loss_history=loss_history,
+        )
     if not np.isfinite(embedding_after).all():
         raise ValueError(
             f"maximisation of dimension {dim} diverged in the last step: the predicted embedding is "
@@ -223,6 +226,45 @@ def maximize_dimension(
     for index, (start, end) in enumerate(zip(result.before, result.after)):
         logger.info("dimension %d, image %d: %.4f -> %.4f after %d steps", dim, index, start, end, steps)
     return result
+
+
+@contextlib.contextmanager
+def _frozen_on(generator: nn.Module, device: torch.device) -> Iterator[None]:
+    """Freeze ``generator``, move it to ``device`` and set eval mode inside the block.
+
+    The caller's module is changed in place, because ``nn.Module.to`` moves
+    its tensors. When the block ends, also by an exception, every
+    ``requires_grad`` flag, every submodule's training mode and every
+    parameter and buffer tensor are set back as they were. Only the latent
+    code is optimised, so the original tensors still hold the same values.
+    """
+    requires_grad = [(parameter, parameter.requires_grad) for parameter in generator.parameters()]
+    training = [(module, module.training) for module in generator.modules()]
+    parameter_data = [(parameter, parameter.data) for parameter in generator.parameters()]
+    # nn.Module.to replaces buffers, and also parameters under
+    # torch.__future__.set_overwrite_module_params_on_conversion(True), so the
+    # original objects are put back into their modules.
+    tensors = [
+        (module.__dict__[kind], name, tensor)
+        for module in generator.modules()
+        for kind in ("_parameters", "_buffers")
+        for name, tensor in module.__dict__[kind].items()
+        if tensor is not None
+    ]
+    for parameter in generator.parameters():
+        parameter.requires_grad_(False)
+    generator.to(device).eval()
+    try:
+        yield
+    finally:
+        for parameter, data in parameter_data:
+            parameter.data = data
+        for registry, name, tensor in tensors:
+            registry[name] = tensor
+        for module, mode in training:
+            module.training = mode
+        for parameter, flag in requires_grad:
+            parameter.requires_grad_(flag)
 
 
 def _check_generated(images: torch.Tensor, step: int | None = None) -> torch.Tensor:
