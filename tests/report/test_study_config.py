@@ -153,6 +153,21 @@ def test_set_of_unconfigured_stage_is_rejected(study_file):
         load_config(study_file, ["report.top_k=3"])
 
 
+def test_set_of_human_fit_with_given_embedding_names_the_input(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(
+        '[study]\nname = "x"\n[inputs]\nobjects = "objects.txt"\nhuman_embedding = "emb.txt"\n'
+        '[evaluate]\n'
+    )
+    with pytest.raises(ValueError) as error:
+        load_config(study, ["human_fit.max_epochs=3"])
+    assert str(error.value) == (
+        f"--set 'human_fit.max_epochs=3': {study.resolve()} has no stage 'human_fit'; sections in this file: "
+        "study, inputs, evaluate (the study takes its human embedding from inputs.human_embedding and fits "
+        "none; to fit one, remove inputs.human_embedding and add a [human_fit] table)"
+    )
+
+
 def test_from_unknown_stage_is_rejected(study_file):
     with pytest.raises(ValueError, match=r"--from fitting: unknown stage"):
         plan_study(load_config(study_file), study_file.parent / "study", from_stage="fitting")

@@ -245,10 +245,16 @@ def _apply_override(config: StudyConfig, override: Override) -> None:
         table = config.stages[override.section]
     else:
         sections = [STUDY_TABLE, INPUTS_TABLE, *config.stages]
+        if override.section == "human_fit" and config.inputs.get("human_embedding") not in (None, ""):
+            advice = (
+                "the study takes its human embedding from inputs.human_embedding and fits none; "
+                "to fit one, remove inputs.human_embedding and add a [human_fit] table"
+            )
+        else:
+            advice = f"add a [{override.section}] table to the file to run that stage"
         raise ValueError(
             f"--set {override.text!r}: {config.path} has no stage {override.section!r}; "
-            f"sections in this file: {', '.join(sections)} (add a [{override.section}] table "
-            "to the file to run that stage)"
+            f"sections in this file: {', '.join(sections)} ({advice})"
         )
     table[override.key] = override.value
     config.overrides.append(override)
