@@ -52,3 +52,19 @@ def test_object_triplet_beyond_int64_rejected():
         r"an object table: check that the column contains object indices$"
     )):
         validate_triplets(objects, 4)
+
+
+def test_object_triplets_of_mixed_integer_types_accepted():
+    objects = TRIPLETS.astype(object)
+    objects[0, 0] = np.int32(0)
+    objects[1, 1] = np.uint8(1)
+
+    np.testing.assert_array_equal(validate_triplets(objects, 4), TRIPLETS)
+
+
+def test_object_triplet_numpy_value_beyond_int64_rejected():
+    objects = TRIPLETS.astype(object)
+    objects[2, 2] = np.uint64(2**63 + 5)
+
+    with pytest.raises(ValueError, match=r"^triplets, row 2, column 2: object index 9223372036854775813 is beyond"):
+        validate_triplets(objects, 4)
