@@ -52,6 +52,38 @@ def test_chance_matchings_without_permutations():
     assert chance["with_replacement"].shape == (0, 3)
 
 
+@pytest.mark.parametrize("n_permutations", [-1, 2.5, True])
+def test_chance_matchings_reject_bad_permutation_count(n_permutations):
+    human, dnn = related_pair()
+    with pytest.raises(ValueError, match="n_permutations"):
+        chance_matchings(human, dnn, ("greedy",), n_permutations=n_permutations)
+
+
+def test_chance_matchings_reject_nan_weights():
+    human, dnn = related_pair()
+    human[4, 1] = np.nan
+    with pytest.raises(ValueError, match="human embedding contains NaN or inf in 1 entries, the first at row 4, column 1"):
+        chance_matchings(human, dnn, ("greedy",), n_permutations=2)
+
+
+def test_chance_matchings_reject_row_mismatch():
+    human, dnn = related_pair()
+    with pytest.raises(ValueError, match=r"same number of rows \(objects\), got \(30, 3\) and \(20, 6\)"):
+        chance_matchings(human, dnn[:20], ("greedy",), n_permutations=2)
+
+
+def test_chance_matchings_reject_unknown_method():
+    human, dnn = related_pair()
+    with pytest.raises(ValueError, match="unknown matching method 'hungarian'"):
+        chance_matchings(human, dnn, ("greedy", "hungarian"), n_permutations=0)
+
+
+def test_chance_matchings_reject_too_few_dnn_dims():
+    human, dnn = related_pair()
+    with pytest.raises(ValueError, match="got 6 human and 3 DNN dimensions"):
+        chance_matchings(dnn, human, ("optimal",), n_permutations=0)
+
+
 # -- compare: chance level ----------------------------------------------------
 
 

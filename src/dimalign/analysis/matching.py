@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,23 @@ def correlate_columns(
         >>> correlate_columns(a, np.hstack([a, -a])).tolist()
         [[1.0, -1.0]]
     """
+    a, b = _check_embedding_pair(a, b, name_a, name_b)
+    # One product of unit-norm centred columns, r_pq = sum_n a_np * b_nq, instead of
+    # np.corrcoef, which computes all (n_a + n_b)^2 pairs and gives NaN for constant columns.
+    standardised_a = _standardise_columns(a, name_a)
+    standardised_b = _standardise_columns(b, name_b)
+    correlations = standardised_a.T @ standardised_b
+    return np.clip(correlations, -1.0, 1.0)
+
+
+def _check_embedding_pair(a: Any, b: Any, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert two embeddings of the same objects to float64 arrays and check that their columns can be correlated.
+
+    Raises:
+        ValueError: If the shapes do not fit, an array contains NaN or inf
+            (naming the first row and column), or two DataFrames list their
+            objects differently.
+    """
     from dimalign.io.objects import check_same_index
     from dimalign.io.runs import embedding_weights
 
@@ -90,12 +108,7 @@ def correlate_columns(
                 f"the {name} embedding contains NaN or inf in {int(bad.sum())} entries, the first "
                 f"at row {int(rows[0])}, column {int(columns[0])}; correlations need finite weights"
             )
-    # One product of unit-norm centred columns, r_pq = sum_n a_np * b_nq, instead of
-    # np.corrcoef, which computes all (n_a + n_b)^2 pairs and gives NaN for constant columns.
-    standardised_a = _standardise_columns(a, name_a)
-    standardised_b = _standardise_columns(b, name_b)
-    correlations = standardised_a.T @ standardised_b
-    return np.clip(correlations, -1.0, 1.0)
+    return a, b
 
 
 def _standardise_columns(x: np.ndarray, name: str, *, warn_constant: bool = True) -> np.ndarray:
@@ -286,9 +299,23 @@ def chance_matchings(
     Returns:
         dict[str, np.ndarray]: Per method, the matched correlations of each
         permutation sorted in decreasing order, shape ``(n_permutations, n_pairs)``.
+
+    Raises:
+        ValueError: For an unknown method, a method without replacement and
+            more human than DNN dimensions, a negative or non-integer
+            ``n_permutations``, or embeddings that :func:`correlate_columns`
+            rejects (shapes that do not fit, NaN or inf).
     """
-    human = np.asarray(human, dtype=np.float64)
-    dnn = np.asarray(dnn, dtype=np.float64)
+    check_integer("n_permutations", n_permutations, 0)
+    unknown = [method for method in methods if method not in MATCHING_METHODS]
+    if unknown:
+        raise ValueError(f"unknown matching method {unknown[0]!r}: use one of {', '.join(MATCHING_METHODS)}")
+    human, dnn = _check_embedding_pair(human, dnn, "human", "DNN")
+    if human.shape[1] > dnn.shape[1] and any(method != "with_replacement" for method in methods):
+        raise ValueError(
+            f"matching without replacement needs at least as many DNN as human dimensions, got "
+            f"{human.shape[1]} human and {dnn.shape[1]} DNN dimensions; use only 'with_replacement'"
+        )
     # Centring and scaling a column do not depend on the row order, so the columns
     # are standardised once and only the rows of the standardised DNN side are
     # permuted. The real matching has already warned about constant columns.
