@@ -177,6 +177,17 @@ def test_table_not_utf8_names_the_file(tmp_path):
     assert "save the table as UTF-8" in message
 
 
+def test_table_not_utf8_offset_counts_bom(tmp_path):
+    path = tmp_path / "ids.txt"
+    # The byte order mark takes offsets 0 to 2, so 0xe9 is at offset 3 + 7 = 10.
+    path.write_bytes(b"\xef\xbb\xbfowl\ncaf\xe9\nbat\n")
+
+    with pytest.raises(ValueError) as error:
+        read_object_table(path)
+
+    assert "byte 0xe9 at offset 10" in str(error.value)
+
+
 @pytest.mark.parametrize(
     ("name", "text"),
     [

@@ -7,6 +7,7 @@ numbers.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import datetime as _dt
 import errno
@@ -821,7 +822,6 @@ def _binary_file_problem(path: str | os.PathLike) -> str | None:
     A ``.gz`` file is not reported as compressed, because ``numpy.loadtxt``
     (numpy 2.4) decompresses a file whose name ends in ``.gz``.
     """
-    import codecs
 
     with open(path, "rb") as handle:
         start = handle.read(8)
@@ -1144,12 +1144,16 @@ def read_utf8_text(path: str | os.PathLike, *, advice: str, description: str = "
     Raises:
         ValueError: If the file is not UTF-8, naming the byte and its offset.
     """
+    data = Path(path).read_bytes()
+    # The byte order mark is removed here, not by the utf-8-sig codec, because that
+    # codec counts error offsets from after the mark and the message gives file offsets.
+    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
     try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
+        text = data[len(bom):].decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(
             f"{description}{path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}): {advice}"
+            f"{len(bom) + error.start}): {advice}"
         ) from None
     if translate_newlines:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
