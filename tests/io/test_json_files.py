@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from dimalign.io.files import replace_non_finite, write_json_atomic
+from dimalign.io.files import replace_non_finite, write_json_atomic, write_manifest
 
 
 def reject_constant(name):
@@ -66,3 +66,16 @@ def test_damaged_manifest_names_the_file(tmp_path):
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"manifest.json is not valid JSON .* rerun the step that wrote it"):
         read_manifest(tmp_path)
+
+
+def test_manifest_records_numpy_arrays(tmp_path):
+    settings = {"alphas": np.array([0.5, 2.0]), "grid": np.array([[1, 2], [3, 4]]), "seed": np.int64(7),
+                "scale": np.array(1.5), "missing": np.array([1.0, np.nan])}
+    write_manifest(tmp_path, step="map", settings=settings)
+
+    loaded = json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8"), parse_constant=reject_constant)
+    assert loaded["settings"]["alphas"] == [0.5, 2.0]
+    assert loaded["settings"]["grid"] == [[1, 2], [3, 4]]
+    assert loaded["settings"]["seed"] == 7
+    assert loaded["settings"]["scale"] == 1.5
+    assert loaded["settings"]["missing"] == [1.0, None]

@@ -522,7 +522,10 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(item) for item in value]
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars
+    # numpy arrays and torch tensors have item() too, but it raises for more than one element.
+    if getattr(value, "ndim", 0) > 0 and callable(getattr(value, "tolist", None)):
+        return _jsonable(value.tolist())
+    if hasattr(value, "item") and callable(value.item):  # numpy and torch scalars, 0-d arrays
         return value.item()
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
