@@ -294,6 +294,19 @@ def test_latin1_text_embedding_names_byte(tmp_path):
     )
 
 
+def test_text_embedding_cut_in_a_character(tmp_path):
+    # 0xc3 starts a two-byte character that the end of the file cuts off.
+    (tmp_path / "weights.txt").write_bytes(b"0.5 0.25\n0 1.5\xc3")
+
+    with pytest.raises(ValueError) as error:
+        load_embedding(tmp_path / "weights.txt")
+
+    assert str(error.value) == (
+        f"{tmp_path / 'weights.txt'} cannot be read as a text embedding: it is not UTF-8 text "
+        "(byte 0xc3 at offset 14): save it as UTF-8"
+    )
+
+
 def test_utf16_text_embedding_names_encoding(tmp_path):
     (tmp_path / "weights.txt").write_bytes("0.5 0.25\n0 1.5\n".encode("utf-16-le"))
 

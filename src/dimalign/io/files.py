@@ -834,7 +834,8 @@ def _binary_file_problem(path: str | os.PathLike) -> str | None:
         handle.seek(0)
         decoder = codecs.getincrementaldecoder("utf-8")()
         offset = 0
-        while chunk := handle.read(_DECODE_CHUNK_BYTES):
+        while True:
+            chunk = handle.read(_DECODE_CHUNK_BYTES)
             nul = chunk.find(b"\x00")
             if nul >= 0:
                 return (
@@ -842,13 +843,16 @@ def _binary_file_problem(path: str | os.PathLike) -> str | None:
                     "binary files do: save it as UTF-8 text"
                 )
             try:
-                decoder.decode(chunk)
+                # The empty read at the end of the file is decoded as final, so that a
+                # character cut off by the end of the file counts as invalid.
+                decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as error:
                 # The decoder may hold back up to 3 bytes of an unfinished character from the last chunk.
                 position = offset + error.start - len(error.object) + len(chunk)
                 return f"it is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {position}): save it as UTF-8"
+            if not chunk:
+                return None
             offset += len(chunk)
-    return None
 
 
 def text_table_problem(path: str | os.PathLike, delimiter: str | None = None, drop_trailing: bool = False) -> str:
