@@ -616,6 +616,19 @@ def test_help_says_output_folder_is_new(command):
     assert "without an earlier run of this command" in out_option.help
 
 
+def test_maximize_help_states_relu_in_loss():
+    import argparse
+
+    from dimalign.cli import build_parser
+
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    description = " ".join(commands.choices["maximize"].description.split())
+    # The specificity term compares the dimensions after ReLU (maximize.py), as the help of --beta states.
+    assert "log_softmax(relu(y))_j" in description
+    assert "log_softmax(y)_j" not in description
+
+
 def read_test_mask(tmp_path, mask_image):
     """Save ``mask_image`` as the mask of a 16 x 16 photo and read it as manipulate does."""
     from dimalign.interpret.commands import _read_mask

@@ -89,7 +89,7 @@ def _register_maximize(subparsers: argparse._SubParsersAction) -> None:
         help="generate images that maximise embedding dimensions",
         description=(
             "Optimise a generator's latent code so that the generated images drive a "
-            "dimension up (loss = -alpha * y_j - beta * log_softmax(y)_j + tv_weight * TV). "
+            "dimension up (loss = -alpha * y_j - beta * log_softmax(relu(y))_j + tv_weight * TV). "
             "Writes the images and the dimension's value before and after."
         ),
     )
