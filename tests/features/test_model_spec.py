@@ -355,3 +355,27 @@ def test_function_global_torch_state_restored(user_module, caplog):
         "Grad-CAM need the defaults. Build the network inside torch.no_grad(), or pass dtype= and "
         "device= to its layers, instead"
     ]
+
+
+@pytest.mark.parametrize("init_source, error", [
+    ("raise RuntimeError('no GPU found')\n", "RuntimeError: no GPU found"),
+    ("import sys\nsys.exit(4)\n", "SystemExit: 4"),
+])
+def test_module_file_of_broken_package(init_source, error, tmp_path, monkeypatch):
+    from dimalign.features.user_models import find_module_file
+
+    package = tmp_path / "broken_user_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(init_source, encoding="utf-8")
+    (package / "nets.py").write_text("def build():\n    pass\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+
+    with pytest.raises(ValueError) as caught:
+        find_module_file("broken_user_pkg.nets:build")
+
+    assert str(caught.value) == (
+        f"model broken_user_pkg.nets:build: importing the module broken_user_pkg.nets failed ({error}); "
+        "fix the module or install what it imports"
+    )
+    assert "broken_user_pkg" not in sys.modules

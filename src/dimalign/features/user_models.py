@@ -76,13 +76,17 @@ def find_module_file(spec: str) -> Path | None:
     A dotted module name imports its parent packages, as :func:`importlib.util.find_spec` does.
 
     Raises:
-        ValueError: If the spec is malformed or the module is not found.
+        ValueError: If the spec is malformed, the module is not found, or
+            importing a parent package fails.
     """
     module_name, _ = parse_model_spec(spec)
     try:
         found = importlib.util.find_spec(module_name)
     except ModuleNotFoundError:
         found = None
+    except (Exception, SystemExit) as error:
+        # A parent package's __init__.py is user code too, and may raise anything or call sys.exit().
+        raise ValueError(_import_failed_message(spec, module_name, error)) from error
     if found is None:
         raise ValueError(_not_found_message(spec, module_name, None))
     return Path(found.origin) if found.origin and Path(found.origin).is_file() else None
