@@ -289,3 +289,93 @@ def test_missing_package_named():
         load_model("no_such_user_pkg.nets:build")
 
     assert "add the folder that contains the package no_such_user_pkg to PYTHONPATH" in str(caught.value)
+
+
+def test_moved_module_folder_with_space_quoted():
+    from dimalign.features.user_models import load_user_model
+
+    with pytest.raises(ValueError) as caught:
+        load_user_model("gone_user_net:build", recorded_sha256="ab" * 32,
+                        recorded_file="/data/my code/gone_user_net.py")
+
+    assert str(caught.value).endswith(
+        "so add /data/my code to PYTHONPATH (PYTHONPATH='/data/my code' dimalign ...)"
+    )
+
+
+def test_module_exit_at_import_named(user_module, tmp_path, capsys):
+    path = user_module("tiny_net_exit", "import sys\nsys.exit(3)\n")
+    write_random_images(tmp_path / "images", 2)
+
+    status = main(["extract", str(tmp_path / "images"), "-o", str(tmp_path / "out"),
+                   "--model", "tiny_net_exit:build"])
+
+    assert status == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dimalign extract: error: model tiny_net_exit:build: importing the module tiny_net_exit ({path}) "
+        "failed (SystemExit: 3); fix the module or install what it imports"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_function_exit_named(user_module):
+    user_module("tiny_net_exit_call", "import sys\n\ndef build():\n    sys.exit(2)\n")
+
+    with pytest.raises(ValueError) as caught:
+        load_model("tiny_net_exit_call:build")
+
+    assert str(caught.value) == (
+        "model tiny_net_exit_call:build failed when called without arguments (SystemExit: 2); "
+        "fix the function, which must return a LoadedModel"
+    )
+
+
+def test_function_global_torch_state_restored(user_module, caplog):
+    import torch
+
+    source = NETWORK_SOURCE.replace(
+        "def build():\n", "def build():\n    torch.set_grad_enabled(False)\n    torch.set_default_dtype(torch.float64)\n"
+    )
+    user_module("tiny_net_state", source)
+
+    try:
+        with caplog.at_level("WARNING", logger="dimalign.features.user_models"):
+            loaded = load_model("tiny_net_state:build")
+        grad_enabled, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+    finally:
+        torch.set_grad_enabled(True)
+        torch.set_default_dtype(torch.float32)
+
+    assert grad_enabled
+    assert dtype == torch.float32
+    assert loaded.model[0].weight.dtype == torch.float64
+    assert caplog.messages == [
+        "model tiny_net_state:build switched gradient computation off and the default dtype to "
+        "torch.float64 for the whole process. dimalign set it back, because later steps such as "
+        "Grad-CAM need the defaults. Build the network inside torch.no_grad(), or pass dtype= and "
+        "device= to its layers, instead"
+    ]
+
+
+@pytest.mark.parametrize("init_source, error", [
+    ("raise RuntimeError('no GPU found')\n", "RuntimeError: no GPU found"),
+    ("import sys\nsys.exit(4)\n", "SystemExit: 4"),
+])
+def test_module_file_of_broken_package(init_source, error, tmp_path, monkeypatch):
+    from dimalign.features.user_models import find_module_file
+
+    package = tmp_path / "broken_user_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(init_source, encoding="utf-8")
+    (package / "nets.py").write_text("def build():\n    pass\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+
+    with pytest.raises(ValueError) as caught:
+        find_module_file("broken_user_pkg.nets:build")
+
+    assert str(caught.value) == (
+        f"model broken_user_pkg.nets:build: importing the module broken_user_pkg.nets failed ({error}); "
+        "fix the module or install what it imports"
+    )
+    assert "broken_user_pkg" not in sys.modules

@@ -126,6 +126,21 @@ def test_changed_module_rejected(spec_map, capsys):
     assert not (spec_map.root / "gradcam").exists()
 
 
+def test_changed_module_rejected_before_import(spec_map, capsys):
+    marker = spec_map.root / "imported.txt"
+    spec_map.module.write_text(f"open({str(marker)!r}, 'w').close()\ndef build(:\n", encoding="utf-8")
+    sys.modules.pop("spec_net")
+    importlib.invalidate_caches()
+
+    status = main(["manipulate", str(spec_map.images / "img00.png"), "--map", str(spec_map.map_dir),
+                   "-o", str(spec_map.root / "manipulate")])
+
+    assert status == 1
+    assert "the module file" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not marker.exists()
+    assert not (spec_map.root / "manipulate").exists()
+
+
 def test_module_off_path_names_folder(spec_map, monkeypatch, capsys):
     monkeypatch.setattr(sys, "path", [entry for entry in sys.path if entry != str(spec_map.code)])
     monkeypatch.delitem(sys.modules, "spec_net")

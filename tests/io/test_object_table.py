@@ -277,3 +277,21 @@ def test_repr_lists_short_table():
     assert repr(with_sources) == (
         "ObjectTable(n_objects=2, object_ids=('cat', 'dog'), sources=('cat.jpg', ''))"
     )
+
+
+@pytest.mark.parametrize("name, text, number, line", [
+    ("ids.txt", "# THINGS ids\nowl\nhammer\n", 1, "# THINGS ids"),
+    ("ids.txt", "owl\n  # rest\nhammer\n", 2, "# rest"),
+    ("objects.tsv", "# written by hand\nindex\tobject_id\n0\towl\n", 1, "# written by hand"),
+])
+def test_comment_line_rejected(tmp_path, name, text, number, line):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError) as caught:
+        read_object_table(path)
+
+    assert str(caught.value) == (
+        f"{path}, line {number}: {line!r} starts with #, but object tables have no comments, so it "
+        "would become an object's name and move every later object down one row. Remove the line"
+    )

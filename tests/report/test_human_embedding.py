@@ -227,6 +227,53 @@ def test_nan_embedding_value_rejected(tmp_path):
     assert f"inputs.human_embedding {path}: NaN or inf at row 3, column 0 (2 values)" in message
 
 
+def test_embedding_without_columns_rejected(tmp_path):
+    config = embedding_study(tmp_path)
+    path = tmp_path / "data" / "embedding.npy"
+    np.save(path, np.zeros((N_OBJECTS, 0)))
+    text = config.read_text(encoding="utf-8").replace("embedding.txt", "embedding.npy")
+    config.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ValueError) as error:
+        plan_study(load_config(config), tmp_path / "study")
+
+    assert str(error.value).startswith(
+        f"inputs.human_embedding {path} has no columns, so it gives the objects no dimension: check that "
+        "it is the right file, which needs one column per dimension"
+    )
+
+
+def test_embedding_of_zeros_rejected(tmp_path):
+    config = embedding_study(tmp_path)
+    path = tmp_path / "data" / "embedding.txt"
+    np.savetxt(path, np.zeros((N_OBJECTS, 3)), fmt="%.6f")
+
+    with pytest.raises(ValueError) as error:
+        plan_study(load_config(config), tmp_path / "study")
+
+    assert str(error.value).startswith(
+        f"inputs.human_embedding {path}: every weight is 0, so all objects are equally similar and no "
+        "stage can use it: check that it is the right file"
+    )
+
+
+def test_overflowing_embedding_rejected(tmp_path):
+    config = embedding_study(tmp_path)
+    path = tmp_path / "data" / "embedding.txt"
+    values = np.loadtxt(path)
+    values[5, 2] = 1e200
+    np.savetxt(path, values, fmt="%.6g")
+
+    with pytest.raises(ValueError) as error:
+        plan_study(load_config(config), tmp_path / "study")
+
+    assert str(error.value).startswith(
+        f"inputs.human_embedding {path}: the dot product of row 5 with itself is beyond float64 (largest "
+        "weight 1e+200), so its similarities are undefined: check that it is the right file, or divide "
+        "its weights by a common factor"
+    )
+
+
 def test_fit_folder_of_other_objects_rejected(tmp_path, study):
     config = embedding_study(tmp_path)
     run_dir = tmp_path / "data" / "other_fit"

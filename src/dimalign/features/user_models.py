@@ -12,10 +12,13 @@ changed module.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
 import logging
+import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -73,13 +76,17 @@ def find_module_file(spec: str) -> Path | None:
     A dotted module name imports its parent packages, as :func:`importlib.util.find_spec` does.
 
     Raises:
-        ValueError: If the spec is malformed or the module is not found.
+        ValueError: If the spec is malformed, the module is not found, or
+            importing a parent package fails.
     """
     module_name, _ = parse_model_spec(spec)
     try:
         found = importlib.util.find_spec(module_name)
     except ModuleNotFoundError:
         found = None
+    except (Exception, SystemExit) as error:
+        # A parent package's __init__.py is user code too, and may raise anything or call sys.exit().
+        raise ValueError(_import_failed_message(spec, module_name, error)) from error
     if found is None:
         raise ValueError(_not_found_message(spec, module_name, None))
     return Path(found.origin) if found.origin and Path(found.origin).is_file() else None
@@ -95,7 +102,7 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
         device (str | torch.device): ``cpu``, ``cuda`` or ``auto``.
         recorded_sha256 (str | None): SHA-256 of the module file recorded by
             the extraction. When given, a module file with another checksum
-            is rejected before the function runs.
+            is rejected before the module is imported.
         recorded_file (str | None): Path of the module file at extraction,
             for messages.
 
@@ -105,9 +112,12 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
 
     Raises:
         ValueError: If the spec is malformed, the module cannot be found or
-            imported, the function is missing, raises or returns something
-            other than a ``LoadedModel``, or the module file changed since
-            the extraction that recorded ``recorded_sha256``.
+            imported, the function is missing, raises (``SystemExit``
+            included) or returns something other than a ``LoadedModel``, or
+            the module file changed since the extraction that recorded
+            ``recorded_sha256``. Grad mode, default dtype and default device
+            changed by the module or the function are set back, with a
+            warning.
     """
     # Imported here, so that planning a study with a network of your own does not load torch.
     from torch import nn
@@ -116,7 +126,11 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
     from dimalign.features.models import LoadedModel
 
     module_name, function_name = parse_model_spec(spec)
-    module = _import_module(spec, module_name, recorded_file)
+    if recorded_sha256 is not None:
+        # Checked before the import too, because importing runs the edited module's code.
+        _check_module_file_unchanged(spec, module_name, recorded_sha256, recorded_file)
+    with _restored_torch_state(spec):
+        module = _import_module(spec, module_name, recorded_file)
     module_file = getattr(module, "__file__", None)
     module_sha256 = sha256_file(module_file) if module_file and Path(module_file).is_file() else None
     if recorded_sha256 is not None and module_sha256 != recorded_sha256:
@@ -129,9 +143,12 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
             f"its functions are {', '.join(_functions_of(module)) or 'none'}"
         )
     try:
-        loaded = function()
-    except Exception as error:
+        with _restored_torch_state(spec):
+            loaded = function()
+    except (Exception, SystemExit) as error:
         # User code may raise anything, and a traceback would hide which spec failed.
+        # SystemExit comes from sys.exit() or argparse in the user's code, and
+        # would otherwise end dimalign with its status and no message.
         raise ValueError(
             f"model {spec} failed when called without arguments ({type(error).__name__}: {error}); "
             "fix the function, which must return a LoadedModel"
@@ -158,6 +175,57 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
     return loaded
 
 
+def _check_module_file_unchanged(spec: str, module_name: str, recorded_sha256: str,
+                                 recorded_file: str | None) -> None:
+    """Reject a module file whose SHA-256 differs from the recorded one, without importing the module.
+
+    A module that cannot be located this way (a broken parent package) is
+    left to the import, whose error names the problem.
+    """
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (Exception, SystemExit):
+        return
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        return
+    module_sha256 = sha256_file(found.origin)
+    if module_sha256 != recorded_sha256:
+        raise ValueError(_changed_module_message(spec, found.origin, module_sha256, recorded_file, recorded_sha256))
+
+
+@contextlib.contextmanager
+def _restored_torch_state(spec: str) -> Iterator[None]:
+    """Restore torch's process-wide grad mode, default dtype and default device after user code.
+
+    A module or function that calls ``torch.set_grad_enabled(False)`` would
+    otherwise break Grad-CAM and activation maximisation later, with an
+    error that does not name the module. Each restored setting is logged as
+    a warning that names the spec.
+    """
+    import torch
+
+    grad_enabled, dtype, device = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_default_device()
+    try:
+        yield
+    finally:
+        changed = []
+        if torch.is_grad_enabled() != grad_enabled:
+            changed.append(f"gradient computation {'on' if torch.is_grad_enabled() else 'off'}")
+            torch.set_grad_enabled(grad_enabled)
+        if torch.get_default_dtype() != dtype:
+            changed.append(f"the default dtype to {torch.get_default_dtype()}")
+            torch.set_default_dtype(dtype)
+        if torch.get_default_device() != device:
+            changed.append(f"the default device to {torch.get_default_device()}")
+            torch.set_default_device(device)
+        if changed:
+            logger.warning(
+                "model %s switched %s for the whole process. dimalign set it back, because later steps "
+                "such as Grad-CAM need the defaults. Build the network inside torch.no_grad(), or pass "
+                "dtype= and device= to its layers, instead", spec, " and ".join(changed),
+            )
+
+
 def _import_module(spec: str, module_name: str, recorded_file: str | None) -> ModuleType:
     """Import the module of ``spec``, turning every failure into a ValueError without a traceback."""
     try:
@@ -167,8 +235,9 @@ def _import_module(spec: str, module_name: str, recorded_file: str | None) -> Mo
         if module_name == missing or module_name.startswith(missing + "."):
             raise ValueError(_not_found_message(spec, module_name, recorded_file)) from error
         raise ValueError(_import_failed_message(spec, module_name, error)) from error
-    except Exception as error:
-        # Importing runs the user's code, which may raise anything (SyntaxError included).
+    except (Exception, SystemExit) as error:
+        # Importing runs the user's code, which may raise anything (SyntaxError
+        # included), or call sys.exit() as a script does.
         raise ValueError(_import_failed_message(spec, module_name, error)) from error
 
 
@@ -183,7 +252,7 @@ def _not_found_message(spec: str, module_name: str, recorded_file: str | None) -
         return (
             f"model {spec}: module {module_name!r} not found on the Python path; the features were "
             f"extracted with {recorded_file}, so add {folder} to PYTHONPATH "
-            f"(PYTHONPATH={folder} dimalign ...)"
+            f"(PYTHONPATH={shlex.quote(str(folder))} dimalign ...)"
         )
     return (
         f"invalid model {spec!r}: module {module_name!r} not found. For a library model the prefix must "

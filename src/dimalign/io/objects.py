@@ -210,7 +210,8 @@ def read_object_table(path: str | os.PathLike) -> ObjectTable:
             that is not closed. A file without an object_id column is an
             error when it looks like a table: a tab in a line, commas or
             semicolons in a ``.csv`` file, or object_id among other fields
-            of the first line. A blank line before the last name or row is
+            of the first line. So is a line that starts with ``#``, which
+            would be read as a name, not a comment. A blank line before the last name or row is
             an error too, because every later object would move up one row.
     """
     path = Path(path)
@@ -262,6 +263,13 @@ def _reject_other_tables(path: Path, lines: list[str], delimiter: str) -> None:
             "or comma-separated with the suffix .csv"
         )
     for number, line in enumerate(lines, start=1):
+        if line.lstrip().startswith("#"):
+            # Numeric text tables skip # comments, so a user may expect the same here.
+            raise ValueError(
+                f"{path}, line {number}: {line.strip()!r} starts with #, but object tables have no "
+                "comments, so it would become an object's name and move every later object down one "
+                "row. Remove the line"
+            )
         if delimiter == "," and ";" in line:
             # Spreadsheet programs in many locales write .csv files with semicolons.
             raise ValueError(

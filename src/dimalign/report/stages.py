@@ -369,8 +369,9 @@ def read_human_embedding(path: Path, objects_path: Path, objects, *, quiet: bool
     Raises:
         ValueError: If a run folder's ``objects.tsv`` lists other objects, or
             if the embedding has another number of rows than there are
-            objects, a NaN or inf value, or a weight below the tolerance of
-            :func:`dimalign.io.runs.load_embedding`.
+            objects, no column, only zeros, a NaN or inf value, a row whose
+            dot product with itself overflows float64, or a weight below the
+            tolerance of :func:`dimalign.io.runs.load_embedding`.
     """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import EMBEDDING_NAME, _read_embedding_file, load_embedding, reject_negative_weights
@@ -404,11 +405,39 @@ def read_human_embedding(path: Path, objects_path: Path, objects, *, quiet: bool
                 "objects. The embedding needs one row per object, in the order of inputs.objects"
             )
         reject_negative_weights(raw, source)
+        _reject_unusable_weights(raw, source)
     if not quiet:
         return load_embedding(path)
     with warnings.catch_warnings(), _quiet_loading("dimalign.io.runs"):
         warnings.simplefilter("ignore")
         return load_embedding(path)
+
+
+def _reject_unusable_weights(raw: np.ndarray, source: str) -> None:
+    """Reject an embedding that no later stage can use, before the DNN stages run for minutes.
+
+    compare rejects the same embeddings, but only after the DNN fit, and
+    calls a file without columns a fit that pruned every dimension.
+    """
+    if raw.shape[1] == 0:
+        raise ValueError(
+            f"{source} has no columns, so it gives the objects no dimension: check that it is the right "
+            "file, which needs one column per dimension"
+        )
+    if not raw.any():
+        raise ValueError(
+            f"{source}: every weight is 0, so all objects are equally similar and no stage can use it: "
+            "check that it is the right file"
+        )
+    with np.errstate(over="ignore"):
+        squared_norms = np.einsum("ij,ij->i", raw, raw)
+    if not np.isfinite(squared_norms).all():
+        row = int(np.flatnonzero(~np.isfinite(squared_norms))[0])
+        raise ValueError(
+            f"{source}: the dot product of row {row} with itself is beyond float64 (largest weight "
+            f"{float(np.abs(raw).max()):.3g}), so its similarities are undefined: check that it is the "
+            "right file, or divide its weights by a common factor"
+        )
 
 
 def _check_same_object_table(table, table_path: Path, objects, objects_path: Path) -> None:
