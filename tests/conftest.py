@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist runs one worker per core (-n auto), so more than one torch thread
-    # per worker would make the workers wait on each other. Subprocesses inherit it.
+    # per worker would make the workers wait on each other. Subprocesses inherit OMP_NUM_THREADS.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
