@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
+from tqdm.auto import tqdm
 
 from dimalign._checks import check_integer
+from dimalign._progress import progress_disabled
 from dimalign._warnings import warn
 from dimalign.io.files import count_of
 
@@ -323,7 +325,10 @@ def chance_matchings(
     standardised_dnn = _standardise_columns(dnn, "DNN", warn_constant=False)
     generator = np.random.default_rng(random_state)
     results: dict[str, list[np.ndarray]] = {method: [] for method in methods}
-    for _ in range(n_permutations):
+    permutations = tqdm(
+        range(n_permutations), desc="chance matchings", unit="permutation", disable=progress_disabled(), leave=False
+    )
+    for _ in permutations:
         rows = generator.permutation(human.shape[0])
         correlations = np.clip(standardised_human.T @ standardised_dnn[rows], -1.0, 1.0)
         for method in methods:
