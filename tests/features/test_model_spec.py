@@ -113,6 +113,35 @@ def test_list_layers_of_spec(user_module, capsys):
     assert "2\tConv2d" in lines
 
 
+def test_missing_default_layer_names_spec(user_module, tmp_path, capsys):
+    user_module("tiny_net_l", NETWORK_SOURCE.replace('default_layer="6:input"', 'default_layer="nope:input"'))
+    write_random_images(tmp_path / "images", 2)
+
+    status = main(["extract", str(tmp_path / "images"), "-o", str(tmp_path / "out"), "--model", "tiny_net_l:build"])
+
+    assert status == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dimalign extract: error: model tiny_net_l:build names the default layer 'nope:input', which it "
+        "does not have: set default_layer of its LoadedModel to one of the layers that dimalign "
+        "list-layers tiny_net_l:build lists, or name the layers (CLI: --layer)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_layer_names_spec(user_module, tmp_path, capsys):
+    user_module("tiny_net_m")
+    write_random_images(tmp_path / "images", 2)
+
+    status = main(["extract", str(tmp_path / "images"), "-o", str(tmp_path / "out"), "--model", "tiny_net_m:build",
+                   "--layer", "9"])
+
+    assert status == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "dimalign extract: error: model tiny_net_m:build has no layer '9'; list its layers with "
+        "`dimalign list-layers tiny_net_m:build`"
+    )
+
+
 @pytest.mark.parametrize("spec, message", [
     ("tiny_net_d:build:x", "invalid model 'tiny_net_d:build:x': write a network of your own as "
                            "module:function with one colon, such as my_models:build"),
@@ -188,7 +217,7 @@ def test_wrong_return_type_named(user_module):
         load_model("tiny_net_f:not_a_model")
 
     assert str(caught.value) == (
-        "model tiny_net_f:not_a_model returned a Linear, not a LoadedModel; return "
+        "model tiny_net_f:not_a_model returned an object of type Linear, not a LoadedModel; return "
         "dimalign.features.models.LoadedModel(model=..., transform=..., ...) as docs/features.md shows"
     )
 

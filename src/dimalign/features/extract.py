@@ -150,7 +150,7 @@ def compute_features(loaded: LoadedModel, images: ImageList | Sequence[Image.Ima
     if len(images) == 0:
         raise ValueError("no images to compute features of")
     _check_batch_size(batch_size)
-    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model, loaded.name)
     colour = parse_color(background)
     chunks: dict[str, list[np.ndarray]] = {request.name: [] for request in requests}
 
@@ -195,6 +195,14 @@ def _requested_layers(loaded: LoadedModel, layers: str | Sequence[str] | None) -
             f"model {loaded.name} has no Linear layer whose input could serve as the default: "
             f"name the layers (layers=[...], CLI: --layer); dimalign list-layers {loaded.name} "
             "lists them"
+        )
+    module_name = loaded.default_layer.partition(":")[0]
+    if module_name not in dict(loaded.model.named_modules()) or module_name == "":
+        # Only a network of your own can name a default layer that it lacks.
+        raise ValueError(
+            f"model {loaded.name} names the default layer {loaded.default_layer!r}, which it does not "
+            f"have: set default_layer of its LoadedModel to one of the layers that dimalign list-layers "
+            f"{loaded.name} lists, or name the layers (CLI: --layer)"
         )
     return [loaded.default_layer]
 
@@ -286,7 +294,7 @@ def extract_features(
     if len(image_list) == 0:
         raise ValueError(f"the image list of {image_list.root} is empty: pass at least one image")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, device, seed)
-    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model)
+    requests = parse_layers(_requested_layers(loaded, layers), pools, loaded.model, loaded.name)
     names = feature_file_names([request.name for request in requests], fmt)
     fingerprint = {
         "model": loaded.name,

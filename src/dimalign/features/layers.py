@@ -49,7 +49,7 @@ class LayerRequest:
 
 
 def parse_layers(layers: str | Sequence[str], pools: str | Sequence[str],
-                 model: nn.Module) -> list[LayerRequest]:
+                 model: nn.Module, model_name: str | None = None) -> list[LayerRequest]:
     """Check layer names against ``model`` and pair each with its pooling.
 
     Args:
@@ -57,6 +57,8 @@ def parse_layers(layers: str | Sequence[str], pools: str | Sequence[str],
             ``:input``; a string is one name.
         pools (str | Sequence[str]): One pooling for all layers or one per layer.
         model (nn.Module): The model whose modules are named.
+        model_name (str | None): The name that messages give the model, such
+            as ``vgg16`` or a ``module:function`` spec.
 
     Returns:
         list[LayerRequest]: One request per layer, in the given order.
@@ -89,8 +91,10 @@ def parse_layers(layers: str | Sequence[str], pools: str | Sequence[str],
         if suffix not in ("", "input"):
             raise ValueError(f"invalid layer {layer!r}: the only suffix is :input")
         if module_name not in modules or module_name == "":
+            listing = f"dimalign list-layers {model_name}" if model_name else "dimalign list-layers"
             raise ValueError(
-                f"model has no layer {module_name!r}; list its layers with `dimalign list-layers`"
+                f"model{' ' + model_name if model_name else ''} has no layer {module_name!r}; "
+                f"list its layers with `{listing}`"
             )
         requests.append(LayerRequest(layer, module_name, suffix == "input", pool))
     return requests

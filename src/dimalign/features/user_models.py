@@ -155,13 +155,13 @@ def load_user_model(spec: str, device: str | torch.device = "cpu", *,
         ) from error
     if not isinstance(loaded, LoadedModel):
         raise ValueError(
-            f"model {spec} returned a {type(loaded).__name__}, not a LoadedModel; return "
+            f"model {spec} returned an object of type {type(loaded).__name__}, not a LoadedModel; return "
             "dimalign.features.models.LoadedModel(model=..., transform=..., ...) as docs/features.md shows"
         )
     if not isinstance(loaded.model, nn.Module) or not callable(loaded.transform):
         raise ValueError(
-            f"model {spec} returned a LoadedModel whose model is a {type(loaded.model).__name__} and "
-            f"whose transform is a {type(loaded.transform).__name__}; the model must be a torch.nn.Module "
+            f"model {spec} returned a LoadedModel whose model is of type {type(loaded.model).__name__} and "
+            f"whose transform is of type {type(loaded.transform).__name__}; the model must be a torch.nn.Module "
             "and the transform a callable from a PIL image to a tensor (3, H, W)"
         )
 
