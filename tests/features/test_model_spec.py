@@ -89,6 +89,8 @@ def test_extract_records_spec(user_module, tmp_path, capsys):
     assert settings["model_module_file"] == str(path)
     assert settings["model_module_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert settings["layer"] == "6:input"
+    assert settings["weights"] is None
+    assert settings["weights_id"] == "tiny, seed 0"
     assert read_manifest(tmp_path / "out")["outputs"]["shapes"] == {"6:input": [3, 6]}
 
 

@@ -623,7 +623,9 @@ def _finish(out_dir: Path, work_dir: Path, image_list: ImageList, loaded: Loaded
         # Single-layer keys, as later steps (ridge maps, the dimension predictor) read them.
         settings.update({"layer": requests[0].name, "pooling": requests[0].pool})
     settings.update({
-        "weights": loaded.weights,
+        # A module:function network comes with the weights its function loads, so no
+        # weights argument reloads it (null in place of the "pretrained" of library models).
+        "weights": None if "model_module_sha256" in fingerprint else loaded.weights,
         "seed": loaded.seed,
         "batch_size": batch_size,
         "num_workers": num_workers,
