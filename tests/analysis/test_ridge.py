@@ -615,3 +615,23 @@ def test_grid_edge_warning_names_options():
         "(0.1), so the best penalty may lie above the grid: raise its largest value (RidgeMap alphas=; "
         "CLI: dimalign map --alphas or --alpha-range LOW HIGH N; study file: map.alpha_max)"
     ]
+
+
+def test_ridge_save_failure_keeps_earlier_map(tmp_path, monkeypatch):
+    """A failure while hashing an input leaves the earlier map and manifest as they were."""
+    import dimalign.io.files as files_module
+
+    X, Y = make_linear_data()
+    features = tmp_path / "features.npy"
+    np.save(features, X)
+    RidgeMap(alphas=ALPHAS).fit(X, Y).save(tmp_path / "map", inputs={"features": features})
+    earlier = {path.name: path.read_bytes() for path in (tmp_path / "map").iterdir()}
+
+    def unreadable(path, *args, **kwargs):
+        raise PermissionError(f"[Errno 13] Permission denied: '{path}'")
+
+    monkeypatch.setattr(files_module, "sha256_file", unreadable)
+    with pytest.raises(PermissionError):
+        RidgeMap(alphas=ALPHAS).fit(X, 2 * Y).save(tmp_path / "map", inputs={"features": features})
+
+    assert {path.name: path.read_bytes() for path in (tmp_path / "map").iterdir()} == earlier

@@ -37,7 +37,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import KFold
 
 from dimalign._warnings import warn
-from dimalign.io.files import atomic_path, check_output_dir, read_manifest, write_manifest
+from dimalign.io.files import atomic_path, check_output_dir, read_manifest, staged_outputs, write_manifest
 from dimalign.io.objects import check_same_index
 
 logger = logging.getLogger(__name__)
@@ -487,9 +487,18 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                     **({"features_source": dict(features_source)} if features_source else {})}
         out_dir = Path(out_dir)
         check_output_dir(out_dir, "map")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / RIDGE_MAP_NAME
-        with atomic_path(target) as temporary:
+        # Both files are written into a hidden folder and moved into out_dir together, so a
+        # failure while hashing an input leaves no new map beside an earlier manifest.
+        with staged_outputs(out_dir) as stage:
+            self._write_files(stage, inputs=inputs, settings=settings, started=started)
+        return out_dir
+
+    def _write_files(
+        self, folder: Path, *, inputs: Mapping[str, str | os.PathLike] | None, settings: dict[str, Any],
+        started: str | None,
+    ) -> None:
+        """Write ``ridge_map.npz`` and ``manifest.json`` into ``folder``."""
+        with atomic_path(folder / RIDGE_MAP_NAME) as temporary:
             np.savez(
                 temporary,
                 coef=self.coef_,
@@ -504,7 +513,7 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                 target_ndim=np.int64(self.target_ndim_),
             )
         write_manifest(
-            out_dir,
+            folder,
             step="map",
             inputs=inputs,
             settings=settings,
@@ -519,7 +528,6 @@ class RidgeMap(RegressorMixin, BaseEstimator):
                 "files": [RIDGE_MAP_NAME],
             },
         )
-        return out_dir
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RidgeMap:
