@@ -200,7 +200,7 @@ def test_grid_search_refits_best(estimator, human_triplets):
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_label_vector_as_val_explained(estimator, human_triplets):
-    """cross_val_score(model, X, y) passes y as val, and the error says to leave y out."""
+    """cross_val_score(model, X, y) passes y as val, and the error asks to leave y out."""
     labels = np.full(len(human_triplets), 2)
     expected = (
         "val has shape (1000,), but it takes validation triplets of shape (n, 3). scikit-learn passes y "

@@ -153,7 +153,7 @@ def test_set_of_unconfigured_stage_is_rejected(study_file):
         load_config(study_file, ["report.top_k=3"])
 
 
-def test_set_of_human_fit_with_given_embedding_names_the_input(tmp_path):
+def test_set_human_fit_names_embedding_input(tmp_path):
     study = tmp_path / "study.toml"
     study.write_text(
         '[study]\nname = "x"\n[inputs]\nobjects = "objects.txt"\nhuman_embedding = "emb.txt"\n'

@@ -68,10 +68,10 @@ def fingerprint(path: Path) -> str:
     A folder's digest covers the relative path, size and SHA-256 of every
     non-hidden file below it, so any change to a file's content shows, and
     a copy of the folder has the same fingerprint. A symbolic link to a file
-    counts as that file, but a symbolic link to a folder is not entered, as
-    ``os.walk`` and the image loader of ``dimalign extract`` do not enter it,
-    so a change inside the linked folder does not change the fingerprint. Every file is read on
-    each call, because a cache keyed by size and modification time would
+    counts as that file. A symbolic link to a folder is not entered, because
+    ``os.walk`` and the image loader of ``dimalign extract`` do not enter it
+    either. So a change inside a linked folder does not change the
+    fingerprint. Every file is read on each call, because a cache keyed by size and modification time would
     miss an edit that keeps both.
     """
     if path.is_file():

@@ -257,7 +257,7 @@ def remove_tree_or_warn(path: Path, description: str) -> None:
 def remove_tree(path: Path, description: str) -> None:
     """Delete a work folder of the pipeline, raising an error that names what could not be removed.
 
-    ``description`` says what the folder is, such as "left by an interrupted run".
+    ``description`` describes the folder, such as "left by an interrupted run".
     """
 
     try:

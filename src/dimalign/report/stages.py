@@ -367,11 +367,11 @@ def read_human_embedding(path: Path, objects_path: Path, objects, *, quiet: bool
         EmbeddingResult: As :func:`dimalign.io.runs.load_embedding` returns it.
 
     Raises:
-        ValueError: If a run folder's ``objects.tsv`` lists other objects, or
-            if the embedding has another number of rows than there are
-            objects, no column, only zeros, a NaN or inf value, a row whose
-            dot product with itself overflows float64, or a weight below the
-            tolerance of :func:`dimalign.io.runs.load_embedding`.
+        ValueError: If a run folder's ``objects.tsv`` lists other objects.
+            Also if the embedding has another number of rows than there are
+            objects, no column, only zeros, or a NaN or inf value. Also for a
+            row whose dot product with itself overflows float64, or a weight
+            below the tolerance of :func:`dimalign.io.runs.load_embedding`.
     """
     from dimalign.io.objects import OBJECT_TABLE_NAME, read_object_table
     from dimalign.io.runs import EMBEDDING_NAME, _read_embedding_file, load_embedding, reject_negative_weights
